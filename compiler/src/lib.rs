@@ -1,1 +1,10 @@
-//! attnc-compiler
+//! attnc-compiler: checked AST in, IR out; passes and analyses over the IR; backends.
+//!
+//! Flow: `attnc_grammar::parse` -> [`sema`] (names, types, lowering to [`ir`]) ->
+//! [`passes`] (fold, CSE) -> [`ir::verify_program`] -> analyses ([`analysis`]) ->
+//! backends ([`interp`] and [`reference`] as the oracle, Cranelift for CPUs, LLVM for PTX).
+pub mod analysis;
+pub mod interp;
+pub mod ir;
+pub mod reference;
+pub mod shape;

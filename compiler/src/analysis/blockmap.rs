@@ -1,0 +1,224 @@
+//! The block structure of a mask: which kv blocks each query block visits, and whether
+//! each visited block is *full* (mask true at every in-range position: skip the mask)
+//! or *partial* (evaluate the mask per element). Blocks not listed are *empty* (skip).
+//!
+//! In: produced by the block-sparsity analysis (or [`BlockMap::dense`] /
+//! [`BlockMap::all_partial`]). Out: read by kernels as a CSR table of runs — the
+//! information of FlexAttention's `kv_num_blocks / kv_indices / full_kv_*`, run-length
+//! encoded so that banded masks cost O(#q-blocks), not O(#blocks).
+//!
+//! Blocks at the end of a sequence may be shorter than the block size; "full" and
+//! "partial" refer only to positions inside `0..lq` x `0..lkv`. Kernels bound their
+//! loops by the lengths themselves.
+
+/// A run of consecutive kv blocks `start..end` of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct Run {
+    pub start: u32,
+    pub end: u32,
+    /// 1 = full (no mask evaluation needed), 0 = partial.
+    pub full: u32,
+}
+
+/// The classification of one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockKind {
+    Empty,
+    Partial,
+    Full,
+}
+
+/// Block structure for one (batch, head) slice — or for all of them, when the mask does
+/// not depend on b / h.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockMap {
+    pub lq: usize,
+    pub lkv: usize,
+    pub q_block: usize,
+    pub kv_block: usize,
+    /// `runs[row_start[i] as usize..row_start[i + 1] as usize]` are q-block `i`'s runs,
+    /// ascending and non-overlapping. Length `n_q_blocks() + 1`.
+    pub row_start: Vec<u32>,
+    pub runs: Vec<Run>,
+}
+
+impl BlockMap {
+    pub fn n_q_blocks(&self) -> usize {
+        self.lq.div_ceil(self.q_block)
+    }
+    pub fn n_kv_blocks(&self) -> usize {
+        self.lkv.div_ceil(self.kv_block)
+    }
+
+    /// Every block full (no mask).
+    pub fn dense(lq: usize, lkv: usize, q_block: usize, kv_block: usize) -> Self {
+        Self::uniform(lq, lkv, q_block, kv_block, 1)
+    }
+
+    /// Every block partial (the mask is evaluated everywhere; always sound).
+    pub fn all_partial(lq: usize, lkv: usize, q_block: usize, kv_block: usize) -> Self {
+        Self::uniform(lq, lkv, q_block, kv_block, 0)
+    }
+
+    fn uniform(lq: usize, lkv: usize, q_block: usize, kv_block: usize, full: u32) -> Self {
+        let nq = lq.div_ceil(q_block);
+        let nkv = lkv.div_ceil(kv_block) as u32;
+        let mut row_start = Vec::with_capacity(nq + 1);
+        let mut runs = Vec::new();
+        row_start.push(0);
+        for _ in 0..nq {
+            if nkv > 0 {
+                runs.push(Run { start: 0, end: nkv, full });
+            }
+            row_start.push(runs.len() as u32);
+        }
+        BlockMap { lq, lkv, q_block, kv_block, row_start, runs }
+    }
+
+    /// Builds a map from a per-block classification function (used by the analysis and by
+    /// brute-force tests). Adjacent blocks of the same kind merge into one run.
+    pub fn from_fn(
+        lq: usize,
+        lkv: usize,
+        q_block: usize,
+        kv_block: usize,
+        mut kind: impl FnMut(usize, usize) -> BlockKind,
+    ) -> Self {
+        let nq = lq.div_ceil(q_block);
+        let nkv = lkv.div_ceil(kv_block);
+        let mut b = BlockMapBuilder::new(lq, lkv, q_block, kv_block);
+        for i in 0..nq {
+            for j in 0..nkv {
+                b.push(j, kind(i, j));
+            }
+            b.end_row();
+        }
+        b.finish()
+    }
+
+    /// q-block `i`'s runs.
+    pub fn row(&self, i: usize) -> &[Run] {
+        &self.runs[self.row_start[i] as usize..self.row_start[i + 1] as usize]
+    }
+
+    /// The kind of block (i, j).
+    pub fn kind(&self, i: usize, j: usize) -> BlockKind {
+        for r in self.row(i) {
+            if (r.start as usize..r.end as usize).contains(&j) {
+                return if r.full == 1 { BlockKind::Full } else { BlockKind::Partial };
+            }
+        }
+        BlockKind::Empty
+    }
+
+    /// (empty, partial, full) block counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let (mut partial, mut full) = (0, 0);
+        for r in &self.runs {
+            let n = (r.end - r.start) as usize;
+            if r.full == 1 { full += n } else { partial += n }
+        }
+        (self.n_q_blocks() * self.n_kv_blocks() - partial - full, partial, full)
+    }
+}
+
+/// Builds a [`BlockMap`] row by row, merging adjacent blocks of the same kind.
+pub struct BlockMapBuilder {
+    map: BlockMap,
+}
+
+impl BlockMapBuilder {
+    pub fn new(lq: usize, lkv: usize, q_block: usize, kv_block: usize) -> Self {
+        assert!(q_block > 0 && kv_block > 0, "block sizes must be positive");
+        BlockMapBuilder { map: BlockMap { lq, lkv, q_block, kv_block, row_start: vec![0], runs: Vec::new() } }
+    }
+    /// Adds kv block `j` of the current row; `j` must ascend within a row.
+    pub fn push(&mut self, j: usize, kind: BlockKind) {
+        self.push_run(j, j + 1, kind);
+    }
+    /// Adds kv blocks `start..end` of the current row, all of one kind.
+    pub fn push_run(&mut self, start: usize, end: usize, kind: BlockKind) {
+        let full = match kind {
+            BlockKind::Empty => return,
+            BlockKind::Partial => 0,
+            BlockKind::Full => 1,
+        };
+        if start >= end {
+            return;
+        }
+        let row_begin = *self.map.row_start.last().unwrap() as usize;
+        if self.map.runs.len() > row_begin {
+            let last = self.map.runs.last_mut().unwrap();
+            if last.end as usize == start && last.full == full {
+                last.end = end as u32;
+                return;
+            }
+        }
+        self.map.runs.push(Run { start: start as u32, end: end as u32, full });
+    }
+    pub fn end_row(&mut self) {
+        let n = self.map.runs.len() as u32;
+        self.map.row_start.push(n);
+    }
+    pub fn finish(self) -> BlockMap {
+        self.map
+    }
+}
+
+/// The block maps of one launch: one map per (b, h) slice, or fewer when the mask does
+/// not depend on b and/or h. The map of slice (b, h) is `maps[b * b_stride + h * h_stride]`
+/// (a stride of 0 broadcasts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockMaps {
+    pub b_stride: usize,
+    pub h_stride: usize,
+    pub maps: Vec<BlockMap>,
+}
+
+impl BlockMaps {
+    pub fn single(map: BlockMap) -> Self {
+        BlockMaps { b_stride: 0, h_stride: 0, maps: vec![map] }
+    }
+    pub fn get(&self, b: usize, h: usize) -> &BlockMap {
+        &self.maps[b * self.b_stride + h * self.h_stride]
+    }
+    /// Flattens all maps into one CSR table for kernels: the rows of map `m` are
+    /// `m * n_q_blocks .. (m + 1) * n_q_blocks`; returns (row_start, runs).
+    pub fn flatten(&self) -> (Vec<u32>, Vec<Run>) {
+        let mut row_start = vec![0u32];
+        let mut runs = Vec::new();
+        for m in &self.maps {
+            for i in 0..m.n_q_blocks() {
+                runs.extend_from_slice(m.row(i));
+                row_start.push(runs.len() as u32);
+            }
+        }
+        (row_start, runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_merges_runs_and_counts() {
+        // causal 3x3 blocks
+        let m = BlockMap::from_fn(300, 300, 100, 100, |i, j| {
+            if j < i {
+                BlockKind::Full
+            } else if j == i {
+                BlockKind::Partial
+            } else {
+                BlockKind::Empty
+            }
+        });
+        assert_eq!(m.row(2), &[Run { start: 0, end: 2, full: 1 }, Run { start: 2, end: 3, full: 0 }]);
+        assert_eq!(m.counts(), (3, 3, 3));
+        assert_eq!(m.kind(0, 2), BlockKind::Empty);
+        assert_eq!(m.kind(2, 1), BlockKind::Full);
+        let d = BlockMap::dense(130, 70, 64, 64);
+        assert_eq!(d.counts(), (0, 0, 6));
+    }
+}

@@ -1,0 +1,141 @@
+//! Scalar semantics of every IR operation, in one place.
+//!
+//! In: operand values. Out: the result the IR defines (see the module docs of `ir`).
+//! The interpreter, constant folding and the block-sparsity analysis's point checks use
+//! these functions; backends are tested against them.
+
+use super::{BinOp, Cmp, UnOp};
+
+/// A runtime value of the IR.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    Bool(bool),
+    I32(i32),
+    F32(f32),
+}
+
+impl Scalar {
+    pub fn as_bool(self) -> bool {
+        match self {
+            Scalar::Bool(b) => b,
+            Scalar::I32(x) => x != 0,
+            Scalar::F32(x) => x != 0.0,
+        }
+    }
+    pub fn as_i32(self) -> i32 {
+        match self {
+            Scalar::Bool(b) => b as i32,
+            Scalar::I32(x) => x,
+            Scalar::F32(x) => x as i32,
+        }
+    }
+    pub fn as_f32(self) -> f32 {
+        match self {
+            Scalar::Bool(b) => b as i32 as f32,
+            Scalar::I32(x) => x as f32,
+            Scalar::F32(x) => x,
+        }
+    }
+}
+
+/// Floor division with the IR's conventions (x / 0 = 0, MIN / -1 wraps).
+pub fn floor_div(a: i32, b: i32) -> i32 {
+    if b == 0 {
+        return 0;
+    }
+    let q = a.wrapping_div(b);
+    if (a.wrapping_rem(b) != 0) && ((a < 0) != (b < 0)) { q.wrapping_sub(1) } else { q }
+}
+
+/// Floor remainder: result has the sign of the divisor (x % 0 = 0).
+pub fn floor_rem(a: i32, b: i32) -> i32 {
+    if b == 0 {
+        return 0;
+    }
+    let r = a.wrapping_rem(b);
+    if r != 0 && ((r < 0) != (b < 0)) { r.wrapping_add(b) } else { r }
+}
+
+pub fn eval_unary(op: UnOp, a: Scalar) -> Scalar {
+    match op {
+        UnOp::INeg => Scalar::I32(a.as_i32().wrapping_neg()),
+        UnOp::IAbs => Scalar::I32(a.as_i32().wrapping_abs()),
+        UnOp::FNeg => Scalar::F32(-a.as_f32()),
+        UnOp::FAbs => Scalar::F32(a.as_f32().abs()),
+        UnOp::Not => Scalar::Bool(!a.as_bool()),
+        UnOp::Exp => Scalar::F32(a.as_f32().exp()),
+        UnOp::Exp2 => Scalar::F32(a.as_f32().exp2()),
+        UnOp::Log => Scalar::F32(a.as_f32().ln()),
+        UnOp::Log2 => Scalar::F32(a.as_f32().log2()),
+        UnOp::Sqrt => Scalar::F32(a.as_f32().sqrt()),
+        UnOp::Tanh => Scalar::F32(a.as_f32().tanh()),
+        UnOp::Floor => Scalar::F32(a.as_f32().floor()),
+        UnOp::Ceil => Scalar::F32(a.as_f32().ceil()),
+        UnOp::I2F => Scalar::F32(a.as_i32() as f32),
+        UnOp::F2I => Scalar::I32(a.as_f32() as i32),
+        UnOp::B2I => Scalar::I32(a.as_bool() as i32),
+    }
+}
+
+pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
+    use Scalar::*;
+    match op {
+        BinOp::IAdd => I32(a.as_i32().wrapping_add(b.as_i32())),
+        BinOp::ISub => I32(a.as_i32().wrapping_sub(b.as_i32())),
+        BinOp::IMul => I32(a.as_i32().wrapping_mul(b.as_i32())),
+        BinOp::IDiv => I32(floor_div(a.as_i32(), b.as_i32())),
+        BinOp::IRem => I32(floor_rem(a.as_i32(), b.as_i32())),
+        BinOp::IMin => I32(a.as_i32().min(b.as_i32())),
+        BinOp::IMax => I32(a.as_i32().max(b.as_i32())),
+        BinOp::FAdd => F32(a.as_f32() + b.as_f32()),
+        BinOp::FSub => F32(a.as_f32() - b.as_f32()),
+        BinOp::FMul => F32(a.as_f32() * b.as_f32()),
+        BinOp::FDiv => F32(a.as_f32() / b.as_f32()),
+        BinOp::FMin => F32(a.as_f32().min(b.as_f32())),
+        BinOp::FMax => F32(a.as_f32().max(b.as_f32())),
+        BinOp::FPow => F32(a.as_f32().powf(b.as_f32())),
+        BinOp::ICmp(c) => Bool(c.eval(a.as_i32(), b.as_i32())),
+        BinOp::FCmp(c) => Bool(c.eval(a.as_f32(), b.as_f32())),
+        BinOp::And => Bool(a.as_bool() && b.as_bool()),
+        BinOp::Or => Bool(a.as_bool() || b.as_bool()),
+        BinOp::BEq => Bool(a.as_bool() == b.as_bool()),
+        BinOp::Xor => Bool(a.as_bool() != b.as_bool()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_division_matches_python() {
+        // Python: 7 // 2 = 3, -7 // 2 = -4, 7 // -2 = -4, -7 // -2 = 3
+        assert_eq!(floor_div(7, 2), 3);
+        assert_eq!(floor_div(-7, 2), -4);
+        assert_eq!(floor_div(7, -2), -4);
+        assert_eq!(floor_div(-7, -2), 3);
+        assert_eq!(floor_div(-8, 2), -4);
+        // Python: 7 % 2 = 1, -7 % 2 = 1, 7 % -2 = -1, -7 % -2 = -1
+        assert_eq!(floor_rem(7, 2), 1);
+        assert_eq!(floor_rem(-7, 2), 1);
+        assert_eq!(floor_rem(7, -2), -1);
+        assert_eq!(floor_rem(-7, -2), -1);
+        assert_eq!(floor_div(5, 0), 0);
+        assert_eq!(floor_rem(5, 0), 0);
+        assert_eq!(floor_div(i32::MIN, -1), i32::MIN);
+        assert_eq!(floor_rem(i32::MIN, -1), 0);
+    }
+
+    #[test]
+    fn f2i_truncates_and_saturates() {
+        assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(-2.7)), Scalar::I32(-2));
+        assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(f32::NAN)), Scalar::I32(0));
+        assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(1e20)), Scalar::I32(i32::MAX));
+    }
+
+    #[test]
+    fn comparisons() {
+        assert_eq!(eval_binary(BinOp::ICmp(Cmp::Ge), Scalar::I32(3), Scalar::I32(3)), Scalar::Bool(true));
+        assert_eq!(eval_binary(BinOp::FCmp(Cmp::Lt), Scalar::F32(f32::NAN), Scalar::F32(1.0)), Scalar::Bool(false));
+    }
+}
