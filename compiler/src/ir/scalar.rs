@@ -4,7 +4,7 @@
 //! The interpreter, constant folding and the block-sparsity analysis's point checks use
 //! these functions; backends are tested against them.
 
-use super::{BinOp, Cmp, UnOp};
+use super::{BinOp, UnOp};
 
 /// A runtime value of the IR.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,6 +106,7 @@ pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Cmp;
 
     #[test]
     fn floor_division_matches_python() {
