@@ -79,6 +79,13 @@ impl Ctx {
         self.node(ExprKind::Binary(op, Box::new(a.e), Box::new(b.e)), span, d)
     }
 
+    /// `a $ b`: an error expression over both operands (the lexer reported the `$`).
+    pub fn unknown_op(&mut self, a: D, b: D, span: Span) -> D {
+        let d = a.d.max(b.d);
+        drop((a, b));
+        self.node(ExprKind::Error, span, d)
+    }
+
     pub fn unary(&mut self, op: UnOp, a: D, span: Span) -> D {
         let d = a.d;
         self.node(ExprKind::Unary(op, Box::new(a.e)), span, d)

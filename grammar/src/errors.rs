@@ -85,20 +85,10 @@ pub(crate) fn collect(
     fatal: Option<LalrError<usize, Tok, LexError>>,
 ) -> Vec<ParseError> {
     let mut out = Vec::new();
-    // Parse errors right after a bad character are usually its echo: leave them out.
-    let mut echo_starts = Vec::new();
     let mut unterminated_comment = false;
-    let mut eof_echo = false;
     for e in &lex_errors {
         out.push(lex_error(source, e));
-        match e.kind {
-            LexErrorKind::UnknownCharacter => match tokens.iter().find(|t| t.0 >= e.span.end) {
-                Some(t) => echo_starts.push(t.0),
-                None => eof_echo = true,
-            },
-            LexErrorKind::UnterminatedComment => unterminated_comment = true,
-            _ => {}
-        }
+        unterminated_comment |= e.kind == LexErrorKind::UnterminatedComment;
     }
     let parse_errors = ctx
         .recovered
@@ -107,11 +97,15 @@ pub(crate) fn collect(
         .chain(fatal);
     for e in parse_errors {
         let is_eof = matches!(e, LalrError::UnrecognizedEof { .. });
-        if is_eof && (unterminated_comment || eof_echo) {
+        // The file ends inside the comment: that is the one error to report.
+        if is_eof && unterminated_comment {
             continue;
         }
-        if let LalrError::UnrecognizedToken { token, .. } = &e
-            && echo_starts.contains(&token.0)
+        // The lexer already reported the character.
+        if let LalrError::UnrecognizedToken {
+            token: (_, Tok::Unknown, _),
+            ..
+        } = &e
         {
             continue;
         }
@@ -254,12 +248,13 @@ fn unexpected_token(
     let mut kind = ParseErrorKind::UnexpectedToken;
     let mut hint = None;
     if is_cmp && !has("`==`") && has("`&`") {
-        kind = ParseErrorKind::ChainedComparison;
-        hint = Some(
-            "comparison operators cannot be chained; write `a < b && b < c`, \
-             or add parentheses"
-                .to_string(),
-        );
+        return ParseError {
+            kind: ParseErrorKind::ChainedComparison,
+            span,
+            message: "comparison operators cannot be chained".to_string(),
+            expected,
+            hint: Some("join the comparisons with `&&`: `a < b && b < c`".to_string()),
+        };
     } else if tok == Tok::Assign && has("`==`") {
         hint = Some("use `==` to compare; `=` only binds a name".to_string());
     } else if has("`else`") && !has("`;`") {
@@ -306,7 +301,7 @@ fn readable(expected: &[String]) -> Vec<String> {
                 "Ident" => "identifier".to_string(),
                 "Int" => "integer".to_string(),
                 "Float" => "float".to_string(),
-                "BadNumber" => return None,
+                "BadNumber" | "Unknown" => return None,
                 quoted => {
                     let inner = quoted.strip_prefix('"').and_then(|s| s.strip_suffix('"'));
                     format!("`{}`", inner.unwrap_or(quoted))

@@ -88,6 +88,10 @@ pub enum Tok {
     #[regex(r"[0-9][0-9_]*(\.[0-9][0-9_]*)?[eE][+-]?_*", malformed_float)]
     BadNumber,
 
+    /// A character that starts no token (reported as a [`LexError`] by [`lex`]). The parser
+    /// reads it as an unknown binary operator, so that `a $ b` yields just the one error.
+    Unknown,
+
     #[token("(")]
     LParen,
     #[token(")")]
@@ -190,7 +194,8 @@ fn parse_float(lex: &mut logos::Lexer<Tok>) -> Result<f64, LexErrorKind> {
 pub type SpannedTok = (usize, Tok, usize);
 
 /// Lexes the whole source. Never fails: errors are returned beside the tokens. A bad
-/// number becomes a [`Tok::BadNumber`] token; other bad text yields no token.
+/// number becomes a [`Tok::BadNumber`] token, an unknown character a [`Tok::Unknown`]
+/// token; an unterminated comment yields no token.
 pub fn lex(source: &str) -> (Vec<SpannedTok>, Vec<LexError>) {
     let mut toks = Vec::new();
     let mut errors = Vec::new();
@@ -202,11 +207,14 @@ pub fn lex(source: &str) -> (Vec<SpannedTok>, Vec<LexError>) {
             Ok(tok) => toks.push((span.start, tok, span.end)),
             Err(kind) => {
                 errors.push(LexError { kind, span });
-                if matches!(
-                    kind,
-                    LexErrorKind::IntegerTooLarge | LexErrorKind::MalformedFloat
-                ) {
-                    toks.push((span.start, Tok::BadNumber, span.end));
+                match kind {
+                    LexErrorKind::IntegerTooLarge | LexErrorKind::MalformedFloat => {
+                        toks.push((span.start, Tok::BadNumber, span.end));
+                    }
+                    LexErrorKind::UnknownCharacter => {
+                        toks.push((span.start, Tok::Unknown, span.end));
+                    }
+                    LexErrorKind::UnterminatedComment => {}
                 }
             }
         }
@@ -240,6 +248,7 @@ impl Tok {
             Tok::Int(v) => format!("integer `{v}`"),
             Tok::Float(v) => format!("float `{v:?}`"),
             Tok::BadNumber => "malformed number".to_string(),
+            Tok::Unknown => "unknown character".to_string(),
             Tok::BlockComment => "comment".to_string(),
             other => match other.spelling() {
                 Some(s) if other.is_keyword() => format!("keyword `{s}`"),
@@ -292,7 +301,12 @@ impl Tok {
             Tok::OrOr => "||",
             Tok::And => "&",
             Tok::Or => "|",
-            Tok::Ident(_) | Tok::Int(_) | Tok::Float(_) | Tok::BadNumber | Tok::BlockComment => {
+            Tok::Ident(_)
+            | Tok::Int(_)
+            | Tok::Float(_)
+            | Tok::BadNumber
+            | Tok::Unknown
+            | Tok::BlockComment => {
                 return None;
             }
         })
