@@ -356,3 +356,117 @@ impl fmt::Display for Tok {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LexErrorKind, Tok, lex};
+    use crate::ast::Span;
+
+    fn toks(src: &str) -> Vec<Tok> {
+        let (t, e) = lex(src);
+        assert!(e.is_empty(), "{e:?}");
+        t.into_iter().map(|(_, t, _)| t).collect()
+    }
+
+    #[test]
+    fn keywords_identifiers_and_punctuation() {
+        use Tok::*;
+        assert_eq!(
+            toks("const param tensor fn mask score attention let if else as true false"),
+            [
+                Const, Param, Tensor, Fn, Mask, Score, Attention, Let, If, Else, As, True, False
+            ]
+        );
+        assert_eq!(
+            toks("constant _x x1 fn_"),
+            [
+                Ident("constant".into()),
+                Ident("_x".into()),
+                Ident("x1".into()),
+                Ident("fn_".into())
+            ]
+        );
+        assert_eq!(
+            toks("( ) { } [ ] , ; : -> = == != < <= > >= + - * / % ! && || & |"),
+            [
+                LParen, RParen, LBrace, RBrace, LBracket, RBracket, Comma, Semi, Colon, Arrow,
+                Assign, EqEq, Ne, Lt, Le, Gt, Ge, Plus, Minus, Star, Slash, Percent, Bang, AndAnd,
+                OrOr, And, Or
+            ]
+        );
+        assert_eq!(
+            toks("a<=-b"),
+            [Ident("a".into()), Le, Minus, Ident("b".into())]
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        use Tok::*;
+        assert_eq!(
+            toks("0 42 1_000 1.5 1e-3 2.5E+3 7e2 1_0.2_5"),
+            [
+                Int(0),
+                Int(42),
+                Int(1000),
+                Float(1.5),
+                Float(1e-3),
+                Float(2500.0),
+                Float(700.0),
+                Float(10.25)
+            ]
+        );
+        assert_eq!(toks("9223372036854775807"), [Int(i64::MAX)]);
+        let (t, e) = lex("99999999999999999999 1. 1e+ 3");
+        assert_eq!(
+            e.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [
+                LexErrorKind::IntegerTooLarge,
+                LexErrorKind::MalformedFloat,
+                LexErrorKind::MalformedFloat
+            ]
+        );
+        assert_eq!(e[1].span, Span::new(21, 23));
+        assert_eq!(
+            t.into_iter().map(|(_, t, _)| t).collect::<Vec<_>>(),
+            [BadNumber, BadNumber, BadNumber, Int(3)]
+        );
+    }
+
+    #[test]
+    fn comments_and_spans() {
+        let (t, e) = lex("a // line\n/* block /* nested */ still */ b");
+        assert!(e.is_empty());
+        assert_eq!(
+            t,
+            [
+                (0, Tok::Ident("a".into()), 1),
+                (41, Tok::Ident("b".into()), 42)
+            ]
+        );
+        let (t, e) = lex("a /* open /* */");
+        assert_eq!(t.len(), 1);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].kind, LexErrorKind::UnterminatedComment);
+        assert_eq!(e[0].span, Span::new(2, 15));
+    }
+
+    #[test]
+    fn unknown_characters_keep_going() {
+        let src = "a $ é b";
+        let (t, e) = lex(src);
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(|e| e.kind == LexErrorKind::UnknownCharacter));
+        assert_eq!(&src[e[1].span.range()], "é");
+        let kinds: Vec<Tok> = t.into_iter().map(|(_, t, _)| t).collect();
+        assert_eq!(
+            kinds,
+            [
+                Tok::Ident("a".into()),
+                Tok::Unknown,
+                Tok::Unknown,
+                Tok::Ident("b".into())
+            ]
+        );
+    }
+}
