@@ -261,7 +261,9 @@ fn unexpected_token(
         kind = ParseErrorKind::MissingElse;
         hint = Some("an `if` is an expression and needs an `else { ... }` branch".to_string());
     } else if has("`;`") && tok != Tok::Semi {
-        let prev_end = tokens.iter().rev().find(|t| t.2 <= l).map(|t| t.2);
+        // Tokens are sorted and disjoint, so their ends are sorted too.
+        let before = tokens.partition_point(|t| t.2 <= l);
+        let prev_end = before.checked_sub(1).map(|i| tokens[i].2);
         let on_new_line =
             prev_end.is_some_and(|p| source.get(p..l).is_some_and(|g| g.contains('\n')));
         if on_new_line || matches!(tok, Tok::RBrace | Tok::Let) || tok.starts_item() {
@@ -280,6 +282,11 @@ fn unexpected_token(
                 None => "add `;` here".to_string(),
             });
         }
+    } else if tok.is_keyword() && has("identifier") {
+        let word = tok.spelling().unwrap_or("");
+        hint = Some(format!(
+            "`{word}` is a keyword and cannot be used as a name"
+        ));
     } else if tok == Tok::Semi && has("`}`") && !has("`;`") {
         hint = Some("the last expression of a block is its value and takes no `;`".to_string());
     }

@@ -284,6 +284,8 @@ fn specific_mistakes() {
         kinds("attention a { mask = m; score = s }"),
         [ParseErrorKind::MissingSemicolon]
     );
+    let (_, e) = parse("fn f() -> i32 { let mask = 1; mask }");
+    assert!(e[0].hint.as_deref().unwrap().contains("keyword"), "{e:#?}");
     let (_, e) = parse("fn f() -> i32 { 1; }");
     assert!(
         e[0].hint.as_deref().unwrap().contains("takes no `;`"),
