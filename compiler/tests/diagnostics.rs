@@ -71,3 +71,19 @@ fn bad_inputs_are_rejected_with_their_code() {
         insta::assert_snapshot!(stem.as_str(), rendered);
     }
 }
+
+#[test]
+fn every_tested_code_is_documented() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/language.md"))
+            .expect("docs/language.md");
+    for path in bad_files() {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if let Some(code) = stem.split('_').next().filter(|c| c.starts_with('E')) {
+            assert!(
+                doc.contains(&format!("| {code} |")),
+                "{code} (tested by {stem}.attn) has no row in docs/language.md"
+            );
+        }
+    }
+}
