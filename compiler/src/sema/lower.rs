@@ -146,7 +146,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         let locals = self.scopes.iter().flatten().map(|(n, _, _)| n.as_str());
         for cand in locals.chain(self.items.all_names()) {
             let d = edit_distance(name, cand);
-            if d <= 2
+            if (1..=2).contains(&d)
                 && d < name.len().max(2)
                 && best
                     .as_ref()
