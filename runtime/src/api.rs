@@ -64,9 +64,15 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles source text. `name` is used in diagnostics.
     pub fn from_source(name: &str, text: &str) -> Result<Compiled> {
-        let source = Arc::new(SourceFile { name: name.to_string(), text: text.to_string() });
+        let source = Arc::new(SourceFile {
+            name: name.to_string(),
+            text: text.to_string(),
+        });
         match attnc_compiler::compile_source(text) {
-            Ok(m) => Ok(Compiled { source, programs: m.programs }),
+            Ok(m) => Ok(Compiled {
+                source,
+                programs: m.programs,
+            }),
             Err(diags) => Err(Error::Compile {
                 rendered: attnc_compiler::render(&diags, name, text),
                 count: diags.iter().filter(|d| d.is_error()).count(),
@@ -75,7 +81,10 @@ impl Compiled {
     }
     /// Reads and compiles a file.
     pub fn from_file(path: &std::path::Path) -> Result<Compiled> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         Self::from_source(&path.display().to_string(), &text)
     }
     pub fn names(&self) -> Vec<&str> {
@@ -87,7 +96,10 @@ impl Compiled {
     /// One attention of the file.
     pub fn attention(&self, name: &str) -> Result<Variant> {
         match self.programs.iter().find(|p| p.name == name) {
-            Some(p) => Ok(Variant { source: self.source.clone(), program: Arc::new(p.clone()) }),
+            Some(p) => Ok(Variant {
+                source: self.source.clone(),
+                program: Arc::new(p.clone()),
+            }),
             None => Err(Error::UnknownAttention {
                 name: name.to_string(),
                 file: self.source.name.clone(),
@@ -134,7 +146,14 @@ pub struct BindOptions {
 
 impl BindOptions {
     pub fn new(backend: Backend, shape: Shape, dtype: DType) -> Self {
-        BindOptions { backend, shape, dtype, scale: None, threads: 0, checked: false }
+        BindOptions {
+            backend,
+            shape,
+            dtype,
+            scale: None,
+            threads: 0,
+            checked: false,
+        }
     }
 }
 
@@ -188,11 +207,22 @@ impl Variant {
     pub fn bind(&self, opts: BindOptions) -> Result<Bound> {
         opts.shape.validate()?;
         let kernel = crate::launch::prepare(&self.program, &opts)?;
-        Ok(Bound { variant: self.clone(), opts, kernel })
+        Ok(Bound {
+            variant: self.clone(),
+            opts,
+            kernel,
+        })
     }
 
     /// A diagnostic pointing at a declaration of this program, rendered.
-    pub(crate) fn render_at(&self, span: attnc_grammar::ast::Span, code: &'static str, message: &str, label: &str, hint: Option<&str>) -> String {
+    pub(crate) fn render_at(
+        &self,
+        span: attnc_grammar::ast::Span,
+        code: &'static str,
+        message: &str,
+        label: &str,
+        hint: Option<&str>,
+    ) -> String {
         let mut d = Diagnostic::error(code, span, message).with_label(label);
         if let Some(h) = hint {
             d = d.with_hint(h);
@@ -216,7 +246,9 @@ impl Bound {
         &self.variant
     }
     pub fn scale(&self) -> f32 {
-        self.opts.scale.unwrap_or_else(|| self.opts.shape.default_scale())
+        self.opts
+            .scale
+            .unwrap_or_else(|| self.opts.shape.default_scale())
     }
 
     /// Checks and converts the captures against the program's declarations.
@@ -225,24 +257,50 @@ impl Bound {
     }
 
     /// Runs attention on host tensors.
-    pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, captures: &Captures) -> Result<Output> {
+    pub fn forward(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        captures: &Captures,
+    ) -> Result<Output> {
         let s = self.opts.shape;
         check_input("q", q, &[s.b, s.hq, s.lq, s.d], self.opts.dtype)?;
         check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], self.opts.dtype)?;
         check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], self.opts.dtype)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
-        let (o, lse) = crate::launch::forward(&mut self.kernel, &self.variant, &self.opts, scale, q, k, v, &bindings)?;
-        Ok(Output { o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, self.opts.dtype), lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse) })
+        let (o, lse) = crate::launch::forward(
+            &mut self.kernel,
+            &self.variant,
+            &self.opts,
+            scale,
+            q,
+            k,
+            v,
+            &bindings,
+        )?;
+        Ok(Output {
+            o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, self.opts.dtype),
+            lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
+        })
     }
 }
 
 fn check_input(which: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
     if t.shape() != shape {
-        return Err(Error::InputShape { which: which.into(), expected: format!("{shape:?}"), got: t.shape().to_vec() });
+        return Err(Error::InputShape {
+            which: which.into(),
+            expected: format!("{shape:?}"),
+            got: t.shape().to_vec(),
+        });
     }
     if t.dtype() != dtype {
-        return Err(Error::InputDType { which: which.into(), expected: dtype.name().into(), got: t.dtype() });
+        return Err(Error::InputDType {
+            which: which.into(),
+            expected: dtype.name().into(),
+            got: t.dtype(),
+        });
     }
     Ok(())
 }
@@ -259,16 +317,29 @@ fn elem_dtype(e: ElemType) -> DType {
 
 /// Checks every declared capture is present with the declared dtype and shape, and
 /// converts them for kernels. Unknown names are errors too (likely typos).
-pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Captures) -> Result<Bindings> {
+pub(crate) fn bind_captures(
+    variant: &Variant,
+    shape: &Shape,
+    captures: &Captures,
+) -> Result<Bindings> {
     let p = &variant.program;
     for name in captures.tensors.keys().chain(captures.params.keys()) {
         if p.tensor(name).is_none() && p.param(name).is_none() {
-            let mut declared: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).chain(p.params.iter().map(|x| x.name.as_str())).collect();
+            let mut declared: Vec<&str> = p
+                .tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .chain(p.params.iter().map(|x| x.name.as_str()))
+                .collect();
             declared.sort();
             return Err(Error::UnknownCapture {
                 name: name.clone(),
                 attention: p.name.clone(),
-                declared: if declared.is_empty() { "nothing".into() } else { declared.join(", ") },
+                declared: if declared.is_empty() {
+                    "nothing".into()
+                } else {
+                    declared.join(", ")
+                },
             });
         }
     }
@@ -277,8 +348,17 @@ pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Capture
         let Some(v) = captures.params.get(&info.name) else {
             return Err(Error::Capture {
                 name: info.name.clone(),
-                message: format!("param `{}` of attention `{}` was not given a value", info.name, p.name),
-                rendered: variant.render_at(info.span, "E0301", &format!("missing value for param `{}`", info.name), "declared here", Some("pass it in Captures::params (CLI: --param NAME=VALUE)")),
+                message: format!(
+                    "param `{}` of attention `{}` was not given a value",
+                    info.name, p.name
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0301",
+                    &format!("missing value for param `{}`", info.name),
+                    "declared here",
+                    Some("pass it in Captures::params (CLI: --param NAME=VALUE)"),
+                ),
             });
         };
         let s = match (info.ty, v) {
@@ -289,8 +369,17 @@ pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Capture
             (t, v) => {
                 return Err(Error::Capture {
                     name: info.name.clone(),
-                    message: format!("param `{}` is declared `{t}` but was given {v:?}", info.name),
-                    rendered: variant.render_at(info.span, "E0302", &format!("wrong type for param `{}`", info.name), &format!("declared `{t}` here"), None),
+                    message: format!(
+                        "param `{}` is declared `{t}` but was given {v:?}",
+                        info.name
+                    ),
+                    rendered: variant.render_at(
+                        info.span,
+                        "E0302",
+                        &format!("wrong type for param `{}`", info.name),
+                        &format!("declared `{t}` here"),
+                        None,
+                    ),
                 });
             }
         };
@@ -304,25 +393,62 @@ pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Capture
         let Some(t) = captures.tensors.get(&info.name) else {
             return Err(Error::Capture {
                 name: info.name.clone(),
-                message: format!("tensor `{}` ({decl}) of attention `{}` was not given", info.name, p.name),
-                rendered: variant.render_at(info.span, "E0303", &format!("missing captured tensor `{}`", info.name), "declared here", Some("pass it in Captures::tensors (CLI: a tensor of this name in --inputs)")),
+                message: format!(
+                    "tensor `{}` ({decl}) of attention `{}` was not given",
+                    info.name, p.name
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0303",
+                    &format!("missing captured tensor `{}`", info.name),
+                    "declared here",
+                    Some("pass it in Captures::tensors (CLI: a tensor of this name in --inputs)"),
+                ),
             });
         };
         let want = elem_dtype(info.elem);
         if t.dtype() != want {
             return Err(Error::Capture {
                 name: info.name.clone(),
-                message: format!("tensor `{}` has dtype {}, but is declared {decl}", info.name, t.dtype()),
-                rendered: variant.render_at(info.span, "E0304", &format!("wrong dtype for tensor `{}`", info.name), &format!("declared {} here", info.elem.name()), Some(&format!("convert it to {} on the host, or change the declaration to `{}`", want, t.dtype()))),
+                message: format!(
+                    "tensor `{}` has dtype {}, but is declared {decl}",
+                    info.name,
+                    t.dtype()
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0304",
+                    &format!("wrong dtype for tensor `{}`", info.name),
+                    &format!("declared {} here", info.elem.name()),
+                    Some(&format!(
+                        "convert it to {} on the host, or change the declaration to `{}`",
+                        want,
+                        t.dtype()
+                    )),
+                ),
             });
         }
         let mismatch = |detail: String| Error::Capture {
             name: info.name.clone(),
-            message: format!("tensor `{}` has shape {:?}, but is declared {decl}: {detail}", info.name, t.shape()),
-            rendered: variant.render_at(info.span, "E0305", &format!("wrong shape for tensor `{}`", info.name), "declared here", None),
+            message: format!(
+                "tensor `{}` has shape {:?}, but is declared {decl}: {detail}",
+                info.name,
+                t.shape()
+            ),
+            rendered: variant.render_at(
+                info.span,
+                "E0305",
+                &format!("wrong shape for tensor `{}`", info.name),
+                "declared here",
+                None,
+            ),
         };
         if t.shape().len() != info.dims.len() {
-            return Err(mismatch(format!("rank {} instead of {}", t.shape().len(), info.dims.len())));
+            return Err(mismatch(format!(
+                "rank {} instead of {}",
+                t.shape().len(),
+                info.dims.len()
+            )));
         }
         for (i, (d, got)) in info.dims.iter().zip(t.shape()).enumerate() {
             let expect = match d {
@@ -342,14 +468,19 @@ pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Capture
             if let Some(e) = expect
                 && e != *got
             {
-                return Err(mismatch(format!("dimension {i} (`{d}`) is {got}, expected {e}")));
+                return Err(mismatch(format!(
+                    "dimension {i} (`{d}`) is {got}, expected {e}"
+                )));
             }
         }
         let data = match info.elem.read_type() {
             Type::I32 => TensorData::I32(t.to_i32()),
             _ => TensorData::F32(t.to_f32()),
         };
-        tensors.push(BoundTensor { dims: t.shape().to_vec(), data });
+        tensors.push(BoundTensor {
+            dims: t.shape().to_vec(),
+            data,
+        });
     }
     Ok(Bindings { params, tensors })
 }
@@ -357,9 +488,22 @@ pub(crate) fn bind_captures(variant: &Variant, shape: &Shape, captures: &Capture
 /// Renders an out-of-range read reported by a backend.
 pub(crate) fn out_of_bounds(variant: &Variant, e: &EvalError) -> Error {
     match e {
-        EvalError::OutOfBounds { tensor, index, dims, span } => Error::OutOfBounds {
-            message: format!("out-of-range read of tensor `{tensor}` at {index:?} (shape {dims:?})"),
-            rendered: variant.render_at(*span, "E0306", &format!("index {index:?} is out of range for `{tensor}` of shape {dims:?}"), "this read", Some("clamp the index, or guard the read with `if` / `&&`")),
+        EvalError::OutOfBounds {
+            tensor,
+            index,
+            dims,
+            span,
+        } => Error::OutOfBounds {
+            message: format!(
+                "out-of-range read of tensor `{tensor}` at {index:?} (shape {dims:?})"
+            ),
+            rendered: variant.render_at(
+                *span,
+                "E0306",
+                &format!("index {index:?} is out of range for `{tensor}` of shape {dims:?}"),
+                "this read",
+                Some("clamp the index, or guard the read with `if` / `&&`"),
+            ),
         },
     }
 }

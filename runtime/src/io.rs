@@ -32,16 +32,29 @@ fn to_st(d: DType) -> Dtype {
 /// Reads every tensor of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: p.clone(), source: e })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors { path: p.clone(), message: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: p.clone(),
+        source: e,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let dtype = from_st(view.dtype()).ok_or_else(|| Error::Safetensors {
             path: p.clone(),
-            message: format!("tensor `{name}` has dtype {:?}; attnc reads f32, f16, bf16, i32 and i64", view.dtype()),
+            message: format!(
+                "tensor `{name}` has dtype {:?}; attnc reads f32, f16, bf16, i32 and i64",
+                view.dtype()
+            ),
         })?;
-        let t = Tensor::from_bytes(view.shape().to_vec(), dtype, view.data().to_vec())
-            .ok_or_else(|| Error::Safetensors { path: p.clone(), message: format!("tensor `{name}` has a byte size that does not match its shape") })?;
+        let t = Tensor::from_bytes(view.shape().to_vec(), dtype, view.data().to_vec()).ok_or_else(
+            || Error::Safetensors {
+                path: p.clone(),
+                message: format!("tensor `{name}` has a byte size that does not match its shape"),
+            },
+        )?;
         out.insert(name, t);
     }
     Ok(out)
@@ -53,10 +66,20 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let v = safetensors::tensor::TensorView::new(to_st(t.dtype()), t.shape().to_vec(), t.bytes())
-                .map_err(|e| Error::Safetensors { path: p.clone(), message: e.to_string() })?;
+            let v = safetensors::tensor::TensorView::new(
+                to_st(t.dtype()),
+                t.shape().to_vec(),
+                t.bytes(),
+            )
+            .map_err(|e| Error::Safetensors {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
             Ok((n.clone(), v))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors { path: p, message: e.to_string() })
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
+        path: p,
+        message: e.to_string(),
+    })
 }

@@ -20,8 +20,14 @@ pub(crate) enum Kernel {
 pub(crate) fn prepare(_program: &Program, opts: &BindOptions) -> Result<Kernel> {
     match opts.backend {
         crate::api::Backend::Reference => Ok(Kernel::Reference),
-        crate::api::Backend::Cpu => Err(Error::BackendUnavailable { backend: "cpu", reason: "the CPU backend is not built into this version".into() }),
-        crate::api::Backend::Cuda => Err(Error::BackendUnavailable { backend: "cuda", reason: "the CUDA backend is not built into this version".into() }),
+        crate::api::Backend::Cpu => Err(Error::BackendUnavailable {
+            backend: "cpu",
+            reason: "the CPU backend is not built into this version".into(),
+        }),
+        crate::api::Backend::Cuda => Err(Error::BackendUnavailable {
+            backend: "cuda",
+            reason: "the CUDA backend is not built into this version".into(),
+        }),
     }
 }
 
@@ -38,8 +44,16 @@ pub(crate) fn forward(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     match kernel {
         Kernel::Reference => {
-            let out = reference::attention(variant.program(), &opts.shape, &q.to_f32(), &k.to_f32(), &v.to_f32(), scale, bindings)
-                .map_err(|e| out_of_bounds(variant, &e))?;
+            let out = reference::attention(
+                variant.program(),
+                &opts.shape,
+                &q.to_f32(),
+                &k.to_f32(),
+                &v.to_f32(),
+                scale,
+                bindings,
+            )
+            .map_err(|e| out_of_bounds(variant, &e))?;
             Ok((out.o, out.lse))
         }
     }

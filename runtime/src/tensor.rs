@@ -68,30 +68,74 @@ impl Tensor {
         if n.checked_mul(dtype.size())? != bytes.len() {
             return None;
         }
-        Some(Tensor { shape, dtype, bytes })
+        Some(Tensor {
+            shape,
+            dtype,
+            bytes,
+        })
     }
     pub fn from_f32(shape: Vec<usize>, data: &[f32]) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape does not match data");
-        Tensor { shape, dtype: DType::F32, bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::F32,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     pub fn from_i32(shape: Vec<usize>, data: &[i32]) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape does not match data");
-        Tensor { shape, dtype: DType::I32, bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::I32,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     pub fn from_i64(shape: Vec<usize>, data: &[i64]) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape does not match data");
-        Tensor { shape, dtype: DType::I64, bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::I64,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     /// Converts f32 values to a float dtype (rounding to nearest even for f16/bf16).
     pub fn from_f32_as(shape: Vec<usize>, data: &[f32], dtype: DType) -> Tensor {
         let bytes = match dtype {
             DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::F16 => data.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
-            DType::BF16 => data.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
-            DType::I32 => data.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
-            DType::I64 => data.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+            DType::F16 => data
+                .iter()
+                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            DType::BF16 => data
+                .iter()
+                .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+            DType::I32 => data
+                .iter()
+                .flat_map(|x| (*x as i32).to_le_bytes())
+                .collect(),
+            DType::I64 => data
+                .iter()
+                .flat_map(|x| (*x as i64).to_le_bytes())
+                .collect(),
         };
-        Tensor { shape, dtype, bytes }
+        Tensor {
+            shape,
+            dtype,
+            bytes,
+        }
     }
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -112,9 +156,18 @@ impl Tensor {
     pub fn to_f32(&self) -> Vec<f32> {
         let b = &self.bytes;
         match self.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             DType::I32 => self.to_i32().into_iter().map(|x| x as f32).collect(),
             DType::I64 => self.to_i64().into_iter().map(|x| x as f32).collect(),
         }
@@ -123,18 +176,29 @@ impl Tensor {
     pub fn to_i32(&self) -> Vec<i32> {
         let b = &self.bytes;
         match self.dtype {
-            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             DType::I64 => self.to_i64().into_iter().map(|x| x as i32).collect(),
             _ => self.to_f32().into_iter().map(|x| x as i32).collect(),
         }
     }
     fn to_i64(&self) -> Vec<i64> {
-        self.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+        self.bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
     }
     /// The raw 16-bit patterns of an f16/bf16 tensor.
     pub fn to_u16_bits(&self) -> Option<Vec<u16>> {
         match self.dtype {
-            DType::F16 | DType::BF16 => Some(self.bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::F16 | DType::BF16 => Some(
+                self.bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
             _ => None,
         }
     }
