@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod io;
 mod launch;
+pub mod synth;
 pub mod tensor;
 
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
