@@ -1,1 +1,2 @@
 //! attnc runtime
+pub mod blockview;
