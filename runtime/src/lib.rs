@@ -2,8 +2,10 @@
 //! dtypes and a backend, and run `forward` many times (see [`api`]).
 //!
 //! Modules: [`api`] (compile/bind/forward), [`tensor`] (host tensors), [`io`]
-//! (safetensors), `launch` (the compile/launch seam per backend), [`error`].
+//! (safetensors), `launch` (the compile/launch seam per backend), [`blockview`]
+//! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
+pub mod blockview;
 pub mod error;
 pub mod io;
 mod launch;
