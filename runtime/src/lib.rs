@@ -5,6 +5,7 @@
 //! (safetensors), `launch` (the compile/launch seam per backend), [`blockview`]
 //! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
+pub mod bench;
 pub mod blockview;
 pub mod error;
 pub mod io;

@@ -2,6 +2,8 @@
 //!
 //! In: `std::env::args`. Out: the process exit code.
 
+mod bench;
+mod blockmask;
 mod demo;
 mod run;
 
@@ -96,6 +98,67 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Show the block structure of an attention's mask (derived by analysis) as text and pictures
+    Blockmask {
+        file: PathBuf,
+        #[arg(long)]
+        attention: Option<String>,
+        #[arg(long)]
+        lq: usize,
+        #[arg(long)]
+        lkv: usize,
+        /// Block sizes QxK (or one number for both)
+        #[arg(long, default_value = "128x128")]
+        block: String,
+        /// Batch size (captured tensors with a B dimension must match)
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Number of heads (captured tensors with an H dimension must match)
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
+        /// Captured tensors (safetensors)
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long)]
+        png: Option<PathBuf>,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Also count partial blocks exactly by brute force (small lengths only)
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Time an attention on a backend with random inputs
+    Bench {
+        file: PathBuf,
+        #[arg(long)]
+        attention: Option<String>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 1)]
+        b: usize,
+        #[arg(long, default_value_t = 8)]
+        h: usize,
+        /// kv heads (default: = h)
+        #[arg(long)]
+        hkv: Option<usize>,
+        #[arg(long, default_value_t = 2048)]
+        lq: usize,
+        /// default: = lq
+        #[arg(long)]
+        lkv: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
     /// Compile and run every example on random inputs; compare each backend with the oracle
     Demo {
         /// Folder of .attn files
@@ -166,6 +229,68 @@ pub fn main() -> i32 {
             threads,
         }),
         Command::Demo { dir, backends } => demo::demo(&dir, &backends),
+        Command::Blockmask {
+            file,
+            attention,
+            lq,
+            lkv,
+            block,
+            batch,
+            heads,
+            inputs,
+            params,
+            png,
+            svg,
+            exact,
+        } => blockmask::blockmask(&blockmask::BlockmaskArgs {
+            file,
+            attention,
+            lq,
+            lkv,
+            block,
+            batch,
+            head: heads,
+            inputs,
+            params,
+            png,
+            svg,
+            exact,
+        }),
+        Command::Bench {
+            file,
+            attention,
+            backend,
+            b,
+            h,
+            hkv,
+            lq,
+            lkv,
+            d,
+            dtype,
+            threads,
+            iters,
+            params,
+        } => {
+            let shape = attnc::Shape {
+                b,
+                hq: h,
+                hkv: hkv.unwrap_or(h),
+                lq,
+                lkv: lkv.unwrap_or(lq),
+                d,
+                dv: d,
+            };
+            bench::bench(&bench::BenchArgs {
+                file,
+                attention,
+                backend,
+                shape,
+                dtype,
+                threads,
+                iters,
+                params,
+            })
+        }
     };
     match result {
         Ok(()) => 0,
@@ -221,7 +346,16 @@ fn emit(
     let variant = compiled.select(attention)?;
     match kind {
         EmitKind::Ir => print!("{}", attnc_compiler::ir::write_program(variant.program())),
-        EmitKind::Clif | EmitKind::Ptx | EmitKind::Llvm => {
+        EmitKind::Clif => {
+            let opts = attnc_compiler::backend::cranelift::CpuOptions::default();
+            let text = attnc_compiler::backend::cranelift::emit_clif(variant.program(), &opts)
+                .map_err(|e| Error::Backend {
+                    backend: "cpu",
+                    message: e.to_string(),
+                })?;
+            print!("{text}");
+        }
+        EmitKind::Ptx | EmitKind::Llvm => {
             return Err(Error::BackendUnavailable {
                 backend: "emit",
                 reason: format!("{kind:?} output is not built into this version"),
