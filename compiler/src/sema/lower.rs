@@ -41,6 +41,8 @@ struct Lowerer<'a, 'i> {
     stack: Vec<(String, Span)>,
     diags: &'i mut Vec<Diagnostic>,
     quiet: usize,
+    /// The call, in the item being checked, whose inlining is in progress.
+    root_call: Option<Span>,
     ctx: Ctx,
     too_large: bool,
 }
@@ -77,6 +79,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             stack: Vec::new(),
             diags,
             quiet: 0,
+            root_call: None,
             ctx,
             too_large: false,
         }
@@ -91,7 +94,8 @@ impl<'a, 'i> Lowerer<'a, 'i> {
     fn push(&mut self, inst: Inst, ty: Type, span: Span) -> Value {
         if self.f.len() >= MAX_INSTS && !self.too_large {
             self.too_large = true;
-            let d = Diagnostic::error("E0113", span, "this code is too large after inlining helper functions")
+            let at = self.root_call.unwrap_or(span);
+            let d = Diagnostic::error("E0113", at, "this code is too large after inlining helper functions")
                 .with_label("inlining grows past here")
                 .with_hint(format!(
                     "the limit is {MAX_INSTS} IR instructions; call helpers fewer times or bind results with `let`"
@@ -143,11 +147,16 @@ impl<'a, 'i> Lowerer<'a, 'i> {
 
     fn suggest(&self, name: &str) -> Option<String> {
         let mut best: Option<(usize, String)> = None;
+        if name.chars().count() < 3 {
+            return None; // every one-letter name is near every other: no useful hint
+        }
         let locals = self.scopes.iter().flatten().map(|(n, _, _)| n.as_str());
-        for cand in locals.chain(self.items.all_names()) {
+        let builtin_names = builtins::BUILTINS.iter().map(|b| b.0);
+        for cand in locals.chain(self.items.all_names()).chain(builtin_names) {
             let d = edit_distance(name, cand);
-            if d <= 2
+            if (1..=2).contains(&d)
                 && d < name.len().max(2)
+                && cand.chars().count() >= 2
                 && best
                     .as_ref()
                     .is_none_or(|(bd, bn)| d < *bd || (d == *bd && cand < bn.as_str()))
@@ -542,7 +551,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         }
         match self.items.names.get(name).copied() {
             Some(ItemRef::Fn(f)) => {
-                if !self.arity(callee, args.len(), f.params.len(), f.name.span) {
+                if !self.arity(callee, args.len(), f.params.len(), Some(f.name.span)) {
                     return None;
                 }
                 let mut vals = Vec::new();
@@ -581,7 +590,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 Some((v, t))
             }
             Some(ItemRef::Mask(m)) => {
-                if !self.arity(callee, args.len(), 4, m.name.span) {
+                if !self.arity(callee, args.len(), 4, Some(m.name.span)) {
                     return None;
                 }
                 let vals = self.index_args(args, name)?;
@@ -589,7 +598,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 Some((v, Type::Bool))
             }
             Some(ItemRef::Score(sc)) => {
-                if !self.arity(callee, args.len(), 5, sc.name.span) {
+                if !self.arity(callee, args.len(), 5, Some(sc.name.span)) {
                     return None;
                 }
                 let s = match self.expr(&args[0], Some(Type::F32))? {
@@ -686,7 +695,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         if ok { Some(out) } else { None }
     }
 
-    fn arity(&mut self, callee: &ast::Ident, got: usize, want: usize, decl: Span) -> bool {
+    fn arity(&mut self, callee: &ast::Ident, got: usize, want: usize, decl: Option<Span>) -> bool {
         if got == want {
             return true;
         }
@@ -701,9 +710,13 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                     if got == 1 { "was" } else { "were" }
                 ),
             )
-            .with_label(format!("expected {want}"))
-            .with_secondary(decl, "defined here"),
+            .with_label(format!("expected {want}")),
         );
+        if let (Some(decl), Some(last)) = (decl, self.diags.last_mut())
+            && self.quiet == 0
+        {
+            last.secondary.push((decl, "defined here".into()));
+        }
         false
     }
 
@@ -738,9 +751,15 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         }
         let saved_scopes = std::mem::replace(&mut self.scopes, vec![vals]);
         self.stack.push((name.to_string(), decl));
+        if self.quiet == 0 {
+            self.root_call = Some(call);
+        }
         self.quiet += 1;
         let r = body(self);
         self.quiet -= 1;
+        if self.quiet == 0 {
+            self.root_call = None;
+        }
         self.stack.pop();
         self.scopes = saved_scopes;
         r
@@ -859,7 +878,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
     ) -> Typed {
         let name = callee.name.as_str();
         let want = builtins::arity(name).unwrap_or(0);
-        if !self.arity(callee, args.len(), want, callee.span) {
+        if !self.arity(callee, args.len(), want, None) {
             return None;
         }
         let float1 = |op: UnOp| Some(op);

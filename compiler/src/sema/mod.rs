@@ -49,7 +49,26 @@ pub fn compile_source(source: &str) -> Result<Module, Vec<Diagnostic>> {
             d
         })
         .collect();
-    let programs = check_file(&file, &mut diags);
+    let parse_spans: Vec<Span> = diags.iter().map(|d| d.span).collect();
+    let mut semantic = Vec::new();
+    let programs = check_file(&file, &mut semantic);
+    // One report per (code, place): inlining can reach the same mistake twice.
+    let mut seen = std::collections::HashSet::new();
+    for d in semantic {
+        // A block left without a value by a syntax error was already reported by the parser.
+        let follows_parse_error = d.code == "E0215"
+            && parse_spans
+                .iter()
+                .any(|p| d.span.start <= p.start && p.end <= d.span.end);
+        // Growth past the size limit is reported once, where it is first found.
+        let repeated_limit = d.code == "E0113" && !seen.insert(("E0113", 0, 0, String::new()));
+        if !follows_parse_error
+            && !repeated_limit
+            && seen.insert((d.code, d.span.start, d.span.end, d.message.clone()))
+        {
+            diags.push(d);
+        }
+    }
     if diags.iter().any(|d| d.is_error()) {
         Err(diags)
     } else {

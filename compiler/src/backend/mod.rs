@@ -1,0 +1,2 @@
+//! Backends: IR (plus block maps) in, executable kernels or kernel text out.
+pub mod cranelift;
