@@ -17,6 +17,7 @@ pub(crate) struct BenchArgs {
     pub threads: usize,
     pub iters: usize,
     pub params: Vec<String>,
+    pub docs: usize,
 }
 
 pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
@@ -28,7 +29,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         .filter(|d| d.is_float())
         .ok_or_else(|| Error::Usage(format!("--dtype: `{}` is not f32, f16 or bf16", a.dtype)))?;
     let shape = a.shape;
-    let mut caps = synth::captures(variant.program(), &shape, 7);
+    let mut caps = synth::captures_with_ids(variant.program(), &shape, 7, a.docs);
     for (name, v) in parse_params(&a.params)? {
         caps.params.insert(name, v);
     }

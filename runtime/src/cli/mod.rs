@@ -158,6 +158,9 @@ enum Command {
         iters: usize,
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Number of sorted ids (documents) in synthetic integer tensors
+        #[arg(long, default_value_t = 8)]
+        docs: usize,
     },
     /// Compile and run every example on random inputs; compare each backend with the oracle
     Demo {
