@@ -4,6 +4,7 @@
 //! [`passes`] (fold, CSE) -> [`ir::verify_program`] -> analyses ([`analysis`]) ->
 //! backends ([`interp`] and [`reference`] as the oracle, Cranelift for CPUs, LLVM for PTX).
 pub mod analysis;
+pub mod backend;
 pub mod interp;
 pub mod ir;
 pub mod reference;
