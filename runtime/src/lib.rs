@@ -1,1 +1,3 @@
 //! attnc runtime
+pub mod cache;
+pub mod cuda;

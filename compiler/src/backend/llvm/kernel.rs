@@ -33,6 +33,32 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
 
+/// Shared-memory tiles of Q, K and V.
+fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
+    let q = SmemTile {
+        offset: 0,
+        rows: opts.q_block,
+        cols: opts.d,
+    };
+    let k = SmemTile {
+        offset: q.bytes(),
+        rows: opts.kv_block,
+        cols: opts.d,
+    };
+    let v = SmemTile {
+        offset: q.bytes() + k.bytes(),
+        rows: opts.kv_block,
+        cols: opts.dv,
+    };
+    (q, k, v)
+}
+
+/// (threads per CTA, dynamic shared memory bytes).
+pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
+    let (_, _, v) = tiles(opts);
+    (opts.q_block / 16 * 32, v.offset + v.bytes())
+}
+
 pub(crate) struct Built<'ctx> {
     pub module: Module<'ctx>,
     pub threads: u32,
@@ -41,7 +67,7 @@ pub(crate) struct Built<'ctx> {
 }
 
 /// The parameter list of a program's kernel, in launch order.
-fn param_list(p: &Program) -> Vec<KernelParam> {
+pub(crate) fn param_list(p: &Program) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![Q, K, V, O, Lse, RowStart, Runs, Params, Err];
     v.extend((0..p.tensors.len() as u32).map(Tensor));
@@ -121,21 +147,7 @@ pub(crate) fn build<'ctx>(
             func.add_attribute(AttributeLoc::Param(i as u32), noalias);
         }
     }
-    let q = SmemTile {
-        offset: 0,
-        rows: opts.q_block,
-        cols: opts.d,
-    };
-    let k = SmemTile {
-        offset: q.bytes(),
-        rows: opts.kv_block,
-        cols: opts.d,
-    };
-    let v = SmemTile {
-        offset: q.bytes() + k.bytes(),
-        rows: opts.kv_block,
-        cols: opts.dv,
-    };
+    let (q, k, v) = tiles(opts);
     let cfg = Cfg {
         ty: opts.input,
         d: opts.d,

@@ -283,9 +283,11 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     if let Ok(path) = std::env::var("ATTNC_DUMP_LL") {
         let _ = std::fs::write(path, module.print_to_string().to_string());
     }
-    module
-        .verify()
-        .map_err(|e| LlvmError::Llvm(format!("module verification failed: {e}")))?;
+    module.verify().map_err(|e| {
+        let mut e = e.to_string();
+        e.truncate(2000);
+        LlvmError::Llvm(format!("module verification failed: {e}"))
+    })?;
     let pbo = PassBuilderOptions::create();
     module
         .run_passes("default<O3>", &tm, pbo)
@@ -302,16 +304,31 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
             "the kernel was not emitted as a .entry",
         ));
     }
+    let mut k = layout(program, opts)?;
+    debug_assert_eq!(
+        (k.threads, k.smem_bytes, &k.params),
+        (built.threads, built.smem_bytes, &built.params)
+    );
+    k.ptx = ptx;
+    k.llvm_ir = llvm_ir;
+    Ok(k)
+}
+
+/// The launch description of `program`'s kernel without generating it (`ptx` and
+/// `llvm_ir` empty): what a runtime needs next to PTX text taken from a cache.
+pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    opts.validate()?;
+    let (threads, smem_bytes) = kernel::sizes(opts);
     Ok(PtxKernel {
-        ptx,
-        llvm_ir,
-        entry,
+        ptx: String::new(),
+        llvm_ir: String::new(),
+        entry: format!("attnc_{}", sanitize(&program.name)),
         options: *opts,
         q_block: opts.q_block,
         kv_block: opts.kv_block,
-        threads: built.threads,
-        smem_bytes: built.smem_bytes,
-        params: built.params,
+        threads,
+        smem_bytes,
+        params: kernel::param_list(program),
         grid_note: "grid = (NumQBlocks, Hq, B), block = (threads, 1, 1)",
     })
 }
