@@ -463,8 +463,12 @@ impl CudaKernel {
         dev.synchronize()?;
         let mut ts = Vec::with_capacity(reps);
         for _ in 0..reps.max(1) {
-            let start = dev.ctx.new_event(None)?;
-            let end = dev.ctx.new_event(None)?;
+            let start = dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
             start.record(&dev.stream)?;
             for _ in 0..iters.max(1) {
                 self.launch(dev, p)?;
