@@ -51,7 +51,12 @@ pub struct Bindings {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EvalError {
     #[error("index {index:?} is out of range for tensor `{tensor}` of shape {dims:?}")]
-    OutOfBounds { tensor: String, index: Vec<i64>, dims: Vec<usize>, span: Span },
+    OutOfBounds {
+        tensor: String,
+        index: Vec<i64>,
+        dims: Vec<usize>,
+        span: Span,
+    },
 }
 
 /// The argument values of one mask or score evaluation.
@@ -96,7 +101,11 @@ pub fn eval(
                     scratch[b.index()]
                 }
             }
-            Inst::Load { tensor, indices, guard } => {
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
                 if !scratch[guard.index()].as_bool() {
                     zero(f.types[i])
                 } else {
@@ -114,7 +123,10 @@ pub fn eval(
                     if oob {
                         return Err(EvalError::OutOfBounds {
                             tensor: p.tensors[tensor.0 as usize].name.clone(),
-                            index: indices.iter().map(|v| scratch[v.index()].as_i32() as i64).collect(),
+                            index: indices
+                                .iter()
+                                .map(|v| scratch[v.index()].as_i32() as i64)
+                                .collect(),
                             dims: t.dims.clone(),
                             span: f.spans[i],
                         });

@@ -5,7 +5,13 @@
 //! backends ([`interp`] and [`reference`] as the oracle, Cranelift for CPUs, LLVM for PTX).
 pub mod analysis;
 pub mod backend;
+pub mod diag;
 pub mod interp;
 pub mod ir;
+pub mod passes;
 pub mod reference;
+pub mod sema;
 pub mod shape;
+
+pub use diag::{Diagnostic, render};
+pub use sema::{Module, compile_source};

@@ -26,7 +26,15 @@ pub fn attention(
     scale: f32,
     bind: &Bindings,
 ) -> Result<Output, EvalError> {
-    let Shape { b: nb, hq, lq, lkv, d, dv, .. } = *shape;
+    let Shape {
+        b: nb,
+        hq,
+        lq,
+        lkv,
+        d,
+        dv,
+        ..
+    } = *shape;
     assert_eq!(q.len(), shape.q_len(), "q length");
     assert_eq!(k.len(), shape.k_len(), "k length");
     assert_eq!(v.len(), shape.v_len(), "v length");
@@ -43,9 +51,19 @@ pub fn attention(
                 let mut max = f64::NEG_INFINITY;
                 for (j, sj) in s.iter_mut().enumerate() {
                     let krow = &k[((b * shape.hkv + hk) * lkv + j) * d..][..d];
-                    let dot: f64 = qrow.iter().zip(krow).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    let dot: f64 = qrow
+                        .iter()
+                        .zip(krow)
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum();
                     let raw = (scale as f64 * dot) as f32;
-                    let args = Args { s: raw, b: b as i32, h: h as i32, q: i as i32, kv: j as i32 };
+                    let args = Args {
+                        s: raw,
+                        b: b as i32,
+                        h: h as i32,
+                        q: i as i32,
+                        kv: j as i32,
+                    };
                     let keep = match &p.mask {
                         Some(m) => eval(m, p, args, bind, &mut scratch)?.as_bool(),
                         None => true,

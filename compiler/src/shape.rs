@@ -17,28 +17,52 @@ pub struct Shape {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
-    #[error("the number of query heads ({hq}) must be a positive multiple of the number of kv heads ({hkv})")]
+    #[error(
+        "the number of query heads ({hq}) must be a positive multiple of the number of kv heads ({hkv})"
+    )]
     Heads { hq: usize, hkv: usize },
     #[error("dimension `{what}` must be positive")]
     Zero { what: &'static str },
     #[error("dimension `{what}` = {value} exceeds the supported maximum {max}")]
-    TooLarge { what: &'static str, value: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        value: usize,
+        max: usize,
+    },
 }
 
 impl Shape {
     pub fn validate(&self) -> Result<(), ShapeError> {
-        for (what, v) in [("B", self.b), ("Hq", self.hq), ("Hkv", self.hkv), ("D", self.d), ("Dv", self.dv)] {
+        for (what, v) in [
+            ("B", self.b),
+            ("Hq", self.hq),
+            ("Hkv", self.hkv),
+            ("D", self.d),
+            ("Dv", self.dv),
+        ] {
             if v == 0 {
                 return Err(ShapeError::Zero { what });
             }
         }
         if self.hq % self.hkv != 0 {
-            return Err(ShapeError::Heads { hq: self.hq, hkv: self.hkv });
+            return Err(ShapeError::Heads {
+                hq: self.hq,
+                hkv: self.hkv,
+            });
         }
         let max = i32::MAX as usize;
-        for (what, v) in [("B", self.b), ("Hq", self.hq), ("Lq", self.lq), ("Lkv", self.lkv)] {
+        for (what, v) in [
+            ("B", self.b),
+            ("Hq", self.hq),
+            ("Lq", self.lq),
+            ("Lkv", self.lkv),
+        ] {
             if v > max {
-                return Err(ShapeError::TooLarge { what, value: v, max });
+                return Err(ShapeError::TooLarge {
+                    what,
+                    value: v,
+                    max,
+                });
             }
         }
         Ok(())

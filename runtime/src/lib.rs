@@ -1,3 +1,20 @@
-//! attnc runtime
+//! attnc: the library users depend on. Compile `.attn` source once, bind it to shapes,
+//! dtypes and a backend, and run `forward` many times (see [`api`]).
+//!
+//! Modules: [`api`] (compile/bind/forward), [`tensor`] (host tensors), [`io`]
+//! (safetensors), `launch` (the compile/launch seam per backend), [`blockview`]
+//! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
+pub mod api;
+pub mod blockview;
 pub mod cache;
 pub mod cuda;
+pub mod error;
+pub mod io;
+mod launch;
+pub mod synth;
+pub mod tensor;
+
+pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
+pub use attnc_compiler::shape::Shape;
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

@@ -69,11 +69,22 @@ impl BlockMap {
         row_start.push(0);
         for _ in 0..nq {
             if nkv > 0 {
-                runs.push(Run { start: 0, end: nkv, full });
+                runs.push(Run {
+                    start: 0,
+                    end: nkv,
+                    full,
+                });
             }
             row_start.push(runs.len() as u32);
         }
-        BlockMap { lq, lkv, q_block, kv_block, row_start, runs }
+        BlockMap {
+            lq,
+            lkv,
+            q_block,
+            kv_block,
+            row_start,
+            runs,
+        }
     }
 
     /// Builds a map from a per-block classification function (used by the analysis and by
@@ -106,7 +117,11 @@ impl BlockMap {
     pub fn kind(&self, i: usize, j: usize) -> BlockKind {
         for r in self.row(i) {
             if (r.start as usize..r.end as usize).contains(&j) {
-                return if r.full == 1 { BlockKind::Full } else { BlockKind::Partial };
+                return if r.full == 1 {
+                    BlockKind::Full
+                } else {
+                    BlockKind::Partial
+                };
             }
         }
         BlockKind::Empty
@@ -119,7 +134,11 @@ impl BlockMap {
             let n = (r.end - r.start) as usize;
             if r.full == 1 { full += n } else { partial += n }
         }
-        (self.n_q_blocks() * self.n_kv_blocks() - partial - full, partial, full)
+        (
+            self.n_q_blocks() * self.n_kv_blocks() - partial - full,
+            partial,
+            full,
+        )
     }
 }
 
@@ -131,7 +150,16 @@ pub struct BlockMapBuilder {
 impl BlockMapBuilder {
     pub fn new(lq: usize, lkv: usize, q_block: usize, kv_block: usize) -> Self {
         assert!(q_block > 0 && kv_block > 0, "block sizes must be positive");
-        BlockMapBuilder { map: BlockMap { lq, lkv, q_block, kv_block, row_start: vec![0], runs: Vec::new() } }
+        BlockMapBuilder {
+            map: BlockMap {
+                lq,
+                lkv,
+                q_block,
+                kv_block,
+                row_start: vec![0],
+                runs: Vec::new(),
+            },
+        }
     }
     /// Adds kv block `j` of the current row; `j` must ascend within a row.
     pub fn push(&mut self, j: usize, kind: BlockKind) {
@@ -155,7 +183,11 @@ impl BlockMapBuilder {
                 return;
             }
         }
-        self.map.runs.push(Run { start: start as u32, end: end as u32, full });
+        self.map.runs.push(Run {
+            start: start as u32,
+            end: end as u32,
+            full,
+        });
     }
     pub fn end_row(&mut self) {
         let n = self.map.runs.len() as u32;
@@ -178,7 +210,11 @@ pub struct BlockMaps {
 
 impl BlockMaps {
     pub fn single(map: BlockMap) -> Self {
-        BlockMaps { b_stride: 0, h_stride: 0, maps: vec![map] }
+        BlockMaps {
+            b_stride: 0,
+            h_stride: 0,
+            maps: vec![map],
+        }
     }
     pub fn get(&self, b: usize, h: usize) -> &BlockMap {
         &self.maps[b * self.b_stride + h * self.h_stride]
@@ -214,7 +250,21 @@ mod tests {
                 BlockKind::Empty
             }
         });
-        assert_eq!(m.row(2), &[Run { start: 0, end: 2, full: 1 }, Run { start: 2, end: 3, full: 0 }]);
+        assert_eq!(
+            m.row(2),
+            &[
+                Run {
+                    start: 0,
+                    end: 2,
+                    full: 1
+                },
+                Run {
+                    start: 2,
+                    end: 3,
+                    full: 0
+                }
+            ]
+        );
         assert_eq!(m.counts(), (3, 3, 3));
         assert_eq!(m.kind(0, 2), BlockKind::Empty);
         assert_eq!(m.kind(2, 1), BlockKind::Full);

@@ -1,2 +1,3 @@
-//! Code generators: `llvm` (PTX for NVIDIA GPUs) and `cranelift` (CPU machine code).
+//! Backends: IR (plus block maps) in, executable kernels or kernel text out.
+pub mod cranelift;
 pub mod llvm;

@@ -322,7 +322,7 @@ impl BinOp {
 }
 
 /// One instruction; it defines the value of the same index.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Inst {
     Arg(Arg),
     ConstBool(bool),
@@ -336,7 +336,11 @@ pub enum Inst {
     /// `cond ? a : b`
     Select(Value, Value, Value),
     /// Read `tensor[indices]` (row-major), performed only when `guard` is true.
-    Load { tensor: TensorId, indices: Vec<Value>, guard: Value },
+    Load {
+        tensor: TensorId,
+        indices: Vec<Value>,
+        guard: Value,
+    },
 }
 
 impl Inst {
@@ -346,7 +350,11 @@ impl Inst {
     /// The values this instruction reads, in order.
     pub fn operands(&self) -> Vec<Value> {
         match self {
-            Inst::Arg(_) | Inst::ConstBool(_) | Inst::ConstI32(_) | Inst::ConstF32(_) | Inst::Param(_) => vec![],
+            Inst::Arg(_)
+            | Inst::ConstBool(_)
+            | Inst::ConstI32(_)
+            | Inst::ConstF32(_)
+            | Inst::Param(_) => vec![],
             Inst::Unary(_, a) => vec![*a],
             Inst::Binary(_, a, b) => vec![*a, *b],
             Inst::Select(c, a, b) => vec![*c, *a, *b],
@@ -380,7 +388,13 @@ pub struct Function {
 
 impl Function {
     pub fn new(kind: FnKind) -> Self {
-        Function { kind, insts: Vec::new(), types: Vec::new(), spans: Vec::new(), ret: Value(0) }
+        Function {
+            kind,
+            insts: Vec::new(),
+            types: Vec::new(),
+            spans: Vec::new(),
+            ret: Value(0),
+        }
     }
     pub fn ret_type(&self) -> Type {
         match self.kind {
@@ -410,14 +424,23 @@ impl Function {
     }
     /// Which arguments the function reads (after dead code is removed, this is what it depends on).
     pub fn uses_arg(&self, arg: Arg) -> bool {
-        self.live().iter().zip(&self.insts).any(|(live, i)| *live && *i == Inst::Arg(arg))
+        self.live()
+            .iter()
+            .zip(&self.insts)
+            .any(|(live, i)| *live && *i == Inst::Arg(arg))
     }
     /// Whether any live instruction reads a param / a tensor.
     pub fn uses_params(&self) -> bool {
-        self.live().iter().zip(&self.insts).any(|(live, i)| *live && matches!(i, Inst::Param(_)))
+        self.live()
+            .iter()
+            .zip(&self.insts)
+            .any(|(live, i)| *live && matches!(i, Inst::Param(_)))
     }
     pub fn uses_tensors(&self) -> bool {
-        self.live().iter().zip(&self.insts).any(|(live, i)| *live && matches!(i, Inst::Load { .. }))
+        self.live()
+            .iter()
+            .zip(&self.insts)
+            .any(|(live, i)| *live && matches!(i, Inst::Load { .. }))
     }
     /// `live[i]` is true when value `i` contributes to the return value.
     pub fn live(&self) -> Vec<bool> {
@@ -526,9 +549,15 @@ pub struct Program {
 
 impl Program {
     pub fn param(&self, name: &str) -> Option<ParamId> {
-        self.params.iter().position(|p| p.name == name).map(|i| ParamId(i as u32))
+        self.params
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| ParamId(i as u32))
     }
     pub fn tensor(&self, name: &str) -> Option<TensorId> {
-        self.tensors.iter().position(|t| t.name == name).map(|i| TensorId(i as u32))
+        self.tensors
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| TensorId(i as u32))
     }
 }

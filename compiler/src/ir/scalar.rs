@@ -4,7 +4,7 @@
 //! The interpreter, constant folding and the block-sparsity analysis's point checks use
 //! these functions; backends are tested against them.
 
-use super::{BinOp, Cmp, UnOp};
+use super::{BinOp, UnOp};
 
 /// A runtime value of the IR.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,7 +44,11 @@ pub fn floor_div(a: i32, b: i32) -> i32 {
         return 0;
     }
     let q = a.wrapping_div(b);
-    if (a.wrapping_rem(b) != 0) && ((a < 0) != (b < 0)) { q.wrapping_sub(1) } else { q }
+    if (a.wrapping_rem(b) != 0) && ((a < 0) != (b < 0)) {
+        q.wrapping_sub(1)
+    } else {
+        q
+    }
 }
 
 /// Floor remainder: result has the sign of the divisor (x % 0 = 0).
@@ -53,7 +57,11 @@ pub fn floor_rem(a: i32, b: i32) -> i32 {
         return 0;
     }
     let r = a.wrapping_rem(b);
-    if r != 0 && ((r < 0) != (b < 0)) { r.wrapping_add(b) } else { r }
+    if r != 0 && ((r < 0) != (b < 0)) {
+        r.wrapping_add(b)
+    } else {
+        r
+    }
 }
 
 pub fn eval_unary(op: UnOp, a: Scalar) -> Scalar {
@@ -106,6 +114,7 @@ pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Cmp;
 
     #[test]
     fn floor_division_matches_python() {
@@ -130,12 +139,25 @@ mod tests {
     fn f2i_truncates_and_saturates() {
         assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(-2.7)), Scalar::I32(-2));
         assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(f32::NAN)), Scalar::I32(0));
-        assert_eq!(eval_unary(UnOp::F2I, Scalar::F32(1e20)), Scalar::I32(i32::MAX));
+        assert_eq!(
+            eval_unary(UnOp::F2I, Scalar::F32(1e20)),
+            Scalar::I32(i32::MAX)
+        );
     }
 
     #[test]
     fn comparisons() {
-        assert_eq!(eval_binary(BinOp::ICmp(Cmp::Ge), Scalar::I32(3), Scalar::I32(3)), Scalar::Bool(true));
-        assert_eq!(eval_binary(BinOp::FCmp(Cmp::Lt), Scalar::F32(f32::NAN), Scalar::F32(1.0)), Scalar::Bool(false));
+        assert_eq!(
+            eval_binary(BinOp::ICmp(Cmp::Ge), Scalar::I32(3), Scalar::I32(3)),
+            Scalar::Bool(true)
+        );
+        assert_eq!(
+            eval_binary(
+                BinOp::FCmp(Cmp::Lt),
+                Scalar::F32(f32::NAN),
+                Scalar::F32(1.0)
+            ),
+            Scalar::Bool(false)
+        );
     }
 }

@@ -15,7 +15,13 @@ pub fn write_program(p: &Program) -> String {
     }
     for (i, t) in p.tensors.iter().enumerate() {
         let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-        let _ = writeln!(out, "  tensor t{i} {}: {}[{}]", t.name, t.elem.name(), dims.join(", "));
+        let _ = writeln!(
+            out,
+            "  tensor t{i} {}: {}[{}]",
+            t.name,
+            t.elem.name(),
+            dims.join(", ")
+        );
     }
     match &p.mask {
         Some(f) => write_function(&mut out, "mask(b, h, q, kv) -> bool", f, p),
@@ -41,15 +47,31 @@ fn write_function(out: &mut String, header: &str, f: &Function, p: &Program) {
                 out,
                 "param p{} ({})",
                 id.0,
-                p.params.get(id.0 as usize).map(|x| x.name.as_str()).unwrap_or("?")
+                p.params
+                    .get(id.0 as usize)
+                    .map(|x| x.name.as_str())
+                    .unwrap_or("?")
             ),
             Inst::Unary(op, a) => writeln!(out, "{} {a}", op.name()),
             Inst::Binary(op, a, b) => writeln!(out, "{} {a}, {b}", op.name()),
             Inst::Select(c, a, b) => writeln!(out, "select {c}, {a}, {b}"),
-            Inst::Load { tensor, indices, guard } => {
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
                 let idx: Vec<String> = indices.iter().map(|v| v.to_string()).collect();
-                let name = p.tensors.get(tensor.0 as usize).map(|x| x.name.as_str()).unwrap_or("?");
-                writeln!(out, "load t{}({name})[{}] if {guard}", tensor.0, idx.join(", "))
+                let name = p
+                    .tensors
+                    .get(tensor.0 as usize)
+                    .map(|x| x.name.as_str())
+                    .unwrap_or("?");
+                writeln!(
+                    out,
+                    "load t{}({name})[{}] if {guard}",
+                    tensor.0,
+                    idx.join(", ")
+                )
             }
         };
     }

@@ -18,13 +18,19 @@ pub struct VerifyError {
 pub fn verify_program(p: &Program) -> Result<(), VerifyError> {
     if let Some(m) = &p.mask {
         if m.kind != FnKind::Mask {
-            return Err(VerifyError { at: 0, what: "mask function has kind score".into() });
+            return Err(VerifyError {
+                at: 0,
+                what: "mask function has kind score".into(),
+            });
         }
         verify_function(m, p)?;
     }
     if let Some(s) = &p.score {
         if s.kind != FnKind::Score {
-            return Err(VerifyError { at: 0, what: "score function has kind mask".into() });
+            return Err(VerifyError {
+                at: 0,
+                what: "score function has kind mask".into(),
+            });
         }
         verify_function(s, p)?;
     }
@@ -34,10 +40,16 @@ pub fn verify_program(p: &Program) -> Result<(), VerifyError> {
 pub fn verify_function(f: &Function, p: &Program) -> Result<(), VerifyError> {
     let n = f.insts.len();
     if f.types.len() != n || f.spans.len() != n {
-        return Err(VerifyError { at: 0, what: "types/spans length differs from insts".into() });
+        return Err(VerifyError {
+            at: 0,
+            what: "types/spans length differs from insts".into(),
+        });
     }
     if n == 0 {
-        return Err(VerifyError { at: 0, what: "empty function".into() });
+        return Err(VerifyError {
+            at: 0,
+            what: "empty function".into(),
+        });
     }
     for (i, inst) in f.insts.iter().enumerate() {
         let err = |what: String| VerifyError { at: i, what };
@@ -48,7 +60,11 @@ pub fn verify_function(f: &Function, p: &Program) -> Result<(), VerifyError> {
         }
         let ty = |v: Value| f.types[v.index()];
         let expect = |v: Value, t: Type| -> Result<(), VerifyError> {
-            if ty(v) == t { Ok(()) } else { Err(err(format!("operand {v} has type {}, expected {t}", ty(v)))) }
+            if ty(v) == t {
+                Ok(())
+            } else {
+                Err(err(format!("operand {v} has type {}, expected {t}", ty(v))))
+            }
         };
         let result = match inst {
             Inst::Arg(a) => {
@@ -83,7 +99,11 @@ pub fn verify_function(f: &Function, p: &Program) -> Result<(), VerifyError> {
                 }
                 ty(*a)
             }
-            Inst::Load { tensor, indices, guard } => {
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
                 let Some(info) = p.tensors.get(tensor.0 as usize) else {
                     return Err(err(format!("tensor t{} does not exist", tensor.0)));
                 };
@@ -103,16 +123,26 @@ pub fn verify_function(f: &Function, p: &Program) -> Result<(), VerifyError> {
             }
         };
         if f.types[i] != result {
-            return Err(err(format!("recorded type {} but the instruction yields {result}", f.types[i])));
+            return Err(err(format!(
+                "recorded type {} but the instruction yields {result}",
+                f.types[i]
+            )));
         }
     }
     if f.ret.index() >= n {
-        return Err(VerifyError { at: n, what: "return value is not defined".into() });
+        return Err(VerifyError {
+            at: n,
+            what: "return value is not defined".into(),
+        });
     }
     if f.types[f.ret.index()] != f.ret_type() {
         return Err(VerifyError {
             at: f.ret.index(),
-            what: format!("returns {}, expected {}", f.types[f.ret.index()], f.ret_type()),
+            what: format!(
+                "returns {}, expected {}",
+                f.types[f.ret.index()],
+                f.ret_type()
+            ),
         });
     }
     Ok(())

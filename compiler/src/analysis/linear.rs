@@ -1,0 +1,551 @@
+//! Closed-form kv-block ranges for masks that are conjunctions of linear constraints.
+//!
+//! In: a mask [`Function`] (and its [`Program`] for param names). Out: a [`ClosedForm`]
+//! — the constraints `a_q*q + a_kv*kv + Σ c_p*param_p + k >= 0` whose conjunction is the
+//! mask — or `None` when the mask is not of that form. Causal, sliding window, bands and
+//! offsets for `Lq != Lkv` are. Given param values, [`ClosedForm::row`] gives each
+//! q-block's first/last non-empty and first/last full kv block in O(#constraints), so a
+//! kernel can compute its loop bounds and needs no index table, and
+//! [`ClosedForm::block_map`] builds the whole map in O(#q-blocks).
+//!
+//! The derivation is symbolic over exact integers; whether i32 arithmetic could wrap for
+//! the actual lengths and param values is checked by the caller (the interval
+//! evaluator's overflow flag over the whole domain) before the form is trusted.
+
+use super::blockmap::{BlockKind, BlockMap, BlockMapBuilder};
+use super::interval::{div_ceil, div_floor};
+use crate::ir::{Arg, BinOp, Cmp, Function, Inst, Program, Scalar, Type, UnOp};
+use std::fmt;
+
+/// `q*q + kv*kv + Σ params[i].1 * param(params[i].0) + k`, exact integers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinExpr {
+    pub q: i64,
+    pub kv: i64,
+    /// (param index, coefficient), sorted by param index, no zero coefficients.
+    pub params: Vec<(u32, i64)>,
+    pub k: i64,
+}
+
+impl LinExpr {
+    fn constant(k: i64) -> Self {
+        LinExpr {
+            q: 0,
+            kv: 0,
+            params: vec![],
+            k,
+        }
+    }
+    fn add(&self, o: &LinExpr) -> Option<LinExpr> {
+        let mut params = self.params.clone();
+        for &(p, c) in &o.params {
+            match params.iter_mut().find(|x| x.0 == p) {
+                Some(x) => x.1 = x.1.checked_add(c)?,
+                None => params.push((p, c)),
+            }
+        }
+        params.retain(|x| x.1 != 0);
+        params.sort();
+        Some(LinExpr {
+            q: self.q.checked_add(o.q)?,
+            kv: self.kv.checked_add(o.kv)?,
+            params,
+            k: self.k.checked_add(o.k)?,
+        })
+    }
+    fn scale(&self, s: i64) -> Option<LinExpr> {
+        let mut params = Vec::new();
+        for &(p, c) in &self.params {
+            let c = c.checked_mul(s)?;
+            if c != 0 {
+                params.push((p, c));
+            }
+        }
+        Some(LinExpr {
+            q: self.q.checked_mul(s)?,
+            kv: self.kv.checked_mul(s)?,
+            params,
+            k: self.k.checked_mul(s)?,
+        })
+    }
+    fn is_const(&self) -> Option<i64> {
+        (self.q == 0 && self.kv == 0 && self.params.is_empty()).then_some(self.k)
+    }
+    /// The constant part with param values substituted.
+    fn offset(&self, params: &[Scalar]) -> Option<i128> {
+        let mut k = self.k as i128;
+        for &(p, c) in &self.params {
+            k += c as i128 * params.get(p as usize)?.as_i32() as i128;
+        }
+        Some(k)
+    }
+}
+
+/// `expr >= 0`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinConstraint {
+    pub expr: LinExpr,
+}
+
+/// A mask that is exactly the conjunction of `constraints` (an empty list is `true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedForm {
+    pub constraints: Vec<LinConstraint>,
+    /// Names of the program's params, for printing.
+    pub param_names: Vec<String>,
+}
+
+/// One q-block's kv range: blocks `first..end` are non-empty, and of those
+/// `full_first..full_end` are full (the rest partial). Empty ranges have `first == end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowRange {
+    pub first: usize,
+    pub end: usize,
+    pub full_first: usize,
+    pub full_end: usize,
+}
+
+/// A constraint with params substituted: `a_q*q + a_kv*kv + k >= 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Bound {
+    pub a_q: i128,
+    pub a_kv: i128,
+    pub k: i128,
+}
+
+impl ClosedForm {
+    /// Derives the closed form of `p`'s mask, if it has one (no b, h, tensors or
+    /// non-linear operations on the path to the result).
+    pub fn derive(p: &Program) -> Option<ClosedForm> {
+        let f = p.mask.as_ref()?;
+        let constraints = derive_fn(f)?;
+        Some(ClosedForm {
+            constraints,
+            param_names: p.params.iter().map(|x| x.name.clone()).collect(),
+        })
+    }
+
+    /// Substitutes param values; `None` when a needed param is missing.
+    pub fn bounds(&self, params: &[Scalar]) -> Option<Vec<Bound>> {
+        self.constraints
+            .iter()
+            .map(|c| {
+                Some(Bound {
+                    a_q: c.expr.q as i128,
+                    a_kv: c.expr.kv as i128,
+                    k: c.expr.offset(params)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The kv-block range of the q-block holding rows `q0..=q1`.
+    pub fn row(bounds: &[Bound], q0: i64, q1: i64, lkv: usize, kv_block: usize) -> RowRange {
+        let none = RowRange {
+            first: 0,
+            end: 0,
+            full_first: 0,
+            full_end: 0,
+        };
+        if lkv == 0 {
+            return none;
+        }
+        let (q0, q1) = (q0 as i128, q1 as i128);
+        // Element ranges: non-empty [ne_lo, ne_hi], full [f_lo, f_hi].
+        let (mut ne_lo, mut ne_hi) = (0i128, lkv as i128 - 1);
+        let (mut f_lo, mut f_hi) = (0i128, lkv as i128 - 1);
+        for b in bounds {
+            let (qa, qb) = (b.a_q * q0, b.a_q * q1);
+            let (qmin, qmax) = (qa.min(qb), qa.max(qb));
+            if b.a_kv == 0 {
+                if qmax + b.k < 0 {
+                    return none;
+                }
+                if qmin + b.k < 0 {
+                    f_lo = 1;
+                    f_hi = 0;
+                }
+            } else if b.a_kv > 0 {
+                // kv >= ceil(-(a_q q + k) / a_kv)
+                ne_lo = ne_lo.max(div_ceil(-(qmax + b.k), b.a_kv));
+                f_lo = f_lo.max(div_ceil(-(qmin + b.k), b.a_kv));
+            } else {
+                // kv <= floor((a_q q + k) / -a_kv)
+                ne_hi = ne_hi.min(div_floor(qmax + b.k, -b.a_kv));
+                f_hi = f_hi.min(div_floor(qmin + b.k, -b.a_kv));
+            }
+        }
+        if ne_lo > ne_hi {
+            return none;
+        }
+        let kb = kv_block as i128;
+        let nkv = (lkv as i128 + kb - 1) / kb;
+        let first = (ne_lo / kb) as usize;
+        let end = (ne_hi / kb + 1) as usize;
+        let (mut full_first, mut full_end) = (first, first);
+        if f_lo <= f_hi {
+            let ff = div_ceil(f_lo, kb);
+            let fe = if f_hi == lkv as i128 - 1 {
+                nkv
+            } else {
+                div_floor(f_hi + 1, kb)
+            };
+            if ff < fe {
+                full_first = ff as usize;
+                full_end = fe as usize;
+            }
+        }
+        RowRange {
+            first,
+            end,
+            full_first,
+            full_end,
+        }
+    }
+
+    /// Builds the block map in O(#q-blocks).
+    pub fn block_map(
+        bounds: &[Bound],
+        lq: usize,
+        lkv: usize,
+        q_block: usize,
+        kv_block: usize,
+    ) -> BlockMap {
+        let mut bld = BlockMapBuilder::new(lq, lkv, q_block, kv_block);
+        for i in 0..lq.div_ceil(q_block) {
+            let q0 = (i * q_block) as i64;
+            let q1 = (((i + 1) * q_block).min(lq) - 1) as i64;
+            let r = Self::row(bounds, q0, q1, lkv, kv_block);
+            if r.full_first < r.full_end {
+                bld.push_run(r.first, r.full_first, BlockKind::Partial);
+                bld.push_run(r.full_first, r.full_end, BlockKind::Full);
+                bld.push_run(r.full_end, r.end, BlockKind::Partial);
+            } else {
+                bld.push_run(r.first, r.end, BlockKind::Partial);
+            }
+            bld.end_row();
+        }
+        bld.finish()
+    }
+
+    fn fmt_expr(&self, e: &LinExpr, out: &mut String) {
+        let mut terms: Vec<(i64, String)> = vec![(e.q, "q".into()), (e.kv, "kv".into())];
+        for &(p, c) in &e.params {
+            terms.push((
+                c,
+                self.param_names
+                    .get(p as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("p{p}")),
+            ));
+        }
+        terms.push((e.k, String::new()));
+        fmt_terms(&terms, out);
+    }
+
+    /// The symbolic bound on kv implied by constraint `c` for rows `q0..=q1`: for the
+    /// non-empty range (`worst = false`) or the full range (`worst = true`).
+    fn fmt_bound(&self, c: &LinExpr, worst: bool) -> String {
+        // a_q q + a_kv kv + P >= 0 ; the q end that maximizes a_q q gives the loosest bound.
+        let loose_q = if c.q > 0 { "q1" } else { "q0" };
+        let tight_q = if c.q > 0 { "q0" } else { "q1" };
+        let qname = if worst { tight_q } else { loose_q };
+        let a = c.kv;
+        let sign = if a > 0 { -1 } else { 1 };
+        let mut terms: Vec<(i64, String)> = vec![(sign * c.q, qname.into())];
+        for &(p, k) in &c.params {
+            terms.push((
+                sign * k,
+                self.param_names
+                    .get(p as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("p{p}")),
+            ));
+        }
+        terms.push((sign * c.k, String::new()));
+        let mut s = String::new();
+        fmt_terms(&terms, &mut s);
+        let d = a.abs();
+        if d == 1 {
+            s
+        } else if a > 0 {
+            format!("ceil(({s}) / {d})")
+        } else {
+            format!("floor(({s}) / {d})")
+        }
+    }
+}
+
+fn fmt_terms(terms: &[(i64, String)], out: &mut String) {
+    let mut first = true;
+    for (c, name) in terms {
+        if *c == 0 {
+            continue;
+        }
+        let neg = *c < 0;
+        let mag = c.unsigned_abs();
+        if first {
+            if neg {
+                out.push('-');
+            }
+        } else {
+            out.push_str(if neg { " - " } else { " + " });
+        }
+        if name.is_empty() {
+            out.push_str(&mag.to_string());
+        } else if mag == 1 {
+            out.push_str(name);
+        } else {
+            out.push_str(&format!("{mag}*{name}"));
+        }
+        first = false;
+    }
+    if first {
+        out.push('0');
+    }
+}
+
+impl fmt::Display for ClosedForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.constraints.is_empty() {
+            return writeln!(f, "mask = true");
+        }
+        let mut parts = Vec::new();
+        for c in &self.constraints {
+            let mut s = String::new();
+            self.fmt_expr(&c.expr, &mut s);
+            parts.push(format!("{s} >= 0"));
+        }
+        writeln!(f, "mask = {}", parts.join(" && "))?;
+        writeln!(f, "per q-block of rows q0..=q1 (kv clipped to 0..=Lkv-1):")?;
+        for (what, worst) in [("non-empty", false), ("full", true)] {
+            let mut lo = vec!["0".to_string()];
+            let mut hi = vec!["Lkv - 1".to_string()];
+            let mut rows = Vec::new();
+            for c in &self.constraints {
+                let e = &c.expr;
+                if e.kv > 0 {
+                    lo.push(self.fmt_bound(e, worst));
+                } else if e.kv < 0 {
+                    hi.push(self.fmt_bound(e, worst));
+                } else {
+                    let mut s = String::new();
+                    let qn = if (e.q > 0) != worst { "q1" } else { "q0" };
+                    let mut terms = vec![(e.q, qn.to_string())];
+                    for &(p, k) in &e.params {
+                        terms.push((
+                            k,
+                            self.param_names
+                                .get(p as usize)
+                                .cloned()
+                                .unwrap_or_else(|| format!("p{p}")),
+                        ));
+                    }
+                    terms.push((e.k, String::new()));
+                    fmt_terms(&terms, &mut s);
+                    rows.push(format!("{s} >= 0"));
+                }
+            }
+            let l = if lo.len() == 1 {
+                lo[0].clone()
+            } else {
+                format!("max({})", lo.join(", "))
+            };
+            let h = if hi.len() == 1 {
+                hi[0].clone()
+            } else {
+                format!("min({})", hi.join(", "))
+            };
+            let cond = if rows.is_empty() {
+                String::new()
+            } else {
+                format!(" if {}", rows.join(" && "))
+            };
+            writeln!(f, "  {what} kv in [{l}, {h}]{cond}")?;
+        }
+        write!(
+            f,
+            "  kv blocks: non-empty lo/Bkv ..= hi/Bkv; full ceil(lo/Bkv) .. (hi+1)/Bkv (to the end when hi = Lkv-1)"
+        )
+    }
+}
+
+/// The conjunction a bool value denotes, if it is one of linear constraints.
+fn derive_fn(f: &Function) -> Option<Vec<LinConstraint>> {
+    let live = f.live();
+    let mut ints: Vec<Option<LinExpr>> = vec![None; f.insts.len()];
+    let mut bools: Vec<Option<Vec<LinConstraint>>> = vec![None; f.insts.len()];
+    let is_false = |c: &Option<Vec<LinConstraint>>| matches!(c, Some(v) if v.len() == 1 && v[0].expr.is_const().is_some_and(|k| k < 0));
+    for (i, inst) in f.insts.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        match (inst, f.types[i]) {
+            (Inst::Arg(Arg::Q), _) => {
+                ints[i] = Some(LinExpr {
+                    q: 1,
+                    ..LinExpr::constant(0)
+                })
+            }
+            (Inst::Arg(Arg::Kv), _) => {
+                ints[i] = Some(LinExpr {
+                    kv: 1,
+                    ..LinExpr::constant(0)
+                })
+            }
+            (Inst::ConstI32(x), _) => ints[i] = Some(LinExpr::constant(*x as i64)),
+            (Inst::Param(p), Type::I32) => {
+                ints[i] = Some(LinExpr {
+                    params: vec![(p.0, 1)],
+                    ..LinExpr::constant(0)
+                })
+            }
+            (Inst::ConstBool(true), _) => bools[i] = Some(vec![]),
+            (Inst::ConstBool(false), _) => {
+                bools[i] = Some(vec![LinConstraint {
+                    expr: LinExpr::constant(-1),
+                }])
+            }
+            (Inst::Unary(UnOp::INeg, a), _) => {
+                ints[i] = ints[a.index()].as_ref().and_then(|x| x.scale(-1))
+            }
+            (Inst::Unary(UnOp::Not, a), _) => {
+                bools[i] = match &bools[a.index()] {
+                    // !(e >= 0)  <=>  -e - 1 >= 0
+                    Some(v) if v.len() == 1 => v[0]
+                        .expr
+                        .scale(-1)
+                        .and_then(|e| e.add(&LinExpr::constant(-1)))
+                        .map(|expr| vec![LinConstraint { expr }]),
+                    Some(v) if v.is_empty() => Some(vec![LinConstraint {
+                        expr: LinExpr::constant(-1),
+                    }]),
+                    _ => None,
+                }
+            }
+            (Inst::Binary(op, a, b), _) => {
+                let (x, y) = (&ints[a.index()], &ints[b.index()]);
+                match op {
+                    BinOp::IAdd => ints[i] = x.as_ref().zip(y.as_ref()).and_then(|(x, y)| x.add(y)),
+                    BinOp::ISub => {
+                        ints[i] = x
+                            .as_ref()
+                            .zip(y.as_ref())
+                            .and_then(|(x, y)| y.scale(-1).and_then(|ny| x.add(&ny)))
+                    }
+                    BinOp::IMul => {
+                        ints[i] = match (x, y) {
+                            (Some(x), Some(y)) => match (x.is_const(), y.is_const()) {
+                                (_, Some(k)) => x.scale(k),
+                                (Some(k), _) => y.scale(k),
+                                _ => None,
+                            },
+                            _ => None,
+                        }
+                    }
+                    BinOp::ICmp(c) => {
+                        let (Some(x), Some(y)) = (x, y) else { continue };
+                        let d = match x.add(&y.scale(-1)?) {
+                            Some(d) => d,
+                            None => continue,
+                        };
+                        let nd = d.scale(-1)?;
+                        let m1 = LinExpr::constant(-1);
+                        let v = match c {
+                            Cmp::Ge => vec![d],
+                            Cmp::Le => vec![nd],
+                            Cmp::Gt => vec![d.add(&m1)?],
+                            Cmp::Lt => vec![nd.add(&m1)?],
+                            Cmp::Eq => vec![d, nd],
+                            Cmp::Ne => continue,
+                        };
+                        bools[i] = Some(v.into_iter().map(|expr| LinConstraint { expr }).collect());
+                    }
+                    BinOp::And => {
+                        if let (Some(x), Some(y)) = (&bools[a.index()], &bools[b.index()]) {
+                            bools[i] = Some(x.iter().chain(y).cloned().collect());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (Inst::Select(c, a, b), Type::Bool) => {
+                // c ? a : false  ==  c && a
+                if is_false(&bools[b.index()]) {
+                    if let (Some(x), Some(y)) = (&bools[c.index()], &bools[a.index()]) {
+                        bools[i] = Some(x.iter().chain(y).cloned().collect());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = bools[f.ret.index()].clone()?;
+    // Drop duplicates and constraints that are always true.
+    out.retain(|c| c.expr.is_const().is_none_or(|k| k < 0));
+    let mut seen = Vec::new();
+    out.retain(|c| {
+        if seen.contains(c) {
+            false
+        } else {
+            seen.push(c.clone());
+            true
+        }
+    });
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_window_rows() {
+        // q - kv >= 0 && kv - q + 3 >= 0  (window 4)
+        let b = [
+            Bound {
+                a_q: 1,
+                a_kv: -1,
+                k: 0,
+            },
+            Bound {
+                a_q: -1,
+                a_kv: 1,
+                k: 3,
+            },
+        ];
+        // rows 8..=11, kv block 4: non-empty kv 5..=11 -> blocks 1..3; full kv 8..=8 -> none
+        assert_eq!(
+            ClosedForm::row(&b, 8, 11, 100, 4),
+            RowRange {
+                first: 1,
+                end: 3,
+                full_first: 1,
+                full_end: 1
+            }
+        );
+        let causal = [Bound {
+            a_q: 1,
+            a_kv: -1,
+            k: 0,
+        }];
+        assert_eq!(
+            ClosedForm::row(&causal, 8, 11, 10, 4),
+            RowRange {
+                first: 0,
+                end: 3,
+                full_first: 0,
+                full_end: 2
+            }
+        );
+        assert_eq!(
+            ClosedForm::row(&causal, 8, 9, 10, 4),
+            RowRange {
+                first: 0,
+                end: 3,
+                full_first: 0,
+                full_end: 2
+            }
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! The kernel generator: one Cranelift function per attention that runs one work item
+//! (batch b, query head h, query tile qt) of the fused flash-attention forward pass.
+//!
+//! In: a verified [`Program`], [`CpuOptions`] and the JIT module (for imports). Out: the
+//! Cranelift [`Function`] `kernel(ctx, tile, b, h, qt) -> i32` (0, or 1 after recording a
+//! checked-mode out-of-range read in the tile) and the number of `q`-slots its tile needs.
+//!
+//! The generated code reads like the algorithm:
+//!
+//! ```text
+//! begin(tile, Q rows, nrows, scale)              // pack scale·Qᵀ, m = -inf, l = 0, acc = 0
+//! <mask/score values that depend on b, h, params only>
+//! for i in rows: <values that depend on q only> -> tile.qslots
+//! for run in blockmap.row(b, h, qt):
+//!   for kb in run.start..run.end:
+//!     qk(tile, K block, ncols)                   // Sᵀ = K·(scale·Qᵀ), tile-sized
+//!     if run.full { for j, i: S = score(S, ...) }                 (skipped if no score)
+//!     else        { for j, i: S = mask(...) ? score(S, ...) : -inf }
+//!     softmax_pv(tile, V block, ncols)           // online softmax + acc += P·V
+//! end(tile, O rows, LSE rows)                    // O = acc / l, LSE = m + ln l
+//! ```
+//!
+//! Columns `>= Lkv` never exist (`ncols` bounds every loop) and rows `>= Lq` are padding.
+
+use super::abi::off;
+use super::lower::{Env, Level, Lowering, TensorVals};
+use super::micro;
+use super::{CpuError, CpuOptions};
+use crate::ir::Program;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
+    types,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::JITModule;
+use cranelift_module::{Linkage, Module};
+
+/// A thin layer over Cranelift's builder: typed loads, imports by name, loops.
+pub struct Gen<'a> {
+    pub b: FunctionBuilder<'a>,
+    module: &'a mut JITModule,
+    imports: Vec<(&'static str, FuncRef)>,
+    call_conv: CallConv,
+}
+
+impl<'a> Gen<'a> {
+    pub fn ld(&mut self, ty: Type, base: Value, offset: i32) -> Value {
+        self.b
+            .ins()
+            .load(ty, MemFlagsData::trusted().with_readonly(), base, offset)
+    }
+
+    fn import(
+        &mut self,
+        name: &'static str,
+        params: &[Type],
+        rets: &[Type],
+    ) -> Result<FuncRef, CpuError> {
+        if let Some((_, f)) = self.imports.iter().find(|(n, _)| *n == name) {
+            return Ok(*f);
+        }
+        let mut sig = Signature::new(self.call_conv);
+        sig.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+        sig.returns.extend(rets.iter().map(|t| AbiParam::new(*t)));
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(CpuError::jit)?;
+        let f = self.module.declare_func_in_func(id, self.b.func);
+        self.imports.push((name, f));
+        Ok(f)
+    }
+
+    /// Calls an f32 math function (imported on first use).
+    pub fn call_f32(&mut self, name: &'static str, args: &[Value]) -> Value {
+        let params = vec![types::F32; args.len()];
+        // Imports of the fixed math symbols cannot fail after the module accepted the
+        // micro-kernel imports; fall back to a trap-free NaN if they ever do.
+        match self.import(name, &params, &[types::F32]) {
+            Ok(f) => {
+                let c = self.b.ins().call(f, args);
+                self.b.inst_results(c)[0]
+            }
+            Err(_) => self.b.ins().f32const(f32::NAN),
+        }
+    }
+
+    fn call(&mut self, name: &'static str, args: &[Value]) -> Result<(), CpuError> {
+        let params: Vec<Type> = args
+            .iter()
+            .map(|a| self.b.func.dfg.value_type(*a))
+            .collect();
+        let f = self.import(name, &params, &[])?;
+        self.b.ins().call(f, args);
+        Ok(())
+    }
+
+    /// `for iv in lo..hi { body(iv) }` on i64 values.
+    pub fn for_range(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        body: impl FnOnce(&mut Self, Value) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let header = self.b.create_block();
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.append_block_param(header, types::I64);
+        self.b.ins().jump(header, &[lo.into()]);
+        self.b.switch_to_block(header);
+        let iv = self.b.block_params(header)[0];
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, iv, hi);
+        self.b.ins().brif(c, body_b, &[], exit, &[]);
+        self.b.switch_to_block(body_b);
+        body(self, iv)?;
+        let next = self.b.ins().iadd_imm_s(iv, 1);
+        self.b.ins().jump(header, &[next.into()]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// `if c { then } else { els }`, both arms falling through to the join.
+    fn if_else(
+        &mut self,
+        c: Value,
+        then: impl FnOnce(&mut Self) -> Result<(), CpuError>,
+        els: impl FnOnce(&mut Self) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let (t, e, j) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(c, t, &[], e, &[]);
+        self.b.switch_to_block(t);
+        then(self)?;
+        self.b.ins().jump(j, &[]);
+        self.b.switch_to_block(e);
+        els(self)?;
+        self.b.ins().jump(j, &[]);
+        self.b.switch_to_block(j);
+        Ok(())
+    }
+}
+
+/// Which per-element pass a block needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Full block: score only.
+    Score,
+    /// Partial block: mask, then score where it holds.
+    MaskScore,
+}
+
+/// The generated kernel and the tile geometry it expects.
+pub struct Generated {
+    pub func: Function,
+    pub slots: u32,
+}
+
+pub const KERNEL_NAME: &str = "attnc_kernel";
+
+/// The signature of the generated kernel: `(ctx, tile, b, h, qt) -> status`.
+pub fn kernel_signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..5 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig.returns.push(AbiParam::new(types::I32));
+    sig
+}
+
+pub fn generate(
+    program: &Program,
+    opts: &CpuOptions,
+    module: &mut JITModule,
+    fctx: &mut FunctionBuilderContext,
+) -> Result<Generated, CpuError> {
+    let call_conv = module.isa().default_call_conv();
+    let mut func =
+        Function::with_name_signature(UserFuncName::user(0, 0), kernel_signature(call_conv));
+    let mut mask = program
+        .mask
+        .as_ref()
+        .map(|f| Lowering::new(f, program, opts.checked, 0));
+    let first = mask.as_ref().map_or(0, |m| m.n_slots());
+    let mut score = program
+        .score
+        .as_ref()
+        .map(|f| Lowering::new(f, program, opts.checked, first));
+    let slots = first + score.as_ref().map_or(0, |s| s.n_slots());
+    {
+        let b = FunctionBuilder::new(&mut func, fctx);
+        let mut g = Gen {
+            b,
+            module,
+            imports: Vec::new(),
+            call_conv,
+        };
+        body(&mut g, program, opts, mask.as_mut(), score.as_mut())?;
+        g.b.seal_all_blocks();
+        let cfg = g.module.isa().frontend_config();
+        g.b.finalize(cfg);
+    }
+    Ok(Generated { func, slots })
+}
+
+fn body<'p>(
+    g: &mut Gen,
+    program: &Program,
+    opts: &CpuOptions,
+    mut mask: Option<&mut Lowering<'p>>,
+    mut score: Option<&mut Lowering<'p>>,
+) -> Result<(), CpuError> {
+    let (bq, bkv) = (opts.q_block as i64, opts.kv_block as i64);
+    let i64t = types::I64;
+    let entry = g.b.create_block();
+    g.b.append_block_params_for_function_params(entry);
+    g.b.switch_to_block(entry);
+    let [ctx, tile, bi, hi, qt] =
+        <[Value; 5]>::try_from(g.b.block_params(entry)).expect("five params");
+
+    // ---- launch geometry
+    let hq = g.ld(i64t, ctx, off::CTX_HQ);
+    let hkv = g.ld(i64t, ctx, off::CTX_HKV);
+    let lq = g.ld(i64t, ctx, off::CTX_LQ);
+    let lkv = g.ld(i64t, ctx, off::CTX_LKV);
+    let d = g.ld(i64t, ctx, off::CTX_D);
+    let dv = g.ld(i64t, ctx, off::CTX_DV);
+    let group = g.ld(i64t, ctx, off::CTX_GROUP);
+    let scale = g.ld(types::F32, ctx, off::CTX_SCALE);
+    let q0 = g.b.ins().imul_imm_s(qt, bq);
+    let left = g.b.ins().isub(lq, q0);
+    let bq_v = g.b.ins().iconst(i64t, bq);
+    let nrows = g.b.ins().smin(left, bq_v);
+    let hk = g.b.ins().udiv(hi, group);
+    // row (b, h, q0) of Q/O/LSE
+    let bh = g.b.ins().imul(bi, hq);
+    let bh = g.b.ins().iadd(bh, hi);
+    let row0 = g.b.ins().imul(bh, lq);
+    let row0 = g.b.ins().iadd(row0, q0);
+    let qbase = g.ld(i64t, ctx, off::CTX_Q);
+    let qoff = g.b.ins().imul(row0, d);
+    let qoff = g.b.ins().ishl_imm_u(qoff, 2);
+    let qptr = g.b.ins().iadd(qbase, qoff);
+    g.call(micro::BEGIN, &[tile, qptr, nrows, scale])?;
+
+    // ---- K/V of kv head hk
+    let bhk = g.b.ins().imul(bi, hkv);
+    let bhk = g.b.ins().iadd(bhk, hk);
+    let kvrow0 = g.b.ins().imul(bhk, lkv);
+    let kbase = g.ld(i64t, ctx, off::CTX_K);
+    let koff = g.b.ins().imul(kvrow0, d);
+    let koff = g.b.ins().ishl_imm_u(koff, 2);
+    let kbase = g.b.ins().iadd(kbase, koff);
+    let vbase = g.ld(i64t, ctx, off::CTX_V);
+    let voff = g.b.ins().imul(kvrow0, dv);
+    let voff = g.b.ins().ishl_imm_u(voff, 2);
+    let vbase = g.b.ins().iadd(vbase, voff);
+    let kstride = g.b.ins().ishl_imm_u(d, 2);
+    let vstride = g.b.ins().ishl_imm_u(dv, 2);
+
+    // ---- the IR's environment and its loop-invariant values
+    let b32 = g.b.ins().ireduce(types::I32, bi);
+    let h32 = g.b.ins().ireduce(types::I32, hi);
+    let params = g.ld(i64t, ctx, off::CTX_PARAMS);
+    let tdescs = g.ld(i64t, ctx, off::CTX_TENSORS);
+    let mut tensors = Vec::new();
+    for (t, info) in program.tensors.iter().enumerate() {
+        let base = t as i32 * off::TD_SIZE;
+        let ptr = g.ld(i64t, tdescs, base + off::TD_PTR);
+        let mut tv = TensorVals {
+            ptr,
+            dims: vec![],
+            cdims: vec![],
+            cmax: vec![],
+        };
+        for k in 0..info.dims.len() as i32 {
+            tv.dims
+                .push(g.ld(i64t, tdescs, base + off::TD_DIMS + 8 * k));
+            let cd = g.ld(i64t, tdescs, base + off::TD_CDIMS + 8 * k);
+            tv.cdims.push(cd);
+            tv.cmax.push(g.b.ins().iadd_imm_s(cd, -1));
+        }
+        tensors.push(tv);
+    }
+    let mut env = Env {
+        b: b32,
+        h: h32,
+        q: None,
+        kv: None,
+        s: None,
+        params,
+        tensors,
+        tile,
+        checked: opts.checked,
+    };
+    for l in [mask.as_deref_mut(), score.as_deref_mut()]
+        .into_iter()
+        .flatten()
+    {
+        l.emit(g, &env, Level::Inv)?;
+    }
+    let st = g.ld(i64t, tile, off::TILE_ST);
+    let qslots = g.ld(i64t, tile, off::TILE_QSLOTS);
+
+    // ---- per-row precomputation of q-only values
+    let has_slots = [mask.as_deref(), score.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|l| l.n_slots() > 0);
+    if has_slots {
+        let zero = g.b.ins().iconst(i64t, 0);
+        g.for_range(zero, nrows, |g, i| {
+            let q = g.b.ins().iadd(q0, i);
+            env.q = Some(g.b.ins().ireduce(types::I32, q));
+            for l in [mask.as_deref_mut(), score.as_deref_mut()]
+                .into_iter()
+                .flatten()
+            {
+                l.forget();
+                l.store_slots(g, &env, qslots, bq, i)?;
+            }
+            Ok(())
+        })?;
+    }
+
+    // ---- block-sparse loop over this q-tile's runs of kv blocks
+    let maps_b = g.ld(i64t, ctx, off::CTX_MAP_B);
+    let maps_h = g.ld(i64t, ctx, off::CTX_MAP_H);
+    let nqb = g.ld(i64t, ctx, off::CTX_NQB);
+    let mi = g.b.ins().imul(bi, maps_b);
+    let mh = g.b.ins().imul(hi, maps_h);
+    let mi = g.b.ins().iadd(mi, mh);
+    let row = g.b.ins().imul(mi, nqb);
+    let row = g.b.ins().iadd(row, qt);
+    let row_start = g.ld(i64t, ctx, off::CTX_ROW_START);
+    let rs_addr = g.b.ins().ishl_imm_u(row, 2);
+    let rs_addr = g.b.ins().iadd(row_start, rs_addr);
+    let rs =
+        g.b.ins()
+            .uload32(MemFlagsData::trusted().with_readonly(), rs_addr, 0);
+    let re =
+        g.b.ins()
+            .uload32(MemFlagsData::trusted().with_readonly(), rs_addr, 4);
+    let runs = g.ld(i64t, ctx, off::CTX_RUNS);
+    g.for_range(rs, re, |g, r| {
+        let rp = g.b.ins().imul_imm_s(r, off::RUN_SIZE as i64);
+        let rp = g.b.ins().iadd(runs, rp);
+        let start =
+            g.b.ins()
+                .uload32(MemFlagsData::trusted().with_readonly(), rp, 0);
+        let end =
+            g.b.ins()
+                .uload32(MemFlagsData::trusted().with_readonly(), rp, 4);
+        let full =
+            g.b.ins()
+                .load(types::I32, MemFlagsData::trusted().with_readonly(), rp, 8);
+        g.for_range(start, end, |g, kb| {
+            let kv0 = g.b.ins().imul_imm_s(kb, bkv);
+            let left = g.b.ins().isub(lkv, kv0);
+            let bkv_v = g.b.ins().iconst(i64t, bkv);
+            let ncols = g.b.ins().smin(left, bkv_v);
+            let ko = g.b.ins().imul(kv0, kstride);
+            let kp = g.b.ins().iadd(kbase, ko);
+            g.call(micro::QK, &[tile, kp, ncols])?;
+            let site = Site {
+                st,
+                qslots,
+                q0,
+                kv0,
+                nrows,
+                ncols,
+                bq,
+            };
+            match (mask.as_deref_mut(), score.as_deref_mut()) {
+                (None, None) => {}
+                (None, Some(s)) => {
+                    elementwise(g, &mut env, &site, Pass::Score, None, Some(s), opts)?
+                }
+                (Some(m), mut s) => {
+                    // full blocks: score only; partial blocks: mask, then score
+                    let (t, e, join) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
+                    g.b.ins().brif(full, t, &[], e, &[]);
+                    g.b.switch_to_block(t);
+                    if let Some(s) = s.as_deref_mut() {
+                        elementwise(g, &mut env, &site, Pass::Score, None, Some(s), opts)?;
+                    }
+                    g.b.ins().jump(join, &[]);
+                    g.b.switch_to_block(e);
+                    elementwise(g, &mut env, &site, Pass::MaskScore, Some(m), s, opts)?;
+                    g.b.ins().jump(join, &[]);
+                    g.b.switch_to_block(join);
+                }
+            }
+            let vo = g.b.ins().imul(kv0, vstride);
+            let vp = g.b.ins().iadd(vbase, vo);
+            g.call(micro::SOFTMAX_PV, &[tile, vp, ncols])
+        })
+    })?;
+
+    // ---- normalize and write this tile's O and LSE rows
+    let obase = g.ld(i64t, ctx, off::CTX_O);
+    let ooff = g.b.ins().imul(row0, dv);
+    let ooff = g.b.ins().ishl_imm_u(ooff, 2);
+    let optr = g.b.ins().iadd(obase, ooff);
+    let lbase = g.ld(i64t, ctx, off::CTX_LSE);
+    let loff = g.b.ins().ishl_imm_u(row0, 2);
+    let lptr = g.b.ins().iadd(lbase, loff);
+    g.call(micro::END, &[tile, optr, lptr])?;
+    let zero = g.b.ins().iconst(types::I32, 0);
+    g.b.ins().return_(&[zero]);
+    Ok(())
+}
+
+/// Where one per-element pass runs.
+struct Site {
+    st: Value,
+    qslots: Value,
+    q0: Value,
+    kv0: Value,
+    nrows: Value,
+    ncols: Value,
+    bq: i64,
+}
+
+/// The per-element pass over the `ncols x nrows` live part of `Sᵀ`: key columns outer
+/// (kv-only values computed once per column), query rows inner.
+fn elementwise<'p>(
+    g: &mut Gen,
+    env: &mut Env,
+    site: &Site,
+    pass: Pass,
+    mut mask: Option<&mut Lowering<'p>>,
+    mut score: Option<&mut Lowering<'p>>,
+    opts: &CpuOptions,
+) -> Result<(), CpuError> {
+    let i64t = types::I64;
+    let zero = g.b.ins().iconst(i64t, 0);
+    g.for_range(zero, site.ncols, |g, j| {
+        let kv = g.b.ins().iadd(site.kv0, j);
+        env.kv = Some(g.b.ins().ireduce(types::I32, kv));
+        env.q = None;
+        env.s = None;
+        for l in [mask.as_deref_mut(), score.as_deref_mut()]
+            .into_iter()
+            .flatten()
+        {
+            l.forget();
+            l.emit(g, env, Level::Kv)?;
+        }
+        let roff = g.b.ins().imul_imm_s(j, site.bq * 4);
+        let rowp = g.b.ins().iadd(site.st, roff);
+        let zero = g.b.ins().iconst(i64t, 0);
+        g.for_range(zero, site.nrows, |g, i| {
+            let q = g.b.ins().iadd(site.q0, i);
+            env.q = Some(g.b.ins().ireduce(types::I32, q));
+            let ioff = g.b.ins().ishl_imm_u(i, 2);
+            let p = g.b.ins().iadd(rowp, ioff);
+            let s = g.b.ins().load(types::F32, MemFlagsData::trusted(), p, 0);
+            env.s = Some(s);
+            if let Some(m) = mask.as_deref_mut() {
+                m.load_slots(g, env, site.qslots, site.bq, i);
+                m.emit(g, env, Level::Both)?;
+            }
+            if let Some(sc) = score.as_deref_mut() {
+                sc.load_slots(g, env, site.qslots, site.bq, i);
+            }
+            match (pass, mask.as_deref_mut()) {
+                (Pass::MaskScore, Some(m)) => {
+                    let keep = m.ret();
+                    if opts.checked && score.is_some() {
+                        // The score runs (and its loads are checked) only where the mask holds.
+                        let sc = score.as_deref_mut().expect("score");
+                        g.if_else(
+                            keep,
+                            |g| {
+                                sc.emit(g, env, Level::Both)?;
+                                let v = sc.ret();
+                                g.b.ins().store(MemFlagsData::trusted(), v, p, 0);
+                                Ok(())
+                            },
+                            |g| {
+                                let ninf = g.b.ins().f32const(f32::NEG_INFINITY);
+                                g.b.ins().store(MemFlagsData::trusted(), ninf, p, 0);
+                                Ok(())
+                            },
+                        )?;
+                        // values emitted inside an arm do not dominate later code
+                        sc.forget();
+                    } else {
+                        let v = match score.as_deref_mut() {
+                            Some(sc) => {
+                                sc.emit(g, env, Level::Both)?;
+                                sc.ret()
+                            }
+                            None => s,
+                        };
+                        let ninf = g.b.ins().f32const(f32::NEG_INFINITY);
+                        let out = g.b.ins().select(keep, v, ninf);
+                        g.b.ins().store(MemFlagsData::trusted(), out, p, 0);
+                    }
+                }
+                _ => {
+                    if let Some(sc) = score.as_deref_mut() {
+                        sc.emit(g, env, Level::Both)?;
+                        let v = sc.ret();
+                        g.b.ins().store(MemFlagsData::trusted(), v, p, 0);
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+}

@@ -1,0 +1,331 @@
+//! Launching a [`CpuKernel`]: validation of one call, the launch context, and the thread
+//! pool over work items.
+//!
+//! In: shape, f32 tensors, bindings, block maps, thread count. Out: O and LSE written,
+//! or a [`CpuError`] (bad input is an error, never a panic or an out-of-bounds access:
+//! everything the generated code indexes with is checked here first).
+//!
+//! Work items are (b, h, q-tile), claimed from an atomic counter (work stealing), heavy
+//! tiles first (the last q-tiles of a causal mask visit the most blocks). In checked
+//! mode the reported read is the one of the lowest-numbered failing work item, which is
+//! independent of the thread count: items are claimed in increasing order and no item
+//! is claimed after a failure, so every lower item has run to completion.
+
+use super::abi::{Ctx, TensorDesc, TileBuf};
+use super::{CpuError, CpuKernel};
+use crate::analysis::blockmap::{BlockMaps, Run};
+use crate::interp::{Bindings, EvalError, TensorData};
+use crate::ir::{DimSpec, FnKind, Scalar, Type};
+use crate::shape::Shape;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// `Ctx` shared by the worker threads.
+struct Shared(Ctx);
+
+// SAFETY: the pointers in `Ctx` are read-only inputs that outlive the scoped threads,
+// plus `o`/`lse`, to which each work item writes its own disjoint rows.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn ptr(&self) -> *const Ctx {
+        &self.0
+    }
+}
+
+static ZERO_WORD: u32 = 0;
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    kern: &CpuKernel,
+    shape: &Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    bind: &Bindings,
+    maps: &BlockMaps,
+    threads: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), CpuError> {
+    shape.validate()?;
+    for (what, expected, got) in [
+        ("q", shape.q_len(), q.len()),
+        ("k", shape.k_len(), k.len()),
+        ("v", shape.v_len(), v.len()),
+        ("o", shape.o_len(), o.len()),
+        ("lse", shape.lse_len(), lse.len()),
+    ] {
+        if expected != got {
+            return Err(CpuError::Length {
+                what,
+                expected,
+                got,
+            });
+        }
+    }
+    let (bq, bkv) = (kern.opts.q_block, kern.opts.kv_block);
+    let nqb = shape.lq.div_ceil(bq);
+    check_maps(maps, shape, bq, bkv)?;
+    let params = param_words(kern, bind)?;
+    let tensors = tensor_descs(kern, shape, bind)?;
+    let (row_start, runs) = maps.flatten();
+    let ctx = Shared(Ctx {
+        q: q.as_ptr(),
+        k: k.as_ptr(),
+        v: v.as_ptr(),
+        o: o.as_mut_ptr(),
+        lse: lse.as_mut_ptr(),
+        hq: shape.hq as i64,
+        hkv: shape.hkv as i64,
+        lq: shape.lq as i64,
+        lkv: shape.lkv as i64,
+        d: shape.d as i64,
+        dv: shape.dv as i64,
+        group: (shape.hq / shape.hkv) as i64,
+        scale,
+        _pad: 0,
+        row_start: row_start.as_ptr(),
+        runs: runs.as_ptr() as *const u32,
+        map_b_stride: maps.b_stride as i64,
+        map_h_stride: maps.h_stride as i64,
+        n_q_blocks: nqb as i64,
+        params: params.as_ptr(),
+        tensors: tensors.as_ptr(),
+    });
+    let items = shape.b * shape.hq * nqb;
+    if items == 0 {
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let first_err: Mutex<Option<(usize, i64, [i64; 4])>> = Mutex::new(None);
+    let worker = || {
+        let mut buf = TileBuf::new(bq, bkv, shape.d, shape.dv, kern.slots as usize);
+        loop {
+            let it = next.fetch_add(1, Ordering::Relaxed);
+            if it >= items || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let qt = nqb - 1 - it % nqb;
+            let bh = it / nqb;
+            let (b, h) = (bh / shape.hq, bh % shape.hq);
+            // SAFETY: `ctx` was validated above (lengths, block maps, bindings), so the
+            // generated code's reads and writes stay inside the caller's slices and the
+            // tile's scratch; `buf` was sized for this kernel and shape.
+            let rc =
+                unsafe { (kern.entry)(ctx.ptr(), &mut buf.tile, b as i64, h as i64, qt as i64) };
+            if rc != 0 {
+                stop.store(true, Ordering::Relaxed);
+                let mut e = first_err.lock().unwrap_or_else(|p| p.into_inner());
+                if e.is_none_or(|(i, _, _)| it < i) {
+                    *e = Some((it, buf.tile.err_site, buf.tile.err_idx));
+                }
+            }
+        }
+    };
+    let n = threads.clamp(1, items);
+    if n == 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 1..n {
+                s.spawn(worker);
+            }
+            worker();
+        });
+    }
+    let err = first_err.into_inner().unwrap_or_else(|p| p.into_inner());
+    match err {
+        None => Ok(()),
+        Some((_, site, idx)) => Err(out_of_bounds(kern, bind, site, idx)),
+    }
+}
+
+fn out_of_bounds(kern: &CpuKernel, bind: &Bindings, site: i64, idx: [i64; 4]) -> CpuError {
+    let p = &kern.program;
+    let (kind, inst) = (site >> 32, (site & 0xffff_ffff) as usize);
+    let f = match kind {
+        0 => p.mask.as_ref(),
+        _ => p.score.as_ref(),
+    };
+    let Some(f) = f.filter(|f| inst < f.insts.len()) else {
+        return CpuError::Jit(format!("bad error site {site:#x}"));
+    };
+    let crate::ir::Inst::Load {
+        tensor, indices, ..
+    } = &f.insts[inst]
+    else {
+        return CpuError::Jit(format!("error site {site:#x} is not a load"));
+    };
+    debug_assert!(matches!(f.kind, FnKind::Mask | FnKind::Score));
+    let t = tensor.0 as usize;
+    CpuError::Eval(EvalError::OutOfBounds {
+        tensor: p.tensors[t].name.clone(),
+        index: idx[..indices.len()].to_vec(),
+        dims: bind.tensors[t].dims.clone(),
+        span: f.spans[inst],
+    })
+}
+
+fn check_maps(maps: &BlockMaps, shape: &Shape, bq: usize, bkv: usize) -> Result<(), CpuError> {
+    let bad = |s: String| Err(CpuError::BlockMap(s));
+    if maps.maps.is_empty() {
+        return bad("no maps".into());
+    }
+    let last = (shape.b - 1).checked_mul(maps.b_stride).and_then(|x| {
+        (shape.hq - 1)
+            .checked_mul(maps.h_stride)
+            .and_then(|y| x.checked_add(y))
+    });
+    if last.is_none_or(|l| l >= maps.maps.len()) {
+        return bad(format!(
+            "{} maps with strides (b {}, h {}) do not cover B = {}, H = {}",
+            maps.maps.len(),
+            maps.b_stride,
+            maps.h_stride,
+            shape.b,
+            shape.hq
+        ));
+    }
+    let nqb = shape.lq.div_ceil(bq);
+    let nkv = shape.lkv.div_ceil(bkv) as u32;
+    for (i, m) in maps.maps.iter().enumerate() {
+        if (m.lq, m.lkv, m.q_block, m.kv_block) != (shape.lq, shape.lkv, bq, bkv) {
+            return bad(format!(
+                "map {i} is for Lq {} Lkv {} blocks {}x{}; the call needs Lq {} Lkv {} blocks {bq}x{bkv}",
+                m.lq, m.lkv, m.q_block, m.kv_block, shape.lq, shape.lkv
+            ));
+        }
+        if m.row_start.len() != nqb + 1 {
+            return bad(format!(
+                "map {i} has {} row starts, expected {}",
+                m.row_start.len(),
+                nqb + 1
+            ));
+        }
+        let mut prev = m.row_start[0];
+        for &r in &m.row_start[1..] {
+            if r < prev || r as usize > m.runs.len() {
+                return bad(format!(
+                    "map {i}: row starts are not ascending within the runs"
+                ));
+            }
+            prev = r;
+        }
+        for r in &m.runs {
+            let Run { start, end, full } = *r;
+            if start > end || end > nkv || full > 1 {
+                return bad(format!(
+                    "map {i}: run {start}..{end} (full {full}) is outside 0..{nkv}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn param_words(kern: &CpuKernel, bind: &Bindings) -> Result<Vec<u32>, CpuError> {
+    let ps = &kern.program.params;
+    if bind.params.len() != ps.len() {
+        return Err(CpuError::Bindings(format!(
+            "{} param values for {} params",
+            bind.params.len(),
+            ps.len()
+        )));
+    }
+    let mut words: Vec<u32> = ps
+        .iter()
+        .zip(&bind.params)
+        .map(|(info, v)| match (info.ty, v) {
+            (Type::Bool, Scalar::Bool(b)) => Ok(*b as u32),
+            (Type::I32, Scalar::I32(x)) => Ok(*x as u32),
+            (Type::F32, Scalar::F32(x)) => Ok(x.to_bits()),
+            _ => Err(CpuError::Bindings(format!(
+                "param `{}` is {}, got {v:?}",
+                info.name, info.ty
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    words.push(0); // never empty
+    Ok(words)
+}
+
+fn tensor_descs(
+    kern: &CpuKernel,
+    shape: &Shape,
+    bind: &Bindings,
+) -> Result<Vec<TensorDesc>, CpuError> {
+    let ts = &kern.program.tensors;
+    if bind.tensors.len() != ts.len() {
+        return Err(CpuError::Bindings(format!(
+            "{} tensors bound for {} declared",
+            bind.tensors.len(),
+            ts.len()
+        )));
+    }
+    let mut symbols: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(ts.len() + 1);
+    for (info, t) in ts.iter().zip(&bind.tensors) {
+        let err = |s: String| Err(CpuError::Bindings(format!("tensor `{}`: {s}", info.name)));
+        if t.dims.len() != info.dims.len() || t.dims.len() > 4 || t.dims.is_empty() {
+            return err(format!(
+                "bound with rank {}, declared rank {} (1..=4)",
+                t.dims.len(),
+                info.dims.len()
+            ));
+        }
+        for (k, (spec, &n)) in info.dims.iter().zip(&t.dims).enumerate() {
+            let want = match spec {
+                DimSpec::B => Some(shape.b),
+                DimSpec::H => Some(shape.hq),
+                DimSpec::Q => Some(shape.lq),
+                DimSpec::Kv => Some(shape.lkv),
+                DimSpec::Fixed(f) => Some(*f),
+                DimSpec::Symbol(s) => symbols.insert(s, n).filter(|m| *m != n),
+            };
+            if want.is_some_and(|w| w != n) {
+                return err(format!(
+                    "dimension {k} ({spec}) is {n}, expected {}",
+                    want.unwrap_or(0)
+                ));
+            }
+            if n > i32::MAX as usize {
+                return err(format!("dimension {k} is too large"));
+            }
+        }
+        let numel = t.dims.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+        if numel != Some(t.data.len()) {
+            return err(format!("dims {:?} but {} elements", t.dims, t.data.len()));
+        }
+        let (ptr, ty) = match &t.data {
+            TensorData::I32(v) => (v.as_ptr() as *const u32, Type::I32),
+            TensorData::F32(v) => (v.as_ptr() as *const u32, Type::F32),
+        };
+        if ty != info.elem.read_type() {
+            return err(format!("data is {ty}, declared {}", info.elem.name()));
+        }
+        let mut d = TensorDesc {
+            ptr,
+            dims: [1; 4],
+            cdims: [1; 4],
+        };
+        for (k, n) in t.dims.iter().enumerate() {
+            d.dims[k] = *n as i64;
+            d.cdims[k] = *n as i64;
+        }
+        if t.data.is_empty() {
+            d.ptr = &ZERO_WORD;
+            d.cdims = [1; 4];
+        }
+        out.push(d);
+    }
+    out.push(TensorDesc {
+        ptr: &ZERO_WORD,
+        dims: [1; 4],
+        cdims: [1; 4],
+    });
+    Ok(out)
+}

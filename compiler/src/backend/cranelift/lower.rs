@@ -1,0 +1,507 @@
+//! Translation of one IR [`Function`] (mask or score) into Cranelift instructions, split
+//! by loop level so that the kernel generator can hoist work out of its tile loops.
+//!
+//! In: a verified [`Function`], its [`Program`], and an [`Env`] giving the Cranelift values
+//! of the arguments, params pointer and captured-tensor descriptors. Out: Cranelift values
+//! emitted through [`Gen`]; the function's result via [`Lowering::ret`].
+//!
+//! Every value gets a [`Level`]: `Inv` (depends only on b, h, params, constants: computed
+//! once per work item), `Q` (depends on the query position only: precomputed per tile row
+//! into `Tile::qslots`), `Kv` (key position only: computed once per key column), `Both`
+//! (computed per element). Loads in checked mode are always `Both`, so that a load runs
+//! exactly where the source would perform it (a score's loads only where the mask holds).
+//!
+//! Scalar semantics follow `ir::scalar` exactly: wrapping i32 arithmetic, floor
+//! division/remainder with `x / 0 = 0` and `MIN / -1 = MIN`, saturating `F2I`, IEEE
+//! minNum/maxNum, and libm calls (the same Rust functions the interpreter uses) for
+//! `exp exp2 log log2 tanh pow`. Bools are `i8` 0/1.
+
+use super::CpuError;
+use super::abi::off;
+use super::codegen::Gen;
+use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type, UnOp, Value};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value as CValue, types};
+
+/// How often a value must be recomputed inside the kernel's loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Inv = 0,
+    Q = 1,
+    Kv = 2,
+    Both = 3,
+}
+
+impl Level {
+    fn join(self, o: Level) -> Level {
+        match (self as u8) | (o as u8) {
+            0 => Level::Inv,
+            1 => Level::Q,
+            2 => Level::Kv,
+            _ => Level::Both,
+        }
+    }
+}
+
+/// The Cranelift values a function reads besides its own instructions.
+pub struct Env {
+    pub b: CValue,
+    pub h: CValue,
+    pub q: Option<CValue>,
+    pub kv: Option<CValue>,
+    pub s: Option<CValue>,
+    pub params: CValue,
+    pub tensors: Vec<TensorVals>,
+    /// The tile pointer (checked mode writes its error record there).
+    pub tile: CValue,
+    pub checked: bool,
+}
+
+/// One captured tensor's descriptor, loaded once per work item.
+pub struct TensorVals {
+    pub ptr: CValue,
+    pub dims: Vec<CValue>,
+    pub cdims: Vec<CValue>,
+    pub cmax: Vec<CValue>,
+}
+
+/// Symbols of the math functions generated code may call.
+pub const MATH: [(&str, *const u8); 6] = [
+    ("attnc_expf", attnc_expf as *const u8),
+    ("attnc_exp2f", attnc_exp2f as *const u8),
+    ("attnc_logf", attnc_logf as *const u8),
+    ("attnc_log2f", attnc_log2f as *const u8),
+    ("attnc_tanhf", attnc_tanhf as *const u8),
+    ("attnc_powf", attnc_powf as *const u8),
+];
+
+extern "C" fn attnc_expf(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn attnc_exp2f(x: f32) -> f32 {
+    x.exp2()
+}
+extern "C" fn attnc_logf(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn attnc_log2f(x: f32) -> f32 {
+    x.log2()
+}
+extern "C" fn attnc_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+extern "C" fn attnc_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+/// The lowering state of one function inside one kernel.
+pub struct Lowering<'p> {
+    pub f: &'p Function,
+    p: &'p Program,
+    pub level: Vec<Level>,
+    live: Vec<bool>,
+    /// Slot in `Tile::qslots` of each `Q`-level value that the per-element code needs.
+    pub slot: Vec<Option<u32>>,
+    vals: Vec<Option<CValue>>,
+    /// `FnKind` tag of checked-mode error sites.
+    site_tag: i64,
+}
+
+impl<'p> Lowering<'p> {
+    /// Classifies `f`'s values; its slots are numbered from `first_slot`.
+    pub fn new(f: &'p Function, p: &'p Program, checked: bool, first_slot: u32) -> Self {
+        let n = f.insts.len();
+        let live = f.live();
+        let mut level = vec![Level::Inv; n];
+        for (i, inst) in f.insts.iter().enumerate() {
+            level[i] = match inst {
+                Inst::Arg(Arg::S) => Level::Both,
+                Inst::Arg(Arg::Q) => Level::Q,
+                Inst::Arg(Arg::Kv) => Level::Kv,
+                Inst::Load { .. } if checked => Level::Both,
+                _ => inst
+                    .operands()
+                    .iter()
+                    .fold(Level::Inv, |l, v| l.join(level[v.index()])),
+            };
+        }
+        // Q-level values read by per-element code (or returned) get a slot.
+        let mut needed = vec![false; n];
+        for (i, inst) in f.insts.iter().enumerate() {
+            if live[i] && level[i] == Level::Both {
+                for v in inst.operands() {
+                    needed[v.index()] = true;
+                }
+            }
+        }
+        needed[f.ret.index()] = true;
+        let mut slot = vec![None; n];
+        let mut next = first_slot;
+        for i in 0..n {
+            if live[i] && needed[i] && level[i] == Level::Q && f.insts[i] != Inst::Arg(Arg::Q) {
+                slot[i] = Some(next);
+                next += 1;
+            }
+        }
+        let site_tag = match f.kind {
+            FnKind::Mask => 0,
+            FnKind::Score => 1,
+        };
+        Lowering {
+            f,
+            p,
+            level,
+            live,
+            slot,
+            vals: vec![None; n],
+            site_tag,
+        }
+    }
+
+    pub fn n_slots(&self) -> u32 {
+        self.slot.iter().flatten().count() as u32
+    }
+
+    pub fn ret(&self) -> CValue {
+        self.vals[self.f.ret.index()].expect("return value emitted")
+    }
+
+    pub fn ret_level(&self) -> Level {
+        self.level[self.f.ret.index()]
+    }
+
+    /// Drops every value above `Inv` (a new loop site starts).
+    pub fn forget(&mut self) {
+        for (v, l) in self.vals.iter_mut().zip(&self.level) {
+            if *l != Level::Inv {
+                *v = None;
+            }
+        }
+    }
+
+    /// Emits the live values of level `lvl` (operands of lower levels must already exist).
+    pub fn emit(&mut self, g: &mut Gen, env: &Env, lvl: Level) -> Result<(), CpuError> {
+        for i in 0..self.f.insts.len() {
+            if self.live[i] && self.level[i] == lvl && self.vals[i].is_none() {
+                let v = self.emit_inst(g, env, i)?;
+                self.vals[i] = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the `Q`-level values that need slots and stores them at row `i`.
+    pub fn store_slots(
+        &mut self,
+        g: &mut Gen,
+        env: &Env,
+        base: CValue,
+        bq: i64,
+        i: CValue,
+    ) -> Result<(), CpuError> {
+        self.emit(g, env, Level::Q)?;
+        for (k, s) in self.slot.iter().enumerate() {
+            if let Some(s) = s {
+                let addr = slot_addr(g, base, *s, bq, i);
+                let v = self.vals[k].expect("slot value emitted");
+                let v = to_word(g, v, self.f.types[k]);
+                g.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the `Q`-level values available at row `i` of a per-element site: `q` itself
+    /// from `env`, the others from their slots.
+    pub fn load_slots(&mut self, g: &mut Gen, env: &Env, base: CValue, bq: i64, i: CValue) {
+        for k in 0..self.f.insts.len() {
+            if self.level[k] != Level::Q || !self.live[k] {
+                continue;
+            }
+            if self.f.insts[k] == Inst::Arg(Arg::Q) {
+                self.vals[k] = env.q;
+            } else if let Some(s) = self.slot[k] {
+                let addr = slot_addr(g, base, s, bq, i);
+                let w = g.b.ins().load(types::I32, MemFlagsData::trusted(), addr, 0);
+                self.vals[k] = Some(from_word(g, w, self.f.types[k]));
+            }
+        }
+    }
+
+    fn v(&self, v: Value) -> CValue {
+        self.vals[v.index()].expect("operand emitted before use")
+    }
+
+    fn emit_inst(&mut self, g: &mut Gen, env: &Env, i: usize) -> Result<CValue, CpuError> {
+        let ty = self.f.types[i];
+        let ins = &self.f.insts[i];
+        Ok(match ins {
+            Inst::Arg(a) => match a {
+                Arg::S => env.s.expect("s at a per-element site"),
+                Arg::B => env.b,
+                Arg::H => env.h,
+                Arg::Q => env.q.expect("q at a per-row site"),
+                Arg::Kv => env.kv.expect("kv at a per-column site"),
+            },
+            Inst::ConstBool(b) => g.b.ins().iconst(types::I8, *b as i64),
+            Inst::ConstI32(x) => g.b.ins().iconst(types::I32, *x as i64),
+            Inst::ConstF32(bits) => g.b.ins().f32const(f32::from_bits(*bits)),
+            Inst::Param(id) => {
+                let t = cl_type(ty);
+                g.b.ins().load(
+                    t,
+                    MemFlagsData::trusted().with_readonly(),
+                    env.params,
+                    (id.0 * 4) as i32,
+                )
+            }
+            Inst::Unary(op, a) => {
+                let a = self.v(*a);
+                self.unary(g, *op, a)
+            }
+            Inst::Binary(op, a, b) => {
+                let (av, bv) = (self.v(*a), self.v(*b));
+                let const_b = match self.f.inst(*b) {
+                    Inst::ConstI32(c) => Some(*c),
+                    _ => None,
+                };
+                binary(g, *op, av, bv, const_b)
+            }
+            Inst::Select(c, a, b) => {
+                let (c, a, b) = (self.v(*c), self.v(*a), self.v(*b));
+                g.b.ins().select(c, a, b)
+            }
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
+                let idx: Vec<CValue> = indices.iter().map(|v| self.v(*v)).collect();
+                let guard_const = matches!(self.f.inst(*guard), Inst::ConstBool(true));
+                let guard = self.v(*guard);
+                let elem = cl_type(self.p.tensors[tensor.0 as usize].elem.read_type());
+                let tv = &env.tensors[tensor.0 as usize];
+                let idx64: Vec<CValue> = idx
+                    .iter()
+                    .map(|x| g.b.ins().sextend(types::I64, *x))
+                    .collect();
+                if env.checked {
+                    // in range iff 0 <= idx < dim, i.e. idx <u dim
+                    let mut ok = g.b.ins().iconst(types::I8, 1);
+                    for (x, d) in idx64.iter().zip(&tv.dims) {
+                        let c = g.b.ins().icmp(IntCC::UnsignedLessThan, *x, *d);
+                        ok = g.b.ins().band(ok, c);
+                    }
+                    let bad = g.b.ins().bxor_imm_u(ok, 1);
+                    let bad = if guard_const {
+                        bad
+                    } else {
+                        g.b.ins().band(bad, guard)
+                    };
+                    let err = g.b.create_block();
+                    let cont = g.b.create_block();
+                    g.b.ins().brif(bad, err, &[], cont, &[]);
+                    g.b.switch_to_block(err);
+                    let site =
+                        g.b.ins()
+                            .iconst(types::I64, (self.site_tag << 32) | i as i64);
+                    g.b.ins()
+                        .store(MemFlagsData::trusted(), site, env.tile, off::TILE_ERR_SITE);
+                    for (k, x) in idx64.iter().enumerate() {
+                        g.b.ins().store(
+                            MemFlagsData::trusted(),
+                            *x,
+                            env.tile,
+                            off::TILE_ERR_IDX + 8 * k as i32,
+                        );
+                    }
+                    let one = g.b.ins().iconst(types::I32, 1);
+                    g.b.ins().return_(&[one]);
+                    g.b.switch_to_block(cont);
+                }
+                // Fast (and, after the check, checked) path: clamp into range; never reads
+                // outside the tensor.
+                let zero = g.b.ins().iconst(types::I64, 0);
+                let mut flat = zero;
+                for (k, x) in idx64.iter().enumerate() {
+                    let c = g.b.ins().smax(*x, zero);
+                    let c = g.b.ins().smin(c, tv.cmax[k]);
+                    flat = if k == 0 {
+                        c
+                    } else {
+                        let m = g.b.ins().imul(flat, tv.cdims[k]);
+                        g.b.ins().iadd(m, c)
+                    };
+                }
+                let byte = g.b.ins().ishl_imm_u(flat, 2);
+                let addr = g.b.ins().iadd(tv.ptr, byte);
+                let val =
+                    g.b.ins()
+                        .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0);
+                if guard_const {
+                    val
+                } else {
+                    let z = if elem == types::F32 {
+                        g.b.ins().f32const(0.0)
+                    } else {
+                        g.b.ins().iconst(elem, 0)
+                    };
+                    g.b.ins().select(guard, val, z)
+                }
+            }
+        })
+    }
+
+    fn unary(&mut self, g: &mut Gen, op: UnOp, a: CValue) -> CValue {
+        let call = |g: &mut Gen, name: &'static str| g.call_f32(name, &[a]);
+        match op {
+            UnOp::INeg => g.b.ins().ineg(a),
+            UnOp::IAbs => g.b.ins().iabs(a),
+            UnOp::FNeg => g.b.ins().fneg(a),
+            UnOp::FAbs => g.b.ins().fabs(a),
+            UnOp::Not => g.b.ins().bxor_imm_u(a, 1),
+            UnOp::Exp => call(g, "attnc_expf"),
+            UnOp::Exp2 => call(g, "attnc_exp2f"),
+            UnOp::Log => call(g, "attnc_logf"),
+            UnOp::Log2 => call(g, "attnc_log2f"),
+            UnOp::Tanh => call(g, "attnc_tanhf"),
+            UnOp::Sqrt => g.b.ins().sqrt(a),
+            UnOp::Floor => g.b.ins().floor(a),
+            UnOp::Ceil => g.b.ins().ceil(a),
+            UnOp::I2F => g.b.ins().fcvt_from_sint(types::F32, a),
+            UnOp::F2I => g.b.ins().fcvt_to_sint_sat(types::I32, a),
+            UnOp::B2I => g.b.ins().uextend(types::I32, a),
+        }
+    }
+}
+
+fn ins<'b, 'a>(g: &'b mut Gen<'a>) -> cranelift_frontend::FuncInstBuilder<'b, 'a> {
+    g.b.ins()
+}
+
+fn binary(g: &mut Gen, op: BinOp, a: CValue, b: CValue, const_b: Option<i32>) -> CValue {
+    match op {
+        BinOp::IAdd => ins(g).iadd(a, b),
+        BinOp::ISub => ins(g).isub(a, b),
+        BinOp::IMul => ins(g).imul(a, b),
+        BinOp::IDiv | BinOp::IRem => floor_divrem(g, op == BinOp::IDiv, a, b, const_b),
+        BinOp::IMin => ins(g).smin(a, b),
+        BinOp::IMax => ins(g).smax(a, b),
+        BinOp::FAdd => ins(g).fadd(a, b),
+        BinOp::FSub => ins(g).fsub(a, b),
+        BinOp::FMul => ins(g).fmul(a, b),
+        BinOp::FDiv => ins(g).fdiv(a, b),
+        BinOp::FMin | BinOp::FMax => {
+            // IEEE minNum/maxNum (Rust's f32::min/max): a NaN operand yields the other.
+            let m = if op == BinOp::FMin {
+                ins(g).fmin(a, b)
+            } else {
+                ins(g).fmax(a, b)
+            };
+            let a_nan = ins(g).fcmp(FloatCC::Unordered, a, a);
+            let b_nan = ins(g).fcmp(FloatCC::Unordered, b, b);
+            let r = ins(g).select(b_nan, a, m);
+            ins(g).select(a_nan, b, r)
+        }
+        BinOp::FPow => g.call_f32("attnc_powf", &[a, b]),
+        BinOp::ICmp(c) => ins(g).icmp(int_cc(c), a, b),
+        BinOp::FCmp(c) => ins(g).fcmp(float_cc(c), a, b),
+        BinOp::And => ins(g).band(a, b),
+        BinOp::Or => ins(g).bor(a, b),
+        BinOp::Xor => ins(g).bxor(a, b),
+        BinOp::BEq => ins(g).icmp(IntCC::Equal, a, b),
+    }
+}
+
+/// Floor division / remainder with the IR's conventions, never trapping.
+fn floor_divrem(g: &mut Gen, div: bool, a: CValue, b: CValue, const_b: Option<i32>) -> CValue {
+    let safe_const = matches!(const_b, Some(c) if c != 0 && c != -1);
+    let (bs, bz) = if safe_const {
+        (b, None)
+    } else {
+        // b == 0 -> divide by 1 and select 0 at the end; MIN / -1 -> divide by 1 (= MIN, rem 0)
+        let bz = g.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+        let amin = g.b.ins().icmp_imm_s(IntCC::Equal, a, i32::MIN as i64);
+        let bm1 = g.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+        let ovf = g.b.ins().band(amin, bm1);
+        let bad = g.b.ins().bor(bz, ovf);
+        let one = g.b.ins().iconst(types::I32, 1);
+        (g.b.ins().select(bad, one, b), Some(bz))
+    };
+    let q = g.b.ins().sdiv(a, bs);
+    let qb = g.b.ins().imul(q, bs);
+    let r = g.b.ins().isub(a, qb);
+    // adjust when r != 0 and sign(r) != sign(b)
+    let rnz = g.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+    let x = g.b.ins().bxor(r, bs);
+    let neg = g.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
+    let adj = g.b.ins().band(rnz, neg);
+    let res = if div {
+        let adj32 = g.b.ins().uextend(types::I32, adj);
+        g.b.ins().isub(q, adj32)
+    } else {
+        let rb = g.b.ins().iadd(r, bs);
+        g.b.ins().select(adj, rb, r)
+    };
+    match bz {
+        Some(bz) => {
+            let zero = g.b.ins().iconst(types::I32, 0);
+            g.b.ins().select(bz, zero, res)
+        }
+        None => res,
+    }
+}
+
+fn int_cc(c: Cmp) -> IntCC {
+    match c {
+        Cmp::Eq => IntCC::Equal,
+        Cmp::Ne => IntCC::NotEqual,
+        Cmp::Lt => IntCC::SignedLessThan,
+        Cmp::Le => IntCC::SignedLessThanOrEqual,
+        Cmp::Gt => IntCC::SignedGreaterThan,
+        Cmp::Ge => IntCC::SignedGreaterThanOrEqual,
+    }
+}
+
+/// Rust's float comparisons: ordered, except `!=` (true when either is NaN).
+fn float_cc(c: Cmp) -> FloatCC {
+    match c {
+        Cmp::Eq => FloatCC::Equal,
+        Cmp::Ne => FloatCC::NotEqual,
+        Cmp::Lt => FloatCC::LessThan,
+        Cmp::Le => FloatCC::LessThanOrEqual,
+        Cmp::Gt => FloatCC::GreaterThan,
+        Cmp::Ge => FloatCC::GreaterThanOrEqual,
+    }
+}
+
+pub fn cl_type(t: Type) -> cranelift_codegen::ir::Type {
+    match t {
+        Type::Bool => types::I8,
+        Type::I32 => types::I32,
+        Type::F32 => types::F32,
+    }
+}
+
+fn slot_addr(g: &mut Gen, base: CValue, slot: u32, bq: i64, i: CValue) -> CValue {
+    let idx = g.b.ins().iadd_imm_s(i, slot as i64 * bq);
+    let byte = g.b.ins().ishl_imm_u(idx, 2);
+    g.b.ins().iadd(base, byte)
+}
+
+/// A value as a 32-bit word for a slot.
+fn to_word(g: &mut Gen, v: CValue, t: Type) -> CValue {
+    match t {
+        Type::Bool => g.b.ins().uextend(types::I32, v),
+        Type::I32 => v,
+        Type::F32 => g.b.ins().bitcast(types::I32, MemFlagsData::new(), v),
+    }
+}
+
+fn from_word(g: &mut Gen, w: CValue, t: Type) -> CValue {
+    match t {
+        Type::Bool => g.b.ins().ireduce(types::I8, w),
+        Type::I32 => w,
+        Type::F32 => g.b.ins().bitcast(types::F32, MemFlagsData::new(), w),
+    }
+}

@@ -1,0 +1,598 @@
+//! Precompiled SIMD micro-kernels that the generated kernel calls for the dense parts of
+//! a tile: packing `Qᵀ`, the score tile `Sᵀ = (scale·Q)·Kᵀ`, the online-softmax row update
+//! fused with `O += P·V`, and the final normalization.
+//!
+//! In: a [`Tile`] (geometry and scratch pointers) plus the per-call K/V/O pointers and
+//! counts. Out: the tile scratch (and O/LSE rows in [`end`]). The score and mask are NOT
+//! here: the generated code applies them to `Sᵀ` between [`qk`] and [`softmax_pv`], so the
+//! fusion (score/mask/softmax interleaved per tile) lives in generated code.
+//!
+//! Every entry point exists in three builds selected once per kernel by runtime feature
+//! detection ([`Isa::detect`]): AVX-512F (hand-written intrinsics for the two products),
+//! AVX2+FMA and portable (the same plain-Rust bodies, auto-vectorized for each target).
+//!
+//! Layouts (see `abi`): `qt[d][bq]`, `st[j][bq]` (query index fastest, so the softmax is
+//! vectorized across queries), `acc[bq][dv]`, K and V rows contiguous (`[j][d]`, `[j][dv]`).
+//! Rows `i >= nrows` of a tile are padding: computed on zeros, never written out.
+
+use super::abi::Tile;
+
+/// The instruction set the micro-kernels are built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best variant the running CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Whether the running CPU can execute this variant.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// `(symbol, address)` of every micro-kernel of this variant, under the names the
+    /// generated code imports.
+    pub fn symbols(self) -> [(&'static str, *const u8); 4] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => [
+                (BEGIN, x86::begin_avx512 as *const u8),
+                (QK, x86::qk_avx512 as *const u8),
+                (SOFTMAX_PV, x86::softmax_pv_avx512 as *const u8),
+                (END, x86::end_avx512 as *const u8),
+            ],
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => [
+                (BEGIN, x86::begin_avx2 as *const u8),
+                (QK, x86::qk_avx2 as *const u8),
+                (SOFTMAX_PV, x86::softmax_pv_avx2 as *const u8),
+                (END, x86::end_avx2 as *const u8),
+            ],
+            _ => [
+                (BEGIN, begin as *const u8),
+                (QK, qk as *const u8),
+                (SOFTMAX_PV, softmax_pv as *const u8),
+                (END, end as *const u8),
+            ],
+        }
+    }
+}
+
+/// Symbol names the generated code imports.
+pub const BEGIN: &str = "attnc_tile_begin";
+pub const QK: &str = "attnc_tile_qk";
+pub const SOFTMAX_PV: &str = "attnc_tile_softmax_pv";
+pub const END: &str = "attnc_tile_end";
+
+/// `exp` for the softmax: Cephes' minimax polynomial after range reduction, about 2 ulp
+/// on its range. Returns exactly 0 below -87.33 (so `exp(-inf) = 0`: masked entries
+/// contribute nothing, and a fully masked row keeps a zero sum). Branch-free so that it
+/// vectorizes.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = x.clamp(-87.33654, 88.37626);
+    let tm = xc * LOG2E + MAGIC;
+    let n = tm - MAGIC;
+    let ni = (tm.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    p = p * r * r + r + 1.0;
+    let e = f32::from_bits(((ni + 127) << 23) as u32);
+    if x < -87.33654 { 0.0 } else { p * e }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain-Rust bodies (auto-vectorized per target by the wrappers below).
+
+/// # Safety
+/// `t` describes valid scratch; `q` points at `nrows` rows of `d` floats.
+#[inline(always)]
+unsafe fn begin_body(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
+    // SAFETY: the caller guarantees `t` is a valid tile and `q` holds `nrows * d` floats.
+    unsafe {
+        let t = &mut *t;
+        let (bq, d, dv) = (t.bq as usize, t.d as usize, t.dv as usize);
+        let nrows = nrows as usize;
+        t.nrows = nrows as i64;
+        let qt = std::slice::from_raw_parts_mut(t.qt, d * bq);
+        let q = std::slice::from_raw_parts(q, nrows * d);
+        for i in 0..bq {
+            if i < nrows {
+                let row = &q[i * d..][..d];
+                for (dd, x) in row.iter().enumerate() {
+                    qt[dd * bq + i] = scale * *x;
+                }
+            } else {
+                for dd in 0..d {
+                    qt[dd * bq + i] = 0.0;
+                }
+            }
+        }
+        std::slice::from_raw_parts_mut(t.acc, bq * dv).fill(0.0);
+        std::slice::from_raw_parts_mut(t.m, bq).fill(f32::NEG_INFINITY);
+        std::slice::from_raw_parts_mut(t.l, bq).fill(0.0);
+    }
+}
+
+/// # Safety
+/// `t` is valid; `k` points at `ncols` rows of `d` floats; `ncols <= bkv`.
+#[inline(always)]
+unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
+    // SAFETY: as documented above.
+    unsafe {
+        let t = &*t;
+        let (bq, d) = (t.bq as usize, t.d as usize);
+        let ncols = ncols as usize;
+        let qt = std::slice::from_raw_parts(t.qt, d * bq);
+        let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
+        let k = std::slice::from_raw_parts(k, ncols * d);
+        for j in 0..ncols {
+            let srow = &mut st[j * bq..][..bq];
+            srow.fill(0.0);
+            for (dd, kx) in k[j * d..][..d].iter().enumerate() {
+                let qrow = &qt[dd * bq..][..bq];
+                for (s, x) in srow.iter_mut().zip(qrow) {
+                    *s += *kx * *x;
+                }
+            }
+        }
+    }
+}
+
+/// Online-softmax update of the tile's rows over `ncols` new columns: new running max,
+/// `alpha = exp(m_old - m_new)`, `P = exp(S - m_new)` in place of `Sᵀ`, `l = l·alpha + Σ P`.
+/// A row whose max is still `-inf` uses 0 as its max, so `-inf - -inf` never happens.
+///
+/// # Safety
+/// `t` is valid and `ncols <= bkv`.
+#[inline(always)]
+unsafe fn softmax_body(t: *mut Tile, ncols: i64) {
+    // SAFETY: as documented above.
+    unsafe {
+        let t = &*t;
+        let bq = t.bq as usize;
+        let nr = ((t.nrows as usize).div_ceil(16) * 16).min(bq);
+        let ncols = ncols as usize;
+        let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
+        let m = std::slice::from_raw_parts_mut(t.m, nr);
+        let l = std::slice::from_raw_parts_mut(t.l, nr);
+        let alpha = std::slice::from_raw_parts_mut(t.alpha, nr);
+        // alpha holds the new max for now
+        alpha.copy_from_slice(m);
+        for j in 0..ncols {
+            for (mx, s) in alpha.iter_mut().zip(&st[j * bq..][..nr]) {
+                *mx = if *s > *mx { *s } else { *mx };
+            }
+        }
+        for i in 0..nr {
+            let mnew = alpha[i];
+            let safe = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
+            alpha[i] = exp_approx(m[i] - safe);
+            m[i] = mnew;
+            l[i] *= alpha[i];
+        }
+        for j in 0..ncols {
+            let srow = &mut st[j * bq..][..nr];
+            for ((s, mx), li) in srow.iter_mut().zip(m.iter()).zip(l.iter_mut()) {
+                let safe = if *mx == f32::NEG_INFINITY { 0.0 } else { *mx };
+                let p = exp_approx(*s - safe);
+                *s = p;
+                *li += p;
+            }
+        }
+    }
+}
+
+/// `acc[i] = acc[i]·alpha[i] + Σ_j P[j][i]·V[j]` for the tile's live rows.
+///
+/// # Safety
+/// `t` is valid; `v` points at `ncols` rows of `dv` floats.
+#[inline(always)]
+unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
+    // SAFETY: as documented above.
+    unsafe {
+        let t = &*t;
+        let (bq, dv, nrows) = (t.bq as usize, t.dv as usize, t.nrows as usize);
+        let ncols = ncols as usize;
+        let st = std::slice::from_raw_parts(t.st, ncols * bq);
+        let acc = std::slice::from_raw_parts_mut(t.acc, bq * dv);
+        let alpha = std::slice::from_raw_parts(t.alpha, bq);
+        let v = std::slice::from_raw_parts(v, ncols * dv);
+        for i in 0..nrows {
+            let arow = &mut acc[i * dv..][..dv];
+            let a = alpha[i];
+            arow.iter_mut().for_each(|x| *x *= a);
+            for j in 0..ncols {
+                let p = st[j * bq + i];
+                if p != 0.0 {
+                    for (x, y) in arow.iter_mut().zip(&v[j * dv..][..dv]) {
+                        *x += p * *y;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the tile's `nrows` output rows: `O = acc / l`, `LSE = m + ln l`; a row with
+/// `l == 0` (fully masked) gets `O = 0`, `LSE = -inf`.
+///
+/// # Safety
+/// `t` is valid; `o` holds `nrows * dv` floats and `lse` `nrows` floats.
+#[inline(always)]
+unsafe fn end_body(t: *mut Tile, o: *mut f32, lse: *mut f32) {
+    // SAFETY: as documented above.
+    unsafe {
+        let t = &*t;
+        let (dv, nrows) = (t.dv as usize, t.nrows as usize);
+        let acc = std::slice::from_raw_parts(t.acc, nrows * dv);
+        let o = std::slice::from_raw_parts_mut(o, nrows * dv);
+        let lse = std::slice::from_raw_parts_mut(lse, nrows);
+        for i in 0..nrows {
+            let l = *t.l.add(i);
+            let orow = &mut o[i * dv..][..dv];
+            if l > 0.0 {
+                let inv = 1.0 / l;
+                for (x, a) in orow.iter_mut().zip(&acc[i * dv..][..dv]) {
+                    *x = *a * inv;
+                }
+                lse[i] = *t.m.add(i) + l.ln();
+            } else {
+                orow.fill(0.0);
+                lse[i] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Portable entry points.
+
+/// Packs `scale·Qᵀ` and resets the accumulators.
+///
+/// # Safety
+/// See [`begin_body`].
+pub unsafe extern "C" fn begin(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
+    // SAFETY: forwarded contract.
+    unsafe { begin_body(t, q, nrows, scale) }
+}
+
+/// `Sᵀ = K·(scale·Qᵀ)` on `ncols` keys.
+///
+/// # Safety
+/// See [`qk_body`].
+pub unsafe extern "C" fn qk(t: *mut Tile, k: *const f32, ncols: i64) {
+    // SAFETY: forwarded contract.
+    unsafe { qk_body(t, k, ncols) }
+}
+
+/// Softmax update then `acc += P·V`.
+///
+/// # Safety
+/// See [`softmax_body`] and [`pv_body`].
+pub unsafe extern "C" fn softmax_pv(t: *mut Tile, v: *const f32, ncols: i64) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        softmax_body(t, ncols);
+        pv_body(t, v, ncols)
+    }
+}
+
+/// Normalizes and writes O and LSE.
+///
+/// # Safety
+/// See [`end_body`].
+pub unsafe extern "C" fn end(t: *mut Tile, o: *mut f32, lse: *mut f32) {
+    // SAFETY: forwarded contract.
+    unsafe { end_body(t, o, lse) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX2 and AVX-512 builds. The AVX-512 products keep a 6 x 64 register tile of
+    //! accumulators (24 zmm) and stream one operand with broadcasts.
+    use super::*;
+    use std::arch::x86_64::*;
+
+    macro_rules! wrap {
+        ($feat:literal, $begin:ident, $qk:ident, $spv:ident, $end:ident, $qkb:path, $pvb:path) => {
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $begin(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
+                // SAFETY: forwarded contract.
+                unsafe { begin_body(t, q, nrows, scale) }
+            }
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $qk(t: *mut Tile, k: *const f32, ncols: i64) {
+                // SAFETY: forwarded contract.
+                unsafe { $qkb(t, k, ncols) }
+            }
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $spv(t: *mut Tile, v: *const f32, ncols: i64) {
+                // SAFETY: forwarded contract.
+                unsafe {
+                    softmax_body(t, ncols);
+                    $pvb(t, v, ncols)
+                }
+            }
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $end(t: *mut Tile, o: *mut f32, lse: *mut f32) {
+                // SAFETY: forwarded contract.
+                unsafe { end_body(t, o, lse) }
+            }
+        };
+    }
+
+    wrap!(
+        "avx2,fma",
+        begin_avx2,
+        qk_avx2,
+        softmax_pv_avx2,
+        end_avx2,
+        qk_body,
+        pv_body
+    );
+    wrap!(
+        "avx512f",
+        begin_avx512,
+        qk_avx512,
+        softmax_pv_avx512,
+        end_avx512,
+        qk512,
+        pv512
+    );
+
+    /// # Safety
+    /// See `qk_body`; `bq % 16 == 0`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn qk512(t: *mut Tile, k: *const f32, ncols: i64) {
+        // SAFETY: as documented; every access below is inside `qt[d][bq]`, `k[ncols][d]`
+        // and `st[ncols][bq]`.
+        unsafe {
+            let t = &*t;
+            let (bq, d) = (t.bq as usize, t.d as usize);
+            let ncols = ncols as usize;
+            let mut i0 = 0;
+            while i0 + 64 <= bq {
+                qk_cols::<4>(t.qt, bq, k, d, t.st, i0, ncols);
+                i0 += 64;
+            }
+            while i0 < bq {
+                qk_cols::<1>(t.qt, bq, k, d, t.st, i0, ncols);
+                i0 += 16;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn qk_cols<const NV: usize>(
+        qt: *const f32,
+        bq: usize,
+        k: *const f32,
+        d: usize,
+        st: *mut f32,
+        i0: usize,
+        ncols: usize,
+    ) {
+        // SAFETY: bounds as in `qk512`.
+        unsafe {
+            let mut j = 0;
+            while j + 6 <= ncols {
+                qk_block::<6, NV>(qt, bq, k, d, st, i0, j);
+                j += 6;
+            }
+            match ncols - j {
+                5 => qk_block::<5, NV>(qt, bq, k, d, st, i0, j),
+                4 => qk_block::<4, NV>(qt, bq, k, d, st, i0, j),
+                3 => qk_block::<3, NV>(qt, bq, k, d, st, i0, j),
+                2 => qk_block::<2, NV>(qt, bq, k, d, st, i0, j),
+                1 => qk_block::<1, NV>(qt, bq, k, d, st, i0, j),
+                _ => {}
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn qk_block<const JR: usize, const NV: usize>(
+        qt: *const f32,
+        bq: usize,
+        k: *const f32,
+        d: usize,
+        st: *mut f32,
+        i0: usize,
+        j: usize,
+    ) {
+        // SAFETY: rows j..j+JR < ncols and columns i0..i0+16·NV <= bq.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; JR];
+            for dd in 0..d {
+                let qrow = qt.add(dd * bq + i0);
+                let mut qv = [_mm512_setzero_ps(); NV];
+                for (v, x) in qv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(qrow.add(16 * v));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let kb = _mm512_set1_ps(*k.add((j + r) * d + dd));
+                    for v in 0..NV {
+                        a[v] = _mm512_fmadd_ps(kb, qv[v], a[v]);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (v, x) in a.iter().enumerate() {
+                    _mm512_storeu_ps(st.add((j + r) * bq + i0 + 16 * v), *x);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// See `pv_body`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pv512(t: *mut Tile, v: *const f32, ncols: i64) {
+        // SAFETY: as documented; accesses stay inside `acc[nrows][dv]`, `v[ncols][dv]`,
+        // `st[ncols][bq]` and `alpha[bq]`.
+        unsafe {
+            let tt = &*t;
+            let dv = tt.dv as usize;
+            if dv % 16 != 0 {
+                return pv_body(t, v, ncols);
+            }
+            let (bq, nrows) = (tt.bq as usize, tt.nrows as usize);
+            let ncols = ncols as usize;
+            let mut c0 = 0;
+            while c0 < dv {
+                let a = PvArgs {
+                    st: tt.st,
+                    bq,
+                    v,
+                    dv,
+                    acc: tt.acc,
+                    alpha: tt.alpha,
+                    ncols,
+                    c0,
+                };
+                let nv = ((dv - c0) / 16).min(4);
+                match nv {
+                    4 => pv_cols::<4>(&a, nrows),
+                    3 => pv_cols::<3>(&a, nrows),
+                    2 => pv_cols::<2>(&a, nrows),
+                    _ => pv_cols::<1>(&a, nrows),
+                }
+                c0 += 16 * nv;
+            }
+        }
+    }
+
+    struct PvArgs {
+        st: *const f32,
+        bq: usize,
+        v: *const f32,
+        dv: usize,
+        acc: *mut f32,
+        alpha: *const f32,
+        ncols: usize,
+        c0: usize,
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pv_cols<const NV: usize>(a: &PvArgs, nrows: usize) {
+        // SAFETY: bounds as in `pv512`.
+        unsafe {
+            let mut i = 0;
+            while i + 6 <= nrows {
+                pv_block::<6, NV>(a, i);
+                i += 6;
+            }
+            match nrows - i {
+                5 => pv_block::<5, NV>(a, i),
+                4 => pv_block::<4, NV>(a, i),
+                3 => pv_block::<3, NV>(a, i),
+                2 => pv_block::<2, NV>(a, i),
+                1 => pv_block::<1, NV>(a, i),
+                _ => {}
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn pv_block<const RB: usize, const NV: usize>(a: &PvArgs, i: usize) {
+        // SAFETY: rows i..i+RB < nrows, columns c0..c0+16·NV <= dv, keys < ncols.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; RB];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let al = _mm512_set1_ps(*a.alpha.add(i + r));
+                let p = a.acc.add((i + r) * a.dv + a.c0);
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_mul_ps(_mm512_loadu_ps(p.add(16 * v)), al);
+                }
+            }
+            for j in 0..a.ncols {
+                let vrow = a.v.add(j * a.dv + a.c0);
+                let mut vv = [_mm512_setzero_ps(); NV];
+                for (v, x) in vv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(vrow.add(16 * v));
+                }
+                let prow = a.st.add(j * a.bq + i);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let p = _mm512_set1_ps(*prow.add(r));
+                    for v in 0..NV {
+                        row[v] = _mm512_fmadd_ps(p, vv[v], row[v]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                let p = a.acc.add((i + r) * a.dv + a.c0);
+                for (v, x) in row.iter().enumerate() {
+                    _mm512_storeu_ps(p.add(16 * v), *x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_approx_is_close_and_exact_at_the_ends() {
+        let mut x = -90.0f32;
+        while x < 5.0 {
+            let (a, e) = (exp_approx(x), x.exp());
+            if x > -87.0 {
+                assert!(((a - e) / e).abs() < 4e-7, "exp({x}) = {a}, want {e}");
+            }
+            x += 0.0137;
+        }
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx(-100.0), 0.0);
+        assert_eq!(exp_approx(0.0), 1.0);
+    }
+}

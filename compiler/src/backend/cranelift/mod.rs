@@ -1,0 +1,258 @@
+//! The CPU backend: one fused flash-attention forward kernel per attention, generated as
+//! Cranelift IR and JIT-compiled for the host.
+//!
+//! In: a [`Program`] (verified here) and [`CpuOptions`]. Out: a [`CpuKernel`] that runs
+//! the attention on f32 tensors with a [`BlockMaps`] built for its tile sizes
+//! ([`CpuKernel::q_block`], [`CpuKernel::kv_block`]), or the CLIF text of the generated
+//! code ([`emit_clif`], deterministic: same program and options, byte-identical text).
+//!
+//! ```text
+//! let k = compile(&program, &CpuOptions::default())?;
+//! let maps = BlockMaps::single(BlockMap::dense(lq, lkv, k.q_block(), k.kv_block()));
+//! k.run(&shape, &q, &k_, &v, scale, &bindings, &maps, threads, &mut o, &mut lse)?;
+//! ```
+//!
+//! The head dims D and Dv are runtime values (taken from the [`Shape`] of each call), so
+//! one kernel serves every head size; the tile sizes and the checked flag are compile
+//! time. Structure: [`codegen`] writes the kernel (tile loops, block-sparse iteration,
+//! inlined mask/score via [`lower`]); [`micro`] holds the precompiled SIMD products and
+//! softmax update it calls; [`abi`] the structs they share; [`launch`] validates a call
+//! and splits work items (b, h, q-tile) over threads.
+
+pub mod abi;
+pub mod codegen;
+mod launch;
+pub mod lower;
+pub mod micro;
+
+pub use micro::Isa;
+
+use crate::analysis::blockmap::BlockMaps;
+use crate::interp::{Bindings, EvalError};
+use crate::ir::{Program, VerifyError, verify_program};
+use crate::shape::{Shape, ShapeError};
+use abi::{Ctx, Tile};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module, default_libcall_names};
+use std::sync::Mutex;
+
+/// Compile-time options of a CPU kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CpuOptions {
+    /// Query rows per work item (a multiple of 16, at most 256).
+    pub q_block: usize,
+    /// Keys per inner tile (1..=1024).
+    pub kv_block: usize,
+    /// Checked mode: report the first out-of-range captured-tensor read (whose guard
+    /// holds) instead of clamping it. Only reads that the kernel performs are checked: a
+    /// block the map calls *full* never evaluates the mask, so check with
+    /// `BlockMap::all_partial` maps to see every mask read.
+    pub checked: bool,
+    /// Force a micro-kernel build (tests of the fallbacks); `None` = best available.
+    pub isa: Option<Isa>,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            q_block: 64,
+            kv_block: 64,
+            checked: false,
+            isa: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("invalid CPU kernel options: {0}")]
+    Options(String),
+    #[error("the CPU does not support the {0:?} micro-kernels")]
+    Isa(Isa),
+    #[error("Cranelift JIT: {0}")]
+    Jit(String),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error("`{what}` has {got} elements, expected {expected}")]
+    Length {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("block maps do not fit this call: {0}")]
+    BlockMap(String),
+    #[error("bindings do not fit the attention: {0}")]
+    Bindings(String),
+    /// Checked mode: the first out-of-range tensor read (as the interpreter reports it).
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+}
+
+impl CpuError {
+    fn jit(e: impl std::fmt::Display) -> CpuError {
+        CpuError::Jit(e.to_string())
+    }
+}
+
+/// `kernel(ctx, tile, b, h, qt) -> status` as compiled.
+type KernelFn = unsafe extern "C" fn(*const Ctx, *mut Tile, i64, i64, i64) -> i32;
+
+/// A compiled attention kernel.
+pub struct CpuKernel {
+    /// Owns the executable memory of `entry`; freed on drop.
+    module: Mutex<Option<JITModule>>,
+    entry: KernelFn,
+    program: Program,
+    opts: CpuOptions,
+    isa: Isa,
+    slots: u32,
+}
+
+impl CpuKernel {
+    pub fn q_block(&self) -> usize {
+        self.opts.q_block
+    }
+    pub fn kv_block(&self) -> usize {
+        self.opts.kv_block
+    }
+    pub fn options(&self) -> &CpuOptions {
+        &self.opts
+    }
+    /// The micro-kernel build this kernel calls.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+}
+
+impl Drop for CpuKernel {
+    fn drop(&mut self) {
+        let m = self
+            .module
+            .get_mut()
+            .map(Option::take)
+            .unwrap_or_else(|e| e.into_inner().take());
+        if let Some(m) = m {
+            // SAFETY: `entry` points into this module's memory and is dropped with `self`;
+            // no call can be running since `run` borrows `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
+    if opts.q_block == 0 || opts.q_block % 16 != 0 || opts.q_block > 256 {
+        return Err(CpuError::Options(format!(
+            "q_block = {} must be a multiple of 16 in 16..=256",
+            opts.q_block
+        )));
+    }
+    if opts.kv_block == 0 || opts.kv_block > 1024 {
+        return Err(CpuError::Options(format!(
+            "kv_block = {} must be in 1..=1024",
+            opts.kv_block
+        )));
+    }
+    Ok(())
+}
+
+fn new_module(isa: Isa) -> Result<JITModule, CpuError> {
+    let mut flags = settings::builder();
+    for (k, v) in [
+        ("opt_level", "speed"),
+        ("use_colocated_libcalls", "false"),
+        ("is_pic", "false"),
+    ] {
+        flags.set(k, v).map_err(CpuError::jit)?;
+    }
+    let target = cranelift_native::builder()
+        .map_err(CpuError::jit)?
+        .finish(settings::Flags::new(flags))
+        .map_err(CpuError::jit)?;
+    let mut jb = JITBuilder::with_isa(target, default_libcall_names());
+    for (name, ptr) in isa.symbols().into_iter().chain(lower::MATH) {
+        jb.symbol(name, ptr);
+    }
+    Ok(JITModule::new(jb))
+}
+
+fn prepare(
+    program: &Program,
+    opts: &CpuOptions,
+) -> Result<(Isa, JITModule, cranelift_module::FuncId), CpuError> {
+    verify_program(program)?;
+    check_options(opts)?;
+    let isa = opts.isa.unwrap_or_else(Isa::detect);
+    if !isa.supported() {
+        return Err(CpuError::Isa(isa));
+    }
+    let mut module = new_module(isa)?;
+    let sig = codegen::kernel_signature(module.isa().default_call_conv());
+    // declared first, so that it is `u0:0`, the name `codegen` gives it
+    let id = module
+        .declare_function(codegen::KERNEL_NAME, Linkage::Export, &sig)
+        .map_err(CpuError::jit)?;
+    Ok((isa, module, id))
+}
+
+/// The CLIF text of the generated kernel (before Cranelift's optimizations).
+pub fn emit_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
+    let (_, mut module, _) = prepare(program, opts)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let g = codegen::generate(program, opts, &mut module, &mut fctx)?;
+    Ok(g.func.display().to_string())
+}
+
+/// Generates and JIT-compiles the kernel of `program`.
+pub fn compile(program: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+    let (isa, mut module, id) = prepare(program, opts)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let g = codegen::generate(program, opts, &mut module, &mut fctx)?;
+    let mut ctx = module.make_context();
+    ctx.func = g.func;
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| CpuError::Jit(format!("{e:?}")))?;
+    module.finalize_definitions().map_err(CpuError::jit)?;
+    let ptr = module.get_finalized_function(id);
+    // SAFETY: `ptr` is the finalized code of a function with `kernel_signature`, which
+    // is the C ABI of `KernelFn` on this host.
+    let entry = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+    Ok(CpuKernel {
+        module: Mutex::new(Some(module)),
+        entry,
+        program: program.clone(),
+        opts: opts.clone(),
+        isa,
+        slots: g.slots,
+    })
+}
+
+impl CpuKernel {
+    /// Runs the attention: `o[B, Hq, Lq, Dv]` and `lse[B, Hq, Lq]` (natural log) from f32
+    /// `q`, `k`, `v` in the layouts of [`crate::shape`]. `maps` must be built for this
+    /// kernel's block sizes and the shape's lengths. Work items (b, h, q-tile) are split
+    /// over `threads` OS threads (at least 1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        shape: &Shape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bindings: &Bindings,
+        maps: &BlockMaps,
+        threads: usize,
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<(), CpuError> {
+        launch::run(self, shape, q, k, v, scale, bindings, maps, threads, o, lse)
+    }
+}

@@ -1,0 +1,509 @@
+//! The library API: compile a source once, bind it to shapes, dtypes and a backend, and
+//! call `forward` many times.
+//!
+//! In: `.attn` source text, host [`Tensor`]s for q/k/v and captures, param values.
+//! Out: `O` (in the input dtype) and `LSE` (f32) as host tensors, or an [`Error`].
+//! The runtime never sees the AST: it holds `attnc_compiler::ir::Program`s.
+//!
+//! ```no_run
+//! use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Tensor};
+//! let compiled = Compiled::from_source("causal.attn", "mask c(b, h, q, kv) { q >= kv } attention causal { mask = c; }")?;
+//! let variant = compiled.attention("causal")?;
+//! let shape = Shape { b: 1, hq: 2, hkv: 2, lq: 5, lkv: 5, d: 8, dv: 8 };
+//! let mut bound = variant.bind(BindOptions::new(Backend::Reference, shape, DType::F32))?;
+//! let q = Tensor::from_f32(vec![1, 2, 5, 8], &vec![0.1; 80]);
+//! let out = bound.forward(&q, &q, &q, &Captures::default())?;
+//! assert_eq!(out.lse.shape(), &[1, 2, 5]);
+//! # Ok::<(), attnc::Error>(())
+//! ```
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use attnc_compiler::diag::Diagnostic;
+use attnc_compiler::interp::{Bindings, BoundTensor, EvalError, TensorData};
+use attnc_compiler::ir::{DimSpec, ElemType, Program, Scalar, Type};
+use attnc_compiler::shape::Shape;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Where a bound variant runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The f64 reference implementation (the oracle): slow, exact.
+    Reference,
+    /// Cranelift-generated CPU kernels.
+    Cpu,
+    /// LLVM-generated PTX on an NVIDIA GPU.
+    Cuda,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Reference => "reference",
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// The source a program came from, kept for rendering bind-time diagnostics.
+#[derive(Debug)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// A compiled source file: every attention in it, lowered and verified.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    source: Arc<SourceFile>,
+    programs: Vec<Program>,
+}
+
+impl Compiled {
+    /// Compiles source text. `name` is used in diagnostics.
+    pub fn from_source(name: &str, text: &str) -> Result<Compiled> {
+        let source = Arc::new(SourceFile {
+            name: name.to_string(),
+            text: text.to_string(),
+        });
+        match attnc_compiler::compile_source(text) {
+            Ok(m) => Ok(Compiled {
+                source,
+                programs: m.programs,
+            }),
+            Err(diags) => Err(Error::Compile {
+                rendered: attnc_compiler::render(&diags, name, text),
+                count: diags.iter().filter(|d| d.is_error()).count(),
+            }),
+        }
+    }
+    /// Reads and compiles a file.
+    pub fn from_file(path: &std::path::Path) -> Result<Compiled> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Self::from_source(&path.display().to_string(), &text)
+    }
+    pub fn names(&self) -> Vec<&str> {
+        self.programs.iter().map(|p| p.name.as_str()).collect()
+    }
+    pub fn source(&self) -> &SourceFile {
+        &self.source
+    }
+    /// One attention of the file.
+    pub fn attention(&self, name: &str) -> Result<Variant> {
+        match self.programs.iter().find(|p| p.name == name) {
+            Some(p) => Ok(Variant {
+                source: self.source.clone(),
+                program: Arc::new(p.clone()),
+            }),
+            None => Err(Error::UnknownAttention {
+                name: name.to_string(),
+                file: self.source.name.clone(),
+                available: self.names().join(", "),
+            }),
+        }
+    }
+    /// The only attention of the file, or the one named; an error when ambiguous.
+    pub fn select(&self, name: Option<&str>) -> Result<Variant> {
+        match name {
+            Some(n) => self.attention(n),
+            None if self.programs.len() == 1 => self.attention(&self.programs[0].name.clone()),
+            None => Err(Error::Usage(format!(
+                "{} defines {} attentions ({}); choose one with --attention NAME",
+                self.source.name,
+                self.programs.len(),
+                self.names().join(", ")
+            ))),
+        }
+    }
+}
+
+/// One attention, ready to bind.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    source: Arc<SourceFile>,
+    program: Arc<Program>,
+}
+
+/// How to bind a variant.
+#[derive(Clone, Debug)]
+pub struct BindOptions {
+    pub backend: Backend,
+    pub shape: Shape,
+    /// dtype of q, k, v and O.
+    pub dtype: DType,
+    /// Softmax scale; `None` means `1/sqrt(D)`.
+    pub scale: Option<f32>,
+    /// CPU threads (0 = all available cores).
+    pub threads: usize,
+    /// Report out-of-range tensor reads instead of clamping them.
+    pub checked: bool,
+}
+
+impl BindOptions {
+    pub fn new(backend: Backend, shape: Shape, dtype: DType) -> Self {
+        BindOptions {
+            backend,
+            shape,
+            dtype,
+            scale: None,
+            threads: 0,
+            checked: false,
+        }
+    }
+}
+
+/// A runtime scalar for a `param`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamValue {
+    Bool(bool),
+    I32(i32),
+    F32(f32),
+}
+
+/// Captured tensors and params, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Captures {
+    pub tensors: HashMap<String, Tensor>,
+    pub params: HashMap<String, ParamValue>,
+}
+
+impl Captures {
+    pub fn tensor(mut self, name: &str, t: Tensor) -> Self {
+        self.tensors.insert(name.to_string(), t);
+        self
+    }
+    pub fn param(mut self, name: &str, v: ParamValue) -> Self {
+        self.params.insert(name.to_string(), v);
+        self
+    }
+}
+
+/// Result of one forward call.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// `[B, Hq, Lq, Dv]` in the input dtype.
+    pub o: Tensor,
+    /// `[B, Hq, Lq]`, f32, natural log; `-inf` for fully masked rows.
+    pub lse: Tensor,
+}
+
+impl Variant {
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+    pub fn name(&self) -> &str {
+        &self.program.name
+    }
+    pub fn source(&self) -> &SourceFile {
+        &self.source
+    }
+
+    /// Prepares the variant for one shape, dtype and backend (JIT-compiling for CPU and GPU).
+    pub fn bind(&self, opts: BindOptions) -> Result<Bound> {
+        opts.shape.validate()?;
+        let kernel = crate::launch::prepare(&self.program, &opts)?;
+        Ok(Bound {
+            variant: self.clone(),
+            opts,
+            kernel,
+        })
+    }
+
+    /// A diagnostic pointing at a declaration of this program, rendered.
+    pub(crate) fn render_at(
+        &self,
+        span: attnc_grammar::ast::Span,
+        code: &'static str,
+        message: &str,
+        label: &str,
+        hint: Option<&str>,
+    ) -> String {
+        let mut d = Diagnostic::error(code, span, message).with_label(label);
+        if let Some(h) = hint {
+            d = d.with_hint(h);
+        }
+        attnc_compiler::render(&[d], &self.source.name, &self.source.text)
+    }
+}
+
+/// A variant bound to a shape, dtype and backend.
+pub struct Bound {
+    variant: Variant,
+    opts: BindOptions,
+    kernel: crate::launch::Kernel,
+}
+
+impl Bound {
+    pub fn options(&self) -> &BindOptions {
+        &self.opts
+    }
+    pub fn variant(&self) -> &Variant {
+        &self.variant
+    }
+    pub fn scale(&self) -> f32 {
+        self.opts
+            .scale
+            .unwrap_or_else(|| self.opts.shape.default_scale())
+    }
+
+    /// Checks and converts the captures against the program's declarations.
+    pub fn bindings(&self, captures: &Captures) -> Result<Bindings> {
+        bind_captures(&self.variant, &self.opts.shape, captures)
+    }
+
+    /// Runs attention on host tensors.
+    pub fn forward(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        captures: &Captures,
+    ) -> Result<Output> {
+        let s = self.opts.shape;
+        check_input("q", q, &[s.b, s.hq, s.lq, s.d], self.opts.dtype)?;
+        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], self.opts.dtype)?;
+        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], self.opts.dtype)?;
+        let bindings = self.bindings(captures)?;
+        let scale = self.scale();
+        let (o, lse) = crate::launch::forward(
+            &mut self.kernel,
+            &self.variant,
+            &self.opts,
+            scale,
+            q,
+            k,
+            v,
+            &bindings,
+        )?;
+        Ok(Output {
+            o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, self.opts.dtype),
+            lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
+        })
+    }
+}
+
+fn check_input(which: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::InputShape {
+            which: which.into(),
+            expected: format!("{shape:?}"),
+            got: t.shape().to_vec(),
+        });
+    }
+    if t.dtype() != dtype {
+        return Err(Error::InputDType {
+            which: which.into(),
+            expected: dtype.name().into(),
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+fn elem_dtype(e: ElemType) -> DType {
+    match e {
+        ElemType::I32 => DType::I32,
+        ElemType::I64 => DType::I64,
+        ElemType::F16 => DType::F16,
+        ElemType::BF16 => DType::BF16,
+        ElemType::F32 => DType::F32,
+    }
+}
+
+/// Checks every declared capture is present with the declared dtype and shape, and
+/// converts them for kernels. Unknown names are errors too (likely typos).
+pub(crate) fn bind_captures(
+    variant: &Variant,
+    shape: &Shape,
+    captures: &Captures,
+) -> Result<Bindings> {
+    let p = &variant.program;
+    for name in captures.tensors.keys().chain(captures.params.keys()) {
+        if p.tensor(name).is_none() && p.param(name).is_none() {
+            let mut declared: Vec<&str> = p
+                .tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .chain(p.params.iter().map(|x| x.name.as_str()))
+                .collect();
+            declared.sort();
+            return Err(Error::UnknownCapture {
+                name: name.clone(),
+                attention: p.name.clone(),
+                declared: if declared.is_empty() {
+                    "nothing".into()
+                } else {
+                    declared.join(", ")
+                },
+            });
+        }
+    }
+    let mut params = Vec::new();
+    for info in &p.params {
+        let Some(v) = captures.params.get(&info.name) else {
+            return Err(Error::Capture {
+                name: info.name.clone(),
+                message: format!(
+                    "param `{}` of attention `{}` was not given a value",
+                    info.name, p.name
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0301",
+                    &format!("missing value for param `{}`", info.name),
+                    "declared here",
+                    Some("pass it in Captures::params (CLI: --param NAME=VALUE)"),
+                ),
+            });
+        };
+        let s = match (info.ty, v) {
+            (Type::I32, ParamValue::I32(x)) => Scalar::I32(*x),
+            (Type::F32, ParamValue::F32(x)) => Scalar::F32(*x),
+            (Type::F32, ParamValue::I32(x)) => Scalar::F32(*x as f32),
+            (Type::Bool, ParamValue::Bool(x)) => Scalar::Bool(*x),
+            (t, v) => {
+                return Err(Error::Capture {
+                    name: info.name.clone(),
+                    message: format!(
+                        "param `{}` is declared `{t}` but was given {v:?}",
+                        info.name
+                    ),
+                    rendered: variant.render_at(
+                        info.span,
+                        "E0302",
+                        &format!("wrong type for param `{}`", info.name),
+                        &format!("declared `{t}` here"),
+                        None,
+                    ),
+                });
+            }
+        };
+        params.push(s);
+    }
+    let mut tensors = Vec::new();
+    let mut symbols: HashMap<&str, usize> = HashMap::new();
+    for info in &p.tensors {
+        let decl_dims: Vec<String> = info.dims.iter().map(|d| d.to_string()).collect();
+        let decl = format!("{}[{}]", info.elem.name(), decl_dims.join(", "));
+        let Some(t) = captures.tensors.get(&info.name) else {
+            return Err(Error::Capture {
+                name: info.name.clone(),
+                message: format!(
+                    "tensor `{}` ({decl}) of attention `{}` was not given",
+                    info.name, p.name
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0303",
+                    &format!("missing captured tensor `{}`", info.name),
+                    "declared here",
+                    Some("pass it in Captures::tensors (CLI: a tensor of this name in --inputs)"),
+                ),
+            });
+        };
+        let want = elem_dtype(info.elem);
+        if t.dtype() != want {
+            return Err(Error::Capture {
+                name: info.name.clone(),
+                message: format!(
+                    "tensor `{}` has dtype {}, but is declared {decl}",
+                    info.name,
+                    t.dtype()
+                ),
+                rendered: variant.render_at(
+                    info.span,
+                    "E0304",
+                    &format!("wrong dtype for tensor `{}`", info.name),
+                    &format!("declared {} here", info.elem.name()),
+                    Some(&format!(
+                        "convert it to {} on the host, or change the declaration to `{}`",
+                        want,
+                        t.dtype()
+                    )),
+                ),
+            });
+        }
+        let mismatch = |detail: String| Error::Capture {
+            name: info.name.clone(),
+            message: format!(
+                "tensor `{}` has shape {:?}, but is declared {decl}: {detail}",
+                info.name,
+                t.shape()
+            ),
+            rendered: variant.render_at(
+                info.span,
+                "E0305",
+                &format!("wrong shape for tensor `{}`", info.name),
+                "declared here",
+                None,
+            ),
+        };
+        if t.shape().len() != info.dims.len() {
+            return Err(mismatch(format!(
+                "rank {} instead of {}",
+                t.shape().len(),
+                info.dims.len()
+            )));
+        }
+        for (i, (d, got)) in info.dims.iter().zip(t.shape()).enumerate() {
+            let expect = match d {
+                DimSpec::B => Some(shape.b),
+                DimSpec::H => Some(shape.hq),
+                DimSpec::Q => Some(shape.lq),
+                DimSpec::Kv => Some(shape.lkv),
+                DimSpec::Fixed(n) => Some(*n),
+                DimSpec::Symbol(s) => match symbols.get(s.as_str()) {
+                    Some(n) => Some(*n),
+                    None => {
+                        symbols.insert(s, *got);
+                        None
+                    }
+                },
+            };
+            if let Some(e) = expect
+                && e != *got
+            {
+                return Err(mismatch(format!(
+                    "dimension {i} (`{d}`) is {got}, expected {e}"
+                )));
+            }
+        }
+        let data = match info.elem.read_type() {
+            Type::I32 => TensorData::I32(t.to_i32()),
+            _ => TensorData::F32(t.to_f32()),
+        };
+        tensors.push(BoundTensor {
+            dims: t.shape().to_vec(),
+            data,
+        });
+    }
+    Ok(Bindings { params, tensors })
+}
+
+/// Renders an out-of-range read reported by a backend.
+pub(crate) fn out_of_bounds(variant: &Variant, e: &EvalError) -> Error {
+    match e {
+        EvalError::OutOfBounds {
+            tensor,
+            index,
+            dims,
+            span,
+        } => Error::OutOfBounds {
+            message: format!(
+                "out-of-range read of tensor `{tensor}` at {index:?} (shape {dims:?})"
+            ),
+            rendered: variant.render_at(
+                *span,
+                "E0306",
+                &format!("index {index:?} is out of range for `{tensor}` of shape {dims:?}"),
+                "this read",
+                Some("clamp the index, or guard the read with `if` / `&&`"),
+            ),
+        },
+    }
+}

@@ -1,0 +1,115 @@
+//! Deterministic synthetic inputs: q/k/v and captures for a program, from a seed.
+//!
+//! In: a `Program`, a `Shape`, a dtype and a seed. Out: host tensors and [`Captures`]
+//! that satisfy the program's declarations (used by `attnc demo`, `attnc bench` and the
+//! tests). Integer tensors hold small sorted ids along their last axis (document ids,
+//! segment ids), float tensors small normal values; i32 params get a quarter of the
+//! query length, f32 params 1.0, bool params true.
+
+use crate::api::{Captures, ParamValue};
+use crate::tensor::{DType, Tensor};
+use attnc_compiler::ir::{DimSpec, ElemType, Program, Type};
+use attnc_compiler::shape::Shape;
+
+/// SplitMix64: small, fast, deterministic.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Approximately standard normal (sum of uniforms).
+    pub fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.uniform()).sum::<f32>() * 1.732_050_8 - 3.464_101_6
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// Random q, k, v (standard normal) in `dtype`.
+pub fn qkv(shape: &Shape, dtype: DType, seed: u64) -> (Tensor, Tensor, Tensor) {
+    let mut rng = Rng::new(seed);
+    let mut random = |dims: Vec<usize>| {
+        let n: usize = dims.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        Tensor::from_f32_as(dims, &data, dtype)
+    };
+    let q = random(vec![shape.b, shape.hq, shape.lq, shape.d]);
+    let k = random(vec![shape.b, shape.hkv, shape.lkv, shape.d]);
+    let v = random(vec![shape.b, shape.hkv, shape.lkv, shape.dv]);
+    (q, k, v)
+}
+
+/// Captures satisfying the program's declarations. Free symbols in tensor dims get 8.
+pub fn captures(p: &Program, shape: &Shape, seed: u64) -> Captures {
+    let mut rng = Rng::new(seed.wrapping_add(1));
+    let mut c = Captures::default();
+    for param in &p.params {
+        let v = match param.ty {
+            Type::I32 => ParamValue::I32((shape.lq / 4).max(1) as i32),
+            Type::F32 => ParamValue::F32(1.0),
+            Type::Bool => ParamValue::Bool(true),
+        };
+        c.params.insert(param.name.clone(), v);
+    }
+    for t in &p.tensors {
+        let dims: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|d| match d {
+                DimSpec::B => shape.b,
+                DimSpec::H => shape.hq,
+                DimSpec::Q => shape.lq,
+                DimSpec::Kv => shape.lkv,
+                DimSpec::Fixed(n) => *n,
+                DimSpec::Symbol(_) => 8,
+            })
+            .collect();
+        let n: usize = dims.iter().product();
+        let last = *dims.last().unwrap_or(&1);
+        let tensor = match t.elem {
+            ElemType::I32 | ElemType::I64 => {
+                // sorted ids in 0..4 along the last axis, with random boundaries
+                let mut data = Vec::with_capacity(n);
+                for _ in 0..n / last.max(1) {
+                    let mut cuts: Vec<usize> = (0..3)
+                        .map(|_| rng.below(last as u64 + 1) as usize)
+                        .collect();
+                    cuts.sort();
+                    for i in 0..last {
+                        data.push(cuts.iter().filter(|c| **c <= i).count() as i64);
+                    }
+                }
+                if t.elem == ElemType::I32 {
+                    Tensor::from_i32(dims, &data.iter().map(|x| *x as i32).collect::<Vec<_>>())
+                } else {
+                    Tensor::from_i64(dims, &data)
+                }
+            }
+            e => {
+                let data: Vec<f32> = (0..n).map(|_| 0.5 * rng.normal()).collect();
+                let dtype = match e {
+                    ElemType::F16 => DType::F16,
+                    ElemType::BF16 => DType::BF16,
+                    _ => DType::F32,
+                };
+                Tensor::from_f32_as(dims, &data, dtype)
+            }
+        };
+        c.tensors.insert(t.name.clone(), tensor);
+    }
+    c
+}

@@ -1,0 +1,219 @@
+//! Host tensors: what users pass to `forward` and what `attnc run` reads and writes.
+//!
+//! In: raw little-endian bytes with a dtype and a shape (from safetensors or built in
+//! Rust). Out: typed views converted for the kernels (`to_f32`, `to_i32`, bf16/f16 bits).
+
+use half::{bf16, f16};
+
+/// Element type of a host tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    I32,
+    I64,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::I64 => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DType> {
+        Some(match s {
+            "f32" | "float32" => DType::F32,
+            "f16" | "float16" => DType::F16,
+            "bf16" | "bfloat16" => DType::BF16,
+            "i32" | "int32" => DType::I32,
+            "i64" | "int64" => DType::I64,
+            _ => return None,
+        })
+    }
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A dense, row-major host tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    bytes: Vec<u8>,
+}
+
+impl Tensor {
+    /// Wraps bytes; `None` when the byte count does not match the shape and dtype.
+    pub fn from_bytes(shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Option<Tensor> {
+        let n: usize = shape.iter().product();
+        if n.checked_mul(dtype.size())? != bytes.len() {
+            return None;
+        }
+        Some(Tensor {
+            shape,
+            dtype,
+            bytes,
+        })
+    }
+    pub fn from_f32(shape: Vec<usize>, data: &[f32]) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::F32,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    pub fn from_i32(shape: Vec<usize>, data: &[i32]) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::I32,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    pub fn from_i64(shape: Vec<usize>, data: &[i64]) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape does not match data"
+        );
+        Tensor {
+            shape,
+            dtype: DType::I64,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    /// Converts f32 values to a float dtype (rounding to nearest even for f16/bf16).
+    pub fn from_f32_as(shape: Vec<usize>, data: &[f32], dtype: DType) -> Tensor {
+        let bytes = match dtype {
+            DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F16 => data
+                .iter()
+                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            DType::BF16 => data
+                .iter()
+                .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+            DType::I32 => data
+                .iter()
+                .flat_map(|x| (*x as i32).to_le_bytes())
+                .collect(),
+            DType::I64 => data
+                .iter()
+                .flat_map(|x| (*x as i64).to_le_bytes())
+                .collect(),
+        };
+        Tensor {
+            shape,
+            dtype,
+            bytes,
+        }
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Every element as f32 (integers converted).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let b = &self.bytes;
+        match self.dtype {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::I32 => self.to_i32().into_iter().map(|x| x as f32).collect(),
+            DType::I64 => self.to_i64().into_iter().map(|x| x as f32).collect(),
+        }
+    }
+    /// Every element as i32 (i64 truncated, floats truncated toward zero).
+    pub fn to_i32(&self) -> Vec<i32> {
+        let b = &self.bytes;
+        match self.dtype {
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::I64 => self.to_i64().into_iter().map(|x| x as i32).collect(),
+            _ => self.to_f32().into_iter().map(|x| x as i32).collect(),
+        }
+    }
+    fn to_i64(&self) -> Vec<i64> {
+        self.bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    }
+    /// The raw 16-bit patterns of an f16/bf16 tensor.
+    pub fn to_u16_bits(&self) -> Option<Vec<u16>> {
+        match self.dtype {
+            DType::F16 | DType::BF16 => Some(
+                self.bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_round_trip() {
+        let t = Tensor::from_f32_as(vec![2, 2], &[1.0, -2.5, 0.125, 3.0], DType::BF16);
+        assert_eq!(t.to_f32(), vec![1.0, -2.5, 0.125, 3.0]);
+        let t = Tensor::from_i64(vec![3], &[1, -2, 1 << 40]);
+        assert_eq!(t.to_i32()[..2], [1, -2]);
+        assert!(Tensor::from_bytes(vec![3], DType::F32, vec![0; 11]).is_none());
+    }
+}
