@@ -7,6 +7,8 @@
 pub mod api;
 pub mod bench;
 pub mod blockview;
+pub mod cache;
+pub mod cuda;
 pub mod error;
 pub mod io;
 mod launch;
