@@ -659,7 +659,7 @@ fn clif_is_deterministic() {
         let a = emit_clif(&p, &CpuOptions::default()).unwrap();
         let b = emit_clif(&p, &CpuOptions::default()).unwrap();
         assert_eq!(a, b);
-        assert!(a.contains("call"), "{a}");
+        assert!(a.contains("call") && a.contains(" = attnc_tile_qk\n"), "{a}");
         let checked = emit_clif(
             &p,
             &CpuOptions {

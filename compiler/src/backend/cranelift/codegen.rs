@@ -179,6 +179,8 @@ enum Pass {
 pub struct Generated {
     pub func: Function,
     pub slots: u32,
+    /// Imported symbols in declaration order (`fn0`, `fn1`, ... of the CLIF text).
+    pub imports: Vec<&'static str>,
 }
 
 pub const KERNEL_NAME: &str = "attnc_kernel";
@@ -212,6 +214,7 @@ pub fn generate(
         .as_ref()
         .map(|f| Lowering::new(f, program, opts.checked, first));
     let slots = first + score.as_ref().map_or(0, |s| s.n_slots());
+    let imports;
     {
         let b = FunctionBuilder::new(&mut func, fctx);
         let mut g = Gen {
@@ -223,9 +226,14 @@ pub fn generate(
         body(&mut g, program, opts, mask.as_mut(), score.as_mut())?;
         g.b.seal_all_blocks();
         let cfg = g.module.isa().frontend_config();
+        imports = g.imports.iter().map(|(n, _)| *n).collect();
         g.b.finalize(cfg);
     }
-    Ok(Generated { func, slots })
+    Ok(Generated {
+        func,
+        slots,
+        imports,
+    })
 }
 
 fn body<'p>(
