@@ -797,7 +797,7 @@ fn vscale_poly(g: &mut Gen, n: CValue, r: CValue) -> CValue {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        5e-1,
     ];
     let mut p = fsplat(g, coef[0]);
     for c in &coef[1..] {
@@ -864,8 +864,8 @@ pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
     let x2 = g.b.ins().fmul(x, x);
     let alpha = [
         -2.760_768_5e-16f32,
-        2.000_187_9e-13,
-        -8.604_671_5e-11,
+        2.000_188e-13,
+        -8.604_672e-11,
         5.122_297e-8,
         1.485_722_4e-5,
         6.372_619_3e-4,

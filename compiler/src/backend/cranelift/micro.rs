@@ -126,7 +126,7 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     p = ma(p, r, 8.333_452e-3);
     p = ma(p, r, 4.166_579_6e-2);
     p = ma(p, r, 1.666_666_5e-1);
-    p = ma(p, r, 5.000_000_1e-1);
+    p = ma(p, r, 5e-1);
     p = ma(p * r, r, r) + 1.0;
     let e = f32::from_bits(((ni + 127) << 23) as u32);
     if x < -87.33654 { 0.0 } else { p * e }
@@ -515,7 +515,7 @@ mod x86 {
         unsafe {
             let tt = &*t;
             let dv = tt.dv as usize;
-            if dv % 16 != 0 {
+            if !dv.is_multiple_of(16) {
                 return pv_body(t, v, ncols);
             }
             let (bq, nrows) = (tt.bq as usize, tt.nrows as usize);

@@ -147,7 +147,7 @@ impl Drop for CpuKernel {
 }
 
 fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
-    if opts.q_block == 0 || opts.q_block % 16 != 0 || opts.q_block > 256 {
+    if opts.q_block == 0 || !opts.q_block.is_multiple_of(16) || opts.q_block > 256 {
         return Err(CpuError::Options(format!(
             "q_block = {} must be a multiple of 16 in 16..=256",
             opts.q_block
