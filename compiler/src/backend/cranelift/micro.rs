@@ -165,6 +165,14 @@ unsafe fn begin_body(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
     }
 }
 
+/// The rows of `Sᵀ` that the products and the softmax compute: the live rows rounded up
+/// to 16 (a short last tile, or a decoding step with `Lq = 1`, does not pay for `bq`).
+/// The per-element pass of the generated code stays below this bound (it rounds to 4).
+#[inline(always)]
+fn live_rows(t: &Tile) -> usize {
+    ((t.nrows as usize).div_ceil(16) * 16).min(t.bq as usize)
+}
+
 /// # Safety
 /// `t` is valid; `k` points at `ncols` rows of `d` floats; `ncols <= bkv`.
 #[inline(always)]
@@ -177,11 +185,12 @@ unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
         let qt = std::slice::from_raw_parts(t.qt, d * bq);
         let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
         let k = std::slice::from_raw_parts(k, ncols * d);
+        let nr = live_rows(t);
         for j in 0..ncols {
-            let srow = &mut st[j * bq..][..bq];
+            let srow = &mut st[j * bq..][..nr];
             srow.fill(0.0);
             for (dd, kx) in k[j * d..][..d].iter().enumerate() {
-                let qrow = &qt[dd * bq..][..bq];
+                let qrow = &qt[dd * bq..][..nr];
                 for (s, x) in srow.iter_mut().zip(qrow) {
                     *s += *kx * *x;
                 }
@@ -202,7 +211,7 @@ unsafe fn softmax_body<const FMA: bool>(t: *mut Tile, ncols: i64) {
     unsafe {
         let t = &*t;
         let bq = t.bq as usize;
-        let nr = ((t.nrows as usize).div_ceil(16) * 16).min(bq);
+        let nr = live_rows(t);
         let ncols = ncols as usize;
         let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
         let m = std::slice::from_raw_parts_mut(t.m, nr);
@@ -431,12 +440,13 @@ mod x86 {
             let t = &*t;
             let (bq, d) = (t.bq as usize, t.d as usize);
             let ncols = ncols as usize;
+            let nr = live_rows(t);
             let mut i0 = 0;
-            while i0 + 64 <= bq {
+            while i0 + 64 <= nr {
                 qk_cols::<4>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 64;
             }
-            while i0 < bq {
+            while i0 < nr {
                 qk_cols::<1>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 16;
             }
