@@ -502,7 +502,7 @@ fn variants_with_scores() {
     let mut rng = StdRng::seed_from_u64(2);
     for p in [alibi(), softcap(true), softcap(false), late_start()] {
         let k = compile(&p, &CpuOptions::default()).unwrap();
-        for (lq, lkv) in [(77, 77), (130, 45), (5, 200)] {
+        for (lq, lkv) in [(77, 77), (130, 45), (5, 200), (1, 150)] {
             let c = case(&mut rng, shape(1, 4, 2, lq, lkv, 64, 64));
             check(&k, &p, &c, &no_bind(), 2);
         }
@@ -659,7 +659,10 @@ fn clif_is_deterministic() {
         let a = emit_clif(&p, &CpuOptions::default()).unwrap();
         let b = emit_clif(&p, &CpuOptions::default()).unwrap();
         assert_eq!(a, b);
-        assert!(a.contains("call"), "{a}");
+        assert!(
+            a.contains("call") && a.contains(" = attnc_tile_qk\n"),
+            "{a}"
+        );
         let checked = emit_clif(
             &p,
             &CpuOptions {

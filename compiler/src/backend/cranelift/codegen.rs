@@ -22,6 +22,10 @@
 //!
 //! Columns `>= Lkv` never exist (`ncols` bounds every loop) and rows `>= Lq` are padding.
 
+// `x.as_deref_mut()` on an `Option<&mut Lowering>` is the reborrow that lets one lowering
+// be used at several sites; clippy reads it as a no-op.
+#![allow(clippy::needless_option_as_deref)]
+
 use super::abi::off;
 use super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
 use super::micro;
@@ -179,6 +183,8 @@ enum Pass {
 pub struct Generated {
     pub func: Function,
     pub slots: u32,
+    /// Imported symbols in declaration order (`fn0`, `fn1`, ... of the CLIF text).
+    pub imports: Vec<&'static str>,
 }
 
 pub const KERNEL_NAME: &str = "attnc_kernel";
@@ -212,6 +218,7 @@ pub fn generate(
         .as_ref()
         .map(|f| Lowering::new(f, program, opts.checked, first));
     let slots = first + score.as_ref().map_or(0, |s| s.n_slots());
+    let imports;
     {
         let b = FunctionBuilder::new(&mut func, fctx);
         let mut g = Gen {
@@ -223,9 +230,14 @@ pub fn generate(
         body(&mut g, program, opts, mask.as_mut(), score.as_mut())?;
         g.b.seal_all_blocks();
         let cfg = g.module.isa().frontend_config();
+        imports = g.imports.iter().map(|(n, _)| *n).collect();
         g.b.finalize(cfg);
     }
-    Ok(Generated { func, slots })
+    Ok(Generated {
+        func,
+        slots,
+        imports,
+    })
 }
 
 fn body<'p>(

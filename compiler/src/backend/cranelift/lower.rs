@@ -15,6 +15,11 @@
 //! division/remainder with `x / 0 = 0` and `MIN / -1 = MIN`, saturating `F2I`, IEEE
 //! minNum/maxNum, and libm calls (the same Rust functions the interpreter uses) for
 //! `exp exp2 log log2 tanh pow`. Bools are `i8` 0/1.
+//!
+//! Per-element values in fast mode are 4-lane vectors ([`Lowering::vemit`]); there
+//! `exp`, `exp2` and `tanh` are inline polynomial / rational approximations (a few ulp,
+//! using `fma`, which Cranelift lowers to a library call on CPUs without FMA, so the
+//! CLIF does not depend on the host), `log log2 pow` and integer division run per lane.
 
 use super::CpuError;
 use super::abi::off;
@@ -792,17 +797,15 @@ fn vscale_poly(g: &mut Gen, n: CValue, r: CValue) -> CValue {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        5e-1,
     ];
     let mut p = fsplat(g, coef[0]);
     for c in &coef[1..] {
-        let m = g.b.ins().fmul(p, r);
         let c = fsplat(g, *c);
-        p = g.b.ins().fadd(m, c);
+        p = g.b.ins().fma(p, r, c);
     }
-    let r2 = g.b.ins().fmul(r, r);
-    let p = g.b.ins().fmul(p, r2);
-    let p = g.b.ins().fadd(p, r);
+    let pr = g.b.ins().fmul(p, r);
+    let p = g.b.ins().fma(pr, r, r);
     let one = fsplat(g, 1.0);
     let p = g.b.ins().fadd(p, one);
     let ni = g.b.ins().fcvt_to_sint_sat(types::I32X4, n);
@@ -836,10 +839,10 @@ pub fn vexp(g: &mut Gen, x: CValue) -> CValue {
     let n = g.b.ins().nearest(t);
     let hi = fsplat(g, 0.693_359_4);
     let lo = fsplat(g, -2.121_944_4e-4);
-    let a = g.b.ins().fmul(n, hi);
-    let r = g.b.ins().fsub(xc, a);
-    let b = g.b.ins().fmul(n, lo);
-    let r = g.b.ins().fsub(r, b);
+    let nhi = g.b.ins().fneg(hi);
+    let nlo = g.b.ins().fneg(lo);
+    let r = g.b.ins().fma(n, nhi, xc);
+    let r = g.b.ins().fma(n, nlo, r);
     let y = vscale_poly(g, n, r);
     vexp_finish(g, x, -87.33654, y)
 }
@@ -861,8 +864,8 @@ pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
     let x2 = g.b.ins().fmul(x, x);
     let alpha = [
         -2.760_768_5e-16f32,
-        2.000_187_9e-13,
-        -8.604_671_5e-11,
+        2.000_188e-13,
+        -8.604_672e-11,
         5.122_297e-8,
         1.485_722_4e-5,
         6.372_619_3e-4,
@@ -877,9 +880,8 @@ pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
     let horner = |g: &mut Gen, c: &[f32]| {
         let mut p = fsplat(g, c[0]);
         for k in &c[1..] {
-            let m = g.b.ins().fmul(p, x2);
             let k = fsplat(g, *k);
-            p = g.b.ins().fadd(m, k);
+            p = g.b.ins().fma(p, x2, k);
         }
         p
     };

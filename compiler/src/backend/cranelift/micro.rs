@@ -30,7 +30,9 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return Isa::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -47,7 +49,10 @@ impl Isa {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
@@ -121,7 +126,7 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     p = ma(p, r, 8.333_452e-3);
     p = ma(p, r, 4.166_579_6e-2);
     p = ma(p, r, 1.666_666_5e-1);
-    p = ma(p, r, 5.000_000_1e-1);
+    p = ma(p, r, 5e-1);
     p = ma(p * r, r, r) + 1.0;
     let e = f32::from_bits(((ni + 127) << 23) as u32);
     if x < -87.33654 { 0.0 } else { p * e }
@@ -160,6 +165,14 @@ unsafe fn begin_body(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
     }
 }
 
+/// The rows of `Sᵀ` that the products and the softmax compute: the live rows rounded up
+/// to 16 (a short last tile, or a decoding step with `Lq = 1`, does not pay for `bq`).
+/// The per-element pass of the generated code stays below this bound (it rounds to 4).
+#[inline(always)]
+fn live_rows(t: &Tile) -> usize {
+    ((t.nrows as usize).div_ceil(16) * 16).min(t.bq as usize)
+}
+
 /// # Safety
 /// `t` is valid; `k` points at `ncols` rows of `d` floats; `ncols <= bkv`.
 #[inline(always)]
@@ -172,11 +185,12 @@ unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
         let qt = std::slice::from_raw_parts(t.qt, d * bq);
         let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
         let k = std::slice::from_raw_parts(k, ncols * d);
+        let nr = live_rows(t);
         for j in 0..ncols {
-            let srow = &mut st[j * bq..][..bq];
+            let srow = &mut st[j * bq..][..nr];
             srow.fill(0.0);
             for (dd, kx) in k[j * d..][..d].iter().enumerate() {
-                let qrow = &qt[dd * bq..][..bq];
+                let qrow = &qt[dd * bq..][..nr];
                 for (s, x) in srow.iter_mut().zip(qrow) {
                     *s += *kx * *x;
                 }
@@ -197,7 +211,7 @@ unsafe fn softmax_body<const FMA: bool>(t: *mut Tile, ncols: i64) {
     unsafe {
         let t = &*t;
         let bq = t.bq as usize;
-        let nr = ((t.nrows as usize).div_ceil(16) * 16).min(bq);
+        let nr = live_rows(t);
         let ncols = ncols as usize;
         let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
         let m = std::slice::from_raw_parts_mut(t.m, nr);
@@ -426,12 +440,13 @@ mod x86 {
             let t = &*t;
             let (bq, d) = (t.bq as usize, t.d as usize);
             let ncols = ncols as usize;
+            let nr = live_rows(t);
             let mut i0 = 0;
-            while i0 + 64 <= bq {
+            while i0 + 64 <= nr {
                 qk_cols::<4>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 64;
             }
-            while i0 < bq {
+            while i0 < nr {
                 qk_cols::<1>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 16;
             }
@@ -510,7 +525,7 @@ mod x86 {
         unsafe {
             let tt = &*t;
             let dv = tt.dv as usize;
-            if dv % 16 != 0 {
+            if !dv.is_multiple_of(16) {
                 return pv_body(t, v, ncols);
             }
             let (bq, nrows) = (tt.bq as usize, tt.nrows as usize);

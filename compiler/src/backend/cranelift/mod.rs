@@ -147,7 +147,7 @@ impl Drop for CpuKernel {
 }
 
 fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
-    if opts.q_block == 0 || opts.q_block % 16 != 0 || opts.q_block > 256 {
+    if opts.q_block == 0 || !opts.q_block.is_multiple_of(16) || opts.q_block > 256 {
         return Err(CpuError::Options(format!(
             "q_block = {} must be a multiple of 16 in 16..=256",
             opts.q_block
@@ -201,12 +201,21 @@ fn prepare(
     Ok((isa, module, id))
 }
 
-/// The CLIF text of the generated kernel (before Cranelift's optimizations).
+/// The CLIF text of the generated kernel (before Cranelift's optimizations), preceded
+/// by comment lines naming the attention and the imported symbols (`fnN`).
 pub fn emit_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
     let (_, mut module, _) = prepare(program, opts)?;
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(program, opts, &mut module, &mut fctx)?;
-    Ok(g.func.display().to_string())
+    let mut out = format!(
+        "; attention {}: q_block {}, kv_block {}, checked {}\n",
+        program.name, opts.q_block, opts.kv_block, opts.checked
+    );
+    for (i, name) in g.imports.iter().enumerate() {
+        out.push_str(&format!("; fn{i} = {name}\n"));
+    }
+    out.push_str(&g.func.display().to_string());
+    Ok(out)
 }
 
 /// Generates and JIT-compiles the kernel of `program`.
