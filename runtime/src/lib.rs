@@ -5,7 +5,10 @@
 //! (safetensors), `launch` (the compile/launch seam per backend), [`blockview`]
 //! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
+pub mod bench;
 pub mod blockview;
+pub mod cache;
+pub mod cuda;
 pub mod error;
 pub mod io;
 mod launch;
@@ -15,4 +18,5 @@ pub mod tensor;
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;
 pub use error::{Error, Result};
+pub use launch::cuda_device_info;
 pub use tensor::{DType, Tensor};

@@ -55,6 +55,12 @@ pub fn qkv(shape: &Shape, dtype: DType, seed: u64) -> (Tensor, Tensor, Tensor) {
 
 /// Captures satisfying the program's declarations. Free symbols in tensor dims get 8.
 pub fn captures(p: &Program, shape: &Shape, seed: u64) -> Captures {
+    captures_with_ids(p, shape, seed, 4)
+}
+
+/// Like [`captures`], with integer tensors holding `ids` sorted ids (documents) along
+/// their last axis, at random boundaries.
+pub fn captures_with_ids(p: &Program, shape: &Shape, seed: u64, ids: usize) -> Captures {
     let mut rng = Rng::new(seed.wrapping_add(1));
     let mut c = Captures::default();
     for param in &p.params {
@@ -82,10 +88,10 @@ pub fn captures(p: &Program, shape: &Shape, seed: u64) -> Captures {
         let last = *dims.last().unwrap_or(&1);
         let tensor = match t.elem {
             ElemType::I32 | ElemType::I64 => {
-                // sorted ids in 0..4 along the last axis, with random boundaries
+                // sorted ids in 0..ids along the last axis, with random boundaries
                 let mut data = Vec::with_capacity(n);
                 for _ in 0..n / last.max(1) {
-                    let mut cuts: Vec<usize> = (0..3)
+                    let mut cuts: Vec<usize> = (0..ids.saturating_sub(1))
                         .map(|_| rng.below(last as u64 + 1) as usize)
                         .collect();
                     cuts.sort();

@@ -434,6 +434,9 @@ pub struct Evaluator<'a> {
     pub evals: u64,
 }
 
+/// Highest tensor rank read without falling back to unknown.
+const MAX_RANK: usize = 8;
+
 /// How many multiples of a divisor inside a box are worth splitting at.
 const MAX_DIV_SPLITS: i64 = 8;
 
@@ -613,15 +616,17 @@ impl<'a> Evaluator<'a> {
                 if g.is_false() {
                     return AVal::zero(ty);
                 }
-                let idx: Vec<(i64, i64)> = indices
-                    .iter()
-                    .map(|v| {
-                        let x = self.v(*v).i();
-                        (x.lo, x.hi)
-                    })
-                    .collect();
+                // Tensors have rank 1..=4; a fixed buffer avoids allocating per box.
+                let mut idx = [(0i64, 0i64); MAX_RANK];
+                if indices.len() > MAX_RANK {
+                    return AVal::top(ty);
+                }
+                for (k, v) in indices.iter().enumerate() {
+                    let x = self.v(*v).i();
+                    idx[k] = (x.lo, x.hi);
+                }
                 let read = match self.tensors.get(tensor.0 as usize) {
-                    Some(s) => match s.range(&idx) {
+                    Some(s) => match s.range(&idx[..indices.len()]) {
                         Some((lo, hi)) => match ty {
                             Type::I32 => AVal::Int(IntV::range(lo as i64, hi as i64)),
                             Type::F32 => AVal::Float(FltV {

@@ -175,7 +175,14 @@ impl<'a> TensorSummary<'a> {
             return global;
         }
         let inner: usize = self.dims[p + 1..].iter().product();
-        let mut cur: Vec<i64> = idx[..p].iter().map(|x| x.0).collect();
+        if p > 8 {
+            return global;
+        }
+        let mut buf = [0i64; 8];
+        for (k, x) in idx[..p].iter().enumerate() {
+            buf[k] = x.0;
+        }
+        let cur = &mut buf[..p];
         let (mut mn, mut mx) = (f64::INFINITY, f64::NEG_INFINITY);
         loop {
             let mut flat = 0usize;

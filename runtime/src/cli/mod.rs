@@ -2,6 +2,18 @@
 //!
 //! In: `std::env::args`. Out: the process exit code.
 
+/// `println!` for command output: a closed pipe (`attnc emit ptx F | head`) ends the
+/// process quietly instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::write_out(&format!($($t)*), true) };
+}
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_out(&format!($($t)*), false) };
+}
+
+mod bench;
+mod blockmask;
 mod demo;
 mod run;
 
@@ -96,6 +108,72 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Show the block structure of an attention's mask (derived by analysis) as text and pictures
+    Blockmask {
+        file: PathBuf,
+        #[arg(long)]
+        attention: Option<String>,
+        #[arg(long)]
+        lq: usize,
+        #[arg(long)]
+        lkv: usize,
+        /// Block sizes QxK (or one number for both)
+        #[arg(long, default_value = "128x128")]
+        block: String,
+        /// Batch size (captured tensors with a B dimension must match)
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Number of heads (captured tensors with an H dimension must match)
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
+        /// Captured tensors (safetensors)
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long)]
+        png: Option<PathBuf>,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Also count partial blocks exactly by brute force (small lengths only)
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Time an attention on a backend with random inputs
+    Bench {
+        file: PathBuf,
+        #[arg(long)]
+        attention: Option<String>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 1)]
+        b: usize,
+        #[arg(long, default_value_t = 8)]
+        h: usize,
+        /// kv heads (default: = h)
+        #[arg(long)]
+        hkv: Option<usize>,
+        #[arg(long, default_value_t = 2048)]
+        lq: usize,
+        /// default: = lq
+        #[arg(long)]
+        lkv: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Number of sorted ids (documents) in synthetic integer tensors
+        #[arg(long, default_value_t = 8)]
+        docs: usize,
+    },
+    /// Print the GPU the cuda backend would use (exit 1 when there is none)
+    CudaInfo,
     /// Compile and run every example on random inputs; compare each backend with the oracle
     Demo {
         /// Folder of .attn files
@@ -166,6 +244,71 @@ pub fn main() -> i32 {
             threads,
         }),
         Command::Demo { dir, backends } => demo::demo(&dir, &backends),
+        Command::CudaInfo => attnc::cuda_device_info().map(|s| outln!("{s}")),
+        Command::Blockmask {
+            file,
+            attention,
+            lq,
+            lkv,
+            block,
+            batch,
+            heads,
+            inputs,
+            params,
+            png,
+            svg,
+            exact,
+        } => blockmask::blockmask(&blockmask::BlockmaskArgs {
+            file,
+            attention,
+            lq,
+            lkv,
+            block,
+            batch,
+            head: heads,
+            inputs,
+            params,
+            png,
+            svg,
+            exact,
+        }),
+        Command::Bench {
+            file,
+            attention,
+            backend,
+            b,
+            h,
+            hkv,
+            lq,
+            lkv,
+            d,
+            dtype,
+            threads,
+            iters,
+            params,
+            docs,
+        } => {
+            let shape = attnc::Shape {
+                b,
+                hq: h,
+                hkv: hkv.unwrap_or(h),
+                lq,
+                lkv: lkv.unwrap_or(lq),
+                d,
+                dv: d,
+            };
+            bench::bench(&bench::BenchArgs {
+                file,
+                attention,
+                backend,
+                shape,
+                dtype,
+                threads,
+                iters,
+                params,
+                docs,
+            })
+        }
     };
     match result {
         Ok(()) => 0,
@@ -190,7 +333,7 @@ fn check(files: &[PathBuf]) -> i32 {
     let mut failed = 0;
     for f in files {
         match Compiled::from_file(f) {
-            Ok(c) => println!("ok: {} ({})", f.display(), c.names().join(", ")),
+            Ok(c) => outln!("ok: {} ({})", f.display(), c.names().join(", ")),
             Err(e) => {
                 eprintln!("{}", render_error(&e));
                 failed += 1;
@@ -213,20 +356,65 @@ fn emit(
     kind: EmitKind,
     file: &std::path::Path,
     attention: Option<&str>,
-    _arch: &str,
-    _d: usize,
-    _dtype: &str,
+    arch: &str,
+    d: usize,
+    dtype: &str,
 ) -> Result<(), Error> {
     let compiled = Compiled::from_file(file)?;
     let variant = compiled.select(attention)?;
     match kind {
-        EmitKind::Ir => print!("{}", attnc_compiler::ir::write_program(variant.program())),
-        EmitKind::Clif | EmitKind::Ptx | EmitKind::Llvm => {
-            return Err(Error::BackendUnavailable {
-                backend: "emit",
-                reason: format!("{kind:?} output is not built into this version"),
-            });
+        EmitKind::Ir => out!("{}", attnc_compiler::ir::write_program(variant.program())),
+        EmitKind::Clif => {
+            let opts = attnc_compiler::backend::cranelift::CpuOptions::default();
+            let text = attnc_compiler::backend::cranelift::emit_clif(variant.program(), &opts)
+                .map_err(|e| Error::Backend {
+                    backend: "cpu",
+                    message: e.to_string(),
+                })?;
+            out!("{text}");
+        }
+        EmitKind::Ptx | EmitKind::Llvm => {
+            use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit};
+            let arch = Arch::parse(arch)
+                .ok_or_else(|| Error::Usage(format!("--arch: `{arch}` is not sm_80 or sm_90")))?;
+            let input = match dtype {
+                "bf16" => InputType::Bf16,
+                "f16" => InputType::F16,
+                other => {
+                    return Err(Error::Usage(format!(
+                        "--dtype: `{other}` is not bf16 or f16"
+                    )));
+                }
+            };
+            let opts = PtxOptions::new(arch, d as u32, d as u32, input);
+            let k = emit(variant.program(), &opts).map_err(|e| Error::Backend {
+                backend: "llvm",
+                message: e.to_string(),
+            })?;
+            out!(
+                "{}",
+                if kind == EmitKind::Ptx {
+                    &k.ptx
+                } else {
+                    &k.llvm_ir
+                }
+            );
         }
     }
     Ok(())
+}
+
+pub(crate) fn write_out(text: &str, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let r = stdout.write_all(text.as_bytes()).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if r.is_err() {
+        std::process::exit(0);
+    }
 }

@@ -23,7 +23,7 @@
 //! Columns `>= Lkv` never exist (`ncols` bounds every loop) and rows `>= Lq` are padding.
 
 use super::abi::off;
-use super::lower::{Env, Level, Lowering, TensorVals};
+use super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
 use super::micro;
 use super::{CpuError, CpuOptions};
 use crate::ir::Program;
@@ -104,6 +104,17 @@ impl<'a> Gen<'a> {
         hi: Value,
         body: impl FnOnce(&mut Self, Value) -> Result<(), CpuError>,
     ) -> Result<(), CpuError> {
+        self.for_step(lo, hi, 1, body)
+    }
+
+    /// `for iv in (lo..hi).step_by(step) { body(iv) }` on i64 values.
+    pub fn for_step(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
         let header = self.b.create_block();
         let body_b = self.b.create_block();
         let exit = self.b.create_block();
@@ -115,10 +126,20 @@ impl<'a> Gen<'a> {
         self.b.ins().brif(c, body_b, &[], exit, &[]);
         self.b.switch_to_block(body_b);
         body(self, iv)?;
-        let next = self.b.ins().iadd_imm_s(iv, 1);
+        let next = self.b.ins().iadd_imm_s(iv, step);
         self.b.ins().jump(header, &[next.into()]);
         self.b.switch_to_block(exit);
         Ok(())
+    }
+
+    /// The i32x4 constant `[0, 1, 2, 3]`.
+    pub fn iota(&mut self) -> Value {
+        let bytes: Vec<u8> = [0i32, 1, 2, 3]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let c = self.b.func.dfg.constants.insert(bytes.into());
+        self.b.ins().vconst(types::I32X4, c)
     }
 
     /// `if c { then } else { els }`, both arms falling through to the join.
@@ -429,6 +450,94 @@ struct Site {
 /// The per-element pass over the `ncols x nrows` live part of `Sᵀ`: key columns outer
 /// (kv-only values computed once per column), query rows inner.
 fn elementwise<'p>(
+    g: &mut Gen,
+    env: &mut Env,
+    site: &Site,
+    pass: Pass,
+    mask: Option<&mut Lowering<'p>>,
+    score: Option<&mut Lowering<'p>>,
+    opts: &CpuOptions,
+) -> Result<(), CpuError> {
+    if opts.checked {
+        elementwise_scalar(g, env, site, pass, mask, score, opts)
+    } else {
+        elementwise_vec(g, env, site, pass, mask, score)
+    }
+}
+
+/// The fast-mode per-element pass: like [`elementwise_scalar`], but 4 query rows at a
+/// time in 128-bit vectors (rows up to the next multiple of 4 are tile padding).
+fn elementwise_vec<'p>(
+    g: &mut Gen,
+    env: &mut Env,
+    site: &Site,
+    pass: Pass,
+    mut mask: Option<&mut Lowering<'p>>,
+    mut score: Option<&mut Lowering<'p>>,
+) -> Result<(), CpuError> {
+    let i64t = types::I64;
+    let zero = g.b.ins().iconst(i64t, 0);
+    g.for_range(zero, site.ncols, |g, j| {
+        let kv = g.b.ins().iadd(site.kv0, j);
+        env.kv = Some(g.b.ins().ireduce(types::I32, kv));
+        env.q = None;
+        env.s = None;
+        for l in [mask.as_deref_mut(), score.as_deref_mut()]
+            .into_iter()
+            .flatten()
+        {
+            l.forget();
+            l.emit(g, env, Level::Kv)?;
+        }
+        let roff = g.b.ins().imul_imm_s(j, site.bq * 4);
+        let rowp = g.b.ins().iadd(site.st, roff);
+        let q0 = g.b.ins().ireduce(types::I32, site.q0);
+        let iota = g.iota();
+        let zero = g.b.ins().iconst(i64t, 0);
+        g.for_step(zero, site.nrows, 4, |g, i| {
+            let i32v = g.b.ins().ireduce(types::I32, i);
+            let qi = g.b.ins().iadd(q0, i32v);
+            let qs = g.b.ins().splat(types::I32X4, qi);
+            let qv = g.b.ins().iadd(qs, iota);
+            let ioff = g.b.ins().ishl_imm_u(i, 2);
+            let p = g.b.ins().iadd(rowp, ioff);
+            let s = g.b.ins().load(types::F32X4, MemFlagsData::trusted(), p, 0);
+            let venv = VEnv { q: qv, s: Some(s) };
+            let keep = match (pass, mask.as_deref_mut()) {
+                (Pass::MaskScore, Some(m)) => {
+                    m.vforget();
+                    m.vload_slots(g, &venv, site.qslots, site.bq, i);
+                    m.vemit(g, env, &venv)?;
+                    Some(m.vret(g))
+                }
+                _ => None,
+            };
+            let v = match score.as_deref_mut() {
+                Some(sc) => {
+                    sc.vforget();
+                    sc.vload_slots(g, &venv, site.qslots, site.bq, i);
+                    sc.vemit(g, env, &venv)?;
+                    sc.vret(g)
+                }
+                None => s,
+            };
+            let out = match keep {
+                Some(k) => {
+                    let ninf = g.b.ins().f32const(f32::NEG_INFINITY);
+                    let ninf = g.b.ins().splat(types::F32X4, ninf);
+                    vselect(g, k, v, ninf)
+                }
+                None => v,
+            };
+            g.b.ins().store(MemFlagsData::trusted(), out, p, 0);
+            Ok(())
+        })
+    })
+}
+
+/// The per-element pass, one element at a time (checked mode: loads are checked where
+/// the source performs them, the score only where the mask holds).
+fn elementwise_scalar<'p>(
     g: &mut Gen,
     env: &mut Env,
     site: &Site,

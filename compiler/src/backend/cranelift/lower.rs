@@ -103,6 +103,8 @@ pub struct Lowering<'p> {
     /// Slot in `Tile::qslots` of each `Q`-level value that the per-element code needs.
     pub slot: Vec<Option<u32>>,
     vals: Vec<Option<CValue>>,
+    /// Per-element values as 4-lane vectors at a vector site (see [`Lowering::vemit`]).
+    vvals: Vec<Option<CValue>>,
     /// `FnKind` tag of checked-mode error sites.
     site_tag: i64,
 }
@@ -154,6 +156,7 @@ impl<'p> Lowering<'p> {
             live,
             slot,
             vals: vec![None; n],
+            vvals: vec![None; n],
             site_tag,
         }
     }
@@ -504,4 +507,384 @@ fn from_word(g: &mut Gen, w: CValue, t: Type) -> CValue {
         Type::I32 => w,
         Type::F32 => g.b.ins().bitcast(types::F32, MemFlagsData::new(), w),
     }
+}
+
+/// The per-lane arguments of a vector site: 4 consecutive query rows of one key column.
+pub struct VEnv {
+    /// `q0 + i + [0, 1, 2, 3]` (i32x4)
+    pub q: CValue,
+    /// `Sᵀ[j][i..i+4]` (f32x4)
+    pub s: Option<CValue>,
+}
+
+/// The vector type of an IR type: bools are i32 lane masks (0 or -1).
+pub fn vec_type(t: Type) -> cranelift_codegen::ir::Type {
+    match t {
+        Type::F32 => types::F32X4,
+        _ => types::I32X4,
+    }
+}
+
+impl<'p> Lowering<'p> {
+    /// Starts a new vector site.
+    pub fn vforget(&mut self) {
+        self.vvals.iter_mut().for_each(|v| *v = None);
+    }
+
+    /// The `Q`-level values as vectors over 4 rows starting at row `i`.
+    pub fn vload_slots(&mut self, g: &mut Gen, venv: &VEnv, base: CValue, bq: i64, i: CValue) {
+        for k in 0..self.f.insts.len() {
+            if self.level[k] != Level::Q || !self.live[k] {
+                continue;
+            }
+            if self.f.insts[k] == Inst::Arg(Arg::Q) {
+                self.vvals[k] = Some(venv.q);
+            } else if let Some(s) = self.slot[k] {
+                let addr = slot_addr(g, base, s, bq, i);
+                let w =
+                    g.b.ins()
+                        .load(types::I32X4, MemFlagsData::trusted(), addr, 0);
+                self.vvals[k] = Some(match self.f.types[k] {
+                    Type::Bool => g.b.ins().ineg(w),
+                    Type::I32 => w,
+                    Type::F32 => g.b.ins().bitcast(types::F32X4, MemFlagsData::new(), w),
+                });
+            }
+        }
+    }
+
+    /// Emits the live `Both`-level values as 4-lane vectors (fast mode only: loads are
+    /// clamped gathers).
+    pub fn vemit(&mut self, g: &mut Gen, env: &Env, venv: &VEnv) -> Result<(), CpuError> {
+        for i in 0..self.f.insts.len() {
+            if self.live[i] && self.level[i] == Level::Both && self.vvals[i].is_none() {
+                let v = self.vemit_inst(g, env, venv, i)?;
+                self.vvals[i] = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// The result as a vector (splatted if it does not vary per element).
+    pub fn vret(&mut self, g: &mut Gen) -> CValue {
+        self.vop(g, self.f.ret)
+    }
+
+    /// Operand `v` as a vector: per-element values as they are, others splatted.
+    fn vop(&mut self, g: &mut Gen, v: Value) -> CValue {
+        if let Some(x) = self.vvals[v.index()] {
+            return x;
+        }
+        let x = self.v(v);
+        let t = self.f.types[v.index()];
+        let r = splat(g, x, t);
+        self.vvals[v.index()] = Some(r);
+        r
+    }
+
+    fn vemit_inst(
+        &mut self,
+        g: &mut Gen,
+        env: &Env,
+        venv: &VEnv,
+        i: usize,
+    ) -> Result<CValue, CpuError> {
+        let ty = self.f.types[i];
+        let ins = self.f.insts[i].clone();
+        Ok(match ins {
+            Inst::Arg(Arg::S) => venv.s.expect("s at a score site"),
+            Inst::Arg(_)
+            | Inst::ConstBool(_)
+            | Inst::ConstI32(_)
+            | Inst::ConstF32(_)
+            | Inst::Param(_) => {
+                unreachable!("only per-element values are emitted as vectors")
+            }
+            Inst::Unary(op, a) => {
+                let a = self.vop(g, a);
+                vunary(g, op, a)
+            }
+            Inst::Binary(op, a, b) => {
+                let (av, bv) = (self.vop(g, a), self.vop(g, b));
+                let const_b = match self.f.inst(b) {
+                    Inst::ConstI32(c) => Some(*c),
+                    _ => None,
+                };
+                vbinary(g, op, av, bv, const_b)
+            }
+            Inst::Select(c, a, b) => {
+                let (c, a, b) = (self.vop(g, c), self.vop(g, a), self.vop(g, b));
+                vselect(g, c, a, b)
+            }
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
+                let idx: Vec<CValue> = indices.iter().map(|v| self.vop(g, *v)).collect();
+                let guard_const = matches!(self.f.inst(guard), Inst::ConstBool(true));
+                let gv = self.vop(g, guard);
+                let elem = cl_type(self.p.tensors[tensor.0 as usize].elem.read_type());
+                let tv = &env.tensors[tensor.0 as usize];
+                let (ptr, cdims, cmax) = (tv.ptr, tv.cdims.clone(), tv.cmax.clone());
+                let val = lanewise(g, &idx, vec_type(ty), |g, lanes| {
+                    let zero = g.b.ins().iconst(types::I64, 0);
+                    let mut flat = zero;
+                    for (k, x) in lanes.iter().enumerate() {
+                        let x = g.b.ins().sextend(types::I64, *x);
+                        let c = g.b.ins().smax(x, zero);
+                        let c = g.b.ins().smin(c, cmax[k]);
+                        flat = if k == 0 {
+                            c
+                        } else {
+                            let m = g.b.ins().imul(flat, cdims[k]);
+                            g.b.ins().iadd(m, c)
+                        };
+                    }
+                    let byte = g.b.ins().ishl_imm_u(flat, 2);
+                    let addr = g.b.ins().iadd(ptr, byte);
+                    g.b.ins()
+                        .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0)
+                });
+                if guard_const {
+                    val
+                } else {
+                    let z = splat_zero(g, vec_type(ty));
+                    vselect(g, gv, val, z)
+                }
+            }
+        })
+    }
+}
+
+fn splat(g: &mut Gen, x: CValue, t: Type) -> CValue {
+    match t {
+        Type::Bool => {
+            let w = g.b.ins().uextend(types::I32, x);
+            let m = g.b.ins().ineg(w);
+            g.b.ins().splat(types::I32X4, m)
+        }
+        Type::I32 => g.b.ins().splat(types::I32X4, x),
+        Type::F32 => g.b.ins().splat(types::F32X4, x),
+    }
+}
+
+fn splat_zero(g: &mut Gen, t: cranelift_codegen::ir::Type) -> CValue {
+    if t == types::F32X4 {
+        let z = g.b.ins().f32const(0.0);
+        g.b.ins().splat(t, z)
+    } else {
+        let z = g.b.ins().iconst(types::I32, 0);
+        g.b.ins().splat(t, z)
+    }
+}
+
+fn fsplat(g: &mut Gen, x: f32) -> CValue {
+    let c = g.b.ins().f32const(x);
+    g.b.ins().splat(types::F32X4, c)
+}
+
+fn isplat(g: &mut Gen, x: i32) -> CValue {
+    let c = g.b.ins().iconst(types::I32, x as i64);
+    g.b.ins().splat(types::I32X4, c)
+}
+
+/// `c ? a : b` per lane, `c` an i32 lane mask.
+pub fn vselect(g: &mut Gen, c: CValue, a: CValue, b: CValue) -> CValue {
+    let t = g.b.func.dfg.value_type(a);
+    let c = if t == types::F32X4 {
+        g.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c)
+    } else {
+        c
+    };
+    g.b.ins().bitselect(c, a, b)
+}
+
+/// Applies a scalar computation to each of the 4 lanes.
+fn lanewise(
+    g: &mut Gen,
+    args: &[CValue],
+    out: cranelift_codegen::ir::Type,
+    mut f: impl FnMut(&mut Gen, &[CValue]) -> CValue,
+) -> CValue {
+    let mut acc = None;
+    for lane in 0..4u8 {
+        let xs: Vec<CValue> = args
+            .iter()
+            .map(|a| g.b.ins().extractlane(*a, lane))
+            .collect();
+        let r = f(g, &xs);
+        acc = Some(match acc {
+            None => g.b.ins().splat(out, r),
+            Some(v) => g.b.ins().insertlane(v, r, lane),
+        });
+    }
+    acc.expect("four lanes")
+}
+
+fn vunary(g: &mut Gen, op: UnOp, a: CValue) -> CValue {
+    let call = |g: &mut Gen, name: &'static str| {
+        lanewise(g, &[a], types::F32X4, |g, x| g.call_f32(name, x))
+    };
+    match op {
+        UnOp::INeg => g.b.ins().ineg(a),
+        UnOp::IAbs => g.b.ins().iabs(a),
+        UnOp::FNeg => g.b.ins().fneg(a),
+        UnOp::FAbs => g.b.ins().fabs(a),
+        UnOp::Not => g.b.ins().bnot(a),
+        UnOp::Exp => vexp(g, a),
+        UnOp::Exp2 => vexp2(g, a),
+        UnOp::Tanh => vtanh(g, a),
+        UnOp::Log => call(g, "attnc_logf"),
+        UnOp::Log2 => call(g, "attnc_log2f"),
+        UnOp::Sqrt => g.b.ins().sqrt(a),
+        UnOp::Floor => g.b.ins().floor(a),
+        UnOp::Ceil => g.b.ins().ceil(a),
+        UnOp::I2F => g.b.ins().fcvt_from_sint(types::F32X4, a),
+        UnOp::F2I => g.b.ins().fcvt_to_sint_sat(types::I32X4, a),
+        UnOp::B2I => {
+            let one = isplat(g, 1);
+            g.b.ins().band(a, one)
+        }
+    }
+}
+
+fn vbinary(g: &mut Gen, op: BinOp, a: CValue, b: CValue, const_b: Option<i32>) -> CValue {
+    match op {
+        BinOp::IAdd => ins(g).iadd(a, b),
+        BinOp::ISub => ins(g).isub(a, b),
+        BinOp::IMul => ins(g).imul(a, b),
+        BinOp::IDiv | BinOp::IRem => lanewise(g, &[a, b], types::I32X4, |g, x| {
+            floor_divrem(g, op == BinOp::IDiv, x[0], x[1], const_b)
+        }),
+        BinOp::IMin => ins(g).smin(a, b),
+        BinOp::IMax => ins(g).smax(a, b),
+        BinOp::FAdd => ins(g).fadd(a, b),
+        BinOp::FSub => ins(g).fsub(a, b),
+        BinOp::FMul => ins(g).fmul(a, b),
+        BinOp::FDiv => ins(g).fdiv(a, b),
+        BinOp::FMin | BinOp::FMax => {
+            let m = if op == BinOp::FMin {
+                ins(g).fmin(a, b)
+            } else {
+                ins(g).fmax(a, b)
+            };
+            let a_nan = ins(g).fcmp(FloatCC::Unordered, a, a);
+            let b_nan = ins(g).fcmp(FloatCC::Unordered, b, b);
+            let r = vselect(g, b_nan, a, m);
+            vselect(g, a_nan, b, r)
+        }
+        BinOp::FPow => lanewise(g, &[a, b], types::F32X4, |g, x| g.call_f32("attnc_powf", x)),
+        BinOp::ICmp(c) => ins(g).icmp(int_cc(c), a, b),
+        BinOp::FCmp(c) => ins(g).fcmp(float_cc(c), a, b),
+        BinOp::And => ins(g).band(a, b),
+        BinOp::Or => ins(g).bor(a, b),
+        BinOp::Xor => ins(g).bxor(a, b),
+        BinOp::BEq => ins(g).icmp(IntCC::Equal, a, b),
+    }
+}
+
+/// `2^n · p(r)` with `p` the Cephes polynomial for `e^r`, |r| <= ln2/2; `n` integral f32x4.
+fn vscale_poly(g: &mut Gen, n: CValue, r: CValue) -> CValue {
+    let coef = [
+        1.987_569_1e-4f32,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ];
+    let mut p = fsplat(g, coef[0]);
+    for c in &coef[1..] {
+        let m = g.b.ins().fmul(p, r);
+        let c = fsplat(g, *c);
+        p = g.b.ins().fadd(m, c);
+    }
+    let r2 = g.b.ins().fmul(r, r);
+    let p = g.b.ins().fmul(p, r2);
+    let p = g.b.ins().fadd(p, r);
+    let one = fsplat(g, 1.0);
+    let p = g.b.ins().fadd(p, one);
+    let ni = g.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+    let b127 = isplat(g, 127);
+    let e = g.b.ins().iadd(ni, b127);
+    let e = g.b.ins().ishl_imm_u(e, 23);
+    let e = g.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
+    g.b.ins().fmul(p, e)
+}
+
+/// Clamps to the normal range of the result; below it the result is 0.
+fn vexp_finish(g: &mut Gen, x: CValue, lo: f32, r: CValue) -> CValue {
+    let lo = fsplat(g, lo);
+    let under = g.b.ins().fcmp(FloatCC::LessThan, x, lo);
+    let z = fsplat(g, 0.0);
+    vselect(g, under, z, r)
+}
+
+fn vclamp(g: &mut Gen, x: CValue, lo: f32, hi: f32) -> CValue {
+    let lo = fsplat(g, lo);
+    let hi = fsplat(g, hi);
+    let x = g.b.ins().fmax(x, lo);
+    g.b.ins().fmin(x, hi)
+}
+
+/// Inline vector `exp` (about 2 ulp; 0 below -87.3, like `micro::exp_approx`).
+pub fn vexp(g: &mut Gen, x: CValue) -> CValue {
+    let xc = vclamp(g, x, -87.33654, 88.37626);
+    let log2e = fsplat(g, std::f32::consts::LOG2_E);
+    let t = g.b.ins().fmul(xc, log2e);
+    let n = g.b.ins().nearest(t);
+    let hi = fsplat(g, 0.693_359_4);
+    let lo = fsplat(g, -2.121_944_4e-4);
+    let a = g.b.ins().fmul(n, hi);
+    let r = g.b.ins().fsub(xc, a);
+    let b = g.b.ins().fmul(n, lo);
+    let r = g.b.ins().fsub(r, b);
+    let y = vscale_poly(g, n, r);
+    vexp_finish(g, x, -87.33654, y)
+}
+
+/// Inline vector `exp2` (exact range reduction).
+pub fn vexp2(g: &mut Gen, x: CValue) -> CValue {
+    let xc = vclamp(g, x, -126.0, 127.5);
+    let n = g.b.ins().nearest(xc);
+    let f = g.b.ins().fsub(xc, n);
+    let ln2 = fsplat(g, std::f32::consts::LN_2);
+    let r = g.b.ins().fmul(f, ln2);
+    let y = vscale_poly(g, n, r);
+    vexp_finish(g, x, -126.0, y)
+}
+
+/// Inline vector `tanh`: Eigen's rational approximation on [-7.9, 7.9] (a few ulp).
+pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
+    let x = vclamp(g, x, -7.905_311, 7.905_311);
+    let x2 = g.b.ins().fmul(x, x);
+    let alpha = [
+        -2.760_768_5e-16f32,
+        2.000_187_9e-13,
+        -8.604_671_5e-11,
+        5.122_297e-8,
+        1.485_722_4e-5,
+        6.372_619_3e-4,
+        4.893_524_6e-3,
+    ];
+    let beta = [
+        1.198_258_4e-6f32,
+        1.185_347_1e-4,
+        2.268_434_6e-3,
+        4.893_525e-3,
+    ];
+    let horner = |g: &mut Gen, c: &[f32]| {
+        let mut p = fsplat(g, c[0]);
+        for k in &c[1..] {
+            let m = g.b.ins().fmul(p, x2);
+            let k = fsplat(g, *k);
+            p = g.b.ins().fadd(m, k);
+        }
+        p
+    };
+    let p = horner(g, &alpha);
+    let p = g.b.ins().fmul(p, x);
+    let q = horner(g, &beta);
+    g.b.ins().fdiv(p, q)
 }

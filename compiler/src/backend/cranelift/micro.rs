@@ -98,22 +98,31 @@ pub const END: &str = "attnc_tile_end";
 /// vectorizes.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
+    exp_poly::<false>(x)
+}
+
+/// [`exp_approx`], with fused multiply-adds when `FMA` (only in builds for CPUs with FMA:
+/// elsewhere `mul_add` is a slow library call).
+#[inline(always)]
+fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let ma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
     let xc = x.clamp(-87.33654, 88.37626);
-    let tm = xc * LOG2E + MAGIC;
+    let tm = ma(xc, LOG2E, MAGIC);
     let n = tm - MAGIC;
     let ni = (tm.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r = ma(n, -LN2_HI, xc);
+    let r = ma(n, -LN2_LO, r);
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    p = p * r * r + r + 1.0;
+    p = ma(p, r, 1.398_199_9e-3);
+    p = ma(p, r, 8.333_452e-3);
+    p = ma(p, r, 4.166_579_6e-2);
+    p = ma(p, r, 1.666_666_5e-1);
+    p = ma(p, r, 5.000_000_1e-1);
+    p = ma(p * r, r, r) + 1.0;
     let e = f32::from_bits(((ni + 127) << 23) as u32);
     if x < -87.33654 { 0.0 } else { p * e }
 }
@@ -183,7 +192,7 @@ unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
 /// # Safety
 /// `t` is valid and `ncols <= bkv`.
 #[inline(always)]
-unsafe fn softmax_body(t: *mut Tile, ncols: i64) {
+unsafe fn softmax_body<const FMA: bool>(t: *mut Tile, ncols: i64) {
     // SAFETY: as documented above.
     unsafe {
         let t = &*t;
@@ -194,28 +203,39 @@ unsafe fn softmax_body(t: *mut Tile, ncols: i64) {
         let m = std::slice::from_raw_parts_mut(t.m, nr);
         let l = std::slice::from_raw_parts_mut(t.l, nr);
         let alpha = std::slice::from_raw_parts_mut(t.alpha, nr);
-        // alpha holds the new max for now
-        alpha.copy_from_slice(m);
-        for j in 0..ncols {
-            for (mx, s) in alpha.iter_mut().zip(&st[j * bq..][..nr]) {
-                *mx = if *s > *mx { *s } else { *mx };
+        // 16 rows at a time, keys inner: max and sum stay in registers
+        for c in (0..nr).step_by(16) {
+            let mut mx = [0f32; 16];
+            mx.copy_from_slice(&m[c..c + 16]);
+            let mut mnew = mx;
+            for j in 0..ncols {
+                let srow: &[f32; 16] = st[j * bq + c..][..16].try_into().unwrap();
+                for (x, s) in mnew.iter_mut().zip(srow) {
+                    *x = if *s > *x { *s } else { *x };
+                }
             }
-        }
-        for i in 0..nr {
-            let mnew = alpha[i];
-            let safe = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
-            alpha[i] = exp_approx(m[i] - safe);
-            m[i] = mnew;
-            l[i] *= alpha[i];
-        }
-        for j in 0..ncols {
-            let srow = &mut st[j * bq..][..nr];
-            for ((s, mx), li) in srow.iter_mut().zip(m.iter()).zip(l.iter_mut()) {
-                let safe = if *mx == f32::NEG_INFINITY { 0.0 } else { *mx };
-                let p = exp_approx(*s - safe);
-                *s = p;
-                *li += p;
+            let mut safe = [0f32; 16];
+            let mut sum = [0f32; 16];
+            for r in 0..16 {
+                safe[r] = if mnew[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    mnew[r]
+                };
+                let a = exp_poly::<FMA>(mx[r] - safe[r]);
+                alpha[c + r] = a;
+                sum[r] = l[c + r] * a;
             }
+            for j in 0..ncols {
+                let srow: &mut [f32; 16] = (&mut st[j * bq + c..][..16]).try_into().unwrap();
+                for r in 0..16 {
+                    let p = exp_poly::<FMA>(srow[r] - safe[r]);
+                    srow[r] = p;
+                    sum[r] += p;
+                }
+            }
+            m[c..c + 16].copy_from_slice(&mnew);
+            l[c..c + 16].copy_from_slice(&sum);
         }
     }
 }
@@ -251,8 +271,9 @@ unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
     }
 }
 
-/// Writes the tile's `nrows` output rows: `O = acc / l`, `LSE = m + ln l`; a row with
-/// `l == 0` (fully masked) gets `O = 0`, `LSE = -inf`.
+/// Writes the tile's `nrows` output rows: `O = acc / l`, `LSE = m + ln l`. A row with
+/// no score above `-inf` (fully masked) gets `O = 0`, `LSE = -inf`; a row where a NaN
+/// score met a real one gets NaN (both as the oracle does).
 ///
 /// # Safety
 /// `t` is valid; `o` holds `nrows * dv` floats and `lse` `nrows` floats.
@@ -268,12 +289,21 @@ unsafe fn end_body(t: *mut Tile, o: *mut f32, lse: *mut f32) {
         for i in 0..nrows {
             let l = *t.l.add(i);
             let orow = &mut o[i * dv..][..dv];
-            if l > 0.0 {
+            let m = *t.m.add(i);
+            if m == f32::NEG_INFINITY {
+                // no score above -inf (all masked, or all NaN as the oracle treats it)
+                orow.fill(0.0);
+                lse[i] = f32::NEG_INFINITY;
+            } else if l > 0.0 {
                 let inv = 1.0 / l;
                 for (x, a) in orow.iter_mut().zip(&acc[i * dv..][..dv]) {
                     *x = *a * inv;
                 }
-                lse[i] = *t.m.add(i) + l.ln();
+                lse[i] = m + l.ln();
+            } else if l.is_nan() {
+                // a NaN score reached this row (PyTorch propagates it)
+                orow.fill(f32::NAN);
+                lse[i] = f32::NAN;
             } else {
                 orow.fill(0.0);
                 lse[i] = f32::NEG_INFINITY;
@@ -310,7 +340,7 @@ pub unsafe extern "C" fn qk(t: *mut Tile, k: *const f32, ncols: i64) {
 pub unsafe extern "C" fn softmax_pv(t: *mut Tile, v: *const f32, ncols: i64) {
     // SAFETY: forwarded contract.
     unsafe {
-        softmax_body(t, ncols);
+        softmax_body::<false>(t, ncols);
         pv_body(t, v, ncols)
     }
 }
@@ -353,7 +383,7 @@ mod x86 {
             pub unsafe extern "C" fn $spv(t: *mut Tile, v: *const f32, ncols: i64) {
                 // SAFETY: forwarded contract.
                 unsafe {
-                    softmax_body(t, ncols);
+                    softmax_body::<true>(t, ncols);
                     $pvb(t, v, ncols)
                 }
             }

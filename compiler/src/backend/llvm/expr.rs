@@ -1,0 +1,333 @@
+//! Translation of one IR [`Function`] (a mask or a score) into LLVM values, inlined at one
+//! attention-matrix element.
+//!
+//! In: the function, the element's arguments (s, b, h, q, kv), the kernel's params and
+//! captured-tensor arguments. Out: the returned value (i1 for masks, f32 for scores).
+//! Semantics follow `ir::scalar` exactly for integer and comparison ops; `exp`, `exp2`,
+//! `log`, `log2`, `tanh` and `pow` use PTX's approximate instructions (errors documented
+//! on each helper in `gpu.rs` and in `emit_unary`).
+//!
+//! Tensor reads: the fast mode clamps each index into range (never reads outside the
+//! tensor); the checked mode also records the first out-of-range read whose guard held
+//! and whose element lies inside `0..Lq x 0..Lkv` in the error words:
+//! `err[0] = 1 + inst | (1 << 16 if score)`, `err[1] = tensor`, `err[2..2+rank] = indices`.
+
+use super::gpu::{Gpu, R};
+use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, TensorId, Type, UnOp};
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::{AtomicOrdering, FloatPredicate, IntPredicate};
+
+/// A captured tensor as the kernel sees it: a pointer to i32 or f32 elements and its dims.
+pub(crate) struct TensorArg<'ctx> {
+    pub ptr: PointerValue<'ctx>,
+    pub float: bool,
+    pub dims: Vec<IntValue<'ctx>>,
+}
+
+/// What every element evaluation shares.
+pub(crate) struct Env<'ctx> {
+    pub params: Vec<BasicValueEnum<'ctx>>,
+    pub tensors: Vec<TensorArg<'ctx>>,
+    /// The error words, in checked mode.
+    pub err: Option<PointerValue<'ctx>>,
+}
+
+/// The arguments of one element.
+#[derive(Clone, Copy)]
+pub(crate) struct Elem<'ctx> {
+    pub s: FloatValue<'ctx>,
+    pub b: IntValue<'ctx>,
+    pub h: IntValue<'ctx>,
+    pub q: IntValue<'ctx>,
+    pub kv: IntValue<'ctx>,
+    /// The element lies inside `0..Lq x 0..Lkv` (checked mode reports only those).
+    pub inside: IntValue<'ctx>,
+}
+
+pub(crate) fn emit_function<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    f: &Function,
+    e: Elem<'ctx>,
+) -> R<BasicValueEnum<'ctx>> {
+    let live = f.live();
+    let mut vals: Vec<Option<BasicValueEnum<'ctx>>> = vec![None; f.insts.len()];
+    let get = |vals: &Vec<Option<BasicValueEnum<'ctx>>>, v: crate::ir::Value| {
+        vals[v.index()].ok_or(super::LlvmError::Internal(
+            "IR value used before definition",
+        ))
+    };
+    for (i, inst) in f.insts.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let v: BasicValueEnum<'ctx> = match inst {
+            Inst::Arg(a) => match a {
+                Arg::S => e.s.into(),
+                Arg::B => e.b.into(),
+                Arg::H => e.h.into(),
+                Arg::Q => e.q.into(),
+                Arg::Kv => e.kv.into(),
+            },
+            Inst::ConstBool(x) => g.cbool(*x).into(),
+            Inst::ConstI32(x) => g.c32(*x as i64).into(),
+            Inst::ConstF32(bits) => g.f32.const_float(f32::from_bits(*bits) as f64).into(),
+            Inst::Param(p) => env.params[p.0 as usize],
+            Inst::Unary(op, a) => emit_unary(g, *op, get(&vals, *a)?)?,
+            Inst::Binary(op, a, b) => emit_binary(g, *op, get(&vals, *a)?, get(&vals, *b)?)?,
+            Inst::Select(c, a, b) => g.select(
+                get(&vals, *c)?.into_int_value(),
+                get(&vals, *a)?,
+                get(&vals, *b)?,
+            )?,
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => {
+                let idx: Vec<IntValue<'ctx>> = indices
+                    .iter()
+                    .map(|v| get(&vals, *v).map(|x| x.into_int_value()))
+                    .collect::<R<_>>()?;
+                let guard = get(&vals, *guard)?.into_int_value();
+                let tag = (i as u32 + 1) | if f.kind == FnKind::Score { 1 << 16 } else { 0 };
+                emit_load(g, env, *tensor, &idx, guard, e.inside, tag, f.types[i])?
+            }
+        };
+        vals[i] = Some(v);
+    }
+    get(&vals, f.ret)
+}
+
+fn emit_load<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    tensor: TensorId,
+    idx: &[IntValue<'ctx>],
+    guard: IntValue<'ctx>,
+    inside: IntValue<'ctx>,
+    tag: u32,
+    ty: Type,
+) -> R<BasicValueEnum<'ctx>> {
+    let t = &env.tensors[tensor.0 as usize];
+    // flat = sum clamp(idx_k) * stride_k, in i64; dims are >= 1 (the runtime guarantees it)
+    let mut flat = g.c64(0);
+    let mut oob = g.cbool(false);
+    for (x, dim) in idx.iter().zip(&t.dims) {
+        let hi = g.sub(*dim, g.c32(1))?;
+        oob = g.or(oob, g.icmp(IntPredicate::UGT, *x, hi)?)?;
+        let c = g.iintr2("llvm.smax.i32", *x, g.c32(0))?;
+        let c = g.iintr2("llvm.smin.i32", c, hi)?;
+        flat = g.add(g.mul(flat, g.zext64(*dim)?)?, g.zext64(c)?)?;
+    }
+    if let Some(err) = env.err {
+        let report = g.and(g.and(oob, guard)?, inside)?;
+        g.if_then(report, || {
+            let won = g.b.build_cmpxchg(
+                err,
+                g.c32(0),
+                g.c32(tag as i64),
+                AtomicOrdering::Monotonic,
+                AtomicOrdering::Monotonic,
+            )?;
+            let won = g.b.build_extract_value(won, 1, "")?.into_int_value();
+            g.if_then(won, || {
+                g.store(gep_i32(g, err, 1)?, g.c32(tensor.0 as i64))?;
+                for (k, x) in idx.iter().enumerate() {
+                    g.store(gep_i32(g, err, 2 + k as i64)?, *x)?;
+                }
+                Ok(())
+            })
+        })?;
+    }
+    let v: BasicValueEnum<'ctx> = if t.float {
+        let x = g.load_f32(t.ptr, flat)?;
+        let x = if ty == Type::F32 {
+            x
+        } else {
+            return Err(super::LlvmError::Internal("tensor read type"));
+        };
+        g.selectf(guard, x, g.cf(0.0))?.into()
+    } else {
+        let x = g.load_i32(t.ptr, flat)?;
+        g.selecti(guard, x, g.c32(0))?.into()
+    };
+    Ok(v)
+}
+
+fn gep_i32<'ctx>(g: &Gpu<'ctx>, p: PointerValue<'ctx>, i: i64) -> R<PointerValue<'ctx>> {
+    g.gep_bytes(p, g.c64(i * 4))
+}
+
+fn emit_unary<'ctx>(g: &Gpu<'ctx>, op: UnOp, a: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2: f32 = std::f32::consts::LN_2;
+    Ok(match op {
+        UnOp::INeg => g.sub(g.c32(0), a.into_int_value())?.into(),
+        UnOp::IAbs => {
+            let x = a.into_int_value();
+            let neg = g.icmp(IntPredicate::SLT, x, g.c32(0))?;
+            g.select(neg, g.sub(g.c32(0), x)?, x)?
+        }
+        UnOp::Not => g.xor(a.into_int_value(), g.cbool(true))?.into(),
+        UnOp::B2I => {
+            g.b.build_int_z_extend(a.into_int_value(), g.i32, "")?
+                .into()
+        }
+        UnOp::I2F => {
+            g.b.build_signed_int_to_float(a.into_int_value(), g.f32, "")?
+                .into()
+        }
+        UnOp::F2I => {
+            // Rust `as`: truncate, saturate, NaN -> 0 (cvt.rzi.s32.f32 after LLVM's clamps)
+            let x = a.into_float_value();
+            g.call("llvm.fptosi.sat.i32.f32", Some(g.i32.into()), &[x.into()])?
+                .ok_or(super::LlvmError::Internal("fptosi.sat"))?
+        }
+        UnOp::FNeg => g.b.build_float_neg(a.into_float_value(), "")?.into(),
+        UnOp::FAbs => g.fintr("llvm.fabs.f32", a.into_float_value())?.into(),
+        UnOp::Sqrt => g.fintr("llvm.sqrt.f32", a.into_float_value())?.into(),
+        UnOp::Floor => g.fintr("llvm.floor.f32", a.into_float_value())?.into(),
+        UnOp::Ceil => g.fintr("llvm.ceil.f32", a.into_float_value())?.into(),
+        // exp(x) = 2^(x log2 e) with ex2.approx: relative error ~2^-22 plus the rounding of
+        // the product (grows with |x|: ~|x| * 2^-24 relative).
+        UnOp::Exp => g.ex2(g.fmul(a.into_float_value(), g.cf(LOG2E))?)?.into(),
+        UnOp::Exp2 => g.ex2(a.into_float_value())?.into(),
+        UnOp::Log => g.fmul(g.lg2(a.into_float_value())?, g.cf(LN2))?.into(),
+        UnOp::Log2 => g.lg2(a.into_float_value())?.into(),
+        UnOp::Tanh => g.tanh(a.into_float_value())?.into(),
+    })
+}
+
+fn emit_binary<'ctx>(
+    g: &Gpu<'ctx>,
+    op: BinOp,
+    a: BasicValueEnum<'ctx>,
+    b: BasicValueEnum<'ctx>,
+) -> R<BasicValueEnum<'ctx>> {
+    use BinOp::*;
+    Ok(match op {
+        IAdd | ISub | IMul | IDiv | IRem | IMin | IMax => {
+            let (x, y) = (a.into_int_value(), b.into_int_value());
+            match op {
+                IAdd => g.add(x, y)?.into(),
+                ISub => g.sub(x, y)?.into(),
+                IMul => g.mul(x, y)?.into(),
+                IDiv => floor_div(g, x, y)?.into(),
+                IRem => floor_rem(g, x, y)?.into(),
+                IMin => g.iintr2("llvm.smin.i32", x, y)?.into(),
+                _ => g.iintr2("llvm.smax.i32", x, y)?.into(),
+            }
+        }
+        FAdd | FSub | FMul | FDiv | FMin | FMax | FPow => {
+            let (x, y) = (a.into_float_value(), b.into_float_value());
+            match op {
+                FAdd => g.fadd(x, y)?.into(),
+                FSub => g.fsub(x, y)?.into(),
+                FMul => g.fmul(x, y)?.into(),
+                FDiv => g.b.build_float_div(x, y, "")?.into(),
+                FMin => g.fintr2("llvm.minnum.f32", x, y)?.into(),
+                FMax => g.fintr2("llvm.maxnum.f32", x, y)?.into(),
+                _ => pow(g, x, y)?.into(),
+            }
+        }
+        ICmp(c) => g
+            .icmp(int_pred(c), a.into_int_value(), b.into_int_value())?
+            .into(),
+        FCmp(c) => g
+            .fcmp(float_pred(c), a.into_float_value(), b.into_float_value())?
+            .into(),
+        And => g.and(a.into_int_value(), b.into_int_value())?.into(),
+        Or => g.or(a.into_int_value(), b.into_int_value())?.into(),
+        Xor => g.xor(a.into_int_value(), b.into_int_value())?.into(),
+        BEq => g
+            .xor(
+                g.xor(a.into_int_value(), b.into_int_value())?,
+                g.cbool(true),
+            )?
+            .into(),
+    })
+}
+
+fn int_pred(c: Cmp) -> IntPredicate {
+    match c {
+        Cmp::Eq => IntPredicate::EQ,
+        Cmp::Ne => IntPredicate::NE,
+        Cmp::Lt => IntPredicate::SLT,
+        Cmp::Le => IntPredicate::SLE,
+        Cmp::Gt => IntPredicate::SGT,
+        Cmp::Ge => IntPredicate::SGE,
+    }
+}
+
+/// Rust's float comparisons: ordered, except `!=` which is true on NaN.
+fn float_pred(c: Cmp) -> FloatPredicate {
+    match c {
+        Cmp::Eq => FloatPredicate::OEQ,
+        Cmp::Ne => FloatPredicate::UNE,
+        Cmp::Lt => FloatPredicate::OLT,
+        Cmp::Le => FloatPredicate::OLE,
+        Cmp::Gt => FloatPredicate::OGT,
+        Cmp::Ge => FloatPredicate::OGE,
+    }
+}
+
+/// Truncating quotient without UB: divisor 0 and -1 are replaced by 1 (fixed up after).
+fn safe_sdiv<'ctx>(
+    g: &Gpu<'ctx>,
+    x: IntValue<'ctx>,
+    y: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let zero = g.icmp(IntPredicate::EQ, y, g.c32(0))?;
+    let m1 = g.icmp(IntPredicate::EQ, y, g.c32(-1))?;
+    let special = g.or(zero, m1)?;
+    let ys = g.selecti(special, g.c32(1), y)?;
+    let q = g.b.build_int_signed_div(x, ys, "")?;
+    // y == -1: wrapping negation; y == 0: 0
+    let q = g.selecti(m1, g.sub(g.c32(0), x)?, q)?;
+    let q = g.selecti(zero, g.c32(0), q)?;
+    Ok((q, zero))
+}
+
+/// Floor division (`ir::floor_div`): x / 0 = 0, MIN / -1 = MIN.
+fn floor_div<'ctx>(g: &Gpu<'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    let (q, _) = safe_sdiv(g, x, y)?;
+    let r = g.sub(x, g.mul(q, y)?)?;
+    let adjust = g.and(
+        g.icmp(IntPredicate::NE, r, g.c32(0))?,
+        g.icmp(IntPredicate::SLT, g.xor(r, y)?, g.c32(0))?,
+    )?;
+    g.selecti(adjust, g.sub(q, g.c32(1))?, q)
+}
+
+/// Floor remainder (`ir::floor_rem`): sign of the divisor, x % 0 = 0.
+fn floor_rem<'ctx>(g: &Gpu<'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    let (q, zero) = safe_sdiv(g, x, y)?;
+    let r = g.sub(x, g.mul(q, y)?)?;
+    let adjust = g.and(
+        g.icmp(IntPredicate::NE, r, g.c32(0))?,
+        g.icmp(IntPredicate::SLT, g.xor(r, y)?, g.c32(0))?,
+    )?;
+    let r = g.selecti(adjust, g.add(r, y)?, r)?;
+    g.selecti(zero, g.c32(0), r)
+}
+
+/// `pow(x, y)` as `2^(y log2 |x|)` with the sign of an odd integer power of a negative
+/// base, NaN for a negative base and a non-integer exponent, and `pow(x, 0) = 1`.
+/// Approximate (ex2/lg2.approx): relative error grows with |y log2 |x||, ~1e-6 typical.
+fn pow<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let ax = g.fintr("llvm.fabs.f32", x)?;
+    let r = g.ex2(g.fmul(y, g.lg2(ax)?)?)?;
+    let neg = g.fcmp(FloatPredicate::OLT, x, g.cf(0.0))?;
+    let yi = g.fintr("llvm.floor.f32", y)?;
+    let is_int = g.fcmp(FloatPredicate::OEQ, yi, y)?;
+    let half = g.fmul(y, g.cf(0.5))?;
+    let odd = g.fcmp(FloatPredicate::ONE, g.fintr("llvm.floor.f32", half)?, half)?;
+    let negr = g.b.build_float_neg(r, "")?;
+    let signed = g.selectf(odd, negr, r)?;
+    let nan = g.cf(f32::NAN);
+    let neg_res = g.selectf(is_int, signed, nan)?;
+    let r = g.selectf(neg, neg_res, r)?;
+    let y0 = g.fcmp(FloatPredicate::OEQ, y, g.cf(0.0))?;
+    g.selectf(y0, g.cf(1.0), r)
+}

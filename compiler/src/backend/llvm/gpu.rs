@@ -1,0 +1,548 @@
+//! A thin layer over inkwell for writing NVPTX kernels: special registers, barriers,
+//! warp shuffles, fast math, `cp.async`, `ldmatrix`, `mma.sync`, packing to 16-bit pairs,
+//! and swizzled shared-memory tiles.
+//!
+//! In: an LLVM context/module and a kernel function under construction. Out: LLVM
+//! instructions appended at the builder's position. Every helper is one PTX idea, so
+//! that the kernel generator (`kernel.rs`) reads like the algorithm.
+
+use super::{InputType, LlvmError};
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum, FloatType, IntType};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, GlobalValue,
+    IntValue, PointerValue,
+};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+pub(crate) type R<T> = Result<T, LlvmError>;
+
+pub(crate) const GLOBAL: u16 = 1;
+pub(crate) const SHARED: u16 = 3;
+
+/// The builder state of one kernel.
+pub(crate) struct Gpu<'ctx> {
+    pub ctx: &'ctx Context,
+    pub module: Module<'ctx>,
+    pub b: Builder<'ctx>,
+    /// Positioned in the entry block, where every `alloca` goes (so that SROA promotes them).
+    pub ab: Builder<'ctx>,
+    pub func: FunctionValue<'ctx>,
+    pub smem: GlobalValue<'ctx>,
+    pub i1: IntType<'ctx>,
+    pub i32: IntType<'ctx>,
+    pub i64: IntType<'ctx>,
+    pub f32: FloatType<'ctx>,
+}
+
+impl<'ctx> Gpu<'ctx> {
+    pub fn new(ctx: &'ctx Context, module: Module<'ctx>, func: FunctionValue<'ctx>) -> Self {
+        let b = ctx.create_builder();
+        let ab = ctx.create_builder();
+        let i8 = ctx.i8_type();
+        let smem = module.add_global(i8.array_type(0), Some(AddressSpace::from(SHARED)), "smem");
+        smem.set_linkage(Linkage::External);
+        smem.set_alignment(128);
+        Gpu {
+            ctx,
+            module,
+            b,
+            ab,
+            func,
+            smem,
+            i1: ctx.bool_type(),
+            i32: ctx.i32_type(),
+            i64: ctx.i64_type(),
+            f32: ctx.f32_type(),
+        }
+    }
+
+    // ---- constants and small arithmetic -------------------------------------------------
+
+    pub fn c32(&self, x: i64) -> IntValue<'ctx> {
+        self.i32.const_int(x as u64, true)
+    }
+    pub fn c64(&self, x: i64) -> IntValue<'ctx> {
+        self.i64.const_int(x as u64, true)
+    }
+    pub fn cf(&self, x: f32) -> FloatValue<'ctx> {
+        self.f32.const_float(x as f64)
+    }
+    pub fn cbool(&self, x: bool) -> IntValue<'ctx> {
+        self.i1.const_int(x as u64, false)
+    }
+    pub fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_add(a, b, "")?)
+    }
+    pub fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_sub(a, b, "")?)
+    }
+    pub fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_mul(a, b, "")?)
+    }
+    pub fn and(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_and(a, b, "")?)
+    }
+    pub fn or(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_or(a, b, "")?)
+    }
+    pub fn xor(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_xor(a, b, "")?)
+    }
+    pub fn shl(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_left_shift(a, b, "")?)
+    }
+    pub fn lshr(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_right_shift(a, b, false, "")?)
+    }
+    pub fn udiv(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_unsigned_div(a, b, "")?)
+    }
+    pub fn icmp(&self, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_compare(p, a, b, "")?)
+    }
+    pub fn fcmp(
+        &self,
+        p: FloatPredicate,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_float_compare(p, a, b, "")?)
+    }
+    pub fn fadd(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.b.build_float_add(a, b, "")?)
+    }
+    pub fn fsub(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.b.build_float_sub(a, b, "")?)
+    }
+    pub fn fmul(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.b.build_float_mul(a, b, "")?)
+    }
+    pub fn select<V: BasicValue<'ctx>>(
+        &self,
+        c: IntValue<'ctx>,
+        a: V,
+        b: V,
+    ) -> R<BasicValueEnum<'ctx>> {
+        Ok(self.b.build_select(c, a, b, "")?)
+    }
+    pub fn selecti(
+        &self,
+        c: IntValue<'ctx>,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        Ok(self.select(c, a, b)?.into_int_value())
+    }
+    pub fn selectf(
+        &self,
+        c: IntValue<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> R<FloatValue<'ctx>> {
+        Ok(self.select(c, a, b)?.into_float_value())
+    }
+    pub fn zext64(&self, a: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_z_extend(a, self.i64, "")?)
+    }
+    pub fn sext64(&self, a: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_s_extend(a, self.i64, "")?)
+    }
+    pub fn fmax(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.call_f("llvm.maxnum.f32", &[a.into(), b.into()])
+    }
+
+    // ---- intrinsics and inline asm -------------------------------------------------------
+
+    /// Calls `name`, declaring it on first use with the argument types given.
+    pub fn call(
+        &self,
+        name: &str,
+        ret: Option<BasicTypeEnum<'ctx>>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> R<Option<BasicValueEnum<'ctx>>> {
+        let f = match self.module.get_function(name) {
+            Some(f) => f,
+            None => {
+                let tys: Vec<BasicMetadataTypeEnum<'ctx>> = args
+                    .iter()
+                    .map(|a| match a {
+                        BasicMetadataValueEnum::IntValue(v) => v.get_type().into(),
+                        BasicMetadataValueEnum::FloatValue(v) => v.get_type().into(),
+                        BasicMetadataValueEnum::PointerValue(v) => v.get_type().into(),
+                        BasicMetadataValueEnum::VectorValue(v) => v.get_type().into(),
+                        other => {
+                            panic!("intrinsic argument kind {other:?} is not used by the generator")
+                        }
+                    })
+                    .collect();
+                let ft = match ret {
+                    Some(t) => t.fn_type(&tys, false),
+                    None => self.ctx.void_type().fn_type(&tys, false),
+                };
+                self.module.add_function(name, ft, None)
+            }
+        };
+        let cs = self.b.build_call(f, args, "")?;
+        Ok(cs.try_as_basic_value().basic())
+    }
+    fn call_f(&self, name: &str, args: &[BasicMetadataValueEnum<'ctx>]) -> R<FloatValue<'ctx>> {
+        Ok(self
+            .call(name, Some(self.f32.into()), args)?
+            .ok_or(LlvmError::Internal("void call"))?
+            .into_float_value())
+    }
+    fn call_i(&self, name: &str, args: &[BasicMetadataValueEnum<'ctx>]) -> R<IntValue<'ctx>> {
+        Ok(self
+            .call(name, Some(self.i32.into()), args)?
+            .ok_or(LlvmError::Internal("void call"))?
+            .into_int_value())
+    }
+    fn asm_f(&self, text: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let ft = self.f32.fn_type(&[self.f32.into()], false);
+        let asm =
+            self.ctx
+                .create_inline_asm(ft, text.into(), "=f,f".into(), false, false, None, false);
+        let cs = self.b.build_indirect_call(ft, asm, &[x.into()], "")?;
+        Ok(cs
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("asm"))?
+            .into_float_value())
+    }
+
+    pub fn tid_x(&self) -> R<IntValue<'ctx>> {
+        self.call_i("llvm.nvvm.read.ptx.sreg.tid.x", &[])
+    }
+    pub fn ctaid(&self, axis: char) -> R<IntValue<'ctx>> {
+        self.call_i(&format!("llvm.nvvm.read.ptx.sreg.ctaid.{axis}"), &[])
+    }
+    /// `bar.sync 0`: every thread of the CTA.
+    pub fn barrier(&self) -> R<()> {
+        self.call(
+            "llvm.nvvm.barrier.cta.sync.aligned.all",
+            None,
+            &[self.c32(0).into()],
+        )?;
+        Ok(())
+    }
+    /// `shfl.sync.bfly` over the full warp.
+    pub fn shfl_xor(&self, x: FloatValue<'ctx>, lanes: i64) -> R<FloatValue<'ctx>> {
+        self.call_f(
+            "llvm.nvvm.shfl.sync.bfly.f32",
+            &[
+                self.c32(-1).into(),
+                x.into(),
+                self.c32(lanes).into(),
+                self.c32(31).into(),
+            ],
+        )
+    }
+    /// `ex2.approx.ftz.f32`: 2^x, max relative error 2^-22 (PTX ISA), subnormals flushed.
+    pub fn ex2(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.call_f("llvm.nvvm.ex2.approx.ftz.f32", &[x.into()])
+    }
+    /// `lg2.approx.f32`: log2(x), max absolute error 2^-22 near 1.
+    pub fn lg2(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.call_f("llvm.nvvm.lg2.approx.f", &[x.into()])
+    }
+    /// `tanh.approx.f32` (sm_75+): max relative error about 2^-11 (PTX ISA).
+    pub fn tanh(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.asm_f("tanh.approx.f32 $0, $1;", x)
+    }
+    pub fn fintr(&self, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.call_f(name, &[x.into()])
+    }
+    pub fn fintr2(
+        &self,
+        name: &str,
+        x: FloatValue<'ctx>,
+        y: FloatValue<'ctx>,
+    ) -> R<FloatValue<'ctx>> {
+        self.call_f(name, &[x.into(), y.into()])
+    }
+    pub fn iintr2(&self, name: &str, x: IntValue<'ctx>, y: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.call_i(name, &[x.into(), y.into()])
+    }
+
+    // ---- memory ----------------------------------------------------------------------------
+
+    /// `base + index * size_of(elem)` in the global address space (index is i64).
+    pub fn gep_bytes(
+        &self,
+        base: PointerValue<'ctx>,
+        byte_off: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
+        // SAFETY: the kernel computes in-range offsets (clamped or predicated loads).
+        Ok(unsafe {
+            self.b
+                .build_gep(self.ctx.i8_type(), base, &[byte_off], "")?
+        })
+    }
+    pub fn load_i32(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let idx = if index.get_type().get_bit_width() == 64 {
+            index
+        } else {
+            self.sext64(index)?
+        };
+        // SAFETY: see gep_bytes.
+        let p = unsafe { self.b.build_gep(self.i32, base, &[idx], "")? };
+        Ok(self.b.build_load(self.i32, p, "")?.into_int_value())
+    }
+    pub fn load_f32(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let idx = if index.get_type().get_bit_width() == 64 {
+            index
+        } else {
+            self.sext64(index)?
+        };
+        // SAFETY: see gep_bytes.
+        let p = unsafe { self.b.build_gep(self.f32, base, &[idx], "")? };
+        Ok(self.b.build_load(self.f32, p, "")?.into_float_value())
+    }
+    pub fn store<V: BasicValue<'ctx>>(&self, ptr: PointerValue<'ctx>, v: V) -> R<()> {
+        self.b.build_store(ptr, v)?;
+        Ok(())
+    }
+    /// A pointer into dynamic shared memory at a byte offset.
+    pub fn smem_at(&self, byte_off: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        // SAFETY: offsets stay inside the dynamic shared memory the launch reserves.
+        Ok(unsafe {
+            self.b.build_gep(
+                self.ctx.i8_type(),
+                self.smem.as_pointer_value(),
+                &[byte_off],
+                "",
+            )?
+        })
+    }
+    /// `cp.async.cg.shared.global [dst], [src], 16, src_size`: bytes past `src_size` are zero.
+    pub fn cp_async16(
+        &self,
+        dst: PointerValue<'ctx>,
+        src: PointerValue<'ctx>,
+        src_size: IntValue<'ctx>,
+    ) -> R<()> {
+        self.call(
+            "llvm.nvvm.cp.async.cg.shared.global.16.s",
+            None,
+            &[dst.into(), src.into(), src_size.into()],
+        )?;
+        Ok(())
+    }
+    pub fn cp_async_commit(&self) -> R<()> {
+        self.call("llvm.nvvm.cp.async.commit.group", None, &[])?;
+        Ok(())
+    }
+    /// Waits until at most `n` committed groups of this thread are still in flight.
+    pub fn cp_async_wait(&self, n: i64) -> R<()> {
+        self.call("llvm.nvvm.cp.async.wait.group", None, &[self.c32(n).into()])?;
+        Ok(())
+    }
+    /// `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`: four 8x8 matrices, lane `l`
+    /// giving the address of row `l % 8` of matrix `l / 8`.
+    pub fn ldmatrix_x4(&self, addr: PointerValue<'ctx>, trans: bool) -> R<[IntValue<'ctx>; 4]> {
+        let name = if trans {
+            "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.trans.b16.p3"
+        } else {
+            "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.b16.p3"
+        };
+        let st = self.ctx.struct_type(&[self.i32.into(); 4], false);
+        let v = self
+            .call(name, Some(st.into()), &[addr.into()])?
+            .ok_or(LlvmError::Internal("ldmatrix"))?;
+        let s = v.into_struct_value();
+        let mut out = [self.c32(0); 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self
+                .b
+                .build_extract_value(s, i as u32, "")?
+                .into_int_value();
+        }
+        Ok(out)
+    }
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`: `c + a * b`.
+    pub fn mma(
+        &self,
+        ty: InputType,
+        a: &[IntValue<'ctx>; 4],
+        b: &[IntValue<'ctx>; 2],
+        c: &[FloatValue<'ctx>; 4],
+    ) -> R<[FloatValue<'ctx>; 4]> {
+        let st = self.ctx.struct_type(&[self.f32.into(); 4], false);
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> = Vec::with_capacity(10);
+        let name = match ty {
+            InputType::Bf16 => {
+                args.extend(
+                    a.iter()
+                        .chain(b.iter())
+                        .map(|x| BasicMetadataValueEnum::from(*x)),
+                );
+                "llvm.nvvm.mma.m16n8k16.row.col.bf16"
+            }
+            InputType::F16 => {
+                let h2 = self.ctx.f16_type().vec_type(2);
+                for x in a.iter().chain(b.iter()) {
+                    args.push(self.b.build_bit_cast(*x, h2, "")?.into());
+                }
+                "llvm.nvvm.mma.m16n8k16.row.col.f32.f32"
+            }
+        };
+        args.extend(c.iter().map(|x| BasicMetadataValueEnum::from(*x)));
+        let v = self
+            .call(name, Some(st.into()), &args)?
+            .ok_or(LlvmError::Internal("mma"))?;
+        let s = v.into_struct_value();
+        let mut out = [self.cf(0.0); 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self
+                .b
+                .build_extract_value(s, i as u32, "")?
+                .into_float_value();
+        }
+        Ok(out)
+    }
+    /// Two f32 rounded to the input type, `lo` in the low 16 bits (the fragment order).
+    pub fn pack2(
+        &self,
+        ty: InputType,
+        lo: FloatValue<'ctx>,
+        hi: FloatValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        let v2 = self.f32.vec_type(2);
+        let mut v = v2.get_undef();
+        v = self.b.build_insert_element(v, lo, self.c32(0), "")?;
+        v = self.b.build_insert_element(v, hi, self.c32(1), "")?;
+        let h = match ty {
+            InputType::Bf16 => self.ctx.bf16_type().vec_type(2),
+            InputType::F16 => self.ctx.f16_type().vec_type(2),
+        };
+        let t = self.b.build_float_trunc(v, h, "")?;
+        Ok(self.b.build_bit_cast(t, self.i32, "")?.into_int_value())
+    }
+
+    // ---- control flow and local state -------------------------------------------------------
+
+    pub fn block(&self, name: &str) -> inkwell::basic_block::BasicBlock<'ctx> {
+        self.ctx.append_basic_block(self.func, name)
+    }
+    pub fn br(&self, bb: inkwell::basic_block::BasicBlock<'ctx>) -> R<()> {
+        self.b.build_unconditional_branch(bb)?;
+        Ok(())
+    }
+    pub fn cond_br(
+        &self,
+        c: IntValue<'ctx>,
+        t: inkwell::basic_block::BasicBlock<'ctx>,
+        f: inkwell::basic_block::BasicBlock<'ctx>,
+    ) -> R<()> {
+        self.b.build_conditional_branch(c, t, f)?;
+        Ok(())
+    }
+    /// Runs `body` only when `c` holds.
+    pub fn if_then(&self, c: IntValue<'ctx>, body: impl FnOnce() -> R<()>) -> R<()> {
+        let then = self.block("then");
+        let cont = self.block("cont");
+        self.cond_br(c, then, cont)?;
+        self.b.position_at_end(then);
+        body()?;
+        self.br(cont)?;
+        self.b.position_at_end(cont);
+        Ok(())
+    }
+    /// A mutable local (promoted to registers by SROA).
+    pub fn var<T: BasicType<'ctx>>(&self, ty: T, init: impl BasicValue<'ctx>) -> R<Var<'ctx>> {
+        let ty = ty.as_basic_type_enum();
+        let ptr = self.ab.build_alloca(ty, "")?;
+        self.b.build_store(ptr, init)?;
+        Ok(Var { ptr, ty })
+    }
+    pub fn get(&self, v: &Var<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        Ok(self.b.build_load(v.ty, v.ptr, "")?)
+    }
+    pub fn getf(&self, v: &Var<'ctx>) -> R<FloatValue<'ctx>> {
+        Ok(self.get(v)?.into_float_value())
+    }
+    pub fn geti(&self, v: &Var<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.get(v)?.into_int_value())
+    }
+    pub fn set(&self, v: &Var<'ctx>, x: impl BasicValue<'ctx>) -> R<()> {
+        self.b.build_store(v.ptr, x)?;
+        Ok(())
+    }
+}
+
+/// A local variable living in an `alloca` of the entry block.
+#[derive(Clone, Copy)]
+pub(crate) struct Var<'ctx> {
+    ptr: PointerValue<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
+}
+
+/// A tile of 16-bit elements in shared memory, `rows` rows of `cols` elements, stored
+/// in 16-byte chunks with the chunk index XOR-swizzled by the row (so that the eight rows
+/// an `ldmatrix` phase reads, and the rows `cp.async` writes, fall in distinct banks).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SmemTile {
+    pub offset: u32,
+    pub rows: u32,
+    pub cols: u32,
+}
+
+impl SmemTile {
+    pub fn chunks(&self) -> u32 {
+        self.cols / 8
+    }
+    pub fn bytes(&self) -> u32 {
+        self.rows * self.cols * 2
+    }
+    /// The shared-memory address of 16-byte chunk `chunk` of row `row`.
+    pub fn addr<'ctx>(
+        &self,
+        g: &Gpu<'ctx>,
+        row: IntValue<'ctx>,
+        chunk: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
+        let mask = self.chunks().min(8) as i64 - 1;
+        let sw = g.xor(chunk, g.and(row, g.c32(mask))?)?;
+        let off = g.add(
+            g.mul(row, g.c32(self.cols as i64 * 2))?,
+            g.shl(sw, g.c32(4))?,
+        )?;
+        g.smem_at(g.add(off, g.c32(self.offset as i64))?)
+    }
+    /// Starts copying rows `row0 .. row0 + rows` of a row-major global matrix (row stride
+    /// `cols` elements, `base` pointing at its row 0) into the tile with `cp.async`, all
+    /// `threads` threads taking part; rows at or past `valid_rows` (relative to `row0`) are
+    /// zero-filled and read nothing.
+    pub fn load_async<'ctx>(
+        &self,
+        g: &Gpu<'ctx>,
+        tid: IntValue<'ctx>,
+        threads: u32,
+        base: PointerValue<'ctx>,
+        row0: IntValue<'ctx>,
+        valid_rows: IntValue<'ctx>,
+    ) -> R<()> {
+        let total = self.rows * self.chunks();
+        debug_assert_eq!(total % threads, 0);
+        let log_chunks = self.chunks().trailing_zeros() as i64;
+        for k in 0..total / threads {
+            let i = g.add(tid, g.c32((k * threads) as i64))?;
+            let row = g.lshr(i, g.c32(log_chunks))?;
+            let chunk = g.and(i, g.c32(self.chunks() as i64 - 1))?;
+            let ok = g.icmp(IntPredicate::SLT, row, valid_rows)?;
+            let grow = g.zext64(g.add(row0, row)?)?;
+            let off = g.add(
+                g.mul(grow, g.c64(self.cols as i64 * 2))?,
+                g.zext64(g.shl(chunk, g.c32(4))?)?,
+            )?;
+            let off = g.selecti(ok, off, g.c64(0))?;
+            let src = g.gep_bytes(base, off)?;
+            let size = g.selecti(ok, g.c32(16), g.c32(0))?;
+            g.cp_async16(self.addr(g, row, chunk)?, src, size)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,705 @@
+//! The FlashAttention-2 forward kernel, written against the helpers of `gpu.rs`.
+//!
+//! In: a [`Program`] and [`PtxOptions`]. Out: the kernel function in an LLVM module, its
+//! parameter order, threads per CTA and dynamic shared memory.
+//!
+//! Per CTA (q block `qb`, query head `h`, batch `b`), each warp owning 16 query rows:
+//! ```text
+//! cp.async Q tile; if the block table lists any kv block: cp.async K[first]
+//! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
+//! for each listed kv block j (runs of full/partial blocks from the CSR table):
+//!     wait K[j]; barrier; cp.async V[j]
+//!     S = Q K[j]^T                               (mma.sync, K via ldmatrix)
+//!     t = full block ? score(S) : mask & in-range ? score(S) : -inf   (in log2 units)
+//!     online softmax: m' = max(m, rowmax t); P = 2^(t - m'); l = l 2^(m - m') + rowsum P
+//!     wait V[j]; barrier; cp.async K[next]
+//!     O = O 2^(m - m') + P V[j]                  (P as A fragments, V via ldmatrix.trans)
+//! O /= l; LSE = (m + log2 l) ln 2; rows with l = 0 give O = 0, LSE = -inf
+//! ```
+//! Element (lane, register) positions of an m16n8 accumulator: rows `lane/4` and
+//! `lane/4 + 8`, columns `2 (lane % 4) + {0, 1}`.
+
+use super::expr::{Elem, Env, TensorArg, emit_function};
+use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
+use super::{InputType, KernelParam, LlvmError, PtxOptions};
+use crate::ir::{Program, Type};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2: f32 = std::f32::consts::LN_2;
+
+/// Shared-memory tiles of Q, K and V.
+fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
+    let q = SmemTile {
+        offset: 0,
+        rows: opts.q_block,
+        cols: opts.d,
+    };
+    let k = SmemTile {
+        offset: q.bytes(),
+        rows: opts.kv_block,
+        cols: opts.d,
+    };
+    let v = SmemTile {
+        offset: q.bytes() + k.bytes(),
+        rows: opts.kv_block,
+        cols: opts.dv,
+    };
+    (q, k, v)
+}
+
+/// (threads per CTA, dynamic shared memory bytes).
+pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
+    let (_, _, v) = tiles(opts);
+    (opts.q_block / 16 * 32, v.offset + v.bytes())
+}
+
+pub(crate) struct Built<'ctx> {
+    pub module: Module<'ctx>,
+    pub threads: u32,
+    pub smem_bytes: u32,
+    pub params: Vec<KernelParam>,
+}
+
+/// The parameter list of a program's kernel, in launch order.
+pub(crate) fn param_list(p: &Program) -> Vec<KernelParam> {
+    use KernelParam::*;
+    let mut v = vec![Q, K, V, O, Lse, RowStart, Runs, Params, Err];
+    v.extend((0..p.tensors.len() as u32).map(Tensor));
+    v.extend([Lq, Lkv, Hq, Hkv, NumQBlocks, MapBStride, MapHStride, Scale]);
+    for (t, info) in p.tensors.iter().enumerate() {
+        v.extend((0..info.dims.len() as u32).map(|dim| TensorDim {
+            tensor: t as u32,
+            dim,
+        }));
+    }
+    v
+}
+
+/// Fixed sizes of one kernel.
+struct Cfg {
+    ty: InputType,
+    d: u32,
+    dv: u32,
+    qb: u32,
+    kvb: u32,
+    threads: u32,
+    q: SmemTile,
+    k: SmemTile,
+    v: SmemTile,
+}
+
+/// Values every phase of the kernel reads.
+struct Ctx<'ctx> {
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    b: IntValue<'ctx>,
+    h: IntValue<'ctx>,
+    q0: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+}
+
+pub(crate) fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    p: &Program,
+    opts: &PtxOptions,
+    entry: &str,
+) -> R<Built<'ctx>> {
+    let params = param_list(p);
+    let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
+        .iter()
+        .map(|k| match k {
+            KernelParam::Scale => ctx.f32_type().into(),
+            KernelParam::Lq
+            | KernelParam::Lkv
+            | KernelParam::Hq
+            | KernelParam::Hkv
+            | KernelParam::NumQBlocks
+            | KernelParam::MapBStride
+            | KernelParam::MapHStride
+            | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            _ => gptr.into(),
+        })
+        .collect();
+    let ft = ctx.void_type().fn_type(&tys, false);
+    let func = module.add_function(entry, ft, None);
+    func.set_call_conventions(71); // ptx_kernel: emitted as a .entry
+    let threads = opts.q_block / 16 * 32;
+    func.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_string_attribute("nvvm.maxntid", &threads.to_string()),
+    );
+    let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    for (i, k) in params.iter().enumerate() {
+        if matches!(
+            k,
+            KernelParam::Q | KernelParam::K | KernelParam::V | KernelParam::O | KernelParam::Lse
+        ) {
+            func.add_attribute(AttributeLoc::Param(i as u32), noalias);
+        }
+    }
+    let (q, k, v) = tiles(opts);
+    let cfg = Cfg {
+        ty: opts.input,
+        d: opts.d,
+        dv: opts.dv,
+        qb: opts.q_block,
+        kvb: opts.kv_block,
+        threads,
+        q,
+        k,
+        v,
+    };
+    let smem_bytes = v.offset + v.bytes();
+
+    let g = Gpu::new(ctx, module, func);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    body(&g, &cfg, p, opts, &params)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(Built {
+        module: g.module,
+        threads,
+        smem_bytes,
+        params,
+    })
+}
+
+fn body<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    opts: &PtxOptions,
+    params: &[KernelParam],
+) -> R<()> {
+    let arg = |want: KernelParam| -> R<inkwell::values::BasicValueEnum<'ctx>> {
+        let i = params
+            .iter()
+            .position(|k| *k == want)
+            .ok_or(LlvmError::Internal("missing kernel param"))?;
+        g.func
+            .get_nth_param(i as u32)
+            .ok_or(LlvmError::Internal("kernel param"))
+    };
+    let ptr = |want| -> R<PointerValue<'ctx>> { Ok(arg(want)?.into_pointer_value()) };
+    let int = |want| -> R<IntValue<'ctx>> { Ok(arg(want)?.into_int_value()) };
+
+    // ---- where this CTA works ----------------------------------------------------------------
+    let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
+    let (lq, lkv, hq, hkv, nqb) = (
+        int(KernelParam::Lq)?,
+        int(KernelParam::Lkv)?,
+        int(KernelParam::Hq)?,
+        int(KernelParam::Hkv)?,
+        int(KernelParam::NumQBlocks)?,
+    );
+    // heavy (late, for causal masks) q blocks first
+    let qb = g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
+    let q0 = g.mul(qb, g.c32(c.qb as i64))?;
+    let scale = arg(KernelParam::Scale)?.into_float_value();
+    let cx = Ctx {
+        warp,
+        lane,
+        b,
+        h,
+        q0,
+        lq,
+        lkv,
+        scale,
+    };
+
+    let head_base = |base: PointerValue<'ctx>,
+                     heads: IntValue<'ctx>,
+                     head: IntValue<'ctx>,
+                     len: IntValue<'ctx>,
+                     dim: u32| {
+        let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
+        let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
+        g.gep_bytes(base, off)
+    };
+    let qbase = head_base(ptr(KernelParam::Q)?, hq, h, lq, c.d)?;
+    let kbase = head_base(ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?;
+    let vbase = head_base(ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?;
+
+    // ---- block table row ------------------------------------------------------------------
+    let map = g.add(
+        g.mul(b, int(KernelParam::MapBStride)?)?,
+        g.mul(h, int(KernelParam::MapHStride)?)?,
+    )?;
+    let row = g.add(g.mul(map, nqb)?, qb)?;
+    let row_start = ptr(KernelParam::RowStart)?;
+    let runs = ptr(KernelParam::Runs)?;
+    let r_beg = g.load_i32(row_start, g.zext64(row)?)?;
+    let r_end = g.load_i32(row_start, g.zext64(g.add(row, g.c32(1))?)?)?;
+
+    // ---- params and captured tensors ----------------------------------------------------------
+    let pw = ptr(KernelParam::Params)?;
+    let mut pvals = Vec::new();
+    for (i, info) in p.params.iter().enumerate() {
+        let w = g.load_i32(pw, g.c64(i as i64))?;
+        pvals.push(match info.ty {
+            Type::I32 => w.into(),
+            Type::F32 => g.b.build_bit_cast(w, g.f32, "")?,
+            Type::Bool => g.icmp(IntPredicate::NE, w, g.c32(0))?.into(),
+        });
+    }
+    let mut tensors = Vec::new();
+    for (t, info) in p.tensors.iter().enumerate() {
+        let dims = (0..info.dims.len() as u32)
+            .map(|dim| {
+                int(KernelParam::TensorDim {
+                    tensor: t as u32,
+                    dim,
+                })
+            })
+            .collect::<R<Vec<_>>>()?;
+        tensors.push(TensorArg {
+            ptr: ptr(KernelParam::Tensor(t as u32))?,
+            float: info.elem.read_type() == Type::F32,
+            dims,
+        });
+    }
+    let env = Env {
+        params: pvals,
+        tensors,
+        err: if opts.checked {
+            Some(ptr(KernelParam::Err)?)
+        } else {
+            None
+        },
+    };
+
+    // ---- state --------------------------------------------------------------------------------
+    let nt_o = (c.dv / 8) as usize;
+    let o_acc: Vec<[Var<'ctx>; 4]> = (0..nt_o)
+        .map(|_| -> R<[Var<'ctx>; 4]> {
+            Ok([
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+            ])
+        })
+        .collect::<R<_>>()?;
+    let m = [
+        g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
+        g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
+    ];
+    let l = [g.var(g.f32, g.cf(0.0))?, g.var(g.f32, g.cf(0.0))?];
+    let st_j = g.var(g.i32, g.c32(0))?;
+    let st_end = g.var(g.i32, g.c32(0))?;
+    let st_full = g.var(g.i32, g.c32(0))?;
+    let st_r = g.var(g.i32, r_beg)?;
+
+    // ---- prologue: Q and the first K tile -----------------------------------------------------
+    c.q.load_async(g, tid, c.threads, qbase, q0, g.sub(lq, q0)?)?;
+    g.cp_async_commit()?;
+    let pre = g.block("prologue");
+    let lp = g.block("kv_loop");
+    let epi = g.block("epilogue");
+    g.cond_br(g.icmp(IntPredicate::ULT, r_beg, r_end)?, pre, epi)?;
+
+    g.b.position_at_end(pre);
+    let (j0, e0, f0) = load_run(g, runs, r_beg)?;
+    g.set(&st_j, j0)?;
+    g.set(&st_end, e0)?;
+    g.set(&st_full, f0)?;
+    let kv_start = |j: IntValue<'ctx>| g.mul(j, g.c32(c.kvb as i64));
+    c.k.load_async(
+        g,
+        tid,
+        c.threads,
+        kbase,
+        kv_start(j0)?,
+        g.sub(lkv, kv_start(j0)?)?,
+    )?;
+    g.cp_async_commit()?;
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+    let qfrag = load_q_fragments(g, c, &cx)?;
+    g.br(lp)?;
+
+    // ---- main loop over kv blocks ---------------------------------------------------------------
+    g.b.position_at_end(lp);
+    let j = g.geti(&st_j)?;
+    let run_end = g.geti(&st_end)?;
+    let full = g.geti(&st_full)?;
+    let r = g.geti(&st_r)?;
+    let kv0 = kv_start(j)?;
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+    c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?)?;
+    g.cp_async_commit()?;
+
+    let s = qk(g, c, &cx, &qfrag)?;
+
+    // the next block: the rest of this run, else the next run of the row
+    let j1 = g.add(j, g.c32(1))?;
+    let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+    let r1 = g.add(r, g.c32(1))?;
+    let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
+    let (nj, nend, nfull) = load_run(g, runs, g.selecti(more_runs, r1, r)?)?;
+    let next_j = g.selecti(in_run, j1, nj)?;
+    let next_end = g.selecti(in_run, run_end, nend)?;
+    let next_full = g.selecti(in_run, full, nfull)?;
+    let next_r = g.selecti(in_run, r, r1)?;
+    let has_next = g.or(in_run, more_runs)?;
+
+    let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+    let pfrag = online_softmax(g, c, &t, &m, &l, &o_acc)?;
+
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+    g.if_then(has_next, || {
+        let nkv0 = kv_start(next_j)?;
+        c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?)?;
+        g.cp_async_commit()
+    })?;
+    pv(g, c, &cx, &pfrag, &o_acc)?;
+    g.set(&st_j, next_j)?;
+    g.set(&st_end, next_end)?;
+    g.set(&st_full, next_full)?;
+    g.set(&st_r, next_r)?;
+    g.cond_br(has_next, lp, epi)?;
+
+    // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
+    g.b.position_at_end(epi);
+    g.cp_async_wait(0)?;
+    epilogue(
+        g,
+        c,
+        &cx,
+        ptr(KernelParam::O)?,
+        ptr(KernelParam::Lse)?,
+        hq,
+        &m,
+        &l,
+        &o_acc,
+    )?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// (start, end, full) of run `r`.
+fn load_run<'ctx>(
+    g: &Gpu<'ctx>,
+    runs: PointerValue<'ctx>,
+    r: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+    let base = g.mul(g.zext64(r)?, g.c64(3))?;
+    Ok((
+        g.load_i32(runs, base)?,
+        g.load_i32(runs, g.add(base, g.c64(1))?)?,
+        g.load_i32(runs, g.add(base, g.c64(2))?)?,
+    ))
+}
+
+/// A fragments of this warp's 16 Q rows, one `[i32; 4]` per 16 columns of D.
+fn load_q_fragments<'ctx>(g: &Gpu<'ctx>, c: &Cfg, cx: &Ctx<'ctx>) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    // lane l addresses row (l % 8) + 8 ((l / 8) % 2) of the warp's rows, chunk 2 ks + l / 16
+    let r8 = g.and(cx.lane, g.c32(7))?;
+    let hi8 = g.and(g.lshr(cx.lane, g.c32(3))?, g.c32(1))?;
+    let row = g.add(
+        g.add(g.mul(cx.warp, g.c32(16))?, r8)?,
+        g.mul(hi8, g.c32(8))?,
+    )?;
+    let half = g.lshr(cx.lane, g.c32(4))?;
+    (0..c.d / 16)
+        .map(|ks| {
+            let chunk = g.add(g.c32(2 * ks as i64), half)?;
+            g.ldmatrix_x4(c.q.addr(g, row, chunk)?, false)
+        })
+        .collect()
+}
+
+/// S = Q K^T for this warp: `kv_block / 8` accumulators of m16n8.
+fn qk<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    qfrag: &[[IntValue<'ctx>; 4]],
+) -> R<Vec<[FloatValue<'ctx>; 4]>> {
+    let zero = g.cf(0.0);
+    let mut s = vec![[zero; 4]; (c.kvb / 8) as usize];
+    // lane l: matrix mi = l / 8 -> kv row (2 ntp + mi / 2) * 8 + l % 8, chunk 2 ks + mi % 2
+    let r8 = g.and(cx.lane, g.c32(7))?;
+    let mi = g.lshr(cx.lane, g.c32(3))?;
+    let row_in = g.add(g.mul(g.lshr(mi, g.c32(1))?, g.c32(8))?, r8)?;
+    let chunk_in = g.and(mi, g.c32(1))?;
+    for (ks, a) in qfrag.iter().enumerate() {
+        for ntp in 0..(c.kvb / 16) as usize {
+            let row = g.add(row_in, g.c32(16 * ntp as i64))?;
+            let chunk = g.add(chunk_in, g.c32(2 * ks as i64))?;
+            let bf = g.ldmatrix_x4(c.k.addr(g, row, chunk)?, false)?;
+            s[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &s[2 * ntp])?;
+            s[2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &s[2 * ntp + 1])?;
+        }
+    }
+    Ok(s)
+}
+
+/// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
+/// blocks that end inside the sequence skip the mask and the bounds checks.
+#[allow(clippy::too_many_arguments)]
+fn score_and_mask<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    env: &Env<'ctx>,
+    p: &Program,
+    s: &[[FloatValue<'ctx>; 4]],
+    kv0: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+) -> R<Vec<[Var<'ctx>; 4]>> {
+    let t: Vec<[Var<'ctx>; 4]> = s
+        .iter()
+        .map(|_| -> R<[Var<'ctx>; 4]> {
+            let z = g.cf(0.0);
+            Ok([
+                g.var(g.f32, z)?,
+                g.var(g.f32, z)?,
+                g.var(g.f32, z)?,
+                g.var(g.f32, z)?,
+            ])
+        })
+        .collect::<R<_>>()?;
+    let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
+    let fast = g.and(
+        g.icmp(IntPredicate::NE, full, g.c32(0))?,
+        g.xor(tail, g.cbool(true))?,
+    )?;
+    let fast_bb = g.block("full_block");
+    let slow_bb = g.block("partial_block");
+    let merge = g.block("scored");
+    let scale_log2 = g.fmul(cx.scale, g.cf(LOG2E))?;
+    let row_base = g.add(
+        g.add(cx.q0, g.mul(cx.warp, g.c32(16))?)?,
+        g.lshr(cx.lane, g.c32(2))?,
+    )?;
+    let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
+    g.cond_br(fast, fast_bb, slow_bb)?;
+    for slow in [false, true] {
+        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+        for (nt, acc) in s.iter().enumerate() {
+            for (i, x) in acc.iter().enumerate() {
+                let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
+                let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
+                let q_in = g.icmp(IntPredicate::SLT, q, cx.lq)?;
+                let kv_in = g.icmp(IntPredicate::SLT, kv, cx.lkv)?;
+                let e = Elem {
+                    s: g.fmul(*x, cx.scale)?,
+                    b: cx.b,
+                    h: cx.h,
+                    q,
+                    kv,
+                    inside: g.and(q_in, kv_in)?,
+                };
+                let score = |e: Elem<'ctx>| -> R<FloatValue<'ctx>> {
+                    match &p.score {
+                        Some(f) => Ok(
+                            g.fmul(emit_function(g, env, f, e)?.into_float_value(), g.cf(LOG2E))?
+                        ),
+                        None => g.fmul(*x, scale_log2),
+                    }
+                };
+                let v = if !slow {
+                    score(e)?
+                } else {
+                    let keep = match &p.mask {
+                        Some(f) => g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?,
+                        None => kv_in,
+                    };
+                    // the score is evaluated only where the mask holds (checked mode reports
+                    // only reads the oracle performs)
+                    let e = Elem {
+                        inside: g.and(e.inside, keep)?,
+                        ..e
+                    };
+                    let sc = score(e)?;
+                    g.selectf(keep, sc, g.cf(f32::NEG_INFINITY))?
+                };
+                g.set(&t[nt][i], v)?;
+            }
+        }
+        g.br(merge)?;
+    }
+    g.b.position_at_end(merge);
+    Ok(t)
+}
+
+/// Online softmax over this block's logits `t`; rescales O, updates m and l, and returns
+/// P as bf16/f16 A fragments, one `[i32; 4]` per 16 kv columns.
+fn online_softmax<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    t: &[[Var<'ctx>; 4]],
+    m: &[Var<'ctx>; 2],
+    l: &[Var<'ctx>; 2],
+    o: &[[Var<'ctx>; 4]],
+) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    let tv: Vec<[FloatValue<'ctx>; 4]> = t
+        .iter()
+        .map(|x| {
+            Ok([
+                g.getf(&x[0])?,
+                g.getf(&x[1])?,
+                g.getf(&x[2])?,
+                g.getf(&x[3])?,
+            ])
+        })
+        .collect::<R<_>>()?;
+    let mut pv = tv.clone();
+    for hr in 0..2 {
+        let mut mx = g.cf(f32::NEG_INFINITY);
+        for x in &tv {
+            mx = g.fmax(mx, g.fmax(x[2 * hr], x[2 * hr + 1])?)?;
+        }
+        // the four lanes of a row
+        mx = g.fmax(mx, g.shfl_xor(mx, 1)?)?;
+        mx = g.fmax(mx, g.shfl_xor(mx, 2)?)?;
+        let m_old = g.getf(&m[hr])?;
+        let m_new = g.fmax(m_old, mx)?;
+        // never -inf - -inf: a row with nothing unmasked yet subtracts 0
+        let none = g.fcmp(FloatPredicate::OEQ, m_new, g.cf(f32::NEG_INFINITY))?;
+        let m_use = g.selectf(none, g.cf(0.0), m_new)?;
+        let alpha = g.ex2(g.fsub(m_old, m_use)?)?;
+        let mut sum = g.cf(0.0);
+        for (nt, x) in tv.iter().enumerate() {
+            for cc in 0..2 {
+                let e = g.ex2(g.fsub(x[2 * hr + cc], m_use)?)?;
+                pv[nt][2 * hr + cc] = e;
+                sum = g.fadd(sum, e)?;
+            }
+        }
+        g.set(&l[hr], g.fadd(g.fmul(g.getf(&l[hr])?, alpha)?, sum)?)?;
+        g.set(&m[hr], m_new)?;
+        for acc in o {
+            for cc in 0..2 {
+                let v = &acc[2 * hr + cc];
+                g.set(v, g.fmul(g.getf(v)?, alpha)?)?;
+            }
+        }
+    }
+    (0..(c.kvb / 16) as usize)
+        .map(|kk| {
+            let (a, b) = (&pv[2 * kk], &pv[2 * kk + 1]);
+            Ok([
+                g.pack2(c.ty, a[0], a[1])?,
+                g.pack2(c.ty, a[2], a[3])?,
+                g.pack2(c.ty, b[0], b[1])?,
+                g.pack2(c.ty, b[2], b[3])?,
+            ])
+        })
+        .collect()
+}
+
+/// O += P V for this warp (V fragments via `ldmatrix.trans`).
+fn pv<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    pfrag: &[[IntValue<'ctx>; 4]],
+    o: &[[Var<'ctx>; 4]],
+) -> R<()> {
+    let mut acc: Vec<[FloatValue<'ctx>; 4]> = o
+        .iter()
+        .map(|x| {
+            Ok([
+                g.getf(&x[0])?,
+                g.getf(&x[1])?,
+                g.getf(&x[2])?,
+                g.getf(&x[3])?,
+            ])
+        })
+        .collect::<R<_>>()?;
+    // lane l: matrix mi = l / 8 -> kv row 16 kk + (mi % 2) * 8 + l % 8, chunk 2 ntp + mi / 2
+    let r8 = g.and(cx.lane, g.c32(7))?;
+    let mi = g.lshr(cx.lane, g.c32(3))?;
+    let row_in = g.add(g.mul(g.and(mi, g.c32(1))?, g.c32(8))?, r8)?;
+    let chunk_in = g.lshr(mi, g.c32(1))?;
+    for (kk, a) in pfrag.iter().enumerate() {
+        for ntp in 0..(c.dv / 16) as usize {
+            let row = g.add(row_in, g.c32(16 * kk as i64))?;
+            let chunk = g.add(chunk_in, g.c32(2 * ntp as i64))?;
+            let bf = g.ldmatrix_x4(c.v.addr(g, row, chunk)?, true)?;
+            acc[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &acc[2 * ntp])?;
+            acc[2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &acc[2 * ntp + 1])?;
+        }
+    }
+    for (x, v) in o.iter().zip(&acc) {
+        for i in 0..4 {
+            g.set(&x[i], v[i])?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn epilogue<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    o_ptr: PointerValue<'ctx>,
+    lse_ptr: PointerValue<'ctx>,
+    hq: IntValue<'ctx>,
+    m: &[Var<'ctx>; 2],
+    l: &[Var<'ctx>; 2],
+    o: &[[Var<'ctx>; 4]],
+) -> R<()> {
+    let slice = g.add(g.mul(cx.b, hq)?, cx.h)?;
+    let row_base = g.add(
+        g.add(cx.q0, g.mul(cx.warp, g.c32(16))?)?,
+        g.lshr(cx.lane, g.c32(2))?,
+    )?;
+    let quad = g.and(cx.lane, g.c32(3))?;
+    for hr in 0..2 {
+        let mut lt = g.getf(&l[hr])?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
+        let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
+        let inv = g.selectf(pos, g.b.build_float_div(g.cf(1.0), lt, "")?, g.cf(0.0))?;
+        let row = g.add(row_base, g.c32(8 * hr as i64))?;
+        let mhr = g.getf(&m[hr])?;
+        let vals: Vec<[FloatValue<'ctx>; 2]> = o
+            .iter()
+            .map(|x| Ok([g.getf(&x[2 * hr])?, g.getf(&x[2 * hr + 1])?]))
+            .collect::<R<_>>()?;
+        g.if_then(g.icmp(IntPredicate::SLT, row, cx.lq)?, || {
+            let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
+            let base = g.add(
+                g.mul(grow, g.c64(c.dv as i64 * 2))?,
+                g.zext64(g.mul(quad, g.c32(4))?)?,
+            )?;
+            for (nt, v) in vals.iter().enumerate() {
+                let packed = g.pack2(c.ty, g.fmul(v[0], inv)?, g.fmul(v[1], inv)?)?;
+                let ptr = g.gep_bytes(o_ptr, g.add(base, g.c64(nt as i64 * 16))?)?;
+                let st = g.b.build_store(ptr, packed)?;
+                st.set_alignment(4)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+            }
+            g.if_then(g.icmp(IntPredicate::EQ, quad, g.c32(0))?, || {
+                let lse = g.fmul(g.fadd(mhr, g.lg2(lt)?)?, g.cf(LN2))?;
+                let lse = g.selectf(pos, lse, g.cf(f32::NEG_INFINITY))?;
+                let ptr = g.gep_bytes(lse_ptr, g.mul(grow, g.c64(4))?)?;
+                g.store(ptr, lse)
+            })
+        })?;
+    }
+    Ok(())
+}

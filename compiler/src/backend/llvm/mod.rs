@@ -1,0 +1,344 @@
+//! The NVIDIA backend: one FlashAttention-2 class forward kernel per attention, built as
+//! LLVM IR with inkwell and emitted as PTX by LLVM's NVPTX target.
+//!
+//! In: a verified [`Program`] and [`PtxOptions`] (arch, head dims, input type, tile sizes,
+//! checked mode). Out: a [`PtxKernel`]: PTX text, LLVM IR text, entry name, block sizes
+//! (the runtime builds `BlockMaps` for exactly these), threads per CTA, dynamic shared
+//! memory and the order of the kernel's parameters ([`KernelParam`]). The same input
+//! always gives byte-identical text.
+//!
+//! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 query
+//! rows; K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
+//! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
+//! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
+//! kv blocks come from the CSR block table (runs of full/partial blocks per q block);
+//! the mask is evaluated only in partial blocks and in the block holding the end of
+//! the sequence.
+
+mod expr;
+mod gpu;
+mod kernel;
+pub mod samples;
+
+use crate::ir::Program;
+use inkwell::OptimizationLevel;
+use inkwell::context::Context;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
+};
+use std::fmt;
+
+/// GPU architecture to generate for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    Sm80,
+    Sm90,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+    fn ptx_feature(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "+ptx78",
+            Arch::Sm90 => "+ptx80",
+        }
+    }
+    /// Parses `sm_80` / `sm_90` (also `sm80`, `80`).
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.trim_start_matches("sm_").trim_start_matches("sm") {
+            "80" | "86" | "89" => Some(Arch::Sm80),
+            "90" | "90a" => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+    /// The arch to use for a device of compute capability (major, minor).
+    pub fn for_capability(major: i32, _minor: i32) -> Option<Arch> {
+        match major {
+            8 => Some(Arch::Sm80),
+            m if m >= 9 => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Element type of Q, K, V and O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputType {
+    Bf16,
+    F16,
+}
+
+impl InputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::Bf16 => "bf16",
+            InputType::F16 => "f16",
+        }
+    }
+}
+
+/// Everything that selects a kernel besides the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PtxOptions {
+    pub arch: Arch,
+    /// Head dim of Q and K.
+    pub d: u32,
+    /// Head dim of V and O.
+    pub dv: u32,
+    pub input: InputType,
+    /// Out-of-range tensor reads are recorded into the error words (else: indices clamped).
+    pub checked: bool,
+    /// Query rows per CTA (16 per warp): 64 or 128.
+    pub q_block: u32,
+    /// kv positions per tile: 32, 64 or 128.
+    pub kv_block: u32,
+}
+
+impl PtxOptions {
+    /// Defaults measured best on an H200 (bf16, D 64 and 128): 64 query rows (4 warps),
+    /// kv tiles of 64 (285 vs 254 TFLOP/s for 128x64 at D128, dense).
+    pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
+        PtxOptions {
+            arch,
+            d,
+            dv,
+            input,
+            checked: false,
+            q_block: 64,
+            kv_block: 64,
+        }
+    }
+    /// A stable one-line description (used in cache keys and file headers).
+    pub fn key(&self) -> String {
+        format!(
+            "arch={} d={} dv={} in={} checked={} qb={} kvb={}",
+            self.arch,
+            self.d,
+            self.dv,
+            self.input.name(),
+            self.checked,
+            self.q_block,
+            self.kv_block
+        )
+    }
+    fn validate(&self) -> Result<(), LlvmError> {
+        let dim_ok = |x: u32| x >= 16 && x <= 256 && x % 16 == 0;
+        if !dim_ok(self.d) || !dim_ok(self.dv) {
+            return Err(LlvmError::Unsupported(format!(
+                "head dims D={} Dv={}: the PTX backend supports multiples of 16 from 16 to 256",
+                self.d, self.dv
+            )));
+        }
+        if !matches!(self.q_block, 64 | 128) || !matches!(self.kv_block, 32 | 64 | 128) {
+            return Err(LlvmError::Unsupported(format!(
+                "tile {}x{}: q_block must be 64 or 128 and kv_block 32, 64 or 128",
+                self.q_block, self.kv_block
+            )));
+        }
+        let threads = self.q_block / 16 * 32;
+        for (what, rows, cols) in [
+            ("Q", self.q_block, self.d),
+            ("K", self.kv_block, self.d),
+            ("V", self.kv_block, self.dv),
+        ] {
+            if (rows * cols / 8) % threads != 0 {
+                return Err(LlvmError::Unsupported(format!(
+                    "{what} tile {rows}x{cols} does not split over {threads} threads"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One kernel parameter, in launch order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelParam {
+    /// `Q[B, Hq, Lq, D]` (input type).
+    Q,
+    /// `K[B, Hkv, Lkv, D]`.
+    K,
+    /// `V[B, Hkv, Lkv, Dv]`.
+    V,
+    /// `O[B, Hq, Lq, Dv]` (input type, written).
+    O,
+    /// `LSE[B, Hq, Lq]` (f32, natural log, written).
+    Lse,
+    /// `u32` CSR row starts of the flattened block maps (`BlockMaps::flatten`).
+    RowStart,
+    /// `u32` triples (start, end, full) of the flattened block maps.
+    Runs,
+    /// Runtime params, one 32-bit word each (i32, f32 bits, bool as 0/1).
+    Params,
+    /// `u32[8]` error words (checked mode; zeroed by the host; unused in fast mode).
+    Err,
+    /// Captured tensor `i` as i32 or f32 elements (at least one element).
+    Tensor(u32),
+    /// i32 scalars:
+    Lq,
+    Lkv,
+    Hq,
+    Hkv,
+    /// Number of q blocks (`ceil(Lq / q_block)`), also the rows of each map.
+    NumQBlocks,
+    /// Map index of slice (b, h) is `b * MapBStride + h * MapHStride`.
+    MapBStride,
+    MapHStride,
+    /// f32 softmax scale.
+    Scale,
+    /// Size of dim `dim` of captured tensor `tensor` (i32).
+    TensorDim {
+        tensor: u32,
+        dim: u32,
+    },
+}
+
+/// The generated kernel and how to launch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxKernel {
+    pub ptx: String,
+    pub llvm_ir: String,
+    pub entry: String,
+    pub options: PtxOptions,
+    pub q_block: u32,
+    pub kv_block: u32,
+    pub threads: u32,
+    pub smem_bytes: u32,
+    pub params: Vec<KernelParam>,
+    /// Grid: (NumQBlocks, Hq, B).
+    pub grid_note: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LlvmError {
+    #[error("unsupported kernel configuration: {0}")]
+    Unsupported(String),
+    #[error("LLVM builder: {0}")]
+    Builder(String),
+    #[error("LLVM: {0}")]
+    Llvm(String),
+    #[error("internal error in the PTX generator: {0}")]
+    Internal(&'static str),
+}
+
+impl From<inkwell::builder::BuilderError> for LlvmError {
+    fn from(e: inkwell::builder::BuilderError) -> Self {
+        LlvmError::Builder(e.to_string())
+    }
+}
+
+/// A hash of this generator's source, so that caches keyed by it are invalidated when the
+/// generator changes.
+pub fn generator_hash() -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for s in [
+        include_str!("mod.rs"),
+        include_str!("kernel.rs"),
+        include_str!("gpu.rs"),
+        include_str!("expr.rs"),
+    ] {
+        for b in s.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// Generates the kernel of `program` (which must pass `ir::verify_program`).
+pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    opts.validate()?;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple).map_err(|e| LlvmError::Llvm(e.to_string()))?;
+    let tm = target
+        .create_target_machine(
+            &triple,
+            opts.arch.name(),
+            opts.arch.ptx_feature(),
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| LlvmError::Llvm("cannot create the NVPTX target machine".into()))?;
+    let ctx = Context::create();
+    let module = ctx.create_module(&format!("attnc_{}", program.name));
+    module.set_triple(&triple);
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    let entry = format!("attnc_{}", sanitize(&program.name));
+    let built = kernel::build(&ctx, module, program, opts, &entry)?;
+    let module = built.module;
+    if let Ok(path) = std::env::var("ATTNC_DUMP_LL") {
+        let _ = std::fs::write(path, module.print_to_string().to_string());
+    }
+    module.verify().map_err(|e| {
+        let mut e = e.to_string();
+        e.truncate(2000);
+        LlvmError::Llvm(format!("module verification failed: {e}"))
+    })?;
+    let pbo = PassBuilderOptions::create();
+    module
+        .run_passes("default<O3>", &tm, pbo)
+        .map_err(|e| LlvmError::Llvm(e.to_string()))?;
+    let llvm_ir = module.print_to_string().to_string();
+    let buf = tm
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| LlvmError::Llvm(e.to_string()))?;
+    let ptx = String::from_utf8_lossy(buf.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+    if !ptx.contains(&format!(".entry {entry}")) {
+        return Err(LlvmError::Internal(
+            "the kernel was not emitted as a .entry",
+        ));
+    }
+    let mut k = layout(program, opts)?;
+    debug_assert_eq!(
+        (k.threads, k.smem_bytes, &k.params),
+        (built.threads, built.smem_bytes, &built.params)
+    );
+    k.ptx = ptx;
+    k.llvm_ir = llvm_ir;
+    Ok(k)
+}
+
+/// The launch description of `program`'s kernel without generating it (`ptx` and
+/// `llvm_ir` empty): what a runtime needs next to PTX text taken from a cache.
+pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    opts.validate()?;
+    let (threads, smem_bytes) = kernel::sizes(opts);
+    Ok(PtxKernel {
+        ptx: String::new(),
+        llvm_ir: String::new(),
+        entry: format!("attnc_{}", sanitize(&program.name)),
+        options: *opts,
+        q_block: opts.q_block,
+        kv_block: opts.kv_block,
+        threads,
+        smem_bytes,
+        params: kernel::param_list(program),
+        grid_note: "grid = (NumQBlocks, Hq, B), block = (threads, 1, 1)",
+    })
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! CPU-side tests of the PTX generator: every sample emits a `.entry` with the mma,
+//! ldmatrix and cp.async instructions, deterministically, for both archs and input types.
+
+use super::*;
+use crate::ir::verify_program;
+
+#[test]
+fn samples_emit_ptx_entries_deterministically() {
+    for p in samples::all(16) {
+        verify_program(&p).unwrap();
+        for (d, ty, arch) in [
+            (128, InputType::Bf16, Arch::Sm90),
+            (64, InputType::F16, Arch::Sm80),
+        ] {
+            let opts = PtxOptions::new(arch, d, d, ty);
+            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(
+                k.ptx.contains(&format!(".visible .entry {}", k.entry)),
+                "{}",
+                p.name
+            );
+            assert!(
+                k.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32"),
+                "{}",
+                p.name
+            );
+            assert!(
+                k.ptx
+                    .contains("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"),
+                "{}",
+                p.name
+            );
+            assert!(k.ptx.contains("cp.async.cg.shared.global"), "{}", p.name);
+            assert!(
+                !k.ptx.contains(".extern .func"),
+                "{}: unresolved intrinsic",
+                p.name
+            );
+            assert!(k.ptx.contains("bar.sync"), "{}", p.name);
+            assert!(
+                !k.ptx.contains(".local"),
+                "{}: registers spilled to local memory",
+                p.name
+            );
+            let again = emit(&p, &opts).unwrap();
+            assert_eq!(k.ptx, again.ptx, "{}: PTX is not deterministic", p.name);
+            assert_eq!(k.llvm_ir, again.llvm_ir);
+        }
+    }
+}
+
+#[test]
+fn checked_mode_records_errors() {
+    let p = samples::document_causal();
+    let mut opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    opts.checked = true;
+    let k = emit(&p, &opts).unwrap();
+    assert!(
+        k.ptx.contains("atom.") && k.ptx.contains(".cas.b32"),
+        "no compare-and-swap in checked mode"
+    );
+}
+
+#[test]
+fn rejects_unsupported_dims() {
+    let opts = PtxOptions::new(Arch::Sm90, 72, 72, InputType::Bf16);
+    assert!(matches!(
+        emit(&samples::dense(), &opts),
+        Err(LlvmError::Unsupported(_))
+    ));
+}
+
+/// `ATTNC_PTX_DUMP=DIR cargo test -p attnc-compiler dump_ptx -- --ignored` writes each
+/// sample's PTX and LLVM IR to DIR (for reading and for `ptxas` on a GPU machine).
+#[test]
+#[ignore]
+fn dump_ptx() {
+    let dir = std::env::var("ATTNC_PTX_DUMP").unwrap_or_else(|_| "/tmp/attnc_ptx".into());
+    std::fs::create_dir_all(&dir).unwrap();
+    for p in samples::all(16) {
+        for (d, ty, checked) in [
+            (128, InputType::Bf16, false),
+            (64, InputType::Bf16, false),
+            (128, InputType::F16, true),
+        ] {
+            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+            opts.checked = checked;
+            let k = emit(&p, &opts).unwrap();
+            let stem = format!(
+                "{dir}/{}_d{d}_{}{}",
+                p.name,
+                ty.name(),
+                if checked { "_checked" } else { "" }
+            );
+            std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
+            std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `attnc bench`: time one attention on one backend with synthetic inputs.
+//!
+//! In: the .attn file and attention, a shape, a backend, params. Out: compile time,
+//! time per call and FLOP rate counting only unmasked pairs, on stdout.
+
+use super::{BackendArg, parse_params};
+use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};
+use attnc_compiler::analysis::classify::{analyze, build_block_maps};
+use std::path::PathBuf;
+
+pub(crate) struct BenchArgs {
+    pub file: PathBuf,
+    pub attention: Option<String>,
+    pub backend: BackendArg,
+    pub shape: Shape,
+    pub dtype: String,
+    pub threads: usize,
+    pub iters: usize,
+    pub params: Vec<String>,
+    pub docs: usize,
+}
+
+pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
+    let t0 = std::time::Instant::now();
+    let compiled = Compiled::from_file(&a.file)?;
+    let variant = compiled.select(a.attention.as_deref())?;
+    let front_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let dtype = DType::parse(&a.dtype)
+        .filter(|d| d.is_float())
+        .ok_or_else(|| Error::Usage(format!("--dtype: `{}` is not f32, f16 or bf16", a.dtype)))?;
+    let shape = a.shape;
+    let mut caps = synth::captures_with_ids(variant.program(), &shape, 7, a.docs);
+    for (name, v) in parse_params(&a.params)? {
+        caps.params.insert(name, v);
+    }
+    let (q, k, v) = synth::qkv(&shape, dtype, 11);
+    let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
+    opts.threads = a.threads;
+    let t0 = std::time::Instant::now();
+    let mut bound = variant.bind(opts)?;
+    let bind_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // the work actually done: unmasked pairs, from block maps at a fine granularity
+    let bindings = bound.bindings(&caps)?;
+    let p = variant.program();
+    let maps = build_block_maps(p, &analyze(p), &shape, 64, 64, &bindings)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let pairs = bench::unmasked_pairs(p, &shape, &maps, &bindings);
+    let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
+    let mut err = None;
+    let device_ms = bound.device_time_ms(&q, &k, &v, &caps, a.iters)?;
+    let ms = if let Some(ms) = device_ms {
+        ms
+    } else {
+        bench::time_ms(
+            || {
+                if let Err(e) = bound.forward(&q, &k, &v, &caps) {
+                    err.get_or_insert(e);
+                }
+            },
+            1,
+            a.iters,
+            3,
+        )
+    };
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let gflops = bench::flops(&shape, pairs) / (ms * 1e-3) / 1e9;
+    let unit = if device_ms.is_some() {
+        format!("{:.1} TFLOP/s (device time)", gflops / 1e3)
+    } else {
+        format!("{gflops:.1} GFLOP/s")
+    };
+    outln!(
+        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}",
+        variant.name(),
+        a.backend.backend().name(),
+        shape.b,
+        shape.hq,
+        shape.hkv,
+        shape.lq,
+        shape.lkv,
+        shape.d,
+        dtype,
+        front_ms + bind_ms,
+    );
+    Ok(())
+}

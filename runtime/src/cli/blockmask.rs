@@ -1,0 +1,134 @@
+//! `attnc blockmask`: the block structure of an attention's mask, derived by analysis.
+//!
+//! In: the .attn file and attention, lengths, block sizes, optional captures
+//! (safetensors) and params. Out: how the mask was classified (tier, closed form),
+//! counts of empty/full/partial blocks, density, a text picture, and optionally PNG/SVG
+//! files. With `--exact`, also the exact partial count by brute force (small L only).
+
+use super::parse_params;
+use attnc::blockview;
+use attnc::io::read_safetensors;
+use attnc::{Captures, Compiled, Error, Shape};
+use attnc_compiler::analysis::classify::{analyze, build_block_maps, precision};
+use std::path::PathBuf;
+
+pub(crate) struct BlockmaskArgs {
+    pub file: PathBuf,
+    pub attention: Option<String>,
+    pub lq: usize,
+    pub lkv: usize,
+    pub block: String,
+    pub batch: usize,
+    pub head: usize,
+    pub inputs: Option<PathBuf>,
+    pub params: Vec<String>,
+    pub png: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
+    pub exact: bool,
+}
+
+fn parse_block(s: &str) -> Result<(usize, usize), Error> {
+    let bad = || Error::Usage(format!("--block expects QxK (e.g. 128x64) or N, got `{s}`"));
+    let (a, b) = match s.split_once(['x', 'X']) {
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
+    let compiled = Compiled::from_file(&a.file)?;
+    let variant = compiled.select(a.attention.as_deref())?;
+    let (qb, kb) = parse_block(&a.block)?;
+    // captures decide B and H where they are declared with those dims; default 1
+    let mut captures = Captures::default();
+    if let Some(path) = &a.inputs {
+        for (name, t) in read_safetensors(path)? {
+            if !matches!(name.as_str(), "q" | "k" | "v") {
+                captures.tensors.insert(name, t);
+            }
+        }
+    }
+    for (name, v) in parse_params(&a.params)? {
+        captures.params.insert(name, v);
+    }
+    let p = variant.program();
+    let shape = Shape {
+        b: a.batch.max(1),
+        hq: a.head.max(1),
+        hkv: 1,
+        lq: a.lq,
+        lkv: a.lkv,
+        d: 64,
+        dv: 64,
+    };
+    // what the user did not give is synthesized (sorted ids, L/4 for integer params) and said so
+    let synthetic = attnc::synth::captures(p, &shape, 7);
+    for (name, t) in synthetic.tensors {
+        if !captures.tensors.contains_key(&name) {
+            outln!(
+                "note: tensor `{name}` not given (--inputs); using synthetic sorted ids / random values"
+            );
+            captures.tensors.insert(name, t);
+        }
+    }
+    for (name, v) in synthetic.params {
+        if !captures.params.contains_key(&name) {
+            outln!("note: param `{name}` not given (--param); using {v:?}");
+            captures.params.insert(name, v);
+        }
+    }
+    let bound = variant.bind(attnc::BindOptions::new(
+        attnc::Backend::Reference,
+        shape,
+        attnc::DType::F32,
+    ))?;
+    let bindings = bound.bindings(&captures)?;
+    let info = analyze(p);
+    let t0 = std::time::Instant::now();
+    let maps = build_block_maps(p, &info, &shape, qb, kb, &bindings)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let us = t0.elapsed().as_secs_f64() * 1e6;
+    outln!(
+        "attention {} — Lq {} x Lkv {}, blocks {qb}x{kb}",
+        p.name,
+        a.lq,
+        a.lkv
+    );
+    outln!("{info}");
+    outln!("built {} map(s) in {us:.0} us", maps.maps.len());
+    let m = maps.get(0, 0);
+    let st = blockview::stats(m);
+    outln!("{st}");
+    if a.exact {
+        let pr =
+            precision(p, &shape, qb, kb, &bindings).map_err(|e| Error::Usage(e.to_string()))?;
+        outln!("exact (brute force): {pr:?}");
+    }
+    out!("{}", blockview::text_picture(m, 64));
+    if let Some(path) = &a.png {
+        let bytes = blockview::png_bytes(m).map_err(|e| Error::Usage(e.to_string()))?;
+        std::fs::write(path, bytes).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        outln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.svg {
+        std::fs::write(path, blockview::svg_string(m)).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
+}

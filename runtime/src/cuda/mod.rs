@@ -1,0 +1,621 @@
+//! The CUDA runtime: loads the PTX kernels of `attnc_compiler::backend::llvm` with the
+//! driver API (through cudarc, loaded dynamically) and launches them.
+//!
+//! In: a [`PtxKernel`], a [`Shape`], Q/K/V as 16-bit bit patterns (bf16 or f16, the
+//! kernel's input type), the softmax scale, [`Bindings`] (params, captured tensors as
+//! i32/f32) and [`BlockMaps`] built for the kernel's `q_block` x `kv_block`.
+//! Out: O (same 16-bit type) and LSE (f32, natural log), or a [`CudaError`].
+//!
+//! Everything builds and runs without CUDA: [`CudaDevice::new`] returns
+//! [`CudaError::NoDriver`] / [`CudaError::NoDevice`] where there is no driver or GPU.
+//!
+//! API:
+//! - [`CudaDevice::new`]`(ordinal)`: context + stream; [`CudaDevice::arch`] picks sm_80/sm_90.
+//! - [`CudaKernel::load`]`(&dev, &PtxKernel)`: `cuModuleLoadData`, raises the dynamic
+//!   shared-memory limit when the kernel needs more than 48 KiB.
+//! - [`CudaKernel::forward_host`]: upload, launch, download (one call).
+//! - [`CudaKernel::upload`] / [`CudaKernel::launch`] / [`CudaKernel::download`] and
+//!   [`CudaKernel::time`]: the device-resident path for benchmarks (CUDA events).
+//! - [`JitCache`]: program + options -> loaded kernel, through an in-memory map and the
+//!   on-disk PTX cache of [`crate::cache`].
+
+use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
+use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::backend::llvm::{self, Arch, KernelParam, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::interp::{Bindings, TensorData};
+use attnc_compiler::ir::{Program, Scalar, write_program};
+use attnc_compiler::shape::Shape;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CudaError {
+    #[error("no CUDA driver found (libcuda is not installed)")]
+    NoDriver,
+    #[error("no CUDA device with ordinal {0}")]
+    NoDevice(usize),
+    #[error("unsupported GPU: compute capability {0}.{1} (attnc needs 8.0 or newer)")]
+    UnsupportedGpu(i32, i32),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("PTX generation: {0}")]
+    Codegen(#[from] LlvmError),
+    #[error("{0}")]
+    Mismatch(String),
+    /// Checked mode: the first out-of-range captured-tensor read of the launch.
+    #[error("out-of-range read of tensor #{tensor} at {index:?} (instruction v{inst} of the {})", if *in_score { "score" } else { "mask" })]
+    OutOfBounds {
+        in_score: bool,
+        inst: u32,
+        tensor: u32,
+        index: Vec<i32>,
+    },
+}
+
+impl From<DriverError> for CudaError {
+    fn from(e: DriverError) -> Self {
+        CudaError::Driver(format!("{e:?}"))
+    }
+}
+
+/// A GPU with its context and the stream every launch uses.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+    capability: (i32, i32),
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`; a clean error (never a panic) without driver or device.
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        // SAFETY: only tries to dlopen libcuda; no driver call is made without it.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(|_| CudaError::NoDevice(ordinal))?;
+        if ordinal as i32 >= count {
+            return Err(CudaError::NoDevice(ordinal));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream, ordered launches: no per-buffer event tracking needed.
+        // SAFETY: every buffer of this device is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let capability = ctx.compute_capability()?;
+        let arch = Arch::for_capability(capability.0, capability.1)
+            .ok_or(CudaError::UnsupportedGpu(capability.0, capability.1))?;
+        let name = ctx.name()?;
+        let stream = ctx.default_stream();
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            arch,
+            name,
+            capability,
+        })
+    }
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+    /// Uploads 16-bit data (for benchmarks that keep inputs on the device).
+    pub fn upload_u16(&self, data: &[u16]) -> Result<CudaSlice<u16>, CudaError> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+}
+
+/// A loaded kernel.
+pub struct CudaKernel {
+    _module: Arc<CudaModule>,
+    func: CudaFunction,
+    meta: PtxKernel,
+    /// Milliseconds `cuModuleLoadData` + function lookup took.
+    pub load_ms: f64,
+}
+
+/// Inputs, outputs and tables of one problem, resident on the device.
+pub struct DeviceProblem {
+    pub shape: Shape,
+    pub scale: f32,
+    pub q: CudaSlice<u16>,
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
+    pub o: CudaSlice<u16>,
+    pub lse: CudaSlice<f32>,
+    row_start: CudaSlice<u32>,
+    runs: CudaSlice<u32>,
+    params: CudaSlice<u32>,
+    err: CudaSlice<u32>,
+    tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
+    n_q_blocks: u32,
+    map_b_stride: i32,
+    map_h_stride: i32,
+}
+
+impl CudaKernel {
+    pub fn load(dev: &CudaDevice, k: &PtxKernel) -> Result<Self, CudaError> {
+        let t = Instant::now();
+        let module = dev
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))?;
+        let func = module.load_function(&k.entry)?;
+        if k.smem_bytes > 48 * 1024 {
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                k.smem_bytes as i32,
+            )?;
+        }
+        Ok(CudaKernel {
+            _module: module,
+            func,
+            meta: strip(k),
+            load_ms: t.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    pub fn meta(&self) -> &PtxKernel {
+        &self.meta
+    }
+
+    fn check(&self, shape: &Shape, bind: &Bindings, maps: &BlockMaps) -> Result<(), CudaError> {
+        shape
+            .validate()
+            .map_err(|e| CudaError::Mismatch(e.to_string()))?;
+        let o = &self.meta.options;
+        if shape.d != o.d as usize || shape.dv != o.dv as usize {
+            return Err(CudaError::Mismatch(format!(
+                "kernel built for D={} Dv={}, called with D={} Dv={}",
+                o.d, o.dv, shape.d, shape.dv
+            )));
+        }
+        for m in &maps.maps {
+            if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
+                || (m.lq, m.lkv) != (shape.lq, shape.lkv)
+            {
+                return Err(CudaError::Mismatch(format!(
+                    "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
+                    m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+                )));
+            }
+        }
+        let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
+        if maps.maps.is_empty() || last >= maps.maps.len() {
+            return Err(CudaError::Mismatch(format!(
+                "{} block maps with strides ({}, {}) do not cover B={} H={}",
+                maps.maps.len(),
+                maps.b_stride,
+                maps.h_stride,
+                shape.b,
+                shape.hq
+            )));
+        }
+        let n_tensors = self
+            .meta
+            .params
+            .iter()
+            .filter(|p| matches!(p, KernelParam::Tensor(_)))
+            .count();
+        if bind.tensors.len() != n_tensors {
+            return Err(CudaError::Mismatch(format!(
+                "{} captured tensors bound, the kernel reads {n_tensors}",
+                bind.tensors.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Uploads everything one launch needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        q: &[u16],
+        k: &[u16],
+        v: &[u16],
+        scale: f32,
+        bind: &Bindings,
+        maps: &BlockMaps,
+    ) -> Result<DeviceProblem, CudaError> {
+        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
+            return Err(CudaError::Mismatch(
+                "q/k/v lengths do not match the shape".into(),
+            ));
+        }
+        let s = &dev.stream;
+        let (q, k, v) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
+        self.upload_device(dev, shape, q, k, v, scale, bind, maps)
+    }
+
+    /// Like [`Self::upload`] with Q/K/V already on the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_device(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        q: CudaSlice<u16>,
+        k: CudaSlice<u16>,
+        v: CudaSlice<u16>,
+        scale: f32,
+        bind: &Bindings,
+        maps: &BlockMaps,
+    ) -> Result<DeviceProblem, CudaError> {
+        self.check(shape, bind, maps)?;
+        let s = &dev.stream;
+        let (row_start, runs) = maps.flatten();
+        let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+        let words: Vec<u32> = bind
+            .params
+            .iter()
+            .map(|p| match p {
+                Scalar::Bool(b) => *b as u32,
+                Scalar::I32(x) => *x as u32,
+                Scalar::F32(x) => x.to_bits(),
+            })
+            .collect();
+        let nonempty = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
+        let mut tensors = Vec::new();
+        for t in &bind.tensors {
+            let data: Vec<u32> = match &t.data {
+                TensorData::I32(v) => v.iter().map(|x| *x as u32).collect(),
+                TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            };
+            // an empty tensor reads as zeros (dims raised to 1, one zero element)
+            let dims: Vec<i32> = t
+                .dims
+                .iter()
+                .map(|d| (*d).clamp(1, i32::MAX as usize) as i32)
+                .collect();
+            let n: usize = dims.iter().map(|d| *d as usize).product();
+            let mut data = nonempty(data);
+            data.resize(n.max(data.len()), 0);
+            tensors.push((s.clone_htod(&data)?, dims));
+        }
+        Ok(DeviceProblem {
+            shape: *shape,
+            scale,
+            q,
+            k,
+            v,
+            o: s.alloc_zeros(shape.o_len().max(1))?,
+            lse: s.alloc_zeros(shape.lse_len().max(1))?,
+            row_start: s.clone_htod(&row_start)?,
+            runs: s.clone_htod(&nonempty(runs))?,
+            params: s.clone_htod(&nonempty(words))?,
+            err: s.alloc_zeros(8)?,
+            tensors,
+            n_q_blocks: shape.lq.div_ceil(self.meta.q_block as usize) as u32,
+            map_b_stride: maps.b_stride as i32,
+            map_h_stride: maps.h_stride as i32,
+        })
+    }
+
+    /// Enqueues one launch (asynchronous).
+    pub fn launch(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
+        let sh = &p.shape;
+        if sh.lq == 0 || sh.b == 0 || sh.hq == 0 {
+            return Ok(());
+        }
+        let s = &dev.stream;
+        let ptr = |x: &CudaSlice<u16>| x.device_ptr(s).0;
+        let ptr32 = |x: &CudaSlice<u32>| x.device_ptr(s).0;
+        let mut ptrs: Vec<u64> = Vec::new();
+        let mut ints: Vec<i32> = Vec::new();
+        // first pass: collect values (stable addresses: no push after the arg pass starts)
+        enum A {
+            P(usize),
+            I(usize),
+            F,
+        }
+        let mut order = Vec::with_capacity(self.meta.params.len());
+        for kp in &self.meta.params {
+            let a = match kp {
+                KernelParam::Q => {
+                    ptrs.push(ptr(&p.q));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::K => {
+                    ptrs.push(ptr(&p.k));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::V => {
+                    ptrs.push(ptr(&p.v));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::O => {
+                    ptrs.push(ptr(&p.o));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Lse => {
+                    ptrs.push(p.lse.device_ptr(s).0);
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::RowStart => {
+                    ptrs.push(ptr32(&p.row_start));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Runs => {
+                    ptrs.push(ptr32(&p.runs));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Params => {
+                    ptrs.push(ptr32(&p.params));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Err => {
+                    ptrs.push(ptr32(&p.err));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Tensor(t) => {
+                    ptrs.push(ptr32(&p.tensors[*t as usize].0));
+                    A::P(ptrs.len() - 1)
+                }
+                KernelParam::Scale => A::F,
+                other => {
+                    ints.push(match other {
+                        KernelParam::Lq => sh.lq as i32,
+                        KernelParam::Lkv => sh.lkv as i32,
+                        KernelParam::Hq => sh.hq as i32,
+                        KernelParam::Hkv => sh.hkv as i32,
+                        KernelParam::NumQBlocks => p.n_q_blocks as i32,
+                        KernelParam::MapBStride => p.map_b_stride,
+                        KernelParam::MapHStride => p.map_h_stride,
+                        KernelParam::TensorDim { tensor, dim } => {
+                            p.tensors[*tensor as usize].1[*dim as usize]
+                        }
+                        _ => unreachable!("pointer params handled above"),
+                    });
+                    A::I(ints.len() - 1)
+                }
+            };
+            order.push(a);
+        }
+        let mut b = s.launch_builder(&self.func);
+        for a in &order {
+            match a {
+                A::P(i) => b.arg(&ptrs[*i]),
+                A::I(i) => b.arg(&ints[*i]),
+                A::F => b.arg(&p.scale),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (p.n_q_blocks, sh.hq as u32, sh.b as u32),
+            block_dim: (self.meta.threads, 1, 1),
+            shared_mem_bytes: self.meta.smem_bytes,
+        };
+        // SAFETY: the argument list follows `meta.params` (the kernel's signature) and every
+        // buffer has the size the kernel indexes (checked in `check` / built in `upload`).
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Waits, then copies O and LSE back and reports a checked-mode error if one was recorded.
+    pub fn download(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+    ) -> Result<(Vec<u16>, Vec<f32>), CudaError> {
+        let s = &dev.stream;
+        s.synchronize()?;
+        let err = s.clone_dtoh(&p.err)?;
+        if err[0] != 0 {
+            let rank = self_rank(&self.meta, err[1]);
+            return Err(CudaError::OutOfBounds {
+                in_score: err[0] & (1 << 16) != 0,
+                inst: (err[0] & 0xffff) - 1,
+                tensor: err[1],
+                index: err[2..2 + rank.min(6)].iter().map(|x| *x as i32).collect(),
+            });
+        }
+        let mut o = s.clone_dtoh(&p.o)?;
+        let mut lse = s.clone_dtoh(&p.lse)?;
+        o.truncate(p.shape.o_len());
+        lse.truncate(p.shape.lse_len());
+        Ok((o, lse))
+    }
+
+    /// Upload, launch, download.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_host(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        q: &[u16],
+        k: &[u16],
+        v: &[u16],
+        scale: f32,
+        bind: &Bindings,
+        maps: &BlockMaps,
+    ) -> Result<(Vec<u16>, Vec<f32>), CudaError> {
+        let p = self.upload(dev, shape, q, k, v, scale, bind, maps)?;
+        self.launch(dev, &p)?;
+        self.download(dev, &p)
+    }
+
+    /// Median milliseconds per launch over `reps` repetitions of `iters` back-to-back
+    /// launches, timed with CUDA events after `warmup` launches.
+    pub fn time(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+        warmup: usize,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, CudaError> {
+        for _ in 0..warmup {
+            self.launch(dev, p)?;
+        }
+        dev.synchronize()?;
+        let mut ts = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            let start = dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            start.record(&dev.stream)?;
+            for _ in 0..iters.max(1) {
+                self.launch(dev, p)?;
+            }
+            end.record(&dev.stream)?;
+            end.synchronize()?;
+            ts.push(start.elapsed_ms(&end)? as f64 / iters.max(1) as f64);
+        }
+        ts.sort_by(|a, b| a.total_cmp(b));
+        Ok(ts[ts.len() / 2])
+    }
+}
+
+fn self_rank(meta: &PtxKernel, tensor: u32) -> usize {
+    meta.params
+        .iter()
+        .filter(|p| matches!(p, KernelParam::TensorDim { tensor: t, .. } if *t == tensor))
+        .count()
+}
+
+/// The metadata of a kernel without its (large) texts.
+fn strip(k: &PtxKernel) -> PtxKernel {
+    PtxKernel {
+        ptx: String::new(),
+        llvm_ir: String::new(),
+        ..k.clone()
+    }
+}
+
+/// How a [`JitCache::get`] was served, with its timings.
+#[derive(Clone, Copy, Debug)]
+pub struct JitStats {
+    /// Found loaded in memory.
+    pub memory_hit: bool,
+    /// PTX found on disk (else generated).
+    pub disk: Option<Lookup>,
+    /// Milliseconds generating PTX (0 on a disk hit).
+    pub codegen_ms: f64,
+    /// Milliseconds loading the module.
+    pub load_ms: f64,
+    /// Total milliseconds.
+    pub total_ms: f64,
+}
+
+/// Program + options -> loaded kernel, cached in memory (per device) and on disk (PTX).
+pub struct JitCache {
+    disk: Option<DiskCache>,
+    mem: Mutex<HashMap<String, Arc<CudaKernel>>>,
+}
+
+impl JitCache {
+    pub fn new(disk: Option<DiskCache>) -> Self {
+        JitCache {
+            disk,
+            mem: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache key of a program's kernel.
+    pub fn key(program: &Program, opts: &PtxOptions) -> String {
+        cache_key(&[
+            write_program(program).as_bytes(),
+            program.name.as_bytes(),
+            opts.key().as_bytes(),
+            compiler_build_id().as_bytes(),
+        ])
+    }
+
+    pub fn get(
+        &self,
+        dev: &CudaDevice,
+        program: &Program,
+        opts: &PtxOptions,
+    ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
+        let t0 = Instant::now();
+        let key = Self::key(program, opts);
+        if let Some(k) = self
+            .mem
+            .lock()
+            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
+            .get(&key)
+        {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            return Ok((
+                k.clone(),
+                JitStats {
+                    memory_hit: true,
+                    disk: None,
+                    codegen_ms: 0.0,
+                    load_ms: 0.0,
+                    total_ms: ms,
+                },
+            ));
+        }
+        let mut codegen_ms = 0.0;
+        let mut gen_ptx = || -> Result<Vec<u8>, CudaError> {
+            let t = Instant::now();
+            let k = llvm::emit(program, opts)?;
+            codegen_ms = t.elapsed().as_secs_f64() * 1e3;
+            Ok(k.ptx.into_bytes())
+        };
+        let (ptx, disk) = match &self.disk {
+            Some(d) => {
+                let (b, how) = d.get_or_insert_with(&key, "ptx", &mut gen_ptx)?;
+                (b, Some(how))
+            }
+            None => (gen_ptx()?, None),
+        };
+        let mut meta = llvm::layout(program, opts)?;
+        meta.ptx = String::from_utf8(ptx)
+            .map_err(|_| CudaError::Driver("cached PTX is not UTF-8".into()))?;
+        let k = Arc::new(CudaKernel::load(dev, &meta)?);
+        let load_ms = k.load_ms;
+        self.mem
+            .lock()
+            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
+            .insert(key, k.clone());
+        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok((
+            k,
+            JitStats {
+                memory_hit: false,
+                disk,
+                codegen_ms,
+                load_ms,
+                total_ms,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_device_is_a_clean_error() {
+        match CudaDevice::new(0) {
+            Ok(d) => eprintln!("CUDA device present: {}", d.name()),
+            Err(e) => assert!(
+                matches!(e, CudaError::NoDriver | CudaError::NoDevice(_)),
+                "{e}"
+            ),
+        }
+        assert!(matches!(
+            CudaDevice::new(1 << 20),
+            Err(CudaError::NoDriver | CudaError::NoDevice(_))
+        ));
+    }
+}

@@ -1,0 +1,284 @@
+//! GPU differential tests: every sample kernel against the f64 oracle
+//! (`reference::attention`) on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128,
+//! bf16 and f16), fully masked rows, and checked mode. Without a CUDA device each test
+//! prints `SKIPPED <name>: no CUDA device` and returns.
+//!
+//! Tolerance (bf16/f16 inputs, f32 accumulation, P rounded to the input type for P·V):
+//! |O - O_ref| <= 0.03 + 0.02 |O_ref| for bf16 (0.01 + 0.01 |O_ref| for f16), and
+//! |LSE - LSE_ref| <= 0.01 (|LSE| <= 0.5% relative beyond 2); -inf LSE must match exactly;
+//! NaN never passes. The oracle sees the same rounded inputs, so the error comes only from
+//! the P rounding (relative 2^-8 for bf16, 2^-11 for f16) and the approximate ex2/lg2/tanh.
+
+mod gpu_util;
+
+use attnc::cuda::{CudaError, CudaKernel};
+use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
+use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, samples};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::ir::Program;
+use attnc_compiler::reference;
+use attnc_compiler::shape::Shape;
+use gpu_util::*;
+
+struct Case {
+    shape: Shape,
+    ty: InputType,
+    qb: u32,
+    kvb: u32,
+}
+
+fn cases() -> Vec<Case> {
+    let s = |b, hq, hkv, lq, lkv, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    vec![
+        Case {
+            shape: s(2, 4, 2, 77, 131, 128),
+            ty: InputType::Bf16,
+            qb: 128,
+            kvb: 64,
+        },
+        Case {
+            shape: s(1, 4, 1, 200, 63, 64),
+            ty: InputType::F16,
+            qb: 64,
+            kvb: 64,
+        },
+        Case {
+            shape: s(2, 2, 2, 129, 129, 64),
+            ty: InputType::Bf16,
+            qb: 128,
+            kvb: 128,
+        },
+        Case {
+            shape: s(1, 3, 3, 300, 257, 128),
+            ty: InputType::F16,
+            qb: 64,
+            kvb: 32,
+        },
+        Case {
+            shape: s(1, 2, 1, 1, 70, 128),
+            ty: InputType::Bf16,
+            qb: 64,
+            kvb: 64,
+        },
+    ]
+}
+
+/// Runs `p` on the GPU and the oracle; returns the number of compared rows.
+fn check_one(
+    dev: &attnc::cuda::CudaDevice,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: Option<BlockMaps>,
+    seed: u64,
+) -> Result<(), String> {
+    let sh = &c.shape;
+    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
+    opts.q_block = c.qb;
+    opts.kv_block = c.kvb;
+    let k = emit(p, &opts).map_err(|e| e.to_string())?;
+    let kern = CudaKernel::load(dev, &k).map_err(|e| e.to_string())?;
+    let mut r = rng(seed);
+    let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
+    let (kb, kf) = random_input(&mut r, sh.k_len(), 2.0, c.ty);
+    let (vb, vf) = random_input(&mut r, sh.v_len(), 1.0, c.ty);
+    let scale = sh.default_scale();
+    let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
+    let (o, lse) = kern
+        .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
+        .map_err(|e| e.to_string())?;
+    let want =
+        reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
+    let (abs, rel) = if c.ty == InputType::Bf16 {
+        (0.03, 0.02)
+    } else {
+        (0.01, 0.01)
+    };
+    let mut worst = 0f32;
+    for (i, (got, w)) in o.iter().zip(&want.o).enumerate() {
+        let g = from_bits(*got, c.ty);
+        let err = (g - w).abs();
+        if g.is_nan() || err > abs + rel * w.abs() {
+            return Err(format!("O[{i}] = {g}, oracle {w} (row {})", i / sh.dv));
+        }
+        worst = worst.max(err);
+    }
+    for (i, (g, w)) in lse.iter().zip(&want.lse).enumerate() {
+        let ok = if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= 0.01 + 0.005 * w.abs()
+        };
+        if !ok || g.is_nan() {
+            return Err(format!("LSE[{i}] = {g}, oracle {w}"));
+        }
+    }
+    println!(
+        "  ok {} {:?} {} qb{} kvb{}: max |dO| {worst:.2e}",
+        p.name,
+        sh,
+        c.ty.name(),
+        c.qb,
+        c.kvb
+    );
+    Ok(())
+}
+
+#[test]
+fn gpu_samples_match_oracle() {
+    let Some(dev) = device_or_skip("gpu_samples_match_oracle") else {
+        return;
+    };
+    println!(
+        "device: {} ({:?}, {})",
+        dev.name(),
+        dev.capability(),
+        dev.arch()
+    );
+    let mut failures = Vec::new();
+    for (ci, c) in cases().iter().enumerate() {
+        for p in samples::all(c.shape.hq as i32) {
+            // the document mask reads doc[b, q]: needs q < Lkv
+            if p.name == "document_causal" && c.shape.lq > c.shape.lkv {
+                continue;
+            }
+            let mut r = rng(ci as u64 * 100 + 7);
+            let bind = bindings(&p, &c.shape, &mut r, 37, 4);
+            if let Err(e) = check_one(&dev, &p, c, &bind, None, ci as u64) {
+                failures.push(format!(
+                    "{} case {ci} ({:?} {}): {e}",
+                    p.name,
+                    c.shape,
+                    c.ty.name()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gpu_all_partial_maps_match_oracle() {
+    // every block partial: the mask path everywhere gives the same result
+    let Some(dev) = device_or_skip("gpu_all_partial_maps_match_oracle") else {
+        return;
+    };
+    let c = Case {
+        shape: Shape {
+            b: 1,
+            hq: 2,
+            hkv: 1,
+            lq: 150,
+            lkv: 190,
+            d: 64,
+            dv: 64,
+        },
+        ty: InputType::Bf16,
+        qb: 64,
+        kvb: 64,
+    };
+    for p in [samples::dense(), samples::causal(), samples::sliding()] {
+        let mut r = rng(3);
+        let bind = bindings(&p, &c.shape, &mut r, 50, 4);
+        let maps = BlockMaps::single(BlockMap::all_partial(c.shape.lq, c.shape.lkv, 64, 64));
+        check_one(&dev, &p, &c, &bind, Some(maps), 11).unwrap();
+    }
+}
+
+#[test]
+fn gpu_fully_masked_rows_give_zero_and_neg_inf() {
+    let Some(dev) = device_or_skip("gpu_fully_masked_rows_give_zero_and_neg_inf") else {
+        return;
+    };
+    // sliding window 0: q >= kv && q - kv < 0 holds nowhere
+    let p = samples::sliding();
+    let c = Case {
+        shape: Shape {
+            b: 1,
+            hq: 2,
+            hkv: 2,
+            lq: 70,
+            lkv: 90,
+            d: 128,
+            dv: 128,
+        },
+        ty: InputType::Bf16,
+        qb: 128,
+        kvb: 64,
+    };
+    let mut r = rng(5);
+    let bind = bindings(&p, &c.shape, &mut r, 0, 4);
+    // all-partial maps so the kernel really evaluates the mask everywhere
+    let maps = BlockMaps::single(BlockMap::all_partial(70, 90, 128, 64));
+    check_one(&dev, &p, &c, &bind, Some(maps), 1).unwrap();
+    // and empty maps (no block visited)
+    let empty = BlockMaps::single(BlockMap::from_fn(70, 90, 128, 64, |_, _| {
+        attnc_compiler::analysis::blockmap::BlockKind::Empty
+    }));
+    check_one(&dev, &p, &c, &bind, Some(empty), 2).unwrap();
+}
+
+#[test]
+fn gpu_checked_mode_reports_out_of_range_reads() {
+    let Some(dev) = device_or_skip("gpu_checked_mode_reports_out_of_range_reads") else {
+        return;
+    };
+    // doc is [B, KV] but read at doc[b, q] with Lq > Lkv: out of range
+    let p = samples::document_causal();
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 100,
+        lkv: 60,
+        d: 64,
+        dv: 64,
+    };
+    let mut r = rng(9);
+    let bind = bindings(&p, &shape, &mut r, 0, 3);
+    let maps = BlockMaps::single(BlockMap::all_partial(100, 60, 64, 64));
+    let (qb, _) = random_input(&mut r, shape.q_len(), 1.0, InputType::Bf16);
+    let (kb, _) = random_input(&mut r, shape.k_len(), 1.0, InputType::Bf16);
+    let (vb, _) = random_input(&mut r, shape.v_len(), 1.0, InputType::Bf16);
+    for checked in [false, true] {
+        let mut opts = PtxOptions::new(dev.arch(), 64, 64, InputType::Bf16);
+        opts.q_block = 64;
+        opts.checked = checked;
+        let k = CudaKernel::load(&dev, &emit(&p, &opts).unwrap()).unwrap();
+        let res = k.forward_host(&dev, &shape, &qb, &kb, &vb, 0.125, &bind, &maps);
+        if checked {
+            match res {
+                Err(CudaError::OutOfBounds {
+                    in_score: false,
+                    tensor: 0,
+                    index,
+                    ..
+                }) => {
+                    assert_eq!(index.len(), 2);
+                    assert!(index[1] >= 60, "reported index {index:?} is in range");
+                }
+                other => panic!("checked mode: expected OutOfBounds, got {other:?}"),
+            }
+        } else {
+            let (o, lse) = res.expect("fast mode clamps and never fails");
+            assert!(
+                o.iter().all(|x| !from_bits(*x, InputType::Bf16).is_nan())
+                    && lse.iter().all(|x| !x.is_nan())
+            );
+        }
+    }
+    let _ = Arch::Sm90;
+}

@@ -1,0 +1,240 @@
+//! GPU benchmark (run explicitly: `gpu_bench -- --ignored --nocapture`): attnc kernels on
+//! the FlexAttention anchor variants (dense, causal, sliding 1024, ALiBi+causal,
+//! softcap+causal, document+causal with 8 sorted documents), bf16, at
+//! B2 H16 L8192 D128 and B4 H16 L4096 D64. TFLOP/s counts only unmasked pairs
+//! (4 B H Lq Lkv D density). Also the JIT latency: cold (PTX generated, module loaded),
+//! disk-warm (a new process's path: PTX from the disk cache, module loaded) and
+//! memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
+//! `ATTNC_BENCH_QUICK=1` runs only dense and causal; `ATTNC_BENCH_TILES=128x64,64x64`
+//! picks the tile configurations tried on dense before the variants (best is kept).
+
+mod gpu_util;
+
+use attnc::cache::DiskCache;
+use attnc::cuda::{CudaKernel, JitCache};
+use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::backend::llvm::{InputType, PtxOptions, samples};
+use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
+use attnc_compiler::ir::{Program, Scalar};
+use attnc_compiler::shape::Shape;
+use gpu_util::*;
+use rand::Rng;
+use std::fmt::Write as _;
+
+struct Variant {
+    name: &'static str,
+    program: Program,
+}
+
+fn variants(h: i32) -> Vec<Variant> {
+    vec![
+        Variant {
+            name: "full",
+            program: samples::dense(),
+        },
+        Variant {
+            name: "causal",
+            program: samples::causal(),
+        },
+        Variant {
+            name: "sliding1024",
+            program: samples::sliding(),
+        },
+        Variant {
+            name: "alibi_causal",
+            program: samples::alibi_causal(h),
+        },
+        Variant {
+            name: "softcap_causal",
+            program: samples::softcap_causal(),
+        },
+        Variant {
+            name: "doc_causal",
+            program: samples::document_causal(),
+        },
+    ]
+}
+
+#[test]
+#[ignore]
+fn gpu_bench() {
+    let Some(dev) = device_or_skip("gpu_bench") else {
+        return;
+    };
+    println!(
+        "device: {} {:?} {}",
+        dev.name(),
+        dev.capability(),
+        dev.arch()
+    );
+    let quick = std::env::var("ATTNC_BENCH_QUICK").is_ok();
+    let tiles: Vec<(u32, u32)> = std::env::var("ATTNC_BENCH_TILES")
+        .unwrap_or_else(|_| "128x64,64x64,128x128".into())
+        .split(',')
+        .filter_map(|t| {
+            let (a, b) = t.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    let cache_dir = std::env::temp_dir().join(format!("attnc-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let mut json = String::from("{\n");
+    let mut table = String::new();
+    for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
+        let shape = Shape {
+            b,
+            hq: h,
+            hkv: h,
+            lq: l,
+            lkv: l,
+            d,
+            dv: d,
+        };
+        let mut r = rng(42);
+        let ty = InputType::Bf16;
+        let (q, _) = random_input(&mut r, shape.q_len(), 1.0, ty);
+        let (k, _) = random_input(&mut r, shape.k_len(), 1.0, ty);
+        let (v, _) = random_input(&mut r, shape.v_len(), 1.0, ty);
+        let (qd, kd, vd) = (
+            dev.upload_u16(&q).unwrap(),
+            dev.upload_u16(&k).unwrap(),
+            dev.upload_u16(&v).unwrap(),
+        );
+        // 8 sorted documents, as flex_anchors.py (per batch row)
+        let docs: Vec<i32> = (0..b)
+            .flat_map(|_| {
+                let mut ids: Vec<i32> = (0..l).map(|_| r.random_range(0..8)).collect();
+                ids.sort();
+                ids
+            })
+            .collect();
+        // pick the tile configuration on dense
+        let mut best = (tiles[0], f64::INFINITY);
+        if tiles.len() > 1 {
+            for &(qb, kvb) in &tiles {
+                let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+                opts.q_block = qb;
+                opts.kv_block = kvb;
+                let Ok(kern) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts)
+                    .map_err(|e| println!("tile {qb}x{kvb}: {e}"))
+                    .and_then(|k| {
+                        CudaKernel::load(&dev, &k).map_err(|e| println!("tile {qb}x{kvb}: {e}"))
+                    })
+                else {
+                    continue;
+                };
+                let maps = BlockMaps::single(attnc_compiler::analysis::blockmap::BlockMap::dense(
+                    l,
+                    l,
+                    qb as usize,
+                    kvb as usize,
+                ));
+                let p = kern
+                    .upload_device(
+                        &dev,
+                        &shape,
+                        qd.clone(),
+                        kd.clone(),
+                        vd.clone(),
+                        shape.default_scale(),
+                        &Bindings::default(),
+                        &maps,
+                    )
+                    .unwrap();
+                let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
+                let tf = 4.0 * (b * h * l * l * d) as f64 / ms / 1e9;
+                println!("tile {qb}x{kvb} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
+                if ms < best.1 {
+                    best = ((qb, kvb), ms);
+                }
+            }
+        }
+        let (qb, kvb) = best.0;
+        println!("using tile {qb}x{kvb} for D{d}");
+        for var in variants(h as i32) {
+            if quick && !matches!(var.name, "full" | "causal") {
+                continue;
+            }
+            let p = &var.program;
+            let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+            opts.q_block = qb;
+            opts.kv_block = kvb;
+            // JIT latency: cold (fresh disk cache), disk-warm (new in-memory cache), memory-warm
+            let cold = JitCache::new(Some(DiskCache::new(&cache_dir)));
+            let (kern, s_cold) = cold.get(&dev, p, &opts).unwrap();
+            if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
+                let _ = std::fs::create_dir_all(&dir);
+                let k = attnc_compiler::backend::llvm::emit(p, &opts).unwrap();
+                let _ = std::fs::write(format!("{dir}/{}_d{d}_{qb}x{kvb}.ptx", var.name), k.ptx);
+            }
+            let warm_disk = JitCache::new(Some(DiskCache::new(&cache_dir)));
+            let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
+            let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
+            // bindings and block maps
+            let mut bind = Bindings::default();
+            let keep: Box<dyn Fn(usize, usize, usize, usize) -> bool> = match var.name {
+                "full" => Box::new(|_, _, _, _| true),
+                "sliding1024" => {
+                    bind.params.push(Scalar::I32(1024));
+                    Box::new(|_, _, q, kv| q >= kv && q - kv < 1024)
+                }
+                "doc_causal" => {
+                    bind.tensors.push(BoundTensor {
+                        dims: vec![b, l],
+                        data: TensorData::I32(docs.clone()),
+                    });
+                    let docs = docs.clone();
+                    Box::new(move |bb, _, q, kv| q >= kv && docs[bb * l + q] == docs[bb * l + kv])
+                }
+                _ => Box::new(|_, _, q, kv| q >= kv),
+            };
+            let per_b = var.name == "doc_causal";
+            let maps = brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
+            // density over unmasked pairs (exact, batch-averaged)
+            let mut kept = 0u64;
+            for bb in 0..if per_b { b } else { 1 } {
+                for q in 0..l {
+                    for kv in 0..l {
+                        kept += keep(bb, 0, q, kv) as u64;
+                    }
+                }
+            }
+            let density = kept as f64 / (l * l * if per_b { b } else { 1 }) as f64;
+            let prob = kern
+                .upload_device(
+                    &dev,
+                    &shape,
+                    qd.clone(),
+                    kd.clone(),
+                    vd.clone(),
+                    shape.default_scale(),
+                    &bind,
+                    &maps,
+                )
+                .unwrap();
+            let ms = kern.time(&dev, &prob, 3, 10, 5).unwrap();
+            let tf = 4.0 * (b * h * l * l * d) as f64 * density / ms / 1e9;
+            let key = format!("attnc/{}/B{b}H{h}S{l}D{d}", var.name);
+            println!(
+                "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} | JIT cold {:.1} ms (codegen {:.1}, load {:.1}), disk-warm {:.1} ms, memory-warm {:.3} ms",
+                s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
+            );
+            let _ = writeln!(table, "{key:<40} {tf:>7.1} TFLOP/s  {ms:>8.3} ms");
+            let _ = writeln!(
+                json,
+                "  \"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}, \"density\": {density}, \"tile\": \"{qb}x{kvb}\", \"jit_cold_ms\": {}, \"jit_codegen_ms\": {}, \"jit_load_ms\": {}, \"jit_disk_warm_ms\": {}, \"jit_mem_warm_ms\": {}}},",
+                s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
+            );
+        }
+    }
+    json.push_str(&format!("  \"device\": \"{}\"\n}}\n", dev.name()));
+    let path = std::env::var("ATTNC_BENCH_JSON").unwrap_or_else(|_| {
+        format!(
+            "{}/attnc_bench.json",
+            std::env::var("OUT").unwrap_or_else(|_| ".".into())
+        )
+    });
+    let _ = std::fs::write(&path, json);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    println!("\n{table}");
+}

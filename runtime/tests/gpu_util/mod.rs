@@ -1,0 +1,170 @@
+//! Shared helpers of the GPU tests and the GPU benchmark: device opening with a named
+//! skip, random 16-bit inputs, brute-force block maps, bindings of the sample programs.
+#![allow(dead_code)]
+
+use attnc::cuda::{CudaDevice, CudaError};
+use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMaps};
+use attnc_compiler::backend::llvm::InputType;
+use attnc_compiler::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+use attnc_compiler::ir::{Program, Scalar};
+use attnc_compiler::shape::Shape;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// The device, or None after printing `SKIPPED name: no CUDA device`.
+pub fn device_or_skip(name: &str) -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e @ (CudaError::NoDriver | CudaError::NoDevice(_))) => {
+            println!("SKIPPED {name}: no CUDA device ({e})");
+            None
+        }
+        Err(e) => panic!("{name}: opening the CUDA device failed: {e}"),
+    }
+}
+
+pub fn to_bits(x: f32, ty: InputType) -> u16 {
+    match ty {
+        InputType::Bf16 => half::bf16::from_f32(x).to_bits(),
+        InputType::F16 => half::f16::from_f32(x).to_bits(),
+    }
+}
+
+pub fn from_bits(x: u16, ty: InputType) -> f32 {
+    match ty {
+        InputType::Bf16 => half::bf16::from_bits(x).to_f32(),
+        InputType::F16 => half::f16::from_bits(x).to_f32(),
+    }
+}
+
+/// Random values in [-amp, amp] as 16-bit bits and as the f32 they round to.
+pub fn random_input(rng: &mut StdRng, n: usize, amp: f32, ty: InputType) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = (0..n)
+        .map(|_| to_bits(rng.random_range(-amp..amp), ty))
+        .collect();
+    let vals = bits.iter().map(|b| from_bits(*b, ty)).collect();
+    (bits, vals)
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Bindings for the sample programs: `window` param, sorted `doc` ids [B, KV], `bias` [H, 7].
+pub fn bindings(
+    p: &Program,
+    shape: &Shape,
+    rng: &mut StdRng,
+    window: i32,
+    docs: usize,
+) -> Bindings {
+    let mut b = Bindings::default();
+    for param in &p.params {
+        match param.name.as_str() {
+            "window" => b.params.push(Scalar::I32(window)),
+            other => panic!("no test value for param {other}"),
+        }
+    }
+    for t in &p.tensors {
+        match t.name.as_str() {
+            "doc" => {
+                let mut data = Vec::new();
+                for _ in 0..shape.b {
+                    let mut ids: Vec<i32> = (0..shape.lkv)
+                        .map(|_| rng.random_range(0..docs as i32))
+                        .collect();
+                    ids.sort();
+                    data.extend(ids);
+                }
+                b.tensors.push(BoundTensor {
+                    dims: vec![shape.b, shape.lkv],
+                    data: TensorData::I32(data),
+                });
+            }
+            "bias" => {
+                let data = (0..shape.hq * 7)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                b.tensors.push(BoundTensor {
+                    dims: vec![shape.hq, 7],
+                    data: TensorData::F32(data),
+                });
+            }
+            other => panic!("no test data for tensor {other}"),
+        }
+    }
+    b
+}
+
+/// Block maps by evaluating `keep(b, h, q, kv)` at every point (tests and benchmarks only:
+/// the analysis replaces this). One map per (b, h) when `per_bh`, else one shared map.
+pub fn brute_force_maps(
+    shape: &Shape,
+    qb: usize,
+    kvb: usize,
+    per_bh: (bool, bool),
+    keep: impl Fn(usize, usize, usize, usize) -> bool,
+) -> BlockMaps {
+    let nb = if per_bh.0 { shape.b } else { 1 };
+    let nh = if per_bh.1 { shape.hq } else { 1 };
+    let mut maps = Vec::new();
+    for b in 0..nb {
+        for h in 0..nh {
+            maps.push(BlockMap::from_fn(shape.lq, shape.lkv, qb, kvb, |i, j| {
+                let (mut any, mut all) = (false, true);
+                for q in i * qb..((i + 1) * qb).min(shape.lq) {
+                    for kv in j * kvb..((j + 1) * kvb).min(shape.lkv) {
+                        if keep(b, h, q, kv) {
+                            any = true;
+                        } else {
+                            all = false;
+                        }
+                        if any && !all {
+                            return BlockKind::Partial;
+                        }
+                    }
+                }
+                if !any {
+                    BlockKind::Empty
+                } else if all {
+                    BlockKind::Full
+                } else {
+                    BlockKind::Partial
+                }
+            }));
+        }
+    }
+    BlockMaps {
+        b_stride: if per_bh.0 { nh } else { 0 },
+        h_stride: if per_bh.1 { 1 } else { 0 },
+        maps,
+    }
+}
+
+/// Brute-force maps from the program's mask, evaluated by the interpreter (reads out of
+/// range count as "keep", so the map stays sound).
+pub fn interp_maps(
+    p: &Program,
+    shape: &Shape,
+    bind: &Bindings,
+    qb: usize,
+    kvb: usize,
+) -> BlockMaps {
+    match &p.mask {
+        None => BlockMaps::single(BlockMap::dense(shape.lq, shape.lkv, qb, kvb)),
+        Some(m) => {
+            let scratch = std::cell::RefCell::new(Vec::new());
+            brute_force_maps(shape, qb, kvb, (true, true), |b, h, q, kv| {
+                let args = Args {
+                    s: 0.0,
+                    b: b as i32,
+                    h: h as i32,
+                    q: q as i32,
+                    kv: kv as i32,
+                };
+                eval(m, p, args, bind, &mut scratch.borrow_mut())
+                    .map(|x| x.as_bool())
+                    .unwrap_or(true)
+            })
+        }
+    }
+}

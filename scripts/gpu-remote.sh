@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (from the repo root, with .bin carried): GPU tests vs the oracle,
+# compute-sanitizer memcheck + racecheck on small kernels, the attnc benchmark, PyTorch
+# FlexAttention/SDPA/cuDNN in the same run, and a side-by-side table. Logs go to $OUT.
+#   ATTNC_QUICK=1   tests + dense/causal bench only, no sanitizers, no torch
+#   ATTNC_SKIP=tests,sanitizer,bench,torch   skip steps
+set -uo pipefail
+OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
+bin=/tmp/attnc-bin; mkdir -p "$bin"
+for f in .bin/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
+skip=${ATTNC_SKIP:-}
+[ -n "${ATTNC_QUICK:-}" ] && skip="$skip,sanitizer,torch" && export ATTNC_BENCH_QUICK=1
+has() { [[ ",$skip," != *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+export ATTNC_PTX_DUMP=$OUT/ptx
+status=0
+if has tests; then
+  echo "== GPU tests (vs oracle) =="
+  timeout 300 "$bin/gpu" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\s+ok " ; s=${PIPESTATUS[0]}
+  [ "$s" = 0 ] || status=1
+fi
+if has sanitizer; then
+  echo "== compute-sanitizer memcheck =="
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_checked_mode --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  echo "== compute-sanitizer racecheck =="
+  timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if has bench; then
+  echo "== attnc benchmark =="
+  timeout 400 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
+fi
+if has ptxas && [ -d "$OUT/ptx" ]; then
+  echo "== ptxas resource usage =="
+  for f in "$OUT"/ptx/*.ptx; do echo "$(basename "$f"): $(ptxas -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -Eo 'Used [0-9]+ registers|[0-9]+ bytes spill (stores|loads)' | tr '\n' ' ')"; done
+fi
+if has torch; then
+  echo "== PyTorch FlexAttention / SDPA flash / cuDNN (same run) =="
+  PYTHONUNBUFFERED=1 timeout 400 python3 .bin/gpu_bench_torch.py "$OUT/attnc_bench.json" 2>&1 | grep -v Warning | tee "$OUT/torch.log"
+fi
+exit $status
