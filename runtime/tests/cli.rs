@@ -96,6 +96,14 @@ fn emit_ir() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("chunked_causal"));
+    // the CLIF of the CPU kernel
+    let out = attnc(&["emit", "clif", "examples/causal.attn"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("function "),
+        "{}",
+        text(&out)
+    );
     let out = attnc(&["emit", "ir", "examples/chunked.attn", "--attention", "nope"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out).contains("nope"), "{}", text(&out));

@@ -352,11 +352,10 @@ fn checked_mode_reports_an_out_of_range_read_with_its_span() {
 }
 
 #[test]
-#[ignore = "bug: the CPU kernel turns a row with a NaN or +inf score into a fully masked row (O = 0, LSE = -inf); the oracle gives NaN"]
 fn non_finite_scores_match_the_oracle() {
     // One NaN (or +inf) logit at kv = 1. The oracle propagates it (as PyTorch's softmax
-    // does): O and LSE of every row are NaN. The CPU kernel returns O = 0, LSE = -inf,
-    // silently reporting the rows as fully masked.
+    // does): O and LSE of every row are NaN. (Regression: the CPU kernel at 77e0440
+    // returned O = 0, LSE = -inf, silently reporting the rows as fully masked.)
     let src =
         "tensor t: f32[KV]; score sc(s, b, h, q, kv) { s + t[kv] } attention a { score = sc; }";
     let var = variant(src, "a");
