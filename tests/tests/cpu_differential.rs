@@ -350,3 +350,42 @@ fn checked_mode_reports_an_out_of_range_read_with_its_span() {
             .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
     }
 }
+
+#[test]
+fn non_finite_scores_match_the_oracle() {
+    // One NaN (or +inf) logit at kv = 1. The oracle propagates it (as PyTorch's softmax
+    // does): O and LSE of every row are NaN. (Regression: the CPU kernel at 77e0440
+    // returned O = 0, LSE = -inf, silently reporting the rows as fully masked.)
+    let src =
+        "tensor t: f32[KV]; score sc(s, b, h, q, kv) { s + t[kv] } attention a { score = sc; }";
+    let var = variant(src, "a");
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 3,
+        lkv: 5,
+        d: 4,
+        dv: 4,
+    };
+    let qkv = synth::qkv(&shape, DType::F32, 1);
+    for bad in [f32::NAN, f32::INFINITY] {
+        let t = Tensor::from_f32(vec![5], &[0.0, bad, 0.0, 0.0, 0.0]);
+        let caps = Captures::default().tensor("t", t);
+        let mut cpu = bind(&var, Backend::Cpu, shape);
+        let mut reference = bind(&var, Backend::Reference, shape);
+        let want = reference.forward(&qkv.0, &qkv.1, &qkv.2, &caps).unwrap();
+        let got = cpu.forward(&qkv.0, &qkv.1, &qkv.2, &caps).unwrap();
+        assert!(
+            want.lse.to_f32().iter().all(|x| x.is_nan()),
+            "oracle: {:?}",
+            want.lse.to_f32()
+        );
+        assert!(
+            got.lse.to_f32().iter().all(|x| x.is_nan()),
+            "score {bad}: cpu LSE {:?}, oracle {:?}",
+            got.lse.to_f32(),
+            want.lse.to_f32()
+        );
+    }
+}

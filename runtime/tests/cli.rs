@@ -1,0 +1,366 @@
+//! The `attnc` command-line tool end to end: `check` on every example and on a bad file,
+//! `emit ir`, and `run` through the reference and CPU backends on safetensors inputs,
+//! compared with a dense attention computed here (masks written in Rust, f64 softmax),
+//! independent of the compiler.
+
+use attnc::io::{read_safetensors, write_safetensors};
+use attnc::{DType, Shape, Tensor, synth};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn attnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run attnc")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("attnc-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn check_accepts_every_example() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "attn"))
+        .map(|p| p.strip_prefix(root()).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 16);
+    let mut args = vec!["check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = attnc(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    for f in &files {
+        assert!(t.contains(f.as_str()), "{f} not reported:\n{t}");
+    }
+}
+
+#[test]
+fn check_rejects_a_bad_file_with_code_and_span() {
+    let out = attnc(&[
+        "check",
+        "examples/causal.attn",
+        "tests/bad/E0201_mismatched_operands.attn",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("error[E0201]"), "{t}");
+    assert!(
+        t.contains("tests/bad/E0201_mismatched_operands.attn:2:31"),
+        "{t}"
+    );
+    assert!(t.contains("s + (kv - q)") && t.contains("^^^^"), "{t}");
+    // a file that does not exist is an error too, not a panic
+    let out = attnc(&["check", "no/such/file.attn"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no/such/file.attn"));
+}
+
+#[test]
+fn emit_ir() {
+    let out = attnc(&["emit", "ir", "examples/causal.attn"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("attention causal_attention"), "{t}");
+    assert!(t.contains("icmp.ge"), "{t}");
+    // two attentions: --attention picks one; without it, every one or an error naming them
+    let out = attnc(&[
+        "emit",
+        "ir",
+        "examples/chunked.attn",
+        "--attention",
+        "chunked_causal",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chunked_causal"));
+    // the CLIF of the CPU kernel
+    let out = attnc(&["emit", "clif", "examples/causal.attn"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("function "),
+        "{}",
+        text(&out)
+    );
+    let out = attnc(&["emit", "ir", "examples/chunked.attn", "--attention", "nope"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("nope"), "{}", text(&out));
+}
+
+/// Dense attention with a mask given as a Rust closure (b, h, q, kv) -> bool.
+fn dense(
+    s: &Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f64,
+    mask: &dyn Fn(usize, usize, usize, usize) -> bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut o = vec![0f32; s.b * s.hq * s.lq * s.dv];
+    let mut lse = vec![f32::NEG_INFINITY; s.b * s.hq * s.lq];
+    for b in 0..s.b {
+        for h in 0..s.hq {
+            let hk = h * s.hkv / s.hq;
+            for i in 0..s.lq {
+                let logits: Vec<Option<f64>> = (0..s.lkv)
+                    .map(|j| {
+                        mask(b, h, i, j).then(|| {
+                            let qi = &q[((b * s.hq + h) * s.lq + i) * s.d..][..s.d];
+                            let kj = &k[((b * s.hkv + hk) * s.lkv + j) * s.d..][..s.d];
+                            scale
+                                * qi.iter()
+                                    .zip(kj)
+                                    .map(|(x, y)| *x as f64 * *y as f64)
+                                    .sum::<f64>()
+                        })
+                    })
+                    .collect();
+                let m = logits
+                    .iter()
+                    .flatten()
+                    .fold(f64::NEG_INFINITY, |a, x| a.max(*x));
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let z: f64 = logits.iter().flatten().map(|x| (x - m).exp()).sum();
+                let r = (b * s.hq + h) * s.lq + i;
+                lse[r] = (m + z.ln()) as f32;
+                for c in 0..s.dv {
+                    let mut acc = 0f64;
+                    for (j, l) in logits.iter().enumerate() {
+                        if let Some(l) = l {
+                            acc += (l - m).exp() / z
+                                * v[((b * s.hkv + hk) * s.lkv + j) * s.dv + c] as f64;
+                        }
+                    }
+                    o[r * s.dv + c] = acc as f32;
+                }
+            }
+        }
+    }
+    (o, lse)
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        let ok = x == y || (x - y).abs() <= tol;
+        assert!(ok, "{what}[{i}]: got {x}, want {y}");
+    }
+}
+
+/// Writes q/k/v (+ extra tensors), runs `attnc run` with each backend, compares o/lse.
+fn run_case(
+    tag: &str,
+    file: &str,
+    attention: &str,
+    shape: Shape,
+    extra: Vec<(&str, Tensor)>,
+    flags: &[&str],
+    scale: f64,
+    mask: &dyn Fn(usize, usize, usize, usize) -> bool,
+) {
+    let dir = tmpdir(tag);
+    let (q, k, v) = synth::qkv(&shape, DType::F32, 42);
+    let want = dense(&shape, &q.to_f32(), &k.to_f32(), &v.to_f32(), scale, mask);
+    let mut inputs = BTreeMap::new();
+    inputs.insert("q".to_string(), q);
+    inputs.insert("k".to_string(), k);
+    inputs.insert("v".to_string(), v);
+    for (n, t) in extra {
+        inputs.insert(n.to_string(), t);
+    }
+    let input = dir.join("in.safetensors");
+    write_safetensors(&input, &inputs).unwrap();
+    assert!(want.1.iter().any(|x| x.is_finite()));
+    for backend in ["reference", "cpu"] {
+        let output = dir.join(format!("out-{backend}.safetensors"));
+        let (i, o) = (input.display().to_string(), output.display().to_string());
+        let mut args = vec![
+            "run",
+            file,
+            "--attention",
+            attention,
+            "--inputs",
+            &i,
+            "--output",
+            &o,
+            "--backend",
+            backend,
+        ];
+        args.extend_from_slice(flags);
+        let out = attnc(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tag} {backend}: {}",
+            text(&out)
+        );
+        let got = read_safetensors(&output).unwrap();
+        let (go, gl) = (&got["o"], &got["lse"]);
+        assert_eq!(go.shape(), &[shape.b, shape.hq, shape.lq, shape.dv]);
+        assert_eq!(gl.shape(), &[shape.b, shape.hq, shape.lq]);
+        assert_eq!(go.dtype(), DType::F32);
+        // 1e-4: the CPU tolerance of the differential suite (f32 accumulation)
+        close(&format!("{tag} {backend} o"), &go.to_f32(), &want.0, 1e-4);
+        close(&format!("{tag} {backend} lse"), &gl.to_f32(), &want.1, 1e-4);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_causal_gqa_cross_attention() {
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 13,
+        lkv: 29,
+        d: 16,
+        dv: 8,
+    };
+    run_case(
+        "causal",
+        "examples/causal.attn",
+        "causal_attention",
+        shape,
+        vec![],
+        &[],
+        0.25,
+        &|_, _, q, kv| q >= kv,
+    );
+}
+
+#[test]
+fn run_with_param_and_explicit_scale() {
+    // sliding window 5 (q - kv <= 5, causal), scale 0.5
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 37,
+        lkv: 37,
+        d: 32,
+        dv: 32,
+    };
+    run_case(
+        "sliding",
+        "examples/sliding_window.attn",
+        "sliding_window",
+        shape,
+        vec![],
+        &["--param", "window=5", "--scale", "0.5"],
+        0.5,
+        &|_, _, q, kv| q >= kv && q - kv <= 5,
+    );
+}
+
+#[test]
+fn run_with_captured_tensor() {
+    // documents per batch: batch 0 [0;10 | 1;..], batch 1 [0;3 | 1;20 | 2;..]
+    let shape = Shape {
+        b: 2,
+        hq: 2,
+        hkv: 2,
+        lq: 31,
+        lkv: 31,
+        d: 8,
+        dv: 8,
+    };
+    let doc = |b: usize, i: usize| -> i32 {
+        if b == 0 {
+            (i >= 10) as i32
+        } else {
+            (i >= 3) as i32 + (i >= 20) as i32
+        }
+    };
+    let data: Vec<i32> = (0..2 * 31).map(|x| doc(x / 31, x % 31)).collect();
+    run_case(
+        "document",
+        "examples/document_causal.attn",
+        "document_causal",
+        shape,
+        vec![("doc", Tensor::from_i32(vec![2, 31], &data))],
+        &[],
+        1.0 / 8f64.sqrt(),
+        &|b, _, q, kv| q >= kv && doc(b, q) == doc(b, kv),
+    );
+}
+
+#[test]
+fn run_reports_a_missing_capture_and_a_bad_input_file() {
+    let dir = tmpdir("errors");
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 4,
+        lkv: 4,
+        d: 4,
+        dv: 4,
+    };
+    let (q, k, v) = synth::qkv(&shape, DType::F32, 1);
+    let mut inputs = BTreeMap::new();
+    inputs.insert("q".to_string(), q);
+    inputs.insert("k".to_string(), k);
+    inputs.insert("v".to_string(), v);
+    let input = dir.join("in.safetensors");
+    write_safetensors(&input, &inputs).unwrap();
+    let (i, o) = (
+        input.display().to_string(),
+        dir.join("out.safetensors").display().to_string(),
+    );
+    let out = attnc(&[
+        "run",
+        "examples/document_causal.attn",
+        "--attention",
+        "document_causal",
+        "--inputs",
+        &i,
+        "--output",
+        &o,
+        "--backend",
+        "reference",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let t = text(&out);
+    assert!(t.contains("doc") && t.contains("E0303"), "{t}");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"garbage").unwrap();
+    let g = garbage.display().to_string();
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--inputs",
+        &g,
+        "--output",
+        &o,
+        "--backend",
+        "cpu",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("garbage.safetensors"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
