@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repo root with .bin carried (see scripts/device-check).
+# Parts (ATTNC_PARTS, default "gpu cli cpu"):
+#   gpu  GPU tests vs the oracle, compute-sanitizer, GPU benchmark next to PyTorch
+#        FlexAttention / SDPA flash / cuDNN in the same run (scripts/gpu-remote.sh)
+#   cli  the attnc CLI on the GPU: cuda-info, demo on cpu+cuda vs the oracle, bench
+#        --backend cuda with cold (new cache dir) and warm (second process) JIT
+#   cpu  attnc's CPU backend vs PyTorch SDPA / FlexAttention-on-CPU, 2 and 16 threads
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
+parts=${ATTNC_PARTS:-gpu cli cpu}
+status=0
+xz -dkf .bin/attnc.xz && chmod +x .bin/attnc
+for part in $parts; do
+  case $part in
+    gpu) bash scripts/gpu-remote.sh || status=1 ;;
+    cli)
+      echo "== attnc CLI on the GPU =="
+      .bin/attnc cuda-info || status=1
+      .bin/attnc demo examples --backends cpu,cuda 2>&1 | tee "$OUT/demo.log" | tail -40; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      export ATTNC_CACHE_DIR=$OUT/jit-cache; rm -rf "$ATTNC_CACHE_DIR"
+      for v in "dense.attn dense" "causal.attn causal_attention" "sliding_window.attn sliding_window --param window=1024" \
+               "alibi_causal.attn alibi_causal" "softcap.attn softcap_causal" "document_causal.attn document_causal --docs 8"; do
+        set -- $v; f=$1; a=$2; shift 2
+        for run in cold warm; do
+          echo -n "$run: "; .bin/attnc bench examples/$f --attention "$a" --backend cuda --dtype bf16 --b 2 --h 16 --lq 8192 --d 128 --iters 10 "$@" || status=1
+        done
+      done
+      ;;
+    cpu) bash scripts/cpu-bench-remote.sh 2>&1 | tee "$OUT/cpu.log" || status=1 ;;
+  esac
+done
+exit $status
