@@ -287,6 +287,33 @@ impl Bound {
     }
 }
 
+impl Bound {
+    /// Device-side time per call in milliseconds for device backends (inputs uploaded
+    /// once, launches timed with events); `None` for host backends.
+    pub fn device_time_ms(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let bindings = self.bindings(captures)?;
+        let scale = self.scale();
+        crate::launch::device_time_ms(
+            &mut self.kernel,
+            &self.variant,
+            &self.opts,
+            scale,
+            q,
+            k,
+            v,
+            &bindings,
+            iters,
+        )
+    }
+}
+
 fn check_input(which: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
     if t.shape() != shape {
         return Err(Error::InputShape {

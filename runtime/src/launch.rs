@@ -8,14 +8,20 @@
 //! param values and per-block tensor summaries (never by evaluating every point).
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
+use crate::cache::DiskCache;
+use crate::cuda::{CudaDevice, CudaError, CudaKernel, JitCache};
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::classify::{MaskInfo, Tier, analyze, build_block_maps};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
+use attnc_compiler::backend::llvm::{InputType, PtxOptions};
 use attnc_compiler::interp::Bindings;
+use attnc_compiler::interp::EvalError;
 use attnc_compiler::ir::Program;
 use attnc_compiler::reference;
+use std::sync::{Arc, OnceLock};
 
 /// What a bound variant holds for its backend.
 pub(crate) enum Kernel {
@@ -25,6 +31,86 @@ pub(crate) enum Kernel {
         info: MaskInfo,
         maps: Option<BlockMaps>,
     },
+    Cuda {
+        kernel: Arc<CudaKernel>,
+        info: MaskInfo,
+        maps: Option<BlockMaps>,
+    },
+}
+
+/// The process's CUDA device 0 and its JIT cache (in memory, and PTX on disk), opened
+/// on first use. Opening a context costs tens of milliseconds, so all bindings share it.
+struct Gpu {
+    device: CudaDevice,
+    jit: JitCache,
+}
+
+fn gpu() -> Result<&'static Gpu, CudaError> {
+    static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let device = CudaDevice::new(0)?;
+        Ok(Gpu {
+            device,
+            jit: JitCache::new(DiskCache::from_env()),
+        })
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
+}
+
+/// Name and compute capability of the GPU the CUDA backend would use.
+pub fn cuda_device_info() -> Result<String> {
+    let g = gpu().map_err(|e| Error::BackendUnavailable {
+        backend: "cuda",
+        reason: e.to_string(),
+    })?;
+    let (major, minor) = g.device.capability();
+    Ok(format!(
+        "{} (sm_{major}{minor}, PTX target {})",
+        g.device.name(),
+        g.device.arch()
+    ))
+}
+
+fn cuda_error(variant: &Variant, e: CudaError) -> Error {
+    match e {
+        CudaError::OutOfBounds {
+            in_score,
+            inst,
+            tensor,
+            index,
+        } => {
+            let p = variant.program();
+            let f = if in_score {
+                p.score.as_ref()
+            } else {
+                p.mask.as_ref()
+            };
+            let span = f
+                .and_then(|f| f.spans.get(inst as usize).copied())
+                .unwrap_or(p.span);
+            let info = p.tensors.get(tensor as usize);
+            let e = EvalError::OutOfBounds {
+                tensor: info
+                    .map(|t| t.name.clone())
+                    .unwrap_or_else(|| format!("#{tensor}")),
+                index: index.iter().map(|x| *x as i64).collect(),
+                dims: Vec::new(),
+                span,
+            };
+            out_of_bounds(variant, &e)
+        }
+        CudaError::NoDriver | CudaError::NoDevice(_) | CudaError::UnsupportedGpu(..) => {
+            Error::BackendUnavailable {
+                backend: "cuda",
+                reason: e.to_string(),
+            }
+        }
+        other => Error::Backend {
+            backend: "cuda",
+            message: other.to_string(),
+        },
+    }
 }
 
 fn cpu_error(variant: &Variant, e: CpuError) -> Error {
@@ -59,10 +145,42 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 maps: None,
             })
         }
-        crate::api::Backend::Cuda => Err(Error::BackendUnavailable {
-            backend: "cuda",
-            reason: "the CUDA backend is not built into this version".into(),
-        }),
+        crate::api::Backend::Cuda => {
+            let input = match opts.dtype {
+                DType::BF16 => InputType::Bf16,
+                DType::F16 => InputType::F16,
+                other => {
+                    return Err(Error::InputDType {
+                        which: "q, k, v (the CUDA backend takes bf16 or f16; convert them, or use the cpu backend for f32)".into(),
+                        expected: "bf16 or f16".into(),
+                        got: other,
+                    });
+                }
+            };
+            let g = gpu().map_err(|e| Error::BackendUnavailable {
+                backend: "cuda",
+                reason: e.to_string(),
+            })?;
+            let mut popts = PtxOptions::new(
+                g.device.arch(),
+                opts.shape.d as u32,
+                opts.shape.dv as u32,
+                input,
+            );
+            popts.checked = opts.checked;
+            let (kernel, _stats) =
+                g.jit
+                    .get(&g.device, program, &popts)
+                    .map_err(|e| Error::Backend {
+                        backend: "cuda",
+                        message: e.to_string(),
+                    })?;
+            Ok(Kernel::Cuda {
+                kernel,
+                info: analyze(program),
+                maps: None,
+            })
+        }
     }
 }
 
@@ -170,5 +288,103 @@ pub(crate) fn forward(
                 .map_err(|e| cpu_error(variant, e))?;
             Ok((o, lse))
         }
+        Kernel::Cuda { kernel, info, maps } => {
+            let g = gpu().map_err(|e| cuda_error(variant, e))?;
+            let (qb, kb) = (
+                kernel.meta().q_block as usize,
+                kernel.meta().kv_block as usize,
+            );
+            let launch;
+            let maps = match maps {
+                Some(m) => &*m,
+                None => {
+                    let built = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+                    if reusable(info, opts) {
+                        &*maps.insert(built)
+                    } else {
+                        launch = built;
+                        &launch
+                    }
+                }
+            };
+            let bits = |t: &Tensor| {
+                t.to_u16_bits().ok_or_else(|| Error::InputDType {
+                    which: "q/k/v".into(),
+                    expected: "bf16 or f16".into(),
+                    got: t.dtype(),
+                })
+            };
+            let (o, lse) = kernel
+                .forward_host(
+                    &g.device,
+                    &opts.shape,
+                    &bits(q)?,
+                    &bits(k)?,
+                    &bits(v)?,
+                    scale,
+                    bindings,
+                    maps,
+                )
+                .map_err(|e| cuda_error(variant, e))?;
+            let o_t = Tensor::from_bytes(
+                vec![o.len()],
+                opts.dtype,
+                o.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+            .ok_or_else(|| Error::Backend {
+                backend: "cuda",
+                message: "output size".into(),
+            })?;
+            Ok((o_t.to_f32(), lse))
+        }
     }
+}
+
+/// For the CUDA backend: uploads the inputs once and times `iters` back-to-back launches
+/// on the device (CUDA events, median of 3 repetitions), excluding host transfers.
+/// `None` for backends that run on the host (time `forward` instead).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn device_time_ms(
+    kernel: &mut Kernel,
+    variant: &Variant,
+    opts: &BindOptions,
+    scale: f32,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bindings: &Bindings,
+    iters: usize,
+) -> Result<Option<f64>> {
+    let Kernel::Cuda { kernel, info, .. } = kernel else {
+        return Ok(None);
+    };
+    let g = gpu().map_err(|e| cuda_error(variant, e))?;
+    let (qb, kb) = (
+        kernel.meta().q_block as usize,
+        kernel.meta().kv_block as usize,
+    );
+    let maps = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+    let bits = |t: &Tensor| {
+        t.to_u16_bits().ok_or_else(|| Error::InputDType {
+            which: "q/k/v".into(),
+            expected: "bf16 or f16".into(),
+            got: t.dtype(),
+        })
+    };
+    let problem = kernel
+        .upload(
+            &g.device,
+            &opts.shape,
+            &bits(q)?,
+            &bits(k)?,
+            &bits(v)?,
+            scale,
+            bindings,
+            &maps,
+        )
+        .map_err(|e| cuda_error(variant, e))?;
+    let ms = kernel
+        .time(&g.device, &problem, 3, iters.max(1), 3)
+        .map_err(|e| cuda_error(variant, e))?;
+    Ok(Some(ms))
 }

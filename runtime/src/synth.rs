@@ -91,7 +91,7 @@ pub fn captures_with_ids(p: &Program, shape: &Shape, seed: u64, ids: usize) -> C
                 // sorted ids in 0..ids along the last axis, with random boundaries
                 let mut data = Vec::with_capacity(n);
                 for _ in 0..n / last.max(1) {
-                    let mut cuts: Vec<usize> = (0..3)
+                    let mut cuts: Vec<usize> = (0..ids.saturating_sub(1))
                         .map(|_| rng.below(last as u64 + 1) as usize)
                         .collect();
                     cuts.sort();

@@ -47,22 +47,32 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let pairs = bench::unmasked_pairs(p, &shape, &maps, &bindings);
     let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
     let mut err = None;
-    let ms = bench::time_ms(
-        || {
-            if let Err(e) = bound.forward(&q, &k, &v, &caps) {
-                err.get_or_insert(e);
-            }
-        },
-        1,
-        a.iters,
-        3,
-    );
+    let device_ms = bound.device_time_ms(&q, &k, &v, &caps, a.iters)?;
+    let ms = if let Some(ms) = device_ms {
+        ms
+    } else {
+        bench::time_ms(
+            || {
+                if let Err(e) = bound.forward(&q, &k, &v, &caps) {
+                    err.get_or_insert(e);
+                }
+            },
+            1,
+            a.iters,
+            3,
+        )
+    };
     if let Some(e) = err {
         return Err(e);
     }
     let gflops = bench::flops(&shape, pairs) / (ms * 1e-3) / 1e9;
-    println!(
-        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {gflops:.1} GFLOP/s",
+    let unit = if device_ms.is_some() {
+        format!("{:.1} TFLOP/s (device time)", gflops / 1e3)
+    } else {
+        format!("{gflops:.1} GFLOP/s")
+    };
+    outln!(
+        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}",
         variant.name(),
         a.backend.backend().name(),
         shape.b,

@@ -75,7 +75,7 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
     let synthetic = attnc::synth::captures(p, &shape, 7);
     for (name, t) in synthetic.tensors {
         if !captures.tensors.contains_key(&name) {
-            println!(
+            outln!(
                 "note: tensor `{name}` not given (--inputs); using synthetic sorted ids / random values"
             );
             captures.tensors.insert(name, t);
@@ -83,7 +83,7 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
     }
     for (name, v) in synthetic.params {
         if !captures.params.contains_key(&name) {
-            println!("note: param `{name}` not given (--param); using {v:?}");
+            outln!("note: param `{name}` not given (--param); using {v:?}");
             captures.params.insert(name, v);
         }
     }
@@ -98,35 +98,37 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
     let maps = build_block_maps(p, &info, &shape, qb, kb, &bindings)
         .map_err(|e| Error::Usage(e.to_string()))?;
     let us = t0.elapsed().as_secs_f64() * 1e6;
-    println!(
+    outln!(
         "attention {} — Lq {} x Lkv {}, blocks {qb}x{kb}",
-        p.name, a.lq, a.lkv
+        p.name,
+        a.lq,
+        a.lkv
     );
-    println!("{info}");
-    println!("built {} map(s) in {us:.0} us", maps.maps.len());
+    outln!("{info}");
+    outln!("built {} map(s) in {us:.0} us", maps.maps.len());
     let m = maps.get(0, 0);
     let st = blockview::stats(m);
-    println!("{st}");
+    outln!("{st}");
     if a.exact {
         let pr =
             precision(p, &shape, qb, kb, &bindings).map_err(|e| Error::Usage(e.to_string()))?;
-        println!("exact (brute force): {pr:?}");
+        outln!("exact (brute force): {pr:?}");
     }
-    print!("{}", blockview::text_picture(m, 64));
+    out!("{}", blockview::text_picture(m, 64));
     if let Some(path) = &a.png {
         let bytes = blockview::png_bytes(m).map_err(|e| Error::Usage(e.to_string()))?;
         std::fs::write(path, bytes).map_err(|e| Error::Io {
             path: path.display().to_string(),
             source: e,
         })?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     if let Some(path) = &a.svg {
         std::fs::write(path, blockview::svg_string(m)).map_err(|e| Error::Io {
             path: path.display().to_string(),
             source: e,
         })?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -10,9 +10,13 @@ use attnc::synth;
 use attnc::{BindOptions, Compiled, DType, Error, Shape};
 use std::path::Path;
 
-/// Max |O - O_ref| allowed for f32 kernels (f32 accumulation vs the f64 oracle).
-const TOL_O: f32 = 2e-4;
-const TOL_LSE: f32 = 2e-4;
+/// Max |O - O_ref| and |LSE - LSE_ref| allowed for the f32 CPU kernel: f32 accumulation
+/// over at most ~100 keys of O(1) values against the f64 oracle stays near 1e-6; 2e-4
+/// leaves room for the vectorized exp without hiding a wrong mask (errors of O(0.1)).
+const TOL_CPU: (f32, f32) = (2e-4, 2e-4);
+/// For the GPU (bf16 in and out, P rounded to bf16 for the P·V product): O carries a
+/// relative rounding of 2^-8 and P's rounding adds about as much; LSE stays f32.
+const TOL_GPU: (f32, f32) = (3e-2, 1e-2);
 
 fn max_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
@@ -49,7 +53,7 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
         d: 32,
         dv: 32,
     };
-    println!(
+    outln!(
         "attnc demo: {} files, shape B{} Hq{} Hkv{} Lq{} Lkv{} D{}, f32, vs the f64 reference",
         files.len(),
         shape.b,
@@ -72,7 +76,11 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
         for name in compiled.names() {
             let variant = compiled.attention(name)?;
             let caps = synth::captures(variant.program(), &shape, 7);
-            let (q, k, v) = synth::qkv(&shape, DType::F32, 11);
+            // bf16-representable inputs: the CPU and the oracle read them as f32, the GPU as bf16
+            let (qb, kb, vb) = synth::qkv(&shape, DType::BF16, 11);
+            let f32_of =
+                |t: &attnc::Tensor| attnc::Tensor::from_f32(t.shape().to_vec(), &t.to_f32());
+            let (q, k, v) = (f32_of(&qb), f32_of(&kb), f32_of(&vb));
             let mut reference = variant.bind(BindOptions::new(
                 attnc::Backend::Reference,
                 shape,
@@ -81,7 +89,7 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
             let want = match reference.forward(&q, &k, &v, &caps) {
                 Ok(o) => o,
                 Err(e) => {
-                    println!("FAIL {:<28} reference: {e}", name);
+                    outln!("FAIL {:<28} reference: {e}", name);
                     failed += 1;
                     continue;
                 }
@@ -92,30 +100,37 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
                     continue;
                 }
                 let t0 = std::time::Instant::now();
-                let bound = variant.bind(BindOptions::new(b.backend(), shape, DType::F32));
+                let gpu = *b == BackendArg::Cuda;
+                let dtype = if gpu { DType::BF16 } else { DType::F32 };
+                let bound = variant.bind(BindOptions::new(b.backend(), shape, dtype));
                 let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                 let mut bound = match bound {
                     Ok(x) => x,
                     Err(Error::BackendUnavailable { backend, reason }) => {
-                        println!("SKIP {:<28} {backend}: {reason}", name);
+                        outln!("SKIP {:<28} {backend}: {reason}", name);
                         skipped += 1;
                         continue;
                     }
                     Err(e) => {
-                        println!("FAIL {:<28} {}: {e}", name, b.backend().name());
+                        outln!("FAIL {:<28} {}: {e}", name, b.backend().name());
                         failed += 1;
                         continue;
                     }
                 };
                 let t0 = std::time::Instant::now();
-                let got = bound.forward(&q, &k, &v, &caps);
+                let got = if gpu {
+                    bound.forward(&qb, &kb, &vb, &caps)
+                } else {
+                    bound.forward(&q, &k, &v, &caps)
+                };
                 let run_ms = t0.elapsed().as_secs_f64() * 1e3;
                 match got {
                     Ok(got) => {
                         let eo = max_err(&got.o.to_f32(), &want.o.to_f32());
                         let el = max_err(&got.lse.to_f32(), &want.lse.to_f32());
-                        let ok = eo <= TOL_O && el <= TOL_LSE;
-                        println!(
+                        let (tol_o, tol_lse) = if gpu { TOL_GPU } else { TOL_CPU };
+                        let ok = eo <= tol_o && el <= tol_lse;
+                        outln!(
                             "{} {:<28} {:<5} compile {compile_ms:7.2} ms  run {run_ms:7.2} ms  max|dO| {eo:.1e}  max|dLSE| {el:.1e}  masked rows {masked}",
                             if ok { "PASS" } else { "FAIL" },
                             name,
@@ -124,18 +139,18 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
                         if ok { passed += 1 } else { failed += 1 }
                     }
                     Err(e) => {
-                        println!("FAIL {:<28} {}: {e}", name, b.backend().name());
+                        outln!("FAIL {:<28} {}: {e}", name, b.backend().name());
                         failed += 1;
                     }
                 }
             }
             if backends.iter().all(|b| *b == BackendArg::Reference) {
-                println!("PASS {:<28} reference ran; masked rows {masked}", name);
+                outln!("PASS {:<28} reference ran; masked rows {masked}", name);
                 passed += 1;
             }
         }
     }
-    println!("demo: {passed} passed, {failed} failed, {skipped} skipped");
+    outln!("demo: {passed} passed, {failed} failed, {skipped} skipped");
     if failed > 0 {
         Err(Error::Usage(format!("{failed} comparison(s) failed")))
     } else {

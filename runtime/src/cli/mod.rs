@@ -2,6 +2,16 @@
 //!
 //! In: `std::env::args`. Out: the process exit code.
 
+/// `println!` for command output: a closed pipe (`attnc emit ptx F | head`) ends the
+/// process quietly instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::write_out(&format!($($t)*), true) };
+}
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_out(&format!($($t)*), false) };
+}
+
 mod bench;
 mod blockmask;
 mod demo;
@@ -162,6 +172,8 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         docs: usize,
     },
+    /// Print the GPU the cuda backend would use (exit 1 when there is none)
+    CudaInfo,
     /// Compile and run every example on random inputs; compare each backend with the oracle
     Demo {
         /// Folder of .attn files
@@ -232,6 +244,7 @@ pub fn main() -> i32 {
             threads,
         }),
         Command::Demo { dir, backends } => demo::demo(&dir, &backends),
+        Command::CudaInfo => attnc::cuda_device_info().map(|s| outln!("{s}")),
         Command::Blockmask {
             file,
             attention,
@@ -273,6 +286,7 @@ pub fn main() -> i32 {
             threads,
             iters,
             params,
+            docs,
         } => {
             let shape = attnc::Shape {
                 b,
@@ -292,6 +306,7 @@ pub fn main() -> i32 {
                 threads,
                 iters,
                 params,
+                docs,
             })
         }
     };
@@ -318,7 +333,7 @@ fn check(files: &[PathBuf]) -> i32 {
     let mut failed = 0;
     for f in files {
         match Compiled::from_file(f) {
-            Ok(c) => println!("ok: {} ({})", f.display(), c.names().join(", ")),
+            Ok(c) => outln!("ok: {} ({})", f.display(), c.names().join(", ")),
             Err(e) => {
                 eprintln!("{}", render_error(&e));
                 failed += 1;
@@ -341,14 +356,14 @@ fn emit(
     kind: EmitKind,
     file: &std::path::Path,
     attention: Option<&str>,
-    _arch: &str,
-    _d: usize,
-    _dtype: &str,
+    arch: &str,
+    d: usize,
+    dtype: &str,
 ) -> Result<(), Error> {
     let compiled = Compiled::from_file(file)?;
     let variant = compiled.select(attention)?;
     match kind {
-        EmitKind::Ir => print!("{}", attnc_compiler::ir::write_program(variant.program())),
+        EmitKind::Ir => out!("{}", attnc_compiler::ir::write_program(variant.program())),
         EmitKind::Clif => {
             let opts = attnc_compiler::backend::cranelift::CpuOptions::default();
             let text = attnc_compiler::backend::cranelift::emit_clif(variant.program(), &opts)
@@ -356,14 +371,50 @@ fn emit(
                     backend: "cpu",
                     message: e.to_string(),
                 })?;
-            print!("{text}");
+            out!("{text}");
         }
         EmitKind::Ptx | EmitKind::Llvm => {
-            return Err(Error::BackendUnavailable {
-                backend: "emit",
-                reason: format!("{kind:?} output is not built into this version"),
-            });
+            use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit};
+            let arch = Arch::parse(arch)
+                .ok_or_else(|| Error::Usage(format!("--arch: `{arch}` is not sm_80 or sm_90")))?;
+            let input = match dtype {
+                "bf16" => InputType::Bf16,
+                "f16" => InputType::F16,
+                other => {
+                    return Err(Error::Usage(format!(
+                        "--dtype: `{other}` is not bf16 or f16"
+                    )));
+                }
+            };
+            let opts = PtxOptions::new(arch, d as u32, d as u32, input);
+            let k = emit(variant.program(), &opts).map_err(|e| Error::Backend {
+                backend: "llvm",
+                message: e.to_string(),
+            })?;
+            out!(
+                "{}",
+                if kind == EmitKind::Ptx {
+                    &k.ptx
+                } else {
+                    &k.llvm_ir
+                }
+            );
         }
     }
     Ok(())
+}
+
+pub(crate) fn write_out(text: &str, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let r = stdout.write_all(text.as_bytes()).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if r.is_err() {
+        std::process::exit(0);
+    }
 }

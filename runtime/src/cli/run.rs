@@ -73,7 +73,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     result.insert("o".to_string(), out.o);
     result.insert("lse".to_string(), out.lse);
     write_safetensors(&a.output, &result)?;
-    println!(
+    outln!(
         "{}: {} on {:?} ({}) with the {} backend in {ms:.2} ms -> {}",
         a.file.display(),
         variant.name(),

@@ -271,8 +271,9 @@ unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
     }
 }
 
-/// Writes the tile's `nrows` output rows: `O = acc / l`, `LSE = m + ln l`; a row with
-/// `l == 0` (fully masked) gets `O = 0`, `LSE = -inf`.
+/// Writes the tile's `nrows` output rows: `O = acc / l`, `LSE = m + ln l`. A row with
+/// no score above `-inf` (fully masked) gets `O = 0`, `LSE = -inf`; a row where a NaN
+/// score met a real one gets NaN (both as the oracle does).
 ///
 /// # Safety
 /// `t` is valid; `o` holds `nrows * dv` floats and `lse` `nrows` floats.
@@ -288,12 +289,17 @@ unsafe fn end_body(t: *mut Tile, o: *mut f32, lse: *mut f32) {
         for i in 0..nrows {
             let l = *t.l.add(i);
             let orow = &mut o[i * dv..][..dv];
-            if l > 0.0 {
+            let m = *t.m.add(i);
+            if m == f32::NEG_INFINITY {
+                // no score above -inf (all masked, or all NaN as the oracle treats it)
+                orow.fill(0.0);
+                lse[i] = f32::NEG_INFINITY;
+            } else if l > 0.0 {
                 let inv = 1.0 / l;
                 for (x, a) in orow.iter_mut().zip(&acc[i * dv..][..dv]) {
                     *x = *a * inv;
                 }
-                lse[i] = *t.m.add(i) + l.ln();
+                lse[i] = m + l.ln();
             } else if l.is_nan() {
                 // a NaN score reached this row (PyTorch propagates it)
                 orow.fill(f32::NAN);

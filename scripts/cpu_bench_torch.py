@@ -1,0 +1,64 @@
+"""CPU anchors for attnc's CPU backend: PyTorch SDPA (dense, causal) and FlexAttention on
+the CPU, f32, at the same shapes and thread counts as scripts/cpu-bench-remote.sh runs
+`attnc bench`. TFLOP counting only unmasked pairs: 4*B*H*Lq*Lkv*D*density.
+Run on a machine with PyTorch >= 2.5: python3 cpu_bench_torch.py THREADS [THREADS...]"""
+import sys, time, json, os
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+
+torch.manual_seed(0)
+threads_list = [int(t) for t in sys.argv[1:]] or [2]
+res = {"torch": torch.__version__, "cpu": os.popen("lscpu | grep 'Model name'").read().strip()}
+print(torch.__version__, res["cpu"], flush=True)
+
+def bench(fn, iters=3, reps=3):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / iters)
+    return best * 1e3
+
+def causal(b, h, q, kv): return q >= kv
+def sliding(b, h, q, kv): return (q >= kv) & (q - kv <= 1024)
+def alibi(score, b, h, q, kv): return score + torch.exp2(-8.0 * (h + 1) / 8) * (kv - q)
+def softcap(score, b, h, q, kv): return 20.0 * torch.tanh(score / 20.0)
+
+flex = torch.compile(flex_attention, dynamic=False)
+for threads in threads_list:
+    torch.set_num_threads(threads)
+    for (L, D) in [(2048, 64), (2048, 128), (4096, 64), (4096, 128)]:
+        B, H = 1, 8
+        q = torch.randn(B, H, L, D); k = torch.randn_like(q); v = torch.randn_like(q)
+        for name, is_causal in [("dense", False), ("causal", True)]:
+            with sdpa_kernel(SDPBackend.MATH) if False else torch.no_grad():
+                ms = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal))
+            dens = (L * (L + 1) / 2) / (L * L) if is_causal else 1.0
+            tf = 4 * B * H * L * L * D * dens / ms / 1e9
+            key = f"sdpa/{name}/L{L}D{D}/t{threads}"
+            res[key] = dict(ms=ms, gflops=tf)
+            print(key, f"{ms:.2f} ms {tf:.1f} GFLOP/s", flush=True)
+        if (L, D) != (2048, 64):
+            continue
+        doc = torch.sort(torch.randint(0, 8, (L,)))[0]
+        def docmask(b, h, qq, kk): return (doc[qq] == doc[kk]) & (qq >= kk)
+        for name, mm, sm in [("causal", causal, None), ("sliding1024", sliding, None), ("alibi_causal", causal, alibi),
+                             ("softcap_causal", causal, softcap), ("doc_causal", docmask, None)]:
+            try:
+                bm = create_block_mask(mm, B=None, H=None, Q_LEN=L, KV_LEN=L, device="cpu")
+                t0 = time.time(); flex(q, k, v, score_mod=sm, block_mask=bm); first = time.time() - t0
+                ms = bench(lambda: flex(q, k, v, score_mod=sm, block_mask=bm))
+                qi = torch.arange(L)[:, None]; ki = torch.arange(L)[None, :]
+                dens = mm(0, 0, qi, ki).float().mean().item()
+                tf = 4 * B * H * L * L * D * dens / ms / 1e9
+                key = f"flex_cpu/{name}/L{L}D{D}/t{threads}"
+                res[key] = dict(ms=ms, gflops=tf, first_call_s=first, density=dens)
+                print(key, f"{ms:.2f} ms {tf:.1f} GFLOP/s first call {first:.1f} s", flush=True)
+            except Exception as ex:
+                print("flex_cpu", name, "failed:", type(ex).__name__, str(ex)[:200], flush=True)
+out = os.environ.get("OUT", ".")
+json.dump(res, open(os.path.join(out, "cpu_anchors.json"), "w"), indent=1)
