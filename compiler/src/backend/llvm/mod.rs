@@ -113,10 +113,12 @@ pub struct PtxOptions {
 }
 
 impl PtxOptions {
-    /// Defaults measured best on an H200 (bf16, D 64 and 128): 64 query rows (4 warps),
-    /// kv tiles of 64 (285 vs 254 TFLOP/s for 128x64 at D128, dense).
+    /// Defaults measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
+    /// 4 warps of 32 rows (2 m-tiles) with Q re-read from shared memory and kv tiles of 64
+    /// (333 TFLOP/s at D128 vs 285 for 64x64 with 16 rows per warp); otherwise 64 query
+    /// rows (4 warps of 16) and kv tiles of 64 (280 at D64; 2 m-tiles give the same).
     pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
-        PtxOptions {
+        let o = PtxOptions {
             arch,
             d,
             dv,
@@ -126,6 +128,14 @@ impl PtxOptions {
             kv_block: 64,
             m_tiles: 1,
             q_in_regs: true,
+        };
+        if (96..=128).contains(&d.max(dv)) {
+            PtxOptions {
+                q_block: 128,
+                ..o.with_m_tiles(2)
+            }
+        } else {
+            o
         }
     }
     /// Sets `m_tiles` and the default Q placement for it (registers while
