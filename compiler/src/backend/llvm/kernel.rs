@@ -3,7 +3,9 @@
 //! In: a [`Program`] and [`PtxOptions`]. Out: the kernel function in an LLVM module, its
 //! parameter order, threads per CTA and dynamic shared memory.
 //!
-//! Per CTA (q block `qb`, query head `h`, batch `b`), each warp owning 16 query rows:
+//! Per CTA (q block `qb`, query head `h`, batch `b`), each warp owning `16 * m_tiles` query
+//! rows (every K/V fragment read with `ldmatrix` feeds `m_tiles` mma); Q fragments stay in
+//! registers or, with `q_in_regs` off, are re-read from shared memory per kv block:
 //! ```text
 //! cp.async Q tile; if the block table lists any kv block: cp.async K[first]
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)

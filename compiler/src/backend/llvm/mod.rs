@@ -7,8 +7,8 @@
 //! memory and the order of the kernel's parameters ([`KernelParam`]). The same input
 //! always gives byte-identical text.
 //!
-//! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 query
-//! rows; K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
+//! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 or 32
+//! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
 //! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
 //! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
 //! kv blocks come from the CSR block table (runs of full/partial blocks per q block);
