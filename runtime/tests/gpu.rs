@@ -25,6 +25,8 @@ struct Case {
     ty: InputType,
     qb: u32,
     kvb: u32,
+    /// m16 tiles per warp
+    mt: u32,
 }
 
 fn cases() -> Vec<Case> {
@@ -43,30 +45,57 @@ fn cases() -> Vec<Case> {
             ty: InputType::Bf16,
             qb: 128,
             kvb: 64,
+            mt: 1,
         },
         Case {
             shape: s(1, 4, 1, 200, 63, 64),
             ty: InputType::F16,
             qb: 64,
             kvb: 64,
+            mt: 1,
         },
         Case {
             shape: s(2, 2, 2, 129, 129, 64),
             ty: InputType::Bf16,
             qb: 128,
             kvb: 128,
+            mt: 1,
         },
         Case {
             shape: s(1, 3, 3, 300, 257, 128),
             ty: InputType::F16,
             qb: 64,
             kvb: 32,
+            mt: 1,
         },
         Case {
             shape: s(1, 2, 1, 1, 70, 128),
             ty: InputType::Bf16,
             qb: 64,
             kvb: 64,
+            mt: 1,
+        },
+        // two m-tiles per warp (Q re-read from shared memory at D128)
+        Case {
+            shape: s(2, 4, 2, 77, 131, 128),
+            ty: InputType::Bf16,
+            qb: 128,
+            kvb: 64,
+            mt: 2,
+        },
+        Case {
+            shape: s(1, 3, 3, 300, 257, 64),
+            ty: InputType::F16,
+            qb: 128,
+            kvb: 128,
+            mt: 2,
+        },
+        Case {
+            shape: s(1, 2, 1, 200, 63, 128),
+            ty: InputType::F16,
+            qb: 64,
+            kvb: 32,
+            mt: 2,
         },
     ]
 }
@@ -82,6 +111,7 @@ fn check_one(
 ) -> Result<(), String> {
     let sh = &c.shape;
     let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
+    opts = opts.with_m_tiles(c.mt);
     opts.q_block = c.qb;
     opts.kv_block = c.kvb;
     let k = emit(p, &opts).map_err(|e| e.to_string())?;
@@ -122,12 +152,13 @@ fn check_one(
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
         c.qb,
-        c.kvb
+        c.kvb,
+        c.mt
     );
     Ok(())
 }
@@ -189,6 +220,7 @@ fn gpu_all_partial_maps_match_oracle() {
         ty: InputType::Bf16,
         qb: 64,
         kvb: 64,
+        mt: 1,
     };
     for p in [samples::dense(), samples::causal(), samples::sliding()] {
         let mut r = rng(3);
@@ -218,6 +250,7 @@ fn gpu_fully_masked_rows_give_zero_and_neg_inf() {
         ty: InputType::Bf16,
         qb: 128,
         kvb: 64,
+        mt: 1,
     };
     let mut r = rng(5);
     let bind = bindings(&p, &c.shape, &mut r, 0, 4);

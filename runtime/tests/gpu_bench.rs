@@ -55,6 +55,28 @@ fn variants(h: i32) -> Vec<Variant> {
     ]
 }
 
+/// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
+/// registers / re-read it from shared memory).
+fn tile_opts(
+    arch: attnc_compiler::backend::llvm::Arch,
+    d: u32,
+    ty: InputType,
+    qb: u32,
+    kvb: u32,
+    mt: &str,
+) -> PtxOptions {
+    let n: u32 = mt.trim_end_matches(['r', 's']).parse().unwrap_or(1);
+    let mut o = PtxOptions::new(arch, d, d, ty).with_m_tiles(n);
+    o.q_block = qb;
+    o.kv_block = kvb;
+    if mt.ends_with('r') {
+        o.q_in_regs = true;
+    } else if mt.ends_with('s') {
+        o.q_in_regs = false;
+    }
+    o
+}
+
 #[test]
 #[ignore]
 fn gpu_bench() {
@@ -68,12 +90,17 @@ fn gpu_bench() {
         dev.arch()
     );
     let quick = std::env::var("ATTNC_BENCH_QUICK").is_ok();
-    let tiles: Vec<(u32, u32)> = std::env::var("ATTNC_BENCH_TILES")
-        .unwrap_or_else(|_| "128x64,64x64,128x128".into())
+    // q_block x kv_block x m-tiles per warp, then `r` (Q in registers) or `s` (Q re-read
+    // from shared memory) to override the default
+    let tiles: Vec<(u32, u32, String)> = std::env::var("ATTNC_BENCH_TILES")
+        .unwrap_or_else(|_| "128x64x2,128x128x2,64x64x1,128x64x1".into())
         .split(',')
         .filter_map(|t| {
-            let (a, b) = t.split_once('x')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
+            let mut it = t.split('x');
+            let (a, b) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+            let _ = &mut it;
+            let mt = t.splitn(3, 'x').nth(2).unwrap_or("1").to_string();
+            Some((a, b, mt))
         })
         .collect();
     let cache_dir = std::env::temp_dir().join(format!("attnc-bench-cache-{}", std::process::id()));
@@ -109,16 +136,15 @@ fn gpu_bench() {
             })
             .collect();
         // pick the tile configuration on dense
-        let mut best = (tiles[0], f64::INFINITY);
+        let mut best = (tiles[0].clone(), f64::INFINITY);
         if tiles.len() > 1 {
-            for &(qb, kvb) in &tiles {
-                let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
-                opts.q_block = qb;
-                opts.kv_block = kvb;
+            for (qb, kvb, mt) in tiles.iter().cloned() {
+                let opts = tile_opts(dev.arch(), d as u32, ty, qb, kvb, &mt);
                 let Ok(kern) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts)
-                    .map_err(|e| println!("tile {qb}x{kvb}: {e}"))
+                    .map_err(|e| println!("tile {qb}x{kvb}x{mt}: {e}"))
                     .and_then(|k| {
-                        CudaKernel::load(&dev, &k).map_err(|e| println!("tile {qb}x{kvb}: {e}"))
+                        CudaKernel::load(&dev, &k)
+                            .map_err(|e| println!("tile {qb}x{kvb}x{mt}: {e}"))
                     })
                 else {
                     continue;
@@ -143,33 +169,19 @@ fn gpu_bench() {
                     .unwrap();
                 let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
                 let tf = 4.0 * (b * h * l * l * d) as f64 / ms / 1e9;
-                println!("tile {qb}x{kvb} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
+                println!("tile {qb}x{kvb}x{mt} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
                 if ms < best.1 {
-                    best = ((qb, kvb), ms);
+                    best = ((qb, kvb, mt), ms);
                 }
             }
         }
-        let (qb, kvb) = best.0;
-        println!("using tile {qb}x{kvb} for D{d}");
+        let (qb, kvb, mt) = best.0.clone();
+        println!("using tile {qb}x{kvb}x{mt} for D{d}");
         for var in variants(h as i32) {
             if quick && !matches!(var.name, "full" | "causal") {
                 continue;
             }
             let p = &var.program;
-            let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
-            opts.q_block = qb;
-            opts.kv_block = kvb;
-            // JIT latency: cold (fresh disk cache), disk-warm (new in-memory cache), memory-warm
-            let cold = JitCache::new(Some(DiskCache::new(&cache_dir)));
-            let (kern, s_cold) = cold.get(&dev, p, &opts).unwrap();
-            if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
-                let _ = std::fs::create_dir_all(&dir);
-                let k = attnc_compiler::backend::llvm::emit(p, &opts).unwrap();
-                let _ = std::fs::write(format!("{dir}/{}_d{d}_{qb}x{kvb}.ptx", var.name), k.ptx);
-            }
-            let warm_disk = JitCache::new(Some(DiskCache::new(&cache_dir)));
-            let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
-            let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
             // bindings and block maps
             let mut bind = Bindings::default();
             let keep: Box<dyn Fn(usize, usize, usize, usize) -> bool> = match var.name {
@@ -189,6 +201,58 @@ fn gpu_bench() {
                 _ => Box::new(|_, _, q, kv| q >= kv),
             };
             let per_b = var.name == "doc_causal";
+            // the tile per variant: the dense winner and the two defaults, timed briefly
+            let mut cands = vec![(qb, kvb, mt.clone())];
+            for t in [(128, 64, "2".to_string()), (64, 64, "1".to_string())] {
+                if !cands.contains(&t) {
+                    cands.push(t);
+                }
+            }
+            let mut vbest = (cands[0].clone(), f64::INFINITY);
+            for (cq, ck, cm) in cands.iter().cloned() {
+                let o = tile_opts(dev.arch(), d as u32, ty, cq, ck, &cm);
+                let Ok(kern) = attnc_compiler::backend::llvm::emit(p, &o)
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| CudaKernel::load(&dev, &k).map_err(|e| e.to_string()))
+                else {
+                    continue;
+                };
+                let maps =
+                    brute_force_maps(&shape, cq as usize, ck as usize, (per_b, false), &keep);
+                let prob = kern
+                    .upload_device(
+                        &dev,
+                        &shape,
+                        qd.clone(),
+                        kd.clone(),
+                        vd.clone(),
+                        shape.default_scale(),
+                        &bind,
+                        &maps,
+                    )
+                    .unwrap();
+                let ms = kern.time(&dev, &prob, 2, 5, 3).unwrap();
+                println!("  {} D{d} tile {cq}x{ck}x{cm}: {ms:.3} ms", var.name);
+                if ms < vbest.1 {
+                    vbest = ((cq, ck, cm), ms);
+                }
+            }
+            let (qb, kvb, mt) = vbest.0.clone();
+            let opts = tile_opts(dev.arch(), d as u32, ty, qb, kvb, &mt);
+            // JIT latency: cold (fresh disk cache), disk-warm (new in-memory cache), memory-warm
+            let cold = JitCache::new(Some(DiskCache::new(&cache_dir)));
+            let (kern, s_cold) = cold.get(&dev, p, &opts).unwrap();
+            if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
+                let _ = std::fs::create_dir_all(&dir);
+                let k = attnc_compiler::backend::llvm::emit(p, &opts).unwrap();
+                let _ = std::fs::write(
+                    format!("{dir}/{}_d{d}_{qb}x{kvb}x{mt}.ptx", var.name),
+                    k.ptx,
+                );
+            }
+            let warm_disk = JitCache::new(Some(DiskCache::new(&cache_dir)));
+            let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
+            let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
             let maps = brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
             // density over unmasked pairs (exact, batch-averaged)
             let mut kept = 0u64;
@@ -215,14 +279,18 @@ fn gpu_bench() {
             let ms = kern.time(&dev, &prob, 3, 10, 5).unwrap();
             let tf = 4.0 * (b * h * l * l * d) as f64 * density / ms / 1e9;
             let key = format!("attnc/{}/B{b}H{h}S{l}D{d}", var.name);
+            let tile = format!("{qb}x{kvb}x{mt}");
             println!(
                 "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} | JIT cold {:.1} ms (codegen {:.1}, load {:.1}), disk-warm {:.1} ms, memory-warm {:.3} ms",
                 s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
             );
-            let _ = writeln!(table, "{key:<40} {tf:>7.1} TFLOP/s  {ms:>8.3} ms");
+            let _ = writeln!(
+                table,
+                "{key:<40} {tf:>7.1} TFLOP/s  {ms:>8.3} ms  tile {tile}"
+            );
             let _ = writeln!(
                 json,
-                "  \"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}, \"density\": {density}, \"tile\": \"{qb}x{kvb}\", \"jit_cold_ms\": {}, \"jit_codegen_ms\": {}, \"jit_load_ms\": {}, \"jit_disk_warm_ms\": {}, \"jit_mem_warm_ms\": {}}},",
+                "  \"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}, \"density\": {density}, \"tile\": \"{qb}x{kvb}x{mt}\", \"jit_cold_ms\": {}, \"jit_codegen_ms\": {}, \"jit_load_ms\": {}, \"jit_disk_warm_ms\": {}, \"jit_mem_warm_ms\": {}}},",
                 s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
             );
         }

@@ -3,7 +3,9 @@
 //! In: a [`Program`] and [`PtxOptions`]. Out: the kernel function in an LLVM module, its
 //! parameter order, threads per CTA and dynamic shared memory.
 //!
-//! Per CTA (q block `qb`, query head `h`, batch `b`), each warp owning 16 query rows:
+//! Per CTA (q block `qb`, query head `h`, batch `b`), each warp owning `16 * m_tiles` query
+//! rows (every K/V fragment read with `ldmatrix` feeds `m_tiles` mma); Q fragments stay in
+//! registers or, with `q_in_regs` off, are re-read from shared memory per kv block:
 //! ```text
 //! cp.async Q tile; if the block table lists any kv block: cp.async K[first]
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
@@ -56,7 +58,7 @@ fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
 /// (threads per CTA, dynamic shared memory bytes).
 pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
     let (_, _, v) = tiles(opts);
-    (opts.q_block / 16 * 32, v.offset + v.bytes())
+    (opts.threads(), v.offset + v.bytes())
 }
 
 pub(crate) struct Built<'ctx> {
@@ -89,6 +91,9 @@ struct Cfg {
     qb: u32,
     kvb: u32,
     threads: u32,
+    /// m16 tiles of query rows per warp.
+    mt: usize,
+    q_in_regs: bool,
     q: SmemTile,
     k: SmemTile,
     v: SmemTile,
@@ -133,7 +138,7 @@ pub(crate) fn build<'ctx>(
     let ft = ctx.void_type().fn_type(&tys, false);
     let func = module.add_function(entry, ft, None);
     func.set_call_conventions(71); // ptx_kernel: emitted as a .entry
-    let threads = opts.q_block / 16 * 32;
+    let threads = opts.threads();
     func.add_attribute(
         AttributeLoc::Function,
         ctx.create_string_attribute("nvvm.maxntid", &threads.to_string()),
@@ -155,6 +160,8 @@ pub(crate) fn build<'ctx>(
         qb: opts.q_block,
         kvb: opts.kv_block,
         threads,
+        mt: opts.m_tiles as usize,
+        q_in_regs: opts.q_in_regs,
         q,
         k,
         v,
@@ -287,21 +294,20 @@ fn body<'ctx>(
 
     // ---- state --------------------------------------------------------------------------------
     let nt_o = (c.dv / 8) as usize;
-    let o_acc: Vec<[Var<'ctx>; 4]> = (0..nt_o)
-        .map(|_| -> R<[Var<'ctx>; 4]> {
+    let o_acc: Vec<Vec<[Var<'ctx>; 4]>> = (0..c.mt)
+        .map(|_| (0..nt_o).map(|_| vars4(g, g.cf(0.0))).collect::<R<_>>())
+        .collect::<R<_>>()?;
+    let m: Vec<[Var<'ctx>; 2]> = (0..c.mt)
+        .map(|_| {
             Ok([
-                g.var(g.f32, g.cf(0.0))?,
-                g.var(g.f32, g.cf(0.0))?,
-                g.var(g.f32, g.cf(0.0))?,
-                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
+                g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
             ])
         })
         .collect::<R<_>>()?;
-    let m = [
-        g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
-        g.var(g.f32, g.cf(f32::NEG_INFINITY))?,
-    ];
-    let l = [g.var(g.f32, g.cf(0.0))?, g.var(g.f32, g.cf(0.0))?];
+    let l: Vec<[Var<'ctx>; 2]> = (0..c.mt)
+        .map(|_| Ok([g.var(g.f32, g.cf(0.0))?, g.var(g.f32, g.cf(0.0))?]))
+        .collect::<R<_>>()?;
     let st_j = g.var(g.i32, g.c32(0))?;
     let st_end = g.var(g.i32, g.c32(0))?;
     let st_full = g.var(g.i32, g.c32(0))?;
@@ -332,7 +338,11 @@ fn body<'ctx>(
     g.cp_async_commit()?;
     g.cp_async_wait(0)?;
     g.barrier()?;
-    let qfrag = load_q_fragments(g, c, &cx)?;
+    let qfrag = if c.q_in_regs {
+        Some(load_q_fragments(g, c, &cx)?)
+    } else {
+        None
+    };
     g.br(lp)?;
 
     // ---- main loop over kv blocks ---------------------------------------------------------------
@@ -347,7 +357,7 @@ fn body<'ctx>(
     c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?)?;
     g.cp_async_commit()?;
 
-    let s = qk(g, c, &cx, &qfrag)?;
+    let s = qk(g, c, &cx, qfrag.as_deref())?;
 
     // the next block: the rest of this run, else the next run of the row
     let j1 = g.add(j, g.c32(1))?;
@@ -362,7 +372,9 @@ fn body<'ctx>(
     let has_next = g.or(in_run, more_runs)?;
 
     let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-    let pfrag = online_softmax(g, c, &t, &m, &l, &o_acc)?;
+    let pfrag: Vec<_> = (0..c.mt)
+        .map(|i| online_softmax(g, c, &t[i], &m[i], &l[i], &o_acc[i]))
+        .collect::<R<_>>()?;
 
     g.cp_async_wait(0)?;
     g.barrier()?;
@@ -381,19 +393,39 @@ fn body<'ctx>(
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
     g.b.position_at_end(epi);
     g.cp_async_wait(0)?;
-    epilogue(
-        g,
-        c,
-        &cx,
-        ptr(KernelParam::O)?,
-        ptr(KernelParam::Lse)?,
-        hq,
-        &m,
-        &l,
-        &o_acc,
-    )?;
+    for i in 0..c.mt {
+        epilogue(
+            g,
+            c,
+            &cx,
+            i,
+            ptr(KernelParam::O)?,
+            ptr(KernelParam::Lse)?,
+            hq,
+            &m[i],
+            &l[i],
+            &o_acc[i],
+        )?;
+    }
     g.b.build_return(None)?;
     Ok(())
+}
+
+fn vars4<'ctx>(g: &Gpu<'ctx>, init: FloatValue<'ctx>) -> R<[Var<'ctx>; 4]> {
+    Ok([
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+    ])
+}
+
+/// The first query row (within the q block) of m-tile `i` of this warp.
+fn mtile_row0<'ctx>(g: &Gpu<'ctx>, c: &Cfg, cx: &Ctx<'ctx>, i: usize) -> R<IntValue<'ctx>> {
+    g.add(
+        g.mul(cx.warp, g.c32(16 * c.mt as i64))?,
+        g.c32(16 * i as i64),
+    )
 }
 
 /// (start, end, full) of run `r`.
@@ -410,45 +442,68 @@ fn load_run<'ctx>(
     ))
 }
 
-/// A fragments of this warp's 16 Q rows, one `[i32; 4]` per 16 columns of D.
-fn load_q_fragments<'ctx>(g: &Gpu<'ctx>, c: &Cfg, cx: &Ctx<'ctx>) -> R<Vec<[IntValue<'ctx>; 4]>> {
-    // lane l addresses row (l % 8) + 8 ((l / 8) % 2) of the warp's rows, chunk 2 ks + l / 16
-    let r8 = g.and(cx.lane, g.c32(7))?;
-    let hi8 = g.and(g.lshr(cx.lane, g.c32(3))?, g.c32(1))?;
-    let row = g.add(
-        g.add(g.mul(cx.warp, g.c32(16))?, r8)?,
-        g.mul(hi8, g.c32(8))?,
-    )?;
-    let half = g.lshr(cx.lane, g.c32(4))?;
-    (0..c.d / 16)
-        .map(|ks| {
-            let chunk = g.add(g.c32(2 * ks as i64), half)?;
-            g.ldmatrix_x4(c.q.addr(g, row, chunk)?, false)
+/// A fragments of this warp's Q rows: `[m-tile][ks]`, one `[i32; 4]` per 16 columns of D.
+fn load_q_fragments<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+) -> R<Vec<Vec<[IntValue<'ctx>; 4]>>> {
+    (0..c.mt)
+        .map(|i| {
+            (0..c.d as usize / 16)
+                .map(|ks| load_q_fragment(g, c, cx, i, ks))
+                .collect()
         })
         .collect()
 }
 
-/// S = Q K^T for this warp: `kv_block / 8` accumulators of m16n8.
+/// The A fragment of m-tile `i`, columns `16 ks ..`, of this warp's Q rows.
+fn load_q_fragment<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    i: usize,
+    ks: usize,
+) -> R<[IntValue<'ctx>; 4]> {
+    // lane l addresses row (l % 8) + 8 ((l / 8) % 2) of the m-tile, chunk 2 ks + l / 16
+    let r8 = g.and(cx.lane, g.c32(7))?;
+    let hi8 = g.and(g.lshr(cx.lane, g.c32(3))?, g.c32(1))?;
+    let row = g.add(g.add(mtile_row0(g, c, cx, i)?, r8)?, g.mul(hi8, g.c32(8))?)?;
+    let half = g.lshr(cx.lane, g.c32(4))?;
+    let chunk = g.add(g.c32(2 * ks as i64), half)?;
+    g.ldmatrix_x4(c.q.addr(g, row, chunk)?, false)
+}
+
+/// S = Q K^T for this warp: per m-tile, `kv_block / 8` accumulators of m16n8. Q comes
+/// from `qfrag` (`[m-tile][ks]`) or, without it, from shared memory.
 fn qk<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     cx: &Ctx<'ctx>,
-    qfrag: &[[IntValue<'ctx>; 4]],
-) -> R<Vec<[FloatValue<'ctx>; 4]>> {
+    qfrag: Option<&[Vec<[IntValue<'ctx>; 4]>]>,
+) -> R<Vec<Vec<[FloatValue<'ctx>; 4]>>> {
     let zero = g.cf(0.0);
-    let mut s = vec![[zero; 4]; (c.kvb / 8) as usize];
+    let mut s = vec![vec![[zero; 4]; (c.kvb / 8) as usize]; c.mt];
     // lane l: matrix mi = l / 8 -> kv row (2 ntp + mi / 2) * 8 + l % 8, chunk 2 ks + mi % 2
     let r8 = g.and(cx.lane, g.c32(7))?;
     let mi = g.lshr(cx.lane, g.c32(3))?;
     let row_in = g.add(g.mul(g.lshr(mi, g.c32(1))?, g.c32(8))?, r8)?;
     let chunk_in = g.and(mi, g.c32(1))?;
-    for (ks, a) in qfrag.iter().enumerate() {
+    for ks in 0..c.d as usize / 16 {
+        let a: Vec<[IntValue<'ctx>; 4]> = (0..c.mt)
+            .map(|i| match qfrag {
+                Some(q) => Ok(q[i][ks]),
+                None => load_q_fragment(g, c, cx, i, ks),
+            })
+            .collect::<R<_>>()?;
         for ntp in 0..(c.kvb / 16) as usize {
             let row = g.add(row_in, g.c32(16 * ntp as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ks as i64))?;
             let bf = g.ldmatrix_x4(c.k.addr(g, row, chunk)?, false)?;
-            s[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &s[2 * ntp])?;
-            s[2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &s[2 * ntp + 1])?;
+            for (i, a) in a.iter().enumerate() {
+                s[i][2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &s[i][2 * ntp])?;
+                s[i][2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &s[i][2 * ntp + 1])?;
+            }
         }
     }
     Ok(s)
@@ -463,21 +518,13 @@ fn score_and_mask<'ctx>(
     cx: &Ctx<'ctx>,
     env: &Env<'ctx>,
     p: &Program,
-    s: &[[FloatValue<'ctx>; 4]],
+    s: &[Vec<[FloatValue<'ctx>; 4]>],
     kv0: IntValue<'ctx>,
     full: IntValue<'ctx>,
-) -> R<Vec<[Var<'ctx>; 4]>> {
-    let t: Vec<[Var<'ctx>; 4]> = s
+) -> R<Vec<Vec<[Var<'ctx>; 4]>>> {
+    let t: Vec<Vec<[Var<'ctx>; 4]>> = s
         .iter()
-        .map(|_| -> R<[Var<'ctx>; 4]> {
-            let z = g.cf(0.0);
-            Ok([
-                g.var(g.f32, z)?,
-                g.var(g.f32, z)?,
-                g.var(g.f32, z)?,
-                g.var(g.f32, z)?,
-            ])
-        })
+        .map(|si| si.iter().map(|_| vars4(g, g.cf(0.0))).collect::<R<_>>())
         .collect::<R<_>>()?;
     let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
     let fast = g.and(
@@ -488,15 +535,24 @@ fn score_and_mask<'ctx>(
     let slow_bb = g.block("partial_block");
     let merge = g.block("scored");
     let scale_log2 = g.fmul(cx.scale, g.cf(LOG2E))?;
-    let row_base = g.add(
-        g.add(cx.q0, g.mul(cx.warp, g.c32(16))?)?,
-        g.lshr(cx.lane, g.c32(2))?,
-    )?;
+    let row_bases: Vec<IntValue<'ctx>> = (0..c.mt)
+        .map(|i| {
+            g.add(
+                g.add(cx.q0, mtile_row0(g, c, cx, i)?)?,
+                g.lshr(cx.lane, g.c32(2))?,
+            )
+        })
+        .collect::<R<_>>()?;
     let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
     g.cond_br(fast, fast_bb, slow_bb)?;
     for slow in [false, true] {
         g.b.position_at_end(if slow { slow_bb } else { fast_bb });
-        for (nt, acc) in s.iter().enumerate() {
+        for (mi, nt, acc) in s
+            .iter()
+            .enumerate()
+            .flat_map(|(mi, si)| si.iter().enumerate().map(move |(nt, a)| (mi, nt, a)))
+        {
+            let row_base = row_bases[mi];
             for (i, x) in acc.iter().enumerate() {
                 let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
                 let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
@@ -534,7 +590,7 @@ fn score_and_mask<'ctx>(
                     let sc = score(e)?;
                     g.selectf(keep, sc, g.cf(f32::NEG_INFINITY))?
                 };
-                g.set(&t[nt][i], v)?;
+                g.set(&t[mi][nt][i], v)?;
             }
         }
         g.br(merge)?;
@@ -614,18 +670,22 @@ fn pv<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     cx: &Ctx<'ctx>,
-    pfrag: &[[IntValue<'ctx>; 4]],
-    o: &[[Var<'ctx>; 4]],
+    pfrag: &[Vec<[IntValue<'ctx>; 4]>],
+    o: &[Vec<[Var<'ctx>; 4]>],
 ) -> R<()> {
-    let mut acc: Vec<[FloatValue<'ctx>; 4]> = o
+    let mut acc: Vec<Vec<[FloatValue<'ctx>; 4]>> = o
         .iter()
-        .map(|x| {
-            Ok([
-                g.getf(&x[0])?,
-                g.getf(&x[1])?,
-                g.getf(&x[2])?,
-                g.getf(&x[3])?,
-            ])
+        .map(|oi| {
+            oi.iter()
+                .map(|x| {
+                    Ok([
+                        g.getf(&x[0])?,
+                        g.getf(&x[1])?,
+                        g.getf(&x[2])?,
+                        g.getf(&x[3])?,
+                    ])
+                })
+                .collect::<R<_>>()
         })
         .collect::<R<_>>()?;
     // lane l: matrix mi = l / 8 -> kv row 16 kk + (mi % 2) * 8 + l % 8, chunk 2 ntp + mi / 2
@@ -633,18 +693,23 @@ fn pv<'ctx>(
     let mi = g.lshr(cx.lane, g.c32(3))?;
     let row_in = g.add(g.mul(g.and(mi, g.c32(1))?, g.c32(8))?, r8)?;
     let chunk_in = g.lshr(mi, g.c32(1))?;
-    for (kk, a) in pfrag.iter().enumerate() {
+    for kk in 0..(c.kvb / 16) as usize {
         for ntp in 0..(c.dv / 16) as usize {
             let row = g.add(row_in, g.c32(16 * kk as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ntp as i64))?;
             let bf = g.ldmatrix_x4(c.v.addr(g, row, chunk)?, true)?;
-            acc[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &acc[2 * ntp])?;
-            acc[2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &acc[2 * ntp + 1])?;
+            for (acc, pf) in acc.iter_mut().zip(pfrag) {
+                let a = &pf[kk];
+                acc[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &acc[2 * ntp])?;
+                acc[2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &acc[2 * ntp + 1])?;
+            }
         }
     }
-    for (x, v) in o.iter().zip(&acc) {
-        for i in 0..4 {
-            g.set(&x[i], v[i])?;
+    for (oi, ai) in o.iter().zip(&acc) {
+        for (x, v) in oi.iter().zip(ai) {
+            for i in 0..4 {
+                g.set(&x[i], v[i])?;
+            }
         }
     }
     Ok(())
@@ -655,6 +720,7 @@ fn epilogue<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     cx: &Ctx<'ctx>,
+    mtile: usize,
     o_ptr: PointerValue<'ctx>,
     lse_ptr: PointerValue<'ctx>,
     hq: IntValue<'ctx>,
@@ -664,7 +730,7 @@ fn epilogue<'ctx>(
 ) -> R<()> {
     let slice = g.add(g.mul(cx.b, hq)?, cx.h)?;
     let row_base = g.add(
-        g.add(cx.q0, g.mul(cx.warp, g.c32(16))?)?,
+        g.add(cx.q0, mtile_row0(g, c, cx, mtile)?)?,
         g.lshr(cx.lane, g.c32(2))?,
     )?;
     let quad = g.and(cx.lane, g.c32(3))?;

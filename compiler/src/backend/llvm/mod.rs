@@ -7,8 +7,8 @@
 //! memory and the order of the kernel's parameters ([`KernelParam`]). The same input
 //! always gives byte-identical text.
 //!
-//! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 query
-//! rows; K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
+//! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 or 32
+//! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
 //! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
 //! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
 //! kv blocks come from the CSR block table (runs of full/partial blocks per q block);
@@ -104,13 +104,21 @@ pub struct PtxOptions {
     pub q_block: u32,
     /// kv positions per tile: 32, 64 or 128.
     pub kv_block: u32,
+    /// m16 tiles of query rows per warp (1 or 2): each warp owns `16 * m_tiles` rows, so
+    /// every K/V fragment read from shared memory feeds `m_tiles` times as many mma.
+    pub m_tiles: u32,
+    /// Q fragments stay in registers for the whole kv loop (else re-read from shared
+    /// memory with `ldmatrix` each block, which frees `m_tiles * d / 4` registers).
+    pub q_in_regs: bool,
 }
 
 impl PtxOptions {
-    /// Defaults measured best on an H200 (bf16, D 64 and 128): 64 query rows (4 warps),
-    /// kv tiles of 64 (285 vs 254 TFLOP/s for 128x64 at D128, dense).
+    /// Defaults measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
+    /// 4 warps of 32 rows (2 m-tiles) with Q re-read from shared memory and kv tiles of 64
+    /// (333 TFLOP/s at D128 vs 285 for 64x64 with 16 rows per warp); otherwise 64 query
+    /// rows (4 warps of 16) and kv tiles of 64 (280 at D64; 2 m-tiles give the same).
     pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
-        PtxOptions {
+        let o = PtxOptions {
             arch,
             d,
             dv,
@@ -118,19 +126,42 @@ impl PtxOptions {
             checked: false,
             q_block: 64,
             kv_block: 64,
+            m_tiles: 1,
+            q_in_regs: true,
+        };
+        if (96..=128).contains(&d.max(dv)) {
+            PtxOptions {
+                q_block: 128,
+                ..o.with_m_tiles(2)
+            }
+        } else {
+            o
         }
+    }
+    /// Sets `m_tiles` and the default Q placement for it (registers while
+    /// `m_tiles * d <= 128`, else re-read from shared memory).
+    pub fn with_m_tiles(mut self, m_tiles: u32) -> Self {
+        self.m_tiles = m_tiles;
+        self.q_in_regs = m_tiles * self.d <= 128;
+        self
+    }
+    /// Threads per CTA: one warp per `16 * m_tiles` query rows.
+    pub fn threads(&self) -> u32 {
+        self.q_block / (16 * self.m_tiles.max(1)) * 32
     }
     /// A stable one-line description (used in cache keys and file headers).
     pub fn key(&self) -> String {
         format!(
-            "arch={} d={} dv={} in={} checked={} qb={} kvb={}",
+            "arch={} d={} dv={} in={} checked={} qb={} kvb={} mt={} qregs={}",
             self.arch,
             self.d,
             self.dv,
             self.input.name(),
             self.checked,
             self.q_block,
-            self.kv_block
+            self.kv_block,
+            self.m_tiles,
+            self.q_in_regs
         )
     }
     fn validate(&self) -> Result<(), LlvmError> {
@@ -147,7 +178,13 @@ impl PtxOptions {
                 self.q_block, self.kv_block
             )));
         }
-        let threads = self.q_block / 16 * 32;
+        if !matches!(self.m_tiles, 1 | 2) || !matches!(self.threads(), 64 | 128 | 256) {
+            return Err(LlvmError::Unsupported(format!(
+                "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
+                self.m_tiles, self.q_block
+            )));
+        }
+        let threads = self.threads();
         for (what, rows, cols) in [
             ("Q", self.q_block, self.d),
             ("K", self.kv_block, self.d),

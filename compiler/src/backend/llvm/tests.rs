@@ -8,11 +8,16 @@ use crate::ir::verify_program;
 fn samples_emit_ptx_entries_deterministically() {
     for p in samples::all(16) {
         verify_program(&p).unwrap();
-        for (d, ty, arch) in [
-            (128, InputType::Bf16, Arch::Sm90),
-            (64, InputType::F16, Arch::Sm80),
+        for (d, ty, arch, mt) in [
+            (128, InputType::Bf16, Arch::Sm90, 1),
+            (64, InputType::F16, Arch::Sm80, 1),
+            (128, InputType::Bf16, Arch::Sm90, 2),
+            (64, InputType::Bf16, Arch::Sm90, 2),
         ] {
-            let opts = PtxOptions::new(arch, d, d, ty);
+            let mut opts = PtxOptions::new(arch, d, d, ty).with_m_tiles(mt);
+            if mt == 2 {
+                opts.q_block = 128;
+            }
             let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             assert!(
                 k.ptx.contains(&format!(".visible .entry {}", k.entry)),
