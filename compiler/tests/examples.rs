@@ -1,18 +1,9 @@
 //! Every `examples/*.attn` compiles cleanly, and the IR of each is snapshot-tested
 //! (`snapshots/examples__<file stem>.snap`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-fn example_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "attn"))
-        .collect();
-    files.sort();
-    files
-}
+use common::example_files;
 
 #[test]
 fn examples_compile_and_match_ir_snapshots() {

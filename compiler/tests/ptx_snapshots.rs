@@ -3,18 +3,10 @@
 //! a GPU: only code generation is exercised here; runtime/tests/gpu.rs runs the kernels.
 
 use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn example_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "attn"))
-        .collect();
-    files.sort();
-    files
-}
+use common::example_files;
+use std::path::Path;
 
 #[test]
 fn every_example_has_deterministic_ptx() {
@@ -27,8 +19,17 @@ fn every_example_has_deterministic_ptx() {
             let a = emit(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             let b = emit(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             assert_eq!(a.ptx, b.ptx, "{}: PTX differs between two runs", p.name);
-            assert!(a.ptx.contains(".visible .entry"), "{}: no kernel entry in the PTX", p.name);
-            assert!(a.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{}: no tensor-core mma", p.name);
+            assert!(
+                a.ptx.contains(".visible .entry"),
+                "{}: no kernel entry in the PTX",
+                p.name
+            );
+            assert!(
+                a.ptx
+                    .contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                "{}: no tensor-core mma",
+                p.name
+            );
             insta::assert_snapshot!(format!("ptx_sm90_bf16_d64__{}", p.name), a.ptx);
             count += 1;
         }
@@ -38,11 +39,17 @@ fn every_example_has_deterministic_ptx() {
 
 #[test]
 fn sm80_f16_and_d128_generate() {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/document_alibi.attn")).unwrap();
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/document_alibi.attn"),
+    )
+    .unwrap();
     let module = attnc_compiler::compile_source(&src).unwrap();
     let p = &module.programs[0];
     let k = emit(p, &PtxOptions::new(Arch::Sm80, 128, 128, InputType::F16)).unwrap();
     assert!(k.ptx.contains(".target sm_80"));
-    assert!(k.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"));
+    assert!(
+        k.ptx
+            .contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")
+    );
     insta::assert_snapshot!("ptx_sm80_f16_d128__document_alibi", k.ptx);
 }
