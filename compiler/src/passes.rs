@@ -200,6 +200,53 @@ pub fn eliminate_dead_code(f: &Function) -> Function {
     out
 }
 
+/// For backends whose tensor reads never leave the tensor (indices clamped): rewrites
+/// each guarded `Load { guard: g }` into an unguarded read and `select(g, read, 0)`.
+/// Same results, but the read now depends only on its indices, so a code generator can
+/// hoist it out of loops that the guard varies in (`doc[b, q]` behind `q >= kv &&`
+/// moves to the per-row code). Not for checked mode, where the guard decides what is
+/// reported.
+pub fn unguard_loads(f: &Function) -> Function {
+    let mut out = Function::new(f.kind);
+    let mut map: Vec<Value> = Vec::with_capacity(f.len());
+    let mut truth = None;
+    for (i, inst) in f.insts.iter().enumerate() {
+        let inst = remap(inst, &map);
+        let (ty, span) = (f.types[i], f.spans[i]);
+        let v = match inst {
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } if !matches!(out.inst(guard), Inst::ConstBool(true)) => {
+                let t = *truth.get_or_insert_with(|| {
+                    out.push(Inst::ConstBool(true), crate::ir::Type::Bool, span)
+                });
+                let read = out.push(
+                    Inst::Load {
+                        tensor,
+                        indices,
+                        guard: t,
+                    },
+                    ty,
+                    span,
+                );
+                let zero = match ty {
+                    crate::ir::Type::F32 => Inst::f32(0.0),
+                    crate::ir::Type::I32 => Inst::ConstI32(0),
+                    crate::ir::Type::Bool => Inst::ConstBool(false),
+                };
+                let zero = out.push(zero, ty, span);
+                out.push(Inst::Select(guard, read, zero), ty, span)
+            }
+            other => out.push(other, ty, span),
+        };
+        map.push(v);
+    }
+    out.ret = map[f.ret.index()];
+    eliminate_common_subexpressions(&out)
+}
+
 /// Keeps only the params and tensors that the program's live code reads (in their
 /// declaration order) and renumbers the references.
 pub fn compact_captures(p: &mut Program) {

@@ -30,6 +30,8 @@ pub(crate) enum Kernel {
         kernel: Box<CpuKernel>,
         info: MaskInfo,
         maps: Option<BlockMaps>,
+        /// q, k, v as f32, reused between calls.
+        inputs: [Vec<f32>; 3],
     },
     Cuda {
         kernel: Arc<CudaKernel>,
@@ -143,6 +145,7 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 kernel: Box::new(kernel),
                 info,
                 maps: None,
+                inputs: Default::default(),
             })
         }
         crate::api::Backend::Cuda => {
@@ -240,7 +243,12 @@ pub(crate) fn forward(
             .map_err(|e| out_of_bounds(variant, &e))?;
             Ok((out.o, out.lse))
         }
-        Kernel::Cpu { kernel, info, maps } => {
+        Kernel::Cpu {
+            kernel,
+            info,
+            maps,
+            inputs,
+        } => {
             let launch;
             let maps = match maps {
                 Some(m) => &*m,
@@ -272,18 +280,13 @@ pub(crate) fn forward(
             } else {
                 opts.threads
             };
+            let [qf, kf, vf] = inputs;
+            q.read_f32_into(qf);
+            k.read_f32_into(kf);
+            v.read_f32_into(vf);
             kernel
                 .run(
-                    &s,
-                    &q.to_f32(),
-                    &k.to_f32(),
-                    &v.to_f32(),
-                    scale,
-                    bindings,
-                    maps,
-                    threads,
-                    &mut o,
-                    &mut lse,
+                    &s, qf, kf, vf, scale, bindings, maps, threads, &mut o, &mut lse,
                 )
                 .map_err(|e| cpu_error(variant, e))?;
             Ok((o, lse))

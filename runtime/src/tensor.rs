@@ -172,6 +172,27 @@ impl Tensor {
             DType::I64 => self.to_i64().into_iter().map(|x| x as f32).collect(),
         }
     }
+    /// Every element as f32, written into `out` (its allocation is reused: repeated calls
+    /// of the same size neither allocate nor fault in fresh pages).
+    pub fn read_f32_into(&self, out: &mut Vec<f32>) {
+        out.clear();
+        let b = &self.bytes;
+        match self.dtype {
+            DType::F32 => out.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            DType::F16 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            DType::BF16 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            _ => out.extend(self.to_f32()),
+        }
+    }
     /// Every element as i32 (i64 truncated, floats truncated toward zero).
     pub fn to_i32(&self) -> Vec<i32> {
         let b = &self.bytes;

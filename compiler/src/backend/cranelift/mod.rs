@@ -206,7 +206,7 @@ fn prepare(
 pub fn emit_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
     let (_, mut module, _) = prepare(program, opts)?;
     let mut fctx = FunctionBuilderContext::new();
-    let g = codegen::generate(program, opts, &mut module, &mut fctx)?;
+    let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
     let mut out = format!(
         "; attention {}: q_block {}, kv_block {}, checked {}\n",
         program.name, opts.q_block, opts.kv_block, opts.checked
@@ -218,11 +218,22 @@ pub fn emit_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuErro
     Ok(out)
 }
 
+/// The program the kernel is generated from: in fast mode, with tensor reads unguarded
+/// (`passes::unguard_loads`: reads are clamped, so they may be hoisted past their guards).
+fn kernel_program(program: &Program, opts: &CpuOptions) -> Program {
+    let mut p = program.clone();
+    if !opts.checked {
+        p.mask = p.mask.as_ref().map(crate::passes::unguard_loads);
+        p.score = p.score.as_ref().map(crate::passes::unguard_loads);
+    }
+    p
+}
+
 /// Generates and JIT-compiles the kernel of `program`.
 pub fn compile(program: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
     let (isa, mut module, id) = prepare(program, opts)?;
     let mut fctx = FunctionBuilderContext::new();
-    let g = codegen::generate(program, opts, &mut module, &mut fctx)?;
+    let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
     let mut ctx = module.make_context();
     ctx.func = g.func;
     module
