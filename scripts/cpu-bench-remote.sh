@@ -18,4 +18,9 @@ for t in ${ATTNC_CPU_THREADS:-2 16}; do
     done
   done
 done
-python3 scripts/cpu_bench_torch.py ${ATTNC_CPU_THREADS:-2 16}
+# one process per thread count (changing torch's thread count after FlexAttention has
+# compiled crashed PyTorch 2.11 once); FlexAttention-on-CPU only at 2 threads (its first
+# call compiles for ~40 s)
+for t in ${ATTNC_CPU_THREADS:-2 16}; do
+  if [ "$t" = 2 ]; then python3 scripts/cpu_bench_torch.py "$t"; else python3 scripts/cpu_bench_torch.py "$t" noflex; fi
+done
