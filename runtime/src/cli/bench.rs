@@ -34,6 +34,14 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         caps.params.insert(name, v);
     }
     let (q, k, v) = synth::qkv(&shape, dtype, 11);
+    // the CUDA context is created once per process (tens to hundreds of ms, paid by every
+    // CUDA program); time it apart from the JIT
+    if a.backend == BackendArg::Cuda {
+        let t0 = std::time::Instant::now();
+        let info = attnc::cuda_device_info()?;
+        let context_ms = t0.elapsed().as_secs_f64() * 1e3;
+        outln!("device: {info}; CUDA context {context_ms:.1} ms");
+    }
     let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
     opts.threads = a.threads;
     let t0 = std::time::Instant::now();
