@@ -115,6 +115,19 @@ fn check_one(
     maps: Option<BlockMaps>,
     seed: u64,
 ) -> Result<(), String> {
+    check_scaled(dev, p, c, bind, maps, seed, c.shape.default_scale())
+}
+
+/// `check_one` with an explicit softmax scale.
+fn check_scaled(
+    dev: &attnc::cuda::CudaDevice,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: Option<BlockMaps>,
+    seed: u64,
+    scale: f32,
+) -> Result<(), String> {
     let sh = &c.shape;
     let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
     opts = opts.with_m_tiles(c.mt);
@@ -126,7 +139,6 @@ fn check_one(
     let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
     let (kb, kf) = random_input(&mut r, sh.k_len(), 2.0, c.ty);
     let (vb, vf) = random_input(&mut r, sh.v_len(), 1.0, c.ty);
-    let scale = sh.default_scale();
     let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
     let (o, lse) = kern
         .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
@@ -300,6 +312,39 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     let _ = Arch::Sm90;
 }
 
+fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
+    // the identity-score path keeps raw scores and negates Q for a negative scale
+    for (mt, qb, d) in [(1, 64, 64), (2, 128, 128)] {
+        let c = Case {
+            shape: Shape {
+                b: 1,
+                hq: 2,
+                hkv: 1,
+                lq: 150,
+                lkv: 190,
+                d,
+                dv: d,
+            },
+            ty: InputType::Bf16,
+            qb,
+            kvb: 64,
+            mt,
+        };
+        for p in [
+            samples::dense(),
+            samples::causal(),
+            samples::softcap_causal(),
+        ] {
+            for scale in [-0.09f32, 0.0] {
+                let mut r = rng(4);
+                let bind = bindings(&p, &c.shape, &mut r, 50, 4);
+                check_scaled(dev, &p, &c, &bind, None, 12, scale)
+                    .unwrap_or_else(|e| panic!("{} scale {scale} mt{mt}: {e}", p.name));
+            }
+        }
+    }
+}
+
 type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -311,6 +356,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_fully_masked_rows_give_zero_and_neg_inf",
         gpu_fully_masked_rows_give_zero_and_neg_inf,
+    ),
+    (
+        "gpu_negative_and_zero_scale_match_oracle",
+        gpu_negative_and_zero_scale_match_oracle,
     ),
     (
         "gpu_checked_mode_reports_out_of_range_reads",
