@@ -550,7 +550,7 @@ impl SmemTile {
         let log_chunks = self.chunks().trailing_zeros() as i64;
         let rpp = threads / self.chunks(); // rows per pass of all threads
         let period = self.chunks().min(8);
-        if rpp % period != 0 {
+        if !rpp.is_multiple_of(period) {
             return self.load_async_checked(g, tid, threads, base, row0, valid_rows);
         }
         let whole = g.icmp(IntPredicate::SGE, valid_rows, g.c32(self.rows as i64))?;
