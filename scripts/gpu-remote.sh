@@ -6,8 +6,9 @@
 #   ATTNC_SKIP=tests,sanitizer,bench,torch   skip steps
 set -uo pipefail
 OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
+here=$(cd "$(dirname "$0")" && pwd)   # the packed folder (.bin, or ATTNC_BIN_DIR)
 bin=/tmp/attnc-bin; mkdir -p "$bin"
-for f in .bin/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
+for f in "$here"/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
 skip=${ATTNC_SKIP:-}
 [ -n "${ATTNC_QUICK:-}" ] && skip="$skip,sanitizer,torch" && export ATTNC_BENCH_QUICK=1
 has() { [[ ",$skip," != *",$1,"* ]]; }
@@ -36,6 +37,6 @@ if has ptxas && [ -d "$OUT/ptx" ]; then
 fi
 if has torch; then
   echo "== PyTorch FlexAttention / SDPA flash / cuDNN (same run) =="
-  PYTHONUNBUFFERED=1 timeout 400 python3 .bin/gpu_bench_torch.py "$OUT/attnc_bench.json" 2>&1 | grep -v Warning | tee "$OUT/torch.log"
+  PYTHONUNBUFFERED=1 timeout 400 python3 "$here/gpu_bench_torch.py" "$OUT/attnc_bench.json" 2>&1 | grep -v Warning | tee "$OUT/torch.log"
 fi
 exit $status

@@ -1,7 +1,13 @@
 //! GPU differential tests: every sample kernel against the f64 oracle
 //! (`reference::attention`) on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128,
-//! bf16 and f16), fully masked rows, and checked mode. Without a CUDA device each test
-//! prints `SKIPPED <name>: no CUDA device` and returns.
+//! bf16 and f16), fully masked rows, and checked mode.
+//!
+//! This is a `harness = false` test: `main` runs each test by name and prints
+//! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
+//! `gpu tests: N passed, M failed, K skipped`; without a CUDA device every test is
+//! reported as skipped by name. The first non-flag argument filters test names by
+//! substring (`gpu gpu_all_partial_maps`); libtest flags such as `--test-threads=1` and
+//! `--nocapture` are accepted and ignored (tests always run sequentially, uncaptured).
 //!
 //! Tolerance (bf16/f16 inputs, f32 accumulation, P rounded to the input type for P·V):
 //! |O - O_ref| <= 0.03 + 0.02 |O_ref| for bf16 (0.01 + 0.01 |O_ref| for f16), and
@@ -11,7 +17,7 @@
 
 mod gpu_util;
 
-use attnc::cuda::{CudaError, CudaKernel};
+use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
 use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, samples};
 use attnc_compiler::interp::Bindings;
@@ -109,6 +115,19 @@ fn check_one(
     maps: Option<BlockMaps>,
     seed: u64,
 ) -> Result<(), String> {
+    check_scaled(dev, p, c, bind, maps, seed, c.shape.default_scale())
+}
+
+/// `check_one` with an explicit softmax scale.
+fn check_scaled(
+    dev: &attnc::cuda::CudaDevice,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: Option<BlockMaps>,
+    seed: u64,
+    scale: f32,
+) -> Result<(), String> {
     let sh = &c.shape;
     let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
     opts = opts.with_m_tiles(c.mt);
@@ -120,7 +139,6 @@ fn check_one(
     let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
     let (kb, kf) = random_input(&mut r, sh.k_len(), 2.0, c.ty);
     let (vb, vf) = random_input(&mut r, sh.v_len(), 1.0, c.ty);
-    let scale = sh.default_scale();
     let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
     let (o, lse) = kern
         .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
@@ -163,17 +181,7 @@ fn check_one(
     Ok(())
 }
 
-#[test]
-fn gpu_samples_match_oracle() {
-    let Some(dev) = device_or_skip("gpu_samples_match_oracle") else {
-        return;
-    };
-    println!(
-        "device: {} ({:?}, {})",
-        dev.name(),
-        dev.capability(),
-        dev.arch()
-    );
+fn gpu_samples_match_oracle(dev: &CudaDevice) {
     let mut failures = Vec::new();
     for (ci, c) in cases().iter().enumerate() {
         for p in samples::all(c.shape.hq as i32) {
@@ -183,7 +191,7 @@ fn gpu_samples_match_oracle() {
             }
             let mut r = rng(ci as u64 * 100 + 7);
             let bind = bindings(&p, &c.shape, &mut r, 37, 4);
-            if let Err(e) = check_one(&dev, &p, c, &bind, None, ci as u64) {
+            if let Err(e) = check_one(dev, &p, c, &bind, None, ci as u64) {
                 failures.push(format!(
                     "{} case {ci} ({:?} {}): {e}",
                     p.name,
@@ -201,12 +209,8 @@ fn gpu_samples_match_oracle() {
     );
 }
 
-#[test]
-fn gpu_all_partial_maps_match_oracle() {
+fn gpu_all_partial_maps_match_oracle(dev: &CudaDevice) {
     // every block partial: the mask path everywhere gives the same result
-    let Some(dev) = device_or_skip("gpu_all_partial_maps_match_oracle") else {
-        return;
-    };
     let c = Case {
         shape: Shape {
             b: 1,
@@ -226,15 +230,11 @@ fn gpu_all_partial_maps_match_oracle() {
         let mut r = rng(3);
         let bind = bindings(&p, &c.shape, &mut r, 50, 4);
         let maps = BlockMaps::single(BlockMap::all_partial(c.shape.lq, c.shape.lkv, 64, 64));
-        check_one(&dev, &p, &c, &bind, Some(maps), 11).unwrap();
+        check_one(dev, &p, &c, &bind, Some(maps), 11).unwrap();
     }
 }
 
-#[test]
-fn gpu_fully_masked_rows_give_zero_and_neg_inf() {
-    let Some(dev) = device_or_skip("gpu_fully_masked_rows_give_zero_and_neg_inf") else {
-        return;
-    };
+fn gpu_fully_masked_rows_give_zero_and_neg_inf(dev: &CudaDevice) {
     // sliding window 0: q >= kv && q - kv < 0 holds nowhere
     let p = samples::sliding();
     let c = Case {
@@ -256,19 +256,15 @@ fn gpu_fully_masked_rows_give_zero_and_neg_inf() {
     let bind = bindings(&p, &c.shape, &mut r, 0, 4);
     // all-partial maps so the kernel really evaluates the mask everywhere
     let maps = BlockMaps::single(BlockMap::all_partial(70, 90, 128, 64));
-    check_one(&dev, &p, &c, &bind, Some(maps), 1).unwrap();
+    check_one(dev, &p, &c, &bind, Some(maps), 1).unwrap();
     // and empty maps (no block visited)
     let empty = BlockMaps::single(BlockMap::from_fn(70, 90, 128, 64, |_, _| {
         attnc_compiler::analysis::blockmap::BlockKind::Empty
     }));
-    check_one(&dev, &p, &c, &bind, Some(empty), 2).unwrap();
+    check_one(dev, &p, &c, &bind, Some(empty), 2).unwrap();
 }
 
-#[test]
-fn gpu_checked_mode_reports_out_of_range_reads() {
-    let Some(dev) = device_or_skip("gpu_checked_mode_reports_out_of_range_reads") else {
-        return;
-    };
+fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     // doc is [B, KV] but read at doc[b, q] with Lq > Lkv: out of range
     let p = samples::document_causal();
     let shape = Shape {
@@ -290,8 +286,8 @@ fn gpu_checked_mode_reports_out_of_range_reads() {
         let mut opts = PtxOptions::new(dev.arch(), 64, 64, InputType::Bf16);
         opts.q_block = 64;
         opts.checked = checked;
-        let k = CudaKernel::load(&dev, &emit(&p, &opts).unwrap()).unwrap();
-        let res = k.forward_host(&dev, &shape, &qb, &kb, &vb, 0.125, &bind, &maps);
+        let k = CudaKernel::load(dev, &emit(&p, &opts).unwrap()).unwrap();
+        let res = k.forward_host(dev, &shape, &qb, &kb, &vb, 0.125, &bind, &maps);
         if checked {
             match res {
                 Err(CudaError::OutOfBounds {
@@ -314,4 +310,128 @@ fn gpu_checked_mode_reports_out_of_range_reads() {
         }
     }
     let _ = Arch::Sm90;
+}
+
+fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
+    // the identity-score path keeps raw scores and negates Q for a negative scale
+    for (mt, qb, d) in [(1, 64, 64), (2, 128, 128)] {
+        let c = Case {
+            shape: Shape {
+                b: 1,
+                hq: 2,
+                hkv: 1,
+                lq: 150,
+                lkv: 190,
+                d,
+                dv: d,
+            },
+            ty: InputType::Bf16,
+            qb,
+            kvb: 64,
+            mt,
+        };
+        for p in [
+            samples::dense(),
+            samples::causal(),
+            samples::softcap_causal(),
+        ] {
+            for scale in [-0.09f32, 0.0] {
+                let mut r = rng(4);
+                let bind = bindings(&p, &c.shape, &mut r, 50, 4);
+                check_scaled(dev, &p, &c, &bind, None, 12, scale)
+                    .unwrap_or_else(|e| panic!("{} scale {scale} mt{mt}: {e}", p.name));
+            }
+        }
+    }
+}
+
+type TestFn = fn(&CudaDevice);
+
+const TESTS: &[(&str, TestFn)] = &[
+    ("gpu_samples_match_oracle", gpu_samples_match_oracle),
+    (
+        "gpu_all_partial_maps_match_oracle",
+        gpu_all_partial_maps_match_oracle,
+    ),
+    (
+        "gpu_fully_masked_rows_give_zero_and_neg_inf",
+        gpu_fully_masked_rows_give_zero_and_neg_inf,
+    ),
+    (
+        "gpu_negative_and_zero_scale_match_oracle",
+        gpu_negative_and_zero_scale_match_oracle,
+    ),
+    (
+        "gpu_checked_mode_reports_out_of_range_reads",
+        gpu_checked_mode_reports_out_of_range_reads,
+    ),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // libtest-style flags (--test-threads=1, --nocapture, --ignored, ...) are accepted
+    // and ignored; a flag's separate value (`--test-threads 1`) is skipped too
+    let mut filter: Option<String> = None;
+    let mut list = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--list" {
+            list = true;
+        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
+            i += 1;
+        } else if !a.starts_with('-') && filter.is_none() {
+            filter = Some(a.clone());
+        }
+        i += 1;
+    }
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .collect();
+    if list {
+        for (n, _) in &selected {
+            println!("{n}: test");
+        }
+        return;
+    }
+    println!("\nrunning {} gpu tests", selected.len());
+    let dev = device_or_skip("gpu tests");
+    if let Some(d) = &dev {
+        println!("device: {} ({:?}, {})", d.name(), d.capability(), d.arch());
+    }
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for (name, f) in &selected {
+        let Some(d) = &dev else {
+            println!("test {name} ... SKIPPED (no CUDA device)");
+            skipped += 1;
+            continue;
+        };
+        println!("test {name} ...");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d)));
+        match r {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("test {name} ... FAILED");
+                failures.push(format!("{name}: {msg}"));
+                failed += 1;
+            }
+        }
+    }
+    for f in &failures {
+        println!("---- {f}");
+    }
+    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
 }

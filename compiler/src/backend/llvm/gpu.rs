@@ -248,6 +248,17 @@ impl<'ctx> Gpu<'ctx> {
             ],
         )
     }
+    /// `vote.sync.any.pred` over the full warp: whether `p` holds in any lane.
+    pub fn vote_any(&self, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self
+            .call(
+                "llvm.nvvm.vote.any.sync",
+                Some(self.i1.into()),
+                &[self.c32(-1).into(), p.into()],
+            )?
+            .ok_or(LlvmError::Internal("vote"))?
+            .into_int_value())
+    }
     /// `ex2.approx.ftz.f32`: 2^x, max relative error 2^-22 (PTX ISA), subnormals flushed.
     pub fn ex2(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         self.call_f("llvm.nvvm.ex2.approx.ftz.f32", &[x.into()])
@@ -523,7 +534,8 @@ impl SmemTile {
     /// Starts copying rows `row0 .. row0 + rows` of a row-major global matrix (row stride
     /// `cols` elements, `base` pointing at its row 0) into the tile with `cp.async`, all
     /// `threads` threads taking part; rows at or past `valid_rows` (relative to `row0`) are
-    /// zero-filled and read nothing.
+    /// zero-filled and read nothing. A whole tile in range (the uniform common case) takes
+    /// a path without checks whose per-copy addresses are one base plus constants.
     pub fn load_async<'ctx>(
         &self,
         g: &Gpu<'ctx>,
@@ -535,6 +547,58 @@ impl SmemTile {
     ) -> R<()> {
         let total = self.rows * self.chunks();
         debug_assert_eq!(total % threads, 0);
+        let log_chunks = self.chunks().trailing_zeros() as i64;
+        let rpp = threads / self.chunks(); // rows per pass of all threads
+        let period = self.chunks().min(8);
+        if !rpp.is_multiple_of(period) {
+            return self.load_async_checked(g, tid, threads, base, row0, valid_rows);
+        }
+        let whole = g.icmp(IntPredicate::SGE, valid_rows, g.c32(self.rows as i64))?;
+        let fast = g.block("tile_whole");
+        let slow = g.block("tile_tail");
+        let done = g.block("tile_issued");
+        g.cond_br(whole, fast, slow)?;
+        g.b.position_at_end(fast);
+        let trow = g.lshr(tid, g.c32(log_chunks))?;
+        let chunk = g.and(tid, g.c32(self.chunks() as i64 - 1))?;
+        let dst0 = self.addr(g, trow, chunk)?;
+        let stride = self.cols as i64 * 2;
+        let grow = g.zext64(g.add(row0, trow)?)?;
+        let src0 = g.gep_bytes(
+            base,
+            g.add(
+                g.mul(grow, g.c64(stride))?,
+                g.zext64(g.shl(chunk, g.c32(4))?)?,
+            )?,
+        )?;
+        for k in 0..total / threads {
+            let step = (k * rpp) as i64;
+            // SAFETY: inside the tile's shared memory
+            let dst = unsafe {
+                g.b.build_gep(g.ctx.i8_type(), dst0, &[g.c32(step * stride)], "")?
+            };
+            let src = g.gep_bytes(src0, g.c64(step * stride))?;
+            g.cp_async16(dst, src, g.c32(16))?;
+        }
+        g.br(done)?;
+        g.b.position_at_end(slow);
+        self.load_async_checked(g, tid, threads, base, row0, valid_rows)?;
+        g.br(done)?;
+        g.b.position_at_end(done);
+        Ok(())
+    }
+
+    /// `load_async` with a bounds check per 16-byte copy.
+    fn load_async_checked<'ctx>(
+        &self,
+        g: &Gpu<'ctx>,
+        tid: IntValue<'ctx>,
+        threads: u32,
+        base: PointerValue<'ctx>,
+        row0: IntValue<'ctx>,
+        valid_rows: IntValue<'ctx>,
+    ) -> R<()> {
+        let total = self.rows * self.chunks();
         let log_chunks = self.chunks().trailing_zeros() as i64;
         for k in 0..total / threads {
             let i = g.add(tid, g.c32((k * threads) as i64))?;

@@ -328,7 +328,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     })?;
     let pbo = PassBuilderOptions::create();
     module
-        .run_passes("default<O3>", &tm, pbo)
+        .run_passes(PASSES, &tm, pbo)
         .map_err(|e| LlvmError::Llvm(e.to_string()))?;
     let llvm_ir = module.print_to_string().to_string();
     let buf = tm
@@ -351,6 +351,14 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     k.llvm_ir = llvm_ir;
     Ok(k)
 }
+
+/// The LLVM pass pipeline. The kernel is straight-line code per loop iteration built
+/// from allocas (with the loop-invariant address math already written outside the hot
+/// path), so promotion, CSE, combining and GVN are all it needs; measured on an H200
+/// (bf16, D128 128x64x2): 375 TFLOP/s dense and no spills, against 363 with 40-byte
+/// spills for `default<O1>` and about 350 for O2/O3 (LICM hoists per-copy addresses
+/// into registers), and a cold compile of about 80 ms instead of 100-115.
+const PASSES: &str = "function(sroa,early-cse,instcombine,simplifycfg,gvn,instcombine)";
 
 /// The launch description of `program`'s kernel without generating it (`ptx` and
 /// `llvm_ir` empty): what a runtime needs next to PTX text taken from a cache.

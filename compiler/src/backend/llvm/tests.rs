@@ -102,3 +102,23 @@ fn dump_ptx() {
         }
     }
 }
+
+/// `cargo test --release -p attnc-compiler emit_latency -- --ignored --nocapture`: the
+/// time of `emit` (LLVM IR, passes, NVPTX codegen) at D128 for four samples.
+#[test]
+#[ignore]
+fn emit_latency() {
+    for p in [
+        samples::dense(),
+        samples::causal(),
+        samples::softcap_causal(),
+        samples::document_causal(),
+    ] {
+        let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+        let _ = emit(&p, &opts).unwrap();
+        let t = std::time::Instant::now();
+        let k = emit(&p, &opts).unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("{}: emit {ms:.1} ms, {} bytes of PTX", p.name, k.ptx.len());
+    }
+}
