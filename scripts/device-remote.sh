@@ -14,7 +14,7 @@ status=0
 xz -dkf .bin/attnc.xz && chmod +x .bin/attnc
 for part in $parts; do
   case $part in
-    gpu) bash scripts/gpu-remote.sh || status=1 ;;
+    gpu) bash .bin/gpu-remote.sh || status=1 ;;
     cli)
       echo "== attnc CLI on the GPU =="
       .bin/attnc cuda-info || status=1
