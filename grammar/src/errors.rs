@@ -131,7 +131,21 @@ fn lex_error(source: &str, e: &LexError) -> ParseError {
     let (kind, message, hint) = match e.kind {
         LexErrorKind::UnknownCharacter => {
             let hint = match text {
-                "." => Some("there is no `.` operator; floats are written `1.0`".to_string()),
+                "." => {
+                    // `x.abs()` (a method call, as in PyTorch) vs a malformed float
+                    let after = &source[span.end..];
+                    let method: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !method.is_empty() && !method.starts_with(|c: char| c.is_ascii_digit()) {
+                        Some(format!(
+                            "there are no methods; call the builtin as a function: `{method}(x)`"
+                        ))
+                    } else {
+                        Some("there is no `.` operator; floats are written `1.0`".to_string())
+                    }
+                }
                 "'" | "\"" => Some("the language has no strings or characters".to_string()),
                 "^" => Some("there is no `^` operator; use `!=` for booleans".to_string()),
                 "~" => Some("use `!` for logical not".to_string()),

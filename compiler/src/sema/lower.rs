@@ -828,7 +828,9 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                     let mut d = Diagnostic::error("E0110", e.span, format!("`{n}` {what}"))
                         .with_label("expected the name of a mask");
                     if other.is_none()
-                        && let Some(s) = self.suggest(n)
+                        && let Some(s) = self.suggest(n).filter(|s| {
+                            matches!(self.items.names.get(s.as_str()), Some(ItemRef::Mask(_)))
+                        })
                     {
                         d = d.with_hint(format!("a name with a similar spelling exists: `{s}`"));
                     } else {
