@@ -40,3 +40,28 @@ pub(crate) fn arity(name: &str) -> Option<usize> {
         .find(|(n, _, _)| *n == name)
         .map(|(_, a, _)| *a)
 }
+
+/// How to write a PyTorch function that FlexAttention mods often use, when it is not a
+/// builtin under that name.
+pub(crate) fn pytorch_equivalent(name: &str) -> Option<String> {
+    let h = match name {
+        "where" => "write `if c { a } else { b }` (or `select(c, a, b)`, which evaluates both)",
+        "minimum" | "fmin" => "use `min(a, b)`",
+        "maximum" | "fmax" => "use `max(a, b)`",
+        "clip" => "use `clamp(x, lo, hi)`",
+        "rsqrt" => "write `1.0 / sqrt(x)`",
+        "log1p" => "write `log(1.0 + x)`",
+        "expm1" => "write `exp(x) - 1.0`",
+        "square" => "write `x * x`",
+        "floor_divide" | "div" => "integer `/` is floor division, as in PyTorch: `a / b`",
+        "remainder" | "fmod" | "mod" => {
+            "integer `%` is the floor remainder, as in PyTorch: `a % b`"
+        }
+        "logical_and" => "use `&&` (or `&`)",
+        "logical_or" => "use `||` (or `|`)",
+        "logical_not" => "use `!`",
+        "to" | "float" | "int" | "long" => "convert with `as f32` or `as i32`",
+        _ => return None,
+    };
+    Some(format!("`{name}` is not a builtin here; {h}"))
+}

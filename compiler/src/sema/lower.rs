@@ -661,7 +661,9 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                     format!("cannot find function `{name}`"),
                 )
                 .with_label("not found");
-                if let Some(s) = self.suggest(name) {
+                if let Some(h) = builtins::pytorch_equivalent(name) {
+                    d = d.with_hint(h);
+                } else if let Some(s) = self.suggest(name) {
                     d = d.with_hint(format!("a name with a similar spelling exists: `{s}`"));
                 } else {
                     let names: Vec<&str> = builtins::BUILTINS.iter().map(|b| b.0).collect();
