@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the workspace needs, builds, and runs
 # every test suite. GPU tests report themselves as skipped by name when no GPU is present.
+# Ends with one summary line over all suites: "summary: N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+python3 - "$log" <<'PY'
+import re, sys
+passed = failed = skipped = 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])
+    m = re.match(r"gpu tests: (\d+) passed, (\d+) failed, (\d+) skipped", line)
+    if m:
+        passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])
+print(f"summary: {passed} passed, {failed} failed, {skipped} skipped")
+PY
+rm -f "$log"
+exit $status
