@@ -133,7 +133,30 @@ fn check_scaled(
     opts = opts.with_m_tiles(c.mt);
     opts.q_block = c.qb;
     opts.kv_block = c.kvb;
-    let k = emit(p, &opts).map_err(|e| e.to_string())?;
+    // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
+    for kpf in [opts.k_prefetch, !opts.k_prefetch] {
+        let opts = PtxOptions {
+            k_prefetch: kpf,
+            ..opts
+        };
+        check_opts(dev, p, c, bind, maps.clone(), seed, scale, &opts)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_opts(
+    dev: &attnc::cuda::CudaDevice,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: Option<BlockMaps>,
+    seed: u64,
+    scale: f32,
+    opts: &PtxOptions,
+) -> Result<(), String> {
+    let sh = &c.shape;
+    let k = emit(p, opts).map_err(|e| e.to_string())?;
     let kern = CudaKernel::load(dev, &k).map_err(|e| e.to_string())?;
     let mut r = rng(seed);
     let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
@@ -170,13 +193,14 @@ fn check_scaled(
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{} mt{}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
         c.qb,
         c.kvb,
-        c.mt
+        c.mt,
+        opts.k_prefetch
     );
     Ok(())
 }

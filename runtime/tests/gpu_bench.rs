@@ -56,7 +56,7 @@ fn variants(h: i32) -> Vec<Variant> {
 }
 
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
-/// registers / re-read it from shared memory).
+/// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -65,14 +65,25 @@ fn tile_opts(
     kvb: u32,
     mt: &str,
 ) -> PtxOptions {
-    let n: u32 = mt.trim_end_matches(['r', 's']).parse().unwrap_or(1);
+    let n: u32 = mt
+        .trim_end_matches(['r', 's', 'n', 'p'])
+        .parse()
+        .unwrap_or(1);
     let mut o = PtxOptions::new(arch, d, d, ty).with_m_tiles(n);
     o.q_block = qb;
     o.kv_block = kvb;
-    if mt.ends_with('r') {
+    if mt.contains('r') {
         o.q_in_regs = true;
-    } else if mt.ends_with('s') {
+    } else if mt.contains('s') {
         o.q_in_regs = false;
+    }
+    if mt.contains('n') {
+        o.k_prefetch = false;
+    } else if mt.contains('p') {
+        o.k_prefetch = true;
+    }
+    if mt.contains('l') {
+        o.early_sync = false;
     }
     o
 }

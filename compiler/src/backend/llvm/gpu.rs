@@ -523,19 +523,31 @@ impl SmemTile {
         row: IntValue<'ctx>,
         chunk: IntValue<'ctx>,
     ) -> R<PointerValue<'ctx>> {
+        self.addr_at(g, row, chunk, g.c32(0))
+    }
+    /// `addr` in a copy of the tile placed `extra` bytes further (a second buffer).
+    pub fn addr_at<'ctx>(
+        &self,
+        g: &Gpu<'ctx>,
+        row: IntValue<'ctx>,
+        chunk: IntValue<'ctx>,
+        extra: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
         let mask = self.chunks().min(8) as i64 - 1;
         let sw = g.xor(chunk, g.and(row, g.c32(mask))?)?;
         let off = g.add(
             g.mul(row, g.c32(self.cols as i64 * 2))?,
             g.shl(sw, g.c32(4))?,
         )?;
-        g.smem_at(g.add(off, g.c32(self.offset as i64))?)
+        g.smem_at(g.add(g.add(off, extra)?, g.c32(self.offset as i64))?)
     }
     /// Starts copying rows `row0 .. row0 + rows` of a row-major global matrix (row stride
     /// `cols` elements, `base` pointing at its row 0) into the tile with `cp.async`, all
     /// `threads` threads taking part; rows at or past `valid_rows` (relative to `row0`) are
     /// zero-filled and read nothing. A whole tile in range (the uniform common case) takes
     /// a path without checks whose per-copy addresses are one base plus constants.
+    /// `extra`: a byte offset added to the tile's place (a second buffer), usually 0.
+    #[allow(clippy::too_many_arguments)]
     pub fn load_async<'ctx>(
         &self,
         g: &Gpu<'ctx>,
@@ -544,6 +556,7 @@ impl SmemTile {
         base: PointerValue<'ctx>,
         row0: IntValue<'ctx>,
         valid_rows: IntValue<'ctx>,
+        extra: IntValue<'ctx>,
     ) -> R<()> {
         let total = self.rows * self.chunks();
         debug_assert_eq!(total % threads, 0);
@@ -551,7 +564,7 @@ impl SmemTile {
         let rpp = threads / self.chunks(); // rows per pass of all threads
         let period = self.chunks().min(8);
         if !rpp.is_multiple_of(period) {
-            return self.load_async_checked(g, tid, threads, base, row0, valid_rows);
+            return self.load_async_checked(g, tid, threads, base, row0, valid_rows, extra);
         }
         let whole = g.icmp(IntPredicate::SGE, valid_rows, g.c32(self.rows as i64))?;
         let fast = g.block("tile_whole");
@@ -561,7 +574,7 @@ impl SmemTile {
         g.b.position_at_end(fast);
         let trow = g.lshr(tid, g.c32(log_chunks))?;
         let chunk = g.and(tid, g.c32(self.chunks() as i64 - 1))?;
-        let dst0 = self.addr(g, trow, chunk)?;
+        let dst0 = self.addr_at(g, trow, chunk, extra)?;
         let stride = self.cols as i64 * 2;
         let grow = g.zext64(g.add(row0, trow)?)?;
         let src0 = g.gep_bytes(
@@ -582,13 +595,14 @@ impl SmemTile {
         }
         g.br(done)?;
         g.b.position_at_end(slow);
-        self.load_async_checked(g, tid, threads, base, row0, valid_rows)?;
+        self.load_async_checked(g, tid, threads, base, row0, valid_rows, extra)?;
         g.br(done)?;
         g.b.position_at_end(done);
         Ok(())
     }
 
     /// `load_async` with a bounds check per 16-byte copy.
+    #[allow(clippy::too_many_arguments)]
     fn load_async_checked<'ctx>(
         &self,
         g: &Gpu<'ctx>,
@@ -597,6 +611,7 @@ impl SmemTile {
         base: PointerValue<'ctx>,
         row0: IntValue<'ctx>,
         valid_rows: IntValue<'ctx>,
+        extra: IntValue<'ctx>,
     ) -> R<()> {
         let total = self.rows * self.chunks();
         let log_chunks = self.chunks().trailing_zeros() as i64;
@@ -613,7 +628,7 @@ impl SmemTile {
             let off = g.selecti(ok, off, g.c64(0))?;
             let src = g.gep_bytes(base, off)?;
             let size = g.selecti(ok, g.c32(16), g.c32(0))?;
-            g.cp_async16(self.addr(g, row, chunk)?, src, size)?;
+            g.cp_async16(self.addr_at(g, row, chunk, extra)?, src, size)?;
         }
         Ok(())
     }

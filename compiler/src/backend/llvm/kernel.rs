@@ -11,14 +11,17 @@
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
 //! for each listed kv block j (runs of full/partial blocks from the CSR table):
 //!     wait K[j]; barrier; cp.async V[j]
+//!     (k_prefetch: cp.async K[next] into the other K buffer, a whole iteration ahead)
 //!     S = Q K[j]^T                               (mma.sync, K via ldmatrix)
 //!     t = full block ? score(S) : mask & in-range ? score(S) : -inf
 //!         (no score fn: t = S raw, softmax in units c2 = |scale| log2 e, Q negated
 //!          in shared memory for a negative scale; else t = score(scale S) log2 e, c2 = 1)
 //!     online softmax: if any row of the warp has rowmax t > m + 8/c2 (vote):
 //!         m' = max(m, rowmax t); O, l *= 2^(c2 (m - m'))     (lazy rescale)
+//!     (early_sync, raw scores: the next line's wait + barrier come here instead, so
+//!      that the ex2 and the P V mma share a basic block)
 //!     P = 2^(c2 t - c2 m) (one FMA + ex2); l += rowsum P
-//!     wait V[j]; barrier; cp.async K[next]
+//!     wait V[j]; barrier; cp.async K[next] (without k_prefetch)
 //!     O = O 2^(m - m') + P V[j]                  (P as A fragments, V via ldmatrix.trans)
 //! O /= l; LSE = (c2 m + log2 l) ln 2; rows with l = 0 give O = 0, LSE = -inf
 //! ```
@@ -53,7 +56,7 @@ fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
         cols: opts.d,
     };
     let v = SmemTile {
-        offset: q.bytes() + k.bytes(),
+        offset: q.bytes() + k.bytes() * if opts.k_prefetch { 2 } else { 1 },
         rows: opts.kv_block,
         cols: opts.dv,
     };
@@ -332,9 +335,35 @@ fn body<'ctx>(
     let st_end = g.var(g.i32, g.c32(0))?;
     let st_full = g.var(g.i32, g.c32(0))?;
     let st_r = g.var(g.i32, r_beg)?;
+    // with `k_prefetch`: the byte offset of the current K buffer (0 or one K tile)
+    let st_kbuf = g.var(g.i32, g.c32(0))?;
+    let st_nj = g.var(g.i32, g.c32(0))?;
+    let zero = g.c32(0);
+
+    // the block after (j, run end, full, run r): the rest of this run, else the next run
+    // of the row; (next j, end, full, r, whether there is one). The run read is always
+    // inside the row (`r_beg` when there is no next run).
+    let advance = |j: IntValue<'ctx>,
+                   run_end: IntValue<'ctx>,
+                   full: IntValue<'ctx>,
+                   r: IntValue<'ctx>,
+                   fallback: IntValue<'ctx>| {
+        let j1 = g.add(j, g.c32(1))?;
+        let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+        let r1 = g.add(r, g.c32(1))?;
+        let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
+        let (nj, nend, nfull) = load_run(g, runs, g.selecti(more_runs, r1, fallback)?)?;
+        R::Ok((
+            g.selecti(in_run, j1, nj)?,
+            g.selecti(in_run, run_end, nend)?,
+            g.selecti(in_run, full, nfull)?,
+            g.selecti(in_run, r, r1)?,
+            g.or(in_run, more_runs)?,
+        ))
+    };
 
     // ---- prologue: Q and the first K tile -----------------------------------------------------
-    c.q.load_async(g, tid, c.threads, qbase, q0, g.sub(lq, q0)?)?;
+    c.q.load_async(g, tid, c.threads, qbase, q0, g.sub(lq, q0)?, zero)?;
     g.cp_async_commit()?;
     let pre = g.block("prologue");
     let lp = g.block("kv_loop");
@@ -354,6 +383,7 @@ fn body<'ctx>(
         kbase,
         kv_start(j0)?,
         g.sub(lkv, kv_start(j0)?)?,
+        zero,
     )?;
     g.cp_async_commit()?;
     g.cp_async_wait(0)?;
@@ -379,39 +409,80 @@ fn body<'ctx>(
     let kv0 = kv_start(j)?;
     g.cp_async_wait(0)?;
     g.barrier()?;
-    c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?)?;
+    c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
     g.cp_async_commit()?;
-
-    let s = qk(g, c, &cx, qfrag.as_deref())?;
-
-    // the next block: the rest of this run, else the next run of the row
-    let j1 = g.add(j, g.c32(1))?;
-    let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
-    let r1 = g.add(r, g.c32(1))?;
-    let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
-    let (nj, nend, nfull) = load_run(g, runs, g.selecti(more_runs, r1, r)?)?;
-    let next_j = g.selecti(in_run, j1, nj)?;
-    let next_end = g.selecti(in_run, run_end, nend)?;
-    let next_full = g.selecti(in_run, full, nfull)?;
-    let next_r = g.selecti(in_run, r, r1)?;
-    let has_next = g.or(in_run, more_runs)?;
-
-    let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-    let pfrag = online_softmax(g, c, &cx, &t, &m, &l, &o_acc)?;
-
-    g.cp_async_wait(0)?;
-    g.barrier()?;
-    g.if_then(has_next, || {
-        let nkv0 = kv_start(next_j)?;
-        c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?)?;
-        g.cp_async_commit()
-    })?;
-    pv(g, c, &cx, &pfrag, &o_acc)?;
-    g.set(&st_j, next_j)?;
-    g.set(&st_end, next_end)?;
-    g.set(&st_full, next_full)?;
-    g.set(&st_r, next_r)?;
-    g.cond_br(has_next, lp, epi)?;
+    if opts.k_prefetch {
+        // K[next] into the other buffer (last read by the QK of the previous block, which
+        // every warp finished before the barrier above), a whole iteration ahead; the next
+        // block is j + 1 inside a run, else the start of the next run (read only then)
+        let j1 = g.add(j, g.c32(1))?;
+        let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+        let r1 = g.add(r, g.c32(1))?;
+        let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
+        let has = g.or(in_run, more_runs)?;
+        g.set(&st_nj, j1)?;
+        g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
+            let (nj, _, _) = load_run(g, runs, r1)?;
+            g.set(&st_nj, nj)
+        })?;
+        let nj = g.geti(&st_nj)?;
+        let kbuf = g.geti(&st_kbuf)?;
+        let other = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
+        g.if_then(has, || {
+            let nkv0 = kv_start(nj)?;
+            c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
+        })?;
+        g.cp_async_commit()?;
+        let s = qk(g, c, &cx, qfrag.as_deref(), kbuf)?;
+        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+        // V[j] (K[next] may still be in flight)
+        let mut sync = || -> R<()> {
+            g.cp_async_wait(1)?;
+            g.barrier()
+        };
+        let pfrag = if opts.early_sync && raw {
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
+        } else {
+            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
+            sync()?;
+            p
+        };
+        pv(g, c, &cx, &pfrag, &o_acc)?;
+        g.set(&st_j, next_j)?;
+        g.set(&st_end, next_end)?;
+        g.set(&st_full, next_full)?;
+        g.set(&st_r, next_r)?;
+        g.set(&st_kbuf, other)?;
+        g.cond_br(has_next, lp, epi)?;
+    } else {
+        let s = qk(g, c, &cx, qfrag.as_deref(), zero)?;
+        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+        // V[j], then K[next] into the buffer every warp has finished reading
+        let mut sync = || -> R<()> {
+            g.cp_async_wait(0)?;
+            g.barrier()?;
+            g.if_then(has_next, || {
+                let nkv0 = kv_start(next_j)?;
+                c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
+                g.cp_async_commit()
+            })
+        };
+        let pfrag = if opts.early_sync && raw {
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
+        } else {
+            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
+            sync()?;
+            p
+        };
+        pv(g, c, &cx, &pfrag, &o_acc)?;
+        g.set(&st_j, next_j)?;
+        g.set(&st_end, next_end)?;
+        g.set(&st_full, next_full)?;
+        g.set(&st_r, next_r)?;
+        g.cond_br(has_next, lp, epi)?;
+    }
 
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
     g.b.position_at_end(epi);
@@ -504,6 +575,7 @@ fn qk<'ctx>(
     c: &Cfg,
     cx: &Ctx<'ctx>,
     qfrag: Option<&[Vec<[IntValue<'ctx>; 4]>]>,
+    kbuf: IntValue<'ctx>,
 ) -> R<Vec<Vec<[FloatValue<'ctx>; 4]>>> {
     let zero = g.cf(0.0);
     let mut s = vec![vec![[zero; 4]; (c.kvb / 8) as usize]; c.mt];
@@ -522,7 +594,7 @@ fn qk<'ctx>(
         for ntp in 0..(c.kvb / 16) as usize {
             let row = g.add(row_in, g.c32(16 * ntp as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ks as i64))?;
-            let bf = g.ldmatrix_x4(c.k.addr(g, row, chunk)?, false)?;
+            let bf = g.ldmatrix_x4(c.k.addr_at(g, row, chunk, kbuf)?, false)?;
             for (i, a) in a.iter().enumerate() {
                 s[i][2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &s[i][2 * ntp])?;
                 s[i][2 * ntp + 1] = g.mma(c.ty, a, &[bf[2], bf[3]], &s[i][2 * ntp + 1])?;
@@ -628,7 +700,9 @@ fn score_and_mask<'ctx>(
 /// `[m-tile][16 kv columns]`. Lazy rescaling: the running max moves (and O and l are
 /// rescaled) only when some row of the warp grows by more than `RESCALE_LOG2` in log2
 /// units; otherwise P is taken against the stale max (P < 2^RESCALE_LOG2, exact after
-/// the final division since O, l and the LSE all use the same max).
+/// the final division since O, l and the LSE all use the same max). `before_exp` runs
+/// after the rescale and before the exponentials.
+#[allow(clippy::too_many_arguments)]
 fn online_softmax<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
@@ -637,6 +711,7 @@ fn online_softmax<'ctx>(
     m: &[[Var<'ctx>; 2]],
     l: &[[Var<'ctx>; 2]],
     o: &[Vec<[Var<'ctx>; 4]>],
+    before_exp: &mut dyn FnMut() -> R<()>,
 ) -> R<Vec<Vec<[IntValue<'ctx>; 4]>>> {
     let thresh = RESCALE_LOG2;
     let tv: Vec<Vec<[FloatValue<'ctx>; 4]>> = t
@@ -696,6 +771,7 @@ fn online_softmax<'ctx>(
         }
         Ok(())
     })?;
+    before_exp()?;
     let mut out = Vec::with_capacity(c.mt);
     for (i, ti) in tv.iter().enumerate() {
         let mut pv = ti.clone();
