@@ -477,6 +477,28 @@ fn elementwise<'p>(
     }
 }
 
+/// Starts key column `j` of a per-element pass: sets `kv`, emits the kv-level values of
+/// the mask and score, and returns the address of the column in the score tile.
+fn begin_column<'p>(
+    g: &mut Gen,
+    env: &mut Env,
+    site: &Site,
+    j: Value,
+    mask: Option<&mut Lowering<'p>>,
+    score: Option<&mut Lowering<'p>>,
+) -> Result<Value, CpuError> {
+    let kv = g.b.ins().iadd(site.kv0, j);
+    env.kv = Some(g.b.ins().ireduce(types::I32, kv));
+    env.q = None;
+    env.s = None;
+    for l in [mask, score].into_iter().flatten() {
+        l.forget();
+        l.emit(g, env, Level::Kv)?;
+    }
+    let roff = g.b.ins().imul_imm_s(j, site.bq * 4);
+    Ok(g.b.ins().iadd(site.st, roff))
+}
+
 /// The fast-mode per-element pass: like [`elementwise_scalar`], but 4 query rows at a
 /// time in 128-bit vectors (rows up to the next multiple of 4 are tile padding).
 fn elementwise_vec<'p>(
@@ -490,19 +512,7 @@ fn elementwise_vec<'p>(
     let i64t = types::I64;
     let zero = g.b.ins().iconst(i64t, 0);
     g.for_range(zero, site.ncols, |g, j| {
-        let kv = g.b.ins().iadd(site.kv0, j);
-        env.kv = Some(g.b.ins().ireduce(types::I32, kv));
-        env.q = None;
-        env.s = None;
-        for l in [mask.as_deref_mut(), score.as_deref_mut()]
-            .into_iter()
-            .flatten()
-        {
-            l.forget();
-            l.emit(g, env, Level::Kv)?;
-        }
-        let roff = g.b.ins().imul_imm_s(j, site.bq * 4);
-        let rowp = g.b.ins().iadd(site.st, roff);
+        let rowp = begin_column(g, env, site, j, mask.as_deref_mut(), score.as_deref_mut())?;
         let q0 = g.b.ins().ireduce(types::I32, site.q0);
         let iota = g.iota();
         let zero = g.b.ins().iconst(i64t, 0);
@@ -561,19 +571,7 @@ fn elementwise_scalar<'p>(
     let i64t = types::I64;
     let zero = g.b.ins().iconst(i64t, 0);
     g.for_range(zero, site.ncols, |g, j| {
-        let kv = g.b.ins().iadd(site.kv0, j);
-        env.kv = Some(g.b.ins().ireduce(types::I32, kv));
-        env.q = None;
-        env.s = None;
-        for l in [mask.as_deref_mut(), score.as_deref_mut()]
-            .into_iter()
-            .flatten()
-        {
-            l.forget();
-            l.emit(g, env, Level::Kv)?;
-        }
-        let roff = g.b.ins().imul_imm_s(j, site.bq * 4);
-        let rowp = g.b.ins().iadd(site.st, roff);
+        let rowp = begin_column(g, env, site, j, mask.as_deref_mut(), score.as_deref_mut())?;
         let zero = g.b.ins().iconst(i64t, 0);
         g.for_range(zero, site.nrows, |g, i| {
             let q = g.b.ins().iadd(site.q0, i);
