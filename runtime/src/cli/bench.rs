@@ -52,7 +52,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let p = variant.program();
     let maps = build_block_maps(p, &analyze(p), &shape, 64, 64, &bindings)
         .map_err(|e| Error::Usage(e.to_string()))?;
-    let pairs = bench::unmasked_pairs(p, &shape, &maps, &bindings);
+    let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
     let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
     let mut err = None;
     let device_ms = bound.device_time_ms(&q, &k, &v, &caps, a.iters)?;
