@@ -53,3 +53,48 @@ fn sm80_f16_and_d128_generate() {
     );
     insta::assert_snapshot!("ptx_sm80_f16_d128__document_alibi", k.ptx);
 }
+
+/// The block-table kernels of the examples whose masks read captured tensors (sm_90,
+/// 128x64 tiles): deterministic, a `.entry`, warp votes, and the snapshot.
+#[test]
+fn tensor_masks_have_deterministic_block_table_ptx() {
+    use attnc_compiler::analysis::classify::{Tier, analyze};
+    use attnc_compiler::backend::llvm::emit_block_table;
+    let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    assert_eq!((opts.q_block, opts.kv_block), (128, 64));
+    let mut names = Vec::new();
+    for path in example_files() {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        for p in &module.programs {
+            if analyze(p).tier != Tier::Tensors {
+                continue;
+            }
+            let a = emit_block_table(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let b = emit_block_table(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert_eq!(a.ptx, b.ptx, "{}: PTX differs between two runs", p.name);
+            let entry = format!(".visible .entry attnc_blocks_{}", p.name);
+            assert!(a.ptx.contains(&entry), "{}: no {entry}", p.name);
+            assert!(a.ptx.contains("vote.sync.any.pred"), "{}: no warp vote", p.name);
+            assert!(!a.ptx.contains("mma.sync"), "{}: an mma in the table kernel", p.name);
+            // the unchecked kernel stops a tile once it is known partial; the checked one
+            // evaluates every point and records out-of-range reads (atom.cas)
+            let checked = PtxOptions { checked: true, ..opts };
+            let c = emit_block_table(p, &checked).unwrap();
+            assert!(
+                c.ptx.contains(".global.cas.b32"),
+                "{}: checked mode records nothing",
+                p.name
+            );
+            assert!(!a.ptx.contains("atom."), "{}: fast mode has an atomic", p.name);
+            if p.name.starts_with("document") {
+                insta::assert_snapshot!(format!("ptx_blocks_sm90_128x64__{}", p.name), a.ptx);
+            }
+            names.push(p.name.clone());
+        }
+    }
+    assert!(
+        names.iter().any(|n| n == "document_causal") && names.len() >= 4,
+        "tensor-mask examples: {names:?}"
+    );
+}

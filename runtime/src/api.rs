@@ -142,6 +142,11 @@ pub struct BindOptions {
     pub threads: usize,
     /// Report out-of-range tensor reads instead of clamping them.
     pub checked: bool,
+    /// CUDA backend, masks over captured tensors: build the block table on the GPU
+    /// (exact, from the device-resident tensors; `backend::llvm::blocktable`) rather than
+    /// on the host from tensor summaries. Default true; the environment variable
+    /// `ATTNC_BLOCK_TABLES=host` makes the default false. Other backends ignore it.
+    pub gpu_block_tables: bool,
 }
 
 impl BindOptions {
@@ -153,6 +158,7 @@ impl BindOptions {
             scale: None,
             threads: 0,
             checked: false,
+            gpu_block_tables: std::env::var("ATTNC_BLOCK_TABLES").map_or(true, |v| v != "host"),
         }
     }
 }
@@ -288,6 +294,32 @@ impl Bound {
 }
 
 impl Bound {
+    /// Device-side milliseconds per build of the block table on the GPU (CUDA backend,
+    /// masks over captured tensors with `gpu_block_tables`); `None` where the table is
+    /// not built on the device.
+    pub fn block_table_time_ms(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let bindings = self.bindings(captures)?;
+        let scale = self.scale();
+        crate::launch::table_time_ms(
+            &mut self.kernel,
+            &self.variant,
+            &self.opts,
+            scale,
+            q,
+            k,
+            v,
+            &bindings,
+            iters,
+        )
+    }
+
     /// Device-side time per call in milliseconds for device backends (inputs uploaded
     /// once, launches timed with events); `None` for host backends.
     pub fn device_time_ms(

@@ -4,12 +4,16 @@
 //! In: a verified `Program`, bind options, host inputs and the converted captures.
 //! Out: `O` and `LSE` as f32 vectors in the layouts of `attnc_compiler::shape`.
 //! Block maps: index-only masks are classified once at bind time (the shape is known);
-//! masks over params or captured tensors are classified at each launch, from the
-//! param values and per-block tensor summaries (never by evaluating every point).
+//! masks over params are classified at each launch from the param values; masks over
+//! captured tensors, on the CUDA backend, get their table built on the GPU at each
+//! launch by the block-table kernel (JIT-compiled and cached beside the attention
+//! kernel; exact; same stream, no host pass), and elsewhere (CPU, or
+//! `BindOptions::gpu_block_tables` off, or a table too large for the device) from
+//! per-block tensor summaries on the host (never by evaluating every point).
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
-use crate::cuda::{CudaDevice, CudaError, CudaKernel, JitCache};
+use crate::cuda::{CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
@@ -37,6 +41,9 @@ pub(crate) enum Kernel {
         kernel: Arc<CudaKernel>,
         info: MaskInfo,
         maps: Option<BlockMaps>,
+        /// The block-table kernel, for masks over captured tensors with
+        /// `gpu_block_tables` on.
+        table: Option<Arc<CudaKernel>>,
     },
 }
 
@@ -178,10 +185,24 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                         backend: "cuda",
                         message: e.to_string(),
                     })?;
+            let info = analyze(program);
+            let table = if info.tier == Tier::Tensors && opts.gpu_block_tables {
+                let (t, _stats) =
+                    g.jit
+                        .get_table(&g.device, program, &popts)
+                        .map_err(|e| Error::Backend {
+                            backend: "cuda",
+                            message: e.to_string(),
+                        })?;
+                Some(t)
+            } else {
+                None
+            };
             Ok(Kernel::Cuda {
                 kernel,
-                info: analyze(program),
+                info,
                 maps: None,
+                table,
             })
         }
     }
@@ -291,43 +312,21 @@ pub(crate) fn forward(
                 .map_err(|e| cpu_error(variant, e))?;
             Ok((o, lse))
         }
-        Kernel::Cuda { kernel, info, maps } => {
+        Kernel::Cuda {
+            kernel,
+            info,
+            maps,
+            table,
+        } => {
             let g = gpu().map_err(|e| cuda_error(variant, e))?;
-            let (qb, kb) = (
-                kernel.meta().q_block as usize,
-                kernel.meta().kv_block as usize,
-            );
-            let launch;
-            let maps = match maps {
-                Some(m) => &*m,
-                None => {
-                    let built = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
-                    if reusable(info, opts) {
-                        &*maps.insert(built)
-                    } else {
-                        launch = built;
-                        &launch
-                    }
-                }
-            };
-            let bits = |t: &Tensor| {
-                t.to_u16_bits().ok_or_else(|| Error::InputDType {
-                    which: "q/k/v".into(),
-                    expected: "bf16 or f16".into(),
-                    got: t.dtype(),
-                })
-            };
+            let p = cuda_problem(
+                g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+            )?;
+            kernel
+                .launch(&g.device, &p)
+                .map_err(|e| cuda_error(variant, e))?;
             let (o, lse) = kernel
-                .forward_host(
-                    &g.device,
-                    &opts.shape,
-                    &bits(q)?,
-                    &bits(k)?,
-                    &bits(v)?,
-                    scale,
-                    bindings,
-                    maps,
-                )
+                .download(&g.device, &p)
                 .map_err(|e| cuda_error(variant, e))?;
             let o_t = Tensor::from_bytes(
                 vec![o.len()],
@@ -341,6 +340,95 @@ pub(crate) fn forward(
             Ok((o_t.to_f32(), lse))
         }
     }
+}
+
+/// The block-table kernel to use for this launch, if the table is built on the GPU: a
+/// builder exists (tensor masks, `gpu_block_tables`) and the table fits on the device.
+fn device_table<'a>(
+    kernel: &CudaKernel,
+    table: &'a Option<Arc<CudaKernel>>,
+    info: &MaskInfo,
+    opts: &BindOptions,
+) -> Option<&'a CudaKernel> {
+    let t = table.as_deref()?;
+    let m = kernel.meta();
+    let geom = DeviceTable::new(&opts.shape, m.q_block, m.kv_block, info.uses_b, info.uses_h);
+    geom.capacity(&opts.shape).map(|_| t)
+}
+
+/// Uploads one launch's inputs and provides its block table: built on the device by the
+/// block-table kernel (enqueued, same stream), or built on the host (kept for later
+/// calls where it cannot change) and uploaded.
+#[allow(clippy::too_many_arguments)]
+fn cuda_problem(
+    g: &Gpu,
+    kernel: &CudaKernel,
+    info: &MaskInfo,
+    maps: &mut Option<BlockMaps>,
+    table: &Option<Arc<CudaKernel>>,
+    variant: &Variant,
+    opts: &BindOptions,
+    scale: f32,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bindings: &Bindings,
+) -> Result<DeviceProblem> {
+    let bits = |t: &Tensor| {
+        t.to_u16_bits().ok_or_else(|| Error::InputDType {
+            which: "q/k/v".into(),
+            expected: "bf16 or f16".into(),
+            got: t.dtype(),
+        })
+    };
+    if let Some(builder) = device_table(kernel, table, info, opts) {
+        let p = kernel
+            .upload_for_table(
+                &g.device,
+                &opts.shape,
+                &bits(q)?,
+                &bits(k)?,
+                &bits(v)?,
+                scale,
+                bindings,
+                info.uses_b,
+                info.uses_h,
+            )
+            .map_err(|e| cuda_error(variant, e))?;
+        builder
+            .build_table(&g.device, &p)
+            .map_err(|e| cuda_error(variant, e))?;
+        return Ok(p);
+    }
+    let (qb, kb) = (
+        kernel.meta().q_block as usize,
+        kernel.meta().kv_block as usize,
+    );
+    let launch;
+    let maps = match maps {
+        Some(m) => &*m,
+        None => {
+            let built = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+            if reusable(info, opts) {
+                &*maps.insert(built)
+            } else {
+                launch = built;
+                &launch
+            }
+        }
+    };
+    kernel
+        .upload(
+            &g.device,
+            &opts.shape,
+            &bits(q)?,
+            &bits(k)?,
+            &bits(v)?,
+            scale,
+            bindings,
+            maps,
+        )
+        .map_err(|e| cuda_error(variant, e))
 }
 
 /// For the CUDA backend: uploads the inputs once and times `iters` back-to-back launches
@@ -358,36 +446,58 @@ pub(crate) fn device_time_ms(
     bindings: &Bindings,
     iters: usize,
 ) -> Result<Option<f64>> {
-    let Kernel::Cuda { kernel, info, .. } = kernel else {
+    let Kernel::Cuda {
+        kernel,
+        info,
+        maps,
+        table,
+    } = kernel
+    else {
         return Ok(None);
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
-    let (qb, kb) = (
-        kernel.meta().q_block as usize,
-        kernel.meta().kv_block as usize,
-    );
-    let maps = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
-    let bits = |t: &Tensor| {
-        t.to_u16_bits().ok_or_else(|| Error::InputDType {
-            which: "q/k/v".into(),
-            expected: "bf16 or f16".into(),
-            got: t.dtype(),
-        })
-    };
-    let problem = kernel
-        .upload(
-            &g.device,
-            &opts.shape,
-            &bits(q)?,
-            &bits(k)?,
-            &bits(v)?,
-            scale,
-            bindings,
-            &maps,
-        )
-        .map_err(|e| cuda_error(variant, e))?;
+    let problem = cuda_problem(
+        g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+    )?;
     let ms = kernel
         .time(&g.device, &problem, 3, iters.max(1), 3)
+        .map_err(|e| cuda_error(variant, e))?;
+    Ok(Some(ms))
+}
+
+/// For the CUDA backend with the block table built on the GPU: uploads the inputs once
+/// and times `iters` back-to-back builds of the table (CUDA events, median of 3).
+/// `None` where the table is not built on the device.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn table_time_ms(
+    kernel: &mut Kernel,
+    variant: &Variant,
+    opts: &BindOptions,
+    scale: f32,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bindings: &Bindings,
+    iters: usize,
+) -> Result<Option<f64>> {
+    let Kernel::Cuda {
+        kernel,
+        info,
+        maps,
+        table,
+    } = kernel
+    else {
+        return Ok(None);
+    };
+    let Some(builder) = device_table(kernel, table, info, opts) else {
+        return Ok(None);
+    };
+    let g = gpu().map_err(|e| cuda_error(variant, e))?;
+    let problem = cuda_problem(
+        g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+    )?;
+    let ms = builder
+        .time_table(&g.device, &problem, 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
     Ok(Some(ms))
 }

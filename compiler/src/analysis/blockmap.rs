@@ -219,9 +219,27 @@ impl BlockMaps {
     pub fn get(&self, b: usize, h: usize) -> &BlockMap {
         &self.maps[b * self.b_stride + h * self.h_stride]
     }
-    /// Flattens all maps into one CSR table for kernels: the rows of map `m` are
-    /// `m * n_q_blocks .. (m + 1) * n_q_blocks`; returns (row_start, runs).
+    /// Flattens all maps into the table the PTX kernels read: `ranges` holds one
+    /// `(begin, end)` pair per row (`ranges[2 r]`, `ranges[2 r + 1]`), row `r` of map `m`
+    /// being `m * n_q_blocks + i`, and its runs are `runs[begin..end]`. Pairs rather
+    /// than a CSR so that a builder on the GPU can write each row on its own into a
+    /// fixed-capacity slot (`backend::llvm::blocktable`); here the rows are packed.
+    /// Returns (ranges, runs).
     pub fn flatten(&self) -> (Vec<u32>, Vec<Run>) {
+        let mut ranges = Vec::new();
+        let mut runs = Vec::new();
+        for m in &self.maps {
+            for i in 0..m.n_q_blocks() {
+                ranges.push(runs.len() as u32);
+                runs.extend_from_slice(m.row(i));
+                ranges.push(runs.len() as u32);
+            }
+        }
+        (ranges, runs)
+    }
+    /// Flattens all maps into one CSR table (what the CPU kernels read): the rows of map
+    /// `m` are `m * n_q_blocks .. (m + 1) * n_q_blocks`; returns (row_start, runs).
+    pub fn flatten_csr(&self) -> (Vec<u32>, Vec<Run>) {
         let mut row_start = vec![0u32];
         let mut runs = Vec::new();
         for m in &self.maps {
@@ -231,6 +249,69 @@ impl BlockMaps {
             }
         }
         (row_start, runs)
+    }
+    /// Reads back the maps of a `flatten`-format table (pairs per row; runs anywhere
+    /// in `runs`), for `n_maps` maps of this geometry with the given strides. `None`
+    /// when a pair or a run is malformed (out of range, unordered, overlapping).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_pairs(
+        ranges: &[u32],
+        runs: &[Run],
+        n_maps: usize,
+        lq: usize,
+        lkv: usize,
+        q_block: usize,
+        kv_block: usize,
+        b_stride: usize,
+        h_stride: usize,
+    ) -> Option<BlockMaps> {
+        let nq = lq.div_ceil(q_block);
+        let nkv = lkv.div_ceil(kv_block);
+        if ranges.len() != 2 * n_maps * nq {
+            return None;
+        }
+        let mut maps = Vec::with_capacity(n_maps);
+        for m in 0..n_maps {
+            let mut bld = BlockMapBuilder::new(lq, lkv, q_block, kv_block);
+            for i in 0..nq {
+                let r = m * nq + i;
+                let (b, e) = (ranges[2 * r] as usize, ranges[2 * r + 1] as usize);
+                if b > e || e > runs.len() {
+                    return None;
+                }
+                let mut prev_end = 0;
+                for run in &runs[b..e] {
+                    let (s, t) = (run.start as usize, run.end as usize);
+                    if s < prev_end || s >= t || t > nkv || run.full > 1 {
+                        return None;
+                    }
+                    prev_end = t;
+                    let kind = if run.full == 1 {
+                        BlockKind::Full
+                    } else {
+                        BlockKind::Partial
+                    };
+                    bld.push_run(s, t, kind);
+                }
+                bld.end_row();
+            }
+            maps.push(bld.finish());
+        }
+        Some(BlockMaps {
+            b_stride,
+            h_stride,
+            maps,
+        })
+    }
+    /// Whether slice (b, h) has the same blocks in both (maps of equal geometry; the
+    /// strides may differ). Runs are compared block by block, so a run split in two
+    /// equals the merged run.
+    pub fn same_blocks(&self, other: &BlockMaps, b: usize, h: usize) -> bool {
+        let (x, y) = (self.get(b, h), other.get(b, h));
+        if (x.lq, x.lkv, x.q_block, x.kv_block) != (y.lq, y.lkv, y.q_block, y.kv_block) {
+            return false;
+        }
+        (0..x.n_q_blocks()).all(|i| (0..x.n_kv_blocks()).all(|j| x.kind(i, j) == y.kind(i, j)))
     }
 }
 
@@ -270,5 +351,59 @@ mod tests {
         assert_eq!(m.kind(2, 1), BlockKind::Full);
         let d = BlockMap::dense(130, 70, 64, 64);
         assert_eq!(d.counts(), (0, 0, 6));
+    }
+
+    #[test]
+    fn flatten_pairs_round_trip_and_match_csr() {
+        let kinds = [BlockKind::Empty, BlockKind::Partial, BlockKind::Full];
+        let a = BlockMap::from_fn(300, 200, 64, 64, |i, j| kinds[(i * 7 + j * 3) % 3]);
+        let b = BlockMap::from_fn(300, 200, 64, 64, |i, j| kinds[(i + j) % 3]);
+        let maps = BlockMaps {
+            b_stride: 2,
+            h_stride: 1,
+            maps: vec![a.clone(), b.clone(), b, a],
+        };
+        let (pairs, runs) = maps.flatten();
+        let (csr, runs_csr) = maps.flatten_csr();
+        assert_eq!(runs, runs_csr);
+        assert_eq!(pairs.len(), 2 * (csr.len() - 1));
+        for r in 0..csr.len() - 1 {
+            assert_eq!((pairs[2 * r], pairs[2 * r + 1]), (csr[r], csr[r + 1]));
+        }
+        let back = BlockMaps::from_pairs(&pairs, &runs, 4, 300, 200, 64, 64, 2, 1).unwrap();
+        assert_eq!(back, maps);
+        for (b, h) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            assert!(back.same_blocks(&maps, b, h));
+        }
+        assert!(!back.same_blocks(&maps.clone_swapped(), 0, 0));
+        // rows in any order and place (a GPU table's fixed slots) read back the same
+        let mut spread = Vec::new();
+        let mut ranges = Vec::new();
+        for r in 0..csr.len() - 1 {
+            let row = &runs[csr[r] as usize..csr[r + 1] as usize];
+            let at = 10 * r as u32;
+            spread.resize(at as usize, Run { start: 9, end: 9, full: 7 });
+            spread.extend_from_slice(row);
+            ranges.extend([at, at + row.len() as u32]);
+        }
+        let back2 = BlockMaps::from_pairs(&ranges, &spread, 4, 300, 200, 64, 64, 2, 1).unwrap();
+        assert_eq!(back2, maps);
+        // malformed: end before begin, a run past the row
+        let mut bad = pairs.clone();
+        bad.swap(0, 1);
+        if bad[0] != bad[1] {
+            assert!(BlockMaps::from_pairs(&bad, &runs, 4, 300, 200, 64, 64, 2, 1).is_none());
+        }
+        let mut bad_runs = runs.clone();
+        bad_runs[0].end = 99;
+        assert!(BlockMaps::from_pairs(&pairs, &bad_runs, 4, 300, 200, 64, 64, 2, 1).is_none());
+    }
+
+    impl BlockMaps {
+        fn clone_swapped(&self) -> BlockMaps {
+            let mut m = self.clone();
+            m.maps.swap(0, 1);
+            m
+        }
     }
 }

@@ -16,11 +16,18 @@
 //! - [`CudaKernel::forward_host`]: upload, launch, download (one call).
 //! - [`CudaKernel::upload`] / [`CudaKernel::launch`] / [`CudaKernel::download`] and
 //!   [`CudaKernel::time`]: the device-resident path for benchmarks (CUDA events).
-//! - [`JitCache`]: program + options -> loaded kernel, through an in-memory map and the
-//!   on-disk PTX cache of [`crate::cache`].
+//! - [`CudaKernel::upload_for_table`] + [`CudaKernel::build_table`]: the block table made
+//!   on the device by the block-table kernel (`backend::llvm::blocktable`) from the
+//!   device-resident captured tensors, on the same stream, before the attention launch
+//!   (masks over captured tensors; no host pass and no table upload);
+//!   [`CudaKernel::download_table`] reads it back (tests), [`CudaKernel::time_table`]
+//!   times it.
+//! - [`JitCache`]: program + options -> loaded kernel (attention or block-table builder,
+//!   under different keys), through an in-memory map and the on-disk PTX cache of
+//!   [`crate::cache`].
 
 use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
-use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::analysis::blockmap::{BlockMaps, Run};
 use attnc_compiler::backend::llvm::{self, Arch, KernelParam, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::{Program, Scalar, write_program};
@@ -137,6 +144,7 @@ pub struct DeviceProblem {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub lse: CudaSlice<f32>,
+    /// One (begin, end) pair per table row, and the runs (u32 triples).
     row_start: CudaSlice<u32>,
     runs: CudaSlice<u32>,
     params: CudaSlice<u32>,
@@ -145,7 +153,48 @@ pub struct DeviceProblem {
     n_q_blocks: u32,
     map_b_stride: i32,
     map_h_stride: i32,
+    /// Set when the table is to be built on the device ([`CudaKernel::build_table`]).
+    table: Option<DeviceTable>,
 }
+
+/// The geometry of a block table built on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceTable {
+    pub q_block: u32,
+    pub kv_block: u32,
+    /// Maps over batches (B or 1) and over heads (Hq or 1).
+    pub b_maps: u32,
+    pub h_maps: u32,
+}
+
+impl DeviceTable {
+    /// The table of a mask reading `b` / `h` (as `MaskInfo::uses_b` / `uses_h`).
+    pub fn new(shape: &Shape, q_block: u32, kv_block: u32, uses_b: bool, uses_h: bool) -> Self {
+        DeviceTable {
+            q_block,
+            kv_block,
+            b_maps: if uses_b { shape.b as u32 } else { 1 },
+            h_maps: if uses_h { shape.hq as u32 } else { 1 },
+        }
+    }
+    fn maps(&self) -> usize {
+        self.b_maps as usize * self.h_maps as usize
+    }
+    /// Capacity in runs: every row gets room for `n_kv_blocks` runs. `None` when the
+    /// table would not fit in [`DEVICE_TABLE_MAX_BYTES`] (or overflows u32 run indices):
+    /// build it on the host then.
+    pub fn capacity(&self, shape: &Shape) -> Option<usize> {
+        let nq = shape.lq.div_ceil(self.q_block as usize);
+        let nkv = shape.lkv.div_ceil(self.kv_block as usize);
+        let runs = self.maps().checked_mul(nq)?.checked_mul(nkv)?;
+        let bytes = runs.checked_mul(12)?;
+        (runs < u32::MAX as usize && bytes <= DEVICE_TABLE_MAX_BYTES).then_some(runs)
+    }
+}
+
+/// The largest block table built on the device (runs at 12 bytes, `n_kv_blocks` per row):
+/// 1 GiB, e.g. B = 8 one map per batch at L = 131072 with 128x64 tiles needs 200 MiB.
+pub const DEVICE_TABLE_MAX_BYTES: usize = 1 << 30;
 
 impl CudaKernel {
     pub fn load(dev: &CudaDevice, k: &PtxKernel) -> Result<Self, CudaError> {
@@ -172,7 +221,12 @@ impl CudaKernel {
         &self.meta
     }
 
-    fn check(&self, shape: &Shape, bind: &Bindings, maps: &BlockMaps) -> Result<(), CudaError> {
+    fn check(
+        &self,
+        shape: &Shape,
+        bind: &Bindings,
+        maps: Option<&BlockMaps>,
+    ) -> Result<(), CudaError> {
         shape
             .validate()
             .map_err(|e| CudaError::Mismatch(e.to_string()))?;
@@ -183,26 +237,28 @@ impl CudaKernel {
                 o.d, o.dv, shape.d, shape.dv
             )));
         }
-        for m in &maps.maps {
-            if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
-                || (m.lq, m.lkv) != (shape.lq, shape.lkv)
-            {
+        if let Some(maps) = maps {
+            for m in &maps.maps {
+                if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
+                    || (m.lq, m.lkv) != (shape.lq, shape.lkv)
+                {
+                    return Err(CudaError::Mismatch(format!(
+                        "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
+                        m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+                    )));
+                }
+            }
+            let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
+            if maps.maps.is_empty() || last >= maps.maps.len() {
                 return Err(CudaError::Mismatch(format!(
-                    "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
-                    m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+                    "{} block maps with strides ({}, {}) do not cover B={} H={}",
+                    maps.maps.len(),
+                    maps.b_stride,
+                    maps.h_stride,
+                    shape.b,
+                    shape.hq
                 )));
             }
-        }
-        let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
-        if maps.maps.is_empty() || last >= maps.maps.len() {
-            return Err(CudaError::Mismatch(format!(
-                "{} block maps with strides ({}, {}) do not cover B={} H={}",
-                maps.maps.len(),
-                maps.b_stride,
-                maps.h_stride,
-                shape.b,
-                shape.hq
-            )));
         }
         let n_tensors = self
             .meta
@@ -255,10 +311,72 @@ impl CudaKernel {
         bind: &Bindings,
         maps: &BlockMaps,
     ) -> Result<DeviceProblem, CudaError> {
-        self.check(shape, bind, maps)?;
+        self.check(shape, bind, Some(maps))?;
         let s = &dev.stream;
         let (row_start, runs) = maps.flatten();
         let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+        let row_start = s.clone_htod(&nonempty(row_start))?;
+        let runs = s.clone_htod(&nonempty(runs))?;
+        let strides = (maps.b_stride as i32, maps.h_stride as i32);
+        self.upload_rest(dev, shape, (q, k, v), scale, bind, (row_start, runs), strides, None)
+    }
+
+    /// Uploads Q/K/V, params and captured tensors like [`Self::upload`], and allocates a
+    /// block table for [`Self::build_table`] to fill on the device instead of taking one
+    /// from the host. `uses_b` / `uses_h`: whether the mask reads `b` / `h`
+    /// (`MaskInfo`), which fixes the number of maps and their strides.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_for_table(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        q: &[u16],
+        k: &[u16],
+        v: &[u16],
+        scale: f32,
+        bind: &Bindings,
+        uses_b: bool,
+        uses_h: bool,
+    ) -> Result<DeviceProblem, CudaError> {
+        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
+            return Err(CudaError::Mismatch(
+                "q/k/v lengths do not match the shape".into(),
+            ));
+        }
+        self.check(shape, bind, None)?;
+        let o = &self.meta.options;
+        let table = DeviceTable::new(shape, o.q_block, o.kv_block, uses_b, uses_h);
+        let cap = table.capacity(shape).ok_or_else(|| {
+            CudaError::Mismatch(format!(
+                "a device block table for {shape:?} would exceed {} bytes",
+                DEVICE_TABLE_MAX_BYTES
+            ))
+        })?;
+        let s = &dev.stream;
+        let nq = shape.lq.div_ceil(o.q_block as usize);
+        let row_start = s.alloc_zeros::<u32>((2 * table.maps() * nq).max(1))?;
+        let runs = s.alloc_zeros::<u32>((3 * cap).max(1))?;
+        let strides = (
+            if uses_b { table.h_maps as i32 } else { 0 },
+            if uses_h { 1 } else { 0 },
+        );
+        let qkv = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
+        self.upload_rest(dev, shape, qkv, scale, bind, (row_start, runs), strides, Some(table))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upload_rest(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        (q, k, v): (CudaSlice<u16>, CudaSlice<u16>, CudaSlice<u16>),
+        scale: f32,
+        bind: &Bindings,
+        (row_start, runs): (CudaSlice<u32>, CudaSlice<u32>),
+        (map_b_stride, map_h_stride): (i32, i32),
+        table: Option<DeviceTable>,
+    ) -> Result<DeviceProblem, CudaError> {
+        let s = &dev.stream;
         let words: Vec<u32> = bind
             .params
             .iter()
@@ -268,7 +386,6 @@ impl CudaKernel {
                 Scalar::F32(x) => x.to_bits(),
             })
             .collect();
-        let nonempty = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
         let mut tensors = Vec::new();
         for t in &bind.tensors {
             let data: Vec<u32> = match &t.data {
@@ -294,15 +411,95 @@ impl CudaKernel {
             v,
             o: s.alloc_zeros(shape.o_len().max(1))?,
             lse: s.alloc_zeros(shape.lse_len().max(1))?,
-            row_start: s.clone_htod(&row_start)?,
-            runs: s.clone_htod(&nonempty(runs))?,
+            row_start,
+            runs,
             params: s.clone_htod(&nonempty(words))?,
             err: s.alloc_zeros(8)?,
             tensors,
             n_q_blocks: shape.lq.div_ceil(self.meta.q_block as usize) as u32,
-            map_b_stride: maps.b_stride as i32,
-            map_h_stride: maps.h_stride as i32,
+            map_b_stride,
+            map_h_stride,
+            table,
         })
+    }
+
+    /// Launches this block-table kernel (`backend::llvm::emit_block_table`) on `p`, whose
+    /// table was allocated by [`Self::upload_for_table`] for tiles of the same size.
+    /// Asynchronous, on the stream of the attention launch that follows.
+    pub fn build_table(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
+        let Some(t) = p.table else {
+            return Err(CudaError::Mismatch(
+                "this problem's block table comes from the host".into(),
+            ));
+        };
+        if (t.q_block, t.kv_block) != (self.meta.q_block, self.meta.kv_block)
+            || !self.meta.entry.starts_with("attnc_blocks_")
+        {
+            return Err(CudaError::Mismatch(format!(
+                "kernel {} ({}x{} tiles) does not build a table of {}x{} tiles",
+                self.meta.entry, self.meta.q_block, self.meta.kv_block, t.q_block, t.kv_block
+            )));
+        }
+        let sh = &p.shape;
+        if sh.lq == 0 || t.maps() == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (p.n_q_blocks, t.h_maps, t.b_maps),
+            block_dim: (self.meta.threads, 1, 1),
+            shared_mem_bytes: self.meta.smem_bytes,
+        };
+        self.launch_with(dev, p, cfg)
+    }
+
+    /// Waits, then reads back a table built by [`Self::build_table`] (for tests and tools).
+    pub fn download_table(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+    ) -> Result<BlockMaps, CudaError> {
+        let t = p
+            .table
+            .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
+        let s = &dev.stream;
+        s.synchronize()?;
+        self.check_err(dev, p)?;
+        let nq = p.n_q_blocks as usize;
+        let mut ranges = s.clone_dtoh(&p.row_start)?;
+        ranges.truncate(2 * t.maps() * nq);
+        let words = s.clone_dtoh(&p.runs)?;
+        let runs: Vec<Run> = words
+            .chunks_exact(3)
+            .map(|w| Run {
+                start: w[0],
+                end: w[1],
+                full: w[2],
+            })
+            .collect();
+        BlockMaps::from_pairs(
+            &ranges,
+            &runs,
+            t.maps(),
+            p.shape.lq,
+            p.shape.lkv,
+            t.q_block as usize,
+            t.kv_block as usize,
+            p.map_b_stride as usize,
+            p.map_h_stride as usize,
+        )
+        .ok_or_else(|| CudaError::Mismatch("the device block table is malformed".into()))
+    }
+
+    /// Median milliseconds per [`Self::build_table`] (CUDA events), as [`Self::time`].
+    pub fn time_table(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+        warmup: usize,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, CudaError> {
+        time_events(dev, warmup, iters, reps, || self.build_table(dev, p))
     }
 
     /// Enqueues one launch (asynchronous).
@@ -311,6 +508,22 @@ impl CudaKernel {
         if sh.lq == 0 || sh.b == 0 || sh.hq == 0 {
             return Ok(());
         }
+        let cfg = LaunchConfig {
+            grid_dim: (p.n_q_blocks, sh.hq as u32, sh.b as u32),
+            block_dim: (self.meta.threads, 1, 1),
+            shared_mem_bytes: self.meta.smem_bytes,
+        };
+        self.launch_with(dev, p, cfg)
+    }
+
+    /// Launches this kernel with its parameters (`meta.params`) taken from `p`.
+    fn launch_with(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
+        let sh = &p.shape;
         let s = &dev.stream;
         let ptr = |x: &CudaSlice<u16>| x.device_ptr(s).0;
         let ptr32 = |x: &CudaSlice<u32>| x.device_ptr(s).0;
@@ -393,13 +606,9 @@ impl CudaKernel {
                 A::F => b.arg(&p.scale),
             };
         }
-        let cfg = LaunchConfig {
-            grid_dim: (p.n_q_blocks, sh.hq as u32, sh.b as u32),
-            block_dim: (self.meta.threads, 1, 1),
-            shared_mem_bytes: self.meta.smem_bytes,
-        };
         // SAFETY: the argument list follows `meta.params` (the kernel's signature) and every
-        // buffer has the size the kernel indexes (checked in `check` / built in `upload`).
+        // buffer has the size the kernel indexes (checked in `check` / built in `upload`;
+        // a device table has room for `n_kv_blocks` runs per row, `DeviceTable::capacity`).
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
@@ -412,7 +621,17 @@ impl CudaKernel {
     ) -> Result<(Vec<u16>, Vec<f32>), CudaError> {
         let s = &dev.stream;
         s.synchronize()?;
-        let err = s.clone_dtoh(&p.err)?;
+        self.check_err(dev, p)?;
+        let mut o = s.clone_dtoh(&p.o)?;
+        let mut lse = s.clone_dtoh(&p.lse)?;
+        o.truncate(p.shape.o_len());
+        lse.truncate(p.shape.lse_len());
+        Ok((o, lse))
+    }
+
+    /// The checked-mode error recorded by any kernel of `p` (call after a synchronize).
+    fn check_err(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
+        let err = dev.stream.clone_dtoh(&p.err)?;
         if err[0] != 0 {
             let rank = self_rank(&self.meta, err[1]);
             return Err(CudaError::OutOfBounds {
@@ -422,11 +641,7 @@ impl CudaKernel {
                 index: err[2..2 + rank.min(6)].iter().map(|x| *x as i32).collect(),
             });
         }
-        let mut o = s.clone_dtoh(&p.o)?;
-        let mut lse = s.clone_dtoh(&p.lse)?;
-        o.truncate(p.shape.o_len());
-        lse.truncate(p.shape.lse_len());
-        Ok((o, lse))
+        Ok(())
     }
 
     /// Upload, launch, download.
@@ -457,29 +672,45 @@ impl CudaKernel {
         iters: usize,
         reps: usize,
     ) -> Result<f64, CudaError> {
-        for _ in 0..warmup {
-            self.launch(dev, p)?;
-        }
-        dev.synchronize()?;
-        let mut ts = Vec::with_capacity(reps);
-        for _ in 0..reps.max(1) {
-            let start = dev
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-            let end = dev
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-            start.record(&dev.stream)?;
-            for _ in 0..iters.max(1) {
-                self.launch(dev, p)?;
-            }
-            end.record(&dev.stream)?;
-            end.synchronize()?;
-            ts.push(start.elapsed_ms(&end)? as f64 / iters.max(1) as f64);
-        }
-        ts.sort_by(|a, b| a.total_cmp(b));
-        Ok(ts[ts.len() / 2])
+        time_events(dev, warmup, iters, reps, || self.launch(dev, p))
     }
+}
+
+/// Median milliseconds per call of `launch` over `reps` repetitions of `iters` calls,
+/// timed with CUDA events after `warmup` calls.
+fn time_events(
+    dev: &CudaDevice,
+    warmup: usize,
+    iters: usize,
+    reps: usize,
+    launch: impl Fn() -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
+    for _ in 0..warmup {
+        launch()?;
+    }
+    dev.synchronize()?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = dev
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        let end = dev
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        start.record(&dev.stream)?;
+        for _ in 0..iters.max(1) {
+            launch()?;
+        }
+        end.record(&dev.stream)?;
+        end.synchronize()?;
+        ts.push(start.elapsed_ms(&end)? as f64 / iters.max(1) as f64);
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[ts.len() / 2])
+}
+
+fn nonempty(v: Vec<u32>) -> Vec<u32> {
+    if v.is_empty() { vec![0u32] } else { v }
 }
 
 fn self_rank(meta: &PtxKernel, tensor: u32) -> usize {
@@ -537,14 +768,51 @@ impl JitCache {
         ])
     }
 
+    /// The cache key of a program's block-table kernel (never equal to [`Self::key`]).
+    pub fn table_key(program: &Program, opts: &PtxOptions) -> String {
+        cache_key(&[
+            b"block-table",
+            write_program(program).as_bytes(),
+            program.name.as_bytes(),
+            opts.key().as_bytes(),
+            compiler_build_id().as_bytes(),
+        ])
+    }
+
+    /// The attention kernel of `program`.
     pub fn get(
         &self,
         dev: &CudaDevice,
         program: &Program,
         opts: &PtxOptions,
     ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
+        self.get_kind(dev, program, opts, false)
+    }
+
+    /// The block-table kernel of `program`'s mask (`llvm::emit_block_table`) for the tiles
+    /// of the attention kernel with the same options.
+    pub fn get_table(
+        &self,
+        dev: &CudaDevice,
+        program: &Program,
+        opts: &PtxOptions,
+    ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
+        self.get_kind(dev, program, opts, true)
+    }
+
+    fn get_kind(
+        &self,
+        dev: &CudaDevice,
+        program: &Program,
+        opts: &PtxOptions,
+        table: bool,
+    ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
         let t0 = Instant::now();
-        let key = Self::key(program, opts);
+        let key = if table {
+            Self::table_key(program, opts)
+        } else {
+            Self::key(program, opts)
+        };
         if let Some(k) = self
             .mem
             .lock()
@@ -566,7 +834,11 @@ impl JitCache {
         let mut codegen_ms = 0.0;
         let mut gen_ptx = || -> Result<Vec<u8>, CudaError> {
             let t = Instant::now();
-            let k = llvm::emit(program, opts)?;
+            let k = if table {
+                llvm::emit_block_table(program, opts)?
+            } else {
+                llvm::emit(program, opts)?
+            };
             codegen_ms = t.elapsed().as_secs_f64() * 1e3;
             Ok(k.ptx.into_bytes())
         };
@@ -577,7 +849,11 @@ impl JitCache {
             }
             None => (gen_ptx()?, None),
         };
-        let mut meta = llvm::layout(program, opts)?;
+        let mut meta = if table {
+            llvm::block_table_layout(program, opts)?
+        } else {
+            llvm::layout(program, opts)?
+        };
         meta.ptx = String::from_utf8(ptx)
             .map_err(|_| CudaError::Driver("cached PTX is not UTF-8".into()))?;
         let k = Arc::new(CudaKernel::load(dev, &meta)?);

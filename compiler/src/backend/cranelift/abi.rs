@@ -44,7 +44,7 @@ pub struct Ctx {
     pub group: i64,
     pub scale: f32,
     pub _pad: u32,
-    /// The flattened block maps (see `BlockMaps::flatten`).
+    /// The flattened block maps (CSR, see `BlockMaps::flatten_csr`).
     pub row_start: *const u32,
     pub runs: *const u32,
     pub map_b_stride: i64,

@@ -74,7 +74,7 @@ pub fn run(
     check_maps(maps, shape, bq, bkv)?;
     let params = param_words(kern, bind)?;
     let tensors = tensor_descs(kern, shape, bind)?;
-    let (row_start, runs) = maps.flatten();
+    let (row_start, runs) = maps.flatten_csr();
     let ctx = Shared(Ctx {
         q: q.as_ptr(),
         k: k.as_ptr(),

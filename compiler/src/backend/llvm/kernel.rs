@@ -9,7 +9,7 @@
 //! ```text
 //! cp.async Q tile; if the block table lists any kv block: cp.async K[first]
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
-//! for each listed kv block j (runs of full/partial blocks from the CSR table):
+//! for each listed kv block j (runs of full/partial blocks from the block table):
 //!     wait K[j]; barrier; cp.async V[j]
 //!     (k_prefetch: cp.async K[next] into the other K buffer, a whole iteration ahead)
 //!     S = Q K[j]^T                               (mma.sync, K via ldmatrix)
@@ -275,8 +275,9 @@ fn body<'ctx>(
     let row = g.add(g.mul(map, nqb)?, qb)?;
     let row_start = ptr(KernelParam::RowStart)?;
     let runs = ptr(KernelParam::Runs)?;
-    let r_beg = g.load_i32(row_start, g.zext64(row)?)?;
-    let r_end = g.load_i32(row_start, g.zext64(g.add(row, g.c32(1))?)?)?;
+    // one (begin, end) pair per row (`BlockMaps::flatten`, or the GPU table builder)
+    let r_beg = g.load_i32(row_start, g.zext64(g.mul(row, g.c32(2))?)?)?;
+    let r_end = g.load_i32(row_start, g.zext64(g.add(g.mul(row, g.c32(2))?, g.c32(1))?)?)?;
 
     // ---- params and captured tensors ----------------------------------------------------------
     let pw = ptr(KernelParam::Params)?;

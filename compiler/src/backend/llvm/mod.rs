@@ -11,10 +11,12 @@
 //! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
 //! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
 //! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
-//! kv blocks come from the CSR block table (runs of full/partial blocks per q block);
+//! kv blocks come from the block table ((begin, end) pairs into runs of full/partial
+//! blocks per q block);
 //! the mask is evaluated only in partial blocks and in the block holding the end of
 //! the sequence.
 
+pub mod blocktable;
 mod expr;
 mod gpu;
 mod kernel;
@@ -232,7 +234,8 @@ pub enum KernelParam {
     O,
     /// `LSE[B, Hq, Lq]` (f32, natural log, written).
     Lse,
-    /// `u32` CSR row starts of the flattened block maps (`BlockMaps::flatten`).
+    /// `u32` (begin, end) pair per block-table row (`BlockMaps::flatten`): row `r`'s
+    /// runs are `runs[row_start[2 r] .. row_start[2 r + 1]]`.
     RowStart,
     /// `u32` triples (start, end, full) of the flattened block maps.
     Runs,
@@ -273,7 +276,7 @@ pub struct PtxKernel {
     pub threads: u32,
     pub smem_bytes: u32,
     pub params: Vec<KernelParam>,
-    /// Grid: (NumQBlocks, Hq, B).
+    /// How to launch it (grid and block).
     pub grid_note: &'static str,
 }
 
@@ -304,6 +307,7 @@ pub fn generator_hash() -> u64 {
         include_str!("kernel.rs"),
         include_str!("gpu.rs"),
         include_str!("expr.rs"),
+        include_str!("blocktable.rs"),
     ] {
         for b in s.bytes() {
             h ^= b as u64;
@@ -316,6 +320,69 @@ pub fn generator_hash() -> u64 {
 /// Generates the kernel of `program` (which must pass `ir::verify_program`).
 pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
     opts.validate()?;
+    let mut k = layout(program, opts)?;
+    let (ptx, llvm_ir) = generate(program, opts, &k.entry, PASSES, |ctx, module| {
+        let built = kernel::build(ctx, module, program, opts, &k.entry)?;
+        debug_assert_eq!(
+            (k.threads, k.smem_bytes, &k.params),
+            (built.threads, built.smem_bytes, &built.params)
+        );
+        Ok(built.module)
+    })?;
+    k.ptx = ptx;
+    k.llvm_ir = llvm_ir;
+    Ok(k)
+}
+
+/// Generates the block-table kernel of `program`'s mask (see [`blocktable`]): it
+/// classifies every (q block, kv block) tile of `opts.q_block` x `opts.kv_block` exactly
+/// and writes the table the attention kernel of the same options reads.
+pub fn emit_block_table(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    opts.validate()?;
+    let mut k = block_table_layout(program, opts)?;
+    let (ptx, llvm_ir) = generate(program, opts, &k.entry, TABLE_PASSES, |ctx, module| {
+        blocktable::build(ctx, module, program, opts, &k.entry)
+    })?;
+    k.ptx = ptx;
+    k.llvm_ir = llvm_ir;
+    Ok(k)
+}
+
+/// The launch description of `program`'s block-table kernel without generating it.
+pub fn block_table_layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    opts.validate()?;
+    if program.mask.is_none() {
+        return Err(LlvmError::Unsupported(format!(
+            "`{}` has no mask: its block table is dense and needs no builder",
+            program.name
+        )));
+    }
+    Ok(PtxKernel {
+        ptx: String::new(),
+        llvm_ir: String::new(),
+        entry: format!("attnc_blocks_{}", sanitize(&program.name)),
+        options: *opts,
+        q_block: opts.q_block,
+        kv_block: opts.kv_block,
+        threads: blocktable::THREADS,
+        smem_bytes: blocktable::smem_bytes(),
+        params: blocktable::param_list(program),
+        grid_note: "grid = (NumQBlocks, maps over h, maps over b), block = (threads, 1, 1)",
+    })
+}
+
+/// Runs `build` on a fresh NVPTX module for `opts.arch`, verifies it, runs the pass
+/// pipeline and returns (PTX, LLVM IR text).
+fn generate(
+    program: &Program,
+    opts: &PtxOptions,
+    entry: &str,
+    passes: &str,
+    build: impl for<'ctx> FnOnce(
+        &'ctx Context,
+        inkwell::module::Module<'ctx>,
+    ) -> Result<inkwell::module::Module<'ctx>, LlvmError>,
+) -> Result<(String, String), LlvmError> {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
@@ -334,9 +401,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     let module = ctx.create_module(&format!("attnc_{}", program.name));
     module.set_triple(&triple);
     module.set_data_layout(&tm.get_target_data().get_data_layout());
-    let entry = format!("attnc_{}", sanitize(&program.name));
-    let built = kernel::build(&ctx, module, program, opts, &entry)?;
-    let module = built.module;
+    let module = build(&ctx, module)?;
     if let Ok(path) = std::env::var("ATTNC_DUMP_LL") {
         let _ = std::fs::write(path, module.print_to_string().to_string());
     }
@@ -347,7 +412,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     })?;
     let pbo = PassBuilderOptions::create();
     module
-        .run_passes(PASSES, &tm, pbo)
+        .run_passes(passes, &tm, pbo)
         .map_err(|e| LlvmError::Llvm(e.to_string()))?;
     let llvm_ir = module.print_to_string().to_string();
     let buf = tm
@@ -361,14 +426,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
             "the kernel was not emitted as a .entry",
         ));
     }
-    let mut k = layout(program, opts)?;
-    debug_assert_eq!(
-        (k.threads, k.smem_bytes, &k.params),
-        (built.threads, built.smem_bytes, &built.params)
-    );
-    k.ptx = ptx;
-    k.llvm_ir = llvm_ir;
-    Ok(k)
+    Ok((ptx, llvm_ir))
 }
 
 /// The LLVM pass pipeline. The kernel is straight-line code per loop iteration built
@@ -378,6 +436,11 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
 /// spills for `default<O1>` and about 350 for O2/O3 (LICM hoists per-copy addresses
 /// into registers), and a cold compile of about 80 ms instead of 100-115.
 const PASSES: &str = "function(sroa,early-cse,instcombine,simplifycfg,gvn,instcombine)";
+
+/// The block-table kernel's pipeline: [`PASSES`] plus loop-invariant code motion, which
+/// takes the kv-only reads of a mask (`doc[b, kv]`) out of the loop over a tile's rows.
+const TABLE_PASSES: &str =
+    "function(sroa,early-cse,instcombine,simplifycfg,loop-mssa(licm),gvn,instcombine)";
 
 /// The launch description of `program`'s kernel without generating it (`ptx` and
 /// `llvm_ir` empty): what a runtime needs next to PTX text taken from a cache.

@@ -1,0 +1,374 @@
+//! The block-table kernel: builds, on the GPU, the block table the attention kernel reads,
+//! for masks whose blocks depend on captured tensors (`Tier::Tensors`: document ids and
+//! the like), so that a launch needs no host pass over the tensors and no upload.
+//!
+//! In: a [`Program`] with a mask and [`PtxOptions`] (arch, `q_block` x `kv_block` tiles,
+//! checked mode; the other fields do not change the code). Out: the kernel function in an
+//! LLVM module; its parameters are [`param_list`], its launch is one CTA of [`THREADS`]
+//! threads per table row: grid = (NumQBlocks, maps over h, maps over b), where a mask that
+//! does not read `h` (or `b`) has one map for all heads (batches), as in
+//! `analysis::classify::build_block_maps`.
+//!
+//! Output format (the one `BlockMaps::flatten` produces and the attention kernel reads):
+//! row `r = (b_map * n_h_maps + h_map) * NumQBlocks + q_block` writes its (begin, end)
+//! pair at `row_start[2 r], row_start[2 r + 1]` and its runs `(start, end, full)` into
+//! its own slot `runs[r * n_kv_blocks ..]` (a row holds at most `n_kv_blocks` runs), so
+//! every row is written by its CTA alone, with no global scan.
+//!
+//! Per CTA (one q block of one map):
+//! ```text
+//! for each chunk of CHUNK kv blocks:
+//!     each warp takes kv blocks j = chunk + warp, + WARPS, ...:
+//!         lane l evaluates the mask at (q, kv) for every in-range row q of the q block
+//!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32;
+//!         seen_true / seen_false per lane; after each row a warp vote stops the tile
+//!         once both were seen (partial) — not in checked mode, which evaluates every
+//!         point so that every out-of-range read is recorded
+//!         kind = vote(any true) ? (vote(any false) ? partial : full) : empty -> smem
+//!     barrier; thread 0 merges the chunk's kinds into runs (adjacent equal kinds merge,
+//!     empty blocks end a run); barrier
+//! thread 0 writes the last run and the row's (begin, end)
+//! ```
+//! The classification is exact: full means the mask is true at every point of the tile
+//! inside `0..Lq x 0..Lkv`, empty that it is true at none; it equals
+//! `classify::brute_force_maps` wherever the mask is evaluated exactly (integer and
+//! comparison ops; float math uses the same approximate instructions as the attention
+//! kernel, so the table always agrees with what the attention kernel would evaluate).
+//! Captured tensors are read exactly as the attention kernel reads them (`expr.rs`: indices
+//! clamped; checked mode records the first out-of-range read whose guard held into the
+//! same error words).
+
+use super::expr::{Elem, Env, TensorArg, emit_function};
+use super::gpu::{GLOBAL, Gpu, R};
+use super::{KernelParam, LlvmError, PtxOptions};
+use crate::ir::{Program, Type};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+
+/// Threads per CTA (8 warps).
+pub const THREADS: u32 = 256;
+const WARPS: u32 = THREADS / 32;
+/// kv blocks classified between two compaction steps (one `u32` kind each in shared memory).
+const CHUNK: u32 = 256;
+
+/// Dynamic shared memory of the kernel: the kinds of one chunk.
+pub fn smem_bytes() -> u32 {
+    CHUNK * 4
+}
+
+/// The kernel's parameters, in launch order. `RowStart` and `Runs` are written.
+pub fn param_list(p: &Program) -> Vec<KernelParam> {
+    use KernelParam::*;
+    let mut v = vec![RowStart, Runs, Params, Err];
+    v.extend((0..p.tensors.len() as u32).map(Tensor));
+    v.extend([Lq, Lkv, NumQBlocks]);
+    for (t, info) in p.tensors.iter().enumerate() {
+        v.extend((0..info.dims.len() as u32).map(|dim| TensorDim {
+            tensor: t as u32,
+            dim,
+        }));
+    }
+    v
+}
+
+/// Builds the kernel `entry` into `module`.
+pub(crate) fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    p: &Program,
+    opts: &PtxOptions,
+    entry: &str,
+) -> R<Module<'ctx>> {
+    let mask = p
+        .mask
+        .as_ref()
+        .ok_or(LlvmError::Internal("block table of a program without a mask"))?;
+    if opts.kv_block % 32 != 0 {
+        return Err(LlvmError::Unsupported(format!(
+            "block table with kv blocks of {}: needs a multiple of 32",
+            opts.kv_block
+        )));
+    }
+    let params = param_list(p);
+    let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
+        .iter()
+        .map(|k| match k {
+            KernelParam::Lq
+            | KernelParam::Lkv
+            | KernelParam::NumQBlocks
+            | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            _ => gptr.into(),
+        })
+        .collect();
+    let ft = ctx.void_type().fn_type(&tys, false);
+    let func = module.add_function(entry, ft, None);
+    func.set_call_conventions(71); // ptx_kernel: emitted as a .entry
+    func.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_string_attribute("nvvm.maxntid", &THREADS.to_string()),
+    );
+    // captured tensors and params are only read: their loads may leave the row loop
+    let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    let readonly = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("readonly"), 0);
+    for (i, k) in params.iter().enumerate() {
+        if matches!(k, KernelParam::Tensor(_) | KernelParam::Params) {
+            func.add_attribute(AttributeLoc::Param(i as u32), noalias);
+            func.add_attribute(AttributeLoc::Param(i as u32), readonly);
+        }
+    }
+    let g = Gpu::new(ctx, module, func);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    body(&g, p, mask, opts, &params)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module)
+}
+
+fn body<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    mask: &crate::ir::Function,
+    opts: &PtxOptions,
+    params: &[KernelParam],
+) -> R<()> {
+    let arg = |want: KernelParam| -> R<inkwell::values::BasicValueEnum<'ctx>> {
+        let i = params
+            .iter()
+            .position(|k| *k == want)
+            .ok_or(LlvmError::Internal("missing kernel param"))?;
+        g.func
+            .get_nth_param(i as u32)
+            .ok_or(LlvmError::Internal("kernel param"))
+    };
+    let ptr = |want| -> R<PointerValue<'ctx>> { Ok(arg(want)?.into_pointer_value()) };
+    let int = |want| -> R<IntValue<'ctx>> { Ok(arg(want)?.into_int_value()) };
+    let (qbs, kvbs) = (opts.q_block as i64, opts.kv_block as i64);
+
+    // ---- which row this CTA writes ---------------------------------------------------------
+    let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
+    let (lq, lkv, nqb) = (
+        int(KernelParam::Lq)?,
+        int(KernelParam::Lkv)?,
+        int(KernelParam::NumQBlocks)?,
+    );
+    let qb = g.ctaid('x')?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let n_h = sreg(g, "nctaid.y")?;
+    let map = g.add(g.mul(b, n_h)?, h)?;
+    let row = g.add(g.mul(map, nqb)?, qb)?;
+    let nkv = g.udiv(g.add(lkv, g.c32(kvbs - 1))?, g.c32(kvbs))?;
+    // this row's slot of runs (u32 run index; the runtime keeps the table under 2^32 runs)
+    let slot = g.mul(row, nkv)?;
+    let q0 = g.mul(qb, g.c32(qbs))?;
+    let qn = g.iintr2("llvm.smin.i32", g.c32(qbs), g.sub(lq, q0)?)?;
+    let row_start = ptr(KernelParam::RowStart)?;
+    let runs = ptr(KernelParam::Runs)?;
+
+    // ---- params and captured tensors (as in the attention kernel) -----------------------------
+    let pw = ptr(KernelParam::Params)?;
+    let mut pvals = Vec::new();
+    for (i, info) in p.params.iter().enumerate() {
+        let w = g.load_i32(pw, g.c64(i as i64))?;
+        pvals.push(match info.ty {
+            Type::I32 => w.into(),
+            Type::F32 => g.b.build_bit_cast(w, g.f32, "")?,
+            Type::Bool => g.icmp(IntPredicate::NE, w, g.c32(0))?.into(),
+        });
+    }
+    let mut tensors = Vec::new();
+    for (t, info) in p.tensors.iter().enumerate() {
+        let dims = (0..info.dims.len() as u32)
+            .map(|dim| {
+                int(KernelParam::TensorDim {
+                    tensor: t as u32,
+                    dim,
+                })
+            })
+            .collect::<R<Vec<_>>>()?;
+        tensors.push(TensorArg {
+            ptr: ptr(KernelParam::Tensor(t as u32))?,
+            float: info.elem.read_type() == Type::F32,
+            dims,
+        });
+    }
+    let env = Env {
+        params: pvals,
+        tensors,
+        err: if opts.checked {
+            Some(ptr(KernelParam::Err)?)
+        } else {
+            None
+        },
+    };
+
+    // ---- state ----------------------------------------------------------------------------------
+    let seen_t = g.var(g.i1, g.cbool(false))?;
+    let seen_f = g.var(g.i1, g.cbool(false))?;
+    let r_var = g.var(g.i32, g.c32(0))?;
+    // thread 0's run under construction: kind (0 empty, 1 partial, 2 full), start, count
+    let cur_kind = g.var(g.i32, g.c32(0))?;
+    let cur_start = g.var(g.i32, g.c32(0))?;
+    let n_runs = g.var(g.i32, g.c32(0))?;
+    let is_t0 = g.icmp(IntPredicate::EQ, tid, g.c32(0))?;
+    let subcols = (kvbs / 32) as usize;
+
+    let write_run = |start: IntValue<'ctx>, end: IntValue<'ctx>, kind: IntValue<'ctx>| -> R<()> {
+        let n = g.geti(&n_runs)?;
+        let at = g.mul(g.zext64(g.add(slot, n)?)?, g.c64(3))?;
+        let full = g
+            .b
+            .build_int_z_extend(g.icmp(IntPredicate::EQ, kind, g.c32(2))?, g.i32, "")?;
+        g.store(gep_u32(g, runs, at)?, start)?;
+        g.store(gep_u32(g, runs, g.add(at, g.c64(1))?)?, end)?;
+        g.store(gep_u32(g, runs, g.add(at, g.c64(2))?)?, full)?;
+        g.set(&n_runs, g.add(n, g.c32(1))?)
+    };
+
+    for_range(g, g.c32(0), nkv, g.c32(CHUNK as i64), |c0| {
+        let cend = g.iintr2("llvm.smin.i32", g.add(c0, g.c32(CHUNK as i64))?, nkv)?;
+        // ---- classify this chunk's tiles, one warp per tile
+        for_range(g, g.add(c0, warp)?, cend, g.c32(WARPS as i64), |j| {
+            let kv0 = g.mul(j, g.c32(kvbs))?;
+            let cols: Vec<(IntValue<'ctx>, IntValue<'ctx>)> = (0..subcols)
+                .map(|s| {
+                    let kv = g.add(g.add(kv0, g.c32(32 * s as i64))?, lane)?;
+                    Ok((kv, g.icmp(IntPredicate::SLT, kv, lkv)?))
+                })
+                .collect::<R<_>>()?;
+            g.set(&seen_t, g.cbool(false))?;
+            g.set(&seen_f, g.cbool(false))?;
+            g.set(&r_var, g.c32(0))?;
+            // rows 0..qn (qn >= 1): a do-while loop, so that loads of the kv-only part of
+            // the mask are executed on entry and may be hoisted out of it
+            let rows = g.block("tile_rows");
+            let done = g.block("tile_done");
+            g.br(rows)?;
+            g.b.position_at_end(rows);
+            let r = g.geti(&r_var)?;
+            let q = g.add(q0, r)?;
+            let (mut t, mut f) = (g.geti(&seen_t)?, g.geti(&seen_f)?);
+            for &(kv, kv_in) in &cols {
+                let e = Elem {
+                    s: g.cf(0.0),
+                    b,
+                    h,
+                    q,
+                    kv,
+                    inside: kv_in,
+                };
+                let m = emit_function(g, &env, mask, e)?.into_int_value();
+                t = g.or(t, g.and(kv_in, m)?)?;
+                f = g.or(f, g.and(kv_in, g.xor(m, g.cbool(true))?)?)?;
+            }
+            g.set(&seen_t, t)?;
+            g.set(&seen_f, f)?;
+            let r1 = g.add(r, g.c32(1))?;
+            g.set(&r_var, r1)?;
+            let mut more = g.icmp(IntPredicate::SLT, r1, qn)?;
+            if !opts.checked {
+                // partial as soon as the warp has seen both values
+                let both = g.and(g.vote_any(t)?, g.vote_any(f)?)?;
+                more = g.and(more, g.xor(both, g.cbool(true))?)?;
+            }
+            g.cond_br(more, rows, done)?;
+            g.b.position_at_end(done);
+            let any_t = g.vote_any(g.geti(&seen_t)?)?;
+            let any_f = g.vote_any(g.geti(&seen_f)?)?;
+            let kind = g.selecti(
+                any_t,
+                g.selecti(any_f, g.c32(1), g.c32(2))?,
+                g.c32(0),
+            )?;
+            g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
+                let off = g.shl(g.sub(j, c0)?, g.c32(2))?;
+                g.store(g.smem_at(off)?, kind)
+            })
+        })?;
+        g.barrier()?;
+        // ---- thread 0 merges the chunk into runs
+        g.if_then(is_t0, || {
+            for_range(g, c0, cend, g.c32(1), |j| {
+                let kind = g
+                    .b
+                    .build_load(g.i32, g.smem_at(g.shl(g.sub(j, c0)?, g.c32(2))?)?, "")?
+                    .into_int_value();
+                let cur = g.geti(&cur_kind)?;
+                g.if_then(g.icmp(IntPredicate::NE, kind, cur)?, || {
+                    g.if_then(g.icmp(IntPredicate::NE, cur, g.c32(0))?, || {
+                        write_run(g.geti(&cur_start)?, j, cur)
+                    })?;
+                    g.set(&cur_kind, kind)?;
+                    g.set(&cur_start, j)
+                })
+            })
+        })?;
+        g.barrier()
+    })?;
+
+    // ---- the last run and the row's (begin, end) ------------------------------------------------
+    g.if_then(is_t0, || {
+        let cur = g.geti(&cur_kind)?;
+        g.if_then(g.icmp(IntPredicate::NE, cur, g.c32(0))?, || {
+            write_run(g.geti(&cur_start)?, nkv, cur)
+        })?;
+        let at = g.mul(g.zext64(row)?, g.c64(2))?;
+        g.store(gep_u32(g, row_start, at)?, slot)?;
+        g.store(
+            gep_u32(g, row_start, g.add(at, g.c64(1))?)?,
+            g.add(slot, g.geti(&n_runs)?)?,
+        )
+    })?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// A special register (`%nctaid.y`, ...) as i32.
+fn sreg<'ctx>(g: &Gpu<'ctx>, name: &str) -> R<IntValue<'ctx>> {
+    Ok(g
+        .call(
+            &format!("llvm.nvvm.read.ptx.sreg.{name}"),
+            Some(g.i32.into()),
+            &[],
+        )?
+        .ok_or(LlvmError::Internal("special register"))?
+        .into_int_value())
+}
+
+/// `base + 4 * index` (index i64) in the global address space.
+fn gep_u32<'ctx>(g: &Gpu<'ctx>, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+    g.gep_bytes(base, g.mul(index, g.c64(4))?)
+}
+
+/// `for (i = start; i < end; i += step) body(i)` with signed i32 compares (`step > 0`).
+fn for_range<'ctx>(
+    g: &Gpu<'ctx>,
+    start: IntValue<'ctx>,
+    end: IntValue<'ctx>,
+    step: IntValue<'ctx>,
+    body: impl FnOnce(IntValue<'ctx>) -> R<()>,
+) -> R<()> {
+    let iv = g.var(g.i32, start)?;
+    let head = g.block("for_head");
+    let bb = g.block("for_body");
+    let exit = g.block("for_exit");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let i = g.geti(&iv)?;
+    g.cond_br(g.icmp(IntPredicate::SLT, i, end)?, bb, exit)?;
+    g.b.position_at_end(bb);
+    body(i)?;
+    g.set(&iv, g.add(i, step)?)?;
+    g.br(head)?;
+    g.b.position_at_end(exit);
+    Ok(())
+}
