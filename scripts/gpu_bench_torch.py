@@ -2,7 +2,8 @@
 FlexAttention (torch.compile, Triton), SDPA flash (FA2) and cuDNN, bf16, at
 B2 H16 L8192 D128 and B4 H16 L4096 D64, variants full, causal, sliding1024,
 alibi_causal, softcap_causal, doc_causal (8 sorted documents). TFLOP/s counts only
-unmasked pairs. Then prints attnc's numbers (from $OUT/attnc_bench.json, written by the
+unmasked pairs. Also create_block_mask (eager and compiled) for document + causal at
+B2 S8192 and B1 S131072 (compare with gpu_bench_block_table). Then prints attnc's numbers (from $OUT/attnc_bench.json, written by the
 gpu_bench test binary earlier in the same run) next to them.
 Usage: python3 gpu_bench_torch.py [attnc_bench.json]"""
 import torch, time, json, os, sys
@@ -71,6 +72,24 @@ for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64)]:
             print(key, f"{ms:.3f} ms {fl/ms/1e9:.1f} TFLOP/s", flush=True)
     del q, k, v
     torch.cuda.empty_cache()
+
+# create_block_mask for document + causal with per-batch sorted ids (8 documents), the
+# counterpart of attnc's block table built on the GPU (gpu_bench_block_table in bench.log)
+if not only or "blockmask" in only.split(","):
+    for (B, S) in [(2, 8192), (1, 131072)]:
+        docb = torch.sort(torch.randint(0, 8, (B, S), device=dev), dim=1)[0]
+        def dm(b, h, qq, kk): return (docb[b, qq] == docb[b, kk]) & (qq >= kk)
+        for comp in [False, True]:
+            kind = "compiled" if comp else "eager"
+            try:
+                fn = lambda: create_block_mask(dm, B=B, H=None, Q_LEN=S, KV_LEN=S, device=dev, _compile=comp)
+                t0 = time.time(); fn(); torch.cuda.synchronize(); first = time.time() - t0
+                ms = bench(fn, iters=5, warm=1)
+                res[f"create_block_mask/doc_causal/{kind}/B{B}S{S}"] = dict(ms=ms, first_call_s=first)
+                print(f"create_block_mask doc_causal B{B} S{S} {kind}: {ms:.3f} ms (first call {first:.2f} s)", flush=True)
+            except Exception as ex:
+                print(f"create_block_mask doc_causal B{B} S{S} {kind}: failed ({type(ex).__name__})", flush=True)
+            torch.cuda.empty_cache()
 
 out = os.environ.get("OUT", ".")
 json.dump(res, open(out + "/torch_bench.json", "w"), indent=1)

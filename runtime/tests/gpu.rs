@@ -1,6 +1,9 @@
 //! GPU differential tests: every sample kernel against the f64 oracle
 //! (`reference::attention`) on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128,
-//! bf16 and f16), fully masked rows, and checked mode.
+//! bf16 and f16), fully masked rows, and checked mode; block tables built on the GPU
+//! (`backend::llvm::blocktable`) against brute force (`classify::brute_force_maps`) and
+//! attention through them against the oracle, through the kernel API and through
+//! `Bound::forward` (GPU table and host table paths).
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -19,7 +22,14 @@ mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, samples};
+use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
+use attnc_compiler::analysis::classify::{analyze, brute_force_maps};
+use attnc_compiler::backend::llvm::{
+    Arch, InputType, PtxOptions, emit, emit_block_table, samples,
+};
+use attnc_compiler::interp::{BoundTensor, TensorData};
+use attnc_compiler::ir::Scalar;
+use rand::Rng;
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
 use attnc_compiler::reference;
@@ -369,6 +379,350 @@ fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
     }
 }
 
+
+/// Masks over captured tensors for the block-table tests: (source, attention).
+const TABLE_SOURCES: &str = r#"
+tensor doc: i32[B, KV];
+tensor qdoc: i32[B, Q];
+tensor w: f32[B, KV];
+param window: i32;
+param prefix: i32;
+param thr: f32;
+mask causal(b, h, q, kv) { q >= kv }
+mask same_doc(b, h, q, kv) { doc[b, q] == doc[b, kv] }
+attention doc_only { mask = same_doc; }
+attention doc_causal { mask = causal & same_doc; }
+mask local(b, h, q, kv) { q - kv <= window }
+attention doc_sliding_causal { mask = causal & local & same_doc; }
+mask doc_or_prefix(b, h, q, kv) { doc[b, q] == doc[b, kv] || kv < prefix }
+attention doc_or_prefix_causal { mask = causal & doc_or_prefix; }
+mask cross(b, h, q, kv) { qdoc[b, q] == kdoc(b, kv) }
+fn kdoc(b: i32, kv: i32) -> i32 { doc[b, kv] }
+attention cross_doc { mask = cross; }
+mask by_head(b, h, q, kv) { (doc[b, q] + h) % 3 == doc[b, kv] % 3 }
+attention head_doc { mask = by_head; }
+mask weight(b, h, q, kv) { w[b, kv] >= thr + 0.25 * (q % 4) as f32 }
+attention weight_param { mask = weight; }
+"#;
+
+/// Document ids [B, n]: sorted (packed documents) or random (unsorted).
+fn doc_ids(r: &mut rand::rngs::StdRng, b: usize, n: usize, docs: i32, sorted: bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for _ in 0..b {
+        let mut ids: Vec<i32> = (0..n).map(|_| r.random_range(0..docs)).collect();
+        if sorted {
+            ids.sort();
+        }
+        out.extend(ids);
+    }
+    out
+}
+
+/// Bindings of `TABLE_SOURCES` programs.
+fn table_bindings(p: &Program, sh: &Shape, seed: u64, sorted: bool) -> Bindings {
+    let mut r = rng(seed);
+    let mut bind = Bindings::default();
+    for param in &p.params {
+        bind.params.push(match param.name.as_str() {
+            "window" => Scalar::I32(40),
+            "prefix" => Scalar::I32(20),
+            "thr" => Scalar::F32(-0.3),
+            other => panic!("no value for param {other}"),
+        });
+    }
+    for t in &p.tensors {
+        let (dims, data) = match t.name.as_str() {
+            "doc" => (
+                vec![sh.b, sh.lkv],
+                TensorData::I32(doc_ids(&mut r, sh.b, sh.lkv, 5, sorted)),
+            ),
+            "qdoc" => (
+                vec![sh.b, sh.lq],
+                TensorData::I32(doc_ids(&mut r, sh.b, sh.lq, 5, sorted)),
+            ),
+            "w" => (
+                vec![sh.b, sh.lkv],
+                TensorData::F32((0..sh.b * sh.lkv).map(|_| r.random_range(-1.0..1.0)).collect()),
+            ),
+            other => panic!("no data for tensor {other}"),
+        };
+        bind.tensors.push(BoundTensor { dims, data });
+    }
+    bind
+}
+
+/// O/LSE against the oracle with the bf16 tolerance of this file.
+fn compare_bf16(o: &[f32], lse: &[f32], want: &reference::Output, dv: usize) -> Result<f32, String> {
+    let mut worst = 0f32;
+    for (i, (g, w)) in o.iter().zip(&want.o).enumerate() {
+        let err = (g - w).abs();
+        if g.is_nan() || err > 0.03 + 0.02 * w.abs() {
+            return Err(format!("O[{i}] = {g}, oracle {w} (row {})", i / dv));
+        }
+        worst = worst.max(err);
+    }
+    for (i, (g, w)) in lse.iter().zip(&want.lse).enumerate() {
+        let ok = if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= 0.01 + 0.005 * w.abs()
+        };
+        if !ok || g.is_nan() {
+            return Err(format!("LSE[{i}] = {g}, oracle {w}"));
+        }
+    }
+    Ok(worst)
+}
+
+/// Builds `p`'s table on the GPU for `qb` x `kvb` tiles, compares it block by block with
+/// brute force for every (b, h), then runs attention through it against the oracle.
+/// Returns the (empty, partial, full) block counts of the exact maps.
+fn check_gpu_table(
+    dev: &CudaDevice,
+    p: &Program,
+    sh: &Shape,
+    bind: &Bindings,
+    qb: u32,
+    kvb: u32,
+    seed: u64,
+) -> Result<(usize, usize, usize), String> {
+    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, InputType::Bf16);
+    opts = opts.with_m_tiles(1);
+    opts.q_block = qb;
+    opts.kv_block = kvb;
+    let attn = CudaKernel::load(dev, &emit(p, &opts).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let builder = CudaKernel::load(dev, &emit_block_table(p, &opts).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let info = analyze(p);
+    let mut r = rng(seed);
+    let (qh, qf) = random_input(&mut r, sh.q_len(), 2.0, InputType::Bf16);
+    let (kh, kf) = random_input(&mut r, sh.k_len(), 2.0, InputType::Bf16);
+    let (vh, vf) = random_input(&mut r, sh.v_len(), 1.0, InputType::Bf16);
+    let scale = sh.default_scale();
+    let prob = attn
+        .upload_for_table(dev, sh, &qh, &kh, &vh, scale, bind, info.uses_b, info.uses_h)
+        .map_err(|e| e.to_string())?;
+    builder.build_table(dev, &prob).map_err(|e| e.to_string())?;
+    let got = builder.download_table(dev, &prob).map_err(|e| e.to_string())?;
+    let want = brute_force_maps(p, sh, qb as usize, kvb as usize, bind).map_err(|e| e.to_string())?;
+    let expect_maps = if info.uses_b { sh.b } else { 1 } * if info.uses_h { sh.hq } else { 1 };
+    if got.maps.len() != expect_maps {
+        return Err(format!("{} maps, expected {expect_maps}", got.maps.len()));
+    }
+    let mut counts = (0, 0, 0);
+    for b in 0..sh.b {
+        for h in 0..sh.hq {
+            let (g, w) = (got.get(b, h), want.get(b, h));
+            for i in 0..w.n_q_blocks() {
+                for j in 0..w.n_kv_blocks() {
+                    if g.kind(i, j) != w.kind(i, j) {
+                        return Err(format!(
+                            "slice (b={b}, h={h}) block ({i}, {j}): GPU table says {:?}, brute force {:?}",
+                            g.kind(i, j),
+                            w.kind(i, j)
+                        ));
+                    }
+                }
+            }
+            let c = w.counts();
+            counts = (counts.0 + c.0, counts.1 + c.1, counts.2 + c.2);
+        }
+    }
+    // attention through the GPU-built table
+    attn.launch(dev, &prob).map_err(|e| e.to_string())?;
+    let (o, lse) = attn.download(dev, &prob).map_err(|e| e.to_string())?;
+    let o: Vec<f32> = o.iter().map(|x| from_bits(*x, InputType::Bf16)).collect();
+    let oracle =
+        reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
+    let worst = compare_bf16(&o, &lse, &oracle, sh.dv).map_err(|e| format!("attention: {e}"))?;
+    println!(
+        "  ok {} {:?} {qb}x{kvb}: table = brute force (empty/partial/full {counts:?}), max |dO| {worst:.2e}",
+        p.name, sh
+    );
+    Ok(counts)
+}
+
+fn gpu_block_tables_match_brute_force(dev: &CudaDevice) {
+    let module = attnc_compiler::compile_source(TABLE_SOURCES).expect("table sources compile");
+    let s = |b, hq, hkv, lq, lkv, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    // (shape, q_block, kv_block): odd lengths, Lq < Lkv, Lq > Lkv (cross_doc only: the
+    // others read doc[b, q] with doc sized by Lkv), several b, GQA, every tile size
+    let shapes = [
+        (s(3, 2, 1, 333, 333, 64), 128, 64),
+        (s(2, 2, 2, 130, 301, 64), 64, 64),
+        (s(2, 4, 2, 257, 257, 64), 64, 32),
+        (s(1, 1, 1, 1, 70, 64), 128, 128),
+        (s(2, 1, 1, 300, 1100, 128), 128, 64),
+    ];
+    let mut failures = Vec::new();
+    let mut total = (0, 0, 0);
+    for p in &module.programs {
+        for (si, (sh, qb, kvb)) in shapes.iter().enumerate() {
+            for sorted in [true, false] {
+                let bind = table_bindings(p, sh, si as u64 * 10 + sorted as u64, sorted);
+                match check_gpu_table(dev, p, sh, &bind, *qb, *kvb, si as u64) {
+                    Ok(c) => total = (total.0 + c.0, total.1 + c.1, total.2 + c.2),
+                    Err(e) => failures.push(format!(
+                        "{} {sh:?} {qb}x{kvb} sorted={sorted}: {e}",
+                        p.name
+                    )),
+                }
+            }
+        }
+        // Lq > Lkv where the mask reads only in-range indices
+        if p.name == "cross_doc" {
+            let sh = s(2, 2, 1, 300, 130, 64);
+            let bind = table_bindings(p, &sh, 99, false);
+            if let Err(e) = check_gpu_table(dev, p, &sh, &bind, 64, 64, 5) {
+                failures.push(format!("cross_doc Lq > Lkv: {e}"));
+            }
+        }
+    }
+    // the cases exercise every kind of block
+    assert!(
+        total.0 > 0 && total.1 > 0 && total.2 > 0,
+        "block kinds seen (empty, partial, full): {total:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// `Bound::forward` on the CUDA backend for the document examples: the table built on the
+/// GPU (the default) and on the host (`gpu_block_tables` off) both match the oracle, and
+/// the bench's device table timing is reported only for the GPU path.
+fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
+    let _ = dev;
+    let compiled = Compiled::from_source("t.attn", TABLE_SOURCES).expect("compiles");
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 259,
+        lkv: 390,
+        d: 64,
+        dv: 64,
+    };
+    let mut r = rng(21);
+    let q = Tensor::from_f32_as(
+        vec![shape.b, shape.hq, shape.lq, shape.d],
+        &(0..shape.q_len()).map(|_| r.random_range(-2.0..2.0)).collect::<Vec<f32>>(),
+        DType::BF16,
+    );
+    let k = Tensor::from_f32_as(
+        vec![shape.b, shape.hkv, shape.lkv, shape.d],
+        &(0..shape.k_len()).map(|_| r.random_range(-2.0..2.0)).collect::<Vec<f32>>(),
+        DType::BF16,
+    );
+    let v = Tensor::from_f32_as(
+        vec![shape.b, shape.hkv, shape.lkv, shape.dv],
+        &(0..shape.v_len()).map(|_| r.random_range(-1.0..1.0)).collect::<Vec<f32>>(),
+        DType::BF16,
+    );
+    let doc = doc_ids(&mut r, shape.b, shape.lkv, 6, false);
+    let qdoc = doc_ids(&mut r, shape.b, shape.lq, 6, false);
+    let w: Vec<f32> = (0..shape.b * shape.lkv).map(|_| r.random_range(-1.0..1.0)).collect();
+    for name in ["doc_causal", "doc_or_prefix_causal", "head_doc", "cross_doc", "weight_param"] {
+        let variant = compiled.attention(name).unwrap();
+        // exactly the captures this attention declares
+        let mut caps = Captures::default();
+        for t in &variant.program().tensors {
+            caps = match t.name.as_str() {
+                "doc" => caps.tensor("doc", Tensor::from_i32(vec![shape.b, shape.lkv], &doc)),
+                "qdoc" => caps.tensor("qdoc", Tensor::from_i32(vec![shape.b, shape.lq], &qdoc)),
+                "w" => caps.tensor("w", Tensor::from_f32(vec![shape.b, shape.lkv], &w)),
+                other => panic!("no data for {other}"),
+            };
+        }
+        for prm in &variant.program().params {
+            caps = match prm.name.as_str() {
+                "window" => caps.param("window", ParamValue::I32(50)),
+                "prefix" => caps.param("prefix", ParamValue::I32(9)),
+                "thr" => caps.param("thr", ParamValue::F32(0.1)),
+                other => panic!("no value for {other}"),
+            };
+        }
+        let mut want = None;
+        for gpu_tables in [true, false] {
+            let mut opts = BindOptions::new(Backend::Cuda, shape, DType::BF16);
+            opts.gpu_block_tables = gpu_tables;
+            let mut bound = variant.bind(opts).unwrap();
+            let out = bound.forward(&q, &k, &v, &caps).unwrap();
+            let oracle = want.get_or_insert_with(|| {
+                let mut ro = BindOptions::new(Backend::Reference, shape, DType::BF16);
+                ro.gpu_block_tables = false;
+                let mut rb = variant.bind(ro).unwrap();
+                rb.forward(&q, &k, &v, &caps).unwrap()
+            });
+            let want_out = reference::Output {
+                o: oracle.o.to_f32(),
+                lse: oracle.lse.to_f32(),
+            };
+            let worst = compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want_out, shape.dv)
+                .unwrap_or_else(|e| panic!("{name} gpu_block_tables={gpu_tables}: {e}"));
+            let t = bound.block_table_time_ms(&q, &k, &v, &caps, 2).unwrap();
+            assert_eq!(t.is_some(), gpu_tables, "{name}: table timing");
+            println!("  ok {name} gpu_block_tables={gpu_tables}: max |dO| {worst:.2e}, table {t:?} ms");
+        }
+    }
+}
+
+/// Checked mode with the table built on the GPU: the builder evaluates every point and
+/// records the first out-of-range mask read (doc[b, q] with Lq > Lkv) like the attention
+/// kernel; the fast mode clamps and succeeds.
+fn gpu_checked_mode_with_gpu_tables(dev: &CudaDevice) {
+    let _ = dev;
+    let compiled = Compiled::from_source("t.attn", TABLE_SOURCES).expect("compiles");
+    let variant = compiled.attention("doc_only").unwrap();
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 100,
+        lkv: 60,
+        d: 64,
+        dv: 64,
+    };
+    let zeros = |n: Vec<usize>| {
+        let len: usize = n.iter().product();
+        Tensor::from_f32_as(n, &vec![0.5f32; len], DType::BF16)
+    };
+    let (q, k, v) = (zeros(vec![1, 1, 100, 64]), zeros(vec![1, 1, 60, 64]), zeros(vec![1, 1, 60, 64]));
+    let caps = Captures::default().tensor("doc", Tensor::from_i32(vec![1, 60], &[1; 60]));
+    for checked in [true, false] {
+        let mut opts = BindOptions::new(Backend::Cuda, shape, DType::BF16);
+        opts.checked = checked;
+        opts.gpu_block_tables = true;
+        let mut bound = variant.bind(opts).unwrap();
+        let res = bound.forward(&q, &k, &v, &caps);
+        if checked {
+            match res {
+                Err(attnc::Error::OutOfBounds { message, .. }) => {
+                    assert!(message.contains("`doc`"), "{message}");
+                    println!("  ok checked: {message}");
+                }
+                Err(e) => panic!("checked mode: expected an out-of-range report, got {e}"),
+                Ok(_) => panic!("checked mode: expected an out-of-range report, got a result"),
+            }
+        } else {
+            let out = res.expect("fast mode clamps");
+            assert!(out.lse.to_f32().iter().all(|x| !x.is_nan()));
+        }
+    }
+}
+
 type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -388,6 +742,18 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_checked_mode_reports_out_of_range_reads",
         gpu_checked_mode_reports_out_of_range_reads,
+    ),
+    (
+        "gpu_block_tables_match_brute_force",
+        gpu_block_tables_match_brute_force,
+    ),
+    (
+        "gpu_forward_with_gpu_tables_matches_oracle",
+        gpu_forward_with_gpu_tables_matches_oracle,
+    ),
+    (
+        "gpu_checked_mode_with_gpu_tables",
+        gpu_checked_mode_with_gpu_tables,
     ),
 ];
 

@@ -317,3 +317,120 @@ fn gpu_bench() {
     let _ = std::fs::remove_dir_all(&cache_dir);
     println!("\n{table}");
 }
+
+/// The block table of document + causal (8 sorted documents per batch row) built on the
+/// GPU (`backend::llvm::blocktable`, exact) next to the host build from tensor summaries
+/// (`classify::build_block_maps`, what the runtime does without the GPU builder), at
+/// B2 H16 L8192 D128 (tiles of the D128 default, one map per batch; also the attention
+/// time through the GPU-built table) and B1 L131072 (the table does not depend on H).
+/// Compare with FlexAttention's `create_block_mask` for the same mask
+/// (`scripts/gpu_bench_torch.py`). Checks that the host table is sound against the
+/// exact GPU one (same block or partial).
+#[test]
+#[ignore]
+fn gpu_bench_block_table() {
+    use attnc_compiler::analysis::blockmap::BlockKind;
+    use attnc_compiler::analysis::classify::{analyze, build_block_maps};
+    use attnc_compiler::backend::llvm::emit_block_table;
+    let Some(dev) = device_or_skip("gpu_bench_block_table") else {
+        return;
+    };
+    let p = samples::document_causal();
+    let info = analyze(&p);
+    for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (1, 1, 131072, 64)] {
+        let shape = Shape {
+            b,
+            hq: h,
+            hkv: h,
+            lq: l,
+            lkv: l,
+            d,
+            dv: d,
+        };
+        let ty = InputType::Bf16;
+        let opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+        let (qb, kvb) = (opts.q_block as usize, opts.kv_block as usize);
+        let mut r = rng(7);
+        let docs: Vec<i32> = (0..b)
+            .flat_map(|_| {
+                let mut ids: Vec<i32> = (0..l).map(|_| r.random_range(0..8)).collect();
+                ids.sort();
+                ids
+            })
+            .collect();
+        let mut bind = Bindings::default();
+        bind.tensors.push(BoundTensor {
+            dims: vec![b, l],
+            data: TensorData::I32(docs),
+        });
+        // host: tensor summaries + quadtree (median of 3)
+        let mut host_ms = Vec::new();
+        let mut host = None;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            host = Some(build_block_maps(&p, &info, &shape, qb, kvb, &bind).unwrap());
+            host_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        host_ms.sort_by(|a, b| a.total_cmp(b));
+        let host = host.unwrap();
+        // GPU: block-table kernel on the device-resident doc ids
+        let attn = CudaKernel::load(&dev, &attnc_compiler::backend::llvm::emit(&p, &opts).unwrap())
+            .unwrap();
+        let builder = CudaKernel::load(&dev, &emit_block_table(&p, &opts).unwrap()).unwrap();
+        let mut r = rng(42);
+        let (q, _) = random_input(&mut r, shape.q_len(), 1.0, ty);
+        let (k, _) = random_input(&mut r, shape.k_len(), 1.0, ty);
+        let (v, _) = random_input(&mut r, shape.v_len(), 1.0, ty);
+        let prob = attn
+            .upload_for_table(
+                &dev,
+                &shape,
+                &q,
+                &k,
+                &v,
+                shape.default_scale(),
+                &bind,
+                info.uses_b,
+                info.uses_h,
+            )
+            .unwrap();
+        let gpu_ms = builder.time_table(&dev, &prob, 2, 10, 5).unwrap();
+        let gpu = builder.download_table(&dev, &prob).unwrap();
+        let (mut same, mut coarser) = (0usize, 0usize);
+        for bb in 0..b {
+            let (g, hm) = (gpu.get(bb, 0), host.get(bb, 0));
+            for i in 0..g.n_q_blocks() {
+                for j in 0..g.n_kv_blocks() {
+                    let (gk, hk) = (g.kind(i, j), hm.kind(i, j));
+                    if gk == hk {
+                        same += 1;
+                    } else {
+                        assert_eq!(
+                            hk,
+                            BlockKind::Partial,
+                            "b{bb} block ({i}, {j}): host {hk:?} but exact {gk:?}"
+                        );
+                        coarser += 1;
+                    }
+                }
+            }
+        }
+        let (e, pa, f) = gpu.maps.iter().fold((0, 0, 0), |a, m| {
+            let c = m.counts();
+            (a.0 + c.0, a.1 + c.1, a.2 + c.2)
+        });
+        let attn_ms = if h > 1 {
+            format!(
+                ", attention through it {:.3} ms",
+                attn.time(&dev, &prob, 2, 5, 3).unwrap()
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "block table doc_causal B{b} L{l} {qb}x{kvb}: gpu {gpu_ms:.3} ms, host (summaries) {:.3} ms; \
+             blocks empty/partial/full {e}/{pa}/{f}, host = exact on {same}, host partial where exact is not on {coarser}{attn_ms}",
+            host_ms[1]
+        );
+    }
+}
