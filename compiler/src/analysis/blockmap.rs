@@ -3,9 +3,11 @@
 //! or *partial* (evaluate the mask per element). Blocks not listed are *empty* (skip).
 //!
 //! In: produced by the block-sparsity analysis (or [`BlockMap::dense`] /
-//! [`BlockMap::all_partial`]). Out: read by kernels as a CSR table of runs — the
+//! [`BlockMap::all_partial`]). Out: read by kernels as a table of runs — the
 //! information of FlexAttention's `kv_num_blocks / kv_indices / full_kv_*`, run-length
-//! encoded so that banded masks cost O(#q-blocks), not O(#blocks).
+//! encoded so that banded masks cost O(#q-blocks), not O(#blocks): PTX kernels read one
+//! `(begin, end)` pair per row ([`BlockMaps::flatten`], also what the GPU table builder
+//! `backend::llvm::blocktable` writes), CPU kernels a CSR ([`BlockMaps::flatten_csr`]).
 //!
 //! Blocks at the end of a sequence may be shorter than the block size; "full" and
 //! "partial" refer only to positions inside `0..lq` x `0..lkv`. Kernels bound their

@@ -15,6 +15,11 @@
 //! single blocks, whose unsettled results are refined by cutting the element box at the
 //! points the evaluator suggests (so `kv < P || q >= kv` is exact).
 //!
+//! On the CUDA backend, tensor masks are not classified here at launch: the block-table
+//! kernel (`backend::llvm::blocktable`) builds their exact table on the GPU; this module
+//! stays the path for the CPU backend and the fallback, and [`brute_force_maps`] is the
+//! oracle both are tested against.
+//!
 //! Soundness: a block reported empty holds no position (inside `0..lq x 0..lkv`) where
 //! the mask is true; a full block none where it is false. Partial is always safe.
 
