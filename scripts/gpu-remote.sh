@@ -26,10 +26,15 @@ if has sanitizer; then
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_checked_mode --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   echo "== compute-sanitizer racecheck =="
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  echo "== compute-sanitizer on the block-table kernel =="
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_checked_mode_with_gpu_tables --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu" gpu_forward_with_gpu_tables --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if has bench; then
   echo "== attnc benchmark =="
-  timeout 400 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 2>&1 | tee "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
+  timeout 400 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 --exact gpu_bench 2>&1 | tee "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
+  echo "== block table built on the GPU vs host (document + causal) =="
+  timeout 200 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 --exact gpu_bench_block_table 2>&1 | tee -a "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
 fi
 if has ptxas && [ -d "$OUT/ptx" ]; then
   echo "== ptxas resource usage =="

@@ -75,18 +75,33 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
             assert_eq!(a.ptx, b.ptx, "{}: PTX differs between two runs", p.name);
             let entry = format!(".visible .entry attnc_blocks_{}", p.name);
             assert!(a.ptx.contains(&entry), "{}: no {entry}", p.name);
-            assert!(a.ptx.contains("vote.sync.any.pred"), "{}: no warp vote", p.name);
-            assert!(!a.ptx.contains("mma.sync"), "{}: an mma in the table kernel", p.name);
+            assert!(
+                a.ptx.contains("vote.sync.any.pred"),
+                "{}: no warp vote",
+                p.name
+            );
+            assert!(
+                !a.ptx.contains("mma.sync"),
+                "{}: an mma in the table kernel",
+                p.name
+            );
             // the unchecked kernel stops a tile once it is known partial; the checked one
             // evaluates every point and records out-of-range reads (atom.cas)
-            let checked = PtxOptions { checked: true, ..opts };
+            let checked = PtxOptions {
+                checked: true,
+                ..opts
+            };
             let c = emit_block_table(p, &checked).unwrap();
             assert!(
                 c.ptx.contains(".global.cas.b32"),
                 "{}: checked mode records nothing",
                 p.name
             );
-            assert!(!a.ptx.contains("atom."), "{}: fast mode has an atomic", p.name);
+            assert!(
+                !a.ptx.contains("atom."),
+                "{}: fast mode has an atomic",
+                p.name
+            );
             if p.name.starts_with("document") {
                 insta::assert_snapshot!(format!("ptx_blocks_sm90_128x64__{}", p.name), a.ptx);
             }

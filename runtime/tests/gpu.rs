@@ -21,20 +21,18 @@
 mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
-use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
+use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
 use attnc_compiler::analysis::classify::{analyze, brute_force_maps};
-use attnc_compiler::backend::llvm::{
-    Arch, InputType, PtxOptions, emit, emit_block_table, samples,
-};
-use attnc_compiler::interp::{BoundTensor, TensorData};
-use attnc_compiler::ir::Scalar;
-use rand::Rng;
+use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, emit_block_table, samples};
 use attnc_compiler::interp::Bindings;
+use attnc_compiler::interp::{BoundTensor, TensorData};
 use attnc_compiler::ir::Program;
+use attnc_compiler::ir::Scalar;
 use attnc_compiler::reference;
 use attnc_compiler::shape::Shape;
 use gpu_util::*;
+use rand::Rng;
 
 struct Case {
     shape: Shape,
@@ -379,7 +377,6 @@ fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
     }
 }
 
-
 /// Masks over captured tensors for the block-table tests: (source, attention).
 const TABLE_SOURCES: &str = r#"
 tensor doc: i32[B, KV];
@@ -442,7 +439,11 @@ fn table_bindings(p: &Program, sh: &Shape, seed: u64, sorted: bool) -> Bindings 
             ),
             "w" => (
                 vec![sh.b, sh.lkv],
-                TensorData::F32((0..sh.b * sh.lkv).map(|_| r.random_range(-1.0..1.0)).collect()),
+                TensorData::F32(
+                    (0..sh.b * sh.lkv)
+                        .map(|_| r.random_range(-1.0..1.0))
+                        .collect(),
+                ),
             ),
             other => panic!("no data for tensor {other}"),
         };
@@ -452,7 +453,12 @@ fn table_bindings(p: &Program, sh: &Shape, seed: u64, sorted: bool) -> Bindings 
 }
 
 /// O/LSE against the oracle with the bf16 tolerance of this file.
-fn compare_bf16(o: &[f32], lse: &[f32], want: &reference::Output, dv: usize) -> Result<f32, String> {
+fn compare_bf16(
+    o: &[f32],
+    lse: &[f32],
+    want: &reference::Output,
+    dv: usize,
+) -> Result<f32, String> {
     let mut worst = 0f32;
     for (i, (g, w)) in o.iter().zip(&want.o).enumerate() {
         let err = (g - w).abs();
@@ -501,11 +507,24 @@ fn check_gpu_table(
     let (vh, vf) = random_input(&mut r, sh.v_len(), 1.0, InputType::Bf16);
     let scale = sh.default_scale();
     let prob = attn
-        .upload_for_table(dev, sh, &qh, &kh, &vh, scale, bind, info.uses_b, info.uses_h)
+        .upload_for_table(
+            dev,
+            sh,
+            &qh,
+            &kh,
+            &vh,
+            scale,
+            bind,
+            info.uses_b,
+            info.uses_h,
+        )
         .map_err(|e| e.to_string())?;
     builder.build_table(dev, &prob).map_err(|e| e.to_string())?;
-    let got = builder.download_table(dev, &prob).map_err(|e| e.to_string())?;
-    let want = brute_force_maps(p, sh, qb as usize, kvb as usize, bind).map_err(|e| e.to_string())?;
+    let got = builder
+        .download_table(dev, &prob)
+        .map_err(|e| e.to_string())?;
+    let want =
+        brute_force_maps(p, sh, qb as usize, kvb as usize, bind).map_err(|e| e.to_string())?;
     let expect_maps = if info.uses_b { sh.b } else { 1 } * if info.uses_h { sh.hq } else { 1 };
     if got.maps.len() != expect_maps {
         return Err(format!("{} maps, expected {expect_maps}", got.maps.len()));
@@ -571,10 +590,9 @@ fn gpu_block_tables_match_brute_force(dev: &CudaDevice) {
                 let bind = table_bindings(p, sh, si as u64 * 10 + sorted as u64, sorted);
                 match check_gpu_table(dev, p, sh, &bind, *qb, *kvb, si as u64) {
                     Ok(c) => total = (total.0 + c.0, total.1 + c.1, total.2 + c.2),
-                    Err(e) => failures.push(format!(
-                        "{} {sh:?} {qb}x{kvb} sorted={sorted}: {e}",
-                        p.name
-                    )),
+                    Err(e) => {
+                        failures.push(format!("{} {sh:?} {qb}x{kvb} sorted={sorted}: {e}", p.name))
+                    }
                 }
             }
         }
@@ -618,23 +636,37 @@ fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
     let mut r = rng(21);
     let q = Tensor::from_f32_as(
         vec![shape.b, shape.hq, shape.lq, shape.d],
-        &(0..shape.q_len()).map(|_| r.random_range(-2.0..2.0)).collect::<Vec<f32>>(),
+        &(0..shape.q_len())
+            .map(|_| r.random_range(-2.0..2.0))
+            .collect::<Vec<f32>>(),
         DType::BF16,
     );
     let k = Tensor::from_f32_as(
         vec![shape.b, shape.hkv, shape.lkv, shape.d],
-        &(0..shape.k_len()).map(|_| r.random_range(-2.0..2.0)).collect::<Vec<f32>>(),
+        &(0..shape.k_len())
+            .map(|_| r.random_range(-2.0..2.0))
+            .collect::<Vec<f32>>(),
         DType::BF16,
     );
     let v = Tensor::from_f32_as(
         vec![shape.b, shape.hkv, shape.lkv, shape.dv],
-        &(0..shape.v_len()).map(|_| r.random_range(-1.0..1.0)).collect::<Vec<f32>>(),
+        &(0..shape.v_len())
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect::<Vec<f32>>(),
         DType::BF16,
     );
     let doc = doc_ids(&mut r, shape.b, shape.lkv, 6, false);
     let qdoc = doc_ids(&mut r, shape.b, shape.lq, 6, false);
-    let w: Vec<f32> = (0..shape.b * shape.lkv).map(|_| r.random_range(-1.0..1.0)).collect();
-    for name in ["doc_causal", "doc_or_prefix_causal", "head_doc", "cross_doc", "weight_param"] {
+    let w: Vec<f32> = (0..shape.b * shape.lkv)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    for name in [
+        "doc_causal",
+        "doc_or_prefix_causal",
+        "head_doc",
+        "cross_doc",
+        "weight_param",
+    ] {
         let variant = compiled.attention(name).unwrap();
         // exactly the captures this attention declares
         let mut caps = Captures::default();
@@ -674,7 +706,9 @@ fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
                 .unwrap_or_else(|e| panic!("{name} gpu_block_tables={gpu_tables}: {e}"));
             let t = bound.block_table_time_ms(&q, &k, &v, &caps, 2).unwrap();
             assert_eq!(t.is_some(), gpu_tables, "{name}: table timing");
-            println!("  ok {name} gpu_block_tables={gpu_tables}: max |dO| {worst:.2e}, table {t:?} ms");
+            println!(
+                "  ok {name} gpu_block_tables={gpu_tables}: max |dO| {worst:.2e}, table {t:?} ms"
+            );
         }
     }
 }
@@ -699,7 +733,11 @@ fn gpu_checked_mode_with_gpu_tables(dev: &CudaDevice) {
         let len: usize = n.iter().product();
         Tensor::from_f32_as(n, &vec![0.5f32; len], DType::BF16)
     };
-    let (q, k, v) = (zeros(vec![1, 1, 100, 64]), zeros(vec![1, 1, 60, 64]), zeros(vec![1, 1, 60, 64]));
+    let (q, k, v) = (
+        zeros(vec![1, 1, 100, 64]),
+        zeros(vec![1, 1, 60, 64]),
+        zeros(vec![1, 1, 60, 64]),
+    );
     let caps = Captures::default().tensor("doc", Tensor::from_i32(vec![1, 60], &[1; 60]));
     for checked in [true, false] {
         let mut opts = BindOptions::new(Backend::Cuda, shape, DType::BF16);

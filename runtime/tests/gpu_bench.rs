@@ -374,8 +374,11 @@ fn gpu_bench_block_table() {
         host_ms.sort_by(|a, b| a.total_cmp(b));
         let host = host.unwrap();
         // GPU: block-table kernel on the device-resident doc ids
-        let attn = CudaKernel::load(&dev, &attnc_compiler::backend::llvm::emit(&p, &opts).unwrap())
-            .unwrap();
+        let attn = CudaKernel::load(
+            &dev,
+            &attnc_compiler::backend::llvm::emit(&p, &opts).unwrap(),
+        )
+        .unwrap();
         let builder = CudaKernel::load(&dev, &emit_block_table(&p, &opts).unwrap()).unwrap();
         let mut r = rng(42);
         let (q, _) = random_input(&mut r, shape.q_len(), 1.0, ty);

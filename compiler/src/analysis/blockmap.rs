@@ -384,7 +384,14 @@ mod tests {
         for r in 0..csr.len() - 1 {
             let row = &runs[csr[r] as usize..csr[r + 1] as usize];
             let at = 10 * r as u32;
-            spread.resize(at as usize, Run { start: 9, end: 9, full: 7 });
+            spread.resize(
+                at as usize,
+                Run {
+                    start: 9,
+                    end: 9,
+                    full: 7,
+                },
+            );
             spread.extend_from_slice(row);
             ranges.extend([at, at + row.len() as u32]);
         }

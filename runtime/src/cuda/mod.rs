@@ -244,7 +244,14 @@ impl CudaKernel {
                 {
                     return Err(CudaError::Mismatch(format!(
                         "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
-                        m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+                        m.q_block,
+                        m.kv_block,
+                        m.lq,
+                        m.lkv,
+                        o.q_block,
+                        o.kv_block,
+                        shape.lq,
+                        shape.lkv
                     )));
                 }
             }
@@ -318,7 +325,16 @@ impl CudaKernel {
         let row_start = s.clone_htod(&nonempty(row_start))?;
         let runs = s.clone_htod(&nonempty(runs))?;
         let strides = (maps.b_stride as i32, maps.h_stride as i32);
-        self.upload_rest(dev, shape, (q, k, v), scale, bind, (row_start, runs), strides, None)
+        self.upload_rest(
+            dev,
+            shape,
+            (q, k, v),
+            scale,
+            bind,
+            (row_start, runs),
+            strides,
+            None,
+        )
     }
 
     /// Uploads Q/K/V, params and captured tensors like [`Self::upload`], and allocates a
@@ -361,7 +377,16 @@ impl CudaKernel {
             if uses_h { 1 } else { 0 },
         );
         let qkv = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-        self.upload_rest(dev, shape, qkv, scale, bind, (row_start, runs), strides, Some(table))
+        self.upload_rest(
+            dev,
+            shape,
+            qkv,
+            scale,
+            bind,
+            (row_start, runs),
+            strides,
+            Some(table),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

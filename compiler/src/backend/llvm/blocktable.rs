@@ -83,10 +83,9 @@ pub(crate) fn build<'ctx>(
     opts: &PtxOptions,
     entry: &str,
 ) -> R<Module<'ctx>> {
-    let mask = p
-        .mask
-        .as_ref()
-        .ok_or(LlvmError::Internal("block table of a program without a mask"))?;
+    let mask = p.mask.as_ref().ok_or(LlvmError::Internal(
+        "block table of a program without a mask",
+    ))?;
     if opts.kv_block % 32 != 0 {
         return Err(LlvmError::Unsupported(format!(
             "block table with kv blocks of {}: needs a multiple of 32",
@@ -225,9 +224,8 @@ fn body<'ctx>(
     let write_run = |start: IntValue<'ctx>, end: IntValue<'ctx>, kind: IntValue<'ctx>| -> R<()> {
         let n = g.geti(&n_runs)?;
         let at = g.mul(g.zext64(g.add(slot, n)?)?, g.c64(3))?;
-        let full = g
-            .b
-            .build_int_z_extend(g.icmp(IntPredicate::EQ, kind, g.c32(2))?, g.i32, "")?;
+        let full =
+            g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, kind, g.c32(2))?, g.i32, "")?;
         g.store(gep_u32(g, runs, at)?, start)?;
         g.store(gep_u32(g, runs, g.add(at, g.c64(1))?)?, end)?;
         g.store(gep_u32(g, runs, g.add(at, g.c64(2))?)?, full)?;
@@ -284,11 +282,7 @@ fn body<'ctx>(
             g.b.position_at_end(done);
             let any_t = g.vote_any(g.geti(&seen_t)?)?;
             let any_f = g.vote_any(g.geti(&seen_f)?)?;
-            let kind = g.selecti(
-                any_t,
-                g.selecti(any_f, g.c32(1), g.c32(2))?,
-                g.c32(0),
-            )?;
+            let kind = g.selecti(any_t, g.selecti(any_f, g.c32(1), g.c32(2))?, g.c32(0))?;
             g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
                 let off = g.shl(g.sub(j, c0)?, g.c32(2))?;
                 g.store(g.smem_at(off)?, kind)
@@ -298,10 +292,9 @@ fn body<'ctx>(
         // ---- thread 0 merges the chunk into runs
         g.if_then(is_t0, || {
             for_range(g, c0, cend, g.c32(1), |j| {
-                let kind = g
-                    .b
-                    .build_load(g.i32, g.smem_at(g.shl(g.sub(j, c0)?, g.c32(2))?)?, "")?
-                    .into_int_value();
+                let kind =
+                    g.b.build_load(g.i32, g.smem_at(g.shl(g.sub(j, c0)?, g.c32(2))?)?, "")?
+                        .into_int_value();
                 let cur = g.geti(&cur_kind)?;
                 g.if_then(g.icmp(IntPredicate::NE, kind, cur)?, || {
                     g.if_then(g.icmp(IntPredicate::NE, cur, g.c32(0))?, || {
@@ -334,18 +327,21 @@ fn body<'ctx>(
 
 /// A special register (`%nctaid.y`, ...) as i32.
 fn sreg<'ctx>(g: &Gpu<'ctx>, name: &str) -> R<IntValue<'ctx>> {
-    Ok(g
-        .call(
-            &format!("llvm.nvvm.read.ptx.sreg.{name}"),
-            Some(g.i32.into()),
-            &[],
-        )?
-        .ok_or(LlvmError::Internal("special register"))?
-        .into_int_value())
+    Ok(g.call(
+        &format!("llvm.nvvm.read.ptx.sreg.{name}"),
+        Some(g.i32.into()),
+        &[],
+    )?
+    .ok_or(LlvmError::Internal("special register"))?
+    .into_int_value())
 }
 
 /// `base + 4 * index` (index i64) in the global address space.
-fn gep_u32<'ctx>(g: &Gpu<'ctx>, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+fn gep_u32<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+) -> R<PointerValue<'ctx>> {
     g.gep_bytes(base, g.mul(index, g.c64(4))?)
 }
 

@@ -277,7 +277,10 @@ fn body<'ctx>(
     let runs = ptr(KernelParam::Runs)?;
     // one (begin, end) pair per row (`BlockMaps::flatten`, or the GPU table builder)
     let r_beg = g.load_i32(row_start, g.zext64(g.mul(row, g.c32(2))?)?)?;
-    let r_end = g.load_i32(row_start, g.zext64(g.add(g.mul(row, g.c32(2))?, g.c32(1))?)?)?;
+    let r_end = g.load_i32(
+        row_start,
+        g.zext64(g.add(g.mul(row, g.c32(2))?, g.c32(1))?)?,
+    )?;
 
     // ---- params and captured tensors ----------------------------------------------------------
     let pw = ptr(KernelParam::Params)?;
