@@ -6,17 +6,24 @@
 //! Block maps: index-only masks are classified once at bind time (the shape is known);
 //! masks over params or captured tensors are classified at each launch, from the
 //! param values and per-block tensor summaries (never by evaluating every point).
+//! CUDA kernels whose kv bounds are a closed form (`PtxKernel::kv_bounds`: no mask, or
+//! a conjunction of linear constraints) get no block maps at all: each launch passes the
+//! closed form's offsets for its params (`classify::closed_form_bounds`), or asks for
+//! every block partial when the mask's i32 arithmetic may wrap for that launch.
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
-use crate::cuda::{CudaDevice, CudaError, CudaKernel, JitCache};
+use crate::cuda::{CudaDevice, CudaError, CudaKernel, JitCache, KvBlocks};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::analysis::classify::{MaskInfo, Tier, analyze, build_block_maps};
+use attnc_compiler::analysis::classify::{
+    MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
+};
+use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
-use attnc_compiler::backend::llvm::{InputType, PtxOptions};
+use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::interp::EvalError;
 use attnc_compiler::ir::Program;
@@ -38,6 +45,16 @@ pub(crate) enum Kernel {
         info: MaskInfo,
         maps: Option<BlockMaps>,
     },
+}
+
+impl Kernel {
+    /// The kv-bounds source of a CUDA kernel.
+    pub(crate) fn kv_bounds(&self) -> Option<&KvBounds> {
+        match self {
+            Kernel::Cuda { kernel, .. } => Some(&kernel.meta().kv_bounds),
+            _ => None,
+        }
+    }
 }
 
 /// The process's CUDA device 0 and its JIT cache (in memory, and PTX on disk), opened
@@ -218,6 +235,25 @@ pub(crate) fn launch_maps(
     })
 }
 
+/// The closed form's bounds of one launch of a closed-form CUDA kernel (`None`: every
+/// block partial, see `classify::closed_form_bounds`); `Ok(None)` for a table kernel.
+fn closed_form_launch(
+    kernel: &CudaKernel,
+    program: &Program,
+    opts: &BindOptions,
+    bindings: &Bindings,
+) -> Result<Option<Option<Vec<Bound>>>> {
+    let KvBounds::ClosedForm(cf) = &kernel.meta().kv_bounds else {
+        return Ok(None);
+    };
+    closed_form_bounds(program, cf, &opts.shape, bindings)
+        .map(Some)
+        .map_err(|e| Error::Backend {
+            backend: "blocks",
+            message: e.to_string(),
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     kernel: &mut Kernel,
@@ -297,18 +333,22 @@ pub(crate) fn forward(
                 kernel.meta().q_block as usize,
                 kernel.meta().kv_block as usize,
             );
+            let closed = closed_form_launch(kernel, variant.program(), opts, bindings)?;
             let launch;
-            let maps = match maps {
-                Some(m) => &*m,
-                None => {
-                    let built = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
-                    if reusable(info, opts) {
-                        &*maps.insert(built)
-                    } else {
-                        launch = built;
-                        &launch
+            let blocks = match &closed {
+                Some(bounds) => KvBlocks::ClosedForm(bounds.as_deref()),
+                None => KvBlocks::Maps(match maps {
+                    Some(m) => &*m,
+                    None => {
+                        let built = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+                        if reusable(info, opts) {
+                            &*maps.insert(built)
+                        } else {
+                            launch = built;
+                            &launch
+                        }
                     }
-                }
+                }),
             };
             let bits = |t: &Tensor| {
                 t.to_u16_bits().ok_or_else(|| Error::InputDType {
@@ -326,7 +366,7 @@ pub(crate) fn forward(
                     &bits(v)?,
                     scale,
                     bindings,
-                    maps,
+                    blocks,
                 )
                 .map_err(|e| cuda_error(variant, e))?;
             let o_t = Tensor::from_bytes(
@@ -366,7 +406,15 @@ pub(crate) fn device_time_ms(
         kernel.meta().q_block as usize,
         kernel.meta().kv_block as usize,
     );
-    let maps = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+    let closed = closed_form_launch(kernel, variant.program(), opts, bindings)?;
+    let maps;
+    let blocks = match &closed {
+        Some(bounds) => KvBlocks::ClosedForm(bounds.as_deref()),
+        None => {
+            maps = launch_maps(variant.program(), info, opts, qb, kb, bindings)?;
+            KvBlocks::Maps(&maps)
+        }
+    };
     let bits = |t: &Tensor| {
         t.to_u16_bits().ok_or_else(|| Error::InputDType {
             which: "q/k/v".into(),
@@ -383,7 +431,7 @@ pub(crate) fn device_time_ms(
             &bits(v)?,
             scale,
             bindings,
-            &maps,
+            blocks,
         )
         .map_err(|e| cuda_error(variant, e))?;
     let ms = kernel

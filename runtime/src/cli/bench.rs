@@ -1,7 +1,8 @@
 //! `attnc bench`: time one attention on one backend with synthetic inputs.
 //!
 //! In: the .attn file and attention, a shape, a backend, params. Out: compile time,
-//! time per call and FLOP rate counting only unmasked pairs, on stdout.
+//! time per call and FLOP rate counting only unmasked pairs, on stdout; for CUDA also
+//! where the kernel's kv blocks come from (`kv bounds: closed form` or `block table`).
 
 use super::{BackendArg, parse_params};
 use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};
@@ -73,6 +74,10 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     if let Some(e) = err {
         return Err(e);
     }
+    let kv = bound
+        .kv_bounds()
+        .map(|k| format!(", kv bounds: {}", k.name()))
+        .unwrap_or_default();
     let gflops = bench::flops(&shape, pairs) / (ms * 1e-3) / 1e9;
     let unit = if device_ms.is_some() {
         format!("{:.1} TFLOP/s (device time)", gflops / 1e3)
@@ -80,7 +85,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         format!("{gflops:.1} GFLOP/s")
     };
     outln!(
-        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}",
+        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}{kv}",
         variant.name(),
         a.backend.backend().name(),
         shape.b,

@@ -3,7 +3,10 @@
 //!
 //! In: a [`PtxKernel`], a [`Shape`], Q/K/V as 16-bit bit patterns (bf16 or f16, the
 //! kernel's input type), the softmax scale, [`Bindings`] (params, captured tensors as
-//! i32/f32) and [`BlockMaps`] built for the kernel's `q_block` x `kv_block`.
+//! i32/f32) and the launch's [`KvBlocks`]: [`BlockMaps`] built for the kernel's
+//! `q_block` x `kv_block` when the kernel reads the block table, or the closed form's
+//! bounds when it computes its kv ranges itself ([`PtxKernel::kv_bounds`]; no table is
+//! uploaded then, only one i64 offset per constraint).
 //! Out: O (same 16-bit type) and LSE (f32, natural log), or a [`CudaError`].
 //!
 //! Everything builds and runs without CUDA: [`CudaDevice::new`] returns
@@ -21,7 +24,11 @@
 
 use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::backend::llvm::{self, Arch, KernelParam, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::llvm::bounds::kernel_offsets;
+use attnc_compiler::backend::llvm::{
+    self, Arch, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
+};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::{Program, Scalar, write_program};
 use attnc_compiler::shape::Shape;
@@ -62,6 +69,19 @@ impl From<DriverError> for CudaError {
     fn from(e: DriverError) -> Self {
         CudaError::Driver(format!("{e:?}"))
     }
+}
+
+/// What one launch tells the kernel about its kv blocks; must match the kernel's
+/// [`PtxKernel::kv_bounds`].
+#[derive(Clone, Copy, Debug)]
+pub enum KvBlocks<'a> {
+    /// Block maps for a [`KvBounds::Table`] kernel, built for its block sizes.
+    Maps(&'a BlockMaps),
+    /// For a [`KvBounds::ClosedForm`] kernel: the closed form's bounds for this launch's
+    /// params (`classify::closed_form_bounds`), or `None` when the closed form cannot be
+    /// trusted for this launch (the mask's i32 arithmetic may wrap): then the kernel visits
+    /// every kv block as partial.
+    ClosedForm(Option<&'a [Bound]>),
 }
 
 /// A GPU with its context and the stream every launch uses.
@@ -137,8 +157,11 @@ pub struct DeviceProblem {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub lse: CudaSlice<f32>,
-    row_start: CudaSlice<u32>,
-    runs: CudaSlice<u32>,
+    /// (row starts, runs) of a table kernel; `None` for a closed-form kernel.
+    table: Option<(CudaSlice<u32>, CudaSlice<u32>)>,
+    /// `KvOffset` params of a closed-form kernel, and its `KvAllPartial` flag.
+    kv_offsets: Vec<i64>,
+    kv_all_partial: i32,
     params: CudaSlice<u32>,
     err: CudaSlice<u32>,
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
@@ -172,7 +195,7 @@ impl CudaKernel {
         &self.meta
     }
 
-    fn check(&self, shape: &Shape, bind: &Bindings, maps: &BlockMaps) -> Result<(), CudaError> {
+    fn check(&self, shape: &Shape, bind: &Bindings, blocks: KvBlocks) -> Result<(), CudaError> {
         shape
             .validate()
             .map_err(|e| CudaError::Mismatch(e.to_string()))?;
@@ -183,26 +206,33 @@ impl CudaKernel {
                 o.d, o.dv, shape.d, shape.dv
             )));
         }
-        for m in &maps.maps {
-            if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
-                || (m.lq, m.lkv) != (shape.lq, shape.lkv)
-            {
-                return Err(CudaError::Mismatch(format!(
-                    "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
-                    m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
-                )));
+        match (blocks, &self.meta.kv_bounds) {
+            (KvBlocks::Maps(maps), KvBounds::Table) => check_maps(shape, o, maps)?,
+            (KvBlocks::ClosedForm(bounds), kv @ KvBounds::ClosedForm(_)) => {
+                if let Some(b) = bounds {
+                    let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
+                    let want: Vec<(i128, i128)> = kv
+                        .coefficients()
+                        .iter()
+                        .map(|&(q, k)| (q as i128, k as i128))
+                        .collect();
+                    if got != want {
+                        return Err(CudaError::Mismatch(format!(
+                            "closed-form bounds with coefficients {got:?}, the kernel was built for {want:?}"
+                        )));
+                    }
+                }
             }
-        }
-        let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
-        if maps.maps.is_empty() || last >= maps.maps.len() {
-            return Err(CudaError::Mismatch(format!(
-                "{} block maps with strides ({}, {}) do not cover B={} H={}",
-                maps.maps.len(),
-                maps.b_stride,
-                maps.h_stride,
-                shape.b,
-                shape.hq
-            )));
+            (KvBlocks::Maps(_), KvBounds::ClosedForm(_)) => {
+                return Err(CudaError::Mismatch(
+                    "this kernel computes its kv blocks from the closed form of the mask and takes no block maps (pass KvBlocks::ClosedForm)".into(),
+                ));
+            }
+            (KvBlocks::ClosedForm(_), KvBounds::Table) => {
+                return Err(CudaError::Mismatch(
+                    "this kernel reads the block table: pass block maps (KvBlocks::Maps)".into(),
+                ));
+            }
         }
         let n_tensors = self
             .meta
@@ -230,7 +260,7 @@ impl CudaKernel {
         v: &[u16],
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<DeviceProblem, CudaError> {
         if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
             return Err(CudaError::Mismatch(
@@ -239,7 +269,7 @@ impl CudaKernel {
         }
         let s = &dev.stream;
         let (q, k, v) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-        self.upload_device(dev, shape, q, k, v, scale, bind, maps)
+        self.upload_device(dev, shape, q, k, v, scale, bind, blocks)
     }
 
     /// Like [`Self::upload`] with Q/K/V already on the device.
@@ -253,12 +283,27 @@ impl CudaKernel {
         v: CudaSlice<u16>,
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<DeviceProblem, CudaError> {
-        self.check(shape, bind, maps)?;
+        self.check(shape, bind, blocks)?;
         let s = &dev.stream;
-        let (row_start, runs) = maps.flatten();
-        let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+        let nonempty = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
+        let (mut table, mut kv_offsets, mut kv_all_partial) = (None, Vec::new(), 0);
+        let (mut map_b_stride, mut map_h_stride) = (0, 0);
+        match blocks {
+            KvBlocks::Maps(maps) => {
+                let (row_start, runs) = maps.flatten();
+                let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+                table = Some((s.clone_htod(&row_start)?, s.clone_htod(&nonempty(runs))?));
+                map_b_stride = maps.b_stride as i32;
+                map_h_stride = maps.h_stride as i32;
+            }
+            KvBlocks::ClosedForm(Some(bounds)) => kv_offsets = kernel_offsets(bounds),
+            KvBlocks::ClosedForm(None) => {
+                kv_offsets = vec![0; self.meta.kv_bounds.coefficients().len()];
+                kv_all_partial = 1;
+            }
+        }
         let words: Vec<u32> = bind
             .params
             .iter()
@@ -268,7 +313,6 @@ impl CudaKernel {
                 Scalar::F32(x) => x.to_bits(),
             })
             .collect();
-        let nonempty = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
         let mut tensors = Vec::new();
         for t in &bind.tensors {
             let data: Vec<u32> = match &t.data {
@@ -294,14 +338,15 @@ impl CudaKernel {
             v,
             o: s.alloc_zeros(shape.o_len().max(1))?,
             lse: s.alloc_zeros(shape.lse_len().max(1))?,
-            row_start: s.clone_htod(&row_start)?,
-            runs: s.clone_htod(&nonempty(runs))?,
+            table,
+            kv_offsets,
+            kv_all_partial,
             params: s.clone_htod(&nonempty(words))?,
             err: s.alloc_zeros(8)?,
             tensors,
             n_q_blocks: shape.lq.div_ceil(self.meta.q_block as usize) as u32,
-            map_b_stride: maps.b_stride as i32,
-            map_h_stride: maps.h_stride as i32,
+            map_b_stride,
+            map_h_stride,
         })
     }
 
@@ -316,12 +361,19 @@ impl CudaKernel {
         let ptr32 = |x: &CudaSlice<u32>| x.device_ptr(s).0;
         let mut ptrs: Vec<u64> = Vec::new();
         let mut ints: Vec<i32> = Vec::new();
+        let mut longs: Vec<i64> = Vec::new();
         // first pass: collect values (stable addresses: no push after the arg pass starts)
         enum A {
             P(usize),
             I(usize),
+            L(usize),
             F,
         }
+        let table = || {
+            p.table.as_ref().ok_or_else(|| {
+                CudaError::Mismatch("a table kernel launched without block maps".into())
+            })
+        };
         let mut order = Vec::with_capacity(self.meta.params.len());
         for kp in &self.meta.params {
             let a = match kp {
@@ -346,12 +398,18 @@ impl CudaKernel {
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::RowStart => {
-                    ptrs.push(ptr32(&p.row_start));
+                    ptrs.push(ptr32(&table()?.0));
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::Runs => {
-                    ptrs.push(ptr32(&p.runs));
+                    ptrs.push(ptr32(&table()?.1));
                     A::P(ptrs.len() - 1)
+                }
+                KernelParam::KvOffset(i) => {
+                    longs.push(*p.kv_offsets.get(*i as usize).ok_or_else(|| {
+                        CudaError::Mismatch("closed-form offsets missing".into())
+                    })?);
+                    A::L(longs.len() - 1)
                 }
                 KernelParam::Params => {
                     ptrs.push(ptr32(&p.params));
@@ -375,6 +433,7 @@ impl CudaKernel {
                         KernelParam::NumQBlocks => p.n_q_blocks as i32,
                         KernelParam::MapBStride => p.map_b_stride,
                         KernelParam::MapHStride => p.map_h_stride,
+                        KernelParam::KvAllPartial => p.kv_all_partial,
                         KernelParam::TensorDim { tensor, dim } => {
                             p.tensors[*tensor as usize].1[*dim as usize]
                         }
@@ -390,6 +449,7 @@ impl CudaKernel {
             match a {
                 A::P(i) => b.arg(&ptrs[*i]),
                 A::I(i) => b.arg(&ints[*i]),
+                A::L(i) => b.arg(&longs[*i]),
                 A::F => b.arg(&p.scale),
             };
         }
@@ -440,9 +500,9 @@ impl CudaKernel {
         v: &[u16],
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<(Vec<u16>, Vec<f32>), CudaError> {
-        let p = self.upload(dev, shape, q, k, v, scale, bind, maps)?;
+        let p = self.upload(dev, shape, q, k, v, scale, bind, blocks)?;
         self.launch(dev, &p)?;
         self.download(dev, &p)
     }
@@ -480,6 +540,32 @@ impl CudaKernel {
         ts.sort_by(|a, b| a.total_cmp(b));
         Ok(ts[ts.len() / 2])
     }
+}
+
+/// Block maps fit the kernel's block sizes and the shape, and cover every (b, h).
+fn check_maps(shape: &Shape, o: &PtxOptions, maps: &BlockMaps) -> Result<(), CudaError> {
+    for m in &maps.maps {
+        if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
+            || (m.lq, m.lkv) != (shape.lq, shape.lkv)
+        {
+            return Err(CudaError::Mismatch(format!(
+                "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
+                m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+            )));
+        }
+    }
+    let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
+    if maps.maps.is_empty() || last >= maps.maps.len() {
+        return Err(CudaError::Mismatch(format!(
+            "{} block maps with strides ({}, {}) do not cover B={} H={}",
+            maps.maps.len(),
+            maps.b_stride,
+            maps.h_stride,
+            shape.b,
+            shape.hq
+        )));
+    }
+    Ok(())
 }
 
 fn self_rank(meta: &PtxKernel, tensor: u32) -> usize {
