@@ -15,6 +15,10 @@
 //! single blocks, whose unsettled results are refined by cutting the element box at the
 //! points the evaluator suggests (so `kv < P || q >= kv` is exact).
 //!
+//! [`closed_form_bounds`] gives one launch's closed-form bounds (or `None` when the
+//! mask's i32 arithmetic may wrap there); block maps and the closed-form GPU kernels
+//! (`backend::llvm::bounds`, which need no maps) both decide with it.
+//!
 //! Soundness: a block reported empty holds no position (inside `0..lq x 0..lkv`) where
 //! the mask is true; a full block none where it is false. Partial is always safe.
 
@@ -163,14 +167,15 @@ pub fn build_block_maps(
         )));
     }
     // Closed form, when no i32 arithmetic can wrap over the whole domain.
-    if let Some(cf) = &info.closed_form {
-        if !info.uses_b && !info.uses_h {
-            if let Some(bounds) = closed_form_bounds(p, cf, shape, bind)? {
-                return Ok(BlockMaps::single(ClosedForm::block_map(
-                    &bounds, lq, lkv, q_block, kv_block,
-                )));
-            }
-        }
+    if let Some(cf) = info
+        .closed_form
+        .as_ref()
+        .filter(|_| !info.uses_b && !info.uses_h)
+        && let Some(bounds) = closed_form_bounds(p, cf, shape, bind)?
+    {
+        return Ok(BlockMaps::single(ClosedForm::block_map(
+            &bounds, lq, lkv, q_block, kv_block,
+        )));
     }
     let nb = if info.uses_b { shape.b } else { 1 };
     let nh = if info.uses_h { shape.hq } else { 1 };
@@ -211,19 +216,22 @@ pub fn closed_form_bounds(
 ) -> Result<Option<Vec<super::linear::Bound>>, BlockError> {
     shape.validate()?;
     let params = param_values(p, bind)?;
-    if let Some(f) = &p.mask {
-        if shape.lq > 0 && shape.lkv > 0 && shape.b > 0 && shape.hq > 0 {
-            let mut ev = Evaluator::new(f, params.iter().map(|s| Some(*s)).collect(), &[]);
-            let whole = Box4::new(
-                (0, shape.b as i64 - 1),
-                (0, shape.hq as i64 - 1),
-                (0, shape.lq as i64 - 1),
-                (0, shape.lkv as i64 - 1),
-            );
-            ev.eval(&whole, false);
-            if ev.overflowed {
-                return Ok(None);
-            }
+    if let Some(f) = &p.mask
+        && shape.lq > 0
+        && shape.lkv > 0
+        && shape.b > 0
+        && shape.hq > 0
+    {
+        let mut ev = Evaluator::new(f, params.iter().map(|s| Some(*s)).collect(), &[]);
+        let whole = Box4::new(
+            (0, shape.b as i64 - 1),
+            (0, shape.hq as i64 - 1),
+            (0, shape.lq as i64 - 1),
+            (0, shape.lkv as i64 - 1),
+        );
+        ev.eval(&whole, false);
+        if ev.overflowed {
+            return Ok(None);
         }
     }
     Ok(cf.bounds(&params))
