@@ -466,7 +466,7 @@ fn compile(src: &str) -> Program {
 /// steeper band with a param; with the param value each is run with.
 fn closed_form_programs() -> Vec<(Program, Vec<Scalar>)> {
     vec![
-        // q < 5 sees nothing (and with Lq < Lkv ... every row of the first q block up to 4)
+        // rows q < 5 see nothing (empty rows at the start of the first q block)
         (
             compile("mask m(b, h, q, kv) { q - kv >= 5 } attention late_start { mask = m; }"),
             vec![],
