@@ -24,6 +24,7 @@ if has sanitizer; then
   echo "== compute-sanitizer memcheck =="
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_checked_mode --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_closed_form_param --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   echo "== compute-sanitizer racecheck =="
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   echo "== compute-sanitizer on the block-table kernel =="

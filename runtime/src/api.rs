@@ -257,6 +257,12 @@ impl Bound {
             .unwrap_or_else(|| self.opts.shape.default_scale())
     }
 
+    /// Where the GPU kernel finds its kv blocks (closed form or block table); `None` for
+    /// backends other than CUDA.
+    pub fn kv_bounds(&self) -> Option<&attnc_compiler::backend::llvm::KvBounds> {
+        self.kernel.kv_bounds()
+    }
+
     /// Checks and converts the captures against the program's declarations.
     pub fn bindings(&self, captures: &Captures) -> Result<Bindings> {
         bind_captures(&self.variant, &self.opts.shape, captures)

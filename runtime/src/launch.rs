@@ -10,17 +10,26 @@
 //! kernel; exact; same stream, no host pass), and elsewhere (CPU, or
 //! `BindOptions::gpu_block_tables` off, or a table too large for the device) from
 //! per-block tensor summaries on the host (never by evaluating every point).
+//! CUDA kernels whose kv bounds are a closed form (`PtxKernel::kv_bounds`: no mask, or
+//! a conjunction of linear constraints) get no block maps at all: each launch passes the
+//! closed form's offsets for its params (`classify::closed_form_bounds`), or asks for
+//! every block partial when the mask's i32 arithmetic may wrap for that launch.
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
-use crate::cuda::{CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache};
+use crate::cuda::{
+    CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, KvBlocks,
+};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::analysis::classify::{MaskInfo, Tier, analyze, build_block_maps};
+use attnc_compiler::analysis::classify::{
+    MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
+};
+use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
-use attnc_compiler::backend::llvm::{InputType, PtxOptions};
+use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::interp::EvalError;
 use attnc_compiler::ir::Program;
@@ -45,6 +54,16 @@ pub(crate) enum Kernel {
         /// `gpu_block_tables` on.
         table: Option<Arc<CudaKernel>>,
     },
+}
+
+impl Kernel {
+    /// The kv-bounds source of a CUDA kernel.
+    pub(crate) fn kv_bounds(&self) -> Option<&KvBounds> {
+        match self {
+            Kernel::Cuda { kernel, .. } => Some(&kernel.meta().kv_bounds),
+            _ => None,
+        }
+    }
 }
 
 /// The process's CUDA device 0 and its JIT cache (in memory, and PTX on disk), opened
@@ -239,6 +258,25 @@ pub(crate) fn launch_maps(
     })
 }
 
+/// The closed form's bounds of one launch of a closed-form CUDA kernel (`None`: every
+/// block partial, see `classify::closed_form_bounds`); `Ok(None)` for a table kernel.
+fn closed_form_launch(
+    kernel: &CudaKernel,
+    program: &Program,
+    opts: &BindOptions,
+    bindings: &Bindings,
+) -> Result<Option<Option<Vec<Bound>>>> {
+    let KvBounds::ClosedForm(cf) = &kernel.meta().kv_bounds else {
+        return Ok(None);
+    };
+    closed_form_bounds(program, cf, &opts.shape, bindings)
+        .map(Some)
+        .map_err(|e| Error::Backend {
+            backend: "blocks",
+            message: e.to_string(),
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     kernel: &mut Kernel,
@@ -400,6 +438,20 @@ fn cuda_problem(
             .map_err(|e| cuda_error(variant, e))?;
         return Ok(p);
     }
+    if let Some(bounds) = closed_form_launch(kernel, variant.program(), opts, bindings)? {
+        return kernel
+            .upload(
+                &g.device,
+                &opts.shape,
+                &bits(q)?,
+                &bits(k)?,
+                &bits(v)?,
+                scale,
+                bindings,
+                KvBlocks::ClosedForm(bounds.as_deref()),
+            )
+            .map_err(|e| cuda_error(variant, e));
+    }
     let (qb, kb) = (
         kernel.meta().q_block as usize,
         kernel.meta().kv_block as usize,
@@ -426,7 +478,7 @@ fn cuda_problem(
             &bits(v)?,
             scale,
             bindings,
-            maps,
+            KvBlocks::Maps(maps),
         )
         .map_err(|e| cuda_error(variant, e))
 }

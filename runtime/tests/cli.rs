@@ -109,6 +109,35 @@ fn emit_ir() {
     assert!(text(&out).contains("nope"), "{}", text(&out));
 }
 
+#[test]
+fn emit_ptx_names_the_kv_bounds_source() {
+    // causal: loop bounds computed in the kernel from the closed form (no block table)
+    let out = attnc(&["emit", "ptx", "examples/causal.attn"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.starts_with("// attnc: kv bounds: closed form (q - kv >= 0; computed in the kernel)\n"),
+        "{}",
+        &t[..t.len().min(300)]
+    );
+    assert!(t.contains(".visible .entry"));
+    // chunked (floor division): the host-built block table
+    let out = attnc(&[
+        "emit",
+        "llvm",
+        "examples/chunked.attn",
+        "--attention",
+        "chunked",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.starts_with("; attnc: kv bounds: block table"),
+        "{}",
+        &t[..t.len().min(300)]
+    );
+}
+
 /// Dense attention with a mask given as a Rust closure (b, h, q, kv) -> bool.
 fn dense(
     s: &Shape,

@@ -3,7 +3,11 @@
 //! bf16 and f16), fully masked rows, and checked mode; block tables built on the GPU
 //! (`backend::llvm::blocktable`) against brute force (`classify::brute_force_maps`) and
 //! attention through them against the oracle, through the kernel API and through
-//! `Bound::forward` (GPU table and host table paths).
+//! `Bound::forward` (GPU table and host table paths). Both kv-bounds sources are run:
+//! kernels whose mask has a closed form (no mask, causal, sliding window, bands with
+//! empty first or last rows) compute their kv ranges in the kernel, and the same masks
+//! are run again with the block table forced (`PtxOptions::kv_table`), so the table path
+//! stays tested on index-only masks too.
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -20,15 +24,16 @@
 
 mod gpu_util;
 
-use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
+use attnc::cuda::{CudaDevice, CudaError, CudaKernel, KvBlocks};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::analysis::classify::{analyze, brute_force_maps};
-use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, emit_block_table, samples};
+use attnc_compiler::analysis::classify::{analyze, brute_force_maps, closed_form_bounds};
+use attnc_compiler::backend::llvm::{
+    Arch, InputType, KvBounds, PtxOptions, emit, emit_block_table, samples,
+};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::interp::{BoundTensor, TensorData};
-use attnc_compiler::ir::Program;
-use attnc_compiler::ir::Scalar;
+use attnc_compiler::ir::{Program, Scalar};
 use attnc_compiler::reference;
 use attnc_compiler::shape::Shape;
 use gpu_util::*;
@@ -114,7 +119,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Runs `p` on the GPU and the oracle; returns the number of compared rows.
+/// Runs `p` on the GPU and the oracle. With `maps`, the table path is forced and reads
+/// them; without, the kernel takes its own path (closed form where the mask has one,
+/// else maps from the interpreter).
 fn check_one(
     dev: &attnc::cuda::CudaDevice,
     p: &Program,
@@ -163,17 +170,57 @@ fn check_opts(
     scale: f32,
     opts: &PtxOptions,
 ) -> Result<(), String> {
-    let sh = &c.shape;
-    let k = emit(p, opts).map_err(|e| e.to_string())?;
+    let opts = PtxOptions {
+        kv_table: opts.kv_table || maps.is_some(),
+        ..*opts
+    };
+    let k = emit(p, &opts).map_err(|e| e.to_string())?;
     let kern = CudaKernel::load(dev, &k).map_err(|e| e.to_string())?;
+    run_vs_oracle(dev, &kern, p, c, bind, maps, seed, scale)
+}
+
+/// Runs a loaded kernel on random inputs and compares it with the oracle. Table kernels
+/// read `maps` (default: brute-force maps from the interpreter); closed-form kernels get
+/// the closed form's bounds for `bind` (`maps` must be None).
+#[allow(clippy::too_many_arguments)]
+fn run_vs_oracle(
+    dev: &attnc::cuda::CudaDevice,
+    kern: &CudaKernel,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: Option<BlockMaps>,
+    seed: u64,
+    scale: f32,
+) -> Result<(), String> {
+    let sh = &c.shape;
+    let opts = &kern.meta().options;
     let mut r = rng(seed);
     let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
     let (kb, kf) = random_input(&mut r, sh.k_len(), 2.0, c.ty);
     let (vb, vf) = random_input(&mut r, sh.v_len(), 1.0, c.ty);
-    let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
-    let (o, lse) = kern
-        .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
-        .map_err(|e| e.to_string())?;
+    let (o, lse) = match &kern.meta().kv_bounds {
+        KvBounds::ClosedForm(cf) => {
+            assert!(maps.is_none(), "maps given to a closed-form kernel");
+            let bounds = closed_form_bounds(p, cf, sh, bind).map_err(|e| e.to_string())?;
+            kern.forward_host(
+                dev,
+                sh,
+                &qb,
+                &kb,
+                &vb,
+                scale,
+                bind,
+                KvBlocks::ClosedForm(bounds.as_deref()),
+            )
+        }
+        KvBounds::Table => {
+            let maps =
+                maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
+            kern.forward_host(dev, sh, &qb, &kb, &vb, scale, bind, KvBlocks::Maps(&maps))
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {
@@ -201,16 +248,34 @@ fn check_opts(
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} kv {}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
         c.qb,
         c.kvb,
         c.mt,
-        opts.k_prefetch
+        opts.k_prefetch,
+        kern.meta().kv_bounds.name()
     );
     Ok(())
+}
+
+/// The table path with `maps`, default pipeline options only.
+fn check_table(
+    dev: &CudaDevice,
+    p: &Program,
+    c: &Case,
+    bind: &Bindings,
+    maps: BlockMaps,
+    seed: u64,
+) -> Result<(), String> {
+    let sh = &c.shape;
+    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty).with_m_tiles(c.mt);
+    opts.q_block = c.qb;
+    opts.kv_block = c.kvb;
+    opts.kv_table = true;
+    check_opts(dev, p, c, bind, Some(maps), seed, sh.default_scale(), &opts)
 }
 
 fn gpu_samples_match_oracle(dev: &CudaDevice) {
@@ -230,6 +295,18 @@ fn gpu_samples_match_oracle(dev: &CudaDevice) {
                     c.shape,
                     c.ty.name()
                 ));
+            }
+            // closed-form masks through the block table too (maps from the interpreter)
+            if p.tensors.is_empty() {
+                let maps = interp_maps(&p, &c.shape, &bind, c.qb as usize, c.kvb as usize);
+                if let Err(e) = check_table(dev, &p, c, &bind, maps, ci as u64) {
+                    failures.push(format!(
+                        "{} (table forced) case {ci} ({:?} {}): {e}",
+                        p.name,
+                        c.shape,
+                        c.ty.name()
+                    ));
+                }
             }
         }
     }
@@ -319,7 +396,16 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
         opts.q_block = 64;
         opts.checked = checked;
         let k = CudaKernel::load(dev, &emit(&p, &opts).unwrap()).unwrap();
-        let res = k.forward_host(dev, &shape, &qb, &kb, &vb, 0.125, &bind, &maps);
+        let res = k.forward_host(
+            dev,
+            &shape,
+            &qb,
+            &kb,
+            &vb,
+            0.125,
+            &bind,
+            KvBlocks::Maps(&maps),
+        );
         if checked {
             match res {
                 Err(CudaError::OutOfBounds {
@@ -618,6 +704,70 @@ fn gpu_block_tables_match_brute_force(dev: &CudaDevice) {
     );
 }
 
+fn compile(src: &str) -> Program {
+    attnc_compiler::compile_source(src)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .programs
+        .remove(0)
+}
+
+/// Closed-form masks beyond causal and sliding: empty first rows, empty last rows, a
+/// steeper band with a param; with the param value each is run with.
+fn closed_form_programs() -> Vec<(Program, Vec<Scalar>)> {
+    vec![
+        // rows q < 5 see nothing (empty rows at the start of the first q block)
+        (
+            compile("mask m(b, h, q, kv) { q - kv >= 5 } attention late_start { mask = m; }"),
+            vec![],
+        ),
+        // rows q >= Lkv - 6 see nothing
+        (
+            compile("mask m(b, h, q, kv) { kv > q + 5 } attention strictly_ahead { mask = m; }"),
+            vec![],
+        ),
+        (
+            compile(
+                "param off: i32; mask m(b, h, q, kv) { 2 * kv <= 3 * q + off && kv + 70 >= q } \
+                 attention band { mask = m; }",
+            ),
+            vec![Scalar::I32(-40)],
+        ),
+    ]
+}
+
+fn gpu_closed_form_matches_oracle(dev: &CudaDevice) {
+    // odd lengths, Lq < Lkv and Lq > Lkv, GQA, D 64 and 128, 1 and 2 m-tiles (cases())
+    let mut failures = Vec::new();
+    for (ci, c) in cases().iter().enumerate() {
+        for (p, params) in closed_form_programs() {
+            let bind = Bindings {
+                params,
+                tensors: vec![],
+            };
+            let opts = PtxOptions::new(dev.arch(), c.shape.d as u32, c.shape.dv as u32, c.ty);
+            assert!(
+                emit(&p, &opts).unwrap().kv_bounds.is_closed_form(),
+                "{}: expected the closed-form path",
+                p.name
+            );
+            if let Err(e) = check_one(dev, &p, c, &bind, None, 30 + ci as u64) {
+                failures.push(format!("{} case {ci} ({:?}): {e}", p.name, c.shape));
+            }
+            // the same mask through the block table
+            let maps = interp_maps(&p, &c.shape, &bind, c.qb as usize, c.kvb as usize);
+            if let Err(e) = check_table(dev, &p, c, &bind, maps, 30 + ci as u64) {
+                failures.push(format!("{} (table) case {ci} ({:?}): {e}", p.name, c.shape));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// `Bound::forward` on the CUDA backend for the document examples: the table built on the
 /// GPU (the default) and on the host (`gpu_block_tables` off) both match the oracle, and
 /// the bench's device table timing is reported only for the GPU path.
@@ -761,6 +911,216 @@ fn gpu_checked_mode_with_gpu_tables(dev: &CudaDevice) {
     }
 }
 
+fn gpu_closed_form_param_changes_without_recompiling(dev: &CudaDevice) {
+    // one loaded sliding-window kernel, the window changed between launches (0 and
+    // negative windows: every row empty, O = 0 and LSE = -inf)
+    let p = samples::sliding();
+    for (shape, d, ty, qb, mt) in [
+        ((1, 4, 2, 200, 333), 64, InputType::Bf16, 64, 1),
+        ((2, 2, 1, 257, 130), 128, InputType::F16, 128, 2),
+    ] {
+        let c = Case {
+            shape: Shape {
+                b: shape.0,
+                hq: shape.1,
+                hkv: shape.2,
+                lq: shape.3,
+                lkv: shape.4,
+                d,
+                dv: d,
+            },
+            ty,
+            qb,
+            kvb: 64,
+            mt,
+        };
+        let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty).with_m_tiles(mt);
+        opts.q_block = qb;
+        let k = emit(&p, &opts).unwrap();
+        assert!(k.kv_bounds.is_closed_form());
+        let kern = CudaKernel::load(dev, &k).unwrap();
+        for window in [1, 64, 0, 65, 200, -3, 1000, 7] {
+            let bind = Bindings {
+                params: vec![Scalar::I32(window)],
+                tensors: vec![],
+            };
+            run_vs_oracle(dev, &kern, &p, &c, &bind, None, 5, c.shape.default_scale())
+                .unwrap_or_else(|e| panic!("window {window} {:?}: {e}", c.shape));
+        }
+    }
+}
+
+fn gpu_closed_form_fallback_and_mismatches(dev: &CudaDevice) {
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 150,
+        lkv: 190,
+        d: 64,
+        dv: 64,
+    };
+    let c = Case {
+        shape,
+        ty: InputType::Bf16,
+        qb: 64,
+        kvb: 64,
+        mt: 1,
+    };
+    // `q - kv - w` wraps in i32 for w near i32::MIN: the host does not trust the closed
+    // form and the kernel visits every block as partial (the mask with wrapping
+    // arithmetic, as the oracle evaluates it)
+    let p = compile(
+        "param w: i32; mask m(b, h, q, kv) { q - kv - w >= 0 } attention wrap { mask = m; }",
+    );
+    let opts = PtxOptions::new(dev.arch(), 64, 64, InputType::Bf16);
+    let k = emit(&p, &opts).unwrap();
+    assert!(k.kv_bounds.is_closed_form());
+    let kern = CudaKernel::load(dev, &k).unwrap();
+    for w in [i32::MIN + 100, 3, -20] {
+        let bind = Bindings {
+            params: vec![Scalar::I32(w)],
+            tensors: vec![],
+        };
+        let KvBounds::ClosedForm(cf) = &k.kv_bounds else {
+            unreachable!()
+        };
+        let trusted = closed_form_bounds(&p, cf, &shape, &bind).unwrap().is_some();
+        assert_eq!(trusted, w != i32::MIN + 100, "w = {w}");
+        run_vs_oracle(dev, &kern, &p, &c, &bind, None, 8, shape.default_scale())
+            .unwrap_or_else(|e| panic!("w = {w}: {e}"));
+    }
+    // every block partial on purpose (KvBlocks::ClosedForm(None)) on causal
+    let causal = samples::causal();
+    let kc = CudaKernel::load(dev, &emit(&causal, &opts).unwrap()).unwrap();
+    let mut r = rng(2);
+    let (qb, qf) = random_input(&mut r, shape.q_len(), 2.0, c.ty);
+    let (kb, kf) = random_input(&mut r, shape.k_len(), 2.0, c.ty);
+    let (vb, vf) = random_input(&mut r, shape.v_len(), 1.0, c.ty);
+    let none = Bindings::default();
+    let scale = shape.default_scale();
+    let (o, lse) = kc
+        .forward_host(
+            dev,
+            &shape,
+            &qb,
+            &kb,
+            &vb,
+            scale,
+            &none,
+            KvBlocks::ClosedForm(None),
+        )
+        .unwrap();
+    let want = reference::attention(&causal, &shape, &qf, &kf, &vf, scale, &none).unwrap();
+    for (g, w) in o.iter().zip(&want.o) {
+        let g = from_bits(*g, c.ty);
+        assert!((g - w).abs() <= 0.03 + 0.02 * w.abs(), "O {g} vs {w}");
+    }
+    for (g, w) in lse.iter().zip(&want.lse) {
+        assert!((g - w).abs() <= 0.01 + 0.005 * w.abs(), "LSE {g} vs {w}");
+    }
+    // the wrong kind of kv blocks is a clean error, never a launch
+    let maps = BlockMaps::single(BlockMap::dense(150, 190, 64, 64));
+    let e = kc
+        .forward_host(
+            dev,
+            &shape,
+            &qb,
+            &kb,
+            &vb,
+            scale,
+            &none,
+            KvBlocks::Maps(&maps),
+        )
+        .unwrap_err();
+    assert!(matches!(e, CudaError::Mismatch(_)), "{e}");
+    let kt = CudaKernel::load(
+        dev,
+        &emit(
+            &causal,
+            &PtxOptions {
+                kv_table: true,
+                ..opts
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let e = kt
+        .forward_host(
+            dev,
+            &shape,
+            &qb,
+            &kb,
+            &vb,
+            scale,
+            &none,
+            KvBlocks::ClosedForm(None),
+        )
+        .unwrap_err();
+    assert!(matches!(e, CudaError::Mismatch(_)), "{e}");
+}
+
+fn gpu_api_closed_form_and_table_agree_with_reference(dev: &CudaDevice) {
+    // through the runtime (bind once, forward with a changed param): the CUDA backend
+    // (closed form for sliding_window, table for prefix_lm) against the reference backend
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue};
+    let _ = dev;
+    let shape = attnc::Shape {
+        b: 1,
+        hq: 4,
+        hkv: 2,
+        lq: 190,
+        lkv: 221,
+        d: 64,
+        dv: 64,
+    };
+    let (q, k, v) = attnc::synth::qkv(&shape, DType::BF16, 3);
+    for (file, param) in [
+        ("sliding_window.attn", "window"),
+        ("prefix_lm.attn", "prefix"),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(file);
+        let compiled = Compiled::from_file(&path).unwrap();
+        let variant = compiled.select(None).unwrap();
+        let mut gpu = variant
+            .bind(BindOptions::new(Backend::Cuda, shape, DType::BF16))
+            .unwrap();
+        let expect_closed = file == "sliding_window.attn";
+        assert_eq!(
+            gpu.kv_bounds().map(|k| k.is_closed_form()),
+            Some(expect_closed),
+            "{file}"
+        );
+        let mut reference = variant
+            .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
+            .unwrap();
+        for value in [16, 0, 100, -1, 300] {
+            let caps = Captures::default().param(param, ParamValue::I32(value));
+            let got = gpu.forward(&q, &k, &v, &caps).unwrap();
+            let want = reference.forward(&q, &k, &v, &caps).unwrap();
+            for (g, w) in got.o.to_f32().iter().zip(want.o.to_f32()) {
+                assert!(
+                    (g - w).abs() <= 0.03 + 0.02 * w.abs(),
+                    "{file} {param}={value}: O {g} vs {w}"
+                );
+            }
+            for (g, w) in got.lse.to_f32().iter().zip(want.lse.to_f32()) {
+                let ok = if w.is_infinite() {
+                    *g == w
+                } else {
+                    (g - w).abs() <= 0.01 + 0.005 * w.abs()
+                };
+                assert!(ok, "{file} {param}={value}: LSE {g} vs {w}");
+            }
+        }
+        // a missing param is a clean error
+        assert!(gpu.forward(&q, &k, &v, &Captures::default()).is_err());
+    }
+}
+
 type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -792,6 +1152,22 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_checked_mode_with_gpu_tables",
         gpu_checked_mode_with_gpu_tables,
+    ),
+    (
+        "gpu_closed_form_matches_oracle",
+        gpu_closed_form_matches_oracle,
+    ),
+    (
+        "gpu_closed_form_param_changes_without_recompiling",
+        gpu_closed_form_param_changes_without_recompiling,
+    ),
+    (
+        "gpu_closed_form_fallback_and_mismatches",
+        gpu_closed_form_fallback_and_mismatches,
+    ),
+    (
+        "gpu_api_closed_form_and_table_agree_with_reference",
+        gpu_api_closed_form_and_table_agree_with_reference,
     ),
 ];
 

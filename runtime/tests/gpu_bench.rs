@@ -7,12 +7,18 @@
 //! memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
 //! `ATTNC_BENCH_QUICK=1` runs only dense and causal; `ATTNC_BENCH_TILES=128x64,64x64`
 //! picks the tile configurations tried on dense before the variants (best is kept).
+//! Kernels take their own kv-bounds source (closed form for dense, causal, sliding,
+//! ALiBi and softcap; block table for documents); `ATTNC_BENCH_KV_TABLE=1` forces the
+//! block table everywhere, to compare the two.
 
 mod gpu_util;
 
 use attnc::cache::DiskCache;
-use attnc::cuda::{CudaKernel, JitCache};
+use attnc::cuda::{CudaKernel, JitCache, KvBlocks};
 use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::analysis::classify::closed_form_bounds;
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::llvm::KvBounds;
 use attnc_compiler::backend::llvm::{InputType, PtxOptions, samples};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
@@ -85,7 +91,29 @@ fn tile_opts(
     if mt.contains('l') {
         o.early_sync = false;
     }
+    o.kv_table = std::env::var("ATTNC_BENCH_KV_TABLE").is_ok_and(|v| v == "1");
     o
+}
+
+/// The closed form's bounds of a launch of `kern` (`None` for a table kernel).
+fn closed(
+    kern: &CudaKernel,
+    p: &Program,
+    shape: &Shape,
+    bind: &Bindings,
+) -> Option<Option<Vec<Bound>>> {
+    match &kern.meta().kv_bounds {
+        KvBounds::ClosedForm(cf) => Some(closed_form_bounds(p, cf, shape, bind).unwrap()),
+        KvBounds::Table => None,
+    }
+}
+
+/// What a launch passes: the closed form's bounds, or `maps` for a table kernel.
+fn blocks<'a>(closed: &'a Option<Option<Vec<Bound>>>, maps: &'a BlockMaps) -> KvBlocks<'a> {
+    match closed {
+        Some(b) => KvBlocks::ClosedForm(b.as_deref()),
+        None => KvBlocks::Maps(maps),
+    }
 }
 
 #[test]
@@ -166,6 +194,7 @@ fn gpu_bench() {
                     qb as usize,
                     kvb as usize,
                 ));
+                let cf = closed(&kern, &samples::dense(), &shape, &Bindings::default());
                 let p = kern
                     .upload_device(
                         &dev,
@@ -175,7 +204,7 @@ fn gpu_bench() {
                         vd.clone(),
                         shape.default_scale(),
                         &Bindings::default(),
-                        &maps,
+                        blocks(&cf, &maps),
                     )
                     .unwrap();
                 let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
@@ -230,6 +259,7 @@ fn gpu_bench() {
                 };
                 let maps =
                     brute_force_maps(&shape, cq as usize, ck as usize, (per_b, false), &keep);
+                let cf = closed(&kern, p, &shape, &bind);
                 let prob = kern
                     .upload_device(
                         &dev,
@@ -239,7 +269,7 @@ fn gpu_bench() {
                         vd.clone(),
                         shape.default_scale(),
                         &bind,
-                        &maps,
+                        blocks(&cf, &maps),
                     )
                     .unwrap();
                 let ms = kern.time(&dev, &prob, 2, 5, 3).unwrap();
@@ -265,6 +295,8 @@ fn gpu_bench() {
             let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
             let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
             let maps = brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
+            let cf = closed(&kern, p, &shape, &bind);
+            let kv_name = kern.meta().kv_bounds.name();
             // density over unmasked pairs (exact, batch-averaged)
             let mut kept = 0u64;
             for bb in 0..if per_b { b } else { 1 } {
@@ -284,7 +316,7 @@ fn gpu_bench() {
                     vd.clone(),
                     shape.default_scale(),
                     &bind,
-                    &maps,
+                    blocks(&cf, &maps),
                 )
                 .unwrap();
             let ms = kern.time(&dev, &prob, 3, 10, 5).unwrap();
@@ -292,16 +324,16 @@ fn gpu_bench() {
             let key = format!("attnc/{}/B{b}H{h}S{l}D{d}", var.name);
             let tile = format!("{qb}x{kvb}x{mt}");
             println!(
-                "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} | JIT cold {:.1} ms (codegen {:.1}, load {:.1}), disk-warm {:.1} ms, memory-warm {:.3} ms",
+                "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} kv {kv_name} | JIT cold {:.1} ms (codegen {:.1}, load {:.1}), disk-warm {:.1} ms, memory-warm {:.3} ms",
                 s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
             );
             let _ = writeln!(
                 table,
-                "{key:<40} {tf:>7.1} TFLOP/s  {ms:>8.3} ms  tile {tile}"
+                "{key:<40} {tf:>7.1} TFLOP/s  {ms:>8.3} ms  tile {tile}  kv {kv_name}"
             );
             let _ = writeln!(
                 json,
-                "  \"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}, \"density\": {density}, \"tile\": \"{qb}x{kvb}x{mt}\", \"jit_cold_ms\": {}, \"jit_codegen_ms\": {}, \"jit_load_ms\": {}, \"jit_disk_warm_ms\": {}, \"jit_mem_warm_ms\": {}}},",
+                "  \"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}, \"density\": {density}, \"tile\": \"{qb}x{kvb}x{mt}\", \"kv_bounds\": \"{kv_name}\", \"jit_cold_ms\": {}, \"jit_codegen_ms\": {}, \"jit_load_ms\": {}, \"jit_disk_warm_ms\": {}, \"jit_mem_warm_ms\": {}}},",
                 s_cold.total_ms, s_cold.codegen_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
             );
         }

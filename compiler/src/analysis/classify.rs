@@ -19,6 +19,9 @@
 //! kernel (`backend::llvm::blocktable`) builds their exact table on the GPU; this module
 //! stays the path for the CPU backend and the fallback, and [`brute_force_maps`] is the
 //! oracle both are tested against.
+//! [`closed_form_bounds`] gives one launch's closed-form bounds (or `None` when the
+//! mask's i32 arithmetic may wrap there); block maps and the closed-form GPU kernels
+//! (`backend::llvm::bounds`, which need no maps) both decide with it.
 //!
 //! Soundness: a block reported empty holds no position (inside `0..lq x 0..lkv`) where
 //! the mask is true; a full block none where it is false. Partial is always safe.
@@ -168,23 +171,15 @@ pub fn build_block_maps(
         )));
     }
     // Closed form, when no i32 arithmetic can wrap over the whole domain.
-    if let Some(cf) = &info.closed_form {
-        if !info.uses_b && !info.uses_h {
-            let whole = Box4::new(
-                (0, shape.b as i64 - 1),
-                (0, shape.hq as i64 - 1),
-                (0, lq as i64 - 1),
-                (0, lkv as i64 - 1),
-            );
-            ev.eval(&whole, false);
-            if !ev.overflowed {
-                if let Some(bounds) = cf.bounds(&params) {
-                    return Ok(BlockMaps::single(ClosedForm::block_map(
-                        &bounds, lq, lkv, q_block, kv_block,
-                    )));
-                }
-            }
-        }
+    if let Some(cf) = info
+        .closed_form
+        .as_ref()
+        .filter(|_| !info.uses_b && !info.uses_h)
+        && let Some(bounds) = closed_form_bounds(p, cf, shape, bind)?
+    {
+        return Ok(BlockMaps::single(ClosedForm::block_map(
+            &bounds, lq, lkv, q_block, kv_block,
+        )));
     }
     let nb = if info.uses_b { shape.b } else { 1 };
     let nh = if info.uses_h { shape.hq } else { 1 };
@@ -209,6 +204,41 @@ pub fn build_block_maps(
         h_stride: if info.uses_h { 1 } else { 0 },
         maps,
     })
+}
+
+/// The bounds of `cf` (the closed form of `p`'s mask, or the empty one of a program
+/// without mask) for one launch: `Ok(None)` when the mask's i32 arithmetic could wrap
+/// somewhere in `0..B x 0..Hq x 0..Lq x 0..Lkv` with these params (the closed form is over
+/// exact integers, so it describes the mask only where nothing wraps); an error when a
+/// param has no value. Block maps (CPU, table kernels) and closed-form GPU kernels both
+/// decide here.
+pub fn closed_form_bounds(
+    p: &Program,
+    cf: &ClosedForm,
+    shape: &Shape,
+    bind: &Bindings,
+) -> Result<Option<Vec<super::linear::Bound>>, BlockError> {
+    shape.validate()?;
+    let params = param_values(p, bind)?;
+    if let Some(f) = &p.mask
+        && shape.lq > 0
+        && shape.lkv > 0
+        && shape.b > 0
+        && shape.hq > 0
+    {
+        let mut ev = Evaluator::new(f, params.iter().map(|s| Some(*s)).collect(), &[]);
+        let whole = Box4::new(
+            (0, shape.b as i64 - 1),
+            (0, shape.hq as i64 - 1),
+            (0, shape.lq as i64 - 1),
+            (0, shape.lkv as i64 - 1),
+        );
+        ev.eval(&whole, false);
+        if ev.overflowed {
+            return Ok(None);
+        }
+    }
+    Ok(cf.bounds(&params))
 }
 
 fn param_values(p: &Program, bind: &Bindings) -> Result<Vec<Scalar>, BlockError> {

@@ -5,7 +5,8 @@
 //! mask — or `None` when the mask is not of that form. Causal, sliding window, bands and
 //! offsets for `Lq != Lkv` are. Given param values, [`ClosedForm::row`] gives each
 //! q-block's first/last non-empty and first/last full kv block in O(#constraints), so a
-//! kernel can compute its loop bounds and needs no index table, and
+//! kernel can compute its loop bounds and needs no index table (the PTX kernel does:
+//! `backend::llvm::bounds` emits the same arithmetic on i64), and
 //! [`ClosedForm::block_map`] builds the whole map in O(#q-blocks).
 //!
 //! The derivation is symbolic over exact integers; whether i32 arithmetic could wrap for

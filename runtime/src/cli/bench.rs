@@ -1,9 +1,10 @@
 //! `attnc bench`: time one attention on one backend with synthetic inputs.
 //!
 //! In: the .attn file and attention, a shape, a backend, params. Out: compile time,
-//! time per call and FLOP rate counting only unmasked pairs, on stdout; on the GPU, for
-//! masks over captured tensors, also the time of the block-table build on the device
-//! ("block table (gpu)") next to the host build it replaces.
+//! time per call and FLOP rate counting only unmasked pairs, on stdout; for CUDA also
+//! where the kernel's kv blocks come from (`kv bounds: closed form` or `block table`)
+//! and, for masks over captured tensors, the time of the block-table build on the
+//! device ("block table (gpu)") next to the host build it replaces.
 
 use super::{BackendArg, parse_params};
 use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};
@@ -79,6 +80,10 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     // masks over captured tensors on the GPU: the block table is built on the device
     // before every launch; time it apart, next to the host build it replaces
     let table_ms = bound.block_table_time_ms(&q, &k, &v, &caps, a.iters)?;
+    let kv = bound
+        .kv_bounds()
+        .map(|k| format!(", kv bounds: {}", k.name()))
+        .unwrap_or_default();
     let gflops = bench::flops(&shape, pairs) / (ms * 1e-3) / 1e9;
     let unit = if device_ms.is_some() {
         format!("{:.1} TFLOP/s (device time)", gflops / 1e3)
@@ -86,7 +91,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         format!("{gflops:.1} GFLOP/s")
     };
     outln!(
-        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}",
+        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}{kv}",
         variant.name(),
         a.backend.backend().name(),
         shape.b,

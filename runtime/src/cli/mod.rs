@@ -391,14 +391,13 @@ fn emit(
                 backend: "llvm",
                 message: e.to_string(),
             })?;
-            out!(
-                "{}",
-                if kind == EmitKind::Ptx {
-                    &k.ptx
-                } else {
-                    &k.llvm_ir
-                }
-            );
+            // which kv-bounds source the kernel takes, as a comment of the emitted language
+            let (comment, text) = if kind == EmitKind::Ptx {
+                ("//", &k.ptx)
+            } else {
+                (";", &k.llvm_ir)
+            };
+            out!("{comment} attnc: kv bounds: {}\n{text}", k.kv_bounds);
         }
     }
     Ok(())

@@ -3,7 +3,10 @@
 //!
 //! In: a [`PtxKernel`], a [`Shape`], Q/K/V as 16-bit bit patterns (bf16 or f16, the
 //! kernel's input type), the softmax scale, [`Bindings`] (params, captured tensors as
-//! i32/f32) and [`BlockMaps`] built for the kernel's `q_block` x `kv_block`.
+//! i32/f32) and the launch's [`KvBlocks`]: [`BlockMaps`] built for the kernel's
+//! `q_block` x `kv_block` when the kernel reads the block table, or the closed form's
+//! bounds when it computes its kv ranges itself ([`PtxKernel::kv_bounds`]; no table is
+//! uploaded then, only one i64 offset per constraint).
 //! Out: O (same 16-bit type) and LSE (f32, natural log), or a [`CudaError`].
 //!
 //! Everything builds and runs without CUDA: [`CudaDevice::new`] returns
@@ -28,7 +31,11 @@
 
 use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
 use attnc_compiler::analysis::blockmap::{BlockMaps, Run};
-use attnc_compiler::backend::llvm::{self, Arch, KernelParam, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::llvm::bounds::kernel_offsets;
+use attnc_compiler::backend::llvm::{
+    self, Arch, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
+};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::{Program, Scalar, write_program};
 use attnc_compiler::shape::Shape;
@@ -69,6 +76,33 @@ impl From<DriverError> for CudaError {
     fn from(e: DriverError) -> Self {
         CudaError::Driver(format!("{e:?}"))
     }
+}
+
+/// What one launch tells the kernel about its kv blocks; must match the kernel's
+/// [`PtxKernel::kv_bounds`].
+#[derive(Clone, Copy, Debug)]
+pub enum KvBlocks<'a> {
+    /// Block maps for a [`KvBounds::Table`] kernel, built for its block sizes.
+    Maps(&'a BlockMaps),
+    /// For a [`KvBounds::ClosedForm`] kernel: the closed form's bounds for this launch's
+    /// params (`classify::closed_form_bounds`), or `None` when the closed form cannot be
+    /// trusted for this launch (the mask's i32 arithmetic may wrap): then the kernel visits
+    /// every kv block as partial.
+    ClosedForm(Option<&'a [Bound]>),
+    /// For a [`KvBounds::Table`] kernel whose table the block-table kernel builds on the
+    /// device ([`CudaKernel::upload_for_table`], [`CudaKernel::build_table`]).
+    DeviceBuilt,
+}
+
+/// What [`CudaKernel::upload_rest`] stores about a launch's kv blocks.
+#[derive(Default)]
+struct KvLaunch {
+    table: Option<(CudaSlice<u32>, CudaSlice<u32>)>,
+    /// (map b stride, map h stride) of the table.
+    strides: (i32, i32),
+    offsets: Vec<i64>,
+    all_partial: i32,
+    device_table: Option<DeviceTable>,
 }
 
 /// A GPU with its context and the stream every launch uses.
@@ -144,9 +178,12 @@ pub struct DeviceProblem {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub lse: CudaSlice<f32>,
-    /// One (begin, end) pair per table row, and the runs (u32 triples).
-    row_start: CudaSlice<u32>,
-    runs: CudaSlice<u32>,
+    /// (one (begin, end) pair per row, runs as u32 triples) of a table kernel; `None`
+    /// for a closed-form kernel.
+    table: Option<(CudaSlice<u32>, CudaSlice<u32>)>,
+    /// `KvOffset` params of a closed-form kernel, and its `KvAllPartial` flag.
+    kv_offsets: Vec<i64>,
+    kv_all_partial: i32,
     params: CudaSlice<u32>,
     err: CudaSlice<u32>,
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
@@ -154,7 +191,7 @@ pub struct DeviceProblem {
     map_b_stride: i32,
     map_h_stride: i32,
     /// Set when the table is to be built on the device ([`CudaKernel::build_table`]).
-    table: Option<DeviceTable>,
+    device_table: Option<DeviceTable>,
 }
 
 /// The geometry of a block table built on the device.
@@ -221,12 +258,7 @@ impl CudaKernel {
         &self.meta
     }
 
-    fn check(
-        &self,
-        shape: &Shape,
-        bind: &Bindings,
-        maps: Option<&BlockMaps>,
-    ) -> Result<(), CudaError> {
+    fn check(&self, shape: &Shape, bind: &Bindings, blocks: KvBlocks) -> Result<(), CudaError> {
         shape
             .validate()
             .map_err(|e| CudaError::Mismatch(e.to_string()))?;
@@ -237,34 +269,38 @@ impl CudaKernel {
                 o.d, o.dv, shape.d, shape.dv
             )));
         }
-        if let Some(maps) = maps {
-            for m in &maps.maps {
-                if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
-                    || (m.lq, m.lkv) != (shape.lq, shape.lkv)
-                {
-                    return Err(CudaError::Mismatch(format!(
-                        "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
-                        m.q_block,
-                        m.kv_block,
-                        m.lq,
-                        m.lkv,
-                        o.q_block,
-                        o.kv_block,
-                        shape.lq,
-                        shape.lkv
-                    )));
+        match (blocks, &self.meta.kv_bounds) {
+            (KvBlocks::Maps(maps), KvBounds::Table) => check_maps(shape, o, maps)?,
+            (KvBlocks::ClosedForm(bounds), kv @ KvBounds::ClosedForm(_)) => {
+                if let Some(b) = bounds {
+                    let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
+                    let want: Vec<(i128, i128)> = kv
+                        .coefficients()
+                        .iter()
+                        .map(|&(q, k)| (q as i128, k as i128))
+                        .collect();
+                    if got != want {
+                        return Err(CudaError::Mismatch(format!(
+                            "closed-form bounds with coefficients {got:?}, the kernel was built for {want:?}"
+                        )));
+                    }
                 }
             }
-            let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
-            if maps.maps.is_empty() || last >= maps.maps.len() {
-                return Err(CudaError::Mismatch(format!(
-                    "{} block maps with strides ({}, {}) do not cover B={} H={}",
-                    maps.maps.len(),
-                    maps.b_stride,
-                    maps.h_stride,
-                    shape.b,
-                    shape.hq
-                )));
+            (KvBlocks::DeviceBuilt, KvBounds::Table) => {}
+            (KvBlocks::DeviceBuilt, KvBounds::ClosedForm(_)) => {
+                return Err(CudaError::Mismatch(
+                    "this kernel computes its kv blocks from the closed form of the mask and needs no block table".into(),
+                ));
+            }
+            (KvBlocks::Maps(_), KvBounds::ClosedForm(_)) => {
+                return Err(CudaError::Mismatch(
+                    "this kernel computes its kv blocks from the closed form of the mask and takes no block maps (pass KvBlocks::ClosedForm)".into(),
+                ));
+            }
+            (KvBlocks::ClosedForm(_), KvBounds::Table) => {
+                return Err(CudaError::Mismatch(
+                    "this kernel reads the block table: pass block maps (KvBlocks::Maps)".into(),
+                ));
             }
         }
         let n_tensors = self
@@ -293,7 +329,7 @@ impl CudaKernel {
         v: &[u16],
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<DeviceProblem, CudaError> {
         if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
             return Err(CudaError::Mismatch(
@@ -302,7 +338,7 @@ impl CudaKernel {
         }
         let s = &dev.stream;
         let (q, k, v) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-        self.upload_device(dev, shape, q, k, v, scale, bind, maps)
+        self.upload_device(dev, shape, q, k, v, scale, bind, blocks)
     }
 
     /// Like [`Self::upload`] with Q/K/V already on the device.
@@ -316,25 +352,33 @@ impl CudaKernel {
         v: CudaSlice<u16>,
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<DeviceProblem, CudaError> {
-        self.check(shape, bind, Some(maps))?;
+        self.check(shape, bind, blocks)?;
         let s = &dev.stream;
-        let (row_start, runs) = maps.flatten();
-        let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
-        let row_start = s.clone_htod(&nonempty(row_start))?;
-        let runs = s.clone_htod(&nonempty(runs))?;
-        let strides = (maps.b_stride as i32, maps.h_stride as i32);
-        self.upload_rest(
-            dev,
-            shape,
-            (q, k, v),
-            scale,
-            bind,
-            (row_start, runs),
-            strides,
-            None,
-        )
+        let mut kv = KvLaunch::default();
+        match blocks {
+            KvBlocks::Maps(maps) => {
+                let (row_start, runs) = maps.flatten();
+                let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+                kv.table = Some((
+                    s.clone_htod(&nonempty(row_start))?,
+                    s.clone_htod(&nonempty(runs))?,
+                ));
+                kv.strides = (maps.b_stride as i32, maps.h_stride as i32);
+            }
+            KvBlocks::ClosedForm(Some(bounds)) => kv.offsets = kernel_offsets(bounds),
+            KvBlocks::ClosedForm(None) => {
+                kv.offsets = vec![0; self.meta.kv_bounds.coefficients().len()];
+                kv.all_partial = 1;
+            }
+            KvBlocks::DeviceBuilt => {
+                return Err(CudaError::Mismatch(
+                    "a table built on the device is allocated by upload_for_table".into(),
+                ));
+            }
+        }
+        self.upload_rest(dev, shape, (q, k, v), scale, bind, kv)
     }
 
     /// Uploads Q/K/V, params and captured tensors like [`Self::upload`], and allocates a
@@ -359,7 +403,7 @@ impl CudaKernel {
                 "q/k/v lengths do not match the shape".into(),
             ));
         }
-        self.check(shape, bind, None)?;
+        self.check(shape, bind, KvBlocks::DeviceBuilt)?;
         let o = &self.meta.options;
         let table = DeviceTable::new(shape, o.q_block, o.kv_block, uses_b, uses_h);
         let cap = table.capacity(shape).ok_or_else(|| {
@@ -370,26 +414,22 @@ impl CudaKernel {
         })?;
         let s = &dev.stream;
         let nq = shape.lq.div_ceil(o.q_block as usize);
-        let row_start = s.alloc_zeros::<u32>((2 * table.maps() * nq).max(1))?;
-        let runs = s.alloc_zeros::<u32>((3 * cap).max(1))?;
-        let strides = (
-            if uses_b { table.h_maps as i32 } else { 0 },
-            if uses_h { 1 } else { 0 },
-        );
+        let kv = KvLaunch {
+            table: Some((
+                s.alloc_zeros::<u32>((2 * table.maps() * nq).max(1))?,
+                s.alloc_zeros::<u32>((3 * cap).max(1))?,
+            )),
+            strides: (
+                if uses_b { table.h_maps as i32 } else { 0 },
+                if uses_h { 1 } else { 0 },
+            ),
+            device_table: Some(table),
+            ..KvLaunch::default()
+        };
         let qkv = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-        self.upload_rest(
-            dev,
-            shape,
-            qkv,
-            scale,
-            bind,
-            (row_start, runs),
-            strides,
-            Some(table),
-        )
+        self.upload_rest(dev, shape, qkv, scale, bind, kv)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn upload_rest(
         &self,
         dev: &CudaDevice,
@@ -397,9 +437,7 @@ impl CudaKernel {
         (q, k, v): (CudaSlice<u16>, CudaSlice<u16>, CudaSlice<u16>),
         scale: f32,
         bind: &Bindings,
-        (row_start, runs): (CudaSlice<u32>, CudaSlice<u32>),
-        (map_b_stride, map_h_stride): (i32, i32),
-        table: Option<DeviceTable>,
+        kv: KvLaunch,
     ) -> Result<DeviceProblem, CudaError> {
         let s = &dev.stream;
         let words: Vec<u32> = bind
@@ -436,15 +474,16 @@ impl CudaKernel {
             v,
             o: s.alloc_zeros(shape.o_len().max(1))?,
             lse: s.alloc_zeros(shape.lse_len().max(1))?,
-            row_start,
-            runs,
+            table: kv.table,
+            kv_offsets: kv.offsets,
+            kv_all_partial: kv.all_partial,
             params: s.clone_htod(&nonempty(words))?,
             err: s.alloc_zeros(8)?,
             tensors,
             n_q_blocks: shape.lq.div_ceil(self.meta.q_block as usize) as u32,
-            map_b_stride,
-            map_h_stride,
-            table,
+            map_b_stride: kv.strides.0,
+            map_h_stride: kv.strides.1,
+            device_table: kv.device_table,
         })
     }
 
@@ -452,7 +491,7 @@ impl CudaKernel {
     /// table was allocated by [`Self::upload_for_table`] for tiles of the same size.
     /// Asynchronous, on the stream of the attention launch that follows.
     pub fn build_table(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
-        let Some(t) = p.table else {
+        let Some(t) = p.device_table else {
             return Err(CudaError::Mismatch(
                 "this problem's block table comes from the host".into(),
             ));
@@ -484,15 +523,19 @@ impl CudaKernel {
         p: &DeviceProblem,
     ) -> Result<BlockMaps, CudaError> {
         let t = p
+            .device_table
+            .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
+        let (row_start, runs) = p
             .table
+            .as_ref()
             .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
         let s = &dev.stream;
         s.synchronize()?;
         self.check_err(dev, p)?;
         let nq = p.n_q_blocks as usize;
-        let mut ranges = s.clone_dtoh(&p.row_start)?;
+        let mut ranges = s.clone_dtoh(row_start)?;
         ranges.truncate(2 * t.maps() * nq);
-        let words = s.clone_dtoh(&p.runs)?;
+        let words = s.clone_dtoh(runs)?;
         let runs: Vec<Run> = words
             .chunks_exact(3)
             .map(|w| Run {
@@ -554,12 +597,19 @@ impl CudaKernel {
         let ptr32 = |x: &CudaSlice<u32>| x.device_ptr(s).0;
         let mut ptrs: Vec<u64> = Vec::new();
         let mut ints: Vec<i32> = Vec::new();
+        let mut longs: Vec<i64> = Vec::new();
         // first pass: collect values (stable addresses: no push after the arg pass starts)
         enum A {
             P(usize),
             I(usize),
+            L(usize),
             F,
         }
+        let table = || {
+            p.table.as_ref().ok_or_else(|| {
+                CudaError::Mismatch("a table kernel launched without block maps".into())
+            })
+        };
         let mut order = Vec::with_capacity(self.meta.params.len());
         for kp in &self.meta.params {
             let a = match kp {
@@ -584,12 +634,18 @@ impl CudaKernel {
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::RowStart => {
-                    ptrs.push(ptr32(&p.row_start));
+                    ptrs.push(ptr32(&table()?.0));
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::Runs => {
-                    ptrs.push(ptr32(&p.runs));
+                    ptrs.push(ptr32(&table()?.1));
                     A::P(ptrs.len() - 1)
+                }
+                KernelParam::KvOffset(i) => {
+                    longs.push(*p.kv_offsets.get(*i as usize).ok_or_else(|| {
+                        CudaError::Mismatch("closed-form offsets missing".into())
+                    })?);
+                    A::L(longs.len() - 1)
                 }
                 KernelParam::Params => {
                     ptrs.push(ptr32(&p.params));
@@ -613,6 +669,7 @@ impl CudaKernel {
                         KernelParam::NumQBlocks => p.n_q_blocks as i32,
                         KernelParam::MapBStride => p.map_b_stride,
                         KernelParam::MapHStride => p.map_h_stride,
+                        KernelParam::KvAllPartial => p.kv_all_partial,
                         KernelParam::TensorDim { tensor, dim } => {
                             p.tensors[*tensor as usize].1[*dim as usize]
                         }
@@ -628,6 +685,7 @@ impl CudaKernel {
             match a {
                 A::P(i) => b.arg(&ptrs[*i]),
                 A::I(i) => b.arg(&ints[*i]),
+                A::L(i) => b.arg(&longs[*i]),
                 A::F => b.arg(&p.scale),
             };
         }
@@ -680,9 +738,9 @@ impl CudaKernel {
         v: &[u16],
         scale: f32,
         bind: &Bindings,
-        maps: &BlockMaps,
+        blocks: KvBlocks,
     ) -> Result<(Vec<u16>, Vec<f32>), CudaError> {
-        let p = self.upload(dev, shape, q, k, v, scale, bind, maps)?;
+        let p = self.upload(dev, shape, q, k, v, scale, bind, blocks)?;
         self.launch(dev, &p)?;
         self.download(dev, &p)
     }
@@ -736,6 +794,32 @@ fn time_events(
 
 fn nonempty(v: Vec<u32>) -> Vec<u32> {
     if v.is_empty() { vec![0u32] } else { v }
+}
+
+/// Block maps fit the kernel's block sizes and the shape, and cover every (b, h).
+fn check_maps(shape: &Shape, o: &PtxOptions, maps: &BlockMaps) -> Result<(), CudaError> {
+    for m in &maps.maps {
+        if (m.q_block, m.kv_block) != (o.q_block as usize, o.kv_block as usize)
+            || (m.lq, m.lkv) != (shape.lq, shape.lkv)
+        {
+            return Err(CudaError::Mismatch(format!(
+                "block map for {}x{} blocks of {}x{}, kernel needs {}x{} blocks of {}x{}",
+                m.q_block, m.kv_block, m.lq, m.lkv, o.q_block, o.kv_block, shape.lq, shape.lkv
+            )));
+        }
+    }
+    let last = (shape.b - 1) * maps.b_stride + (shape.hq - 1) * maps.h_stride;
+    if maps.maps.is_empty() || last >= maps.maps.len() {
+        return Err(CudaError::Mismatch(format!(
+            "{} block maps with strides ({}, {}) do not cover B={} H={}",
+            maps.maps.len(),
+            maps.b_stride,
+            maps.h_stride,
+            shape.b,
+            shape.hq
+        )));
+    }
+    Ok(())
 }
 
 fn self_rank(meta: &PtxKernel, tensor: u32) -> usize {

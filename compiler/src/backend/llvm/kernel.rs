@@ -7,9 +7,11 @@
 //! rows (every K/V fragment read with `ldmatrix` feeds `m_tiles` mma); Q fragments stay in
 //! registers or, with `q_in_regs` off, are re-read from shared memory per kv block:
 //! ```text
-//! cp.async Q tile; if the block table lists any kv block: cp.async K[first]
+//! runs of kv blocks of this q block (`bounds.rs`): closed form computed here (at most
+//!     partial, full, partial; offsets from kernel params) or the row of the CSR table
+//! cp.async Q tile; if there is any run: cp.async K[first] (else straight to the epilogue)
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
-//! for each listed kv block j (runs of full/partial blocks from the block table):
+//! for each kv block j of the runs (never an empty run; table runs from the block table):
 //!     wait K[j]; barrier; cp.async V[j]
 //!     (k_prefetch: cp.async K[next] into the other K buffer, a whole iteration ahead)
 //!     S = Q K[j]^T                               (mma.sync, K via ldmatrix)
@@ -28,6 +30,7 @@
 //! Element (lane, register) positions of an m16n8 accumulator: rows `lane/4` and
 //! `lane/4 + 8`, columns `2 (lane % 4) + {0, 1}`.
 
+use super::bounds::{KvBounds, RowRuns};
 use super::expr::{Elem, Env, TensorArg, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
 use super::{InputType, KernelParam, LlvmError, PtxOptions};
@@ -77,11 +80,17 @@ pub(crate) struct Built<'ctx> {
 }
 
 /// The parameter list of a program's kernel, in launch order.
-pub(crate) fn param_list(p: &Program) -> Vec<KernelParam> {
+pub(crate) fn param_list(p: &Program, kv: &KvBounds) -> Vec<KernelParam> {
     use KernelParam::*;
-    let mut v = vec![Q, K, V, O, Lse, RowStart, Runs, Params, Err];
+    let mut v = vec![Q, K, V, O, Lse];
+    v.extend(kv.params(p.mask.is_some()));
+    v.extend([Params, Err]);
     v.extend((0..p.tensors.len() as u32).map(Tensor));
-    v.extend([Lq, Lkv, Hq, Hkv, NumQBlocks, MapBStride, MapHStride, Scale]);
+    v.extend([Lq, Lkv, Hq, Hkv, NumQBlocks]);
+    if !kv.is_closed_form() {
+        v.extend([MapBStride, MapHStride]);
+    }
+    v.push(Scale);
     for (t, info) in p.tensors.iter().enumerate() {
         v.extend((0..info.dims.len() as u32).map(|dim| TensorDim {
             tensor: t as u32,
@@ -130,9 +139,10 @@ pub(crate) fn build<'ctx>(
     module: Module<'ctx>,
     p: &Program,
     opts: &PtxOptions,
+    kv: &KvBounds,
     entry: &str,
 ) -> R<Built<'ctx>> {
-    let params = param_list(p);
+    let params = param_list(p, kv);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
@@ -145,7 +155,9 @@ pub(crate) fn build<'ctx>(
             | KernelParam::NumQBlocks
             | KernelParam::MapBStride
             | KernelParam::MapHStride
+            | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            KernelParam::KvOffset(_) => ctx.i64_type().into(),
             _ => gptr.into(),
         })
         .collect();
@@ -187,7 +199,7 @@ pub(crate) fn build<'ctx>(
     let start = g.block("start");
     g.ab.position_at_end(allocas);
     g.b.position_at_end(start);
-    body(&g, &cfg, p, opts, &params)?;
+    body(&g, &cfg, p, opts, kv, &params)?;
     g.ab.build_unconditional_branch(start)?;
     Ok(Built {
         module: g.module,
@@ -202,6 +214,7 @@ fn body<'ctx>(
     c: &Cfg,
     p: &Program,
     opts: &PtxOptions,
+    kv: &KvBounds,
     params: &[KernelParam],
 ) -> R<()> {
     let arg = |want: KernelParam| -> R<inkwell::values::BasicValueEnum<'ctx>> {
@@ -267,20 +280,38 @@ fn body<'ctx>(
     let kbase = head_base(ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?;
     let vbase = head_base(ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?;
 
-    // ---- block table row ------------------------------------------------------------------
-    let map = g.add(
-        g.mul(b, int(KernelParam::MapBStride)?)?,
-        g.mul(h, int(KernelParam::MapHStride)?)?,
-    )?;
-    let row = g.add(g.mul(map, nqb)?, qb)?;
-    let row_start = ptr(KernelParam::RowStart)?;
-    let runs = ptr(KernelParam::Runs)?;
-    // one (begin, end) pair per row (`BlockMaps::flatten`, or the GPU table builder)
-    let r_beg = g.load_i32(row_start, g.zext64(g.mul(row, g.c32(2))?)?)?;
-    let r_end = g.load_i32(
-        row_start,
-        g.zext64(g.add(g.mul(row, g.c32(2))?, g.c32(1))?)?,
-    )?;
+    // ---- the runs of kv blocks of this q block -------------------------------------------------
+    let runs = match kv {
+        KvBounds::Table => {
+            let map = g.add(
+                g.mul(b, int(KernelParam::MapBStride)?)?,
+                g.mul(h, int(KernelParam::MapHStride)?)?,
+            )?;
+            let row = g.add(g.mul(map, nqb)?, qb)?;
+            RowRuns::table(g, ptr(KernelParam::RowStart)?, ptr(KernelParam::Runs)?, row)?
+        }
+        KvBounds::ClosedForm(cf) => {
+            let offsets = (0..cf.constraints.len() as u32)
+                .map(|i| int(KernelParam::KvOffset(i)))
+                .collect::<R<Vec<_>>>()?;
+            let all_partial = match p.mask {
+                Some(_) => Some(int(KernelParam::KvAllPartial)?),
+                None => None,
+            };
+            RowRuns::closed_form(
+                g,
+                &kv.coefficients(),
+                &offsets,
+                all_partial,
+                q0,
+                c.qb,
+                lq,
+                lkv,
+                c.kvb,
+            )?
+        }
+    };
+    let (r_beg, r_end) = (runs.beg, runs.end);
 
     // ---- params and captured tensors ----------------------------------------------------------
     let pw = ptr(KernelParam::Params)?;
@@ -356,7 +387,7 @@ fn body<'ctx>(
         let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
         let r1 = g.add(r, g.c32(1))?;
         let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
-        let (nj, nend, nfull) = load_run(g, runs, g.selecti(more_runs, r1, fallback)?)?;
+        let (nj, nend, nfull) = runs.load(g, g.selecti(more_runs, r1, fallback)?)?;
         R::Ok((
             g.selecti(in_run, j1, nj)?,
             g.selecti(in_run, run_end, nend)?,
@@ -375,7 +406,7 @@ fn body<'ctx>(
     g.cond_br(g.icmp(IntPredicate::ULT, r_beg, r_end)?, pre, epi)?;
 
     g.b.position_at_end(pre);
-    let (j0, e0, f0) = load_run(g, runs, r_beg)?;
+    let (j0, e0, f0) = runs.load(g, r_beg)?;
     g.set(&st_j, j0)?;
     g.set(&st_end, e0)?;
     g.set(&st_full, f0)?;
@@ -426,7 +457,7 @@ fn body<'ctx>(
         let has = g.or(in_run, more_runs)?;
         g.set(&st_nj, j1)?;
         g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
-            let (nj, _, _) = load_run(g, runs, r1)?;
+            let (nj, _, _) = runs.load(g, r1)?;
             g.set(&st_nj, nj)
         })?;
         let nj = g.geti(&st_nj)?;
@@ -524,20 +555,6 @@ fn mtile_row0<'ctx>(g: &Gpu<'ctx>, c: &Cfg, cx: &Ctx<'ctx>, i: usize) -> R<IntVa
         g.mul(cx.warp, g.c32(16 * c.mt as i64))?,
         g.c32(16 * i as i64),
     )
-}
-
-/// (start, end, full) of run `r`.
-fn load_run<'ctx>(
-    g: &Gpu<'ctx>,
-    runs: PointerValue<'ctx>,
-    r: IntValue<'ctx>,
-) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
-    let base = g.mul(g.zext64(r)?, g.c64(3))?;
-    Ok((
-        g.load_i32(runs, base)?,
-        g.load_i32(runs, g.add(base, g.c64(1))?)?,
-        g.load_i32(runs, g.add(base, g.c64(2))?)?,
-    ))
 }
 
 /// A fragments of this warp's Q rows: `[m-tile][ks]`, one `[i32; 4]` per 16 columns of D.

@@ -11,16 +11,22 @@
 //! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
 //! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
 //! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
-//! kv blocks come from the block table ((begin, end) pairs into runs of full/partial
-//! blocks per q block);
-//! the mask is evaluated only in partial blocks and in the block holding the end of
-//! the sequence.
+//! kv blocks come, per q block, from the closed form of the mask computed in the kernel
+//! (no mask, causal, sliding window, bands: at most three runs partial/full/partial, no
+//! table) or else from the block table ((begin, end) pairs into runs of full/partial
+//! blocks per q block), built on the host or, for masks over captured tensors, on the GPU
+//! by the block-table kernel (`blocktable.rs`); [`PtxKernel::kv_bounds`] records which
+//! (see `bounds.rs`). The mask is evaluated only in partial blocks and in the block
+//! holding the end of the sequence.
 
 pub mod blocktable;
+pub mod bounds;
 mod expr;
 mod gpu;
 mod kernel;
 pub mod samples;
+
+pub use bounds::KvBounds;
 
 use crate::ir::Program;
 use inkwell::OptimizationLevel;
@@ -123,6 +129,9 @@ pub struct PtxOptions {
     /// 128x64x2 dense 327 against 320-326; but ALiBi + causal (a score function) 2.06 ms
     /// against 1.87.
     pub early_sync: bool,
+    /// Always read kv blocks from the CSR block table, even where the mask has a closed
+    /// form (for tests of the table path and comparisons); off by default.
+    pub kv_table: bool,
 }
 
 impl PtxOptions {
@@ -143,6 +152,7 @@ impl PtxOptions {
             q_in_regs: true,
             k_prefetch: dv <= 128,
             early_sync: true,
+            kv_table: false,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -171,7 +181,7 @@ impl PtxOptions {
     /// A stable one-line description (used in cache keys and file headers).
     pub fn key(&self) -> String {
         format!(
-            "arch={} d={} dv={} in={} checked={} qb={} kvb={} mt={} qregs={} kpf={} esync={}",
+            "arch={} d={} dv={} in={} checked={} qb={} kvb={} mt={} qregs={} kpf={} esync={} kvtable={}",
             self.arch,
             self.d,
             self.dv,
@@ -182,7 +192,8 @@ impl PtxOptions {
             self.m_tiles,
             self.q_in_regs,
             self.k_prefetch,
-            self.early_sync
+            self.early_sync,
+            self.kv_table
         )
     }
     fn validate(&self) -> Result<(), LlvmError> {
@@ -235,10 +246,18 @@ pub enum KernelParam {
     /// `LSE[B, Hq, Lq]` (f32, natural log, written).
     Lse,
     /// `u32` (begin, end) pair per block-table row (`BlockMaps::flatten`): row `r`'s
-    /// runs are `runs[row_start[2 r] .. row_start[2 r + 1]]`.
+    /// runs are `runs[row_start[2 r] .. row_start[2 r + 1]]`; table kernels only
+    /// ([`KvBounds::Table`]).
     RowStart,
-    /// `u32` triples (start, end, full) of the flattened block maps.
+    /// `u32` triples (start, end, full) of the flattened block maps; table kernels only.
     Runs,
+    /// i64 offset `k` of constraint `i` of the closed form (`bounds::kernel_offsets`);
+    /// closed-form kernels only ([`KvBounds::ClosedForm`]).
+    KvOffset(u32),
+    /// i32: non-zero makes every kv block of every q block partial (the host sets it
+    /// when the mask's i32 arithmetic may wrap for the launch's lengths and params, so
+    /// the exact closed form does not describe it); closed-form kernels with a mask only.
+    KvAllPartial,
     /// Runtime params, one 32-bit word each (i32, f32 bits, bool as 0/1).
     Params,
     /// `u32[8]` error words (checked mode; zeroed by the host; unused in fast mode).
@@ -252,7 +271,7 @@ pub enum KernelParam {
     Hkv,
     /// Number of q blocks (`ceil(Lq / q_block)`), also the rows of each map.
     NumQBlocks,
-    /// Map index of slice (b, h) is `b * MapBStride + h * MapHStride`.
+    /// Map index of slice (b, h) is `b * MapBStride + h * MapHStride` (table kernels).
     MapBStride,
     MapHStride,
     /// f32 softmax scale.
@@ -276,6 +295,10 @@ pub struct PtxKernel {
     pub threads: u32,
     pub smem_bytes: u32,
     pub params: Vec<KernelParam>,
+    /// Where the kernel reads its kv blocks from: the closed form (computed in the
+    /// kernel; the runtime passes offsets and builds no block maps) or the block table
+    /// (always `Table` for a block-table builder kernel, which writes one).
+    pub kv_bounds: KvBounds,
     /// How to launch it (grid and block).
     pub grid_note: &'static str,
 }
@@ -305,6 +328,7 @@ pub fn generator_hash() -> u64 {
     for s in [
         include_str!("mod.rs"),
         include_str!("kernel.rs"),
+        include_str!("bounds.rs"),
         include_str!("gpu.rs"),
         include_str!("expr.rs"),
         include_str!("blocktable.rs"),
@@ -322,7 +346,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     opts.validate()?;
     let mut k = layout(program, opts)?;
     let (ptx, llvm_ir) = generate(program, opts, &k.entry, PASSES, |ctx, module| {
-        let built = kernel::build(ctx, module, program, opts, &k.entry)?;
+        let built = kernel::build(ctx, module, program, opts, &k.kv_bounds, &k.entry)?;
         debug_assert_eq!(
             (k.threads, k.smem_bytes, &k.params),
             (built.threads, built.smem_bytes, &built.params)
@@ -367,6 +391,7 @@ pub fn block_table_layout(program: &Program, opts: &PtxOptions) -> Result<PtxKer
         threads: blocktable::THREADS,
         smem_bytes: blocktable::smem_bytes(),
         params: blocktable::param_list(program),
+        kv_bounds: KvBounds::Table,
         grid_note: "grid = (NumQBlocks, maps over h, maps over b), block = (threads, 1, 1)",
     })
 }
@@ -447,6 +472,7 @@ const TABLE_PASSES: &str =
 pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
     opts.validate()?;
     let (threads, smem_bytes) = kernel::sizes(opts);
+    let kv_bounds = KvBounds::choose(program, opts);
     Ok(PtxKernel {
         ptx: String::new(),
         llvm_ir: String::new(),
@@ -456,7 +482,8 @@ pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmErr
         kv_block: opts.kv_block,
         threads,
         smem_bytes,
-        params: kernel::param_list(program),
+        params: kernel::param_list(program, &kv_bounds),
+        kv_bounds,
         grid_note: "grid = (NumQBlocks, Hq, B), block = (threads, 1, 1)",
     })
 }

@@ -1,0 +1,540 @@
+//! Where the kernel's kv blocks come from: a closed form computed in the kernel, or the
+//! CSR block table built by the host.
+//!
+//! In: a [`Program`] and [`PtxOptions`] ([`KvBounds::choose`]); while building the kernel,
+//! its q block (`q0`, `q1`), `Lkv` and the per-constraint offsets passed as kernel params.
+//! Out: [`KvBounds`] (recorded in the `PtxKernel`, so that the runtime knows whether to
+//! build block maps), and per CTA the runs of kv blocks the loop visits ([`RowRuns`]): up
+//! to three runs (partial, full, partial) in registers for a closed form, or the row of the
+//! CSR table (`RowStart` + `Runs`). Both sources give `beg..end` run indices and
+//! [`RowRuns::load`], so the kernel's loop is the same for both.
+//!
+//! The closed form (`analysis::linear`) is a conjunction of `a_q*q + a_kv*kv + k >= 0`:
+//! the coefficients are constants of the program and are compiled in; the offsets `k`
+//! depend on runtime params and arrive as i64 kernel params ([`KernelParam::KvOffset`]),
+//! computed by the host with [`kernel_offsets`]. The per-q-block range is the arithmetic
+//! of `ClosedForm::row`, written once ([`row`]) against [`Arith`]: emitted as LLVM IR in
+//! the kernel and run on i64 by [`row_range`], which tests compare with `ClosedForm::row`.
+//!
+//! Widths: lengths are below 2^31 and coefficients at most [`MAX_COEF`] = 2^30 in
+//! magnitude (larger ones take the table path), so `|a_q q| < 2^61`; offsets are clamped
+//! to `±2^62` (a clamped constraint has the same sign at every in-range (q, kv), so the
+//! same ranges), so every intermediate stays below 2^63 and i64 never wraps.
+
+use super::gpu::{Gpu, R};
+use super::{KernelParam, PtxOptions};
+use crate::analysis::classify::analyze;
+use crate::analysis::linear::{Bound, ClosedForm, RowRange};
+use crate::ir::Program;
+use inkwell::IntPredicate;
+use inkwell::values::{IntValue, PointerValue};
+use std::fmt;
+
+/// Largest coefficient magnitude of `q` or `kv` compiled into a closed-form kernel.
+pub const MAX_COEF: i64 = 1 << 30;
+/// Offsets are clamped to `-K_CLAMP..=K_CLAMP` before they reach the kernel.
+pub const K_CLAMP: i128 = 1 << 62;
+
+/// How a kernel finds the kv blocks of each q block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvBounds {
+    /// In-kernel arithmetic on the closed form (no constraints: no mask, every block
+    /// full); takes one [`KernelParam::KvOffset`] per constraint, and
+    /// [`KernelParam::KvAllPartial`] when there is a mask.
+    ClosedForm(ClosedForm),
+    /// The CSR block table (`RowStart` + `Runs`, strides `MapBStride`/`MapHStride`)
+    /// built by the host from the block analysis.
+    Table,
+}
+
+impl KvBounds {
+    /// The closed form when the program has no mask or a closed-form mask with
+    /// coefficients up to [`MAX_COEF`] (and `opts.kv_table` is off); else the table.
+    pub fn choose(p: &Program, opts: &PtxOptions) -> KvBounds {
+        if opts.kv_table {
+            return KvBounds::Table;
+        }
+        if p.mask.is_none() {
+            return KvBounds::ClosedForm(ClosedForm {
+                constraints: vec![],
+                param_names: p.params.iter().map(|x| x.name.clone()).collect(),
+            });
+        }
+        match analyze(p).closed_form {
+            Some(cf)
+                if cf
+                    .constraints
+                    .iter()
+                    .all(|c| c.expr.q.abs() <= MAX_COEF && c.expr.kv.abs() <= MAX_COEF) =>
+            {
+                KvBounds::ClosedForm(cf)
+            }
+            _ => KvBounds::Table,
+        }
+    }
+
+    pub fn is_closed_form(&self) -> bool {
+        matches!(self, KvBounds::ClosedForm(_))
+    }
+
+    /// The (a_q, a_kv) coefficients compiled into a closed-form kernel.
+    pub fn coefficients(&self) -> Vec<(i64, i64)> {
+        match self {
+            KvBounds::ClosedForm(cf) => cf
+                .constraints
+                .iter()
+                .map(|c| (c.expr.q, c.expr.kv))
+                .collect(),
+            KvBounds::Table => vec![],
+        }
+    }
+
+    /// The kernel params this source adds, in launch order.
+    pub(crate) fn params(&self, has_mask: bool) -> Vec<KernelParam> {
+        match self {
+            KvBounds::Table => vec![KernelParam::RowStart, KernelParam::Runs],
+            KvBounds::ClosedForm(cf) => {
+                let mut v: Vec<KernelParam> = (0..cf.constraints.len() as u32)
+                    .map(KernelParam::KvOffset)
+                    .collect();
+                if has_mask {
+                    v.push(KernelParam::KvAllPartial);
+                }
+                v
+            }
+        }
+    }
+
+    /// A short name: `closed form` or `block table`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KvBounds::ClosedForm(_) => "closed form",
+            KvBounds::Table => "block table",
+        }
+    }
+}
+
+impl fmt::Display for KvBounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvBounds::ClosedForm(cf) if cf.constraints.is_empty() => {
+                write!(f, "closed form (no mask: every kv block full)")
+            }
+            KvBounds::ClosedForm(cf) => {
+                let parts: Vec<String> = cf
+                    .constraints
+                    .iter()
+                    .map(|c| {
+                        let mut one = ClosedForm {
+                            constraints: vec![c.clone()],
+                            param_names: cf.param_names.clone(),
+                        }
+                        .to_string();
+                        one = one.lines().next().unwrap_or("").to_string();
+                        one.trim_start_matches("mask = ").to_string()
+                    })
+                    .collect();
+                write!(
+                    f,
+                    "closed form ({}; computed in the kernel)",
+                    parts.join(" && ")
+                )
+            }
+            KvBounds::Table => write!(f, "block table (CSR runs per q block, built by the host)"),
+        }
+    }
+}
+
+/// The i64 kernel params of a closed-form kernel: each bound's offset, clamped to
+/// `±K_CLAMP` (which changes no range, see the module header).
+pub fn kernel_offsets(bounds: &[Bound]) -> Vec<i64> {
+    bounds
+        .iter()
+        .map(|b| b.k.clamp(-K_CLAMP, K_CLAMP) as i64)
+        .collect()
+}
+
+/// Integer arithmetic [`row`] is written against: LLVM IR (i64 values, i1 conditions) in
+/// the kernel, plain wrapping i64 on the host.
+pub(crate) trait Arith {
+    type I: Copy;
+    type B: Copy;
+    fn c(&self, x: i64) -> Self::I;
+    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    /// Truncating division by a non-zero constant.
+    fn sdiv(&self, a: Self::I, d: i64) -> R<Self::I>;
+    fn slt(&self, a: Self::I, b: Self::I) -> R<Self::B>;
+    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B>;
+    fn or(&self, a: Self::B, b: Self::B) -> R<Self::B>;
+    fn not(&self, a: Self::B) -> R<Self::B>;
+    fn f(&self) -> Self::B;
+    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I>;
+
+    fn max(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.sel(self.slt(a, b)?, b, a)
+    }
+    fn min(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.sel(self.slt(b, a)?, b, a)
+    }
+    /// `floor(x / d)` for a constant `d > 0`.
+    fn floor_div(&self, x: Self::I, d: i64) -> R<Self::I> {
+        if d == 1 {
+            return Ok(x);
+        }
+        let t = self.sdiv(x, d)?;
+        let r = self.sub(x, self.mul(t, self.c(d))?)?;
+        self.sel(self.slt(r, self.c(0))?, self.sub(t, self.c(1))?, t)
+    }
+    /// `ceil(x / d)` for a constant `d > 0`.
+    fn ceil_div(&self, x: Self::I, d: i64) -> R<Self::I> {
+        let neg = self.sub(self.c(0), x)?;
+        self.sub(self.c(0), self.floor_div(neg, d)?)
+    }
+}
+
+/// `ClosedForm::row` on i64: `[first, end, full_first, full_end]` of the q block of rows
+/// `q0..=q1` (`q1 < Lq`), for constraints `coefs[i].0 q + coefs[i].1 kv + ks[i] >= 0`.
+pub(crate) fn row<A: Arith>(
+    a: &A,
+    coefs: &[(i64, i64)],
+    ks: &[A::I],
+    q0: A::I,
+    q1: A::I,
+    lkv: A::I,
+    kv_block: i64,
+) -> R<[A::I; 4]> {
+    let zero = a.c(0);
+    // element ranges: non-empty [ne_lo, ne_hi], full [f_lo, f_hi]
+    let last = a.sub(lkv, a.c(1))?;
+    let (mut ne_lo, mut ne_hi, mut f_lo, mut f_hi) = (zero, last, zero, last);
+    let (mut dead, mut nofull) = (a.f(), a.f());
+    for (&(aq, akv), &k) in coefs.iter().zip(ks) {
+        // the q end that minimizes / maximizes a_q q
+        let (qlo, qhi) = if aq >= 0 { (q0, q1) } else { (q1, q0) };
+        let vmin = a.add(a.mul(a.c(aq), qlo)?, k)?;
+        let vmax = a.add(a.mul(a.c(aq), qhi)?, k)?;
+        if akv == 0 {
+            dead = a.or(dead, a.slt(vmax, zero)?)?;
+            nofull = a.or(nofull, a.slt(vmin, zero)?)?;
+        } else if akv > 0 {
+            // kv >= ceil(-(a_q q + k) / a_kv)
+            let neg = |v| a.sub(zero, v);
+            ne_lo = a.max(ne_lo, a.ceil_div(neg(vmax)?, akv)?)?;
+            f_lo = a.max(f_lo, a.ceil_div(neg(vmin)?, akv)?)?;
+        } else {
+            // kv <= floor((a_q q + k) / -a_kv)
+            ne_hi = a.min(ne_hi, a.floor_div(vmax, -akv)?)?;
+            f_hi = a.min(f_hi, a.floor_div(vmin, -akv)?)?;
+        }
+    }
+    let empty = a.or(dead, a.slt(ne_hi, ne_lo)?)?;
+    let first = a.floor_div(ne_lo, kv_block)?;
+    let end = a.add(a.floor_div(ne_hi, kv_block)?, a.c(1))?;
+    let nkv = a.floor_div(a.add(lkv, a.c(kv_block - 1))?, kv_block)?;
+    let ff = a.ceil_div(f_lo, kv_block)?;
+    let fe = a.sel(
+        a.eq(f_hi, last)?,
+        nkv,
+        a.floor_div(a.add(f_hi, a.c(1))?, kv_block)?,
+    )?;
+    let no_full = a.or(a.or(nofull, a.slt(f_hi, f_lo)?)?, a.not(a.slt(ff, fe)?)?)?;
+    let full_first = a.sel(no_full, first, ff)?;
+    let full_end = a.sel(no_full, first, fe)?;
+    Ok([
+        a.sel(empty, zero, first)?,
+        a.sel(empty, zero, end)?,
+        a.sel(empty, zero, full_first)?,
+        a.sel(empty, zero, full_end)?,
+    ])
+}
+
+/// Plain i64 arithmetic (wrapping, as LLVM's `add`/`sub`/`mul` without flags).
+struct Host;
+
+impl Arith for Host {
+    type I = i64;
+    type B = bool;
+    fn c(&self, x: i64) -> i64 {
+        x
+    }
+    fn add(&self, a: i64, b: i64) -> R<i64> {
+        Ok(a.wrapping_add(b))
+    }
+    fn sub(&self, a: i64, b: i64) -> R<i64> {
+        Ok(a.wrapping_sub(b))
+    }
+    fn mul(&self, a: i64, b: i64) -> R<i64> {
+        Ok(a.wrapping_mul(b))
+    }
+    fn sdiv(&self, a: i64, d: i64) -> R<i64> {
+        Ok(a.wrapping_div(d))
+    }
+    fn slt(&self, a: i64, b: i64) -> R<bool> {
+        Ok(a < b)
+    }
+    fn eq(&self, a: i64, b: i64) -> R<bool> {
+        Ok(a == b)
+    }
+    fn or(&self, a: bool, b: bool) -> R<bool> {
+        Ok(a || b)
+    }
+    fn not(&self, a: bool) -> R<bool> {
+        Ok(!a)
+    }
+    fn f(&self) -> bool {
+        false
+    }
+    fn sel(&self, c: bool, a: i64, b: i64) -> R<i64> {
+        Ok(if c { a } else { b })
+    }
+}
+
+/// The kernel's per-q-block range, computed on the host with the kernel's arithmetic
+/// (i64, clamped offsets): equal to `ClosedForm::row` for `q0 <= q1 < 2^31`,
+/// `Lkv < 2^31`, coefficients up to [`MAX_COEF`] and any offsets.
+pub fn row_range(
+    coefs: &[(i64, i64)],
+    bounds: &[Bound],
+    q0: i64,
+    q1: i64,
+    lkv: usize,
+    kv_block: usize,
+) -> RowRange {
+    let ks = kernel_offsets(bounds);
+    let r = row(&Host, coefs, &ks, q0, q1, lkv as i64, kv_block as i64).unwrap_or([0, 0, 0, 0]);
+    RowRange {
+        first: r[0] as usize,
+        end: r[1] as usize,
+        full_first: r[2] as usize,
+        full_end: r[3] as usize,
+    }
+}
+
+/// LLVM IR arithmetic on i64 values.
+struct Ir<'a, 'ctx>(&'a Gpu<'ctx>);
+
+impl<'ctx> Arith for Ir<'_, 'ctx> {
+    type I = IntValue<'ctx>;
+    type B = IntValue<'ctx>;
+    fn c(&self, x: i64) -> IntValue<'ctx> {
+        self.0.c64(x)
+    }
+    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.add(a, b)
+    }
+    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.sub(a, b)
+    }
+    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.mul(a, b)
+    }
+    fn sdiv(&self, a: Self::I, d: i64) -> R<Self::I> {
+        Ok(self.0.b.build_int_signed_div(a, self.0.c64(d), "")?)
+    }
+    fn slt(&self, a: Self::I, b: Self::I) -> R<Self::B> {
+        self.0.icmp(IntPredicate::SLT, a, b)
+    }
+    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B> {
+        self.0.icmp(IntPredicate::EQ, a, b)
+    }
+    fn or(&self, a: Self::B, b: Self::B) -> R<Self::B> {
+        self.0.or(a, b)
+    }
+    fn not(&self, a: Self::B) -> R<Self::B> {
+        self.0.xor(a, self.0.cbool(true))
+    }
+    fn f(&self) -> Self::B {
+        self.0.cbool(false)
+    }
+    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.selecti(c, a, b)
+    }
+}
+
+/// Where the runs of one q block's row are read from.
+pub(crate) enum RunSource<'ctx> {
+    /// `u32` triples (start, end, full) in global memory (the `Runs` param).
+    Table(PointerValue<'ctx>),
+    /// Three runs in registers: (first, full_first, 0), (full_first, full_end, 1),
+    /// (full_end, end, 0); without a full run the first is (first, end, 0).
+    Regs([[IntValue<'ctx>; 3]; 3]),
+}
+
+/// The runs `beg..end` of this CTA's q block (never an empty run).
+pub(crate) struct RowRuns<'ctx> {
+    pub beg: IntValue<'ctx>,
+    pub end: IntValue<'ctx>,
+    pub src: RunSource<'ctx>,
+}
+
+impl<'ctx> RowRuns<'ctx> {
+    /// The CSR table's row `row`: runs `RowStart[row]..RowStart[row + 1]`.
+    pub fn table(
+        g: &Gpu<'ctx>,
+        row_start: PointerValue<'ctx>,
+        runs: PointerValue<'ctx>,
+        row: IntValue<'ctx>,
+    ) -> R<Self> {
+        // one (begin, end) pair per row (`BlockMaps::flatten`, or the GPU table builder)
+        let at = g.mul(row, g.c32(2))?;
+        Ok(RowRuns {
+            beg: g.load_i32(row_start, g.zext64(at)?)?,
+            end: g.load_i32(row_start, g.zext64(g.add(at, g.c32(1))?)?)?,
+            src: RunSource::Table(runs),
+        })
+    }
+
+    /// The runs of the q block of rows `q0..min(q0 + q_block, lq)` from the closed form's
+    /// `coefs` and the i64 `offsets` (kernel params); with `all_partial` (an i32 param,
+    /// non-zero when the host cannot trust the closed form for this launch) one partial
+    /// run over every kv block instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn closed_form(
+        g: &Gpu<'ctx>,
+        coefs: &[(i64, i64)],
+        offsets: &[IntValue<'ctx>],
+        all_partial: Option<IntValue<'ctx>>,
+        q0: IntValue<'ctx>,
+        q_block: u32,
+        lq: IntValue<'ctx>,
+        lkv: IntValue<'ctx>,
+        kv_block: u32,
+    ) -> R<Self> {
+        let a = Ir(g);
+        let q0_64 = g.sext64(q0)?;
+        let q_end = a.min(a.add(q0_64, g.c64(q_block as i64))?, g.sext64(lq)?)?;
+        let q1 = a.sub(q_end, g.c64(1))?;
+        let lkv64 = g.sext64(lkv)?;
+        let r = row(&a, coefs, offsets, q0_64, q1, lkv64, kv_block as i64)?;
+        let t =
+            |x: IntValue<'ctx>| -> R<IntValue<'ctx>> { Ok(g.b.build_int_truncate(x, g.i32, "")?) };
+        let (mut first, mut end, mut ff, mut fe) = (t(r[0])?, t(r[1])?, t(r[2])?, t(r[3])?);
+        if let Some(flag) = all_partial {
+            let all = g.icmp(IntPredicate::NE, flag, g.c32(0))?;
+            let nkv = t(a.floor_div(a.add(lkv64, g.c64(kv_block as i64 - 1))?, kv_block as i64)?)?;
+            first = g.selecti(all, g.c32(0), first)?;
+            end = g.selecti(all, nkv, end)?;
+            ff = g.selecti(all, g.c32(0), ff)?;
+            fe = g.selecti(all, g.c32(0), fe)?;
+        }
+        let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
+        let has_full = lt(ff, fe)?;
+        let (zero, one) = (g.c32(0), g.c32(1));
+        let run0 = [first, g.selecti(has_full, ff, end)?, zero];
+        let run1 = [ff, fe, one];
+        let run2 = [fe, end, zero];
+        // skip an empty leading or trailing partial run
+        let beg = g.selecti(
+            g.and(has_full, g.xor(lt(first, ff)?, g.cbool(true))?)?,
+            one,
+            zero,
+        )?;
+        let end_full = g.selecti(lt(fe, end)?, g.c32(3), g.c32(2))?;
+        let end_part = g.selecti(lt(first, end)?, one, zero)?;
+        Ok(RowRuns {
+            beg,
+            end: g.selecti(has_full, end_full, end_part)?,
+            src: RunSource::Regs([run0, run1, run2]),
+        })
+    }
+
+    /// (start, end, full) of run `r` (`beg <= r < end`).
+    pub fn load(
+        &self,
+        g: &Gpu<'ctx>,
+        r: IntValue<'ctx>,
+    ) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+        match &self.src {
+            RunSource::Table(runs) => {
+                let base = g.mul(g.zext64(r)?, g.c64(3))?;
+                Ok((
+                    g.load_i32(*runs, base)?,
+                    g.load_i32(*runs, g.add(base, g.c64(1))?)?,
+                    g.load_i32(*runs, g.add(base, g.c64(2))?)?,
+                ))
+            }
+            RunSource::Regs(runs) => {
+                let is0 = g.icmp(IntPredicate::EQ, r, g.c32(0))?;
+                let is1 = g.icmp(IntPredicate::EQ, r, g.c32(1))?;
+                let pick = |i: usize| -> R<IntValue<'ctx>> {
+                    g.selecti(is0, runs[0][i], g.selecti(is1, runs[1][i], runs[2][i])?)
+                };
+                Ok((pick(0)?, pick(1)?, pick(2)?))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_rows_match_the_exact_closed_form() {
+        // deterministic pseudo-random cases, including huge offsets (clamped) and
+        // coefficients at the limit
+        let mut s: u64 = 0x9e3779b97f4a7c15;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let coef = |x: u64| -> i64 {
+            match x % 8 {
+                0 => 0,
+                1 => 1,
+                2 => -1,
+                3 => MAX_COEF,
+                4 => -MAX_COEF,
+                _ => (x >> 8) as i64 % 7 - 3,
+            }
+        };
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            let n = (next() % 3) as usize + 1;
+            let coefs: Vec<(i64, i64)> = (0..n).map(|_| (coef(next()), coef(next()))).collect();
+            let bounds: Vec<Bound> = coefs
+                .iter()
+                .map(|&(a_q, a_kv)| {
+                    let x = next();
+                    let k: i128 = match x % 6 {
+                        0 => (x >> 8) as i64 as i128 * 1000,
+                        1 => -(((x >> 8) % 300) as i128),
+                        _ => ((x >> 8) % 600) as i128 - 300,
+                    };
+                    Bound {
+                        a_q: a_q as i128,
+                        a_kv: a_kv as i128,
+                        k,
+                    }
+                })
+                .collect();
+            let big = next() % 5 == 0;
+            let lkv = if big {
+                (i32::MAX as u64 - next() % 1000) as usize
+            } else {
+                (next() % 400) as usize
+            };
+            let lq = if big {
+                i32::MAX as i64 - (next() % 1000) as i64
+            } else {
+                (next() % 400) as i64 + 1
+            };
+            let kvb = [32usize, 64, 128][(next() % 3) as usize];
+            let qb = [64i64, 128][(next() % 2) as usize];
+            let q0 = (next() as i64 % lq).abs() / qb * qb;
+            let q1 = (q0 + qb).min(lq) - 1;
+            let want = ClosedForm::row(&bounds, q0, q1, lkv, kvb);
+            let got = row_range(&coefs, &bounds, q0, q1, lkv, kvb);
+            assert_eq!(
+                got, want,
+                "coefs {coefs:?} bounds {bounds:?} rows {q0}..={q1} lkv {lkv} kvb {kvb}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 200_000);
+    }
+}
