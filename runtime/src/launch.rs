@@ -9,7 +9,7 @@
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
-use crate::cuda::{CudaDevice, CudaError, CudaKernel, JitCache};
+use crate::cuda::{CudaDevice, CudaError, JitCache, JitKernel, JitStats, JitTier, JitTiers};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
@@ -34,13 +34,17 @@ pub(crate) enum Kernel {
         inputs: [Vec<f32>; 3],
     },
     Cuda {
-        kernel: Arc<CudaKernel>,
+        /// The best module loaded so far (tiered JIT: swapped to the optimized one when
+        /// it is ready; each call takes the current one once).
+        kernel: Arc<JitKernel>,
+        /// How the JIT served the bind.
+        jit: JitStats,
         info: MaskInfo,
         maps: Option<BlockMaps>,
     },
 }
 
-/// The process's CUDA device 0 and its JIT cache (in memory, and PTX on disk), opened
+/// The process's CUDA device 0 and its JIT cache (in memory, PTX and cubins on disk), opened
 /// on first use. Opening a context costs tens of milliseconds, so all bindings share it.
 struct Gpu {
     device: CudaDevice,
@@ -51,9 +55,10 @@ fn gpu() -> Result<&'static Gpu, CudaError> {
     static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
     GPU.get_or_init(|| {
         let device = CudaDevice::new(0)?;
+        let level = crate::cuda::jit::opt_level_from_env().map_err(CudaError::Mismatch)?;
         Ok(Gpu {
             device,
-            jit: JitCache::new(DiskCache::from_env()),
+            jit: JitCache::new(DiskCache::from_env()).with_opt_level(level),
         })
     })
     .as_ref()
@@ -171,15 +176,20 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 input,
             );
             popts.checked = opts.checked;
-            let (kernel, _stats) =
-                g.jit
-                    .get(&g.device, program, &popts)
-                    .map_err(|e| Error::Backend {
-                        backend: "cuda",
-                        message: e.to_string(),
-                    })?;
+            let tiers = match opts.jit_tiers {
+                Some(t) => t,
+                None => JitTiers::from_env().map_err(Error::Usage)?,
+            };
+            let (kernel, jit) = g
+                .jit
+                .get_tiered(&g.device, program, &popts, tiers)
+                .map_err(|e| Error::Backend {
+                    backend: "cuda",
+                    message: e.to_string(),
+                })?;
             Ok(Kernel::Cuda {
                 kernel,
+                jit,
                 info: analyze(program),
                 maps: None,
             })
@@ -291,8 +301,15 @@ pub(crate) fn forward(
                 .map_err(|e| cpu_error(variant, e))?;
             Ok((o, lse))
         }
-        Kernel::Cuda { kernel, info, maps } => {
+        Kernel::Cuda {
+            kernel: jit,
+            info,
+            maps,
+            ..
+        } => {
             let g = gpu().map_err(|e| cuda_error(variant, e))?;
+            // this call keeps the module it starts with, whatever is swapped in meanwhile
+            let (kernel, _) = jit.current();
             let (qb, kb) = (
                 kernel.meta().q_block as usize,
                 kernel.meta().kv_block as usize,
@@ -329,6 +346,9 @@ pub(crate) fn forward(
                     maps,
                 )
                 .map_err(|e| cuda_error(variant, e))?;
+            drop(kernel);
+            jit.release_retired(&g.device)
+                .map_err(|e| cuda_error(variant, e))?;
             let o_t = Tensor::from_bytes(
                 vec![o.len()],
                 opts.dtype,
@@ -344,8 +364,10 @@ pub(crate) fn forward(
 }
 
 /// For the CUDA backend: uploads the inputs once and times `iters` back-to-back launches
-/// on the device (CUDA events, median of 3 repetitions), excluding host transfers.
-/// `None` for backends that run on the host (time `forward` instead).
+/// on the device (CUDA events, median of 3 repetitions), excluding host transfers, of the
+/// module current at the start (a tier swapped in meanwhile is not mixed in); returns the
+/// milliseconds and that module's tier. `None` for backends that run on the host (time
+/// `forward` instead).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn device_time_ms(
     kernel: &mut Kernel,
@@ -357,11 +379,15 @@ pub(crate) fn device_time_ms(
     v: &Tensor,
     bindings: &Bindings,
     iters: usize,
-) -> Result<Option<f64>> {
-    let Kernel::Cuda { kernel, info, .. } = kernel else {
+) -> Result<Option<(f64, JitTier)>> {
+    let Kernel::Cuda {
+        kernel: jit, info, ..
+    } = kernel
+    else {
         return Ok(None);
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
+    let (kernel, tier) = jit.current();
     let (qb, kb) = (
         kernel.meta().q_block as usize,
         kernel.meta().kv_block as usize,
@@ -389,5 +415,25 @@ pub(crate) fn device_time_ms(
     let ms = kernel
         .time(&g.device, &problem, 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
-    Ok(Some(ms))
+    Ok(Some((ms, tier)))
+}
+
+/// The JIT's report of a CUDA binding (`None` for other backends).
+pub(crate) fn jit_stats(kernel: &Kernel) -> Option<JitStats> {
+    match kernel {
+        Kernel::Cuda { jit, .. } => Some(*jit),
+        _ => None,
+    }
+}
+
+/// For a CUDA binding: waits (at most `timeout`) until the optimized module is in use;
+/// its timings, or the reason it is not. `None` for other backends.
+pub(crate) fn wait_optimized(
+    kernel: &Kernel,
+    timeout: std::time::Duration,
+) -> Option<Result<crate::cuda::ReadyStats, CudaError>> {
+    match kernel {
+        Kernel::Cuda { kernel, .. } => Some(kernel.wait_optimized(timeout)),
+        _ => None,
+    }
 }

@@ -16,12 +16,20 @@
 //! - [`CudaKernel::forward_host`]: upload, launch, download (one call).
 //! - [`CudaKernel::upload`] / [`CudaKernel::launch`] / [`CudaKernel::download`] and
 //!   [`CudaKernel::time`]: the device-resident path for benchmarks (CUDA events).
-//! - [`JitCache`]: program + options -> loaded kernel, through an in-memory map and the
-//!   on-disk PTX cache of [`crate::cache`].
+//! - [`JitCache`]: program + options -> loaded kernel ([`JitKernel`]), through an
+//!   in-memory map and the on-disk cache of [`crate::cache`]: the optimized cubin (keyed
+//!   by the device and driver too) is loaded without any PTX compile; else the PTX (from
+//!   disk or generated) is compiled by the driver's linker, in tiers (see [`jit`]).
 
-use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
+pub mod jit;
+
+pub use jit::{JitKernel, JitTier, JitTiers, OPTIMIZED_LEVEL, ReadyStats};
+
+use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id, cubin_key};
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::backend::llvm::{self, Arch, KernelParam, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::backend::llvm::{
+    self, Arch, EmitText, EmitTimes, KernelParam, LlvmError, PtxKernel, PtxOptions,
+};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::{Program, Scalar, write_program};
 use attnc_compiler::shape::Shape;
@@ -498,25 +506,36 @@ fn strip(k: &PtxKernel) -> PtxKernel {
     }
 }
 
-/// How a [`JitCache::get`] was served, with its timings.
+/// How a [`JitCache::get_tiered`] was served, with its timings (milliseconds).
 #[derive(Clone, Copy, Debug)]
 pub struct JitStats {
     /// Found loaded in memory.
     pub memory_hit: bool,
-    /// PTX found on disk (else generated).
+    /// The optimized cubin on disk (`None` without a disk cache or on a memory hit).
+    pub cubin: Option<Lookup>,
+    /// The PTX on disk (`None` without a disk cache, or when the cubin was found).
     pub disk: Option<Lookup>,
-    /// Milliseconds generating PTX (0 on a disk hit).
+    /// Generating PTX (0 when it came from disk or a cubin was found).
     pub codegen_ms: f64,
-    /// Milliseconds loading the module.
+    /// The stages of [`Self::codegen_ms`].
+    pub codegen: EmitTimes,
+    /// The driver compiling PTX to the first usable module's cubin (0 for a cubin from disk).
+    pub driver_ms: f64,
+    /// Loading the first usable module (`cuModuleLoadData` of the cubin + function lookup).
     pub load_ms: f64,
-    /// Total milliseconds.
+    /// From the call to a usable kernel.
     pub total_ms: f64,
+    /// The tier of the first usable module.
+    pub tier: JitTier,
 }
 
-/// Program + options -> loaded kernel, cached in memory (per device) and on disk (PTX).
+/// Program + options -> loaded kernel, cached in memory (per device) and on disk (PTX,
+/// and the optimized cubin per device and driver).
 pub struct JitCache {
     disk: Option<DiskCache>,
-    mem: Mutex<HashMap<String, Arc<CudaKernel>>>,
+    mem: Mutex<HashMap<String, Arc<JitKernel>>>,
+    /// `ptxas` level of the optimized tier.
+    opt_level: u8,
 }
 
 impl JitCache {
@@ -524,10 +543,18 @@ impl JitCache {
         JitCache {
             disk,
             mem: Mutex::new(HashMap::new()),
+            opt_level: OPTIMIZED_LEVEL,
         }
     }
 
-    /// The cache key of a program's kernel.
+    /// A cache whose optimized tier is compiled at `ptxas` level `level` (0..=4) instead
+    /// of [`OPTIMIZED_LEVEL`] (for measuring the levels; the level is part of the cubin key).
+    pub fn with_opt_level(mut self, level: u8) -> Self {
+        self.opt_level = level.min(OPTIMIZED_LEVEL);
+        self
+    }
+
+    /// The cache key of a program's kernel (its PTX).
     pub fn key(program: &Program, opts: &PtxOptions) -> String {
         cache_key(&[
             write_program(program).as_bytes(),
@@ -537,37 +564,61 @@ impl JitCache {
         ])
     }
 
+    /// The optimized kernel: [`Self::get_tiered`] with tiers off (blocks until the
+    /// optimized module is loaded, or takes the one in memory, which may still be low).
     pub fn get(
         &self,
         dev: &CudaDevice,
         program: &Program,
         opts: &PtxOptions,
     ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
+        let (k, stats) = self.get_tiered(dev, program, opts, JitTiers::Off)?;
+        Ok((k.current().0, stats))
+    }
+
+    /// The kernel of `program`, loaded under the tier policy `tiers`.
+    pub fn get_tiered(
+        &self,
+        dev: &CudaDevice,
+        program: &Program,
+        opts: &PtxOptions,
+        tiers: JitTiers,
+    ) -> Result<(Arc<JitKernel>, JitStats), CudaError> {
         let t0 = Instant::now();
         let key = Self::key(program, opts);
-        if let Some(k) = self
-            .mem
-            .lock()
-            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
-            .get(&key)
-        {
+        let lock_err = || CudaError::Driver("JIT cache lock poisoned".into());
+        if let Some(k) = self.mem.lock().map_err(|_| lock_err())?.get(&key) {
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             return Ok((
                 k.clone(),
                 JitStats {
                     memory_hit: true,
+                    cubin: None,
                     disk: None,
                     codegen_ms: 0.0,
+                    codegen: EmitTimes::default(),
+                    driver_ms: 0.0,
                     load_ms: 0.0,
                     total_ms: ms,
+                    tier: k.tier(),
                 },
             ));
         }
-        let mut codegen_ms = 0.0;
+        let meta = llvm::layout(program, opts)?;
+        let target = jit::cubin_target(dev)?;
+        let ckey = cubin_key(&key, &target, self.opt_level as u32);
+        let mut cubin_lookup = None;
+        if let Some(d) = &self.disk {
+            let (found, how) = jit::load_cached_cubin(dev, d, &ckey, &meta, t0);
+            cubin_lookup = Some(how);
+            if let Some(first) = found {
+                return Ok(self.finish(key, first, None, EmitTimes::default(), t0));
+            }
+        }
+        let mut codegen = EmitTimes::default();
         let mut gen_ptx = || -> Result<Vec<u8>, CudaError> {
-            let t = Instant::now();
-            let k = llvm::emit(program, opts)?;
-            codegen_ms = t.elapsed().as_secs_f64() * 1e3;
+            let (k, t) = llvm::emit_timed(program, opts, EmitText::PtxOnly)?;
+            codegen = t;
             Ok(k.ptx.into_bytes())
         };
         let (ptx, disk) = match &self.disk {
@@ -577,26 +628,48 @@ impl JitCache {
             }
             None => (gen_ptx()?, None),
         };
-        let mut meta = llvm::layout(program, opts)?;
-        meta.ptx = String::from_utf8(ptx)
+        let ptx = String::from_utf8(ptx)
             .map_err(|_| CudaError::Driver("cached PTX is not UTF-8".into()))?;
-        let k = Arc::new(CudaKernel::load(dev, &meta)?);
-        let load_ms = k.load_ms;
-        self.mem
-            .lock()
-            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
-            .insert(key, k.clone());
-        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-        Ok((
-            k,
-            JitStats {
-                memory_hit: false,
-                disk,
-                codegen_ms,
-                load_ms,
-                total_ms,
-            },
-        ))
+        let mut first = jit::compile_and_load(
+            dev,
+            ptx,
+            &meta,
+            tiers,
+            self.opt_level,
+            self.disk.clone(),
+            ckey,
+            t0,
+        )?;
+        first.cubin = cubin_lookup;
+        Ok(self.finish(key, first, disk, codegen, t0))
+    }
+
+    fn finish(
+        &self,
+        key: String,
+        first: jit::FirstLoad,
+        disk: Option<Lookup>,
+        codegen: EmitTimes,
+        t0: Instant,
+    ) -> (Arc<JitKernel>, JitStats) {
+        let k = Arc::new(first.kernel);
+        // two threads may compile one kernel at once; the first to finish is kept
+        let k = match self.mem.lock() {
+            Ok(mut m) => m.entry(key).or_insert(k).clone(),
+            Err(_) => k,
+        };
+        let stats = JitStats {
+            memory_hit: false,
+            cubin: first.cubin,
+            disk,
+            codegen_ms: codegen.total_ms,
+            codegen,
+            driver_ms: first.driver_ms,
+            load_ms: first.load_ms,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            tier: first.tier,
+        };
+        (k, stats)
     }
 }
 

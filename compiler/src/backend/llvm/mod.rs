@@ -313,8 +313,43 @@ pub fn generator_hash() -> u64 {
     h
 }
 
-/// Generates the kernel of `program` (which must pass `ir::verify_program`).
+/// Where the time of one [`emit_timed`] went, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EmitTimes {
+    /// Target machine + building the kernel's LLVM IR with inkwell + module verification.
+    pub build_ms: f64,
+    /// The LLVM pass pipeline ([`PASSES`]).
+    pub opt_ms: f64,
+    /// NVPTX code generation (instruction selection, register allocation, PTX printing).
+    pub ptx_ms: f64,
+    /// Everything, including printing the LLVM IR text when it was asked for.
+    pub total_ms: f64,
+}
+
+/// What [`emit_timed`] produces besides PTX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmitText {
+    /// PTX only (`llvm_ir` left empty): what a JIT needs.
+    PtxOnly,
+    /// PTX and the optimized LLVM IR text.
+    PtxAndLlvm,
+}
+
+/// Generates the kernel of `program` (which must pass `ir::verify_program`): PTX and
+/// the optimized LLVM IR text.
 pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    emit_timed(program, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
+}
+
+/// [`emit`] with the time of each stage; `text` says whether the LLVM IR text is printed
+/// (the PTX is the same either way).
+pub fn emit_timed(
+    program: &Program,
+    opts: &PtxOptions,
+    text: EmitText,
+) -> Result<(PtxKernel, EmitTimes), LlvmError> {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     opts.validate()?;
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
@@ -345,17 +380,25 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
         e.truncate(2000);
         LlvmError::Llvm(format!("module verification failed: {e}"))
     })?;
+    let build_ms = ms(t0);
+    let t1 = std::time::Instant::now();
     let pbo = PassBuilderOptions::create();
     module
         .run_passes(PASSES, &tm, pbo)
         .map_err(|e| LlvmError::Llvm(e.to_string()))?;
-    let llvm_ir = module.print_to_string().to_string();
+    let opt_ms = ms(t1);
+    let llvm_ir = match text {
+        EmitText::PtxAndLlvm => module.print_to_string().to_string(),
+        EmitText::PtxOnly => String::new(),
+    };
+    let t2 = std::time::Instant::now();
     let buf = tm
         .write_to_memory_buffer(&module, FileType::Assembly)
         .map_err(|e| LlvmError::Llvm(e.to_string()))?;
     let ptx = String::from_utf8_lossy(buf.as_slice())
         .trim_end_matches('\0')
         .to_string();
+    let ptx_ms = ms(t2);
     if !ptx.contains(&format!(".entry {entry}")) {
         return Err(LlvmError::Internal(
             "the kernel was not emitted as a .entry",
@@ -368,7 +411,13 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     );
     k.ptx = ptx;
     k.llvm_ir = llvm_ir;
-    Ok(k)
+    let times = EmitTimes {
+        build_ms,
+        opt_ms,
+        ptx_ms,
+        total_ms: ms(t0),
+    };
+    Ok((k, times))
 }
 
 /// The LLVM pass pipeline. The kernel is straight-line code per loop iteration built
