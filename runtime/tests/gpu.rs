@@ -1,6 +1,7 @@
 //! GPU differential tests: every sample kernel against the f64 oracle
 //! (`reference::attention`) on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128,
-//! bf16 and f16), fully masked rows, and checked mode.
+//! bf16 and f16), fully masked rows, and checked mode; the JIT's cubin cache and tiered
+//! swap (`gpu_jit/mod.rs`).
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -15,6 +16,7 @@
 //! NaN never passes. The oracle sees the same rounded inputs, so the error comes only from
 //! the P rounding (relative 2^-8 for bf16, 2^-11 for f16) and the approximate ex2/lg2/tanh.
 
+mod gpu_jit;
 mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
@@ -388,6 +390,13 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_checked_mode_reports_out_of_range_reads",
         gpu_checked_mode_reports_out_of_range_reads,
+    ),
+    // JIT: cubins through the disk cache, tiered swap (tests/gpu_jit/mod.rs)
+    ("gpu_jit_cubin_round_trip", gpu_jit::gpu_jit_cubin_round_trip),
+    ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
+    (
+        "gpu_jit_bound_forward_across_the_swap",
+        gpu_jit::gpu_jit_bound_forward_across_the_swap,
     ),
 ];
 
