@@ -165,6 +165,11 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                     });
                 }
             };
+            // a bad setting is reported before (and without) a device
+            let tiers = match opts.jit_tiers {
+                Some(t) => t,
+                None => JitTiers::from_env().map_err(Error::Usage)?,
+            };
             let g = gpu().map_err(|e| Error::BackendUnavailable {
                 backend: "cuda",
                 reason: e.to_string(),
@@ -176,10 +181,6 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 input,
             );
             popts.checked = opts.checked;
-            let tiers = match opts.jit_tiers {
-                Some(t) => t,
-                None => JitTiers::from_env().map_err(Error::Usage)?,
-            };
             let (kernel, jit) = g
                 .jit
                 .get_tiered(&g.device, program, &popts, tiers)

@@ -392,7 +392,10 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_checked_mode_reports_out_of_range_reads,
     ),
     // JIT: cubins through the disk cache, tiered swap (tests/gpu_jit/mod.rs)
-    ("gpu_jit_cubin_round_trip", gpu_jit::gpu_jit_cubin_round_trip),
+    (
+        "gpu_jit_cubin_round_trip",
+        gpu_jit::gpu_jit_cubin_round_trip,
+    ),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
     (
         "gpu_jit_bound_forward_across_the_swap",

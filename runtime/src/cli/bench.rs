@@ -42,6 +42,11 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         caps.params.insert(name, v);
     }
     let (q, k, v) = synth::qkv(&shape, dtype, 11);
+    // a bad ATTNC_JIT_TIERS is a usage error, before any device is opened
+    let jit_tiers = match a.jit_tiers {
+        Some(t) => t,
+        None => attnc::cuda::JitTiers::from_env().map_err(Error::Usage)?,
+    };
     // the CUDA context is created once per process (tens to hundreds of ms, paid by every
     // CUDA program); time it apart from the JIT
     if a.backend == BackendArg::Cuda {
@@ -52,7 +57,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     }
     let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
     opts.threads = a.threads;
-    opts.jit_tiers = a.jit_tiers;
+    opts.jit_tiers = Some(jit_tiers);
     let t0 = std::time::Instant::now();
     let mut bound = variant.bind(opts)?;
     let bind_ms = t0.elapsed().as_secs_f64() * 1e3;

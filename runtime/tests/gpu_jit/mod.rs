@@ -143,13 +143,22 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
         assert_eq!(s.disk, Some(Lookup::Hit), "PTX reused: {s:?}");
         assert!(s.driver_ms > 0.0);
         same_bits(&r_cold, &run_checked(dev, &k, &pb), "rebuilt cubin");
-        assert_eq!(disk.get(&ckey, "cubin").1, Lookup::Hit, "rebuilt entry stored");
+        assert_eq!(
+            disk.get(&ckey, "cubin").1,
+            Lookup::Hit,
+            "rebuilt entry stored"
+        );
         // an intact entry that is not a cubin is rejected before the driver sees it
-        disk.put(&ckey, "cubin", b"\x7fELF but not really a cubin").unwrap();
+        disk.put(&ckey, "cubin", b"\x7fELF but not really a cubin")
+            .unwrap();
         let again = JitCache::new(Some(DiskCache::new(&dir)));
         let (k, s) = again.get(dev, &pb.p, &pb.opts).unwrap();
         assert_eq!(s.cubin, Some(Lookup::Corrupt), "{s:?}");
-        same_bits(&r_cold, &run_checked(dev, &k, &pb), "cubin rebuilt after garbage");
+        same_bits(
+            &r_cold,
+            &run_checked(dev, &k, &pb),
+            "cubin rebuilt after garbage",
+        );
         // another opt level is another key
         let o1 = JitCache::new(Some(DiskCache::new(&dir))).with_opt_level(1);
         let (k, s) = o1.get(dev, &pb.p, &pb.opts).unwrap();
@@ -180,8 +189,16 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
         assert_eq!(tier, JitTier::Optimized);
         assert!(!std::ptr::eq(&*opt, &*held), "a new module was swapped in");
         // the module taken before the swap still works after it
-        same_bits(&r_low, &run_checked(dev, &held, &pb), "low tier after the swap");
-        same_bits(&r_low, &run_checked(dev, &opt, &pb), "optimized vs low tier");
+        same_bits(
+            &r_low,
+            &run_checked(dev, &held, &pb),
+            "low tier after the swap",
+        );
+        same_bits(
+            &r_low,
+            &run_checked(dev, &opt, &pb),
+            "optimized vs low tier",
+        );
         // a memory hit returns the swapped kernel
         let (again, s) = cache
             .get_tiered(dev, &pb.p, &pb.opts, JitTiers::On { low })
