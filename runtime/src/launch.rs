@@ -6,6 +6,9 @@
 //! Block maps: index-only masks are classified once at bind time (the shape is known);
 //! masks over params or captured tensors are classified at each launch, from the
 //! param values and per-block tensor summaries (never by evaluating every point).
+//! CUDA: `bind` gets a [`JitKernel`] from the process's [`JitCache`] under the tier
+//! policy of the bind options (or `ATTNC_JIT_TIERS`); each `forward` takes the module
+//! current at its start and releases retired ones after it has synchronized.
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
@@ -51,8 +54,9 @@ struct Gpu {
     jit: JitCache,
 }
 
+static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
+
 fn gpu() -> Result<&'static Gpu, CudaError> {
-    static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
     GPU.get_or_init(|| {
         let device = CudaDevice::new(0)?;
         let level = crate::cuda::jit::opt_level_from_env().map_err(CudaError::Mismatch)?;
@@ -63,6 +67,15 @@ fn gpu() -> Result<&'static Gpu, CudaError> {
     })
     .as_ref()
     .map_err(|e| e.clone())
+}
+
+/// Waits (at most `timeout` in all) for the tiered JIT's background compiles of this
+/// process to finish, so that their optimized cubins reach the disk cache before a
+/// short-lived program exits. Returns at once when the CUDA backend was never used.
+pub fn wait_for_background_jit(timeout: std::time::Duration) {
+    if let Some(Ok(g)) = GPU.get() {
+        g.jit.wait_pending(timeout);
+    }
 }
 
 /// Name and compute capability of the GPU the CUDA backend would use.

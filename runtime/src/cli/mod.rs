@@ -328,6 +328,9 @@ pub fn main() -> i32 {
             })
         }
     };
+    // let the tiered JIT's background compiles store their optimized cubins before the
+    // process exits (no wait when the CUDA backend was not used)
+    attnc::wait_for_background_jit(std::time::Duration::from_secs(60));
     match result {
         Ok(()) => 0,
         Err(e) => {

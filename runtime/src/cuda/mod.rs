@@ -644,6 +644,20 @@ impl JitCache {
         Ok(self.finish(key, first, disk, codegen, t0))
     }
 
+    /// Waits (at most `timeout` in all) until no kernel of this cache has a background
+    /// compile pending.
+    pub fn wait_pending(&self, timeout: std::time::Duration) {
+        let deadline = Instant::now() + timeout;
+        let kernels: Vec<Arc<JitKernel>> = match self.mem.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for k in kernels {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = k.wait_optimized(left);
+        }
+    }
+
     fn finish(
         &self,
         key: String,
