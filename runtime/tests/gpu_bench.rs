@@ -293,7 +293,12 @@ fn gpu_bench() {
             let tile = format!("{qb}x{kvb}x{mt}");
             println!(
                 "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} | JIT cold {:.1} ms (codegen {:.1}, driver {:.1}, load {:.1}), disk-warm (cubin) {:.1} ms, memory-warm {:.3} ms",
-                s_cold.total_ms, s_cold.codegen_ms, s_cold.driver_ms, s_cold.load_ms, s_disk.total_ms, s_mem.total_ms
+                s_cold.total_ms,
+                s_cold.codegen_ms,
+                s_cold.driver_ms,
+                s_cold.load_ms,
+                s_disk.total_ms,
+                s_mem.total_ms
             );
             let _ = writeln!(
                 table,

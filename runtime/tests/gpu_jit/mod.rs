@@ -9,7 +9,8 @@
 //!   both detected and rebuilt.
 //! - `gpu_jit_tiered_swap`: tiers on (ptxas O0 and the default low level): the first
 //!   module is low-tier, the optimized one is swapped in, a kernel taken before the swap
-//!   still runs after it, all results are identical bit for bit and match the oracle,
+//!   still runs after it with bit-identical results, both tiers match the oracle and
+//!   each other (bit-identity across tiers is printed, not required: `compare_tiers`),
 //!   and the retired module is released once nobody holds it.
 //! - `gpu_jit_bound_forward_across_the_swap`: the same through the public API
 //!   (`Variant::bind` with `jit_tiers`, `forward`, `wait_optimized`, `forward`).
@@ -96,6 +97,36 @@ fn same_bits(a: &(Vec<u16>, Vec<f32>), b: &(Vec<u16>, Vec<f32>), what: &str) {
     assert_eq!(la, lb, "{what}: LSE differs");
 }
 
+/// Two tiers compile the same PTX, but its plain `mul.f32` / `add.f32` let `ptxas`
+/// contract them into FMAs, possibly differently per optimization level: results of
+/// two tiers are each checked against the oracle (by `run_checked`); here they must be
+/// close to each other (well inside the oracle tolerance), and whether they are
+/// bit-identical is printed.
+fn compare_tiers(a: &(Vec<u16>, Vec<f32>), b: &(Vec<u16>, Vec<f32>), what: &str) {
+    let mut worst = 0f32;
+    for (x, y) in a.0.iter().zip(&b.0) {
+        let (x, y) = (
+            from_bits(*x, InputType::Bf16),
+            from_bits(*y, InputType::Bf16),
+        );
+        let d = (x - y).abs();
+        assert!(d <= 0.02 + 0.01 * y.abs(), "{what}: O {x} vs {y}");
+        worst = worst.max(d);
+    }
+    for (x, y) in a.1.iter().zip(&b.1) {
+        assert!(
+            (x.is_infinite() && x == y) || (x - y).abs() <= 1e-3 + 1e-4 * y.abs(),
+            "{what}: LSE {x} vs {y}"
+        );
+    }
+    let identical = a.0 == b.0
+        && a.1
+            .iter()
+            .zip(&b.1)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+    println!("  {what}: bit-identical {identical}, max |dO| {worst:.2e}");
+}
+
 fn temp_cache(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("attnc-gpu-jit-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -159,11 +190,16 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
             &run_checked(dev, &k, &pb),
             "cubin rebuilt after garbage",
         );
-        // another opt level is another key
+        // another opt level is another key (its results match the oracle; they may differ
+        // from O4's in the last bits: see `compare_tiers`)
         let o1 = JitCache::new(Some(DiskCache::new(&dir))).with_opt_level(1);
         let (k, s) = o1.get(dev, &pb.p, &pb.opts).unwrap();
         assert_eq!(s.cubin, Some(Lookup::Miss), "{s:?}");
-        same_bits(&r_cold, &run_checked(dev, &k, &pb), "ptxas O1");
+        compare_tiers(
+            &r_cold,
+            &run_checked(dev, &k, &pb),
+            &format!("D{d} O4 vs O1"),
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -188,17 +224,14 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
         let (opt, tier) = jk.current();
         assert_eq!(tier, JitTier::Optimized);
         assert!(!std::ptr::eq(&*opt, &*held), "a new module was swapped in");
-        // the module taken before the swap still works after it
+        // the module taken before the swap still works after it, with the same results
         same_bits(
             &r_low,
             &run_checked(dev, &held, &pb),
             "low tier after the swap",
         );
-        same_bits(
-            &r_low,
-            &run_checked(dev, &opt, &pb),
-            "optimized vs low tier",
-        );
+        let r_opt = run_checked(dev, &opt, &pb);
+        compare_tiers(&r_low, &r_opt, &format!("D{d} O{low} vs optimized"));
         // a memory hit returns the swapped kernel
         let (again, s) = cache
             .get_tiered(dev, &pb.p, &pb.opts, JitTiers::On { low })
@@ -207,7 +240,7 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
         assert!(std::ptr::eq(&*again.current().0, &*opt));
         drop(held);
         jk.release_retired(dev).unwrap();
-        same_bits(&r_low, &run_checked(dev, &opt, &pb), "after the release");
+        same_bits(&r_opt, &run_checked(dev, &opt, &pb), "after the release");
     }
 }
 
@@ -256,13 +289,28 @@ pub fn gpu_jit_bound_forward_across_the_swap(dev: &CudaDevice) {
     let ready = bound.wait_optimized(Duration::from_secs(120)).unwrap();
     assert!(ready.is_some());
     let second = bound.forward(&q, &k, &v, &caps).unwrap();
-    let (o1, o2, ow) = (first.o.to_f32(), second.o.to_f32(), want.o.to_f32());
-    assert_eq!(o1, o2, "results differ across the swap");
-    for (i, (g, w)) in o2.iter().zip(&ow).enumerate() {
-        assert!(
-            !g.is_nan() && (g - w).abs() <= 0.03 + 0.02 * w.abs(),
-            "O[{i}] = {g}, oracle {w}"
-        );
+    let ow = want.o.to_f32();
+    for (which, out) in [("before the swap", &first), ("after the swap", &second)] {
+        for (i, (g, w)) in out.o.to_f32().iter().zip(&ow).enumerate() {
+            assert!(
+                !g.is_nan() && (g - w).abs() <= 0.03 + 0.02 * w.abs(),
+                "{which}: O[{i}] = {g}, oracle {w}"
+            );
+        }
+        for (i, (g, w)) in out.lse.to_f32().iter().zip(&want.lse.to_f32()).enumerate() {
+            let ok = if w.is_infinite() {
+                g == w
+            } else {
+                (g - w).abs() <= 0.01 + 0.005 * w.abs()
+            };
+            assert!(ok && !g.is_nan(), "{which}: LSE[{i}] = {g}, oracle {w}");
+        }
     }
-    assert_eq!(first.lse.to_f32(), second.lse.to_f32());
+    // a third call on the optimized module gives what the second gave
+    let third = bound.forward(&q, &k, &v, &caps).unwrap();
+    assert_eq!(second.o.to_f32(), third.o.to_f32());
+    println!(
+        "  softcap via the API: O0 vs optimized bit-identical {}",
+        first.o.to_f32() == second.o.to_f32()
+    );
 }
