@@ -19,6 +19,10 @@
 //!   [`JitTiers::DEFAULT_LOW`]) or a low level `0`..`3`; from [`crate::BindOptions`],
 //!   the CLI's `--jit-tiers`, or the environment variable `ATTNC_JIT_TIERS`.
 //!
+//! Failures degrade, never break: a quick compile that fails falls back to compiling the
+//! optimized module before returning; a background compile that fails leaves the quick
+//! module in use (and [`JitKernel::wait_optimized`] reports why).
+//!
 //! Only optimized cubins are stored on disk; a low-tier cubin is a stopgap and is never
 //! stored, so a second process always starts with the optimized kernel.
 
@@ -309,7 +313,7 @@ impl Drop for Linker {
 }
 
 /// Compiles PTX to a cubin for the context's device with `ptxas` at `level` (0..=4),
-/// through the driver's linker. The context must be current on this thread.
+/// through the driver's linker (binding the context to the calling thread).
 pub fn link_ptx(ctx: &CudaContext, ptx: &str, level: u8) -> Result<Vec<u8>, CudaError> {
     ctx.bind_to_thread()?;
     let src =
@@ -491,7 +495,15 @@ pub(crate) fn compile_and_load(
         JitTiers::On { low } if low < opt_level => Some(low),
         _ => None,
     };
-    let Some(low) = low else {
+    // the quick module; should its compile fail, the optimized one is compiled here
+    let quick = low.and_then(|low| {
+        let t = Instant::now();
+        let cubin = link_ptx(&dev.ctx, &ptx, low).ok()?;
+        let driver_ms = ms(t);
+        let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin).ok()?;
+        Some((low, k, driver_ms))
+    });
+    let Some((low, k, driver_ms)) = quick else {
         let t = Instant::now();
         let cubin = link_ptx(&dev.ctx, &ptx, opt_level)?;
         let driver_ms = ms(t);
@@ -515,10 +527,6 @@ pub(crate) fn compile_and_load(
             cubin: disk.as_ref().map(|_| crate::cache::Lookup::Miss),
         });
     };
-    let t = Instant::now();
-    let cubin = link_ptx(&dev.ctx, &ptx, low)?;
-    let driver_ms = ms(t);
-    let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin)?;
     let load_ms = k.load_ms;
     let tiers = Arc::new(Tiered::low(k, low));
     let bg = tiers.clone();
