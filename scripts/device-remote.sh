@@ -6,6 +6,9 @@
 #   cli  the attnc CLI on the GPU: cuda-info, demo on cpu+cuda vs the oracle, bench
 #        --backend cuda with cold (new cache dir) and warm (second process) JIT
 #   cpu  attnc's CPU backend vs PyTorch SDPA / FlexAttention-on-CPU, 2 and 16 threads
+#   jit  JIT latency with the driver cache off: cold / warm (cubin from disk) / tiered,
+#        and ptxas levels 0..4 for causal D128 (scripts/jit-probe-remote.sh, ~1 minute;
+#        not in the default set: ATTNC_PARTS=jit)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
@@ -29,6 +32,7 @@ for part in $parts; do
       done
       ;;
     cpu) bash scripts/cpu-bench-remote.sh 2>&1 | tee "$OUT/cpu.log" || status=1 ;;
+    jit) bash scripts/jit-probe-remote.sh || status=1 ;;
   esac
 done
 exit $status

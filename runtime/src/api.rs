@@ -147,6 +147,9 @@ pub struct BindOptions {
     /// on the host from tensor summaries. Default true; the environment variable
     /// `ATTNC_BLOCK_TABLES=host` makes the default false. Other backends ignore it.
     pub gpu_block_tables: bool,
+    /// CUDA: the tiered JIT policy (a quickly compiled module first, the optimized one
+    /// swapped in when ready); `None` reads `ATTNC_JIT_TIERS`, default on.
+    pub jit_tiers: Option<crate::cuda::JitTiers>,
 }
 
 impl BindOptions {
@@ -159,6 +162,7 @@ impl BindOptions {
             threads: 0,
             checked: false,
             gpu_block_tables: std::env::var("ATTNC_BLOCK_TABLES").map_or(true, |v| v != "host"),
+            jit_tiers: None,
         }
     }
 }
@@ -259,7 +263,7 @@ impl Bound {
 
     /// Where the GPU kernel finds its kv blocks (closed form or block table); `None` for
     /// backends other than CUDA.
-    pub fn kv_bounds(&self) -> Option<&attnc_compiler::backend::llvm::KvBounds> {
+    pub fn kv_bounds(&self) -> Option<attnc_compiler::backend::llvm::KvBounds> {
         self.kernel.kv_bounds()
     }
 
@@ -336,6 +340,20 @@ impl Bound {
         captures: &Captures,
         iters: usize,
     ) -> Result<Option<f64>> {
+        Ok(self
+            .device_time(q, k, v, captures, iters)?
+            .map(|(ms, _)| ms))
+    }
+
+    /// [`Self::device_time_ms`] with the JIT tier of the module that was timed.
+    pub fn device_time(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<(f64, crate::cuda::JitTier)>> {
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
         crate::launch::device_time_ms(
@@ -349,6 +367,31 @@ impl Bound {
             &bindings,
             iters,
         )
+    }
+}
+
+impl Bound {
+    /// CUDA: how the JIT served this binding (cache hits, codegen/driver/load times, the
+    /// first module's tier); `None` for other backends.
+    pub fn jit_stats(&self) -> Option<crate::cuda::JitStats> {
+        crate::launch::jit_stats(&self.kernel)
+    }
+
+    /// CUDA: waits at most `timeout` for the optimized module of a tiered JIT to be in
+    /// use; its timings. `Ok(None)` for other backends; an error when the background
+    /// compile failed or timed out (the binding keeps working with the low tier).
+    pub fn wait_optimized(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<crate::cuda::ReadyStats>> {
+        match crate::launch::wait_optimized(&self.kernel, timeout) {
+            None => Ok(None),
+            Some(Ok(r)) => Ok(Some(r)),
+            Some(Err(e)) => Err(Error::Backend {
+                backend: "cuda",
+                message: e.to_string(),
+            }),
+        }
     }
 }
 

@@ -11,6 +11,12 @@
 //! sees a half-written entry and concurrent writers (threads or processes) are safe: the
 //! last rename wins and every candidate is complete.
 //!
+//! Kinds stored by the CUDA JIT (`crate::cuda::JitCache`): `ptx` under the kernel key
+//! (program text, options, compiler build), and `cubin` (the driver's compiled machine
+//! code) under [`cubin_key`], which adds the device's compute capability, the driver
+//! version and build, and the `ptxas` optimization level: a cubin compiled for another
+//! GPU or by another driver is never found, so it is never loaded.
+//!
 //! Directory: `ATTNC_CACHE_DIR`, else `$XDG_CACHE_HOME/attnc`, else `~/.cache/attnc`.
 
 use sha2::{Digest, Sha256};
@@ -38,6 +44,31 @@ pub fn cache_key(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     hex(&h.finalize())
+}
+
+/// What a cubin is valid for besides its PTX: the GPU and the driver that compiled it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CubinTarget {
+    /// Compute capability (major, minor) of the device.
+    pub capability: (i32, i32),
+    /// `cuDriverGetVersion` (e.g. 12080).
+    pub driver_version: i32,
+    /// The driver build (first line of `/proc/driver/nvidia/version` where readable, else
+    /// empty): two drivers of one CUDA version can carry different PTX compilers.
+    pub driver_build: String,
+}
+
+/// The key of the cubin compiled from the PTX stored under `ptx_key`, for `target`, by
+/// `ptxas` at optimization level `opt_level`.
+pub fn cubin_key(ptx_key: &str, target: &CubinTarget, opt_level: u32) -> String {
+    cache_key(&[
+        b"cubin",
+        ptx_key.as_bytes(),
+        format!("sm_{}.{}", target.capability.0, target.capability.1).as_bytes(),
+        &target.driver_version.to_le_bytes(),
+        target.driver_build.as_bytes(),
+        &opt_level.to_le_bytes(),
+    ])
 }
 
 fn hex(b: &[u8]) -> String {
@@ -100,6 +131,12 @@ impl DiskCache {
                 (None, Lookup::Corrupt)
             }
         }
+    }
+
+    /// Deletes an entry (one whose payload the caller found unusable); a missing entry is
+    /// not an error.
+    pub fn remove(&self, key: &str, kind: &str) {
+        let _ = fs::remove_file(self.path(key, kind));
     }
 
     /// Writes an entry atomically (temporary file + rename).
@@ -264,5 +301,169 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty());
         let _ = fs::remove_dir_all(c.dir());
+    }
+
+    fn target(cc: (i32, i32), ver: i32, build: &str) -> CubinTarget {
+        CubinTarget {
+            capability: cc,
+            driver_version: ver,
+            driver_build: build.to_string(),
+        }
+    }
+
+    #[test]
+    fn cubin_keys_separate_devices_drivers_and_levels() {
+        let ptx = cache_key(&[b"program", b"opts"]);
+        let t = target((9, 0), 12080, "NVRM 570.124");
+        let k = cubin_key(&ptx, &t, 4);
+        assert_eq!(k, cubin_key(&ptx, &t.clone(), 4), "keys are deterministic");
+        let others = [
+            cubin_key(&cache_key(&[b"program2", b"opts"]), &t, 4),
+            cubin_key(&ptx, &target((8, 0), 12080, "NVRM 570.124"), 4),
+            cubin_key(&ptx, &target((9, 1), 12080, "NVRM 570.124"), 4),
+            cubin_key(&ptx, &target((9, 0), 12090, "NVRM 570.124"), 4),
+            cubin_key(&ptx, &target((9, 0), 12080, "NVRM 570.133"), 4),
+            cubin_key(&ptx, &t, 3),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(&k, o, "variation {i} must change the cubin key");
+        }
+        // sm_9,10 and sm_91,0 must not collide either
+        assert_ne!(
+            cubin_key(&ptx, &target((9, 10), 1, ""), 4),
+            cubin_key(&ptx, &target((91, 0), 1, ""), 4),
+        );
+        assert_ne!(k, ptx, "a cubin key is not its PTX key");
+    }
+
+    #[test]
+    fn cubin_entries_live_next_to_ptx_and_detect_corruption() {
+        let c = DiskCache::new(tmpdir("cubin"));
+        let ptx_key = cache_key(&[b"kernel"]);
+        let ckey = cubin_key(&ptx_key, &target((9, 0), 12080, "b"), 4);
+        // binary payload with NUL bytes, like a real ELF cubin
+        let cubin: Vec<u8> = b"\x7fELF"
+            .iter()
+            .copied()
+            .chain((0..5000u32).map(|i| (i * 7 % 256) as u8))
+            .collect();
+        c.put(&ptx_key, "ptx", b".version 8.0").unwrap();
+        c.put(&ckey, "cubin", &cubin).unwrap();
+        assert_eq!(c.get(&ckey, "cubin"), (Some(cubin.clone()), Lookup::Hit));
+        assert_eq!(c.get(&ptx_key, "ptx").1, Lookup::Hit);
+        // another device never sees it
+        let other = cubin_key(&ptx_key, &target((8, 6), 12080, "b"), 4);
+        assert_eq!(c.get(&other, "cubin"), (None, Lookup::Miss));
+        // each kind of damage is detected and the entry rebuilt; the PTX entry is untouched
+        let path = c.path(&ckey, "cubin");
+        let good = fs::read(&path).unwrap();
+        let damages: Vec<Vec<u8>> = vec![
+            good[..good.len() - 1].to_vec(),   // truncated payload
+            good[..MAGIC.len() + 20].to_vec(), // truncated header
+            Vec::new(),                        // empty file (crash before the first write)
+            {
+                let mut d = good.clone();
+                d[MAGIC.len() + 8] ^= 0x80; // checksum byte
+                d
+            },
+            {
+                let mut d = good.clone();
+                d[MAGIC.len()] ^= 1; // length field
+                d
+            },
+            {
+                let mut d = good.clone();
+                d.push(0); // trailing garbage
+                d
+            },
+        ];
+        for (i, bad) in damages.iter().enumerate() {
+            fs::write(&path, bad).unwrap();
+            let mut built = 0;
+            let (b, how) = c
+                .get_or_insert_with(&ckey, "cubin", || {
+                    built += 1;
+                    Ok::<_, ()>(cubin.clone())
+                })
+                .unwrap();
+            assert_eq!((how, built), (Lookup::Corrupt, 1), "damage {i}");
+            assert_eq!(b, cubin);
+            assert_eq!(c.get(&ckey, "cubin").1, Lookup::Hit, "damage {i}: rebuilt");
+        }
+        assert_eq!(c.get(&ptx_key, "ptx").1, Lookup::Hit);
+        c.remove(&ckey, "cubin");
+        assert_eq!(c.get(&ckey, "cubin").1, Lookup::Miss);
+        c.remove(&ckey, "cubin"); // removing a missing entry is fine
+        let _ = fs::remove_dir_all(c.dir());
+    }
+
+    /// The child half of [`two_processes_fill_one_cache`]: writes and reads one cubin
+    /// entry in a loop; does nothing unless started by that test.
+    #[test]
+    #[ignore]
+    fn cache_child_writer() {
+        let Some(dir) = std::env::var_os("ATTNC_CACHE_TEST_CHILD") else {
+            return;
+        };
+        let id: u8 = std::env::var("ATTNC_CACHE_TEST_ID")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let c = DiskCache::new(dir);
+        let k = cubin_key(&cache_key(&[b"shared"]), &target((9, 0), 1, ""), 4);
+        for i in 0..200u32 {
+            let payload = vec![id.wrapping_mul(31).wrapping_add(i as u8); 20_000 + id as usize];
+            c.put(&k, "cubin", &payload).unwrap();
+            let (got, how) = c.get(&k, "cubin");
+            assert_ne!(how, Lookup::Corrupt, "process {id} saw a partial entry");
+            let got = got.expect("an entry exists after a put");
+            assert!(got.iter().all(|x| *x == got[0]), "mixed payloads");
+        }
+    }
+
+    #[test]
+    fn two_processes_fill_one_cache() {
+        let dir = tmpdir("procs");
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..3)
+            .map(|id| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "cache::tests::cache_child_writer",
+                        "--exact",
+                        "--ignored",
+                        "--test-threads=1",
+                    ])
+                    .env("ATTNC_CACHE_TEST_CHILD", &dir)
+                    .env("ATTNC_CACHE_TEST_ID", id.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for ch in children {
+            let out = ch.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "child failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let c = DiskCache::new(&dir);
+        let k = cubin_key(&cache_key(&[b"shared"]), &target((9, 0), 1, ""), 4);
+        let (got, how) = c.get(&k, "cubin");
+        assert_eq!(how, Lookup::Hit);
+        assert!(got.unwrap().len() >= 20_000);
+        let shard = c.path(&k, "cubin").parent().unwrap().to_path_buf();
+        assert!(
+            fs::read_dir(&shard)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")),
+            "temporary files left behind"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 }

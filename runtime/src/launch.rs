@@ -14,11 +14,15 @@
 //! a conjunction of linear constraints) get no block maps at all: each launch passes the
 //! closed form's offsets for its params (`classify::closed_form_bounds`), or asks for
 //! every block partial when the mask's i32 arithmetic may wrap for that launch.
+//! CUDA JIT: `bind` gets a [`JitKernel`] from the process's [`JitCache`] under the tier
+//! policy of the bind options (or `ATTNC_JIT_TIERS`); each `forward` takes the module
+//! current at its start and releases retired ones after it has synchronized.
 
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
 use crate::cuda::{
-    CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, KvBlocks,
+    CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, JitKernel, JitStats,
+    JitTier, JitTiers, KvBlocks,
 };
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -47,7 +51,11 @@ pub(crate) enum Kernel {
         inputs: [Vec<f32>; 3],
     },
     Cuda {
-        kernel: Arc<CudaKernel>,
+        /// The best module loaded so far (tiered JIT: swapped to the optimized one when
+        /// it is ready; each call takes the current one once).
+        kernel: Arc<JitKernel>,
+        /// How the JIT served the bind.
+        jit: JitStats,
         info: MaskInfo,
         maps: Option<BlockMaps>,
         /// The block-table kernel, for masks over captured tensors with
@@ -58,32 +66,43 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// The kv-bounds source of a CUDA kernel.
-    pub(crate) fn kv_bounds(&self) -> Option<&KvBounds> {
+    pub(crate) fn kv_bounds(&self) -> Option<KvBounds> {
         match self {
-            Kernel::Cuda { kernel, .. } => Some(&kernel.meta().kv_bounds),
+            Kernel::Cuda { kernel, .. } => Some(kernel.current().0.meta().kv_bounds.clone()),
             _ => None,
         }
     }
 }
 
-/// The process's CUDA device 0 and its JIT cache (in memory, and PTX on disk), opened
+/// The process's CUDA device 0 and its JIT cache (in memory, PTX and cubins on disk), opened
 /// on first use. Opening a context costs tens of milliseconds, so all bindings share it.
 struct Gpu {
     device: CudaDevice,
     jit: JitCache,
 }
 
+static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
+
 fn gpu() -> Result<&'static Gpu, CudaError> {
-    static GPU: OnceLock<Result<Gpu, CudaError>> = OnceLock::new();
     GPU.get_or_init(|| {
         let device = CudaDevice::new(0)?;
+        let level = crate::cuda::jit::opt_level_from_env().map_err(CudaError::Mismatch)?;
         Ok(Gpu {
             device,
-            jit: JitCache::new(DiskCache::from_env()),
+            jit: JitCache::new(DiskCache::from_env()).with_opt_level(level),
         })
     })
     .as_ref()
     .map_err(|e| e.clone())
+}
+
+/// Waits (at most `timeout` in all) for the tiered JIT's background compiles of this
+/// process to finish, so that their optimized cubins reach the disk cache before a
+/// short-lived program exits. Returns at once when the CUDA backend was never used.
+pub fn wait_for_background_jit(timeout: std::time::Duration) {
+    if let Some(Ok(g)) = GPU.get() {
+        g.jit.wait_pending(timeout);
+    }
 }
 
 /// Name and compute capability of the GPU the CUDA backend would use.
@@ -186,6 +205,11 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                     });
                 }
             };
+            // a bad setting is reported before (and without) a device
+            let tiers = match opts.jit_tiers {
+                Some(t) => t,
+                None => JitTiers::from_env().map_err(Error::Usage)?,
+            };
             let g = gpu().map_err(|e| Error::BackendUnavailable {
                 backend: "cuda",
                 reason: e.to_string(),
@@ -197,13 +221,13 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 input,
             );
             popts.checked = opts.checked;
-            let (kernel, _stats) =
-                g.jit
-                    .get(&g.device, program, &popts)
-                    .map_err(|e| Error::Backend {
-                        backend: "cuda",
-                        message: e.to_string(),
-                    })?;
+            let (kernel, jit) = g
+                .jit
+                .get_tiered(&g.device, program, &popts, tiers)
+                .map_err(|e| Error::Backend {
+                    backend: "cuda",
+                    message: e.to_string(),
+                })?;
             let info = analyze(program);
             let table = if info.tier == Tier::Tensors && opts.gpu_block_tables {
                 let (t, _stats) =
@@ -219,6 +243,7 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
             };
             Ok(Kernel::Cuda {
                 kernel,
+                jit,
                 info,
                 maps: None,
                 table,
@@ -351,20 +376,26 @@ pub(crate) fn forward(
             Ok((o, lse))
         }
         Kernel::Cuda {
-            kernel,
+            kernel: jit,
             info,
             maps,
             table,
+            ..
         } => {
             let g = gpu().map_err(|e| cuda_error(variant, e))?;
+            // this call keeps the module it starts with, whatever is swapped in meanwhile
+            let (kernel, _) = jit.current();
             let p = cuda_problem(
-                g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+                g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
             )?;
             kernel
                 .launch(&g.device, &p)
                 .map_err(|e| cuda_error(variant, e))?;
             let (o, lse) = kernel
                 .download(&g.device, &p)
+                .map_err(|e| cuda_error(variant, e))?;
+            drop(kernel);
+            jit.release_retired(&g.device)
                 .map_err(|e| cuda_error(variant, e))?;
             let o_t = Tensor::from_bytes(
                 vec![o.len()],
@@ -484,8 +515,10 @@ fn cuda_problem(
 }
 
 /// For the CUDA backend: uploads the inputs once and times `iters` back-to-back launches
-/// on the device (CUDA events, median of 3 repetitions), excluding host transfers.
-/// `None` for backends that run on the host (time `forward` instead).
+/// on the device (CUDA events, median of 3 repetitions), excluding host transfers, of the
+/// module current at the start (a tier swapped in meanwhile is not mixed in); returns the
+/// milliseconds and that module's tier. `None` for backends that run on the host (time
+/// `forward` instead).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn device_time_ms(
     kernel: &mut Kernel,
@@ -497,24 +530,46 @@ pub(crate) fn device_time_ms(
     v: &Tensor,
     bindings: &Bindings,
     iters: usize,
-) -> Result<Option<f64>> {
+) -> Result<Option<(f64, JitTier)>> {
     let Kernel::Cuda {
-        kernel,
+        kernel: jit,
         info,
         maps,
         table,
+        ..
     } = kernel
     else {
         return Ok(None);
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
+    let (kernel, tier) = jit.current();
     let problem = cuda_problem(
-        g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+        g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
     )?;
     let ms = kernel
         .time(&g.device, &problem, 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
-    Ok(Some(ms))
+    Ok(Some((ms, tier)))
+}
+
+/// The JIT's report of a CUDA binding (`None` for other backends).
+pub(crate) fn jit_stats(kernel: &Kernel) -> Option<JitStats> {
+    match kernel {
+        Kernel::Cuda { jit, .. } => Some(*jit),
+        _ => None,
+    }
+}
+
+/// For a CUDA binding: waits (at most `timeout`) until the optimized module is in use;
+/// its timings, or the reason it is not. `None` for other backends.
+pub(crate) fn wait_optimized(
+    kernel: &Kernel,
+    timeout: std::time::Duration,
+) -> Option<Result<crate::cuda::ReadyStats, CudaError>> {
+    match kernel {
+        Kernel::Cuda { kernel, .. } => Some(kernel.wait_optimized(timeout)),
+        _ => None,
+    }
 }
 
 /// For the CUDA backend with the block table built on the GPU: uploads the inputs once
@@ -533,20 +588,22 @@ pub(crate) fn table_time_ms(
     iters: usize,
 ) -> Result<Option<f64>> {
     let Kernel::Cuda {
-        kernel,
+        kernel: jit,
         info,
         maps,
         table,
+        ..
     } = kernel
     else {
         return Ok(None);
     };
-    let Some(builder) = device_table(kernel, table, info, opts) else {
+    let (kernel, _) = jit.current();
+    let Some(builder) = device_table(&kernel, table, info, opts) else {
         return Ok(None);
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
     let problem = cuda_problem(
-        g, kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+        g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
     )?;
     let ms = builder
         .time_table(&g.device, &problem, 3, iters.max(1), 3)

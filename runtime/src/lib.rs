@@ -18,5 +18,5 @@ pub mod tensor;
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;
 pub use error::{Error, Result};
-pub use launch::cuda_device_info;
+pub use launch::{cuda_device_info, wait_for_background_jit};
 pub use tensor::{DType, Tensor};

@@ -393,3 +393,88 @@ fn run_reports_a_missing_capture_and_a_bad_input_file() {
     assert!(text(&out).contains("garbage.safetensors"), "{}", text(&out));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn jit_tier_settings_are_checked() {
+    // a bad flag value is a usage error naming the accepted values (no GPU needed)
+    let out = attnc(&[
+        "bench",
+        "examples/causal.attn",
+        "--backend",
+        "cuda",
+        "--dtype",
+        "bf16",
+        "--jit-tiers",
+        "fast",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("expected off, on"), "{}", text(&out));
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--inputs",
+        "x.safetensors",
+        "--output",
+        "y.safetensors",
+        "--jit-tiers",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("level 0-3"), "{}", text(&out));
+    // a bad ATTNC_JIT_TIERS is reported as such, before any device is opened
+    let out = Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args([
+            "bench",
+            "examples/causal.attn",
+            "--backend",
+            "cuda",
+            "--dtype",
+            "bf16",
+            "--lq",
+            "64",
+            "--h",
+            "1",
+        ])
+        .env("ATTNC_JIT_TIERS", "sometimes")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("ATTNC_JIT_TIERS: `sometimes` is not a JIT tier setting"),
+        "{}",
+        text(&out)
+    );
+    // valid values parse (then the run fails only for want of a GPU or input file)
+    for v in ["off", "on", "0", "3"] {
+        let out = attnc(&[
+            "run",
+            "examples/causal.attn",
+            "--inputs",
+            "/nonexistent.safetensors",
+            "--output",
+            "y.safetensors",
+            "--jit-tiers",
+            v,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{v}: {}", text(&out));
+        assert!(text(&out).contains("nonexistent"), "{v}: {}", text(&out));
+    }
+}
+
+#[test]
+fn emit_ptx_reports_codegen_stages() {
+    let out = attnc(&["emit", "ptx", "examples/causal.attn", "--d", "64", "--time"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("codegen")
+            && err.contains("llvm build")
+            && err.contains("opt")
+            && err.contains("ptx"),
+        "{err}"
+    );
+    let ptx = String::from_utf8_lossy(&out.stdout);
+    assert!(ptx.contains(".visible .entry"), "PTX on stdout");
+    assert!(!ptx.contains("codegen"), "timings go to stderr only");
+}

@@ -7,7 +7,8 @@
 //! kernels whose mask has a closed form (no mask, causal, sliding window, bands with
 //! empty first or last rows) compute their kv ranges in the kernel, and the same masks
 //! are run again with the block table forced (`PtxOptions::kv_table`), so the table path
-//! stays tested on index-only masks too.
+//! stays tested on index-only masks too. The JIT's cubin cache and tiered swap:
+//! `gpu_jit/mod.rs`.
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -22,6 +23,7 @@
 //! NaN never passes. The oracle sees the same rounded inputs, so the error comes only from
 //! the P rounding (relative 2^-8 for bf16, 2^-11 for f16) and the approximate ex2/lg2/tanh.
 
+mod gpu_jit;
 mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel, KvBlocks};
@@ -1168,6 +1170,16 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_api_closed_form_and_table_agree_with_reference",
         gpu_api_closed_form_and_table_agree_with_reference,
+    ),
+    // JIT: cubins through the disk cache, tiered swap (tests/gpu_jit/mod.rs)
+    (
+        "gpu_jit_cubin_round_trip",
+        gpu_jit::gpu_jit_cubin_round_trip,
+    ),
+    ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
+    (
+        "gpu_jit_bound_forward_across_the_swap",
+        gpu_jit::gpu_jit_bound_forward_across_the_swap,
     ),
 ];
 

@@ -1,10 +1,16 @@
 //! `attnc bench`: time one attention on one backend with synthetic inputs.
 //!
-//! In: the .attn file and attention, a shape, a backend, params. Out: compile time,
-//! time per call and FLOP rate counting only unmasked pairs, on stdout; for CUDA also
-//! where the kernel's kv blocks come from (`kv bounds: closed form` or `block table`)
-//! and, for masks over captured tensors, the time of the block-table build on the
-//! device ("block table (gpu)") next to the host build it replaces.
+//! In: the .attn file and attention, a shape, a backend, params, the JIT tier policy.
+//! Out: compile time, time per call and FLOP rate counting only unmasked pairs, on
+//! stdout. For CUDA also where the kernel's kv blocks come from (`kv bounds: closed
+//! form` or `block table`); for masks over captured tensors the time of the block-table
+//! build on the device ("block table (gpu)") next to the host build it replaces; and
+//! where the JIT's time went, one line each:
+//! `jit: codegen X ms (llvm build a, opt b, ptx c), driver d ms, load e ms, first usable
+//! F ms [tier; cubin/ptx cache lookups]` and `jit tiers: first usable F ms (Ok), optimized
+//! ready G ms (driver d ms, load e ms); kernel Ok x ms (T TFLOP/s), optimized y ms (T
+//! TFLOP/s)`, each kernel timed with its own module (the optimized one after waiting
+//! for it).
 
 use super::{BackendArg, parse_params};
 use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};
@@ -22,6 +28,8 @@ pub(crate) struct BenchArgs {
     pub iters: usize,
     pub params: Vec<String>,
     pub docs: usize,
+    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default on).
+    pub jit_tiers: Option<attnc::cuda::JitTiers>,
 }
 
 pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
@@ -38,6 +46,11 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         caps.params.insert(name, v);
     }
     let (q, k, v) = synth::qkv(&shape, dtype, 11);
+    // a bad ATTNC_JIT_TIERS is a usage error, before any device is opened
+    let jit_tiers = match a.jit_tiers {
+        Some(t) => t,
+        None => attnc::cuda::JitTiers::from_env().map_err(Error::Usage)?,
+    };
     // the CUDA context is created once per process (tens to hundreds of ms, paid by every
     // CUDA program); time it apart from the JIT
     if a.backend == BackendArg::Cuda {
@@ -48,6 +61,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     }
     let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
     opts.threads = a.threads;
+    opts.jit_tiers = Some(jit_tiers);
     let t0 = std::time::Instant::now();
     let mut bound = variant.bind(opts)?;
     let bind_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -59,7 +73,59 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
     let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
     let mut err = None;
-    let device_ms = bound.device_time_ms(&q, &k, &v, &caps, a.iters)?;
+    let flops = bench::flops(&shape, pairs);
+    let tflops = |ms: f64| flops / (ms * 1e-3) / 1e12;
+    let mut device_ms = None;
+    if let Some(jit) = bound.jit_stats() {
+        let c = &jit.codegen;
+        let lookup = |l: Option<attnc::cache::Lookup>| match l {
+            None => "-",
+            Some(attnc::cache::Lookup::Hit) => "hit",
+            Some(attnc::cache::Lookup::Miss) => "miss",
+            Some(attnc::cache::Lookup::Corrupt) => "corrupt (rebuilt)",
+        };
+        outln!(
+            "jit: codegen {:.1} ms (llvm build {:.1}, opt {:.1}, ptx {:.1}), driver {:.1} ms, load {:.2} ms, first usable {bind_ms:.2} ms [{} module; cubin {}, ptx {}{}]",
+            c.total_ms,
+            c.build_ms,
+            c.opt_ms,
+            c.ptx_ms,
+            jit.driver_ms,
+            jit.load_ms,
+            jit.tier,
+            lookup(jit.cubin),
+            lookup(jit.disk),
+            if jit.memory_hit { ", in memory" } else { "" },
+        );
+        // kernel time of the first module while it is still the current one
+        let first = match jit.tier {
+            attnc::cuda::JitTier::Low(_) => bound.device_time(&q, &k, &v, &caps, a.iters)?,
+            attnc::cuda::JitTier::Optimized => None,
+        };
+        let ready = bound.wait_optimized(std::time::Duration::from_secs(120));
+        let (opt_ms, opt_tier) = bound
+            .device_time(&q, &k, &v, &caps, a.iters)?
+            .ok_or_else(|| Error::Usage("the cuda backend gave no device time".into()))?;
+        let ready_text = match &ready {
+            Ok(Some(r)) if r.driver_ms > 0.0 => format!(
+                "optimized ready {:.1} ms (driver {:.1} ms, load {:.2} ms)",
+                r.ready_ms, r.driver_ms, r.load_ms
+            ),
+            Ok(Some(r)) => format!("optimized ready {:.2} ms (cubin from disk)", r.ready_ms),
+            Ok(None) => "optimized ready: n/a".to_string(),
+            Err(e) => format!("optimized tier failed: {e}"),
+        };
+        let first_text = match first {
+            Some((ms, tier)) => format!("kernel {tier} {ms:.3} ms ({:.1} TFLOP/s), ", tflops(ms)),
+            None => String::new(),
+        };
+        outln!(
+            "jit tiers: first usable {bind_ms:.2} ms ({}), {ready_text}; {first_text}kernel {opt_tier} {opt_ms:.3} ms ({:.1} TFLOP/s)",
+            jit.tier,
+            tflops(opt_ms),
+        );
+        device_ms = Some(opt_ms);
+    }
     let ms = if let Some(ms) = device_ms {
         ms
     } else {
@@ -84,7 +150,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         .kv_bounds()
         .map(|k| format!(", kv bounds: {}", k.name()))
         .unwrap_or_default();
-    let gflops = bench::flops(&shape, pairs) / (ms * 1e-3) / 1e9;
+    let gflops = flops / (ms * 1e-3) / 1e9;
     let unit = if device_ms.is_some() {
         format!("{:.1} TFLOP/s (device time)", gflops / 1e3)
     } else {

@@ -83,6 +83,9 @@ enum Command {
         /// Input dtype for ptx/llvm (bf16 or f16)
         #[arg(long, default_value = "bf16")]
         dtype: String,
+        /// Print where code generation time went (ptx/llvm) on stderr
+        #[arg(long)]
+        time: bool,
     },
     /// Run an attention on tensors from a safetensors file (q, k, v and captures by name)
     Run {
@@ -107,6 +110,9 @@ enum Command {
         /// CPU threads (0 = all cores)
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else on)
+        #[arg(long, value_parser = parse_tiers)]
+        jit_tiers: Option<attnc::cuda::JitTiers>,
     },
     /// Show the block structure of an attention's mask (derived by analysis) as text and pictures
     Blockmask {
@@ -171,6 +177,9 @@ enum Command {
         /// Number of sorted ids (documents) in synthetic integer tensors
         #[arg(long, default_value_t = 8)]
         docs: usize,
+        /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else on)
+        #[arg(long, value_parser = parse_tiers)]
+        jit_tiers: Option<attnc::cuda::JitTiers>,
     },
     /// Print the GPU the cuda backend would use (exit 1 when there is none)
     CudaInfo,
@@ -183,6 +192,10 @@ enum Command {
         #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
         backends: Vec<BackendArg>,
     },
+}
+
+fn parse_tiers(s: &str) -> Result<attnc::cuda::JitTiers, String> {
+    attnc::cuda::JitTiers::parse(s)
 }
 
 /// Parses `NAME=VALUE` params; the value's type is decided when binding (an integer
@@ -221,7 +234,8 @@ pub fn main() -> i32 {
             arch,
             d,
             dtype,
-        } => emit(kind, &file, attention.as_deref(), &arch, d, &dtype),
+            time,
+        } => emit(kind, &file, attention.as_deref(), &arch, d, &dtype, time),
         Command::Run {
             file,
             attention,
@@ -232,6 +246,7 @@ pub fn main() -> i32 {
             params,
             checked,
             threads,
+            jit_tiers,
         } => run::run(&run::RunArgs {
             file,
             attention,
@@ -242,6 +257,7 @@ pub fn main() -> i32 {
             params,
             checked,
             threads,
+            jit_tiers,
         }),
         Command::Demo { dir, backends } => demo::demo(&dir, &backends),
         Command::CudaInfo => attnc::cuda_device_info().map(|s| outln!("{s}")),
@@ -287,6 +303,7 @@ pub fn main() -> i32 {
             iters,
             params,
             docs,
+            jit_tiers,
         } => {
             let shape = attnc::Shape {
                 b,
@@ -307,9 +324,13 @@ pub fn main() -> i32 {
                 iters,
                 params,
                 docs,
+                jit_tiers,
             })
         }
     };
+    // let the tiered JIT's background compiles store their optimized cubins before the
+    // process exits (no wait when the CUDA backend was not used)
+    attnc::wait_for_background_jit(std::time::Duration::from_secs(60));
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -359,6 +380,7 @@ fn emit(
     arch: &str,
     d: usize,
     dtype: &str,
+    time: bool,
 ) -> Result<(), Error> {
     let compiled = Compiled::from_file(file)?;
     let variant = compiled.select(attention)?;
@@ -374,7 +396,9 @@ fn emit(
             out!("{text}");
         }
         EmitKind::Ptx | EmitKind::Llvm => {
-            use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit};
+            use attnc_compiler::backend::llvm::{
+                Arch, EmitText, InputType, PtxOptions, emit_timed,
+            };
             let arch = Arch::parse(arch)
                 .ok_or_else(|| Error::Usage(format!("--arch: `{arch}` is not sm_80 or sm_90")))?;
             let input = match dtype {
@@ -387,10 +411,22 @@ fn emit(
                 }
             };
             let opts = PtxOptions::new(arch, d as u32, d as u32, input);
-            let k = emit(variant.program(), &opts).map_err(|e| Error::Backend {
-                backend: "llvm",
-                message: e.to_string(),
-            })?;
+            let text = if kind == EmitKind::Ptx {
+                EmitText::PtxOnly
+            } else {
+                EmitText::PtxAndLlvm
+            };
+            let (k, t) =
+                emit_timed(variant.program(), &opts, text).map_err(|e| Error::Backend {
+                    backend: "llvm",
+                    message: e.to_string(),
+                })?;
+            if time {
+                eprintln!(
+                    "codegen {:.1} ms (llvm build {:.1}, opt {:.1}, ptx {:.1})",
+                    t.total_ms, t.build_ms, t.opt_ms, t.ptx_ms
+                );
+            }
             // which kv-bounds source the kernel takes, as a comment of the emitted language
             let (comment, text) = if kind == EmitKind::Ptx {
                 ("//", &k.ptx)

@@ -20,6 +20,8 @@ pub(crate) struct RunArgs {
     pub params: Vec<String>,
     pub checked: bool,
     pub threads: usize,
+    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default on).
+    pub jit_tiers: Option<attnc::cuda::JitTiers>,
 }
 
 pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
@@ -65,6 +67,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     opts.scale = a.scale;
     opts.checked = a.checked;
     opts.threads = a.threads;
+    opts.jit_tiers = a.jit_tiers;
     let mut bound = variant.bind(opts)?;
     let t0 = std::time::Instant::now();
     let out = bound.forward(&q, &k, &v, &captures)?;

@@ -25,16 +25,22 @@
 //!   (masks over captured tensors; no host pass and no table upload);
 //!   [`CudaKernel::download_table`] reads it back (tests), [`CudaKernel::time_table`]
 //!   times it.
-//! - [`JitCache`]: program + options -> loaded kernel (attention or block-table builder,
-//!   under different keys), through an in-memory map and the on-disk PTX cache of
-//!   [`crate::cache`].
+//! - [`JitCache`]: program + options -> loaded kernel ([`JitKernel`]; attention or
+//!   block-table builder, under different keys), through an in-memory map and the on-disk
+//!   cache of [`crate::cache`]: the optimized cubin (keyed by the device and driver too)
+//!   is loaded without any PTX compile; else the PTX (from disk or generated) is compiled
+//!   by the driver's linker, in tiers (see [`jit`]).
 
-use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id};
+pub mod jit;
+
+pub use jit::{JitKernel, JitTier, JitTiers, OPTIMIZED_LEVEL, ReadyStats};
+
+use crate::cache::{DiskCache, Lookup, cache_key, compiler_build_id, cubin_key};
 use attnc_compiler::analysis::blockmap::{BlockMaps, Run};
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
 use attnc_compiler::backend::llvm::{
-    self, Arch, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
+    self, Arch, EmitText, EmitTimes, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
 };
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::{Program, Scalar, write_program};
@@ -838,25 +844,36 @@ fn strip(k: &PtxKernel) -> PtxKernel {
     }
 }
 
-/// How a [`JitCache::get`] was served, with its timings.
+/// How a [`JitCache::get_tiered`] was served, with its timings (milliseconds).
 #[derive(Clone, Copy, Debug)]
 pub struct JitStats {
     /// Found loaded in memory.
     pub memory_hit: bool,
-    /// PTX found on disk (else generated).
+    /// The optimized cubin on disk (`None` without a disk cache or on a memory hit).
+    pub cubin: Option<Lookup>,
+    /// The PTX on disk (`None` without a disk cache, or when the cubin was found).
     pub disk: Option<Lookup>,
-    /// Milliseconds generating PTX (0 on a disk hit).
+    /// Generating PTX (0 when it came from disk or a cubin was found).
     pub codegen_ms: f64,
-    /// Milliseconds loading the module.
+    /// The stages of [`Self::codegen_ms`].
+    pub codegen: EmitTimes,
+    /// The driver compiling PTX to the first usable module's cubin (0 for a cubin from disk).
+    pub driver_ms: f64,
+    /// Loading the first usable module (`cuModuleLoadData` of the cubin + function lookup).
     pub load_ms: f64,
-    /// Total milliseconds.
+    /// From the call to a usable kernel.
     pub total_ms: f64,
+    /// The tier of the first usable module.
+    pub tier: JitTier,
 }
 
-/// Program + options -> loaded kernel, cached in memory (per device) and on disk (PTX).
+/// Program + options -> loaded kernel, cached in memory (per device) and on disk (PTX,
+/// and the optimized cubin per device and driver).
 pub struct JitCache {
     disk: Option<DiskCache>,
-    mem: Mutex<HashMap<String, Arc<CudaKernel>>>,
+    mem: Mutex<HashMap<String, Arc<JitKernel>>>,
+    /// `ptxas` level of the optimized tier.
+    opt_level: u8,
 }
 
 impl JitCache {
@@ -864,10 +881,18 @@ impl JitCache {
         JitCache {
             disk,
             mem: Mutex::new(HashMap::new()),
+            opt_level: OPTIMIZED_LEVEL,
         }
     }
 
-    /// The cache key of a program's kernel.
+    /// A cache whose optimized tier is compiled at `ptxas` level `level` (0..=4) instead
+    /// of [`OPTIMIZED_LEVEL`] (for measuring the levels; the level is part of the cubin key).
+    pub fn with_opt_level(mut self, level: u8) -> Self {
+        self.opt_level = level.min(OPTIMIZED_LEVEL);
+        self
+    }
+
+    /// The cache key of a program's kernel (its PTX).
     pub fn key(program: &Program, opts: &PtxOptions) -> String {
         cache_key(&[
             write_program(program).as_bytes(),
@@ -888,67 +913,106 @@ impl JitCache {
         ])
     }
 
-    /// The attention kernel of `program`.
+    /// The optimized attention kernel: [`Self::get_tiered`] with tiers off (blocks until
+    /// the optimized module is loaded, or takes the one in memory, which may still be low).
     pub fn get(
         &self,
         dev: &CudaDevice,
         program: &Program,
         opts: &PtxOptions,
     ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
-        self.get_kind(dev, program, opts, false)
+        let (k, stats) = self.get_kind(dev, program, opts, JitTiers::Off, false)?;
+        Ok((k.current().0, stats))
     }
 
     /// The block-table kernel of `program`'s mask (`llvm::emit_block_table`) for the tiles
-    /// of the attention kernel with the same options.
+    /// of the attention kernel with the same options (optimized; tiers off).
     pub fn get_table(
         &self,
         dev: &CudaDevice,
         program: &Program,
         opts: &PtxOptions,
     ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
-        self.get_kind(dev, program, opts, true)
+        let (k, stats) = self.get_kind(dev, program, opts, JitTiers::Off, true)?;
+        Ok((k.current().0, stats))
     }
 
+    /// The attention kernel of `program`, loaded under the tier policy `tiers`.
+    pub fn get_tiered(
+        &self,
+        dev: &CudaDevice,
+        program: &Program,
+        opts: &PtxOptions,
+        tiers: JitTiers,
+    ) -> Result<(Arc<JitKernel>, JitStats), CudaError> {
+        self.get_kind(dev, program, opts, tiers, false)
+    }
+
+    /// The attention kernel (`table` false) or the block-table kernel (`table` true).
     fn get_kind(
         &self,
         dev: &CudaDevice,
         program: &Program,
         opts: &PtxOptions,
+        tiers: JitTiers,
         table: bool,
-    ) -> Result<(Arc<CudaKernel>, JitStats), CudaError> {
+    ) -> Result<(Arc<JitKernel>, JitStats), CudaError> {
         let t0 = Instant::now();
         let key = if table {
             Self::table_key(program, opts)
         } else {
             Self::key(program, opts)
         };
-        if let Some(k) = self
-            .mem
-            .lock()
-            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
-            .get(&key)
-        {
+        let lock_err = || CudaError::Driver("JIT cache lock poisoned".into());
+        if let Some(k) = self.mem.lock().map_err(|_| lock_err())?.get(&key) {
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             return Ok((
                 k.clone(),
                 JitStats {
                     memory_hit: true,
+                    cubin: None,
                     disk: None,
                     codegen_ms: 0.0,
+                    codegen: EmitTimes::default(),
+                    driver_ms: 0.0,
                     load_ms: 0.0,
                     total_ms: ms,
+                    tier: k.tier(),
                 },
             ));
         }
-        let mut codegen_ms = 0.0;
+        let meta = if table {
+            llvm::block_table_layout(program, opts)?
+        } else {
+            llvm::layout(program, opts)?
+        };
+        let target = jit::cubin_target(dev)?;
+        let ckey = cubin_key(&key, &target, self.opt_level as u32);
+        let mut cubin_lookup = None;
+        if let Some(d) = &self.disk {
+            let (found, how) = jit::load_cached_cubin(dev, d, &ckey, &meta, t0);
+            cubin_lookup = Some(how);
+            if let Some(first) = found {
+                return Ok(self.finish(key, first, None, EmitTimes::default(), t0));
+            }
+        }
+        let mut codegen = EmitTimes::default();
         let mut gen_ptx = || -> Result<Vec<u8>, CudaError> {
-            let t = Instant::now();
-            let k = if table {
-                llvm::emit_block_table(program, opts)?
+            let (k, t) = if table {
+                let t = Instant::now();
+                let k = llvm::emit_block_table(program, opts)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                (
+                    k,
+                    EmitTimes {
+                        total_ms: ms,
+                        ..EmitTimes::default()
+                    },
+                )
             } else {
-                llvm::emit(program, opts)?
+                llvm::emit_timed(program, opts, EmitText::PtxOnly)?
             };
-            codegen_ms = t.elapsed().as_secs_f64() * 1e3;
+            codegen = t;
             Ok(k.ptx.into_bytes())
         };
         let (ptx, disk) = match &self.disk {
@@ -958,30 +1022,62 @@ impl JitCache {
             }
             None => (gen_ptx()?, None),
         };
-        let mut meta = if table {
-            llvm::block_table_layout(program, opts)?
-        } else {
-            llvm::layout(program, opts)?
-        };
-        meta.ptx = String::from_utf8(ptx)
+        let ptx = String::from_utf8(ptx)
             .map_err(|_| CudaError::Driver("cached PTX is not UTF-8".into()))?;
-        let k = Arc::new(CudaKernel::load(dev, &meta)?);
-        let load_ms = k.load_ms;
-        self.mem
-            .lock()
-            .map_err(|_| CudaError::Driver("cache lock poisoned".into()))?
-            .insert(key, k.clone());
-        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-        Ok((
-            k,
-            JitStats {
-                memory_hit: false,
-                disk,
-                codegen_ms,
-                load_ms,
-                total_ms,
-            },
-        ))
+        let mut first = jit::compile_and_load(
+            dev,
+            ptx,
+            &meta,
+            tiers,
+            self.opt_level,
+            self.disk.clone(),
+            ckey,
+            t0,
+        )?;
+        first.cubin = cubin_lookup;
+        Ok(self.finish(key, first, disk, codegen, t0))
+    }
+
+    /// Waits (at most `timeout` in all) until no kernel of this cache has a background
+    /// compile pending.
+    pub fn wait_pending(&self, timeout: std::time::Duration) {
+        let deadline = Instant::now() + timeout;
+        let kernels: Vec<Arc<JitKernel>> = match self.mem.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for k in kernels {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = k.wait_optimized(left);
+        }
+    }
+
+    fn finish(
+        &self,
+        key: String,
+        first: jit::FirstLoad,
+        disk: Option<Lookup>,
+        codegen: EmitTimes,
+        t0: Instant,
+    ) -> (Arc<JitKernel>, JitStats) {
+        let k = Arc::new(first.kernel);
+        // two threads may compile one kernel at once; the first to finish is kept
+        let k = match self.mem.lock() {
+            Ok(mut m) => m.entry(key).or_insert(k).clone(),
+            Err(_) => k,
+        };
+        let stats = JitStats {
+            memory_hit: false,
+            cubin: first.cubin,
+            disk,
+            codegen_ms: codegen.total_ms,
+            codegen,
+            driver_ms: first.driver_ms,
+            load_ms: first.load_ms,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            tier: first.tier,
+        };
+        (k, stats)
     }
 }
 

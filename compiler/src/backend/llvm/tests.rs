@@ -122,3 +122,24 @@ fn emit_latency() {
         println!("{}: emit {ms:.1} ms, {} bytes of PTX", p.name, k.ptx.len());
     }
 }
+
+#[test]
+fn emit_timed_ptx_only_gives_the_same_ptx_and_a_consistent_breakdown() {
+    let p = samples::document_causal();
+    let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let full = emit(&p, &opts).unwrap();
+    let (k, t) = emit_timed(&p, &opts, EmitText::PtxOnly).unwrap();
+    assert_eq!(
+        k.ptx, full.ptx,
+        "PTX must not depend on printing the LLVM IR"
+    );
+    assert!(k.llvm_ir.is_empty() && !full.llvm_ir.is_empty());
+    assert!(
+        t.build_ms > 0.0 && t.opt_ms > 0.0 && t.ptx_ms > 0.0,
+        "{t:?}"
+    );
+    assert!(
+        t.build_ms + t.opt_ms + t.ptx_ms <= t.total_ms + 1e-9,
+        "stages exceed the total: {t:?}"
+    );
+}
