@@ -1,6 +1,8 @@
 //! GPU differential tests: every sample kernel against the f64 oracle
 //! (`reference::attention`) on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128,
-//! bf16 and f16), fully masked rows, and checked mode.
+//! bf16 and f16), fully masked rows, and checked mode. Every case runs on each matrix
+//! path the device has (`mma.sync`; on sm_90 also `wgmma` where the case's tile and head
+//! dim fit it), each with both K pipelines; `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -19,7 +21,7 @@ mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, samples};
+use attnc_compiler::backend::llvm::{Arch, InputType, Mma, PtxOptions, emit, samples};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
 use attnc_compiler::reference;
@@ -128,20 +130,46 @@ fn check_scaled(
     seed: u64,
     scale: f32,
 ) -> Result<(), String> {
-    let sh = &c.shape;
-    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
-    opts = opts.with_m_tiles(c.mt);
-    opts.q_block = c.qb;
-    opts.kv_block = c.kvb;
-    // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
-    for kpf in [opts.k_prefetch, !opts.k_prefetch] {
-        let opts = PtxOptions {
-            k_prefetch: kpf,
-            ..opts
-        };
-        check_opts(dev, p, c, bind, maps.clone(), seed, scale, &opts)?;
+    for opts in paths(dev, c) {
+        // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
+        for kpf in [opts.k_prefetch, !opts.k_prefetch] {
+            let opts = PtxOptions {
+                k_prefetch: kpf,
+                ..opts
+            };
+            check_opts(dev, p, c, bind, maps.clone(), seed, scale, &opts)?;
+        }
     }
     Ok(())
+}
+
+/// The kernel options of case `c` on every matrix path this device runs: mma.sync with
+/// the case's m-tiles, and on sm_90 wgmma when the case's tile (q 64/128, kv 64/128) and
+/// head dims (multiples of 64) fit it. `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
+fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
+    let sh = &c.shape;
+    let mut base = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
+    base.mma = Mma::Sync;
+    let mut sync = base.with_m_tiles(c.mt);
+    sync.q_block = c.qb;
+    sync.kv_block = c.kvb;
+    let only = std::env::var("ATTNC_GPU_MMA").unwrap_or_default();
+    let mut v = Vec::new();
+    if only != "wgmma" {
+        v.push(sync);
+    }
+    let fits = dev.arch() == Arch::Sm90
+        && matches!(c.qb, 64 | 128)
+        && matches!(c.kvb, 64 | 128)
+        && sh.d % 64 == 0
+        && sh.dv % 64 == 0;
+    if fits && only != "sync" {
+        let mut w = base.wgmma();
+        w.q_block = c.qb;
+        w.kv_block = c.kvb;
+        v.push(w);
+    }
+    v
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -165,7 +193,7 @@ fn check_opts(
     let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
     let (o, lse) = kern
         .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{:?} kpf {}: {e}", opts.mma, opts.k_prefetch))?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {
@@ -178,7 +206,13 @@ fn check_opts(
         let g = from_bits(*got, c.ty);
         let err = (g - w).abs();
         if g.is_nan() || err > abs + rel * w.abs() {
-            return Err(format!("O[{i}] = {g}, oracle {w} (row {})", i / sh.dv));
+            return Err(format!(
+                "{:?} kpf {}: O[{i}] = {g}, oracle {w} (row {}, col {})",
+                opts.mma,
+                opts.k_prefetch,
+                i / sh.dv,
+                i % sh.dv
+            ));
         }
         worst = worst.max(err);
     }
@@ -189,18 +223,22 @@ fn check_opts(
             (g - w).abs() <= 0.01 + 0.005 * w.abs()
         };
         if !ok || g.is_nan() {
-            return Err(format!("LSE[{i}] = {g}, oracle {w}"));
+            return Err(format!(
+                "{:?} kpf {}: LSE[{i}] = {g}, oracle {w}",
+                opts.mma, opts.k_prefetch
+            ));
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} {:?}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
         c.qb,
         c.kvb,
         c.mt,
-        opts.k_prefetch
+        opts.k_prefetch,
+        opts.mma
     );
     Ok(())
 }
@@ -306,9 +344,18 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     let (qb, _) = random_input(&mut r, shape.q_len(), 1.0, InputType::Bf16);
     let (kb, _) = random_input(&mut r, shape.k_len(), 1.0, InputType::Bf16);
     let (vb, _) = random_input(&mut r, shape.v_len(), 1.0, InputType::Bf16);
-    for checked in [false, true] {
-        let mut opts = PtxOptions::new(dev.arch(), 64, 64, InputType::Bf16);
-        opts.q_block = 64;
+    let case = Case {
+        shape: shape.clone(),
+        ty: InputType::Bf16,
+        qb: 64,
+        kvb: 64,
+        mt: 1,
+    };
+    for (checked, base) in paths(dev, &case)
+        .into_iter()
+        .flat_map(|o| [(false, o), (true, o)])
+    {
+        let mut opts = base;
         opts.checked = checked;
         let k = CudaKernel::load(dev, &emit(&p, &opts).unwrap()).unwrap();
         let res = k.forward_host(dev, &shape, &qb, &kb, &vb, 0.125, &bind, &maps);

@@ -13,7 +13,7 @@ mod gpu_util;
 use attnc::cache::DiskCache;
 use attnc::cuda::{CudaKernel, JitCache};
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::backend::llvm::{InputType, PtxOptions, samples};
+use attnc_compiler::backend::llvm::{InputType, Mma, PtxOptions, samples};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
 use attnc_compiler::shape::Shape;
@@ -56,7 +56,8 @@ fn variants(h: i32) -> Vec<Variant> {
 }
 
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
-/// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync).
+/// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
+/// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -66,10 +67,15 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w'])
         .parse()
         .unwrap_or(1);
-    let mut o = PtxOptions::new(arch, d, d, ty).with_m_tiles(n);
+    let mut o = PtxOptions::new(arch, d, d, ty);
+    o.mma = Mma::Sync;
+    o = o.with_m_tiles(n);
+    if mt.contains('w') {
+        o = o.wgmma();
+    }
     o.q_block = qb;
     o.kv_block = kvb;
     if mt.contains('r') {
@@ -104,7 +110,13 @@ fn gpu_bench() {
     // q_block x kv_block x m-tiles per warp, then `r` (Q in registers) or `s` (Q re-read
     // from shared memory) to override the default
     let tiles: Vec<(u32, u32, String)> = std::env::var("ATTNC_BENCH_TILES")
-        .unwrap_or_else(|_| "128x64x2,128x128x2,64x64x1,128x64x1".into())
+        .unwrap_or_else(|_| {
+            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw".into()
+            } else {
+                "128x64x2,128x128x2,64x64x1,128x64x1".into()
+            }
+        })
         .split(',')
         .filter_map(|t| {
             let mut it = t.split('x');

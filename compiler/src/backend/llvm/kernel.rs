@@ -29,8 +29,8 @@
 //! `lane/4 + 8`, columns `2 (lane % 4) + {0, 1}`.
 
 use super::expr::{Elem, Env, TensorArg, emit_function};
-use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
-use super::{InputType, KernelParam, LlvmError, PtxOptions};
+use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
+use super::{InputType, KernelParam, LlvmError, Mma, PtxOptions};
 use crate::ir::{Program, Type};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -44,21 +44,27 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
 
 /// Shared-memory tiles of Q, K and V.
+/// On the wgmma path they are in the 128-byte-swizzled slab layout (every tile a
+/// multiple of 1024 bytes, so each swizzle atom is 1024-byte aligned).
 fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
+    let slab = opts.mma == Mma::Wgmma;
     let q = SmemTile {
         offset: 0,
         rows: opts.q_block,
         cols: opts.d,
+        slab,
     };
     let k = SmemTile {
         offset: q.bytes(),
         rows: opts.kv_block,
         cols: opts.d,
+        slab,
     };
     let v = SmemTile {
         offset: q.bytes() + k.bytes() * if opts.k_prefetch { 2 } else { 1 },
         rows: opts.kv_block,
         cols: opts.dv,
+        slab,
     };
     (q, k, v)
 }
@@ -102,6 +108,8 @@ struct Cfg {
     /// m16 tiles of query rows per warp.
     mt: usize,
     q_in_regs: bool,
+    /// The wgmma path (else mma.sync).
+    wg: bool,
     q: SmemTile,
     k: SmemTile,
     v: SmemTile,
@@ -175,7 +183,8 @@ pub(crate) fn build<'ctx>(
         kvb: opts.kv_block,
         threads,
         mt: opts.m_tiles as usize,
-        q_in_regs: opts.q_in_regs,
+        q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
+        wg: opts.mma == Mma::Wgmma,
         q,
         k,
         v,
@@ -183,6 +192,10 @@ pub(crate) fn build<'ctx>(
     let smem_bytes = v.offset + v.bytes();
 
     let g = Gpu::new(ctx, module, func);
+    if cfg.wg {
+        // the wgmma swizzle atoms (1024 bytes) must be aligned in the shared window
+        g.smem.set_alignment(1024);
+    }
     let allocas = g.block("allocas");
     let start = g.block("start");
     g.ab.position_at_end(allocas);
@@ -392,8 +405,9 @@ fn body<'ctx>(
         let neg = g.fcmp(FloatPredicate::OLT, scale, g.cf(0.0))?;
         g.if_then(neg, || negate_own_chunks(g, &c.q, tid, c.threads))?;
     }
+    proxy_fence(g, c)?;
     g.barrier()?;
-    let qfrag = if c.q_in_regs {
+    let qfrag = if c.q_in_regs && !c.wg {
         Some(load_q_fragments(g, c, &cx)?)
     } else {
         None
@@ -408,6 +422,7 @@ fn body<'ctx>(
     let r = g.geti(&st_r)?;
     let kv0 = kv_start(j)?;
     g.cp_async_wait(0)?;
+    proxy_fence(g, c)?;
     g.barrier()?;
     c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
     g.cp_async_commit()?;
@@ -433,12 +448,17 @@ fn body<'ctx>(
             c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
         })?;
         g.cp_async_commit()?;
-        let s = qk(g, c, &cx, qfrag.as_deref(), kbuf)?;
+        let s = if c.wg {
+            qk_wgmma(g, c, &cx, kbuf)?
+        } else {
+            qk(g, c, &cx, qfrag.as_deref(), kbuf)?
+        };
         let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
         let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
         // V[j] (K[next] may still be in flight)
         let mut sync = || -> R<()> {
             g.cp_async_wait(1)?;
+            proxy_fence(g, c)?;
             g.barrier()
         };
         let pfrag = if opts.early_sync && raw {
@@ -448,7 +468,11 @@ fn body<'ctx>(
             sync()?;
             p
         };
-        pv(g, c, &cx, &pfrag, &o_acc)?;
+        if c.wg {
+            pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+        } else {
+            pv(g, c, &cx, &pfrag, &o_acc)?;
+        }
         g.set(&st_j, next_j)?;
         g.set(&st_end, next_end)?;
         g.set(&st_full, next_full)?;
@@ -456,12 +480,17 @@ fn body<'ctx>(
         g.set(&st_kbuf, other)?;
         g.cond_br(has_next, lp, epi)?;
     } else {
-        let s = qk(g, c, &cx, qfrag.as_deref(), zero)?;
+        let s = if c.wg {
+            qk_wgmma(g, c, &cx, zero)?
+        } else {
+            qk(g, c, &cx, qfrag.as_deref(), zero)?
+        };
         let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
         let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
         // V[j], then K[next] into the buffer every warp has finished reading
         let mut sync = || -> R<()> {
             g.cp_async_wait(0)?;
+            proxy_fence(g, c)?;
             g.barrier()?;
             g.if_then(has_next, || {
                 let nkv0 = kv_start(next_j)?;
@@ -476,7 +505,11 @@ fn body<'ctx>(
             sync()?;
             p
         };
-        pv(g, c, &cx, &pfrag, &o_acc)?;
+        if c.wg {
+            pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+        } else {
+            pv(g, c, &cx, &pfrag, &o_acc)?;
+        }
         g.set(&st_j, next_j)?;
         g.set(&st_end, next_end)?;
         g.set(&st_full, next_full)?;
@@ -602,6 +635,76 @@ fn qk<'ctx>(
         }
     }
     Ok(s)
+}
+
+/// On the wgmma path: makes this thread's shared-memory writes (cp.async, the Q negation)
+/// visible to the tensor cores' async-proxy reads after the barrier that follows.
+fn proxy_fence(g: &Gpu<'_>, c: &Cfg) -> R<()> {
+    if c.wg { g.fence_proxy_async() } else { Ok(()) }
+}
+
+/// Byte offset of the 16-column step `ks` (of a 128-byte-swizzled slab tile) from the
+/// tile start: the slab, then 32 bytes per step inside the 128-byte row (the hardware
+/// applies the swizzle to the address bits, so the start moves unswizzled).
+fn kstep_offset(t: &SmemTile, ks: u32) -> u32 {
+    (ks / 4) * t.rows * 128 + (ks % 4) * 32
+}
+
+/// S = Q K^T with wgmma for this warp's 16 rows (its warpgroup's 64): `kv_block / 8`
+/// m16n8-ordered accumulators, in the `[m-tile][n-tile]` shape of `qk` (one m-tile).
+/// Q and K are K-major in shared memory (8-row groups 1024 bytes apart); issued, then
+/// waited for at once.
+fn qk_wgmma<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    kbuf: IntValue<'ctx>,
+) -> R<Vec<Vec<[FloatValue<'ctx>; 4]>>> {
+    let wgi = g.lshr(cx.warp, g.c32(2))?;
+    let q_base = g.smem_addr32(g.add(g.mul(wgi, g.c32(64 * 128))?, g.c32(c.q.offset as i64))?)?;
+    let k_base = g.smem_addr32(g.add(kbuf, g.c32(c.k.offset as i64))?)?;
+    g.wgmma_fence()?;
+    let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
+    for ks in 0..c.d / 16 {
+        let da = g.wgmma_desc(g.add(q_base, g.c32(kstep_offset(&c.q, ks) as i64))?, 16, 1024)?;
+        let db = g.wgmma_desc(g.add(k_base, g.c32(kstep_offset(&c.k, ks) as i64))?, 16, 1024)?;
+        acc = Some(g.wgmma(c.ty, c.kvb, WgmmaA::Desc(da), db, false, acc.as_deref())?);
+    }
+    g.wgmma_commit()?;
+    let acc = g.wgmma_wait(0, &acc.ok_or(LlvmError::Internal("empty QK"))?)?;
+    Ok(vec![acc.chunks(4).map(|x| [x[0], x[1], x[2], x[3]]).collect()])
+}
+
+/// O += P V with wgmma: P from registers (the A fragments of `online_softmax`, one
+/// m-tile), V N-major in shared memory (`imm-trans-b`): 64-column slabs `kv_block * 128`
+/// bytes apart (leading byte offset), 8 kv rows 1024 bytes apart (stride byte offset).
+fn pv_wgmma<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    _cx: &Ctx<'ctx>,
+    pfrag: &[Vec<[IntValue<'ctx>; 4]>],
+    o: &[Vec<[Var<'ctx>; 4]>],
+) -> R<()> {
+    let mut acc: Vec<FloatValue<'ctx>> = Vec::with_capacity(c.dv as usize / 2);
+    for x in &o[0] {
+        for v in x {
+            acc.push(g.getf(v)?);
+        }
+    }
+    let v_base = g.smem_addr32(g.c32(c.v.offset as i64))?;
+    g.wgmma_fence()?;
+    for kk in 0..c.kvb / 16 {
+        let db = g.wgmma_desc(g.add(v_base, g.c32(kk as i64 * 16 * 128))?, c.v.rows * 128, 1024)?;
+        acc = g.wgmma(c.ty, c.dv, WgmmaA::Regs(pfrag[0][kk as usize]), db, true, Some(&acc))?;
+    }
+    g.wgmma_commit()?;
+    let acc = g.wgmma_wait(0, &acc)?;
+    for (x, v) in o[0].iter().zip(acc.chunks(4)) {
+        for i in 0..4 {
+            g.set(&x[i], v[i])?;
+        }
+    }
+    Ok(())
 }
 
 /// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full

@@ -73,6 +73,19 @@ impl fmt::Display for Arch {
     }
 }
 
+/// The tensor-core instruction family of the two matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mma {
+    /// `mma.sync` m16n8k16 per warp, operands through `ldmatrix` (sm_80 and later).
+    Sync,
+    /// Hopper `wgmma.mma_async` per warpgroup of 4 warps (64 query rows each): S = Q K^T
+    /// with Q and K read by the tensor cores from 128-byte-swizzled shared memory, O += P V
+    /// with P from registers and V from shared memory (transposed by the instruction).
+    /// Needs `Arch::Sm90` (the PTX targets `sm_90a`), head dims that are multiples of 64
+    /// up to 256 and one m-tile per warp.
+    Wgmma,
+}
+
 /// Element type of Q, K, V and O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputType {
@@ -121,6 +134,8 @@ pub struct PtxOptions {
     /// 128x64x2 dense 327 against 320-326; but ALiBi + causal (a score function) 2.06 ms
     /// against 1.87.
     pub early_sync: bool,
+    /// The matrix instruction family (`Mma::Wgmma` only on sm_90).
+    pub mma: Mma,
 }
 
 impl PtxOptions {
@@ -141,6 +156,7 @@ impl PtxOptions {
             q_in_regs: true,
             k_prefetch: dv <= 128,
             early_sync: true,
+            mma: Mma::Sync,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -162,6 +178,27 @@ impl PtxOptions {
         self.k_prefetch = m_tiles * self.dv <= 128;
         self
     }
+    /// These options on the wgmma path with its tile defaults: 128 query rows (two
+    /// warpgroups), kv tiles of 64, one m-tile per warp, K prefetched a whole iteration
+    /// ahead.
+    pub fn wgmma(self) -> Self {
+        PtxOptions {
+            mma: Mma::Wgmma,
+            q_block: 128,
+            kv_block: 64,
+            m_tiles: 1,
+            q_in_regs: false,
+            k_prefetch: true,
+            ..self
+        }
+    }
+    /// The PTX target: `sm_90a` for wgmma (arch-specific features), else the arch.
+    pub fn target_cpu(&self) -> &'static str {
+        match self.mma {
+            Mma::Wgmma => "sm_90a",
+            Mma::Sync => self.arch.name(),
+        }
+    }
     /// Threads per CTA: one warp per `16 * m_tiles` query rows.
     pub fn threads(&self) -> u32 {
         self.q_block / (16 * self.m_tiles.max(1)) * 32
@@ -181,7 +218,7 @@ impl PtxOptions {
             self.q_in_regs,
             self.k_prefetch,
             self.early_sync
-        )
+        ) + if self.mma == Mma::Wgmma { " mma=wgmma" } else { "" }
     }
     fn validate(&self) -> Result<(), LlvmError> {
         let dim_ok = |x: u32| x >= 16 && x <= 256 && x % 16 == 0;
@@ -202,6 +239,27 @@ impl PtxOptions {
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
             )));
+        }
+        if self.mma == Mma::Wgmma {
+            if self.arch != Arch::Sm90 {
+                return Err(LlvmError::Unsupported(format!(
+                    "wgmma needs sm_90 (the kernel targets sm_90a), not {}",
+                    self.arch
+                )));
+            }
+            let ok = |x: u32| x % 64 == 0 && x <= 256;
+            if !ok(self.d) || !ok(self.dv) {
+                return Err(LlvmError::Unsupported(format!(
+                    "head dims D={} Dv={}: the wgmma kernel supports multiples of 64 up to 256",
+                    self.d, self.dv
+                )));
+            }
+            if self.m_tiles != 1 || !matches!(self.q_block, 64 | 128) || !matches!(self.kv_block, 64 | 128) {
+                return Err(LlvmError::Unsupported(format!(
+                    "wgmma tile {}x{} with {} m-tiles: needs q_block 64 or 128, kv_block 64 or 128 and 1 m-tile",
+                    self.q_block, self.kv_block, self.m_tiles
+                )));
+            }
         }
         let threads = self.threads();
         for (what, rows, cols) in [
@@ -323,7 +381,7 @@ pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError
     let tm = target
         .create_target_machine(
             &triple,
-            opts.arch.name(),
+            opts.target_cpu(),
             opts.arch.ptx_feature(),
             OptimizationLevel::Aggressive,
             RelocMode::Default,

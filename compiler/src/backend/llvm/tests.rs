@@ -83,19 +83,24 @@ fn dump_ptx() {
     let dir = std::env::var("ATTNC_PTX_DUMP").unwrap_or_else(|_| "/tmp/attnc_ptx".into());
     std::fs::create_dir_all(&dir).unwrap();
     for p in samples::all(16) {
-        for (d, ty, checked) in [
-            (128, InputType::Bf16, false),
-            (64, InputType::Bf16, false),
-            (128, InputType::F16, true),
+        for (d, ty, checked, wg) in [
+            (128, InputType::Bf16, false, false),
+            (64, InputType::Bf16, false, false),
+            (128, InputType::F16, true, false),
+            (128, InputType::Bf16, false, true),
         ] {
             let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+            if wg {
+                opts = opts.wgmma();
+            }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
             let stem = format!(
-                "{dir}/{}_d{d}_{}{}",
+                "{dir}/{}_d{d}_{}{}{}",
                 p.name,
                 ty.name(),
-                if checked { "_checked" } else { "" }
+                if checked { "_checked" } else { "" },
+                if wg { "_wgmma" } else { "" }
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -120,5 +125,62 @@ fn emit_latency() {
         let k = emit(&p, &opts).unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
         println!("{}: emit {ms:.1} ms, {} bytes of PTX", p.name, k.ptx.len());
+    }
+}
+
+#[test]
+fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
+    for p in samples::all(16) {
+        for (d, ty, kvb) in [
+            (128, InputType::Bf16, 64),
+            (64, InputType::F16, 128),
+            (128, InputType::F16, 128),
+        ] {
+            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty).wgmma();
+            opts.kv_block = kvb;
+            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(k.ptx.contains(".target sm_90a"), "{}", p.name);
+            assert_eq!(k.threads, 256);
+            let t = ty.name();
+            for want in [
+                format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
+                format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.{t}.{t}"),
+                "wgmma.fence.sync.aligned".into(),
+                "wgmma.commit_group.sync.aligned".into(),
+                "wgmma.wait_group.sync.aligned 0".into(),
+                "fence.proxy.async.shared::cta".into(),
+                ".align 1024 .b8 smem".into(),
+            ] {
+                assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
+            }
+            assert!(!k.ptx.contains("mma.sync"), "{}", p.name);
+            assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
+            assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
+        }
+    }
+}
+
+#[test]
+fn wgmma_rejects_what_it_cannot_run() {
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma();
+    let sm80 = PtxOptions {
+        arch: Arch::Sm80,
+        ..base
+    };
+    let d96 = PtxOptions {
+        d: 96,
+        dv: 96,
+        ..base
+    };
+    let mt2 = PtxOptions { m_tiles: 2, ..base };
+    let kv32 = PtxOptions {
+        kv_block: 32,
+        ..base
+    };
+    for o in [sm80, d96, mt2, kv32] {
+        assert!(
+            matches!(emit(&samples::dense(), &o), Err(LlvmError::Unsupported(_))),
+            "{o:?}"
+        );
     }
 }
