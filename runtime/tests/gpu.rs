@@ -132,7 +132,13 @@ fn check_scaled(
 ) -> Result<(), String> {
     for opts in paths(dev, c) {
         // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
-        for kpf in [opts.k_prefetch, !opts.k_prefetch] {
+        // (with `overlap` K is always double-buffered: one run)
+        let kpfs = if opts.overlap {
+            vec![true]
+        } else {
+            vec![opts.k_prefetch, !opts.k_prefetch]
+        };
+        for kpf in kpfs {
             let opts = PtxOptions {
                 k_prefetch: kpf,
                 ..opts
@@ -168,6 +174,7 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
         w.q_block = c.qb;
         w.kv_block = c.kvb;
         v.push(w);
+        v.push(PtxOptions { overlap: true, ..w });
     }
     v
 }
@@ -193,7 +200,7 @@ fn check_opts(
     let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
     let (o, lse) = kern
         .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
-        .map_err(|e| format!("{:?} kpf {}: {e}", opts.mma, opts.k_prefetch))?;
+        .map_err(|e| format!("{:?} overlap {} kpf {}: {e}", opts.mma, opts.overlap, opts.k_prefetch))?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {
@@ -207,8 +214,9 @@ fn check_opts(
         let err = (g - w).abs();
         if g.is_nan() || err > abs + rel * w.abs() {
             return Err(format!(
-                "{:?} kpf {}: O[{i}] = {g}, oracle {w} (row {}, col {})",
+                "{:?} overlap {} kpf {}: O[{i}] = {g}, oracle {w} (row {}, col {})",
                 opts.mma,
+                opts.overlap,
                 opts.k_prefetch,
                 i / sh.dv,
                 i % sh.dv
@@ -224,13 +232,13 @@ fn check_opts(
         };
         if !ok || g.is_nan() {
             return Err(format!(
-                "{:?} kpf {}: LSE[{i}] = {g}, oracle {w}",
-                opts.mma, opts.k_prefetch
+                "{:?} overlap {} kpf {}: LSE[{i}] = {g}, oracle {w}",
+                opts.mma, opts.overlap, opts.k_prefetch
             ));
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} {:?}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} {:?} overlap {}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
@@ -238,7 +246,8 @@ fn check_opts(
         c.kvb,
         c.mt,
         opts.k_prefetch,
-        opts.mma
+        opts.mma,
+        opts.overlap
     );
     Ok(())
 }

@@ -57,7 +57,8 @@ fn variants(h: i32) -> Vec<Variant> {
 
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
 /// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
-/// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`).
+/// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
+/// `wo` for wgmma with the pipelined P V (`overlap`)).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -67,7 +68,7 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o'])
         .parse()
         .unwrap_or(1);
     let mut o = PtxOptions::new(arch, d, d, ty);
@@ -75,6 +76,7 @@ fn tile_opts(
     o = o.with_m_tiles(n);
     if mt.contains('w') {
         o = o.wgmma();
+        o.overlap = mt.contains('o');
     }
     o.q_block = qb;
     o.kv_block = kvb;
@@ -112,7 +114,7 @@ fn gpu_bench() {
     let tiles: Vec<(u32, u32, String)> = std::env::var("ATTNC_BENCH_TILES")
         .unwrap_or_else(|_| {
             if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
-                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw".into()
+                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw,128x64xwo,128x128xwo".into()
             } else {
                 "128x64x2,128x128x2,64x64x1,128x64x1".into()
             }
@@ -192,6 +194,12 @@ fn gpu_bench() {
                     .unwrap();
                 let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
                 let tf = 4.0 * (b * h * l * l * d) as f64 / ms / 1e9;
+                if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
+                    let _ = std::fs::create_dir_all(&dir);
+                    if let Ok(k) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts) {
+                        let _ = std::fs::write(format!("{dir}/tile_d{d}_{qb}x{kvb}x{mt}.ptx"), k.ptx);
+                    }
+                }
                 println!("tile {qb}x{kvb}x{mt} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
                 if ms < best.1 {
                     best = ((qb, kvb, mt), ms);

@@ -61,7 +61,7 @@ fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
         slab,
     };
     let v = SmemTile {
-        offset: q.bytes() + k.bytes() * if opts.k_prefetch { 2 } else { 1 },
+        offset: q.bytes() + k.bytes() * if opts.k_prefetch || opts.overlap { 2 } else { 1 },
         rows: opts.kv_block,
         cols: opts.dv,
         slab,
@@ -69,10 +69,12 @@ fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
     (q, k, v)
 }
 
-/// (threads per CTA, dynamic shared memory bytes).
+/// (threads per CTA, dynamic shared memory bytes): Q, one or two K tiles, one or (with
+/// `overlap`) two V tiles.
 pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
     let (_, _, v) = tiles(opts);
-    (opts.threads(), v.offset + v.bytes())
+    let nv = if opts.overlap { 2 } else { 1 };
+    (opts.threads(), v.offset + v.bytes() * nv)
 }
 
 pub(crate) struct Built<'ctx> {
@@ -189,7 +191,7 @@ pub(crate) fn build<'ctx>(
         k,
         v,
     };
-    let smem_bytes = v.offset + v.bytes();
+    let smem_bytes = sizes(opts).1;
 
     let g = Gpu::new(ctx, module, func);
     if cfg.wg {
@@ -352,6 +354,28 @@ fn body<'ctx>(
     let st_kbuf = g.var(g.i32, g.c32(0))?;
     let st_nj = g.var(g.i32, g.c32(0))?;
     let zero = g.c32(0);
+    // with `overlap`: the V buffer of block j, P of the previous block (zero before the
+    // first) and the deferred O rescale factors
+    let st_vbuf = g.var(g.i32, g.c32(0))?;
+    let (p_prev, alpha) = if c.wg && opts.overlap {
+        (
+            (0..c.kvb / 16)
+                .map(|_| {
+                    Ok([
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                    ])
+                })
+                .collect::<R<Vec<_>>>()?,
+            (0..c.mt)
+                .map(|_| Ok([g.var(g.f32, g.cf(1.0))?, g.var(g.f32, g.cf(1.0))?]))
+                .collect::<R<Vec<_>>>()?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
 
     // the block after (j, run end, full, run r): the rest of this run, else the next run
     // of the row; (next j, end, full, r, whether there is one). The run read is always
@@ -405,6 +429,10 @@ fn body<'ctx>(
         let neg = g.fcmp(FloatPredicate::OLT, scale, g.cf(0.0))?;
         g.if_then(neg, || negate_own_chunks(g, &c.q, tid, c.threads))?;
     }
+    if c.wg && opts.overlap {
+        // the first iteration's P V reads the second V buffer with P = 0: keep it finite
+        zero_own_chunks(g, &c.v, tid, c.threads, c.v.bytes())?;
+    }
     proxy_fence(g, c)?;
     g.barrier()?;
     let qfrag = if c.q_in_regs && !c.wg {
@@ -424,6 +452,68 @@ fn body<'ctx>(
     g.cp_async_wait(0)?;
     proxy_fence(g, c)?;
     g.barrier()?;
+    if c.wg && opts.overlap {
+        let tail = g.block("pv_last");
+        // K[j] and V[j-1] are in shared memory; V[j] and K[next] start copying into the
+        // buffers that S(j-1) and P V(j-2) read (both finished before the barrier above)
+        let vbuf = g.geti(&st_vbuf)?;
+        let kbuf = g.geti(&st_kbuf)?;
+        let vother = g.xor(vbuf, g.c32(c.v.bytes() as i64))?;
+        let kother = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
+        c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, vbuf)?;
+        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        g.if_then(has_next, || {
+            let nkv0 = kv_start(next_j)?;
+            c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, kother)
+        })?;
+        g.cp_async_commit()?;
+        // S(j), then P V(j-1): two wgmma groups; wait for the first only
+        let s_async = qk_wgmma_issue(g, c, &cx, kbuf)?;
+        let o_in = o_values(g, &o_acc)?;
+        let p_in = p_values(g, &p_prev)?;
+        let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vother)?;
+        let s = split4(&g.wgmma_wait(1, &s_async)?);
+        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+        let (pfrag, any) =
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, Some(&alpha), &mut || Ok(()))?;
+        let o_now = g.wgmma_wait(0, &o_async)?;
+        set_o(g, &o_acc, &o_now)?;
+        g.if_then(any, || {
+            for (oi, ai) in o_acc.iter().zip(&alpha) {
+                for acc in oi {
+                    for (e, v) in acc.iter().enumerate() {
+                        let a = g.getf(&ai[e / 2])?;
+                        g.set(v, g.fmul(g.getf(v)?, a)?)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for (pv, pf) in p_prev.iter().zip(&pfrag[0]) {
+            for (v, x) in pv.iter().zip(pf) {
+                g.set(v, *x)?;
+            }
+        }
+        g.set(&st_j, next_j)?;
+        g.set(&st_end, next_end)?;
+        g.set(&st_full, next_full)?;
+        g.set(&st_r, next_r)?;
+        g.set(&st_kbuf, kother)?;
+        g.set(&st_vbuf, vother)?;
+        g.cond_br(has_next, lp, tail)?;
+        // the last block's P V: V[last] is in the buffer the last iteration filled
+        g.b.position_at_end(tail);
+        g.cp_async_wait(0)?;
+        proxy_fence(g, c)?;
+        g.barrier()?;
+        let vlast = g.xor(g.geti(&st_vbuf)?, g.c32(c.v.bytes() as i64))?;
+        let o_in = o_values(g, &o_acc)?;
+        let p_in = p_values(g, &p_prev)?;
+        let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vlast)?;
+        let o_now = g.wgmma_wait(0, &o_async)?;
+        set_o(g, &o_acc, &o_now)?;
+        g.br(epi)?;
+    } else {
     c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
     g.cp_async_commit()?;
     if opts.k_prefetch {
@@ -462,9 +552,9 @@ fn body<'ctx>(
             g.barrier()
         };
         let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
         } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
+            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
             sync()?;
             p
         };
@@ -499,9 +589,9 @@ fn body<'ctx>(
             })
         };
         let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
         } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
+            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
             sync()?;
             p
         };
@@ -515,6 +605,7 @@ fn body<'ctx>(
         g.set(&st_full, next_full)?;
         g.set(&st_r, next_r)?;
         g.cond_br(has_next, lp, epi)?;
+    }
     }
 
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
@@ -660,6 +751,18 @@ fn qk_wgmma<'ctx>(
     cx: &Ctx<'ctx>,
     kbuf: IntValue<'ctx>,
 ) -> R<Vec<Vec<[FloatValue<'ctx>; 4]>>> {
+    let acc = qk_wgmma_issue(g, c, cx, kbuf)?;
+    Ok(split4(&g.wgmma_wait(0, &acc)?))
+}
+
+/// Issues S = Q K^T (one committed wgmma group); the values returned are valid only
+/// after a `wgmma_wait` that covers the group.
+fn qk_wgmma_issue<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    kbuf: IntValue<'ctx>,
+) -> R<Vec<FloatValue<'ctx>>> {
     let wgi = g.lshr(cx.warp, g.c32(2))?;
     let q_base = g.smem_addr32(g.add(g.mul(wgi, g.c32(64 * 128))?, g.c32(c.q.offset as i64))?)?;
     let k_base = g.smem_addr32(g.add(kbuf, g.c32(c.k.offset as i64))?)?;
@@ -671,8 +774,38 @@ fn qk_wgmma<'ctx>(
         acc = Some(g.wgmma(c.ty, c.kvb, WgmmaA::Desc(da), db, false, acc.as_deref())?);
     }
     g.wgmma_commit()?;
-    let acc = g.wgmma_wait(0, &acc.ok_or(LlvmError::Internal("empty QK"))?)?;
-    Ok(vec![acc.chunks(4).map(|x| [x[0], x[1], x[2], x[3]]).collect()])
+    acc.ok_or(LlvmError::Internal("empty QK"))
+}
+
+/// `[[x; 4]]` of one m-tile from a flat accumulator list (m16n8 order per n8 chunk).
+fn split4<'ctx>(acc: &[FloatValue<'ctx>]) -> Vec<Vec<[FloatValue<'ctx>; 4]>> {
+    vec![acc.chunks(4).map(|x| [x[0], x[1], x[2], x[3]]).collect()]
+}
+
+/// The current values of O (one m-tile), flat in accumulator order.
+fn o_values<'ctx>(g: &Gpu<'ctx>, o: &[Vec<[Var<'ctx>; 4]>]) -> R<Vec<FloatValue<'ctx>>> {
+    let mut v = Vec::with_capacity(o[0].len() * 4);
+    for x in &o[0] {
+        for e in x {
+            v.push(g.getf(e)?);
+        }
+    }
+    Ok(v)
+}
+
+fn set_o<'ctx>(g: &Gpu<'ctx>, o: &[Vec<[Var<'ctx>; 4]>], vals: &[FloatValue<'ctx>]) -> R<()> {
+    for (x, v) in o[0].iter().zip(vals.chunks(4)) {
+        for i in 0..4 {
+            g.set(&x[i], v[i])?;
+        }
+    }
+    Ok(())
+}
+
+fn p_values<'ctx>(g: &Gpu<'ctx>, p: &[[Var<'ctx>; 4]]) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    p.iter()
+        .map(|x| Ok([g.geti(&x[0])?, g.geti(&x[1])?, g.geti(&x[2])?, g.geti(&x[3])?]))
+        .collect()
 }
 
 /// O += P V with wgmma: P from registers (the A fragments of `online_softmax`, one
@@ -685,26 +818,29 @@ fn pv_wgmma<'ctx>(
     pfrag: &[Vec<[IntValue<'ctx>; 4]>],
     o: &[Vec<[Var<'ctx>; 4]>],
 ) -> R<()> {
-    let mut acc: Vec<FloatValue<'ctx>> = Vec::with_capacity(c.dv as usize / 2);
-    for x in &o[0] {
-        for v in x {
-            acc.push(g.getf(v)?);
-        }
-    }
-    let v_base = g.smem_addr32(g.c32(c.v.offset as i64))?;
+    let acc = o_values(g, o)?;
+    let acc = pv_wgmma_issue(g, c, &pfrag[0], &acc, g.c32(0))?;
+    set_o(g, o, &g.wgmma_wait(0, &acc)?)
+}
+
+/// Issues O += P V (one committed wgmma group) with V in the buffer `vbuf` bytes past
+/// the V tile; the values returned are valid only after a `wgmma_wait` covering it.
+fn pv_wgmma_issue<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    pfrag: &[[IntValue<'ctx>; 4]],
+    o: &[FloatValue<'ctx>],
+    vbuf: IntValue<'ctx>,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let v_base = g.smem_addr32(g.add(vbuf, g.c32(c.v.offset as i64))?)?;
     g.wgmma_fence()?;
+    let mut acc = o.to_vec();
     for kk in 0..c.kvb / 16 {
         let db = g.wgmma_desc(g.add(v_base, g.c32(kk as i64 * 16 * 128))?, c.v.rows * 128, 1024)?;
-        acc = g.wgmma(c.ty, c.dv, WgmmaA::Regs(pfrag[0][kk as usize]), db, true, Some(&acc))?;
+        acc = g.wgmma(c.ty, c.dv, WgmmaA::Regs(pfrag[kk as usize]), db, true, Some(&acc))?;
     }
     g.wgmma_commit()?;
-    let acc = g.wgmma_wait(0, &acc)?;
-    for (x, v) in o[0].iter().zip(acc.chunks(4)) {
-        for i in 0..4 {
-            g.set(&x[i], v[i])?;
-        }
-    }
-    Ok(())
+    Ok(acc)
 }
 
 /// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
@@ -804,7 +940,9 @@ fn score_and_mask<'ctx>(
 /// rescaled) only when some row of the warp grows by more than `RESCALE_LOG2` in log2
 /// units; otherwise P is taken against the stale max (P < 2^RESCALE_LOG2, exact after
 /// the final division since O, l and the LSE all use the same max). `before_exp` runs
-/// after the rescale and before the exponentials.
+/// after the rescale and before the exponentials. With `defer` (per m-tile, the two
+/// row halves), O is not touched: the rescale factors go there instead, and the caller
+/// multiplies O by them when the returned vote (any row rescaled) holds.
 #[allow(clippy::too_many_arguments)]
 fn online_softmax<'ctx>(
     g: &Gpu<'ctx>,
@@ -814,8 +952,9 @@ fn online_softmax<'ctx>(
     m: &[[Var<'ctx>; 2]],
     l: &[[Var<'ctx>; 2]],
     o: &[Vec<[Var<'ctx>; 4]>],
+    defer: Option<&[[Var<'ctx>; 2]]>,
     before_exp: &mut dyn FnMut() -> R<()>,
-) -> R<Vec<Vec<[IntValue<'ctx>; 4]>>> {
+) -> R<(Vec<Vec<[IntValue<'ctx>; 4]>>, IntValue<'ctx>)> {
     let thresh = RESCALE_LOG2;
     let tv: Vec<Vec<[FloatValue<'ctx>; 4]>> = t
         .iter()
@@ -864,6 +1003,10 @@ fn online_softmax<'ctx>(
                 let alpha = g.ex2(g.fmul(g.fsub(m_old, m_new_u)?, cx.c2)?)?;
                 g.set(&m[i][hr], m_new)?;
                 g.set(&l[i][hr], g.fmul(g.getf(&l[i][hr])?, alpha)?)?;
+                if let Some(d) = defer {
+                    g.set(&d[i][hr], alpha)?;
+                    continue;
+                }
                 for acc in &o[i] {
                     for cc in 0..2 {
                         let v = &acc[2 * hr + cc];
@@ -907,7 +1050,7 @@ fn online_softmax<'ctx>(
                 .collect::<R<_>>()?,
         );
     }
-    Ok(out)
+    Ok((out, any))
 }
 
 /// Rescaling threshold of the running max, in log2 units (P stays below 2^8). Measured
@@ -940,6 +1083,30 @@ fn negate_own_chunks<'ctx>(
             .map_err(|_| LlvmError::Internal("alignment"))?;
         let x = g.b.build_xor(ld.into_vector_value(), signs, "")?;
         let st = g.b.build_store(ptr, x)?;
+        st.set_alignment(16)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+    }
+    Ok(())
+}
+
+/// Zeroes the 16-byte chunks of `tile` (placed `extra` bytes further) that this thread
+/// would copy with `load_async`.
+fn zero_own_chunks<'ctx>(
+    g: &Gpu<'ctx>,
+    tile: &SmemTile,
+    tid: IntValue<'ctx>,
+    threads: u32,
+    extra: u32,
+) -> R<()> {
+    let total = tile.rows * tile.chunks();
+    let log_chunks = tile.chunks().trailing_zeros() as i64;
+    let v4 = g.i32.vec_type(4);
+    for k in 0..total / threads {
+        let i = g.add(tid, g.c32((k * threads) as i64))?;
+        let row = g.lshr(i, g.c32(log_chunks))?;
+        let chunk = g.and(i, g.c32(tile.chunks() as i64 - 1))?;
+        let ptr = tile.addr_at(g, row, chunk, g.c32(extra as i64))?;
+        let st = g.b.build_store(ptr, v4.const_zero())?;
         st.set_alignment(16)
             .map_err(|_| LlvmError::Internal("alignment"))?;
     }

@@ -136,6 +136,13 @@ pub struct PtxOptions {
     pub early_sync: bool,
     /// The matrix instruction family (`Mma::Wgmma` only on sm_90).
     pub mma: Mma,
+    /// wgmma only: software pipelining inside each warpgroup. Iteration j issues
+    /// S(j) = Q K[j]^T and then O += P(j-1) V[j-1] (both asynchronous), waits for S(j)
+    /// only, computes the softmax of block j while the tensor cores run the P V of block
+    /// j-1, and rescales O after that completes; K and V are both double-buffered (the
+    /// copies of K[next] and V[j] start at the top of iteration j). `k_prefetch` is
+    /// ignored (always on).
+    pub overlap: bool,
 }
 
 impl PtxOptions {
@@ -157,6 +164,7 @@ impl PtxOptions {
             k_prefetch: dv <= 128,
             early_sync: true,
             mma: Mma::Sync,
+            overlap: false,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -218,7 +226,11 @@ impl PtxOptions {
             self.q_in_regs,
             self.k_prefetch,
             self.early_sync
-        ) + if self.mma == Mma::Wgmma { " mma=wgmma" } else { "" }
+        ) + match (self.mma, self.overlap) {
+            (Mma::Sync, _) => "",
+            (Mma::Wgmma, false) => " mma=wgmma",
+            (Mma::Wgmma, true) => " mma=wgmma overlap",
+        }
     }
     fn validate(&self) -> Result<(), LlvmError> {
         let dim_ok = |x: u32| x >= 16 && x <= 256 && x % 16 == 0;
@@ -239,6 +251,11 @@ impl PtxOptions {
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
             )));
+        }
+        if self.overlap && self.mma != Mma::Wgmma {
+            return Err(LlvmError::Unsupported(
+                "overlap (the pipelined P V) is a wgmma-path option".into(),
+            ));
         }
         if self.mma == Mma::Wgmma {
             if self.arch != Arch::Sm90 {

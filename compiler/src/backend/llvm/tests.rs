@@ -131,13 +131,16 @@ fn emit_latency() {
 #[test]
 fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
     for p in samples::all(16) {
-        for (d, ty, kvb) in [
-            (128, InputType::Bf16, 64),
-            (64, InputType::F16, 128),
-            (128, InputType::F16, 128),
+        for (d, ty, kvb, overlap) in [
+            (128, InputType::Bf16, 64, false),
+            (64, InputType::F16, 128, false),
+            (128, InputType::F16, 128, false),
+            (128, InputType::Bf16, 64, true),
+            (64, InputType::Bf16, 128, true),
         ] {
             let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty).wgmma();
             opts.kv_block = kvb;
+            opts.overlap = overlap;
             let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             assert!(k.ptx.contains(".target sm_90a"), "{}", p.name);
             assert_eq!(k.threads, 256);
@@ -148,6 +151,7 @@ fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
                 "wgmma.fence.sync.aligned".into(),
                 "wgmma.commit_group.sync.aligned".into(),
                 "wgmma.wait_group.sync.aligned 0".into(),
+                format!("wgmma.wait_group.sync.aligned {}", overlap as u32),
                 "fence.proxy.async.shared::cta".into(),
                 ".align 1024 .b8 smem".into(),
             ] {
