@@ -21,7 +21,7 @@ mod gpu_util;
 
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::backend::llvm::{Arch, InputType, Mma, PtxOptions, emit, samples};
+use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit, samples};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
 use attnc_compiler::reference;
@@ -80,6 +80,17 @@ fn cases() -> Vec<Case> {
             shape: s(1, 2, 1, 1, 70, 128),
             ty: InputType::Bf16,
             qb: 64,
+            kvb: 64,
+            mt: 1,
+        },
+        // D != Dv (a wgmma default: the V slabs differ from the Q/K slabs)
+        Case {
+            shape: Shape {
+                dv: 128,
+                ..s(1, 2, 1, 100, 150, 64)
+            },
+            ty: InputType::Bf16,
+            qb: 128,
             kvb: 64,
             mt: 1,
         },
@@ -154,8 +165,7 @@ fn check_scaled(
 /// head dims (multiples of 64) fit it. `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
 fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     let sh = &c.shape;
-    let mut base = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
-    base.mma = Mma::Sync;
+    let base = PtxOptions::sync(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
     let mut sync = base.with_m_tiles(c.mt);
     sync.q_block = c.qb;
     sync.kv_block = c.kvb;
@@ -200,7 +210,12 @@ fn check_opts(
     let maps = maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
     let (o, lse) = kern
         .forward_host(dev, sh, &qb, &kb, &vb, scale, bind, &maps)
-        .map_err(|e| format!("{:?} overlap {} kpf {}: {e}", opts.mma, opts.overlap, opts.k_prefetch))?;
+        .map_err(|e| {
+            format!(
+                "{:?} overlap {} kpf {}: {e}",
+                opts.mma, opts.overlap, opts.k_prefetch
+            )
+        })?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {

@@ -13,7 +13,7 @@ mod gpu_util;
 use attnc::cache::DiskCache;
 use attnc::cuda::{CudaKernel, JitCache};
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::backend::llvm::{InputType, Mma, PtxOptions, samples};
+use attnc_compiler::backend::llvm::{InputType, PtxOptions, samples};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
 use attnc_compiler::shape::Shape;
@@ -71,9 +71,7 @@ fn tile_opts(
         .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o'])
         .parse()
         .unwrap_or(1);
-    let mut o = PtxOptions::new(arch, d, d, ty);
-    o.mma = Mma::Sync;
-    o = o.with_m_tiles(n);
+    let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
     if mt.contains('w') {
         o = o.wgmma();
         o.overlap = mt.contains('o');
@@ -197,7 +195,8 @@ fn gpu_bench() {
                 if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
                     let _ = std::fs::create_dir_all(&dir);
                     if let Ok(k) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts) {
-                        let _ = std::fs::write(format!("{dir}/tile_d{d}_{qb}x{kvb}x{mt}.ptx"), k.ptx);
+                        let _ =
+                            std::fs::write(format!("{dir}/tile_d{d}_{qb}x{kvb}x{mt}.ptx"), k.ptx);
                     }
                 }
                 println!("tile {qb}x{kvb}x{mt} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
@@ -234,7 +233,13 @@ fn gpu_bench() {
             let per_b = var.name == "doc_causal";
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
-            for t in [(128, 64, "2".to_string()), (64, 64, "1".to_string())] {
+            let mut defaults = vec![(128, 64, "2".to_string()), (64, 64, "1".to_string())];
+            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+                // the wgmma default of this head dim
+                let o = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+                defaults.push((o.q_block, o.kv_block, "w".to_string()));
+            }
+            for t in defaults {
                 if !cands.contains(&t) {
                     cands.push(t);
                 }

@@ -256,9 +256,10 @@ impl<'ctx> Gpu<'ctx> {
             false,
         );
         let cs = self.b.build_indirect_call(ft, asm, args, "")?;
-        let conv = self
-            .ctx
-            .create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("convergent"), 0);
+        let conv = self.ctx.create_enum_attribute(
+            inkwell::attributes::Attribute::get_named_enum_kind_id("convergent"),
+            0,
+        );
         cs.add_attribute(inkwell::attributes::AttributeLoc::Function, conv);
         let v = cs.try_as_basic_value().basic();
         match (n_out, v) {
@@ -525,7 +526,8 @@ impl<'ctx> Gpu<'ctx> {
     /// aligned), leading and stride byte offsets `lbo`, `sbo` (multiples of 16).
     pub fn wgmma_desc(&self, addr: IntValue<'ctx>, lbo: u32, sbo: u32) -> R<IntValue<'ctx>> {
         let lo = self.and(self.lshr(addr, self.c32(4))?, self.c32(0x3fff))?;
-        let hi = ((lbo as u64 >> 4) & 0x3fff) << 16 | ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
+        let hi =
+            ((lbo as u64 >> 4) & 0x3fff) << 16 | ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
         self.or(self.zext64(lo)?, self.i64.const_int(hi, false))
     }
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`: this warpgroup's 64 x n f32
@@ -555,7 +557,10 @@ impl<'ctx> Gpu<'ctx> {
             args.extend(acc.iter().map(|x| BasicMetadataValueEnum::from(*x)));
         }
         let mut next = cons.len();
-        let d_list = (0..k).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
+        let d_list = (0..k)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let a_text = match a {
             WgmmaA::Desc(d) => {
                 cons.push("l".into());
@@ -564,7 +569,10 @@ impl<'ctx> Gpu<'ctx> {
                 format!("${}", next - 1)
             }
             WgmmaA::Regs(r) => {
-                let s = (0..4).map(|i| format!("${}", next + i)).collect::<Vec<_>>().join(",");
+                let s = (0..4)
+                    .map(|i| format!("${}", next + i))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 for x in r {
                     cons.push("r".into());
                     args.push(x.into());

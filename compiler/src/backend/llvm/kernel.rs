@@ -61,7 +61,13 @@ fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
         slab,
     };
     let v = SmemTile {
-        offset: q.bytes() + k.bytes() * if opts.k_prefetch || opts.overlap { 2 } else { 1 },
+        offset: q.bytes()
+            + k.bytes()
+                * if opts.k_prefetch || opts.overlap {
+                    2
+                } else {
+                    1
+                },
         rows: opts.kv_block,
         cols: opts.dv,
         slab,
@@ -356,9 +362,9 @@ fn body<'ctx>(
     let zero = g.c32(0);
     // with `overlap`: the V buffer of block j, P of the previous block (zero before the
     // first) and the deferred O rescale factors
-    let st_vbuf = g.var(g.i32, g.c32(0))?;
-    let (p_prev, alpha) = if c.wg && opts.overlap {
+    let (st_vbuf, p_prev, alpha) = if c.wg && opts.overlap {
         (
+            Some(g.var(g.i32, g.c32(0))?),
             (0..c.kvb / 16)
                 .map(|_| {
                     Ok([
@@ -374,7 +380,7 @@ fn body<'ctx>(
                 .collect::<R<Vec<_>>>()?,
         )
     } else {
-        (Vec::new(), Vec::new())
+        (None, Vec::new(), Vec::new())
     };
 
     // the block after (j, run end, full, run r): the rest of this run, else the next run
@@ -452,7 +458,7 @@ fn body<'ctx>(
     g.cp_async_wait(0)?;
     proxy_fence(g, c)?;
     g.barrier()?;
-    if c.wg && opts.overlap {
+    if let Some(st_vbuf) = st_vbuf {
         let tail = g.block("pv_last");
         // K[j] and V[j-1] are in shared memory; V[j] and K[next] start copying into the
         // buffers that S(j-1) and P V(j-2) read (both finished before the barrier above)
@@ -514,98 +520,98 @@ fn body<'ctx>(
         set_o(g, &o_acc, &o_now)?;
         g.br(epi)?;
     } else {
-    c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
-    g.cp_async_commit()?;
-    if opts.k_prefetch {
-        // K[next] into the other buffer (last read by the QK of the previous block, which
-        // every warp finished before the barrier above), a whole iteration ahead; the next
-        // block is j + 1 inside a run, else the start of the next run (read only then)
-        let j1 = g.add(j, g.c32(1))?;
-        let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
-        let r1 = g.add(r, g.c32(1))?;
-        let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
-        let has = g.or(in_run, more_runs)?;
-        g.set(&st_nj, j1)?;
-        g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
-            let (nj, _, _) = load_run(g, runs, r1)?;
-            g.set(&st_nj, nj)
-        })?;
-        let nj = g.geti(&st_nj)?;
-        let kbuf = g.geti(&st_kbuf)?;
-        let other = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
-        g.if_then(has, || {
-            let nkv0 = kv_start(nj)?;
-            c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
-        })?;
+        c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
         g.cp_async_commit()?;
-        let s = if c.wg {
-            qk_wgmma(g, c, &cx, kbuf)?
+        if opts.k_prefetch {
+            // K[next] into the other buffer (last read by the QK of the previous block, which
+            // every warp finished before the barrier above), a whole iteration ahead; the next
+            // block is j + 1 inside a run, else the start of the next run (read only then)
+            let j1 = g.add(j, g.c32(1))?;
+            let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+            let r1 = g.add(r, g.c32(1))?;
+            let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
+            let has = g.or(in_run, more_runs)?;
+            g.set(&st_nj, j1)?;
+            g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
+                let (nj, _, _) = load_run(g, runs, r1)?;
+                g.set(&st_nj, nj)
+            })?;
+            let nj = g.geti(&st_nj)?;
+            let kbuf = g.geti(&st_kbuf)?;
+            let other = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
+            g.if_then(has, || {
+                let nkv0 = kv_start(nj)?;
+                c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
+            })?;
+            g.cp_async_commit()?;
+            let s = if c.wg {
+                qk_wgmma(g, c, &cx, kbuf)?
+            } else {
+                qk(g, c, &cx, qfrag.as_deref(), kbuf)?
+            };
+            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+            // V[j] (K[next] may still be in flight)
+            let mut sync = || -> R<()> {
+                g.cp_async_wait(1)?;
+                proxy_fence(g, c)?;
+                g.barrier()
+            };
+            let pfrag = if opts.early_sync && raw {
+                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
+            } else {
+                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
+                sync()?;
+                p
+            };
+            if c.wg {
+                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+            } else {
+                pv(g, c, &cx, &pfrag, &o_acc)?;
+            }
+            g.set(&st_j, next_j)?;
+            g.set(&st_end, next_end)?;
+            g.set(&st_full, next_full)?;
+            g.set(&st_r, next_r)?;
+            g.set(&st_kbuf, other)?;
+            g.cond_br(has_next, lp, epi)?;
         } else {
-            qk(g, c, &cx, qfrag.as_deref(), kbuf)?
-        };
-        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
-        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-        // V[j] (K[next] may still be in flight)
-        let mut sync = || -> R<()> {
-            g.cp_async_wait(1)?;
-            proxy_fence(g, c)?;
-            g.barrier()
-        };
-        let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
-        } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
-            sync()?;
-            p
-        };
-        if c.wg {
-            pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
-        } else {
-            pv(g, c, &cx, &pfrag, &o_acc)?;
+            let s = if c.wg {
+                qk_wgmma(g, c, &cx, zero)?
+            } else {
+                qk(g, c, &cx, qfrag.as_deref(), zero)?
+            };
+            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+            // V[j], then K[next] into the buffer every warp has finished reading
+            let mut sync = || -> R<()> {
+                g.cp_async_wait(0)?;
+                proxy_fence(g, c)?;
+                g.barrier()?;
+                g.if_then(has_next, || {
+                    let nkv0 = kv_start(next_j)?;
+                    c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
+                    g.cp_async_commit()
+                })
+            };
+            let pfrag = if opts.early_sync && raw {
+                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
+            } else {
+                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
+                sync()?;
+                p
+            };
+            if c.wg {
+                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+            } else {
+                pv(g, c, &cx, &pfrag, &o_acc)?;
+            }
+            g.set(&st_j, next_j)?;
+            g.set(&st_end, next_end)?;
+            g.set(&st_full, next_full)?;
+            g.set(&st_r, next_r)?;
+            g.cond_br(has_next, lp, epi)?;
         }
-        g.set(&st_j, next_j)?;
-        g.set(&st_end, next_end)?;
-        g.set(&st_full, next_full)?;
-        g.set(&st_r, next_r)?;
-        g.set(&st_kbuf, other)?;
-        g.cond_br(has_next, lp, epi)?;
-    } else {
-        let s = if c.wg {
-            qk_wgmma(g, c, &cx, zero)?
-        } else {
-            qk(g, c, &cx, qfrag.as_deref(), zero)?
-        };
-        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
-        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-        // V[j], then K[next] into the buffer every warp has finished reading
-        let mut sync = || -> R<()> {
-            g.cp_async_wait(0)?;
-            proxy_fence(g, c)?;
-            g.barrier()?;
-            g.if_then(has_next, || {
-                let nkv0 = kv_start(next_j)?;
-                c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
-                g.cp_async_commit()
-            })
-        };
-        let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
-        } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
-            sync()?;
-            p
-        };
-        if c.wg {
-            pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
-        } else {
-            pv(g, c, &cx, &pfrag, &o_acc)?;
-        }
-        g.set(&st_j, next_j)?;
-        g.set(&st_end, next_end)?;
-        g.set(&st_full, next_full)?;
-        g.set(&st_r, next_r)?;
-        g.cond_br(has_next, lp, epi)?;
-    }
     }
 
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
@@ -769,8 +775,16 @@ fn qk_wgmma_issue<'ctx>(
     g.wgmma_fence()?;
     let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
     for ks in 0..c.d / 16 {
-        let da = g.wgmma_desc(g.add(q_base, g.c32(kstep_offset(&c.q, ks) as i64))?, 16, 1024)?;
-        let db = g.wgmma_desc(g.add(k_base, g.c32(kstep_offset(&c.k, ks) as i64))?, 16, 1024)?;
+        let da = g.wgmma_desc(
+            g.add(q_base, g.c32(kstep_offset(&c.q, ks) as i64))?,
+            16,
+            1024,
+        )?;
+        let db = g.wgmma_desc(
+            g.add(k_base, g.c32(kstep_offset(&c.k, ks) as i64))?,
+            16,
+            1024,
+        )?;
         acc = Some(g.wgmma(c.ty, c.kvb, WgmmaA::Desc(da), db, false, acc.as_deref())?);
     }
     g.wgmma_commit()?;
@@ -804,7 +818,14 @@ fn set_o<'ctx>(g: &Gpu<'ctx>, o: &[Vec<[Var<'ctx>; 4]>], vals: &[FloatValue<'ctx
 
 fn p_values<'ctx>(g: &Gpu<'ctx>, p: &[[Var<'ctx>; 4]]) -> R<Vec<[IntValue<'ctx>; 4]>> {
     p.iter()
-        .map(|x| Ok([g.geti(&x[0])?, g.geti(&x[1])?, g.geti(&x[2])?, g.geti(&x[3])?]))
+        .map(|x| {
+            Ok([
+                g.geti(&x[0])?,
+                g.geti(&x[1])?,
+                g.geti(&x[2])?,
+                g.geti(&x[3])?,
+            ])
+        })
         .collect()
 }
 
@@ -836,8 +857,19 @@ fn pv_wgmma_issue<'ctx>(
     g.wgmma_fence()?;
     let mut acc = o.to_vec();
     for kk in 0..c.kvb / 16 {
-        let db = g.wgmma_desc(g.add(v_base, g.c32(kk as i64 * 16 * 128))?, c.v.rows * 128, 1024)?;
-        acc = g.wgmma(c.ty, c.dv, WgmmaA::Regs(pfrag[kk as usize]), db, true, Some(&acc))?;
+        let db = g.wgmma_desc(
+            g.add(v_base, g.c32(kk as i64 * 16 * 128))?,
+            c.v.rows * 128,
+            1024,
+        )?;
+        acc = g.wgmma(
+            c.ty,
+            c.dv,
+            WgmmaA::Regs(pfrag[kk as usize]),
+            db,
+            true,
+            Some(&acc),
+        )?;
     }
     g.wgmma_commit()?;
     Ok(acc)

@@ -146,11 +146,28 @@ pub struct PtxOptions {
 }
 
 impl PtxOptions {
-    /// Defaults measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
+    /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
+    /// ([`Self::wgmma`]; kv tiles of 128 at D64, 64 at D128), else mma.sync
+    /// ([`Self::sync`]). Measured on an H200 (bf16, B2 H16 L8192 D128 / B4 H16 L4096 D64,
+    /// TFLOP/s over unmasked pairs): wgmma 128x64 dense D128 558 and causal 498 against
+    /// 380 and 341 for mma.sync 128x64x2; wgmma 128x128 dense D64 442 and causal 369
+    /// against 326 and 300 (64x64: 414, 128x64: 367 at D64; 128x128: 427 at D128).
+    pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
+        let s = Self::sync(arch, d, dv, input);
+        if arch == Arch::Sm90 && matches!(d, 64 | 128) && matches!(dv, 64 | 128) {
+            PtxOptions {
+                kv_block: if d.max(dv) <= 64 { 128 } else { 64 },
+                ..s.wgmma()
+            }
+        } else {
+            s
+        }
+    }
+    /// The mma.sync defaults, measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
     /// 4 warps of 32 rows (2 m-tiles) with Q re-read from shared memory and kv tiles of 64
     /// (333 TFLOP/s at D128 vs 285 for 64x64 with 16 rows per warp); otherwise 64 query
     /// rows (4 warps of 16) and kv tiles of 64 (280 at D64; 2 m-tiles give the same).
-    pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
+    pub fn sync(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = PtxOptions {
             arch,
             d,
@@ -271,7 +288,10 @@ impl PtxOptions {
                     self.d, self.dv
                 )));
             }
-            if self.m_tiles != 1 || !matches!(self.q_block, 64 | 128) || !matches!(self.kv_block, 64 | 128) {
+            if self.m_tiles != 1
+                || !matches!(self.q_block, 64 | 128)
+                || !matches!(self.kv_block, 64 | 128)
+            {
                 return Err(LlvmError::Unsupported(format!(
                     "wgmma tile {}x{} with {} m-tiles: needs q_block 64 or 128, kv_block 64 or 128 and 1 m-tile",
                     self.q_block, self.kv_block, self.m_tiles

@@ -14,7 +14,7 @@ fn samples_emit_ptx_entries_deterministically() {
             (128, InputType::Bf16, Arch::Sm90, 2),
             (64, InputType::Bf16, Arch::Sm90, 2),
         ] {
-            let mut opts = PtxOptions::new(arch, d, d, ty).with_m_tiles(mt);
+            let mut opts = PtxOptions::sync(arch, d, d, ty).with_m_tiles(mt);
             if mt == 2 {
                 opts.q_block = 128;
             }
@@ -89,7 +89,7 @@ fn dump_ptx() {
             (128, InputType::F16, true, false),
             (128, InputType::Bf16, false, true),
         ] {
-            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+            let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
             if wg {
                 opts = opts.wgmma();
             }
@@ -186,5 +186,33 @@ fn wgmma_rejects_what_it_cannot_run() {
             matches!(emit(&samples::dense(), &o), Err(LlvmError::Unsupported(_))),
             "{o:?}"
         );
+    }
+}
+
+#[test]
+fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
+    let ty = InputType::Bf16;
+    let d128 = PtxOptions::new(Arch::Sm90, 128, 128, ty);
+    assert_eq!(
+        (d128.mma, d128.q_block, d128.kv_block),
+        (Mma::Wgmma, 128, 64)
+    );
+    let d64 = PtxOptions::new(Arch::Sm90, 64, 64, ty);
+    assert_eq!((d64.mma, d64.q_block, d64.kv_block), (Mma::Wgmma, 128, 128));
+    let mixed = PtxOptions::new(Arch::Sm90, 64, 128, ty);
+    assert_eq!((mixed.mma, mixed.kv_block), (Mma::Wgmma, 64));
+    for (arch, d) in [
+        (Arch::Sm80, 128),
+        (Arch::Sm80, 64),
+        (Arch::Sm90, 96),
+        (Arch::Sm90, 256),
+    ] {
+        let o = PtxOptions::new(arch, d, d, ty);
+        assert_eq!(o, PtxOptions::sync(arch, d, d, ty), "{arch} D{d}");
+        assert_eq!(o.mma, Mma::Sync);
+    }
+    // the defaults are valid kernels
+    for o in [d128, d64, mixed] {
+        emit(&samples::causal(), &o).unwrap();
     }
 }
