@@ -6,7 +6,9 @@
 //! disk-warm (a new process's path: PTX from the disk cache, module loaded) and
 //! memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
 //! `ATTNC_BENCH_QUICK=1` runs only dense and causal; `ATTNC_BENCH_TILES=128x64,64x64`
-//! picks the tile configurations tried on dense before the variants (best is kept).
+//! picks the tile configurations tried on dense before the variants (best is kept);
+//! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
+//! the defaults.
 
 mod gpu_util;
 
@@ -58,7 +60,7 @@ fn variants(h: i32) -> Vec<Variant> {
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
 /// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
 /// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
-/// `wo` for wgmma with the pipelined P V (`overlap`)).
+/// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -68,13 +70,16 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c'])
         .parse()
         .unwrap_or(1);
     let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
     if mt.contains('w') {
         o = o.wgmma();
         o.overlap = mt.contains('o');
+    }
+    if mt.contains('c') {
+        o.min_ctas = 2;
     }
     o.q_block = qb;
     o.kv_block = kvb;
@@ -238,6 +243,18 @@ fn gpu_bench() {
                 // the wgmma default of this head dim
                 let o = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
                 defaults.push((o.q_block, o.kv_block, "w".to_string()));
+            }
+            // ATTNC_BENCH_EXTRA=128x64xwc,...: more tiles timed on every variant
+            for t in std::env::var("ATTNC_BENCH_EXTRA")
+                .unwrap_or_default()
+                .split(',')
+            {
+                let mut it = t.splitn(3, 'x');
+                if let (Some(a), Some(b), Some(m)) = (it.next(), it.next(), it.next()) {
+                    if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                        defaults.push((a, b, m.to_string()));
+                    }
+                }
             }
             for t in defaults {
                 if !cands.contains(&t) {

@@ -173,6 +173,12 @@ pub(crate) fn build<'ctx>(
         AttributeLoc::Function,
         ctx.create_string_attribute("nvvm.maxntid", &threads.to_string()),
     );
+    if opts.min_ctas > 0 {
+        func.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("nvvm.minctasm", &opts.min_ctas.to_string()),
+        );
+    }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     for (i, k) in params.iter().enumerate() {
         if matches!(

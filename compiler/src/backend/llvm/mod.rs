@@ -143,15 +143,21 @@ pub struct PtxOptions {
     /// copies of K[next] and V[j] start at the top of iteration j). `k_prefetch` is
     /// ignored (always on).
     pub overlap: bool,
+    /// CTAs per SM that the register allocation must allow (`.minnctapersm`, which caps
+    /// registers per thread); 0 leaves it to ptxas.
+    pub min_ctas: u32,
 }
 
 impl PtxOptions {
     /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
-    /// ([`Self::wgmma`]; kv tiles of 128 at D64, 64 at D128), else mma.sync
-    /// ([`Self::sync`]). Measured on an H200 (bf16, B2 H16 L8192 D128 / B4 H16 L4096 D64,
-    /// TFLOP/s over unmasked pairs): wgmma 128x64 dense D128 558 and causal 498 against
-    /// 380 and 341 for mma.sync 128x64x2; wgmma 128x128 dense D64 442 and causal 369
-    /// against 326 and 300 (64x64: 414, 128x64: 367 at D64; 128x128: 427 at D128).
+    /// ([`Self::wgmma`]: 128 query rows, 2 CTAs per SM; kv tiles of 128 at D64, 64 at
+    /// D128), else mma.sync ([`Self::sync`]). Measured on an H200 (bf16, B2 H16 L8192 D128
+    /// / B4 H16 L4096 D64, ms): D128 wgmma 128x64 dense 1.96-2.01, causal 1.10-1.12,
+    /// ALiBi+causal 1.41, softcap+causal 1.88 against mma.sync 128x64x2 2.87, 1.62, 1.87,
+    /// 3.02 (kv 128: 2.58 dense, and with 2 CTAs per SM it spills); D64 wgmma 128x128
+    /// dense 0.616, causal 0.368, ALiBi+causal 0.545 against 0.840, 0.487, 0.607 (kv 64:
+    /// 0.73 dense). Without the 2-CTA register cap ptxas gives score-function kernels
+    /// 150-190 registers and one CTA per SM: ALiBi+causal D128 1.78 ms, softcap 2.74.
     pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
         let s = Self::sync(arch, d, dv, input);
         if arch == Arch::Sm90 && matches!(d, 64 | 128) && matches!(dv, 64 | 128) {
@@ -182,6 +188,7 @@ impl PtxOptions {
             early_sync: true,
             mma: Mma::Sync,
             overlap: false,
+            min_ctas: 0,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -205,7 +212,7 @@ impl PtxOptions {
     }
     /// These options on the wgmma path with its tile defaults: 128 query rows (two
     /// warpgroups), kv tiles of 64, one m-tile per warp, K prefetched a whole iteration
-    /// ahead.
+    /// ahead, registers capped for 2 CTAs per SM (128 per thread), no `overlap`.
     pub fn wgmma(self) -> Self {
         PtxOptions {
             mma: Mma::Wgmma,
@@ -214,6 +221,7 @@ impl PtxOptions {
             m_tiles: 1,
             q_in_regs: false,
             k_prefetch: true,
+            min_ctas: 2,
             ..self
         }
     }
@@ -247,6 +255,10 @@ impl PtxOptions {
             (Mma::Sync, _) => "",
             (Mma::Wgmma, false) => " mma=wgmma",
             (Mma::Wgmma, true) => " mma=wgmma overlap",
+        } + &if self.min_ctas > 0 {
+            format!(" minctas={}", self.min_ctas)
+        } else {
+            String::new()
         }
     }
     fn validate(&self) -> Result<(), LlvmError> {

@@ -216,3 +216,23 @@ fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
         emit(&samples::causal(), &o).unwrap();
     }
 }
+
+#[test]
+fn min_ctas_becomes_minnctapersm() {
+    let mut o = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    assert_eq!(o.min_ctas, 2, "the wgmma default caps registers for 2 CTAs per SM");
+    o.min_ctas = 0;
+    assert!(
+        !emit(&samples::alibi_causal(16), &o)
+            .unwrap()
+            .ptx
+            .contains(".minnctapersm")
+    );
+    o.min_ctas = 2;
+    let k = emit(&samples::alibi_causal(16), &o).unwrap();
+    assert!(
+        k.ptx.contains(".minnctapersm 2"),
+        "{}",
+        &k.ptx[..2000.min(k.ptx.len())]
+    );
+}
