@@ -177,8 +177,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     let fits = dev.arch() == Arch::Sm90
         && matches!(c.qb, 64 | 128)
         && matches!(c.kvb, 64 | 128)
-        && sh.d % 64 == 0
-        && sh.dv % 64 == 0;
+        && sh.d.is_multiple_of(64)
+        && sh.dv.is_multiple_of(64);
     if fits && only != "sync" {
         let mut w = base.wgmma();
         w.q_block = c.qb;
@@ -369,7 +369,7 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     let (kb, _) = random_input(&mut r, shape.k_len(), 1.0, InputType::Bf16);
     let (vb, _) = random_input(&mut r, shape.v_len(), 1.0, InputType::Bf16);
     let case = Case {
-        shape: shape.clone(),
+        shape,
         ty: InputType::Bf16,
         qb: 64,
         kvb: 64,

@@ -250,10 +250,10 @@ fn gpu_bench() {
                 .split(',')
             {
                 let mut it = t.splitn(3, 'x');
-                if let (Some(a), Some(b), Some(m)) = (it.next(), it.next(), it.next()) {
-                    if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                        defaults.push((a, b, m.to_string()));
-                    }
+                if let (Some(a), Some(b), Some(m)) = (it.next(), it.next(), it.next())
+                    && let (Ok(a), Ok(b)) = (a.parse(), b.parse())
+                {
+                    defaults.push((a, b, m.to_string()));
                 }
             }
             for t in defaults {

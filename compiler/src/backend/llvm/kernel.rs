@@ -27,6 +27,28 @@
 //! ```
 //! Element (lane, register) positions of an m16n8 accumulator: rows `lane/4` and
 //! `lane/4 + 8`, columns `2 (lane % 4) + {0, 1}`.
+//!
+//! The wgmma path (`Mma::Wgmma`, sm_90a) keeps this loop and replaces the two products:
+//! warps 4w..4w+3 form warpgroup w, which owns query rows 64w..64w+63 (each warp its 16,
+//! `m_tiles` = 1, so the softmax and the epilogue above run unchanged: a wgmma
+//! accumulator's n8 chunks have the m16n8 layout per warp). Q, K and V sit in the
+//! canonical 128-byte-swizzled layout (`SmemTile::slab`: 64-column slabs, 8-row atoms of
+//! 1024 bytes); S = Q K^T is `d / 16` wgmma m64n{kv_block}k16 with both operands K-major
+//! descriptors (stride byte offset 1024, the start advanced 32 bytes per k-step inside
+//! the slab); O += P V is `kv_block / 16` wgmma m64n{dv}k16 with P's A fragments from
+//! registers and V N-major (`imm-trans-b`; leading byte offset = one slab, stride byte
+//! offset 1024). Every shared-memory write the tensor cores read (cp.async, the Q
+//! negation, the zeroed V buffer) is followed by `fence.proxy.async` before the barrier.
+//! Each product is one commit group; the wait threads the accumulators through the
+//! `wgmma.wait_group` asm so no read of them is scheduled above it. With `overlap`
+//! (K and V double-buffered):
+//! ```text
+//! for each block j: wait; barrier; cp.async V[j], K[next]
+//!     issue S(j) = Q K[j]^T; issue O += P(j-1) V[j-1]   (P(-1) = 0, its V buffer zeroed)
+//!     wait_group 1 (S ready); mask/score; softmax (max, l, P(j); O's rescale deferred)
+//!     wait_group 0 (O ready); O *= 2^(c2 (m - m')) if any row's max moved
+//! after the last block: wait; barrier; O += P(last) V[last]
+//! ```
 
 use super::expr::{Elem, Env, TensorArg, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};

@@ -9,8 +9,11 @@
 //!
 //! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 or 32
 //! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
-//! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
-//! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
+//! loads while S = Q K^T is computed, K of block j+1 while O += P V is); f32
+//! accumulation; exp2-based online softmax; P stays in registers. Two matrix paths
+//! ([`Mma`]): `mma.sync` m16n8k16 with `ldmatrix` (sm_80 and later), or Hopper
+//! `wgmma.mma_async` per warpgroup of 64 rows with Q/K/V in 128-byte-swizzled shared
+//! memory (PTX target `sm_90a`; the default on sm_90 at D/Dv 64 and 128).
 //! kv blocks come from the CSR block table (runs of full/partial blocks per q block);
 //! the mask is evaluated only in partial blocks and in the block holding the end of
 //! the sequence.
@@ -293,7 +296,7 @@ impl PtxOptions {
                     self.arch
                 )));
             }
-            let ok = |x: u32| x % 64 == 0 && x <= 256;
+            let ok = |x: u32| x.is_multiple_of(64) && x <= 256;
             if !ok(self.d) || !ok(self.dv) {
                 return Err(LlvmError::Unsupported(format!(
                     "head dims D={} Dv={}: the wgmma kernel supports multiples of 64 up to 256",

@@ -220,7 +220,10 @@ fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
 #[test]
 fn min_ctas_becomes_minnctapersm() {
     let mut o = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
-    assert_eq!(o.min_ctas, 2, "the wgmma default caps registers for 2 CTAs per SM");
+    assert_eq!(
+        o.min_ctas, 2,
+        "the wgmma default caps registers for 2 CTAs per SM"
+    );
     o.min_ctas = 0;
     assert!(
         !emit(&samples::alibi_causal(16), &o)
