@@ -265,10 +265,13 @@ impl PtxOptions {
         }
     }
     fn validate(&self) -> Result<(), LlvmError> {
-        let dim_ok = |x: u32| x >= 16 && x <= 256 && x % 16 == 0;
+        // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk
+        // with the row: D / 8 must be a power of two (D = 96 addressed past its rows and
+        // faulted on an H200)
+        let dim_ok = |x: u32| matches!(x, 16 | 32 | 64 | 128 | 256);
         if !dim_ok(self.d) || !dim_ok(self.dv) {
             return Err(LlvmError::Unsupported(format!(
-                "head dims D={} Dv={}: the PTX backend supports multiples of 16 from 16 to 256",
+                "head dims D={} Dv={}: the PTX backend supports 16, 32, 64, 128 and 256 (the CPU backend takes any)",
                 self.d, self.dv
             )));
         }

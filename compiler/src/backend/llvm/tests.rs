@@ -68,9 +68,21 @@ fn checked_mode_records_errors() {
 
 #[test]
 fn rejects_unsupported_dims() {
-    let opts = PtxOptions::new(Arch::Sm90, 72, 72, InputType::Bf16);
+    // 72 is no multiple of 16; 48, 96 and 160 are, but D / 8 is no power of two (the
+    // swizzled tiles need one)
+    for d in [72, 48, 96, 160] {
+        let opts = PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16);
+        assert!(
+            matches!(
+                emit(&samples::dense(), &opts),
+                Err(LlvmError::Unsupported(_))
+            ),
+            "D{d}"
+        );
+    }
+    let mixed = PtxOptions::new(Arch::Sm80, 64, 96, InputType::Bf16);
     assert!(matches!(
-        emit(&samples::dense(), &opts),
+        emit(&samples::dense(), &mixed),
         Err(LlvmError::Unsupported(_))
     ));
 }
