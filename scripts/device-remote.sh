@@ -3,7 +3,8 @@
 # Parts (ATTNC_PARTS, default "gpu cli cpu"):
 #   gpu  GPU tests vs the oracle, compute-sanitizer, GPU benchmark next to PyTorch
 #        FlexAttention / SDPA flash / cuDNN in the same run (scripts/gpu-remote.sh)
-#   cli  the attnc CLI on the GPU: cuda-info, demo on cpu+cuda vs the oracle, bench
+#   cli  the attnc CLI on the GPU: cuda-info, demo on cpu+cuda vs the oracle (D32; cuda
+#        also at D64 and D128), bench
 #        --backend cuda with cold (new cache dir) and warm (second process) JIT
 #   cpu  attnc's CPU backend vs PyTorch SDPA / FlexAttention-on-CPU, 2 and 16 threads
 #   jit  JIT latency with the driver cache off: cold / warm (cubin from disk) / tiered,
@@ -22,6 +23,10 @@ for part in $parts; do
       echo "== attnc CLI on the GPU =="
       .bin/attnc cuda-info || status=1
       .bin/attnc demo examples --backends cpu,cuda 2>&1 | tee "$OUT/demo.log" | tail -40; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      # D64 and D128: the default kernel on sm_90 is the wgmma one there (D32 runs mma.sync)
+      for d in 64 128; do
+        .bin/attnc demo examples --backends cuda --d $d 2>&1 | tee "$OUT/demo_d$d.log" | tail -2; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      done
       export ATTNC_CACHE_DIR=$OUT/jit-cache; rm -rf "$ATTNC_CACHE_DIR"
       for v in "dense.attn dense" "causal.attn causal_attention" "sliding_window.attn sliding_window --param window=1024" \
                "alibi_causal.attn alibi_causal" "softcap.attn softcap_causal" "document_causal.attn document_causal --docs 8"; do

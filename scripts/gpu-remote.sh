@@ -39,7 +39,12 @@ if has bench; then
 fi
 if has ptxas && [ -d "$OUT/ptx" ]; then
   echo "== ptxas resource usage =="
-  for f in "$OUT"/ptx/*.ptx; do echo "$(basename "$f"): $(ptxas -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -Eo 'Used [0-9]+ registers|[0-9]+ bytes spill (stores|loads)' | tr '\n' ' ')"; done
+  for f in "$OUT"/ptx/*.ptx; do
+    arch=sm_90; grep -q '^.target sm_90a' "$f" && arch=sm_90a
+    ptxas -arch=$arch -v "$f" -o /dev/null > "$f.ptxas" 2>&1
+    echo "$(basename "$f") ($arch): $(grep -Eo 'Used [0-9]+ registers|[0-9]+ bytes spill (stores|loads)' "$f.ptxas" | tr '\n' ' ')"
+    grep -E 'C75[0-9][0-9]|wgmma' "$f.ptxas" | head -3
+  done
 fi
 if has torch; then
   echo "== PyTorch FlexAttention / SDPA flash / cuDNN (same run) =="

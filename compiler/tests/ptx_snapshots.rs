@@ -2,7 +2,7 @@
 //! twice to check it is byte-identical (the kernel cache keys depend on it). Runs without
 //! a GPU: only code generation is exercised here; runtime/tests/gpu.rs runs the kernels.
 
-use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, emit};
+use attnc_compiler::backend::llvm::{Arch, InputType, Mma, PtxOptions, emit};
 mod common;
 
 use common::example_files;
@@ -10,7 +10,7 @@ use std::path::Path;
 
 #[test]
 fn every_example_has_deterministic_ptx() {
-    let opts = PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16);
+    let opts = PtxOptions::sync(Arch::Sm90, 64, 64, InputType::Bf16);
     let mut count = 0;
     for path in example_files() {
         let src = std::fs::read_to_string(&path).unwrap();
@@ -112,4 +112,44 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
         names.iter().any(|n| n == "document_causal") && names.len() >= 4,
         "tensor-mask examples: {names:?}"
     );
+}
+
+/// The wgmma path (sm_90a; the sm_90 default at D64 and D128) on a few examples: D128
+/// bf16 with kv tiles of 64, and D64 f16 with the pipelined P V.
+#[test]
+fn wgmma_ptx_snapshots() {
+    for (file, d, ty, overlap) in [
+        ("causal.attn", 128, InputType::Bf16, false),
+        ("alibi.attn", 128, InputType::Bf16, false),
+        ("sliding_window.attn", 64, InputType::F16, true),
+    ] {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples")
+                .join(file),
+        )
+        .unwrap();
+        let module = attnc_compiler::compile_source(&src).unwrap();
+        let p = &module.programs[0];
+        let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+        opts.overlap = overlap;
+        assert_eq!(opts.mma, Mma::Wgmma);
+        let k = emit(p, &opts).unwrap();
+        assert_eq!(
+            k.ptx,
+            emit(p, &opts).unwrap().ptx,
+            "{file}: not deterministic"
+        );
+        assert!(k.ptx.contains(".target sm_90a"));
+        assert!(k.ptx.contains("wgmma.mma_async.sync.aligned"));
+        insta::assert_snapshot!(
+            format!(
+                "ptx_wgmma_{}_d{d}{}__{}",
+                ty.name(),
+                if overlap { "_overlap" } else { "" },
+                p.name
+            ),
+            k.ptx
+        );
+    }
 }

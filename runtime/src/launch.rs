@@ -112,10 +112,13 @@ pub fn cuda_device_info() -> Result<String> {
         reason: e.to_string(),
     })?;
     let (major, minor) = g.device.capability();
+    let arch = g.device.arch();
+    let at = |d| PtxOptions::new(arch, d, d, InputType::Bf16).target_cpu();
     Ok(format!(
-        "{} (sm_{major}{minor}, PTX target {})",
+        "{} (sm_{major}{minor}, PTX target {} at D64/D128, {} otherwise)",
         g.device.name(),
-        g.device.arch()
+        at(128),
+        at(96)
     ))
 }
 

@@ -1,5 +1,5 @@
 //! The `attnc` command-line tool end to end: `check` on every example and on a bad file,
-//! `emit ir`, and `run` through the reference and CPU backends on safetensors inputs,
+//! `emit ir`, `demo` at a chosen head dim, and `run` through the reference and CPU backends on safetensors inputs,
 //! compared with a dense attention computed here (masks written in Rust, f64 softmax),
 //! independent of the compiler.
 
@@ -477,4 +477,15 @@ fn emit_ptx_reports_codegen_stages() {
     let ptx = String::from_utf8_lossy(&out.stdout);
     assert!(ptx.contains(".visible .entry"), "PTX on stdout");
     assert!(!ptx.contains("codegen"), "timings go to stderr only");
+}
+
+#[test]
+fn demo_takes_a_head_dim_and_rejects_bad_ones() {
+    let o = attnc(&["demo", "examples", "--d", "0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--d 0"), "{}", text(&o));
+    let o = attnc(&["demo", "examples", "--d", "48"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("D48") && t.contains(" 0 failed"), "{t}");
 }

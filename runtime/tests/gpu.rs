@@ -9,6 +9,9 @@
 //! are run again with the block table forced (`PtxOptions::kv_table`), so the table path
 //! stays tested on index-only masks too. The JIT's cubin cache and tiered swap:
 //! `gpu_jit/mod.rs`.
+//! Every case runs on each matrix path the device has (`mma.sync`; on sm_90 also
+//! `wgmma` where the case's tile and head dim fit it), each with both K pipelines;
+//! `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
 //!
 //! This is a `harness = false` test: `main` runs each test by name and prints
 //! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
@@ -96,6 +99,17 @@ fn cases() -> Vec<Case> {
             kvb: 64,
             mt: 1,
         },
+        // D != Dv (a wgmma default: the V slabs differ from the Q/K slabs)
+        Case {
+            shape: Shape {
+                dv: 128,
+                ..s(1, 2, 1, 100, 150, 64)
+            },
+            ty: InputType::Bf16,
+            qb: 128,
+            kvb: 64,
+            mt: 1,
+        },
         // two m-tiles per warp (Q re-read from shared memory at D128)
         Case {
             shape: s(2, 4, 2, 77, 131, 128),
@@ -145,20 +159,52 @@ fn check_scaled(
     seed: u64,
     scale: f32,
 ) -> Result<(), String> {
-    let sh = &c.shape;
-    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
-    opts = opts.with_m_tiles(c.mt);
-    opts.q_block = c.qb;
-    opts.kv_block = c.kvb;
-    // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
-    for kpf in [opts.k_prefetch, !opts.k_prefetch] {
-        let opts = PtxOptions {
-            k_prefetch: kpf,
-            ..opts
+    for opts in paths(dev, c) {
+        // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
+        // (with `overlap` K is always double-buffered: one run)
+        let kpfs = if opts.overlap {
+            vec![true]
+        } else {
+            vec![opts.k_prefetch, !opts.k_prefetch]
         };
-        check_opts(dev, p, c, bind, maps.clone(), seed, scale, &opts)?;
+        for kpf in kpfs {
+            let opts = PtxOptions {
+                k_prefetch: kpf,
+                ..opts
+            };
+            check_opts(dev, p, c, bind, maps.clone(), seed, scale, &opts)?;
+        }
     }
     Ok(())
+}
+
+/// The kernel options of case `c` on every matrix path this device runs: mma.sync with
+/// the case's m-tiles, and on sm_90 wgmma when the case's tile (q 64/128, kv 64/128) and
+/// head dims (multiples of 64) fit it. `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
+fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
+    let sh = &c.shape;
+    let base = PtxOptions::sync(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
+    let mut sync = base.with_m_tiles(c.mt);
+    sync.q_block = c.qb;
+    sync.kv_block = c.kvb;
+    let only = std::env::var("ATTNC_GPU_MMA").unwrap_or_default();
+    let mut v = Vec::new();
+    if only != "wgmma" {
+        v.push(sync);
+    }
+    let fits = dev.arch() == Arch::Sm90
+        && matches!(c.qb, 64 | 128)
+        && matches!(c.kvb, 64 | 128)
+        && sh.d.is_multiple_of(64)
+        && sh.dv.is_multiple_of(64);
+    if fits && only != "sync" {
+        let mut w = base.wgmma();
+        w.q_block = c.qb;
+        w.kv_block = c.kvb;
+        v.push(w);
+        v.push(PtxOptions { overlap: true, ..w });
+    }
+    v
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -222,7 +268,12 @@ fn run_vs_oracle(
             kern.forward_host(dev, sh, &qb, &kb, &vb, scale, bind, KvBlocks::Maps(&maps))
         }
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| {
+        format!(
+            "{:?} overlap {} kpf {}: {e}",
+            opts.mma, opts.overlap, opts.k_prefetch
+        )
+    })?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {
@@ -235,7 +286,14 @@ fn run_vs_oracle(
         let g = from_bits(*got, c.ty);
         let err = (g - w).abs();
         if g.is_nan() || err > abs + rel * w.abs() {
-            return Err(format!("O[{i}] = {g}, oracle {w} (row {})", i / sh.dv));
+            return Err(format!(
+                "{:?} overlap {} kpf {}: O[{i}] = {g}, oracle {w} (row {}, col {})",
+                opts.mma,
+                opts.overlap,
+                opts.k_prefetch,
+                i / sh.dv,
+                i % sh.dv
+            ));
         }
         worst = worst.max(err);
     }
@@ -246,11 +304,14 @@ fn run_vs_oracle(
             (g - w).abs() <= 0.01 + 0.005 * w.abs()
         };
         if !ok || g.is_nan() {
-            return Err(format!("LSE[{i}] = {g}, oracle {w}"));
+            return Err(format!(
+                "{:?} overlap {} kpf {}: LSE[{i}] = {g}, oracle {w}",
+                opts.mma, opts.overlap, opts.k_prefetch
+            ));
         }
     }
     println!(
-        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} kv {}: max |dO| {worst:.2e}",
+        "  ok {} {:?} {} qb{} kvb{} mt{} kpf {} {:?} overlap {} kv {}: max |dO| {worst:.2e}",
         p.name,
         sh,
         c.ty.name(),
@@ -258,6 +319,8 @@ fn run_vs_oracle(
         c.kvb,
         c.mt,
         opts.k_prefetch,
+        opts.mma,
+        opts.overlap,
         kern.meta().kv_bounds.name()
     );
     Ok(())
@@ -393,9 +456,18 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     let (qb, _) = random_input(&mut r, shape.q_len(), 1.0, InputType::Bf16);
     let (kb, _) = random_input(&mut r, shape.k_len(), 1.0, InputType::Bf16);
     let (vb, _) = random_input(&mut r, shape.v_len(), 1.0, InputType::Bf16);
-    for checked in [false, true] {
-        let mut opts = PtxOptions::new(dev.arch(), 64, 64, InputType::Bf16);
-        opts.q_block = 64;
+    let case = Case {
+        shape,
+        ty: InputType::Bf16,
+        qb: 64,
+        kvb: 64,
+        mt: 1,
+    };
+    for (checked, base) in paths(dev, &case)
+        .into_iter()
+        .flat_map(|o| [(false, o), (true, o)])
+    {
+        let mut opts = base;
         opts.checked = checked;
         let k = CudaKernel::load(dev, &emit(&p, &opts).unwrap()).unwrap();
         let res = k.forward_host(

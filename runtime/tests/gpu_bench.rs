@@ -10,6 +10,8 @@
 //! Kernels take their own kv-bounds source (closed form for dense, causal, sliding,
 //! ALiBi and softcap; block table for documents); `ATTNC_BENCH_KV_TABLE=1` forces the
 //! block table everywhere, to compare the two.
+//! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
+//! the defaults.
 
 mod gpu_util;
 
@@ -62,7 +64,9 @@ fn variants(h: i32) -> Vec<Variant> {
 }
 
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
-/// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync).
+/// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
+/// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
+/// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -72,10 +76,17 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c'])
         .parse()
         .unwrap_or(1);
-    let mut o = PtxOptions::new(arch, d, d, ty).with_m_tiles(n);
+    let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
+    if mt.contains('w') {
+        o = o.wgmma();
+        o.overlap = mt.contains('o');
+    }
+    if mt.contains('c') {
+        o.min_ctas = 2;
+    }
     o.q_block = qb;
     o.kv_block = kvb;
     if mt.contains('r') {
@@ -132,7 +143,13 @@ fn gpu_bench() {
     // q_block x kv_block x m-tiles per warp, then `r` (Q in registers) or `s` (Q re-read
     // from shared memory) to override the default
     let tiles: Vec<(u32, u32, String)> = std::env::var("ATTNC_BENCH_TILES")
-        .unwrap_or_else(|_| "128x64x2,128x128x2,64x64x1,128x64x1".into())
+        .unwrap_or_else(|_| {
+            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw,128x64xwo,128x128xwo".into()
+            } else {
+                "128x64x2,128x128x2,64x64x1,128x64x1".into()
+            }
+        })
         .split(',')
         .filter_map(|t| {
             let mut it = t.split('x');
@@ -209,6 +226,13 @@ fn gpu_bench() {
                     .unwrap();
                 let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
                 let tf = 4.0 * (b * h * l * l * d) as f64 / ms / 1e9;
+                if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
+                    let _ = std::fs::create_dir_all(&dir);
+                    if let Ok(k) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts) {
+                        let _ =
+                            std::fs::write(format!("{dir}/tile_d{d}_{qb}x{kvb}x{mt}.ptx"), k.ptx);
+                    }
+                }
                 println!("tile {qb}x{kvb}x{mt} D{d}: dense {ms:.3} ms {tf:.1} TFLOP/s");
                 if ms < best.1 {
                     best = ((qb, kvb, mt), ms);
@@ -243,7 +267,25 @@ fn gpu_bench() {
             let per_b = var.name == "doc_causal";
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
-            for t in [(128, 64, "2".to_string()), (64, 64, "1".to_string())] {
+            let mut defaults = vec![(128, 64, "2".to_string()), (64, 64, "1".to_string())];
+            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+                // the wgmma default of this head dim
+                let o = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+                defaults.push((o.q_block, o.kv_block, "w".to_string()));
+            }
+            // ATTNC_BENCH_EXTRA=128x64xwc,...: more tiles timed on every variant
+            for t in std::env::var("ATTNC_BENCH_EXTRA")
+                .unwrap_or_default()
+                .split(',')
+            {
+                let mut it = t.splitn(3, 'x');
+                if let (Some(a), Some(b), Some(m)) = (it.next(), it.next(), it.next())
+                    && let (Ok(a), Ok(b)) = (a.parse(), b.parse())
+                {
+                    defaults.push((a, b, m.to_string()));
+                }
+            }
+            for t in defaults {
                 if !cands.contains(&t) {
                     cands.push(t);
                 }

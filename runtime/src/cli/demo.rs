@@ -34,7 +34,12 @@ fn max_err(a: &[f32], b: &[f32]) -> f32 {
         )
 }
 
-pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
+pub(crate) fn demo(dir: &Path, backends: &[BackendArg], d: usize) -> Result<(), Error> {
+    if d == 0 || d > 256 {
+        return Err(Error::Usage(format!(
+            "--d {d}: the demo takes a head dim from 1 to 256"
+        )));
+    }
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::Io {
             path: dir.display().to_string(),
@@ -50,8 +55,8 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg]) -> Result<(), Error> {
         hkv: 2,
         lq: 77,
         lkv: 77,
-        d: 32,
-        dv: 32,
+        d,
+        dv: d,
     };
     outln!(
         "attnc demo: {} files, shape B{} Hq{} Hkv{} Lq{} Lkv{} D{}, f32, vs the f64 reference",

@@ -191,6 +191,10 @@ enum Command {
         /// Backends to run (reference is always the oracle)
         #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
         backends: Vec<BackendArg>,
+        /// Head dim D = Dv of the demo shape (the CUDA kernel's path depends on it: on
+        /// sm_90, 64 and 128 run the wgmma kernel, other sizes mma.sync)
+        #[arg(long, default_value_t = 32)]
+        d: usize,
     },
 }
 
@@ -259,7 +263,7 @@ pub fn main() -> i32 {
             threads,
             jit_tiers,
         }),
-        Command::Demo { dir, backends } => demo::demo(&dir, &backends),
+        Command::Demo { dir, backends, d } => demo::demo(&dir, &backends, d),
         Command::CudaInfo => attnc::cuda_device_info().map(|s| outln!("{s}")),
         Command::Blockmask {
             file,

@@ -1,6 +1,7 @@
 //! A thin layer over inkwell for writing NVPTX kernels: special registers, barriers,
-//! warp shuffles, fast math, `cp.async`, `ldmatrix`, `mma.sync`, packing to 16-bit pairs,
-//! and swizzled shared-memory tiles.
+//! warp shuffles, fast math, `cp.async`, `ldmatrix`, `mma.sync`, Hopper `wgmma` (shared-
+//! memory matrix descriptors, fences, commit/wait groups), packing to 16-bit pairs, and
+//! swizzled shared-memory tiles (row-swizzled, or the wgmma 128-byte-swizzled slabs).
 //!
 //! In: an LLVM context/module and a kernel function under construction. Out: LLVM
 //! instructions appended at the builder's position. Every helper is one PTX idea, so
@@ -221,6 +222,59 @@ impl<'ctx> Gpu<'ctx> {
             .into_float_value())
     }
 
+    /// A side-effecting inline asm statement that returns `n` f32 values (none: void).
+    /// `constraints` lists the outputs first; the call is `convergent`, so that no pass
+    /// moves a warp- or warpgroup-collective instruction under a branch.
+    fn asm_call(
+        &self,
+        text: &str,
+        constraints: &str,
+        n_out: usize,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> R<Vec<FloatValue<'ctx>>> {
+        let tys: Vec<BasicMetadataTypeEnum<'ctx>> = args
+            .iter()
+            .map(|a| match a {
+                BasicMetadataValueEnum::IntValue(v) => Ok(v.get_type().into()),
+                BasicMetadataValueEnum::FloatValue(v) => Ok(v.get_type().into()),
+                _ => Err(LlvmError::Internal("inline asm operand kind")),
+            })
+            .collect::<R<_>>()?;
+        let st = self.ctx.struct_type(&vec![self.f32.into(); n_out], false);
+        let ft = match n_out {
+            0 => self.ctx.void_type().fn_type(&tys, false),
+            1 => self.f32.fn_type(&tys, false),
+            _ => st.fn_type(&tys, false),
+        };
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            text.into(),
+            constraints.into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        let cs = self.b.build_indirect_call(ft, asm, args, "")?;
+        let conv = self.ctx.create_enum_attribute(
+            inkwell::attributes::Attribute::get_named_enum_kind_id("convergent"),
+            0,
+        );
+        cs.add_attribute(inkwell::attributes::AttributeLoc::Function, conv);
+        let v = cs.try_as_basic_value().basic();
+        match (n_out, v) {
+            (0, _) => Ok(Vec::new()),
+            (1, Some(v)) => Ok(vec![v.into_float_value()]),
+            (_, Some(v)) => {
+                let s = v.into_struct_value();
+                (0..n_out as u32)
+                    .map(|i| Ok(self.b.build_extract_value(s, i, "")?.into_float_value()))
+                    .collect()
+            }
+            _ => Err(LlvmError::Internal("inline asm result")),
+        }
+    }
+
     pub fn tid_x(&self) -> R<IntValue<'ctx>> {
         self.call_i("llvm.nvvm.read.ptx.sreg.tid.x", &[])
     }
@@ -422,6 +476,129 @@ impl<'ctx> Gpu<'ctx> {
         }
         Ok(out)
     }
+    // ---- Hopper wgmma (sm_90a) ----------------------------------------------------------------
+
+    /// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory writes (ordinary
+    /// stores and `cp.async`) become visible to the async proxy (the wgmma operand reads)
+    /// once a barrier follows.
+    pub fn fence_proxy_async(&self) -> R<()> {
+        self.asm_call("fence.proxy.async.shared::cta;", "~{memory}", 0, &[])?;
+        Ok(())
+    }
+    /// `wgmma.fence.sync.aligned`: orders this warpgroup's register accesses before the
+    /// `wgmma.mma_async` that follow (needed whenever accumulators or A fragments were
+    /// written since the last wgmma).
+    pub fn wgmma_fence(&self) -> R<()> {
+        self.asm_call("wgmma.fence.sync.aligned;", "~{memory}", 0, &[])?;
+        Ok(())
+    }
+    /// `wgmma.commit_group.sync.aligned`: the wgmma issued so far form one group.
+    pub fn wgmma_commit(&self) -> R<()> {
+        self.asm_call("wgmma.commit_group.sync.aligned;", "~{memory}", 0, &[])?;
+        Ok(())
+    }
+    /// `wgmma.wait_group.sync.aligned n`, threading the accumulators `regs` through the
+    /// statement: the values returned are defined only after the wait, so no read of an
+    /// accumulator can move above it.
+    pub fn wgmma_wait(&self, n: u32, regs: &[FloatValue<'ctx>]) -> R<Vec<FloatValue<'ctx>>> {
+        let k = regs.len();
+        let mut cons: Vec<String> = (0..k).map(|_| "=f".to_string()).collect();
+        cons.extend((0..k).map(|i| i.to_string()));
+        cons.push("~{memory}".into());
+        let args: Vec<BasicMetadataValueEnum<'ctx>> = regs.iter().map(|r| (*r).into()).collect();
+        self.asm_call(
+            &format!("wgmma.wait_group.sync.aligned {n};"),
+            &cons.join(","),
+            k,
+            &args,
+        )
+    }
+    /// The shared-memory window address of byte `off` of the dynamic shared memory (i32).
+    pub fn smem_addr32(&self, off: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let base = self
+            .b
+            .build_ptr_to_int(self.smem.as_pointer_value(), self.i64, "")?;
+        let base = self.b.build_int_truncate(base, self.i32, "")?;
+        self.add(base, off)
+    }
+    /// A wgmma shared-memory matrix descriptor with the 128-byte swizzle: start address
+    /// `addr` (a shared-window byte address, 16-byte aligned, its swizzle atom 1024-byte
+    /// aligned), leading and stride byte offsets `lbo`, `sbo` (multiples of 16).
+    pub fn wgmma_desc(&self, addr: IntValue<'ctx>, lbo: u32, sbo: u32) -> R<IntValue<'ctx>> {
+        let lo = self.and(self.lshr(addr, self.c32(4))?, self.c32(0x3fff))?;
+        let hi =
+            ((lbo as u64 >> 4) & 0x3fff) << 16 | ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
+        self.or(self.zext64(lo)?, self.i64.const_int(hi, false))
+    }
+    /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`: this warpgroup's 64 x n f32
+    /// accumulator (`n / 2` registers per thread, in m16n8 accumulator order per n8 chunk)
+    /// `= acc + A B` (`acc` None: `= A B`). A is a K-major shared-memory descriptor or four
+    /// registers of the m16n8k16 A-fragment layout (per warp, its 16 rows); B is a
+    /// shared-memory descriptor, K-major or, with `trans_b`, N-major. Asynchronous: the
+    /// results may be read only after `wgmma_commit` and `wgmma_wait`.
+    pub fn wgmma(
+        &self,
+        ty: InputType,
+        n: u32,
+        a: WgmmaA<'ctx>,
+        b_desc: IntValue<'ctx>,
+        trans_b: bool,
+        acc: Option<&[FloatValue<'ctx>]>,
+    ) -> R<Vec<FloatValue<'ctx>>> {
+        let k = n as usize / 2;
+        if acc.is_some_and(|a| a.len() != k) {
+            return Err(LlvmError::Internal("wgmma accumulator count"));
+        }
+        let t = ty.name();
+        let mut cons: Vec<String> = (0..k).map(|_| "=f".to_string()).collect();
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> = Vec::new();
+        if let Some(acc) = acc {
+            cons.extend((0..k).map(|i| i.to_string()));
+            args.extend(acc.iter().map(|x| BasicMetadataValueEnum::from(*x)));
+        }
+        let mut next = cons.len();
+        let d_list = (0..k)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let a_text = match a {
+            WgmmaA::Desc(d) => {
+                cons.push("l".into());
+                args.push(d.into());
+                next += 1;
+                format!("${}", next - 1)
+            }
+            WgmmaA::Regs(r) => {
+                let s = (0..4)
+                    .map(|i| format!("${}", next + i))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                for x in r {
+                    cons.push("r".into());
+                    args.push(x.into());
+                }
+                next += 4;
+                format!("{{{s}}}")
+            }
+        };
+        cons.push("l".into());
+        args.push(b_desc.into());
+        let b_text = format!("${next}");
+        // scale-d (a predicate): accumulate onto `acc`, or overwrite
+        cons.push("r".into());
+        args.push(self.c32(acc.is_some() as i64).into());
+        let scale_d = format!("${}", next + 1);
+        let tail = match a {
+            WgmmaA::Desc(_) => format!("p, 1, 1, 0, {}", trans_b as u32),
+            WgmmaA::Regs(_) => format!("p, 1, 1, {}", trans_b as u32),
+        };
+        cons.push("~{memory}".into());
+        let text = format!(
+            "{{\n.reg .pred p;\nsetp.ne.b32 p, {scale_d}, 0;\nwgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d_list}}}, {a_text}, {b_text}, {tail};\n}}"
+        );
+        self.asm_call(&text, &cons.join(","), k, &args)
+    }
+
     /// Two f32 rounded to the input type, `lo` in the low 16 bits (the fragment order).
     pub fn pack2(
         &self,
@@ -492,6 +669,13 @@ impl<'ctx> Gpu<'ctx> {
     }
 }
 
+/// The A operand of a `wgmma`: a shared-memory descriptor or four fragment registers.
+#[derive(Clone, Copy)]
+pub(crate) enum WgmmaA<'ctx> {
+    Desc(IntValue<'ctx>),
+    Regs([IntValue<'ctx>; 4]),
+}
+
 /// A local variable living in an `alloca` of the entry block.
 #[derive(Clone, Copy)]
 pub(crate) struct Var<'ctx> {
@@ -502,11 +686,17 @@ pub(crate) struct Var<'ctx> {
 /// A tile of 16-bit elements in shared memory, `rows` rows of `cols` elements, stored
 /// in 16-byte chunks with the chunk index XOR-swizzled by the row (so that the eight rows
 /// an `ldmatrix` phase reads, and the rows `cp.async` writes, fall in distinct banks).
+///
+/// With `slab` (the wgmma canonical 128-byte-swizzled layout, `cols` a multiple of 64):
+/// the tile is split into slabs of 64 columns, slab `s` at `s * rows * 128` bytes; in a
+/// slab, row `r` is 128 bytes at `r * 128` and its chunk `c` sits at chunk `c ^ (r % 8)`
+/// (so each 8-row group is one 1024-byte swizzle atom). At 64 columns both layouts agree.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SmemTile {
     pub offset: u32,
     pub rows: u32,
     pub cols: u32,
+    pub slab: bool,
 }
 
 impl SmemTile {
@@ -533,12 +723,24 @@ impl SmemTile {
         chunk: IntValue<'ctx>,
         extra: IntValue<'ctx>,
     ) -> R<PointerValue<'ctx>> {
-        let mask = self.chunks().min(8) as i64 - 1;
-        let sw = g.xor(chunk, g.and(row, g.c32(mask))?)?;
-        let off = g.add(
-            g.mul(row, g.c32(self.cols as i64 * 2))?,
-            g.shl(sw, g.c32(4))?,
-        )?;
+        let off = if self.slab {
+            let slab = g.lshr(chunk, g.c32(3))?;
+            let sw = g.xor(g.and(chunk, g.c32(7))?, g.and(row, g.c32(7))?)?;
+            g.add(
+                g.add(
+                    g.mul(slab, g.c32(self.rows as i64 * 128))?,
+                    g.mul(row, g.c32(128))?,
+                )?,
+                g.shl(sw, g.c32(4))?,
+            )?
+        } else {
+            let mask = self.chunks().min(8) as i64 - 1;
+            let sw = g.xor(chunk, g.and(row, g.c32(mask))?)?;
+            g.add(
+                g.mul(row, g.c32(self.cols as i64 * 2))?,
+                g.shl(sw, g.c32(4))?,
+            )?
+        };
         g.smem_at(g.add(g.add(off, extra)?, g.c32(self.offset as i64))?)
     }
     /// Starts copying rows `row0 .. row0 + rows` of a row-major global matrix (row stride
@@ -584,11 +786,14 @@ impl SmemTile {
                 g.zext64(g.shl(chunk, g.c32(4))?)?,
             )?,
         )?;
+        // rows `step` apart (a multiple of the swizzle period) are `step * dst_stride`
+        // bytes apart in shared memory
+        let dst_stride = if self.slab { 128 } else { stride };
         for k in 0..total / threads {
             let step = (k * rpp) as i64;
             // SAFETY: inside the tile's shared memory
             let dst = unsafe {
-                g.b.build_gep(g.ctx.i8_type(), dst0, &[g.c32(step * stride)], "")?
+                g.b.build_gep(g.ctx.i8_type(), dst0, &[g.c32(step * dst_stride)], "")?
             };
             let src = g.gep_bytes(src0, g.c64(step * stride))?;
             g.cp_async16(dst, src, g.c32(16))?;

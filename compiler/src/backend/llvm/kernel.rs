@@ -29,11 +29,33 @@
 //! ```
 //! Element (lane, register) positions of an m16n8 accumulator: rows `lane/4` and
 //! `lane/4 + 8`, columns `2 (lane % 4) + {0, 1}`.
+//!
+//! The wgmma path (`Mma::Wgmma`, sm_90a) keeps this loop and replaces the two products:
+//! warps 4w..4w+3 form warpgroup w, which owns query rows 64w..64w+63 (each warp its 16,
+//! `m_tiles` = 1, so the softmax and the epilogue above run unchanged: a wgmma
+//! accumulator's n8 chunks have the m16n8 layout per warp). Q, K and V sit in the
+//! canonical 128-byte-swizzled layout (`SmemTile::slab`: 64-column slabs, 8-row atoms of
+//! 1024 bytes); S = Q K^T is `d / 16` wgmma m64n{kv_block}k16 with both operands K-major
+//! descriptors (stride byte offset 1024, the start advanced 32 bytes per k-step inside
+//! the slab); O += P V is `kv_block / 16` wgmma m64n{dv}k16 with P's A fragments from
+//! registers and V N-major (`imm-trans-b`; leading byte offset = one slab, stride byte
+//! offset 1024). Every shared-memory write the tensor cores read (cp.async, the Q
+//! negation, the zeroed V buffer) is followed by `fence.proxy.async` before the barrier.
+//! Each product is one commit group; the wait threads the accumulators through the
+//! `wgmma.wait_group` asm so no read of them is scheduled above it. With `overlap`
+//! (K and V double-buffered):
+//! ```text
+//! for each block j: wait; barrier; cp.async V[j], K[next]
+//!     issue S(j) = Q K[j]^T; issue O += P(j-1) V[j-1]   (P(-1) = 0, its V buffer zeroed)
+//!     wait_group 1 (S ready); mask/score; softmax (max, l, P(j); O's rescale deferred)
+//!     wait_group 0 (O ready); O *= 2^(c2 (m - m')) if any row's max moved
+//! after the last block: wait; barrier; O += P(last) V[last]
+//! ```
 
 use super::bounds::{KvBounds, RowRuns};
 use super::expr::{Elem, Env, TensorArg, emit_function};
-use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
-use super::{InputType, KernelParam, LlvmError, PtxOptions};
+use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
+use super::{InputType, KernelParam, LlvmError, Mma, PtxOptions};
 use crate::ir::{Program, Type};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -47,29 +69,43 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
 
 /// Shared-memory tiles of Q, K and V.
+/// On the wgmma path they are in the 128-byte-swizzled slab layout (every tile a
+/// multiple of 1024 bytes, so each swizzle atom is 1024-byte aligned).
 fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
+    let slab = opts.mma == Mma::Wgmma;
     let q = SmemTile {
         offset: 0,
         rows: opts.q_block,
         cols: opts.d,
+        slab,
     };
     let k = SmemTile {
         offset: q.bytes(),
         rows: opts.kv_block,
         cols: opts.d,
+        slab,
     };
     let v = SmemTile {
-        offset: q.bytes() + k.bytes() * if opts.k_prefetch { 2 } else { 1 },
+        offset: q.bytes()
+            + k.bytes()
+                * if opts.k_prefetch || opts.overlap {
+                    2
+                } else {
+                    1
+                },
         rows: opts.kv_block,
         cols: opts.dv,
+        slab,
     };
     (q, k, v)
 }
 
-/// (threads per CTA, dynamic shared memory bytes).
+/// (threads per CTA, dynamic shared memory bytes): Q, one or two K tiles, one or (with
+/// `overlap`) two V tiles.
 pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
     let (_, _, v) = tiles(opts);
-    (opts.threads(), v.offset + v.bytes())
+    let nv = if opts.overlap { 2 } else { 1 };
+    (opts.threads(), v.offset + v.bytes() * nv)
 }
 
 pub(crate) struct Built<'ctx> {
@@ -111,6 +147,8 @@ struct Cfg {
     /// m16 tiles of query rows per warp.
     mt: usize,
     q_in_regs: bool,
+    /// The wgmma path (else mma.sync).
+    wg: bool,
     q: SmemTile,
     k: SmemTile,
     v: SmemTile,
@@ -169,6 +207,12 @@ pub(crate) fn build<'ctx>(
         AttributeLoc::Function,
         ctx.create_string_attribute("nvvm.maxntid", &threads.to_string()),
     );
+    if opts.min_ctas > 0 {
+        func.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("nvvm.minctasm", &opts.min_ctas.to_string()),
+        );
+    }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     for (i, k) in params.iter().enumerate() {
         if matches!(
@@ -187,14 +231,19 @@ pub(crate) fn build<'ctx>(
         kvb: opts.kv_block,
         threads,
         mt: opts.m_tiles as usize,
-        q_in_regs: opts.q_in_regs,
+        q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
+        wg: opts.mma == Mma::Wgmma,
         q,
         k,
         v,
     };
-    let smem_bytes = v.offset + v.bytes();
+    let smem_bytes = sizes(opts).1;
 
     let g = Gpu::new(ctx, module, func);
+    if cfg.wg {
+        // the wgmma swizzle atoms (1024 bytes) must be aligned in the shared window
+        g.smem.set_alignment(1024);
+    }
     let allocas = g.block("allocas");
     let start = g.block("start");
     g.ab.position_at_end(allocas);
@@ -374,6 +423,28 @@ fn body<'ctx>(
     let st_kbuf = g.var(g.i32, g.c32(0))?;
     let st_nj = g.var(g.i32, g.c32(0))?;
     let zero = g.c32(0);
+    // with `overlap`: the V buffer of block j, P of the previous block (zero before the
+    // first) and the deferred O rescale factors
+    let (st_vbuf, p_prev, alpha) = if c.wg && opts.overlap {
+        (
+            Some(g.var(g.i32, g.c32(0))?),
+            (0..c.kvb / 16)
+                .map(|_| {
+                    Ok([
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                        g.var(g.i32, zero)?,
+                    ])
+                })
+                .collect::<R<Vec<_>>>()?,
+            (0..c.mt)
+                .map(|_| Ok([g.var(g.f32, g.cf(1.0))?, g.var(g.f32, g.cf(1.0))?]))
+                .collect::<R<Vec<_>>>()?,
+        )
+    } else {
+        (None, Vec::new(), Vec::new())
+    };
 
     // the block after (j, run end, full, run r): the rest of this run, else the next run
     // of the row; (next j, end, full, r, whether there is one). The run read is always
@@ -427,8 +498,13 @@ fn body<'ctx>(
         let neg = g.fcmp(FloatPredicate::OLT, scale, g.cf(0.0))?;
         g.if_then(neg, || negate_own_chunks(g, &c.q, tid, c.threads))?;
     }
+    if c.wg && opts.overlap {
+        // the first iteration's P V reads the second V buffer with P = 0: keep it finite
+        zero_own_chunks(g, &c.v, tid, c.threads, c.v.bytes())?;
+    }
+    proxy_fence(g, c)?;
     g.barrier()?;
-    let qfrag = if c.q_in_regs {
+    let qfrag = if c.q_in_regs && !c.wg {
         Some(load_q_fragments(g, c, &cx)?)
     } else {
         None
@@ -443,80 +519,162 @@ fn body<'ctx>(
     let r = g.geti(&st_r)?;
     let kv0 = kv_start(j)?;
     g.cp_async_wait(0)?;
+    proxy_fence(g, c)?;
     g.barrier()?;
-    c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
-    g.cp_async_commit()?;
-    if opts.k_prefetch {
-        // K[next] into the other buffer (last read by the QK of the previous block, which
-        // every warp finished before the barrier above), a whole iteration ahead; the next
-        // block is j + 1 inside a run, else the start of the next run (read only then)
-        let j1 = g.add(j, g.c32(1))?;
-        let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
-        let r1 = g.add(r, g.c32(1))?;
-        let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
-        let has = g.or(in_run, more_runs)?;
-        g.set(&st_nj, j1)?;
-        g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
-            let (nj, _, _) = runs.load(g, r1)?;
-            g.set(&st_nj, nj)
-        })?;
-        let nj = g.geti(&st_nj)?;
+    if let Some(st_vbuf) = st_vbuf {
+        let tail = g.block("pv_last");
+        // K[j] and V[j-1] are in shared memory; V[j] and K[next] start copying into the
+        // buffers that S(j-1) and P V(j-2) read (both finished before the barrier above)
+        let vbuf = g.geti(&st_vbuf)?;
         let kbuf = g.geti(&st_kbuf)?;
-        let other = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
-        g.if_then(has, || {
-            let nkv0 = kv_start(nj)?;
-            c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
+        let vother = g.xor(vbuf, g.c32(c.v.bytes() as i64))?;
+        let kother = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
+        c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, vbuf)?;
+        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        g.if_then(has_next, || {
+            let nkv0 = kv_start(next_j)?;
+            c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, kother)
         })?;
         g.cp_async_commit()?;
-        let s = qk(g, c, &cx, qfrag.as_deref(), kbuf)?;
-        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        // S(j), then P V(j-1): two wgmma groups; wait for the first only
+        let s_async = qk_wgmma_issue(g, c, &cx, kbuf)?;
+        let o_in = o_values(g, &o_acc)?;
+        let p_in = p_values(g, &p_prev)?;
+        let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vother)?;
+        let s = split4(&g.wgmma_wait(1, &s_async)?);
         let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-        // V[j] (K[next] may still be in flight)
-        let mut sync = || -> R<()> {
-            g.cp_async_wait(1)?;
-            g.barrier()
-        };
-        let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
-        } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
-            sync()?;
-            p
-        };
-        pv(g, c, &cx, &pfrag, &o_acc)?;
+        let (pfrag, any) =
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, Some(&alpha), &mut || Ok(()))?;
+        let o_now = g.wgmma_wait(0, &o_async)?;
+        set_o(g, &o_acc, &o_now)?;
+        g.if_then(any, || {
+            for (oi, ai) in o_acc.iter().zip(&alpha) {
+                for acc in oi {
+                    for (e, v) in acc.iter().enumerate() {
+                        let a = g.getf(&ai[e / 2])?;
+                        g.set(v, g.fmul(g.getf(v)?, a)?)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for (pv, pf) in p_prev.iter().zip(&pfrag[0]) {
+            for (v, x) in pv.iter().zip(pf) {
+                g.set(v, *x)?;
+            }
+        }
         g.set(&st_j, next_j)?;
         g.set(&st_end, next_end)?;
         g.set(&st_full, next_full)?;
         g.set(&st_r, next_r)?;
-        g.set(&st_kbuf, other)?;
-        g.cond_br(has_next, lp, epi)?;
+        g.set(&st_kbuf, kother)?;
+        g.set(&st_vbuf, vother)?;
+        g.cond_br(has_next, lp, tail)?;
+        // the last block's P V: V[last] is in the buffer the last iteration filled
+        g.b.position_at_end(tail);
+        g.cp_async_wait(0)?;
+        proxy_fence(g, c)?;
+        g.barrier()?;
+        let vlast = g.xor(g.geti(&st_vbuf)?, g.c32(c.v.bytes() as i64))?;
+        let o_in = o_values(g, &o_acc)?;
+        let p_in = p_values(g, &p_prev)?;
+        let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vlast)?;
+        let o_now = g.wgmma_wait(0, &o_async)?;
+        set_o(g, &o_acc, &o_now)?;
+        g.br(epi)?;
     } else {
-        let s = qk(g, c, &cx, qfrag.as_deref(), zero)?;
-        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
-        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-        // V[j], then K[next] into the buffer every warp has finished reading
-        let mut sync = || -> R<()> {
-            g.cp_async_wait(0)?;
-            g.barrier()?;
-            g.if_then(has_next, || {
-                let nkv0 = kv_start(next_j)?;
-                c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
-                g.cp_async_commit()
-            })
-        };
-        let pfrag = if opts.early_sync && raw {
-            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut sync)?
+        c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
+        g.cp_async_commit()?;
+        if opts.k_prefetch {
+            // K[next] into the other buffer (last read by the QK of the previous block, which
+            // every warp finished before the barrier above), a whole iteration ahead; the next
+            // block is j + 1 inside a run, else the start of the next run (read only then)
+            let j1 = g.add(j, g.c32(1))?;
+            let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+            let r1 = g.add(r, g.c32(1))?;
+            let more_runs = g.icmp(IntPredicate::ULT, r1, r_end)?;
+            let has = g.or(in_run, more_runs)?;
+            g.set(&st_nj, j1)?;
+            g.if_then(g.and(g.xor(in_run, g.cbool(true))?, more_runs)?, || {
+                let (nj, _, _) = runs.load(g, r1)?;
+                g.set(&st_nj, nj)
+            })?;
+            let nj = g.geti(&st_nj)?;
+            let kbuf = g.geti(&st_kbuf)?;
+            let other = g.xor(kbuf, g.c32(c.k.bytes() as i64))?;
+            g.if_then(has, || {
+                let nkv0 = kv_start(nj)?;
+                c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
+            })?;
+            g.cp_async_commit()?;
+            let s = if c.wg {
+                qk_wgmma(g, c, &cx, kbuf)?
+            } else {
+                qk(g, c, &cx, qfrag.as_deref(), kbuf)?
+            };
+            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+            // V[j] (K[next] may still be in flight)
+            let mut sync = || -> R<()> {
+                g.cp_async_wait(1)?;
+                proxy_fence(g, c)?;
+                g.barrier()
+            };
+            let pfrag = if opts.early_sync && raw {
+                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
+            } else {
+                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
+                sync()?;
+                p
+            };
+            if c.wg {
+                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+            } else {
+                pv(g, c, &cx, &pfrag, &o_acc)?;
+            }
+            g.set(&st_j, next_j)?;
+            g.set(&st_end, next_end)?;
+            g.set(&st_full, next_full)?;
+            g.set(&st_r, next_r)?;
+            g.set(&st_kbuf, other)?;
+            g.cond_br(has_next, lp, epi)?;
         } else {
-            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, &mut || Ok(()))?;
-            sync()?;
-            p
-        };
-        pv(g, c, &cx, &pfrag, &o_acc)?;
-        g.set(&st_j, next_j)?;
-        g.set(&st_end, next_end)?;
-        g.set(&st_full, next_full)?;
-        g.set(&st_r, next_r)?;
-        g.cond_br(has_next, lp, epi)?;
+            let s = if c.wg {
+                qk_wgmma(g, c, &cx, zero)?
+            } else {
+                qk(g, c, &cx, qfrag.as_deref(), zero)?
+            };
+            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+            // V[j], then K[next] into the buffer every warp has finished reading
+            let mut sync = || -> R<()> {
+                g.cp_async_wait(0)?;
+                proxy_fence(g, c)?;
+                g.barrier()?;
+                g.if_then(has_next, || {
+                    let nkv0 = kv_start(next_j)?;
+                    c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
+                    g.cp_async_commit()
+                })
+            };
+            let pfrag = if opts.early_sync && raw {
+                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
+            } else {
+                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
+                sync()?;
+                p
+            };
+            if c.wg {
+                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+            } else {
+                pv(g, c, &cx, &pfrag, &o_acc)?;
+            }
+            g.set(&st_j, next_j)?;
+            g.set(&st_end, next_end)?;
+            g.set(&st_full, next_full)?;
+            g.set(&st_r, next_r)?;
+            g.cond_br(has_next, lp, epi)?;
+        }
     }
 
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------
@@ -625,6 +783,147 @@ fn qk<'ctx>(
     Ok(s)
 }
 
+/// On the wgmma path: makes this thread's shared-memory writes (cp.async, the Q negation)
+/// visible to the tensor cores' async-proxy reads after the barrier that follows.
+fn proxy_fence(g: &Gpu<'_>, c: &Cfg) -> R<()> {
+    if c.wg { g.fence_proxy_async() } else { Ok(()) }
+}
+
+/// Byte offset of the 16-column step `ks` (of a 128-byte-swizzled slab tile) from the
+/// tile start: the slab, then 32 bytes per step inside the 128-byte row (the hardware
+/// applies the swizzle to the address bits, so the start moves unswizzled).
+fn kstep_offset(t: &SmemTile, ks: u32) -> u32 {
+    (ks / 4) * t.rows * 128 + (ks % 4) * 32
+}
+
+/// S = Q K^T with wgmma for this warp's 16 rows (its warpgroup's 64): `kv_block / 8`
+/// m16n8-ordered accumulators, in the `[m-tile][n-tile]` shape of `qk` (one m-tile).
+/// Q and K are K-major in shared memory (8-row groups 1024 bytes apart); issued, then
+/// waited for at once.
+fn qk_wgmma<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    kbuf: IntValue<'ctx>,
+) -> R<Vec<Vec<[FloatValue<'ctx>; 4]>>> {
+    let acc = qk_wgmma_issue(g, c, cx, kbuf)?;
+    Ok(split4(&g.wgmma_wait(0, &acc)?))
+}
+
+/// Issues S = Q K^T (one committed wgmma group); the values returned are valid only
+/// after a `wgmma_wait` that covers the group.
+fn qk_wgmma_issue<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    kbuf: IntValue<'ctx>,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let wgi = g.lshr(cx.warp, g.c32(2))?;
+    let q_base = g.smem_addr32(g.add(g.mul(wgi, g.c32(64 * 128))?, g.c32(c.q.offset as i64))?)?;
+    let k_base = g.smem_addr32(g.add(kbuf, g.c32(c.k.offset as i64))?)?;
+    g.wgmma_fence()?;
+    let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
+    for ks in 0..c.d / 16 {
+        let da = g.wgmma_desc(
+            g.add(q_base, g.c32(kstep_offset(&c.q, ks) as i64))?,
+            16,
+            1024,
+        )?;
+        let db = g.wgmma_desc(
+            g.add(k_base, g.c32(kstep_offset(&c.k, ks) as i64))?,
+            16,
+            1024,
+        )?;
+        acc = Some(g.wgmma(c.ty, c.kvb, WgmmaA::Desc(da), db, false, acc.as_deref())?);
+    }
+    g.wgmma_commit()?;
+    acc.ok_or(LlvmError::Internal("empty QK"))
+}
+
+/// `[[x; 4]]` of one m-tile from a flat accumulator list (m16n8 order per n8 chunk).
+fn split4<'ctx>(acc: &[FloatValue<'ctx>]) -> Vec<Vec<[FloatValue<'ctx>; 4]>> {
+    vec![acc.chunks(4).map(|x| [x[0], x[1], x[2], x[3]]).collect()]
+}
+
+/// The current values of O (one m-tile), flat in accumulator order.
+fn o_values<'ctx>(g: &Gpu<'ctx>, o: &[Vec<[Var<'ctx>; 4]>]) -> R<Vec<FloatValue<'ctx>>> {
+    let mut v = Vec::with_capacity(o[0].len() * 4);
+    for x in &o[0] {
+        for e in x {
+            v.push(g.getf(e)?);
+        }
+    }
+    Ok(v)
+}
+
+fn set_o<'ctx>(g: &Gpu<'ctx>, o: &[Vec<[Var<'ctx>; 4]>], vals: &[FloatValue<'ctx>]) -> R<()> {
+    for (x, v) in o[0].iter().zip(vals.chunks(4)) {
+        for i in 0..4 {
+            g.set(&x[i], v[i])?;
+        }
+    }
+    Ok(())
+}
+
+fn p_values<'ctx>(g: &Gpu<'ctx>, p: &[[Var<'ctx>; 4]]) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    p.iter()
+        .map(|x| {
+            Ok([
+                g.geti(&x[0])?,
+                g.geti(&x[1])?,
+                g.geti(&x[2])?,
+                g.geti(&x[3])?,
+            ])
+        })
+        .collect()
+}
+
+/// O += P V with wgmma: P from registers (the A fragments of `online_softmax`, one
+/// m-tile), V N-major in shared memory (`imm-trans-b`): 64-column slabs `kv_block * 128`
+/// bytes apart (leading byte offset), 8 kv rows 1024 bytes apart (stride byte offset).
+fn pv_wgmma<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    _cx: &Ctx<'ctx>,
+    pfrag: &[Vec<[IntValue<'ctx>; 4]>],
+    o: &[Vec<[Var<'ctx>; 4]>],
+) -> R<()> {
+    let acc = o_values(g, o)?;
+    let acc = pv_wgmma_issue(g, c, &pfrag[0], &acc, g.c32(0))?;
+    set_o(g, o, &g.wgmma_wait(0, &acc)?)
+}
+
+/// Issues O += P V (one committed wgmma group) with V in the buffer `vbuf` bytes past
+/// the V tile; the values returned are valid only after a `wgmma_wait` covering it.
+fn pv_wgmma_issue<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    pfrag: &[[IntValue<'ctx>; 4]],
+    o: &[FloatValue<'ctx>],
+    vbuf: IntValue<'ctx>,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let v_base = g.smem_addr32(g.add(vbuf, g.c32(c.v.offset as i64))?)?;
+    g.wgmma_fence()?;
+    let mut acc = o.to_vec();
+    for kk in 0..c.kvb / 16 {
+        let db = g.wgmma_desc(
+            g.add(v_base, g.c32(kk as i64 * 16 * 128))?,
+            c.v.rows * 128,
+            1024,
+        )?;
+        acc = g.wgmma(
+            c.ty,
+            c.dv,
+            WgmmaA::Regs(pfrag[kk as usize]),
+            db,
+            true,
+            Some(&acc),
+        )?;
+    }
+    g.wgmma_commit()?;
+    Ok(acc)
+}
+
 /// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
 /// blocks that end inside the sequence skip the mask and the bounds checks.
 #[allow(clippy::too_many_arguments)]
@@ -722,7 +1021,9 @@ fn score_and_mask<'ctx>(
 /// rescaled) only when some row of the warp grows by more than `RESCALE_LOG2` in log2
 /// units; otherwise P is taken against the stale max (P < 2^RESCALE_LOG2, exact after
 /// the final division since O, l and the LSE all use the same max). `before_exp` runs
-/// after the rescale and before the exponentials.
+/// after the rescale and before the exponentials. With `defer` (per m-tile, the two
+/// row halves), O is not touched: the rescale factors go there instead, and the caller
+/// multiplies O by them when the returned vote (any row rescaled) holds.
 #[allow(clippy::too_many_arguments)]
 fn online_softmax<'ctx>(
     g: &Gpu<'ctx>,
@@ -732,8 +1033,9 @@ fn online_softmax<'ctx>(
     m: &[[Var<'ctx>; 2]],
     l: &[[Var<'ctx>; 2]],
     o: &[Vec<[Var<'ctx>; 4]>],
+    defer: Option<&[[Var<'ctx>; 2]]>,
     before_exp: &mut dyn FnMut() -> R<()>,
-) -> R<Vec<Vec<[IntValue<'ctx>; 4]>>> {
+) -> R<(Vec<Vec<[IntValue<'ctx>; 4]>>, IntValue<'ctx>)> {
     let thresh = RESCALE_LOG2;
     let tv: Vec<Vec<[FloatValue<'ctx>; 4]>> = t
         .iter()
@@ -782,6 +1084,10 @@ fn online_softmax<'ctx>(
                 let alpha = g.ex2(g.fmul(g.fsub(m_old, m_new_u)?, cx.c2)?)?;
                 g.set(&m[i][hr], m_new)?;
                 g.set(&l[i][hr], g.fmul(g.getf(&l[i][hr])?, alpha)?)?;
+                if let Some(d) = defer {
+                    g.set(&d[i][hr], alpha)?;
+                    continue;
+                }
                 for acc in &o[i] {
                     for cc in 0..2 {
                         let v = &acc[2 * hr + cc];
@@ -825,7 +1131,7 @@ fn online_softmax<'ctx>(
                 .collect::<R<_>>()?,
         );
     }
-    Ok(out)
+    Ok((out, any))
 }
 
 /// Rescaling threshold of the running max, in log2 units (P stays below 2^8). Measured
@@ -858,6 +1164,30 @@ fn negate_own_chunks<'ctx>(
             .map_err(|_| LlvmError::Internal("alignment"))?;
         let x = g.b.build_xor(ld.into_vector_value(), signs, "")?;
         let st = g.b.build_store(ptr, x)?;
+        st.set_alignment(16)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+    }
+    Ok(())
+}
+
+/// Zeroes the 16-byte chunks of `tile` (placed `extra` bytes further) that this thread
+/// would copy with `load_async`.
+fn zero_own_chunks<'ctx>(
+    g: &Gpu<'ctx>,
+    tile: &SmemTile,
+    tid: IntValue<'ctx>,
+    threads: u32,
+    extra: u32,
+) -> R<()> {
+    let total = tile.rows * tile.chunks();
+    let log_chunks = tile.chunks().trailing_zeros() as i64;
+    let v4 = g.i32.vec_type(4);
+    for k in 0..total / threads {
+        let i = g.add(tid, g.c32((k * threads) as i64))?;
+        let row = g.lshr(i, g.c32(log_chunks))?;
+        let chunk = g.and(i, g.c32(tile.chunks() as i64 - 1))?;
+        let ptr = tile.addr_at(g, row, chunk, g.c32(extra as i64))?;
+        let st = g.b.build_store(ptr, v4.const_zero())?;
         st.set_alignment(16)
             .map_err(|_| LlvmError::Internal("alignment"))?;
     }

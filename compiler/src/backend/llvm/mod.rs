@@ -9,8 +9,11 @@
 //!
 //! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 or 32
 //! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
-//! loads while S = Q K^T is computed, K of block j+1 while O += P V is); `mma.sync`
-//! m16n8k16 with f32 accumulation; exp2-based online softmax; P stays in registers.
+//! loads while S = Q K^T is computed, K of block j+1 while O += P V is); f32
+//! accumulation; exp2-based online softmax; P stays in registers. Two matrix paths
+//! ([`Mma`]): `mma.sync` m16n8k16 with `ldmatrix` (sm_80 and later), or Hopper
+//! `wgmma.mma_async` per warpgroup of 64 rows with Q/K/V in 128-byte-swizzled shared
+//! memory (PTX target `sm_90a`; the default on sm_90 at D/Dv 64 and 128).
 //! kv blocks come, per q block, from the closed form of the mask computed in the kernel
 //! (no mask, causal, sliding window, bands: at most three runs partial/full/partial, no
 //! table) or else from the block table ((begin, end) pairs into runs of full/partial
@@ -81,6 +84,19 @@ impl fmt::Display for Arch {
     }
 }
 
+/// The tensor-core instruction family of the two matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mma {
+    /// `mma.sync` m16n8k16 per warp, operands through `ldmatrix` (sm_80 and later).
+    Sync,
+    /// Hopper `wgmma.mma_async` per warpgroup of 4 warps (64 query rows each): S = Q K^T
+    /// with Q and K read by the tensor cores from 128-byte-swizzled shared memory, O += P V
+    /// with P from registers and V from shared memory (transposed by the instruction).
+    /// Needs `Arch::Sm90` (the PTX targets `sm_90a`), head dims that are multiples of 64
+    /// up to 256 and one m-tile per warp.
+    Wgmma,
+}
+
 /// Element type of Q, K, V and O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputType {
@@ -132,14 +148,46 @@ pub struct PtxOptions {
     /// Always read kv blocks from the CSR block table, even where the mask has a closed
     /// form (for tests of the table path and comparisons); off by default.
     pub kv_table: bool,
+    /// The matrix instruction family (`Mma::Wgmma` only on sm_90).
+    pub mma: Mma,
+    /// wgmma only: software pipelining inside each warpgroup. Iteration j issues
+    /// S(j) = Q K[j]^T and then O += P(j-1) V[j-1] (both asynchronous), waits for S(j)
+    /// only, computes the softmax of block j while the tensor cores run the P V of block
+    /// j-1, and rescales O after that completes; K and V are both double-buffered (the
+    /// copies of K[next] and V[j] start at the top of iteration j). `k_prefetch` is
+    /// ignored (always on).
+    pub overlap: bool,
+    /// CTAs per SM that the register allocation must allow (`.minnctapersm`, which caps
+    /// registers per thread); 0 leaves it to ptxas.
+    pub min_ctas: u32,
 }
 
 impl PtxOptions {
-    /// Defaults measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
+    /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
+    /// ([`Self::wgmma`]: 128 query rows, 2 CTAs per SM; kv tiles of 128 at D64, 64 at
+    /// D128), else mma.sync ([`Self::sync`]). Measured on an H200 (bf16, B2 H16 L8192 D128
+    /// / B4 H16 L4096 D64, ms): D128 wgmma 128x64 dense 1.96-2.01, causal 1.10-1.12,
+    /// ALiBi+causal 1.41, softcap+causal 1.88 against mma.sync 128x64x2 2.87, 1.62, 1.87,
+    /// 3.02 (kv 128: 2.58 dense, and with 2 CTAs per SM it spills); D64 wgmma 128x128
+    /// dense 0.616, causal 0.368, ALiBi+causal 0.545 against 0.840, 0.487, 0.607 (kv 64:
+    /// 0.73 dense). Without the 2-CTA register cap ptxas gives score-function kernels
+    /// 150-190 registers and one CTA per SM: ALiBi+causal D128 1.78 ms, softcap 2.74.
+    pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
+        let s = Self::sync(arch, d, dv, input);
+        if arch == Arch::Sm90 && matches!(d, 64 | 128) && matches!(dv, 64 | 128) {
+            PtxOptions {
+                kv_block: if d.max(dv) <= 64 { 128 } else { 64 },
+                ..s.wgmma()
+            }
+        } else {
+            s
+        }
+    }
+    /// The mma.sync defaults, measured best on an H200 (bf16, dense): at D 96..128, 128 query rows over
     /// 4 warps of 32 rows (2 m-tiles) with Q re-read from shared memory and kv tiles of 64
     /// (333 TFLOP/s at D128 vs 285 for 64x64 with 16 rows per warp); otherwise 64 query
     /// rows (4 warps of 16) and kv tiles of 64 (280 at D64; 2 m-tiles give the same).
-    pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
+    pub fn sync(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = PtxOptions {
             arch,
             d,
@@ -153,6 +201,9 @@ impl PtxOptions {
             k_prefetch: dv <= 128,
             early_sync: true,
             kv_table: false,
+            mma: Mma::Sync,
+            overlap: false,
+            min_ctas: 0,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -174,6 +225,28 @@ impl PtxOptions {
         self.k_prefetch = m_tiles * self.dv <= 128;
         self
     }
+    /// These options on the wgmma path with its tile defaults: 128 query rows (two
+    /// warpgroups), kv tiles of 64, one m-tile per warp, K prefetched a whole iteration
+    /// ahead, registers capped for 2 CTAs per SM (128 per thread), no `overlap`.
+    pub fn wgmma(self) -> Self {
+        PtxOptions {
+            mma: Mma::Wgmma,
+            q_block: 128,
+            kv_block: 64,
+            m_tiles: 1,
+            q_in_regs: false,
+            k_prefetch: true,
+            min_ctas: 2,
+            ..self
+        }
+    }
+    /// The PTX target: `sm_90a` for wgmma (arch-specific features), else the arch.
+    pub fn target_cpu(&self) -> &'static str {
+        match self.mma {
+            Mma::Wgmma => "sm_90a",
+            Mma::Sync => self.arch.name(),
+        }
+    }
     /// Threads per CTA: one warp per `16 * m_tiles` query rows.
     pub fn threads(&self) -> u32 {
         self.q_block / (16 * self.m_tiles.max(1)) * 32
@@ -194,13 +267,24 @@ impl PtxOptions {
             self.k_prefetch,
             self.early_sync,
             self.kv_table
-        )
+        ) + match (self.mma, self.overlap) {
+            (Mma::Sync, _) => "",
+            (Mma::Wgmma, false) => " mma=wgmma",
+            (Mma::Wgmma, true) => " mma=wgmma overlap",
+        } + &if self.min_ctas > 0 {
+            format!(" minctas={}", self.min_ctas)
+        } else {
+            String::new()
+        }
     }
     fn validate(&self) -> Result<(), LlvmError> {
-        let dim_ok = |x: u32| x >= 16 && x <= 256 && x % 16 == 0;
+        // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk
+        // with the row: D / 8 must be a power of two (D = 96 addressed past its rows and
+        // faulted on an H200)
+        let dim_ok = |x: u32| matches!(x, 16 | 32 | 64 | 128 | 256);
         if !dim_ok(self.d) || !dim_ok(self.dv) {
             return Err(LlvmError::Unsupported(format!(
-                "head dims D={} Dv={}: the PTX backend supports multiples of 16 from 16 to 256",
+                "head dims D={} Dv={}: the PTX backend supports 16, 32, 64, 128 and 256 (the CPU backend takes any)",
                 self.d, self.dv
             )));
         }
@@ -215,6 +299,35 @@ impl PtxOptions {
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
             )));
+        }
+        if self.overlap && self.mma != Mma::Wgmma {
+            return Err(LlvmError::Unsupported(
+                "overlap (the pipelined P V) is a wgmma-path option".into(),
+            ));
+        }
+        if self.mma == Mma::Wgmma {
+            if self.arch != Arch::Sm90 {
+                return Err(LlvmError::Unsupported(format!(
+                    "wgmma needs sm_90 (the kernel targets sm_90a), not {}",
+                    self.arch
+                )));
+            }
+            let ok = |x: u32| x.is_multiple_of(64) && x <= 256;
+            if !ok(self.d) || !ok(self.dv) {
+                return Err(LlvmError::Unsupported(format!(
+                    "head dims D={} Dv={}: the wgmma kernel supports multiples of 64 up to 256",
+                    self.d, self.dv
+                )));
+            }
+            if self.m_tiles != 1
+                || !matches!(self.q_block, 64 | 128)
+                || !matches!(self.kv_block, 64 | 128)
+            {
+                return Err(LlvmError::Unsupported(format!(
+                    "wgmma tile {}x{} with {} m-tiles: needs q_block 64 or 128, kv_block 64 or 128 and 1 m-tile",
+                    self.q_block, self.kv_block, self.m_tiles
+                )));
+            }
         }
         let threads = self.threads();
         for (what, rows, cols) in [
@@ -464,7 +577,7 @@ fn generate(
     let tm = target
         .create_target_machine(
             &triple,
-            opts.arch.name(),
+            opts.target_cpu(),
             opts.arch.ptx_feature(),
             OptimizationLevel::Less,
             RelocMode::Default,

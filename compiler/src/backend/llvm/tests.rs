@@ -14,7 +14,7 @@ fn samples_emit_ptx_entries_deterministically() {
             (128, InputType::Bf16, Arch::Sm90, 2),
             (64, InputType::Bf16, Arch::Sm90, 2),
         ] {
-            let mut opts = PtxOptions::new(arch, d, d, ty).with_m_tiles(mt);
+            let mut opts = PtxOptions::sync(arch, d, d, ty).with_m_tiles(mt);
             if mt == 2 {
                 opts.q_block = 128;
             }
@@ -68,9 +68,21 @@ fn checked_mode_records_errors() {
 
 #[test]
 fn rejects_unsupported_dims() {
-    let opts = PtxOptions::new(Arch::Sm90, 72, 72, InputType::Bf16);
+    // 72 is no multiple of 16; 48, 96 and 160 are, but D / 8 is no power of two (the
+    // swizzled tiles need one)
+    for d in [72, 48, 96, 160] {
+        let opts = PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16);
+        assert!(
+            matches!(
+                emit(&samples::dense(), &opts),
+                Err(LlvmError::Unsupported(_))
+            ),
+            "D{d}"
+        );
+    }
+    let mixed = PtxOptions::new(Arch::Sm80, 64, 96, InputType::Bf16);
     assert!(matches!(
-        emit(&samples::dense(), &opts),
+        emit(&samples::dense(), &mixed),
         Err(LlvmError::Unsupported(_))
     ));
 }
@@ -83,19 +95,24 @@ fn dump_ptx() {
     let dir = std::env::var("ATTNC_PTX_DUMP").unwrap_or_else(|_| "/tmp/attnc_ptx".into());
     std::fs::create_dir_all(&dir).unwrap();
     for p in samples::all(16) {
-        for (d, ty, checked) in [
-            (128, InputType::Bf16, false),
-            (64, InputType::Bf16, false),
-            (128, InputType::F16, true),
+        for (d, ty, checked, wg) in [
+            (128, InputType::Bf16, false, false),
+            (64, InputType::Bf16, false, false),
+            (128, InputType::F16, true, false),
+            (128, InputType::Bf16, false, true),
         ] {
-            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+            let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
+            if wg {
+                opts = opts.wgmma();
+            }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
             let stem = format!(
-                "{dir}/{}_d{d}_{}{}",
+                "{dir}/{}_d{d}_{}{}{}",
                 p.name,
                 ty.name(),
-                if checked { "_checked" } else { "" }
+                if checked { "_checked" } else { "" },
+                if wg { "_wgmma" } else { "" }
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -141,5 +158,117 @@ fn emit_timed_ptx_only_gives_the_same_ptx_and_a_consistent_breakdown() {
     assert!(
         t.build_ms + t.opt_ms + t.ptx_ms <= t.total_ms + 1e-9,
         "stages exceed the total: {t:?}"
+    );
+}
+
+#[test]
+fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
+    for p in samples::all(16) {
+        for (d, ty, kvb, overlap) in [
+            (128, InputType::Bf16, 64, false),
+            (64, InputType::F16, 128, false),
+            (128, InputType::F16, 128, false),
+            (128, InputType::Bf16, 64, true),
+            (64, InputType::Bf16, 128, true),
+        ] {
+            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty).wgmma();
+            opts.kv_block = kvb;
+            opts.overlap = overlap;
+            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(k.ptx.contains(".target sm_90a"), "{}", p.name);
+            assert_eq!(k.threads, 256);
+            let t = ty.name();
+            for want in [
+                format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
+                format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.{t}.{t}"),
+                "wgmma.fence.sync.aligned".into(),
+                "wgmma.commit_group.sync.aligned".into(),
+                "wgmma.wait_group.sync.aligned 0".into(),
+                format!("wgmma.wait_group.sync.aligned {}", overlap as u32),
+                "fence.proxy.async.shared::cta".into(),
+                ".align 1024 .b8 smem".into(),
+            ] {
+                assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
+            }
+            assert!(!k.ptx.contains("mma.sync"), "{}", p.name);
+            assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
+            assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
+        }
+    }
+}
+
+#[test]
+fn wgmma_rejects_what_it_cannot_run() {
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma();
+    let sm80 = PtxOptions {
+        arch: Arch::Sm80,
+        ..base
+    };
+    let d96 = PtxOptions {
+        d: 96,
+        dv: 96,
+        ..base
+    };
+    let mt2 = PtxOptions { m_tiles: 2, ..base };
+    let kv32 = PtxOptions {
+        kv_block: 32,
+        ..base
+    };
+    for o in [sm80, d96, mt2, kv32] {
+        assert!(
+            matches!(emit(&samples::dense(), &o), Err(LlvmError::Unsupported(_))),
+            "{o:?}"
+        );
+    }
+}
+
+#[test]
+fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
+    let ty = InputType::Bf16;
+    let d128 = PtxOptions::new(Arch::Sm90, 128, 128, ty);
+    assert_eq!(
+        (d128.mma, d128.q_block, d128.kv_block),
+        (Mma::Wgmma, 128, 64)
+    );
+    let d64 = PtxOptions::new(Arch::Sm90, 64, 64, ty);
+    assert_eq!((d64.mma, d64.q_block, d64.kv_block), (Mma::Wgmma, 128, 128));
+    let mixed = PtxOptions::new(Arch::Sm90, 64, 128, ty);
+    assert_eq!((mixed.mma, mixed.kv_block), (Mma::Wgmma, 64));
+    for (arch, d) in [
+        (Arch::Sm80, 128),
+        (Arch::Sm80, 64),
+        (Arch::Sm90, 96),
+        (Arch::Sm90, 256),
+    ] {
+        let o = PtxOptions::new(arch, d, d, ty);
+        assert_eq!(o, PtxOptions::sync(arch, d, d, ty), "{arch} D{d}");
+        assert_eq!(o.mma, Mma::Sync);
+    }
+    // the defaults are valid kernels
+    for o in [d128, d64, mixed] {
+        emit(&samples::causal(), &o).unwrap();
+    }
+}
+
+#[test]
+fn min_ctas_becomes_minnctapersm() {
+    let mut o = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    assert_eq!(
+        o.min_ctas, 2,
+        "the wgmma default caps registers for 2 CTAs per SM"
+    );
+    o.min_ctas = 0;
+    assert!(
+        !emit(&samples::alibi_causal(16), &o)
+            .unwrap()
+            .ptx
+            .contains(".minnctapersm")
+    );
+    o.min_ctas = 2;
+    let k = emit(&samples::alibi_causal(16), &o).unwrap();
+    assert!(
+        k.ptx.contains(".minnctapersm 2"),
+        "{}",
+        &k.ptx[..2000.min(k.ptx.len())]
     );
 }
