@@ -148,7 +148,7 @@ pub struct BindOptions {
     /// `ATTNC_BLOCK_TABLES=host` makes the default false. Other backends ignore it.
     pub gpu_block_tables: bool,
     /// CUDA: the tiered JIT policy (a quickly compiled module first, the optimized one
-    /// swapped in when ready); `None` reads `ATTNC_JIT_TIERS`, default on.
+    /// swapped in when ready); `None` reads `ATTNC_JIT_TIERS`, default off.
     pub jit_tiers: Option<crate::cuda::JitTiers>,
 }
 

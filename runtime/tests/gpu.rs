@@ -326,7 +326,7 @@ fn run_vs_oracle(
     Ok(())
 }
 
-/// The table path with `maps`, default pipeline options only.
+/// The table path with `maps`, on every matrix path of the case (default pipelines).
 fn check_table(
     dev: &CudaDevice,
     p: &Program,
@@ -336,11 +336,14 @@ fn check_table(
     seed: u64,
 ) -> Result<(), String> {
     let sh = &c.shape;
-    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, c.ty).with_m_tiles(c.mt);
-    opts.q_block = c.qb;
-    opts.kv_block = c.kvb;
-    opts.kv_table = true;
-    check_opts(dev, p, c, bind, Some(maps), seed, sh.default_scale(), &opts)
+    for opts in paths(dev, c) {
+        let opts = PtxOptions {
+            kv_table: true,
+            ..opts
+        };
+        check_opts(dev, p, c, bind, Some(maps.clone()), seed, sh.default_scale(), &opts)?;
+    }
+    Ok(())
 }
 
 fn gpu_samples_match_oracle(dev: &CudaDevice) {
@@ -652,10 +655,34 @@ fn check_gpu_table(
     kvb: u32,
     seed: u64,
 ) -> Result<(usize, usize, usize), String> {
-    let mut opts = PtxOptions::new(dev.arch(), sh.d as u32, sh.dv as u32, InputType::Bf16);
-    opts = opts.with_m_tiles(1);
-    opts.q_block = qb;
-    opts.kv_block = kvb;
+    // the attention kernel on every matrix path that fits the tile (the table kernel is
+    // the same for both; its options follow the attention kernel's)
+    let c = Case {
+        shape: *sh,
+        ty: InputType::Bf16,
+        qb,
+        kvb,
+        mt: 1,
+    };
+    let mut counts = None;
+    for opts in paths(dev, &c) {
+        let got = check_gpu_table_opts(dev, p, sh, bind, &opts, seed)
+            .map_err(|e| format!("{:?}: {e}", opts.mma))?;
+        counts.get_or_insert(got);
+    }
+    counts.ok_or_else(|| "no matrix path for this tile".to_string())
+}
+
+fn check_gpu_table_opts(
+    dev: &CudaDevice,
+    p: &Program,
+    sh: &Shape,
+    bind: &Bindings,
+    opts: &PtxOptions,
+    seed: u64,
+) -> Result<(usize, usize, usize), String> {
+    let opts = *opts;
+    let (qb, kvb) = (opts.q_block, opts.kv_block);
     let attn = CudaKernel::load(dev, &emit(p, &opts).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let builder = CudaKernel::load(dev, &emit_block_table(p, &opts).map_err(|e| e.to_string())?)
@@ -1008,18 +1035,18 @@ fn gpu_closed_form_param_changes_without_recompiling(dev: &CudaDevice) {
             kvb: 64,
             mt,
         };
-        let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty).with_m_tiles(mt);
-        opts.q_block = qb;
-        let k = emit(&p, &opts).unwrap();
-        assert!(k.kv_bounds.is_closed_form());
-        let kern = CudaKernel::load(dev, &k).unwrap();
-        for window in [1, 64, 0, 65, 200, -3, 1000, 7] {
-            let bind = Bindings {
-                params: vec![Scalar::I32(window)],
-                tensors: vec![],
-            };
-            run_vs_oracle(dev, &kern, &p, &c, &bind, None, 5, c.shape.default_scale())
-                .unwrap_or_else(|e| panic!("window {window} {:?}: {e}", c.shape));
+        for opts in paths(dev, &c) {
+            let k = emit(&p, &opts).unwrap();
+            assert!(k.kv_bounds.is_closed_form());
+            let kern = CudaKernel::load(dev, &k).unwrap();
+            for window in [1, 64, 0, 65, 200, -3, 1000, 7] {
+                let bind = Bindings {
+                    params: vec![Scalar::I32(window)],
+                    tensors: vec![],
+                };
+                run_vs_oracle(dev, &kern, &p, &c, &bind, None, 5, c.shape.default_scale())
+                    .unwrap_or_else(|e| panic!("window {window} {:?} {:?}: {e}", c.shape, opts.mma));
+            }
         }
     }
 }

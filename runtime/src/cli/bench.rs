@@ -28,7 +28,7 @@ pub(crate) struct BenchArgs {
     pub iters: usize,
     pub params: Vec<String>,
     pub docs: usize,
-    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default on).
+    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default off).
     pub jit_tiers: Option<attnc::cuda::JitTiers>,
 }
 

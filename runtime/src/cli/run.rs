@@ -20,7 +20,7 @@ pub(crate) struct RunArgs {
     pub params: Vec<String>,
     pub checked: bool,
     pub threads: usize,
-    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default on).
+    /// `--jit-tiers` (None: `ATTNC_JIT_TIERS`, default off).
     pub jit_tiers: Option<attnc::cuda::JitTiers>,
 }
 
