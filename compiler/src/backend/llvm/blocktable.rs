@@ -38,10 +38,10 @@
 //! clamped; checked mode records the first out-of-range read whose guard held into the
 //! same error words).
 
-use super::expr::{Elem, Env, TensorArg, emit_function};
+use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R};
 use super::{KernelParam, LlvmError, PtxOptions};
-use crate::ir::{Program, Type};
+use crate::ir::Program;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -174,41 +174,7 @@ fn body<'ctx>(
     let runs = ptr(KernelParam::Runs)?;
 
     // ---- params and captured tensors (as in the attention kernel) -----------------------------
-    let pw = ptr(KernelParam::Params)?;
-    let mut pvals = Vec::new();
-    for (i, info) in p.params.iter().enumerate() {
-        let w = g.load_i32(pw, g.c64(i as i64))?;
-        pvals.push(match info.ty {
-            Type::I32 => w.into(),
-            Type::F32 => g.b.build_bit_cast(w, g.f32, "")?,
-            Type::Bool => g.icmp(IntPredicate::NE, w, g.c32(0))?.into(),
-        });
-    }
-    let mut tensors = Vec::new();
-    for (t, info) in p.tensors.iter().enumerate() {
-        let dims = (0..info.dims.len() as u32)
-            .map(|dim| {
-                int(KernelParam::TensorDim {
-                    tensor: t as u32,
-                    dim,
-                })
-            })
-            .collect::<R<Vec<_>>>()?;
-        tensors.push(TensorArg {
-            ptr: ptr(KernelParam::Tensor(t as u32))?,
-            float: info.elem.read_type() == Type::F32,
-            dims,
-        });
-    }
-    let env = Env {
-        params: pvals,
-        tensors,
-        err: if opts.checked {
-            Some(ptr(KernelParam::Err)?)
-        } else {
-            None
-        },
-    };
+    let env = Env::load(g, p, opts.checked, &ptr, &int)?;
 
     // ---- state ----------------------------------------------------------------------------------
     let seen_t = g.var(g.i1, g.cbool(false))?;

@@ -12,8 +12,9 @@
 //! and whose element lies inside `0..Lq x 0..Lkv` in the error words:
 //! `err[0] = 1 + inst | (1 << 16 if score)`, `err[1] = tensor`, `err[2..2+rank] = indices`.
 
+use super::KernelParam;
 use super::gpu::{Gpu, R};
-use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, TensorId, Type, UnOp};
+use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, TensorId, Type, UnOp};
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AtomicOrdering, FloatPredicate, IntPredicate};
 
@@ -30,6 +31,56 @@ pub(crate) struct Env<'ctx> {
     pub tensors: Vec<TensorArg<'ctx>>,
     /// The error words, in checked mode.
     pub err: Option<PointerValue<'ctx>>,
+}
+
+impl<'ctx> Env<'ctx> {
+    /// Reads the program's params (one 32-bit word each) and describes its captured
+    /// tensors from the kernel parameters (`ptr` / `int` look one up by kind); with
+    /// `checked`, out-of-range reads go to the error words. Shared by the attention and
+    /// block-table kernels, so both read captures identically.
+    pub(crate) fn load(
+        g: &Gpu<'ctx>,
+        p: &Program,
+        checked: bool,
+        ptr: &dyn Fn(KernelParam) -> R<PointerValue<'ctx>>,
+        int: &dyn Fn(KernelParam) -> R<IntValue<'ctx>>,
+    ) -> R<Self> {
+        let pw = ptr(KernelParam::Params)?;
+        let mut params = Vec::new();
+        for (i, info) in p.params.iter().enumerate() {
+            let w = g.load_i32(pw, g.c64(i as i64))?;
+            params.push(match info.ty {
+                Type::I32 => w.into(),
+                Type::F32 => g.b.build_bit_cast(w, g.f32, "")?,
+                Type::Bool => g.icmp(IntPredicate::NE, w, g.c32(0))?.into(),
+            });
+        }
+        let mut tensors = Vec::new();
+        for (t, info) in p.tensors.iter().enumerate() {
+            let dims = (0..info.dims.len() as u32)
+                .map(|dim| {
+                    int(KernelParam::TensorDim {
+                        tensor: t as u32,
+                        dim,
+                    })
+                })
+                .collect::<R<Vec<_>>>()?;
+            tensors.push(TensorArg {
+                ptr: ptr(KernelParam::Tensor(t as u32))?,
+                float: info.elem.read_type() == Type::F32,
+                dims,
+            });
+        }
+        Ok(Env {
+            params,
+            tensors,
+            err: if checked {
+                Some(ptr(KernelParam::Err)?)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 /// The arguments of one element.

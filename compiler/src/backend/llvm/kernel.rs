@@ -53,10 +53,10 @@
 //! ```
 
 use super::bounds::{KvBounds, RowRuns};
-use super::expr::{Elem, Env, TensorArg, emit_function};
+use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::{InputType, KernelParam, LlvmError, Mma, PtxOptions};
-use crate::ir::{Program, Type};
+use crate::ir::Program;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -363,41 +363,7 @@ fn body<'ctx>(
     let (r_beg, r_end) = (runs.beg, runs.end);
 
     // ---- params and captured tensors ----------------------------------------------------------
-    let pw = ptr(KernelParam::Params)?;
-    let mut pvals = Vec::new();
-    for (i, info) in p.params.iter().enumerate() {
-        let w = g.load_i32(pw, g.c64(i as i64))?;
-        pvals.push(match info.ty {
-            Type::I32 => w.into(),
-            Type::F32 => g.b.build_bit_cast(w, g.f32, "")?,
-            Type::Bool => g.icmp(IntPredicate::NE, w, g.c32(0))?.into(),
-        });
-    }
-    let mut tensors = Vec::new();
-    for (t, info) in p.tensors.iter().enumerate() {
-        let dims = (0..info.dims.len() as u32)
-            .map(|dim| {
-                int(KernelParam::TensorDim {
-                    tensor: t as u32,
-                    dim,
-                })
-            })
-            .collect::<R<Vec<_>>>()?;
-        tensors.push(TensorArg {
-            ptr: ptr(KernelParam::Tensor(t as u32))?,
-            float: info.elem.read_type() == Type::F32,
-            dims,
-        });
-    }
-    let env = Env {
-        params: pvals,
-        tensors,
-        err: if opts.checked {
-            Some(ptr(KernelParam::Err)?)
-        } else {
-            None
-        },
-    };
+    let env = Env::load(g, p, opts.checked, &ptr, &int)?;
 
     // ---- state --------------------------------------------------------------------------------
     let nt_o = (c.dv / 8) as usize;
