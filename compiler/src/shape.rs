@@ -44,7 +44,7 @@ impl Shape {
                 return Err(ShapeError::Zero { what });
             }
         }
-        if self.hq % self.hkv != 0 {
+        if !self.hq.is_multiple_of(self.hkv) {
             return Err(ShapeError::Heads {
                 hq: self.hq,
                 hkv: self.hkv,

@@ -341,7 +341,16 @@ fn check_table(
             kv_table: true,
             ..opts
         };
-        check_opts(dev, p, c, bind, Some(maps.clone()), seed, sh.default_scale(), &opts)?;
+        check_opts(
+            dev,
+            p,
+            c,
+            bind,
+            Some(maps.clone()),
+            seed,
+            sh.default_scale(),
+            &opts,
+        )?;
     }
     Ok(())
 }
@@ -1045,7 +1054,9 @@ fn gpu_closed_form_param_changes_without_recompiling(dev: &CudaDevice) {
                     tensors: vec![],
                 };
                 run_vs_oracle(dev, &kern, &p, &c, &bind, None, 5, c.shape.default_scale())
-                    .unwrap_or_else(|e| panic!("window {window} {:?} {:?}: {e}", c.shape, opts.mma));
+                    .unwrap_or_else(|e| {
+                        panic!("window {window} {:?} {:?}: {e}", c.shape, opts.mma)
+                    });
             }
         }
     }

@@ -129,8 +129,8 @@ fn precision_table(l: usize, block: usize, hq: usize, only: Option<&[&str]>) -> 
     .unwrap();
     writeln!(
         out,
-        "{:<52} {:>7} {:>7} {:>7}  {}",
-        "attention", "found", "exact", "total", ""
+        "{:<52} {:>7} {:>7} {:>7}  ",
+        "attention", "found", "exact", "total"
     )
     .unwrap();
     for ex in examples() {

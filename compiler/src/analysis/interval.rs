@@ -802,10 +802,12 @@ impl<'a> Evaluator<'a> {
             }
             BinOp::IDiv => {
                 let (x, y) = (av.i(), bv.i());
-                if let (Some(d), Some(aff)) = (y.singleton(), x.aff) {
-                    if d != 0 && x.lo != x.hi && self.collect {
-                        self.hint_multiples(&aff, x.lo, x.hi, d, bx);
-                    }
+                if let (Some(d), Some(aff)) = (y.singleton(), x.aff)
+                    && d != 0
+                    && x.lo != x.hi
+                    && self.collect
+                {
+                    self.hint_multiples(&aff, x.lo, x.hi, d, bx);
                 }
                 if let (Some(d), Some(n)) = (y.singleton(), x.singleton()) {
                     return AVal::Int(
@@ -817,10 +819,12 @@ impl<'a> Evaluator<'a> {
             }
             BinOp::IRem => {
                 let (x, y) = (av.i(), bv.i());
-                if let (Some(d), Some(aff)) = (y.singleton(), x.aff) {
-                    if d != 0 && x.lo != x.hi && self.collect {
-                        self.hint_multiples(&aff, x.lo, x.hi, d, bx);
-                    }
+                if let (Some(d), Some(aff)) = (y.singleton(), x.aff)
+                    && d != 0
+                    && x.lo != x.hi
+                    && self.collect
+                {
+                    self.hint_multiples(&aff, x.lo, x.hi, d, bx);
                 }
                 AVal::Int(rem_range(x, y))
             }
@@ -828,18 +832,18 @@ impl<'a> Evaluator<'a> {
                 let (x, y) = (av.i(), bv.i());
                 let is_min = op == BinOp::IMin;
                 // If one operand dominates the other on the whole box, keep its form.
-                if let (Some(p), Some(q)) = (x.aff, y.aff) {
-                    if let Some(d) = p.sub(&q) {
-                        let (dlo, dhi) = d.range(bx);
-                        if dhi <= 0 {
-                            return AVal::Int(if is_min { x } else { y });
-                        }
-                        if dlo >= 0 {
-                            return AVal::Int(if is_min { y } else { x });
-                        }
-                        if self.collect {
-                            self.hint_threshold(&d, 0, bx);
-                        }
+                if let (Some(p), Some(q)) = (x.aff, y.aff)
+                    && let Some(d) = p.sub(&q)
+                {
+                    let (dlo, dhi) = d.range(bx);
+                    if dhi <= 0 {
+                        return AVal::Int(if is_min { x } else { y });
+                    }
+                    if dlo >= 0 {
+                        return AVal::Int(if is_min { y } else { x });
+                    }
+                    if self.collect {
+                        self.hint_threshold(&d, 0, bx);
                     }
                 }
                 if x.hi <= y.lo {
@@ -914,15 +918,15 @@ impl<'a> Evaluator<'a> {
             return AbsBool::constant(matches!(c, Cmp::Eq | Cmp::Le | Cmp::Ge));
         }
         let (x, y) = (self.v(a).i(), self.v(b).i());
-        if let (Some(p), Some(q)) = (x.aff, y.aff) {
-            if let Some(d) = p.sub(&q) {
-                let (lo, hi) = d.range(bx);
-                let r = cmp_range(c, lo, hi, d.unit());
-                if self.collect && !(r.is_true() || r.is_false()) {
-                    self.hint_threshold(&d, 0, bx);
-                }
-                return r;
+        if let (Some(p), Some(q)) = (x.aff, y.aff)
+            && let Some(d) = p.sub(&q)
+        {
+            let (lo, hi) = d.range(bx);
+            let r = cmp_range(c, lo, hi, d.unit());
+            if self.collect && !(r.is_true() || r.is_false()) {
+                self.hint_threshold(&d, 0, bx);
             }
+            return r;
         }
         let (lo, hi) = (x.lo as i128 - y.hi as i128, x.hi as i128 - y.lo as i128);
         let r = cmp_range(c, lo, hi, false);

@@ -472,10 +472,10 @@ fn derive_fn(f: &Function) -> Option<Vec<LinConstraint>> {
             }
             (Inst::Select(c, a, b), Type::Bool) => {
                 // c ? a : false  ==  c && a
-                if is_false(&bools[b.index()]) {
-                    if let (Some(x), Some(y)) = (&bools[c.index()], &bools[a.index()]) {
-                        bools[i] = Some(x.iter().chain(y).cloned().collect());
-                    }
+                if is_false(&bools[b.index()])
+                    && let (Some(x), Some(y)) = (&bools[c.index()], &bools[a.index()])
+                {
+                    bools[i] = Some(x.iter().chain(y).cloned().collect());
                 }
             }
             _ => {}

@@ -120,13 +120,13 @@ impl<'a> TensorSummary<'a> {
             scan(lo, hi);
             return (mn, mx);
         }
-        let first_full = if lo % CHUNK == 0 { c0 } else { c0 + 1 };
-        let last_full = if (hi + 1) % CHUNK == 0 || hi + 1 == self.data.len() {
+        let first_full = if lo.is_multiple_of(CHUNK) { c0 } else { c0 + 1 };
+        let last_full = if (hi + 1).is_multiple_of(CHUNK) || hi + 1 == self.data.len() {
             c1
         } else {
             c1 - 1
         };
-        if lo % CHUNK != 0 {
+        if !lo.is_multiple_of(CHUNK) {
             scan(lo, (c0 + 1) * CHUNK - 1);
         }
         if last_full != c1 {

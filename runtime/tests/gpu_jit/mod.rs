@@ -68,7 +68,16 @@ fn run_checked(dev: &CudaDevice, kern: &CudaKernel, pb: &Problem) -> (Vec<u16>, 
     let maps = interp_maps(&pb.p, sh, &pb.bind, m.q_block as usize, m.kv_block as usize);
     let scale = sh.default_scale();
     let (o, lse) = kern
-        .forward_host(dev, sh, &pb.q.0, &pb.k.0, &pb.v.0, scale, &pb.bind, KvBlocks::Maps(&maps))
+        .forward_host(
+            dev,
+            sh,
+            &pb.q.0,
+            &pb.k.0,
+            &pb.v.0,
+            scale,
+            &pb.bind,
+            KvBlocks::Maps(&maps),
+        )
         .unwrap_or_else(|e| panic!("launch: {e}"));
     let want = reference::attention(&pb.p, sh, &pb.q.1, &pb.k.1, &pb.v.1, scale, &pb.bind)
         .expect("oracle");

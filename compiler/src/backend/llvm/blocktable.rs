@@ -86,7 +86,7 @@ pub(crate) fn build<'ctx>(
     let mask = p.mask.as_ref().ok_or(LlvmError::Internal(
         "block table of a program without a mask",
     ))?;
-    if opts.kv_block % 32 != 0 {
+    if !opts.kv_block.is_multiple_of(32) {
         return Err(LlvmError::Unsupported(format!(
             "block table with kv blocks of {}: needs a multiple of 32",
             opts.kv_block

@@ -492,14 +492,15 @@ pub fn emit_timed(
     let t0 = std::time::Instant::now();
     opts.validate()?;
     let mut k = layout(program, opts)?;
-    let (ptx, llvm_ir, mut times) = generate(program, opts, &k.entry, PASSES, text, |ctx, module| {
-        let built = kernel::build(ctx, module, program, opts, &k.kv_bounds, &k.entry)?;
-        debug_assert_eq!(
-            (k.threads, k.smem_bytes, &k.params),
-            (built.threads, built.smem_bytes, &built.params)
-        );
-        Ok(built.module)
-    })?;
+    let (ptx, llvm_ir, mut times) =
+        generate(program, opts, &k.entry, PASSES, text, |ctx, module| {
+            let built = kernel::build(ctx, module, program, opts, &k.kv_bounds, &k.entry)?;
+            debug_assert_eq!(
+                (k.threads, k.smem_bytes, &k.params),
+                (built.threads, built.smem_bytes, &built.params)
+            );
+            Ok(built.module)
+        })?;
     k.ptx = ptx;
     k.llvm_ir = llvm_ir;
     times.total_ms = t0.elapsed().as_secs_f64() * 1e3;
