@@ -1287,7 +1287,6 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_jit::gpu_jit_cubin_round_trip,
     ),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
-    ("gpu_jit_fast_tier", gpu_jit::gpu_jit_fast_tier),
     (
         "gpu_jit_bound_forward_across_the_swap",
         gpu_jit::gpu_jit_bound_forward_across_the_swap,

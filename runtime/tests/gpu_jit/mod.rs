@@ -253,44 +253,6 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
     }
 }
 
-/// The `fast` policy: the quick module from an external `ptxas -Ofc max` matches the
-/// oracle and is replaced by the optimized one; without a `ptxas` the policy falls back
-/// to one optimized compile (also checked).
-pub fn gpu_jit_fast_tier(dev: &CudaDevice) {
-    for d in [128, 64] {
-        let pb = problem(dev, d);
-        let cache = JitCache::new(None);
-        let (jk, s) = cache
-            .get_tiered(dev, &pb.p, &pb.opts, JitTiers::Fast)
-            .unwrap();
-        let Some(ptxas) = attnc::cuda::jit::find_ptxas() else {
-            assert_eq!(s.tier, JitTier::Optimized, "{s:?}");
-            run_checked(dev, &jk.current().0, &pb);
-            println!("  D{d}: no ptxas found: one optimized compile, as documented");
-            continue;
-        };
-        assert_eq!(s.tier, JitTier::FastCompile, "{s:?}");
-        let (held, _) = jk.current();
-        let r_fast = run_checked(dev, &held, &pb);
-        let ready = jk.wait_optimized(Duration::from_secs(120)).unwrap();
-        println!(
-            "  D{d}: first usable {:.1} ms ({}: {:.1} ms), optimized ready {:.1} ms (driver {:.1} ms)",
-            s.total_ms,
-            ptxas.display(),
-            s.driver_ms,
-            ready.ready_ms,
-            ready.driver_ms
-        );
-        let (opt, tier) = jk.current();
-        assert_eq!(tier, JitTier::Optimized);
-        assert!(!std::ptr::eq(&*opt, &*held), "a new module was swapped in");
-        let r_opt = run_checked(dev, &opt, &pb);
-        compare_tiers(&r_fast, &r_opt, &format!("D{d} fast-compile vs optimized"));
-        drop(held);
-        jk.release_retired(dev).unwrap();
-    }
-}
-
 pub fn gpu_jit_bound_forward_across_the_swap(dev: &CudaDevice) {
     let _ = dev;
     // a name of its own, so that no cubin from an earlier run is found on disk (the
