@@ -337,18 +337,27 @@ pub fn link_ptx(ctx: &CudaContext, ptx: &str, level: u8) -> Result<Vec<u8>, Cuda
         CString::new(ptx).map_err(|_| CudaError::Driver("PTX text contains a NUL byte".into()))?;
     const LOG: usize = 16 * 1024;
     let mut log = vec![0u8; LOG];
-    let mut opts = [
+    let mut opts = vec![
         CUjit_option::CU_JIT_OPTIMIZATION_LEVEL,
         CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
         CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
     ];
     // option values are passed as pointer-sized integers or pointers (the driver API's
     // convention for cuLinkCreate)
-    let mut vals: [*mut c_void; 3] = [
+    let mut vals: Vec<*mut c_void> = vec![
         level.min(OPTIMIZED_LEVEL) as usize as *mut c_void,
         log.as_mut_ptr() as *mut c_void,
         LOG as *mut c_void,
     ];
+    // measurement only: `ATTNC_JIT_FAST_COMPILE=N` passes the driver's CU_JIT_FAST_COMPILE
+    // (documented as internal) with value N, to see whether it shortens the PTX compile
+    if let Some(n) = std::env::var("ATTNC_JIT_FAST_COMPILE")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        opts.push(CUjit_option::CU_JIT_FAST_COMPILE);
+        vals.push(n as *mut c_void);
+    }
     let mut state: CUlinkState = std::ptr::null_mut();
     // SAFETY: `opts` and `vals` have the same length and outlive the linker (declared
     // before it, so dropped after it: the driver may write the error log until
