@@ -99,9 +99,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         );
         // kernel time of the first module while it is still the current one
         let first = match jit.tier {
-            attnc::cuda::JitTier::Low(_) | attnc::cuda::JitTier::FastCompile => {
-                bound.device_time(&q, &k, &v, &caps, a.iters)?
-            }
+            attnc::cuda::JitTier::Low(_) => bound.device_time(&q, &k, &v, &caps, a.iters)?,
             attnc::cuda::JitTier::Optimized => None,
         };
         let ready = bound.wait_optimized(std::time::Duration::from_secs(120));

@@ -110,7 +110,7 @@ enum Command {
         /// CPU threads (0 = all cores)
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// CUDA JIT tiers: off, on, fast (quick tier by an external `ptxas -Ofc max`), or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
+        /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
     },
@@ -177,7 +177,7 @@ enum Command {
         /// Number of sorted ids (documents) in synthetic integer tensors
         #[arg(long, default_value_t = 8)]
         docs: usize,
-        /// CUDA JIT tiers: off, on, fast (quick tier by an external `ptxas -Ofc max`), or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
+        /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
     },

@@ -46,10 +46,6 @@ pub enum JitTiers {
     /// Load a module compiled at `low` (0..=3) first, compile the optimized one on a
     /// background thread and swap it in.
     On { low: u8 },
-    /// Like `On`, with the quick module compiled by a `ptxas` executable in its
-    /// fast-compile mode (`-Ofc max`; [`find_ptxas`]), which the driver API does not
-    /// offer; without a `ptxas`, like `Off`.
-    Fast,
 }
 
 /// Off: measured on an H200 (CUDA 13, `CUDA_CACHE_DISABLE=1`, causal D128), the driver
@@ -75,12 +71,11 @@ impl JitTiers {
             "on" | "true" | "yes" => Ok(JitTiers::On {
                 low: Self::DEFAULT_LOW,
             }),
-            "fast" => Ok(JitTiers::Fast),
             "" => Ok(JitTiers::default()),
             n => match n.parse::<u8>() {
                 Ok(low) if low < OPTIMIZED_LEVEL => Ok(JitTiers::On { low }),
                 _ => Err(format!(
-                    "`{s}` is not a JIT tier setting: expected off, on, fast, or the low tier's ptxas level 0-{}",
+                    "`{s}` is not a JIT tier setting: expected off, on, or the low tier's ptxas level 0-{}",
                     OPTIMIZED_LEVEL - 1
                 )),
             },
@@ -115,8 +110,6 @@ pub fn opt_level_from_env() -> Result<u8, String> {
 pub enum JitTier {
     /// Compiled at this `ptxas` level; the optimized module may replace it.
     Low(u8),
-    /// Compiled by an external `ptxas -Ofc max`; the optimized module may replace it.
-    FastCompile,
     /// Compiled at [`OPTIMIZED_LEVEL`] (or the level asked for with tiers off).
     Optimized,
 }
@@ -125,7 +118,6 @@ impl std::fmt::Display for JitTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JitTier::Low(l) => write!(f, "O{l}"),
-            JitTier::FastCompile => f.write_str("ptxas -Ofc max"),
             JitTier::Optimized => f.write_str("optimized"),
         }
     }
@@ -167,11 +159,7 @@ impl<K> Tiered<K> {
     }
     /// A low-tier kernel whose replacement is being compiled.
     pub fn low(k: K, level: u8) -> Self {
-        Self::quick(k, JitTier::Low(level))
-    }
-    /// A quick kernel of tier `tier` whose replacement is being compiled.
-    pub fn quick(k: K, tier: JitTier) -> Self {
-        Self::with(k, tier, true, None)
+        Self::with(k, JitTier::Low(level), true, None)
     }
     fn with(k: K, tier: JitTier, pending: bool, ready: Option<ReadyStats>) -> Self {
         Tiered {
@@ -337,29 +325,20 @@ pub fn link_ptx(ctx: &CudaContext, ptx: &str, level: u8) -> Result<Vec<u8>, Cuda
         CString::new(ptx).map_err(|_| CudaError::Driver("PTX text contains a NUL byte".into()))?;
     const LOG: usize = 16 * 1024;
     let mut log = vec![0u8; LOG];
-    let mut opts = vec![
+    let mut opts = [
         CUjit_option::CU_JIT_OPTIMIZATION_LEVEL,
         CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
         CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
     ];
     // option values are passed as pointer-sized integers or pointers (the driver API's
     // convention for cuLinkCreate)
-    let mut vals: Vec<*mut c_void> = vec![
+    let mut vals: [*mut c_void; 3] = [
         level.min(OPTIMIZED_LEVEL) as usize as *mut c_void,
         log.as_mut_ptr() as *mut c_void,
         LOG as *mut c_void,
     ];
-    // measurement only: `ATTNC_JIT_FAST_COMPILE=N` passes the driver's CU_JIT_FAST_COMPILE
-    // (documented as internal) with value N, to see whether it shortens the PTX compile
-    if let Some(n) = std::env::var("ATTNC_JIT_FAST_COMPILE")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        opts.push(CUjit_option::CU_JIT_FAST_COMPILE);
-        vals.push(n as *mut c_void);
-    }
     let mut state: CUlinkState = std::ptr::null_mut();
-    // SAFETY: `opts` and `vals` have the same length and outlive the linker (declared
+    // SAFETY: `opts` and `vals` have 3 entries each and outlive the linker (declared
     // before it, so dropped after it: the driver may write the error log until
     // cuLinkDestroy); `state` is a valid out-pointer.
     check(
@@ -450,73 +429,6 @@ impl CudaKernel {
     }
 }
 
-/// A `ptxas` executable for the fast-compile tier: `$ATTNC_PTXAS`, else `ptxas` on the
-/// `PATH`, else `$CUDA_HOME/bin/ptxas` or `/usr/local/cuda/bin/ptxas`; looked up once.
-/// (Triton ships one: point `ATTNC_PTXAS` at `triton/backends/nvidia/bin/ptxas`.)
-pub fn find_ptxas() -> Option<&'static std::path::Path> {
-    use std::path::PathBuf;
-    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let is_file = |p: &PathBuf| p.is_file();
-            if let Some(p) = std::env::var_os("ATTNC_PTXAS").map(PathBuf::from) {
-                return is_file(&p).then_some(p);
-            }
-            let on_path = std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("ptxas"))
-                    .find(is_file)
-            });
-            on_path.or_else(|| {
-                std::env::var_os("CUDA_HOME")
-                    .map(|h| PathBuf::from(h).join("bin/ptxas"))
-                    .into_iter()
-                    .chain([PathBuf::from("/usr/local/cuda/bin/ptxas")])
-                    .find(is_file)
-            })
-        })
-        .as_deref()
-}
-
-/// Compiles `ptx` to a cubin with the `ptxas` executable at `ptxas` in its fastest
-/// compile mode (`-Ofc max`), for the PTX's own `.target`. The cubin runs correctly but
-/// slower (ptxas may serialize wgmma), which is why it is only ever a quick tier.
-pub fn ptxas_fast(ptxas: &std::path::Path, ptx: &str) -> Result<Vec<u8>, CudaError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let target = ptx
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(".target "))
-        .map(|t| t.split([',', ' ']).next().unwrap_or("").trim().to_string())
-        .filter(|t| t.starts_with("sm_"))
-        .ok_or_else(|| CudaError::Driver("the PTX names no .target sm_XX".into()))?;
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let base = std::env::temp_dir().join(format!("attnc-{}-{n}", std::process::id()));
-    let (src, out) = (base.with_extension("ptx"), base.with_extension("cubin"));
-    let run = || -> Result<Vec<u8>, CudaError> {
-        std::fs::write(&src, ptx).map_err(|e| CudaError::Driver(format!("ptxas input: {e}")))?;
-        let res = std::process::Command::new(ptxas)
-            .arg(format!("-arch={target}"))
-            .args(["-Ofc", "max", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .output()
-            .map_err(|e| CudaError::Driver(format!("{}: {e}", ptxas.display())))?;
-        if !res.status.success() {
-            return Err(CudaError::Driver(format!(
-                "{} -Ofc max: {}",
-                ptxas.display(),
-                String::from_utf8_lossy(&res.stderr).trim()
-            )));
-        }
-        std::fs::read(&out).map_err(|e| CudaError::Driver(format!("ptxas output: {e}")))
-    };
-    let r = run();
-    let _ = std::fs::remove_file(&src);
-    let _ = std::fs::remove_file(&out);
-    r
-}
-
 /// The first module of a kernel: what `JitCache::get` returns, with the timings of the
 /// driver compile and the load.
 pub(crate) struct FirstLoad {
@@ -584,25 +496,19 @@ pub(crate) fn compile_and_load(
     t0: Instant,
 ) -> Result<FirstLoad, CudaError> {
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let low = match tiers {
+        JitTiers::On { low } if low < opt_level => Some(low),
+        _ => None,
+    };
     // the quick module; should its compile fail, the optimized one is compiled here
-    let quick_cubin = || -> Option<(JitTier, Vec<u8>)> {
-        match tiers {
-            JitTiers::On { low } if low < opt_level => {
-                Some((JitTier::Low(low), link_ptx(&dev.ctx, &ptx, low).ok()?))
-            }
-            JitTiers::Fast => Some((JitTier::FastCompile, ptxas_fast(find_ptxas()?, &ptx).ok()?)),
-            _ => None,
-        }
-    };
-    let quick = {
+    let quick = low.and_then(|low| {
         let t = Instant::now();
-        quick_cubin().and_then(|(tier, cubin)| {
-            let driver_ms = ms(t);
-            let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin).ok()?;
-            Some((tier, k, driver_ms))
-        })
-    };
-    let Some((quick_tier, k, driver_ms)) = quick else {
+        let cubin = link_ptx(&dev.ctx, &ptx, low).ok()?;
+        let driver_ms = ms(t);
+        let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin).ok()?;
+        Some((low, k, driver_ms))
+    });
+    let Some((low, k, driver_ms)) = quick else {
         let t = Instant::now();
         let cubin = link_ptx(&dev.ctx, &ptx, opt_level)?;
         let driver_ms = ms(t);
@@ -627,7 +533,7 @@ pub(crate) fn compile_and_load(
         });
     };
     let load_ms = k.load_ms;
-    let tiers = Arc::new(Tiered::quick(k, quick_tier));
+    let tiers = Arc::new(Tiered::low(k, low));
     let bg = tiers.clone();
     let ctx = dev.ctx.clone();
     let meta = strip(meta);
@@ -663,7 +569,7 @@ pub(crate) fn compile_and_load(
     }
     Ok(FirstLoad {
         kernel: JitKernel { tiers },
-        tier: quick_tier,
+        tier: JitTier::Low(low),
         driver_ms,
         load_ms,
         cubin: has_disk.then_some(crate::cache::Lookup::Miss),
@@ -686,38 +592,8 @@ mod tests {
         }
     }
 
-    #[cfg(unix)]
-    #[test]
-    fn ptxas_fast_runs_the_executable_for_the_ptx_target() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("attnc-fake-ptxas-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // a stand-in ptxas: checks its arguments, writes "CUBIN:<arch>" to the -o file
-        let fake = dir.join("ptxas");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\n[ \"$2\" = -Ofc ] && [ \"$3\" = max ] && [ \"$4\" = -o ] || { echo bad args: \"$@\" >&2; exit 3; }\n\
-             grep -q 'entry' \"$6\" || { echo no ptx >&2; exit 4; }\nprintf 'CUBIN:%s' \"$1\" > \"$5\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ptx = "//\n.version 8.0\n.target sm_90a\n.address_size 64\n.visible .entry k()\n{ ret; }\n";
-        assert_eq!(ptxas_fast(&fake, ptx).unwrap(), b"CUBIN:-arch=sm_90a");
-        // no target: a clean error, nothing run
-        let e = ptxas_fast(&fake, ".visible .entry k() { ret; }").unwrap_err();
-        assert!(e.to_string().contains(".target"), "{e}");
-        // ptxas failing: its stderr in the error
-        let e = ptxas_fast(&fake, ".target sm_80\n").unwrap_err();
-        assert!(e.to_string().contains("no ptx"), "{e}");
-        // a missing executable
-        let e = ptxas_fast(&dir.join("nope"), ptx).unwrap_err();
-        assert!(e.to_string().contains("nope"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
     #[test]
     fn tier_policy_parsing() {
-        assert_eq!(JitTiers::parse("fast"), Ok(JitTiers::Fast));
         assert_eq!(JitTiers::parse("off"), Ok(JitTiers::Off));
         assert_eq!(JitTiers::parse(" OFF "), Ok(JitTiers::Off));
         assert_eq!(
@@ -731,7 +607,7 @@ mod tests {
         for l in 0..OPTIMIZED_LEVEL {
             assert_eq!(JitTiers::parse(&l.to_string()), Ok(JitTiers::On { low: l }));
         }
-        for bad in ["4", "9", "-1", "quick", "1.5", "256"] {
+        for bad in ["4", "9", "-1", "fast", "1.5", "256"] {
             let e = JitTiers::parse(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("off, on"), "{e}");
         }
