@@ -573,7 +573,10 @@ fn implied_linear_conjuncts_are_sound() {
                     if m {
                         for bd in &bounds {
                             let v = bd.a_q * q as i128 + bd.a_kv * kv as i128 + bd.k;
-                            assert!(v >= 0, "case {case}: mask true at ({q}, {kv}) but {bd:?} < 0");
+                            assert!(
+                                v >= 0,
+                                "case {case}: mask true at ({q}, {kv}) but {bd:?} < 0"
+                            );
                         }
                     }
                 }

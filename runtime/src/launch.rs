@@ -29,7 +29,7 @@ use crate::tensor::DType;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::classify::{
-    MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
+    Implied, MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
 };
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
@@ -59,9 +59,33 @@ pub(crate) enum Kernel {
         info: MaskInfo,
         maps: Option<BlockMaps>,
         /// The block-table kernel, for masks over captured tensors with
-        /// `gpu_block_tables` on.
-        table: Option<Arc<CudaKernel>>,
+        /// `gpu_block_tables` on, with the mask's linear conjuncts whose bounds each
+        /// launch passes it (when it was built to skip the tiles outside them).
+        table: Option<TableBuilder>,
     },
+}
+
+/// The block-table kernel of a binding and what its launches need from the host.
+pub(crate) struct TableBuilder {
+    kernel: Arc<CudaKernel>,
+    /// The mask's linear conjuncts, when the kernel skips the tiles outside them
+    /// (`PtxKernel::table_skip`).
+    implied: Option<Implied>,
+}
+
+impl TableBuilder {
+    /// The skip bounds of one launch (`None`: skip nothing, or no skip form).
+    fn skip(&self, opts: &BindOptions, bindings: &Bindings) -> Result<Option<Vec<Bound>>> {
+        match &self.implied {
+            Some(imp) => imp
+                .bounds(&opts.shape, bindings)
+                .map_err(|e| Error::Backend {
+                    backend: "blocks",
+                    message: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
 }
 
 impl Kernel {
@@ -240,7 +264,13 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                             backend: "cuda",
                             message: e.to_string(),
                         })?;
-                Some(t)
+                // the builder's skip form is derived from the same program (deterministic)
+                let implied = t
+                    .meta()
+                    .table_skip
+                    .as_ref()
+                    .and_then(|_| Implied::derive(program));
+                Some(TableBuilder { kernel: t, implied })
             } else {
                 None
             };
@@ -418,11 +448,11 @@ pub(crate) fn forward(
 /// builder exists (tensor masks, `gpu_block_tables`) and the table fits on the device.
 fn device_table<'a>(
     kernel: &CudaKernel,
-    table: &'a Option<Arc<CudaKernel>>,
+    table: &'a Option<TableBuilder>,
     info: &MaskInfo,
     opts: &BindOptions,
-) -> Option<&'a CudaKernel> {
-    let t = table.as_deref()?;
+) -> Option<&'a TableBuilder> {
+    let t = table.as_ref()?;
     let m = kernel.meta();
     let geom = DeviceTable::new(&opts.shape, m.q_block, m.kv_block, info.uses_b, info.uses_h);
     geom.capacity(&opts.shape).map(|_| t)
@@ -437,7 +467,7 @@ fn cuda_problem(
     kernel: &CudaKernel,
     info: &MaskInfo,
     maps: &mut Option<BlockMaps>,
-    table: &Option<Arc<CudaKernel>>,
+    table: &Option<TableBuilder>,
     variant: &Variant,
     opts: &BindOptions,
     scale: f32,
@@ -467,8 +497,10 @@ fn cuda_problem(
                 info.uses_h,
             )
             .map_err(|e| cuda_error(variant, e))?;
+        let skip = builder.skip(opts, bindings)?;
         builder
-            .build_table(&g.device, &p)
+            .kernel
+            .build_table(&g.device, &p, skip.as_deref())
             .map_err(|e| cuda_error(variant, e))?;
         return Ok(p);
     }
@@ -608,8 +640,10 @@ pub(crate) fn table_time_ms(
     let problem = cuda_problem(
         g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
     )?;
+    let skip = builder.skip(opts, bindings)?;
     let ms = builder
-        .time_table(&g.device, &problem, 3, iters.max(1), 3)
+        .kernel
+        .time_table(&g.device, &problem, skip.as_deref(), 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
     Ok(Some(ms))
 }

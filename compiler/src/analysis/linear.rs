@@ -629,7 +629,9 @@ mod tests {
             "q * kv >= 3 && doc[b, q] == doc[b, kv]",
         ] {
             assert_eq!(
-                implied(&format!("{doc} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}")),
+                implied(&format!(
+                    "{doc} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+                )),
                 None,
                 "{m}"
             );

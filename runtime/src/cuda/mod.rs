@@ -496,7 +496,19 @@ impl CudaKernel {
     /// Launches this block-table kernel (`backend::llvm::emit_block_table`) on `p`, whose
     /// table was allocated by [`Self::upload_for_table`] for tiles of the same size.
     /// Asynchronous, on the stream of the attention launch that follows.
-    pub fn build_table(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
+    ///
+    /// `skip`: for a builder with a `table_skip` form (the mask's linear conjuncts), their
+    /// bounds for this launch (`classify::Implied::bounds`): tiles outside their kv range
+    /// are classified empty without being evaluated; `None` when they cannot be trusted
+    /// for this launch (their i32 arithmetic may wrap): then every tile is evaluated.
+    /// Ignored by a builder without one.
+    pub fn build_table(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+        skip: Option<&[Bound]>,
+    ) -> Result<(), CudaError> {
+        let (offsets, all_partial) = self.skip_params(skip)?;
         let Some(t) = p.device_table else {
             return Err(CudaError::Mismatch(
                 "this problem's block table comes from the host".into(),
@@ -519,7 +531,31 @@ impl CudaKernel {
             block_dim: (self.meta.threads, 1, 1),
             shared_mem_bytes: self.meta.smem_bytes,
         };
-        self.launch_with(dev, p, cfg)
+        self.launch_with(dev, p, cfg, &offsets, all_partial)
+    }
+
+    /// The `KvOffset` / `KvAllPartial` values of a builder launch (see [`Self::build_table`]).
+    fn skip_params(&self, skip: Option<&[Bound]>) -> Result<(Vec<i64>, i32), CudaError> {
+        let Some(cf) = &self.meta.table_skip else {
+            return Ok((vec![], 0));
+        };
+        match skip {
+            None => Ok((vec![0; cf.constraints.len()], 1)),
+            Some(b) => {
+                let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
+                let want: Vec<(i128, i128)> = cf
+                    .constraints
+                    .iter()
+                    .map(|c| (c.expr.q as i128, c.expr.kv as i128))
+                    .collect();
+                if got != want {
+                    return Err(CudaError::Mismatch(format!(
+                        "block-table skip bounds with coefficients {got:?}, the builder was built for {want:?}"
+                    )));
+                }
+                Ok((kernel_offsets(b), 0))
+            }
+        }
     }
 
     /// Waits, then reads back a table built by [`Self::build_table`] (for tests and tools).
@@ -569,11 +605,12 @@ impl CudaKernel {
         &self,
         dev: &CudaDevice,
         p: &DeviceProblem,
+        skip: Option<&[Bound]>,
         warmup: usize,
         iters: usize,
         reps: usize,
     ) -> Result<f64, CudaError> {
-        time_events(dev, warmup, iters, reps, || self.build_table(dev, p))
+        time_events(dev, warmup, iters, reps, || self.build_table(dev, p, skip))
     }
 
     /// Enqueues one launch (asynchronous).
@@ -587,15 +624,19 @@ impl CudaKernel {
             block_dim: (self.meta.threads, 1, 1),
             shared_mem_bytes: self.meta.smem_bytes,
         };
-        self.launch_with(dev, p, cfg)
+        self.launch_with(dev, p, cfg, &p.kv_offsets, p.kv_all_partial)
     }
 
-    /// Launches this kernel with its parameters (`meta.params`) taken from `p`.
+    /// Launches this kernel with its parameters (`meta.params`) taken from `p`, and the
+    /// `KvOffset` / `KvAllPartial` values given (`p`'s for the attention kernel, the skip
+    /// bounds' for a block-table builder).
     fn launch_with(
         &self,
         dev: &CudaDevice,
         p: &DeviceProblem,
         cfg: LaunchConfig,
+        kv_offsets: &[i64],
+        kv_all_partial: i32,
     ) -> Result<(), CudaError> {
         let sh = &p.shape;
         let s = &dev.stream;
@@ -648,7 +689,7 @@ impl CudaKernel {
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::KvOffset(i) => {
-                    longs.push(*p.kv_offsets.get(*i as usize).ok_or_else(|| {
+                    longs.push(*kv_offsets.get(*i as usize).ok_or_else(|| {
                         CudaError::Mismatch("closed-form offsets missing".into())
                     })?);
                     A::L(longs.len() - 1)
@@ -675,7 +716,7 @@ impl CudaKernel {
                         KernelParam::NumQBlocks => p.n_q_blocks as i32,
                         KernelParam::MapBStride => p.map_b_stride,
                         KernelParam::MapHStride => p.map_h_stride,
-                        KernelParam::KvAllPartial => p.kv_all_partial,
+                        KernelParam::KvAllPartial => kv_all_partial,
                         KernelParam::TensorDim { tensor, dim } => {
                             p.tensors[*tensor as usize].1[*dim as usize]
                         }
