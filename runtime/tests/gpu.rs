@@ -1065,6 +1065,105 @@ fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
     }
 }
 
+/// `Bound::forward` keeps the GPU-built table of a call and reuses it while the mask's
+/// captured tensors and params are unchanged (`gpu_table_counts` = (built, reused)); a
+/// changed document id, a changed window (negative included: every row empty) rebuild,
+/// new q/k/v alone do not; every call matches the oracle. doc_sliding_causal, Lq < Lkv,
+/// GQA, unsorted documents (mostly partial tiles) and sorted ones (empty and full tiles,
+/// where a stale table would skip or not mask blocks).
+fn gpu_forward_reuses_and_rebuilds_tables(dev: &CudaDevice) {
+    let _ = dev;
+    let compiled = Compiled::from_source("t.attn", TABLE_SOURCES).expect("compiles");
+    let variant = compiled.attention("doc_sliding_causal").unwrap();
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 300,
+        lkv: 390,
+        d: 64,
+        dv: 64,
+    };
+    let mut r = rng(33);
+    let mut input = |n: Vec<usize>, amp: f32| {
+        let len: usize = n.iter().product();
+        Tensor::from_f32_as(
+            n,
+            &(0..len)
+                .map(|_| r.random_range(-amp..amp))
+                .collect::<Vec<f32>>(),
+            DType::BF16,
+        )
+    };
+    let q = input(vec![shape.b, shape.hq, shape.lq, shape.d], 2.0);
+    let q2 = input(vec![shape.b, shape.hq, shape.lq, shape.d], 2.0);
+    let k = input(vec![shape.b, shape.hkv, shape.lkv, shape.d], 2.0);
+    let v = input(vec![shape.b, shape.hkv, shape.lkv, shape.dv], 1.0);
+    let mut oracle = variant
+        .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
+        .unwrap();
+    for sorted in [false, true] {
+        let mut r = rng(34 + sorted as u64);
+        let doc = doc_ids(&mut r, shape.b, shape.lkv, 6, sorted);
+        let mut doc2 = doc.clone();
+        // one id in batch 1 moved to another document
+        doc2[shape.lkv + 150] = (doc2[shape.lkv + 150] + 1) % 6;
+        let caps = |d: &[i32], window: i32| {
+            Captures::default()
+                .tensor("doc", Tensor::from_i32(vec![shape.b, shape.lkv], d))
+                .param("window", ParamValue::I32(window))
+        };
+        let mut opts = BindOptions::new(Backend::Cuda, shape, DType::BF16);
+        opts.gpu_block_tables = true;
+        let mut bound = variant.bind(opts).unwrap();
+        // (step, q, captures, (built, reused) after the call)
+        let steps: Vec<(&str, &Tensor, Captures, (u64, u64))> = vec![
+            ("first call", &q, caps(&doc, 50), (1, 0)),
+            ("same inputs", &q, caps(&doc, 50), (1, 1)),
+            ("one doc id changed", &q, caps(&doc2, 50), (2, 1)),
+            ("same again", &q, caps(&doc2, 50), (2, 2)),
+            ("window 7", &q, caps(&doc2, 7), (3, 2)),
+            ("window -3 (every row empty)", &q, caps(&doc2, -3), (4, 2)),
+            ("back to the first inputs", &q, caps(&doc, 50), (5, 2)),
+            ("new q only", &q2, caps(&doc, 50), (5, 3)),
+        ];
+        for (what, qq, c, counts) in steps {
+            let out = bound
+                .forward(qq, &k, &v, &c)
+                .unwrap_or_else(|e| panic!("sorted={sorted} {what}: {e}"));
+            let want = oracle.forward(qq, &k, &v, &c).unwrap();
+            let want = reference::Output {
+                o: want.o.to_f32(),
+                lse: want.lse.to_f32(),
+            };
+            let worst = compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, shape.dv)
+                .unwrap_or_else(|e| panic!("sorted={sorted} {what}: {e}"));
+            assert_eq!(
+                bound.gpu_table_counts(),
+                Some(counts),
+                "sorted={sorted} {what}: (built, reused)"
+            );
+            println!(
+                "  ok sorted={sorted} {what}: (built, reused) {counts:?}, max |dO| {worst:.2e}"
+            );
+        }
+        // the bench's build timing builds into its own table and leaves the kept one alone
+        let t = bound
+            .block_table_time_ms(&q, &k, &v, &caps(&doc2, 50), 2)
+            .unwrap();
+        assert!(t.is_some());
+        let out = bound.forward(&q, &k, &v, &caps(&doc, 50)).unwrap();
+        assert_eq!(bound.gpu_table_counts(), Some((5, 4)), "after timing");
+        let want = oracle.forward(&q, &k, &v, &caps(&doc, 50)).unwrap();
+        let want = reference::Output {
+            o: want.o.to_f32(),
+            lse: want.lse.to_f32(),
+        };
+        compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, shape.dv)
+            .unwrap_or_else(|e| panic!("sorted={sorted} after timing: {e}"));
+    }
+}
+
 /// Checked mode with the table built on the GPU: the builder evaluates every point and
 /// records the first out-of-range mask read (doc[b, q] with Lq > Lkv) like the attention
 /// kernel; the fast mode clamps and succeeds.
@@ -1348,6 +1447,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_block_tables_match_brute_force",
         gpu_block_tables_match_brute_force,
+    ),
+    (
+        "gpu_forward_reuses_and_rebuilds_tables",
+        gpu_forward_reuses_and_rebuilds_tables,
     ),
     (
         "gpu_forward_with_gpu_tables_matches_oracle",
