@@ -10,6 +10,11 @@
 //! kernel; exact; same stream, no host pass), and elsewhere (CPU, or
 //! `BindOptions::gpu_block_tables` off, or a table too large for the device) from
 //! per-block tensor summaries on the host (never by evaluating every point).
+//! The GPU builder is passed the bounds of the mask's linear conjuncts for the launch
+//! (`classify::Implied`, so it skips the tiles outside them), and its table is kept
+//! after a successful call with the exact bits of the mask's tensors and params, the
+//! shape and tiles ([`TableDeps`]): the next call with equal ones reuses it and launches
+//! the attention kernel alone.
 //! CUDA kernels whose kv bounds are a closed form (`PtxKernel::kv_bounds`: no mask, or
 //! a conjunction of linear constraints) get no block maps at all: each launch passes the
 //! closed form's offsets for its params (`classify::closed_form_bounds`), or asks for
@@ -65,7 +70,7 @@ pub(crate) enum Kernel {
         table: Option<TableBuilder>,
         /// The table the builder made at the last successful `forward`, with what it was
         /// built from; reused while that stays the same.
-        kept: Option<KeptTable>,
+        kept: Option<Box<KeptTable>>,
         /// `(built, reused)`: forwards that ran the block-table kernel / reused a kept table.
         table_counts: (u64, u64),
     },
@@ -76,7 +81,7 @@ pub(crate) struct TableBuilder {
     kernel: Arc<CudaKernel>,
     /// The mask's linear conjuncts, when the kernel skips the tiles outside them
     /// (`PtxKernel::table_skip`).
-    implied: Option<Implied>,
+    implied: Option<Box<Implied>>,
     deps: TableDeps,
 }
 
@@ -140,7 +145,8 @@ impl TableBuilder {
             .meta()
             .table_skip
             .as_ref()
-            .and_then(|_| Implied::derive(program));
+            .and_then(|_| Implied::derive(program))
+            .map(Box::new);
         TableBuilder {
             kernel,
             implied,
@@ -569,7 +575,7 @@ pub(crate) fn forward(
             // calls with the same key
             match (built, p.built_table()) {
                 (Some(key), Some(table)) => {
-                    *kept = Some(KeptTable { key, table });
+                    *kept = Some(Box::new(KeptTable { key, table }));
                     table_counts.0 += 1;
                 }
                 (None, Some(_)) => table_counts.1 += 1,
@@ -619,7 +625,7 @@ fn cuda_problem(
     info: &MaskInfo,
     maps: &mut Option<BlockMaps>,
     table: &Option<TableBuilder>,
-    kept: &Option<KeptTable>,
+    kept: &Option<Box<KeptTable>>,
     variant: &Variant,
     opts: &BindOptions,
     scale: f32,

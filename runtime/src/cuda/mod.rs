@@ -24,7 +24,10 @@
 //!   device-resident captured tensors, on the same stream, before the attention launch
 //!   (masks over captured tensors; no host pass and no table upload);
 //!   [`CudaKernel::download_table`] reads it back (tests), [`CudaKernel::time_table`]
-//!   times it.
+//!   times it. `build_table` takes the launch's bounds of the mask's linear conjuncts
+//!   (`PtxKernel::table_skip`; tiles outside them are not evaluated). The table can be
+//!   kept ([`DeviceProblem::built_table`]) and read by a later launch
+//!   ([`CudaKernel::upload_with_table`]) when its inputs are unchanged.
 //! - [`JitCache`]: program + options -> loaded kernel ([`JitKernel`]; attention or
 //!   block-table builder, under different keys), through an in-memory map and the on-disk
 //!   cache of [`crate::cache`]: the optimized cubin (keyed by the device and driver too)
