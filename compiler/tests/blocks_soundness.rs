@@ -451,3 +451,142 @@ fn random_linear_conjunctions_are_sound_and_closed_form() {
         }
     }
 }
+
+/// `Implied` (the closed form of a mask's linear conjuncts) over-approximates the mask:
+/// on random masks `linear & random & linear ...` (random parts from every IR op, some
+/// with tensors, params, b and h), wherever the interpreter says the mask is true, the
+/// implied bounds' block map (`ClosedForm::block_map`) has a non-empty block, and at
+/// every point where the mask is true every implied constraint holds. Also on the fully
+/// random masks of `random_masks_are_sound`, where a linear conjunct occurs by chance.
+#[test]
+fn implied_linear_conjuncts_are_sound() {
+    use attnc_compiler::analysis::blockmap::BlockKind;
+    use attnc_compiler::analysis::classify::{Implied, brute_force_maps};
+    use attnc_compiler::analysis::linear::ClosedForm;
+    let mut rng = StdRng::seed_from_u64(0x1a7e_d00d);
+    let (mut derived, mut skipped_blocks, mut checked_blocks) = (0usize, 0usize, 0usize);
+    for case in 0..400u64 {
+        let (n0, n1) = (rng.random_range(1..20), rng.random_range(1..20));
+        let mut g = Gen {
+            f: Function::new(FnKind::Mask),
+            rng: StdRng::seed_from_u64(77_000 + case),
+            n0,
+            n1,
+        };
+        // conjuncts: linear constraints (some with the param) and random booleans, joined
+        // by `&` or by `c ? a : false` (the lowering of `&&`)
+        let n = g.rng.random_range(1..5);
+        let mut acc: Option<Value> = None;
+        for _ in 0..n {
+            let atom = if case % 5 == 4 || g.rng.random_bool(0.5) {
+                let depth = g.rng.random_range(1..4);
+                g.boolean(depth)
+            } else {
+                let (a, b, k) = (
+                    g.rng.random_range(-3..4),
+                    g.rng.random_range(-3..4),
+                    g.rng.random_range(-30..30),
+                );
+                let q = g.push(Inst::Arg(Arg::Q), Type::I32);
+                let kv = g.push(Inst::Arg(Arg::Kv), Type::I32);
+                let (ca, cb, ck) = (g.c(a), g.c(b), g.c(k));
+                let x = g.bin(BinOp::IMul, q, ca);
+                let y = g.bin(BinOp::IMul, cb, kv);
+                let s = g.bin(BinOp::IAdd, x, y);
+                let mut r = g.bin(BinOp::ISub, s, ck);
+                if g.rng.random_bool(0.3) {
+                    let p = g.push(Inst::Param(ParamId(0)), Type::I32);
+                    r = g.bin(BinOp::IAdd, r, p);
+                }
+                let z = g.c(0);
+                let c = [Cmp::Eq, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge][g.rng.random_range(0..5)];
+                g.bin(BinOp::ICmp(c), r, z)
+            };
+            acc = Some(match acc {
+                None => atom,
+                Some(a) if g.rng.random_bool(0.5) => g.bin(BinOp::And, a, atom),
+                Some(a) => {
+                    let f = g.push(Inst::ConstBool(false), Type::Bool);
+                    g.push(Inst::Select(a, atom, f), Type::Bool)
+                }
+            });
+        }
+        g.f.ret = acc.unwrap();
+        let p = program(g.f, n0, n1);
+        verify_program(&p).expect("generator builds valid IR");
+        let Some(imp) = Implied::derive(&p) else {
+            continue;
+        };
+        derived += 1;
+        assert_eq!(
+            Some(&imp.closed_form),
+            ClosedForm::derive(&imp.program).as_ref(),
+            "case {case}"
+        );
+        for _ in 0..3 {
+            let bind = bindings(&mut rng, n0, n1);
+            let (s, qb, kb) = random_shape(&mut rng);
+            let Some(bounds) = imp.bounds(&s, &bind).expect("params bound") else {
+                continue;
+            };
+            let over = ClosedForm::block_map(&bounds, s.lq, s.lkv, qb, kb);
+            let exact = brute_force_maps(&p, &s, qb, kb, &bind).expect("interpreter");
+            for b in 0..s.b {
+                for h in 0..s.hq {
+                    let e = exact.get(b, h);
+                    for i in 0..e.n_q_blocks() {
+                        for j in 0..e.n_kv_blocks() {
+                            checked_blocks += 1;
+                            let skip = over.kind(i, j) == BlockKind::Empty;
+                            skipped_blocks += skip as usize;
+                            assert!(
+                                !skip || e.kind(i, j) == BlockKind::Empty,
+                                "case {case}: block ({i}, {j}) of (b={b}, h={h}) skipped but the mask is {:?} there\n{}\nimplied: {}",
+                                e.kind(i, j),
+                                attnc_compiler::ir::write_program(&p),
+                                imp.closed_form
+                            );
+                        }
+                    }
+                }
+            }
+            // pointwise: mask true => every implied constraint holds
+            let mut scratch = Vec::new();
+            for q in 0..s.lq as i32 {
+                for kv in 0..s.lkv as i32 {
+                    let args = attnc_compiler::interp::Args {
+                        s: 0.0,
+                        b: 0,
+                        h: 0,
+                        q,
+                        kv,
+                    };
+                    let m = attnc_compiler::interp::eval(
+                        p.mask.as_ref().unwrap(),
+                        &p,
+                        args,
+                        &bind,
+                        &mut scratch,
+                    )
+                    .expect("interpreter")
+                    .as_bool();
+                    if m {
+                        for bd in &bounds {
+                            let v = bd.a_q * q as i128 + bd.a_kv * kv as i128 + bd.k;
+                            assert!(
+                                v >= 0,
+                                "case {case}: mask true at ({q}, {kv}) but {bd:?} < 0"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // the test must exercise derivations and actual skips
+    assert!(derived > 100, "only {derived} masks had linear conjuncts");
+    assert!(
+        skipped_blocks > checked_blocks / 20,
+        "only {skipped_blocks} of {checked_blocks} blocks skipped"
+    );
+}

@@ -92,6 +92,39 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
                 ..opts
             };
             let c = emit_block_table(p, &checked).unwrap();
+            // the linear conjuncts (causal, the window) bound the tiles evaluated, one
+            // i64 offset each plus the KvAllPartial flag; never in checked mode
+            use attnc_compiler::analysis::linear::ClosedForm;
+            use attnc_compiler::backend::llvm::KernelParam;
+            let offsets = |k: &attnc_compiler::backend::llvm::PtxKernel| {
+                k.params
+                    .iter()
+                    .filter(|x| matches!(x, KernelParam::KvOffset(_)))
+                    .count()
+            };
+            let implied = ClosedForm::derive_implied(p);
+            assert_eq!(a.table_skip, implied, "{}", p.name);
+            assert_eq!(
+                offsets(&a),
+                implied.as_ref().map_or(0, |cf| cf.constraints.len()),
+                "{}",
+                p.name
+            );
+            assert_eq!(
+                a.params.contains(&KernelParam::KvAllPartial),
+                implied.is_some(),
+                "{}",
+                p.name
+            );
+            if p.name.starts_with("document") {
+                assert!(implied.is_some(), "{}: no linear conjunct found", p.name);
+            }
+            assert_eq!(
+                (offsets(&c), c.table_skip.is_none()),
+                (0, true),
+                "{}",
+                p.name
+            );
             assert!(
                 c.ptx.contains(".global.cas.b32"),
                 "{}: checked mode records nothing",

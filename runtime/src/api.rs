@@ -267,6 +267,15 @@ impl Bound {
         self.kernel.kv_bounds()
     }
 
+    /// CUDA backend: `(built, reused)`, how many successful `forward` calls built the
+    /// block table on the GPU and how many reused the table of an earlier call because
+    /// the mask's captured tensors and params were bit-for-bit the same (the shape is
+    /// fixed per binding). `None` for other backends; `(0, 0)` where tables do not come
+    /// from the GPU builder.
+    pub fn gpu_table_counts(&self) -> Option<(u64, u64)> {
+        crate::launch::gpu_table_counts(&self.kernel)
+    }
+
     /// Checks and converts the captures against the program's declarations.
     pub fn bindings(&self, captures: &Captures) -> Result<Bindings> {
         bind_captures(&self.variant, &self.opts.shape, captures)

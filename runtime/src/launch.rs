@@ -10,6 +10,11 @@
 //! kernel; exact; same stream, no host pass), and elsewhere (CPU, or
 //! `BindOptions::gpu_block_tables` off, or a table too large for the device) from
 //! per-block tensor summaries on the host (never by evaluating every point).
+//! The GPU builder is passed the bounds of the mask's linear conjuncts for the launch
+//! (`classify::Implied`, so it skips the tiles outside them), and its table is kept
+//! after a successful call with the exact bits of the mask's tensors and params, the
+//! shape and tiles ([`TableDeps`]): the next call with equal ones reuses it and launches
+//! the attention kernel alone.
 //! CUDA kernels whose kv bounds are a closed form (`PtxKernel::kv_bounds`: no mask, or
 //! a conjunction of linear constraints) get no block maps at all: each launch passes the
 //! closed form's offsets for its params (`classify::closed_form_bounds`), or asks for
@@ -21,23 +26,24 @@
 use crate::api::{BindOptions, Variant, out_of_bounds};
 use crate::cache::DiskCache;
 use crate::cuda::{
-    CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, JitKernel, JitStats,
-    JitTier, JitTiers, KvBlocks,
+    BuiltTable, CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, JitKernel,
+    JitStats, JitTier, JitTiers, KvBlocks,
 };
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::classify::{
-    MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
+    Implied, MaskInfo, Tier, analyze, build_block_maps, closed_form_bounds,
 };
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
 use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions};
-use attnc_compiler::interp::Bindings;
 use attnc_compiler::interp::EvalError;
-use attnc_compiler::ir::Program;
+use attnc_compiler::interp::{Bindings, TensorData};
+use attnc_compiler::ir::{Inst, Program, Scalar};
 use attnc_compiler::reference;
+use attnc_compiler::shape::Shape;
 use std::sync::{Arc, OnceLock};
 
 /// What a bound variant holds for its backend.
@@ -59,9 +65,173 @@ pub(crate) enum Kernel {
         info: MaskInfo,
         maps: Option<BlockMaps>,
         /// The block-table kernel, for masks over captured tensors with
-        /// `gpu_block_tables` on.
-        table: Option<Arc<CudaKernel>>,
+        /// `gpu_block_tables` on, with the mask's linear conjuncts whose bounds each
+        /// launch passes it (when it was built to skip the tiles outside them).
+        table: Option<TableBuilder>,
+        /// The table the builder made at the last successful `forward`, with what it was
+        /// built from; reused while that stays the same.
+        kept: Option<Box<KeptTable>>,
+        /// `(built, reused)`: forwards that ran the block-table kernel / reused a kept table.
+        table_counts: (u64, u64),
     },
+}
+
+/// The block-table kernel of a binding and what its launches need from the host.
+pub(crate) struct TableBuilder {
+    kernel: Arc<CudaKernel>,
+    /// The mask's linear conjuncts, when the kernel skips the tiles outside them
+    /// (`PtxKernel::table_skip`).
+    implied: Option<Box<Implied>>,
+    deps: TableDeps,
+}
+
+/// The captured tensors and params a mask reads (indices into `Bindings`): what its
+/// block table depends on besides the shape and tiles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableDeps {
+    mask_tensors: Vec<usize>,
+    mask_params: Vec<usize>,
+}
+
+/// What a device-built block table was built from: the shape, the tiles and the exact
+/// bits of the params and captured tensors (dims and elements) the mask reads. Equal
+/// keys give equal tables (the builder is deterministic), so the table is reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TableKey {
+    shape: Shape,
+    tiles: (u32, u32),
+    params: Vec<u32>,
+    tensors: Vec<(Vec<usize>, Vec<u32>)>,
+}
+
+/// A device-built table kept after a successful forward.
+pub(crate) struct KeptTable {
+    key: TableKey,
+    table: BuiltTable,
+}
+
+fn scalar_bits(x: &Scalar) -> u32 {
+    match x {
+        Scalar::Bool(b) => *b as u32,
+        Scalar::I32(v) => *v as u32,
+        Scalar::F32(v) => v.to_bits(),
+    }
+}
+
+fn tensor_bits(d: &TensorData) -> Vec<u32> {
+    match d {
+        TensorData::I32(v) => v.iter().map(|x| *x as u32).collect(),
+        TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+    }
+}
+
+/// Whether `d` holds exactly the elements `bits` (float bits compared, so -0.0 and NaN
+/// payloads count as changes).
+fn same_bits(d: &TensorData, bits: &[u32]) -> bool {
+    match d {
+        TensorData::I32(v) => {
+            v.len() == bits.len() && v.iter().zip(bits).all(|(a, b)| *a as u32 == *b)
+        }
+        TensorData::F32(v) => {
+            v.len() == bits.len() && v.iter().zip(bits).all(|(a, b)| a.to_bits() == *b)
+        }
+    }
+}
+
+impl TableBuilder {
+    fn new(kernel: Arc<CudaKernel>, program: &Program) -> Self {
+        // the builder's skip form is derived from the same program (deterministic)
+        let implied = kernel
+            .meta()
+            .table_skip
+            .as_ref()
+            .and_then(|_| Implied::derive(program))
+            .map(Box::new);
+        TableBuilder {
+            kernel,
+            implied,
+            deps: TableDeps::new(program),
+        }
+    }
+
+    /// The skip bounds of one launch (`None`: skip nothing, or no skip form).
+    fn skip(&self, opts: &BindOptions, bindings: &Bindings) -> Result<Option<Vec<Bound>>> {
+        match &self.implied {
+            Some(imp) => imp
+                .bounds(&opts.shape, bindings)
+                .map_err(|e| Error::Backend {
+                    backend: "blocks",
+                    message: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+}
+
+impl TableDeps {
+    fn new(program: &Program) -> Self {
+        let (mut mask_tensors, mut mask_params) = (Vec::new(), Vec::new());
+        if let Some(f) = &program.mask {
+            for (live, inst) in f.live().iter().zip(&f.insts) {
+                match inst {
+                    Inst::Load { tensor, .. } if *live => mask_tensors.push(tensor.0 as usize),
+                    Inst::Param(p) if *live => mask_params.push(p.0 as usize),
+                    _ => {}
+                }
+            }
+        }
+        mask_tensors.sort_unstable();
+        mask_tensors.dedup();
+        mask_params.sort_unstable();
+        mask_params.dedup();
+        TableDeps {
+            mask_tensors,
+            mask_params,
+        }
+    }
+
+    /// The key of a launch (copies the mask's tensors: call on a miss only).
+    fn key(&self, shape: &Shape, tiles: (u32, u32), bind: &Bindings) -> TableKey {
+        TableKey {
+            shape: *shape,
+            tiles,
+            params: self
+                .mask_params
+                .iter()
+                .map(|&i| bind.params.get(i).map_or(u32::MAX, scalar_bits))
+                .collect(),
+            tensors: self
+                .mask_tensors
+                .iter()
+                .map(|&i| match bind.tensors.get(i) {
+                    Some(t) => (t.dims.clone(), tensor_bits(&t.data)),
+                    None => (vec![], vec![]),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a launch has key `key`, compared in place (no copy).
+    fn matches(&self, key: &TableKey, shape: &Shape, tiles: (u32, u32), bind: &Bindings) -> bool {
+        key.shape == *shape
+            && key.tiles == tiles
+            && key.params.len() == self.mask_params.len()
+            && self
+                .mask_params
+                .iter()
+                .zip(&key.params)
+                .all(|(&i, w)| bind.params.get(i).is_some_and(|x| scalar_bits(x) == *w))
+            && key.tensors.len() == self.mask_tensors.len()
+            && self
+                .mask_tensors
+                .iter()
+                .zip(&key.tensors)
+                .all(|(&i, (dims, bits))| {
+                    bind.tensors
+                        .get(i)
+                        .is_some_and(|t| t.dims == *dims && same_bits(&t.data, bits))
+                })
+    }
 }
 
 impl Kernel {
@@ -240,7 +410,7 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                             backend: "cuda",
                             message: e.to_string(),
                         })?;
-                Some(t)
+                Some(TableBuilder::new(t, program))
             } else {
                 None
             };
@@ -250,6 +420,8 @@ pub(crate) fn prepare(program: &Program, opts: &BindOptions) -> Result<Kernel> {
                 info,
                 maps: None,
                 table,
+                kept: None,
+                table_counts: (0, 0),
             })
         }
     }
@@ -383,13 +555,15 @@ pub(crate) fn forward(
             info,
             maps,
             table,
+            kept,
+            table_counts,
             ..
         } => {
             let g = gpu().map_err(|e| cuda_error(variant, e))?;
             // this call keeps the module it starts with, whatever is swapped in meanwhile
             let (kernel, _) = jit.current();
-            let p = cuda_problem(
-                g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+            let (p, built) = cuda_problem(
+                g, &kernel, info, maps, table, kept, variant, opts, scale, q, k, v, bindings,
             )?;
             kernel
                 .launch(&g.device, &p)
@@ -397,6 +571,16 @@ pub(crate) fn forward(
             let (o, lse) = kernel
                 .download(&g.device, &p)
                 .map_err(|e| cuda_error(variant, e))?;
+            // a table built by this call (and free of checked-mode errors) serves later
+            // calls with the same key
+            match (built, p.built_table()) {
+                (Some(key), Some(table)) => {
+                    *kept = Some(Box::new(KeptTable { key, table }));
+                    table_counts.0 += 1;
+                }
+                (None, Some(_)) => table_counts.1 += 1,
+                _ => {}
+            }
             drop(kernel);
             jit.release_retired(&g.device)
                 .map_err(|e| cuda_error(variant, e))?;
@@ -418,26 +602,30 @@ pub(crate) fn forward(
 /// builder exists (tensor masks, `gpu_block_tables`) and the table fits on the device.
 fn device_table<'a>(
     kernel: &CudaKernel,
-    table: &'a Option<Arc<CudaKernel>>,
+    table: &'a Option<TableBuilder>,
     info: &MaskInfo,
     opts: &BindOptions,
-) -> Option<&'a CudaKernel> {
-    let t = table.as_deref()?;
+) -> Option<&'a TableBuilder> {
+    let t = table.as_ref()?;
     let m = kernel.meta();
     let geom = DeviceTable::new(&opts.shape, m.q_block, m.kv_block, info.uses_b, info.uses_h);
     geom.capacity(&opts.shape).map(|_| t)
 }
 
-/// Uploads one launch's inputs and provides its block table: built on the device by the
-/// block-table kernel (enqueued, same stream), or built on the host (kept for later
-/// calls where it cannot change) and uploaded.
+/// Uploads one launch's inputs and provides its block table: the device-built table of
+/// an earlier call (`kept`) when the mask's tensors, params and the shape are the same;
+/// else built on the device by the block-table kernel (enqueued, same stream; the key
+/// it was built from comes back, for the caller to keep the table under once the call
+/// succeeded); or built on the host (kept for later calls where it cannot change) and
+/// uploaded.
 #[allow(clippy::too_many_arguments)]
 fn cuda_problem(
     g: &Gpu,
     kernel: &CudaKernel,
     info: &MaskInfo,
     maps: &mut Option<BlockMaps>,
-    table: &Option<Arc<CudaKernel>>,
+    table: &Option<TableBuilder>,
+    kept: &Option<Box<KeptTable>>,
     variant: &Variant,
     opts: &BindOptions,
     scale: f32,
@@ -445,7 +633,7 @@ fn cuda_problem(
     k: &Tensor,
     v: &Tensor,
     bindings: &Bindings,
-) -> Result<DeviceProblem> {
+) -> Result<(DeviceProblem, Option<TableKey>)> {
     let bits = |t: &Tensor| {
         t.to_u16_bits().ok_or_else(|| Error::InputDType {
             which: "q/k/v".into(),
@@ -454,6 +642,25 @@ fn cuda_problem(
         })
     };
     if let Some(builder) = device_table(kernel, table, info, opts) {
+        let tiles = (kernel.meta().q_block, kernel.meta().kv_block);
+        if let Some(kt) = kept
+            && builder.deps.matches(&kt.key, &opts.shape, tiles, bindings)
+        {
+            let p = kernel
+                .upload_with_table(
+                    &g.device,
+                    &opts.shape,
+                    &bits(q)?,
+                    &bits(k)?,
+                    &bits(v)?,
+                    scale,
+                    bindings,
+                    &kt.table,
+                )
+                .map_err(|e| cuda_error(variant, e))?;
+            return Ok((p, None));
+        }
+        let key = builder.deps.key(&opts.shape, tiles, bindings);
         let p = kernel
             .upload_for_table(
                 &g.device,
@@ -467,10 +674,12 @@ fn cuda_problem(
                 info.uses_h,
             )
             .map_err(|e| cuda_error(variant, e))?;
+        let skip = builder.skip(opts, bindings)?;
         builder
-            .build_table(&g.device, &p)
+            .kernel
+            .build_table(&g.device, &p, skip.as_deref())
             .map_err(|e| cuda_error(variant, e))?;
-        return Ok(p);
+        return Ok((p, Some(key)));
     }
     if let Some(bounds) = closed_form_launch(kernel, variant.program(), opts, bindings)? {
         return kernel
@@ -484,6 +693,7 @@ fn cuda_problem(
                 bindings,
                 KvBlocks::ClosedForm(bounds.as_deref()),
             )
+            .map(|p| (p, None))
             .map_err(|e| cuda_error(variant, e));
     }
     let (qb, kb) = (
@@ -514,6 +724,7 @@ fn cuda_problem(
             bindings,
             KvBlocks::Maps(maps),
         )
+        .map(|p| (p, None))
         .map_err(|e| cuda_error(variant, e))
 }
 
@@ -539,6 +750,7 @@ pub(crate) fn device_time_ms(
         info,
         maps,
         table,
+        kept,
         ..
     } = kernel
     else {
@@ -546,13 +758,23 @@ pub(crate) fn device_time_ms(
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
     let (kernel, tier) = jit.current();
-    let problem = cuda_problem(
-        g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+    // times the attention kernel alone; a table built here is not kept (no error check)
+    let (problem, _) = cuda_problem(
+        g, &kernel, info, maps, table, kept, variant, opts, scale, q, k, v, bindings,
     )?;
     let ms = kernel
         .time(&g.device, &problem, 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
     Ok(Some((ms, tier)))
+}
+
+/// `(built, reused)`: the forwards of a CUDA binding that built the block table on the
+/// GPU and that reused the one kept from an earlier call; `None` for other backends.
+pub(crate) fn gpu_table_counts(kernel: &Kernel) -> Option<(u64, u64)> {
+    match kernel {
+        Kernel::Cuda { table_counts, .. } => Some(*table_counts),
+        _ => None,
+    }
 }
 
 /// The JIT's report of a CUDA binding (`None` for other backends).
@@ -605,11 +827,130 @@ pub(crate) fn table_time_ms(
         return Ok(None);
     };
     let g = gpu().map_err(|e| cuda_error(variant, e))?;
-    let problem = cuda_problem(
-        g, &kernel, info, maps, table, variant, opts, scale, q, k, v, bindings,
+    // never the kept table: the build kernel itself is timed, into this problem's table
+    let (problem, _) = cuda_problem(
+        g, &kernel, info, maps, table, &None, variant, opts, scale, q, k, v, bindings,
     )?;
+    let skip = builder.skip(opts, bindings)?;
     let ms = builder
-        .time_table(&g.device, &problem, 3, iters.max(1), 3)
+        .kernel
+        .time_table(&g.device, &problem, skip.as_deref(), 3, iters.max(1), 3)
         .map_err(|e| cuda_error(variant, e))?;
     Ok(Some(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::interp::BoundTensor;
+
+    fn program() -> Program {
+        attnc_compiler::compile_source(
+            "tensor doc: i32[B, KV]; tensor bias: f32[KV]; tensor w: f32[KV]; \
+             param window: i32; param temp: f32; \
+             mask m(b, h, q, kv) { q - kv <= window && doc[b, q] == doc[b, kv] && w[kv] > 0.0 } \
+             score s(s, b, h, q, kv) { s * temp + bias[kv] } \
+             attention a { mask = m; score = s; }",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .programs
+        .remove(0)
+    }
+
+    fn bindings(p: &Program) -> Bindings {
+        let mut b = Bindings::default();
+        for prm in &p.params {
+            b.params.push(match prm.name.as_str() {
+                "window" => Scalar::I32(16),
+                "temp" => Scalar::F32(0.5),
+                other => panic!("{other}"),
+            });
+        }
+        for t in &p.tensors {
+            b.tensors.push(match t.name.as_str() {
+                "doc" => BoundTensor {
+                    dims: vec![2, 8],
+                    data: TensorData::I32((0..16).map(|i| i / 3).collect()),
+                },
+                "bias" => BoundTensor {
+                    dims: vec![8],
+                    data: TensorData::F32(vec![0.25; 8]),
+                },
+                "w" => BoundTensor {
+                    dims: vec![8],
+                    data: TensorData::F32(vec![1.0, -1.0, 0.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                },
+                other => panic!("{other}"),
+            });
+        }
+        b
+    }
+
+    fn index(p: &Program, name: &str) -> usize {
+        p.tensors.iter().position(|t| t.name == name).unwrap()
+    }
+
+    /// The key of a kept GPU table: equal inputs reuse it; any change to a tensor or
+    /// param the mask reads, to the shape or to the tiles rebuilds; what only the score
+    /// reads does not count.
+    #[test]
+    fn table_key_changes_exactly_with_what_the_mask_reads() {
+        let p = program();
+        let deps = TableDeps::new(&p);
+        let shape = Shape {
+            b: 2,
+            hq: 2,
+            hkv: 2,
+            lq: 8,
+            lkv: 8,
+            d: 16,
+            dv: 16,
+        };
+        let tiles = (64, 64);
+        let base = bindings(&p);
+        let key = deps.key(&shape, tiles, &base);
+        assert!(deps.matches(&key, &shape, tiles, &base));
+        assert!(deps.matches(&key, &shape, tiles, &base.clone()));
+        // each change that must rebuild
+        let mut changed: Vec<(&str, Bindings)> = Vec::new();
+        let mut b = base.clone();
+        if let TensorData::I32(v) = &mut b.tensors[index(&p, "doc")].data {
+            v[13] += 1; // one document id
+        }
+        changed.push(("one doc id", b));
+        let mut b = base.clone();
+        if let TensorData::F32(v) = &mut b.tensors[index(&p, "w")].data {
+            v[2] = -0.0; // == 0.0, but other bits
+        }
+        changed.push(("0.0 -> -0.0 in w", b));
+        let mut b = base.clone();
+        b.tensors[index(&p, "doc")].dims = vec![1, 16];
+        changed.push(("doc dims", b));
+        let mut b = base.clone();
+        let wi = p.params.iter().position(|x| x.name == "window").unwrap();
+        b.params[wi] = Scalar::I32(-16);
+        changed.push(("window", b));
+        for (what, b) in &changed {
+            assert!(!deps.matches(&key, &shape, tiles, b), "{what}: reused");
+            // and the rebuilt table's key matches the new inputs
+            let k2 = deps.key(&shape, tiles, b);
+            assert!(deps.matches(&k2, &shape, tiles, b), "{what}");
+            assert_ne!(k2, key, "{what}");
+        }
+        let other_shape = Shape { lq: 9, ..shape };
+        assert!(!deps.matches(&key, &other_shape, tiles, &base));
+        assert!(!deps.matches(&key, &shape, (128, 64), &base));
+        // only the score reads `bias` and `temp`: changing them keeps the table
+        let mut b = base.clone();
+        if let TensorData::F32(v) = &mut b.tensors[index(&p, "bias")].data {
+            v[0] = 9.0;
+        }
+        let ti = p.params.iter().position(|x| x.name == "temp").unwrap();
+        b.params[ti] = Scalar::F32(2.0);
+        assert!(deps.matches(&key, &shape, tiles, &b));
+        // a missing tensor never matches
+        let mut b = base.clone();
+        b.tensors.truncate(index(&p, "doc"));
+        assert!(!deps.matches(&key, &shape, tiles, &b));
+    }
 }

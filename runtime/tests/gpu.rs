@@ -32,7 +32,7 @@ mod gpu_util;
 use attnc::cuda::{CudaDevice, CudaError, CudaKernel, KvBlocks};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::analysis::classify::{analyze, brute_force_maps, closed_form_bounds};
+use attnc_compiler::analysis::classify::{Implied, analyze, brute_force_maps, closed_form_bounds};
 use attnc_compiler::backend::llvm::{
     Arch, InputType, KvBounds, PtxOptions, emit, emit_block_table, samples,
 };
@@ -715,16 +715,70 @@ fn check_gpu_table_opts(
             info.uses_h,
         )
         .map_err(|e| e.to_string())?;
-    builder.build_table(dev, &prob).map_err(|e| e.to_string())?;
+    let want =
+        brute_force_maps(p, sh, qb as usize, kvb as usize, bind).map_err(|e| e.to_string())?;
+    // the builder skips the tiles outside the range of the mask's linear conjuncts with
+    // the launch's bounds (as `forward` does); `None` bounds (not trusted for this launch,
+    // or passed on purpose) make it evaluate every tile: both must give the exact table
+    let implied = Implied::derive(p);
+    if builder.meta().table_skip.is_some() != implied.is_some() {
+        return Err(format!(
+            "builder skip form {:?}, implied {:?}",
+            builder.meta().table_skip,
+            implied.as_ref().map(|i| &i.closed_form)
+        ));
+    }
+    let skip = match &implied {
+        Some(i) => i.bounds(sh, bind).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let skipped = implied.is_some() && skip.is_some();
+    if skipped {
+        builder
+            .build_table(dev, &prob, None)
+            .map_err(|e| e.to_string())?;
+        let every = builder
+            .download_table(dev, &prob)
+            .map_err(|e| e.to_string())?;
+        compare_tables(&every, &want, sh).map_err(|e| format!("without skipping: {e}"))?;
+    }
+    builder
+        .build_table(dev, &prob, skip.as_deref())
+        .map_err(|e| e.to_string())?;
     let got = builder
         .download_table(dev, &prob)
         .map_err(|e| e.to_string())?;
-    let want =
-        brute_force_maps(p, sh, qb as usize, kvb as usize, bind).map_err(|e| e.to_string())?;
     let expect_maps = if info.uses_b { sh.b } else { 1 } * if info.uses_h { sh.hq } else { 1 };
     if got.maps.len() != expect_maps {
         return Err(format!("{} maps, expected {expect_maps}", got.maps.len()));
     }
+    let counts = compare_tables(&got, &want, sh)?;
+    // attention through the GPU-built table
+    attn.launch(dev, &prob).map_err(|e| e.to_string())?;
+    let (o, lse) = attn.download(dev, &prob).map_err(|e| e.to_string())?;
+    let o: Vec<f32> = o.iter().map(|x| from_bits(*x, InputType::Bf16)).collect();
+    let oracle =
+        reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
+    let worst = compare_bf16(&o, &lse, &oracle, sh.dv).map_err(|e| format!("attention: {e}"))?;
+    let how = match (&implied, skipped) {
+        (None, _) => "every tile evaluated (no linear conjunct)",
+        (Some(_), true) => "tiles outside the linear conjuncts skipped",
+        (Some(_), false) => "linear conjuncts not trusted here (i32 wrap): every tile evaluated",
+    };
+    println!(
+        "  ok {} {:?} {qb}x{kvb}: table = brute force (empty/partial/full {counts:?}; {how}), max |dO| {worst:.2e}",
+        p.name, sh
+    );
+    Ok(counts)
+}
+
+/// Every block of every (b, h) slice of the GPU table equals brute force; returns the
+/// (empty, partial, full) counts of the exact maps.
+fn compare_tables(
+    got: &BlockMaps,
+    want: &BlockMaps,
+    sh: &Shape,
+) -> Result<(usize, usize, usize), String> {
     let mut counts = (0, 0, 0);
     for b in 0..sh.b {
         for h in 0..sh.hq {
@@ -744,17 +798,6 @@ fn check_gpu_table_opts(
             counts = (counts.0 + c.0, counts.1 + c.1, counts.2 + c.2);
         }
     }
-    // attention through the GPU-built table
-    attn.launch(dev, &prob).map_err(|e| e.to_string())?;
-    let (o, lse) = attn.download(dev, &prob).map_err(|e| e.to_string())?;
-    let o: Vec<f32> = o.iter().map(|x| from_bits(*x, InputType::Bf16)).collect();
-    let oracle =
-        reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
-    let worst = compare_bf16(&o, &lse, &oracle, sh.dv).map_err(|e| format!("attention: {e}"))?;
-    println!(
-        "  ok {} {:?} {qb}x{kvb}: table = brute force (empty/partial/full {counts:?}), max |dO| {worst:.2e}",
-        p.name, sh
-    );
     Ok(counts)
 }
 
@@ -798,6 +841,55 @@ fn gpu_block_tables_match_brute_force(dev: &CudaDevice) {
             let bind = table_bindings(p, &sh, 99, false);
             if let Err(e) = check_gpu_table(dev, p, &sh, &bind, 64, 64, 5) {
                 failures.push(format!("cross_doc Lq > Lkv: {e}"));
+            }
+        }
+    }
+    // a param-dependent linear conjunct (the window of doc_sliding_causal: the builder
+    // skips tiles left of q - window and right of q) over several windows, negative and
+    // zero ones included (every tile empty), Lq != Lkv; and a linear conjunct whose i32
+    // arithmetic wraps for some params (kv + off <= q with off near i32::MAX: the host
+    // passes no bounds and every tile is evaluated)
+    let wrap = attnc_compiler::compile_source(
+        "tensor doc: i32[B, KV]; param off: i32; \
+         mask m(b, h, q, kv) { kv + off <= q && doc[b, q] == doc[b, kv] } \
+         attention wrap_doc { mask = m; }",
+    )
+    .expect("compiles")
+    .programs
+    .remove(0);
+    let sliding = module
+        .programs
+        .iter()
+        .find(|p| p.name == "doc_sliding_causal")
+        .expect("doc_sliding_causal");
+    for (si, (sh, qb, kvb)) in [
+        (s(2, 2, 1, 200, 333, 64), 64, 64),
+        (s(1, 2, 2, 517, 517, 64), 128, 64),
+        (s(2, 1, 1, 129, 1000, 128), 128, 128),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (wi, window) in [-5, 0, 1, 63, 200, i32::MAX].into_iter().enumerate() {
+            let mut bind = table_bindings(sliding, sh, 500 + si as u64, wi % 2 == 0);
+            bind.params[0] = Scalar::I32(window);
+            match check_gpu_table(dev, sliding, sh, &bind, *qb, *kvb, 7) {
+                Ok(c) => total = (total.0 + c.0, total.1 + c.1, total.2 + c.2),
+                Err(e) => failures.push(format!("doc_sliding_causal window {window} {sh:?}: {e}")),
+            }
+        }
+        for off in [3, -50, i32::MAX - 100, i32::MIN + 5] {
+            let mut r = rng(600 + si as u64);
+            let bind = Bindings {
+                params: vec![Scalar::I32(off)],
+                tensors: vec![BoundTensor {
+                    dims: vec![sh.b, sh.lkv],
+                    data: TensorData::I32(doc_ids(&mut r, sh.b, sh.lkv, 4, true)),
+                }],
+            };
+            match check_gpu_table(dev, &wrap, sh, &bind, *qb, *kvb, 8) {
+                Ok(c) => total = (total.0 + c.0, total.1 + c.1, total.2 + c.2),
+                Err(e) => failures.push(format!("wrap_doc off {off} {sh:?}: {e}")),
             }
         }
     }
@@ -970,6 +1062,105 @@ fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
                 "  ok {name} gpu_block_tables={gpu_tables}: max |dO| {worst:.2e}, table {t:?} ms"
             );
         }
+    }
+}
+
+/// `Bound::forward` keeps the GPU-built table of a call and reuses it while the mask's
+/// captured tensors and params are unchanged (`gpu_table_counts` = (built, reused)); a
+/// changed document id, a changed window (negative included: every row empty) rebuild,
+/// new q/k/v alone do not; every call matches the oracle. doc_sliding_causal, Lq < Lkv,
+/// GQA, unsorted documents (mostly partial tiles) and sorted ones (empty and full tiles,
+/// where a stale table would skip or not mask blocks).
+fn gpu_forward_reuses_and_rebuilds_tables(dev: &CudaDevice) {
+    let _ = dev;
+    let compiled = Compiled::from_source("t.attn", TABLE_SOURCES).expect("compiles");
+    let variant = compiled.attention("doc_sliding_causal").unwrap();
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 300,
+        lkv: 390,
+        d: 64,
+        dv: 64,
+    };
+    let mut r = rng(33);
+    let mut input = |n: Vec<usize>, amp: f32| {
+        let len: usize = n.iter().product();
+        Tensor::from_f32_as(
+            n,
+            &(0..len)
+                .map(|_| r.random_range(-amp..amp))
+                .collect::<Vec<f32>>(),
+            DType::BF16,
+        )
+    };
+    let q = input(vec![shape.b, shape.hq, shape.lq, shape.d], 2.0);
+    let q2 = input(vec![shape.b, shape.hq, shape.lq, shape.d], 2.0);
+    let k = input(vec![shape.b, shape.hkv, shape.lkv, shape.d], 2.0);
+    let v = input(vec![shape.b, shape.hkv, shape.lkv, shape.dv], 1.0);
+    let mut oracle = variant
+        .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
+        .unwrap();
+    for sorted in [false, true] {
+        let mut r = rng(34 + sorted as u64);
+        let doc = doc_ids(&mut r, shape.b, shape.lkv, 6, sorted);
+        let mut doc2 = doc.clone();
+        // one id in batch 1 moved to another document
+        doc2[shape.lkv + 150] = (doc2[shape.lkv + 150] + 1) % 6;
+        let caps = |d: &[i32], window: i32| {
+            Captures::default()
+                .tensor("doc", Tensor::from_i32(vec![shape.b, shape.lkv], d))
+                .param("window", ParamValue::I32(window))
+        };
+        let mut opts = BindOptions::new(Backend::Cuda, shape, DType::BF16);
+        opts.gpu_block_tables = true;
+        let mut bound = variant.bind(opts).unwrap();
+        // (step, q, captures, (built, reused) after the call)
+        let steps: Vec<(&str, &Tensor, Captures, (u64, u64))> = vec![
+            ("first call", &q, caps(&doc, 50), (1, 0)),
+            ("same inputs", &q, caps(&doc, 50), (1, 1)),
+            ("one doc id changed", &q, caps(&doc2, 50), (2, 1)),
+            ("same again", &q, caps(&doc2, 50), (2, 2)),
+            ("window 7", &q, caps(&doc2, 7), (3, 2)),
+            ("window -3 (every row empty)", &q, caps(&doc2, -3), (4, 2)),
+            ("back to the first inputs", &q, caps(&doc, 50), (5, 2)),
+            ("new q only", &q2, caps(&doc, 50), (5, 3)),
+        ];
+        for (what, qq, c, counts) in steps {
+            let out = bound
+                .forward(qq, &k, &v, &c)
+                .unwrap_or_else(|e| panic!("sorted={sorted} {what}: {e}"));
+            let want = oracle.forward(qq, &k, &v, &c).unwrap();
+            let want = reference::Output {
+                o: want.o.to_f32(),
+                lse: want.lse.to_f32(),
+            };
+            let worst = compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, shape.dv)
+                .unwrap_or_else(|e| panic!("sorted={sorted} {what}: {e}"));
+            assert_eq!(
+                bound.gpu_table_counts(),
+                Some(counts),
+                "sorted={sorted} {what}: (built, reused)"
+            );
+            println!(
+                "  ok sorted={sorted} {what}: (built, reused) {counts:?}, max |dO| {worst:.2e}"
+            );
+        }
+        // the bench's build timing builds into its own table and leaves the kept one alone
+        let t = bound
+            .block_table_time_ms(&q, &k, &v, &caps(&doc2, 50), 2)
+            .unwrap();
+        assert!(t.is_some());
+        let out = bound.forward(&q, &k, &v, &caps(&doc, 50)).unwrap();
+        assert_eq!(bound.gpu_table_counts(), Some((5, 4)), "after timing");
+        let want = oracle.forward(&q, &k, &v, &caps(&doc, 50)).unwrap();
+        let want = reference::Output {
+            o: want.o.to_f32(),
+            lse: want.lse.to_f32(),
+        };
+        compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, shape.dv)
+            .unwrap_or_else(|e| panic!("sorted={sorted} after timing: {e}"));
     }
 }
 
@@ -1256,6 +1447,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_block_tables_match_brute_force",
         gpu_block_tables_match_brute_force,
+    ),
+    (
+        "gpu_forward_reuses_and_rebuilds_tables",
+        gpu_forward_reuses_and_rebuilds_tables,
     ),
     (
         "gpu_forward_with_gpu_tables_matches_oracle",

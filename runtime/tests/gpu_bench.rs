@@ -409,7 +409,7 @@ fn gpu_bench() {
 #[ignore]
 fn gpu_bench_block_table() {
     use attnc_compiler::analysis::blockmap::BlockKind;
-    use attnc_compiler::analysis::classify::{analyze, build_block_maps};
+    use attnc_compiler::analysis::classify::{Implied, analyze, build_block_maps};
     use attnc_compiler::backend::llvm::emit_block_table;
     let Some(dev) = device_or_skip("gpu_bench_block_table") else {
         return;
@@ -476,8 +476,27 @@ fn gpu_bench_block_table() {
                 info.uses_h,
             )
             .unwrap();
-        let gpu_ms = builder.time_table(&dev, &prob, 2, 10, 5).unwrap();
+        // every tile evaluated (KvAllPartial, the builder before linear skipping), then
+        // the tiles outside the causal range skipped (what `forward` does); same table
+        let all_ms = builder.time_table(&dev, &prob, None, 2, 10, 5).unwrap();
+        let all = builder.download_table(&dev, &prob).unwrap();
+        let skip = Implied::derive(&p)
+            .expect("causal is a linear conjunct")
+            .bounds(&shape, &bind)
+            .unwrap()
+            .expect("no i32 wrap at these lengths");
+        assert!(
+            builder.meta().table_skip.is_some(),
+            "builder without skip form"
+        );
+        let gpu_ms = builder
+            .time_table(&dev, &prob, Some(&skip), 2, 10, 5)
+            .unwrap();
         let gpu = builder.download_table(&dev, &prob).unwrap();
+        assert!(
+            gpu == all,
+            "the table with linear skipping differs from the fully evaluated one"
+        );
         let (mut same, mut coarser) = (0usize, 0usize);
         for bb in 0..b {
             let (g, hm) = (gpu.get(bb, 0), host.get(bb, 0));
@@ -510,7 +529,7 @@ fn gpu_bench_block_table() {
             String::new()
         };
         println!(
-            "block table doc_causal B{b} L{l} {qb}x{kvb}: gpu {gpu_ms:.3} ms, host (summaries) {:.3} ms; \
+            "block table doc_causal B{b} L{l} {qb}x{kvb}: gpu {gpu_ms:.3} ms (every tile evaluated: {all_ms:.3} ms), host (summaries) {:.3} ms; \
              blocks empty/partial/full {e}/{pa}/{f}, host = exact on {same}, host partial where exact is not on {coarser}{attn_ms}",
             host_ms[1]
         );

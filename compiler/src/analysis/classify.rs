@@ -19,6 +19,8 @@
 //! kernel (`backend::llvm::blocktable`) builds their exact table on the GPU; this module
 //! stays the path for the CPU backend and the fallback, and [`brute_force_maps`] is the
 //! oracle both are tested against.
+//! [`Implied`] is the closed form of a mask's linear conjuncts with its per-launch check
+//! (what the block-table kernel uses to skip tiles).
 //! [`closed_form_bounds`] gives one launch's closed-form bounds (or `None` when the
 //! mask's i32 arithmetic may wrap there); block maps and the closed-form GPU kernels
 //! (`backend::llvm::bounds`, which need no maps) both decide with it.
@@ -239,6 +241,42 @@ pub fn closed_form_bounds(
         }
     }
     Ok(cf.bounds(&params))
+}
+
+/// The linear conjuncts of a mask ([`ClosedForm::derive_implied`]) with the program they
+/// form (`p` with its mask replaced by their conjunction, `linear::implied_mask`), so that
+/// a launch can check, like [`closed_form_bounds`] does for a whole closed-form mask,
+/// whether their i32 arithmetic may wrap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Implied {
+    pub program: Program,
+    pub closed_form: ClosedForm,
+}
+
+impl Implied {
+    /// `None` when no top-level conjunct of `p`'s mask is linear.
+    pub fn derive(p: &Program) -> Option<Implied> {
+        let closed_form = ClosedForm::derive_implied(p)?;
+        let mask = super::linear::implied_mask(p.mask.as_ref()?)?;
+        Some(Implied {
+            program: Program {
+                mask: Some(mask),
+                ..p.clone()
+            },
+            closed_form,
+        })
+    }
+
+    /// The implied constraints' bounds for one launch: the mask can be true only where
+    /// they hold. `Ok(None)` when their i32 arithmetic may wrap in this launch (then they
+    /// bound nothing); an error when a param has no value.
+    pub fn bounds(
+        &self,
+        shape: &Shape,
+        bind: &Bindings,
+    ) -> Result<Option<Vec<super::linear::Bound>>, BlockError> {
+        closed_form_bounds(&self.program, &self.closed_form, shape, bind)
+    }
 }
 
 fn param_values(p: &Program, bind: &Bindings) -> Result<Vec<Scalar>, BlockError> {

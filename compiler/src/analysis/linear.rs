@@ -9,13 +9,18 @@
 //! `backend::llvm::bounds` emits the same arithmetic on i64), and
 //! [`ClosedForm::block_map`] builds the whole map in O(#q-blocks).
 //!
+//! [`ClosedForm::derive_implied`] does the same for the linear *conjuncts* of any mask
+//! ([`implied_mask`]: `causal & same_doc` gives `q - kv >= 0`): a sound over-approximation
+//! that bounds the kv range where the mask can be true, which the GPU block-table kernel
+//! uses to skip tiles without evaluating them.
+//!
 //! The derivation is symbolic over exact integers; whether i32 arithmetic could wrap for
 //! the actual lengths and param values is checked by the caller (the interval
 //! evaluator's overflow flag over the whole domain) before the form is trusted.
 
 use super::blockmap::{BlockKind, BlockMap, BlockMapBuilder};
 use super::interval::{div_ceil, div_floor};
-use crate::ir::{Arg, BinOp, Cmp, Function, Inst, Program, Scalar, Type, UnOp};
+use crate::ir::{Arg, BinOp, Cmp, Function, Inst, Program, Scalar, Type, UnOp, Value};
 use std::fmt;
 
 /// `q*q + kv*kv + Σ params[i].1 * param(params[i].0) + k`, exact integers.
@@ -120,6 +125,22 @@ impl ClosedForm {
     pub fn derive(p: &Program) -> Option<ClosedForm> {
         let f = p.mask.as_ref()?;
         let constraints = derive_fn(f)?;
+        Some(ClosedForm {
+            constraints,
+            param_names: p.params.iter().map(|x| x.name.clone()).collect(),
+        })
+    }
+
+    /// The closed form of the linear conjuncts of `p`'s mask ([`implied_mask`]): a sound
+    /// over-approximation of any mask (the mask implies it), exactly [`Self::derive`]'s
+    /// form when every conjunct is linear. `None` when no top-level conjunct is a linear
+    /// constraint (or all of them are always true). `causal & same_doc` gives `q - kv >= 0`.
+    pub fn derive_implied(p: &Program) -> Option<ClosedForm> {
+        let f = implied_mask(p.mask.as_ref()?)?;
+        let constraints = derive_fn(&f)?;
+        if constraints.is_empty() {
+            return None;
+        }
         Some(ClosedForm {
             constraints,
             param_names: p.params.iter().map(|x| x.name.clone()).collect(),
@@ -373,6 +394,78 @@ impl fmt::Display for ClosedForm {
 
 /// The conjunction a bool value denotes, if it is one of linear constraints.
 fn derive_fn(f: &Function) -> Option<Vec<LinConstraint>> {
+    if f.insts.is_empty() {
+        return None;
+    }
+    let mut out = linear_values(f)[f.ret.index()].clone()?;
+    // Drop duplicates and constraints that are always true.
+    out.retain(|c| c.expr.is_const().is_none_or(|k| k < 0));
+    let mut seen = Vec::new();
+    out.retain(|c| {
+        if seen.contains(c) {
+            false
+        } else {
+            seen.push(c.clone());
+            true
+        }
+    });
+    Some(out)
+}
+
+/// `c ? a : false`, the form `&&` (and a guarded right operand) lowers to.
+fn is_false_const(f: &Function, v: Value) -> bool {
+    matches!(f.inst(v), Inst::ConstBool(false))
+}
+
+/// The conjunction of the top-level conjuncts of mask `f` that are linear constraints (in
+/// q, kv and i32 params), as a mask function: `f` itself with its return value replaced
+/// by `c_1 & c_2 & ...` (the other instructions become dead). `None` when no conjunct
+/// is linear.
+///
+/// Top-level conjuncts: the operands of `&` (`BinOp::And`) and of `c ? a : false`
+/// (`&&`), recursively from the return value. Every one of them is implied by the mask,
+/// so the result is a sound over-approximation: wherever `f` is true, so is the result.
+/// It is exactly `f` when every conjunct is linear.
+pub fn implied_mask(f: &Function) -> Option<Function> {
+    if f.insts.is_empty() || f.ty(f.ret) != Type::Bool {
+        return None;
+    }
+    let lin = linear_values(f);
+    let mut linear: Vec<Value> = Vec::new();
+    let mut stack = vec![f.ret];
+    while let Some(v) = stack.pop() {
+        if lin[v.index()].is_some() {
+            if !linear.contains(&v) {
+                linear.push(v);
+            }
+            continue;
+        }
+        match f.inst(v) {
+            Inst::Binary(BinOp::And, a, b) => {
+                stack.push(*b);
+                stack.push(*a);
+            }
+            Inst::Select(c, a, b) if is_false_const(f, *b) => {
+                stack.push(*a);
+                stack.push(*c);
+            }
+            _ => {}
+        }
+    }
+    let (&first, rest) = linear.split_first()?;
+    let mut g = f.clone();
+    let mut acc = first;
+    for &v in rest {
+        let span = g.spans[v.index()];
+        acc = g.push(Inst::Binary(BinOp::And, acc, v), Type::Bool, span);
+    }
+    g.ret = acc;
+    Some(g)
+}
+
+/// Per value of `f` (live ones only), the conjunction of linear constraints a bool value
+/// denotes, when it is one.
+fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
     let live = f.live();
     let mut ints: Vec<Option<LinExpr>> = vec![None; f.insts.len()];
     let mut bools: Vec<Option<Vec<LinConstraint>>> = vec![None; f.insts.len()];
@@ -446,21 +539,22 @@ fn derive_fn(f: &Function) -> Option<Vec<LinConstraint>> {
                     }
                     BinOp::ICmp(c) => {
                         let (Some(x), Some(y)) = (x, y) else { continue };
-                        let d = match x.add(&y.scale(-1)?) {
-                            Some(d) => d,
-                            None => continue,
+                        // None when a coefficient overflows i64: not linear then
+                        let cmp = || -> Option<Vec<LinExpr>> {
+                            let d = x.add(&y.scale(-1)?)?;
+                            let nd = d.scale(-1)?;
+                            let m1 = LinExpr::constant(-1);
+                            Some(match c {
+                                Cmp::Ge => vec![d],
+                                Cmp::Le => vec![nd],
+                                Cmp::Gt => vec![d.add(&m1)?],
+                                Cmp::Lt => vec![nd.add(&m1)?],
+                                Cmp::Eq => vec![d, nd],
+                                Cmp::Ne => return None,
+                            })
                         };
-                        let nd = d.scale(-1)?;
-                        let m1 = LinExpr::constant(-1);
-                        let v = match c {
-                            Cmp::Ge => vec![d],
-                            Cmp::Le => vec![nd],
-                            Cmp::Gt => vec![d.add(&m1)?],
-                            Cmp::Lt => vec![nd.add(&m1)?],
-                            Cmp::Eq => vec![d, nd],
-                            Cmp::Ne => continue,
-                        };
-                        bools[i] = Some(v.into_iter().map(|expr| LinConstraint { expr }).collect());
+                        bools[i] = cmp()
+                            .map(|v| v.into_iter().map(|expr| LinConstraint { expr }).collect());
                     }
                     BinOp::And => {
                         if let (Some(x), Some(y)) = (&bools[a.index()], &bools[b.index()]) {
@@ -481,24 +575,79 @@ fn derive_fn(f: &Function) -> Option<Vec<LinConstraint>> {
             _ => {}
         }
     }
-    let mut out = bools[f.ret.index()].clone()?;
-    // Drop duplicates and constraints that are always true.
-    out.retain(|c| c.expr.is_const().is_none_or(|k| k < 0));
-    let mut seen = Vec::new();
-    out.retain(|c| {
-        if seen.contains(c) {
-            false
-        } else {
-            seen.push(c.clone());
-            true
-        }
-    });
-    Some(out)
+    bools
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn program(src: &str) -> Program {
+        crate::compile_source(src)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .programs
+            .remove(0)
+    }
+
+    fn implied(src: &str) -> Option<String> {
+        ClosedForm::derive_implied(&program(src)).map(|cf| {
+            cf.to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("mask = ")
+                .to_string()
+        })
+    }
+
+    #[test]
+    fn implied_constraints_of_tensor_masks() {
+        let doc = "tensor doc: i32[B, KV]; param window: i32;\n";
+        // causal & same_doc: the causal constraint
+        assert_eq!(
+            implied(&format!(
+                "{doc} mask c(b, h, q, kv) {{ q >= kv }} mask d(b, h, q, kv) {{ doc[b, q] == doc[b, kv] }} \
+                 attention a {{ mask = c & d; }}"
+            ))
+            .as_deref(),
+            Some("q - kv >= 0")
+        );
+        // the tensor conjunct first, a sliding window with a param, && instead of &
+        assert_eq!(
+            implied(&format!(
+                "{doc} mask m(b, h, q, kv) {{ doc[b, q] == doc[b, kv] && q - kv <= window && q >= kv }} \
+                 attention a {{ mask = m; }}"
+            ))
+            .as_deref(),
+            Some("-q + kv + window >= 0 && q - kv >= 0")
+        );
+        // no linear conjunct: a disjunction, a tensor only, a b-dependent constraint
+        for m in [
+            "doc[b, q] == doc[b, kv] || q >= kv",
+            "doc[b, q] == doc[b, kv]",
+            "q >= kv + b && doc[b, q] == doc[b, kv]",
+            "q * kv >= 3 && doc[b, q] == doc[b, kv]",
+        ] {
+            assert_eq!(
+                implied(&format!(
+                    "{doc} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+                )),
+                None,
+                "{m}"
+            );
+        }
+        // a linear mask: exactly its closed form
+        let p = program("mask m(b, h, q, kv) { q >= kv && kv + 8 > q } attention a { mask = m; }");
+        assert_eq!(ClosedForm::derive_implied(&p), ClosedForm::derive(&p));
+        assert!(ClosedForm::derive(&p).is_some());
+        // the implied mask is a function whose only live parts are the linear conjuncts
+        let p = program(&format!(
+            "{doc} mask m(b, h, q, kv) {{ q >= kv && doc[b, q] == doc[b, kv] }} attention a {{ mask = m; }}"
+        ));
+        let f = implied_mask(p.mask.as_ref().unwrap()).unwrap();
+        assert!(!f.uses_tensors() && !f.uses_arg(Arg::B));
+        assert!(p.mask.as_ref().unwrap().uses_tensors());
+    }
 
     #[test]
     fn sliding_window_rows() {

@@ -24,7 +24,10 @@
 //!   device-resident captured tensors, on the same stream, before the attention launch
 //!   (masks over captured tensors; no host pass and no table upload);
 //!   [`CudaKernel::download_table`] reads it back (tests), [`CudaKernel::time_table`]
-//!   times it.
+//!   times it. `build_table` takes the launch's bounds of the mask's linear conjuncts
+//!   (`PtxKernel::table_skip`; tiles outside them are not evaluated). The table can be
+//!   kept ([`DeviceProblem::built_table`]) and read by a later launch
+//!   ([`CudaKernel::upload_with_table`]) when its inputs are unchanged.
 //! - [`JitCache`]: program + options -> loaded kernel ([`JitKernel`]; attention or
 //!   block-table builder, under different keys), through an in-memory map and the on-disk
 //!   cache of [`crate::cache`]: the optimized cubin (keyed by the device and driver too)
@@ -100,10 +103,31 @@ pub enum KvBlocks<'a> {
     DeviceBuilt,
 }
 
+/// A block table on the device: (one (begin, end) pair per row, runs as u32 triples).
+type TableBufs = (CudaSlice<u32>, CudaSlice<u32>);
+
+/// A block table built on the device by the block-table kernel, kept after its launch so
+/// that a later launch of the same shape whose mask inputs did not change can read it
+/// again instead of rebuilding it ([`DeviceProblem::built_table`],
+/// [`CudaKernel::upload_with_table`]). Only the attention kernel reads it then.
+#[derive(Clone)]
+pub struct BuiltTable {
+    shape: Shape,
+    geom: DeviceTable,
+    strides: (i32, i32),
+    bufs: Arc<TableBufs>,
+}
+
+impl BuiltTable {
+    pub fn geometry(&self) -> DeviceTable {
+        self.geom
+    }
+}
+
 /// What [`CudaKernel::upload_rest`] stores about a launch's kv blocks.
 #[derive(Default)]
 struct KvLaunch {
-    table: Option<(CudaSlice<u32>, CudaSlice<u32>)>,
+    table: Option<Arc<TableBufs>>,
     /// (map b stride, map h stride) of the table.
     strides: (i32, i32),
     offsets: Vec<i64>,
@@ -185,8 +209,8 @@ pub struct DeviceProblem {
     pub o: CudaSlice<u16>,
     pub lse: CudaSlice<f32>,
     /// (one (begin, end) pair per row, runs as u32 triples) of a table kernel; `None`
-    /// for a closed-form kernel.
-    table: Option<(CudaSlice<u32>, CudaSlice<u32>)>,
+    /// for a closed-form kernel. Shared with a [`BuiltTable`] kept for later launches.
+    table: Option<Arc<TableBufs>>,
     /// `KvOffset` params of a closed-form kernel, and its `KvAllPartial` flag.
     kv_offsets: Vec<i64>,
     kv_all_partial: i32,
@@ -208,6 +232,20 @@ pub struct DeviceTable {
     /// Maps over batches (B or 1) and over heads (Hq or 1).
     pub b_maps: u32,
     pub h_maps: u32,
+}
+
+impl DeviceProblem {
+    /// The block table of this problem when it is built on the device (allocated by
+    /// [`CudaKernel::upload_for_table`] or taken over by
+    /// [`CudaKernel::upload_with_table`]), to keep for later launches; sharing its buffers.
+    pub fn built_table(&self) -> Option<BuiltTable> {
+        Some(BuiltTable {
+            shape: self.shape,
+            geom: self.device_table?,
+            strides: (self.map_b_stride, self.map_h_stride),
+            bufs: self.table.clone()?,
+        })
+    }
 }
 
 impl DeviceTable {
@@ -367,10 +405,10 @@ impl CudaKernel {
             KvBlocks::Maps(maps) => {
                 let (row_start, runs) = maps.flatten();
                 let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
-                kv.table = Some((
+                kv.table = Some(Arc::new((
                     s.clone_htod(&nonempty(row_start))?,
                     s.clone_htod(&nonempty(runs))?,
-                ));
+                )));
                 kv.strides = (maps.b_stride as i32, maps.h_stride as i32);
             }
             KvBlocks::ClosedForm(Some(bounds)) => kv.offsets = kernel_offsets(bounds),
@@ -421,15 +459,58 @@ impl CudaKernel {
         let s = &dev.stream;
         let nq = shape.lq.div_ceil(o.q_block as usize);
         let kv = KvLaunch {
-            table: Some((
+            table: Some(Arc::new((
                 s.alloc_zeros::<u32>((2 * table.maps() * nq).max(1))?,
                 s.alloc_zeros::<u32>((3 * cap).max(1))?,
-            )),
+            ))),
             strides: (
                 if uses_b { table.h_maps as i32 } else { 0 },
                 if uses_h { 1 } else { 0 },
             ),
             device_table: Some(table),
+            ..KvLaunch::default()
+        };
+        let qkv = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
+        self.upload_rest(dev, shape, qkv, scale, bind, kv)
+    }
+
+    /// Uploads Q/K/V, params and captured tensors like [`Self::upload_for_table`], but
+    /// takes the block table built on the device by an earlier launch instead of
+    /// allocating one: the caller vouches that nothing the table depends on changed (the
+    /// mask's captured tensors and params; the shape and tiles are checked here), and
+    /// launches no builder. The problem shares the table's buffers with `table`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_with_table(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        q: &[u16],
+        k: &[u16],
+        v: &[u16],
+        scale: f32,
+        bind: &Bindings,
+        table: &BuiltTable,
+    ) -> Result<DeviceProblem, CudaError> {
+        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
+            return Err(CudaError::Mismatch(
+                "q/k/v lengths do not match the shape".into(),
+            ));
+        }
+        self.check(shape, bind, KvBlocks::DeviceBuilt)?;
+        let o = &self.meta.options;
+        if table.shape != *shape
+            || (table.geom.q_block, table.geom.kv_block) != (o.q_block, o.kv_block)
+        {
+            return Err(CudaError::Mismatch(format!(
+                "a kept block table of {}x{} tiles for {:?} does not fit a launch of {}x{} tiles for {shape:?}",
+                table.geom.q_block, table.geom.kv_block, table.shape, o.q_block, o.kv_block
+            )));
+        }
+        let s = &dev.stream;
+        let kv = KvLaunch {
+            table: Some(table.bufs.clone()),
+            strides: table.strides,
+            device_table: Some(table.geom),
             ..KvLaunch::default()
         };
         let qkv = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
@@ -496,7 +577,19 @@ impl CudaKernel {
     /// Launches this block-table kernel (`backend::llvm::emit_block_table`) on `p`, whose
     /// table was allocated by [`Self::upload_for_table`] for tiles of the same size.
     /// Asynchronous, on the stream of the attention launch that follows.
-    pub fn build_table(&self, dev: &CudaDevice, p: &DeviceProblem) -> Result<(), CudaError> {
+    ///
+    /// `skip`: for a builder with a `table_skip` form (the mask's linear conjuncts), their
+    /// bounds for this launch (`classify::Implied::bounds`): tiles outside their kv range
+    /// are classified empty without being evaluated; `None` when they cannot be trusted
+    /// for this launch (their i32 arithmetic may wrap): then every tile is evaluated.
+    /// Ignored by a builder without one.
+    pub fn build_table(
+        &self,
+        dev: &CudaDevice,
+        p: &DeviceProblem,
+        skip: Option<&[Bound]>,
+    ) -> Result<(), CudaError> {
+        let (offsets, all_partial) = self.skip_params(skip)?;
         let Some(t) = p.device_table else {
             return Err(CudaError::Mismatch(
                 "this problem's block table comes from the host".into(),
@@ -519,7 +612,31 @@ impl CudaKernel {
             block_dim: (self.meta.threads, 1, 1),
             shared_mem_bytes: self.meta.smem_bytes,
         };
-        self.launch_with(dev, p, cfg)
+        self.launch_with(dev, p, cfg, &offsets, all_partial)
+    }
+
+    /// The `KvOffset` / `KvAllPartial` values of a builder launch (see [`Self::build_table`]).
+    fn skip_params(&self, skip: Option<&[Bound]>) -> Result<(Vec<i64>, i32), CudaError> {
+        let Some(cf) = &self.meta.table_skip else {
+            return Ok((vec![], 0));
+        };
+        match skip {
+            None => Ok((vec![0; cf.constraints.len()], 1)),
+            Some(b) => {
+                let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
+                let want: Vec<(i128, i128)> = cf
+                    .constraints
+                    .iter()
+                    .map(|c| (c.expr.q as i128, c.expr.kv as i128))
+                    .collect();
+                if got != want {
+                    return Err(CudaError::Mismatch(format!(
+                        "block-table skip bounds with coefficients {got:?}, the builder was built for {want:?}"
+                    )));
+                }
+                Ok((kernel_offsets(b), 0))
+            }
+        }
     }
 
     /// Waits, then reads back a table built by [`Self::build_table`] (for tests and tools).
@@ -531,7 +648,7 @@ impl CudaKernel {
         let t = p
             .device_table
             .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
-        let (row_start, runs) = p
+        let (row_start, runs) = &**p
             .table
             .as_ref()
             .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
@@ -569,11 +686,12 @@ impl CudaKernel {
         &self,
         dev: &CudaDevice,
         p: &DeviceProblem,
+        skip: Option<&[Bound]>,
         warmup: usize,
         iters: usize,
         reps: usize,
     ) -> Result<f64, CudaError> {
-        time_events(dev, warmup, iters, reps, || self.build_table(dev, p))
+        time_events(dev, warmup, iters, reps, || self.build_table(dev, p, skip))
     }
 
     /// Enqueues one launch (asynchronous).
@@ -587,15 +705,19 @@ impl CudaKernel {
             block_dim: (self.meta.threads, 1, 1),
             shared_mem_bytes: self.meta.smem_bytes,
         };
-        self.launch_with(dev, p, cfg)
+        self.launch_with(dev, p, cfg, &p.kv_offsets, p.kv_all_partial)
     }
 
-    /// Launches this kernel with its parameters (`meta.params`) taken from `p`.
+    /// Launches this kernel with its parameters (`meta.params`) taken from `p`, and the
+    /// `KvOffset` / `KvAllPartial` values given (`p`'s for the attention kernel, the skip
+    /// bounds' for a block-table builder).
     fn launch_with(
         &self,
         dev: &CudaDevice,
         p: &DeviceProblem,
         cfg: LaunchConfig,
+        kv_offsets: &[i64],
+        kv_all_partial: i32,
     ) -> Result<(), CudaError> {
         let sh = &p.shape;
         let s = &dev.stream;
@@ -648,7 +770,7 @@ impl CudaKernel {
                     A::P(ptrs.len() - 1)
                 }
                 KernelParam::KvOffset(i) => {
-                    longs.push(*p.kv_offsets.get(*i as usize).ok_or_else(|| {
+                    longs.push(*kv_offsets.get(*i as usize).ok_or_else(|| {
                         CudaError::Mismatch("closed-form offsets missing".into())
                     })?);
                     A::L(longs.len() - 1)
@@ -675,7 +797,7 @@ impl CudaKernel {
                         KernelParam::NumQBlocks => p.n_q_blocks as i32,
                         KernelParam::MapBStride => p.map_b_stride,
                         KernelParam::MapHStride => p.map_h_stride,
-                        KernelParam::KvAllPartial => p.kv_all_partial,
+                        KernelParam::KvAllPartial => kv_all_partial,
                         KernelParam::TensorDim { tensor, dim } => {
                             p.tensors[*tensor as usize].1[*dim as usize]
                         }

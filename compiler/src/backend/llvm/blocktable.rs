@@ -17,7 +17,10 @@
 //!
 //! Per CTA (one q block of one map):
 //! ```text
-//! for each chunk of CHUNK kv blocks:
+//! kv_lo..kv_hi = the q block's kv-block range of the mask's linear conjuncts
+//!                ([`skip_form`], `bounds::block_range` on the KvOffset params), or
+//!                0..n_kv_blocks (no such conjunct, checked mode, or KvAllPartial set)
+//! for each chunk of CHUNK kv blocks in kv_lo..kv_hi (the tiles outside are empty):
 //!     each warp takes kv blocks j = chunk + warp, + WARPS, ...:
 //!         lane l evaluates the mask at (q, kv) for every in-range row q of the q block
 //!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32;
@@ -29,7 +32,10 @@
 //!     empty blocks end a run); barrier
 //! thread 0 writes the last run and the row's (begin, end)
 //! ```
-//! The classification is exact: full means the mask is true at every point of the tile
+//! Skipping is sound because the mask implies its linear conjuncts: outside their range
+//! it is false everywhere (the host passes `KvAllPartial` when their i32 arithmetic may
+//! wrap for the launch, `classify::Implied::bounds`, since the range is over exact
+//! integers). The classification is exact: full means the mask is true at every point of the tile
 //! inside `0..Lq x 0..Lkv`, empty that it is true at none; it equals
 //! `classify::brute_force_maps` wherever the mask is evaluated exactly (integer and
 //! comparison ops; float math uses the same approximate instructions as the attention
@@ -38,9 +44,11 @@
 //! clamped; checked mode records the first out-of-range read whose guard held into the
 //! same error words).
 
+use super::bounds::{MAX_COEF, block_range};
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R};
 use super::{KernelParam, LlvmError, PtxOptions};
+use crate::analysis::linear::ClosedForm;
 use crate::ir::Program;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -60,8 +68,25 @@ pub fn smem_bytes() -> u32 {
     CHUNK * 4
 }
 
-/// The kernel's parameters, in launch order. `RowStart` and `Runs` are written.
-pub fn param_list(p: &Program) -> Vec<KernelParam> {
+/// The closed form of the mask's linear conjuncts (`ClosedForm::derive_implied`) whose kv
+/// range the kernel computes per q block, classifying the tiles outside it empty without
+/// evaluating a point: `None` in checked mode (which evaluates every point so that every
+/// out-of-range read is recorded), when no conjunct is linear, or when a coefficient
+/// exceeds [`MAX_COEF`] (the i64 arithmetic of `bounds.rs` needs that bound).
+pub fn skip_form(p: &Program, opts: &PtxOptions) -> Option<ClosedForm> {
+    if opts.checked {
+        return None;
+    }
+    ClosedForm::derive_implied(p).filter(|cf| {
+        cf.constraints
+            .iter()
+            .all(|c| c.expr.q.abs() <= MAX_COEF && c.expr.kv.abs() <= MAX_COEF)
+    })
+}
+
+/// The kernel's parameters, in launch order. `RowStart` and `Runs` are written. With a
+/// [`skip_form`], one i64 `KvOffset` per constraint and the i32 `KvAllPartial` flag last.
+pub fn param_list(p: &Program, skip: Option<&ClosedForm>) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![RowStart, Runs, Params, Err];
     v.extend((0..p.tensors.len() as u32).map(Tensor));
@@ -71,6 +96,10 @@ pub fn param_list(p: &Program) -> Vec<KernelParam> {
             tensor: t as u32,
             dim,
         }));
+    }
+    if let Some(cf) = skip {
+        v.extend((0..cf.constraints.len() as u32).map(KvOffset));
+        v.push(KvAllPartial);
     }
     v
 }
@@ -92,7 +121,8 @@ pub(crate) fn build<'ctx>(
             opts.kv_block
         )));
     }
-    let params = param_list(p);
+    let skip = skip_form(p, opts);
+    let params = param_list(p, skip.as_ref());
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
@@ -100,7 +130,9 @@ pub(crate) fn build<'ctx>(
             KernelParam::Lq
             | KernelParam::Lkv
             | KernelParam::NumQBlocks
+            | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            KernelParam::KvOffset(_) => ctx.i64_type().into(),
             _ => gptr.into(),
         })
         .collect();
@@ -125,7 +157,7 @@ pub(crate) fn build<'ctx>(
     let start = g.block("start");
     g.ab.position_at_end(allocas);
     g.b.position_at_end(start);
-    body(&g, p, mask, opts, &params)?;
+    body(&g, p, mask, opts, &params, skip.as_ref())?;
     g.ab.build_unconditional_branch(start)?;
     Ok(g.module)
 }
@@ -136,6 +168,7 @@ fn body<'ctx>(
     mask: &crate::ir::Function,
     opts: &PtxOptions,
     params: &[KernelParam],
+    skip: Option<&ClosedForm>,
 ) -> R<()> {
     let arg = |want: KernelParam| -> R<inkwell::values::BasicValueEnum<'ctx>> {
         let i = params
@@ -172,6 +205,35 @@ fn body<'ctx>(
     let qn = g.iintr2("llvm.smin.i32", g.c32(qbs), g.sub(lq, q0)?)?;
     let row_start = ptr(KernelParam::RowStart)?;
     let runs = ptr(KernelParam::Runs)?;
+    // ---- the kv blocks that may hold a true point: kv_lo..kv_hi ---------------------------------
+    // (the range of the mask's linear conjuncts; every tile outside it is empty and is
+    // never evaluated; the whole row without a skip form or with KvAllPartial set)
+    let (kv_lo, kv_hi) = match skip {
+        Some(cf) => {
+            let coefs: Vec<(i64, i64)> = cf
+                .constraints
+                .iter()
+                .map(|c| (c.expr.q, c.expr.kv))
+                .collect();
+            let offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
+                .map(|i| int(KernelParam::KvOffset(i)))
+                .collect::<R<_>>()?;
+            let all = int(KernelParam::KvAllPartial)?;
+            let [first, end, _, _] = block_range(
+                g,
+                &coefs,
+                &offsets,
+                Some(all),
+                q0,
+                qbs as u32,
+                lq,
+                lkv,
+                kvbs as u32,
+            )?;
+            (first, end)
+        }
+        None => (g.c32(0), nkv),
+    };
 
     // ---- params and captured tensors (as in the attention kernel) -----------------------------
     let env = Env::load(g, p, opts.checked, &ptr, &int)?;
@@ -198,8 +260,8 @@ fn body<'ctx>(
         g.set(&n_runs, g.add(n, g.c32(1))?)
     };
 
-    for_range(g, g.c32(0), nkv, g.c32(CHUNK as i64), |c0| {
-        let cend = g.iintr2("llvm.smin.i32", g.add(c0, g.c32(CHUNK as i64))?, nkv)?;
+    for_range(g, kv_lo, kv_hi, g.c32(CHUNK as i64), |c0| {
+        let cend = g.iintr2("llvm.smin.i32", g.add(c0, g.c32(CHUNK as i64))?, kv_hi)?;
         // ---- classify this chunk's tiles, one warp per tile
         for_range(g, g.add(c0, warp)?, cend, g.c32(WARPS as i64), |j| {
             let kv0 = g.mul(j, g.c32(kvbs))?;
@@ -277,8 +339,9 @@ fn body<'ctx>(
     // ---- the last run and the row's (begin, end) ------------------------------------------------
     g.if_then(is_t0, || {
         let cur = g.geti(&cur_kind)?;
+        // the tiles from kv_hi on are empty
         g.if_then(g.icmp(IntPredicate::NE, cur, g.c32(0))?, || {
-            write_run(g.geti(&cur_start)?, nkv, cur)
+            write_run(g.geti(&cur_start)?, kv_hi, cur)
         })?;
         let at = g.mul(g.zext64(row)?, g.c64(2))?;
         g.store(gep_u32(g, row_start, at)?, slot)?;

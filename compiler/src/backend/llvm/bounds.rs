@@ -353,6 +353,41 @@ impl<'ctx> Arith for Ir<'_, 'ctx> {
     }
 }
 
+/// `[first, end, full_first, full_end]` (i32) of the q block of rows
+/// `q0..min(q0 + q_block, lq)`: [`row`] on the kernel's i64 `offsets`; with `all_partial`
+/// non-zero, every kv block partial (`[0, nkv, 0, 0]`). What [`RowRuns::closed_form`]
+/// makes runs of, and what the block-table kernel skips tiles outside of.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn block_range<'ctx>(
+    g: &Gpu<'ctx>,
+    coefs: &[(i64, i64)],
+    offsets: &[IntValue<'ctx>],
+    all_partial: Option<IntValue<'ctx>>,
+    q0: IntValue<'ctx>,
+    q_block: u32,
+    lq: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+    kv_block: u32,
+) -> R<[IntValue<'ctx>; 4]> {
+    let a = Ir(g);
+    let q0_64 = g.sext64(q0)?;
+    let q_end = a.min(a.add(q0_64, g.c64(q_block as i64))?, g.sext64(lq)?)?;
+    let q1 = a.sub(q_end, g.c64(1))?;
+    let lkv64 = g.sext64(lkv)?;
+    let r = row(&a, coefs, offsets, q0_64, q1, lkv64, kv_block as i64)?;
+    let t = |x: IntValue<'ctx>| -> R<IntValue<'ctx>> { Ok(g.b.build_int_truncate(x, g.i32, "")?) };
+    let (mut first, mut end, mut ff, mut fe) = (t(r[0])?, t(r[1])?, t(r[2])?, t(r[3])?);
+    if let Some(flag) = all_partial {
+        let all = g.icmp(IntPredicate::NE, flag, g.c32(0))?;
+        let nkv = t(a.floor_div(a.add(lkv64, g.c64(kv_block as i64 - 1))?, kv_block as i64)?)?;
+        first = g.selecti(all, g.c32(0), first)?;
+        end = g.selecti(all, nkv, end)?;
+        ff = g.selecti(all, g.c32(0), ff)?;
+        fe = g.selecti(all, g.c32(0), fe)?;
+    }
+    Ok([first, end, ff, fe])
+}
+
 /// Where the runs of one q block's row are read from.
 pub(crate) enum RunSource<'ctx> {
     /// `u32` triples (start, end, full) in global memory (the `Runs` param).
@@ -402,23 +437,17 @@ impl<'ctx> RowRuns<'ctx> {
         lkv: IntValue<'ctx>,
         kv_block: u32,
     ) -> R<Self> {
-        let a = Ir(g);
-        let q0_64 = g.sext64(q0)?;
-        let q_end = a.min(a.add(q0_64, g.c64(q_block as i64))?, g.sext64(lq)?)?;
-        let q1 = a.sub(q_end, g.c64(1))?;
-        let lkv64 = g.sext64(lkv)?;
-        let r = row(&a, coefs, offsets, q0_64, q1, lkv64, kv_block as i64)?;
-        let t =
-            |x: IntValue<'ctx>| -> R<IntValue<'ctx>> { Ok(g.b.build_int_truncate(x, g.i32, "")?) };
-        let (mut first, mut end, mut ff, mut fe) = (t(r[0])?, t(r[1])?, t(r[2])?, t(r[3])?);
-        if let Some(flag) = all_partial {
-            let all = g.icmp(IntPredicate::NE, flag, g.c32(0))?;
-            let nkv = t(a.floor_div(a.add(lkv64, g.c64(kv_block as i64 - 1))?, kv_block as i64)?)?;
-            first = g.selecti(all, g.c32(0), first)?;
-            end = g.selecti(all, nkv, end)?;
-            ff = g.selecti(all, g.c32(0), ff)?;
-            fe = g.selecti(all, g.c32(0), fe)?;
-        }
+        let [first, end, ff, fe] = block_range(
+            g,
+            coefs,
+            offsets,
+            all_partial,
+            q0,
+            q_block,
+            lq,
+            lkv,
+            kv_block,
+        )?;
         let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
         let has_full = lt(ff, fe)?;
         let (zero, one) = (g.c32(0), g.c32(1));

@@ -31,6 +31,7 @@ pub mod samples;
 
 pub use bounds::KvBounds;
 
+use crate::analysis::linear::ClosedForm;
 use crate::ir::Program;
 use inkwell::OptimizationLevel;
 use inkwell::context::Context;
@@ -365,11 +366,13 @@ pub enum KernelParam {
     /// `u32` triples (start, end, full) of the flattened block maps; table kernels only.
     Runs,
     /// i64 offset `k` of constraint `i` of the closed form (`bounds::kernel_offsets`);
-    /// closed-form kernels only ([`KvBounds::ClosedForm`]).
+    /// closed-form kernels ([`KvBounds::ClosedForm`]), and block-table builders with a
+    /// [`PtxKernel::table_skip`] form (offset of its constraint `i`).
     KvOffset(u32),
     /// i32: non-zero makes every kv block of every q block partial (the host sets it
     /// when the mask's i32 arithmetic may wrap for the launch's lengths and params, so
-    /// the exact closed form does not describe it); closed-form kernels with a mask only.
+    /// the exact closed form does not describe it); closed-form kernels with a mask, and
+    /// block-table builders with a `table_skip` form (non-zero: skip no tile).
     KvAllPartial,
     /// Runtime params, one 32-bit word each (i32, f32 bits, bool as 0/1).
     Params,
@@ -412,6 +415,12 @@ pub struct PtxKernel {
     /// kernel; the runtime passes offsets and builds no block maps) or the block table
     /// (always `Table` for a block-table builder kernel, which writes one).
     pub kv_bounds: KvBounds,
+    /// Block-table builders only: the closed form of the mask's linear conjuncts
+    /// (`ClosedForm::derive_implied`) whose per-q-block kv range the kernel computes to
+    /// classify the tiles outside it empty without evaluating them (one
+    /// [`KernelParam::KvOffset`] per constraint, and [`KernelParam::KvAllPartial`] to
+    /// skip nothing); `None` for attention kernels and builders that evaluate every tile.
+    pub table_skip: Option<ClosedForm>,
     /// How to launch it (grid and block).
     pub grid_note: &'static str,
 }
@@ -445,6 +454,8 @@ pub fn generator_hash() -> u64 {
         include_str!("gpu.rs"),
         include_str!("expr.rs"),
         include_str!("blocktable.rs"),
+        // the closed forms compiled into the kernels
+        include_str!("../../analysis/linear.rs"),
     ] {
         for b in s.bytes() {
             h ^= b as u64;
@@ -535,6 +546,7 @@ pub fn block_table_layout(program: &Program, opts: &PtxOptions) -> Result<PtxKer
             program.name
         )));
     }
+    let skip = blocktable::skip_form(program, opts);
     Ok(PtxKernel {
         ptx: String::new(),
         llvm_ir: String::new(),
@@ -544,8 +556,9 @@ pub fn block_table_layout(program: &Program, opts: &PtxOptions) -> Result<PtxKer
         kv_block: opts.kv_block,
         threads: blocktable::THREADS,
         smem_bytes: blocktable::smem_bytes(),
-        params: blocktable::param_list(program),
+        params: blocktable::param_list(program, skip.as_ref()),
         kv_bounds: KvBounds::Table,
+        table_skip: skip,
         grid_note: "grid = (NumQBlocks, maps over h, maps over b), block = (threads, 1, 1)",
     })
 }
@@ -661,6 +674,7 @@ pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmErr
         smem_bytes,
         params: kernel::param_list(program, &kv_bounds),
         kv_bounds,
+        table_skip: None,
         grid_note: "grid = (NumQBlocks, Hq, B), block = (threads, 1, 1)",
     })
 }
