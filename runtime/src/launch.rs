@@ -641,6 +641,7 @@ fn cuda_problem(
             got: t.dtype(),
         })
     };
+    let (q, k, v) = (bits(q)?, bits(k)?, bits(v)?);
     if let Some(builder) = device_table(kernel, table, info, opts) {
         let tiles = (kernel.meta().q_block, kernel.meta().kv_block);
         if let Some(kt) = kept
@@ -650,9 +651,9 @@ fn cuda_problem(
                 .upload_with_table(
                     &g.device,
                     &opts.shape,
-                    &bits(q)?,
-                    &bits(k)?,
-                    &bits(v)?,
+                    &q,
+                    &k,
+                    &v,
                     scale,
                     bindings,
                     &kt.table,
@@ -665,9 +666,9 @@ fn cuda_problem(
             .upload_for_table(
                 &g.device,
                 &opts.shape,
-                &bits(q)?,
-                &bits(k)?,
-                &bits(v)?,
+                &q,
+                &k,
+                &v,
                 scale,
                 bindings,
                 info.uses_b,
@@ -686,9 +687,9 @@ fn cuda_problem(
             .upload(
                 &g.device,
                 &opts.shape,
-                &bits(q)?,
-                &bits(k)?,
-                &bits(v)?,
+                &q,
+                &k,
+                &v,
                 scale,
                 bindings,
                 KvBlocks::ClosedForm(bounds.as_deref()),
@@ -717,9 +718,9 @@ fn cuda_problem(
         .upload(
             &g.device,
             &opts.shape,
-            &bits(q)?,
-            &bits(k)?,
-            &bits(v)?,
+            &q,
+            &k,
+            &v,
             scale,
             bindings,
             KvBlocks::Maps(maps),

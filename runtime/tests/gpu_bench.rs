@@ -265,6 +265,26 @@ fn gpu_bench() {
                 _ => Box::new(|_, _, q, kv| q >= kv),
             };
             let per_b = var.name == "doc_causal";
+            // device time of `kern` (tiles qb x kvb) on the resident inputs: its kv bounds
+            // (closed form, or block maps by brute force) uploaded, then timed with events
+            let time_kernel = |kern: &CudaKernel, qb: u32, kvb: u32, (warmup, iters, reps)| {
+                let maps =
+                    brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
+                let cf = closed(kern, p, &shape, &bind);
+                let prob = kern
+                    .upload_device(
+                        &dev,
+                        &shape,
+                        qd.clone(),
+                        kd.clone(),
+                        vd.clone(),
+                        shape.default_scale(),
+                        &bind,
+                        blocks(&cf, &maps),
+                    )
+                    .unwrap();
+                kern.time(&dev, &prob, warmup, iters, reps).unwrap()
+            };
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
             let mut defaults = vec![(128, 64, "2".to_string()), (64, 64, "1".to_string())];
@@ -299,22 +319,7 @@ fn gpu_bench() {
                 else {
                     continue;
                 };
-                let maps =
-                    brute_force_maps(&shape, cq as usize, ck as usize, (per_b, false), &keep);
-                let cf = closed(&kern, p, &shape, &bind);
-                let prob = kern
-                    .upload_device(
-                        &dev,
-                        &shape,
-                        qd.clone(),
-                        kd.clone(),
-                        vd.clone(),
-                        shape.default_scale(),
-                        &bind,
-                        blocks(&cf, &maps),
-                    )
-                    .unwrap();
-                let ms = kern.time(&dev, &prob, 2, 5, 3).unwrap();
+                let ms = time_kernel(&kern, cq, ck, (2, 5, 3));
                 println!("  {} D{d} tile {cq}x{ck}x{cm}: {ms:.3} ms", var.name);
                 if ms < vbest.1 {
                     vbest = ((cq, ck, cm), ms);
@@ -336,8 +341,6 @@ fn gpu_bench() {
             let warm_disk = JitCache::new(Some(DiskCache::new(&cache_dir)));
             let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
             let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
-            let maps = brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
-            let cf = closed(&kern, p, &shape, &bind);
             let kv_name = kern.meta().kv_bounds.name();
             // density over unmasked pairs (exact, batch-averaged)
             let mut kept = 0u64;
@@ -349,19 +352,7 @@ fn gpu_bench() {
                 }
             }
             let density = kept as f64 / (l * l * if per_b { b } else { 1 }) as f64;
-            let prob = kern
-                .upload_device(
-                    &dev,
-                    &shape,
-                    qd.clone(),
-                    kd.clone(),
-                    vd.clone(),
-                    shape.default_scale(),
-                    &bind,
-                    blocks(&cf, &maps),
-                )
-                .unwrap();
-            let ms = kern.time(&dev, &prob, 3, 10, 5).unwrap();
+            let ms = time_kernel(&kern, qb, kvb, (3, 10, 5));
             let tf = 4.0 * (b * h * l * l * d) as f64 * density / ms / 1e9;
             let key = format!("attnc/{}/B{b}H{h}S{l}D{d}", var.name);
             let tile = format!("{qb}x{kvb}x{mt}");

@@ -375,11 +375,7 @@ impl CudaKernel {
         bind: &Bindings,
         blocks: KvBlocks,
     ) -> Result<DeviceProblem, CudaError> {
-        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
-            return Err(CudaError::Mismatch(
-                "q/k/v lengths do not match the shape".into(),
-            ));
-        }
+        check_qkv_lengths(shape, q, k, v)?;
         let s = &dev.stream;
         let (q, k, v) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
         self.upload_device(dev, shape, q, k, v, scale, bind, blocks)
@@ -442,11 +438,7 @@ impl CudaKernel {
         uses_b: bool,
         uses_h: bool,
     ) -> Result<DeviceProblem, CudaError> {
-        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
-            return Err(CudaError::Mismatch(
-                "q/k/v lengths do not match the shape".into(),
-            ));
-        }
+        check_qkv_lengths(shape, q, k, v)?;
         self.check(shape, bind, KvBlocks::DeviceBuilt)?;
         let o = &self.meta.options;
         let table = DeviceTable::new(shape, o.q_block, o.kv_block, uses_b, uses_h);
@@ -491,11 +483,7 @@ impl CudaKernel {
         bind: &Bindings,
         table: &BuiltTable,
     ) -> Result<DeviceProblem, CudaError> {
-        if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
-            return Err(CudaError::Mismatch(
-                "q/k/v lengths do not match the shape".into(),
-            ));
-        }
+        check_qkv_lengths(shape, q, k, v)?;
         self.check(shape, bind, KvBlocks::DeviceBuilt)?;
         let o = &self.meta.options;
         if table.shape != *shape
@@ -922,6 +910,16 @@ fn time_events(
 
 fn nonempty(v: Vec<u32>) -> Vec<u32> {
     if v.is_empty() { vec![0u32] } else { v }
+}
+
+/// Host Q/K/V hold exactly the elements of `shape`.
+fn check_qkv_lengths(shape: &Shape, q: &[u16], k: &[u16], v: &[u16]) -> Result<(), CudaError> {
+    if q.len() != shape.q_len() || k.len() != shape.k_len() || v.len() != shape.v_len() {
+        return Err(CudaError::Mismatch(
+            "q/k/v lengths do not match the shape".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Block maps fit the kernel's block sizes and the shape, and cover every (b, h).

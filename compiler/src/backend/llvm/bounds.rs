@@ -1,12 +1,12 @@
 //! Where the kernel's kv blocks come from: a closed form computed in the kernel, or the
-//! CSR block table built by the host.
+//! block table (built by the host, or on the GPU for masks over captured tensors).
 //!
 //! In: a [`Program`] and [`PtxOptions`] ([`KvBounds::choose`]); while building the kernel,
 //! its q block (`q0`, `q1`), `Lkv` and the per-constraint offsets passed as kernel params.
 //! Out: [`KvBounds`] (recorded in the `PtxKernel`, so that the runtime knows whether to
 //! build block maps), and per CTA the runs of kv blocks the loop visits ([`RowRuns`]): up
 //! to three runs (partial, full, partial) in registers for a closed form, or the row of the
-//! CSR table (`RowStart` + `Runs`). Both sources give `beg..end` run indices and
+//! block table (`RowStart` (begin, end) pairs + `Runs`). Both sources give `beg..end` run indices and
 //! [`RowRuns::load`], so the kernel's loop is the same for both.
 //!
 //! The closed form (`analysis::linear`) is a conjunction of `a_q*q + a_kv*kv + k >= 0`:
@@ -42,8 +42,9 @@ pub enum KvBounds {
     /// full); takes one [`KernelParam::KvOffset`] per constraint, and
     /// [`KernelParam::KvAllPartial`] when there is a mask.
     ClosedForm(ClosedForm),
-    /// The CSR block table (`RowStart` + `Runs`, strides `MapBStride`/`MapHStride`)
-    /// built by the host from the block analysis.
+    /// The block table (`RowStart` (begin, end) pairs + `Runs`, strides
+    /// `MapBStride`/`MapHStride`), built by the host from the block analysis or, for masks
+    /// over captured tensors, on the GPU by the block-table kernel.
     Table,
 }
 
@@ -140,7 +141,7 @@ impl fmt::Display for KvBounds {
                     parts.join(" && ")
                 )
             }
-            KvBounds::Table => write!(f, "block table (CSR runs per q block, built by the host)"),
+            KvBounds::Table => write!(f, "block table (runs per q block)"),
         }
     }
 }
@@ -405,7 +406,7 @@ pub(crate) struct RowRuns<'ctx> {
 }
 
 impl<'ctx> RowRuns<'ctx> {
-    /// The CSR table's row `row`: runs `RowStart[row]..RowStart[row + 1]`.
+    /// The table's row `row`: runs `Runs[RowStart[2 row] .. RowStart[2 row + 1]]`.
     pub fn table(
         g: &Gpu<'ctx>,
         row_start: PointerValue<'ctx>,

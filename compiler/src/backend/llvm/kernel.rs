@@ -8,7 +8,7 @@
 //! registers or, with `q_in_regs` off, are re-read from shared memory per kv block:
 //! ```text
 //! runs of kv blocks of this q block (`bounds.rs`): closed form computed here (at most
-//!     partial, full, partial; offsets from kernel params) or the row of the CSR table
+//!     partial, full, partial; offsets from kernel params) or the row of the block table
 //! cp.async Q tile; if there is any run: cp.async K[first] (else straight to the epilogue)
 //! wait; Q fragments <- ldmatrix (kept in registers for the whole loop)
 //! for each kv block j of the runs (never an empty run; table runs from the block table):
@@ -551,7 +551,8 @@ fn body<'ctx>(
     } else {
         c.v.load_async(g, tid, c.threads, vbase, kv0, g.sub(lkv, kv0)?, zero)?;
         g.cp_async_commit()?;
-        if opts.k_prefetch {
+        // with `k_prefetch`: (the K buffer this block reads, the other one)
+        let kbufs = if opts.k_prefetch {
             // K[next] into the other buffer (last read by the QK of the previous block, which
             // every warp finished before the barrier above), a whole iteration ahead; the next
             // block is j + 1 inside a run, else the start of the next run (read only then)
@@ -573,47 +574,26 @@ fn body<'ctx>(
                 c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, other)
             })?;
             g.cp_async_commit()?;
-            let s = if c.wg {
-                qk_wgmma(g, c, &cx, kbuf)?
-            } else {
-                qk(g, c, &cx, qfrag.as_deref(), kbuf)?
-            };
-            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
-            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-            // V[j] (K[next] may still be in flight)
-            let mut sync = || -> R<()> {
+            Some((kbuf, other))
+        } else {
+            None
+        };
+        let kbuf = kbufs.map_or(zero, |(kbuf, _)| kbuf);
+        let s = if c.wg {
+            qk_wgmma(g, c, &cx, kbuf)?
+        } else {
+            qk(g, c, &cx, qfrag.as_deref(), kbuf)?
+        };
+        let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
+        let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
+        let mut sync = || -> R<()> {
+            if kbufs.is_some() {
+                // V[j] (K[next] may still be in flight)
                 g.cp_async_wait(1)?;
                 proxy_fence(g, c)?;
                 g.barrier()
-            };
-            let pfrag = if opts.early_sync && raw {
-                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
             } else {
-                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
-                sync()?;
-                p
-            };
-            if c.wg {
-                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
-            } else {
-                pv(g, c, &cx, &pfrag, &o_acc)?;
-            }
-            g.set(&st_j, next_j)?;
-            g.set(&st_end, next_end)?;
-            g.set(&st_full, next_full)?;
-            g.set(&st_r, next_r)?;
-            g.set(&st_kbuf, other)?;
-            g.cond_br(has_next, lp, epi)?;
-        } else {
-            let s = if c.wg {
-                qk_wgmma(g, c, &cx, zero)?
-            } else {
-                qk(g, c, &cx, qfrag.as_deref(), zero)?
-            };
-            let (next_j, next_end, next_full, next_r, has_next) = advance(j, run_end, full, r, r)?;
-            let t = score_and_mask(g, c, &cx, &env, p, &s, kv0, full)?;
-            // V[j], then K[next] into the buffer every warp has finished reading
-            let mut sync = || -> R<()> {
+                // V[j], then K[next] into the buffer every warp has finished reading
                 g.cp_async_wait(0)?;
                 proxy_fence(g, c)?;
                 g.barrier()?;
@@ -622,25 +602,28 @@ fn body<'ctx>(
                     c.k.load_async(g, tid, c.threads, kbase, nkv0, g.sub(lkv, nkv0)?, zero)?;
                     g.cp_async_commit()
                 })
-            };
-            let pfrag = if opts.early_sync && raw {
-                online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
-            } else {
-                let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
-                sync()?;
-                p
-            };
-            if c.wg {
-                pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
-            } else {
-                pv(g, c, &cx, &pfrag, &o_acc)?;
             }
-            g.set(&st_j, next_j)?;
-            g.set(&st_end, next_end)?;
-            g.set(&st_full, next_full)?;
-            g.set(&st_r, next_r)?;
-            g.cond_br(has_next, lp, epi)?;
+        };
+        let pfrag = if opts.early_sync && raw {
+            online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut sync)?.0
+        } else {
+            let p = online_softmax(g, c, &cx, &t, &m, &l, &o_acc, None, &mut || Ok(()))?.0;
+            sync()?;
+            p
+        };
+        if c.wg {
+            pv_wgmma(g, c, &cx, &pfrag, &o_acc)?;
+        } else {
+            pv(g, c, &cx, &pfrag, &o_acc)?;
         }
+        g.set(&st_j, next_j)?;
+        g.set(&st_end, next_end)?;
+        g.set(&st_full, next_full)?;
+        g.set(&st_r, next_r)?;
+        if let Some((_, other)) = kbufs {
+            g.set(&st_kbuf, other)?;
+        }
+        g.cond_br(has_next, lp, epi)?;
     }
 
     // ---- epilogue: normalize, store O and LSE ---------------------------------------------------

@@ -146,7 +146,7 @@ pub struct PtxOptions {
     /// 128x64x2 dense 327 against 320-326; but ALiBi + causal (a score function) 2.06 ms
     /// against 1.87.
     pub early_sync: bool,
-    /// Always read kv blocks from the CSR block table, even where the mask has a closed
+    /// Always read kv blocks from the block table, even where the mask has a closed
     /// form (for tests of the table path and comparisons); off by default.
     pub kv_table: bool,
     /// The matrix instruction family (`Mma::Wgmma` only on sm_90).
