@@ -6,6 +6,8 @@
 //!   to check the reference oracle, which in turn checks every backend;
 //! - error measures that treat matching infinities as equal and NaN as a failure.
 
+pub mod progs;
+
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
 use attnc_compiler::interp::{Args, Bindings, EvalError, eval};
 use attnc_compiler::ir::Program;

@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod backend;
 pub mod diag;
+pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod passes;

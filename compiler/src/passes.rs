@@ -46,6 +46,12 @@ enum Folded {
 /// constant or equal arms, double negation). Float identities that change NaN or signed
 /// zero behaviour (`x * 0.0`, `x + 0.0`) are not applied.
 pub fn fold_constants(f: &Function) -> Function {
+    fold_constants_mapped(f).0
+}
+
+/// [`fold_constants`], also returning where each old value went (`map[old] = new`), for
+/// callers that track values besides the return value (the derivative pass).
+pub fn fold_constants_mapped(f: &Function) -> (Function, Vec<Value>) {
     let mut out = Function::new(f.kind);
     let mut map: Vec<Value> = Vec::with_capacity(f.len());
     for (i, inst) in f.insts.iter().enumerate() {
@@ -58,7 +64,7 @@ pub fn fold_constants(f: &Function) -> Function {
         map.push(v);
     }
     out.ret = map[f.ret.index()];
-    out
+    (out, map)
 }
 
 fn fold_one(out: &Function, inst: &Inst) -> Folded {
@@ -161,6 +167,11 @@ fn remap(inst: &Inst, map: &[Value]) -> Inst {
 /// Merges identical instructions (same op, same operands; commutative operands are
 /// put in a canonical order first).
 pub fn eliminate_common_subexpressions(f: &Function) -> Function {
+    eliminate_common_subexpressions_mapped(f).0
+}
+
+/// [`eliminate_common_subexpressions`], also returning `map[old] = new`.
+pub fn eliminate_common_subexpressions_mapped(f: &Function) -> (Function, Vec<Value>) {
     let mut out = Function::new(f.kind);
     let mut map: Vec<Value> = Vec::with_capacity(f.len());
     let mut seen: HashMap<Inst, Value> = HashMap::new();
@@ -183,12 +194,20 @@ pub fn eliminate_common_subexpressions(f: &Function) -> Function {
         map.push(v);
     }
     out.ret = map[f.ret.index()];
-    out
+    (out, map)
 }
 
 /// Drops instructions that do not contribute to the return value.
 pub fn eliminate_dead_code(f: &Function) -> Function {
-    let live = f.live();
+    eliminate_dead_code_keeping(f, &[]).0
+}
+
+/// Drops instructions that contribute neither to the return value nor to `keep`; returns
+/// `map[old] = new` (meaningful for the kept values only).
+pub fn eliminate_dead_code_keeping(f: &Function, keep: &[Value]) -> (Function, Vec<Value>) {
+    let mut roots = keep.to_vec();
+    roots.push(f.ret);
+    let live = f.live_from(&roots);
     let mut out = Function::new(f.kind);
     let mut map: Vec<Value> = vec![Value(0); f.len()];
     for (i, inst) in f.insts.iter().enumerate() {
@@ -197,7 +216,7 @@ pub fn eliminate_dead_code(f: &Function) -> Function {
         }
     }
     out.ret = map[f.ret.index()];
-    out
+    (out, map)
 }
 
 /// For backends whose tensor reads never leave the tensor (indices clamped): rewrites

@@ -1,6 +1,8 @@
 //! Snapshots (insta) for every example attention:
 //! - the CLIF of its CPU kernel (`emit_clif`, default `CpuOptions`), which must also be
 //!   byte-identical when emitted twice (generated code is deterministic);
+//! - the derivative IR of its score (`attnc emit ir --grad`), which must verify and be
+//!   byte-identical when derived twice;
 //! - its block structure at Lq = Lkv = 1024, block 128 (`analyze` + `build_block_maps`
 //!   with `synth` captures and param values), as stats and a text picture;
 //! - a precision table: partial blocks found by the analysis versus the exact number
@@ -30,6 +32,20 @@ fn clif_of_every_example() {
         assert!(a == b, "{}: CLIF differs between two emissions", ex.id());
         assert!(a.contains("function"), "{}: not CLIF text", ex.id());
         insta::assert_snapshot!(format!("clif__{}__{}", ex.file, ex.name), a);
+    }
+}
+
+#[test]
+fn grad_ir_of_every_example() {
+    for ex in examples() {
+        let p = ex.program();
+        let g = attnc_compiler::grad::differentiate(p);
+        g.verify(p)
+            .unwrap_or_else(|e| panic!("{}: gradient IR: {e}", ex.id()));
+        let a = attnc_compiler::grad::write_score_grad(p, &g);
+        let b = attnc_compiler::grad::write_score_grad(p, &attnc_compiler::grad::differentiate(p));
+        assert!(a == b, "{}: gradient IR differs between two runs", ex.id());
+        insta::assert_snapshot!(format!("grad_ir__{}__{}", ex.file, ex.name), a);
     }
 }
 

@@ -25,6 +25,7 @@ mod text;
 mod verify;
 
 pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem};
+pub(crate) use text::write_function;
 pub use text::{fmt_f32, write_program};
 pub use verify::{VerifyError, verify_function, verify_program};
 
@@ -444,11 +445,17 @@ impl Function {
     }
     /// `live[i]` is true when value `i` contributes to the return value.
     pub fn live(&self) -> Vec<bool> {
+        self.live_from(&[self.ret])
+    }
+    /// `live[i]` is true when value `i` contributes to one of `roots`.
+    pub fn live_from(&self, roots: &[Value]) -> Vec<bool> {
         let mut live = vec![false; self.insts.len()];
         if self.insts.is_empty() {
             return live;
         }
-        live[self.ret.index()] = true;
+        for r in roots {
+            live[r.index()] = true;
+        }
         for i in (0..self.insts.len()).rev() {
             if live[i] {
                 for op in self.insts[i].operands() {

@@ -34,7 +34,7 @@ pub fn write_program(p: &Program) -> String {
     out
 }
 
-fn write_function(out: &mut String, header: &str, f: &Function, p: &Program) {
+pub(crate) fn write_function(out: &mut String, header: &str, f: &Function, p: &Program) {
     let _ = writeln!(out, "{header} {{");
     for (i, inst) in f.insts.iter().enumerate() {
         let _ = write!(out, "  v{i}: {} = ", f.types[i]);

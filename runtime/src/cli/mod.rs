@@ -86,6 +86,9 @@ enum Command {
         /// Print where code generation time went (ptx/llvm) on stderr
         #[arg(long)]
         time: bool,
+        /// With `ir`: the score's derivative IR (score, d/ds, d/d each tensor read and f32 param)
+        #[arg(long)]
+        grad: bool,
     },
     /// Run an attention on tensors from a safetensors file (q, k, v and captures by name)
     Run {
@@ -239,7 +242,14 @@ pub fn main() -> i32 {
             d,
             dtype,
             time,
-        } => emit(kind, &file, attention.as_deref(), &arch, d, &dtype, time),
+            grad,
+        } => {
+            if grad {
+                emit_grad(kind, &file, attention.as_deref())
+            } else {
+                emit(kind, &file, attention.as_deref(), &arch, d, &dtype, time)
+            }
+        }
         Command::Run {
             file,
             attention,
@@ -375,6 +385,19 @@ fn check(files: &[PathBuf]) -> i32 {
     } else {
         0
     }
+}
+
+/// `attnc emit ir --grad`: the derivative IR of the score (`attnc_compiler::grad`).
+fn emit_grad(kind: EmitKind, file: &std::path::Path, attention: Option<&str>) -> Result<(), Error> {
+    if kind != EmitKind::Ir {
+        return Err(Error::Usage("--grad is only for `emit ir`".into()));
+    }
+    let compiled = Compiled::from_file(file)?;
+    let variant = compiled.select(attention)?;
+    let p = variant.program();
+    let g = attnc_compiler::grad::differentiate(p);
+    out!("{}", attnc_compiler::grad::write_score_grad(p, &g));
+    Ok(())
 }
 
 fn emit(

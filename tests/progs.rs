@@ -1,0 +1,280 @@
+//! The random program generator of the differential tests: well-typed `.attn` programs
+//! (masks over q, kv, h, b, constants, a param and captured i32 tensors with `/` `%`
+//! (floor), `min` `max` `abs` `clamp` `select`, comparisons, `&& || !`, `if/else`, casts;
+//! scores over `s` with `tanh exp log sqrt sigmoid floor ceil exp2`, casts and -inf),
+//! with [`Gen::grad`] also f32 tensor reads, an f32 param and more float builtins.
+//!
+//! In: a seed. Out: the source text ([`program`], attention `a`) and captures for what
+//! the compiled program declares ([`captures`]). Used by `tests/random_programs.rs` and
+//! `tests/grad.rs`.
+
+use crate::{pick, range};
+use attnc::synth::Rng;
+use attnc::{Captures, ParamValue, Shape, Tensor};
+use attnc_compiler::ir::{DimSpec, Type};
+
+pub struct Gen {
+    pub rng: Rng,
+    /// Whether `s` is in scope (scores) or not (masks).
+    pub has_s: bool,
+    /// Also generate what the derivative pass differentiates: reads of f32 tensors
+    /// (`w[..]`, `bias[b, h, q, kv]`), an f32 param `fp`, `pow`, `abs`, `clamp`, products
+    /// and quotients of two float expressions, `log2`. Off, the generator draws exactly
+    /// the same programs as before this option existed.
+    pub grad: bool,
+}
+
+impl Gen {
+    pub fn new(seed: u64, grad: bool) -> Gen {
+        Gen {
+            rng: Rng::new(seed),
+            has_s: false,
+            grad,
+        }
+    }
+    fn coin(&mut self, percent: u64) -> bool {
+        self.rng.below(100) < percent
+    }
+    fn small(&mut self) -> i64 {
+        self.rng.below(41) as i64 - 20
+    }
+    fn int_leaf(&mut self) -> String {
+        match self.rng.below(12) {
+            0 | 1 => "q".into(),
+            2 | 3 => "kv".into(),
+            4 => "h".into(),
+            5 => "b".into(),
+            6 => "p".into(),
+            7 => "C".into(),
+            8 => format!("t[clamp({}, 0, 15)]", self.int(1)),
+            9 => "u[b, kv]".into(),
+            10 if self.coin(20) => "2147483000".into(), // wrapping arithmetic
+            _ => format!("{}", self.small()),
+        }
+    }
+    fn int(&mut self, depth: u32) -> String {
+        if depth == 0 || self.coin(25) {
+            return self.int_leaf();
+        }
+        let d = depth - 1;
+        match self.rng.below(15) {
+            0 => format!("({} + {})", self.int(d), self.int(d)),
+            1 => format!("({} - {})", self.int(d), self.int(d)),
+            2 => format!("({} * {})", self.int(d), self.small()),
+            3 => format!("({} / {})", self.int(d), self.int_or_const(d)),
+            4 => format!("({} % {})", self.int(d), self.int_or_const(d)),
+            5 => format!("min({}, {})", self.int(d), self.int(d)),
+            6 => format!("max({}, {})", self.int(d), self.int(d)),
+            7 => format!("abs({})", self.int(d)),
+            8 => format!("clamp({}, {}, {})", self.int(d), self.small(), self.small()),
+            9 => format!(
+                "if {} {{ {} }} else {{ {} }}",
+                self.boolean(d),
+                self.int(d),
+                self.int(d)
+            ),
+            10 => format!(
+                "select({}, {}, {})",
+                self.boolean(d),
+                self.int(d),
+                self.int(d)
+            ),
+            11 => format!("({} as i32)", self.boolean(d)),
+            12 => format!("((q - kv) / {})", self.nonzero()),
+            13 => format!("(-{})", self.int(d)),
+            _ => format!("((kv + {}) % {})", self.small(), self.nonzero()),
+        }
+    }
+    fn nonzero(&mut self) -> i64 {
+        let x = self.rng.below(9) as i64 + 1;
+        if self.coin(30) { -x } else { x }
+    }
+    fn int_or_const(&mut self, d: u32) -> String {
+        if self.coin(60) {
+            format!("{}", self.nonzero())
+        } else {
+            self.int(d)
+        } // may be 0
+    }
+    /// Conditions never read `s`: the kernel's f32 dot product and the oracle's f64 one
+    /// round `s` differently, so a condition on `s` (or `floor`/`ceil` of it) could flip
+    /// for an `s` at the boundary, a discontinuity no tolerance covers.
+    fn boolean(&mut self, depth: u32) -> String {
+        let had_s = std::mem::replace(&mut self.has_s, false);
+        let out = self.boolean_inner(depth);
+        self.has_s = had_s;
+        out
+    }
+    fn without_s(&mut self, depth: u32) -> String {
+        let had_s = std::mem::replace(&mut self.has_s, false);
+        let out = self.float(depth);
+        self.has_s = had_s;
+        out
+    }
+    fn boolean_inner(&mut self, depth: u32) -> String {
+        if depth == 0 {
+            return self.compare(0);
+        }
+        let d = depth - 1;
+        match self.rng.below(9) {
+            0..=2 => self.compare(d),
+            3 => format!("({} && {})", self.boolean(d), self.boolean(d)),
+            4 => format!("({} || {})", self.boolean(d), self.boolean(d)),
+            5 => format!("!({})", self.boolean(d)),
+            6 => format!(
+                "if {} {{ {} }} else {{ {} }}",
+                self.boolean(d),
+                self.boolean(d),
+                self.boolean(d)
+            ),
+            7 => format!("({} == {})", self.boolean(d), self.boolean(d)),
+            _ => format!("({} < {})", self.float(d), self.float(d)),
+        }
+    }
+    fn compare(&mut self, d: u32) -> String {
+        let op = *pick(&mut self.rng, &["==", "!=", "<", "<=", ">", ">="]);
+        // index comparisons of the shapes the analysis is built for, and arbitrary ones
+        match self.rng.below(4) {
+            0 => format!("(q - kv {op} {})", self.small()),
+            1 => format!(
+                "(q / {} {op} kv / {})",
+                self.nonzero().abs(),
+                self.nonzero().abs()
+            ),
+            _ => format!("({} {op} {})", self.int(d), self.int(d)),
+        }
+    }
+    fn float(&mut self, depth: u32) -> String {
+        if depth == 0 || self.coin(25) {
+            let n = if self.grad { 7 } else { 4 };
+            return match self.rng.below(n) {
+                0 | 1 if self.has_s => "s".into(),
+                0 | 1 => format!("({} as f32)", self.int_leaf()),
+                2 => format!("{:.2}", self.small() as f32 / 8.0),
+                4 => format!("w[clamp({}, 0, 15)]", self.int(1)),
+                5 => "fp".into(),
+                6 => "bias[b, h, q, kv]".into(),
+                _ => format!("(clamp({}, -50, 50) as f32 * 0.05)", self.int(1)),
+            };
+        }
+        let d = depth - 1;
+        let n = if self.grad { 20 } else { 14 };
+        match self.rng.below(n) {
+            14 => format!(
+                "pow(0.5 + abs({}), clamp({}, -2.0, 2.0))",
+                self.float(d),
+                self.float(d)
+            ),
+            15 => format!("abs({})", self.float(d)),
+            16 => format!("clamp({}, -1.0, {})", self.float(d), self.float(d)),
+            17 => format!("(tanh({}) * {})", self.float(d), self.float(d)),
+            18 => format!("({} / (1.5 + abs({})))", self.float(d), self.float(d)),
+            19 => format!("log2(1.0 + abs({}))", self.float(d)),
+            0 => format!("({} + {})", self.float(d), self.float(d)),
+            1 => format!("({} - {})", self.float(d), self.float(d)),
+            2 => format!("({} * {:.2})", self.float(d), self.small() as f32 / 16.0),
+            3 => format!("tanh({})", self.float(d)),
+            4 => format!("exp(-abs({}))", self.float(d)),
+            5 => format!("log(1.0 + abs({}))", self.float(d)),
+            6 => format!("sqrt(abs({}))", self.float(d)),
+            7 => format!("sigmoid({})", self.float(d)),
+            8 => format!("floor({})", self.without_s(d)),
+            9 => format!("ceil({})", self.without_s(d)),
+            10 => format!("min({}, {})", self.float(d), self.float(d)),
+            11 => format!("max({}, {})", self.float(d), self.float(d)),
+            12 => format!(
+                "if {} {{ {} }} else {{ {} }}",
+                self.boolean(d),
+                self.float(d),
+                self.float(d)
+            ),
+            _ => format!("exp2(tanh({}))", self.float(d)),
+        }
+    }
+    /// A score that stays O(1) + s (bounded terms only), sometimes -inf.
+    pub fn score(&mut self) -> String {
+        let body = format!(
+            "s * {:.2} + tanh({})",
+            1.0 + self.small() as f32 / 40.0,
+            self.float(3)
+        );
+        if self.coin(25) {
+            format!("if {} {{ log(0.0) }} else {{ {body} }}", self.boolean(2))
+        } else {
+            body
+        }
+    }
+}
+
+/// A random program: the mask, the score, both or neither.
+pub fn program(g: &mut Gen) -> String {
+    let c = g.small();
+    g.has_s = false;
+    let mask = g.boolean(3);
+    g.has_s = true;
+    let score = g.score();
+    let (has_mask, has_score) = match g.rng.below(6) {
+        0 => (true, false),
+        1 => (false, true),
+        _ => (true, true),
+    };
+    let mut fields = String::new();
+    if has_mask {
+        fields += "mask = m; ";
+    }
+    if has_score {
+        fields += "score = sc; ";
+    }
+    let grad_decls = if g.grad {
+        "param fp: f32;\ntensor w: f32[16];\ntensor bias: f32[B, H, Q, KV];\n"
+    } else {
+        ""
+    };
+    format!(
+        "const C: i32 = {c};
+param p: i32;
+tensor t: i32[16];
+tensor u: i32[B, KV];
+{grad_decls}
+mask m(b, h, q, kv) {{ {mask} }}
+score sc(s, b, h, q, kv) {{ {score} }}
+attention a {{ {fields}}}
+"
+    )
+}
+
+/// Captures for exactly what the program declares.
+pub fn captures(p: &attnc_compiler::ir::Program, shape: &Shape, rng: &mut Rng) -> Captures {
+    let mut c = Captures::default();
+    for param in &p.params {
+        let v = match param.ty {
+            Type::F32 => ParamValue::F32(rng.normal()),
+            _ => ParamValue::I32(range(rng, 0, 40) as i32 - 5),
+        };
+        c.params.insert(param.name.clone(), v);
+    }
+    for t in &p.tensors {
+        let dims: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|d| match d {
+                DimSpec::B => shape.b,
+                DimSpec::H => shape.hq,
+                DimSpec::Q => shape.lq,
+                DimSpec::Kv => shape.lkv,
+                DimSpec::Fixed(n) => *n,
+                other => panic!("unexpected dim {other:?}"),
+            })
+            .collect();
+        let n = dims.iter().product();
+        let tensor = if t.elem.read_type() == Type::F32 {
+            let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            Tensor::from_f32(dims, &data)
+        } else {
+            let data: Vec<i32> = (0..n).map(|_| rng.below(21) as i32 - 10).collect();
+            Tensor::from_i32(dims, &data)
+        };
+        c.tensors.insert(t.name.clone(), tensor);
+    }
+    c
+}
