@@ -60,7 +60,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
-/// Writes tensors to a safetensors file.
+/// Writes tensors to a safetensors file (through [`write_file`]).
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let p = path.display().to_string();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
@@ -78,8 +78,37 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
             Ok((n.clone(), v))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Safetensors {
         path: p,
         message: e.to_string(),
-    })
+    })?;
+    write_file(path, &bytes)
+}
+
+/// Writes `bytes` to `path` the way a shell redirection does: the file is opened for
+/// writing (created with mode 0666 minus the umask, or truncated in place, keeping its
+/// owner and permissions), so a read-only file is refused with the system's error, and a
+/// FIFO or device node (`/dev/null`, `/dev/stdout`) is written through rather than
+/// replaced by a regular file. A directory is refused. Every failure names the path and
+/// the real I/O error.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory",
+        )));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.flush().map_err(io)
 }

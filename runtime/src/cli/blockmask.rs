@@ -117,17 +117,11 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
     out!("{}", blockview::text_picture(m, 64));
     if let Some(path) = &a.png {
         let bytes = blockview::png_bytes(m).map_err(|e| Error::Usage(e.to_string()))?;
-        std::fs::write(path, bytes).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        attnc::io::write_file(path, &bytes)?;
         outln!("wrote {}", path.display());
     }
     if let Some(path) = &a.svg {
-        std::fs::write(path, blockview::svg_string(m)).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        attnc::io::write_file(path, blockview::svg_string(m).as_bytes())?;
         outln!("wrote {}", path.display());
     }
     Ok(())

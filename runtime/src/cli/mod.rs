@@ -3,7 +3,7 @@
 //! In: `std::env::args`. Out: the process exit code.
 
 /// `println!` for command output: a closed pipe (`attnc emit ptx F | head`) ends the
-/// process quietly instead of panicking.
+/// process quietly instead of panicking; any other write error exits 1 (see [`write_out`]).
 macro_rules! outln {
     ($($t:tt)*) => { $crate::cli::write_out(&format!($($t)*), true) };
 }
@@ -466,17 +466,27 @@ fn emit(
     Ok(())
 }
 
+/// Writes command output to stdout and flushes it. A closed pipe (`| head`) ends the
+/// process quietly with status 0; any other write error (`> /dev/full`) is reported on
+/// stderr and exits with status 1, so output is never lost silently.
 pub(crate) fn write_out(text: &str, newline: bool) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let r = stdout.write_all(text.as_bytes()).and_then(|()| {
-        if newline {
-            stdout.write_all(b"\n")
-        } else {
-            Ok(())
+    let r = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush());
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
-    });
-    if r.is_err() {
-        std::process::exit(0);
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
     }
 }

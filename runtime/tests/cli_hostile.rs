@@ -1,0 +1,197 @@
+//! Regression tests for issue 14 (hostile input to the `attnc` tool): where output goes
+//! (`--output` onto special files, permissions, umask, real I/O errors, stdout errors),
+//! sizes that must be refused before allocating, and usage conventions. Each test runs
+//! the built binary the way a user would.
+
+use attnc::io::write_safetensors;
+use attnc::{DType, Shape, synth};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn attnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run attnc")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("attnc-hostile-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small q/k/v input file for `attnc run`.
+fn inputs(dir: &Path) -> PathBuf {
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 4,
+        lkv: 4,
+        d: 8,
+        dv: 8,
+    };
+    let (q, k, v) = synth::qkv(&shape, DType::F32, 1);
+    let mut m = BTreeMap::new();
+    m.insert("q".to_string(), q);
+    m.insert("k".to_string(), k);
+    m.insert("v".to_string(), v);
+    let p = dir.join("in.safetensors");
+    write_safetensors(&p, &m).unwrap();
+    p
+}
+
+fn run_to(input: &Path, output: &str) -> Output {
+    attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--inputs",
+        &input.display().to_string(),
+        "--output",
+        output,
+    ])
+}
+
+#[test]
+fn output_to_dev_null_writes_through() {
+    let dir = tmpdir("devnull");
+    let out = run_to(&inputs(&dir), "/dev/null");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let m = std::fs::metadata("/dev/null").unwrap();
+    assert!(m.file_type().is_char_device(), "/dev/null was replaced");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn output_to_a_fifo_writes_through_it() {
+    let dir = tmpdir("fifo");
+    let input = inputs(&dir);
+    let fifo = dir.join("pipe");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+    };
+    let out = run_to(&input, &fifo.display().to_string());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bytes = reader.join().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors through the fifo");
+    assert!(st.names().iter().any(|n| *n == "o"));
+    let m = std::fs::symlink_metadata(&fifo).unwrap();
+    assert!(m.file_type().is_fifo(), "the fifo was replaced by a regular file");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn output_keeps_permissions_and_respects_umask() {
+    let dir = tmpdir("perm");
+    let input = inputs(&dir);
+    // an existing file keeps its mode
+    let existing = dir.join("existing.safetensors");
+    std::fs::write(&existing, b"old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run_to(&input, &existing.display().to_string());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(std::fs::read(&existing).unwrap().len() > 3, "not rewritten");
+    // a new file gets 0666 minus the umask
+    let new = dir.join("new.safetensors");
+    let cmd = format!(
+        "umask 022; exec '{}' run examples/causal.attn --inputs '{}' --output '{}'",
+        env!("CARGO_BIN_EXE_attnc"),
+        input.display(),
+        new.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &cmd])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mode = std::fs::metadata(&new).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    // a directory is refused, and left alone
+    let out = run_to(&input, &dir.display().to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is a directory"), "{}", text(&out));
+    assert!(dir.is_dir());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn output_write_error_names_the_io_error() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIPPED (no /dev/full)");
+        return;
+    }
+    let dir = tmpdir("full");
+    let out = run_to(&inputs(&dir), "/dev/full");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("/dev/full") && t.contains("No space left"), "{t}");
+    assert!(!t.contains("not a valid safetensors"), "{t}");
+    // unwritable directory / missing parent: the OS error, not a safetensors error
+    let out = run_to(&inputs(&dir), "/no/such/dir/o.safetensors");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("No such file"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn stdout_write_error_exits_nonzero() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIPPED (no /dev/full)");
+        return;
+    }
+    for args in [
+        &["emit", "clif", "examples/causal.attn"][..],
+        &["emit", "ir", "examples/causal.attn"][..],
+        &["check", "examples/causal.attn"][..],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_attnc"))
+            .args(args)
+            .current_dir(root())
+            .stdout(Stdio::from(full))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("No space left"), "{}", text(&out));
+    }
+    // a closed pipe stays quiet and successful
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(["emit", "clif", "examples/causal.attn"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
