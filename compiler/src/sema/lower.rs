@@ -23,6 +23,15 @@ use attnc_grammar::ast::{self, BinOp as AstBin, Expr, ExprKind, Span, UnOp as As
 /// Largest function (in instructions) that inlining may produce.
 pub const MAX_INSTS: usize = 200_000;
 
+/// Deepest chain of nested helper calls (fns, masks, scores) that inlining follows;
+/// deeper chains are rejected (E0115) instead of exhausting the stack.
+pub const MAX_INLINE_DEPTH: usize = 128;
+
+/// Deepest expression nesting the lowering follows, summed over the inlined call chain
+/// (the parser bounds one item's nesting; inlining stacks them). Deeper code is rejected
+/// (E0115); the bound keeps the recursion within a 2 MiB thread stack.
+pub const MAX_NESTING: usize = 1024;
+
 type Typed = Option<(Value, Type)>;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -44,7 +53,12 @@ struct Lowerer<'a, 'i> {
     /// The call, in the item being checked, whose inlining is in progress.
     root_call: Option<Span>,
     ctx: Ctx,
+    /// E0113 or E0115 was reported: stop lowering (every step returns `None`).
     too_large: bool,
+    /// In a const: consts from this slot on are not yet defined (invisible).
+    const_limit: usize,
+    /// Current expression nesting (over inlined bodies too), bounded by [`MAX_NESTING`].
+    nesting: usize,
 }
 
 fn is_int_literal(e: &Expr) -> bool {
@@ -82,6 +96,8 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             root_call: None,
             ctx,
             too_large: false,
+            const_limit: usize::MAX,
+            nesting: 0,
         }
     }
 
@@ -152,7 +168,11 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         }
         let locals = self.scopes.iter().flatten().map(|(n, _, _)| n.as_str());
         let builtin_names = builtins::BUILTINS.iter().map(|b| b.0);
-        for cand in locals.chain(self.items.all_names()).chain(builtin_names) {
+        let visible = |n: &&str| {
+            !matches!(self.items.names.get(n), Some(ItemRef::Const(i)) if *i >= self.const_limit)
+        };
+        let item_names = self.items.all_names().filter(visible);
+        for cand in locals.chain(item_names).chain(builtin_names) {
             let d = edit_distance(name, cand);
             if (1..=2).contains(&d)
                 && d < name.len().max(2)
@@ -188,9 +208,34 @@ impl<'a, 'i> Lowerer<'a, 'i> {
     }
 
     fn expr(&mut self, e: &Expr, expect: Option<Type>) -> Typed {
-        if self.too_large {
+        if self.too_large || !self.enter(e.span) {
             return None;
         }
+        let r = self.expr_inner(e, expect);
+        self.nesting -= 1;
+        r
+    }
+
+    /// Counts one level of expression nesting; past [`MAX_NESTING`] reports E0115 once
+    /// and stops the lowering.
+    fn enter(&mut self, span: Span) -> bool {
+        if self.nesting >= MAX_NESTING {
+            self.too_large = true;
+            let at = self.root_call.unwrap_or(span);
+            let d = Diagnostic::error("E0115", at, "expressions are nested too deeply after inlining")
+                .with_label(format!("more than {MAX_NESTING} nested levels start here"))
+                .with_secondary(span, "too deep here")
+                .with_hint(format!(
+                    "functions, masks and scores are inlined; their nesting adds up, and the limit is {MAX_NESTING} levels"
+                ));
+            self.diags.push(d);
+            return false;
+        }
+        self.nesting += 1;
+        true
+    }
+
+    fn expr_inner(&mut self, e: &Expr, expect: Option<Type>) -> Typed {
         let span = e.span;
         match &e.kind {
             ExprKind::Int(n) => {
@@ -233,6 +278,8 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             return Some(x);
         }
         match self.items.names.get(name).copied() {
+            // a const at or after the one being evaluated is not defined yet
+            Some(ItemRef::Const(i)) if i >= self.const_limit => self.unknown_name(name, span),
             Some(ItemRef::Const(i)) => {
                 let (_, value, ty, _) = &self.items.consts[i];
                 let (value, ty) = (*value, *ty);
@@ -298,19 +345,22 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 );
                 None
             }
-            None => {
-                let mut d =
-                    Diagnostic::error("E0101", span, format!("cannot find `{name}` in this scope"))
-                        .with_label("not found");
-                if let Some(s) = self.suggest(name) {
-                    d = d.with_hint(format!("a name with a similar spelling exists: `{s}`"));
-                } else if matches!(name, "B" | "H" | "Q" | "KV") {
-                    d = d.with_hint("B, H, Q and KV name tensor dimensions; inside a mask or score use its parameters");
-                }
-                self.error(d);
-                None
-            }
+            None => self.unknown_name(name, span),
         }
+    }
+
+    fn unknown_name(&mut self, name: &str, span: Span) -> Typed {
+        let mut d = Diagnostic::error("E0101", span, format!("cannot find `{name}` in this scope"))
+            .with_label("not found");
+        if let Some(s) = self.suggest(name) {
+            d = d.with_hint(format!("a name with a similar spelling exists: `{s}`"));
+        } else if matches!(name, "B" | "H" | "Q" | "KV") {
+            d = d.with_hint(
+                "B, H, Q and KV name tensor dimensions; inside a mask or score use its parameters",
+            );
+        }
+        self.error(d);
+        None
     }
 
     fn unary(&mut self, op: AstUn, inner: &Expr, span: Span, expect: Option<Type>) -> Typed {
@@ -731,6 +781,38 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         vals: Vec<(String, Value, Type)>,
         body: impl FnOnce(&mut Self) -> Option<T>,
     ) -> Option<T> {
+        if self.too_large {
+            return None;
+        }
+        let known = self.items.gave_up.borrow().get(name).copied();
+        if let Some(code) = known {
+            // the callee alone already passed a limit: say so without inlining it again
+            self.too_large = true;
+            let at = self.root_call.unwrap_or(call);
+            let d = if code == "E0113" {
+                Diagnostic::error("E0113", at, "this code is too large after inlining helper functions")
+                    .with_hint(format!("the limit is {MAX_INSTS} IR instructions"))
+            } else {
+                Diagnostic::error("E0115", at, "helper calls are nested too deeply")
+                    .with_hint(format!("the limit is {MAX_INLINE_DEPTH} nested calls"))
+            }
+            .with_label(format!("inlines `{name}`, which is already over the limit"))
+            .with_secondary(decl, "reported here");
+            self.diags.push(d);
+            return None;
+        }
+        if self.stack.len() >= MAX_INLINE_DEPTH {
+            self.too_large = true;
+            let at = self.root_call.unwrap_or(call);
+            let d = Diagnostic::error("E0115", at, "helper calls are nested too deeply")
+                .with_label(format!("more than {MAX_INLINE_DEPTH} nested calls start here"))
+                .with_secondary(call, format!("call number {} in the chain", MAX_INLINE_DEPTH + 1))
+                .with_hint(format!(
+                    "functions, masks and scores are inlined; the limit is {MAX_INLINE_DEPTH} nested calls"
+                ));
+            self.diags.push(d);
+            return None;
+        }
         if let Some(pos) = self.stack.iter().position(|(n, _)| n == name) {
             let mut chain: Vec<&str> = self.stack[pos..].iter().map(|(n, _)| n.as_str()).collect();
             chain.push(name);
@@ -818,6 +900,15 @@ impl<'a, 'i> Lowerer<'a, 'i> {
     /// A mask composition: names of masks combined with `& | ! && ||`; `args` are the
     /// values of (b, h, q, kv).
     fn compose(&mut self, e: &Expr, args: &[Value]) -> Option<Value> {
+        if self.too_large || !self.enter(e.span) {
+            return None;
+        }
+        let r = self.compose_inner(e, args);
+        self.nesting -= 1;
+        r
+    }
+
+    fn compose_inner(&mut self, e: &Expr, args: &[Value]) -> Option<Value> {
         match &e.kind {
             ExprKind::Name(n) => match self.items.names.get(n.as_str()).copied() {
                 Some(ItemRef::Mask(m)) => self.inline_mask(m, e.span, args.to_vec()),
@@ -1270,25 +1361,9 @@ pub(crate) fn eval_const(
             return None;
         }
     };
-    // consts at or after this one are not yet evaluated: hide them
-    let mut visible = Items {
-        names: items.names.clone(),
-        consts: items.consts.clone(),
-        params: items.params.clone(),
-        tensors: items.tensors.clone(),
-    };
-    let mut later = Vec::new();
-    for (name, r) in items.names.iter() {
-        if let ItemRef::Const(i) = r
-            && *i >= index
-        {
-            later.push(*name);
-        }
-    }
-    for n in &later {
-        visible.names.remove(n);
-    }
-    let mut lw = Lowerer::new(&visible, FnKind::Score, Ctx::Const, diags);
+    let mut lw = Lowerer::new(items, FnKind::Score, Ctx::Const, diags);
+    // consts at or after this one are not yet evaluated: hidden
+    lw.const_limit = index;
     let (v, t) = lw.expr(&c.value, Some(want))?;
     if t != want {
         lw.mismatch(

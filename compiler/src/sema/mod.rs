@@ -94,6 +94,9 @@ pub(crate) struct Items<'a> {
     pub consts: Vec<(String, Option<Scalar>, Type, Span)>,
     pub params: Vec<ParamInfo>,
     pub tensors: Vec<TensorInfo>,
+    /// Helpers whose own check passed a size or depth limit (E0113, E0115), with that
+    /// code: callers report it at their call instead of inlining them again.
+    pub gave_up: std::cell::RefCell<HashMap<String, &'static str>>,
 }
 
 impl<'a> Items<'a> {
@@ -142,6 +145,7 @@ fn check_file(file: &ast::File, diags: &mut Vec<Diagnostic>) -> Vec<Program> {
         consts: Vec::new(),
         params: Vec::new(),
         tensors: Vec::new(),
+        gave_up: Default::default(),
     };
     let mut first_span: HashMap<&str, Span> = HashMap::new();
     // 1. collect names, params and tensor declarations
@@ -248,11 +252,19 @@ fn check_file(file: &ast::File, diags: &mut Vec<Diagnostic>) -> Vec<Program> {
     }
     // 4. check every fn, mask and score on its own
     for item in &file.items {
+        let before = diags.len();
         match item {
             ast::Item::Fn(f) => lower::check_fn(f, &items, diags),
             ast::Item::Mask(m) => lower::check_mask(m, &items, diags),
             ast::Item::Score(s) => lower::check_score(s, &items, diags),
-            _ => {}
+            _ => continue,
+        }
+        if let Some(d) = diags[before..]
+            .iter()
+            .find(|d| matches!(d.code, "E0113" | "E0115"))
+        {
+            let name = item.name().name.clone();
+            items.gave_up.borrow_mut().insert(name, d.code);
         }
     }
     // 5. attentions: check fields
