@@ -6,11 +6,13 @@
 pub mod analysis;
 pub mod backend;
 pub mod diag;
+pub mod dual;
 pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod passes;
 pub mod reference;
+pub mod reference_grad;
 pub mod sema;
 pub mod shape;
 

@@ -9,6 +9,11 @@
 //! that hit the same element), ∂/∂(each f32 param) — is compared with a central
 //! difference of the forward score in f32 with step `H·max(1, |x|)`.
 //!
+//! Each derivative is also compared with the forward-mode dual numbers of
+//! `attnc_compiler::dual` (the reference gradients' source, written independently):
+//! within 1e-3·(1 + |x|), on the same elements (reads the pass has no partial for have a
+//! zero dual partial).
+//!
 //! Non-differentiable points: when the one-sided differences disagree (a kink or a jump
 //! within the step: `abs`, `min`, `floor`, a branch flipping) or a value is not finite,
 //! the point is skipped for that input; each test asserts that most points were checked,
@@ -16,6 +21,7 @@
 //! Tolerance: |analytic − FD| <= 2e-2·(1 + |FD|) (f32 forward, step 4e-3).
 
 use attnc::{Captures, Shape, synth};
+use attnc_compiler::dual::eval_dual;
 use attnc_compiler::grad::{ScoreGrad, differentiate};
 use attnc_compiler::interp::{Args, Bindings, TensorData, eval};
 use attnc_compiler::ir::{Program, Scalar};
@@ -76,6 +82,17 @@ fn check(what: &str, analytic: f32, fd: Option<f32>, counts: &mut Counts, ctx: &
     );
 }
 
+/// The pass (f32 reverse mode) against the dual numbers (f64 tangents, same f32 primal).
+fn agree(what: &str, pass: f32, dual: f64, ctx: &str) {
+    if !pass.is_finite() || !dual.is_finite() {
+        return;
+    }
+    assert!(
+        (pass as f64 - dual).abs() <= 1e-3 * (1.0 + dual.abs()),
+        "{what}: pass {pass}, dual numbers {dual}\n{ctx}"
+    );
+}
+
 fn flat_index(bind: &Bindings, t: usize, idx: &[i32]) -> usize {
     let dims = &bind.tensors[t].dims;
     idx.iter()
@@ -115,8 +132,15 @@ fn check_program(p: &Program, shape: &Shape, bind: &Bindings, seed: u64, ctx: &s
             got.to_bits() == fwd.to_bits() || (got.is_nan() && fwd.is_nan()),
             "score {got} differs from the forward score {fwd}\n{ctx}"
         );
+        // the dual-number evaluator (the reference gradients' source) agrees closely
+        let dual = eval_dual(p.score.as_ref().unwrap(), p, args, bind).unwrap();
+        let mut dual_elems: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+        for r in &dual.reads {
+            *dual_elems.entry((r.tensor.0 as usize, r.flat)).or_default() += r.partial;
+        }
         // d/ds
         let d_s = out[g.d_s.index()].as_f32();
+        agree("d/ds", d_s, dual.d_s, &ctx);
         let fd = central(args.s, &mut |s| score_at(p, Args { s, ..args }, bind));
         check("d/ds", d_s, fd, &mut counts, &ctx);
         // reads: partials summed per element
@@ -130,7 +154,15 @@ fn check_program(p: &Program, shape: &Shape, bind: &Bindings, seed: u64, ctx: &s
             *per_elem.entry((t, flat_index(bind, t, &idx))).or_default() +=
                 out[r.partial.index()].as_f32();
         }
+        for (key, x) in &dual_elems {
+            if !per_elem.contains_key(key) {
+                agree("d/d read the pass has no partial for", 0.0, *x, &ctx);
+            }
+        }
         for ((t, i), partial) in per_elem {
+            let x = dual_elems.get(&(t, i)).copied();
+            let x = x.unwrap_or_else(|| panic!("the dual numbers did not read {t}/{i}\n{ctx}"));
+            agree("d/d read", partial, x, &ctx);
             let TensorData::F32(data) = &bind.tensors[t].data else {
                 panic!("gradient of an integer tensor\n{ctx}");
             };
@@ -181,6 +213,12 @@ fn check_program(p: &Program, shape: &Shape, bind: &Bindings, seed: u64, ctx: &s
                 .iter()
                 .find(|q| q.param.0 as usize == id)
                 .map_or(0.0, |q| out[q.partial.index()].as_f32());
+            let dual_p = dual
+                .params
+                .iter()
+                .find(|(q, _)| q.0 as usize == id)
+                .map_or(0.0, |x| x.1);
+            agree("d/d param", partial, dual_p, &ctx);
             let fd = central(x, &mut |y| {
                 let mut b2 = bind.clone();
                 b2.params[id] = Scalar::F32(y);
