@@ -221,6 +221,7 @@ impl Variant {
             variant: self.clone(),
             opts,
             kernel,
+            decode: None,
         })
     }
 
@@ -246,6 +247,8 @@ pub struct Bound {
     variant: Variant,
     opts: BindOptions,
     kernel: crate::launch::Kernel,
+    /// What `forward_with_cache` keeps (built at its first call).
+    decode: Option<crate::decode::DecodeState>,
 }
 
 impl Bound {
@@ -254,6 +257,9 @@ impl Bound {
     }
     pub fn variant(&self) -> &Variant {
         &self.variant
+    }
+    pub(crate) fn decode_state(&mut self) -> &mut Option<crate::decode::DecodeState> {
+        &mut self.decode
     }
     pub fn scale(&self) -> f32 {
         self.opts

@@ -63,6 +63,14 @@ pub enum Error {
     Safetensors { path: String, message: String },
     #[error("{0}")]
     Usage(String),
+    /// A KV-cache input of `forward_with_cache` that does not fit (shape, dtype, page
+    /// size, `seq_lens`, page ids); `tensor` names it.
+    #[error("error[{code}]: {message}")]
+    Cache {
+        code: &'static str,
+        tensor: String,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

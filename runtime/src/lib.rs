@@ -9,6 +9,7 @@ pub mod bench;
 pub mod blockview;
 pub mod cache;
 pub mod cuda;
+pub mod decode;
 pub mod error;
 pub mod io;
 mod launch;
@@ -17,6 +18,7 @@ pub mod tensor;
 
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;
+pub use decode::KvCache;
 pub use error::{Error, Result};
 pub use launch::{cuda_device_info, wait_for_background_jit};
 pub use tensor::{DType, Tensor};

@@ -14,6 +14,7 @@ macro_rules! out {
 
 mod bench;
 mod blockmask;
+mod decode;
 mod demo;
 mod run;
 
@@ -116,6 +117,9 @@ enum Command {
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
+        /// Attend against a KV cache: reads q, k_cache, v_cache, seq_lens (+ page_table when paged)
+        #[arg(long, value_enum)]
+        kv_cache: Option<decode::KvCacheArg>,
     },
     /// Show the block structure of an attention's mask (derived by analysis) as text and pictures
     Blockmask {
@@ -183,6 +187,23 @@ enum Command {
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
+        /// Decoding against a KV cache over issue 12's shapes (or --decode-shape), D = --d
+        #[arg(long)]
+        decode: bool,
+        /// --decode: cache layouts to run
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "contiguous,paged"
+        )]
+        kv_cache: Vec<decode::KvCacheArg>,
+        /// --decode: page sizes of the paged layout
+        #[arg(long, value_delimiter = ',', default_value = "16,128")]
+        page_size: Vec<usize>,
+        /// --decode: a shape B,HQ,HKV,LQ,LKV (repeatable; default: issue 12's list)
+        #[arg(long = "decode-shape", value_parser = decode::parse_shape)]
+        decode_shapes: Vec<decode::DecodeShapeArg>,
     },
     /// Print the GPU the cuda backend would use (exit 1 when there is none)
     CudaInfo,
@@ -261,18 +282,25 @@ pub fn main() -> i32 {
             checked,
             threads,
             jit_tiers,
-        } => run::run(&run::RunArgs {
-            file,
-            attention,
-            inputs,
-            output,
-            backend,
-            scale,
-            params,
-            checked,
-            threads,
-            jit_tiers,
-        }),
+            kv_cache,
+        } => {
+            let args = run::RunArgs {
+                file,
+                attention,
+                inputs,
+                output,
+                backend,
+                scale,
+                params,
+                checked,
+                threads,
+                jit_tiers,
+            };
+            match kv_cache {
+                Some(layout) => decode::run(&args, layout),
+                None => run::run(&args),
+            }
+        }
         Command::Demo { dir, backends, d } => demo::demo(&dir, &backends, d),
         Command::CudaInfo => attnc::cuda_device_info().map(|s| outln!("{s}")),
         Command::Blockmask {
@@ -318,6 +346,43 @@ pub fn main() -> i32 {
             params,
             docs,
             jit_tiers,
+            decode,
+            kv_cache,
+            page_size,
+            decode_shapes,
+        } if decode => decode::bench(&decode::BenchArgs {
+            file: &file,
+            attention: attention.as_deref(),
+            backend: backend.backend(),
+            shapes: decode_shapes,
+            layouts: kv_cache,
+            page_sizes: page_size,
+            d,
+            dtype: &dtype,
+            threads,
+            iters,
+            params: &params,
+        })
+        .map(|_| {
+            let _ = (b, h, hkv, lq, lkv, docs, jit_tiers);
+        }),
+        Command::Bench {
+            file,
+            attention,
+            backend,
+            b,
+            h,
+            hkv,
+            lq,
+            lkv,
+            d,
+            dtype,
+            threads,
+            iters,
+            params,
+            docs,
+            jit_tiers,
+            ..
         } => {
             let shape = attnc::Shape {
                 b,

@@ -1,0 +1,683 @@
+//! Decoding against a KV cache: logical positions, the two cache layouts, and the f64
+//! oracle of attention over a cache.
+//!
+//! In: a [`DecodeShape`] (B, heads, Lq new rows, head dims, [`CacheLayout`]), f32 views of
+//! the caches, the page table and `seq_lens`. Out: validation ([`CacheError`], naming the
+//! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]), the position-offset
+//! form of a program ([`offset_program`], used by backends that run the prefill kernel on
+//! a gathered slice) and the oracle ([`reference`]).
+//!
+//! Semantics (issue 12): positions are *logical*. Sequence `b` holds `seq_lens[b]` tokens
+//! at positions `0..seq_lens[b]`; its `Lq` new query rows are its last `Lq` tokens, row
+//! `i` at position `seq_lens[b] - Lq + i`. The mask and score see `q` = that position and
+//! `kv` = the key's position, so a mask written for prefill (causal, windows, documents
+//! over positions) means the same thing for decoding. Keys at positions `>= seq_lens[b]`
+//! do not exist: never attended, never read. A row whose position would be negative
+//! (`seq_lens[b] < Lq`, including `seq_lens[b] = 0`) is not a token of the sequence: it
+//! gives `O = 0`, `LSE = -inf` and its mask/score are never evaluated, exactly like a
+//! fully masked row.
+//!
+//! Layouts (row-major): contiguous `K[B, Hkv, Lkv_max, D]`, `V[B, Hkv, Lkv_max, Dv]`;
+//! paged `K[num_pages, page_size, Hkv, D]`, `V[num_pages, page_size, Hkv, Dv]` with
+//! `page_table: i32[B, max_pages]` (logical page `p` of sequence `b` is physical page
+//! `page_table[b, p]`) — the vLLM/FlashInfer layout. Page sizes are powers of two in
+//! 16..=256. `seq_lens: i32[B]`, each in `0..=capacity` (`Lkv_max`, or
+//! `max_pages * page_size`). Captured tensors whose dims are named `Q` or `KV` are indexed
+//! by positions, so both have the capacity as their size. `Q[B, Hq, Lq, D]`, `O[B, Hq, Lq,
+//! Dv]` and `LSE[B, Hq, Lq]` as in [`crate::shape`].
+//!
+//! Page ids: checked mode reports the first page id outside `0..num_pages` among the
+//! pages a sequence uses; fast mode clamps it into range (never reads outside the cache).
+
+use crate::interp::{Bindings, EvalError};
+use crate::ir::{Arg, BinOp, DimSpec, Function, Inst, ParamInfo, Program, Scalar, Type, Value};
+use crate::reference::{self, Output};
+use crate::shape::{Shape, ShapeError};
+
+/// Smallest and largest page size of a paged cache.
+pub const MIN_PAGE: usize = 16;
+pub const MAX_PAGE: usize = 256;
+
+/// Where a sequence's keys and values live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheLayout {
+    /// `[B, Hkv, lkv_max, D]`: sequence `b`'s position `j` is row `j` of its slice.
+    Contiguous { lkv_max: usize },
+    /// `[num_pages, page_size, Hkv, D]` through `page_table: i32[B, max_pages]`.
+    Paged {
+        num_pages: usize,
+        page_size: usize,
+        max_pages: usize,
+    },
+}
+
+impl CacheLayout {
+    /// The most positions a sequence can hold.
+    pub fn capacity(&self) -> usize {
+        match *self {
+            CacheLayout::Contiguous { lkv_max } => lkv_max,
+            CacheLayout::Paged {
+                page_size,
+                max_pages,
+                ..
+            } => page_size * max_pages,
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            CacheLayout::Contiguous { .. } => "contiguous",
+            CacheLayout::Paged { .. } => "paged",
+        }
+    }
+}
+
+/// The shape of one decoding call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecodeShape {
+    pub b: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    /// New query rows per sequence.
+    pub lq: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub layout: CacheLayout,
+}
+
+/// A cache that does not fit its shape, or lengths/page ids out of range. `tensor` names
+/// the offending input (`k_cache`, `v_cache`, `page_table`, `seq_lens`, `q`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("`{tensor}`: {message}")]
+    Shape {
+        tensor: &'static str,
+        message: String,
+    },
+    #[error("`seq_lens[{b}]` = {len} is outside 0..={capacity} (the {layout} cache's capacity)")]
+    SeqLen {
+        b: usize,
+        len: i64,
+        capacity: usize,
+        layout: &'static str,
+    },
+    #[error(
+        "`page_table[{b}, {page}]` = {id} is not a page of the cache (0..{num_pages}); sequence {b} reads it"
+    )]
+    PageId {
+        b: usize,
+        page: usize,
+        id: i64,
+        num_pages: usize,
+    },
+}
+
+impl CacheError {
+    /// The input tensor the error is about.
+    pub fn tensor(&self) -> &'static str {
+        match self {
+            CacheError::Shape { tensor, .. } => tensor,
+            CacheError::SeqLen { .. } => "seq_lens",
+            CacheError::PageId { .. } => "page_table",
+        }
+    }
+}
+
+/// f32 views of a call's inputs (what the oracle and the CPU path read).
+#[derive(Clone, Copy, Debug)]
+pub struct KvView<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// `[B, max_pages]`; empty for a contiguous cache.
+    pub page_table: &'a [i32],
+    pub seq_lens: &'a [i32],
+}
+
+impl DecodeShape {
+    pub fn capacity(&self) -> usize {
+        self.layout.capacity()
+    }
+    /// The shape the program is checked against: `Lq` and `Lkv` are both the capacity,
+    /// since `q` and `kv` are positions in the same sequence.
+    pub fn logical(&self) -> Shape {
+        Shape {
+            b: self.b,
+            hq: self.hq,
+            hkv: self.hkv,
+            lq: self.capacity(),
+            lkv: self.capacity(),
+            d: self.d,
+            dv: self.dv,
+        }
+    }
+    pub fn q_dims(&self) -> [usize; 4] {
+        [self.b, self.hq, self.lq, self.d]
+    }
+    /// Expected dims of `k_cache` (`v == false`) or `v_cache`.
+    pub fn cache_dims(&self, v: bool) -> [usize; 4] {
+        let d = if v { self.dv } else { self.d };
+        match self.layout {
+            CacheLayout::Contiguous { lkv_max } => [self.b, self.hkv, lkv_max, d],
+            CacheLayout::Paged {
+                num_pages,
+                page_size,
+                ..
+            } => [num_pages, page_size, self.hkv, d],
+        }
+    }
+    /// Expected dims of `page_table` (`None` for a contiguous cache).
+    pub fn page_table_dims(&self) -> Option<[usize; 2]> {
+        match self.layout {
+            CacheLayout::Contiguous { .. } => None,
+            CacheLayout::Paged { max_pages, .. } => Some([self.b, max_pages]),
+        }
+    }
+    pub fn o_len(&self) -> usize {
+        self.b * self.hq * self.lq * self.dv
+    }
+    pub fn lse_len(&self) -> usize {
+        self.b * self.hq * self.lq
+    }
+
+    /// Checks the shape itself: heads, dims, page size, and that every length fits i32.
+    pub fn validate(&self) -> Result<(), CacheError> {
+        let shape_err = |e: ShapeError| CacheError::Shape {
+            tensor: "q",
+            message: e.to_string(),
+        };
+        self.logical().validate().map_err(shape_err)?;
+        if self.lq == 0 {
+            return Err(CacheError::Shape {
+                tensor: "q",
+                message: "needs at least one query row (Lq >= 1)".into(),
+            });
+        }
+        if let CacheLayout::Paged {
+            page_size,
+            num_pages,
+            max_pages,
+        } = self.layout
+        {
+            if !page_size.is_power_of_two() || !(MIN_PAGE..=MAX_PAGE).contains(&page_size) {
+                return Err(CacheError::Shape {
+                    tensor: "k_cache",
+                    message: format!(
+                        "page size (dimension 1) is {page_size}; it must be a power of two in {MIN_PAGE}..={MAX_PAGE}"
+                    ),
+                });
+            }
+            let cap = page_size.checked_mul(max_pages);
+            if cap.is_none_or(|c| c > i32::MAX as usize) || num_pages > i32::MAX as usize {
+                return Err(CacheError::Shape {
+                    tensor: "page_table",
+                    message: format!(
+                        "{max_pages} pages of {page_size} positions per sequence exceed the i32 positions"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a call's inputs: lengths of every view, `seq_lens` in range, and (checked
+    /// mode) the page ids each sequence reads.
+    pub fn check(&self, view: &KvView, q_len: usize, checked: bool) -> Result<(), CacheError> {
+        self.validate()?;
+        let numel = |d: &[usize]| d.iter().product::<usize>();
+        for (tensor, want, got) in [
+            ("q", numel(&self.q_dims()), q_len),
+            ("k_cache", numel(&self.cache_dims(false)), view.k.len()),
+            ("v_cache", numel(&self.cache_dims(true)), view.v.len()),
+            (
+                "page_table",
+                self.page_table_dims().map_or(0, |d| numel(&d)),
+                view.page_table.len(),
+            ),
+            ("seq_lens", self.b, view.seq_lens.len()),
+        ] {
+            if want != got {
+                return Err(CacheError::Shape {
+                    tensor,
+                    message: format!("{got} elements, expected {want}"),
+                });
+            }
+        }
+        let cap = self.capacity();
+        for (b, &n) in view.seq_lens.iter().enumerate() {
+            if n < 0 || n as usize > cap {
+                return Err(CacheError::SeqLen {
+                    b,
+                    len: n as i64,
+                    capacity: cap,
+                    layout: self.layout.name(),
+                });
+            }
+        }
+        if let CacheLayout::Paged {
+            num_pages,
+            page_size,
+            max_pages,
+        } = self.layout
+        {
+            for (b, &n) in view.seq_lens.iter().enumerate() {
+                let used = (n as usize).div_ceil(page_size);
+                if used > 0 && num_pages == 0 {
+                    return Err(CacheError::Shape {
+                        tensor: "k_cache",
+                        message: format!("has no pages, but sequence {b} holds {n} tokens"),
+                    });
+                }
+                if !checked {
+                    continue;
+                }
+                for page in 0..used {
+                    let id = view.page_table[b * max_pages + page];
+                    if id < 0 || id as usize >= num_pages {
+                        return Err(CacheError::PageId {
+                            b,
+                            page,
+                            id: id as i64,
+                            num_pages,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The physical page of logical page `page` of sequence `b`; clamped into range (the
+    /// fast mode's rule; checked mode has rejected bad ids in [`Self::check`]).
+    pub fn physical_page(&self, page_table: &[i32], b: usize, page: usize) -> usize {
+        match self.layout {
+            CacheLayout::Contiguous { .. } => 0,
+            CacheLayout::Paged {
+                num_pages,
+                max_pages,
+                ..
+            } => page_table[b * max_pages + page].clamp(0, num_pages.max(1) as i32 - 1) as usize,
+        }
+    }
+
+    /// Element offset of `(b, kv head hk, position pos, 0)` in a cache with head dim `d`.
+    pub fn row_offset(
+        &self,
+        page_table: &[i32],
+        b: usize,
+        hk: usize,
+        pos: usize,
+        d: usize,
+    ) -> usize {
+        match self.layout {
+            CacheLayout::Contiguous { lkv_max } => ((b * self.hkv + hk) * lkv_max + pos) * d,
+            CacheLayout::Paged { page_size, .. } => {
+                let page = self.physical_page(page_table, b, pos / page_size);
+                ((page * page_size + pos % page_size) * self.hkv + hk) * d
+            }
+        }
+    }
+
+    /// Copies positions `start..end` of sequence `b` into `k_out[Hkv, end - start, D]` and
+    /// `v_out[Hkv, end - start, Dv]` (resized). The caller has checked the view.
+    pub fn gather(
+        &self,
+        view: &KvView,
+        b: usize,
+        start: usize,
+        end: usize,
+        k_out: &mut Vec<f32>,
+        v_out: &mut Vec<f32>,
+    ) {
+        let n = end - start;
+        k_out.resize(self.hkv * n * self.d, 0.0);
+        v_out.resize(self.hkv * n * self.dv, 0.0);
+        for hk in 0..self.hkv {
+            for (j, pos) in (start..end).enumerate() {
+                let ko = self.row_offset(view.page_table, b, hk, pos, self.d);
+                let vo = self.row_offset(view.page_table, b, hk, pos, self.dv);
+                k_out[(hk * n + j) * self.d..][..self.d].copy_from_slice(&view.k[ko..][..self.d]);
+                v_out[(hk * n + j) * self.dv..][..self.dv]
+                    .copy_from_slice(&view.v[vo..][..self.dv]);
+            }
+        }
+    }
+}
+
+/// The rows of sequence `b` that exist: `(first row, its position)`. Rows `first..Lq`
+/// sit at positions `pos..seq_len`; rows before `first` do not exist (O = 0, LSE = -inf).
+pub fn live_rows(lq: usize, seq_len: usize) -> (usize, usize) {
+    let rows = lq.min(seq_len);
+    (lq - rows, seq_len - rows)
+}
+
+/// Names of the params [`offset_program`] appends: added to `b`, `q` and `kv`.
+pub const OFFSET_PARAMS: [&str; 3] = ["__b0", "__q0", "__kv0"];
+
+/// `p` with `b`, `q` and `kv` replaced by `b + __b0`, `q + __q0` and `kv + __kv0` (three
+/// i32 params appended after the program's own), and captured-tensor dims named `B`,
+/// `Q` or `KV` turned into symbols (`Q` and `KV` share one: both are positions). Running
+/// the result on one sequence's gathered slice `start..end` with `__b0 = b`, `__q0` = the
+/// first row's position and `__kv0 = start` evaluates the mask and score at logical
+/// positions (with i32 wrapping arithmetic, as the original would at those positions).
+pub fn offset_program(p: &Program) -> Program {
+    let mut out = p.clone();
+    let base = p.params.len() as u32;
+    for name in OFFSET_PARAMS {
+        out.params.push(ParamInfo {
+            name: name.into(),
+            ty: Type::I32,
+            span: p.span,
+        });
+    }
+    for t in &mut out.tensors {
+        for d in &mut t.dims {
+            match d {
+                DimSpec::B => *d = DimSpec::Symbol("__B".into()),
+                DimSpec::Q | DimSpec::Kv => *d = DimSpec::Symbol("__positions".into()),
+                _ => {}
+            }
+        }
+    }
+    let shift = |f: &Function| -> Function {
+        let mut g = Function::new(f.kind);
+        let mut map: Vec<Value> = Vec::with_capacity(f.len());
+        let remap = |m: &[Value], v: Value| m[v.index()];
+        for (i, inst) in f.insts.iter().enumerate() {
+            let (ty, span) = (f.types[i], f.spans[i]);
+            let new = match inst {
+                Inst::Arg(a @ (Arg::B | Arg::Q | Arg::Kv)) => {
+                    let which = match a {
+                        Arg::B => 0,
+                        Arg::Q => 1,
+                        _ => 2,
+                    };
+                    let x = g.push(Inst::Arg(*a), Type::I32, span);
+                    let off = g.push(
+                        Inst::Param(crate::ir::ParamId(base + which)),
+                        Type::I32,
+                        span,
+                    );
+                    g.push(Inst::Binary(BinOp::IAdd, x, off), Type::I32, span)
+                }
+                Inst::Unary(op, a) => g.push(Inst::Unary(*op, remap(&map, *a)), ty, span),
+                Inst::Binary(op, a, b) => g.push(
+                    Inst::Binary(*op, remap(&map, *a), remap(&map, *b)),
+                    ty,
+                    span,
+                ),
+                Inst::Select(c, a, b) => g.push(
+                    Inst::Select(remap(&map, *c), remap(&map, *a), remap(&map, *b)),
+                    ty,
+                    span,
+                ),
+                Inst::Load {
+                    tensor,
+                    indices,
+                    guard,
+                } => g.push(
+                    Inst::Load {
+                        tensor: *tensor,
+                        indices: indices.iter().map(|v| remap(&map, *v)).collect(),
+                        guard: remap(&map, *guard),
+                    },
+                    ty,
+                    span,
+                ),
+                other => g.push(other.clone(), ty, span),
+            };
+            map.push(new);
+        }
+        g.ret = map[f.ret.index()];
+        g
+    };
+    out.mask = p.mask.as_ref().map(shift);
+    out.score = p.score.as_ref().map(shift);
+    out
+}
+
+/// `bind` (for the original program) with the three offset params of [`offset_program`].
+pub fn offset_bindings(bind: &Bindings, b0: usize, q0: usize, kv0: usize) -> Bindings {
+    let mut out = bind.clone();
+    set_offsets(&mut out, bind.params.len(), b0, q0, kv0);
+    out
+}
+
+/// Sets (or appends) the offset params at `base..base + 3` of `bind.params`.
+pub fn set_offsets(bind: &mut Bindings, base: usize, b0: usize, q0: usize, kv0: usize) {
+    bind.params.truncate(base);
+    bind.params
+        .extend([b0, q0, kv0].map(|x| Scalar::I32(x as i32)));
+}
+
+/// The oracle over a cache: for each sequence, its logical K/V are gathered (through
+/// the page table) and [`reference::attention`] runs on its live rows with the position
+/// offsets. Rows that do not exist give O = 0 and LSE = -inf. The caller has checked
+/// the view ([`DecodeShape::check`]); `bind` is for `p` itself.
+pub fn reference(
+    p: &Program,
+    shape: &DecodeShape,
+    q: &[f32],
+    view: &KvView,
+    scale: f32,
+    bind: &Bindings,
+) -> Result<Output, EvalError> {
+    let shifted = offset_program(p);
+    let mut o = vec![0f32; shape.o_len()];
+    let mut lse = vec![f32::NEG_INFINITY; shape.lse_len()];
+    let (mut kb, mut vb, mut qb) = (Vec::new(), Vec::new(), Vec::new());
+    for b in 0..shape.b {
+        let n = view.seq_lens[b] as usize;
+        let (first, pos) = live_rows(shape.lq, n);
+        let rows = shape.lq - first;
+        if rows == 0 {
+            continue;
+        }
+        shape.gather(view, b, 0, n, &mut kb, &mut vb);
+        gather_rows(shape, q, b, first, &mut qb);
+        let one = Shape {
+            b: 1,
+            hq: shape.hq,
+            hkv: shape.hkv,
+            lq: rows,
+            lkv: n,
+            d: shape.d,
+            dv: shape.dv,
+        };
+        let out = reference::attention(
+            &shifted,
+            &one,
+            &qb,
+            &kb,
+            &vb,
+            scale,
+            &offset_bindings(bind, b, pos, 0),
+        )?;
+        scatter_rows(shape, b, first, &out.o, &out.lse, &mut o, &mut lse);
+    }
+    Ok(Output { o, lse })
+}
+
+/// Rows `first..Lq` of every head of sequence `b` of `q`, as `[1, Hq, Lq - first, D]`.
+pub fn gather_rows(shape: &DecodeShape, q: &[f32], b: usize, first: usize, out: &mut Vec<f32>) {
+    let (lq, d) = (shape.lq, shape.d);
+    let rows = lq - first;
+    out.clear();
+    for h in 0..shape.hq {
+        let at = ((b * shape.hq + h) * lq + first) * d;
+        out.extend_from_slice(&q[at..at + rows * d]);
+    }
+}
+
+/// Writes `[1, Hq, Lq - first, Dv]` / `[1, Hq, Lq - first]` results into rows
+/// `first..Lq` of sequence `b` of the full `o` / `lse`.
+pub fn scatter_rows(
+    shape: &DecodeShape,
+    b: usize,
+    first: usize,
+    o_part: &[f32],
+    lse_part: &[f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (lq, dv) = (shape.lq, shape.dv);
+    let rows = lq - first;
+    for h in 0..shape.hq {
+        let row0 = (b * shape.hq + h) * lq + first;
+        o[row0 * dv..(row0 + rows) * dv].copy_from_slice(&o_part[h * rows * dv..][..rows * dv]);
+        lse[row0..row0 + rows].copy_from_slice(&lse_part[h * rows..][..rows]);
+    }
+}
+
+/// Merges partial results of disjoint key ranges exactly: `parts` are `(o, lse)` of one
+/// row over each range (o normalized within its range; `lse = -inf` for an empty one).
+/// Returns the row's O (into `o`) and LSE: `LSE = log Σ exp(lse_i)`, `O = Σ exp(lse_i -
+/// LSE) o_i`; every part empty gives O = 0, LSE = -inf.
+pub fn combine<'a>(parts: impl Iterator<Item = (&'a [f32], f32)> + Clone, o: &mut [f32]) -> f32 {
+    let max = parts
+        .clone()
+        .map(|(_, l)| l)
+        .fold(f32::NEG_INFINITY, f32::max);
+    o.iter_mut().for_each(|x| *x = 0.0);
+    if max == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let mut sum = 0f32;
+    for (po, l) in parts.clone() {
+        if l == f32::NEG_INFINITY {
+            continue;
+        }
+        let w = (l - max).exp();
+        sum += w;
+        for (x, y) in o.iter_mut().zip(po) {
+            *x += w * y;
+        }
+    }
+    let inv = 1.0 / sum;
+    o.iter_mut().for_each(|x| *x *= inv);
+    max + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prog(src: &str) -> Program {
+        crate::compile_source(src).unwrap().programs.remove(0)
+    }
+
+    #[test]
+    fn offset_program_verifies_and_shifts_positions() {
+        let p = prog(
+            "tensor doc: i32[B, KV]; mask m(b, h, q, kv) { q >= kv && doc[b, kv] >= 0 } attention a { mask = m; }",
+        );
+        let s = offset_program(&p);
+        crate::ir::verify_program(&s).unwrap();
+        assert_eq!(s.params.len(), 3);
+        assert!(matches!(s.tensors[0].dims[0], DimSpec::Symbol(_)));
+        let mut scratch = Vec::new();
+        let bind = Bindings {
+            params: vec![Scalar::I32(1), Scalar::I32(10), Scalar::I32(7)],
+            tensors: vec![crate::interp::BoundTensor {
+                dims: vec![2, 16],
+                data: crate::interp::TensorData::I32(vec![0; 32]),
+            }],
+        };
+        let args = |q, kv| crate::interp::Args {
+            s: 0.0,
+            b: 0,
+            h: 0,
+            q,
+            kv,
+        };
+        let f = s.mask.as_ref().unwrap();
+        // q 0 + 10 >= kv 3 + 7
+        assert!(
+            crate::interp::eval(f, &s, args(0, 3), &bind, &mut scratch)
+                .unwrap()
+                .as_bool()
+        );
+        assert!(
+            !crate::interp::eval(f, &s, args(0, 4), &bind, &mut scratch)
+                .unwrap()
+                .as_bool()
+        );
+    }
+
+    #[test]
+    fn live_rows_of_short_sequences() {
+        assert_eq!(live_rows(4, 10), (0, 6));
+        assert_eq!(live_rows(4, 2), (2, 0));
+        assert_eq!(live_rows(4, 0), (4, 0));
+    }
+
+    #[test]
+    fn combine_is_exact_and_handles_empty_parts() {
+        let mut o = [0f32; 2];
+        let l = combine(
+            [(&[1.0f32, 2.0][..], 0.0f32), (&[3.0, 4.0][..], 0.0)].into_iter(),
+            &mut o,
+        );
+        assert!((l - 2f32.ln()).abs() < 1e-6);
+        assert_eq!(o, [2.0, 3.0]);
+        let l = combine(
+            [
+                (&[1.0f32, 2.0][..], f32::NEG_INFINITY),
+                (&[5.0, 6.0][..], 1.5),
+            ]
+            .into_iter(),
+            &mut o,
+        );
+        assert_eq!((l, o), (1.5, [5.0, 6.0]));
+        let l = combine(
+            [(&[1.0f32, 2.0][..], f32::NEG_INFINITY)].into_iter(),
+            &mut o,
+        );
+        assert_eq!((l, o), (f32::NEG_INFINITY, [0.0, 0.0]));
+    }
+
+    #[test]
+    fn paged_rows_follow_the_table() {
+        let s = DecodeShape {
+            b: 2,
+            hq: 2,
+            hkv: 1,
+            lq: 1,
+            d: 1,
+            dv: 1,
+            layout: CacheLayout::Paged {
+                num_pages: 3,
+                page_size: 16,
+                max_pages: 2,
+            },
+        };
+        let table = [2, 0, 1, 7];
+        assert_eq!(s.row_offset(&table, 0, 0, 17, 1), 1);
+        assert_eq!(s.row_offset(&table, 1, 0, 3, 1), 19);
+        // fast mode clamps page 7 to the last page
+        assert_eq!(s.row_offset(&table, 1, 0, 16, 1), 32);
+        let k = vec![0.0; 48];
+        let view = KvView {
+            k: &k,
+            v: &k,
+            page_table: &table,
+            seq_lens: &[20, 20],
+        };
+        assert!(s.check(&view, 4, false).is_ok());
+        assert!(matches!(
+            s.check(&view, 4, true),
+            Err(CacheError::PageId {
+                b: 1,
+                page: 1,
+                id: 7,
+                ..
+            })
+        ));
+        let long = KvView {
+            seq_lens: &[33, 0],
+            ..view
+        };
+        assert!(matches!(
+            s.check(&long, 4, false),
+            Err(CacheError::SeqLen { b: 0, .. })
+        ));
+    }
+}

@@ -1,0 +1,274 @@
+//! `attnc run --kv-cache` and `attnc bench --decode`: attention of new rows against a
+//! KV cache (`Bound::forward_with_cache`).
+//!
+//! In (run): a safetensors file with `q`, `k_cache`, `v_cache`, `seq_lens` (+
+//! `page_table` for a paged cache) and captures by name. Out: `o`, `lse` in a
+//! safetensors file and a summary line.
+//! In (bench): the .attn file, cache layouts and page sizes, shapes (default: issue 12's
+//! list, D 128). Out: one line per (shape, layout): time per call and GB/s of K/V read
+//! (the positions the mask can reach, all kv heads, K and V, in the input dtype).
+
+use super::parse_params;
+use attnc::io::{read_safetensors, write_safetensors};
+use attnc::{BindOptions, Captures, Compiled, DType, Error, KvCache, Shape, Tensor, synth};
+use clap::ValueEnum;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum KvCacheArg {
+    Contiguous,
+    Paged,
+}
+
+fn usage(m: String) -> Error {
+    Error::Usage(m)
+}
+
+/// `attnc run --kv-cache LAYOUT`.
+pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Error> {
+    let compiled = Compiled::from_file(&a.file)?;
+    let variant = compiled.select(a.attention.as_deref())?;
+    let mut tensors = read_safetensors(&a.inputs)?;
+    let mut take = |name: &str| {
+        tensors.remove(name).ok_or_else(|| {
+            usage(format!(
+                "{} has no tensor `{name}` (a {layout:?} cache needs q, k_cache, v_cache, seq_lens{})",
+                a.inputs.display(),
+                if layout == KvCacheArg::Paged { ", page_table" } else { "" }
+            ))
+        })
+    };
+    let (q, k, v, seq_lens) = (
+        take("q")?,
+        take("k_cache")?,
+        take("v_cache")?,
+        take("seq_lens")?,
+    );
+    let page_table = match layout {
+        KvCacheArg::Paged => Some(take("page_table")?),
+        KvCacheArg::Contiguous => None,
+    };
+    for (name, t, rank) in [("q", &q, 4), ("k_cache", &k, 4), ("v_cache", &v, 4)]
+        .into_iter()
+        .chain(page_table.as_ref().map(|t| ("page_table", t, 2)))
+    {
+        if t.shape().len() != rank {
+            return Err(Error::InputShape {
+                which: name.into(),
+                expected: format!("rank {rank}"),
+                got: t.shape().to_vec(),
+            });
+        }
+    }
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    let (hkv, lkv) = match &page_table {
+        None => (ks[1], ks[2]),
+        Some(pt) => (ks[2], pt.shape()[1] * ks[1]),
+    };
+    let shape = Shape {
+        b: qs[0],
+        hq: qs[1],
+        hkv,
+        lq: qs[2],
+        lkv,
+        d: qs[3],
+        dv: vs[3],
+    };
+    let mut captures = Captures::default();
+    for (name, t) in tensors {
+        captures.tensors.insert(name, t);
+    }
+    for (name, v) in parse_params(&a.params)? {
+        captures.params.insert(name, v);
+    }
+    let mut opts = BindOptions::new(a.backend.backend(), shape, q.dtype());
+    opts.scale = a.scale;
+    opts.checked = a.checked;
+    opts.threads = a.threads;
+    opts.jit_tiers = a.jit_tiers;
+    let mut bound = variant.bind(opts)?;
+    let cache = match &page_table {
+        None => KvCache::Contiguous {
+            k: &k,
+            v: &v,
+            seq_lens: &seq_lens,
+        },
+        Some(pt) => KvCache::Paged {
+            k_cache: &k,
+            v_cache: &v,
+            page_table: pt,
+            seq_lens: &seq_lens,
+        },
+    };
+    let t0 = std::time::Instant::now();
+    let out = bound.forward_with_cache(&q, &cache, &captures)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut result = BTreeMap::new();
+    result.insert("o".to_string(), out.o);
+    result.insert("lse".to_string(), out.lse);
+    write_safetensors(&a.output, &result)?;
+    outln!(
+        "{}: {} against a {layout:?} cache, {:?} ({}) with the {} backend in {ms:.2} ms -> {}",
+        a.file.display(),
+        variant.name(),
+        shape,
+        q.dtype(),
+        a.backend.backend().name(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// One shape of `bench --decode`: B, Hq, Hkv, Lq, Lkv.
+pub(crate) type DecodeShapeArg = (usize, usize, usize, usize, usize);
+
+/// Issue 12's benchmark shapes (D = 128).
+pub(crate) const ISSUE_SHAPES: [DecodeShapeArg; 5] = [
+    (8, 32, 8, 1, 32768),
+    (8, 32, 8, 4, 32768),
+    (8, 32, 8, 16, 32768),
+    (64, 32, 8, 1, 8192),
+    (1, 32, 8, 1, 131072),
+];
+
+pub(crate) fn parse_shape(s: &str) -> Result<DecodeShapeArg, String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|e| format!("`{x}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [b, hq, hkv, lq, lkv] => Ok((b, hq, hkv, lq, lkv)),
+        _ => Err("expected B,HQ,HKV,LQ,LKV".into()),
+    }
+}
+
+pub(crate) struct BenchArgs<'a> {
+    pub file: &'a Path,
+    pub attention: Option<&'a str>,
+    pub backend: attnc::Backend,
+    pub shapes: Vec<DecodeShapeArg>,
+    pub layouts: Vec<KvCacheArg>,
+    pub page_sizes: Vec<usize>,
+    pub d: usize,
+    pub dtype: &'a str,
+    pub threads: usize,
+    pub iters: usize,
+    pub params: &'a [String],
+}
+
+/// `attnc bench --decode`.
+pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
+    let compiled = Compiled::from_file(a.file)?;
+    let variant = compiled.select(a.attention)?;
+    let dtype = DType::parse(a.dtype)
+        .filter(|d| d.is_float())
+        .ok_or_else(|| usage(format!("--dtype: `{}` is not f32, f16 or bf16", a.dtype)))?;
+    if a.backend == attnc::Backend::Cuda {
+        outln!("device: {}", attnc::cuda_device_info()?);
+    }
+    let shapes = if a.shapes.is_empty() {
+        ISSUE_SHAPES.to_vec()
+    } else {
+        a.shapes.clone()
+    };
+    for &(b, hq, hkv, lq, lkv) in &shapes {
+        let mut layouts: Vec<Option<usize>> = Vec::new();
+        for l in &a.layouts {
+            match l {
+                KvCacheArg::Contiguous => layouts.push(None),
+                KvCacheArg::Paged => layouts.extend(a.page_sizes.iter().map(|p| Some(*p))),
+            }
+        }
+        for page in layouts {
+            let (d, dv) = (a.d, a.d);
+            let mut rng = synth::Rng::new(17);
+            let mut random = |n: usize, dims: Vec<usize>| {
+                let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+                Tensor::from_f32_as(dims, &data, dtype)
+            };
+            let q = random(b * hq * lq * d, vec![b, hq, lq, d]);
+            let (k, v, pt, cap) = match page {
+                None => (
+                    random(b * hkv * lkv * d, vec![b, hkv, lkv, d]),
+                    random(b * hkv * lkv * dv, vec![b, hkv, lkv, dv]),
+                    None,
+                    lkv,
+                ),
+                Some(ps) => {
+                    let max_pages = lkv.div_ceil(ps);
+                    let n = b * max_pages;
+                    // a shuffled table, as a serving system's allocator leaves it
+                    let mut ids: Vec<i32> = (0..n as i32).collect();
+                    let mut r = synth::Rng::new(3);
+                    for i in (1..n).rev() {
+                        ids.swap(i, r.below(i as u64 + 1) as usize);
+                    }
+                    (
+                        random(n * ps * hkv * d, vec![n, ps, hkv, d]),
+                        random(n * ps * hkv * dv, vec![n, ps, hkv, dv]),
+                        Some(Tensor::from_i32(vec![b, max_pages], &ids)),
+                        max_pages * ps,
+                    )
+                }
+            };
+            let seq_lens = Tensor::from_i32(vec![b], &vec![lkv as i32; b]);
+            let shape = Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv: cap,
+                d,
+                dv,
+            };
+            let mut caps = synth::captures(variant.program(), &Shape { lq: cap, ..shape }, 7);
+            for (name, v) in parse_params(a.params)? {
+                caps.params.insert(name, v);
+            }
+            let mut opts = BindOptions::new(a.backend, shape, dtype);
+            opts.threads = a.threads;
+            let mut bound = variant.bind(opts)?;
+            let cache = match &pt {
+                None => KvCache::Contiguous {
+                    k: &k,
+                    v: &v,
+                    seq_lens: &seq_lens,
+                },
+                Some(pt) => KvCache::Paged {
+                    k_cache: &k,
+                    v_cache: &v,
+                    page_table: pt,
+                    seq_lens: &seq_lens,
+                },
+            };
+            let positions = bound.cache_positions_reached(&q, &cache, &caps)?;
+            let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
+            let ms = match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
+                Some(ms) => ms,
+                None => {
+                    bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..a.iters.max(1) {
+                        bound.forward_with_cache(&q, &cache, &caps)?;
+                    }
+                    t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                }
+            };
+            let layout = match page {
+                None => "contiguous".to_string(),
+                Some(p) => format!("paged{p}"),
+            };
+            outln!(
+                "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}]",
+                variant.name(),
+                dtype,
+                ms * 1e3,
+                bytes / (ms * 1e-3) / 1e9,
+                bytes / 1e6,
+                a.backend.name(),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! Attention against a KV cache (decoding, chunked prefill): [`KvCache`] and
+//! `Bound::forward_with_cache`.
+//!
+//! In: `q[B, Hq, Lq, D]` new rows, a contiguous (`[B, Hkv, Lkv_max, D]`) or paged
+//! (`[num_pages, page_size, Hkv, D]` + `page_table: i32[B, max_pages]`) cache,
+//! `seq_lens: i32[B]`, captures. Out: `O[B, Hq, Lq, Dv]`, `LSE[B, Hq, Lq]`, or an
+//! `Error::Cache` naming the input (codes E0320..E0324).
+//!
+//! Semantics (logical positions; `attnc_compiler::decode`): row `i` of sequence `b` sits
+//! at position `seq_lens[b] - Lq + i` and sees keys `0..seq_lens[b]`; rows at negative
+//! positions give O = 0, LSE = -inf. A binding for caches is made with
+//! `Shape::lkv` = the cache's capacity in positions (`Lkv_max`, or `max_pages *
+//! page_size`): captured tensors with dims `Q` or `KV` are indexed by position and have
+//! that size. Per backend: the reference runs the f64 oracle; the CPU splits each
+//! sequence's kv range (only the blocks its mask can reach) across threads ([`cpu`]).
+
+mod cpu;
+
+use crate::api::{Backend, Bound, Captures, Output};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use attnc_compiler::analysis::classify::{MaskInfo, analyze};
+use attnc_compiler::backend::cranelift::{CpuKernel, CpuOptions};
+use attnc_compiler::decode::{CacheError, CacheLayout, DecodeShape, KvView, offset_program};
+use attnc_compiler::ir::Program;
+
+/// The KV cache of a [`Bound::forward_with_cache`] call.
+#[derive(Clone, Copy, Debug)]
+pub enum KvCache<'a> {
+    /// `k: [B, Hkv, Lkv_max, D]`, `v: [B, Hkv, Lkv_max, Dv]`, `seq_lens: i32[B]`.
+    Contiguous {
+        k: &'a Tensor,
+        v: &'a Tensor,
+        seq_lens: &'a Tensor,
+    },
+    /// `k_cache: [num_pages, page_size, Hkv, D]`, `v_cache: [.., Dv]`,
+    /// `page_table: i32[B, max_pages]`, `seq_lens: i32[B]`.
+    Paged {
+        k_cache: &'a Tensor,
+        v_cache: &'a Tensor,
+        page_table: &'a Tensor,
+        seq_lens: &'a Tensor,
+    },
+}
+
+impl KvCache<'_> {
+    fn kv(&self) -> (&Tensor, &Tensor) {
+        match self {
+            KvCache::Contiguous { k, v, .. } => (k, v),
+            KvCache::Paged {
+                k_cache, v_cache, ..
+            } => (k_cache, v_cache),
+        }
+    }
+    fn seq_lens(&self) -> &Tensor {
+        match self {
+            KvCache::Contiguous { seq_lens, .. } | KvCache::Paged { seq_lens, .. } => seq_lens,
+        }
+    }
+    fn page_table(&self) -> Option<&Tensor> {
+        match self {
+            KvCache::Contiguous { .. } => None,
+            KvCache::Paged { page_table, .. } => Some(page_table),
+        }
+    }
+}
+
+/// An `Error::Cache` with the code of its kind.
+pub(crate) fn cache_error(e: CacheError) -> Error {
+    let code = match &e {
+        CacheError::Shape { tensor, message } if message.contains("page size") => {
+            let _ = tensor;
+            "E0321"
+        }
+        CacheError::Shape { .. } => "E0320",
+        CacheError::SeqLen { .. } => "E0322",
+        CacheError::PageId { .. } => "E0323",
+    };
+    Error::Cache {
+        code,
+        tensor: e.tensor().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn shape_err(tensor: &'static str, message: String) -> Error {
+    cache_error(CacheError::Shape { tensor, message })
+}
+
+/// The decode shape of a call, from the binding and the tensors; every dim and dtype
+/// checked (E0320 naming the tensor, E0321 for a page size).
+pub(crate) fn decode_shape(bound: &Bound, q: &Tensor, cache: &KvCache) -> Result<DecodeShape> {
+    let s = bound.options().shape;
+    let dtype = bound.options().dtype;
+    let (k, v) = cache.kv();
+    let names = match cache {
+        KvCache::Contiguous { .. } => ("k", "v"),
+        KvCache::Paged { .. } => ("k_cache", "v_cache"),
+    };
+    for (name, t) in [("q", q), (names.0, k), (names.1, v)] {
+        if t.dtype() != dtype {
+            return Err(shape_err(
+                static_name(name),
+                format!("has dtype {}, the binding's is {}", t.dtype(), dtype),
+            ));
+        }
+        if t.shape().len() != 4 {
+            return Err(shape_err(
+                static_name(name),
+                format!("has rank {} ({:?}), expected 4", t.shape().len(), t.shape()),
+            ));
+        }
+    }
+    let int_tensor = |name: &'static str, t: &Tensor, rank: usize| -> Result<()> {
+        if !matches!(t.dtype(), DType::I32 | DType::I64) {
+            return Err(shape_err(
+                name,
+                format!("has dtype {}, expected i32 (or i64)", t.dtype()),
+            ));
+        }
+        if t.shape().len() != rank {
+            return Err(shape_err(
+                name,
+                format!("has shape {:?}, expected rank {rank}", t.shape()),
+            ));
+        }
+        Ok(())
+    };
+    int_tensor("seq_lens", cache.seq_lens(), 1)?;
+    let layout = match cache {
+        KvCache::Contiguous { k, .. } => CacheLayout::Contiguous {
+            lkv_max: k.shape()[2],
+        },
+        KvCache::Paged {
+            k_cache,
+            page_table,
+            ..
+        } => {
+            int_tensor("page_table", page_table, 2)?;
+            CacheLayout::Paged {
+                num_pages: k_cache.shape()[0],
+                page_size: k_cache.shape()[1],
+                max_pages: page_table.shape()[1],
+            }
+        }
+    };
+    let shape = DecodeShape {
+        b: s.b,
+        hq: s.hq,
+        hkv: s.hkv,
+        lq: s.lq,
+        d: s.d,
+        dv: s.dv,
+        layout,
+    };
+    shape.validate().map_err(cache_error)?;
+    let pt_dims = shape.page_table_dims().map(|d| d.to_vec());
+    let checks: [(&'static str, Vec<usize>, Option<&Tensor>); 5] = [
+        ("q", shape.q_dims().to_vec(), Some(q)),
+        (
+            static_name(names.0),
+            shape.cache_dims(false).to_vec(),
+            Some(k),
+        ),
+        (
+            static_name(names.1),
+            shape.cache_dims(true).to_vec(),
+            Some(v),
+        ),
+        (
+            "page_table",
+            pt_dims.unwrap_or_default(),
+            cache.page_table(),
+        ),
+        ("seq_lens", vec![s.b], Some(cache.seq_lens())),
+    ];
+    for (name, want, t) in checks {
+        if let Some(t) = t
+            && t.shape() != want.as_slice()
+        {
+            return Err(shape_err(
+                name,
+                format!(
+                    "has shape {:?}, expected {want:?} (the binding's B {} Hq {} Hkv {} Lq {} D {} Dv {})",
+                    t.shape(),
+                    s.b,
+                    s.hq,
+                    s.hkv,
+                    s.lq,
+                    s.d,
+                    s.dv
+                ),
+            ));
+        }
+    }
+    if shape.capacity() != s.lkv {
+        let what = match layout {
+            CacheLayout::Contiguous { .. } => "Lkv_max (dimension 2)",
+            CacheLayout::Paged { .. } => "max_pages x page_size",
+        };
+        return Err(shape_err(
+            match layout {
+                CacheLayout::Contiguous { .. } => static_name(names.0),
+                CacheLayout::Paged { .. } => "page_table",
+            },
+            format!(
+                "the cache holds {} positions per sequence ({what}), but the binding's Lkv is {}; bind with Lkv = the cache's capacity",
+                shape.capacity(),
+                s.lkv
+            ),
+        ));
+    }
+    Ok(shape)
+}
+
+fn static_name(n: &str) -> &'static str {
+    match n {
+        "q" => "q",
+        "k" => "k",
+        "v" => "v",
+        "k_cache" => "k_cache",
+        "v_cache" => "v_cache",
+        "page_table" => "page_table",
+        _ => "seq_lens",
+    }
+}
+
+/// What a binding keeps for cache calls, built at the first one.
+pub(crate) enum DecodeState {
+    Reference,
+    Cpu {
+        /// The kernel of the position-offset program.
+        kernel: Box<CpuKernel>,
+        program: Program,
+        info: MaskInfo,
+        /// k, v as f32, reused between calls.
+        inputs: [Vec<f32>; 2],
+    },
+}
+
+impl DecodeState {
+    fn new(program: &Program, backend: Backend, lq: usize, checked: bool) -> Result<Self> {
+        match backend {
+            Backend::Reference => Ok(DecodeState::Reference),
+            Backend::Cpu => {
+                let shifted = offset_program(program);
+                let opts = CpuOptions {
+                    q_block: lq.clamp(1, 64).div_ceil(16) * 16,
+                    kv_block: 64,
+                    checked,
+                    isa: None,
+                };
+                let kernel =
+                    attnc_compiler::backend::cranelift::compile(&shifted, &opts).map_err(|e| {
+                        Error::Backend {
+                            backend: "cpu",
+                            message: e.to_string(),
+                        }
+                    })?;
+                let info = analyze(&shifted);
+                Ok(DecodeState::Cpu {
+                    kernel: Box::new(kernel),
+                    program: shifted,
+                    info,
+                    inputs: Default::default(),
+                })
+            }
+            Backend::Cuda => Err(Error::BackendUnavailable {
+                backend: "cuda",
+                reason: "decoding against a KV cache is not implemented on the CUDA backend yet"
+                    .into(),
+            }),
+        }
+    }
+}
+
+impl Bound {
+    /// Attention of `q`'s new rows against a KV cache (see the module docs of
+    /// `attnc::decode` for positions and layouts). The binding's shape gives B, Hq,
+    /// Hkv, Lq, D, Dv, and `lkv` = the cache's capacity in positions.
+    pub fn forward_with_cache(
+        &mut self,
+        q: &Tensor,
+        cache: &KvCache,
+        captures: &Captures,
+    ) -> Result<Output> {
+        let shape = decode_shape(self, q, cache)?;
+        let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
+        let opts = self.options().clone();
+        let scale = self.scale();
+        let seq_lens = cache.seq_lens().to_i32();
+        let page_table = cache.page_table().map(|t| t.to_i32()).unwrap_or_default();
+        let variant = self.variant().clone();
+        let state = match self.decode_state() {
+            Some(s) => s,
+            None => {
+                let s =
+                    DecodeState::new(variant.program(), opts.backend, opts.shape.lq, opts.checked)?;
+                self.decode_state().insert(s)
+            }
+        };
+        let (k, v) = cache.kv();
+        let qf = q.to_f32();
+        let (o, lse) = match state {
+            DecodeState::Reference => {
+                let (kf, vf) = (k.to_f32(), v.to_f32());
+                let view = KvView {
+                    k: &kf,
+                    v: &vf,
+                    page_table: &page_table,
+                    seq_lens: &seq_lens,
+                };
+                shape
+                    .check(&view, qf.len(), opts.checked)
+                    .map_err(cache_error)?;
+                let out = attnc_compiler::decode::reference(
+                    variant.program(),
+                    &shape,
+                    &qf,
+                    &view,
+                    scale,
+                    &bindings,
+                )
+                .map_err(|e| crate::api::out_of_bounds(&variant, &e))?;
+                (out.o, out.lse)
+            }
+            DecodeState::Cpu {
+                kernel,
+                program,
+                info,
+                inputs,
+            } => {
+                let [kf, vf] = inputs;
+                k.read_f32_into(kf);
+                v.read_f32_into(vf);
+                let view = KvView {
+                    k: kf,
+                    v: vf,
+                    page_table: &page_table,
+                    seq_lens: &seq_lens,
+                };
+                shape
+                    .check(&view, qf.len(), opts.checked)
+                    .map_err(cache_error)?;
+                let threads = if opts.threads == 0 {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    opts.threads
+                };
+                cpu::forward(cpu::Call {
+                    kernel,
+                    program,
+                    info,
+                    shape: &shape,
+                    q: &qf,
+                    view: &view,
+                    scale,
+                    bind: &bindings,
+                    threads,
+                    checked: opts.checked,
+                })
+                .map_err(|e| match e {
+                    cpu::Failure::Eval(e) => crate::api::out_of_bounds(&variant, &e),
+                    cpu::Failure::Other(message) => Error::Backend {
+                        backend: "cpu",
+                        message,
+                    },
+                })?
+            }
+        };
+        let s = shape;
+        Ok(Output {
+            o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, opts.dtype),
+            lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
+        })
+    }
+}
+
+impl Bound {
+    /// The cache positions (summed over sequences, in whole blocks of 64) that the mask
+    /// can reach in this call: what a kernel that skips unreachable kv blocks reads, per
+    /// kv head. `attnc bench --decode` turns it into bytes of K/V read.
+    pub fn cache_positions_reached(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        captures: &Captures,
+    ) -> Result<usize> {
+        let shape = decode_shape(self, q, cache)?;
+        let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
+        let program = offset_program(self.variant().program());
+        let info = analyze(&program);
+        let seq_lens = cache.seq_lens().to_i32();
+        let (_, spans) = cpu::sequences(
+            &program,
+            &info,
+            &shape,
+            &seq_lens,
+            &bindings,
+            (shape.lq.div_ceil(16) * 16, 64),
+            false,
+        )
+        .map_err(|message| Error::Backend {
+            backend: "blocks",
+            message,
+        })?;
+        Ok(spans.iter().map(|(a, b)| b - a).sum())
+    }
+}
+
+impl Bound {
+    /// Device-side milliseconds per `forward_with_cache` (inputs uploaded once, launches
+    /// timed with events) for device backends; `None` for host backends.
+    pub fn cache_device_time_ms(
+        &mut self,
+        q: &Tensor,
+        cache: &KvCache,
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let _ = (q, cache, captures, iters);
+        Ok(None)
+    }
+}

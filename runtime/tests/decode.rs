@@ -1,0 +1,592 @@
+//! Decoding against a KV cache (`Bound::forward_with_cache`), CPU and oracle.
+//!
+//! - The cache oracle (`attnc_compiler::decode::reference`, run by the Reference
+//!   backend) against the plain prefill oracle: a sequence's last Lq rows of a prefill
+//!   over its n tokens equal decoding those rows against the cached n tokens (contiguous
+//!   and paged with a shuffled table).
+//! - The CPU split-KV path against the cache oracle for every example, Lq 1/2/4/16, odd
+//!   lengths, seq_lens varying across the batch (0, 1, short of Lq, full), contiguous
+//!   and paged caches (page 16 and 32, shuffled tables), GQA 1:1 to 8:1, several thread
+//!   counts (the split changes, the result must not beyond rounding).
+//! - Validation: E0320..E0323 name the tensor; fast mode clamps bad page ids.
+//! - Checked mode reports an out-of-range captured-tensor read at logical positions.
+
+use attnc::{
+    Backend, BindOptions, Captures, Compiled, DType, Error, KvCache, ParamValue, Shape, Tensor,
+};
+use attnc_compiler::decode::{CacheLayout, DecodeShape};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn normal(&mut self) -> f32 {
+        // sum of uniforms: good enough for test data
+        (0..4)
+            .map(|_| (self.next() % 10_000) as f32 / 10_000.0)
+            .sum::<f32>()
+            - 2.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+}
+
+/// A cache test case: the logical K/V of each sequence, laid out contiguously or paged.
+struct Case {
+    shape: DecodeShape,
+    seq_lens: Vec<i32>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    page_table: Option<Tensor>,
+    /// logical `[B, Hkv, cap, D]` / `Dv` (what the sequences hold)
+    logical_k: Vec<f32>,
+    logical_v: Vec<f32>,
+}
+
+impl Case {
+    fn cache(&self) -> KvCache<'_> {
+        let seq_lens = Box::leak(Box::new(Tensor::from_i32(
+            vec![self.seq_lens.len()],
+            &self.seq_lens,
+        )));
+        match &self.page_table {
+            None => KvCache::Contiguous {
+                k: &self.k,
+                v: &self.v,
+                seq_lens,
+            },
+            Some(pt) => KvCache::Paged {
+                k_cache: &self.k,
+                v_cache: &self.v,
+                page_table: pt,
+                seq_lens,
+            },
+        }
+    }
+    fn bind_shape(&self) -> Shape {
+        let s = self.shape;
+        Shape {
+            b: s.b,
+            hq: s.hq,
+            hkv: s.hkv,
+            lq: s.lq,
+            lkv: s.capacity(),
+            d: s.d,
+            dv: s.dv,
+        }
+    }
+}
+
+/// Builds a case; `page` = None for contiguous. Pages are shuffled, and spare pages hold
+/// garbage that must never be read.
+#[allow(clippy::too_many_arguments)]
+fn case(
+    rng: &mut Rng,
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    lq: usize,
+    d: usize,
+    cap: usize,
+    seq_lens: Vec<i32>,
+    page: Option<usize>,
+) -> Case {
+    let dv = d;
+    let logical_k = rng.vec(b * hkv * cap * d);
+    let logical_v = rng.vec(b * hkv * cap * dv);
+    let q = Tensor::from_f32(vec![b, hq, lq, d], &rng.vec(b * hq * lq * d));
+    let (layout, k, v, page_table) = match page {
+        None => (
+            CacheLayout::Contiguous { lkv_max: cap },
+            Tensor::from_f32(vec![b, hkv, cap, d], &logical_k),
+            Tensor::from_f32(vec![b, hkv, cap, dv], &logical_v),
+            None,
+        ),
+        Some(ps) => {
+            let max_pages = cap.div_ceil(ps);
+            let num_pages = b * max_pages + 3;
+            // a random permutation of physical pages
+            let mut perm: Vec<usize> = (0..num_pages).collect();
+            for i in (1..num_pages).rev() {
+                perm.swap(i, rng.below(i + 1));
+            }
+            let mut kc = vec![f32::NAN; num_pages * ps * hkv * d];
+            let mut vc = vec![f32::NAN; num_pages * ps * hkv * dv];
+            let mut table = vec![0i32; b * max_pages];
+            for bi in 0..b {
+                for p in 0..max_pages {
+                    let phys = perm[bi * max_pages + p];
+                    table[bi * max_pages + p] = phys as i32;
+                    for slot in 0..ps {
+                        let pos = p * ps + slot;
+                        if pos >= cap {
+                            continue;
+                        }
+                        for h in 0..hkv {
+                            let src = ((bi * hkv + h) * cap + pos) * d;
+                            let dst = ((phys * ps + slot) * hkv + h) * d;
+                            kc[dst..dst + d].copy_from_slice(&logical_k[src..src + d]);
+                            vc[dst..dst + dv].copy_from_slice(&logical_v[src..src + dv]);
+                        }
+                    }
+                }
+            }
+            // unused table entries point at a garbage page or out of range
+            for bi in 0..b {
+                let used = (seq_lens[bi] as usize).div_ceil(ps);
+                for p in used..max_pages {
+                    table[bi * max_pages + p] = if p % 2 == 0 { -5 } else { 1 << 20 };
+                }
+            }
+            (
+                CacheLayout::Paged {
+                    num_pages,
+                    page_size: ps,
+                    max_pages,
+                },
+                Tensor::from_f32(vec![num_pages, ps, hkv, d], &kc),
+                Tensor::from_f32(vec![num_pages, ps, hkv, dv], &vc),
+                Some(Tensor::from_i32(vec![b, max_pages], &table)),
+            )
+        }
+    };
+    // NaN beyond each sequence's length in the contiguous layout: never read
+    let (k, v) = match layout {
+        CacheLayout::Contiguous { .. } => {
+            let mut kk = logical_k.clone();
+            let mut vv = logical_v.clone();
+            for bi in 0..b {
+                for h in 0..hkv {
+                    for pos in seq_lens[bi] as usize..cap {
+                        let at = ((bi * hkv + h) * cap + pos) * d;
+                        kk[at..at + d].fill(f32::NAN);
+                        vv[at..at + dv].fill(f32::NAN);
+                    }
+                }
+            }
+            (
+                Tensor::from_f32(vec![b, hkv, cap, d], &kk),
+                Tensor::from_f32(vec![b, hkv, cap, dv], &vv),
+            )
+        }
+        _ => (k, v),
+    };
+    Case {
+        shape: DecodeShape {
+            b,
+            hq,
+            hkv,
+            lq,
+            d,
+            dv,
+            layout,
+        },
+        seq_lens,
+        q,
+        k,
+        v,
+        page_table,
+        logical_k,
+        logical_v,
+    }
+}
+
+fn run(
+    compiled: &Compiled,
+    name: &str,
+    c: &Case,
+    backend: Backend,
+    threads: usize,
+    captures: &Captures,
+    checked: bool,
+) -> attnc::Result<attnc::Output> {
+    let variant = compiled.attention(name)?;
+    let mut opts = BindOptions::new(backend, c.bind_shape(), DType::F32);
+    opts.threads = threads;
+    opts.checked = checked;
+    let mut bound = variant.bind(opts)?;
+    bound.forward_with_cache(&c.q, &c.cache(), captures)
+}
+
+/// |a - b| <= tol, -inf matching exactly, no NaN.
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol * (1.0 + w.abs())
+        };
+        assert!(ok, "{what}[{i}]: got {g}, expected {w}");
+    }
+}
+
+fn example(name: &str) -> Compiled {
+    let path = format!("{}/../examples/{name}.attn", env!("CARGO_MANIFEST_DIR"));
+    Compiled::from_file(path.as_ref()).unwrap()
+}
+
+fn examples() -> Vec<String> {
+    let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension()? == "attn").then(|| p.file_stem().unwrap().to_string_lossy().into())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The cache oracle agrees with the prefill oracle on each sequence's last rows.
+#[test]
+fn cache_oracle_matches_prefill_oracle() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for name in [
+        "causal",
+        "sliding_window",
+        "alibi",
+        "document_causal",
+        "dense",
+    ] {
+        let compiled = example(name);
+        let variant = compiled.attention(compiled.names()[0]).unwrap();
+        for page in [None, Some(16)] {
+            let (b, hq, hkv, lq, d, cap) = (3, 4, 2, 3, 8, 40);
+            let seq_lens = vec![37, 2, 40];
+            let c = case(&mut rng, b, hq, hkv, lq, d, cap, seq_lens.clone(), page);
+            let shape = c.bind_shape();
+            let pcap = c.shape.capacity();
+            let logical = Shape { lq: pcap, ..shape };
+            let captures = attnc::synth::captures(variant.program(), &logical, 7);
+            let got = run(
+                &compiled,
+                variant.name(),
+                &c,
+                Backend::Reference,
+                1,
+                &captures,
+                false,
+            )
+            .unwrap();
+            let (go, gl) = (got.o.to_f32(), got.lse.to_f32());
+            for (bi, &n) in seq_lens.iter().enumerate() {
+                let n = n as usize;
+                // prefill of sequence bi alone over its n tokens, with q rows placed at
+                // the last positions (the others random)
+                let pre = Shape {
+                    b: 1,
+                    hq,
+                    hkv,
+                    lq: n,
+                    lkv: n,
+                    d,
+                    dv: d,
+                };
+                let mut qf = rng.vec(hq * n * d);
+                let qs = c.q.to_f32();
+                let rows = lq.min(n);
+                for h in 0..hq {
+                    for r in 0..rows {
+                        let src = ((bi * hq + h) * lq + lq - rows + r) * d;
+                        let dst = (h * n + n - rows + r) * d;
+                        qf[dst..dst + d].copy_from_slice(&qs[src..src + d]);
+                    }
+                }
+                let slice = |x: &[f32]| {
+                    let mut out = Vec::new();
+                    for h in 0..hkv {
+                        let at = (bi * hkv + h) * cap * d;
+                        out.extend_from_slice(&x[at..at + n * d]);
+                    }
+                    Tensor::from_f32(vec![1, hkv, n, d], &out)
+                };
+                // captures of sequence bi: batch row bi, positions 0..n (the prefill
+                // binding's Q and KV are n long)
+                let mut pc = Captures::default();
+                pc.params = captures.params.clone();
+                for (tn, t) in &captures.tensors {
+                    let dims = t.shape().to_vec();
+                    assert_eq!(dims, vec![b, pcap], "{name}: test handles [B, KV] only");
+                    let data = t.to_i32();
+                    pc.tensors.insert(
+                        tn.clone(),
+                        Tensor::from_i32(vec![1, n], &data[bi * pcap..bi * pcap + n]),
+                    );
+                }
+                let mut opts = BindOptions::new(Backend::Reference, pre, DType::F32);
+                opts.threads = 1;
+                let mut bound = variant.bind(opts).unwrap();
+                let want = bound
+                    .forward(
+                        &Tensor::from_f32(vec![1, hq, n, d], &qf),
+                        &slice(&c.logical_k),
+                        &slice(&c.logical_v),
+                        &pc,
+                    )
+                    .unwrap();
+                let (wo, wl) = (want.o.to_f32(), want.lse.to_f32());
+                for h in 0..hq {
+                    for r in 0..lq {
+                        let row = (bi * hq + h) * lq + r;
+                        if r < lq - rows {
+                            assert_eq!(gl[row], f32::NEG_INFINITY, "{name}: missing row");
+                            assert!(go[row * d..(row + 1) * d].iter().all(|x| *x == 0.0));
+                            continue;
+                        }
+                        let prow = h * n + (n - rows) + (r - (lq - rows));
+                        close(
+                            &format!("{name} {page:?} b{bi} h{h} r{r} o"),
+                            &go[row * d..(row + 1) * d],
+                            &wo[prow * d..(prow + 1) * d],
+                            1e-5,
+                        );
+                        close(
+                            &format!("{name} {page:?} b{bi} h{h} r{r} lse"),
+                            &gl[row..row + 1],
+                            &wl[prow..prow + 1],
+                            1e-5,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The CPU split-KV path against the cache oracle on every example.
+#[test]
+fn cpu_decode_matches_oracle_on_every_example() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let configs = [
+        // (lq, hq, hkv, d, cap, seq_lens, page)
+        (1, 8, 1, 16, 300, vec![300, 0, 1, 171], None),
+        (2, 4, 4, 32, 97, vec![97, 5, 1, 64], Some(16)),
+        (4, 8, 2, 16, 200, vec![3, 200, 129, 0], Some(32)),
+        (16, 8, 8, 16, 70, vec![70, 16, 9, 33], Some(16)),
+    ];
+    for name in examples() {
+        let compiled = example(&name);
+        for program in compiled.names() {
+            let variant = compiled.attention(program).unwrap();
+            for (ci, (lq, hq, hkv, d, cap, seq_lens, page)) in configs.iter().enumerate() {
+                let c = case(
+                    &mut rng,
+                    seq_lens.len(),
+                    *hq,
+                    *hkv,
+                    *lq,
+                    *d,
+                    *cap,
+                    seq_lens.clone(),
+                    *page,
+                );
+                let logical = Shape {
+                    lq: c.shape.capacity(),
+                    ..c.bind_shape()
+                };
+                let mut captures =
+                    attnc::synth::captures(variant.program(), &logical, 11 + ci as u64);
+                for (pn, v) in captures.params.iter_mut() {
+                    if let ParamValue::I32(_) = v {
+                        // windows / sizes in the range of the lengths
+                        *v = ParamValue::I32(if pn.contains("window") { 23 } else { 8 });
+                    }
+                }
+                let want = run(
+                    &compiled,
+                    program,
+                    &c,
+                    Backend::Reference,
+                    1,
+                    &captures,
+                    false,
+                )
+                .unwrap_or_else(|e| panic!("{name}/{program} config {ci}: oracle: {e}"));
+                for threads in [1, 3] {
+                    let got = run(
+                        &compiled,
+                        program,
+                        &c,
+                        Backend::Cpu,
+                        threads,
+                        &captures,
+                        false,
+                    )
+                    .unwrap_or_else(|e| panic!("{name}/{program} config {ci}: cpu: {e}"));
+                    let what = format!("{name}/{program} config {ci} threads {threads}");
+                    close(
+                        &format!("{what} o"),
+                        &got.o.to_f32(),
+                        &want.o.to_f32(),
+                        2e-4,
+                    );
+                    close(
+                        &format!("{what} lse"),
+                        &got.lse.to_f32(),
+                        &want.lse.to_f32(),
+                        2e-4,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Long sequences split into several chunks per sequence (threads > 1), sliding window.
+#[test]
+fn cpu_decode_splits_long_sequences() {
+    let mut rng = Rng(42);
+    let compiled = example("sliding_window");
+    let name = compiled.names()[0].to_string();
+    let c = case(&mut rng, 2, 8, 2, 4, 32, 3000, vec![3000, 2049], Some(64));
+    for window in [100, 5000] {
+        let captures = Captures::default().param("window", ParamValue::I32(window));
+        let want = run(
+            &compiled,
+            &name,
+            &c,
+            Backend::Reference,
+            1,
+            &captures,
+            false,
+        )
+        .unwrap();
+        let got = run(&compiled, &name, &c, Backend::Cpu, 4, &captures, false).unwrap();
+        close("o", &got.o.to_f32(), &want.o.to_f32(), 2e-4);
+        close("lse", &got.lse.to_f32(), &want.lse.to_f32(), 2e-4);
+    }
+}
+
+fn cache_err(r: attnc::Result<attnc::Output>) -> (String, String) {
+    match r {
+        Err(Error::Cache {
+            code,
+            tensor,
+            message,
+        }) => (format!("{code} {tensor}"), message),
+        Err(e) => panic!("expected a cache error, got {e}"),
+        Ok(_) => panic!("expected a cache error, got a result"),
+    }
+}
+
+#[test]
+fn bad_caches_are_errors_naming_the_tensor() {
+    let mut rng = Rng(5);
+    let compiled = example("causal");
+    let causal = compiled.names()[0].to_string();
+    let c = case(&mut rng, 2, 4, 2, 1, 16, 64, vec![64, 10], Some(16));
+    let none = Captures::default();
+    // seq_lens beyond the table
+    let long = Case {
+        seq_lens: vec![65, 1],
+        ..case(&mut rng, 2, 4, 2, 1, 16, 64, vec![64, 10], Some(16))
+    };
+    let (what, msg) = cache_err(run(
+        &compiled,
+        &causal,
+        &long,
+        Backend::Cpu,
+        1,
+        &none,
+        false,
+    ));
+    assert_eq!(what, "E0322 seq_lens", "{msg}");
+    let neg = Case {
+        seq_lens: vec![-1, 1],
+        ..case(&mut rng, 2, 4, 2, 1, 16, 64, vec![64, 10], None)
+    };
+    assert_eq!(
+        cache_err(run(&compiled, &causal, &neg, Backend::Cpu, 1, &none, false)).0,
+        "E0322 seq_lens"
+    );
+    // invalid page id in a used page: checked mode reports it; fast mode clamps
+    let mut bad = case(&mut rng, 2, 4, 2, 1, 16, 64, vec![64, 10], Some(16));
+    let mut t = bad.page_table.as_ref().unwrap().to_i32();
+    t[4] = 99; // sequence 1, page 0
+    bad.page_table = Some(Tensor::from_i32(vec![2, 4], &t));
+    let (what, msg) = cache_err(run(&compiled, &causal, &bad, Backend::Cpu, 1, &none, true));
+    assert_eq!(what, "E0323 page_table", "{msg}");
+    assert!(msg.contains("page_table[1, 0]"), "{msg}");
+    let fast = run(&compiled, &causal, &bad, Backend::Cpu, 1, &none, false).unwrap();
+    assert!(fast.o.to_f32().iter().all(|x| x.is_finite() || x.is_nan()));
+    // page size not a power of two
+    let k = Tensor::from_f32(vec![4, 24, 2, 16], &vec![0.0; 4 * 24 * 2 * 16]);
+    let pt = Tensor::from_i32(vec![2, 2], &[0, 1, 2, 3]);
+    let sl = Tensor::from_i32(vec![2], &[1, 1]);
+    let variant = compiled.attention(&causal).unwrap();
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 1,
+        lkv: 48,
+        d: 16,
+        dv: 16,
+    };
+    let mut bound = variant
+        .bind(BindOptions::new(Backend::Cpu, shape, DType::F32))
+        .unwrap();
+    let cache = KvCache::Paged {
+        k_cache: &k,
+        v_cache: &k,
+        page_table: &pt,
+        seq_lens: &sl,
+    };
+    let (what, msg) = cache_err(bound.forward_with_cache(&c.q, &cache, &none));
+    assert_eq!(what, "E0321 k_cache", "{msg}");
+    // wrong shapes
+    let v_bad = Tensor::from_f32(vec![4, 16, 2, 8], &vec![0.0; 4 * 16 * 2 * 8]);
+    let k16 = Tensor::from_f32(vec![4, 16, 2, 16], &vec![0.0; 4 * 16 * 2 * 16]);
+    let shape = Shape { lkv: 32, ..shape };
+    let mut bound = variant
+        .bind(BindOptions::new(Backend::Cpu, shape, DType::F32))
+        .unwrap();
+    let cache = KvCache::Paged {
+        k_cache: &k16,
+        v_cache: &v_bad,
+        page_table: &pt,
+        seq_lens: &sl,
+    };
+    let (what, msg) = cache_err(bound.forward_with_cache(&c.q, &cache, &none));
+    assert_eq!(what, "E0320 v_cache", "{msg}");
+    // capacity differs from the binding's Lkv
+    let shape = Shape { lkv: 40, ..shape };
+    let mut bound = variant
+        .bind(BindOptions::new(Backend::Cpu, shape, DType::F32))
+        .unwrap();
+    let cache = KvCache::Paged {
+        k_cache: &k16,
+        v_cache: &k16,
+        page_table: &pt,
+        seq_lens: &sl,
+    };
+    let (what, msg) = cache_err(bound.forward_with_cache(&c.q, &cache, &none));
+    assert_eq!(what, "E0320 page_table", "{msg}");
+}
+
+/// Checked mode reports a captured tensor read out of range at logical positions.
+#[test]
+fn checked_mode_reports_reads_at_logical_positions() {
+    let src =
+        "tensor t: i32[B, 50]; mask m(b, h, q, kv) { t[b, kv] == 0 } attention a { mask = m; }";
+    let compiled = Compiled::from_source("t.attn", src).unwrap();
+    let mut rng = Rng(9);
+    let c = case(&mut rng, 2, 2, 1, 1, 16, 64, vec![30, 60], None);
+    let captures = Captures::default().tensor("t", Tensor::from_i32(vec![2, 50], &[0; 100]));
+    for backend in [Backend::Reference, Backend::Cpu] {
+        let e = run(&compiled, "a", &c, backend, 2, &captures, true).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("[1, 50]"), "{backend:?}: {text}");
+    }
+}
