@@ -141,8 +141,8 @@ fn case(
                 }
             }
             // unused table entries point at a garbage page or out of range
-            for bi in 0..b {
-                let used = (seq_lens[bi] as usize).div_ceil(ps);
+            for (bi, len) in seq_lens.iter().enumerate() {
+                let used = (*len as usize).div_ceil(ps);
                 for p in used..max_pages {
                     table[bi * max_pages + p] = if p % 2 == 0 { -5 } else { 1 << 20 };
                 }
@@ -164,9 +164,9 @@ fn case(
         CacheLayout::Contiguous { .. } => {
             let mut kk = logical_k.clone();
             let mut vv = logical_v.clone();
-            for bi in 0..b {
+            for (bi, len) in seq_lens.iter().enumerate() {
                 for h in 0..hkv {
-                    for pos in seq_lens[bi] as usize..cap {
+                    for pos in *len as usize..cap {
                         let at = ((bi * hkv + h) * cap + pos) * d;
                         kk[at..at + d].fill(f32::NAN);
                         vv[at..at + dv].fill(f32::NAN);
@@ -313,8 +313,10 @@ fn cache_oracle_matches_prefill_oracle() {
                 };
                 // captures of sequence bi: batch row bi, positions 0..n (the prefill
                 // binding's Q and KV are n long)
-                let mut pc = Captures::default();
-                pc.params = captures.params.clone();
+                let mut pc = Captures {
+                    params: captures.params.clone(),
+                    ..Default::default()
+                };
                 for (tn, t) in &captures.tensors {
                     let dims = t.shape().to_vec();
                     assert_eq!(dims, vec![b, pcap], "{name}: test handles [B, KV] only");

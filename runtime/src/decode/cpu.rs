@@ -63,6 +63,9 @@ pub(crate) struct Seq {
     maps: BlockMaps,
 }
 
+/// The live sequences and the positions `(start, end)` each can reach.
+pub(crate) type SeqPlan = (Vec<Seq>, Vec<(usize, usize)>);
+
 /// A chunk of a sequence's keys: positions `start..end`.
 struct Item {
     seq: usize,
@@ -202,7 +205,7 @@ pub(crate) fn sequences(
     bind: &Bindings,
     (qb, kb): (usize, usize),
     checked: bool,
-) -> Result<(Vec<Seq>, Vec<(usize, usize)>), String> {
+) -> Result<SeqPlan, String> {
     let base = bind.params.len();
     let mut bind = bind.clone();
     let mut seqs = Vec::new();

@@ -228,14 +228,16 @@ fn static_name(n: &str) -> &'static str {
 /// What a binding keeps for cache calls, built at the first one.
 pub(crate) enum DecodeState {
     Reference,
-    Cpu {
-        /// The kernel of the position-offset program.
-        kernel: Box<CpuKernel>,
-        program: Program,
-        info: MaskInfo,
-        /// k, v as f32, reused between calls.
-        inputs: [Vec<f32>; 2],
-    },
+    Cpu(Box<CpuState>),
+}
+
+pub(crate) struct CpuState {
+    /// The kernel of the position-offset program.
+    kernel: CpuKernel,
+    program: Program,
+    info: MaskInfo,
+    /// k, v as f32, reused between calls.
+    inputs: [Vec<f32>; 2],
 }
 
 impl DecodeState {
@@ -258,12 +260,12 @@ impl DecodeState {
                         }
                     })?;
                 let info = analyze(&shifted);
-                Ok(DecodeState::Cpu {
-                    kernel: Box::new(kernel),
+                Ok(DecodeState::Cpu(Box::new(CpuState {
+                    kernel,
                     program: shifted,
                     info,
                     inputs: Default::default(),
-                })
+                })))
             }
             Backend::Cuda => Err(Error::BackendUnavailable {
                 backend: "cuda",
@@ -324,12 +326,13 @@ impl Bound {
                 .map_err(|e| crate::api::out_of_bounds(&variant, &e))?;
                 (out.o, out.lse)
             }
-            DecodeState::Cpu {
-                kernel,
-                program,
-                info,
-                inputs,
-            } => {
+            DecodeState::Cpu(st) => {
+                let CpuState {
+                    kernel,
+                    program,
+                    info,
+                    inputs,
+                } = &mut **st;
                 let [kf, vf] = inputs;
                 k.read_f32_into(kf);
                 v.read_f32_into(vf);
