@@ -241,8 +241,19 @@ impl DecodeShape {
                 });
             }
         }
+        self.check_ids(view.page_table, view.seq_lens, checked)
+    }
+
+    /// Checks `seq_lens` (in `0..=capacity`) and, in checked mode, the page ids each
+    /// sequence reads; both slices have the lengths of the shape.
+    pub fn check_ids(
+        &self,
+        page_table: &[i32],
+        seq_lens: &[i32],
+        checked: bool,
+    ) -> Result<(), CacheError> {
         let cap = self.capacity();
-        for (b, &n) in view.seq_lens.iter().enumerate() {
+        for (b, &n) in seq_lens.iter().enumerate() {
             if n < 0 || n as usize > cap {
                 return Err(CacheError::SeqLen {
                     b,
@@ -258,7 +269,7 @@ impl DecodeShape {
             max_pages,
         } = self.layout
         {
-            for (b, &n) in view.seq_lens.iter().enumerate() {
+            for (b, &n) in seq_lens.iter().enumerate() {
                 let used = (n as usize).div_ceil(page_size);
                 if used > 0 && num_pages == 0 {
                     return Err(CacheError::Shape {
@@ -270,7 +281,7 @@ impl DecodeShape {
                     continue;
                 }
                 for page in 0..used {
-                    let id = view.page_table[b * max_pages + page];
+                    let id = page_table[b * max_pages + page];
                     if id < 0 || id as usize >= num_pages {
                         return Err(CacheError::PageId {
                             b,

@@ -225,6 +225,15 @@ impl Variant {
         })
     }
 
+    /// The same source with another program (a transformed form of this one, e.g. the
+    /// position-offset program of decoding); diagnostics still point into the source.
+    pub(crate) fn derived(&self, program: Program) -> Variant {
+        Variant {
+            source: self.source.clone(),
+            program: Arc::new(program),
+        }
+    }
+
     /// A diagnostic pointing at a declaration of this program, rendered.
     pub(crate) fn render_at(
         &self,

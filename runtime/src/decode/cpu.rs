@@ -57,7 +57,7 @@ impl From<CpuError> for Failure {
 
 /// One sequence's live rows and the blocks its mask reaches.
 pub(crate) struct Seq {
-    b: usize,
+    pub b: usize,
     first: usize,
     pos: usize,
     maps: BlockMaps,

@@ -15,6 +15,7 @@
 //! sequence's kv range (only the blocks its mask can reach) across threads ([`cpu`]).
 
 mod cpu;
+mod cuda;
 
 use crate::api::{Backend, Bound, Captures, Output};
 use crate::error::{Error, Result};
@@ -229,6 +230,11 @@ fn static_name(n: &str) -> &'static str {
 pub(crate) enum DecodeState {
     Reference,
     Cpu(Box<CpuState>),
+    Cuda {
+        state: Box<cuda::CudaState>,
+        program: Box<Program>,
+        info: MaskInfo,
+    },
 }
 
 pub(crate) struct CpuState {
@@ -241,7 +247,13 @@ pub(crate) struct CpuState {
 }
 
 impl DecodeState {
-    fn new(program: &Program, backend: Backend, lq: usize, checked: bool) -> Result<Self> {
+    fn new(
+        variant: &crate::api::Variant,
+        backend: Backend,
+        lq: usize,
+        checked: bool,
+    ) -> Result<Self> {
+        let program = variant.program();
         match backend {
             Backend::Reference => Ok(DecodeState::Reference),
             Backend::Cpu => {
@@ -267,11 +279,15 @@ impl DecodeState {
                     inputs: Default::default(),
                 })))
             }
-            Backend::Cuda => Err(Error::BackendUnavailable {
-                backend: "cuda",
-                reason: "decoding against a KV cache is not implemented on the CUDA backend yet"
-                    .into(),
-            }),
+            Backend::Cuda => {
+                let shifted = offset_program(program);
+                let info = analyze(&shifted);
+                Ok(DecodeState::Cuda {
+                    state: Box::new(cuda::CudaState::new(variant.derived(shifted.clone()))),
+                    program: Box::new(shifted),
+                    info,
+                })
+            }
         }
     }
 }
@@ -296,13 +312,16 @@ impl Bound {
         let state = match self.decode_state() {
             Some(s) => s,
             None => {
-                let s =
-                    DecodeState::new(variant.program(), opts.backend, opts.shape.lq, opts.checked)?;
+                let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
                 self.decode_state().insert(s)
             }
         };
         let (k, v) = cache.kv();
-        let qf = q.to_f32();
+        let qf = if matches!(state, DecodeState::Cuda { .. }) {
+            Vec::new()
+        } else {
+            q.to_f32()
+        };
         let (o, lse) = match state {
             DecodeState::Reference => {
                 let (kf, vf) = (k.to_f32(), v.to_f32());
@@ -369,6 +388,43 @@ impl Bound {
                         message,
                     },
                 })?
+            }
+            DecodeState::Cuda {
+                state,
+                program,
+                info,
+            } => {
+                // the dims of every input were checked by `decode_shape`
+                shape
+                    .check_ids(&page_table, &seq_lens, opts.checked)
+                    .map_err(cache_error)?;
+                let (seqs, spans) = cpu::sequences(
+                    program,
+                    info,
+                    &shape,
+                    &seq_lens,
+                    &bindings,
+                    (shape.lq.div_ceil(16) * 16, 64),
+                    opts.checked,
+                )
+                .map_err(|message| Error::Backend {
+                    backend: "blocks",
+                    message,
+                })?;
+                let live: Vec<(usize, (usize, usize))> =
+                    seqs.iter().map(|s| s.b).zip(spans).collect();
+                state.forward(
+                    &opts,
+                    scale,
+                    &shape,
+                    q,
+                    k,
+                    v,
+                    &page_table,
+                    &seq_lens,
+                    &live,
+                    captures,
+                )?
             }
         };
         let s = shape;
