@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the workspace needs, builds, and runs
 # every test suite. GPU tests report themselves as skipped by name when no GPU is present.
+# Then the Python package (python/): scripts/python-setup.sh makes .venv (torch, numpy,
+# pytest, maturin) and builds the package into it; pytest runs python/tests (CUDA tests
+# skipped by name without a GPU).
 # Ends with one summary line over all suites: "summary: N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
-cargo build --workspace --all-targets
+cargo build --workspace --all-targets --exclude attnc-python
 log=$(mktemp)
 status=0
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+cargo test --workspace --exclude attnc-python --no-fail-fast 2>&1 | tee "$log" || status=$?
+bash scripts/python-setup.sh
+.venv/bin/python -m pytest python/tests -v -rs -p no:cacheprovider 2>&1 | tee -a "$log" | grep -Ev " PASSED " || status=1
 python3 - "$log" <<'PY'
 import re, sys
 passed = failed = skipped = 0
@@ -17,6 +22,11 @@ for line in open(sys.argv[1], errors="replace"):
     m = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
     if m:
         passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])
+    if re.match(r"=+ .* in [\d.]+s", line):  # pytest's closing line
+        for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line):
+            if what == "passed": passed += int(n)
+            elif what == "skipped": skipped += int(n)
+            else: failed += int(n)
     m = re.match(r"gpu tests: (\d+) passed, (\d+) failed, (\d+) skipped", line)
     if m:
         passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])

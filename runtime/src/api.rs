@@ -291,6 +291,12 @@ impl Bound {
         crate::launch::gpu_table_counts(&self.kernel)
     }
 
+    /// The binding's kernel, variant and options, for launch paths outside this module
+    /// (`external`: caller-owned buffers).
+    pub(crate) fn parts_mut(&mut self) -> (&mut crate::launch::Kernel, &Variant, &BindOptions) {
+        (&mut self.kernel, &self.variant, &self.opts)
+    }
+
     /// Checks and converts the captures against the program's declarations.
     pub fn bindings(&self, captures: &Captures) -> Result<Bindings> {
         bind_captures(&self.variant, &self.opts.shape, captures)

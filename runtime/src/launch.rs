@@ -502,53 +502,22 @@ pub(crate) fn forward(
             .map_err(|e| out_of_bounds(variant, &e))?;
             Ok((out.o, out.lse))
         }
-        Kernel::Cpu {
-            kernel,
-            info,
-            maps,
-            inputs,
-        } => {
-            let launch;
-            let maps = match maps {
-                Some(m) => &*m,
-                None => {
-                    let built = launch_maps(
-                        variant.program(),
-                        info,
-                        opts,
-                        kernel.q_block(),
-                        kernel.kv_block(),
-                        bindings,
-                    )?;
-                    if reusable(info, opts) {
-                        // index-only: the shape fixes the maps; keep them for later calls
-                        &*maps.insert(built)
-                    } else {
-                        launch = built;
-                        &launch
-                    }
-                }
-            };
+        Kernel::Cpu { inputs, .. } => {
             let s = opts.shape;
             let mut o = vec![0f32; s.o_len()];
             let mut lse = vec![0f32; s.lse_len()];
-            let threads = if opts.threads == 0 {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            } else {
-                opts.threads
-            };
-            let [qf, kf, vf] = inputs;
-            q.read_f32_into(qf);
-            k.read_f32_into(kf);
-            v.read_f32_into(vf);
-            kernel
-                .run(
-                    &s, qf, kf, vf, scale, bindings, maps, threads, &mut o, &mut lse,
-                )
-                .map_err(|e| cpu_error(variant, e))?;
-            Ok((o, lse))
+            let [qf, kf, vf] = std::mem::take(inputs);
+            let (mut qf, mut kf, mut vf) = (qf, kf, vf);
+            q.read_f32_into(&mut qf);
+            k.read_f32_into(&mut kf);
+            v.read_f32_into(&mut vf);
+            let r = cpu_forward_into(
+                kernel, variant, opts, scale, &qf, &kf, &vf, bindings, &mut o, &mut lse,
+            );
+            if let Kernel::Cpu { inputs, .. } = kernel {
+                *inputs = [qf, kf, vf];
+            }
+            r.map(|()| (o, lse))
         }
         Kernel::Cuda {
             kernel: jit,
@@ -596,6 +565,64 @@ pub(crate) fn forward(
             Ok((o_t.to_f32(), lse))
         }
     }
+}
+
+/// CPU backend: runs the kernel of a binding on f32 slices in the layouts of
+/// `attnc_compiler::shape` and writes `o` and `lse` (caller-owned buffers of the shape's
+/// lengths; checked). Block maps are built per launch, or once where the shape fixes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cpu_forward_into(
+    kernel: &mut Kernel,
+    variant: &Variant,
+    opts: &BindOptions,
+    scale: f32,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bindings: &Bindings,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<()> {
+    let Kernel::Cpu {
+        kernel, info, maps, ..
+    } = kernel
+    else {
+        return Err(Error::Usage(format!(
+            "this binding runs on the {} backend, not on the CPU",
+            opts.backend.name()
+        )));
+    };
+    let launch;
+    let maps = match maps {
+        Some(m) => &*m,
+        None => {
+            let built = launch_maps(
+                variant.program(),
+                info,
+                opts,
+                kernel.q_block(),
+                kernel.kv_block(),
+                bindings,
+            )?;
+            if reusable(info, opts) {
+                // index-only: the shape fixes the maps; keep them for later calls
+                &*maps.insert(built)
+            } else {
+                launch = built;
+                &launch
+            }
+        }
+    };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.threads
+    };
+    kernel
+        .run(&opts.shape, q, k, v, scale, bindings, maps, threads, o, lse)
+        .map_err(|e| cpu_error(variant, e))
 }
 
 /// The block-table kernel to use for this launch, if the table is built on the GPU: a

@@ -2,7 +2,7 @@
 //! dtypes and a backend, and run `forward` many times (see [`api`]).
 //!
 //! Modules: [`api`] (compile/bind/forward), [`tensor`] (host tensors), [`io`]
-//! (safetensors), `launch` (the compile/launch seam per backend), [`blockview`]
+//! (safetensors), [`external`] (forward over caller-owned buffers), `launch` (the compile/launch seam per backend), [`blockview`]
 //! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cuda;
 pub mod decode;
 pub mod error;
+pub mod external;
 pub mod io;
 mod launch;
 pub mod synth;

@@ -1,0 +1,119 @@
+"""attnc: a compiler for attention variants, callable from PyTorch.
+
+    import attnc, torch
+    mod = attnc.compile("examples/document_alibi.attn")   # a path, or source text
+    attn = mod.attention("document_alibi")                # or mod.attention() for the only one
+    o = attn(q, k, v, doc=doc_ids, window=1024)           # captures and params as keywords
+    o, lse = attn(q, k, v, doc=doc_ids, window=1024, return_lse=True, scale=None)
+
+q, k, v are torch tensors [B, H, L, D] (k/v may have fewer heads: GQA): float32 on the
+CPU, bfloat16/float16 on CUDA. Kernels are compiled on first use per shape, dtype and
+device and kept; other param values or captured tensors reuse them. Calls go through the
+torch custom op ``torch.ops.attnc.forward`` (``torch.compile(fullgraph=True)`` traces
+it). Errors are ``attnc.AttncError`` (``.code``, ``.rendered``, ``.spans``,
+``.diagnostics``); compile errors are its subclass ``attnc.CompileError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional, Union
+
+from . import _attnc
+from ._attnc import AttncError, CompileError
+
+__all__ = ["compile", "Module", "Attention", "AttncError", "CompileError"]
+__version__ = _attnc.__version__
+
+
+def _error(code: str, message: str) -> AttncError:
+    e = AttncError(message)
+    e.code, e.rendered, e.spans, e.diagnostics = code, message, [], []
+    return e
+
+
+def _looks_like_path(s: str) -> bool:
+    return "\n" not in s and "{" not in s and (s.endswith(".attn") or os.path.isfile(s))
+
+
+def compile(path_or_source: Union[str, os.PathLike], *, name: Optional[str] = None) -> "Module":
+    """Compiles an ``.attn`` file (a path) or source text. ``name`` is the file name used
+    in diagnostics for source text (default ``<source>``). Raises ``CompileError``."""
+    if isinstance(path_or_source, os.PathLike) or (
+        isinstance(path_or_source, str) and _looks_like_path(path_or_source)
+    ):
+        path = os.fspath(path_or_source)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise _error("E0317", f"{path}: {e.strerror or e}") from None
+        return Module(_attnc.compile(text, name or path), text)
+    if not isinstance(path_or_source, str):
+        raise _error("E0317", f"attnc.compile takes a path or source text, got {type(path_or_source).__name__}")
+    return Module(_attnc.compile(path_or_source, name or "<source>"), path_or_source)
+
+
+class Module:
+    """A compiled source: its attentions by name."""
+
+    def __init__(self, inner: "_attnc.Module", text: str):
+        self._inner = inner
+        self._text = text
+
+    @property
+    def names(self) -> list:
+        return list(self._inner.names)
+
+    def attention(self, name: Optional[str] = None) -> "Attention":
+        """The attention ``name``, or the only one of the module."""
+        return Attention(self._inner.attention(name), self._text)
+
+    def __repr__(self) -> str:
+        return f"attnc.Module({self._inner.source_name!r}, attentions={self.names})"
+
+
+class Attention:
+    """One attention variant, callable on torch tensors:
+    ``attn(q, k, v, *, return_lse=False, scale=None, **captures_and_params)``."""
+
+    def __init__(self, inner: "_attnc.Attention", text: str):
+        from . import _ops
+
+        self.name = inner.name
+        # captured tensors (name, dtype, dims) and params (name, type), as declared
+        self.tensors = list(inner.tensors)
+        self.params = list(inner.params)
+        # the custom op finds the attention by this key: the same source and name give the
+        # same key in every process (compiled graphs may be cached across processes)
+        digest = hashlib.sha256(text.encode() + b"\0" + self.name.encode()).hexdigest()[:24]
+        self._key = f"{self.name}:{digest}"
+        self._inner = _ops.register(self._key, inner)
+
+    def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None, **captures):
+        from . import _ops
+
+        o, lse = _ops.call(self._key, q, k, v, scale, captures)
+        return (o, lse) if return_lse else o
+
+    def reference(self, q, k, v, *, scale: Optional[float] = None, **captures):
+        """The f64 oracle on host copies: ``(o, lse)`` as float32 CPU tensors (slow)."""
+        import torch
+
+        tensors = [(n, x.detach().cpu().contiguous()) for n, x in captures.items() if isinstance(x, torch.Tensor)]
+        params = [(n, x) for n, x in captures.items() if not isinstance(x, torch.Tensor)]
+        q, k, v = (x.detach().cpu().contiguous() for x in (q, k, v))
+        o, lse = self._inner.reference(q, k, v, scale, tensors, params)
+        b, hq, lq = q.shape[:3]
+        return (
+            torch.tensor(o, dtype=torch.float32).reshape(b, hq, lq, v.shape[-1]),
+            torch.tensor(lse, dtype=torch.float32).reshape(b, hq, lq),
+        )
+
+    def binding_count(self) -> int:
+        """How many compiled bindings (shape, dtype, device, scale) this attention holds."""
+        return self._inner.binding_count()
+
+    def __repr__(self) -> str:
+        return f"attnc.Attention({self.name!r}, tensors={[t[0] for t in self.tensors]}, params={[p[0] for p in self.params]})"

@@ -1,0 +1,100 @@
+"""The torch custom op behind ``Attention.__call__``: ``torch.ops.attnc.forward``.
+
+In: q, k, v, the attention's registry key, the softmax scale, captured tensors and params
+(as parallel lists: a custom op has a fixed schema). Out: ``(o, lse)``, allocated by torch
+(o in q's dtype ``[B, Hq, Lq, Dv]``, lse float32 ``[B, Hq, Lq]``). The fake (meta)
+implementation gives ``torch.compile`` the output shapes without running anything, so a
+model calling attnc traces with ``fullgraph=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_REGISTRY: dict = {}
+
+
+def register(key: str, inner):
+    """Registers an attention under its key; returns the one registered first (the same
+    source and name compiled twice share their bindings)."""
+    return _REGISTRY.setdefault(key, inner)
+
+
+def _lookup(key: str):
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        from . import _error
+
+        raise _error("E0310", f"no attention registered under {key!r} in this process (compile its source first)") from None
+
+
+def _device_error(name: str, x, q):
+    from . import _error
+
+    return _error("E0314", f"`{name}` is on {x.device}, but q is on {q.device}; q, k, v and the captures must be on one device")
+
+
+def call(key: str, q, k, v, scale: Optional[float], captures: dict):
+    # checked before dispatch: torch would pick one device's kernel for mixed inputs
+    # (a meta tensor anywhere selects the fake implementation)
+    if isinstance(q, torch.Tensor):
+        for name, x in (("k", k), ("v", v)):
+            if isinstance(x, torch.Tensor) and x.device != q.device:
+                raise _device_error(name, x, q)
+    tensor_names, tensors, param_names, params = [], [], [], []
+    for name, x in captures.items():
+        if isinstance(x, torch.Tensor):
+            if isinstance(q, torch.Tensor) and x.device != q.device:
+                raise _device_error(name, x, q)
+            tensor_names.append(name)
+            tensors.append(x)
+        else:
+            if not isinstance(x, (bool, int, float)):
+                from . import _error
+
+                raise _error("E0315", f"param `{name}` must be a bool, int or float, got {type(x).__name__}")
+            param_names.append(name)
+            params.append(x)
+    # names are identifiers: joined with commas (a custom op's schema has no str lists)
+    return forward(q, k, v, key, scale, ",".join(tensor_names), tensors, ",".join(param_names), params)
+
+
+def _names(joined: str) -> list:
+    return joined.split(",") if joined else []
+
+
+def _out_shapes(q, k, v):
+    if q.dim() == 4 and v.dim() == 4:
+        return (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), (q.shape[0], q.shape[1], q.shape[2])
+    return (0,), (0,)
+
+
+@torch.library.custom_op("attnc::forward", mutates_args=())
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key: str,
+    scale: Optional[float],
+    tensor_names: str,
+    tensors: list[torch.Tensor],
+    param_names: str,
+    params: list[int | float | bool],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inner = _lookup(key)
+    o_shape, lse_shape = _out_shapes(q, k, v)
+    o = torch.empty(o_shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    caps = [(n, t.contiguous()) for n, t in zip(_names(tensor_names), tensors)]
+    stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
+    inner.forward(q.contiguous(), k.contiguous(), v.contiguous(), o, lse, scale, caps, list(zip(_names(param_names), params)), stream)
+    return o, lse
+
+
+@forward.register_fake
+def _(q, k, v, key, scale, tensor_names, tensors, param_names, params):
+    o_shape, lse_shape = _out_shapes(q, k, v)
+    return q.new_empty(o_shape), q.new_empty(lse_shape, dtype=torch.float32)

@@ -1,0 +1,494 @@
+//! `attnc._attnc`: the extension module behind the `attnc` Python package (PyO3, stable
+//! ABI). The package's Python code (`python/attnc/`) is the public API; this module is
+//! private to it.
+//!
+//! In: `.attn` source text; torch tensors (q, k, v, and the o/lse buffers the package
+//! allocated with torch) read by pointer, shape, strides, dtype and device; captures
+//! and params by name. Out: [`Module`] and [`Attention`] objects, o/lse written in
+//! place, or `attnc.AttncError` / `attnc.CompileError` (errors.rs). Every entry point
+//! runs under [`errors::guard`], so a panic becomes an exception, never an abort.
+//!
+//! An [`Attention`] keeps one runtime binding (`attnc::Bound`: the JIT-compiled kernel
+//! and its block maps) per (backend, shape, dtype, scale); calls with other param values
+//! or captured tensors reuse it. Compute runs with the GIL released.
+
+mod args;
+mod errors;
+
+use args::{Device, TensorArg, param_value};
+use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
+use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// A compiled `.attn` source: every attention it defines.
+#[pyclass(frozen, module = "attnc._attnc")]
+struct Module {
+    compiled: Compiled,
+}
+
+/// Compiles source text; `name` is the file name used in diagnostics.
+#[pyfunction]
+fn compile(py: Python<'_>, source: &str, name: &str) -> PyResult<Module> {
+    guard(py, || match Compiled::from_source(name, source) {
+        Ok(compiled) => Ok(Module { compiled }),
+        Err(attnc::Error::Compile { rendered, .. }) => {
+            // the structured diagnostics, for `.code`, `.spans`, `.diagnostics`
+            let diags = match attnc_compiler::compile_source(source) {
+                Err(ds) => ds
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| DiagInfo::from_diagnostic(d, source))
+                    .collect(),
+                Ok(_) => Vec::new(),
+            };
+            Err(errors::compile_error(py, &rendered, &diags))
+        }
+        Err(e) => Err(runtime_error(py, &e, &|_| None)),
+    })
+}
+
+#[pymethods]
+impl Module {
+    /// The attentions of the source, in order.
+    #[getter]
+    fn names(&self) -> Vec<String> {
+        self.compiled
+            .names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    #[getter]
+    fn source_name(&self) -> String {
+        self.compiled.source().name.clone()
+    }
+    /// One attention by name, or the only one when `name` is None.
+    #[pyo3(signature = (name=None))]
+    fn attention(&self, py: Python<'_>, name: Option<&str>) -> PyResult<Attention> {
+        guard(py, || match self.compiled.select(name) {
+            Ok(variant) => Ok(Attention {
+                variant,
+                bound: Mutex::new(HashMap::new()),
+            }),
+            Err(e) => {
+                let msg = match (&e, name) {
+                    (attnc::Error::Usage(_), None) => format!(
+                        "{} defines {} attentions ({}); choose one with .attention(name)",
+                        self.compiled.source().name,
+                        self.compiled.names().len(),
+                        self.compiled.names().join(", ")
+                    ),
+                    _ => e.to_string(),
+                };
+                Err(attnc_error(py, code::UNKNOWN_ATTENTION, &msg))
+            }
+        })
+    }
+}
+
+/// What a binding depends on besides the variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BindKey {
+    backend: Backend,
+    device: Device,
+    shape: Shape,
+    dtype: DType,
+    /// `None`: the default `1/sqrt(D)`.
+    scale: Option<u32>,
+}
+
+/// Bindings kept per attention; past this many the oldest are dropped (a model that
+/// sees many sequence lengths keeps the recent ones).
+const MAX_BINDINGS: usize = 64;
+
+/// The runtime bindings of one attention, in order of first use.
+type Bindings = HashMap<BindKey, (u64, attnc::Bound)>;
+
+/// One attention of a module, callable on torch tensors.
+#[pyclass(frozen, module = "attnc._attnc")]
+struct Attention {
+    variant: Variant,
+    bound: Mutex<Bindings>,
+}
+
+/// Raw pointers into torch's memory, moved into the GIL-free section of a call.
+struct Buffers {
+    q: usize,
+    k: usize,
+    v: usize,
+    o: usize,
+    lse: usize,
+}
+
+impl Attention {
+    /// The declaration of a capture, for errors that point at it.
+    fn locate(&self, name: &str) -> Option<DiagInfo> {
+        let p = self.variant.program();
+        let span = p
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.span)
+            .or_else(|| p.params.iter().find(|x| x.name == name).map(|x| x.span))?;
+        let text = &self.variant.source().text;
+        Some(DiagInfo::at("", "", (span.start, span.end), text))
+    }
+
+    fn error(&self, py: Python<'_>, e: &attnc::Error) -> PyErr {
+        runtime_error(py, e, &|n| self.locate(n))
+    }
+
+    /// Builds the runtime captures from `(name, value)` pairs: tensors (host copies)
+    /// and params.
+    fn captures(
+        &self,
+        py: Python<'_>,
+        tensors: &[(String, Bound<'_, PyAny>)],
+        params: &[(String, Bound<'_, PyAny>)],
+    ) -> PyResult<Captures> {
+        let mut caps = Captures::default();
+        for (name, t) in tensors {
+            let arg = TensorArg::read(py, name, t)?;
+            caps.tensors.insert(name.clone(), arg.to_host_tensor(py)?);
+        }
+        for (name, v) in params {
+            caps.params.insert(name.clone(), param_value(py, name, v)?);
+        }
+        Ok(caps)
+    }
+
+    /// Runs `f` on the binding for `key`, binding (JIT-compiling) on first use.
+    fn with_bound<T>(
+        &self,
+        key: BindKey,
+        f: impl FnOnce(&mut attnc::Bound) -> attnc::Result<T>,
+    ) -> attnc::Result<T> {
+        let mut map = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&key) {
+            let mut opts = BindOptions::new(key.backend, key.shape, key.dtype);
+            opts.scale = key.scale.map(f32::from_bits);
+            let bound = self.variant.bind(opts)?;
+            if map.len() >= MAX_BINDINGS {
+                // drop the oldest binding
+                if let Some(old) = map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) {
+                    map.remove(&old);
+                }
+            }
+            let next = map.values().map(|(t, _)| *t + 1).max().unwrap_or(0);
+            map.insert(key, (next, bound));
+        }
+        let (_, bound) = map.get_mut(&key).expect("inserted above");
+        f(bound)
+    }
+}
+
+/// The shape of a call from q `[B, Hq, Lq, D]`, k `[B, Hkv, Lkv, D]`, v `[B, Hkv, Lkv, Dv]`.
+fn call_shape(py: Python<'_>, q: &TensorArg, k: &TensorArg, v: &TensorArg) -> PyResult<Shape> {
+    for t in [q, k, v] {
+        if t.shape.len() != 4 {
+            return Err(attnc_error(
+                py,
+                code::INPUT_SHAPE,
+                &format!(
+                    "`{}` has shape {:?}; q, k and v are [B, H, L, D] (rank 4)",
+                    t.name, t.shape
+                ),
+            ));
+        }
+    }
+    let (qs, ks, vs) = (&q.shape, &k.shape, &v.shape);
+    let bad = |what: &str| {
+        Err(attnc_error(
+            py,
+            code::INPUT_SHAPE,
+            &format!("q {qs:?}, k {ks:?}, v {vs:?}: {what}"),
+        ))
+    };
+    if ks[0] != qs[0] || vs[0] != qs[0] {
+        return bad("batch sizes differ");
+    }
+    if ks[1] != vs[1] || ks[2] != vs[2] {
+        return bad("k and v differ in heads or length");
+    }
+    if ks[3] != qs[3] {
+        return bad("q and k differ in head dimension D");
+    }
+    if ks[1] == 0 || qs[1] % ks[1] != 0 {
+        return bad("the query heads must be a positive multiple of the kv heads (GQA)");
+    }
+    Ok(Shape {
+        b: qs[0],
+        hq: qs[1],
+        hkv: ks[1],
+        lq: qs[2],
+        lkv: ks[2],
+        d: qs[3],
+        dv: vs[3],
+    })
+}
+
+/// Checks that a buffer has this exact shape and dtype, is contiguous and on `device`.
+fn check_buffer(
+    py: Python<'_>,
+    t: &TensorArg,
+    shape: &[usize],
+    dtype: DType,
+    device: Device,
+) -> PyResult<()> {
+    if t.device != device {
+        return Err(attnc_error(
+            py,
+            code::DEVICE,
+            &format!(
+                "`{}` is on {}, but q is on {device}; q, k, v and the captures must be on one device",
+                t.name, t.device
+            ),
+        ));
+    }
+    if t.dtype != Some(dtype) {
+        return Err(attnc_error(
+            py,
+            code::INPUT_DTYPE,
+            &format!("`{}` has dtype {}, expected {dtype}", t.name, t.torch_dtype),
+        ));
+    }
+    if t.shape != shape {
+        return Err(attnc_error(
+            py,
+            code::INPUT_SHAPE,
+            &format!("`{}` has shape {:?}, expected {shape:?}", t.name, t.shape),
+        ));
+    }
+    if !t.contiguous() {
+        return Err(attnc_error(
+            py,
+            code::INPUT_SHAPE,
+            &format!(
+                "`{}` is not contiguous (strides {:?}); the attnc package passes contiguous tensors",
+                t.name, t.strides
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An f32 slice over a checked buffer.
+///
+/// # Safety
+/// `ptr` must point to `len` f32 values that stay alive and are not written by anyone
+/// else for `'a`.
+unsafe fn f32_slice<'a>(ptr: usize, len: usize) -> &'a [f32] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr as *const f32, len) }
+}
+
+#[pymethods]
+impl Attention {
+    #[getter]
+    fn name(&self) -> String {
+        self.variant.name().to_string()
+    }
+    /// The captured tensors: `(name, dtype, dims)`, dims as written (`B`, `H`, `Q`,
+    /// `KV`, a number or a symbol).
+    #[getter]
+    fn tensors(&self) -> Vec<(String, String, Vec<String>)> {
+        self.variant
+            .program()
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.elem.name().to_string(),
+                    t.dims.iter().map(|d| d.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+    /// The params: `(name, type)` with type `i32`, `f32` or `bool`.
+    #[getter]
+    fn params(&self) -> Vec<(String, String)> {
+        self.variant
+            .program()
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.to_string()))
+            .collect()
+    }
+    /// How many bindings (compiled kernels for a shape, dtype, device and scale) this
+    /// attention holds.
+    fn binding_count(&self) -> usize {
+        self.bound.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs attention: reads q, k, v and writes o `[B, Hq, Lq, Dv]` and lse
+    /// `[B, Hq, Lq]` (f32), all allocated by the caller (contiguous, one device).
+    /// `tensors` and `params` are `(name, value)` pairs. `stream`: the CUDA stream
+    /// (unused on the CPU).
+    #[pyo3(signature = (q, k, v, o, lse, scale, tensors, params, stream=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let _ = stream;
+        guard(py, || {
+            let q = TensorArg::read(py, "q", q)?;
+            let k = TensorArg::read(py, "k", k)?;
+            let v = TensorArg::read(py, "v", v)?;
+            let o = TensorArg::read(py, "o", o)?;
+            let lse = TensorArg::read(py, "lse", lse)?;
+            let shape = call_shape(py, &q, &k, &v)?;
+            let device = q.device;
+            let dtype = match (device, q.dtype) {
+                (Device::Cpu, Some(DType::F32)) => DType::F32,
+                (Device::Cpu, _) => {
+                    return Err(attnc_error(
+                        py,
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "q has dtype {} on the cpu; attnc's CPU backend takes float32 (convert with .float())",
+                            q.torch_dtype
+                        ),
+                    ));
+                }
+                (Device::Cuda(_), _) => {
+                    return Err(attnc_error(
+                        py,
+                        code::DEVICE,
+                        "CUDA tensors are not supported by this build of the attnc package yet",
+                    ));
+                }
+            };
+            let s = shape;
+            check_buffer(py, &q, &[s.b, s.hq, s.lq, s.d], dtype, device)?;
+            check_buffer(py, &k, &[s.b, s.hkv, s.lkv, s.d], dtype, device)?;
+            check_buffer(py, &v, &[s.b, s.hkv, s.lkv, s.dv], dtype, device)?;
+            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
+            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
+            let outputs = [(o.ptr, s.o_len()), (lse.ptr, s.lse_len())];
+            for (ptr, len) in outputs {
+                for t in [&q, &k, &v] {
+                    let (a, b) = (t.ptr, t.ptr + t.numel() * 4);
+                    if len > 0 && t.numel() > 0 && ptr < b && a < ptr + len * 4 {
+                        return Err(attnc_error(
+                            py,
+                            code::INPUT_SHAPE,
+                            &format!("an output buffer overlaps `{}`", t.name),
+                        ));
+                    }
+                }
+            }
+            let caps = self.captures(py, &tensors, &params)?;
+            let key = BindKey {
+                backend: Backend::Cpu,
+                device,
+                shape,
+                dtype,
+                scale: scale.map(|x| (x as f32).to_bits()),
+            };
+            let bufs = Buffers {
+                q: q.ptr,
+                k: k.ptr,
+                v: v.ptr,
+                o: o.ptr,
+                lse: lse.ptr,
+            };
+            let result = py.detach(|| {
+                self.with_bound(key, |bound| {
+                    // SAFETY: q, k, v, o, lse were checked above (f32, contiguous, on the
+                    // CPU, exactly the bound shape's lengths; o/lse overlap no input);
+                    // the caller's Python frame holds the tensors for the whole call, and
+                    // o/lse are fresh buffers nobody else writes during it.
+                    let (qs, ks, vs, os, ls) = unsafe {
+                        (
+                            f32_slice(bufs.q, s.q_len()),
+                            f32_slice(bufs.k, s.k_len()),
+                            f32_slice(bufs.v, s.v_len()),
+                            f32_slice_mut(bufs.o, s.o_len()),
+                            f32_slice_mut(bufs.lse, s.lse_len()),
+                        )
+                    };
+                    bound.forward_f32_into(qs, ks, vs, &caps, os, ls)
+                })
+            });
+            result.map_err(|e| self.error(py, &e))
+        })
+    }
+
+    /// The f64 reference implementation (the oracle) on host copies: returns `(o, lse)`
+    /// as flat lists of f32 (slow; for tests and debugging).
+    #[pyo3(signature = (q, k, v, scale, tensors, params))]
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+    ) -> PyResult<(Vec<f32>, Vec<f32>)> {
+        guard(py, || {
+            let q = TensorArg::read(py, "q", q)?;
+            let k = TensorArg::read(py, "k", k)?;
+            let v = TensorArg::read(py, "v", v)?;
+            let shape = call_shape(py, &q, &k, &v)?;
+            let (qt, kt, vt) = (
+                q.to_host_tensor(py)?,
+                k.to_host_tensor(py)?,
+                v.to_host_tensor(py)?,
+            );
+            let caps = self.captures(py, &tensors, &params)?;
+            let key = BindKey {
+                backend: Backend::Reference,
+                device: Device::Cpu,
+                shape,
+                dtype: qt.dtype(),
+                scale: scale.map(|x| (x as f32).to_bits()),
+            };
+            let out = py
+                .detach(|| self.with_bound(key, |b| b.forward(&qt, &kt, &vt, &caps)))
+                .map_err(|e| self.error(py, &e))?;
+            Ok((out.o.to_f32(), out.lse.to_f32()))
+        })
+    }
+}
+
+/// A mutable f32 slice over a checked output buffer.
+///
+/// # Safety
+/// As [`f32_slice`], and nothing else reads or writes the buffer during `'a`.
+unsafe fn f32_slice_mut<'a>(ptr: usize, len: usize) -> &'a mut [f32] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts_mut(ptr as *mut f32, len) }
+}
+
+#[pymodule]
+fn _attnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(compile, m)?)?;
+    m.add_class::<Module>()?;
+    m.add_class::<Attention>()?;
+    m.add("AttncError", m.py().get_type::<errors::AttncError>())?;
+    m.add("CompileError", m.py().get_type::<errors::CompileError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

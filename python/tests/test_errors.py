@@ -1,0 +1,164 @@
+"""Every error path: an attnc.AttncError (or CompileError) with the attnc code and the
+rendered diagnostic, never a crash."""
+
+import pytest
+import torch
+
+import attnc
+from conftest import EXAMPLES, qkv
+
+
+def raises(code, fn, *args, **kwargs):
+    with pytest.raises(attnc.AttncError) as info:
+        fn(*args, **kwargs)
+    e = info.value
+    assert e.code == code, f"expected {code}, got {e.code}: {e}"
+    assert isinstance(e.rendered, str) and e.rendered
+    return e
+
+
+def test_compile_error_has_code_spans_and_rendered_text():
+    src = "mask m(b,h,q,kv) { q + 1.5 }"
+    with pytest.raises(attnc.CompileError) as info:
+        attnc.compile(src, name="bad.attn")
+    e = info.value
+    assert isinstance(e, attnc.AttncError)
+    assert e.code == "E0201"
+    assert e.spans == [(19, 26)] and src[19:26] == "q + 1.5"
+    assert "error[E0201]" in e.rendered and "bad.attn:1:20" in e.rendered
+    assert "hint: convert the left operand" in e.rendered
+    d = e.diagnostics[0]
+    assert (d["code"], d["line"], d["column"], d["span"]) == ("E0201", 1, 20, (19, 26))
+    assert str(e) == e.rendered
+
+
+def test_compile_error_several_diagnostics():
+    with pytest.raises(attnc.CompileError) as info:
+        attnc.compile("mask a(b,h,q,kv) { windw > 1 }\nscore s(s,b,h,q,kv) { s + kv }\n")
+    codes = [d["code"] for d in info.value.diagnostics]
+    assert codes[0] == info.value.code and len(codes) >= 2 and "E0101" in codes
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES.parent / "tests" / "bad").glob("*.attn"))[:12], ids=lambda p: p.name)
+def test_bad_inputs_of_the_rust_suite(path):
+    with pytest.raises(attnc.CompileError) as info:
+        attnc.compile(path)
+    assert info.value.code.startswith("E0") and info.value.spans
+
+
+def test_missing_file():
+    raises("E0317", attnc.compile, EXAMPLES / "no_such_file.attn")
+    raises("E0317", attnc.compile, "no_such_file.attn")
+
+
+def test_unknown_and_ambiguous_attention():
+    mod = attnc.compile(EXAMPLES / "softcap.attn")
+    e = raises("E0310", mod.attention, "softcapp")
+    assert "softcap_causal" in str(e)
+    e = raises("E0310", mod.attention)
+    assert "choose one" in str(e)
+
+
+@pytest.fixture(scope="module")
+def doc_alibi():
+    return attnc.compile(EXAMPLES / "document_alibi.attn").attention()
+
+
+def inputs(lq=32, b=1, h=16):
+    q, k, v = qkv(b, h, h, lq, lq, 16)
+    doc = torch.zeros(b, lq, dtype=torch.int32)
+    return q, k, v, doc
+
+
+def test_missing_capture(doc_alibi):
+    q, k, v, doc = inputs()
+    e = raises("E0303", doc_alibi, q, k, v, window=4)
+    assert "missing captured tensor `doc`" in e.rendered and "document_alibi.attn:5:1" in e.rendered
+    src = (EXAMPLES / "document_alibi.attn").read_text()
+    (start, end), = e.spans
+    assert src[start:end].startswith("tensor doc")
+
+
+def test_missing_param(doc_alibi):
+    q, k, v, doc = inputs()
+    e = raises("E0301", doc_alibi, q, k, v, doc=doc)
+    assert "window" in e.rendered
+
+
+def test_wrong_param_type(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0302", doc_alibi, q, k, v, doc=doc, window=2.5)
+    raises("E0302", doc_alibi, q, k, v, doc=doc, window=True)
+
+
+def test_bad_param_value(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0315", doc_alibi, q, k, v, doc=doc, window="4")
+    raises("E0315", doc_alibi, q, k, v, doc=doc, window=2**40)
+
+
+def test_capture_wrong_dtype(doc_alibi):
+    q, k, v, doc = inputs()
+    e = raises("E0304", doc_alibi, q, k, v, doc=doc.long(), window=4)
+    assert "wrong dtype for tensor `doc`" in e.rendered
+    raises("E0313", doc_alibi, q, k, v, doc=doc.to(torch.uint8), window=4)
+
+
+def test_capture_wrong_shape(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0305", doc_alibi, q, k, v, doc=doc[:, :10], window=4)
+    raises("E0305", doc_alibi, q, k, v, doc=doc[0], window=4)
+
+
+def test_unknown_capture(doc_alibi):
+    q, k, v, doc = inputs()
+    e = raises("E0311", doc_alibi, q, k, v, doc=doc, window=4, windw=3)
+    assert "windw" in str(e)
+
+
+def test_qkv_shapes(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0312", doc_alibi, q[0], k, v, doc=doc, window=4)  # rank 3
+    raises("E0312", doc_alibi, q, k[:, :, :, :8], v, doc=doc, window=4)  # D differs
+    raises("E0312", doc_alibi, q, k, v[:, :, :5], doc=doc, window=4)  # Lkv differs
+    raises("E0312", doc_alibi, q, k[:, :5], v[:, :5], doc=doc, window=4)  # 16 % 5 heads
+    q2, k2, v2, _ = inputs(b=2)
+    raises("E0312", doc_alibi, q2, k, v, doc=doc, window=4)  # batch differs
+
+
+def test_qkv_dtypes(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0313", doc_alibi, q.half(), k.half(), v.half(), doc=doc, window=4)
+    raises("E0313", doc_alibi, q.double(), k.double(), v.double(), doc=doc, window=4)
+    raises("E0313", doc_alibi, q, k.half(), v, doc=doc, window=4)
+    raises("E0313", doc_alibi, q.to(torch.int32), k, v, doc=doc, window=4)
+
+
+def test_devices(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0314", doc_alibi, q, k.to("meta"), v, doc=doc, window=4)
+    raises("E0314", doc_alibi, q, k, v, doc=doc.to("meta"), window=4)
+    # all on the meta device: shapes only (the fake implementation), no error
+    o, lse = doc_alibi(q.to("meta"), k.to("meta"), v.to("meta"), doc=doc.to("meta"), window=4, return_lse=True)
+    assert o.device.type == "meta" and o.shape == q.shape and lse.shape == q.shape[:3]
+
+
+def test_not_a_tensor(doc_alibi):
+    q, k, v, doc = inputs()
+    with pytest.raises((attnc.AttncError, TypeError, RuntimeError)):
+        doc_alibi(q, k.numpy(), v, doc=doc, window=4)
+
+
+def test_checked_reads_are_clamped_not_out_of_bounds():
+    # an index beyond the table is clamped by the kernel (unchecked mode): no crash
+    attn = attnc.compile("tensor t: f32[4];\nscore s(s, b, h, q, kv) { s + t[q] }\nattention a { score = s; }").attention()
+    q, k, v = qkv(1, 1, 1, 9, 9, 8)
+    o = attn(q, k, v, t=torch.ones(4))
+    assert torch.isfinite(o).all()
+
+
+def test_errors_leave_the_attention_usable(doc_alibi):
+    q, k, v, doc = inputs()
+    raises("E0303", doc_alibi, q, k, v, window=4)
+    o = doc_alibi(q, k, v, doc=doc, window=4)
+    assert torch.isfinite(o).all()
