@@ -76,7 +76,11 @@ pub fn attention(
                             None => raw as f64,
                         }
                     };
-                    // NaN scores propagate as NaN (as in PyTorch); +inf is kept.
+                    // A NaN score never becomes the max (`NaN > max` is false): a row
+                    // whose every unmasked score is NaN is treated as fully masked
+                    // (O = 0, LSE = -inf); next to a non-NaN score it makes the row NaN
+                    // (exp(NaN - max)), and so does +inf (exp(inf - inf)). The rule is
+                    // documented in docs/language.md section 1 and tested on every backend.
                     if *sj > max {
                         max = *sj;
                     }

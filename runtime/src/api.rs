@@ -215,7 +215,7 @@ impl Variant {
 
     /// Prepares the variant for one shape, dtype and backend (JIT-compiling for CPU and GPU).
     pub fn bind(&self, opts: BindOptions) -> Result<Bound> {
-        opts.shape.validate()?;
+        crate::validate::bind_options(&opts)?;
         let kernel = crate::launch::prepare(&self.program, &opts)?;
         Ok(Bound {
             variant: self.clone(),

@@ -16,6 +16,7 @@ pub mod io;
 mod launch;
 pub mod synth;
 pub mod tensor;
+mod validate;
 
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;

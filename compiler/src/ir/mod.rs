@@ -18,13 +18,14 @@
 //!   for both; `i32::MIN / -1` wraps to `i32::MIN` (remainder 0).
 //! - f32 arithmetic is IEEE single precision; `F2I` truncates toward zero, saturates,
 //!   and maps NaN to 0 (Rust's `as`); `B2I` is 0/1.
-//! - `FMin`/`FMax` return the other operand when one is NaN (IEEE minNum/maxNum).
+//! - `FMin`/`FMax` return the other operand when one is NaN, and order `-0.0` below
+//!   `+0.0` (IEEE 754-2019 minimumNumber/maximumNumber; `scalar::fmin`/`fmax`).
 
 mod scalar;
 mod text;
 mod verify;
 
-pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem};
+pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem, fmax, fmin};
 pub(crate) use text::write_function;
 pub use text::{fmt_f32, write_program};
 pub use verify::{VerifyError, verify_function, verify_program};

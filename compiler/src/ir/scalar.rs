@@ -99,8 +99,8 @@ pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
         BinOp::FSub => F32(a.as_f32() - b.as_f32()),
         BinOp::FMul => F32(a.as_f32() * b.as_f32()),
         BinOp::FDiv => F32(a.as_f32() / b.as_f32()),
-        BinOp::FMin => F32(a.as_f32().min(b.as_f32())),
-        BinOp::FMax => F32(a.as_f32().max(b.as_f32())),
+        BinOp::FMin => F32(fmin(a.as_f32(), b.as_f32())),
+        BinOp::FMax => F32(fmax(a.as_f32(), b.as_f32())),
         BinOp::FPow => F32(a.as_f32().powf(b.as_f32())),
         BinOp::ICmp(c) => Bool(c.eval(a.as_i32(), b.as_i32())),
         BinOp::FCmp(c) => Bool(c.eval(a.as_f32(), b.as_f32())),
@@ -159,5 +159,27 @@ mod tests {
             ),
             Scalar::Bool(false)
         );
+    }
+}
+
+/// `min` of two f32 (IEEE 754-2019 minimumNumber): the other operand when one is NaN
+/// (NaN only when both are), and `-0.0` is less than `+0.0`. (`f32::min` leaves the sign
+/// of a pair of zeros unspecified; every backend implements this definition.)
+pub fn fmin(a: f32, b: f32) -> f32 {
+    if a == b {
+        // equal: identical bits, or a pair of zeros where -0.0 wins
+        f32::from_bits(a.to_bits() | b.to_bits())
+    } else {
+        a.min(b)
+    }
+}
+
+/// `max` of two f32 (IEEE 754-2019 maximumNumber): the other operand when one is NaN,
+/// and `+0.0` is greater than `-0.0`.
+pub fn fmax(a: f32, b: f32) -> f32 {
+    if a == b {
+        f32::from_bits(a.to_bits() & b.to_bits())
+    } else {
+        a.max(b)
     }
 }

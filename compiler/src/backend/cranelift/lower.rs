@@ -808,20 +808,23 @@ fn vscale_poly(g: &mut Gen, n: CValue, r: CValue) -> CValue {
     let p = g.b.ins().fma(pr, r, r);
     let one = fsplat(g, 1.0);
     let p = g.b.ins().fadd(p, one);
+    // 2^n as 2^n1 * 2^n2 with n1 = floor(n / 2): both factors are normal for n in
+    // [-151, 129], so p * 2^n1 is exact and the second product rounds once, giving
+    // +inf past the largest float and correctly rounded subnormals below the smallest
+    // normal (no flush to zero)
     let ni = g.b.ins().fcvt_to_sint_sat(types::I32X4, n);
-    let b127 = isplat(g, 127);
-    let e = g.b.ins().iadd(ni, b127);
-    let e = g.b.ins().ishl_imm_u(e, 23);
-    let e = g.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
-    g.b.ins().fmul(p, e)
-}
-
-/// Clamps to the normal range of the result; below it the result is 0.
-fn vexp_finish(g: &mut Gen, x: CValue, lo: f32, r: CValue) -> CValue {
-    let lo = fsplat(g, lo);
-    let under = g.b.ins().fcmp(FloatCC::LessThan, x, lo);
-    let z = fsplat(g, 0.0);
-    vselect(g, under, z, r)
+    let n1 = g.b.ins().sshr_imm(ni, 1);
+    let n2 = g.b.ins().isub(ni, n1);
+    let pow2 = |g: &mut Gen, k: CValue| {
+        let b127 = isplat(g, 127);
+        let e = g.b.ins().iadd(k, b127);
+        let e = g.b.ins().ishl_imm_u(e, 23);
+        g.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e)
+    };
+    let e1 = pow2(g, n1);
+    let e2 = pow2(g, n2);
+    let p = g.b.ins().fmul(p, e1);
+    g.b.ins().fmul(p, e2)
 }
 
 fn vclamp(g: &mut Gen, x: CValue, lo: f32, hi: f32) -> CValue {
@@ -831,9 +834,12 @@ fn vclamp(g: &mut Gen, x: CValue, lo: f32, hi: f32) -> CValue {
     g.b.ins().fmin(x, hi)
 }
 
-/// Inline vector `exp` (about 2 ulp; 0 below -87.3, like `micro::exp_approx`).
+/// Inline vector `exp` over the whole f32 range: at most 2 ulp where the result is
+/// normal, subnormal results kept, +inf above ln(f32::MAX), 0 below -104, NaN kept
+/// (the clamp keeps NaN: Cranelift's `fmin`/`fmax` propagate it). Tested against the
+/// oracle in tests/tests/builtins_range.rs.
 pub fn vexp(g: &mut Gen, x: CValue) -> CValue {
-    let xc = vclamp(g, x, -87.33654, 88.37626);
+    let xc = vclamp(g, x, -104.0, 89.0);
     let log2e = fsplat(g, std::f32::consts::LOG2_E);
     let t = g.b.ins().fmul(xc, log2e);
     let n = g.b.ins().nearest(t);
@@ -843,19 +849,17 @@ pub fn vexp(g: &mut Gen, x: CValue) -> CValue {
     let nlo = g.b.ins().fneg(lo);
     let r = g.b.ins().fma(n, nhi, xc);
     let r = g.b.ins().fma(n, nlo, r);
-    let y = vscale_poly(g, n, r);
-    vexp_finish(g, x, -87.33654, y)
+    vscale_poly(g, n, r)
 }
 
-/// Inline vector `exp2` (exact range reduction).
+/// Inline vector `exp2` (exact range reduction), over the whole f32 range like [`vexp`].
 pub fn vexp2(g: &mut Gen, x: CValue) -> CValue {
-    let xc = vclamp(g, x, -126.0, 127.5);
+    let xc = vclamp(g, x, -151.0, 129.0);
     let n = g.b.ins().nearest(xc);
     let f = g.b.ins().fsub(xc, n);
     let ln2 = fsplat(g, std::f32::consts::LN_2);
     let r = g.b.ins().fmul(f, ln2);
-    let y = vscale_poly(g, n, r);
-    vexp_finish(g, x, -126.0, y)
+    vscale_poly(g, n, r)
 }
 
 /// Inline vector `tanh`: Eigen's rational approximation on [-7.9, 7.9] (a few ulp).

@@ -277,8 +277,7 @@ fn emit_binary<'ctx>(
                 FSub => g.fsub(x, y)?.into(),
                 FMul => g.fmul(x, y)?.into(),
                 FDiv => g.b.build_float_div(x, y, "")?.into(),
-                FMin => g.fintr2("llvm.minnum.f32", x, y)?.into(),
-                FMax => g.fintr2("llvm.maxnum.f32", x, y)?.into(),
+                FMin | FMax => min_max(g, op == FMin, x, y)?.into(),
                 _ => pow(g, x, y)?.into(),
             }
         }
@@ -381,4 +380,32 @@ fn pow<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<Float
     let r = g.selectf(neg, neg_res, r)?;
     let y0 = g.fcmp(FloatPredicate::OEQ, y, g.cf(0.0))?;
     g.selectf(y0, g.cf(1.0), r)
+}
+
+/// `min`/`max` as `ir::scalar` defines them (IEEE 754-2019 minimumNumber/maximumNumber):
+/// the other operand when one is NaN, and `-0.0 < +0.0`. `llvm.minnum` leaves the sign of
+/// an equal pair of zeros open, so equal operands are combined bitwise: for min the sign
+/// bits are OR-ed (-0.0 if either is), for max AND-ed (equal nonzero floats have equal
+/// bits, so this only decides zeros).
+fn min_max<'ctx>(
+    g: &Gpu<'ctx>,
+    min: bool,
+    x: FloatValue<'ctx>,
+    y: FloatValue<'ctx>,
+) -> R<FloatValue<'ctx>> {
+    let r = if min {
+        g.fintr2("llvm.minnum.f32", x, y)?
+    } else {
+        g.fintr2("llvm.maxnum.f32", x, y)?
+    };
+    let eq = g.fcmp(FloatPredicate::OEQ, x, y)?;
+    let xb = g.b.build_bit_cast(x, g.i32, "")?.into_int_value();
+    let yb = g.b.build_bit_cast(y, g.i32, "")?.into_int_value();
+    let bits = if min {
+        g.b.build_or(xb, yb, "")?
+    } else {
+        g.b.build_and(xb, yb, "")?
+    };
+    let same = g.b.build_bit_cast(bits, g.f32, "")?.into_float_value();
+    g.selectf(eq, same, r)
 }
