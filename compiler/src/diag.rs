@@ -128,7 +128,10 @@ pub fn render_styled(diags: &[Diagnostic], file_name: &str, source: &str, color:
     let mut out = String::from_utf8_lossy(&out).into_owned();
     if diags.len() > MAX_RENDERED {
         let more = diags.len() - MAX_RENDERED;
-        let errors = diags[MAX_RENDERED..].iter().filter(|d| d.is_error()).count();
+        let errors = diags[MAX_RENDERED..]
+            .iter()
+            .filter(|d| d.is_error())
+            .count();
         out.push_str(&format!(
             "note: {more} more diagnostic{} not shown ({errors} error{}); fix the ones above first\n\n",
             if more == 1 { "" } else { "s" },
@@ -178,7 +181,11 @@ impl<'s> Windowed<'s> {
             for line in first..=last {
                 let ls = lines.0[line];
                 let le = lines.0.get(line + 1).copied().unwrap_or(original.len());
-                let le = if original[ls..le].ends_with('\n') { le - 1 } else { le };
+                let le = if original[ls..le].ends_with('\n') {
+                    le - 1
+                } else {
+                    le
+                };
                 let (from, to) = if le - ls <= LINE_WINDOW {
                     (ls, le)
                 } else {
@@ -207,7 +214,11 @@ impl<'s> Windowed<'s> {
         for line in gaps {
             let ls = lines.0[line];
             let le = lines.0.get(line + 1).copied().unwrap_or(original.len());
-            let le = if original[ls..le].ends_with('\n') { le - 1 } else { le };
+            let le = if original[ls..le].ends_with('\n') {
+                le - 1
+            } else {
+                le
+            };
             keep.push((line, ls, ceil_char(original, le.min(ls + LINE_WINDOW))));
         }
         keep.sort_unstable();
@@ -298,7 +309,11 @@ impl<'a> codespan_reporting::files::Files<'a> for Windowed<'a> {
             .filter(|&b| b == b'\n')
             .count())
     }
-    fn line_range(&'a self, (): (), line_index: usize) -> Result<std::ops::Range<usize>, FilesError> {
+    fn line_range(
+        &'a self,
+        (): (),
+        line_index: usize,
+    ) -> Result<std::ops::Range<usize>, FilesError> {
         let mut start = 0;
         for _ in 0..line_index {
             match self.text[start..].find('\n') {

@@ -59,7 +59,10 @@ fn long_fn_chain_is_an_error_not_a_stack_overflow() {
     }
     s += "mask m(b, h, q, kv) { f2999(q) >= kv }\nattention a { mask = m; }\n";
     let (codes, _, took) = compile(s);
-    assert!(!codes.is_empty() && codes.iter().all(|c| *c == "E0115"), "{codes:?}");
+    assert!(
+        !codes.is_empty() && codes.iter().all(|c| *c == "E0115"),
+        "{codes:?}"
+    );
     guard("fn chain", took, 60);
 }
 
@@ -71,7 +74,10 @@ fn long_mask_call_chain_is_an_error_not_a_stack_overflow() {
     }
     s += "attention a { mask = m1999; }\n";
     let (codes, _, _) = compile(s);
-    assert!(!codes.is_empty() && codes.iter().all(|c| *c == "E0115"), "{codes:?}");
+    assert!(
+        !codes.is_empty() && codes.iter().all(|c| *c == "E0115"),
+        "{codes:?}"
+    );
 }
 
 #[test]
@@ -82,7 +88,10 @@ fn long_mask_alias_chain_is_an_error_not_a_stack_overflow() {
     }
     s += "attention a { mask = m4999; }\n";
     let (codes, _, took) = compile(s);
-    assert!(!codes.is_empty() && codes.iter().all(|c| *c == "E0115"), "{codes:?}");
+    assert!(
+        !codes.is_empty() && codes.iter().all(|c| *c == "E0115"),
+        "{codes:?}"
+    );
     guard("mask alias chain", took, 60);
 }
 
@@ -131,15 +140,24 @@ fn deep_bodies_in_a_long_chain_do_not_overflow_the_stack() {
     };
     let mut s = String::from("fn f0(x: i32) -> i32 { x }\n");
     for i in 1..120 {
-        s += &format!("fn f{i}(x: i32) -> i32 {{ {} }}\n", nest(format!("f{}(x)", i - 1)));
+        s += &format!(
+            "fn f{i}(x: i32) -> i32 {{ {} }}\n",
+            nest(format!("f{}(x)", i - 1))
+        );
     }
     s += "mask m(b, h, q, kv) { f119(q) >= kv }\nattention a { mask = m; }\n";
     let (codes, _, _) = compile(s);
-    assert!(!codes.is_empty() && codes.iter().all(|c| *c == "E0115"), "{codes:?}");
+    assert!(
+        !codes.is_empty() && codes.iter().all(|c| *c == "E0115"),
+        "{codes:?}"
+    );
     // just below the limit (5 x 200 + a few levels < 1024) compiles on the 2 MiB stack
     let mut s = String::from("fn f0(x: i32) -> i32 { x }\n");
     for i in 1..6 {
-        s += &format!("fn f{i}(x: i32) -> i32 {{ {} }}\n", nest(format!("f{}(x)", i - 1)));
+        s += &format!(
+            "fn f{i}(x: i32) -> i32 {{ {} }}\n",
+            nest(format!("f{}(x)", i - 1))
+        );
     }
     s += "mask m(b, h, q, kv) { f5(q) >= kv }\nattention a { mask = m; }\n";
     let (codes, r, _) = compile(s);
@@ -167,7 +185,10 @@ fn many_errors_on_one_long_line_are_capped_and_windowed() {
         &rendered[rendered.len().saturating_sub(300)..]
     );
     // every shown line is a window, not the whole line; columns are the file's
-    assert!(rendered.lines().all(|l| l.len() < 600), "a line was not windowed");
+    assert!(
+        rendered.lines().all(|l| l.len() < 600),
+        "a line was not windowed"
+    );
     assert!(rendered.contains("gen.attn:1:35"), "{}", &rendered[..400]);
     assert!(rendered.len() < 50_000, "{} bytes rendered", rendered.len());
 }

@@ -222,6 +222,7 @@ impl Variant {
             opts,
             kernel,
             decode: None,
+            backward: Default::default(),
         })
     }
 
@@ -258,6 +259,8 @@ pub struct Bound {
     kernel: crate::launch::Kernel,
     /// What `forward_with_cache` keeps (built at its first call).
     decode: Option<crate::decode::DecodeState>,
+    /// The backward kernel, compiled on the first `backward` call (`crate::backward`).
+    backward: crate::backward::BackwardState,
 }
 
 impl Bound {
@@ -269,6 +272,9 @@ impl Bound {
     }
     pub(crate) fn decode_state(&mut self) -> &mut Option<crate::decode::DecodeState> {
         &mut self.decode
+    }
+    pub(crate) fn backward_state(&mut self) -> &mut crate::backward::BackwardState {
+        &mut self.backward
     }
     pub fn scale(&self) -> f32 {
         self.opts
@@ -425,7 +431,7 @@ impl Bound {
     }
 }
 
-fn check_input(which: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+pub(crate) fn check_input(which: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
     if t.shape() != shape {
         return Err(Error::InputShape {
             which: which.into(),

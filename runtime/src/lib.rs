@@ -5,6 +5,7 @@
 //! (safetensors), [`external`] (forward over caller-owned buffers), `launch` (the compile/launch seam per backend), [`blockview`]
 //! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
+pub mod backward;
 pub mod bench;
 pub mod blockview;
 pub mod cache;
@@ -21,6 +22,7 @@ mod validate;
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;
 pub use decode::KvCache;
+pub use backward::Gradients;
 pub use error::{Error, Result};
 pub use launch::{cuda_device_info, wait_for_background_jit};
 pub use tensor::{DType, Tensor};

@@ -98,7 +98,10 @@ fn output_to_a_fifo_writes_through_it() {
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors through the fifo");
     assert!(st.names().iter().any(|n| *n == "o"));
     let m = std::fs::symlink_metadata(&fifo).unwrap();
-    assert!(m.file_type().is_fifo(), "the fifo was replaced by a regular file");
+    assert!(
+        m.file_type().is_fifo(),
+        "the fifo was replaced by a regular file"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -149,7 +152,10 @@ fn output_write_error_names_the_io_error() {
     let out = run_to(&inputs(&dir), "/dev/full");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("/dev/full") && t.contains("No space left"), "{t}");
+    assert!(
+        t.contains("/dev/full") && t.contains("No space left"),
+        "{t}"
+    );
     assert!(!t.contains("not a valid safetensors"), "{t}");
     // unwritable directory / missing parent: the OS error, not a safetensors error
     let out = run_to(&inputs(&dir), "/no/such/dir/o.safetensors");

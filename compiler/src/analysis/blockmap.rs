@@ -317,6 +317,51 @@ impl BlockMaps {
     }
 }
 
+impl BlockMap {
+    /// The transposed view (for the backward's dK/dV pass, which iterates over kv
+    /// blocks): a map whose rows are this map's kv blocks and whose runs are q-block
+    /// ranges, with the roles of the geometry swapped (`lq`/`q_block` of the result are
+    /// this map's `lkv`/`kv_block`). Block (j, i) of the result has the kind of block
+    /// (i, j) here. Costs O(visited blocks + rows).
+    pub fn transpose(&self) -> BlockMap {
+        let (nq, nkv) = (self.n_q_blocks(), self.n_kv_blocks());
+        // per kv block: the (q block, full) entries, in ascending q-block order
+        let mut cols: Vec<Vec<(u32, u32)>> = vec![Vec::new(); nkv];
+        for i in 0..nq {
+            for r in self.row(i) {
+                for j in r.start..r.end {
+                    cols[j as usize].push((i as u32, r.full));
+                }
+            }
+        }
+        let mut b = BlockMapBuilder::new(self.lkv, self.lq, self.kv_block, self.q_block);
+        for col in cols {
+            for (i, full) in col {
+                let kind = if full == 1 {
+                    BlockKind::Full
+                } else {
+                    BlockKind::Partial
+                };
+                b.push(i as usize, kind);
+            }
+            b.end_row();
+        }
+        b.finish()
+    }
+}
+
+impl BlockMaps {
+    /// Every map transposed ([`BlockMap::transpose`]), same strides: for slice (b, h),
+    /// the q-block runs of each kv block.
+    pub fn transpose(&self) -> BlockMaps {
+        BlockMaps {
+            b_stride: self.b_stride,
+            h_stride: self.h_stride,
+            maps: self.maps.iter().map(BlockMap::transpose).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +451,55 @@ mod tests {
         let mut bad_runs = runs.clone();
         bad_runs[0].end = 99;
         assert!(BlockMaps::from_pairs(&pairs, &bad_runs, 4, 300, 200, 64, 64, 2, 1).is_none());
+    }
+
+    #[test]
+    fn transpose_matches_brute_force() {
+        let kinds = [BlockKind::Empty, BlockKind::Partial, BlockKind::Full];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..60 {
+            let (qb, kb) = (1 + next() as usize % 64, 1 + next() as usize % 64);
+            let (lq, lkv) = (next() as usize % 700, next() as usize % 700);
+            // banded, random and causal-like maps
+            let band = next() as usize % 5;
+            let m = BlockMap::from_fn(lq, lkv, qb, kb, |i, j| match case % 3 {
+                0 => kinds[(next() % 3) as usize],
+                1 if j <= i + band && j + band >= i => kinds[1 + (i + j) % 2],
+                1 => BlockKind::Empty,
+                _ if j * kb < i * qb => BlockKind::Full,
+                _ if j * kb < (i + 1) * qb => BlockKind::Partial,
+                _ => BlockKind::Empty,
+            });
+            let t = m.transpose();
+            assert_eq!((t.lq, t.lkv, t.q_block, t.kv_block), (lkv, lq, kb, qb));
+            assert_eq!(t.n_q_blocks(), m.n_kv_blocks());
+            for i in 0..m.n_q_blocks() {
+                for j in 0..m.n_kv_blocks() {
+                    assert_eq!(t.kind(j, i), m.kind(i, j), "case {case} block ({i}, {j})");
+                }
+            }
+            let (e, p, f) = m.counts();
+            assert_eq!(t.counts(), (e, p, f));
+            assert_eq!(t.transpose(), m, "case {case}: transposing twice");
+        }
+        let maps = BlockMaps {
+            b_stride: 1,
+            h_stride: 0,
+            maps: vec![
+                BlockMap::dense(100, 300, 32, 64),
+                BlockMap::all_partial(5, 9, 16, 4),
+            ],
+        };
+        let t = maps.transpose();
+        assert_eq!((t.b_stride, t.h_stride), (1, 0));
+        assert_eq!(t.get(1, 0).kind(2, 0), BlockKind::Partial);
+        assert_eq!(t.get(0, 3).counts(), (0, 0, 20));
     }
 
     impl BlockMaps {

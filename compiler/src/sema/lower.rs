@@ -168,9 +168,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         }
         let locals = self.scopes.iter().flatten().map(|(n, _, _)| n.as_str());
         let builtin_names = builtins::BUILTINS.iter().map(|b| b.0);
-        let visible = |n: &&str| {
-            !matches!(self.items.names.get(n), Some(ItemRef::Const(i)) if *i >= self.const_limit)
-        };
+        let visible = |n: &&str| !matches!(self.items.names.get(n), Some(ItemRef::Const(i)) if *i >= self.const_limit);
         let item_names = self.items.all_names().filter(visible);
         for cand in locals.chain(item_names).chain(builtin_names) {
             let d = edit_distance(name, cand);
@@ -790,8 +788,12 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             self.too_large = true;
             let at = self.root_call.unwrap_or(call);
             let d = if code == "E0113" {
-                Diagnostic::error("E0113", at, "this code is too large after inlining helper functions")
-                    .with_hint(format!("the limit is {MAX_INSTS} IR instructions"))
+                Diagnostic::error(
+                    "E0113",
+                    at,
+                    "this code is too large after inlining helper functions",
+                )
+                .with_hint(format!("the limit is {MAX_INSTS} IR instructions"))
             } else {
                 Diagnostic::error("E0115", at, "helper calls are nested too deeply")
                     .with_hint(format!("the limit is {MAX_INLINE_DEPTH} nested calls"))

@@ -50,6 +50,24 @@ pub struct Gen<'a> {
 }
 
 impl<'a> Gen<'a> {
+    pub(crate) fn new(
+        b: FunctionBuilder<'a>,
+        module: &'a mut JITModule,
+        call_conv: CallConv,
+    ) -> Self {
+        Gen {
+            b,
+            module,
+            imports: Vec::new(),
+            call_conv,
+        }
+    }
+
+    /// The target's frontend configuration (for `FunctionBuilder::finalize`).
+    pub(crate) fn frontend_config(&self) -> cranelift_codegen::isa::TargetFrontendConfig {
+        self.module.isa().frontend_config()
+    }
+
     pub fn ld(&mut self, ty: Type, base: Value, offset: i32) -> Value {
         self.b
             .ins()

@@ -18,7 +18,7 @@ use super::abi::{Ctx, TensorDesc, TileBuf};
 use super::{CpuError, CpuKernel};
 use crate::analysis::blockmap::{BlockMaps, Run};
 use crate::interp::{Bindings, EvalError, TensorData};
-use crate::ir::{DimSpec, FnKind, Scalar, Type};
+use crate::ir::{DimSpec, FnKind, Program, Scalar, Type};
 use crate::shape::Shape;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -72,8 +72,8 @@ pub fn run(
     let (bq, bkv) = (kern.opts.q_block, kern.opts.kv_block);
     let nqb = shape.lq.div_ceil(bq);
     check_maps(maps, shape, bq, bkv)?;
-    let params = param_words(kern, bind)?;
-    let tensors = tensor_descs(kern, shape, bind)?;
+    let params = param_words(&kern.program, bind)?;
+    let tensors = tensor_descs(&kern.program, shape, bind)?;
     let (row_start, runs) = maps.flatten_csr();
     let ctx = Shared(Ctx {
         q: q.as_ptr(),
@@ -164,7 +164,12 @@ fn out_of_bounds(kern: &CpuKernel, bind: &Bindings, site: i64, idx: [i64; 4]) ->
     })
 }
 
-fn check_maps(maps: &BlockMaps, shape: &Shape, bq: usize, bkv: usize) -> Result<(), CpuError> {
+pub(super) fn check_maps(
+    maps: &BlockMaps,
+    shape: &Shape,
+    bq: usize,
+    bkv: usize,
+) -> Result<(), CpuError> {
     let bad = |s: String| Err(CpuError::BlockMap(s));
     if maps.maps.is_empty() {
         return bad("no maps".into());
@@ -221,8 +226,8 @@ fn check_maps(maps: &BlockMaps, shape: &Shape, bq: usize, bkv: usize) -> Result<
     Ok(())
 }
 
-fn param_words(kern: &CpuKernel, bind: &Bindings) -> Result<Vec<u32>, CpuError> {
-    let ps = &kern.program.params;
+pub(super) fn param_words(program: &Program, bind: &Bindings) -> Result<Vec<u32>, CpuError> {
+    let ps = &program.params;
     if bind.params.len() != ps.len() {
         return Err(CpuError::Bindings(format!(
             "{} param values for {} params",
@@ -247,12 +252,12 @@ fn param_words(kern: &CpuKernel, bind: &Bindings) -> Result<Vec<u32>, CpuError> 
     Ok(words)
 }
 
-fn tensor_descs(
-    kern: &CpuKernel,
+pub(super) fn tensor_descs(
+    program: &Program,
     shape: &Shape,
     bind: &Bindings,
 ) -> Result<Vec<TensorDesc>, CpuError> {
-    let ts = &kern.program.tensors;
+    let ts = &program.tensors;
     if bind.tensors.len() != ts.len() {
         return Err(CpuError::Bindings(format!(
             "{} tensors bound for {} declared",

@@ -117,8 +117,23 @@ pub struct Lowering<'p> {
 impl<'p> Lowering<'p> {
     /// Classifies `f`'s values; its slots are numbered from `first_slot`.
     pub fn new(f: &'p Function, p: &'p Program, checked: bool, first_slot: u32) -> Self {
+        Self::with_outputs(f, p, checked, first_slot, &[])
+    }
+
+    /// [`Lowering::new`] for a function with outputs besides its return value (the
+    /// derivative pass's `ScoreGrad`): what contributes to any of `outputs` is live, and
+    /// [`Lowering::value`] reads them once emitted.
+    pub fn with_outputs(
+        f: &'p Function,
+        p: &'p Program,
+        checked: bool,
+        first_slot: u32,
+        outputs: &[Value],
+    ) -> Self {
         let n = f.insts.len();
-        let live = f.live();
+        let mut roots = outputs.to_vec();
+        roots.push(f.ret);
+        let live = f.live_from(&roots);
         let mut level = vec![Level::Inv; n];
         for (i, inst) in f.insts.iter().enumerate() {
             level[i] = match inst {
@@ -141,7 +156,9 @@ impl<'p> Lowering<'p> {
                 }
             }
         }
-        needed[f.ret.index()] = true;
+        for r in &roots {
+            needed[r.index()] = true;
+        }
         let mut slot = vec![None; n];
         let mut next = first_slot;
         for i in 0..n {
@@ -168,6 +185,11 @@ impl<'p> Lowering<'p> {
 
     pub fn n_slots(&self) -> u32 {
         self.slot.iter().flatten().count() as u32
+    }
+
+    /// The Cranelift value of an emitted (live) IR value.
+    pub fn value(&self, v: Value) -> CValue {
+        self.v(v)
     }
 
     pub fn ret(&self) -> CValue {

@@ -20,6 +20,7 @@
 //! and splits work items (b, h, q-tile) over threads.
 
 pub mod abi;
+pub mod backward;
 pub mod codegen;
 mod launch;
 pub mod lower;
@@ -146,7 +147,7 @@ impl Drop for CpuKernel {
     }
 }
 
-fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
+pub(super) fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
     if opts.q_block == 0 || !opts.q_block.is_multiple_of(16) || opts.q_block > 256 {
         return Err(CpuError::Options(format!(
             "q_block = {} must be a multiple of 16 in 16..=256",
@@ -162,7 +163,7 @@ fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
     Ok(())
 }
 
-fn new_module(isa: Isa) -> Result<JITModule, CpuError> {
+pub(super) fn new_module(isa: Isa) -> Result<JITModule, CpuError> {
     let mut flags = settings::builder();
     for (k, v) in [
         ("opt_level", "speed"),

@@ -1,0 +1,364 @@
+//! The generated part of the CPU backward: one Cranelift function per attention that
+//! applies the mask and the score's derivative (`grad::ScoreGrad`) to one tile of raw
+//! scores.
+//!
+//! In: the program, its [`ScoreGrad`] and the JIT module. Out: the Cranelift function
+//! `elem(ctx, tile, b, h, q0, kv0, nrows, ncols, full)` over an [`ElemTile`]
+//! (row-major `[i][j]` planes with row stride `stride` and plane size `plane`):
+//!
+//! ```text
+//! <mask/grad values that depend on b, h, params only>
+//! for i in 0..nrows:                       q = q0 + i; <values of q only>
+//!   for j in 0..ncols:                     kv = kv0 + j; s = S[i][j]
+//!     if full || mask(b, h, q, kv):
+//!       S[i][j]  = score(s)                (the recomputed forward score)
+//!       DS[i][j] = ∂score/∂s
+//!       for each read r:   FLAT[r][i][j] = guard ? clamped flat index : -1
+//!                          PART[r][i][j] = ∂score/∂read
+//!       for each param k:  PART[R + k][i][j] = ∂score/∂param
+//!     else: S = -inf, DS = 0, FLAT = -1, PART = 0
+//! ```
+//!
+//! The full/partial split is one branch outside the loops (two loop nests). Reads are
+//! clamped exactly as the forward kernel clamps them (`lower.rs`), so a gradient goes
+//! to the element the forward read. Scalar code (no 4-lane sites): the dense products
+//! around it are the backward's cost; scores with transcendental functions pay a libm
+//! call per element.
+
+use super::super::CpuError;
+use super::super::abi::{TensorDesc, off};
+use super::super::codegen::Gen;
+use super::super::lower::{Env, Level, Lowering, TensorVals};
+use crate::grad::ScoreGrad;
+use crate::ir::Program;
+use cranelift_codegen::ir::{
+    AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value, types,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::JITModule;
+use cranelift_module::Module;
+use std::mem::offset_of;
+
+/// Launch-wide data the element function reads.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ElemCtx {
+    /// Param values as 32-bit words.
+    pub params: *const u32,
+    pub tensors: *const TensorDesc,
+}
+
+/// The planes of one tile. `s` is read (raw scaled scores) and overwritten (scores,
+/// -inf where masked); the others are written.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ElemTile {
+    pub s: *mut f32,
+    pub ds: *mut f32,
+    /// `[reads][plane]`
+    pub flat: *mut i64,
+    /// `[reads + params][plane]`
+    pub part: *mut f32,
+    pub stride: i64,
+    pub plane: i64,
+}
+
+const CTX_PARAMS: i32 = offset_of!(ElemCtx, params) as i32;
+const CTX_TENSORS: i32 = offset_of!(ElemCtx, tensors) as i32;
+const T_S: i32 = offset_of!(ElemTile, s) as i32;
+const T_DS: i32 = offset_of!(ElemTile, ds) as i32;
+const T_FLAT: i32 = offset_of!(ElemTile, flat) as i32;
+const T_PART: i32 = offset_of!(ElemTile, part) as i32;
+const T_STRIDE: i32 = offset_of!(ElemTile, stride) as i32;
+const T_PLANE: i32 = offset_of!(ElemTile, plane) as i32;
+
+pub const ELEM_NAME: &str = "attnc_backward_elem";
+
+/// `(ctx, tile, b, h, q0, kv0, nrows, ncols, full)`, all i64, no result.
+pub fn elem_signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..9 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// Generates the element function.
+pub fn generate(
+    program: &Program,
+    grad: &ScoreGrad,
+    module: &mut JITModule,
+    fctx: &mut FunctionBuilderContext,
+) -> Result<Function, CpuError> {
+    let call_conv = module.isa().default_call_conv();
+    let mut func =
+        Function::with_name_signature(UserFuncName::user(0, 0), elem_signature(call_conv));
+    let mut mask = program
+        .mask
+        .as_ref()
+        .map(|f| Lowering::new(f, program, false, 0));
+    let mut score = Lowering::with_outputs(&grad.func, program, false, 0, &grad.outputs());
+    {
+        let b = FunctionBuilder::new(&mut func, fctx);
+        let mut g = Gen::new(b, module, call_conv);
+        body(&mut g, program, grad, mask.as_mut(), &mut score)?;
+        g.b.seal_all_blocks();
+        let cfg = g.frontend_config();
+        g.b.finalize(cfg);
+    }
+    Ok(func)
+}
+
+fn body<'p>(
+    g: &mut Gen,
+    program: &Program,
+    grad: &ScoreGrad,
+    mut mask: Option<&mut Lowering<'p>>,
+    score: &mut Lowering<'p>,
+) -> Result<(), CpuError> {
+    let i64t = types::I64;
+    let entry = g.b.create_block();
+    g.b.append_block_params_for_function_params(entry);
+    g.b.switch_to_block(entry);
+    let [ctx, tile, bi, hi, q0, kv0, nrows, ncols, full] =
+        <[Value; 9]>::try_from(g.b.block_params(entry)).expect("nine params");
+    let params = g.ld(i64t, ctx, CTX_PARAMS);
+    let tdescs = g.ld(i64t, ctx, CTX_TENSORS);
+    let mut tensors = Vec::new();
+    for (t, info) in program.tensors.iter().enumerate() {
+        let base = t as i32 * off::TD_SIZE;
+        let ptr = g.ld(i64t, tdescs, base + off::TD_PTR);
+        let mut tv = TensorVals {
+            ptr,
+            dims: vec![],
+            cdims: vec![],
+            cmax: vec![],
+        };
+        for k in 0..info.dims.len() as i32 {
+            tv.dims
+                .push(g.ld(i64t, tdescs, base + off::TD_DIMS + 8 * k));
+            let cd = g.ld(i64t, tdescs, base + off::TD_CDIMS + 8 * k);
+            tv.cdims.push(cd);
+            tv.cmax.push(g.b.ins().iadd_imm_s(cd, -1));
+        }
+        tensors.push(tv);
+    }
+    let s_base = g.ld(i64t, tile, T_S);
+    let ds_base = g.ld(i64t, tile, T_DS);
+    let flat_base = g.ld(i64t, tile, T_FLAT);
+    let part_base = g.ld(i64t, tile, T_PART);
+    let stride = g.ld(i64t, tile, T_STRIDE);
+    let plane = g.ld(i64t, tile, T_PLANE);
+    let b32 = g.b.ins().ireduce(types::I32, bi);
+    let h32 = g.b.ins().ireduce(types::I32, hi);
+    let mut env = Env {
+        b: b32,
+        h: h32,
+        q: None,
+        kv: None,
+        s: None,
+        params,
+        tensors,
+        tile,
+        checked: false,
+    };
+    if let Some(m) = mask.as_deref_mut() {
+        m.emit(g, &env, Level::Inv)?;
+    }
+    score.emit(g, &env, Level::Inv)?;
+    let planes = Planes {
+        s: s_base,
+        ds: ds_base,
+        flat: flat_base,
+        part: part_base,
+        plane,
+    };
+    match mask {
+        None => nest(
+            g, &mut env, grad, None, score, &planes, q0, kv0, nrows, ncols, stride,
+        )?,
+        Some(m) => {
+            let (t, e, join) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
+            g.b.ins().brif(full, t, &[], e, &[]);
+            g.b.switch_to_block(t);
+            nest(
+                g, &mut env, grad, None, score, &planes, q0, kv0, nrows, ncols, stride,
+            )?;
+            g.b.ins().jump(join, &[]);
+            g.b.switch_to_block(e);
+            nest(
+                g,
+                &mut env,
+                grad,
+                Some(m),
+                score,
+                &planes,
+                q0,
+                kv0,
+                nrows,
+                ncols,
+                stride,
+            )?;
+            g.b.ins().jump(join, &[]);
+            g.b.switch_to_block(join);
+        }
+    }
+    g.b.ins().return_(&[]);
+    Ok(())
+}
+
+struct Planes {
+    s: Value,
+    ds: Value,
+    flat: Value,
+    part: Value,
+    plane: Value,
+}
+
+/// One loop nest over the tile; with `mask`, elements where it is false are written as
+/// masked.
+#[allow(clippy::too_many_arguments)]
+fn nest<'p>(
+    g: &mut Gen,
+    env: &mut Env,
+    grad: &ScoreGrad,
+    mut mask: Option<&mut Lowering<'p>>,
+    score: &mut Lowering<'p>,
+    pl: &Planes,
+    q0: Value,
+    kv0: Value,
+    nrows: Value,
+    ncols: Value,
+    stride: Value,
+) -> Result<(), CpuError> {
+    let i64t = types::I64;
+    let zero = g.b.ins().iconst(i64t, 0);
+    g.for_range(zero, nrows, |g, i| {
+        let q = g.b.ins().iadd(q0, i);
+        env.q = Some(g.b.ins().ireduce(types::I32, q));
+        env.kv = None;
+        env.s = None;
+        if let Some(m) = mask.as_deref_mut() {
+            m.forget();
+            m.emit(g, env, Level::Q)?;
+        }
+        score.forget();
+        score.emit(g, env, Level::Q)?;
+        let row = g.b.ins().imul(i, stride);
+        let zero = g.b.ins().iconst(i64t, 0);
+        g.for_range(zero, ncols, |g, j| {
+            let kv = g.b.ins().iadd(kv0, j);
+            env.kv = Some(g.b.ins().ireduce(types::I32, kv));
+            let idx = g.b.ins().iadd(row, j);
+            let s_addr = addr(g, pl.s, idx, 2);
+            let s =
+                g.b.ins()
+                    .load(types::F32, MemFlagsData::trusted(), s_addr, 0);
+            env.s = Some(s);
+            match mask.as_deref_mut() {
+                None => {
+                    write_kept(g, env, grad, score, pl, idx, s_addr)?;
+                }
+                Some(m) => {
+                    m.emit(g, env, Level::Kv)?;
+                    m.emit(g, env, Level::Both)?;
+                    let keep = m.ret();
+                    let (t, e, join) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
+                    g.b.ins().brif(keep, t, &[], e, &[]);
+                    g.b.switch_to_block(t);
+                    write_kept(g, env, grad, score, pl, idx, s_addr)?;
+                    g.b.ins().jump(join, &[]);
+                    g.b.switch_to_block(e);
+                    write_masked(g, grad, pl, idx, s_addr);
+                    g.b.ins().jump(join, &[]);
+                    g.b.switch_to_block(join);
+                    // the mask's per-element values stay in this column's block; the
+                    // next emission site (next nest) starts after `forget`
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+/// `base + (idx << shift)`
+fn addr(g: &mut Gen, base: Value, idx: Value, shift: i64) -> Value {
+    let off = g.b.ins().ishl_imm_u(idx, shift);
+    g.b.ins().iadd(base, off)
+}
+
+/// The address of element `idx` of plane `k` of a table with `1 << shift`-byte entries.
+fn plane_addr(g: &mut Gen, base: Value, plane: Value, k: usize, idx: Value, shift: i64) -> Value {
+    let p = g.b.ins().imul_imm_s(plane, k as i64);
+    let e = g.b.ins().iadd(p, idx);
+    addr(g, base, e, shift)
+}
+
+fn write_kept(
+    g: &mut Gen,
+    env: &Env,
+    grad: &ScoreGrad,
+    score: &mut Lowering,
+    pl: &Planes,
+    idx: Value,
+    s_addr: Value,
+) -> Result<(), CpuError> {
+    score.emit(g, env, Level::Kv)?;
+    score.emit(g, env, Level::Both)?;
+    let fl = MemFlagsData::trusted();
+    let sc = score.value(grad.score);
+    g.b.ins().store(fl, sc, s_addr, 0);
+    let ds = score.value(grad.d_s);
+    let a = addr(g, pl.ds, idx, 2);
+    g.b.ins().store(fl, ds, a, 0);
+    let neg1 = g.b.ins().iconst(types::I64, -1);
+    for (r, read) in grad.reads.iter().enumerate() {
+        let tv = &env.tensors[read.tensor.0 as usize];
+        let zero = g.b.ins().iconst(types::I64, 0);
+        let mut flat = zero;
+        for (k, v) in read.indices.iter().enumerate() {
+            let x = score.value(*v);
+            let x = g.b.ins().sextend(types::I64, x);
+            let c = g.b.ins().smax(x, zero);
+            let c = g.b.ins().smin(c, tv.cmax[k]);
+            flat = if k == 0 {
+                c
+            } else {
+                let m = g.b.ins().imul(flat, tv.cdims[k]);
+                g.b.ins().iadd(m, c)
+            };
+        }
+        let guard = score.value(read.guard);
+        let flat = g.b.ins().select(guard, flat, neg1);
+        let a = plane_addr(g, pl.flat, pl.plane, r, idx, 3);
+        g.b.ins().store(fl, flat, a, 0);
+        let part = score.value(read.partial);
+        let a = plane_addr(g, pl.part, pl.plane, r, idx, 2);
+        g.b.ins().store(fl, part, a, 0);
+    }
+    for (k, p) in grad.params.iter().enumerate() {
+        let part = score.value(p.partial);
+        let a = plane_addr(g, pl.part, pl.plane, grad.reads.len() + k, idx, 2);
+        g.b.ins().store(fl, part, a, 0);
+    }
+    Ok(())
+}
+
+fn write_masked(g: &mut Gen, grad: &ScoreGrad, pl: &Planes, idx: Value, s_addr: Value) {
+    let fl = MemFlagsData::trusted();
+    let ninf = g.b.ins().f32const(f32::NEG_INFINITY);
+    g.b.ins().store(fl, ninf, s_addr, 0);
+    let z = g.b.ins().f32const(0.0);
+    let a = addr(g, pl.ds, idx, 2);
+    g.b.ins().store(fl, z, a, 0);
+    let neg1 = g.b.ins().iconst(types::I64, -1);
+    for r in 0..grad.reads.len() {
+        let a = plane_addr(g, pl.flat, pl.plane, r, idx, 3);
+        g.b.ins().store(fl, neg1, a, 0);
+    }
+    for k in 0..grad.reads.len() + grad.params.len() {
+        let a = plane_addr(g, pl.part, pl.plane, k, idx, 2);
+        g.b.ins().store(fl, z, a, 0);
+    }
+}

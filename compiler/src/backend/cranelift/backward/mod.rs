@@ -1,0 +1,804 @@
+//! The CPU backward pass: dQ, dK, dV and the gradients of captured f32/f16/bf16 tensors
+//! and f32 params, for one attention, by the formulas of issue 10 (see
+//! `reference_grad`, the f64 oracle it is tested against).
+//!
+//! In: a [`Program`] (verified here), [`CpuOptions`] (tile sizes, ISA), then per call
+//! the shape, f32 Q, K, V, the forward's O and LSE, dO, an optional dLSE, the scale,
+//! [`Bindings`], the forward's [`BlockMaps`] (built for this kernel's tiles) and a
+//! thread count. Out: [`Gradients`], or a [`CpuError`] (bad lengths, maps or bindings:
+//! never a panic or an out-of-bounds access).
+//!
+//! Structure (the forward's split: generated code for what the attention defines,
+//! precompiled Rust for the dense products):
+//! - [`elem`] generates, with Cranelift, the per-element part of a tile: mask, score and
+//!   the score's derivative (`grad::differentiate`), read-site indices and partials;
+//! - the tile code here computes `S = scale·Q·Kᵀ` and `dP = dO·Vᵀ` (outer-product loops
+//!   over packed `Kᵀ`/`Vᵀ`, auto-vectorized; AVX2+FMA builds selected at run time),
+//!   calls the element function (partial blocks, or every block when there is a score),
+//!   then `P = exp(S' − LSE)` (0 where masked, −inf, or the row is fully masked),
+//!   `dS' = P∘(dP − Δ)` with `Δ = rowsum(dO∘O) − dLSE`, `dS = dS'·∂score/∂s`.
+//! - Pass 1, parallel over (b, kv head, kv tile): for each query head of the group and
+//!   each q tile of the transposed block map's row (`BlockMaps::transpose`):
+//!   `dV += Pᵀ·dO`, `dK += scale·dSᵀ·Q`. Pass 2, parallel over (b, q head, q tile):
+//!   the forward map's kv tiles: `dQ += scale·dS·K`, and the capture/param gradients
+//!   `Σ dS'·∂score/∂read` per element read, `Σ dS'·∂score/∂param`.
+//!
+//! Determinism: every output element is accumulated by one work item in a fixed order
+//! (f32); capture and param gradients are per-item partial sums (per-thread dense
+//! scratch, emitted in first-touch order) reduced over items in item order. The result
+//! is bit-identical for any thread count. The cost is recomputing `S` and `dP` in the
+//! second pass (7 tile products instead of 5). Memory: per thread, a dense scratch as
+//! large as each differentiable captured tensor.
+
+pub mod elem;
+
+use super::launch::{check_maps, param_words, tensor_descs};
+use super::micro::exp_approx;
+use super::{CpuError, CpuOptions, Isa, new_module};
+use crate::analysis::blockmap::BlockMaps;
+use crate::grad::{ScoreGrad, differentiate};
+use crate::interp::{Bindings, TensorData};
+use crate::ir::{Program, verify_program};
+use crate::shape::Shape;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::JITModule;
+use cranelift_module::{Linkage, Module};
+use elem::{ELEM_NAME, ElemCtx, ElemTile};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+type ElemFn =
+    unsafe extern "C" fn(*const ElemCtx, *mut ElemTile, i64, i64, i64, i64, i64, i64, i64);
+
+/// The gradients of one backward call (layouts of Q, K, V; captures row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+    /// Per `Program::tensors` entry: the gradient of a float tensor, `None` for an
+    /// integer one.
+    pub tensors: Vec<Option<Vec<f32>>>,
+    /// Per `Program::params` entry: the gradient of an f32 param, `None` otherwise.
+    pub params: Vec<Option<f32>>,
+}
+
+/// A compiled backward kernel.
+pub struct CpuBackward {
+    /// Owns the executable memory of `entry`.
+    module: Mutex<Option<JITModule>>,
+    entry: ElemFn,
+    program: Program,
+    grad: ScoreGrad,
+    opts: CpuOptions,
+    avx2: bool,
+}
+
+impl Drop for CpuBackward {
+    fn drop(&mut self) {
+        let m = self
+            .module
+            .get_mut()
+            .map(Option::take)
+            .unwrap_or_else(|e| e.into_inner().take());
+        if let Some(m) = m {
+            // SAFETY: `entry` points into this module's memory and is dropped with
+            // `self`; no call can be running since `run` borrows `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn prepare(
+    program: &Program,
+    opts: &CpuOptions,
+) -> Result<(JITModule, cranelift_module::FuncId), CpuError> {
+    verify_program(program)?;
+    super::check_options(opts)?;
+    let isa = opts.isa.unwrap_or_else(Isa::detect);
+    if !isa.supported() {
+        return Err(CpuError::Isa(isa));
+    }
+    let mut module = new_module(isa)?;
+    let sig = elem::elem_signature(module.isa().default_call_conv());
+    let id = module
+        .declare_function(ELEM_NAME, Linkage::Export, &sig)
+        .map_err(CpuError::jit)?;
+    Ok((module, id))
+}
+
+/// The CLIF text of the generated element function (deterministic).
+pub fn emit_backward_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
+    let (mut module, _) = prepare(program, opts)?;
+    let grad = differentiate(program);
+    let mut fctx = FunctionBuilderContext::new();
+    let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
+    Ok(format!(
+        "; backward elements of attention {}\n{}",
+        program.name,
+        f.display()
+    ))
+}
+
+/// Differentiates the score and JIT-compiles the backward's element function.
+pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackward, CpuError> {
+    let (mut module, id) = prepare(program, opts)?;
+    let grad = differentiate(program);
+    grad.verify(program)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
+    let mut ctx = module.make_context();
+    ctx.func = f;
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| CpuError::Jit(format!("{e:?}")))?;
+    module.finalize_definitions().map_err(CpuError::jit)?;
+    let ptr = module.get_finalized_function(id);
+    // SAFETY: `ptr` is the finalized code of a function with `elem_signature`, the C ABI
+    // of `ElemFn` on this host.
+    let entry = unsafe { std::mem::transmute::<*const u8, ElemFn>(ptr) };
+    let isa = opts.isa.unwrap_or_else(Isa::detect);
+    Ok(CpuBackward {
+        module: Mutex::new(Some(module)),
+        entry,
+        program: program.clone(),
+        grad,
+        opts: opts.clone(),
+        avx2: isa != Isa::Portable && avx2_fma(),
+    })
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `ElemCtx` shared by the workers.
+struct SharedCtx(ElemCtx);
+// SAFETY: the pointers are read-only views of `params`/`tensors` (and the tensors'
+// data), which outlive the scoped worker threads.
+unsafe impl Sync for SharedCtx {}
+
+impl SharedCtx {
+    fn ptr(&self) -> *const ElemCtx {
+        &self.0
+    }
+}
+
+/// Per-thread scratch.
+struct Scratch {
+    s: Vec<f32>,
+    dp: Vec<f32>,
+    ds: Vec<f32>,
+    flat: Vec<i64>,
+    part: Vec<f32>,
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    /// Per program tensor (float ones): dense partial gradient, touched marks, touch order.
+    cap: Vec<Option<(Vec<f32>, Vec<bool>, Vec<u32>)>>,
+}
+
+/// What one pass-2 item produces besides its dQ rows.
+struct QItem {
+    dq: Vec<f32>,
+    caps: Vec<Vec<(u32, f32)>>,
+    params: Vec<f32>,
+}
+
+impl CpuBackward {
+    pub fn q_block(&self) -> usize {
+        self.opts.q_block
+    }
+    pub fn kv_block(&self) -> usize {
+        self.opts.kv_block
+    }
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+    /// The derivative the element function computes.
+    pub fn score_grad(&self) -> &ScoreGrad {
+        &self.grad
+    }
+
+    /// Runs the backward (module docs). `o`, `lse` are the forward's outputs for the
+    /// same inputs; `dout` is `[B, Hq, Lq, Dv]`, `dlse` `[B, Hq, Lq]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        shape: &Shape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        maps: &BlockMaps,
+        threads: usize,
+    ) -> Result<Gradients, CpuError> {
+        shape.validate()?;
+        for (what, expected, got) in [
+            ("q", shape.q_len(), q.len()),
+            ("k", shape.k_len(), k.len()),
+            ("v", shape.v_len(), v.len()),
+            ("o", shape.o_len(), o.len()),
+            ("lse", shape.lse_len(), lse.len()),
+            ("do", shape.o_len(), dout.len()),
+            (
+                "dlse",
+                shape.lse_len(),
+                dlse.map_or(shape.lse_len(), |x| x.len()),
+            ),
+        ] {
+            if expected != got {
+                return Err(CpuError::Length {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
+        check_maps(maps, shape, bq, bkv)?;
+        let params = param_words(&self.program, bind)?;
+        let tensors = tensor_descs(&self.program, shape, bind)?;
+        let ctx = SharedCtx(ElemCtx {
+            params: params.as_ptr(),
+            tensors: tensors.as_ptr(),
+        });
+        let Shape {
+            b: nb,
+            hq,
+            hkv,
+            lq,
+            lkv,
+            d,
+            dv,
+        } = *shape;
+        let group = hq / hkv;
+        // Δ = rowsum(dO∘O) − dLSE
+        let delta: Vec<f32> = (0..shape.lse_len())
+            .map(|r| {
+                let s: f32 = dout[r * dv..][..dv]
+                    .iter()
+                    .zip(&o[r * dv..][..dv])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                s - dlse.map_or(0.0, |x| x[r])
+            })
+            .collect();
+        let maps_t = maps.transpose();
+        let nqb = lq.div_ceil(bq);
+        let nkvb = lkv.div_ceil(bkv);
+        let nreads = self.grad.reads.len();
+        let nparts = nreads + self.grad.params.len();
+        let has_score = self.program.score.is_some();
+        let has_mask = self.program.mask.is_some();
+        let make_scratch = || Scratch {
+            s: vec![0.0; bq * bkv],
+            dp: vec![0.0; bq * bkv],
+            ds: vec![0.0; bq * bkv],
+            flat: vec![-1; nreads * bq * bkv],
+            part: vec![0.0; nparts * bq * bkv],
+            kt: vec![0.0; d * bkv],
+            vt: vec![0.0; dv * bkv],
+            cap: bind
+                .tensors
+                .iter()
+                .map(|t| match &t.data {
+                    TensorData::F32(x) if nreads > 0 => {
+                        Some((vec![0.0; x.len()], vec![false; x.len()], Vec::new()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        };
+        let avx2 = self.avx2;
+        // One tile: S, dP, the element function, P, dS', dS. Returns whether the element
+        // function ran (then `ds` holds dS, else dS = dS' in `dp`).
+        let tile =
+            |sc: &mut Scratch, b: usize, h: usize, it: usize, jt: usize, full: bool| -> bool {
+                let hk = h / group;
+                let (i0, j0) = (it * bq, jt * bkv);
+                let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
+                let row0 = (b * hq + h) * lq + i0;
+                let kv0 = (b * hkv + hk) * lkv + j0;
+                pack_t(&k[kv0 * d..][..nc * d], nc, d, bkv, &mut sc.kt);
+                pack_t(&v[kv0 * dv..][..nc * dv], nc, dv, bkv, &mut sc.vt);
+                products(
+                    avx2,
+                    &q[row0 * d..][..nr * d],
+                    &dout[row0 * dv..][..nr * dv],
+                    &sc.kt,
+                    &sc.vt,
+                    [nr, nc, d, dv, bkv],
+                    scale,
+                    &mut sc.s,
+                    &mut sc.dp,
+                );
+                let call = has_score || (has_mask && !full);
+                if call {
+                    let mut et = ElemTile {
+                        s: sc.s.as_mut_ptr(),
+                        ds: sc.ds.as_mut_ptr(),
+                        flat: sc.flat.as_mut_ptr(),
+                        part: sc.part.as_mut_ptr(),
+                        stride: bkv as i64,
+                        plane: (bq * bkv) as i64,
+                    };
+                    // SAFETY: the bindings, params and maps were validated above; the
+                    // planes hold bq x bkv elements (nparts / nreads planes), and
+                    // nr <= bq, nc <= bkv; the generated code clamps every tensor read.
+                    unsafe {
+                        (self.entry)(
+                            ctx.ptr(),
+                            &mut et,
+                            b as i64,
+                            h as i64,
+                            i0 as i64,
+                            j0 as i64,
+                            nr as i64,
+                            nc as i64,
+                            full as i64,
+                        )
+                    };
+                }
+                probs(
+                    avx2,
+                    &mut sc.s,
+                    &mut sc.dp,
+                    &mut sc.ds,
+                    &lse[row0..][..nr],
+                    &delta[row0..][..nr],
+                    [nr, nc, bkv],
+                    call && has_score,
+                );
+                call && has_score
+            };
+
+        // ---- pass 1: dK, dV over (b, kv head, kv tile)
+        let items1 = nb * hkv * nkvb;
+        let out1 = par_items(
+            items1,
+            threads,
+            &make_scratch,
+            &|sc: &mut Scratch, item: usize| {
+                let jt = item % nkvb;
+                let bh = item / nkvb;
+                let (b, hk) = (bh / hkv, bh % hkv);
+                let nc = bkv.min(lkv - jt * bkv);
+                let mut dk = vec![0f32; nc * d];
+                let mut dvv = vec![0f32; nc * dv];
+                for h in hk * group..(hk + 1) * group {
+                    let mt = maps_t.get(b, h);
+                    for run in mt.row(jt) {
+                        for it in run.start as usize..run.end as usize {
+                            let with_ds = tile(sc, b, h, it, jt, run.full == 1);
+                            let i0 = it * bq;
+                            let nr = bq.min(lq - i0);
+                            let row0 = (b * hq + h) * lq + i0;
+                            let dsf = if with_ds { &sc.ds } else { &sc.dp };
+                            acc_dkdv(
+                                avx2,
+                                &sc.s,
+                                dsf,
+                                &q[row0 * d..][..nr * d],
+                                &dout[row0 * dv..][..nr * dv],
+                                [nr, nc, bkv, d, dv],
+                                &mut dk,
+                                &mut dvv,
+                            );
+                        }
+                    }
+                }
+                dk.iter_mut().for_each(|x| *x *= scale);
+                (dk, dvv)
+            },
+        );
+        let mut gdk = vec![0f32; k.len()];
+        let mut gdv = vec![0f32; v.len()];
+        for (item, (dk, dvv)) in out1.into_iter().enumerate() {
+            let jt = item % nkvb;
+            let bh = item / nkvb;
+            let kv0 = bh * lkv + jt * bkv;
+            gdk[kv0 * d..][..dk.len()].copy_from_slice(&dk);
+            gdv[kv0 * dv..][..dvv.len()].copy_from_slice(&dvv);
+        }
+
+        // ---- pass 2: dQ and capture/param gradients over (b, q head, q tile)
+        let items2 = nb * hq * nqb;
+        let grad = &self.grad;
+        let out2 = par_items(
+            items2,
+            threads,
+            &make_scratch,
+            &|sc: &mut Scratch, item: usize| {
+                let it = item % nqb;
+                let bh = item / nqb;
+                let (b, h) = (bh / hq, bh % hq);
+                let hk = h / group;
+                let i0 = it * bq;
+                let nr = bq.min(lq - i0);
+                let mut dq = vec![0f32; nr * d];
+                let mut pparams = vec![0f32; grad.params.len()];
+                for run in maps.get(b, h).row(it) {
+                    for jt in run.start as usize..run.end as usize {
+                        let with_ds = tile(sc, b, h, it, jt, run.full == 1);
+                        let j0 = jt * bkv;
+                        let nc = bkv.min(lkv - j0);
+                        let kv0 = (b * hkv + hk) * lkv + j0;
+                        let dsf = if with_ds { &sc.ds } else { &sc.dp };
+                        acc_dq(
+                            avx2,
+                            dsf,
+                            &k[kv0 * d..][..nc * d],
+                            [nr, nc, bkv, d],
+                            &mut dq,
+                        );
+                        if nparts > 0 {
+                            let plane = bq * bkv;
+                            for (r, read) in grad.reads.iter().enumerate() {
+                                let Some((acc, seen, touched)) =
+                                    &mut sc.cap[read.tensor.0 as usize]
+                                else {
+                                    continue;
+                                };
+                                for i in 0..nr {
+                                    for j in 0..nc {
+                                        let e = i * bkv + j;
+                                        let f = sc.flat[r * plane + e];
+                                        if sc.s[e] == 0.0 || f < 0 {
+                                            continue;
+                                        }
+                                        let f = f as usize;
+                                        acc[f] += sc.dp[e] * sc.part[r * plane + e];
+                                        if !seen[f] {
+                                            seen[f] = true;
+                                            touched.push(f as u32);
+                                        }
+                                    }
+                                }
+                            }
+                            for (kk, acc) in pparams.iter_mut().enumerate() {
+                                let pl = &sc.part[(nreads + kk) * plane..][..plane];
+                                for i in 0..nr {
+                                    for j in 0..nc {
+                                        let e = i * bkv + j;
+                                        if sc.s[e] != 0.0 {
+                                            *acc += sc.dp[e] * pl[e];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                dq.iter_mut().for_each(|x| *x *= scale);
+                let caps = sc
+                    .cap
+                    .iter_mut()
+                    .map(|c| match c {
+                        Some((acc, seen, touched)) => touched
+                            .drain(..)
+                            .map(|f| {
+                                let x = std::mem::take(&mut acc[f as usize]);
+                                seen[f as usize] = false;
+                                (f, x)
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    })
+                    .collect();
+                QItem {
+                    dq,
+                    caps,
+                    params: pparams,
+                }
+            },
+        );
+        let mut gdq = vec![0f32; q.len()];
+        let mut tgrads: Vec<Option<Vec<f32>>> = bind
+            .tensors
+            .iter()
+            .map(|t| match &t.data {
+                TensorData::F32(x) => Some(vec![0f32; x.len()]),
+                TensorData::I32(_) => None,
+            })
+            .collect();
+        let mut pgrads: Vec<Option<f32>> = self
+            .program
+            .params
+            .iter()
+            .map(|p| (p.ty == crate::ir::Type::F32).then_some(0.0))
+            .collect();
+        for (item, qi) in out2.into_iter().enumerate() {
+            let it = item % nqb;
+            let bh = item / nqb;
+            let row0 = bh * lq + it * bq;
+            gdq[row0 * d..][..qi.dq.len()].copy_from_slice(&qi.dq);
+            for (t, list) in qi.caps.iter().enumerate() {
+                if let Some(g) = &mut tgrads[t] {
+                    for (f, x) in list {
+                        g[*f as usize] += *x;
+                    }
+                }
+            }
+            for (kk, x) in qi.params.iter().enumerate() {
+                if let Some(g) = &mut pgrads[grad.params[kk].param.0 as usize] {
+                    *g += *x;
+                }
+            }
+        }
+        Ok(Gradients {
+            dq: gdq,
+            dk: gdk,
+            dv: gdv,
+            tensors: tgrads,
+            params: pgrads,
+        })
+    }
+}
+
+/// Runs `f(scratch, item)` for every item on `threads` scoped threads (items claimed
+/// from an atomic counter); returns the results in item order.
+fn par_items<T: Send>(
+    n: usize,
+    threads: usize,
+    make: &(dyn Fn() -> Scratch + Sync),
+    f: &(dyn Fn(&mut Scratch, usize) -> T + Sync),
+) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut sc = make();
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            out.push((i, f(&mut sc, i)));
+        }
+        out
+    };
+    let nt = threads.clamp(1, n.max(1));
+    let mut all: Vec<(usize, T)> = if nt == 1 {
+        work()
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..nt).map(|_| s.spawn(work)).collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `out[c][r] = x[r][c]` for `rows` rows of `cols`, output row stride `stride`.
+fn pack_t(x: &[f32], rows: usize, cols: usize, stride: usize, out: &mut [f32]) {
+    for (r, row) in x.chunks_exact(cols).take(rows).enumerate() {
+        for (c, val) in row.iter().enumerate() {
+            out[c * stride + r] = *val;
+        }
+    }
+}
+
+/// Selects the AVX2+FMA build of a body when `avx2` (checked at compile time of the
+/// kernel), the portable one otherwise.
+macro_rules! dispatch {
+    ($avx2:expr, $body:ident ( $($arg:expr),* $(,)? )) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $avx2 {
+                // SAFETY: `avx2` is true only when the CPU has AVX2 and FMA.
+                unsafe { avx2::$body($($arg),*) }
+            } else {
+                $body($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $avx2;
+            $body($($arg),*)
+        }
+    }};
+}
+
+#[allow(clippy::too_many_arguments)]
+fn products(
+    avx2: bool,
+    q: &[f32],
+    dout: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    dims: [usize; 5],
+    scale: f32,
+    s: &mut [f32],
+    dp: &mut [f32],
+) {
+    dispatch!(avx2, products_body(q, dout, kt, vt, dims, scale, s, dp))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn probs(
+    avx2: bool,
+    s: &mut [f32],
+    dp: &mut [f32],
+    ds: &mut [f32],
+    lse: &[f32],
+    delta: &[f32],
+    dims: [usize; 3],
+    with_ds: bool,
+) {
+    dispatch!(avx2, probs_body(s, dp, ds, lse, delta, dims, with_ds))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn acc_dkdv(
+    avx2: bool,
+    p: &[f32],
+    dsf: &[f32],
+    q: &[f32],
+    dout: &[f32],
+    dims: [usize; 5],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    dispatch!(avx2, acc_dkdv_body(p, dsf, q, dout, dims, dk, dv))
+}
+
+fn acc_dq(avx2: bool, dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]) {
+    dispatch!(avx2, acc_dq_body(dsf, k, dims, dq))
+}
+
+/// `S[i][j] = Σ (scale·q[i][dd])·K[j][dd]` (the forward's order of operations) and
+/// `dP[i][j] = Σ dO[i][e]·V[j][e]`, over packed `Kᵀ [d][bkv]`, `Vᵀ [dv][bkv]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn products_body(
+    q: &[f32],
+    dout: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    [nr, nc, d, dv, bkv]: [usize; 5],
+    scale: f32,
+    s: &mut [f32],
+    dp: &mut [f32],
+) {
+    for i in 0..nr {
+        let srow = &mut s[i * bkv..][..nc];
+        srow.fill(0.0);
+        for (dd, x) in q[i * d..][..d].iter().enumerate() {
+            let a = scale * *x;
+            for (o, kx) in srow.iter_mut().zip(&kt[dd * bkv..][..nc]) {
+                *o += *kx * a;
+            }
+        }
+        let prow = &mut dp[i * bkv..][..nc];
+        prow.fill(0.0);
+        for (e, x) in dout[i * dv..][..dv].iter().enumerate() {
+            let a = *x;
+            for (o, vx) in prow.iter_mut().zip(&vt[e * bkv..][..nc]) {
+                *o += *vx * a;
+            }
+        }
+    }
+}
+
+/// In place: `s` becomes P, `dp` becomes dS' = P (dP − Δ), and with `with_ds` `ds`
+/// (∂score/∂s) becomes dS = dS'·ds (0 where P = 0, whatever the derivative there).
+#[inline(always)]
+fn probs_body(
+    s: &mut [f32],
+    dp: &mut [f32],
+    ds: &mut [f32],
+    lse: &[f32],
+    delta: &[f32],
+    [nr, nc, bkv]: [usize; 3],
+    with_ds: bool,
+) {
+    for i in 0..nr {
+        let (l, dl) = (lse[i], delta[i]);
+        let srow = &mut s[i * bkv..][..nc];
+        let prow = &mut dp[i * bkv..][..nc];
+        if l == f32::NEG_INFINITY {
+            srow.fill(0.0);
+            prow.fill(0.0);
+            if with_ds {
+                ds[i * bkv..][..nc].fill(0.0);
+            }
+            continue;
+        }
+        for (sx, px) in srow.iter_mut().zip(prow.iter_mut()) {
+            let p = exp_approx(*sx - l);
+            *sx = p;
+            *px = p * (*px - dl);
+        }
+        if with_ds {
+            for ((dsx, px), sx) in ds[i * bkv..][..nc]
+                .iter_mut()
+                .zip(prow.iter())
+                .zip(srow.iter())
+            {
+                *dsx = if *sx == 0.0 { 0.0 } else { *px * *dsx };
+            }
+        }
+    }
+}
+
+/// `dK[j] += Σ_i dS[i][j]·Q[i]` (unscaled), `dV[j] += Σ_i P[i][j]·dO[i]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn acc_dkdv_body(
+    p: &[f32],
+    dsf: &[f32],
+    q: &[f32],
+    dout: &[f32],
+    [nr, nc, bkv, d, dv]: [usize; 5],
+    dk: &mut [f32],
+    dvv: &mut [f32],
+) {
+    for i in 0..nr {
+        let qrow = &q[i * d..][..d];
+        let orow = &dout[i * dv..][..dv];
+        for j in 0..nc {
+            let pij = p[i * bkv + j];
+            if pij == 0.0 {
+                continue;
+            }
+            for (a, x) in dvv[j * dv..][..dv].iter_mut().zip(orow) {
+                *a += pij * *x;
+            }
+            let g = dsf[i * bkv + j];
+            for (a, x) in dk[j * d..][..d].iter_mut().zip(qrow) {
+                *a += g * *x;
+            }
+        }
+    }
+}
+
+/// `dQ[i] += Σ_j dS[i][j]·K[j]` (unscaled).
+#[inline(always)]
+fn acc_dq_body(dsf: &[f32], k: &[f32], [nr, nc, bkv, d]: [usize; 4], dq: &mut [f32]) {
+    for i in 0..nr {
+        let qrow = &mut dq[i * d..][..d];
+        for j in 0..nc {
+            let g = dsf[i * bkv + j];
+            if g == 0.0 {
+                continue;
+            }
+            for (a, x) in qrow.iter_mut().zip(&k[j * d..][..d]) {
+                *a += g * *x;
+            }
+        }
+    }
+}
+
+/// The AVX2+FMA builds of the bodies above.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    macro_rules! build {
+        ($name:ident ( $($arg:ident : $ty:ty),* )) => {
+            /// # Safety
+            /// The CPU supports AVX2 and FMA.
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name($($arg: $ty),*) {
+                super::$name($($arg),*)
+            }
+        };
+    }
+    build!(products_body(q: &[f32], dout: &[f32], kt: &[f32], vt: &[f32], dims: [usize; 5], scale: f32, s: &mut [f32], dp: &mut [f32]));
+    build!(probs_body(s: &mut [f32], dp: &mut [f32], ds: &mut [f32], lse: &[f32], delta: &[f32], dims: [usize; 3], with_ds: bool));
+    build!(acc_dkdv_body(p: &[f32], dsf: &[f32], q: &[f32], dout: &[f32], dims: [usize; 5], dk: &mut [f32], dv: &mut [f32]));
+    build!(acc_dq_body(dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]));
+}

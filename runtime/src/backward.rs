@@ -1,0 +1,226 @@
+//! The backward pass of a bound attention: [`Bound::backward`].
+//!
+//! In: the forward's inputs q, k, v, its outputs o, lse, the output gradients dO (and
+//! optionally dLSE), and the captures (as for `forward`). Out: [`Gradients`]: dQ, dK,
+//! dV (the layouts and dtype of q, k, v), the gradient of every captured f32/f16/bf16
+//! tensor (its shape and dtype, accumulated in f32) and of every f32 param. Integer
+//! tensors and params have none ([`Bound::check_differentiable`] says so with E0307);
+//! masks have none.
+//!
+//! Backends: `Reference` runs the f64 oracle (`attnc_compiler::reference_grad`, which
+//! recomputes O and LSE itself and ignores `o`/`lse`); `Cpu` the Cranelift backward
+//! (`backend::cranelift::backward`, compiled on the first call and kept), with the
+//! forward's block maps; `Cuda` is not yet available (an error).
+
+use crate::api::{Bound, Captures, check_input};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use attnc_compiler::analysis::classify::analyze;
+use attnc_compiler::backend::cranelift::CpuOptions;
+use attnc_compiler::backend::cranelift::backward::{CpuBackward, compile_backward};
+use attnc_compiler::ir::{ElemType, Type};
+use std::collections::BTreeMap;
+
+/// The gradients of one backward call.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// `[B, Hq, Lq, D]`, `[B, Hkv, Lkv, D]`, `[B, Hkv, Lkv, Dv]` in the input dtype.
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    /// By name: the gradient of every f32/f16/bf16 captured tensor (shape and dtype of
+    /// the tensor; zero where the score does not read it).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// By name: the gradient of every f32 param.
+    pub params: BTreeMap<String, f32>,
+}
+
+/// What a binding keeps for its backward calls.
+#[derive(Default)]
+pub(crate) struct BackwardState {
+    cpu: Option<Box<CpuBackward>>,
+}
+
+impl Bound {
+    /// Whether `name` (a captured tensor or param of this attention) has a gradient:
+    /// `Ok` for f32/f16/bf16 tensors and f32 params; E0307 for integer ones (and an
+    /// error for names the attention does not declare).
+    pub fn check_differentiable(&self, name: &str) -> Result<()> {
+        let variant = self.variant();
+        let p = variant.program();
+        let (span, what) = if let Some(t) = p.tensor(name) {
+            let info = &p.tensors[t.0 as usize];
+            if info.elem.read_type() == Type::F32 {
+                return Ok(());
+            }
+            (
+                info.span,
+                format!("tensor `{name}` is {}", info.elem.name()),
+            )
+        } else if let Some(id) = p.param(name) {
+            let info = &p.params[id.0 as usize];
+            if info.ty == Type::F32 {
+                return Ok(());
+            }
+            (info.span, format!("param `{name}` is {}", info.ty))
+        } else {
+            let declared: Vec<&str> = p
+                .tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .chain(p.params.iter().map(|x| x.name.as_str()))
+                .collect();
+            return Err(Error::UnknownCapture {
+                name: name.into(),
+                attention: p.name.clone(),
+                declared: if declared.is_empty() {
+                    "nothing".into()
+                } else {
+                    declared.join(", ")
+                },
+            });
+        };
+        Err(Error::Capture {
+            name: name.into(),
+            message: format!("{what}: integer captures have no gradient"),
+            rendered: variant.render_at(
+                span,
+                "E0307",
+                &format!("`{name}` needs a gradient but is integer-typed"),
+                "declared here",
+                Some("only f32/f16/bf16 tensors and f32 params are differentiable; do not request a gradient for it"),
+            ),
+        })
+    }
+
+    /// The backward pass (module docs). `o` and `lse` are `forward`'s outputs for the
+    /// same inputs and captures; `dout` has o's shape and dtype, `dlse` lse's (f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dlse: Option<&Tensor>,
+        captures: &Captures,
+    ) -> Result<Gradients> {
+        let opts = self.options().clone();
+        let s = opts.shape;
+        let dt = opts.dtype;
+        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
+        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
+        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)?;
+        check_input("o", o, &[s.b, s.hq, s.lq, s.dv], dt)?;
+        check_input("lse", lse, &[s.b, s.hq, s.lq], DType::F32)?;
+        check_input("do", dout, &[s.b, s.hq, s.lq, s.dv], dt)?;
+        if let Some(x) = dlse {
+            check_input("dlse", x, &[s.b, s.hq, s.lq], DType::F32)?;
+        }
+        let bindings = self.bindings(captures)?;
+        let scale = self.scale();
+        let variant = self.variant().clone();
+        let program = variant.program();
+        let dlse_f = dlse.map(|x| x.to_f32());
+        let grads = match opts.backend {
+            crate::api::Backend::Reference => attnc_compiler::reference_grad::backward(
+                program,
+                &s,
+                &q.to_f32(),
+                &k.to_f32(),
+                &v.to_f32(),
+                &dout.to_f32(),
+                dlse_f.as_deref(),
+                scale,
+                &bindings,
+            )
+            .map(
+                |g| attnc_compiler::backend::cranelift::backward::Gradients {
+                    dq: g.dq,
+                    dk: g.dk,
+                    dv: g.dv,
+                    tensors: g.tensors,
+                    params: g.params,
+                },
+            )
+            .map_err(|e| crate::api::out_of_bounds(&variant, &e))?,
+            crate::api::Backend::Cpu => {
+                let cpu_err = |e: attnc_compiler::backend::cranelift::CpuError| Error::Backend {
+                    backend: "cpu",
+                    message: e.to_string(),
+                };
+                let state = self.backward_state();
+                if state.cpu.is_none() {
+                    let kern =
+                        compile_backward(program, &CpuOptions::default()).map_err(cpu_err)?;
+                    state.cpu = Some(Box::new(kern));
+                }
+                let kern = state.cpu.as_ref().expect("compiled above");
+                let info = analyze(program);
+                let maps = crate::launch::launch_maps(
+                    program,
+                    &info,
+                    &opts,
+                    kern.q_block(),
+                    kern.kv_block(),
+                    &bindings,
+                )?;
+                let threads = if opts.threads == 0 {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                } else {
+                    opts.threads
+                };
+                kern.run(
+                    &s,
+                    &q.to_f32(),
+                    &k.to_f32(),
+                    &v.to_f32(),
+                    &o.to_f32(),
+                    &lse.to_f32(),
+                    &dout.to_f32(),
+                    dlse_f.as_deref(),
+                    scale,
+                    &bindings,
+                    &maps,
+                    threads,
+                )
+                .map_err(cpu_err)?
+            }
+            crate::api::Backend::Cuda => {
+                return Err(Error::BackendUnavailable {
+                    backend: "cuda",
+                    reason: "backward is not yet available on this backend".into(),
+                });
+            }
+        };
+        let mut tensors = BTreeMap::new();
+        for (info, g) in program.tensors.iter().zip(grads.tensors) {
+            if let Some(g) = g {
+                let shape = captures.tensors[&info.name].shape().to_vec();
+                let dtype = match info.elem {
+                    ElemType::F16 => DType::F16,
+                    ElemType::BF16 => DType::BF16,
+                    _ => DType::F32,
+                };
+                tensors.insert(info.name.clone(), Tensor::from_f32_as(shape, &g, dtype));
+            }
+        }
+        let params = program
+            .params
+            .iter()
+            .zip(grads.params)
+            .filter_map(|(info, g)| g.map(|g| (info.name.clone(), g)))
+            .collect();
+        Ok(Gradients {
+            dq: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.d], &grads.dq, dt),
+            dk: Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.d], &grads.dk, dt),
+            dv: Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.dv], &grads.dv, dt),
+            tensors,
+            params,
+        })
+    }
+}

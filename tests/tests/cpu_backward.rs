@@ -1,0 +1,359 @@
+//! The CPU backward (`Bound::backward` on `Backend::Cpu`) against the f64 reference
+//! gradients (`Backend::Reference`, `attnc_compiler::reference_grad`): every attention
+//! of every example on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128, lengths
+//! over several 64-tiles), capture gradients (learned bias, relative bias table, T5
+//! tables from the examples; a tensor read twice and f32 params below), fully masked
+//! rows, −inf scores, dLSE, determinism across runs and thread counts, and API errors.
+//!
+//! The CPU backward gets the CPU forward's O and LSE; the oracle recomputes them in f64.
+//! Tolerance: |x − x_ref| <= 2e-4·(1 + max|x_ref|) per tensor. Why: every gradient is
+//! an f32 sum of O(Lkv) (dQ) or O(group·Lq) (dK, dV, captures) terms of size ~max|x_ref|
+//! / √n with the softmax's 2-ulp `exp`; observed errors are ~1e-6 relative (printed
+//! with --nocapture). A wrong mask bit, kv head or missing term moves a gradient by
+//! ~1e-2 relative or more.
+
+use attnc::{Backend, BindOptions, Bound, Captures, DType, Error, Shape, Tensor, synth};
+use attnc_tests::*;
+
+fn bind(var: &attnc::Variant, backend: Backend, shape: Shape, threads: usize) -> Bound {
+    let mut o = BindOptions::new(backend, shape, DType::F32);
+    o.threads = threads;
+    var.bind(o)
+        .unwrap_or_else(|e| panic!("bind {}: {e}", backend.name()))
+}
+
+fn close(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let tol = 2e-4 * (1.0 + max);
+    assert_close(what, got, want, tol);
+    max_abs_err(got, want).0 / (1.0 + max)
+}
+
+struct Case {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dout: Tensor,
+    dlse: Option<Tensor>,
+}
+
+fn case(shape: &Shape, seed: u64, with_dlse: bool) -> Case {
+    let (q, k, v) = synth::qkv(shape, DType::F32, seed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let dout: Vec<f32> = (0..shape.o_len()).map(|_| rng.normal()).collect();
+    let dlse: Vec<f32> = (0..shape.lse_len()).map(|_| rng.normal()).collect();
+    Case {
+        q,
+        k,
+        v,
+        dout: Tensor::from_f32(vec![shape.b, shape.hq, shape.lq, shape.dv], &dout),
+        dlse: with_dlse.then(|| Tensor::from_f32(vec![shape.b, shape.hq, shape.lq], &dlse)),
+    }
+}
+
+/// CPU backward vs the oracle; returns the largest relative error seen.
+fn compare(what: &str, var: &attnc::Variant, shape: Shape, caps: &Captures, c: &Case) -> f32 {
+    let mut cpu = bind(var, Backend::Cpu, shape, 2);
+    let mut reference = bind(var, Backend::Reference, shape, 1);
+    let fwd = cpu
+        .forward(&c.q, &c.k, &c.v, caps)
+        .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+    let got = cpu
+        .backward(
+            &c.q,
+            &c.k,
+            &c.v,
+            &fwd.o,
+            &fwd.lse,
+            &c.dout,
+            c.dlse.as_ref(),
+            caps,
+        )
+        .unwrap_or_else(|e| panic!("{what}: cpu backward: {e}"));
+    let want = reference
+        .backward(
+            &c.q,
+            &c.k,
+            &c.v,
+            &fwd.o,
+            &fwd.lse,
+            &c.dout,
+            c.dlse.as_ref(),
+            caps,
+        )
+        .unwrap_or_else(|e| panic!("{what}: reference backward: {e}"));
+    let mut worst = 0f32;
+    for (name, g, w) in [
+        ("dQ", &got.dq, &want.dq),
+        ("dK", &got.dk, &want.dk),
+        ("dV", &got.dv, &want.dv),
+    ] {
+        worst = worst.max(close(&format!("{what}: {name}"), &g.to_f32(), &w.to_f32()));
+    }
+    assert_eq!(
+        got.tensors.keys().collect::<Vec<_>>(),
+        want.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, w) in &want.tensors {
+        let g = &got.tensors[name];
+        assert_eq!(g.shape(), w.shape());
+        worst = worst.max(close(&format!("{what}: d{name}"), &g.to_f32(), &w.to_f32()));
+    }
+    assert_eq!(got.params.len(), want.params.len());
+    for (name, w) in &want.params {
+        worst = worst.max(close(
+            &format!("{what}: d{name}"),
+            &[got.params[name]],
+            &[*w],
+        ));
+    }
+    worst
+}
+
+#[test]
+fn every_example_matches_the_reference_gradients() {
+    let mut rng = Rng::new(0xBAC4);
+    let mut worst = 0f32;
+    for (n, ex) in examples().iter().enumerate() {
+        let hkv = range(&mut rng, 1, 2);
+        let lkv = range(&mut rng, 1, 150);
+        let shape = Shape {
+            b: range(&mut rng, 1, 2),
+            hq: hkv * range(&mut rng, 1, 2),
+            hkv,
+            lq: if ex.self_attention_only() {
+                lkv
+            } else {
+                range(&mut rng, 1, 150)
+            },
+            lkv,
+            d: if n % 2 == 0 { 64 } else { 128 },
+            dv: if n % 2 == 0 { 64 } else { 128 },
+        };
+        let caps = synth::captures(ex.program(), &shape, n as u64);
+        let c = case(&shape, n as u64, n % 3 == 0);
+        worst = worst.max(compare(
+            &format!("{} {shape:?}", ex.id()),
+            &ex.variant,
+            shape,
+            &caps,
+            &c,
+        ));
+    }
+    eprintln!("examples: worst relative error {worst:e}");
+}
+
+const SRC: &str = "
+param cap: f32;
+param temp: f32;
+tensor w: f32[5];
+tensor pos: bf16[Q];
+tensor ids: i32[KV];
+mask m(b, h, q, kv) { q >= 3 && kv <= q + 40 && ids[kv] != 7 }
+score sc(s, b, h, q, kv) {
+    let x = s * temp + w[q % 5] + w[(kv * 2) % 5] * pos[q];
+    if (q + kv) % 9 == 0 { log(0.0) } else { cap * tanh(x / cap) }
+}
+attention a { mask = m; score = sc; }
+";
+
+fn src_captures(shape: &Shape, seed: u64) -> Captures {
+    let mut rng = Rng::new(seed);
+    let w: Vec<f32> = (0..5).map(|_| rng.normal()).collect();
+    let pos: Vec<f32> = (0..shape.lq).map(|_| rng.normal()).collect();
+    let ids: Vec<i32> = (0..shape.lkv).map(|_| rng.below(10) as i32).collect();
+    Captures::default()
+        .tensor("w", Tensor::from_f32(vec![5], &w))
+        .tensor(
+            "pos",
+            Tensor::from_f32_as(vec![shape.lq], &pos, DType::BF16),
+        )
+        .tensor("ids", Tensor::from_i32(vec![shape.lkv], &ids))
+        .param("cap", attnc::ParamValue::F32(3.0 + rng.uniform()))
+        .param("temp", attnc::ParamValue::F32(0.5 + rng.uniform()))
+}
+
+#[test]
+fn random_shapes_masked_rows_neg_inf_reads_twice_and_params() {
+    let var = variant(SRC, "a");
+    let mut rng = Rng::new(77);
+    let mut worst = 0f32;
+    for trial in 0..6u64 {
+        let hkv = range(&mut rng, 1, 2);
+        let shape = Shape {
+            b: range(&mut rng, 1, 2),
+            hq: hkv * range(&mut rng, 1, 3),
+            hkv,
+            lq: range(&mut rng, 1, 170),
+            lkv: range(&mut rng, 1, 170),
+            d: [64, 128][trial as usize % 2],
+            dv: [64, 128][trial as usize % 2],
+        };
+        let caps = src_captures(&shape, trial);
+        let c = case(&shape, 100 + trial, trial % 2 == 1);
+        worst = worst.max(compare(
+            &format!("trial {trial} {shape:?}"),
+            &var,
+            shape,
+            &caps,
+            &c,
+        ));
+    }
+    eprintln!("random shapes: worst relative error {worst:e}");
+    // the gradients are not trivially zero
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 70,
+        lkv: 90,
+        d: 64,
+        dv: 64,
+    };
+    let caps = src_captures(&shape, 9);
+    let c = case(&shape, 9, true);
+    let mut cpu = bind(&var, Backend::Cpu, shape, 2);
+    let fwd = cpu.forward(&c.q, &c.k, &c.v, &caps).unwrap();
+    let g = cpu
+        .backward(
+            &c.q,
+            &c.k,
+            &c.v,
+            &fwd.o,
+            &fwd.lse,
+            &c.dout,
+            c.dlse.as_ref(),
+            &caps,
+        )
+        .unwrap();
+    assert!(g.tensors["w"].to_f32().iter().all(|x| *x != 0.0));
+    assert_eq!(g.tensors["pos"].dtype(), DType::BF16);
+    assert!(!g.tensors.contains_key("ids"));
+    assert!(g.params["cap"] != 0.0 && g.params["temp"] != 0.0);
+    // rows q < 3 are fully masked: dQ = 0 there
+    let dq = g.dq.to_f32();
+    for h in 0..2 {
+        for i in 0..3 {
+            let r = h * 70 + i;
+            assert!(dq[r * 64..][..64].iter().all(|x| *x == 0.0));
+        }
+    }
+}
+
+#[test]
+fn backward_is_deterministic_across_runs_and_thread_counts() {
+    let var = variant(SRC, "a");
+    let shape = Shape {
+        b: 2,
+        hq: 4,
+        hkv: 2,
+        lq: 150,
+        lkv: 131,
+        d: 64,
+        dv: 64,
+    };
+    let caps = src_captures(&shape, 3);
+    let c = case(&shape, 3, true);
+    let run = |threads: usize| {
+        let mut cpu = bind(&var, Backend::Cpu, shape, threads);
+        let fwd = cpu.forward(&c.q, &c.k, &c.v, &caps).unwrap();
+        let g = cpu
+            .backward(
+                &c.q,
+                &c.k,
+                &c.v,
+                &fwd.o,
+                &fwd.lse,
+                &c.dout,
+                c.dlse.as_ref(),
+                &caps,
+            )
+            .unwrap();
+        let mut bits: Vec<u32> = Vec::new();
+        for t in [&g.dq, &g.dk, &g.dv].into_iter().chain(g.tensors.values()) {
+            bits.extend(t.to_f32().iter().map(|x| x.to_bits()));
+        }
+        bits.extend(g.params.values().map(|x| x.to_bits()));
+        bits
+    };
+    let a = run(3);
+    assert!(a == run(3), "two runs differ");
+    assert!(a == run(1), "1 thread differs from 3");
+    assert!(a == run(5), "5 threads differ from 3");
+}
+
+#[test]
+fn backward_errors_are_clear() {
+    let var = variant(SRC, "a");
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 9,
+        lkv: 11,
+        d: 16,
+        dv: 16,
+    };
+    let caps = src_captures(&shape, 1);
+    let c = case(&shape, 1, false);
+    let mut cpu = bind(&var, Backend::Cpu, shape, 1);
+    let fwd = cpu.forward(&c.q, &c.k, &c.v, &caps).unwrap();
+    // o with the wrong shape, lse with the wrong dtype, dO wrong, dlse wrong
+    let e = cpu
+        .backward(&c.q, &c.k, &c.v, &c.k, &fwd.lse, &c.dout, None, &caps)
+        .err()
+        .expect("o of the wrong shape is an error");
+    assert!(
+        matches!(&e, Error::InputShape { which, .. } if which == "o"),
+        "{e}"
+    );
+    let bad_lse = Tensor::from_f32_as(vec![1, 2, 9], &fwd.lse.to_f32(), DType::BF16);
+    let e = cpu
+        .backward(&c.q, &c.k, &c.v, &fwd.o, &bad_lse, &c.dout, None, &caps)
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, Error::InputDType { which, .. } if which == "lse"),
+        "{e}"
+    );
+    let e = cpu
+        .backward(&c.q, &c.k, &c.v, &fwd.o, &fwd.lse, &fwd.lse, None, &caps)
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, Error::InputShape { which, .. } if which == "do"),
+        "{e}"
+    );
+    let e = cpu
+        .backward(
+            &c.q,
+            &c.k,
+            &c.v,
+            &fwd.o,
+            &fwd.lse,
+            &c.dout,
+            Some(&c.dout),
+            &caps,
+        )
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, Error::InputShape { which, .. } if which == "dlse"),
+        "{e}"
+    );
+    // a missing capture: the forward's E0303
+    let mut missing = caps.clone();
+    missing.tensors.remove("w");
+    let e = cpu
+        .backward(&c.q, &c.k, &c.v, &fwd.o, &fwd.lse, &c.dout, None, &missing)
+        .err()
+        .expect("an error");
+    assert!(e.to_string().contains("E0303"), "{e}");
+    // integer captures have no gradient
+    let e = cpu.check_differentiable("ids").unwrap_err();
+    assert!(e.to_string().contains("E0307"), "{e}");
+    assert!(cpu.check_differentiable("w").is_ok());
+    assert!(cpu.check_differentiable("pos").is_ok());
+    assert!(cpu.check_differentiable("cap").is_ok());
+    assert!(cpu.check_differentiable("nope").is_err());
+}
