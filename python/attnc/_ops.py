@@ -98,3 +98,72 @@ def forward(
 def _(q, k, v, key, scale, tensor_names, tensors, param_names, params):
     o_shape, lse_shape = _out_shapes(q, k, v)
     return q.new_empty(o_shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("attnc::backward", mutates_args=())
+def backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    dlse: torch.Tensor,
+    key: str,
+    scale: Optional[float],
+    tensor_names: str,
+    tensors: list[torch.Tensor],
+    param_names: str,
+    params: list[int | float | bool],
+    tensor_grads: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """dq, dk, dv and the gradients of the captured tensors flagged in `tensor_grads`
+    (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE."""
+    inner = _lookup(key)
+    names = _names(tensor_names)
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    dq, dk, dv = like(q), like(k), like(v)
+    dts = [like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
+    caps = [(n, t.contiguous()) for n, t in zip(names, tensors)]
+    wanted = [(n, d) for n, d, g in zip(names, dts, tensor_grads) if g]
+    stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
+    c = lambda x: x.contiguous()  # noqa: E731
+    inner.backward(
+        c(q), c(k), c(v), c(o), c(lse), c(do), c(dlse), dq, dk, dv, scale, caps,
+        list(zip(_names(param_names), params)), wanted, stream,
+    )
+    return dq, dk, dv, dts
+
+
+@backward.register_fake
+def _(q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, tensor_grads):
+    dts = [torch.empty_like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dts
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key, scale, tensor_names, tensors, param_names, params = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, *tensors)
+    ctx.attnc = (key, scale, tensor_names, param_names, params)
+    ctx.tensor_grads = [t.requires_grad for t in tensors]
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, *tensors = ctx.saved_tensors
+    key, scale, tensor_names, param_names, params = ctx.attnc
+    if do is None:
+        do = torch.zeros_like(o)
+    if dlse is None:
+        dlse = torch.zeros_like(lse)
+    dq, dk, dv, dts = backward(
+        q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads
+    )
+    grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
+    # params are Python scalars: no gradient (a learned scalar is a 1-element tensor capture)
+    # (torch takes a non-empty scalar list as one leaf of the input structure, an empty
+    # one as an empty list)
+    return dq, dk, dv, None, None, None, grads, None, (None if params else [])
+
+
+forward.register_autograd(_backward, setup_context=_setup_context)

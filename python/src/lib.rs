@@ -430,6 +430,151 @@ impl Attention {
         })
     }
 
+    /// The backward pass (CPU): reads q, k, v, o, lse, dO, dLSE and writes dq, dk, dv
+    /// (caller-allocated like q, k, v) and the gradients of the captured tensors named in
+    /// `wanted` (`(name, buffer)`, each buffer like its tensor).
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, stream=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        dout: &Bound<'_, PyAny>,
+        dlse: &Bound<'_, PyAny>,
+        dq: &Bound<'_, PyAny>,
+        dk: &Bound<'_, PyAny>,
+        dv: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        wanted: Vec<(String, Bound<'_, PyAny>)>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let _ = stream;
+        guard(py, || {
+            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
+            let shape = call_shape(py, &q, &k, &v)?;
+            let device = q.device;
+            if device != Device::Cpu {
+                return Err(attnc_error(
+                    py,
+                    code::DEVICE,
+                    "the backward pass runs on the CPU in this build (the CUDA backward is not available yet)",
+                ));
+            }
+            let dtype = match q.dtype {
+                Some(DType::F32) => DType::F32,
+                _ => {
+                    return Err(attnc_error(
+                        py,
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "q has dtype {}; the CPU backward takes float32",
+                            q.torch_dtype
+                        ),
+                    ));
+                }
+            };
+            let s = shape;
+            let (o, lse, dout, dlse) = (
+                read("o", o)?,
+                read("lse", lse)?,
+                read("do", dout)?,
+                read("dlse", dlse)?,
+            );
+            let (dq, dk, dv) = (read("dq", dq)?, read("dk", dk)?, read("dv", dv)?);
+            for (t, dims, dt) in [
+                (&q, vec![s.b, s.hq, s.lq, s.d], dtype),
+                (&k, vec![s.b, s.hkv, s.lkv, s.d], dtype),
+                (&v, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
+                (&o, vec![s.b, s.hq, s.lq, s.dv], dtype),
+                (&lse, vec![s.b, s.hq, s.lq], DType::F32),
+                (&dout, vec![s.b, s.hq, s.lq, s.dv], dtype),
+                (&dlse, vec![s.b, s.hq, s.lq], DType::F32),
+                (&dq, vec![s.b, s.hq, s.lq, s.d], dtype),
+                (&dk, vec![s.b, s.hkv, s.lkv, s.d], dtype),
+                (&dv, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
+            ] {
+                check_buffer(py, t, &dims, dt, device)?;
+            }
+            let host = |t: &TensorArg| t.to_host_tensor(py);
+            let (qh, kh, vh) = (host(&q)?, host(&k)?, host(&v)?);
+            let (oh, lh, doh, dlh) = (host(&o)?, host(&lse)?, host(&dout)?, host(&dlse)?);
+            let caps = self.captures(py, &tensors, &params)?;
+            let mut outs = Vec::new();
+            for (name, buf) in &wanted {
+                let arg = TensorArg::read(py, &format!("grad of {name}"), buf)?;
+                let Some(cap) = caps.tensors.get(name) else {
+                    return Err(attnc_error(
+                        py,
+                        code::UNKNOWN_CAPTURE,
+                        &format!(
+                            "a gradient was asked for `{name}`, which is not a captured tensor of this call"
+                        ),
+                    ));
+                };
+                check_buffer(py, &arg, cap.shape(), cap.dtype(), device)?;
+                outs.push((name.clone(), arg));
+            }
+            let key = BindKey {
+                backend: Backend::Cpu,
+                device,
+                shape,
+                dtype,
+                scale: scale.map(|x| (x as f32).to_bits()),
+            };
+            let grads = py
+                .detach(|| {
+                    self.with_bound(key, |bound| {
+                        for (name, _) in &outs {
+                            bound.check_differentiable(name)?;
+                        }
+                        bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
+                    })
+                })
+                .map_err(|e| self.error(py, &e))?;
+            let mut copies = vec![(&grads.dq, &dq), (&grads.dk, &dk), (&grads.dv, &dv)];
+            for (name, arg) in &outs {
+                let g = grads.tensors.get(name).ok_or_else(|| {
+                    attnc_error(
+                        py,
+                        code::BACKEND,
+                        &format!("the backward pass returned no gradient for `{name}`"),
+                    )
+                })?;
+                copies.push((g, arg));
+            }
+            for (g, arg) in copies {
+                let bytes = g.bytes();
+                if bytes.len() != arg.numel() * g.dtype().size() || Some(g.dtype()) != arg.dtype {
+                    return Err(attnc_error(
+                        py,
+                        code::BACKEND,
+                        &format!("gradient `{}`: size or dtype mismatch", arg.name),
+                    ));
+                }
+                if !bytes.is_empty() {
+                    // SAFETY: `arg` is a contiguous CPU tensor of `g`'s dtype and element
+                    // count (checked above), allocated by the package for this call and
+                    // written by nobody else; `bytes` is a separate host buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            arg.ptr as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The f64 reference implementation (the oracle) on host copies: returns `(o, lse)`
     /// as flat lists of f32 (slow; for tests and debugging).
     #[pyo3(signature = (q, k, v, scale, tensors, params))]
