@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine's host CPU: attnc's CPU backend (`attnc bench --backend cpu`) next to
-# PyTorch SDPA and FlexAttention on the CPU, same shapes, f32, at 2 and 16 threads.
+# PyTorch SDPA and FlexAttention on the CPU, same shapes, f32, at 2 and 16 threads; the
+# backward (`bench --grad`) next to SDPA's CPU backward at L2048 D64/128.
 # Expects the release `attnc` binary at .bin/attnc(.xz). Output: stdout (+ $OUT/cpu_anchors.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,15 @@ for t in ${ATTNC_CPU_THREADS:-2 16}; do
         f=$1; a=$2; shift 2
         "$bin" bench examples/$f --attention "$a" --backend cpu --b 1 --h 8 --lq $L --d $D --threads $t --iters 2 "$@"
       done
+    done
+  done
+done
+# the backward (issue 10): forward and backward timed separately, dense and causal
+for t in ${ATTNC_CPU_THREADS:-2 16}; do
+  for D in 64 128; do
+    for v in "dense.attn dense" "causal.attn causal_attention"; do
+      set -- $v
+      "$bin" bench examples/$1 --attention "$2" --backend cpu --b 1 --h 8 --lq 2048 --d $D --threads $t --iters 2 --grad
     done
   done
 done

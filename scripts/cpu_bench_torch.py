@@ -1,7 +1,11 @@
 """CPU anchors for attnc's CPU backend: PyTorch SDPA (dense, causal) and FlexAttention on
 the CPU, f32, at the same shapes and thread counts as scripts/cpu-bench-remote.sh runs
 `attnc bench`. TFLOP counting only unmasked pairs: 4*B*H*Lq*Lkv*D*density.
-Run on a machine with PyTorch >= 2.5: python3 cpu_bench_torch.py THREADS [THREADS...]"""
+Backward (`sdpa_bwd/...`): SDPA's CPU backward (the flash kernel's backward) for dense and
+causal at L2048 D64/D128, timed alone (autograd.grad over one kept graph), TFLOP counted
+as 2.5x the forward's (FlashAttention's convention), next to `attnc bench --grad`.
+Run on a machine with PyTorch >= 2.5: python3 cpu_bench_torch.py THREADS [THREADS...]
+(`nofwd`: backward only; `noflex`: no FlexAttention)"""
 import sys, time, json, os
 import torch
 import torch.nn.functional as F
@@ -11,6 +15,7 @@ from torch.nn.attention.flex_attention import flex_attention, create_block_mask
 torch.manual_seed(0)
 threads_list = [int(t) for t in sys.argv[1:] if t.isdigit()] or [2]
 with_flex = "noflex" not in sys.argv[1:]
+with_fwd = "nofwd" not in sys.argv[1:]
 res = {"torch": torch.__version__, "cpu": os.popen("lscpu | grep 'Model name'").read().strip()}
 print(torch.__version__, res["cpu"], flush=True)
 
@@ -32,7 +37,21 @@ def softcap(score, b, h, q, kv): return 20.0 * torch.tanh(score / 20.0)
 flex = torch.compile(flex_attention, dynamic=False)
 for threads in threads_list:
     torch.set_num_threads(threads)
-    for (L, D) in [(2048, 64), (2048, 128), (4096, 64), (4096, 128)]:
+    for (L, D) in [(2048, 64), (2048, 128)]:
+        B, H = 1, 8
+        for name, is_causal in [("dense", False), ("causal", True)]:
+            q = torch.randn(B, H, L, D, requires_grad=True)
+            k = torch.randn(B, H, L, D, requires_grad=True)
+            v = torch.randn(B, H, L, D, requires_grad=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+            do = torch.randn_like(out)
+            ms = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+            dens = (L * (L + 1) / 2) / (L * L) if is_causal else 1.0
+            tf = 2.5 * 4 * B * H * L * L * D * dens / ms / 1e6
+            key = f"sdpa_bwd/{name}/L{L}D{D}/t{threads}"
+            res[key] = dict(ms=ms, gflops=tf)
+            print(key, f"{ms:.2f} ms {tf:.1f} GFLOP/s (2.5x forward FLOPs)", flush=True)
+    for (L, D) in ([(2048, 64), (2048, 128), (4096, 64), (4096, 128)] if with_fwd else []):
         B, H = 1, 8
         q = torch.randn(B, H, L, D); k = torch.randn_like(q); v = torch.randn_like(q)
         for name, is_causal in [("dense", False), ("causal", True)]:

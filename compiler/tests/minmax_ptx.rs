@@ -6,7 +6,9 @@
 use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, emit_timed};
 
 fn ptx(score: &str) -> String {
-    let src = format!("param fp: f32;\nscore f(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = f; }}\n");
+    let src = format!(
+        "param fp: f32;\nscore f(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = f; }}\n"
+    );
     let m = attnc_compiler::compile_source(&src).unwrap();
     let p = &m.programs[0];
     let opts = PtxOptions::new(Arch::parse("sm_90").unwrap(), 64, 64, InputType::Bf16);
@@ -22,10 +24,25 @@ fn float_min_and_max_order_signed_zeros_in_ptx() {
     // against a kernel with `+` in the same place: the extra instructions are the fixup
     let base = ptx("s + fp");
     let min = ptx("min(s, fp)");
-    assert!(count(&min, "min.f32") > count(&base, "min.f32"), "no min.f32");
-    assert!(count(&min, "setp.eq.f32") > count(&base, "setp.eq.f32"), "no equality test");
-    assert!(count(&min, "or.b32") > count(&base, "or.b32"), "min does not OR the sign bits");
+    assert!(
+        count(&min, "min.f32") > count(&base, "min.f32"),
+        "no min.f32"
+    );
+    assert!(
+        count(&min, "setp.eq.f32") > count(&base, "setp.eq.f32"),
+        "no equality test"
+    );
+    assert!(
+        count(&min, "or.b32") > count(&base, "or.b32"),
+        "min does not OR the sign bits"
+    );
     let max = ptx("max(s, fp)");
-    assert!(count(&max, "setp.eq.f32") > count(&base, "setp.eq.f32"), "no equality test");
-    assert!(count(&max, "and.b32") > count(&base, "and.b32"), "max does not AND the sign bits");
+    assert!(
+        count(&max, "setp.eq.f32") > count(&base, "setp.eq.f32"),
+        "no equality test"
+    );
+    assert!(
+        count(&max, "and.b32") > count(&base, "and.b32"),
+        "max does not AND the sign bits"
+    );
 }

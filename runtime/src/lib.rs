@@ -21,8 +21,8 @@ mod validate;
 
 pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
 pub use attnc_compiler::shape::Shape;
-pub use decode::KvCache;
 pub use backward::Gradients;
+pub use decode::KvCache;
 pub use error::{Error, Result};
 pub use launch::{cuda_device_info, wait_for_background_jit};
 pub use tensor::{DType, Tensor};

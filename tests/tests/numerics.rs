@@ -70,7 +70,27 @@ fn sweep(lo: f32, hi: f32, dense: usize) -> Vec<f32> {
         x *= 1.37;
     }
     // the edges of the result range
-    for edge in [88.72283f32, 88.72284, 88.7229, 88.5, 88.38, 91.4, 100.0, -87.33, -87.34, -103.9, -104.0, 127.49, 127.5, 127.99, 128.0, -126.0, -149.0, -149.5, -150.0] {
+    for edge in [
+        88.72283f32,
+        88.72284,
+        88.7229,
+        88.5,
+        88.38,
+        91.4,
+        100.0,
+        -87.33,
+        -87.34,
+        -103.9,
+        -104.0,
+        127.49,
+        127.5,
+        127.99,
+        128.0,
+        -126.0,
+        -149.0,
+        -149.5,
+        -150.0,
+    ] {
         xs.push(edge);
         xs.push(f32::from_bits(edge.to_bits() + 1));
         xs.push(f32::from_bits(edge.to_bits() - 1));
@@ -85,7 +105,11 @@ fn check(body: &str, xs: &[f32], exact: impl Fn(f64) -> f64, max_ulps: u64) {
     let mut worst = (0u64, 0.0f32);
     for ((&x, &c), &o) in xs.iter().zip(&cpu).zip(&oracle) {
         let want = exact(x as f64) as f32;
-        assert_eq!(c.is_nan(), o.is_nan(), "{body} at x = {x:e}: cpu {c:e}, oracle {o:e}");
+        assert_eq!(
+            c.is_nan(),
+            o.is_nan(),
+            "{body} at x = {x:e}: cpu {c:e}, oracle {o:e}"
+        );
         if o.is_nan() {
             continue;
         }
@@ -110,7 +134,12 @@ fn check(body: &str, xs: &[f32], exact: impl Fn(f64) -> f64, max_ulps: u64) {
             "{body} at x = {x:e}: cpu {c:e}, exact {want:e}, oracle {o:e}: {u} ulp (bound {max_ulps})"
         );
     }
-    eprintln!("{body}: worst {} ulp at x = {:e} over {} arguments", worst.0, worst.1, xs.len());
+    eprintln!(
+        "{body}: worst {} ulp at x = {:e} over {} arguments",
+        worst.0,
+        worst.1,
+        xs.len()
+    );
 }
 
 #[test]
@@ -148,7 +177,10 @@ fn tanh_is_within_its_absolute_bound() {
         assert_eq!(c.is_nan(), o.is_nan(), "tanh at {x:e}");
         if !o.is_nan() {
             let e = ((c as f64) - (x as f64).tanh()).abs();
-            assert!(e <= 5e-7, "tanh at x = {x:e}: cpu {c:e}, oracle {o:e}, error {e:e}");
+            assert!(
+                e <= 5e-7,
+                "tanh at x = {x:e}: cpu {c:e}, oracle {o:e}, error {e:e}"
+            );
         }
     }
 }
@@ -161,7 +193,10 @@ fn the_issue_repro_gives_the_oracle_values() {
     let xs = [88.5f32, 91.4, 100.0];
     let cpu = through(Backend::Cpu, "exp(s)", &xs);
     let oracle = through(Backend::Reference, "exp(s)", &xs);
-    assert!(oracle[0] > 2.7e38 && oracle[1].is_nan() && oracle[2].is_nan(), "{oracle:?}");
+    assert!(
+        oracle[0] > 2.7e38 && oracle[1].is_nan() && oracle[2].is_nan(),
+        "{oracle:?}"
+    );
     assert!(ulps(cpu[0], oracle[0]) <= 2, "{cpu:?} vs {oracle:?}");
     assert!(cpu[1].is_nan() && cpu[2].is_nan(), "{cpu:?}");
 }
@@ -238,32 +273,55 @@ fn nan_scores_follow_the_documented_rule_on_every_cpu_backend() {
     // (o = 0, lse = -inf); a row with NaN and non-NaN scores gets NaN o and lse. A +inf
     // score makes the row NaN.
     let all_nan = "score f(s, b, h, q, kv) { 0.0 / 0.0 }\nattention a { score = f; }\n";
-    let some_nan =
-        "score f(s, b, h, q, kv) { if kv == 1 { 0.0 / 0.0 } else { s } }\nattention a { score = f; }\n";
+    let some_nan = "score f(s, b, h, q, kv) { if kv == 1 { 0.0 / 0.0 } else { s } }\nattention a { score = f; }\n";
     let masked_nan = "mask m(b, h, q, kv) { kv == 1 }\nscore f(s, b, h, q, kv) { if kv == 1 { 0.0 / 0.0 } else { s } }\nattention a { mask = m; score = f; }\n";
     let inf = "score f(s, b, h, q, kv) { if kv == 1 { 1.0 / 0.0 } else { s } }\nattention a { score = f; }\n";
     for backend in [Backend::Reference, Backend::Cpu] {
         for src in [all_nan, masked_nan] {
             let (o, lse) = row(backend, src, 3, None);
-            assert!(same(o[0], 0.0) && lse == f32::NEG_INFINITY, "{backend:?} {src}: o {o:?} lse {lse}");
+            assert!(
+                same(o[0], 0.0) && lse == f32::NEG_INFINITY,
+                "{backend:?} {src}: o {o:?} lse {lse}"
+            );
         }
         for src in [some_nan, inf] {
             let (o, lse) = row(backend, src, 3, None);
-            assert!(o[0].is_nan() && lse.is_nan(), "{backend:?} {src}: o {o:?} lse {lse}");
+            assert!(
+                o[0].is_nan() && lse.is_nan(),
+                "{backend:?} {src}: o {o:?} lse {lse}"
+            );
         }
     }
 }
 
 #[test]
 fn bind_rejects_integer_qkv_and_non_finite_scales() {
-    let c = Compiled::from_source("a.attn", "mask m(b, h, q, kv) { q >= kv }\nattention a { mask = m; }\n").unwrap();
+    let c = Compiled::from_source(
+        "a.attn",
+        "mask m(b, h, q, kv) { q >= kv }\nattention a { mask = m; }\n",
+    )
+    .unwrap();
     let v = c.select(None).unwrap();
-    let shape = Shape { b: 1, hq: 1, hkv: 1, lq: 4, lkv: 4, d: 8, dv: 8 };
+    let shape = Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: 4,
+        lkv: 4,
+        d: 8,
+        dv: 8,
+    };
     for dt in [DType::I32, DType::I64] {
         for backend in [Backend::Reference, Backend::Cpu] {
-            let e = v.bind(BindOptions::new(backend, shape, dt)).err().expect("integer q/k/v bound");
+            let e = v
+                .bind(BindOptions::new(backend, shape, dt))
+                .err()
+                .expect("integer q/k/v bound");
             let t = e.to_string();
-            assert!(t.contains("f32, f16 or bf16") && t.contains(dt.name()), "{t}");
+            assert!(
+                t.contains("f32, f16 or bf16") && t.contains(dt.name()),
+                "{t}"
+            );
         }
     }
     for s in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {

@@ -16,6 +16,7 @@ mod bench;
 mod blockmask;
 mod decode;
 mod demo;
+mod grad;
 mod run;
 
 use attnc::{Compiled, Error, ParamValue};
@@ -117,6 +118,10 @@ enum Command {
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
+        /// Also run the backward: reads `do` (and `dlse` if present) from --inputs and writes
+        /// dq, dk, dv and d<name> for every differentiable capture/param besides o and lse
+        #[arg(long)]
+        grad: bool,
         /// Attend against a KV cache: reads q, k_cache, v_cache, seq_lens (+ page_table when paged)
         #[arg(long, value_enum)]
         kv_cache: Option<decode::KvCacheArg>,
@@ -187,6 +192,9 @@ enum Command {
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
+        /// Also time the backward (forward and backward timed separately)
+        #[arg(long)]
+        grad: bool,
         /// Decoding against a KV cache over issue 12's shapes (or --decode-shape), D = --d
         #[arg(long)]
         decode: bool,
@@ -283,6 +291,7 @@ pub fn main() -> i32 {
             threads,
             jit_tiers,
             kv_cache,
+            grad,
         } => {
             let args = run::RunArgs {
                 file,
@@ -296,9 +305,14 @@ pub fn main() -> i32 {
                 threads,
                 jit_tiers,
             };
-            match kv_cache {
-                Some(layout) => decode::run(&args, layout),
-                None => run::run(&args),
+            match (kv_cache, grad) {
+                (Some(_), true) => Err(Error::Usage(
+                    "--grad and --kv-cache do not combine (the backward takes whole sequences)"
+                        .into(),
+                )),
+                (Some(layout), false) => decode::run(&args, layout),
+                (None, true) => grad::run(&args),
+                (None, false) => run::run(&args),
             }
         }
         Command::Demo { dir, backends, d } => demo::demo(&dir, &backends, d),
@@ -350,6 +364,7 @@ pub fn main() -> i32 {
             kv_cache,
             page_size,
             decode_shapes,
+            grad: _,
         } if decode => decode::bench(&decode::BenchArgs {
             file: &file,
             attention: attention.as_deref(),
@@ -382,6 +397,7 @@ pub fn main() -> i32 {
             params,
             docs,
             jit_tiers,
+            grad,
             ..
         } => {
             let shape = attnc::Shape {
@@ -393,7 +409,7 @@ pub fn main() -> i32 {
                 d,
                 dv: d,
             };
-            bench::bench(&bench::BenchArgs {
+            let args = bench::BenchArgs {
                 file,
                 attention,
                 backend,
@@ -404,7 +420,8 @@ pub fn main() -> i32 {
                 params,
                 docs,
                 jit_tiers,
-            })
+            };
+            bench::bench(&args).and_then(|_| if grad { grad::bench(&args) } else { Ok(()) })
         }
     };
     // let the tiered JIT's background compiles store their optimized cubins before the

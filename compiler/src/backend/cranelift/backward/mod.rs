@@ -660,6 +660,11 @@ fn acc_dq(avx2: bool, dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]) 
     dispatch!(avx2, acc_dq_body(dsf, k, dims, dq))
 }
 
+/// Width of the register-blocked accumulators of the tile products: 64 f32 (8 AVX2 or
+/// 4 AVX-512 registers). Head dims and tile widths that are multiples of it take the
+/// blocked paths; the rest the plain loops (same operations in the same order).
+const W: usize = 64;
+
 /// `S[i][j] = Σ (scale·q[i][dd])·K[j][dd]` (the forward's order of operations) and
 /// `dP[i][j] = Σ dO[i][e]·V[j][e]`, over packed `Kᵀ [d][bkv]`, `Vᵀ [dv][bkv]`.
 #[inline(always)]
@@ -674,21 +679,74 @@ fn products_body(
     s: &mut [f32],
     dp: &mut [f32],
 ) {
-    for i in 0..nr {
-        let srow = &mut s[i * bkv..][..nc];
-        srow.fill(0.0);
-        for (dd, x) in q[i * d..][..d].iter().enumerate() {
-            let a = scale * *x;
-            for (o, kx) in srow.iter_mut().zip(&kt[dd * bkv..][..nc]) {
-                *o += *kx * a;
+    // one row of `x·Mᵀ` over a packed `Mᵀ [k][bkv]`, scaled inputs
+    #[inline(always)]
+    fn row(x: &[f32], mt: &[f32], nc: usize, bkv: usize, scale: Option<f32>, out: &mut [f32]) {
+        if nc == W {
+            let mut acc = [0f32; W];
+            for (dd, v) in x.iter().enumerate() {
+                let a = scale.map_or(*v, |s| s * *v);
+                let m: &[f32; W] = mt[dd * bkv..][..W].try_into().expect("W wide");
+                for j in 0..W {
+                    acc[j] += m[j] * a;
+                }
+            }
+            out[..W].copy_from_slice(&acc);
+        } else {
+            let out = &mut out[..nc];
+            out.fill(0.0);
+            for (dd, v) in x.iter().enumerate() {
+                let a = scale.map_or(*v, |s| s * *v);
+                for (o, m) in out.iter_mut().zip(&mt[dd * bkv..][..nc]) {
+                    *o += *m * a;
+                }
             }
         }
-        let prow = &mut dp[i * bkv..][..nc];
-        prow.fill(0.0);
-        for (e, x) in dout[i * dv..][..dv].iter().enumerate() {
-            let a = *x;
-            for (o, vx) in prow.iter_mut().zip(&vt[e * bkv..][..nc]) {
-                *o += *vx * a;
+    }
+    for i in 0..nr {
+        row(
+            &q[i * d..][..d],
+            kt,
+            nc,
+            bkv,
+            Some(scale),
+            &mut s[i * bkv..],
+        );
+        row(&dout[i * dv..][..dv], vt, nc, bkv, None, &mut dp[i * bkv..]);
+    }
+}
+
+/// `acc[c] += Σ_t w(t)·rows[t][c]` over `t` in `0..n` with `w(t) != 0` (rows of length
+/// `len` at stride `len`), in ascending `t` for every `c`; W-wide register blocks.
+#[inline(always)]
+fn accumulate(acc: &mut [f32], rows: &[f32], len: usize, n: usize, w: impl Fn(usize) -> f32) {
+    let mut c0 = 0;
+    while c0 + W <= len {
+        let mut a: [f32; W] = acc[c0..][..W].try_into().expect("W wide");
+        for t in 0..n {
+            let g = w(t);
+            if g == 0.0 {
+                continue;
+            }
+            let r: &[f32; W] = rows[t * len + c0..][..W].try_into().expect("W wide");
+            for c in 0..W {
+                a[c] += g * r[c];
+            }
+        }
+        acc[c0..][..W].copy_from_slice(&a);
+        c0 += W;
+    }
+    if c0 < len {
+        for t in 0..n {
+            let g = w(t);
+            if g == 0.0 {
+                continue;
+            }
+            for (a, x) in acc[c0..len]
+                .iter_mut()
+                .zip(&rows[t * len + c0..][..len - c0])
+            {
+                *a += g * *x;
             }
         }
     }
@@ -735,7 +793,7 @@ fn probs_body(
     }
 }
 
-/// `dK[j] += Σ_i dS[i][j]·Q[i]` (unscaled), `dV[j] += Σ_i P[i][j]·dO[i]`.
+/// `dK[j] += Σ_i dS[i][j]·Q[i]` (unscaled), `dV[j] += Σ_i P[i][j]·dO[i]`, i ascending.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn acc_dkdv_body(
@@ -747,39 +805,17 @@ fn acc_dkdv_body(
     dk: &mut [f32],
     dvv: &mut [f32],
 ) {
-    for i in 0..nr {
-        let qrow = &q[i * d..][..d];
-        let orow = &dout[i * dv..][..dv];
-        for j in 0..nc {
-            let pij = p[i * bkv + j];
-            if pij == 0.0 {
-                continue;
-            }
-            for (a, x) in dvv[j * dv..][..dv].iter_mut().zip(orow) {
-                *a += pij * *x;
-            }
-            let g = dsf[i * bkv + j];
-            for (a, x) in dk[j * d..][..d].iter_mut().zip(qrow) {
-                *a += g * *x;
-            }
-        }
+    for j in 0..nc {
+        accumulate(&mut dvv[j * dv..][..dv], dout, dv, nr, |i| p[i * bkv + j]);
+        accumulate(&mut dk[j * d..][..d], q, d, nr, |i| dsf[i * bkv + j]);
     }
 }
 
-/// `dQ[i] += Σ_j dS[i][j]·K[j]` (unscaled).
+/// `dQ[i] += Σ_j dS[i][j]·K[j]` (unscaled), j ascending.
 #[inline(always)]
 fn acc_dq_body(dsf: &[f32], k: &[f32], [nr, nc, bkv, d]: [usize; 4], dq: &mut [f32]) {
     for i in 0..nr {
-        let qrow = &mut dq[i * d..][..d];
-        for j in 0..nc {
-            let g = dsf[i * bkv + j];
-            if g == 0.0 {
-                continue;
-            }
-            for (a, x) in qrow.iter_mut().zip(&k[j * d..][..d]) {
-                *a += g * *x;
-            }
-        }
+        accumulate(&mut dq[i * d..][..d], k, d, nc, |j| dsf[i * bkv + j]);
     }
 }
 

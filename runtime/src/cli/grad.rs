@@ -1,0 +1,174 @@
+//! `attnc run --grad` and `attnc bench --grad`: the backward pass from the command line.
+//!
+//! `run --grad` In: the forward's inputs (q, k, v, captured tensors by name) plus `do`
+//! (and optionally `dlse`) in the same safetensors file. Out: `o`, `lse`, `dq`, `dk`,
+//! `dv` and `d<name>` for every differentiable captured tensor (its shape and dtype) and
+//! f32 param (a one-element f32 tensor), and a one-line summary.
+//!
+//! `bench --grad` In: the bench's arguments. Out: one line with the forward and the
+//! backward timed separately (same synthetic inputs, dO ~ N(0, 1)), the backward's
+//! GFLOP/s counted as 2.5x the forward's FLOPs over unmasked pairs (FlashAttention's
+//! convention) and the backward/forward time ratio.
+
+use super::bench::BenchArgs;
+use super::parse_params;
+use super::run::RunArgs;
+use attnc::io::{read_safetensors, write_safetensors};
+use attnc::{BindOptions, Captures, Compiled, DType, Error, Shape, Tensor, bench, synth};
+use attnc_compiler::analysis::classify::{analyze, build_block_maps};
+use std::collections::BTreeMap;
+
+pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
+    let compiled = Compiled::from_file(&a.file)?;
+    let variant = compiled.select(a.attention.as_deref())?;
+    let mut tensors = read_safetensors(&a.inputs)?;
+    let mut take = |name: &str| {
+        tensors.remove(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "{} has no tensor `{name}` (q, k, v and, with --grad, do are required)",
+                a.inputs.display()
+            ))
+        })
+    };
+    let (q, k, v, dout) = (take("q")?, take("k")?, take("v")?, take("do")?);
+    let dlse = tensors.remove("dlse");
+    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+        if t.shape().len() != 4 {
+            return Err(Error::InputShape {
+                which: name.into(),
+                expected: "rank 4: [B, H, L, D]".into(),
+                got: t.shape().to_vec(),
+            });
+        }
+    }
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    let shape = Shape {
+        b: qs[0],
+        hq: qs[1],
+        hkv: ks[1],
+        lq: qs[2],
+        lkv: ks[2],
+        d: qs[3],
+        dv: vs[3],
+    };
+    let mut captures = Captures::default();
+    for (name, t) in tensors {
+        captures.tensors.insert(name, t);
+    }
+    for (name, v) in parse_params(&a.params)? {
+        captures.params.insert(name, v);
+    }
+    let mut opts = BindOptions::new(a.backend.backend(), shape, q.dtype());
+    opts.scale = a.scale;
+    opts.checked = a.checked;
+    opts.threads = a.threads;
+    opts.jit_tiers = a.jit_tiers;
+    let mut bound = variant.bind(opts)?;
+    let t0 = std::time::Instant::now();
+    let out = bound.forward(&q, &k, &v, &captures)?;
+    let fwd_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t0 = std::time::Instant::now();
+    let g = bound.backward(
+        &q,
+        &k,
+        &v,
+        &out.o,
+        &out.lse,
+        &dout,
+        dlse.as_ref(),
+        &captures,
+    )?;
+    let bwd_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut result = BTreeMap::new();
+    result.insert("o".to_string(), out.o);
+    result.insert("lse".to_string(), out.lse);
+    result.insert("dq".to_string(), g.dq);
+    result.insert("dk".to_string(), g.dk);
+    result.insert("dv".to_string(), g.dv);
+    for (name, t) in g.tensors {
+        result.insert(format!("d{name}"), t);
+    }
+    for (name, x) in g.params {
+        result.insert(format!("d{name}"), Tensor::from_f32(vec![1], &[x]));
+    }
+    write_safetensors(&a.output, &result)?;
+    outln!(
+        "{}: {} on {:?} ({}) with the {} backend: forward {fwd_ms:.2} ms, backward {bwd_ms:.2} ms -> {}",
+        a.file.display(),
+        variant.name(),
+        shape,
+        q.dtype(),
+        a.backend.backend().name(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
+    let compiled = Compiled::from_file(&a.file)?;
+    let variant = compiled.select(a.attention.as_deref())?;
+    let dtype = DType::parse(&a.dtype)
+        .filter(|d| d.is_float())
+        .ok_or_else(|| Error::Usage(format!("--dtype: `{}` is not f32, f16 or bf16", a.dtype)))?;
+    let shape = a.shape;
+    let mut caps = synth::captures_with_ids(variant.program(), &shape, 7, a.docs);
+    for (name, v) in parse_params(&a.params)? {
+        caps.params.insert(name, v);
+    }
+    let (q, k, v) = synth::qkv(&shape, dtype, 11);
+    let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
+    opts.threads = a.threads;
+    let mut bound = variant.bind(opts)?;
+    let bindings = bound.bindings(&caps)?;
+    let p = variant.program();
+    let maps = build_block_maps(p, &analyze(p), &shape, 64, 64, &bindings)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
+    let fwd_flops = bench::flops(&shape, pairs);
+    let mut rng = synth::Rng::new(13);
+    let dout: Vec<f32> = (0..shape.o_len()).map(|_| rng.normal()).collect();
+    let dout = Tensor::from_f32_as(vec![shape.b, shape.hq, shape.lq, shape.dv], &dout, dtype);
+    let out = bound.forward(&q, &k, &v, &caps)?;
+    let mut err = None;
+    let fwd_ms = bench::time_ms(
+        || {
+            if let Err(e) = bound.forward(&q, &k, &v, &caps) {
+                err.get_or_insert(e);
+            }
+        },
+        1,
+        a.iters,
+        3,
+    );
+    let bwd_ms = bench::time_ms(
+        || {
+            if let Err(e) = bound.backward(&q, &k, &v, &out.o, &out.lse, &dout, None, &caps) {
+                err.get_or_insert(e);
+            }
+        },
+        1,
+        a.iters,
+        3,
+    );
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
+    outln!(
+        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
+        variant.name(),
+        a.backend.backend().name(),
+        shape.b,
+        shape.hq,
+        shape.hkv,
+        shape.lq,
+        shape.lkv,
+        shape.d,
+        dtype,
+        a.threads,
+        gflops(fwd_flops, fwd_ms),
+        gflops(2.5 * fwd_flops, bwd_ms),
+        bwd_ms / fwd_ms,
+    );
+    Ok(())
+}

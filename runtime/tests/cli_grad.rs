@@ -1,0 +1,157 @@
+//! The backward from the command line: `attnc run --grad` (reference and CPU backends
+//! on the same safetensors inputs: outputs present with the right shapes and the two
+//! backends agreeing), `attnc emit ir --grad`, `attnc bench --grad`, and the usage
+//! errors of `--grad`.
+
+use attnc::io::{read_safetensors, write_safetensors};
+use attnc::{DType, Shape, Tensor, synth};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn attnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run attnc")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn run_grad_writes_every_gradient_and_backends_agree() {
+    let dir = std::env::temp_dir().join(format!("attnc-cli-grad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shape = Shape {
+        b: 1,
+        hq: 4,
+        hkv: 2,
+        lq: 37,
+        lkv: 53,
+        d: 16,
+        dv: 16,
+    };
+    let (q, k, v) = synth::qkv(&shape, DType::F32, 5);
+    let mut rng = synth::Rng::new(6);
+    let mut normal = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+    let mut inputs = BTreeMap::new();
+    inputs.insert("q".to_string(), q);
+    inputs.insert("k".to_string(), k);
+    inputs.insert("v".to_string(), v);
+    inputs.insert(
+        "do".to_string(),
+        Tensor::from_f32(vec![1, 4, 37, 16], &normal(4 * 37 * 16)),
+    );
+    inputs.insert(
+        "dlse".to_string(),
+        Tensor::from_f32(vec![1, 4, 37], &normal(4 * 37)),
+    );
+    inputs.insert(
+        "bias".to_string(),
+        Tensor::from_f32(vec![1, 4, 37, 53], &normal(4 * 37 * 53)),
+    );
+    let input = dir.join("in.safetensors");
+    write_safetensors(&input, &inputs).unwrap();
+    let mut outs = Vec::new();
+    for backend in ["reference", "cpu"] {
+        let output = dir.join(format!("out-{backend}.safetensors"));
+        let (i, o) = (input.display().to_string(), output.display().to_string());
+        let out = attnc(&[
+            "run",
+            "examples/learned_bias.attn",
+            "--inputs",
+            &i,
+            "--output",
+            &o,
+            "--backend",
+            backend,
+            "--grad",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        assert!(text(&out).contains("backward"), "{}", text(&out));
+        let got = read_safetensors(&output).unwrap();
+        let names: Vec<&str> = got.keys().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["dbias", "dk", "dq", "dv", "lse", "o"]);
+        assert_eq!(got["dq"].shape(), &[1, 4, 37, 16]);
+        assert_eq!(got["dk"].shape(), &[1, 2, 53, 16]);
+        assert_eq!(got["dbias"].shape(), &[1, 4, 37, 53]);
+        outs.push(got);
+    }
+    for name in ["dq", "dk", "dv", "dbias"] {
+        let (a, b) = (outs[0][name].to_f32(), outs[1][name].to_f32());
+        let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            err <= 2e-4 * (1.0 + max),
+            "{name}: reference vs cpu differ by {err}"
+        );
+        assert!(max > 0.0, "{name} is all zero");
+    }
+    // without `do` in the inputs: a usage error naming it
+    inputs.remove("do");
+    write_safetensors(&input, &inputs).unwrap();
+    let (i, o) = (
+        input.display().to_string(),
+        dir.join("x.safetensors").display().to_string(),
+    );
+    let out = attnc(&[
+        "run",
+        "examples/learned_bias.attn",
+        "--inputs",
+        &i,
+        "--output",
+        &o,
+        "--grad",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("`do`"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn emit_ir_grad_and_bench_grad() {
+    let out = attnc(&["emit", "ir", "examples/relative_bias_table.attn", "--grad"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("d/ds = ") && t.contains("d/d t0(rel_bias)"),
+        "{t}"
+    );
+    let out = attnc(&["emit", "clif", "examples/causal.attn", "--grad"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("only for `emit ir`"), "{}", text(&out));
+    let out = attnc(&[
+        "bench",
+        "examples/softcap.attn",
+        "--attention",
+        "softcap_causal",
+        "--h",
+        "2",
+        "--lq",
+        "96",
+        "--d",
+        "32",
+        "--iters",
+        "1",
+        "--grad",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("backward/forward"), "{}", text(&out));
+}
