@@ -90,7 +90,12 @@ def forward(
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     caps = [(n, t.contiguous()) for n, t in zip(_names(tensor_names), tensors)]
     stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
-    inner.forward(q.contiguous(), k.contiguous(), v.contiguous(), o, lse, scale, caps, list(zip(_names(param_names), params)), stream)
+    # the CPU kernel uses as many threads as torch's intra-op pool
+    threads = 0 if q.is_cuda else torch.get_num_threads()
+    inner.forward(
+        q.contiguous(), k.contiguous(), v.contiguous(), o, lse, scale, caps,
+        list(zip(_names(param_names), params)), stream, threads,
+    )
     return o, lse
 
 
@@ -130,7 +135,7 @@ def backward(
     c = lambda x: x.contiguous()  # noqa: E731
     inner.backward(
         c(q), c(k), c(v), c(o), c(lse), c(do), c(dlse), dq, dk, dv, scale, caps,
-        list(zip(_names(param_names), params)), wanted, stream,
+        list(zip(_names(param_names), params)), wanted, stream, 0 if q.is_cuda else torch.get_num_threads(),
     )
     return dq, dk, dv, dts
 

@@ -97,6 +97,8 @@ struct BindKey {
     dtype: DType,
     /// `None`: the default `1/sqrt(D)`.
     scale: Option<u32>,
+    /// CPU threads (torch's intra-op thread count); 0 for other backends.
+    threads: usize,
 }
 
 /// Bindings kept per attention; past this many the oldest are dropped (a model that
@@ -169,6 +171,7 @@ impl Attention {
         if !map.contains_key(&key) {
             let mut opts = BindOptions::new(key.backend, key.shape, key.dtype);
             opts.scale = key.scale.map(f32::from_bits);
+            opts.threads = key.threads;
             let bound = self.variant.bind(opts)?;
             if map.len() >= MAX_BINDINGS {
                 // drop the oldest binding
@@ -330,7 +333,7 @@ impl Attention {
     /// `[B, Hq, Lq]` (f32), all allocated by the caller (contiguous, one device).
     /// `tensors` and `params` are `(name, value)` pairs. `stream`: the CUDA stream
     /// (unused on the CPU).
-    #[pyo3(signature = (q, k, v, o, lse, scale, tensors, params, stream=0))]
+    #[pyo3(signature = (q, k, v, o, lse, scale, tensors, params, stream=0, threads=0))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -344,6 +347,7 @@ impl Attention {
         tensors: Vec<(String, Bound<'_, PyAny>)>,
         params: Vec<(String, Bound<'_, PyAny>)>,
         stream: usize,
+        threads: usize,
     ) -> PyResult<()> {
         let _ = stream;
         guard(py, || {
@@ -400,6 +404,7 @@ impl Attention {
                 shape,
                 dtype,
                 scale: scale.map(|x| (x as f32).to_bits()),
+                threads,
             };
             let bufs = Buffers {
                 q: q.ptr,
@@ -433,7 +438,7 @@ impl Attention {
     /// The backward pass (CPU): reads q, k, v, o, lse, dO, dLSE and writes dq, dk, dv
     /// (caller-allocated like q, k, v) and the gradients of the captured tensors named in
     /// `wanted` (`(name, buffer)`, each buffer like its tensor).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, stream=0))]
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, stream=0, threads=0))]
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -453,6 +458,7 @@ impl Attention {
         params: Vec<(String, Bound<'_, PyAny>)>,
         wanted: Vec<(String, Bound<'_, PyAny>)>,
         stream: usize,
+        threads: usize,
     ) -> PyResult<()> {
         let _ = stream;
         guard(py, || {
@@ -527,6 +533,7 @@ impl Attention {
                 shape,
                 dtype,
                 scale: scale.map(|x| (x as f32).to_bits()),
+                threads,
             };
             let grads = py
                 .detach(|| {
@@ -606,6 +613,7 @@ impl Attention {
                 shape,
                 dtype: qt.dtype(),
                 scale: scale.map(|x| (x as f32).to_bits()),
+                threads: 0,
             };
             let out = py
                 .detach(|| self.with_bound(key, |b| b.forward(&qt, &kt, &vt, &caps)))
