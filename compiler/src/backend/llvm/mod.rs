@@ -22,6 +22,7 @@
 //! (see `bounds.rs`). The mask is evaluated only in partial blocks and in the block
 //! holding the end of the sequence.
 
+pub mod backward;
 pub mod blocktable;
 pub mod bounds;
 mod expr;
@@ -397,6 +398,22 @@ pub enum KernelParam {
         tensor: u32,
         dim: u32,
     },
+    /// Backward kernels (`backward.rs`): `dO[B, Hq, Lq, Dv]` (input type).
+    DOut,
+    /// f32 `[B, Hq, Lq]`: `rowsum(dO ∘ O) − dLSE` (written by the pre kernel).
+    Delta,
+    /// f32 `[B, Hq, Lq]`: `LSE log2 e`, +inf for fully masked rows (written by the pre kernel).
+    Lse2,
+    /// f32 `[B, Hq, Lq]`: the LSE's incoming gradient (read only when `HasDLse` is non-zero).
+    DLse,
+    /// i32: non-zero when `DLse` is given.
+    HasDLse,
+    /// Outputs of the backward: `dQ` (like Q), `dK` (like K), `dV` (like V), input type.
+    DQ,
+    DK,
+    DV,
+    /// i64: `B * Hq * Lq`, the rows of the pre kernel.
+    Rows,
 }
 
 /// The generated kernel and how to launch it.
@@ -454,6 +471,7 @@ pub fn generator_hash() -> u64 {
         include_str!("gpu.rs"),
         include_str!("expr.rs"),
         include_str!("blocktable.rs"),
+        include_str!("backward.rs"),
         // the closed forms compiled into the kernels
         include_str!("../../analysis/linear.rs"),
     ] {

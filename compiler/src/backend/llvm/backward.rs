@@ -1,0 +1,1315 @@
+//! The GPU backward pass: three kernels per attention, FlashAttention-2 structure,
+//! deterministic (no float atomics; every output element is written by one thread once).
+//!
+//! In: a verified [`Program`], the derivative of its score with respect to `s`
+//! (`dscore`: an IR function of the same arguments returning `∂score/∂s`; `None` for a
+//! program without a score function, whose score is the identity), [`PtxOptions`] (arch,
+//! head dims, input type, `q_block` = Br rows of Q per tile, `kv_block` = Bc rows of K/V
+//! per tile, checked mode; the mma.sync path) and the [`BackwardKind`].
+//! Out: a [`PtxKernel`] (PTX, entry, threads, shared memory, parameter order).
+//!
+//! With `L2 = LSE log2 e` (+inf for a fully masked row, so that its P is 0), and
+//! `t = score(scale s)` (or `scale s` without a score function):
+//! ```text
+//! Pre  (one thread group of `lanes` per row):   Delta = rowsum(dO ∘ O) − dLSE,  Lse2 = L2
+//! DkDv (CTA per (kv block, kv head, batch); warp w owns kv rows 16w..16w+15 of the block):
+//!   cp.async K, V tiles;  dK = dV = 0 (f32 registers)
+//!   for each query head h of the kv head's group (GQA: sums stay in registers),
+//!     for each q block i of this kv block's q range (closed form of the mask's linear
+//!     constraints with the roles of q and kv swapped, or every q block):
+//!       (Q_i, dO_i, L2_i, Delta_i double-buffered: block i+1 is copied while i computes)
+//!       Sᵀ = K Q_iᵀ;  Pᵀ = 2^(t log2 e − L2)   (mask / bounds only in partial blocks)
+//!       dPᵀ = V dO_iᵀ;  dSᵀ = Pᵀ ∘ (dPᵀ − Delta) ∘ score'(scale s)   (0 where P = 0)
+//!       dV += Pᵀ dO_i;  dK += dSᵀ Q_i        (P, dS rounded to the input type)
+//!   dK *= scale; store dK, dV (input type)
+//! Dq   (CTA per (q block, query head, batch); warp w owns q rows 16w..16w+15):
+//!   cp.async Q, dO tiles; for each kv block j of the q block's runs (closed form as the
+//!   forward kernel's, or every kv block), K_j/V_j double-buffered:
+//!       S = Q K_jᵀ;  P, dP = dO V_jᵀ, dS as above;  dQ += dS K_j
+//!   dQ *= scale; store dQ (input type)
+//! ```
+//! Products are `mma.sync` m16n8k16 with operands through `ldmatrix` from the row-swizzled
+//! tiles of `gpu.rs` (`.trans` where the tile's rows are the reduction dimension); the
+//! accumulators of P and dS become A fragments in registers, as P does in the forward.
+//! Full blocks skip the mask and the bounds checks; partial blocks (and the blocks at the
+//! end of either sequence) evaluate the mask at every element.
+//!
+//! Masks without a closed form ([`KvBounds::Table`]) are visited over every block, all
+//! partial (correct for any mask, O(Lq Lkv) mask evaluations); reading the block table
+//! and its transpose is left for later.
+
+use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
+use super::expr::{Elem, Env, emit_function};
+use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
+use super::{InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
+use crate::ir::{Function, Program};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+
+/// The three backward kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackwardKind {
+    /// `Delta = rowsum(dO ∘ O) − dLSE` and `Lse2 = LSE log2 e` (+inf where LSE = −inf).
+    Pre,
+    /// dK and dV, one CTA per (kv block, kv head, batch).
+    DkDv,
+    /// dQ, one CTA per (q block, query head, batch).
+    Dq,
+}
+
+impl BackwardKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackwardKind::Pre => "bwd_pre",
+            BackwardKind::DkDv => "bwd_dkdv",
+            BackwardKind::Dq => "bwd_dq",
+        }
+    }
+}
+
+/// Rows of the pre kernel per CTA (128 threads, `lanes` threads per row).
+pub fn pre_rows_per_cta(dv: u32) -> u32 {
+    128 / pre_lanes(dv)
+}
+
+/// Threads per row of the pre kernel: one 16-byte chunk each per step, at most 8.
+fn pre_lanes(dv: u32) -> u32 {
+    (dv / 8).clamp(1, 8)
+}
+
+impl PtxOptions {
+    /// The backward kernels' defaults: mma.sync, Br = Bc = 64 (4 warps of 16 rows).
+    pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
+        PtxOptions {
+            q_block: 64,
+            kv_block: 64,
+            ..PtxOptions::sync(arch, d, dv, input).with_m_tiles(1)
+        }
+    }
+}
+
+fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
+    opts.validate()?;
+    let ok = |x: u32| matches!(x, 32 | 64 | 128);
+    if !ok(opts.d) || !ok(opts.dv) {
+        return Err(LlvmError::Unsupported(format!(
+            "head dims D={} Dv={}: the GPU backward supports 32, 64 and 128 (the CPU backend takes any)",
+            opts.d, opts.dv
+        )));
+    }
+    if opts.mma != Mma::Sync || opts.m_tiles != 1 {
+        return Err(LlvmError::Unsupported(
+            "the GPU backward runs on the mma.sync path with one m-tile per warp".into(),
+        ));
+    }
+    if !matches!(opts.q_block, 64 | 128) || !matches!(opts.kv_block, 64 | 128) {
+        return Err(LlvmError::Unsupported(format!(
+            "backward tile {}x{}: Br and Bc must be 64 or 128",
+            opts.q_block, opts.kv_block
+        )));
+    }
+    Ok(())
+}
+
+/// Where the dK/dV and dQ kernels find their blocks: the closed form when the forward
+/// kernel of the same options has one, else every block (partial).
+pub fn backward_bounds(p: &Program, opts: &PtxOptions) -> KvBounds {
+    KvBounds::choose(p, opts)
+}
+
+/// The launch description of one backward kernel (`ptx` empty).
+pub fn backward_layout(
+    p: &Program,
+    opts: &PtxOptions,
+    kind: BackwardKind,
+) -> Result<PtxKernel, LlvmError> {
+    validate(opts)?;
+    let kv_bounds = backward_bounds(p, opts);
+    let (threads, smem_bytes, grid_note) = match kind {
+        BackwardKind::Pre => (
+            128,
+            0,
+            "grid = (ceil(B Hq Lq / rows per CTA), 1, 1), block = (128, 1, 1)",
+        ),
+        BackwardKind::DkDv => (
+            opts.kv_block / 16 * 32,
+            DkDvTiles::new(opts).bytes,
+            "grid = (ceil(Lkv / kv_block), Hkv, B), block = (threads, 1, 1)",
+        ),
+        BackwardKind::Dq => (
+            opts.q_block / 16 * 32,
+            DqTiles::new(opts).bytes,
+            "grid = (ceil(Lq / q_block), Hq, B), block = (threads, 1, 1)",
+        ),
+    };
+    Ok(PtxKernel {
+        ptx: String::new(),
+        llvm_ir: String::new(),
+        entry: format!("attnc_{}_{}", kind.name(), sanitize(&p.name)),
+        options: *opts,
+        q_block: opts.q_block,
+        kv_block: opts.kv_block,
+        threads,
+        smem_bytes,
+        params: param_list(p, &kv_bounds, kind),
+        kv_bounds,
+        table_skip: None,
+        grid_note,
+    })
+}
+
+/// Generates one backward kernel of `p` (PTX and LLVM IR text). `dscore` is `∂score/∂s`
+/// (required when the program has a score function).
+pub fn emit_backward(
+    p: &Program,
+    dscore: Option<&Function>,
+    opts: &PtxOptions,
+    kind: BackwardKind,
+) -> Result<PtxKernel, LlvmError> {
+    let mut k = backward_layout(p, opts, kind)?;
+    if p.score.is_some() && dscore.is_none() && kind != BackwardKind::Pre {
+        return Err(LlvmError::Unsupported(format!(
+            "`{}` has a score function: its GPU backward needs the score's derivative",
+            p.name
+        )));
+    }
+    let (ptx, llvm_ir, _) = super::generate(
+        p,
+        opts,
+        &k.entry,
+        PASSES,
+        super::EmitText::PtxAndLlvm,
+        |ctx, module| build(ctx, module, p, dscore, opts, &k, kind),
+    )?;
+    k.ptx = ptx;
+    k.llvm_ir = llvm_ir;
+    Ok(k)
+}
+
+/// The forward's pipeline (`super::PASSES`), with instcombine's fixpoint check off:
+/// LLVM 22 reports that instcombine needs a second iteration on the dK/dV kernel (a
+/// fatal error with the check on; the second `instcombine` run finishes the job).
+const PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn,instcombine<no-verify-fixpoint>)";
+
+/// The parameter list of a backward kernel, in launch order.
+pub(crate) fn param_list(p: &Program, kv: &KvBounds, kind: BackwardKind) -> Vec<KernelParam> {
+    use KernelParam::*;
+    let mut v = match kind {
+        BackwardKind::Pre => {
+            return vec![O, DOut, Lse, DLse, HasDLse, Delta, Lse2, Rows];
+        }
+        BackwardKind::DkDv => vec![Q, K, V, DOut, Delta, Lse2, DK, DV],
+        BackwardKind::Dq => vec![Q, K, V, DOut, Delta, Lse2, DQ],
+    };
+    if let KvBounds::ClosedForm(_) = kv {
+        v.extend(kv.params(p.mask.is_some()));
+    }
+    v.extend([Params, Err]);
+    v.extend((0..p.tensors.len() as u32).map(Tensor));
+    v.extend([Lq, Lkv, Hq, Hkv, Scale]);
+    for (t, info) in p.tensors.iter().enumerate() {
+        v.extend((0..info.dims.len() as u32).map(|dim| TensorDim {
+            tensor: t as u32,
+            dim,
+        }));
+    }
+    v
+}
+
+/// Shared memory of the dK/dV kernel: K, V, then two buffers of (Q, dO, L2, Delta).
+struct DkDvTiles {
+    k: SmemTile,
+    v: SmemTile,
+    q: SmemTile,
+    d_o: SmemTile,
+    /// Byte offsets of the L2 and Delta rows (f32) in buffer 0.
+    l2: u32,
+    delta: u32,
+    /// Bytes of one (Q, dO, L2, Delta) buffer.
+    buf: u32,
+    bytes: u32,
+}
+
+impl DkDvTiles {
+    fn new(o: &PtxOptions) -> Self {
+        let tile = |offset, rows, cols| SmemTile {
+            offset,
+            rows,
+            cols,
+            slab: false,
+        };
+        let k = tile(0, o.kv_block, o.d);
+        let v = tile(k.bytes(), o.kv_block, o.dv);
+        let q = tile(v.offset + v.bytes(), o.q_block, o.d);
+        let d_o = tile(q.offset + q.bytes(), o.q_block, o.dv);
+        let l2 = d_o.offset + d_o.bytes();
+        let delta = l2 + 4 * o.q_block;
+        let buf = delta + 4 * o.q_block - q.offset;
+        DkDvTiles {
+            k,
+            v,
+            q,
+            d_o,
+            l2,
+            delta,
+            buf,
+            bytes: q.offset + 2 * buf,
+        }
+    }
+}
+
+/// Shared memory of the dQ kernel: Q, dO, then two buffers of (K, V).
+struct DqTiles {
+    q: SmemTile,
+    d_o: SmemTile,
+    k: SmemTile,
+    v: SmemTile,
+    buf: u32,
+    bytes: u32,
+}
+
+impl DqTiles {
+    fn new(o: &PtxOptions) -> Self {
+        let tile = |offset, rows, cols| SmemTile {
+            offset,
+            rows,
+            cols,
+            slab: false,
+        };
+        let q = tile(0, o.q_block, o.d);
+        let d_o = tile(q.bytes(), o.q_block, o.dv);
+        let k = tile(d_o.offset + d_o.bytes(), o.kv_block, o.d);
+        let v = tile(k.offset + k.bytes(), o.kv_block, o.dv);
+        let buf = k.bytes() + v.bytes();
+        DqTiles {
+            q,
+            d_o,
+            k,
+            v,
+            buf,
+            bytes: k.offset + 2 * buf,
+        }
+    }
+}
+
+fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    p: &Program,
+    dscore: Option<&Function>,
+    opts: &PtxOptions,
+    k: &PtxKernel,
+    kind: BackwardKind,
+) -> R<Module<'ctx>> {
+    let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    let tys: Vec<BasicMetadataTypeEnum<'ctx>> = k
+        .params
+        .iter()
+        .map(|kp| match kp {
+            KernelParam::Scale => ctx.f32_type().into(),
+            KernelParam::KvOffset(_) | KernelParam::Rows => ctx.i64_type().into(),
+            KernelParam::Lq
+            | KernelParam::Lkv
+            | KernelParam::Hq
+            | KernelParam::Hkv
+            | KernelParam::HasDLse
+            | KernelParam::KvAllPartial
+            | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            _ => gptr.into(),
+        })
+        .collect();
+    let ft = ctx.void_type().fn_type(&tys, false);
+    let func = module.add_function(&k.entry, ft, None);
+    func.set_call_conventions(71); // ptx_kernel
+    func.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_string_attribute("nvvm.maxntid", &k.threads.to_string()),
+    );
+    let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    for (i, kp) in k.params.iter().enumerate() {
+        if matches!(
+            kp,
+            KernelParam::Q
+                | KernelParam::K
+                | KernelParam::V
+                | KernelParam::O
+                | KernelParam::DOut
+                | KernelParam::Delta
+                | KernelParam::Lse2
+                | KernelParam::DQ
+                | KernelParam::DK
+                | KernelParam::DV
+        ) {
+            func.add_attribute(AttributeLoc::Param(i as u32), noalias);
+        }
+    }
+    let g = Gpu::new(ctx, module, func);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    let args = Args {
+        g: &g,
+        params: &k.params,
+    };
+    match kind {
+        BackwardKind::Pre => pre_body(&g, opts, &args)?,
+        BackwardKind::DkDv => dkdv_body(&g, p, dscore, opts, &k.kv_bounds, &args)?,
+        BackwardKind::Dq => dq_body(&g, p, dscore, opts, &k.kv_bounds, &args)?,
+    }
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module)
+}
+
+/// The kernel's parameters by kind.
+struct Args<'a, 'ctx> {
+    g: &'a Gpu<'ctx>,
+    params: &'a [KernelParam],
+}
+
+impl<'ctx> Args<'_, 'ctx> {
+    fn get(&self, want: KernelParam) -> R<inkwell::values::BasicValueEnum<'ctx>> {
+        let i = self
+            .params
+            .iter()
+            .position(|k| *k == want)
+            .ok_or(LlvmError::Internal("missing kernel param"))?;
+        self.g
+            .func
+            .get_nth_param(i as u32)
+            .ok_or(LlvmError::Internal("kernel param"))
+    }
+    fn ptr(&self, want: KernelParam) -> R<PointerValue<'ctx>> {
+        Ok(self.get(want)?.into_pointer_value())
+    }
+    fn int(&self, want: KernelParam) -> R<IntValue<'ctx>> {
+        Ok(self.get(want)?.into_int_value())
+    }
+}
+
+// ---- the pre kernel ---------------------------------------------------------------------------
+
+fn pre_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
+    let lanes = pre_lanes(opts.dv);
+    let rows_per_cta = pre_rows_per_cta(opts.dv);
+    let chunks = opts.dv / 8;
+    let tid = g.tid_x()?;
+    let sub = g.and(tid, g.c32(lanes as i64 - 1))?;
+    let row = g.add(
+        g.mul(g.zext64(g.ctaid('x')?)?, g.c64(rows_per_cta as i64))?,
+        g.zext64(g.lshr(tid, g.c32(lanes.trailing_zeros() as i64))?)?,
+    )?;
+    let rows = a.int(KernelParam::Rows)?;
+    let inside = g.icmp(IntPredicate::SLT, row, rows)?;
+    let o = a.ptr(KernelParam::O)?;
+    let d_o = a.ptr(KernelParam::DOut)?;
+    let half = match opts.input {
+        InputType::Bf16 => g.ctx.bf16_type().vec_type(8),
+        InputType::F16 => g.ctx.f16_type().vec_type(8),
+    };
+    let f8 = g.f32.vec_type(8);
+    let v4 = g.i32.vec_type(4);
+    let acc = g.var(g.f32, g.cf(0.0))?;
+    g.if_then(inside, || {
+        let mut sum = g.cf(0.0);
+        for step in 0..chunks.div_ceil(lanes) {
+            let chunk = g.add(sub, g.c32((step * lanes) as i64))?;
+            let ok = g.icmp(IntPredicate::ULT, chunk, g.c32(chunks as i64))?;
+            let off = g.add(
+                g.mul(row, g.c64(opts.dv as i64 * 2))?,
+                g.zext64(g.shl(chunk, g.c32(4))?)?,
+            )?;
+            let off = g.selecti(ok, off, g.c64(0))?;
+            let load = |base| -> R<inkwell::values::VectorValue<'ctx>> {
+                let ptr = g.gep_bytes(base, off)?;
+                let ld = g.b.build_load(v4, ptr, "")?;
+                ld.as_instruction_value()
+                    .ok_or(LlvmError::Internal("load"))?
+                    .set_alignment(16)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+                let h = g.b.build_bit_cast(ld, half, "")?.into_vector_value();
+                Ok(g.b.build_float_ext(h, f8, "")?)
+            };
+            let (x, y) = (load(o)?, load(d_o)?);
+            let mut part = g.cf(0.0);
+            for i in 0..8 {
+                let xi = g.b.build_extract_element(x, g.c32(i), "")?.into_float_value();
+                let yi = g.b.build_extract_element(y, g.c32(i), "")?.into_float_value();
+                part = g.fadd(part, g.fmul(xi, yi)?)?;
+            }
+            sum = g.fadd(sum, g.selectf(ok, part, g.cf(0.0))?)?;
+        }
+        g.set(&acc, sum)
+    })?;
+    // the `lanes` threads of a row (adjacent lanes) sum their parts
+    let mut sum = g.getf(&acc)?;
+    let mut w = 1;
+    while w < lanes {
+        sum = g.fadd(sum, g.shfl_xor(sum, w as i64)?)?;
+        w *= 2;
+    }
+    g.if_then(
+        g.and(inside, g.icmp(IntPredicate::EQ, sub, g.c32(0))?)?,
+        || {
+            let at = g.mul(row, g.c64(4))?;
+            let has = g.icmp(IntPredicate::NE, a.int(KernelParam::HasDLse)?, g.c32(0))?;
+            let dlse = g.var(g.f32, g.cf(0.0))?;
+            g.if_then(has, || {
+                let x = g.load_f32(a.ptr(KernelParam::DLse)?, row)?;
+                g.set(&dlse, x)
+            })?;
+            let delta = g.fsub(sum, g.getf(&dlse)?)?;
+            g.store(g.gep_bytes(a.ptr(KernelParam::Delta)?, at)?, delta)?;
+            let lse = g.load_f32(a.ptr(KernelParam::Lse)?, row)?;
+            let dead = g.fcmp(FloatPredicate::OEQ, lse, g.cf(f32::NEG_INFINITY))?;
+            let l2 = g.selectf(dead, g.cf(f32::INFINITY), g.fmul(lse, g.cf(LOG2E))?)?;
+            g.store(g.gep_bytes(a.ptr(KernelParam::Lse2)?, at)?, l2)
+        },
+    )?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+// ---- fragments and products -------------------------------------------------------------------
+
+/// One warp's m16 x n accumulator: `n / 8` m16n8 tiles; element `i` of tile `nt` is at row
+/// `lane / 4 + 8 (i / 2)`, column `8 nt + 2 (lane % 4) + i % 2`.
+type Acc<'ctx> = Vec<[FloatValue<'ctx>; 4]>;
+
+/// A fragments of rows `row0..row0 + 16` of a row-major tile, one per 16 columns.
+fn frags_a<'ctx>(
+    g: &Gpu<'ctx>,
+    t: &SmemTile,
+    lane: IntValue<'ctx>,
+    row0: IntValue<'ctx>,
+    extra: IntValue<'ctx>,
+) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    // lane l addresses row (l % 8) + 8 ((l / 8) % 2), chunk 2 ks + l / 16
+    let r8 = g.and(lane, g.c32(7))?;
+    let hi8 = g.and(g.lshr(lane, g.c32(3))?, g.c32(1))?;
+    let row = g.add(g.add(row0, r8)?, g.mul(hi8, g.c32(8))?)?;
+    let half = g.lshr(lane, g.c32(4))?;
+    (0..t.cols / 16)
+        .map(|ks| {
+            let chunk = g.add(g.c32(2 * ks as i64), half)?;
+            g.ldmatrix_x4(t.addr_at(g, row, chunk, extra)?, false)
+        })
+        .collect()
+}
+
+/// `C = A Bᵀ` for this warp: A (16 x k) as fragments, B all `b.rows` rows of a tile whose
+/// columns are the k dimension. Returns `b.rows / 8` m16n8 tiles.
+fn mm_abt<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    a: &[[IntValue<'ctx>; 4]],
+    b: &SmemTile,
+    lane: IntValue<'ctx>,
+    extra: IntValue<'ctx>,
+) -> R<Acc<'ctx>> {
+    let zero = g.cf(0.0);
+    let mut c = vec![[zero; 4]; (b.rows / 8) as usize];
+    // lane l: matrix mi = l / 8 -> row (2 ntp + mi / 2) * 8 + l % 8, chunk 2 ks + mi % 2
+    let r8 = g.and(lane, g.c32(7))?;
+    let mi = g.lshr(lane, g.c32(3))?;
+    let row_in = g.add(g.mul(g.lshr(mi, g.c32(1))?, g.c32(8))?, r8)?;
+    let chunk_in = g.and(mi, g.c32(1))?;
+    for (ks, af) in a.iter().enumerate() {
+        for ntp in 0..(b.rows / 16) as usize {
+            let row = g.add(row_in, g.c32(16 * ntp as i64))?;
+            let chunk = g.add(chunk_in, g.c32(2 * ks as i64))?;
+            let bf = g.ldmatrix_x4(b.addr_at(g, row, chunk, extra)?, false)?;
+            c[2 * ntp] = g.mma(ty, af, &[bf[0], bf[1]], &c[2 * ntp])?;
+            c[2 * ntp + 1] = g.mma(ty, af, &[bf[2], bf[3]], &c[2 * ntp + 1])?;
+        }
+    }
+    Ok(c)
+}
+
+/// `acc += A B` for this warp: A (16 x k) as fragments (k = `b.rows`), B a tile whose rows
+/// are the k dimension (read with `ldmatrix.trans`), `acc` over its `b.cols` columns.
+fn mm_ab<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    a: &[[IntValue<'ctx>; 4]],
+    b: &SmemTile,
+    lane: IntValue<'ctx>,
+    extra: IntValue<'ctx>,
+    acc: &mut Acc<'ctx>,
+) -> R<()> {
+    // lane l: matrix mi = l / 8 -> row 16 kk + (mi % 2) * 8 + l % 8, chunk 2 ntp + mi / 2
+    let r8 = g.and(lane, g.c32(7))?;
+    let mi = g.lshr(lane, g.c32(3))?;
+    let row_in = g.add(g.mul(g.and(mi, g.c32(1))?, g.c32(8))?, r8)?;
+    let chunk_in = g.lshr(mi, g.c32(1))?;
+    for (kk, af) in a.iter().enumerate() {
+        for ntp in 0..(b.cols / 16) as usize {
+            let row = g.add(row_in, g.c32(16 * kk as i64))?;
+            let chunk = g.add(chunk_in, g.c32(2 * ntp as i64))?;
+            let bf = g.ldmatrix_x4(b.addr_at(g, row, chunk, extra)?, true)?;
+            acc[2 * ntp] = g.mma(ty, af, &[bf[0], bf[1]], &acc[2 * ntp])?;
+            acc[2 * ntp + 1] = g.mma(ty, af, &[bf[2], bf[3]], &acc[2 * ntp + 1])?;
+        }
+    }
+    Ok(())
+}
+
+/// An accumulator (16 x n) rounded to the input type as A fragments, one per 16 columns.
+fn acc_to_a<'ctx>(g: &Gpu<'ctx>, ty: InputType, x: &Acc<'ctx>) -> R<Vec<[IntValue<'ctx>; 4]>> {
+    (0..x.len() / 2)
+        .map(|kk| {
+            let (a, b) = (&x[2 * kk], &x[2 * kk + 1]);
+            Ok([
+                g.pack2(ty, a[0], a[1])?,
+                g.pack2(ty, a[2], a[3])?,
+                g.pack2(ty, b[0], b[1])?,
+                g.pack2(ty, b[2], b[3])?,
+            ])
+        })
+        .collect()
+}
+
+fn acc_vars<'ctx>(g: &Gpu<'ctx>, n_tiles: usize) -> R<Vec<[Var<'ctx>; 4]>> {
+    (0..n_tiles)
+        .map(|_| {
+            Ok([
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+                g.var(g.f32, g.cf(0.0))?,
+            ])
+        })
+        .collect()
+}
+
+fn acc_get<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]]) -> R<Acc<'ctx>> {
+    v.iter()
+        .map(|x| Ok([g.getf(&x[0])?, g.getf(&x[1])?, g.getf(&x[2])?, g.getf(&x[3])?]))
+        .collect()
+}
+
+fn acc_set<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]], x: &Acc<'ctx>) -> R<()> {
+    for (a, b) in v.iter().zip(x) {
+        for i in 0..4 {
+            g.set(&a[i], b[i])?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores this warp's 16 rows (`row0 + lane / 4 + 8 hr`, rows < `len` only) of an
+/// accumulator times `mul`, rounded to the input type, into the row-major matrix at
+/// `base` (row stride `cols` elements).
+#[allow(clippy::too_many_arguments)]
+fn store_rows<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    lane: IntValue<'ctx>,
+    base: PointerValue<'ctx>,
+    row0: IntValue<'ctx>,
+    len: IntValue<'ctx>,
+    cols: u32,
+    acc: &Acc<'ctx>,
+    mul: Option<FloatValue<'ctx>>,
+) -> R<()> {
+    let quad = g.and(lane, g.c32(3))?;
+    let rb = g.add(row0, g.lshr(lane, g.c32(2))?)?;
+    for hr in 0..2 {
+        let row = g.add(rb, g.c32(8 * hr as i64))?;
+        let vals: Vec<[FloatValue<'ctx>; 2]> = acc
+            .iter()
+            .map(|x| {
+                let f = |v| match mul {
+                    Some(m) => g.fmul(v, m),
+                    None => Ok(v),
+                };
+                Ok([f(x[2 * hr])?, f(x[2 * hr + 1])?])
+            })
+            .collect::<R<_>>()?;
+        g.if_then(g.icmp(IntPredicate::SLT, row, len)?, || {
+            let off = g.add(
+                g.mul(g.zext64(row)?, g.c64(cols as i64 * 2))?,
+                g.zext64(g.mul(quad, g.c32(4))?)?,
+            )?;
+            for (nt, v) in vals.iter().enumerate() {
+                let packed = g.pack2(ty, v[0], v[1])?;
+                let ptr = g.gep_bytes(base, g.add(off, g.c64(nt as i64 * 16))?)?;
+                let st = g.b.build_store(ptr, packed)?;
+                st.set_alignment(4)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `base + ((b * heads + head) * len) * dim * 2` bytes: the (b, head) slice of a
+/// `[B, heads, len, dim]` 16-bit tensor.
+fn slice_base<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    b: IntValue<'ctx>,
+    heads: IntValue<'ctx>,
+    head: IntValue<'ctx>,
+    len: IntValue<'ctx>,
+    dim: u32,
+) -> R<PointerValue<'ctx>> {
+    let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
+    let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
+    g.gep_bytes(base, off)
+}
+
+// ---- P and dS on the fragments ----------------------------------------------------------------
+
+/// The per-element inputs of [`grad_scores`].
+struct ElemCtx<'a, 'ctx> {
+    p: &'a Program,
+    dscore: Option<&'a Function>,
+    env: &'a Env<'ctx>,
+    scale: FloatValue<'ctx>,
+    b: IntValue<'ctx>,
+    h: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+}
+
+/// P (probabilities) and dS (`P ∘ (dP − Delta) ∘ score'`, the gradient of the scores
+/// before the scale) of one warp's tile, from the raw dot products `s` and `dp`.
+/// `at(nt, i)` gives element (nt, i)'s (q, kv, L2, Delta). `full` selects the path
+/// without mask and bounds checks.
+fn grad_scores<'ctx>(
+    g: &Gpu<'ctx>,
+    e: &ElemCtx<'_, 'ctx>,
+    s: &Acc<'ctx>,
+    dp: &Acc<'ctx>,
+    at: &dyn Fn(usize, usize) -> R<[inkwell::values::BasicValueEnum<'ctx>; 4]>,
+    full: IntValue<'ctx>,
+) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    let pv = acc_vars(g, s.len())?;
+    let dsv = acc_vars(g, s.len())?;
+    let fast_bb = g.block("bwd_full_block");
+    let slow_bb = g.block("bwd_partial_block");
+    let merge = g.block("bwd_scored");
+    // positions and row statistics are computed once, before the branch
+    let mut pos = Vec::with_capacity(s.len());
+    for nt in 0..s.len() {
+        let mut row = Vec::with_capacity(4);
+        for i in 0..4 {
+            let [q, kv, l2, delta] = at(nt, i)?;
+            row.push((
+                q.into_int_value(),
+                kv.into_int_value(),
+                l2.into_float_value(),
+                delta.into_float_value(),
+            ));
+        }
+        pos.push(row);
+    }
+    let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
+    g.cond_br(full, fast_bb, slow_bb)?;
+    for slow in [false, true] {
+        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+        for nt in 0..s.len() {
+            for i in 0..4 {
+                let (q, kv, l2, delta) = pos[nt][i];
+                let x = s[nt][i];
+                let q_in = g.icmp(IntPredicate::SLT, q, e.lq)?;
+                let kv_in = g.icmp(IntPredicate::SLT, kv, e.lkv)?;
+                let el = Elem {
+                    s: g.fmul(x, e.scale)?,
+                    b: e.b,
+                    h: e.h,
+                    q,
+                    kv,
+                    inside: g.and(q_in, kv_in)?,
+                };
+                let keep = if slow {
+                    let k = g.and(q_in, kv_in)?;
+                    Some(match &e.p.mask {
+                        Some(f) => g.and(k, emit_function(g, e.env, f, el)?.into_int_value())?,
+                        None => k,
+                    })
+                } else {
+                    None
+                };
+                let el = Elem {
+                    inside: match keep {
+                        Some(k) => g.and(el.inside, k)?,
+                        None => el.inside,
+                    },
+                    ..el
+                };
+                // t log2 e - L2
+                let (logit, dprime) = match (&e.p.score, e.dscore) {
+                    (Some(f), Some(df)) => (
+                        g.fsub(
+                            g.fmul(emit_function(g, e.env, f, el)?.into_float_value(), g.cf(LOG2E))?,
+                            l2,
+                        )?,
+                        Some(emit_function(g, e.env, df, el)?.into_float_value()),
+                    ),
+                    (None, _) => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
+                    (Some(_), None) => {
+                        return Err(LlvmError::Internal("score derivative missing"));
+                    }
+                };
+                let logit = match keep {
+                    Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY))?,
+                    None => logit,
+                };
+                let pr = g.ex2(logit)?;
+                let mut ds = g.fmul(pr, g.fsub(dp[nt][i], delta)?)?;
+                if let Some(d) = dprime {
+                    ds = g.fmul(ds, d)?;
+                }
+                // nothing flows through a masked, -inf or underflowed element (never
+                // 0 * inf = NaN from the derivative there)
+                let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
+                let ds = g.selectf(zero, g.cf(0.0), ds)?;
+                g.set(&pv[nt][i], pr)?;
+                g.set(&dsv[nt][i], ds)?;
+            }
+        }
+        g.br(merge)?;
+    }
+    g.b.position_at_end(merge);
+    Ok((acc_get(g, &pv)?, acc_get(g, &dsv)?))
+}
+
+/// The shared prologue of the two main kernels: thread position, sizes and the element
+/// context pieces.
+struct Common<'ctx> {
+    tid: IntValue<'ctx>,
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    b: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+    hq: IntValue<'ctx>,
+    hkv: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+    env: Env<'ctx>,
+}
+
+fn common<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    opts: &PtxOptions,
+    a: &Args<'_, 'ctx>,
+) -> R<Common<'ctx>> {
+    let tid = g.tid_x()?;
+    let ptr = |k| a.ptr(k);
+    let int = |k| a.int(k);
+    Ok(Common {
+        tid,
+        warp: g.lshr(tid, g.c32(5))?,
+        lane: g.and(tid, g.c32(31))?,
+        b: g.ctaid('z')?,
+        lq: a.int(KernelParam::Lq)?,
+        lkv: a.int(KernelParam::Lkv)?,
+        hq: a.int(KernelParam::Hq)?,
+        hkv: a.int(KernelParam::Hkv)?,
+        scale: a.get(KernelParam::Scale)?.into_float_value(),
+        env: Env::load(g, p, opts.checked, &ptr, &int)?,
+    })
+}
+
+/// The block range `[first, end, full_first, full_end]` of the "other" sequence for the
+/// block starting at `row0` of this kernel's sequence: the closed form (coefficients in
+/// `coefs` already oriented), or every block partial.
+#[allow(clippy::too_many_arguments)]
+fn blocks<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    kv: &KvBounds,
+    a: &Args<'_, 'ctx>,
+    transpose: bool,
+    row0: IntValue<'ctx>,
+    rows: u32,
+    len: IntValue<'ctx>,
+    other_len: IntValue<'ctx>,
+    other_block: u32,
+) -> R<[IntValue<'ctx>; 4]> {
+    match kv {
+        KvBounds::ClosedForm(cf) => {
+            let offsets = (0..cf.constraints.len() as u32)
+                .map(|i| a.int(KernelParam::KvOffset(i)))
+                .collect::<R<Vec<_>>>()?;
+            let all_partial = match p.mask {
+                Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
+                None => None,
+            };
+            let coefs: Vec<(i64, i64)> = kv
+                .coefficients()
+                .into_iter()
+                .map(|(aq, akv)| if transpose { (akv, aq) } else { (aq, akv) })
+                .collect();
+            block_range(
+                g,
+                &coefs,
+                &offsets,
+                all_partial,
+                row0,
+                rows,
+                len,
+                other_len,
+                other_block,
+            )
+        }
+        KvBounds::Table => {
+            let n = g.udiv(
+                g.add(other_len, g.c32(other_block as i64 - 1))?,
+                g.c32(other_block as i64),
+            )?;
+            Ok([g.c32(0), n, g.c32(0), g.c32(0)])
+        }
+    }
+}
+
+// ---- the dK/dV kernel -------------------------------------------------------------------------
+
+fn dkdv_body<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    dscore: Option<&Function>,
+    opts: &PtxOptions,
+    kvb: &KvBounds,
+    a: &Args<'_, 'ctx>,
+) -> R<()> {
+    let t = DkDvTiles::new(opts);
+    let (br, bc) = (opts.q_block, opts.kv_block);
+    let threads = bc / 16 * 32;
+    let ty = opts.input;
+    let c = common(g, p, opts, a)?;
+    let zero = g.c32(0);
+    let hk = g.ctaid('y')?;
+    let kv0 = g.mul(g.ctaid('x')?, g.c32(bc as i64))?;
+    let group = g.udiv(c.hq, c.hkv)?;
+    let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
+    let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
+    let [first, end, ff, fe] = blocks(g, p, kvb, a, true, kv0, bc, c.lkv, c.lq, br)?;
+    let nq = g.sub(end, first)?;
+    let nq = g.selecti(g.icmp(IntPredicate::SLT, nq, zero)?, zero, nq)?;
+    let n_iter = g.mul(nq, group)?;
+    let kv_tail = g.icmp(
+        IntPredicate::SGT,
+        g.add(kv0, g.c32(bc as i64))?,
+        c.lkv,
+    )?;
+
+    // (query head, q block) of iteration `it`
+    let head_block = |it: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let hi = g.udiv(it, nq)?;
+        let qb = g.add(first, g.sub(it, g.mul(hi, nq)?)?)?;
+        Ok((g.add(g.mul(hk, group)?, hi)?, qb))
+    };
+    let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
+    // copies Q, dO of (h, q block qb) into buffer `buf` (cp.async), and L2 / Delta
+    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let q0 = g.mul(qb, g.c32(br as i64))?;
+        let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
+        let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
+        let valid = g.sub(c.lq, q0)?;
+        t.q.load_async(g, c.tid, threads, qbase, q0, valid, buf)?;
+        t.d_o.load_async(g, c.tid, threads, obase, q0, valid, buf)?;
+        g.cp_async_commit()?;
+        for k in 0..br.div_ceil(threads) {
+            let i = g.add(c.tid, g.c32((k * threads) as i64))?;
+            g.if_then(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?, || {
+                let q = g.add(q0, i)?;
+                let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
+                let row = g.add(
+                    g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?,
+                    g.zext64(g.selecti(ok, q, zero)?)?,
+                )?;
+                let l2 = g.selectf(ok, g.load_f32(row_stats.0, row)?, g.cf(f32::INFINITY))?;
+                let dl = g.selectf(ok, g.load_f32(row_stats.1, row)?, g.cf(0.0))?;
+                let at = g.add(buf, g.mul(i, g.c32(4))?)?;
+                g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
+                g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)
+            })?;
+        }
+        Ok(())
+    };
+
+    let dk = acc_vars(g, (opts.d / 8) as usize)?;
+    let dv = acc_vars(g, (opts.dv / 8) as usize)?;
+    let st_it = g.var(g.i32, zero)?;
+    let st_buf = g.var(g.i32, zero)?;
+
+    t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
+    t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
+    g.cp_async_commit()?;
+    let lp = g.block("q_loop");
+    let epi = g.block("dkdv_store");
+    let pre = g.block("dkdv_prologue");
+    g.cond_br(g.icmp(IntPredicate::SGT, n_iter, zero)?, pre, epi)?;
+    g.b.position_at_end(pre);
+    let (h0, qb0) = head_block(zero)?;
+    load_q(h0, qb0, zero)?;
+    g.br(lp)?;
+
+    g.b.position_at_end(lp);
+    let it = g.geti(&st_it)?;
+    let buf = g.geti(&st_buf)?;
+    let other = g.xor(buf, g.c32(t.buf as i64))?;
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+    // the next (head, q block) into the other buffer, which every warp finished reading
+    // before the barrier above
+    let it1 = g.add(it, g.c32(1))?;
+    let has_next = g.icmp(IntPredicate::SLT, it1, n_iter)?;
+    g.if_then(has_next, || {
+        let (h1, qb1) = head_block(it1)?;
+        load_q(h1, qb1, other)
+    })?;
+    let (h, qb) = head_block(it)?;
+    let q0 = g.mul(qb, g.c32(br as i64))?;
+    let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
+    let in_full = g.and(
+        g.icmp(IntPredicate::SGE, qb, ff)?,
+        g.icmp(IntPredicate::SLT, qb, fe)?,
+    )?;
+    let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
+
+    let row0 = g.mul(c.warp, g.c32(16))?;
+    let kf = frags_a(g, &t.k, c.lane, row0, zero)?;
+    let s = mm_abt(g, ty, &kf, &t.q, c.lane, buf)?;
+    let vf = frags_a(g, &t.v, c.lane, row0, zero)?;
+    let dp = mm_abt(g, ty, &vf, &t.d_o, c.lane, buf)?;
+    // element (nt, i): kv row kv0 + 16 w + lane / 4 + 8 (i / 2), q column q0 + 8 nt + 2 (lane % 4) + i % 2
+    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
+    let mut stats = Vec::new();
+    for nt in 0..(br / 8) as usize {
+        for cc in 0..2 {
+            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
+            let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
+            let l2 = g
+                .b
+                .build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
+            let dl = g
+                .b
+                .build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
+            stats.push((g.add(q0, ci)?, l2, dl));
+        }
+    }
+    let ec = ElemCtx {
+        p,
+        dscore,
+        env: &c.env,
+        scale: c.scale,
+        b: c.b,
+        h,
+        lq: c.lq,
+        lkv: c.lkv,
+    };
+    let at = |nt: usize, i: usize| {
+        let (q, l2, dl) = stats[nt * 2 + i % 2];
+        let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
+        Ok([q.into(), kv.into(), l2, dl])
+    };
+    let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+    let mut dv_acc = acc_get(g, &dv)?;
+    mm_ab(g, ty, &acc_to_a(g, ty, &pt)?, &t.d_o, c.lane, buf, &mut dv_acc)?;
+    acc_set(g, &dv, &dv_acc)?;
+    let mut dk_acc = acc_get(g, &dk)?;
+    mm_ab(g, ty, &acc_to_a(g, ty, &dst)?, &t.q, c.lane, buf, &mut dk_acc)?;
+    acc_set(g, &dk, &dk_acc)?;
+    g.set(&st_it, it1)?;
+    g.set(&st_buf, other)?;
+    g.cond_br(has_next, lp, epi)?;
+
+    g.b.position_at_end(epi);
+    g.cp_async_wait(0)?;
+    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
+    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
+    let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
+    store_rows(
+        g,
+        ty,
+        c.lane,
+        dk_base,
+        row0,
+        c.lkv,
+        opts.d,
+        &acc_get(g, &dk)?,
+        Some(c.scale),
+    )?;
+    store_rows(
+        g,
+        ty,
+        c.lane,
+        dv_base,
+        row0,
+        c.lkv,
+        opts.dv,
+        &acc_get(g, &dv)?,
+        None,
+    )?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+// ---- the dQ kernel ----------------------------------------------------------------------------
+
+fn dq_body<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    dscore: Option<&Function>,
+    opts: &PtxOptions,
+    kvb: &KvBounds,
+    a: &Args<'_, 'ctx>,
+) -> R<()> {
+    let t = DqTiles::new(opts);
+    let (br, bc) = (opts.q_block, opts.kv_block);
+    let threads = br / 16 * 32;
+    let ty = opts.input;
+    let c = common(g, p, opts, a)?;
+    let zero = g.c32(0);
+    let h = g.ctaid('y')?;
+    let q0 = g.mul(g.ctaid('x')?, g.c32(br as i64))?;
+    let hk = g.udiv(h, g.udiv(c.hq, c.hkv)?)?;
+    let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
+    let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
+    let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
+    let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
+    let [first, end, ff, fe] = blocks(g, p, kvb, a, false, q0, br, c.lq, c.lkv, bc)?;
+    let runs = match kvb {
+        KvBounds::ClosedForm(_) => {
+            // the same three runs as the forward kernel's
+            let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
+            let has_full = lt(ff, fe)?;
+            let one = g.c32(1);
+            let beg = g.selecti(
+                g.and(has_full, g.xor(lt(first, ff)?, g.cbool(true))?)?,
+                one,
+                zero,
+            )?;
+            let end_full = g.selecti(lt(fe, end)?, g.c32(3), g.c32(2))?;
+            let end_part = g.selecti(lt(first, end)?, one, zero)?;
+            RowRuns {
+                beg,
+                end: g.selecti(has_full, end_full, end_part)?,
+                src: RunSource::Regs([
+                    [first, g.selecti(has_full, ff, end)?, zero],
+                    [ff, fe, one],
+                    [fe, end, zero],
+                ]),
+            }
+        }
+        KvBounds::Table => RowRuns {
+            beg: zero,
+            end: g.selecti(g.icmp(IntPredicate::SLT, first, end)?, g.c32(1), zero)?,
+            src: RunSource::Regs([[first, end, zero]; 3]),
+        },
+    };
+
+    // row statistics of this thread's two rows
+    let row0 = g.mul(c.warp, g.c32(16))?;
+    let q_row = g.add(g.add(q0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+    let slice_rows = g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?;
+    let mut stats = Vec::new();
+    for hr in 0..2 {
+        let q = g.add(q_row, g.c32(8 * hr))?;
+        let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
+        let row = g.add(slice_rows, g.zext64(g.selecti(ok, q, zero)?)?)?;
+        let l2 = g.selectf(
+            ok,
+            g.load_f32(a.ptr(KernelParam::Lse2)?, row)?,
+            g.cf(f32::INFINITY),
+        )?;
+        let dl = g.selectf(ok, g.load_f32(a.ptr(KernelParam::Delta)?, row)?, g.cf(0.0))?;
+        stats.push((q, l2, dl));
+    }
+
+    let dq = acc_vars(g, (opts.d / 8) as usize)?;
+    let st_j = g.var(g.i32, zero)?;
+    let st_end = g.var(g.i32, zero)?;
+    let st_full = g.var(g.i32, zero)?;
+    let st_r = g.var(g.i32, runs.beg)?;
+    let st_buf = g.var(g.i32, zero)?;
+    let load_kv = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let kv0 = g.mul(j, g.c32(bc as i64))?;
+        let valid = g.sub(c.lkv, kv0)?;
+        t.k.load_async(g, c.tid, threads, kbase, kv0, valid, buf)?;
+        t.v.load_async(g, c.tid, threads, vbase, kv0, valid, buf)?;
+        g.cp_async_commit()
+    };
+
+    t.q.load_async(g, c.tid, threads, qbase, q0, g.sub(c.lq, q0)?, zero)?;
+    t.d_o.load_async(g, c.tid, threads, obase, q0, g.sub(c.lq, q0)?, zero)?;
+    g.cp_async_commit()?;
+    let pre = g.block("dq_prologue");
+    let lp = g.block("kv_loop");
+    let epi = g.block("dq_store");
+    g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, pre, epi)?;
+    g.b.position_at_end(pre);
+    let (j0, e0, f0) = runs.load(g, runs.beg)?;
+    g.set(&st_j, j0)?;
+    g.set(&st_end, e0)?;
+    g.set(&st_full, f0)?;
+    load_kv(j0, zero)?;
+    g.br(lp)?;
+
+    g.b.position_at_end(lp);
+    let j = g.geti(&st_j)?;
+    let run_end = g.geti(&st_end)?;
+    let full = g.geti(&st_full)?;
+    let r = g.geti(&st_r)?;
+    let buf = g.geti(&st_buf)?;
+    let other = g.xor(buf, g.c32(t.buf as i64))?;
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+    // the next block: the rest of this run, else the start of the next run
+    let j1 = g.add(j, g.c32(1))?;
+    let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
+    let r1 = g.add(r, g.c32(1))?;
+    let more_runs = g.icmp(IntPredicate::ULT, r1, runs.end)?;
+    let (nj, nend, nfull) = runs.load(g, g.selecti(more_runs, r1, r)?)?;
+    let next_j = g.selecti(in_run, j1, nj)?;
+    let next_end = g.selecti(in_run, run_end, nend)?;
+    let next_full = g.selecti(in_run, full, nfull)?;
+    let next_r = g.selecti(in_run, r, r1)?;
+    let has_next = g.or(in_run, more_runs)?;
+    g.if_then(has_next, || load_kv(next_j, other))?;
+
+    let kv0 = g.mul(j, g.c32(bc as i64))?;
+    let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
+    let kv_tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?;
+    let full = g.and(
+        g.icmp(IntPredicate::NE, full, zero)?,
+        g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?,
+    )?;
+    let qf = frags_a(g, &t.q, c.lane, row0, zero)?;
+    let s = mm_abt(g, ty, &qf, &t.k, c.lane, buf)?;
+    let of = frags_a(g, &t.d_o, c.lane, row0, zero)?;
+    let dp = mm_abt(g, ty, &of, &t.v, c.lane, buf)?;
+    let col = g.add(kv0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
+    let ec = ElemCtx {
+        p,
+        dscore,
+        env: &c.env,
+        scale: c.scale,
+        b: c.b,
+        h,
+        lq: c.lq,
+        lkv: c.lkv,
+    };
+    let at = |nt: usize, i: usize| {
+        let (q, l2, dl) = stats[i / 2];
+        let kv = g.add(col, g.c32(8 * nt as i64 + (i as i64 % 2)))?;
+        Ok([q.into(), kv.into(), l2.into(), dl.into()])
+    };
+    let (_, ds) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+    let mut dq_acc = acc_get(g, &dq)?;
+    mm_ab(g, ty, &acc_to_a(g, ty, &ds)?, &t.k, c.lane, buf, &mut dq_acc)?;
+    acc_set(g, &dq, &dq_acc)?;
+    g.set(&st_j, next_j)?;
+    g.set(&st_end, next_end)?;
+    g.set(&st_full, next_full)?;
+    g.set(&st_r, next_r)?;
+    g.set(&st_buf, other)?;
+    g.cond_br(has_next, lp, epi)?;
+
+    g.b.position_at_end(epi);
+    g.cp_async_wait(0)?;
+    let dq_base = slice_base(g, a.ptr(KernelParam::DQ)?, c.b, c.hq, h, c.lq, opts.d)?;
+    store_rows(
+        g,
+        ty,
+        c.lane,
+        dq_base,
+        g.add(q0, row0)?,
+        c.lq,
+        opts.d,
+        &acc_get(g, &dq)?,
+        Some(c.scale),
+    )?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::llvm::{Arch, samples};
+    use crate::ir::{Arg, BinOp, FnKind, Inst, Type, UnOp};
+    use attnc_grammar::ast::Span;
+
+    /// `∂score/∂s` of the samples with a score function, written by hand (the derivative
+    /// pass replaces these): ALiBi and the bias table add to `s` (1), soft-capping
+    /// `cap tanh(s / cap)` gives `1 - tanh(s / cap)^2`.
+    pub(crate) fn sample_dscore(p: &Program) -> Option<Function> {
+        let score = p.score.as_ref()?;
+        let mut f = Function::new(FnKind::Score);
+        let push = |f: &mut Function, i, t| f.push(i, t, Span::default());
+        if p.name == "softcap_causal" {
+            // the sample computes cap * tanh(s * (1 / cap)): reuse its constants
+            let consts: Vec<u32> = score
+                .insts
+                .iter()
+                .filter_map(|i| match i {
+                    Inst::ConstF32(b) => Some(*b),
+                    _ => None,
+                })
+                .collect();
+            let s = push(&mut f, Inst::Arg(Arg::S), Type::F32);
+            let inv = push(&mut f, Inst::ConstF32(consts[0]), Type::F32);
+            let x = push(&mut f, Inst::Binary(BinOp::FMul, s, inv), Type::F32);
+            let t = push(&mut f, Inst::Unary(UnOp::Tanh, x), Type::F32);
+            let t2 = push(&mut f, Inst::Binary(BinOp::FMul, t, t), Type::F32);
+            let one = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
+            f.ret = push(&mut f, Inst::Binary(BinOp::FSub, one, t2), Type::F32);
+        } else {
+            f.ret = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
+        }
+        Some(f)
+    }
+
+    #[test]
+    fn every_sample_emits_three_kernels() {
+        let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+        for p in samples::all(8) {
+            let ds = sample_dscore(&p);
+            for (d, ty) in [
+                (64, InputType::Bf16),
+                (128, InputType::Bf16),
+                (128, InputType::F16),
+                (32, InputType::F16),
+            ] {
+                let o = PtxOptions::backward(Arch::Sm80, d, d, ty);
+                for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
+                    let k = emit_backward(&p, ds.as_ref(), &o, kind)
+                        .unwrap_or_else(|e| panic!("{} {kind:?} D{d}: {e}", p.name));
+                    assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
+                    assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+                    if let Some(dir) = &dir {
+                        std::fs::write(
+                            format!("{dir}/{}_d{d}_{}.ptx", k.entry, ty.name()),
+                            &k.ptx,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_score_without_its_derivative_is_an_error() {
+        let p = samples::softcap_causal();
+        let o = PtxOptions::backward(Arch::Sm80, 64, 64, InputType::Bf16);
+        let e = emit_backward(&p, None, &o, BackwardKind::Dq).unwrap_err();
+        assert!(e.to_string().contains("derivative"), "{e}");
+        let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
+        assert!(emit_backward(&p, None, &o, BackwardKind::Pre).is_err());
+    }
+}
