@@ -34,6 +34,7 @@
 //!   is loaded without any PTX compile; else the PTX (from disk or generated) is compiled
 //!   by the driver's linker, in tiers (see [`jit`]).
 
+pub mod backward;
 pub mod jit;
 
 pub use jit::{JitKernel, JitTier, JitTiers, OPTIMIZED_LEVEL, ReadyStats};

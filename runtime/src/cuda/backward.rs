@@ -1,0 +1,341 @@
+//! The GPU backward pass: loads the three kernels of `backend::llvm::backward` and runs
+//! them on one stream: pre (Delta, LSE in log2 units), dK/dV, dQ.
+//!
+//! In: the three [`PtxKernel`]s ([`emit_backward_kernels`]), a [`Shape`], Q/K/V/O/dO as
+//! 16-bit bit patterns of the kernels' input type, LSE (f32, natural log, as the forward
+//! writes it), an optional dLSE, the scale, [`Bindings`] and the closed form's bounds of
+//! this launch (kernels whose mask has a closed form; `None` when it cannot be trusted
+//! for the launch: every block is then visited as partial).
+//! Out: dQ, dK, dV (16-bit, the input type), or a [`CudaError`].
+//!
+//! Deterministic: no kernel uses atomics on floats; every output element is summed by
+//! one thread in a fixed order, so the same inputs give bit-identical gradients.
+
+use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, KvLaunch, time_events};
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::llvm::backward::{
+    BackwardKind, emit_backward, pre_rows_per_cta,
+};
+use attnc_compiler::backend::llvm::bounds::kernel_offsets;
+use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::ir::{Function, Program};
+use attnc_compiler::shape::Shape;
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+
+/// Generates the pre, dK/dV and dQ kernels of `p` (`dscore`: `∂score/∂s`, required
+/// when `p` has a score function).
+pub fn emit_backward_kernels(
+    p: &Program,
+    dscore: Option<&Function>,
+    opts: &PtxOptions,
+) -> Result<[PtxKernel; 3], LlvmError> {
+    Ok([
+        emit_backward(p, dscore, opts, BackwardKind::Pre)?,
+        emit_backward(p, dscore, opts, BackwardKind::DkDv)?,
+        emit_backward(p, dscore, opts, BackwardKind::Dq)?,
+    ])
+}
+
+/// The three loaded backward kernels of one program and options.
+pub struct CudaBackward {
+    pre: CudaKernel,
+    dkdv: CudaKernel,
+    dq: CudaKernel,
+}
+
+/// Inputs, intermediates and outputs of one backward problem, on the device.
+pub struct BackwardProblem {
+    /// Q, K, V, O, LSE, params, captured tensors, error words, closed-form offsets.
+    fwd: DeviceProblem,
+    d_o: CudaSlice<u16>,
+    dlse: Option<CudaSlice<f32>>,
+    delta: CudaSlice<f32>,
+    lse2: CudaSlice<f32>,
+    pub dq: CudaSlice<u16>,
+    pub dk: CudaSlice<u16>,
+    pub dv: CudaSlice<u16>,
+}
+
+/// Gradients of Q, K and V (16-bit, the kernels' input type).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grads {
+    pub dq: Vec<u16>,
+    pub dk: Vec<u16>,
+    pub dv: Vec<u16>,
+}
+
+impl CudaBackward {
+    /// Loads the kernels of [`emit_backward_kernels`] (in that order).
+    pub fn load(dev: &CudaDevice, k: &[PtxKernel; 3]) -> Result<Self, CudaError> {
+        Ok(CudaBackward {
+            pre: CudaKernel::load(dev, &k[0])?,
+            dkdv: CudaKernel::load(dev, &k[1])?,
+            dq: CudaKernel::load(dev, &k[2])?,
+        })
+    }
+
+    fn opts(&self) -> &PtxOptions {
+        &self.dkdv.meta.options
+    }
+
+    /// Uploads everything one backward needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        (q, k, v, o): (&[u16], &[u16], &[u16], &[u16]),
+        lse: &[f32],
+        d_o: &[u16],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        bounds: Option<&[Bound]>,
+    ) -> Result<BackwardProblem, CudaError> {
+        shape
+            .validate()
+            .map_err(|e| CudaError::Mismatch(e.to_string()))?;
+        let opts = self.opts();
+        if shape.d != opts.d as usize || shape.dv != opts.dv as usize {
+            return Err(CudaError::Mismatch(format!(
+                "backward kernels built for D={} Dv={}, called with D={} Dv={}",
+                opts.d, opts.dv, shape.d, shape.dv
+            )));
+        }
+        let lens = [
+            ("q", q.len(), shape.q_len()),
+            ("k", k.len(), shape.k_len()),
+            ("v", v.len(), shape.v_len()),
+            ("o", o.len(), shape.o_len()),
+            ("do", d_o.len(), shape.o_len()),
+            ("lse", lse.len(), shape.lse_len()),
+            ("dlse", dlse.map_or(shape.lse_len(), |x| x.len()), shape.lse_len()),
+        ];
+        for (name, got, want) in lens {
+            if got != want {
+                return Err(CudaError::Mismatch(format!(
+                    "`{name}` has {got} elements, the shape needs {want}"
+                )));
+            }
+        }
+        let n_tensors = self
+            .dkdv
+            .meta
+            .params
+            .iter()
+            .filter(|p| matches!(p, KernelParam::Tensor(_)))
+            .count();
+        if bind.tensors.len() != n_tensors {
+            return Err(CudaError::Mismatch(format!(
+                "{} captured tensors bound, the kernels read {n_tensors}",
+                bind.tensors.len()
+            )));
+        }
+        let mut kv = KvLaunch::default();
+        if let KvBounds::ClosedForm(_) = &self.dkdv.meta.kv_bounds {
+            let n = self.dkdv.meta.kv_bounds.coefficients().len();
+            match bounds {
+                Some(b) if b.len() == n => kv.offsets = kernel_offsets(b),
+                Some(b) => {
+                    return Err(CudaError::Mismatch(format!(
+                        "{} closed-form bounds given, the kernels have {n} constraints",
+                        b.len()
+                    )));
+                }
+                None => {
+                    kv.offsets = vec![0; n];
+                    kv.all_partial = 1;
+                }
+            }
+        }
+        let s = &dev.stream;
+        let up16 = |x: &[u16]| -> Result<CudaSlice<u16>, CudaError> {
+            Ok(s.clone_htod(&nonempty16(x))?)
+        };
+        let up32 = |x: &[f32]| -> Result<CudaSlice<f32>, CudaError> {
+            Ok(s.clone_htod(if x.is_empty() { &[0.0f32][..] } else { x })?)
+        };
+        let mut fwd = self
+            .dkdv
+            .upload_rest(dev, shape, (up16(q)?, up16(k)?, up16(v)?), scale, bind, kv)?;
+        fwd.o = up16(o)?;
+        fwd.lse = up32(lse)?;
+        let rows = shape.lse_len().max(1);
+        Ok(BackwardProblem {
+            fwd,
+            d_o: up16(d_o)?,
+            dlse: dlse.map(up32).transpose()?,
+            delta: s.alloc_zeros(rows)?,
+            lse2: s.alloc_zeros(rows)?,
+            dq: s.alloc_zeros(shape.q_len().max(1))?,
+            dk: s.alloc_zeros(shape.k_len().max(1))?,
+            dv: s.alloc_zeros(shape.v_len().max(1))?,
+        })
+    }
+
+    /// Launches pre, dK/dV and dQ (asynchronous, in stream order).
+    pub fn launch(&self, dev: &CudaDevice, p: &BackwardProblem) -> Result<(), CudaError> {
+        let sh = &p.fwd.shape;
+        let o = self.opts();
+        let rows = sh.b * sh.hq * sh.lq;
+        if rows > 0 {
+            let per = pre_rows_per_cta(o.dv) as usize;
+            let grid = u32::try_from(rows.div_ceil(per))
+                .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
+            launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64)?;
+        }
+        if sh.lkv > 0 {
+            let g = (
+                sh.lkv.div_ceil(o.kv_block as usize) as u32,
+                sh.hkv as u32,
+                sh.b as u32,
+            );
+            launch_one(dev, &self.dkdv, p, g, 0)?;
+        }
+        if sh.lq > 0 {
+            let g = (
+                sh.lq.div_ceil(o.q_block as usize) as u32,
+                sh.hq as u32,
+                sh.b as u32,
+            );
+            launch_one(dev, &self.dq, p, g, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Waits, checks the error words (checked mode) and copies dQ, dK, dV back.
+    pub fn download(&self, dev: &CudaDevice, p: &BackwardProblem) -> Result<Grads, CudaError> {
+        let s = &dev.stream;
+        s.synchronize()?;
+        self.dkdv.check_err(dev, &p.fwd)?;
+        let sh = &p.fwd.shape;
+        let get = |x: &CudaSlice<u16>, n: usize| -> Result<Vec<u16>, CudaError> {
+            let mut v = s.clone_dtoh(x)?;
+            v.truncate(n);
+            Ok(v)
+        };
+        Ok(Grads {
+            dq: get(&p.dq, sh.q_len())?,
+            dk: get(&p.dk, sh.k_len())?,
+            dv: get(&p.dv, sh.v_len())?,
+        })
+    }
+
+    /// Upload, launch, download.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_host(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        qkvo: (&[u16], &[u16], &[u16], &[u16]),
+        lse: &[f32],
+        d_o: &[u16],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        bounds: Option<&[Bound]>,
+    ) -> Result<Grads, CudaError> {
+        let p = self.upload(dev, shape, qkvo, lse, d_o, dlse, scale, bind, bounds)?;
+        self.launch(dev, &p)?;
+        self.download(dev, &p)
+    }
+
+    /// Median milliseconds of one whole backward (three launches).
+    pub fn time(
+        &self,
+        dev: &CudaDevice,
+        p: &BackwardProblem,
+        warmup: usize,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, CudaError> {
+        time_events(dev, warmup, iters, reps, || self.launch(dev, p))
+    }
+}
+
+fn nonempty16(x: &[u16]) -> Vec<u16> {
+    if x.is_empty() { vec![0] } else { x.to_vec() }
+}
+
+/// Launches one backward kernel with its parameters (`meta.params`) taken from `p`.
+fn launch_one(
+    dev: &CudaDevice,
+    k: &CudaKernel,
+    p: &BackwardProblem,
+    grid: (u32, u32, u32),
+    rows: i64,
+) -> Result<(), CudaError> {
+    let f = &p.fwd;
+    let sh = &f.shape;
+    let s = &dev.stream;
+    let p16 = |x: &CudaSlice<u16>| x.device_ptr(s).0;
+    let pf = |x: &CudaSlice<f32>| x.device_ptr(s).0;
+    let pu = |x: &CudaSlice<u32>| x.device_ptr(s).0;
+    enum A {
+        P(u64),
+        I(i32),
+        L(i64),
+        F(f32),
+    }
+    let mut args = Vec::with_capacity(k.meta.params.len());
+    for kp in &k.meta.params {
+        args.push(match kp {
+            KernelParam::Q => A::P(p16(&f.q)),
+            KernelParam::K => A::P(p16(&f.k)),
+            KernelParam::V => A::P(p16(&f.v)),
+            KernelParam::O => A::P(p16(&f.o)),
+            KernelParam::Lse => A::P(pf(&f.lse)),
+            KernelParam::DOut => A::P(p16(&p.d_o)),
+            KernelParam::DLse => A::P(pf(p.dlse.as_ref().unwrap_or(&p.delta))),
+            KernelParam::HasDLse => A::I(p.dlse.is_some() as i32),
+            KernelParam::Delta => A::P(pf(&p.delta)),
+            KernelParam::Lse2 => A::P(pf(&p.lse2)),
+            KernelParam::DQ => A::P(p16(&p.dq)),
+            KernelParam::DK => A::P(p16(&p.dk)),
+            KernelParam::DV => A::P(p16(&p.dv)),
+            KernelParam::Rows => A::L(rows),
+            KernelParam::KvOffset(i) => {
+                A::L(*f.kv_offsets.get(*i as usize).ok_or_else(|| {
+                    CudaError::Mismatch("closed-form offsets missing".into())
+                })?)
+            }
+            KernelParam::KvAllPartial => A::I(f.kv_all_partial),
+            KernelParam::Params => A::P(pu(&f.params)),
+            KernelParam::Err => A::P(pu(&f.err)),
+            KernelParam::Tensor(t) => A::P(pu(&f.tensors[*t as usize].0)),
+            KernelParam::TensorDim { tensor, dim } => {
+                A::I(f.tensors[*tensor as usize].1[*dim as usize])
+            }
+            KernelParam::Lq => A::I(sh.lq as i32),
+            KernelParam::Lkv => A::I(sh.lkv as i32),
+            KernelParam::Hq => A::I(sh.hq as i32),
+            KernelParam::Hkv => A::I(sh.hkv as i32),
+            KernelParam::Scale => A::F(f.scale),
+            other => {
+                return Err(CudaError::Mismatch(format!(
+                    "backward kernel parameter {other:?} has no value"
+                )));
+            }
+        });
+    }
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (k.meta.threads, 1, 1),
+        shared_mem_bytes: k.meta.smem_bytes,
+    };
+    let mut b = s.launch_builder(&k.func);
+    for a in &args {
+        match a {
+            A::P(x) => b.arg(x),
+            A::I(x) => b.arg(x),
+            A::L(x) => b.arg(x),
+            A::F(x) => b.arg(x),
+        };
+    }
+    // SAFETY: the argument list follows `meta.params` (the kernel's signature); every
+    // buffer has the size the kernel indexes (lengths checked in `upload`, outputs
+    // allocated for the shape; tensors as the forward's `upload_rest` makes them).
+    unsafe { b.launch(cfg) }?;
+    Ok(())
+}

@@ -1,0 +1,628 @@
+//! GPU backward tests: the three kernels of `backend::llvm::backward` (pre, dK/dV, dQ)
+//! against an f64 reference of the backward formulas (design.md / issue 10:
+//! `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS' = P ∘ (dP − D + dLSE)`, `D = rowsum(dO ∘ O)`,
+//! `dS = dS' ∂score/∂s`, `dQ = scale dS K`, `dK = scale dSᵀ Q`, GQA sums over the group),
+//! computed here from the same rounded inputs (Q, K, V, O, dO in the input type; LSE
+//! from the f64 forward oracle), with mask and score evaluated by the IR interpreter and
+//! `∂score/∂s` by a central difference of the interpreted score (so it does not share
+//! the kernel's derivative IR).
+//!
+//! Covered: every sample program (dense, causal, sliding window, ALiBi + causal, soft-cap
+//! + causal, document + causal, a bias table read with computed indices) on shapes with
+//! odd lengths, Lq != Lkv, GQA, D 32/64/128, bf16 and f16; a mask with fully masked rows
+//! (their dQ must be exactly 0); dLSE; the closed-form kernels run with `KvAllPartial`
+//! (every block partial) too; determinism (two runs bit-identical).
+//!
+//! Tolerance per gradient tensor G (reference R): |G − R| <= a max|R| + r |R| with
+//! (a, r) = (0.02, 0.03) for bf16 and (0.005, 0.01) for f16: P and dS are rounded to the
+//! input type before their products (relative 2^-8 / 2^-11), ex2/tanh are approximate.
+//! NaN never passes.
+//!
+//! `harness = false`: prints `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` per
+//! test and `gpu backward tests: N passed, M failed, K skipped`; the first non-flag
+//! argument filters tests by substring.
+
+mod gpu_util;
+
+use attnc::cuda::CudaDevice;
+use attnc::cuda::backward::{CudaBackward, Grads, emit_backward_kernels};
+use attnc_compiler::analysis::classify::{analyze, closed_form_bounds};
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions, samples};
+use attnc_compiler::interp::{Args, Bindings, eval};
+use attnc_compiler::ir::{
+    Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type, UnOp,
+};
+use attnc_compiler::reference;
+use attnc_compiler::shape::Shape;
+use attnc_grammar::ast::Span;
+use gpu_util::*;
+
+/// `∂score/∂s` of the samples with a score function, by hand (ALiBi and the bias table
+/// add to `s`; soft-capping `cap tanh(s / cap)` gives `1 − tanh(s / cap)²`).
+fn sample_dscore(p: &Program) -> Option<Function> {
+    let score = p.score.as_ref()?;
+    let mut f = Function::new(FnKind::Score);
+    let push = |f: &mut Function, i, t| f.push(i, t, Span::default());
+    if p.name == "softcap_causal" {
+        let inv = score
+            .insts
+            .iter()
+            .find_map(|i| match i {
+                Inst::ConstF32(b) => Some(*b),
+                _ => None,
+            })
+            .expect("softcap constant");
+        let s = push(&mut f, Inst::Arg(Arg::S), Type::F32);
+        let inv = push(&mut f, Inst::ConstF32(inv), Type::F32);
+        let x = push(&mut f, Inst::Binary(BinOp::FMul, s, inv), Type::F32);
+        let t = push(&mut f, Inst::Unary(UnOp::Tanh, x), Type::F32);
+        let t2 = push(&mut f, Inst::Binary(BinOp::FMul, t, t), Type::F32);
+        let one = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
+        f.ret = push(&mut f, Inst::Binary(BinOp::FSub, one, t2), Type::F32);
+    } else {
+        f.ret = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
+    }
+    Some(f)
+}
+
+/// `q >= kv + 5`: rows 0..5 are fully masked (a closed form).
+fn late_start() -> Program {
+    let mut f = Function::new(FnKind::Mask);
+    let push = |f: &mut Function, i, t| f.push(i, t, Span::default());
+    let q = push(&mut f, Inst::Arg(Arg::Q), Type::I32);
+    let kv = push(&mut f, Inst::Arg(Arg::Kv), Type::I32);
+    let five = push(&mut f, Inst::ConstI32(5), Type::I32);
+    let k5 = push(&mut f, Inst::Binary(BinOp::IAdd, kv, five), Type::I32);
+    f.ret = push(&mut f, Inst::Binary(BinOp::ICmp(Cmp::Ge), q, k5), Type::Bool);
+    Program {
+        name: "late_start".into(),
+        span: Span::default(),
+        params: vec![],
+        tensors: vec![],
+        mask: Some(f),
+        score: None,
+    }
+}
+
+/// The f64 reference gradients (f32 out) of the formulas in the header.
+#[allow(clippy::too_many_arguments)]
+fn reference_grads(
+    p: &Program,
+    sh: &Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    dlse: Option<&[f32]>,
+    scale: f32,
+    bind: &Bindings,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (d, dv) = (sh.d, sh.dv);
+    let mut dq = vec![0f64; sh.q_len()];
+    let mut dk = vec![0f64; sh.k_len()];
+    let mut dvv = vec![0f64; sh.v_len()];
+    let mut scratch = Vec::new();
+    let mut score = |args: Args| -> f64 {
+        match &p.score {
+            Some(f) => eval(f, p, args, bind, &mut scratch).unwrap().as_f32() as f64,
+            None => args.s as f64,
+        }
+    };
+    let mut mscratch = Vec::new();
+    for b in 0..sh.b {
+        for h in 0..sh.hq {
+            let hk = sh.kv_head(h);
+            for i in 0..sh.lq {
+                let row = (b * sh.hq + h) * sh.lq + i;
+                let l = lse[row] as f64;
+                if l == f64::NEG_INFINITY {
+                    continue;
+                }
+                let qrow = &q[row * d..][..d];
+                let dorow = &d_o[row * dv..][..dv];
+                let delta: f64 = o[row * dv..][..dv]
+                    .iter()
+                    .zip(dorow)
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum::<f64>()
+                    - dlse.map_or(0.0, |x| x[row] as f64);
+                for j in 0..sh.lkv {
+                    let kr = ((b * sh.hkv + hk) * sh.lkv + j) * d;
+                    let vr = ((b * sh.hkv + hk) * sh.lkv + j) * dv;
+                    let dot: f64 = qrow
+                        .iter()
+                        .zip(&k[kr..kr + d])
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum();
+                    let raw = (scale as f64 * dot) as f32;
+                    let args = Args {
+                        s: raw,
+                        b: b as i32,
+                        h: h as i32,
+                        q: i as i32,
+                        kv: j as i32,
+                    };
+                    if let Some(m) = &p.mask
+                        && !eval(m, p, args, bind, &mut mscratch).unwrap().as_bool()
+                    {
+                        continue;
+                    }
+                    let t = score(args);
+                    let pr = (t - l).exp();
+                    if pr == 0.0 || !t.is_finite() {
+                        continue;
+                    }
+                    let dp: f64 = dorow
+                        .iter()
+                        .zip(&v[vr..vr + dv])
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum();
+                    let fprime = if p.score.is_some() {
+                        let hstep = 1e-2f32 * raw.abs().max(1.0);
+                        let up = score(Args {
+                            s: raw + hstep,
+                            ..args
+                        });
+                        let dn = score(Args {
+                            s: raw - hstep,
+                            ..args
+                        });
+                        (up - dn) / (2.0 * hstep as f64)
+                    } else {
+                        1.0
+                    };
+                    let ds = pr * (dp - delta) * fprime;
+                    for c in 0..d {
+                        dq[row * d + c] += scale as f64 * ds * k[kr + c] as f64;
+                        dk[kr + c] += scale as f64 * ds * qrow[c] as f64;
+                    }
+                    for c in 0..dv {
+                        dvv[vr + c] += pr * dorow[c] as f64;
+                    }
+                }
+            }
+        }
+    }
+    let f = |x: Vec<f64>| x.into_iter().map(|y| y as f32).collect();
+    (f(dq), f(dk), f(dvv))
+}
+
+fn tolerance(ty: InputType) -> (f32, f32) {
+    match ty {
+        InputType::Bf16 => (0.02, 0.03),
+        InputType::F16 => (0.005, 0.01),
+    }
+}
+
+/// Checks one gradient against the reference; panics with the worst element.
+fn compare(what: &str, got: &[u16], want: &[f32], ty: InputType) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (a, r) = tolerance(ty);
+    let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let g = from_bits(*g, ty);
+        let err = (g - w).abs();
+        let lim = a * max + r * w.abs();
+        if !(err <= lim) {
+            panic!("{what}[{i}] = {g}, reference {w} (max |ref| {max}, limit {lim})");
+        }
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    println!(
+        "    {what}: max err {:.3e} at {} (max |ref| {max:.3e})",
+        worst.1, worst.0
+    );
+}
+
+struct Inputs {
+    q: (Vec<u16>, Vec<f32>),
+    k: (Vec<u16>, Vec<f32>),
+    v: (Vec<u16>, Vec<f32>),
+    o: (Vec<u16>, Vec<f32>),
+    lse: Vec<f32>,
+    d_o: (Vec<u16>, Vec<f32>),
+    dlse: Option<Vec<f32>>,
+    bind: Bindings,
+    scale: f32,
+}
+
+fn inputs(p: &Program, sh: &Shape, ty: InputType, seed: u64, with_dlse: bool) -> Inputs {
+    let mut r = rng(seed);
+    let q = random_input(&mut r, sh.q_len(), 1.0, ty);
+    let k = random_input(&mut r, sh.k_len(), 1.0, ty);
+    let v = random_input(&mut r, sh.v_len(), 1.0, ty);
+    let d_o = random_input(&mut r, sh.o_len(), 1.0, ty);
+    let bind = bindings(p, sh, &mut r, 37, 4);
+    let scale = 1.0 / (sh.d as f32).sqrt();
+    let fwd = reference::attention(p, sh, &q.1, &k.1, &v.1, scale, &bind).unwrap();
+    let o_bits: Vec<u16> = fwd.o.iter().map(|x| to_bits(*x, ty)).collect();
+    let o_vals = o_bits.iter().map(|b| from_bits(*b, ty)).collect();
+    let dlse = with_dlse.then(|| {
+        use rand::Rng;
+        (0..sh.lse_len())
+            .map(|_| r.random_range(-0.5f32..0.5))
+            .collect()
+    });
+    Inputs {
+        q,
+        k,
+        v,
+        o: (o_bits, o_vals),
+        lse: fwd.lse,
+        d_o,
+        dlse,
+        bind,
+        scale,
+    }
+}
+
+/// The closed form's bounds of this launch, as the runtime computes them.
+fn launch_bounds(p: &Program, sh: &Shape, x: &Inputs) -> Option<Vec<Bound>> {
+    let cf = analyze(p).closed_form?;
+    closed_form_bounds(p, &cf, sh, &x.bind).unwrap()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    dev: &CudaDevice,
+    bw: &CudaBackward,
+    sh: &Shape,
+    x: &Inputs,
+    bounds: Option<&[Bound]>,
+) -> Grads {
+    bw.backward_host(
+        dev,
+        sh,
+        (&x.q.0, &x.k.0, &x.v.0, &x.o.0),
+        &x.lse,
+        &x.d_o.0,
+        x.dlse.as_deref(),
+        x.scale,
+        &x.bind,
+        bounds,
+    )
+    .unwrap_or_else(|e| panic!("backward: {e}"))
+}
+
+fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
+    let opts = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, ty);
+    let ds = sample_dscore(p);
+    let ks = emit_backward_kernels(p, ds.as_ref(), &opts).unwrap();
+    dump(&ks);
+    let bw = CudaBackward::load(dev, &ks).unwrap();
+    let x = inputs(p, &sh, ty, seed, dlse);
+    let want = reference_grads(
+        p,
+        &sh,
+        &x.q.1,
+        &x.k.1,
+        &x.v.1,
+        &x.o.1,
+        &x.lse,
+        &x.d_o.1,
+        x.dlse.as_deref(),
+        x.scale,
+        &x.bind,
+    );
+    let closed = matches!(ks[1].kv_bounds, KvBounds::ClosedForm(_));
+    let bounds = if closed {
+        launch_bounds(p, &sh, &x)
+    } else {
+        None
+    };
+    let mut passes: Vec<(&str, Option<&[Bound]>)> = vec![("", bounds.as_deref())];
+    if closed && p.mask.is_some() {
+        // every block partial (`KvAllPartial`): the same gradients
+        passes.push((" all-partial", None));
+    }
+    for (tag, b) in passes {
+        println!(
+            "  {} {:?} {}{tag} ({})",
+            p.name,
+            sh,
+            ty.name(),
+            ks[1].kv_bounds.name()
+        );
+        let g = run(dev, &bw, &sh, &x, b);
+        compare("dq", &g.dq, &want.0, ty);
+        compare("dk", &g.dk, &want.1, ty);
+        compare("dv", &g.dv, &want.2, ty);
+    }
+}
+
+fn dump(ks: &[attnc_compiler::backend::llvm::PtxKernel; 3]) {
+    if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
+        let _ = std::fs::create_dir_all(&dir);
+        for k in ks {
+            let _ = std::fs::write(format!("{dir}/{}.ptx", k.entry), &k.ptx);
+        }
+    }
+}
+
+fn shape(b: usize, hq: usize, hkv: usize, lq: usize, lkv: usize, d: usize) -> Shape {
+    Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    }
+}
+
+fn gpu_backward_samples_match_reference(dev: &CudaDevice) {
+    let cases = [
+        (shape(2, 4, 2, 77, 131, 128), InputType::Bf16),
+        (shape(1, 4, 1, 200, 63, 64), InputType::F16),
+        (shape(1, 2, 2, 129, 129, 64), InputType::Bf16),
+        (shape(1, 2, 1, 70, 70, 32), InputType::F16),
+    ];
+    for (i, (sh, ty)) in cases.iter().enumerate() {
+        for p in samples::all(sh.hq as i32) {
+            if p.name == "document_causal" && sh.lq != sh.lkv {
+                continue;
+            }
+            check_case(dev, &p, *sh, *ty, 100 + i as u64, false);
+        }
+    }
+}
+
+fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
+    let p = late_start();
+    let sh = shape(1, 2, 1, 67, 40, 64);
+    check_case(dev, &p, sh, InputType::Bf16, 7, false);
+    // the masked rows' dQ is exactly zero
+    let opts = PtxOptions::backward(dev.arch(), 64, 64, InputType::Bf16);
+    let ks = emit_backward_kernels(&p, None, &opts).unwrap();
+    let bw = CudaBackward::load(dev, &ks).unwrap();
+    let x = inputs(&p, &sh, InputType::Bf16, 7, false);
+    let g = run(dev, &bw, &sh, &x, launch_bounds(&p, &sh, &x).as_deref());
+    for h in 0..2 {
+        for q in 0..5 {
+            let row = &g.dq[(h * sh.lq + q) * 64..][..64];
+            assert!(row.iter().all(|b| *b == 0), "masked row {q} of head {h}: dq {row:?}");
+        }
+    }
+}
+
+fn gpu_backward_dlse(dev: &CudaDevice) {
+    check_case(
+        dev,
+        &samples::causal(),
+        shape(1, 2, 1, 90, 90, 64),
+        InputType::F16,
+        11,
+        true,
+    );
+    check_case(
+        dev,
+        &samples::softcap_causal(),
+        shape(1, 2, 2, 90, 90, 128),
+        InputType::Bf16,
+        12,
+        true,
+    );
+}
+
+fn gpu_backward_is_deterministic(dev: &CudaDevice) {
+    for p in [samples::document_causal(), samples::alibi_causal(4)] {
+        let sh = shape(2, 4, 1, 300, 300, 128);
+        let ty = InputType::Bf16;
+        let opts = PtxOptions::backward(dev.arch(), 128, 128, ty);
+        let ds = sample_dscore(&p);
+        let ks = emit_backward_kernels(&p, ds.as_ref(), &opts).unwrap();
+        let bw = CudaBackward::load(dev, &ks).unwrap();
+        let x = inputs(&p, &sh, ty, 5, false);
+        let b = launch_bounds(&p, &sh, &x);
+        let first = run(dev, &bw, &sh, &x, b.as_deref());
+        for _ in 0..3 {
+            let again = run(dev, &bw, &sh, &x, b.as_deref());
+            assert!(again == first, "{}: gradients differ between runs", p.name);
+        }
+    }
+}
+
+/// Backward benchmark (run by name only: `gpu_backward bench`): bf16, B2 H16 L8192 D128
+/// and B4 H16 L4096 D64, the six benchmark variants; device time of the three kernels
+/// (CUDA events, median), backward TFLOP/s = 2.5 · 4·B·H·Lq·Lkv·D·density / time with the
+/// exact density of the mask. O and dO are random and LSE = ln(Lkv) (the kernels' work
+/// does not depend on the values). Writes `$OUT/attnc_bwd_bench.json`.
+fn gpu_backward_bench(dev: &CudaDevice) {
+    use attnc_compiler::interp::{BoundTensor, TensorData};
+    use attnc_compiler::ir::Scalar;
+    use rand::Rng;
+    let only = std::env::var("ATTNC_BWD_BENCH_ONLY").ok();
+    let mut json = String::from("{\n");
+    for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
+        let sh = shape(b, h, h, l, l, d);
+        let ty = InputType::Bf16;
+        let mut r = rng(42);
+        let (q, _) = random_input(&mut r, sh.q_len(), 1.0, ty);
+        let (k, _) = random_input(&mut r, sh.k_len(), 1.0, ty);
+        let (v, _) = random_input(&mut r, sh.v_len(), 1.0, ty);
+        let (o, _) = random_input(&mut r, sh.o_len(), 0.3, ty);
+        let (d_o, _) = random_input(&mut r, sh.o_len(), 1.0, ty);
+        let lse = vec![(l as f32).ln(); sh.lse_len()];
+        let docs: Vec<i32> = (0..b)
+            .flat_map(|_| {
+                let mut ids: Vec<i32> = (0..l).map(|_| r.random_range(0..8)).collect();
+                ids.sort();
+                ids
+            })
+            .collect();
+        let variants: Vec<(&str, Program)> = vec![
+            ("full", samples::dense()),
+            ("causal", samples::causal()),
+            ("sliding1024", samples::sliding()),
+            ("alibi_causal", samples::alibi_causal(h as i32)),
+            ("softcap_causal", samples::softcap_causal()),
+            ("doc_causal", samples::document_causal()),
+        ];
+        for (name, p) in variants {
+            if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
+                continue;
+            }
+            let mut bind = Bindings::default();
+            // unmasked pairs of one (b, h) slice, summed over b
+            let pairs: f64 = match name {
+                "full" => (b * l * l) as f64,
+                "sliding1024" => {
+                    bind.params.push(Scalar::I32(1024));
+                    b as f64 * (0..l).map(|q| (q + 1).min(1024) as f64).sum::<f64>()
+                }
+                "doc_causal" => {
+                    bind.tensors.push(BoundTensor {
+                        dims: vec![b, l],
+                        data: TensorData::I32(docs.clone()),
+                    });
+                    let mut n = 0f64;
+                    for bb in 0..b {
+                        let row = &docs[bb * l..][..l];
+                        let mut start = 0;
+                        for i in 1..=l {
+                            if i == l || row[i] != row[start] {
+                                let m = (i - start) as f64;
+                                n += m * (m + 1.0) / 2.0;
+                                start = i;
+                            }
+                        }
+                    }
+                    n
+                }
+                _ => b as f64 * (l * (l + 1) / 2) as f64,
+            };
+            let opts = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty);
+            let ds = sample_dscore(&p);
+            let ks = match emit_backward_kernels(&p, ds.as_ref(), &opts) {
+                Ok(k) => k,
+                Err(e) => {
+                    println!("{name} D{d}: {e}");
+                    continue;
+                }
+            };
+            dump(&ks);
+            let bw = CudaBackward::load(dev, &ks).unwrap();
+            let bounds = match &ks[1].kv_bounds {
+                KvBounds::ClosedForm(cf) => closed_form_bounds(&p, cf, &sh, &bind).unwrap(),
+                KvBounds::Table => None,
+            };
+            let prob = bw
+                .upload(
+                    dev,
+                    &sh,
+                    (&q, &k, &v, &o),
+                    &lse,
+                    &d_o,
+                    None,
+                    sh.default_scale(),
+                    &bind,
+                    bounds.as_deref(),
+                )
+                .unwrap();
+            let ms = bw.time(dev, &prob, 2, 5, 3).unwrap();
+            let tf = 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
+            let key = format!("attnc_bwd/{name}/B{b}H{h}S{l}D{d}");
+            println!(
+                "{key}: {ms:.3} ms {tf:.1} TFLOP/s (density {:.3}, {})",
+                pairs / (b * l * l) as f64,
+                ks[1].kv_bounds.name()
+            );
+            json.push_str(&format!(
+                "\"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}}},\n"
+            ));
+        }
+    }
+    json.push_str(&format!("\"device\": \"{}\"\n}}\n", dev.name()));
+    let out = std::env::var("OUT").unwrap_or_else(|_| ".".into());
+    let _ = std::fs::write(format!("{out}/attnc_bwd_bench.json"), json);
+}
+
+type TestFn = fn(&CudaDevice);
+
+const TESTS: &[(&str, TestFn)] = &[
+    (
+        "gpu_backward_samples_match_reference",
+        gpu_backward_samples_match_reference,
+    ),
+    ("gpu_backward_fully_masked_rows", gpu_backward_fully_masked_rows),
+    ("gpu_backward_dlse", gpu_backward_dlse),
+    ("gpu_backward_is_deterministic", gpu_backward_is_deterministic),
+];
+
+/// Run only when the filter names them (`gpu_backward bench`).
+const BENCHES: &[(&str, TestFn)] = &[("gpu_backward_bench", gpu_backward_bench)];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filter: Option<String> = None;
+    let mut list = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--list" {
+            list = true;
+        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
+            i += 1;
+        } else if !a.starts_with('-') && filter.is_none() {
+            filter = Some(a.clone());
+        }
+        i += 1;
+    }
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .chain(
+            BENCHES
+                .iter()
+                .filter(|(n, _)| filter.as_deref().is_some_and(|f| n.contains(f))),
+        )
+        .collect();
+    if list {
+        for (n, _) in &selected {
+            println!("{n}: test");
+        }
+        return;
+    }
+    println!("\nrunning {} gpu backward tests", selected.len());
+    let dev = device_or_skip("gpu backward tests");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for (name, f) in &selected {
+        let Some(d) = &dev else {
+            println!("test {name} ... SKIPPED (no CUDA device)");
+            skipped += 1;
+            continue;
+        };
+        println!("test {name} ...");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d))) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("test {name} ... FAILED");
+                failures.push(format!("{name}: {msg}"));
+                failed += 1;
+            }
+        }
+    }
+    for f in &failures {
+        println!("---- {f}");
+    }
+    println!("gpu backward tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
