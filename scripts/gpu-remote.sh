@@ -3,7 +3,8 @@
 # compute-sanitizer memcheck + racecheck on small kernels, the attnc benchmark, PyTorch
 # FlexAttention/SDPA/cuDNN in the same run, and a side-by-side table. Logs go to $OUT.
 #   ATTNC_QUICK=1   tests + dense/causal bench only, no sanitizers, no torch
-#   ATTNC_SKIP=tests,sanitizer,bench,torch   skip steps
+#   ATTNC_SKIP=tests,sanitizer,bench,torch,backward   skip steps (backward: the GPU
+#                backward's tests, sanitizers, benchmark and torch backward anchors)
 set -uo pipefail
 OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)   # the packed folder (.bin, or ATTNC_BIN_DIR)
@@ -19,6 +20,18 @@ if has tests; then
   echo "== GPU tests (vs oracle) =="
   timeout 300 "$bin/gpu" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\s+ok " ; s=${PIPESTATUS[0]}
   [ "$s" = 0 ] || status=1
+fi
+if has tests && has backward; then
+  echo "== GPU backward tests (vs f64 reference) =="
+  timeout 300 "$bin/gpu_backward" 2>&1 | tee "$OUT/backward_tests.log" | grep -Ev "^\s+(dq|dk|dv):" ; s=${PIPESTATUS[0]}
+  [ "$s" = 0 ] || status=1
+fi
+if has sanitizer && has backward; then
+  echo "== compute-sanitizer on the backward kernels =="
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_fully_masked_rows 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_dlse 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_fully_masked_rows 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_dlse 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if has sanitizer; then
   echo "== compute-sanitizer memcheck =="
@@ -36,6 +49,14 @@ if has bench; then
   timeout 400 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 --exact gpu_bench 2>&1 | tee "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
   echo "== block table built on the GPU vs host (document + causal) =="
   timeout 200 "$bin/gpu_bench" --ignored --nocapture --test-threads=1 --exact gpu_bench_block_table 2>&1 | tee -a "$OUT/bench.log" | grep -Ev "^(running|test result|$)"
+fi
+if has bench && has backward; then
+  echo "== attnc backward benchmark =="
+  timeout 300 "$bin/gpu_backward" bench 2>&1 | tee "$OUT/backward_bench.log" | grep -E "attnc_bwd|D[0-9]+:|FAILED|----"
+fi
+if has torch && has backward; then
+  echo "== PyTorch FlexAttention / SDPA backward anchors (same run) =="
+  PYTHONUNBUFFERED=1 timeout 400 python3 "$here/gpu_bench_torch_bwd.py" "$OUT/attnc_bwd_bench.json" 2>&1 | grep -v Warning | tee "$OUT/torch_bwd.log"
 fi
 if has ptxas && [ -d "$OUT/ptx" ]; then
   echo "== ptxas resource usage =="

@@ -19,21 +19,16 @@ use attnc_compiler::backend::llvm::backward::{
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::ir::{Function, Program};
+use attnc_compiler::ir::Program;
 use attnc_compiler::shape::Shape;
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
-/// Generates the pre, dK/dV and dQ kernels of `p` (`dscore`: `∂score/∂s`, required
-/// when `p` has a score function).
-pub fn emit_backward_kernels(
-    p: &Program,
-    dscore: Option<&Function>,
-    opts: &PtxOptions,
-) -> Result<[PtxKernel; 3], LlvmError> {
+/// Generates the pre, dK/dV and dQ kernels of `p`.
+pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
     Ok([
-        emit_backward(p, dscore, opts, BackwardKind::Pre)?,
-        emit_backward(p, dscore, opts, BackwardKind::DkDv)?,
-        emit_backward(p, dscore, opts, BackwardKind::Dq)?,
+        emit_backward(p, opts, BackwardKind::Pre)?,
+        emit_backward(p, opts, BackwardKind::DkDv)?,
+        emit_backward(p, opts, BackwardKind::Dq)?,
     ])
 }
 
@@ -338,4 +333,61 @@ fn launch_one(
     // allocated for the shape; tensors as the forward's `upload_rest` makes them).
     unsafe { b.launch(cfg) }?;
     Ok(())
+}
+
+/// Loaded backward kernels per (program, options), in memory: what an API call uses, so
+/// that a program's kernels are generated and loaded once per process.
+#[derive(Default)]
+pub struct BackwardJit {
+    mem: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<CudaBackward>>>,
+}
+
+impl BackwardJit {
+    /// The kernels of `p` for `opts`, generated and loaded on first use. A program whose
+    /// score reads captured tensors or f32 params differentiably is refused with the
+    /// reason (the kernels do not compute capture gradients).
+    pub fn get(
+        &self,
+        dev: &CudaDevice,
+        p: &Program,
+        opts: &PtxOptions,
+    ) -> Result<std::sync::Arc<CudaBackward>, CudaError> {
+        if let Some(why) = attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p) {
+            return Err(CudaError::Codegen(LlvmError::Unsupported(why)));
+        }
+        let key = format!(
+            "{}\n{}\n{}",
+            p.name,
+            attnc_compiler::ir::write_program(p),
+            opts.key()
+        );
+        let mut mem = self
+            .mem
+            .lock()
+            .map_err(|_| CudaError::Mismatch("backward JIT cache poisoned".into()))?;
+        if let Some(k) = mem.get(&key) {
+            return Ok(k.clone());
+        }
+        let k = std::sync::Arc::new(CudaBackward::load(dev, &emit_backward_kernels(p, opts)?)?);
+        mem.insert(key, k.clone());
+        Ok(k)
+    }
+}
+
+/// The closed-form bounds of one launch of `kernels` (`None`: the kernels visit every
+/// block as partial, either because they have no closed form or because the mask's i32
+/// arithmetic may wrap for this launch).
+pub fn launch_bounds(
+    kernels: &CudaBackward,
+    p: &Program,
+    shape: &Shape,
+    bind: &Bindings,
+) -> Result<Option<Vec<Bound>>, CudaError> {
+    match &kernels.dkdv.meta.kv_bounds {
+        KvBounds::ClosedForm(cf) => {
+            attnc_compiler::analysis::classify::closed_form_bounds(p, cf, shape, bind)
+                .map_err(|e| CudaError::Mismatch(e.to_string()))
+        }
+        KvBounds::Table => Ok(None),
+    }
 }

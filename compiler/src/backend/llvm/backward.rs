@@ -1,9 +1,9 @@
 //! The GPU backward pass: three kernels per attention, FlashAttention-2 structure,
 //! deterministic (no float atomics; every output element is written by one thread once).
 //!
-//! In: a verified [`Program`], the derivative of its score with respect to `s`
-//! (`dscore`: an IR function of the same arguments returning `∂score/∂s`; `None` for a
-//! program without a score function, whose score is the identity), [`PtxOptions`] (arch,
+//! In: a verified [`Program`] (its score's derivative `∂score/∂s` comes from the
+//! derivative pass, `grad::differentiate`, lowered with the forward's expression lowering
+//! `expr.rs`), [`PtxOptions`] (arch,
 //! head dims, input type, `q_block` = Br rows of Q per tile, `kv_block` = Bc rows of K/V
 //! per tile, checked mode; the mma.sync path) and the [`BackwardKind`].
 //! Out: a [`PtxKernel`] (PTX, entry, threads, shared memory, parameter order).
@@ -33,6 +33,10 @@
 //! accumulators of P and dS become A fragments in registers, as P does in the forward.
 //! Full blocks skip the mask and the bounds checks; partial blocks (and the blocks at the
 //! end of either sequence) evaluate the mask at every element.
+//!
+//! Gradients of captured tensors and f32 params read by the score are not computed here:
+//! [`capture_grads_unsupported`] says when a program needs them (the runtime refuses its
+//! GPU backward with that message).
 //!
 //! Masks without a closed form ([`KvBounds::Table`]) are visited over every block, all
 //! partial (correct for any mask, O(Lq Lkv) mask evaluations); reading the block table
@@ -164,28 +168,64 @@ pub fn backward_layout(
     })
 }
 
-/// Generates one backward kernel of `p` (PTX and LLVM IR text). `dscore` is `∂score/∂s`
-/// (required when the program has a score function).
+/// Why the GPU backward cannot serve `p` (`None` when it can): its score reads captured
+/// f32 tensors or f32 params differentiably, whose gradients these kernels do not
+/// compute yet.
+pub fn capture_grads_unsupported(p: &Program) -> Option<String> {
+    p.score.as_ref()?;
+    let sg = crate::grad::differentiate(p);
+    let mut names: Vec<String> = sg
+        .reads
+        .iter()
+        .map(|r| p.tensors[r.tensor.0 as usize].name.clone())
+        .chain(sg.params.iter().map(|x| p.params[x.param.0 as usize].name.clone()))
+        .collect();
+    names.dedup();
+    (!names.is_empty()).then(|| {
+        format!(
+            "the CUDA backward does not compute gradients of captured tensors or f32 params yet (`{}` reads {} differentiably); use the CPU backend",
+            p.name,
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// The score and its derivative `∂score/∂s` as two functions of the element's arguments
+/// (from `grad::differentiate`: one CSE'd instruction list, so LLVM shares their common
+/// part); `None` for a program without a score function (identity score).
+fn score_and_derivative(p: &Program) -> Option<(Function, Function)> {
+    p.score.as_ref()?;
+    let sg = crate::grad::differentiate(p);
+    let score = Function {
+        ret: sg.score,
+        ..sg.func.clone()
+    };
+    let d_s = Function {
+        ret: sg.d_s,
+        ..sg.func
+    };
+    Some((score, d_s))
+}
+
+/// Generates one backward kernel of `p` (PTX and LLVM IR text).
 pub fn emit_backward(
     p: &Program,
-    dscore: Option<&Function>,
     opts: &PtxOptions,
     kind: BackwardKind,
 ) -> Result<PtxKernel, LlvmError> {
     let mut k = backward_layout(p, opts, kind)?;
-    if p.score.is_some() && dscore.is_none() && kind != BackwardKind::Pre {
-        return Err(LlvmError::Unsupported(format!(
-            "`{}` has a score function: its GPU backward needs the score's derivative",
-            p.name
-        )));
-    }
+    let sd = score_and_derivative(p);
     let (ptx, llvm_ir, _) = super::generate(
         p,
         opts,
         &k.entry,
         PASSES,
         super::EmitText::PtxAndLlvm,
-        |ctx, module| build(ctx, module, p, dscore, opts, &k, kind),
+        |ctx, module| build(ctx, module, p, sd.as_ref(), opts, &k, kind),
     )?;
     k.ptx = ptx;
     k.llvm_ir = llvm_ir;
@@ -302,7 +342,7 @@ fn build<'ctx>(
     ctx: &'ctx Context,
     module: Module<'ctx>,
     p: &Program,
-    dscore: Option<&Function>,
+    sd: Option<&(Function, Function)>,
     opts: &PtxOptions,
     k: &PtxKernel,
     kind: BackwardKind,
@@ -360,8 +400,8 @@ fn build<'ctx>(
     };
     match kind {
         BackwardKind::Pre => pre_body(&g, opts, &args)?,
-        BackwardKind::DkDv => dkdv_body(&g, p, dscore, opts, &k.kv_bounds, &args)?,
-        BackwardKind::Dq => dq_body(&g, p, dscore, opts, &k.kv_bounds, &args)?,
+        BackwardKind::DkDv => dkdv_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
+        BackwardKind::Dq => dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
     }
     g.ab.build_unconditional_branch(start)?;
     Ok(g.module)
@@ -671,7 +711,8 @@ fn slice_base<'ctx>(
 /// The per-element inputs of [`grad_scores`].
 struct ElemCtx<'a, 'ctx> {
     p: &'a Program,
-    dscore: Option<&'a Function>,
+    /// The score and `∂score/∂s` (none: the identity score).
+    sd: Option<&'a (Function, Function)>,
     env: &'a Env<'ctx>,
     scale: FloatValue<'ctx>,
     b: IntValue<'ctx>,
@@ -747,18 +788,15 @@ fn grad_scores<'ctx>(
                     ..el
                 };
                 // t log2 e - L2
-                let (logit, dprime) = match (&e.p.score, e.dscore) {
-                    (Some(f), Some(df)) => (
+                let (logit, dprime) = match e.sd {
+                    Some((f, df)) => (
                         g.fsub(
                             g.fmul(emit_function(g, e.env, f, el)?.into_float_value(), g.cf(LOG2E))?,
                             l2,
                         )?,
                         Some(emit_function(g, e.env, df, el)?.into_float_value()),
                     ),
-                    (None, _) => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
-                    (Some(_), None) => {
-                        return Err(LlvmError::Internal("score derivative missing"));
-                    }
+                    None => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
                 };
                 let logit = match keep {
                     Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY))?,
@@ -878,7 +916,7 @@ fn blocks<'ctx>(
 fn dkdv_body<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
-    dscore: Option<&Function>,
+    sd: Option<&(Function, Function)>,
     opts: &PtxOptions,
     kvb: &KvBounds,
     a: &Args<'_, 'ctx>,
@@ -1003,7 +1041,7 @@ fn dkdv_body<'ctx>(
     }
     let ec = ElemCtx {
         p,
-        dscore,
+        sd,
         env: &c.env,
         scale: c.scale,
         b: c.b,
@@ -1063,7 +1101,7 @@ fn dkdv_body<'ctx>(
 fn dq_body<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
-    dscore: Option<&Function>,
+    sd: Option<&(Function, Function)>,
     opts: &PtxOptions,
     kvb: &KvBounds,
     a: &Args<'_, 'ctx>,
@@ -1195,7 +1233,7 @@ fn dq_body<'ctx>(
     let col = g.add(kv0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
     let ec = ElemCtx {
         p,
-        dscore,
+        sd,
         env: &c.env,
         scale: c.scale,
         b: c.b,
@@ -1241,44 +1279,11 @@ fn dq_body<'ctx>(
 mod tests {
     use super::*;
     use crate::backend::llvm::{Arch, samples};
-    use crate::ir::{Arg, BinOp, FnKind, Inst, Type, UnOp};
-    use attnc_grammar::ast::Span;
-
-    /// `∂score/∂s` of the samples with a score function, written by hand (the derivative
-    /// pass replaces these): ALiBi and the bias table add to `s` (1), soft-capping
-    /// `cap tanh(s / cap)` gives `1 - tanh(s / cap)^2`.
-    pub(crate) fn sample_dscore(p: &Program) -> Option<Function> {
-        let score = p.score.as_ref()?;
-        let mut f = Function::new(FnKind::Score);
-        let push = |f: &mut Function, i, t| f.push(i, t, Span::default());
-        if p.name == "softcap_causal" {
-            // the sample computes cap * tanh(s * (1 / cap)): reuse its constants
-            let consts: Vec<u32> = score
-                .insts
-                .iter()
-                .filter_map(|i| match i {
-                    Inst::ConstF32(b) => Some(*b),
-                    _ => None,
-                })
-                .collect();
-            let s = push(&mut f, Inst::Arg(Arg::S), Type::F32);
-            let inv = push(&mut f, Inst::ConstF32(consts[0]), Type::F32);
-            let x = push(&mut f, Inst::Binary(BinOp::FMul, s, inv), Type::F32);
-            let t = push(&mut f, Inst::Unary(UnOp::Tanh, x), Type::F32);
-            let t2 = push(&mut f, Inst::Binary(BinOp::FMul, t, t), Type::F32);
-            let one = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
-            f.ret = push(&mut f, Inst::Binary(BinOp::FSub, one, t2), Type::F32);
-        } else {
-            f.ret = push(&mut f, Inst::ConstF32(1f32.to_bits()), Type::F32);
-        }
-        Some(f)
-    }
 
     #[test]
     fn every_sample_emits_three_kernels() {
         let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
         for p in samples::all(8) {
-            let ds = sample_dscore(&p);
             for (d, ty) in [
                 (64, InputType::Bf16),
                 (128, InputType::Bf16),
@@ -1287,7 +1292,7 @@ mod tests {
             ] {
                 let o = PtxOptions::backward(Arch::Sm80, d, d, ty);
                 for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
-                    let k = emit_backward(&p, ds.as_ref(), &o, kind)
+                    let k = emit_backward(&p, &o, kind)
                         .unwrap_or_else(|e| panic!("{} {kind:?} D{d}: {e}", p.name));
                     assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
                     assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
@@ -1304,12 +1309,14 @@ mod tests {
     }
 
     #[test]
-    fn a_score_without_its_derivative_is_an_error() {
+    fn unsupported_configurations_are_errors() {
         let p = samples::softcap_causal();
-        let o = PtxOptions::backward(Arch::Sm80, 64, 64, InputType::Bf16);
-        let e = emit_backward(&p, None, &o, BackwardKind::Dq).unwrap_err();
-        assert!(e.to_string().contains("derivative"), "{e}");
         let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
-        assert!(emit_backward(&p, None, &o, BackwardKind::Pre).is_err());
+        assert!(emit_backward(&p, &o, BackwardKind::Pre).is_err());
+        // a learned bias table needs its gradient: refused with the tensor's name
+        let msg = capture_grads_unsupported(&samples::bias_table()).unwrap();
+        assert!(msg.contains("`bias`"), "{msg}");
+        assert!(capture_grads_unsupported(&samples::alibi_causal(8)).is_none());
+        assert!(capture_grads_unsupported(&samples::document_causal()).is_none());
     }
 }
