@@ -594,7 +594,7 @@ fn main() {
     for f in &failures {
         println!("---- {f}");
     }
-    println!("gpu backward tests: {passed} passed, {failed} failed, {skipped} skipped");
+    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped (backward)");
     if failed > 0 {
         std::process::exit(1);
     }
