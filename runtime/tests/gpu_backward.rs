@@ -25,9 +25,7 @@
 mod gpu_util;
 
 use attnc::cuda::CudaDevice;
-use attnc::cuda::backward::{CudaBackward, Grads, emit_backward_kernels, launch_bounds};
-use attnc_compiler::analysis::classify::closed_form_bounds;
-use attnc_compiler::analysis::linear::Bound;
+use attnc::cuda::backward::{BwdBlocks, CudaBackward, Grads, LaunchBlocks, emit_backward_kernels};
 use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions, samples};
 use attnc_compiler::interp::{Args, Bindings, eval};
 use attnc_compiler::ir::{
@@ -234,9 +232,9 @@ fn inputs(p: &Program, sh: &Shape, ty: InputType, seed: u64, with_dlse: bool) ->
     }
 }
 
-/// The closed form's bounds of this launch, as the runtime computes them.
-fn bounds_of(bw: &CudaBackward, p: &Program, sh: &Shape, x: &Inputs) -> Option<Vec<Bound>> {
-    launch_bounds(bw, p, sh, &x.bind).unwrap()
+/// What this launch is told about its blocks, as the runtime makes it.
+fn blocks_of(bw: &CudaBackward, p: &Program, sh: &Shape, x: &Inputs) -> LaunchBlocks {
+    LaunchBlocks::new(bw, p, sh, &x.bind).unwrap()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -245,7 +243,7 @@ fn run(
     bw: &CudaBackward,
     sh: &Shape,
     x: &Inputs,
-    bounds: Option<&[Bound]>,
+    blocks: BwdBlocks,
 ) -> Grads {
     bw.backward_host(
         dev,
@@ -256,7 +254,7 @@ fn run(
         x.dlse.as_deref(),
         x.scale,
         &x.bind,
-        bounds,
+        blocks,
     )
     .unwrap_or_else(|e| panic!("backward: {e}"))
 }
@@ -281,11 +279,11 @@ fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64
         &x.bind,
     );
     let closed = matches!(ks[1].kv_bounds, KvBounds::ClosedForm(_));
-    let bounds = bounds_of(&bw, p, &sh, &x);
-    let mut passes: Vec<(&str, Option<&[Bound]>)> = vec![("", bounds.as_deref())];
+    let blocks = blocks_of(&bw, p, &sh, &x);
+    let mut passes: Vec<(&str, BwdBlocks)> = vec![("", blocks.as_blocks())];
     if closed && p.mask.is_some() {
         // every block partial (`KvAllPartial`): the same gradients
-        passes.push((" all-partial", None));
+        passes.push((" all-partial", BwdBlocks::ClosedForm(None)));
     }
     for (tag, b) in passes {
         println!(
@@ -355,7 +353,7 @@ fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
     let ks = emit_backward_kernels(&p, &opts).unwrap();
     let bw = CudaBackward::load(dev, &ks).unwrap();
     let x = inputs(&p, &sh, InputType::Bf16, 7, false);
-    let g = run(dev, &bw, &sh, &x, bounds_of(&bw, &p, &sh, &x).as_deref());
+    let g = run(dev, &bw, &sh, &x, blocks_of(&bw, &p, &sh, &x).as_blocks());
     for h in 0..2 {
         for q in 0..5 {
             let row = &g.dq[(h * sh.lq + q) * 64..][..64];
@@ -394,10 +392,10 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         let ks = emit_backward_kernels(&p, &opts).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(&p, &sh, ty, 5, false);
-        let b = bounds_of(&bw, &p, &sh, &x);
-        let first = run(dev, &bw, &sh, &x, b.as_deref());
+        let b = blocks_of(&bw, &p, &sh, &x);
+        let first = run(dev, &bw, &sh, &x, b.as_blocks());
         for _ in 0..3 {
-            let again = run(dev, &bw, &sh, &x, b.as_deref());
+            let again = run(dev, &bw, &sh, &x, b.as_blocks());
             assert!(again == first, "{}: gradients differ between runs", p.name);
         }
     }
@@ -482,10 +480,7 @@ fn gpu_backward_bench(dev: &CudaDevice) {
             };
             dump(&ks);
             let bw = CudaBackward::load(dev, &ks).unwrap();
-            let bounds = match &ks[1].kv_bounds {
-                KvBounds::ClosedForm(cf) => closed_form_bounds(&p, cf, &sh, &bind).unwrap(),
-                KvBounds::Table => None,
-            };
+            let blocks = LaunchBlocks::new(&bw, &p, &sh, &bind).unwrap();
             let prob = bw
                 .upload(
                     dev,
@@ -496,7 +491,7 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                     None,
                     sh.default_scale(),
                     &bind,
-                    bounds.as_deref(),
+                    blocks.as_blocks(),
                 )
                 .unwrap();
             let ms = bw.time(dev, &prob, 2, 5, 3).unwrap();

@@ -3,15 +3,18 @@
 //!
 //! In: the three [`PtxKernel`]s ([`emit_backward_kernels`]), a [`Shape`], Q/K/V/O/dO as
 //! 16-bit bit patterns of the kernels' input type, LSE (f32, natural log, as the forward
-//! writes it), an optional dLSE, the scale, [`Bindings`] and the closed form's bounds of
-//! this launch (kernels whose mask has a closed form; `None` when it cannot be trusted
-//! for the launch: every block is then visited as partial).
+//! writes it), an optional dLSE, the scale, [`Bindings`] and the launch's blocks
+//! ([`BwdBlocks`]): the closed form's bounds (kernels whose mask has a closed form;
+//! `None` when it cannot be trusted for the launch: every block is then visited as
+//! partial), or the block maps of the kernels' Br x Bc tiles, from which the host makes
+//! the per-row ranges the kernels read ([`q_ranges`], and the transposed [`kv_ranges`]).
 //! Out: dQ, dK, dV (16-bit, the input type), or a [`CudaError`].
 //!
 //! Deterministic: no kernel uses atomics on floats; every output element is summed by
 //! one thread in a fixed order, so the same inputs give bit-identical gradients.
 
 use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, KvLaunch, time_events};
+use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::llvm::backward::{
     BackwardKind, emit_backward, pre_rows_per_cta,
@@ -50,6 +53,112 @@ pub struct BackwardProblem {
     pub dq: CudaSlice<u16>,
     pub dk: CudaSlice<u16>,
     pub dv: CudaSlice<u16>,
+    /// Table kernels: the (dK/dV, dQ) ranges with their (b, head) map strides.
+    ranges: Option<[(CudaSlice<i32>, (i32, i32)); 2]>,
+}
+
+/// What a backward launch is told about its blocks (must match the kernels'
+/// `kv_bounds`).
+#[derive(Clone, Copy, Debug)]
+pub enum BwdBlocks<'a> {
+    /// Closed-form kernels: this launch's bounds, or `None` (every block partial).
+    ClosedForm(Option<&'a [Bound]>),
+    /// Table kernels: block maps built for the kernels' `q_block` x `kv_block` tiles.
+    Maps(&'a BlockMaps),
+}
+
+/// Longest run of `true` in `f[lo..hi]` as `(start, end)`, or `(0, 0)`.
+fn longest(f: impl Fn(usize) -> bool, lo: usize, hi: usize) -> (i32, i32) {
+    let (mut best, mut cur) = ((0usize, 0usize), lo);
+    for i in lo..=hi {
+        if i == hi || !f(i) {
+            if i - cur > best.1 - best.0 {
+                best = (cur, i);
+            }
+            cur = i + 1;
+        }
+    }
+    (best.0 as i32, best.1 as i32)
+}
+
+/// The dQ kernel's ranges: per map and q block, `[first, end, full_first, full_end]` of
+/// its kv blocks (the span of its runs, and its longest full run); with the maps' (b, h)
+/// strides.
+pub fn q_ranges(maps: &BlockMaps) -> (Vec<i32>, (i32, i32)) {
+    let mut out = Vec::new();
+    for m in &maps.maps {
+        for r in 0..m.n_q_blocks() {
+            let runs = m.row(r);
+            let (Some(a), Some(z)) = (runs.first(), runs.last()) else {
+                out.extend([0; 4]);
+                continue;
+            };
+            let mut full = (0, 0);
+            for run in runs.iter().filter(|x| x.full != 0) {
+                if run.end - run.start > (full.1 - full.0) as u32 {
+                    full = (run.start as i32, run.end as i32);
+                }
+            }
+            out.extend([a.start as i32, z.end as i32, full.0, full.1]);
+        }
+    }
+    (out, (maps.b_stride as i32, maps.h_stride as i32))
+}
+
+/// The dK/dV kernel's ranges: per (b, kv head) and kv block, `[first, end, full_first,
+/// full_end]` of the q blocks that any query head of the group reaches (the transposed
+/// block maps), with a full range only where the block is full for every head of the
+/// group; with (b, kv head) strides.
+pub fn kv_ranges(maps: &BlockMaps, shape: &Shape) -> (Vec<i32>, (i32, i32)) {
+    let group = shape.hq / shape.hkv.max(1);
+    let nb = if maps.b_stride != 0 { shape.b } else { 1 };
+    let nh = if maps.h_stride != 0 { shape.hkv } else { 1 };
+    let mut out = Vec::new();
+    for b in 0..nb {
+        for hk in 0..nh {
+            let heads: Vec<usize> = if maps.h_stride != 0 {
+                (hk * group..(hk + 1) * group).collect()
+            } else {
+                vec![0]
+            };
+            let first = &maps.maps[b * maps.b_stride + heads[0] * maps.h_stride];
+            let (nq, nkv) = (first.n_q_blocks(), first.n_kv_blocks());
+            // per (kv block, q block): 0 empty, 1 partial somewhere, 2 full for every head
+            let mut cls = vec![2u8; nq * nkv];
+            let mut any = vec![false; nq * nkv];
+            for h in &heads {
+                let m = &maps.maps[b * maps.b_stride + h * maps.h_stride];
+                let mut here = vec![0u8; nq * nkv];
+                for r in 0..nq {
+                    for run in m.row(r) {
+                        for c in run.start as usize..run.end as usize {
+                            here[c * nq + r] = if run.full != 0 { 2 } else { 1 };
+                        }
+                    }
+                }
+                for i in 0..nq * nkv {
+                    any[i] |= here[i] != 0;
+                    cls[i] = cls[i].min(here[i]);
+                }
+            }
+            for c in 0..nkv {
+                let col = |r: usize| c * nq + r;
+                let lo = (0..nq).find(|r| any[col(*r)]);
+                let Some(lo) = lo else {
+                    out.extend([0; 4]);
+                    continue;
+                };
+                let hi = (0..nq).rev().find(|r| any[col(*r)]).map_or(lo, |x| x) + 1;
+                let full = longest(|r| cls[col(r)] == 2, lo, hi);
+                out.extend([lo as i32, hi as i32, full.0, full.1]);
+            }
+        }
+    }
+    let strides = (
+        if maps.b_stride != 0 { nh as i32 } else { 0 },
+        if maps.h_stride != 0 { 1 } else { 0 },
+    );
+    (out, strides)
 }
 
 /// Gradients of Q, K and V (16-bit, the kernels' input type).
@@ -86,7 +195,7 @@ impl CudaBackward {
         dlse: Option<&[f32]>,
         scale: f32,
         bind: &Bindings,
-        bounds: Option<&[Bound]>,
+        blocks: BwdBlocks,
     ) -> Result<BackwardProblem, CudaError> {
         shape
             .validate()
@@ -128,23 +237,45 @@ impl CudaBackward {
             )));
         }
         let mut kv = KvLaunch::default();
-        if let KvBounds::ClosedForm(_) = &self.dkdv.meta.kv_bounds {
-            let n = self.dkdv.meta.kv_bounds.coefficients().len();
-            match bounds {
-                Some(b) if b.len() == n => kv.offsets = kernel_offsets(b),
-                Some(b) => {
-                    return Err(CudaError::Mismatch(format!(
-                        "{} closed-form bounds given, the kernels have {n} constraints",
-                        b.len()
-                    )));
-                }
-                None => {
-                    kv.offsets = vec![0; n];
-                    kv.all_partial = 1;
+        let s = &dev.stream;
+        let mut ranges = None;
+        match (&self.dkdv.meta.kv_bounds, blocks) {
+            (KvBounds::ClosedForm(_), BwdBlocks::ClosedForm(bounds)) => {
+                let n = self.dkdv.meta.kv_bounds.coefficients().len();
+                match bounds {
+                    Some(b) if b.len() == n => kv.offsets = kernel_offsets(b),
+                    Some(b) => {
+                        return Err(CudaError::Mismatch(format!(
+                            "{} closed-form bounds given, the kernels have {n} constraints",
+                            b.len()
+                        )));
+                    }
+                    None => {
+                        kv.offsets = vec![0; n];
+                        kv.all_partial = 1;
+                    }
                 }
             }
+            (KvBounds::Table, BwdBlocks::Maps(maps)) => {
+                super::check_maps(shape, opts, maps)?;
+                let (kr, ks) = kv_ranges(maps, shape);
+                let (qr, qs) = q_ranges(maps);
+                let up = |x: Vec<i32>| -> Result<CudaSlice<i32>, CudaError> {
+                    Ok(s.clone_htod(&if x.is_empty() { vec![0] } else { x })?)
+                };
+                ranges = Some([(up(kr)?, ks), (up(qr)?, qs)]);
+            }
+            (KvBounds::ClosedForm(_), BwdBlocks::Maps(_)) => {
+                return Err(CudaError::Mismatch(
+                    "these backward kernels use the closed form of the mask: pass its bounds".into(),
+                ));
+            }
+            (KvBounds::Table, BwdBlocks::ClosedForm(_)) => {
+                return Err(CudaError::Mismatch(
+                    "these backward kernels read block ranges: pass block maps".into(),
+                ));
+            }
         }
-        let s = &dev.stream;
         let up16 = |x: &[u16]| -> Result<CudaSlice<u16>, CudaError> {
             Ok(s.clone_htod(&nonempty16(x))?)
         };
@@ -166,6 +297,7 @@ impl CudaBackward {
             dq: s.alloc_zeros(shape.q_len().max(1))?,
             dk: s.alloc_zeros(shape.k_len().max(1))?,
             dv: s.alloc_zeros(shape.v_len().max(1))?,
+            ranges,
         })
     }
 
@@ -178,7 +310,7 @@ impl CudaBackward {
             let per = pre_rows_per_cta(o.dv) as usize;
             let grid = u32::try_from(rows.div_ceil(per))
                 .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
-            launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64)?;
+            launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64, None)?;
         }
         if sh.lkv > 0 {
             let g = (
@@ -186,7 +318,7 @@ impl CudaBackward {
                 sh.hkv as u32,
                 sh.b as u32,
             );
-            launch_one(dev, &self.dkdv, p, g, 0)?;
+            launch_one(dev, &self.dkdv, p, g, 0, p.ranges.as_ref().map(|r| &r[0]))?;
         }
         if sh.lq > 0 {
             let g = (
@@ -194,7 +326,7 @@ impl CudaBackward {
                 sh.hq as u32,
                 sh.b as u32,
             );
-            launch_one(dev, &self.dq, p, g, 0)?;
+            launch_one(dev, &self.dq, p, g, 0, p.ranges.as_ref().map(|r| &r[1]))?;
         }
         Ok(())
     }
@@ -229,9 +361,9 @@ impl CudaBackward {
         dlse: Option<&[f32]>,
         scale: f32,
         bind: &Bindings,
-        bounds: Option<&[Bound]>,
+        blocks: BwdBlocks,
     ) -> Result<Grads, CudaError> {
-        let p = self.upload(dev, shape, qkvo, lse, d_o, dlse, scale, bind, bounds)?;
+        let p = self.upload(dev, shape, qkvo, lse, d_o, dlse, scale, bind, blocks)?;
         self.launch(dev, &p)?;
         self.download(dev, &p)
     }
@@ -260,6 +392,7 @@ fn launch_one(
     p: &BackwardProblem,
     grid: (u32, u32, u32),
     rows: i64,
+    ranges: Option<&(CudaSlice<i32>, (i32, i32))>,
 ) -> Result<(), CudaError> {
     let f = &p.fwd;
     let sh = &f.shape;
@@ -290,6 +423,16 @@ fn launch_one(
             KernelParam::DK => A::P(p16(&p.dk)),
             KernelParam::DV => A::P(p16(&p.dv)),
             KernelParam::Rows => A::L(rows),
+            KernelParam::Ranges | KernelParam::MapBStride | KernelParam::MapHStride => {
+                let (t, (bs, hs)) = ranges.ok_or_else(|| {
+                    CudaError::Mismatch("a table kernel launched without block ranges".into())
+                })?;
+                match kp {
+                    KernelParam::Ranges => A::P(t.device_ptr(s).0),
+                    KernelParam::MapBStride => A::I(*bs),
+                    _ => A::I(*hs),
+                }
+            }
             KernelParam::KvOffset(i) => {
                 A::L(*f.kv_offsets.get(*i as usize).ok_or_else(|| {
                     CudaError::Mismatch("closed-form offsets missing".into())
@@ -374,20 +517,149 @@ impl BackwardJit {
     }
 }
 
-/// The closed-form bounds of one launch of `kernels` (`None`: the kernels visit every
-/// block as partial, either because they have no closed form or because the mask's i32
-/// arithmetic may wrap for this launch).
-pub fn launch_bounds(
-    kernels: &CudaBackward,
-    p: &Program,
-    shape: &Shape,
-    bind: &Bindings,
-) -> Result<Option<Vec<Bound>>, CudaError> {
-    match &kernels.dkdv.meta.kv_bounds {
-        KvBounds::ClosedForm(cf) => {
-            attnc_compiler::analysis::classify::closed_form_bounds(p, cf, shape, bind)
-                .map_err(|e| CudaError::Mismatch(e.to_string()))
+/// What one launch of `kernels` needs to know about its blocks, made on the host: the
+/// closed form's bounds (`None` inside: the mask's i32 arithmetic may wrap for this
+/// launch, every block is visited as partial), or the block maps of the kernels' tiles.
+pub enum LaunchBlocks {
+    ClosedForm(Option<Vec<Bound>>),
+    Maps(BlockMaps),
+}
+
+impl LaunchBlocks {
+    pub fn new(
+        kernels: &CudaBackward,
+        p: &Program,
+        shape: &Shape,
+        bind: &Bindings,
+    ) -> Result<Self, CudaError> {
+        use attnc_compiler::analysis::classify::{analyze, build_block_maps, closed_form_bounds};
+        let err = |e: attnc_compiler::analysis::classify::BlockError| CudaError::Mismatch(e.to_string());
+        Ok(match &kernels.dkdv.meta.kv_bounds {
+            KvBounds::ClosedForm(cf) => {
+                LaunchBlocks::ClosedForm(closed_form_bounds(p, cf, shape, bind).map_err(err)?)
+            }
+            KvBounds::Table => {
+                let o = kernels.opts();
+                LaunchBlocks::Maps(
+                    build_block_maps(
+                        p,
+                        &analyze(p),
+                        shape,
+                        o.q_block as usize,
+                        o.kv_block as usize,
+                        bind,
+                    )
+                    .map_err(err)?,
+                )
+            }
+        })
+    }
+    pub fn as_blocks(&self) -> BwdBlocks<'_> {
+        match self {
+            LaunchBlocks::ClosedForm(b) => BwdBlocks::ClosedForm(b.as_deref()),
+            LaunchBlocks::Maps(m) => BwdBlocks::Maps(m),
         }
-        KvBounds::Table => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::analysis::blockmap::{BlockMap, Run};
+
+    /// Random block maps (one per (b, h)): the transposed ranges cover every non-empty
+    /// block and call full only blocks full for every head of the group.
+    #[test]
+    fn kv_ranges_match_brute_force() {
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let shape = Shape {
+                b: 2,
+                hq: 4,
+                hkv: 2,
+                lq: (next() % 300 + 1) as usize,
+                lkv: (next() % 300 + 1) as usize,
+                d: 64,
+                dv: 64,
+            };
+            let (qb, kb) = (64, 64);
+            let nq = shape.lq.div_ceil(qb);
+            let nkv = shape.lkv.div_ceil(kb);
+            // class[map][r][c]: 0 empty, 1 partial, 2 full
+            let mut class = vec![vec![vec![0u8; nkv]; nq]; 8];
+            let mut maps = Vec::new();
+            for cm in class.iter_mut() {
+                let mut row_start = vec![0u32];
+                let mut runs = Vec::new();
+                for row in cm.iter_mut() {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        *x = (next() % 3) as u8;
+                        if *x != 0 {
+                            runs.push(Run {
+                                start: c as u32,
+                                end: c as u32 + 1,
+                                full: (*x == 2) as u32,
+                            });
+                        }
+                    }
+                    row_start.push(runs.len() as u32);
+                }
+                maps.push(BlockMap {
+                    lq: shape.lq,
+                    lkv: shape.lkv,
+                    q_block: qb,
+                    kv_block: kb,
+                    row_start,
+                    runs,
+                });
+            }
+            let bm = BlockMaps {
+                maps,
+                b_stride: 4,
+                h_stride: 1,
+            };
+            let (r, (bs, hs)) = kv_ranges(&bm, &shape);
+            for b in 0..2 {
+                for hk in 0..2 {
+                    for c in 0..nkv {
+                        let at = ((b * bs as usize + hk * hs as usize) * nkv + c) * 4;
+                        let [first, end, ff, fe] = [r[at], r[at + 1], r[at + 2], r[at + 3]];
+                        for q in 0..nq {
+                            let cls: Vec<u8> =
+                                (0..2).map(|i| class[b * 4 + hk * 2 + i][q][c]).collect();
+                            let inside = (first..end).contains(&(q as i32));
+                            if cls.iter().any(|x| *x != 0) {
+                                assert!(inside, "non-empty block outside the range");
+                            }
+                            if (ff..fe).contains(&(q as i32)) {
+                                assert!(cls.iter().all(|x| *x == 2), "full range not full");
+                                assert!(inside);
+                            }
+                        }
+                    }
+                }
+            }
+            let (qr, _) = q_ranges(&bm);
+            for (m, cm) in class.iter().enumerate() {
+                for (q, row) in cm.iter().enumerate() {
+                    let at = (m * nq + q) * 4;
+                    for (c, x) in row.iter().enumerate() {
+                        let c = c as i32;
+                        if *x != 0 {
+                            assert!((qr[at]..qr[at + 1]).contains(&c));
+                        }
+                        if (qr[at + 2]..qr[at + 3]).contains(&c) {
+                            assert_eq!(*x, 2);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

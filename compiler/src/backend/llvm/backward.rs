@@ -38,9 +38,10 @@
 //! [`capture_grads_unsupported`] says when a program needs them (the runtime refuses its
 //! GPU backward with that message).
 //!
-//! Masks without a closed form ([`KvBounds::Table`]) are visited over every block, all
-//! partial (correct for any mask, O(Lq Lkv) mask evaluations); reading the block table
-//! and its transpose is left for later.
+//! Masks without a closed form ([`KvBounds::Table`]) read per-row block ranges built by
+//! the host from the block maps ([`KernelParam::Ranges`]: `[first, end, full_first,
+//! full_end]` per row; for dK/dV the transposed view, per kv head the union over its
+//! query heads): blocks in `first..end` outside the full range are evaluated as partial.
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::expr::{Elem, Env, emit_function};
@@ -247,8 +248,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, kind: BackwardKind) -> Vec<
         BackwardKind::DkDv => vec![Q, K, V, DOut, Delta, Lse2, DK, DV],
         BackwardKind::Dq => vec![Q, K, V, DOut, Delta, Lse2, DQ],
     };
-    if let KvBounds::ClosedForm(_) = kv {
-        v.extend(kv.params(p.mask.is_some()));
+    match kv {
+        KvBounds::ClosedForm(_) => v.extend(kv.params(p.mask.is_some())),
+        KvBounds::Table => v.extend([Ranges, MapBStride, MapHStride]),
     }
     v.extend([Params, Err]);
     v.extend((0..p.tensors.len() as u32).map(Tensor));
@@ -359,6 +361,8 @@ fn build<'ctx>(
             | KernelParam::Hq
             | KernelParam::Hkv
             | KernelParam::HasDLse
+            | KernelParam::MapBStride
+            | KernelParam::MapHStride
             | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             _ => gptr.into(),
@@ -860,8 +864,9 @@ fn common<'ctx>(
 }
 
 /// The block range `[first, end, full_first, full_end]` of the "other" sequence for the
-/// block starting at `row0` of this kernel's sequence: the closed form (coefficients in
-/// `coefs` already oriented), or every block partial.
+/// block starting at `row0` of this kernel's sequence: the closed form (the roles of q and
+/// kv swapped with `transpose`), or the host's ranges (row `row0 / rows` of the map of
+/// (b, `head`)).
 #[allow(clippy::too_many_arguments)]
 fn blocks<'ctx>(
     g: &Gpu<'ctx>,
@@ -869,6 +874,7 @@ fn blocks<'ctx>(
     kv: &KvBounds,
     a: &Args<'_, 'ctx>,
     transpose: bool,
+    (b, head): (IntValue<'ctx>, IntValue<'ctx>),
     row0: IntValue<'ctx>,
     rows: u32,
     len: IntValue<'ctx>,
@@ -902,11 +908,24 @@ fn blocks<'ctx>(
             )
         }
         KvBounds::Table => {
-            let n = g.udiv(
-                g.add(other_len, g.c32(other_block as i64 - 1))?,
-                g.c32(other_block as i64),
+            let _ = other_block;
+            let n_rows = g.udiv(g.add(len, g.c32(rows as i64 - 1))?, g.c32(rows as i64))?;
+            let map = g.add(
+                g.mul(b, a.int(KernelParam::MapBStride)?)?,
+                g.mul(head, a.int(KernelParam::MapHStride)?)?,
             )?;
-            Ok([g.c32(0), n, g.c32(0), g.c32(0)])
+            let row = g.add(
+                g.mul(g.zext64(map)?, g.zext64(n_rows)?)?,
+                g.zext64(g.udiv(row0, g.c32(rows as i64))?)?,
+            )?;
+            let at = g.mul(row, g.c64(4))?;
+            let t = a.ptr(KernelParam::Ranges)?;
+            Ok([
+                g.load_i32(t, at)?,
+                g.load_i32(t, g.add(at, g.c64(1))?)?,
+                g.load_i32(t, g.add(at, g.c64(2))?)?,
+                g.load_i32(t, g.add(at, g.c64(3))?)?,
+            ])
         }
     }
 }
@@ -932,7 +951,7 @@ fn dkdv_body<'ctx>(
     let group = g.udiv(c.hq, c.hkv)?;
     let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
     let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
-    let [first, end, ff, fe] = blocks(g, p, kvb, a, true, kv0, bc, c.lkv, c.lq, br)?;
+    let [first, end, ff, fe] = blocks(g, p, kvb, a, true, (c.b, hk), kv0, bc, c.lkv, c.lq, br)?;
     let nq = g.sub(end, first)?;
     let nq = g.selecti(g.icmp(IntPredicate::SLT, nq, zero)?, zero, nq)?;
     let n_iter = g.mul(nq, group)?;
@@ -1119,35 +1138,29 @@ fn dq_body<'ctx>(
     let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
     let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
     let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
-    let [first, end, ff, fe] = blocks(g, p, kvb, a, false, q0, br, c.lq, c.lkv, bc)?;
-    let runs = match kvb {
-        KvBounds::ClosedForm(_) => {
-            // the same three runs as the forward kernel's
-            let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
-            let has_full = lt(ff, fe)?;
-            let one = g.c32(1);
-            let beg = g.selecti(
-                g.and(has_full, g.xor(lt(first, ff)?, g.cbool(true))?)?,
-                one,
-                zero,
-            )?;
-            let end_full = g.selecti(lt(fe, end)?, g.c32(3), g.c32(2))?;
-            let end_part = g.selecti(lt(first, end)?, one, zero)?;
-            RowRuns {
-                beg,
-                end: g.selecti(has_full, end_full, end_part)?,
-                src: RunSource::Regs([
-                    [first, g.selecti(has_full, ff, end)?, zero],
-                    [ff, fe, one],
-                    [fe, end, zero],
-                ]),
-            }
+    let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
+    let runs = {
+        // the same three runs as the forward kernel's closed form: (first, ff,
+        // partial), (ff, fe, full), (fe, end, partial)
+        let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
+        let has_full = lt(ff, fe)?;
+        let one = g.c32(1);
+        let beg = g.selecti(
+            g.and(has_full, g.xor(lt(first, ff)?, g.cbool(true))?)?,
+            one,
+            zero,
+        )?;
+        let end_full = g.selecti(lt(fe, end)?, g.c32(3), g.c32(2))?;
+        let end_part = g.selecti(lt(first, end)?, one, zero)?;
+        RowRuns {
+            beg,
+            end: g.selecti(has_full, end_full, end_part)?,
+            src: RunSource::Regs([
+                [first, g.selecti(has_full, ff, end)?, zero],
+                [ff, fe, one],
+                [fe, end, zero],
+            ]),
         }
-        KvBounds::Table => RowRuns {
-            beg: zero,
-            end: g.selecti(g.icmp(IntPredicate::SLT, first, end)?, g.c32(1), zero)?,
-            src: RunSource::Regs([[first, end, zero]; 3]),
-        },
     };
 
     // row statistics of this thread's two rows

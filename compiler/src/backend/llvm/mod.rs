@@ -414,6 +414,10 @@ pub enum KernelParam {
     DV,
     /// i64: `B * Hq * Lq`, the rows of the pre kernel.
     Rows,
+    /// Backward kernels of masks without a closed form: i32 quadruples `[first, end,
+    /// full_first, full_end]` of blocks per (map, row) (`backward.rs`), indexed by
+    /// `(b * MapBStride + head * MapHStride) * rows + row`.
+    Ranges,
 }
 
 /// The generated kernel and how to launch it.
