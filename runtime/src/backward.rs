@@ -10,7 +10,8 @@
 //! Backends: `Reference` runs the f64 oracle (`attnc_compiler::reference_grad`, which
 //! recomputes O and LSE itself and ignores `o`/`lse`); `Cpu` the Cranelift backward
 //! (`backend::cranelift::backward`, compiled on the first call and kept), with the
-//! forward's block maps; `Cuda` is not yet available (an error).
+//! forward's block maps; `Cuda` runs the GPU kernels of `cuda::backward` (dQ, dK, dV; a
+//! program whose score needs capture gradients is refused with an error naming them).
 
 use crate::api::{Bound, Captures, check_input};
 use crate::error::{Error, Result};
@@ -190,12 +191,17 @@ impl Bound {
                 )
                 .map_err(cpu_err)?
             }
-            crate::api::Backend::Cuda => {
-                return Err(Error::BackendUnavailable {
-                    backend: "cuda",
-                    reason: "backward is not yet available on this backend".into(),
-                });
-            }
+            crate::api::Backend::Cuda => crate::launch::cuda_backward(
+                &variant,
+                &s,
+                dt,
+                opts.checked,
+                (q, k, v, o, dout),
+                &lse.to_f32(),
+                dlse_f.as_deref(),
+                scale,
+                &bindings,
+            )?,
         };
         let mut tensors = BTreeMap::new();
         for (info, g) in program.tensors.iter().zip(grads.tensors) {

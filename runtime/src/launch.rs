@@ -292,6 +292,73 @@ pub fn cuda_device_info() -> Result<String> {
     ))
 }
 
+/// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the process's
+/// device: the program's three backward kernels (generated and loaded once per process),
+/// its launch blocks, upload, launches, download. Gradients of captured tensors and
+/// params are not computed on the GPU: a program whose score needs them is refused.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cuda_backward(
+    variant: &Variant,
+    shape: &attnc_compiler::shape::Shape,
+    dtype: DType,
+    checked: bool,
+    (q, k, v, o, dout): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+    lse: &[f32],
+    dlse: Option<&[f32]>,
+    scale: f32,
+    bind: &Bindings,
+) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
+    use crate::cuda::backward::{BackwardJit, LaunchBlocks};
+    static JIT: OnceLock<BackwardJit> = OnceLock::new();
+    let input = match dtype {
+        DType::BF16 => InputType::Bf16,
+        DType::F16 => InputType::F16,
+        other => {
+            return Err(Error::InputDType {
+                which: "q, k, v, o, do (the CUDA backend takes bf16 or f16; use the cpu backend for f32)".into(),
+                expected: "bf16 or f16".into(),
+                got: other,
+            });
+        }
+    };
+    let p = variant.program();
+    let err = |e| cuda_error(variant, e);
+    let g = gpu().map_err(err)?;
+    let mut opts = PtxOptions::backward(g.device.arch(), shape.d as u32, shape.dv as u32, input);
+    opts.checked = checked;
+    let kernels = JIT.get_or_init(BackwardJit::default).get(&g.device, p, &opts).map_err(err)?;
+    let blocks = LaunchBlocks::new(&kernels, p, shape, bind).map_err(err)?;
+    let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
+    let grads = kernels
+        .backward_host(
+            &g.device,
+            shape,
+            (&bits(q), &bits(k), &bits(v), &bits(o)),
+            lse,
+            &bits(dout),
+            dlse,
+            scale,
+            bind,
+            blocks.as_blocks(),
+        )
+        .map_err(err)?;
+    let f32s = |x: Vec<u16>| -> Vec<f32> {
+        x.into_iter()
+            .map(|b| match input {
+                InputType::Bf16 => half::bf16::from_bits(b).to_f32(),
+                InputType::F16 => half::f16::from_bits(b).to_f32(),
+            })
+            .collect()
+    };
+    Ok(attnc_compiler::backend::cranelift::backward::Gradients {
+        dq: f32s(grads.dq),
+        dk: f32s(grads.dk),
+        dv: f32s(grads.dv),
+        tensors: vec![None; p.tensors.len()],
+        params: vec![None; p.params.len()],
+    })
+}
+
 fn cuda_error(variant: &Variant, e: CudaError) -> Error {
     match e {
         CudaError::OutOfBounds {

@@ -7,11 +7,13 @@
 //! `∂score/∂s` by a central difference of the interpreted score (so it does not share
 //! the kernel's derivative IR, `grad::differentiate`).
 //!
-//! Covered: every sample program (dense, causal, sliding window, ALiBi + causal, soft-cap
-//! + causal, document + causal; the bias-table sample is refused: capture gradients) on shapes with
-//! odd lengths, Lq != Lkv, GQA, D 32/64/128, bf16 and f16; a mask with fully masked rows
-//! (their dQ must be exactly 0); dLSE; the closed-form kernels run with `KvAllPartial`
-//! (every block partial) too; determinism (two runs bit-identical).
+//! Covered: every sample program (dense, causal, sliding window, ALiBi and causal,
+//! soft-cap and causal, document and causal; the bias-table sample is refused: capture
+//! gradients) on shapes with odd lengths, Lq != Lkv, GQA, D 32/64/128, bf16 and f16; a
+//! mask with fully masked rows (their dQ must be exactly 0); dLSE; the closed-form
+//! kernels run with `KvAllPartial` (every block partial) too; determinism (two runs
+//! bit-identical); `Bound::backward` on the CUDA backend against the f64 reference
+//! gradients of `reference_grad`.
 //!
 //! Tolerance per gradient tensor G (reference R): |G − R| <= a max|R| + r |R| with
 //! (a, r) = (0.02, 0.03) for bf16 and (0.005, 0.01) for f16: P and dS are rounded to the
@@ -177,7 +179,7 @@ fn compare(what: &str, got: &[u16], want: &[f32], ty: InputType) {
         let g = from_bits(*g, ty);
         let err = (g - w).abs();
         let lim = a * max + r * w.abs();
-        if !(err <= lim) {
+        if err.is_nan() || err > lim {
             panic!("{what}[{i}] = {g}, reference {w} (max |ref| {max}, limit {lim})");
         }
         if err > worst.1 {
@@ -401,6 +403,98 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
     }
 }
 
+/// `Bound::backward` on the CUDA backend for every attention of every example against
+/// `Bound::backward` on the reference backend (the f64 oracle gradients of
+/// `reference_grad`), bf16, O and LSE from the CUDA forward. Attentions whose score reads
+/// a captured float tensor or f32 param must be refused with an error naming it (the GPU
+/// kernels do not compute capture gradients).
+fn gpu_backward_api_every_example(_dev: &CudaDevice) {
+    use attnc::{Backend, BindOptions, Compiled, DType, synth};
+    let dir = ["examples", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|d| d.is_dir())
+        .expect("the examples directory");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "attn"))
+        .collect();
+    files.sort();
+    let (mut ran, mut refused) = (0, 0);
+    for (n, path) in files.iter().enumerate() {
+        let c = Compiled::from_file(path).unwrap();
+        for name in c.names() {
+            let var = c.attention(name).unwrap();
+            let p = var.program();
+            // as tests/lib.rs `self_attention_only`: these read `Q`-indexed tensors at kv
+            let self_only = matches!(
+                path.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
+                "document_alibi"
+                    | "document_causal"
+                    | "document_sliding_causal"
+                    | "global_sliding_window"
+            );
+            let shape = attnc::Shape {
+                b: 1,
+                hq: 4,
+                hkv: 2,
+                lq: 97,
+                lkv: if self_only { 97 } else { 130 },
+                d: if n % 2 == 0 { 64 } else { 128 },
+                dv: if n % 2 == 0 { 64 } else { 128 },
+            };
+            let caps = synth::captures(p, &shape, n as u64);
+            let (q, k, v) = synth::qkv(&shape, DType::BF16, n as u64);
+            let (d_o, _, _) = synth::qkv(
+                &attnc::Shape {
+                    d: shape.dv,
+                    lkv: shape.lq,
+                    hkv: shape.hq,
+                    ..shape
+                },
+                DType::BF16,
+                n as u64 + 99,
+            );
+            let mut cuda = var
+                .bind(BindOptions::new(Backend::Cuda, shape, DType::BF16))
+                .unwrap();
+            let mut reference = var
+                .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
+                .unwrap();
+            let what = format!("{}:{name} {shape:?}", path.display());
+            let fwd = cuda
+                .forward(&q, &k, &v, &caps)
+                .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+            let got = cuda.backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, &caps);
+            if let Some(why) =
+                attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p)
+            {
+                let e = got.expect_err("a program needing capture gradients must be refused");
+                assert!(e.to_string().contains("captured tensors"), "{what}: {e} ({why})");
+                refused += 1;
+                continue;
+            }
+            let got = got.unwrap_or_else(|e| panic!("{what}: cuda backward: {e}"));
+            let want = reference
+                .backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, &caps)
+                .unwrap_or_else(|e| panic!("{what}: reference backward: {e}"));
+            println!("  {what}");
+            for (g, w, nm) in [
+                (&got.dq, &want.dq, "dq"),
+                (&got.dk, &want.dk, "dk"),
+                (&got.dv, &want.dv, "dv"),
+            ] {
+                let bits = g.to_u16_bits().expect("bf16 gradients");
+                compare(nm, &bits, &w.to_f32(), InputType::Bf16);
+            }
+            ran += 1;
+        }
+    }
+    println!("  {ran} attentions matched, {refused} refused (capture gradients)");
+    assert!(ran > 10, "too few attentions ran: {ran}");
+}
+
 /// Backward benchmark (run by name only: `gpu_backward bench`): bf16, B2 H16 L8192 D128
 /// and B4 H16 L4096 D64, the six benchmark variants; device time of the three kernels
 /// (CUDA events, median), backward TFLOP/s = 2.5 · 4·B·H·Lq·Lkv·D·density / time with the
@@ -522,6 +616,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_fully_masked_rows", gpu_backward_fully_masked_rows),
     ("gpu_backward_dlse", gpu_backward_dlse),
     ("gpu_backward_is_deterministic", gpu_backward_is_deterministic),
+    ("gpu_backward_api_every_example", gpu_backward_api_every_example),
 ];
 
 /// Run only when the filter names them (`gpu_backward bench`).

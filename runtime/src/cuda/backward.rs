@@ -54,8 +54,11 @@ pub struct BackwardProblem {
     pub dk: CudaSlice<u16>,
     pub dv: CudaSlice<u16>,
     /// Table kernels: the (dK/dV, dQ) ranges with their (b, head) map strides.
-    ranges: Option<[(CudaSlice<i32>, (i32, i32)); 2]>,
+    ranges: Option<[Ranges; 2]>,
 }
+
+/// Per-row block ranges on the device with their (b, head) map strides.
+type Ranges = (CudaSlice<i32>, (i32, i32));
 
 /// What a backward launch is told about its blocks (must match the kernels'
 /// `kv_bounds`).
@@ -392,7 +395,7 @@ fn launch_one(
     p: &BackwardProblem,
     grid: (u32, u32, u32),
     rows: i64,
-    ranges: Option<&(CudaSlice<i32>, (i32, i32))>,
+    ranges: Option<&Ranges>,
 ) -> Result<(), CudaError> {
     let f = &p.fwd;
     let sh = &f.shape;
@@ -570,6 +573,7 @@ mod tests {
     /// Random block maps (one per (b, h)): the transposed ranges cover every non-empty
     /// block and call full only blocks full for every head of the group.
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn kv_ranges_match_brute_force() {
         let mut seed = 0x2545f4914f6cdd1du64;
         let mut next = move || {
