@@ -126,16 +126,30 @@ def backward(
     (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE."""
     inner = _lookup(key)
     names = _names(tensor_names)
+    if q.is_cuda:
+        # the CUDA backward (Bound::backward on a CUDA binding) takes host tensors: this
+        # path copies to the host and back (it synchronizes; not zero-copy)
+        dev = q.device
+        host = lambda t: t.detach().to("cpu").contiguous()  # noqa: E731
+        hq, hk, hv, ho, hl, hdo, hdl = (host(x) for x in (q, k, v, o, lse, do, dlse))
+        htensors = [host(t) for t in tensors]
+        hdq, hdk, hdv = torch.empty_like(hq), torch.empty_like(hk), torch.empty_like(hv)
+        hdts = [torch.empty_like(t) if g else t.new_empty(0) for t, g in zip(htensors, tensor_grads)]
+        inner.backward(
+            hq, hk, hv, ho, hl, hdo, hdl, hdq, hdk, hdv, scale, list(zip(names, htensors)),
+            list(zip(_names(param_names), params)), [(n, d) for n, d, g in zip(names, hdts, tensor_grads) if g],
+            0, True,
+        )
+        return hdq.to(dev), hdk.to(dev), hdv.to(dev), [d.to(dev) for d in hdts]
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     dq, dk, dv = like(q), like(k), like(v)
     dts = [like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
     caps = [(n, t.contiguous()) for n, t in zip(names, tensors)]
     wanted = [(n, d) for n, d, g in zip(names, dts, tensor_grads) if g]
-    stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
     c = lambda x: x.contiguous()  # noqa: E731
     inner.backward(
         c(q), c(k), c(v), c(o), c(lse), c(do), c(dlse), dq, dk, dv, scale, caps,
-        list(zip(_names(param_names), params)), wanted, stream, 0 if q.is_cuda else torch.get_num_threads(),
+        list(zip(_names(param_names), params)), wanted, torch.get_num_threads(),
     )
     return dq, dk, dv, dts
 

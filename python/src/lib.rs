@@ -437,8 +437,10 @@ impl Attention {
 
     /// The backward pass (CPU): reads q, k, v, o, lse, dO, dLSE and writes dq, dk, dv
     /// (caller-allocated like q, k, v) and the gradients of the captured tensors named in
-    /// `wanted` (`(name, buffer)`, each buffer like its tensor).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, stream=0, threads=0))]
+    /// `wanted` (`(name, buffer)`, each buffer like its tensor). `cuda`: the tensors are
+    /// host copies of a CUDA call (bf16/f16): the CUDA binding's backward runs on them
+    /// (it uploads and downloads them: not zero-copy).
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, threads=0, cuda=false))]
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -457,10 +459,9 @@ impl Attention {
         tensors: Vec<(String, Bound<'_, PyAny>)>,
         params: Vec<(String, Bound<'_, PyAny>)>,
         wanted: Vec<(String, Bound<'_, PyAny>)>,
-        stream: usize,
         threads: usize,
+        cuda: bool,
     ) -> PyResult<()> {
-        let _ = stream;
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
             let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
@@ -470,17 +471,18 @@ impl Attention {
                 return Err(attnc_error(
                     py,
                     code::DEVICE,
-                    "the backward pass runs on the CPU in this build (the CUDA backward is not available yet)",
+                    "the backward entry takes host tensors (host copies of a CUDA call with cuda=True)",
                 ));
             }
-            let dtype = match q.dtype {
-                Some(DType::F32) => DType::F32,
+            let dtype = match (cuda, q.dtype) {
+                (false, Some(DType::F32)) => DType::F32,
+                (true, Some(d @ (DType::BF16 | DType::F16))) => d,
                 _ => {
                     return Err(attnc_error(
                         py,
                         code::INPUT_DTYPE,
                         &format!(
-                            "q has dtype {}; the CPU backward takes float32",
+                            "q has dtype {}; the backward takes float32 (CPU) or bfloat16/float16 (CUDA)",
                             q.torch_dtype
                         ),
                     ));
@@ -528,12 +530,12 @@ impl Attention {
                 outs.push((name.clone(), arg));
             }
             let key = BindKey {
-                backend: Backend::Cpu,
-                device,
+                backend: if cuda { Backend::Cuda } else { Backend::Cpu },
+                device: if cuda { Device::Cuda(0) } else { device },
                 shape,
                 dtype,
                 scale: scale.map(|x| (x as f32).to_bits()),
-                threads,
+                threads: if cuda { 0 } else { threads },
             };
             let grads = py
                 .detach(|| {
