@@ -71,7 +71,8 @@ pub struct CpuBackward {
     program: Program,
     grad: ScoreGrad,
     opts: CpuOptions,
-    avx2: bool,
+    /// The tile bodies' build: 0 portable, 1 AVX2+FMA, 2 AVX-512F.
+    simd: u8,
 }
 
 impl Drop for CpuBackward {
@@ -144,7 +145,12 @@ pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackw
         program: program.clone(),
         grad,
         opts: opts.clone(),
-        avx2: isa != Isa::Portable && avx2_fma(),
+        simd: match isa {
+            Isa::Portable => 0,
+            _ if !avx2_fma() => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        },
     })
 }
 
@@ -178,8 +184,6 @@ struct Scratch {
     ds: Vec<f32>,
     flat: Vec<i64>,
     part: Vec<f32>,
-    kt: Vec<f32>,
-    vt: Vec<f32>,
     /// Per program tensor (float ones): dense partial gradient, touched marks, touch order.
     cap: Vec<Option<(Vec<f32>, Vec<bool>, Vec<u32>)>>,
 }
@@ -288,8 +292,6 @@ impl CpuBackward {
             ds: vec![0.0; bq * bkv],
             flat: vec![-1; nreads * bq * bkv],
             part: vec![0.0; nparts * bq * bkv],
-            kt: vec![0.0; d * bkv],
-            vt: vec![0.0; dv * bkv],
             cap: bind
                 .tensors
                 .iter()
@@ -301,7 +303,31 @@ impl CpuBackward {
                 })
                 .collect(),
         };
-        let avx2 = self.avx2;
+        let avx2 = self.simd;
+        // Kᵀ and Vᵀ of every kv tile, packed once (`[d][bkv]`, zero past the sequence)
+        let mut kt_all = vec![0f32; nb * hkv * nkvb * d * bkv];
+        let mut vt_all = vec![0f32; nb * hkv * nkvb * dv * bkv];
+        for bh in 0..nb * hkv {
+            for jt in 0..nkvb {
+                let nc = bkv.min(lkv - jt * bkv);
+                let kv0 = bh * lkv + jt * bkv;
+                let t = bh * nkvb + jt;
+                pack_t(
+                    &k[kv0 * d..][..nc * d],
+                    nc,
+                    d,
+                    bkv,
+                    &mut kt_all[t * d * bkv..][..d * bkv],
+                );
+                pack_t(
+                    &v[kv0 * dv..][..nc * dv],
+                    nc,
+                    dv,
+                    bkv,
+                    &mut vt_all[t * dv * bkv..][..dv * bkv],
+                );
+            }
+        }
         // One tile: S, dP, the element function, P, dS', dS. Returns whether the element
         // function ran (then `ds` holds dS, else dS = dS' in `dp`).
         let tile =
@@ -311,14 +337,13 @@ impl CpuBackward {
                 let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
                 let row0 = (b * hq + h) * lq + i0;
                 let kv0 = (b * hkv + hk) * lkv + j0;
-                pack_t(&k[kv0 * d..][..nc * d], nc, d, bkv, &mut sc.kt);
-                pack_t(&v[kv0 * dv..][..nc * dv], nc, dv, bkv, &mut sc.vt);
+                let t = (b * hkv + hk) * nkvb + jt;
                 products(
                     avx2,
                     &q[row0 * d..][..nr * d],
                     &dout[row0 * dv..][..nr * dv],
-                    &sc.kt,
-                    &sc.vt,
+                    &kt_all[t * d * bkv..][..d * bkv],
+                    &vt_all[t * dv * bkv..][..dv * bkv],
                     [nr, nc, d, dv, bkv],
                     scale,
                     &mut sc.s,
@@ -592,22 +617,23 @@ fn pack_t(x: &[f32], rows: usize, cols: usize, stride: usize, out: &mut [f32]) {
     }
 }
 
-/// Selects the AVX2+FMA build of a body when `avx2` (checked at compile time of the
-/// kernel), the portable one otherwise.
+/// Selects the build of a body: AVX-512F (2), AVX2+FMA (1) or portable (0), as
+/// detected when the kernel was compiled.
 macro_rules! dispatch {
-    ($avx2:expr, $body:ident ( $($arg:expr),* $(,)? )) => {{
+    ($simd:expr, $body:ident ( $($arg:expr),* $(,)? )) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if $avx2 {
-                // SAFETY: `avx2` is true only when the CPU has AVX2 and FMA.
-                unsafe { avx2::$body($($arg),*) }
-            } else {
-                $body($($arg),*)
+            match $simd {
+                // SAFETY: 2 only when the CPU has AVX-512F, AVX2 and FMA.
+                2 => unsafe { avx512::$body($($arg),*) },
+                // SAFETY: 1 only when the CPU has AVX2 and FMA.
+                1 => unsafe { avx2::$body($($arg),*) },
+                _ => $body($($arg),*),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = $avx2;
+            let _ = $simd;
             $body($($arg),*)
         }
     }};
@@ -615,7 +641,7 @@ macro_rules! dispatch {
 
 #[allow(clippy::too_many_arguments)]
 fn products(
-    avx2: bool,
+    avx2: u8,
     q: &[f32],
     dout: &[f32],
     kt: &[f32],
@@ -630,7 +656,7 @@ fn products(
 
 #[allow(clippy::too_many_arguments)]
 fn probs(
-    avx2: bool,
+    avx2: u8,
     s: &mut [f32],
     dp: &mut [f32],
     ds: &mut [f32],
@@ -644,7 +670,7 @@ fn probs(
 
 #[allow(clippy::too_many_arguments)]
 fn acc_dkdv(
-    avx2: bool,
+    avx2: u8,
     p: &[f32],
     dsf: &[f32],
     q: &[f32],
@@ -656,7 +682,7 @@ fn acc_dkdv(
     dispatch!(avx2, acc_dkdv_body(p, dsf, q, dout, dims, dk, dv))
 }
 
-fn acc_dq(avx2: bool, dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]) {
+fn acc_dq(avx2: u8, dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]) {
     dispatch!(avx2, acc_dq_body(dsf, k, dims, dq))
 }
 
@@ -819,22 +845,39 @@ fn acc_dq_body(dsf: &[f32], k: &[f32], [nr, nc, bkv, d]: [usize; 4], dq: &mut [f
     }
 }
 
-/// The AVX2+FMA builds of the bodies above.
+/// One build of a body above for a set of target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! build {
+    ($features:literal, $name:ident ( $($arg:ident : $ty:ty),* )) => {
+        /// # Safety
+        /// The CPU supports the features this build is compiled for.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name($($arg: $ty),*) {
+            super::$name($($arg),*)
+        }
+    };
+}
+
+/// Every body above built for one set of target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! builds {
+    ($f:literal) => {
+        build!($f, products_body(q: &[f32], dout: &[f32], kt: &[f32], vt: &[f32], dims: [usize; 5], scale: f32, s: &mut [f32], dp: &mut [f32]));
+        build!($f, probs_body(s: &mut [f32], dp: &mut [f32], ds: &mut [f32], lse: &[f32], delta: &[f32], dims: [usize; 3], with_ds: bool));
+        build!($f, acc_dkdv_body(p: &[f32], dsf: &[f32], q: &[f32], dout: &[f32], dims: [usize; 5], dk: &mut [f32], dv: &mut [f32]));
+        build!($f, acc_dq_body(dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]));
+    };
+}
+
+/// The AVX2+FMA builds.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    macro_rules! build {
-        ($name:ident ( $($arg:ident : $ty:ty),* )) => {
-            /// # Safety
-            /// The CPU supports AVX2 and FMA.
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            pub unsafe fn $name($($arg: $ty),*) {
-                super::$name($($arg),*)
-            }
-        };
-    }
-    build!(products_body(q: &[f32], dout: &[f32], kt: &[f32], vt: &[f32], dims: [usize; 5], scale: f32, s: &mut [f32], dp: &mut [f32]));
-    build!(probs_body(s: &mut [f32], dp: &mut [f32], ds: &mut [f32], lse: &[f32], delta: &[f32], dims: [usize; 3], with_ds: bool));
-    build!(acc_dkdv_body(p: &[f32], dsf: &[f32], q: &[f32], dout: &[f32], dims: [usize; 5], dk: &mut [f32], dv: &mut [f32]));
-    build!(acc_dq_body(dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]));
+    builds!("avx2,fma");
+}
+
+/// The AVX-512F builds.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    builds!("avx512f,avx2,fma");
 }
