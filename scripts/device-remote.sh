@@ -7,6 +7,10 @@
 #        also at D64 and D128), bench
 #        --backend cuda with cold (new cache dir) and warm (second process) JIT
 #   cpu  attnc's CPU backend vs PyTorch SDPA / FlexAttention-on-CPU, 2 and 16 threads
+#   python  the Python package (wheel from .bin/py, installed with pip --no-index into
+#        /tmp/attnc-py): the pytest suite with CUDA tensors (python/tests), then
+#        python/bench/bench_gpu.py (call overhead vs FlexAttention/SDPA, throughput vs
+#        `attnc bench`, train_tiny tokens/s); not in the default set: ATTNC_PARTS=python
 #   jit  JIT latency with the driver cache off: cold / warm (cubin from disk) / tiered,
 #        and ptxas levels 0..4 for causal D128 (scripts/jit-probe-remote.sh, ~1 minute;
 #        not in the default set: ATTNC_PARTS=jit)
@@ -38,6 +42,20 @@ for part in $parts; do
       ;;
     cpu) bash scripts/cpu-bench-remote.sh 2>&1 | tee "$OUT/cpu.log" || status=1 ;;
     jit) bash scripts/jit-probe-remote.sh || status=1 ;;
+    python)
+      echo "== Python package on the GPU =="
+      rm -rf /tmp/attnc-py
+      if python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/attnc-py .bin/py/*.whl || status=1
+      else  # a wheel is a zip archive
+        for w in .bin/py/*.whl; do python3 -m zipfile -e "$w" /tmp/attnc-py; done
+      fi
+      export PYTHONPATH=/tmp/attnc-py${PYTHONPATH:+:$PYTHONPATH}
+      timeout 900 python3 -m pytest python/tests -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | grep -Ev " PASSED " | tail -60
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      timeout 900 python3 python/bench/bench_gpu.py --attnc-bin .bin/attnc --out "$OUT" 2>&1 | tee "$OUT/python_bench.log"
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      ;;
   esac
 done
 exit $status
