@@ -326,7 +326,10 @@ pub(crate) fn cuda_backward(
     let g = gpu().map_err(err)?;
     let mut opts = PtxOptions::backward(g.device.arch(), shape.d as u32, shape.dv as u32, input);
     opts.checked = checked;
-    let kernels = JIT.get_or_init(BackwardJit::default).get(&g.device, p, &opts).map_err(err)?;
+    let kernels = JIT
+        .get_or_init(BackwardJit::default)
+        .get(&g.device, p, &opts)
+        .map_err(err)?;
     let blocks = LaunchBlocks::new(&kernels, p, shape, bind).map_err(err)?;
     let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
     let grads = kernels

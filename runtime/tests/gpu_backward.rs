@@ -30,9 +30,7 @@ use attnc::cuda::CudaDevice;
 use attnc::cuda::backward::{BwdBlocks, CudaBackward, Grads, LaunchBlocks, emit_backward_kernels};
 use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions, samples};
 use attnc_compiler::interp::{Args, Bindings, eval};
-use attnc_compiler::ir::{
-    Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type,
-};
+use attnc_compiler::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type};
 use attnc_compiler::reference;
 use attnc_compiler::shape::Shape;
 use attnc_grammar::ast::Span;
@@ -46,7 +44,11 @@ fn late_start() -> Program {
     let kv = push(&mut f, Inst::Arg(Arg::Kv), Type::I32);
     let five = push(&mut f, Inst::ConstI32(5), Type::I32);
     let k5 = push(&mut f, Inst::Binary(BinOp::IAdd, kv, five), Type::I32);
-    f.ret = push(&mut f, Inst::Binary(BinOp::ICmp(Cmp::Ge), q, k5), Type::Bool);
+    f.ret = push(
+        &mut f,
+        Inst::Binary(BinOp::ICmp(Cmp::Ge), q, k5),
+        Type::Bool,
+    );
     Program {
         name: "late_start".into(),
         span: Span::default(),
@@ -240,13 +242,7 @@ fn blocks_of(bw: &CudaBackward, p: &Program, sh: &Shape, x: &Inputs) -> LaunchBl
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(
-    dev: &CudaDevice,
-    bw: &CudaBackward,
-    sh: &Shape,
-    x: &Inputs,
-    blocks: BwdBlocks,
-) -> Grads {
+fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdBlocks) -> Grads {
     bw.backward_host(
         dev,
         sh,
@@ -410,11 +406,14 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
 /// kernels do not compute capture gradients).
 fn gpu_backward_api_every_example(_dev: &CudaDevice) {
     use attnc::{Backend, BindOptions, Compiled, DType, synth};
-    let dir = ["examples", concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|d| d.is_dir())
-        .expect("the examples directory");
+    let dir = [
+        "examples",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"),
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|d| d.is_dir())
+    .expect("the examples directory");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -467,11 +466,13 @@ fn gpu_backward_api_every_example(_dev: &CudaDevice) {
                 .forward(&q, &k, &v, &caps)
                 .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
             let got = cuda.backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, &caps);
-            if let Some(why) =
-                attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p)
+            if let Some(why) = attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p)
             {
                 let e = got.expect_err("a program needing capture gradients must be refused");
-                assert!(e.to_string().contains("captured tensors"), "{what}: {e} ({why})");
+                assert!(
+                    e.to_string().contains("captured tensors"),
+                    "{what}: {e} ({why})"
+                );
                 refused += 1;
                 continue;
             }
@@ -532,7 +533,10 @@ fn gpu_backward_bench(dev: &CudaDevice) {
             ("doc_causal", samples::document_causal()),
         ];
         for (name, p) in variants {
-            if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|x| x == name))
+            {
                 continue;
             }
             let mut bind = Bindings::default();
@@ -596,9 +600,7 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                 pairs / (b * l * l) as f64,
                 ks[1].kv_bounds.name()
             );
-            json.push_str(&format!(
-                "\"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}}},\n"
-            ));
+            json.push_str(&format!("\"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}}},\n"));
         }
     }
     json.push_str(&format!("\"device\": \"{}\"\n}}\n", dev.name()));
@@ -613,10 +615,19 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_backward_samples_match_reference",
         gpu_backward_samples_match_reference,
     ),
-    ("gpu_backward_fully_masked_rows", gpu_backward_fully_masked_rows),
+    (
+        "gpu_backward_fully_masked_rows",
+        gpu_backward_fully_masked_rows,
+    ),
     ("gpu_backward_dlse", gpu_backward_dlse),
-    ("gpu_backward_is_deterministic", gpu_backward_is_deterministic),
-    ("gpu_backward_api_every_example", gpu_backward_api_every_example),
+    (
+        "gpu_backward_is_deterministic",
+        gpu_backward_is_deterministic,
+    ),
+    (
+        "gpu_backward_api_every_example",
+        gpu_backward_api_every_example,
+    ),
 ];
 
 /// Run only when the filter names them (`gpu_backward bench`).

@@ -16,9 +16,7 @@
 use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, KvLaunch, time_events};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
-use attnc_compiler::backend::llvm::backward::{
-    BackwardKind, emit_backward, pre_rows_per_cta,
-};
+use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward, pre_rows_per_cta};
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
@@ -217,7 +215,11 @@ impl CudaBackward {
             ("o", o.len(), shape.o_len()),
             ("do", d_o.len(), shape.o_len()),
             ("lse", lse.len(), shape.lse_len()),
-            ("dlse", dlse.map_or(shape.lse_len(), |x| x.len()), shape.lse_len()),
+            (
+                "dlse",
+                dlse.map_or(shape.lse_len(), |x| x.len()),
+                shape.lse_len(),
+            ),
         ];
         for (name, got, want) in lens {
             if got != want {
@@ -270,7 +272,8 @@ impl CudaBackward {
             }
             (KvBounds::ClosedForm(_), BwdBlocks::Maps(_)) => {
                 return Err(CudaError::Mismatch(
-                    "these backward kernels use the closed form of the mask: pass its bounds".into(),
+                    "these backward kernels use the closed form of the mask: pass its bounds"
+                        .into(),
                 ));
             }
             (KvBounds::Table, BwdBlocks::ClosedForm(_)) => {
@@ -279,15 +282,14 @@ impl CudaBackward {
                 ));
             }
         }
-        let up16 = |x: &[u16]| -> Result<CudaSlice<u16>, CudaError> {
-            Ok(s.clone_htod(&nonempty16(x))?)
-        };
+        let up16 =
+            |x: &[u16]| -> Result<CudaSlice<u16>, CudaError> { Ok(s.clone_htod(&nonempty16(x))?) };
         let up32 = |x: &[f32]| -> Result<CudaSlice<f32>, CudaError> {
             Ok(s.clone_htod(if x.is_empty() { &[0.0f32][..] } else { x })?)
         };
-        let mut fwd = self
-            .dkdv
-            .upload_rest(dev, shape, (up16(q)?, up16(k)?, up16(v)?), scale, bind, kv)?;
+        let mut fwd =
+            self.dkdv
+                .upload_rest(dev, shape, (up16(q)?, up16(k)?, up16(v)?), scale, bind, kv)?;
         fwd.o = up16(o)?;
         fwd.lse = up32(lse)?;
         let rows = shape.lse_len().max(1);
@@ -436,11 +438,11 @@ fn launch_one(
                     _ => A::I(*hs),
                 }
             }
-            KernelParam::KvOffset(i) => {
-                A::L(*f.kv_offsets.get(*i as usize).ok_or_else(|| {
-                    CudaError::Mismatch("closed-form offsets missing".into())
-                })?)
-            }
+            KernelParam::KvOffset(i) => A::L(
+                *f.kv_offsets
+                    .get(*i as usize)
+                    .ok_or_else(|| CudaError::Mismatch("closed-form offsets missing".into()))?,
+            ),
             KernelParam::KvAllPartial => A::I(f.kv_all_partial),
             KernelParam::Params => A::P(pu(&f.params)),
             KernelParam::Err => A::P(pu(&f.err)),
@@ -536,7 +538,8 @@ impl LaunchBlocks {
         bind: &Bindings,
     ) -> Result<Self, CudaError> {
         use attnc_compiler::analysis::classify::{analyze, build_block_maps, closed_form_bounds};
-        let err = |e: attnc_compiler::analysis::classify::BlockError| CudaError::Mismatch(e.to_string());
+        let err =
+            |e: attnc_compiler::analysis::classify::BlockError| CudaError::Mismatch(e.to_string());
         Ok(match &kernels.dkdv.meta.kv_bounds {
             KvBounds::ClosedForm(cf) => {
                 LaunchBlocks::ClosedForm(closed_form_bounds(p, cf, shape, bind).map_err(err)?)

@@ -179,7 +179,11 @@ pub fn capture_grads_unsupported(p: &Program) -> Option<String> {
         .reads
         .iter()
         .map(|r| p.tensors[r.tensor.0 as usize].name.clone())
-        .chain(sg.params.iter().map(|x| p.params[x.param.0 as usize].name.clone()))
+        .chain(
+            sg.params
+                .iter()
+                .map(|x| p.params[x.param.0 as usize].name.clone()),
+        )
         .collect();
     names.dedup();
     (!names.is_empty()).then(|| {
@@ -483,8 +487,12 @@ fn pre_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()>
             let (x, y) = (load(o)?, load(d_o)?);
             let mut part = g.cf(0.0);
             for i in 0..8 {
-                let xi = g.b.build_extract_element(x, g.c32(i), "")?.into_float_value();
-                let yi = g.b.build_extract_element(y, g.c32(i), "")?.into_float_value();
+                let xi =
+                    g.b.build_extract_element(x, g.c32(i), "")?
+                        .into_float_value();
+                let yi =
+                    g.b.build_extract_element(y, g.c32(i), "")?
+                        .into_float_value();
                 part = g.fadd(part, g.fmul(xi, yi)?)?;
             }
             sum = g.fadd(sum, g.selectf(ok, part, g.cf(0.0))?)?;
@@ -634,7 +642,14 @@ fn acc_vars<'ctx>(g: &Gpu<'ctx>, n_tiles: usize) -> R<Vec<[Var<'ctx>; 4]>> {
 
 fn acc_get<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]]) -> R<Acc<'ctx>> {
     v.iter()
-        .map(|x| Ok([g.getf(&x[0])?, g.getf(&x[1])?, g.getf(&x[2])?, g.getf(&x[3])?]))
+        .map(|x| {
+            Ok([
+                g.getf(&x[0])?,
+                g.getf(&x[1])?,
+                g.getf(&x[2])?,
+                g.getf(&x[3])?,
+            ])
+        })
         .collect()
 }
 
@@ -795,7 +810,10 @@ fn grad_scores<'ctx>(
                 let (logit, dprime) = match e.sd {
                     Some((f, df)) => (
                         g.fsub(
-                            g.fmul(emit_function(g, e.env, f, el)?.into_float_value(), g.cf(LOG2E))?,
+                            g.fmul(
+                                emit_function(g, e.env, f, el)?.into_float_value(),
+                                g.cf(LOG2E),
+                            )?,
                             l2,
                         )?,
                         Some(emit_function(g, e.env, df, el)?.into_float_value()),
@@ -955,11 +973,7 @@ fn dkdv_body<'ctx>(
     let nq = g.sub(end, first)?;
     let nq = g.selecti(g.icmp(IntPredicate::SLT, nq, zero)?, zero, nq)?;
     let n_iter = g.mul(nq, group)?;
-    let kv_tail = g.icmp(
-        IntPredicate::SGT,
-        g.add(kv0, g.c32(bc as i64))?,
-        c.lkv,
-    )?;
+    let kv_tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?;
 
     // (query head, q block) of iteration `it`
     let head_block = |it: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
@@ -1049,12 +1063,10 @@ fn dkdv_body<'ctx>(
         for cc in 0..2 {
             let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
             let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
-            let l2 = g
-                .b
-                .build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
-            let dl = g
-                .b
-                .build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
+            let l2 =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
+            let dl =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
             stats.push((g.add(q0, ci)?, l2, dl));
         }
     }
@@ -1075,10 +1087,26 @@ fn dkdv_body<'ctx>(
     };
     let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
     let mut dv_acc = acc_get(g, &dv)?;
-    mm_ab(g, ty, &acc_to_a(g, ty, &pt)?, &t.d_o, c.lane, buf, &mut dv_acc)?;
+    mm_ab(
+        g,
+        ty,
+        &acc_to_a(g, ty, &pt)?,
+        &t.d_o,
+        c.lane,
+        buf,
+        &mut dv_acc,
+    )?;
     acc_set(g, &dv, &dv_acc)?;
     let mut dk_acc = acc_get(g, &dk)?;
-    mm_ab(g, ty, &acc_to_a(g, ty, &dst)?, &t.q, c.lane, buf, &mut dk_acc)?;
+    mm_ab(
+        g,
+        ty,
+        &acc_to_a(g, ty, &dst)?,
+        &t.q,
+        c.lane,
+        buf,
+        &mut dk_acc,
+    )?;
     acc_set(g, &dk, &dk_acc)?;
     g.set(&st_it, it1)?;
     g.set(&st_buf, other)?;
@@ -1196,7 +1224,8 @@ fn dq_body<'ctx>(
     };
 
     t.q.load_async(g, c.tid, threads, qbase, q0, g.sub(c.lq, q0)?, zero)?;
-    t.d_o.load_async(g, c.tid, threads, obase, q0, g.sub(c.lq, q0)?, zero)?;
+    t.d_o
+        .load_async(g, c.tid, threads, obase, q0, g.sub(c.lq, q0)?, zero)?;
     g.cp_async_commit()?;
     let pre = g.block("dq_prologue");
     let lp = g.block("kv_loop");
@@ -1261,7 +1290,15 @@ fn dq_body<'ctx>(
     };
     let (_, ds) = grad_scores(g, &ec, &s, &dp, &at, full)?;
     let mut dq_acc = acc_get(g, &dq)?;
-    mm_ab(g, ty, &acc_to_a(g, ty, &ds)?, &t.k, c.lane, buf, &mut dq_acc)?;
+    mm_ab(
+        g,
+        ty,
+        &acc_to_a(g, ty, &ds)?,
+        &t.k,
+        c.lane,
+        buf,
+        &mut dq_acc,
+    )?;
     acc_set(g, &dq, &dq_acc)?;
     g.set(&st_j, next_j)?;
     g.set(&st_end, next_end)?;
@@ -1310,11 +1347,8 @@ mod tests {
                     assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
                     assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
                     if let Some(dir) = &dir {
-                        std::fs::write(
-                            format!("{dir}/{}_d{d}_{}.ptx", k.entry, ty.name()),
-                            &k.ptx,
-                        )
-                        .unwrap();
+                        std::fs::write(format!("{dir}/{}_d{d}_{}.ptx", k.entry, ty.name()), &k.ptx)
+                            .unwrap();
                     }
                 }
             }
