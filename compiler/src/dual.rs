@@ -264,6 +264,8 @@ pub fn eval_dual(
                             };
                             if let Some((cx, lo, hi)) = clamp {
                                 let (vx, vlo, vhi) = (x(&cx), x(&lo), x(&hi));
+                                // `!(x >= lo)`: below lo or NaN (the grad module's rule)
+                                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                                 let from = if vx >= vlo && vx <= vhi {
                                     cx
                                 } else if !(vx >= vlo) && vlo <= vhi {

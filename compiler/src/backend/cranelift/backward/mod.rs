@@ -177,6 +177,9 @@ impl SharedCtx {
     }
 }
 
+/// One float tensor's per-item gradient: dense partial sums, touched marks, touch order.
+type CapScratch = (Vec<f32>, Vec<bool>, Vec<u32>);
+
 /// Per-thread scratch.
 struct Scratch {
     s: Vec<f32>,
@@ -185,7 +188,7 @@ struct Scratch {
     flat: Vec<i64>,
     part: Vec<f32>,
     /// Per program tensor (float ones): dense partial gradient, touched marks, touch order.
-    cap: Vec<Option<(Vec<f32>, Vec<bool>, Vec<u32>)>>,
+    cap: Vec<Option<CapScratch>>,
 }
 
 /// What one pass-2 item produces besides its dQ rows.
@@ -336,7 +339,6 @@ impl CpuBackward {
                 let (i0, j0) = (it * bq, jt * bkv);
                 let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
                 let row0 = (b * hq + h) * lq + i0;
-                let kv0 = (b * hkv + hk) * lkv + j0;
                 let t = (b * hkv + hk) * nkvb + jt;
                 products(
                     avx2,
