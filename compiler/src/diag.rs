@@ -83,12 +83,22 @@ pub const MAX_RENDERED: usize = 50;
 /// Source lines longer than this (in bytes) are shown as a window around the labels.
 pub const LINE_WINDOW: usize = 160;
 
-/// Renders diagnostics like rustc, as plain text. At most [`MAX_RENDERED`] are shown,
+/// Renders diagnostics like rustc, as plain text unless [`set_color`] switched colour
+/// on. At most [`MAX_RENDERED`] are shown,
 /// then a count of the others; lines longer than [`LINE_WINDOW`] bytes are cut to a
 /// window around the label (line and column numbers stay those of the file). Spans
 /// outside the source are clamped (never panics).
+/// With [`render`]'s colour switched on by [`set_color`] (the CLI's `--color`).
 pub fn render(diags: &[Diagnostic], file_name: &str, source: &str) -> String {
-    render_styled(diags, file_name, source, false)
+    let color = COLOR.load(std::sync::atomic::Ordering::Relaxed);
+    render_styled(diags, file_name, source, color)
+}
+
+static COLOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`render`] colours diagnostics (ANSI escapes), process-wide; default off.
+pub fn set_color(on: bool) {
+    COLOR.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// [`render`], with ANSI colours when `color` is set (for a terminal).

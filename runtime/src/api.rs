@@ -175,6 +175,17 @@ pub enum ParamValue {
     F32(f32),
 }
 
+impl std::fmt::Display for ParamValue {
+    /// The value as written in source or on the command line: `25`, `1.5`, `true`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::I32(i) => write!(f, "{i}"),
+            ParamValue::F32(x) => write!(f, "{x:?}"),
+        }
+    }
+}
+
 /// Captured tensors and params, by name.
 #[derive(Clone, Debug, Default)]
 pub struct Captures {

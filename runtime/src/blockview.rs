@@ -147,15 +147,15 @@ pub fn text_picture(m: &BlockMap, max_cols: usize) -> String {
         g.fq,
         g.fk
     );
+    // the kv axis: 0 over the first column and the last position ending over the last
+    // one; a picture narrower than that gets the range instead
     let last_kv = m.lkv.saturating_sub(1).to_string();
-    let pad = g.cols.saturating_sub(last_kv.len() + 1);
-    let _ = writeln!(
-        out,
-        "{:>8} kv 0{:>w$}",
-        "",
-        last_kv,
-        w = pad.max(1) + last_kv.len() - 1
-    );
+    let axis = if g.cols >= last_kv.len() + 2 {
+        format!("0{last_kv:>w$}", w = g.cols - 1)
+    } else {
+        format!("0..{last_kv}")
+    };
+    let _ = writeln!(out, "{:>8}   {axis}", "kv");
     let _ = writeln!(out, "{:>8}  +{}+", "q", "-".repeat(g.cols));
     let label_every = g.rows.div_ceil(16).max(1);
     for r in 0..g.rows {
@@ -505,6 +505,24 @@ mod tests {
         let s = stats(&m);
         assert_eq!((s.full, s.partial, s.empty), (6, 4, 6));
         assert!((s.density - 10.0 / 16.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn kv_axis_lines_up_with_the_picture_or_gives_the_range() {
+        // wide enough: 0 over the first cell, the last kv position ending over the last
+        let m = causal(1024, 128);
+        let t = text_picture(&m, 64);
+        let lines: Vec<&str> = t.lines().collect();
+        let first_row = lines.iter().find(|l| l.contains('|')).unwrap();
+        let first_cell = first_row.find('|').unwrap() + 1;
+        let axis = lines[1];
+        assert_eq!(axis.find('0'), Some(first_cell), "{t}");
+        let last_cell = first_cell + first_row.split('|').nth(1).unwrap().chars().count() - 1;
+        assert_eq!(axis.trim_end().len() - 1, last_cell, "{t}");
+        // narrower than its label (2 columns, Lkv = 1000): the range, nothing misaligned
+        let m = causal(1000, 500);
+        let t = text_picture(&m, 64);
+        assert!(t.lines().nth(1).unwrap().ends_with("kv   0..999"), "{t}");
     }
 
     #[test]

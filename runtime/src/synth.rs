@@ -39,6 +39,55 @@ impl Rng {
     }
 }
 
+/// Most elements [`checked_inputs`] lets one synthetic tensor have (4 GiB of f32).
+pub const MAX_SYNTH_ELEMENTS: usize = 1 << 30;
+
+/// Checks, before anything is allocated, that the synthetic captures of `p` at `shape`
+/// (and q/k/v when `with_qkv`) are each at most [`MAX_SYNTH_ELEMENTS`] elements (what
+/// `attnc bench`, `blockmask` and `demo` would build); the error names the tensor and
+/// the limit.
+pub fn checked_inputs(p: &Program, shape: &Shape, with_qkv: bool) -> Result<(), crate::Error> {
+    shape.validate()?;
+    let mut all = Vec::new();
+    if with_qkv {
+        all.push(("q".to_string(), vec![shape.b, shape.hq, shape.lq, shape.d]));
+        all.push((
+            "k".to_string(),
+            vec![shape.b, shape.hkv, shape.lkv, shape.d],
+        ));
+        all.push((
+            "v".to_string(),
+            vec![shape.b, shape.hkv, shape.lkv, shape.dv],
+        ));
+    }
+    for t in &p.tensors {
+        all.push((t.name.clone(), dims_of(&t.dims, shape)));
+    }
+    for (name, dims) in all {
+        let n = crate::tensor::elements(&dims);
+        if n.is_none_or(|n| n > MAX_SYNTH_ELEMENTS) {
+            return Err(crate::Error::Usage(format!(
+                "synthetic tensor `{name}` {dims:?} would have {} elements; the limit is {MAX_SYNTH_ELEMENTS} (2^30): use smaller sizes",
+                n.map_or("more than 2^64".to_string(), |n| n.to_string())
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn dims_of(dims: &[DimSpec], shape: &Shape) -> Vec<usize> {
+    dims.iter()
+        .map(|d| match d {
+            DimSpec::B => shape.b,
+            DimSpec::H => shape.hq,
+            DimSpec::Q => shape.lq,
+            DimSpec::Kv => shape.lkv,
+            DimSpec::Fixed(n) => *n,
+            DimSpec::Symbol(_) => 8,
+        })
+        .collect()
+}
+
 /// Random q, k, v (standard normal) in `dtype`.
 pub fn qkv(shape: &Shape, dtype: DType, seed: u64) -> (Tensor, Tensor, Tensor) {
     let mut rng = Rng::new(seed);
@@ -72,20 +121,12 @@ pub fn captures_with_ids(p: &Program, shape: &Shape, seed: u64, ids: usize) -> C
         c.params.insert(param.name.clone(), v);
     }
     for t in &p.tensors {
-        let dims: Vec<usize> = t
-            .dims
-            .iter()
-            .map(|d| match d {
-                DimSpec::B => shape.b,
-                DimSpec::H => shape.hq,
-                DimSpec::Q => shape.lq,
-                DimSpec::Kv => shape.lkv,
-                DimSpec::Fixed(n) => *n,
-                DimSpec::Symbol(_) => 8,
-            })
-            .collect();
+        let dims = dims_of(&t.dims, shape);
         let n: usize = dims.iter().product();
         let last = *dims.last().unwrap_or(&1);
+        // more ids than positions cannot all occur: bound the cuts drawn per row (by the
+        // row length, at least 4096, so small cases keep their random stream)
+        let ids = ids.min(last.max(4096) + 1);
         let tensor = match t.elem {
             ElemType::I32 | ElemType::I64 => {
                 // sorted ids in 0..ids along the last axis, with random boundaries

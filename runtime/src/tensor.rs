@@ -3,6 +3,7 @@
 //! In: raw little-endian bytes with a dtype and a shape (from safetensors or built in
 //! Rust). Out: typed views converted for the kernels (`to_f32`, `to_i32`, bf16/f16 bits).
 
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
 /// Element type of a host tensor.
@@ -53,6 +54,34 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// Little-endian 16-bit words of `bytes`.
+fn u16s(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// The little-endian bytes of 16-bit words.
+fn le_bytes(words: &[u16]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// The number of elements of `shape`, `None` when it does not fit in `usize`.
+pub fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// The constructors' check: `len` values fill `shape` exactly.
+fn check_len(shape: &[usize], len: usize) {
+    let n = elements(shape);
+    assert!(
+        n == Some(len),
+        "tensor data has {len} values but shape {shape:?} needs {}",
+        n.map_or("more than usize::MAX".to_string(), |n| n.to_string())
+    );
+}
+
 /// A dense, row-major host tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
@@ -64,7 +93,7 @@ pub struct Tensor {
 impl Tensor {
     /// Wraps bytes; `None` when the byte count does not match the shape and dtype.
     pub fn from_bytes(shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Option<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = elements(&shape)?;
         if n.checked_mul(dtype.size())? != bytes.len() {
             return None;
         }
@@ -74,12 +103,10 @@ impl Tensor {
             bytes,
         })
     }
+    /// # Panics
+    /// When `data.len()` is not the number of elements of `shape` (as every constructor).
     pub fn from_f32(shape: Vec<usize>, data: &[f32]) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape does not match data"
-        );
+        check_len(&shape, data.len());
         Tensor {
             shape,
             dtype: DType::F32,
@@ -87,11 +114,7 @@ impl Tensor {
         }
     }
     pub fn from_i32(shape: Vec<usize>, data: &[i32]) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape does not match data"
-        );
+        check_len(&shape, data.len());
         Tensor {
             shape,
             dtype: DType::I32,
@@ -99,11 +122,7 @@ impl Tensor {
         }
     }
     pub fn from_i64(shape: Vec<usize>, data: &[i64]) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape does not match data"
-        );
+        check_len(&shape, data.len());
         Tensor {
             shape,
             dtype: DType::I64,
@@ -112,16 +131,19 @@ impl Tensor {
     }
     /// Converts f32 values to a float dtype (rounding to nearest even for f16/bf16).
     pub fn from_f32_as(shape: Vec<usize>, data: &[f32], dtype: DType) -> Tensor {
+        check_len(&shape, data.len());
         let bytes = match dtype {
             DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::F16 => data
-                .iter()
-                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                .collect(),
-            DType::BF16 => data
-                .iter()
-                .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
-                .collect(),
+            DType::F16 => {
+                let mut h = vec![f16::ZERO; data.len()];
+                h.convert_from_f32_slice(data);
+                le_bytes(h.reinterpret_cast())
+            }
+            DType::BF16 => {
+                let mut h = vec![bf16::ZERO; data.len()];
+                h.convert_from_f32_slice(data);
+                le_bytes(h.reinterpret_cast())
+            }
             DType::I32 => data
                 .iter()
                 .flat_map(|x| (*x as i32).to_le_bytes())
@@ -146,8 +168,9 @@ impl Tensor {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The number of elements (the constructors guarantee it fits: it never wraps).
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        self.bytes.len() / self.dtype.size()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -160,14 +183,11 @@ impl Tensor {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            DType::F16 | DType::BF16 => {
+                let mut out = Vec::new();
+                self.read_f32_into(&mut out);
+                out
+            }
             DType::I32 => self.to_i32().into_iter().map(|x| x as f32).collect(),
             DType::I64 => self.to_i64().into_iter().map(|x| x as f32).collect(),
         }
@@ -182,14 +202,19 @@ impl Tensor {
                 b.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             ),
-            DType::F16 => out.extend(
-                b.chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            DType::BF16 => out.extend(
-                b.chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
+            // half's slice conversions (vectorized where the CPU allows)
+            DType::F16 => {
+                let bits = u16s(b);
+                out.resize(bits.len(), 0.0);
+                let h: &[f16] = bits.reinterpret_cast();
+                h.convert_to_f32_slice(out);
+            }
+            DType::BF16 => {
+                let bits = u16s(b);
+                out.resize(bits.len(), 0.0);
+                let h: &[bf16] = bits.reinterpret_cast();
+                h.convert_to_f32_slice(out);
+            }
             _ => out.extend(self.to_f32()),
         }
     }

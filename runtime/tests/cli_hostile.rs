@@ -96,7 +96,7 @@ fn output_to_a_fifo_writes_through_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let bytes = reader.join().unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors through the fifo");
-    assert!(st.names().iter().any(|n| *n == "o"));
+    assert!(st.names().contains(&"o"));
     let m = std::fs::symlink_metadata(&fifo).unwrap();
     assert!(
         m.file_type().is_fifo(),
@@ -200,4 +200,232 @@ fn stdout_write_error_exits_nonzero() {
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Runs attnc and expects a clean size error (exit 1, no panic/abort) mentioning `want`.
+fn size_error(args: &[&str], want: &str) {
+    let out = attnc(args);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {t}");
+    assert!(t.contains(want), "{args:?}: expected `{want}` in:\n{t}");
+    assert!(!t.contains("panicked"), "{args:?}: {t}");
+}
+
+#[test]
+fn huge_sizes_are_refused_before_allocating() {
+    let f = "examples/causal.attn";
+    size_error(
+        &["bench", f, "--d", "4611686018427387904", "--iters", "1"],
+        "65536",
+    );
+    size_error(&["bench", f, "--lq", "2147483647", "--iters", "1"], "limit");
+    size_error(
+        &[
+            "bench", f, "--b", "65536", "--h", "65536", "--lq", "64", "--iters", "1",
+        ],
+        "limit",
+    );
+    size_error(
+        &[
+            "bench",
+            "examples/document_causal.attn",
+            "--attention",
+            "document_causal",
+            "--docs",
+            "18446744073709551615",
+            "--lq",
+            "64",
+            "--iters",
+            "1",
+        ],
+        "--docs",
+    );
+    size_error(
+        &["emit", "ptx", f, "--d", "4294967424"],
+        "between 1 and 65536",
+    );
+    size_error(
+        &[
+            "blockmask",
+            f,
+            "--lq",
+            "2147483647",
+            "--lkv",
+            "2147483647",
+            "--block",
+            "1",
+        ],
+        "limit",
+    );
+    size_error(
+        &[
+            "blockmask",
+            f,
+            "--lq",
+            "100000",
+            "--lkv",
+            "100000",
+            "--exact",
+        ],
+        "limit",
+    );
+    size_error(
+        &[
+            "blockmask",
+            "examples/document_causal.attn",
+            "--attention",
+            "document_causal",
+            "--lq",
+            "2147483647",
+            "--lkv",
+            "2147483647",
+        ],
+        "limit",
+    );
+}
+
+/// A usage error: exit 2 (clap), naming what is allowed.
+fn usage_error(args: &[&str], want: &[&str]) {
+    let out = attnc(args);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+    for w in want {
+        assert!(t.contains(w), "{args:?}: expected `{w}` in:\n{t}");
+    }
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors_with_the_allowed_values() {
+    let f = "examples/causal.attn";
+    usage_error(&["bench", f, "--dtype", "i32"], &["f32", "f16", "bf16"]);
+    usage_error(&["emit", "ptx", f, "--arch", "sm_70"], &["sm_80", "sm_90"]);
+    usage_error(&["emit", "ptx", f, "--dtype", "f32"], &["bf16", "f16"]);
+    usage_error(
+        &["bench", f, "--backend", "tpu"],
+        &["reference", "cpu", "cuda"],
+    );
+    usage_error(
+        &["blockmask", f, "--lq", "8", "--lkv", "8", "--block", "0"],
+        &["QxK"],
+    );
+    usage_error(
+        &["blockmask", f, "--lq", "8", "--lkv", "8", "--block", "ax2"],
+        &["QxK"],
+    );
+    usage_error(
+        &["blockmask", f, "--lq", "8", "--lkv", "8", "--param", "w"],
+        &["NAME=VALUE"],
+    );
+    usage_error(&["bench", f, "--param", "w=abc"], &["not a number or bool"]);
+    for s in ["nan", "inf", "-inf"] {
+        usage_error(
+            &[
+                "run",
+                f,
+                "--inputs",
+                "x",
+                "--output",
+                "y",
+                &format!("--scale={s}"),
+            ],
+            &["finite"],
+        );
+    }
+    usage_error(
+        &["check", f, "--color", "sometimes"],
+        &["auto", "always", "never"],
+    );
+}
+
+#[test]
+fn batch_and_heads_flags_are_the_same_in_bench_and_blockmask() {
+    let f = "examples/causal.attn";
+    for (b, h) in [("--batch", "--heads"), ("--b", "--h")] {
+        let out = attnc(&["blockmask", f, "--lq", "64", "--lkv", "64", b, "2", h, "2"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let out = attnc(&[
+            "bench", f, b, "1", h, "2", "--lq", "32", "--d", "8", "--iters", "1",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+}
+
+#[test]
+fn version_names_llvm_and_the_cuda_driver_api() {
+    let out = attnc(&["--version"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("LLVM 22.") && t.contains("CUDA driver API 12.8"),
+        "{t}"
+    );
+}
+
+#[test]
+fn color_is_chosen_by_the_flag() {
+    let bad = "tests/bad/E0201_mismatched_operands.attn";
+    let out = attnc(&["check", bad, "--color", "always"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\u{1b}["),
+        "no colour with --color always:\n{err}"
+    );
+    for mode in ["never", "auto"] {
+        // auto: stderr is a pipe here
+        let out = attnc(&["check", bad, "--color", mode]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains('\u{1b}'),
+            "colour with --color {mode}:\n{err}"
+        );
+        assert!(err.contains("error[E0201]"), "{err}");
+    }
+}
+
+#[test]
+fn notes_go_to_stderr_and_no_debug_formatting_reaches_users() {
+    // document_causal declares a tensor and sliding_window a param: both synthesized
+    for f in [
+        "examples/document_causal.attn",
+        "examples/sliding_window.attn",
+    ] {
+        let out = attnc(&[
+            "blockmask",
+            f,
+            "--lq",
+            "64",
+            "--lkv",
+            "64",
+            "--block",
+            "16",
+            "--exact",
+            "--attention",
+            if f.contains("document") {
+                "document_causal"
+            } else {
+                "sliding_window"
+            },
+        ]);
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{so}{se}");
+        assert!(!so.contains("note:"), "a note on stdout:\n{so}");
+        for debug in ["I32(", "F32(", "Precision {", "Shape {", " { "] {
+            assert!(
+                !so.contains(debug) && !se.contains(debug),
+                "`{debug}` in:\n{so}{se}"
+            );
+        }
+    }
+    let dir = tmpdir("debugfmt");
+    let out = run_to(
+        &inputs(&dir),
+        &dir.join("o.safetensors").display().to_string(),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(!t.contains("Shape {") && t.contains("B=1 Hq=1"), "{t}");
+    std::fs::remove_dir_all(&dir).ok();
 }

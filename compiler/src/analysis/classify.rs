@@ -95,6 +95,8 @@ impl fmt::Display for MaskInfo {
 pub enum BlockError {
     #[error("block sizes must be positive (got {q_block}x{kv_block})")]
     BlockSize { q_block: usize, kv_block: usize },
+    #[error("the block maps would have {blocks} blocks; the limit is {max} (use larger blocks)")]
+    TooManyBlocks { blocks: String, max: usize },
     #[error(transparent)]
     Shape(#[from] ShapeError),
     #[error("param `{name}` has no value")]
@@ -144,6 +146,9 @@ pub fn analyze(p: &Program) -> MaskInfo {
 /// Evaluations a single block may spend on refinement.
 const REFINE_BUDGET: u32 = 24;
 
+/// Most blocks (over all maps) one launch's block maps may have.
+pub const MAX_BLOCKS: usize = 1 << 28;
+
 /// Builds the block maps of one launch.
 pub fn build_block_maps(
     p: &Program,
@@ -158,6 +163,20 @@ pub fn build_block_maps(
     }
     shape.validate()?;
     let (lq, lkv) = (shape.lq, shape.lkv);
+    let blocks = [
+        lq.div_ceil(q_block),
+        lkv.div_ceil(kv_block),
+        if info.uses_b { shape.b } else { 1 },
+        if info.uses_h { shape.hq } else { 1 },
+    ]
+    .iter()
+    .try_fold(1usize, |n, &x| n.checked_mul(x));
+    if blocks.is_none_or(|n| n > MAX_BLOCKS) {
+        return Err(BlockError::TooManyBlocks {
+            blocks: blocks.map_or("more than 2^64".into(), |n| n.to_string()),
+            max: MAX_BLOCKS,
+        });
+    }
     let Some(f) = &p.mask else {
         return Ok(BlockMaps::single(BlockMap::dense(
             lq, lkv, q_block, kv_block,

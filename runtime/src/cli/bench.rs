@@ -41,6 +41,15 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         .filter(|d| d.is_float())
         .ok_or_else(|| Error::Usage(format!("--dtype: `{}` is not f32, f16 or bf16", a.dtype)))?;
     let shape = a.shape;
+    // sizes are checked before anything is allocated
+    synth::checked_inputs(variant.program(), &shape, true)?;
+    if a.docs == 0 || a.docs > i32::MAX as usize {
+        return Err(Error::Usage(format!(
+            "--docs {}: the number of documents must be between 1 and {}",
+            a.docs,
+            i32::MAX
+        )));
+    }
     let mut caps = synth::captures_with_ids(variant.program(), &shape, 7, a.docs);
     for (name, v) in parse_params(&a.params)? {
         caps.params.insert(name, v);

@@ -27,7 +27,10 @@ pub(crate) struct BlockmaskArgs {
     pub exact: bool,
 }
 
-fn parse_block(s: &str) -> Result<(usize, usize), Error> {
+/// Most (b, h, q, kv) pairs `--exact` evaluates by brute force.
+const MAX_EXACT_PAIRS: usize = 1 << 30;
+
+pub(crate) fn parse_block(s: &str) -> Result<(usize, usize), Error> {
     let bad = || Error::Usage(format!("--block expects QxK (e.g. 128x64) or N, got `{s}`"));
     let (a, b) = match s.split_once(['x', 'X']) {
         Some((a, b)) => (
@@ -71,20 +74,34 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
         d: 64,
         dv: 64,
     };
+    attnc::synth::checked_inputs(p, &shape, false)?;
+    if a.exact {
+        let pairs = [shape.b, shape.hq, shape.lq, shape.lkv]
+            .iter()
+            .try_fold(1usize, |n, &x| n.checked_mul(x));
+        if pairs.is_none_or(|n| n > MAX_EXACT_PAIRS) {
+            return Err(Error::Usage(format!(
+                "--exact evaluates the mask at every (b, h, q, kv): {} pairs; the limit is {MAX_EXACT_PAIRS} (2^30)",
+                pairs.map_or("more than 2^64".to_string(), |n| n.to_string())
+            )));
+        }
+    }
     // what the user did not give is synthesized (sorted ids, L/4 for integer params) and said so
     let synthetic = attnc::synth::captures(p, &shape, 7);
+    use std::collections::hash_map::Entry;
     for (name, t) in synthetic.tensors {
-        if !captures.tensors.contains_key(&name) {
-            outln!(
-                "note: tensor `{name}` not given (--inputs); using synthetic sorted ids / random values"
+        if let Entry::Vacant(e) = captures.tensors.entry(name) {
+            eprintln!(
+                "note: tensor `{}` not given (--inputs); using synthetic sorted ids / random values",
+                e.key()
             );
-            captures.tensors.insert(name, t);
+            e.insert(t);
         }
     }
     for (name, v) in synthetic.params {
-        if !captures.params.contains_key(&name) {
-            outln!("note: param `{name}` not given (--param); using {v:?}");
-            captures.params.insert(name, v);
+        if let Entry::Vacant(e) = captures.params.entry(name) {
+            eprintln!("note: param `{}` not given (--param); using {v}", e.key());
+            e.insert(v);
         }
     }
     let bound = variant.bind(attnc::BindOptions::new(
@@ -112,7 +129,12 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
     if a.exact {
         let pr =
             precision(p, &shape, qb, kb, &bindings).map_err(|e| Error::Usage(e.to_string()))?;
-        outln!("exact (brute force): {pr:?}");
+        outln!(
+            "exact (brute force): {} partial blocks of {} (the analysis marks {} partial)",
+            pr.partial_exact,
+            pr.total_blocks,
+            pr.partial_found
+        );
     }
     out!("{}", blockview::text_picture(m, 64));
     if let Some(path) = &a.png {

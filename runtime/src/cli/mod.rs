@@ -23,16 +23,39 @@ use attnc::{Compiled, Error, ParamValue};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `attnc --version`: the crate version, the LLVM attnc generates PTX with and the CUDA
+/// driver API it is built against (the driver itself is loaded at run time).
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (major, minor, patch) = attnc_compiler::backend::llvm::llvm_version();
+    format!(
+        "{} (LLVM {major}.{minor}.{patch}; CUDA driver API 12.8, loaded at run time)",
+        env!("CARGO_PKG_VERSION")
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "attnc",
-    version,
+    version = VERSION.as_str(),
     about = "A compiler for attention variants: .attn score/mask functions to fused kernels"
 )]
 struct Cli {
+    /// Colour diagnostics: auto (on a terminal, unless NO_COLOR is set), always or never
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    color: ColorArg,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The GPU architectures `--arch` accepts (`Arch::parse`).
+const ARCHS: [&str; 5] = ["sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"];
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub(crate) enum BackendArg {
@@ -67,23 +90,27 @@ pub(crate) enum EmitKind {
 enum Command {
     /// Check files for errors; prints diagnostics, exits 1 if any file has an error
     Check {
+        /// The .attn files to check
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the IR, CLIF, PTX or LLVM IR of an attention
     Emit {
+        /// What to print
         kind: EmitKind,
+        /// The .attn file
         file: PathBuf,
+        /// The attention to emit (needed when the file defines several)
         #[arg(long)]
         attention: Option<String>,
-        /// GPU architecture for ptx/llvm (sm_80 or sm_90)
-        #[arg(long, default_value = "sm_90")]
+        /// GPU architecture for ptx/llvm
+        #[arg(long, default_value = "sm_90", value_parser = ARCHS)]
         arch: String,
         /// Head dimension the kernel is specialized for
         #[arg(long, default_value_t = 128)]
         d: usize,
-        /// Input dtype for ptx/llvm (bf16 or f16)
-        #[arg(long, default_value = "bf16")]
+        /// Input dtype for ptx/llvm
+        #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16"])]
         dtype: String,
         /// Print where code generation time went (ptx/llvm) on stderr
         #[arg(long)]
@@ -94,20 +121,25 @@ enum Command {
     },
     /// Run an attention on tensors from a safetensors file (q, k, v and captures by name)
     Run {
+        /// The .attn file
         file: PathBuf,
+        /// The attention to run (needed when the file defines several)
         #[arg(long)]
         attention: Option<String>,
+        /// Safetensors file with q, k, v ([B, H, L, D], f32/f16/bf16) and captured tensors by name
         #[arg(long)]
         inputs: PathBuf,
+        /// Safetensors file to write o and lse to
         #[arg(long)]
         output: PathBuf,
+        /// Backend to run on
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
-        /// Softmax scale (default 1/sqrt(D))
-        #[arg(long)]
+        /// Softmax scale, a finite number (default 1/sqrt(D))
+        #[arg(long, value_parser = parse_scale)]
         scale: Option<f32>,
         /// A runtime param value, NAME=VALUE (repeatable)
-        #[arg(long = "param", value_name = "NAME=VALUE")]
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = check_param)]
         params: Vec<String>,
         /// Report out-of-range tensor reads instead of clamping
         #[arg(long)]
@@ -128,29 +160,36 @@ enum Command {
     },
     /// Show the block structure of an attention's mask (derived by analysis) as text and pictures
     Blockmask {
+        /// The .attn file
         file: PathBuf,
+        /// The attention whose mask to show (needed when the file defines several)
         #[arg(long)]
         attention: Option<String>,
+        /// Query length
         #[arg(long)]
         lq: usize,
+        /// Key/value length
         #[arg(long)]
         lkv: usize,
-        /// Block sizes QxK (or one number for both)
-        #[arg(long, default_value = "128x128")]
+        /// Block sizes QxK (or one number for both), e.g. 128x64
+        #[arg(long, default_value = "128x128", value_parser = check_block)]
         block: String,
         /// Batch size (captured tensors with a B dimension must match)
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, alias = "b", default_value_t = 1)]
         batch: usize,
         /// Number of heads (captured tensors with an H dimension must match)
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, alias = "h", default_value_t = 1)]
         heads: usize,
         /// Captured tensors (safetensors)
         #[arg(long)]
         inputs: Option<PathBuf>,
-        #[arg(long = "param", value_name = "NAME=VALUE")]
+        /// A runtime param value, NAME=VALUE (repeatable)
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = check_param)]
         params: Vec<String>,
+        /// Also write the block map as a PNG picture to this file
         #[arg(long)]
         png: Option<PathBuf>,
+        /// Also write the block map as an SVG picture to this file
         #[arg(long)]
         svg: Option<PathBuf>,
         /// Also count partial blocks exactly by brute force (small lengths only)
@@ -159,32 +198,43 @@ enum Command {
     },
     /// Time an attention on a backend with random inputs
     Bench {
+        /// The .attn file
         file: PathBuf,
+        /// The attention to time (needed when the file defines several)
         #[arg(long)]
         attention: Option<String>,
+        /// Backend to time
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
-        #[arg(long, default_value_t = 1)]
+        /// Batch size
+        #[arg(long = "batch", alias = "b", default_value_t = 1)]
         b: usize,
-        #[arg(long, default_value_t = 8)]
+        /// Number of query heads
+        #[arg(long = "heads", alias = "h", default_value_t = 8)]
         h: usize,
-        /// kv heads (default: = h)
+        /// Number of kv heads (default: = heads; GQA when fewer)
         #[arg(long)]
         hkv: Option<usize>,
+        /// Query length
         #[arg(long, default_value_t = 2048)]
         lq: usize,
-        /// default: = lq
+        /// Key/value length (default: = lq)
         #[arg(long)]
         lkv: Option<usize>,
+        /// Head dimension D = Dv
         #[arg(long, default_value_t = 64)]
         d: usize,
-        #[arg(long, default_value = "f32")]
+        /// Input dtype
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
         dtype: String,
+        /// CPU threads (0 = all cores)
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Timed calls after the warm-up
         #[arg(long, default_value_t = 5)]
         iters: usize,
-        #[arg(long = "param", value_name = "NAME=VALUE")]
+        /// A runtime param value, NAME=VALUE (repeatable)
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = check_param)]
         params: Vec<String>,
         /// Number of sorted ids (documents) in synthetic integer tensors
         #[arg(long, default_value_t = 8)]
@@ -230,6 +280,33 @@ enum Command {
     },
 }
 
+/// `--scale`: a finite f32 (NaN and infinities are usage errors).
+fn parse_scale(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        Ok(x) => Err(format!(
+            "the softmax scale must be a finite number, got {x}"
+        )),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
+}
+
+/// `--param`: checks the NAME=VALUE form and the value (kept as text; [`parse_params`]
+/// decides the type when binding).
+fn check_param(s: &str) -> Result<String, String> {
+    parse_params(&[s.to_string()]).map_err(|e| match e {
+        Error::Usage(m) => m,
+        other => other.to_string(),
+    })?;
+    Ok(s.to_string())
+}
+
+/// `--block`: QxK or N, positive.
+fn check_block(s: &str) -> Result<String, String> {
+    blockmask::parse_block(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
 fn parse_tiers(s: &str) -> Result<attnc::cuda::JitTiers, String> {
     attnc::cuda::JitTiers::parse(s)
 }
@@ -261,6 +338,12 @@ pub(crate) fn parse_params(items: &[String]) -> Result<Vec<(String, ParamValue)>
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    use std::io::IsTerminal;
+    attnc_compiler::diag::set_color(match cli.color {
+        ColorArg::Always => true,
+        ColorArg::Never => false,
+        ColorArg::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    });
     let result = match cli.command {
         Command::Check { files } => return check(&files),
         Command::Emit {
@@ -519,6 +602,12 @@ fn emit(
                     )));
                 }
             };
+            let max = attnc_compiler::shape::MAX_HEAD_DIM;
+            if d == 0 || d > max {
+                return Err(Error::Usage(format!(
+                    "--d {d}: the head dimension must be between 1 and {max}"
+                )));
+            }
             let opts = PtxOptions::new(arch, d as u32, d as u32, input);
             let text = if kind == EmitKind::Ptx {
                 EmitText::PtxOnly
@@ -570,5 +659,28 @@ pub(crate) fn write_out(text: &str, newline: bool) {
         }
         eprintln!("error: writing to standard output: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every argument of every subcommand has help text (issue 14).
+    #[test]
+    fn every_argument_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
     }
 }

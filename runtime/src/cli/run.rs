@@ -77,7 +77,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     result.insert("lse".to_string(), out.lse);
     write_safetensors(&a.output, &result)?;
     outln!(
-        "{}: {} on {:?} ({}) with the {} backend in {ms:.2} ms -> {}",
+        "{}: {} on {} ({}) with the {} backend in {ms:.2} ms -> {}",
         a.file.display(),
         variant.name(),
         shape,

@@ -835,7 +835,7 @@ fn vscale_poly(g: &mut Gen, n: CValue, r: CValue) -> CValue {
     // +inf past the largest float and correctly rounded subnormals below the smallest
     // normal (no flush to zero)
     let ni = g.b.ins().fcvt_to_sint_sat(types::I32X4, n);
-    let n1 = g.b.ins().sshr_imm(ni, 1);
+    let n1 = g.b.ins().sshr_imm_u(ni, 1);
     let n2 = g.b.ins().isub(ni, n1);
     let pow2 = |g: &mut Gen, k: CValue| {
         let b127 = isplat(g, 127);

@@ -139,7 +139,7 @@ pub struct PtxOptions {
     /// K is double-buffered in shared memory and the copy of K[j+1] starts at the top of
     /// iteration j (a whole iteration ahead), instead of after the softmax of block j.
     pub k_prefetch: bool,
-    /// The wait for V[j] and the barrier before P V come before the exponentials of the
+    /// The wait for V\[j\] and the barrier before P V come before the exponentials of the
     /// softmax (after the max and the rescale), so that the `ex2` and the P V `mma.sync`
     /// share one basic block and ptxas can interleave them. Applies to programs without a
     /// score function only. Measured on an H200 (bf16, D128 128x64x2): dense 383 TFLOP/s
@@ -153,10 +153,10 @@ pub struct PtxOptions {
     /// The matrix instruction family (`Mma::Wgmma` only on sm_90).
     pub mma: Mma,
     /// wgmma only: software pipelining inside each warpgroup. Iteration j issues
-    /// S(j) = Q K[j]^T and then O += P(j-1) V[j-1] (both asynchronous), waits for S(j)
+    /// S(j) = Q K\[j\]^T and then O += P(j-1) V\[j-1\] (both asynchronous), waits for S(j)
     /// only, computes the softmax of block j while the tensor cores run the P V of block
     /// j-1, and rescales O after that completes; K and V are both double-buffered (the
-    /// copies of K[next] and V[j] start at the top of iteration j). `k_prefetch` is
+    /// copies of K\[next\] and V\[j\] start at the top of iteration j). `k_prefetch` is
     /// ignored (always on).
     pub overlap: bool,
     /// CTAs per SM that the register allocation must allow (`.minnctapersm`, which caps
@@ -492,7 +492,7 @@ pub fn generator_hash() -> u64 {
 pub struct EmitTimes {
     /// Target machine + building the kernel's LLVM IR with inkwell + module verification.
     pub build_ms: f64,
-    /// The LLVM pass pipeline ([`PASSES`]).
+    /// The LLVM pass pipeline (`PASSES`).
     pub opt_ms: f64,
     /// NVPTX code generation (instruction selection, register allocation, PTX printing).
     pub ptx_ms: f64,
@@ -513,6 +513,11 @@ pub enum EmitText {
 /// the optimized LLVM IR text.
 pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
     emit_timed(program, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
+}
+
+/// The version of the LLVM attnc is linked with (major, minor, patch), for `--version`.
+pub fn llvm_version() -> (u32, u32, u32) {
+    inkwell::support::get_llvm_version()
 }
 
 /// [`emit`] with the time of each stage; `text` says whether the LLVM IR text is printed
