@@ -6,6 +6,7 @@
 //!   to check the reference oracle, which in turn checks every backend;
 //! - error measures that treat matching infinities as equal and NaN as a failure.
 
+pub mod fuzzdiff;
 pub mod progs;
 
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
@@ -166,8 +167,8 @@ pub fn dense_attention(
                 lse[r] = l as f32;
                 for c in 0..dv {
                     let mut acc = 0f64;
-                    for j in 0..lkv {
-                        acc += (row[j] - l).exp() * vs(j)[c] as f64;
+                    for (j, x) in row.iter().enumerate().take(lkv) {
+                        acc += (x - l).exp() * vs(j)[c] as f64;
                     }
                     o[r * dv + c] = acc as f32;
                 }

@@ -5,7 +5,7 @@
 //! the caches, the page table and `seq_lens`. Out: validation ([`CacheError`], naming the
 //! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]), the position-offset
 //! form of a program ([`offset_program`], used by backends that run the prefill kernel on
-//! a gathered slice) and the oracle ([`reference`]).
+//! a gathered slice) and the oracle ([`reference`](mod@crate::reference)).
 //!
 //! Semantics (issue 12): positions are *logical*. Sequence `b` holds `seq_lens[b]` tokens
 //! at positions `0..seq_lens[b]`; its `Lq` new query rows are its last `Lq` tokens, row

@@ -121,6 +121,7 @@ fn axpy(acc: &mut [f64], w: f64, t: &[f64]) {
 }
 
 /// Evaluates `f` at `args` with tangents for every input (module docs).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN-aware comparisons, as ir::scalar
 pub fn eval_dual(
     f: &Function,
     p: &Program,

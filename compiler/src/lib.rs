@@ -2,7 +2,7 @@
 //!
 //! Flow: `attnc_grammar::parse` -> [`sema`] (names, types, lowering to [`ir`]) ->
 //! [`passes`] (fold, CSE) -> [`ir::verify_program`] -> analyses ([`analysis`]) ->
-//! backends ([`interp`] and [`reference`] as the oracle, Cranelift for CPUs, LLVM for PTX).
+//! backends ([`interp`] and [`reference`](mod@reference) as the oracle, Cranelift for CPUs, LLVM for PTX).
 pub mod analysis;
 pub mod backend;
 pub mod decode;

@@ -94,8 +94,8 @@ fn fold_one(out: &Function, inst: &Inst) -> Folded {
                 (BinOp::IAdd | BinOp::ISub, _, Some(Scalar::I32(0))) => return Folded::Value(*a),
                 (BinOp::IMul, Some(Scalar::I32(1)), _) => return Folded::Value(*b),
                 (BinOp::IMul | BinOp::IDiv, _, Some(Scalar::I32(1))) => return Folded::Value(*a),
-                (BinOp::FMul, Some(Scalar::F32(x)), _) if x == 1.0 => return Folded::Value(*b),
-                (BinOp::FMul | BinOp::FDiv, _, Some(Scalar::F32(x))) if x == 1.0 => {
+                (BinOp::FMul, Some(Scalar::F32(1.0)), _) => return Folded::Value(*b),
+                (BinOp::FMul | BinOp::FDiv, _, Some(Scalar::F32(1.0))) => {
                     return Folded::Value(*a);
                 }
                 (BinOp::And, Some(Scalar::Bool(true)), _)

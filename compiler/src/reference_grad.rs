@@ -14,7 +14,7 @@
 //! dS_j = dS'_j·∂score/∂s; dQ_i = scale Σ_j dS_j K_j, dK_j += scale dS_j Q_i,
 //! dV_j += P_j dO_i (GQA: summed over the query heads of a kv head);
 //! grad[tensor][element read] += dS'_j·∂score/∂read for every performed read,
-//! grad[param] += dS'_j·∂score/∂param. Elements with P_j = 0 (masked, score -inf)
+//! grad\[param\] += dS'_j·∂score/∂param. Elements with P_j = 0 (masked, score -inf)
 //! contribute nothing (their partials are never multiplied); a fully masked row gives
 //! dQ = 0 and contributes nothing.
 

@@ -201,6 +201,7 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 /// Writes q/k/v (+ extra tensors), runs `attnc run` with each backend, compares o/lse.
+#[allow(clippy::too_many_arguments)]
 fn run_case(
     tag: &str,
     file: &str,

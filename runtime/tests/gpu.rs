@@ -13,12 +13,11 @@
 //! `wgmma` where the case's tile and head dim fit it), each with both K pipelines;
 //! `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
 //!
-//! This is a `harness = false` test: `main` runs each test by name and prints
-//! `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` and a summary line
-//! `gpu tests: N passed, M failed, K skipped`; without a CUDA device every test is
-//! reported as skipped by name. The first non-flag argument filters test names by
-//! substring (`gpu gpu_all_partial_maps`); libtest flags such as `--test-threads=1` and
-//! `--nocapture` are accepted and ignored (tests always run sequentially, uncaptured).
+//! This is a `harness = false` test run by libtest-mimic (`gpu_util::run_gpu_tests`):
+//! libtest's filters, `--exact`, `--skip`, `--list` and summary line; tests run one at a
+//! time. Without a CUDA device every test prints `test NAME ... SKIPPED (no CUDA device)`
+//! and counts as ignored. `examples/` is found from the working directory or
+//! `$ATTNC_EXAMPLES` (`gpu_util::examples_dir`), so a copied binary runs anywhere.
 //!
 //! Tolerance (bf16/f16 inputs, f32 accumulation, P rounded to the input type for P·V):
 //! |O - O_ref| <= 0.03 + 0.02 |O_ref| for bf16 (0.01 + 0.01 |O_ref| for f16), and
@@ -1383,9 +1382,7 @@ fn gpu_api_closed_form_and_table_agree_with_reference(dev: &CudaDevice) {
         ("sliding_window.attn", "window"),
         ("prefix_lm.attn", "prefix"),
     ] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples")
-            .join(file);
+        let path = gpu_util::examples_dir().join(file);
         let compiled = Compiled::from_file(&path).unwrap();
         let variant = compiled.select(None).unwrap();
         let mut gpu = variant
@@ -1489,70 +1486,5 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // libtest-style flags (--test-threads=1, --nocapture, --ignored, ...) are accepted
-    // and ignored; a flag's separate value (`--test-threads 1`) is skipped too
-    let mut filter: Option<String> = None;
-    let mut list = false;
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--list" {
-            list = true;
-        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
-            i += 1;
-        } else if !a.starts_with('-') && filter.is_none() {
-            filter = Some(a.clone());
-        }
-        i += 1;
-    }
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
-        .collect();
-    if list {
-        for (n, _) in &selected {
-            println!("{n}: test");
-        }
-        return;
-    }
-    println!("\nrunning {} gpu tests", selected.len());
-    let dev = device_or_skip("gpu tests");
-    if let Some(d) = &dev {
-        println!("device: {} ({:?}, {})", d.name(), d.capability(), d.arch());
-    }
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    let mut failures = Vec::new();
-    for (name, f) in &selected {
-        let Some(d) = &dev else {
-            println!("test {name} ... SKIPPED (no CUDA device)");
-            skipped += 1;
-            continue;
-        };
-        println!("test {name} ...");
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d)));
-        match r {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                println!("test {name} ... FAILED");
-                failures.push(format!("{name}: {msg}"));
-                failed += 1;
-            }
-        }
-    }
-    for f in &failures {
-        println!("---- {f}");
-    }
-    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    gpu_util::run_gpu_tests(TESTS)
 }

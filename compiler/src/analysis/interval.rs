@@ -125,6 +125,7 @@ impl AbsBool {
         }
         self
     }
+    #[allow(clippy::should_implement_trait)] // a lattice operation, not `!` on values
     pub fn not(self) -> Self {
         AbsBool {
             may_t: self.may_f,

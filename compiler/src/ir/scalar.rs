@@ -111,6 +111,28 @@ pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
     }
 }
 
+/// `min` of two f32 (IEEE 754-2019 minimumNumber): the other operand when one is NaN
+/// (NaN only when both are), and `-0.0` is less than `+0.0`. (`f32::min` leaves the sign
+/// of a pair of zeros unspecified; every backend implements this definition.)
+pub fn fmin(a: f32, b: f32) -> f32 {
+    if a == b {
+        // equal: identical bits, or a pair of zeros where -0.0 wins
+        f32::from_bits(a.to_bits() | b.to_bits())
+    } else {
+        a.min(b)
+    }
+}
+
+/// `max` of two f32 (IEEE 754-2019 maximumNumber): the other operand when one is NaN,
+/// and `+0.0` is greater than `-0.0`.
+pub fn fmax(a: f32, b: f32) -> f32 {
+    if a == b {
+        f32::from_bits(a.to_bits() & b.to_bits())
+    } else {
+        a.max(b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,27 +181,5 @@ mod tests {
             ),
             Scalar::Bool(false)
         );
-    }
-}
-
-/// `min` of two f32 (IEEE 754-2019 minimumNumber): the other operand when one is NaN
-/// (NaN only when both are), and `-0.0` is less than `+0.0`. (`f32::min` leaves the sign
-/// of a pair of zeros unspecified; every backend implements this definition.)
-pub fn fmin(a: f32, b: f32) -> f32 {
-    if a == b {
-        // equal: identical bits, or a pair of zeros where -0.0 wins
-        f32::from_bits(a.to_bits() | b.to_bits())
-    } else {
-        a.min(b)
-    }
-}
-
-/// `max` of two f32 (IEEE 754-2019 maximumNumber): the other operand when one is NaN,
-/// and `+0.0` is greater than `-0.0`.
-pub fn fmax(a: f32, b: f32) -> f32 {
-    if a == b {
-        f32::from_bits(a.to_bits() & b.to_bits())
-    } else {
-        a.max(b)
     }
 }

@@ -12,7 +12,7 @@
 //! `Shape::lkv` = the cache's capacity in positions (`Lkv_max`, or `max_pages *
 //! page_size`): captured tensors with dims `Q` or `KV` are indexed by position and have
 //! that size. Per backend: the reference runs the f64 oracle; the CPU splits each
-//! sequence's kv range (only the blocks its mask can reach) across threads ([`cpu`]).
+//! sequence's kv range (only the blocks its mask can reach) across threads (`cpu`).
 
 mod cpu;
 mod cuda;

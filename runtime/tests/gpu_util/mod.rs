@@ -22,6 +22,84 @@ pub fn device_or_skip(name: &str) -> Option<CudaDevice> {
     }
 }
 
+/// A GPU test: its name and body (panics on failure).
+pub type GpuTest = (&'static str, fn(&CudaDevice));
+
+/// The main of a GPU test binary (`harness = false`): runs `tests` through libtest-mimic,
+/// so libtest's interface works (a name filter, `--exact`, `--skip`, `--list`,
+/// `--test-threads`) and the summary is libtest's `test result: ...` line. Tests run one
+/// at a time (one device) unless `--test-threads` says otherwise. Without a CUDA device
+/// each selected test prints `test NAME ... SKIPPED (no CUDA device)` and is reported as
+/// ignored (running it anyway with `--ignored` fails: nothing was tested).
+pub fn run_gpu_tests(tests: &[GpuTest]) -> ! {
+    use libtest_mimic::{Arguments, Failed, Trial};
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let dev = if args.list {
+        None
+    } else {
+        device_or_skip("gpu tests").map(std::sync::Arc::new)
+    };
+    let selected = |name: &str| {
+        let by_filter = args.filter.as_deref().is_none_or(|f| {
+            if args.exact {
+                name == f
+            } else {
+                name.contains(f)
+            }
+        });
+        let skipped = args.skip.iter().any(|s| {
+            if args.exact {
+                name == s
+            } else {
+                name.contains(s.as_str())
+            }
+        });
+        by_filter && !skipped
+    };
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| match &dev {
+            Some(d) => {
+                let d = d.clone();
+                Trial::test(name, move || {
+                    f(&d);
+                    Ok(())
+                })
+            }
+            None => {
+                if !args.list && selected(name) {
+                    println!("test {name} ... SKIPPED (no CUDA device)");
+                }
+                Trial::test(name, || Err(Failed::from("no CUDA device"))).with_ignored_flag(true)
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// The `examples/` folder: `$ATTNC_EXAMPLES` if set, else `examples` in the working
+/// directory or the nearest of its parents that has one (cargo runs tests from the
+/// crate folder; a copied test binary runs from wherever it is started), never the
+/// build machine's absolute path.
+pub fn examples_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("ATTNC_EXAMPLES") {
+        return d.into();
+    }
+    let cwd = std::env::current_dir().expect("working directory");
+    cwd.ancestors()
+        .map(|a| a.join("examples"))
+        .find(|d| d.join("causal.attn").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no examples/ in {} or its parents; set ATTNC_EXAMPLES",
+                cwd.display()
+            )
+        })
+}
+
 pub fn to_bits(x: f32, ty: InputType) -> u16 {
     match ty {
         InputType::Bf16 => half::bf16::from_f32(x).to_bits(),

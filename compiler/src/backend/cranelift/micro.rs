@@ -332,7 +332,7 @@ unsafe fn end_body(t: *mut Tile, o: *mut f32, lse: *mut f32) {
 /// Packs `scale·Qᵀ` and resets the accumulators.
 ///
 /// # Safety
-/// See [`begin_body`].
+/// See `begin_body`.
 pub unsafe extern "C" fn begin(t: *mut Tile, q: *const f32, nrows: i64, scale: f32) {
     // SAFETY: forwarded contract.
     unsafe { begin_body(t, q, nrows, scale) }
@@ -341,7 +341,7 @@ pub unsafe extern "C" fn begin(t: *mut Tile, q: *const f32, nrows: i64, scale: f
 /// `Sᵀ = K·(scale·Qᵀ)` on `ncols` keys.
 ///
 /// # Safety
-/// See [`qk_body`].
+/// See `qk_body`.
 pub unsafe extern "C" fn qk(t: *mut Tile, k: *const f32, ncols: i64) {
     // SAFETY: forwarded contract.
     unsafe { qk_body(t, k, ncols) }
@@ -350,7 +350,7 @@ pub unsafe extern "C" fn qk(t: *mut Tile, k: *const f32, ncols: i64) {
 /// Softmax update then `acc += P·V`.
 ///
 /// # Safety
-/// See [`softmax_body`] and [`pv_body`].
+/// See `softmax_body` and `pv_body`.
 pub unsafe extern "C" fn softmax_pv(t: *mut Tile, v: *const f32, ncols: i64) {
     // SAFETY: forwarded contract.
     unsafe {
@@ -362,7 +362,7 @@ pub unsafe extern "C" fn softmax_pv(t: *mut Tile, v: *const f32, ncols: i64) {
 /// Normalizes and writes O and LSE.
 ///
 /// # Safety
-/// See [`end_body`].
+/// See `end_body`.
 pub unsafe extern "C" fn end(t: *mut Tile, o: *mut f32, lse: *mut f32) {
     // SAFETY: forwarded contract.
     unsafe { end_body(t, o, lse) }

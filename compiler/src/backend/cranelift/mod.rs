@@ -16,7 +16,7 @@
 //! one kernel serves every head size; the tile sizes and the checked flag are compile
 //! time. Structure: [`codegen`] writes the kernel (tile loops, block-sparse iteration,
 //! inlined mask/score via [`lower`]); [`micro`] holds the precompiled SIMD products and
-//! softmax update it calls; [`abi`] the structs they share; [`launch`] validates a call
+//! softmax update it calls; [`abi`] the structs they share; `launch` validates a call
 //! and splits work items (b, h, q-tile) over threads.
 
 pub mod abi;

@@ -4,16 +4,16 @@
 //! In: a [`Program`] and [`PtxOptions`] ([`KvBounds::choose`]); while building the kernel,
 //! its q block (`q0`, `q1`), `Lkv` and the per-constraint offsets passed as kernel params.
 //! Out: [`KvBounds`] (recorded in the `PtxKernel`, so that the runtime knows whether to
-//! build block maps), and per CTA the runs of kv blocks the loop visits ([`RowRuns`]): up
+//! build block maps), and per CTA the runs of kv blocks the loop visits (`RowRuns`): up
 //! to three runs (partial, full, partial) in registers for a closed form, or the row of the
 //! block table (`RowStart` (begin, end) pairs + `Runs`). Both sources give `beg..end` run indices and
-//! [`RowRuns::load`], so the kernel's loop is the same for both.
+//! `RowRuns::load`, so the kernel's loop is the same for both.
 //!
 //! The closed form (`analysis::linear`) is a conjunction of `a_q*q + a_kv*kv + k >= 0`:
 //! the coefficients are constants of the program and are compiled in; the offsets `k`
 //! depend on runtime params and arrive as i64 kernel params ([`KernelParam::KvOffset`]),
 //! computed by the host with [`kernel_offsets`]. The per-q-block range is the arithmetic
-//! of `ClosedForm::row`, written once ([`row`]) against [`Arith`]: emitted as LLVM IR in
+//! of `ClosedForm::row`, written once (`row`) against `Arith`: emitted as LLVM IR in
 //! the kernel and run on i64 by [`row_range`], which tests compare with `ClosedForm::row`.
 //!
 //! Widths: lengths are below 2^31 and coefficients at most [`MAX_COEF`] = 2^30 in

@@ -150,6 +150,7 @@ pub(crate) fn emit_function<'ctx>(
     get(&vals, f.ret)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn emit_load<'ctx>(
     g: &Gpu<'ctx>,
     env: &Env<'ctx>,
