@@ -301,8 +301,7 @@ fn backward_errors_are_clear() {
     // o with the wrong shape, lse with the wrong dtype, dO wrong, dlse wrong
     let e = cpu
         .backward(&c.q, &c.k, &c.v, &c.k, &fwd.lse, &c.dout, None, &caps)
-        .err()
-        .expect("o of the wrong shape is an error");
+        .expect_err("o of the wrong shape is an error");
     assert!(
         matches!(&e, Error::InputShape { which, .. } if which == "o"),
         "{e}"
@@ -310,16 +309,14 @@ fn backward_errors_are_clear() {
     let bad_lse = Tensor::from_f32_as(vec![1, 2, 9], &fwd.lse.to_f32(), DType::BF16);
     let e = cpu
         .backward(&c.q, &c.k, &c.v, &fwd.o, &bad_lse, &c.dout, None, &caps)
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert!(
         matches!(&e, Error::InputDType { which, .. } if which == "lse"),
         "{e}"
     );
     let e = cpu
         .backward(&c.q, &c.k, &c.v, &fwd.o, &fwd.lse, &fwd.lse, None, &caps)
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert!(
         matches!(&e, Error::InputShape { which, .. } if which == "do"),
         "{e}"
@@ -335,8 +332,7 @@ fn backward_errors_are_clear() {
             Some(&c.dout),
             &caps,
         )
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert!(
         matches!(&e, Error::InputShape { which, .. } if which == "dlse"),
         "{e}"
@@ -346,8 +342,7 @@ fn backward_errors_are_clear() {
     missing.tensors.remove("w");
     let e = cpu
         .backward(&c.q, &c.k, &c.v, &fwd.o, &fwd.lse, &c.dout, None, &missing)
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert!(e.to_string().contains("E0303"), "{e}");
     // integer captures have no gradient
     let e = cpu.check_differentiable("ids").unwrap_err();
