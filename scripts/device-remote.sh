@@ -6,6 +6,9 @@
 #   cli  the attnc CLI on the GPU: cuda-info, demo on cpu+cuda vs the oracle (D32; cuda
 #        also at D64 and D128), bench
 #        --backend cuda with cold (new cache dir) and warm (second process) JIT
+#   decode  attnc bench --decode --backend cuda over issue 12's shapes (dense, causal,
+#        sliding 4096; contiguous, paged 16 and 128) next to SDPA cuDNN/flash and
+#        FlexAttention decoding measured by torch in the same run (decode_bench_torch.py)
 #   cpu  attnc's CPU backend vs PyTorch SDPA / FlexAttention-on-CPU, 2 and 16 threads
 #   python  the Python package (wheel from .bin/py, installed with pip --no-index into
 #        /tmp/attnc-py): the pytest suite with CUDA tensors (python/tests), then
@@ -17,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
-parts=${ATTNC_PARTS:-gpu cli cpu}
+parts=${ATTNC_PARTS:-gpu cli decode cpu}
 status=0
 xz -dkf .bin/attnc.xz && chmod +x .bin/attnc
 for part in $parts; do
@@ -39,6 +42,15 @@ for part in $parts; do
           echo -n "$run: "; .bin/attnc bench examples/$f --attention "$a" --backend cuda --dtype bf16 --b 2 --h 16 --lq 8192 --d 128 --iters 10 "$@" || status=1
         done
       done
+      ;;
+    decode)
+      echo "== decoding: attnc bench --decode (CUDA) =="
+      for v in "dense.attn" "causal.attn" "sliding_window.attn --param window=4096"; do
+        set -- $v; f=$1; shift
+        timeout 300 .bin/attnc bench examples/$f --decode --backend cuda --dtype bf16 --d 128 --iters 20 "$@" 2>&1 | tee -a "$OUT/decode_bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      done
+      echo "== decoding anchors (torch, same run) =="
+      PYTHONUNBUFFERED=1 timeout 300 python3 .bin/decode_bench_torch.py 2>&1 | grep -v Warning | tee -a "$OUT/decode_bench.log"
       ;;
     cpu) bash scripts/cpu-bench-remote.sh 2>&1 | tee "$OUT/cpu.log" || status=1 ;;
     jit) bash scripts/jit-probe-remote.sh || status=1 ;;

@@ -33,6 +33,15 @@ if has sanitizer && has backward; then
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_fully_masked_rows 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_dlse 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
+if has tests && [ -x "$bin/gpu_decode" ]; then
+  echo "== GPU decode tests (split-KV + combine kernels vs the cache oracle) =="
+  timeout 300 "$bin/gpu_decode" 2>&1 | tee "$OUT/decode_tests.log" ; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if has sanitizer && [ -x "$bin/gpu_decode" ]; then
+  echo "== compute-sanitizer on the decode kernels =="
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu_decode" gpu_decode_sanitize 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_decode" gpu_decode_sanitize 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 if has sanitizer; then
   echo "== compute-sanitizer memcheck =="
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu" gpu_all_partial_maps --test-threads=1 2>&1 | tail -4; [ "${PIPESTATUS[0]}" = 0 ] || status=1

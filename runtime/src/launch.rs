@@ -266,6 +266,16 @@ fn gpu() -> Result<&'static Gpu, CudaError> {
     .map_err(|e| e.clone())
 }
 
+/// The process's CUDA device (opened on first use), for the decode kernels.
+pub(crate) fn cuda_device() -> Result<&'static CudaDevice> {
+    gpu()
+        .map(|g| &g.device)
+        .map_err(|e| Error::BackendUnavailable {
+            backend: "cuda",
+            reason: e.to_string(),
+        })
+}
+
 /// Waits (at most `timeout` in all) for the tiered JIT's background compiles of this
 /// process to finish, so that their optimized cubins reach the disk cache before a
 /// short-lived program exits. Returns at once when the CUDA backend was never used.

@@ -182,10 +182,19 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         }
         for page in layouts {
             let (d, dv) = (a.d, a.d);
+            // a block of random values tiled over the tensor: the values do not change
+            // the timing, and drawing billions of normals would take minutes
             let mut rng = synth::Rng::new(17);
-            let mut random = |n: usize, dims: Vec<usize>| {
-                let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
-                Tensor::from_f32_as(dims, &data, dtype)
+            let block = Tensor::from_f32_as(
+                vec![1 << 16],
+                &(0..1 << 16).map(|_| rng.normal()).collect::<Vec<f32>>(),
+                dtype,
+            );
+            let random = |n: usize, dims: Vec<usize>| {
+                let len = n * dtype.size();
+                let mut bytes = block.bytes().repeat(len.div_ceil(block.bytes().len()));
+                bytes.truncate(len);
+                Tensor::from_bytes(dims, dtype, bytes).expect("sized from the dims")
             };
             let q = random(b * hq * lq * d, vec![b, hq, lq, d]);
             let (k, v, pt, cap) = match page {

@@ -35,6 +35,7 @@
 //!   by the driver's linker, in tiers (see [`jit`]).
 
 pub mod backward;
+pub mod decode;
 pub mod jit;
 
 pub use jit::{JitKernel, JitTier, JitTiers, OPTIMIZED_LEVEL, ReadyStats};

@@ -16,6 +16,7 @@
 
 mod cpu;
 mod cuda;
+mod gpu;
 
 use crate::api::{Backend, Bound, Captures, Output};
 use crate::error::{Error, Result};
@@ -231,9 +232,15 @@ pub(crate) enum DecodeState {
     Reference,
     Cpu(Box<CpuState>),
     Cuda {
+        /// The prefill path (checked mode, Lq > 16, other head dims).
         state: Box<cuda::CudaState>,
+        /// The split-KV decode kernels.
+        gpu: Box<gpu::GpuDecode>,
+        /// The position-offset program and its analysis (reachable ranges).
         program: Box<Program>,
         info: MaskInfo,
+        /// The path of the last call: "split-kv" or "prefill".
+        path: Option<&'static str>,
     },
 }
 
@@ -284,8 +291,10 @@ impl DecodeState {
                 let info = analyze(&shifted);
                 Ok(DecodeState::Cuda {
                     state: Box::new(cuda::CudaState::new(variant.derived(shifted.clone()))),
+                    gpu: Box::new(gpu::GpuDecode::new()),
                     program: Box::new(shifted),
                     info,
+                    path: None,
                 })
             }
         }
@@ -391,40 +400,47 @@ impl Bound {
             }
             DecodeState::Cuda {
                 state,
+                gpu,
                 program,
                 info,
+                path,
             } => {
                 // the dims of every input were checked by `decode_shape`
                 shape
                     .check_ids(&page_table, &seq_lens, opts.checked)
                     .map_err(cache_error)?;
-                let (seqs, spans) = cpu::sequences(
-                    program,
-                    info,
-                    &shape,
-                    &seq_lens,
-                    &bindings,
-                    (shape.lq.div_ceil(16) * 16, 64),
-                    opts.checked,
-                )
-                .map_err(|message| Error::Backend {
-                    backend: "blocks",
-                    message,
-                })?;
-                let live: Vec<(usize, (usize, usize))> =
-                    seqs.iter().map(|s| s.b).zip(spans).collect();
-                state.forward(
-                    &opts,
-                    scale,
-                    &shape,
-                    q,
-                    k,
-                    v,
-                    &page_table,
-                    &seq_lens,
-                    &live,
-                    captures,
-                )?
+                let (live, ranges) =
+                    reachable(program, info, &shape, &seq_lens, &bindings, opts.checked)?;
+                if gpu::applies(&shape, opts.dtype, opts.checked) {
+                    *path = Some("split-kv");
+                    gpu.forward(
+                        crate::launch::cuda_device()?,
+                        variant.program(),
+                        &shape,
+                        scale,
+                        q,
+                        k,
+                        v,
+                        &page_table,
+                        &seq_lens,
+                        &ranges,
+                        &bindings,
+                    )?
+                } else {
+                    *path = Some("prefill");
+                    state.forward(
+                        &opts,
+                        scale,
+                        &shape,
+                        q,
+                        k,
+                        v,
+                        &page_table,
+                        &seq_lens,
+                        &live,
+                        captures,
+                    )?
+                }
             }
         };
         let s = shape;
@@ -477,7 +493,93 @@ impl Bound {
         captures: &Captures,
         iters: usize,
     ) -> Result<Option<f64>> {
-        let _ = (q, cache, captures, iters);
-        Ok(None)
+        let shape = decode_shape(self, q, cache)?;
+        let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
+        let opts = self.options().clone();
+        let scale = self.scale();
+        if opts.backend != Backend::Cuda || !gpu::applies(&shape, opts.dtype, opts.checked) {
+            return Ok(None);
+        }
+        let seq_lens = cache.seq_lens().to_i32();
+        let page_table = cache.page_table().map(|t| t.to_i32()).unwrap_or_default();
+        shape
+            .check_ids(&page_table, &seq_lens, opts.checked)
+            .map_err(cache_error)?;
+        let variant = self.variant().clone();
+        if self.decode_state().is_none() {
+            let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
+            *self.decode_state() = Some(s);
+        }
+        let Some(DecodeState::Cuda {
+            gpu, program, info, ..
+        }) = self.decode_state()
+        else {
+            return Ok(None);
+        };
+        let (_, ranges) = reachable(program, info, &shape, &seq_lens, &bindings, false)?;
+        let (k, v) = cache.kv();
+        gpu.time_ms(
+            crate::launch::cuda_device()?,
+            variant.program(),
+            &shape,
+            scale,
+            q,
+            k,
+            v,
+            &page_table,
+            &seq_lens,
+            &ranges,
+            &bindings,
+            iters,
+        )
+        .map(Some)
     }
+}
+
+impl Bound {
+    /// Which path the last `forward_with_cache` took: "reference", "cpu", "split-kv"
+    /// (the CUDA decode kernels) or "prefill" (CUDA, checked mode or Lq > 16); `None`
+    /// before the first call.
+    pub fn cache_path(&mut self) -> Option<&'static str> {
+        match self.decode_state() {
+            None => None,
+            Some(DecodeState::Reference) => Some("reference"),
+            Some(DecodeState::Cpu(_)) => Some("cpu"),
+            Some(DecodeState::Cuda { path, .. }) => *path,
+        }
+    }
+}
+
+/// The sequences with live rows that reach a key, with their reachable positions, and
+/// the `[B, 2]` ranges table the decode kernel reads ((0, 0) for the others).
+type Reach = (Vec<(usize, (usize, usize))>, Vec<i32>);
+
+fn reachable(
+    program: &Program,
+    info: &MaskInfo,
+    shape: &DecodeShape,
+    seq_lens: &[i32],
+    bindings: &attnc_compiler::interp::Bindings,
+    checked: bool,
+) -> Result<Reach> {
+    let (seqs, spans) = cpu::sequences(
+        program,
+        info,
+        shape,
+        seq_lens,
+        bindings,
+        (shape.lq.div_ceil(16) * 16, 64),
+        checked,
+    )
+    .map_err(|message| Error::Backend {
+        backend: "blocks",
+        message,
+    })?;
+    let live: Vec<(usize, (usize, usize))> = seqs.iter().map(|s| s.b).zip(spans).collect();
+    let mut ranges = vec![0i32; 2 * shape.b];
+    for (b, (lo, hi)) in &live {
+        ranges[2 * b] = *lo as i32;
+        ranges[2 * b + 1] = *hi as i32;
+    }
+    Ok((live, ranges))
 }

@@ -25,6 +25,7 @@
 pub mod backward;
 pub mod blocktable;
 pub mod bounds;
+pub mod decode;
 mod expr;
 mod gpu;
 mod kernel;

@@ -1,0 +1,889 @@
+//! The split-KV decode kernel and its combine kernel (flash-decoding) for a few new query
+//! rows against a contiguous or paged KV cache.
+//!
+//! In: a verified [`Program`] (its own mask and score: evaluated at logical positions,
+//! see `crate::decode`) and [`DecodeOptions`]. Out: [`DecodeKernels`], the PTX of both
+//! kernels with their parameter lists ([`DecodeParam`]) and launch rules.
+//!
+//! Decode kernel, grid `(splits, Hkv * row_groups, B)`, [`THREADS`] threads:
+//! ```text
+//! rows of a kv head: r = g * Lq + i (query head hk * G + g, new row i at position
+//!     seq_lens[b] - Lq + i; a row at a negative position does not exist), R = G * Lq;
+//!     the CTA takes rows rg * RPC .. rg * RPC + RPC (GQA packing: K/V read once for
+//!     every head of the group and every row, when R <= RPC)
+//! keys: ranges[b] = (lo, hi), the positions the mask can reach (host, per call); the CTA
+//!     takes lo + split * chunk .. min(lo + (split + 1) * chunk, hi)
+//! lane layout: a key row of D elements is D / 8 lanes x 16 bytes (one vector load);
+//!     a warp covers 256 / D keys per step, UNROLL steps per iteration (all loads issued
+//!     first), the 4 warps interleave their iterations
+//! per iteration: K and V rows of UNROLL keys (16-byte loads, through the page table
+//!     for a paged cache, the page id clamped into range), dots for every row (8 FMAs,
+//!     then a butterfly over the key's lanes), score + mask fused (expr.rs, at (b, h,
+//!     position, kv)), one online-softmax rescale per UNROLL keys, O += P V
+//! end: the key slots of a warp merge by shuffles, the warps through shared memory;
+//!     warp 0 writes the split's normalized O (f32) and LSE (natural log; -inf when it
+//!     saw no key) to part_o[b, hk, rg, split, RPC, Dv] / part_lse[.., RPC]
+//! ```
+//! Combine kernel, grid `(Lq, Hq, B)`, [`THREADS`] threads: the exact merge of a row's
+//! splits, `LSE = log Σ exp(lse_s)`, `O = Σ exp(lse_s - LSE) o_s` (O = 0 and LSE = -inf
+//! when every split is empty), O written in the input type, LSE in f32.
+//!
+//! Loads are direct 16-byte `ld.global.nc` into registers (UNROLL x 2 per lane in flight)
+//! rather than a `cp.async` ring through shared memory: each K/V element is used by its
+//! own lane only, so shared memory would add a copy and a barrier per stage. Fast mode
+//! only (checked mode runs the prefill path).
+
+use super::expr::{Elem, Env, emit_function};
+use super::gpu::{GLOBAL, Gpu, R, Var};
+use super::{Arch, InputType, KernelParam, LlvmError};
+use crate::ir::Program;
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+/// Threads per CTA of both kernels (4 warps).
+pub const THREADS: u32 = 128;
+const WARPS: u32 = THREADS / 32;
+/// Key steps per warp iteration (loads issued together).
+const UNROLL: u32 = 4;
+/// The pass pipeline: the block-table kernel's (licm takes the kv-independent parts of
+/// the mask out of the key loop), with instcombine's fixpoint check off (the unrolled
+/// online softmax needs more than one round; the result is the same).
+const DECODE_PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,loop-mssa(licm),gvn,instcombine<no-verify-fixpoint>)";
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+
+/// Compile-time options of the decode kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecodeOptions {
+    pub arch: Arch,
+    /// Head dim of K and V (D = Dv): 32, 64, 128 or 256.
+    pub d: u32,
+    pub input: InputType,
+    /// Rows (query heads x new rows of one kv head) per CTA: 1..=16.
+    pub rows: u32,
+    pub paged: bool,
+}
+
+impl DecodeOptions {
+    pub fn key(&self) -> String {
+        format!(
+            "decode:{}:d{}:{}:r{}:{}",
+            self.arch.name(),
+            self.d,
+            self.input.name(),
+            self.rows,
+            if self.paged { "paged" } else { "contiguous" }
+        )
+    }
+    pub fn validate(&self) -> Result<(), LlvmError> {
+        if ![32, 64, 128, 256].contains(&self.d) {
+            return Err(LlvmError::Unsupported(format!(
+                "decode kernel with D = {}: needs 32, 64, 128 or 256",
+                self.d
+            )));
+        }
+        if !(1..=16).contains(&self.rows) {
+            return Err(LlvmError::Unsupported(format!(
+                "decode kernel with {} rows per CTA: needs 1..=16",
+                self.rows
+            )));
+        }
+        Ok(())
+    }
+    /// Lanes holding one key row (16 bytes each).
+    fn lanes_per_key(&self) -> u32 {
+        self.d / 8
+    }
+    /// Dynamic shared memory: per warp, RPC x (m, l) and RPC x D partial O.
+    pub fn smem_bytes(&self) -> u32 {
+        WARPS * self.rows * (2 + self.d) * 4
+    }
+}
+
+/// One parameter of the decode or combine kernel, in launch order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeParam {
+    /// `Q[B, Hq, Lq, D]` (input type).
+    Q,
+    /// The K / V cache (input type), contiguous `[B, Hkv, Lkv_max, D]` or paged
+    /// `[num_pages, page_size, Hkv, D]`.
+    K,
+    V,
+    /// `i32[B, max_pages]` (paged; any one-element buffer for contiguous).
+    PageTable,
+    /// `i32[B]`.
+    SeqLens,
+    /// `i32[B, 2]`: the positions `lo..hi` each sequence's mask can reach.
+    Ranges,
+    /// f32 partials `[B, Hkv, row_groups, splits, RPC, D]` / `[.., RPC]`.
+    PartO,
+    PartLse,
+    /// `O[B, Hq, Lq, D]` (input type) and `LSE[B, Hq, Lq]` f32 (combine kernel).
+    O,
+    Lse,
+    /// Runtime params and captured tensors, as in the attention kernel.
+    Params,
+    Err,
+    Tensor(u32),
+    TensorDim {
+        tensor: u32,
+        dim: u32,
+    },
+    /// i32 scalars.
+    Hq,
+    Hkv,
+    Lq,
+    /// `Hq / Hkv`.
+    Group,
+    /// Row groups per kv head: `ceil(G * Lq / RPC)`.
+    RowGroups,
+    Splits,
+    /// Positions per split.
+    Chunk,
+    /// Contiguous: `Lkv_max`. Paged: `log2(page_size)`, `max_pages`, `num_pages`.
+    LkvMax,
+    PageShift,
+    MaxPages,
+    NumPages,
+    /// f32 softmax scale.
+    Scale,
+}
+
+/// Both kernels of one decode configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeKernels {
+    pub options: DecodeOptions,
+    pub decode_ptx: String,
+    pub decode_entry: String,
+    pub decode_params: Vec<DecodeParam>,
+    pub combine_ptx: String,
+    pub combine_entry: String,
+    pub combine_params: Vec<DecodeParam>,
+    pub threads: u32,
+    pub smem_bytes: u32,
+}
+
+fn decode_params(p: &Program) -> Vec<DecodeParam> {
+    use DecodeParam::*;
+    let mut v = vec![
+        Q, K, V, PageTable, SeqLens, Ranges, PartO, PartLse, Params, Err,
+    ];
+    v.extend((0..p.tensors.len() as u32).map(Tensor));
+    v.extend([
+        Hq, Hkv, Lq, Group, RowGroups, Splits, Chunk, LkvMax, PageShift, MaxPages, NumPages,
+    ]);
+    for (t, info) in p.tensors.iter().enumerate() {
+        v.extend((0..info.dims.len() as u32).map(|dim| TensorDim {
+            tensor: t as u32,
+            dim,
+        }));
+    }
+    v.push(Scale);
+    v
+}
+
+fn combine_params() -> Vec<DecodeParam> {
+    use DecodeParam::*;
+    vec![
+        PartO, PartLse, O, Lse, Hq, Hkv, Lq, Group, RowGroups, Splits,
+    ]
+}
+
+/// Generates both kernels.
+pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKernels, LlvmError> {
+    opts.validate()?;
+    crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
+    let popts = super::PtxOptions::new(opts.arch, opts.d, opts.d, opts.input);
+    let name = super::sanitize(&program.name);
+    let decode_entry = format!("attnc_decode_{name}");
+    let combine_entry = format!("attnc_decode_combine_{}", opts.input.name());
+    let dparams = decode_params(program);
+    let cparams = combine_params();
+    let (decode_ptx, _, _) = super::generate(
+        program,
+        &popts,
+        &decode_entry,
+        DECODE_PASSES,
+        super::EmitText::PtxOnly,
+        |ctx, module| build_decode(ctx, module, program, opts, &dparams, &decode_entry),
+    )?;
+    let (combine_ptx, _, _) = super::generate(
+        program,
+        &popts,
+        &combine_entry,
+        DECODE_PASSES,
+        super::EmitText::PtxOnly,
+        |ctx, module| build_combine(ctx, module, opts, &cparams, &combine_entry),
+    )?;
+    Ok(DecodeKernels {
+        options: *opts,
+        decode_ptx,
+        decode_entry,
+        decode_params: dparams,
+        combine_ptx,
+        combine_entry,
+        combine_params: cparams,
+        threads: THREADS,
+        smem_bytes: opts.smem_bytes(),
+    })
+}
+
+/// Declares `entry` with `params` (pointers global, scalars i32, `Scale` f32); read-only
+/// inputs are `noalias readonly` (so their loads become `ld.global.nc`).
+fn declare<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    params: &[DecodeParam],
+    entry: &str,
+) -> Gpu<'ctx> {
+    use DecodeParam::*;
+    let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    let is_ptr = |p: &DecodeParam| {
+        matches!(
+            p,
+            Q | K
+                | V
+                | PageTable
+                | SeqLens
+                | Ranges
+                | PartO
+                | PartLse
+                | O
+                | Lse
+                | Params
+                | Err
+                | Tensor(_)
+        )
+    };
+    let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
+        .iter()
+        .map(|p| match p {
+            Scale => ctx.f32_type().into(),
+            p if is_ptr(p) => gptr.into(),
+            _ => ctx.i32_type().into(),
+        })
+        .collect();
+    let func = module.add_function(entry, ctx.void_type().fn_type(&tys, false), None);
+    func.set_call_conventions(71); // ptx_kernel
+    func.add_attribute(
+        AttributeLoc::Function,
+        ctx.create_string_attribute("nvvm.maxntid", &THREADS.to_string()),
+    );
+    let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    let readonly = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("readonly"), 0);
+    for (i, p) in params.iter().enumerate() {
+        if matches!(
+            p,
+            Q | K | V | PageTable | SeqLens | Ranges | Params | Tensor(_)
+        ) || (matches!(p, PartO | PartLse) && !params.contains(&Q))
+        {
+            func.add_attribute(AttributeLoc::Param(i as u32), noalias);
+            func.add_attribute(AttributeLoc::Param(i as u32), readonly);
+        }
+    }
+    Gpu::new(ctx, module, func)
+}
+
+struct Args<'a, 'ctx> {
+    g: &'a Gpu<'ctx>,
+    params: &'a [DecodeParam],
+}
+
+impl<'ctx> Args<'_, 'ctx> {
+    fn get(&self, want: DecodeParam) -> R<BasicValueEnum<'ctx>> {
+        let i = self
+            .params
+            .iter()
+            .position(|k| *k == want)
+            .ok_or(LlvmError::Internal("missing decode kernel param"))?;
+        self.g
+            .func
+            .get_nth_param(i as u32)
+            .ok_or(LlvmError::Internal("decode kernel param"))
+    }
+    fn ptr(&self, want: DecodeParam) -> R<PointerValue<'ctx>> {
+        Ok(self.get(want)?.into_pointer_value())
+    }
+    fn int(&self, want: DecodeParam) -> R<IntValue<'ctx>> {
+        Ok(self.get(want)?.into_int_value())
+    }
+}
+
+/// `for (i = start; i < end; i += step) body(i)` (signed i32).
+fn for_range<'ctx>(
+    g: &Gpu<'ctx>,
+    start: IntValue<'ctx>,
+    end: IntValue<'ctx>,
+    step: IntValue<'ctx>,
+    body: impl FnOnce(IntValue<'ctx>) -> R<()>,
+) -> R<()> {
+    let iv = g.var(g.i32, start)?;
+    let head = g.block("for_head");
+    let bb = g.block("for_body");
+    let exit = g.block("for_exit");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let i = g.geti(&iv)?;
+    g.cond_br(g.icmp(IntPredicate::SLT, i, end)?, bb, exit)?;
+    g.b.position_at_end(bb);
+    body(i)?;
+    g.set(&iv, g.add(i, step)?)?;
+    g.br(head)?;
+    g.b.position_at_end(exit);
+    Ok(())
+}
+
+/// 8 elements of the input type at `ptr` (16 bytes, aligned) as f32.
+fn load8<'ctx>(g: &Gpu<'ctx>, ty: InputType, ptr: PointerValue<'ctx>) -> R<Vec<FloatValue<'ctx>>> {
+    let v4 = g.i32.vec_type(4);
+    let raw = g.b.build_load(v4, ptr, "")?;
+    raw.as_instruction_value()
+        .ok_or(LlvmError::Internal("vector load"))?
+        .set_alignment(16)
+        .map_err(|e| LlvmError::Builder(e.to_string()))?;
+    let h8 = match ty {
+        InputType::Bf16 => g.ctx.bf16_type().vec_type(8),
+        InputType::F16 => g.ctx.f16_type().vec_type(8),
+    };
+    let h = g.b.build_bit_cast(raw, h8, "")?.into_vector_value();
+    let f = g.b.build_float_ext(h, g.f32.vec_type(8), "")?;
+    (0..8)
+        .map(|e| {
+            Ok(g.b
+                .build_extract_element(f, g.c32(e), "")?
+                .into_float_value())
+        })
+        .collect()
+}
+
+/// `x == -inf ? 0 : x`: the reference point of an exponent, so that a row that has seen
+/// no key yet gives exp(-inf - 0) = 0 rather than NaN.
+fn finite_or_zero<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let inf = g.fcmp(FloatPredicate::OEQ, x, g.cf(f32::NEG_INFINITY))?;
+    g.selectf(inf, g.cf(0.0), x)
+}
+
+/// `exp(x - m)` via `ex2`, with `m` from [`finite_or_zero`].
+fn exp_from<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>, m: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    g.ex2(g.fmul(g.fsub(x, m)?, g.cf(LOG2E))?)
+}
+
+/// One softmax state: running max, running sum, 8 output elements per row.
+struct State<'ctx> {
+    m: Vec<Var<'ctx>>,
+    l: Vec<Var<'ctx>>,
+    acc: Vec<Vec<Var<'ctx>>>,
+}
+
+fn build_decode<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    p: &Program,
+    opts: &DecodeOptions,
+    params: &[DecodeParam],
+    entry: &str,
+) -> R<Module<'ctx>> {
+    use DecodeParam as P;
+    let g = declare(ctx, module, params, entry);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    let a = Args { g: &g, params };
+    let g = &g;
+    let rpc = opts.rows as usize;
+    let d = opts.d as i64;
+    let lpk = opts.lanes_per_key() as i64;
+    let kpw = 32 / lpk; // keys per warp step
+    let esize = 2i64;
+
+    let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
+    let slot = g.udiv(lane, g.c32(lpk))?; // key slot in the warp step
+    let chunk8 = g.sub(lane, g.mul(slot, g.c32(lpk))?)?; // which 8 elements
+    let split = g.ctaid('x')?;
+    let y = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let (hq, hkv, lq, group, rgs) = (
+        a.int(P::Hq)?,
+        a.int(P::Hkv)?,
+        a.int(P::Lq)?,
+        a.int(P::Group)?,
+        a.int(P::RowGroups)?,
+    );
+    let _ = hq;
+    let hk = g.udiv(y, rgs)?;
+    let rg = g.sub(y, g.mul(hk, rgs)?)?;
+    let nrows = g.mul(group, lq)?;
+    let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
+    let ranges = a.ptr(P::Ranges)?;
+    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    let chunk = a.int(P::Chunk)?;
+    let k0 = g.add(lo, g.mul(split, chunk)?)?;
+    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+
+    let env = Env::load(
+        g,
+        p,
+        false,
+        &|k| match k {
+            KernelParam::Params => a.ptr(P::Params),
+            KernelParam::Err => a.ptr(P::Err),
+            KernelParam::Tensor(t) => a.ptr(P::Tensor(t)),
+            _ => Err(LlvmError::Internal("decode kernel pointer param")),
+        },
+        &|k| match k {
+            KernelParam::TensorDim { tensor, dim } => a.int(P::TensorDim { tensor, dim }),
+            _ => Err(LlvmError::Internal("decode kernel int param")),
+        },
+    )?;
+
+    // ---- the rows of this CTA: head, position, existence; q pre-scaled in registers ----
+    let scale = a.get(P::Scale)?.into_float_value();
+    let qptr = a.ptr(P::Q)?;
+    struct Row<'ctx> {
+        h: IntValue<'ctx>,
+        pos: IntValue<'ctx>,
+        live: IntValue<'ctx>,
+        q: Vec<FloatValue<'ctx>>,
+    }
+    let mut rows = Vec::with_capacity(rpc);
+    for r in 0..rpc {
+        let row = g.add(g.mul(rg, g.c32(rpc as i64))?, g.c32(r as i64))?;
+        let in_group = g.icmp(IntPredicate::SLT, row, nrows)?;
+        let row_c = g.selecti(in_group, row, g.c32(0))?;
+        let gi = g.udiv(row_c, lq)?;
+        let i = g.sub(row_c, g.mul(gi, lq)?)?;
+        let h = g.add(g.mul(hk, group)?, gi)?;
+        let pos = g.add(g.sub(seq_len, lq)?, i)?;
+        let live = g.and(in_group, g.icmp(IntPredicate::SGE, pos, g.c32(0))?)?;
+        // q[b, h, i, chunk8 * 8 ..]
+        let qrow = g.add(g.mul(g.add(g.mul(b, a.int(P::Hq)?)?, h)?, lq)?, i)?;
+        let off = g.add(
+            g.mul(g.zext64(qrow)?, g.c64(d))?,
+            g.zext64(g.mul(chunk8, g.c32(8))?)?,
+        )?;
+        let qv = load8(g, opts.input, g.gep_bytes(qptr, g.mul(off, g.c64(esize))?)?)?;
+        let q = qv
+            .into_iter()
+            .map(|x| g.fmul(x, scale))
+            .collect::<R<Vec<_>>>()?;
+        rows.push(Row { h, pos, live, q });
+    }
+
+    // ---- softmax state ----
+    let neg_inf = g.cf(f32::NEG_INFINITY);
+    let st = State {
+        m: (0..rpc).map(|_| g.var(g.f32, neg_inf)).collect::<R<_>>()?,
+        l: (0..rpc)
+            .map(|_| g.var(g.f32, g.cf(0.0)))
+            .collect::<R<_>>()?,
+        acc: (0..rpc)
+            .map(|_| (0..8).map(|_| g.var(g.f32, g.cf(0.0))).collect::<R<_>>())
+            .collect::<R<_>>()?,
+    };
+
+    // ---- the address of key `j`'s row in the cache (elements) ----
+    let kptr = a.ptr(P::K)?;
+    let vptr = a.ptr(P::V)?;
+    let row_elem = |j: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        if opts.paged {
+            let shift = a.int(P::PageShift)?;
+            let maxp = a.int(P::MaxPages)?;
+            let npages = a.int(P::NumPages)?;
+            let lp = g.b.build_right_shift(j, shift, false, "")?;
+            let ps_mask = g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?;
+            let at = g.add(g.mul(b, maxp)?, lp)?;
+            let id = g.load_i32(a.ptr(P::PageTable)?, at)?;
+            // fast mode: clamp the page id into the cache
+            let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
+            let id = g.iintr2("llvm.smin.i32", id, g.sub(npages, g.c32(1))?)?;
+            let slot_in_page = g.and(j, ps_mask)?;
+            let prow = g.add(
+                g.mul(g.zext64(id)?, g.zext64(g.shl(g.c32(1), shift)?)?)?,
+                g.zext64(slot_in_page)?,
+            )?;
+            g.mul(
+                g.add(g.mul(prow, g.zext64(hkv)?)?, g.zext64(hk)?)?,
+                g.c64(d),
+            )
+        } else {
+            let lmax = a.int(P::LkvMax)?;
+            let r = g.add(
+                g.mul(g.zext64(g.add(g.mul(b, hkv)?, hk)?)?, g.zext64(lmax)?)?,
+                g.zext64(j)?,
+            )?;
+            g.mul(r, g.c64(d))
+        }
+    };
+
+    // ---- the key loop: each warp takes UNROLL steps of kpw keys per iteration ----
+    let per_iter = (WARPS as i64) * (UNROLL as i64) * kpw;
+    let last = g.sub(k1, g.c32(1))?;
+    for_range(g, k0, k1, g.c32(per_iter), |base| {
+        let wbase = g.add(base, g.mul(warp, g.c32(UNROLL as i64 * kpw))?)?;
+        // issue every load first
+        let mut keys = Vec::with_capacity(UNROLL as usize);
+        for u in 0..UNROLL as i64 {
+            let j = g.add(g.add(wbase, g.c32(u * kpw))?, slot)?;
+            let valid = g.icmp(IntPredicate::SLT, j, k1)?;
+            let jc = g.selecti(valid, j, last)?;
+            let at = g.add(row_elem(jc)?, g.zext64(g.mul(chunk8, g.c32(8))?)?)?;
+            let byte = g.mul(at, g.c64(esize))?;
+            let kv = load8(g, opts.input, g.gep_bytes(kptr, byte)?)?;
+            let vv = load8(g, opts.input, g.gep_bytes(vptr, byte)?)?;
+            keys.push((j, valid, kv, vv));
+        }
+        for (r, row) in rows.iter().enumerate() {
+            // scores of the UNROLL keys
+            let mut s = Vec::with_capacity(keys.len());
+            for (j, valid, kv, _) in &keys {
+                let mut dot = g.fmul(row.q[0], kv[0])?;
+                for e in 1..8 {
+                    dot = g
+                        .call(
+                            "llvm.fma.f32",
+                            Some(g.f32.into()),
+                            &[row.q[e].into(), kv[e].into(), dot.into()],
+                        )?
+                        .ok_or(LlvmError::Internal("fma"))?
+                        .into_float_value();
+                }
+                let mut x = 1;
+                while x < lpk {
+                    dot = g.fadd(dot, g.shfl_xor(dot, x)?)?;
+                    x *= 2;
+                }
+                let inside = g.and(*valid, row.live)?;
+                let e = Elem {
+                    s: dot,
+                    b,
+                    h: row.h,
+                    q: row.pos,
+                    kv: *j,
+                    inside,
+                };
+                let keep = match &p.mask {
+                    Some(m) => g.and(inside, emit_function(g, &env, m, e)?.into_int_value())?,
+                    None => inside,
+                };
+                let sc = match &p.score {
+                    Some(f) => emit_function(g, &env, f, e)?.into_float_value(),
+                    None => dot,
+                };
+                s.push(g.selectf(keep, sc, neg_inf)?);
+            }
+            // one rescale for the UNROLL keys
+            let m_old = g.getf(&st.m[r])?;
+            let mut m_new = m_old;
+            for x in &s {
+                m_new = g.fmax(m_new, *x)?;
+            }
+            let mref = finite_or_zero(g, m_new)?;
+            let alpha = exp_from(g, m_old, mref)?;
+            let pk: Vec<FloatValue<'ctx>> =
+                s.iter().map(|x| exp_from(g, *x, mref)).collect::<R<_>>()?;
+            let mut l = g.fmul(g.getf(&st.l[r])?, alpha)?;
+            for x in &pk {
+                l = g.fadd(l, *x)?;
+            }
+            g.set(&st.m[r], m_new)?;
+            g.set(&st.l[r], l)?;
+            for e in 0..8 {
+                let mut o = g.fmul(g.getf(&st.acc[r][e])?, alpha)?;
+                for (u, (_, _, _, vv)) in keys.iter().enumerate() {
+                    o = g
+                        .call(
+                            "llvm.fma.f32",
+                            Some(g.f32.into()),
+                            &[pk[u].into(), vv[e].into(), o.into()],
+                        )?
+                        .ok_or(LlvmError::Internal("fma"))?
+                        .into_float_value();
+                }
+                g.set(&st.acc[r][e], o)?;
+            }
+        }
+        Ok(())
+    })?;
+
+    // ---- merge the key slots of each warp (butterfly over lanes lpk, 2 lpk, ...) ----
+    let merge = |m1: FloatValue<'ctx>,
+                 l1: FloatValue<'ctx>,
+                 m2: FloatValue<'ctx>,
+                 l2: FloatValue<'ctx>|
+     -> R<(
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+        FloatValue<'ctx>,
+    )> {
+        let m = g.fmax(m1, m2)?;
+        let mref = finite_or_zero(g, m)?;
+        let f1 = exp_from(g, m1, mref)?;
+        let f2 = exp_from(g, m2, mref)?;
+        let l = g.fadd(g.fmul(l1, f1)?, g.fmul(l2, f2)?)?;
+        Ok((m, l, f1, f2))
+    };
+    let mut x = lpk;
+    while x < 32 {
+        for r in 0..rpc {
+            let (m1, l1) = (g.getf(&st.m[r])?, g.getf(&st.l[r])?);
+            let (m2, l2) = (g.shfl_xor(m1, x)?, g.shfl_xor(l1, x)?);
+            let (m, l, f1, f2) = merge(m1, l1, m2, l2)?;
+            for e in 0..8 {
+                let o1 = g.getf(&st.acc[r][e])?;
+                let o2 = g.shfl_xor(o1, x)?;
+                g.set(&st.acc[r][e], g.fadd(g.fmul(o1, f1)?, g.fmul(o2, f2)?)?)?;
+            }
+            g.set(&st.m[r], m)?;
+            g.set(&st.l[r], l)?;
+        }
+        x *= 2;
+    }
+
+    // ---- warps through shared memory: per warp [rpc] m, [rpc] l, [rpc][d] o ----
+    let wbytes = (rpc as i64) * (2 + d) * 4;
+    let wbase = g.mul(warp, g.c32(wbytes))?;
+    let lane0 = g.icmp(IntPredicate::EQ, lane, g.c32(0))?;
+    let slot0 = g.icmp(IntPredicate::EQ, slot, g.c32(0))?;
+    for r in 0..rpc {
+        let (m, l) = (g.getf(&st.m[r])?, g.getf(&st.l[r])?);
+        g.if_then(lane0, || {
+            g.store(g.smem_at(g.add(wbase, g.c32(r as i64 * 4))?)?, m)?;
+            g.store(g.smem_at(g.add(wbase, g.c32((rpc + r) as i64 * 4))?)?, l)
+        })?;
+        let accs: Vec<FloatValue<'ctx>> =
+            (0..8).map(|e| g.getf(&st.acc[r][e])).collect::<R<_>>()?;
+        g.if_then(slot0, || {
+            for (e, v) in accs.iter().enumerate() {
+                let col = g.add(g.mul(chunk8, g.c32(8))?, g.c32(e as i64))?;
+                let off = g.add(
+                    wbase,
+                    g.mul(g.add(g.c32(2 * rpc as i64 + r as i64 * d), col)?, g.c32(4))?,
+                )?;
+                g.store(g.smem_at(off)?, *v)?;
+            }
+            Ok(())
+        })?;
+    }
+    g.barrier()?;
+
+    // ---- warp 0 merges the warps and writes the split's partial ----
+    let is_w0 = g.icmp(IntPredicate::EQ, warp, g.c32(0))?;
+    let splits = a.int(P::Splits)?;
+    g.if_then(is_w0, || {
+        // partial index: ((b * Hkv + hk) * rgs + rg) * splits + split
+        let pidx = g.add(
+            g.mul(g.add(g.mul(g.add(g.mul(b, hkv)?, hk)?, rgs)?, rg)?, splits)?,
+            split,
+        )?;
+        let pidx = g.zext64(pidx)?;
+        let po = a.ptr(P::PartO)?;
+        let pl = a.ptr(P::PartLse)?;
+        let fload = |off: IntValue<'ctx>| -> R<FloatValue<'ctx>> {
+            Ok(g.b
+                .build_load(g.f32, g.smem_at(off)?, "")?
+                .into_float_value())
+        };
+        for r in 0..rpc {
+            let mut m = fload(g.c32(r as i64 * 4))?;
+            let mut l = fload(g.c32((rpc + r) as i64 * 4))?;
+            // lanes cover columns lane, lane + 32, ...
+            let ncol = (d as usize).div_ceil(32);
+            let mut o: Vec<FloatValue<'ctx>> = (0..ncol)
+                .map(|c| {
+                    let col = g.add(lane, g.c32(32 * c as i64))?;
+                    let colc = g.iintr2("llvm.smin.i32", col, g.c32(d - 1))?;
+                    fload(g.mul(g.add(g.c32(2 * rpc as i64 + r as i64 * d), colc)?, g.c32(4))?)
+                })
+                .collect::<R<_>>()?;
+            for w in 1..WARPS as i64 {
+                let wb = w * wbytes;
+                let m2 = fload(g.c32(wb + r as i64 * 4))?;
+                let l2 = fload(g.c32(wb + (rpc + r) as i64 * 4))?;
+                let (mm, ll, f1, f2) = merge(m, l, m2, l2)?;
+                for (c, oc) in o.iter_mut().enumerate() {
+                    let col = g.add(lane, g.c32(32 * c as i64))?;
+                    let colc = g.iintr2("llvm.smin.i32", col, g.c32(d - 1))?;
+                    let o2 = fload(g.add(
+                        g.c32(wb),
+                        g.mul(g.add(g.c32(2 * rpc as i64 + r as i64 * d), colc)?, g.c32(4))?,
+                    )?)?;
+                    *oc = g.fadd(g.fmul(*oc, f1)?, g.fmul(o2, f2)?)?;
+                }
+                m = mm;
+                l = ll;
+            }
+            // normalized O and LSE (natural log); -inf / 0 when no key was seen
+            let empty = g.fcmp(FloatPredicate::OEQ, l, g.cf(0.0))?;
+            let inv = g.selectf(empty, g.cf(0.0), g.b.build_float_div(g.cf(1.0), l, "")?)?;
+            let lse = g.fadd(m, g.fmul(g.lg2(l)?, g.cf(std::f32::consts::LN_2))?)?;
+            let lse = g.selectf(empty, neg_inf, lse)?;
+            let prow = g.add(g.mul(pidx, g.c64(rpc as i64))?, g.c64(r as i64))?;
+            g.if_then(lane0, || {
+                g.store(g.gep_bytes(pl, g.mul(prow, g.c64(4))?)?, lse)
+            })?;
+            for (c, oc) in o.iter().enumerate() {
+                let col = g.add(lane, g.c32(32 * c as i64))?;
+                let ok = g.icmp(IntPredicate::SLT, col, g.c32(d))?;
+                let v = g.fmul(*oc, inv)?;
+                g.if_then(ok, || {
+                    let at = g.add(g.mul(prow, g.c64(d))?, g.zext64(col)?)?;
+                    g.store(g.gep_bytes(po, g.mul(at, g.c64(4))?)?, v)
+                })?;
+            }
+        }
+        Ok(())
+    })?;
+    g.b.build_return(None)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module.clone())
+}
+
+fn build_combine<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    opts: &DecodeOptions,
+    params: &[DecodeParam],
+    entry: &str,
+) -> R<Module<'ctx>> {
+    use DecodeParam as P;
+    let g = declare(ctx, module, params, entry);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    let a = Args { g: &g, params };
+    let g = &g;
+    let rpc = opts.rows as i64;
+    let d = opts.d as i64;
+    let tid = g.tid_x()?;
+    let i = g.ctaid('x')?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let (hq, hkv, lq, group, rgs, splits) = (
+        a.int(P::Hq)?,
+        a.int(P::Hkv)?,
+        a.int(P::Lq)?,
+        a.int(P::Group)?,
+        a.int(P::RowGroups)?,
+        a.int(P::Splits)?,
+    );
+    let hk = g.udiv(h, group)?;
+    let gi = g.sub(h, g.mul(hk, group)?)?;
+    let row = g.add(g.mul(gi, lq)?, i)?;
+    let rg = g.udiv(row, g.c32(rpc))?;
+    let rl = g.sub(row, g.mul(rg, g.c32(rpc))?)?;
+    // partial (split s) of this row: ((b * Hkv + hk) * rgs + rg) * splits + s, row rl
+    let base = g.mul(g.add(g.mul(g.add(g.mul(b, hkv)?, hk)?, rgs)?, rg)?, splits)?;
+    let pl = a.ptr(P::PartLse)?;
+    let po = a.ptr(P::PartO)?;
+    let prow = |s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.add(
+            g.mul(g.zext64(g.add(base, s)?)?, g.c64(rpc))?,
+            g.zext64(rl)?,
+        )
+    };
+    let max = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
+    for_range(g, g.c32(0), splits, g.c32(1), |s| {
+        let l = g.load_f32(pl, prow(s)?)?;
+        g.set(&max, g.fmax(g.getf(&max)?, l)?)
+    })?;
+    let m = g.getf(&max)?;
+    let mref = finite_or_zero(g, m)?;
+    let ncol = (d as usize).div_ceil(THREADS as usize);
+    let sum = g.var(g.f32, g.cf(0.0))?;
+    let accs: Vec<Var<'ctx>> = (0..ncol)
+        .map(|_| g.var(g.f32, g.cf(0.0)))
+        .collect::<R<_>>()?;
+    for_range(g, g.c32(0), splits, g.c32(1), |s| {
+        let pr = prow(s)?;
+        let l = g.load_f32(pl, pr)?;
+        let w = exp_from(g, l, mref)?;
+        g.set(&sum, g.fadd(g.getf(&sum)?, w)?)?;
+        for (c, acc) in accs.iter().enumerate() {
+            let col = g.add(tid, g.c32(c as i64 * THREADS as i64))?;
+            let colc = g.iintr2("llvm.smin.i32", col, g.c32(d - 1))?;
+            let o = g.load_f32(po, g.add(g.mul(pr, g.c64(d))?, g.zext64(colc)?)?)?;
+            g.set(acc, g.fadd(g.getf(acc)?, g.fmul(w, o)?)?)?;
+        }
+        Ok(())
+    })?;
+    let sum = g.getf(&sum)?;
+    let empty = g.fcmp(FloatPredicate::OEQ, sum, g.cf(0.0))?;
+    let inv = g.selectf(empty, g.cf(0.0), g.b.build_float_div(g.cf(1.0), sum, "")?)?;
+    let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
+    let half = match opts.input {
+        InputType::Bf16 => g.ctx.bf16_type(),
+        InputType::F16 => g.ctx.f16_type(),
+    };
+    let optr = a.ptr(P::O)?;
+    for (c, acc) in accs.iter().enumerate() {
+        let col = g.add(tid, g.c32(c as i64 * THREADS as i64))?;
+        let ok = g.icmp(IntPredicate::SLT, col, g.c32(d))?;
+        let v = g.fmul(g.getf(acc)?, inv)?;
+        g.if_then(ok, || {
+            let hv = g.b.build_float_trunc(v, half, "")?;
+            let at = g.add(g.mul(out_row, g.c64(d))?, g.zext64(col)?)?;
+            g.store(g.gep_bytes(optr, g.mul(at, g.c64(2))?)?, hv)
+        })?;
+    }
+    let lse = g.fadd(m, g.fmul(g.lg2(sum)?, g.cf(std::f32::consts::LN_2))?)?;
+    let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
+    g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
+        g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)
+    })?;
+    g.b.build_return(None)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_kernels_generate_for_every_example_and_layout() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "attn") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            for p in crate::compile_source(&src).unwrap().programs {
+                for (paged, rows, d) in [(false, 4, 128), (true, 8, 128), (true, 1, 64)] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                    };
+                    let k = emit_decode(&p, &o).unwrap();
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f =
+                            format!("{dir}/{}_{}.ptx", k.decode_entry, o.key().replace(':', "_"));
+                        std::fs::write(f, &k.decode_ptx).unwrap();
+                        let f = format!("{dir}/{}.ptx", k.combine_entry);
+                        std::fs::write(f, &k.combine_ptx).unwrap();
+                    }
+                    assert!(k.decode_ptx.contains(&format!(".entry {}", k.decode_entry)));
+                    assert!(
+                        k.combine_ptx
+                            .contains(&format!(".entry {}", k.combine_entry))
+                    );
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 20);
+    }
+}

@@ -1,0 +1,278 @@
+//! GPU decoding tests: `Bound::forward_with_cache` on the CUDA backend against the f64
+//! cache oracle (the Reference backend on the same rounded inputs), through the split-KV
+//! decode kernel + combine kernel (`backend::llvm::decode`; each case asserts that path
+//! ran) and, for checked mode and Lq > 16, the prefill path.
+//!
+//! Covered: every example (its own mask and score at logical positions, captures and
+//! params), contiguous and paged caches (page 16 and 128, shuffled tables, garbage pages
+//! and NaN past each sequence, which must never be read), Lq 1/2/4/16, GQA 1:1 / 4:1 /
+//! 8:1, D 64 and 128, bf16 and f16, seq_lens 0, 1, shorter than Lq and full, long
+//! sequences split across many CTAs (sliding window reading only its window).
+//!
+//! `harness = false`, like `gpu.rs`: each test prints `test NAME ... ok | FAILED |
+//! SKIPPED (no CUDA device)` and the summary `gpu tests: N passed, M failed, K skipped`.
+//! A first non-flag argument filters test names by substring.
+//!
+//! Tolerance (inputs rounded to bf16/f16 for both sides; the kernel's P·V is f32):
+//! |O - O_ref| <= t (1 + |O_ref|) with t = 0.02 (bf16: O is rounded to bf16) or 0.005
+//! (f16); |LSE - LSE_ref| <= 0.002 (1 + |LSE_ref|); -inf must match exactly; NaN fails.
+
+mod decode_util;
+mod gpu_util;
+
+use attnc::cuda::CudaDevice;
+use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Shape};
+use decode_util::*;
+
+fn tol(dtype: DType) -> f32 {
+    if dtype == DType::BF16 { 0.02 } else { 0.005 }
+}
+
+/// Runs `c` on CUDA and on the oracle; compares; returns the CUDA path taken.
+fn check(compiled: &Compiled, name: &str, c: &Case, caps: &Captures, what: &str) -> String {
+    let variant = compiled.attention(name).unwrap();
+    let want = run(compiled, name, c, Backend::Reference, 1, caps, false)
+        .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+    let mut bound = variant
+        .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
+        .unwrap();
+    let got = bound
+        .forward_with_cache(&c.q, &c.cache(), caps)
+        .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+    close(
+        &format!("{what} o"),
+        &got.o.to_f32(),
+        &want.o.to_f32(),
+        tol(c.dtype),
+    );
+    close(
+        &format!("{what} lse"),
+        &got.lse.to_f32(),
+        &want.lse.to_f32(),
+        0.002,
+    );
+    bound.cache_path().unwrap_or("none").to_string()
+}
+
+fn captures_for(variant: &attnc::Variant, c: &Case, seed: u64) -> Captures {
+    let logical = Shape {
+        lq: c.shape.capacity(),
+        ..c.bind_shape()
+    };
+    let mut caps = attnc::synth::captures(variant.program(), &logical, seed);
+    for (pn, v) in caps.params.iter_mut() {
+        if let ParamValue::I32(_) = v {
+            *v = ParamValue::I32(if pn.contains("window") { 37 } else { 8 });
+        }
+    }
+    caps
+}
+
+/// Every example, contiguous and paged, two shapes.
+fn gpu_decode_examples(_d: &CudaDevice) {
+    let mut rng = Rng(0xdec0de);
+    let configs = [
+        // (lq, hq, hkv, d, cap, seq_lens, page, dtype)
+        (
+            1,
+            8,
+            2,
+            128,
+            300,
+            vec![300, 0, 1, 171],
+            Some(16),
+            DType::BF16,
+        ),
+        (4, 8, 2, 64, 200, vec![3, 200, 129, 77], None, DType::F16),
+    ];
+    for name in examples() {
+        let compiled = example(&name);
+        for program in compiled.names() {
+            let variant = compiled.attention(program).unwrap();
+            for (ci, (lq, hq, hkv, d, cap, sl, page, dtype)) in configs.iter().enumerate() {
+                let c = case_as(
+                    *dtype,
+                    &mut rng,
+                    sl.len(),
+                    *hq,
+                    *hkv,
+                    *lq,
+                    *d,
+                    *cap,
+                    sl.clone(),
+                    *page,
+                );
+                let caps = captures_for(&variant, &c, 3 + ci as u64);
+                let what = format!("{name}/{program} config {ci}");
+                let path = check(&compiled, program, &c, &caps, &what);
+                assert_eq!(path, "split-kv", "{what}: path");
+            }
+        }
+    }
+}
+
+/// Lq, GQA, head dims, dtypes, page sizes, odd lengths.
+fn gpu_decode_shapes(_d: &CudaDevice) {
+    let mut rng = Rng(77);
+    for name in ["causal", "sliding_window", "alibi", "dense"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for (lq, hq, hkv) in [(1, 4, 4), (2, 8, 2), (4, 16, 2), (16, 8, 1)] {
+            for (d, dtype) in [(128, DType::BF16), (64, DType::F16)] {
+                for page in [None, Some(16), Some(128)] {
+                    let sl = vec![1, 0, 517, 3, 1000];
+                    let c = case_as(dtype, &mut rng, sl.len(), hq, hkv, lq, d, 1000, sl, page);
+                    let caps = captures_for(&variant, &c, 5);
+                    let what = format!("{name} lq{lq} hq{hq} hkv{hkv} d{d} {dtype} {page:?}");
+                    let path = check(&compiled, &program, &c, &caps, &what);
+                    assert_eq!(path, "split-kv", "{what}: path");
+                }
+            }
+        }
+    }
+}
+
+/// Long sequences: many splits per (sequence, kv head); a window reads only its window.
+fn gpu_decode_long(_d: &CudaDevice) {
+    let mut rng = Rng(5);
+    let compiled = example("sliding_window");
+    let program = compiled.names()[0].to_string();
+    for page in [None, Some(64)] {
+        let sl = vec![20000, 9001];
+        let c = case_as(DType::BF16, &mut rng, 2, 32, 8, 1, 128, 20000, sl, page);
+        for window in [300, 50000] {
+            let caps = Captures::default().param("window", ParamValue::I32(window));
+            let what = format!("window {window} {page:?}");
+            let path = check(&compiled, &program, &c, &caps, &what);
+            assert_eq!(path, "split-kv", "{what}: path");
+        }
+    }
+}
+
+/// Small cases for compute-sanitizer (memcheck / racecheck): contiguous and paged with
+/// garbage page ids past each sequence, a sequence of length 0, Lq 4, GQA 4:1.
+fn gpu_decode_sanitize(_d: &CudaDevice) {
+    let mut rng = Rng(3);
+    let compiled = example("document_causal");
+    let program = compiled.names()[0].to_string();
+    let variant = compiled.attention(&program).unwrap();
+    for page in [None, Some(16)] {
+        let c = case_as(
+            DType::BF16,
+            &mut rng,
+            3,
+            8,
+            2,
+            4,
+            128,
+            150,
+            vec![150, 0, 33],
+            page,
+        );
+        let caps = captures_for(&variant, &c, 9);
+        let path = check(
+            &compiled,
+            &program,
+            &c,
+            &caps,
+            &format!("sanitize {page:?}"),
+        );
+        assert_eq!(path, "split-kv");
+    }
+}
+
+/// Checked mode and Lq > 16 take the prefill path, still right.
+fn gpu_decode_prefill_path(_d: &CudaDevice) {
+    let mut rng = Rng(11);
+    let compiled = example("causal");
+    let program = compiled.names()[0].to_string();
+    let c = case_as(
+        DType::BF16,
+        &mut rng,
+        3,
+        4,
+        2,
+        20,
+        64,
+        300,
+        vec![300, 5, 160],
+        Some(16),
+    );
+    let path = check(&compiled, &program, &c, &Captures::default(), "lq 20");
+    assert_eq!(path, "prefill");
+}
+
+type Test = (&'static str, fn(&CudaDevice));
+const TESTS: &[Test] = &[
+    ("gpu_decode_examples", gpu_decode_examples),
+    ("gpu_decode_shapes", gpu_decode_shapes),
+    ("gpu_decode_long", gpu_decode_long),
+    ("gpu_decode_prefill_path", gpu_decode_prefill_path),
+    ("gpu_decode_sanitize", gpu_decode_sanitize),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filter: Option<String> = None;
+    let mut list = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--list" {
+            list = true;
+        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
+            i += 1;
+        } else if !a.starts_with('-') && filter.is_none() {
+            filter = Some(a.clone());
+        }
+        i += 1;
+    }
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .collect();
+    if list {
+        for (n, _) in &selected {
+            println!("{n}: test");
+        }
+        return;
+    }
+    println!("\nrunning {} gpu tests", selected.len());
+    let dev = gpu_util::device_or_skip("gpu decode tests");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for (name, f) in &selected {
+        let Some(d) = &dev else {
+            println!("test {name} ... SKIPPED (no CUDA device)");
+            skipped += 1;
+            continue;
+        };
+        let t0 = std::time::Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d)));
+        let s = t0.elapsed().as_secs_f64();
+        match r {
+            Ok(()) => {
+                println!("test {name} ... ok ({s:.1} s)");
+                passed += 1;
+            }
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("test {name} ... FAILED");
+                failures.push(format!("{name}: {msg}"));
+                failed += 1;
+            }
+        }
+    }
+    for f in &failures {
+        println!("---- {f}");
+    }
+    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
