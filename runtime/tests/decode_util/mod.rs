@@ -240,12 +240,12 @@ pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 pub fn example(name: &str) -> Compiled {
-    let path = format!("{}/../examples/{name}.attn", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/{name}.attn", examples_dir());
     Compiled::from_file(path.as_ref()).unwrap()
 }
 
 pub fn examples() -> Vec<String> {
-    let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+    let dir = examples_dir();
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
@@ -255,4 +255,15 @@ pub fn examples() -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The examples folder: the checkout's, or `examples/` under the current directory (a
+/// test binary run on another machine from a checkout's root).
+pub fn examples_dir() -> String {
+    let built = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&built).is_dir() {
+        built
+    } else {
+        "examples".to_string()
+    }
 }
