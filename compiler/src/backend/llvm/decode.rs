@@ -544,12 +544,12 @@ fn build_decode<'ctx>(
             let mut s = Vec::with_capacity(keys.len());
             for (j, valid, kv, _) in &keys {
                 let mut dot = g.fmul(row.q[0], kv[0])?;
-                for e in 1..8 {
+                for (qe, ke) in row.q.iter().zip(kv).skip(1) {
                     dot = g
                         .call(
                             "llvm.fma.f32",
                             Some(g.f32.into()),
-                            &[row.q[e].into(), kv[e].into(), dot.into()],
+                            &[(*qe).into(), (*ke).into(), dot.into()],
                         )?
                         .ok_or(LlvmError::Internal("fma"))?
                         .into_float_value();
