@@ -120,14 +120,24 @@ impl DiskCache {
 
     /// Reads an entry; a corrupt one is deleted.
     pub fn get(&self, key: &str, kind: &str) -> (Option<Vec<u8>>, Lookup) {
+        let _span = tracing::debug_span!("cache_lookup", kind, key).entered();
         let path = self.path(key, kind);
         let Ok(data) = fs::read(&path) else {
+            tracing::debug!("miss");
             return (None, Lookup::Miss);
         };
         match decode(&data) {
-            Some(payload) => (Some(payload.to_vec()), Lookup::Hit),
+            Some(payload) => {
+                tracing::debug!("hit");
+                (Some(payload.to_vec()), Lookup::Hit)
+            }
             None => {
-                let _ = fs::remove_file(&path);
+                match fs::remove_file(&path) {
+                    Ok(()) => tracing::warn!(path = %path.display(), "corrupt cache entry deleted"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "corrupt cache entry could not be deleted")
+                    }
+                }
                 (None, Lookup::Corrupt)
             }
         }
@@ -169,7 +179,10 @@ impl DiskCache {
     }
 
     /// The entry, or `make()`'s result stored as the entry. Returns the bytes and how the
-    /// lookup went. Storage errors are ignored (the cache is an optimization).
+    /// lookup went. On a miss the entry's lock file (`<entry>.lock`, an exclusive file
+    /// lock) is held while `make()` runs, and the entry is looked up again under it, so
+    /// two processes missing the same entry build it once. Storage errors do not fail the
+    /// call (the cache is an optimization); they are reported as `tracing` warnings.
     pub fn get_or_insert_with<E>(
         &self,
         key: &str,
@@ -180,9 +193,43 @@ impl DiskCache {
         if let Some(b) = found {
             return Ok((b, how));
         }
+        let lock = self.lock(key, kind);
+        if lock.is_some() {
+            // another process may have built it while this one waited
+            if let (Some(b), Lookup::Hit) = self.get(key, kind) {
+                return Ok((b, Lookup::Hit));
+            }
+        }
         let b = make()?;
-        let _ = self.put(key, kind, &b);
+        if let Err(e) = self.put(key, kind, &b) {
+            tracing::warn!(dir = %self.dir.display(), key, kind, error = %e, "cache entry not written");
+        }
+        drop(lock);
         Ok((b, how))
+    }
+
+    /// Takes the exclusive lock of an entry (blocking); `None` (with a warning) when the
+    /// lock file cannot be created or locked, and the caller goes on without it.
+    fn lock(&self, key: &str, kind: &str) -> Option<fs::File> {
+        let path = self.path(key, kind).with_extension(format!("{kind}.lock"));
+        let file = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            })
+            .and_then(|f| f.lock().map(|()| f));
+        match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cache lock not taken");
+                None
+            }
+        }
     }
 }
 
@@ -465,5 +512,58 @@ mod tests {
             "temporary files left behind"
         );
         let _ = fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn one_build_under_the_entry_lock_and_warnings_for_corrupt_entries() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Mutex};
+        let c = DiskCache::new(tmpdir("lock"));
+        // eight threads miss the same entry at once: make() runs once (file lock + re-check)
+        let builds = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let (c, builds) = (c.clone(), builds.clone());
+                s.spawn(move || {
+                    let (b, _) = c
+                        .get_or_insert_with("ab12", "ptx", || {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok::<_, ()>(b"kernel".to_vec())
+                        })
+                        .unwrap();
+                    assert_eq!(b, b"kernel");
+                });
+            }
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        // a corrupt entry is deleted with a tracing warning
+        #[derive(Clone)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf(Arc::new(Mutex::new(Vec::new())));
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        let bad = c.path("cd34", "ptx");
+        fs::create_dir_all(bad.parent().unwrap()).unwrap();
+        fs::write(&bad, b"not an entry").unwrap();
+        let how = tracing::subscriber::with_default(sub, || c.get("cd34", "ptx").1);
+        assert_eq!(how, Lookup::Corrupt);
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("WARN") && log.contains("corrupt cache entry deleted"),
+            "{log}"
+        );
+        let _ = fs::remove_dir_all(c.dir());
     }
 }

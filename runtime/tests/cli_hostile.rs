@@ -429,3 +429,23 @@ fn notes_go_to_stderr_and_no_debug_formatting_reaches_users() {
     assert!(!t.contains("Shape {") && t.contains("B=1 Hq=1"), "{t}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn attnc_log_shows_the_front_end_and_codegen_spans() {
+    let out = Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(["emit", "clif", "examples/causal.attn"])
+        .env("ATTNC_LOG", "info")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("front_end") && err.contains("close"), "{err}");
+    // without ATTNC_LOG: nothing on stderr
+    let out = attnc(&["emit", "clif", "examples/causal.attn"]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -114,6 +114,7 @@ pub enum BlockError {
 
 /// Compile-time facts about `p`'s mask.
 pub fn analyze(p: &Program) -> MaskInfo {
+    let _span = tracing::debug_span!("analysis", attention = %p.name).entered();
     let Some(f) = &p.mask else {
         return MaskInfo {
             tier: Tier::Dense,
@@ -158,6 +159,7 @@ pub fn build_block_maps(
     kv_block: usize,
     bind: &Bindings,
 ) -> Result<BlockMaps, BlockError> {
+    let _span = tracing::debug_span!("block_maps", attention = %p.name, lq = shape.lq, lkv = shape.lkv, q_block, kv_block).entered();
     if q_block == 0 || kv_block == 0 {
         return Err(BlockError::BlockSize { q_block, kv_block });
     }

@@ -38,6 +38,7 @@ impl Module {
 /// Parses, checks and lowers a source file. Returns the module, or every diagnostic
 /// (parse errors first, then semantic errors in source order).
 pub fn compile_source(source: &str) -> Result<Module, Vec<Diagnostic>> {
+    let _span = tracing::info_span!("front_end", bytes = source.len()).entered();
     let (file, parse_errors) = attnc_grammar::parse(source);
     let mut diags: Vec<Diagnostic> = parse_errors
         .iter()

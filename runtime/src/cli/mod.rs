@@ -336,14 +336,31 @@ pub(crate) fn parse_params(items: &[String]) -> Result<Vec<(String, ParamValue)>
         .collect()
 }
 
+/// `ATTNC_LOG` (a `tracing` filter: `info`, `debug`, `attnc=debug`, ...) shows the spans
+/// of the front end, analysis, codegen and cache lookups on stderr, each closing with
+/// its time; warnings (cache write errors, deleted corrupt entries) show by default.
+fn init_tracing(color: bool) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATTNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_span_events(FmtSpan::CLOSE)
+        .try_init();
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     use std::io::IsTerminal;
-    attnc_compiler::diag::set_color(match cli.color {
+    let color = match cli.color {
         ColorArg::Always => true,
         ColorArg::Never => false,
         ColorArg::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    });
+    };
+    attnc_compiler::diag::set_color(color);
+    init_tracing(color);
     let result = match cli.command {
         Command::Check { files } => return check(&files),
         Command::Emit {

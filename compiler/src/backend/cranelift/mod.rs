@@ -232,6 +232,8 @@ fn kernel_program(program: &Program, opts: &CpuOptions) -> Program {
 
 /// Generates and JIT-compiles the kernel of `program`.
 pub fn compile(program: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+    let _span =
+        tracing::info_span!("codegen", backend = "cpu", attention = %program.name).entered();
     let (isa, mut module, id) = prepare(program, opts)?;
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;

@@ -528,6 +528,8 @@ pub fn emit_timed(
     opts: &PtxOptions,
     text: EmitText,
 ) -> Result<(PtxKernel, EmitTimes), LlvmError> {
+    let _span =
+        tracing::info_span!("codegen", backend = "llvm", attention = %program.name).entered();
     let t0 = std::time::Instant::now();
     opts.validate()?;
     let mut k = layout(program, opts)?;
