@@ -12,6 +12,7 @@ pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod passes;
+pub mod plan;
 pub mod reference;
 pub mod reference_grad;
 pub mod sema;

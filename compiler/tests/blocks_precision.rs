@@ -6,12 +6,17 @@
 
 use attnc_compiler::analysis::blockmap::BlockKind;
 use attnc_compiler::analysis::classify::{
-    Tier, analyze, brute_force_maps, build_block_maps, precision,
+    MaskInfo, Tier, brute_force_maps, build_block_maps, precision,
 };
 use attnc_compiler::compile_source;
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
 use attnc_compiler::shape::Shape;
+
+/// The plan's mask analysis of `p`.
+fn analyze(p: &Program) -> MaskInfo {
+    attnc_compiler::plan::Plan::new(p).mask().clone()
+}
 
 const SRC: &str = r#"
 const C: i32 = 48;

@@ -7,16 +7,22 @@
 //! A second generator builds conjunctions of random linear constraints, which take the
 //! closed-form path.
 
-use attnc_compiler::analysis::classify::{analyze, precision};
+use attnc_compiler::analysis::classify::{MaskInfo, precision};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{
     Arg, BinOp, Cmp, DimSpec, ElemType, FnKind, Function, Inst, ParamId, ParamInfo, Program,
     Scalar, TensorId, TensorInfo, Type, UnOp, Value, verify_program,
 };
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use attnc_grammar::ast::Span;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The plan's mask analysis of `p`.
+fn analyze(p: &Program) -> MaskInfo {
+    Plan::new(p).mask().clone()
+}
 
 const CMPS: [Cmp; 6] = [Cmp::Eq, Cmp::Ne, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge];
 
@@ -461,7 +467,7 @@ fn random_linear_conjunctions_are_sound_and_closed_form() {
 #[test]
 fn implied_linear_conjuncts_are_sound() {
     use attnc_compiler::analysis::blockmap::BlockKind;
-    use attnc_compiler::analysis::classify::{Implied, brute_force_maps};
+    use attnc_compiler::analysis::classify::brute_force_maps;
     use attnc_compiler::analysis::linear::ClosedForm;
     let mut rng = StdRng::seed_from_u64(0x1a7e_d00d);
     let (mut derived, mut skipped_blocks, mut checked_blocks) = (0usize, 0usize, 0usize);
@@ -514,13 +520,13 @@ fn implied_linear_conjuncts_are_sound() {
         g.f.ret = acc.unwrap();
         let p = program(g.f, n0, n1);
         verify_program(&p).expect("generator builds valid IR");
-        let Some(imp) = Implied::derive(&p) else {
+        let Some(imp) = Plan::new(&p).implied().cloned() else {
             continue;
         };
         derived += 1;
         assert_eq!(
             Some(&imp.closed_form),
-            ClosedForm::derive(&imp.program).as_ref(),
+            Plan::new(&imp.program).mask().closed_form.as_ref(),
             "case {case}"
         );
         for _ in 0..3 {

@@ -9,9 +9,7 @@
 //! element, mask bit or rescaling (those produce errors of order 1e-2 and above).
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMaps};
-use attnc_compiler::backend::cranelift::{
-    CpuError, CpuKernel, CpuOptions, Isa, compile, emit_clif,
-};
+use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions, Isa};
 use attnc_compiler::interp::{Args, Bindings, BoundTensor, EvalError, TensorData, eval};
 use attnc_compiler::ir::{
     Arg, BinOp, Cmp, DimSpec, ElemType, FnKind, Function, Inst, ParamId, ParamInfo, Program,
@@ -22,6 +20,24 @@ use attnc_compiler::shape::Shape;
 use attnc_grammar::ast::Span;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The forward CPU kernel of `p`.
+fn compile(p: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+    attnc_compiler::backend::cranelift::compile(
+        &attnc_compiler::plan::Plan::new(p),
+        attnc_compiler::backend::KernelKind::Forward,
+        opts,
+    )
+}
+
+/// The CLIF of `p`'s forward CPU kernel.
+fn emit_clif(p: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
+    attnc_compiler::backend::cranelift::emit_clif(
+        &attnc_compiler::plan::Plan::new(p),
+        attnc_compiler::backend::KernelKind::Forward,
+        opts,
+    )
+}
 
 // ------------------------------------------------------------------ program building
 

@@ -15,7 +15,7 @@
 //! anywhere. Divisions are `a / (|b| + 1)` so that the sign of a zero never matters.
 
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::backend::cranelift::{CpuError, CpuOptions, compile};
+use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::Scalar;
 use attnc_compiler::ir::{
@@ -27,6 +27,15 @@ use attnc_compiler::shape::Shape;
 use attnc_grammar::ast::Span;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The forward CPU kernel of `p`.
+fn compile(p: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+    attnc_compiler::backend::cranelift::compile(
+        &attnc_compiler::plan::Plan::new(p),
+        attnc_compiler::backend::KernelKind::Forward,
+        opts,
+    )
+}
 
 const NI: usize = 37; // length of the i32 table
 const NF: usize = 23; // length of the f32 table

@@ -5,11 +5,11 @@
 //! backend get from `build_block_maps`; runtime/tests/gpu.rs runs both kinds of kernel.
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder};
-use attnc_compiler::analysis::classify::{analyze, build_block_maps, closed_form_bounds};
+use attnc_compiler::analysis::classify::{MaskInfo, build_block_maps, closed_form_bounds};
 use attnc_compiler::analysis::linear::ClosedForm;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{
-    Arch, InputType, KernelParam, KvBounds, PtxOptions, emit, layout,
+    Arch, EmitText, InputType, KernelParam, KernelSpec, KvBounds, LlvmError, PtxKernel, PtxOptions,
 };
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::{Program, Scalar};
@@ -17,6 +17,30 @@ use attnc_compiler::shape::Shape;
 mod common;
 
 use common::example_files;
+
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::plan::Plan;
+
+/// The plan's mask analysis of `p`.
+fn analyze(p: &Program) -> MaskInfo {
+    Plan::new(p).mask().clone()
+}
+
+/// The forward kernel's launch description.
+fn layout(p: &Program, opts: &PtxOptions) -> Result<KernelSpec, LlvmError> {
+    attnc_compiler::backend::llvm::spec(&Plan::new(p), KernelKind::Forward, opts)
+}
+
+/// The forward kernel.
+fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    attnc_compiler::backend::llvm::generate(
+        &Plan::new(p),
+        KernelKind::Forward,
+        opts,
+        EmitText::PtxAndLlvm,
+    )
+    .map(|(k, _)| k)
+}
 
 fn examples() -> Vec<Program> {
     let mut v = Vec::new();
@@ -122,12 +146,7 @@ fn emitted_kernels_record_their_kv_bounds() {
     let causal = one("mask c(b, h, q, kv) { q >= kv } attention a { mask = c; }");
     let k = emit(&causal, &opts).unwrap();
     assert!(k.kv_bounds.is_closed_form());
-    assert_eq!(k, {
-        let mut l = layout(&causal, &opts).unwrap();
-        l.ptx = k.ptx.clone();
-        l.llvm_ir = k.llvm_ir.clone();
-        l
-    });
+    assert_eq!(k.spec, layout(&causal, &opts).unwrap());
     // the closed-form kernel has an i64 offset param and no CSR table; the forced table
     // kernel the other way round
     let params = |ptx: &str| {

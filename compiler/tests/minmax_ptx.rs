@@ -3,7 +3,9 @@
 //! equal operands are combined bitwise (`or.b32` for min, `and.b32` for max) and
 //! selected. Read from the emitted PTX; the GPU run is in the device checks.
 
-use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, emit_timed};
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
+use attnc_compiler::plan::Plan;
 
 fn ptx(score: &str) -> String {
     let src = format!(
@@ -12,7 +14,10 @@ fn ptx(score: &str) -> String {
     let m = attnc_compiler::compile_source(&src).unwrap();
     let p = &m.programs[0];
     let opts = PtxOptions::new(Arch::parse("sm_90").unwrap(), 64, 64, InputType::Bf16);
-    emit_timed(p, &opts, EmitText::PtxOnly).unwrap().0.ptx
+    generate(&Plan::new(p), KernelKind::Forward, &opts, EmitText::PtxOnly)
+        .unwrap()
+        .0
+        .ptx
 }
 
 fn count(text: &str, what: &str) -> usize {

@@ -2,11 +2,29 @@
 //! twice to check it is byte-identical (the kernel cache keys depend on it). Runs without
 //! a GPU: only code generation is exercised here; runtime/tests/gpu.rs runs the kernels.
 
-use attnc_compiler::backend::llvm::{Arch, InputType, Mma, PtxOptions, emit};
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::backend::llvm::{
+    Arch, EmitText, InputType, LlvmError, Mma, PtxKernel, PtxOptions, generate,
+};
+use attnc_compiler::ir::Program;
+use attnc_compiler::plan::Plan;
 mod common;
 
 use common::example_files;
 use std::path::Path;
+
+/// The kernel `kind` of `p`.
+fn emit_kind(p: &Program, kind: KernelKind, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    generate(&Plan::new(p), kind, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
+}
+
+fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    emit_kind(p, KernelKind::Forward, opts)
+}
+
+fn emit_block_table(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    emit_kind(p, KernelKind::BlockTable, opts)
+}
 
 #[test]
 fn every_example_has_deterministic_ptx() {
@@ -58,8 +76,7 @@ fn sm80_f16_and_d128_generate() {
 /// 128x64 tiles): deterministic, a `.entry`, warp votes, and the snapshot.
 #[test]
 fn tensor_masks_have_deterministic_block_table_ptx() {
-    use attnc_compiler::analysis::classify::{Tier, analyze};
-    use attnc_compiler::backend::llvm::emit_block_table;
+    use attnc_compiler::analysis::classify::Tier;
     let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
     assert_eq!((opts.q_block, opts.kv_block), (128, 64));
     let mut names = Vec::new();
@@ -67,7 +84,7 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
         let src = std::fs::read_to_string(&path).unwrap();
         let module = attnc_compiler::compile_source(&src).expect("examples compile");
         for p in &module.programs {
-            if analyze(p).tier != Tier::Tensors {
+            if Plan::new(p).tier() != Tier::Tensors {
                 continue;
             }
             let a = emit_block_table(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
@@ -94,7 +111,6 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
             let c = emit_block_table(p, &checked).unwrap();
             // the linear conjuncts (causal, the window) bound the tiles evaluated, one
             // i64 offset each plus the KvAllPartial flag; never in checked mode
-            use attnc_compiler::analysis::linear::ClosedForm;
             use attnc_compiler::backend::llvm::KernelParam;
             let offsets = |k: &attnc_compiler::backend::llvm::PtxKernel| {
                 k.params
@@ -102,7 +118,7 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
                     .filter(|x| matches!(x, KernelParam::KvOffset(_)))
                     .count()
             };
-            let implied = ClosedForm::derive_implied(p);
+            let implied = Plan::new(p).implied().map(|i| i.closed_form.clone());
             assert_eq!(a.table_skip, implied, "{}", p.name);
             assert_eq!(
                 offsets(&a),

@@ -18,34 +18,16 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::exec::{Exec, ExecError};
+pub use crate::options::{Backend, BindOptions};
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::diag::Diagnostic;
 use attnc_compiler::interp::{Bindings, BoundTensor, EvalError, TensorData};
 use attnc_compiler::ir::{DimSpec, ElemType, Program, Scalar, Type};
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Where a bound variant runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// The f64 reference implementation (the oracle): slow, exact.
-    Reference,
-    /// Cranelift-generated CPU kernels.
-    Cpu,
-    /// LLVM-generated PTX on an NVIDIA GPU.
-    Cuda,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Reference => "reference",
-            Backend::Cpu => "cpu",
-            Backend::Cuda => "cuda",
-        }
-    }
-}
 
 /// The source a program came from, kept for rendering bind-time diagnostics.
 #[derive(Debug)]
@@ -129,44 +111,6 @@ pub struct Variant {
     program: Arc<Program>,
 }
 
-/// How to bind a variant.
-#[derive(Clone, Debug)]
-pub struct BindOptions {
-    pub backend: Backend,
-    pub shape: Shape,
-    /// dtype of q, k, v and O.
-    pub dtype: DType,
-    /// Softmax scale; `None` means `1/sqrt(D)`.
-    pub scale: Option<f32>,
-    /// CPU threads (0 = all available cores).
-    pub threads: usize,
-    /// Report out-of-range tensor reads instead of clamping them.
-    pub checked: bool,
-    /// CUDA backend, masks over captured tensors: build the block table on the GPU
-    /// (exact, from the device-resident tensors; `backend::llvm::blocktable`) rather than
-    /// on the host from tensor summaries. Default true; the environment variable
-    /// `ATTNC_BLOCK_TABLES=host` makes the default false. Other backends ignore it.
-    pub gpu_block_tables: bool,
-    /// CUDA: the tiered JIT policy (a quickly compiled module first, the optimized one
-    /// swapped in when ready); `None` reads `ATTNC_JIT_TIERS`, default off.
-    pub jit_tiers: Option<crate::cuda::JitTiers>,
-}
-
-impl BindOptions {
-    pub fn new(backend: Backend, shape: Shape, dtype: DType) -> Self {
-        BindOptions {
-            backend,
-            shape,
-            dtype,
-            scale: None,
-            threads: 0,
-            checked: false,
-            gpu_block_tables: std::env::var("ATTNC_BLOCK_TABLES").map_or(true, |v| v != "host"),
-            jit_tiers: None,
-        }
-    }
-}
-
 /// A runtime scalar for a `param`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ParamValue {
@@ -224,16 +168,18 @@ impl Variant {
         &self.source
     }
 
-    /// Prepares the variant for one shape, dtype and backend (JIT-compiling for CPU and GPU).
+    /// Prepares the variant for one shape, dtype and backend (JIT-compiling for CPU and
+    /// GPU): the plan (every analysis, once) and the backend's executor.
     pub fn bind(&self, opts: BindOptions) -> Result<Bound> {
         crate::validate::bind_options(&opts)?;
-        let kernel = crate::launch::prepare(&self.program, &opts)?;
+        let plan = Plan::new(&self.program);
+        let exec = Exec::prepare(&plan, &opts).map_err(|e| self.render(e))?;
         Ok(Bound {
             variant: self.clone(),
             opts,
-            kernel,
-            decode: None,
-            backward: Default::default(),
+            plan,
+            exec,
+            extensions: Vec::new(),
         })
     }
 
@@ -243,6 +189,66 @@ impl Variant {
         Variant {
             source: self.source.clone(),
             program: Arc::new(program),
+        }
+    }
+
+    /// Renders a backend's raw error: out-of-range reads point at the read in the source.
+    pub(crate) fn render(&self, e: ExecError) -> Error {
+        use crate::cuda::CudaError;
+        match e {
+            ExecError::Api(e) => e,
+            ExecError::Reference(e) => out_of_bounds(self, &e),
+            ExecError::Cpu(attnc_compiler::backend::cranelift::CpuError::Eval(e)) => {
+                out_of_bounds(self, &e)
+            }
+            ExecError::Cpu(other) => Error::Backend {
+                backend: "cpu",
+                message: other.to_string(),
+            },
+            ExecError::Blocks(e) => Error::Backend {
+                backend: "blocks",
+                message: e.to_string(),
+            },
+            ExecError::CudaUnavailable(e) => Error::BackendUnavailable {
+                backend: "cuda",
+                reason: e.to_string(),
+            },
+            ExecError::Cuda(CudaError::OutOfBounds {
+                in_score,
+                inst,
+                tensor,
+                index,
+            }) => {
+                let p = self.program();
+                let f = if in_score {
+                    p.score.as_ref()
+                } else {
+                    p.mask.as_ref()
+                };
+                let span = f
+                    .and_then(|f| f.spans.get(inst as usize).copied())
+                    .unwrap_or(p.span);
+                let info = p.tensors.get(tensor as usize);
+                let e = EvalError::OutOfBounds {
+                    tensor: info
+                        .map(|t| t.name.clone())
+                        .unwrap_or_else(|| format!("#{tensor}")),
+                    index: index.iter().map(|x| *x as i64).collect(),
+                    dims: Vec::new(),
+                    span,
+                };
+                out_of_bounds(self, &e)
+            }
+            ExecError::Cuda(
+                e @ (CudaError::NoDriver | CudaError::NoDevice(_) | CudaError::UnsupportedGpu(..)),
+            ) => Error::BackendUnavailable {
+                backend: "cuda",
+                reason: e.to_string(),
+            },
+            ExecError::Cuda(other) => Error::Backend {
+                backend: "cuda",
+                message: other.to_string(),
+            },
         }
     }
 
@@ -267,11 +273,11 @@ impl Variant {
 pub struct Bound {
     variant: Variant,
     opts: BindOptions,
-    kernel: crate::launch::Kernel,
-    /// What `forward_with_cache` keeps (built at its first call).
-    decode: Option<crate::decode::DecodeState>,
-    /// The backward kernel, compiled on the first `backward` call (`crate::backward`).
-    backward: crate::backward::BackwardState,
+    /// Every analysis of the program, computed once at bind.
+    plan: Plan,
+    exec: Exec,
+    /// What extensions of the API keep between calls (see [`Bound::extension`]).
+    extensions: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Bound {
@@ -281,11 +287,22 @@ impl Bound {
     pub fn variant(&self) -> &Variant {
         &self.variant
     }
-    pub(crate) fn decode_state(&mut self) -> &mut Option<crate::decode::DecodeState> {
-        &mut self.decode
-    }
-    pub(crate) fn backward_state(&mut self) -> &mut crate::backward::BackwardState {
-        &mut self.backward
+    /// The state an extension of the API keeps between calls, one value per type,
+    /// created empty on first use (`forward_with_cache`: `Option<DecodeState>`;
+    /// `backward`: `BackwardState`). Type-erased, so that this module does not depend on
+    /// the extensions that depend on it.
+    pub(crate) fn extension<T: std::any::Any + Send + Sync + Default>(&mut self) -> &mut T {
+        let i = match self.extensions.iter().position(|e| e.is::<T>()) {
+            Some(i) => i,
+            None => {
+                self.extensions.push(Box::new(T::default()));
+                self.extensions.len() - 1
+            }
+        };
+        match self.extensions[i].downcast_mut::<T>() {
+            Some(t) => t,
+            None => unreachable!("the extension at {i} has this type"),
+        }
     }
     pub fn scale(&self) -> f32 {
         self.opts
@@ -296,7 +313,12 @@ impl Bound {
     /// Where the GPU kernel finds its kv blocks (closed form or block table); `None` for
     /// backends other than CUDA.
     pub fn kv_bounds(&self) -> Option<attnc_compiler::backend::llvm::KvBounds> {
-        self.kernel.kv_bounds()
+        self.exec.cuda().map(|c| c.kv_bounds())
+    }
+
+    /// The plan of this binding (every analysis result of the program).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// CUDA backend: `(built, reused)`, how many successful `forward` calls built the
@@ -305,13 +327,13 @@ impl Bound {
     /// fixed per binding). `None` for other backends; `(0, 0)` where tables do not come
     /// from the GPU builder.
     pub fn gpu_table_counts(&self) -> Option<(u64, u64)> {
-        crate::launch::gpu_table_counts(&self.kernel)
+        self.exec.cuda().map(|c| c.table_counts())
     }
 
-    /// The binding's kernel, variant and options, for launch paths outside this module
-    /// (`external`: caller-owned buffers).
-    pub(crate) fn parts_mut(&mut self) -> (&mut crate::launch::Kernel, &Variant, &BindOptions) {
-        (&mut self.kernel, &self.variant, &self.opts)
+    /// The binding's executor, plan, variant and options, for launch paths outside this
+    /// module (`external`: caller-owned buffers).
+    pub(crate) fn parts_mut(&mut self) -> (&mut Exec, &Plan, &Variant, &BindOptions) {
+        (&mut self.exec, &self.plan, &self.variant, &self.opts)
     }
 
     /// Checks and converts the captures against the program's declarations.
@@ -333,16 +355,10 @@ impl Bound {
         check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], self.opts.dtype)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
-        let (o, lse) = crate::launch::forward(
-            &mut self.kernel,
-            &self.variant,
-            &self.opts,
-            scale,
-            q,
-            k,
-            v,
-            &bindings,
-        )?;
+        let (o, lse) = self
+            .exec
+            .forward(&self.plan, &self.opts, scale, q, k, v, &bindings)
+            .map_err(|e| self.variant.render(e))?;
         Ok(Output {
             o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, self.opts.dtype),
             lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
@@ -364,17 +380,11 @@ impl Bound {
     ) -> Result<Option<f64>> {
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
-        crate::launch::table_time_ms(
-            &mut self.kernel,
-            &self.variant,
-            &self.opts,
-            scale,
-            q,
-            k,
-            v,
-            &bindings,
-            iters,
-        )
+        let Some(c) = self.exec.cuda_mut() else {
+            return Ok(None);
+        };
+        c.table_time(&self.plan, &self.opts, scale, q, k, v, &bindings, iters)
+            .map_err(|e| self.variant.render(e))
     }
 
     /// Device-side time per call in milliseconds for device backends (inputs uploaded
@@ -403,17 +413,12 @@ impl Bound {
     ) -> Result<Option<(f64, crate::cuda::JitTier)>> {
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
-        crate::launch::device_time_ms(
-            &mut self.kernel,
-            &self.variant,
-            &self.opts,
-            scale,
-            q,
-            k,
-            v,
-            &bindings,
-            iters,
-        )
+        let Some(c) = self.exec.cuda_mut() else {
+            return Ok(None);
+        };
+        c.device_time(&self.plan, &self.opts, scale, q, k, v, &bindings, iters)
+            .map(Some)
+            .map_err(|e| self.variant.render(e))
     }
 }
 
@@ -421,7 +426,7 @@ impl Bound {
     /// CUDA: how the JIT served this binding (cache hits, codegen/driver/load times, the
     /// first module's tier); `None` for other backends.
     pub fn jit_stats(&self) -> Option<crate::cuda::JitStats> {
-        crate::launch::jit_stats(&self.kernel)
+        self.exec.cuda().map(|c| c.jit_stats())
     }
 
     /// CUDA: waits at most `timeout` for the optimized module of a tiered JIT to be in
@@ -431,7 +436,7 @@ impl Bound {
         &self,
         timeout: std::time::Duration,
     ) -> Result<Option<crate::cuda::ReadyStats>> {
-        match crate::launch::wait_optimized(&self.kernel, timeout) {
+        match self.exec.cuda().map(|c| c.wait_optimized(timeout)) {
             None => Ok(None),
             Some(Ok(r)) => Ok(Some(r)),
             Some(Err(e)) => Err(Error::Backend {

@@ -16,11 +16,13 @@
 use crate::api::{Bound, Captures, check_input};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
-use attnc_compiler::analysis::classify::analyze;
 use attnc_compiler::backend::cranelift::CpuOptions;
 use attnc_compiler::backend::cranelift::backward::{CpuBackward, compile_backward};
+use attnc_compiler::backend::llvm::{InputType, PtxOptions};
+use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::{ElemType, Type};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// The gradients of one backward call.
 #[derive(Clone, Debug)]
@@ -152,22 +154,23 @@ impl Bound {
                     backend: "cpu",
                     message: e.to_string(),
                 };
-                let state = self.backward_state();
+                let state = self.extension::<BackwardState>();
                 if state.cpu.is_none() {
                     let kern =
                         compile_backward(program, &CpuOptions::default()).map_err(cpu_err)?;
                     state.cpu = Some(Box::new(kern));
                 }
+                let (qb, kb) = match &state.cpu {
+                    Some(k) => (k.q_block(), k.kv_block()),
+                    None => unreachable!("compiled above"),
+                };
+                let maps = crate::policy::launch_maps(self.plan(), &opts, qb, kb, &bindings)
+                    .map_err(|e| Error::Backend {
+                        backend: "blocks",
+                        message: e.to_string(),
+                    })?;
+                let state = self.extension::<BackwardState>();
                 let kern = state.cpu.as_ref().expect("compiled above");
-                let info = analyze(program);
-                let maps = crate::launch::launch_maps(
-                    program,
-                    &info,
-                    &opts,
-                    kern.q_block(),
-                    kern.kv_block(),
-                    &bindings,
-                )?;
                 let threads = if opts.threads == 0 {
                     std::thread::available_parallelism()
                         .map(|n| n.get())
@@ -191,7 +194,7 @@ impl Bound {
                 )
                 .map_err(cpu_err)?
             }
-            crate::api::Backend::Cuda => crate::launch::cuda_backward(
+            crate::api::Backend::Cuda => cuda_backward(
                 &variant,
                 &s,
                 dt,
@@ -229,4 +232,74 @@ impl Bound {
             params,
         })
     }
+}
+
+/// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the process's
+/// device: the program's three backward kernels (generated and loaded once per process),
+/// its launch blocks, upload, launches, download. Gradients of captured tensors and
+/// params are not computed on the GPU: a program whose score needs them is refused.
+#[allow(clippy::too_many_arguments)]
+fn cuda_backward(
+    variant: &crate::api::Variant,
+    shape: &attnc_compiler::shape::Shape,
+    dtype: DType,
+    checked: bool,
+    (q, k, v, o, dout): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+    lse: &[f32],
+    dlse: Option<&[f32]>,
+    scale: f32,
+    bind: &Bindings,
+) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
+    use crate::cuda::backward::{BackwardJit, LaunchBlocks};
+    static JIT: OnceLock<BackwardJit> = OnceLock::new();
+    let input = match dtype {
+        DType::BF16 => InputType::Bf16,
+        DType::F16 => InputType::F16,
+        other => {
+            return Err(Error::InputDType {
+                which: "q, k, v, o, do (the CUDA backend takes bf16 or f16; use the cpu backend for f32)".into(),
+                expected: "bf16 or f16".into(),
+                got: other,
+            });
+        }
+    };
+    let p = variant.program();
+    let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
+    let device = crate::exec::cuda::device().map_err(|e| variant.render(e))?;
+    let mut opts = PtxOptions::backward(device.arch(), shape.d as u32, shape.dv as u32, input);
+    opts.checked = checked;
+    let kernels = JIT
+        .get_or_init(BackwardJit::default)
+        .get(device, p, &opts)
+        .map_err(err)?;
+    let blocks = LaunchBlocks::new(&kernels, p, shape, bind).map_err(err)?;
+    let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
+    let grads = kernels
+        .backward_host(
+            device,
+            shape,
+            (&bits(q), &bits(k), &bits(v), &bits(o)),
+            lse,
+            &bits(dout),
+            dlse,
+            scale,
+            bind,
+            blocks.as_blocks(),
+        )
+        .map_err(err)?;
+    let f32s = |x: Vec<u16>| -> Vec<f32> {
+        x.into_iter()
+            .map(|b| match input {
+                InputType::Bf16 => half::bf16::from_bits(b).to_f32(),
+                InputType::F16 => half::f16::from_bits(b).to_f32(),
+            })
+            .collect()
+    };
+    Ok(attnc_compiler::backend::cranelift::backward::Gradients {
+        dq: f32s(grads.dq),
+        dk: f32s(grads.dk),
+        dv: f32s(grads.dv),
+        tensors: vec![None; p.tensors.len()],
+        params: vec![None; p.params.len()],
+    })
 }

@@ -55,8 +55,15 @@ impl Bound {
         }
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
-        let (kernel, variant, opts) = self.parts_mut();
-        crate::launch::cpu_forward_into(kernel, variant, opts, scale, q, k, v, &bindings, o, lse)
+        let (exec, plan, variant, opts) = self.parts_mut();
+        let Some(cpu) = exec.cpu_mut() else {
+            return Err(Error::Usage(format!(
+                "this binding runs on the {} backend, not on the CPU",
+                opts.backend.name()
+            )));
+        };
+        cpu.forward_into(plan, opts, scale, q, k, v, &bindings, o, lse)
+            .map_err(|e| variant.render(e))
     }
 }
 

@@ -2,7 +2,10 @@
 //! dtypes and a backend, and run `forward` many times (see [`api`]).
 //!
 //! Modules: [`api`] (compile/bind/forward), [`tensor`] (host tensors), [`io`]
-//! (safetensors), [`external`] (forward over caller-owned buffers), `launch` (the compile/launch seam per backend), [`blockview`]
+//! (safetensors), [`external`] (forward over caller-owned buffers), [`decode`] (KV-cache
+//! decoding), [`options`] (backend, bind options), `exec` (the executors per backend:
+//! what `bind` prepares and how `forward` runs it), `policy` (kv paths, table reuse),
+//! [`cuda`] (device, kernels, launches, the JIT cache), [`blockview`]
 //! (block-mask pictures), [`synth`] (deterministic inputs), [`error`].
 pub mod api;
 pub mod backward;
@@ -12,9 +15,11 @@ pub mod cache;
 pub mod cuda;
 pub mod decode;
 pub mod error;
+mod exec;
 pub mod external;
 pub mod io;
-mod launch;
+pub mod options;
+mod policy;
 pub mod synth;
 pub mod tensor;
 mod validate;
@@ -24,5 +29,5 @@ pub use attnc_compiler::shape::Shape;
 pub use backward::Gradients;
 pub use decode::KvCache;
 pub use error::{Error, Result};
-pub use launch::{cuda_device_info, wait_for_background_jit};
+pub use exec::{cuda_device_info, wait_for_background_jit};
 pub use tensor::{DType, Tensor};

@@ -4,8 +4,8 @@
 //! In: [`BindOptions`]. Out: `Ok(())` or the [`Error`] a user sees, naming the value and
 //! what is allowed.
 
-use crate::api::BindOptions;
 use crate::error::{Error, Result};
+use crate::options::BindOptions;
 
 /// Validates the options of [`crate::Variant::bind`].
 pub(crate) fn bind_options(opts: &BindOptions) -> Result<()> {

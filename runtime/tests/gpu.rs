@@ -28,16 +28,15 @@
 mod gpu_jit;
 mod gpu_util;
 
-use attnc::cuda::{CudaDevice, CudaError, CudaKernel, KvBlocks};
+use attnc::cuda::{CudaDevice, CudaError, CudaKernel, KvBlocks, LaunchArgs, Qkv};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
-use attnc_compiler::analysis::classify::{Implied, analyze, brute_force_maps, closed_form_bounds};
-use attnc_compiler::backend::llvm::{
-    Arch, InputType, KvBounds, PtxOptions, emit, emit_block_table, samples,
-};
+use attnc_compiler::analysis::classify::{brute_force_maps, closed_form_bounds};
+use attnc_compiler::backend::llvm::{Arch, InputType, KvBounds, PtxOptions, samples};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::interp::{BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
+use attnc_compiler::plan::Plan;
 use attnc_compiler::reference;
 use attnc_compiler::shape::Shape;
 use gpu_util::*;
@@ -695,23 +694,24 @@ fn check_gpu_table_opts(
         .map_err(|e| e.to_string())?;
     let builder = CudaKernel::load(dev, &emit_block_table(p, &opts).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let info = analyze(p);
+    let plan = Plan::new(p);
+    let info = plan.mask();
     let mut r = rng(seed);
     let (qh, qf) = random_input(&mut r, sh.q_len(), 2.0, InputType::Bf16);
     let (kh, kf) = random_input(&mut r, sh.k_len(), 2.0, InputType::Bf16);
     let (vh, vf) = random_input(&mut r, sh.v_len(), 1.0, InputType::Bf16);
     let scale = sh.default_scale();
     let prob = attn
-        .upload_for_table(
+        .upload(
             dev,
             sh,
-            &qh,
-            &kh,
-            &vh,
+            Qkv::Host(&qh, &kh, &vh),
             scale,
             bind,
-            info.uses_b,
-            info.uses_h,
+            KvBlocks::Build {
+                uses_b: info.uses_b,
+                uses_h: info.uses_h,
+            },
         )
         .map_err(|e| e.to_string())?;
     let want =
@@ -719,7 +719,7 @@ fn check_gpu_table_opts(
     // the builder skips the tiles outside the range of the mask's linear conjuncts with
     // the launch's bounds (as `forward` does); `None` bounds (not trusted for this launch,
     // or passed on purpose) make it evaluate every tile: both must give the exact table
-    let implied = Implied::derive(p);
+    let implied = plan.implied();
     if builder.meta().table_skip.is_some() != implied.is_some() {
         return Err(format!(
             "builder skip form {:?}, implied {:?}",
@@ -733,28 +733,21 @@ fn check_gpu_table_opts(
     };
     let skipped = implied.is_some() && skip.is_some();
     if skipped {
-        builder
-            .build_table(dev, &prob, None)
-            .map_err(|e| e.to_string())?;
-        let every = builder
-            .download_table(dev, &prob)
-            .map_err(|e| e.to_string())?;
+        build_table(dev, &builder, &prob, None).map_err(|e| e.to_string())?;
+        let every = prob.download_table(dev).map_err(|e| e.to_string())?;
         compare_tables(&every, &want, sh).map_err(|e| format!("without skipping: {e}"))?;
     }
-    builder
-        .build_table(dev, &prob, skip.as_deref())
-        .map_err(|e| e.to_string())?;
-    let got = builder
-        .download_table(dev, &prob)
-        .map_err(|e| e.to_string())?;
+    build_table(dev, &builder, &prob, skip.as_deref()).map_err(|e| e.to_string())?;
+    let got = prob.download_table(dev).map_err(|e| e.to_string())?;
     let expect_maps = if info.uses_b { sh.b } else { 1 } * if info.uses_h { sh.hq } else { 1 };
     if got.maps.len() != expect_maps {
         return Err(format!("{} maps, expected {expect_maps}", got.maps.len()));
     }
     let counts = compare_tables(&got, &want, sh)?;
     // attention through the GPU-built table
-    attn.launch(dev, &prob).map_err(|e| e.to_string())?;
-    let (o, lse) = attn.download(dev, &prob).map_err(|e| e.to_string())?;
+    attn.launch(dev, &prob, &LaunchArgs::new())
+        .map_err(|e| e.to_string())?;
+    let (o, lse) = prob.download(dev).map_err(|e| e.to_string())?;
     let o: Vec<f32> = o.iter().map(|x| from_bits(*x, InputType::Bf16)).collect();
     let oracle =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;

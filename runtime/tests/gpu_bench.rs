@@ -16,7 +16,7 @@
 mod gpu_util;
 
 use attnc::cache::DiskCache;
-use attnc::cuda::{CudaKernel, JitCache, KvBlocks};
+use attnc::cuda::{CudaKernel, JitCache, KvBlocks, LaunchArgs, Qkv};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::classify::closed_form_bounds;
 use attnc_compiler::analysis::linear::Bound;
@@ -196,7 +196,7 @@ fn gpu_bench() {
         if tiles.len() > 1 {
             for (qb, kvb, mt) in tiles.iter().cloned() {
                 let opts = tile_opts(dev.arch(), d as u32, ty, qb, kvb, &mt);
-                let Ok(kern) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts)
+                let Ok(kern) = emit(&samples::dense(), &opts)
                     .map_err(|e| println!("tile {qb}x{kvb}x{mt}: {e}"))
                     .and_then(|k| {
                         CudaKernel::load(&dev, &k)
@@ -213,22 +213,20 @@ fn gpu_bench() {
                 ));
                 let cf = closed(&kern, &samples::dense(), &shape, &Bindings::default());
                 let p = kern
-                    .upload_device(
+                    .upload(
                         &dev,
                         &shape,
-                        qd.clone(),
-                        kd.clone(),
-                        vd.clone(),
+                        Qkv::Device(qd.clone(), kd.clone(), vd.clone()),
                         shape.default_scale(),
                         &Bindings::default(),
                         blocks(&cf, &maps),
                     )
                     .unwrap();
-                let ms = kern.time(&dev, &p, 2, 5, 3).unwrap();
+                let ms = kern.time(&dev, &p, &LaunchArgs::new(), 2, 5, 3).unwrap();
                 let tf = 4.0 * (b * h * l * l * d) as f64 / ms / 1e9;
                 if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
                     let _ = std::fs::create_dir_all(&dir);
-                    if let Ok(k) = attnc_compiler::backend::llvm::emit(&samples::dense(), &opts) {
+                    if let Ok(k) = emit(&samples::dense(), &opts) {
                         let _ =
                             std::fs::write(format!("{dir}/tile_d{d}_{qb}x{kvb}x{mt}.ptx"), k.ptx);
                     }
@@ -272,18 +270,17 @@ fn gpu_bench() {
                     brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
                 let cf = closed(kern, p, &shape, &bind);
                 let prob = kern
-                    .upload_device(
+                    .upload(
                         &dev,
                         &shape,
-                        qd.clone(),
-                        kd.clone(),
-                        vd.clone(),
+                        Qkv::Device(qd.clone(), kd.clone(), vd.clone()),
                         shape.default_scale(),
                         &bind,
                         blocks(&cf, &maps),
                     )
                     .unwrap();
-                kern.time(&dev, &prob, warmup, iters, reps).unwrap()
+                kern.time(&dev, &prob, &LaunchArgs::new(), warmup, iters, reps)
+                    .unwrap()
             };
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
@@ -313,7 +310,7 @@ fn gpu_bench() {
             let mut vbest = (cands[0].clone(), f64::INFINITY);
             for (cq, ck, cm) in cands.iter().cloned() {
                 let o = tile_opts(dev.arch(), d as u32, ty, cq, ck, &cm);
-                let Ok(kern) = attnc_compiler::backend::llvm::emit(p, &o)
+                let Ok(kern) = emit(p, &o)
                     .map_err(|e| e.to_string())
                     .and_then(|k| CudaKernel::load(&dev, &k).map_err(|e| e.to_string()))
                 else {
@@ -329,18 +326,18 @@ fn gpu_bench() {
             let opts = tile_opts(dev.arch(), d as u32, ty, qb, kvb, &mt);
             // JIT latency: cold (fresh disk cache), disk-warm (new in-memory cache), memory-warm
             let cold = JitCache::new(Some(DiskCache::new(&cache_dir)));
-            let (kern, s_cold) = cold.get(&dev, p, &opts).unwrap();
+            let (kern, s_cold) = jit_forward(&cold, &dev, p, &opts).unwrap();
             if let Ok(dir) = std::env::var("ATTNC_PTX_DUMP") {
                 let _ = std::fs::create_dir_all(&dir);
-                let k = attnc_compiler::backend::llvm::emit(p, &opts).unwrap();
+                let k = emit(p, &opts).unwrap();
                 let _ = std::fs::write(
                     format!("{dir}/{}_d{d}_{qb}x{kvb}x{mt}.ptx", var.name),
                     k.ptx,
                 );
             }
             let warm_disk = JitCache::new(Some(DiskCache::new(&cache_dir)));
-            let (_, s_disk) = warm_disk.get(&dev, p, &opts).unwrap();
-            let (_, s_mem) = warm_disk.get(&dev, p, &opts).unwrap();
+            let (_, s_disk) = jit_forward(&warm_disk, &dev, p, &opts).unwrap();
+            let (_, s_mem) = jit_forward(&warm_disk, &dev, p, &opts).unwrap();
             let kv_name = kern.meta().kv_bounds.name();
             // density over unmasked pairs (exact, batch-averaged)
             let mut kept = 0u64;
@@ -400,13 +397,13 @@ fn gpu_bench() {
 #[ignore]
 fn gpu_bench_block_table() {
     use attnc_compiler::analysis::blockmap::BlockKind;
-    use attnc_compiler::analysis::classify::{Implied, analyze, build_block_maps};
-    use attnc_compiler::backend::llvm::emit_block_table;
+    use attnc_compiler::plan::Plan;
     let Some(dev) = device_or_skip("gpu_bench_block_table") else {
         return;
     };
     let p = samples::document_causal();
-    let info = analyze(&p);
+    let plan = Plan::new(&p);
+    let info = plan.mask();
     for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (1, 1, 131072, 64)] {
         let shape = Shape {
             b,
@@ -438,52 +435,45 @@ fn gpu_bench_block_table() {
         let mut host = None;
         for _ in 0..3 {
             let t = std::time::Instant::now();
-            host = Some(build_block_maps(&p, &info, &shape, qb, kvb, &bind).unwrap());
+            host = Some(plan.block_maps(&shape, qb, kvb, &bind).unwrap());
             host_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
         host_ms.sort_by(|a, b| a.total_cmp(b));
         let host = host.unwrap();
         // GPU: block-table kernel on the device-resident doc ids
-        let attn = CudaKernel::load(
-            &dev,
-            &attnc_compiler::backend::llvm::emit(&p, &opts).unwrap(),
-        )
-        .unwrap();
+        let attn = CudaKernel::load(&dev, &emit(&p, &opts).unwrap()).unwrap();
         let builder = CudaKernel::load(&dev, &emit_block_table(&p, &opts).unwrap()).unwrap();
         let mut r = rng(42);
         let (q, _) = random_input(&mut r, shape.q_len(), 1.0, ty);
         let (k, _) = random_input(&mut r, shape.k_len(), 1.0, ty);
         let (v, _) = random_input(&mut r, shape.v_len(), 1.0, ty);
         let prob = attn
-            .upload_for_table(
+            .upload(
                 &dev,
                 &shape,
-                &q,
-                &k,
-                &v,
+                Qkv::Host(&q, &k, &v),
                 shape.default_scale(),
                 &bind,
-                info.uses_b,
-                info.uses_h,
+                KvBlocks::Build {
+                    uses_b: info.uses_b,
+                    uses_h: info.uses_h,
+                },
             )
             .unwrap();
         // every tile evaluated (KvAllPartial, the builder before linear skipping), then
         // the tiles outside the causal range skipped (what `forward` does); same table
-        let all_ms = builder.time_table(&dev, &prob, None, 2, 10, 5).unwrap();
-        let all = builder.download_table(&dev, &prob).unwrap();
-        let skip = Implied::derive(&p)
-            .expect("causal is a linear conjunct")
-            .bounds(&shape, &bind)
+        let all_ms = time_table(&dev, &builder, &prob, None, (2, 10, 5)).unwrap();
+        let all = prob.download_table(&dev).unwrap();
+        let skip = plan
+            .skip_bounds(&shape, &bind)
             .unwrap()
             .expect("no i32 wrap at these lengths");
         assert!(
             builder.meta().table_skip.is_some(),
             "builder without skip form"
         );
-        let gpu_ms = builder
-            .time_table(&dev, &prob, Some(&skip), 2, 10, 5)
-            .unwrap();
-        let gpu = builder.download_table(&dev, &prob).unwrap();
+        let gpu_ms = time_table(&dev, &builder, &prob, Some(&skip), (2, 10, 5)).unwrap();
+        let gpu = prob.download_table(&dev).unwrap();
         assert!(
             gpu == all,
             "the table with linear skipping differs from the fully evaluated one"
@@ -514,7 +504,7 @@ fn gpu_bench_block_table() {
         let attn_ms = if h > 1 {
             format!(
                 ", attention through it {:.3} ms",
-                attn.time(&dev, &prob, 2, 5, 3).unwrap()
+                attn.time(&dev, &prob, &LaunchArgs::new(), 2, 5, 3).unwrap()
             )
         } else {
             String::new()

@@ -80,7 +80,7 @@ fn constructors_check_lengths_and_never_wrap() {
 
 #[test]
 fn block_maps_refuse_absurd_block_counts() {
-    use attnc_compiler::analysis::classify::{BlockError, analyze, build_block_maps};
+    use attnc_compiler::analysis::classify::BlockError;
     let m = attnc_compiler::compile_source(
         "mask m(b, h, q, kv) { q >= kv }\nattention a { mask = m; }\n",
     )
@@ -88,7 +88,10 @@ fn block_maps_refuse_absurd_block_counts() {
     let p = &m.programs[0];
     let s = shape(1, 1, i32::MAX as usize, 1);
     let bind = attnc_compiler::interp::Bindings::default();
-    let e = build_block_maps(p, &analyze(p), &s, 1, 1, &bind).expect_err("2^62 blocks built");
+    let plan = attnc_compiler::plan::Plan::new(p);
+    let e = plan
+        .block_maps(&s, 1, 1, &bind)
+        .expect_err("2^62 blocks built");
     assert!(matches!(e, BlockError::TooManyBlocks { .. }), "{e}");
     assert!(e.to_string().contains("limit"), "{e}");
 }

@@ -18,8 +18,10 @@
 
 use attnc::blockview;
 use attnc::{Captures, Shape, synth};
-use attnc_compiler::analysis::classify::{analyze, build_block_maps, precision};
+use attnc_compiler::analysis::classify::precision;
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuOptions, emit_clif};
+use attnc_compiler::plan::Plan;
 use attnc_tests::*;
 use std::fmt::Write as _;
 
@@ -27,8 +29,10 @@ use std::fmt::Write as _;
 fn clif_of_every_example() {
     let opts = CpuOptions::default();
     for ex in examples() {
-        let a = emit_clif(ex.program(), &opts).unwrap_or_else(|e| panic!("{}: {e}", ex.id()));
-        let b = emit_clif(ex.program(), &opts).unwrap();
+        let plan = Plan::new(ex.program());
+        let a = emit_clif(&plan, KernelKind::Forward, &opts)
+            .unwrap_or_else(|e| panic!("{}: {e}", ex.id()));
+        let b = emit_clif(&plan, KernelKind::Forward, &opts).unwrap();
         assert!(a == b, "{}: CLIF differs between two emissions", ex.id());
         assert!(a.contains("function"), "{}: not CLIF text", ex.id());
         insta::assert_snapshot!(format!("clif__{}__{}", ex.file, ex.name), a);
@@ -86,8 +90,10 @@ fn block_structure_of_every_example() {
         let p = ex.program();
         let caps = synth::captures(p, &shape, 0);
         let bind = bindings(&ex.variant, shape, &caps);
-        let info = analyze(p);
-        let maps = build_block_maps(p, &info, &shape, 128, 128, &bind)
+        let plan = Plan::new(p);
+        let info = plan.mask();
+        let maps = plan
+            .block_maps(&shape, 128, 128, &bind)
             .unwrap_or_else(|e| panic!("{}: {e}", ex.id()));
         let mut out = String::new();
         writeln!(

@@ -1,7 +1,7 @@
 //! Block classification: which (q-block, kv-block) tiles of a mask are empty, full or
 //! partial, derived by analysis of the mask IR rather than by evaluating it everywhere.
 //!
-//! In: a verified [`Program`], its [`MaskInfo`] (from [`analyze`], at compile time), the
+//! In: a verified [`Program`], its [`MaskInfo`] (from `analyze`, at compile time: `plan::Plan`), the
 //! launch [`Shape`], block sizes and [`Bindings`] (param values, captured tensors).
 //! Out: [`BlockMaps`] — one [`BlockMap`] per (b, h) slice the mask depends on, with
 //! broadcasting strides for the arguments it ignores.
@@ -112,9 +112,11 @@ pub enum BlockError {
     },
 }
 
-/// Compile-time facts about `p`'s mask.
-pub fn analyze(p: &Program) -> MaskInfo {
+/// Compile-time facts about `p`'s mask. Called once per program by `plan::Plan::new`;
+/// everything else reads the plan.
+pub(crate) fn analyze(p: &Program) -> MaskInfo {
     let _span = tracing::debug_span!("analysis", attention = %p.name).entered();
+    super::count(1, 0);
     let Some(f) = &p.mask else {
         return MaskInfo {
             tier: Tier::Dense,
@@ -264,7 +266,7 @@ pub fn closed_form_bounds(
     Ok(cf.bounds(&params))
 }
 
-/// The linear conjuncts of a mask ([`ClosedForm::derive_implied`]) with the program they
+/// The linear conjuncts of a mask (`ClosedForm::derive_implied`) with the program they
 /// form (`p` with its mask replaced by their conjunction, `linear::implied_mask`), so that
 /// a launch can check, like [`closed_form_bounds`] does for a whole closed-form mask,
 /// whether their i32 arithmetic may wrap.
@@ -276,7 +278,7 @@ pub struct Implied {
 
 impl Implied {
     /// `None` when no top-level conjunct of `p`'s mask is linear.
-    pub fn derive(p: &Program) -> Option<Implied> {
+    pub(crate) fn derive(p: &Program) -> Option<Implied> {
         let closed_form = ClosedForm::derive_implied(p)?;
         let mask = super::linear::implied_mask(p.mask.as_ref()?)?;
         Some(Implied {

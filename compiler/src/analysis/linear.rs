@@ -9,7 +9,7 @@
 //! `backend::llvm::bounds` emits the same arithmetic on i64), and
 //! [`ClosedForm::block_map`] builds the whole map in O(#q-blocks).
 //!
-//! [`ClosedForm::derive_implied`] does the same for the linear *conjuncts* of any mask
+//! `ClosedForm::derive_implied` does the same for the linear *conjuncts* of any mask
 //! ([`implied_mask`]: `causal & same_doc` gives `q - kv >= 0`): a sound over-approximation
 //! that bounds the kv range where the mask can be true, which the GPU block-table kernel
 //! uses to skip tiles without evaluating them.
@@ -122,7 +122,7 @@ pub struct Bound {
 impl ClosedForm {
     /// Derives the closed form of `p`'s mask, if it has one (no b, h, tensors or
     /// non-linear operations on the path to the result).
-    pub fn derive(p: &Program) -> Option<ClosedForm> {
+    pub(crate) fn derive(p: &Program) -> Option<ClosedForm> {
         let f = p.mask.as_ref()?;
         let constraints = derive_fn(f)?;
         Some(ClosedForm {
@@ -135,7 +135,8 @@ impl ClosedForm {
     /// over-approximation of any mask (the mask implies it), exactly [`Self::derive`]'s
     /// form when every conjunct is linear. `None` when no top-level conjunct is a linear
     /// constraint (or all of them are always true). `causal & same_doc` gives `q - kv >= 0`.
-    pub fn derive_implied(p: &Program) -> Option<ClosedForm> {
+    pub(crate) fn derive_implied(p: &Program) -> Option<ClosedForm> {
+        super::count(0, 1);
         let f = implied_mask(p.mask.as_ref()?)?;
         let constraints = derive_fn(&f)?;
         if constraints.is_empty() {

@@ -1,3 +1,7 @@
-//! Backends: IR (plus block maps) in, executable kernels or kernel text out.
+//! Backends: a [`crate::plan::Plan`] and a [`KernelKind`] in, executable kernels or kernel
+//! text out.
 pub mod cranelift;
+pub mod kind;
 pub mod llvm;
+
+pub use kind::KernelKind;

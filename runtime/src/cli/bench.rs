@@ -14,7 +14,6 @@
 
 use super::{BackendArg, parse_params};
 use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};
-use attnc_compiler::analysis::classify::{analyze, build_block_maps};
 use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions};
 use std::path::PathBuf;
 
@@ -77,7 +76,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     // the work actually done: unmasked pairs, from block maps at a fine granularity
     let bindings = bound.bindings(&caps)?;
     let p = variant.program();
-    let maps = build_block_maps(p, &analyze(p), &shape, 64, 64, &bindings)
+    let maps = bound
+        .plan()
+        .block_maps(&shape, 64, 64, &bindings)
         .map_err(|e| Error::Usage(e.to_string()))?;
     let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
     let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
@@ -182,7 +183,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         let o = PtxOptions::new(Arch::Sm90, shape.d as u32, shape.dv as u32, InputType::Bf16);
         let (qb, kb) = (o.q_block as usize, o.kv_block as usize);
         let t0 = std::time::Instant::now();
-        build_block_maps(p, &analyze(p), &shape, qb, kb, &bindings)
+        bound
+            .plan()
+            .block_maps(&shape, qb, kb, &bindings)
             .map_err(|e| Error::Usage(e.to_string()))?;
         let host_ms = t0.elapsed().as_secs_f64() * 1e3;
         outln!(

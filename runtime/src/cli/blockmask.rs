@@ -9,7 +9,7 @@ use super::parse_params;
 use attnc::blockview;
 use attnc::io::read_safetensors;
 use attnc::{Captures, Compiled, Error, Shape};
-use attnc_compiler::analysis::classify::{analyze, build_block_maps, precision};
+use attnc_compiler::analysis::classify::precision;
 use std::path::PathBuf;
 
 pub(crate) struct BlockmaskArgs {
@@ -110,9 +110,11 @@ pub(crate) fn blockmask(a: &BlockmaskArgs) -> Result<(), Error> {
         attnc::DType::F32,
     ))?;
     let bindings = bound.bindings(&captures)?;
-    let info = analyze(p);
+    let info = bound.plan().mask();
     let t0 = std::time::Instant::now();
-    let maps = build_block_maps(p, &info, &shape, qb, kb, &bindings)
+    let maps = bound
+        .plan()
+        .block_maps(&shape, qb, kb, &bindings)
         .map_err(|e| Error::Usage(e.to_string()))?;
     let us = t0.elapsed().as_secs_f64() * 1e6;
     outln!(

@@ -15,7 +15,6 @@ use super::parse_params;
 use super::run::RunArgs;
 use attnc::io::{read_safetensors, write_safetensors};
 use attnc::{BindOptions, Captures, Compiled, DType, Error, Shape, Tensor, bench, synth};
-use attnc_compiler::analysis::classify::{analyze, build_block_maps};
 use std::collections::BTreeMap;
 
 pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
@@ -121,7 +120,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let mut bound = variant.bind(opts)?;
     let bindings = bound.bindings(&caps)?;
     let p = variant.program();
-    let maps = build_block_maps(p, &analyze(p), &shape, 64, 64, &bindings)
+    let maps = bound
+        .plan()
+        .block_maps(&shape, 64, 64, &bindings)
         .map_err(|e| Error::Usage(e.to_string()))?;
     let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
     let fwd_flops = bench::flops(&shape, pairs);

@@ -597,17 +597,19 @@ fn emit(
         EmitKind::Ir => out!("{}", attnc_compiler::ir::write_program(variant.program())),
         EmitKind::Clif => {
             let opts = attnc_compiler::backend::cranelift::CpuOptions::default();
-            let text = attnc_compiler::backend::cranelift::emit_clif(variant.program(), &opts)
-                .map_err(|e| Error::Backend {
-                    backend: "cpu",
-                    message: e.to_string(),
+            let plan = attnc_compiler::plan::Plan::new(variant.program());
+            let kind = attnc_compiler::backend::KernelKind::Forward;
+            let text =
+                attnc_compiler::backend::cranelift::emit_clif(&plan, kind, &opts).map_err(|e| {
+                    Error::Backend {
+                        backend: "cpu",
+                        message: e.to_string(),
+                    }
                 })?;
             out!("{text}");
         }
         EmitKind::Ptx | EmitKind::Llvm => {
-            use attnc_compiler::backend::llvm::{
-                Arch, EmitText, InputType, PtxOptions, emit_timed,
-            };
+            use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
             let arch = Arch::parse(arch)
                 .ok_or_else(|| Error::Usage(format!("--arch: `{arch}` is not sm_80 or sm_90")))?;
             let input = match dtype {
@@ -631,11 +633,12 @@ fn emit(
             } else {
                 EmitText::PtxAndLlvm
             };
-            let (k, t) =
-                emit_timed(variant.program(), &opts, text).map_err(|e| Error::Backend {
-                    backend: "llvm",
-                    message: e.to_string(),
-                })?;
+            let plan = attnc_compiler::plan::Plan::new(variant.program());
+            let forward = attnc_compiler::backend::KernelKind::Forward;
+            let (k, t) = generate(&plan, forward, &opts, text).map_err(|e| Error::Backend {
+                backend: "llvm",
+                message: e.to_string(),
+            })?;
             if time {
                 eprintln!(
                     "codegen {:.1} ms (llvm build {:.1}, opt {:.1}, ptx {:.1})",

@@ -13,16 +13,16 @@
 //! Deterministic: no kernel uses atomics on floats; every output element is summed by
 //! one thread in a fixed order, so the same inputs give bit-identical gradients.
 
-use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, KvLaunch, time_events};
+use super::problem::{KvBlocks, Qkv};
+use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward, pre_rows_per_cta};
-use attnc_compiler::backend::llvm::bounds::kernel_offsets;
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
 use attnc_compiler::shape::Shape;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 /// Generates the pre, dK/dV and dQ kernels of `p`.
 pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
@@ -181,7 +181,7 @@ impl CudaBackward {
     }
 
     fn opts(&self) -> &PtxOptions {
-        &self.dkdv.meta.options
+        &self.dkdv.spec().options
     }
 
     /// Uploads everything one backward needs.
@@ -230,7 +230,7 @@ impl CudaBackward {
         }
         let n_tensors = self
             .dkdv
-            .meta
+            .spec()
             .params
             .iter()
             .filter(|p| matches!(p, KernelParam::Tensor(_)))
@@ -241,34 +241,29 @@ impl CudaBackward {
                 bind.tensors.len()
             )));
         }
-        let mut kv = KvLaunch::default();
         let s = &dev.stream;
         let mut ranges = None;
-        match (&self.dkdv.meta.kv_bounds, blocks) {
+        let fwd_blocks = match (&self.dkdv.spec().kv_bounds, blocks) {
             (KvBounds::ClosedForm(_), BwdBlocks::ClosedForm(bounds)) => {
-                let n = self.dkdv.meta.kv_bounds.coefficients().len();
-                match bounds {
-                    Some(b) if b.len() == n => kv.offsets = kernel_offsets(b),
-                    Some(b) => {
-                        return Err(CudaError::Mismatch(format!(
-                            "{} closed-form bounds given, the kernels have {n} constraints",
-                            b.len()
-                        )));
-                    }
-                    None => {
-                        kv.offsets = vec![0; n];
-                        kv.all_partial = 1;
-                    }
+                let n = self.dkdv.spec().kv_bounds.coefficients().len();
+                if let Some(b) = bounds
+                    && b.len() != n
+                {
+                    return Err(CudaError::Mismatch(format!(
+                        "{} closed-form bounds given, the kernels have {n} constraints",
+                        b.len()
+                    )));
                 }
+                KvBlocks::ClosedForm(bounds)
             }
             (KvBounds::Table, BwdBlocks::Maps(maps)) => {
-                super::check_maps(shape, opts, maps)?;
                 let (kr, ks) = kv_ranges(maps, shape);
                 let (qr, qs) = q_ranges(maps);
                 let up = |x: Vec<i32>| -> Result<CudaSlice<i32>, CudaError> {
                     Ok(s.clone_htod(&if x.is_empty() { vec![0] } else { x })?)
                 };
                 ranges = Some([(up(kr)?, ks), (up(qr)?, qs)]);
+                KvBlocks::Maps(maps)
             }
             (KvBounds::ClosedForm(_), BwdBlocks::Maps(_)) => {
                 return Err(CudaError::Mismatch(
@@ -281,15 +276,20 @@ impl CudaBackward {
                     "these backward kernels read block ranges: pass block maps".into(),
                 ));
             }
-        }
+        };
         let up16 =
             |x: &[u16]| -> Result<CudaSlice<u16>, CudaError> { Ok(s.clone_htod(&nonempty16(x))?) };
         let up32 = |x: &[f32]| -> Result<CudaSlice<f32>, CudaError> {
             Ok(s.clone_htod(if x.is_empty() { &[0.0f32][..] } else { x })?)
         };
-        let mut fwd =
-            self.dkdv
-                .upload_rest(dev, shape, (up16(q)?, up16(k)?, up16(v)?), scale, bind, kv)?;
+        let mut fwd = self.dkdv.upload(
+            dev,
+            shape,
+            Qkv::Device(up16(q)?, up16(k)?, up16(v)?),
+            scale,
+            bind,
+            fwd_blocks,
+        )?;
         fwd.o = up16(o)?;
         fwd.lse = up32(lse)?;
         let rows = shape.lse_len().max(1);
@@ -340,7 +340,7 @@ impl CudaBackward {
     pub fn download(&self, dev: &CudaDevice, p: &BackwardProblem) -> Result<Grads, CudaError> {
         let s = &dev.stream;
         s.synchronize()?;
-        self.dkdv.check_err(dev, &p.fwd)?;
+        p.fwd.check_err(dev)?;
         let sh = &p.fwd.shape;
         let get = |x: &CudaSlice<u16>, n: usize| -> Result<Vec<u16>, CudaError> {
             let mut v = s.clone_dtoh(x)?;
@@ -382,7 +382,7 @@ impl CudaBackward {
         iters: usize,
         reps: usize,
     ) -> Result<f64, CudaError> {
-        time_events(dev, warmup, iters, reps, || self.launch(dev, p))
+        dev.time(warmup, iters, reps, || self.launch(dev, p))
     }
 }
 
@@ -399,88 +399,33 @@ fn launch_one(
     rows: i64,
     ranges: Option<&Ranges>,
 ) -> Result<(), CudaError> {
-    let f = &p.fwd;
-    let sh = &f.shape;
+    use KernelParam as P;
     let s = &dev.stream;
-    let p16 = |x: &CudaSlice<u16>| x.device_ptr(s).0;
-    let pf = |x: &CudaSlice<f32>| x.device_ptr(s).0;
-    let pu = |x: &CudaSlice<u32>| x.device_ptr(s).0;
-    enum A {
-        P(u64),
-        I(i32),
-        L(i64),
-        F(f32),
+    // the forward problem's buffers and scalars, then the backward's own
+    let mut a = p.fwd.args(dev);
+    a.buffer(P::DOut, &p.d_o, s);
+    a.buffer(P::DLse, p.dlse.as_ref().unwrap_or(&p.delta), s);
+    a.i32(P::HasDLse, p.dlse.is_some() as i32);
+    a.buffer(P::Delta, &p.delta, s);
+    a.buffer(P::Lse2, &p.lse2, s);
+    a.buffer(P::DQ, &p.dq, s);
+    a.buffer(P::DK, &p.dk, s);
+    a.buffer(P::DV, &p.dv, s);
+    a.i64(P::Rows, rows);
+    if let Some((t, (bs, hs))) = ranges {
+        a.buffer(P::Ranges, t, s);
+        a.i32(P::MapBStride, *bs);
+        a.i32(P::MapHStride, *hs);
+    } else if k.spec().params.contains(&P::Ranges) {
+        return Err(CudaError::Mismatch(
+            "a table kernel launched without block ranges".into(),
+        ));
     }
-    let mut args = Vec::with_capacity(k.meta.params.len());
-    for kp in &k.meta.params {
-        args.push(match kp {
-            KernelParam::Q => A::P(p16(&f.q)),
-            KernelParam::K => A::P(p16(&f.k)),
-            KernelParam::V => A::P(p16(&f.v)),
-            KernelParam::O => A::P(p16(&f.o)),
-            KernelParam::Lse => A::P(pf(&f.lse)),
-            KernelParam::DOut => A::P(p16(&p.d_o)),
-            KernelParam::DLse => A::P(pf(p.dlse.as_ref().unwrap_or(&p.delta))),
-            KernelParam::HasDLse => A::I(p.dlse.is_some() as i32),
-            KernelParam::Delta => A::P(pf(&p.delta)),
-            KernelParam::Lse2 => A::P(pf(&p.lse2)),
-            KernelParam::DQ => A::P(p16(&p.dq)),
-            KernelParam::DK => A::P(p16(&p.dk)),
-            KernelParam::DV => A::P(p16(&p.dv)),
-            KernelParam::Rows => A::L(rows),
-            KernelParam::Ranges | KernelParam::MapBStride | KernelParam::MapHStride => {
-                let (t, (bs, hs)) = ranges.ok_or_else(|| {
-                    CudaError::Mismatch("a table kernel launched without block ranges".into())
-                })?;
-                match kp {
-                    KernelParam::Ranges => A::P(t.device_ptr(s).0),
-                    KernelParam::MapBStride => A::I(*bs),
-                    _ => A::I(*hs),
-                }
-            }
-            KernelParam::KvOffset(i) => A::L(
-                *f.kv_offsets
-                    .get(*i as usize)
-                    .ok_or_else(|| CudaError::Mismatch("closed-form offsets missing".into()))?,
-            ),
-            KernelParam::KvAllPartial => A::I(f.kv_all_partial),
-            KernelParam::Params => A::P(pu(&f.params)),
-            KernelParam::Err => A::P(pu(&f.err)),
-            KernelParam::Tensor(t) => A::P(pu(&f.tensors[*t as usize].0)),
-            KernelParam::TensorDim { tensor, dim } => {
-                A::I(f.tensors[*tensor as usize].1[*dim as usize])
-            }
-            KernelParam::Lq => A::I(sh.lq as i32),
-            KernelParam::Lkv => A::I(sh.lkv as i32),
-            KernelParam::Hq => A::I(sh.hq as i32),
-            KernelParam::Hkv => A::I(sh.hkv as i32),
-            KernelParam::Scale => A::F(f.scale),
-            other => {
-                return Err(CudaError::Mismatch(format!(
-                    "backward kernel parameter {other:?} has no value"
-                )));
-            }
-        });
-    }
-    let cfg = LaunchConfig {
-        grid_dim: grid,
-        block_dim: (k.meta.threads, 1, 1),
-        shared_mem_bytes: k.meta.smem_bytes,
-    };
-    let mut b = s.launch_builder(&k.func);
-    for a in &args {
-        match a {
-            A::P(x) => b.arg(x),
-            A::I(x) => b.arg(x),
-            A::L(x) => b.arg(x),
-            A::F(x) => b.arg(x),
-        };
-    }
-    // SAFETY: the argument list follows `meta.params` (the kernel's signature); every
-    // buffer has the size the kernel indexes (lengths checked in `upload`, outputs
-    // allocated for the shape; tensors as the forward's `upload_rest` makes them).
-    unsafe { b.launch(cfg) }?;
-    Ok(())
+    a.set_grid(grid);
+    // SAFETY: every buffer has the size the kernel indexes (lengths checked in `upload`,
+    // outputs allocated for the shape; the forward problem's buffers as its `upload`
+    // makes them); the ranges were built for this shape and the kernels' tiles.
+    unsafe { k.launch_args(dev, &a) }
 }
 
 /// Loaded backward kernels per (program, options), in memory: what an API call uses, so
@@ -537,25 +482,18 @@ impl LaunchBlocks {
         shape: &Shape,
         bind: &Bindings,
     ) -> Result<Self, CudaError> {
-        use attnc_compiler::analysis::classify::{analyze, build_block_maps, closed_form_bounds};
+        let plan = attnc_compiler::plan::Plan::new(p);
         let err =
             |e: attnc_compiler::analysis::classify::BlockError| CudaError::Mismatch(e.to_string());
-        Ok(match &kernels.dkdv.meta.kv_bounds {
+        Ok(match &kernels.dkdv.spec().kv_bounds {
             KvBounds::ClosedForm(cf) => {
-                LaunchBlocks::ClosedForm(closed_form_bounds(p, cf, shape, bind).map_err(err)?)
+                LaunchBlocks::ClosedForm(plan.closed_form_bounds(cf, shape, bind).map_err(err)?)
             }
             KvBounds::Table => {
                 let o = kernels.opts();
                 LaunchBlocks::Maps(
-                    build_block_maps(
-                        p,
-                        &analyze(p),
-                        shape,
-                        o.q_block as usize,
-                        o.kv_block as usize,
-                        bind,
-                    )
-                    .map_err(err)?,
+                    plan.block_maps(shape, o.q_block as usize, o.kv_block as usize, bind)
+                        .map_err(err)?,
                 )
             }
         })

@@ -8,7 +8,7 @@
 //! inside their allocations: page ids are clamped in the kernel, key positions are
 //! bounded by the ranges (which the host computes inside `0..seq_len`).
 
-use super::{CudaDevice, CudaError, time_events};
+use super::{CudaDevice, CudaError};
 use attnc_compiler::backend::llvm::decode::{DecodeKernels, DecodeParam};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::Scalar;
@@ -322,6 +322,6 @@ impl DecodeModule {
         p: &DecodeProblem,
         iters: usize,
     ) -> Result<f64, CudaError> {
-        time_events(dev, 3, iters, 5, || self.launch(dev, p))
+        dev.time(3, iters, 5, || self.launch(dev, p))
     }
 }

@@ -26,11 +26,11 @@
 //! Only optimized cubins are stored on disk; a low-tier cubin is a stopgap and is never
 //! stored, so a second process always starts with the optimized kernel.
 
-use super::{CudaDevice, CudaError, CudaKernel, strip};
+use super::{CudaDevice, CudaError, CudaKernel};
 use crate::cache::{CubinTarget, DiskCache};
-use attnc_compiler::backend::llvm::PtxKernel;
+use attnc_compiler::backend::llvm::KernelSpec;
+use cudarc::driver::CudaContext;
 use cudarc::driver::sys::{self, CUjit_option, CUjitInputType, CUlinkState, CUresult};
-use cudarc::driver::{CudaContext, CudaFunction};
 use std::ffi::{CString, c_void};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -395,39 +395,7 @@ pub fn link_ptx(ctx: &CudaContext, ptx: &str, level: u8) -> Result<Vec<u8>, Cuda
     Ok(bytes)
 }
 
-/// Whether bytes look like a cubin (an ELF image); checked before handing cached bytes
-/// to the driver, on top of the cache's checksum.
-pub fn is_cubin(b: &[u8]) -> bool {
-    b.len() > 64 && b.starts_with(b"\x7fELF")
-}
-
-impl CudaKernel {
-    /// Loads a cubin (`cuModuleLoadData`) for the launch description `meta`.
-    pub(crate) fn from_cubin(
-        ctx: &Arc<CudaContext>,
-        meta: &PtxKernel,
-        cubin: &[u8],
-    ) -> Result<Self, CudaError> {
-        let t = Instant::now();
-        if !is_cubin(cubin) {
-            return Err(CudaError::Driver("not a cubin image".into()));
-        }
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))?;
-        let func: CudaFunction = module.load_function(&meta.entry)?;
-        if meta.smem_bytes > 48 * 1024 {
-            func.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                meta.smem_bytes as i32,
-            )?;
-        }
-        Ok(CudaKernel {
-            _module: module,
-            func,
-            meta: strip(meta),
-            load_ms: t.elapsed().as_secs_f64() * 1e3,
-        })
-    }
-}
+pub use super::kernel::is_cubin;
 
 /// The first module of a kernel: what `JitCache::get` returns, with the timings of the
 /// driver compile and the load.
@@ -445,7 +413,7 @@ pub(crate) fn load_cached_cubin(
     dev: &CudaDevice,
     disk: &DiskCache,
     ckey: &str,
-    meta: &PtxKernel,
+    meta: &KernelSpec,
     t0: Instant,
 ) -> (Option<FirstLoad>, crate::cache::Lookup) {
     use crate::cache::Lookup;
@@ -488,7 +456,7 @@ pub(crate) fn load_cached_cubin(
 pub(crate) fn compile_and_load(
     dev: &CudaDevice,
     ptx: String,
-    meta: &PtxKernel,
+    meta: &KernelSpec,
     tiers: JitTiers,
     opt_level: u8,
     disk: Option<DiskCache>,
@@ -536,7 +504,7 @@ pub(crate) fn compile_and_load(
     let tiers = Arc::new(Tiered::low(k, low));
     let bg = tiers.clone();
     let ctx = dev.ctx.clone();
-    let meta = strip(meta);
+    let meta = meta.clone();
     let has_disk = disk.is_some();
     let spawned = std::thread::Builder::new()
         .name("attnc-jit-optimize".into())

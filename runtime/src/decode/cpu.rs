@@ -17,20 +17,18 @@
 //! the lowest failing work item (items ascend in (b, position) order).
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
-use attnc_compiler::analysis::classify::{MaskInfo, build_block_maps};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel};
 use attnc_compiler::decode::{DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets};
 use attnc_compiler::interp::{Bindings, EvalError};
-use attnc_compiler::ir::Program;
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 pub(crate) struct Call<'a> {
     pub kernel: &'a CpuKernel,
-    /// The offset program the kernel was compiled from.
-    pub program: &'a Program,
-    pub info: &'a MaskInfo,
+    /// The plan of the offset program the kernel was compiled from.
+    pub plan: &'a Plan,
     pub shape: &'a DecodeShape,
     pub q: &'a [f32],
     pub view: &'a KvView<'a>,
@@ -80,16 +78,8 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let s = c.shape;
     let (qb, kb) = (c.kernel.q_block(), c.kernel.kv_block());
     let base = c.bind.params.len();
-    let (seqs, spans) = sequences(
-        c.program,
-        c.info,
-        s,
-        c.view.seq_lens,
-        c.bind,
-        (qb, kb),
-        c.checked,
-    )
-    .map_err(Failure::Other)?;
+    let (seqs, spans) = sequences(c.plan, s, c.view.seq_lens, c.bind, (qb, kb), c.checked)
+        .map_err(Failure::Other)?;
     let total: usize = spans.iter().map(|(a, b)| b - a).sum();
     let chunk = (total / (4 * c.threads.max(1))).max(MIN_CHUNK).div_ceil(kb) * kb;
     let mut items = Vec::new();
@@ -198,8 +188,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
 /// `(start, end)` its mask can reach (whole kv blocks of `tiles.1`; every position in
 /// checked mode). `bind` is for the original program.
 pub(crate) fn sequences(
-    program: &Program,
-    info: &MaskInfo,
+    plan: &Plan,
     s: &DecodeShape,
     seq_lens: &[i32],
     bind: &Bindings,
@@ -218,11 +207,12 @@ pub(crate) fn sequences(
             continue;
         }
         let one = seq_shape(s, rows, n);
-        let maps = if checked && program.mask.is_some() {
+        let maps = if checked && plan.program().mask.is_some() {
             BlockMaps::single(BlockMap::all_partial(rows, n, qb, kb))
         } else {
             set_offsets(&mut bind, base, b, pos, 0);
-            build_block_maps(program, info, &one, qb, kb, &bind).map_err(|e| e.to_string())?
+            plan.block_maps(&one, qb, kb, &bind)
+                .map_err(|e| e.to_string())?
         };
         // the blocks any row of any head visits
         let (mut lo, mut hi) = (usize::MAX, 0);

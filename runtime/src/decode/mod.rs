@@ -21,10 +21,10 @@ mod gpu;
 use crate::api::{Backend, Bound, Captures, Output};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
-use attnc_compiler::analysis::classify::{MaskInfo, analyze};
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuKernel, CpuOptions};
 use attnc_compiler::decode::{CacheError, CacheLayout, DecodeShape, KvView, offset_program};
-use attnc_compiler::ir::Program;
+use attnc_compiler::plan::Plan;
 
 /// The KV cache of a [`Bound::forward_with_cache`] call.
 #[derive(Clone, Copy, Debug)]
@@ -236,9 +236,8 @@ pub(crate) enum DecodeState {
         state: Box<cuda::CudaState>,
         /// The split-KV decode kernels.
         gpu: Box<gpu::GpuDecode>,
-        /// The position-offset program and its analysis (reachable ranges).
-        program: Box<Program>,
-        info: MaskInfo,
+        /// The plan of the position-offset program (reachable ranges).
+        plan: Box<Plan>,
         /// The path of the last call: "split-kv" or "prefill".
         path: Option<&'static str>,
     },
@@ -247,8 +246,8 @@ pub(crate) enum DecodeState {
 pub(crate) struct CpuState {
     /// The kernel of the position-offset program.
     kernel: CpuKernel,
-    program: Program,
-    info: MaskInfo,
+    /// The plan of the position-offset program.
+    plan: Plan,
     /// k, v as f32, reused between calls.
     inputs: [Vec<f32>; 2],
 }
@@ -271,29 +270,26 @@ impl DecodeState {
                     checked,
                     isa: None,
                 };
+                let plan = Plan::new(&shifted);
                 let kernel =
-                    attnc_compiler::backend::cranelift::compile(&shifted, &opts).map_err(|e| {
-                        Error::Backend {
+                    attnc_compiler::backend::cranelift::compile(&plan, KernelKind::Forward, &opts)
+                        .map_err(|e| Error::Backend {
                             backend: "cpu",
                             message: e.to_string(),
-                        }
-                    })?;
-                let info = analyze(&shifted);
+                        })?;
                 Ok(DecodeState::Cpu(Box::new(CpuState {
                     kernel,
-                    program: shifted,
-                    info,
+                    plan,
                     inputs: Default::default(),
                 })))
             }
             Backend::Cuda => {
                 let shifted = offset_program(program);
-                let info = analyze(&shifted);
+                let plan = Plan::new(&shifted);
                 Ok(DecodeState::Cuda {
-                    state: Box::new(cuda::CudaState::new(variant.derived(shifted.clone()))),
+                    state: Box::new(cuda::CudaState::new(variant.derived(shifted))),
                     gpu: Box::new(gpu::GpuDecode::new()),
-                    program: Box::new(shifted),
-                    info,
+                    plan: Box::new(plan),
                     path: None,
                 })
             }
@@ -318,11 +314,12 @@ impl Bound {
         let seq_lens = cache.seq_lens().to_i32();
         let page_table = cache.page_table().map(|t| t.to_i32()).unwrap_or_default();
         let variant = self.variant().clone();
-        let state = match self.decode_state() {
+        let slot = self.extension::<Option<DecodeState>>();
+        let state = match slot {
             Some(s) => s,
             None => {
                 let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
-                self.decode_state().insert(s)
+                slot.insert(s)
             }
         };
         let (k, v) = cache.kv();
@@ -357,8 +354,7 @@ impl Bound {
             DecodeState::Cpu(st) => {
                 let CpuState {
                     kernel,
-                    program,
-                    info,
+                    plan,
                     inputs,
                 } = &mut **st;
                 let [kf, vf] = inputs;
@@ -380,8 +376,7 @@ impl Bound {
                 };
                 cpu::forward(cpu::Call {
                     kernel,
-                    program,
-                    info,
+                    plan,
                     shape: &shape,
                     q: &qf,
                     view: &view,
@@ -401,20 +396,18 @@ impl Bound {
             DecodeState::Cuda {
                 state,
                 gpu,
-                program,
-                info,
+                plan,
                 path,
             } => {
                 // the dims of every input were checked by `decode_shape`
                 shape
                     .check_ids(&page_table, &seq_lens, opts.checked)
                     .map_err(cache_error)?;
-                let (live, ranges) =
-                    reachable(program, info, &shape, &seq_lens, &bindings, opts.checked)?;
+                let (live, ranges) = reachable(plan, &shape, &seq_lens, &bindings, opts.checked)?;
                 if gpu::applies(&shape, opts.dtype, opts.checked) {
                     *path = Some("split-kv");
                     gpu.forward(
-                        crate::launch::cuda_device()?,
+                        crate::exec::cuda::cuda_device()?,
                         variant.program(),
                         &shape,
                         scale,
@@ -463,12 +456,10 @@ impl Bound {
     ) -> Result<usize> {
         let shape = decode_shape(self, q, cache)?;
         let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
-        let program = offset_program(self.variant().program());
-        let info = analyze(&program);
+        let plan = Plan::new(&offset_program(self.variant().program()));
         let seq_lens = cache.seq_lens().to_i32();
         let (_, spans) = cpu::sequences(
-            &program,
-            &info,
+            &plan,
             &shape,
             &seq_lens,
             &bindings,
@@ -506,20 +497,19 @@ impl Bound {
             .check_ids(&page_table, &seq_lens, opts.checked)
             .map_err(cache_error)?;
         let variant = self.variant().clone();
-        if self.decode_state().is_none() {
+        let slot = self.extension::<Option<DecodeState>>();
+        if slot.is_none() {
             let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
-            *self.decode_state() = Some(s);
+            *slot = Some(s);
         }
-        let Some(DecodeState::Cuda {
-            gpu, program, info, ..
-        }) = self.decode_state()
+        let Some(DecodeState::Cuda { gpu, plan, .. }) = self.extension::<Option<DecodeState>>()
         else {
             return Ok(None);
         };
-        let (_, ranges) = reachable(program, info, &shape, &seq_lens, &bindings, false)?;
+        let (_, ranges) = reachable(plan, &shape, &seq_lens, &bindings, false)?;
         let (k, v) = cache.kv();
         gpu.time_ms(
-            crate::launch::cuda_device()?,
+            crate::exec::cuda::cuda_device()?,
             variant.program(),
             &shape,
             scale,
@@ -541,7 +531,7 @@ impl Bound {
     /// (the CUDA decode kernels) or "prefill" (CUDA, checked mode or Lq > 16); `None`
     /// before the first call.
     pub fn cache_path(&mut self) -> Option<&'static str> {
-        match self.decode_state() {
+        match self.extension::<Option<DecodeState>>() {
             None => None,
             Some(DecodeState::Reference) => Some("reference"),
             Some(DecodeState::Cpu(_)) => Some("cpu"),
@@ -555,16 +545,14 @@ impl Bound {
 type Reach = (Vec<(usize, (usize, usize))>, Vec<i32>);
 
 fn reachable(
-    program: &Program,
-    info: &MaskInfo,
+    plan: &Plan,
     shape: &DecodeShape,
     seq_lens: &[i32],
     bindings: &attnc_compiler::interp::Bindings,
     checked: bool,
 ) -> Result<Reach> {
     let (seqs, spans) = cpu::sequences(
-        program,
-        info,
+        plan,
         shape,
         seq_lens,
         bindings,

@@ -147,21 +147,29 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
     for d in [64, 128] {
         let pb = problem(dev, d);
         let cold = JitCache::new(Some(DiskCache::new(&dir)));
-        let (k_cold, s) = cold.get(dev, &pb.p, &pb.opts).unwrap();
+        let (k_cold, s) = crate::gpu_util::jit_forward(&cold, dev, &pb.p, &pb.opts).unwrap();
         assert!(!s.memory_hit && s.tier == JitTier::Optimized, "{s:?}");
         assert_eq!((s.cubin, s.disk), (Some(Lookup::Miss), Some(Lookup::Miss)));
         assert!(s.codegen_ms > 0.0 && s.driver_ms > 0.0, "{s:?}");
         let r_cold = run_checked(dev, &k_cold, &pb);
         // the cubin is on disk under the device + driver key
         let target = attnc::cuda::jit::cubin_target(dev).unwrap();
-        let ckey = cubin_key(&JitCache::key(&pb.p, &pb.opts), &target, 4);
+        let ckey = cubin_key(
+            &JitCache::key(
+                &attnc_compiler::plan::Plan::new(&pb.p),
+                attnc_compiler::backend::KernelKind::Forward,
+                &pb.opts,
+            ),
+            &target,
+            4,
+        );
         let disk = DiskCache::new(&dir);
         let (bytes, how) = disk.get(&ckey, "cubin");
         assert_eq!(how, Lookup::Hit);
         assert!(attnc::cuda::jit::is_cubin(&bytes.unwrap()));
         // a second "process": a fresh in-memory cache on the same directory
         let warm = JitCache::new(Some(DiskCache::new(&dir)));
-        let (k_warm, s) = warm.get(dev, &pb.p, &pb.opts).unwrap();
+        let (k_warm, s) = crate::gpu_util::jit_forward(&warm, dev, &pb.p, &pb.opts).unwrap();
         println!(
             "  D{d}: warm (cubin from disk) {:.3} ms (load {:.3} ms)",
             s.total_ms, s.load_ms
@@ -178,7 +186,7 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
         data[n / 2] ^= 0x10;
         std::fs::write(&path, &data).unwrap();
         let again = JitCache::new(Some(DiskCache::new(&dir)));
-        let (k, s) = again.get(dev, &pb.p, &pb.opts).unwrap();
+        let (k, s) = crate::gpu_util::jit_forward(&again, dev, &pb.p, &pb.opts).unwrap();
         assert_eq!(s.cubin, Some(Lookup::Corrupt), "{s:?}");
         assert_eq!(s.disk, Some(Lookup::Hit), "PTX reused: {s:?}");
         assert!(s.driver_ms > 0.0);
@@ -192,7 +200,7 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
         disk.put(&ckey, "cubin", b"\x7fELF but not really a cubin")
             .unwrap();
         let again = JitCache::new(Some(DiskCache::new(&dir)));
-        let (k, s) = again.get(dev, &pb.p, &pb.opts).unwrap();
+        let (k, s) = crate::gpu_util::jit_forward(&again, dev, &pb.p, &pb.opts).unwrap();
         assert_eq!(s.cubin, Some(Lookup::Corrupt), "{s:?}");
         same_bits(
             &r_cold,
@@ -202,7 +210,7 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
         // another opt level is another key (its results match the oracle; they may differ
         // from O4's in the last bits: see `compare_tiers`)
         let o1 = JitCache::new(Some(DiskCache::new(&dir))).with_opt_level(1);
-        let (k, s) = o1.get(dev, &pb.p, &pb.opts).unwrap();
+        let (k, s) = crate::gpu_util::jit_forward(&o1, dev, &pb.p, &pb.opts).unwrap();
         assert_eq!(s.cubin, Some(Lookup::Miss), "{s:?}");
         compare_tiers(
             &r_cold,
@@ -218,7 +226,13 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
         let pb = problem(dev, d);
         let cache = JitCache::new(None);
         let (jk, s) = cache
-            .get_tiered(dev, &pb.p, &pb.opts, JitTiers::On { low })
+            .get(
+                dev,
+                &attnc_compiler::plan::Plan::new(&pb.p),
+                attnc_compiler::backend::KernelKind::Forward,
+                &pb.opts,
+                JitTiers::On { low },
+            )
             .unwrap();
         assert_eq!(s.tier, JitTier::Low(low), "{s:?}");
         let (held, tier) = jk.current();
@@ -243,7 +257,13 @@ pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
         compare_tiers(&r_low, &r_opt, &format!("D{d} O{low} vs optimized"));
         // a memory hit returns the swapped kernel
         let (again, s) = cache
-            .get_tiered(dev, &pb.p, &pb.opts, JitTiers::On { low })
+            .get(
+                dev,
+                &attnc_compiler::plan::Plan::new(&pb.p),
+                attnc_compiler::backend::KernelKind::Forward,
+                &pb.opts,
+                JitTiers::On { low },
+            )
             .unwrap();
         assert!(s.memory_hit && s.tier == JitTier::Optimized, "{s:?}");
         assert!(std::ptr::eq(&*again.current().0, &*opt));

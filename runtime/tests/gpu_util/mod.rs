@@ -2,11 +2,15 @@
 //! skip, random 16-bit inputs, brute-force block maps, bindings of the sample programs.
 #![allow(dead_code)]
 
-use attnc::cuda::{CudaDevice, CudaError};
+use attnc::cuda::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers};
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMaps};
+use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::InputType;
+use attnc_compiler::backend::llvm::{EmitText, LlvmError, PtxKernel, PtxOptions, generate};
 use attnc_compiler::interp::{Args, Bindings, BoundTensor, TensorData, eval};
 use attnc_compiler::ir::{Program, Scalar};
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -245,4 +249,53 @@ pub fn interp_maps(
             })
         }
     }
+}
+
+/// The kernel `kind` of `p` (PTX and LLVM IR).
+pub fn emit_kind(p: &Program, kind: KernelKind, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    generate(&Plan::new(p), kind, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
+}
+
+/// The forward kernel of `p`.
+pub fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    emit_kind(p, KernelKind::Forward, opts)
+}
+
+/// The block-table kernel of `p`.
+pub fn emit_block_table(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    emit_kind(p, KernelKind::BlockTable, opts)
+}
+
+/// Launches a block-table builder on `prob` with the skip bounds `skip`.
+pub fn build_table(
+    dev: &CudaDevice,
+    builder: &CudaKernel,
+    prob: &DeviceProblem,
+    skip: Option<&[Bound]>,
+) -> Result<(), CudaError> {
+    let extra = prob.skip_args(builder.spec(), skip)?;
+    builder.launch(dev, prob, &extra)
+}
+
+/// Times a block-table builder on `prob` (median ms per build).
+pub fn time_table(
+    dev: &CudaDevice,
+    builder: &CudaKernel,
+    prob: &DeviceProblem,
+    skip: Option<&[Bound]>,
+    (warmup, iters, reps): (usize, usize, usize),
+) -> Result<f64, CudaError> {
+    let extra = prob.skip_args(builder.spec(), skip)?;
+    builder.time(dev, prob, &extra, warmup, iters, reps)
+}
+
+/// The optimized forward kernel of `p` from `cache` (tiers off).
+pub fn jit_forward(
+    cache: &JitCache,
+    dev: &CudaDevice,
+    p: &Program,
+    opts: &PtxOptions,
+) -> Result<(std::sync::Arc<CudaKernel>, attnc::cuda::JitStats), CudaError> {
+    let (k, s) = cache.get(dev, &Plan::new(p), KernelKind::Forward, opts, JitTiers::Off)?;
+    Ok((k.current().0, s))
 }

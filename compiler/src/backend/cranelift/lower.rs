@@ -23,7 +23,7 @@
 
 use super::CpuError;
 use super::abi::off;
-use super::codegen::Gen;
+use super::builder::Gen;
 use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type, UnOp, Value};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value as CValue, types};

@@ -7,7 +7,7 @@
 //! code ([`emit_clif`], deterministic: same program and options, byte-identical text).
 //!
 //! ```text
-//! let k = compile(&program, &CpuOptions::default())?;
+//! let k = compile(&Plan::new(&program), KernelKind::Forward, &CpuOptions::default())?;
 //! let maps = BlockMaps::single(BlockMap::dense(lq, lkv, k.q_block(), k.kv_block()));
 //! k.run(&shape, &q, &k_, &v, scale, &bindings, &maps, threads, &mut o, &mut lse)?;
 //! ```
@@ -21,6 +21,7 @@
 
 pub mod abi;
 pub mod backward;
+pub mod builder;
 pub mod codegen;
 mod launch;
 pub mod lower;
@@ -29,8 +30,10 @@ pub mod micro;
 pub use micro::Isa;
 
 use crate::analysis::blockmap::BlockMaps;
+use crate::backend::KernelKind;
 use crate::interp::{Bindings, EvalError};
 use crate::ir::{Program, VerifyError, verify_program};
+use crate::plan::Plan;
 use crate::shape::{Shape, ShapeError};
 use abi::{Ctx, Tile};
 use cranelift_codegen::settings::{self, Configurable};
@@ -202,9 +205,22 @@ fn prepare(
     Ok((isa, module, id))
 }
 
-/// The CLIF text of the generated kernel (before Cranelift's optimizations), preceded
-/// by comment lines naming the attention and the imported symbols (`fnN`).
-pub fn emit_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
+/// The kinds this backend generates.
+fn check_kind(kind: KernelKind) -> Result<(), CpuError> {
+    match kind {
+        KernelKind::Forward => Ok(()),
+        other => Err(CpuError::Options(format!(
+            "the CPU backend does not generate {other} kernels"
+        ))),
+    }
+}
+
+/// The CLIF text of the generated kernel `kind` of `plan` (before Cranelift's
+/// optimizations), preceded by comment lines naming the attention and the imported
+/// symbols (`fnN`).
+pub fn emit_clif(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<String, CpuError> {
+    check_kind(kind)?;
+    let program = plan.program();
     let (_, mut module, _) = prepare(program, opts)?;
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
@@ -230,8 +246,10 @@ fn kernel_program(program: &Program, opts: &CpuOptions) -> Program {
     p
 }
 
-/// Generates and JIT-compiles the kernel of `program`.
-pub fn compile(program: &Program, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+/// Generates and JIT-compiles the kernel `kind` of `plan`.
+pub fn compile(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<CpuKernel, CpuError> {
+    check_kind(kind)?;
+    let program = plan.program();
     let _span =
         tracing::info_span!("codegen", backend = "cpu", attention = %program.name).entered();
     let (isa, mut module, id) = prepare(program, opts)?;

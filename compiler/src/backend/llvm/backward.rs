@@ -46,7 +46,10 @@
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
-use super::{InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
+use super::{
+    GridDim, InputType, KernelParam, KernelSpec, LlvmError, Mma, PtxKernel, PtxOptions, sanitize,
+};
+use crate::backend::KernelKind;
 use crate::ir::{Function, Program};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -125,37 +128,40 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
 /// Where the dK/dV and dQ kernels find their blocks: the closed form when the forward
 /// kernel of the same options has one, else every block (partial).
 pub fn backward_bounds(p: &Program, opts: &PtxOptions) -> KvBounds {
-    KvBounds::choose(p, opts)
+    crate::plan::Plan::new(p).kv_bounds(opts.kv_table)
 }
 
-/// The launch description of one backward kernel (`ptx` empty).
+/// The launch description of one backward kernel.
 pub fn backward_layout(
     p: &Program,
     opts: &PtxOptions,
     kind: BackwardKind,
-) -> Result<PtxKernel, LlvmError> {
+) -> Result<KernelSpec, LlvmError> {
     validate(opts)?;
     let kv_bounds = backward_bounds(p, opts);
-    let (threads, smem_bytes, grid_note) = match kind {
+    use GridDim as G;
+    let (threads, smem_bytes, grid, kernel_kind) = match kind {
         BackwardKind::Pre => (
             128,
             0,
-            "grid = (ceil(B Hq Lq / rows per CTA), 1, 1), block = (128, 1, 1)",
+            [G::PreRows, G::One, G::One],
+            KernelKind::BackwardPre,
         ),
         BackwardKind::DkDv => (
             opts.kv_block / 16 * 32,
             DkDvTiles::new(opts).bytes,
-            "grid = (ceil(Lkv / kv_block), Hkv, B), block = (threads, 1, 1)",
+            [G::KvBlocks, G::KvHeads, G::Batches],
+            KernelKind::BackwardDkDv,
         ),
         BackwardKind::Dq => (
             opts.q_block / 16 * 32,
             DqTiles::new(opts).bytes,
-            "grid = (ceil(Lq / q_block), Hq, B), block = (threads, 1, 1)",
+            [G::QBlocks, G::Heads, G::Batches],
+            KernelKind::BackwardDq,
         ),
     };
-    Ok(PtxKernel {
-        ptx: String::new(),
-        llvm_ir: String::new(),
+    Ok(KernelSpec {
+        kind: kernel_kind,
         entry: format!("attnc_{}_{}", kind.name(), sanitize(&p.name)),
         options: *opts,
         q_block: opts.q_block,
@@ -165,7 +171,7 @@ pub fn backward_layout(
         params: param_list(p, &kv_bounds, kind),
         kv_bounds,
         table_skip: None,
-        grid_note,
+        grid,
     })
 }
 
@@ -222,9 +228,9 @@ pub fn emit_backward(
     opts: &PtxOptions,
     kind: BackwardKind,
 ) -> Result<PtxKernel, LlvmError> {
-    let mut k = backward_layout(p, opts, kind)?;
+    let k = backward_layout(p, opts, kind)?;
     let sd = score_and_derivative(p);
-    let (ptx, llvm_ir, _) = super::generate(
+    let (ptx, llvm_ir, _) = super::run_pipeline(
         p,
         opts,
         &k.entry,
@@ -232,9 +238,11 @@ pub fn emit_backward(
         super::EmitText::PtxAndLlvm,
         |ctx, module| build(ctx, module, p, sd.as_ref(), opts, &k, kind),
     )?;
-    k.ptx = ptx;
-    k.llvm_ir = llvm_ir;
-    Ok(k)
+    Ok(PtxKernel {
+        spec: k,
+        ptx,
+        llvm_ir,
+    })
 }
 
 /// The forward's pipeline (`super::PASSES`), with instcombine's fixpoint check off:
@@ -253,7 +261,7 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, kind: BackwardKind) -> Vec<
         BackwardKind::Dq => vec![Q, K, V, DOut, Delta, Lse2, DQ],
     };
     match kv {
-        KvBounds::ClosedForm(_) => v.extend(kv.params(p.mask.is_some())),
+        KvBounds::ClosedForm(_) => v.extend(super::bounds::kv_params(kv, p.mask.is_some())),
         KvBounds::Table => v.extend([Ranges, MapBStride, MapHStride]),
     }
     v.extend([Params, Err]);
@@ -350,7 +358,7 @@ fn build<'ctx>(
     p: &Program,
     sd: Option<&(Function, Function)>,
     opts: &PtxOptions,
-    k: &PtxKernel,
+    k: &KernelSpec,
     kind: BackwardKind,
 ) -> R<Module<'ctx>> {
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));

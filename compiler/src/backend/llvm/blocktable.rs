@@ -18,7 +18,7 @@
 //! Per CTA (one q block of one map):
 //! ```text
 //! kv_lo..kv_hi = the q block's kv-block range of the mask's linear conjuncts
-//!                ([`skip_form`], `bounds::block_range` on the KvOffset params), or
+//!                (`Plan::table_skip`, `bounds::block_range` on the KvOffset params), or
 //!                0..n_kv_blocks (no such conjunct, checked mode, or KvAllPartial set)
 //! for each chunk of CHUNK kv blocks in kv_lo..kv_hi (the tiles outside are empty):
 //!     each warp takes kv blocks j = chunk + warp, + WARPS, ...:
@@ -44,7 +44,7 @@
 //! clamped; checked mode records the first out-of-range read whose guard held into the
 //! same error words).
 
-use super::bounds::{MAX_COEF, block_range};
+use super::bounds::block_range;
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R};
 use super::{KernelParam, LlvmError, PtxOptions};
@@ -68,24 +68,8 @@ pub fn smem_bytes() -> u32 {
     CHUNK * 4
 }
 
-/// The closed form of the mask's linear conjuncts (`ClosedForm::derive_implied`) whose kv
-/// range the kernel computes per q block, classifying the tiles outside it empty without
-/// evaluating a point: `None` in checked mode (which evaluates every point so that every
-/// out-of-range read is recorded), when no conjunct is linear, or when a coefficient
-/// exceeds [`MAX_COEF`] (the i64 arithmetic of `bounds.rs` needs that bound).
-pub fn skip_form(p: &Program, opts: &PtxOptions) -> Option<ClosedForm> {
-    if opts.checked {
-        return None;
-    }
-    ClosedForm::derive_implied(p).filter(|cf| {
-        cf.constraints
-            .iter()
-            .all(|c| c.expr.q.abs() <= MAX_COEF && c.expr.kv.abs() <= MAX_COEF)
-    })
-}
-
 /// The kernel's parameters, in launch order. `RowStart` and `Runs` are written. With a
-/// [`skip_form`], one i64 `KvOffset` per constraint and the i32 `KvAllPartial` flag last.
+/// skip form (`Plan::table_skip`), one i64 `KvOffset` per constraint and the i32 `KvAllPartial` flag last.
 pub fn param_list(p: &Program, skip: Option<&ClosedForm>) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![RowStart, Runs, Params, Err];
@@ -110,6 +94,7 @@ pub(crate) fn build<'ctx>(
     module: Module<'ctx>,
     p: &Program,
     opts: &PtxOptions,
+    skip: Option<&ClosedForm>,
     entry: &str,
 ) -> R<Module<'ctx>> {
     let mask = p.mask.as_ref().ok_or(LlvmError::Internal(
@@ -121,8 +106,7 @@ pub(crate) fn build<'ctx>(
             opts.kv_block
         )));
     }
-    let skip = skip_form(p, opts);
-    let params = param_list(p, skip.as_ref());
+    let params = param_list(p, skip);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
@@ -157,7 +141,7 @@ pub(crate) fn build<'ctx>(
     let start = g.block("start");
     g.ab.position_at_end(allocas);
     g.b.position_at_end(start);
-    body(&g, p, mask, opts, &params, skip.as_ref())?;
+    body(&g, p, mask, opts, &params, skip)?;
     g.ab.build_unconditional_branch(start)?;
     Ok(g.module)
 }

@@ -1,7 +1,7 @@
 //! Where the kernel's kv blocks come from: a closed form computed in the kernel, or the
 //! block table (built by the host, or on the GPU for masks over captured tensors).
 //!
-//! In: a [`Program`] and [`PtxOptions`] ([`KvBounds::choose`]); while building the kernel,
+//! In: the [`KvBounds`] of the plan (`Plan::kv_bounds`); while building the kernel,
 //! its q block (`q0`, `q1`), `Lkv` and the per-constraint offsets passed as kernel params.
 //! Out: [`KvBounds`] (recorded in the `PtxKernel`, so that the runtime knows whether to
 //! build block maps), and per CTA the runs of kv blocks the loop visits (`RowRuns`): up
@@ -21,127 +21,29 @@
 //! to `±2^62` (a clamped constraint has the same sign at every in-range (q, kv), so the
 //! same ranges), so every intermediate stays below 2^63 and i64 never wraps.
 
+use super::KernelParam;
 use super::gpu::{Gpu, R};
-use super::{KernelParam, PtxOptions};
-use crate::analysis::classify::analyze;
-use crate::analysis::linear::{Bound, ClosedForm, RowRange};
-use crate::ir::Program;
+use crate::analysis::linear::{Bound, RowRange};
 use inkwell::IntPredicate;
 use inkwell::values::{IntValue, PointerValue};
-use std::fmt;
 
-/// Largest coefficient magnitude of `q` or `kv` compiled into a closed-form kernel.
-pub const MAX_COEF: i64 = 1 << 30;
+pub use crate::plan::{KvBounds, MAX_COEF};
+
 /// Offsets are clamped to `-K_CLAMP..=K_CLAMP` before they reach the kernel.
 pub const K_CLAMP: i128 = 1 << 62;
 
-/// How a kernel finds the kv blocks of each q block.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KvBounds {
-    /// In-kernel arithmetic on the closed form (no constraints: no mask, every block
-    /// full); takes one [`KernelParam::KvOffset`] per constraint, and
-    /// [`KernelParam::KvAllPartial`] when there is a mask.
-    ClosedForm(ClosedForm),
-    /// The block table (`RowStart` (begin, end) pairs + `Runs`, strides
-    /// `MapBStride`/`MapHStride`), built by the host from the block analysis or, for masks
-    /// over captured tensors, on the GPU by the block-table kernel.
-    Table,
-}
-
-impl KvBounds {
-    /// The closed form when the program has no mask or a closed-form mask with
-    /// coefficients up to [`MAX_COEF`] (and `opts.kv_table` is off); else the table.
-    pub fn choose(p: &Program, opts: &PtxOptions) -> KvBounds {
-        if opts.kv_table {
-            return KvBounds::Table;
-        }
-        if p.mask.is_none() {
-            return KvBounds::ClosedForm(ClosedForm {
-                constraints: vec![],
-                param_names: p.params.iter().map(|x| x.name.clone()).collect(),
-            });
-        }
-        match analyze(p).closed_form {
-            Some(cf)
-                if cf
-                    .constraints
-                    .iter()
-                    .all(|c| c.expr.q.abs() <= MAX_COEF && c.expr.kv.abs() <= MAX_COEF) =>
-            {
-                KvBounds::ClosedForm(cf)
+/// The kernel params a kv source adds to an attention kernel, in launch order.
+pub(crate) fn kv_params(kv: &KvBounds, has_mask: bool) -> Vec<KernelParam> {
+    match kv {
+        KvBounds::Table => vec![KernelParam::RowStart, KernelParam::Runs],
+        KvBounds::ClosedForm(cf) => {
+            let mut v: Vec<KernelParam> = (0..cf.constraints.len() as u32)
+                .map(KernelParam::KvOffset)
+                .collect();
+            if has_mask {
+                v.push(KernelParam::KvAllPartial);
             }
-            _ => KvBounds::Table,
-        }
-    }
-
-    pub fn is_closed_form(&self) -> bool {
-        matches!(self, KvBounds::ClosedForm(_))
-    }
-
-    /// The (a_q, a_kv) coefficients compiled into a closed-form kernel.
-    pub fn coefficients(&self) -> Vec<(i64, i64)> {
-        match self {
-            KvBounds::ClosedForm(cf) => cf
-                .constraints
-                .iter()
-                .map(|c| (c.expr.q, c.expr.kv))
-                .collect(),
-            KvBounds::Table => vec![],
-        }
-    }
-
-    /// The kernel params this source adds, in launch order.
-    pub(crate) fn params(&self, has_mask: bool) -> Vec<KernelParam> {
-        match self {
-            KvBounds::Table => vec![KernelParam::RowStart, KernelParam::Runs],
-            KvBounds::ClosedForm(cf) => {
-                let mut v: Vec<KernelParam> = (0..cf.constraints.len() as u32)
-                    .map(KernelParam::KvOffset)
-                    .collect();
-                if has_mask {
-                    v.push(KernelParam::KvAllPartial);
-                }
-                v
-            }
-        }
-    }
-
-    /// A short name: `closed form` or `block table`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            KvBounds::ClosedForm(_) => "closed form",
-            KvBounds::Table => "block table",
-        }
-    }
-}
-
-impl fmt::Display for KvBounds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KvBounds::ClosedForm(cf) if cf.constraints.is_empty() => {
-                write!(f, "closed form (no mask: every kv block full)")
-            }
-            KvBounds::ClosedForm(cf) => {
-                let parts: Vec<String> = cf
-                    .constraints
-                    .iter()
-                    .map(|c| {
-                        let mut one = ClosedForm {
-                            constraints: vec![c.clone()],
-                            param_names: cf.param_names.clone(),
-                        }
-                        .to_string();
-                        one = one.lines().next().unwrap_or("").to_string();
-                        one.trim_start_matches("mask = ").to_string()
-                    })
-                    .collect();
-                write!(
-                    f,
-                    "closed form ({}; computed in the kernel)",
-                    parts.join(" && ")
-                )
-            }
-            KvBounds::Table => write!(f, "block table (runs per q block)"),
+            v
         }
     }
 }
@@ -500,6 +402,7 @@ impl<'ctx> RowRuns<'ctx> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::linear::ClosedForm;
 
     #[test]
     fn host_rows_match_the_exact_closed_form() {

@@ -202,7 +202,7 @@ pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKern
     let combine_entry = format!("attnc_decode_combine_{}", opts.input.name());
     let dparams = decode_params(program);
     let cparams = combine_params();
-    let (decode_ptx, _, _) = super::generate(
+    let (decode_ptx, _, _) = super::run_pipeline(
         program,
         &popts,
         &decode_entry,
@@ -210,7 +210,7 @@ pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKern
         super::EmitText::PtxOnly,
         |ctx, module| build_decode(ctx, module, program, opts, &dparams, &decode_entry),
     )?;
-    let (combine_ptx, _, _) = super::generate(
+    let (combine_ptx, _, _) = super::run_pipeline(
         program,
         &popts,
         &combine_entry,

@@ -119,7 +119,7 @@ pub(crate) struct Built<'ctx> {
 pub(crate) fn param_list(p: &Program, kv: &KvBounds) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![Q, K, V, O, Lse];
-    v.extend(kv.params(p.mask.is_some()));
+    v.extend(super::bounds::kv_params(kv, p.mask.is_some()));
     v.extend([Params, Err]);
     v.extend((0..p.tensors.len() as u32).map(Tensor));
     v.extend([Lq, Lkv, Hq, Hkv, NumQBlocks]);

@@ -1,11 +1,13 @@
-//! The NVIDIA backend: one FlashAttention-2 class forward kernel per attention, built as
-//! LLVM IR with inkwell and emitted as PTX by LLVM's NVPTX target.
+//! The NVIDIA backend: the kernels of an attention (the FlashAttention-2 class forward
+//! kernel, the block-table builder), built as LLVM IR with inkwell and emitted as PTX by
+//! LLVM's NVPTX target.
 //!
-//! In: a verified [`Program`] and [`PtxOptions`] (arch, head dims, input type, tile sizes,
-//! checked mode). Out: a [`PtxKernel`]: PTX text, LLVM IR text, entry name, block sizes
-//! (the runtime builds `BlockMaps` for exactly these), threads per CTA, dynamic shared
-//! memory and the order of the kernel's parameters ([`KernelParam`]). The same input
-//! always gives byte-identical text.
+//! In: a [`crate::plan::Plan`] (the verified program and every analysis result), a
+//! [`crate::backend::KernelKind`] and [`PtxOptions`] (arch, head dims, input type, tile
+//! sizes, checked mode). Out: a [`KernelSpec`] ([`spec()`]: entry name, parameters in
+//! launch order ([`KernelParam`]), grid rule ([`GridDim`]), threads per CTA, dynamic
+//! shared memory, tiles, kv source) or a [`PtxKernel`] ([`generate`]: the spec with PTX
+//! and LLVM IR text). The same input always gives byte-identical text.
 //!
 //! Kernel (see `kernel.rs`): one CTA per (q block, head, batch); each warp owns 16 or 32
 //! query rows (`m_tiles`); K/V tiles stream through swizzled shared memory with `cp.async` (V of block j
@@ -18,7 +20,7 @@
 //! (no mask, causal, sliding window, bands: at most three runs partial/full/partial, no
 //! table) or else from the block table ((begin, end) pairs into runs of full/partial
 //! blocks per q block), built on the host or, for masks over captured tensors, on the GPU
-//! by the block-table kernel (`blocktable.rs`); [`PtxKernel::kv_bounds`] records which
+//! by the block-table kernel (`blocktable.rs`); [`KernelSpec::kv_bounds`] records which
 //! (see `bounds.rs`). The mask is evaluated only in partial blocks and in the block
 //! holding the end of the sequence.
 
@@ -30,10 +32,11 @@ mod expr;
 mod gpu;
 mod kernel;
 pub mod samples;
+pub mod spec;
 
-pub use bounds::KvBounds;
+pub use crate::plan::KvBounds;
+pub use spec::{GridDim, KernelSpec, generate, spec};
 
-use crate::analysis::linear::ClosedForm;
 use crate::ir::Program;
 use inkwell::OptimizationLevel;
 use inkwell::context::Context;
@@ -280,7 +283,7 @@ impl PtxOptions {
             String::new()
         }
     }
-    fn validate(&self) -> Result<(), LlvmError> {
+    pub(crate) fn validate(&self) -> Result<(), LlvmError> {
         // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk
         // with the row: D / 8 must be a power of two (D = 96 addressed past its rows and
         // faulted on an H200)
@@ -369,7 +372,7 @@ pub enum KernelParam {
     Runs,
     /// i64 offset `k` of constraint `i` of the closed form (`bounds::kernel_offsets`);
     /// closed-form kernels ([`KvBounds::ClosedForm`]), and block-table builders with a
-    /// [`PtxKernel::table_skip`] form (offset of its constraint `i`).
+    /// [`KernelSpec::table_skip`] form (offset of its constraint `i`).
     KvOffset(u32),
     /// i32: non-zero makes every kv block of every q block partial (the host sets it
     /// when the mask's i32 arithmetic may wrap for the launch's lengths and params, so
@@ -421,30 +424,21 @@ pub enum KernelParam {
     Ranges,
 }
 
-/// The generated kernel and how to launch it.
+/// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and
+/// its text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PtxKernel {
+    pub spec: KernelSpec,
     pub ptx: String,
+    /// The optimized LLVM IR (empty when generated with [`EmitText::PtxOnly`]).
     pub llvm_ir: String,
-    pub entry: String,
-    pub options: PtxOptions,
-    pub q_block: u32,
-    pub kv_block: u32,
-    pub threads: u32,
-    pub smem_bytes: u32,
-    pub params: Vec<KernelParam>,
-    /// Where the kernel reads its kv blocks from: the closed form (computed in the
-    /// kernel; the runtime passes offsets and builds no block maps) or the block table
-    /// (always `Table` for a block-table builder kernel, which writes one).
-    pub kv_bounds: KvBounds,
-    /// Block-table builders only: the closed form of the mask's linear conjuncts
-    /// (`ClosedForm::derive_implied`) whose per-q-block kv range the kernel computes to
-    /// classify the tiles outside it empty without evaluating them (one
-    /// [`KernelParam::KvOffset`] per constraint, and [`KernelParam::KvAllPartial`] to
-    /// skip nothing); `None` for attention kernels and builders that evaluate every tile.
-    pub table_skip: Option<ClosedForm>,
-    /// How to launch it (grid and block).
-    pub grid_note: &'static str,
+}
+
+impl std::ops::Deref for PtxKernel {
+    type Target = KernelSpec;
+    fn deref(&self) -> &KernelSpec {
+        &self.spec
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -488,7 +482,7 @@ pub fn generator_hash() -> u64 {
     h
 }
 
-/// Where the time of one [`emit_timed`] went, in milliseconds.
+/// Where the time of one [`generate`] went, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EmitTimes {
     /// Target machine + building the kernel's LLVM IR with inkwell + module verification.
@@ -501,7 +495,7 @@ pub struct EmitTimes {
     pub total_ms: f64,
 }
 
-/// What [`emit_timed`] produces besides PTX.
+/// What [`generate`] produces besides PTX.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmitText {
     /// PTX only (`llvm_ir` left empty): what a JIT needs.
@@ -510,93 +504,15 @@ pub enum EmitText {
     PtxAndLlvm,
 }
 
-/// Generates the kernel of `program` (which must pass `ir::verify_program`): PTX and
-/// the optimized LLVM IR text.
-pub fn emit(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
-    emit_timed(program, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
-}
-
 /// The version of the LLVM attnc is linked with (major, minor, patch), for `--version`.
 pub fn llvm_version() -> (u32, u32, u32) {
     inkwell::support::get_llvm_version()
 }
 
-/// [`emit`] with the time of each stage; `text` says whether the LLVM IR text is printed
-/// (the PTX is the same either way).
-pub fn emit_timed(
-    program: &Program,
-    opts: &PtxOptions,
-    text: EmitText,
-) -> Result<(PtxKernel, EmitTimes), LlvmError> {
-    let _span =
-        tracing::info_span!("codegen", backend = "llvm", attention = %program.name).entered();
-    let t0 = std::time::Instant::now();
-    opts.validate()?;
-    let mut k = layout(program, opts)?;
-    let (ptx, llvm_ir, mut times) =
-        generate(program, opts, &k.entry, PASSES, text, |ctx, module| {
-            let built = kernel::build(ctx, module, program, opts, &k.kv_bounds, &k.entry)?;
-            debug_assert_eq!(
-                (k.threads, k.smem_bytes, &k.params),
-                (built.threads, built.smem_bytes, &built.params)
-            );
-            Ok(built.module)
-        })?;
-    k.ptx = ptx;
-    k.llvm_ir = llvm_ir;
-    times.total_ms = t0.elapsed().as_secs_f64() * 1e3;
-    Ok((k, times))
-}
-
-/// Generates the block-table kernel of `program`'s mask (see [`blocktable`]): it
-/// classifies every (q block, kv block) tile of `opts.q_block` x `opts.kv_block` exactly
-/// and writes the table the attention kernel of the same options reads.
-pub fn emit_block_table(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
-    opts.validate()?;
-    let mut k = block_table_layout(program, opts)?;
-    let (ptx, llvm_ir, _) = generate(
-        program,
-        opts,
-        &k.entry,
-        TABLE_PASSES,
-        EmitText::PtxAndLlvm,
-        |ctx, module| blocktable::build(ctx, module, program, opts, &k.entry),
-    )?;
-    k.ptx = ptx;
-    k.llvm_ir = llvm_ir;
-    Ok(k)
-}
-
-/// The launch description of `program`'s block-table kernel without generating it.
-pub fn block_table_layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
-    opts.validate()?;
-    if program.mask.is_none() {
-        return Err(LlvmError::Unsupported(format!(
-            "`{}` has no mask: its block table is dense and needs no builder",
-            program.name
-        )));
-    }
-    let skip = blocktable::skip_form(program, opts);
-    Ok(PtxKernel {
-        ptx: String::new(),
-        llvm_ir: String::new(),
-        entry: format!("attnc_blocks_{}", sanitize(&program.name)),
-        options: *opts,
-        q_block: opts.q_block,
-        kv_block: opts.kv_block,
-        threads: blocktable::THREADS,
-        smem_bytes: blocktable::smem_bytes(),
-        params: blocktable::param_list(program, skip.as_ref()),
-        kv_bounds: KvBounds::Table,
-        table_skip: skip,
-        grid_note: "grid = (NumQBlocks, maps over h, maps over b), block = (threads, 1, 1)",
-    })
-}
-
 /// Runs `build` on a fresh NVPTX module for `opts.arch`, verifies it, runs the pass
 /// pipeline and returns (PTX, LLVM IR text (empty with [`EmitText::PtxOnly`]), the time
 /// of each stage).
-fn generate(
+fn run_pipeline(
     program: &Program,
     opts: &PtxOptions,
     entry: &str,
@@ -686,28 +602,6 @@ const PASSES: &str = "function(sroa,early-cse,instcombine,simplifycfg,gvn,instco
 /// takes the kv-only reads of a mask (`doc[b, kv]`) out of the loop over a tile's rows.
 const TABLE_PASSES: &str =
     "function(sroa,early-cse,instcombine,simplifycfg,loop-mssa(licm),gvn,instcombine)";
-
-/// The launch description of `program`'s kernel without generating it (`ptx` and
-/// `llvm_ir` empty): what a runtime needs next to PTX text taken from a cache.
-pub fn layout(program: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
-    opts.validate()?;
-    let (threads, smem_bytes) = kernel::sizes(opts);
-    let kv_bounds = KvBounds::choose(program, opts);
-    Ok(PtxKernel {
-        ptx: String::new(),
-        llvm_ir: String::new(),
-        entry: format!("attnc_{}", sanitize(&program.name)),
-        options: *opts,
-        q_block: opts.q_block,
-        kv_block: opts.kv_block,
-        threads,
-        smem_bytes,
-        params: kernel::param_list(program, &kv_bounds),
-        kv_bounds,
-        table_skip: None,
-        grid_note: "grid = (NumQBlocks, Hq, B), block = (threads, 1, 1)",
-    })
-}
 
 fn sanitize(name: &str) -> String {
     name.chars()

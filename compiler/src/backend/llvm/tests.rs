@@ -2,7 +2,20 @@
 //! ldmatrix and cp.async instructions, deterministically, for both archs and input types.
 
 use super::*;
+use crate::backend::KernelKind;
 use crate::ir::verify_program;
+use crate::plan::Plan;
+
+/// The forward kernel of `p` with its LLVM IR text.
+fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
+    generate(
+        &Plan::new(p),
+        KernelKind::Forward,
+        opts,
+        EmitText::PtxAndLlvm,
+    )
+    .map(|(k, _)| k)
+}
 
 #[test]
 fn samples_emit_ptx_entries_deterministically() {
@@ -145,7 +158,13 @@ fn emit_timed_ptx_only_gives_the_same_ptx_and_a_consistent_breakdown() {
     let p = samples::document_causal();
     let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
     let full = emit(&p, &opts).unwrap();
-    let (k, t) = emit_timed(&p, &opts, EmitText::PtxOnly).unwrap();
+    let (k, t) = generate(
+        &Plan::new(&p),
+        KernelKind::Forward,
+        &opts,
+        EmitText::PtxOnly,
+    )
+    .unwrap();
     assert_eq!(
         k.ptx, full.ptx,
         "PTX must not depend on printing the LLVM IR"

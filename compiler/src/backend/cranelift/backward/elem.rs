@@ -31,7 +31,7 @@
 
 use super::super::CpuError;
 use super::super::abi::{TensorDesc, off};
-use super::super::codegen::Gen;
+use super::super::builder::Gen;
 use super::super::lower::{Env, Level, Lowering, TensorVals};
 use crate::grad::ScoreGrad;
 use crate::ir::Program;

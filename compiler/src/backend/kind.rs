@@ -1,0 +1,57 @@
+//! The kinds of kernel a backend generates from a plan.
+//!
+//! In: nothing. Out: [`KernelKind`], the one value that selects what a backend generates
+//! (`backend::llvm::spec` / `backend::llvm::generate`, `backend::cranelift::compile`),
+//! what the runtime's JIT cache keys a kernel by (with the plan key and the options) and
+//! which launch description ([`crate::backend::llvm::KernelSpec`]) a launch binds.
+//!
+//! Adding a kind (backward, decode, ...) touches this enum, its generator module and its
+//! arm in `backend/llvm/spec.rs` (spec and build); the cache, the launch and the API
+//! plumbing take any kind.
+
+use std::fmt;
+
+/// What a generated kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelKind {
+    /// The fused attention forward pass: O and LSE from Q, K, V (`llvm/kernel.rs`,
+    /// `cranelift/codegen.rs`).
+    Forward,
+    /// The block table of a mask over captured tensors, built on the GPU
+    /// (`llvm/blocktable.rs`).
+    BlockTable,
+    /// The backward's pre pass: `Delta = rowsum(dO ∘ O) - dLSE` (`llvm/backward.rs`).
+    BackwardPre,
+    /// dK and dV over kv blocks (`llvm/backward.rs`).
+    BackwardDkDv,
+    /// dQ over q blocks (`llvm/backward.rs`).
+    BackwardDq,
+}
+
+impl KernelKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [KernelKind; 5] = [
+        KernelKind::Forward,
+        KernelKind::BlockTable,
+        KernelKind::BackwardPre,
+        KernelKind::BackwardDkDv,
+        KernelKind::BackwardDq,
+    ];
+
+    /// A stable name (cache keys, messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::Forward => "forward",
+            KernelKind::BlockTable => "block-table",
+            KernelKind::BackwardPre => "backward-pre",
+            KernelKind::BackwardDkDv => "backward-dkdv",
+            KernelKind::BackwardDq => "backward-dq",
+        }
+    }
+}
+
+impl fmt::Display for KernelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

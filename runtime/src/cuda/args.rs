@@ -1,0 +1,158 @@
+//! A launch's values by name: device buffers, scalars and grid extents, keyed by the
+//! names a [`KernelSpec`] uses ([`KernelParam`], [`GridDim`]).
+//!
+//! In: buffers and scalars set by whoever owns them (`DeviceProblem::args` for an
+//! attention call; a kernel kind adds its own names). Out: the argument list of a spec, in
+//! its parameter order ([`LaunchArgs::bind`]), and its grid ([`LaunchArgs::grid`]); a
+//! missing name is an error naming it, never a wrong argument.
+
+use super::CudaError;
+use attnc_compiler::backend::llvm::{GridDim, KernelParam, KernelSpec};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
+
+/// One kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// A device pointer (from a live [`CudaSlice`] of this device).
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+/// Named launch values. Later settings of a name replace earlier ones.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchArgs {
+    values: HashMap<KernelParam, Arg>,
+    extents: HashMap<GridDim, u32>,
+    /// A grid computed by the caller, replacing the spec's rule.
+    grid: Option<(u32, u32, u32)>,
+}
+
+impl LaunchArgs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets a buffer parameter to `buf` (which must stay alive until the launch has run).
+    pub fn buffer<T>(&mut self, p: KernelParam, buf: &CudaSlice<T>, stream: &CudaStream) {
+        self.values.insert(p, Arg::Ptr(buf.device_ptr(stream).0));
+    }
+    /// Sets a scalar parameter.
+    pub fn scalar(&mut self, p: KernelParam, v: Arg) {
+        self.values.insert(p, v);
+    }
+    pub fn i32(&mut self, p: KernelParam, v: i32) {
+        self.scalar(p, Arg::I32(v));
+    }
+    pub fn i64(&mut self, p: KernelParam, v: i64) {
+        self.scalar(p, Arg::I64(v));
+    }
+    pub fn f32(&mut self, p: KernelParam, v: f32) {
+        self.scalar(p, Arg::F32(v));
+    }
+    /// Sets the size of a grid axis.
+    pub fn extent(&mut self, d: GridDim, n: u32) {
+        self.extents.insert(d, n);
+    }
+    /// Sets the whole grid (instead of sizing it by the spec's rule).
+    pub fn set_grid(&mut self, grid: (u32, u32, u32)) {
+        self.grid = Some(grid);
+    }
+    /// Every value of `other` replaces this one's.
+    pub fn merge(&mut self, other: &LaunchArgs) {
+        self.values
+            .extend(other.values.iter().map(|(k, v)| (*k, *v)));
+        self.extents
+            .extend(other.extents.iter().map(|(k, v)| (*k, *v)));
+    }
+    /// Whether every value is a scalar (no buffer).
+    pub fn scalars_only(&self) -> bool {
+        self.values.values().all(|v| !matches!(v, Arg::Ptr(_)))
+    }
+    /// The names set.
+    pub fn names(&self) -> impl Iterator<Item = &KernelParam> {
+        self.values.keys()
+    }
+
+    /// The arguments of `spec`, in its parameter order.
+    pub fn bind(&self, spec: &KernelSpec) -> Result<Vec<Arg>, CudaError> {
+        spec.params
+            .iter()
+            .map(|p| {
+                self.values.get(p).copied().ok_or_else(|| {
+                    CudaError::Mismatch(format!(
+                        "kernel {} ({}): no value for its parameter {p:?}",
+                        spec.entry, spec.kind
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The grid of `spec`.
+    pub fn grid(&self, spec: &KernelSpec) -> Result<(u32, u32, u32), CudaError> {
+        if let Some(g) = self.grid {
+            return Ok(g);
+        }
+        let dim = |d: GridDim| match d {
+            GridDim::One => Ok(1),
+            d => self.extents.get(&d).copied().ok_or_else(|| {
+                CudaError::Mismatch(format!(
+                    "kernel {} ({}): no size for its grid axis {d}",
+                    spec.entry, spec.kind
+                ))
+            }),
+        };
+        let [x, y, z] = spec.grid;
+        Ok((dim(x)?, dim(y)?, dim(z)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions};
+    use attnc_compiler::plan::Plan;
+
+    #[test]
+    fn binds_in_spec_order_and_names_what_is_missing() {
+        let p = attnc_compiler::compile_source(
+            "mask c(b, h, q, kv) { q >= kv } attention a { mask = c; }",
+        )
+        .unwrap()
+        .programs
+        .remove(0);
+        let opts = PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16);
+        let spec = attnc_compiler::backend::llvm::spec(&Plan::new(&p), KernelKind::Forward, &opts)
+            .unwrap();
+        let mut a = LaunchArgs::new();
+        for (i, p) in spec.params.iter().enumerate() {
+            a.i64(*p, i as i64);
+        }
+        let bound = a.bind(&spec).unwrap();
+        assert_eq!(bound.len(), spec.params.len());
+        assert!(
+            bound
+                .iter()
+                .enumerate()
+                .all(|(i, x)| *x == Arg::I64(i as i64))
+        );
+        let mut b = LaunchArgs::new();
+        b.i32(KernelParam::Lq, 3);
+        let e = b.bind(&spec).unwrap_err().to_string();
+        assert!(e.contains("Q") && e.contains("attnc_a"), "{e}");
+        assert!(
+            b.grid(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("NumQBlocks")
+        );
+        b.extent(GridDim::QBlocks, 2);
+        b.extent(GridDim::Heads, 3);
+        b.extent(GridDim::Batches, 4);
+        assert_eq!(b.grid(&spec).unwrap(), (2, 3, 4));
+        assert!(b.scalars_only());
+    }
+}

@@ -1,0 +1,110 @@
+//! A GPU: its context, the one stream every launch goes on, uploads and event timing.
+//!
+//! In: a device ordinal. Out: a [`CudaDevice`] (or a clean [`CudaError`] without a
+//! driver or device), device buffers from host data, milliseconds per launch.
+
+use super::CudaError;
+use attnc_compiler::backend::llvm::Arch;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use std::sync::Arc;
+
+/// A GPU with its context and the stream every launch uses.
+pub struct CudaDevice {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+    capability: (i32, i32),
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`; a clean error (never a panic) without driver or device.
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        // SAFETY: only tries to dlopen libcuda; no driver call is made without it.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(|_| CudaError::NoDevice(ordinal))?;
+        if ordinal as i32 >= count {
+            return Err(CudaError::NoDevice(ordinal));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream, ordered launches: no per-buffer event tracking needed.
+        // SAFETY: every buffer of this device is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let capability = ctx.compute_capability()?;
+        let arch = Arch::for_capability(capability.0, capability.1)
+            .ok_or(CudaError::UnsupportedGpu(capability.0, capability.1))?;
+        let name = ctx.name()?;
+        let stream = ctx.default_stream();
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            arch,
+            name,
+            capability,
+        })
+    }
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+    /// Uploads 16-bit data (Q, K, V as bf16/f16 bits).
+    pub fn upload_u16(&self, data: &[u16]) -> Result<CudaSlice<u16>, CudaError> {
+        self.upload(data)
+    }
+    /// Copies host data into a new device buffer (on the stream).
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+    /// A zeroed device buffer of `n` elements (at least one).
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.alloc_zeros(n.max(1))?)
+    }
+    /// Waits for the stream, then copies a device buffer back.
+    pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+        self.stream.synchronize()?;
+        Ok(self.stream.clone_dtoh(buf)?)
+    }
+
+    /// Median milliseconds per call of `launch` over `reps` repetitions of `iters` calls,
+    /// timed with CUDA events after `warmup` calls.
+    pub fn time(
+        &self,
+        warmup: usize,
+        iters: usize,
+        reps: usize,
+        launch: impl Fn() -> Result<(), CudaError>,
+    ) -> Result<f64, CudaError> {
+        for _ in 0..warmup {
+            launch()?;
+        }
+        self.synchronize()?;
+        let mut ts = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = self.ctx.new_event(flags)?;
+            let end = self.ctx.new_event(flags)?;
+            start.record(&self.stream)?;
+            for _ in 0..iters.max(1) {
+                launch()?;
+            }
+            end.record(&self.stream)?;
+            end.synchronize()?;
+            ts.push(start.elapsed_ms(&end)? as f64 / iters.max(1) as f64);
+        }
+        ts.sort_by(|a, b| a.total_cmp(b));
+        Ok(ts[ts.len() / 2])
+    }
+}

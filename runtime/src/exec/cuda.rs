@@ -1,0 +1,385 @@
+//! The CUDA executor: the kernels of a plan from the process's JIT cache, one device
+//! problem per call, the block-table kernel and the table kept between calls.
+//!
+//! In: the plan, bind options, host q/k/v (bf16/f16) and bindings. Out: O (f32 values of
+//! the 16-bit output) and LSE, or a raw [`CudaError`] / `BlockError`.
+//! Per call the kv source is, in order (the choice is `policy`'s data, carried out here):
+//! a table built on the GPU by the block-table kernel (masks over captured tensors with
+//! `gpu_block_tables`, when it fits the device), reused from the last successful call
+//! when what the mask reads is bit-for-bit unchanged; the closed form's offsets
+//! (`Plan::closed_form_bounds`; every block partial when the mask's i32 arithmetic may
+//! wrap); else host block maps (`policy::maps_for`, kept when the shape fixes them).
+//! Each call takes the JIT module current at its start and releases retired ones after
+//! it has synchronized.
+
+use super::{ExecError, ExecResult};
+use crate::cache::DiskCache;
+use crate::cuda::{
+    BuiltTable, CudaDevice, CudaError, CudaKernel, DeviceProblem, DeviceTable, JitCache, JitKernel,
+    JitStats, JitTier, JitTiers, KvBlocks, LaunchArgs, Qkv, ReadyStats,
+};
+use crate::error::{Error, Result};
+use crate::options::BindOptions;
+use crate::policy::{self, TableKey};
+use crate::tensor::{DType, Tensor};
+use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::plan::{MapRecipe, Plan};
+use std::sync::{Arc, OnceLock};
+
+/// The process's CUDA device 0 and its JIT cache (in memory, PTX and cubins on disk),
+/// opened on first use. Opening a context costs tens of milliseconds, so all bindings
+/// share it.
+struct Gpu {
+    device: CudaDevice,
+    jit: JitCache,
+}
+
+static GPU: OnceLock<std::result::Result<Gpu, CudaError>> = OnceLock::new();
+
+fn gpu() -> ExecResult<&'static Gpu> {
+    GPU.get_or_init(|| {
+        let device = CudaDevice::new(0)?;
+        let level = crate::cuda::jit::opt_level_from_env().map_err(CudaError::Mismatch)?;
+        Ok(Gpu {
+            device,
+            jit: JitCache::new(DiskCache::from_env()).with_opt_level(level),
+        })
+    })
+    .as_ref()
+    .map_err(|e| ExecError::CudaUnavailable(e.clone()))
+}
+
+/// The process's CUDA device (opened on first use), for launch paths beside the
+/// executor (the backward).
+pub(crate) fn device() -> ExecResult<&'static CudaDevice> {
+    gpu().map(|g| &g.device)
+}
+
+/// The process's CUDA device as an API error when there is none (the decode kernels).
+pub(crate) fn cuda_device() -> Result<&'static CudaDevice> {
+    gpu().map(|g| &g.device).map_err(|e| match e {
+        ExecError::CudaUnavailable(e) => Error::BackendUnavailable {
+            backend: "cuda",
+            reason: e.to_string(),
+        },
+        _ => unreachable!("gpu() fails only with CudaUnavailable"),
+    })
+}
+
+/// Waits (at most `timeout` in all) for the tiered JIT's background compiles of this
+/// process to finish, so that their optimized cubins reach the disk cache before a
+/// short-lived program exits. Returns at once when the CUDA backend was never used.
+pub fn wait_for_background_jit(timeout: std::time::Duration) {
+    if let Some(Ok(g)) = GPU.get() {
+        g.jit.wait_pending(timeout);
+    }
+}
+
+/// Name and compute capability of the GPU the CUDA backend would use.
+pub fn cuda_device_info() -> Result<String> {
+    let g = gpu().map_err(|e| match e {
+        ExecError::CudaUnavailable(e) => Error::BackendUnavailable {
+            backend: "cuda",
+            reason: e.to_string(),
+        },
+        _ => unreachable!("gpu() fails only with CudaUnavailable"),
+    })?;
+    let (major, minor) = g.device.capability();
+    let arch = g.device.arch();
+    let at = |d| PtxOptions::new(arch, d, d, InputType::Bf16).target_cpu();
+    Ok(format!(
+        "{} (sm_{major}{minor}, PTX target {} at D64/D128, {} otherwise)",
+        g.device.name(),
+        at(128),
+        at(96)
+    ))
+}
+
+/// A device-built table kept after a successful forward.
+struct KeptTable {
+    key: TableKey,
+    table: BuiltTable,
+}
+
+/// A CUDA binding.
+pub(crate) struct CudaExec {
+    /// The best forward module loaded so far (tiered JIT: swapped to the optimized one
+    /// when it is ready; each call takes the current one once).
+    kernel: Arc<JitKernel>,
+    /// How the JIT served the bind.
+    jit: JitStats,
+    /// Host block maps fixed by the shape (kept after the first call).
+    maps: Option<BlockMaps>,
+    /// The block-table kernel, for masks over captured tensors with `gpu_block_tables`.
+    table: Option<Arc<CudaKernel>>,
+    /// The table the builder made at the last successful `forward`, with what it was
+    /// built from; reused while that stays the same.
+    kept: Option<Box<KeptTable>>,
+    /// `(built, reused)`: forwards that ran the block-table kernel / reused a kept table.
+    table_counts: (u64, u64),
+}
+
+fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
+    t.to_u16_bits().ok_or_else(|| {
+        ExecError::Api(Error::InputDType {
+            which: "q/k/v".into(),
+            expected: "bf16 or f16".into(),
+            got: t.dtype(),
+        })
+    })
+}
+
+impl CudaExec {
+    pub(crate) fn prepare(plan: &Plan, opts: &BindOptions) -> ExecResult<Self> {
+        let input = match opts.dtype {
+            DType::BF16 => InputType::Bf16,
+            DType::F16 => InputType::F16,
+            other => {
+                return Err(ExecError::Api(Error::InputDType {
+                    which: "q, k, v (the CUDA backend takes bf16 or f16; convert them, or use the cpu backend for f32)".into(),
+                    expected: "bf16 or f16".into(),
+                    got: other,
+                }));
+            }
+        };
+        // a bad setting is reported before (and without) a device
+        let tiers = match opts.jit_tiers {
+            Some(t) => t,
+            None => JitTiers::from_env().map_err(|e| ExecError::Api(Error::Usage(e)))?,
+        };
+        let g = gpu()?;
+        let mut popts = PtxOptions::new(
+            g.device.arch(),
+            opts.shape.d as u32,
+            opts.shape.dv as u32,
+            input,
+        );
+        popts.checked = opts.checked;
+        let (kernel, jit) = g
+            .jit
+            .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;
+        let table = if plan.map_recipe() == MapRecipe::Tensors && opts.gpu_block_tables {
+            let (t, _stats) = g.jit.get(
+                &g.device,
+                plan,
+                KernelKind::BlockTable,
+                &popts,
+                JitTiers::Off,
+            )?;
+            Some(t.current().0)
+        } else {
+            None
+        };
+        Ok(CudaExec {
+            kernel,
+            jit,
+            maps: None,
+            table,
+            kept: None,
+            table_counts: (0, 0),
+        })
+    }
+
+    /// The kv-bounds source of the forward kernel.
+    pub(crate) fn kv_bounds(&self) -> KvBounds {
+        self.kernel.current().0.spec().kv_bounds.clone()
+    }
+
+    /// `(built, reused)`: forwards that built the block table on the GPU / reused the
+    /// one kept from an earlier call.
+    pub(crate) fn table_counts(&self) -> (u64, u64) {
+        self.table_counts
+    }
+
+    /// How the JIT served the bind.
+    pub(crate) fn jit_stats(&self) -> JitStats {
+        self.jit
+    }
+
+    /// Waits (at most `timeout`) until the optimized module is in use; its timings.
+    pub(crate) fn wait_optimized(
+        &self,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<ReadyStats, CudaError> {
+        self.kernel.wait_optimized(timeout)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &mut self,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+    ) -> ExecResult<(Vec<f32>, Vec<f32>)> {
+        let g = gpu()?;
+        // this call keeps the module it starts with, whatever is swapped in meanwhile
+        let (kernel, _) = self.kernel.current();
+        let (p, built) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
+        kernel.launch(&g.device, &p, &LaunchArgs::new())?;
+        let (o, lse) = p.download(&g.device)?;
+        // a table built by this call (and free of checked-mode errors) serves later
+        // calls with the same key
+        match (built, p.built_table()) {
+            (Some(key), Some(table)) => {
+                self.kept = Some(Box::new(KeptTable { key, table }));
+                self.table_counts.0 += 1;
+            }
+            (None, Some(_)) => self.table_counts.1 += 1,
+            _ => {}
+        }
+        drop(kernel);
+        self.kernel.release_retired(&g.device)?;
+        let o_t = Tensor::from_bytes(
+            vec![o.len()],
+            opts.dtype,
+            o.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+        .ok_or_else(|| CudaError::Mismatch("output size".into()))?;
+        Ok((o_t.to_f32(), lse))
+    }
+
+    /// The block-table kernel to use for this launch, if the table is built on the GPU:
+    /// a builder exists (tensor masks, `gpu_block_tables`) and the table fits the device.
+    fn device_table(
+        &self,
+        kernel: &CudaKernel,
+        plan: &Plan,
+        opts: &BindOptions,
+    ) -> Option<&Arc<CudaKernel>> {
+        let t = self.table.as_ref()?;
+        let m = kernel.spec();
+        let geom = DeviceTable::new(
+            &opts.shape,
+            m.q_block,
+            m.kv_block,
+            plan.mask().uses_b,
+            plan.mask().uses_h,
+        );
+        geom.capacity(&opts.shape).map(|_| t)
+    }
+
+    /// Uploads one call's inputs and provides its kv source (see the module header);
+    /// a table built here is enqueued on the stream (the key it was built from comes
+    /// back, for the caller to keep it under once the call succeeded). `reuse`: whether a
+    /// kept table may serve.
+    #[allow(clippy::too_many_arguments)]
+    fn problem(
+        &mut self,
+        g: &Gpu,
+        kernel: &CudaKernel,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+        reuse: bool,
+    ) -> ExecResult<(DeviceProblem, Option<TableKey>)> {
+        let (q, k, v) = (bits(q)?, bits(k)?, bits(v)?);
+        let shape = &opts.shape;
+        let upload = |blocks| {
+            kernel.upload(
+                &g.device,
+                shape,
+                Qkv::Host(&q, &k, &v),
+                scale,
+                bindings,
+                blocks,
+            )
+        };
+        if let Some(builder) = self.device_table(kernel, plan, opts) {
+            let deps = plan.mask_reads();
+            let tiles = (kernel.spec().q_block, kernel.spec().kv_block);
+            if reuse
+                && let Some(kt) = &self.kept
+                && policy::table_matches(deps, &kt.key, shape, tiles, bindings)
+            {
+                return Ok((upload(KvBlocks::Kept(&kt.table))?, None));
+            }
+            let key = policy::table_key(deps, shape, tiles, bindings);
+            let m = plan.mask();
+            let p = upload(KvBlocks::Build {
+                uses_b: m.uses_b,
+                uses_h: m.uses_h,
+            })?;
+            let skip = plan.skip_bounds(shape, bindings)?;
+            let extra = p.skip_args(builder.spec(), skip.as_deref())?;
+            builder.launch(&g.device, &p, &extra)?;
+            return Ok((p, Some(key)));
+        }
+        if let KvBounds::ClosedForm(cf) = &kernel.spec().kv_bounds {
+            let bounds = plan.closed_form_bounds(cf, shape, bindings)?;
+            return Ok((upload(KvBlocks::ClosedForm(bounds.as_deref()))?, None));
+        }
+        let mut scratch = None;
+        let maps = policy::maps_for(
+            &mut self.maps,
+            &mut scratch,
+            plan,
+            opts,
+            kernel.spec().q_block as usize,
+            kernel.spec().kv_block as usize,
+            bindings,
+        )?;
+        Ok((upload(KvBlocks::Maps(maps))?, None))
+    }
+
+    /// Uploads the inputs once and times `iters` back-to-back launches of the forward
+    /// kernel (CUDA events, median of 3), excluding host transfers, of the module current
+    /// at the start; the milliseconds and that module's tier. A table built here is not
+    /// kept (its call's errors are not checked).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn device_time(
+        &mut self,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+        iters: usize,
+    ) -> ExecResult<(f64, JitTier)> {
+        let g = gpu()?;
+        let (kernel, tier) = self.kernel.current();
+        let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
+        let ms = kernel.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
+        Ok((ms, tier))
+    }
+
+    /// With the block table built on the GPU: uploads the inputs once and times `iters`
+    /// back-to-back builds of the table (CUDA events, median of 3). `None` where the
+    /// table is not built on the device.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn table_time(
+        &mut self,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+        iters: usize,
+    ) -> ExecResult<Option<f64>> {
+        let (kernel, _) = self.kernel.current();
+        let Some(builder) = self.device_table(&kernel, plan, opts).cloned() else {
+            return Ok(None);
+        };
+        let g = gpu()?;
+        // never the kept table: the build kernel itself is timed, into this problem's table
+        let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, false)?;
+        let skip = plan.skip_bounds(&opts.shape, bindings)?;
+        let extra = p.skip_args(builder.spec(), skip.as_deref())?;
+        let ms = builder.time(&g.device, &p, &extra, 3, iters.max(1), 3)?;
+        Ok(Some(ms))
+    }
+}
