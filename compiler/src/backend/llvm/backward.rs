@@ -46,9 +46,8 @@
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var};
-use super::{
-    GridDim, InputType, KernelParam, KernelSpec, LlvmError, Mma, PtxKernel, PtxOptions, sanitize,
-};
+use super::launch_spec::{GridDim, KernelSpec};
+use super::{InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
 use crate::backend::KernelKind;
 use crate::ir::{Function, Program};
 use inkwell::attributes::{Attribute, AttributeLoc};

@@ -31,11 +31,13 @@ pub mod decode;
 mod expr;
 mod gpu;
 mod kernel;
+pub mod launch_spec;
 pub mod samples;
 pub mod spec;
 
 pub use crate::plan::KvBounds;
-pub use spec::{GridDim, KernelSpec, generate, spec};
+pub use launch_spec::{GridDim, KernelSpec};
+pub use spec::{generate, spec};
 
 use crate::ir::Program;
 use inkwell::OptimizationLevel;

@@ -1,0 +1,86 @@
+//! The launch description of a generated kernel: [`KernelSpec`] (kind, entry, parameters
+//! in launch order, grid rule as [`GridDim`]s, threads, shared memory, tiles, kv source).
+//!
+//! In: nothing (types only). Out: what every generator fills in (`spec.rs`, `backward.rs`,
+//! ...) and what a runtime launches by.
+
+use super::{KernelParam, PtxOptions};
+use crate::analysis::linear::ClosedForm;
+use crate::backend::KernelKind;
+use crate::plan::KvBounds;
+use std::fmt;
+
+/// One axis of a launch grid, named by what it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GridDim {
+    /// 1.
+    One,
+    /// `ceil(Lq / q_block)`.
+    QBlocks,
+    /// `Hq`.
+    Heads,
+    /// `B`.
+    Batches,
+    /// Block-table maps over heads: `Hq` when the mask reads `h`, else 1.
+    MapHeads,
+    /// Block-table maps over batches: `B` when the mask reads `b`, else 1.
+    MapBatches,
+    /// `ceil(Lkv / kv_block)`.
+    KvBlocks,
+    /// `Hkv`.
+    KvHeads,
+    /// `ceil(B Hq Lq / rows per CTA)` of the backward's pre kernel.
+    PreRows,
+}
+
+/// How to launch a generated kernel, and what it was generated for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSpec {
+    pub kind: KernelKind,
+    pub entry: String,
+    pub options: PtxOptions,
+    pub q_block: u32,
+    pub kv_block: u32,
+    /// Threads per CTA (block = (threads, 1, 1)).
+    pub threads: u32,
+    /// Dynamic shared memory per CTA in bytes.
+    pub smem_bytes: u32,
+    /// The kernel's parameters in launch order.
+    pub params: Vec<KernelParam>,
+    /// The grid: (x, y, z).
+    pub grid: [GridDim; 3],
+    /// Where an attention kernel reads its kv blocks from: the closed form (computed in
+    /// the kernel; the runtime passes offsets and builds no block maps) or the block
+    /// table (`Table` for a block-table builder, which writes one).
+    pub kv_bounds: KvBounds,
+    /// Block-table builders only: the closed form of the mask's linear conjuncts
+    /// (`Plan::table_skip`) whose per-q-block kv range the kernel computes to classify
+    /// the tiles outside it empty without evaluating them (one [`KernelParam::KvOffset`]
+    /// per constraint, and [`KernelParam::KvAllPartial`] to skip nothing); `None` for
+    /// other kinds and builders that evaluate every tile.
+    pub table_skip: Option<ClosedForm>,
+}
+
+impl KernelSpec {
+    /// `grid = (x, y, z), block = (threads, 1, 1)` in words.
+    pub fn launch_text(&self) -> String {
+        let [x, y, z] = self.grid;
+        format!("grid = ({x}, {y}, {z}), block = ({}, 1, 1)", self.threads)
+    }
+}
+
+impl fmt::Display for GridDim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GridDim::One => "1",
+            GridDim::QBlocks => "NumQBlocks",
+            GridDim::Heads => "Hq",
+            GridDim::Batches => "B",
+            GridDim::MapHeads => "maps over h",
+            GridDim::MapBatches => "maps over b",
+            GridDim::KvBlocks => "NumKvBlocks",
+            GridDim::KvHeads => "Hkv",
+            GridDim::PreRows => "ceil(B Hq Lq / rows per CTA)",
+        })
+    }
+}
