@@ -5,7 +5,7 @@
 //! parameters in launch order, grid rule, threads, dynamic shared memory, tiles, the kv
 //! source) from [`spec`] without generating code, or a [`PtxKernel`] (the spec with its
 //! PTX and LLVM IR text) from [`generate`]. A runtime binds a spec's parameters by name
-//! ([`KernelParam`]) and sizes its grid from the [`GridDim`]s, so it needs no code per kind.
+//! ([`KernelParam`](super::KernelParam)) and sizes its grid from the [`GridDim`]s, so it needs no code per kind.
 //!
 //! Adding a kind: its variant in `backend/kind.rs`, its generator module, and one arm in
 //! each `match kind` below ([`spec`]: the launch description; [`generate`]: the builder
