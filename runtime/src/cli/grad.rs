@@ -14,7 +14,7 @@ use super::bench::BenchArgs;
 use super::parse_params;
 use super::run::RunArgs;
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{BindOptions, Captures, Compiled, DType, Error, Shape, Tensor, bench, synth};
+use attnc::{BindOptions, Compiled, DType, Error, Tensor, bench, synth};
 use std::collections::BTreeMap;
 
 pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
@@ -31,38 +31,8 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     };
     let (q, k, v, dout) = (take("q")?, take("k")?, take("v")?, take("do")?);
     let dlse = tensors.remove("dlse");
-    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-        if t.shape().len() != 4 {
-            return Err(Error::InputShape {
-                which: name.into(),
-                expected: "rank 4: [B, H, L, D]".into(),
-                got: t.shape().to_vec(),
-            });
-        }
-    }
-    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
-    let shape = Shape {
-        b: qs[0],
-        hq: qs[1],
-        hkv: ks[1],
-        lq: qs[2],
-        lkv: ks[2],
-        d: qs[3],
-        dv: vs[3],
-    };
-    let mut captures = Captures::default();
-    for (name, t) in tensors {
-        captures.tensors.insert(name, t);
-    }
-    for (name, v) in parse_params(&a.params)? {
-        captures.params.insert(name, v);
-    }
-    let mut opts = BindOptions::new(a.backend.backend(), shape, q.dtype());
-    opts.scale = a.scale;
-    opts.checked = a.checked;
-    opts.threads = a.threads;
-    opts.jit_tiers = a.jit_tiers;
-    let mut bound = variant.bind(opts)?;
+    let (mut bound, captures) = super::run::bind_inputs(a, &variant, &q, &k, &v, tensors)?;
+    let shape = bound.options().shape;
     let t0 = std::time::Instant::now();
     let out = bound.forward(&q, &k, &v, &captures)?;
     let fwd_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -6,7 +6,7 @@
 
 use super::{BackendArg, parse_params};
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{BindOptions, Captures, Compiled, Error, Shape};
+use attnc::{BindOptions, Bound, Captures, Compiled, Error, Shape, Tensor, Variant};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -37,7 +37,39 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
         })
     };
     let (q, k, v) = (take("q")?, take("k")?, take("v")?);
-    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+    let (mut bound, captures) = bind_inputs(a, &variant, &q, &k, &v, tensors)?;
+    let shape = bound.options().shape;
+    let t0 = std::time::Instant::now();
+    let out = bound.forward(&q, &k, &v, &captures)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut result = BTreeMap::new();
+    result.insert("o".to_string(), out.o);
+    result.insert("lse".to_string(), out.lse);
+    write_safetensors(&a.output, &result)?;
+    outln!(
+        "{}: {} on {} ({}) with the {} backend in {ms:.2} ms -> {}",
+        a.file.display(),
+        variant.name(),
+        shape,
+        q.dtype(),
+        a.backend.backend().name(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// The bound variant and captures of a `run` (with or without `--grad`): the shape from q,
+/// k and v (each rank 4), the file's other tensors as captures, params and bind options
+/// from the flags.
+pub(crate) fn bind_inputs(
+    a: &RunArgs,
+    variant: &Variant,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<(Bound, Captures), Error> {
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
         if t.shape().len() != 4 {
             return Err(Error::InputShape {
                 which: name.into(),
@@ -68,22 +100,5 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     opts.checked = a.checked;
     opts.threads = a.threads;
     opts.jit_tiers = a.jit_tiers;
-    let mut bound = variant.bind(opts)?;
-    let t0 = std::time::Instant::now();
-    let out = bound.forward(&q, &k, &v, &captures)?;
-    let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut result = BTreeMap::new();
-    result.insert("o".to_string(), out.o);
-    result.insert("lse".to_string(), out.lse);
-    write_safetensors(&a.output, &result)?;
-    outln!(
-        "{}: {} on {} ({}) with the {} backend in {ms:.2} ms -> {}",
-        a.file.display(),
-        variant.name(),
-        shape,
-        q.dtype(),
-        a.backend.backend().name(),
-        a.output.display()
-    );
-    Ok(())
+    Ok((variant.bind(opts)?, captures))
 }
