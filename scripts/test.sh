@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The Python environment first (torch from PyPI is ~3 GB): while the disk is emptiest.
+bash scripts/python-setup.sh --deps
 export CARGO_TERM_COLOR=never
 cargo build --workspace --all-targets --exclude attnc-python
 log=$(mktemp)
