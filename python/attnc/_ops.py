@@ -66,6 +66,15 @@ def _names(joined: str) -> list:
     return joined.split(",") if joined else []
 
 
+def _dense(x):
+    """``x`` contiguous, and on CUDA 16-byte aligned (the kernels' vector accesses): a
+    contiguous view at an odd offset is copied once, like a non-contiguous tensor."""
+    x = x.contiguous()
+    if x.is_cuda and x.data_ptr() % 16:
+        x = x.clone()
+    return x
+
+
 def _out_shapes(q, k, v):
     if q.dim() == 4 and v.dim() == 4:
         return (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), (q.shape[0], q.shape[1], q.shape[2])
@@ -92,8 +101,10 @@ def forward(
     stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
     # the CPU kernel uses as many threads as torch's intra-op pool
     threads = 0 if q.is_cuda else torch.get_num_threads()
+    # CUDA: launched on torch's current stream of q's device, reading q/k/v and writing
+    # o/lse in place (no copy, no synchronization)
     inner.forward(
-        q.contiguous(), k.contiguous(), v.contiguous(), o, lse, scale, caps,
+        _dense(q), _dense(k), _dense(v), o, lse, scale, caps,
         list(zip(_names(param_names), params)), stream, threads,
     )
     return o, lse
@@ -128,7 +139,8 @@ def backward(
     names = _names(tensor_names)
     if q.is_cuda:
         # the CUDA backward (Bound::backward on a CUDA binding) takes host tensors: this
-        # path copies to the host and back (it synchronizes; not zero-copy)
+        # path copies to the host and back (it synchronizes; not zero-copy, unlike the
+        # forward, which runs on the caller's stream)
         dev = q.device
         host = lambda t: t.detach().to("cpu").contiguous()  # noqa: E731
         hq, hk, hv, ho, hl, hdo, hdl = (host(x) for x in (q, k, v, o, lse, do, dlse))

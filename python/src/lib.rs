@@ -16,6 +16,7 @@ mod args;
 mod errors;
 
 use args::{Device, TensorArg, param_value};
+use attnc::external::{DeviceBuffers, DeviceTensor};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
 use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
 use pyo3::prelude::*;
@@ -161,6 +162,137 @@ impl Attention {
         Ok(caps)
     }
 
+    /// The CUDA part of `forward`: q, k, v, o, lse (checked by the caller: dtype, shape,
+    /// contiguity, one device, no overlap) and the captures as device pointers, launched
+    /// on `stream` (torch's current stream of q's device) with no copy of q/k/v/o/lse and
+    /// no synchronization. Captured tensors the kernels cannot read in place (int64,
+    /// float16, bfloat16: the kernels read i32/f32 words) are converted on the device by
+    /// torch, on the same stream, and kept alive until the launch is enqueued.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_cuda(
+        &self,
+        py: Python<'_>,
+        index: i64,
+        shape: Shape,
+        dtype: DType,
+        scale: Option<u32>,
+        [q, k, v, o, lse]: [&TensorArg; 5],
+        tensors: &[(String, Bound<'_, PyAny>)],
+        params: &[(String, Bound<'_, PyAny>)],
+        stream: usize,
+    ) -> PyResult<()> {
+        if index != 0 {
+            return Err(attnc_error(
+                py,
+                code::DEVICE,
+                &format!(
+                    "q is on cuda:{index}; attnc's CUDA backend runs on cuda:0, the first visible device (select another GPU with CUDA_VISIBLE_DEVICES)"
+                ),
+            ));
+        }
+        let device = Device::Cuda(index);
+        let torch = py.import("torch")?;
+        let mut converted = Vec::new();
+        let mut devt = HashMap::new();
+        for (name, t) in tensors {
+            let a = TensorArg::read(py, name, t)?;
+            if a.device != device {
+                return Err(attnc_error(
+                    py,
+                    code::DEVICE,
+                    &format!(
+                        "tensor `{name}` is on {}, but q is on {device}; q, k, v and the captures must be on one device",
+                        a.device
+                    ),
+                ));
+            }
+            let Some(dt) = a.dtype else {
+                return Err(attnc_error(
+                    py,
+                    code::INPUT_DTYPE,
+                    &format!(
+                        "tensor `{name}` has dtype {}; captured tensors are int32, int64, float32, float16 or bfloat16",
+                        a.torch_dtype
+                    ),
+                ));
+            };
+            // the words the kernels read (the dtype checked against the declaration is
+            // the tensor's own, `dt`)
+            let words = match dt {
+                DType::I64 => Some("int32"),
+                DType::F16 | DType::BF16 => Some("float32"),
+                _ => None,
+            };
+            let w = match words {
+                Some(target) => {
+                    let c = t
+                        .call_method1("to", (torch.getattr(target)?,))?
+                        .call_method0("contiguous")?;
+                    let arg = TensorArg::read(py, name, &c)?;
+                    converted.push(c);
+                    arg
+                }
+                None => a.clone(),
+            };
+            if !w.contiguous() {
+                return Err(attnc_error(
+                    py,
+                    code::INPUT_SHAPE,
+                    &format!(
+                        "tensor `{name}` is not contiguous (strides {:?}); the attnc package passes contiguous tensors",
+                        w.strides
+                    ),
+                ));
+            }
+            devt.insert(
+                name.clone(),
+                DeviceTensor {
+                    ptr: w.ptr as u64,
+                    dims: a.shape.clone(),
+                    dtype: dt,
+                },
+            );
+        }
+        let mut pv = HashMap::new();
+        for (name, v) in params {
+            pv.insert(name.clone(), param_value(py, name, v)?);
+        }
+        let key = BindKey {
+            backend: Backend::Cuda,
+            device,
+            shape,
+            dtype,
+            scale,
+            threads: 0,
+        };
+        let bufs = DeviceBuffers {
+            q: q.ptr as u64,
+            k: k.ptr as u64,
+            v: v.ptr as u64,
+            o: o.ptr as u64,
+            lse: lse.ptr as u64,
+        };
+        let stream = stream as u64;
+        let result = py.detach(|| {
+            self.with_bound(key, |bound| {
+                // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of device 0 with the
+                // bound shape and dtype (checked by `forward`; the runtime checks null,
+                // alignment, overlap and, outside graph capture, that each is device-0
+                // memory), o/lse fresh torch buffers; the captures are contiguous tensors
+                // of the same device in i32/f32 words (converted above; dims and dtype
+                // checked by the runtime against the declarations). The caller's frame
+                // (and `converted`) holds them all for the call, and torch's caching
+                // allocator reuses their memory only in order on the stream they were
+                // made on, which is `stream` (torch's current stream, where the package
+                // allocated o/lse and made the inputs contiguous), so the queued launch
+                // reads live memory; torch's streams live as long as the process.
+                unsafe { bound.forward_cuda_into(&bufs, &devt, &pv, stream) }
+            })
+        });
+        drop(converted);
+        result.map_err(|e| self.error(py, &e))
+    }
+
     /// Runs `f` on the binding for `key`, binding (JIT-compiling) on first use.
     fn with_bound<T>(
         &self,
@@ -172,6 +304,11 @@ impl Attention {
             let mut opts = BindOptions::new(key.backend, key.shape, key.dtype);
             opts.scale = key.scale.map(f32::from_bits);
             opts.threads = key.threads;
+            if key.backend == Backend::Cuda {
+                // no tier swap: a retired module is released only after a synchronization
+                // of attnc's own stream, which does not order the caller's streams
+                opts.jit_tiers = Some(attnc::cuda::JitTiers::Off);
+            }
             let bound = self.variant.bind(opts)?;
             if map.len() >= MAX_BINDINGS {
                 // drop the oldest binding
@@ -349,7 +486,6 @@ impl Attention {
         stream: usize,
         threads: usize,
     ) -> PyResult<()> {
-        let _ = stream;
         guard(py, || {
             let q = TensorArg::read(py, "q", q)?;
             let k = TensorArg::read(py, "k", k)?;
@@ -360,6 +496,7 @@ impl Attention {
             let device = q.device;
             let dtype = match (device, q.dtype) {
                 (Device::Cpu, Some(DType::F32)) => DType::F32,
+                (Device::Cuda(_), Some(d @ (DType::BF16 | DType::F16))) => d,
                 (Device::Cpu, _) => {
                     return Err(attnc_error(
                         py,
@@ -373,8 +510,11 @@ impl Attention {
                 (Device::Cuda(_), _) => {
                     return Err(attnc_error(
                         py,
-                        code::DEVICE,
-                        "CUDA tensors are not supported by this build of the attnc package yet",
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "q has dtype {} on cuda; attnc's CUDA backend takes bfloat16 or float16 (convert with .bfloat16())",
+                            q.torch_dtype
+                        ),
                     ));
                 }
             };
@@ -384,18 +524,33 @@ impl Attention {
             check_buffer(py, &v, &[s.b, s.hkv, s.lkv, s.dv], dtype, device)?;
             check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
             check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
-            let outputs = [(o.ptr, s.o_len()), (lse.ptr, s.lse_len())];
-            for (ptr, len) in outputs {
+            let outputs = [(&o, dtype.size()), (&lse, 4)];
+            for (out, size) in outputs {
                 for t in [&q, &k, &v] {
-                    let (a, b) = (t.ptr, t.ptr + t.numel() * 4);
-                    if len > 0 && t.numel() > 0 && ptr < b && a < ptr + len * 4 {
+                    let (a, b) = (t.ptr, t.ptr + t.numel() * dtype.size());
+                    let (c, d) = (out.ptr, out.ptr + out.numel() * size);
+                    if out.numel() > 0 && t.numel() > 0 && c < b && a < d {
                         return Err(attnc_error(
                             py,
                             code::INPUT_SHAPE,
-                            &format!("an output buffer overlaps `{}`", t.name),
+                            &format!("output `{}` overlaps `{}`", out.name, t.name),
                         ));
                     }
                 }
+            }
+            let scale_bits = scale.map(|x| (x as f32).to_bits());
+            if let Device::Cuda(index) = device {
+                return self.forward_cuda(
+                    py,
+                    index,
+                    shape,
+                    dtype,
+                    scale_bits,
+                    [&q, &k, &v, &o, &lse],
+                    &tensors,
+                    &params,
+                    stream,
+                );
             }
             let caps = self.captures(py, &tensors, &params)?;
             let key = BindKey {
@@ -403,7 +558,7 @@ impl Attention {
                 device,
                 shape,
                 dtype,
-                scale: scale.map(|x| (x as f32).to_bits()),
+                scale: scale_bits,
                 threads,
             };
             let bufs = Buffers {

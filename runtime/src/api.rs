@@ -483,7 +483,42 @@ pub(crate) fn bind_captures(
     captures: &Captures,
 ) -> Result<Bindings> {
     let p = &variant.program;
-    for name in captures.tensors.keys().chain(captures.params.keys()) {
+    check_names(
+        variant,
+        captures.tensors.keys().chain(captures.params.keys()),
+    )?;
+    let params = bind_params(variant, &captures.params)?;
+    let mut tensors = Vec::new();
+    let mut symbols: HashMap<&str, usize> = HashMap::new();
+    for info in &p.tensors {
+        let t = captures.tensors.get(&info.name);
+        check_tensor(
+            variant,
+            shape,
+            info,
+            t.map(|t| (t.dtype(), t.shape())),
+            &mut symbols,
+        )?;
+        let t = t.expect("checked: present");
+        let data = match info.elem.read_type() {
+            Type::I32 => TensorData::I32(t.to_i32()),
+            _ => TensorData::F32(t.to_f32()),
+        };
+        tensors.push(BoundTensor {
+            dims: t.shape().to_vec(),
+            data,
+        });
+    }
+    Ok(Bindings { params, tensors })
+}
+
+/// Every name given is a declared tensor or param (E0311 otherwise, likely a typo).
+pub(crate) fn check_names<'a>(
+    variant: &Variant,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    let p = &variant.program;
+    for name in names {
         if p.tensor(name).is_none() && p.param(name).is_none() {
             let mut declared: Vec<&str> = p
                 .tensors
@@ -503,9 +538,19 @@ pub(crate) fn bind_captures(
             });
         }
     }
+    Ok(())
+}
+
+/// The params in declaration order, each given with its declared type (an int is taken
+/// for an f32 param): E0301 missing, E0302 wrong type.
+pub(crate) fn bind_params(
+    variant: &Variant,
+    given: &HashMap<String, ParamValue>,
+) -> Result<Vec<Scalar>> {
+    let p = &variant.program;
     let mut params = Vec::new();
     for info in &p.params {
-        let Some(v) = captures.params.get(&info.name) else {
+        let Some(v) = given.get(&info.name) else {
             return Err(Error::Capture {
                 name: info.name.clone(),
                 message: format!(
@@ -545,104 +590,102 @@ pub(crate) fn bind_captures(
         };
         params.push(s);
     }
-    let mut tensors = Vec::new();
-    let mut symbols: HashMap<&str, usize> = HashMap::new();
-    for info in &p.tensors {
-        let decl_dims: Vec<String> = info.dims.iter().map(|d| d.to_string()).collect();
-        let decl = format!("{}[{}]", info.elem.name(), decl_dims.join(", "));
-        let Some(t) = captures.tensors.get(&info.name) else {
-            return Err(Error::Capture {
-                name: info.name.clone(),
-                message: format!(
-                    "tensor `{}` ({decl}) of attention `{}` was not given",
-                    info.name, p.name
-                ),
-                rendered: variant.render_at(
-                    info.span,
-                    "E0303",
-                    &format!("missing captured tensor `{}`", info.name),
-                    "declared here",
-                    Some("pass it in Captures::tensors (CLI: a tensor of this name in --inputs)"),
-                ),
-            });
-        };
-        let want = elem_dtype(info.elem);
-        if t.dtype() != want {
-            return Err(Error::Capture {
-                name: info.name.clone(),
-                message: format!(
-                    "tensor `{}` has dtype {}, but is declared {decl}",
-                    info.name,
-                    t.dtype()
-                ),
-                rendered: variant.render_at(
-                    info.span,
-                    "E0304",
-                    &format!("wrong dtype for tensor `{}`", info.name),
-                    &format!("declared {} here", info.elem.name()),
-                    Some(&format!(
-                        "convert it to {} on the host, or change the declaration to `{}`",
-                        want,
-                        t.dtype()
-                    )),
-                ),
-            });
-        }
-        let mismatch = |detail: String| Error::Capture {
+    Ok(params)
+}
+
+/// A captured tensor given as `(dtype, dims)` (`None`: not given) against its
+/// declaration: E0303 missing, E0304 wrong dtype, E0305 wrong rank or dimension. A
+/// symbolic dimension takes the first size seen for it (`symbols`).
+pub(crate) fn check_tensor<'a>(
+    variant: &Variant,
+    shape: &Shape,
+    info: &'a attnc_compiler::ir::TensorInfo,
+    given: Option<(DType, &[usize])>,
+    symbols: &mut HashMap<&'a str, usize>,
+) -> Result<()> {
+    let p = &variant.program;
+    let decl_dims: Vec<String> = info.dims.iter().map(|d| d.to_string()).collect();
+    let decl = format!("{}[{}]", info.elem.name(), decl_dims.join(", "));
+    let Some((dtype, dims)) = given else {
+        return Err(Error::Capture {
             name: info.name.clone(),
             message: format!(
-                "tensor `{}` has shape {:?}, but is declared {decl}: {detail}",
-                info.name,
-                t.shape()
+                "tensor `{}` ({decl}) of attention `{}` was not given",
+                info.name, p.name
             ),
             rendered: variant.render_at(
                 info.span,
-                "E0305",
-                &format!("wrong shape for tensor `{}`", info.name),
+                "E0303",
+                &format!("missing captured tensor `{}`", info.name),
                 "declared here",
-                None,
+                Some("pass it in Captures::tensors (CLI: a tensor of this name in --inputs)"),
             ),
-        };
-        if t.shape().len() != info.dims.len() {
-            return Err(mismatch(format!(
-                "rank {} instead of {}",
-                t.shape().len(),
-                info.dims.len()
-            )));
-        }
-        for (i, (d, got)) in info.dims.iter().zip(t.shape()).enumerate() {
-            let expect = match d {
-                DimSpec::B => Some(shape.b),
-                DimSpec::H => Some(shape.hq),
-                DimSpec::Q => Some(shape.lq),
-                DimSpec::Kv => Some(shape.lkv),
-                DimSpec::Fixed(n) => Some(*n),
-                DimSpec::Symbol(s) => match symbols.get(s.as_str()) {
-                    Some(n) => Some(*n),
-                    None => {
-                        symbols.insert(s, *got);
-                        None
-                    }
-                },
-            };
-            if let Some(e) = expect
-                && e != *got
-            {
-                return Err(mismatch(format!(
-                    "dimension {i} (`{d}`) is {got}, expected {e}"
-                )));
-            }
-        }
-        let data = match info.elem.read_type() {
-            Type::I32 => TensorData::I32(t.to_i32()),
-            _ => TensorData::F32(t.to_f32()),
-        };
-        tensors.push(BoundTensor {
-            dims: t.shape().to_vec(),
-            data,
+        });
+    };
+    let want = elem_dtype(info.elem);
+    if dtype != want {
+        return Err(Error::Capture {
+            name: info.name.clone(),
+            message: format!(
+                "tensor `{}` has dtype {dtype}, but is declared {decl}",
+                info.name,
+            ),
+            rendered: variant.render_at(
+                info.span,
+                "E0304",
+                &format!("wrong dtype for tensor `{}`", info.name),
+                &format!("declared {} here", info.elem.name()),
+                Some(&format!(
+                    "convert it to {want} on the host, or change the declaration to `{dtype}`",
+                )),
+            ),
         });
     }
-    Ok(Bindings { params, tensors })
+    let mismatch = |detail: String| Error::Capture {
+        name: info.name.clone(),
+        message: format!(
+            "tensor `{}` has shape {dims:?}, but is declared {decl}: {detail}",
+            info.name,
+        ),
+        rendered: variant.render_at(
+            info.span,
+            "E0305",
+            &format!("wrong shape for tensor `{}`", info.name),
+            "declared here",
+            None,
+        ),
+    };
+    if dims.len() != info.dims.len() {
+        return Err(mismatch(format!(
+            "rank {} instead of {}",
+            dims.len(),
+            info.dims.len()
+        )));
+    }
+    for (i, (d, got)) in info.dims.iter().zip(dims).enumerate() {
+        let expect = match d {
+            DimSpec::B => Some(shape.b),
+            DimSpec::H => Some(shape.hq),
+            DimSpec::Q => Some(shape.lq),
+            DimSpec::Kv => Some(shape.lkv),
+            DimSpec::Fixed(n) => Some(*n),
+            DimSpec::Symbol(s) => match symbols.get(s.as_str()) {
+                Some(n) => Some(*n),
+                None => {
+                    symbols.insert(s, *got);
+                    None
+                }
+            },
+        };
+        if let Some(e) = expect
+            && e != *got
+        {
+            return Err(mismatch(format!(
+                "dimension {i} (`{d}`) is {got}, expected {e}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Renders an out-of-range read reported by a backend.

@@ -8,9 +8,14 @@
 //!
 //! [`Tensor`]: crate::Tensor
 
-use crate::api::{Backend, Bound, Captures};
+use crate::api::{Backend, Bound, Captures, ParamValue, Variant};
+use crate::api::{bind_params, check_names, check_tensor};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
+use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
+use attnc_compiler::ir::Type;
+use attnc_compiler::shape::Shape;
+use std::collections::HashMap;
 
 impl Bound {
     /// CPU backend, f32: runs attention on the caller's `q`, `k`, `v` and writes `o`
@@ -67,6 +72,194 @@ impl Bound {
     }
 }
 
+/// Device pointers of one CUDA call's q, k, v (the binding's bf16/f16), o (same dtype)
+/// and lse (f32), all contiguous in the layouts of `attnc_compiler::shape`.
+pub use crate::exec::cuda::caller::CallerBuffers as DeviceBuffers;
+
+/// A captured tensor in device memory, contiguous. `dtype` and `dims` are the caller's
+/// tensor's (checked against the declaration as `Bound::forward` checks host tensors:
+/// E0303-E0305); `ptr` points at its elements in the type the kernels read: i32 words
+/// for integer tensors (an i64 tensor converted by the caller, wrapping as
+/// `Tensor::to_i32`), f32 words for float ones (f16/bf16 converted). The Python package
+/// converts on the device with torch.
+#[derive(Clone, Debug)]
+pub struct DeviceTensor {
+    pub ptr: u64,
+    pub dims: Vec<usize>,
+    pub dtype: DType,
+}
+
+/// Alignment the kernels need of q, k, v, o and lse (16-byte vector loads and stores).
+pub const DEVICE_ALIGN: u64 = 16;
+
+impl Bound {
+    /// CUDA backend: enqueues attention on the caller's device buffers on the caller's
+    /// stream (`stream`: a `CUstream` of the device's primary context, e.g. torch's
+    /// `current_stream().cuda_stream`; 0 is the legacy default stream); writes `o` and
+    /// `lse`. No synchronization, no host round trip, and after the first call on a
+    /// stream no allocation (see `exec::cuda::caller`). Captures: `tensors` (device
+    /// pointers, checked against the declarations like `forward`'s) and `params`.
+    /// Pointers are checked for null and alignment (16 bytes for q/k/v/o/lse, 4 for
+    /// tensors) and, outside a CUDA graph capture, with the driver: device memory of
+    /// this binding's device (ordinal 0). Checked mode is refused (its error words are
+    /// read back after a synchronization).
+    ///
+    /// # Safety
+    /// The pointers must be live device allocations of the primary context of device 0
+    /// holding the bound shape in the binding's dtype (tensors: the product of `dims`
+    /// words), `o`/`lse` overlapping no input and written by no one else until the
+    /// stream has run the call, and `stream` must stay alive while this binding exists.
+    pub unsafe fn forward_cuda_into(
+        &mut self,
+        bufs: &DeviceBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        stream: u64,
+    ) -> Result<()> {
+        let opts = self.options();
+        if opts.backend != Backend::Cuda {
+            return Err(Error::Usage(format!(
+                "forward_cuda_into runs CUDA bindings; this one is bound to the {} backend",
+                opts.backend.name()
+            )));
+        }
+        let shape = opts.shape;
+        let dtype = opts.dtype;
+        let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
+        check_pointers(&shape, dtype, bufs, tensors)?;
+        let live: Vec<(&str, u64)> = named_buffers(&shape, dtype, bufs, tensors)
+            .into_iter()
+            .filter(|b| b.2 > 0)
+            .map(|b| (b.0, b.1))
+            .collect();
+        crate::exec::cuda::caller::check_device_pointers(stream, &live)
+            .map_err(|e| self.variant().render(e))?;
+        let scale = self.scale();
+        let (exec, plan, variant, opts) = self.parts_mut();
+        let Some(cuda) = exec.cuda_mut() else {
+            return Err(Error::Usage("this binding does not run on CUDA".into()));
+        };
+        // SAFETY: forwarded from the caller (see above).
+        unsafe { cuda.forward_caller(plan, opts, scale, bufs, &ptrs, &bindings, stream) }
+            .map_err(|e| variant.render(e))
+    }
+}
+
+/// The named device buffers of a call with their byte lengths and alignment, in the
+/// order q, k, v, o, lse, then the captured tensors.
+fn named_buffers<'a>(
+    shape: &Shape,
+    dtype: DType,
+    bufs: &DeviceBuffers,
+    tensors: &'a HashMap<String, DeviceTensor>,
+) -> Vec<(&'a str, u64, usize, u64)> {
+    let e = dtype.size();
+    let mut out = vec![
+        ("q", bufs.q, shape.q_len() * e, DEVICE_ALIGN),
+        ("k", bufs.k, shape.k_len() * e, DEVICE_ALIGN),
+        ("v", bufs.v, shape.v_len() * e, DEVICE_ALIGN),
+        ("o", bufs.o, shape.o_len() * e, DEVICE_ALIGN),
+        ("lse", bufs.lse, shape.lse_len() * 4, DEVICE_ALIGN),
+    ];
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for n in names {
+        let t = &tensors[n];
+        out.push((n.as_str(), t.ptr, t.dims.iter().product::<usize>() * 4, 4));
+    }
+    out
+}
+
+/// Null pointers, misaligned pointers, address wrap and outputs overlapping inputs are
+/// errors naming the buffer; empty buffers are not read (any pointer). With a device,
+/// each non-empty pointer must also be device memory of device 0 (`cuPointerGetAttribute`,
+/// skipped while the stream captures a graph; see `exec::cuda::caller`).
+fn check_pointers(
+    shape: &Shape,
+    dtype: DType,
+    bufs: &DeviceBuffers,
+    tensors: &HashMap<String, DeviceTensor>,
+) -> Result<()> {
+    let all = named_buffers(shape, dtype, bufs, tensors);
+    for &(name, ptr, len, align) in &all {
+        if len == 0 {
+            continue;
+        }
+        if ptr == 0 {
+            return Err(Error::Usage(format!(
+                "device buffer `{name}` is a null pointer"
+            )));
+        }
+        if ptr % align != 0 {
+            return Err(Error::Usage(format!(
+                "device buffer `{name}` at {ptr:#x} is not {align}-byte aligned (the kernels use {align}-byte accesses; copy it into a fresh tensor)"
+            )));
+        }
+        if ptr.checked_add(len as u64).is_none() {
+            return Err(Error::Usage(format!(
+                "device buffer `{name}` at {ptr:#x} of {len} bytes wraps the address space"
+            )));
+        }
+    }
+    let overlaps = |a: u64, al: usize, b: u64, bl: usize| {
+        al > 0 && bl > 0 && a < b + bl as u64 && b < a + al as u64
+    };
+    for &(out, optr, olen, _) in &all[3..5] {
+        for &(inp, iptr, ilen, _) in all.iter().filter(|x| x.0 != out) {
+            if overlaps(optr, olen, iptr, ilen) {
+                return Err(Error::Usage(format!(
+                    "output buffer `{out}` overlaps `{inp}`"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks device captures and params against the program's declarations (as
+/// `api::bind_captures` does for host tensors, with the same diagnostics) and returns the
+/// bindings (params; tensors' dims without data) and the tensors' pointers in
+/// declaration order.
+fn device_bindings(
+    variant: &Variant,
+    shape: &Shape,
+    tensors: &HashMap<String, DeviceTensor>,
+    params: &HashMap<String, ParamValue>,
+) -> Result<(Bindings, Vec<u64>)> {
+    let p = variant.program();
+    check_names(variant, tensors.keys().chain(params.keys()))?;
+    let params = bind_params(variant, params)?;
+    let mut symbols = HashMap::new();
+    let mut bound = Vec::new();
+    let mut ptrs = Vec::new();
+    for info in &p.tensors {
+        let t = tensors.get(&info.name);
+        check_tensor(
+            variant,
+            shape,
+            info,
+            t.map(|t| (t.dtype, t.dims.as_slice())),
+            &mut symbols,
+        )?;
+        let t = t.expect("checked: present");
+        bound.push(BoundTensor {
+            dims: t.dims.clone(),
+            data: match info.elem.read_type() {
+                Type::I32 => TensorData::I32(Vec::new()),
+                _ => TensorData::F32(Vec::new()),
+            },
+        });
+        ptrs.push(t.ptr);
+    }
+    Ok((
+        Bindings {
+            params,
+            tensors: bound,
+        },
+        ptrs,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Shape, Tensor};
@@ -119,5 +312,165 @@ mod tests {
         // a wrong length is an error, not an out-of-bounds access
         let err = bound.forward_f32_into(&q[1..], &k, &v, &caps, &mut o, &mut lse);
         assert!(err.is_err());
+    }
+}
+
+/// The CUDA entry point's checks that need no device: captures and params against the
+/// declarations (same codes as the host path), pointers.
+#[cfg(test)]
+mod device_tests {
+    use super::{DeviceBuffers, DeviceTensor, check_pointers, device_bindings};
+    use crate::{Compiled, DType, Error, ParamValue, Shape};
+    use attnc_compiler::interp::TensorData;
+    use std::collections::HashMap;
+
+    const SRC: &str = "tensor doc: i64[B, KV];\ntensor bias: bf16[H, T];\nparam window: i32;\nparam slope: f32;\nmask m(b, h, q, kv) { q >= kv && q - kv < window && doc[b, q] == doc[b, kv] }\nscore s(s, b, h, q, kv) { s + slope * bias[h, 0] as f32 }\nattention a { mask = m; score = s; }";
+
+    fn shape() -> Shape {
+        Shape {
+            b: 2,
+            hq: 4,
+            hkv: 2,
+            lq: 33,
+            lkv: 33,
+            d: 64,
+            dv: 64,
+        }
+    }
+
+    fn code(e: &Error) -> String {
+        match e {
+            Error::Capture { rendered, .. } => rendered.clone(),
+            Error::UnknownCapture { name, .. } => format!("E0311 {name}"),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn captures_checked_like_host_tensors() {
+        let c = Compiled::from_source("t.attn", SRC).unwrap();
+        let v = c.attention("a").unwrap();
+        let s = shape();
+        let t = |ptr, dims: Vec<usize>, dtype| DeviceTensor { ptr, dims, dtype };
+        let good = || {
+            HashMap::from([
+                ("doc".to_string(), t(0x1000, vec![2, 33], DType::I64)),
+                ("bias".to_string(), t(0x2000, vec![4, 7], DType::BF16)),
+            ])
+        };
+        let params = HashMap::from([
+            ("window".to_string(), ParamValue::I32(5)),
+            ("slope".to_string(), ParamValue::I32(2)),
+        ]);
+        let (b, ptrs) = device_bindings(&v, &s, &good(), &params).unwrap();
+        // declaration order; the kernels' read types (i64 -> i32 words, bf16 -> f32)
+        assert_eq!(ptrs, vec![0x1000, 0x2000]);
+        assert_eq!(b.tensors[0].dims, vec![2, 33]);
+        assert!(matches!(b.tensors[0].data, TensorData::I32(_)));
+        assert!(matches!(b.tensors[1].data, TensorData::F32(_)));
+        assert_eq!(b.params.len(), 2);
+        // every error of the host path, naming the capture
+        let mut missing = good();
+        missing.remove("doc");
+        let e = device_bindings(&v, &s, &missing, &params).unwrap_err();
+        assert!(
+            code(&e).contains("E0303") && code(&e).contains("doc"),
+            "{e}"
+        );
+        let mut wrong = good();
+        wrong.get_mut("doc").unwrap().dtype = DType::I32;
+        let e = device_bindings(&v, &s, &wrong, &params).unwrap_err();
+        assert!(code(&e).contains("E0304"), "{}", code(&e));
+        let mut wrong = good();
+        wrong.get_mut("doc").unwrap().dims = vec![2, 32];
+        let e = device_bindings(&v, &s, &wrong, &params).unwrap_err();
+        assert!(
+            code(&e).contains("E0305") && e.to_string().contains("doc"),
+            "{e}"
+        );
+        let mut extra = good();
+        extra.insert("dok".into(), t(0x3000, vec![1], DType::I32));
+        let e = device_bindings(&v, &s, &extra, &params).unwrap_err();
+        assert_eq!(code(&e), "E0311 dok");
+        let mut p2 = params.clone();
+        p2.remove("window");
+        let e = device_bindings(&v, &s, &good(), &p2).unwrap_err();
+        assert!(code(&e).contains("E0301"), "{}", code(&e));
+        p2.insert("window".into(), ParamValue::F32(1.0));
+        let e = device_bindings(&v, &s, &good(), &p2).unwrap_err();
+        assert!(code(&e).contains("E0302"), "{}", code(&e));
+    }
+
+    #[test]
+    fn pointers_null_misaligned_or_overlapping_are_named() {
+        let s = shape();
+        let mb = 1u64 << 20;
+        let bufs = DeviceBuffers {
+            q: mb,
+            k: 2 * mb,
+            v: 3 * mb,
+            o: 4 * mb,
+            lse: 5 * mb,
+        };
+        let caps = HashMap::from([(
+            "doc".to_string(),
+            DeviceTensor {
+                ptr: 6 * mb,
+                dims: vec![2, 33],
+                dtype: DType::I32,
+            },
+        )]);
+        check_pointers(&s, DType::BF16, &bufs, &caps).unwrap();
+        let err = |b: DeviceBuffers, c: &HashMap<String, DeviceTensor>| {
+            check_pointers(&s, DType::BF16, &b, c)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(DeviceBuffers { k: 0, ..bufs }, &caps);
+        assert!(e.contains("`k`") && e.contains("null"), "{e}");
+        let e = err(
+            DeviceBuffers {
+                v: 3 * mb + 8,
+                ..bufs
+            },
+            &caps,
+        );
+        assert!(e.contains("`v`") && e.contains("aligned"), "{e}");
+        let e = err(
+            DeviceBuffers {
+                lse: 4 * mb + 64,
+                ..bufs
+            },
+            &caps,
+        );
+        assert!(e.contains("`o` overlaps `lse`"), "{e}");
+        let e = err(DeviceBuffers { o: mb + 16, ..bufs }, &caps);
+        assert!(e.contains("`o` overlaps `q`"), "{e}");
+        let mut c2 = caps.clone();
+        c2.get_mut("doc").unwrap().ptr = 6 * mb + 2;
+        let e = err(bufs, &c2);
+        assert!(e.contains("`doc`") && e.contains("4-byte"), "{e}");
+        let e = err(
+            DeviceBuffers {
+                q: u64::MAX - 15,
+                ..bufs
+            },
+            &caps,
+        );
+        assert!(e.contains("`q`") && e.contains("wraps"), "{e}");
+        // an empty buffer is never read: any pointer
+        let empty = Shape { lq: 0, ..s };
+        check_pointers(
+            &empty,
+            DType::BF16,
+            &DeviceBuffers {
+                o: 0,
+                lse: 0,
+                q: 0,
+                ..bufs
+            },
+            &caps,
+        )
+        .unwrap();
     }
 }

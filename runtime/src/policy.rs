@@ -73,7 +73,8 @@ pub(crate) struct TableKey {
     tensors: Vec<(Vec<usize>, Vec<u32>)>,
 }
 
-fn scalar_bits(x: &Scalar) -> u32 {
+/// The 32-bit word of a param as the kernels read it (also the params buffer's words).
+pub(crate) fn scalar_bits(x: &Scalar) -> u32 {
     match x {
         Scalar::Bool(b) => *b as u32,
         Scalar::I32(v) => *v as u32,

@@ -1,4 +1,5 @@
-//! A GPU: its context, the one stream every launch goes on, uploads and event timing.
+//! A GPU: its context, the one stream every launch goes on, uploads and event timing;
+//! or the same context on a stream another library owns ([`CudaDevice::with_borrowed_stream`]).
 //!
 //! In: a device ordinal. Out: a [`CudaDevice`] (or a clean [`CudaError`] without a
 //! driver or device), device buffers from host data, milliseconds per launch.
@@ -44,6 +45,26 @@ impl CudaDevice {
             name,
             capability,
         })
+    }
+    /// The same device and context, launching on `stream`, a stream of this context that
+    /// another library owns (e.g. torch's current stream, as `cudaStream_t` bits).
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this device's primary context, kept alive by its
+    /// owner while the returned device (or a buffer allocated through it) is used.
+    pub unsafe fn with_borrowed_stream(&self, stream: u64) -> CudaDevice {
+        // SAFETY: forwarded from the caller.
+        let stream = unsafe {
+            self.ctx
+                .wrap_borrowed_stream(stream as cudarc::driver::sys::CUstream)
+        };
+        CudaDevice {
+            ctx: self.ctx.clone(),
+            stream,
+            arch: self.arch,
+            name: self.name.clone(),
+            capability: self.capability,
+        }
     }
     pub fn arch(&self) -> Arch {
         self.arch

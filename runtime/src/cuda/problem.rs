@@ -450,35 +450,7 @@ impl DeviceProblem {
         builder: &KernelSpec,
         skip: Option<&[Bound]>,
     ) -> Result<LaunchArgs, CudaError> {
-        let mut a = LaunchArgs::new();
-        let Some(cf) = &builder.table_skip else {
-            return Ok(a);
-        };
-        let offsets = match skip {
-            None => {
-                a.i32(KernelParam::KvAllPartial, 1);
-                vec![0; cf.constraints.len()]
-            }
-            Some(b) => {
-                let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
-                let want: Vec<(i128, i128)> = cf
-                    .constraints
-                    .iter()
-                    .map(|c| (c.expr.q as i128, c.expr.kv as i128))
-                    .collect();
-                if got != want {
-                    return Err(CudaError::Mismatch(format!(
-                        "block-table skip bounds with coefficients {got:?}, the builder was built for {want:?}"
-                    )));
-                }
-                a.i32(KernelParam::KvAllPartial, 0);
-                kernel_offsets(b)
-            }
-        };
-        for (i, k) in offsets.into_iter().enumerate() {
-            a.i64(KernelParam::KvOffset(i as u32), k);
-        }
-        Ok(a)
+        builder_skip_args(builder, skip)
     }
 
     /// The block table of this problem when it is built on the device, to keep for later
@@ -553,4 +525,41 @@ impl DeviceProblem {
         )
         .ok_or_else(|| CudaError::Mismatch("the device block table is malformed".into()))
     }
+}
+
+/// The `KvOffset` / `KvAllPartial` values of a block-table builder launch for the skip
+/// bounds `skip` ([`DeviceProblem::skip_args`]; also the caller-stream path's).
+pub(crate) fn builder_skip_args(
+    builder: &KernelSpec,
+    skip: Option<&[Bound]>,
+) -> Result<LaunchArgs, CudaError> {
+    let mut a = LaunchArgs::new();
+    let Some(cf) = &builder.table_skip else {
+        return Ok(a);
+    };
+    let offsets = match skip {
+        None => {
+            a.i32(KernelParam::KvAllPartial, 1);
+            vec![0; cf.constraints.len()]
+        }
+        Some(b) => {
+            let got: Vec<(i128, i128)> = b.iter().map(|b| (b.a_q, b.a_kv)).collect();
+            let want: Vec<(i128, i128)> = cf
+                .constraints
+                .iter()
+                .map(|c| (c.expr.q as i128, c.expr.kv as i128))
+                .collect();
+            if got != want {
+                return Err(CudaError::Mismatch(format!(
+                    "block-table skip bounds with coefficients {got:?}, the builder was built for {want:?}"
+                )));
+            }
+            a.i32(KernelParam::KvAllPartial, 0);
+            kernel_offsets(b)
+        }
+    };
+    for (i, k) in offsets.into_iter().enumerate() {
+        a.i64(KernelParam::KvOffset(i as u32), k);
+    }
+    Ok(a)
 }

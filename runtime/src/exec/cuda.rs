@@ -10,7 +10,10 @@
 //! (`Plan::closed_form_bounds`; every block partial when the mask's i32 arithmetic may
 //! wrap); else host block maps (`policy::maps_for`, kept when the shape fixes them).
 //! Each call takes the JIT module current at its start and releases retired ones after
-//! it has synchronized.
+//! it has synchronized. Calls on caller-owned device memory and the caller's stream
+//! (no upload, download or synchronization) are [`caller`]'s.
+
+pub(crate) mod caller;
 
 use super::{ExecError, ExecResult};
 use crate::cache::DiskCache;
@@ -120,6 +123,8 @@ pub(crate) struct CudaExec {
     kept: Option<Box<KeptTable>>,
     /// `(built, reused)`: forwards that ran the block-table kernel / reused a kept table.
     table_counts: (u64, u64),
+    /// Calls on caller-owned buffers: what each caller stream keeps ([`caller`]).
+    caller: caller::CallerStates,
 }
 
 fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
@@ -180,6 +185,7 @@ impl CudaExec {
             table,
             kept: None,
             table_counts: (0, 0),
+            caller: Default::default(),
         })
     }
 

@@ -1,0 +1,483 @@
+//! CUDA forward over caller-owned device memory on the caller's stream:
+//! [`CudaExec::forward_caller`], behind `Bound::forward_cuda_into` (module `external`),
+//! the Python package's CUDA path.
+//!
+//! In: device pointers of q, k, v (bf16/f16, the binding's dtype), o (same dtype) and lse
+//! (f32) allocated by the caller, captured tensors as device pointers to i32/f32 words
+//! (contiguous) with their dims, the params, and a raw `CUstream` of the device's primary
+//! context (torch's current stream: cudarc's context is the primary context, which the
+//! CUDA runtime, hence torch, uses too, so torch's pointers are valid here).
+//! Out: the launches enqueued on that stream and nothing else: no host round trip, no
+//! synchronization, and no allocation once a stream has served the binding (so a
+//! warmed-up call can be captured into a CUDA graph).
+//!
+//! Per stream a binding keeps a [`StreamState`], allocated on that stream: the params
+//! words (rewritten on the device with `cuMemsetD32Async`, in stream order, where they
+//! changed; see [`ParamWords`] for graph capture), the checked-mode error words (checked
+//! mode is refused here: reading them needs a synchronization), one zero word (what an
+//! empty captured tensor reads), and the kv source's buffers: a block table rebuilt every
+//! call by the block-table kernel from the device tensors (masks over captured tensors;
+//! unlike the host path, no table is kept between calls, since comparing what the mask
+//! reads would need the tensors on the host), or host block maps uploaded once per shape
+//! (masks over indices) or when the params change (masks over params). Closed-form
+//! kernels get their offsets as launch arguments. A mask over captured tensors whose
+//! table cannot be built on the device is an error here (its host maps would need the
+//! tensors' data on the host).
+//!
+//! While the stream is capturing a CUDA graph, nothing is allocated or uploaded (a call
+//! that would need to is an error asking for a warm-up call first), every params word is
+//! written (the graph replays the writes), and table buffers a graph may read are kept
+//! alive as long as the stream state.
+
+use super::{CudaExec, gpu};
+use crate::cuda::problem::builder_skip_args;
+use crate::cuda::{Arg, CudaDevice, CudaError, DeviceTable, LaunchArgs};
+use crate::exec::ExecResult;
+use crate::options::BindOptions;
+use crate::policy;
+use attnc_compiler::backend::llvm::bounds::kernel_offsets;
+use attnc_compiler::backend::llvm::{GridDim, KernelParam as P, KvBounds};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::plan::{MapRecipe, Plan};
+use attnc_compiler::shape::Shape;
+use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::CUstreamCaptureStatus;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Device pointers of one call's q, k, v, o and lse.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerBuffers {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub lse: u64,
+}
+
+/// A block table on the device: (one (begin, end) pair per row, runs as u32 triples).
+type TableBufs = (CudaSlice<u32>, CudaSlice<u32>);
+
+/// What the params buffer of a stream holds, as enqueued on the stream: which words a
+/// call must write.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ParamWords {
+    words: Vec<u32>,
+    /// Set once a graph captured writes of this buffer: a replay may write it at any
+    /// later point, so what it holds is never known again and every call writes all.
+    unknown: bool,
+}
+
+impl ParamWords {
+    /// A buffer of `n` zero words.
+    pub(crate) fn new(n: usize) -> Self {
+        ParamWords {
+            words: vec![0; n],
+            unknown: false,
+        }
+    }
+    /// The `(index, word)` writes a call with `new` must enqueue: the changed words, or
+    /// every word while capturing (the graph must hold the writes) and after a capture.
+    pub(crate) fn writes(&mut self, new: &[u32], capturing: bool) -> Vec<(usize, u32)> {
+        debug_assert_eq!(new.len(), self.words.len());
+        if capturing {
+            self.unknown = true;
+        }
+        let all = self.unknown;
+        let out = new
+            .iter()
+            .zip(&self.words)
+            .enumerate()
+            .filter(|(_, (n, o))| all || n != o)
+            .map(|(i, (n, _))| (i, *n))
+            .collect();
+        self.words.copy_from_slice(new);
+        out
+    }
+}
+
+/// What a binding keeps per caller stream.
+pub(crate) struct StreamState {
+    dev: CudaDevice,
+    params: CudaSlice<u32>,
+    words: ParamWords,
+    err: CudaSlice<u32>,
+    /// One zero word: what an empty captured tensor reads.
+    zero: CudaSlice<u32>,
+    /// The kv source's buffers and what they were made for.
+    table: Option<StreamTable>,
+    /// Table buffers a captured graph may read (kept while this state lives).
+    pinned: Vec<Arc<TableBufs>>,
+}
+
+/// A stream's block-table buffers.
+struct StreamTable {
+    source: TableSource,
+    bufs: Arc<TableBufs>,
+    /// (map b stride, map h stride).
+    strides: (i32, i32),
+    /// The geometry of a table the block-table kernel fills.
+    device: Option<DeviceTable>,
+}
+
+/// What a stream's table buffers hold.
+#[derive(Clone, Debug, PartialEq)]
+enum TableSource {
+    /// Filled by the block-table kernel each call (a shape's capacity).
+    Device(Shape),
+    /// Host block maps for a shape (and these params words, for masks over params).
+    Host(Shape, Vec<u32>),
+}
+
+/// Per-stream states of a binding.
+#[derive(Default)]
+pub(crate) struct CallerStates(HashMap<u64, StreamState>);
+
+fn words(bind: &Bindings) -> Vec<u32> {
+    bind.params.iter().map(policy::scalar_bits).collect()
+}
+
+/// The error of a call that would allocate or upload while its stream captures a graph.
+fn needs_warmup(what: &str) -> CudaError {
+    CudaError::Mismatch(format!(
+        "this call needs to {what} on its stream, which is capturing a CUDA graph: run the same call once outside the capture first (warm-up)"
+    ))
+}
+
+/// Whether `stream` is capturing a CUDA graph.
+fn capturing(dev: &CudaDevice, stream: u64) -> Result<bool, CudaError> {
+    dev.ctx.bind_to_thread()?;
+    let mut status = CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: `stream` is a live stream of this context (the caller of `forward_caller`
+    // vouches for it); the driver writes one enum value into `status`.
+    unsafe {
+        cudarc::driver::sys::cuStreamIsCapturing(
+            stream as cudarc::driver::sys::CUstream,
+            &mut status,
+        )
+    }
+    .result()?;
+    Ok(status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// Each `(name, pointer)` is device memory of the process's device (ordinal 0), asked
+/// of the driver (`cuPointerGetAttribute`: a host-side query, no synchronization);
+/// skipped while `stream` captures a graph (a capture admits only stream work).
+pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecResult<()> {
+    let g = gpu()?;
+    if capturing(&g.device, stream)? {
+        return Ok(());
+    }
+    for &(name, ptr) in bufs {
+        let mut ordinal: i32 = -1;
+        // SAFETY: the driver writes one i32 (the attribute's documented type) into
+        // `ordinal`; any `ptr` value may be asked about (an unknown one is an error).
+        let r = unsafe {
+            cudarc::driver::sys::cuPointerGetAttribute(
+                (&mut ordinal as *mut i32).cast(),
+                cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            )
+        };
+        if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(CudaError::Mismatch(format!(
+                "`{name}` ({ptr:#x}) is not CUDA device memory of this process ({r:?})"
+            ))
+            .into());
+        }
+        if ordinal != 0 {
+            return Err(CudaError::Mismatch(format!(
+                "`{name}` is memory of CUDA device {ordinal}; attnc's CUDA backend runs on device 0 (the first visible device)"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+impl StreamState {
+    fn new(dev: CudaDevice, n_params: usize) -> Result<Self, CudaError> {
+        Ok(StreamState {
+            params: dev.zeros(n_params)?,
+            words: ParamWords::new(n_params),
+            err: dev.zeros(8)?,
+            zero: dev.zeros(1)?,
+            table: None,
+            pinned: Vec::new(),
+            dev,
+        })
+    }
+
+    /// Enqueues the params writes this call needs (see [`ParamWords::writes`]).
+    fn set_params(&mut self, w: &[u32], capturing: bool) -> Result<(), CudaError> {
+        use cudarc::driver::DevicePtr;
+        let writes = self.words.writes(w, capturing);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (base, _guard) = self.params.device_ptr(&self.dev.stream);
+        for (i, word) in writes {
+            // SAFETY: `params` holds `max(1, n_params)` u32s (allocated for the binding's
+            // params; `ParamWords` has one word per param) and `i < n_params`; the write
+            // is ordered on the stream that every launch reading the buffer uses.
+            unsafe {
+                cudarc::driver::sys::cuMemsetD32Async(
+                    base + 4 * i as u64,
+                    word,
+                    1,
+                    self.dev.stream.cu_stream(),
+                )
+            }
+            .result()?;
+        }
+        Ok(())
+    }
+}
+
+impl CudaExec {
+    /// Enqueues one forward on the caller's stream (module header). `bindings` holds the
+    /// params and the captured tensors' dims (no data: nothing here reads it); `tensors`
+    /// their device pointers, in declaration order.
+    ///
+    /// # Safety
+    /// `bufs` and `tensors` must point to live device memory of this device's primary
+    /// context holding the binding's shape in its dtype (q, k, v, o: 16-bit; lse: f32;
+    /// each tensor the product of its dims in i32/f32 words), o and lse written by no one
+    /// else until the stream has run the launch; `stream` a live stream of that context,
+    /// kept alive by its owner while this binding exists.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn forward_caller(
+        &mut self,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        bufs: &CallerBuffers,
+        tensors: &[u64],
+        bindings: &Bindings,
+        stream: u64,
+    ) -> ExecResult<()> {
+        let g = gpu()?;
+        let shape = opts.shape;
+        if opts.checked {
+            return Err(CudaError::Mismatch(
+                "checked mode reads its error words back after the launch, which synchronizes: bind without `checked` for calls on the caller's stream".into(),
+            )
+            .into());
+        }
+        // this call keeps the module it starts with (a retired module of a tiered JIT is
+        // released only by host-path calls, after they synchronize; the Python package
+        // binds with tiers off)
+        let (kernel, _) = self.kernel.current();
+        let spec = kernel.spec();
+        if shape.d != spec.options.d as usize || shape.dv != spec.options.dv as usize {
+            return Err(CudaError::Mismatch(format!(
+                "kernel built for D={} Dv={}, called with D={} Dv={}",
+                spec.options.d, spec.options.dv, shape.d, shape.dv
+            ))
+            .into());
+        }
+        if tensors.len() != bindings.tensors.len() {
+            return Err(
+                CudaError::Mismatch("one device pointer per captured tensor".into()).into(),
+            );
+        }
+        let capture = capturing(&g.device, stream)?;
+        let st = match self.caller.0.entry(stream) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if capture {
+                    return Err(needs_warmup("allocate its parameter buffers").into());
+                }
+                // SAFETY: the caller vouches for `stream` (see above).
+                let dev = unsafe { g.device.with_borrowed_stream(stream) };
+                e.insert(StreamState::new(dev, bindings.params.len())?)
+            }
+        };
+        st.set_params(&words(bindings), capture)?;
+        let s = st.dev.stream.clone();
+        let s = &s;
+        let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
+        let mut a = LaunchArgs::new();
+        a.scalar(P::Q, Arg::Ptr(bufs.q));
+        a.scalar(P::K, Arg::Ptr(bufs.k));
+        a.scalar(P::V, Arg::Ptr(bufs.v));
+        a.scalar(P::O, Arg::Ptr(bufs.o));
+        a.scalar(P::Lse, Arg::Ptr(bufs.lse));
+        a.buffer(P::Params, &st.params, s);
+        a.buffer(P::Err, &st.err, s);
+        for (i, (ptr, t)) in tensors.iter().zip(&bindings.tensors).enumerate() {
+            // an empty tensor reads as zeros (dims raised to 1, one zero element), as on
+            // the host path
+            if t.dims.iter().product::<usize>() == 0 {
+                a.buffer(P::Tensor(i as u32), &st.zero, s);
+            } else {
+                a.scalar(P::Tensor(i as u32), Arg::Ptr(*ptr));
+            }
+            for (d, n) in t.dims.iter().enumerate() {
+                let dim = P::TensorDim {
+                    tensor: i as u32,
+                    dim: d as u32,
+                };
+                a.i32(dim, (*n).clamp(1, i32::MAX as usize) as i32);
+            }
+        }
+        a.i32(P::Lq, shape.lq as i32);
+        a.i32(P::Lkv, shape.lkv as i32);
+        a.i32(P::Hq, shape.hq as i32);
+        a.i32(P::Hkv, shape.hkv as i32);
+        a.i32(P::NumQBlocks, nq as i32);
+        a.i32(P::KvAllPartial, 0);
+        a.scalar(P::Scale, Arg::F32(scale));
+        a.extent(
+            GridDim::QBlocks,
+            if shape.b == 0 || shape.hq == 0 { 0 } else { nq },
+        );
+        a.extent(GridDim::Heads, shape.hq as u32);
+        a.extent(GridDim::Batches, shape.b as u32);
+        // the kv source, as the host path chooses it (`CudaExec::problem`)
+        let m = plan.mask();
+        let device_geom = self.table.as_ref().and_then(|_| {
+            let t = DeviceTable::new(&shape, spec.q_block, spec.kv_block, m.uses_b, m.uses_h);
+            t.capacity(&shape).map(|cap| (t, cap))
+        });
+        let mut builder_args = None;
+        if let (Some(builder), Some((geom, cap))) = (&self.table, device_geom) {
+            let src = TableSource::Device(shape);
+            if st.table.as_ref().map(|t| &t.source) != Some(&src) {
+                if capture {
+                    return Err(needs_warmup("allocate its block table").into());
+                }
+                let rows = 2 * geom.b_maps as usize * geom.h_maps as usize * nq as usize;
+                let bufs = Arc::new((st.dev.zeros::<u32>(rows)?, st.dev.zeros::<u32>(3 * cap)?));
+                let strides = (
+                    if m.uses_b { geom.h_maps as i32 } else { 0 },
+                    if m.uses_h { 1 } else { 0 },
+                );
+                st.table = Some(StreamTable {
+                    source: src,
+                    bufs,
+                    strides,
+                    device: Some(geom),
+                });
+            }
+            let skip = plan.skip_bounds(&shape, bindings)?;
+            builder_args = Some((
+                builder.clone(),
+                builder_skip_args(builder.spec(), skip.as_deref())?,
+            ));
+        } else if let KvBounds::ClosedForm(cf) = &spec.kv_bounds {
+            match plan.closed_form_bounds(cf, &shape, bindings)? {
+                Some(b) => {
+                    for (i, k) in kernel_offsets(&b).into_iter().enumerate() {
+                        a.i64(P::KvOffset(i as u32), k);
+                    }
+                }
+                None => {
+                    for i in 0..spec.kv_bounds.coefficients().len() {
+                        a.i64(P::KvOffset(i as u32), 0);
+                    }
+                    a.i32(P::KvAllPartial, 1);
+                }
+            }
+        } else {
+            let recipe = plan.map_recipe();
+            if recipe == MapRecipe::Tensors {
+                return Err(CudaError::Mismatch(
+                    "this mask reads captured tensors and its block table cannot be built on the GPU here (too large, or ATTNC_BLOCK_TABLES=host): its host block maps would need the tensors' data on the host; call with host tensors instead".into(),
+                )
+                .into());
+            }
+            let key_words = if recipe == MapRecipe::PerShape {
+                Vec::new()
+            } else {
+                words(bindings)
+            };
+            let src = TableSource::Host(shape, key_words);
+            if st.table.as_ref().map(|t| &t.source) != Some(&src) {
+                if capture {
+                    return Err(needs_warmup(
+                        "upload the block maps of these param values (a mask over params)",
+                    )
+                    .into());
+                }
+                let mut scratch = None;
+                let maps = policy::maps_for(
+                    &mut self.maps,
+                    &mut scratch,
+                    plan,
+                    opts,
+                    spec.q_block as usize,
+                    spec.kv_block as usize,
+                    bindings,
+                )?;
+                let (row_start, runs) = maps.flatten();
+                let runs: Vec<u32> = runs.iter().flat_map(|r| [r.start, r.end, r.full]).collect();
+                let nonempty = |v: Vec<u32>| if v.is_empty() { vec![0] } else { v };
+                let bufs = Arc::new((
+                    st.dev.upload(&nonempty(row_start))?,
+                    st.dev.upload(&nonempty(runs))?,
+                ));
+                let strides = (maps.b_stride as i32, maps.h_stride as i32);
+                // the replaced buffers are freed in stream order (after the launches
+                // that read them), unless a captured graph may read them
+                st.table = Some(StreamTable {
+                    source: src,
+                    bufs,
+                    strides,
+                    device: None,
+                });
+            }
+        }
+        if let Some(t) = &st.table
+            && matches!(spec.kv_bounds, KvBounds::Table)
+        {
+            if capture && !st.pinned.iter().any(|p| Arc::ptr_eq(p, &t.bufs)) {
+                st.pinned.push(t.bufs.clone());
+            }
+            a.buffer(P::RowStart, &t.bufs.0, s);
+            a.buffer(P::Runs, &t.bufs.1, s);
+            a.i32(P::MapBStride, t.strides.0);
+            a.i32(P::MapHStride, t.strides.1);
+            if let Some(t) = t.device {
+                a.extent(GridDim::MapHeads, t.h_maps);
+                a.extent(GridDim::MapBatches, t.b_maps);
+            }
+        }
+        if let Some((builder, skip)) = builder_args {
+            let mut b = a.clone();
+            b.merge(&skip);
+            // SAFETY: the table buffers were allocated for this shape and the builder's
+            // tiles (`DeviceTable::capacity`, the geometry above); the params, error and
+            // zero words are this stream state's; the caller vouches for the tensors'
+            // pointers and dims (see above). The builder writes only the table, which
+            // only this stream's launches read, in stream order.
+            unsafe { builder.launch_args(&st.dev, &b) }?;
+        }
+        // SAFETY: q, k, v, o, lse and the tensors are the caller's (vouched for above:
+        // the bound shape in the kernel's dtypes, which is what the kernel indexes for the
+        // lengths and heads set above); every other buffer is this stream state's, sized
+        // for the shape and the kernel's tiles (table) or the params (params words).
+        unsafe { kernel.launch_args(&st.dev, &a) }?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParamWords;
+
+    #[test]
+    fn params_words_written_when_changed_and_always_after_a_capture() {
+        let mut w = ParamWords::new(3);
+        // a fresh buffer holds zeros: only the nonzero words are written
+        assert_eq!(w.writes(&[0, 5, 0], false), vec![(1, 5)]);
+        assert_eq!(w.writes(&[0, 5, 0], false), vec![]);
+        assert_eq!(w.writes(&[1, 5, 7], false), vec![(0, 1), (2, 7)]);
+        // a capture writes every word (the graph replays them) ...
+        assert_eq!(w.writes(&[1, 5, 7], true), vec![(0, 1), (1, 5), (2, 7)]);
+        // ... and afterwards a replay may have changed the buffer at any time
+        assert_eq!(w.writes(&[1, 5, 7], false), vec![(0, 1), (1, 5), (2, 7)]);
+        let mut none = ParamWords::new(0);
+        assert_eq!(none.writes(&[], true), vec![]);
+    }
+}
