@@ -5,6 +5,7 @@
 //! backends ([`interp`] and [`reference`](mod@reference) as the oracle, Cranelift for CPUs, LLVM for PTX).
 pub mod analysis;
 pub mod backend;
+pub mod build_info;
 pub mod decode;
 pub mod diag;
 pub mod dual;

@@ -27,13 +27,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: &[u8] = b"ATTNCACHE1\n";
 
-/// The build of this compiler, for cache keys: crate version plus a hash of the PTX generator.
-pub fn compiler_build_id() -> String {
-    format!(
-        "attnc-{}-gen{:016x}",
-        env!("CARGO_PKG_VERSION"),
-        attnc_compiler::backend::llvm::generator_hash()
-    )
+/// The build of this compiler, for cache keys: the runtime's version, the compiler's source
+/// hash (computed at build time over every file of the compiler crate and the grammar,
+/// [`attnc_compiler::build_info::SOURCE_HASH`]) and the LLVM version it links. Built once
+/// per process.
+pub fn compiler_build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let (major, minor, patch) = attnc_compiler::backend::llvm::llvm_version();
+        format!(
+            "attnc-{}-src{}-llvm{major}.{minor}.{patch}",
+            env!("CARGO_PKG_VERSION"),
+            attnc_compiler::build_info::SOURCE_HASH
+        )
+    })
 }
 
 /// A key from several parts (each length-prefixed, so part boundaries matter).
@@ -259,6 +266,14 @@ fn decode(data: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_id_carries_the_compiler_source_hash_and_is_built_once() {
+        let id = compiler_build_id();
+        assert!(id.contains(attnc_compiler::build_info::SOURCE_HASH), "{id}");
+        assert!(id.contains("-llvm"), "{id}");
+        assert!(std::ptr::eq(id, compiler_build_id()), "computed once per process");
+    }
 
     fn tmpdir(name: &str) -> PathBuf {
         let d =

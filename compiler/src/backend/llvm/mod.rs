@@ -461,29 +461,6 @@ impl From<inkwell::builder::BuilderError> for LlvmError {
     }
 }
 
-/// A hash of this generator's source, so that caches keyed by it are invalidated when the
-/// generator changes.
-pub fn generator_hash() -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for s in [
-        include_str!("mod.rs"),
-        include_str!("kernel.rs"),
-        include_str!("bounds.rs"),
-        include_str!("gpu.rs"),
-        include_str!("expr.rs"),
-        include_str!("blocktable.rs"),
-        include_str!("backward.rs"),
-        // the closed forms compiled into the kernels
-        include_str!("../../analysis/linear.rs"),
-    ] {
-        for b in s.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
-}
-
 /// Where the time of one [`generate`] went, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EmitTimes {
