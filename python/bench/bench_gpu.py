@@ -6,8 +6,15 @@
 2. Throughput at B2 H16 L8192 D128 bf16 (dense and causal): ms per call through Python
    (CUDA events), next to the `attnc bench` CLI's ms/call of the same run (target: within 3%).
 3. python/examples/train_tiny.py on the GPU: tokens/s with attnc and with FlexAttention.
+4. Variants at B2 H16 L8192 D128 bf16 (causal, document + sliding window, causal ALiBi,
+   causal soft-cap): attnc (zero-copy forward on the current stream) against
+   FlexAttention (compiled; Triton, and the FLASH backend where ``kernel_options=
+   {"BACKEND": "FLASH"}`` works on this machine, else its error is recorded) and SDPA
+   (where it expresses the variant), CUDA-event ms per forward in the same run, each
+   output checked against Flex's (max abs difference printed).
 
 Usage: python3 bench_gpu.py [--attnc-bin .bin/attnc] [--out DIR] [--skip-train]
+                            [--parts overhead,throughput,train,compare] [--budget-s S]
 Writes DIR/python_bench.json (default $OUT or /tmp/attnc-out).
 """
 
@@ -116,16 +123,108 @@ def train(res):
     }
 
 
+def compare(res, budget_s):
+    """Section 4 (module header)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    t_start = time.perf_counter()
+    b, h, l, d = 2, 16, 8192, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    n_docs = 8
+    doc = torch.sort(torch.randint(0, n_docs, (b, l), device="cuda", dtype=torch.int32, generator=g), dim=1).values
+    window = 1024
+    slope = torch.exp2(-8.0 * (torch.arange(h, device="cuda") + 1).float() / 16)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def causal_mm(b_, h_, qi, ki):
+        return qi >= ki
+
+    def doc_window_mm(b_, h_, qi, ki):
+        return (qi >= ki) & (qi - ki <= window) & (doc[b_, qi] == doc[b_, ki])
+
+    def alibi_sm(score, b_, h_, qi, ki):
+        return score + slope[h_] * (ki - qi).float()
+
+    def softcap_sm(score, b_, h_, qi, ki):
+        return 50.0 * torch.tanh(score / 50.0)
+
+    cases = [
+        # name, (file, attention, captures), Flex (mask_mod, mask over batches?, score_mod), SDPA call or None, FLOP fraction
+        ("causal", ("causal.attn", "causal_attention", {}), (causal_mm, False, None),
+         lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), 0.5),
+        ("document_sliding_causal", ("document_sliding_causal.attn", None, {"doc": doc, "window": window}),
+         (doc_window_mm, True, None), None, None),
+        ("alibi_causal", ("alibi_causal.attn", "alibi_causal", {}), (causal_mm, False, alibi_sm), None, 0.5),
+        ("softcap_causal", ("softcap.attn", "softcap_causal", {}), (causal_mm, False, softcap_sm), None, 0.5),
+    ]
+    out = {}
+    for name, (file, attention, caps), (mm, per_batch, sm), sdpa, frac in cases:
+        if time.perf_counter() - t_start > budget_s:
+            print(f"compare: time budget of {budget_s} s spent, {name} and later cases skipped", flush=True)
+            break
+        row = {}
+        try:
+            attn = attnc.compile(EXAMPLES / file).attention(attention)
+            ours = attn(q, k, v, **caps)
+            row["attnc_ms"] = event_ms(lambda: attn(q, k, v, **caps))
+        except Exception as e:
+            row["attnc_error"] = f"{type(e).__name__}: {e}"
+            ours = None
+        bm = create_block_mask(mm, b if per_batch else None, None, l, l, device="cuda")
+        for backend in ("TRITON", "FLASH"):
+            opts = {"BACKEND": backend}
+            try:
+                ref = flex(q, k, v, score_mod=sm, block_mask=bm, kernel_options=opts)
+                row[f"flex_{backend.lower()}_ms"] = event_ms(
+                    lambda: flex(q, k, v, score_mod=sm, block_mask=bm, kernel_options=opts))
+                if ours is not None:
+                    row[f"max_abs_diff_vs_flex_{backend.lower()}"] = float((ours.float() - ref.float()).abs().max())
+            except Exception as e:
+                row[f"flex_{backend.lower()}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        if sdpa is not None:
+            try:
+                row["sdpa_ms"] = event_ms(sdpa)
+            except Exception as e:
+                row["sdpa_error"] = f"{type(e).__name__}: {e}"
+        parts = []
+        for key in ("attnc_ms", "flex_triton_ms", "flex_flash_ms", "sdpa_ms"):
+            if key in row:
+                tf = f" {4 * b * h * l * l * d * frac / row[key] / 1e9:.0f} TFLOP/s" if frac else ""
+                parts.append(f"{key[:-3]} {row[key]:.3f} ms{tf}")
+        ratios = [f"attnc/{k[:-3]} {row['attnc_ms'] / row[k]:.2f}" for k in ("flex_triton_ms", "flex_flash_ms", "sdpa_ms")
+                  if k in row and "attnc_ms" in row]
+        errs = [f"{k}: {v}" for k, v in row.items() if k.endswith("_error")]
+        diffs = [f"{k} {v:.3g}" for k, v in row.items() if k.startswith("max_abs")]
+        print(f"B2 H16 L8192 D128 bf16 {name}: " + ", ".join(parts + ratios + diffs)
+              + ("" if not errs else "; " + "; ".join(errs)), flush=True)
+        out[name] = row
+    res["compare"] = out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--attnc-bin", default=None)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/attnc-out"))
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--parts", default="overhead,throughput,train,compare")
+    p.add_argument("--budget-s", type=float, default=240.0, help="time budget of the compare part")
     a = p.parse_args()
+    parts = set(a.parts.split(","))
+    if a.skip_train:
+        parts.discard("train")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, attnc {attnc.__version__}", flush=True)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     status = 0
-    for step in (lambda: overhead(res), lambda: throughput(res, a.attnc_bin), lambda: None if a.skip_train else train(res)):
+    steps = {
+        "overhead": lambda: overhead(res),
+        "throughput": lambda: throughput(res, a.attnc_bin),
+        "train": lambda: train(res),
+        "compare": lambda: compare(res, a.budget_s),
+    }
+    for name, step in steps.items():
+        if name not in parts:
+            continue
         try:
             step()
         except Exception as e:  # report and go on with the other parts

@@ -204,8 +204,9 @@ fn check_pointers(
     let overlaps = |a: u64, al: usize, b: u64, bl: usize| {
         al > 0 && bl > 0 && a < b + bl as u64 && b < a + al as u64
     };
-    for &(out, optr, olen, _) in &all[3..5] {
-        for &(inp, iptr, ilen, _) in all.iter().filter(|x| x.0 != out) {
+    // o and lse (indices 3 and 4) against every other buffer
+    for (i, &(out, optr, olen, _)) in all.iter().enumerate().take(5).skip(3) {
+        for (_, &(inp, iptr, ilen, _)) in all.iter().enumerate().filter(|(j, _)| *j != i) {
             if overlaps(optr, olen, iptr, ilen) {
                 return Err(Error::Usage(format!(
                     "output buffer `{out}` overlaps `{inp}`"

@@ -35,13 +35,14 @@ use crate::cuda::{Arg, CudaDevice, CudaError, DeviceTable, LaunchArgs};
 use crate::exec::ExecResult;
 use crate::options::BindOptions;
 use crate::policy;
+use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
-use attnc_compiler::backend::llvm::{GridDim, KernelParam as P, KvBounds};
+use attnc_compiler::backend::llvm::{GridDim, KernelParam as P, KernelSpec, KvBounds};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::{MapRecipe, Plan};
 use attnc_compiler::shape::Shape;
-use cudarc::driver::CudaSlice;
 use cudarc::driver::sys::CUstreamCaptureStatus;
+use cudarc::driver::{CudaSlice, DevicePtr};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -210,7 +211,6 @@ impl StreamState {
 
     /// Enqueues the params writes this call needs (see [`ParamWords::writes`]).
     fn set_params(&mut self, w: &[u32], capturing: bool) -> Result<(), CudaError> {
-        use cudarc::driver::DevicePtr;
         let writes = self.words.writes(w, capturing);
         if writes.is_empty() {
             return Ok(());
@@ -231,6 +231,101 @@ impl StreamState {
             .result()?;
         }
         Ok(())
+    }
+}
+
+/// Device addresses of a stream state's own buffers.
+#[derive(Clone, Copy, Debug)]
+struct StateBufs {
+    params: u64,
+    err: u64,
+    zero: u64,
+}
+
+/// The launch values of a forward on caller buffers (and of its block-table builder),
+/// all but the kv source's: q/k/v/o/lse, the state's params and error words, the
+/// captured tensors (an empty one reads the state's zero word, dims raised to 1, as on
+/// the host path), lengths, heads, scale and the grid.
+fn call_args(
+    spec: &KernelSpec,
+    shape: &Shape,
+    scale: f32,
+    bufs: &CallerBuffers,
+    tensors: &[u64],
+    bindings: &Bindings,
+    state: StateBufs,
+) -> LaunchArgs {
+    let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
+    let mut a = LaunchArgs::new();
+    a.scalar(P::Q, Arg::Ptr(bufs.q));
+    a.scalar(P::K, Arg::Ptr(bufs.k));
+    a.scalar(P::V, Arg::Ptr(bufs.v));
+    a.scalar(P::O, Arg::Ptr(bufs.o));
+    a.scalar(P::Lse, Arg::Ptr(bufs.lse));
+    a.scalar(P::Params, Arg::Ptr(state.params));
+    a.scalar(P::Err, Arg::Ptr(state.err));
+    for (i, (ptr, t)) in tensors.iter().zip(&bindings.tensors).enumerate() {
+        let empty = t.dims.iter().product::<usize>() == 0;
+        a.scalar(
+            P::Tensor(i as u32),
+            Arg::Ptr(if empty { state.zero } else { *ptr }),
+        );
+        for (d, n) in t.dims.iter().enumerate() {
+            let dim = P::TensorDim {
+                tensor: i as u32,
+                dim: d as u32,
+            };
+            a.i32(dim, (*n).clamp(1, i32::MAX as usize) as i32);
+        }
+    }
+    a.i32(P::Lq, shape.lq as i32);
+    a.i32(P::Lkv, shape.lkv as i32);
+    a.i32(P::Hq, shape.hq as i32);
+    a.i32(P::Hkv, shape.hkv as i32);
+    a.i32(P::NumQBlocks, nq as i32);
+    a.i32(P::KvAllPartial, 0);
+    a.scalar(P::Scale, Arg::F32(scale));
+    a.extent(
+        GridDim::QBlocks,
+        if shape.b == 0 || shape.hq == 0 { 0 } else { nq },
+    );
+    a.extent(GridDim::Heads, shape.hq as u32);
+    a.extent(GridDim::Batches, shape.b as u32);
+    a
+}
+
+/// A closed-form kernel's kv offsets for this call (`None`: every block partial).
+fn closed_form_args(a: &mut LaunchArgs, spec: &KernelSpec, bounds: Option<&[Bound]>) {
+    match bounds {
+        Some(b) => {
+            for (i, k) in kernel_offsets(b).into_iter().enumerate() {
+                a.i64(P::KvOffset(i as u32), k);
+            }
+        }
+        None => {
+            for i in 0..spec.kv_bounds.coefficients().len() {
+                a.i64(P::KvOffset(i as u32), 0);
+            }
+            a.i32(P::KvAllPartial, 1);
+        }
+    }
+}
+
+/// A table kernel's table: `(row_start, runs)` addresses, map strides, and the
+/// geometry of a table built on the device (its builder's grid).
+fn table_args(
+    a: &mut LaunchArgs,
+    (row_start, runs): (u64, u64),
+    strides: (i32, i32),
+    device: Option<DeviceTable>,
+) {
+    a.scalar(P::RowStart, Arg::Ptr(row_start));
+    a.scalar(P::Runs, Arg::Ptr(runs));
+    a.i32(P::MapBStride, strides.0);
+    a.i32(P::MapHStride, strides.1);
+    if let Some(t) = device {
+        a.extent(GridDim::MapHeads, t.h_maps);
+        a.extent(GridDim::MapBatches, t.b_maps);
     }
 }
 
@@ -296,44 +391,14 @@ impl CudaExec {
         st.set_params(&words(bindings), capture)?;
         let s = st.dev.stream.clone();
         let s = &s;
+        let ptr = |b: &CudaSlice<u32>| b.device_ptr(s).0;
+        let state = StateBufs {
+            params: ptr(&st.params),
+            err: ptr(&st.err),
+            zero: ptr(&st.zero),
+        };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
-        let mut a = LaunchArgs::new();
-        a.scalar(P::Q, Arg::Ptr(bufs.q));
-        a.scalar(P::K, Arg::Ptr(bufs.k));
-        a.scalar(P::V, Arg::Ptr(bufs.v));
-        a.scalar(P::O, Arg::Ptr(bufs.o));
-        a.scalar(P::Lse, Arg::Ptr(bufs.lse));
-        a.buffer(P::Params, &st.params, s);
-        a.buffer(P::Err, &st.err, s);
-        for (i, (ptr, t)) in tensors.iter().zip(&bindings.tensors).enumerate() {
-            // an empty tensor reads as zeros (dims raised to 1, one zero element), as on
-            // the host path
-            if t.dims.iter().product::<usize>() == 0 {
-                a.buffer(P::Tensor(i as u32), &st.zero, s);
-            } else {
-                a.scalar(P::Tensor(i as u32), Arg::Ptr(*ptr));
-            }
-            for (d, n) in t.dims.iter().enumerate() {
-                let dim = P::TensorDim {
-                    tensor: i as u32,
-                    dim: d as u32,
-                };
-                a.i32(dim, (*n).clamp(1, i32::MAX as usize) as i32);
-            }
-        }
-        a.i32(P::Lq, shape.lq as i32);
-        a.i32(P::Lkv, shape.lkv as i32);
-        a.i32(P::Hq, shape.hq as i32);
-        a.i32(P::Hkv, shape.hkv as i32);
-        a.i32(P::NumQBlocks, nq as i32);
-        a.i32(P::KvAllPartial, 0);
-        a.scalar(P::Scale, Arg::F32(scale));
-        a.extent(
-            GridDim::QBlocks,
-            if shape.b == 0 || shape.hq == 0 { 0 } else { nq },
-        );
-        a.extent(GridDim::Heads, shape.hq as u32);
-        a.extent(GridDim::Batches, shape.b as u32);
+        let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
         // the kv source, as the host path chooses it (`CudaExec::problem`)
         let m = plan.mask();
         let device_geom = self.table.as_ref().and_then(|_| {
@@ -366,19 +431,8 @@ impl CudaExec {
                 builder_skip_args(builder.spec(), skip.as_deref())?,
             ));
         } else if let KvBounds::ClosedForm(cf) = &spec.kv_bounds {
-            match plan.closed_form_bounds(cf, &shape, bindings)? {
-                Some(b) => {
-                    for (i, k) in kernel_offsets(&b).into_iter().enumerate() {
-                        a.i64(P::KvOffset(i as u32), k);
-                    }
-                }
-                None => {
-                    for i in 0..spec.kv_bounds.coefficients().len() {
-                        a.i64(P::KvOffset(i as u32), 0);
-                    }
-                    a.i32(P::KvAllPartial, 1);
-                }
-            }
+            let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
+            closed_form_args(&mut a, spec, bounds.as_deref());
         } else {
             let recipe = plan.map_recipe();
             if recipe == MapRecipe::Tensors {
@@ -434,14 +488,12 @@ impl CudaExec {
             if capture && !st.pinned.iter().any(|p| Arc::ptr_eq(p, &t.bufs)) {
                 st.pinned.push(t.bufs.clone());
             }
-            a.buffer(P::RowStart, &t.bufs.0, s);
-            a.buffer(P::Runs, &t.bufs.1, s);
-            a.i32(P::MapBStride, t.strides.0);
-            a.i32(P::MapHStride, t.strides.1);
-            if let Some(t) = t.device {
-                a.extent(GridDim::MapHeads, t.h_maps);
-                a.extent(GridDim::MapBatches, t.b_maps);
-            }
+            table_args(
+                &mut a,
+                (ptr(&t.bufs.0), ptr(&t.bufs.1)),
+                t.strides,
+                t.device,
+            );
         }
         if let Some((builder, skip)) = builder_args {
             let mut b = a.clone();
@@ -464,7 +516,105 @@ impl CudaExec {
 
 #[cfg(test)]
 mod tests {
-    use super::ParamWords;
+    use super::*;
+    use crate::cuda::problem::builder_skip_args;
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, spec};
+    use attnc_compiler::interp::{BoundTensor, TensorData};
+
+    /// Every parameter and grid axis of the forward kernel (and of the block-table
+    /// builder) gets a value from the caller path's assembly, for each kv source (a
+    /// missing one would only show on a GPU): closed form, host maps of a param mask,
+    /// a table built on the device; with an empty captured tensor.
+    #[test]
+    fn caller_args_bind_every_kernel_parameter() {
+        let sources = [
+            "param w: i32;\nmask m(b, h, q, kv) { q >= kv && q - kv < w }\nattention a { mask = m; }",
+            "param w: i32;\nmask m(b, h, q, kv) { (q - kv) % w == 0 }\nattention a { mask = m; }",
+            "param w: i32;\ntensor doc: i32[B, KV];\ntensor t: f32[N];\nmask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] }\nscore s(s, b, h, q, kv) { s + t[0] * w as f32 }\nattention a { mask = m; score = s; }",
+        ];
+        let shape = Shape {
+            b: 2,
+            hq: 4,
+            hkv: 2,
+            lq: 77,
+            lkv: 65,
+            d: 64,
+            dv: 64,
+        };
+        let bufs = CallerBuffers {
+            q: 0x1000,
+            k: 0x2000,
+            v: 0x3000,
+            o: 0x4000,
+            lse: 0x5000,
+        };
+        let state = StateBufs {
+            params: 0x6000,
+            err: 0x7000,
+            zero: 0x8000,
+        };
+        for (i, src) in sources.iter().enumerate() {
+            let prog = attnc_compiler::compile_source(src)
+                .unwrap()
+                .programs
+                .remove(0);
+            let plan = Plan::new(&prog);
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                let opts = PtxOptions::new(arch, 64, 64, InputType::Bf16);
+                let fwd = spec(&plan, KernelKind::Forward, &opts).unwrap();
+                let bindings = Bindings {
+                    params: vec![attnc_compiler::ir::Scalar::I32(5)],
+                    tensors: prog
+                        .tensors
+                        .iter()
+                        .map(|t| BoundTensor {
+                            dims: if t.name == "doc" {
+                                vec![2, 65]
+                            } else {
+                                vec![0]
+                            },
+                            data: TensorData::I32(Vec::new()),
+                        })
+                        .collect(),
+                };
+                let ptrs: Vec<u64> = (0..bindings.tensors.len() as u64)
+                    .map(|j| 0x9000 + j)
+                    .collect();
+                let mut a = call_args(&fwd, &shape, 0.125, &bufs, &ptrs, &bindings, state);
+                match &fwd.kv_bounds {
+                    KvBounds::ClosedForm(cf) => {
+                        assert_eq!(i, 0, "source {i} has a closed form");
+                        let b = plan.closed_form_bounds(cf, &shape, &bindings).unwrap();
+                        closed_form_args(&mut a, &fwd, b.as_deref());
+                    }
+                    KvBounds::Table => {
+                        let m = plan.mask();
+                        let device = (plan.map_recipe() == MapRecipe::Tensors).then(|| {
+                            DeviceTable::new(&shape, fwd.q_block, fwd.kv_block, m.uses_b, m.uses_h)
+                        });
+                        table_args(&mut a, (0xa000, 0xb000), (1, 0), device);
+                        if device.is_some() {
+                            let builder = spec(&plan, KernelKind::BlockTable, &opts).unwrap();
+                            let skip = plan.skip_bounds(&shape, &bindings).unwrap();
+                            let mut b = a.clone();
+                            b.merge(&builder_skip_args(&builder, skip.as_deref()).unwrap());
+                            b.bind(&builder).unwrap();
+                            b.grid(&builder).unwrap();
+                        }
+                    }
+                }
+                let args = a.bind(&fwd).unwrap();
+                assert_eq!(args.len(), fwd.params.len());
+                assert_eq!(a.grid(&fwd).unwrap().0, 77u32.div_ceil(fwd.q_block));
+                // an empty tensor reads the zero word
+                if i == 2 {
+                    let t = fwd.params.iter().position(|p| *p == P::Tensor(1)).unwrap();
+                    assert_eq!(args[t], Arg::Ptr(0x8000));
+                }
+            }
+        }
+    }
 
     #[test]
     fn params_words_written_when_changed_and_always_after_a_capture() {
