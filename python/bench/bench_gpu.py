@@ -11,7 +11,9 @@
    FlexAttention (compiled; Triton, and the FLASH backend where ``kernel_options=
    {"BACKEND": "FLASH"}`` works on this machine, else its error is recorded) and SDPA
    (where it expresses the variant), CUDA-event ms per forward in the same run, each
-   output checked against Flex's (max abs difference printed).
+   output checked against Flex's (max abs difference printed). attnc's document case
+   includes building its block table on the GPU in every call (the caller-stream path
+   keeps no table between calls); Flex's block mask is made once, outside the timing.
 
 Usage: python3 bench_gpu.py [--attnc-bin .bin/attnc] [--out DIR] [--skip-train]
                             [--parts overhead,throughput,train,compare] [--budget-s S]

@@ -154,12 +154,14 @@ def test_param_change_without_recompiling(file, name, param, values):
         param = next(n for n, ty in attn.params if ty == "i32")
         values = [3, 50, 3]
     qc, kc, vc = (x.to("cuda", torch.bfloat16) for x in (q, k, v))
+    bindings = None  # after the first call (other tests may have bound other shapes)
     for val in values:
         caps = dict(base, **{param: val})
         o, lse = attn(qc, kc, vc, return_lse=True, **dev(caps))
         ro, rlse = attn.reference(q, k, v, **caps)
         check(o, lse, ro, rlse, torch.bfloat16)
-    assert attn.binding_count() == 1
+        bindings = bindings or attn.binding_count()
+        assert attn.binding_count() == bindings, "a param change compiled a new binding"
 
 
 def test_non_contiguous_and_misaligned_inputs():
@@ -270,7 +272,11 @@ def test_torch_compile_fullgraph():
     doc = torch.sort(torch.randint(0, 3, (2, 129), dtype=torch.int32), dim=1).values.cuda()
     compiled = torch.compile(m, fullgraph=True)
     out = compiled(q, k, v, doc)
-    assert torch.equal(out, m(q, k, v, doc))
+    eager = m(q, k, v, doc)
+    assert out.shape == eager.shape and torch.allclose(out.float(), eager.float(), atol=2e-2, rtol=2e-2)
+    # the attnc call inside the compiled graph is the same op: bit-identical attention
+    assert torch.equal(torch.compile(lambda *a: attn(*a, doc=doc, window=50), fullgraph=True)(q, k, v),
+                       attn(q, k, v, doc=doc, window=50))
 
 
 def grads_close(xs, rs, names):
