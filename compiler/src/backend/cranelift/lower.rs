@@ -884,8 +884,38 @@ pub fn vexp2(g: &mut Gen, x: CValue) -> CValue {
     vscale_poly(g, n, r)
 }
 
-/// Inline vector `tanh`: Eigen's rational approximation on [-7.9, 7.9] (a few ulp).
+/// Inline vector `tanh` (≤ 4 ulp, measured 3): Eigen's rational approximation for |x| < 0.625, and
+/// `copysign(1 - 2 / (exp(2|x|) + 1), x)` through [`vexp`] above, which is within an ulp
+/// there and saturates to exactly ±1 where f32's tanh does (|x| ≥ 9.0109): the rational
+/// form alone stopped at 1 - 2^-24, which `floor(exp2(tanh(x)))` turned into 1 where the
+/// oracle gives 2 (found by the differential fuzzer); `x` itself below 4e-4. NaN stays NaN (the compare is
+/// false and the rational form keeps it).
 pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
+    let small = vtanh_rational(g, x);
+    let ax = g.b.ins().fabs(x);
+    let two_ax = g.b.ins().fadd(ax, ax);
+    let e = vexp(g, two_ax);
+    let one = fsplat(g, 1.0);
+    let two = fsplat(g, 2.0);
+    let d = g.b.ins().fadd(e, one);
+    let t = g.b.ins().fdiv(two, d);
+    let big = g.b.ins().fsub(one, t);
+    // copysign by bits (x64 has no vector fcopysign): `big` ≥ 0, so OR in x's sign bit
+    let sign_bit = fsplat(g, -0.0);
+    let sign = g.b.ins().band(x, sign_bit);
+    let big = g.b.ins().bor(big, sign);
+    let knee = fsplat(g, 0.625);
+    let far = g.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ax, knee);
+    let r = vselect(g, far, big, small);
+    // tiny |x|: tanh(x) rounds to x (x³/3 is below half an ulp), subnormals included,
+    // where the rational form loses precision to the underflowing x²
+    let tiny = fsplat(g, 4e-4);
+    let near = g.b.ins().fcmp(FloatCC::LessThan, ax, tiny);
+    vselect(g, near, x, r)
+}
+
+/// Eigen's rational approximation of `tanh`, clamped to [-7.9, 7.9].
+fn vtanh_rational(g: &mut Gen, x: CValue) -> CValue {
     let x = vclamp(g, x, -7.905_311, 7.905_311);
     let x2 = g.b.ins().fmul(x, x);
     let alpha = [
