@@ -17,7 +17,9 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         .collect();
     entries.sort();
     for p in entries {
-        let ty = std::fs::symlink_metadata(&p).expect("file metadata").file_type();
+        let ty = std::fs::symlink_metadata(&p)
+            .expect("file metadata")
+            .file_type();
         if ty.is_dir() {
             walk(base, &p, out);
         } else {
@@ -49,7 +51,9 @@ fn main() {
     files.sort();
     let hash = source_hash(&manifest, &version, &files).expect("reading the compiler's sources");
     let mut out = String::new();
-    out.push_str("/// SHA-256 of the compiler crate's version and every file in [`SOURCE_FILES`].\n");
+    out.push_str(
+        "/// SHA-256 of the compiler crate's version and every file in [`SOURCE_FILES`].\n",
+    );
     out.push_str(&format!("pub const SOURCE_HASH: &str = {hash:?};\n"));
     out.push_str(
         "/// The files hashed into [`SOURCE_HASH`], relative to the compiler's manifest \
@@ -60,6 +64,7 @@ fn main() {
         out.push_str(&format!("    {f:?},\n"));
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("source_hash.rs");
+    let dest =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("source_hash.rs");
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
 }

@@ -32,8 +32,13 @@ mod expr;
 mod gpu;
 mod kernel;
 pub mod launch_spec;
+mod matmul;
+mod pipeline;
 pub mod samples;
+mod score;
+mod softmax;
 pub mod spec;
+mod tile;
 
 pub use crate::plan::KvBounds;
 pub use launch_spec::{GridDim, KernelSpec};

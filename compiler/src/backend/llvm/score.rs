@@ -1,0 +1,98 @@
+//! Score and mask on the fragments of S: the logits of one kv block.
+//!
+//! In: S = Q Kᵀ as m16n8 accumulator values `[m-tile][n8 tile]`, the block's first kv
+//! position and whether it is a full block; the program's `score`/`mask` functions
+//! (lowered per element by `expr.rs`). Out: the logits `t` in log2 units (or raw scores,
+//! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
+
+use super::expr::{Elem, Env, emit_function};
+use super::gpu::{Gpu, R};
+use super::tile::{Acc, AccTile, Cfg, Ctx, thread_row0};
+use crate::ir::Program;
+use inkwell::IntPredicate;
+use inkwell::values::{FloatValue, IntValue};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+
+/// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
+/// blocks that end inside the sequence skip the mask and the bounds checks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn score_and_mask<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    env: &Env<'ctx>,
+    p: &Program,
+    s: &[Vec<Acc<'ctx>>],
+    kv0: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+) -> R<AccTile<'ctx>> {
+    let t = AccTile::new(g, s.len(), s.first().map_or(0, Vec::len), 0.0)?;
+    let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
+    let fast = g.and(
+        g.icmp(IntPredicate::NE, full, g.c32(0))?,
+        g.xor(tail, g.cbool(true))?,
+    )?;
+    let fast_bb = g.block("full_block");
+    let slow_bb = g.block("partial_block");
+    let merge = g.block("scored");
+    let scale_log2 = g.fmul(cx.scale, g.cf(LOG2E))?;
+    let row_bases: Vec<IntValue<'ctx>> = (0..c.mt)
+        .map(|i| thread_row0(g, c, cx, i))
+        .collect::<R<_>>()?;
+    let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
+    g.cond_br(fast, fast_bb, slow_bb)?;
+    for slow in [false, true] {
+        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+        for (mi, nt, acc) in s
+            .iter()
+            .enumerate()
+            .flat_map(|(mi, si)| si.iter().enumerate().map(move |(nt, a)| (mi, nt, a)))
+        {
+            let row_base = row_bases[mi];
+            for (i, x) in acc.iter().enumerate() {
+                let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
+                let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
+                let q_in = g.icmp(IntPredicate::SLT, q, cx.lq)?;
+                let kv_in = g.icmp(IntPredicate::SLT, kv, cx.lkv)?;
+                let e = Elem {
+                    s: g.fmul(*x, cx.scale)?,
+                    b: cx.b,
+                    h: cx.h,
+                    q,
+                    kv,
+                    inside: g.and(q_in, kv_in)?,
+                };
+                let score = |e: Elem<'ctx>| -> R<FloatValue<'ctx>> {
+                    match &p.score {
+                        Some(f) => Ok(
+                            g.fmul(emit_function(g, env, f, e)?.into_float_value(), g.cf(LOG2E))?
+                        ),
+                        None if cx.raw => Ok(*x),
+                        None => g.fmul(*x, scale_log2),
+                    }
+                };
+                let v = if !slow {
+                    score(e)?
+                } else {
+                    let keep = match &p.mask {
+                        Some(f) => g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?,
+                        None => kv_in,
+                    };
+                    // the score is evaluated only where the mask holds (checked mode reports
+                    // only reads the oracle performs)
+                    let e = Elem {
+                        inside: g.and(e.inside, keep)?,
+                        ..e
+                    };
+                    let sc = score(e)?;
+                    g.selectf(keep, sc, g.cf(f32::NEG_INFINITY))?
+                };
+                g.set(&t.tiles[mi][nt][i], v)?;
+            }
+        }
+        g.br(merge)?;
+    }
+    g.b.position_at_end(merge);
+    Ok(t)
+}

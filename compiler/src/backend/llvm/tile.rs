@@ -1,0 +1,297 @@
+//! Tiles and fragments of the tensor-core kernels: the fixed sizes of one kernel
+//! ([`Cfg`]), where a thread works ([`Ctx`]), the mma fragment types and the register
+//! tiles that live across kv blocks ([`AccTile`], [`RowState`]).
+//!
+//! In: [`PtxOptions`]; values the kernel computed at its start. Out: types and small
+//! helpers that `matmul.rs`, `score.rs`, `softmax.rs`, `pipeline.rs` and `kernel.rs`
+//! share. Layout of an m16n8 accumulator ([`Acc`]): element `e` of lane `l` sits at row
+//! `l / 4 + 8 (e / 2)` and column `2 (l % 4) + e % 2`, so each thread holds two rows
+//! (the two halves `hr` of [`RowState`]) of each m-tile.
+
+use super::gpu::{Gpu, R, SmemTile, Var};
+use super::{InputType, Mma, PtxOptions};
+use inkwell::values::{FloatValue, IntValue};
+
+/// An A or B operand fragment of `mma.m16n8k16`: four registers of two packed 16-bit
+/// elements (an `ldmatrix.x4` result, or P packed from an accumulator).
+pub(crate) type Frag<'ctx> = [IntValue<'ctx>; 4];
+
+/// The four f32 values of one m16n8 accumulator held by a thread.
+pub(crate) type Acc<'ctx> = [FloatValue<'ctx>; 4];
+
+/// Accumulator values of a warp's rows: `[m-tile][n8 tile]`.
+pub(crate) type AccValues<'ctx> = Vec<Vec<Acc<'ctx>>>;
+
+/// Fixed sizes of one kernel.
+pub(crate) struct Cfg {
+    pub ty: InputType,
+    pub d: u32,
+    pub dv: u32,
+    pub qb: u32,
+    pub kvb: u32,
+    pub threads: u32,
+    /// m16 tiles of query rows per warp.
+    pub mt: usize,
+    pub q_in_regs: bool,
+    /// The wgmma path (else mma.sync).
+    pub wg: bool,
+    pub q: SmemTile,
+    pub k: SmemTile,
+    pub v: SmemTile,
+}
+
+impl Cfg {
+    /// The sizes `opts` asks for, with the shared-memory tiles of [`tiles`].
+    pub fn new(opts: &PtxOptions) -> Self {
+        let (q, k, v) = tiles(opts);
+        Cfg {
+            ty: opts.input,
+            d: opts.d,
+            dv: opts.dv,
+            qb: opts.q_block,
+            kvb: opts.kv_block,
+            threads: opts.threads(),
+            mt: opts.m_tiles as usize,
+            q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
+            wg: opts.mma == Mma::Wgmma,
+            q,
+            k,
+            v,
+        }
+    }
+}
+
+/// Shared-memory tiles of Q, K and V: Q, one K tile (two with `k_prefetch` or
+/// `overlap`), then V. On the wgmma path they are in the 128-byte-swizzled slab layout
+/// (every tile a multiple of 1024 bytes, so each swizzle atom is 1024-byte aligned).
+pub(crate) fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
+    let slab = opts.mma == Mma::Wgmma;
+    let q = SmemTile {
+        offset: 0,
+        rows: opts.q_block,
+        cols: opts.d,
+        slab,
+    };
+    let k = SmemTile {
+        offset: q.bytes(),
+        rows: opts.kv_block,
+        cols: opts.d,
+        slab,
+    };
+    let v = SmemTile {
+        offset: q.bytes()
+            + k.bytes()
+                * if opts.k_prefetch || opts.overlap {
+                    2
+                } else {
+                    1
+                },
+        rows: opts.kv_block,
+        cols: opts.dv,
+        slab,
+    };
+    (q, k, v)
+}
+
+/// Values every phase of the kernel reads: where this thread and its CTA work.
+pub(crate) struct Ctx<'ctx> {
+    pub warp: IntValue<'ctx>,
+    pub lane: IntValue<'ctx>,
+    pub b: IntValue<'ctx>,
+    pub h: IntValue<'ctx>,
+    /// The first query row of this CTA's q block.
+    pub q0: IntValue<'ctx>,
+    pub lq: IntValue<'ctx>,
+    pub lkv: IntValue<'ctx>,
+    pub scale: FloatValue<'ctx>,
+    /// The identity score: logits stay raw scores `s` (no multiply) and the softmax works
+    /// in `c2 * s` (one FMA per element), with `c2 = |scale| log2 e` (Q is negated in
+    /// shared memory when the scale is negative, so that the max of `s` is the max of
+    /// `c2 s`). With a score function the logits are `score(scale s) log2 e` and `c2 = 1`.
+    pub raw: bool,
+    pub c2: FloatValue<'ctx>,
+}
+
+/// The first query row (within the q block) of m-tile `i` of this warp.
+pub(crate) fn mtile_row0<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    i: usize,
+) -> R<IntValue<'ctx>> {
+    g.add(
+        g.mul(cx.warp, g.c32(16 * c.mt as i64))?,
+        g.c32(16 * i as i64),
+    )
+}
+
+/// The query row of this thread's first accumulator row in m-tile `i` (the second is 8
+/// further): `q0 + mtile_row0 + lane / 4`.
+pub(crate) fn thread_row0<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    i: usize,
+) -> R<IntValue<'ctx>> {
+    g.add(
+        g.add(cx.q0, mtile_row0(g, c, cx, i)?)?,
+        g.lshr(cx.lane, g.c32(2))?,
+    )
+}
+
+fn vars4<'ctx>(g: &Gpu<'ctx>, init: FloatValue<'ctx>) -> R<[Var<'ctx>; 4]> {
+    Ok([
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+        g.var(g.f32, init)?,
+    ])
+}
+
+/// A register tile of m16n8 f32 accumulators, `[m-tile][n8 tile]`, held in mutable
+/// locals (promoted to registers) so that it lives across blocks and branches.
+pub(crate) struct AccTile<'ctx> {
+    pub tiles: Vec<Vec<[Var<'ctx>; 4]>>,
+}
+
+impl<'ctx> AccTile<'ctx> {
+    /// `mt` m-tiles of `nt` accumulators, every element `init`.
+    pub fn new(g: &Gpu<'ctx>, mt: usize, nt: usize, init: f32) -> R<Self> {
+        let tiles = (0..mt)
+            .map(|_| (0..nt).map(|_| vars4(g, g.cf(init))).collect::<R<_>>())
+            .collect::<R<_>>()?;
+        Ok(AccTile { tiles })
+    }
+
+    /// The current values, `[m-tile][n8 tile]`.
+    pub fn values(&self, g: &Gpu<'ctx>) -> R<AccValues<'ctx>> {
+        self.tiles
+            .iter()
+            .map(|ti| {
+                ti.iter()
+                    .map(|x| {
+                        Ok([
+                            g.getf(&x[0])?,
+                            g.getf(&x[1])?,
+                            g.getf(&x[2])?,
+                            g.getf(&x[3])?,
+                        ])
+                    })
+                    .collect::<R<_>>()
+            })
+            .collect()
+    }
+
+    /// Stores `vals` (`[m-tile][n8 tile]`, the shape of the tile).
+    pub fn store(&self, g: &Gpu<'ctx>, vals: &[Vec<Acc<'ctx>>]) -> R<()> {
+        for (oi, ai) in self.tiles.iter().zip(vals) {
+            for (x, v) in oi.iter().zip(ai) {
+                for i in 0..4 {
+                    g.set(&x[i], v[i])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The values of m-tile 0, flat in accumulator order (a wgmma accumulator).
+    pub fn flat(&self, g: &Gpu<'ctx>) -> R<Vec<FloatValue<'ctx>>> {
+        let mut v = Vec::with_capacity(self.tiles[0].len() * 4);
+        for x in &self.tiles[0] {
+            for e in x {
+                v.push(g.getf(e)?);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Stores a flat wgmma accumulator into m-tile 0.
+    pub fn store_flat(&self, g: &Gpu<'ctx>, vals: &[FloatValue<'ctx>]) -> R<()> {
+        for (x, v) in self.tiles[0].iter().zip(vals.chunks(4)) {
+            for i in 0..4 {
+                g.set(&x[i], v[i])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Multiplies each row half `hr` of m-tile `i` by `factor[i][hr]`.
+    pub fn scale_rows(&self, g: &Gpu<'ctx>, factor: &RowState<'ctx>) -> R<()> {
+        for (oi, ai) in self.tiles.iter().zip(&factor.rows) {
+            for acc in oi {
+                for (e, v) in acc.iter().enumerate() {
+                    let a = g.getf(&ai[e / 2])?;
+                    g.set(v, g.fmul(g.getf(v)?, a)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One f32 per accumulator row of this thread: `[m-tile][row half]` (rows `lane / 4`
+/// and `lane / 4 + 8`), e.g. the running max or sum of the online softmax.
+pub(crate) struct RowState<'ctx> {
+    pub rows: Vec<[Var<'ctx>; 2]>,
+}
+
+impl<'ctx> RowState<'ctx> {
+    pub fn new(g: &Gpu<'ctx>, mt: usize, init: f32) -> R<Self> {
+        let rows = (0..mt)
+            .map(|_| Ok([g.var(g.f32, g.cf(init))?, g.var(g.f32, g.cf(init))?]))
+            .collect::<R<_>>()?;
+        Ok(RowState { rows })
+    }
+}
+
+/// `[[x; 4]]` of one m-tile from a flat wgmma accumulator (m16n8 order per n8 chunk).
+pub(crate) fn split4<'ctx>(acc: &[FloatValue<'ctx>]) -> AccValues<'ctx> {
+    vec![acc.chunks(4).map(|x| [x[0], x[1], x[2], x[3]]).collect()]
+}
+
+/// A fragments held in mutable locals (P of the previous block on the overlapped wgmma
+/// path): one [`Frag`] per 16 kv columns.
+pub(crate) struct FragRegs<'ctx> {
+    pub frags: Vec<[Var<'ctx>; 4]>,
+}
+
+impl<'ctx> FragRegs<'ctx> {
+    /// `n` fragments, every register zero.
+    pub fn zeros(g: &Gpu<'ctx>, n: usize) -> R<Self> {
+        let zero = g.c32(0);
+        let frags = (0..n)
+            .map(|_| {
+                Ok([
+                    g.var(g.i32, zero)?,
+                    g.var(g.i32, zero)?,
+                    g.var(g.i32, zero)?,
+                    g.var(g.i32, zero)?,
+                ])
+            })
+            .collect::<R<_>>()?;
+        Ok(FragRegs { frags })
+    }
+
+    pub fn values(&self, g: &Gpu<'ctx>) -> R<Vec<Frag<'ctx>>> {
+        self.frags
+            .iter()
+            .map(|x| {
+                Ok([
+                    g.geti(&x[0])?,
+                    g.geti(&x[1])?,
+                    g.geti(&x[2])?,
+                    g.geti(&x[3])?,
+                ])
+            })
+            .collect()
+    }
+
+    pub fn store(&self, g: &Gpu<'ctx>, vals: &[Frag<'ctx>]) -> R<()> {
+        for (pv, pf) in self.frags.iter().zip(vals) {
+            for (v, x) in pv.iter().zip(pf) {
+                g.set(v, *x)?;
+            }
+        }
+        Ok(())
+    }
+}
