@@ -1,8 +1,10 @@
 //! PTX of the GPU backward kernels (`backend::llvm::backward`: pre, dK/dV, dQ; sm_80,
 //! bf16, D = 64) for a few example attentions — no mask, a linear mask (closed form,
 //! transposed for dK/dV), a score with a derivative (ALiBi, tanh soft-capping) and a
-//! tensor mask (host-made block ranges) — snapshot-tested and generated twice to check
-//! it is byte-identical. No float atomics anywhere (the backward is deterministic).
+//! tensor mask (host-made block ranges), a relative-position table (capture gradients in
+//! the dQ kernel) — snapshot-tested and generated twice to check it is byte-identical. No
+//! float atomics anywhere (the backward is deterministic); capture gradients use integer
+//! atomics (`atom.global.add.u64`) only, in the dQ kernel only.
 //! Runs without a GPU; runtime/tests/gpu_backward.rs runs the kernels.
 
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward};
@@ -19,6 +21,7 @@ fn backward_kernels_have_deterministic_ptx() {
         ("alibi_causal", "alibi_causal"),
         ("softcap", "softcap_causal"),
         ("document_causal", "document_causal"),
+        ("relative_bias_table", "relative_bias_table"),
     ] {
         let src = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
@@ -48,6 +51,12 @@ fn backward_kernels_have_deterministic_ptx() {
                     "{name} {kind:?}: no tensor-core mma"
                 );
             }
+            let caps = !attnc_compiler::backend::llvm::backward::capture_grads(p).is_empty();
+            assert_eq!(
+                a.ptx.contains("atom.global.add.u64"),
+                caps && kind == BackwardKind::Dq,
+                "{name} {kind:?}: integer atomics exactly where capture gradients are summed"
+            );
             insta::assert_snapshot!(
                 format!("bwd_ptx_sm80_bf16_d64__{name}__{}", kind.name()),
                 a.ptx
@@ -55,5 +64,68 @@ fn backward_kernels_have_deterministic_ptx() {
             count += 1;
         }
     }
-    assert_eq!(count, 15);
+    assert_eq!(count, 18);
+}
+
+/// Every example attention with capture gradients, and a learnable f32 param: the dQ
+/// kernel takes one gradient buffer per differentiable tensor (and one for the params),
+/// sums with integer atomics only, and its PTX is byte-identical twice, at D 64 and 128,
+/// bf16 and f16. `ATTNC_BWD_PTX_DIR=dir` writes the PTX there (for `ptxas -v`).
+#[test]
+fn capture_gradient_kernels() {
+    use attnc_compiler::backend::llvm::KernelParam;
+    use attnc_compiler::backend::llvm::backward::capture_grads;
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    let mut sources: Vec<String> = ["learned_bias", "relative_bias_table", "t5_relative_bias"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{f}.attn")),
+            )
+            .unwrap()
+        })
+        .collect();
+    sources.push(
+        "param cap: f32; tensor w: f32[H, 64];\n\
+         mask causal(b, h, q, kv) { q >= kv }\n\
+         score sc(s, b, h, q, kv) { cap * tanh(s / cap) + w[h, kv % 64] * w[h, q % 64] }\n\
+         attention learnable_softcap_twice { mask = causal; score = sc; }"
+            .into(),
+    );
+    let mut n = 0;
+    for src in &sources {
+        let module = attnc_compiler::compile_source(src).expect("compiles");
+        for p in &module.programs {
+            let caps = capture_grads(p);
+            assert!(!caps.is_empty(), "{}", p.name);
+            for (d, ty) in [(64, InputType::Bf16), (128, InputType::F16)] {
+                let opts = PtxOptions::backward(Arch::Sm80, d, d, ty);
+                let a = emit_backward(p, &opts, BackwardKind::Dq).unwrap();
+                let b = emit_backward(p, &opts, BackwardKind::Dq).unwrap();
+                assert_eq!(a.ptx, b.ptx, "{}: PTX differs between two runs", p.name);
+                assert!(a.ptx.contains("atom.global.add.u64"), "{}", p.name);
+                assert!(!a.ptx.contains("atom.global.add.f32"));
+                assert!(!a.ptx.contains("red.global.add.f32"));
+                let grads: Vec<u32> = a
+                    .params
+                    .iter()
+                    .filter_map(|k| match k {
+                        KernelParam::TensorGrad(t) => Some(*t),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(grads, caps.tensors, "{}", p.name);
+                assert_eq!(
+                    a.params.contains(&KernelParam::ParamGrad),
+                    !caps.params.is_empty()
+                );
+                if let Some(dir) = &dir {
+                    std::fs::write(format!("{dir}/{}_d{d}_{}.ptx", a.entry, ty.name()), &a.ptx)
+                        .unwrap();
+                }
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 10);
 }

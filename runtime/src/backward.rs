@@ -10,8 +10,9 @@
 //! Backends: `Reference` runs the f64 oracle (`attnc_compiler::reference_grad`, which
 //! recomputes O and LSE itself and ignores `o`/`lse`); `Cpu` the Cranelift backward
 //! (`backend::cranelift::backward`, compiled on the first call and kept), with the
-//! forward's block maps; `Cuda` runs the GPU kernels of `cuda::backward` (dQ, dK, dV; a
-//! program whose score needs capture gradients is refused with an error naming them).
+//! forward's block maps; `Cuda` runs the GPU kernels of `cuda::backward` (dQ, dK, dV and
+//! the capture gradients, which its dQ kernel accumulates deterministically in fixed
+//! point).
 
 use crate::api::{Bound, Captures, check_input};
 use crate::error::{Error, Result};
@@ -236,8 +237,8 @@ impl Bound {
 
 /// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the process's
 /// device: the program's three backward kernels (generated and loaded once per process),
-/// its launch blocks, upload, launches, download. Gradients of captured tensors and
-/// params are not computed on the GPU: a program whose score needs them is refused.
+/// its launch blocks, upload, launches, download. As on the CPU, every float tensor gets
+/// a gradient (zeros where the score does not read it) and every f32 param one.
 #[allow(clippy::too_many_arguments)]
 fn cuda_backward(
     variant: &crate::api::Variant,
@@ -295,11 +296,35 @@ fn cuda_backward(
             })
             .collect()
     };
+    let tensors = p
+        .tensors
+        .iter()
+        .zip(grads.tensors)
+        .zip(&bind.tensors)
+        .map(|((info, g), t)| {
+            (info.elem.read_type() == Type::F32)
+                .then(|| g.unwrap_or_else(|| vec![0.0; t.dims.iter().product()]))
+        })
+        .collect();
+    let params = p
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, info)| {
+            (info.ty == Type::F32).then(|| {
+                grads
+                    .params
+                    .as_ref()
+                    .and_then(|x| x.get(i).copied())
+                    .unwrap_or(0.0)
+            })
+        })
+        .collect();
     Ok(attnc_compiler::backend::cranelift::backward::Gradients {
         dq: f32s(grads.dq),
         dk: f32s(grads.dk),
         dv: f32s(grads.dv),
-        tensors: vec![None; p.tensors.len()],
-        params: vec![None; p.params.len()],
+        tensors,
+        params,
     })
 }

@@ -8,12 +8,22 @@
 //! the kernel's derivative IR, `grad::differentiate`).
 //!
 //! Covered: every sample program (dense, causal, sliding window, ALiBi and causal,
-//! soft-cap and causal, document and causal; the bias-table sample is refused: capture
-//! gradients) on shapes with odd lengths, Lq != Lkv, GQA, D 32/64/128, bf16 and f16; a
-//! mask with fully masked rows (their dQ must be exactly 0); dLSE; the closed-form
-//! kernels run with `KvAllPartial` (every block partial) too; determinism (two runs
-//! bit-identical); `Bound::backward` on the CUDA backend against the f64 reference
-//! gradients of `reference_grad`.
+//! soft-cap and causal, document and causal, a bias table read at a computed index) on
+//! shapes with odd lengths, Lq != Lkv, GQA, D 32/64/128, bf16 and f16; a mask with fully
+//! masked rows (their dQ must be exactly 0); dLSE; the closed-form kernels run with
+//! `KvAllPartial` (every block partial) too; determinism (repeated runs bit-identical,
+//! capture gradients included); `Bound::backward` on the CUDA backend against the f64
+//! reference gradients of `reference_grad` for every attention in examples/, and the
+//! capture gradients (captured f32/f16/bf16 tensors and f32 params read by the score:
+//! learned bias, relative-position table, T5 buckets, a tensor read twice, a learnable
+//! soft-cap) on random shapes against `reference_grad`.
+//!
+//! Capture gradients are compared with `reference_grad` given a dLSE that makes its
+//! `D = rowsum(dO ∘ O)` use the O the kernels are given (rounded to the input type;
+//! `reference_grad` recomputes O exactly): `dLSE' = dLSE + rowsum(dO ∘ (O_exact −
+//! O_given))`. Without it a sum of dS' over many elements (a table entry, a param) would
+//! mostly measure the rounding of O, not the kernels. Tolerance: the bf16/f16 one below
+//! plus an absolute 1e-4 (sums that cancel to ~0).
 //!
 //! Tolerance per gradient tensor G (reference R): |G − R| <= a max|R| + r |R| with
 //! (a, r) = (0.02, 0.03) for bf16 and (0.005, 0.01) for f16: P and dS are rounded to the
@@ -171,6 +181,82 @@ fn tolerance(ty: InputType) -> (f32, f32) {
     }
 }
 
+/// Checks one f32 gradient (a capture's) against the reference, with [`tolerance`] plus
+/// an absolute 1e-4; panics with the worst element.
+fn compare_f32(what: &str, got: &[f32], want: &[f32], ty: InputType) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (a, r) = tolerance(ty);
+    let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let lim = a * max + r * w.abs() + 1e-4;
+        if err.is_nan() || err > lim {
+            panic!("{what}[{i}] = {g}, reference {w} (max |ref| {max}, limit {lim})");
+        }
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    println!(
+        "    {what}: max err {:.3e} at {} (max |ref| {max:.3e}, {} elements)",
+        worst.1,
+        worst.0,
+        want.len()
+    );
+}
+
+/// The dLSE that makes `reference_grad`'s D use `o_given` (module docs): `dlse +
+/// rowsum(dO ∘ (o_exact − o_given))` per row.
+fn aligned_dlse(
+    sh: &Shape,
+    d_o: &[f32],
+    o_exact: &[f32],
+    o_given: &[f32],
+    dlse: Option<&[f32]>,
+) -> Vec<f32> {
+    (0..sh.lse_len())
+        .map(|row| {
+            let r = row * sh.dv..(row + 1) * sh.dv;
+            let fix: f64 = d_o[r.clone()]
+                .iter()
+                .zip(&o_exact[r.clone()])
+                .zip(&o_given[r])
+                .map(|((d, e), g)| *d as f64 * (*e as f64 - *g as f64))
+                .sum();
+            (dlse.map_or(0.0, |x| x[row] as f64) + fix) as f32
+        })
+        .collect()
+}
+
+/// Checks the capture gradients of one backward (per tensor id and per param, as
+/// `reference_grad` returns them) against `reference_grad`'s.
+fn compare_captures(
+    p: &Program,
+    tensors: &[Option<Vec<f32>>],
+    params: &[Option<f32>],
+    want: &attnc_compiler::reference_grad::Grads,
+    ty: InputType,
+) {
+    let caps = attnc_compiler::backend::llvm::backward::capture_grads(p);
+    for t in &caps.tensors {
+        let name = &p.tensors[*t as usize].name;
+        let got = tensors[*t as usize]
+            .as_ref()
+            .unwrap_or_else(|| panic!("no gradient of `{name}`"));
+        let w = want.tensors[*t as usize]
+            .as_ref()
+            .expect("reference gradient");
+        compare_f32(&format!("d{name}"), got, w, ty);
+    }
+    for (i, info) in p.params.iter().enumerate() {
+        if let Some(w) = want.params[i] {
+            let g = params[i].unwrap_or_else(|| panic!("no gradient of `{}`", info.name));
+            compare_f32(&format!("d{}", info.name), &[g], &[w], ty);
+        }
+    }
+}
+
 /// Checks one gradient against the reference; panics with the worst element.
 fn compare(what: &str, got: &[u16], want: &[f32], ty: InputType) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -199,6 +285,8 @@ struct Inputs {
     k: (Vec<u16>, Vec<f32>),
     v: (Vec<u16>, Vec<f32>),
     o: (Vec<u16>, Vec<f32>),
+    /// The f64 oracle's O (f32), before the rounding to the input type.
+    o_exact: Vec<f32>,
     lse: Vec<f32>,
     d_o: (Vec<u16>, Vec<f32>),
     dlse: Option<Vec<f32>>,
@@ -228,6 +316,7 @@ fn inputs(p: &Program, sh: &Shape, ty: InputType, seed: u64, with_dlse: bool) ->
         k,
         v,
         o: (o_bits, o_vals),
+        o_exact: fwd.o,
         lse: fwd.lse,
         d_o,
         dlse,
@@ -276,6 +365,7 @@ fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64
         x.scale,
         &x.bind,
     );
+    let want_caps = reference_captures(p, &sh, &x);
     let closed = matches!(ks[1].kv_bounds, KvBounds::ClosedForm(_));
     let blocks = blocks_of(&bw, p, &sh, &x);
     let mut passes: Vec<(&str, BwdBlocks)> = vec![("", blocks.as_blocks())];
@@ -295,7 +385,40 @@ fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64
         compare("dq", &g.dq, &want.0, ty);
         compare("dk", &g.dk, &want.1, ty);
         compare("dv", &g.dv, &want.2, ty);
+        if let Some(w) = &want_caps {
+            let params: Vec<Option<f32>> = (0..p.params.len())
+                .map(|i| g.params.as_ref().map(|x| x[i]))
+                .collect();
+            compare_captures(p, &g.tensors, &params, w, ty);
+        }
     }
+}
+
+/// `reference_grad`'s gradients with D aligned to the given O (module docs), when `p`
+/// has capture gradients.
+fn reference_captures(
+    p: &Program,
+    sh: &Shape,
+    x: &Inputs,
+) -> Option<attnc_compiler::reference_grad::Grads> {
+    if attnc_compiler::backend::llvm::backward::capture_grads(p).is_empty() {
+        return None;
+    }
+    let dlse = aligned_dlse(sh, &x.d_o.1, &x.o_exact, &x.o.1, x.dlse.as_deref());
+    Some(
+        attnc_compiler::reference_grad::backward(
+            p,
+            sh,
+            &x.q.1,
+            &x.k.1,
+            &x.v.1,
+            &x.d_o.1,
+            Some(&dlse),
+            x.scale,
+            &x.bind,
+        )
+        .expect("reference gradients"),
+    )
 }
 
 fn dump(ks: &[attnc_compiler::backend::llvm::PtxKernel; 3]) {
@@ -329,12 +452,6 @@ fn gpu_backward_samples_match_reference(dev: &CudaDevice) {
     for (i, (sh, ty)) in cases.iter().enumerate() {
         for p in samples::all(sh.hq as i32) {
             if p.name == "document_causal" && sh.lq != sh.lkv {
-                continue;
-            }
-            if p.name == "bias_table" {
-                // reads a learned table: the CUDA backward refuses it (capture gradients)
-                let msg = attnc_compiler::backend::llvm::backward::capture_grads_unsupported(&p);
-                assert!(msg.is_some_and(|m| m.contains("`bias`")));
                 continue;
             }
             check_case(dev, &p, *sh, *ty, 100 + i as u64, false);
@@ -383,7 +500,12 @@ fn gpu_backward_dlse(dev: &CudaDevice) {
 }
 
 fn gpu_backward_is_deterministic(dev: &CudaDevice) {
-    for p in [samples::document_causal(), samples::alibi_causal(4)] {
+    // bias_table: capture gradients (integer atomics) must be bit-identical too
+    for p in [
+        samples::document_causal(),
+        samples::alibi_causal(4),
+        samples::bias_table(),
+    ] {
         let sh = shape(2, 4, 1, 300, 300, 128);
         let ty = InputType::Bf16;
         let opts = PtxOptions::backward(dev.arch(), 128, 128, ty);
@@ -396,31 +518,123 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
             let again = run(dev, &bw, &sh, &x, b.as_blocks());
             assert!(again == first, "{}: gradients differ between runs", p.name);
         }
+        assert_eq!(
+            first.tensors.iter().flatten().count(),
+            attnc_compiler::backend::llvm::backward::capture_grads(&p)
+                .tensors
+                .len()
+        );
     }
 }
 
-/// `Bound::backward` on the CUDA backend for every attention of every example against
-/// `Bound::backward` on the reference backend (the f64 oracle gradients of
-/// `reference_grad`), bf16, O and LSE from the CUDA forward. Attentions whose score reads
-/// a captured float tensor or f32 param must be refused with an error naming it (the GPU
-/// kernels do not compute capture gradients).
-fn gpu_backward_api_every_example(_dev: &CudaDevice) {
-    use attnc::{Backend, BindOptions, Compiled, DType, synth};
-    let dir = [
+/// `Bound::backward` on the CUDA backend against the reference backend (the f64 oracle
+/// of `reference_grad`; D aligned to the O the CUDA forward gave, module docs) for one
+/// attention, shape, dtype and captures: dq, dk, dv and the gradient of every float
+/// captured tensor (its dtype) and f32 param. Returns the CUDA gradients.
+fn api_case(
+    var: &attnc::Variant,
+    shape: Shape,
+    dt: attnc::DType,
+    caps: &attnc::Captures,
+    seed: u64,
+    what: &str,
+) -> attnc::Gradients {
+    use attnc::{Backend, BindOptions, DType, Tensor, synth};
+    let ty = match dt {
+        DType::F16 => InputType::F16,
+        _ => InputType::Bf16,
+    };
+    let (q, k, v) = synth::qkv(&shape, dt, seed);
+    let (d_o, _, _) = synth::qkv(
+        &Shape {
+            d: shape.dv,
+            lkv: shape.lq,
+            hkv: shape.hq,
+            ..shape
+        },
+        dt,
+        seed + 99,
+    );
+    let mut cuda = var
+        .bind(BindOptions::new(Backend::Cuda, shape, dt))
+        .unwrap();
+    let mut reference = var
+        .bind(BindOptions::new(Backend::Reference, shape, dt))
+        .unwrap();
+    let fwd = cuda
+        .forward(&q, &k, &v, caps)
+        .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+    let got = cuda
+        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, caps)
+        .unwrap_or_else(|e| panic!("{what}: cuda backward: {e}"));
+    let bind = reference.bindings(caps).unwrap();
+    let exact = attnc_compiler::reference::attention(
+        var.program(),
+        &shape,
+        &q.to_f32(),
+        &k.to_f32(),
+        &v.to_f32(),
+        reference.scale(),
+        &bind,
+    )
+    .unwrap();
+    let dlse = aligned_dlse(&shape, &d_o.to_f32(), &exact.o, &fwd.o.to_f32(), None);
+    let dlse = Tensor::from_f32(vec![shape.b, shape.hq, shape.lq], &dlse);
+    let want = reference
+        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, Some(&dlse), caps)
+        .unwrap_or_else(|e| panic!("{what}: reference backward: {e}"));
+    println!("  {what} {}", ty.name());
+    for (g, w, nm) in [
+        (&got.dq, &want.dq, "dq"),
+        (&got.dk, &want.dk, "dk"),
+        (&got.dv, &want.dv, "dv"),
+    ] {
+        let bits = g.to_u16_bits().expect("16-bit gradients");
+        compare(nm, &bits, &w.to_f32(), ty);
+    }
+    assert_eq!(
+        got.tensors.keys().collect::<Vec<_>>(),
+        want.tensors.keys().collect::<Vec<_>>(),
+        "{what}: tensors with gradients"
+    );
+    for (name, w) in &want.tensors {
+        let g = &got.tensors[name];
+        assert_eq!(g.dtype(), w.dtype(), "{what}: d{name} dtype");
+        assert_eq!(g.shape(), w.shape(), "{what}: d{name} shape");
+        compare_f32(&format!("d{name}"), &g.to_f32(), &w.to_f32(), ty);
+    }
+    assert_eq!(got.params.len(), want.params.len(), "{what}: params");
+    for (name, w) in &want.params {
+        compare_f32(&format!("d{name}"), &[got.params[name]], &[*w], ty);
+    }
+    got
+}
+
+fn examples_dir() -> std::path::PathBuf {
+    [
         "examples",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"),
     ]
     .into_iter()
     .map(std::path::PathBuf::from)
-    .find(|d| d.is_dir())
-    .expect("the examples directory");
+    .find(|d| d.join("causal.attn").is_file())
+    .expect("the examples directory")
+}
+
+/// `Bound::backward` on the CUDA backend for every attention of every example against
+/// `Bound::backward` on the reference backend ([`api_case`]), bf16, O and LSE from the
+/// CUDA forward; capture gradients (learned bias, relative-position table, T5 tables)
+/// included.
+fn gpu_backward_api_every_example(_dev: &CudaDevice) {
+    use attnc::{Compiled, DType, synth};
+    let dir = examples_dir();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "attn"))
         .collect();
     files.sort();
-    let (mut ran, mut refused) = (0, 0);
+    let (mut ran, mut with_caps) = (0, 0);
     for (n, path) in files.iter().enumerate() {
         let c = Compiled::from_file(path).unwrap();
         for name in c.names() {
@@ -434,7 +648,7 @@ fn gpu_backward_api_every_example(_dev: &CudaDevice) {
                     | "document_sliding_causal"
                     | "global_sliding_window"
             );
-            let shape = attnc::Shape {
+            let shape = Shape {
                 b: 1,
                 hq: 4,
                 hkv: 2,
@@ -444,56 +658,131 @@ fn gpu_backward_api_every_example(_dev: &CudaDevice) {
                 dv: if n % 2 == 0 { 64 } else { 128 },
             };
             let caps = synth::captures(p, &shape, n as u64);
-            let (q, k, v) = synth::qkv(&shape, DType::BF16, n as u64);
-            let (d_o, _, _) = synth::qkv(
-                &attnc::Shape {
-                    d: shape.dv,
-                    lkv: shape.lq,
-                    hkv: shape.hq,
-                    ..shape
-                },
-                DType::BF16,
-                n as u64 + 99,
-            );
-            let mut cuda = var
-                .bind(BindOptions::new(Backend::Cuda, shape, DType::BF16))
-                .unwrap();
-            let mut reference = var
-                .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
-                .unwrap();
             let what = format!("{}:{name} {shape:?}", path.display());
-            let fwd = cuda
-                .forward(&q, &k, &v, &caps)
-                .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
-            let got = cuda.backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, &caps);
-            if let Some(why) = attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p)
-            {
-                let e = got.expect_err("a program needing capture gradients must be refused");
-                assert!(
-                    e.to_string().contains("captured tensors"),
-                    "{what}: {e} ({why})"
-                );
-                refused += 1;
-                continue;
-            }
-            let got = got.unwrap_or_else(|e| panic!("{what}: cuda backward: {e}"));
-            let want = reference
-                .backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, &caps)
-                .unwrap_or_else(|e| panic!("{what}: reference backward: {e}"));
-            println!("  {what}");
-            for (g, w, nm) in [
-                (&got.dq, &want.dq, "dq"),
-                (&got.dk, &want.dk, "dk"),
-                (&got.dv, &want.dv, "dv"),
-            ] {
-                let bits = g.to_u16_bits().expect("bf16 gradients");
-                compare(nm, &bits, &w.to_f32(), InputType::Bf16);
+            api_case(&var, shape, DType::BF16, &caps, n as u64, &what);
+            if !attnc_compiler::backend::llvm::backward::capture_grads(p).is_empty() {
+                with_caps += 1;
             }
             ran += 1;
         }
     }
-    println!("  {ran} attentions matched, {refused} refused (capture gradients)");
+    println!("  {ran} attentions matched, {with_caps} of them with capture gradients");
     assert!(ran > 10, "too few attentions ran: {ran}");
+    assert!(
+        with_caps >= 4,
+        "too few attentions with capture gradients: {with_caps}"
+    );
+}
+
+/// Attentions with capture gradients beyond examples/: a bf16 tensor read twice in a
+/// product (`w[h, kv % 64] * w[h, q % 64]`, and the same element at both sites on the
+/// diagonal), a learnable soft-cap param (f32 param, causal), an f16 learned bias under a
+/// mask with fully masked rows and a guarded read (`if`), a param and a tensor together.
+const CAPTURE_SOURCES: &str = r#"
+tensor w: bf16[H, 64];
+tensor fb: f16[B, H, Q, KV];
+tensor rel: f32[H, 33];
+param cap: f32;
+param temp: f32;
+
+mask causal(b, h, q, kv) { q >= kv }
+mask late(b, h, q, kv) { q >= kv + 5 }
+
+score twice(s, b, h, q, kv) { s + w[h, kv % 64] * w[h, q % 64] }
+score softcap(s, b, h, q, kv) { cap * tanh(s / cap) }
+score guarded(s, b, h, q, kv) { if q > kv + 7 { s + fb[b, h, q, kv] } else { s * 0.5 } }
+score both(s, b, h, q, kv) {
+    let d = clamp(kv - q, -16, 16) + 16;
+    s * temp + rel[h, d] * temp
+}
+
+attention read_twice { score = twice; }
+attention learnable_softcap { mask = causal; score = softcap; }
+attention masked_bias { mask = late; score = guarded; }
+attention param_and_table { mask = causal; score = both; }
+"#;
+
+/// Capture gradients on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128, bf16 and
+/// f16): every example attention with capture gradients and [`CAPTURE_SOURCES`]; then
+/// determinism: the same call three times gives bit-identical gradients.
+fn gpu_backward_capture_grads(_dev: &CudaDevice) {
+    use attnc::{Compiled, DType, ParamValue, synth};
+    use rand::Rng;
+    let mut variants: Vec<(String, attnc::Variant)> = Vec::new();
+    for file in ["learned_bias", "relative_bias_table", "t5_relative_bias"] {
+        let c = Compiled::from_file(&examples_dir().join(format!("{file}.attn"))).unwrap();
+        for name in c.names() {
+            variants.push((format!("{file}:{name}"), c.attention(name).unwrap()));
+        }
+    }
+    let c = Compiled::from_source("capture_sources.attn", CAPTURE_SOURCES).unwrap();
+    for name in c.names() {
+        variants.push((format!("inline:{name}"), c.attention(name).unwrap()));
+    }
+    let mut r = rng(2026);
+    let mut determinism_done = false;
+    for (i, (label, var)) in variants.iter().enumerate() {
+        let p = var.program();
+        assert!(
+            !attnc_compiler::backend::llvm::backward::capture_grads(p).is_empty(),
+            "{label}: no capture gradients"
+        );
+        for round in 0..2 {
+            let hkv = [1, 2][r.random_range(0..2)];
+            let d = [64, 128][r.random_range(0..2)];
+            let lq = r.random_range(1..220);
+            let lkv = r.random_range(1..220);
+            let shape = Shape {
+                b: r.random_range(1..3),
+                hq: hkv * [1, 2, 3][r.random_range(0..3)],
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            };
+            let dt = if (i + round) % 2 == 0 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            let seed = 1000 + 10 * i as u64 + round as u64;
+            let mut caps = synth::captures(p, &shape, seed);
+            if p.param("cap").is_some() {
+                caps.params
+                    .insert("cap".into(), ParamValue::F32(r.random_range(0.5f32..3.0)));
+            }
+            if p.param("temp").is_some() {
+                caps.params
+                    .insert("temp".into(), ParamValue::F32(r.random_range(0.5f32..1.5)));
+            }
+            let what = format!("{label} {shape:?}");
+            let first = api_case(var, shape, dt, &caps, seed, &what);
+            if !determinism_done && p.tensors.len() + p.params.len() >= 2 {
+                for _ in 0..2 {
+                    let again = api_case(var, shape, dt, &caps, seed, &what);
+                    for (name, t) in &first.tensors {
+                        assert!(
+                            t.to_f32()
+                                .iter()
+                                .zip(again.tensors[name].to_f32())
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}: d{name} differs between runs"
+                        );
+                    }
+                    for (name, x) in &first.params {
+                        assert_eq!(
+                            x.to_bits(),
+                            again.params[name].to_bits(),
+                            "{what}: d{name} differs between runs"
+                        );
+                    }
+                }
+                determinism_done = true;
+            }
+        }
+    }
+    assert!(determinism_done);
 }
 
 /// Backward benchmark (run by name only: `gpu_backward bench`): bf16, B2 H16 L8192 D128
@@ -628,6 +917,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_backward_api_every_example",
         gpu_backward_api_every_example,
     ),
+    ("gpu_backward_capture_grads", gpu_backward_capture_grads),
 ];
 
 /// Run only when the filter names them (`gpu_backward bench`).

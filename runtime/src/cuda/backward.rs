@@ -8,21 +8,27 @@
 //! `None` when it cannot be trusted for the launch: every block is then visited as
 //! partial), or the block maps of the kernels' Br x Bc tiles, from which the host makes
 //! the per-row ranges the kernels read ([`q_ranges`], and the transposed [`kv_ranges`]).
-//! Out: dQ, dK, dV (16-bit, the input type), or a [`CudaError`].
+//! Out: dQ, dK, dV (16-bit, the input type) and, when the score reads captured float
+//! tensors or f32 params differentiably, their gradients (f32; the dQ kernel accumulates
+//! them in fixed point, `backend::llvm::backward` "Capture gradients"), or a
+//! [`CudaError`].
 //!
-//! Deterministic: no kernel uses atomics on floats; every output element is summed by
-//! one thread in a fixed order, so the same inputs give bit-identical gradients.
+//! Deterministic: no kernel uses atomics on floats; every dQ/dK/dV element is summed by
+//! one thread in a fixed order, and capture gradients are sums of integers (exact, in any
+//! order), so the same inputs give bit-identical gradients.
 
 use super::problem::{KvBlocks, Qkv};
 use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
-use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward, pre_rows_per_cta};
+use attnc_compiler::backend::llvm::backward::{
+    BackwardKind, emit_backward, fixed_to_f32, pre_rows_per_cta,
+};
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
 use attnc_compiler::shape::Shape;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
 
 /// Generates the pre, dK/dV and dQ kernels of `p`.
 pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
@@ -53,6 +59,14 @@ pub struct BackwardProblem {
     pub dv: CudaSlice<u16>,
     /// Table kernels: the (dK/dV, dQ) ranges with their (b, head) map strides.
     ranges: Option<[Ranges; 2]>,
+    /// Per captured tensor: its gradient's fixed-point words (three u64 per element),
+    /// for the tensors whose gradient the dQ kernel computes.
+    tensor_grads: Vec<Option<CudaSlice<u64>>>,
+    /// The params' gradient words (three u64 per param), when the dQ kernel computes any.
+    param_grads: Option<CudaSlice<u64>>,
+    /// Elements per captured tensor, and the number of params.
+    tensor_counts: Vec<usize>,
+    n_params: usize,
 }
 
 /// Per-row block ranges on the device with their (b, head) map strides.
@@ -162,12 +176,18 @@ pub fn kv_ranges(maps: &BlockMaps, shape: &Shape) -> (Vec<i32>, (i32, i32)) {
     (out, strides)
 }
 
-/// Gradients of Q, K and V (16-bit, the kernels' input type).
+/// Gradients of Q, K and V (16-bit, the kernels' input type), and of the captures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grads {
     pub dq: Vec<u16>,
     pub dk: Vec<u16>,
     pub dv: Vec<u16>,
+    /// Per captured tensor (`Bindings::tensors` order): its gradient (f32, the tensor's
+    /// element count) when the score reads it differentiably, else `None`.
+    pub tensors: Vec<Option<Vec<f32>>>,
+    /// Per param (`Bindings::params` order), when the score reads any f32 param
+    /// differentiably: its gradient (0 for params it does not read so).
+    pub params: Option<Vec<f32>>,
 }
 
 impl CudaBackward {
@@ -293,6 +313,21 @@ impl CudaBackward {
         fwd.o = up16(o)?;
         fwd.lse = up32(lse)?;
         let rows = shape.lse_len().max(1);
+        let mut tensor_grads = vec![None; bind.tensors.len()];
+        let mut param_grads = None;
+        for kp in &self.dq.spec().params {
+            match kp {
+                KernelParam::TensorGrad(t) => {
+                    let t = *t as usize;
+                    let n: usize = bind.tensors[t].dims.iter().product();
+                    tensor_grads[t] = Some(s.alloc_zeros::<u64>(3 * n.max(1))?);
+                }
+                KernelParam::ParamGrad => {
+                    param_grads = Some(s.alloc_zeros::<u64>(3 * bind.params.len().max(1))?);
+                }
+                _ => {}
+            }
+        }
         Ok(BackwardProblem {
             fwd,
             d_o: up16(d_o)?,
@@ -303,11 +338,20 @@ impl CudaBackward {
             dk: s.alloc_zeros(shape.k_len().max(1))?,
             dv: s.alloc_zeros(shape.v_len().max(1))?,
             ranges,
+            tensor_grads,
+            param_grads,
+            tensor_counts: bind
+                .tensors
+                .iter()
+                .map(|t| t.dims.iter().product())
+                .collect(),
+            n_params: bind.params.len(),
         })
     }
 
     /// Launches pre, dK/dV and dQ (asynchronous, in stream order).
     pub fn launch(&self, dev: &CudaDevice, p: &BackwardProblem) -> Result<(), CudaError> {
+        let s = &dev.stream;
         let sh = &p.fwd.shape;
         let o = self.opts();
         let rows = sh.b * sh.hq * sh.lq;
@@ -324,6 +368,20 @@ impl CudaBackward {
                 sh.b as u32,
             );
             launch_one(dev, &self.dkdv, p, g, 0, p.ranges.as_ref().map(|r| &r[0]))?;
+        }
+        // the capture gradients are sums over the dQ launch: zero them first, so that
+        // every launch (timing loops too) leaves the gradients of one backward
+        let zero = |x: &CudaSlice<u64>| -> Result<(), CudaError> {
+            let (ptr, _sync) = x.device_ptr(s);
+            // SAFETY: `ptr` is the start of the live allocation `x` of `x.num_bytes()`
+            // bytes; the memset is ordered on `s` before the dQ kernel that reads it.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0, x.num_bytes(), s.cu_stream())
+            }?;
+            Ok(())
+        };
+        for x in p.tensor_grads.iter().flatten().chain(&p.param_grads) {
+            zero(x)?;
         }
         if sh.lq > 0 {
             let g = (
@@ -347,10 +405,29 @@ impl CudaBackward {
             v.truncate(n);
             Ok(v)
         };
+        let fixed = |x: &CudaSlice<u64>, n: usize| -> Result<Vec<f32>, CudaError> {
+            let w = s.clone_dtoh(x)?;
+            Ok(w.chunks_exact(3)
+                .take(n)
+                .map(|c| fixed_to_f32([c[0], c[1], c[2]]))
+                .collect())
+        };
+        let tensors = p
+            .tensor_grads
+            .iter()
+            .zip(&p.tensor_counts)
+            .map(|(x, n)| x.as_ref().map(|x| fixed(x, *n)).transpose())
+            .collect::<Result<_, _>>()?;
         Ok(Grads {
             dq: get(&p.dq, sh.q_len())?,
             dk: get(&p.dk, sh.k_len())?,
             dv: get(&p.dv, sh.v_len())?,
+            tensors,
+            params: p
+                .param_grads
+                .as_ref()
+                .map(|x| fixed(x, p.n_params))
+                .transpose()?,
         })
     }
 
@@ -411,6 +488,14 @@ fn launch_one(
     a.buffer(P::DQ, &p.dq, s);
     a.buffer(P::DK, &p.dk, s);
     a.buffer(P::DV, &p.dv, s);
+    for (t, x) in p.tensor_grads.iter().enumerate() {
+        if let Some(x) = x {
+            a.buffer(P::TensorGrad(t as u32), x, s);
+        }
+    }
+    if let Some(x) = &p.param_grads {
+        a.buffer(P::ParamGrad, x, s);
+    }
     a.i64(P::Rows, rows);
     if let Some((t, (bs, hs))) = ranges {
         a.buffer(P::Ranges, t, s);
@@ -436,18 +521,13 @@ pub struct BackwardJit {
 }
 
 impl BackwardJit {
-    /// The kernels of `p` for `opts`, generated and loaded on first use. A program whose
-    /// score reads captured tensors or f32 params differentiably is refused with the
-    /// reason (the kernels do not compute capture gradients).
+    /// The kernels of `p` for `opts`, generated and loaded on first use.
     pub fn get(
         &self,
         dev: &CudaDevice,
         p: &Program,
         opts: &PtxOptions,
     ) -> Result<std::sync::Arc<CudaBackward>, CudaError> {
-        if let Some(why) = attnc_compiler::backend::llvm::backward::capture_grads_unsupported(p) {
-            return Err(CudaError::Codegen(LlvmError::Unsupported(why)));
-        }
         let key = format!(
             "{}\n{}\n{}",
             p.name,

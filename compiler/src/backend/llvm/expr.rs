@@ -101,7 +101,23 @@ pub(crate) fn emit_function<'ctx>(
     f: &Function,
     e: Elem<'ctx>,
 ) -> R<BasicValueEnum<'ctx>> {
-    let live = f.live();
+    let vals = emit_values(g, env, f, e, &[f.ret])?;
+    vals[f.ret.index()].ok_or(super::LlvmError::Internal(
+        "IR value used before definition",
+    ))
+}
+
+/// Like [`emit_function`], for several outputs of one function (the backward's score,
+/// derivative and read sites): every value that one of `roots` depends on is emitted
+/// once; `out[v.index()]` is the LLVM value of IR value `v` (`None` where not emitted).
+pub(crate) fn emit_values<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    f: &Function,
+    e: Elem<'ctx>,
+    roots: &[crate::ir::Value],
+) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
+    let live = f.live_from(roots);
     let mut vals: Vec<Option<BasicValueEnum<'ctx>>> = vec![None; f.insts.len()];
     let get = |vals: &Vec<Option<BasicValueEnum<'ctx>>>, v: crate::ir::Value| {
         vals[v.index()].ok_or(super::LlvmError::Internal(
@@ -147,7 +163,7 @@ pub(crate) fn emit_function<'ctx>(
         };
         vals[i] = Some(v);
     }
-    get(&vals, f.ret)
+    Ok(vals)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -162,16 +178,7 @@ fn emit_load<'ctx>(
     ty: Type,
 ) -> R<BasicValueEnum<'ctx>> {
     let t = &env.tensors[tensor.0 as usize];
-    // flat = sum clamp(idx_k) * stride_k, in i64; dims are >= 1 (the runtime guarantees it)
-    let mut flat = g.c64(0);
-    let mut oob = g.cbool(false);
-    for (x, dim) in idx.iter().zip(&t.dims) {
-        let hi = g.sub(*dim, g.c32(1))?;
-        oob = g.or(oob, g.icmp(IntPredicate::UGT, *x, hi)?)?;
-        let c = g.iintr2("llvm.smax.i32", *x, g.c32(0))?;
-        let c = g.iintr2("llvm.smin.i32", c, hi)?;
-        flat = g.add(g.mul(flat, g.zext64(*dim)?)?, g.zext64(c)?)?;
-    }
+    let (flat, oob) = flat_index(g, t, idx)?;
     if let Some(err) = env.err {
         let report = g.and(g.and(oob, guard)?, inside)?;
         g.if_then(report, || {
@@ -205,6 +212,26 @@ fn emit_load<'ctx>(
         g.selecti(guard, x, g.c32(0))?.into()
     };
     Ok(v)
+}
+
+/// The element a read of `t` at `idx` touches in fast mode, as a flat i64 index: `sum
+/// clamp(idx_k) * stride_k` (dims are >= 1, the runtime guarantees it); and whether any
+/// index was out of range. The backward scatters capture gradients to the same element.
+pub(crate) fn flat_index<'ctx>(
+    g: &Gpu<'ctx>,
+    t: &TensorArg<'ctx>,
+    idx: &[IntValue<'ctx>],
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let mut flat = g.c64(0);
+    let mut oob = g.cbool(false);
+    for (x, dim) in idx.iter().zip(&t.dims) {
+        let hi = g.sub(*dim, g.c32(1))?;
+        oob = g.or(oob, g.icmp(IntPredicate::UGT, *x, hi)?)?;
+        let c = g.iintr2("llvm.smax.i32", *x, g.c32(0))?;
+        let c = g.iintr2("llvm.smin.i32", c, hi)?;
+        flat = g.add(g.mul(flat, g.zext64(*dim)?)?, g.zext64(c)?)?;
+    }
+    Ok((flat, oob))
 }
 
 fn gep_i32<'ctx>(g: &Gpu<'ctx>, p: PointerValue<'ctx>, i: i64) -> R<PointerValue<'ctx>> {

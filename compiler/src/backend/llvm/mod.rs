@@ -429,6 +429,13 @@ pub enum KernelParam {
     /// full_first, full_end]` of blocks per (map, row) (`backward.rs`), indexed by
     /// `(b * MapBStride + head * MapHStride) * rows + row`.
     Ranges,
+    /// Backward dQ kernel of a score that reads captured tensor `i` differentiably: its
+    /// gradient in fixed point, three u64 words per element (`backward.rs`, "Capture
+    /// gradients"); zeroed by the host before the launch.
+    TensorGrad(u32),
+    /// The same for the f32 params the score reads differentiably: three u64 words per
+    /// param of the program.
+    ParamGrad,
 }
 
 /// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and
