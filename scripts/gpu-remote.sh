@@ -32,6 +32,7 @@ if has sanitizer && has backward; then
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_dlse 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_fully_masked_rows 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
   timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_dlse 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/gpu_backward" gpu_backward_capture_sanitize 2>&1 | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if has tests && [ -x "$bin/gpu_decode" ]; then
   echo "== GPU decode tests (split-KV + combine kernels vs the cache oracle) =="

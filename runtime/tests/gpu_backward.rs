@@ -897,6 +897,27 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     let _ = std::fs::write(format!("{out}/attnc_bwd_bench.json"), json);
 }
 
+/// A small case for compute-sanitizer (memcheck: the capture-gradient scatter stays in
+/// its buffers): the bias-table sample at an odd GQA shape, and a learnable soft-cap
+/// with a tensor read twice through `Bound::backward`.
+fn gpu_backward_capture_sanitize(dev: &CudaDevice) {
+    check_case(
+        dev,
+        &samples::bias_table(),
+        shape(1, 4, 2, 67, 45, 64),
+        InputType::Bf16,
+        21,
+        false,
+    );
+    let c = attnc::Compiled::from_source("capture_sources.attn", CAPTURE_SOURCES).unwrap();
+    for name in ["read_twice", "learnable_softcap"] {
+        let var = c.attention(name).unwrap();
+        let sh = shape(1, 2, 1, 37, 70, 64);
+        let caps = attnc::synth::captures(var.program(), &sh, 3);
+        api_case(&var, sh, attnc::DType::BF16, &caps, 3, name);
+    }
+}
+
 type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -918,6 +939,10 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_api_every_example,
     ),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
+    (
+        "gpu_backward_capture_sanitize",
+        gpu_backward_capture_sanitize,
+    ),
 ];
 
 /// Run only when the filter names them (`gpu_backward bench`).
