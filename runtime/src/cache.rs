@@ -272,7 +272,10 @@ mod tests {
         let id = compiler_build_id();
         assert!(id.contains(attnc_compiler::build_info::SOURCE_HASH), "{id}");
         assert!(id.contains("-llvm"), "{id}");
-        assert!(std::ptr::eq(id, compiler_build_id()), "computed once per process");
+        assert!(
+            std::ptr::eq(id, compiler_build_id()),
+            "computed once per process"
+        );
     }
 
     fn tmpdir(name: &str) -> PathBuf {

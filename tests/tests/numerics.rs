@@ -173,10 +173,19 @@ fn tanh_matches_the_oracle_over_the_f32_range() {
     check("tanh(s)", &sweep(-20.0, 20.0, 40_000), f64::tanh, 4);
     // saturation: exactly ±1 wherever f32's tanh is (|x| ≥ 9.0109), so a discontinuous
     // function of it (here `floor(exp2(tanh(x)))`, from the differential fuzzer) agrees
-    let xs: Vec<f32> = [9.02f32, 9.5, 15.0, 40.0, 88.0, 1e10, f32::MAX, f32::INFINITY]
-        .iter()
-        .flat_map(|&x| [x, -x])
-        .collect();
+    let xs: Vec<f32> = [
+        9.02f32,
+        9.5,
+        15.0,
+        40.0,
+        88.0,
+        1e10,
+        f32::MAX,
+        f32::INFINITY,
+    ]
+    .iter()
+    .flat_map(|&x| [x, -x])
+    .collect();
     let cpu = through(Backend::Cpu, "tanh(s)", &xs);
     for (&x, &c) in xs.iter().zip(&cpu) {
         assert_eq!(c, x.signum(), "tanh at x = {x:e}: cpu {c:e}");
