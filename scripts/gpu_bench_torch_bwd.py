@@ -47,8 +47,14 @@ for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64)]:
     do = torch.randn_like(q)
     doc = torch.sort(torch.randint(0, 8, (S,), device=dev))[0]
     def docmask(b, h, qq, kk): return (doc[qq] == doc[kk]) & (qq >= kk)
+    # capture gradients: a relative-position table and a learnable soft-cap (requires_grad)
+    rel = (torch.rand(H, 129, device=dev) * 2 - 1).requires_grad_(True)
+    cap = torch.tensor(30.0, device=dev, requires_grad=True)
+    def relbias(score, b, h, q, kv): return score + rel[h, torch.clamp(q - kv, -64, 64) + 64]
+    def softcap_param(score, b, h, q, kv): return cap * torch.tanh(score / cap)
     variants = [("full", None, None), ("causal", causal, None), ("sliding1024", sliding, None),
-                ("alibi_causal", causal, alibi), ("softcap_causal", causal, softcap), ("doc_causal", docmask, None)]
+                ("alibi_causal", causal, alibi), ("softcap_causal", causal, softcap), ("doc_causal", docmask, None),
+                ("relbias_full", None, relbias), ("softcap_param_causal", causal, softcap_param)]
     for name, mm, sm in variants:
         if only and name not in only.split(","): continue
         bm = create_block_mask(mm, B=None, H=None, Q_LEN=S, KV_LEN=S, device=dev) if mm else None
@@ -57,7 +63,7 @@ for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64)]:
             ms = bench(lambda: out.backward(do, retain_graph=True))
         except Exception as ex:
             print(f"flex/{name}: failed ({type(ex).__name__}: {ex})", flush=True); continue
-        q.grad = k.grad = v.grad = None
+        q.grad = k.grad = v.grad = rel.grad = cap.grad = None
         frac = 1.0 if mm is None else density(mm, S)
         fl = 2.5 * 4 * B * H * S * S * D * frac
         key = f"flex_bwd/{name}/B{B}H{H}S{S}D{D}"
@@ -91,7 +97,8 @@ except Exception as ex:
     print("no attnc backward results:", ex); sys.exit(0)
 print(f"\n{'backward TFLOP/s':<32}{'attnc':>8}{'flex':>8}{'FA2':>8}{'cuDNN':>8}{'x flex':>8}{'x best':>8}")
 for shape in ["B2H16S8192D128", "B4H16S4096D64"]:
-    for name in ["full", "causal", "sliding1024", "alibi_causal", "softcap_causal", "doc_causal"]:
+    for name in ["full", "causal", "sliding1024", "alibi_causal", "softcap_causal", "doc_causal",
+                 "relbias_full", "softcap_param_causal"]:
         a = at.get(f"attnc_bwd/{name}/{shape}")
         if not a: continue
         f = res.get(f"flex_bwd/{name}/{shape}"); fa = res.get(f"sdpa_flash_bwd/{name}/{shape}"); cu = res.get(f"sdpa_cudnn_bwd/{name}/{shape}")

@@ -784,8 +784,26 @@ fn gpu_backward_capture_grads(_dev: &CudaDevice) {
     assert!(determinism_done);
 }
 
+/// The benchmark's capture-gradient variants (FlexAttention's anchors in
+/// scripts/gpu_bench_torch_bwd.py compute the same gradients).
+const BENCH_RELBIAS: &str = "tensor rel: f32[H, 129];
+score relbias(s, b, h, q, kv) { s + rel[h, clamp(q - kv, -64, 64) + 64] }
+attention relbias_full { score = relbias; }";
+const BENCH_SOFTCAP_PARAM: &str = "param cap: f32;
+mask causal(b, h, q, kv) { q >= kv }
+score softcap(s, b, h, q, kv) { cap * tanh(s / cap) }
+attention softcap_param_causal { mask = causal; score = softcap; }";
+
+fn bench_program(src: &str) -> Program {
+    attnc_compiler::compile_source(src)
+        .expect("benchmark source compiles")
+        .programs
+        .remove(0)
+}
+
 /// Backward benchmark (run by name only: `gpu_backward bench`): bf16, B2 H16 L8192 D128
-/// and B4 H16 L4096 D64, the six benchmark variants; device time of the three kernels
+/// and B4 H16 L4096 D64, the six benchmark variants and two with capture gradients (a
+/// relative-position table, a learnable soft-cap param); device time of the three kernels
 /// (CUDA events, median), backward TFLOP/s = 2.5 · 4·B·H·Lq·Lkv·D·density / time with the
 /// exact density of the mask. O and dO are random and LSE = ln(Lkv) (the kernels' work
 /// does not depend on the values). Writes `$OUT/attnc_bwd_bench.json`.
@@ -819,6 +837,10 @@ fn gpu_backward_bench(dev: &CudaDevice) {
             ("alibi_causal", samples::alibi_causal(h as i32)),
             ("softcap_causal", samples::softcap_causal()),
             ("doc_causal", samples::document_causal()),
+            // capture gradients: a relative-position table (contended at the clamped
+            // ends) and a learnable soft-cap param
+            ("relbias_full", bench_program(BENCH_RELBIAS)),
+            ("softcap_param_causal", bench_program(BENCH_SOFTCAP_PARAM)),
         ];
         for (name, p) in variants {
             if only
@@ -853,6 +875,19 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                         }
                     }
                     n
+                }
+                "relbias_full" => {
+                    bind.tensors.push(BoundTensor {
+                        dims: vec![h, 129],
+                        data: TensorData::F32(
+                            (0..h * 129).map(|_| r.random_range(-1.0f32..1.0)).collect(),
+                        ),
+                    });
+                    (b * l * l) as f64
+                }
+                "softcap_param_causal" => {
+                    bind.params.push(Scalar::F32(30.0));
+                    b as f64 * (l * (l + 1) / 2) as f64
                 }
                 _ => b as f64 * (l * (l + 1) / 2) as f64,
             };
