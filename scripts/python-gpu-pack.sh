@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 dest=${1:-/work/main/.bin-pycuda}
 rm -rf "$dest"
 mkdir -p "$dest/wheels" "$dest/tree/python"
-bash scripts/python-wheel.sh "$dest/wheels"
+# python-wheel.sh takes a folder relative to the repository root
+bash scripts/python-wheel.sh .whl
+cp .whl/attnc-*.whl "$dest/wheels/"
 .venv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
   --python-version 3.12 --platform manylinux2014_x86_64 -d "$dest/wheels" pytest
 cp -r python/tests python/bench python/examples "$dest/tree/python/"

@@ -274,19 +274,23 @@ impl Attention {
         };
         let stream = stream as u64;
         let result = py.detach(|| {
-            self.with_bound(key, |bound| {
-                // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of device 0 with the
-                // bound shape and dtype (checked by `forward`; the runtime checks null,
-                // alignment, overlap and, outside graph capture, that each is device-0
-                // memory), o/lse fresh torch buffers; the captures are contiguous tensors
-                // of the same device in i32/f32 words (converted above; dims and dtype
-                // checked by the runtime against the declarations). The caller's frame
-                // (and `converted`) holds them all for the call, and torch's caching
-                // allocator reuses their memory only in order on the stream they were
-                // made on, which is `stream` (torch's current stream, where the package
-                // allocated o/lse and made the inputs contiguous), so the queued launch
-                // reads live memory; torch's streams live as long as the process.
-                unsafe { bound.forward_cuda_into(&bufs, &devt, &pv, stream) }
+            // torch's current device stays what it was (the bind and the launch make
+            // device 0's primary context current on this thread)
+            attnc::external::preserving_current_context(|| {
+                self.with_bound(key, |bound| {
+                    // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of device 0 with the
+                    // bound shape and dtype (checked by `forward`; the runtime checks null,
+                    // alignment, overlap and, outside graph capture, that each is device-0
+                    // memory), o/lse fresh torch buffers; the captures are contiguous tensors
+                    // of the same device in i32/f32 words (converted above; dims and dtype
+                    // checked by the runtime against the declarations). The caller's frame
+                    // (and `converted`) holds them all for the call, and torch's caching
+                    // allocator reuses their memory only in order on the stream they were
+                    // made on, which is `stream` (torch's current stream, where the package
+                    // allocated o/lse and made the inputs contiguous), so the queued launch
+                    // reads live memory; torch's streams live as long as the process.
+                    unsafe { bound.forward_cuda_into(&bufs, &devt, &pv, stream) }
+                })
             })
         });
         drop(converted);
@@ -694,11 +698,13 @@ impl Attention {
             };
             let grads = py
                 .detach(|| {
-                    self.with_bound(key, |bound| {
-                        for (name, _) in &outs {
-                            bound.check_differentiable(name)?;
-                        }
-                        bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
+                    attnc::external::preserving_current_context(|| {
+                        self.with_bound(key, |bound| {
+                            for (name, _) in &outs {
+                                bound.check_differentiable(name)?;
+                            }
+                            bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
+                        })
                     })
                 })
                 .map_err(|e| self.error(py, &e))?;

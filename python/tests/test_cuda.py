@@ -393,3 +393,12 @@ def test_errors_name_the_tensor():
         assert "cuda:1" in str(e)
     # the stream's state is intact after the errors
     assert torch.isfinite(attn(q, k, v, doc=doc, window=4).float()).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_current_device_is_kept():
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    q, k, v = (x.to("cuda:0", torch.bfloat16) for x in qkv(1, 2, 2, 33, 33, 64))
+    with torch.cuda.device(1):
+        attn(q, k, v)
+        assert torch.cuda.current_device() == 1

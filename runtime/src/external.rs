@@ -72,6 +72,8 @@ impl Bound {
     }
 }
 
+pub use crate::exec::cuda::caller::preserving_current_context;
+
 /// Device pointers of one CUDA call's q, k, v (the binding's bf16/f16), o (same dtype)
 /// and lse (f32), all contiguous in the layouts of `attnc_compiler::shape`.
 pub use crate::exec::cuda::caller::CallerBuffers as DeviceBuffers;

@@ -161,6 +161,34 @@ fn capturing(dev: &CudaDevice, stream: u64) -> Result<bool, CudaError> {
     Ok(status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
+/// Runs `f`, then makes the context that was current on this thread before current
+/// again if `f` changed it: cudarc binds the primary context of device 0 to the thread,
+/// which would also move the CUDA runtime's (torch's) current device of a caller whose
+/// current device is another one. Without a driver, just runs `f`.
+pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
+    use cudarc::driver::sys::{CUresult, cuCtxGetCurrent, cuCtxSetCurrent, is_culib_present};
+    // SAFETY: only tries to dlopen libcuda; no driver call is made without it.
+    if !unsafe { is_culib_present() } {
+        return f();
+    }
+    let mut before = std::ptr::null_mut();
+    // SAFETY: the driver writes one context handle (or null) into `before`; before
+    // `cuInit` it returns an error and writes nothing.
+    let known = unsafe { cuCtxGetCurrent(&mut before) } == CUresult::CUDA_SUCCESS;
+    let out = f();
+    if known && !before.is_null() {
+        let mut now = std::ptr::null_mut();
+        // SAFETY: as above; `before` was current on this thread when `f` started and
+        // its owner (the CUDA runtime, for torch) keeps it retained, so it is alive.
+        unsafe {
+            if cuCtxGetCurrent(&mut now) == CUresult::CUDA_SUCCESS && now != before {
+                let _ = cuCtxSetCurrent(before);
+            }
+        }
+    }
+    out
+}
+
 /// Each `(name, pointer)` is device memory of the process's device (ordinal 0), asked
 /// of the driver (`cuPointerGetAttribute`: a host-side query, no synchronization);
 /// skipped while `stream` captures a graph (a capture admits only stream work).
@@ -614,6 +642,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn preserving_the_context_returns_what_f_returns() {
+        assert_eq!(preserving_current_context(|| 7), 7);
     }
 
     #[test]
