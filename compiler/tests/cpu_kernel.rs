@@ -9,6 +9,7 @@
 //! element, mask bit or rescaling (those produce errors of order 1e-2 and above).
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMaps};
+use attnc_compiler::backend::cranelift::workers::Scoped;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions, Isa};
 use attnc_compiler::interp::{Args, Bindings, BoundTensor, EvalError, TensorData, eval};
 use attnc_compiler::ir::{
@@ -386,7 +387,7 @@ fn run(
         c.shape.default_scale(),
         bind,
         maps,
-        threads,
+        &Scoped(threads),
         &mut o,
         &mut lse,
     )?;

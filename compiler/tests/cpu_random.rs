@@ -15,6 +15,7 @@
 //! anywhere. Divisions are `a / (|b| + 1)` so that the sign of a zero never matters.
 
 use attnc_compiler::analysis::blockmap::{BlockMap, BlockMaps};
+use attnc_compiler::backend::cranelift::workers::Scoped;
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, CpuOptions};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::Scalar;
@@ -446,7 +447,7 @@ fn run_one(seed: u64, checked: bool) -> Result<(), String> {
     let want = reference::attention(&p, &shape, &q, &k, &v, scale, &bind);
     let mut o = vec![0f32; shape.o_len()];
     let mut lse = vec![0f32; shape.lse_len()];
-    let got = kern.run(&shape, &q, &k, &v, scale, &bind, &maps, 2, &mut o, &mut lse);
+    let got = kern.run(&shape, &q, &k, &v, scale, &bind, &maps, &Scoped(2), &mut o, &mut lse);
     match (want, got) {
         (Ok(w), Ok(())) => close("o", &o, &w.o).and_then(|_| close("lse", &lse, &w.lse)),
         (Err(_), Err(CpuError::Eval(_))) => Ok(()),

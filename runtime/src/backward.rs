@@ -172,13 +172,7 @@ impl Bound {
                     })?;
                 let state = self.extension::<BackwardState>();
                 let kern = state.cpu.as_ref().expect("compiled above");
-                let threads = if opts.threads == 0 {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                } else {
-                    opts.threads
-                };
+                let workers = crate::exec::pool::pool(opts.threads);
                 kern.run(
                     &s,
                     &q.to_f32(),
@@ -191,7 +185,7 @@ impl Bound {
                     scale,
                     &bindings,
                     &maps,
-                    threads,
+                    workers,
                 )
                 .map_err(cpu_err)?
             }

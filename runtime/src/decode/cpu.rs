@@ -1,4 +1,4 @@
-//! CPU decoding: split-KV over threads with an exact (O, LSE) combine.
+//! CPU decoding: split-KV over the worker pool's threads with an exact (O, LSE) combine.
 //!
 //! In: the Cranelift kernel of the position-offset program
 //! (`attnc_compiler::decode::offset_program`), its mask analysis, a checked [`KvView`],
@@ -17,6 +17,7 @@
 //! the lowest failing work item (items ascend in (b, position) order).
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
+use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel};
 use attnc_compiler::decode::{DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets};
 use attnc_compiler::interp::{Bindings, EvalError};
@@ -126,7 +127,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
                 c.scale,
                 &bind,
                 &maps,
-                1,
+                &Scoped(1),
                 &mut o,
                 &mut lse,
             );
@@ -145,12 +146,9 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         }
     };
     let n = c.threads.clamp(1, items.len().max(1));
-    std::thread::scope(|sc| {
-        for _ in 1..n {
-            sc.spawn(worker);
-        }
-        worker();
-    });
+    crate::exec::pool::pool(c.threads)
+        .run(n, &worker)
+        .map_err(|p| Failure::Other(p.to_string()))?;
     if let Some((_, e)) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }

@@ -86,15 +86,9 @@ impl CpuExec {
             bindings,
         )
         .map_err(ExecError::Blocks)?;
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            opts.threads
-        };
+        let workers = super::pool::pool(opts.threads);
         self.kernel
-            .run(&opts.shape, q, k, v, scale, bindings, maps, threads, o, lse)?;
+            .run(&opts.shape, q, k, v, scale, bindings, maps, workers, o, lse)?;
         Ok(())
     }
 }

@@ -5,11 +5,12 @@
 //! `attnc_compiler::shape`, or a raw [`ExecError`] (a backend's own error), which the API
 //! renders with the source (`api::render`). Policy (which kv path, when maps or device
 //! tables are reused) lives in `crate::policy`; the executors carry it out:
-//! [`cpu`] (Cranelift kernel, host block maps, the worker pool), [`cuda`] (the JIT cache,
+//! [`cpu`] (Cranelift kernel, host block maps), [`pool`] (the CPU worker threads), [`cuda`] (the JIT cache,
 //! device problems, the block-table kernel, kept tables).
 
 pub(crate) mod cpu;
 pub(crate) mod cuda;
+pub(crate) mod pool;
 
 use crate::error::Error;
 use crate::options::{Backend, BindOptions};

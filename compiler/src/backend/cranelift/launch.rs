@@ -11,10 +11,12 @@
 //! independent of the thread count: items are claimed in increasing order and no item
 //! is claimed after a failure, so every lower item has run to completion.
 //!
-//! Threads come from a small persistent pool ([`pool`]): spawning 15 threads per call
-//! cost milliseconds on the benchmark host, more than a sparse attention takes.
+//! Threads come from the [`Workers`] the caller hands in (the runtime's persistent
+//! pool: spawning 15 threads per call cost milliseconds on the benchmark host, more than
+//! a sparse attention takes); a panicking worker makes the call an error.
 
 use super::abi::{Ctx, TensorDesc, TileBuf};
+use super::workers::Workers;
 use super::{CpuError, CpuKernel};
 use crate::analysis::blockmap::{BlockMaps, Run};
 use crate::interp::{Bindings, EvalError, TensorData};
@@ -49,7 +51,7 @@ pub fn run(
     scale: f32,
     bind: &Bindings,
     maps: &BlockMaps,
-    threads: usize,
+    workers: &dyn Workers,
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<(), CpuError> {
@@ -129,8 +131,8 @@ pub fn run(
             }
         }
     };
-    let n = threads.clamp(1, items);
-    pool::run(n, &worker);
+    let n = workers.threads().clamp(1, items);
+    workers.run(n, &worker)?;
     let err = first_err.into_inner().unwrap_or_else(|p| p.into_inner());
     match err {
         None => Ok(()),
@@ -327,125 +329,4 @@ pub(super) fn tensor_descs(
         cdims: [1; 4],
     });
     Ok(out)
-}
-
-/// A persistent pool of worker threads for [`run`](pool::run): one job at a time; a
-/// caller that finds the pool busy (another launch in progress) uses scoped threads.
-mod pool {
-    use std::sync::{Condvar, Mutex, OnceLock};
-
-    /// The job's closure with its lifetime erased (see the SAFETY note in `run`).
-    #[derive(Clone, Copy)]
-    struct Job(*const (dyn Fn() + Sync));
-
-    // SAFETY: the pointee is `Sync` and outlives every use (`run` waits for all users).
-    unsafe impl Send for Job {}
-
-    struct State {
-        job: Option<Job>,
-        epoch: u64,
-        /// Workers that may still join the current job.
-        slots: usize,
-        /// Workers inside the current job.
-        active: usize,
-        workers: usize,
-    }
-
-    struct Pool {
-        state: Mutex<State>,
-        work: Condvar,
-        done: Condvar,
-        busy: Mutex<()>,
-    }
-
-    fn pool() -> &'static Pool {
-        static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(|| Pool {
-            state: Mutex::new(State {
-                job: None,
-                epoch: 0,
-                slots: 0,
-                active: 0,
-                workers: 0,
-            }),
-            work: Condvar::new(),
-            done: Condvar::new(),
-            busy: Mutex::new(()),
-        })
-    }
-
-    fn worker_loop(p: &'static Pool) {
-        let mut seen = 0u64;
-        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match st.job {
-                Some(job) if st.epoch != seen && st.slots > 0 => {
-                    seen = st.epoch;
-                    st.slots -= 1;
-                    st.active += 1;
-                    drop(st);
-                    // SAFETY: `run` keeps the closure alive until `active` is back to 0.
-                    let f = unsafe { &*job.0 };
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-                    st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-                    st.active -= 1;
-                    if st.active == 0 {
-                        p.done.notify_all();
-                    }
-                }
-                _ => st = p.work.wait(st).unwrap_or_else(|e| e.into_inner()),
-            }
-        }
-    }
-
-    /// Runs `f` on `n` threads (the caller and `n - 1` pool workers) and returns when
-    /// every copy has returned.
-    pub fn run(n: usize, f: &(dyn Fn() + Sync)) {
-        if n <= 1 {
-            return f();
-        }
-        let p = pool();
-        let Ok(_busy) = p.busy.try_lock() else {
-            std::thread::scope(|s| {
-                for _ in 1..n {
-                    s.spawn(f);
-                }
-                f();
-            });
-            return;
-        };
-        {
-            let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.workers < n - 1 {
-                if std::thread::Builder::new()
-                    .name("attnc-cpu".into())
-                    .spawn(move || worker_loop(p))
-                    .is_err()
-                {
-                    break;
-                }
-                st.workers += 1;
-            }
-            // SAFETY: the lifetime of `f` is erased here; it is only dereferenced by
-            // workers that joined this job, and this function does not return before
-            // `slots` is closed and `active` has dropped to 0.
-            let erased: *const (dyn Fn() + Sync + 'static) = unsafe { std::mem::transmute(f) };
-            st.job = Some(Job(erased));
-            st.epoch += 1;
-            st.slots = n - 1;
-            p.work.notify_all();
-        }
-        // a panic here must still wait for the workers before unwinding past `f`
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.slots = 0;
-        while st.active > 0 {
-            st = p.done.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        st.job = None;
-        drop(st);
-        if let Err(e) = mine {
-            std::panic::resume_unwind(e);
-        }
-    }
 }

@@ -9,7 +9,7 @@
 //! ```text
 //! let k = compile(&Plan::new(&program), KernelKind::Forward, &CpuOptions::default())?;
 //! let maps = BlockMaps::single(BlockMap::dense(lq, lkv, k.q_block(), k.kv_block()));
-//! k.run(&shape, &q, &k_, &v, scale, &bindings, &maps, threads, &mut o, &mut lse)?;
+//! k.run(&shape, &q, &k_, &v, scale, &bindings, &maps, &Scoped(threads), &mut o, &mut lse)?;
 //! ```
 //!
 //! The head dims D and Dv are runtime values (taken from the [`Shape`] of each call), so
@@ -17,7 +17,8 @@
 //! time. Structure: [`codegen`] writes the kernel (tile loops, block-sparse iteration,
 //! inlined mask/score via [`lower`]); [`micro`] holds the precompiled SIMD products and
 //! softmax update it calls; [`abi`] the structs they share; `launch` validates a call
-//! and splits work items (b, h, q-tile) over threads.
+//! and splits work items (b, h, q-tile) over the threads of a [`workers::Workers`]
+//! (the runtime's pool lives in the runtime, not here).
 
 pub mod abi;
 pub mod backward;
@@ -26,6 +27,7 @@ pub mod codegen;
 mod launch;
 pub mod lower;
 pub mod micro;
+pub mod workers;
 
 pub use micro::Isa;
 
@@ -94,6 +96,9 @@ pub enum CpuError {
     /// Checked mode: the first out-of-range tensor read (as the interpreter reports it).
     #[error(transparent)]
     Eval(#[from] EvalError),
+    /// A worker thread panicked (a bug in attnc): the call's output is not valid.
+    #[error(transparent)]
+    Worker(#[from] workers::WorkerPanic),
 }
 
 impl CpuError {
@@ -279,7 +284,7 @@ impl CpuKernel {
     /// Runs the attention: `o[B, Hq, Lq, Dv]` and `lse[B, Hq, Lq]` (natural log) from f32
     /// `q`, `k`, `v` in the layouts of [`crate::shape`]. `maps` must be built for this
     /// kernel's block sizes and the shape's lengths. Work items (b, h, q-tile) are split
-    /// over `threads` OS threads (at least 1).
+    /// over the threads of `workers` (the runtime's pool, or [`workers::Scoped`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -290,10 +295,10 @@ impl CpuKernel {
         scale: f32,
         bindings: &Bindings,
         maps: &BlockMaps,
-        threads: usize,
+        workers: &dyn workers::Workers,
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), CpuError> {
-        launch::run(self, shape, q, k, v, scale, bindings, maps, threads, o, lse)
+        launch::run(self, shape, q, k, v, scale, bindings, maps, workers, o, lse)
     }
 }

@@ -34,6 +34,7 @@ pub mod elem;
 
 use super::launch::{check_maps, param_words, tensor_descs};
 use super::micro::exp_approx;
+use super::workers::Workers;
 use super::{CpuError, CpuOptions, Isa, new_module};
 use crate::analysis::blockmap::BlockMaps;
 use crate::grad::{ScoreGrad, differentiate};
@@ -229,7 +230,7 @@ impl CpuBackward {
         scale: f32,
         bind: &Bindings,
         maps: &BlockMaps,
-        threads: usize,
+        workers: &dyn Workers,
     ) -> Result<Gradients, CpuError> {
         shape.validate()?;
         for (what, expected, got) in [
@@ -395,7 +396,7 @@ impl CpuBackward {
         let items1 = nb * hkv * nkvb;
         let out1 = par_items(
             items1,
-            threads,
+            workers,
             &make_scratch,
             &|sc: &mut Scratch, item: usize| {
                 let jt = item % nkvb;
@@ -429,7 +430,7 @@ impl CpuBackward {
                 dk.iter_mut().for_each(|x| *x *= scale);
                 (dk, dvv)
             },
-        );
+        )?;
         let mut gdk = vec![0f32; k.len()];
         let mut gdv = vec![0f32; v.len()];
         for (item, (dk, dvv)) in out1.into_iter().enumerate() {
@@ -445,7 +446,7 @@ impl CpuBackward {
         let grad = &self.grad;
         let out2 = par_items(
             items2,
-            threads,
+            workers,
             &make_scratch,
             &|sc: &mut Scratch, item: usize| {
                 let it = item % nqb;
@@ -530,7 +531,7 @@ impl CpuBackward {
                     params: pparams,
                 }
             },
-        );
+        )?;
         let mut gdq = vec![0f32; q.len()];
         let mut tgrads: Vec<Option<Vec<f32>>> = bind
             .tensors
@@ -574,15 +575,16 @@ impl CpuBackward {
     }
 }
 
-/// Runs `f(scratch, item)` for every item on `threads` scoped threads (items claimed
+/// Runs `f(scratch, item)` for every item on the threads of `workers` (items claimed
 /// from an atomic counter); returns the results in item order.
 fn par_items<T: Send>(
     n: usize,
-    threads: usize,
+    workers: &dyn Workers,
     make: &(dyn Fn() -> Scratch + Sync),
     f: &(dyn Fn(&mut Scratch, usize) -> T + Sync),
-) -> Vec<T> {
+) -> Result<Vec<T>, CpuError> {
     let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::with_capacity(n));
     let work = || {
         let mut sc = make();
         let mut out = Vec::new();
@@ -593,21 +595,12 @@ fn par_items<T: Send>(
             }
             out.push((i, f(&mut sc, i)));
         }
-        out
+        done.lock().unwrap_or_else(|p| p.into_inner()).extend(out);
     };
-    let nt = threads.clamp(1, n.max(1));
-    let mut all: Vec<(usize, T)> = if nt == 1 {
-        work()
-    } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..nt).map(|_| s.spawn(work)).collect();
-            hs.into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
-    };
+    workers.run(workers.threads().clamp(1, n.max(1)), &work)?;
+    let mut all = done.into_inner().unwrap_or_else(|p| p.into_inner());
     all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, t)| t).collect()
+    Ok(all.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `out[c][r] = x[r][c]` for `rows` rows of `cols`, output row stride `stride`.
