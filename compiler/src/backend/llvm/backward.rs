@@ -44,6 +44,9 @@
 //! rounding of dS to the input type):
 //! - read site r whose guard holds: adds `g · partial_r` to element `flat(clamp(indices))`
 //!   (the element the forward read) of the tensor's gradient [`KernelParam::TensorGrad`];
+//!   consecutive contributions of a thread to the same element (in its fixed order over
+//!   the tile's fragment) are summed in registers first and sent with one atomic pair
+//!   (`Run`: the clamped ends of a relative-position table, T5 buckets);
 //! - param i: adds `g · partial_i` to a per-thread f32 sum; after the kv loop a warp sums
 //!   its lanes' sums (butterfly, fixed order) and lane 0 adds the result to
 //!   [`KernelParam::ParamGrad`].
@@ -839,8 +842,34 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
         })
     }
 
+    /// Empty runs, one per read site, for the elements of one path of a tile.
+    fn runs(&self, g: &Gpu<'ctx>) -> Vec<Run<'ctx>> {
+        let z = g.c64(0);
+        vec![
+            Run {
+                valid: g.cbool(false),
+                index: z,
+                hi: z,
+                lo: z,
+            };
+            self.sg.reads.len()
+        ]
+    }
+
+    /// Sends the pending runs (the end of a path of a tile).
+    fn flush(&self, g: &Gpu<'ctx>, runs: &[Run<'ctx>]) -> R<()> {
+        for (r, run) in self.sg.reads.iter().zip(runs) {
+            let base = self.tensor_grads[r.tensor.0 as usize]
+                .ok_or(LlvmError::Internal("tensor gradient buffer"))?;
+            g.if_then(run.valid, || {
+                words_add(g, base, run.index, (run.hi, run.lo))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The per-element part: `g = dS'` of a kept element (`kept`), the derivative IR's
-    /// values `vals` at it.
+    /// values `vals` at it; tensor contributions extend or replace the read sites' `runs`.
     fn element(
         &self,
         g: &Gpu<'ctx>,
@@ -848,6 +877,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
         vals: &[Option<BasicValueEnum<'ctx>>],
         dsp: FloatValue<'ctx>,
         kept: IntValue<'ctx>,
+        runs: &mut [Run<'ctx>],
     ) -> R<()> {
         let val = |v: crate::ir::Value| {
             vals[v.index()].ok_or(LlvmError::Internal("derivative output not emitted"))
@@ -857,7 +887,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
             let c = g.selectf(kept, c, g.cf(0.0))?;
             g.set(sum, g.fadd(g.getf(sum)?, c)?)?;
         }
-        for r in &self.sg.reads {
+        for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
             let Some(base) = self.tensor_grads[r.tensor.0 as usize] else {
                 return Err(LlvmError::Internal("tensor gradient buffer"));
             };
@@ -869,7 +899,26 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
             let guard = val(r.guard)?.into_int_value();
             let c = g.fmul(dsp, val(r.partial)?.into_float_value())?;
             let (flat, _) = flat_index(g, &env.tensors[r.tensor.0 as usize], &idx)?;
-            g.if_then(g.and(kept, guard)?, || fixed_add(g, base, flat, c))?;
+            let active = g.and(kept, guard)?;
+            let finite = is_finite(g, c)?;
+            g.if_then(g.and(active, g.xor(finite, g.cbool(true))?)?, || {
+                flag_add(g, base, flat, c)
+            })?;
+            let add = g.and(active, finite)?;
+            let same = g.and(run.valid, g.icmp(IntPredicate::EQ, flat, run.index)?)?;
+            // another element: send the run so far
+            let send = g.and(g.and(run.valid, add)?, g.xor(same, g.cbool(true))?)?;
+            let prev = *run;
+            g.if_then(send, || words_add(g, base, prev.index, (prev.hi, prev.lo)))?;
+            let (hi, lo) = fixed_split(g, c)?;
+            let hi = g.selecti(same, g.add(prev.hi, hi)?, hi)?;
+            let lo = g.selecti(same, g.add(prev.lo, lo)?, lo)?;
+            *run = Run {
+                valid: g.or(prev.valid, add)?,
+                index: g.selecti(add, flat, prev.index)?,
+                hi: g.selecti(add, hi, prev.hi)?,
+                lo: g.selecti(add, lo, prev.lo)?,
+            };
         }
         Ok(())
     }
@@ -892,69 +941,118 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
     }
 }
 
-/// Adds `c` to gradient element `index` of `base` (three u64 words per element; module
-/// docs, "Capture gradients"): `[hi, lo]` with integer atomics when `c` is finite, else a
-/// flag in the third word.
+/// `c` as fixed-point words `(hi, lo)` (module docs, "Capture gradients"), exact for
+/// finite `c` (meaningless otherwise: callers send non-finite values to [`flag_add`]).
+fn fixed_split<'ctx>(g: &Gpu<'ctx>, c: FloatValue<'ctx>) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let i64t = g.ctx.i64_type();
+    let f64t = g.ctx.f64_type();
+    let f64c = |name: &str, x: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
+        Ok(g.call(name, Some(f64t.into()), &[x.into()])?
+            .ok_or(LlvmError::Internal("f64 intrinsic"))?
+            .into_float_value())
+    };
+    let to_i64 = |name: &str, x: FloatValue<'ctx>| -> R<IntValue<'ctx>> {
+        Ok(g.call(name, Some(i64t.into()), &[x.into()])?
+            .ok_or(LlvmError::Internal("fptoi.sat"))?
+            .into_int_value())
+    };
+    // exact in f64: c has 24 significant bits
+    let y = g.b.build_float_mul(
+        g.b.build_float_ext(c, f64t, "")?,
+        f64t.const_float(2f64.powi(32)),
+        "",
+    )?;
+    let hf = f64c("llvm.floor.f64", y)?;
+    let frac = g.b.build_float_sub(y, hf, "")?;
+    let lo = f64c(
+        "llvm.rint.f64",
+        g.b.build_float_mul(frac, f64t.const_float(2f64.powi(28)), "")?,
+    )?;
+    Ok((
+        to_i64("llvm.fptosi.sat.i64.f64", hf)?,
+        to_i64("llvm.fptoui.sat.i64.f64", lo)?,
+    ))
+}
+
+/// The address of word `k` of gradient element `index` (three u64 words per element).
+fn grad_word<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    k: i64,
+) -> R<PointerValue<'ctx>> {
+    g.gep_bytes(base, g.add(g.mul(index, g.c64(24))?, g.c64(8 * k))?)
+}
+
+/// Adds the words `(hi, lo)` to gradient element `index` of `base` (integer atomics).
+fn words_add<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    (hi, lo): (IntValue<'ctx>, IntValue<'ctx>),
+) -> R<()> {
+    for (k, v) in [(0, hi), (1, lo)] {
+        g.b.build_atomicrmw(
+            AtomicRMWBinOp::Add,
+            grad_word(g, base, index, k)?,
+            v,
+            AtomicOrdering::Monotonic,
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a non-finite `c` in the flags word of gradient element `index` (1: +inf,
+/// 2: −inf, 4: NaN).
+fn flag_add<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    c: FloatValue<'ctx>,
+) -> R<()> {
+    let nan = g.fcmp(FloatPredicate::UNO, c, c)?;
+    let pos = g.fcmp(FloatPredicate::OGT, c, g.cf(0.0))?;
+    let flag = g.selecti(nan, g.c64(4), g.selecti(pos, g.c64(1), g.c64(2))?)?;
+    g.b.build_atomicrmw(
+        AtomicRMWBinOp::Or,
+        grad_word(g, base, index, 2)?,
+        flag,
+        AtomicOrdering::Monotonic,
+    )?;
+    Ok(())
+}
+
+/// Whether `c` is finite.
+fn is_finite<'ctx>(g: &Gpu<'ctx>, c: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+    let abs = g.fintr("llvm.fabs.f32", c)?;
+    g.fcmp(FloatPredicate::OLT, abs, g.cf(f32::INFINITY))
+}
+
+/// Adds `c` to gradient element `index` of `base`: the words when finite, else a flag.
 fn fixed_add<'ctx>(
     g: &Gpu<'ctx>,
     base: PointerValue<'ctx>,
     index: IntValue<'ctx>,
     c: FloatValue<'ctx>,
 ) -> R<()> {
-    let i64t = g.ctx.i64_type();
-    let f64t = g.ctx.f64_type();
-    let at = g.gep_bytes(base, g.mul(index, g.c64(24))?)?;
-    let word = |k: i64| g.gep_bytes(at, g.c64(8 * k));
-    let atomic = |op, ptr, v| -> R<()> {
-        g.b.build_atomicrmw(op, ptr, v, AtomicOrdering::Monotonic)?;
-        Ok(())
-    };
-    let abs = g.fintr("llvm.fabs.f32", c)?;
-    let finite = g.fcmp(FloatPredicate::OLT, abs, g.cf(f32::INFINITY))?;
-    g.if_then(finite, || {
-        let f64c = |name: &str, x| -> R<FloatValue<'ctx>> {
-            Ok(g.call(
-                name,
-                Some(f64t.into()),
-                &[BasicValueEnum::FloatValue(x).into()],
-            )?
-            .ok_or(LlvmError::Internal("f64 intrinsic"))?
-            .into_float_value())
-        };
-        let to_i64 = |name: &str, x: FloatValue<'ctx>| -> R<IntValue<'ctx>> {
-            Ok(g.call(name, Some(i64t.into()), &[x.into()])?
-                .ok_or(LlvmError::Internal("fptoi.sat"))?
-                .into_int_value())
-        };
-        // exact in f64: c has 24 significant bits
-        let y = g.b.build_float_mul(
-            g.b.build_float_ext(c, f64t, "")?,
-            f64t.const_float(2f64.powi(32)),
-            "",
-        )?;
-        let hf = f64c("llvm.floor.f64", y)?;
-        let frac = g.b.build_float_sub(y, hf, "")?;
-        let lo = f64c(
-            "llvm.rint.f64",
-            g.b.build_float_mul(frac, f64t.const_float(2f64.powi(28)), "")?,
-        )?;
-        atomic(
-            AtomicRMWBinOp::Add,
-            word(0)?,
-            to_i64("llvm.fptosi.sat.i64.f64", hf)?,
-        )?;
-        atomic(
-            AtomicRMWBinOp::Add,
-            word(1)?,
-            to_i64("llvm.fptoui.sat.i64.f64", lo)?,
-        )
-    })?;
+    let finite = is_finite(g, c)?;
+    g.if_then(finite, || words_add(g, base, index, fixed_split(g, c)?))?;
     g.if_then(g.xor(finite, g.cbool(true))?, || {
-        let nan = g.fcmp(FloatPredicate::UNO, c, c)?;
-        let pos = g.fcmp(FloatPredicate::OGT, c, g.cf(0.0))?;
-        let flag = g.selecti(nan, g.c64(4), g.selecti(pos, g.c64(1), g.c64(2))?)?;
-        atomic(AtomicRMWBinOp::Or, word(2)?, flag)
+        flag_add(g, base, index, c)
     })
+}
+
+/// One read site's run of equal gradient elements in a thread's sequence of elements
+/// (SSA values of the current path): contributions to the same element as the previous
+/// one are added here (exactly, in integers) and sent with one pair of atomics when the
+/// element changes or the tile ends. A relative-position table's clamped ends, a T5
+/// bucket: most of a thread's 32 elements of a tile hit one gradient element.
+#[derive(Clone, Copy)]
+struct Run<'ctx> {
+    valid: IntValue<'ctx>,
+    index: IntValue<'ctx>,
+    hi: IntValue<'ctx>,
+    lo: IntValue<'ctx>,
 }
 
 /// P (probabilities) and dS (`P ∘ (dP − Delta) ∘ score'`, the gradient of the scores
@@ -993,6 +1091,7 @@ fn grad_scores<'ctx>(
     g.cond_br(full, fast_bb, slow_bb)?;
     for slow in [false, true] {
         g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+        let mut runs = e.cap.map(|cap| cap.runs(g)).unwrap_or_default();
         for nt in 0..s.len() {
             for i in 0..4 {
                 let (q, kv, l2, delta) = pos[nt][i];
@@ -1068,11 +1167,14 @@ fn grad_scores<'ctx>(
                 let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
                 let ds = g.selectf(zero, g.cf(0.0), ds)?;
                 if let (Some(cap), Some((vals, _, _))) = (e.cap, &cap_vals) {
-                    cap.element(g, e.env, vals, dsp, g.xor(zero, g.cbool(true))?)?;
+                    cap.element(g, e.env, vals, dsp, g.xor(zero, g.cbool(true))?, &mut runs)?;
                 }
                 g.set(&pv[nt][i], pr)?;
                 g.set(&dsv[nt][i], ds)?;
             }
+        }
+        if let Some(cap) = e.cap {
+            cap.flush(g, &runs)?;
         }
         g.br(merge)?;
     }
