@@ -240,9 +240,10 @@ def main():
         except Exception as e:  # report and go on with the other parts
             print(f"benchmark step failed: {type(e).__name__}: {e}", flush=True)
             status = 1
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "python_bench.json"), "w") as f:
-        json.dump(res, f, indent=1)
+        # written after every step: a run stopped by a time limit keeps what it measured
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "python_bench.json"), "w") as f:
+            json.dump(res, f, indent=1)
     raise SystemExit(status)
 
 
