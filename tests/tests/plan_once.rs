@@ -1,11 +1,13 @@
 //! The analyses run once per bind: `classify::analyze` and `ClosedForm::derive_implied`
 //! are called by `Plan::new` only, and binding, running (twice) and generating every
-//! kernel kind of a plan for both backends calls neither again.
+//! kernel kind of a plan for both backends (forward, block table, decode, decode combine)
+//! calls neither again.
 
 use attnc::{Backend, BindOptions, Captures, DType, Shape, synth};
 use attnc_compiler::analysis::counts;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuOptions, emit_clif};
+use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
 use attnc_tests::*;
 
@@ -55,6 +57,19 @@ fn analyses_run_once_per_bind() {
                 continue;
             }
             generate(plan, kind, &opts, EmitText::PtxOnly)
+                .unwrap_or_else(|e| panic!("{} {kind}: {e}", ex.id()));
+        }
+        // the decode kinds generate from the same plan
+        let dopts = DecodeOptions {
+            arch: Arch::Sm90,
+            d: 64,
+            input: InputType::Bf16,
+            rows: 4,
+            paged: true,
+        }
+        .ptx_options();
+        for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
+            generate(plan, kind, &dopts, EmitText::PtxOnly)
                 .unwrap_or_else(|e| panic!("{} {kind}: {e}", ex.id()));
         }
         assert_eq!(counts(), after_bind, "{}: analyses after bind", ex.id());

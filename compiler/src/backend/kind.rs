@@ -26,16 +26,24 @@ pub enum KernelKind {
     BackwardDkDv,
     /// dQ over q blocks (`llvm/backward.rs`).
     BackwardDq,
+    /// Split-KV decoding: a few new query rows of every head against a contiguous or
+    /// paged KV cache, one CTA per (split, kv head x row group, batch), partial O and LSE
+    /// per split (`llvm/decode.rs`).
+    Decode,
+    /// The exact merge of a decode call's splits into O and LSE (`llvm/decode.rs`).
+    DecodeCombine,
 }
 
 impl KernelKind {
     /// Every kind, in a stable order.
-    pub const ALL: [KernelKind; 5] = [
+    pub const ALL: [KernelKind; 7] = [
         KernelKind::Forward,
         KernelKind::BlockTable,
         KernelKind::BackwardPre,
         KernelKind::BackwardDkDv,
         KernelKind::BackwardDq,
+        KernelKind::Decode,
+        KernelKind::DecodeCombine,
     ];
 
     /// A stable name (cache keys, messages).
@@ -46,6 +54,8 @@ impl KernelKind {
             KernelKind::BackwardPre => "backward-pre",
             KernelKind::BackwardDkDv => "backward-dkdv",
             KernelKind::BackwardDq => "backward-dq",
+            KernelKind::Decode => "decode",
+            KernelKind::DecodeCombine => "decode-combine",
         }
     }
 }

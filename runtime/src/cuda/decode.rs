@@ -1,29 +1,30 @@
-//! Loading and launching the split-KV decode kernel and its combine kernel
-//! (`attnc_compiler::backend::llvm::decode`).
+//! The split-KV decode kernel and its combine kernel on the device: the kernels
+//! ([`KernelKind::Decode`], [`KernelKind::DecodeCombine`] of
+//! `attnc_compiler::backend::llvm::decode`) come from the JIT cache like every kind's, and
+//! launch through the one launch ([`CudaKernel::launch_args`]) with their parameters bound
+//! by name from a [`DecodeProblem`].
 //!
-//! In: [`DecodeKernels`] (PTX and parameter lists), host inputs (16-bit Q and caches, i32
-//! page table, seq_lens and reachable ranges, bindings) and the launch geometry
+//! In: the plan of the attention, [`DecodeOptions`], host inputs (16-bit Q and caches,
+//! i32 page table, seq_lens and reachable ranges, bindings) and the launch geometry
 //! ([`DecodeGeometry`]). Out: O (16-bit) and LSE (f32) downloaded, or the device time per
 //! call. Every buffer is sized from the geometry and checked here, so the kernels index
 //! inside their allocations: page ids are clamped in the kernel, key positions are
 //! bounded by the ranges (which the host computes inside `0..seq_len`).
 
-use super::{CudaDevice, CudaError};
-use attnc_compiler::backend::llvm::decode::{DecodeKernels, DecodeParam};
+use super::{CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTiers, LaunchArgs};
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::backend::llvm::decode::DecodeOptions;
+use attnc_compiler::backend::llvm::{GridDim, KernelParam};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::Scalar;
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use attnc_compiler::plan::Plan;
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 /// Both kernels, loaded.
 pub struct DecodeModule {
-    _modules: [Arc<CudaModule>; 2],
-    decode: CudaFunction,
-    combine: CudaFunction,
-    decode_params: Vec<DecodeParam>,
-    combine_params: Vec<DecodeParam>,
-    smem_bytes: u32,
-    threads: u32,
+    decode: Arc<JitKernel>,
+    combine: Arc<JitKernel>,
     rows: u32,
     d: u32,
 }
@@ -67,27 +68,81 @@ pub struct DecodeProblem {
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
 }
 
+impl DecodeProblem {
+    /// The launch values of both kernels by name: buffers, scalars, grid extents.
+    fn args(&self, dev: &CudaDevice) -> LaunchArgs {
+        use KernelParam as P;
+        let s = &dev.stream;
+        let g = &self.geom;
+        let mut a = LaunchArgs::new();
+        a.buffer(P::Q, &self.q, s);
+        a.buffer(P::K, &self.k, s);
+        a.buffer(P::V, &self.v, s);
+        a.buffer(P::PageTable, &self.page_table, s);
+        a.buffer(P::SeqLens, &self.seq_lens, s);
+        a.buffer(P::Ranges, &self.ranges, s);
+        a.buffer(P::PartO, &self.part_o, s);
+        a.buffer(P::PartLse, &self.part_lse, s);
+        a.buffer(P::O, &self.o, s);
+        a.buffer(P::Lse, &self.lse, s);
+        a.buffer(P::Params, &self.params, s);
+        a.buffer(P::Err, &self.err, s);
+        for (t, (buf, dims)) in self.tensors.iter().enumerate() {
+            a.buffer(P::Tensor(t as u32), buf, s);
+            for (dim, n) in dims.iter().enumerate() {
+                a.i32(
+                    P::TensorDim {
+                        tensor: t as u32,
+                        dim: dim as u32,
+                    },
+                    *n,
+                );
+            }
+        }
+        for (p, x) in [
+            (P::Hq, g.hq),
+            (P::Hkv, g.hkv),
+            (P::Lq, g.lq),
+            (P::Group, g.hq / g.hkv),
+            (P::RowGroups, g.row_groups),
+            (P::Splits, g.splits),
+            (P::Chunk, g.chunk),
+            (P::LkvMax, g.lkv_max),
+            (P::PageShift, g.page_shift),
+            (P::MaxPages, g.max_pages),
+            (P::NumPages, g.num_pages),
+        ] {
+            a.i32(p, x as i32);
+        }
+        a.f32(P::Scale, g.scale);
+        a.extent(GridDim::Splits, g.splits);
+        a.extent(GridDim::KvHeadRowGroups, g.hkv * g.row_groups);
+        a.extent(GridDim::Batches, g.b);
+        a.extent(GridDim::QRows, g.lq);
+        a.extent(GridDim::Heads, g.hq);
+        a
+    }
+}
+
 impl DecodeModule {
-    pub fn load(dev: &CudaDevice, k: &DecodeKernels) -> Result<Self, CudaError> {
-        let load = |ptx: &str, entry: &str| -> Result<(Arc<CudaModule>, CudaFunction), CudaError> {
-            let m = dev
-                .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx.to_string()))?;
-            let f = m.load_function(entry)?;
-            Ok((m, f))
+    /// The decode and combine kernels of `plan` under `opts`, from `jit` (memory, disk,
+    /// or generated and compiled; the optimized module, no tiers).
+    pub fn load(
+        dev: &CudaDevice,
+        jit: &JitCache,
+        plan: &Plan,
+        opts: &DecodeOptions,
+    ) -> Result<Self, CudaError> {
+        let popts = opts.ptx_options();
+        let get = |kind| {
+            jit.get(dev, plan, kind, &popts, JitTiers::Off)
+                .map(|(k, _)| k)
         };
-        let (m1, decode) = load(&k.decode_ptx, &k.decode_entry)?;
-        let (m2, combine) = load(&k.combine_ptx, &k.combine_entry)?;
         Ok(DecodeModule {
-            _modules: [m1, m2],
-            decode,
-            combine,
-            decode_params: k.decode_params.clone(),
-            combine_params: k.combine_params.clone(),
-            smem_bytes: k.smem_bytes,
-            threads: k.threads,
-            rows: k.options.rows,
-            d: k.options.d,
+            decode: get(KernelKind::Decode)?,
+            combine: get(KernelKind::DecodeCombine)?,
+            rows: opts.rows,
+            d: opts.d,
         })
     }
 
@@ -194,115 +249,20 @@ impl DecodeModule {
         })
     }
 
-    fn launch_one(
-        &self,
-        dev: &CudaDevice,
-        p: &DecodeProblem,
-        f: &CudaFunction,
-        params: &[DecodeParam],
-        grid: (u32, u32, u32),
-        smem: u32,
-    ) -> Result<(), CudaError> {
-        let s = &dev.stream;
-        let g = &p.geom;
-        let mut ptrs: Vec<u64> = Vec::new();
-        let mut ints: Vec<i32> = Vec::new();
-        enum A {
-            P(usize),
-            I(usize),
-            F,
-        }
-        let mut order = Vec::with_capacity(params.len());
-        for kp in params {
-            use DecodeParam::*;
-            let ptr = match kp {
-                Q => Some(p.q.device_ptr(s).0),
-                K => Some(p.k.device_ptr(s).0),
-                V => Some(p.v.device_ptr(s).0),
-                PageTable => Some(p.page_table.device_ptr(s).0),
-                SeqLens => Some(p.seq_lens.device_ptr(s).0),
-                Ranges => Some(p.ranges.device_ptr(s).0),
-                PartO => Some(p.part_o.device_ptr(s).0),
-                PartLse => Some(p.part_lse.device_ptr(s).0),
-                O => Some(p.o.device_ptr(s).0),
-                Lse => Some(p.lse.device_ptr(s).0),
-                Params => Some(p.params.device_ptr(s).0),
-                Err => Some(p.err.device_ptr(s).0),
-                Tensor(t) => Some(p.tensors[*t as usize].0.device_ptr(s).0),
-                _ => None,
-            };
-            let a = match (ptr, kp) {
-                (Some(x), _) => {
-                    ptrs.push(x);
-                    A::P(ptrs.len() - 1)
-                }
-                (None, Scale) => A::F,
-                (None, other) => {
-                    ints.push(match other {
-                        Hq => g.hq as i32,
-                        Hkv => g.hkv as i32,
-                        Lq => g.lq as i32,
-                        Group => (g.hq / g.hkv) as i32,
-                        RowGroups => g.row_groups as i32,
-                        Splits => g.splits as i32,
-                        Chunk => g.chunk as i32,
-                        LkvMax => g.lkv_max as i32,
-                        PageShift => g.page_shift as i32,
-                        MaxPages => g.max_pages as i32,
-                        NumPages => g.num_pages as i32,
-                        TensorDim { tensor, dim } => p.tensors[*tensor as usize].1[*dim as usize],
-                        _ => {
-                            return std::result::Result::Err(CudaError::Mismatch(format!(
-                                "decode param {other:?}"
-                            )));
-                        }
-                    });
-                    A::I(ints.len() - 1)
-                }
-            };
-            order.push(a);
-        }
-        let mut b = s.launch_builder(f);
-        for a in &order {
-            match a {
-                A::P(i) => b.arg(&ptrs[*i]),
-                A::I(i) => b.arg(&ints[*i]),
-                A::F => b.arg(&g.scale),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (self.threads, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: the arguments follow the kernel's parameter list; every buffer was sized
-        // from the geometry in `upload`, which checked the inputs against it.
-        unsafe { b.launch(cfg) }?;
-        Ok(())
-    }
-
     /// Enqueues the decode kernel and the combine kernel.
     pub fn launch(&self, dev: &CudaDevice, p: &DecodeProblem) -> Result<(), CudaError> {
-        let g = &p.geom;
-        if g.b == 0 {
+        if p.geom.b == 0 {
             return Ok(());
         }
-        self.launch_one(
-            dev,
-            p,
-            &self.decode,
-            &self.decode_params,
-            (g.splits, g.hkv * g.row_groups, g.b),
-            self.smem_bytes,
-        )?;
-        self.launch_one(
-            dev,
-            p,
-            &self.combine,
-            &self.combine_params,
-            (g.lq, g.hq, g.b),
-            0,
-        )
+        let args = p.args(dev);
+        for k in [&self.decode, &self.combine] {
+            let (kernel, _): (Arc<CudaKernel>, _) = k.current();
+            // SAFETY: every buffer of `args` belongs to `p`, sized from its geometry in
+            // `upload` (which checked the inputs against it, the ranges inside each
+            // sequence and the splits covering them); the scalars are that geometry's.
+            unsafe { kernel.launch_args(dev, &args) }?;
+        }
+        Ok(())
     }
 
     /// Waits and copies O (16-bit) and LSE back.

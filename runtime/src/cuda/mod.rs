@@ -18,6 +18,9 @@
 //!   memory, then the cubin on disk, then the PTX on disk or generated, then the driver's
 //!   linker; one lookup for every kind.
 //! - [`jit`]: PTX -> cubin (`cuLink*`, `ptxas` level), cubins on disk, the tiered swap.
+//! - [`decode`]: the split-KV decode and combine kernels' problem ([`decode::DecodeProblem`]:
+//!   buffers and geometry, bound by name) and module (both kinds from the [`JitCache`]).
+//! - [`backward`]: the backward's upload, block ranges and three launches.
 //!
 //! [`KernelParam`]: attnc_compiler::backend::llvm::KernelParam
 //! [`GridDim`]: attnc_compiler::backend::llvm::GridDim

@@ -17,11 +17,11 @@ use crate::cuda::CudaDevice;
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
-use attnc_compiler::backend::llvm::decode::{DecodeOptions, emit_decode};
-use attnc_compiler::backend::llvm::{Arch, InputType};
+use attnc_compiler::backend::llvm::InputType;
+use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::decode::{CacheLayout, DecodeShape};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::ir::Program;
+use attnc_compiler::plan::Plan;
 
 /// Largest Lq the decode kernel takes.
 pub(crate) const MAX_LQ: usize = 16;
@@ -48,14 +48,18 @@ pub(crate) fn applies(shape: &DecodeShape, dtype: DType, checked: bool) -> bool 
         && matches!(dtype, DType::BF16 | DType::F16)
 }
 
-/// The kernels of a binding: one module per layout, made on first use.
+/// The kernels of a binding: one module per layout, taken from the JIT cache on first use.
 pub(crate) struct GpuDecode {
+    /// The binding's plan (of the original program: the kernels evaluate the mask and
+    /// score at logical positions themselves).
+    plan: Plan,
     modules: [Option<DecodeModule>; 2],
 }
 
 impl GpuDecode {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(plan: Plan) -> Self {
         GpuDecode {
+            plan,
             modules: [None, None],
         }
     }
@@ -63,7 +67,6 @@ impl GpuDecode {
     fn module(
         &mut self,
         dev: &CudaDevice,
-        program: &Program,
         shape: &DecodeShape,
         dtype: DType,
     ) -> Result<&DecodeModule> {
@@ -81,9 +84,8 @@ impl GpuDecode {
                 rows: rows_per_cta(shape) as u32,
                 paged,
             };
-            let _ = Arch::Sm80;
-            let k = emit_decode(program, &opts).map_err(backend)?;
-            *slot = Some(DecodeModule::load(dev, &k).map_err(backend)?);
+            let jit = crate::exec::cuda::cuda_jit()?;
+            *slot = Some(DecodeModule::load(dev, jit, &self.plan, &opts).map_err(backend)?);
         }
         slot.as_ref().ok_or_else(|| backend("decode module"))
     }
@@ -93,7 +95,6 @@ impl GpuDecode {
     fn upload(
         &mut self,
         dev: &CudaDevice,
-        program: &Program,
         shape: &DecodeShape,
         scale: f32,
         q: &Tensor,
@@ -105,7 +106,7 @@ impl GpuDecode {
         bind: &Bindings,
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
         let geom = geometry(shape, ranges, scale);
-        let m = self.module(dev, program, shape, q.dtype())?;
+        let m = self.module(dev, shape, q.dtype())?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
                 .ok_or_else(|| backend("16-bit inputs expected"))
@@ -131,7 +132,6 @@ impl GpuDecode {
     pub(crate) fn forward(
         &mut self,
         dev: &CudaDevice,
-        program: &Program,
         shape: &DecodeShape,
         scale: f32,
         q: &Tensor,
@@ -144,7 +144,7 @@ impl GpuDecode {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let dtype = q.dtype();
         let (m, p) = self.upload(
-            dev, program, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
+            dev, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
         )?;
         m.launch(dev, &p).map_err(backend)?;
         let (o, lse) = m.download(dev, &p).map_err(backend)?;
@@ -160,7 +160,6 @@ impl GpuDecode {
     pub(crate) fn time_ms(
         &mut self,
         dev: &CudaDevice,
-        program: &Program,
         shape: &DecodeShape,
         scale: f32,
         q: &Tensor,
@@ -173,7 +172,7 @@ impl GpuDecode {
         iters: usize,
     ) -> Result<f64> {
         let (m, p) = self.upload(
-            dev, program, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
+            dev, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
         )?;
         m.time(dev, &p, iters).map_err(backend)
     }

@@ -255,6 +255,7 @@ pub(crate) struct CpuState {
 impl DecodeState {
     fn new(
         variant: &crate::api::Variant,
+        bound_plan: &Plan,
         backend: Backend,
         lq: usize,
         checked: bool,
@@ -288,7 +289,7 @@ impl DecodeState {
                 let plan = Plan::new(&shifted);
                 Ok(DecodeState::Cuda {
                     state: Box::new(cuda::CudaState::new(variant.derived(shifted))),
-                    gpu: Box::new(gpu::GpuDecode::new()),
+                    gpu: Box::new(gpu::GpuDecode::new(bound_plan.clone())),
                     plan: Box::new(plan),
                     path: None,
                 })
@@ -314,13 +315,18 @@ impl Bound {
         let seq_lens = cache.seq_lens().to_i32();
         let page_table = cache.page_table().map(|t| t.to_i32()).unwrap_or_default();
         let variant = self.variant().clone();
-        let slot = self.extension::<Option<DecodeState>>();
-        let state = match slot {
-            Some(s) => s,
-            None => {
-                let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
-                slot.insert(s)
-            }
+        if self.extension::<Option<DecodeState>>().is_none() {
+            let s = DecodeState::new(
+                &variant,
+                self.plan(),
+                opts.backend,
+                opts.shape.lq,
+                opts.checked,
+            )?;
+            *self.extension::<Option<DecodeState>>() = Some(s);
+        }
+        let Some(state) = self.extension::<Option<DecodeState>>().as_mut() else {
+            unreachable!("the decode state was made above");
         };
         let (k, v) = cache.kv();
         let qf = if matches!(state, DecodeState::Cuda { .. }) {
@@ -408,7 +414,6 @@ impl Bound {
                     *path = Some("split-kv");
                     gpu.forward(
                         crate::exec::cuda::cuda_device()?,
-                        variant.program(),
                         &shape,
                         scale,
                         q,
@@ -497,10 +502,15 @@ impl Bound {
             .check_ids(&page_table, &seq_lens, opts.checked)
             .map_err(cache_error)?;
         let variant = self.variant().clone();
-        let slot = self.extension::<Option<DecodeState>>();
-        if slot.is_none() {
-            let s = DecodeState::new(&variant, opts.backend, opts.shape.lq, opts.checked)?;
-            *slot = Some(s);
+        if self.extension::<Option<DecodeState>>().is_none() {
+            let s = DecodeState::new(
+                &variant,
+                self.plan(),
+                opts.backend,
+                opts.shape.lq,
+                opts.checked,
+            )?;
+            *self.extension::<Option<DecodeState>>() = Some(s);
         }
         let Some(DecodeState::Cuda { gpu, plan, .. }) = self.extension::<Option<DecodeState>>()
         else {
@@ -510,7 +520,6 @@ impl Bound {
         let (k, v) = cache.kv();
         gpu.time_ms(
             crate::exec::cuda::cuda_device()?,
-            variant.program(),
             &shape,
             scale,
             q,

@@ -63,7 +63,17 @@ pub(crate) fn device() -> ExecResult<&'static CudaDevice> {
 
 /// The process's CUDA device as an API error when there is none (the decode kernels).
 pub(crate) fn cuda_device() -> Result<&'static CudaDevice> {
-    gpu().map(|g| &g.device).map_err(|e| match e {
+    api_gpu().map(|g| &g.device)
+}
+
+/// The process's JIT cache (every kernel kind), as an API error when there is no device
+/// (the decode kernels).
+pub(crate) fn cuda_jit() -> Result<&'static JitCache> {
+    api_gpu().map(|g| &g.jit)
+}
+
+fn api_gpu() -> Result<&'static Gpu> {
+    gpu().map_err(|e| match e {
         ExecError::CudaUnavailable(e) => Error::BackendUnavailable {
             backend: "cuda",
             reason: e.to_string(),

@@ -35,8 +35,13 @@
 
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, Var};
-use super::{Arch, InputType, KernelParam, LlvmError};
+use super::{
+    Arch, EmitText, EmitTimes, GridDim, InputType, KernelParam, KernelSpec, KvCache, LlvmError,
+    PtxKernel, PtxOptions,
+};
+use crate::backend::KernelKind;
 use crate::ir::Program;
+use crate::plan::KvBounds;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -103,54 +108,11 @@ impl DecodeOptions {
     }
 }
 
-/// One parameter of the decode or combine kernel, in launch order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DecodeParam {
-    /// `Q[B, Hq, Lq, D]` (input type).
-    Q,
-    /// The K / V cache (input type), contiguous `[B, Hkv, Lkv_max, D]` or paged
-    /// `[num_pages, page_size, Hkv, D]`.
-    K,
-    V,
-    /// `i32[B, max_pages]` (paged; any one-element buffer for contiguous).
-    PageTable,
-    /// `i32[B]`.
-    SeqLens,
-    /// `i32[B, 2]`: the positions `lo..hi` each sequence's mask can reach.
-    Ranges,
-    /// f32 partials `[B, Hkv, row_groups, splits, RPC, D]` / `[.., RPC]`.
-    PartO,
-    PartLse,
-    /// `O[B, Hq, Lq, D]` (input type) and `LSE[B, Hq, Lq]` f32 (combine kernel).
-    O,
-    Lse,
-    /// Runtime params and captured tensors, as in the attention kernel.
-    Params,
-    Err,
-    Tensor(u32),
-    TensorDim {
-        tensor: u32,
-        dim: u32,
-    },
-    /// i32 scalars.
-    Hq,
-    Hkv,
-    Lq,
-    /// `Hq / Hkv`.
-    Group,
-    /// Row groups per kv head: `ceil(G * Lq / RPC)`.
-    RowGroups,
-    Splits,
-    /// Positions per split.
-    Chunk,
-    /// Contiguous: `Lkv_max`. Paged: `log2(page_size)`, `max_pages`, `num_pages`.
-    LkvMax,
-    PageShift,
-    MaxPages,
-    NumPages,
-    /// f32 softmax scale.
-    Scale,
-}
+/// The parameters of the decode and combine kernels are [`KernelParam`]s (their launch
+/// binds them by name like every kind's): `Q, K, V, PageTable, SeqLens, Ranges, PartO,
+/// PartLse, O, Lse, Params, Err, Tensor, TensorDim, Hq, Hkv, Lq, Group, RowGroups, Splits,
+/// Chunk, LkvMax, PageShift, MaxPages, NumPages, Scale`.
+pub use super::KernelParam as DecodeParam;
 
 /// Both kernels of one decode configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,40 +154,129 @@ fn combine_params() -> Vec<DecodeParam> {
     ]
 }
 
-/// Generates both kernels.
+impl DecodeOptions {
+    /// The [`PtxOptions`] that stand for these options in the specs and cache keys of
+    /// [`KernelKind::Decode`] and [`KernelKind::DecodeCombine`]: arch, D = Dv, input type,
+    /// `q_block` = rows per CTA, `kv_cache` = the layout (the rest: `PtxOptions::new`'s).
+    pub fn ptx_options(&self) -> PtxOptions {
+        PtxOptions {
+            q_block: self.rows,
+            kv_cache: if self.paged {
+                KvCache::Paged
+            } else {
+                KvCache::Contiguous
+            },
+            ..PtxOptions::new(self.arch, self.d, self.d, self.input)
+        }
+    }
+
+    /// The decode options `opts` stand for (the inverse of [`Self::ptx_options`]).
+    pub fn from_ptx(opts: &PtxOptions) -> Self {
+        DecodeOptions {
+            arch: opts.arch,
+            d: opts.d,
+            input: opts.input,
+            rows: opts.q_block,
+            paged: opts.kv_cache == KvCache::Paged,
+        }
+    }
+}
+
+/// The launch description of a decode kind, without generating code: the decode kernel
+/// (grid (splits, Hkv x row groups, B), [`THREADS`] threads, per-warp partials in shared
+/// memory) or the combine kernel (grid (Lq, Hq, B), no shared memory). Its kv source is
+/// the host's reachable ranges (`Ranges`), recorded as [`KvBounds::Table`].
+pub(crate) fn spec(
+    p: &Program,
+    kind: KernelKind,
+    opts: &PtxOptions,
+) -> Result<KernelSpec, LlvmError> {
+    let d = DecodeOptions::from_ptx(opts);
+    d.validate()?;
+    if opts.dv != opts.d {
+        return Err(LlvmError::Unsupported(format!(
+            "decode kernel with D = {} and Dv = {}: needs D = Dv",
+            opts.d, opts.dv
+        )));
+    }
+    let name = super::sanitize(&p.name);
+    let (entry, params, grid, smem_bytes) = match kind {
+        KernelKind::Decode => (
+            format!("attnc_decode_{name}"),
+            decode_params(p),
+            [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
+            d.smem_bytes(),
+        ),
+        KernelKind::DecodeCombine => (
+            format!("attnc_decode_combine_{}", d.input.name()),
+            combine_params(),
+            [GridDim::QRows, GridDim::Heads, GridDim::Batches],
+            0,
+        ),
+        _ => return Err(LlvmError::Internal("not a decode kernel kind")),
+    };
+    Ok(KernelSpec {
+        kind,
+        entry,
+        options: *opts,
+        q_block: d.rows,
+        kv_block: 0,
+        threads: THREADS,
+        smem_bytes,
+        params,
+        grid,
+        kv_bounds: KvBounds::Table,
+        table_skip: None,
+    })
+}
+
+/// Generates a decode kind: its [`spec`] and PTX (LLVM IR text with
+/// [`EmitText::PtxAndLlvm`]).
+pub(crate) fn generate(
+    program: &Program,
+    kind: KernelKind,
+    opts: &PtxOptions,
+    text: EmitText,
+) -> Result<(PtxKernel, EmitTimes), LlvmError> {
+    let spec = spec(program, kind, opts)?;
+    crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
+    let d = DecodeOptions::from_ptx(opts);
+    // the PTX target of these options' matrix path (the kernels use no tensor cores)
+    let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
+    let (ptx, llvm_ir, times) = super::run_pipeline(
+        program,
+        &popts,
+        &spec.entry,
+        DECODE_PASSES,
+        text,
+        |ctx, module| match kind {
+            KernelKind::Decode => build_decode(ctx, module, program, &d, &spec.params, &spec.entry),
+            _ => build_combine(ctx, module, &d, &spec.params, &spec.entry),
+        },
+    )?;
+    Ok((PtxKernel { spec, ptx, llvm_ir }, times))
+}
+
+/// Generates both kernels (tests and tools; the runtime takes each kind through the JIT
+/// cache).
 pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKernels, LlvmError> {
     opts.validate()?;
-    crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
-    let popts = super::PtxOptions::new(opts.arch, opts.d, opts.d, opts.input);
-    let name = super::sanitize(&program.name);
-    let decode_entry = format!("attnc_decode_{name}");
-    let combine_entry = format!("attnc_decode_combine_{}", opts.input.name());
-    let dparams = decode_params(program);
-    let cparams = combine_params();
-    let (decode_ptx, _, _) = super::run_pipeline(
+    let popts = opts.ptx_options();
+    let (dk, _) = generate(program, KernelKind::Decode, &popts, EmitText::PtxOnly)?;
+    let (ck, _) = generate(
         program,
+        KernelKind::DecodeCombine,
         &popts,
-        &decode_entry,
-        DECODE_PASSES,
-        super::EmitText::PtxOnly,
-        |ctx, module| build_decode(ctx, module, program, opts, &dparams, &decode_entry),
-    )?;
-    let (combine_ptx, _, _) = super::run_pipeline(
-        program,
-        &popts,
-        &combine_entry,
-        DECODE_PASSES,
-        super::EmitText::PtxOnly,
-        |ctx, module| build_combine(ctx, module, opts, &cparams, &combine_entry),
+        EmitText::PtxOnly,
     )?;
     Ok(DecodeKernels {
         options: *opts,
-        decode_ptx,
-        decode_entry,
-        decode_params: dparams,
-        combine_ptx,
-        combine_entry,
-        combine_params: cparams,
+        decode_ptx: dk.ptx,
+        decode_entry: dk.spec.entry,
+        decode_params: dk.spec.params,
+        combine_ptx: ck.ptx,
+        combine_entry: ck.spec.entry,
+        combine_params: ck.spec.params,
         threads: THREADS,
         smem_bytes: opts.smem_bytes(),
     })
@@ -867,6 +918,7 @@ mod tests {
                         rows,
                         paged,
                     };
+                    assert_eq!(DecodeOptions::from_ptx(&o.ptx_options()), o);
                     let k = emit_decode(&p, &o).unwrap();
                     if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
                         let f =

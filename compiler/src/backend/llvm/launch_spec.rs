@@ -31,6 +31,12 @@ pub enum GridDim {
     KvHeads,
     /// `ceil(B Hq Lq / rows per CTA)` of the backward's pre kernel.
     PreRows,
+    /// `Lq` (the decode combine kernel: one CTA per query row).
+    QRows,
+    /// The decode kernel's splits of each sequence's reachable positions.
+    Splits,
+    /// `Hkv * row_groups` (the decode kernel: kv heads times row groups per kv head).
+    KvHeadRowGroups,
 }
 
 /// How to launch a generated kernel, and what it was generated for.
@@ -81,6 +87,9 @@ impl fmt::Display for GridDim {
             GridDim::KvBlocks => "NumKvBlocks",
             GridDim::KvHeads => "Hkv",
             GridDim::PreRows => "ceil(B Hq Lq / rows per CTA)",
+            GridDim::QRows => "Lq",
+            GridDim::Splits => "splits",
+            GridDim::KvHeadRowGroups => "Hkv x row groups",
         })
     }
 }

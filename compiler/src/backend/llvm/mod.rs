@@ -97,6 +97,16 @@ impl fmt::Display for Arch {
     }
 }
 
+/// The layout of the K/V cache a decode kernel reads ([`KernelKind::Decode`](crate::backend::KernelKind::Decode);
+/// other kinds ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvCache {
+    /// `[B, Hkv, Lkv_max, D]`.
+    Contiguous,
+    /// `[num_pages, page_size, Hkv, D]` through a page table.
+    Paged,
+}
+
 /// The tensor-core instruction family of the two matrix products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mma {
@@ -137,7 +147,8 @@ pub struct PtxOptions {
     pub input: InputType,
     /// Out-of-range tensor reads are recorded into the error words (else: indices clamped).
     pub checked: bool,
-    /// Query rows per CTA (16 per warp): 64 or 128.
+    /// Query rows per CTA (16 per warp): 64 or 128. The decode kernels: rows (query heads x
+    /// new rows of one kv head) per CTA, 1..=16 (`decode::DecodeOptions::ptx_options`).
     pub q_block: u32,
     /// kv positions per tile: 32, 64 or 128.
     pub kv_block: u32,
@@ -173,6 +184,8 @@ pub struct PtxOptions {
     /// CTAs per SM that the register allocation must allow (`.minnctapersm`, which caps
     /// registers per thread); 0 leaves it to ptxas.
     pub min_ctas: u32,
+    /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
+    pub kv_cache: KvCache,
 }
 
 impl PtxOptions {
@@ -217,6 +230,7 @@ impl PtxOptions {
             mma: Mma::Sync,
             overlap: false,
             min_ctas: 0,
+            kv_cache: KvCache::Contiguous,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -288,6 +302,9 @@ impl PtxOptions {
             format!(" minctas={}", self.min_ctas)
         } else {
             String::new()
+        } + match self.kv_cache {
+            KvCache::Contiguous => "",
+            KvCache::Paged => " kv=paged",
         }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
@@ -427,7 +444,8 @@ pub enum KernelParam {
     Rows,
     /// Backward kernels of masks without a closed form: i32 quadruples `[first, end,
     /// full_first, full_end]` of blocks per (map, row) (`backward.rs`), indexed by
-    /// `(b * MapBStride + head * MapHStride) * rows + row`.
+    /// `(b * MapBStride + head * MapHStride) * rows + row`. The decode kernel: `i32[B, 2]`,
+    /// the positions `lo..hi` each sequence's mask can reach (`decode.rs`).
     Ranges,
     /// Backward dQ kernel of a score that reads captured tensor `i` differentiably: its
     /// gradient in fixed point, three u64 words per element (`backward.rs`, "Capture
@@ -436,6 +454,25 @@ pub enum KernelParam {
     /// The same for the f32 params the score reads differentiably: three u64 words per
     /// param of the program.
     ParamGrad,
+    /// Decode kernels (`decode.rs`): `i32[B, max_pages]` (paged; any one-element buffer
+    /// for a contiguous cache).
+    PageTable,
+    /// `i32[B]`: each sequence's length.
+    SeqLens,
+    /// f32 partials of the splits: `[B, Hkv, row_groups, splits, rows, Dv]` / `[.., rows]`.
+    PartO,
+    PartLse,
+    /// i32 scalars of the decode kernels: `Hq / Hkv`; row groups per kv head
+    /// (`ceil(G * Lq / rows)`); splits; positions per split; contiguous: `Lkv_max`;
+    /// paged: `log2(page_size)`, `max_pages`, `num_pages`.
+    Group,
+    RowGroups,
+    Splits,
+    Chunk,
+    LkvMax,
+    PageShift,
+    MaxPages,
+    NumPages,
 }
 
 /// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and

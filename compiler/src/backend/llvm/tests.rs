@@ -291,3 +291,91 @@ fn min_ctas_becomes_minnctapersm() {
         &k.ptx[..2000.min(k.ptx.len())]
     );
 }
+
+#[test]
+fn decode_kinds_are_specs_like_every_kind() {
+    use decode::DecodeOptions;
+    for p in samples::all(16) {
+        let plan = Plan::new(&p);
+        for (paged, rows, d) in [(false, 4, 128), (true, 8, 64)] {
+            let dopts = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input: InputType::F16,
+                rows,
+                paged,
+            };
+            let opts = dopts.ptx_options();
+            assert_eq!(DecodeOptions::from_ptx(&opts), dopts);
+            for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
+                let s = spec(&plan, kind, &opts).unwrap();
+                let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly).unwrap();
+                // the spec without code is the spec of the code, and names its entry
+                assert_eq!(k.spec, s, "{} {kind}", p.name);
+                assert!(
+                    k.ptx.contains(&format!(".entry {}(", s.entry)),
+                    "{}",
+                    s.entry
+                );
+                assert_eq!(
+                    (s.kind, s.threads, s.q_block),
+                    (kind, decode::THREADS, rows)
+                );
+                // one argument per parameter in the PTX signature
+                let sig = &k.ptx[k.ptx.find(".entry").unwrap()..];
+                let sig = &sig[..sig.find(')').unwrap()];
+                assert_eq!(sig.matches(".param").count(), s.params.len(), "{}", s.entry);
+                match kind {
+                    KernelKind::Decode => {
+                        assert_eq!(
+                            s.grid,
+                            [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches]
+                        );
+                        assert_eq!(s.smem_bytes, dopts.smem_bytes());
+                        for want in [
+                            KernelParam::PageTable,
+                            KernelParam::Ranges,
+                            KernelParam::PartO,
+                        ] {
+                            assert!(s.params.contains(&want), "{want:?}");
+                        }
+                    }
+                    _ => {
+                        assert_eq!(s.grid, [GridDim::QRows, GridDim::Heads, GridDim::Batches]);
+                        assert_eq!(s.smem_bytes, 0);
+                        assert!(s.params.contains(&KernelParam::O));
+                    }
+                }
+            }
+            // the layout is part of the options' key (so of the cache key)
+            let other = DecodeOptions {
+                paged: !paged,
+                ..dopts
+            }
+            .ptx_options();
+            assert_ne!(opts.key(), other.key());
+        }
+    }
+    // rows outside 1..=16 and D != Dv are refused with a clear error
+    let p = &samples::all(16)[0];
+    let plan = Plan::new(p);
+    let bad = DecodeOptions {
+        arch: Arch::Sm90,
+        d: 64,
+        input: InputType::Bf16,
+        rows: 32,
+        paged: false,
+    }
+    .ptx_options();
+    assert!(spec(&plan, KernelKind::Decode, &bad).is_err());
+    let mut uneven = DecodeOptions {
+        rows: 4,
+        ..DecodeOptions::from_ptx(&bad)
+    }
+    .ptx_options();
+    uneven.dv = 128;
+    let e = spec(&plan, KernelKind::Decode, &uneven)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("D = Dv"), "{e}");
+}
