@@ -380,6 +380,16 @@ impl CudaBackward {
             }?;
             Ok(())
         };
+        if p.tensor_grads
+            .iter()
+            .flatten()
+            .chain(&p.param_grads)
+            .next()
+            .is_some()
+        {
+            // the raw memset needs the context current on this thread
+            s.context().bind_to_thread()?;
+        }
         for x in p.tensor_grads.iter().flatten().chain(&p.param_grads) {
             zero(x)?;
         }
