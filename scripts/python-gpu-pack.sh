@@ -20,5 +20,6 @@ cp -r python/tests python/bench python/examples "$dest/tree/python/"
 cp -r examples "$dest/tree/examples"
 find "$dest/tree" -name __pycache__ -prune -exec rm -rf {} +
 cp scripts/python-gpu-remote.sh "$dest/"
+echo "$(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')" > "$dest/COMMIT"
 du -sh "$dest" "$dest"/wheels/*
 echo "device command (run tool, carry [\"$(basename "$dest")\"], timeout_s 600): bash $(basename "$dest")/python-gpu-remote.sh"

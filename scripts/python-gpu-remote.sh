@@ -28,7 +28,7 @@ py=${PYTHON:-python3}
 site=/tmp/attnc-py
 rm -rf "$site"
 {
-  echo "== install ($(date -u +%H:%M:%S)) =="
+  echo "== install ($(date -u +%H:%M:%S)); packed from commit $(cat "$here/COMMIT" 2>/dev/null) =="
   "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')"
   wheels=("$here"/wheels/attnc-*.whl)
   if ! "$py" -c "import pytest" 2>/dev/null; then
