@@ -404,6 +404,35 @@ mod device_tests {
         assert!(code(&e).contains("E0302"), "{}", code(&e));
     }
 
+    /// The CUDA entry point refuses other backends before touching any pointer.
+    #[test]
+    fn cuda_entry_refuses_a_cpu_binding() {
+        let c = Compiled::from_source("t.attn", "attention a {}").unwrap();
+        let mut bound = c
+            .attention("a")
+            .unwrap()
+            .bind(crate::BindOptions::new(
+                crate::Backend::Cpu,
+                shape(),
+                DType::F32,
+            ))
+            .unwrap();
+        let bufs = DeviceBuffers {
+            q: 0,
+            k: 0,
+            v: 0,
+            o: 0,
+            lse: 0,
+        };
+        // SAFETY: refused before any pointer is used (the binding is not CUDA's).
+        let e = unsafe { bound.forward_cuda_into(&bufs, &HashMap::new(), &HashMap::new(), 0) }
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("cpu backend")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn pointers_null_misaligned_or_overlapping_are_named() {
         let s = shape();
