@@ -62,7 +62,7 @@ if has bench; then
 fi
 if has bench && has backward; then
   echo "== attnc backward benchmark =="
-  timeout 300 "$bin/gpu_backward" bench 2>&1 | tee "$OUT/backward_bench.log" | grep -E "attnc_bwd|D[0-9]+:|FAILED|----"
+  timeout 300 "$bin/gpu_backward" --ignored bench 2>&1 | tee "$OUT/backward_bench.log" | grep -E "attnc_bwd|D[0-9]+:|FAILED|----"
 fi
 if has torch && has backward; then
   echo "== PyTorch FlexAttention / SDPA backward anchors (same run) =="

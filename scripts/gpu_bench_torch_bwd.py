@@ -3,7 +3,7 @@ Triton backend) and SDPA flash / cuDNN backward, bf16, B2 H16 L8192 D128 and B4 
 D64, variants full, causal, sliding1024, alibi_causal, softcap_causal, doc_causal
 (8 sorted documents). Times the backward only (out.backward(dO, retain_graph=True) after
 one forward), backward TFLOP/s = 2.5 * 4*B*H*S*S*D*density / time. Then prints attnc's
-numbers (from $OUT/attnc_bwd_bench.json, written by `gpu_backward bench` earlier in the
+numbers (from $OUT/attnc_bwd_bench.json, written by `gpu_backward --ignored bench` earlier in the
 same run) next to them.
 Usage: python3 gpu_bench_torch_bwd.py [attnc_bwd_bench.json]"""
 import torch, json, os, sys

@@ -30,9 +30,10 @@
 //! input type before their products (relative 2^-8 / 2^-11), ex2/tanh are approximate.
 //! NaN never passes.
 //!
-//! `harness = false`: prints `test NAME ... ok | FAILED | SKIPPED (no CUDA device)` per
-//! test and `gpu backward tests: N passed, M failed, K skipped`; the first non-flag
-//! argument filters tests by substring.
+//! `harness = false`, run by libtest-mimic (`gpu_util::run_gpu_tests_and_benches`):
+//! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
+//! device each test prints `SKIPPED (no CUDA device)` and counts as ignored. The
+//! benchmark is an ignored trial: `gpu_backward --ignored bench`.
 
 mod gpu_util;
 
@@ -801,7 +802,7 @@ fn bench_program(src: &str) -> Program {
         .remove(0)
 }
 
-/// Backward benchmark (run by name only: `gpu_backward bench`): bf16, B2 H16 L8192 D128
+/// Backward benchmark (an ignored trial: `gpu_backward --ignored bench`): bf16, B2 H16 L8192 D128
 /// and B4 H16 L4096 D64, the six benchmark variants and two with capture gradients (a
 /// relative-position table, a learnable soft-cap param); device time of the three kernels
 /// (CUDA events, median), backward TFLOP/s = 2.5 · 4·B·H·Lq·Lkv·D·density / time with the
@@ -979,73 +980,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
 ];
 
-/// Run only when the filter names them (`gpu_backward bench`).
+/// Ignored trials, run with `--ignored` (`gpu_backward --ignored bench`).
 const BENCHES: &[(&str, TestFn)] = &[("gpu_backward_bench", gpu_backward_bench)];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut filter: Option<String> = None;
-    let mut list = false;
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--list" {
-            list = true;
-        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
-            i += 1;
-        } else if !a.starts_with('-') && filter.is_none() {
-            filter = Some(a.clone());
-        }
-        i += 1;
-    }
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
-        .chain(
-            BENCHES
-                .iter()
-                .filter(|(n, _)| filter.as_deref().is_some_and(|f| n.contains(f))),
-        )
-        .collect();
-    if list {
-        for (n, _) in &selected {
-            println!("{n}: test");
-        }
-        return;
-    }
-    println!("\nrunning {} gpu backward tests", selected.len());
-    let dev = device_or_skip("gpu backward tests");
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    let mut failures = Vec::new();
-    for (name, f) in &selected {
-        let Some(d) = &dev else {
-            println!("test {name} ... SKIPPED (no CUDA device)");
-            skipped += 1;
-            continue;
-        };
-        println!("test {name} ...");
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d))) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                println!("test {name} ... FAILED");
-                failures.push(format!("{name}: {msg}"));
-                failed += 1;
-            }
-        }
-    }
-    for f in &failures {
-        println!("---- {f}");
-    }
-    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped (backward)");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    gpu_util::run_gpu_tests_and_benches(TESTS, BENCHES)
 }

@@ -9,9 +9,9 @@
 //! 8:1, D 64 and 128, bf16 and f16, seq_lens 0, 1, shorter than Lq and full, long
 //! sequences split across many CTAs (sliding window reading only its window).
 //!
-//! `harness = false`, like `gpu.rs`: each test prints `test NAME ... ok | FAILED |
-//! SKIPPED (no CUDA device)` and the summary `gpu tests: N passed, M failed, K skipped`.
-//! A first non-flag argument filters test names by substring.
+//! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
+//! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
+//! device each test prints `SKIPPED (no CUDA device)` and counts as ignored.
 //!
 //! Tolerance (inputs rounded to bf16/f16 for both sides; the kernel's P·V is f32):
 //! |O - O_ref| <= t (1 + |O_ref|) with t = 0.02 (bf16: O is rounded to bf16) or 0.005
@@ -213,66 +213,5 @@ const TESTS: &[Test] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut filter: Option<String> = None;
-    let mut list = false;
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--list" {
-            list = true;
-        } else if a == "--test-threads" || a == "--skip" || a == "--format" {
-            i += 1;
-        } else if !a.starts_with('-') && filter.is_none() {
-            filter = Some(a.clone());
-        }
-        i += 1;
-    }
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
-        .collect();
-    if list {
-        for (n, _) in &selected {
-            println!("{n}: test");
-        }
-        return;
-    }
-    println!("\nrunning {} gpu tests", selected.len());
-    let dev = gpu_util::device_or_skip("gpu decode tests");
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    let mut failures = Vec::new();
-    for (name, f) in &selected {
-        let Some(d) = &dev else {
-            println!("test {name} ... SKIPPED (no CUDA device)");
-            skipped += 1;
-            continue;
-        };
-        let t0 = std::time::Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d)));
-        let s = t0.elapsed().as_secs_f64();
-        match r {
-            Ok(()) => {
-                println!("test {name} ... ok ({s:.1} s)");
-                passed += 1;
-            }
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                println!("test {name} ... FAILED");
-                failures.push(format!("{name}: {msg}"));
-                failed += 1;
-            }
-        }
-    }
-    for f in &failures {
-        println!("---- {f}");
-    }
-    println!("gpu tests: {passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    gpu_util::run_gpu_tests(TESTS)
 }

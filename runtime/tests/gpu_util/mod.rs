@@ -36,6 +36,12 @@ pub type GpuTest = (&'static str, fn(&CudaDevice));
 /// each selected test prints `test NAME ... SKIPPED (no CUDA device)` and is reported as
 /// ignored (running it anyway with `--ignored` fails: nothing was tested).
 pub fn run_gpu_tests(tests: &[GpuTest]) -> ! {
+    run_gpu_tests_and_benches(tests, &[])
+}
+
+/// [`run_gpu_tests`] with benchmarks: `benches` are ignored trials, run only with
+/// `--ignored` (libtest's convention; e.g. `gpu_backward --ignored bench`).
+pub fn run_gpu_tests_and_benches(tests: &[GpuTest], benches: &[GpuTest]) -> ! {
     use libtest_mimic::{Arguments, Failed, Trial};
     let mut args = Arguments::from_args();
     if args.test_threads.is_none() {
@@ -65,16 +71,19 @@ pub fn run_gpu_tests(tests: &[GpuTest]) -> ! {
     };
     let trials = tests
         .iter()
-        .map(|&(name, f)| match &dev {
+        .map(|t| (t, false))
+        .chain(benches.iter().map(|t| (t, true)))
+        .map(|(&(name, f), bench)| match &dev {
             Some(d) => {
                 let d = d.clone();
                 Trial::test(name, move || {
                     f(&d);
                     Ok(())
                 })
+                .with_ignored_flag(bench)
             }
             None => {
-                if !args.list && selected(name) {
+                if !args.list && selected(name) && (!bench || args.ignored || args.include_ignored) {
                     println!("test {name} ... SKIPPED (no CUDA device)");
                 }
                 Trial::test(name, || Err(Failed::from("no CUDA device"))).with_ignored_flag(true)
