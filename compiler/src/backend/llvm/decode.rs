@@ -2,8 +2,11 @@
 //! rows against a contiguous or paged KV cache.
 //!
 //! In: a verified [`Program`] (its own mask and score: evaluated at logical positions,
-//! see `crate::decode`) and [`DecodeOptions`]. Out: [`DecodeKernels`], the PTX of both
-//! kernels with their parameter lists ([`DecodeParam`]) and launch rules.
+//! see `crate::decode`), a kind ([`KernelKind::Decode`] or [`KernelKind::DecodeCombine`])
+//! and [`PtxOptions`] standing for [`DecodeOptions`] ([`DecodeOptions::ptx_options`]).
+//! Out: the kind's `KernelSpec` (`spec`: entry, [`KernelParam`]s, grid rule, threads,
+//! shared memory) and PTX (`generate`, reached through `llvm::spec::generate`); or both
+//! kernels at once ([`emit_decode`] → [`DecodeKernels`], for tests and tools).
 //!
 //! Decode kernel, grid `(splits, Hkv * row_groups, B)`, [`THREADS`] threads:
 //! ```text

@@ -250,17 +250,26 @@ struct Overlap<'ctx> {
     alpha: RowState<'ctx>,
 }
 
-fn body<'ctx>(
+/// Where this CTA works and the heads it reads: besides [`Ctx`], the thread index, the q
+/// block and the number of q blocks, `Hq`, and row 0 of its Q, K and V heads.
+struct Place<'ctx> {
+    tid: IntValue<'ctx>,
+    qb: IntValue<'ctx>,
+    nqb: IntValue<'ctx>,
+    hq: IntValue<'ctx>,
+    qbase: PointerValue<'ctx>,
+    kbase: PointerValue<'ctx>,
+    vbase: PointerValue<'ctx>,
+}
+
+/// The CTA's place: q block (heavy, late ones first for causal masks), query head, batch,
+/// the kv head of its GQA group, and the softmax units ([`Ctx::c2`]).
+fn place<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     p: &Program,
-    opts: &PtxOptions,
-    kv: &KvBounds,
-    params: &[KernelParam],
-) -> R<()> {
-    let a = Args { g, params };
-
-    // ---- where this CTA works ----------------------------------------------------------------
+    a: &Args<'_, 'ctx>,
+) -> R<(Ctx<'ctx>, Place<'ctx>)> {
     let tid = g.tid_x()?;
     let warp = g.lshr(tid, g.c32(5))?;
     let lane = g.and(tid, g.c32(31))?;
@@ -285,6 +294,24 @@ fn body<'ctx>(
     } else {
         g.cf(1.0)
     };
+    let head_base = |base: PointerValue<'ctx>,
+                     heads: IntValue<'ctx>,
+                     head: IntValue<'ctx>,
+                     len: IntValue<'ctx>,
+                     dim: u32| {
+        let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
+        let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
+        g.gep_bytes(base, off)
+    };
+    let at = Place {
+        tid,
+        qb,
+        nqb,
+        hq,
+        qbase: head_base(a.ptr(KernelParam::Q)?, hq, h, lq, c.d)?,
+        kbase: head_base(a.ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?,
+        vbase: head_base(a.ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?,
+    };
     let cx = Ctx {
         warp,
         lane,
@@ -297,23 +324,24 @@ fn body<'ctx>(
         raw,
         c2,
     };
-    let head_base = |base: PointerValue<'ctx>,
-                     heads: IntValue<'ctx>,
-                     head: IntValue<'ctx>,
-                     len: IntValue<'ctx>,
-                     dim: u32| {
-        let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
-        let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
-        g.gep_bytes(base, off)
-    };
-    let qbase = head_base(a.ptr(KernelParam::Q)?, hq, h, lq, c.d)?;
-    let kbase = head_base(a.ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?;
-    let vbase = head_base(a.ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?;
+    Ok((cx, at))
+}
 
-    let runs = row_runs(g, c, p, kv, &a, &cx, qb, nqb)?;
+/// The kernel, phase by phase.
+fn body<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    opts: &PtxOptions,
+    kv: &KvBounds,
+    params: &[KernelParam],
+) -> R<()> {
+    let a = Args { g, params };
+    let (cx, at) = place(g, c, p, &a)?;
+    let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
     let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
 
-    // ---- state --------------------------------------------------------------------------------
+    // ---- state that lives across kv blocks ------------------------------------------------------
     let o = AccTile::new(g, c.mt, (c.dv / 8) as usize, 0.0)?;
     let m = RowState::new(g, c.mt, f32::NEG_INFINITY)?;
     let l = RowState::new(g, c.mt, 0.0)?;
@@ -330,14 +358,14 @@ fn body<'ctx>(
         None
     };
     let kvs = KvStream {
-        tid,
+        tid: at.tid,
         threads: c.threads,
         kv_block: c.kvb,
-        lkv,
+        lkv: cx.lkv,
         k: c.k,
         v: c.v,
-        kbase,
-        vbase,
+        kbase: at.kbase,
+        vbase: at.vbase,
     };
     let mut f = Forward {
         g,
@@ -358,8 +386,8 @@ fn body<'ctx>(
     };
 
     // ---- prologue: Q and the first K tile -----------------------------------------------------
-    let zero = g.c32(0);
-    c.q.load_async(g, tid, c.threads, qbase, q0, g.sub(lq, q0)?, zero)?;
+    let (q0, lq) = (f.cx.q0, f.cx.lq);
+    c.q.load_async(g, at.tid, c.threads, at.qbase, q0, g.sub(lq, q0)?, g.c32(0))?;
     g.cp_async_commit()?;
     let pre = g.block("prologue");
     let lp = g.block("kv_loop");
@@ -392,7 +420,7 @@ fn body<'ctx>(
             i,
             a.ptr(KernelParam::O)?,
             a.ptr(KernelParam::Lse)?,
-            hq,
+            at.hq,
             &f.m.rows[i],
             &f.l.rows[i],
             &f.o.tiles[i],
