@@ -191,6 +191,7 @@ impl Bound {
             }
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
+                self.plan(),
                 &s,
                 dt,
                 opts.checked,
@@ -236,6 +237,7 @@ impl Bound {
 #[allow(clippy::too_many_arguments)]
 fn cuda_backward(
     variant: &crate::api::Variant,
+    plan: &attnc_compiler::plan::Plan,
     shape: &attnc_compiler::shape::Shape,
     dtype: DType,
     checked: bool,
@@ -267,7 +269,7 @@ fn cuda_backward(
         .get_or_init(BackwardJit::default)
         .get(device, p, &opts)
         .map_err(err)?;
-    let blocks = LaunchBlocks::new(&kernels, p, shape, bind).map_err(err)?;
+    let blocks = LaunchBlocks::new(&kernels, plan, shape, bind).map_err(err)?;
     let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
     let grads = kernels
         .backward_host(

@@ -333,7 +333,7 @@ fn inputs(p: &Program, sh: &Shape, ty: InputType, seed: u64, with_dlse: bool) ->
 
 /// What this launch is told about its blocks, as the runtime makes it.
 fn blocks_of(bw: &CudaBackward, p: &Program, sh: &Shape, x: &Inputs) -> LaunchBlocks {
-    LaunchBlocks::new(bw, p, sh, &x.bind).unwrap()
+    LaunchBlocks::new(bw, &attnc_compiler::plan::Plan::new(p), sh, &x.bind).unwrap()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -902,7 +902,8 @@ fn gpu_backward_bench(dev: &CudaDevice) {
             };
             dump(&ks);
             let bw = CudaBackward::load(dev, &ks).unwrap();
-            let blocks = LaunchBlocks::new(&bw, &p, &sh, &bind).unwrap();
+            let blocks =
+                LaunchBlocks::new(&bw, &attnc_compiler::plan::Plan::new(&p), &sh, &bind).unwrap();
             let prob = bw
                 .upload(
                     dev,

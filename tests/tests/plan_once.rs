@@ -42,11 +42,19 @@ fn analyses_run_once_per_bind() {
             "{}: analyses at bind",
             ex.id()
         );
+        let mut out = None;
         for _ in 0..2 {
-            bound
-                .forward(&q, &k, &v, &caps)
-                .unwrap_or_else(|e| panic!("{}: {e}", ex.id()));
+            out = Some(
+                bound
+                    .forward(&q, &k, &v, &caps)
+                    .unwrap_or_else(|e| panic!("{}: {e}", ex.id())),
+            );
         }
+        // the backward reads the bind's plan too
+        let attnc::Output { o, lse } = out.expect("two forwards ran");
+        bound
+            .backward(&q, &k, &v, &o, &lse, &o, None, &caps)
+            .unwrap_or_else(|e| panic!("{} backward: {e}", ex.id()));
         // the backends generate every kind from the bind's plan without analysing again
         let plan = bound.plan();
         emit_clif(plan, KernelKind::Forward, &CpuOptions::default()).unwrap();

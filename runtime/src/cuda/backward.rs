@@ -566,13 +566,13 @@ pub enum LaunchBlocks {
 }
 
 impl LaunchBlocks {
+    /// From the bind's `plan` (its analyses are not run again here).
     pub fn new(
         kernels: &CudaBackward,
-        p: &Program,
+        plan: &attnc_compiler::plan::Plan,
         shape: &Shape,
         bind: &Bindings,
     ) -> Result<Self, CudaError> {
-        let plan = attnc_compiler::plan::Plan::new(p);
         let err =
             |e: attnc_compiler::analysis::classify::BlockError| CudaError::Mismatch(e.to_string());
         Ok(match &kernels.dkdv.spec().kv_bounds {
