@@ -360,7 +360,7 @@ impl Bound {
             .forward(&self.plan, &self.opts, scale, q, k, v, &bindings)
             .map_err(|e| self.variant.render(e))?;
         Ok(Output {
-            o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, self.opts.dtype),
+            o,
             lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
         })
     }

@@ -233,7 +233,7 @@ impl CudaExec {
         k: &Tensor,
         v: &Tensor,
         bindings: &Bindings,
-    ) -> ExecResult<(Vec<f32>, Vec<f32>)> {
+    ) -> ExecResult<(Tensor, Vec<f32>)> {
         let g = gpu()?;
         // this call keeps the module it starts with, whatever is swapped in meanwhile
         let (kernel, _) = self.kernel.current();
@@ -252,13 +252,15 @@ impl CudaExec {
         }
         drop(kernel);
         self.kernel.release_retired(&g.device)?;
+        // the kernel's bf16/f16 bits as they are (no round trip through f32)
+        let s = opts.shape;
         let o_t = Tensor::from_bytes(
-            vec![o.len()],
+            vec![s.b, s.hq, s.lq, s.dv],
             opts.dtype,
             o.iter().flat_map(|x| x.to_le_bytes()).collect(),
         )
         .ok_or_else(|| CudaError::Mismatch("output size".into()))?;
-        Ok((o_t.to_f32(), lse))
+        Ok((o_t, lse))
     }
 
     /// The block-table kernel to use for this launch, if the table is built on the GPU:

@@ -1,7 +1,7 @@
 //! The executors: what `bind` prepares per backend and how `forward` runs it.
 //!
 //! In: the [`Plan`] of a bind, the [`BindOptions`], host inputs and the converted
-//! captures. Out: `O` and `LSE` as f32 vectors in the layouts of
+//! captures. Out: `O` (in the bind's dtype: the GPU's bf16/f16 as written) and `LSE` (f32) in the layouts of
 //! `attnc_compiler::shape`, or a raw [`ExecError`] (a backend's own error), which the API
 //! renders with the source (`api::render`). Policy (which kv path, when maps or device
 //! tables are reused) lives in `crate::policy`; the executors carry it out:
@@ -73,7 +73,8 @@ impl Exec {
         })
     }
 
-    /// One forward call.
+    /// One forward call: `O` as a `[B, Hq, Lq, Dv]` tensor in the bind's dtype (the
+    /// CUDA kernels' bf16/f16 output as written, not through f32), `LSE` as f32.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &mut self,
@@ -84,7 +85,12 @@ impl Exec {
         k: &Tensor,
         v: &Tensor,
         bindings: &Bindings,
-    ) -> ExecResult<(Vec<f32>, Vec<f32>)> {
+    ) -> ExecResult<(Tensor, Vec<f32>)> {
+        let s = opts.shape;
+        let o_dims = vec![s.b, s.hq, s.lq, s.dv];
+        let host = |(o, lse): (Vec<f32>, Vec<f32>)| {
+            (Tensor::from_f32_as(o_dims.clone(), &o, opts.dtype), lse)
+        };
         match self {
             Exec::Reference => {
                 let out = reference::attention(
@@ -97,9 +103,9 @@ impl Exec {
                     bindings,
                 )
                 .map_err(ExecError::Reference)?;
-                Ok((out.o, out.lse))
+                Ok(host((out.o, out.lse)))
             }
-            Exec::Cpu(c) => c.forward(plan, opts, scale, q, k, v, bindings),
+            Exec::Cpu(c) => c.forward(plan, opts, scale, q, k, v, bindings).map(host),
             Exec::Cuda(c) => c.forward(plan, opts, scale, q, k, v, bindings),
         }
     }
