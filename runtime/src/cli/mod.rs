@@ -337,7 +337,7 @@ pub(crate) fn parse_params(items: &[String]) -> Result<Vec<(String, ParamValue)>
 }
 
 /// `ATTNC_LOG` (a `tracing` filter: `info`, `debug`, `attnc=debug`, ...) shows the spans
-/// of the front end, analysis, codegen and cache lookups on stderr, each closing with
+/// of the front end, analysis, codegen, ptxas (the driver's compile of PTX) and cache lookups on stderr, each closing with
 /// its time; warnings (cache write errors, deleted corrupt entries) show by default.
 fn init_tracing(color: bool) {
     use tracing_subscriber::fmt::format::FmtSpan;

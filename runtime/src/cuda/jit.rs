@@ -320,6 +320,7 @@ impl Drop for Linker {
 /// Compiles PTX to a cubin for the context's device with `ptxas` at `level` (0..=4),
 /// through the driver's linker (binding the context to the calling thread).
 pub fn link_ptx(ctx: &CudaContext, ptx: &str, level: u8) -> Result<Vec<u8>, CudaError> {
+    let _span = tracing::info_span!("ptxas", level, ptx_bytes = ptx.len()).entered();
     ctx.bind_to_thread()?;
     let src =
         CString::new(ptx).map_err(|_| CudaError::Driver("PTX text contains a NUL byte".into()))?;
