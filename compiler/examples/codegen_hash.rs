@@ -3,12 +3,16 @@
 //! `kv_table`, checked, checked + `kv_table`, no K prefetch, wgmma `overlap`), the
 //! block-table kernel of every masked attention (plain and checked), and the CLIF of the
 //! CPU kernel (plain and checked). Prints one line per artifact with `-v`, then the total.
+//! Then, as a second total (so that the first stays comparable with earlier notes), the
+//! split-KV decode and combine kernels (`KernelKind::Decode`/`DecodeCombine`) of every
+//! attention for a few layouts, rows per CTA, head dims and archs.
 //!
 //! `cargo run --release -p attnc-compiler --example codegen_hash [-- -v]`: a refactoring
 //! of the generators must leave the total unchanged.
 
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuOptions, emit_clif};
+use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
 use attnc_compiler::plan::Plan;
 use std::path::Path;
@@ -143,4 +147,42 @@ fn main() {
         }
     }
     println!("codegen hash {total:016x} over {n} artifacts");
+
+    let (mut dtotal, mut dn): (u64, usize) = (0xcbf29ce484222325, 0);
+    for path in &files {
+        let src = std::fs::read_to_string(path).unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        for p in &module.programs {
+            let plan = Plan::new(p);
+            for (arch, input, d, rows, paged) in [
+                (Arch::Sm90, InputType::Bf16, 128, 4, false),
+                (Arch::Sm90, InputType::Bf16, 64, 8, true),
+                (Arch::Sm90, InputType::F16, 256, 1, false),
+                (Arch::Sm80, InputType::F16, 32, 16, true),
+            ] {
+                let opts = DecodeOptions {
+                    arch,
+                    d,
+                    input,
+                    rows,
+                    paged,
+                }
+                .ptx_options();
+                for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
+                    let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
+                        .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
+                    let name = format!("{} {kind} {}", p.name, opts.key());
+                    let mut h: u64 = 0xcbf29ce484222325;
+                    fnv(&mut h, k.ptx.as_bytes());
+                    if verbose {
+                        println!("{h:016x} {name}");
+                    }
+                    fnv(&mut dtotal, name.as_bytes());
+                    fnv(&mut dtotal, &h.to_le_bytes());
+                    dn += 1;
+                }
+            }
+        }
+    }
+    println!("decode codegen hash {dtotal:016x} over {dn} artifacts");
 }
