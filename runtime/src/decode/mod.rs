@@ -299,6 +299,26 @@ impl DecodeState {
 }
 
 impl Bound {
+    /// The binding's decode state (kernels, offset plan), made on first use.
+    fn decode_state(&mut self) -> Result<&mut DecodeState> {
+        if self.extension::<Option<DecodeState>>().is_none() {
+            let opts = self.options().clone();
+            let variant = self.variant().clone();
+            let s = DecodeState::new(
+                &variant,
+                self.plan(),
+                opts.backend,
+                opts.shape.lq,
+                opts.checked,
+            )?;
+            *self.extension::<Option<DecodeState>>() = Some(s);
+        }
+        Ok(self
+            .extension::<Option<DecodeState>>()
+            .as_mut()
+            .expect("the decode state was made above"))
+    }
+
     /// Attention of `q`'s new rows against a KV cache (see the module docs of
     /// `attnc::decode` for positions and layouts). The binding's shape gives B, Hq,
     /// Hkv, Lq, D, Dv, and `lkv` = the cache's capacity in positions.
@@ -315,19 +335,7 @@ impl Bound {
         let seq_lens = cache.seq_lens().to_i32();
         let page_table = cache.page_table().map(|t| t.to_i32()).unwrap_or_default();
         let variant = self.variant().clone();
-        if self.extension::<Option<DecodeState>>().is_none() {
-            let s = DecodeState::new(
-                &variant,
-                self.plan(),
-                opts.backend,
-                opts.shape.lq,
-                opts.checked,
-            )?;
-            *self.extension::<Option<DecodeState>>() = Some(s);
-        }
-        let Some(state) = self.extension::<Option<DecodeState>>().as_mut() else {
-            unreachable!("the decode state was made above");
-        };
+        let state = self.decode_state()?;
         let (k, v) = cache.kv();
         let qf = if matches!(state, DecodeState::Cuda { .. }) {
             Vec::new()
@@ -501,19 +509,7 @@ impl Bound {
         shape
             .check_ids(&page_table, &seq_lens, opts.checked)
             .map_err(cache_error)?;
-        let variant = self.variant().clone();
-        if self.extension::<Option<DecodeState>>().is_none() {
-            let s = DecodeState::new(
-                &variant,
-                self.plan(),
-                opts.backend,
-                opts.shape.lq,
-                opts.checked,
-            )?;
-            *self.extension::<Option<DecodeState>>() = Some(s);
-        }
-        let Some(DecodeState::Cuda { gpu, plan, .. }) = self.extension::<Option<DecodeState>>()
-        else {
+        let DecodeState::Cuda { gpu, plan, .. } = self.decode_state()? else {
             return Ok(None);
         };
         let (_, ranges) = reachable(plan, &shape, &seq_lens, &bindings, false)?;
