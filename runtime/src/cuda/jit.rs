@@ -450,6 +450,24 @@ pub(crate) fn load_cached_cubin(
     }
 }
 
+/// The optimized cubin of `ptx`: compiled by ptxas at `level`, or, with a disk cache,
+/// under the entry's file lock and stored there, so that two processes (or threads)
+/// missing the same kernel compile it once and the later one loads the earlier's cubin.
+fn optimized_cubin(
+    ctx: &CudaContext,
+    ptx: &str,
+    level: u8,
+    disk: Option<&DiskCache>,
+    ckey: &str,
+) -> Result<Vec<u8>, CudaError> {
+    match disk {
+        Some(d) => d
+            .get_or_insert_with(ckey, "cubin", || link_ptx(ctx, ptx, level))
+            .map(|(cubin, _)| cubin),
+        None => link_ptx(ctx, ptx, level),
+    }
+}
+
 /// Compiles `ptx` under `tiers` and loads the first usable module. With tiers on, the
 /// optimized cubin is compiled on a background thread (the context bound to it), stored
 /// under `ckey` and swapped in; with tiers off it is compiled here.
@@ -479,11 +497,8 @@ pub(crate) fn compile_and_load(
     });
     let Some((low, k, driver_ms)) = quick else {
         let t = Instant::now();
-        let cubin = link_ptx(&dev.ctx, &ptx, opt_level)?;
+        let cubin = optimized_cubin(&dev.ctx, &ptx, opt_level, disk.as_ref(), &ckey)?;
         let driver_ms = ms(t);
-        if let Some(d) = &disk {
-            let _ = d.put(&ckey, "cubin", &cubin);
-        }
         let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin)?;
         let load_ms = k.load_ms;
         let ready = ReadyStats {
@@ -511,13 +526,12 @@ pub(crate) fn compile_and_load(
         .name("attnc-jit-optimize".into())
         .spawn(move || {
             let t = Instant::now();
-            let res = link_ptx(&ctx, &ptx, opt_level).and_then(|cubin| {
-                let driver_ms = ms(t);
-                if let Some(d) = &disk {
-                    let _ = d.put(&ckey, "cubin", &cubin);
-                }
-                CudaKernel::from_cubin(&ctx, &meta, &cubin).map(|k| (k, driver_ms))
-            });
+            let res = optimized_cubin(&ctx, &ptx, opt_level, disk.as_ref(), &ckey).and_then(
+                |cubin| {
+                    let driver_ms = ms(t);
+                    CudaKernel::from_cubin(&ctx, &meta, &cubin).map(|k| (k, driver_ms))
+                },
+            );
             match res {
                 Ok((k, driver_ms)) => {
                     let load_ms = k.load_ms;
