@@ -447,7 +447,18 @@ fn run_one(seed: u64, checked: bool) -> Result<(), String> {
     let want = reference::attention(&p, &shape, &q, &k, &v, scale, &bind);
     let mut o = vec![0f32; shape.o_len()];
     let mut lse = vec![0f32; shape.lse_len()];
-    let got = kern.run(&shape, &q, &k, &v, scale, &bind, &maps, &Scoped(2), &mut o, &mut lse);
+    let got = kern.run(
+        &shape,
+        &q,
+        &k,
+        &v,
+        scale,
+        &bind,
+        &maps,
+        &Scoped(2),
+        &mut o,
+        &mut lse,
+    );
     match (want, got) {
         (Ok(w), Ok(())) => close("o", &o, &w.o).and_then(|_| close("lse", &lse, &w.lse)),
         (Err(_), Err(CpuError::Eval(_))) => Ok(()),

@@ -526,12 +526,11 @@ pub(crate) fn compile_and_load(
         .name("attnc-jit-optimize".into())
         .spawn(move || {
             let t = Instant::now();
-            let res = optimized_cubin(&ctx, &ptx, opt_level, disk.as_ref(), &ckey).and_then(
-                |cubin| {
+            let res =
+                optimized_cubin(&ctx, &ptx, opt_level, disk.as_ref(), &ckey).and_then(|cubin| {
                     let driver_ms = ms(t);
                     CudaKernel::from_cubin(&ctx, &meta, &cubin).map(|k| (k, driver_ms))
-                },
-            );
+                });
             match res {
                 Ok((k, driver_ms)) => {
                     let load_ms = k.load_ms;

@@ -143,7 +143,10 @@ mod tests {
         // only the 6 callers were added (other tests of this binary may run at once:
         // their pools are at most a few threads more, far below 6 callers x 3 spawns)
         let during = most.load(Ordering::Relaxed);
-        assert!(during <= before + 6 + 4, "{during} threads while running, {before} before");
+        assert!(
+            during <= before + 6 + 4,
+            "{during} threads while running, {before} before"
+        );
         assert_eq!(total.load(Ordering::Relaxed), 6 * 20 * 4);
         assert!(std::ptr::eq(p, pool(4)), "one pool per thread count");
     }

@@ -83,7 +83,8 @@ pub fn run_gpu_tests_and_benches(tests: &[GpuTest], benches: &[GpuTest]) -> ! {
                 .with_ignored_flag(bench)
             }
             None => {
-                if !args.list && selected(name) && (!bench || args.ignored || args.include_ignored) {
+                if !args.list && selected(name) && (!bench || args.ignored || args.include_ignored)
+                {
                     println!("test {name} ... SKIPPED (no CUDA device)");
                 }
                 Trial::test(name, || Err(Failed::from("no CUDA device"))).with_ignored_flag(true)
