@@ -18,8 +18,9 @@ status=0
 cargo test --workspace --exclude attnc-python --no-fail-fast 2>&1 | tee "$log" || status=$?
 bash scripts/python-setup.sh
 .venv/bin/python -m pytest python/tests -v -rs -p no:cacheprovider 2>&1 | tee -a "$log" | grep -Ev " PASSED " || status=1
-# lints and docs: no warnings (after the tests, so a lint never hides a test failure)
+# formatting, lints and docs: no diffs, no warnings (after the tests, so a lint never hides a test failure)
 lint_start=$SECONDS
+cargo fmt --all --check || status=$?
 cargo clippy --workspace --exclude attnc-python --all-targets -- -D warnings || status=$?
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --exclude attnc-python --no-deps || status=$?
 echo "clippy + doc: $((SECONDS - lint_start)) s"
