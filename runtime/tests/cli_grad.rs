@@ -6,31 +6,9 @@
 use attnc::io::{read_safetensors, write_safetensors};
 use attnc::{DType, Shape, Tensor, synth};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn attnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run attnc")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod cli_util;
+use cli_util::*;
 
 #[test]
 fn run_grad_writes_every_gradient_and_backends_agree() {
