@@ -383,10 +383,10 @@ impl Bound {
                 shape
                     .check(&view, qf.len(), opts.checked)
                     .map_err(cache_error)?;
-                let threads = if opts.threads == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    opts.threads
+                // the pool's count (0: all cores, resolved once per process)
+                let threads = {
+                    use attnc_compiler::backend::cranelift::workers::Workers;
+                    crate::exec::pool::pool(opts.threads).threads()
                 };
                 cpu::forward(cpu::Call {
                     kernel,

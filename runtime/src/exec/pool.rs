@@ -26,8 +26,10 @@ pub(crate) struct Pool {
 /// first use.
 pub(crate) fn pool(threads: usize) -> &'static Pool {
     static POOLS: OnceLock<Mutex<HashMap<usize, &'static Pool>>> = OnceLock::new();
+    // available_parallelism reads the cgroup limits (files): once per process
+    static CORES: OnceLock<usize> = OnceLock::new();
     let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     } else {
         threads
     };
