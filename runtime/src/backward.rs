@@ -23,7 +23,7 @@ use attnc_compiler::backend::llvm::{InputType, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::{ElemType, Type};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 /// The gradients of one backward call.
 #[derive(Clone, Debug)]
@@ -43,6 +43,8 @@ pub struct Gradients {
 #[derive(Default)]
 pub(crate) struct BackwardState {
     cpu: Option<Box<CpuBackward>>,
+    /// The CUDA kernels (from the process's JIT cache), looked up on the first call.
+    pub(crate) cuda: Option<Arc<crate::cuda::backward::CudaBackward>>,
 }
 
 impl Bound {
@@ -191,10 +193,10 @@ impl Bound {
             }
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
+                self.cuda_backward_kernels()?,
                 self.plan(),
                 &s,
                 dt,
-                opts.checked,
                 (q, k, v, o, dout),
                 &lse.to_f32(),
                 dlse_f.as_deref(),
@@ -237,38 +239,21 @@ impl Bound {
 #[allow(clippy::too_many_arguments)]
 fn cuda_backward(
     variant: &crate::api::Variant,
+    kernels: Arc<crate::cuda::backward::CudaBackward>,
     plan: &attnc_compiler::plan::Plan,
     shape: &attnc_compiler::shape::Shape,
     dtype: DType,
-    checked: bool,
     (q, k, v, o, dout): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
     lse: &[f32],
     dlse: Option<&[f32]>,
     scale: f32,
     bind: &Bindings,
 ) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
-    use crate::cuda::backward::{BackwardJit, LaunchBlocks};
-    static JIT: OnceLock<BackwardJit> = OnceLock::new();
-    let input = match dtype {
-        DType::BF16 => InputType::Bf16,
-        DType::F16 => InputType::F16,
-        other => {
-            return Err(Error::InputDType {
-                which: "q, k, v, o, do (the CUDA backend takes bf16 or f16; use the cpu backend for f32)".into(),
-                expected: "bf16 or f16".into(),
-                got: other,
-            });
-        }
-    };
+    use crate::cuda::backward::LaunchBlocks;
+    let input = input_type(dtype)?;
     let p = variant.program();
     let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
     let device = crate::exec::cuda::device().map_err(|e| variant.render(e))?;
-    let mut opts = PtxOptions::backward(device.arch(), shape.d as u32, shape.dv as u32, input);
-    opts.checked = checked;
-    let kernels = JIT
-        .get_or_init(BackwardJit::default)
-        .get(device, p, &opts)
-        .map_err(err)?;
     let blocks = LaunchBlocks::new(&kernels, plan, shape, bind).map_err(err)?;
     let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
     let grads = kernels
@@ -323,4 +308,46 @@ fn cuda_backward(
         tensors,
         params,
     })
+}
+
+/// The kernels' input type of a CUDA binding's dtype.
+fn input_type(dtype: DType) -> Result<InputType> {
+    match dtype {
+        DType::BF16 => Ok(InputType::Bf16),
+        DType::F16 => Ok(InputType::F16),
+        other => Err(Error::InputDType {
+            which:
+                "q, k, v, o, do (the CUDA backend takes bf16 or f16; use the cpu backend for f32)"
+                    .into(),
+            expected: "bf16 or f16".into(),
+            got: other,
+        }),
+    }
+}
+
+impl Bound {
+    /// The CUDA binding's three backward kernels, from the process's JIT cache on the
+    /// first call (one lookup per kind) and kept by the binding.
+    pub(crate) fn cuda_backward_kernels(
+        &mut self,
+    ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
+        if let Some(k) = &self.extension::<BackwardState>().cuda {
+            return Ok(k.clone());
+        }
+        let opts = self.options().clone();
+        let input = input_type(opts.dtype)?;
+        let variant = self.variant().clone();
+        let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
+        let device = crate::exec::cuda::cuda_device()?;
+        let jit = crate::exec::cuda::cuda_jit()?;
+        let s = opts.shape;
+        let mut popts = PtxOptions::backward(device.arch(), s.d as u32, s.dv as u32, input);
+        popts.checked = opts.checked;
+        let k = Arc::new(
+            crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
+                .map_err(err)?,
+        );
+        self.extension::<BackwardState>().cuda = Some(k.clone());
+        Ok(k)
+    }
 }

@@ -13,22 +13,29 @@
 //! them in fixed point, `backend::llvm::backward` "Capture gradients"), or a
 //! [`CudaError`].
 //!
+//! The kernels come from the process's [`JitCache`] under their [`KernelKind`]s
+//! ([`CudaBackward::from_jit`]) and launch through [`CudaKernel::launch_args`], like every
+//! other kind; [`CudaBackward::load`] loads generated kernels directly (tests).
+//!
 //! Deterministic: no kernel uses atomics on floats; every dQ/dK/dV element is summed by
 //! one thread in a fixed order, and capture gradients are sums of integers (exact, in any
 //! order), so the same inputs give bit-identical gradients.
 
 use super::problem::{KvBlocks, Qkv};
-use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem};
+use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::backward::{
     BackwardKind, emit_backward, fixed_to_f32, pre_rows_per_cta,
 };
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Program;
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
 
 /// Generates the pre, dK/dV and dQ kernels of `p`.
 pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
@@ -39,11 +46,12 @@ pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKerne
     ])
 }
 
-/// The three loaded backward kernels of one program and options.
+/// The three loaded backward kernels of one program and options (shared with the
+/// process's [`JitCache`] when they come from it, [`CudaBackward::from_jit`]).
 pub struct CudaBackward {
-    pre: CudaKernel,
-    dkdv: CudaKernel,
-    dq: CudaKernel,
+    pre: Arc<CudaKernel>,
+    dkdv: Arc<CudaKernel>,
+    dq: Arc<CudaKernel>,
 }
 
 /// Inputs, intermediates and outputs of one backward problem, on the device.
@@ -194,9 +202,29 @@ impl CudaBackward {
     /// Loads the kernels of [`emit_backward_kernels`] (in that order).
     pub fn load(dev: &CudaDevice, k: &[PtxKernel; 3]) -> Result<Self, CudaError> {
         Ok(CudaBackward {
-            pre: CudaKernel::load(dev, &k[0])?,
-            dkdv: CudaKernel::load(dev, &k[1])?,
-            dq: CudaKernel::load(dev, &k[2])?,
+            pre: Arc::new(CudaKernel::load(dev, &k[0])?),
+            dkdv: Arc::new(CudaKernel::load(dev, &k[1])?),
+            dq: Arc::new(CudaKernel::load(dev, &k[2])?),
+        })
+    }
+
+    /// The kernels of `plan` under `opts` from the process's JIT cache (one lookup per
+    /// [`KernelKind`]: memory, the cubin or PTX on disk, or generated), so that a program's
+    /// backward is generated and loaded once per process and kept on disk like the
+    /// forward. Untiered: each kind's module as loaded (the optimized one).
+    pub fn from_jit(
+        jit: &JitCache,
+        dev: &CudaDevice,
+        plan: &Plan,
+        opts: &PtxOptions,
+    ) -> Result<Self, CudaError> {
+        let get = |kind| -> Result<Arc<CudaKernel>, CudaError> {
+            Ok(jit.get(dev, plan, kind, opts, JitTiers::Off)?.0.current().0)
+        };
+        Ok(CudaBackward {
+            pre: get(KernelKind::BackwardPre)?,
+            dkdv: get(KernelKind::BackwardDkDv)?,
+            dq: get(KernelKind::BackwardDq)?,
         })
     }
 
@@ -521,40 +549,6 @@ fn launch_one(
     // outputs allocated for the shape; the forward problem's buffers as its `upload`
     // makes them); the ranges were built for this shape and the kernels' tiles.
     unsafe { k.launch_args(dev, &a) }
-}
-
-/// Loaded backward kernels per (program, options), in memory: what an API call uses, so
-/// that a program's kernels are generated and loaded once per process.
-#[derive(Default)]
-pub struct BackwardJit {
-    mem: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<CudaBackward>>>,
-}
-
-impl BackwardJit {
-    /// The kernels of `p` for `opts`, generated and loaded on first use.
-    pub fn get(
-        &self,
-        dev: &CudaDevice,
-        p: &Program,
-        opts: &PtxOptions,
-    ) -> Result<std::sync::Arc<CudaBackward>, CudaError> {
-        let key = format!(
-            "{}\n{}\n{}",
-            p.name,
-            attnc_compiler::ir::write_program(p),
-            opts.key()
-        );
-        let mut mem = self
-            .mem
-            .lock()
-            .map_err(|_| CudaError::Mismatch("backward JIT cache poisoned".into()))?;
-        if let Some(k) = mem.get(&key) {
-            return Ok(k.clone());
-        }
-        let k = std::sync::Arc::new(CudaBackward::load(dev, &emit_backward_kernels(p, opts)?)?);
-        mem.insert(key, k.clone());
-        Ok(k)
-    }
 }
 
 /// What one launch of `kernels` needs to know about its blocks, made on the host: the
