@@ -6,7 +6,12 @@
 //!   to check the reference oracle, which in turn checks every backend;
 //! - error measures that treat matching infinities as equal and NaN as a failure.
 
+/// The KV-cache cases of the decoding tests (shared with `runtime/tests`).
+#[path = "../runtime/tests/decode_util/mod.rs"]
+#[allow(clippy::should_implement_trait)] // its xorshift `Rng::next`
+pub mod decode_util;
 pub mod fuzzdiff;
+pub mod passes;
 pub mod progs;
 
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};

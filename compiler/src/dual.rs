@@ -16,7 +16,9 @@
 //! inside [lo, hi], boundaries included); `1 / (1 + exp(-x))` is sigmoid (r (1 - r));
 //! pow's d/da is 0 where b = 0 and d/db is 0 where a = 0 and b >= 0; floor, ceil and
 //! casts carry nothing; select passes the taken arm's tangent. A zero weight never
-//! multiplies a tangent (so an untaken `log(0)` does not poison the result).
+//! multiplies a tangent (so an untaken `log(0)` does not poison the result), and an
+//! infinite weight never multiplies a tangent component that is exactly 0 (so
+//! `sqrt(abs(x))` at an `x` that does not depend on `s` gives ∂/∂s = 0, not NaN).
 
 use crate::interp::{Args, Bindings, EvalError};
 use crate::ir::{
@@ -113,10 +115,16 @@ fn clamp_args(f: &Function, active: &[bool], a: Value, b: Value) -> Option<(Valu
     }
 }
 
-/// `acc += w * t`, skipping zero weights.
+/// `acc += w * t`, skipping zero weights and zero tangent components (a symbolic zero:
+/// an infinite local derivative times a tangent that is exactly 0 contributes 0, as in
+/// reverse mode, where the adjoint never reaches an input that the value does not
+/// depend on; e.g. `sqrt(abs(clamp(0, -1, s)))` has ∂/∂s = 0 where 0 < s, not NaN).
 fn axpy(acc: &mut [f64], w: f64, t: &[f64]) {
     if w != 0.0 {
-        acc.iter_mut().zip(t).for_each(|(a, x)| *a += w * x);
+        acc.iter_mut()
+            .zip(t)
+            .filter(|(_, x)| **x != 0.0)
+            .for_each(|(a, x)| *a += w * x);
     }
 }
 

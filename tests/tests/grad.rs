@@ -318,3 +318,37 @@ fn derivative_of_random_scores_matches_finite_differences() {
         );
     }
 }
+
+/// At a kink whose argument does not depend on `s` (`sqrt(abs(0))` reached through
+/// `clamp(0, -1, s)` with 0 < s), both derivative sources give ∂/∂s = 1 (the `s` term
+/// alone), not NaN: reverse mode never sends an adjoint into the constant arm, and the
+/// dual numbers never multiply sqrt's infinite slope into a zero tangent (found by
+/// `random_passes.rs`, seed 5, where the oracle said NaN and the CPU kernel a number).
+#[test]
+fn derivative_through_an_infinite_slope_at_a_constant_is_finite() {
+    let src = "score sc(s, b, h, q, kv) { s + sqrt(abs(clamp(0.0, -1.0, s))) }\nattention a { score = sc; }\n";
+    let var = variant(src, "a");
+    let p = var.program();
+    let shape = small_shape();
+    let bind = bindings(&var, shape, &Captures::default());
+    let g = differentiate(p);
+    let args = Args {
+        s: 0.5,
+        b: 0,
+        h: 0,
+        q: 0,
+        kv: 0,
+    };
+    let mut out = Vec::new();
+    eval(&g.func, p, args, &bind, &mut out).unwrap();
+    assert_eq!(out[g.d_s.index()].as_f32(), 1.0, "derivative pass");
+    let dual = eval_dual(p.score.as_ref().unwrap(), p, args, &bind).unwrap();
+    assert_eq!(dual.d_s, 1.0, "dual numbers");
+    // and where the clamp passes s through (s < 0), the slope is sqrt's: 1 - 1/(2 sqrt|s|)
+    let args = Args { s: -0.25, ..args };
+    eval(&g.func, p, args, &bind, &mut out).unwrap();
+    let want = 1.0 - 1.0 / (2.0 * 0.5);
+    assert!((out[g.d_s.index()].as_f32() as f64 - want).abs() < 1e-6);
+    let dual = eval_dual(p.score.as_ref().unwrap(), p, args, &bind).unwrap();
+    assert!((dual.d_s - want).abs() < 1e-6);
+}

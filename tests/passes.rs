@@ -1,0 +1,252 @@
+//! Every pass on generated programs: the forward, the backward and decoding against a KV
+//! cache, on a backend under test against the f64 oracle (`Backend::Reference`), for
+//! random well-typed programs from [`crate::progs`] (with its `grad` option: f32 tensor
+//! reads, an f32 param, products, quotients, `pow`, `abs`, `clamp`, nested `if`s) on
+//! random small shapes (odd lengths, Lq != Lkv, GQA, fully masked rows wherever the
+//! random mask makes them; decoding with per-sequence lengths of 0, short of Lq and full,
+//! contiguous and paged caches with shuffled page tables).
+//!
+//! In: a seed and a [`Target`] (backend, dtype, head dim, tolerances). Out: `Ok(())`, or
+//! `Err(message)` naming the seed, the program, the shape and the worst element, so a
+//! failure reproduces with that one seed. Used by `tests/random_passes.rs` (CPU, f32, in
+//! the test suite) and `tests/gpu_random.rs` (CUDA, bf16/f16, on the GPU machine).
+
+use crate::decode_util::{self, Case};
+use crate::progs::{Gen, captures, program};
+use crate::{range, variant};
+use attnc::{Backend, BindOptions, Captures, DType, ParamValue, Shape, Tensor, synth};
+
+/// Where a pass runs and how close it must come to the oracle.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub backend: Backend,
+    pub dtype: DType,
+    /// Head dim of the random shapes (16 on the CPU; 64 or 128 on the GPU).
+    pub d: usize,
+    /// Largest sequence length drawn.
+    pub max_len: usize,
+    /// Forward: |got - want| <= tol (1 + |want|) on O; LSE within 2e-3 (1 + |want|).
+    pub tol: f32,
+    /// Backward: |got - want| <= abs max|want| + rel |want| + 1e-4, per tensor.
+    pub grad_abs: f32,
+    pub grad_rel: f32,
+}
+
+impl Target {
+    pub fn cpu() -> Target {
+        Target {
+            backend: Backend::Cpu,
+            dtype: DType::F32,
+            d: 16,
+            max_len: 150,
+            tol: 1e-4,
+            grad_abs: 2e-4,
+            grad_rel: 2e-4,
+        }
+    }
+    pub fn cuda(dtype: DType) -> Target {
+        let bf16 = dtype == DType::BF16;
+        Target {
+            backend: Backend::Cuda,
+            dtype,
+            d: 64,
+            max_len: 300,
+            tol: if bf16 { 0.02 } else { 0.005 },
+            grad_abs: if bf16 { 0.02 } else { 0.005 },
+            grad_rel: if bf16 { 0.03 } else { 0.01 },
+        }
+    }
+}
+
+/// One generated program and a random shape for it.
+struct Drawn {
+    src: String,
+    var: attnc::Variant,
+    shape: Shape,
+    g: Gen,
+}
+
+fn draw(seed: u64, t: &Target, grad: bool) -> Drawn {
+    let mut g = Gen::new(seed, grad);
+    let src = program(&mut g);
+    let var = variant(&src, "a");
+    let rng = &mut g.rng;
+    let hkv = range(rng, 1, 2);
+    let shape = Shape {
+        b: range(rng, 1, 2),
+        hq: hkv * range(rng, 1, 3),
+        hkv,
+        lq: range(rng, 1, t.max_len),
+        lkv: range(rng, 1, t.max_len),
+        d: t.d,
+        dv: t.d,
+    };
+    Drawn { src, var, shape, g }
+}
+
+fn bind(var: &attnc::Variant, backend: Backend, shape: Shape, dtype: DType) -> attnc::Bound {
+    let mut o = BindOptions::new(backend, shape, dtype);
+    o.threads = 2;
+    var.bind(o)
+        .unwrap_or_else(|e| panic!("bind {backend:?}: {e}"))
+}
+
+/// `got` against `want` with an absolute part relative to the tensor's largest element.
+fn close_grad(what: &str, got: &[f32], want: &[f32], t: &Target) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), want.len()));
+    }
+    let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let lim = t.grad_abs * max + t.grad_rel * w.abs() + 1e-4;
+        let err = (g - w).abs();
+        if err.is_nan() || err > lim {
+            return Err(format!(
+                "{what}[{i}] = {g}, oracle {w} (max |oracle| {max}, limit {lim})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `got` against `want`: equal infinities, else within `tol (1 + |want|)`; no NaN.
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), want.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol * (1.0 + w.abs())
+        };
+        if !ok {
+            return Err(format!("{what}[{i}] = {g}, oracle {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// The forward on `t` against the oracle for the program of `seed`.
+pub fn forward_case(seed: u64, t: &Target) -> Result<(), String> {
+    let mut d = draw(seed, t, true);
+    let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
+    let ctx = format!(
+        "seed {seed}, {:?}, shape {:?}\n{}",
+        t.backend, d.shape, d.src
+    );
+    let (q, k, v) = synth::qkv(&d.shape, t.dtype, seed);
+    let want = bind(&d.var, Backend::Reference, d.shape, t.dtype)
+        .forward(&q, &k, &v, &caps)
+        .map_err(|e| format!("oracle: {e}\n{ctx}"))?;
+    let got = bind(&d.var, t.backend, d.shape, t.dtype)
+        .forward(&q, &k, &v, &caps)
+        .map_err(|e| format!("{:?}: {e}\n{ctx}", t.backend))?;
+    close("O", &got.o.to_f32(), &want.o.to_f32(), t.tol).map_err(|e| format!("{e}\n{ctx}"))?;
+    close("LSE", &got.lse.to_f32(), &want.lse.to_f32(), 2e-3).map_err(|e| format!("{e}\n{ctx}"))
+}
+
+/// The backward on `t` (dQ, dK, dV, the gradients of the f32 tensors and the f32 param)
+/// against the oracle's, both from `t`'s forward O and LSE, with a random dLSE on odd
+/// seeds.
+pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
+    let mut d = draw(seed, t, true);
+    let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
+    let ctx = format!(
+        "seed {seed}, {:?}, shape {:?}\n{}",
+        t.backend, d.shape, d.src
+    );
+    let s = d.shape;
+    let (q, k, v) = synth::qkv(&s, t.dtype, seed);
+    let dout = synth::qkv(&s, t.dtype, seed ^ 0x5eed).0;
+    let dlse = (seed % 2 == 1).then(|| {
+        let x: Vec<f32> = (0..s.b * s.hq * s.lq)
+            .map(|_| d.g.rng.normal() * 0.5)
+            .collect();
+        Tensor::from_f32(vec![s.b, s.hq, s.lq], &x)
+    });
+    let mut under = bind(&d.var, t.backend, s, t.dtype);
+    let fwd = under
+        .forward(&q, &k, &v, &caps)
+        .map_err(|e| format!("forward: {e}\n{ctx}"))?;
+    let got = under
+        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
+        .map_err(|e| format!("{:?} backward: {e}\n{ctx}", t.backend))?;
+    let want = bind(&d.var, Backend::Reference, s, t.dtype)
+        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
+        .map_err(|e| format!("oracle backward: {e}\n{ctx}"))?;
+    let with = |e: String| format!("{e}\n{ctx}");
+    close_grad("dQ", &got.dq.to_f32(), &want.dq.to_f32(), t).map_err(with)?;
+    close_grad("dK", &got.dk.to_f32(), &want.dk.to_f32(), t).map_err(with)?;
+    close_grad("dV", &got.dv.to_f32(), &want.dv.to_f32(), t).map_err(with)?;
+    if got.tensors.keys().ne(want.tensors.keys()) {
+        return Err(with(format!(
+            "tensor gradients {:?} != oracle's {:?}",
+            got.tensors.keys().collect::<Vec<_>>(),
+            want.tensors.keys().collect::<Vec<_>>()
+        )));
+    }
+    for (name, w) in &want.tensors {
+        close_grad(
+            &format!("d{name}"),
+            &got.tensors[name].to_f32(),
+            &w.to_f32(),
+            t,
+        )
+        .map_err(with)?;
+    }
+    for (name, w) in &want.params {
+        let g = *got
+            .params
+            .get(name)
+            .ok_or_else(|| with(format!("no gradient for param {name}")))?;
+        close_grad(&format!("d{name}"), &[g], &[*w], t).map_err(with)?;
+    }
+    Ok(())
+}
+
+/// Decoding against a cache on `t` against the cache oracle: Lq 1..=16 new rows per
+/// sequence, per-sequence lengths (0, shorter than Lq, full, random), contiguous or paged
+/// (page 16 or 32).
+pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
+    let mut g = Gen::new(seed, true);
+    let src = program(&mut g);
+    let var = variant(&src, "a");
+    let mut rng = decode_util::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let hkv = 1 + rng.below(2);
+    let hq = hkv * (1 + rng.below(4));
+    let b = 1 + rng.below(3);
+    let lq = [1, 1, 2, 4, 16][rng.below(5)];
+    let cap = 1 + rng.below(t.max_len * 2);
+    let seq_lens: Vec<i32> = (0..b)
+        .map(|i| match (i + rng.below(4)) % 4 {
+            0 => cap as i32,
+            1 => rng.below(lq.min(cap) + 1) as i32,
+            _ => rng.below(cap + 1) as i32,
+        })
+        .collect();
+    let page = [None, Some(16), Some(32)][rng.below(3)];
+    let c: Case = decode_util::case_as(t.dtype, &mut rng, b, hq, hkv, lq, t.d, cap, seq_lens, page);
+    let logical = Shape {
+        lq: c.shape.capacity(),
+        ..c.bind_shape()
+    };
+    let mut caps: Captures = captures(var.program(), &logical, &mut g.rng);
+    // a mask param small enough to leave some keys visible at decode positions
+    for v in caps.params.values_mut() {
+        if let ParamValue::I32(x) = v {
+            *v = ParamValue::I32(*x % 16);
+        }
+    }
+    let ctx = format!(
+        "seed {seed}, {:?}, decode b{b} hq{hq} hkv{hkv} lq{lq} cap{cap} seq_lens {:?} page {page:?}\n{src}",
+        t.backend, c.seq_lens
+    );
+    let compiled = attnc::Compiled::from_source("random.attn", &src).map_err(|e| e.to_string())?;
+    let want = decode_util::run(&compiled, "a", &c, Backend::Reference, 1, &caps, false)
+        .map_err(|e| format!("oracle: {e}\n{ctx}"))?;
+    let got = decode_util::run(&compiled, "a", &c, t.backend, 2, &caps, false)
+        .map_err(|e| format!("{:?}: {e}\n{ctx}", t.backend))?;
+    close("O", &got.o.to_f32(), &want.o.to_f32(), t.tol).map_err(|e| format!("{e}\n{ctx}"))?;
+    close("LSE", &got.lse.to_f32(), &want.lse.to_f32(), 2e-3).map_err(|e| format!("{e}\n{ctx}"))
+}
