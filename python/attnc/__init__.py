@@ -111,6 +111,28 @@ class Attention:
             torch.tensor(lse, dtype=torch.float32).reshape(b, hq, lq),
         )
 
+    def reference_grad(self, q, k, v, do, dlse=None, *, scale: Optional[float] = None, **captures):
+        """The f64 oracle's backward on host copies: ``(dq, dk, dv, {capture: grad})`` as
+        float32 CPU tensors for dO (and dLSE, default zero), with a gradient for every
+        float captured tensor (slow; for tests and debugging)."""
+        import torch
+
+        host = lambda x: x.detach().cpu().float().contiguous()  # noqa: E731
+        q, k, v, do = (host(x) for x in (q, k, v, do))
+        lse_shape = q.shape[:3]
+        dlse = torch.zeros(lse_shape) if dlse is None else host(dlse)
+        tensors = [(n, x.detach().cpu().contiguous()) for n, x in captures.items() if isinstance(x, torch.Tensor)]
+        params = [(n, x) for n, x in captures.items() if not isinstance(x, torch.Tensor)]
+        floats = {n for n, elem, _ in self.tensors if elem in ("f32", "f16", "bf16")}
+        grads = {n: torch.empty_like(t) for n, t in tensors if n in floats}
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        o = torch.zeros(do.shape)
+        self._inner.backward(
+            q, k, v, o, torch.zeros(lse_shape), do, dlse, dq, dk, dv, scale, tensors, params,
+            list(grads.items()), 0, False, True,
+        )
+        return dq, dk, dv, {n: g.float() for n, g in grads.items()}
+
     def binding_count(self) -> int:
         """How many compiled bindings (shape, dtype, device, scale) this attention holds."""
         return self._inner.binding_count()

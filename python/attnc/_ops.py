@@ -75,6 +75,30 @@ def _dense(x):
     return x
 
 
+def _fixed_to_float(words, like):
+    """A capture's gradient from the fixed-point words the CUDA backward summed
+    (``[n, 3]`` int64: ``[hi, lo, flags]``, ``Σhi 2^-32 + Σlo 2^-60`` with ``lo``
+    unsigned; flags 1/2/3: +inf/-inf/NaN; as ``attnc_compiler``'s ``fixed_to_f32``),
+    converted on the device; shaped and typed like the tensor ``like``."""
+    hi, lo, flags = words[:, 0], words[:, 1], words[:, 2]
+    lo_d = lo.double() + (lo < 0).double() * 18446744073709551616.0
+    x = hi.double() * 2.0**-32 + lo_d * 2.0**-60
+    # scalars, not tensors made from Python values (a host-to-device copy would not be
+    # capturable in a CUDA graph)
+    special = torch.where(flags == 1, float("inf"), torch.where(flags == 2, float("-inf"), float("nan")))
+    x = torch.where(flags == 0, x, special)
+    return x[: like.numel()].float().to(like.dtype).reshape(like.shape)
+
+
+def _stream(q) -> int:
+    """The raw ``CUstream`` of torch's current stream on q's device (0 on the CPU)."""
+    if not q.is_cuda:
+        return 0
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    return torch.cuda.current_stream(q.device).cuda_stream
+
 def _out_shapes(q, k, v):
     if q.dim() == 4 and v.dim() == 4:
         return (q.shape[0], q.shape[1], q.shape[2], v.shape[3]), (q.shape[0], q.shape[1], q.shape[2])
@@ -98,7 +122,7 @@ def forward(
     o = torch.empty(o_shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     caps = [(n, t.contiguous()) for n, t in zip(_names(tensor_names), tensors)]
-    stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
+    stream = _stream(q)
     # the CPU kernel uses as many threads as torch's intra-op pool
     threads = 0 if q.is_cuda else torch.get_num_threads()
     # CUDA: launched on torch's current stream of q's device, reading q/k/v and writing
@@ -124,7 +148,7 @@ def backward(
     o: torch.Tensor,
     lse: torch.Tensor,
     do: torch.Tensor,
-    dlse: torch.Tensor,
+    dlse: Optional[torch.Tensor],
     key: str,
     scale: Optional[float],
     tensor_names: str,
@@ -134,25 +158,42 @@ def backward(
     tensor_grads: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """dq, dk, dv and the gradients of the captured tensors flagged in `tensor_grads`
-    (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE."""
+    (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE
+    (None: zero). CUDA: zero copy on torch's current stream (no synchronization)."""
     inner = _lookup(key)
     names = _names(tensor_names)
     if q.is_cuda:
-        # the CUDA backward (Bound::backward on a CUDA binding) takes host tensors: this
-        # path copies to the host and back (it synchronizes; not zero-copy, unlike the
-        # forward, which runs on the caller's stream)
-        dev = q.device
-        host = lambda t: t.detach().to("cpu").contiguous()  # noqa: E731
-        hq, hk, hv, ho, hl, hdo, hdl = (host(x) for x in (q, k, v, o, lse, do, dlse))
-        htensors = [host(t) for t in tensors]
-        hdq, hdk, hdv = torch.empty_like(hq), torch.empty_like(hk), torch.empty_like(hv)
-        hdts = [torch.empty_like(t) if g else t.new_empty(0) for t, g in zip(htensors, tensor_grads)]
-        inner.backward(
-            hq, hk, hv, ho, hl, hdo, hdl, hdq, hdk, hdv, scale, list(zip(names, htensors)),
-            list(zip(_names(param_names), params)), [(n, d) for n, d, g in zip(names, hdts, tensor_grads) if g],
-            0, True,
+        # zero copy on torch's current stream: every output and scratch buffer allocated
+        # here by torch, the kernels enqueued by the runtime, no synchronization
+        grad_names, param_grad = inner.grad_words
+        like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+        q, k, v, o, lse, do = (_dense(x) for x in (q, k, v, o, lse, do))
+        dlse = None if dlse is None else _dense(dlse)
+        dq, dk, dv = like(q), like(k), like(v)
+        rows = q.shape[0] * q.shape[1] * q.shape[2]
+        scratch = torch.empty((2, (rows + 3) // 4 * 4), dtype=torch.float32, device=q.device)
+        caps = [(n, t.contiguous()) for n, t in zip(names, tensors)]
+        words = [(n, torch.empty((max(t.numel(), 1), 3), dtype=torch.int64, device=q.device))
+                 for n, t in caps if n in grad_names]
+        pwords = None
+        if param_grad:
+            pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
+        inner.backward_cuda(
+            q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
+            list(zip(_names(param_names), params)), words, pwords, _stream(q),
         )
-        return hdq.to(dev), hdk.to(dev), hdv.to(dev), [d.to(dev) for d in hdts]
+        got = dict(words)
+        dts = []
+        for (n, t), g in zip(caps, tensor_grads):
+            if not g:
+                dts.append(t.new_empty(0))
+            elif n in got:
+                dts.append(_fixed_to_float(got[n], t))
+            else:  # not read differentiably by the score: zero
+                dts.append(torch.zeros_like(t))
+        return dq, dk, dv, dts
+    if dlse is None:
+        dlse = torch.zeros_like(lse)
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     dq, dk, dv = like(q), like(k), like(v)
     dts = [like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
@@ -185,8 +226,6 @@ def _backward(ctx, do, dlse):
     key, scale, tensor_names, param_names, params = ctx.attnc
     if do is None:
         do = torch.zeros_like(o)
-    if dlse is None:
-        dlse = torch.zeros_like(lse)
     dq, dk, dv, dts = backward(
         q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads
     )

@@ -16,7 +16,7 @@ mod args;
 mod errors;
 
 use args::{Device, TensorArg, param_value};
-use attnc::external::{DeviceBuffers, DeviceTensor};
+use attnc::external::{DeviceBackwardBuffers, DeviceBuffers, DeviceGradWords, DeviceTensor};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
 use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
 use pyo3::prelude::*;
@@ -162,36 +162,18 @@ impl Attention {
         Ok(caps)
     }
 
-    /// The CUDA part of `forward`: q, k, v, o, lse (checked by the caller: dtype, shape,
-    /// contiguity, one device, no overlap) and the captures as device pointers, launched
-    /// on `stream` (torch's current stream of q's device) with no copy of q/k/v/o/lse and
-    /// no synchronization. Captured tensors the kernels cannot read in place (int64,
-    /// float16, bfloat16: the kernels read i32/f32 words) are converted on the device by
-    /// torch, on the same stream, and kept alive until the launch is enqueued.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_cuda(
+    /// The captured tensors of a CUDA call as device pointers: each on `device`, of a
+    /// dtype captures take; those the kernels cannot read in place (int64, float16,
+    /// bfloat16: the kernels read i32/f32 words) converted on the device by torch on the
+    /// current stream. The converted tensors come back too: the caller keeps them alive
+    /// until the launch is enqueued.
+    #[allow(clippy::type_complexity)]
+    fn device_captures<'py>(
         &self,
-        py: Python<'_>,
-        index: i64,
-        shape: Shape,
-        dtype: DType,
-        scale: Option<u32>,
-        [q, k, v, o, lse]: [&TensorArg; 5],
-        tensors: &[(String, Bound<'_, PyAny>)],
-        params: &[(String, Bound<'_, PyAny>)],
-        stream: usize,
-    ) -> PyResult<()> {
-        if index != 0 {
-            return Err(attnc_error(
-                py,
-                code::DEVICE,
-                &format!(
-                    "q is on cuda:{index}; attnc's CUDA backend runs on cuda:0, the first visible device (select another GPU with CUDA_VISIBLE_DEVICES)"
-                ),
-            ));
-        }
-        let device = Device::Cuda(index);
-        let torch = py.import("torch")?;
+        py: Python<'py>,
+        device: Device,
+        tensors: &[(String, Bound<'py, PyAny>)],
+    ) -> PyResult<(HashMap<String, DeviceTensor>, Vec<Bound<'py, PyAny>>)> {
         let mut converted = Vec::new();
         let mut devt = HashMap::new();
         for (name, t) in tensors {
@@ -226,7 +208,7 @@ impl Attention {
             let w = match words {
                 Some(target) => {
                     let c = t
-                        .call_method1("to", (torch.getattr(target)?,))?
+                        .call_method1("to", (py.import("torch")?.getattr(target)?,))?
                         .call_method0("contiguous")?;
                     let arg = TensorArg::read(py, name, &c)?;
                     converted.push(c);
@@ -253,6 +235,39 @@ impl Attention {
                 },
             );
         }
+        Ok((devt, converted))
+    }
+
+    /// The CUDA part of `forward`: q, k, v, o, lse (checked by the caller: dtype, shape,
+    /// contiguity, one device, no overlap) and the captures as device pointers, launched
+    /// on `stream` (torch's current stream of q's device) with no copy of q/k/v/o/lse and
+    /// no synchronization. Captured tensors the kernels cannot read in place (int64,
+    /// float16, bfloat16: the kernels read i32/f32 words) are converted on the device by
+    /// torch, on the same stream, and kept alive until the launch is enqueued.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_cuda(
+        &self,
+        py: Python<'_>,
+        index: i64,
+        shape: Shape,
+        dtype: DType,
+        scale: Option<u32>,
+        [q, k, v, o, lse]: [&TensorArg; 5],
+        tensors: &[(String, Bound<'_, PyAny>)],
+        params: &[(String, Bound<'_, PyAny>)],
+        stream: usize,
+    ) -> PyResult<()> {
+        if index != 0 {
+            return Err(attnc_error(
+                py,
+                code::DEVICE,
+                &format!(
+                    "q is on cuda:{index}; attnc's CUDA backend runs on cuda:0, the first visible device (select another GPU with CUDA_VISIBLE_DEVICES)"
+                ),
+            ));
+        }
+        let device = Device::Cuda(index);
+        let (devt, converted) = self.device_captures(py, device, tensors)?;
         let mut pv = HashMap::new();
         for (name, v) in params {
             pv.insert(name.clone(), param_value(py, name, v)?);
@@ -464,6 +479,21 @@ impl Attention {
             .map(|p| (p.name.clone(), p.ty.to_string()))
             .collect()
     }
+    /// What the CUDA backward sums in fixed point besides dq, dk, dv: the names of the
+    /// captured tensors the score reads differentiably, and whether it reads f32 params
+    /// so (the gradient words `backward_cuda` takes).
+    #[getter]
+    fn grad_words(&self) -> (Vec<String>, bool) {
+        let p = self.variant.program();
+        let g = attnc_compiler::backend::llvm::backward::capture_grads(p);
+        (
+            g.tensors
+                .iter()
+                .map(|t| p.tensors[*t as usize].name.clone())
+                .collect(),
+            !g.params.is_empty(),
+        )
+    }
     /// How many bindings (compiled kernels for a shape, dtype, device and scale) this
     /// attention holds.
     fn binding_count(&self) -> usize {
@@ -598,8 +628,10 @@ impl Attention {
     /// (caller-allocated like q, k, v) and the gradients of the captured tensors named in
     /// `wanted` (`(name, buffer)`, each buffer like its tensor). `cuda`: the tensors are
     /// host copies of a CUDA call (bf16/f16): the CUDA binding's backward runs on them
-    /// (it uploads and downloads them: not zero-copy).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, threads=0, cuda=false))]
+    /// (it uploads and downloads them: not zero-copy; the package's autograd uses
+    /// `backward_cuda`). `oracle`: the f64 reference backward (f32 host tensors; it
+    /// recomputes O and LSE, ignoring `o` and `lse`).
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, threads=0, cuda=false, oracle=false))]
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -620,6 +652,7 @@ impl Attention {
         wanted: Vec<(String, Bound<'_, PyAny>)>,
         threads: usize,
         cuda: bool,
+        oracle: bool,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
@@ -689,12 +722,16 @@ impl Attention {
                 outs.push((name.clone(), arg));
             }
             let key = BindKey {
-                backend: if cuda { Backend::Cuda } else { Backend::Cpu },
+                backend: match (cuda, oracle) {
+                    (true, _) => Backend::Cuda,
+                    (false, true) => Backend::Reference,
+                    (false, false) => Backend::Cpu,
+                },
                 device: if cuda { Device::Cuda(0) } else { device },
                 shape,
                 dtype,
                 scale: scale.map(|x| (x as f32).to_bits()),
-                threads: if cuda { 0 } else { threads },
+                threads: if cuda || oracle { 0 } else { threads },
             };
             let grads = py
                 .detach(|| {
@@ -742,6 +779,165 @@ impl Attention {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// The CUDA backward on the caller's stream (zero copy): reads q, k, v, o, lse, dO and
+    /// dLSE (or None) and writes dq, dk, dv, the scratch rows (`scratch`: float32
+    /// `[2, R]`, R >= B*Hq*Lq rounded up to 4) and the fixed-point gradient words
+    /// (`words`: `(name, int64 [max(1, numel), 3])` for each tensor of `grad_words`;
+    /// `param_words`: int64 `[max(1, params), 3]` when `grad_words` says so), all
+    /// allocated by the caller with torch on `stream` (torch's current stream).
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream))]
+    #[allow(clippy::too_many_arguments)]
+    fn backward_cuda(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        dout: &Bound<'_, PyAny>,
+        dlse: Option<Bound<'_, PyAny>>,
+        dq: &Bound<'_, PyAny>,
+        dk: &Bound<'_, PyAny>,
+        dv: &Bound<'_, PyAny>,
+        scratch: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        words: Vec<(String, Bound<'_, PyAny>)>,
+        param_words: Option<Bound<'_, PyAny>>,
+        stream: usize,
+    ) -> PyResult<()> {
+        guard(py, || {
+            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
+            let shape = call_shape(py, &q, &k, &v)?;
+            let device = q.device;
+            let Device::Cuda(index) = device else {
+                return Err(attnc_error(
+                    py,
+                    code::DEVICE,
+                    &format!("backward_cuda takes CUDA tensors; q is on {device}"),
+                ));
+            };
+            let dtype = match q.dtype {
+                Some(d @ (DType::BF16 | DType::F16)) => d,
+                _ => {
+                    return Err(attnc_error(
+                        py,
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "q has dtype {} on cuda; attnc's CUDA backward takes bfloat16 or float16",
+                            q.torch_dtype
+                        ),
+                    ));
+                }
+            };
+            let s = shape;
+            let (o, lse, dout) = (read("o", o)?, read("lse", lse)?, read("do", dout)?);
+            let dlse = dlse.map(|t| read("dlse", &t)).transpose()?;
+            let (dq, dk, dv) = (read("dq", dq)?, read("dk", dk)?, read("dv", dv)?);
+            let scratch = read("scratch", scratch)?;
+            let rows = s.b * s.hq * s.lq;
+            let pad = rows.div_ceil(4) * 4;
+            let mut checks = vec![
+                (&q, vec![s.b, s.hq, s.lq, s.d], dtype),
+                (&k, vec![s.b, s.hkv, s.lkv, s.d], dtype),
+                (&v, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
+                (&o, vec![s.b, s.hq, s.lq, s.dv], dtype),
+                (&lse, vec![s.b, s.hq, s.lq], DType::F32),
+                (&dout, vec![s.b, s.hq, s.lq, s.dv], dtype),
+                (&dq, vec![s.b, s.hq, s.lq, s.d], dtype),
+                (&dk, vec![s.b, s.hkv, s.lkv, s.d], dtype),
+                (&dv, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
+                (&scratch, vec![2, pad], DType::F32),
+            ];
+            if let Some(d) = &dlse {
+                checks.push((d, vec![s.b, s.hq, s.lq], DType::F32));
+            }
+            for (t, dims, dt) in checks {
+                check_buffer(py, t, &dims, dt, device)?;
+            }
+            let (devt, converted) = self.device_captures(py, device, &tensors)?;
+            let mut pv = HashMap::new();
+            for (name, x) in &params {
+                pv.insert(name.clone(), param_value(py, name, x)?);
+            }
+            let word_buf = |name: &str, t: &Bound<'_, PyAny>, n: usize| -> PyResult<u64> {
+                let a = read(name, t)?;
+                check_buffer(py, &a, &[n.max(1), 3], DType::I64, device)?;
+                Ok(a.ptr as u64)
+            };
+            let mut grads = DeviceGradWords::default();
+            for (name, t) in &words {
+                let Some(cap) = devt.get(name) else {
+                    return Err(attnc_error(
+                        py,
+                        code::UNKNOWN_CAPTURE,
+                        &format!(
+                            "gradient words were given for `{name}`, which is not a captured tensor of this call"
+                        ),
+                    ));
+                };
+                let n = cap.dims.iter().product();
+                grads.tensors.insert(
+                    name.clone(),
+                    word_buf(&format!("gradient words of {name}"), t, n)?,
+                );
+            }
+            if let Some(t) = &param_words {
+                grads.params = Some(word_buf(
+                    "params gradient words",
+                    t,
+                    self.variant.program().params.len(),
+                )?);
+            }
+            let key = BindKey {
+                backend: Backend::Cuda,
+                device: Device::Cuda(index),
+                shape,
+                dtype,
+                scale: scale.map(|x| (x as f32).to_bits()),
+                threads: 0,
+            };
+            let bufs = DeviceBackwardBuffers {
+                q: q.ptr as u64,
+                k: k.ptr as u64,
+                v: v.ptr as u64,
+                o: o.ptr as u64,
+                lse: lse.ptr as u64,
+                d_o: dout.ptr as u64,
+                dlse: dlse.as_ref().map(|d| d.ptr as u64),
+                dq: dq.ptr as u64,
+                dk: dk.ptr as u64,
+                dv: dv.ptr as u64,
+                delta: scratch.ptr as u64,
+                lse2: (scratch.ptr + 4 * pad) as u64,
+            };
+            let stream = stream as u64;
+            let result = py.detach(|| {
+                attnc::external::preserving_current_context(|| {
+                    self.with_bound(key, |bound| {
+                        // SAFETY: every buffer is a contiguous CUDA tensor of q's device
+                        // with the shape and dtype the bound shape gives it (checked
+                        // above: q..dv, the scratch rows [2, R] with R >= B*Hq*Lq a
+                        // multiple of 4, so the second row is 16-byte aligned, and the
+                        // [max(1, n), 3] int64 gradient words); the runtime checks null,
+                        // alignment, overlap and, outside graph capture, that each is
+                        // device memory of device 0. The outputs (dq, dk, dv, scratch,
+                        // words) were allocated by the package for this call on `stream`,
+                        // torch's current stream, which orders every later use of their
+                        // memory after the queued launches (as for the forward, whose
+                        // SAFETY note in `forward_cuda` covers the inputs and captures).
+                        unsafe { bound.backward_cuda_into(&bufs, &devt, &pv, &grads, stream) }
+                    })
+                })
+            });
+            drop(converted);
+            result.map_err(|e| self.error(py, &e))
         })
     }
 

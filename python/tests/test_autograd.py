@@ -138,3 +138,40 @@ def test_integer_capture_cannot_require_grad():
     with pytest.raises(attnc.AttncError) as e:
         attn(q, k, v, doc=doc)
     assert e.value.code == "E0304"
+
+
+def test_reference_grad_matches_cpu_autograd():
+    """The f64 oracle's backward (``Attention.reference_grad``, what the CUDA tests
+    compare against) agrees with the CPU backend's autograd, capture gradients included."""
+    attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
+    b, h, l, d = 1, 2, 21, 16
+    q, k, v = qkv(b, h, h, l, l, d, seed=4)
+    bias = 0.5 * torch.randn(b, h, l, l, generator=torch.Generator().manual_seed(5))
+    xs = leaf(q, k, v, bias)
+    o, lse = attn(*xs[:3], bias=xs[3], return_lse=True)
+    g = torch.Generator().manual_seed(6)
+    wo, wl = torch.randn(o.shape, generator=g), torch.randn(lse.shape, generator=g)
+    ((o * wo).sum() + (lse * wl).sum()).backward()
+    dq, dk, dv, caps = attn.reference_grad(q, k, v, wo, wl, bias=bias)
+    for x, r in zip(xs, (dq, dk, dv, caps["bias"])):
+        assert torch.allclose(x.grad, r, **TOL), (x.grad - r).abs().max()
+
+
+def test_fixed_point_words_convert_like_the_runtime():
+    """The CUDA backward's capture gradients arrive as fixed-point words `[hi, lo, flags]`
+    (Σhi 2^-32 + Σlo 2^-60, lo unsigned; flags: +inf, -inf, NaN); the package converts
+    them on the device with torch (`_ops._fixed_to_float`)."""
+    from attnc._ops import _fixed_to_float
+
+    def enc(x):
+        total = round(x * 2**60)
+        hi = total >> 28
+        return [hi, total - (hi << 28), 0]
+
+    vals = [1.5, -2.25, 3e-6, -7.0, 0.0, 12345.678]
+    w = torch.tensor([enc(v) for v in vals] + [[0, 0, 1], [0, 0, 2], [0, 0, 3], [0, -1, 0]], dtype=torch.int64)
+    got = _fixed_to_float(w, torch.empty(10, dtype=torch.float32))
+    want = torch.tensor(vals + [float("inf"), float("-inf"), float("nan"), (2**64 - 1) * 2.0**-60])
+    assert torch.equal(got[:6], want[:6]) and torch.equal(got[6:8], want[6:8])
+    assert torch.isnan(got[8]) and got[9] == want[9]
+    assert _fixed_to_float(w[:1], torch.empty(1, 1, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -10,7 +10,10 @@ device); non-contiguous and misaligned inputs; the caller's stream (ordering aft
 queued on a side stream); no host synchronization (the call returns while a long kernel
 queued before it is still running, and under ``torch.cuda.set_sync_debug_mode("error")``);
 CUDA graph capture and replay (params captured by value); ``torch.compile(fullgraph=True)``;
-gradients (host-copy backward) against float64 torch autograd; the HF Llama client; errors.
+gradients (the zero-copy backward on torch's current stream) against float64 torch
+autograd and, for every example on random shapes (GQA, odd lengths, Lq != Lkv, float
+captures with requires_grad), against the f64 oracle's backward; a backward that does not
+synchronize and is captured in a CUDA graph; the HF Llama client; errors.
 
 Tolerance as runtime/tests/gpu.rs: |O - O_ref| <= 0.03 + 0.02 |O_ref| (bf16), 0.01 + 0.01
 |O_ref| (f16); |LSE - LSE_ref| <= 0.01 + 0.005 |LSE_ref|, -inf exactly.
@@ -315,22 +318,16 @@ def test_gradients_document_alibi_match_dense_float64_autograd():
 
 
 def test_gradients_learned_bias():
-    """Gradients to q, k, v and to a learned bias with requires_grad. The CUDA backward
-    refuses programs whose score reads a captured tensor differentiably until issue 10
-    (GPU capture gradients) lands: then this test reports xfail with the reason."""
+    """Gradients to q, k, v and to a learned bias with requires_grad (the dQ kernel's
+    fixed-point capture gradients, converted on the device)."""
     attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
     b, h, l, d = 1, 4, 70, 64
     q, k, v = (x.bfloat16() for x in qkv(b, h, h, l, l, d, seed=5))
     bias = 0.5 * torch.randn(b, h, l, l, generator=torch.Generator().manual_seed(6))
     xs = [x.cuda().requires_grad_(True) for x in (q, k, v)] + [bias.cuda().requires_grad_(True)]
     w = torch.randn(b, h, l, d, generator=torch.Generator().manual_seed(1))
-    try:
-        o = attn(*xs[:3], bias=xs[3])
-        (o.float() * w.cuda()).sum().backward()
-    except attnc.AttncError as e:
-        if "capture" in str(e) or "gradient" in str(e):
-            pytest.xfail(f"CUDA capture gradients are not available yet (issue 10): {e}")
-        raise
+    o = attn(*xs[:3], bias=xs[3])
+    (o.float() * w.cuda()).sum().backward()
     rs = [x.double().requires_grad_(True) for x in (q, k, v, bias)]
     ro, _ = dense_reference(*rs[:3], score=lambda s, bi, hi, qi, ki: s + rs[3])
     (ro * w.double()).sum().backward()
@@ -348,6 +345,136 @@ def test_gradients_causal_gqa_match_dense_float64_autograd():
     ro, _ = dense_reference(*rs, mask=lambda b, h, qi, ki: qi >= ki)
     (ro * w.double()).sum().backward()
     grads_close(xs, rs, "qkv")
+
+
+def loss_weights(o, lse, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(o.shape, generator=g), torch.randn(lse.shape, generator=g)
+
+
+@pytest.mark.parametrize("file,name", EXAMPLE_ATTENTIONS, ids=[f"{f}:{n}" for f, n in EXAMPLE_ATTENTIONS])
+def test_every_example_gradients_match_oracle(file, name):
+    """dq, dk, dv and the gradient of every float capture (requires_grad) of the CUDA
+    backward against the f64 oracle's on the same bf16-rounded inputs, for a loss over o
+    and lse; random shapes (GQA, odd lengths, Lq != Lkv where the example allows)."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    rng = random.Random(f"grad:{file}:{name}")
+    b, hq, hkv, lq, lkv, d = random_shape(rng, self_only=file in SELF_ATTENTION_ONLY)
+    q, k, v = (x.bfloat16() for x in qkv(b, hq, hkv, lq, lkv, d, seed=rng.randrange(1000)))
+    caps = captures_for(attn, b, hq, lq, lkv, seed=rng.randrange(1000))
+    floats = [n for n, elem, _ in attn.tensors if elem in ("f32", "f16", "bf16")]
+    xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+    dcaps = dev(caps)
+    for n in floats:
+        dcaps[n] = dcaps[n].requires_grad_(True)
+    o, lse = attn(*xs, return_lse=True, **dcaps)
+    wo, wl = loss_weights(o, lse, rng.randrange(1000))
+    wl = torch.where(torch.isinf(lse.cpu()), 0.0, wl)  # fully masked rows: no lse gradient
+    lse_term = torch.where(torch.isinf(lse), 0.0, lse)
+    ((o.float() * wo.cuda()).sum() + (lse_term * wl.cuda()).sum()).backward()
+    dq, dk, dv, rc = attn.reference_grad(q, k, v, wo, wl, **caps)
+    got = xs + [dcaps[n] for n in floats]
+    want = [dq, dk, dv] + [rc[n] for n in floats]
+    for name_, x, r in zip(["q", "k", "v"] + floats, got, want):
+        assert x.grad is not None and x.grad.device.type == "cuda" and x.grad.dtype == x.dtype, name_
+        g = x.grad.double().cpu()
+        r = r.double()
+        tol = 0.05 * r.abs().max() + 0.02
+        assert not torch.isnan(g).any(), f"d{name_} has NaN"
+        assert (g - r).abs().max() <= tol, f"d{name_}: {(g - r).abs().max():.4g} > {tol:.4g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_gradients_gqa_odd_lengths_f16_bf16(dtype):
+    """Causal GQA 4:1 at odd Lq != Lkv, D 128, for both 16-bit types, against the oracle."""
+    attn = attnc.compile(EXAMPLES / "sliding_window.attn").attention()
+    q, k, v = (x.to(dtype) for x in qkv(2, 8, 2, 131, 77, 128, seed=21))
+    xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+    o, lse = attn(*xs, window=40, return_lse=True)
+    wo, wl = loss_weights(o, lse, 5)
+    wl = torch.where(torch.isinf(lse.cpu()), 0.0, wl)
+    ((o.float() * wo.cuda()).sum() + (torch.where(torch.isinf(lse), 0.0, lse) * wl.cuda()).sum()).backward()
+    want = attn.reference_grad(q, k, v, wo, wl, window=40)[:3]
+    for n, x, r in zip("qkv", xs, want):
+        assert x.grad.dtype == dtype
+        tol = 0.05 * r.abs().max() + 0.02
+        assert (x.grad.double().cpu() - r.double()).abs().max() <= tol, n
+
+
+def _train_step(attn, xs, bias, w, caps):
+    o = attn(*xs, bias=bias, **caps)
+    (o.float() * w).sum().backward()
+
+
+def test_backward_does_not_synchronize():
+    """A warmed-up forward + backward (capture gradient included) enqueues everything on
+    the current stream: torch's sync debug mode raises on any synchronization, and a long
+    kernel queued first is still running when backward() returns."""
+    attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
+    b, h, l, d = 2, 8, 255, 64
+    xs = [x.to("cuda", torch.bfloat16).requires_grad_(True) for x in qkv(b, h, h, l, l, d, seed=3)]
+    bias = (0.5 * torch.randn(b, h, l, l)).cuda().requires_grad_(True)
+    w = torch.randn(b, h, l, d, device="cuda")
+    _train_step(attn, xs, bias, w, {})  # warm-up: JIT, the stream's buffers and ranges
+    torch.cuda.synchronize()
+    for x in xs + [bias]:
+        x.grad = None
+    stream = torch.cuda.current_stream()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.cuda._sleep(200_000_000)
+        _train_step(attn, xs, bias, w, {})
+        assert not stream.query(), "the backward synchronized with the device"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(x.grad.float()).all() for x in xs + [bias])
+
+
+@pytest.mark.parametrize(
+    "file,name,caps",
+    [("sliding_window.attn", None, {"window": 50}),  # closed form
+     ("dilated_sliding_window.attn", "dilated_sliding_window", {"window": 40, "dilation": 3}),  # param mask
+     ("document_causal.attn", "document_causal", {})],  # a mask over a captured tensor
+    ids=["closed_form", "param_ranges", "tensor_mask"],
+)
+def test_backward_in_cuda_graph(file, name, caps):
+    """Forward + backward captured in a CUDA graph after a warm-up on the capture stream:
+    the replay on new inputs gives the gradients of an eager step on those inputs."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    b, h, l, d = 1, 4, 200, 64
+    base = captures_for(attn, b, h, l, l, seed=2)
+    full = dev(dict(base, **caps))
+    xs = [x.to("cuda", torch.bfloat16).requires_grad_(True) for x in qkv(b, h, h, l, l, d, seed=4)]
+    w = torch.randn(b, h, l, d, device="cuda")
+
+    def step():
+        for x in xs:
+            x.grad = None
+        (attn(*xs, **full).float() * w).sum().backward()
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    for x in xs:
+        x.grad = None
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        (attn(*xs, **full).float() * w).sum().backward()
+    new = [torch.randn_like(x) for x in xs]
+    with torch.no_grad():
+        for x, n in zip(xs, new):
+            x.copy_(n)
+    g.replay()
+    torch.cuda.synchronize()
+    graph_grads = [x.grad.clone() for x in xs]
+    step()
+    torch.cuda.synchronize()
+    for n, a, r in zip("qkv", graph_grads, xs):
+        assert torch.equal(a, r.grad), f"d{n} of the replay differs from an eager step"
 
 
 def test_hf_llama_matches_sdpa():

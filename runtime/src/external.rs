@@ -1,10 +1,13 @@
-//! Forward over caller-owned buffers: the entry points of bindings to other runtimes
-//! (the Python package), which hand attnc memory they own instead of host [`Tensor`]s.
+//! Forward and backward over caller-owned buffers: the entry points of bindings to other
+//! runtimes (the Python package), which hand attnc memory they own instead of host
+//! [`Tensor`]s.
 //!
-//! In: a [`Bound`], q/k/v as slices in the layouts of `attnc_compiler::shape`
-//! (`[B, H, L, D]`, contiguous), captures by name, and `o`/`lse` buffers the caller
-//! allocated. Out: `o` and `lse` written in place, or an [`Error`]; nothing is copied on
-//! the way in or out (the CPU kernel reads the caller's q/k/v and writes its o/lse).
+//! In: a [`Bound`], q/k/v as slices (CPU) or device pointers (CUDA) in the layouts of
+//! `attnc_compiler::shape` (`[B, H, L, D]`, contiguous), captures by name, and output
+//! buffers the caller allocated (`o`/`lse`; for the CUDA backward dQ/dK/dV, two scratch
+//! rows and the capture gradients' fixed-point words). Out: the outputs written in place
+//! (CUDA: enqueued on the caller's stream, nothing synchronized), or an [`Error`] naming
+//! the buffer; nothing is copied on the way in or out.
 //!
 //! [`Tensor`]: crate::Tensor
 
@@ -131,8 +134,8 @@ impl Bound {
         check_pointers(&shape, dtype, bufs, tensors)?;
         let live: Vec<(&str, u64)> = named_buffers(&shape, dtype, bufs, tensors)
             .into_iter()
-            .filter(|b| b.2 > 0)
-            .map(|b| (b.0, b.1))
+            .filter(|b| b.len > 0)
+            .map(|b| (b.name, b.ptr))
             .collect();
         crate::exec::cuda::caller::check_device_pointers(stream, &live)
             .map_err(|e| self.variant().render(e))?;
@@ -147,43 +150,254 @@ impl Bound {
     }
 }
 
-/// The named device buffers of a call with their byte lengths and alignment, in the
-/// order q, k, v, o, lse, then the captured tensors.
+/// Device pointers of one CUDA backward call (see [`Bound::backward_cuda_into`]).
+pub use crate::exec::cuda::caller::backward::CallerBackwardBuffers as DeviceBackwardBuffers;
+
+/// One capture gradient element from its three fixed-point words `[hi, lo, flags]`, as
+/// [`Bound::backward_cuda_into`] leaves them (sums of integers: exact in any order).
+pub use attnc_compiler::backend::llvm::backward::fixed_to_f32;
+
+/// Where [`Bound::backward_cuda_into`] sums the capture gradients, as fixed-point words
+/// (three u64 per element, `[hi, lo, flags]`: [`fixed_to_f32`] gives the f32 gradient;
+/// the Python package converts on the device with torch): by captured tensor name, one
+/// buffer of `3 * max(1, numel)` u64 words for each tensor named by
+/// [`Bound::backward_cuda_grad_words`]; and, when it says so, one buffer of
+/// `3 * max(1, params)` words for the params (declaration order).
+#[derive(Clone, Debug, Default)]
+pub struct DeviceGradWords {
+    pub tensors: HashMap<String, u64>,
+    pub params: Option<u64>,
+}
+
+impl Bound {
+    /// CUDA backend: which gradients the backward sums in fixed point besides dQ, dK,
+    /// dV: the names of the captured tensors the score reads differentiably, and whether
+    /// it reads f32 params differentiably. Looks the backward kernels up on first use.
+    pub fn backward_cuda_grad_words(&mut self) -> Result<(Vec<String>, bool)> {
+        let kernels = self.cuda_backward_kernels()?;
+        let (ids, params) = kernels.grad_outputs();
+        let p = self.variant().program();
+        Ok((
+            ids.iter()
+                .map(|t| p.tensors[*t as usize].name.clone())
+                .collect(),
+            params,
+        ))
+    }
+
+    /// CUDA backend: enqueues the backward pass on the caller's device buffers on the
+    /// caller's stream: reads q, k, v, o, lse (the forward's, for the same captures), dO
+    /// and dLSE (or none: zero), writes dQ, dK, dV (the binding's dtype, the layouts of
+    /// q, k, v), the two scratch rows and the capture gradients' fixed-point words
+    /// ([`DeviceGradWords`], zeroed here in stream order first). No synchronization, no
+    /// host round trip, and after the first call on a stream no allocation: a warmed-up
+    /// call can be captured in a CUDA graph. Pointers are checked as in
+    /// [`Bound::forward_cuda_into`] (null, alignment, outputs overlapping inputs, device
+    /// 0 outside a capture); checked mode is refused.
+    ///
+    /// # Safety
+    /// The pointers must be live device allocations of the primary context of device 0
+    /// holding the bound shape in the binding's dtype (q, k, v, o, dO, dQ, dK, dV) or f32
+    /// (lse, dLSE, Delta, LSE2: `B * Hq * Lq` each), tensors the product of their dims
+    /// words, gradient words as [`DeviceGradWords`] says; the outputs written by no one
+    /// else until the stream has run the call; `stream` alive while this binding exists.
+    pub unsafe fn backward_cuda_into(
+        &mut self,
+        bufs: &DeviceBackwardBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        grads: &DeviceGradWords,
+        stream: u64,
+    ) -> Result<()> {
+        let opts = self.options();
+        if opts.backend != Backend::Cuda {
+            return Err(Error::Usage(format!(
+                "backward_cuda_into runs CUDA bindings; this one is bound to the {} backend",
+                opts.backend.name()
+            )));
+        }
+        let shape = opts.shape;
+        let dtype = opts.dtype;
+        let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
+        let kernels = self.cuda_backward_kernels()?;
+        // the gradient words by declaration order, each named one a differentiated tensor
+        let p = self.variant().program();
+        let (want, want_params) = kernels.grad_outputs();
+        let mut words = vec![None; p.tensors.len()];
+        let mut names: Vec<&String> = grads.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(id) = p.tensors.iter().position(|t| &t.name == name) else {
+                return Err(Error::Usage(format!(
+                    "gradient words given for `{name}`, which is not a captured tensor of `{}`",
+                    p.name
+                )));
+            };
+            if !want.contains(&(id as u32)) {
+                return Err(Error::Usage(format!(
+                    "gradient words given for `{name}`, which the score does not read differentiably (its gradient is zero)"
+                )));
+            }
+            words[id] = Some(grads.tensors[name]);
+        }
+        for id in &want {
+            if words[*id as usize].is_none() {
+                return Err(Error::Usage(format!(
+                    "no gradient words for `{}`: the backward sums its gradient (3 * max(1, numel) u64 words)",
+                    p.tensors[*id as usize].name
+                )));
+            }
+        }
+        if grads.params.is_some() != want_params {
+            return Err(Error::Usage(if want_params {
+                "no gradient words for the params: the score reads f32 params differentiably (3 * max(1, params) u64 words)".into()
+            } else {
+                "gradient words given for the params, which the score does not read differentiably"
+                    .into()
+            }));
+        }
+        let e = dtype.size();
+        let rows = shape.lse_len() * 4;
+        let mut all = vec![
+            Buf::input("q", bufs.q, shape.q_len() * e),
+            Buf::input("k", bufs.k, shape.k_len() * e),
+            Buf::input("v", bufs.v, shape.v_len() * e),
+            Buf::input("o", bufs.o, shape.o_len() * e),
+            Buf::input("lse", bufs.lse, rows),
+            Buf::input("do", bufs.d_o, shape.o_len() * e),
+            Buf::output("dq", bufs.dq, shape.q_len() * e),
+            Buf::output("dk", bufs.dk, shape.k_len() * e),
+            Buf::output("dv", bufs.dv, shape.v_len() * e),
+            Buf::output("delta", bufs.delta, rows),
+            Buf::output("lse2", bufs.lse2, rows),
+        ];
+        if let Some(d) = bufs.dlse {
+            all.push(Buf::input("dlse", d, rows));
+        }
+        all.extend(tensor_bufs(tensors));
+        for (id, w) in words.iter().enumerate() {
+            if let Some(w) = w {
+                let n: usize = bindings.tensors[id].dims.iter().product();
+                all.push(Buf {
+                    align: 8,
+                    ..Buf::output("gradient words", *w, 24 * n.max(1))
+                });
+            }
+        }
+        if let Some(w) = grads.params {
+            all.push(Buf {
+                align: 8,
+                ..Buf::output(
+                    "params gradient words",
+                    w,
+                    24 * bindings.params.len().max(1),
+                )
+            });
+        }
+        check_bufs(&all)?;
+        let live: Vec<(&str, u64)> = all
+            .iter()
+            .filter(|b| b.len > 0)
+            .map(|b| (b.name, b.ptr))
+            .collect();
+        crate::exec::cuda::caller::check_device_pointers(stream, &live)
+            .map_err(|e| self.variant().render(e))?;
+        let grad_words = crate::exec::cuda::caller::backward::CallerGradWords {
+            tensors: words,
+            params: grads.params,
+        };
+        let scale = self.scale();
+        let (exec, plan, variant, opts) = self.parts_mut();
+        let Some(cuda) = exec.cuda_mut() else {
+            return Err(Error::Usage("this binding does not run on CUDA".into()));
+        };
+        // SAFETY: forwarded from the caller (see above).
+        unsafe {
+            cuda.backward_caller(
+                &kernels,
+                plan,
+                opts,
+                scale,
+                bufs,
+                &ptrs,
+                &grad_words,
+                &bindings,
+                stream,
+            )
+        }
+        .map_err(|e| variant.render(e))
+    }
+}
+
+/// One device buffer of a call: its name (for errors), address, byte length, the
+/// alignment the kernels need, and whether the call writes it.
+#[derive(Clone, Copy, Debug)]
+struct Buf<'a> {
+    name: &'a str,
+    ptr: u64,
+    len: usize,
+    align: u64,
+    output: bool,
+}
+
+impl<'a> Buf<'a> {
+    fn input(name: &'a str, ptr: u64, len: usize) -> Self {
+        Buf {
+            name,
+            ptr,
+            len,
+            align: DEVICE_ALIGN,
+            output: false,
+        }
+    }
+    fn output(name: &'a str, ptr: u64, len: usize) -> Self {
+        Buf {
+            output: true,
+            ..Buf::input(name, ptr, len)
+        }
+    }
+}
+
+/// The captured tensors as (read) buffers of 4-byte words, by name.
+fn tensor_bufs(tensors: &HashMap<String, DeviceTensor>) -> Vec<Buf<'_>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = &tensors[n];
+            Buf {
+                align: 4,
+                ..Buf::input(n, t.ptr, t.dims.iter().product::<usize>() * 4)
+            }
+        })
+        .collect()
+}
+
+/// The named device buffers of a forward: q, k, v, o, lse, then the captured tensors.
 fn named_buffers<'a>(
     shape: &Shape,
     dtype: DType,
     bufs: &DeviceBuffers,
     tensors: &'a HashMap<String, DeviceTensor>,
-) -> Vec<(&'a str, u64, usize, u64)> {
+) -> Vec<Buf<'a>> {
     let e = dtype.size();
     let mut out = vec![
-        ("q", bufs.q, shape.q_len() * e, DEVICE_ALIGN),
-        ("k", bufs.k, shape.k_len() * e, DEVICE_ALIGN),
-        ("v", bufs.v, shape.v_len() * e, DEVICE_ALIGN),
-        ("o", bufs.o, shape.o_len() * e, DEVICE_ALIGN),
-        ("lse", bufs.lse, shape.lse_len() * 4, DEVICE_ALIGN),
+        Buf::input("q", bufs.q, shape.q_len() * e),
+        Buf::input("k", bufs.k, shape.k_len() * e),
+        Buf::input("v", bufs.v, shape.v_len() * e),
+        Buf::output("o", bufs.o, shape.o_len() * e),
+        Buf::output("lse", bufs.lse, shape.lse_len() * 4),
     ];
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for n in names {
-        let t = &tensors[n];
-        out.push((n.as_str(), t.ptr, t.dims.iter().product::<usize>() * 4, 4));
-    }
+    out.extend(tensor_bufs(tensors));
     out
 }
 
-/// Null pointers, misaligned pointers, address wrap and outputs overlapping inputs are
-/// errors naming the buffer; empty buffers are not read (any pointer). With a device,
-/// each non-empty pointer must also be device memory of device 0 (`cuPointerGetAttribute`,
-/// skipped while the stream captures a graph; see `exec::cuda::caller`).
-fn check_pointers(
-    shape: &Shape,
-    dtype: DType,
-    bufs: &DeviceBuffers,
-    tensors: &HashMap<String, DeviceTensor>,
-) -> Result<()> {
-    let all = named_buffers(shape, dtype, bufs, tensors);
-    for &(name, ptr, len, align) in &all {
+/// Null pointers, misaligned pointers, address wrap and outputs overlapping any other
+/// buffer are errors naming the buffer; empty buffers are not read (any pointer).
+fn check_bufs(all: &[Buf]) -> Result<()> {
+    for b in all {
+        let (name, ptr, len, align) = (b.name, b.ptr, b.len, b.align);
         if len == 0 {
             continue;
         }
@@ -203,20 +417,32 @@ fn check_pointers(
             )));
         }
     }
-    let overlaps = |a: u64, al: usize, b: u64, bl: usize| {
-        al > 0 && bl > 0 && a < b + bl as u64 && b < a + al as u64
+    let overlaps = |a: &Buf, b: &Buf| {
+        a.len > 0 && b.len > 0 && a.ptr < b.ptr + b.len as u64 && b.ptr < a.ptr + a.len as u64
     };
-    // o and lse (indices 3 and 4) against every other buffer
-    for (i, &(out, optr, olen, _)) in all.iter().enumerate().take(5).skip(3) {
-        for (_, &(inp, iptr, ilen, _)) in all.iter().enumerate().filter(|(j, _)| *j != i) {
-            if overlaps(optr, olen, iptr, ilen) {
+    for (i, out) in all.iter().enumerate().filter(|(_, b)| b.output) {
+        for (_, other) in all.iter().enumerate().filter(|(j, _)| *j != i) {
+            if overlaps(out, other) {
                 return Err(Error::Usage(format!(
-                    "output buffer `{out}` overlaps `{inp}`"
+                    "output buffer `{}` overlaps `{}`",
+                    out.name, other.name
                 )));
             }
         }
     }
     Ok(())
+}
+
+/// [`check_bufs`] over a forward's buffers. With a device, each non-empty pointer must
+/// also be device memory of device 0 (`cuPointerGetAttribute`, skipped while the stream
+/// captures a graph; see `exec::cuda::caller`).
+fn check_pointers(
+    shape: &Shape,
+    dtype: DType,
+    bufs: &DeviceBuffers,
+    tensors: &HashMap<String, DeviceTensor>,
+) -> Result<()> {
+    check_bufs(&named_buffers(shape, dtype, bufs, tensors))
 }
 
 /// Checks device captures and params against the program's declarations (as

@@ -22,7 +22,7 @@
 //! order), so the same inputs give bit-identical gradients.
 
 use super::problem::{KvBlocks, Qkv};
-use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers};
+use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers, LaunchArgs};
 use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::KernelKind;
@@ -499,6 +499,111 @@ impl CudaBackward {
     ) -> Result<f64, CudaError> {
         dev.time(warmup, iters, reps, || self.launch(dev, p))
     }
+}
+
+impl CudaBackward {
+    /// The kernels' options (tiles, head dims, input type).
+    pub fn options(&self) -> &PtxOptions {
+        self.opts()
+    }
+
+    /// The dQ kernel's launch description.
+    pub fn dq_spec(&self) -> &attnc_compiler::backend::llvm::KernelSpec {
+        self.dq.spec()
+    }
+
+    /// Where the dK/dV and dQ kernels find their blocks (closed form or block ranges).
+    pub fn kv_bounds(&self) -> &KvBounds {
+        &self.dkdv.spec().kv_bounds
+    }
+
+    /// What the dQ kernel accumulates besides dQ: the ids of the captured tensors whose
+    /// gradient words it writes (`KernelParam::TensorGrad`), and whether it writes the
+    /// params' gradient words (`KernelParam::ParamGrad`).
+    pub fn grad_outputs(&self) -> (Vec<u32>, bool) {
+        let params = &self.dq.spec().params;
+        let tensors = params
+            .iter()
+            .filter_map(|p| match p {
+                KernelParam::TensorGrad(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        (tensors, params.contains(&KernelParam::ParamGrad))
+    }
+
+    /// Enqueues pre, dK/dV and dQ on `dev`'s stream, every parameter bound by name from
+    /// `kv_args` (pre, dK/dV) and `q_args` (dQ): the caller's buffers and scalars, which
+    /// differ only in the block ranges each kernel reads (`Ranges` and its strides);
+    /// each grid sized by its
+    /// spec's rule from `shape` (`PreRows`, `KvBlocks`/`KvHeads`, `QBlocks`/`Heads`,
+    /// `Batches`; `Rows` set here); `zero`: device byte ranges (the capture gradients'
+    /// fixed-point words) zeroed in stream order before the dQ kernel, which sums into them.
+    ///
+    /// # Safety
+    /// As [`CudaKernel::launch_args`] for each of the three kernels: every buffer of
+    /// `args` and of `zero` is live device memory of `dev`'s context holding what the
+    /// kernels index for `shape` (and the tensors' dims in `args`); the outputs (dQ, dK,
+    /// dV, Delta, LSE2, the gradient words) overlap no input and no one else uses them
+    /// until the stream has run the launches.
+    pub unsafe fn launch_args(
+        &self,
+        dev: &CudaDevice,
+        shape: &Shape,
+        (kv_args, q_args): (&LaunchArgs, &LaunchArgs),
+        zero: &[(u64, usize)],
+    ) -> Result<(), CudaError> {
+        let o = self.opts();
+        let (kv, q) = (
+            sized_args(o, shape, kv_args)?,
+            sized_args(o, shape, q_args)?,
+        );
+        // SAFETY: forwarded from the caller (see above); each launch binds only the
+        // names its spec lists.
+        unsafe {
+            self.pre.launch_args(dev, &kv)?;
+            self.dkdv.launch_args(dev, &kv)?;
+        }
+        if !zero.is_empty() {
+            // the raw memset needs the context current on this thread
+            dev.stream.context().bind_to_thread()?;
+        }
+        for &(ptr, bytes) in zero {
+            // SAFETY: the caller vouches that `ptr` starts `bytes` bytes of live device
+            // memory that only this backward writes; the memset is ordered on the stream
+            // before the dQ kernel that sums into it.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0, bytes, dev.stream.cu_stream())
+            }?;
+        }
+        // SAFETY: as above.
+        unsafe { self.dq.launch_args(dev, &q) }
+    }
+}
+
+/// `args` with what the backward kernels' grid rules and the pre kernel's row count
+/// need for `shape` under the kernels' options `o`: `Rows`, and the extents `PreRows`,
+/// `KvBlocks`, `KvHeads`, `QBlocks`, `Heads`, `Batches`.
+pub fn sized_args(
+    o: &PtxOptions,
+    shape: &Shape,
+    args: &LaunchArgs,
+) -> Result<LaunchArgs, CudaError> {
+    use attnc_compiler::backend::llvm::GridDim as G;
+    let rows = shape.b * shape.hq * shape.lq;
+    let per = pre_rows_per_cta(o.dv) as usize;
+    let n32 = |x: usize| {
+        u32::try_from(x).map_err(|_| CudaError::Mismatch("too many blocks for one launch".into()))
+    };
+    let mut a = args.clone();
+    a.i64(KernelParam::Rows, rows as i64);
+    a.extent(G::PreRows, n32(rows.div_ceil(per))?);
+    a.extent(G::KvBlocks, n32(shape.lkv.div_ceil(o.kv_block as usize))?);
+    a.extent(G::KvHeads, n32(shape.hkv)?);
+    a.extent(G::QBlocks, n32(shape.lq.div_ceil(o.q_block as usize))?);
+    a.extent(G::Heads, n32(shape.hq)?);
+    a.extent(G::Batches, n32(shape.b)?);
+    Ok(a)
 }
 
 fn nonempty16(x: &[u16]) -> Vec<u16> {

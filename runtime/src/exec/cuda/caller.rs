@@ -29,7 +29,9 @@
 //! written (the graph replays the writes), and table buffers a graph may read are kept
 //! alive as long as the stream state.
 
-use super::{CudaExec, gpu};
+pub(crate) mod backward;
+
+use super::{CudaExec, Gpu, gpu};
 use crate::cuda::problem::builder_skip_args;
 use crate::cuda::{Arg, CudaDevice, CudaError, DeviceTable, LaunchArgs};
 use crate::exec::ExecResult;
@@ -109,6 +111,9 @@ pub(crate) struct StreamState {
     table: Option<StreamTable>,
     /// Table buffers a captured graph may read (kept while this state lives).
     pinned: Vec<Arc<TableBufs>>,
+    /// The backward's block ranges ([`backward`]), and those a captured graph may read.
+    ranges: Option<backward::StreamRanges>,
+    pinned_ranges: Vec<Arc<backward::RangeBufs>>,
 }
 
 /// A stream's block-table buffers.
@@ -133,6 +138,34 @@ enum TableSource {
 /// Per-stream states of a binding.
 #[derive(Default)]
 pub(crate) struct CallerStates(HashMap<u64, StreamState>);
+
+impl CallerStates {
+    /// The state this binding keeps for `stream`, made (allocated on it) on the stream's
+    /// first call; an error asking for a warm-up call while the stream captures a graph.
+    ///
+    /// # Safety
+    /// `stream` is a live stream of the device's primary context, kept alive by its
+    /// owner while this binding exists.
+    unsafe fn get(
+        &mut self,
+        g: &Gpu,
+        stream: u64,
+        capture: bool,
+        n_params: usize,
+    ) -> ExecResult<&mut StreamState> {
+        Ok(match self.0.entry(stream) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if capture {
+                    return Err(needs_warmup("allocate its parameter buffers").into());
+                }
+                // SAFETY: forwarded from the caller.
+                let dev = unsafe { g.device.with_borrowed_stream(stream) };
+                e.insert(StreamState::new(dev, n_params)?)
+            }
+        })
+    }
+}
 
 fn words(bind: &Bindings) -> Vec<u32> {
     bind.params.iter().map(policy::scalar_bits).collect()
@@ -233,6 +266,8 @@ impl StreamState {
             zero: dev.zeros(1)?,
             table: None,
             pinned: Vec::new(),
+            ranges: None,
+            pinned_ranges: Vec::new(),
             dev,
         })
     }
@@ -405,17 +440,8 @@ impl CudaExec {
             );
         }
         let capture = capturing(&g.device, stream)?;
-        let st = match self.caller.0.entry(stream) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                if capture {
-                    return Err(needs_warmup("allocate its parameter buffers").into());
-                }
-                // SAFETY: the caller vouches for `stream` (see above).
-                let dev = unsafe { g.device.with_borrowed_stream(stream) };
-                e.insert(StreamState::new(dev, bindings.params.len())?)
-            }
-        };
+        // SAFETY: the caller vouches for `stream` (see above).
+        let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
         st.set_params(&words(bindings), capture)?;
         let s = st.dev.stream.clone();
         let s = &s;

@@ -1,0 +1,478 @@
+//! CUDA backward over caller-owned device memory on the caller's stream:
+//! [`CudaExec::backward_caller`], behind `Bound::backward_cuda_into` (module `external`),
+//! the Python package's autograd on CUDA.
+//!
+//! In: the binding's three backward kernels ([`CudaBackward`], from the JIT cache), device
+//! pointers of q, k, v, o, lse, dO (and dLSE, or none) written by the forward, of dQ, dK,
+//! dV and the two f32 scratch rows (Delta, LSE in log2 units) the caller allocated, of the
+//! fixed-point gradient words of the captured tensors (and params) the dQ kernel sums
+//! into, the captured tensors (pointers and dims), the params and a `CUstream` of the
+//! device's primary context. Out: pre, dK/dV and dQ enqueued on that stream (the gradient
+//! words zeroed before dQ in stream order) and nothing else: no host round trip, no
+//! synchronization, no allocation once the stream has served the binding (the forward's
+//! per-stream state: params, error and zero words; see [`super`]).
+//!
+//! Blocks: closed-form kernels get the launch's offsets as arguments; table kernels read
+//! per-row block ranges (`cuda::backward::{q_ranges, kv_ranges}`), made on the host from
+//! the block maps and uploaded once per shape (masks over indices) or per param values
+//! (masks over params), kept per stream like the forward's maps. A mask over captured
+//! tensors has block maps only from the tensors' data, which is on the device: its ranges
+//! visit every block as partial (exact, with no block skipped) — correct at any data, at
+//! the cost of the sparsity the tensors would give.
+
+use super::{StateBufs, call_args, capturing, closed_form_args, needs_warmup, words};
+use crate::cuda::backward::{CudaBackward, kv_ranges, q_ranges};
+use crate::cuda::{Arg, CudaError, LaunchArgs};
+use crate::exec::ExecResult;
+use crate::exec::cuda::{CudaExec, gpu};
+use crate::options::BindOptions;
+use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::plan::{MapRecipe, Plan};
+use attnc_compiler::shape::Shape;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
+
+/// Device pointers of one backward call: the forward's inputs and outputs, the output
+/// gradients, the input gradients, and two f32 scratch rows of `B * Hq * Lq` each.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerBackwardBuffers {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub d_o: u64,
+    /// The gradient of lse (f32 `[B, Hq, Lq]`), or `None` (zero).
+    pub dlse: Option<u64>,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    /// Scratch: Delta (`rowsum(dO o O) - dLSE`) per row.
+    pub delta: u64,
+    /// Scratch: LSE in log2 units per row.
+    pub lse2: u64,
+}
+
+/// Where the dQ kernel sums the capture gradients: per captured tensor (declaration
+/// order) its fixed-point words (three u64 per element, at least three), for the
+/// tensors the kernel differentiates; and the params' words (three per param, at least
+/// three) when it differentiates params.
+#[derive(Clone, Debug, Default)]
+pub struct CallerGradWords {
+    pub tensors: Vec<Option<u64>>,
+    pub params: Option<u64>,
+}
+
+/// The backward's block ranges on the device: (dK/dV ranges, dQ ranges).
+pub(crate) type RangeBufs = (CudaSlice<i32>, CudaSlice<i32>);
+
+/// A stream's backward block ranges and their (b, head) map strides.
+pub(crate) struct StreamRanges {
+    key: RangesKey,
+    bufs: Arc<RangeBufs>,
+    strides: [(i32, i32); 2],
+}
+
+/// What a stream's ranges were made for.
+#[derive(Clone, Debug, PartialEq)]
+struct RangesKey {
+    shape: Shape,
+    tiles: (u32, u32),
+    /// The params words (masks over params), else empty.
+    params: Vec<u32>,
+    /// Every block partial (masks over captured tensors).
+    dense: bool,
+}
+
+/// Ranges that visit every block as partial: per dQ row `[0, kv blocks, 0, 0]`, per
+/// dK/dV column `[0, q blocks, 0, 0]`, one map for all (b, head).
+fn dense_ranges(shape: &Shape, tiles: (u32, u32)) -> (Vec<i32>, Vec<i32>) {
+    let nq = shape.lq.div_ceil(tiles.0 as usize);
+    let nkv = shape.lkv.div_ceil(tiles.1 as usize);
+    let kv: Vec<i32> = (0..nkv).flat_map(|_| [0, nq as i32, 0, 0]).collect();
+    let q: Vec<i32> = (0..nq).flat_map(|_| [0, nkv as i32, 0, 0]).collect();
+    (kv, q)
+}
+
+/// The launch values of a backward on caller buffers, all but the kv source's: the
+/// forward-shaped ones (q..lse, the state's params, error and zero words, the captured
+/// tensors, lengths, heads, scale: [`call_args`]), then dO, dLSE (`HasDLse`), the
+/// scratch rows, dQ, dK, dV and the gradient words; with the byte ranges of the
+/// gradient words (zeroed before the dQ kernel).
+#[allow(clippy::too_many_arguments)]
+fn backward_args(
+    dq_spec: &attnc_compiler::backend::llvm::KernelSpec,
+    shape: &Shape,
+    scale: f32,
+    bufs: &CallerBackwardBuffers,
+    tensors: &[u64],
+    grads: &CallerGradWords,
+    bindings: &Bindings,
+    state: StateBufs,
+) -> (LaunchArgs, Vec<(u64, usize)>) {
+    let fwd = super::CallerBuffers {
+        q: bufs.q,
+        k: bufs.k,
+        v: bufs.v,
+        o: bufs.o,
+        lse: bufs.lse,
+    };
+    let mut a = call_args(dq_spec, shape, scale, &fwd, tensors, bindings, state);
+    a.scalar(P::DOut, Arg::Ptr(bufs.d_o));
+    // without dLSE the pre kernel reads nothing there (`HasDLse` = 0)
+    a.scalar(P::DLse, Arg::Ptr(bufs.dlse.unwrap_or(bufs.delta)));
+    a.i32(P::HasDLse, bufs.dlse.is_some() as i32);
+    a.scalar(P::Delta, Arg::Ptr(bufs.delta));
+    a.scalar(P::Lse2, Arg::Ptr(bufs.lse2));
+    a.scalar(P::DQ, Arg::Ptr(bufs.dq));
+    a.scalar(P::DK, Arg::Ptr(bufs.dk));
+    a.scalar(P::DV, Arg::Ptr(bufs.dv));
+    let mut zero = Vec::new();
+    for (t, gw) in grads.tensors.iter().enumerate() {
+        if let Some(p) = gw {
+            a.scalar(P::TensorGrad(t as u32), Arg::Ptr(*p));
+            let n: usize = bindings.tensors[t].dims.iter().product();
+            zero.push((*p, 24 * n.max(1)));
+        }
+    }
+    if let Some(p) = grads.params {
+        a.scalar(P::ParamGrad, Arg::Ptr(p));
+        zero.push((p, 24 * bindings.params.len().max(1)));
+    }
+    (a, zero)
+}
+
+/// Table kernels: the dK/dV and dQ kernels read their own ranges under the same names
+/// (`Ranges`, `MapBStride`, `MapHStride`): sets the dQ kernel's in `a` and returns the
+/// dK/dV kernel's values (a copy of `a` with its ranges).
+fn ranges_args(
+    a: &mut LaunchArgs,
+    (kv_ptr, q_ptr): (u64, u64),
+    strides: [(i32, i32); 2],
+) -> LaunchArgs {
+    let mut kv = a.clone();
+    kv.scalar(P::Ranges, Arg::Ptr(kv_ptr));
+    kv.i32(P::MapBStride, strides[0].0);
+    kv.i32(P::MapHStride, strides[0].1);
+    a.scalar(P::Ranges, Arg::Ptr(q_ptr));
+    a.i32(P::MapBStride, strides[1].0);
+    a.i32(P::MapHStride, strides[1].1);
+    kv
+}
+
+impl CudaExec {
+    /// Enqueues one backward on the caller's stream (module header). `bindings` holds the
+    /// params and the captured tensors' dims (no data); `tensors` their device pointers,
+    /// in declaration order.
+    ///
+    /// # Safety
+    /// Every pointer of `bufs`, `tensors` and `grads` must be live device memory of this
+    /// device's primary context holding what the kernels index for the bound shape (q,
+    /// k, v, o, dO, dQ, dK, dV in the binding's 16-bit dtype; lse, dLSE, Delta, LSE2 f32
+    /// rows; tensors the product of their dims in i32/f32 words; gradient words as
+    /// [`CallerGradWords`] says), the outputs (dQ, dK, dV, Delta, LSE2, gradient words)
+    /// overlapping no input and used by no one else until the stream has run the call;
+    /// `stream` a live stream of that context, kept alive while this binding exists.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn backward_caller(
+        &mut self,
+        kernels: &CudaBackward,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        bufs: &CallerBackwardBuffers,
+        tensors: &[u64],
+        grads: &CallerGradWords,
+        bindings: &Bindings,
+        stream: u64,
+    ) -> ExecResult<()> {
+        let g = gpu()?;
+        let shape = opts.shape;
+        if opts.checked {
+            return Err(CudaError::Mismatch(
+                "checked mode reads its error words back after the launch, which synchronizes: bind without `checked` for calls on the caller's stream".into(),
+            )
+            .into());
+        }
+        let ko = kernels.options();
+        if shape.d != ko.d as usize || shape.dv != ko.dv as usize {
+            return Err(CudaError::Mismatch(format!(
+                "backward kernels built for D={} Dv={}, called with D={} Dv={}",
+                ko.d, ko.dv, shape.d, shape.dv
+            ))
+            .into());
+        }
+        if tensors.len() != bindings.tensors.len() || grads.tensors.len() != tensors.len() {
+            return Err(CudaError::Mismatch(
+                "one device pointer (and one gradient slot) per captured tensor".into(),
+            )
+            .into());
+        }
+        let (want_tensors, want_params) = kernels.grad_outputs();
+        for (t, gw) in grads.tensors.iter().enumerate() {
+            if gw.is_some() != want_tensors.contains(&(t as u32)) {
+                return Err(CudaError::Mismatch(format!(
+                    "gradient words for captured tensor #{t}: {} given, the dQ kernel {} them",
+                    if gw.is_some() { "some" } else { "none" },
+                    if gw.is_some() {
+                        "writes none of"
+                    } else {
+                        "writes"
+                    }
+                ))
+                .into());
+            }
+        }
+        if grads.params.is_some() != want_params {
+            return Err(CudaError::Mismatch(format!(
+                "params gradient words: the dQ kernel {} them",
+                if want_params {
+                    "needs"
+                } else {
+                    "writes none of"
+                }
+            ))
+            .into());
+        }
+        let capture = capturing(&g.device, stream)?;
+        // SAFETY: the caller vouches for `stream` (see above).
+        let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
+        st.set_params(&words(bindings), capture)?;
+        let s = st.dev.stream.clone();
+        let ptr = |b: &CudaSlice<u32>| b.device_ptr(&s).0;
+        let state = StateBufs {
+            params: ptr(&st.params),
+            err: ptr(&st.err),
+            zero: ptr(&st.zero),
+        };
+        let dq_spec = kernels.dq_spec();
+        let (mut a, zero) = backward_args(
+            dq_spec, &shape, scale, bufs, tensors, grads, bindings, state,
+        );
+        match kernels.kv_bounds() {
+            KvBounds::ClosedForm(cf) => {
+                let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
+                closed_form_args(&mut a, dq_spec, bounds.as_deref());
+            }
+            KvBounds::Table => {
+                let tiles = (ko.q_block, ko.kv_block);
+                let recipe = plan.map_recipe();
+                let key = RangesKey {
+                    shape,
+                    tiles,
+                    params: if recipe == MapRecipe::PerLaunch {
+                        words(bindings)
+                    } else {
+                        Vec::new()
+                    },
+                    dense: recipe == MapRecipe::Tensors,
+                };
+                if st.ranges.as_ref().map(|r| &r.key) != Some(&key) {
+                    if capture {
+                        return Err(needs_warmup(
+                            "upload the backward's block ranges for this shape and these param values",
+                        )
+                        .into());
+                    }
+                    let ((kr, ks), (qr, qs)) = if key.dense {
+                        let (kr, qr) = dense_ranges(&shape, tiles);
+                        ((kr, (0, 0)), (qr, (0, 0)))
+                    } else {
+                        let maps =
+                            plan.block_maps(&shape, tiles.0 as usize, tiles.1 as usize, bindings)?;
+                        (kv_ranges(&maps, &shape), q_ranges(&maps))
+                    };
+                    let nonempty = |v: Vec<i32>| if v.is_empty() { vec![0] } else { v };
+                    let bufs =
+                        Arc::new((st.dev.upload(&nonempty(kr))?, st.dev.upload(&nonempty(qr))?));
+                    // the replaced buffers are freed in stream order, unless a captured
+                    // graph may read them (pinned)
+                    st.ranges = Some(StreamRanges {
+                        key,
+                        bufs,
+                        strides: [ks, qs],
+                    });
+                }
+                let r = st.ranges.as_ref().expect("made above");
+                if capture && !st.pinned_ranges.iter().any(|p| Arc::ptr_eq(p, &r.bufs)) {
+                    st.pinned_ranges.push(r.bufs.clone());
+                }
+                let kv = ranges_args(
+                    &mut a,
+                    (r.bufs.0.device_ptr(&s).0, r.bufs.1.device_ptr(&s).0),
+                    r.strides,
+                );
+                // SAFETY: the caller vouches for its buffers (see above); the ranges,
+                // params, error and zero words are this stream state's, made for this
+                // shape and the kernels' tiles.
+                unsafe { kernels.launch_args(&st.dev, &shape, (&kv, &a), &zero) }?;
+                return Ok(());
+            }
+        }
+        // SAFETY: as above (no ranges: closed-form kernels).
+        unsafe { kernels.launch_args(&st.dev, &shape, (&a, &a), &zero) }?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::backward::sized_args;
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, spec};
+    use attnc_compiler::interp::{BoundTensor, TensorData};
+
+    /// Every parameter and grid axis of the three backward kernels gets a value from the
+    /// caller path's assembly (a missing one would only show on a GPU), for closed-form
+    /// and table kernels (a param mask, a mask over a captured tensor), with the capture
+    /// gradients of a score over a float tensor and an f32 param; the dK/dV and dQ
+    /// kernels read their own ranges.
+    #[test]
+    fn backward_args_bind_every_kernel_parameter() {
+        let sources = [
+            "mask m(b, h, q, kv) { q >= kv }\nattention a { mask = m; }",
+            "param w: i32;\nmask m(b, h, q, kv) { (q - kv) % w == 0 }\nattention a { mask = m; }",
+            "param w: i32;\nparam c: f32;\ntensor doc: i32[B, KV];\ntensor t: f32[H, 4];\nmask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] }\nscore s(s, b, h, q, kv) { s * c + t[h, 0] * w as f32 }\nattention a { mask = m; score = s; }",
+        ];
+        let shape = Shape {
+            b: 2,
+            hq: 4,
+            hkv: 2,
+            lq: 77,
+            lkv: 77,
+            d: 64,
+            dv: 64,
+        };
+        let bufs = CallerBackwardBuffers {
+            q: 0x1000,
+            k: 0x2000,
+            v: 0x3000,
+            o: 0x4000,
+            lse: 0x5000,
+            d_o: 0x6000,
+            dlse: None,
+            dq: 0x7000,
+            dk: 0x8000,
+            dv: 0x9000,
+            delta: 0xa000,
+            lse2: 0xb000,
+        };
+        let state = StateBufs {
+            params: 0xc000,
+            err: 0xd000,
+            zero: 0xe000,
+        };
+        for (i, src) in sources.iter().enumerate() {
+            let prog = attnc_compiler::compile_source(src)
+                .unwrap()
+                .programs
+                .remove(0);
+            let plan = Plan::new(&prog);
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                let opts = PtxOptions::backward(arch, 64, 64, InputType::Bf16);
+                let specs: Vec<_> = [
+                    KernelKind::BackwardPre,
+                    KernelKind::BackwardDkDv,
+                    KernelKind::BackwardDq,
+                ]
+                .iter()
+                .map(|k| spec(&plan, *k, &opts).unwrap())
+                .collect();
+                let dq_spec = &specs[2];
+                let bindings = Bindings {
+                    params: prog
+                        .params
+                        .iter()
+                        .map(|p| match p.ty {
+                            attnc_compiler::ir::Type::F32 => attnc_compiler::ir::Scalar::F32(0.5),
+                            _ => attnc_compiler::ir::Scalar::I32(5),
+                        })
+                        .collect(),
+                    tensors: prog
+                        .tensors
+                        .iter()
+                        .map(|t| BoundTensor {
+                            dims: if t.name == "doc" {
+                                vec![2, 77]
+                            } else {
+                                vec![4, 4]
+                            },
+                            data: TensorData::I32(Vec::new()),
+                        })
+                        .collect(),
+                };
+                let ptrs: Vec<u64> = (0..bindings.tensors.len() as u64)
+                    .map(|j| 0xf000 + 16 * j)
+                    .collect();
+                let (want, want_params) = {
+                    let ps = &dq_spec.params;
+                    let t: Vec<u32> = ps
+                        .iter()
+                        .filter_map(|p| match p {
+                            P::TensorGrad(t) => Some(*t),
+                            _ => None,
+                        })
+                        .collect();
+                    (t, ps.contains(&P::ParamGrad))
+                };
+                if i == 2 {
+                    assert_eq!(want, vec![1], "the score reads `t` differentiably");
+                    assert!(want_params, "and the f32 param `c`");
+                }
+                let grads = CallerGradWords {
+                    tensors: (0..bindings.tensors.len() as u32)
+                        .map(|t| want.contains(&t).then_some(0x20000 + 0x1000 * t as u64))
+                        .collect(),
+                    params: want_params.then_some(0x30000),
+                };
+                let (mut a, zero) = backward_args(
+                    dq_spec, &shape, 0.125, &bufs, &ptrs, &grads, &bindings, state,
+                );
+                assert_eq!(zero.len(), want.len() + want_params as usize);
+                let kv = match &dq_spec.kv_bounds {
+                    KvBounds::ClosedForm(cf) => {
+                        assert_eq!(i, 0, "source {i} has a closed form");
+                        let b = plan.closed_form_bounds(cf, &shape, &bindings).unwrap();
+                        closed_form_args(&mut a, dq_spec, b.as_deref());
+                        a.clone()
+                    }
+                    KvBounds::Table => ranges_args(&mut a, (0x40000, 0x50000), [(2, 1), (4, 1)]),
+                };
+                for (k, s) in specs.iter().enumerate() {
+                    let args = sized_args(&opts, &shape, if k == 2 { &a } else { &kv }).unwrap();
+                    let bound = args.bind(s).unwrap();
+                    assert_eq!(bound.len(), s.params.len());
+                    let g = args.grid(s).unwrap();
+                    assert!(g.0 > 0 && g.1 > 0 && g.2 > 0, "{:?}", s.kind);
+                    if let Some(r) = s.params.iter().position(|p| *p == P::Ranges) {
+                        let want = if k == 2 { 0x50000 } else { 0x40000 };
+                        assert_eq!(
+                            bound[r],
+                            Arg::Ptr(want),
+                            "{:?} reads its own ranges",
+                            s.kind
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_ranges_cover_every_block_as_partial() {
+        let shape = Shape {
+            b: 1,
+            hq: 1,
+            hkv: 1,
+            lq: 130,
+            lkv: 65,
+            d: 64,
+            dv: 64,
+        };
+        let (kv, q) = dense_ranges(&shape, (64, 64));
+        assert_eq!(kv, [0, 3, 0, 0, 0, 3, 0, 0]);
+        assert_eq!(q, [0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0]);
+    }
+}
