@@ -3,7 +3,8 @@
 # compute-sanitizer memcheck + racecheck on small kernels, the attnc benchmark, PyTorch
 # FlexAttention/SDPA/cuDNN in the same run, and a side-by-side table. Logs go to $OUT.
 #   ATTNC_QUICK=1   tests + dense/causal bench only, no sanitizers, no torch
-#   ATTNC_SKIP=tests,sanitizer,bench,torch,backward   skip steps (backward: the GPU
+#   ATTNC_SKIP=tests,sanitizer,bench,torch,backward,random   skip steps (random: the
+#                generated-program tests of every pass, `gpu_random`; backward: the GPU
 #                backward's tests, sanitizers, benchmark and torch backward anchors)
 set -uo pipefail
 OUT=${OUT:-/tmp/attnc-out}; mkdir -p "$OUT"
@@ -37,6 +38,10 @@ fi
 if has tests && [ -x "$bin/gpu_decode" ]; then
   echo "== GPU decode tests (split-KV + combine kernels vs the cache oracle) =="
   timeout 300 "$bin/gpu_decode" 2>&1 | tee "$OUT/decode_tests.log" ; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if has tests && has random && [ -x "$bin/gpu_random" ]; then
+  echo "== generated programs: forward, backward, decoding vs the oracle (bf16, f16) =="
+  timeout 300 "$bin/gpu_random" 2>&1 | tee "$OUT/random_tests.log" ; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if has sanitizer && [ -x "$bin/gpu_decode" ]; then
   echo "== compute-sanitizer on the decode kernels =="
