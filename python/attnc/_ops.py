@@ -37,17 +37,27 @@ def _device_error(name: str, x, q):
     return _error("E0314", f"`{name}` is on {x.device}, but q is on {q.device}; q, k, v and the captures must be on one device")
 
 
+def _same_device(x, q) -> bool:
+    # `Tensor.device` makes a torch.device object (microseconds per call): the common
+    # cases by flags and index
+    if x.is_cuda and q.is_cuda:
+        return x.get_device() == q.get_device()
+    if x.is_cpu and q.is_cpu:
+        return True
+    return x.device == q.device
+
+
 def call(key: str, q, k, v, scale: Optional[float], captures: dict):
     # checked before dispatch: torch would pick one device's kernel for mixed inputs
     # (a meta tensor anywhere selects the fake implementation)
     if isinstance(q, torch.Tensor):
         for name, x in (("k", k), ("v", v)):
-            if isinstance(x, torch.Tensor) and x.device != q.device:
+            if isinstance(x, torch.Tensor) and not _same_device(x, q):
                 raise _device_error(name, x, q)
     tensor_names, tensors, param_names, params = [], [], [], []
     for name, x in captures.items():
         if isinstance(x, torch.Tensor):
-            if isinstance(q, torch.Tensor) and x.device != q.device:
+            if isinstance(q, torch.Tensor) and not _same_device(x, q):
                 raise _device_error(name, x, q)
             tensor_names.append(name)
             tensors.append(x)
@@ -58,8 +68,63 @@ def call(key: str, q, k, v, scale: Optional[float], captures: dict):
                 raise _error("E0315", f"param `{name}` must be a bool, int or float, got {type(x).__name__}")
             param_names.append(name)
             params.append(x)
+    if _eager(q, k, v, tensors):
+        # plain tensors outside tracing: the same implementation without the custom op's
+        # dispatch (what torch.compile traces is the op below)
+        inner = _lookup(key)
+        if torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad or any(t.requires_grad for t in tensors)
+        ):
+            return _Eager.apply(q, k, v, inner, scale, tensor_names, param_names, params, *tensors)
+        return _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params)
     # names are identifiers: joined with commas (a custom op's schema has no str lists)
     return forward(q, k, v, key, scale, ",".join(tensor_names), tensors, ",".join(param_names), params)
+
+
+_compiling = torch.compiler.is_compiling
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_function_modes = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_functorch = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def _eager(q, k, v, tensors) -> bool:
+    """Whether a call may skip the custom op: plain CPU/CUDA tensors (no subclass such as
+    FakeTensor, no functorch wrapper), no compilation, no dispatch or function mode.
+    Anything else goes through ``torch.ops.attnc.forward``."""
+    if _compiling() or _dispatch_modes is None or _function_modes is None or _functorch is None:
+        return False
+    for x in (q, k, v, *tensors):
+        if type(x) is not torch.Tensor or _functorch(x):
+            return False
+    if not (q.is_cuda or q.is_cpu) or _dispatch_modes() or _function_modes():
+        return False
+    return True
+
+
+class _Eager(torch.autograd.Function):
+    """The custom op's autograd (``_setup_context`` / ``_backward``) for the eager path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, *tensors):
+        o, lse = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params)
+        # an unused output's gradient stays None (dLSE None: no zeros to allocate and read)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, o, lse, *tensors)
+        ctx.attnc = (inner, scale, tensor_names, param_names, params)
+        ctx.tensor_grads = [t.requires_grad for t in tensors]
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, *tensors = ctx.saved_tensors
+        inner, scale, tensor_names, param_names, params = ctx.attnc
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv, dts = _backward_impl(
+            inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads
+        )
+        grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
+        return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
 def _names(joined: str) -> list:
@@ -94,10 +159,14 @@ def _stream(q) -> int:
     """The raw ``CUstream`` of torch's current stream on q's device (0 on the CPU)."""
     if not q.is_cuda:
         return 0
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None:
-        return raw(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    if _raw_stream is not None:
+        return _raw_stream(q.get_device())
     return torch.cuda.current_stream(q.device).cuda_stream
+
+
+# torch's own accessor of the current stream's handle (what its generated code calls),
+# without making a Stream object
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 def _out_shapes(q, k, v):
     if q.dim() == 4 and v.dim() == 4:
@@ -117,19 +186,22 @@ def forward(
     param_names: str,
     params: list[int | float | bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    inner = _lookup(key)
+    return _forward_impl(_lookup(key), q, k, v, scale, _names(tensor_names), tensors, _names(param_names), params)
+
+
+def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params):
+    """(o, lse) allocated by torch and written by attnc (names as lists)."""
     o_shape, lse_shape = _out_shapes(q, k, v)
-    o = torch.empty(o_shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
-    caps = [(n, t.contiguous()) for n, t in zip(_names(tensor_names), tensors)]
-    stream = _stream(q)
-    # the CPU kernel uses as many threads as torch's intra-op pool
-    threads = 0 if q.is_cuda else torch.get_num_threads()
+    o = q.new_empty(o_shape)
+    lse = q.new_empty(lse_shape, dtype=torch.float32)
+    caps = [(n, t.contiguous()) for n, t in zip(tensor_names, tensors)] if tensors else []
     # CUDA: launched on torch's current stream of q's device, reading q/k/v and writing
-    # o/lse in place (no copy, no synchronization)
+    # o/lse in place (no copy, no synchronization); the CPU kernel uses as many threads
+    # as torch's intra-op pool
+    cuda = q.is_cuda
     inner.forward(
-        _dense(q), _dense(k), _dense(v), o, lse, scale, caps,
-        list(zip(_names(param_names), params)), stream, threads,
+        _dense(q), _dense(k), _dense(v), o, lse, scale, caps, list(zip(param_names, params)),
+        _stream(q) if cuda else 0, 0 if cuda else torch.get_num_threads(),
     )
     return o, lse
 
@@ -160,8 +232,14 @@ def backward(
     """dq, dk, dv and the gradients of the captured tensors flagged in `tensor_grads`
     (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE
     (None: zero). CUDA: zero copy on torch's current stream (no synchronization)."""
-    inner = _lookup(key)
-    names = _names(tensor_names)
+    return _backward_impl(
+        _lookup(key), q, k, v, o, lse, do, dlse, scale, _names(tensor_names), tensors,
+        _names(param_names), params, tensor_grads,
+    )
+
+
+def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads):
+    """dq, dk, dv and the flagged capture gradients (names as lists)."""
     if q.is_cuda:
         # zero copy on torch's current stream: every output and scratch buffer allocated
         # here by torch, the kernels enqueued by the runtime, no synchronization
@@ -180,7 +258,7 @@ def backward(
             pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
         inner.backward_cuda(
             q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-            list(zip(_names(param_names), params)), words, pwords, _stream(q),
+            list(zip(param_names, params)), words, pwords, _stream(q),
         )
         got = dict(words)
         dts = []
@@ -202,7 +280,7 @@ def backward(
     c = lambda x: x.contiguous()  # noqa: E731
     inner.backward(
         c(q), c(k), c(v), c(o), c(lse), c(do), c(dlse), dq, dk, dv, scale, caps,
-        list(zip(_names(param_names), params)), wanted, torch.get_num_threads(),
+        list(zip(param_names, params)), wanted, torch.get_num_threads(),
     )
     return dq, dk, dv, dts
 

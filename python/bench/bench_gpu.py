@@ -15,6 +15,12 @@
    includes building its block table on the GPU in every call (the caller-stream path
    keeps no table between calls); Flex's block mask is made once, outside the timing.
 
+5. Forward + backward (``fwdbwd``) at B2 H16 L4096 D128 bf16, causal and document + causal:
+   CUDA-event ms per step for attnc (zero-copy backward on the current stream), Flex
+   (compiled) and SDPA (causal), gradients checked against Flex's. The ``overhead`` part
+   also times a forward + backward step at the tiny shape, and splits attnc's call into
+   the custom-op path and the extension alone.
+
 Usage: python3 bench_gpu.py [--attnc-bin .bin/attnc] [--out DIR] [--skip-train]
                             [--parts overhead,throughput,train,compare] [--budget-s S]
 Writes DIR/python_bench.json (default $OUT or /tmp/attnc-out).
@@ -74,15 +80,42 @@ def overhead(res):
     causal = attnc.compile(EXAMPLES / "causal.attn").attention()
     flex = torch.compile(flex_attention)
     bm = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, 64, 64, device="cuda")
+    o, lse = torch.empty_like(q), torch.empty(1, 4, 64, device="cuda")
+    inner = causal._inner
+    from attnc import _ops
+
     rows = {
         "attnc": lambda: causal(q, k, v),
+        # the parts of attnc's call: through the custom op (what torch.compile traces),
+        # and the extension alone (o/lse preallocated, the stream handle fetched once)
+        "attnc_custom_op": lambda: torch.ops.attnc.forward(q, k, v, causal._key, None, "", [], "", []),
+        "attnc_rust_only": lambda: inner.forward(q, k, v, o, lse, None, [], [], _ops._stream(q), 0),
         "flex_compiled": lambda: flex(q, k, v, block_mask=bm),
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
     }
     out = {}
     for name, fn in rows.items():
         out[name] = wall_us(fn)
-        print(f"call overhead B1 H4 L64 D64 bf16 causal: {name:>14} {out[name]:8.1f} us/call", flush=True)
+        print(f"call overhead B1 H4 L64 D64 bf16 causal: {name:>16} {out[name]:8.1f} us/call", flush=True)
+    # a training step's attention: forward + backward (q, k, v require grad)
+    qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+
+    def step(fn):
+        def run():
+            fn(qg, kg, vg).sum().backward()
+        return run
+
+    steps = {
+        "attnc": step(lambda a, b_, c: causal(a, b_, c)),
+        "flex_compiled": step(lambda a, b_, c: flex(a, b_, c, block_mask=bm)),
+        "sdpa": step(lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True)),
+    }
+    for name, fn in steps.items():
+        try:
+            out[f"fwd_bwd_{name}"] = wall_us(fn, iters=500)
+            print(f"forward+backward overhead B1 H4 L64 D64 bf16 causal: {name:>14} {out[f'fwd_bwd_{name}']:8.1f} us/step", flush=True)
+        except Exception as e:
+            print(f"forward+backward {name} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
     res["overhead_us"] = out
 
 
@@ -212,12 +245,79 @@ def compare(res, budget_s):
     res["compare"] = out
 
 
+def fwdbwd(res, budget_s):
+    """Forward + backward at B2 H16 L4096 D128 bf16 (causal; document + causal), CUDA-event
+    ms per step (o.backward(dO) with dO fixed), attnc (zero-copy backward on the current
+    stream) next to FlexAttention (compiled) and SDPA (causal) in the same run."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    t_start = time.perf_counter()
+    b, h, l, d = 2, 16, 4096, 128
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
+               for _ in range(3))
+    do = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    doc = torch.sort(torch.randint(0, 8, (b, l), device="cuda", dtype=torch.int32, generator=g), dim=1).values
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def causal_mm(b_, h_, qi, ki):
+        return qi >= ki
+
+    def doc_mm(b_, h_, qi, ki):
+        return (qi >= ki) & (doc[b_, qi] == doc[b_, ki])
+
+    cases = [
+        ("causal", ("causal.attn", "causal_attention", {}), causal_mm, False,
+         lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+        ("document_causal", ("document_causal.attn", "document_causal", {"doc": doc}), doc_mm, True, None),
+    ]
+    out = {}
+    flops_causal = 2.5 * 4 * b * h * l * l * d * 0.5
+    for name, (file, attention, caps), mm, per_batch, sdpa in cases:
+        if time.perf_counter() - t_start > budget_s:
+            print(f"fwdbwd: time budget of {budget_s} s spent, {name} skipped", flush=True)
+            break
+        attn = attnc.compile(EXAMPLES / file).attention(attention)
+        bm = create_block_mask(mm, b if per_batch else None, None, l, l, device="cuda")
+        runs = {"attnc": lambda: attn(q, k, v, **caps).backward(do)}
+        if time.perf_counter() - t_start < budget_s:
+            runs["flex_compiled"] = lambda: flex(q, k, v, block_mask=bm).backward(do)
+        if sdpa is not None:
+            runs["sdpa"] = lambda: sdpa().backward(do)
+        row = {}
+        for who, fn in runs.items():
+            try:
+                row[f"{who}_ms"] = event_ms(fn, iters=10, warm=3)
+            except Exception as e:
+                row[f"{who}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        try:  # gradients against Flex's
+            grads = []
+            for fn in (runs["attnc"], runs.get("flex_compiled")):
+                for x in (q, k, v):
+                    x.grad = None
+                fn()
+                grads.append([x.grad.float() for x in (q, k, v)])
+            row["max_abs_dgrad_vs_flex"] = max(float((a - r).abs().max()) for a, r in zip(*grads))
+        except Exception as e:
+            row["grad_compare_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        for x in (q, k, v):
+            x.grad = None
+        parts = [f"{k_[:-3]} {v_:.3f} ms" + (f" ({flops_causal / v_ / 1e9:.0f} TFLOP/s causal-equivalent)" if name == "causal" else "")
+                 for k_, v_ in row.items() if k_.endswith("_ms")]
+        ratios = [f"attnc/{k_[:-3]} {row['attnc_ms'] / row[k_]:.2f}" for k_ in ("flex_compiled_ms", "sdpa_ms")
+                  if k_ in row and "attnc_ms" in row]
+        extra = [f"{k_} {v_}" for k_, v_ in row.items() if not k_.endswith("_ms")]
+        print(f"forward+backward B2 H16 L4096 D128 bf16 {name}: " + ", ".join(parts + ratios + extra), flush=True)
+        out[name] = row
+    res["fwdbwd"] = out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--attnc-bin", default=None)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/attnc-out"))
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--parts", default="overhead,throughput,train,compare")
+    p.add_argument("--parts", default="overhead,throughput,train,compare,fwdbwd")
     p.add_argument("--budget-s", type=float, default=240.0, help="time budget of the compare part")
     a = p.parse_args()
     parts = set(a.parts.split(","))
@@ -231,6 +331,7 @@ def main():
         "throughput": lambda: throughput(res, a.attnc_bin),
         "train": lambda: train(res),
         "compare": lambda: compare(res, a.budget_s),
+        "fwdbwd": lambda: fwdbwd(res, a.budget_s),
     }
     for name, step in steps.items():
         if name not in parts:

@@ -87,20 +87,21 @@ impl TensorArg {
         let shape: Vec<usize> = t.getattr("shape")?.extract().map_err(|_| not_tensor())?;
         let strides: Vec<isize> = t.call_method0("stride")?.extract()?;
         let ptr: usize = t.call_method0("data_ptr")?.extract()?;
-        let dev = t.getattr("device")?;
-        let kind: String = dev.getattr("type")?.extract()?;
-        let device = match kind.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(dev.getattr("index")?.extract::<Option<i64>>()?.unwrap_or(0)),
-            other => {
-                return Err(attnc_error(
-                    py,
-                    code::DEVICE,
-                    &format!(
-                        "`{name}` is on device `{other}`; attnc runs on cpu (f32) and cuda (bf16, f16)"
-                    ),
-                ));
-            }
+        // `Tensor.device` makes a torch.device object per read (microseconds): CPU and
+        // CUDA tensors are told apart by flags and the CUDA index by `get_device()`
+        let device = if t.getattr("is_cuda")?.extract::<bool>()? {
+            Device::Cuda(t.call_method0("get_device")?.extract::<i64>()?)
+        } else if t.getattr("is_cpu")?.extract::<bool>()? {
+            Device::Cpu
+        } else {
+            let kind: String = t.getattr("device")?.getattr("type")?.extract()?;
+            return Err(attnc_error(
+                py,
+                code::DEVICE,
+                &format!(
+                    "`{name}` is on device `{kind}`; attnc runs on cpu (f32) and cuda (bf16, f16)"
+                ),
+            ));
         };
         Ok(TensorArg {
             name: name.to_string(),

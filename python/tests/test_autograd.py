@@ -175,3 +175,41 @@ def test_fixed_point_words_convert_like_the_runtime():
     assert torch.equal(got[:6], want[:6]) and torch.equal(got[6:8], want[6:8])
     assert torch.isnan(got[8]) and got[9] == want[9]
     assert _fixed_to_float(w[:1], torch.empty(1, 1, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_eager_path_matches_the_custom_op():
+    """Plain tensors outside tracing skip the custom op's dispatch (``_ops._eager``):
+    outputs and gradients (q, k, v and a learned bias) are bit-identical to calling
+    ``torch.ops.attnc.forward`` and differentiating through its registered autograd;
+    a meta tensor, a torch function mode or torch.compile take the op."""
+    from attnc import _ops
+
+    attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
+    b, h, l, d = 1, 2, 19, 16
+    q, k, v = qkv(b, h, h, l, l, d, seed=7)
+    bias = 0.5 * torch.randn(b, h, l, l, generator=torch.Generator().manual_seed(8))
+    assert _ops._eager(q, k, v, [bias])
+    assert not _ops._eager(q.to("meta"), k, v, [bias])
+    class Passthrough(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    outside = attn(q, k, v, bias=bias)
+    with Passthrough():
+        assert not _ops._eager(q, k, v, [bias])
+        assert torch.equal(attn(q, k, v, bias=bias), outside)  # through the op
+    runs = []
+    for use_op in (False, True):
+        xs = leaf(q, k, v, bias)
+        if use_op:
+            o, lse = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [])
+        else:
+            o, lse = attn(*xs[:3], bias=xs[3], return_lse=True)
+        g = torch.Generator().manual_seed(9)
+        ((o * torch.randn(o.shape, generator=g)).sum() + (lse * torch.randn(lse.shape, generator=g)).sum()).backward()
+        runs.append([o, lse] + [x.grad for x in xs])
+    for a, r in zip(*runs):
+        assert torch.equal(a, r)
+    # no gradient wanted: no autograd node
+    with torch.no_grad():
+        assert attn(*leaf(q, k, v), bias=bias).grad_fn is None

@@ -137,7 +137,7 @@ impl Bound {
             .filter(|b| b.len > 0)
             .map(|b| (b.name, b.ptr))
             .collect();
-        crate::exec::cuda::caller::check_device_pointers(stream, &live)
+        let capture = crate::exec::cuda::caller::check_device_pointers(stream, &live)
             .map_err(|e| self.variant().render(e))?;
         let scale = self.scale();
         let (exec, plan, variant, opts) = self.parts_mut();
@@ -145,7 +145,7 @@ impl Bound {
             return Err(Error::Usage("this binding does not run on CUDA".into()));
         };
         // SAFETY: forwarded from the caller (see above).
-        unsafe { cuda.forward_caller(plan, opts, scale, bufs, &ptrs, &bindings, stream) }
+        unsafe { cuda.forward_caller(plan, opts, scale, bufs, &ptrs, &bindings, stream, capture) }
             .map_err(|e| variant.render(e))
     }
 }
@@ -300,7 +300,7 @@ impl Bound {
             .filter(|b| b.len > 0)
             .map(|b| (b.name, b.ptr))
             .collect();
-        crate::exec::cuda::caller::check_device_pointers(stream, &live)
+        let capture = crate::exec::cuda::caller::check_device_pointers(stream, &live)
             .map_err(|e| self.variant().render(e))?;
         let grad_words = crate::exec::cuda::caller::backward::CallerGradWords {
             tensors: words,
@@ -323,6 +323,7 @@ impl Bound {
                 &grad_words,
                 &bindings,
                 stream,
+                capture,
             )
         }
         .map_err(|e| variant.render(e))

@@ -224,11 +224,12 @@ pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
 
 /// Each `(name, pointer)` is device memory of the process's device (ordinal 0), asked
 /// of the driver (`cuPointerGetAttribute`: a host-side query, no synchronization);
-/// skipped while `stream` captures a graph (a capture admits only stream work).
-pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecResult<()> {
+/// skipped while `stream` captures a graph (a capture admits only stream work). Returns
+/// whether it captures (asked once per call: the launch takes the answer).
+pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecResult<bool> {
     let g = gpu()?;
     if capturing(&g.device, stream)? {
-        return Ok(());
+        return Ok(true);
     }
     for &(name, ptr) in bufs {
         let mut ordinal: i32 = -1;
@@ -254,7 +255,7 @@ pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecRe
             .into());
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 impl StreamState {
@@ -395,7 +396,8 @@ fn table_args(
 impl CudaExec {
     /// Enqueues one forward on the caller's stream (module header). `bindings` holds the
     /// params and the captured tensors' dims (no data: nothing here reads it); `tensors`
-    /// their device pointers, in declaration order.
+    /// their device pointers, in declaration order; `capture`: whether `stream` is
+    /// capturing a graph (what [`check_device_pointers`] returned for this call).
     ///
     /// # Safety
     /// `bufs` and `tensors` must point to live device memory of this device's primary
@@ -413,6 +415,7 @@ impl CudaExec {
         tensors: &[u64],
         bindings: &Bindings,
         stream: u64,
+        capture: bool,
     ) -> ExecResult<()> {
         let g = gpu()?;
         let shape = opts.shape;
@@ -439,7 +442,6 @@ impl CudaExec {
                 CudaError::Mismatch("one device pointer per captured tensor".into()).into(),
             );
         }
-        let capture = capturing(&g.device, stream)?;
         // SAFETY: the caller vouches for `stream` (see above).
         let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
         st.set_params(&words(bindings), capture)?;

@@ -17,15 +17,17 @@
 //! the block maps and uploaded once per shape (masks over indices) or per param values
 //! (masks over params), kept per stream like the forward's maps. A mask over captured
 //! tensors has block maps only from the tensors' data, which is on the device: its ranges
-//! visit every block as partial (exact, with no block skipped) — correct at any data, at
-//! the cost of the sparsity the tensors would give.
+//! visit every block inside the kv range of the mask's linear conjuncts (the causal part
+//! of document + causal) as partial — exact at any data, without the sparsity the tensors
+//! themselves would give ([`tensor_mask_ranges`]).
 
-use super::{StateBufs, call_args, capturing, closed_form_args, needs_warmup, words};
+use super::{StateBufs, call_args, closed_form_args, needs_warmup, words};
 use crate::cuda::backward::{CudaBackward, kv_ranges, q_ranges};
 use crate::cuda::{Arg, CudaError, LaunchArgs};
 use crate::exec::ExecResult;
 use crate::exec::cuda::{CudaExec, gpu};
 use crate::options::BindOptions;
+use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::{MapRecipe, Plan};
@@ -81,18 +83,61 @@ struct RangesKey {
     tiles: (u32, u32),
     /// The params words (masks over params), else empty.
     params: Vec<u32>,
-    /// Every block partial (masks over captured tensors).
+    /// Every block partial (masks over captured tensors: [`tensor_mask_ranges`]).
     dense: bool,
 }
 
-/// Ranges that visit every block as partial: per dQ row `[0, kv blocks, 0, 0]`, per
-/// dK/dV column `[0, q blocks, 0, 0]`, one map for all (b, head).
-fn dense_ranges(shape: &Shape, tiles: (u32, u32)) -> (Vec<i32>, Vec<i32>) {
-    let nq = shape.lq.div_ceil(tiles.0 as usize);
-    let nkv = shape.lkv.div_ceil(tiles.1 as usize);
-    let kv: Vec<i32> = (0..nkv).flat_map(|_| [0, nq as i32, 0, 0]).collect();
-    let q: Vec<i32> = (0..nq).flat_map(|_| [0, nkv as i32, 0, 0]).collect();
-    (kv, q)
+/// The ranges of a mask over captured tensors, whose block maps need the tensors' data
+/// (on the device): every block partial, within the kv range of the mask's linear
+/// conjuncts where it has some (`Plan::table_skip`, e.g. the causal `q >= kv` of
+/// document + causal, with this launch's bounds: what the forward's block-table kernel
+/// skips by), else every block. Per dQ row `[first, end, 0, 0]` of its kv blocks, per
+/// dK/dV column the span of the q blocks whose rows reach it; one map for all (b, head)
+/// (the conjuncts read no b or h).
+fn tensor_mask_ranges(
+    plan: &Plan,
+    shape: &Shape,
+    tiles: (u32, u32),
+    bindings: &Bindings,
+) -> ExecResult<(Vec<i32>, Vec<i32>)> {
+    let (qb, kb) = (tiles.0 as usize, tiles.1 as usize);
+    let nq = shape.lq.div_ceil(qb);
+    let nkv = shape.lkv.div_ceil(kb);
+    let rows: Vec<(usize, usize)> =
+        match (plan.table_skip(false), plan.skip_bounds(shape, bindings)?) {
+            (Some(cf), Some(bounds)) => {
+                let coefs = KvBounds::ClosedForm(cf.clone()).coefficients();
+                (0..nq)
+                    .map(|r| {
+                        let q0 = (r * qb) as i64;
+                        let q1 = ((r + 1) * qb).min(shape.lq) as i64 - 1;
+                        let rr = row_range(&coefs, &bounds, q0, q1, shape.lkv, kb);
+                        (rr.first.min(nkv), rr.end.min(nkv))
+                    })
+                    .collect()
+            }
+            _ => vec![(0, nkv); nq],
+        };
+    let q: Vec<i32> = rows
+        .iter()
+        .flat_map(|&(a, z)| {
+            if a < z {
+                [a as i32, z as i32, 0, 0]
+            } else {
+                [0; 4]
+            }
+        })
+        .collect();
+    let kv: Vec<i32> = (0..nkv)
+        .flat_map(|c| {
+            let reach = |r: &usize| rows[*r].0 <= c && c < rows[*r].1;
+            match ((0..nq).find(reach), (0..nq).rev().find(reach)) {
+                (Some(lo), Some(hi)) => [lo as i32, hi as i32 + 1, 0, 0],
+                _ => [0; 4],
+            }
+        })
+        .collect();
+    Ok((kv, q))
 }
 
 /// The launch values of a backward on caller buffers, all but the kv source's: the
@@ -164,7 +209,8 @@ fn ranges_args(
 impl CudaExec {
     /// Enqueues one backward on the caller's stream (module header). `bindings` holds the
     /// params and the captured tensors' dims (no data); `tensors` their device pointers,
-    /// in declaration order.
+    /// in declaration order; `capture`: whether `stream` captures a graph (as
+    /// `check_device_pointers` returned it for this call).
     ///
     /// # Safety
     /// Every pointer of `bufs`, `tensors` and `grads` must be live device memory of this
@@ -186,6 +232,7 @@ impl CudaExec {
         grads: &CallerGradWords,
         bindings: &Bindings,
         stream: u64,
+        capture: bool,
     ) -> ExecResult<()> {
         let g = gpu()?;
         let shape = opts.shape;
@@ -235,7 +282,6 @@ impl CudaExec {
             ))
             .into());
         }
-        let capture = capturing(&g.device, stream)?;
         // SAFETY: the caller vouches for `stream` (see above).
         let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
         st.set_params(&words(bindings), capture)?;
@@ -261,10 +307,11 @@ impl CudaExec {
                 let key = RangesKey {
                     shape,
                     tiles,
-                    params: if recipe == MapRecipe::PerLaunch {
-                        words(bindings)
-                    } else {
+                    // masks over params, and the linear conjuncts of masks over tensors
+                    params: if recipe == MapRecipe::PerShape {
                         Vec::new()
+                    } else {
+                        words(bindings)
                     },
                     dense: recipe == MapRecipe::Tensors,
                 };
@@ -276,7 +323,7 @@ impl CudaExec {
                         .into());
                     }
                     let ((kr, ks), (qr, qs)) = if key.dense {
-                        let (kr, qr) = dense_ranges(&shape, tiles);
+                        let (kr, qr) = tensor_mask_ranges(plan, &shape, tiles, bindings)?;
                         ((kr, (0, 0)), (qr, (0, 0)))
                     } else {
                         let maps =
@@ -460,19 +507,70 @@ mod tests {
         }
     }
 
+    /// A mask over a captured tensor: the causal conjunct bounds the ranges (no block
+    /// above the diagonal, none full); without a linear conjunct every block is partial.
+    /// Checked against brute force over the conjunct: every (q, kv) pair it admits lies in
+    /// a visited block of both kernels.
     #[test]
-    fn dense_ranges_cover_every_block_as_partial() {
-        let shape = Shape {
-            b: 1,
-            hq: 1,
-            hkv: 1,
-            lq: 130,
-            lkv: 65,
-            d: 64,
-            dv: 64,
-        };
-        let (kv, q) = dense_ranges(&shape, (64, 64));
-        assert_eq!(kv, [0, 3, 0, 0, 0, 3, 0, 0]);
-        assert_eq!(q, [0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0]);
+    fn tensor_mask_ranges_cover_the_linear_conjuncts() {
+        let causal_doc = "tensor doc: i32[B, KV];\nmask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] }\nattention a { mask = m; }";
+        let doc_only = "tensor doc: i32[B, KV];\nmask m(b, h, q, kv) { doc[b, q] == doc[b, kv] }\nattention a { mask = m; }";
+        for (src, lq, lkv) in [
+            (causal_doc, 130, 130),
+            (causal_doc, 200, 77),
+            (doc_only, 130, 65),
+        ] {
+            let prog = attnc_compiler::compile_source(src)
+                .unwrap()
+                .programs
+                .remove(0);
+            let plan = Plan::new(&prog);
+            let shape = Shape {
+                b: 1,
+                hq: 1,
+                hkv: 1,
+                lq,
+                lkv,
+                d: 64,
+                dv: 64,
+            };
+            let bind = Bindings {
+                params: vec![],
+                tensors: vec![BoundTensor {
+                    dims: vec![1, lkv],
+                    data: TensorData::I32(Vec::new()),
+                }],
+            };
+            let (kv, q) = tensor_mask_ranges(&plan, &shape, (64, 64), &bind).unwrap();
+            let (nq, nkv) = (lq.div_ceil(64), lkv.div_ceil(64));
+            assert_eq!((q.len(), kv.len()), (4 * nq, 4 * nkv));
+            assert!(
+                q.chunks(4).chain(kv.chunks(4)).all(|r| r[2] == r[3]),
+                "no full range"
+            );
+            for qi in 0..lq {
+                for ki in 0..lkv {
+                    let admitted = src == doc_only || qi >= ki;
+                    let (r, c) = ((qi / 64) as i32, (ki / 64) as i32);
+                    let qr = &q[4 * r as usize..][..4];
+                    let kr = &kv[4 * c as usize..][..4];
+                    if admitted {
+                        assert!(
+                            (qr[0]..qr[1]).contains(&c),
+                            "{src}: ({qi}, {ki}) outside dQ row {r}"
+                        );
+                        assert!(
+                            (kr[0]..kr[1]).contains(&r),
+                            "{src}: ({qi}, {ki}) outside dK/dV column {c}"
+                        );
+                    }
+                }
+            }
+            if src == causal_doc && lq == lkv {
+                // the first q block reaches only the first kv block
+                assert_eq!(&q[..4], &[0, 1, 0, 0]);
+                assert_eq!(&kv[4..8], &[1, 3, 0, 0]);
+            }
+        }
     }
 }
