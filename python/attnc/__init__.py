@@ -97,6 +97,65 @@ class Attention:
         o, lse = _ops.call(self._key, q, k, v, scale, captures)
         return (o, lse) if return_lse else o
 
+    def decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, return_lse: bool = False,
+               scale: Optional[float] = None, **captures):
+        """Attention of a few new query rows against a KV cache (decoding, chunked prefill).
+
+        ``q`` ``[B, Hq, Lq, D]``; a contiguous cache ``k_cache [B, Hkv, Lkv_max, D]``,
+        ``v_cache [B, Hkv, Lkv_max, Dv]``, or a paged one (``page_table`` int
+        ``[B, max_pages]`` mapping a sequence's logical page to a physical one)
+        ``[num_pages, page_size, Hkv, D]`` (page size a power of two); ``seq_lens`` int
+        ``[B]``. Positions are logical: row ``i`` of sequence ``b`` sits at
+        ``seq_lens[b] - Lq + i`` and sees keys ``0..seq_lens[b]``, so a mask written for
+        prefill (causal, sliding window, document ids) is right unchanged; captured
+        tensors with a ``Q`` or ``KV`` dimension are indexed by position (size: the
+        cache's capacity). Rows at negative positions give o = 0, lse = -inf. Returns o
+        ``[B, Hq, Lq, Dv]`` (and lse ``[B, Hq, Lq]`` with ``return_lse``).
+
+        CPU: float32. CUDA: bfloat16/float16, run by the split-KV decode kernels for
+        Lq <= 16 (the prefill kernel beyond) through host copies: this call copies the
+        inputs to the host and the outputs back (it synchronizes; not zero-copy, unlike
+        ``__call__``). Not differentiable. Errors: ``AttncError`` E0320 (shapes), E0321
+        (page size), E0322 (seq_lens beyond the cache), E0323 (page ids)."""
+        return self._decode(q, k_cache, v_cache, seq_lens, page_table, scale, captures, return_lse, False)
+
+    def reference_decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, scale: Optional[float] = None,
+                         **captures):
+        """The f64 oracle of ``decode`` on float32 host copies: ``(o, lse)`` (slow)."""
+        import torch
+
+        f = lambda x: x.detach().cpu().float()  # noqa: E731
+        return self._decode(f(q), f(k_cache), f(v_cache), seq_lens.cpu(), page_table, scale,
+                            {n: (x.detach().cpu() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()},
+                            True, True)
+
+    def _decode(self, q, k_cache, v_cache, seq_lens, page_table, scale, captures, return_lse, oracle):
+        import torch
+
+        from . import _ops
+
+        for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens), ("page_table", page_table),
+                        *captures.items()):
+            if isinstance(x, torch.Tensor) and not _ops._same_device(x, q):
+                raise _ops._device_error(name, x, q)
+        cuda = q.is_cuda
+        host = lambda x: x.detach().to("cpu").contiguous()  # noqa: E731
+        tensors = [(n, host(x)) for n, x in captures.items() if isinstance(x, torch.Tensor)]
+        params = [(n, x) for n, x in captures.items() if not isinstance(x, torch.Tensor)]
+        qh, kh, vh, sh = (host(x) for x in (q, k_cache, v_cache, seq_lens))
+        th = None if page_table is None else host(page_table)
+        if qh.dim() == 4 and vh.dim() == 4:
+            o_shape, lse_shape = (*qh.shape[:3], vh.shape[3]), tuple(qh.shape[:3])
+        else:  # the extension reports the rank
+            o_shape, lse_shape = (0,), (0,)
+        o = torch.empty(o_shape, dtype=qh.dtype)
+        lse = torch.empty(lse_shape, dtype=torch.float32)
+        self._inner.decode(qh, kh, vh, sh, th, o, lse, scale, tensors, params,
+                           0 if cuda else torch.get_num_threads(), cuda, oracle)
+        if cuda:
+            o, lse = o.to(q.device), lse.to(q.device)
+        return (o, lse) if return_lse else o
+
     def reference(self, q, k, v, *, scale: Optional[float] = None, **captures):
         """The f64 oracle on host copies: ``(o, lse)`` as float32 CPU tensors (slow)."""
         import torch

@@ -180,6 +180,8 @@ pub fn runtime_error(
         Error::InputDType { .. } => simple(code::INPUT_DTYPE),
         Error::BackendUnavailable { .. } => simple(code::DEVICE),
         Error::Io { .. } => simple(code::IO),
+        // decoding's cache errors carry their own codes (E0320..E0324)
+        Error::Cache { code, .. } => simple(code),
         _ => simple(code::BACKEND),
     }
 }

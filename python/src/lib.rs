@@ -17,7 +17,7 @@ mod errors;
 
 use args::{Device, TensorArg, param_value};
 use attnc::external::{DeviceBackwardBuffers, DeviceBuffers, DeviceGradWords, DeviceTensor};
-use attnc::{Backend, BindOptions, Captures, Compiled, DType, Shape, Variant};
+use attnc::{Backend, BindOptions, Captures, Compiled, DType, KvCache, Shape, Variant};
 use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
 use pyo3::prelude::*;
 use std::collections::HashMap;
@@ -938,6 +938,182 @@ impl Attention {
             });
             drop(converted);
             result.map_err(|e| self.error(py, &e))
+        })
+    }
+
+    /// Attention of q's new rows against a KV cache (`attnc::decode`: row `i` of
+    /// sequence `b` at position `seq_lens[b] - Lq + i`, keys `0..seq_lens[b]`): host
+    /// tensors in, `o`/`lse` (caller-allocated, like `forward`'s) written. Contiguous
+    /// cache: `k_cache [B, Hkv, Lkv_max, D]`, `v_cache [.., Dv]`; paged (with
+    /// `page_table: int [B, max_pages]`): `[num_pages, page_size, Hkv, D]`. `seq_lens`:
+    /// int `[B]`. float32 on the CPU backend; `cuda`: bfloat16/float16 host copies of
+    /// CUDA tensors, run by the CUDA binding's split-KV kernels (uploaded and downloaded:
+    /// not zero-copy). `oracle`: the f64 reference (float32 host tensors).
+    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, scale, tensors, params, threads=0, cuda=false, oracle=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        seq_lens: &Bound<'_, PyAny>,
+        page_table: Option<Bound<'_, PyAny>>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        threads: usize,
+        cuda: bool,
+        oracle: bool,
+    ) -> PyResult<()> {
+        guard(py, || {
+            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+            let paged = page_table.is_some();
+            let (kn, vn) = if paged {
+                ("k_cache", "v_cache")
+            } else {
+                ("k", "v")
+            };
+            let (q, k, v) = (read("q", q)?, read(kn, k_cache)?, read(vn, v_cache)?);
+            let seq = read("seq_lens", seq_lens)?;
+            let table = page_table.map(|t| read("page_table", &t)).transpose()?;
+            let (o, lse) = (read("o", o)?, read("lse", lse)?);
+            let cache_err =
+                |name: &str, what: String| attnc_error(py, "E0320", &format!("`{name}` {what}"));
+            for t in [&q, &k, &v] {
+                if t.shape.len() != 4 {
+                    return Err(cache_err(
+                        &t.name,
+                        format!("has shape {:?}, expected rank 4", t.shape),
+                    ));
+                }
+            }
+            if let Some(t) = &table
+                && t.shape.len() != 2
+            {
+                return Err(cache_err(
+                    "page_table",
+                    format!("has shape {:?}, expected [B, max_pages]", t.shape),
+                ));
+            }
+            // the binding's shape: lkv is the cache's capacity in positions
+            let (hkv, lkv) = match &table {
+                None => (k.shape[1], k.shape[2]),
+                Some(t) => (k.shape[2], t.shape[1] * k.shape[1]),
+            };
+            let shape = Shape {
+                b: q.shape[0],
+                hq: q.shape[1],
+                hkv,
+                lq: q.shape[2],
+                lkv,
+                d: q.shape[3],
+                dv: v.shape[3],
+            };
+            if shape.hkv == 0 || shape.hq % shape.hkv != 0 {
+                return Err(cache_err(
+                    kn,
+                    format!(
+                        "has {} kv heads; q's {} heads must be a positive multiple of them (GQA)",
+                        shape.hkv, shape.hq
+                    ),
+                ));
+            }
+            let dtype = match (cuda, q.dtype) {
+                (false, Some(DType::F32)) => DType::F32,
+                (true, Some(d @ (DType::BF16 | DType::F16))) => d,
+                _ => {
+                    return Err(attnc_error(
+                        py,
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "q has dtype {}; decoding takes float32 (CPU) or bfloat16/float16 (CUDA)",
+                            q.torch_dtype
+                        ),
+                    ));
+                }
+            };
+            for t in [&q, &k, &v, &seq, &o, &lse]
+                .into_iter()
+                .chain(table.as_ref())
+            {
+                if t.device != Device::Cpu {
+                    return Err(attnc_error(
+                        py,
+                        code::DEVICE,
+                        &format!(
+                            "the decode entry takes host tensors; `{}` is on {}",
+                            t.name, t.device
+                        ),
+                    ));
+                }
+            }
+            let s = shape;
+            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, Device::Cpu)?;
+            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, Device::Cpu)?;
+            let host = |t: &TensorArg| t.to_host_tensor(py);
+            let (qh, kh, vh, sh) = (host(&q)?, host(&k)?, host(&v)?, host(&seq)?);
+            let th = table.as_ref().map(host).transpose()?;
+            let caps = self.captures(py, &tensors, &params)?;
+            let key = BindKey {
+                backend: match (cuda, oracle) {
+                    (true, _) => Backend::Cuda,
+                    (false, true) => Backend::Reference,
+                    (false, false) => Backend::Cpu,
+                },
+                device: if cuda { Device::Cuda(0) } else { Device::Cpu },
+                shape,
+                dtype,
+                scale: scale.map(|x| (x as f32).to_bits()),
+                threads: if cuda || oracle { 0 } else { threads },
+            };
+            let out = py
+                .detach(|| {
+                    attnc::external::preserving_current_context(|| {
+                        self.with_bound(key, |bound| {
+                            let cache = match &th {
+                                None => KvCache::Contiguous {
+                                    k: &kh,
+                                    v: &vh,
+                                    seq_lens: &sh,
+                                },
+                                Some(t) => KvCache::Paged {
+                                    k_cache: &kh,
+                                    v_cache: &vh,
+                                    page_table: t,
+                                    seq_lens: &sh,
+                                },
+                            };
+                            bound.forward_with_cache(&qh, &cache, &caps)
+                        })
+                    })
+                })
+                .map_err(|e| self.error(py, &e))?;
+            for (g, arg) in [(&out.o, &o), (&out.lse, &lse)] {
+                let bytes = g.bytes();
+                if bytes.len() != arg.numel() * g.dtype().size() || Some(g.dtype()) != arg.dtype {
+                    return Err(attnc_error(
+                        py,
+                        code::BACKEND,
+                        &format!("decode output `{}`: size or dtype mismatch", arg.name),
+                    ));
+                }
+                if !bytes.is_empty() {
+                    // SAFETY: `arg` is a contiguous CPU tensor of `g`'s dtype and element
+                    // count (checked above), allocated by the package for this call and
+                    // written by nobody else; `bytes` is a separate host buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            arg.ptr as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                }
+            }
+            Ok(())
         })
     }
 

@@ -13,7 +13,8 @@ CUDA graph capture and replay (params captured by value); ``torch.compile(fullgr
 gradients (the zero-copy backward on torch's current stream) against float64 torch
 autograd and, for every example on random shapes (GQA, odd lengths, Lq != Lkv, float
 captures with requires_grad), against the f64 oracle's backward; a backward that does not
-synchronize and is captured in a CUDA graph; the HF Llama client; errors.
+synchronize and is captured in a CUDA graph; decoding against a contiguous and a paged
+cache; the HF Llama client; errors.
 
 Tolerance as runtime/tests/gpu.rs: |O - O_ref| <= 0.03 + 0.02 |O_ref| (bf16), 0.01 + 0.01
 |O_ref| (f16); |LSE - LSE_ref| <= 0.01 + 0.005 |LSE_ref|, -inf exactly.
@@ -475,6 +476,32 @@ def test_backward_in_cuda_graph(file, name, caps):
     torch.cuda.synchronize()
     for n, a, r in zip("qkv", graph_grads, xs):
         assert torch.equal(a, r.grad), f"d{n} of the replay differs from an eager step"
+
+
+@pytest.mark.parametrize("lq", [1, 4])
+@pytest.mark.parametrize("file,name", [("causal.attn", None), ("sliding_window.attn", None),
+                                       ("document_causal.attn", "document_causal")], ids=["causal", "sliding", "document"])
+def test_decode_matches_oracle(file, name, lq):
+    """``Attention.decode`` on CUDA tensors (the split-KV kernels, through host copies)
+    against the f64 oracle on the same bf16-rounded inputs, contiguous and paged (page 16,
+    shuffled), GQA 4:1, seq_lens 0, 1, odd and full."""
+    from test_decode import at_capacity, cache_inputs, paged
+
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    b, hq, hkv, lkv, d = 4, 8, 2, 300, 128
+    q, k, v = (x.bfloat16().float() for x in cache_inputs(b, hq, hkv, lq, lkv, d, seed=lq))
+    seq_lens = torch.tensor([0, 1, 157, 300], dtype=torch.int32)
+    caps = dict(captures_for(attn, b, hq, lkv, lkv, seed=3))
+    if "window" in caps:
+        caps["window"] = 64
+    ro, rlse = attn.reference_decode(q, k, v, seq_lens, **caps)
+    cu = lambda x: x.to("cuda", torch.bfloat16)  # noqa: E731
+    o, lse = attn.decode(cu(q), cu(k), cu(v), seq_lens.cuda(), return_lse=True, **dev(caps))
+    check(o, lse, ro, rlse, torch.bfloat16)
+    kc, vc, table = paged(k, v, 16, seed=lq)
+    po, plse = attn.decode(cu(q), cu(kc), cu(vc), seq_lens.cuda(), table.cuda(), return_lse=True,
+                           **dev(at_capacity(attn, caps, 16 * table.shape[1])))
+    check(po, plse, ro, rlse, torch.bfloat16)
 
 
 def test_hf_llama_matches_sdpa():
