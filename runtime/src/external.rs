@@ -732,4 +732,90 @@ mod device_tests {
         )
         .unwrap();
     }
+
+    /// The CUDA backward entry refuses other backends before touching any pointer.
+    #[test]
+    fn cuda_backward_entry_refuses_a_cpu_binding() {
+        let c = Compiled::from_source("t.attn", "attention a {}").unwrap();
+        let mut bound = c
+            .attention("a")
+            .unwrap()
+            .bind(crate::BindOptions::new(
+                crate::Backend::Cpu,
+                shape(),
+                DType::F32,
+            ))
+            .unwrap();
+        let bufs = super::DeviceBackwardBuffers {
+            q: 0,
+            k: 0,
+            v: 0,
+            o: 0,
+            lse: 0,
+            d_o: 0,
+            dlse: None,
+            dq: 0,
+            dk: 0,
+            dv: 0,
+            delta: 0,
+            lse2: 0,
+        };
+        // SAFETY: refused before any pointer is used (the binding is not CUDA's).
+        let e = unsafe {
+            bound.backward_cuda_into(
+                &bufs,
+                &HashMap::new(),
+                &HashMap::new(),
+                &super::DeviceGradWords::default(),
+                0,
+            )
+        }
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("cpu backend")),
+            "{e}"
+        );
+    }
+
+    /// Every output of a backward (dq, dk, dv, the scratch rows, gradient words) is
+    /// checked against every other buffer, inputs and outputs, and named.
+    #[test]
+    fn backward_outputs_overlapping_anything_are_named() {
+        use super::{Buf, check_bufs};
+        let mb = 1u64 << 20;
+        let all = |dk: u64, lse2: u64, words: u64| {
+            vec![
+                Buf::input("q", mb, 4096),
+                Buf::input("do", 2 * mb, 4096),
+                Buf::output("dq", 3 * mb, 4096),
+                Buf::output("dk", dk, 4096),
+                Buf::output("delta", 5 * mb, 256),
+                Buf::output("lse2", lse2, 256),
+                Buf {
+                    align: 8,
+                    ..Buf::output("gradient words", words, 24)
+                },
+            ]
+        };
+        check_bufs(&all(4 * mb, 5 * mb + 256, 6 * mb)).unwrap();
+        let e = check_bufs(&all(2 * mb + 16, 5 * mb + 256, 6 * mb))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dk` overlaps `do`"), "{e}");
+        let e = check_bufs(&all(4 * mb, 5 * mb + 128, 6 * mb))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`delta` overlaps `lse2`"), "{e}");
+        let e = check_bufs(&all(4 * mb, 5 * mb + 256, 3 * mb + 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dq` overlaps `gradient words`"), "{e}");
+        let e = check_bufs(&all(4 * mb, 5 * mb + 256, 6 * mb + 4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`gradient words`") && e.contains("8-byte"),
+            "{e}"
+        );
+    }
 }
