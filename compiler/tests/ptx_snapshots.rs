@@ -77,7 +77,10 @@ fn sm80_f16_and_d128_generate() {
 #[test]
 fn tensor_masks_have_deterministic_block_table_ptx() {
     use attnc_compiler::analysis::classify::Tier;
-    let opts = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let opts = PtxOptions {
+        kv_block: 64,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma()
+    };
     assert_eq!((opts.q_block, opts.kv_block), (128, 64));
     let mut names = Vec::new();
     for path in example_files() {
@@ -163,14 +166,17 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
     );
 }
 
-/// The wgmma path (sm_90a; the sm_90 default at D64 and D128) on a few examples: D128
-/// bf16 with kv tiles of 64, and D64 f16 with the pipelined P V.
+/// The wgmma paths (sm_90a) on a few examples: the plain kernel at D128 bf16 with kv
+/// tiles of 64, D64 f16 with the pipelined P V (the D64 default's kernel), and the
+/// warp-specialized TMA kernel (the D128 default, kv tiles of 128).
 #[test]
 fn wgmma_ptx_snapshots() {
-    for (file, d, ty, overlap) in [
-        ("causal.attn", 128, InputType::Bf16, false),
-        ("alibi.attn", 128, InputType::Bf16, false),
-        ("sliding_window.attn", 64, InputType::F16, true),
+    for (file, d, ty, overlap, ws) in [
+        ("causal.attn", 128, InputType::Bf16, false, false),
+        ("alibi.attn", 128, InputType::Bf16, false, false),
+        ("sliding_window.attn", 64, InputType::F16, true, false),
+        ("causal.attn", 128, InputType::Bf16, false, true),
+        ("softcap.attn", 128, InputType::Bf16, false, true),
     ] {
         let src = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -181,8 +187,14 @@ fn wgmma_ptx_snapshots() {
         let module = attnc_compiler::compile_source(&src).unwrap();
         let p = &module.programs[0];
         let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
+        assert_eq!((opts.mma, opts.ws), (Mma::Wgmma, d == 128));
+        if !ws {
+            opts = PtxOptions {
+                kv_block: if d == 128 { 64 } else { 128 },
+                ..opts.wgmma()
+            };
+        }
         opts.overlap = overlap;
-        assert_eq!(opts.mma, Mma::Wgmma);
         let k = emit(p, &opts).unwrap();
         assert_eq!(
             k.ptx,
@@ -193,7 +205,8 @@ fn wgmma_ptx_snapshots() {
         assert!(k.ptx.contains("wgmma.mma_async.sync.aligned"));
         insta::assert_snapshot!(
             format!(
-                "ptx_wgmma_{}_d{d}{}__{}",
+                "ptx_{}_{}_d{d}{}__{}",
+                if ws { "ws" } else { "wgmma" },
                 ty.name(),
                 if overlap { "_overlap" } else { "" },
                 p.name

@@ -10,8 +10,9 @@
 //! stays tested on index-only masks too. The JIT's cubin cache and tiered swap:
 //! `gpu_jit/mod.rs`.
 //! Every case runs on each matrix path the device has (`mma.sync`; on sm_90 also
-//! `wgmma` where the case's tile and head dim fit it), each with both K pipelines;
-//! `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
+//! `wgmma` where the case's tile and head dim fit it, plain, overlapped and
+//! warp-specialized with TMA (`PtxOptions::ws`)), each with both K pipelines;
+//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path.
 //!
 //! This is a `harness = false` test run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; tests run one at a
@@ -159,8 +160,8 @@ fn check_scaled(
 ) -> Result<(), String> {
     for opts in paths(dev, c) {
         // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
-        // (with `overlap` K is always double-buffered: one run)
-        let kpfs = if opts.overlap {
+        // (with `overlap` K is always double-buffered, `ws` streams through its ring: one run)
+        let kpfs = if opts.overlap || opts.ws {
             vec![true]
         } else {
             vec![opts.k_prefetch, !opts.k_prefetch]
@@ -178,7 +179,9 @@ fn check_scaled(
 
 /// The kernel options of case `c` on every matrix path this device runs: mma.sync with
 /// the case's m-tiles, and on sm_90 wgmma when the case's tile (q 64/128, kv 64/128) and
-/// head dims (multiples of 64) fit it. `ATTNC_GPU_MMA=sync|wgmma` keeps one path.
+/// head dims (multiples of 64) fit it, and the warp-specialized kernel at q blocks of 128
+/// and D, Dv <= 128. `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path (`wgmma`: both wgmma
+/// kernels).
 fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     let sh = &c.shape;
     let base = PtxOptions::sync(dev.arch(), sh.d as u32, sh.dv as u32, c.ty);
@@ -187,7 +190,7 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     sync.kv_block = c.kvb;
     let only = std::env::var("ATTNC_GPU_MMA").unwrap_or_default();
     let mut v = Vec::new();
-    if only != "wgmma" {
+    if only != "wgmma" && only != "ws" {
         v.push(sync);
     }
     let fits = dev.arch() == Arch::Sm90
@@ -195,12 +198,16 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
         && matches!(c.kvb, 64 | 128)
         && sh.d.is_multiple_of(64)
         && sh.dv.is_multiple_of(64);
-    if fits && only != "sync" {
+    if fits && only != "sync" && only != "ws" {
         let mut w = base.wgmma();
         w.q_block = c.qb;
         w.kv_block = c.kvb;
         v.push(w);
         v.push(PtxOptions { overlap: true, ..w });
+    }
+    // the warp-specialized TMA kernel (128 query rows)
+    if fits && only != "sync" && c.qb == 128 && sh.d.max(sh.dv) <= 128 {
+        v.push(base.warp_specialized(c.kvb, 2));
     }
     v
 }
@@ -410,11 +417,20 @@ fn gpu_all_partial_maps_match_oracle(dev: &CudaDevice) {
         kvb: 64,
         mt: 1,
     };
-    for p in [samples::dense(), samples::causal(), samples::sliding()] {
-        let mut r = rng(3);
-        let bind = bindings(&p, &c.shape, &mut r, 50, 4);
-        let maps = BlockMaps::single(BlockMap::all_partial(c.shape.lq, c.shape.lkv, 64, 64));
-        check_one(dev, &p, &c, &bind, Some(maps), 11).unwrap();
+    // q blocks of 64 and of 128 (the warp-specialized kernel's)
+    for qb in [64, 128] {
+        let c = Case { qb, ..c };
+        for p in [samples::dense(), samples::causal(), samples::sliding()] {
+            let mut r = rng(3);
+            let bind = bindings(&p, &c.shape, &mut r, 50, 4);
+            let maps = BlockMaps::single(BlockMap::all_partial(
+                c.shape.lq,
+                c.shape.lkv,
+                qb as usize,
+                64,
+            ));
+            check_one(dev, &p, &c, &bind, Some(maps), 11).unwrap();
+        }
     }
 }
 
@@ -462,21 +478,24 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     };
     let mut r = rng(9);
     let bind = bindings(&p, &shape, &mut r, 0, 3);
-    let maps = BlockMaps::single(BlockMap::all_partial(100, 60, 64, 64));
     let (qb, _) = random_input(&mut r, shape.q_len(), 1.0, InputType::Bf16);
     let (kb, _) = random_input(&mut r, shape.k_len(), 1.0, InputType::Bf16);
     let (vb, _) = random_input(&mut r, shape.v_len(), 1.0, InputType::Bf16);
-    let case = Case {
-        shape,
-        ty: InputType::Bf16,
-        qb: 64,
-        kvb: 64,
-        mt: 1,
-    };
-    for (checked, base) in paths(dev, &case)
-        .into_iter()
-        .flat_map(|o| [(false, o), (true, o)])
-    {
+    // q blocks of 64 and of 128 (the warp-specialized kernel's)
+    for (checked, base, maps) in [64u32, 128].into_iter().flat_map(|q_block| {
+        let case = Case {
+            shape,
+            ty: InputType::Bf16,
+            qb: q_block,
+            kvb: 64,
+            mt: 1,
+        };
+        let maps = BlockMaps::single(BlockMap::all_partial(100, 60, q_block as usize, 64));
+        paths(dev, &case)
+            .into_iter()
+            .flat_map(move |o| [(false, o, maps.clone()), (true, o, maps.clone())])
+            .collect::<Vec<_>>()
+    }) {
         let mut opts = base;
         opts.checked = checked;
         let k = CudaKernel::load(dev, &emit(&p, &opts).unwrap()).unwrap();
@@ -1472,6 +1491,10 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_jit::gpu_jit_cubin_round_trip,
     ),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
+    (
+        "gpu_jit_warp_specialized_loads_from_ptx",
+        gpu_jit::gpu_jit_warp_specialized_loads_from_ptx,
+    ),
     (
         "gpu_jit_bound_forward_across_the_swap",
         gpu_jit::gpu_jit_bound_forward_across_the_swap,

@@ -66,7 +66,8 @@ fn variants(h: i32) -> Vec<Variant> {
 /// Options for tile `qb x kvb x mt` (`mt`: m-tiles per warp, then `r`/`s` to keep Q in
 /// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
 /// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
-/// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM).
+/// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM; `t`
+/// / `u`: the warp-specialized TMA kernel with 2 / 3 K/V stages, e.g. `128x128xt`).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -76,13 +77,17 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c', 't', 'u'])
         .parse()
         .unwrap_or(1);
     let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
     if mt.contains('w') {
         o = o.wgmma();
         o.overlap = mt.contains('o');
+    }
+    if mt.contains('t') || mt.contains('u') {
+        // the warp-specialized TMA kernel, 2 (`t`) or 3 (`u`) K/V stages
+        o = o.warp_specialized(kvb, if mt.contains('u') { 3 } else { 2 });
     }
     if mt.contains('c') {
         o.min_ctas = 2;

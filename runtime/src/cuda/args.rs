@@ -19,7 +19,18 @@ pub enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
+    /// A TMA tensor map, passed by value (made by `tma.rs`).
+    Map(TensorMap),
 }
+
+/// A `CUtensorMap` as a kernel argument: 128 opaque bytes, 64-byte aligned (the kernel
+/// declares each map `.param .align 64 .b8 [128]`).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TensorMap(pub [u64; 16]);
+
+// SAFETY: plain bytes with the size and alignment of the kernel's parameter.
+unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
 
 /// Named launch values. Later settings of a name replace earlier ones.
 #[derive(Clone, Debug, Default)]
@@ -69,6 +80,14 @@ impl LaunchArgs {
     /// Whether every value is a scalar (no buffer).
     pub fn scalars_only(&self) -> bool {
         self.values.values().all(|v| !matches!(v, Arg::Ptr(_)))
+    }
+    /// The value of `p`, if set.
+    pub fn value(&self, p: KernelParam) -> Option<Arg> {
+        self.values.get(&p).copied()
+    }
+    /// The size of grid axis `d`, if set.
+    pub fn extent_of(&self, d: GridDim) -> Option<u32> {
+        self.extents.get(&d).copied()
     }
     /// The names set.
     pub fn names(&self) -> impl Iterator<Item = &KernelParam> {

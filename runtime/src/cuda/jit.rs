@@ -24,7 +24,10 @@
 //! module in use (and [`JitKernel::wait_optimized`] reports why).
 //!
 //! Only optimized cubins are stored on disk; a low-tier cubin is a stopgap and is never
-//! stored, so a second process always starts with the optimized kernel.
+//! stored, so a second process always starts with the optimized kernel. The
+//! warp-specialized forward (`PtxOptions::ws`) is the exception: its `setmaxnreg` needs
+//! a whole-program compile, which only the driver's own PTX load does (`cuLink*` compiles
+//! relocatably), so it is loaded from PTX (cached by the driver) and has no cubin.
 
 use super::{CudaDevice, CudaError, CudaKernel};
 use crate::cache::{CubinTarget, DiskCache};
@@ -483,6 +486,30 @@ pub(crate) fn compile_and_load(
     t0: Instant,
 ) -> Result<FirstLoad, CudaError> {
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    if meta.options.ws {
+        // the warp-specialized kernel raises its consumers' registers with `setmaxnreg`,
+        // which ptxas ignores in the linker's relocatable compile (C7504: its consumers
+        // then spill and run at half speed): the driver compiles the PTX as a whole
+        // program when loading it (its own compute cache keeps the result across
+        // processes); no cubin is stored and there is no quick tier
+        let t = Instant::now();
+        let k = CudaKernel::from_ptx(&dev.ctx, meta, ptx)?;
+        let (driver_ms, load_ms) = (ms(t), k.load_ms);
+        let ready = ReadyStats {
+            driver_ms,
+            load_ms,
+            ready_ms: ms(t0),
+        };
+        return Ok(FirstLoad {
+            kernel: JitKernel {
+                tiers: Arc::new(Tiered::optimized(k, ready)),
+            },
+            tier: JitTier::Optimized,
+            driver_ms,
+            load_ms,
+            cubin: None,
+        });
+    }
     let low = match tiers {
         JitTiers::On { low } if low < opt_level => Some(low),
         _ => None,

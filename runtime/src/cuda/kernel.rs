@@ -40,6 +40,16 @@ impl CudaKernel {
         )
     }
 
+    /// Loads PTX for the launch description `spec` (the driver compiles it as a whole
+    /// program, at its default level).
+    pub(crate) fn from_ptx(
+        ctx: &Arc<CudaContext>,
+        spec: &KernelSpec,
+        ptx: String,
+    ) -> Result<Self, CudaError> {
+        Self::load_image(ctx, spec, cudarc::nvrtc::Ptx::from_src(ptx))
+    }
+
     /// Loads a cubin (`cuModuleLoadData`) for the launch description `spec`.
     pub(crate) fn from_cubin(
         ctx: &Arc<CudaContext>,
@@ -166,6 +176,13 @@ impl CudaKernel {
         if x == 0 || y == 0 || z == 0 {
             return Ok(());
         }
+        let with_maps;
+        let args = if super::tma::needs_maps(&self.spec) {
+            with_maps = super::tma::with_tensor_maps(args, &self.spec)?;
+            &with_maps
+        } else {
+            args
+        };
         let values = args.bind(&self.spec)?;
         let cfg = LaunchConfig {
             grid_dim: (x, y, z),
@@ -179,12 +196,14 @@ impl CudaKernel {
                 Arg::I32(x) => b.arg(x),
                 Arg::I64(x) => b.arg(x),
                 Arg::F32(x) => b.arg(x),
+                Arg::Map(m) => b.arg(m),
             };
         }
         // SAFETY: the arguments follow the kernel's signature (`spec.params`, the order the
         // generator declared them in, each of the type its name stands for: pointers as
-        // u64, `KvOffset` i64, `Scale` f32, other scalars i32); the caller vouches for the
-        // buffers (see above).
+        // u64, `KvOffset` i64, `Scale` f32, tensor maps 128 bytes by value, other scalars
+        // i32); the caller vouches for the buffers (see above), and the tensor maps span
+        // exactly the Q/K/V extents of the launch's shape.
         unsafe { b.launch(cfg) }?;
         Ok(())
     }

@@ -21,6 +21,7 @@
 //! - [`decode`]: the split-KV decode and combine kernels' problem ([`decode::DecodeProblem`]:
 //!   buffers and geometry, bound by name) and module (both kinds from the [`JitCache`]).
 //! - [`backward`]: the backward's upload, block ranges and three launches.
+//! - [`tma`]: the TMA tensor maps of the warp-specialized forward, made per launch.
 //!
 //! [`KernelParam`]: attnc_compiler::backend::llvm::KernelParam
 //! [`GridDim`]: attnc_compiler::backend::llvm::GridDim
@@ -34,6 +35,7 @@ pub mod jit;
 pub mod jit_cache;
 pub mod kernel;
 pub mod problem;
+pub mod tma;
 
 pub use args::{Arg, LaunchArgs};
 pub use device::CudaDevice;

@@ -12,6 +12,8 @@
 //!   still runs after it with bit-identical results, both tiers match the oracle and
 //!   each other (bit-identity across tiers is printed, not required: `compare_tiers`),
 //!   and the retired module is released once nobody holds it.
+//! - `gpu_jit_warp_specialized_loads_from_ptx`: the warp-specialized D128 default is
+//!   loaded from PTX (no cubin, no quick tier) and matches the oracle.
 //! - `gpu_jit_bound_forward_across_the_swap`: the same through the public API
 //!   (`Variant::bind` with `jit_tiers`, `forward`, `wait_optimized`, `forward`).
 
@@ -50,8 +52,17 @@ fn problem(dev: &CudaDevice, d: usize) -> Problem {
     let mut r = rng(41 + d as u64);
     let bind = bindings(&p, &shape, &mut r, 37, 3);
     let ty = InputType::Bf16;
+    // a kernel the driver's linker compiles (the warp-specialized default at D128 is
+    // loaded from PTX instead: `gpu_jit_warp_specialized_loads_from_ptx`)
+    let mut opts = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
+    if opts.ws {
+        opts = PtxOptions {
+            kv_block: 64,
+            ..opts.wgmma()
+        };
+    }
     Problem {
-        opts: PtxOptions::new(dev.arch(), d as u32, d as u32, ty),
+        opts,
         q: random_input(&mut r, shape.q_len(), 2.0, ty),
         k: random_input(&mut r, shape.k_len(), 2.0, ty),
         v: random_input(&mut r, shape.v_len(), 1.0, ty),
@@ -221,6 +232,41 @@ pub fn gpu_jit_cubin_round_trip(dev: &CudaDevice) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The warp-specialized kernel (`PtxOptions::ws`, the D128 default on sm_90) skips the
+/// linker (whose relocatable compile ignores `setmaxnreg`): no cubin is stored (a second
+/// cache on the same directory misses it again), it loads optimized at once, even with
+/// tiers on, and matches the oracle.
+pub fn gpu_jit_warp_specialized_loads_from_ptx(dev: &CudaDevice) {
+    if dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    let dir = temp_cache("ws");
+    let mut pb = problem(dev, 128);
+    pb.opts = PtxOptions::new(dev.arch(), 128, 128, InputType::Bf16);
+    assert!(pb.opts.ws, "{:?}", pb.opts);
+    for tiers in [JitTiers::Off, JitTiers::On { low: 0 }] {
+        let cache = JitCache::new(Some(DiskCache::new(&dir)));
+        let (jk, s) = cache
+            .get(
+                dev,
+                &attnc_compiler::plan::Plan::new(&pb.p),
+                attnc_compiler::backend::KernelKind::Forward,
+                &pb.opts,
+                tiers,
+            )
+            .unwrap();
+        // never a cubin on disk (the second cache finds the first's PTX there)
+        assert_eq!(
+            (s.tier, s.cubin),
+            (JitTier::Optimized, Some(Lookup::Miss)),
+            "{s:?}"
+        );
+        run_checked(dev, &jk.current().0, &pb);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 pub fn gpu_jit_tiered_swap(dev: &CudaDevice) {
     for (d, low) in [(128, 0u8), (64, JitTiers::DEFAULT_LOW)] {
         let pb = problem(dev, d);
@@ -290,14 +336,15 @@ pub fn gpu_jit_bound_forward_across_the_swap(dev: &CudaDevice) {
     );
     let compiled = attnc::Compiled::from_source("softcap_jit.attn", &src).unwrap();
     let variant = compiled.select(None).unwrap();
+    // D64: a kernel with tiers (the warp-specialized D128 default has none)
     let shape = Shape {
         b: 1,
         hq: 4,
         hkv: 1,
         lq: 257,
         lkv: 300,
-        d: 128,
-        dv: 128,
+        d: 64,
+        dv: 64,
     };
     let (q, k, v) = attnc::synth::qkv(&shape, attnc::DType::BF16, 5);
     let caps = attnc::synth::captures_with_ids(variant.program(), &shape, 7, 4);

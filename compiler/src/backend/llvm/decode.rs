@@ -169,6 +169,8 @@ impl DecodeOptions {
             } else {
                 KvCache::Contiguous
             },
+            // (the forward's warp-specialized schedule is no decode option)
+            ws: false,
             ..PtxOptions::new(self.arch, self.d, self.d, self.input)
         }
     }

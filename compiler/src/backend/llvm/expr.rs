@@ -4,8 +4,9 @@
 //! In: the function, the element's arguments (s, b, h, q, kv), the kernel's params and
 //! captured-tensor arguments. Out: the returned value (i1 for masks, f32 for scores).
 //! Semantics follow `ir::scalar` exactly for integer and comparison ops; `exp`, `exp2`,
-//! `log`, `log2`, `tanh` and `pow` use PTX's approximate instructions (errors documented
-//! on each helper in `gpu.rs` and in `emit_unary`).
+//! `log`, `log2`, `tanh` and `pow` use PTX's approximate instructions, and `/` on floats
+//! `div.full.f32` (2 ulp; errors documented on each helper in `gpu.rs` and in
+//! `emit_unary`).
 //!
 //! Tensor reads: the fast mode clamps each index into range (never reads outside the
 //! tensor); the checked mode also records the first out-of-range read whose guard held
@@ -304,7 +305,7 @@ fn emit_binary<'ctx>(
                 FAdd => g.fadd(x, y)?.into(),
                 FSub => g.fsub(x, y)?.into(),
                 FMul => g.fmul(x, y)?.into(),
-                FDiv => g.b.build_float_div(x, y, "")?.into(),
+                FDiv => g.fdiv(x, y)?.into(),
                 FMin | FMax => min_max(g, op == FMin, x, y)?.into(),
                 _ => pow(g, x, y)?.into(),
             }

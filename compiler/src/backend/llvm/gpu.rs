@@ -325,6 +325,34 @@ impl<'ctx> Gpu<'ctx> {
     pub fn tanh(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         self.asm_f("tanh.approx.f32 $0, $1;", x)
     }
+    /// `rcp.approx.ftz.f32`: 1/x, max relative error 1 ulp (PTX ISA), subnormals flushed.
+    /// Inline, where IEEE `rcp.rn.f32` is a ptxas subroutine: in a relocatable compile
+    /// (the driver's linker) such a call serializes every wgmma of the kernel (C7509).
+    pub fn rcp(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        self.asm_f("rcp.approx.ftz.f32 $0, $1;", x)
+    }
+    /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
+    /// `div.rn.f32` is a subroutine call: see [`Self::rcp`]).
+    pub fn fdiv(&self, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let ft = self.f32.fn_type(&[self.f32.into(), self.f32.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "div.full.f32 $0, $1, $2;".into(),
+            "=f,f,f".into(),
+            false,
+            false,
+            None,
+            false,
+        );
+        let cs = self
+            .b
+            .build_indirect_call(ft, asm, &[x.into(), y.into()], "")?;
+        Ok(cs
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("asm"))?
+            .into_float_value())
+    }
     pub fn fintr(&self, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         self.call_f(name, &[x.into()])
     }
@@ -597,6 +625,121 @@ impl<'ctx> Gpu<'ctx> {
             "{{\n.reg .pred p;\nsetp.ne.b32 p, {scale_d}, 0;\nwgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d_list}}}, {a_text}, {b_text}, {tail};\n}}"
         );
         self.asm_call(&text, &cons.join(","), k, &args)
+    }
+
+    // ---- Hopper warp specialization: mbarriers, TMA, named barriers, setmaxnreg ------------
+
+    /// A side-effecting, convergent inline asm statement with no result.
+    fn asm_void(&self, text: &str, constraints: &str, args: &[IntValue<'ctx>]) -> R<()> {
+        let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|a| (*a).into()).collect();
+        self.asm_call(text, constraints, 0, &args)?;
+        Ok(())
+    }
+    /// `bar.sync id, n`: waits until `n` threads (a multiple of 32) have arrived at named
+    /// barrier `id` (1..=15; 0 is the CTA-wide [`Self::barrier`]), this warp's included.
+    pub fn bar_sync(&self, id: u32, n: u32) -> R<()> {
+        self.asm_void(&format!("bar.sync {id}, {n};"), "~{memory}", &[])
+    }
+    /// `bar.arrive id, n`: this warp arrives at named barrier `id` without waiting.
+    pub fn bar_arrive(&self, id: u32, n: u32) -> R<()> {
+        self.asm_void(&format!("bar.arrive {id}, {n};"), "~{memory}", &[])
+    }
+    /// [`Self::bar_sync`] with the barrier id in a register.
+    pub fn bar_sync_reg(&self, id: IntValue<'ctx>, n: u32) -> R<()> {
+        self.asm_void(&format!("bar.sync $0, {n};"), "r,~{memory}", &[id])
+    }
+    /// [`Self::bar_arrive`] with the barrier id in a register.
+    pub fn bar_arrive_reg(&self, id: IntValue<'ctx>, n: u32) -> R<()> {
+        self.asm_void(&format!("bar.arrive $0, {n};"), "r,~{memory}", &[id])
+    }
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n` (sm_90a): this warpgroup's registers per
+    /// thread become `n` (a multiple of 8 in 24..=256). Every warp of the warpgroup runs
+    /// it; the kernel needs a register cap at entry (`.maxntid` with `.minnctapersm`).
+    pub fn setmaxnreg(&self, inc: bool, n: u32) -> R<()> {
+        let op = if inc { "inc" } else { "dec" };
+        self.asm_void(
+            &format!("setmaxnreg.{op}.sync.aligned.u32 {n};"),
+            "~{memory}",
+            &[],
+        )
+    }
+    /// `mbarrier.init.shared::cta.b64 [bar], count` (`bar`: a shared-window address).
+    pub fn mbar_init(&self, bar: IntValue<'ctx>, count: u32) -> R<()> {
+        self.asm_void(
+            &format!("mbarrier.init.shared::cta.b64 [$0], {count};"),
+            "r,~{memory}",
+            &[bar],
+        )
+    }
+    /// `fence.mbarrier_init.release.cluster`: the mbarrier inits above become visible to
+    /// the async proxy (TMA's complete_tx) once a barrier follows.
+    pub fn fence_mbar_init(&self) -> R<()> {
+        self.asm_void("fence.mbarrier_init.release.cluster;", "~{memory}", &[])
+    }
+    /// `mbarrier.arrive.shared::cta.b64`: one arrival of this thread at `bar`.
+    pub fn mbar_arrive(&self, bar: IntValue<'ctx>) -> R<()> {
+        self.asm_void(
+            "mbarrier.arrive.shared::cta.b64 _, [$0];",
+            "r,~{memory}",
+            &[bar],
+        )
+    }
+    /// `mbarrier.arrive.expect_tx.shared::cta.b64`: one arrival at `bar` that also makes
+    /// the current phase wait for `bytes` more bytes of asynchronous copies.
+    pub fn mbar_arrive_expect_tx(&self, bar: IntValue<'ctx>, bytes: u32) -> R<()> {
+        self.asm_void(
+            &format!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [$0], {bytes};"),
+            "r,~{memory}",
+            &[bar],
+        )
+    }
+    /// Waits until the phase of `bar` with parity `parity` (0 or 1) has completed:
+    /// `mbarrier.try_wait.parity` (which suspends for a while in hardware) in a loop. A
+    /// fresh barrier's phase of parity 1 counts as completed (the one before phase 0).
+    pub fn mbar_wait(&self, bar: IntValue<'ctx>, parity: IntValue<'ctx>) -> R<()> {
+        let ft = self.i32.fn_type(&[self.i32.into(), self.i32.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}"
+                .into(),
+            "=r,r,r,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        let wait = self.block("mbar_wait");
+        let done = self.block("mbar_done");
+        self.br(wait)?;
+        self.b.position_at_end(wait);
+        let cs = self
+            .b
+            .build_indirect_call(ft, asm, &[bar.into(), parity.into()], "")?;
+        let ok = cs
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("try_wait"))?
+            .into_int_value();
+        self.cond_br(self.icmp(IntPredicate::NE, ok, self.c32(0))?, done, wait)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
+    /// `cp.async.bulk.tensor.3d` global -> shared (TMA, one thread): the box of the tensor
+    /// map `map` (a grid-constant kernel parameter) at coordinates `(c0, c1, c2)`, D
+    /// innermost, into shared address `dst`; its bytes complete a transaction of `bar`.
+    pub fn tma_load_3d(
+        &self,
+        dst: IntValue<'ctx>,
+        map: PointerValue<'ctx>,
+        c: [IntValue<'ctx>; 3],
+        bar: IntValue<'ctx>,
+    ) -> R<()> {
+        let m = self.b.build_ptr_to_int(map, self.i64, "")?;
+        self.asm_void(
+            "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {$2, $3, $4}], [$5];",
+            "r,l,r,r,r,r,~{memory}",
+            &[dst, m, c[0], c[1], c[2], bar],
+        )
     }
 
     /// Two f32 rounded to the input type, `lo` in the low 16 bits (the fragment order).

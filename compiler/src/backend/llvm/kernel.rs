@@ -57,10 +57,12 @@
 //! fragments, register tiles), `matmul.rs` (S = Q Kᵀ, O += P V on both matrix paths),
 //! `score.rs` (score and mask on S's fragments), `softmax.rs` (online softmax, the
 //! epilogue), `pipeline.rs` (the kv cursor and its next-block step, the K/V `cp.async`
-//! stages). This file is the algorithm: the CTA's place, the prologue, one kv-loop
-//! iteration per matrix schedule, the epilogue.
+//! stages), `cta.rs` (the CTA's place and its kv runs). This file is the algorithm: the
+//! prologue, one kv-loop iteration per matrix schedule, the epilogue; with
+//! `PtxOptions::ws` the kernel body is the warp-specialized one of `hopper.rs` instead.
 
 use super::bounds::{KvBounds, RowRuns};
+use super::cta::{Args, place, row_runs};
 use super::expr::Env;
 use super::gpu::{GLOBAL, Gpu, R, Var};
 use super::matmul::{load_q_fragments, pv, pv_wgmma, pv_wgmma_issue, qk, qk_wgmma, qk_wgmma_issue};
@@ -70,21 +72,22 @@ use super::pipeline::{
 use super::score::score_and_mask;
 use super::softmax::{epilogue, online_softmax};
 use super::tile::{AccTile, Cfg, Ctx, Frag, FragRegs, RowState, split4, tiles};
-use super::{KernelParam, LlvmError, PtxOptions};
+use super::{KernelParam, PtxOptions};
 use crate::ir::Program;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::types::BasicMetadataTypeEnum;
-use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
+use inkwell::types::{AnyType, BasicMetadataTypeEnum};
+use inkwell::values::IntValue;
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-
 /// (threads per CTA, dynamic shared memory bytes): Q, one or two K tiles, one or (with
-/// `overlap`) two V tiles.
+/// `overlap`) two V tiles; with `ws` the K/V ring and its mbarriers (`hopper::Layout`).
 pub(crate) fn sizes(opts: &PtxOptions) -> (u32, u32) {
+    if opts.ws {
+        return (opts.threads(), super::hopper::Layout::new(opts).bytes);
+    }
     let (_, _, v) = tiles(opts);
     let nv = if opts.overlap { 2 } else { 1 };
     (opts.threads(), v.offset + v.bytes() * nv)
@@ -98,7 +101,7 @@ pub(crate) struct Built<'ctx> {
 }
 
 /// The parameter list of a program's kernel, in launch order.
-pub(crate) fn param_list(p: &Program, kv: &KvBounds) -> Vec<KernelParam> {
+pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![Q, K, V, O, Lse];
     v.extend(super::bounds::kv_params(kv, p.mask.is_some()));
@@ -115,6 +118,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds) -> Vec<KernelParam> {
             dim,
         }));
     }
+    if opts.ws {
+        v.extend([TmaQ, TmaK, TmaV]);
+    }
     v
 }
 
@@ -126,8 +132,10 @@ pub(crate) fn build<'ctx>(
     kv: &KvBounds,
     entry: &str,
 ) -> R<Built<'ctx>> {
-    let params = param_list(p, kv);
+    let params = param_list(p, kv, opts);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    // a tensor map: a by-value 128-byte parameter, addressed in place (grid constant)
+    let map_ptr = ctx.ptr_type(AddressSpace::default());
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
         .map(|k| match k {
@@ -142,6 +150,7 @@ pub(crate) fn build<'ctx>(
             | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             KernelParam::KvOffset(_) => ctx.i64_type().into(),
+            KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV => map_ptr.into(),
             _ => gptr.into(),
         })
         .collect();
@@ -160,7 +169,20 @@ pub(crate) fn build<'ctx>(
         );
     }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    let map_ty = ctx.i8_type().array_type(128).as_any_type_enum();
     for (i, k) in params.iter().enumerate() {
+        if matches!(k, KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV) {
+            let at = AttributeLoc::Param(i as u32);
+            func.add_attribute(
+                at,
+                ctx.create_type_attribute(Attribute::get_named_enum_kind_id("byval"), map_ty),
+            );
+            func.add_attribute(
+                at,
+                ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("align"), 64),
+            );
+            func.add_attribute(at, ctx.create_string_attribute("nvvm.grid_constant", ""));
+        }
         if matches!(
             k,
             KernelParam::Q | KernelParam::K | KernelParam::V | KernelParam::O | KernelParam::Lse
@@ -180,7 +202,11 @@ pub(crate) fn build<'ctx>(
     let start = g.block("start");
     g.ab.position_at_end(allocas);
     g.b.position_at_end(start);
-    body(&g, &cfg, p, opts, kv, &params)?;
+    if opts.ws {
+        super::hopper::body(&g, &cfg, p, opts, kv, &params)?;
+    } else {
+        body(&g, &cfg, p, opts, kv, &params)?;
+    }
     g.ab.build_unconditional_branch(start)?;
     Ok(Built {
         module: g.module,
@@ -188,32 +214,6 @@ pub(crate) fn build<'ctx>(
         smem_bytes,
         params,
     })
-}
-
-/// The kernel's parameters by role.
-struct Args<'a, 'ctx> {
-    g: &'a Gpu<'ctx>,
-    params: &'a [KernelParam],
-}
-
-impl<'ctx> Args<'_, 'ctx> {
-    fn get(&self, want: KernelParam) -> R<BasicValueEnum<'ctx>> {
-        let i = self
-            .params
-            .iter()
-            .position(|k| *k == want)
-            .ok_or(LlvmError::Internal("missing kernel param"))?;
-        self.g
-            .func
-            .get_nth_param(i as u32)
-            .ok_or(LlvmError::Internal("kernel param"))
-    }
-    fn ptr(&self, want: KernelParam) -> R<PointerValue<'ctx>> {
-        Ok(self.get(want)?.into_pointer_value())
-    }
-    fn int(&self, want: KernelParam) -> R<IntValue<'ctx>> {
-        Ok(self.get(want)?.into_int_value())
-    }
 }
 
 /// Everything one forward kernel's phases share: its sizes, its place, the program and
@@ -248,83 +248,6 @@ struct Overlap<'ctx> {
     vbuf: Var<'ctx>,
     p_prev: FragRegs<'ctx>,
     alpha: RowState<'ctx>,
-}
-
-/// Where this CTA works and the heads it reads: besides [`Ctx`], the thread index, the q
-/// block and the number of q blocks, `Hq`, and row 0 of its Q, K and V heads.
-struct Place<'ctx> {
-    tid: IntValue<'ctx>,
-    qb: IntValue<'ctx>,
-    nqb: IntValue<'ctx>,
-    hq: IntValue<'ctx>,
-    qbase: PointerValue<'ctx>,
-    kbase: PointerValue<'ctx>,
-    vbase: PointerValue<'ctx>,
-}
-
-/// The CTA's place: q block (heavy, late ones first for causal masks), query head, batch,
-/// the kv head of its GQA group, and the softmax units ([`Ctx::c2`]).
-fn place<'ctx>(
-    g: &Gpu<'ctx>,
-    c: &Cfg,
-    p: &Program,
-    a: &Args<'_, 'ctx>,
-) -> R<(Ctx<'ctx>, Place<'ctx>)> {
-    let tid = g.tid_x()?;
-    let warp = g.lshr(tid, g.c32(5))?;
-    let lane = g.and(tid, g.c32(31))?;
-    let (lq, lkv, hq, hkv, nqb) = (
-        a.int(KernelParam::Lq)?,
-        a.int(KernelParam::Lkv)?,
-        a.int(KernelParam::Hq)?,
-        a.int(KernelParam::Hkv)?,
-        a.int(KernelParam::NumQBlocks)?,
-    );
-    // heavy (late, for causal masks) q blocks first
-    let qb = g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?;
-    let h = g.ctaid('y')?;
-    let b = g.ctaid('z')?;
-    let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
-    let q0 = g.mul(qb, g.c32(c.qb as i64))?;
-    let scale = a.get(KernelParam::Scale)?.into_float_value();
-    let raw = p.score.is_none();
-    let c2 = if raw {
-        let a = g.fintr("llvm.fabs.f32", scale)?;
-        g.fmax(g.fmul(a, g.cf(LOG2E))?, g.cf(1e-30))?
-    } else {
-        g.cf(1.0)
-    };
-    let head_base = |base: PointerValue<'ctx>,
-                     heads: IntValue<'ctx>,
-                     head: IntValue<'ctx>,
-                     len: IntValue<'ctx>,
-                     dim: u32| {
-        let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
-        let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
-        g.gep_bytes(base, off)
-    };
-    let at = Place {
-        tid,
-        qb,
-        nqb,
-        hq,
-        qbase: head_base(a.ptr(KernelParam::Q)?, hq, h, lq, c.d)?,
-        kbase: head_base(a.ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?,
-        vbase: head_base(a.ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?,
-    };
-    let cx = Ctx {
-        warp,
-        lane,
-        b,
-        h,
-        q0,
-        lq,
-        lkv,
-        scale,
-        raw,
-        c2,
-    };
-    Ok((cx, at))
 }
 
 /// The kernel, phase by phase.
@@ -428,56 +351,6 @@ fn body<'ctx>(
     }
     g.b.build_return(None)?;
     Ok(())
-}
-
-/// The runs of kv blocks of this CTA's q block: the row of the block table, or the closed
-/// form computed here from the kernel's i64 offsets.
-#[allow(clippy::too_many_arguments)]
-fn row_runs<'ctx>(
-    g: &Gpu<'ctx>,
-    c: &Cfg,
-    p: &Program,
-    kv: &KvBounds,
-    a: &Args<'_, 'ctx>,
-    cx: &Ctx<'ctx>,
-    qb: IntValue<'ctx>,
-    nqb: IntValue<'ctx>,
-) -> R<RowRuns<'ctx>> {
-    match kv {
-        KvBounds::Table => {
-            let map = g.add(
-                g.mul(cx.b, a.int(KernelParam::MapBStride)?)?,
-                g.mul(cx.h, a.int(KernelParam::MapHStride)?)?,
-            )?;
-            let row = g.add(g.mul(map, nqb)?, qb)?;
-            RowRuns::table(
-                g,
-                a.ptr(KernelParam::RowStart)?,
-                a.ptr(KernelParam::Runs)?,
-                row,
-            )
-        }
-        KvBounds::ClosedForm(cf) => {
-            let offsets = (0..cf.constraints.len() as u32)
-                .map(|i| a.int(KernelParam::KvOffset(i)))
-                .collect::<R<Vec<_>>>()?;
-            let all_partial = match p.mask {
-                Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
-                None => None,
-            };
-            RowRuns::closed_form(
-                g,
-                &kv.coefficients(),
-                &offsets,
-                all_partial,
-                cx.q0,
-                c.qb,
-                cx.lq,
-                cx.lkv,
-                c.kvb,
-            )
-        }
-    }
 }
 
 impl<'ctx> Forward<'_, 'ctx> {

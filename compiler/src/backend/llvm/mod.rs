@@ -15,7 +15,10 @@
 //! accumulation; exp2-based online softmax; P stays in registers. Two matrix paths
 //! ([`Mma`]): `mma.sync` m16n8k16 with `ldmatrix` (sm_80 and later), or Hopper
 //! `wgmma.mma_async` per warpgroup of 64 rows with Q/K/V in 128-byte-swizzled shared
-//! memory (PTX target `sm_90a`; the default on sm_90 at D/Dv 64 and 128).
+//! memory (PTX target `sm_90a`; the default on sm_90 at D/Dv 64 and 128), the latter
+//! also warp-specialized (`hopper.rs`, [`PtxOptions::ws`], the default at D or Dv 128):
+//! a TMA producer warpgroup, an mbarrier K/V ring and two consumer warpgroups in
+//! ping-pong.
 //! kv blocks come, per q block, from the closed form of the mask computed in the kernel
 //! (no mask, causal, sliding window, bands: at most three runs partial/full/partial, no
 //! table) or else from the block table ((begin, end) pairs into runs of full/partial
@@ -27,9 +30,11 @@
 pub mod backward;
 pub mod blocktable;
 pub mod bounds;
+mod cta;
 pub mod decode;
 mod expr;
 mod gpu;
+mod hopper;
 mod kernel;
 pub mod launch_spec;
 mod matmul;
@@ -184,6 +189,16 @@ pub struct PtxOptions {
     /// CTAs per SM that the register allocation must allow (`.minnctapersm`, which caps
     /// registers per thread); 0 leaves it to ptxas.
     pub min_ctas: u32,
+    /// wgmma only: the warp-specialized schedule (`hopper.rs`): a producer warpgroup
+    /// loads Q, K and V with TMA (`cp.async.bulk.tensor`, host-made tensor maps) into a
+    /// ring of `stages` K/V buffers whose fill and release are mbarriers, and two consumer
+    /// warpgroups (64 query rows each, registers raised with `setmaxnreg`) run the
+    /// overlapped S(j) / P V(j-1) loop in ping-pong (named barriers order their wgmma
+    /// issue, so one's softmax runs under the other's products). Needs q_block 128; one
+    /// CTA per SM. `overlap`, `k_prefetch` and `min_ctas` are ignored.
+    pub ws: bool,
+    /// With `ws`: K/V ring stages (2..=4).
+    pub stages: u32,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
 }
@@ -198,12 +213,21 @@ impl PtxOptions {
     /// dense 0.616, causal 0.368, ALiBi+causal 0.545 against 0.840, 0.487, 0.607 (kv 64:
     /// 0.73 dense). Without the 2-CTA register cap ptxas gives score-function kernels
     /// 150-190 registers and one CTA per SM: ALiBi+causal D128 1.78 ms, softcap 2.74.
+    ///
+    /// At D or Dv 128 the default is the warp-specialized TMA kernel ([`Self::ws`], kv
+    /// tiles of 128, 2 stages), measured on an H200 (bf16, B2 H16 L8192 D128, direct PTX
+    /// load): dense 1.525 ms (721 TFLOP/s) against 1.940 for wgmma 128x64, causal 0.837
+    /// against 1.081; at D64 it lost (dense 0.646 ms against 0.616).
     pub fn new(arch: Arch, d: u32, dv: u32, input: InputType) -> Self {
         let s = Self::sync(arch, d, dv, input);
         if arch == Arch::Sm90 && matches!(d, 64 | 128) && matches!(dv, 64 | 128) {
-            PtxOptions {
-                kv_block: if d.max(dv) <= 64 { 128 } else { 64 },
-                ..s.wgmma()
+            if d.max(dv) == 128 {
+                s.warp_specialized(128, 2)
+            } else {
+                PtxOptions {
+                    kv_block: 128,
+                    ..s.wgmma()
+                }
             }
         } else {
             s
@@ -230,6 +254,8 @@ impl PtxOptions {
             mma: Mma::Sync,
             overlap: false,
             min_ctas: 0,
+            ws: false,
+            stages: 2,
             kv_cache: KvCache::Contiguous,
         };
         if (96..=128).contains(&d.max(dv)) {
@@ -264,6 +290,7 @@ impl PtxOptions {
             q_in_regs: false,
             k_prefetch: true,
             min_ctas: 2,
+            ws: false,
             ..self
         }
     }
@@ -274,8 +301,26 @@ impl PtxOptions {
             Mma::Sync => self.arch.name(),
         }
     }
-    /// Threads per CTA: one warp per `16 * m_tiles` query rows.
+    /// These options on the warp-specialized wgmma schedule ([`Self::ws`]): 128 query
+    /// rows in two consumer warpgroups plus the producer, kv tiles of `kv_block`, a ring
+    /// of `stages` K/V buffers.
+    pub fn warp_specialized(self, kv_block: u32, stages: u32) -> Self {
+        PtxOptions {
+            ws: true,
+            stages,
+            kv_block,
+            min_ctas: 1,
+            overlap: false,
+            ..self.wgmma()
+        }
+    }
+    /// Threads per CTA: one warp per `16 * m_tiles` query rows (the consumers), and with
+    /// `ws` the producer warpgroup after them.
     pub fn threads(&self) -> u32 {
+        self.compute_threads() + if self.ws { 128 } else { 0 }
+    }
+    /// The threads that own query rows: one warp per `16 * m_tiles` rows.
+    pub fn compute_threads(&self) -> u32 {
         self.q_block / (16 * self.m_tiles.max(1)) * 32
     }
     /// A stable one-line description (used in cache keys and file headers).
@@ -302,6 +347,10 @@ impl PtxOptions {
             format!(" minctas={}", self.min_ctas)
         } else {
             String::new()
+        } + &if self.ws {
+            format!(" ws stages={}", self.stages)
+        } else {
+            String::new()
         } + match self.kv_cache {
             KvCache::Contiguous => "",
             KvCache::Paged => " kv=paged",
@@ -324,7 +373,7 @@ impl PtxOptions {
                 self.q_block, self.kv_block
             )));
         }
-        if !matches!(self.m_tiles, 1 | 2) || !matches!(self.threads(), 64 | 128 | 256) {
+        if !matches!(self.m_tiles, 1 | 2) || !matches!(self.compute_threads(), 64 | 128 | 256) {
             return Err(LlvmError::Unsupported(format!(
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
@@ -359,7 +408,35 @@ impl PtxOptions {
                 )));
             }
         }
-        let threads = self.threads();
+        if self.ws
+            && (self.mma != Mma::Wgmma
+                || self.q_block != 128
+                || !matches!(self.stages, 2..=4)
+                || self.d.max(self.dv) > 128)
+        {
+            return Err(LlvmError::Unsupported(format!(
+                "the warp-specialized schedule needs wgmma, q_block 128, 2..=4 stages and D, Dv <= 128 (got {} q {} stages {} D {} Dv {})",
+                if self.mma == Mma::Wgmma {
+                    "wgmma"
+                } else {
+                    "mma.sync"
+                },
+                self.q_block,
+                self.stages,
+                self.d,
+                self.dv
+            )));
+        }
+        // Q and the K/V ring in the 227 KB of shared memory a CTA may have
+        let ring =
+            self.q_block * self.d * 2 + self.stages * self.kv_block * (self.d + self.dv) * 2 + 1024;
+        if self.ws && ring > 227 * 1024 {
+            return Err(LlvmError::Unsupported(format!(
+                "{} K/V stages of {} rows at D={} Dv={} need {ring} bytes of shared memory (at most 232448)",
+                self.stages, self.kv_block, self.d, self.dv
+            )));
+        }
+        let threads = self.compute_threads();
         for (what, rows, cols) in [
             ("Q", self.q_block, self.d),
             ("K", self.kv_block, self.d),
@@ -426,6 +503,14 @@ pub enum KernelParam {
         tensor: u32,
         dim: u32,
     },
+    /// The warp-specialized forward (`PtxOptions::ws`): TMA tensor maps (`CUtensorMap`,
+    /// 128 bytes, passed by value as 64-byte-aligned grid constants) of Q, K and V viewed
+    /// as `[B*H, L, D]` with D innermost, boxes of 64 columns by `q_block` (Q) or
+    /// `kv_block` (K, V) rows, 128-byte swizzle, rows past `L` zero-filled. The runtime
+    /// makes them from the Q/K/V pointers and the launch's shape.
+    TmaQ,
+    TmaK,
+    TmaV,
     /// Backward kernels (`backward.rs`): `dO[B, Hq, Lq, Dv]` (input type).
     DOut,
     /// f32 `[B, Hq, Lq]`: `rowsum(dO ∘ O) − dLSE` (written by the pre kernel).

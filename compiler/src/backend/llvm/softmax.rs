@@ -150,7 +150,8 @@ pub(crate) fn epilogue<'ctx>(
         lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
         lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
         let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
-        let inv = g.selectf(pos, g.b.build_float_div(g.cf(1.0), lt, "")?, g.cf(0.0))?;
+        // approximate (1 ulp) and inline: see `Gpu::rcp`
+        let inv = g.selectf(pos, g.rcp(lt)?, g.cf(0.0))?;
         let row = g.add(row_base, g.c32(8 * hr as i64))?;
         let mhr = g.getf(&m[hr])?;
         let vals: Vec<[FloatValue<'ctx>; 2]> = o

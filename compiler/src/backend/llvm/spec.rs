@@ -39,7 +39,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
                 kv_block: opts.kv_block,
                 threads,
                 smem_bytes,
-                params: kernel::param_list(p, &kv_bounds),
+                params: kernel::param_list(p, &kv_bounds, opts),
                 grid: [GridDim::QBlocks, GridDim::Heads, GridDim::Batches],
                 kv_bounds,
                 table_skip: None,

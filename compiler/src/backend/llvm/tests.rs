@@ -109,14 +109,18 @@ fn dump_ptx() {
     std::fs::create_dir_all(&dir).unwrap();
     for p in samples::all(16) {
         for (d, ty, checked, wg) in [
-            (128, InputType::Bf16, false, false),
-            (64, InputType::Bf16, false, false),
-            (128, InputType::F16, true, false),
-            (128, InputType::Bf16, false, true),
+            (128, InputType::Bf16, false, 0),
+            (64, InputType::Bf16, false, 0),
+            (128, InputType::F16, true, 0),
+            (128, InputType::Bf16, false, 1),
+            (128, InputType::Bf16, false, 2),
+            (64, InputType::Bf16, false, 2),
         ] {
             let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
-            if wg {
+            if wg == 1 {
                 opts = opts.wgmma();
+            } else if wg == 2 {
+                opts = opts.warp_specialized(128, 2);
             }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
@@ -125,7 +129,7 @@ fn dump_ptx() {
                 p.name,
                 ty.name(),
                 if checked { "_checked" } else { "" },
-                if wg { "_wgmma" } else { "" }
+                ["", "_wgmma", "_ws"][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -217,6 +221,75 @@ fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
 }
 
 #[test]
+fn warp_specialized_kernel_emits_tma_mbarriers_and_pingpong_deterministically() {
+    for p in samples::all(16) {
+        for (d, dv, ty, kvb, stages) in [
+            (128, 128, InputType::Bf16, 128, 2),
+            (64, 64, InputType::F16, 128, 3),
+            (64, 128, InputType::Bf16, 64, 2),
+        ] {
+            let opts = PtxOptions::new(Arch::Sm90, d, dv, ty).warp_specialized(kvb, stages);
+            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert_eq!(k.threads, 384);
+            assert_eq!(
+                &k.params[k.params.len() - 3..],
+                &[KernelParam::TmaQ, KernelParam::TmaK, KernelParam::TmaV]
+            );
+            let t = ty.name();
+            for want in [
+                format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
+                format!("wgmma.mma_async.sync.aligned.m64n{dv}k16.f32.{t}.{t}"),
+                "wgmma.wait_group.sync.aligned 1".into(),
+                "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                    .into(),
+                "mbarrier.try_wait.parity.shared::cta.b64".into(),
+                "mbarrier.arrive.expect_tx.shared::cta.b64".into(),
+                "mbarrier.init.shared::cta.b64".into(),
+                "], 256;".into(),
+                "setmaxnreg.dec.sync.aligned.u32 40".into(),
+                "setmaxnreg.inc.sync.aligned.u32 232".into(),
+                "bar.arrive 2, 256".into(),
+                ".param .align 64 .b8".into(),
+                ".maxntid 384".into(),
+                ".minnctapersm 1".into(),
+            ] {
+                assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
+            }
+            // no cp.async of the all-threads loader, no IEEE division subroutine (a call
+            // serializes wgmma in the driver's relocatable compile)
+            for not in ["cp.async.cg", "rcp.rn", "div.rn", "call"] {
+                assert!(!k.ptx.contains(not), "{}: {not}", p.name);
+            }
+            assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
+            assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
+        }
+    }
+    // what it does not run
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    for bad in [
+        PtxOptions {
+            q_block: 64,
+            ..base
+        },
+        PtxOptions { stages: 5, ..base },
+        PtxOptions { stages: 4, ..base },
+        PtxOptions::new(Arch::Sm90, 256, 256, InputType::Bf16).warp_specialized(64, 2),
+        PtxOptions {
+            mma: Mma::Sync,
+            ..base
+        },
+    ] {
+        assert!(
+            matches!(
+                emit(&samples::dense(), &bad),
+                Err(LlvmError::Unsupported(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn wgmma_rejects_what_it_cannot_run() {
     let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma();
     let sm80 = PtxOptions {
@@ -244,15 +317,23 @@ fn wgmma_rejects_what_it_cannot_run() {
 #[test]
 fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
     let ty = InputType::Bf16;
+    // D or Dv 128: the warp-specialized TMA kernel; D64: the plain wgmma kernel
     let d128 = PtxOptions::new(Arch::Sm90, 128, 128, ty);
     assert_eq!(
-        (d128.mma, d128.q_block, d128.kv_block),
-        (Mma::Wgmma, 128, 64)
+        (d128.mma, d128.ws, d128.q_block, d128.kv_block, d128.stages),
+        (Mma::Wgmma, true, 128, 128, 2)
     );
+    assert_eq!(d128.threads(), 384);
     let d64 = PtxOptions::new(Arch::Sm90, 64, 64, ty);
-    assert_eq!((d64.mma, d64.q_block, d64.kv_block), (Mma::Wgmma, 128, 128));
+    assert_eq!(
+        (d64.mma, d64.ws, d64.q_block, d64.kv_block),
+        (Mma::Wgmma, false, 128, 128)
+    );
     let mixed = PtxOptions::new(Arch::Sm90, 64, 128, ty);
-    assert_eq!((mixed.mma, mixed.kv_block), (Mma::Wgmma, 64));
+    assert_eq!(
+        (mixed.mma, mixed.ws, mixed.kv_block),
+        (Mma::Wgmma, true, 128)
+    );
     for (arch, d) in [
         (Arch::Sm80, 128),
         (Arch::Sm80, 64),
@@ -271,10 +352,17 @@ fn defaults_pick_wgmma_on_sm90_for_d64_and_d128_only() {
 
 #[test]
 fn min_ctas_becomes_minnctapersm() {
-    let mut o = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let mut o = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma();
     assert_eq!(
         o.min_ctas, 2,
         "the wgmma default caps registers for 2 CTAs per SM"
+    );
+    assert!(
+        PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+            .warp_specialized(128, 2)
+            .min_ctas
+            == 1,
+        "the warp-specialized kernel: 1 CTA per SM (setmaxnreg needs the entry cap)"
     );
     o.min_ctas = 0;
     assert!(

@@ -30,7 +30,8 @@ pub(crate) struct Cfg {
     pub qb: u32,
     pub kvb: u32,
     pub threads: u32,
-    /// m16 tiles of query rows per warp.
+    /// m16 tiles of query rows per warp. (`threads`: the threads owning query rows; the
+    /// warp-specialized kernel's producer warpgroup is not counted.)
     pub mt: usize,
     pub q_in_regs: bool,
     /// The wgmma path (else mma.sync).
@@ -50,7 +51,7 @@ impl Cfg {
             dv: opts.dv,
             qb: opts.q_block,
             kvb: opts.kv_block,
-            threads: opts.threads(),
+            threads: opts.compute_threads(),
             mt: opts.m_tiles as usize,
             q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
             wg: opts.mma == Mma::Wgmma,
@@ -62,7 +63,7 @@ impl Cfg {
 }
 
 /// Shared-memory tiles of Q, K and V: Q, one K tile (two with `k_prefetch` or
-/// `overlap`), then V. On the wgmma path they are in the 128-byte-swizzled slab layout
+/// `overlap`, `stages` with `ws`), then V (its buffers follow it: see `kernel::sizes`). On the wgmma path they are in the 128-byte-swizzled slab layout
 /// (every tile a multiple of 1024 bytes, so each swizzle atom is 1024-byte aligned).
 pub(crate) fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
     let slab = opts.mma == Mma::Wgmma;
@@ -81,7 +82,9 @@ pub(crate) fn tiles(opts: &PtxOptions) -> (SmemTile, SmemTile, SmemTile) {
     let v = SmemTile {
         offset: q.bytes()
             + k.bytes()
-                * if opts.k_prefetch || opts.overlap {
+                * if opts.ws {
+                    opts.stages
+                } else if opts.k_prefetch || opts.overlap {
                     2
                 } else {
                     1

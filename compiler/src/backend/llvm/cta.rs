@@ -1,0 +1,169 @@
+//! Where a forward CTA works, before any schedule's first load: its kernel parameters by
+//! role ([`Args`]), its place ([`place`]: thread, q block, query head, batch, GQA kv head,
+//! softmax units, the Q/K/V head bases) and the runs of kv blocks of its q block
+//! ([`row_runs`]: the block table's row or the closed form).
+//!
+//! In: the kernel function's parameters ([`KernelParam`] order) and [`Cfg`]. Out: values
+//! both forward schedules (`kernel.rs`, `hopper.rs`) start from.
+
+use super::bounds::{KvBounds, RowRuns};
+use super::gpu::{Gpu, R};
+use super::tile::{Cfg, Ctx};
+use super::{KernelParam, LlvmError};
+use crate::ir::Program;
+use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+
+/// The kernel's parameters by role.
+pub(crate) struct Args<'a, 'ctx> {
+    pub g: &'a Gpu<'ctx>,
+    pub params: &'a [KernelParam],
+}
+
+impl<'ctx> Args<'_, 'ctx> {
+    pub fn get(&self, want: KernelParam) -> R<BasicValueEnum<'ctx>> {
+        let i = self
+            .params
+            .iter()
+            .position(|k| *k == want)
+            .ok_or(LlvmError::Internal("missing kernel param"))?;
+        self.g
+            .func
+            .get_nth_param(i as u32)
+            .ok_or(LlvmError::Internal("kernel param"))
+    }
+    pub fn ptr(&self, want: KernelParam) -> R<PointerValue<'ctx>> {
+        Ok(self.get(want)?.into_pointer_value())
+    }
+    pub fn int(&self, want: KernelParam) -> R<IntValue<'ctx>> {
+        Ok(self.get(want)?.into_int_value())
+    }
+}
+
+/// Where this CTA works and the heads it reads: besides [`Ctx`], the thread index, the q
+/// block and the number of q blocks, `Hq`, and row 0 of its Q, K and V heads.
+pub(crate) struct Place<'ctx> {
+    pub tid: IntValue<'ctx>,
+    pub qb: IntValue<'ctx>,
+    pub nqb: IntValue<'ctx>,
+    pub hq: IntValue<'ctx>,
+    pub qbase: PointerValue<'ctx>,
+    pub kbase: PointerValue<'ctx>,
+    pub vbase: PointerValue<'ctx>,
+}
+
+/// The CTA's place: q block (heavy, late ones first for causal masks), query head, batch,
+/// the kv head of its GQA group, and the softmax units ([`Ctx::c2`]).
+pub(crate) fn place<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    a: &Args<'_, 'ctx>,
+) -> R<(Ctx<'ctx>, Place<'ctx>)> {
+    let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
+    let (lq, lkv, hq, hkv, nqb) = (
+        a.int(KernelParam::Lq)?,
+        a.int(KernelParam::Lkv)?,
+        a.int(KernelParam::Hq)?,
+        a.int(KernelParam::Hkv)?,
+        a.int(KernelParam::NumQBlocks)?,
+    );
+    // heavy (late, for causal masks) q blocks first
+    let qb = g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
+    let q0 = g.mul(qb, g.c32(c.qb as i64))?;
+    let scale = a.get(KernelParam::Scale)?.into_float_value();
+    let raw = p.score.is_none();
+    let c2 = if raw {
+        let a = g.fintr("llvm.fabs.f32", scale)?;
+        g.fmax(g.fmul(a, g.cf(LOG2E))?, g.cf(1e-30))?
+    } else {
+        g.cf(1.0)
+    };
+    let head_base = |base: PointerValue<'ctx>,
+                     heads: IntValue<'ctx>,
+                     head: IntValue<'ctx>,
+                     len: IntValue<'ctx>,
+                     dim: u32| {
+        let slice = g.zext64(g.add(g.mul(b, heads)?, head)?)?;
+        let off = g.mul(g.mul(slice, g.zext64(len)?)?, g.c64(dim as i64 * 2))?;
+        g.gep_bytes(base, off)
+    };
+    let at = Place {
+        tid,
+        qb,
+        nqb,
+        hq,
+        qbase: head_base(a.ptr(KernelParam::Q)?, hq, h, lq, c.d)?,
+        kbase: head_base(a.ptr(KernelParam::K)?, hkv, hk, lkv, c.d)?,
+        vbase: head_base(a.ptr(KernelParam::V)?, hkv, hk, lkv, c.dv)?,
+    };
+    let cx = Ctx {
+        warp,
+        lane,
+        b,
+        h,
+        q0,
+        lq,
+        lkv,
+        scale,
+        raw,
+        c2,
+    };
+    Ok((cx, at))
+}
+
+/// The runs of kv blocks of this CTA's q block: the row of the block table, or the closed
+/// form computed here from the kernel's i64 offsets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_runs<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    kv: &KvBounds,
+    a: &Args<'_, 'ctx>,
+    cx: &Ctx<'ctx>,
+    qb: IntValue<'ctx>,
+    nqb: IntValue<'ctx>,
+) -> R<RowRuns<'ctx>> {
+    match kv {
+        KvBounds::Table => {
+            let map = g.add(
+                g.mul(cx.b, a.int(KernelParam::MapBStride)?)?,
+                g.mul(cx.h, a.int(KernelParam::MapHStride)?)?,
+            )?;
+            let row = g.add(g.mul(map, nqb)?, qb)?;
+            RowRuns::table(
+                g,
+                a.ptr(KernelParam::RowStart)?,
+                a.ptr(KernelParam::Runs)?,
+                row,
+            )
+        }
+        KvBounds::ClosedForm(cf) => {
+            let offsets = (0..cf.constraints.len() as u32)
+                .map(|i| a.int(KernelParam::KvOffset(i)))
+                .collect::<R<Vec<_>>>()?;
+            let all_partial = match p.mask {
+                Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
+                None => None,
+            };
+            RowRuns::closed_form(
+                g,
+                &kv.coefficients(),
+                &offsets,
+                all_partial,
+                cx.q0,
+                c.qb,
+                cx.lq,
+                cx.lkv,
+                c.kvb,
+            )
+        }
+    }
+}

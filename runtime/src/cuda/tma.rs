@@ -1,0 +1,101 @@
+//! TMA tensor maps of the warp-specialized forward (`PtxOptions::ws`): the `TmaQ`,
+//! `TmaK` and `TmaV` parameters made from a launch's Q/K/V pointers and shape.
+//!
+//! In: a [`KernelSpec`] and the launch's other values ([`LaunchArgs`]: the Q, K, V
+//! pointers, `Lq`, `Lkv`, `Hq`, `Hkv` and the `Batches` grid extent). Out: the same
+//! values with the three maps added ([`with_tensor_maps`]). Each map views its tensor
+//! (`[B, H, L, D]`, contiguous, 16-bit elements) as the 3-D tensor `{D, L, B*H}` (D
+//! innermost) with boxes of 64 columns by the kernel's `q_block` (Q) or `kv_block` (K,
+//! V) rows and the 128-byte swizzle, which is the layout the kernel's wgmma descriptors
+//! read; rows past `L` in a box are zero-filled and read nothing.
+
+use super::CudaError;
+use super::args::{Arg, LaunchArgs, TensorMap};
+use attnc_compiler::backend::llvm::{GridDim, KernelParam, KernelSpec};
+use cudarc::driver::sys;
+
+/// Whether `spec` takes tensor maps.
+pub fn needs_maps(spec: &KernelSpec) -> bool {
+    spec.params.contains(&KernelParam::TmaQ)
+}
+
+/// The map of `[slices, rows, d]` 16-bit elements at `ptr`, boxes of 64 x `box_rows`.
+fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<TensorMap, CudaError> {
+    let dims = [d, rows, slices];
+    let strides = [d * 2, rows * d * 2];
+    let boxes = [64u32, box_rows, 1];
+    let elem = [1u32, 1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every pointer argument points at a live local of the rank (3) the call is
+    // told; `ptr` is only recorded in the map (the kernel reads through it).
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(CudaError::Driver(format!(
+            "cuTensorMapEncodeTiled ({r:?}) for a [{slices}, {rows}, {d}] tensor at {ptr:#x} (TMA needs a 16-byte-aligned base)"
+        )));
+    }
+    Ok(TensorMap(map.opaque))
+}
+
+/// `args` with `TmaQ`, `TmaK` and `TmaV` made from its Q/K/V pointers and shape.
+pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
+    let missing = |what: &str| {
+        CudaError::Mismatch(format!(
+            "kernel {}: its tensor maps need {what}",
+            spec.entry
+        ))
+    };
+    let ptr = |p: KernelParam| match args.value(p) {
+        Some(Arg::Ptr(x)) => Ok(x),
+        _ => Err(missing(&format!("{p:?}"))),
+    };
+    let int = |p: KernelParam| match args.value(p) {
+        Some(Arg::I32(x)) if x >= 0 => Ok(x as u64),
+        _ => Err(missing(&format!("{p:?}"))),
+    };
+    let b = args
+        .extent_of(GridDim::Batches)
+        .ok_or_else(|| missing("the batch extent"))? as u64;
+    let (lq, lkv, hq, hkv) = (
+        int(KernelParam::Lq)?,
+        int(KernelParam::Lkv)?,
+        int(KernelParam::Hq)?,
+        int(KernelParam::Hkv)?,
+    );
+    let o = &spec.options;
+    let (d, dv) = (o.d as u64, o.dv as u64);
+    let mut out = args.clone();
+    let maps = [
+        (
+            KernelParam::TmaQ,
+            encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
+        ),
+        (
+            KernelParam::TmaK,
+            encode(ptr(KernelParam::K)?, b * hkv, lkv, d, spec.kv_block)?,
+        ),
+        (
+            KernelParam::TmaV,
+            encode(ptr(KernelParam::V)?, b * hkv, lkv, dv, spec.kv_block)?,
+        ),
+    ];
+    for (p, m) in maps {
+        out.scalar(p, Arg::Map(m));
+    }
+    Ok(out)
+}
