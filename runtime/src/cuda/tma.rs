@@ -99,3 +99,50 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions};
+    use attnc_compiler::plan::Plan;
+
+    fn spec(opts: &PtxOptions) -> KernelSpec {
+        let p = attnc_compiler::compile_source(
+            "mask c(b, h, q, kv) { q >= kv } attention a { mask = c; }",
+        )
+        .unwrap()
+        .programs
+        .remove(0);
+        attnc_compiler::backend::llvm::spec(&Plan::new(&p), KernelKind::Forward, opts).unwrap()
+    }
+
+    /// Which specs take maps, and a launch without the values the maps are made from is
+    /// refused by name before the driver is asked (runs without CUDA).
+    #[test]
+    fn only_warp_specialized_kernels_take_maps_and_missing_values_are_named() {
+        let ws = spec(&PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16));
+        assert!(needs_maps(&ws));
+        assert!(!needs_maps(&spec(&PtxOptions::new(
+            Arch::Sm90,
+            64,
+            64,
+            InputType::Bf16
+        ))));
+        let mut a = LaunchArgs::new();
+        let e = with_tensor_maps(&a, &ws).unwrap_err().to_string();
+        assert!(e.contains("batch extent"), "{e}");
+        a.extent(GridDim::Batches, 2);
+        for p in [KernelParam::Lq, KernelParam::Lkv, KernelParam::Hq] {
+            a.i32(p, 64);
+        }
+        let e = with_tensor_maps(&a, &ws).unwrap_err().to_string();
+        assert!(e.contains("Hkv") && e.contains(&ws.entry), "{e}");
+        a.i32(KernelParam::Hkv, -1);
+        let e = with_tensor_maps(&a, &ws).unwrap_err().to_string();
+        assert!(e.contains("Hkv"), "a negative count is no shape: {e}");
+        a.i32(KernelParam::Hkv, 1);
+        let e = with_tensor_maps(&a, &ws).unwrap_err().to_string();
+        assert!(e.contains("Q"), "{e}");
+    }
+}
