@@ -19,7 +19,7 @@ export ATTNC_PTX_DUMP=$OUT/ptx
 status=0
 if has tests; then
   echo "== GPU tests (vs oracle) =="
-  timeout 300 "$bin/gpu" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\s+ok " ; s=${PIPESTATUS[0]}
+  timeout 480 "$bin/gpu" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -Ev "^\s+ok " ; s=${PIPESTATUS[0]}
   [ "$s" = 0 ] || status=1
 fi
 if has tests && has backward; then

@@ -533,6 +533,46 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
     let _ = Arch::Sm90;
 }
 
+/// The longest-first CTA order (`PtxOptions::lpt_group`) on the warp-specialized kernel:
+/// groups of 3 (head, batch) slices, so B Hq = 8 and 9 give a partial and no partial last
+/// group; every q block is computed once (closed form and block table).
+fn gpu_lpt_order_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    for (b, hq, hkv, lq, lkv) in [(2, 4, 2, 300, 257), (3, 3, 1, 129, 400)] {
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d: 128,
+                dv: 128,
+            },
+            ty: InputType::Bf16,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let opts = PtxOptions {
+            lpt_group: 3,
+            ..PtxOptions::new(Arch::Sm90, 128, 128, c.ty)
+        };
+        for p in [samples::causal(), samples::document_causal()] {
+            if p.name == "document_causal" && lq > lkv {
+                continue;
+            }
+            let mut r = rng(21);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            check_opts(dev, &p, &c, &bind, None, 21, c.shape.default_scale(), &opts)
+                .unwrap_or_else(|e| panic!("{} {:?}: {e}", p.name, c.shape));
+        }
+    }
+}
+
 fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
     // the identity-score path keeps raw scores and negates Q for a negative scale
     for (mt, qb, d) in [(1, 64, 64), (2, 128, 128)] {
@@ -1490,6 +1530,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_jit_cubin_round_trip",
         gpu_jit::gpu_jit_cubin_round_trip,
     ),
+    ("gpu_lpt_order_matches_oracle", gpu_lpt_order_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
     (
         "gpu_jit_warp_specialized_loads_from_ptx",

@@ -67,7 +67,8 @@ fn variants(h: i32) -> Vec<Variant> {
 /// registers / re-read it from shared memory, `n`/`p` to turn the K prefetch off/on, `l` for the late V sync;
 /// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
 /// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM; `t`
-/// / `u`: the warp-specialized TMA kernel with 2 / 3 K/V stages, e.g. `128x128xt`).
+/// / `u`: the warp-specialized TMA kernel with 2 / 3 K/V stages, e.g. `128x128xt`; `g`:
+/// the longest-first CTA order over groups of 8 slices, e.g. `128x128xtg`).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -77,7 +78,7 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c', 't', 'u'])
+        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c', 't', 'u', 'g'])
         .parse()
         .unwrap_or(1);
     let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
@@ -88,6 +89,10 @@ fn tile_opts(
     if mt.contains('t') || mt.contains('u') {
         // the warp-specialized TMA kernel, 2 (`t`) or 3 (`u`) K/V stages
         o = o.warp_specialized(kvb, if mt.contains('u') { 3 } else { 2 });
+    }
+    if mt.contains('g') {
+        // the longest-first CTA order over groups of 8 (head, batch) slices
+        o.lpt_group = 8;
     }
     if mt.contains('c') {
         o.min_ctas = 2;

@@ -11,6 +11,7 @@ use super::gpu::{Gpu, R};
 use super::tile::{Cfg, Ctx};
 use super::{KernelParam, LlvmError};
 use crate::ir::Program;
+use inkwell::IntPredicate;
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -71,10 +72,15 @@ pub(crate) fn place<'ctx>(
         a.int(KernelParam::Hkv)?,
         a.int(KernelParam::NumQBlocks)?,
     );
-    // heavy (late, for causal masks) q blocks first
-    let qb = g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?;
-    let h = g.ctaid('y')?;
-    let b = g.ctaid('z')?;
+    let (qb, h, b) = match c.lpt_group {
+        // heavy (late, for causal masks) q blocks first within each (head, batch)
+        0 => (
+            g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?,
+            g.ctaid('y')?,
+            g.ctaid('z')?,
+        ),
+        group => lpt_order(g, group, nqb, hq)?,
+    };
     let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
     let q0 = g.mul(qb, g.c32(c.qb as i64))?;
     let scale = a.get(KernelParam::Scale)?.into_float_value();
@@ -166,4 +172,33 @@ pub(crate) fn row_runs<'ctx>(
             )
         }
     }
+}
+
+/// The (q block, head, batch) of this CTA in longest-first order over groups of `group`
+/// (head, batch) slices: the grid's linear index walks the slices of a group for the
+/// heaviest q block, then the next lighter one, and so on, before the next group (so the
+/// last CTAs of the launch are light ones, and a group's K/V stays in L2). A bijection
+/// of the grid (`NumQBlocks` x `Hq` x `B`, any `group`; the last group may be partial).
+fn lpt_order<'ctx>(
+    g: &Gpu<'ctx>,
+    group: u32,
+    nqb: IntValue<'ctx>,
+    hq: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+    let batches = g.nctaid('z')?;
+    let linear = g.add(
+        g.ctaid('x')?,
+        g.mul(nqb, g.add(g.ctaid('y')?, g.mul(hq, g.ctaid('z')?)?)?)?,
+    )?;
+    let slices = g.mul(hq, batches)?;
+    let full = g.c32(group as i64);
+    let per_group = g.mul(nqb, full)?;
+    let first = g.mul(g.udiv(linear, per_group)?, full)?;
+    let within = g.urem(linear, per_group)?;
+    let left = g.sub(slices, first)?;
+    let size = g.selecti(g.icmp(IntPredicate::ULT, left, full)?, left, full)?;
+    let rank = g.udiv(within, size)?;
+    let slice = g.add(first, g.urem(within, size)?)?;
+    let qb = g.sub(g.sub(nqb, g.c32(1))?, rank)?;
+    Ok((qb, g.urem(slice, hq)?, g.udiv(slice, hq)?))
 }

@@ -281,6 +281,13 @@ impl<'ctx> Gpu<'ctx> {
     pub fn ctaid(&self, axis: char) -> R<IntValue<'ctx>> {
         self.call_i(&format!("llvm.nvvm.read.ptx.sreg.ctaid.{axis}"), &[])
     }
+    /// The grid's size along `axis`.
+    pub fn nctaid(&self, axis: char) -> R<IntValue<'ctx>> {
+        self.call_i(&format!("llvm.nvvm.read.ptx.sreg.nctaid.{axis}"), &[])
+    }
+    pub fn urem(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_unsigned_rem(a, b, "")?)
+    }
     /// `bar.sync 0`: every thread of the CTA.
     pub fn barrier(&self) -> R<()> {
         self.call(

@@ -199,6 +199,11 @@ pub struct PtxOptions {
     pub ws: bool,
     /// With `ws`: K/V ring stages (2..=4).
     pub stages: u32,
+    /// The forward's CTA order: 0 (the default) maps the grid's x to q blocks, heavy
+    /// (late) ones first, within each (head, batch); `n` > 0 orders all CTAs longest
+    /// first over groups of `n` (head, batch) slices (`cta::lpt_order`: FA3's L2-aware
+    /// LPT order, for causal masks). Not yet measured on a GPU: off by default.
+    pub lpt_group: u32,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
 }
@@ -256,6 +261,7 @@ impl PtxOptions {
             min_ctas: 0,
             ws: false,
             stages: 2,
+            lpt_group: 0,
             kv_cache: KvCache::Contiguous,
         };
         if (96..=128).contains(&d.max(dv)) {
@@ -349,6 +355,10 @@ impl PtxOptions {
             String::new()
         } + &if self.ws {
             format!(" ws stages={}", self.stages)
+        } else {
+            String::new()
+        } + &if self.lpt_group > 0 {
+            format!(" lpt={}", self.lpt_group)
         } else {
             String::new()
         } + match self.kv_cache {

@@ -115,12 +115,18 @@ fn dump_ptx() {
             (128, InputType::Bf16, false, 1),
             (128, InputType::Bf16, false, 2),
             (64, InputType::Bf16, false, 2),
+            (128, InputType::Bf16, false, 3),
         ] {
             let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
             if wg == 1 {
                 opts = opts.wgmma();
             } else if wg == 2 {
                 opts = opts.warp_specialized(128, 2);
+            } else if wg == 3 {
+                opts = PtxOptions {
+                    lpt_group: 8,
+                    ..opts.warp_specialized(128, 2)
+                };
             }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
@@ -129,7 +135,7 @@ fn dump_ptx() {
                 p.name,
                 ty.name(),
                 if checked { "_checked" } else { "" },
-                ["", "_wgmma", "_ws"][wg]
+                ["", "_wgmma", "_ws", "_ws_lpt"][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -287,6 +293,26 @@ fn warp_specialized_kernel_emits_tma_mbarriers_and_pingpong_deterministically() 
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn lpt_order_reads_the_grid_size_and_changes_only_the_place() {
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let lpt = PtxOptions {
+        lpt_group: 8,
+        ..base
+    };
+    assert_ne!(base.key(), lpt.key());
+    let (a, b) = (
+        emit(&samples::causal(), &base).unwrap(),
+        emit(&samples::causal(), &lpt).unwrap(),
+    );
+    assert!(!a.ptx.contains("%nctaid.z") && b.ptx.contains("%nctaid.z"));
+    assert_eq!(
+        (a.threads, a.smem_bytes, &a.params),
+        (b.threads, b.smem_bytes, &b.params)
+    );
+    assert_eq!(b.ptx, emit(&samples::causal(), &lpt).unwrap().ptx);
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub(crate) struct Cfg {
     pub q_in_regs: bool,
     /// The wgmma path (else mma.sync).
     pub wg: bool,
+    /// `PtxOptions::lpt_group`: 0, or the (head, batch) slices per group of the
+    /// longest-first CTA order (`cta::place`).
+    pub lpt_group: u32,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -55,6 +58,7 @@ impl Cfg {
             mt: opts.m_tiles as usize,
             q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
             wg: opts.mma == Mma::Wgmma,
+            lpt_group: opts.lpt_group,
             q,
             k,
             v,
