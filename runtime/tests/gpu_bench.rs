@@ -155,7 +155,7 @@ fn gpu_bench() {
     let tiles: Vec<(u32, u32, String)> = std::env::var("ATTNC_BENCH_TILES")
         .unwrap_or_else(|_| {
             if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
-                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw,128x64xwo,128x128xwo".into()
+                "128x64x2,128x128x2,64x64x1,128x64x1,128x64xw,128x128xw,128x64xwo,128x128xwo,128x128xt".into()
             } else {
                 "128x64x2,128x128x2,64x64x1,128x64x1".into()
             }
@@ -296,9 +296,11 @@ fn gpu_bench() {
             let mut cands = vec![(qb, kvb, mt.clone())];
             let mut defaults = vec![(128, 64, "2".to_string()), (64, 64, "1".to_string())];
             if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
-                // the wgmma default of this head dim
+                // the API's default of this head dim: the warp-specialized kernel (`t`, its
+                // 2 stages) or the plain wgmma one
                 let o = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
-                defaults.push((o.q_block, o.kv_block, "w".to_string()));
+                let kind = if o.ws { "t" } else { "w" };
+                defaults.push((o.q_block, o.kv_block, kind.to_string()));
             }
             // ATTNC_BENCH_EXTRA=128x64xwc,...: more tiles timed on every variant
             for t in std::env::var("ATTNC_BENCH_EXTRA")
