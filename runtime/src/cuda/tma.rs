@@ -21,6 +21,12 @@ pub fn needs_maps(spec: &KernelSpec) -> bool {
 
 /// The map of `[slices, rows, d]` 16-bit elements at `ptr`, boxes of 64 x `box_rows`.
 fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<TensorMap, CudaError> {
+    if rows == 0 || slices == 0 {
+        // an empty tensor (Lkv = 0: every row fully masked) has no box to load, and the
+        // kernel issues no copy for a row without kv blocks (Q's included); the driver
+        // refuses a zero extent, so the map stays zero
+        return Ok(TensorMap([0; 16]));
+    }
     let dims = [d, rows, slices];
     let strides = [d * 2, rows * d * 2];
     let boxes = [64u32, box_rows, 1];
