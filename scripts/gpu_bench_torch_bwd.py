@@ -5,6 +5,7 @@ D64, variants full, causal, sliding1024, alibi_causal, softcap_causal, doc_causa
 one forward), backward TFLOP/s = 2.5 * 4*B*H*S*S*D*density / time. Then prints attnc's
 numbers (from $OUT/attnc_bwd_bench.json, written by `gpu_backward --ignored bench` earlier in the
 same run) next to them.
+Environment: ATTNC_TORCH_ONLY=full,causal (variants), ATTNC_TORCH_SHAPES=D128 (shapes).
 Usage: python3 gpu_bench_torch_bwd.py [attnc_bwd_bench.json]"""
 import torch, json, os, sys
 import torch._dynamo
@@ -41,7 +42,9 @@ def density(mask_fn, S):
     return mask_fn(0, 0, qi, ki).float().mean().item()
 
 only = os.environ.get("ATTNC_TORCH_ONLY")
+shapes = os.environ.get("ATTNC_TORCH_SHAPES")  # e.g. "D128": only the shapes named
 for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64)]:
+    if shapes and f"D{D}" not in shapes.split(","): continue
     q = torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn_like(q, requires_grad=True); v = torch.randn_like(q, requires_grad=True)
     do = torch.randn_like(q)

@@ -353,7 +353,7 @@ fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdB
 }
 
 fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
-    let opts = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, ty);
+    let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
     let ks = emit_backward_kernels(p, &opts).unwrap();
     dump(&ks);
     let bw = CudaBackward::load(dev, &ks).unwrap();
@@ -470,7 +470,7 @@ fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
     let sh = shape(1, 2, 1, 67, 40, 64);
     check_case(dev, &p, sh, InputType::Bf16, 7, false);
     // the masked rows' dQ is exactly zero
-    let opts = PtxOptions::backward(dev.arch(), 64, 64, InputType::Bf16);
+    let opts = test_options(dev.arch(), 64, 64, InputType::Bf16);
     let ks = emit_backward_kernels(&p, &opts).unwrap();
     let bw = CudaBackward::load(dev, &ks).unwrap();
     let x = inputs(&p, &sh, InputType::Bf16, 7, false);
@@ -514,7 +514,7 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
     ] {
         let sh = shape(2, 4, 1, 300, 300, 128);
         let ty = InputType::Bf16;
-        let opts = PtxOptions::backward(dev.arch(), 128, 128, ty);
+        let opts = test_options(dev.arch(), 128, 128, ty);
         let ks = emit_backward_kernels(&p, &opts).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(&p, &sh, ty, 5, false);
@@ -795,6 +795,41 @@ mask causal(b, h, q, kv) { q >= kv }
 score softcap(s, b, h, q, kv) { cap * tanh(s / cap) }
 attention softcap_param_causal { mask = causal; score = softcap; }";
 
+/// The tests' kernel options: the defaults, or the `ATTNC_BWD_TEST_CFG` configuration
+/// (an entry as in [`bench_options`], e.g. `sync64x64` to test the mma.sync path on
+/// sm_90).
+fn test_options(
+    arch: attnc_compiler::backend::llvm::Arch,
+    d: u32,
+    dv: u32,
+    ty: InputType,
+) -> PtxOptions {
+    let o = PtxOptions::backward(arch, d, dv, ty);
+    match std::env::var("ATTNC_BWD_TEST_CFG") {
+        Ok(cfg) => bench_options(o, &cfg).unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}")),
+        Err(_) => o,
+    }
+}
+
+/// The benchmark's options for one `ATTNC_BWD_BENCH_CFG` entry: `default`, or
+/// `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` (e.g. `wg64x128`).
+fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
+    if cfg == "default" {
+        return Some(default);
+    }
+    let (o, tile) = if let Some(t) = cfg.strip_prefix("sync") {
+        (default.backward_sync(), t)
+    } else {
+        (default.backward_wgmma(), cfg.strip_prefix("wg")?)
+    };
+    let (br, bc) = tile.split_once('x')?;
+    Some(PtxOptions {
+        q_block: br.parse().ok()?,
+        kv_block: bc.parse().ok()?,
+        ..o
+    })
+}
+
 fn bench_program(src: &str) -> Program {
     attnc_compiler::compile_source(src)
         .expect("benchmark source compiles")
@@ -813,6 +848,11 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     use attnc_compiler::ir::Scalar;
     use rand::Rng;
     let only = std::env::var("ATTNC_BWD_BENCH_ONLY").ok();
+    let configs: Vec<String> = std::env::var("ATTNC_BWD_BENCH_CFG")
+        .unwrap_or_else(|_| "default".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let mut json = String::from("{\n");
     for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
         let sh = shape(b, h, h, l, l, d);
@@ -892,40 +932,58 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                 }
                 _ => b as f64 * (l * (l + 1) / 2) as f64,
             };
-            let opts = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty);
-            let ks = match emit_backward_kernels(&p, &opts) {
-                Ok(k) => k,
-                Err(e) => {
-                    println!("{name} D{d}: {e}");
+            let default = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty);
+            for (ci, cfg) in configs.iter().enumerate() {
+                let Some(opts) = bench_options(default, cfg) else {
+                    println!("unknown ATTNC_BWD_BENCH_CFG entry {cfg}");
                     continue;
+                };
+                let ks = match emit_backward_kernels(&p, &opts) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        println!("{name} D{d} {cfg}: {e}");
+                        continue;
+                    }
+                };
+                dump(&ks);
+                let bw = CudaBackward::load(dev, &ks).unwrap();
+                let blocks =
+                    LaunchBlocks::new(&bw, &attnc_compiler::plan::Plan::new(&p), &sh, &bind)
+                        .unwrap();
+                let prob = bw
+                    .upload(
+                        dev,
+                        &sh,
+                        (&q, &k, &v, &o),
+                        &lse,
+                        &d_o,
+                        None,
+                        sh.default_scale(),
+                        &bind,
+                        blocks.as_blocks(),
+                    )
+                    .unwrap();
+                let ms = bw.time(dev, &prob, 2, 5, 3).unwrap();
+                // each kernel alone
+                let part = |i: usize| {
+                    let mut on = [false; 3];
+                    on[i] = true;
+                    dev.time(1, 5, 3, || bw.launch_parts(dev, &prob, on))
+                        .unwrap()
+                };
+                let (pre, dkdv, dq) = (part(0), part(1), part(2));
+                let tf = 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
+                let key = format!("attnc_bwd/{name}/B{b}H{h}S{l}D{d}");
+                println!(
+                    "{key} [{cfg}]: {ms:.3} ms {tf:.1} TFLOP/s (pre {pre:.3} dkdv {dkdv:.3} dq {dq:.3} ms; density {:.3}, {})",
+                    pairs / (b * l * l) as f64,
+                    ks[1].kv_bounds.name()
+                );
+                // the first configuration is the one reported
+                if ci == 0 {
+                    json.push_str(&format!("\"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}}},\n"));
                 }
-            };
-            dump(&ks);
-            let bw = CudaBackward::load(dev, &ks).unwrap();
-            let blocks =
-                LaunchBlocks::new(&bw, &attnc_compiler::plan::Plan::new(&p), &sh, &bind).unwrap();
-            let prob = bw
-                .upload(
-                    dev,
-                    &sh,
-                    (&q, &k, &v, &o),
-                    &lse,
-                    &d_o,
-                    None,
-                    sh.default_scale(),
-                    &bind,
-                    blocks.as_blocks(),
-                )
-                .unwrap();
-            let ms = bw.time(dev, &prob, 2, 5, 3).unwrap();
-            let tf = 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
-            let key = format!("attnc_bwd/{name}/B{b}H{h}S{l}D{d}");
-            println!(
-                "{key}: {ms:.3} ms {tf:.1} TFLOP/s (density {:.3}, {})",
-                pairs / (b * l * l) as f64,
-                ks[1].kv_bounds.name()
-            );
-            json.push_str(&format!("\"{key}\": {{\"ms\": {ms}, \"tflops\": {tf}}},\n"));
+            }
         }
     }
     json.push_str(&format!("\"device\": \"{}\"\n}}\n", dev.name()));

@@ -379,17 +379,28 @@ impl CudaBackward {
 
     /// Launches pre, dK/dV and dQ (asynchronous, in stream order).
     pub fn launch(&self, dev: &CudaDevice, p: &BackwardProblem) -> Result<(), CudaError> {
+        self.launch_parts(dev, p, [true; 3])
+    }
+
+    /// Launches the kernels `parts` selects (pre, dK/dV, dQ), in stream order: one
+    /// alone times that kernel (the benchmark's per-kernel split).
+    pub fn launch_parts(
+        &self,
+        dev: &CudaDevice,
+        p: &BackwardProblem,
+        parts: [bool; 3],
+    ) -> Result<(), CudaError> {
         let s = &dev.stream;
         let sh = &p.fwd.shape;
         let o = self.opts();
         let rows = sh.b * sh.hq * sh.lq;
-        if rows > 0 {
+        if parts[0] && rows > 0 {
             let per = pre_rows_per_cta(o.dv) as usize;
             let grid = u32::try_from(rows.div_ceil(per))
                 .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
             launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64, None)?;
         }
-        if sh.lkv > 0 {
+        if parts[1] && sh.lkv > 0 {
             let g = (
                 sh.lkv.div_ceil(o.kv_block as usize) as u32,
                 sh.hkv as u32,
@@ -408,6 +419,9 @@ impl CudaBackward {
             }?;
             Ok(())
         };
+        if !parts[2] {
+            return Ok(());
+        }
         if p.tensor_grads
             .iter()
             .flatten()
