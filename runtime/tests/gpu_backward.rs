@@ -34,6 +34,12 @@
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
 //! device each test prints `SKIPPED (no CUDA device)` and counts as ignored. The
 //! benchmark is an ignored trial: `gpu_backward --ignored bench`.
+//!
+//! The kernels run with `PtxOptions::backward`'s defaults for the device (wgmma on
+//! sm_90 at D 64/128, else mma.sync); `ATTNC_BWD_TEST_CFG=sync64x64` runs the tests on
+//! the mma.sync path instead (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
+//! `ATTNC_BWD_BENCH_CFG=default,sync64x64,wg64x128`: one line per configuration with
+//! each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
 
 mod gpu_util;
 
