@@ -9,6 +9,7 @@
 
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward};
 use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions};
+use attnc_compiler::plan::Plan;
 use std::path::Path;
 
 #[test]
@@ -34,8 +35,9 @@ fn backward_kernels_have_deterministic_ptx() {
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("{file}.attn has no `{name}`"));
         for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
-            let a = emit_backward(p, &opts, kind).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let b = emit_backward(p, &opts, kind).unwrap();
+            let plan = Plan::new(p);
+            let a = emit_backward(&plan, &opts, kind).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let b = emit_backward(&plan, &opts, kind).unwrap();
             assert_eq!(
                 a.ptx, b.ptx,
                 "{name} {kind:?}: PTX differs between two runs"
@@ -100,8 +102,9 @@ fn capture_gradient_kernels() {
             assert!(!caps.is_empty(), "{}", p.name);
             for (d, ty) in [(64, InputType::Bf16), (128, InputType::F16)] {
                 let opts = PtxOptions::backward(Arch::Sm80, d, d, ty);
-                let a = emit_backward(p, &opts, BackwardKind::Dq).unwrap();
-                let b = emit_backward(p, &opts, BackwardKind::Dq).unwrap();
+                let plan = Plan::new(p);
+                let a = emit_backward(&plan, &opts, BackwardKind::Dq).unwrap();
+                let b = emit_backward(&plan, &opts, BackwardKind::Dq).unwrap();
                 assert_eq!(a.ptx, b.ptx, "{}: PTX differs between two runs", p.name);
                 assert!(a.ptx.contains("atom.global.add.u64"), "{}", p.name);
                 assert!(!a.ptx.contains("atom.global.add.f32"));

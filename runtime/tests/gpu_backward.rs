@@ -48,6 +48,7 @@ use attnc::cuda::backward::{BwdBlocks, CudaBackward, Grads, LaunchBlocks, emit_b
 use attnc_compiler::backend::llvm::{InputType, KvBounds, PtxOptions, samples};
 use attnc_compiler::interp::{Args, Bindings, eval};
 use attnc_compiler::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, Type};
+use attnc_compiler::plan::Plan;
 use attnc_compiler::reference;
 use attnc_compiler::shape::Shape;
 use attnc_grammar::ast::Span;
@@ -360,7 +361,7 @@ fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdB
 
 fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
     let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
-    let ks = emit_backward_kernels(p, &opts).unwrap();
+    let ks = emit_backward_kernels(&Plan::new(p), &opts).unwrap();
     dump(&ks);
     let bw = CudaBackward::load(dev, &ks).unwrap();
     let x = inputs(p, &sh, ty, seed, dlse);
@@ -477,7 +478,7 @@ fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
     check_case(dev, &p, sh, InputType::Bf16, 7, false);
     // the masked rows' dQ is exactly zero
     let opts = test_options(dev.arch(), 64, 64, InputType::Bf16);
-    let ks = emit_backward_kernels(&p, &opts).unwrap();
+    let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
     let bw = CudaBackward::load(dev, &ks).unwrap();
     let x = inputs(&p, &sh, InputType::Bf16, 7, false);
     let g = run(dev, &bw, &sh, &x, blocks_of(&bw, &p, &sh, &x).as_blocks());
@@ -521,7 +522,7 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         let sh = shape(2, 4, 1, 300, 300, 128);
         let ty = InputType::Bf16;
         let opts = test_options(dev.arch(), 128, 128, ty);
-        let ks = emit_backward_kernels(&p, &opts).unwrap();
+        let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(&p, &sh, ty, 5, false);
         let b = blocks_of(&bw, &p, &sh, &x);
@@ -944,7 +945,7 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                     println!("unknown ATTNC_BWD_BENCH_CFG entry {cfg}");
                     continue;
                 };
-                let ks = match emit_backward_kernels(&p, &opts) {
+                let ks = match emit_backward_kernels(&Plan::new(&p), &opts) {
                     Ok(k) => k,
                     Err(e) => {
                         println!("{name} D{d} {cfg}: {e}");

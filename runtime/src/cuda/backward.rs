@@ -31,18 +31,17 @@ use attnc_compiler::backend::llvm::backward::{
 };
 use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::ir::Program;
 use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
 
-/// Generates the pre, dK/dV and dQ kernels of `p`.
-pub fn emit_backward_kernels(p: &Program, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
+/// Generates the pre, dK/dV and dQ kernels of `plan`'s program.
+pub fn emit_backward_kernels(plan: &Plan, opts: &PtxOptions) -> Result<[PtxKernel; 3], LlvmError> {
     Ok([
-        emit_backward(p, opts, BackwardKind::Pre)?,
-        emit_backward(p, opts, BackwardKind::DkDv)?,
-        emit_backward(p, opts, BackwardKind::Dq)?,
+        emit_backward(plan, opts, BackwardKind::Pre)?,
+        emit_backward(plan, opts, BackwardKind::DkDv)?,
+        emit_backward(plan, opts, BackwardKind::Dq)?,
     ])
 }
 

@@ -86,6 +86,7 @@ use super::launch_spec::{GridDim, KernelSpec};
 use super::{InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
 use crate::backend::KernelKind;
 use crate::ir::{Function, Program};
+use crate::plan::Plan;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -190,19 +191,21 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
 }
 
 /// Where the dK/dV and dQ kernels find their blocks: the closed form when the forward
-/// kernel of the same options has one, else every block (partial).
-pub fn backward_bounds(p: &Program, opts: &PtxOptions) -> KvBounds {
-    crate::plan::Plan::new(p).kv_bounds(opts.kv_table)
+/// kernel of the same options has one, else every block (partial). Read from the
+/// binding's plan (its analysis is computed once, `crate::plan`).
+pub fn backward_bounds(plan: &Plan, opts: &PtxOptions) -> KvBounds {
+    plan.kv_bounds(opts.kv_table)
 }
 
 /// The launch description of one backward kernel.
 pub fn backward_layout(
-    p: &Program,
+    plan: &Plan,
     opts: &PtxOptions,
     kind: BackwardKind,
 ) -> Result<KernelSpec, LlvmError> {
+    let p = plan.program();
     validate(opts)?;
-    let kv_bounds = backward_bounds(p, opts);
+    let kv_bounds = backward_bounds(plan, opts);
     use GridDim as G;
     let (threads, smem_bytes, grid, kernel_kind) = match kind {
         BackwardKind::Pre => (
@@ -306,11 +309,12 @@ fn score_and_derivative(p: &Program) -> Option<(Function, Function)> {
 
 /// Generates one backward kernel of `p` (PTX and LLVM IR text).
 pub fn emit_backward(
-    p: &Program,
+    plan: &Plan,
     opts: &PtxOptions,
     kind: BackwardKind,
 ) -> Result<PtxKernel, LlvmError> {
-    let k = backward_layout(p, opts, kind)?;
+    let p = plan.program();
+    let k = backward_layout(plan, opts, kind)?;
     let sd = score_and_derivative(p);
     let (ptx, llvm_ir, _) = super::run_pipeline(
         p,
@@ -1990,7 +1994,7 @@ mod tests {
                 // sm_90 at D 64/128: the wgmma products; elsewhere mma.sync
                 assert_eq!(o.mma == Mma::Wgmma, arch == Arch::Sm90 && d >= 64);
                 for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
-                    let k = emit_backward(&p, &o, kind)
+                    let k = emit_backward(&Plan::new(&p), &o, kind)
                         .unwrap_or_else(|e| panic!("{} {kind:?} D{d}: {e}", p.name));
                     assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
                     assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
@@ -2078,7 +2082,7 @@ mod tests {
     fn unsupported_configurations_are_errors() {
         let p = samples::softcap_causal();
         let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
-        assert!(emit_backward(&p, &o, BackwardKind::Pre).is_err());
+        assert!(emit_backward(&Plan::new(&p), &o, BackwardKind::Pre).is_err());
         // which captures get gradients
         assert_eq!(capture_grads(&samples::bias_table()).tensors, vec![0]);
         assert!(capture_grads(&samples::alibi_causal(8)).is_empty());

@@ -68,7 +68,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
             })
         }
         KernelKind::BackwardPre | KernelKind::BackwardDkDv | KernelKind::BackwardDq => {
-            super::backward::backward_layout(p, opts, backward_kind(kind))
+            super::backward::backward_layout(plan, opts, backward_kind(kind))
         }
         KernelKind::Decode | KernelKind::DecodeCombine => super::decode::spec(p, kind, opts),
     }
@@ -105,7 +105,7 @@ pub fn generate(
         kind,
         KernelKind::BackwardPre | KernelKind::BackwardDkDv | KernelKind::BackwardDq
     ) {
-        let k = super::backward::emit_backward(p, opts, backward_kind(kind))?;
+        let k = super::backward::emit_backward(plan, opts, backward_kind(kind))?;
         let times = EmitTimes {
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
             ..EmitTimes::default()
