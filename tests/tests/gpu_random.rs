@@ -1,7 +1,8 @@
 //! Generated programs through every GPU pass against the f64 oracle
 //! (`attnc_tests::passes`): the forward, the backward (dQ, dK, dV, gradients of f32
 //! tensors and of the f32 param, with and without dLSE) and decoding against contiguous
-//! and paged KV caches, in bf16 and f16, head dim 64, random shapes up to 300 rows.
+//! and paged KV caches, in bf16 and f16, head dims 64 and 128 (even and odd seeds),
+//! random shapes up to 300 rows.
 //!
 //! `harness = false` (libtest-mimic): without a CUDA device every test prints
 //! `test NAME ... ignored` after a `SKIPPED NAME: no CUDA device` line. On the GPU
