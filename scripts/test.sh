@@ -22,6 +22,8 @@ bash scripts/python-setup.sh
 lint_start=$SECONDS
 cargo fmt --all --check || status=$?
 cargo clippy --workspace --exclude attnc-python --all-targets -- -D warnings || status=$?
+# the Python extension (PyO3) against the environment's interpreter
+PYO3_PYTHON="$PWD/.venv/bin/python" cargo clippy -p attnc-python --all-targets -- -D warnings || status=$?
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --exclude attnc-python --no-deps || status=$?
 echo "clippy + doc: $((SECONDS - lint_start)) s"
 python3 - "$log" <<'PY'

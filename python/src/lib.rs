@@ -102,6 +102,59 @@ struct BindKey {
     threads: usize,
 }
 
+impl BindKey {
+    /// The binding of a call on host copies: the CUDA backend (device 0) when `cuda`, else
+    /// the oracle when `oracle`, else the CPU backend with `threads` on `device`.
+    fn host_call(
+        cuda: bool,
+        oracle: bool,
+        device: Device,
+        shape: Shape,
+        dtype: DType,
+        scale: Option<f64>,
+        threads: usize,
+    ) -> BindKey {
+        BindKey {
+            backend: match (cuda, oracle) {
+                (true, _) => Backend::Cuda,
+                (false, true) => Backend::Reference,
+                (false, false) => Backend::Cpu,
+            },
+            device: if cuda { Device::Cuda(0) } else { device },
+            shape,
+            dtype,
+            scale: scale.map(|x| (x as f32).to_bits()),
+            threads: if cuda || oracle { 0 } else { threads },
+        }
+    }
+}
+
+/// Copies a result computed on host copies into the CPU tensor `arg` that the package
+/// allocated for it (`what` names it in the error: "gradient", "decode output").
+fn write_host_output(
+    py: Python<'_>,
+    what: &str,
+    g: &attnc::Tensor,
+    arg: &TensorArg,
+) -> PyResult<()> {
+    let bytes = g.bytes();
+    if bytes.len() != arg.numel() * g.dtype().size() || Some(g.dtype()) != arg.dtype {
+        return Err(attnc_error(
+            py,
+            code::BACKEND,
+            &format!("{what} `{}`: size or dtype mismatch", arg.name),
+        ));
+    }
+    if !bytes.is_empty() {
+        // SAFETY: every caller passed `arg` through `check_buffer` (a contiguous CPU
+        // tensor of `g`'s shape and dtype; its byte count checked again just above),
+        // allocated by the package for this call and written by nobody else; `bytes` is
+        // a separate host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arg.ptr as *mut u8, bytes.len()) };
+    }
+    Ok(())
+}
+
 /// Bindings kept per attention; past this many the oldest are dropped (a model that
 /// sees many sequence lengths keeps the recent ones).
 const MAX_BINDINGS: usize = 64;
@@ -721,18 +774,7 @@ impl Attention {
                 check_buffer(py, &arg, cap.shape(), cap.dtype(), device)?;
                 outs.push((name.clone(), arg));
             }
-            let key = BindKey {
-                backend: match (cuda, oracle) {
-                    (true, _) => Backend::Cuda,
-                    (false, true) => Backend::Reference,
-                    (false, false) => Backend::Cpu,
-                },
-                device: if cuda { Device::Cuda(0) } else { device },
-                shape,
-                dtype,
-                scale: scale.map(|x| (x as f32).to_bits()),
-                threads: if cuda || oracle { 0 } else { threads },
-            };
+            let key = BindKey::host_call(cuda, oracle, device, shape, dtype, scale, threads);
             let grads = py
                 .detach(|| {
                     attnc::external::preserving_current_context(|| {
@@ -757,26 +799,7 @@ impl Attention {
                 copies.push((g, arg));
             }
             for (g, arg) in copies {
-                let bytes = g.bytes();
-                if bytes.len() != arg.numel() * g.dtype().size() || Some(g.dtype()) != arg.dtype {
-                    return Err(attnc_error(
-                        py,
-                        code::BACKEND,
-                        &format!("gradient `{}`: size or dtype mismatch", arg.name),
-                    ));
-                }
-                if !bytes.is_empty() {
-                    // SAFETY: `arg` is a contiguous CPU tensor of `g`'s dtype and element
-                    // count (checked above), allocated by the package for this call and
-                    // written by nobody else; `bytes` is a separate host buffer.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            arg.ptr as *mut u8,
-                            bytes.len(),
-                        )
-                    };
-                }
+                write_host_output(py, "gradient", g, arg)?;
             }
             Ok(())
         })
@@ -1012,7 +1035,7 @@ impl Attention {
                 d: q.shape[3],
                 dv: v.shape[3],
             };
-            if shape.hkv == 0 || shape.hq % shape.hkv != 0 {
+            if shape.hkv == 0 || !shape.hq.is_multiple_of(shape.hkv) {
                 return Err(cache_err(
                     kn,
                     format!(
@@ -1057,18 +1080,7 @@ impl Attention {
             let (qh, kh, vh, sh) = (host(&q)?, host(&k)?, host(&v)?, host(&seq)?);
             let th = table.as_ref().map(host).transpose()?;
             let caps = self.captures(py, &tensors, &params)?;
-            let key = BindKey {
-                backend: match (cuda, oracle) {
-                    (true, _) => Backend::Cuda,
-                    (false, true) => Backend::Reference,
-                    (false, false) => Backend::Cpu,
-                },
-                device: if cuda { Device::Cuda(0) } else { Device::Cpu },
-                shape,
-                dtype,
-                scale: scale.map(|x| (x as f32).to_bits()),
-                threads: if cuda || oracle { 0 } else { threads },
-            };
+            let key = BindKey::host_call(cuda, oracle, Device::Cpu, shape, dtype, scale, threads);
             let out = py
                 .detach(|| {
                     attnc::external::preserving_current_context(|| {
@@ -1092,26 +1104,7 @@ impl Attention {
                 })
                 .map_err(|e| self.error(py, &e))?;
             for (g, arg) in [(&out.o, &o), (&out.lse, &lse)] {
-                let bytes = g.bytes();
-                if bytes.len() != arg.numel() * g.dtype().size() || Some(g.dtype()) != arg.dtype {
-                    return Err(attnc_error(
-                        py,
-                        code::BACKEND,
-                        &format!("decode output `{}`: size or dtype mismatch", arg.name),
-                    ));
-                }
-                if !bytes.is_empty() {
-                    // SAFETY: `arg` is a contiguous CPU tensor of `g`'s dtype and element
-                    // count (checked above), allocated by the package for this call and
-                    // written by nobody else; `bytes` is a separate host buffer.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            bytes.as_ptr(),
-                            arg.ptr as *mut u8,
-                            bytes.len(),
-                        )
-                    };
-                }
+                write_host_output(py, "decode output", g, arg)?;
             }
             Ok(())
         })
