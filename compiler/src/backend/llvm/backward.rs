@@ -80,6 +80,7 @@
 //! query heads): blocks in `first..end` outside the full range are evaluated as partial.
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
+use super::cta::Args;
 use super::expr::{Elem, Env, emit_function, emit_values, flat_index};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::launch_spec::{GridDim, KernelSpec};
@@ -529,32 +530,6 @@ fn build<'ctx>(
     }
     g.ab.build_unconditional_branch(start)?;
     Ok(g.module)
-}
-
-/// The kernel's parameters by kind.
-struct Args<'a, 'ctx> {
-    g: &'a Gpu<'ctx>,
-    params: &'a [KernelParam],
-}
-
-impl<'ctx> Args<'_, 'ctx> {
-    fn get(&self, want: KernelParam) -> R<inkwell::values::BasicValueEnum<'ctx>> {
-        let i = self
-            .params
-            .iter()
-            .position(|k| *k == want)
-            .ok_or(LlvmError::Internal("missing kernel param"))?;
-        self.g
-            .func
-            .get_nth_param(i as u32)
-            .ok_or(LlvmError::Internal("kernel param"))
-    }
-    fn ptr(&self, want: KernelParam) -> R<PointerValue<'ctx>> {
-        Ok(self.get(want)?.into_pointer_value())
-    }
-    fn int(&self, want: KernelParam) -> R<IntValue<'ctx>> {
-        Ok(self.get(want)?.into_int_value())
-    }
 }
 
 // ---- the pre kernel ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@
 //! own lane only, so shared memory would add a copy and a barrier per stage. Fast mode
 //! only (checked mode runs the prefill path).
 
+use super::cta::Args;
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{GLOBAL, Gpu, R, Var};
 use super::{
@@ -49,7 +50,7 @@ use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::BasicMetadataTypeEnum;
-use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 /// Threads per CTA of both kernels (4 warps).
@@ -341,31 +342,6 @@ fn declare<'ctx>(
         }
     }
     Gpu::new(ctx, module, func)
-}
-
-struct Args<'a, 'ctx> {
-    g: &'a Gpu<'ctx>,
-    params: &'a [DecodeParam],
-}
-
-impl<'ctx> Args<'_, 'ctx> {
-    fn get(&self, want: DecodeParam) -> R<BasicValueEnum<'ctx>> {
-        let i = self
-            .params
-            .iter()
-            .position(|k| *k == want)
-            .ok_or(LlvmError::Internal("missing decode kernel param"))?;
-        self.g
-            .func
-            .get_nth_param(i as u32)
-            .ok_or(LlvmError::Internal("decode kernel param"))
-    }
-    fn ptr(&self, want: DecodeParam) -> R<PointerValue<'ctx>> {
-        Ok(self.get(want)?.into_pointer_value())
-    }
-    fn int(&self, want: DecodeParam) -> R<IntValue<'ctx>> {
-        Ok(self.get(want)?.into_int_value())
-    }
 }
 
 /// `for (i = start; i < end; i += step) body(i)` (signed i32).
