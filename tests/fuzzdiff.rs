@@ -17,7 +17,7 @@
 //! forward call.
 
 use crate::progs::{Gen, captures, program};
-use crate::{max_abs_err, range, variant};
+use crate::{max_abs_err, random_shape, variant};
 use attnc::{
     Backend, BindOptions, Bound, Captures, Compiled, DType, ParamValue, Shape, Tensor, synth,
 };
@@ -174,16 +174,7 @@ pub fn programs(data: &[u8]) -> Result<(), String> {
     let src = program(&mut g);
     let var = variant(&src, "a");
     let rng = &mut g.rng;
-    let hkv = range(rng, 1, 2);
-    let shape = Shape {
-        b: range(rng, 1, 2),
-        hq: hkv * range(rng, 1, 2),
-        hkv,
-        lq: range(rng, 1, 40),
-        lkv: range(rng, 1, 40),
-        d: 8,
-        dv: 8,
-    };
+    let shape = random_shape(rng, 2, 40, 8);
     let caps = captures(var.program(), &shape, rng);
     let ctx = format!("seed {seed}, shape {shape}\n{src}");
     let (q, k, v) = synth::qkv(&shape, DType::F32, seed);

@@ -222,6 +222,22 @@ pub fn range(rng: &mut Rng, lo: usize, hi: usize) -> usize {
     lo + rng.below((hi - lo + 1) as u64) as usize
 }
 
+/// A random shape of the differential tests: 1..=2 kv heads, 1..=2 batches,
+/// 1..=`max_group` query heads per kv head (GQA), lengths 1..=`max_len` (Lq and Lkv
+/// drawn apart), head dims `d`.
+pub fn random_shape(rng: &mut Rng, max_group: usize, max_len: usize, d: usize) -> Shape {
+    let hkv = range(rng, 1, 2);
+    Shape {
+        b: range(rng, 1, 2),
+        hq: hkv * range(rng, 1, max_group),
+        hkv,
+        lq: range(rng, 1, max_len),
+        lkv: range(rng, 1, max_len),
+        d,
+        dv: d,
+    }
+}
+
 /// A random element of `xs`.
 pub fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
     &xs[rng.below(xs.len() as u64) as usize]

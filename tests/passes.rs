@@ -13,7 +13,7 @@
 
 use crate::decode_util::{self, Case};
 use crate::progs::{Gen, captures, program};
-use crate::{range, variant};
+use crate::{random_shape, variant};
 use attnc::{Backend, BindOptions, Captures, DType, ParamValue, Shape, Tensor, synth};
 
 /// Where a pass runs and how close it must come to the oracle.
@@ -35,6 +35,10 @@ pub struct Target {
 }
 
 impl Target {
+    /// The head dim of the case of `seed` (the entries of `d` in turn).
+    fn head_dim(&self, seed: u64) -> usize {
+        self.d[seed as usize % self.d.len()]
+    }
     pub fn cpu() -> Target {
         Target {
             backend: Backend::Cpu,
@@ -72,17 +76,7 @@ fn draw(seed: u64, t: &Target, grad: bool) -> Drawn {
     let mut g = Gen::new(seed, grad);
     let src = program(&mut g);
     let var = variant(&src, "a");
-    let rng = &mut g.rng;
-    let hkv = range(rng, 1, 2);
-    let shape = Shape {
-        b: range(rng, 1, 2),
-        hq: hkv * range(rng, 1, 3),
-        hkv,
-        lq: range(rng, 1, t.max_len),
-        lkv: range(rng, 1, t.max_len),
-        d: t.d[seed as usize % t.d.len()],
-        dv: t.d[seed as usize % t.d.len()],
-    };
+    let shape = random_shape(&mut g.rng, 3, t.max_len, t.head_dim(seed));
     Drawn { src, var, shape, g }
 }
 
@@ -227,7 +221,8 @@ pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
 pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
     let mut g = Gen::new(seed, true);
     let src = program(&mut g);
-    let var = variant(&src, "a");
+    let compiled = attnc::Compiled::from_source("random.attn", &src).map_err(|e| e.to_string())?;
+    let var = compiled.attention("a").map_err(|e| e.to_string())?;
     let mut rng = decode_util::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let hkv = 1 + rng.below(2);
     let hq = hkv * (1 + rng.below(4));
@@ -249,7 +244,7 @@ pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
         hq,
         hkv,
         lq,
-        t.d[seed as usize % t.d.len()],
+        t.head_dim(seed),
         cap,
         seq_lens,
         page,
@@ -269,7 +264,6 @@ pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
         "seed {seed}, {:?}, decode b{b} hq{hq} hkv{hkv} lq{lq} cap{cap} seq_lens {:?} page {page:?}\n{src}",
         t.backend, c.seq_lens
     );
-    let compiled = attnc::Compiled::from_source("random.attn", &src).map_err(|e| e.to_string())?;
     let want = decode_util::run(&compiled, "a", &c, Backend::Reference, 1, &caps, false)
         .map_err(|e| format!("oracle: {e}\n{ctx}"))?;
     let got = decode_util::run(&compiled, "a", &c, t.backend, 2, &caps, false)

@@ -98,6 +98,19 @@ pub struct DeviceTensor {
 pub const DEVICE_ALIGN: u64 = 16;
 
 impl Bound {
+    /// The caller-buffer entries (`entry`) run CUDA bindings only: a usage error naming
+    /// the bound backend otherwise.
+    fn require_cuda(&self, entry: &str) -> Result<()> {
+        let backend = self.options().backend;
+        if backend != Backend::Cuda {
+            return Err(Error::Usage(format!(
+                "{entry} runs CUDA bindings; this one is bound to the {} backend",
+                backend.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// CUDA backend: enqueues attention on the caller's device buffers on the caller's
     /// stream (`stream`: a `CUstream` of the device's primary context, e.g. torch's
     /// `current_stream().cuda_stream`; 0 is the legacy default stream); writes `o` and
@@ -121,13 +134,8 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
+        self.require_cuda("forward_cuda_into")?;
         let opts = self.options();
-        if opts.backend != Backend::Cuda {
-            return Err(Error::Usage(format!(
-                "forward_cuda_into runs CUDA bindings; this one is bound to the {} backend",
-                opts.backend.name()
-            )));
-        }
         let shape = opts.shape;
         let dtype = opts.dtype;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
@@ -209,13 +217,8 @@ impl Bound {
         grads: &DeviceGradWords,
         stream: u64,
     ) -> Result<()> {
+        self.require_cuda("backward_cuda_into")?;
         let opts = self.options();
-        if opts.backend != Backend::Cuda {
-            return Err(Error::Usage(format!(
-                "backward_cuda_into runs CUDA bindings; this one is bound to the {} backend",
-                opts.backend.name()
-            )));
-        }
         let shape = opts.shape;
         let dtype = opts.dtype;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;

@@ -12,7 +12,7 @@
 //! Tolerance: the CPU tolerance of `cpu_differential.rs` (1e-4), since scores are bounded
 //! (integer parts are clamped to [-50, 50] and scaled by 0.05 before they reach `s`).
 
-use attnc::{Backend, BindOptions, DType, Shape, synth};
+use attnc::{Backend, BindOptions, DType, synth};
 use attnc_compiler::analysis::classify::precision;
 use attnc_tests::progs::{Gen, captures, program};
 use attnc_tests::*;
@@ -22,16 +22,7 @@ fn one_case(seed: u64) {
     let src = program(&mut g);
     let var = variant(&src, "a");
     let rng = &mut g.rng;
-    let hkv = range(rng, 1, 2);
-    let shape = Shape {
-        b: range(rng, 1, 2),
-        hq: hkv * range(rng, 1, 2),
-        hkv,
-        lq: range(rng, 1, 150),
-        lkv: range(rng, 1, 150),
-        d: 16,
-        dv: 16,
-    };
+    let shape = random_shape(rng, 2, 150, 16);
     let caps = captures(var.program(), &shape, rng);
     let ctx = format!(
         "seed {seed}, shape {shape:?}, captures {:?}\n{src}",

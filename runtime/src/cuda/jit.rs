@@ -411,6 +411,34 @@ pub(crate) struct FirstLoad {
     pub cubin: Option<crate::cache::Lookup>,
 }
 
+impl FirstLoad {
+    /// The optimized module alone, no quick tier: `k` compiled by the driver in
+    /// `driver_ms` (0 for a cubin from disk), ready since `t0`; `cubin`: the disk cache's
+    /// answer, if one was asked.
+    fn optimized(
+        k: CudaKernel,
+        driver_ms: f64,
+        t0: Instant,
+        cubin: Option<crate::cache::Lookup>,
+    ) -> FirstLoad {
+        let load_ms = k.load_ms;
+        let ready = ReadyStats {
+            driver_ms,
+            load_ms,
+            ready_ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        FirstLoad {
+            kernel: JitKernel {
+                tiers: Arc::new(Tiered::optimized(k, ready)),
+            },
+            tier: JitTier::Optimized,
+            driver_ms,
+            load_ms,
+            cubin,
+        }
+    }
+}
+
 /// A cubin for `ckey` from the disk cache, if an intact one is there. A stored entry that
 /// passes the checksum but is no cubin, or that the driver refuses, is deleted.
 pub(crate) fn load_cached_cubin(
@@ -426,26 +454,10 @@ pub(crate) fn load_cached_cubin(
         return (None, how);
     };
     match CudaKernel::from_cubin(&dev.ctx, meta, &bytes) {
-        Ok(k) => {
-            let load_ms = k.load_ms;
-            let ready = ReadyStats {
-                driver_ms: 0.0,
-                load_ms,
-                ready_ms: t0.elapsed().as_secs_f64() * 1e3,
-            };
-            (
-                Some(FirstLoad {
-                    kernel: JitKernel {
-                        tiers: Arc::new(Tiered::optimized(k, ready)),
-                    },
-                    tier: JitTier::Optimized,
-                    driver_ms: 0.0,
-                    load_ms,
-                    cubin: Some(Lookup::Hit),
-                }),
-                Lookup::Hit,
-            )
-        }
+        Ok(k) => (
+            Some(FirstLoad::optimized(k, 0.0, t0, Some(Lookup::Hit))),
+            Lookup::Hit,
+        ),
         Err(_) => {
             disk.remove(ckey, "cubin");
             (None, Lookup::Corrupt)
@@ -494,21 +506,7 @@ pub(crate) fn compile_and_load(
         // processes); no cubin is stored and there is no quick tier
         let t = Instant::now();
         let k = CudaKernel::from_ptx(&dev.ctx, meta, ptx)?;
-        let (driver_ms, load_ms) = (ms(t), k.load_ms);
-        let ready = ReadyStats {
-            driver_ms,
-            load_ms,
-            ready_ms: ms(t0),
-        };
-        return Ok(FirstLoad {
-            kernel: JitKernel {
-                tiers: Arc::new(Tiered::optimized(k, ready)),
-            },
-            tier: JitTier::Optimized,
-            driver_ms,
-            load_ms,
-            cubin: None,
-        });
+        return Ok(FirstLoad::optimized(k, ms(t), t0, None));
     }
     let low = match tiers {
         JitTiers::On { low } if low < opt_level => Some(low),
@@ -527,21 +525,12 @@ pub(crate) fn compile_and_load(
         let cubin = optimized_cubin(&dev.ctx, &ptx, opt_level, disk.as_ref(), &ckey)?;
         let driver_ms = ms(t);
         let k = CudaKernel::from_cubin(&dev.ctx, meta, &cubin)?;
-        let load_ms = k.load_ms;
-        let ready = ReadyStats {
+        return Ok(FirstLoad::optimized(
+            k,
             driver_ms,
-            load_ms,
-            ready_ms: ms(t0),
-        };
-        return Ok(FirstLoad {
-            kernel: JitKernel {
-                tiers: Arc::new(Tiered::optimized(k, ready)),
-            },
-            tier: JitTier::Optimized,
-            driver_ms,
-            load_ms,
-            cubin: disk.as_ref().map(|_| crate::cache::Lookup::Miss),
-        });
+            t0,
+            disk.as_ref().map(|_| crate::cache::Lookup::Miss),
+        ));
     };
     let load_ms = k.load_ms;
     let tiers = Arc::new(Tiered::low(k, low));
