@@ -112,11 +112,17 @@ class Attention:
         cache's capacity). Rows at negative positions give o = 0, lse = -inf. Returns o
         ``[B, Hq, Lq, Dv]`` (and lse ``[B, Hq, Lq]`` with ``return_lse``).
 
-        CPU: float32. CUDA: bfloat16/float16, run by the split-KV decode kernels for
-        Lq <= 16 (the prefill kernel beyond) through host copies: this call copies the
-        inputs to the host and the outputs back (it synchronizes; not zero-copy, unlike
-        ``__call__``). Not differentiable. Errors: ``AttncError`` E0320 (shapes), E0321
-        (page size), E0322 (seq_lens beyond the cache), E0323 (page ids)."""
+        CPU: float32. CUDA: bfloat16/float16. For Lq <= 16 and D = Dv in {32, 64, 128,
+        256} zero-copy on torch's current stream of q's device: a kernel computes each
+        sequence's reachable keys from ``seq_lens`` on the device, the split-KV kernels
+        and their combine follow; outputs and workspace are allocated by torch; no host
+        round trip, no synchronization (a warmed-up call can be captured in a CUDA
+        graph). There ``seq_lens`` and ``page_table`` are never read on the host: a
+        length beyond the cache counts as its capacity, a page id outside the cache is
+        clamped (never read out of bounds; ``reference_decode`` or the CPU report them).
+        Other shapes run through host copies (they synchronize). Not differentiable.
+        Errors: ``AttncError`` E0320 (shapes), E0321 (page size), E0322 (seq_lens beyond
+        the cache), E0323 (page ids); E0314 names a tensor on another device."""
         return self._decode(q, k_cache, v_cache, seq_lens, page_table, scale, captures, return_lse, False)
 
     def reference_decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, scale: Optional[float] = None,
@@ -139,6 +145,10 @@ class Attention:
             if isinstance(x, torch.Tensor) and not _ops._same_device(x, q):
                 raise _ops._device_error(name, x, q)
         cuda = q.is_cuda
+        if cuda and not oracle and q.dim() == 4 and v_cache.dim() == 4 and _attnc.decode_cuda_applies(
+                q.shape[2], q.shape[3], v_cache.shape[3]):
+            o, lse = self._decode_cuda(q, k_cache, v_cache, seq_lens, page_table, scale, captures)
+            return (o, lse) if return_lse else o
         host = lambda x: x.detach().to("cpu").contiguous()  # noqa: E731
         tensors = [(n, host(x)) for n, x in captures.items() if isinstance(x, torch.Tensor)]
         params = [(n, x) for n, x in captures.items() if not isinstance(x, torch.Tensor)]
@@ -155,6 +165,35 @@ class Attention:
         if cuda:
             o, lse = o.to(q.device), lse.to(q.device)
         return (o, lse) if return_lse else o
+
+    def _decode_cuda(self, q, k_cache, v_cache, seq_lens, page_table, scale, captures):
+        """Zero-copy CUDA decoding (see ``decode``): every buffer allocated here by torch on
+        the current stream of q's device, the kernels enqueued on it."""
+        import torch
+
+        from . import _ops
+
+        tensors, params = [], []
+        for n, x in captures.items():
+            if isinstance(x, torch.Tensor):
+                tensors.append((n, x.contiguous()))
+            else:
+                if not isinstance(x, (bool, int, float)):
+                    raise _error("E0315", f"param `{n}` must be a bool, int or float, got {type(x).__name__}")
+                params.append((n, x))
+        q, k_cache, v_cache = (_ops._dense(x.detach()) for x in (q, k_cache, v_cache))
+        ints = lambda x: x.detach().to(torch.int32).contiguous()  # noqa: E731
+        sl = ints(seq_lens)
+        pt = None if page_table is None else ints(page_table)
+        n_o, n_lse, _ = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)
+        b, hq, lq = q.shape[:3]
+        o = q.new_empty((b, hq, lq, v_cache.shape[3]))
+        lse = q.new_empty((b, hq, lq), dtype=torch.float32)
+        ws = q.new_empty((n_o + n_lse,), dtype=torch.float32)
+        ranges = q.new_empty((b, 2), dtype=torch.int32)
+        self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, ranges, scale, tensors, params,
+                                _ops._stream(q))
+        return o, lse
 
     def reference(self, q, k, v, *, scale: Optional[float] = None, **captures):
         """The f64 oracle on host copies: ``(o, lse)`` as float32 CPU tensors (slow)."""

@@ -310,15 +310,6 @@ impl Attention {
         params: &[(String, Bound<'_, PyAny>)],
         stream: usize,
     ) -> PyResult<()> {
-        if index != 0 {
-            return Err(attnc_error(
-                py,
-                code::DEVICE,
-                &format!(
-                    "q is on cuda:{index}; attnc's CUDA backend runs on cuda:0, the first visible device (select another GPU with CUDA_VISIBLE_DEVICES)"
-                ),
-            ));
-        }
         let device = Device::Cuda(index);
         let (devt, converted) = self.device_captures(py, device, tensors)?;
         let mut pv = HashMap::new();
@@ -343,13 +334,13 @@ impl Attention {
         let stream = stream as u64;
         let result = py.detach(|| {
             // torch's current device stays what it was (the bind and the launch make
-            // device 0's primary context current on this thread)
+            // the device's primary context current on this thread)
             attnc::external::preserving_current_context(|| {
                 self.with_bound(key, |bound| {
-                    // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of device 0 with the
+                    // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of one device with the
                     // bound shape and dtype (checked by `forward`; the runtime checks null,
-                    // alignment, overlap and, outside graph capture, that each is device-0
-                    // memory), o/lse fresh torch buffers; the captures are contiguous tensors
+                    // alignment, overlap and, outside graph capture, that each is memory of
+                    // q's device), o/lse fresh torch buffers; the captures are contiguous tensors
                     // of the same device in i32/f32 words (converted above; dims and dtype
                     // checked by the runtime against the declarations). The caller's frame
                     // (and `converted`) holds them all for the call, and torch's caching
@@ -376,6 +367,9 @@ impl Attention {
             let mut opts = BindOptions::new(key.backend, key.shape, key.dtype);
             opts.scale = key.scale.map(f32::from_bits);
             opts.threads = key.threads;
+            if let Device::Cuda(index) = key.device {
+                opts.device = index as usize;
+            }
             if key.backend == Backend::Cuda {
                 // no tier swap: a retired module is released only after a synchronization
                 // of attnc's own stream, which does not order the caller's streams
@@ -950,7 +944,7 @@ impl Attention {
                         // multiple of 4, so the second row is 16-byte aligned, and the
                         // [max(1, n), 3] int64 gradient words); the runtime checks null,
                         // alignment, overlap and, outside graph capture, that each is
-                        // device memory of device 0. The outputs (dq, dk, dv, scratch,
+                        // device memory of q's device. The outputs (dq, dk, dv, scratch,
                         // words) were allocated by the package for this call on `stream`,
                         // torch's current stream, which orders every later use of their
                         // memory after the queued launches (as for the forward, whose
@@ -1110,6 +1104,129 @@ impl Attention {
         })
     }
 
+    /// The workspace a zero-copy CUDA decode call needs (`decode_cuda`): `(part_o,
+    /// part_lse, ranges)` element counts (f32, f32, int32) for q, the caches and the page
+    /// table (or None) of the call. Binds (and JIT-compiles) on first use.
+    #[pyo3(signature = (q, k_cache, v_cache, page_table, scale))]
+    fn decode_workspace(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        page_table: Option<Bound<'_, PyAny>>,
+        scale: Option<f64>,
+    ) -> PyResult<(usize, usize, usize)> {
+        guard(py, || {
+            let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
+            let key = call.cuda_key(py, scale)?;
+            let ws = py
+                .detach(|| {
+                    attnc::external::preserving_current_context(|| {
+                        self.with_bound(key, |bound| bound.decode_cuda_workspace(call.layout))
+                    })
+                })
+                .map_err(|e| self.error(py, &e))?;
+            Ok((ws.part_o, ws.part_lse, ws.ranges))
+        })
+    }
+
+    /// Zero-copy CUDA decoding on `stream` (torch's current stream of q's device): reads
+    /// q, the caches, `seq_lens` (int32 `[B]`) and the page table (int32 `[B,
+    /// max_pages]`, or None), writes o, lse and the workspace (`workspace`: float32
+    /// `[part_o + part_lse]`, `ranges`: int32 `[B, 2]`, sized by `decode_workspace`), all
+    /// allocated by the caller with torch on `stream`. No host copy, no synchronization.
+    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, workspace, ranges, scale, tensors, params, stream))]
+    #[allow(clippy::too_many_arguments)]
+    fn decode_cuda(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        seq_lens: &Bound<'_, PyAny>,
+        page_table: Option<Bound<'_, PyAny>>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        workspace: &Bound<'_, PyAny>,
+        ranges: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        stream: usize,
+    ) -> PyResult<()> {
+        guard(py, || {
+            let call = CacheCall::read(py, q, k_cache, v_cache, Some(seq_lens), page_table)?;
+            let key = call.cuda_key(py, scale)?;
+            let (device, dtype, s) = (key.device, key.dtype, call.shape);
+            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+            let (o, lse) = (read("o", o)?, read("lse", lse)?);
+            let (ws, rg) = (read("workspace", workspace)?, read("ranges", ranges)?);
+            let seq = call.seq_lens.as_ref().expect("read with seq_lens");
+            check_buffer(py, seq, &[s.b], DType::I32, device)?;
+            if let Some(t) = &call.table {
+                check_buffer(py, t, &t.shape.clone(), DType::I32, device)?;
+            }
+            for t in [&call.q, &call.k, &call.v] {
+                check_buffer(py, t, &t.shape.clone(), dtype, device)?;
+            }
+            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
+            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
+            check_buffer(py, &rg, &[s.b, 2], DType::I32, device)?;
+            let (devt, converted) = self.device_captures(py, device, &tensors)?;
+            let mut pv = HashMap::new();
+            for (name, x) in &params {
+                pv.insert(name.clone(), param_value(py, name, x)?);
+            }
+            let layout = call.layout;
+            let ptr = |t: &TensorArg| t.ptr as u64;
+            let stream = stream as u64;
+            let (qp, kp, vp, sp) = (ptr(&call.q), ptr(&call.k), ptr(&call.v), ptr(seq));
+            let tp = call.table.as_ref().map(ptr);
+            let result = py.detach(|| {
+                attnc::external::preserving_current_context(|| {
+                    self.with_bound(key, |bound| {
+                        let w = bound.decode_cuda_workspace(layout)?;
+                        if ws.dtype != Some(DType::F32) || ws.numel() != w.part_o + w.part_lse
+                            || !ws.contiguous() || ws.device != device
+                        {
+                            return Err(attnc::Error::Usage(format!(
+                                "`workspace` must be a contiguous float32 tensor of {} elements on {device} (decode_workspace)",
+                                w.part_o + w.part_lse
+                            )));
+                        }
+                        let bufs = attnc::external::DeviceDecodeBuffers {
+                            q: qp,
+                            k_cache: kp,
+                            v_cache: vp,
+                            seq_lens: sp,
+                            page_table: tp,
+                            o: o.ptr as u64,
+                            lse: lse.ptr as u64,
+                            part_o: ws.ptr as u64,
+                            part_lse: ws.ptr as u64 + 4 * w.part_o as u64,
+                            ranges: rg.ptr as u64,
+                        };
+                        // SAFETY: every buffer is a contiguous CUDA tensor of q's device
+                        // with the shape and dtype the binding's shape and the layout
+                        // give it (checked above and by `CacheCall::read`), the workspace
+                        // of the size `decode_cuda_workspace` gives (checked just above;
+                        // the partial LSE starts 4 * part_o bytes in, a multiple of 128
+                        // bytes since part_o is a multiple of D); the runtime checks null,
+                        // alignment, overlap and, outside graph capture, the device of
+                        // each. Outputs and workspace were allocated by the package for
+                        // this call on `stream`, torch's current stream, which orders
+                        // every later use of their memory after the queued launches (the
+                        // SAFETY note of `forward_cuda` covers inputs and captures).
+                        unsafe { bound.decode_cuda_into(layout, &bufs, &devt, &pv, stream) }
+                    })
+                })
+            });
+            drop(converted);
+            result.map_err(|e| self.error(py, &e))
+        })
+    }
+
     /// The f64 reference implementation (the oracle) on host copies: returns `(o, lse)`
     /// as flat lists of f32 (slow; for tests and debugging).
     #[pyo3(signature = (q, k, v, scale, tensors, params))]
@@ -1151,6 +1268,168 @@ impl Attention {
     }
 }
 
+/// The tensors of a decode call read as attnc sees them, with the binding's shape
+/// (`lkv` = the cache's capacity) and the cache layout; ranks and head counts checked
+/// (E0320 naming the tensor).
+struct CacheCall {
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    seq_lens: Option<TensorArg>,
+    table: Option<TensorArg>,
+    shape: Shape,
+    layout: attnc::external::CacheLayout,
+}
+
+impl CacheCall {
+    fn read(
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        seq_lens: Option<&Bound<'_, PyAny>>,
+        page_table: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<CacheCall> {
+        use attnc::external::CacheLayout;
+        let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+        let paged = page_table.is_some();
+        let (kn, vn) = if paged {
+            ("k_cache", "v_cache")
+        } else {
+            ("k", "v")
+        };
+        let (q, k, v) = (read("q", q)?, read(kn, k_cache)?, read(vn, v_cache)?);
+        let seq_lens = seq_lens.map(|t| read("seq_lens", t)).transpose()?;
+        let table = page_table.map(|t| read("page_table", &t)).transpose()?;
+        let err = |name: &str, what: String| attnc_error(py, "E0320", &format!("`{name}` {what}"));
+        for t in [&q, &k, &v] {
+            if t.shape.len() != 4 {
+                return Err(err(
+                    &t.name,
+                    format!("has shape {:?}, expected rank 4", t.shape),
+                ));
+            }
+        }
+        let (hkv, layout) = match &table {
+            None => (
+                k.shape[1],
+                CacheLayout::Contiguous {
+                    lkv_max: k.shape[2],
+                },
+            ),
+            Some(t) => {
+                if t.shape.len() != 2 || t.shape[0] != q.shape[0] {
+                    return Err(err(
+                        "page_table",
+                        format!(
+                            "has shape {:?}, expected [B, max_pages] with B = {}",
+                            t.shape, q.shape[0]
+                        ),
+                    ));
+                }
+                let layout = CacheLayout::Paged {
+                    num_pages: k.shape[0],
+                    page_size: k.shape[1],
+                    max_pages: t.shape[1],
+                };
+                (k.shape[2], layout)
+            }
+        };
+        let shape = Shape {
+            b: q.shape[0],
+            hq: q.shape[1],
+            hkv,
+            lq: q.shape[2],
+            lkv: layout.capacity(),
+            d: q.shape[3],
+            dv: v.shape[3],
+        };
+        if shape.hkv == 0 || !shape.hq.is_multiple_of(shape.hkv) {
+            return Err(err(
+                kn,
+                format!(
+                    "has {} kv heads; q's {} heads must be a positive multiple of them (GQA)",
+                    shape.hkv, shape.hq
+                ),
+            ));
+        }
+        let want_k: Vec<usize> = match layout {
+            CacheLayout::Contiguous { lkv_max } => vec![shape.b, hkv, lkv_max, shape.d],
+            CacheLayout::Paged {
+                num_pages,
+                page_size,
+                ..
+            } => vec![num_pages, page_size, hkv, shape.d],
+        };
+        let mut want_v = want_k.clone();
+        want_v[3] = shape.dv;
+        for (t, want) in [(&k, &want_k), (&v, &want_v)] {
+            if &t.shape != want {
+                return Err(err(
+                    &t.name,
+                    format!("has shape {:?}, expected {want:?}", t.shape),
+                ));
+            }
+        }
+        if let Some(sl) = &seq_lens
+            && sl.shape != [shape.b]
+        {
+            return Err(err(
+                "seq_lens",
+                format!("has shape {:?}, expected [{}]", sl.shape, shape.b),
+            ));
+        }
+        Ok(CacheCall {
+            q,
+            k,
+            v,
+            seq_lens,
+            table,
+            shape,
+            layout,
+        })
+    }
+
+    /// The CUDA binding of the call: q's device, bf16/f16.
+    fn cuda_key(&self, py: Python<'_>, scale: Option<f64>) -> PyResult<BindKey> {
+        let Device::Cuda(_) = self.q.device else {
+            return Err(attnc_error(
+                py,
+                code::DEVICE,
+                &format!("decode_cuda takes CUDA tensors; q is on {}", self.q.device),
+            ));
+        };
+        let dtype = match self.q.dtype {
+            Some(d @ (DType::BF16 | DType::F16)) => d,
+            _ => {
+                return Err(attnc_error(
+                    py,
+                    code::INPUT_DTYPE,
+                    &format!(
+                        "q has dtype {}; decoding on CUDA takes bfloat16 or float16",
+                        self.q.torch_dtype
+                    ),
+                ));
+            }
+        };
+        Ok(BindKey {
+            backend: Backend::Cuda,
+            device: self.q.device,
+            shape: self.shape,
+            dtype,
+            scale: scale.map(|x| (x as f32).to_bits()),
+            threads: 0,
+        })
+    }
+}
+
+/// Whether `Attention.decode` on CUDA tensors of this shape runs zero-copy (the split-KV
+/// kernels: Lq <= 16, D = Dv in {32, 64, 128, 256}); other shapes take host copies.
+#[pyfunction]
+fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
+    attnc::external::decode_cuda_applies(lq, d, dv)
+}
+
 /// A mutable f32 slice over a checked output buffer.
 ///
 /// # Safety
@@ -1166,6 +1445,7 @@ unsafe fn f32_slice_mut<'a>(ptr: usize, len: usize) -> &'a mut [f32] {
 #[pymodule]
 fn _attnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_cuda_applies, m)?)?;
     m.add_class::<Module>()?;
     m.add_class::<Attention>()?;
     m.add("AttncError", m.py().get_type::<errors::AttncError>())?;

@@ -478,13 +478,16 @@ def test_backward_in_cuda_graph(file, name, caps):
         assert torch.equal(a, r.grad), f"d{n} of the replay differs from an eager step"
 
 
-@pytest.mark.parametrize("lq", [1, 4])
+@pytest.mark.parametrize("lq", [1, 4, 16])
 @pytest.mark.parametrize("file,name", [("causal.attn", None), ("sliding_window.attn", None),
-                                       ("document_causal.attn", "document_causal")], ids=["causal", "sliding", "document"])
+                                       ("document_causal.attn", "document_causal"),
+                                       ("alibi_causal.attn", "alibi_causal")],
+                         ids=["causal", "sliding", "document", "alibi"])
 def test_decode_matches_oracle(file, name, lq):
-    """``Attention.decode`` on CUDA tensors (the split-KV kernels, through host copies)
-    against the f64 oracle on the same bf16-rounded inputs, contiguous and paged (page 16,
-    shuffled), GQA 4:1, seq_lens 0, 1, odd and full."""
+    """``Attention.decode`` on CUDA tensors (zero copy: the ranges kernel, the split-KV
+    kernels and their combine on the current stream) against the f64 oracle on the same
+    bf16-rounded inputs, contiguous and paged (page 16, shuffled), GQA 4:1, seq_lens 0, 1,
+    odd and full (the sliding window's ranges cut to its window on the device)."""
     from test_decode import at_capacity, cache_inputs, paged
 
     attn = attnc.compile(EXAMPLES / file).attention(name)
@@ -502,6 +505,113 @@ def test_decode_matches_oracle(file, name, lq):
     po, plse = attn.decode(cu(q), cu(kc), cu(vc), seq_lens.cuda(), table.cuda(), return_lse=True,
                            **dev(at_capacity(attn, caps, 16 * table.shape[1])))
     check(po, plse, ro, rlse, torch.bfloat16)
+
+
+def _decode_case(file="sliding_window.attn", name=None, b=3, hq=8, hkv=2, lq=4, lkv=1000, d=128, seed=0):
+    from test_decode import cache_inputs
+
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in cache_inputs(b, hq, hkv, lq, lkv, d, seed=seed))
+    caps = dev(captures_for(attn, b, hq, lkv, lkv, seed=seed))
+    if "window" in caps:
+        caps["window"] = 100
+    return attn, q, k, v, caps
+
+
+def test_decode_does_not_synchronize():
+    """A warmed-up zero-copy decode enqueues everything on the current stream: torch's
+    sync debug mode raises on any synchronization, and a long kernel queued first is still
+    running when the call returns; then the result equals a call after a synchronize."""
+    attn, q, k, v, caps = _decode_case()
+    seq_lens = torch.tensor([0, 377, 1000], dtype=torch.int32, device="cuda")
+    ref = attn.decode(q, k, v, seq_lens, **caps)  # warm-up: JIT, the stream's buffers
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.cuda._sleep(200_000_000)
+        o = attn.decode(q, k, v, seq_lens, **caps)
+        assert not stream.query(), "decode synchronized with the device"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert torch.equal(o, ref)
+
+
+def test_decode_in_cuda_graph():
+    """A decode step captured in a CUDA graph: replays read the new q, cache contents and
+    sequence lengths written in place (the reachable ranges are computed on the device
+    at every replay) and equal eager calls on them; paged caches too."""
+    from test_decode import paged
+
+    attn, q, k, v, caps = _decode_case(seed=3)
+    seq_lens = torch.tensor([5, 377, 900], dtype=torch.int32, device="cuda")
+    kc, vc, table = (x.cuda() for x in paged(k.float().cpu(), v.float().cpu(), 64, seed=2))
+    kc, vc, table = kc.bfloat16(), vc.bfloat16(), table.to(torch.int32)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            attn.decode(q, k, v, seq_lens, **caps)
+            attn.decode(q, kc, vc, seq_lens, table, **caps)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        o, lse = attn.decode(q, k, v, seq_lens, return_lse=True, **caps)
+        po = attn.decode(q, kc, vc, seq_lens, table, **caps)
+    for lens in ([1, 999, 1000], [0, 64, 300]):
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        g.replay()
+        torch.cuda.synchronize()
+        ro, rlse = attn.decode(q, k, v, seq_lens, return_lse=True, **caps)
+        assert torch.equal(o, ro) and torch.equal(lse, rlse), lens
+        assert torch.equal(po, attn.decode(q, kc, vc, seq_lens, table, **caps)), lens
+        wo, wl = attn.reference_decode(q, k, v, seq_lens, **caps)
+        check(o, lse, wo, wl, torch.bfloat16)
+
+
+def test_decode_lengths_beyond_the_cache_are_clamped_not_read():
+    """seq_lens past the capacity and page ids outside the cache never read outside it on
+    the zero-copy path: a length beyond the cache counts as the capacity."""
+    attn, q, k, v, caps = _decode_case(lkv=300, seed=5)
+    full = attn.decode(q, k, v, torch.full((3,), 300, dtype=torch.int32, device="cuda"), **caps)
+    over = attn.decode(q, k, v, torch.tensor([301, 10**9, 2**31 - 1], dtype=torch.int32, device="cuda"), **caps)
+    torch.cuda.synchronize()
+    assert torch.equal(full, over)
+    neg = attn.decode(q, k, v, torch.full((3,), -7, dtype=torch.int32, device="cuda"), return_lse=True, **caps)
+    assert torch.all(neg[0] == 0) and torch.all(torch.isneginf(neg[1]))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device_runs_on_its_own_context_and_stream():
+    """Tensors on cuda:1 run on device 1 (its primary context, its current stream, its
+    own kernel modules): forward, backward and decode give what the same calls give on
+    cuda:0; torch's current device is left as it was; mixing devices names the tensor."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    b, h, l, d = 2, 8, 193, 64
+    base = [x.to(torch.bfloat16) for x in qkv(b, h, 2, l, l, d, seed=6)]
+    doc = torch.sort(torch.randint(0, 4, (b, l), dtype=torch.int32), dim=1).values
+    results = {}
+    for devname in ("cuda:0", "cuda:1"):
+        xs = [x.to(devname).requires_grad_(True) for x in base]
+        with torch.cuda.device(0):
+            o = attn(*xs, doc=doc.to(devname))
+            o.float().sum().backward()
+            assert torch.cuda.current_device() == 0
+        assert o.device == torch.device(devname)
+        dattn, dq, dk, dv, _ = _decode_case(file="causal.attn", seed=1)
+        dq, dk, dv = (x.to(devname) for x in (dq, dk, dv))
+        dec = dattn.decode(dq, dk, dv, torch.tensor([3, 500, 1000], dtype=torch.int32, device=devname))
+        torch.cuda.synchronize(devname)
+        results[devname] = [t.cpu() for t in (o, xs[0].grad, xs[1].grad, xs[2].grad, dec)]
+    for a, r in zip(results["cuda:0"], results["cuda:1"]):
+        assert torch.equal(a, r)
+    q1 = base[0].to("cuda:1")
+    e = raises("E0314", attn, q1, base[1].to("cuda:1"), base[2].to("cuda:1"), doc=doc.to("cuda:0"))
+    assert "`doc`" in str(e)
+    e = raises("E0314", attn, q1, base[1].to("cuda:0"), base[2].to("cuda:1"), doc=doc.to("cuda:1"))
+    assert "`k`" in str(e)
 
 
 def test_hf_llama_matches_sdpa():
@@ -551,8 +661,8 @@ def test_errors_name_the_tensor():
     raises("E0301", attn, q, k, v, doc=doc)
     raises("E0311", attn, q, k, v, doc=doc, window=4, windoe=3)
     if torch.cuda.device_count() > 1:
-        e = raises("E0314", attn, *(x.to("cuda:1") for x in (q, k, v)), doc=doc.to("cuda:1"), window=4)
-        assert "cuda:1" in str(e)
+        e = raises("E0314", attn, *(x.to("cuda:1") for x in (q, k, v)), doc=doc, window=4)
+        assert "`doc`" in str(e) and "cuda:1" in str(e)
     # the stream's state is intact after the errors
     assert torch.isfinite(attn(q, k, v, doc=doc, window=4).float()).all()
 

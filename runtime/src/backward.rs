@@ -193,6 +193,7 @@ impl Bound {
             }
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
+                self.options().device,
                 self.cuda_backward_kernels()?,
                 self.plan(),
                 &s,
@@ -232,13 +233,14 @@ impl Bound {
     }
 }
 
-/// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the process's
+/// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the binding's
 /// device: the program's three backward kernels (generated and loaded once per process),
 /// its launch blocks, upload, launches, download. As on the CPU, every float tensor gets
 /// a gradient (zeros where the score does not read it) and every f32 param one.
 #[allow(clippy::too_many_arguments)]
 fn cuda_backward(
     variant: &crate::api::Variant,
+    ordinal: usize,
     kernels: Arc<crate::cuda::backward::CudaBackward>,
     plan: &attnc_compiler::plan::Plan,
     shape: &attnc_compiler::shape::Shape,
@@ -253,7 +255,7 @@ fn cuda_backward(
     let input = input_type(dtype)?;
     let p = variant.program();
     let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
-    let device = crate::exec::cuda::device().map_err(|e| variant.render(e))?;
+    let device = crate::exec::cuda::device_at(ordinal).map_err(|e| variant.render(e))?;
     let blocks = LaunchBlocks::new(&kernels, plan, shape, bind).map_err(err)?;
     let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
     let grads = kernels
@@ -338,8 +340,8 @@ impl Bound {
         let input = input_type(opts.dtype)?;
         let variant = self.variant().clone();
         let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
-        let device = crate::exec::cuda::cuda_device()?;
-        let jit = crate::exec::cuda::cuda_jit()?;
+        let device = crate::exec::cuda::cuda_device_at(opts.device)?;
+        let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
         let s = opts.shape;
         let mut popts = PtxOptions::backward(device.arch(), s.d as u32, s.dv as u32, input);
         popts.checked = opts.checked;

@@ -20,6 +20,9 @@ use attnc_compiler::ir::Type;
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 
+mod decode;
+pub use decode::{CacheLayout, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies};
+
 impl Bound {
     /// CPU backend, f32: runs attention on the caller's `q`, `k`, `v` and writes `o`
     /// (`[B, Hq, Lq, Dv]`) and `lse` (`[B, Hq, Lq]`, natural log, `-inf` for fully
@@ -145,8 +148,9 @@ impl Bound {
             .filter(|b| b.len > 0)
             .map(|b| (b.name, b.ptr))
             .collect();
-        let capture = crate::exec::cuda::caller::check_device_pointers(stream, &live)
-            .map_err(|e| self.variant().render(e))?;
+        let capture =
+            crate::exec::cuda::caller::check_device_pointers(self.options().device, stream, &live)
+                .map_err(|e| self.variant().render(e))?;
         let scale = self.scale();
         let (exec, plan, variant, opts) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
@@ -303,8 +307,9 @@ impl Bound {
             .filter(|b| b.len > 0)
             .map(|b| (b.name, b.ptr))
             .collect();
-        let capture = crate::exec::cuda::caller::check_device_pointers(stream, &live)
-            .map_err(|e| self.variant().render(e))?;
+        let capture =
+            crate::exec::cuda::caller::check_device_pointers(self.options().device, stream, &live)
+                .map_err(|e| self.variant().render(e))?;
         let grad_words = crate::exec::cuda::caller::backward::CallerGradWords {
             tensors: words,
             params: grads.params,

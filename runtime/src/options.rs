@@ -49,6 +49,9 @@ pub struct BindOptions {
     /// CUDA: the tiered JIT policy (a quickly compiled module first, the optimized one
     /// swapped in when ready); `None` reads `ATTNC_JIT_TIERS`, default off.
     pub jit_tiers: Option<crate::cuda::JitTiers>,
+    /// CUDA: the device ordinal the binding compiles for and launches on (its primary
+    /// context; default 0). Other backends ignore it.
+    pub device: usize,
 }
 
 impl BindOptions {
@@ -62,6 +65,7 @@ impl BindOptions {
             checked: false,
             gpu_block_tables: std::env::var("ATTNC_BLOCK_TABLES").map_or(true, |v| v != "host"),
             jit_tiers: None,
+            device: 0,
         }
     }
 }

@@ -32,11 +32,14 @@ pub enum KernelKind {
     Decode,
     /// The exact merge of a decode call's splits into O and LSE (`llvm/decode.rs`).
     DecodeCombine,
+    /// The key positions each sequence of a decode call can reach, from `seq_lens` on the
+    /// device (`llvm/decode_ranges.rs`): the caller-buffer decode's `Ranges`.
+    DecodeRanges,
 }
 
 impl KernelKind {
     /// Every kind, in a stable order.
-    pub const ALL: [KernelKind; 7] = [
+    pub const ALL: [KernelKind; 8] = [
         KernelKind::Forward,
         KernelKind::BlockTable,
         KernelKind::BackwardPre,
@@ -44,6 +47,7 @@ impl KernelKind {
         KernelKind::BackwardDq,
         KernelKind::Decode,
         KernelKind::DecodeCombine,
+        KernelKind::DecodeRanges,
     ];
 
     /// A stable name (cache keys, messages).
@@ -56,6 +60,7 @@ impl KernelKind {
             KernelKind::BackwardDq => "backward-dq",
             KernelKind::Decode => "decode",
             KernelKind::DecodeCombine => "decode-combine",
+            KernelKind::DecodeRanges => "decode-ranges",
         }
     }
 }

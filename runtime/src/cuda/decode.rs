@@ -11,17 +11,18 @@
 //! inside their allocations: page ids are clamped in the kernel, key positions are
 //! bounded by the ranges (which the host computes inside `0..seq_len`).
 
-use super::{CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTiers, LaunchArgs};
+use super::{Arg, CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTiers, LaunchArgs};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::backend::llvm::{GridDim, KernelParam};
 use attnc_compiler::interp::{Bindings, TensorData};
 use attnc_compiler::ir::Scalar;
 use attnc_compiler::plan::Plan;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
 
 /// Both kernels, loaded.
+#[derive(Clone)]
 pub struct DecodeModule {
     decode: Arc<JitKernel>,
     combine: Arc<JitKernel>,
@@ -68,59 +69,113 @@ pub struct DecodeProblem {
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
 }
 
+/// Device addresses of one decode call's buffers, owned by a [`DecodeProblem`] or by the
+/// caller (the caller-buffer decode, `exec::cuda::caller::decode`): the inputs, the
+/// reachable ranges, the partials, the outputs, the params and error words, and each
+/// captured tensor (i32/f32 words, at least one) with its dims (each at least 1).
+#[derive(Clone, Debug)]
+pub struct DecodePtrs {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub page_table: u64,
+    pub seq_lens: u64,
+    pub ranges: u64,
+    pub part_o: u64,
+    pub part_lse: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub params: u64,
+    pub err: u64,
+    pub tensors: Vec<(u64, Vec<i32>)>,
+}
+
+/// The launch values of both kernels by name: buffers, scalars, grid extents.
+pub fn launch_values(g: &DecodeGeometry, p: &DecodePtrs) -> LaunchArgs {
+    use KernelParam as P;
+    let mut a = LaunchArgs::new();
+    for (k, ptr) in [
+        (P::Q, p.q),
+        (P::K, p.k),
+        (P::V, p.v),
+        (P::PageTable, p.page_table),
+        (P::SeqLens, p.seq_lens),
+        (P::Ranges, p.ranges),
+        (P::PartO, p.part_o),
+        (P::PartLse, p.part_lse),
+        (P::O, p.o),
+        (P::Lse, p.lse),
+        (P::Params, p.params),
+        (P::Err, p.err),
+    ] {
+        a.scalar(k, Arg::Ptr(ptr));
+    }
+    for (t, (buf, dims)) in p.tensors.iter().enumerate() {
+        a.scalar(P::Tensor(t as u32), Arg::Ptr(*buf));
+        for (dim, n) in dims.iter().enumerate() {
+            a.i32(
+                P::TensorDim {
+                    tensor: t as u32,
+                    dim: dim as u32,
+                },
+                *n,
+            );
+        }
+    }
+    for (p, x) in [
+        (P::Hq, g.hq),
+        (P::Hkv, g.hkv),
+        (P::Lq, g.lq),
+        (P::Group, g.hq / g.hkv),
+        (P::RowGroups, g.row_groups),
+        (P::Splits, g.splits),
+        (P::Chunk, g.chunk),
+        (P::LkvMax, g.lkv_max),
+        (P::PageShift, g.page_shift),
+        (P::MaxPages, g.max_pages),
+        (P::NumPages, g.num_pages),
+    ] {
+        a.i32(p, x as i32);
+    }
+    a.f32(P::Scale, g.scale);
+    a.extent(GridDim::Splits, g.splits);
+    a.extent(GridDim::KvHeadRowGroups, g.hkv * g.row_groups);
+    a.extent(GridDim::Batches, g.b);
+    a.extent(GridDim::QRows, g.lq);
+    a.extent(GridDim::Heads, g.hq);
+    a
+}
+
 impl DecodeProblem {
     /// The launch values of both kernels by name: buffers, scalars, grid extents.
     fn args(&self, dev: &CudaDevice) -> LaunchArgs {
-        use KernelParam as P;
         let s = &dev.stream;
-        let g = &self.geom;
-        let mut a = LaunchArgs::new();
-        a.buffer(P::Q, &self.q, s);
-        a.buffer(P::K, &self.k, s);
-        a.buffer(P::V, &self.v, s);
-        a.buffer(P::PageTable, &self.page_table, s);
-        a.buffer(P::SeqLens, &self.seq_lens, s);
-        a.buffer(P::Ranges, &self.ranges, s);
-        a.buffer(P::PartO, &self.part_o, s);
-        a.buffer(P::PartLse, &self.part_lse, s);
-        a.buffer(P::O, &self.o, s);
-        a.buffer(P::Lse, &self.lse, s);
-        a.buffer(P::Params, &self.params, s);
-        a.buffer(P::Err, &self.err, s);
-        for (t, (buf, dims)) in self.tensors.iter().enumerate() {
-            a.buffer(P::Tensor(t as u32), buf, s);
-            for (dim, n) in dims.iter().enumerate() {
-                a.i32(
-                    P::TensorDim {
-                        tensor: t as u32,
-                        dim: dim as u32,
-                    },
-                    *n,
-                );
-            }
-        }
-        for (p, x) in [
-            (P::Hq, g.hq),
-            (P::Hkv, g.hkv),
-            (P::Lq, g.lq),
-            (P::Group, g.hq / g.hkv),
-            (P::RowGroups, g.row_groups),
-            (P::Splits, g.splits),
-            (P::Chunk, g.chunk),
-            (P::LkvMax, g.lkv_max),
-            (P::PageShift, g.page_shift),
-            (P::MaxPages, g.max_pages),
-            (P::NumPages, g.num_pages),
-        ] {
-            a.i32(p, x as i32);
-        }
-        a.f32(P::Scale, g.scale);
-        a.extent(GridDim::Splits, g.splits);
-        a.extent(GridDim::KvHeadRowGroups, g.hkv * g.row_groups);
-        a.extent(GridDim::Batches, g.b);
-        a.extent(GridDim::QRows, g.lq);
-        a.extent(GridDim::Heads, g.hq);
-        a
+        let ptr = |b: &CudaSlice<u16>| b.device_ptr(s).0;
+        let ptr_i = |b: &CudaSlice<i32>| b.device_ptr(s).0;
+        let ptr_f = |b: &CudaSlice<f32>| b.device_ptr(s).0;
+        let ptr_u = |b: &CudaSlice<u32>| b.device_ptr(s).0;
+        launch_values(
+            &self.geom,
+            &DecodePtrs {
+                q: ptr(&self.q),
+                k: ptr(&self.k),
+                v: ptr(&self.v),
+                page_table: ptr_i(&self.page_table),
+                seq_lens: ptr_i(&self.seq_lens),
+                ranges: ptr_i(&self.ranges),
+                part_o: ptr_f(&self.part_o),
+                part_lse: ptr_f(&self.part_lse),
+                o: ptr(&self.o),
+                lse: ptr_f(&self.lse),
+                params: ptr_u(&self.params),
+                err: ptr_u(&self.err),
+                tensors: self
+                    .tensors
+                    .iter()
+                    .map(|(b, dims)| (ptr_u(b), dims.clone()))
+                    .collect(),
+            },
+        )
     }
 }
 
@@ -229,7 +284,7 @@ impl DecodeModule {
             data.resize(n.max(data.len()).max(1), 0);
             tensors.push((s.clone_htod(&data)?, dims));
         }
-        let parts = b * hkv * g.row_groups as usize * g.splits as usize * self.rows as usize;
+        let (part_o, parts) = self.workspace(&g);
         let nonempty_i = |v: &[i32]| if v.is_empty() { vec![0] } else { v.to_vec() };
         Ok(DecodeProblem {
             geom,
@@ -239,7 +294,7 @@ impl DecodeModule {
             page_table: s.clone_htod(&nonempty_i(page_table))?,
             seq_lens: s.clone_htod(&nonempty_i(seq_lens))?,
             ranges: s.clone_htod(&nonempty_i(ranges))?,
-            part_o: s.alloc_zeros((parts * d).max(1))?,
+            part_o: s.alloc_zeros(part_o.max(1))?,
             part_lse: s.alloc_zeros(parts.max(1))?,
             o: s.alloc_zeros((b * hq * lq * d).max(1))?,
             lse: s.alloc_zeros((b * hq * lq).max(1))?,
@@ -247,6 +302,41 @@ impl DecodeModule {
             err: s.alloc_zeros(8)?,
             tensors,
         })
+    }
+
+    /// The partials a launch of `geom` writes, in f32 elements: `(O, LSE)`.
+    pub fn workspace(&self, geom: &DecodeGeometry) -> (usize, usize) {
+        let g = geom;
+        let parts = g.b as usize
+            * g.hkv as usize
+            * g.row_groups as usize
+            * g.splits as usize
+            * self.rows as usize;
+        (parts * self.d as usize, parts)
+    }
+
+    /// Enqueues both kernels with `args` ([`launch_values`] of `geom`).
+    ///
+    /// # Safety
+    /// Every buffer of `args` must be live device memory of `dev`'s context sized for
+    /// `geom` (q, k, v, page table, seq_lens, ranges inside each sequence and covered by
+    /// the splits, partials as [`Self::workspace`] says, outputs, params, error words,
+    /// tensors), as [`Self::upload`] checks for a [`DecodeProblem`].
+    pub unsafe fn launch_values(
+        &self,
+        dev: &CudaDevice,
+        geom: &DecodeGeometry,
+        args: &LaunchArgs,
+    ) -> Result<(), CudaError> {
+        if geom.b == 0 {
+            return Ok(());
+        }
+        for k in [&self.decode, &self.combine] {
+            let (kernel, _): (Arc<CudaKernel>, _) = k.current();
+            // SAFETY: forwarded from the caller.
+            unsafe { kernel.launch_args(dev, args) }?;
+        }
+        Ok(())
     }
 
     /// Enqueues the decode kernel and the combine kernel.

@@ -66,6 +66,10 @@ impl CudaDevice {
             capability: self.capability,
         }
     }
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
     pub fn arch(&self) -> Arch {
         self.arch
     }

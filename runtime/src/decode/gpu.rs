@@ -64,7 +64,7 @@ impl GpuDecode {
         }
     }
 
-    fn module(
+    pub(crate) fn module(
         &mut self,
         dev: &CudaDevice,
         shape: &DecodeShape,
@@ -84,7 +84,7 @@ impl GpuDecode {
                 rows: rows_per_cta(shape) as u32,
                 paged,
             };
-            let jit = crate::exec::cuda::cuda_jit()?;
+            let jit = crate::exec::cuda::cuda_jit_of(dev)?;
             *slot = Some(DecodeModule::load(dev, jit, &self.plan, &opts).map_err(backend)?);
         }
         slot.as_ref().ok_or_else(|| backend("decode module"))

@@ -18,6 +18,8 @@ mod cpu;
 mod cuda;
 mod gpu;
 
+pub(crate) use gpu::{applies as split_kv_applies, geometry as split_kv_geometry};
+
 use crate::api::{Backend, Bound, Captures, Output};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -421,7 +423,7 @@ impl Bound {
                 if gpu::applies(&shape, opts.dtype, opts.checked) {
                     *path = Some("split-kv");
                     gpu.forward(
-                        crate::exec::cuda::cuda_device()?,
+                        crate::exec::cuda::cuda_device_at(opts.device)?,
                         &shape,
                         scale,
                         q,
@@ -454,6 +456,25 @@ impl Bound {
             o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, opts.dtype),
             lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
         })
+    }
+}
+
+impl Bound {
+    /// The split-KV kernels of this CUDA binding for `shape`'s layout (loaded on first
+    /// use), for the caller-buffer decode (`external`; records the path "split-kv").
+    pub(crate) fn split_kv_module(
+        &mut self,
+        shape: &DecodeShape,
+    ) -> Result<crate::cuda::decode::DecodeModule> {
+        let opts = self.options().clone();
+        let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
+        let DecodeState::Cuda { gpu, path, .. } = self.decode_state()? else {
+            return Err(Error::Usage(
+                "the split-KV decode kernels run CUDA bindings".into(),
+            ));
+        };
+        *path = Some("split-kv");
+        Ok(gpu.module(dev, shape, opts.dtype)?.clone())
     }
 }
 
@@ -515,7 +536,7 @@ impl Bound {
         let (_, ranges) = reachable(plan, &shape, &seq_lens, &bindings, false)?;
         let (k, v) = cache.kv();
         gpu.time_ms(
-            crate::exec::cuda::cuda_device()?,
+            crate::exec::cuda::cuda_device_at(opts.device)?,
             &shape,
             scale,
             q,

@@ -32,19 +32,28 @@ use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::{MapRecipe, Plan};
 use std::sync::{Arc, OnceLock};
 
-/// The process's CUDA device 0 and its JIT cache (in memory, PTX and cubins on disk),
-/// opened on first use. Opening a context costs tens of milliseconds, so all bindings
-/// share it.
+/// One CUDA device of the process (its primary context, the one the CUDA runtime and
+/// hence torch use) and its JIT cache (in memory per device; PTX and cubins on disk,
+/// shared), opened on first use. Opening a context costs tens of milliseconds, so all
+/// bindings of a device share it.
 struct Gpu {
     device: CudaDevice,
     jit: JitCache,
 }
 
-static GPU: OnceLock<std::result::Result<Gpu, CudaError>> = OnceLock::new();
+/// Device ordinals the process can open (one lazily opened [`Gpu`] each).
+const MAX_DEVICES: usize = 64;
 
-fn gpu() -> ExecResult<&'static Gpu> {
-    GPU.get_or_init(|| {
-        let device = CudaDevice::new(0)?;
+static GPUS: [OnceLock<std::result::Result<Gpu, CudaError>>; MAX_DEVICES] =
+    [const { OnceLock::new() }; MAX_DEVICES];
+
+/// Device `ordinal` (opened on first use).
+fn gpu_at(ordinal: usize) -> ExecResult<&'static Gpu> {
+    let Some(cell) = GPUS.get(ordinal) else {
+        return Err(ExecError::CudaUnavailable(CudaError::NoDevice(ordinal)));
+    };
+    cell.get_or_init(|| {
+        let device = CudaDevice::new(ordinal)?;
         let level = crate::cuda::jit::opt_level_from_env().map_err(CudaError::Mismatch)?;
         Ok(Gpu {
             device,
@@ -55,30 +64,40 @@ fn gpu() -> ExecResult<&'static Gpu> {
     .map_err(|e| ExecError::CudaUnavailable(e.clone()))
 }
 
-/// The process's CUDA device (opened on first use), for launch paths beside the
-/// executor (the backward).
-pub(crate) fn device() -> ExecResult<&'static CudaDevice> {
-    gpu().map(|g| &g.device)
+/// Device 0 (tools and tests that take the first device).
+fn gpu() -> ExecResult<&'static Gpu> {
+    gpu_at(0)
 }
 
-/// The process's CUDA device as an API error when there is none (the decode kernels).
-pub(crate) fn cuda_device() -> Result<&'static CudaDevice> {
-    api_gpu().map(|g| &g.device)
+/// CUDA device `ordinal` (opened on first use), for launch paths beside the executor
+/// (the backward).
+pub(crate) fn device_at(ordinal: usize) -> ExecResult<&'static CudaDevice> {
+    gpu_at(ordinal).map(|g| &g.device)
 }
 
-/// The process's JIT cache (every kernel kind), as an API error when there is no device
-/// (the decode kernels).
-pub(crate) fn cuda_jit() -> Result<&'static JitCache> {
-    api_gpu().map(|g| &g.jit)
+/// CUDA device `ordinal` as an API error when there is none (the decode kernels).
+pub(crate) fn cuda_device_at(ordinal: usize) -> Result<&'static CudaDevice> {
+    api_gpu(ordinal).map(|g| &g.device)
 }
 
-fn api_gpu() -> Result<&'static Gpu> {
-    gpu().map_err(|e| match e {
+/// The JIT cache of `dev`'s ordinal (every kernel kind; modules belong to one context),
+/// as an API error when there is no device.
+pub(crate) fn cuda_jit_of(dev: &CudaDevice) -> Result<&'static JitCache> {
+    api_gpu(dev.ordinal()).map(|g| &g.jit)
+}
+
+/// The JIT cache of device `ordinal`.
+pub(crate) fn cuda_jit_at(ordinal: usize) -> Result<&'static JitCache> {
+    api_gpu(ordinal).map(|g| &g.jit)
+}
+
+fn api_gpu(ordinal: usize) -> Result<&'static Gpu> {
+    gpu_at(ordinal).map_err(|e| match e {
         ExecError::CudaUnavailable(e) => Error::BackendUnavailable {
             backend: "cuda",
             reason: e.to_string(),
         },
-        _ => unreachable!("gpu() fails only with CudaUnavailable"),
+        _ => unreachable!("gpu_at() fails only with CudaUnavailable"),
     })
 }
 
@@ -86,8 +105,12 @@ fn api_gpu() -> Result<&'static Gpu> {
 /// process to finish, so that their optimized cubins reach the disk cache before a
 /// short-lived program exits. Returns at once when the CUDA backend was never used.
 pub fn wait_for_background_jit(timeout: std::time::Duration) {
-    if let Some(Ok(g)) = GPU.get() {
-        g.jit.wait_pending(timeout);
+    let until = std::time::Instant::now() + timeout;
+    for cell in &GPUS {
+        if let Some(Ok(g)) = cell.get() {
+            g.jit
+                .wait_pending(until.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 }
 
@@ -119,6 +142,8 @@ struct KeptTable {
 
 /// A CUDA binding.
 pub(crate) struct CudaExec {
+    /// The device ordinal of the binding (`BindOptions::device`).
+    ordinal: usize,
     /// The best forward module loaded so far (tiered JIT: swapped to the optimized one
     /// when it is ready; each call takes the current one once).
     kernel: Arc<JitKernel>,
@@ -135,6 +160,8 @@ pub(crate) struct CudaExec {
     table_counts: (u64, u64),
     /// Calls on caller-owned buffers: what each caller stream keeps ([`caller`]).
     caller: caller::CallerStates,
+    /// The decode-ranges kernel of the caller-buffer decode, loaded on first use.
+    decode_ranges: Option<Arc<CudaKernel>>,
 }
 
 fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
@@ -165,7 +192,7 @@ impl CudaExec {
             Some(t) => t,
             None => JitTiers::from_env().map_err(|e| ExecError::Api(Error::Usage(e)))?,
         };
-        let g = gpu()?;
+        let g = gpu_at(opts.device)?;
         let mut popts = PtxOptions::new(
             g.device.arch(),
             opts.shape.d as u32,
@@ -189,6 +216,7 @@ impl CudaExec {
             None
         };
         Ok(CudaExec {
+            ordinal: opts.device,
             kernel,
             jit,
             maps: None,
@@ -196,6 +224,7 @@ impl CudaExec {
             kept: None,
             table_counts: (0, 0),
             caller: Default::default(),
+            decode_ranges: None,
         })
     }
 
@@ -234,7 +263,7 @@ impl CudaExec {
         v: &Tensor,
         bindings: &Bindings,
     ) -> ExecResult<(Tensor, Vec<f32>)> {
-        let g = gpu()?;
+        let g = gpu_at(self.ordinal)?;
         // this call keeps the module it starts with, whatever is swapped in meanwhile
         let (kernel, _) = self.kernel.current();
         let (p, built) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
@@ -366,7 +395,7 @@ impl CudaExec {
         bindings: &Bindings,
         iters: usize,
     ) -> ExecResult<(f64, JitTier)> {
-        let g = gpu()?;
+        let g = gpu_at(self.ordinal)?;
         let (kernel, tier) = self.kernel.current();
         let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
         let ms = kernel.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
@@ -392,7 +421,7 @@ impl CudaExec {
         let Some(builder) = self.device_table(&kernel, plan, opts).cloned() else {
             return Ok(None);
         };
-        let g = gpu()?;
+        let g = gpu_at(self.ordinal)?;
         // never the kept table: the build kernel itself is timed, into this problem's table
         let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, false)?;
         let skip = plan.skip_bounds(&opts.shape, bindings)?;

@@ -291,6 +291,22 @@ pub(crate) fn block_range<'ctx>(
     Ok([first, end, ff, fe])
 }
 
+/// `(first, end)` (i64) of the key positions `0..lkv` that rows `q0..=q1` can reach
+/// under the constraints (`coefs`, i64 `offsets`): [`row`] with one-element blocks,
+/// `(0, 0)` when none. The decode-ranges kernel (`decode_ranges.rs`) bounds each
+/// sequence's key loop by it.
+pub(crate) fn element_range<'ctx>(
+    g: &Gpu<'ctx>,
+    coefs: &[(i64, i64)],
+    offsets: &[IntValue<'ctx>],
+    q0: IntValue<'ctx>,
+    q1: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+) -> R<[IntValue<'ctx>; 2]> {
+    let r = row(&Ir(g), coefs, offsets, q0, q1, lkv, 1)?;
+    Ok([r[0], r[1]])
+}
+
 /// Where the runs of one q block's row are read from.
 pub(crate) enum RunSource<'ctx> {
     /// `u32` triples (start, end, full) in global memory (the `Runs` param).

@@ -71,6 +71,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
             super::backward::backward_layout(plan, opts, backward_kind(kind))
         }
         KernelKind::Decode | KernelKind::DecodeCombine => super::decode::spec(p, kind, opts),
+        KernelKind::DecodeRanges => super::decode_ranges::spec(plan, opts),
     }
 }
 
@@ -110,6 +111,11 @@ pub fn generate(
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
             ..EmitTimes::default()
         };
+        return Ok((k, times));
+    }
+    if kind == KernelKind::DecodeRanges {
+        let (k, mut times) = super::decode_ranges::generate(plan, opts, text)?;
+        times.total_ms = t0.elapsed().as_secs_f64() * 1e3;
         return Ok((k, times));
     }
     if is_decode(kind) {

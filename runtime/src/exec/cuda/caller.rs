@@ -30,8 +30,9 @@
 //! alive as long as the stream state.
 
 pub(crate) mod backward;
+pub(crate) mod decode;
 
-use super::{CudaExec, Gpu, gpu};
+use super::{CudaExec, Gpu, gpu_at};
 use crate::cuda::problem::builder_skip_args;
 use crate::cuda::{Arg, CudaDevice, CudaError, DeviceTable, LaunchArgs};
 use crate::exec::ExecResult;
@@ -195,7 +196,7 @@ fn capturing(dev: &CudaDevice, stream: u64) -> Result<bool, CudaError> {
 }
 
 /// Runs `f`, then makes the context that was current on this thread before current
-/// again if `f` changed it: cudarc binds the primary context of device 0 to the thread,
+/// again if `f` changed it: cudarc binds the primary context of the binding's device to the thread,
 /// which would also move the CUDA runtime's (torch's) current device of a caller whose
 /// current device is another one. Without a driver, just runs `f`.
 pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
@@ -222,22 +223,26 @@ pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Each `(name, pointer)` is device memory of the process's device (ordinal 0), asked
+/// Each `(name, pointer)` is device memory of device `ordinal` (the binding's), asked
 /// of the driver (`cuPointerGetAttribute`: a host-side query, no synchronization);
 /// skipped while `stream` captures a graph (a capture admits only stream work). Returns
 /// whether it captures (asked once per call: the launch takes the answer).
-pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecResult<bool> {
-    let g = gpu()?;
+pub(crate) fn check_device_pointers(
+    ordinal: usize,
+    stream: u64,
+    bufs: &[(&str, u64)],
+) -> ExecResult<bool> {
+    let g = gpu_at(ordinal)?;
     if capturing(&g.device, stream)? {
         return Ok(true);
     }
     for &(name, ptr) in bufs {
-        let mut ordinal: i32 = -1;
+        let mut at: i32 = -1;
         // SAFETY: the driver writes one i32 (the attribute's documented type) into
-        // `ordinal`; any `ptr` value may be asked about (an unknown one is an error).
+        // `at`; any `ptr` value may be asked about (an unknown one is an error).
         let r = unsafe {
             cudarc::driver::sys::cuPointerGetAttribute(
-                (&mut ordinal as *mut i32).cast(),
+                (&mut at as *mut i32).cast(),
                 cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
                 ptr,
             )
@@ -248,9 +253,9 @@ pub(crate) fn check_device_pointers(stream: u64, bufs: &[(&str, u64)]) -> ExecRe
             ))
             .into());
         }
-        if ordinal != 0 {
+        if at != ordinal as i32 {
             return Err(CudaError::Mismatch(format!(
-                "`{name}` is memory of CUDA device {ordinal}; attnc's CUDA backend runs on device 0 (the first visible device)"
+                "`{name}` is memory of CUDA device {at}, but this call runs on device {ordinal}; every tensor of a call must be on one device"
             ))
             .into());
         }
@@ -417,7 +422,7 @@ impl CudaExec {
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
-        let g = gpu()?;
+        let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
         if opts.checked {
             return Err(CudaError::Mismatch(

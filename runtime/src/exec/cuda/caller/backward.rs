@@ -25,7 +25,7 @@ use super::{StateBufs, call_args, closed_form_args, needs_warmup, words};
 use crate::cuda::backward::{CudaBackward, kv_ranges, q_ranges};
 use crate::cuda::{Arg, CudaError, LaunchArgs};
 use crate::exec::ExecResult;
-use crate::exec::cuda::{CudaExec, gpu};
+use crate::exec::cuda::{CudaExec, gpu_at};
 use crate::options::BindOptions;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
@@ -234,7 +234,7 @@ impl CudaExec {
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
-        let g = gpu()?;
+        let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
         if opts.checked {
             return Err(CudaError::Mismatch(

@@ -1,0 +1,219 @@
+//! The decode-ranges kernel: on the device, the key positions each sequence of a decode
+//! call can reach, for calls whose `seq_lens` live on the device (the caller-buffer
+//! decode, `attnc::external`), so that no host round trip is needed before the split-KV
+//! kernel (`decode.rs`) launches.
+//!
+//! In: the [`Plan`] (the implied linear conjuncts of its mask, `Plan::table_skip`, whose
+//! i64 offsets arrive as [`KernelParam::KvOffset`] params computed by the host for the
+//! logical shape, with [`KernelParam::KvAllPartial`] set when they bound nothing) and
+//! [`PtxOptions`] (only the architecture matters). Out: the kind's `KernelSpec` and PTX.
+//!
+//! Grid `(B, 1, 1)`, one warp; thread 0 of CTA `b`:
+//! ```text
+//! n      = clamp(seq_lens[b], 0, Lkv)            Lkv: the cache's capacity in positions
+//! rows   = positions max(n - Lq, 0) ..= n - 1    (rows at negative positions do not exist)
+//! lo, hi = the element range of the linear conjuncts over those rows, within 0..n
+//!          (bounds::element_range; 0..n without conjuncts or with KvAllPartial)
+//! ranges[b] = (lo, hi), (0, 0) when n = 0
+//! ```
+//! The clamp is what keeps the split-KV kernel's reads inside the cache whatever the
+//! caller's `seq_lens` hold (it reads keys `lo..hi` only): a length beyond the capacity
+//! is read as the capacity (checked mode, on the host path, reports it instead).
+
+use super::bounds::element_range;
+use super::cta::Args;
+use super::gpu::{GLOBAL, Gpu, R};
+use super::{
+    EmitText, EmitTimes, GridDim, KernelParam, KernelSpec, LlvmError, PtxKernel, PtxOptions,
+};
+use crate::backend::KernelKind;
+use crate::plan::{KvBounds, Plan};
+use inkwell::AddressSpace;
+use inkwell::IntPredicate;
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{IntValue, PointerValue};
+
+/// Threads per CTA (thread 0 works).
+pub const THREADS: u32 = 32;
+const PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn)";
+
+/// The coefficients `(a_q, a_kv)` of the conjuncts the kernel bounds by (empty: none).
+fn coefficients(plan: &Plan) -> Vec<(i64, i64)> {
+    plan.table_skip(false)
+        .map(|cf| KvBounds::ClosedForm(cf.clone()).coefficients())
+        .unwrap_or_default()
+}
+
+/// The parameters: `SeqLens, Ranges, Lq, Lkv`, then with conjuncts their `KvOffset`s and
+/// `KvAllPartial`.
+fn param_list(plan: &Plan) -> Vec<KernelParam> {
+    let mut v = vec![
+        KernelParam::SeqLens,
+        KernelParam::Ranges,
+        KernelParam::Lq,
+        KernelParam::Lkv,
+    ];
+    let n = coefficients(plan).len() as u32;
+    if n > 0 {
+        v.extend((0..n).map(KernelParam::KvOffset));
+        v.push(KernelParam::KvAllPartial);
+    }
+    v
+}
+
+/// The launch description: grid `(B, 1, 1)`, [`THREADS`] threads, no shared memory.
+pub(crate) fn spec(plan: &Plan, opts: &PtxOptions) -> Result<KernelSpec, LlvmError> {
+    Ok(KernelSpec {
+        kind: KernelKind::DecodeRanges,
+        entry: format!(
+            "attnc_decode_ranges_{}",
+            super::sanitize(&plan.program().name)
+        ),
+        options: *opts,
+        q_block: 1,
+        kv_block: 1,
+        threads: THREADS,
+        smem_bytes: 0,
+        params: param_list(plan),
+        grid: [GridDim::Batches, GridDim::One, GridDim::One],
+        kv_bounds: KvBounds::Table,
+        table_skip: plan.table_skip(false).cloned(),
+    })
+}
+
+/// Generates the kernel: its [`spec`] and PTX.
+pub(crate) fn generate(
+    plan: &Plan,
+    opts: &PtxOptions,
+    text: EmitText,
+) -> Result<(PtxKernel, EmitTimes), LlvmError> {
+    let spec = spec(plan, opts)?;
+    let coefs = coefficients(plan);
+    let (ptx, llvm_ir, times) = super::run_pipeline(
+        plan.program(),
+        opts,
+        &spec.entry,
+        PASSES,
+        text,
+        |ctx, module| build(ctx, module, &coefs, &spec.params, &spec.entry),
+    )?;
+    Ok((PtxKernel { spec, ptx, llvm_ir }, times))
+}
+
+fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    coefs: &[(i64, i64)],
+    params: &[KernelParam],
+    entry: &str,
+) -> R<Module<'ctx>> {
+    use KernelParam as P;
+    let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
+    let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
+        .iter()
+        .map(|p| match p {
+            P::SeqLens | P::Ranges => gptr.into(),
+            P::KvOffset(_) => ctx.i64_type().into(),
+            _ => ctx.i32_type().into(),
+        })
+        .collect();
+    let func = module.add_function(entry, ctx.void_type().fn_type(&tys, false), None);
+    func.set_call_conventions(71); // ptx_kernel
+    let g = Gpu::new(ctx, module, func);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    let a = Args { g: &g, params };
+    let g = &g;
+    let b = g.ctaid('x')?;
+    let first_thread = g.icmp(IntPredicate::EQ, g.tid_x()?, g.c32(0))?;
+    g.if_then(first_thread, || {
+        let n = g.load_i32(a.ptr(P::SeqLens)?, b)?;
+        let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
+        let n = g.iintr2("llvm.smin.i32", n, a.int(P::Lkv)?)?;
+        let (mut lo, mut hi) = (g.c32(0), n);
+        if !coefs.is_empty() {
+            let q1 = g.sub(n, g.c32(1))?;
+            let q0 = g.iintr2("llvm.smax.i32", g.sub(n, a.int(P::Lq)?)?, g.c32(0))?;
+            let offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
+                .map(|i| a.int(P::KvOffset(i)))
+                .collect::<R<_>>()?;
+            let [first, end] = element_range(
+                g,
+                coefs,
+                &offsets,
+                g.sext64(q0)?,
+                g.sext64(q1)?,
+                g.sext64(n)?,
+            )?;
+            let t = |x: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+                Ok(g.b.build_int_truncate(x, g.i32, "")?)
+            };
+            let all = g.icmp(IntPredicate::NE, a.int(P::KvAllPartial)?, g.c32(0))?;
+            lo = g.selecti(all, lo, t(first)?)?;
+            hi = g.selecti(all, hi, t(end)?)?;
+        }
+        // no keys (n = 0, or nothing reachable): (0, 0)
+        let none = g.icmp(IntPredicate::SLE, hi, lo)?;
+        let lo = g.selecti(none, g.c32(0), lo)?;
+        let hi = g.selecti(none, g.c32(0), hi)?;
+        let ranges = a.ptr(P::Ranges)?;
+        let at = g.mul(b, g.c32(2))?;
+        store_i32(g, ranges, at, lo)?;
+        store_i32(g, ranges, g.add(at, g.c32(1))?, hi)
+    })?;
+    g.b.build_return(None)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module.clone())
+}
+
+/// `base[index] = v` (i32 elements, `index` i32 non-negative).
+fn store_i32<'ctx>(
+    g: &Gpu<'ctx>,
+    base: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    v: IntValue<'ctx>,
+) -> R<()> {
+    let idx = g.zext64(index)?;
+    // SAFETY: `index` < 2 B, inside the `[B, 2]` ranges buffer the launch binds.
+    let p = unsafe { g.b.build_gep(g.i32, base, &[idx], "")? };
+    g.store(p, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::llvm::{Arch, InputType, samples};
+
+    /// Every sample generates; masks with linear conjuncts take their offsets, others
+    /// read only the lengths; the spec without code is the spec of the code.
+    #[test]
+    fn ranges_kernel_generates_for_every_sample() {
+        let opts = PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16);
+        let mut with_offsets = 0;
+        for p in samples::all(16) {
+            let plan = Plan::new(&p);
+            let s = spec(&plan, &opts).unwrap();
+            let (k, _) = generate(&plan, &opts, EmitText::PtxOnly).unwrap();
+            assert_eq!(k.spec, s, "{}", p.name);
+            assert!(
+                k.ptx.contains(&format!(".entry {}(", s.entry)),
+                "{}",
+                p.name
+            );
+            let n = coefficients(&plan).len();
+            assert_eq!(
+                s.params
+                    .iter()
+                    .filter(|x| matches!(x, KernelParam::KvOffset(_)))
+                    .count(),
+                n
+            );
+            with_offsets += (n > 0) as usize;
+        }
+        assert!(with_offsets > 0);
+    }
+}

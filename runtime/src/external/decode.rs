@@ -1,0 +1,233 @@
+//! Decoding over caller-owned device buffers on the caller's stream (the Python package's
+//! `Attention.decode` on CUDA tensors): [`Bound::decode_cuda_workspace`] says how much
+//! workspace a call needs, [`Bound::decode_cuda_into`] enqueues it.
+//!
+//! In: a CUDA binding made for a cache (`Shape::lkv` = the cache's capacity), the cache's
+//! [`CacheLayout`], device pointers ([`DeviceDecodeBuffers`]: q, the caches, `seq_lens`,
+//! the page table, o, lse and the workspace), captures as device tensors and params, a
+//! stream. Out: the ranges, split-KV and combine kernels enqueued on the stream (see
+//! `exec::cuda::caller::decode`), or an [`Error`] naming the buffer. Positions and
+//! semantics are `Bound::forward_with_cache`'s; the difference: `seq_lens` and the page
+//! table are never read on the host, so a length beyond the cache is read as the
+//! capacity and a page id outside the cache is clamped into it (the host path reports
+//! both in checked mode), never read out of bounds.
+
+use super::{Buf, DeviceTensor, check_bufs, device_bindings, tensor_bufs};
+use crate::api::{Bound, ParamValue};
+use crate::cuda::decode::{DecodeGeometry, DecodeModule};
+use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
+use crate::error::{Error, Result};
+use attnc_compiler::decode::{CacheError, DecodeShape};
+use std::collections::HashMap;
+
+pub use crate::exec::cuda::caller::decode::CallerDecodeBuffers as DeviceDecodeBuffers;
+pub use attnc_compiler::decode::CacheLayout;
+
+/// The workspace of one caller-buffer decode call, in elements: the partial O and LSE of
+/// the splits (f32) and the reachable ranges (`i32[B, 2]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeWorkspace {
+    pub part_o: usize,
+    pub part_lse: usize,
+    pub ranges: usize,
+}
+
+/// Whether the caller-buffer decode runs a call of this shape: the split-KV kernels take
+/// `Lq <= 16` and `D = Dv` in {32, 64, 128, 256}, bf16/f16, fast mode (else
+/// `Bound::forward_with_cache` on host tensors runs it, through the prefill path).
+pub fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
+    let probe = DecodeShape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq,
+        d,
+        dv,
+        layout: CacheLayout::Contiguous { lkv_max: 1 },
+    };
+    split_kv_applies(&probe, crate::DType::BF16, false)
+}
+
+impl Bound {
+    /// The decode shape, launch geometry and kernels of a caller-buffer decode call.
+    fn decode_setup(
+        &mut self,
+        layout: CacheLayout,
+    ) -> Result<(DecodeShape, DecodeGeometry, DecodeModule)> {
+        self.require_cuda("decode_cuda_into")?;
+        let opts = self.options().clone();
+        let s = opts.shape;
+        let shape = DecodeShape {
+            b: s.b,
+            hq: s.hq,
+            hkv: s.hkv,
+            lq: s.lq,
+            d: s.d,
+            dv: s.dv,
+            layout,
+        };
+        shape.validate().map_err(cache_error)?;
+        if shape.capacity() != s.lkv {
+            let (tensor, what) = match layout {
+                CacheLayout::Contiguous { .. } => ("k_cache", "Lkv_max (dimension 2)"),
+                CacheLayout::Paged { .. } => ("page_table", "max_pages x page_size"),
+            };
+            return Err(cache_error(CacheError::Shape {
+                tensor,
+                message: format!(
+                    "the cache holds {} positions per sequence ({what}), but the binding's Lkv is {}; bind with Lkv = the cache's capacity",
+                    shape.capacity(),
+                    s.lkv
+                ),
+            }));
+        }
+        if !split_kv_applies(&shape, opts.dtype, opts.checked) {
+            return Err(Error::Usage(format!(
+                "decoding on caller buffers runs the split-KV kernels: Lq <= 16, D = Dv in {{32, 64, 128, 256}}, bf16/f16, fast mode (this binding: Lq {} D {} Dv {} {}{}); use forward_with_cache",
+                s.lq,
+                s.d,
+                s.dv,
+                opts.dtype,
+                if opts.checked { ", checked" } else { "" }
+            )));
+        }
+        let module = self.split_kv_module(&shape)?;
+        // sized from the capacity: the sequences' lengths stay on the device
+        let full: Vec<i32> = (0..s.b).flat_map(|_| [0, s.lkv as i32]).collect();
+        let geom = split_kv_geometry(&shape, &full, self.scale());
+        Ok((shape, geom, module))
+    }
+
+    /// CUDA backend, a binding for a cache: the workspace a [`Self::decode_cuda_into`]
+    /// call with this layout needs (it depends on the shape and layout only). Loads the
+    /// decode kernels on first use.
+    pub fn decode_cuda_workspace(&mut self, layout: CacheLayout) -> Result<DecodeWorkspace> {
+        let (shape, geom, module) = self.decode_setup(layout)?;
+        let (part_o, part_lse) = module.workspace(&geom);
+        Ok(DecodeWorkspace {
+            part_o,
+            part_lse,
+            ranges: 2 * shape.b,
+        })
+    }
+
+    /// CUDA backend: enqueues attention of q's new rows against a KV cache in the
+    /// caller's device memory on the caller's stream (positions as
+    /// `Bound::forward_with_cache`'s; the binding's shape gives B, Hq, Hkv, Lq, D, Dv and
+    /// `lkv` = the capacity of `layout`); writes o, lse and the workspace. No host round
+    /// trip, no synchronization, no allocation after the stream's first call: a
+    /// warmed-up call can be captured in a CUDA graph. Pointers are checked for null,
+    /// alignment (16 bytes for q, caches, o and the partial O), overlap of outputs and,
+    /// outside a graph capture, with the driver (memory of this binding's device).
+    /// `seq_lens` and the page table are read only on the device: lengths beyond the
+    /// capacity count as the capacity, page ids are clamped into the cache.
+    ///
+    /// # Safety
+    /// The pointers must be live device allocations of the binding's device holding:
+    /// q `[B, Hq, Lq, D]`, the caches in `layout` (16-bit, the binding's dtype), `seq_lens`
+    /// `i32[B]`, the page table `i32[B, max_pages]` (paged), o `[B, Hq, Lq, Dv]`, lse f32
+    /// `[B, Hq, Lq]`, the workspace as [`Self::decode_cuda_workspace`] says; tensors the
+    /// product of their dims in i32/f32 words. Outputs and workspace written by no one
+    /// else until the stream has run the call; `stream` alive while this binding exists.
+    pub unsafe fn decode_cuda_into(
+        &mut self,
+        layout: CacheLayout,
+        bufs: &DeviceDecodeBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        stream: u64,
+    ) -> Result<()> {
+        let (shape, geom, module) = self.decode_setup(layout)?;
+        let logical = shape.logical();
+        let (bindings, ptrs) = device_bindings(self.variant(), &logical, tensors, params)?;
+        let e = self.options().dtype.size();
+        let (part_o, part_lse) = module.workspace(&geom);
+        let cache_rows = match layout {
+            CacheLayout::Contiguous { lkv_max } => shape.b * lkv_max,
+            CacheLayout::Paged {
+                num_pages,
+                page_size,
+                ..
+            } => num_pages * page_size,
+        };
+        let rows = shape.b * shape.hq * shape.lq;
+        let words = |b: Buf<'static>, align: u64| Buf { align, ..b };
+        let mut all = vec![
+            Buf::input("q", bufs.q, rows * shape.d * e),
+            Buf::input(
+                "k_cache",
+                bufs.k_cache,
+                cache_rows * shape.hkv * shape.d * e,
+            ),
+            Buf::input(
+                "v_cache",
+                bufs.v_cache,
+                cache_rows * shape.hkv * shape.dv * e,
+            ),
+            words(Buf::input("seq_lens", bufs.seq_lens, 4 * shape.b), 4),
+            Buf::output("o", bufs.o, rows * shape.dv * e),
+            words(Buf::output("lse", bufs.lse, 4 * rows), 4),
+            Buf::output("part_o", bufs.part_o, 4 * part_o),
+            words(Buf::output("part_lse", bufs.part_lse, 4 * part_lse), 4),
+            words(Buf::output("ranges", bufs.ranges, 8 * shape.b), 8),
+        ];
+        match (layout, bufs.page_table) {
+            (CacheLayout::Paged { max_pages, .. }, Some(t)) => {
+                all.push(words(
+                    Buf::input("page_table", t, 4 * shape.b * max_pages),
+                    4,
+                ));
+            }
+            (CacheLayout::Paged { .. }, None) => {
+                return Err(Error::Usage(
+                    "a paged cache needs its page table (device buffer `page_table`)".into(),
+                ));
+            }
+            (CacheLayout::Contiguous { .. }, Some(_)) => {
+                return Err(Error::Usage(
+                    "a page table was given for a contiguous cache".into(),
+                ));
+            }
+            (CacheLayout::Contiguous { .. }, None) => {}
+        }
+        all.extend(tensor_bufs(tensors));
+        check_bufs(&all)?;
+        let live: Vec<(&str, u64)> = all
+            .iter()
+            .filter(|b| b.len > 0)
+            .map(|b| (b.name, b.ptr))
+            .collect();
+        let ordinal = self.options().device;
+        let capture = crate::exec::cuda::caller::check_device_pointers(ordinal, stream, &live)
+            .map_err(|e| self.variant().render(e))?;
+        let skip = self
+            .plan()
+            .skip_bounds(&logical, &bindings)
+            .map_err(|e| Error::Backend {
+                backend: "blocks",
+                message: e.to_string(),
+            })?;
+        let capacity = shape.capacity();
+        let (exec, plan, variant, _) = self.parts_mut();
+        let Some(cuda) = exec.cuda_mut() else {
+            return Err(Error::Usage("this binding does not run on CUDA".into()));
+        };
+        // SAFETY: forwarded from the caller (see above); the workspace sizes are
+        // `module.workspace(&geom)`'s, checked above as buffer lengths.
+        unsafe {
+            cuda.decode_caller(
+                plan,
+                &module,
+                &geom,
+                capacity,
+                bufs,
+                &ptrs,
+                &bindings,
+                skip.as_deref(),
+                stream,
+                capture,
+            )
+        }
+        .map_err(|e| variant.render(e))
+    }
+}
