@@ -20,7 +20,7 @@ cp .whl/attnc-*.whl "$dest/wheels/"
 cp -r python/tests python/bench python/examples "$dest/tree/python/"
 cp -r examples "$dest/tree/examples"
 find "$dest/tree" -name __pycache__ -prune -exec rm -rf {} +
-cp scripts/python-gpu-remote.sh scripts/python-gpu-quick.sh "$dest/"
+cp scripts/python-gpu-remote.sh scripts/python-gpu-quick.sh scripts/python-gpu-select.sh "$dest/"
 echo "$(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')" > "$dest/COMMIT"
 du -sh "$dest" "$dest"/wheels/*
 echo "device command (run tool, carry [\"$(basename "$dest")\"], timeout_s 600): bash $(basename "$dest")/python-gpu-remote.sh"

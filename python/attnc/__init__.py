@@ -23,7 +23,7 @@ from typing import Optional, Union
 from . import _attnc
 from ._attnc import AttncError, CompileError
 
-__all__ = ["compile", "Module", "Attention", "AttncError", "CompileError"]
+__all__ = ["compile", "Module", "Attention", "BlockMask", "AttncError", "CompileError"]
 __version__ = _attnc.__version__
 
 
@@ -74,6 +74,46 @@ class Module:
         return f"attnc.Module({self._inner.source_name!r}, attentions={self.names})"
 
 
+class BlockMask:
+    """A block mask made by ``Attention.block_mask`` (see there): the block table of one
+    attention's mask for given captures, shape, dtype and device, kept on the device."""
+
+    def __init__(self, key, rust, made_from, params, call):
+        self._key = key
+        self._rust = rust
+        # the captured tensors the mask reads (kept alive: their memory is not reused)
+        # with their versions, and the params' values
+        self._made_from = made_from
+        self._params = params
+        self._call = call
+
+    def _args(self, attn, q, k, v, scale, captures):
+        """What the extension takes, after checking that this block mask is valid for the
+        call (an ``AttncError`` naming what changed otherwise)."""
+        def stale(what):
+            return _error("E0318", f"stale block mask: {what}; make a new one with attn.block_mask(...)")
+
+        if attn._key != self._key:
+            raise stale(f"it was made for another attention, not `{attn.name}`")
+        call = (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale)
+        if call != self._call:
+            raise stale(f"it was made for q/k/v {self._call[:3]} {self._call[3]} on {self._call[4]} scale {self._call[5]}, "
+                        f"called with {call[:3]} {call[3]} on {call[4]} scale {call[5]}")
+        for name, (x, version) in self._made_from.items():
+            now = captures.get(name)
+            if now is not x:
+                raise stale(f"captured tensor `{name}` is not the tensor it was made from")
+            if now._version != version:
+                raise stale(f"captured tensor `{name}` was modified in place since it was made")
+        for name, value in self._params.items():
+            if captures.get(name) != value:
+                raise stale(f"param `{name}` is {captures.get(name)!r}, it was made with {value!r}")
+        return self._rust
+
+    def __repr__(self) -> str:
+        return f"attnc.BlockMask(q {self._call[0]}, captures {list(self._made_from)}, params {self._params})"
+
+
 class Attention:
     """One attention variant, callable on torch tensors:
     ``attn(q, k, v, *, return_lse=False, scale=None, **captures_and_params)``."""
@@ -91,11 +131,51 @@ class Attention:
         self._key = f"{self.name}:{digest}"
         self._inner = _ops.register(self._key, inner)
 
-    def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None, **captures):
+    def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None,
+                 block_mask: Optional["BlockMask"] = None, **captures):
         from . import _ops
 
-        o, lse = _ops.call(self._key, q, k, v, scale, captures)
+        mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
+        o, lse = _ops.call(self._key, q, k, v, scale, captures, mask)
         return (o, lse) if return_lse else o
+
+    def block_mask(self, q, k, v, *, scale: Optional[float] = None, backward: bool = True,
+                   **captures) -> "BlockMask":
+        """A block mask made once for these captures (like FlexAttention's
+        ``create_block_mask``), for attentions whose mask reads captured tensors (document
+        ids, ...): pass it as ``attn(q, k, v, block_mask=bm, **captures)`` with the same
+        captures, and the CUDA forward reads its block table instead of building one on
+        the GPU at every call, and the backward visits only the blocks it lists instead of
+        every block of the mask's linear range (causal). ``q``, ``k``, ``v`` give the
+        shape, dtype, device (and ``scale``) it is made for; they are not read.
+
+        Made on the host from copies of the captures the mask reads (one host round trip
+        here, none per call), from per-block summaries of the tensors: sound for any data,
+        exact where the summaries settle a block (sorted document ids). ``backward``: also
+        the backward's ranges. Validated at every call (cheap): the same attention, shape,
+        dtype, device and scale; each captured tensor the mask reads must be the same
+        tensor object, unmodified since (torch's version counter); the params the mask
+        reads must have the same values. A stale block mask is an ``AttncError``, never a
+        wrong result. Under ``torch.compile`` (and for subclasses or modes) the call takes
+        the custom op, which builds the table per call: the block mask is validated, and
+        the result is the same."""
+        import torch
+
+        host = {n: (x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()}
+        tensors = [(n, x) for n, x in host.items() if isinstance(x, torch.Tensor)]
+        params = [(n, x) for n, x in host.items() if not isinstance(x, torch.Tensor)]
+        shape, fwd, bwd, read_t, read_p = self._inner.block_mask_tables(q, k, v, scale, tensors, params, backward)
+        i32 = lambda xs: torch.tensor(xs if xs else [0], dtype=torch.int64).to(torch.int32).to(q.device)  # noqa: E731
+        row_start, runs, strides, tiles = fwd
+        fwd_t = (i32(row_start), i32(runs), strides, tiles)
+        bwd_t = None if bwd is None else (bwd[0], i32(bwd[1]), bwd[2], i32(bwd[3]), bwd[4])
+        made_from = {}
+        for name, _ in read_t:
+            x = captures[name]
+            made_from[name] = (x, x._version)
+        param_values = {name: captures[name] for name, _ in read_p}
+        return BlockMask(self._key, (shape, fwd_t, bwd_t, read_t, read_p), made_from, param_values,
+                         (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale))
 
     def decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, return_lse: bool = False,
                scale: Optional[float] = None, **captures):

@@ -47,7 +47,7 @@ def _same_device(x, q) -> bool:
     return x.device == q.device
 
 
-def call(key: str, q, k, v, scale: Optional[float], captures: dict):
+def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None):
     # checked before dispatch: torch would pick one device's kernel for mixed inputs
     # (a meta tensor anywhere selects the fake implementation)
     if isinstance(q, torch.Tensor):
@@ -75,8 +75,10 @@ def call(key: str, q, k, v, scale: Optional[float], captures: dict):
         if torch.is_grad_enabled() and (
             q.requires_grad or k.requires_grad or v.requires_grad or any(t.requires_grad for t in tensors)
         ):
-            return _Eager.apply(q, k, v, inner, scale, tensor_names, param_names, params, *tensors)
-        return _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params)
+            return _Eager.apply(q, k, v, inner, scale, tensor_names, param_names, params, mask, *tensors)
+        return _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask)
+    # (the custom op builds the block table per call: a block mask, validated by the
+    # caller, changes nothing in the result)
     # names are identifiers: joined with commas (a custom op's schema has no str lists)
     return forward(q, k, v, key, scale, ",".join(tensor_names), tensors, ",".join(param_names), params)
 
@@ -105,26 +107,27 @@ class _Eager(torch.autograd.Function):
     """The custom op's autograd (``_setup_context`` / ``_backward``) for the eager path."""
 
     @staticmethod
-    def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, *tensors):
-        o, lse = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params)
+    def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, mask, *tensors):
+        o, lse = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask)
         # an unused output's gradient stays None (dLSE None: no zeros to allocate and read)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, o, lse, *tensors)
-        ctx.attnc = (inner, scale, tensor_names, param_names, params)
+        ctx.attnc = (inner, scale, tensor_names, param_names, params, mask)
         ctx.tensor_grads = [t.requires_grad for t in tensors]
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
         q, k, v, o, lse, *tensors = ctx.saved_tensors
-        inner, scale, tensor_names, param_names, params = ctx.attnc
+        inner, scale, tensor_names, param_names, params, mask = ctx.attnc
         if do is None:
             do = torch.zeros_like(o)
         dq, dk, dv, dts = _backward_impl(
-            inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads
+            inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads,
+            mask,
         )
         grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
-        return (dq, dk, dv, None, None, None, None, None, *grads)
+        return (dq, dk, dv, None, None, None, None, None, None, *grads)
 
 
 def _names(joined: str) -> list:
@@ -189,7 +192,7 @@ def forward(
     return _forward_impl(_lookup(key), q, k, v, scale, _names(tensor_names), tensors, _names(param_names), params)
 
 
-def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params):
+def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask=None):
     """(o, lse) allocated by torch and written by attnc (names as lists)."""
     o_shape, lse_shape = _out_shapes(q, k, v)
     o = q.new_empty(o_shape)
@@ -201,7 +204,7 @@ def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, par
     cuda = q.is_cuda
     inner.forward(
         _dense(q), _dense(k), _dense(v), o, lse, scale, caps, list(zip(param_names, params)),
-        _stream(q) if cuda else 0, 0 if cuda else torch.get_num_threads(),
+        _stream(q) if cuda else 0, 0 if cuda else torch.get_num_threads(), mask,
     )
     return o, lse
 
@@ -238,7 +241,8 @@ def backward(
     )
 
 
-def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads):
+def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads,
+                   mask=None):
     """dq, dk, dv and the flagged capture gradients (names as lists)."""
     if q.is_cuda:
         # zero copy on torch's current stream: every output and scratch buffer allocated
@@ -258,7 +262,7 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
             pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
         inner.backward_cuda(
             q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-            list(zip(param_names, params)), words, pwords, _stream(q),
+            list(zip(param_names, params)), words, pwords, _stream(q), mask,
         )
         got = dict(words)
         dts = []

@@ -16,8 +16,10 @@
    keeps no table between calls); Flex's block mask is made once, outside the timing.
 
 5. Forward + backward (``fwdbwd``) at B2 H16 L4096 D128 bf16, causal and document + causal:
-   CUDA-event ms per step for attnc (zero-copy backward on the current stream), Flex
-   (compiled) and SDPA (causal), gradients checked against Flex's. The ``overhead`` part
+   CUDA-event ms per step for attnc (zero-copy backward on the current stream; document +
+   causal also with a block mask made once, ``attnc_block_mask``), Flex (compiled) and
+   SDPA (causal), gradients checked against Flex's; document + causal also forward only
+   (``fwd_only_*``). The ``overhead`` part
    also times a forward + backward step at the tiny shape, and splits attnc's call into
    the custom-op path and the extension alone.
 
@@ -280,8 +282,17 @@ def fwdbwd(res, budget_s):
         attn = attnc.compile(EXAMPLES / file).attention(attention)
         bm = create_block_mask(mm, b if per_batch else None, None, l, l, device="cuda")
         runs = {"attnc": lambda: attn(q, k, v, **caps).backward(do)}
+        if per_batch:
+            # a block mask made once (attnc.Attention.block_mask), like Flex's
+            abm = attn.block_mask(q, k, v, **caps)
+            runs["attnc_block_mask"] = lambda: attn(q, k, v, block_mask=abm, **caps).backward(do)
         if time.perf_counter() - t_start < budget_s:
             runs["flex_compiled"] = lambda: flex(q, k, v, block_mask=bm).backward(do)
+        if per_batch:
+            # forward only, without autograd
+            runs["fwd_only_attnc"] = lambda: attn(q.detach(), k.detach(), v.detach(), **caps)
+            runs["fwd_only_attnc_block_mask"] = lambda: attn(q.detach(), k.detach(), v.detach(), block_mask=abm, **caps)
+            runs["fwd_only_flex_compiled"] = lambda: flex(q.detach(), k.detach(), v.detach(), block_mask=bm)
         if sdpa is not None:
             runs["sdpa"] = lambda: sdpa().backward(do)
         row = {}
@@ -292,7 +303,7 @@ def fwdbwd(res, budget_s):
                 row[f"{who}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         try:  # gradients against Flex's
             grads = []
-            for fn in (runs["attnc"], runs.get("flex_compiled")):
+            for fn in (runs.get("attnc_block_mask", runs["attnc"]), runs.get("flex_compiled")):
                 for x in (q, k, v):
                     x.grad = None
                 fn()
@@ -304,8 +315,11 @@ def fwdbwd(res, budget_s):
             x.grad = None
         parts = [f"{k_[:-3]} {v_:.3f} ms" + (f" ({flops_causal / v_ / 1e9:.0f} TFLOP/s causal-equivalent)" if name == "causal" else "")
                  for k_, v_ in row.items() if k_.endswith("_ms")]
-        ratios = [f"attnc/{k_[:-3]} {row['attnc_ms'] / row[k_]:.2f}" for k_ in ("flex_compiled_ms", "sdpa_ms")
-                  if k_ in row and "attnc_ms" in row]
+        ratios = [f"{a[:-3]}/{k_[:-3]} {row[a] / row[k_]:.2f}" for a in ("attnc_ms", "attnc_block_mask_ms")
+                  for k_ in ("flex_compiled_ms", "sdpa_ms") if k_ in row and a in row]
+        ratios += [f"{a[:-3]}/fwd_only_flex_compiled {row[a] / row['fwd_only_flex_compiled_ms']:.2f}"
+                   for a in ("fwd_only_attnc_ms", "fwd_only_attnc_block_mask_ms")
+                   if a in row and "fwd_only_flex_compiled_ms" in row]
         extra = [f"{k_} {v_}" for k_, v_ in row.items() if not k_.endswith("_ms")]
         print(f"forward+backward B2 H16 L4096 D128 bf16 {name}: " + ", ".join(parts + ratios + extra), flush=True)
         out[name] = row

@@ -92,11 +92,20 @@ class TinyLM(torch.nn.Module):
         return self.head(self.norm(x))
 
 
-def attnc_attention(heads):
+def attnc_attention(heads, block_mask=False):
+    """attnc's attention for a batch's document ids; with ``block_mask`` (CUDA), one block
+    mask per batch (made at the first layer's call, shared by every layer, like Flex's)."""
     attn = attnc.compile(SOURCE.format(heads=heads), name="train_tiny.attn").attention()
 
     def make(docs, dtype):
+        made = {}
+
         def attend(q, k, v):
+            if block_mask:
+                key = (q.shape, q.dtype)
+                if key not in made:
+                    made[key] = attn.block_mask(q, k, v, doc=docs)
+                return attn(q, k, v, doc=docs, block_mask=made[key])
             return attn(q, k, v, doc=docs)
 
         return attend
@@ -192,6 +201,8 @@ def main():
                    help="what attnc is compared with: FlexAttention (default on CUDA; it has no backward on the CPU) "
                    "or a dense PyTorch attention of the same variant (default on the CPU)")
     p.add_argument("--flex-compile", action="store_true", help="compile FlexAttention on the CPU too")
+    p.add_argument("--attnc-block-mask", choices=["on", "off"], default=None,
+                   help="attnc with one block mask per batch (attnc.Attention.block_mask; default on for CUDA)")
     args = p.parse_args()
     device = torch.device(args.device)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
@@ -211,7 +222,9 @@ def main():
         ref = flex_attention_fn(args.heads, device, device.type == "cuda" or args.flex_compile)
     else:
         ref = dense_attention_fn(args.heads, device)
-    for name, make in (("attnc", attnc_attention(args.heads)), (reference, ref)):
+    use_bm = (args.attnc_block_mask or ("on" if device.type == "cuda" else "off")) == "on"
+    print(f"attnc block mask per batch: {'on' if use_bm else 'off'}", flush=True)
+    for name, make in (("attnc", attnc_attention(args.heads, use_bm)), (reference, ref)):
         torch.manual_seed(0)
         model = TinyLM(args.vocab, args.dim, args.heads, args.layers)
         model.load_state_dict(init.state_dict())

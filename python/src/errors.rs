@@ -46,6 +46,11 @@ pub mod code {
     pub const BACKEND: &str = "E0316";
     /// A source file that cannot be read.
     pub const IO: &str = "E0317";
+    /// A block mask that does not fit the call (`attnc.BlockMask`: another attention,
+    /// shape, dtype, device or scale, or captures that changed since it was made). Raised
+    /// by the package's Python code; listed here so that the codes stay one list.
+    #[allow(dead_code)]
+    pub const STALE_BLOCK_MASK: &str = "E0318";
     /// An internal error (a bug in attnc: a panic caught at the boundary).
     pub const INTERNAL: &str = "E0900";
 }

@@ -308,6 +308,7 @@ impl Attention {
         [q, k, v, o, lse]: [&TensorArg; 5],
         tensors: &[(String, Bound<'_, PyAny>)],
         params: &[(String, Bound<'_, PyAny>)],
+        mask: Option<&attnc::external::DeviceBlockMask>,
         stream: usize,
     ) -> PyResult<()> {
         let device = Device::Cuda(index);
@@ -348,7 +349,10 @@ impl Attention {
                     // made on, which is `stream` (torch's current stream, where the package
                     // allocated o/lse and made the inputs contiguous), so the queued launch
                     // reads live memory; torch's streams live as long as the process.
-                    unsafe { bound.forward_cuda_into(&bufs, &devt, &pv, stream) }
+                    // A block mask's tables are int32 tensors the package made from
+                    // `block_mask_tables` on this device and keeps private (checked by
+                    // `read_block_mask` and the runtime: device, dtype, lengths, tiles).
+                    unsafe { bound.forward_cuda_into_masked(&bufs, &devt, &pv, mask, stream) }
                 })
             })
         });
@@ -551,7 +555,7 @@ impl Attention {
     /// `[B, Hq, Lq]` (f32), all allocated by the caller (contiguous, one device).
     /// `tensors` and `params` are `(name, value)` pairs. `stream`: the CUDA stream
     /// (unused on the CPU).
-    #[pyo3(signature = (q, k, v, o, lse, scale, tensors, params, stream=0, threads=0))]
+    #[pyo3(signature = (q, k, v, o, lse, scale, tensors, params, stream=0, threads=0, block_mask=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -566,6 +570,7 @@ impl Attention {
         params: Vec<(String, Bound<'_, PyAny>)>,
         stream: usize,
         threads: usize,
+        block_mask: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         guard(py, || {
             let q = TensorArg::read(py, "q", q)?;
@@ -621,6 +626,9 @@ impl Attention {
             }
             let scale_bits = scale.map(|x| (x as f32).to_bits());
             if let Device::Cuda(index) = device {
+                let mask = block_mask
+                    .map(|m| read_block_mask(py, &m, device))
+                    .transpose()?;
                 return self.forward_cuda(
                     py,
                     index,
@@ -630,8 +638,16 @@ impl Attention {
                     [&q, &k, &v, &o, &lse],
                     &tensors,
                     &params,
+                    mask.as_ref(),
                     stream,
                 );
+            }
+            if block_mask.is_some() {
+                return Err(attnc_error(
+                    py,
+                    code::DEVICE,
+                    "block masks are for CUDA tensors",
+                ));
             }
             let caps = self.captures(py, &tensors, &params)?;
             let key = BindKey {
@@ -805,7 +821,7 @@ impl Attention {
     /// (`words`: `(name, int64 [max(1, numel), 3])` for each tensor of `grad_words`;
     /// `param_words`: int64 `[max(1, params), 3]` when `grad_words` says so), all
     /// allocated by the caller with torch on `stream` (torch's current stream).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream))]
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None))]
     #[allow(clippy::too_many_arguments)]
     fn backward_cuda(
         &self,
@@ -827,6 +843,7 @@ impl Attention {
         words: Vec<(String, Bound<'_, PyAny>)>,
         param_words: Option<Bound<'_, PyAny>>,
         stream: usize,
+        block_mask: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
@@ -883,6 +900,9 @@ impl Attention {
             for (name, x) in &params {
                 pv.insert(name.clone(), param_value(py, name, x)?);
             }
+            let mask = block_mask
+                .map(|m| read_block_mask(py, &m, device))
+                .transpose()?;
             let word_buf = |name: &str, t: &Bound<'_, PyAny>, n: usize| -> PyResult<u64> {
                 let a = read(name, t)?;
                 check_buffer(py, &a, &[n.max(1), 3], DType::I64, device)?;
@@ -949,7 +969,16 @@ impl Attention {
                         // torch's current stream, which orders every later use of their
                         // memory after the queued launches (as for the forward, whose
                         // SAFETY note in `forward_cuda` covers the inputs and captures).
-                        unsafe { bound.backward_cuda_into(&bufs, &devt, &pv, &grads, stream) }
+                        unsafe {
+                            bound.backward_cuda_into_masked(
+                                &bufs,
+                                &devt,
+                                &pv,
+                                &grads,
+                                mask.as_ref(),
+                                stream,
+                            )
+                        }
                     })
                 })
             });
@@ -1101,6 +1130,88 @@ impl Attention {
                 write_host_output(py, "decode output", g, arg)?;
             }
             Ok(())
+        })
+    }
+
+    /// The tables of a block mask (`attnc.Attention.block_mask`) for the CUDA binding of
+    /// q, k, v (their shape, dtype and device; not read) and `scale`, from host copies of
+    /// the captures: `(shape, forward, backward, tensors, params)` with `forward =
+    /// (row_start, runs, strides, tiles)`, `backward = (tiles, kv, kv_strides, q,
+    /// q_strides)` or None, `tensors` the `(name, dims)` and `params` the `(name, word)`
+    /// of the captures the mask reads.
+    #[pyo3(signature = (q, k, v, scale, tensors, params, backward=true))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn block_mask_tables(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        backward: bool,
+    ) -> PyResult<BlockMaskTuple> {
+        guard(py, || {
+            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
+            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
+            let shape = call_shape(py, &q, &k, &v)?;
+            let dtype = match (q.device, q.dtype) {
+                (Device::Cuda(_), Some(d @ (DType::BF16 | DType::F16))) => d,
+                _ => {
+                    return Err(attnc_error(
+                        py,
+                        code::INPUT_DTYPE,
+                        &format!(
+                            "block masks are for CUDA tensors of bfloat16 or float16; q is {} on {}",
+                            q.torch_dtype, q.device
+                        ),
+                    ));
+                }
+            };
+            for (name, t) in &tensors {
+                let a = read(name, t)?;
+                if a.device != Device::Cpu {
+                    return Err(attnc_error(
+                        py,
+                        code::DEVICE,
+                        &format!(
+                            "block_mask_tables takes host copies of the captures; `{name}` is on {}",
+                            a.device
+                        ),
+                    ));
+                }
+            }
+            let caps = self.captures(py, &tensors, &params)?;
+            let key = BindKey {
+                backend: Backend::Cuda,
+                device: q.device,
+                shape,
+                dtype,
+                scale: scale.map(|x| (x as f32).to_bits()),
+                threads: 0,
+            };
+            let t = py
+                .detach(|| {
+                    attnc::external::preserving_current_context(|| {
+                        self.with_bound(key, |bound| bound.block_mask_tables(&caps, backward))
+                    })
+                })
+                .map_err(|e| self.error(py, &e))?;
+            let s = t.shape;
+            Ok((
+                (s.b, s.hq, s.hkv, s.lq, s.lkv, s.d, s.dv),
+                (
+                    t.forward.row_start,
+                    t.forward.runs,
+                    t.forward.strides,
+                    t.forward.tiles,
+                ),
+                t.backward
+                    .map(|r| (r.tiles, r.kv, r.kv_strides, r.q, r.q_strides)),
+                t.tensors,
+                t.params,
+            ))
         })
     }
 
@@ -1266,6 +1377,85 @@ impl Attention {
             Ok((out.o.to_f32(), out.lse.to_f32()))
         })
     }
+}
+
+/// What `block_mask_tables` returns (see there).
+type BlockMaskTuple = (
+    (usize, usize, usize, usize, usize, usize, usize),
+    (Vec<u32>, Vec<u32>, (i32, i32), (u32, u32)),
+    Option<((u32, u32), Vec<i32>, (i32, i32), Vec<i32>, (i32, i32))>,
+    Vec<(String, Vec<usize>)>,
+    Vec<(String, u32)>,
+);
+
+/// A block mask as the package passes it (`BlockMask._rust`): `(shape, (row_start, runs,
+/// strides, tiles), backward or None, tensors, params)` with the tables as int32 tensors
+/// on `device` (`backward`: `(tiles, kv, kv_strides, q, q_strides)`), `tensors` the
+/// `(name, dims)` of the captures it was made from (their identity and version are
+/// checked by the package), `params` their `(name, word)`.
+fn read_block_mask(
+    py: Python<'_>,
+    m: &Bound<'_, PyAny>,
+    device: Device,
+) -> PyResult<attnc::external::DeviceBlockMask> {
+    type Fwd<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, (i32, i32), (u32, u32));
+    type Bwd<'py> = (
+        (u32, u32),
+        Bound<'py, PyAny>,
+        (i32, i32),
+        Bound<'py, PyAny>,
+        (i32, i32),
+    );
+    type Whole<'py> = (
+        (usize, usize, usize, usize, usize, usize, usize),
+        Fwd<'py>,
+        Option<Bwd<'py>>,
+        Vec<(String, Vec<usize>)>,
+        Vec<(String, u32)>,
+    );
+    let (shape, (rs, runs, strides, tiles), bwd, tensors, params): Whole<'_> = m.extract()?;
+    let words = |name: &str, t: &Bound<'_, PyAny>| -> PyResult<attnc::external::DeviceWords> {
+        let a = TensorArg::read(py, name, t)?;
+        check_buffer(py, &a, &a.shape.clone(), DType::I32, device)?;
+        if a.shape.len() != 1 {
+            return Err(attnc_error(
+                py,
+                code::INPUT_SHAPE,
+                &format!("`{name}` must be one-dimensional"),
+            ));
+        }
+        Ok((a.ptr as u64, a.numel()))
+    };
+    let (b, hq, hkv, lq, lkv, d, dv) = shape;
+    Ok(attnc::external::DeviceBlockMask {
+        shape: Shape {
+            b,
+            hq,
+            hkv,
+            lq,
+            lkv,
+            d,
+            dv,
+        },
+        tiles,
+        row_start: words("block mask row starts", &rs)?,
+        runs: words("block mask runs", &runs)?,
+        strides,
+        backward: bwd
+            .map(|(t, kv, ks, q, qs)| -> PyResult<_> {
+                Ok((
+                    t,
+                    words("block mask kv ranges", &kv)?,
+                    ks,
+                    words("block mask q ranges", &q)?,
+                    qs,
+                ))
+            })
+            .transpose()?,
+        // identity is the package's check (torch's version counters); 0: not compared
+        tensors: tensors.into_iter().map(|(n, dims)| (n, 0, dims)).collect(),
+        params,
+    })
 }
 
 /// The tensors of a decode call read as attnc sees them, with the binding's shape

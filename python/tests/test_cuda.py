@@ -614,6 +614,113 @@ def test_second_device_runs_on_its_own_context_and_stream():
     assert "`k`" in str(e)
 
 
+def _doc_inputs(b=2, h=4, hkv=2, l=701, d=64, seed=7, docs=5):
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(b, h, hkv, l, l, d, seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    doc = torch.sort(torch.randint(0, docs, (b, l), dtype=torch.int32, generator=g), dim=1).values.cuda()
+    return q, k, v, doc
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_block_mask_forward_and_backward_match(d):
+    """A block mask made once (document + causal) gives the forward and the gradients of
+    calls without it (the table built on the GPU per call, the backward over the causal
+    range), and both match the f64 oracle; int64 document ids too."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v, doc = _doc_inputs(d=d)
+    for ids in (doc, doc.long()):
+        bm = attn.block_mask(q, k, v, doc=ids)
+        results = []
+        for mask in (None, bm):
+            xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+            o, lse = attn(*xs, doc=ids, block_mask=mask, return_lse=True)
+            w = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).cuda()
+            (o.float() * w).sum().backward()
+            results.append((o, lse, *(x.grad for x in xs)))
+        for a, r, n in zip(*results, ["o", "lse", "dq", "dk", "dv"]):
+            assert torch.allclose(a.float(), r.float(), atol=2e-3, rtol=0), n
+        ro, rlse = attn.reference(q.float(), k.float(), v.float(), doc=ids.cpu())
+        check(results[1][0], results[1][1], ro, rlse, torch.bfloat16)
+        w = torch.randn(results[1][0].shape, generator=torch.Generator().manual_seed(1))
+        want = attn.reference_grad(q, k, v, w, doc=ids.cpu())[:3]
+        for n, g, r in zip("qkv", results[1][2:], want):
+            tol = 0.05 * r.abs().max() + 0.02
+            assert (g.double().cpu() - r.double()).abs().max() <= tol, n
+
+
+def test_block_mask_in_cuda_graph_and_without_synchronizing():
+    """A warmed-up forward + backward with a block mask enqueues everything (no
+    synchronization) and replays from a CUDA graph."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v, doc = _doc_inputs(l=512, seed=2)
+    bm = attn.block_mask(q, k, v, doc=doc)
+    xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    w = torch.randn(q.shape[0], q.shape[1], q.shape[2], v.shape[3], device="cuda")
+
+    def step():
+        for x in xs:
+            x.grad = None
+        (attn(*xs, doc=doc, block_mask=bm).float() * w).sum().backward()
+
+    step()
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.cuda._sleep(200_000_000)
+        step()
+        assert not stream.query(), "the call synchronized with the device"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    eager = [x.grad.clone() for x in xs]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    for x in xs:
+        x.grad = None
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        (attn(*xs, doc=doc, block_mask=bm).float() * w).sum().backward()
+    g.replay()
+    torch.cuda.synchronize()
+    for a, x in zip(eager, xs):
+        assert torch.equal(a, x.grad)
+
+
+def test_stale_block_mask_is_an_error():
+    """A block mask is checked at every call: another tensor, an in-place write to the one
+    it was made from, another shape, scale or attention, another value of a param the mask
+    reads: E0318 naming what changed; never a silently wrong result."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v, doc = _doc_inputs(l=300)
+    bm = attn.block_mask(q, k, v, doc=doc)
+    attn(q, k, v, doc=doc, block_mask=bm)
+    e = raises("E0318", attn, q, k, v, doc=doc.clone(), block_mask=bm)
+    assert "`doc`" in str(e)
+    q2, k2, v2, doc2 = _doc_inputs(l=299)
+    raises("E0318", attn, q2, k2, v2, doc=doc2, block_mask=bm)
+    raises("E0318", attn, q, k, v, doc=doc, scale=0.3, block_mask=bm)
+    # the same source compiled again: the same attention (its key), the mask is valid
+    again = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    assert again(q, k, v, doc=doc, block_mask=bm).shape == q.shape
+    sliding = attnc.compile(EXAMPLES / "document_sliding_causal.attn").attention()
+    wname = next(n for n, ty in sliding.params if ty == "i32")
+    caps = {"doc": doc, wname: 64}
+    sm = sliding.block_mask(q, k, v, **caps)
+    sliding(q, k, v, block_mask=sm, **caps)
+    e = raises("E0318", sliding, q, k, v, block_mask=sm, **dict(caps, **{wname: 65}))
+    assert wname in str(e)
+    e = raises("E0318", sliding, q, k, v, block_mask=bm, **caps)
+    assert "another attention" in str(e)
+    doc[0, 0] = 3  # in place: the version counter moves
+    e = raises("E0318", attn, q, k, v, doc=doc, block_mask=bm)
+    assert "modified" in str(e)
+
+
 def test_hf_llama_matches_sdpa():
     transformers = pytest.importorskip("transformers")
     import attnc.hf

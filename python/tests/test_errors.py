@@ -162,3 +162,11 @@ def test_errors_leave_the_attention_usable(doc_alibi):
     raises("E0303", doc_alibi, q, k, v, window=4)
     o = doc_alibi(q, k, v, doc=doc, window=4)
     assert torch.isfinite(o).all()
+
+
+def test_block_mask_takes_cuda_tensors_and_a_mask_over_captures():
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v = qkv(1, 2, 2, 16, 16, 16)
+    doc = torch.zeros(1, 16, dtype=torch.int32)
+    e = raises("E0313", attn.block_mask, q, k, v, doc=doc)
+    assert "CUDA" in str(e)

@@ -330,6 +330,11 @@ impl Bound {
         self.exec.cuda().map(|c| c.table_counts())
     }
 
+    /// The binding's executor (read-only), for entry points outside this module.
+    pub(crate) fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
     /// The binding's executor, plan, variant and options, for launch paths outside this
     /// module (`external`: caller-owned buffers).
     pub(crate) fn parts_mut(&mut self) -> (&mut Exec, &Plan, &Variant, &BindOptions) {

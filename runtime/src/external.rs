@@ -20,7 +20,12 @@ use attnc_compiler::ir::Type;
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 
+mod block_mask;
 mod decode;
+pub use block_mask::{
+    BlockMaskTables, DeviceBlockMask, DeviceMaskRanges, DeviceWords, MaskRanges, MaskTable,
+};
+pub(crate) use block_mask::{CallerRanges, CallerTable};
 pub use decode::{CacheLayout, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies};
 
 impl Bound {
@@ -137,13 +142,42 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.forward_cuda_into_masked(bufs, tensors, params, None, stream) }
+    }
+
+    /// [`Self::forward_cuda_into`] with a block mask made once for these captures
+    /// (`external::block_mask`; `None`: the table is built on the GPU in the call, for
+    /// masks over captured tensors). A block mask that does not fit the binding or was made
+    /// from other captures is an error.
+    ///
+    /// # Safety
+    /// As [`Self::forward_cuda_into`]; the block mask's tables must be the words
+    /// [`Self::block_mask_tables`] made for this binding, in live device memory of its
+    /// device, unchanged.
+    pub unsafe fn forward_cuda_into_masked(
+        &mut self,
+        bufs: &DeviceBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        mask: Option<&DeviceBlockMask>,
+        stream: u64,
+    ) -> Result<()> {
         self.require_cuda("forward_cuda_into")?;
         let opts = self.options();
         let shape = opts.shape;
         let dtype = opts.dtype;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
-        check_pointers(&shape, dtype, bufs, tensors)?;
-        let live: Vec<(&str, u64)> = named_buffers(&shape, dtype, bufs, tensors)
+        let table = match mask {
+            Some(m) => Some(self.check_block_mask(m, tensors, params, false)?.0),
+            None => None,
+        };
+        let mut all = named_buffers(&shape, dtype, bufs, tensors);
+        if let Some(m) = mask {
+            all.extend(mask_bufs(m, false));
+        }
+        check_bufs(&all)?;
+        let live: Vec<(&str, u64)> = all
             .into_iter()
             .filter(|b| b.len > 0)
             .map(|b| (b.name, b.ptr))
@@ -157,8 +191,20 @@ impl Bound {
             return Err(Error::Usage("this binding does not run on CUDA".into()));
         };
         // SAFETY: forwarded from the caller (see above).
-        unsafe { cuda.forward_caller(plan, opts, scale, bufs, &ptrs, &bindings, stream, capture) }
-            .map_err(|e| variant.render(e))
+        unsafe {
+            cuda.forward_caller(
+                plan,
+                opts,
+                scale,
+                bufs,
+                &ptrs,
+                &bindings,
+                table.as_ref(),
+                stream,
+                capture,
+            )
+        }
+        .map_err(|e| variant.render(e))
     }
 }
 
@@ -221,7 +267,31 @@ impl Bound {
         grads: &DeviceGradWords,
         stream: u64,
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.backward_cuda_into_masked(bufs, tensors, params, grads, None, stream) }
+    }
+
+    /// [`Self::backward_cuda_into`] with a block mask made once for these captures, with
+    /// the backward's ranges (`None`: a mask over captured tensors visits every block of
+    /// its linear conjuncts' range). A block mask that does not fit the binding or was made
+    /// from other captures is an error.
+    ///
+    /// # Safety
+    /// As [`Self::backward_cuda_into`] and [`Self::forward_cuda_into_masked`].
+    pub unsafe fn backward_cuda_into_masked(
+        &mut self,
+        bufs: &DeviceBackwardBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        grads: &DeviceGradWords,
+        mask: Option<&DeviceBlockMask>,
+        stream: u64,
+    ) -> Result<()> {
         self.require_cuda("backward_cuda_into")?;
+        let ranges = match mask {
+            Some(m) => self.check_block_mask(m, tensors, params, true)?.1,
+            None => None,
+        };
         let opts = self.options();
         let shape = opts.shape;
         let dtype = opts.dtype;
@@ -282,6 +352,9 @@ impl Bound {
             all.push(Buf::input("dlse", d, rows));
         }
         all.extend(tensor_bufs(tensors));
+        if let Some(m) = mask {
+            all.extend(mask_bufs(m, true));
+        }
         for (id, w) in words.iter().enumerate() {
             if let Some(w) = w {
                 let n: usize = bindings.tensors[id].dims.iter().product();
@@ -330,6 +403,7 @@ impl Bound {
                 &ptrs,
                 &grad_words,
                 &bindings,
+                ranges.as_ref(),
                 stream,
                 capture,
             )
@@ -364,6 +438,26 @@ impl<'a> Buf<'a> {
             output: true,
             ..Buf::input(name, ptr, len)
         }
+    }
+}
+
+/// A block mask's tables as (read) buffers of 4-byte words: the forward's, or with
+/// `backward` the backward's ranges.
+fn mask_bufs(m: &DeviceBlockMask, backward: bool) -> Vec<Buf<'static>> {
+    let words = |name: &'static str, (ptr, n): DeviceWords| Buf {
+        align: 4,
+        ..Buf::input(name, ptr, 4 * n)
+    };
+    match (backward, m.backward) {
+        (false, _) => vec![
+            words("block mask row starts", m.row_start),
+            words("block mask runs", m.runs),
+        ],
+        (true, Some((_, kv, _, q, _))) => vec![
+            words("block mask kv ranges", kv),
+            words("block mask q ranges", q),
+        ],
+        (true, None) => Vec::new(),
     }
 }
 
@@ -442,9 +536,8 @@ fn check_bufs(all: &[Buf]) -> Result<()> {
     Ok(())
 }
 
-/// [`check_bufs`] over a forward's buffers. With a device, each non-empty pointer must
-/// also be device memory of device 0 (`cuPointerGetAttribute`, skipped while the stream
-/// captures a graph; see `exec::cuda::caller`).
+/// [`check_bufs`] over a forward's buffers (the tests' entry to it).
+#[cfg(test)]
 fn check_pointers(
     shape: &Shape,
     dtype: DType,

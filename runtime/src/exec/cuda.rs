@@ -228,6 +228,12 @@ impl CudaExec {
         })
     }
 
+    /// The forward kernel's `(q_block, kv_block)`.
+    pub(crate) fn forward_tiles(&self) -> (u32, u32) {
+        let (k, _) = self.kernel.current();
+        (k.spec().q_block, k.spec().kv_block)
+    }
+
     /// The kv-bounds source of the forward kernel.
     pub(crate) fn kv_bounds(&self) -> KvBounds {
         self.kernel.current().0.spec().kv_bounds.clone()

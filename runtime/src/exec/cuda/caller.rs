@@ -419,6 +419,7 @@ impl CudaExec {
         bufs: &CallerBuffers,
         tensors: &[u64],
         bindings: &Bindings,
+        mask: Option<&crate::external::CallerTable>,
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
@@ -460,6 +461,20 @@ impl CudaExec {
         };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
         let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
+        // a block mask the caller made once (`external::block_mask`): its table
+        if let Some(t) = mask {
+            if !matches!(spec.kv_bounds, KvBounds::Table) {
+                return Err(CudaError::Mismatch(
+                    "a block mask is read by table kernels only".into(),
+                )
+                .into());
+            }
+            table_args(&mut a, (t.row_start, t.runs), t.strides, None);
+            // SAFETY: as below; the block mask's table is the caller's, checked against
+            // this kernel's tiles, map layout and row count (`Bound::check_block_mask`).
+            unsafe { kernel.launch_args(&st.dev, &a) }?;
+            return Ok(());
+        }
         // the kv source, as the host path chooses it (`CudaExec::problem`)
         let m = plan.mask();
         let device_geom = self.table.as_ref().and_then(|_| {

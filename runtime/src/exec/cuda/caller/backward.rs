@@ -231,6 +231,7 @@ impl CudaExec {
         tensors: &[u64],
         grads: &CallerGradWords,
         bindings: &Bindings,
+        mask: Option<&crate::external::CallerRanges>,
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
@@ -300,6 +301,16 @@ impl CudaExec {
             KvBounds::ClosedForm(cf) => {
                 let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
                 closed_form_args(&mut a, dq_spec, bounds.as_deref());
+            }
+            KvBounds::Table if mask.is_some() => {
+                let m = mask.expect("matched");
+                let kv = ranges_args(&mut a, (m.kv, m.q), m.strides);
+                // SAFETY: the caller vouches for its buffers and the block mask's ranges
+                // (checked against these kernels' tiles and map layout by
+                // `Bound::check_block_mask`); params, error and zero words are this
+                // stream state's.
+                unsafe { kernels.launch_args(&st.dev, &shape, (&kv, &a), &zero) }?;
+                return Ok(());
             }
             KvBounds::Table => {
                 let tiles = (ko.q_block, ko.kv_block);
