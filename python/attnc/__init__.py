@@ -198,8 +198,9 @@ class Attention:
         and their combine follow; outputs and workspace are allocated by torch; no host
         round trip, no synchronization (a warmed-up call can be captured in a CUDA
         graph). There ``seq_lens`` and ``page_table`` are never read on the host: a
-        length beyond the cache counts as its capacity, a page id outside the cache is
-        clamped (never read out of bounds; ``reference_decode`` or the CPU report them).
+        length beyond the cache counts as its capacity (a negative one as 0), a page id
+        outside the cache is clamped (never read out of bounds; ``reference_decode`` or
+        the CPU report them).
         Other shapes run through host copies (they synchronize). Not differentiable.
         Errors: ``AttncError`` E0320 (shapes), E0321 (page size), E0322 (seq_lens beyond
         the cache), E0323 (page ids); E0314 names a tensor on another device."""
@@ -265,12 +266,12 @@ class Attention:
         ints = lambda x: x.detach().to(torch.int32).contiguous()  # noqa: E731
         sl = ints(seq_lens)
         pt = None if page_table is None else ints(page_table)
-        n_o, n_lse, _ = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)
+        n_o, n_lse, n_ranges = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)
         b, hq, lq = q.shape[:3]
         o = q.new_empty((b, hq, lq, v_cache.shape[3]))
         lse = q.new_empty((b, hq, lq), dtype=torch.float32)
         ws = q.new_empty((n_o + n_lse,), dtype=torch.float32)
-        ranges = q.new_empty((b, 2), dtype=torch.int32)
+        ranges = q.new_empty((n_ranges,), dtype=torch.int32)
         self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, ranges, scale, tensors, params,
                                 _ops._stream(q))
         return o, lse

@@ -1245,7 +1245,7 @@ impl Attention {
     /// Zero-copy CUDA decoding on `stream` (torch's current stream of q's device): reads
     /// q, the caches, `seq_lens` (int32 `[B]`) and the page table (int32 `[B,
     /// max_pages]`, or None), writes o, lse and the workspace (`workspace`: float32
-    /// `[part_o + part_lse]`, `ranges`: int32 `[B, 2]`, sized by `decode_workspace`), all
+    /// `[part_o + part_lse]`, `ranges`: int32 `[3 B]`, sized by `decode_workspace`), all
     /// allocated by the caller with torch on `stream`. No host copy, no synchronization.
     #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, workspace, ranges, scale, tensors, params, stream))]
     #[allow(clippy::too_many_arguments)]
@@ -1283,7 +1283,7 @@ impl Attention {
             }
             check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
             check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
-            check_buffer(py, &rg, &[s.b, 2], DType::I32, device)?;
+            check_buffer(py, &rg, &[3 * s.b], DType::I32, device)?;
             let (devt, converted) = self.device_captures(py, device, &tensors)?;
             let mut pv = HashMap::new();
             for (name, x) in &params {

@@ -8,9 +8,9 @@
 //! stream. Out: the ranges, split-KV and combine kernels enqueued on the stream (see
 //! `exec::cuda::caller::decode`), or an [`Error`] naming the buffer. Positions and
 //! semantics are `Bound::forward_with_cache`'s; the difference: `seq_lens` and the page
-//! table are never read on the host, so a length beyond the cache is read as the
-//! capacity and a page id outside the cache is clamped into it (the host path reports
-//! both in checked mode), never read out of bounds.
+//! table are never read on the host, so a length beyond the cache counts as the
+//! capacity (a negative one as 0) and a page id outside the cache is clamped into it
+//! (the host path reports both in checked mode), never read out of bounds.
 
 use super::{Buf, DeviceTensor, check_bufs, device_bindings, tensor_bufs};
 use crate::api::{Bound, ParamValue};
@@ -24,7 +24,7 @@ pub use crate::exec::cuda::caller::decode::CallerDecodeBuffers as DeviceDecodeBu
 pub use attnc_compiler::decode::CacheLayout;
 
 /// The workspace of one caller-buffer decode call, in elements: the partial O and LSE of
-/// the splits (f32) and the reachable ranges (`i32[B, 2]`).
+/// the splits (f32) and the reachable ranges with the clamped lengths (`i32[3 B]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeWorkspace {
     pub part_o: usize,
@@ -107,7 +107,7 @@ impl Bound {
         Ok(DecodeWorkspace {
             part_o,
             part_lse,
-            ranges: 2 * shape.b,
+            ranges: 3 * shape.b,
         })
     }
 
@@ -120,7 +120,8 @@ impl Bound {
     /// alignment (16 bytes for q, caches, o and the partial O), overlap of outputs and,
     /// outside a graph capture, with the driver (memory of this binding's device).
     /// `seq_lens` and the page table are read only on the device: lengths beyond the
-    /// capacity count as the capacity, page ids are clamped into the cache.
+    /// capacity count as the capacity (negative ones as 0), page ids are clamped into
+    /// the cache.
     ///
     /// # Safety
     /// The pointers must be live device allocations of the binding's device holding:
@@ -169,7 +170,7 @@ impl Bound {
             words(Buf::output("lse", bufs.lse, 4 * rows), 4),
             Buf::output("part_o", bufs.part_o, 4 * part_o),
             words(Buf::output("part_lse", bufs.part_lse, 4 * part_lse), 4),
-            words(Buf::output("ranges", bufs.ranges, 8 * shape.b), 8),
+            words(Buf::output("ranges", bufs.ranges, 12 * shape.b), 8),
         ];
         match (layout, bufs.page_table) {
             (CacheLayout::Paged { max_pages, .. }, Some(t)) => {

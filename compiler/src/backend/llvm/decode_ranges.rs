@@ -15,10 +15,12 @@
 //! lo, hi = the element range of the linear conjuncts over those rows, within 0..n
 //!          (bounds::element_range; 0..n without conjuncts or with KvAllPartial)
 //! ranges[b] = (lo, hi), (0, 0) when n = 0
+//! ranges[2 B + b] = n                            the clamped lengths
 //! ```
 //! The clamp is what keeps the split-KV kernel's reads inside the cache whatever the
-//! caller's `seq_lens` hold (it reads keys `lo..hi` only): a length beyond the capacity
-//! is read as the capacity (checked mode, on the host path, reports it instead).
+//! caller's `seq_lens` hold: it reads keys `lo..hi` only, and takes its lengths (the rows'
+//! positions) from the clamped copy, so a length beyond the capacity is the capacity and
+//! a negative one 0 (checked mode, on the host path, reports them instead).
 
 use super::bounds::element_range;
 use super::cta::Args;
@@ -163,7 +165,9 @@ fn build<'ctx>(
         let ranges = a.ptr(P::Ranges)?;
         let at = g.mul(b, g.c32(2))?;
         store_i32(g, ranges, at, lo)?;
-        store_i32(g, ranges, g.add(at, g.c32(1))?, hi)
+        store_i32(g, ranges, g.add(at, g.c32(1))?, hi)?;
+        let batches = g.nctaid('x')?;
+        store_i32(g, ranges, g.add(g.mul(batches, g.c32(2))?, b)?, n)
     })?;
     g.b.build_return(None)?;
     g.ab.build_unconditional_branch(start)?;
@@ -178,7 +182,7 @@ fn store_i32<'ctx>(
     v: IntValue<'ctx>,
 ) -> R<()> {
     let idx = g.zext64(index)?;
-    // SAFETY: `index` < 2 B, inside the `[B, 2]` ranges buffer the launch binds.
+    // SAFETY: `index` < 3 B, inside the `i32[3 B]` ranges buffer the launch binds.
     let p = unsafe { g.b.build_gep(g.i32, base, &[idx], "")? };
     g.store(p, v)
 }

@@ -5,7 +5,7 @@
 //! In: the binding's split-KV kernels ([`DecodeModule`]: decode + combine), the launch
 //! geometry (sized from the cache's capacity, so that no sequence length is needed on
 //! the host), device pointers of q, the caches, `seq_lens` (i32), the page table (i32,
-//! paged caches), o, lse and the caller's workspace (partials, and `ranges: i32[B, 2]`),
+//! paged caches), o, lse and the caller's workspace (partials, and `ranges: i32[3 B]`),
 //! the captured tensors (pointers, dims), the params, the bounds of the mask's implied
 //! linear conjuncts for the logical shape, and a `CUstream` of the device's primary
 //! context. Out: three launches enqueued on that stream and nothing else (no host round
@@ -13,9 +13,10 @@
 //! warmed-up call can be captured in a CUDA graph):
 //!
 //! 1. the decode-ranges kernel (`KernelKind::DecodeRanges`): each sequence's reachable
-//!    keys from its length on the device, clamped into the cache (a sliding window
-//!    reads only its window; a length beyond the capacity is read as the capacity, so no
-//!    read leaves the cache whatever `seq_lens` holds);
+//!    keys from its length on the device, and the lengths clamped into the cache, which
+//!    the next kernels read instead of `seq_lens` (a sliding window reads only its
+//!    window; a length beyond the capacity is the capacity, a negative one 0, so no read
+//!    leaves the cache whatever `seq_lens` holds);
 //! 2. the split-KV decode kernel over those ranges (splits of the capacity: the splits
 //!    past a sequence's range exit at once);
 //! 3. the combine kernel.
@@ -51,7 +52,8 @@ pub struct CallerDecodeBuffers {
     /// Outputs: `o[B, Hq, Lq, Dv]` (16-bit), `lse[B, Hq, Lq]` (f32).
     pub o: u64,
     pub lse: u64,
-    /// Workspace: the partials (f32, `DecodeModule::workspace`) and `ranges: i32[B, 2]`.
+    /// Workspace: the partials (f32, `DecodeModule::workspace`) and `ranges: i32[3 B]`
+    /// (each sequence's `(lo, hi)`, then the lengths clamped into the cache).
     pub part_o: u64,
     pub part_lse: u64,
     pub ranges: u64,
@@ -160,9 +162,9 @@ impl CudaExec {
             .filter(|p| matches!(p, P::KvOffset(_)))
             .count();
         let ra = ranges_values(n, geom, capacity, bufs, skip);
-        // SAFETY: seq_lens (B i32) and ranges (2 B i32) are the caller's (vouched for
-        // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` for the
-        // grid's b < B only.
+        // SAFETY: seq_lens (B i32) and ranges (3 B i32) are the caller's (vouched for
+        // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` and
+        // `ranges[2B + b]` for the grid's b < B only.
         unsafe { ranges_kernel.launch_args(&st.dev, &ra) }?;
         let ptrs = DecodePtrs {
             q: bufs.q,
@@ -170,7 +172,8 @@ impl CudaExec {
             v: bufs.v_cache,
             // a contiguous cache reads no page table: any one-word buffer
             page_table: bufs.page_table.unwrap_or(state.zero),
-            seq_lens: bufs.seq_lens,
+            // the lengths clamped into `0..=capacity` by the ranges kernel
+            seq_lens: bufs.ranges + 8 * geom.b as u64,
             ranges: bufs.ranges,
             part_o: bufs.part_o,
             part_lse: bufs.part_lse,
