@@ -4,7 +4,8 @@
 # `bash .bin-pyrt/python-gpu-select.sh`): installs the wheel (pip --no-index --target),
 # runs the tests of python/tests/test_cuda.py selected by TESTS (a pytest -k expression;
 # empty: none) dealt to NPROC pytest processes (default 6), then BENCH (bench_gpu.py
-# --parts, e.g. "fwdbwd"; empty: none) and, with TRAIN=1, python/examples/train_tiny.py
+# --parts, e.g. "fwdbwd"; BENCH_ARGS: more arguments; empty: none) and, with TRAIN=1,
+# python/examples/train_tiny.py
 # on the GPU (TRAIN_ARGS: its arguments). Logs under $OUT (pytest_<i>.log, bench.log,
 # train.log, python_bench.json); a summary on stdout.
 set -uo pipefail
@@ -46,8 +47,9 @@ if [ -n "${TESTS:-}" ]; then
 fi
 if [ -n "${BENCH:-}" ]; then
   echo "== bench $BENCH ($((SECONDS - t0)) s) =="
+  # shellcheck disable=SC2086
   timeout "${BENCH_TIMEOUT:-90}" "$py" python/bench/bench_gpu.py --parts "$BENCH" --budget-s "${BENCH_BUDGET:-60}" \
-    --out "$OUT" > "$OUT/bench.log" 2>&1
+    ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
   grep -Ev "Warning|warn\(" "$OUT/bench.log" | tail -20
 fi

@@ -247,7 +247,7 @@ def compare(res, budget_s):
     res["compare"] = out
 
 
-def fwdbwd(res, budget_s):
+def fwdbwd(res, budget_s, only=None):
     """Forward + backward at B2 H16 L4096 D128 bf16 (causal; document + causal), CUDA-event
     ms per step (o.backward(dO) with dO fixed), attnc (zero-copy backward on the current
     stream) next to FlexAttention (compiled) and SDPA (causal) in the same run."""
@@ -275,6 +275,7 @@ def fwdbwd(res, budget_s):
     ]
     out = {}
     flops_causal = 2.5 * 4 * b * h * l * l * d * 0.5
+    cases = [c for c in cases if only is None or c[0] in only]
     for name, (file, attention, caps), mm, per_batch, sdpa in cases:
         if time.perf_counter() - t_start > budget_s:
             print(f"fwdbwd: time budget of {budget_s} s spent, {name} skipped", flush=True)
@@ -333,6 +334,7 @@ def main():
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--parts", default="overhead,throughput,train,compare,fwdbwd")
     p.add_argument("--budget-s", type=float, default=240.0, help="time budget of the compare part")
+    p.add_argument("--fwdbwd-cases", default=None, help="comma-separated cases of fwdbwd (default: all)")
     a = p.parse_args()
     parts = set(a.parts.split(","))
     if a.skip_train:
@@ -345,7 +347,7 @@ def main():
         "throughput": lambda: throughput(res, a.attnc_bin),
         "train": lambda: train(res),
         "compare": lambda: compare(res, a.budget_s),
-        "fwdbwd": lambda: fwdbwd(res, a.budget_s),
+        "fwdbwd": lambda: fwdbwd(res, a.budget_s, a.fwdbwd_cases and set(a.fwdbwd_cases.split(","))),
     }
     for name, step in steps.items():
         if name not in parts:
