@@ -9,8 +9,12 @@
 //! runs under [`errors::guard`], so a panic becomes an exception, never an abort.
 //!
 //! An [`Attention`] keeps one runtime binding (`attnc::Bound`: the JIT-compiled kernel
-//! and its block maps) per (backend, shape, dtype, scale); calls with other param values
-//! or captured tensors reuse it. Compute runs with the GIL released.
+//! and its block maps) per (backend, device, shape, dtype, scale); calls with other param
+//! values or captured tensors reuse it. CUDA tensors of device N run in device N's
+//! primary context on the stream the package passes (torch's current stream there).
+//! Besides the forward and backward: zero-copy CUDA decoding (`decode_workspace`,
+//! `decode_cuda`) and block masks (`block_mask_tables`; the tables come back with a
+//! call as int32 tensors). Compute runs with the GIL released.
 
 mod args;
 mod errors;

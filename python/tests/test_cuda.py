@@ -13,8 +13,12 @@ CUDA graph capture and replay (params captured by value); ``torch.compile(fullgr
 gradients (the zero-copy backward on torch's current stream) against float64 torch
 autograd and, for every example on random shapes (GQA, odd lengths, Lq != Lkv, float
 captures with requires_grad), against the f64 oracle's backward; a backward that does not
-synchronize and is captured in a CUDA graph; decoding against a contiguous and a paged
-cache; the HF Llama client; errors.
+synchronize and is captured in a CUDA graph; zero-copy decoding against a contiguous and
+a paged cache (the oracle, Lq 1/4/16, no synchronization, CUDA graph replays on new
+lengths, lengths beyond the cache clamped); block masks made once (forward and gradients
+as without, no synchronization, a CUDA graph, every stale case an error); tensors on
+cuda:1 (two GPUs: forward, backward and decode equal to cuda:0's, mixed devices named);
+the HF Llama client; errors.
 
 Tolerance as runtime/tests/gpu.rs: |O - O_ref| <= 0.03 + 0.02 |O_ref| (bf16), 0.01 + 0.01
 |O_ref| (f16); |LSE - LSE_ref| <= 0.01 + 0.005 |LSE_ref|, -inf exactly.

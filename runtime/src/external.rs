@@ -25,7 +25,6 @@ mod decode;
 pub use block_mask::{
     BlockMaskTables, DeviceBlockMask, DeviceMaskRanges, DeviceWords, MaskRanges, MaskTable,
 };
-pub(crate) use block_mask::{CallerRanges, CallerTable};
 pub use decode::{CacheLayout, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies};
 
 impl Bound {

@@ -20,6 +20,7 @@ use super::DeviceTensor;
 use crate::api::{Bound, Captures, ParamValue};
 use crate::cuda::backward::{kv_ranges, q_ranges};
 use crate::error::{Error, Result};
+use crate::exec::cuda::caller::{CallerRanges, CallerTable};
 use crate::policy;
 use attnc_compiler::plan::MapRecipe;
 use attnc_compiler::shape::Shape;
@@ -76,20 +77,6 @@ pub struct DeviceBlockMask {
     pub backward: Option<DeviceMaskRanges>,
     pub tensors: Vec<(String, u64, Vec<usize>)>,
     pub params: Vec<(String, u32)>,
-}
-
-/// The addresses the forward kernel reads a block mask's table from.
-pub struct CallerTable {
-    pub row_start: u64,
-    pub runs: u64,
-    pub strides: (i32, i32),
-}
-
-/// The addresses the backward kernels read a block mask's ranges from.
-pub struct CallerRanges {
-    pub kv: u64,
-    pub q: u64,
-    pub strides: [(i32, i32); 2],
 }
 
 fn stale(what: String) -> Error {

@@ -59,6 +59,22 @@ pub struct CallerBuffers {
     pub lse: u64,
 }
 
+/// The addresses the forward kernel reads a block mask's table from (a block mask made
+/// once by the caller, `external::block_mask`), and its map strides.
+pub(crate) struct CallerTable {
+    pub row_start: u64,
+    pub runs: u64,
+    pub strides: (i32, i32),
+}
+
+/// The addresses the backward kernels read a block mask's ranges from: (dK/dV, dQ), and
+/// their strides.
+pub(crate) struct CallerRanges {
+    pub kv: u64,
+    pub q: u64,
+    pub strides: [(i32, i32); 2],
+}
+
 /// A block table on the device: (one (begin, end) pair per row, runs as u32 triples).
 type TableBufs = (CudaSlice<u32>, CudaSlice<u32>);
 
@@ -419,7 +435,7 @@ impl CudaExec {
         bufs: &CallerBuffers,
         tensors: &[u64],
         bindings: &Bindings,
-        mask: Option<&crate::external::CallerTable>,
+        mask: Option<&CallerTable>,
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {

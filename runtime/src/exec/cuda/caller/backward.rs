@@ -231,7 +231,7 @@ impl CudaExec {
         tensors: &[u64],
         grads: &CallerGradWords,
         bindings: &Bindings,
-        mask: Option<&crate::external::CallerRanges>,
+        mask: Option<&super::CallerRanges>,
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
