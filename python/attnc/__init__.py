@@ -242,7 +242,7 @@ class Attention:
         o = torch.empty(o_shape, dtype=qh.dtype)
         lse = torch.empty(lse_shape, dtype=torch.float32)
         self._inner.decode(qh, kh, vh, sh, th, o, lse, scale, tensors, params,
-                           0 if cuda else torch.get_num_threads(), cuda, oracle)
+                           0 if cuda else torch.get_num_threads(), cuda, oracle, q.get_device() if cuda else 0)
         if cuda:
             o, lse = o.to(q.device), lse.to(q.device)
         return (o, lse) if return_lse else o

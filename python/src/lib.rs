@@ -107,10 +107,11 @@ struct BindKey {
 }
 
 impl BindKey {
-    /// The binding of a call on host copies: the CUDA backend (device 0) when `cuda`, else
-    /// the oracle when `oracle`, else the CPU backend with `threads` on `device`.
+    /// The binding of a call on host copies: the CUDA backend (on `cuda`'s device) when
+    /// `cuda` is set, else the oracle when `oracle`, else the CPU backend with `threads`
+    /// on `device`.
     fn host_call(
-        cuda: bool,
+        cuda: Option<i64>,
         oracle: bool,
         device: Device,
         shape: Shape,
@@ -120,15 +121,15 @@ impl BindKey {
     ) -> BindKey {
         BindKey {
             backend: match (cuda, oracle) {
-                (true, _) => Backend::Cuda,
-                (false, true) => Backend::Reference,
-                (false, false) => Backend::Cpu,
+                (Some(_), _) => Backend::Cuda,
+                (None, true) => Backend::Reference,
+                (None, false) => Backend::Cpu,
             },
-            device: if cuda { Device::Cuda(0) } else { device },
+            device: cuda.map_or(device, Device::Cuda),
             shape,
             dtype,
             scale: scale.map(|x| (x as f32).to_bits()),
-            threads: if cuda || oracle { 0 } else { threads },
+            threads: if cuda.is_some() || oracle { 0 } else { threads },
         }
     }
 }
@@ -788,7 +789,15 @@ impl Attention {
                 check_buffer(py, &arg, cap.shape(), cap.dtype(), device)?;
                 outs.push((name.clone(), arg));
             }
-            let key = BindKey::host_call(cuda, oracle, device, shape, dtype, scale, threads);
+            let key = BindKey::host_call(
+                cuda.then_some(0),
+                oracle,
+                device,
+                shape,
+                dtype,
+                scale,
+                threads,
+            );
             let grads = py
                 .detach(|| {
                     attnc::external::preserving_current_context(|| {
@@ -997,9 +1006,10 @@ impl Attention {
     /// cache: `k_cache [B, Hkv, Lkv_max, D]`, `v_cache [.., Dv]`; paged (with
     /// `page_table: int [B, max_pages]`): `[num_pages, page_size, Hkv, D]`. `seq_lens`:
     /// int `[B]`. float32 on the CPU backend; `cuda`: bfloat16/float16 host copies of
-    /// CUDA tensors, run by the CUDA binding's split-KV kernels (uploaded and downloaded:
-    /// not zero-copy). `oracle`: the f64 reference (float32 host tensors).
-    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, scale, tensors, params, threads=0, cuda=false, oracle=false))]
+    /// CUDA tensors of device `cuda_device`, run by that device's CUDA binding (uploaded
+    /// and downloaded: not zero-copy; the package's zero-copy path is `decode_cuda`).
+    /// `oracle`: the f64 reference (float32 host tensors).
+    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, scale, tensors, params, threads=0, cuda=false, oracle=false, cuda_device=0))]
     #[allow(clippy::too_many_arguments)]
     fn decode(
         &self,
@@ -1017,6 +1027,7 @@ impl Attention {
         threads: usize,
         cuda: bool,
         oracle: bool,
+        cuda_device: i64,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
@@ -1107,7 +1118,15 @@ impl Attention {
             let (qh, kh, vh, sh) = (host(&q)?, host(&k)?, host(&v)?, host(&seq)?);
             let th = table.as_ref().map(host).transpose()?;
             let caps = self.captures(py, &tensors, &params)?;
-            let key = BindKey::host_call(cuda, oracle, Device::Cpu, shape, dtype, scale, threads);
+            let key = BindKey::host_call(
+                cuda.then_some(cuda_device),
+                oracle,
+                Device::Cpu,
+                shape,
+                dtype,
+                scale,
+                threads,
+            );
             let out = py
                 .detach(|| {
                     attnc::external::preserving_current_context(|| {

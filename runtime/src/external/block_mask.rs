@@ -301,6 +301,37 @@ mod tests {
     use super::map_layout;
     use crate::{Captures, Compiled, Shape, Tensor};
 
+    /// Block masks are made for CUDA bindings of masks over captured tensors only.
+    #[test]
+    fn block_masks_need_a_cuda_binding() {
+        let c = Compiled::from_source(
+            "t.attn",
+            "tensor doc: i32[B, KV];\nmask m(b, h, q, kv) { doc[b, q] == doc[b, kv] }\nattention a { mask = m; }",
+        )
+        .unwrap();
+        let shape = Shape {
+            b: 1,
+            hq: 2,
+            hkv: 2,
+            lq: 16,
+            lkv: 16,
+            d: 16,
+            dv: 16,
+        };
+        let mut bound = c
+            .attention("a")
+            .unwrap()
+            .bind(crate::BindOptions::new(
+                crate::Backend::Cpu,
+                shape,
+                crate::DType::F32,
+            ))
+            .unwrap();
+        let caps = Captures::default().tensor("doc", Tensor::from_i32(vec![1, 16], &[0; 16]));
+        let e = bound.block_mask_tables(&caps, true).unwrap_err();
+        assert!(e.to_string().contains("cpu backend"), "{e}");
+    }
+
     /// The map layout a call is checked against is the one `plan.block_maps` makes (the
     /// tables of `block_mask_tables`), for masks reading b, h, both or neither.
     #[test]

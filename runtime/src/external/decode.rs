@@ -232,3 +232,65 @@ impl Bound {
         .map_err(|e| variant.render(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, BindOptions, Compiled, DType, Shape};
+
+    /// The zero-copy decode runs the split-KV kernels' shapes only.
+    #[test]
+    fn applies_to_the_split_kv_shapes() {
+        assert!(decode_cuda_applies(1, 128, 128));
+        assert!(decode_cuda_applies(16, 64, 64));
+        assert!(!decode_cuda_applies(17, 64, 64));
+        assert!(!decode_cuda_applies(4, 96, 96));
+        assert!(!decode_cuda_applies(4, 128, 64));
+    }
+
+    /// The caller-buffer decode refuses other backends before touching any pointer.
+    #[test]
+    fn refuses_a_cpu_binding() {
+        let c = Compiled::from_source("t.attn", "attention a {}").unwrap();
+        let shape = Shape {
+            b: 2,
+            hq: 4,
+            hkv: 2,
+            lq: 1,
+            lkv: 64,
+            d: 64,
+            dv: 64,
+        };
+        let mut bound = c
+            .attention("a")
+            .unwrap()
+            .bind(BindOptions::new(Backend::Cpu, shape, DType::F32))
+            .unwrap();
+        let layout = CacheLayout::Contiguous { lkv_max: 64 };
+        let e = bound.decode_cuda_workspace(layout).unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("cpu backend")),
+            "{e}"
+        );
+        let bufs = DeviceDecodeBuffers {
+            q: 0,
+            k_cache: 0,
+            v_cache: 0,
+            seq_lens: 0,
+            page_table: None,
+            o: 0,
+            lse: 0,
+            part_o: 0,
+            part_lse: 0,
+            ranges: 0,
+        };
+        // SAFETY: refused before any pointer is used (the binding is not CUDA's).
+        let e =
+            unsafe { bound.decode_cuda_into(layout, &bufs, &HashMap::new(), &HashMap::new(), 0) }
+                .unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("cpu backend")),
+            "{e}"
+        );
+    }
+}
