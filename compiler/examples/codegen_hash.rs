@@ -185,4 +185,41 @@ fn main() {
         }
     }
     println!("decode codegen hash {dtotal:016x} over {dn} artifacts");
+
+    // the tensor-core decode kernel (its combine kernel is the one hashed above)
+    let (mut mtotal, mut mn): (u64, usize) = (0xcbf29ce484222325, 0);
+    for path in &files {
+        let src = std::fs::read_to_string(path).unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        for p in &module.programs {
+            let plan = Plan::new(p);
+            for (arch, input, d, rows, paged) in [
+                (Arch::Sm90, InputType::Bf16, 128, 16, false),
+                (Arch::Sm90, InputType::Bf16, 128, 64, true),
+                (Arch::Sm80, InputType::F16, 64, 32, true),
+            ] {
+                let opts = DecodeOptions {
+                    arch,
+                    d,
+                    input,
+                    rows,
+                    paged,
+                }
+                .ptx_options();
+                let kind = KernelKind::DecodeMma;
+                let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
+                    .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
+                let name = format!("{} {kind} {}", p.name, opts.key());
+                let mut h: u64 = 0xcbf29ce484222325;
+                fnv(&mut h, k.ptx.as_bytes());
+                if verbose {
+                    println!("{h:016x} {name}");
+                }
+                fnv(&mut mtotal, name.as_bytes());
+                fnv(&mut mtotal, &h.to_le_bytes());
+                mn += 1;
+            }
+        }
+    }
+    println!("decode-mma codegen hash {mtotal:016x} over {mn} artifacts");
 }

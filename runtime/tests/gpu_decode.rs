@@ -1,13 +1,17 @@
 //! GPU decoding tests: `Bound::forward_with_cache` on the CUDA backend against the f64
 //! cache oracle (the Reference backend on the same rounded inputs), through the split-KV
-//! decode kernel + combine kernel (`backend::llvm::decode`; each case asserts that path
-//! ran) and, for checked mode and Lq > 16, the prefill path.
+//! decode kernels + combine kernel (`backend::llvm::decode`: SIMT, `decode_mma`: tensor
+//! cores; each case asserts the kernel that `decode::gpu::choose` picks for its shape
+//! ran: the tensor-core one at D 64/128, the SIMT one at D 32/256, or the one
+//! `ATTNC_DECODE_KERNEL=simt|mma` forces, so one binary run with `simt` covers the SIMT
+//! kernel on every shape) and, for checked mode and Lq > 16, the prefill path.
 //!
 //! Covered: every example (its own mask and score at logical positions, captures and
-//! params), contiguous and paged caches (page 16 and 128, shuffled tables, garbage pages
-//! and NaN past each sequence, which must never be read), Lq 1/2/4/16, GQA 1:1 / 4:1 /
-//! 8:1, D 64 and 128, bf16 and f16, seq_lens 0, 1, shorter than Lq and full, long
-//! sequences split across many CTAs (sliding window reading only its window).
+//! params) on both kernels, contiguous and paged caches (page 16 and 128, shuffled
+//! tables, garbage pages and NaN past each sequence, which must never be read), Lq
+//! 1/2/4/16, GQA 1:1 / 4:1 / 8:1, D 64 and 128, bf16 and f16, 1, 2 and 4 m-tiles per CTA
+//! and several row groups, seq_lens 0, 1, shorter than Lq and full, long sequences split
+//! across many CTAs (sliding window reading only its window).
 //!
 //! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
@@ -23,6 +27,17 @@ mod gpu_util;
 use attnc::cuda::CudaDevice;
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Shape};
 use decode_util::*;
+
+/// The path `forward_with_cache` takes for a shape (`decode::gpu::choose`; every G x Lq
+/// takes the same kernel, the arguments say which shape is meant).
+fn expected_path(_lq: usize, _hq: usize, _hkv: usize, d: usize) -> &'static str {
+    let fits = d == 64 || d == 128;
+    match std::env::var("ATTNC_DECODE_KERNEL").as_deref() {
+        Ok("simt") => "split-kv",
+        _ if fits => "split-kv-mma",
+        _ => "split-kv",
+    }
+}
 
 fn tol(dtype: DType) -> f32 {
     if dtype == DType::BF16 { 0.02 } else { 0.005 }
@@ -84,6 +99,17 @@ fn gpu_decode_examples(_d: &CudaDevice) {
             DType::BF16,
         ),
         (4, 8, 2, 64, 200, vec![3, 200, 129, 77], None, DType::F16),
+        (
+            16,
+            32,
+            8,
+            128,
+            333,
+            vec![333, 1, 0, 16, 250],
+            Some(128),
+            DType::BF16,
+        ),
+        (2, 16, 2, 128, 129, vec![129, 2, 70], Some(16), DType::F16),
     ];
     for name in examples() {
         let compiled = example(&name);
@@ -105,7 +131,7 @@ fn gpu_decode_examples(_d: &CudaDevice) {
                 let caps = captures_for(&variant, &c, 3 + ci as u64);
                 let what = format!("{name}/{program} config {ci}");
                 let path = check(&compiled, program, &c, &caps, &what);
-                assert_eq!(path, "split-kv", "{what}: path");
+                assert_eq!(path, expected_path(*lq, *hq, *hkv, *d), "{what}: path");
             }
         }
     }
@@ -118,7 +144,14 @@ fn gpu_decode_shapes(_d: &CudaDevice) {
         let compiled = example(name);
         let program = compiled.names()[0].to_string();
         let variant = compiled.attention(&program).unwrap();
-        for (lq, hq, hkv) in [(1, 4, 4), (2, 8, 2), (4, 16, 2), (16, 8, 1)] {
+        for (lq, hq, hkv) in [
+            (1, 4, 4),
+            (2, 8, 2),
+            (4, 16, 2),
+            (16, 8, 1),
+            (16, 4, 4),
+            (1, 32, 4),
+        ] {
             for (d, dtype) in [(128, DType::BF16), (64, DType::F16)] {
                 for page in [None, Some(16), Some(128)] {
                     let sl = vec![1, 0, 517, 3, 1000];
@@ -126,7 +159,7 @@ fn gpu_decode_shapes(_d: &CudaDevice) {
                     let caps = captures_for(&variant, &c, 5);
                     let what = format!("{name} lq{lq} hq{hq} hkv{hkv} d{d} {dtype} {page:?}");
                     let path = check(&compiled, &program, &c, &caps, &what);
-                    assert_eq!(path, "split-kv", "{what}: path");
+                    assert_eq!(path, expected_path(lq, hq, hkv, d), "{what}: path");
                 }
             }
         }
@@ -138,14 +171,14 @@ fn gpu_decode_long(_d: &CudaDevice) {
     let mut rng = Rng(5);
     let compiled = example("sliding_window");
     let program = compiled.names()[0].to_string();
-    for page in [None, Some(64)] {
+    for (lq, page) in [(1, None), (1, Some(64)), (4, Some(32))] {
         let sl = vec![20000, 9001];
-        let c = case_as(DType::BF16, &mut rng, 2, 32, 8, 1, 128, 20000, sl, page);
+        let c = case_as(DType::BF16, &mut rng, 2, 32, 8, lq, 128, 20000, sl, page);
         for window in [300, 50000] {
             let caps = Captures::default().param("window", ParamValue::I32(window));
-            let what = format!("window {window} {page:?}");
+            let what = format!("window {window} lq {lq} {page:?}");
             let path = check(&compiled, &program, &c, &caps, &what);
-            assert_eq!(path, "split-kv", "{what}: path");
+            assert_eq!(path, expected_path(lq, 32, 8, 128), "{what}: path");
         }
     }
 }
@@ -157,14 +190,15 @@ fn gpu_decode_sanitize(_d: &CudaDevice) {
     let compiled = example("document_causal");
     let program = compiled.names()[0].to_string();
     let variant = compiled.attention(&program).unwrap();
-    for page in [None, Some(16)] {
+    // G x Lq = 4 x 4 (tensor cores) and 4 x 1 (SIMT)
+    for (lq, page) in [(4, None), (4, Some(16)), (1, None), (1, Some(16))] {
         let c = case_as(
             DType::BF16,
             &mut rng,
             3,
             8,
             2,
-            4,
+            lq,
             128,
             150,
             vec![150, 0, 33],
@@ -176,9 +210,29 @@ fn gpu_decode_sanitize(_d: &CudaDevice) {
             &program,
             &c,
             &caps,
-            &format!("sanitize {page:?}"),
+            &format!("sanitize lq {lq} {page:?}"),
         );
-        assert_eq!(path, "split-kv");
+        assert_eq!(path, expected_path(lq, 8, 2, 128));
+    }
+}
+
+/// Head dims 32 and 256 (the SIMT kernel): GQA, Lq 1 and 4, contiguous and paged.
+fn gpu_decode_head_dims(_d: &CudaDevice) {
+    let mut rng = Rng(256);
+    for name in ["causal", "alibi", "softcap"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for (d, dtype) in [(32, DType::F16), (256, DType::BF16)] {
+            for (lq, hq, hkv, page) in [(1, 4, 4, None), (4, 8, 2, Some(16))] {
+                let sl = vec![77, 0, 300, 1];
+                let c = case_as(dtype, &mut rng, sl.len(), hq, hkv, lq, d, 300, sl, page);
+                let caps = captures_for(&variant, &c, 6);
+                let what = format!("{name} d{d} lq{lq} hq{hq} hkv{hkv} {page:?}");
+                let path = check(&compiled, &program, &c, &caps, &what);
+                assert_eq!(path, expected_path(lq, hq, hkv, d), "{what}: path");
+            }
+        }
     }
 }
 
@@ -208,6 +262,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_examples", gpu_decode_examples),
     ("gpu_decode_shapes", gpu_decode_shapes),
     ("gpu_decode_long", gpu_decode_long),
+    ("gpu_decode_head_dims", gpu_decode_head_dims),
     ("gpu_decode_prefill_path", gpu_decode_prefill_path),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
 ];

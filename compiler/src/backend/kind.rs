@@ -30,6 +30,10 @@ pub enum KernelKind {
     /// paged KV cache, one CTA per (split, kv head x row group, batch), partial O and LSE
     /// per split (`llvm/decode.rs`).
     Decode,
+    /// Split-KV decoding on tensor cores: the rows of a kv head packed into m16 tiles, K/V
+    /// through a `cp.async` ring, `mma.sync` products; same grid, parameters and partials
+    /// as [`KernelKind::Decode`] (`llvm/decode_mma.rs`).
+    DecodeMma,
     /// The exact merge of a decode call's splits into O and LSE (`llvm/decode.rs`).
     DecodeCombine,
     /// The key positions each sequence of a decode call can reach, from `seq_lens` on the
@@ -39,13 +43,14 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, in a stable order.
-    pub const ALL: [KernelKind; 8] = [
+    pub const ALL: [KernelKind; 9] = [
         KernelKind::Forward,
         KernelKind::BlockTable,
         KernelKind::BackwardPre,
         KernelKind::BackwardDkDv,
         KernelKind::BackwardDq,
         KernelKind::Decode,
+        KernelKind::DecodeMma,
         KernelKind::DecodeCombine,
         KernelKind::DecodeRanges,
     ];
@@ -59,6 +64,7 @@ impl KernelKind {
             KernelKind::BackwardDkDv => "backward-dkdv",
             KernelKind::BackwardDq => "backward-dq",
             KernelKind::Decode => "decode",
+            KernelKind::DecodeMma => "decode-mma",
             KernelKind::DecodeCombine => "decode-combine",
             KernelKind::DecodeRanges => "decode-ranges",
         }

@@ -1,5 +1,5 @@
 //! The split-KV decode kernel and its combine kernel on the device: the kernels
-//! ([`KernelKind::Decode`], [`KernelKind::DecodeCombine`] of
+//! ([`KernelKind::Decode`] or [`KernelKind::DecodeMma`], and [`KernelKind::DecodeCombine`] of
 //! `attnc_compiler::backend::llvm::decode`) come from the JIT cache like every kind's, and
 //! launch through the one launch ([`CudaKernel::launch_args`]) with their parameters bound
 //! by name from a [`DecodeProblem`].
@@ -188,13 +188,26 @@ impl DecodeModule {
         plan: &Plan,
         opts: &DecodeOptions,
     ) -> Result<Self, CudaError> {
+        Self::load_kind(dev, jit, plan, opts, KernelKind::Decode)
+    }
+
+    /// [`Self::load`] with the decode kernel of `kind`: [`KernelKind::Decode`] (SIMT) or
+    /// [`KernelKind::DecodeMma`] (tensor cores; `opts.rows` 16, 32 or 64). Both write the
+    /// same partials, merged by the same combine kernel.
+    pub fn load_kind(
+        dev: &CudaDevice,
+        jit: &JitCache,
+        plan: &Plan,
+        opts: &DecodeOptions,
+        kind: KernelKind,
+    ) -> Result<Self, CudaError> {
         let popts = opts.ptx_options();
         let get = |kind| {
             jit.get(dev, plan, kind, &popts, JitTiers::Off)
                 .map(|(k, _)| k)
         };
         Ok(DecodeModule {
-            decode: get(KernelKind::Decode)?,
+            decode: get(kind)?,
             combine: get(KernelKind::DecodeCombine)?,
             rows: opts.rows,
             d: opts.d,

@@ -1,22 +1,40 @@
-//! CUDA decoding with the split-KV kernel: when it applies, how the launch is shaped,
-//! and the host side of one call.
+//! CUDA decoding with the split-KV kernels: when they apply, which of the two runs, how
+//! the launch is shaped, and the host side of one call.
 //!
 //! In: the binding's options, the checked decode shape, host tensors, the reachable
 //! range of each sequence (`cpu::sequences`, from the mask's block structure over logical
 //! positions: closed form, params or summaries; a sliding window reaches only its window)
 //! and the bindings of the original program. Out: `O`, `LSE` (f32), or the device time.
 //!
-//! The kernel applies in fast mode to Lq <= [`MAX_LQ`], D = Dv in {32, 64, 128, 256},
+//! The kernels apply in fast mode to Lq <= [`MAX_LQ`], D = Dv in {32, 64, 128, 256},
 //! bf16/f16; everything else (checked mode, larger Lq: chunked prefill) takes the
-//! prefill path (`cuda.rs`). Rows per CTA: all `G * Lq` rows of a kv head when they are
-//! at most [`MAX_ROWS`] (K/V read once), else groups of [`MAX_ROWS`]. Splits per
-//! (sequence, kv head, row group): enough CTAs for [`TARGET_CTAS`], each at least
-//! [`MIN_CHUNK`] positions.
+//! prefill path (`cuda.rs`).
+//!
+//! Which kernel ([`choose`]): the tensor-core kernel (`KernelKind::DecodeMma`: the R = G
+//! x Lq packed rows of a kv head in m16 tiles, K/V through a cp.async ring, mma.sync)
+//! when D is 64 or 128, for every R (it pads R up to 16 rows; the tensor cores are idle
+//! enough that the padding costs nothing in a kernel bound by HBM); else the SIMT kernel
+//! (`KernelKind::Decode`: registers only, one lane group per key; D 32 and 256).
+//! Measured on an H200 (bf16, D128, Hq32 Hkv8, dense, contiguous, same device call):
+//! B8 Lkv32768 Lq1 (R 4) 241.9 µs against SIMT 416.8, Lq4 (R 16) 242.3 against 1683.1,
+//! Lq16 (R 64) 268.7 against 5703.6; B64 Lkv8192 Lq1 479.9 against 764.8; B1 Lkv131072
+//! Lq1 133.8 against 247.3 (SDPA cuDNN: 241.9, 755.7, 785.1, 471.1, 127.8).
+//! `ATTNC_DECODE_KERNEL=simt|mma` overrides the choice (benchmarks, tests; `mma` only
+//! where the kernel takes the head dim).
+//!
+//! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
+//! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
+//! power of two covering R, at most 4; R > 64 takes several row groups). Splits per
+//! (sequence, kv head, row group): SIMT, enough CTAs for [`TARGET_CTAS`], each at least
+//! [`MIN_CHUNK`] positions; tensor cores, the count that minimizes
+//! `waves x (tiles per split + MMA_FILL_TILES)` with [`MMA_SLOTS`] resident CTAs (a
+//! wave of equal splits keeps every SM streaming; each split pays its pipeline fill).
 
 use crate::cuda::CudaDevice;
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::InputType;
 use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::decode::{CacheLayout, DecodeShape};
@@ -25,8 +43,32 @@ use attnc_compiler::plan::Plan;
 
 /// Largest Lq the decode kernel takes.
 pub(crate) const MAX_LQ: usize = 16;
-/// Largest number of rows one CTA holds in registers.
+/// Largest number of rows one CTA of the SIMT kernel holds in registers.
 pub(crate) const MAX_ROWS: usize = 8;
+/// Resident CTAs of the tensor-core kernel on an H200: 132 SMs x 2 (shared memory).
+const MMA_SLOTS: usize = 132 * 2;
+/// The pipeline fill of one split, in tiles of the tensor-core kernel.
+const MMA_FILL_TILES: usize = 4;
+
+/// The split-KV kernel that runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `KernelKind::Decode`: SIMT, registers only.
+    Simt,
+    /// `KernelKind::DecodeMma`: tensor cores, K/V through shared memory.
+    Mma,
+}
+
+/// The kernel for `shape` (see the module docs).
+pub(crate) fn choose(shape: &DecodeShape) -> Kernel {
+    let fits = [64, 128].contains(&shape.d);
+    match std::env::var("ATTNC_DECODE_KERNEL").as_deref() {
+        Ok("simt") => return Kernel::Simt,
+        Ok("mma") if fits => return Kernel::Mma,
+        _ => {}
+    }
+    if fits { Kernel::Mma } else { Kernel::Simt }
+}
 /// CTAs a launch aims for (an H200 has 132 SMs; several CTAs per SM hide latency).
 const TARGET_CTAS: usize = 132 * 8;
 /// Fewest positions per split.
@@ -53,14 +95,15 @@ pub(crate) struct GpuDecode {
     /// The binding's plan (of the original program: the kernels evaluate the mask and
     /// score at logical positions themselves).
     plan: Plan,
-    modules: [Option<DecodeModule>; 2],
+    /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel.
+    modules: [Option<DecodeModule>; 4],
 }
 
 impl GpuDecode {
     pub(crate) fn new(plan: Plan) -> Self {
         GpuDecode {
             plan,
-            modules: [None, None],
+            modules: [None, None, None, None],
         }
     }
 
@@ -71,7 +114,8 @@ impl GpuDecode {
         dtype: DType,
     ) -> Result<&DecodeModule> {
         let paged = matches!(shape.layout, CacheLayout::Paged { .. });
-        let slot = &mut self.modules[paged as usize];
+        let kernel = choose(shape);
+        let slot = &mut self.modules[paged as usize + 2 * (kernel == Kernel::Mma) as usize];
         if slot.is_none() {
             let opts = DecodeOptions {
                 arch: dev.arch(),
@@ -81,11 +125,16 @@ impl GpuDecode {
                 } else {
                     InputType::Bf16
                 },
-                rows: rows_per_cta(shape) as u32,
+                rows: rows_per_cta(shape, kernel) as u32,
                 paged,
             };
+            let kind = match kernel {
+                Kernel::Simt => KernelKind::Decode,
+                Kernel::Mma => KernelKind::DecodeMma,
+            };
             let jit = crate::exec::cuda::cuda_jit_of(dev)?;
-            *slot = Some(DecodeModule::load(dev, jit, &self.plan, &opts).map_err(backend)?);
+            *slot =
+                Some(DecodeModule::load_kind(dev, jit, &self.plan, &opts, kind).map_err(backend)?);
         }
         slot.as_ref().ok_or_else(|| backend("decode module"))
     }
@@ -178,15 +227,20 @@ impl GpuDecode {
     }
 }
 
-/// Rows per CTA: every row of a kv head up to [`MAX_ROWS`].
-fn rows_per_cta(shape: &DecodeShape) -> usize {
-    ((shape.hq / shape.hkv) * shape.lq).min(MAX_ROWS)
+/// Rows per CTA of `kernel` (see the module docs).
+fn rows_per_cta(shape: &DecodeShape, kernel: Kernel) -> usize {
+    let rows = (shape.hq / shape.hkv) * shape.lq;
+    match kernel {
+        Kernel::Simt => rows.min(MAX_ROWS),
+        Kernel::Mma => 16 * rows.div_ceil(16).next_power_of_two().min(4),
+    }
 }
 
 /// The launch geometry of a call.
 pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> DecodeGeometry {
+    let kernel = choose(shape);
     let rows = (shape.hq / shape.hkv) * shape.lq;
-    let rpc = rows_per_cta(shape);
+    let rpc = rows_per_cta(shape, kernel);
     let row_groups = rows.div_ceil(rpc);
     let span = ranges
         .chunks(2)
@@ -194,13 +248,18 @@ pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> Decod
         .max()
         .unwrap_or(0);
     let ctas = shape.b * shape.hkv * row_groups;
-    let splits = TARGET_CTAS
-        .div_ceil(ctas.max(1))
-        .min(span.div_ceil(MIN_CHUNK))
-        .max(1);
-    let chunk = span.div_ceil(splits).div_ceil(64) * 64;
-    let chunk = chunk.max(64);
-    let splits = span.div_ceil(chunk).max(1);
+    let (splits, chunk) = match kernel {
+        Kernel::Simt => {
+            let splits = TARGET_CTAS
+                .div_ceil(ctas.max(1))
+                .min(span.div_ceil(MIN_CHUNK))
+                .max(1);
+            let chunk = span.div_ceil(splits).div_ceil(64) * 64;
+            let chunk = chunk.max(64);
+            (span.div_ceil(chunk).max(1), chunk)
+        }
+        Kernel::Mma => mma_splits(ctas, span),
+    };
     let (lkv_max, page_shift, max_pages, num_pages) = match shape.layout {
         CacheLayout::Contiguous { lkv_max } => (lkv_max, 0, 0, 0),
         CacheLayout::Paged {
@@ -222,5 +281,52 @@ pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> Decod
         max_pages: max_pages as u32,
         num_pages: num_pages as u32,
         scale,
+    }
+}
+
+/// Splits and positions per split of the tensor-core kernel for `ctas` (sequence, kv
+/// head, row group) triples whose longest reachable range is `span`: the count with the
+/// least `waves x (tiles per split + MMA_FILL_TILES)`, fewer splits on ties.
+fn mma_splits(ctas: usize, span: usize) -> (usize, usize) {
+    let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as usize;
+    let tiles = span.div_ceil(tile).max(1);
+    let ctas = ctas.max(1);
+    let mut best = (usize::MAX, 1);
+    for s in 1..=tiles.min(4096) {
+        let waves = (ctas * s).div_ceil(MMA_SLOTS);
+        let cost = waves * (tiles.div_ceil(s) + MMA_FILL_TILES);
+        if cost < best.0 {
+            best = (cost, s);
+        }
+    }
+    let chunk = tiles.div_ceil(best.1) * tile;
+    (span.div_ceil(chunk).max(1), chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mma_splits_fill_the_gpu_and_cover_the_span() {
+        // issue 12's shapes: (CTAs before splitting, span) -> every SM streams
+        for (ctas, span) in [
+            (64, 32768),
+            (512, 8192),
+            (8, 131072),
+            (64, 4096),
+            (3, 1),
+            (1, 0),
+        ] {
+            let (s, chunk) = mma_splits(ctas, span);
+            assert!(s >= 1 && chunk % 64 == 0 && chunk > 0, "{ctas} {span}");
+            assert!(
+                s * chunk >= span && (s - 1) * chunk < span.max(1),
+                "{ctas} {span}"
+            );
+            if span >= 8192 {
+                assert!(ctas * s >= MMA_SLOTS * 9 / 10, "{ctas} {span}: {s} splits");
+            }
+        }
     }
 }

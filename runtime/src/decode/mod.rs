@@ -240,7 +240,8 @@ pub(crate) enum DecodeState {
         gpu: Box<gpu::GpuDecode>,
         /// The plan of the position-offset program (reachable ranges).
         plan: Box<Plan>,
-        /// The path of the last call: "split-kv" or "prefill".
+        /// The path of the last call: "split-kv" (SIMT kernel), "split-kv-mma" (tensor
+        /// cores) or "prefill".
         path: Option<&'static str>,
     },
 }
@@ -421,7 +422,10 @@ impl Bound {
                     .map_err(cache_error)?;
                 let (live, ranges) = reachable(plan, &shape, &seq_lens, &bindings, opts.checked)?;
                 if gpu::applies(&shape, opts.dtype, opts.checked) {
-                    *path = Some("split-kv");
+                    *path = Some(match gpu::choose(&shape) {
+                        gpu::Kernel::Simt => "split-kv",
+                        gpu::Kernel::Mma => "split-kv-mma",
+                    });
                     gpu.forward(
                         crate::exec::cuda::cuda_device_at(opts.device)?,
                         &shape,
@@ -473,7 +477,10 @@ impl Bound {
                 "the split-KV decode kernels run CUDA bindings".into(),
             ));
         };
-        *path = Some("split-kv");
+        *path = Some(match gpu::choose(shape) {
+            gpu::Kernel::Simt => "split-kv",
+            gpu::Kernel::Mma => "split-kv-mma",
+        });
         Ok(gpu.module(dev, shape, opts.dtype)?.clone())
     }
 }
@@ -554,8 +561,8 @@ impl Bound {
 
 impl Bound {
     /// Which path the last `forward_with_cache` took: "reference", "cpu", "split-kv"
-    /// (the CUDA decode kernels) or "prefill" (CUDA, checked mode or Lq > 16); `None`
-    /// before the first call.
+    /// (the CUDA SIMT decode kernel), "split-kv-mma" (the CUDA tensor-core decode kernel)
+    /// or "prefill" (CUDA, checked mode or Lq > 16); `None` before the first call.
     pub fn cache_path(&mut self) -> Option<&'static str> {
         match self.extension::<Option<DecodeState>>() {
             None => None,

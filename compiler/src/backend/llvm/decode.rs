@@ -31,6 +31,10 @@
 //! splits, `LSE = log Σ exp(lse_s)`, `O = Σ exp(lse_s - LSE) o_s` (O = 0 and LSE = -inf
 //! when every split is empty), O written in the input type, LSE in f32.
 //!
+//! Which decode kernel runs (the runtime's `decode/gpu.rs`, which has the numbers): the
+//! tensor-core kernel (`decode_mma.rs`, same grid, parameters and partials) at D 64 and
+//! 128 for every G x Lq; this SIMT kernel at D 32 and 256.
+//!
 //! Loads are direct 16-byte `ld.global.nc` into registers (UNROLL x 2 per lane in flight)
 //! rather than a `cp.async` ring through shared memory: each K/V element is used by its
 //! own lane only, so shared memory would add a copy and a barrier per stage. Fast mode
@@ -61,8 +65,12 @@ const UNROLL: u32 = 4;
 /// The pass pipeline: the block-table kernel's (licm takes the kv-independent parts of
 /// the mask out of the key loop), with instcombine's fixpoint check off (the unrolled
 /// online softmax needs more than one round; the result is the same).
-const DECODE_PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,loop-mssa(licm),gvn,instcombine<no-verify-fixpoint>)";
+pub(super) const DECODE_PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,loop-mssa(licm),gvn,instcombine<no-verify-fixpoint>)";
 const LOG2E: f32 = std::f32::consts::LOG2_E;
+
+/// Rows per CTA of the tensor-core decode kernel (`decode_mma.rs`): its partials have as
+/// many rows, and the combine kernel takes them too.
+pub const MMA_ROWS: [u32; 3] = [16, 32, 64];
 
 /// Compile-time options of the decode kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,7 +140,7 @@ pub struct DecodeKernels {
     pub smem_bytes: u32,
 }
 
-fn decode_params(p: &Program) -> Vec<DecodeParam> {
+pub(super) fn decode_params(p: &Program) -> Vec<DecodeParam> {
     use DecodeParam::*;
     let mut v = vec![
         Q, K, V, PageTable, SeqLens, Ranges, PartO, PartLse, Params, Err,
@@ -198,7 +206,11 @@ pub(crate) fn spec(
     opts: &PtxOptions,
 ) -> Result<KernelSpec, LlvmError> {
     let d = DecodeOptions::from_ptx(opts);
-    d.validate()?;
+    match kind {
+        // the combine kernel merges the partials of either decode kernel
+        KernelKind::DecodeCombine if MMA_ROWS.contains(&d.rows) => {}
+        _ => d.validate()?,
+    }
     if opts.dv != opts.d {
         return Err(LlvmError::Unsupported(format!(
             "decode kernel with D = {} and Dv = {}: needs D = Dv",
@@ -247,7 +259,7 @@ pub(crate) fn generate(
     let spec = spec(program, kind, opts)?;
     crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
     let d = DecodeOptions::from_ptx(opts);
-    // the PTX target of these options' matrix path (the kernels use no tensor cores)
+    // the PTX target of these options' matrix path (mma.sync needs nothing past sm_80)
     let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
     let (ptx, llvm_ir, times) = super::run_pipeline(
         program,
@@ -269,10 +281,19 @@ pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKern
     opts.validate()?;
     let popts = opts.ptx_options();
     let (dk, _) = generate(program, KernelKind::Decode, &popts, EmitText::PtxOnly)?;
+    with_combine(program, opts, dk)
+}
+
+/// [`DecodeKernels`] of the generated decode kernel `dk` and its combine kernel.
+pub(super) fn with_combine(
+    program: &Program,
+    opts: &DecodeOptions,
+    dk: PtxKernel,
+) -> Result<DecodeKernels, LlvmError> {
     let (ck, _) = generate(
         program,
         KernelKind::DecodeCombine,
-        &popts,
+        &opts.ptx_options(),
         EmitText::PtxOnly,
     )?;
     Ok(DecodeKernels {
@@ -283,14 +304,14 @@ pub fn emit_decode(program: &Program, opts: &DecodeOptions) -> Result<DecodeKern
         combine_ptx: ck.ptx,
         combine_entry: ck.spec.entry,
         combine_params: ck.spec.params,
-        threads: THREADS,
-        smem_bytes: opts.smem_bytes(),
+        threads: dk.spec.threads,
+        smem_bytes: dk.spec.smem_bytes,
     })
 }
 
 /// Declares `entry` with `params` (pointers global, scalars i32, `Scale` f32); read-only
 /// inputs are `noalias readonly` (so their loads become `ld.global.nc`).
-fn declare<'ctx>(
+pub(super) fn declare<'ctx>(
     ctx: &'ctx Context,
     module: Module<'ctx>,
     params: &[DecodeParam],
@@ -345,7 +366,7 @@ fn declare<'ctx>(
 }
 
 /// `for (i = start; i < end; i += step) body(i)` (signed i32).
-fn for_range<'ctx>(
+pub(super) fn for_range<'ctx>(
     g: &Gpu<'ctx>,
     start: IntValue<'ctx>,
     end: IntValue<'ctx>,
@@ -408,6 +429,51 @@ struct State<'ctx> {
     m: Vec<Var<'ctx>>,
     l: Vec<Var<'ctx>>,
     acc: Vec<Vec<Var<'ctx>>>,
+}
+
+/// The element offset of key position `j`'s row (kv head `hk` of sequence `b`) in the
+/// cache: through the page table for a paged cache (the page id clamped into the cache:
+/// fast mode), else `[B, Hkv, Lkv_max, D]`. Shared by both decode kernels.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cache_row_elem<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    opts: &DecodeOptions,
+    b: IntValue<'ctx>,
+    hk: IntValue<'ctx>,
+    hkv: IntValue<'ctx>,
+    j: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    use DecodeParam as P;
+    let d = opts.d as i64;
+    if opts.paged {
+        let shift = a.int(P::PageShift)?;
+        let maxp = a.int(P::MaxPages)?;
+        let npages = a.int(P::NumPages)?;
+        let lp = g.b.build_right_shift(j, shift, false, "")?;
+        let ps_mask = g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?;
+        let at = g.add(g.mul(b, maxp)?, lp)?;
+        let id = g.load_i32(a.ptr(P::PageTable)?, at)?;
+        // fast mode: clamp the page id into the cache
+        let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
+        let id = g.iintr2("llvm.smin.i32", id, g.sub(npages, g.c32(1))?)?;
+        let slot_in_page = g.and(j, ps_mask)?;
+        let prow = g.add(
+            g.mul(g.zext64(id)?, g.zext64(g.shl(g.c32(1), shift)?)?)?,
+            g.zext64(slot_in_page)?,
+        )?;
+        g.mul(
+            g.add(g.mul(prow, g.zext64(hkv)?)?, g.zext64(hk)?)?,
+            g.c64(d),
+        )
+    } else {
+        let lmax = a.int(P::LkvMax)?;
+        let r = g.add(
+            g.mul(g.zext64(g.add(g.mul(b, hkv)?, hk)?)?, g.zext64(lmax)?)?,
+            g.zext64(j)?,
+        )?;
+        g.mul(r, g.c64(d))
+    }
 }
 
 fn build_decode<'ctx>(
@@ -523,36 +589,7 @@ fn build_decode<'ctx>(
     // ---- the address of key `j`'s row in the cache (elements) ----
     let kptr = a.ptr(P::K)?;
     let vptr = a.ptr(P::V)?;
-    let row_elem = |j: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-        if opts.paged {
-            let shift = a.int(P::PageShift)?;
-            let maxp = a.int(P::MaxPages)?;
-            let npages = a.int(P::NumPages)?;
-            let lp = g.b.build_right_shift(j, shift, false, "")?;
-            let ps_mask = g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?;
-            let at = g.add(g.mul(b, maxp)?, lp)?;
-            let id = g.load_i32(a.ptr(P::PageTable)?, at)?;
-            // fast mode: clamp the page id into the cache
-            let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
-            let id = g.iintr2("llvm.smin.i32", id, g.sub(npages, g.c32(1))?)?;
-            let slot_in_page = g.and(j, ps_mask)?;
-            let prow = g.add(
-                g.mul(g.zext64(id)?, g.zext64(g.shl(g.c32(1), shift)?)?)?,
-                g.zext64(slot_in_page)?,
-            )?;
-            g.mul(
-                g.add(g.mul(prow, g.zext64(hkv)?)?, g.zext64(hk)?)?,
-                g.c64(d),
-            )
-        } else {
-            let lmax = a.int(P::LkvMax)?;
-            let r = g.add(
-                g.mul(g.zext64(g.add(g.mul(b, hkv)?, hk)?)?, g.zext64(lmax)?)?,
-                g.zext64(j)?,
-            )?;
-            g.mul(r, g.c64(d))
-        }
-    };
+    let row_elem = |j: IntValue<'ctx>| cache_row_elem(g, &a, opts, b, hk, hkv, j);
 
     // ---- the key loop: each warp takes UNROLL steps of kpw keys per iteration ----
     let per_iter = (WARPS as i64) * (UNROLL as i64) * kpw;

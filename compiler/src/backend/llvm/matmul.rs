@@ -90,6 +90,18 @@ pub(crate) fn pv<'ctx>(
     pfrag: &[Vec<Frag<'ctx>>],
     o: &AccTile<'ctx>,
 ) -> R<()> {
+    pv_at(g, c, cx, pfrag, o, g.c32(0))
+}
+
+/// [`pv`] with V read `vbuf` bytes past the V tile (a ring buffer, a slice of its rows).
+pub(crate) fn pv_at<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    pfrag: &[Vec<Frag<'ctx>>],
+    o: &AccTile<'ctx>,
+    vbuf: IntValue<'ctx>,
+) -> R<()> {
     let mut acc = o.values(g)?;
     // lane l: matrix mi = l / 8 -> kv row 16 kk + (mi % 2) * 8 + l % 8, chunk 2 ntp + mi / 2
     let r8 = g.and(cx.lane, g.c32(7))?;
@@ -100,7 +112,7 @@ pub(crate) fn pv<'ctx>(
         for ntp in 0..(c.dv / 16) as usize {
             let row = g.add(row_in, g.c32(16 * kk as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ntp as i64))?;
-            let bf = g.ldmatrix_x4(c.v.addr(g, row, chunk)?, true)?;
+            let bf = g.ldmatrix_x4(c.v.addr_at(g, row, chunk, vbuf)?, true)?;
             for (acc, pf) in acc.iter_mut().zip(pfrag) {
                 let a = &pf[kk];
                 acc[2 * ntp] = g.mma(c.ty, a, &[bf[0], bf[1]], &acc[2 * ntp])?;

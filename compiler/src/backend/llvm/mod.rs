@@ -32,6 +32,7 @@ pub mod blocktable;
 pub mod bounds;
 mod cta;
 pub mod decode;
+pub mod decode_mma;
 mod decode_ranges;
 mod expr;
 mod gpu;

@@ -422,44 +422,15 @@ fn decode_kinds_are_specs_like_every_kind() {
             let opts = dopts.ptx_options();
             assert_eq!(DecodeOptions::from_ptx(&opts), dopts);
             for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
-                let s = spec(&plan, kind, &opts).unwrap();
-                let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly).unwrap();
-                // the spec without code is the spec of the code, and names its entry
-                assert_eq!(k.spec, s, "{} {kind}", p.name);
-                assert!(
-                    k.ptx.contains(&format!(".entry {}(", s.entry)),
-                    "{}",
-                    s.entry
-                );
-                assert_eq!(
-                    (s.kind, s.threads, s.q_block),
-                    (kind, decode::THREADS, rows)
-                );
-                // one argument per parameter in the PTX signature
-                let sig = &k.ptx[k.ptx.find(".entry").unwrap()..];
-                let sig = &sig[..sig.find(')').unwrap()];
-                assert_eq!(sig.matches(".param").count(), s.params.len(), "{}", s.entry);
-                match kind {
-                    KernelKind::Decode => {
-                        assert_eq!(
-                            s.grid,
-                            [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches]
-                        );
-                        assert_eq!(s.smem_bytes, dopts.smem_bytes());
-                        for want in [
-                            KernelParam::PageTable,
-                            KernelParam::Ranges,
-                            KernelParam::PartO,
-                        ] {
-                            assert!(s.params.contains(&want), "{want:?}");
-                        }
-                    }
-                    _ => {
-                        assert_eq!(s.grid, [GridDim::QRows, GridDim::Heads, GridDim::Batches]);
-                        assert_eq!(s.smem_bytes, 0);
-                        assert!(s.params.contains(&KernelParam::O));
-                    }
-                }
+                check_decode_spec(&plan, kind, &opts, &dopts, rows);
+            }
+            // the tensor-core kernel (16 rows per m-tile) and its combine kernel
+            let mopts = DecodeOptions {
+                rows: 16 * rows / 4,
+                ..dopts
+            };
+            for kind in [KernelKind::DecodeMma, KernelKind::DecodeCombine] {
+                check_decode_spec(&plan, kind, &mopts.ptx_options(), &mopts, mopts.rows);
             }
             // the layout is part of the options' key (so of the cache key)
             let other = DecodeOptions {
@@ -470,6 +441,65 @@ fn decode_kinds_are_specs_like_every_kind() {
             assert_ne!(opts.key(), other.key());
         }
     }
+    decode_options_refused();
+}
+
+/// A decode kind's spec equals the generated kernel's and describes its PTX.
+fn check_decode_spec(
+    plan: &Plan,
+    kind: KernelKind,
+    opts: &PtxOptions,
+    dopts: &decode::DecodeOptions,
+    rows: u32,
+) {
+    let p = plan.program();
+    let s = spec(plan, kind, opts).unwrap();
+    let (k, _) = generate(plan, kind, opts, EmitText::PtxOnly).unwrap();
+    // the spec without code is the spec of the code, and names its entry
+    assert_eq!(k.spec, s, "{} {kind}", p.name);
+    assert!(
+        k.ptx.contains(&format!(".entry {}(", s.entry)),
+        "{}",
+        s.entry
+    );
+    assert_eq!(
+        (s.kind, s.threads, s.q_block),
+        (kind, decode::THREADS, rows)
+    );
+    // one argument per parameter in the PTX signature
+    let sig = &k.ptx[k.ptx.find(".entry").unwrap()..];
+    let sig = &sig[..sig.find(')').unwrap()];
+    assert_eq!(sig.matches(".param").count(), s.params.len(), "{}", s.entry);
+    match kind {
+        KernelKind::Decode | KernelKind::DecodeMma => {
+            assert_eq!(
+                s.grid,
+                [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches]
+            );
+            let smem = if kind == KernelKind::DecodeMma {
+                decode_mma::smem_bytes(dopts)
+            } else {
+                dopts.smem_bytes()
+            };
+            assert_eq!(s.smem_bytes, smem);
+            for want in [
+                KernelParam::PageTable,
+                KernelParam::Ranges,
+                KernelParam::PartO,
+            ] {
+                assert!(s.params.contains(&want), "{want:?}");
+            }
+        }
+        _ => {
+            assert_eq!(s.grid, [GridDim::QRows, GridDim::Heads, GridDim::Batches]);
+            assert_eq!(s.smem_bytes, 0);
+            assert!(s.params.contains(&KernelParam::O));
+        }
+    }
+}
+
+fn decode_options_refused() {
+    use decode::DecodeOptions;
     // rows outside 1..=16 and D != Dv are refused with a clear error
     let p = &samples::all(16)[0];
     let plan = Plan::new(p);

@@ -1,0 +1,635 @@
+//! The tensor-core split-KV decode kernel ([`KernelKind::DecodeMma`]): the rows of a kv
+//! head packed into m16 tiles, K/V staged through a `cp.async` ring in shared memory, S
+//! = Q Kᵀ and O += P V on `mma.sync.m16n8k16` (sm_80 and sm_90), the score and mask on
+//! S's fragments. Its partials go to the same combine kernel as the SIMT kernel's
+//! (`decode.rs`), with `rows` = the CTA's rows.
+//!
+//! In: a verified [`Program`] (mask and score at logical positions, see `crate::decode`),
+//! [`DecodeOptions`] with `rows` 16, 32 or 64 and D 64 or 128. Out: the kernel's IR
+//! (`spec`, `generate`, reached through `llvm::spec`) and its shared memory ([`smem_bytes`]).
+//!
+//! Grid `(splits, Hkv * row_groups, B)`, [`THREADS`] threads (4 warps):
+//! ```text
+//! rows: r = g * Lq + i as in decode.rs; the CTA takes rows rg * RPC .. + RPC, RPC =
+//!     rows = 16 M (M = 1, 2, 4 m-tiles); Q of those rows -> shared memory (cp.async,
+//!     rows past G * Lq zero) -> A fragments in registers
+//! keys: lo + split * chunk .. min(lo + (split + 1) * chunk, hi) in tiles of KV_TILE = 64
+//! ring: `stages(D)` buffers of one K tile and one V tile (64 x D each, rows 16-byte-chunk
+//!     swizzled); all 128 threads copy a tile with cp.async.cg (keys past the split's end
+//!     zero-filled: no read, P V sees 0, never NaN), one commit group per tile, tile t +
+//!     stages - 1 issued after the barrier that frees its buffer (one barrier per tile)
+//! warp w: m-tile w % M, key slice w / M of each tile (64 M / 4 keys): S = Q Kᵀ (ldmatrix
+//!     K), logits on the fragments (scale, score, mask at (b, h of the row, position of
+//!     the row, key position); -inf outside the split or for rows that do not exist),
+//!     the forward's online softmax (`softmax::online_softmax`, log2 units, lazy
+//!     rescale), O += P V (ldmatrix.trans V)
+//! end: the 4 / M warps of an m-tile merge (m, l, O) through shared memory (over the
+//!     ring); the split's normalized O (f32) and LSE (natural log; -inf when it saw no
+//!     key) go to part_o[b, hk, rg, split, RPC, D] / part_lse, as the SIMT kernel's
+//! ```
+//! Shared memory at D128: Q 4-16 KB + 3 stages x 32 KB (2 CTAs per SM on an H200); D64:
+//! 6 stages x 16 KB. Fast mode only (checked mode runs the prefill path).
+
+use super::cta::Args;
+use super::decode::{
+    DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
+    decode_params, for_range, with_combine,
+};
+use super::expr::{Elem, Env, emit_function};
+use super::gpu::{Gpu, R, SmemTile};
+use super::matmul::{load_q_fragments, pv_at, qk};
+use super::softmax::online_softmax;
+use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
+use super::{
+    EmitText, EmitTimes, GridDim, KernelParam, KernelSpec, LlvmError, PtxKernel, PtxOptions,
+};
+use crate::backend::KernelKind;
+use crate::ir::Program;
+use crate::plan::KvBounds;
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::values::{FloatValue, IntValue};
+use inkwell::{FloatPredicate, IntPredicate};
+
+/// Threads per CTA (4 warps), as the SIMT kernel.
+pub const THREADS: u32 = 128;
+const WARPS: u32 = THREADS / 32;
+/// Keys per shared-memory tile.
+pub const KV_TILE: u32 = 64;
+/// Shared memory the K/V ring may take.
+const RING_BYTES: u32 = 96 * 1024;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2: f32 = std::f32::consts::LN_2;
+
+/// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
+pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
+    if ![64, 128].contains(&opts.d) {
+        return Err(LlvmError::Unsupported(format!(
+            "tensor-core decode kernel with D = {}: needs 64 or 128",
+            opts.d
+        )));
+    }
+    if !MMA_ROWS.contains(&opts.rows) {
+        return Err(LlvmError::Unsupported(format!(
+            "tensor-core decode kernel with {} rows per CTA: needs 16, 32 or 64",
+            opts.rows
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of one ring stage (a K and a V tile).
+fn stage_bytes(d: u32) -> u32 {
+    2 * KV_TILE * d * 2
+}
+
+/// Ring stages at head dim `d`: as many as [`RING_BYTES`] holds, 2..=6.
+pub fn stages(d: u32) -> u32 {
+    (RING_BYTES / stage_bytes(d)).clamp(2, 6)
+}
+
+/// Bytes of the end's merge area: per warp 16 rows of O (f32), m and l.
+fn merge_bytes(d: u32) -> u32 {
+    WARPS * 16 * (d + 2) * 4
+}
+
+/// Dynamic shared memory: the Q tile, then the ring (the merge area reuses it).
+pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
+    opts.rows * opts.d * 2 + (stages(opts.d) * stage_bytes(opts.d)).max(merge_bytes(opts.d))
+}
+
+/// The launch description of [`KernelKind::DecodeMma`] without generating code: grid
+/// (splits, Hkv x row groups, B), [`THREADS`] threads, [`smem_bytes`]; the parameters and
+/// kv source of the SIMT kernel (`decode::spec`).
+pub(crate) fn spec(p: &Program, opts: &PtxOptions) -> Result<KernelSpec, LlvmError> {
+    let d = DecodeOptions::from_ptx(opts);
+    validate(&d)?;
+    if opts.dv != opts.d {
+        return Err(LlvmError::Unsupported(format!(
+            "decode kernel with D = {} and Dv = {}: needs D = Dv",
+            opts.d, opts.dv
+        )));
+    }
+    Ok(KernelSpec {
+        kind: KernelKind::DecodeMma,
+        entry: format!("attnc_decode_mma_{}", super::sanitize(&p.name)),
+        options: *opts,
+        q_block: d.rows,
+        kv_block: KV_TILE,
+        threads: THREADS,
+        smem_bytes: smem_bytes(&d),
+        params: decode_params(p),
+        grid: [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
+        kv_bounds: KvBounds::Table,
+        table_skip: None,
+    })
+}
+
+/// Generates [`KernelKind::DecodeMma`]: its [`spec`] and PTX (LLVM IR text with
+/// [`EmitText::PtxAndLlvm`]), with the SIMT kernel's pass pipeline.
+pub(crate) fn generate(
+    program: &Program,
+    opts: &PtxOptions,
+    text: EmitText,
+) -> Result<(PtxKernel, EmitTimes), LlvmError> {
+    let spec = spec(program, opts)?;
+    crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
+    let d = DecodeOptions::from_ptx(opts);
+    let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
+    let (ptx, llvm_ir, times) = super::run_pipeline(
+        program,
+        &popts,
+        &spec.entry,
+        DECODE_PASSES,
+        text,
+        |ctx, module| build(ctx, module, program, &d, &spec.params, &spec.entry),
+    )?;
+    Ok((PtxKernel { spec, ptx, llvm_ir }, times))
+}
+
+/// The tensor-core decode kernel and its combine kernel (tests and tools).
+pub fn emit_decode_mma(
+    program: &Program,
+    opts: &DecodeOptions,
+) -> Result<DecodeKernels, LlvmError> {
+    let (dk, _) = generate(program, &opts.ptx_options(), EmitText::PtxOnly)?;
+    with_combine(program, opts, dk)
+}
+
+/// Where one of this thread's two accumulator rows (`lane / 4 + 8 hr` of its m-tile)
+/// sits: query head, position, whether it exists.
+struct RowInfo<'ctx> {
+    h: IntValue<'ctx>,
+    pos: IntValue<'ctx>,
+    live: IntValue<'ctx>,
+}
+
+pub(super) fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: Module<'ctx>,
+    p: &Program,
+    opts: &DecodeOptions,
+    params: &[DecodeParam],
+    entry: &str,
+) -> R<Module<'ctx>> {
+    use DecodeParam as P;
+    let g = declare(ctx, module, params, entry);
+    let allocas = g.block("allocas");
+    let start = g.block("start");
+    g.ab.position_at_end(allocas);
+    g.b.position_at_end(start);
+    let a = Args { g: &g, params };
+    let g = &g;
+    let d = opts.d;
+    let rpc = opts.rows;
+    let m_cta = rpc / 16; // m-tiles per CTA
+    let slices = WARPS / m_cta; // warps sharing an m-tile (key slices of a tile)
+    let sw = KV_TILE / slices; // keys per slice
+    let nstages = stages(d);
+    let row_bytes = d as i64 * 2;
+
+    let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
+    let mi = g.and(warp, g.c32(m_cta as i64 - 1))?;
+    let si = g.lshr(warp, g.c32(m_cta.trailing_zeros() as i64))?;
+    let split = g.ctaid('x')?;
+    let y = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let (hkv, lq, group, rgs) = (
+        a.int(P::Hkv)?,
+        a.int(P::Lq)?,
+        a.int(P::Group)?,
+        a.int(P::RowGroups)?,
+    );
+    let hk = g.udiv(y, rgs)?;
+    let rg = g.sub(y, g.mul(hk, rgs)?)?;
+    let nrows = g.mul(group, lq)?;
+    let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
+    let ranges = a.ptr(P::Ranges)?;
+    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    let chunk = a.int(P::Chunk)?;
+    let k0 = g.add(lo, g.mul(split, chunk)?)?;
+    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+    let scale = a.get(P::Scale)?.into_float_value();
+
+    let env = Env::load(
+        g,
+        p,
+        false,
+        &|k| match k {
+            KernelParam::Params => a.ptr(P::Params),
+            KernelParam::Err => a.ptr(P::Err),
+            KernelParam::Tensor(t) => a.ptr(P::Tensor(t)),
+            _ => Err(LlvmError::Internal("decode kernel pointer param")),
+        },
+        &|k| match k {
+            KernelParam::TensorDim { tensor, dim } => a.int(P::TensorDim { tensor, dim }),
+            _ => Err(LlvmError::Internal("decode kernel int param")),
+        },
+    )?;
+
+    // ---- shared memory: Q, then the ring of (K, V) tiles ----
+    let qt = SmemTile {
+        offset: 0,
+        rows: rpc,
+        cols: d,
+        slab: false,
+    };
+    let kt = SmemTile {
+        offset: qt.bytes(),
+        rows: KV_TILE,
+        cols: d,
+        slab: false,
+    };
+    let vt = SmemTile {
+        offset: kt.offset + kt.bytes(),
+        ..kt
+    };
+    let stage = stage_bytes(d) as i64;
+    // the warp's view: one m-tile (its `mi`, through `Ctx::warp`), `sw` keys of a tile
+    let cfg = Cfg {
+        ty: opts.input,
+        d,
+        dv: d,
+        qb: rpc,
+        kvb: sw,
+        threads: THREADS,
+        mt: 1,
+        q_in_regs: true,
+        wg: false,
+        lpt_group: 0,
+        q: qt,
+        k: kt,
+        v: vt,
+    };
+    let zero = g.c32(0);
+    let cx = Ctx {
+        warp: mi,
+        lane,
+        b,
+        h: zero,
+        q0: zero,
+        lq,
+        lkv: k1,
+        scale,
+        raw: false,
+        c2: g.cf(1.0),
+    };
+
+    // ---- Q rows of this CTA -> shared memory (one commit group) ----
+    let chunks = d / 8;
+    let qptr = a.ptr(P::Q)?;
+    let hq = a.int(P::Hq)?;
+    for k in 0..(rpc * chunks).div_ceil(THREADS) {
+        let idx = g.add(tid, g.c32((k * THREADS) as i64))?;
+        let row = g.udiv(idx, g.c32(chunks as i64))?;
+        let ch = g.and(idx, g.c32(chunks as i64 - 1))?;
+        let pr = g.add(g.mul(rg, g.c32(rpc as i64))?, row)?;
+        let ok = g.icmp(IntPredicate::SLT, pr, nrows)?;
+        let prc = g.selecti(ok, pr, zero)?;
+        let gi = g.udiv(prc, lq)?;
+        let i = g.sub(prc, g.mul(gi, lq)?)?;
+        let h = g.add(g.mul(hk, group)?, gi)?;
+        let qrow = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?;
+        let off = g.add(
+            g.mul(g.zext64(qrow)?, g.c64(row_bytes))?,
+            g.zext64(g.shl(ch, g.c32(4))?)?,
+        )?;
+        let size = g.selecti(ok, g.c32(16), zero)?;
+        g.cp_async16(qt.addr(g, row, ch)?, g.gep_bytes(qptr, off)?, size)?;
+    }
+    g.cp_async_commit()?;
+
+    // ---- this thread's two accumulator rows ----
+    let rows: Vec<RowInfo<'ctx>> = (0..2)
+        .map(|hr| {
+            let r = g.add(
+                g.add(g.mul(mi, g.c32(16))?, g.lshr(lane, g.c32(2))?)?,
+                g.c32(8 * hr),
+            )?;
+            let pr = g.add(g.mul(rg, g.c32(rpc as i64))?, r)?;
+            let in_group = g.icmp(IntPredicate::SLT, pr, nrows)?;
+            let prc = g.selecti(in_group, pr, zero)?;
+            let gi = g.udiv(prc, lq)?;
+            let i = g.sub(prc, g.mul(gi, lq)?)?;
+            let h = g.add(g.mul(hk, group)?, gi)?;
+            let pos = g.add(g.sub(seq_len, lq)?, i)?;
+            let live = g.and(in_group, g.icmp(IntPredicate::SGE, pos, zero)?)?;
+            Ok(RowInfo { h, pos, live })
+        })
+        .collect::<R<_>>()?;
+
+    // ---- one K/V tile -> a ring buffer ----
+    let kptr = a.ptr(P::K)?;
+    let vptr = a.ptr(P::V)?;
+    let rpp = THREADS / chunks; // rows per pass of all threads
+    let trow = g.udiv(tid, g.c32(chunks as i64))?;
+    let tch = g.and(tid, g.c32(chunks as i64 - 1))?;
+    let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let key0 = g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?)?;
+        let extra = g.mul(buf, g.c32(stage))?;
+        for pass in 0..KV_TILE / rpp {
+            let row = g.add(trow, g.c32((pass * rpp) as i64))?;
+            let j = g.add(key0, row)?;
+            let valid = g.icmp(IntPredicate::SLT, j, k1)?;
+            let jc = g.selecti(valid, j, k0)?;
+            let at = g.add(
+                cache_row_elem(g, &a, opts, b, hk, hkv, jc)?,
+                g.zext64(g.mul(tch, g.c32(8))?)?,
+            )?;
+            let byte = g.mul(at, g.c64(2))?;
+            let size = g.selecti(valid, g.c32(16), zero)?;
+            g.cp_async16(
+                kt.addr_at(g, row, tch, extra)?,
+                g.gep_bytes(kptr, byte)?,
+                size,
+            )?;
+            g.cp_async16(
+                vt.addr_at(g, row, tch, extra)?,
+                g.gep_bytes(vptr, byte)?,
+                size,
+            )?;
+        }
+        Ok(())
+    };
+
+    // ---- prologue: stages - 1 tiles in flight, then Q's fragments ----
+    let span = g.iintr2("llvm.smax.i32", g.sub(k1, k0)?, zero)?;
+    let ntiles = g.lshr(
+        g.add(span, g.c32(KV_TILE as i64 - 1))?,
+        g.c32(KV_TILE.trailing_zeros() as i64),
+    )?;
+    for s in 0..nstages - 1 {
+        let sv = g.c32(s as i64);
+        g.if_then(g.icmp(IntPredicate::SLT, sv, ntiles)?, || issue(sv, sv))?;
+        g.cp_async_commit()?;
+    }
+    g.cp_async_wait(nstages as i64 - 1)?;
+    g.barrier()?;
+    let qfrag = load_q_fragments(g, &cfg, &cx)?;
+
+    let m = RowState::new(g, 1, f32::NEG_INFINITY)?;
+    let l = RowState::new(g, 1, 0.0)?;
+    let o = AccTile::new(g, 1, (d / 8) as usize, 0.0)?;
+    let cur = g.var(g.i32, zero)?;
+    let next = g.var(g.i32, g.c32(nstages as i64 - 1))?;
+    let wrap = |x: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let x1 = g.add(x, g.c32(1))?;
+        g.selecti(
+            g.icmp(IntPredicate::EQ, x1, g.c32(nstages as i64))?,
+            zero,
+            x1,
+        )
+    };
+    let slice_bytes = g.mul(si, g.c32(sw as i64 * row_bytes))?;
+    for_range(g, zero, ntiles, g.c32(1), |it| {
+        // tile `it` has landed (its group and every older one); every warp is done
+        // with tile it - 1, whose buffer the next copy refills
+        g.cp_async_wait(nstages as i64 - 2)?;
+        g.barrier()?;
+        let nt = g.add(it, g.c32(nstages as i64 - 1))?;
+        let nbuf = g.geti(&next)?;
+        g.if_then(g.icmp(IntPredicate::SLT, nt, ntiles)?, || issue(nt, nbuf))?;
+        g.cp_async_commit()?;
+        g.set(&next, wrap(nbuf)?)?;
+
+        let buf = g.geti(&cur)?;
+        let at = g.add(g.mul(buf, g.c32(stage))?, slice_bytes)?;
+        let s = qk(g, &cfg, &cx, Some(&qfrag), at)?;
+        let key0 = g.add(
+            g.add(k0, g.mul(it, g.c32(KV_TILE as i64))?)?,
+            g.mul(si, g.c32(sw as i64))?,
+        )?;
+        let t = logits(g, p, &env, &s, &rows, b, key0, k1, lane, scale)?;
+        let (pf, _) = online_softmax(g, &cfg, &cx, &t, &m, &l, &o, None, &mut || Ok(()))?;
+        pv_at(g, &cfg, &cx, &pf, &o, at)?;
+        g.set(&cur, wrap(buf)?)
+    })?;
+    g.cp_async_wait(0)?;
+    g.barrier()?;
+
+    // ---- the warps of an m-tile merge through shared memory ----
+    // per warp: O [16][d] f32, then m [16], l [16] (after every warp's O)
+    let mbase = kt.offset as i64;
+    let o_at = |w: IntValue<'ctx>, r: IntValue<'ctx>, c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let idx = g.add(g.mul(g.add(g.mul(w, g.c32(16))?, r)?, g.c32(d as i64))?, c)?;
+        g.add(g.mul(idx, g.c32(4))?, g.c32(mbase))
+    };
+    let ml_at = |which: i64, w: IntValue<'ctx>, r: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let idx = g.add(g.mul(w, g.c32(16))?, r)?;
+        let base = mbase + (WARPS * 16 * d) as i64 * 4 + which * (WARPS * 16) as i64 * 4;
+        g.add(g.mul(idx, g.c32(4))?, g.c32(base))
+    };
+    let quad = g.and(lane, g.c32(3))?;
+    let ov = o.values(g)?;
+    for hr in 0..2i64 {
+        let r = g.add(g.lshr(lane, g.c32(2))?, g.c32(8 * hr))?;
+        let mut lt = g.getf(&l.rows[0][hr as usize])?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
+        let mv = g.getf(&m.rows[0][hr as usize])?;
+        g.if_then(g.icmp(IntPredicate::EQ, quad, zero)?, || {
+            g.store(g.smem_at(ml_at(0, warp, r)?)?, mv)?;
+            g.store(g.smem_at(ml_at(1, warp, r)?)?, lt)
+        })?;
+        for (nt, acc) in ov[0].iter().enumerate() {
+            for e in 0..2 {
+                let c = g.add(g.mul(quad, g.c32(2))?, g.c32(nt as i64 * 8 + e))?;
+                g.store(
+                    g.smem_at(o_at(warp, r, c)?)?,
+                    acc[2 * hr as usize + e as usize],
+                )?;
+            }
+        }
+    }
+    g.barrier()?;
+
+    // thread t: row t / tpr of the CTA, columns t % tpr + k tpr
+    let tpr = THREADS / rpc;
+    let r = g.udiv(tid, g.c32(tpr as i64))?;
+    let c0 = g.and(tid, g.c32(tpr as i64 - 1))?;
+    let rmi = g.lshr(r, g.c32(4))?;
+    let rr = g.and(r, g.c32(15))?;
+    let fload = |off: IntValue<'ctx>| -> R<FloatValue<'ctx>> {
+        Ok(g.b
+            .build_load(g.f32, g.smem_at(off)?, "")?
+            .into_float_value())
+    };
+    let owners: Vec<IntValue<'ctx>> = (0..slices)
+        .map(|k| g.add(rmi, g.c32((k * m_cta) as i64)))
+        .collect::<R<_>>()?;
+    let ms: Vec<FloatValue<'ctx>> = owners
+        .iter()
+        .map(|w| fload(ml_at(0, *w, rr)?))
+        .collect::<R<_>>()?;
+    let ls: Vec<FloatValue<'ctx>> = owners
+        .iter()
+        .map(|w| fload(ml_at(1, *w, rr)?))
+        .collect::<R<_>>()?;
+    let mut mx = ms[0];
+    for x in &ms[1..] {
+        mx = g.fmax(mx, *x)?;
+    }
+    let none = g.fcmp(FloatPredicate::OEQ, mx, g.cf(f32::NEG_INFINITY))?;
+    let mref = g.selectf(none, g.cf(0.0), mx)?;
+    let f: Vec<FloatValue<'ctx>> = ms
+        .iter()
+        .map(|x| g.ex2(g.fsub(*x, mref)?))
+        .collect::<R<_>>()?;
+    let mut lsum = g.fmul(ls[0], f[0])?;
+    for (x, fx) in ls.iter().zip(&f).skip(1) {
+        lsum = g.fadd(lsum, g.fmul(*x, *fx)?)?;
+    }
+    let empty = g.fcmp(FloatPredicate::OEQ, lsum, g.cf(0.0))?;
+    let inv = g.selectf(empty, g.cf(0.0), g.rcp(lsum)?)?;
+    let lse = g.fmul(g.fadd(mref, g.lg2(lsum)?)?, g.cf(LN2))?;
+    let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
+    let splits = a.int(P::Splits)?;
+    // partial index: ((b * Hkv + hk) * rgs + rg) * splits + split, row r
+    let pidx = g.add(
+        g.mul(g.add(g.mul(g.add(g.mul(b, hkv)?, hk)?, rgs)?, rg)?, splits)?,
+        split,
+    )?;
+    let prow = g.add(g.mul(g.zext64(pidx)?, g.c64(rpc as i64))?, g.zext64(r)?)?;
+    g.if_then(g.icmp(IntPredicate::EQ, c0, zero)?, || {
+        g.store(
+            g.gep_bytes(a.ptr(P::PartLse)?, g.mul(prow, g.c64(4))?)?,
+            lse,
+        )
+    })?;
+    let po = a.ptr(P::PartO)?;
+    for k in 0..d / tpr {
+        let c = g.add(c0, g.c32((k * tpr) as i64))?;
+        let mut acc = g.cf(0.0);
+        for (w, fx) in owners.iter().zip(&f) {
+            acc = g.fadd(acc, g.fmul(fload(o_at(*w, rr, c)?)?, *fx)?)?;
+        }
+        let at = g.add(g.mul(prow, g.c64(d as i64))?, g.zext64(c)?)?;
+        g.store(g.gep_bytes(po, g.mul(at, g.c64(4))?)?, g.fmul(acc, inv)?)?;
+    }
+    g.b.build_return(None)?;
+    g.ab.build_unconditional_branch(start)?;
+    Ok(g.module.clone())
+}
+
+/// The logits of this warp's slice of a tile, in log2 units: `score(scale s) log2 e` (or
+/// `scale s log2 e`) where the mask holds, the key is inside the split (`kv < k1`) and
+/// the row exists; -inf elsewhere. `key0`: the slice's first key position.
+#[allow(clippy::too_many_arguments)]
+fn logits<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    env: &Env<'ctx>,
+    s: &AccValues<'ctx>,
+    rows: &[RowInfo<'ctx>],
+    b: IntValue<'ctx>,
+    key0: IntValue<'ctx>,
+    k1: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+) -> R<AccTile<'ctx>> {
+    let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
+    let col = g.add(key0, g.mul(g.and(lane, g.c32(3))?, g.c32(2))?)?;
+    for (nt, acc) in s[0].iter().enumerate() {
+        for (e, x) in acc.iter().enumerate() {
+            let row = &rows[e / 2];
+            let kv = g.add(col, g.c32(nt as i64 * 8 + (e as i64 % 2)))?;
+            let inside = g.and(g.icmp(IntPredicate::SLT, kv, k1)?, row.live)?;
+            let sv = g.fmul(*x, scale)?;
+            let el = Elem {
+                s: sv,
+                b,
+                h: row.h,
+                q: row.pos,
+                kv,
+                inside,
+            };
+            let keep = match &p.mask {
+                Some(f) => g.and(inside, emit_function(g, env, f, el)?.into_int_value())?,
+                None => inside,
+            };
+            let sc = match &p.score {
+                Some(f) => emit_function(
+                    g,
+                    env,
+                    f,
+                    Elem {
+                        inside: g.and(inside, keep)?,
+                        ..el
+                    },
+                )?
+                .into_float_value(),
+                None => sv,
+            };
+            let v = g.selectf(keep, g.fmul(sc, g.cf(LOG2E))?, g.cf(f32::NEG_INFINITY))?;
+            g.set(&t.tiles[0][nt][e], v)?;
+        }
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Arch, InputType};
+    use super::*;
+
+    /// Every example, both layouts, every m-tile count, both head dims and input types;
+    /// with `ATTNC_DECODE_PTX_DIR` set the PTX goes there (for `ptxas -v`).
+    #[test]
+    fn mma_decode_kernel_generates_for_every_example_and_layout() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "attn") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            for p in crate::compile_source(&src).unwrap().programs {
+                for (paged, rows, d, input) in [
+                    (false, 16, 128, InputType::Bf16),
+                    (true, 16, 128, InputType::Bf16),
+                    (true, 32, 64, InputType::F16),
+                    (false, 64, 128, InputType::F16),
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input,
+                        rows,
+                        paged,
+                    };
+                    let k = emit_decode_mma(&p, &o).unwrap();
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f =
+                            format!("{dir}/{}_{}.ptx", k.decode_entry, o.key().replace(':', "_"));
+                        std::fs::write(f, &k.decode_ptx).unwrap();
+                    }
+                    assert!(k.decode_ptx.contains(&format!(".entry {}", k.decode_entry)));
+                    assert!(k.decode_ptx.contains("mma.sync.aligned.m16n8k16"));
+                    assert!(k.decode_ptx.contains("cp.async.cg.shared.global"));
+                    assert_eq!(k.smem_bytes, smem_bytes(&o));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 20);
+        // rows and head dims it does not take are refused with a clear error
+        let p = &crate::compile_source("attention dense {}")
+            .unwrap()
+            .programs[0];
+        for (rows, d) in [(8, 128), (16, 256)] {
+            let o = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input: InputType::Bf16,
+                rows,
+                paged: false,
+            };
+            let e = emit_decode_mma(p, &o).unwrap_err().to_string();
+            assert!(e.contains("tensor-core decode kernel"), "{e}");
+        }
+    }
+}
