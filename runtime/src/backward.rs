@@ -43,8 +43,12 @@ pub struct Gradients {
 #[derive(Default)]
 pub(crate) struct BackwardState {
     cpu: Option<Box<CpuBackward>>,
-    /// The CUDA kernels (from the process's JIT cache), looked up on the first call.
+    /// The CUDA kernels of the caller-buffer entry points (dQ by a second kernel: no
+    /// workspace), from the process's JIT cache, looked up on the first call.
     pub(crate) cuda: Option<Arc<crate::cuda::backward::CudaBackward>>,
+    /// The CUDA kernels of `Bound::backward` (`PtxOptions::backward`'s defaults: dQ fused
+    /// into the dK/dV kernel on sm_90, its workspace allocated per call).
+    pub(crate) cuda_host: Option<Arc<crate::cuda::backward::CudaBackward>>,
 }
 
 impl Bound {
@@ -194,7 +198,7 @@ impl Bound {
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
                 self.options().device,
-                self.cuda_backward_kernels()?,
+                self.cuda_host_backward_kernels()?,
                 self.plan(),
                 &s,
                 dt,
@@ -328,12 +332,30 @@ fn input_type(dtype: DType) -> Result<InputType> {
 }
 
 impl Bound {
-    /// The CUDA binding's three backward kernels, from the process's JIT cache on the
-    /// first call (one lookup per kind) and kept by the binding.
+    /// The CUDA binding's backward kernels for the caller-buffer entry points
+    /// (`PtxOptions::backward_separate`: pre, dK/dV, dQ; no workspace beyond the
+    /// caller's scratch rows), from the process's JIT cache on the first call (one lookup
+    /// per kind) and kept by the binding.
     pub(crate) fn cuda_backward_kernels(
         &mut self,
     ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
-        if let Some(k) = &self.extension::<BackwardState>().cuda {
+        self.cuda_kernels_with(false)
+    }
+
+    /// The CUDA binding's backward kernels for `Bound::backward` (`PtxOptions::backward`:
+    /// on sm_90 dQ fused into the dK/dV kernel, deterministic).
+    pub(crate) fn cuda_host_backward_kernels(
+        &mut self,
+    ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
+        self.cuda_kernels_with(true)
+    }
+
+    fn cuda_kernels_with(
+        &mut self,
+        host: bool,
+    ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
+        let state = self.extension::<BackwardState>();
+        if let Some(k) = if host { &state.cuda_host } else { &state.cuda } {
             return Ok(k.clone());
         }
         let opts = self.options().clone();
@@ -343,13 +365,23 @@ impl Bound {
         let device = crate::exec::cuda::cuda_device_at(opts.device)?;
         let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
         let s = opts.shape;
-        let mut popts = PtxOptions::backward(device.arch(), s.d as u32, s.dv as u32, input);
+        let (arch, d, dv) = (device.arch(), s.d as u32, s.dv as u32);
+        let mut popts = if host {
+            PtxOptions::backward(arch, d, dv, input)
+        } else {
+            PtxOptions::backward_separate(arch, d, dv, input)
+        };
         popts.checked = opts.checked;
         let k = Arc::new(
             crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
                 .map_err(err)?,
         );
-        self.extension::<BackwardState>().cuda = Some(k.clone());
+        let state = self.extension::<BackwardState>();
+        *(if host {
+            &mut state.cuda_host
+        } else {
+            &mut state.cuda
+        }) = Some(k.clone());
         Ok(k)
     }
 }

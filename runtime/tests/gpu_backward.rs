@@ -36,10 +36,15 @@
 //! benchmark is an ignored trial: `gpu_backward --ignored bench`.
 //!
 //! The kernels run with `PtxOptions::backward`'s defaults for the device (wgmma on
-//! sm_90 at D 64/128, else mma.sync); `ATTNC_BWD_TEST_CFG=sync64x64` runs the tests on
-//! the mma.sync path instead (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
-//! `ATTNC_BWD_BENCH_CFG=default,sync64x64,wg64x128`: one line per configuration with
-//! each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
+//! sm_90 at D 64/128 with dQ fused into the dK/dV kernel and ordered, else mma.sync);
+//! `ATTNC_BWD_TEST_CFG=sync64x64` runs the tests on the mma.sync path instead,
+//! `ATTNC_BWD_TEST_CFG=separate` on the two-kernel wgmma path of the caller-buffer
+//! entry points (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
+//! `ATTNC_BWD_BENCH_CFG=default,separate,wg64x64o,wg64x128a`: one line per configuration
+//! with each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
+//! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles of
+//! 64 and 128, fused atomic) against the reference; `gpu_backward_is_deterministic`
+//! checks four runs bit-identical (dQ, dK, dV, capture gradients) under the defaults.
 
 mod gpu_util;
 
@@ -361,6 +366,19 @@ fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdB
 
 fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
     let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
+    check_case_with(dev, p, sh, ty, seed, dlse, opts);
+}
+
+/// [`check_case`] under the kernel options `opts`.
+fn check_case_with(
+    dev: &CudaDevice,
+    p: &Program,
+    sh: Shape,
+    ty: InputType,
+    seed: u64,
+    dlse: bool,
+    opts: PtxOptions,
+) {
     let ks = emit_backward_kernels(&Plan::new(p), &opts).unwrap();
     dump(&ks);
     let bw = CudaBackward::load(dev, &ks).unwrap();
@@ -388,11 +406,14 @@ fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64
     }
     for (tag, b) in passes {
         println!(
-            "  {} {:?} {}{tag} ({})",
+            "  {} {:?} {}{tag} ({}, dq {:?}, {}x{})",
             p.name,
             sh,
             ty.name(),
-            ks[1].kv_bounds.name()
+            ks[1].kv_bounds.name(),
+            opts.bwd_dq,
+            opts.q_block,
+            opts.kv_block
         );
         let g = run(dev, &bw, &sh, &x, b);
         compare("dq", &g.dq, &want.0, ty);
@@ -513,15 +534,19 @@ fn gpu_backward_dlse(dev: &CudaDevice) {
 }
 
 fn gpu_backward_is_deterministic(dev: &CudaDevice) {
-    // bias_table: capture gradients (integer atomics) must be bit-identical too
-    for p in [
-        samples::document_causal(),
-        samples::alibi_causal(4),
-        samples::bias_table(),
+    // bias_table: capture gradients (integer atomics) must be bit-identical too; dense
+    // and causal at 1000 x 1000: 8 kv blocks add into each dQ tile (the fused scheme's
+    // ordered additions), GQA sums over 2 query heads
+    for (p, sh) in [
+        (samples::document_causal(), shape(2, 4, 1, 300, 300, 128)),
+        (samples::alibi_causal(4), shape(2, 4, 1, 300, 300, 128)),
+        (samples::bias_table(), shape(2, 4, 1, 300, 300, 128)),
+        (samples::dense(), shape(1, 4, 2, 1000, 1000, 128)),
+        (samples::causal(), shape(1, 4, 2, 1000, 1000, 128)),
+        (samples::dense(), shape(1, 2, 2, 1000, 700, 64)),
     ] {
-        let sh = shape(2, 4, 1, 300, 300, 128);
         let ty = InputType::Bf16;
-        let opts = test_options(dev.arch(), 128, 128, ty);
+        let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
         let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(&p, &sh, ty, 5, false);
@@ -529,14 +554,77 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         let first = run(dev, &bw, &sh, &x, b.as_blocks());
         for _ in 0..3 {
             let again = run(dev, &bw, &sh, &x, b.as_blocks());
-            assert!(again == first, "{}: gradients differ between runs", p.name);
+            assert!(
+                again == first,
+                "{} {:?} ({:?}): gradients differ between runs",
+                p.name,
+                sh,
+                opts.bwd_dq
+            );
         }
+        println!(
+            "  {} {:?} ({:?}): 4 runs bit-identical",
+            p.name, sh, opts.bwd_dq
+        );
         assert_eq!(
             first.tensors.iter().flatten().count(),
             attnc_compiler::backend::llvm::backward::capture_grads(&p)
                 .tensors
                 .len()
         );
+    }
+}
+
+/// Every dQ scheme against the f64 reference (sm_90; elsewhere only `Separate` exists):
+/// dQ by a second kernel, fused and ordered with kv tiles of 64 (one warpgroup, dQ in two
+/// 64-column chunks at D128) and 128 (two warpgroups), fused with unordered additions
+/// (`Atomic`): closed-form masks, a block-table mask (document), a score with capture
+/// gradients, GQA, odd lengths, Lq != Lkv, f16 and bf16.
+fn gpu_backward_dq_schemes(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::{Arch, BwdDq};
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: only the separate dQ kernel exists here");
+        return;
+    }
+    let cases = [
+        (
+            samples::causal(),
+            shape(2, 4, 2, 333, 333, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::document_causal(),
+            shape(1, 2, 1, 300, 300, 128),
+            InputType::F16,
+        ),
+        (
+            samples::softcap_causal(),
+            shape(1, 4, 4, 150, 260, 64),
+            InputType::Bf16,
+        ),
+        (
+            samples::bias_table(),
+            shape(1, 4, 2, 190, 77, 128),
+            InputType::Bf16,
+        ),
+        (late_start(), shape(1, 2, 1, 67, 140, 128), InputType::F16),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let sep = PtxOptions::backward_separate(dev.arch(), sh.d as u32, sh.dv as u32, *ty);
+        let mut schemes = vec![
+            sep,
+            sep.backward_fused(BwdDq::Ordered),
+            sep.backward_fused(BwdDq::Atomic),
+        ];
+        if sh.d == 128 {
+            schemes.push(PtxOptions {
+                kv_block: 64,
+                ..sep.backward_fused(BwdDq::Ordered)
+            });
+        }
+        for o in schemes {
+            check_case_with(dev, p, *sh, *ty, 300 + i as u64, i % 2 == 1, o);
+        }
     }
 }
 
@@ -818,16 +906,31 @@ fn test_options(
     }
 }
 
-/// The benchmark's options for one `ATTNC_BWD_BENCH_CFG` entry: `default`, or
-/// `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` (e.g. `wg64x128`).
+/// The benchmark's options for one `ATTNC_BWD_BENCH_CFG` entry: `default`,
+/// `separate` (`PtxOptions::backward_separate`: what the caller-buffer entry points
+/// run), or `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` and a dQ scheme suffix:
+/// none (a separate dQ kernel), `o` (fused, ordered) or `a` (fused, unordered atomics),
+/// e.g. `wg64x128`, `wg64x128o`, `wg64x64a`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
+    use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
         return Some(default);
     }
+    let sep = PtxOptions::backward_separate(default.arch, default.d, default.dv, default.input);
+    if cfg == "separate" {
+        return Some(sep);
+    }
     let (o, tile) = if let Some(t) = cfg.strip_prefix("sync") {
-        (default.backward_sync(), t)
+        (sep.backward_sync(), t)
     } else {
-        (default.backward_wgmma(), cfg.strip_prefix("wg")?)
+        (sep.backward_wgmma(), cfg.strip_prefix("wg")?)
+    };
+    let (tile, o) = if let Some(t) = tile.strip_suffix('o') {
+        (t, o.backward_fused(BwdDq::Ordered))
+    } else if let Some(t) = tile.strip_suffix('a') {
+        (t, o.backward_fused(BwdDq::Atomic))
+    } else {
+        (tile, o)
     };
     let (br, bc) = tile.split_once('x')?;
     Some(PtxOptions {
@@ -1040,6 +1143,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_api_every_example,
     ),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
+    ("gpu_backward_dq_schemes", gpu_backward_dq_schemes),
     (
         "gpu_backward_capture_sanitize",
         gpu_backward_capture_sanitize,

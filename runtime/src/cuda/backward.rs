@@ -17,9 +17,16 @@
 //! ([`CudaBackward::from_jit`]) and launch through [`CudaKernel::launch_args`], like every
 //! other kind; [`CudaBackward::load`] loads generated kernels directly (tests).
 //!
-//! Deterministic: no kernel uses atomics on floats; every dQ/dK/dV element is summed by
-//! one thread in a fixed order, and capture gradients are sums of integers (exact, in any
-//! order), so the same inputs give bit-identical gradients.
+//! With dQ fused into the dK/dV kernel (`PtxOptions::bwd_dq` `Ordered`, the default on
+//! sm_90: `backend::llvm::backward::fused`) the three kernels are pre, dK/dV + dQ (adding
+//! into an f32 workspace, `DqAccum`, in an order fixed by per-tile semaphores, `DqSem`,
+//! zeroed here before it) and the dQ conversion; the capture gradients are then summed
+//! by the dK/dV kernel.
+//!
+//! Deterministic (all but `BwdDq::Atomic`): every dK/dV element is summed by one thread
+//! in a fixed order, every dQ element by one thread (separate) or by the kv blocks in
+//! descending order (fused, `Ordered`), and capture gradients are sums of integers
+//! (exact, in any order), so the same inputs give bit-identical gradients.
 
 use super::problem::{KvBlocks, Qkv};
 use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers, LaunchArgs};
@@ -29,7 +36,9 @@ use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::backward::{
     BackwardKind, emit_backward, fixed_to_f32, pre_rows_per_cta,
 };
-use attnc_compiler::backend::llvm::{KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions};
+use attnc_compiler::backend::llvm::{
+    BwdDq, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
+};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
@@ -74,6 +83,9 @@ pub struct BackwardProblem {
     /// Elements per captured tensor, and the number of params.
     tensor_counts: Vec<usize>,
     n_params: usize,
+    /// Fused dQ: the f32 workspace and the per-tile semaphores (`KernelParam::DqAccum`,
+    /// `DqSem`).
+    dq_work: Option<(CudaSlice<f32>, CudaSlice<u32>)>,
 }
 
 /// Per-row block ranges on the device with their (b, head) map strides.
@@ -342,7 +354,7 @@ impl CudaBackward {
         let rows = shape.lse_len().max(1);
         let mut tensor_grads = vec![None; bind.tensors.len()];
         let mut param_grads = None;
-        for kp in &self.dq.spec().params {
+        for kp in self.grad_kernel().spec().params.iter() {
             match kp {
                 KernelParam::TensorGrad(t) => {
                     let t = *t as usize;
@@ -373,7 +385,30 @@ impl CudaBackward {
                 .map(|t| t.dims.iter().product())
                 .collect(),
             n_params: bind.params.len(),
+            dq_work: match opts.bwd_dq {
+                BwdDq::Separate => None,
+                _ => {
+                    let tiles = shape.b * shape.hq * shape.lq.div_ceil(opts.q_block as usize);
+                    Some((
+                        s.alloc_zeros(tiles.max(1) * (opts.q_block * opts.d) as usize)?,
+                        s.alloc_zeros(tiles.max(1))?,
+                    ))
+                }
+            },
         })
+    }
+
+    /// The kernel that sums the capture gradients: dQ, or the fused dK/dV + dQ kernel.
+    fn grad_kernel(&self) -> &CudaKernel {
+        if self.opts().bwd_dq == BwdDq::Separate {
+            &self.dq
+        } else {
+            &self.dkdv
+        }
+    }
+
+    fn fused(&self) -> bool {
+        self.opts().bwd_dq != BwdDq::Separate
     }
 
     /// Launches pre, dK/dV and dQ (asynchronous, in stream order).
@@ -399,42 +434,50 @@ impl CudaBackward {
                 .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
             launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64, None)?;
         }
+        // the capture gradients are sums over one launch (dQ, or the fused dK/dV): zero
+        // them first, so that every launch (timing loops too) leaves the gradients of one
+        // backward; the fused kernel's semaphores likewise (and its workspace when the
+        // additions are unordered: the ordered first adder stores)
+        let zero = |ptr: u64, bytes: usize| -> Result<(), CudaError> {
+            // SAFETY: `ptr` is the start of a live allocation of at least `bytes` bytes
+            // of `p`; the memset is ordered on `s` before the kernel that reads it.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, s.cu_stream()) }?;
+            Ok(())
+        };
+        let mut words: Vec<(u64, usize)> = p
+            .tensor_grads
+            .iter()
+            .flatten()
+            .chain(&p.param_grads)
+            .map(|x| (x.device_ptr(s).0, x.num_bytes()))
+            .collect();
+        let fused = self.fused();
+        if let Some((accum, sem)) = &p.dq_work {
+            words.push((sem.device_ptr(s).0, sem.num_bytes()));
+            if o.bwd_dq == BwdDq::Atomic {
+                words.push((accum.device_ptr(s).0, accum.num_bytes()));
+            }
+        }
+        let sums_here = |kernel: usize| parts[kernel] && (kernel == 1) == fused;
+        if (sums_here(1) || sums_here(2)) && !words.is_empty() {
+            // the raw memset needs the context current on this thread
+            s.context().bind_to_thread()?;
+            for (ptr, bytes) in &words {
+                zero(*ptr, *bytes)?;
+            }
+        }
         if parts[1] && sh.lkv > 0 {
             let g = (
                 sh.lkv.div_ceil(o.kv_block as usize) as u32,
                 sh.hkv as u32,
                 sh.b as u32,
             );
-            launch_one(dev, &self.dkdv, p, g, 0, p.ranges.as_ref().map(|r| &r[0]))?;
+            // the fused kernel visits the q blocks whose kv range holds its block: the dQ
+            // kernel's (q-major) ranges
+            let r = p.ranges.as_ref().map(|r| &r[if fused { 1 } else { 0 }]);
+            launch_one(dev, &self.dkdv, p, g, 0, r)?;
         }
-        // the capture gradients are sums over the dQ launch: zero them first, so that
-        // every launch (timing loops too) leaves the gradients of one backward
-        let zero = |x: &CudaSlice<u64>| -> Result<(), CudaError> {
-            let (ptr, _sync) = x.device_ptr(s);
-            // SAFETY: `ptr` is the start of the live allocation `x` of `x.num_bytes()`
-            // bytes; the memset is ordered on `s` before the dQ kernel that reads it.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(ptr, 0, x.num_bytes(), s.cu_stream())
-            }?;
-            Ok(())
-        };
-        if !parts[2] {
-            return Ok(());
-        }
-        if p.tensor_grads
-            .iter()
-            .flatten()
-            .chain(&p.param_grads)
-            .next()
-            .is_some()
-        {
-            // the raw memset needs the context current on this thread
-            s.context().bind_to_thread()?;
-        }
-        for x in p.tensor_grads.iter().flatten().chain(&p.param_grads) {
-            zero(x)?;
-        }
-        if sh.lq > 0 {
+        if parts[2] && sh.lq > 0 {
             let g = (
                 sh.lq.div_ceil(o.q_block as usize) as u32,
                 sh.hq as u32,
@@ -530,11 +573,12 @@ impl CudaBackward {
         &self.dkdv.spec().kv_bounds
     }
 
-    /// What the dQ kernel accumulates besides dQ: the ids of the captured tensors whose
-    /// gradient words it writes (`KernelParam::TensorGrad`), and whether it writes the
-    /// params' gradient words (`KernelParam::ParamGrad`).
+    /// What the backward accumulates besides dQ, dK, dV (in the dQ kernel, or the fused
+    /// dK/dV kernel): the ids of the captured tensors whose gradient words it writes
+    /// (`KernelParam::TensorGrad`), and whether it writes the params' gradient words
+    /// (`KernelParam::ParamGrad`).
     pub fn grad_outputs(&self) -> (Vec<u32>, bool) {
-        let params = &self.dq.spec().params;
+        let params = &self.grad_kernel().spec().params;
         let tensors = params
             .iter()
             .filter_map(|p| match p {
@@ -547,11 +591,15 @@ impl CudaBackward {
 
     /// Enqueues pre, dK/dV and dQ on `dev`'s stream, every parameter bound by name from
     /// `kv_args` (pre, dK/dV) and `q_args` (dQ): the caller's buffers and scalars, which
-    /// differ only in the block ranges each kernel reads (`Ranges` and its strides);
+    /// differ only in the block ranges each kernel reads (`Ranges` and its strides;
+    /// fused kernels: the dK/dV kernel reads the dQ kernel's, `q_args`, and both need
+    /// `DqAccum` and `DqSem`);
     /// each grid sized by its
     /// spec's rule from `shape` (`PreRows`, `KvBlocks`/`KvHeads`, `QBlocks`/`Heads`,
     /// `Batches`; `Rows` set here); `zero`: device byte ranges (the capture gradients'
-    /// fixed-point words) zeroed in stream order before the dQ kernel, which sums into them.
+    /// fixed-point words; fused: also `DqSem`'s, and `DqAccum`'s under `BwdDq::Atomic`)
+    /// zeroed in stream order before the kernel that sums into them (dQ, or the fused
+    /// dK/dV).
     ///
     /// # Safety
     /// As [`CudaKernel::launch_args`] for each of the three kernels: every buffer of
@@ -571,23 +619,33 @@ impl CudaBackward {
             sized_args(o, shape, kv_args)?,
             sized_args(o, shape, q_args)?,
         );
+        let fused = self.fused();
+        let zero_all = || -> Result<(), CudaError> {
+            if !zero.is_empty() {
+                // the raw memset needs the context current on this thread
+                dev.stream.context().bind_to_thread()?;
+            }
+            for &(ptr, bytes) in zero {
+                // SAFETY: the caller vouches that `ptr` starts `bytes` bytes of live
+                // device memory that only this backward writes; the memset is ordered on
+                // the stream before the kernel that sums into it.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(ptr, 0, bytes, dev.stream.cu_stream())
+                }?;
+            }
+            Ok(())
+        };
         // SAFETY: forwarded from the caller (see above); each launch binds only the
         // names its spec lists.
-        unsafe {
-            self.pre.launch_args(dev, &kv)?;
-            self.dkdv.launch_args(dev, &kv)?;
-        }
-        if !zero.is_empty() {
-            // the raw memset needs the context current on this thread
-            dev.stream.context().bind_to_thread()?;
-        }
-        for &(ptr, bytes) in zero {
-            // SAFETY: the caller vouches that `ptr` starts `bytes` bytes of live device
-            // memory that only this backward writes; the memset is ordered on the stream
-            // before the dQ kernel that sums into it.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(ptr, 0, bytes, dev.stream.cu_stream())
-            }?;
+        unsafe { self.pre.launch_args(dev, &kv)? };
+        if fused {
+            zero_all()?;
+            // SAFETY: as above.
+            unsafe { self.dkdv.launch_args(dev, &q)? };
+        } else {
+            // SAFETY: as above.
+            unsafe { self.dkdv.launch_args(dev, &kv)? };
+            zero_all()?;
         }
         // SAFETY: as above.
         unsafe { self.dq.launch_args(dev, &q) }
@@ -651,6 +709,10 @@ fn launch_one(
     }
     if let Some(x) = &p.param_grads {
         a.buffer(P::ParamGrad, x, s);
+    }
+    if let Some((accum, sem)) = &p.dq_work {
+        a.buffer(P::DqAccum, accum, s);
+        a.buffer(P::DqSem, sem, s);
     }
     a.i64(P::Rows, rows);
     if let Some((t, (bs, hs))) = ranges {

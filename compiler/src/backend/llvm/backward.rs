@@ -79,12 +79,14 @@
 //! full_end]` per row; for dK/dV the transposed view, per kv head the union over its
 //! query heads): blocks in `first..end` outside the full range are evaluated as partial.
 
+pub(crate) mod fused;
+
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::cta::Args;
 use super::expr::{Elem, Env, emit_function, emit_values, flat_index};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::launch_spec::{GridDim, KernelSpec};
-use super::{InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
+use super::{BwdDq, InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
 use crate::backend::KernelKind;
 use crate::ir::{Function, Program};
 use crate::plan::Plan;
@@ -129,9 +131,26 @@ fn pre_lanes(dv: u32) -> u32 {
 }
 
 impl PtxOptions {
-    /// The backward kernels' defaults: Br = Bc = 64 (4 warps of 16 rows); on sm_90 with
-    /// D, Dv in {64, 128} the wgmma products (sm_90a), else mma.sync.
+    /// The backward kernels' defaults: Br = Bc = 64 (4 warps of 16 rows), dQ by a second
+    /// kernel; on sm_90 with D, Dv in {64, 128} the wgmma products (sm_90a), and at D128
+    /// dQ fused into the dK/dV kernel, deterministic ([`BwdDq::Ordered`],
+    /// `backward/fused.rs`, kv tiles of 128), else mma.sync. Measured on an H200 (bf16,
+    /// B2 H16 L8192 D128, whole backward): dense 6.83 ms fused against 7.26 separate,
+    /// causal 3.69 / 3.69, softcap + causal 4.00 / 4.24; at D64 (B4 L4096, kv tiles of 64,
+    /// one warpgroup) fused lost: dense 3.45 against 2.35.
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
+        let o = Self::backward_separate(arch, d, dv, input);
+        if o.mma == Mma::Wgmma && d == 128 {
+            o.backward_fused(BwdDq::Ordered)
+        } else {
+            o
+        }
+    }
+
+    /// The backward with dQ by a second kernel (`BwdDq::Separate`: no workspace, what
+    /// the caller-buffer entry points launch): Br = Bc = 64; wgmma on sm_90 at D, Dv
+    /// 64/128, else mma.sync.
+    pub fn backward_separate(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = PtxOptions {
             q_block: 64,
             kv_block: 64,
@@ -141,6 +160,20 @@ impl PtxOptions {
             o.backward_wgmma()
         } else {
             o
+        }
+    }
+
+    /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`
+    /// (`Ordered` or `Atomic`): Br = 64, Bc = 128 at D 128 (two warpgroups, each
+    /// computing 64 columns of the dQ tile), 64 at D 64.
+    pub fn backward_fused(self, dq: BwdDq) -> Self {
+        PtxOptions {
+            mma: Mma::Wgmma,
+            q_in_regs: false,
+            q_block: 64,
+            kv_block: if self.d == 128 { 128 } else { 64 },
+            bwd_dq: dq,
+            ..self
         }
     }
 
@@ -188,6 +221,9 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
             opts.q_block, opts.kv_block
         )));
     }
+    if opts.bwd_dq != BwdDq::Separate {
+        fused::validate(opts)?;
+    }
     Ok(())
 }
 
@@ -221,6 +257,12 @@ pub fn backward_layout(
             [G::KvBlocks, G::KvHeads, G::Batches],
             KernelKind::BackwardDkDv,
         ),
+        BackwardKind::Dq if opts.bwd_dq != BwdDq::Separate => (
+            fused::CONVERT_THREADS,
+            0,
+            [G::QBlocks, G::Heads, G::Batches],
+            KernelKind::BackwardDq,
+        ),
         BackwardKind::Dq => (
             opts.q_block / 16 * 32,
             DqTiles::new(opts).bytes,
@@ -236,7 +278,7 @@ pub fn backward_layout(
         kv_block: opts.kv_block,
         threads,
         smem_bytes,
-        params: param_list(p, &kv_bounds, kind),
+        params: param_list(p, &kv_bounds, kind, opts.bwd_dq),
         kv_bounds,
         table_skip: None,
         grid,
@@ -338,17 +380,26 @@ pub fn emit_backward(
 const PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn,instcombine<no-verify-fixpoint>)";
 
 /// The parameter list of a backward kernel, in launch order.
-pub(crate) fn param_list(p: &Program, kv: &KvBounds, kind: BackwardKind) -> Vec<KernelParam> {
+pub(crate) fn param_list(
+    p: &Program,
+    kv: &KvBounds,
+    kind: BackwardKind,
+    dq: BwdDq,
+) -> Vec<KernelParam> {
     use KernelParam::*;
+    let fused = dq != BwdDq::Separate;
     let mut v = match kind {
         BackwardKind::Pre => {
             return vec![O, DOut, Lse, DLse, HasDLse, Delta, Lse2, Rows];
         }
+        BackwardKind::DkDv if fused => vec![Q, K, V, DOut, Delta, Lse2, DK, DV, DqAccum, DqSem],
         BackwardKind::DkDv => vec![Q, K, V, DOut, Delta, Lse2, DK, DV],
+        BackwardKind::Dq if fused => return vec![DqAccum, DqSem, DQ, Lq, Hq, Scale],
         BackwardKind::Dq => vec![Q, K, V, DOut, Delta, Lse2, DQ],
     };
-    let caps = match kind {
-        BackwardKind::Dq => capture_grads(p),
+    // the capture gradients are summed where dS' is: the dQ kernel, or the fused one
+    let caps = match (kind, fused) {
+        (BackwardKind::Dq, false) | (BackwardKind::DkDv, true) => capture_grads(p),
         _ => CaptureGrads::default(),
     };
     match kv {
@@ -371,24 +422,27 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, kind: BackwardKind) -> Vec<
     v
 }
 
-/// Shared memory of the dK/dV kernel: K, V, then two buffers of (Q, dO, L2, Delta).
-/// On the wgmma path the tiles are 128-byte-swizzled slabs and each buffer starts on a
-/// 1024-byte boundary (the swizzle atoms must be aligned).
-struct DkDvTiles {
-    k: SmemTile,
-    v: SmemTile,
-    q: SmemTile,
-    d_o: SmemTile,
+/// Shared memory of the dK/dV kernel: K, V, then two buffers of (Q, dO, L2, Delta), and
+/// with dQ fused the dSᵀ tile (Bc rows of Br). On the wgmma path the tiles are
+/// 128-byte-swizzled slabs and each buffer starts on a 1024-byte boundary (the swizzle
+/// atoms must be aligned).
+pub(super) struct DkDvTiles {
+    pub k: SmemTile,
+    pub v: SmemTile,
+    pub q: SmemTile,
+    pub d_o: SmemTile,
     /// Byte offsets of the L2 and Delta rows (f32) in buffer 0.
-    l2: u32,
-    delta: u32,
+    pub l2: u32,
+    pub delta: u32,
     /// Bytes of one (Q, dO, L2, Delta) buffer.
-    buf: u32,
-    bytes: u32,
+    pub buf: u32,
+    /// The fused kernel's dSᵀ tile (rows: kv, columns: q).
+    pub ds: Option<SmemTile>,
+    pub bytes: u32,
 }
 
 impl DkDvTiles {
-    fn new(o: &PtxOptions) -> Self {
+    pub fn new(o: &PtxOptions) -> Self {
         let slab = o.mma == Mma::Wgmma;
         let tile = |offset, rows, cols| SmemTile {
             offset,
@@ -406,6 +460,8 @@ impl DkDvTiles {
         if slab {
             buf = buf.next_multiple_of(1024);
         }
+        let ds =
+            (o.bwd_dq != BwdDq::Separate).then(|| tile(q.offset + 2 * buf, o.kv_block, o.q_block));
         DkDvTiles {
             k,
             v,
@@ -414,7 +470,8 @@ impl DkDvTiles {
             l2,
             delta,
             buf,
-            bytes: q.offset + 2 * buf,
+            ds,
+            bytes: q.offset + 2 * buf + ds.map_or(0, |t| t.bytes()),
         }
     }
 }
@@ -506,6 +563,8 @@ fn build<'ctx>(
                 | KernelParam::DV
                 | KernelParam::TensorGrad(_)
                 | KernelParam::ParamGrad
+                | KernelParam::DqAccum
+                | KernelParam::DqSem
         ) {
             func.add_attribute(AttributeLoc::Param(i as u32), noalias);
         }
@@ -523,9 +582,12 @@ fn build<'ctx>(
         g: &g,
         params: &k.params,
     };
+    let fused = opts.bwd_dq != BwdDq::Separate;
     match kind {
         BackwardKind::Pre => pre_body(&g, opts, &args)?,
+        BackwardKind::DkDv if fused => fused::dkdv_dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
         BackwardKind::DkDv => dkdv_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
+        BackwardKind::Dq if fused => fused::convert_body(&g, opts, &args)?,
         BackwardKind::Dq => dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
     }
     g.ab.build_unconditional_branch(start)?;
@@ -623,7 +685,7 @@ fn pre_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()>
 
 /// One warp's m16 x n accumulator: `n / 8` m16n8 tiles; element `i` of tile `nt` is at row
 /// `lane / 4 + 8 (i / 2)`, column `8 nt + 2 (lane % 4) + i % 2`.
-type Acc<'ctx> = Vec<[FloatValue<'ctx>; 4]>;
+pub(super) type Acc<'ctx> = Vec<[FloatValue<'ctx>; 4]>;
 
 /// A fragments of rows `row0..row0 + 16` of a row-major tile, one per 16 columns.
 fn frags_a<'ctx>(
@@ -704,7 +766,11 @@ fn mm_ab<'ctx>(
 }
 
 /// An accumulator (16 x n) rounded to the input type as A fragments, one per 16 columns.
-fn acc_to_a<'ctx>(g: &Gpu<'ctx>, ty: InputType, x: &Acc<'ctx>) -> R<Vec<[IntValue<'ctx>; 4]>> {
+pub(super) fn acc_to_a<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    x: &Acc<'ctx>,
+) -> R<Vec<[IntValue<'ctx>; 4]>> {
     (0..x.len() / 2)
         .map(|kk| {
             let (a, b) = (&x[2 * kk], &x[2 * kk + 1]);
@@ -720,7 +786,7 @@ fn acc_to_a<'ctx>(g: &Gpu<'ctx>, ty: InputType, x: &Acc<'ctx>) -> R<Vec<[IntValu
 
 /// Byte offset of the 16-column step `ks` of a slab tile from its start: the 64-column
 /// slab, then 32 bytes per step inside the 128-byte row (the hardware swizzles).
-fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
+pub(super) fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
     (ks / 4) * t.rows * 128 + (ks % 4) * 32
 }
 
@@ -729,7 +795,7 @@ fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
 /// bytes further, both K-major (their columns are the reduction dimension). Returns the
 /// warpgroup accumulator (`b.rows / 2` values per thread, m16n8 order per 8 columns),
 /// valid after a `wgmma_wait` that covers it.
-fn wg_abt<'ctx>(
+pub(super) fn wg_abt<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
     a: &SmemTile,
@@ -752,7 +818,7 @@ fn wg_abt<'ctx>(
 /// rows as fragments (one per 16 of the reduction dimension, `b.rows` in all), B the slab
 /// tile `b` (placed `b_extra` bytes further) whose rows are the reduction dimension,
 /// N-major (`trans-b`): 64-column slabs `b.rows * 128` bytes apart, 8 rows 1024 apart.
-fn wg_ab<'ctx>(
+pub(super) fn wg_ab<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
     a: &[[IntValue<'ctx>; 4]],
@@ -774,21 +840,21 @@ fn wg_ab<'ctx>(
 }
 
 /// A warpgroup accumulator as this warp's m16n8 tiles, and back.
-fn from_flat<'ctx>(x: &[FloatValue<'ctx>]) -> Acc<'ctx> {
+pub(super) fn from_flat<'ctx>(x: &[FloatValue<'ctx>]) -> Acc<'ctx> {
     x.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
-fn to_flat<'ctx>(x: &Acc<'ctx>) -> Vec<FloatValue<'ctx>> {
+pub(super) fn to_flat<'ctx>(x: &Acc<'ctx>) -> Vec<FloatValue<'ctx>> {
     x.iter().flatten().copied().collect()
 }
 
 /// Waits for every wgmma group of this thread and returns `x` (an accumulator of the
 /// last group) as m16n8 tiles.
-fn wg_result<'ctx>(g: &Gpu<'ctx>, x: &[FloatValue<'ctx>]) -> R<Acc<'ctx>> {
+pub(super) fn wg_result<'ctx>(g: &Gpu<'ctx>, x: &[FloatValue<'ctx>]) -> R<Acc<'ctx>> {
     Ok(from_flat(&g.wgmma_wait(0, x)?))
 }
 
-fn acc_vars<'ctx>(g: &Gpu<'ctx>, n_tiles: usize) -> R<Vec<[Var<'ctx>; 4]>> {
+pub(super) fn acc_vars<'ctx>(g: &Gpu<'ctx>, n_tiles: usize) -> R<Vec<[Var<'ctx>; 4]>> {
     (0..n_tiles)
         .map(|_| {
             Ok([
@@ -801,7 +867,7 @@ fn acc_vars<'ctx>(g: &Gpu<'ctx>, n_tiles: usize) -> R<Vec<[Var<'ctx>; 4]>> {
         .collect()
 }
 
-fn acc_get<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]]) -> R<Acc<'ctx>> {
+pub(super) fn acc_get<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]]) -> R<Acc<'ctx>> {
     v.iter()
         .map(|x| {
             Ok([
@@ -814,7 +880,7 @@ fn acc_get<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]]) -> R<Acc<'ctx>> {
         .collect()
 }
 
-fn acc_set<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]], x: &Acc<'ctx>) -> R<()> {
+pub(super) fn acc_set<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]], x: &Acc<'ctx>) -> R<()> {
     for (a, b) in v.iter().zip(x) {
         for i in 0..4 {
             g.set(&a[i], b[i])?;
@@ -827,7 +893,7 @@ fn acc_set<'ctx>(g: &Gpu<'ctx>, v: &[[Var<'ctx>; 4]], x: &Acc<'ctx>) -> R<()> {
 /// accumulator times `mul`, rounded to the input type, into the row-major matrix at
 /// `base` (row stride `cols` elements).
 #[allow(clippy::too_many_arguments)]
-fn store_rows<'ctx>(
+pub(super) fn store_rows<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
     lane: IntValue<'ctx>,
@@ -872,7 +938,7 @@ fn store_rows<'ctx>(
 
 /// `base + ((b * heads + head) * len) * dim * 2` bytes: the (b, head) slice of a
 /// `[B, heads, len, dim]` 16-bit tensor.
-fn slice_base<'ctx>(
+pub(super) fn slice_base<'ctx>(
     g: &Gpu<'ctx>,
     base: PointerValue<'ctx>,
     b: IntValue<'ctx>,
@@ -889,22 +955,22 @@ fn slice_base<'ctx>(
 // ---- P and dS on the fragments ----------------------------------------------------------------
 
 /// The per-element inputs of [`grad_scores`].
-struct ElemCtx<'a, 'ctx> {
-    p: &'a Program,
+pub(super) struct ElemCtx<'a, 'ctx> {
+    pub p: &'a Program,
     /// The score and `∂score/∂s` (none: the identity score).
-    sd: Option<&'a (Function, Function)>,
-    env: &'a Env<'ctx>,
-    scale: FloatValue<'ctx>,
-    b: IntValue<'ctx>,
-    h: IntValue<'ctx>,
-    lq: IntValue<'ctx>,
-    lkv: IntValue<'ctx>,
-    /// The dQ kernel of a score with capture gradients: where they go.
-    cap: Option<&'a CapCtx<'a, 'ctx>>,
+    pub sd: Option<&'a (Function, Function)>,
+    pub env: &'a Env<'ctx>,
+    pub scale: FloatValue<'ctx>,
+    pub b: IntValue<'ctx>,
+    pub h: IntValue<'ctx>,
+    pub lq: IntValue<'ctx>,
+    pub lkv: IntValue<'ctx>,
+    /// The kernel that sums capture gradients (the dQ or the fused kernel): where they go.
+    pub cap: Option<&'a CapCtx<'a, 'ctx>>,
 }
 
 /// The capture-gradient side of the dQ kernel (module docs, "Capture gradients").
-struct CapCtx<'a, 'ctx> {
+pub(super) struct CapCtx<'a, 'ctx> {
     /// The score and all its derivatives, one function.
     sg: &'a crate::grad::ScoreGrad,
     /// Per captured tensor id: its gradient words (tensors with read sites only).
@@ -916,7 +982,7 @@ struct CapCtx<'a, 'ctx> {
 }
 
 impl<'a, 'ctx> CapCtx<'a, 'ctx> {
-    fn new(
+    pub fn new(
         g: &Gpu<'ctx>,
         sg: &'a crate::grad::ScoreGrad,
         p: &Program,
@@ -1071,7 +1137,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
     }
 
     /// After the kv loop: each warp adds the sum of its lanes' param sums.
-    fn finish(&self, g: &Gpu<'ctx>, lane: IntValue<'ctx>) -> R<()> {
+    pub fn finish(&self, g: &Gpu<'ctx>, lane: IntValue<'ctx>) -> R<()> {
         let Some(base) = self.param_grads else {
             return Ok(());
         };
@@ -1270,7 +1336,7 @@ struct FixedRun<'ctx> {
 /// before the scale) of one warp's tile, from the raw dot products `s` and `dp`.
 /// `at(nt, i)` gives element (nt, i)'s (q, kv, L2, Delta). `full` selects the path
 /// without mask and bounds checks.
-fn grad_scores<'ctx>(
+pub(super) fn grad_scores<'ctx>(
     g: &Gpu<'ctx>,
     e: &ElemCtx<'_, 'ctx>,
     s: &Acc<'ctx>,
@@ -1395,20 +1461,20 @@ fn grad_scores<'ctx>(
 
 /// The shared prologue of the two main kernels: thread position, sizes and the element
 /// context pieces.
-struct Common<'ctx> {
-    tid: IntValue<'ctx>,
-    warp: IntValue<'ctx>,
-    lane: IntValue<'ctx>,
-    b: IntValue<'ctx>,
-    lq: IntValue<'ctx>,
-    lkv: IntValue<'ctx>,
-    hq: IntValue<'ctx>,
-    hkv: IntValue<'ctx>,
-    scale: FloatValue<'ctx>,
-    env: Env<'ctx>,
+pub(super) struct Common<'ctx> {
+    pub tid: IntValue<'ctx>,
+    pub warp: IntValue<'ctx>,
+    pub lane: IntValue<'ctx>,
+    pub b: IntValue<'ctx>,
+    pub lq: IntValue<'ctx>,
+    pub lkv: IntValue<'ctx>,
+    pub hq: IntValue<'ctx>,
+    pub hkv: IntValue<'ctx>,
+    pub scale: FloatValue<'ctx>,
+    pub env: Env<'ctx>,
 }
 
-fn common<'ctx>(
+pub(super) fn common<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
     opts: &PtxOptions,
@@ -1436,7 +1502,7 @@ fn common<'ctx>(
 /// kv swapped with `transpose`), or the host's ranges (row `row0 / rows` of the map of
 /// (b, `head`)).
 #[allow(clippy::too_many_arguments)]
-fn blocks<'ctx>(
+pub(super) fn blocks<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
     kv: &KvBounds,
@@ -1698,7 +1764,7 @@ fn dkdv_body<'ctx>(
 
 /// The end of the dK/dV kernel (block `epi`): dK (times the scale) and dV stored.
 #[allow(clippy::too_many_arguments)]
-fn dkdv_epilogue<'ctx>(
+pub(super) fn dkdv_epilogue<'ctx>(
     g: &Gpu<'ctx>,
     opts: &PtxOptions,
     c: &Common<'ctx>,
@@ -1973,8 +2039,21 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{} {kind:?} D{d}: {e}", p.name));
                     assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
                     assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
-                    if kind != BackwardKind::Pre {
-                        assert_eq!(k.ptx.contains("wgmma.mma_async"), o.mma == Mma::Wgmma);
+                    // dQ fused into the dK/dV kernel on the wgmma path, ordered by
+                    // semaphores; the dQ kernel then converts the f32 workspace
+                    let fused = o.bwd_dq == BwdDq::Ordered;
+                    assert_eq!(fused, o.mma == Mma::Wgmma && d == 128);
+                    let wgmma = k.ptx.contains("wgmma.mma_async");
+                    match kind {
+                        BackwardKind::Pre => {}
+                        BackwardKind::DkDv => {
+                            assert_eq!(wgmma, o.mma == Mma::Wgmma);
+                            let red = k.ptx.contains("red.relaxed.gpu.global.add.v4.f32");
+                            assert_eq!(red, fused);
+                            // every f32 reduction waits for its turn first
+                            assert_eq!(k.ptx.contains("ld.acquire.gpu.global.u32"), fused);
+                        }
+                        BackwardKind::Dq => assert_eq!(wgmma, !fused && o.mma == Mma::Wgmma),
                     }
                     if let Some(dir) = &dir {
                         std::fs::write(

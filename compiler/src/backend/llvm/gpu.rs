@@ -580,6 +580,21 @@ impl<'ctx> Gpu<'ctx> {
         trans_b: bool,
         acc: Option<&[FloatValue<'ctx>]>,
     ) -> R<Vec<FloatValue<'ctx>>> {
+        self.wgmma_t(ty, n, a, false, b_desc, trans_b, acc)
+    }
+    /// [`Self::wgmma`] with A, when it is a shared-memory descriptor, M-major (`trans_a`:
+    /// the tile's rows are the reduction dimension, as a `trans_b` B's are; 16-bit types).
+    #[allow(clippy::too_many_arguments)]
+    pub fn wgmma_t(
+        &self,
+        ty: InputType,
+        n: u32,
+        a: WgmmaA<'ctx>,
+        trans_a: bool,
+        b_desc: IntValue<'ctx>,
+        trans_b: bool,
+        acc: Option<&[FloatValue<'ctx>]>,
+    ) -> R<Vec<FloatValue<'ctx>>> {
         let k = n as usize / 2;
         if acc.is_some_and(|a| a.len() != k) {
             return Err(LlvmError::Internal("wgmma accumulator count"));
@@ -624,7 +639,7 @@ impl<'ctx> Gpu<'ctx> {
         args.push(self.c32(acc.is_some() as i64).into());
         let scale_d = format!("${}", next + 1);
         let tail = match a {
-            WgmmaA::Desc(_) => format!("p, 1, 1, 0, {}", trans_b as u32),
+            WgmmaA::Desc(_) => format!("p, 1, 1, {}, {}", trans_a as u32, trans_b as u32),
             WgmmaA::Regs(_) => format!("p, 1, 1, {}", trans_b as u32),
         };
         cons.push("~{memory}".into());
@@ -632,6 +647,70 @@ impl<'ctx> Gpu<'ctx> {
             "{{\n.reg .pred p;\nsetp.ne.b32 p, {scale_d}, 0;\nwgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d_list}}}, {a_text}, {b_text}, {tail};\n}}"
         );
         self.asm_call(&text, &cons.join(","), k, &args)
+    }
+
+    // ---- ordered global reductions (the fused backward's dQ) ---------------------------------
+
+    /// Spins (this thread) until the u32 at global address `addr` (i64) equals `want`:
+    /// `ld.acquire.gpu.global.u32` in a loop, so that what the writer released before its
+    /// increment ([`Self::release_inc`]) is visible to this thread's later accesses (and,
+    /// after a barrier, to its CTA's).
+    pub fn spin_until_eq(&self, addr: IntValue<'ctx>, want: IntValue<'ctx>) -> R<()> {
+        let ft = self.i32.fn_type(&[self.i64.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "ld.acquire.gpu.global.u32 $0, [$1];".into(),
+            "=r,l,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        let wait = self.block("sem_wait");
+        let done = self.block("sem_done");
+        self.br(wait)?;
+        self.b.position_at_end(wait);
+        let v = self
+            .b
+            .build_indirect_call(ft, asm, &[addr.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("ld.acquire"))?
+            .into_int_value();
+        self.cond_br(self.icmp(IntPredicate::EQ, v, want)?, done, wait)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
+    /// `fence.acq_rel.gpu; red.relaxed.gpu.global.add.u32 [addr], 1` (this thread): every
+    /// write that happens before the fence (this CTA's, when a barrier precedes it) is
+    /// visible to a thread that sees the new count with [`Self::spin_until_eq`].
+    pub fn release_inc(&self, addr: IntValue<'ctx>) -> R<()> {
+        self.asm_void(
+            "fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.u32 [$0], 1;",
+            "l,~{memory}",
+            &[addr],
+        )
+    }
+    /// Where `store` (an i32) is non-zero `st.global.v4.f32 [addr], {v}`, else
+    /// `red.relaxed.gpu.global.add.v4.f32` (sm_90, PTX 8.1): predicated inside one statement, so that no branch separates
+    /// an in-flight wgmma from its wait (ptxas serializes wgmma across divergent paths).
+    pub fn st_or_red_v4(
+        &self,
+        addr: IntValue<'ctx>,
+        v: [FloatValue<'ctx>; 4],
+        store: IntValue<'ctx>,
+    ) -> R<()> {
+        let args: Vec<BasicMetadataValueEnum<'ctx>> = std::iter::once(addr.into())
+            .chain(v.iter().map(|x| (*x).into()))
+            .chain(std::iter::once(store.into()))
+            .collect();
+        self.asm_call(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, $5, 0;\n@p st.global.v4.f32 [$0], {$1, $2, $3, $4};\n@!p red.relaxed.gpu.global.add.v4.f32 [$0], {$1, $2, $3, $4};\n}",
+            "l,f,f,f,f,r,~{memory}",
+            0,
+            &args,
+        )?;
+        Ok(())
     }
 
     // ---- Hopper warp specialization: mbarriers, TMA, named barriers, setmaxnreg ------------

@@ -127,6 +127,21 @@ pub enum Mma {
     Wgmma,
 }
 
+/// How the GPU backward computes dQ (`backward.rs`, `backward/fused.rs`; other kinds
+/// ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BwdDq {
+    /// A second kernel over q blocks recomputes S and dP (7 matrix products per tile).
+    Separate,
+    /// The dK/dV kernel also computes `dS K` per tile (5 products) and adds it into an
+    /// f32 workspace in a fixed order per q block (a semaphore per (b, h, q block));
+    /// a small kernel converts the workspace to dQ. Deterministic.
+    Ordered,
+    /// As `Ordered` without the semaphore wait: plain f32 reductions in whatever order
+    /// the CTAs reach them. Not deterministic (run-to-run differences in the last bits).
+    Atomic,
+}
+
 /// Element type of Q, K, V and O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputType {
@@ -208,6 +223,8 @@ pub struct PtxOptions {
     pub lpt_group: u32,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
+    /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
+    pub bwd_dq: BwdDq,
 }
 
 impl PtxOptions {
@@ -265,6 +282,7 @@ impl PtxOptions {
             stages: 2,
             lpt_group: 0,
             kv_cache: KvCache::Contiguous,
+            bwd_dq: BwdDq::Separate,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -366,6 +384,10 @@ impl PtxOptions {
         } + match self.kv_cache {
             KvCache::Contiguous => "",
             KvCache::Paged => " kv=paged",
+        } + match self.bwd_dq {
+            BwdDq::Separate => "",
+            BwdDq::Ordered => " dq=ordered",
+            BwdDq::Atomic => " dq=atomic",
         }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
@@ -551,6 +573,13 @@ pub enum KernelParam {
     /// The same for the f32 params the score reads differentiably: three u64 words per
     /// param of the program.
     ParamGrad,
+    /// The fused backward (`BwdDq::Ordered`/`Atomic`, `backward/fused.rs`): f32 dQ
+    /// partial sums, `[B, Hq, ceil(Lq / q_block)]` tiles of `q_block x D` in the
+    /// accumulator-fragment order; written by the dK/dV kernel, read by the dQ kernel.
+    DqAccum,
+    /// u32 `[B, Hq, ceil(Lq / q_block)]`: how many kv blocks have added their part to each
+    /// dQ tile (zeroed by the host before the dK/dV kernel).
+    DqSem,
     /// Decode kernels (`decode.rs`): `i32[B, max_pages]` (paged; any one-element buffer
     /// for a contiguous cache).
     PageTable,
@@ -663,7 +692,12 @@ fn run_pipeline(
         .create_target_machine(
             &triple,
             opts.target_cpu(),
-            opts.arch.ptx_feature(),
+            // the fused backward's vector reductions (`red.global.add.v4.f32`) need PTX 8.1
+            if opts.bwd_dq != BwdDq::Separate && opts.arch == Arch::Sm90 {
+                "+ptx81"
+            } else {
+                opts.arch.ptx_feature()
+            },
             OptimizationLevel::Less,
             RelocMode::Default,
             CodeModel::Default,

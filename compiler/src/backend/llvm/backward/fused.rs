@@ -1,0 +1,574 @@
+//! The fused GPU backward (`BwdDq::Ordered` / `BwdDq::Atomic`, wgmma only): dQ computed
+//! by the dK/dV kernel, five matrix products per tile instead of seven, deterministic by
+//! default (FlashAttention-3's deterministic scheme).
+//!
+//! In: what `backward.rs` hands its kernels ([`Program`], the score and its derivative,
+//! [`PtxOptions`] with `bwd_dq` not `Separate`, the kernel's [`KvBounds`] and [`Args`]).
+//! Out: the bodies of two kernels, under the kinds of the separate scheme:
+//!
+//! ```text
+//! DkDv (CTA per (kv block j, kv head, batch); Bc/64 warpgroups of 64 kv rows; Br = 64):
+//!   visits, per query head h of the group and q block i in order, the (h, i) whose kv
+//!   range (the dQ kernel's: closed form or per-row ranges of the q-major block maps)
+//!   holds j; per visit, as the separate dK/dV kernel:
+//!       Sᵀ = K Q_iᵀ, dPᵀ = V dO_iᵀ, Pᵀ, dSᵀ;  dV += Pᵀ dO_i;  dK += dSᵀ Q_i
+//!   and besides:  dSᵀ -> shared memory (rows kv, columns q: the wgmma A operand of
+//!   dS K read M-major);  dQ_i(part) = dS K   (warpgroup w: columns 64 w.. of dQ, or
+//!   each 64-column chunk in turn with one warpgroup);
+//!   Ordered: wait until DqSem[b, h, i] = end_i - 1 - j (the kv blocks of q block i
+//!   add in descending order: under a causal mask block j reaches its first q block
+//!   when block j + 1 has just added there, so the CTAs follow each other one tile
+//!   apart), add the part into DqAccum[b, h, i] (the first adder stores), and
+//!   after the next barrier one thread releases (fence.acq_rel + increment);
+//!   Atomic: add the part with no wait (order free: not deterministic).
+//!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
+//!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
+//! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
+//!   kv block added: DqSem = 0), rounded to the input type.
+//! ```
+//!
+//! DqAccum holds each q_block x D tile in the accumulator order of the warps that add it
+//! (m16 row group, n8 column group, lane, the lane's four values): every thread adds 16
+//! contiguous bytes at a time (`red.global.add.v4.f32`), and the convert kernel undoes
+//! the order. With `Ordered` the additions into an element happen in one fixed order
+//! (descending kv block, then the fixed order of query heads within a CTA cannot
+//! interleave: each (b, h, i) has its own semaphore), so the same inputs give
+//! bit-identical dQ; capture gradients are summed here as the separate dQ kernel does
+//! (integer words, `backward.rs` "Capture gradients").
+
+use super::{
+    Acc, CapCtx, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks, capture_grads,
+    common, dkdv_epilogue, grad_scores, slice_base, to_flat, wg_ab, wg_abt, wg_result,
+};
+use crate::backend::llvm::bounds::KvBounds;
+use crate::backend::llvm::cta::Args;
+use crate::backend::llvm::gpu::{Gpu, R, SmemTile, Var, WgmmaA};
+use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, Mma, PtxOptions};
+use crate::ir::{Function, Program};
+use inkwell::IntPredicate;
+use inkwell::values::{BasicValue, IntValue};
+
+/// Threads of the convert kernel.
+pub const CONVERT_THREADS: u32 = 128;
+
+/// The fused scheme's extra requirements (on top of the backward's).
+pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
+    if o.mma != Mma::Wgmma {
+        return Err(LlvmError::Unsupported(
+            "dQ fused into the dK/dV kernel needs the wgmma path".into(),
+        ));
+    }
+    if o.q_block != 64 {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ: Br must be 64 (got {})",
+            o.q_block
+        )));
+    }
+    let n_wg = o.kv_block / 64;
+    if o.d / n_wg < 64 {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ: each of the {n_wg} warpgroups computes at least 64 columns of dQ (D={})",
+            o.d
+        )));
+    }
+    Ok(())
+}
+
+/// One visit of the fused kernel: (query head index in the group, q block) and that q
+/// block's kv range `[first, end)` with its full part `[ff, fe)`.
+struct Visit<'ctx> {
+    found: Var<'ctx>,
+    hi: Var<'ctx>,
+    qb: Var<'ctx>,
+    first: Var<'ctx>,
+    end: Var<'ctx>,
+    ff: Var<'ctx>,
+    fe: Var<'ctx>,
+}
+
+impl<'ctx> Visit<'ctx> {
+    fn new(g: &Gpu<'ctx>) -> R<Self> {
+        let v = || g.var(g.i32, g.c32(0));
+        Ok(Visit {
+            found: g.var(g.i1, g.cbool(false))?,
+            hi: v()?,
+            qb: v()?,
+            first: v()?,
+            end: v()?,
+            ff: v()?,
+            fe: v()?,
+        })
+    }
+    fn copy_from(&self, g: &Gpu<'ctx>, o: &Visit<'ctx>) -> R<()> {
+        for (a, b) in [
+            (&self.found, &o.found),
+            (&self.hi, &o.hi),
+            (&self.qb, &o.qb),
+            (&self.first, &o.first),
+            (&self.end, &o.end),
+            (&self.ff, &o.ff),
+            (&self.fe, &o.fe),
+        ] {
+            g.set(a, g.get(b)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Byte offset of the dQ tile of (b, h, q block) in DqAccum (i64).
+fn tile_offset<'ctx>(
+    g: &Gpu<'ctx>,
+    (b, hq, h): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    nq: IntValue<'ctx>,
+    qb: IntValue<'ctx>,
+    tile_bytes: u32,
+) -> R<IntValue<'ctx>> {
+    let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
+    g.mul(g.zext64(tile)?, g.c64(tile_bytes as i64))
+}
+
+/// The address (i64) of a global pointer plus `off` bytes.
+fn addr_of<'ctx>(
+    g: &Gpu<'ctx>,
+    p: inkwell::values::PointerValue<'ctx>,
+    off: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    let base = g.b.build_ptr_to_int(p, g.i64, "")?;
+    g.add(base, off)
+}
+
+/// Stores this warp's dSᵀ accumulator (kv rows `16 warp ..`, q columns `0..Br`) rounded to
+/// the input type into the slab tile `t` (one 64-column slab: Br = 64).
+fn store_ds<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    t: &SmemTile,
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    ds: &Acc<'ctx>,
+) -> R<()> {
+    // element (nt, i): row 16 warp + lane / 4 + 8 (i / 2), column 8 nt + 2 (lane % 4) + i % 2;
+    // the row's swizzle is (lane / 4) % 8 = lane / 4 for both halves
+    let r0 = g.add(g.mul(warp, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
+    let sw = g.lshr(lane, g.c32(2))?;
+    let quad = g.mul(g.and(lane, g.c32(3))?, g.c32(4))?;
+    for hr in 0..2 {
+        let row = g.add(r0, g.c32(8 * hr as i64))?;
+        let base = g.add(
+            g.add(g.mul(row, g.c32(128))?, quad)?,
+            g.c32(t.offset as i64),
+        )?;
+        for (nt, x) in ds.iter().enumerate() {
+            let chunk = g.xor(g.c32(nt as i64), sw)?;
+            let off = g.add(base, g.shl(chunk, g.c32(4))?)?;
+            let packed = g.pack2(o.input, x[2 * hr], x[2 * hr + 1])?;
+            g.store(g.smem_at(off)?, packed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Issues this warpgroup's `dS K` for dQ columns `col0 .. col0 + 64` (not committed): A the
+/// dSᵀ tile read M-major, B the K tile read N-major (its 64-column slab `col0 / 64`).
+fn dq_chunk<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    ds: &SmemTile,
+    k: &SmemTile,
+    col0: IntValue<'ctx>,
+) -> R<Vec<inkwell::values::FloatValue<'ctx>>> {
+    let a_base = g.smem_addr32(g.c32(ds.offset as i64))?;
+    let slab = g.mul(g.lshr(col0, g.c32(6))?, g.c32(k.rows as i64 * 128))?;
+    let b_base = g.smem_addr32(g.add(slab, g.c32(k.offset as i64))?)?;
+    let mut acc: Option<Vec<_>> = None;
+    for kk in 0..o.kv_block / 16 {
+        let step = g.c32(kk as i64 * 16 * 128);
+        let da = g.wgmma_desc(g.add(a_base, step)?, ds.rows * 128, 1024)?;
+        let db = g.wgmma_desc(g.add(b_base, step)?, k.rows * 128, 1024)?;
+        acc = Some(g.wgmma_t(
+            o.input,
+            64,
+            WgmmaA::Desc(da),
+            true,
+            db,
+            true,
+            acc.as_deref(),
+        )?);
+    }
+    acc.ok_or(LlvmError::Internal("empty dQ product"))
+}
+
+/// The fused dK/dV + dQ kernel (module docs).
+pub(super) fn dkdv_dq_body<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    sd: Option<&(Function, Function)>,
+    opts: &PtxOptions,
+    kvb: &KvBounds,
+    a: &Args<'_, 'ctx>,
+) -> R<()> {
+    let t = DkDvTiles::new(opts);
+    let ds_t = t.ds.ok_or(LlvmError::Internal("dS tile"))?;
+    let (br, bc) = (opts.q_block, opts.kv_block);
+    let threads = bc / 16 * 32;
+    let n_wg = bc / 64;
+    let ty = opts.input;
+    let ordered = opts.bwd_dq == BwdDq::Ordered;
+    let c = common(g, p, opts, a)?;
+    let zero = g.c32(0);
+    let one = g.c32(1);
+    let hk = g.ctaid('y')?;
+    let nkv = g.udiv(g.add(c.lkv, g.c32(bc as i64 - 1))?, g.c32(bc as i64))?;
+    let nq = g.udiv(g.add(c.lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
+    // x = 0 is the last kv block: it adds first (module docs)
+    let jb = g.sub(g.sub(nkv, one)?, g.ctaid('x')?)?;
+    let kv0 = g.mul(jb, g.c32(bc as i64))?;
+    let group = g.udiv(c.hq, c.hkv)?;
+    let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
+    let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
+    let kv_tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?;
+    let accum = a.ptr(KernelParam::DqAccum)?;
+    let sem = a.ptr(KernelParam::DqSem)?;
+    let tile_bytes = br * opts.d * 4;
+
+    // the next visit at or after (hi0, qb0): every q block of every query head in order,
+    // kept where its kv range holds this block
+    let scan = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+        let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
+        g.set(&out.found, g.cbool(false))?;
+        let head = g.block("scan_head");
+        let check = g.block("scan_qblock");
+        let next_head = g.block("scan_next_head");
+        let body = g.block("scan_range");
+        let hit = g.block("scan_hit");
+        let done = g.block("scan_done");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        let hi = g.geti(&s_hi)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
+        g.b.position_at_end(check);
+        let qb = g.geti(&s_qb)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, qb, nq)?, body, next_head)?;
+        g.b.position_at_end(next_head);
+        g.set(&s_hi, g.add(hi, one)?)?;
+        g.set(&s_qb, zero)?;
+        g.br(head)?;
+        g.b.position_at_end(body);
+        let h = g.add(g.mul(hk, group)?, hi)?;
+        let q0 = g.mul(qb, g.c32(br as i64))?;
+        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
+        // within [0, nkv): the kv blocks that add into this tile are exactly the CTAs
+        // in [first, end), and the ranks count down from end - 1 (a rank past the last
+        // CTA would wait forever)
+        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
+        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+        for (v, x) in [
+            (&out.hi, hi),
+            (&out.qb, qb),
+            (&out.first, first),
+            (&out.end, end),
+            (&out.ff, ff),
+            (&out.fe, fe),
+        ] {
+            g.set(v, x)?;
+        }
+        g.set(&s_qb, g.add(qb, one)?)?;
+        let visit = g.and(
+            g.icmp(IntPredicate::SLE, first, jb)?,
+            g.icmp(IntPredicate::SLT, jb, end)?,
+        )?;
+        g.cond_br(visit, hit, head)?;
+        g.b.position_at_end(hit);
+        g.set(&out.found, g.cbool(true))?;
+        g.br(done)?;
+        g.b.position_at_end(done);
+        Ok(())
+    };
+
+    let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
+    // copies Q, dO of (h, q block qb) into buffer `buf` (cp.async), and L2 / Delta
+    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let q0 = g.mul(qb, g.c32(br as i64))?;
+        let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
+        let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
+        let valid = g.sub(c.lq, q0)?;
+        t.q.load_async(g, c.tid, threads, qbase, q0, valid, buf)?;
+        t.d_o.load_async(g, c.tid, threads, obase, q0, valid, buf)?;
+        g.cp_async_commit()?;
+        for k in 0..br.div_ceil(threads) {
+            let i = g.add(c.tid, g.c32((k * threads) as i64))?;
+            g.if_then(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?, || {
+                let q = g.add(q0, i)?;
+                let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
+                let row = g.add(
+                    g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?,
+                    g.zext64(g.selecti(ok, q, zero)?)?,
+                )?;
+                let l2 = g.selectf(ok, g.load_f32(row_stats.0, row)?, g.cf(f32::INFINITY))?;
+                let dl = g.selectf(ok, g.load_f32(row_stats.1, row)?, g.cf(0.0))?;
+                let at = g.add(buf, g.mul(i, g.c32(4))?)?;
+                g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
+                g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)
+            })?;
+        }
+        Ok(())
+    };
+    let head_of =
+        |v: &Visit<'ctx>| -> R<IntValue<'ctx>> { g.add(g.mul(hk, group)?, g.geti(&v.hi)?) };
+
+    let dk = acc_vars(g, (opts.d / 8) as usize)?;
+    let dv = acc_vars(g, (opts.dv / 8) as usize)?;
+    let sg = (!capture_grads(p).is_empty()).then(|| crate::grad::differentiate(p));
+    let cap = match &sg {
+        Some(sg) => Some(CapCtx::new(g, sg, p, a)?),
+        None => None,
+    };
+    let cur = Visit::new(g)?;
+    let nxt = Visit::new(g)?;
+    let st_buf = g.var(g.i32, zero)?;
+    // the semaphore this CTA added to last and has not released yet
+    let pending = g.var(g.i1, g.cbool(false))?;
+    let pending_sem = g.var(g.i64, g.c64(0))?;
+    let is_t0 = g.icmp(IntPredicate::EQ, c.tid, zero)?;
+
+    t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
+    t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
+    g.cp_async_commit()?;
+    scan(zero, zero, &cur)?;
+    let lp = g.block("q_loop");
+    let epi = g.block("dkdv_dq_end");
+    let pre = g.block("dkdv_dq_prologue");
+    g.cond_br(g.geti(&cur.found)?, pre, epi)?;
+    g.b.position_at_end(pre);
+    load_q(head_of(&cur)?, g.geti(&cur.qb)?, zero)?;
+    g.br(lp)?;
+
+    g.b.position_at_end(lp);
+    let hi = g.geti(&cur.hi)?;
+    let qb = g.geti(&cur.qb)?;
+    let end = g.geti(&cur.end)?;
+    let ff = g.geti(&cur.ff)?;
+    let fe = g.geti(&cur.fe)?;
+    let h = head_of(&cur)?;
+    let buf = g.geti(&st_buf)?;
+    let other = g.xor(buf, g.c32(t.buf as i64))?;
+    g.cp_async_wait(0)?;
+    g.fence_proxy_async()?;
+    g.barrier()?;
+    // every thread's additions of the previous visit precede the barrier above
+    if ordered {
+        let rel = g.and(is_t0, g.geti(&pending)?)?;
+        g.if_then(rel, || g.release_inc(g.geti(&pending_sem)?))?;
+    }
+    // the next visit into the other buffer (read by no warp since the barrier above)
+    scan(hi, g.add(qb, one)?, &nxt)?;
+    let has_next = g.geti(&nxt.found)?;
+    g.if_then(has_next, || load_q(head_of(&nxt)?, g.geti(&nxt.qb)?, other))?;
+
+    let q0 = g.mul(qb, g.c32(br as i64))?;
+    let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
+    let in_full = g.and(
+        g.icmp(IntPredicate::SLE, ff, jb)?,
+        g.icmp(IntPredicate::SLT, jb, fe)?,
+    )?;
+    let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
+    let wgi = g.lshr(c.warp, g.c32(2))?;
+    g.wgmma_fence()?;
+    let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf)?;
+    g.wgmma_commit()?;
+    let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
+    g.wgmma_commit()?;
+    let (s, dp) = (wg_result(g, &s)?, wg_result(g, &dp)?);
+    // element (nt, i): kv row kv0 + 16 w + lane / 4 + 8 (i / 2), q column q0 + 8 nt + 2 (lane % 4) + i % 2
+    let row0 = g.mul(c.warp, g.c32(16))?;
+    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
+    let mut stats = Vec::new();
+    for nt in 0..(br / 8) as usize {
+        for cc in 0..2 {
+            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
+            let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
+            let l2 =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
+            let dl =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
+            stats.push((g.add(q0, ci)?, l2, dl));
+        }
+    }
+    let ec = ElemCtx {
+        p,
+        sd,
+        env: &c.env,
+        scale: c.scale,
+        b: c.b,
+        h,
+        lq: c.lq,
+        lkv: c.lkv,
+        cap: cap.as_ref(),
+    };
+    let at = |nt: usize, i: usize| {
+        let (q, l2, dl) = stats[nt * 2 + i % 2];
+        let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
+        Ok([q.into(), kv.into(), l2, dl])
+    };
+    let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+    // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
+    store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
+    g.fence_proxy_async()?;
+    let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
+    let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+    // descending kv blocks: the last kv block of the q block's range adds first
+    let rank = g.sub(g.sub(end, one)?, jb)?;
+    // this tile's turn, before the barrier that publishes dS (measured on an H200: waiting
+    // after issuing the products instead, behind a second barrier, was 4-9% slower)
+    if ordered {
+        g.if_then(is_t0, || g.spin_until_eq(sem_addr, rank))?;
+    }
+    g.barrier()?;
+
+    let dv_acc = acc_get(g, &dv)?;
+    let dk_acc = acc_get(g, &dk)?;
+    let base = addr_of(
+        g,
+        accum,
+        tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+    )?;
+    // this thread's 16 bytes of n8 column group `ng` in its warp's m16 row group
+    let wi = g.and(c.warp, g.c32(3))?;
+    let lane16 = g.mul(c.lane, g.c32(16))?;
+    // the first adder (Ordered) stores: DqAccum needs no zeroing
+    let store_first = if ordered {
+        g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?
+    } else {
+        zero
+    };
+    let add_part = |col0: IntValue<'ctx>, x: &[inkwell::values::FloatValue<'ctx>]| -> R<()> {
+        let ng0 = g.lshr(col0, g.c32(3))?;
+        let row_group = g.mul(wi, g.c32((opts.d / 8) as i64))?;
+        for (nt, v) in x.chunks(4).enumerate() {
+            let ng = g.add(g.add(row_group, ng0)?, g.c32(nt as i64))?;
+            let off = g.add(g.mul(ng, g.c32(512))?, lane16)?;
+            let addr = g.add(base, g.zext64(off)?)?;
+            g.st_or_red_v4(addr, [v[0], v[1], v[2], v[3]], store_first)?;
+        }
+        Ok(())
+    };
+    // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
+    let chunks = opts.d / 64 / n_wg;
+    let col_of = |ci: u32| -> R<IntValue<'ctx>> {
+        g.add(
+            g.mul(wgi, g.c32((opts.d / n_wg) as i64))?,
+            g.c32(ci as i64 * 64),
+        )
+    };
+    // the A fragments are written before the fence that orders them before the wgmma
+    let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+    g.wgmma_fence()?;
+    let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
+    g.wgmma_commit()?;
+    let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+    let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+    g.wgmma_commit()?;
+    let dq0 = g.wgmma_wait(1, &dq0)?;
+    add_part(col_of(0)?, &dq0)?;
+    for ci in 1..chunks {
+        let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
+        g.wgmma_commit()?;
+        let x = g.wgmma_wait(0, &x)?;
+        add_part(col_of(ci)?, &x)?;
+    }
+    acc_set(g, &dv, &wg_result(g, &dv1)?)?;
+    acc_set(g, &dk, &wg_result(g, &dk1)?)?;
+    g.set(&pending, g.cbool(true))?;
+    g.set(&pending_sem, sem_addr)?;
+    cur.copy_from(g, &nxt)?;
+    g.set(&st_buf, other)?;
+    g.cond_br(has_next, lp, epi)?;
+
+    g.b.position_at_end(epi);
+    g.cp_async_wait(0)?;
+    if ordered {
+        g.barrier()?;
+        let rel = g.and(is_t0, g.geti(&pending)?)?;
+        g.if_then(rel, || g.release_inc(g.geti(&pending_sem)?))?;
+    }
+    if let Some(cap) = &cap {
+        cap.finish(g, c.lane)?;
+    }
+    let store = g.block("dkdv_store");
+    g.br(store)?;
+    dkdv_epilogue(g, opts, &c, a, hk, kv0, &dk, &dv, store)
+}
+
+/// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
+/// input type; 0 where no kv block added (`Ordered`: DqSem = 0; `Atomic`: the host
+/// zeroes DqAccum).
+pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
+    let br = opts.q_block;
+    let d = opts.d;
+    let tid = g.tid_x()?;
+    let qb = g.ctaid('x')?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let lq = a.int(KernelParam::Lq)?;
+    let hq = a.int(KernelParam::Hq)?;
+    let scale = a.get(KernelParam::Scale)?.into_float_value();
+    let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
+    let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
+    let added = if opts.bwd_dq == BwdDq::Ordered {
+        let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
+        g.icmp(IntPredicate::NE, n, g.c32(0))?
+    } else {
+        g.cbool(true)
+    };
+    let src = g.gep_bytes(
+        a.ptr(KernelParam::DqAccum)?,
+        g.mul(g.zext64(tile)?, g.c64((br * d * 4) as i64))?,
+    )?;
+    let dst = slice_base(g, a.ptr(KernelParam::DQ)?, b, hq, h, lq, d)?;
+    let q0 = g.mul(qb, g.c32(br as i64))?;
+    let v4 = g.f32.vec_type(4);
+    let ngroups = d / 8;
+    for k in 0..(br * d / 4) / CONVERT_THREADS {
+        let idx = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let lane = g.and(idx, g.c32(31))?;
+        let rest = g.lshr(idx, g.c32(5))?;
+        let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
+        let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
+        let ptr = g.gep_bytes(src, g.zext64(g.mul(idx, g.c32(16))?)?)?;
+        let ld = g.b.build_load(v4, ptr, "")?;
+        ld.as_instruction_value()
+            .ok_or(LlvmError::Internal("load"))?
+            .set_alignment(16)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+        let v = ld.into_vector_value();
+        let el = |i: u64| -> R<inkwell::values::FloatValue<'ctx>> {
+            let x =
+                g.b.build_extract_element(v, g.c32(i as i64), "")?
+                    .into_float_value();
+            g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
+        };
+        let r0 = g.add(g.mul(mg, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
+        let colb = g.mul(
+            g.add(
+                g.mul(ng, g.c32(8))?,
+                g.mul(g.and(lane, g.c32(3))?, g.c32(2))?,
+            )?,
+            g.c32(2),
+        )?;
+        for hr in 0..2u64 {
+            let row = g.add(g.add(q0, r0)?, g.c32(8 * hr as i64))?;
+            let (x, y) = (el(2 * hr)?, el(2 * hr + 1)?);
+            g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, || {
+                let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, g.zext64(colb)?)?;
+                let st =
+                    g.b.build_store(g.gep_bytes(dst, off)?, g.pack2(opts.input, x, y)?)?;
+                st.set_alignment(4)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+                Ok(())
+            })?;
+        }
+    }
+    g.b.build_return(None)?;
+    Ok(())
+}
