@@ -2132,6 +2132,64 @@ mod tests {
         assert!(fixed_to_f32(sum(&[f32::NAN])).is_nan());
     }
 
+    /// The fused dQ scheme's options: the defaults (fused at D128 on sm_90 only), its
+    /// limits (wgmma, Br 64, at least 64 dQ columns per warpgroup) as errors, and cache
+    /// keys that tell the schemes apart.
+    #[test]
+    fn fused_dq_options() {
+        let p = samples::causal();
+        let plan = Plan::new(&p);
+        let d128 = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+        assert_eq!(
+            (d128.bwd_dq, d128.q_block, d128.kv_block),
+            (BwdDq::Ordered, 64, 128)
+        );
+        let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16);
+        assert_eq!(sep.bwd_dq, BwdDq::Separate);
+        assert_eq!(
+            PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16).bwd_dq,
+            BwdDq::Separate
+        );
+        assert_eq!(
+            PtxOptions::backward(Arch::Sm80, 128, 128, InputType::Bf16).bwd_dq,
+            BwdDq::Separate
+        );
+        let atomic = sep.backward_fused(BwdDq::Atomic);
+        let keys = [sep.key(), d128.key(), atomic.key()];
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        let bad = [
+            // two warpgroups would compute 32 columns of dQ each
+            PtxOptions {
+                kv_block: 128,
+                ..PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
+                    .backward_fused(BwdDq::Ordered)
+            },
+            PtxOptions {
+                q_block: 128,
+                ..d128
+            },
+            PtxOptions {
+                bwd_dq: BwdDq::Ordered,
+                ..PtxOptions::backward(Arch::Sm80, 128, 128, InputType::Bf16)
+            },
+        ];
+        for o in bad {
+            assert!(
+                emit_backward(&plan, &o, BackwardKind::DkDv).is_err(),
+                "{}",
+                o.key()
+            );
+        }
+        // the convert kernel reads the workspace, the fused kernel sums the capture gradients
+        let conv = emit_backward(&plan, &d128, BackwardKind::Dq).unwrap();
+        assert!(conv.params.contains(&KernelParam::DqAccum) && conv.ptx.contains(".version 8.1"));
+        let bt = samples::bias_table();
+        let fused = emit_backward(&Plan::new(&bt), &d128, BackwardKind::DkDv).unwrap();
+        assert!(fused.params.contains(&KernelParam::TensorGrad(0)));
+        let conv = emit_backward(&Plan::new(&bt), &d128, BackwardKind::Dq).unwrap();
+        assert!(!conv.params.contains(&KernelParam::TensorGrad(0)));
+    }
+
     #[test]
     fn unsupported_configurations_are_errors() {
         let p = samples::softcap_causal();
