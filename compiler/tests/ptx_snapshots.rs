@@ -168,15 +168,25 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
 
 /// The wgmma paths (sm_90a) on a few examples: the plain kernel at D128 bf16 with kv
 /// tiles of 64, D64 f16 with the pipelined P V (the D64 default's kernel), and the
-/// warp-specialized TMA kernel (the D128 default, kv tiles of 128).
+/// warp-specialized TMA kernel (the D128 default, kv tiles of 128); ALiBi + causal on it
+/// with the positions as exact floats (`float_positions`, what the runtime binds below
+/// 2^22 positions: no `cvt` per element).
 #[test]
 fn wgmma_ptx_snapshots() {
-    for (file, d, ty, overlap, ws) in [
-        ("causal.attn", 128, InputType::Bf16, false, false),
-        ("alibi.attn", 128, InputType::Bf16, false, false),
-        ("sliding_window.attn", 64, InputType::F16, true, false),
-        ("causal.attn", 128, InputType::Bf16, false, true),
-        ("softcap.attn", 128, InputType::Bf16, false, true),
+    for (file, d, ty, overlap, ws, fpos) in [
+        ("causal.attn", 128, InputType::Bf16, false, false, false),
+        ("alibi.attn", 128, InputType::Bf16, false, false, false),
+        (
+            "sliding_window.attn",
+            64,
+            InputType::F16,
+            true,
+            false,
+            false,
+        ),
+        ("causal.attn", 128, InputType::Bf16, false, true, false),
+        ("softcap.attn", 128, InputType::Bf16, false, true, false),
+        ("alibi_causal.attn", 128, InputType::Bf16, false, true, true),
     ] {
         let src = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -195,6 +205,7 @@ fn wgmma_ptx_snapshots() {
             };
         }
         opts.overlap = overlap;
+        opts.float_positions = fpos;
         let k = emit(p, &opts).unwrap();
         assert_eq!(
             k.ptx,
@@ -203,12 +214,18 @@ fn wgmma_ptx_snapshots() {
         );
         assert!(k.ptx.contains(".target sm_90a"));
         assert!(k.ptx.contains("wgmma.mma_async.sync.aligned"));
+        if fpos {
+            // the position conversions: per row and per column base, not per element
+            let cvts = k.ptx.matches("cvt.rn.f32.s32").count();
+            assert!(cvts <= 16, "{file}: {cvts} int-to-float conversions");
+        }
         insta::assert_snapshot!(
             format!(
-                "ptx_{}_{}_d{d}{}__{}",
+                "ptx_{}_{}_d{d}{}{}__{}",
                 if ws { "ws" } else { "wgmma" },
                 ty.name(),
                 if overlap { "_overlap" } else { "" },
+                if fpos { "_fpos" } else { "" },
                 p.name
             ),
             k.ptx

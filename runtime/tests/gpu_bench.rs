@@ -11,7 +11,10 @@
 //! ALiBi and softcap; block table for documents); `ATTNC_BENCH_KV_TABLE=1` forces the
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
-//! the defaults.
+//! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
+//! stages, `g` LPT order, `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! prefetch off/on, `l` late sync, `i` positions converted per element (no
+//! `float_positions`).
 
 mod gpu_util;
 
@@ -97,6 +100,9 @@ fn tile_opts(
     if mt.contains('c') {
         o.min_ctas = 2;
     }
+    // positions converted as exact floats (the runtime's choice below 2^22 positions),
+    // unless `i`: an integer-to-float conversion per element, as before
+    o.float_positions = !mt.contains('i');
     o.q_block = qb;
     o.kv_block = kvb;
     if mt.contains('r') {

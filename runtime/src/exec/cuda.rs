@@ -200,6 +200,9 @@ impl CudaExec {
             input,
         );
         popts.checked = opts.checked;
+        // every position of the tiles (tails included: + one tile) below the bound
+        let longest = opts.shape.lq.max(opts.shape.lkv) as i64 + 256;
+        popts.float_positions = longest <= attnc_compiler::backend::llvm::FLOAT_POSITIONS_MAX;
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;

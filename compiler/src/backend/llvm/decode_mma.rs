@@ -260,6 +260,7 @@ pub(super) fn build<'ctx>(
         q_in_regs: true,
         wg: false,
         lpt_group: 0,
+        float_positions: false,
         q: qt,
         k: kt,
         v: vt,

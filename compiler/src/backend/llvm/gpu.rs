@@ -339,8 +339,16 @@ impl<'ctx> Gpu<'ctx> {
         self.asm_f("rcp.approx.ftz.f32 $0, $1;", x)
     }
     /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
-    /// `div.rn.f32` is a subroutine call: see [`Self::rcp`]).
+    /// `div.rn.f32` is a subroutine call: see [`Self::rcp`]). A division by a constant
+    /// power of two (whose reciprocal is a normal f32) is the multiplication by its
+    /// reciprocal instead: the same correctly rounded result, one FMUL.
     pub fn fdiv(&self, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        if let Some(r) = y
+            .get_constant()
+            .and_then(|(c, _)| exact_reciprocal(c as f32))
+        {
+            return self.fmul(x, self.cf(r));
+        }
         let ft = self.f32.fn_type(&[self.f32.into(), self.f32.into()], false);
         let asm = self.ctx.create_inline_asm(
             ft,
@@ -1065,5 +1073,35 @@ impl SmemTile {
             g.cp_async16(self.addr_at(g, row, chunk, extra)?, src, size)?;
         }
         Ok(())
+    }
+}
+
+/// `1 / y` when it is exact: `y = ±2^k` with `1 / y` a normal f32 (then `x * (1 / y)` and
+/// the IEEE `x / y` round the same real number).
+fn exact_reciprocal(y: f32) -> Option<f32> {
+    let r = 1.0 / y;
+    (y.is_normal() && r.is_normal() && y.abs().to_bits() & 0x007f_ffff == 0).then_some(r)
+}
+
+#[cfg(test)]
+mod reciprocal_tests {
+    use super::exact_reciprocal;
+
+    #[test]
+    fn only_powers_of_two_have_an_exact_reciprocal() {
+        assert_eq!(exact_reciprocal(16.0), Some(0.0625));
+        assert_eq!(exact_reciprocal(-0.5), Some(-2.0));
+        assert_eq!(exact_reciprocal(30.0), None);
+        assert_eq!(exact_reciprocal(0.0), None);
+        assert_eq!(exact_reciprocal(f32::INFINITY), None);
+        assert_eq!(exact_reciprocal(f32::NAN), None);
+        // 2^127: its reciprocal 2^-127 is subnormal
+        assert_eq!(exact_reciprocal(f32::from_bits(0x7f00_0000)), None);
+        assert_eq!(exact_reciprocal(f32::MIN_POSITIVE), Some(2f32.powi(126)));
+        assert_eq!(exact_reciprocal(f32::MIN_POSITIVE / 2.0), None);
+        for k in -126..=126 {
+            let y = 2f32.powi(k);
+            assert_eq!(exact_reciprocal(y), Some(2f32.powi(-k)), "2^{k}");
+        }
     }
 }

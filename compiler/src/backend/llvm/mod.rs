@@ -225,7 +225,19 @@ pub struct PtxOptions {
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
+    /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
+    /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
+    /// constant to f32 as float sums of the positions converted once per row and column
+    /// (`expr::Elem::pos_f`), exact under that bound, instead of a `cvt` per element
+    /// (which runs on the SM's quarter-rate pipe beside `ex2`). Off by default; the
+    /// runtime turns it on for a binding whose Lq and Lkv allow it.
+    pub float_positions: bool,
 }
+
+/// The bound on positions (and on the constant of a converted position sum) under which
+/// [`PtxOptions::float_positions`] is exact: every partial sum of `±q ± kv + c` stays
+/// below 2^24 in magnitude, where f32 holds every integer.
+pub const FLOAT_POSITIONS_MAX: i64 = 1 << 22;
 
 impl PtxOptions {
     /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
@@ -283,6 +295,7 @@ impl PtxOptions {
             lpt_group: 0,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
+            float_positions: false,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -388,7 +401,7 @@ impl PtxOptions {
             BwdDq::Separate => "",
             BwdDq::Ordered => " dq=ordered",
             BwdDq::Atomic => " dq=atomic",
-        }
+        } + if self.float_positions { " fpos" } else { "" }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
         // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk

@@ -5,7 +5,7 @@
 //! (lowered per element by `expr.rs`). Out: the logits `t` in log2 units (or raw scores,
 //! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
 
-use super::expr::{Elem, Env, emit_function};
+use super::expr::{Elem, Env, PosF, emit_function, emit_function_at};
 use super::gpu::{Gpu, R};
 use super::tile::{Acc, AccTile, Cfg, Ctx, thread_row0};
 use crate::ir::Program;
@@ -41,6 +41,10 @@ pub(crate) fn score_and_mask<'ctx>(
         .map(|i| thread_row0(g, c, cx, i))
         .collect::<R<_>>()?;
     let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
+    // the positions as exact floats (`Cfg::float_positions`): one conversion per row and
+    // one for the thread's first column; a column is that plus a constant
+    let col_base_f = g.b.build_signed_int_to_float(col_base, g.f32, "")?;
+    let row_f = |q: IntValue<'ctx>| g.b.build_signed_int_to_float(q, g.f32, "");
     g.cond_br(fast, fast_bb, slow_bb)?;
     for slow in [false, true] {
         g.b.position_at_end(if slow { slow_bb } else { fast_bb });
@@ -63,11 +67,20 @@ pub(crate) fn score_and_mask<'ctx>(
                     kv,
                     inside: g.and(q_in, kv_in)?,
                 };
+                let pos = if c.float_positions {
+                    Some(PosF {
+                        q: row_f(q)?,
+                        kv: g.fadd(col_base_f, g.cf((nt * 8 + i % 2) as f32))?,
+                    })
+                } else {
+                    None
+                };
                 let score = |e: Elem<'ctx>| -> R<FloatValue<'ctx>> {
                     match &p.score {
-                        Some(f) => Ok(
-                            g.fmul(emit_function(g, env, f, e)?.into_float_value(), g.cf(LOG2E))?
-                        ),
+                        Some(f) => Ok(g.fmul(
+                            emit_function_at(g, env, f, e, pos)?.into_float_value(),
+                            g.cf(LOG2E),
+                        )?),
                         None if cx.raw => Ok(*x),
                         None => g.fmul(*x, scale_log2),
                     }

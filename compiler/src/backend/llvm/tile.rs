@@ -39,6 +39,8 @@ pub(crate) struct Cfg {
     /// `PtxOptions::lpt_group`: 0, or the (head, batch) slices per group of the
     /// longest-first CTA order (`cta::place`).
     pub lpt_group: u32,
+    /// `PtxOptions::float_positions`.
+    pub float_positions: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -59,6 +61,7 @@ impl Cfg {
             q_in_regs: opts.q_in_regs && opts.mma == Mma::Sync,
             wg: opts.mma == Mma::Wgmma,
             lpt_group: opts.lpt_group,
+            float_positions: opts.float_positions,
             q,
             k,
             v,
