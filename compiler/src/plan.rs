@@ -51,6 +51,18 @@ impl KvBounds {
         matches!(self, KvBounds::ClosedForm(_))
     }
 
+    /// The kv range of a q block is a closed form whose end grows with q and whose start
+    /// does not (a causal triangle, possibly with other q-only or constant limits): later
+    /// q blocks have more work, so a longest-first CTA order pays
+    /// (`PtxOptions::lpt_group`). Not for a band (a sliding window: every row the same
+    /// work), no mask, or a table.
+    pub fn work_grows_with_q(&self) -> bool {
+        let coefs = self.coefficients();
+        self.is_closed_form()
+            && coefs.iter().any(|&(q, kv)| q > 0 && kv < 0)
+            && !coefs.iter().any(|&(_, kv)| kv > 0)
+    }
+
     /// The (a_q, a_kv) coefficients compiled into a closed-form kernel.
     pub fn coefficients(&self) -> Vec<(i64, i64)> {
         match self {
@@ -322,6 +334,31 @@ mod tests {
         assert_eq!(crate::analysis::counts(), after);
         assert_eq!(plan.mask_reads().tensors, vec![0]);
         assert!(plan.table_skip(false).is_some() && plan.table_skip(true).is_none());
+    }
+
+    #[test]
+    fn triangular_work_takes_the_longest_first_order() {
+        let grows = |mask: &str| {
+            let p = program(&format!(
+                "param w: i32; tensor doc: i32[B, KV]; mask m(b, h, q, kv) {{ {mask} }} attention a {{ mask = m; }}"
+            ));
+            Plan::new(&p).kv_bounds(false).work_grows_with_q()
+        };
+        assert!(grows("q >= kv"));
+        assert!(grows("kv <= q + 5 && q < 1000"));
+        assert!(!grows("q >= kv && q - kv < w"));
+        assert!(!grows("kv < 10"));
+        assert!(!grows("q >= kv && doc[b, q] == doc[b, kv]"));
+        let dense = program("attention a { }");
+        assert!(!Plan::new(&dense).kv_bounds(false).work_grows_with_q());
+        assert!(!program_plan_table("q >= kv"));
+    }
+
+    fn program_plan_table(mask: &str) -> bool {
+        let p = program(&format!(
+            "mask m(b, h, q, kv) {{ {mask} }} attention a {{ mask = m; }}"
+        ));
+        Plan::new(&p).kv_bounds(true).work_grows_with_q()
     }
 
     /// The analysis entry points are reachable only through the plan: no module of the

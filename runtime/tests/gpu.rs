@@ -12,7 +12,9 @@
 //! Every case runs on each matrix path the device has (`mma.sync`; on sm_90 also
 //! `wgmma` where the case's tile and head dim fit it, plain, overlapped and
 //! warp-specialized with TMA (`PtxOptions::ws`)), each with both K pipelines;
-//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path.
+//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path. Every path but the plain wgmma kernel
+//! converts positions as exact floats (`PtxOptions::float_positions`, the runtime's
+//! default at these lengths); the plain wgmma kernel converts per element.
 //!
 //! This is a `harness = false` test run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; tests run one at a
@@ -188,6 +190,9 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     let mut sync = base.with_m_tiles(c.mt);
     sync.q_block = c.qb;
     sync.kv_block = c.kvb;
+    // the positions as exact floats (the runtime's default at these lengths) on every
+    // path but the plain wgmma kernel, which keeps the conversion per element
+    sync.float_positions = true;
     let only = std::env::var("ATTNC_GPU_MMA").unwrap_or_default();
     let mut v = Vec::new();
     if only != "wgmma" && only != "ws" {
@@ -203,11 +208,18 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
         w.q_block = c.qb;
         w.kv_block = c.kvb;
         v.push(w);
-        v.push(PtxOptions { overlap: true, ..w });
+        v.push(PtxOptions {
+            overlap: true,
+            float_positions: true,
+            ..w
+        });
     }
     // the warp-specialized TMA kernel (128 query rows)
     if fits && only != "sync" && c.qb == 128 && sh.d.max(sh.dv) <= 128 {
-        v.push(base.warp_specialized(c.kvb, 2));
+        v.push(PtxOptions {
+            float_positions: true,
+            ..base.warp_specialized(c.kvb, 2)
+        });
     }
     v
 }

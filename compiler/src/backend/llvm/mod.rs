@@ -219,7 +219,9 @@ pub struct PtxOptions {
     /// The forward's CTA order: 0 (the default) maps the grid's x to q blocks, heavy
     /// (late) ones first, within each (head, batch); `n` > 0 orders all CTAs longest
     /// first over groups of `n` (head, batch) slices (`cta::lpt_order`: FA3's L2-aware
-    /// LPT order, for causal masks). Not yet measured on a GPU: off by default.
+    /// LPT order, for causal masks). Off in `new`; the runtime turns it on (groups of 8)
+    /// for the warp-specialized kernel when the closed-form kv range grows with q
+    /// (`KvBounds::work_grows_with_q`: causal-type masks, measured 3-5% faster there).
     pub lpt_group: u32,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
