@@ -232,3 +232,41 @@ fn wgmma_ptx_snapshots() {
         );
     }
 }
+
+/// The warp-specialized kernel with three consumer warpgroups (q blocks of 192 rows, D64:
+/// FA3's D64 shape) generates for every example (each with its own mask, score and
+/// captures), with 512 threads and the registers split 32 / 160; one snapshot (causal).
+#[test]
+fn ws_three_consumers_generate_for_every_example() {
+    let mut seen = 0;
+    for path in example_files() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let module = attnc_compiler::compile_source(&src).unwrap();
+        for p in &module.programs {
+            let opts = PtxOptions {
+                q_block: 192,
+                float_positions: true,
+                ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
+            };
+            let k = emit(p, &opts).unwrap_or_else(|e| panic!("{name}/{}: {e}", p.name));
+            assert!(k.ptx.contains(".maxntid 512"), "{name}/{}", p.name);
+            assert!(k.ptx.contains("setmaxnreg.inc.sync.aligned.u32 160"));
+            assert!(k.ptx.contains("setmaxnreg.dec.sync.aligned.u32 32"));
+            if name == "causal.attn" {
+                insta::assert_snapshot!("ptx_ws3_bf16_d64__causal", k.ptx);
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "{seen} programs");
+    // not at D128 (the 64 x 128 accumulators of three warpgroups do not fit 160 registers)
+    let opts = PtxOptions {
+        q_block: 192,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+    };
+    let causal =
+        attnc_compiler::compile_source("mask m(b, h, q, kv) { q >= kv } attention a { mask = m; }")
+            .unwrap();
+    assert!(emit(&causal.programs[0], &opts).is_err());
+}

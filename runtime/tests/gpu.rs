@@ -161,6 +161,9 @@ fn check_scaled(
     scale: f32,
 ) -> Result<(), String> {
     for opts in paths(dev, c) {
+        if maps.is_some() && opts.q_block != c.qb {
+            continue; // the given maps are for the case's tiles
+        }
         // both K pipelines (prefetch a whole iteration ahead, or after the softmax)
         // (with `overlap` K is always double-buffered, `ws` streams through its ring: one run)
         let kpfs = if opts.overlap || opts.ws {
@@ -220,6 +223,14 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
             float_positions: true,
             ..base.warp_specialized(c.kvb, 2)
         });
+        // at D, Dv 64 also its three-consumer shape: q blocks of 192 rows
+        if sh.d.max(sh.dv) <= 64 {
+            v.push(PtxOptions {
+                float_positions: true,
+                q_block: 192,
+                ..base.warp_specialized(c.kvb, 2)
+            });
+        }
     }
     v
 }
@@ -280,8 +291,9 @@ fn run_vs_oracle(
             )
         }
         KvBounds::Table => {
-            let maps =
-                maps.unwrap_or_else(|| interp_maps(p, sh, bind, c.qb as usize, c.kvb as usize));
+            let maps = maps.unwrap_or_else(|| {
+                interp_maps(p, sh, bind, opts.q_block as usize, opts.kv_block as usize)
+            });
             kern.forward_host(dev, sh, &qb, &kb, &vb, scale, bind, KvBlocks::Maps(&maps))
         }
     }
@@ -332,8 +344,8 @@ fn run_vs_oracle(
         p.name,
         sh,
         c.ty.name(),
-        c.qb,
-        c.kvb,
+        opts.q_block,
+        opts.kv_block,
         c.mt,
         opts.k_prefetch,
         opts.mma,
@@ -358,16 +370,13 @@ fn check_table(
             kv_table: true,
             ..opts
         };
-        check_opts(
-            dev,
-            p,
-            c,
-            bind,
-            Some(maps.clone()),
-            seed,
-            sh.default_scale(),
-            &opts,
-        )?;
+        // (the three-consumer kernel's q blocks are not the case's: its own maps)
+        let maps = if opts.q_block == c.qb {
+            maps.clone()
+        } else {
+            interp_maps(p, sh, bind, opts.q_block as usize, opts.kv_block as usize)
+        };
+        check_opts(dev, p, c, bind, Some(maps), seed, sh.default_scale(), &opts)?;
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! `TmaV`), the program, [`PtxOptions`] and the row's kv bounds. Out: the kernel body. It
 //! reads Q, K and V through the tensor maps and writes O and the LSE like `kernel.rs`.
 //!
-//! One CTA per (q block of 128 rows, query head, batch), 384 threads in three roles:
+//! One CTA per (q block of 128 rows, query head, batch), 384 threads in three roles (at D
+//! and Dv 64 also q blocks of 192 rows: three consumer warpgroups, 512 threads):
 //! ```text
 //! thread 0: init the mbarriers (q_full; per ring stage k_full, v_full: 1 arrival + the
 //!           TMA bytes; k_empty, v_empty: 256 arrivals, one per consumer thread); barrier
@@ -25,11 +26,11 @@
 //!     last:         wait v_full; [turn] issue P V(last); wait; [pass the turn]
 //!     epilogue (O / l, LSE), as in `kernel.rs`
 //! ```
-//! "[turn]" is `bar.sync 2 + wg, 256` and "[pass the turn]" `bar.arrive 2 + (1 - wg), 256`:
-//! the two consumer warpgroups issue their products alternately, so the tensor cores run
-//! one warpgroup's products while the other does its softmax (ping-pong). Each does one
-//! sync and one arrive per issue; warpgroup 1 skips its last arrive, so that the arrivals
-//! at each barrier match its syncs. Shared memory: Q, the K ring, the V ring (each buffer
+//! "[turn]" is `bar.sync 2 + wg, 256` and "[pass the turn]" `bar.arrive 2 + next(wg), 256`
+//! (next: round robin over the consumer warpgroups): they issue their products in turn,
+//! so the tensor cores run one warpgroup's products while the others do their softmax
+//! (ping-pong). Each does one sync and one arrive per issue; the last warpgroup skips its
+//! last arrive, so that the arrivals at each barrier match its syncs. Shared memory: Q, the K ring, the V ring (each buffer
 //! in the 128-byte-swizzled slab layout TMA's `SWIZZLE_128B` writes for a box of 64
 //! columns), then the mbarriers ([`Layout`]).
 
@@ -48,11 +49,14 @@ use inkwell::values::IntValue;
 use inkwell::{FloatPredicate, IntPredicate};
 
 /// Registers per thread of the producer warpgroup and of each consumer warpgroup after
-/// `setmaxnreg` (128 x 40 + 256 x 232 = 64512 of the SM's 65536; at entry ptxas caps
-/// 384 threads at 168).
-const PRODUCER_REGS: u32 = 40;
-const CONSUMER_REGS: u32 = 232;
-/// Named barriers: the consumers' barrier (Q negation) and the two turn barriers.
+/// `setmaxnreg`, by the number of consumer warpgroups: two, 128 x 40 + 256 x 232 = 64512
+/// of the SM's 65536 (at entry ptxas caps 384 threads at 168); three (`q_block` 192, D
+/// and Dv 64, FA3's D64 shape), 128 x 32 + 384 x 160 = 65536.
+fn registers(consumers: u32) -> (u32, u32) {
+    if consumers == 3 { (32, 160) } else { (40, 232) }
+}
+/// Named barriers: the consumers' barrier (Q negation) and the turn barriers, one per
+/// consumer warpgroup.
 const BAR_CONSUMERS: u32 = 1;
 const BAR_TURN0: u32 = 2;
 
@@ -190,7 +194,8 @@ pub(crate) fn body<'ctx>(
 
     // ---- producer warpgroup: one thread issues every TMA copy ------------------------------
     g.b.position_at_end(producer_bb);
-    g.setmaxnreg(false, PRODUCER_REGS)?;
+    let (producer_regs, consumer_regs) = registers(c.threads / 128);
+    g.setmaxnreg(false, producer_regs)?;
     let first = g.icmp(IntPredicate::EQ, at.tid, g.c32(c.threads as i64))?;
     g.if_then(g.and(first, any_block)?, || {
         let prod = Producer {
@@ -208,7 +213,7 @@ pub(crate) fn body<'ctx>(
 
     // ---- consumer warpgroups ------------------------------------------------------------------
     g.b.position_at_end(consumer_bb);
-    g.setmaxnreg(true, CONSUMER_REGS)?;
+    g.setmaxnreg(true, consumer_regs)?;
     let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
     let cons = Consumer {
         g,
@@ -220,6 +225,7 @@ pub(crate) fn body<'ctx>(
         bars: &bars,
         tid: at.tid,
         wg: g.lshr(cx.warp, g.c32(2))?,
+        consumers: c.threads / 128,
         o: AccTile::new(g, 1, (c.dv / 8) as usize, 0.0)?,
         m: RowState::new(g, 1, f32::NEG_INFINITY)?,
         l: RowState::new(g, 1, 0.0)?,
@@ -354,8 +360,10 @@ struct Consumer<'a, 'ctx> {
     lay: &'a Layout,
     bars: &'a Bars<'ctx>,
     tid: IntValue<'ctx>,
-    /// This warpgroup (0 or 1).
+    /// This warpgroup (0 .. consumers).
     wg: IntValue<'ctx>,
+    /// Consumer warpgroups (2, or 3 at `q_block` 192).
+    consumers: u32,
     /// O, the running row max m and row sum l (in units of `c2`), the deferred rescale.
     o: AccTile<'ctx>,
     m: RowState<'ctx>,
@@ -374,11 +382,17 @@ impl<'ctx> Consumer<'_, 'ctx> {
         let g = self.g;
         g.bar_sync_reg(g.add(self.wg, g.c32(BAR_TURN0 as i64))?, 256)
     }
-    /// Passes the turn to the other warpgroup.
+    /// Passes the turn to the next warpgroup (round robin).
     fn pass_turn(&self) -> R<()> {
         let g = self.g;
-        let other = g.xor(self.wg, g.c32(1))?;
-        g.bar_arrive_reg(g.add(other, g.c32(BAR_TURN0 as i64))?, 256)
+        let next = if self.consumers == 2 {
+            g.xor(self.wg, g.c32(1))?
+        } else {
+            let next = g.add(self.wg, g.c32(1))?;
+            let last = g.icmp(IntPredicate::EQ, next, g.c32(self.consumers as i64))?;
+            g.selecti(last, g.c32(0), next)?
+        };
+        g.bar_arrive_reg(g.add(next, g.c32(BAR_TURN0 as i64))?, 256)
     }
 
     /// Score, mask and online softmax of S for the block at `pos`; P goes to `p_prev`
@@ -494,9 +508,10 @@ impl<'ctx> Consumer<'_, 'ctx> {
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;
         let o_now = g.wgmma_wait(0, &o_async)?;
         self.o.store_flat(g, &o_now)?;
-        // warpgroup 1's last turn is taken by no one (and no branch inside the wgmma
-        // issue-to-wait stretch)
-        g.if_then(g.icmp(IntPredicate::EQ, self.wg, g.c32(0))?, || {
+        // the last warpgroup's last turn is taken by no one (and no branch inside the
+        // wgmma issue-to-wait stretch)
+        let last_wg = g.c32(self.consumers as i64 - 1);
+        g.if_then(g.icmp(IntPredicate::NE, self.wg, last_wg)?, || {
             self.pass_turn()
         })?;
         g.br(epi)

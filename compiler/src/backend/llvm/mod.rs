@@ -416,13 +416,16 @@ impl PtxOptions {
                 self.d, self.dv
             )));
         }
-        if !matches!(self.q_block, 64 | 128) || !matches!(self.kv_block, 32 | 64 | 128) {
+        let ws192 = self.ws && self.q_block == 192 && self.d.max(self.dv) <= 64;
+        if !(matches!(self.q_block, 64 | 128) || ws192) || !matches!(self.kv_block, 32 | 64 | 128) {
             return Err(LlvmError::Unsupported(format!(
-                "tile {}x{}: q_block must be 64 or 128 and kv_block 32, 64 or 128",
+                "tile {}x{}: q_block must be 64 or 128 (192: the warp-specialized kernel at D, Dv 64) and kv_block 32, 64 or 128",
                 self.q_block, self.kv_block
             )));
         }
-        if !matches!(self.m_tiles, 1 | 2) || !matches!(self.compute_threads(), 64 | 128 | 256) {
+        if !matches!(self.m_tiles, 1 | 2)
+            || !(matches!(self.compute_threads(), 64 | 128 | 256) || ws192)
+        {
             return Err(LlvmError::Unsupported(format!(
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
@@ -448,7 +451,7 @@ impl PtxOptions {
                 )));
             }
             if self.m_tiles != 1
-                || !matches!(self.q_block, 64 | 128)
+                || !(matches!(self.q_block, 64 | 128) || ws192)
                 || !matches!(self.kv_block, 64 | 128)
             {
                 return Err(LlvmError::Unsupported(format!(
@@ -459,12 +462,12 @@ impl PtxOptions {
         }
         if self.ws
             && (self.mma != Mma::Wgmma
-                || self.q_block != 128
+                || !(self.q_block == 128 || ws192)
                 || !matches!(self.stages, 2..=4)
                 || self.d.max(self.dv) > 128)
         {
             return Err(LlvmError::Unsupported(format!(
-                "the warp-specialized schedule needs wgmma, q_block 128, 2..=4 stages and D, Dv <= 128 (got {} q {} stages {} D {} Dv {})",
+                "the warp-specialized schedule needs wgmma, q_block 128 (or 192 at D, Dv <= 64), 2..=4 stages and D, Dv <= 128 (got {} q {} stages {} D {} Dv {})",
                 if self.mma == Mma::Wgmma {
                     "wgmma"
                 } else {
@@ -491,7 +494,9 @@ impl PtxOptions {
             ("K", self.kv_block, self.d),
             ("V", self.kv_block, self.dv),
         ] {
-            if (rows * cols / 8) % threads != 0 {
+            // (the warp-specialized kernel loads K and V with TMA; its consumers touch
+            // only Q's chunks, to negate them)
+            if (rows * cols / 8) % threads != 0 && !(self.ws && what != "Q") {
                 return Err(LlvmError::Unsupported(format!(
                     "{what} tile {rows}x{cols} does not split over {threads} threads"
                 )));
