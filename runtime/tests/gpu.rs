@@ -511,10 +511,14 @@ fn gpu_checked_mode_reports_out_of_range_reads(dev: &CudaDevice) {
             kvb: 64,
             mt: 1,
         };
-        let maps = BlockMaps::single(BlockMap::all_partial(100, 60, q_block as usize, 64));
         paths(dev, &case)
             .into_iter()
-            .flat_map(move |o| [(false, o, maps.clone()), (true, o, maps.clone())])
+            .flat_map(move |o| {
+                // maps of the kernel's own q blocks (the three-consumer kernel's are 192)
+                let maps =
+                    BlockMaps::single(BlockMap::all_partial(100, 60, o.q_block as usize, 64));
+                [(false, o, maps.clone()), (true, o, maps)]
+            })
             .collect::<Vec<_>>()
     }) {
         let mut opts = base;
