@@ -200,16 +200,9 @@ impl CudaExec {
             input,
         );
         popts.checked = opts.checked;
-        // every position of the tiles (tails included: + one tile) below the bound
-        let longest = opts.shape.lq.max(opts.shape.lkv) as i64 + 256;
-        popts.float_positions = longest <= attnc_compiler::backend::llvm::FLOAT_POSITIONS_MAX;
-        // longest-first CTA order for triangular work on the warp-specialized kernel:
-        // measured on an H200 (bf16, B2 H16 L8192 D128 / B4 H16 L4096 D64, ms, same run):
-        // causal D64 0.366 against 0.387, ALiBi+causal D64 0.481 / 0.500, softcap+causal
-        // D64 0.575 / 0.594; a sliding window (same work per row) lost, 0.226 / 0.219
-        if popts.ws && plan.kv_bounds(popts.kv_table).work_grows_with_q() {
-            popts.lpt_group = 8;
-        }
+        // float positions, the D64 kernel and the CTA order for this binding's plan and shape
+        let longest = opts.shape.lq.max(opts.shape.lkv);
+        popts = popts.for_binding(&plan.kv_bounds(popts.kv_table), longest);
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;

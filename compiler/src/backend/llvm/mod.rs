@@ -308,6 +308,35 @@ impl PtxOptions {
             o
         }
     }
+    /// These defaults refined for one binding: the plan's kv bounds (`kv_table`: the
+    /// table forced) and the longest of Lq, Lkv. Measured on an H200 (bf16, B4 H16 L4096
+    /// D64 / B2 H16 L8192 D128, ms, one run):
+    /// - positions as exact floats ([`Self::float_positions`]) below 2^22 positions
+    ///   (ALiBi + causal D128 1.088 against 1.121);
+    /// - at D, Dv 64 with a closed-form kv range that is not a band: the three-consumer
+    ///   warp-specialized kernel (q blocks of 192): dense 0.550 against 0.620 for plain
+    ///   wgmma 128x128, causal 0.347 / 0.373, ALiBi + causal 0.507 / 0.571, softcap +
+    ///   causal 0.515 / 0.554; bands (sliding window 0.236 / 0.199) and block tables
+    ///   (document + causal 0.212 / 0.161) keep plain wgmma;
+    /// - the longest-first CTA order ([`Self::lpt_group`], groups of 8) where the kv range
+    ///   grows with q (`KvBounds::work_grows_with_q`): causal D128 0.819 against 0.844,
+    ///   ALiBi + causal 1.060 / 1.088, softcap + causal 1.102 / 1.140; D64 plain wgmma
+    ///   causal 0.342 / 0.373.
+    pub fn for_binding(self, kv: &crate::plan::KvBounds, longest: usize) -> Self {
+        let mut o = self;
+        o.float_positions = longest as i64 + 256 <= FLOAT_POSITIONS_MAX;
+        let band = kv.coefficients().iter().any(|&(_, a_kv)| a_kv > 0);
+        if o.mma == Mma::Wgmma && !o.ws && o.d.max(o.dv) == 64 && kv.is_closed_form() && !band {
+            o = PtxOptions {
+                q_block: 192,
+                ..o.warp_specialized(128, 2)
+            };
+        }
+        if o.mma == Mma::Wgmma && kv.work_grows_with_q() {
+            o.lpt_group = 8;
+        }
+        o
+    }
     /// Sets `m_tiles` and the defaults for it: Q in registers while `m_tiles * d <= 128`
     /// (else re-read from shared memory), and K prefetched a whole iteration ahead while
     /// `m_tiles * dv <= 128`. Measured on an H200 (bf16 dense): prefetch gives D64

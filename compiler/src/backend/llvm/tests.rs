@@ -523,3 +523,48 @@ fn decode_options_refused() {
         .to_string();
     assert!(e.contains("D = Dv"), "{e}");
 }
+
+/// The per-binding refinement of the defaults: the three-consumer kernel at D64 for
+/// closed-form ranges that are not bands, the LPT order where the range grows with q,
+/// float positions below the bound; every result validates and generates.
+#[test]
+fn binding_options_follow_the_plan() {
+    let plan_of = |src: &str| {
+        let m = crate::compile_source(src).unwrap();
+        Plan::new(&m.programs[0])
+    };
+    let causal = plan_of("mask m(b, h, q, kv) { q >= kv } attention a { mask = m; }");
+    let dense = plan_of("attention a { }");
+    let band = plan_of("mask m(b, h, q, kv) { q >= kv && q - kv < 256 } attention a { mask = m; }");
+    let doc = plan_of(
+        "tensor doc: i32[B, KV]; mask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] } attention a { mask = m; }",
+    );
+    let d64 = PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16);
+    let d128 = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let at = |p: &Plan, o: PtxOptions, len| o.for_binding(&p.kv_bounds(false), len);
+    let o = at(&causal, d64, 4096);
+    assert_eq!(
+        (o.ws, o.q_block, o.lpt_group, o.float_positions),
+        (true, 192, 8, true)
+    );
+    let o = at(&dense, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 0));
+    let o = at(&band, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
+    let o = at(&doc, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
+    let o = at(&causal, d128, 1 << 22);
+    assert_eq!(
+        (o.ws, o.q_block, o.lpt_group, o.float_positions),
+        (true, 128, 8, false)
+    );
+    let sm80 = PtxOptions::new(Arch::Sm80, 64, 64, InputType::Bf16);
+    assert_eq!(at(&causal, sm80, 100).lpt_group, 0);
+    for p in [&causal, &dense, &band, &doc] {
+        for base in [d64, d128, sm80] {
+            let o = at(p, base, 1000);
+            o.validate().unwrap();
+            emit(p.program(), &o).unwrap();
+        }
+    }
+}
