@@ -331,12 +331,13 @@ pub fn gpu_jit_bound_forward_across_the_swap(dev: &CudaDevice) {
     let src = format!(
         "const SOFT_CAP: f32 = 50.0;\n\
          score tanh_softcap(s, b, h, q, kv) {{ SOFT_CAP * tanh(s / SOFT_CAP) }}\n\
-         mask causal(b, h, q, kv) {{ q >= kv }}\n\
-         attention {name} {{ mask = causal; score = tanh_softcap; }}\n"
+         mask band(b, h, q, kv) {{ q >= kv && q - kv < 200 }}\n\
+         attention {name} {{ mask = band; score = tanh_softcap; }}\n"
     );
     let compiled = attnc::Compiled::from_source("softcap_jit.attn", &src).unwrap();
     let variant = compiled.select(None).unwrap();
-    // D64: a kernel with tiers (the warp-specialized D128 default has none)
+    // D64 and a band: a kernel with tiers (the warp-specialized kernels, the default at
+    // D128 and at D64 for closed forms that are not bands, load from PTX and have none)
     let shape = Shape {
         b: 1,
         hq: 4,
