@@ -83,7 +83,7 @@ fn stage_bytes(d: u32) -> u32 {
     2 * KV_TILE * d * 2
 }
 
-/// Ring stages at head dim `d`: as many as [`RING_BYTES`] holds, 2..=6.
+/// Ring stages at head dim `d`: as many as `RING_BYTES` (96 KiB) holds, 2..=6.
 pub fn stages(d: u32) -> u32 {
     (RING_BYTES / stage_bytes(d)).clamp(2, 6)
 }
