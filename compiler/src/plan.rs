@@ -57,10 +57,14 @@ impl KvBounds {
     /// (`PtxOptions::lpt_group`). Not for a band (a sliding window: every row the same
     /// work), no mask, or a table.
     pub fn work_grows_with_q(&self) -> bool {
-        let coefs = self.coefficients();
         self.is_closed_form()
-            && coefs.iter().any(|&(q, kv)| q > 0 && kv < 0)
-            && !coefs.iter().any(|&(_, kv)| kv > 0)
+            && self.coefficients().iter().any(|&(q, kv)| q > 0 && kv < 0)
+            && !self.bounds_kv_below()
+    }
+
+    /// Some constraint bounds kv from below (`a_kv > 0`): a band such as a sliding window.
+    pub fn bounds_kv_below(&self) -> bool {
+        self.coefficients().iter().any(|&(_, kv)| kv > 0)
     }
 
     /// The (a_q, a_kv) coefficients compiled into a closed-form kernel.

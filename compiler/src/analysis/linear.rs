@@ -464,11 +464,57 @@ pub fn implied_mask(f: &Function) -> Option<Function> {
     Some(g)
 }
 
+/// Per value of `f`, its exact linear form over q, kv and the i32 params, where it has one
+/// (sums, differences, negations and products by constants of positions, params and
+/// constants; `None` on i64 overflow). The GPU score emitter reads them too
+/// (`backend::llvm::expr`: position sums converted to f32 without a per-element `cvt`).
+pub fn linear_ints(f: &Function) -> Vec<Option<LinExpr>> {
+    let mut ints: Vec<Option<LinExpr>> = vec![None; f.insts.len()];
+    for (i, inst) in f.insts.iter().enumerate() {
+        ints[i] = match (inst, f.types[i]) {
+            (Inst::Arg(Arg::Q), _) => Some(LinExpr {
+                q: 1,
+                ..LinExpr::constant(0)
+            }),
+            (Inst::Arg(Arg::Kv), _) => Some(LinExpr {
+                kv: 1,
+                ..LinExpr::constant(0)
+            }),
+            (Inst::ConstI32(x), _) => Some(LinExpr::constant(*x as i64)),
+            (Inst::Param(p), Type::I32) => Some(LinExpr {
+                params: vec![(p.0, 1)],
+                ..LinExpr::constant(0)
+            }),
+            (Inst::Unary(UnOp::INeg, a), _) => ints[a.index()].as_ref().and_then(|x| x.scale(-1)),
+            (Inst::Binary(op, a, b), _) => {
+                let (x, y) = (ints[a.index()].as_ref(), ints[b.index()].as_ref());
+                match op {
+                    BinOp::IAdd => x.zip(y).and_then(|(x, y)| x.add(y)),
+                    BinOp::ISub => x
+                        .zip(y)
+                        .and_then(|(x, y)| y.scale(-1).and_then(|ny| x.add(&ny))),
+                    BinOp::IMul => match (x, y) {
+                        (Some(x), Some(y)) => match (x.is_const(), y.is_const()) {
+                            (_, Some(k)) => x.scale(k),
+                            (Some(k), _) => y.scale(k),
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+    }
+    ints
+}
+
 /// Per value of `f` (live ones only), the conjunction of linear constraints a bool value
 /// denotes, when it is one.
 fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
     let live = f.live();
-    let mut ints: Vec<Option<LinExpr>> = vec![None; f.insts.len()];
+    let ints = linear_ints(f);
     let mut bools: Vec<Option<Vec<LinConstraint>>> = vec![None; f.insts.len()];
     let is_false = |c: &Option<Vec<LinConstraint>>| matches!(c, Some(v) if v.len() == 1 && v[0].expr.is_const().is_some_and(|k| k < 0));
     for (i, inst) in f.insts.iter().enumerate() {
@@ -476,33 +522,11 @@ fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
             continue;
         }
         match (inst, f.types[i]) {
-            (Inst::Arg(Arg::Q), _) => {
-                ints[i] = Some(LinExpr {
-                    q: 1,
-                    ..LinExpr::constant(0)
-                })
-            }
-            (Inst::Arg(Arg::Kv), _) => {
-                ints[i] = Some(LinExpr {
-                    kv: 1,
-                    ..LinExpr::constant(0)
-                })
-            }
-            (Inst::ConstI32(x), _) => ints[i] = Some(LinExpr::constant(*x as i64)),
-            (Inst::Param(p), Type::I32) => {
-                ints[i] = Some(LinExpr {
-                    params: vec![(p.0, 1)],
-                    ..LinExpr::constant(0)
-                })
-            }
             (Inst::ConstBool(true), _) => bools[i] = Some(vec![]),
             (Inst::ConstBool(false), _) => {
                 bools[i] = Some(vec![LinConstraint {
                     expr: LinExpr::constant(-1),
                 }])
-            }
-            (Inst::Unary(UnOp::INeg, a), _) => {
-                ints[i] = ints[a.index()].as_ref().and_then(|x| x.scale(-1))
             }
             (Inst::Unary(UnOp::Not, a), _) => {
                 bools[i] = match &bools[a.index()] {
@@ -521,23 +545,6 @@ fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
             (Inst::Binary(op, a, b), _) => {
                 let (x, y) = (&ints[a.index()], &ints[b.index()]);
                 match op {
-                    BinOp::IAdd => ints[i] = x.as_ref().zip(y.as_ref()).and_then(|(x, y)| x.add(y)),
-                    BinOp::ISub => {
-                        ints[i] = x
-                            .as_ref()
-                            .zip(y.as_ref())
-                            .and_then(|(x, y)| y.scale(-1).and_then(|ny| x.add(&ny)))
-                    }
-                    BinOp::IMul => {
-                        ints[i] = match (x, y) {
-                            (Some(x), Some(y)) => match (x.is_const(), y.is_const()) {
-                                (_, Some(k)) => x.scale(k),
-                                (Some(k), _) => y.scale(k),
-                                _ => None,
-                            },
-                            _ => None,
-                        }
-                    }
                     BinOp::ICmp(c) => {
                         let (Some(x), Some(y)) = (x, y) else { continue };
                         // None when a coefficient overflows i64: not linear then

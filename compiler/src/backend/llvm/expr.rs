@@ -15,6 +15,7 @@
 
 use super::KernelParam;
 use super::gpu::{Gpu, R};
+use crate::analysis::linear::LinExpr;
 use crate::ir::{Arg, BinOp, Cmp, FnKind, Function, Inst, Program, TensorId, Type, UnOp};
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AtomicOrdering, FloatPredicate, IntPredicate};
@@ -98,11 +99,13 @@ pub(crate) struct Elem<'ctx> {
 
 /// The element's positions as f32, exact: `(q as f32, kv as f32)` for positions below
 /// `FLOAT_POSITIONS_MAX` (`PtxOptions::float_positions`), made once per row and column by
-/// the caller.
+/// the caller; `forms`: the function's linear forms (`analysis::linear::linear_ints`),
+/// computed once by the caller.
 #[derive(Clone, Copy)]
-pub(crate) struct PosF<'ctx> {
+pub(crate) struct PosF<'a, 'ctx> {
     pub q: FloatValue<'ctx>,
     pub kv: FloatValue<'ctx>,
+    pub forms: &'a [Option<LinExpr>],
 }
 
 pub(crate) fn emit_function<'ctx>(
@@ -122,7 +125,7 @@ pub(crate) fn emit_function_at<'ctx>(
     env: &Env<'ctx>,
     f: &Function,
     e: Elem<'ctx>,
-    pos: Option<PosF<'ctx>>,
+    pos: Option<PosF<'_, 'ctx>>,
 ) -> R<BasicValueEnum<'ctx>> {
     let vals = emit_values_at(g, env, f, e, &[f.ret], pos)?;
     vals[f.ret.index()].ok_or(super::LlvmError::Internal(
@@ -130,80 +133,44 @@ pub(crate) fn emit_function_at<'ctx>(
     ))
 }
 
-/// An integer IR value as `q_coef * q + kv_coef * kv + c` (wrapping i32 arithmetic, like
-/// the IR; only sums that stay far from overflow are used, see [`Affine::float_exact`]).
-#[derive(Clone, Copy, PartialEq, Debug)]
-struct Affine {
-    q: i64,
-    kv: i64,
-    c: i64,
+/// Converting a value of linear form `form` to f32 as float sums of the exact f32
+/// positions gives the same result as converting the integer: no params, the
+/// coefficients of q and kv -1, 0 or 1 (not both 0) and the constant at most
+/// `FLOAT_POSITIONS_MAX` in magnitude, so with positions below `FLOAT_POSITIONS_MAX` no
+/// partial sum reaches 2^24 (nor overflows the i32).
+fn float_exact(form: &LinExpr) -> bool {
+    form.params.is_empty()
+        && form.q.abs() <= 1
+        && form.kv.abs() <= 1
+        && form.k.abs() <= super::FLOAT_POSITIONS_MAX
+        && (form.q != 0 || form.kv != 0)
 }
 
-impl Affine {
-    fn add(self, o: Affine, sign: i64) -> Affine {
-        Affine {
-            q: self.q + sign * o.q,
-            kv: self.kv + sign * o.kv,
-            c: self.c + sign * o.c,
-        }
+/// A [`float_exact`] form from the float positions: `(±kv ± q) + k`.
+fn emit_float_form<'ctx>(
+    g: &Gpu<'ctx>,
+    form: &LinExpr,
+    pos: PosF<'_, 'ctx>,
+) -> R<FloatValue<'ctx>> {
+    let term = |x: FloatValue<'ctx>, coef: i64| -> R<Option<FloatValue<'ctx>>> {
+        Ok(match coef {
+            0 => None,
+            1 => Some(x),
+            _ => Some(g.b.build_float_neg(x, "")?),
+        })
+    };
+    let kv = term(pos.kv, form.kv)?;
+    let v = match (kv, form.q) {
+        (Some(k), 1) => g.fadd(k, pos.q)?,
+        (Some(k), -1) => g.fsub(k, pos.q)?,
+        (Some(k), _) => k,
+        (None, coef) => term(pos.q, coef)?.ok_or(super::LlvmError::Internal("linear form"))?,
+    };
+    if form.k == 0 {
+        Ok(v)
+    } else {
+        g.fadd(v, g.cf(form.k as f32))
     }
-    /// Converting the value to f32 as float sums of the exact f32 positions gives the
-    /// same result as converting the integer: each coefficient is -1, 0 or 1 and the
-    /// constant at most `FLOAT_POSITIONS_MAX` in magnitude, so with positions below
-    /// `FLOAT_POSITIONS_MAX` no partial sum reaches 2^24 (nor overflows the i32).
-    fn float_exact(self) -> bool {
-        self.q.abs() <= 1
-            && self.kv.abs() <= 1
-            && self.c.abs() <= super::FLOAT_POSITIONS_MAX
-            && (self.q != 0 || self.kv != 0)
-    }
-    /// The value from the float positions: `(±kv ± q) + c`.
-    fn emit<'ctx>(self, g: &Gpu<'ctx>, pos: PosF<'ctx>) -> R<FloatValue<'ctx>> {
-        let term = |x: FloatValue<'ctx>, coef: i64| -> R<Option<FloatValue<'ctx>>> {
-            Ok(match coef {
-                0 => None,
-                1 => Some(x),
-                _ => Some(g.b.build_float_neg(x, "")?),
-            })
-        };
-        let kv = term(pos.kv, self.kv)?;
-        let v = match (kv, self.q) {
-            (Some(k), 1) => g.fadd(k, pos.q)?,
-            (Some(k), -1) => g.fsub(k, pos.q)?,
-            (Some(k), _) => k,
-            (None, coef) => term(pos.q, coef)?.ok_or(super::LlvmError::Internal("affine"))?,
-        };
-        if self.c == 0 {
-            Ok(v)
-        } else {
-            g.fadd(v, g.cf(self.c as f32))
-        }
-    }
-}
-
-/// The affine form of each integer instruction of `f` over (q, kv), where it has one.
-fn affine_forms(f: &Function) -> Vec<Option<Affine>> {
-    let mut out: Vec<Option<Affine>> = Vec::with_capacity(f.insts.len());
-    for inst in &f.insts {
-        let get = |v: crate::ir::Value| out.get(v.index()).copied().flatten();
-        let a = match inst {
-            Inst::Arg(Arg::Q) => Some(Affine { q: 1, kv: 0, c: 0 }),
-            Inst::Arg(Arg::Kv) => Some(Affine { q: 0, kv: 1, c: 0 }),
-            Inst::ConstI32(x) => Some(Affine {
-                q: 0,
-                kv: 0,
-                c: *x as i64,
-            }),
-            Inst::Unary(UnOp::INeg, a) => get(*a).map(|a| Affine { q: 0, kv: 0, c: 0 }.add(a, -1)),
-            Inst::Binary(BinOp::IAdd, a, b) => get(*a).zip(get(*b)).map(|(a, b)| a.add(b, 1)),
-            Inst::Binary(BinOp::ISub, a, b) => get(*a).zip(get(*b)).map(|(a, b)| a.add(b, -1)),
-            _ => None,
-        }
-        // keep the forms small (the i64 sums cannot overflow on any IR)
-        .filter(|a| a.q.abs() <= 8 && a.kv.abs() <= 8 && a.c.abs() <= 1 << 30);
-        out.push(a);
-    }
-    out
 }
 
 /// Like [`emit_function`], for several outputs of one function (the backward's score,
@@ -226,14 +193,9 @@ fn emit_values_at<'ctx>(
     f: &Function,
     e: Elem<'ctx>,
     roots: &[crate::ir::Value],
-    pos: Option<PosF<'ctx>>,
+    pos: Option<PosF<'_, 'ctx>>,
 ) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
     let live = f.live_from(roots);
-    let affine = if pos.is_some() {
-        affine_forms(f)
-    } else {
-        Vec::new()
-    };
     let mut vals: Vec<Option<BasicValueEnum<'ctx>>> = vec![None; f.insts.len()];
     let get = |vals: &Vec<Option<BasicValueEnum<'ctx>>>, v: crate::ir::Value| {
         vals[v.index()].ok_or(super::LlvmError::Internal(
@@ -257,16 +219,11 @@ fn emit_values_at<'ctx>(
             Inst::ConstF32(bits) => g.f32.const_float(f32::from_bits(*bits) as f64).into(),
             Inst::Param(p) => env.params[p.0 as usize],
             Inst::Unary(UnOp::I2F, a)
-                if pos.is_some()
-                    && affine
-                        .get(a.index())
-                        .copied()
-                        .flatten()
-                        .is_some_and(Affine::float_exact) =>
+                if let Some(pos) = pos
+                    && let Some(Some(form)) = pos.forms.get(a.index())
+                    && float_exact(form) =>
             {
-                let form = affine[a.index()].ok_or(super::LlvmError::Internal("affine"))?;
-                let pos = pos.ok_or(super::LlvmError::Internal("positions"))?;
-                form.emit(g, pos)?.into()
+                emit_float_form(g, form, pos)?.into()
             }
             Inst::Unary(op, a) => emit_unary(g, *op, get(&vals, *a)?)?,
             Inst::Binary(op, a, b) => emit_binary(g, *op, get(&vals, *a)?, get(&vals, *b)?)?,
@@ -568,16 +525,17 @@ fn min_max<'ctx>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Affine, Inst, UnOp, affine_forms};
+    use super::{Inst, LinExpr, UnOp, float_exact};
+    use crate::analysis::linear::linear_ints;
 
-    /// The affine form of the operand of the score's first `i32 -> f32` conversion.
-    fn converted(score: &str) -> Option<Affine> {
+    /// The linear form of the operand of the score's first `i32 -> f32` conversion.
+    fn converted(score: &str) -> Option<LinExpr> {
         let src = format!(
             "const C: i32 = 5;\nscore f(s, b, h, q, kv) {{ s + ({score}) as f32 }}\nattention a {{ score = f; }}"
         );
         let m = crate::compile_source(&src).expect("compiles");
         let f = m.programs[0].score.as_ref().expect("a score");
-        let forms = affine_forms(f);
+        let forms = linear_ints(f);
         let operand = f
             .insts
             .iter()
@@ -586,23 +544,30 @@ mod tests {
                 _ => None,
             })
             .expect("a conversion");
-        forms[operand.index()]
+        forms[operand.index()].clone()
     }
 
     #[test]
-    fn position_sums_have_affine_forms() {
-        let f = |q, kv, c| Some(Affine { q, kv, c });
+    fn position_sums_have_linear_forms() {
+        let f = |q, kv, k| {
+            Some(LinExpr {
+                q,
+                kv,
+                params: vec![],
+                k,
+            })
+        };
         assert_eq!(converted("kv - q"), f(-1, 1, 0));
         assert_eq!(converted("q - kv + C"), f(1, -1, 5));
         assert_eq!(converted("-(kv - q) - 3"), f(1, -1, -3));
         assert_eq!(converted("kv + q"), f(1, 1, 0));
-        assert_eq!(converted("kv * 2"), None);
+        assert!(!converted("kv * 2").is_some_and(|x| float_exact(&x)));
         assert_eq!(converted("kv / 2 - q"), None);
         assert_eq!(converted("h - q"), None);
-        assert!(converted("kv - q").unwrap().float_exact());
-        assert!(converted("kv + q - 7").unwrap().float_exact());
+        assert!(float_exact(&converted("kv - q").unwrap()));
+        assert!(float_exact(&converted("kv + q - 7").unwrap()));
         // a coefficient of 2 or a constant past the bound: converted per element
-        assert!(!converted("kv + kv - q").unwrap().float_exact());
-        assert!(!converted("kv - 5000000").unwrap().float_exact());
+        assert!(!float_exact(&converted("kv + kv - q").unwrap()));
+        assert!(!float_exact(&converted("kv - 5000000").unwrap()));
     }
 }

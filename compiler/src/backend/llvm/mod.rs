@@ -230,7 +230,7 @@ pub struct PtxOptions {
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
-    /// (`expr::Elem::pos_f`), exact under that bound, instead of a `cvt` per element
+    /// (`expr::PosF`), exact under that bound, instead of a `cvt` per element
     /// (which runs on the SM's quarter-rate pipe beside `ex2`). Off by default; the
     /// runtime turns it on for a binding whose Lq and Lkv allow it.
     pub float_positions: bool,
@@ -325,8 +325,12 @@ impl PtxOptions {
     pub fn for_binding(self, kv: &crate::plan::KvBounds, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = longest as i64 + 256 <= FLOAT_POSITIONS_MAX;
-        let band = kv.coefficients().iter().any(|&(_, a_kv)| a_kv > 0);
-        if o.mma == Mma::Wgmma && !o.ws && o.d.max(o.dv) == 64 && kv.is_closed_form() && !band {
+        if o.mma == Mma::Wgmma
+            && !o.ws
+            && o.d.max(o.dv) == 64
+            && kv.is_closed_form()
+            && !kv.bounds_kv_below()
+        {
             o = PtxOptions {
                 q_block: 192,
                 ..o.warp_specialized(128, 2)

@@ -45,6 +45,11 @@ pub(crate) fn score_and_mask<'ctx>(
     // one for the thread's first column; a column is that plus a constant
     let col_base_f = g.b.build_signed_int_to_float(col_base, g.f32, "")?;
     let row_f = |q: IntValue<'ctx>| g.b.build_signed_int_to_float(q, g.f32, "");
+    // the score's linear forms, once per block (the emitter reads them per element)
+    let forms = match &p.score {
+        Some(f) if c.float_positions => crate::analysis::linear::linear_ints(f),
+        _ => Vec::new(),
+    };
     g.cond_br(fast, fast_bb, slow_bb)?;
     for slow in [false, true] {
         g.b.position_at_end(if slow { slow_bb } else { fast_bb });
@@ -71,6 +76,7 @@ pub(crate) fn score_and_mask<'ctx>(
                     Some(PosF {
                         q: row_f(q)?,
                         kv: g.fadd(col_base_f, g.cf((nt * 8 + i % 2) as f32))?,
+                        forms: &forms,
                     })
                 } else {
                     None
