@@ -4,7 +4,7 @@
 # then `attnc bench --decode` with each split-KV kernel forced (ATTNC_DECODE_KERNEL=simt,
 # mma: dense, issue 12's shapes, contiguous and paged 16) and the automatic choice
 # (causal, sliding window 4096, paged 128), then the SDPA cuDNN / flash anchors of the
-# same shapes in the same call (decode_anchors_sdpa.py).
+# same shapes in the same call (decode_bench_torch.py --no-flex).
 #   ATTNC_STEPS="tests bench anchors"   steps to run (default all)
 #   ATTNC_TESTS=NAME                    one gpu_decode test (libtest filter; default all)
 set -uo pipefail
@@ -30,6 +30,6 @@ for s in $steps; do case $s in
     done ;;
   anchors)
     echo "== anchors (torch, same call) =="
-    PYTHONUNBUFFERED=1 timeout 90 python3 "$here/decode_anchors_sdpa.py" 2>&1 | grep -v Warning ;;
+    PYTHONUNBUFFERED=1 timeout 90 python3 "$here/decode_bench_torch.py" --no-flex 2>&1 | grep -v Warning ;;
 esac; done
 exit $status
