@@ -42,13 +42,14 @@ pub(crate) fn score_and_mask<'ctx>(
         .collect::<R<_>>()?;
     let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
     // the positions as exact floats (`Cfg::float_positions`): one conversion per row and
-    // one for the thread's first column; a column is that plus a constant
-    let col_base_f = g.b.build_signed_int_to_float(col_base, g.f32, "")?;
-    let row_f = |q: IntValue<'ctx>| g.b.build_signed_int_to_float(q, g.f32, "");
-    // the score's linear forms, once per block (the emitter reads them per element)
-    let forms = match &p.score {
-        Some(f) if c.float_positions => crate::analysis::linear::linear_ints(f),
-        _ => Vec::new(),
+    // one for the thread's first column (a column is that plus a constant), and the
+    // score's linear forms, once per block (the emitter reads them per element)
+    let float_pos = match &p.score {
+        Some(f) if c.float_positions => Some((
+            g.b.build_signed_int_to_float(col_base, g.f32, "")?,
+            crate::analysis::linear::linear_ints(f),
+        )),
+        _ => None,
     };
     g.cond_br(fast, fast_bb, slow_bb)?;
     for slow in [false, true] {
@@ -72,14 +73,13 @@ pub(crate) fn score_and_mask<'ctx>(
                     kv,
                     inside: g.and(q_in, kv_in)?,
                 };
-                let pos = if c.float_positions {
-                    Some(PosF {
-                        q: row_f(q)?,
-                        kv: g.fadd(col_base_f, g.cf((nt * 8 + i % 2) as f32))?,
-                        forms: &forms,
-                    })
-                } else {
-                    None
+                let pos = match &float_pos {
+                    Some((col_base_f, forms)) => Some(PosF {
+                        q: g.b.build_signed_int_to_float(q, g.f32, "")?,
+                        kv: g.fadd(*col_base_f, g.cf((nt * 8 + i % 2) as f32))?,
+                        forms,
+                    }),
+                    None => None,
                 };
                 let score = |e: Elem<'ctx>| -> R<FloatValue<'ctx>> {
                     match &p.score {
