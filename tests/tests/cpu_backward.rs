@@ -3,7 +3,8 @@
 //! of every example on random shapes (odd lengths, Lq != Lkv, GQA, D 64/128, lengths
 //! over several 64-tiles), capture gradients (learned bias, relative bias table, T5
 //! tables from the examples; a tensor read twice and f32 params below), fully masked
-//! rows, −inf scores, dLSE, determinism across runs and thread counts, and API errors.
+//! rows, −inf scores, dLSE, work items of several kv tiles (dQ summed over items),
+//! determinism across runs and thread counts, and API errors.
 //!
 //! The CPU backward gets the CPU forward's O and LSE; the oracle recomputes them in f64.
 //! Tolerance: |x − x_ref| <= 2e-4·(1 + max|x_ref|) per tensor. Why: every gradient is
@@ -240,6 +241,36 @@ fn random_shapes_masked_rows_neg_inf_reads_twice_and_params() {
     }
 }
 
+/// Every gradient of one CPU backward call, as bits.
+fn gradient_bits(
+    var: &attnc::Variant,
+    shape: Shape,
+    caps: &Captures,
+    c: &Case,
+    threads: usize,
+) -> Vec<u32> {
+    let mut cpu = bind(var, Backend::Cpu, shape, threads);
+    let fwd = cpu.forward(&c.q, &c.k, &c.v, caps).unwrap();
+    let g = cpu
+        .backward(
+            &c.q,
+            &c.k,
+            &c.v,
+            &fwd.o,
+            &fwd.lse,
+            &c.dout,
+            c.dlse.as_ref(),
+            caps,
+        )
+        .unwrap();
+    let mut bits: Vec<u32> = Vec::new();
+    for t in [&g.dq, &g.dk, &g.dv].into_iter().chain(g.tensors.values()) {
+        bits.extend(t.to_f32().iter().map(|x| x.to_bits()));
+    }
+    bits.extend(g.params.values().map(|x| x.to_bits()));
+    bits
+}
+
 #[test]
 fn backward_is_deterministic_across_runs_and_thread_counts() {
     let var = variant(SRC, "a");
@@ -254,32 +285,37 @@ fn backward_is_deterministic_across_runs_and_thread_counts() {
     };
     let caps = src_captures(&shape, 3);
     let c = case(&shape, 3, true);
-    let run = |threads: usize| {
-        let mut cpu = bind(&var, Backend::Cpu, shape, threads);
-        let fwd = cpu.forward(&c.q, &c.k, &c.v, &caps).unwrap();
-        let g = cpu
-            .backward(
-                &c.q,
-                &c.k,
-                &c.v,
-                &fwd.o,
-                &fwd.lse,
-                &c.dout,
-                c.dlse.as_ref(),
-                &caps,
-            )
-            .unwrap();
-        let mut bits: Vec<u32> = Vec::new();
-        for t in [&g.dq, &g.dk, &g.dv].into_iter().chain(g.tensors.values()) {
-            bits.extend(t.to_f32().iter().map(|x| x.to_bits()));
-        }
-        bits.extend(g.params.values().map(|x| x.to_bits()));
-        bits
-    };
+    let run = |threads: usize| gradient_bits(&var, shape, &caps, &c, threads);
     let a = run(3);
     assert!(a == run(3), "two runs differ");
     assert!(a == run(1), "1 thread differs from 3");
     assert!(a == run(5), "5 threads differ from 3");
+}
+
+/// Many kv heads: each work item takes a chunk of several kv tiles (here 32 kv heads
+/// and 5 kv tiles give chunks of 3 and 2 tiles, the last one short), so dQ sums
+/// partials of several items and every item spans several dK/dV tiles.
+#[test]
+fn chunks_of_several_kv_tiles_match_the_reference_on_any_thread_count() {
+    let var = variant(SRC, "a");
+    let shape = Shape {
+        b: 1,
+        hq: 64,
+        hkv: 32,
+        lq: 97,
+        lkv: 300,
+        d: 64,
+        dv: 64,
+    };
+    let caps = src_captures(&shape, 5);
+    let c = case(&shape, 5, false);
+    let worst = compare("chunks", &var, shape, &caps, &c);
+    eprintln!("chunks: worst relative error {worst:e}");
+    let a = gradient_bits(&var, shape, &caps, &c, 1);
+    assert!(
+        a == gradient_bits(&var, shape, &caps, &c, 4),
+        "4 threads differ from 1"
+    );
 }
 
 #[test]

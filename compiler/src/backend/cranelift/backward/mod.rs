@@ -12,25 +12,29 @@
 //! precompiled Rust for the dense products):
 //! - [`elem`] generates, with Cranelift, the per-element part of a tile: mask, score and
 //!   the score's derivative (`grad::differentiate`), read-site indices and partials;
-//! - the tile code here computes `S = scale·Q·Kᵀ` and `dP = dO·Vᵀ` (outer-product loops
-//!   over packed `Kᵀ`/`Vᵀ`, auto-vectorized; AVX2+FMA builds selected at run time),
-//!   calls the element function (partial blocks, or every block when there is a score),
-//!   then `P = exp(S' − LSE)` (0 where masked, −inf, or the row is fully masked),
-//!   `dS' = P∘(dP − Δ)` with `Δ = rowsum(dO∘O) − dLSE`, `dS = dS'·∂score/∂s`.
-//! - Pass 1, parallel over (b, kv head, kv tile): for each query head of the group and
-//!   each q tile of the transposed block map's row (`BlockMaps::transpose`):
-//!   `dV += Pᵀ·dO`, `dK += scale·dSᵀ·Q`. Pass 2, parallel over (b, q head, q tile):
-//!   the forward map's kv tiles: `dQ += scale·dS·K`, and the capture/param gradients
-//!   `Σ dS'·∂score/∂read` per element read, `Σ dS'·∂score/∂param`.
+//! - [`mod@mm`] holds the register-tiled tile products (AVX-512 intrinsics, AVX2+FMA and
+//!   portable builds selected at run time);
+//! - the tile code here computes `S = (scale·Q)·Kᵀ` and `dP = dO·Vᵀ` (over `Kᵀ`/`Vᵀ`
+//!   packed once per call), calls the element function (partial blocks, or every block
+//!   when there is a score), then `P = exp(S' − LSE)` (0 where masked, −inf, or the row
+//!   is fully masked), `dS' = P∘(dP − Δ)` with `Δ = rowsum(dO∘O) − dLSE`,
+//!   `dS = dS'·∂score/∂s`.
+//! - One pass, parallel over work items (b, kv head, chunk of consecutive kv tiles): for
+//!   each query head of the group, each kv tile of the chunk and each q tile of the
+//!   transposed block map's row (`BlockMaps::transpose`): `dV += Pᵀ·dO`,
+//!   `dK += dSᵀ·(scale·Q)`, the item's dQ partial `+= dS·K`, and the capture/param
+//!   partials `Σ dS'·∂score/∂read` per element read, `Σ dS'·∂score/∂param`. Five tile
+//!   products per tile (S and dP computed once).
 //!
-//! Determinism: every output element is accumulated by one work item in a fixed order
-//! (f32); capture and param gradients are per-item partial sums (per-thread dense
-//! scratch, emitted in first-touch order) reduced over items in item order. The result
-//! is bit-identical for any thread count. The cost is recomputing `S` and `dP` in the
-//! second pass (7 tile products instead of 5). Memory: per thread, a dense scratch as
-//! large as each differentiable captured tensor.
+//! Determinism: dK and dV rows belong to one item and are accumulated in a fixed order.
+//! dQ and the capture/param gradients are per-item partials, summed over items in item
+//! order (for each (b, kv head), chunks ascending), then dQ is scaled. The chunking
+//! (`chunks`) depends on the shape only, so the result is bit-identical for any thread
+//! count. Memory: the dQ partials, one `|Q|` per chunk (at most 256 MiB in all); per
+//! thread, a dense scratch as large as each differentiable captured tensor.
 
 pub mod elem;
+pub mod mm;
 
 use super::launch::{check_maps, param_words, tensor_descs};
 use super::micro::exp_approx;
@@ -45,6 +49,7 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 use elem::{ELEM_NAME, ElemCtx, ElemTile};
+use mm::{Mm, mm};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -192,11 +197,29 @@ struct Scratch {
     cap: Vec<Option<CapScratch>>,
 }
 
-/// What one pass-2 item produces besides its dQ rows.
-struct QItem {
+/// What one work item (b, kv head, chunk of kv tiles) produces.
+struct KvItem {
+    /// dK, dV rows of the chunk's keys.
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    /// Unscaled `dS·K` of the chunk's keys for every row of the group's query heads
+    /// (`[group][lq][d]`).
     dq: Vec<f32>,
     caps: Vec<Vec<(u32, f32)>>,
     params: Vec<f32>,
+}
+
+/// The most memory the per-item dQ partials may take (bytes).
+const DQ_PARTIALS_BYTES: usize = 256 << 20;
+
+/// How many chunks the kv tiles of each (b, kv head) are split into: enough for 64 work
+/// items, at most one per tile, and at most [`DQ_PARTIALS_BYTES`] of dQ partials (one
+/// `|Q|` per chunk). A function of the shape only, never of the thread count, so the
+/// reduction order (and every bit of the result) is the same on any number of threads.
+fn chunks(kv_heads: usize, nkvb: usize, q_len: usize) -> usize {
+    let want = 64usize.div_ceil(kv_heads.max(1)).clamp(1, nkvb.max(1));
+    let cap = (DQ_PARTIALS_BYTES / (4 * q_len).max(1)).max(1);
+    want.min(cap)
 }
 
 impl CpuBackward {
@@ -284,7 +307,6 @@ impl CpuBackward {
             })
             .collect();
         let maps_t = maps.transpose();
-        let nqb = lq.div_ceil(bq);
         let nkvb = lkv.div_ceil(bkv);
         let nreads = self.grad.reads.len();
         let nparts = nreads + self.grad.params.len();
@@ -307,7 +329,10 @@ impl CpuBackward {
                 })
                 .collect(),
         };
-        let avx2 = self.simd;
+        let simd = self.simd;
+        // scale·Q: the A operand of S (the forward's `(scale·q)·k`) and the B operand of
+        // dK = dSᵀ·(scale·Q)
+        let qs: Vec<f32> = q.iter().map(|x| scale * *x).collect();
         // Kᵀ and Vᵀ of every kv tile, packed once (`[d][bkv]`, zero past the sequence)
         let mut kt_all = vec![0f32; nb * hkv * nkvb * d * bkv];
         let mut vt_all = vec![0f32; nb * hkv * nkvb * dv * bkv];
@@ -341,15 +366,29 @@ impl CpuBackward {
                 let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
                 let row0 = (b * hq + h) * lq + i0;
                 let t = (b * hkv + hk) * nkvb + jt;
-                products(
-                    avx2,
-                    &q[row0 * d..][..nr * d],
-                    &dout[row0 * dv..][..nr * dv],
+                // S = (scale·Q)·Kᵀ, dP = dO·Vᵀ over the packed Kᵀ, Vᵀ
+                let prod = |kk: usize, ars: usize| Mm {
+                    m: nr,
+                    n: nc,
+                    k: kk,
+                    ars,
+                    ats: 1,
+                    brs: bkv,
+                    crs: bkv,
+                    accumulate: false,
+                };
+                mm(
+                    simd,
+                    prod(d, d),
+                    &qs[row0 * d..][..nr * d],
                     &kt_all[t * d * bkv..][..d * bkv],
-                    &vt_all[t * dv * bkv..][..dv * bkv],
-                    [nr, nc, d, dv, bkv],
-                    scale,
                     &mut sc.s,
+                );
+                mm(
+                    simd,
+                    prod(dv, dv),
+                    &dout[row0 * dv..][..nr * dv],
+                    &vt_all[t * dv * bkv..][..dv * bkv],
                     &mut sc.dp,
                 );
                 let call = has_score || (has_mask && !full);
@@ -380,7 +419,7 @@ impl CpuBackward {
                     };
                 }
                 probs(
-                    avx2,
+                    simd,
                     &mut sc.s,
                     &mut sc.dp,
                     &mut sc.ds,
@@ -392,124 +431,80 @@ impl CpuBackward {
                 call && has_score
             };
 
-        // ---- pass 1: dK, dV over (b, kv head, kv tile)
-        let items1 = nb * hkv * nkvb;
-        let out1 = par_items(
-            items1,
+        // ---- one pass over (b, kv head, chunk of kv tiles): dK, dV of the chunk's keys,
+        // a partial dQ (the chunk's keys' share), capture/param partials
+        let nchunks = chunks(nb * hkv, nkvb, q.len());
+        let tpc = nkvb.div_ceil(nchunks);
+        let nchunks = nkvb.div_ceil(tpc);
+        let items = nb * hkv * nchunks;
+        let grad = &self.grad;
+        let out = par_items(
+            items,
             workers,
             &make_scratch,
             &|sc: &mut Scratch, item: usize| {
-                let jt = item % nkvb;
-                let bh = item / nkvb;
+                let (bh, ch) = (item / nchunks, item % nchunks);
                 let (b, hk) = (bh / hkv, bh % hkv);
-                let nc = bkv.min(lkv - jt * bkv);
-                let mut dk = vec![0f32; nc * d];
-                let mut dvv = vec![0f32; nc * dv];
+                let (jt0, jt1) = (ch * tpc, ((ch + 1) * tpc).min(nkvb));
+                let kv_lo = jt0 * bkv;
+                let kv_n = (jt1 * bkv).min(lkv) - kv_lo;
+                let mut dk = vec![0f32; kv_n * d];
+                let mut dvv = vec![0f32; kv_n * dv];
+                let mut dq = vec![0f32; group * lq * d];
+                let mut pparams = vec![0f32; grad.params.len()];
                 for h in hk * group..(hk + 1) * group {
                     let mt = maps_t.get(b, h);
-                    for run in mt.row(jt) {
-                        for it in run.start as usize..run.end as usize {
-                            let with_ds = tile(sc, b, h, it, jt, run.full == 1);
-                            let i0 = it * bq;
-                            let nr = bq.min(lq - i0);
-                            let row0 = (b * hq + h) * lq + i0;
-                            let dsf = if with_ds { &sc.ds } else { &sc.dp };
-                            acc_dkdv(
-                                avx2,
-                                &sc.s,
-                                dsf,
-                                &q[row0 * d..][..nr * d],
-                                &dout[row0 * dv..][..nr * dv],
-                                [nr, nc, bkv, d, dv],
-                                &mut dk,
-                                &mut dvv,
-                            );
-                        }
-                    }
-                }
-                dk.iter_mut().for_each(|x| *x *= scale);
-                (dk, dvv)
-            },
-        )?;
-        let mut gdk = vec![0f32; k.len()];
-        let mut gdv = vec![0f32; v.len()];
-        for (item, (dk, dvv)) in out1.into_iter().enumerate() {
-            let jt = item % nkvb;
-            let bh = item / nkvb;
-            let kv0 = bh * lkv + jt * bkv;
-            gdk[kv0 * d..][..dk.len()].copy_from_slice(&dk);
-            gdv[kv0 * dv..][..dvv.len()].copy_from_slice(&dvv);
-        }
-
-        // ---- pass 2: dQ and capture/param gradients over (b, q head, q tile)
-        let items2 = nb * hq * nqb;
-        let grad = &self.grad;
-        let out2 = par_items(
-            items2,
-            workers,
-            &make_scratch,
-            &|sc: &mut Scratch, item: usize| {
-                let it = item % nqb;
-                let bh = item / nqb;
-                let (b, h) = (bh / hq, bh % hq);
-                let hk = h / group;
-                let i0 = it * bq;
-                let nr = bq.min(lq - i0);
-                let mut dq = vec![0f32; nr * d];
-                let mut pparams = vec![0f32; grad.params.len()];
-                for run in maps.get(b, h).row(it) {
-                    for jt in run.start as usize..run.end as usize {
-                        let with_ds = tile(sc, b, h, it, jt, run.full == 1);
+                    for jt in jt0..jt1 {
                         let j0 = jt * bkv;
                         let nc = bkv.min(lkv - j0);
                         let kv0 = (b * hkv + hk) * lkv + j0;
-                        let dsf = if with_ds { &sc.ds } else { &sc.dp };
-                        acc_dq(
-                            avx2,
-                            dsf,
-                            &k[kv0 * d..][..nc * d],
-                            [nr, nc, bkv, d],
-                            &mut dq,
-                        );
-                        if nparts > 0 {
-                            let plane = bq * bkv;
-                            for (r, read) in grad.reads.iter().enumerate() {
-                                let Some((acc, seen, touched)) =
-                                    &mut sc.cap[read.tensor.0 as usize]
-                                else {
-                                    continue;
+                        let dk_t = &mut dk[(j0 - kv_lo) * d..][..nc * d];
+                        let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
+                        for run in mt.row(jt) {
+                            for it in run.start as usize..run.end as usize {
+                                let with_ds = tile(sc, b, h, it, jt, run.full == 1);
+                                let i0 = it * bq;
+                                let nr = bq.min(lq - i0);
+                                let row0 = (b * hq + h) * lq + i0;
+                                let dsf = if with_ds { &sc.ds } else { &sc.dp };
+                                // dV += Pᵀ·dO, dK += dSᵀ·(scale·Q): A read transposed
+                                let tr = |n: usize| Mm {
+                                    m: nc,
+                                    n,
+                                    k: nr,
+                                    ars: 1,
+                                    ats: bkv,
+                                    brs: n,
+                                    crs: n,
+                                    accumulate: true,
                                 };
-                                for i in 0..nr {
-                                    for j in 0..nc {
-                                        let e = i * bkv + j;
-                                        let f = sc.flat[r * plane + e];
-                                        if sc.s[e] == 0.0 || f < 0 {
-                                            continue;
-                                        }
-                                        let f = f as usize;
-                                        acc[f] += sc.dp[e] * sc.part[r * plane + e];
-                                        if !seen[f] {
-                                            seen[f] = true;
-                                            touched.push(f as u32);
-                                        }
-                                    }
-                                }
-                            }
-                            for (kk, acc) in pparams.iter_mut().enumerate() {
-                                let pl = &sc.part[(nreads + kk) * plane..][..plane];
-                                for i in 0..nr {
-                                    for j in 0..nc {
-                                        let e = i * bkv + j;
-                                        if sc.s[e] != 0.0 {
-                                            *acc += sc.dp[e] * pl[e];
-                                        }
-                                    }
+                                mm(simd, tr(dv), &sc.s, &dout[row0 * dv..][..nr * dv], dv_t);
+                                mm(simd, tr(d), dsf, &qs[row0 * d..][..nr * d], dk_t);
+                                // dQ += dS·K (scaled when the partials are reduced)
+                                let dq_rows = ((h - hk * group) * lq + i0) * d;
+                                mm(
+                                    simd,
+                                    Mm {
+                                        m: nr,
+                                        n: d,
+                                        k: nc,
+                                        ars: bkv,
+                                        ats: 1,
+                                        brs: d,
+                                        crs: d,
+                                        accumulate: true,
+                                    },
+                                    dsf,
+                                    &k[kv0 * d..][..nc * d],
+                                    &mut dq[dq_rows..][..nr * d],
+                                );
+                                if nparts > 0 {
+                                    capture_partials(sc, grad, [nr, nc, bq, bkv], &mut pparams);
                                 }
                             }
                         }
                     }
                 }
-                dq.iter_mut().for_each(|x| *x *= scale);
                 let caps = sc
                     .cap
                     .iter_mut()
@@ -525,13 +520,17 @@ impl CpuBackward {
                         None => Vec::new(),
                     })
                     .collect();
-                QItem {
+                KvItem {
+                    dk,
+                    dv: dvv,
                     dq,
                     caps,
                     params: pparams,
                 }
             },
         )?;
+        let mut gdk = vec![0f32; k.len()];
+        let mut gdv = vec![0f32; v.len()];
         let mut gdq = vec![0f32; q.len()];
         let mut tgrads: Vec<Option<Vec<f32>>> = bind
             .tensors
@@ -547,24 +546,31 @@ impl CpuBackward {
             .iter()
             .map(|p| (p.ty == crate::ir::Type::F32).then_some(0.0))
             .collect();
-        for (item, qi) in out2.into_iter().enumerate() {
-            let it = item % nqb;
-            let bh = item / nqb;
-            let row0 = bh * lq + it * bq;
-            gdq[row0 * d..][..qi.dq.len()].copy_from_slice(&qi.dq);
-            for (t, list) in qi.caps.iter().enumerate() {
+        // reduced in item order: for each (b, kv head), chunks ascending
+        for (item, ki) in out.into_iter().enumerate() {
+            let (bh, ch) = (item / nchunks, item % nchunks);
+            let kv0 = bh * lkv + ch * tpc * bkv;
+            gdk[kv0 * d..][..ki.dk.len()].copy_from_slice(&ki.dk);
+            gdv[kv0 * dv..][..ki.dv.len()].copy_from_slice(&ki.dv);
+            // the group's query heads are consecutive: rows bh·group·lq ..
+            let q0 = bh * group * lq * d;
+            for (g, x) in gdq[q0..][..ki.dq.len()].iter_mut().zip(&ki.dq) {
+                *g += *x;
+            }
+            for (t, list) in ki.caps.iter().enumerate() {
                 if let Some(g) = &mut tgrads[t] {
                     for (f, x) in list {
                         g[*f as usize] += *x;
                     }
                 }
             }
-            for (kk, x) in qi.params.iter().enumerate() {
+            for (kk, x) in ki.params.iter().enumerate() {
                 if let Some(g) = &mut pgrads[grad.params[kk].param.0 as usize] {
                     *g += *x;
                 }
             }
         }
+        gdq.iter_mut().for_each(|x| *x *= scale);
         Ok(Gradients {
             dq: gdq,
             dk: gdk,
@@ -635,21 +641,6 @@ macro_rules! dispatch {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn products(
-    avx2: u8,
-    q: &[f32],
-    dout: &[f32],
-    kt: &[f32],
-    vt: &[f32],
-    dims: [usize; 5],
-    scale: f32,
-    s: &mut [f32],
-    dp: &mut [f32],
-) {
-    dispatch!(avx2, products_body(q, dout, kt, vt, dims, scale, s, dp))
-}
-
-#[allow(clippy::too_many_arguments)]
 fn probs(
     avx2: u8,
     s: &mut [f32],
@@ -661,116 +652,6 @@ fn probs(
     with_ds: bool,
 ) {
     dispatch!(avx2, probs_body(s, dp, ds, lse, delta, dims, with_ds))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn acc_dkdv(
-    avx2: u8,
-    p: &[f32],
-    dsf: &[f32],
-    q: &[f32],
-    dout: &[f32],
-    dims: [usize; 5],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    dispatch!(avx2, acc_dkdv_body(p, dsf, q, dout, dims, dk, dv))
-}
-
-fn acc_dq(avx2: u8, dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]) {
-    dispatch!(avx2, acc_dq_body(dsf, k, dims, dq))
-}
-
-/// Width of the register-blocked accumulators of the tile products: 64 f32 (8 AVX2 or
-/// 4 AVX-512 registers). Head dims and tile widths that are multiples of it take the
-/// blocked paths; the rest the plain loops (same operations in the same order).
-const W: usize = 64;
-
-/// `S[i][j] = Σ (scale·q[i][dd])·K[j][dd]` (the forward's order of operations) and
-/// `dP[i][j] = Σ dO[i][e]·V[j][e]`, over packed `Kᵀ [d][bkv]`, `Vᵀ [dv][bkv]`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn products_body(
-    q: &[f32],
-    dout: &[f32],
-    kt: &[f32],
-    vt: &[f32],
-    [nr, nc, d, dv, bkv]: [usize; 5],
-    scale: f32,
-    s: &mut [f32],
-    dp: &mut [f32],
-) {
-    // one row of `x·Mᵀ` over a packed `Mᵀ [k][bkv]`, scaled inputs
-    #[inline(always)]
-    fn row(x: &[f32], mt: &[f32], nc: usize, bkv: usize, scale: Option<f32>, out: &mut [f32]) {
-        if nc == W {
-            let mut acc = [0f32; W];
-            for (dd, v) in x.iter().enumerate() {
-                let a = scale.map_or(*v, |s| s * *v);
-                let m: &[f32; W] = mt[dd * bkv..][..W].try_into().expect("W wide");
-                for j in 0..W {
-                    acc[j] += m[j] * a;
-                }
-            }
-            out[..W].copy_from_slice(&acc);
-        } else {
-            let out = &mut out[..nc];
-            out.fill(0.0);
-            for (dd, v) in x.iter().enumerate() {
-                let a = scale.map_or(*v, |s| s * *v);
-                for (o, m) in out.iter_mut().zip(&mt[dd * bkv..][..nc]) {
-                    *o += *m * a;
-                }
-            }
-        }
-    }
-    for i in 0..nr {
-        row(
-            &q[i * d..][..d],
-            kt,
-            nc,
-            bkv,
-            Some(scale),
-            &mut s[i * bkv..],
-        );
-        row(&dout[i * dv..][..dv], vt, nc, bkv, None, &mut dp[i * bkv..]);
-    }
-}
-
-/// `acc[c] += Σ_t w(t)·rows[t][c]` over `t` in `0..n` with `w(t) != 0` (rows of length
-/// `len` at stride `len`), in ascending `t` for every `c`; W-wide register blocks.
-#[inline(always)]
-fn accumulate(acc: &mut [f32], rows: &[f32], len: usize, n: usize, w: impl Fn(usize) -> f32) {
-    let mut c0 = 0;
-    while c0 + W <= len {
-        let mut a: [f32; W] = acc[c0..][..W].try_into().expect("W wide");
-        for t in 0..n {
-            let g = w(t);
-            if g == 0.0 {
-                continue;
-            }
-            let r: &[f32; W] = rows[t * len + c0..][..W].try_into().expect("W wide");
-            for c in 0..W {
-                a[c] += g * r[c];
-            }
-        }
-        acc[c0..][..W].copy_from_slice(&a);
-        c0 += W;
-    }
-    if c0 < len {
-        for t in 0..n {
-            let g = w(t);
-            if g == 0.0 {
-                continue;
-            }
-            for (a, x) in acc[c0..len]
-                .iter_mut()
-                .zip(&rows[t * len + c0..][..len - c0])
-            {
-                *a += g * *x;
-            }
-        }
-    }
 }
 
 /// In place: `s` becomes P, `dp` becomes dS' = P (dP − Δ), and with `with_ds` `ds`
@@ -814,65 +695,80 @@ fn probs_body(
     }
 }
 
-/// `dK[j] += Σ_i dS[i][j]·Q[i]` (unscaled), `dV[j] += Σ_i P[i][j]·dO[i]`, i ascending.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn acc_dkdv_body(
-    p: &[f32],
-    dsf: &[f32],
-    q: &[f32],
-    dout: &[f32],
-    [nr, nc, bkv, d, dv]: [usize; 5],
-    dk: &mut [f32],
-    dvv: &mut [f32],
+/// Adds one tile's capture and param partials (`Σ dS'·∂score/∂read` per element read,
+/// `Σ dS'·∂score/∂param`) to the item's scratch and `pparams`, elements in row-major
+/// order. `s` holds P and `dp` dS' (`probs`).
+fn capture_partials(
+    sc: &mut Scratch,
+    grad: &ScoreGrad,
+    [nr, nc, bq, bkv]: [usize; 4],
+    pparams: &mut [f32],
 ) {
-    for j in 0..nc {
-        accumulate(&mut dvv[j * dv..][..dv], dout, dv, nr, |i| p[i * bkv + j]);
-        accumulate(&mut dk[j * d..][..d], q, d, nr, |i| dsf[i * bkv + j]);
+    let plane = bq * bkv;
+    let nreads = grad.reads.len();
+    for (r, read) in grad.reads.iter().enumerate() {
+        let Some((acc, seen, touched)) = &mut sc.cap[read.tensor.0 as usize] else {
+            continue;
+        };
+        for i in 0..nr {
+            for j in 0..nc {
+                let e = i * bkv + j;
+                let f = sc.flat[r * plane + e];
+                if sc.s[e] == 0.0 || f < 0 {
+                    continue;
+                }
+                let f = f as usize;
+                acc[f] += sc.dp[e] * sc.part[r * plane + e];
+                if !seen[f] {
+                    seen[f] = true;
+                    touched.push(f as u32);
+                }
+            }
+        }
+    }
+    for (kk, acc) in pparams.iter_mut().enumerate() {
+        let pl = &sc.part[(nreads + kk) * plane..][..plane];
+        for i in 0..nr {
+            for j in 0..nc {
+                let e = i * bkv + j;
+                if sc.s[e] != 0.0 {
+                    *acc += sc.dp[e] * pl[e];
+                }
+            }
+        }
     }
 }
 
-/// `dQ[i] += Σ_j dS[i][j]·K[j]` (unscaled), j ascending.
-#[inline(always)]
-fn acc_dq_body(dsf: &[f32], k: &[f32], [nr, nc, bkv, d]: [usize; 4], dq: &mut [f32]) {
-    for i in 0..nr {
-        accumulate(&mut dq[i * d..][..d], k, d, nc, |j| dsf[i * bkv + j]);
-    }
-}
-
-/// One build of a body above for a set of target features.
+/// One build of `probs_body` for a set of target features.
 #[cfg(target_arch = "x86_64")]
-macro_rules! build {
-    ($features:literal, $name:ident ( $($arg:ident : $ty:ty),* )) => {
+macro_rules! build_probs {
+    ($features:literal) => {
         /// # Safety
         /// The CPU supports the features this build is compiled for.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
-        pub unsafe fn $name($($arg: $ty),*) {
-            super::$name($($arg),*)
+        pub unsafe fn probs_body(
+            s: &mut [f32],
+            dp: &mut [f32],
+            ds: &mut [f32],
+            lse: &[f32],
+            delta: &[f32],
+            dims: [usize; 3],
+            with_ds: bool,
+        ) {
+            super::probs_body(s, dp, ds, lse, delta, dims, with_ds)
         }
     };
 }
 
-/// Every body above built for one set of target features.
-#[cfg(target_arch = "x86_64")]
-macro_rules! builds {
-    ($f:literal) => {
-        build!($f, products_body(q: &[f32], dout: &[f32], kt: &[f32], vt: &[f32], dims: [usize; 5], scale: f32, s: &mut [f32], dp: &mut [f32]));
-        build!($f, probs_body(s: &mut [f32], dp: &mut [f32], ds: &mut [f32], lse: &[f32], delta: &[f32], dims: [usize; 3], with_ds: bool));
-        build!($f, acc_dkdv_body(p: &[f32], dsf: &[f32], q: &[f32], dout: &[f32], dims: [usize; 5], dk: &mut [f32], dv: &mut [f32]));
-        build!($f, acc_dq_body(dsf: &[f32], k: &[f32], dims: [usize; 4], dq: &mut [f32]));
-    };
-}
-
-/// The AVX2+FMA builds.
+/// The AVX2+FMA build.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    builds!("avx2,fma");
+    build_probs!("avx2,fma");
 }
 
-/// The AVX-512F builds.
+/// The AVX-512F build.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    builds!("avx512f,avx2,fma");
+    build_probs!("avx512f,avx2,fma");
 }
