@@ -24,7 +24,7 @@ use crate::analysis::blockmap::BlockMaps;
 use crate::analysis::classify::{self, BlockError, Implied, MaskInfo, Tier};
 use crate::analysis::linear::{Bound, ClosedForm};
 use crate::interp::Bindings;
-use crate::ir::{Function, Inst, Program, write_program};
+use crate::ir::{Arg, Function, Inst, Program, write_program};
 use crate::shape::Shape;
 use std::fmt;
 
@@ -120,11 +120,14 @@ impl fmt::Display for KvBounds {
 }
 
 /// The params and captured tensors (indices into `Program::params` / `tensors`, sorted)
-/// that one function reads (live instructions only).
+/// that one function reads (live instructions only), and whether it reads the query or
+/// key position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reads {
     pub params: Vec<usize>,
     pub tensors: Vec<usize>,
+    /// A live `q` or `kv` argument.
+    pub positions: bool,
 }
 
 impl Reads {
@@ -135,6 +138,7 @@ impl Reads {
                 match inst {
                     Inst::Load { tensor, .. } if *live => r.tensors.push(tensor.0 as usize),
                     Inst::Param(p) if *live => r.params.push(p.0 as usize),
+                    Inst::Arg(Arg::Q | Arg::Kv) if *live => r.positions = true,
                     _ => {}
                 }
             }
@@ -144,6 +148,13 @@ impl Reads {
         r.tensors.sort_unstable();
         r.tensors.dedup();
         r
+    }
+    /// Whether the function computes something per (q, kv) element beyond arithmetic on
+    /// the score: a position or a captured tensor read. Such a score holds index and
+    /// address registers per accumulator element (the kernel choice in
+    /// `PtxOptions::for_binding` reads this).
+    pub fn per_element(&self) -> bool {
+        self.positions || !self.tensors.is_empty()
     }
 }
 

@@ -202,7 +202,7 @@ impl CudaExec {
         popts.checked = opts.checked;
         // float positions, the D64 kernel and the CTA order for this binding's plan and shape
         let longest = opts.shape.lq.max(opts.shape.lkv);
-        popts = popts.for_binding(&plan.kv_bounds(popts.kv_table), longest);
+        popts = popts.for_binding(plan, longest);
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;

@@ -309,20 +309,25 @@ impl PtxOptions {
         }
     }
     /// These defaults refined for one binding: the plan's kv bounds (`kv_table`: the
-    /// table forced) and the longest of Lq, Lkv. Measured on an H200 (bf16, B4 H16 L4096
-    /// D64 / B2 H16 L8192 D128, ms, one run):
+    /// table forced), its score and the longest of Lq, Lkv. Measured on an H200 (bf16, B4
+    /// H16 L4096 D64 / B2 H16 L8192 D128, ms, one run):
     /// - positions as exact floats ([`Self::float_positions`]) below 2^22 positions
     ///   (ALiBi + causal D128 1.088 against 1.121);
     /// - at D, Dv 64 with a closed-form kv range that is not a band: the three-consumer
     ///   warp-specialized kernel (q blocks of 192): dense 0.550 against 0.620 for plain
     ///   wgmma 128x128, causal 0.347 / 0.373, ALiBi + causal 0.507 / 0.571, softcap +
     ///   causal 0.515 / 0.554; bands (sliding window 0.236 / 0.199) and block tables
-    ///   (document + causal 0.212 / 0.161) keep plain wgmma;
+    ///   (document + causal 0.212 / 0.161) keep plain wgmma; a score that reads positions
+    ///   or tensors per element ([`crate::plan::Reads::per_element`]: ALiBi, bias tables,
+    ///   T5) spills at the three-consumer kernel's 160 registers (ptxas: ALiBi + causal 212
+    ///   bytes, learned bias 396, T5 520-608; none at 232) and takes the two-consumer
+    ///   kernel (q blocks of 128): ALiBi + causal 0.481 against 0.507;
     /// - the longest-first CTA order ([`Self::lpt_group`], groups of 8) where the kv range
     ///   grows with q (`KvBounds::work_grows_with_q`): causal D128 0.819 against 0.844,
     ///   ALiBi + causal 1.060 / 1.088, softcap + causal 1.102 / 1.140; D64 plain wgmma
     ///   causal 0.342 / 0.373.
-    pub fn for_binding(self, kv: &crate::plan::KvBounds, longest: usize) -> Self {
+    pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
+        let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
         o.float_positions = longest as i64 + 256 <= FLOAT_POSITIONS_MAX;
         if o.mma == Mma::Wgmma
@@ -331,9 +336,13 @@ impl PtxOptions {
             && kv.is_closed_form()
             && !kv.bounds_kv_below()
         {
-            o = PtxOptions {
-                q_block: 192,
-                ..o.warp_specialized(128, 2)
+            o = if plan.score_reads().per_element() {
+                o.warp_specialized(128, 2)
+            } else {
+                PtxOptions {
+                    q_block: 192,
+                    ..o.warp_specialized(128, 2)
+                }
             };
         }
         if o.mma == Mma::Wgmma && kv.work_grows_with_q() {

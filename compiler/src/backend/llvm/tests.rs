@@ -541,12 +541,29 @@ fn binding_options_follow_the_plan() {
     );
     let d64 = PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16);
     let d128 = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
-    let at = |p: &Plan, o: PtxOptions, len| o.for_binding(&p.kv_bounds(false), len);
+    let alibi = plan_of(
+        "score s(s, b, h, q, kv) { s + (kv - q) as f32 * 0.5 } mask m(b, h, q, kv) { q >= kv } attention a { score = s; mask = m; }",
+    );
+    let bias = plan_of(
+        "tensor t: f32[KV]; score s(s, b, h, q, kv) { s + t[kv] } attention a { score = s; }",
+    );
+    let softcap = plan_of(
+        "score s(s, b, h, q, kv) { 30.0 * tanh(s / 30.0) } mask m(b, h, q, kv) { q >= kv } attention a { score = s; mask = m; }",
+    );
+    let at = |p: &Plan, o: PtxOptions, len| o.for_binding(p, len);
     let o = at(&causal, d64, 4096);
     assert_eq!(
         (o.ws, o.q_block, o.lpt_group, o.float_positions),
         (true, 192, 8, true)
     );
+    // a score reading positions or tensors per element: two consumer warpgroups
+    let o = at(&alibi, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 128, 8));
+    let o = at(&bias, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 128, 0));
+    // arithmetic on the score alone keeps three
+    let o = at(&softcap, d64, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 8));
     let o = at(&dense, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 0));
     let o = at(&band, d64, 4096);
@@ -560,7 +577,7 @@ fn binding_options_follow_the_plan() {
     );
     let sm80 = PtxOptions::new(Arch::Sm80, 64, 64, InputType::Bf16);
     assert_eq!(at(&causal, sm80, 100).lpt_group, 0);
-    for p in [&causal, &dense, &band, &doc] {
+    for p in [&causal, &dense, &band, &doc, &alibi, &bias, &softcap] {
         for base in [d64, d128, sm80] {
             let o = at(p, base, 1000);
             o.validate().unwrap();
