@@ -4,7 +4,8 @@
 # the folder lives there and is carried): the release abi3 wheel (scripts/python-wheel.sh),
 # pytest's wheels for CPython 3.12 (pip download; installed there only when the device's
 # Python lacks pytest), this checkout's python/{tests,bench,examples} and examples/, and
-# scripts/python-gpu-remote.sh (and python-gpu-quick.sh: the same check in ~110 s). Prints
+# scripts/python-gpu-remote.sh (and python-gpu-quick.sh: the same check in ~110 s;
+# python-gpu-select.sh: a chosen part; python-gpu-lib.sh: their shared steps). Prints
 # the device command.
 #   bash scripts/python-gpu-pack.sh [DEST]
 set -euo pipefail
@@ -20,7 +21,8 @@ cp .whl/attnc-*.whl "$dest/wheels/"
 cp -r python/tests python/bench python/examples "$dest/tree/python/"
 cp -r examples "$dest/tree/examples"
 find "$dest/tree" -name __pycache__ -prune -exec rm -rf {} +
-cp scripts/python-gpu-remote.sh scripts/python-gpu-quick.sh scripts/python-gpu-select.sh "$dest/"
+cp scripts/python-gpu-remote.sh scripts/python-gpu-quick.sh scripts/python-gpu-select.sh \
+  scripts/python-gpu-lib.sh "$dest/"
 echo "$(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')" > "$dest/COMMIT"
 du -sh "$dest" "$dest"/wheels/*
 echo "device command (run tool, carry [\"$(basename "$dest")\"], timeout_s 600): bash $(basename "$dest")/python-gpu-remote.sh"

@@ -260,9 +260,16 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
         pwords = None
         if param_grad:
             pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
+        # dQ fused into the dK/dV kernel (sm_90, D128, as the Rust API's backward): its
+        # workspace (an f32 accumulator, int32 semaphores the call zeroes), allocated here
+        ws = inner.backward_workspace(q, k, v, scale)
+        dq_work = None
+        if ws is not None:
+            dq_work = (torch.empty(ws[0], dtype=torch.float32, device=q.device),
+                       torch.empty(ws[1], dtype=torch.int32, device=q.device))
         inner.backward_cuda(
             q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-            list(zip(param_names, params)), words, pwords, _stream(q), mask,
+            list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work,
         )
         got = dict(words)
         dts = []

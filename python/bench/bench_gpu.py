@@ -15,11 +15,15 @@
    includes building its block table on the GPU in every call (the caller-stream path
    keeps no table between calls); Flex's block mask is made once, outside the timing.
 
-5. Forward + backward (``fwdbwd``) at B2 H16 L4096 D128 bf16, causal and document + causal:
-   CUDA-event ms per step for attnc (zero-copy backward on the current stream; document +
-   causal also with a block mask made once, ``attnc_block_mask``), Flex (compiled) and
-   SDPA (causal), gradients checked against Flex's; document + causal also forward only
-   (``fwd_only_*``). The ``overhead`` part
+5. Forward + backward (``fwdbwd``) at B2 H16 L4096 D128 bf16, dense, causal and document +
+   causal: CUDA-event ms per step for attnc (zero-copy backward on the current stream: on
+   sm_90 at D128 dQ fused into the dK/dV kernel, as ``Bound::backward``; document + causal
+   also with a block mask made once, ``attnc_block_mask``), Flex (compiled; not with
+   ``--fwdbwd-no-flex``) and SDPA (dense, causal), gradients checked against Flex's;
+   document + causal also forward only (``fwd_only_*``). ``--fwdbwd-two-kernel`` adds
+   ``attnc_two_kernel``: the same attention bound under ``ATTNC_BWD_DQ=separate`` (dQ by
+   a second kernel, the caller path before the fused one), its gradients compared with
+   the fused ones. The ``overhead`` part
    also times a forward + backward step at the tiny shape, and splits attnc's call into
    the custom-op path and the extension alone.
 
@@ -247,10 +251,12 @@ def compare(res, budget_s):
     res["compare"] = out
 
 
-def fwdbwd(res, budget_s, only=None):
-    """Forward + backward at B2 H16 L4096 D128 bf16 (causal; document + causal), CUDA-event
-    ms per step (o.backward(dO) with dO fixed), attnc (zero-copy backward on the current
-    stream) next to FlexAttention (compiled) and SDPA (causal) in the same run."""
+def fwdbwd(res, budget_s, only=None, two_kernel=False, use_flex=True):
+    """Forward + backward at B2 H16 L4096 D128 bf16 (dense; causal; document + causal),
+    CUDA-event ms per step (o.backward(dO) with dO fixed), attnc (zero-copy backward on the
+    current stream; with ``two_kernel`` also on the two-kernel backward) next to
+    FlexAttention (compiled, unless not ``use_flex``) and SDPA (dense, causal) in the same
+    run."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     t_start = time.perf_counter()
@@ -268,32 +274,50 @@ def fwdbwd(res, budget_s, only=None):
     def doc_mm(b_, h_, qi, ki):
         return (qi >= ki) & (doc[b_, qi] == doc[b_, ki])
 
+    def dense_mm(b_, h_, qi, ki):
+        return qi >= 0
+
     cases = [
+        ("dense", ("dense.attn", "dense", {}), dense_mm, False,
+         lambda: F.scaled_dot_product_attention(q, k, v)),
         ("causal", ("causal.attn", "causal_attention", {}), causal_mm, False,
          lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
         ("document_causal", ("document_causal.attn", "document_causal", {"doc": doc}), doc_mm, True, None),
     ]
     out = {}
-    flops_causal = 2.5 * 4 * b * h * l * l * d * 0.5
+    density = {"dense": 1.0, "causal": 0.5}
     cases = [c for c in cases if only is None or c[0] in only]
     for name, (file, attention, caps), mm, per_batch, sdpa in cases:
         if time.perf_counter() - t_start > budget_s:
             print(f"fwdbwd: time budget of {budget_s} s spent, {name} skipped", flush=True)
             break
         attn = attnc.compile(EXAMPLES / file).attention(attention)
-        bm = create_block_mask(mm, b if per_batch else None, None, l, l, device="cuda")
+        bm = create_block_mask(mm, b if per_batch else None, None, l, l, device="cuda") if use_flex else None
         runs = {"attnc": lambda: attn(q, k, v, **caps).backward(do)}
+        if two_kernel:
+            # another registry key (a comment in the source): its own bindings, whose
+            # backward kernels are looked up (on the first backward) under the variable
+            two = attnc.compile((EXAMPLES / file).read_text() + "\n// two-kernel backward\n").attention(attention)
+            os.environ["ATTNC_BWD_DQ"] = "separate"
+            try:
+                two(q, k, v, **caps).backward(do)
+            finally:
+                del os.environ["ATTNC_BWD_DQ"]
+            for x in (q, k, v):
+                x.grad = None
+            runs["attnc_two_kernel"] = lambda: two(q, k, v, **caps).backward(do)
         if per_batch:
             # a block mask made once (attnc.Attention.block_mask), like Flex's
             abm = attn.block_mask(q, k, v, **caps)
             runs["attnc_block_mask"] = lambda: attn(q, k, v, block_mask=abm, **caps).backward(do)
-        if time.perf_counter() - t_start < budget_s:
+        if use_flex and time.perf_counter() - t_start < budget_s:
             runs["flex_compiled"] = lambda: flex(q, k, v, block_mask=bm).backward(do)
         if per_batch:
             # forward only, without autograd
             runs["fwd_only_attnc"] = lambda: attn(q.detach(), k.detach(), v.detach(), **caps)
             runs["fwd_only_attnc_block_mask"] = lambda: attn(q.detach(), k.detach(), v.detach(), block_mask=abm, **caps)
-            runs["fwd_only_flex_compiled"] = lambda: flex(q.detach(), k.detach(), v.detach(), block_mask=bm)
+            if use_flex:
+                runs["fwd_only_flex_compiled"] = lambda: flex(q.detach(), k.detach(), v.detach(), block_mask=bm)
         if sdpa is not None:
             runs["sdpa"] = lambda: sdpa().backward(do)
         row = {}
@@ -302,22 +326,29 @@ def fwdbwd(res, budget_s, only=None):
                 row[f"{who}_ms"] = event_ms(fn, iters=10, warm=3)
             except Exception as e:
                 row[f"{who}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        try:  # gradients against Flex's
-            grads = []
-            for fn in (runs.get("attnc_block_mask", runs["attnc"]), runs.get("flex_compiled")):
-                for x in (q, k, v):
-                    x.grad = None
-                fn()
-                grads.append([x.grad.float() for x in (q, k, v)])
-            row["max_abs_dgrad_vs_flex"] = max(float((a - r).abs().max()) for a, r in zip(*grads))
-        except Exception as e:
-            row["grad_compare_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        for other, key in (("flex_compiled", "max_abs_dgrad_vs_flex"),
+                           ("attnc_two_kernel", "max_abs_dgrad_fused_vs_two_kernel")):
+            if other not in runs:
+                continue
+            try:  # gradients against Flex's, or the two-kernel backward's
+                grads = []
+                for fn in (runs.get("attnc_block_mask", runs["attnc"]), runs[other]):
+                    for x in (q, k, v):
+                        x.grad = None
+                    fn()
+                    grads.append([x.grad.float() for x in (q, k, v)])
+                row[key] = max(float((a - r).abs().max()) for a, r in zip(*grads))
+            except Exception as e:
+                row[f"{key}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         for x in (q, k, v):
             x.grad = None
-        parts = [f"{k_[:-3]} {v_:.3f} ms" + (f" ({flops_causal / v_ / 1e9:.0f} TFLOP/s causal-equivalent)" if name == "causal" else "")
+        # forward + backward: 3.5 x the forward's 4 B H L^2 D flops over the unmasked pairs
+        tflops = (lambda ms: f" ({3.5 * 4 * b * h * l * l * d * density[name] / ms / 1e9:.0f} TFLOP/s)"
+                  if name in density else "")
+        parts = [f"{k_[:-3]} {v_:.3f} ms" + (tflops(v_) if not k_.startswith("fwd_only") else "")
                  for k_, v_ in row.items() if k_.endswith("_ms")]
         ratios = [f"{a[:-3]}/{k_[:-3]} {row[a] / row[k_]:.2f}" for a in ("attnc_ms", "attnc_block_mask_ms")
-                  for k_ in ("flex_compiled_ms", "sdpa_ms") if k_ in row and a in row]
+                  for k_ in ("flex_compiled_ms", "sdpa_ms", "attnc_two_kernel_ms") if k_ in row and a in row]
         ratios += [f"{a[:-3]}/fwd_only_flex_compiled {row[a] / row['fwd_only_flex_compiled_ms']:.2f}"
                    for a in ("fwd_only_attnc_ms", "fwd_only_attnc_block_mask_ms")
                    if a in row and "fwd_only_flex_compiled_ms" in row]
@@ -335,6 +366,8 @@ def main():
     p.add_argument("--parts", default="overhead,throughput,train,compare,fwdbwd")
     p.add_argument("--budget-s", type=float, default=240.0, help="time budget of the compare part")
     p.add_argument("--fwdbwd-cases", default=None, help="comma-separated cases of fwdbwd (default: all)")
+    p.add_argument("--fwdbwd-two-kernel", action="store_true", help="fwdbwd: also attnc's two-kernel backward")
+    p.add_argument("--fwdbwd-no-flex", action="store_true", help="fwdbwd: without FlexAttention")
     a = p.parse_args()
     parts = set(a.parts.split(","))
     if a.skip_train:
@@ -347,7 +380,8 @@ def main():
         "throughput": lambda: throughput(res, a.attnc_bin),
         "train": lambda: train(res),
         "compare": lambda: compare(res, a.budget_s),
-        "fwdbwd": lambda: fwdbwd(res, a.budget_s, a.fwdbwd_cases and set(a.fwdbwd_cases.split(","))),
+        "fwdbwd": lambda: fwdbwd(res, a.budget_s, a.fwdbwd_cases and set(a.fwdbwd_cases.split(",")),
+                                 a.fwdbwd_two_kernel, not a.fwdbwd_no_flex),
     }
     for name, step in steps.items():
         if name not in parts:

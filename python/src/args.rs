@@ -159,6 +159,17 @@ impl TensorArg {
     }
 }
 
+/// The params of a call, `(name, value)` pairs, as the runtime takes them by name.
+pub fn param_values(
+    py: Python<'_>,
+    params: &[(String, Bound<'_, PyAny>)],
+) -> PyResult<std::collections::HashMap<String, ParamValue>> {
+    params
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), param_value(py, name, v)?)))
+        .collect()
+}
+
 /// A param value from a Python bool, int or float.
 pub fn param_value(py: Python<'_>, name: &str, v: &Bound<'_, PyAny>) -> PyResult<ParamValue> {
     if v.is_instance_of::<PyBool>() {

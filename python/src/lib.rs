@@ -19,8 +19,10 @@
 mod args;
 mod errors;
 
-use args::{Device, TensorArg, param_value};
-use attnc::external::{DeviceBackwardBuffers, DeviceBuffers, DeviceGradWords, DeviceTensor};
+use args::{Device, TensorArg, param_value, param_values};
+use attnc::external::{
+    DeviceBackwardBuffers, DeviceBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor,
+};
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, KvCache, Shape, Variant};
 use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
 use pyo3::prelude::*;
@@ -106,7 +108,24 @@ struct BindKey {
     threads: usize,
 }
 
+/// A call's `scale` as the key holds it (`None`: the default).
+fn scale_bits(scale: Option<f64>) -> Option<u32> {
+    scale.map(|x| (x as f32).to_bits())
+}
+
 impl BindKey {
+    /// The CUDA binding of a call on `device` (a CUDA device).
+    fn cuda(device: Device, shape: Shape, dtype: DType, scale: Option<f64>) -> BindKey {
+        BindKey {
+            backend: Backend::Cuda,
+            device,
+            shape,
+            dtype,
+            scale: scale_bits(scale),
+            threads: 0,
+        }
+    }
+
     /// The binding of a call on host copies: the CUDA backend (on `cuda`'s device) when
     /// `cuda` is set, else the oracle when `oracle`, else the CPU backend with `threads`
     /// on `device`.
@@ -128,7 +147,7 @@ impl BindKey {
             device: cuda.map_or(device, Device::Cuda),
             shape,
             dtype,
-            scale: scale.map(|x| (x as f32).to_bits()),
+            scale: scale_bits(scale),
             threads: if cuda.is_some() || oracle { 0 } else { threads },
         }
     }
@@ -318,17 +337,10 @@ impl Attention {
     ) -> PyResult<()> {
         let device = Device::Cuda(index);
         let (devt, converted) = self.device_captures(py, device, tensors)?;
-        let mut pv = HashMap::new();
-        for (name, v) in params {
-            pv.insert(name.clone(), param_value(py, name, v)?);
-        }
+        let pv = param_values(py, params)?;
         let key = BindKey {
-            backend: Backend::Cuda,
-            device,
-            shape,
-            dtype,
             scale,
-            threads: 0,
+            ..BindKey::cuda(device, shape, dtype, None)
         };
         let bufs = DeviceBuffers {
             q: q.ptr as u64,
@@ -338,31 +350,25 @@ impl Attention {
             lse: lse.ptr as u64,
         };
         let stream = stream as u64;
-        let result = py.detach(|| {
-            // torch's current device stays what it was (the bind and the launch make
-            // the device's primary context current on this thread)
-            attnc::external::preserving_current_context(|| {
-                self.with_bound(key, |bound| {
-                    // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of one device with the
-                    // bound shape and dtype (checked by `forward`; the runtime checks null,
-                    // alignment, overlap and, outside graph capture, that each is memory of
-                    // q's device), o/lse fresh torch buffers; the captures are contiguous tensors
-                    // of the same device in i32/f32 words (converted above; dims and dtype
-                    // checked by the runtime against the declarations). The caller's frame
-                    // (and `converted`) holds them all for the call, and torch's caching
-                    // allocator reuses their memory only in order on the stream they were
-                    // made on, which is `stream` (torch's current stream, where the package
-                    // allocated o/lse and made the inputs contiguous), so the queued launch
-                    // reads live memory; torch's streams live as long as the process.
-                    // A block mask's tables are int32 tensors the package made from
-                    // `block_mask_tables` on this device and keeps private (checked by
-                    // `read_block_mask` and the runtime: device, dtype, lengths, tiles).
-                    unsafe { bound.forward_cuda_into_masked(&bufs, &devt, &pv, mask, stream) }
-                })
-            })
+        let result = self.run(py, key, |bound| {
+            // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of one device with the
+            // bound shape and dtype (checked by `forward`; the runtime checks null,
+            // alignment, overlap and, outside graph capture, that each is memory of
+            // q's device), o/lse fresh torch buffers; the captures are contiguous tensors
+            // of the same device in i32/f32 words (converted above; dims and dtype
+            // checked by the runtime against the declarations). The caller's frame
+            // (and `converted`) holds them all for the call, and torch's caching
+            // allocator reuses their memory only in order on the stream they were
+            // made on, which is `stream` (torch's current stream, where the package
+            // allocated o/lse and made the inputs contiguous), so the queued launch
+            // reads live memory; torch's streams live as long as the process.
+            // A block mask's tables are int32 tensors the package made from
+            // `block_mask_tables` on this device and keeps private (checked by
+            // `read_block_mask` and the runtime: device, dtype, lengths, tiles).
+            unsafe { bound.forward_cuda_into_masked(&bufs, &devt, &pv, mask, stream) }
         });
         drop(converted);
-        result.map_err(|e| self.error(py, &e))
+        result
     }
 
     /// Runs `f` on the binding for `key`, binding (JIT-compiling) on first use.
@@ -396,6 +402,25 @@ impl Attention {
         }
         let (_, bound) = map.get_mut(&key).expect("inserted above");
         f(bound)
+    }
+
+    /// [`Self::with_bound`] with the GIL released, an error as the Python exception; for
+    /// a CUDA binding torch's current device stays what it was (the bind and the
+    /// launches make the device's primary context current on this thread).
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        key: BindKey,
+        f: impl FnOnce(&mut attnc::Bound) -> attnc::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            if key.backend == Backend::Cuda {
+                attnc::external::preserving_current_context(|| self.with_bound(key, f))
+            } else {
+                self.with_bound(key, f)
+            }
+        })
+        .map_err(|e| self.error(py, &e))
     }
 }
 
@@ -442,6 +467,144 @@ fn call_shape(py: Python<'_>, q: &TensorArg, k: &TensorArg, v: &TensorArg) -> Py
         d: qs[3],
         dv: vs[3],
     })
+}
+
+/// q, k, v of a call read as attnc sees them, and the call's shape ([`call_shape`]).
+fn read_qkv(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    v: &Bound<'_, PyAny>,
+) -> PyResult<(TensorArg, TensorArg, TensorArg, Shape)> {
+    let (q, k, v) = (
+        TensorArg::read(py, "q", q)?,
+        TensorArg::read(py, "k", k)?,
+        TensorArg::read(py, "v", v)?,
+    );
+    let shape = call_shape(py, &q, &k, &v)?;
+    Ok((q, k, v, shape))
+}
+
+/// The dims of a call's tensors: q (and dq), k (and dk), v (and dv), o (and dO), lse (and
+/// dLSE).
+struct Dims {
+    q: [usize; 4],
+    k: [usize; 4],
+    v: [usize; 4],
+    o: [usize; 4],
+    lse: [usize; 3],
+}
+
+impl Dims {
+    fn of(s: &Shape) -> Dims {
+        Dims {
+            q: [s.b, s.hq, s.lq, s.d],
+            k: [s.b, s.hkv, s.lkv, s.d],
+            v: [s.b, s.hkv, s.lkv, s.dv],
+            o: [s.b, s.hq, s.lq, s.dv],
+            lse: [s.b, s.hq, s.lq],
+        }
+    }
+}
+
+/// The dtype of a CUDA call's q: bfloat16 or float16, else E0313 saying that `what`
+/// takes those.
+fn cuda_dtype(py: Python<'_>, q: &TensorArg, what: &str) -> PyResult<DType> {
+    match q.dtype {
+        Some(d @ (DType::BF16 | DType::F16)) => Ok(d),
+        _ => Err(attnc_error(
+            py,
+            code::INPUT_DTYPE,
+            &format!(
+                "q has dtype {} on {}; {what} takes bfloat16 or float16",
+                q.torch_dtype, q.device
+            ),
+        )),
+    }
+}
+
+/// The dtype of a call on host tensors: float32, or with `cuda` (host copies of a CUDA
+/// call) bfloat16/float16; else E0313 saying that `what` takes those.
+fn host_dtype(py: Python<'_>, q: &TensorArg, cuda: bool, what: &str) -> PyResult<DType> {
+    match (cuda, q.dtype) {
+        (false, Some(DType::F32)) => Ok(DType::F32),
+        (true, Some(d @ (DType::BF16 | DType::F16))) => Ok(d),
+        _ => Err(attnc_error(
+            py,
+            code::INPUT_DTYPE,
+            &format!(
+                "q has dtype {}; {what} takes float32 (CPU) or bfloat16/float16 (CUDA)",
+                q.torch_dtype
+            ),
+        )),
+    }
+}
+
+/// The CUDA binding of a call of `shape` on q's device: q must be a bfloat16/float16
+/// CUDA tensor (else E0314 or E0313 saying that `what` takes those).
+fn cuda_key(
+    py: Python<'_>,
+    q: &TensorArg,
+    shape: Shape,
+    scale: Option<f64>,
+    what: &str,
+) -> PyResult<BindKey> {
+    let Device::Cuda(_) = q.device else {
+        return Err(attnc_error(
+            py,
+            code::DEVICE,
+            &format!("{what} takes CUDA tensors; q is on {}", q.device),
+        ));
+    };
+    let dtype = cuda_dtype(py, q, what)?;
+    Ok(BindKey::cuda(q.device, shape, dtype, scale))
+}
+
+/// [`check_buffer`] over each `(buffer, dims, dtype)`, in order.
+fn check_buffers(
+    py: Python<'_>,
+    device: Device,
+    bufs: &[(&TensorArg, &[usize], DType)],
+) -> PyResult<()> {
+    for (t, dims, dtype) in bufs {
+        check_buffer(py, t, dims, *dtype, device)?;
+    }
+    Ok(())
+}
+
+/// Checks a call's o (`[B, Hq, Lq, Dv]`, the call's dtype) and lse (`[B, Hq, Lq]`,
+/// float32) as [`check_buffer`] does.
+fn check_outputs(
+    py: Python<'_>,
+    device: Device,
+    shape: &Shape,
+    dtype: DType,
+    o: &TensorArg,
+    lse: &TensorArg,
+) -> PyResult<()> {
+    let n = Dims::of(shape);
+    check_buffers(py, device, &[(o, &n.o, dtype), (lse, &n.lse, DType::F32)])
+}
+
+/// A backward's buffers with their dims and dtypes for [`check_buffers`]: q, k, v, o,
+/// lse, dO, dq, dk, dv (in that order in `t`).
+fn io_buffers<'a>(
+    n: &'a Dims,
+    dtype: DType,
+    t: [&'a TensorArg; 9],
+) -> Vec<(&'a TensorArg, &'a [usize], DType)> {
+    let [q, k, v, o, lse, dout, dq, dk, dv] = t;
+    vec![
+        (q, &n.q, dtype),
+        (k, &n.k, dtype),
+        (v, &n.v, dtype),
+        (o, &n.o, dtype),
+        (lse, &n.lse, DType::F32),
+        (dout, &n.o, dtype),
+        (dq, &n.q, dtype),
+        (dk, &n.k, dtype),
+        (dv, &n.v, dtype),
+    ]
 }
 
 /// Checks that a buffer has this exact shape and dtype, is contiguous and on `device`.
@@ -578,12 +741,9 @@ impl Attention {
         block_mask: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         guard(py, || {
-            let q = TensorArg::read(py, "q", q)?;
-            let k = TensorArg::read(py, "k", k)?;
-            let v = TensorArg::read(py, "v", v)?;
+            let (q, k, v, shape) = read_qkv(py, q, k, v)?;
             let o = TensorArg::read(py, "o", o)?;
             let lse = TensorArg::read(py, "lse", lse)?;
-            let shape = call_shape(py, &q, &k, &v)?;
             let device = q.device;
             let dtype = match (device, q.dtype) {
                 (Device::Cpu, Some(DType::F32)) => DType::F32,
@@ -609,12 +769,18 @@ impl Attention {
                     ));
                 }
             };
-            let s = shape;
-            check_buffer(py, &q, &[s.b, s.hq, s.lq, s.d], dtype, device)?;
-            check_buffer(py, &k, &[s.b, s.hkv, s.lkv, s.d], dtype, device)?;
-            check_buffer(py, &v, &[s.b, s.hkv, s.lkv, s.dv], dtype, device)?;
-            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
-            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
+            let (s, n) = (shape, Dims::of(&shape));
+            check_buffers(
+                py,
+                device,
+                &[
+                    (&q, &n.q, dtype),
+                    (&k, &n.k, dtype),
+                    (&v, &n.v, dtype),
+                    (&o, &n.o, dtype),
+                    (&lse, &n.lse, DType::F32),
+                ],
+            )?;
             let outputs = [(&o, dtype.size()), (&lse, 4)];
             for (out, size) in outputs {
                 for t in [&q, &k, &v] {
@@ -629,7 +795,7 @@ impl Attention {
                     }
                 }
             }
-            let scale_bits = scale.map(|x| (x as f32).to_bits());
+            let scale_bits = scale_bits(scale);
             if let Device::Cuda(index) = device {
                 let mask = block_mask
                     .map(|m| read_block_mask(py, &m, device))
@@ -670,25 +836,22 @@ impl Attention {
                 o: o.ptr,
                 lse: lse.ptr,
             };
-            let result = py.detach(|| {
-                self.with_bound(key, |bound| {
-                    // SAFETY: q, k, v, o, lse were checked above (f32, contiguous, on the
-                    // CPU, exactly the bound shape's lengths; o/lse overlap no input);
-                    // the caller's Python frame holds the tensors for the whole call, and
-                    // o/lse are fresh buffers nobody else writes during it.
-                    let (qs, ks, vs, os, ls) = unsafe {
-                        (
-                            f32_slice(bufs.q, s.q_len()),
-                            f32_slice(bufs.k, s.k_len()),
-                            f32_slice(bufs.v, s.v_len()),
-                            f32_slice_mut(bufs.o, s.o_len()),
-                            f32_slice_mut(bufs.lse, s.lse_len()),
-                        )
-                    };
-                    bound.forward_f32_into(qs, ks, vs, &caps, os, ls)
-                })
-            });
-            result.map_err(|e| self.error(py, &e))
+            self.run(py, key, |bound| {
+                // SAFETY: q, k, v, o, lse were checked above (f32, contiguous, on the
+                // CPU, exactly the bound shape's lengths; o/lse overlap no input);
+                // the caller's Python frame holds the tensors for the whole call, and
+                // o/lse are fresh buffers nobody else writes during it.
+                let (qs, ks, vs, os, ls) = unsafe {
+                    (
+                        f32_slice(bufs.q, s.q_len()),
+                        f32_slice(bufs.k, s.k_len()),
+                        f32_slice(bufs.v, s.v_len()),
+                        f32_slice_mut(bufs.o, s.o_len()),
+                        f32_slice_mut(bufs.lse, s.lse_len()),
+                    )
+                };
+                bound.forward_f32_into(qs, ks, vs, &caps, os, ls)
+            })
         })
     }
 
@@ -724,8 +887,7 @@ impl Attention {
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
-            let shape = call_shape(py, &q, &k, &v)?;
+            let (q, k, v, shape) = read_qkv(py, q, k, v)?;
             let device = q.device;
             if device != Device::Cpu {
                 return Err(attnc_error(
@@ -734,21 +896,8 @@ impl Attention {
                     "the backward entry takes host tensors (host copies of a CUDA call with cuda=True)",
                 ));
             }
-            let dtype = match (cuda, q.dtype) {
-                (false, Some(DType::F32)) => DType::F32,
-                (true, Some(d @ (DType::BF16 | DType::F16))) => d,
-                _ => {
-                    return Err(attnc_error(
-                        py,
-                        code::INPUT_DTYPE,
-                        &format!(
-                            "q has dtype {}; the backward takes float32 (CPU) or bfloat16/float16 (CUDA)",
-                            q.torch_dtype
-                        ),
-                    ));
-                }
-            };
-            let s = shape;
+            let dtype = host_dtype(py, &q, cuda, "the backward")?;
+            let n = Dims::of(&shape);
             let (o, lse, dout, dlse) = (
                 read("o", o)?,
                 read("lse", lse)?,
@@ -756,20 +905,9 @@ impl Attention {
                 read("dlse", dlse)?,
             );
             let (dq, dk, dv) = (read("dq", dq)?, read("dk", dk)?, read("dv", dv)?);
-            for (t, dims, dt) in [
-                (&q, vec![s.b, s.hq, s.lq, s.d], dtype),
-                (&k, vec![s.b, s.hkv, s.lkv, s.d], dtype),
-                (&v, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
-                (&o, vec![s.b, s.hq, s.lq, s.dv], dtype),
-                (&lse, vec![s.b, s.hq, s.lq], DType::F32),
-                (&dout, vec![s.b, s.hq, s.lq, s.dv], dtype),
-                (&dlse, vec![s.b, s.hq, s.lq], DType::F32),
-                (&dq, vec![s.b, s.hq, s.lq, s.d], dtype),
-                (&dk, vec![s.b, s.hkv, s.lkv, s.d], dtype),
-                (&dv, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
-            ] {
-                check_buffer(py, t, &dims, dt, device)?;
-            }
+            let mut bufs = io_buffers(&n, dtype, [&q, &k, &v, &o, &lse, &dout, &dq, &dk, &dv]);
+            bufs.push((&dlse, &n.lse, DType::F32));
+            check_buffers(py, device, &bufs)?;
             let host = |t: &TensorArg| t.to_host_tensor(py);
             let (qh, kh, vh) = (host(&q)?, host(&k)?, host(&v)?);
             let (oh, lh, doh, dlh) = (host(&o)?, host(&lse)?, host(&dout)?, host(&dlse)?);
@@ -798,18 +936,12 @@ impl Attention {
                 scale,
                 threads,
             );
-            let grads = py
-                .detach(|| {
-                    attnc::external::preserving_current_context(|| {
-                        self.with_bound(key, |bound| {
-                            for (name, _) in &outs {
-                                bound.check_differentiable(name)?;
-                            }
-                            bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
-                        })
-                    })
-                })
-                .map_err(|e| self.error(py, &e))?;
+            let grads = self.run(py, key, |bound| {
+                for (name, _) in &outs {
+                    bound.check_differentiable(name)?;
+                }
+                bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
+            })?;
             let mut copies = vec![(&grads.dq, &dq), (&grads.dk, &dk), (&grads.dv, &dv)];
             for (name, arg) in &outs {
                 let g = grads.tensors.get(name).ok_or_else(|| {
@@ -828,13 +960,36 @@ impl Attention {
         })
     }
 
+    /// The workspace of the fused dQ that `backward_cuda` needs for q, k, v (shape,
+    /// dtype, device; not read) and `scale`: `(accum, sem)` element counts (float32,
+    /// int32) where the binding's backward fuses dQ into the dK/dV kernel (sm_90 at
+    /// D128, as `attnc::Bound::backward`), None where dQ is a second kernel. Binds (and
+    /// looks the backward kernels up) on first use.
+    #[pyo3(signature = (q, k, v, scale))]
+    fn backward_workspace(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+    ) -> PyResult<Option<(usize, usize)>> {
+        guard(py, || {
+            let (q, _, _, shape) = read_qkv(py, q, k, v)?;
+            let key = cuda_key(py, &q, shape, scale, "the CUDA backward")?;
+            self.run(py, key, |bound| bound.backward_cuda_workspace())
+        })
+    }
+
     /// The CUDA backward on the caller's stream (zero copy): reads q, k, v, o, lse, dO and
     /// dLSE (or None) and writes dq, dk, dv, the scratch rows (`scratch`: float32
-    /// `[2, R]`, R >= B*Hq*Lq rounded up to 4) and the fixed-point gradient words
+    /// `[2, R]`, R >= B*Hq*Lq rounded up to 4), the fused dQ's workspace (`dq_work`:
+    /// `(float32 [accum], int32 [sem])` as `backward_workspace` says, None where it says
+    /// None) and the fixed-point gradient words
     /// (`words`: `(name, int64 [max(1, numel), 3])` for each tensor of `grad_words`;
     /// `param_words`: int64 `[max(1, params), 3]` when `grad_words` says so), all
     /// allocated by the caller with torch on `stream` (torch's current stream).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None))]
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None, dq_work=None))]
     #[allow(clippy::too_many_arguments)]
     fn backward_cuda(
         &self,
@@ -857,62 +1012,42 @@ impl Attention {
         param_words: Option<Bound<'_, PyAny>>,
         stream: usize,
         block_mask: Option<Bound<'_, PyAny>>,
+        dq_work: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
-            let shape = call_shape(py, &q, &k, &v)?;
-            let device = q.device;
-            let Device::Cuda(index) = device else {
-                return Err(attnc_error(
-                    py,
-                    code::DEVICE,
-                    &format!("backward_cuda takes CUDA tensors; q is on {device}"),
-                ));
-            };
-            let dtype = match q.dtype {
-                Some(d @ (DType::BF16 | DType::F16)) => d,
-                _ => {
-                    return Err(attnc_error(
-                        py,
-                        code::INPUT_DTYPE,
-                        &format!(
-                            "q has dtype {} on cuda; attnc's CUDA backward takes bfloat16 or float16",
-                            q.torch_dtype
-                        ),
-                    ));
-                }
-            };
-            let s = shape;
+            let (q, k, v, shape) = read_qkv(py, q, k, v)?;
+            let key = cuda_key(py, &q, shape, scale, "backward_cuda")?;
+            let (device, dtype, s) = (key.device, key.dtype, shape);
             let (o, lse, dout) = (read("o", o)?, read("lse", lse)?, read("do", dout)?);
             let dlse = dlse.map(|t| read("dlse", &t)).transpose()?;
             let (dq, dk, dv) = (read("dq", dq)?, read("dk", dk)?, read("dv", dv)?);
             let scratch = read("scratch", scratch)?;
-            let rows = s.b * s.hq * s.lq;
-            let pad = rows.div_ceil(4) * 4;
-            let mut checks = vec![
-                (&q, vec![s.b, s.hq, s.lq, s.d], dtype),
-                (&k, vec![s.b, s.hkv, s.lkv, s.d], dtype),
-                (&v, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
-                (&o, vec![s.b, s.hq, s.lq, s.dv], dtype),
-                (&lse, vec![s.b, s.hq, s.lq], DType::F32),
-                (&dout, vec![s.b, s.hq, s.lq, s.dv], dtype),
-                (&dq, vec![s.b, s.hq, s.lq, s.d], dtype),
-                (&dk, vec![s.b, s.hkv, s.lkv, s.d], dtype),
-                (&dv, vec![s.b, s.hkv, s.lkv, s.dv], dtype),
-                (&scratch, vec![2, pad], DType::F32),
-            ];
+            let pad = (s.b * s.hq * s.lq).div_ceil(4) * 4;
+            let n = Dims::of(&shape);
+            let scratch_dims = [2, pad];
+            let mut checks = io_buffers(&n, dtype, [&q, &k, &v, &o, &lse, &dout, &dq, &dk, &dv]);
+            checks.push((&scratch, &scratch_dims, DType::F32));
             if let Some(d) = &dlse {
-                checks.push((d, vec![s.b, s.hq, s.lq], DType::F32));
+                checks.push((d, &n.lse, DType::F32));
             }
-            for (t, dims, dt) in checks {
-                check_buffer(py, t, &dims, dt, device)?;
-            }
+            check_buffers(py, device, &checks)?;
+            let work = dq_work
+                .map(|(a, m)| -> PyResult<_> {
+                    let (a, m) = (read("dq accumulator", &a)?, read("dq semaphores", &m)?);
+                    check_buffers(
+                        py,
+                        device,
+                        &[
+                            (&a, &a.shape.clone(), DType::F32),
+                            (&m, &m.shape.clone(), DType::I32),
+                        ],
+                    )?;
+                    Ok((a, m))
+                })
+                .transpose()?;
             let (devt, converted) = self.device_captures(py, device, &tensors)?;
-            let mut pv = HashMap::new();
-            for (name, x) in &params {
-                pv.insert(name.clone(), param_value(py, name, x)?);
-            }
+            let pv = param_values(py, &params)?;
             let mask = block_mask
                 .map(|m| read_block_mask(py, &m, device))
                 .transpose()?;
@@ -945,14 +1080,6 @@ impl Attention {
                     self.variant.program().params.len(),
                 )?);
             }
-            let key = BindKey {
-                backend: Backend::Cuda,
-                device: Device::Cuda(index),
-                shape,
-                dtype,
-                scale: scale.map(|x| (x as f32).to_bits()),
-                threads: 0,
-            };
             let bufs = DeviceBackwardBuffers {
                 q: q.ptr as u64,
                 k: k.ptr as u64,
@@ -966,37 +1093,48 @@ impl Attention {
                 dv: dv.ptr as u64,
                 delta: scratch.ptr as u64,
                 lse2: (scratch.ptr + 4 * pad) as u64,
+                dq_work: work.as_ref().map(|(a, m)| DeviceDqWorkspace {
+                    accum: a.ptr as u64,
+                    sem: m.ptr as u64,
+                }),
             };
+            let lens = work.as_ref().map(|(a, m)| (a.numel(), m.numel()));
             let stream = stream as u64;
-            let result = py.detach(|| {
-                attnc::external::preserving_current_context(|| {
-                    self.with_bound(key, |bound| {
-                        // SAFETY: every buffer is a contiguous CUDA tensor of q's device
-                        // with the shape and dtype the bound shape gives it (checked
-                        // above: q..dv, the scratch rows [2, R] with R >= B*Hq*Lq a
-                        // multiple of 4, so the second row is 16-byte aligned, and the
-                        // [max(1, n), 3] int64 gradient words); the runtime checks null,
-                        // alignment, overlap and, outside graph capture, that each is
-                        // device memory of q's device. The outputs (dq, dk, dv, scratch,
-                        // words) were allocated by the package for this call on `stream`,
-                        // torch's current stream, which orders every later use of their
-                        // memory after the queued launches (as for the forward, whose
-                        // SAFETY note in `forward_cuda` covers the inputs and captures).
-                        unsafe {
-                            bound.backward_cuda_into_masked(
-                                &bufs,
-                                &devt,
-                                &pv,
-                                &grads,
-                                mask.as_ref(),
-                                stream,
-                            )
-                        }
-                    })
-                })
+            let result = self.run(py, key, |bound| {
+                let need = bound.backward_cuda_workspace()?;
+                if need != lens {
+                    return Err(attnc::Error::Usage(match need {
+                        Some((a, m)) => format!(
+                            "`dq_work` must be (float32 [{a}], int32 [{m}]) on {device}: this binding's backward fuses dQ (backward_workspace); got {lens:?} elements"
+                        ),
+                        None => "`dq_work` must be None: this binding's backward computes dQ in a second kernel (backward_workspace)".into(),
+                    }));
+                }
+                // SAFETY: every buffer is a contiguous CUDA tensor of q's device with
+                // the shape and dtype the bound shape gives it (checked above: q..dv,
+                // the scratch rows [2, R] with R >= B*Hq*Lq a multiple of 4, so the
+                // second row is 16-byte aligned, the dQ workspace of the lengths
+                // `backward_cuda_workspace` gives (checked just above), and the
+                // [max(1, n), 3] int64 gradient words); the runtime checks null,
+                // alignment, overlap and, outside graph capture, that each is device
+                // memory of q's device. The outputs (dq, dk, dv, scratch, workspace,
+                // words) were allocated by the package for this call on `stream`,
+                // torch's current stream, which orders every later use of their
+                // memory after the queued launches (as for the forward, whose SAFETY
+                // note in `forward_cuda` covers the inputs and captures).
+                unsafe {
+                    bound.backward_cuda_into_masked(
+                        &bufs,
+                        &devt,
+                        &pv,
+                        &grads,
+                        mask.as_ref(),
+                        stream,
+                    )
+                }
             });
             drop(converted);
-            result.map_err(|e| self.error(py, &e))
+            result
         })
     }
 
@@ -1030,76 +1168,18 @@ impl Attention {
         cuda_device: i64,
     ) -> PyResult<()> {
         guard(py, || {
-            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let paged = page_table.is_some();
-            let (kn, vn) = if paged {
-                ("k_cache", "v_cache")
-            } else {
-                ("k", "v")
-            };
-            let (q, k, v) = (read("q", q)?, read(kn, k_cache)?, read(vn, v_cache)?);
-            let seq = read("seq_lens", seq_lens)?;
-            let table = page_table.map(|t| read("page_table", &t)).transpose()?;
-            let (o, lse) = (read("o", o)?, read("lse", lse)?);
-            let cache_err =
-                |name: &str, what: String| attnc_error(py, "E0320", &format!("`{name}` {what}"));
-            for t in [&q, &k, &v] {
-                if t.shape.len() != 4 {
-                    return Err(cache_err(
-                        &t.name,
-                        format!("has shape {:?}, expected rank 4", t.shape),
-                    ));
-                }
-            }
-            if let Some(t) = &table
-                && t.shape.len() != 2
-            {
-                return Err(cache_err(
-                    "page_table",
-                    format!("has shape {:?}, expected [B, max_pages]", t.shape),
-                ));
-            }
-            // the binding's shape: lkv is the cache's capacity in positions
-            let (hkv, lkv) = match &table {
-                None => (k.shape[1], k.shape[2]),
-                Some(t) => (k.shape[2], t.shape[1] * k.shape[1]),
-            };
-            let shape = Shape {
-                b: q.shape[0],
-                hq: q.shape[1],
-                hkv,
-                lq: q.shape[2],
-                lkv,
-                d: q.shape[3],
-                dv: v.shape[3],
-            };
-            if shape.hkv == 0 || !shape.hq.is_multiple_of(shape.hkv) {
-                return Err(cache_err(
-                    kn,
-                    format!(
-                        "has {} kv heads; q's {} heads must be a positive multiple of them (GQA)",
-                        shape.hkv, shape.hq
-                    ),
-                ));
-            }
-            let dtype = match (cuda, q.dtype) {
-                (false, Some(DType::F32)) => DType::F32,
-                (true, Some(d @ (DType::BF16 | DType::F16))) => d,
-                _ => {
-                    return Err(attnc_error(
-                        py,
-                        code::INPUT_DTYPE,
-                        &format!(
-                            "q has dtype {}; decoding takes float32 (CPU) or bfloat16/float16 (CUDA)",
-                            q.torch_dtype
-                        ),
-                    ));
-                }
-            };
-            for t in [&q, &k, &v, &seq, &o, &lse]
-                .into_iter()
-                .chain(table.as_ref())
-            {
+            let call = CacheCall::read(py, q, k_cache, v_cache, Some(seq_lens), page_table)?;
+            let (shape, seq) = (
+                call.shape,
+                call.seq_lens.as_ref().expect("read with seq_lens"),
+            );
+            let (q, k, v, table) = (&call.q, &call.k, &call.v, &call.table);
+            let (o, lse) = (
+                TensorArg::read(py, "o", o)?,
+                TensorArg::read(py, "lse", lse)?,
+            );
+            let dtype = host_dtype(py, q, cuda, "decoding")?;
+            for t in [q, k, v, seq, &o, &lse].into_iter().chain(table.as_ref()) {
                 if t.device != Device::Cpu {
                     return Err(attnc_error(
                         py,
@@ -1111,11 +1191,9 @@ impl Attention {
                     ));
                 }
             }
-            let s = shape;
-            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, Device::Cpu)?;
-            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, Device::Cpu)?;
+            check_outputs(py, Device::Cpu, &shape, dtype, &o, &lse)?;
             let host = |t: &TensorArg| t.to_host_tensor(py);
-            let (qh, kh, vh, sh) = (host(&q)?, host(&k)?, host(&v)?, host(&seq)?);
+            let (qh, kh, vh, sh) = (host(q)?, host(k)?, host(v)?, host(seq)?);
             let th = table.as_ref().map(host).transpose()?;
             let caps = self.captures(py, &tensors, &params)?;
             let key = BindKey::host_call(
@@ -1127,28 +1205,22 @@ impl Attention {
                 scale,
                 threads,
             );
-            let out = py
-                .detach(|| {
-                    attnc::external::preserving_current_context(|| {
-                        self.with_bound(key, |bound| {
-                            let cache = match &th {
-                                None => KvCache::Contiguous {
-                                    k: &kh,
-                                    v: &vh,
-                                    seq_lens: &sh,
-                                },
-                                Some(t) => KvCache::Paged {
-                                    k_cache: &kh,
-                                    v_cache: &vh,
-                                    page_table: t,
-                                    seq_lens: &sh,
-                                },
-                            };
-                            bound.forward_with_cache(&qh, &cache, &caps)
-                        })
-                    })
-                })
-                .map_err(|e| self.error(py, &e))?;
+            let out = self.run(py, key, |bound| {
+                let cache = match &th {
+                    None => KvCache::Contiguous {
+                        k: &kh,
+                        v: &vh,
+                        seq_lens: &sh,
+                    },
+                    Some(t) => KvCache::Paged {
+                        k_cache: &kh,
+                        v_cache: &vh,
+                        page_table: t,
+                        seq_lens: &sh,
+                    },
+                };
+                bound.forward_with_cache(&qh, &cache, &caps)
+            })?;
             for (g, arg) in [(&out.o, &o), (&out.lse, &lse)] {
                 write_host_output(py, "decode output", g, arg)?;
             }
@@ -1176,9 +1248,7 @@ impl Attention {
         backward: bool,
     ) -> PyResult<BlockMaskTuple> {
         guard(py, || {
-            let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let (q, k, v) = (read("q", q)?, read("k", k)?, read("v", v)?);
-            let shape = call_shape(py, &q, &k, &v)?;
+            let (q, _, _, shape) = read_qkv(py, q, k, v)?;
             let dtype = match (q.device, q.dtype) {
                 (Device::Cuda(_), Some(d @ (DType::BF16 | DType::F16))) => d,
                 _ => {
@@ -1193,7 +1263,7 @@ impl Attention {
                 }
             };
             for (name, t) in &tensors {
-                let a = read(name, t)?;
+                let a = TensorArg::read(py, name, t)?;
                 if a.device != Device::Cpu {
                     return Err(attnc_error(
                         py,
@@ -1206,21 +1276,8 @@ impl Attention {
                 }
             }
             let caps = self.captures(py, &tensors, &params)?;
-            let key = BindKey {
-                backend: Backend::Cuda,
-                device: q.device,
-                shape,
-                dtype,
-                scale: scale.map(|x| (x as f32).to_bits()),
-                threads: 0,
-            };
-            let t = py
-                .detach(|| {
-                    attnc::external::preserving_current_context(|| {
-                        self.with_bound(key, |bound| bound.block_mask_tables(&caps, backward))
-                    })
-                })
-                .map_err(|e| self.error(py, &e))?;
+            let key = BindKey::cuda(q.device, shape, dtype, scale);
+            let t = self.run(py, key, |bound| bound.block_mask_tables(&caps, backward))?;
             let s = t.shape;
             Ok((
                 (s.b, s.hq, s.hkv, s.lq, s.lkv, s.d, s.dv),
@@ -1254,13 +1311,7 @@ impl Attention {
         guard(py, || {
             let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
             let key = call.cuda_key(py, scale)?;
-            let ws = py
-                .detach(|| {
-                    attnc::external::preserving_current_context(|| {
-                        self.with_bound(key, |bound| bound.decode_cuda_workspace(call.layout))
-                    })
-                })
-                .map_err(|e| self.error(py, &e))?;
+            let ws = self.run(py, key, |bound| bound.decode_cuda_workspace(call.layout))?;
             Ok((ws.part_o, ws.part_lse, ws.ranges))
         })
     }
@@ -1304,22 +1355,16 @@ impl Attention {
             for t in [&call.q, &call.k, &call.v] {
                 check_buffer(py, t, &t.shape.clone(), dtype, device)?;
             }
-            check_buffer(py, &o, &[s.b, s.hq, s.lq, s.dv], dtype, device)?;
-            check_buffer(py, &lse, &[s.b, s.hq, s.lq], DType::F32, device)?;
+            check_outputs(py, device, &s, dtype, &o, &lse)?;
             check_buffer(py, &rg, &[3 * s.b], DType::I32, device)?;
             let (devt, converted) = self.device_captures(py, device, &tensors)?;
-            let mut pv = HashMap::new();
-            for (name, x) in &params {
-                pv.insert(name.clone(), param_value(py, name, x)?);
-            }
+            let pv = param_values(py, &params)?;
             let layout = call.layout;
             let ptr = |t: &TensorArg| t.ptr as u64;
             let stream = stream as u64;
             let (qp, kp, vp, sp) = (ptr(&call.q), ptr(&call.k), ptr(&call.v), ptr(seq));
             let tp = call.table.as_ref().map(ptr);
-            let result = py.detach(|| {
-                attnc::external::preserving_current_context(|| {
-                    self.with_bound(key, |bound| {
+            let result = self.run(py, key, |bound| {
                         let w = bound.decode_cuda_workspace(layout)?;
                         if ws.dtype != Some(DType::F32) || ws.numel() != w.part_o + w.part_lse
                             || !ws.contiguous() || ws.device != device
@@ -1353,11 +1398,9 @@ impl Attention {
                         // every later use of their memory after the queued launches (the
                         // SAFETY note of `forward_cuda` covers inputs and captures).
                         unsafe { bound.decode_cuda_into(layout, &bufs, &devt, &pv, stream) }
-                    })
-                })
             });
             drop(converted);
-            result.map_err(|e| self.error(py, &e))
+            result
         })
     }
 
@@ -1376,10 +1419,7 @@ impl Attention {
         params: Vec<(String, Bound<'_, PyAny>)>,
     ) -> PyResult<(Vec<f32>, Vec<f32>)> {
         guard(py, || {
-            let q = TensorArg::read(py, "q", q)?;
-            let k = TensorArg::read(py, "k", k)?;
-            let v = TensorArg::read(py, "v", v)?;
-            let shape = call_shape(py, &q, &k, &v)?;
+            let (q, k, v, shape) = read_qkv(py, q, k, v)?;
             let (qt, kt, vt) = (
                 q.to_host_tensor(py)?,
                 k.to_host_tensor(py)?,
@@ -1391,12 +1431,10 @@ impl Attention {
                 device: Device::Cpu,
                 shape,
                 dtype: qt.dtype(),
-                scale: scale.map(|x| (x as f32).to_bits()),
+                scale: scale_bits(scale),
                 threads: 0,
             };
-            let out = py
-                .detach(|| self.with_bound(key, |b| b.forward(&qt, &kt, &vt, &caps)))
-                .map_err(|e| self.error(py, &e))?;
+            let out = self.run(py, key, |b| b.forward(&qt, &kt, &vt, &caps))?;
             Ok((out.o.to_f32(), out.lse.to_f32()))
         })
     }
@@ -1605,34 +1643,7 @@ impl CacheCall {
 
     /// The CUDA binding of the call: q's device, bf16/f16.
     fn cuda_key(&self, py: Python<'_>, scale: Option<f64>) -> PyResult<BindKey> {
-        let Device::Cuda(_) = self.q.device else {
-            return Err(attnc_error(
-                py,
-                code::DEVICE,
-                &format!("decode_cuda takes CUDA tensors; q is on {}", self.q.device),
-            ));
-        };
-        let dtype = match self.q.dtype {
-            Some(d @ (DType::BF16 | DType::F16)) => d,
-            _ => {
-                return Err(attnc_error(
-                    py,
-                    code::INPUT_DTYPE,
-                    &format!(
-                        "q has dtype {}; decoding on CUDA takes bfloat16 or float16",
-                        self.q.torch_dtype
-                    ),
-                ));
-            }
-        };
-        Ok(BindKey {
-            backend: Backend::Cuda,
-            device: self.q.device,
-            shape: self.shape,
-            dtype,
-            scale: scale.map(|x| (x as f32).to_bits()),
-            threads: 0,
-        })
+        cuda_key(py, &self.q, self.shape, scale, "decoding on CUDA")
     }
 }
 

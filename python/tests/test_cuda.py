@@ -13,7 +13,11 @@ CUDA graph capture and replay (params captured by value); ``torch.compile(fullgr
 gradients (the zero-copy backward on torch's current stream) against float64 torch
 autograd and, for every example on random shapes (GQA, odd lengths, Lq != Lkv, float
 captures with requires_grad), against the f64 oracle's backward; a backward that does not
-synchronize and is captured in a CUDA graph; zero-copy decoding against a contiguous and
+synchronize and is captured in a CUDA graph (D64 and D128); the fused dQ backward (sm_90,
+D128: its caller-allocated workspace where ``Bound::backward`` fuses, bit-identical to
+``Bound::backward`` on host copies and to itself run to run, against the oracle on dense,
+causal GQA, f16, softcap, param-mask and learned-bias cases, its workspace checks and the
+``ATTNC_BWD_DQ=separate`` two-kernel path); zero-copy decoding against a contiguous and
 a paged cache (the oracle, Lq 1/4/16, no synchronization, CUDA graph replays on new
 lengths, lengths beyond the cache clamped); block masks made once (forward and gradients
 as without, no synchronization, a CUDA graph, every stale case an error); tensors on
@@ -411,12 +415,14 @@ def _train_step(attn, xs, bias, w, caps):
     (o.float() * w).sum().backward()
 
 
-def test_backward_does_not_synchronize():
-    """A warmed-up forward + backward (capture gradient included) enqueues everything on
-    the current stream: torch's sync debug mode raises on any synchronization, and a long
-    kernel queued first is still running when backward() returns."""
+@pytest.mark.parametrize("d", [64, 128])
+def test_backward_does_not_synchronize(d):
+    """A warmed-up forward + backward (capture gradient included; D128 on sm_90: the
+    fused dQ) enqueues everything on the current stream: torch's sync debug mode raises
+    on any synchronization, and a long kernel queued first is still running when
+    backward() returns."""
     attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
-    b, h, l, d = 2, 8, 255, 64
+    b, h, l = 2, 8, 255
     xs = [x.to("cuda", torch.bfloat16).requires_grad_(True) for x in qkv(b, h, h, l, l, d, seed=3)]
     bias = (0.5 * torch.randn(b, h, l, l)).cuda().requires_grad_(True)
     w = torch.randn(b, h, l, d, device="cuda")
@@ -443,11 +449,14 @@ def test_backward_does_not_synchronize():
      ("document_causal.attn", "document_causal", {})],  # a mask over a captured tensor
     ids=["closed_form", "param_ranges", "tensor_mask"],
 )
-def test_backward_in_cuda_graph(file, name, caps):
+@pytest.mark.parametrize("d", [64, 128])
+def test_backward_in_cuda_graph(file, name, caps, d):
     """Forward + backward captured in a CUDA graph after a warm-up on the capture stream:
-    the replay on new inputs gives the gradients of an eager step on those inputs."""
+    the replay on new inputs gives the gradients of an eager step on those inputs (D128
+    on sm_90: the fused dQ, its workspace allocated in the graph's pool and its
+    semaphores zeroed by a captured memset)."""
     attn = attnc.compile(EXAMPLES / file).attention(name)
-    b, h, l, d = 1, 4, 200, 64
+    b, h, l = 1, 4, 200
     base = captures_for(attn, b, h, l, l, seed=2)
     full = dev(dict(base, **caps))
     xs = [x.to("cuda", torch.bfloat16).requires_grad_(True) for x in qkv(b, h, h, l, l, d, seed=4)]
@@ -786,3 +795,151 @@ def test_current_device_is_kept():
     with torch.cuda.device(1):
         attn(q, k, v)
         assert torch.cuda.current_device() == 1
+
+
+# --- the fused dQ backward (dQ inside the dK/dV kernel, sm_90 at D128) on caller buffers ---
+
+SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _host_backward(attn, q, k, v, o, lse, do, dlse, caps, wanted):
+    """``attnc::Bound::backward`` (the Rust API's CUDA backward, fused dQ on sm_90 at
+    D128) on host copies of a CUDA call: dq, dk, dv and the wanted capture gradients."""
+    h = lambda x: x.detach().cpu().contiguous()  # noqa: E731
+    q, k, v, o, lse, do, dlse = (h(x) for x in (q, k, v, o, lse, do, dlse))
+    tensors = [(n, h(x)) for n, x in caps.items() if isinstance(x, torch.Tensor)]
+    params = [(n, x) for n, x in caps.items() if not isinstance(x, torch.Tensor)]
+    grads = {n: torch.empty_like(t) for n, t in tensors if n in wanted}
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    attn._inner.backward(q, k, v, o, lse, do, dlse, dq, dk, dv, None, tensors, params,
+                         list(grads.items()), 0, True, False)
+    return dq, dk, dv, grads
+
+
+def test_fused_backward_workspace_where_the_rust_backward_fuses():
+    """The caller-buffer backward asks for the fused dQ's workspace exactly where
+    ``Bound::backward`` fuses dQ (sm_90 at D128): one f32 q_block x D tile and one
+    semaphore per (b, head, q block); none at D64 or on other GPUs."""
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    for d in (64, 128):
+        q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(2, 6, 3, 131, 90, d))
+        ws = attn._inner.backward_workspace(q, k, v, None)
+        if SM90 and d == 128:
+            accum, sem = ws
+            q_block = accum // (sem * d)
+            assert accum == sem * q_block * d and q_block in (64, 128), ws
+            assert sem == 2 * 6 * math.ceil(131 / q_block), ws
+        else:
+            assert ws is None, (d, ws)
+
+
+FUSED_CASES = [
+    # (file, attention, caps, (b, hq, hkv, lq, lkv), dtype)
+    ("dense.attn", None, {}, (1, 4, 4, 300, 300), torch.bfloat16),
+    ("causal.attn", None, {}, (2, 8, 2, 257, 131), torch.bfloat16),  # GQA, odd, Lq != Lkv
+    ("causal.attn", None, {}, (1, 4, 1, 193, 193), torch.float16),
+    ("softcap.attn", "softcap_causal", {}, (1, 4, 2, 200, 200), torch.bfloat16),
+    ("dilated_sliding_window.attn", "dilated_sliding_window", {"window": 40, "dilation": 3},
+     (1, 4, 2, 161, 161), torch.bfloat16),  # table kernels: ranges from the param mask
+    ("learned_bias.attn", None, "bias", (1, 4, 4, 130, 97), torch.bfloat16),  # capture gradient
+]
+
+
+@pytest.mark.parametrize("file,name,caps,shape,dtype", FUSED_CASES,
+                         ids=["dense", "causal_gqa", "causal_f16", "softcap_causal", "param_mask", "learned_bias"])
+def test_fused_backward_matches_the_rust_backward_and_the_oracle(file, name, caps, shape, dtype):
+    """D128 through autograd (the zero-copy backward on torch's current stream, fused dQ
+    on sm_90) against ``Bound::backward`` on host copies of the same call (the same
+    kernels: bit-identical dq, dk, dv; capture gradients equal up to the fixed-point
+    words' conversion), and against the f64 oracle; run twice, bit-identical
+    (deterministic: the fused dQ adds in a fixed order)."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    b, hq, hkv, lq, lkv = shape
+    q, k, v = (x.to(dtype) for x in qkv(b, hq, hkv, lq, lkv, 128, seed=lq))
+    if caps == "bias":
+        bias = 0.5 * torch.randn(b, hq, lq, lkv, generator=torch.Generator().manual_seed(6))
+        caps = {"bias": bias}
+    floats = [n for n, elem, _ in attn.tensors if elem in ("f32", "f16", "bf16")]
+    wo, wl = loss_weights(torch.empty(b, hq, lq, 128), torch.empty(b, hq, lq), 7)
+    runs = []
+    for _ in range(2):
+        xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+        dcaps = dev(caps)
+        for n in floats:
+            dcaps[n] = dcaps[n].requires_grad_(True)
+        o, lse = attn(*xs, return_lse=True, **dcaps)
+        wl_ = torch.where(torch.isinf(lse.cpu()), 0.0, wl)
+        lse_term = torch.where(torch.isinf(lse), 0.0, lse)
+        ((o.float() * wo.cuda()).sum() + (lse_term * wl_.cuda()).sum()).backward()
+        runs.append([x.grad for x in xs] + [dcaps[n].grad for n in floats])
+    for n, a, r in zip(["q", "k", "v"] + floats, *runs):
+        assert torch.equal(a, r), f"d{n} differs between two runs"
+    got = runs[0]
+    hq_, hk, hv, hcaps = _host_backward(attn, q, k, v, o, lse, wo.to(dtype), wl_, caps, floats)
+    for n, g, r in zip("qkv", got[:3], (hq_, hk, hv)):
+        assert torch.equal(g.cpu(), r), f"d{n}: the caller-buffer backward differs from Bound::backward"
+    for n, g in zip(floats, got[3:]):
+        r = hcaps[n].float()
+        assert torch.allclose(g.float().cpu(), r, rtol=1e-6, atol=1e-9), f"d{n}"
+    dq, dk, dv, rc = attn.reference_grad(q, k, v, wo, wl_, **caps)
+    for n, g, r in zip(["q", "k", "v"] + floats, got, [dq, dk, dv] + [rc[n] for n in floats]):
+        g, r = g.double().cpu(), r.double()
+        tol = 0.05 * r.abs().max() + 0.02
+        assert not torch.isnan(g).any(), f"d{n} has NaN"
+        assert (g - r).abs().max() <= tol, f"d{n}: {(g - r).abs().max():.4g} > {tol:.4g}"
+
+
+def test_fused_backward_deterministic_at_scale():
+    """Dense and causal GQA 1000 x 1000 at D128 (many kv blocks adding into each dQ tile),
+    and document + causal with a block mask: three backward passes bit-identical."""
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(2, 8, 2, 1000, 1000, 128, seed=31))
+    do = torch.randn(2, 8, 1000, 128, generator=torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+    doc = torch.sort(torch.randint(0, 5, (2, 1000), generator=torch.Generator().manual_seed(3),
+                                   dtype=torch.int32), dim=1).values.cuda()
+    for file, name, caps in (("dense.attn", None, {}), ("causal.attn", None, {}),
+                             ("document_causal.attn", "document_causal", {"doc": doc})):
+        attn = attnc.compile(EXAMPLES / file).attention(name)
+        bm = attn.block_mask(q, k, v, **caps) if caps else None
+        grads = []
+        for _ in range(3):
+            xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+            attn(*xs, block_mask=bm, **caps).backward(do)
+            grads.append([x.grad for x in xs])
+        for run in grads[1:]:
+            for n, a, r in zip("qkv", grads[0], run):
+                assert torch.equal(a, r), f"{file}: d{n} differs between runs"
+        assert all(torch.isfinite(g.float()).all() for g in grads[0])
+
+
+@pytest.mark.skipif(not SM90, reason="the fused dQ runs on sm_90")
+def test_fused_backward_workspace_is_checked(monkeypatch):
+    """The extension refuses a fused backward without its workspace, or with one of the
+    wrong size; ``ATTNC_BWD_DQ=separate`` (read when a binding first runs its backward)
+    keeps a binding on the two-kernel path, whose gradients agree with the fused ones."""
+    src = (EXAMPLES / "causal.attn").read_text()
+    attn = attnc.compile(src + "\n// the fused backward's checks\n").attention()
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(1, 4, 2, 100, 100, 128, seed=8))
+    o, lse = attn(q, k, v, return_lse=True)
+    do = torch.randn_like(o)
+    accum, sem = attn._inner.backward_workspace(q, k, v, None)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    scratch = torch.empty(2, 400, device="cuda")
+    args = (q, k, v, o, lse, do, None, dq, dk, dv, scratch, None, [], [], [], None, 0, None)
+    inner = attn._inner
+    with pytest.raises(attnc.AttncError) as e:
+        inner.backward_cuda(*args, None)
+    assert "dq_work" in str(e.value)
+    short = (torch.empty(accum - 1, device="cuda"), torch.empty(sem, dtype=torch.int32, device="cuda"))
+    with pytest.raises(attnc.AttncError) as e:
+        inner.backward_cuda(*args, short)
+    assert "dq_work" in str(e.value)
+    work = (torch.empty(accum, device="cuda"), torch.empty(sem, dtype=torch.int32, device="cuda"))
+    inner.backward_cuda(*args, work)
+    fused = [dq.clone(), dk.clone(), dv.clone()]
+    monkeypatch.setenv("ATTNC_BWD_DQ", "separate")
+    two = attnc.compile(src + "\n// two kernels\n").attention()
+    assert two._inner.backward_workspace(q, k, v, None) is None
+    xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    two(*xs).backward(do)
+    for n, a, r in zip("qkv", [x.grad for x in xs], fused):
+        assert torch.allclose(a.float(), r.float(), atol=2e-2, rtol=2e-2), n

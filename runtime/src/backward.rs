@@ -43,8 +43,9 @@ pub struct Gradients {
 #[derive(Default)]
 pub(crate) struct BackwardState {
     cpu: Option<Box<CpuBackward>>,
-    /// The CUDA kernels of the caller-buffer entry points (dQ by a second kernel: no
-    /// workspace), from the process's JIT cache, looked up on the first call.
+    /// The CUDA kernels of the caller-buffer entry points (those of `Bound::backward`,
+    /// their dQ workspace allocated by the caller; dQ by a second kernel under
+    /// `ATTNC_BWD_DQ=separate`), from the process's JIT cache, looked up on the first call.
     pub(crate) cuda: Option<Arc<crate::cuda::backward::CudaBackward>>,
     /// The CUDA kernels of `Bound::backward` (`PtxOptions::backward`'s defaults: dQ fused
     /// into the dK/dV kernel on sm_90, its workspace allocated per call).
@@ -332,10 +333,12 @@ fn input_type(dtype: DType) -> Result<InputType> {
 }
 
 impl Bound {
-    /// The CUDA binding's backward kernels for the caller-buffer entry points
-    /// (`PtxOptions::backward_separate`: pre, dK/dV, dQ; no workspace beyond the
-    /// caller's scratch rows), from the process's JIT cache on the first call (one lookup
-    /// per kind) and kept by the binding.
+    /// The CUDA binding's backward kernels for the caller-buffer entry points:
+    /// `PtxOptions::backward`, as `Bound::backward` (on sm_90 at D128 dQ fused into the
+    /// dK/dV kernel, its workspace allocated by the caller: `backward_cuda_workspace`),
+    /// or `PtxOptions::backward_separate` (pre, dK/dV, dQ; no workspace) when the
+    /// environment says `ATTNC_BWD_DQ=separate` at the first call; from the process's JIT
+    /// cache on the first call (one lookup per kind) and kept by the binding.
     pub(crate) fn cuda_backward_kernels(
         &mut self,
     ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
@@ -366,10 +369,11 @@ impl Bound {
         let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
         let s = opts.shape;
         let (arch, d, dv) = (device.arch(), s.d as u32, s.dv as u32);
-        let mut popts = if host {
-            PtxOptions::backward(arch, d, dv, input)
-        } else {
+        let separate = !host && std::env::var("ATTNC_BWD_DQ").is_ok_and(|v| v == "separate");
+        let mut popts = if separate {
             PtxOptions::backward_separate(arch, d, dv, input)
+        } else {
+            PtxOptions::backward(arch, d, dv, input)
         };
         popts.checked = opts.checked;
         let k = Arc::new(

@@ -5,7 +5,8 @@
 //! In: a [`Bound`], q/k/v as slices (CPU) or device pointers (CUDA) in the layouts of
 //! `attnc_compiler::shape` (`[B, H, L, D]`, contiguous), captures by name, and output
 //! buffers the caller allocated (`o`/`lse`; for the CUDA backward dQ/dK/dV, two scratch
-//! rows and the capture gradients' fixed-point words). Out: the outputs written in place
+//! rows, the fused dQ's workspace where the kernels fuse dQ, and the capture gradients'
+//! fixed-point words). Out: the outputs written in place
 //! (CUDA: enqueued on the caller's stream, nothing synchronized), or an [`Error`] naming
 //! the buffer; nothing is copied on the way in or out.
 //!
@@ -210,6 +211,10 @@ impl Bound {
 /// Device pointers of one CUDA backward call (see [`Bound::backward_cuda_into`]).
 pub use crate::exec::cuda::caller::backward::CallerBackwardBuffers as DeviceBackwardBuffers;
 
+/// The fused dQ's workspace of a CUDA backward call (`DqAccum`, `DqSem`), of the lengths
+/// [`Bound::backward_cuda_workspace`] gives.
+pub use crate::exec::cuda::caller::backward::CallerDqWork as DeviceDqWorkspace;
+
 /// One capture gradient element from its three fixed-point words `[hi, lo, flags]`, as
 /// [`Bound::backward_cuda_into`] leaves them (sums of integers: exact in any order).
 pub use attnc_compiler::backend::llvm::backward::fixed_to_f32;
@@ -242,10 +247,24 @@ impl Bound {
         ))
     }
 
+    /// CUDA backend: the workspace of the fused dQ that [`Self::backward_cuda_into`]
+    /// needs in `DeviceBackwardBuffers::dq_work` — `Some((accum, sem))`: f32 elements of
+    /// `DqAccum` and u32 elements of `DqSem` — where the binding's backward fuses dQ into
+    /// the dK/dV kernel (the kernels `Bound::backward` runs: sm_90 at D128), `None` where
+    /// dQ is a second kernel. `ATTNC_BWD_DQ=separate` in the environment when the
+    /// binding's backward is first looked up keeps this binding's caller-buffer backward
+    /// on the two-kernel path (a comparison for benchmarks). Looks the backward kernels up
+    /// on first use.
+    pub fn backward_cuda_workspace(&mut self) -> Result<Option<(usize, usize)>> {
+        let shape = self.options().shape;
+        Ok(self.cuda_backward_kernels()?.dq_workspace(&shape))
+    }
+
     /// CUDA backend: enqueues the backward pass on the caller's device buffers on the
     /// caller's stream: reads q, k, v, o, lse (the forward's, for the same captures), dO
     /// and dLSE (or none: zero), writes dQ, dK, dV (the binding's dtype, the layouts of
-    /// q, k, v), the two scratch rows and the capture gradients' fixed-point words
+    /// q, k, v), the two scratch rows, the fused dQ's workspace where the kernels fuse dQ
+    /// ([`Self::backward_cuda_workspace`]) and the capture gradients' fixed-point words
     /// ([`DeviceGradWords`], zeroed here in stream order first). No synchronization, no
     /// host round trip, and after the first call on a stream no allocation: a warmed-up
     /// call can be captured in a CUDA graph. Pointers are checked as in
@@ -256,7 +275,8 @@ impl Bound {
     /// The pointers must be live device allocations of the primary context of device 0
     /// holding the bound shape in the binding's dtype (q, k, v, o, dO, dQ, dK, dV) or f32
     /// (lse, dLSE, Delta, LSE2: `B * Hq * Lq` each), tensors the product of their dims
-    /// words, gradient words as [`DeviceGradWords`] says; the outputs written by no one
+    /// words, gradient words as [`DeviceGradWords`] says, the dQ workspace as
+    /// [`Self::backward_cuda_workspace`] says; the outputs written by no one
     /// else until the stream has run the call; `stream` alive while this binding exists.
     pub unsafe fn backward_cuda_into(
         &mut self,
@@ -349,6 +369,26 @@ impl Bound {
         ];
         if let Some(d) = bufs.dlse {
             all.push(Buf::input("dlse", d, rows));
+        }
+        match (kernels.dq_workspace(&shape), bufs.dq_work) {
+            (Some((accum, sem)), Some(w)) => {
+                all.push(Buf::output("dq accumulator", w.accum, 4 * accum));
+                all.push(Buf {
+                    align: 4,
+                    ..Buf::output("dq semaphores", w.sem, 4 * sem)
+                });
+            }
+            (None, None) => {}
+            (Some((accum, sem)), None) => {
+                return Err(Error::Usage(format!(
+                    "this binding's backward fuses dQ into the dK/dV kernel: it needs the dQ workspace (`dq_work`: {accum} f32 and {sem} u32 elements, Bound::backward_cuda_workspace)"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Usage(
+                    "a dQ workspace was given, but this binding's backward computes dQ in a second kernel (Bound::backward_cuda_workspace is None)".into(),
+                ));
+            }
         }
         all.extend(tensor_bufs(tensors));
         if let Some(m) = mask {
@@ -859,6 +899,7 @@ mod device_tests {
             dv: 0,
             delta: 0,
             lse2: 0,
+            dq_work: None,
         };
         // SAFETY: refused before any pointer is used (the binding is not CUDA's).
         let e = unsafe {

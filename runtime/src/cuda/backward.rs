@@ -385,15 +385,9 @@ impl CudaBackward {
                 .map(|t| t.dims.iter().product())
                 .collect(),
             n_params: bind.params.len(),
-            dq_work: match opts.bwd_dq {
-                BwdDq::Separate => None,
-                _ => {
-                    let tiles = shape.b * shape.hq * shape.lq.div_ceil(opts.q_block as usize);
-                    Some((
-                        s.alloc_zeros(tiles.max(1) * (opts.q_block * opts.d) as usize)?,
-                        s.alloc_zeros(tiles.max(1))?,
-                    ))
-                }
+            dq_work: match self.dq_workspace(shape) {
+                None => None,
+                Some((accum, sem)) => Some((s.alloc_zeros(accum)?, s.alloc_zeros(sem)?)),
             },
         })
     }
@@ -409,6 +403,14 @@ impl CudaBackward {
 
     fn fused(&self) -> bool {
         self.opts().bwd_dq != BwdDq::Separate
+    }
+
+    /// The fused kernel's workspace for `shape`, in elements: (`DqAccum`: f32, one
+    /// `q_block` x D tile per (b, query head, q block); `DqSem`: u32, one per tile), at
+    /// least one of each; `None` where dQ is a second kernel (no workspace). What
+    /// [`Self::upload`] allocates and a caller of [`Self::launch_args`] passes.
+    pub fn dq_workspace(&self, shape: &Shape) -> Option<(usize, usize)> {
+        dq_workspace(self.opts(), shape)
     }
 
     /// Launches pre, dK/dV and dQ (asynchronous, in stream order).
@@ -650,6 +652,16 @@ impl CudaBackward {
         // SAFETY: as above.
         unsafe { self.dq.launch_args(dev, &q) }
     }
+}
+
+/// The fused dQ's workspace of kernels built with `o` for `shape` (elements of `DqAccum`,
+/// f32, and of `DqSem`, u32; [`CudaBackward::dq_workspace`]), `None` for `BwdDq::Separate`.
+pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
+    if o.bwd_dq == BwdDq::Separate {
+        return None;
+    }
+    let tiles = (shape.b * shape.hq * shape.lq.div_ceil(o.q_block as usize)).max(1);
+    Some((tiles * (o.q_block * o.d) as usize, tiles))
 }
 
 /// `args` with what the backward kernels' grid rules and the pre kernel's row count

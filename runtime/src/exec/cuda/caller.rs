@@ -380,7 +380,7 @@ fn call_args(
 }
 
 /// A closed-form kernel's kv offsets for this call (`None`: every block partial).
-fn closed_form_args(a: &mut LaunchArgs, spec: &KernelSpec, bounds: Option<&[Bound]>) {
+fn closed_form_args(a: &mut LaunchArgs, kv: &KvBounds, bounds: Option<&[Bound]>) {
     match bounds {
         Some(b) => {
             for (i, k) in kernel_offsets(b).into_iter().enumerate() {
@@ -388,7 +388,7 @@ fn closed_form_args(a: &mut LaunchArgs, spec: &KernelSpec, bounds: Option<&[Boun
             }
         }
         None => {
-            for i in 0..spec.kv_bounds.coefficients().len() {
+            for i in 0..kv.coefficients().len() {
                 a.i64(P::KvOffset(i as u32), 0);
             }
             a.i32(P::KvAllPartial, 1);
@@ -524,7 +524,7 @@ impl CudaExec {
             ));
         } else if let KvBounds::ClosedForm(cf) = &spec.kv_bounds {
             let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
-            closed_form_args(&mut a, spec, bounds.as_deref());
+            closed_form_args(&mut a, &spec.kv_bounds, bounds.as_deref());
         } else {
             let recipe = plan.map_recipe();
             if recipe == MapRecipe::Tensors {
@@ -678,7 +678,7 @@ mod tests {
                     KvBounds::ClosedForm(cf) => {
                         assert_eq!(i, 0, "source {i} has a closed form");
                         let b = plan.closed_form_bounds(cf, &shape, &bindings).unwrap();
-                        closed_form_args(&mut a, &fwd, b.as_deref());
+                        closed_form_args(&mut a, &fwd.kv_bounds, b.as_deref());
                     }
                     KvBounds::Table => {
                         let m = plan.mask();

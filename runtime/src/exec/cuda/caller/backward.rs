@@ -4,11 +4,15 @@
 //!
 //! In: the binding's three backward kernels ([`CudaBackward`], from the JIT cache), device
 //! pointers of q, k, v, o, lse, dO (and dLSE, or none) written by the forward, of dQ, dK,
-//! dV and the two f32 scratch rows (Delta, LSE in log2 units) the caller allocated, of the
-//! fixed-point gradient words of the captured tensors (and params) the dQ kernel sums
-//! into, the captured tensors (pointers and dims), the params and a `CUstream` of the
-//! device's primary context. Out: pre, dK/dV and dQ enqueued on that stream (the gradient
-//! words zeroed before dQ in stream order) and nothing else: no host round trip, no
+//! dV and the two f32 scratch rows (Delta, LSE in log2 units) the caller allocated, with
+//! dQ fused into the dK/dV kernel (sm_90, D128: `PtxOptions::backward`, as
+//! `Bound::backward`) the fused dQ's workspace the caller allocated too (`DqAccum`,
+//! `DqSem`: [`CallerDqWork`], sized by `CudaBackward::dq_workspace`), of the fixed-point
+//! gradient words of the captured tensors (and params) the kernels sum into, the captured
+//! tensors (pointers and dims), the params and a `CUstream` of the device's primary
+//! context. Out: pre, dK/dV and dQ (fused: pre, dK/dV + dQ, the dQ conversion) enqueued on
+//! that stream (the gradient words, and the fused dQ's semaphores, zeroed in stream order
+//! before the kernel that sums into them) and nothing else: no host round trip, no
 //! synchronization, no allocation once the stream has served the binding (the forward's
 //! per-stream state: params, error and zero words; see [`super`]).
 //!
@@ -27,6 +31,7 @@ use crate::cuda::{Arg, CudaError, LaunchArgs};
 use crate::exec::ExecResult;
 use crate::exec::cuda::{CudaExec, gpu_at};
 use crate::options::BindOptions;
+use attnc_compiler::backend::llvm::BwdDq;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
 use attnc_compiler::interp::Bindings;
@@ -54,6 +59,17 @@ pub struct CallerBackwardBuffers {
     pub delta: u64,
     /// Scratch: LSE in log2 units per row.
     pub lse2: u64,
+    /// The fused dQ's workspace, where the binding's backward fuses dQ into the dK/dV
+    /// kernel (`CudaBackward::dq_workspace` is `Some`), else `None`.
+    pub dq_work: Option<CallerDqWork>,
+}
+
+/// The fused dQ's workspace in caller memory: `DqAccum` (f32) and `DqSem` (u32, zeroed by
+/// the call in stream order), of the lengths `CudaBackward::dq_workspace` gives.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerDqWork {
+    pub accum: u64,
+    pub sem: u64,
 }
 
 /// Where the dQ kernel sums the capture gradients: per captured tensor (declaration
@@ -143,8 +159,11 @@ fn tensor_mask_ranges(
 /// The launch values of a backward on caller buffers, all but the kv source's: the
 /// forward-shaped ones (q..lse, the state's params, error and zero words, the captured
 /// tensors, lengths, heads, scale: [`call_args`]), then dO, dLSE (`HasDLse`), the
-/// scratch rows, dQ, dK, dV and the gradient words; with the byte ranges of the
-/// gradient words (zeroed before the dQ kernel).
+/// scratch rows, dQ, dK, dV, the gradient words and the fused dQ's workspace (`work`:
+/// the lengths the kernels need, `dq_workspace`, and whether its additions are
+/// unordered); with the byte ranges zeroed before the kernel that sums into them (the
+/// gradient words; the semaphores, and the accumulator under `BwdDq::Atomic`). A
+/// workspace missing where the kernels fuse dQ, or given where they do not, is an error.
 #[allow(clippy::too_many_arguments)]
 fn backward_args(
     dq_spec: &attnc_compiler::backend::llvm::KernelSpec,
@@ -155,7 +174,8 @@ fn backward_args(
     grads: &CallerGradWords,
     bindings: &Bindings,
     state: StateBufs,
-) -> (LaunchArgs, Vec<(u64, usize)>) {
+    work: Option<((usize, usize), BwdDq)>,
+) -> Result<(LaunchArgs, Vec<(u64, usize)>), CudaError> {
     let fwd = super::CallerBuffers {
         q: bufs.q,
         k: bufs.k,
@@ -185,7 +205,28 @@ fn backward_args(
         a.scalar(P::ParamGrad, Arg::Ptr(p));
         zero.push((p, 24 * bindings.params.len().max(1)));
     }
-    (a, zero)
+    match (work, bufs.dq_work) {
+        (Some(((accum, sem), dq)), Some(w)) => {
+            a.scalar(P::DqAccum, Arg::Ptr(w.accum));
+            a.scalar(P::DqSem, Arg::Ptr(w.sem));
+            zero.push((w.sem, 4 * sem));
+            if dq == BwdDq::Atomic {
+                zero.push((w.accum, 4 * accum));
+            }
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(CudaError::Mismatch(
+                "the backward kernels fuse dQ into the dK/dV kernel: they need the dQ workspace (DqAccum, DqSem)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CudaError::Mismatch(
+                "a dQ workspace was given, but the backward kernels compute dQ in a second kernel (no workspace)".into(),
+            ));
+        }
+    }
+    Ok((a, zero))
 }
 
 /// Table kernels: the dK/dV and dQ kernels read their own ranges under the same names
@@ -294,13 +335,14 @@ impl CudaExec {
             zero: ptr(&st.zero),
         };
         let dq_spec = kernels.dq_spec();
+        let work = kernels.dq_workspace(&shape).map(|n| (n, ko.bwd_dq));
         let (mut a, zero) = backward_args(
-            dq_spec, &shape, scale, bufs, tensors, grads, bindings, state,
-        );
+            dq_spec, &shape, scale, bufs, tensors, grads, bindings, state, work,
+        )?;
         match kernels.kv_bounds() {
             KvBounds::ClosedForm(cf) => {
                 let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
-                closed_form_args(&mut a, dq_spec, bounds.as_deref());
+                closed_form_args(&mut a, kernels.kv_bounds(), bounds.as_deref());
             }
             KvBounds::Table if mask.is_some() => {
                 let m = mask.expect("matched");
@@ -385,8 +427,11 @@ mod tests {
     /// Every parameter and grid axis of the three backward kernels gets a value from the
     /// caller path's assembly (a missing one would only show on a GPU), for closed-form
     /// and table kernels (a param mask, a mask over a captured tensor), with the capture
-    /// gradients of a score over a float tensor and an f32 param; the dK/dV and dQ
-    /// kernels read their own ranges.
+    /// gradients of a score over a float tensor and an f32 param, on both matrix paths
+    /// with dQ by a second kernel (D64) and with dQ fused (sm_90 D128, ordered and
+    /// atomic: the caller's workspace bound, its semaphores zeroed, its accumulator too
+    /// when unordered); the dK/dV and dQ kernels read their own ranges (fused: the dK/dV
+    /// kernel the dQ kernel's, as `CudaBackward::launch_args` launches it).
     #[test]
     fn backward_args_bind_every_kernel_parameter() {
         let sources = [
@@ -416,6 +461,11 @@ mod tests {
             dv: 0x9000,
             delta: 0xa000,
             lse2: 0xb000,
+            dq_work: None,
+        };
+        let work_bufs = CallerDqWork {
+            accum: 0x60000,
+            sem: 0x70000,
         };
         let state = StateBufs {
             params: 0xc000,
@@ -428,8 +478,30 @@ mod tests {
                 .programs
                 .remove(0);
             let plan = Plan::new(&prog);
-            for arch in [Arch::Sm80, Arch::Sm90] {
-                let opts = PtxOptions::backward(arch, 64, 64, InputType::Bf16);
+            let fused = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+            assert_eq!(
+                fused.bwd_dq,
+                BwdDq::Ordered,
+                "Bound::backward's kernels at D128"
+            );
+            for opts in [
+                PtxOptions::backward(Arch::Sm80, 64, 64, InputType::Bf16),
+                PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16),
+                fused,
+                fused.backward_fused(BwdDq::Atomic),
+            ] {
+                let shape = Shape {
+                    d: opts.d as usize,
+                    dv: opts.dv as usize,
+                    ..shape
+                };
+                let work = crate::cuda::backward::dq_workspace(&opts, &shape);
+                let is_fused = opts.bwd_dq != BwdDq::Separate;
+                assert_eq!(work.is_some(), is_fused);
+                let bufs = CallerBackwardBuffers {
+                    dq_work: is_fused.then_some(work_bufs),
+                    ..bufs
+                };
                 let specs: Vec<_> = [
                     KernelKind::BackwardPre,
                     KernelKind::BackwardDkDv,
@@ -465,7 +537,8 @@ mod tests {
                     .map(|j| 0xf000 + 16 * j)
                     .collect();
                 let (want, want_params) = {
-                    let ps = &dq_spec.params;
+                    // the kernel that sums the capture gradients (fused: the dK/dV one)
+                    let ps = &specs[if is_fused { 1 } else { 2 }].params;
                     let t: Vec<u32> = ps
                         .iter()
                         .filter_map(|p| match p {
@@ -485,27 +558,61 @@ mod tests {
                         .collect(),
                     params: want_params.then_some(0x30000),
                 };
+                let work = work.map(|n| (n, opts.bwd_dq));
+                // a workspace missing, or given to kernels without one: an error
+                let other = CallerBackwardBuffers {
+                    dq_work: (!is_fused).then_some(work_bufs),
+                    ..bufs
+                };
+                let e = backward_args(
+                    dq_spec, &shape, 0.125, &other, &ptrs, &grads, &bindings, state, work,
+                )
+                .unwrap_err();
+                assert!(e.to_string().contains("workspace"), "{e}");
                 let (mut a, zero) = backward_args(
-                    dq_spec, &shape, 0.125, &bufs, &ptrs, &grads, &bindings, state,
-                );
-                assert_eq!(zero.len(), want.len() + want_params as usize);
+                    dq_spec, &shape, 0.125, &bufs, &ptrs, &grads, &bindings, state, work,
+                )
+                .unwrap();
+                let words = want.len() + want_params as usize;
+                match work {
+                    None => assert_eq!(zero.len(), words),
+                    Some(((accum, sem), dq)) => {
+                        // B2 Hq4 Lq77: 2 x 4 x 2 tiles of 64 x 128 f32
+                        assert_eq!((accum, sem), (16 * 64 * 128, 16));
+                        assert_eq!(zero[words], (work_bufs.sem, 4 * sem));
+                        if dq == BwdDq::Atomic {
+                            assert_eq!(zero[words + 1], (work_bufs.accum, 4 * accum));
+                            assert_eq!(zero.len(), words + 2);
+                        } else {
+                            assert_eq!(zero.len(), words + 1, "the first ordered adder stores");
+                        }
+                    }
+                }
                 let kv = match &dq_spec.kv_bounds {
                     KvBounds::ClosedForm(cf) => {
                         assert_eq!(i, 0, "source {i} has a closed form");
                         let b = plan.closed_form_bounds(cf, &shape, &bindings).unwrap();
-                        closed_form_args(&mut a, dq_spec, b.as_deref());
+                        closed_form_args(&mut a, &specs[1].kv_bounds, b.as_deref());
                         a.clone()
                     }
                     KvBounds::Table => ranges_args(&mut a, (0x40000, 0x50000), [(2, 1), (4, 1)]),
                 };
                 for (k, s) in specs.iter().enumerate() {
-                    let args = sized_args(&opts, &shape, if k == 2 { &a } else { &kv }).unwrap();
+                    // fused: the dK/dV kernel gets the dQ kernel's values
+                    let q_side = k == 2 || (k == 1 && is_fused);
+                    let args = sized_args(&opts, &shape, if q_side { &a } else { &kv }).unwrap();
                     let bound = args.bind(s).unwrap();
                     assert_eq!(bound.len(), s.params.len());
                     let g = args.grid(s).unwrap();
                     assert!(g.0 > 0 && g.1 > 0 && g.2 > 0, "{:?}", s.kind);
+                    for (p, want) in [(P::DqAccum, work_bufs.accum), (P::DqSem, work_bufs.sem)] {
+                        if let Some(r) = s.params.iter().position(|x| *x == p) {
+                            assert!(is_fused, "{:?} reads {p:?}", s.kind);
+                            assert_eq!(bound[r], Arg::Ptr(want));
+                        }
+                    }
                     if let Some(r) = s.params.iter().position(|p| *p == P::Ranges) {
-                        let want = if k == 2 { 0x50000 } else { 0x40000 };
+                        let want = if q_side { 0x50000 } else { 0x40000 };
                         assert_eq!(
                             bound[r],
                             Arg::Ptr(want),
