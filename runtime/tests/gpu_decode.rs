@@ -166,12 +166,33 @@ fn gpu_decode_shapes(_d: &CudaDevice) {
     }
 }
 
-/// Long sequences: many splits per (sequence, kv head); a window reads only its window.
+/// Long sequences: many splits per (sequence, kv head), many tiles per split (the page
+/// ids loaded a tile ahead, pages of 16 to 64 at 16 to 64 rows per CTA); a window reads
+/// only its window; one kv head of one sequence split over more than 128 CTAs (the
+/// combine kernel's thread-strided loops).
 fn gpu_decode_long(_d: &CudaDevice) {
     let mut rng = Rng(5);
     let compiled = example("sliding_window");
     let program = compiled.names()[0].to_string();
-    for (lq, page) in [(1, None), (1, Some(64)), (4, Some(32))] {
+    for page in [None, Some(16)] {
+        let c = case_as(
+            DType::BF16,
+            &mut rng,
+            1,
+            4,
+            1,
+            1,
+            128,
+            40000,
+            vec![40000],
+            page,
+        );
+        let caps = Captures::default().param("window", ParamValue::I32(50000));
+        let what = format!("one kv head, 40000 keys, {page:?}");
+        let path = check(&compiled, &program, &c, &caps, &what);
+        assert_eq!(path, expected_path(1, 4, 1, 128), "{what}: path");
+    }
+    for (lq, page) in [(1, None), (1, Some(64)), (4, Some(32)), (16, Some(16))] {
         let sl = vec![20000, 9001];
         let c = case_as(DType::BF16, &mut rng, 2, 32, 8, lq, 128, 20000, sl, page);
         for window in [300, 50000] {

@@ -18,9 +18,12 @@
 //! Measured on an H200 (bf16, D128, Hq32 Hkv8, dense, contiguous, same device call):
 //! B8 Lkv32768 Lq1 (R 4) 241.9 µs against SIMT 416.8, Lq4 (R 16) 242.3 against 1683.1,
 //! Lq16 (R 64) 268.7 against 5703.6; B64 Lkv8192 Lq1 479.9 against 764.8; B1 Lkv131072
-//! Lq1 133.8 against 247.3 (SDPA cuDNN: 241.9, 755.7, 785.1, 471.1, 127.8).
+//! Lq1 133.8 against 247.3 (SDPA cuDNN: 241.9, 755.7, 785.1, 471.1, 127.8). Session 5
+//! (combine over threads, another call): B1 Lkv131072 131.9 µs (cuDNN 130.3); 66 or 132
+//! splits instead of the chosen 33: 136.0, 141.5; B8 Lq16 8 splits instead of 4: slower.
 //! `ATTNC_DECODE_KERNEL=simt|mma` overrides the choice (benchmarks, tests; `mma` only
-//! where the kernel takes the head dim).
+//! where the kernel takes the head dim); `ATTNC_DECODE_SPLITS=N` forces the tensor-core
+//! kernel's split count (benchmarks).
 //!
 //! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
 //! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
@@ -258,7 +261,18 @@ pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> Decod
             let chunk = chunk.max(64);
             (span.div_ceil(chunk).max(1), chunk)
         }
-        Kernel::Mma => mma_splits(ctas, span),
+        Kernel::Mma => match std::env::var("ATTNC_DECODE_SPLITS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            // benchmarks: a forced split count (tiles per split rounded up)
+            Some(n) if n > 0 => {
+                let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as usize;
+                let chunk = span.div_ceil(tile).max(1).div_ceil(n) * tile;
+                (span.div_ceil(chunk).max(1), chunk)
+            }
+            _ => mma_splits(ctas, span),
+        },
     };
     let (lkv_max, page_shift, max_pages, num_pages) = match shape.layout {
         CacheLayout::Contiguous { lkv_max } => (lkv_max, 0, 0, 0),

@@ -29,7 +29,12 @@
 //! ```
 //! Combine kernel, grid `(Lq, Hq, B)`, [`THREADS`] threads: the exact merge of a row's
 //! splits, `LSE = log Σ exp(lse_s)`, `O = Σ exp(lse_s - LSE) o_s` (O = 0 and LSE = -inf
-//! when every split is empty), O written in the input type, LSE in f32.
+//! when every split is empty), O written in the input type, LSE in f32. The splits are
+//! spread over the threads so that a row of many splits costs a few memory latencies,
+//! not two per split: the max and the sum of the weights over thread-strided splits
+//! (shuffles, then the 4 warps through shared memory); O with warp w taking splits w,
+//! w + 4, .., 4 at a time (all loads issued before the sums) and lane l the columns
+//! l D/32 .. (l + 1) D/32; the warps' sums through shared memory.
 //!
 //! Which decode kernel runs (the runtime's `decode/gpu.rs`, which has the numbers): the
 //! tensor-core kernel (`decode_mma.rs`, same grid, parameters and partials) at D 64 and
@@ -62,6 +67,8 @@ pub const THREADS: u32 = 128;
 const WARPS: u32 = THREADS / 32;
 /// Key steps per warp iteration (loads issued together).
 const UNROLL: u32 = 4;
+/// Splits per warp iteration of the combine kernel (loads issued together).
+const COMBINE_UNROLL: i64 = 4;
 /// The pass pipeline: the block-table kernel's (licm takes the kv-independent parts of
 /// the mask out of the key loop), with instcombine's fixpoint check off (the unrolled
 /// online softmax needs more than one round; the result is the same).
@@ -198,7 +205,7 @@ impl DecodeOptions {
 
 /// The launch description of a decode kind, without generating code: the decode kernel
 /// (grid (splits, Hkv x row groups, B), [`THREADS`] threads, per-warp partials in shared
-/// memory) or the combine kernel (grid (Lq, Hq, B), no shared memory). Its kv source is
+/// memory) or the combine kernel (grid (Lq, Hq, B), the warps' sums in shared memory). Its kv source is
 /// the host's reachable ranges (`Ranges`), recorded as [`KvBounds::Table`].
 pub(crate) fn spec(
     p: &Program,
@@ -229,7 +236,7 @@ pub(crate) fn spec(
             format!("attnc_decode_combine_{}", d.input.name()),
             combine_params(),
             [GridDim::QRows, GridDim::Heads, GridDim::Batches],
-            0,
+            combine_smem_bytes(d.d),
         ),
         _ => return Err(LlvmError::Internal("not a decode kernel kind")),
     };
@@ -307,6 +314,11 @@ pub(super) fn with_combine(
         threads: dk.spec.threads,
         smem_bytes: dk.spec.smem_bytes,
     })
+}
+
+/// Shared memory of the combine kernel: per warp D partial sums of O, a max and a sum.
+pub(crate) fn combine_smem_bytes(d: u32) -> u32 {
+    WARPS * (d + 2) * 4
 }
 
 /// Declares `entry` with `params` (pointers global, scalars i32, `Scale` f32); read-only
@@ -833,6 +845,8 @@ fn build_combine<'ctx>(
     let rpc = opts.rows as i64;
     let d = opts.d as i64;
     let tid = g.tid_x()?;
+    let warp = g.lshr(tid, g.c32(5))?;
+    let lane = g.and(tid, g.c32(31))?;
     let i = g.ctaid('x')?;
     let h = g.ctaid('y')?;
     let b = g.ctaid('z')?;
@@ -859,32 +873,89 @@ fn build_combine<'ctx>(
             g.zext64(rl)?,
         )
     };
+    // shared memory: per warp D partial sums of O, then per warp a max and a sum
+    let red_at = |which: i64, w: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let at = (WARPS as i64 * d + which * WARPS as i64) * 4;
+        g.add(g.mul(w, g.c32(4))?, g.c32(at))
+    };
+    // a value of every thread reduced over the CTA (`which` picks the slots)
+    let cta_reduce = |x: FloatValue<'ctx>,
+                      which: i64,
+                      op: &dyn Fn(FloatValue<'ctx>, FloatValue<'ctx>) -> R<FloatValue<'ctx>>|
+     -> R<FloatValue<'ctx>> {
+        let mut x = x;
+        for k in [16, 8, 4, 2, 1] {
+            x = op(x, g.shfl_xor(x, k)?)?;
+        }
+        g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
+            g.store(g.smem_at(red_at(which, warp)?)?, x)
+        })?;
+        g.barrier()?;
+        let ld = |w: u32| -> R<FloatValue<'ctx>> {
+            Ok(g.b
+                .build_load(g.f32, g.smem_at(red_at(which, g.c32(w as i64))?)?, "")?
+                .into_float_value())
+        };
+        let mut r = ld(0)?;
+        for w in 1..WARPS {
+            r = op(r, ld(w)?)?;
+        }
+        Ok(r)
+    };
+    // 1. the largest LSE: thread t reads splits t, t + THREADS, ...
+    let step = g.c32(THREADS as i64);
     let max = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
-    for_range(g, g.c32(0), splits, g.c32(1), |s| {
+    for_range(g, tid, splits, step, |s| {
         let l = g.load_f32(pl, prow(s)?)?;
         g.set(&max, g.fmax(g.getf(&max)?, l)?)
     })?;
-    let m = g.getf(&max)?;
+    let m = cta_reduce(g.getf(&max)?, 0, &|x, y| g.fmax(x, y))?;
     let mref = finite_or_zero(g, m)?;
-    let ncol = (d as usize).div_ceil(THREADS as usize);
+    // 2. the sum of the weights exp(lse_s - m)
     let sum = g.var(g.f32, g.cf(0.0))?;
-    let accs: Vec<Var<'ctx>> = (0..ncol)
+    for_range(g, tid, splits, step, |s| {
+        let l = g.load_f32(pl, prow(s)?)?;
+        g.set(&sum, g.fadd(g.getf(&sum)?, exp_from(g, l, mref)?)?)
+    })?;
+    let sum = cta_reduce(g.getf(&sum)?, 1, &|x, y| g.fadd(x, y))?;
+    // 3. O: warp w takes splits w, w + WARPS, ..., COMBINE_UNROLL of them per iteration
+    //    (every load issued before the sums), lane l columns l * cpt .. + cpt
+    let cpt = d / 32;
+    let c0 = g.mul(lane, g.c32(cpt))?;
+    let accs: Vec<Var<'ctx>> = (0..cpt)
         .map(|_| g.var(g.f32, g.cf(0.0)))
         .collect::<R<_>>()?;
-    for_range(g, g.c32(0), splits, g.c32(1), |s| {
-        let pr = prow(s)?;
-        let l = g.load_f32(pl, pr)?;
-        let w = exp_from(g, l, mref)?;
-        g.set(&sum, g.fadd(g.getf(&sum)?, w)?)?;
-        for (c, acc) in accs.iter().enumerate() {
-            let col = g.add(tid, g.c32(c as i64 * THREADS as i64))?;
-            let colc = g.iintr2("llvm.smin.i32", col, g.c32(d - 1))?;
-            let o = g.load_f32(po, g.add(g.mul(pr, g.c64(d))?, g.zext64(colc)?)?)?;
-            g.set(acc, g.fadd(g.getf(acc)?, g.fmul(w, o)?)?)?;
+    let wstep = g.c32(WARPS as i64 * COMBINE_UNROLL);
+    for_range(g, warp, splits, wstep, |s0| {
+        let mut loaded = Vec::new();
+        for u in 0..COMBINE_UNROLL {
+            let s = g.add(s0, g.c32(u * WARPS as i64))?;
+            let ok = g.icmp(IntPredicate::SLT, s, splits)?;
+            let pr = prow(g.selecti(ok, s, s0)?)?;
+            let l = g.load_f32(pl, pr)?;
+            let at = g.add(g.mul(pr, g.c64(d))?, g.zext64(c0)?)?;
+            let os: Vec<FloatValue<'ctx>> = (0..cpt)
+                .map(|c| g.load_f32(po, g.add(at, g.c64(c))?))
+                .collect::<R<_>>()?;
+            loaded.push((ok, l, os));
+        }
+        for (ok, l, os) in loaded {
+            let w = g.selectf(ok, exp_from(g, l, mref)?, g.cf(0.0))?;
+            for (acc, o) in accs.iter().zip(os) {
+                g.set(acc, g.fadd(g.getf(acc)?, g.fmul(w, o)?)?)?;
+            }
         }
         Ok(())
     })?;
-    let sum = g.getf(&sum)?;
+    // 4. the warps' sums through shared memory; thread t writes columns t, t + THREADS
+    let part_at = |w: IntValue<'ctx>, c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.mul(g.add(g.mul(w, g.c32(d))?, c)?, g.c32(4))
+    };
+    for (k, acc) in accs.iter().enumerate() {
+        let c = g.add(c0, g.c32(k as i64))?;
+        g.store(g.smem_at(part_at(warp, c)?)?, g.getf(acc)?)?;
+    }
+    g.barrier()?;
     let empty = g.fcmp(FloatPredicate::OEQ, sum, g.cf(0.0))?;
     let inv = g.selectf(empty, g.cf(0.0), g.b.build_float_div(g.cf(1.0), sum, "")?)?;
     let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
@@ -893,12 +964,17 @@ fn build_combine<'ctx>(
         InputType::F16 => g.ctx.f16_type(),
     };
     let optr = a.ptr(P::O)?;
-    for (c, acc) in accs.iter().enumerate() {
-        let col = g.add(tid, g.c32(c as i64 * THREADS as i64))?;
+    for k in 0..(d as u32).div_ceil(THREADS) {
+        let col = g.add(tid, g.c32(k as i64 * THREADS as i64))?;
         let ok = g.icmp(IntPredicate::SLT, col, g.c32(d))?;
-        let v = g.fmul(g.getf(acc)?, inv)?;
         g.if_then(ok, || {
-            let hv = g.b.build_float_trunc(v, half, "")?;
+            let mut v = g.cf(0.0);
+            for w in 0..WARPS {
+                let x =
+                    g.b.build_load(g.f32, g.smem_at(part_at(g.c32(w as i64), col)?)?, "")?;
+                v = g.fadd(v, x.into_float_value())?;
+            }
+            let hv = g.b.build_float_trunc(g.fmul(v, inv)?, half, "")?;
             let at = g.add(g.mul(out_row, g.c64(d))?, g.zext64(col)?)?;
             g.store(g.gep_bytes(optr, g.mul(at, g.c64(2))?)?, hv)
         })?;

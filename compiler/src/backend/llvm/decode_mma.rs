@@ -36,7 +36,7 @@ use super::decode::{
     decode_params, for_range, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
-use super::gpu::{Gpu, R, SmemTile};
+use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{load_q_fragments, pv_at, qk};
 use super::softmax::online_softmax;
 use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
@@ -48,7 +48,7 @@ use crate::ir::Program;
 use crate::plan::KvBounds;
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::values::{FloatValue, IntValue};
+use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 /// Threads per CTA (4 warps), as the SIMT kernel.
@@ -154,6 +154,100 @@ pub fn emit_decode_mma(
 ) -> Result<DecodeKernels, LlvmError> {
     let (dk, _) = generate(program, &opts.ptx_options(), EmitText::PtxOnly)?;
     with_combine(program, opts, dk)
+}
+
+/// The page table as this kernel reads it: lane `l` of every warp holds the physical
+/// page of logical page `p0 + l` of the next tile to issue (`p0`: the page of its first
+/// key), loaded one tile ahead ([`Pages::fetch`]) so that the table's latency overlaps a
+/// tile's work instead of stalling the copies; each row takes its page from its lane by
+/// a shuffle. A 64-key tile spans at most 64 / 16 + 1 = 5 pages (pages of 16..=256
+/// positions: `crate::decode::MIN_PAGE`).
+struct Pages<'ctx> {
+    ids: Var<'ctx>,
+    shift: IntValue<'ctx>,
+    /// `page_size - 1`
+    in_page: IntValue<'ctx>,
+    /// `b * max_pages`: this sequence's row of the table
+    table_row: IntValue<'ctx>,
+    last_page: IntValue<'ctx>,
+    last_id: IntValue<'ctx>,
+    table: PointerValue<'ctx>,
+    lane: IntValue<'ctx>,
+    /// bytes of one position (all kv heads) and of one page (i64)
+    row_bytes: IntValue<'ctx>,
+    page_bytes: IntValue<'ctx>,
+    /// bytes from a position's start to this thread's 16 bytes of kv head `hk` (i64)
+    head_bytes: IntValue<'ctx>,
+}
+
+impl<'ctx> Pages<'ctx> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        g: &Gpu<'ctx>,
+        a: &Args<'_, 'ctx>,
+        b: IntValue<'ctx>,
+        hk: IntValue<'ctx>,
+        hkv: IntValue<'ctx>,
+        d: u32,
+        tch: IntValue<'ctx>,
+        lane: IntValue<'ctx>,
+    ) -> R<Self> {
+        use DecodeParam as P;
+        let shift = a.int(P::PageShift)?;
+        let maxp = a.int(P::MaxPages)?;
+        let row_bytes = g.mul(g.zext64(hkv)?, g.c64(d as i64 * 2))?;
+        Ok(Pages {
+            ids: g.var(g.i32, g.c32(0))?,
+            shift,
+            in_page: g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?,
+            table_row: g.mul(b, maxp)?,
+            last_page: g.sub(maxp, g.c32(1))?,
+            last_id: g.sub(a.int(P::NumPages)?, g.c32(1))?,
+            table: a.ptr(P::PageTable)?,
+            lane,
+            row_bytes,
+            page_bytes: g.b.build_left_shift(row_bytes, g.zext64(shift)?, "")?,
+            head_bytes: g
+                .zext64(g.add(g.mul(hk, g.c32(d as i64 * 2))?, g.mul(tch, g.c32(16))?)?)?,
+        })
+    }
+
+    /// The logical page of key position `j`.
+    fn first(&self, g: &Gpu<'ctx>, j: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(g.b.build_right_shift(j, self.shift, false, "")?)
+    }
+
+    /// Loads the page ids of the tile starting at key `key0` (the logical page clamped
+    /// into the table's row, the id into the cache: fast mode never reads outside).
+    fn fetch(&self, g: &Gpu<'ctx>, key0: IntValue<'ctx>) -> R<()> {
+        let lp = g.add(self.first(g, key0)?, self.lane)?;
+        let lp = g.iintr2("llvm.smin.i32", lp, self.last_page)?;
+        let id = g.load_i32(self.table, g.add(self.table_row, lp)?)?;
+        let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
+        let id = g.iintr2("llvm.smin.i32", id, self.last_id)?;
+        g.set(&self.ids, id)
+    }
+
+    /// The byte offset of this thread's 16 bytes of key `j` in the cache (`j` in the tile
+    /// whose ids are `ids` and whose first page is `p0`).
+    fn byte(
+        &self,
+        g: &Gpu<'ctx>,
+        ids: IntValue<'ctx>,
+        p0: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        let src = g.sub(self.first(g, j)?, p0)?;
+        let id = g.shfl_idx_i32(ids, g.and(src, g.c32(31))?)?;
+        let slot = g.and(j, self.in_page)?;
+        g.add(
+            g.add(
+                g.mul(g.zext64(id)?, self.page_bytes)?,
+                g.mul(g.zext64(slot)?, self.row_bytes)?,
+            )?,
+            self.head_bytes,
+        )
+    }
 }
 
 /// Where one of this thread's two accumulator rows (`lane / 4 + 8 hr` of its m-tile)
@@ -328,19 +422,37 @@ pub(super) fn build<'ctx>(
     let rpp = THREADS / chunks; // rows per pass of all threads
     let trow = g.udiv(tid, g.c32(chunks as i64))?;
     let tch = g.and(tid, g.c32(chunks as i64 - 1))?;
+    let pages = if opts.paged {
+        Some(Pages::new(g, &a, b, hk, hkv, d, tch, lane)?)
+    } else {
+        None
+    };
+    let tile_key0 = |t: IntValue<'ctx>| g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?);
     let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
-        let key0 = g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?)?;
+        let key0 = tile_key0(t)?;
         let extra = g.mul(buf, g.c32(stage))?;
+        let ids = match &pages {
+            Some(pg) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
+            None => None,
+        };
         for pass in 0..KV_TILE / rpp {
             let row = g.add(trow, g.c32((pass * rpp) as i64))?;
             let j = g.add(key0, row)?;
             let valid = g.icmp(IntPredicate::SLT, j, k1)?;
-            let jc = g.selecti(valid, j, k0)?;
-            let at = g.add(
-                cache_row_elem(g, &a, opts, b, hk, hkv, jc)?,
-                g.zext64(g.mul(tch, g.c32(8))?)?,
-            )?;
-            let byte = g.mul(at, g.c64(2))?;
+            let byte = match (&pages, ids) {
+                (Some(pg), Some((ids, p0))) => {
+                    // keys past the split read the tile's first key's page (no bytes)
+                    pg.byte(g, ids, p0, g.selecti(valid, j, key0)?)?
+                }
+                _ => {
+                    let jc = g.selecti(valid, j, k0)?;
+                    let at = g.add(
+                        cache_row_elem(g, &a, opts, b, hk, hkv, jc)?,
+                        g.zext64(g.mul(tch, g.c32(8))?)?,
+                    )?;
+                    g.mul(at, g.c64(2))?
+                }
+            };
             let size = g.selecti(valid, g.c32(16), zero)?;
             g.cp_async16(
                 kt.addr_at(g, row, tch, extra)?,
@@ -362,10 +474,21 @@ pub(super) fn build<'ctx>(
         g.add(span, g.c32(KV_TILE as i64 - 1))?,
         g.c32(KV_TILE.trailing_zeros() as i64),
     )?;
+    // the page ids of tile `t`, when it exists (the table is read for existing tiles only)
+    let fetch = |t: IntValue<'ctx>| -> R<()> {
+        match &pages {
+            Some(pg) => g.if_then(g.icmp(IntPredicate::SLT, t, ntiles)?, || {
+                pg.fetch(g, tile_key0(t)?)
+            }),
+            None => Ok(()),
+        }
+    };
+    fetch(zero)?;
     for s in 0..nstages - 1 {
         let sv = g.c32(s as i64);
         g.if_then(g.icmp(IntPredicate::SLT, sv, ntiles)?, || issue(sv, sv))?;
         g.cp_async_commit()?;
+        fetch(g.c32(s as i64 + 1))?;
     }
     g.cp_async_wait(nstages as i64 - 1)?;
     g.barrier()?;
@@ -394,6 +517,8 @@ pub(super) fn build<'ctx>(
         let nbuf = g.geti(&next)?;
         g.if_then(g.icmp(IntPredicate::SLT, nt, ntiles)?, || issue(nt, nbuf))?;
         g.cp_async_commit()?;
+        // the next tile's page ids load while this tile is computed
+        fetch(g.add(nt, g.c32(1))?)?;
         g.set(&next, wrap(nbuf)?)?;
 
         let buf = g.geti(&cur)?;
@@ -594,6 +719,7 @@ mod tests {
                     (true, 16, 128, InputType::Bf16),
                     (true, 32, 64, InputType::F16),
                     (false, 64, 128, InputType::F16),
+                    (true, 64, 128, InputType::Bf16),
                 ] {
                     let o = DecodeOptions {
                         arch: Arch::Sm90,

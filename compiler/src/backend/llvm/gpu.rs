@@ -309,6 +309,18 @@ impl<'ctx> Gpu<'ctx> {
             ],
         )
     }
+    /// `shfl.sync.idx.b32` over the full warp: lane `src`'s `x` (`src` in 0..32).
+    pub fn shfl_idx_i32(&self, x: IntValue<'ctx>, src: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.call_i(
+            "llvm.nvvm.shfl.sync.idx.i32",
+            &[
+                self.c32(-1).into(),
+                x.into(),
+                src.into(),
+                self.c32(31).into(),
+            ],
+        )
+    }
     /// `vote.sync.any.pred` over the full warp: whether `p` holds in any lane.
     pub fn vote_any(&self, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         Ok(self

@@ -492,7 +492,9 @@ fn check_decode_spec(
         }
         _ => {
             assert_eq!(s.grid, [GridDim::QRows, GridDim::Heads, GridDim::Batches]);
-            assert_eq!(s.smem_bytes, 0);
+            // the warps' partial sums of O, a max and a sum per warp
+            assert_eq!(s.smem_bytes, decode::combine_smem_bytes(dopts.d));
+            assert_eq!(s.smem_bytes, 4 * 4 * (dopts.d + 2));
             assert!(s.params.contains(&KernelParam::O));
         }
     }
