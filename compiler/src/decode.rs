@@ -3,9 +3,12 @@
 //!
 //! In: a [`DecodeShape`] (B, heads, Lq new rows, head dims, [`CacheLayout`]), f32 views of
 //! the caches, the page table and `seq_lens`. Out: validation ([`CacheError`], naming the
-//! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]), the position-offset
-//! form of a program ([`offset_program`], used by backends that run the prefill kernel on
-//! a gathered slice) and the oracle ([`reference`](mod@crate::reference)).
+//! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]) or of one kv head
+//! ([`DecodeShape::head_slices`]: in place; [`DecodeShape::gather_head`]), the
+//! position-offset forms of a program ([`offset_program`], used by backends that run the
+//! prefill kernel on a gathered slice; [`packed_offset_program`], the same with a kv
+//! head's query heads packed as the rows of one tile) and the oracle
+//! ([`reference`](mod@crate::reference)).
 //!
 //! Semantics (issue 12): positions are *logical*. Sequence `b` holds `seq_lens[b]` tokens
 //! at positions `0..seq_lens[b]`; its `Lq` new query rows are its last `Lq` tokens, row
@@ -33,6 +36,7 @@ use crate::interp::{Bindings, EvalError};
 use crate::ir::{Arg, BinOp, DimSpec, Function, Inst, ParamInfo, Program, Scalar, Type, Value};
 use crate::reference::{self, Output};
 use crate::shape::{Shape, ShapeError};
+use attnc_grammar::ast::Span;
 
 /// Smallest and largest page size of a paged cache.
 pub const MIN_PAGE: usize = 16;
@@ -363,6 +367,9 @@ pub fn live_rows(lq: usize, seq_len: usize) -> (usize, usize) {
 /// Names of the params [`offset_program`] appends: added to `b`, `q` and `kv`.
 pub const OFFSET_PARAMS: [&str; 3] = ["__b0", "__q0", "__kv0"];
 
+/// Names of the params [`packed_offset_program`] appends.
+pub const PACKED_PARAMS: [&str; 5] = ["__b0", "__q0", "__kv0", "__h0", "__rows"];
+
 /// `p` with `b`, `q` and `kv` replaced by `b + __b0`, `q + __q0` and `kv + __kv0` (three
 /// i32 params appended after the program's own), and captured-tensor dims named `B`,
 /// `Q` or `KV` turned into symbols (`Q` and `KV` share one: both are positions). Running
@@ -370,11 +377,81 @@ pub const OFFSET_PARAMS: [&str; 3] = ["__b0", "__q0", "__kv0"];
 /// first row's position and `__kv0 = start` evaluates the mask and score at logical
 /// positions (with i32 wrapping arithmetic, as the original would at those positions).
 pub fn offset_program(p: &Program) -> Program {
-    let mut out = p.clone();
+    let mut out = with_params(p, &OFFSET_PARAMS, false);
     let base = p.params.len() as u32;
-    for name in OFFSET_PARAMS {
+    let shift = |g: &mut Function, a: Arg, span: Span| -> Option<Value> {
+        let which = match a {
+            Arg::B => 0,
+            Arg::Q => 1,
+            Arg::Kv => 2,
+            _ => return None,
+        };
+        let x = g.push(Inst::Arg(a), Type::I32, span);
+        let off = g.push(
+            Inst::Param(crate::ir::ParamId(base + which)),
+            Type::I32,
+            span,
+        );
+        Some(g.push(Inst::Binary(BinOp::IAdd, x, off), Type::I32, span))
+    };
+    out.mask = p.mask.as_ref().map(|f| rewrite_args(f, &shift));
+    out.score = p.score.as_ref().map(|f| rewrite_args(f, &shift));
+    out
+}
+
+/// `p` for a tile of packed rows (GQA packing): row `r` of the kernel's tile (its `q`) is
+/// query head `h + __h0 + r / __rows` at position `__q0 + r % __rows`, so that the query
+/// heads `__h0 ..` of one kv head, `__rows` new rows each, run as one query head of
+/// `G x __rows` rows against their kv head read once; `b` and `kv` are shifted as in
+/// [`offset_program`] (five i32 params appended, [`PACKED_PARAMS`]). Captured-tensor
+/// dims `B`, `H`, `Q` and `KV` become symbols (the kernel's shape has one head). With
+/// `__h0 = 0` and `__rows` = the tile's rows it is [`offset_program`]'s semantics.
+pub fn packed_offset_program(p: &Program) -> Program {
+    let mut out = with_params(p, &PACKED_PARAMS, true);
+    let base = p.params.len() as u32;
+    let rewrite = |g: &mut Function, a: Arg, span: Span| -> Option<Value> {
+        let param = |g: &mut Function, i: u32| {
+            g.push(Inst::Param(crate::ir::ParamId(base + i)), Type::I32, span)
+        };
+        let bin = |g: &mut Function, op: BinOp, x: Value, y: Value| {
+            g.push(Inst::Binary(op, x, y), Type::I32, span)
+        };
+        let arg = |g: &mut Function, a: Arg| g.push(Inst::Arg(a), Type::I32, span);
+        Some(match a {
+            Arg::B => {
+                let (x, o) = (arg(g, Arg::B), param(g, 0));
+                bin(g, BinOp::IAdd, x, o)
+            }
+            Arg::Kv => {
+                let (x, o) = (arg(g, Arg::Kv), param(g, 2));
+                bin(g, BinOp::IAdd, x, o)
+            }
+            Arg::Q => {
+                let (r, rows, q0) = (arg(g, Arg::Q), param(g, 4), param(g, 1));
+                let i = bin(g, BinOp::IRem, r, rows);
+                bin(g, BinOp::IAdd, q0, i)
+            }
+            Arg::H => {
+                let (h, h0, r, rows) = (arg(g, Arg::H), param(g, 3), arg(g, Arg::Q), param(g, 4));
+                let gi = bin(g, BinOp::IDiv, r, rows);
+                let h = bin(g, BinOp::IAdd, h, h0);
+                bin(g, BinOp::IAdd, h, gi)
+            }
+            _ => return None,
+        })
+    };
+    out.mask = p.mask.as_ref().map(|f| rewrite_args(f, &rewrite));
+    out.score = p.score.as_ref().map(|f| rewrite_args(f, &rewrite));
+    out
+}
+
+/// `p` with i32 params `names` appended and its captured tensors' dims `B`, `Q`, `KV`
+/// (and `H` when `heads`) turned into symbols: their sizes come from the bound tensors.
+fn with_params(p: &Program, names: &[&str], heads: bool) -> Program {
+    let mut out = p.clone();
+    for name in names {
         out.params.push(ParamInfo {
-            name: name.into(),
+            name: (*name).into(),
             ty: Type::I32,
             span: p.span,
         });
@@ -383,66 +460,58 @@ pub fn offset_program(p: &Program) -> Program {
         for d in &mut t.dims {
             match d {
                 DimSpec::B => *d = DimSpec::Symbol("__B".into()),
+                DimSpec::H if heads => *d = DimSpec::Symbol("__H".into()),
                 DimSpec::Q | DimSpec::Kv => *d = DimSpec::Symbol("__positions".into()),
                 _ => {}
             }
         }
     }
-    let shift = |f: &Function| -> Function {
-        let mut g = Function::new(f.kind);
-        let mut map: Vec<Value> = Vec::with_capacity(f.len());
-        let remap = |m: &[Value], v: Value| m[v.index()];
-        for (i, inst) in f.insts.iter().enumerate() {
-            let (ty, span) = (f.types[i], f.spans[i]);
-            let new = match inst {
-                Inst::Arg(a @ (Arg::B | Arg::Q | Arg::Kv)) => {
-                    let which = match a {
-                        Arg::B => 0,
-                        Arg::Q => 1,
-                        _ => 2,
-                    };
-                    let x = g.push(Inst::Arg(*a), Type::I32, span);
-                    let off = g.push(
-                        Inst::Param(crate::ir::ParamId(base + which)),
-                        Type::I32,
-                        span,
-                    );
-                    g.push(Inst::Binary(BinOp::IAdd, x, off), Type::I32, span)
-                }
-                Inst::Unary(op, a) => g.push(Inst::Unary(*op, remap(&map, *a)), ty, span),
-                Inst::Binary(op, a, b) => g.push(
-                    Inst::Binary(*op, remap(&map, *a), remap(&map, *b)),
-                    ty,
-                    span,
-                ),
-                Inst::Select(c, a, b) => g.push(
-                    Inst::Select(remap(&map, *c), remap(&map, *a), remap(&map, *b)),
-                    ty,
-                    span,
-                ),
-                Inst::Load {
-                    tensor,
-                    indices,
-                    guard,
-                } => g.push(
-                    Inst::Load {
-                        tensor: *tensor,
-                        indices: indices.iter().map(|v| remap(&map, *v)).collect(),
-                        guard: remap(&map, *guard),
-                    },
-                    ty,
-                    span,
-                ),
-                other => g.push(other.clone(), ty, span),
-            };
-            map.push(new);
-        }
-        g.ret = map[f.ret.index()];
-        g
-    };
-    out.mask = p.mask.as_ref().map(shift);
-    out.score = p.score.as_ref().map(shift);
     out
+}
+
+/// `f` with each argument for which `arg` emits a replacement replaced by it (`None`:
+/// kept), every other instruction copied with its operands renumbered.
+fn rewrite_args(f: &Function, arg: &dyn Fn(&mut Function, Arg, Span) -> Option<Value>) -> Function {
+    let mut g = Function::new(f.kind);
+    let mut map: Vec<Value> = Vec::with_capacity(f.len());
+    let remap = |m: &[Value], v: Value| m[v.index()];
+    for (i, inst) in f.insts.iter().enumerate() {
+        let (ty, span) = (f.types[i], f.spans[i]);
+        let new = match inst {
+            Inst::Arg(a) => match arg(&mut g, *a, span) {
+                Some(v) => v,
+                None => g.push(inst.clone(), ty, span),
+            },
+            Inst::Unary(op, a) => g.push(Inst::Unary(*op, remap(&map, *a)), ty, span),
+            Inst::Binary(op, a, b) => g.push(
+                Inst::Binary(*op, remap(&map, *a), remap(&map, *b)),
+                ty,
+                span,
+            ),
+            Inst::Select(c, a, b) => g.push(
+                Inst::Select(remap(&map, *c), remap(&map, *a), remap(&map, *b)),
+                ty,
+                span,
+            ),
+            Inst::Load {
+                tensor,
+                indices,
+                guard,
+            } => g.push(
+                Inst::Load {
+                    tensor: *tensor,
+                    indices: indices.iter().map(|v| remap(&map, *v)).collect(),
+                    guard: remap(&map, *guard),
+                },
+                ty,
+                span,
+            ),
+            other => g.push(other.clone(), ty, span),
+        };
+        map.push(new);
+    }
+    g.ret = map[f.ret.index()];
+    g
 }
 
 /// `bind` (for the original program) with the three offset params of [`offset_program`].
@@ -505,6 +574,63 @@ pub fn reference(
         scatter_rows(shape, b, first, &out.o, &out.lse, &mut o, &mut lse);
     }
     Ok(Output { o, lse })
+}
+
+/// Sets the params of [`packed_offset_program`] (after the original program's `base`
+/// params): sequence `b0`, first row's position `q0`, first key `kv0`, first query head
+/// `h0`, `rows` new rows per query head.
+pub fn set_packed_offsets(bind: &mut Bindings, base: usize, [b0, q0, kv0, h0, rows]: [usize; 5]) {
+    bind.params.truncate(base);
+    bind.params
+        .extend([b0, q0, kv0, h0, rows].map(|x| Scalar::I32(x as i32)));
+}
+
+impl DecodeShape {
+    /// Positions `start..end` of kv head `hk` of sequence `b` as `[end - start, D]` /
+    /// `[end - start, Dv]` slices of a contiguous cache (read in place); `None` for a
+    /// paged cache ([`Self::gather_head`]). The caller has checked the view.
+    pub fn head_slices<'v>(
+        &self,
+        view: &KvView<'v>,
+        b: usize,
+        hk: usize,
+        start: usize,
+        end: usize,
+    ) -> Option<(&'v [f32], &'v [f32])> {
+        let n = end - start;
+        match self.layout {
+            CacheLayout::Contiguous { .. } => {
+                let ko = self.row_offset(view.page_table, b, hk, start, self.d);
+                let vo = self.row_offset(view.page_table, b, hk, start, self.dv);
+                Some((&view.k[ko..][..n * self.d], &view.v[vo..][..n * self.dv]))
+            }
+            CacheLayout::Paged { .. } => None,
+        }
+    }
+
+    /// Copies positions `start..end` of kv head `hk` of sequence `b` into `k_out[end -
+    /// start, D]` and `v_out[end - start, Dv]` (through the page table for a paged cache).
+    /// The caller has checked the view.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_head(
+        &self,
+        view: &KvView,
+        b: usize,
+        hk: usize,
+        start: usize,
+        end: usize,
+        k_out: &mut Vec<f32>,
+        v_out: &mut Vec<f32>,
+    ) {
+        k_out.clear();
+        v_out.clear();
+        for pos in start..end {
+            let ko = self.row_offset(view.page_table, b, hk, pos, self.d);
+            let vo = self.row_offset(view.page_table, b, hk, pos, self.dv);
+            k_out.extend_from_slice(&view.k[ko..][..self.d]);
+            v_out.extend_from_slice(&view.v[vo..][..self.dv]);
+        }
+    }
 }
 
 /// Rows `first..Lq` of every head of sequence `b` of `q`, as `[1, Hq, Lq - first, D]`.

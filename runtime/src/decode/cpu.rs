@@ -1,7 +1,8 @@
 //! CPU decoding: split-KV over the worker pool's threads with an exact (O, LSE) combine.
 //!
-//! In: the Cranelift kernel of the position-offset program
-//! (`attnc_compiler::decode::offset_program`), its mask analysis, a checked [`KvView`],
+//! In: the Cranelift kernel of the packed position-offset program
+//! (`attnc_compiler::decode::packed_offset_program`), the plan of the position-offset
+//! program (`offset_program`: the mask analysis over positions), a checked [`KvView`],
 //! `q` (f32), bindings of the original program. Out: `O`, `LSE` (f32, layouts of
 //! `attnc_compiler::decode`), or the first out-of-range read (checked mode).
 //!
@@ -9,17 +10,22 @@
 //! once (closed form / params / summaries, as for prefill, with the offsets bound), and
 //! the kv range is cut to the blocks the map visits: a sliding window reads only its
 //! window. That range is cut into chunks (multiples of the kernel's kv block, sized so
-//! that there are about four per thread); each chunk is a work item: its K/V rows are
-//! gathered (through the page table) into a `[Hkv, len, D]` slice, the map is sliced to
-//! it, and the prefill kernel runs on it single-threaded with `__kv0` = the chunk's
-//! start, giving a partial (O, LSE) per (head, row). Partials merge exactly
-//! ([`combine`]). Checked mode: every block partial, and the reported read is the one of
-//! the lowest failing work item (items ascend in (b, position) order).
-
+//! that there are about four per thread); each chunk is a work item. Within an item,
+//! each kv head runs the prefill kernel once, single-threaded, on a packed tile (GQA
+//! packing): the `G x rows` rows of its query heads as one head's rows (row `r` is query
+//! head `hk G + r / rows` at position `pos + r % rows`, which the packed program
+//! computes from `__h0` and `__rows`), against the chunk's K/V of that kv head read once:
+//! in place for a contiguous cache (a slice, no copy), copied through the page table for a
+//! paged one. The packed map ([`pack_map`]) makes a packed block full only where it is
+//! full for every row it holds. Partials (per head and row) merge exactly ([`combine`]).
+//! Checked mode: every block partial, and the reported read is the one of the lowest
+//! failing work item (items ascend in (b, position) order; kv heads in order within one).
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel};
-use attnc_compiler::decode::{DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets};
+use attnc_compiler::decode::{
+    DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets, set_packed_offsets,
+};
 use attnc_compiler::interp::{Bindings, EvalError};
 use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
@@ -27,8 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 pub(crate) struct Call<'a> {
+    /// Compiled from the packed offset program.
     pub kernel: &'a CpuKernel,
-    /// The plan of the offset program the kernel was compiled from.
+    /// The plan of the (unpacked) offset program: the block maps over positions.
     pub plan: &'a Plan,
     pub shape: &'a DecodeShape,
     pub q: &'a [f32],
@@ -62,6 +69,16 @@ pub(crate) struct Seq {
     maps: BlockMaps,
 }
 
+/// One sequence's packed maps: one per kv head, or one for all when the mask does not
+/// depend on the head.
+struct Packed(Vec<BlockMap>);
+
+impl Packed {
+    fn of(&self, hk: usize) -> &BlockMap {
+        &self.0[hk.min(self.0.len() - 1)]
+    }
+}
+
 /// The live sequences and the positions `(start, end)` each can reach.
 pub(crate) type SeqPlan = (Vec<Seq>, Vec<(usize, usize)>);
 
@@ -75,9 +92,10 @@ struct Item {
 /// Smallest chunk of keys worth a work item.
 const MIN_CHUNK: usize = 256;
 
-/// Largest K + V of one kv head per work item (f32 bytes): half a typical L2, so the
-/// query heads of a GQA group, which the kernel runs one after another, re-read the
-/// chunk from L2. Measured at 2 threads (B1 Hq32 Hkv8 L32768 D128, causal): 256 KB 4.2,
+/// Largest K + V of one kv head per work item (f32 bytes): half a typical L2, so that a
+/// packed tile's keys stay in cache while the kernel walks them (and when G x rows spans
+/// several q tiles, which re-read them). Measured before GQA packing, when each query
+/// head re-read the chunk (2 threads, B1 Hq32 Hkv8 L32768 D128, causal): 256 KB 4.2,
 /// 512 KB 4.6, 1 MB 4.0, 2 MB 3.5, unbounded 3.1 GB/s.
 const MAX_CHUNK_BYTES: usize = 512 << 10;
 
@@ -88,8 +106,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let (seqs, spans) = sequences(c.plan, s, c.view.seq_lens, c.bind, (qb, kb), c.checked)
         .map_err(Failure::Other)?;
     let total: usize = spans.iter().map(|(a, b)| b - a).sum();
-    // at most ~MAX_CHUNK_BYTES of one kv head's K and V per item, so the query heads of
-    // a GQA group (consecutive work items of the kernel) find them in cache
+    // at most ~MAX_CHUNK_BYTES of one kv head's K and V per item
     let max_chunk = (MAX_CHUNK_BYTES / (4 * (s.d + s.dv))).max(MIN_CHUNK);
     let chunk = (total / (4 * c.threads.max(1)))
         .clamp(MIN_CHUNK, max_chunk)
@@ -113,6 +130,11 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let first_err: Mutex<Option<(usize, Failure)>> = Mutex::new(None);
+    let group = s.hq / s.hkv;
+    let packed: Vec<Packed> = seqs
+        .iter()
+        .map(|q| Packed(pack_maps(&q.maps, s, s.lq - q.first, qb)))
+        .collect();
     let worker = || {
         let mut bind = c.bind.clone();
         let (mut kbuf, mut vbuf, mut qbuf) = (Vec::new(), Vec::new(), Vec::new());
@@ -125,29 +147,51 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
             let seq = &seqs[item.seq];
             let rows = s.lq - seq.first;
             let len = item.end - item.start;
-            s.gather(c.view, seq.b, item.start, item.end, &mut kbuf, &mut vbuf);
+            // [Hq, rows, D]: the query heads of kv head hk are rows hk G rows ..
             gather_rows(s, c.q, seq.b, seq.first, &mut qbuf);
-            set_offsets(&mut bind, base, seq.b, seq.pos, item.start);
-            let maps = slice_maps(&seq.maps, item.start / kb, len);
+            let tile = group * rows;
             let mut o = vec![0f32; s.hq * rows * s.dv];
             let mut lse = vec![0f32; s.hq * rows];
-            let r = c.kernel.run(
-                &seq_shape(s, rows, len),
-                &qbuf,
-                &kbuf,
-                &vbuf,
-                c.scale,
-                &bind,
-                &maps,
-                &Scoped(1),
-                &mut o,
-                &mut lse,
-            );
-            match r {
-                Ok(()) => {
+            let mut failed = None;
+            for hk in 0..s.hkv {
+                let (k, v) = match s.head_slices(c.view, seq.b, hk, item.start, item.end) {
+                    Some(kv) => kv,
+                    None => {
+                        s.gather_head(
+                            c.view, seq.b, hk, item.start, item.end, &mut kbuf, &mut vbuf,
+                        );
+                        (&kbuf[..], &vbuf[..])
+                    }
+                };
+                set_packed_offsets(
+                    &mut bind,
+                    base,
+                    [seq.b, seq.pos, item.start, hk * group, rows],
+                );
+                let maps =
+                    BlockMaps::single(slice_map(packed[item.seq].of(hk), item.start / kb, len));
+                let r = c.kernel.run(
+                    &packed_shape(s, tile, len),
+                    &qbuf[hk * tile * s.d..][..tile * s.d],
+                    k,
+                    v,
+                    c.scale,
+                    &bind,
+                    &maps,
+                    &Scoped(1),
+                    &mut o[hk * tile * s.dv..][..tile * s.dv],
+                    &mut lse[hk * tile..][..tile],
+                );
+                if let Err(e) = r {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => {
                     let _ = parts[it].set((o, lse));
                 }
-                Err(e) => {
+                Some(e) => {
                     stop.store(true, Ordering::Relaxed);
                     let mut fe = first_err.lock().unwrap_or_else(|p| p.into_inner());
                     if fe.as_ref().is_none_or(|(i, _)| it < *i) {
@@ -258,13 +302,66 @@ fn seq_shape(s: &DecodeShape, rows: usize, lkv: usize) -> Shape {
     }
 }
 
-/// The maps of kv blocks `first..` covering `len` positions, renumbered from 0.
-fn slice_maps(maps: &BlockMaps, first: usize, len: usize) -> BlockMaps {
-    BlockMaps {
-        b_stride: maps.b_stride,
-        h_stride: maps.h_stride,
-        maps: maps.maps.iter().map(|m| slice_map(m, first, len)).collect(),
+/// The kernel's shape of one packed tile: one head of `rows` rows against `lkv` keys.
+fn packed_shape(s: &DecodeShape, rows: usize, lkv: usize) -> Shape {
+    Shape {
+        b: 1,
+        hq: 1,
+        hkv: 1,
+        lq: rows,
+        lkv,
+        d: s.d,
+        dv: s.dv,
     }
+}
+
+/// The block maps of the packed tiles of a sequence (`maps`: its maps per query head
+/// over `rows` rows, q blocks of `qb`): one per kv head, or one when `maps` does not
+/// depend on the head. Packed row `r` of kv head `hk` is row `r % rows` of query head
+/// `hk G + r / rows`; a packed block is empty where every row it holds is, full where
+/// every row's block is full, partial elsewhere (sound: full blocks skip the mask).
+fn pack_maps(maps: &BlockMaps, s: &DecodeShape, rows: usize, qb: usize) -> Vec<BlockMap> {
+    let group = s.hq / s.hkv;
+    let heads = if maps.h_stride == 0 { 1 } else { s.hkv };
+    let (lkv, kb) = (maps.maps[0].lkv, maps.maps[0].kv_block);
+    let nkb = lkv.div_ceil(kb);
+    let tile = group * rows;
+    (0..heads)
+        .map(|hk| {
+            let mut out = BlockMapBuilder::new(tile, lkv, qb, kb);
+            let (mut any, mut full) = (vec![false; nkb], vec![0usize; nkb]);
+            for pq in 0..tile.div_ceil(qb) {
+                // the (map, q block) pairs of the rows this packed block holds
+                let mut srcs: Vec<(usize, usize)> = (pq * qb..((pq + 1) * qb).min(tile))
+                    .map(|r| ((hk * group + r / rows) * maps.h_stride, (r % rows) / qb))
+                    .collect();
+                srcs.sort_unstable();
+                srcs.dedup();
+                any.fill(false);
+                full.fill(0);
+                for &(m, i) in &srcs {
+                    for run in maps.maps[m].row(i) {
+                        for j in run.start as usize..run.end as usize {
+                            any[j] = true;
+                            full[j] += run.full as usize;
+                        }
+                    }
+                }
+                for j in 0..nkb {
+                    let kind = if !any[j] {
+                        BlockKind::Empty
+                    } else if full[j] == srcs.len() {
+                        BlockKind::Full
+                    } else {
+                        BlockKind::Partial
+                    };
+                    out.push(j, kind);
+                }
+                out.end_row();
+            }
+            out.finish()
+        })
+        .collect()
 }
 
 fn slice_map(m: &BlockMap, first: usize, len: usize) -> BlockMap {

@@ -12,7 +12,8 @@
 //! `Shape::lkv` = the cache's capacity in positions (`Lkv_max`, or `max_pages *
 //! page_size`): captured tensors with dims `Q` or `KV` are indexed by position and have
 //! that size. Per backend: the reference runs the f64 oracle; the CPU splits each
-//! sequence's kv range (only the blocks its mask can reach) across threads (`cpu`).
+//! sequence's kv range (only the blocks its mask can reach) across threads, a kv head's
+//! query heads packed into one tile, contiguous f32 caches read in place (`cpu`).
 
 mod cpu;
 mod cuda;
@@ -25,7 +26,9 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuKernel, CpuOptions};
-use attnc_compiler::decode::{CacheError, CacheLayout, DecodeShape, KvView, offset_program};
+use attnc_compiler::decode::{
+    CacheError, CacheLayout, DecodeShape, KvView, offset_program, packed_offset_program,
+};
 use attnc_compiler::plan::Plan;
 
 /// The KV cache of a [`Bound::forward_with_cache`] call.
@@ -247,11 +250,11 @@ pub(crate) enum DecodeState {
 }
 
 pub(crate) struct CpuState {
-    /// The kernel of the position-offset program.
+    /// The kernel of the packed position-offset program (GQA packing, `cpu.rs`).
     kernel: CpuKernel,
-    /// The plan of the position-offset program.
+    /// The plan of the position-offset program (block maps over positions).
     plan: Plan,
-    /// k, v as f32, reused between calls.
+    /// k, v as f32 when they are not f32 already, reused between calls.
     inputs: [Vec<f32>; 2],
 }
 
@@ -260,27 +263,31 @@ impl DecodeState {
         variant: &crate::api::Variant,
         bound_plan: &Plan,
         backend: Backend,
-        lq: usize,
+        (lq, group): (usize, usize),
         checked: bool,
     ) -> Result<Self> {
         let program = variant.program();
         match backend {
             Backend::Reference => Ok(DecodeState::Reference),
             Backend::Cpu => {
-                let shifted = offset_program(program);
+                // a tile holds the G x Lq packed rows of a kv head (up to 64)
                 let opts = CpuOptions {
-                    q_block: lq.clamp(1, 64).div_ceil(16) * 16,
+                    q_block: (group * lq).clamp(1, 64).div_ceil(16) * 16,
                     kv_block: 64,
                     checked,
                     isa: None,
                 };
-                let plan = Plan::new(&shifted);
-                let kernel =
-                    attnc_compiler::backend::cranelift::compile(&plan, KernelKind::Forward, &opts)
-                        .map_err(|e| Error::Backend {
-                            backend: "cpu",
-                            message: e.to_string(),
-                        })?;
+                let plan = Plan::new(&offset_program(program));
+                let packed = Plan::new(&packed_offset_program(program));
+                let kernel = attnc_compiler::backend::cranelift::compile(
+                    &packed,
+                    KernelKind::Forward,
+                    &opts,
+                )
+                .map_err(|e| Error::Backend {
+                    backend: "cpu",
+                    message: e.to_string(),
+                })?;
                 Ok(DecodeState::Cpu(Box::new(CpuState {
                     kernel,
                     plan,
@@ -311,7 +318,7 @@ impl Bound {
                 &variant,
                 self.plan(),
                 opts.backend,
-                opts.shape.lq,
+                (opts.shape.lq, opts.shape.hq / opts.shape.hkv.max(1)),
                 opts.checked,
             )?;
             *self.extension::<Option<DecodeState>>() = Some(s);
@@ -374,12 +381,16 @@ impl Bound {
                     plan,
                     inputs,
                 } = &mut **st;
-                let [kf, vf] = inputs;
-                k.read_f32_into(kf);
-                v.read_f32_into(vf);
+                // f32 caches are read in place; others converted once per call
+                let [kbuf, vbuf] = inputs;
+                for (t, buf) in [(k, &mut *kbuf), (v, &mut *vbuf)] {
+                    if t.as_f32_slice().is_none() {
+                        t.read_f32_into(buf);
+                    }
+                }
                 let view = KvView {
-                    k: kf,
-                    v: vf,
+                    k: k.as_f32_slice().unwrap_or(kbuf.as_slice()),
+                    v: v.as_f32_slice().unwrap_or(vbuf.as_slice()),
                     page_table: &page_table,
                     seq_lens: &seq_lens,
                 };
