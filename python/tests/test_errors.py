@@ -170,3 +170,22 @@ def test_block_mask_takes_cuda_tensors_and_a_mask_over_captures():
     doc = torch.zeros(1, 16, dtype=torch.int32)
     e = raises("E0313", attn.block_mask, q, k, v, doc=doc)
     assert "CUDA" in str(e)
+
+
+def test_cuda_backward_entries_refuse_host_tensors():
+    """The extension's zero-copy CUDA backward (what autograd calls on CUDA tensors) and
+    the query of its fused-dQ workspace refuse CPU tensors (E0314, naming the entry) and
+    CUDA-less dtypes, before touching any pointer."""
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    inner = attn._inner
+    q, k, v = (x.bfloat16() for x in qkv(1, 2, 2, 16, 16, 128))
+    e = raises("E0314", inner.backward_workspace, q, k, v, None)
+    assert "the CUDA backward takes CUDA tensors" in str(e) and "cpu" in str(e)
+    o, lse, do = torch.empty_like(q), torch.empty(1, 2, 16), torch.empty_like(q)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    scratch = torch.empty(2, 32)
+    args = (q, k, v, o, lse, do, None, dq, dk, dv, scratch, None, [], [], [], None, 0)
+    e = raises("E0314", inner.backward_cuda, *args)
+    assert "backward_cuda takes CUDA tensors" in str(e)
+    e = raises("E0314", inner.backward_cuda, *args, None, (torch.empty(8), torch.empty(1, dtype=torch.int32)))
+    assert "backward_cuda" in str(e)
