@@ -132,3 +132,68 @@ fn capture_gradient_kernels() {
     }
     assert_eq!(n, 10);
 }
+
+/// The fused sm_90 backward (dQ inside the dK/dV kernel, `backward/fused.rs`) at D128,
+/// bf16, for a dense, a causal, a soft-capped, an ALiBi and a relative-position-table
+/// attention under the three fused schemes: byte-identical twice; `Ordered` adds with
+/// vector reductions after a semaphore wait, `OrderedBulk` hands the parts to a writer
+/// warpgroup (setmaxnreg, shared-memory slots, one bulk reduction per tile), `Atomic`
+/// neither waits nor counts. Snapshots of the dense dK/dV + dQ kernel under `Ordered` (the
+/// default) and `OrderedBulk`. `ATTNC_BWD_PTX_DIR=dir` writes every kernel there (for
+/// `ptxas -arch=sm_90a -v`).
+#[test]
+fn fused_sm90_kernels() {
+    use attnc_compiler::backend::llvm::BwdDq;
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    for (file, name) in [
+        ("dense", "dense"),
+        ("causal", "causal_attention"),
+        ("softcap", "softcap_causal"),
+        ("alibi_causal", "alibi_causal"),
+        ("relative_bias_table", "relative_bias_table"),
+    ] {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
+        )
+        .unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let plan = Plan::new(p);
+        let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+        assert_eq!(def.bwd_dq, BwdDq::Ordered);
+        for dq in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic] {
+            let opts = def.backward_fused(dq);
+            for kind in [BackwardKind::DkDv, BackwardKind::Dq] {
+                let a = emit_backward(&plan, &opts, kind).unwrap();
+                let b = emit_backward(&plan, &opts, kind).unwrap();
+                assert_eq!(a.ptx, b.ptx, "{name} {dq:?} {kind:?}: PTX differs");
+                let tag = format!("{dq:?}").to_lowercase();
+                if let Some(dir) = &dir {
+                    std::fs::write(format!("{dir}/{name}_{tag}_{}.ptx", kind.name()), &a.ptx)
+                        .unwrap();
+                }
+                if kind != BackwardKind::DkDv {
+                    continue;
+                }
+                let has = |x: &str| a.ptx.contains(x);
+                assert_eq!(has("ld.acquire.gpu"), dq != BwdDq::Atomic, "{name} {dq:?}");
+                assert_eq!(
+                    has("red.relaxed.gpu.global.add.v4.f32"),
+                    dq != BwdDq::OrderedBulk,
+                    "{name} {dq:?}"
+                );
+                let bulk = dq == BwdDq::OrderedBulk;
+                assert_eq!(has("cp.reduce.async.bulk.global.shared::cta"), bulk);
+                assert_eq!(has("setmaxnreg.dec.sync.aligned.u32 24"), bulk);
+                assert_eq!(has("setmaxnreg.inc.sync.aligned.u32 240"), bulk);
+                assert_eq!(a.threads, if bulk { 384 } else { 256 });
+                if name == "dense" && dq != BwdDq::Atomic {
+                    insta::assert_snapshot!(
+                        format!("bwd_ptx_sm90_bf16_d128__dense__bwd_dkdv_{tag}"),
+                        a.ptx
+                    );
+                }
+            }
+        }
+    }
+}

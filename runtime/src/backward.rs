@@ -373,7 +373,7 @@ impl Bound {
         let mut popts = if separate {
             PtxOptions::backward_separate(arch, d, dv, input)
         } else {
-            PtxOptions::backward(arch, d, dv, input)
+            bwd_dq_override(PtxOptions::backward(arch, d, dv, input))
         };
         popts.checked = opts.checked;
         let k = Arc::new(
@@ -387,5 +387,20 @@ impl Bound {
             &mut state.cuda
         }) = Some(k.clone());
         Ok(k)
+    }
+}
+
+/// `ATTNC_BWD_DQ=bulk` runs the fused backward with bulk dQ additions by a writer
+/// warpgroup (`BwdDq::OrderedBulk`: deterministic, the same order as the default
+/// `Ordered`; off by default until the GPU tests have passed on it) where the defaults
+/// fuse dQ (sm_90, D128); `separate` is read above (caller buffers: the two-kernel
+/// path); any other value, or none, keeps the defaults.
+fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
+    use attnc_compiler::backend::llvm::BwdDq;
+    match std::env::var("ATTNC_BWD_DQ").as_deref() {
+        Ok("bulk") if o.bwd_dq == BwdDq::Ordered && o.kv_block == 128 => {
+            o.backward_fused(BwdDq::OrderedBulk)
+        }
+        _ => o,
     }
 }

@@ -42,9 +42,11 @@
 //! entry points (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
 //! `ATTNC_BWD_BENCH_CFG=default,separate,wg64x64o,wg64x128a`: one line per configuration
 //! with each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
-//! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles of
-//! 64 and 128, fused atomic) against the reference; `gpu_backward_is_deterministic`
-//! checks four runs bit-identical (dQ, dK, dV, capture gradients) under the defaults.
+//! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles
+//! of 64 and 128, ordered with bulk additions, fused atomic) against the reference;
+//! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
+//! gradients) under the defaults; `gpu_backward_fused_sanitize` is the small D128 case
+//! for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
 
 mod gpu_util;
 
@@ -577,8 +579,9 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
 
 /// Every dQ scheme against the f64 reference (sm_90; elsewhere only `Separate` exists):
 /// dQ by a second kernel, fused and ordered with kv tiles of 64 (one warpgroup, dQ in two
-/// 64-column chunks at D128) and 128 (two warpgroups), fused with unordered additions
-/// (`Atomic`): closed-form masks, a block-table mask (document), a score with capture
+/// 64-column chunks at D128) and 128 (two warpgroups), fused and ordered with bulk
+/// additions by a writer warpgroup (`OrderedBulk`, kv tiles of 128), fused with
+/// unordered additions (`Atomic`): closed-form masks, a block-table mask (document), a score with capture
 /// gradients, GQA, odd lengths, Lq != Lkv, f16 and bf16.
 fn gpu_backward_dq_schemes(dev: &CudaDevice) {
     use attnc_compiler::backend::llvm::{Arch, BwdDq};
@@ -621,6 +624,7 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
                 kv_block: 64,
                 ..sep.backward_fused(BwdDq::Ordered)
             });
+            schemes.push(sep.backward_fused(BwdDq::OrderedBulk));
         }
         for o in schemes {
             check_case_with(dev, p, *sh, *ty, 300 + i as u64, i % 2 == 1, o);
@@ -909,8 +913,9 @@ fn test_options(
 /// The benchmark's options for one `ATTNC_BWD_BENCH_CFG` entry: `default`,
 /// `separate` (`PtxOptions::backward_separate`: what the caller-buffer entry points
 /// run), or `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` and a dQ scheme suffix:
-/// none (a separate dQ kernel), `o` (fused, ordered) or `a` (fused, unordered atomics),
-/// e.g. `wg64x128`, `wg64x128o`, `wg64x64a`.
+/// none (a separate dQ kernel), `o` (fused, ordered), `b` (fused, ordered, bulk
+/// additions by a writer warpgroup) or `a` (fused, unordered atomics), e.g. `wg64x128`,
+/// `wg64x128o`, `wg64x128b`, `wg64x64a`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
@@ -929,6 +934,8 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         (t, o.backward_fused(BwdDq::Ordered))
     } else if let Some(t) = tile.strip_suffix('a') {
         (t, o.backward_fused(BwdDq::Atomic))
+    } else if let Some(t) = tile.strip_suffix('b') {
+        (t, o.backward_fused(BwdDq::OrderedBulk))
     } else {
         (tile, o)
     };
@@ -1101,6 +1108,38 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     let _ = std::fs::write(format!("{out}/attnc_bwd_bench.json"), json);
 }
 
+/// Small D128 cases of the default fused kernel for compute-sanitizer (memcheck: the
+/// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
+/// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, and rows masked
+/// entirely (their dQ exactly 0).
+fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
+    check_case(
+        dev,
+        &samples::causal(),
+        shape(1, 4, 2, 150, 270, 128),
+        InputType::Bf16,
+        31,
+        false,
+    );
+    let p = late_start();
+    let sh = shape(1, 2, 1, 67, 140, 128);
+    check_case(dev, &p, sh, InputType::F16, 32, false);
+    let opts = test_options(dev.arch(), 128, 128, InputType::F16);
+    let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
+    let bw = CudaBackward::load(dev, &ks).unwrap();
+    let x = inputs(&p, &sh, InputType::F16, 32, false);
+    let g = run(dev, &bw, &sh, &x, blocks_of(&bw, &p, &sh, &x).as_blocks());
+    for h in 0..2 {
+        for q in 0..5 {
+            let row = &g.dq[(h * sh.lq + q) * 128..][..128];
+            assert!(
+                row.iter().all(|b| from_bits(*b, InputType::F16) == 0.0),
+                "masked row {q} of head {h}: dq {row:?}"
+            );
+        }
+    }
+}
+
 /// A small case for compute-sanitizer (memcheck: the capture-gradient scatter stays in
 /// its buffers): the bias-table sample at an odd GQA shape, and a learnable soft-cap
 /// with a tensor read twice through `Bound::backward`.
@@ -1148,6 +1187,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_backward_capture_sanitize",
         gpu_backward_capture_sanitize,
     ),
+    ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
 ];
 
 /// Ignored trials, run with `--ignored` (`gpu_backward --ignored bench`).

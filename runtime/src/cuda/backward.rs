@@ -21,7 +21,8 @@
 //! sm_90: `backend::llvm::backward::fused`) the three kernels are pre, dK/dV + dQ (adding
 //! into an f32 workspace, `DqAccum`, in an order fixed by per-tile semaphores, `DqSem`,
 //! zeroed here before it) and the dQ conversion; the capture gradients are then summed
-//! by the dK/dV kernel.
+//! by the dK/dV kernel. `BwdDq::OrderedBulk` (the same order, the additions made by a
+//! writer warpgroup with bulk reductions; 384 threads) needs nothing else here.
 //!
 //! Deterministic (all but `BwdDq::Atomic`): every dK/dV element is summed by one thread
 //! in a fixed order, every dQ element by one thread (separate) or by the kv blocks in

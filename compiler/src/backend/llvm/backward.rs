@@ -252,7 +252,7 @@ pub fn backward_layout(
             KernelKind::BackwardPre,
         ),
         BackwardKind::DkDv => (
-            opts.kv_block / 16 * 32,
+            opts.kv_block / 16 * 32 + fused::writer_threads(opts),
             DkDvTiles::new(opts).bytes,
             [G::KvBlocks, G::KvHeads, G::Batches],
             KernelKind::BackwardDkDv,
@@ -438,6 +438,9 @@ pub(super) struct DkDvTiles {
     pub buf: u32,
     /// The fused kernel's dSᵀ tile (rows: kv, columns: q).
     pub ds: Option<SmemTile>,
+    /// `BwdDq::OrderedBulk`: byte offset of the dQ slots ([`fused::DQ_SLOTS`] of
+    /// `q_block x D` f32 each) and of their mbarriers (8 bytes each: full, then empty).
+    pub dq_slots: Option<(u32, u32)>,
     pub bytes: u32,
 }
 
@@ -462,6 +465,13 @@ impl DkDvTiles {
         }
         let ds =
             (o.bwd_dq != BwdDq::Separate).then(|| tile(q.offset + 2 * buf, o.kv_block, o.q_block));
+        let mut bytes = q.offset + 2 * buf + ds.map_or(0, |t| t.bytes());
+        let dq_slots = (o.bwd_dq == BwdDq::OrderedBulk).then(|| {
+            let slots = bytes.next_multiple_of(1024);
+            let bars = slots + fused::DQ_SLOTS * o.q_block * o.d * 4;
+            bytes = bars + 2 * fused::DQ_SLOTS * 8;
+            (slots, bars)
+        });
         DkDvTiles {
             k,
             v,
@@ -471,7 +481,8 @@ impl DkDvTiles {
             delta,
             buf,
             ds,
-            bytes: q.offset + 2 * buf + ds.map_or(0, |t| t.bytes()),
+            dq_slots,
+            bytes,
         }
     }
 }
@@ -547,6 +558,13 @@ fn build<'ctx>(
         AttributeLoc::Function,
         ctx.create_string_attribute("nvvm.maxntid", &k.threads.to_string()),
     );
+    if kind == BackwardKind::DkDv && fused::writer_threads(opts) > 0 {
+        // setmaxnreg needs a register cap at entry: one CTA per SM
+        func.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("nvvm.minctasm", "1"),
+        );
+    }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     for (i, kp) in k.params.iter().enumerate() {
         if matches!(

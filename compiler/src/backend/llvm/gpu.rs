@@ -733,6 +733,56 @@ impl<'ctx> Gpu<'ctx> {
         Ok(())
     }
 
+    /// One bulk copy (TMA, one thread) of `bytes` from shared-window address `src` (i32,
+    /// 16-byte aligned) to global address `dst` (i64, 16-byte aligned), committed as its
+    /// own bulk group: where `store` (i32) is non-zero `cp.async.bulk` (a plain copy),
+    /// else `cp.reduce.async.bulk ... .add.f32` (element-wise f32 addition into global
+    /// memory). Predicated inside one statement (no branch).
+    pub fn bulk_store_or_add_f32(
+        &self,
+        dst: IntValue<'ctx>,
+        src: IntValue<'ctx>,
+        bytes: u32,
+        store: IntValue<'ctx>,
+    ) -> R<()> {
+        self.asm_void(
+            &format!(
+                "{{\n.reg .pred p;\nsetp.ne.b32 p, $2, 0;\n@p cp.async.bulk.global.shared::cta.bulk_group [$0], [$1], {bytes};\n@!p cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], {bytes};\ncp.async.bulk.commit_group;\n}}"
+            ),
+            "l,r,r,~{memory}",
+            &[dst, src, store],
+        )
+    }
+    /// `cp.async.bulk.wait_group.read n` (`read`: until at most `n` of this thread's bulk
+    /// groups still read their shared-memory source) or `cp.async.bulk.wait_group n`
+    /// (until at most `n` are incomplete, their writes done).
+    pub fn bulk_wait(&self, read: bool, n: u32) -> R<()> {
+        let r = if read { ".read" } else { "" };
+        self.asm_void(
+            &format!("cp.async.bulk.wait_group{r} {n};"),
+            "~{memory}",
+            &[],
+        )
+    }
+    /// `fence.proxy.async.global`: orders this thread's global-memory accesses through
+    /// the generic proxy (a semaphore's acquire or release) with those of the async proxy
+    /// (bulk copies), both ways.
+    pub fn fence_proxy_async_global(&self) -> R<()> {
+        self.asm_void("fence.proxy.async.global;", "~{memory}", &[])
+    }
+    /// `st.shared.v4.f32 [off], v` at byte offset `off` (16-byte aligned) of the dynamic
+    /// shared memory.
+    pub fn st_shared_v4(&self, off: IntValue<'ctx>, v: [FloatValue<'ctx>; 4]) -> R<()> {
+        let mut x = self.f32.vec_type(4).get_undef();
+        for (i, e) in v.iter().enumerate() {
+            x = self.b.build_insert_element(x, *e, self.c32(i as i64), "")?;
+        }
+        let st = self.b.build_store(self.smem_at(off)?, x)?;
+        st.set_alignment(16)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+        Ok(())
+    }
+
     // ---- Hopper warp specialization: mbarriers, TMA, named barriers, setmaxnreg ------------
 
     /// A side-effecting, convergent inline asm statement with no result.

@@ -140,6 +140,11 @@ pub enum BwdDq {
     /// As `Ordered` without the semaphore wait: plain f32 reductions in whatever order
     /// the CTAs reach them. Not deterministic (run-to-run differences in the last bits).
     Atomic,
+    /// As `Ordered` (the same order, deterministic), but the math warpgroups only write
+    /// each dQ part into shared memory (two slots) and go on; a writer warpgroup waits
+    /// for the tile's turn and adds the part with one bulk reduction (TMA,
+    /// `cp.reduce.async.bulk`), so the wait no longer stalls the products.
+    OrderedBulk,
 }
 
 /// Element type of Q, K, V and O.
@@ -445,6 +450,7 @@ impl PtxOptions {
             BwdDq::Separate => "",
             BwdDq::Ordered => " dq=ordered",
             BwdDq::Atomic => " dq=atomic",
+            BwdDq::OrderedBulk => " dq=ordered-bulk",
         } + if self.float_positions { " fpos" } else { "" }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {

@@ -4,7 +4,10 @@
 //!
 //! In: what `backward.rs` hands its kernels ([`Program`], the score and its derivative,
 //! [`PtxOptions`] with `bwd_dq` not `Separate`, the kernel's [`KvBounds`] and [`Args`]).
-//! Out: the bodies of two kernels, under the kinds of the separate scheme:
+//! Out: the bodies of two kernels, under the kinds of the separate scheme (measured on
+//! an H200, B2 H16 L8192 D128 bf16 backward, one run: Ordered 403.0 / 368.8 / 340.6
+//! TFLOP/s dense / causal / soft-cap + causal, OrderedBulk 466.5 / 376.4 / 346.2,
+//! Atomic 497.9 / 426.5 / 394.9):
 //!
 //! ```text
 //! DkDv (CTA per (kv block j, kv head, batch); Bc/64 warpgroups of 64 kv rows; Br = 64):
@@ -21,6 +24,15 @@
 //!   apart), add the part into DqAccum[b, h, i] (the first adder stores), and
 //!   after the next barrier one thread releases (fence.acq_rel + increment);
 //!   Atomic: add the part with no wait (order free: not deterministic).
+//!   OrderedBulk (kv tiles of 128; off by default, `ATTNC_BWD_DQ=bulk` in the runtime):
+//!   the same order as Ordered, but the math warps only store the part into one of
+//!   DQ_SLOTS shared-memory slots (mbarrier `empty` before, `full` after) and go on; a
+//!   writer warpgroup (warpgroup 2, setmaxnreg 24; the math warpgroups 240) walks the
+//!   same visits and per visit: waits `full`, spins until DqSem[b, h, i] = rank, adds
+//!   the slot with one `cp.reduce.async.bulk .add.f32` (the first adder: a bulk copy),
+//!   frees the slot (`empty`) once the copy has read it, and releases the semaphore once
+//!   its writes are done. The semaphore waits then stall the math warps only when the
+//!   writer is DQ_SLOTS visits behind.
 //!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
 //!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
@@ -29,8 +41,9 @@
 //!
 //! DqAccum holds each q_block x D tile in the accumulator order of the warps that add it
 //! (m16 row group, n8 column group, lane, the lane's four values): every thread adds 16
-//! contiguous bytes at a time (`red.global.add.v4.f32`), and the convert kernel undoes
-//! the order. With `Ordered` the additions into an element happen in one fixed order
+//! contiguous bytes at a time (`red.global.add.v4.f32`; OrderedBulk: stores them at the
+//! same offsets of its slot, which the bulk copy adds as one block), and the convert
+//! kernel undoes the order. With `Ordered` the additions into an element happen in one fixed order
 //! (descending kv block, then the fixed order of query heads within a CTA cannot
 //! interleave: each (b, h, i) has its own semaphore), so the same inputs give
 //! bit-identical dQ; capture gradients are summed here as the separate dQ kernel does
@@ -51,6 +64,46 @@ use inkwell::values::{BasicValue, IntValue};
 /// Threads of the convert kernel.
 pub const CONVERT_THREADS: u32 = 128;
 
+/// `BwdDq::OrderedBulk`: dQ parts in shared memory a CTA's math warps may be ahead of
+/// its writer by.
+pub const DQ_SLOTS: u32 = 2;
+
+/// `BwdDq::OrderedBulk`: registers per thread after `setmaxnreg` of the writer
+/// warpgroup and of each math warpgroup. `setmaxnreg.inc` waits for registers the CTA
+/// holds, i.e. what the launch allocated (384 threads: 168 each, 64512); two math
+/// warpgroups: 128 x 24 + 256 x 240 = 64512 ([`register_split_fits`]; a split of
+/// 65536 hangs every CTA: measured on an H200). ptxas -v (D128 bf16): dense, causal,
+/// soft-cap no spills, ALiBi 116 bytes of spill stores, a relative-position table 200
+/// (the other schemes at 255 registers: 32 and 52).
+const WRITER_REGS: u32 = 24;
+const MATH_REGS: u32 = 240;
+
+/// Named barrier of the math warps (`BwdDq::OrderedBulk`: the writer warpgroup takes
+/// no part in their barriers).
+const BAR_MATH: u32 = 1;
+
+/// Whether the `setmaxnreg` split of a CTA of `math` and `writer` threads fits what its
+/// launch allocates: ptxas caps `.maxntid` threads (one CTA per SM) at the multiple of
+/// 8 registers that fits the SM's 65536, and `setmaxnreg.inc` waits until the CTA's
+/// pool has the registers, so a split above the launch's allocation waits forever.
+pub fn register_split_fits(math: u32, writer: u32) -> bool {
+    let threads = math + writer;
+    let cap = (65536 / threads / 8 * 8).min(248);
+    // the math warps' count only grows (`inc`), the writer's only shrinks (`dec`)
+    (WRITER_REGS..=MATH_REGS).contains(&cap)
+        && MATH_REGS * math + WRITER_REGS * writer <= cap * threads
+}
+
+/// Threads of the writer warpgroup of the fused dK/dV kernel (`BwdDq::OrderedBulk`),
+/// after the math warps; 0 for the other schemes.
+pub fn writer_threads(o: &PtxOptions) -> u32 {
+    if o.bwd_dq == BwdDq::OrderedBulk {
+        128
+    } else {
+        0
+    }
+}
+
 /// The fused scheme's extra requirements (on top of the backward's).
 pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if o.mma != Mma::Wgmma {
@@ -65,6 +118,20 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
         )));
     }
     let n_wg = o.kv_block / 64;
+    let bytes = super::DkDvTiles::new(o).bytes;
+    if bytes > 227 * 1024 {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ: {bytes} bytes of shared memory (at most 227 KiB)"
+        )));
+    }
+    if o.bwd_dq == BwdDq::OrderedBulk
+        && (n_wg != 2 || !register_split_fits(n_wg * 128, writer_threads(o)))
+    {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ with bulk additions: kv tiles of 128 (two math warpgroups; got {})",
+            o.kv_block
+        )));
+    }
     if o.d / n_wg < 64 {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ: each of the {n_wg} warpgroups computes at least 64 columns of dQ (D={})",
@@ -230,6 +297,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let accum = a.ptr(KernelParam::DqAccum)?;
     let sem = a.ptr(KernelParam::DqSem)?;
     let tile_bytes = br * opts.d * 4;
+    let bulk = opts.bwd_dq == BwdDq::OrderedBulk;
+    // the math warps' barrier (with a writer warpgroup, a named one of theirs)
+    let bar = || -> R<()> {
+        if bulk {
+            g.bar_sync(BAR_MATH, threads)
+        } else {
+            g.barrier()
+        }
+    };
 
     // the next visit at or after (hi0, qb0): every q block of every query head in order,
     // kept where its kv range holds this block
@@ -316,6 +392,95 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let head_of =
         |v: &Visit<'ctx>| -> R<IntValue<'ctx>> { g.add(g.mul(hk, group)?, g.geti(&v.hi)?) };
 
+    let is_t0 = g.icmp(IntPredicate::EQ, c.tid, zero)?;
+    // OrderedBulk: the dQ slots and their mbarriers (full: the math warps wrote the part;
+    // empty: the writer's bulk copy has read it)
+    let (slots, bars) = t.dq_slots.unwrap_or((0, 0));
+    let slot_bar = |first: u32, s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.smem_addr32(g.add(g.c32((bars + 8 * first) as i64), g.mul(s, g.c32(8))?)?)
+    };
+    let bar_full = |s| slot_bar(0, s);
+    let bar_empty = |s| slot_bar(DQ_SLOTS, s);
+    // visit n uses slot n % DQ_SLOTS in its (n / DQ_SLOTS)-th phase
+    let slot_of = |n: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let sl = g.and(n, g.c32(DQ_SLOTS as i64 - 1))?;
+        let ph = g.lshr(n, g.c32(DQ_SLOTS.trailing_zeros() as i64))?;
+        Ok((sl, g.and(ph, one)?))
+    };
+    let slot_addr = |sl: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.add(g.c32(slots as i64), g.mul(sl, g.c32(tile_bytes as i64))?)
+    };
+    if bulk {
+        g.if_then(is_t0, || {
+            for sl in 0..DQ_SLOTS {
+                g.mbar_init(bar_full(g.c32(sl as i64))?, threads)?;
+                g.mbar_init(bar_empty(g.c32(sl as i64))?, 1)?;
+            }
+            g.fence_mbar_init()
+        })?;
+        g.barrier()?;
+        let writer_bb = g.block("dq_writer");
+        let math_bb = g.block("math");
+        g.cond_br(
+            g.icmp(IntPredicate::UGE, c.tid, g.c32(threads as i64))?,
+            writer_bb,
+            math_bb,
+        )?;
+        // ---- the writer warpgroup: one thread adds every visit's dQ part in turn ----
+        g.b.position_at_end(writer_bb);
+        g.setmaxnreg(false, WRITER_REGS)?;
+        let first = g.icmp(IntPredicate::EQ, c.tid, g.c32(threads as i64))?;
+        g.if_then(first, || {
+            let wv = Visit::new(g)?;
+            let wn = g.var(g.i32, zero)?;
+            scan(zero, zero, &wv)?;
+            let head = g.block("writer_head");
+            let body = g.block("writer_tile");
+            let done = g.block("writer_done");
+            g.br(head)?;
+            g.b.position_at_end(head);
+            g.cond_br(g.geti(&wv.found)?, body, done)?;
+            g.b.position_at_end(body);
+            let n = g.geti(&wn)?;
+            let (sl, ph) = slot_of(n)?;
+            g.mbar_wait(bar_full(sl)?, ph)?;
+            let h = head_of(&wv)?;
+            let qb = g.geti(&wv.qb)?;
+            let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
+            let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+            // descending kv blocks, as Ordered
+            let rank = g.sub(g.sub(g.geti(&wv.end)?, one)?, jb)?;
+            g.spin_until_eq(sem_addr, rank)?;
+            g.fence_proxy_async_global()?;
+            let dst = addr_of(
+                g,
+                accum,
+                tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+            )?;
+            let src = g.smem_addr32(slot_addr(sl)?)?;
+            let store =
+                g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
+            // the first adder stores: DqAccum needs no zeroing
+            g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
+            g.bulk_wait(true, 0)?;
+            g.mbar_arrive(bar_empty(sl)?)?;
+            // the addition done (its writes performed), the next kv block's turn
+            g.bulk_wait(false, 0)?;
+            g.fence_proxy_async_global()?;
+            g.release_inc(sem_addr)?;
+            g.set(&wn, g.add(n, one)?)?;
+            scan(g.geti(&wv.hi)?, g.add(qb, one)?, &wv)?;
+            g.br(head)?;
+            g.b.position_at_end(done);
+            Ok(())
+        })?;
+        g.b.build_return(None)?;
+        // ---- the math warpgroups ----
+        g.b.position_at_end(math_bb);
+        g.setmaxnreg(true, MATH_REGS)?;
+    }
+    let mn = g.var(g.i32, zero)?;
+
     let dk = acc_vars(g, (opts.d / 8) as usize)?;
     let dv = acc_vars(g, (opts.dv / 8) as usize)?;
     let sg = (!capture_grads(p).is_empty()).then(|| crate::grad::differentiate(p));
@@ -329,7 +494,6 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // the semaphore this CTA added to last and has not released yet
     let pending = g.var(g.i1, g.cbool(false))?;
     let pending_sem = g.var(g.i64, g.c64(0))?;
-    let is_t0 = g.icmp(IntPredicate::EQ, c.tid, zero)?;
 
     t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
     t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
@@ -354,7 +518,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let other = g.xor(buf, g.c32(t.buf as i64))?;
     g.cp_async_wait(0)?;
     g.fence_proxy_async()?;
-    g.barrier()?;
+    bar()?;
     // every thread's additions of the previous visit precede the barrier above
     if ordered {
         let rel = g.and(is_t0, g.geti(&pending)?)?;
@@ -424,7 +588,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if ordered {
         g.if_then(is_t0, || g.spin_until_eq(sem_addr, rank))?;
     }
-    g.barrier()?;
+    bar()?;
+    // OrderedBulk: this visit's slot, once the writer has read what it held before
+    let n = g.geti(&mn)?;
+    let (sl, ph) = slot_of(n)?;
+    if bulk {
+        g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?)?;
+    }
 
     let dv_acc = acc_get(g, &dv)?;
     let dk_acc = acc_get(g, &dk)?;
@@ -448,8 +618,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
         for (nt, v) in x.chunks(4).enumerate() {
             let ng = g.add(g.add(row_group, ng0)?, g.c32(nt as i64))?;
             let off = g.add(g.mul(ng, g.c32(512))?, lane16)?;
-            let addr = g.add(base, g.zext64(off)?)?;
-            g.st_or_red_v4(addr, [v[0], v[1], v[2], v[3]], store_first)?;
+            if bulk {
+                g.st_shared_v4(g.add(slot_addr(sl)?, off)?, [v[0], v[1], v[2], v[3]])?;
+            } else {
+                let addr = g.add(base, g.zext64(off)?)?;
+                g.st_or_red_v4(addr, [v[0], v[1], v[2], v[3]], store_first)?;
+            }
         }
         Ok(())
     };
@@ -476,6 +650,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_commit()?;
         let x = g.wgmma_wait(0, &x)?;
         add_part(col_of(ci)?, &x)?;
+    }
+    if bulk {
+        // this thread's part of the slot, to the writer's bulk copy (async proxy)
+        g.fence_proxy_async()?;
+        g.mbar_arrive(bar_full(sl)?)?;
+        g.set(&mn, g.add(n, one)?)?;
     }
     acc_set(g, &dv, &wg_result(g, &dv1)?)?;
     acc_set(g, &dk, &wg_result(g, &dk1)?)?;
@@ -571,4 +751,20 @@ pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 
     }
     g.b.build_return(None)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's and math warps' `setmaxnreg` counts fit the 384-thread launch (a
+    /// split of the whole register file, 128 x 32 + 256 x 240, hung every CTA on an
+    /// H200), and a split that would not fit is refused.
+    #[test]
+    fn register_split_fits_the_launch() {
+        assert!(register_split_fits(256, 128));
+        assert_eq!(MATH_REGS * 256 + WRITER_REGS * 128, 168 * 384);
+        assert!(!register_split_fits(384, 128));
+        assert!(!register_split_fits(128, 128), "inc to 240 from a 248 cap");
+    }
 }
