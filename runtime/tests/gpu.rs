@@ -598,6 +598,84 @@ fn gpu_lpt_order_matches_oracle(dev: &CudaDevice) {
     }
 }
 
+/// Head dim 256 (Gemma-2's): every sample against the oracle on the mma.sync kernel (64
+/// query rows, kv tiles of 64) and, on sm_90, the warp-specialized kernel with kv tiles
+/// of 64 (Q 64 KB and two K/V stages of 64 KB each in shared memory; each consumer's O
+/// fragment is 128 registers): odd lengths, Lq != Lkv, GQA, bf16 and f16.
+fn gpu_d256_matches_oracle(dev: &CudaDevice) {
+    let s = |b, hq, hkv, lq, lkv| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d: 256,
+        dv: 256,
+    };
+    let cases = [
+        (s(1, 4, 2, 77, 131), InputType::Bf16),
+        (s(2, 2, 1, 200, 63), InputType::F16),
+        (s(1, 2, 2, 129, 257), InputType::Bf16),
+    ];
+    let only = std::env::var("ATTNC_GPU_MMA").unwrap_or_default();
+    let mut failures = Vec::new();
+    for (ci, &(shape, ty)) in cases.iter().enumerate() {
+        let mut paths = Vec::new();
+        let sync = PtxOptions::sync(dev.arch(), 256, 256, ty);
+        if only != "wgmma" && only != "ws" {
+            paths.push(PtxOptions {
+                float_positions: true,
+                ..sync
+            });
+        }
+        if dev.arch() == Arch::Sm90 && only != "sync" {
+            paths.push(PtxOptions {
+                float_positions: true,
+                ..sync.warp_specialized(64, 2)
+            });
+        }
+        for p in samples::all(shape.hq as i32) {
+            if p.name == "document_causal" && shape.lq > shape.lkv {
+                continue;
+            }
+            for opts in &paths {
+                let c = Case {
+                    shape,
+                    ty,
+                    qb: opts.q_block,
+                    kvb: opts.kv_block,
+                    mt: opts.m_tiles,
+                };
+                let mut r = rng(ci as u64 * 31 + 5);
+                let bind = bindings(&p, &shape, &mut r, 37, 4);
+                if let Err(e) = check_opts(
+                    dev,
+                    &p,
+                    &c,
+                    &bind,
+                    None,
+                    ci as u64,
+                    shape.default_scale(),
+                    opts,
+                ) {
+                    failures.push(format!(
+                        "{} case {ci} ({shape:?} {}, ws {}): {e}",
+                        p.name,
+                        ty.name(),
+                        opts.ws
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn gpu_negative_and_zero_scale_match_oracle(dev: &CudaDevice) {
     // the identity-score path keeps raw scores and negates Q for a negative scale
     for (mt, qb, d) in [(1, 64, 64), (2, 128, 128)] {
@@ -1568,6 +1646,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_jit::gpu_jit_cubin_round_trip,
     ),
     ("gpu_lpt_order_matches_oracle", gpu_lpt_order_matches_oracle),
+    ("gpu_d256_matches_oracle", gpu_d256_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
     (
         "gpu_jit_warp_specialized_loads_from_ptx",

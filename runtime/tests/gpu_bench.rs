@@ -1,7 +1,8 @@
 //! GPU benchmark (run explicitly: `gpu_bench -- --ignored --nocapture`): attnc kernels on
 //! the FlexAttention anchor variants (dense, causal, sliding 1024, ALiBi+causal,
 //! softcap+causal, document+causal with 8 sorted documents), bf16, at
-//! B2 H16 L8192 D128 and B4 H16 L4096 D64. TFLOP/s counts only unmasked pairs
+//! B2 H16 L8192 D128 and B4 H16 L4096 D64 (`ATTNC_BENCH_DIMS=128,64,256` picks head dims;
+//! D256 at B2 H16 L8192). TFLOP/s counts only unmasked pairs
 //! (4 B H Lq Lkv D density). Also the JIT latency: cold (PTX generated, compiled to the
 //! optimized cubin by the driver, loaded), disk-warm (a new process's path: the cubin
 //! from the disk cache, loaded) and memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
@@ -179,7 +180,18 @@ fn gpu_bench() {
     let _ = std::fs::remove_dir_all(&cache_dir);
     let mut json = String::from("{\n");
     let mut table = String::new();
-    for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
+    // ATTNC_BENCH_DIMS=128,64,256: the head dims to run (D256 at B2 H16 L8192)
+    let dims = std::env::var("ATTNC_BENCH_DIMS").unwrap_or_else(|_| "128,64".into());
+    let shapes: Vec<(usize, usize, usize, usize)> = dims
+        .split(',')
+        .filter_map(|d| match d.trim() {
+            "128" => Some((2, 16, 8192, 128)),
+            "64" => Some((4, 16, 4096, 64)),
+            "256" => Some((2, 16, 8192, 256)),
+            _ => None,
+        })
+        .collect();
+    for (b, h, l, d) in shapes {
         let shape = Shape {
             b,
             hq: h,

@@ -350,6 +350,11 @@ impl PtxOptions {
                 }
             };
         }
+        // D = Dv = 256 on sm_90: the warp-specialized kernel with kv tiles of 64 (Q and
+        // two K/V stages fill 193 KB of shared memory) instead of mma.sync 64x64
+        if o.arch == Arch::Sm90 && o.mma == Mma::Sync && o.d == 256 && o.dv == 256 {
+            o = o.warp_specialized(64, 2);
+        }
         if o.mma == Mma::Wgmma && kv.work_grows_with_q() {
             o.lpt_group = 8;
         }
@@ -512,10 +517,10 @@ impl PtxOptions {
             && (self.mma != Mma::Wgmma
                 || !(self.q_block == 128 || ws192)
                 || !matches!(self.stages, 2..=4)
-                || self.d.max(self.dv) > 128)
+                || self.d.max(self.dv) > 256)
         {
             return Err(LlvmError::Unsupported(format!(
-                "the warp-specialized schedule needs wgmma, q_block 128 (or 192 at D, Dv <= 64), 2..=4 stages and D, Dv <= 128 (got {} q {} stages {} D {} Dv {})",
+                "the warp-specialized schedule needs wgmma, q_block 128 (or 192 at D, Dv <= 64), 2..=4 stages and D, Dv <= 256 (got {} q {} stages {} D {} Dv {})",
                 if self.mma == Mma::Wgmma {
                     "wgmma"
                 } else {

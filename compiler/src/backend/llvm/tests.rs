@@ -577,10 +577,23 @@ fn binding_options_follow_the_plan() {
         (o.ws, o.q_block, o.lpt_group, o.float_positions),
         (true, 128, 8, false)
     );
+    // D256: the warp-specialized kernel with kv tiles of 64 (mma.sync off sm_90)
+    let d256 = PtxOptions::new(Arch::Sm90, 256, 256, InputType::Bf16);
+    let o = at(&causal, d256, 8192);
+    assert_eq!(
+        (o.ws, o.q_block, o.kv_block, o.lpt_group),
+        (true, 128, 64, 8)
+    );
     let sm80 = PtxOptions::new(Arch::Sm80, 64, 64, InputType::Bf16);
     assert_eq!(at(&causal, sm80, 100).lpt_group, 0);
+    let o = at(
+        &causal,
+        PtxOptions::new(Arch::Sm80, 256, 256, InputType::Bf16),
+        100,
+    );
+    assert_eq!((o.ws, o.mma), (false, Mma::Sync));
     for p in [&causal, &dense, &band, &doc, &alibi, &bias, &softcap] {
-        for base in [d64, d128, sm80] {
+        for base in [d64, d128, d256, sm80] {
             let o = at(p, base, 1000);
             o.validate().unwrap();
             emit(p.program(), &o).unwrap();
