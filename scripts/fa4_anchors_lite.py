@@ -5,7 +5,7 @@ with --d64, B4 H16 L4096 D64; with --gqa, B1 Hq32 Hkv8 L16384 D128, the Llama-3 
 dense, causal, ALiBi + causal and softcap + causal; with --decode, the decoding anchors of
 issue 12 (FA4 direct, SDPA cuDNN and flash; contiguous cache, dense; microseconds and GB/s
 of K/V read) at B8 Hq32 Hkv8 Lkv32768 Lq 1/4/16, B64 Lkv8192 Lq1, B1 Lkv131072 Lq1;
-with --no-bwd, forward only.
+with --no-bwd, forward only; the extra shapes time the backward only with --bwd-extra.
 The full set (Flex Triton, sliding window, documents, GQA, decoding) is
 ../shared/bench/fa4/anchors_fa4.py; this keeps its conventions: TFLOP/s over unmasked
 pairs, forward 4*B*H*Lq*Lkv*D*density, backward 2.5x that; best of 3 x 10 iterations
@@ -44,10 +44,11 @@ def alibi(score, b, h, q, kv): return score + torch.exp2(-8.0 * (h + 1) / 16) * 
 def softcap(score, b, h, q, kv): return 30.0 * torch.tanh(score / 30.0)
 
 NO_BWD = "--no-bwd" in sys.argv
+BWD_EXTRA = "--bwd-extra" in sys.argv
 
-def fwd_bwd(f, q, k, v, do):
+def fwd_bwd(f, q, k, v, do, extra=False):
     tf = bench(lambda: f(q, k, v))
-    if NO_BWD:
+    if NO_BWD or (extra and not BWD_EXTRA):
         return tf, float("nan")
     def step():
         for x in (q, k, v): x.grad = None
@@ -57,6 +58,7 @@ def fwd_bwd(f, q, k, v, do):
 res = {}
 shapes = [(2, 16, 16, 8192, 128)] + ([(4, 16, 16, 4096, 64)] if "--d64" in sys.argv else []) \
     + ([(1, 32, 8, 16384, 128)] if "--gqa" in sys.argv else [])
+shapes0 = shapes[0]
 if "--only-extra" in sys.argv:
     shapes = shapes[1:]
 for (B, H, Hkv, S, D) in shapes:
@@ -75,7 +77,7 @@ for (B, H, Hkv, S, D) in shapes:
         def put(key, f):
             try:
                 t0 = time.time(); f(q, k, v); torch.cuda.synchronize(); first = time.time() - t0
-                tf, tb = fwd_bwd(f, q, k, v, do)
+                tf, tb = fwd_bwd(f, q, k, v, do, extra=(B, H, Hkv, S, D) != shapes0)
                 row[key] = dict(fwd=fl / tf / 1e9, bwd=2.5 * fl / tb / 1e9, first_call_s=first)
             except Exception as ex:
                 row[key] = dict(error=f"{type(ex).__name__}: {str(ex)[:160]}")

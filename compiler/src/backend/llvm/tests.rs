@@ -279,7 +279,8 @@ fn warp_specialized_kernel_emits_tma_mbarriers_and_pingpong_deterministically() 
         },
         PtxOptions { stages: 5, ..base },
         PtxOptions { stages: 4, ..base },
-        PtxOptions::new(Arch::Sm90, 256, 256, InputType::Bf16).warp_specialized(64, 2),
+        // D256 with kv tiles of 128: Q and two K/V stages need 320 KB of shared memory
+        PtxOptions::new(Arch::Sm90, 256, 256, InputType::Bf16).warp_specialized(128, 2),
         PtxOptions {
             mma: Mma::Sync,
             ..base
