@@ -701,6 +701,78 @@ mod tests {
         crate::compile_source(src).unwrap().programs.remove(0)
     }
 
+    /// Row r of a packed tile is query head h0 + r / rows at position q0 + r % rows: the
+    /// packed program at (b 0, h 0, q r, kv) equals the original at the logical indices,
+    /// for the mask and the score, with a head-indexed tensor read.
+    #[test]
+    fn packed_offset_program_maps_rows_to_heads_and_positions() {
+        let p = prog(
+            "tensor w: i32[H]; tensor doc: i32[B, KV]; \
+             mask m(b, h, q, kv) { q - kv <= w[h] && doc[b, kv] >= 0 } \
+             score sc(s, b, h, q, kv) { s + (h * 1000 + q * 10 + b) as f32 } \
+             attention a { mask = m; score = sc; }",
+        );
+        let packed = packed_offset_program(&p);
+        crate::ir::verify_program(&packed).unwrap();
+        assert_eq!(packed.params.len(), PACKED_PARAMS.len());
+        assert!(matches!(packed.tensors[0].dims[0], DimSpec::Symbol(_)));
+        let tensors = vec![
+            crate::interp::BoundTensor {
+                dims: vec![8],
+                data: crate::interp::TensorData::I32((0..8).map(|h| 3 * h).collect()),
+            },
+            crate::interp::BoundTensor {
+                dims: vec![2, 40],
+                data: crate::interp::TensorData::I32((0..80).map(|i| i % 5 - 1).collect()),
+            },
+        ];
+        let (b0, q0, kv0, h0, rows) = (1, 20, 4, 4, 3);
+        let orig = Bindings {
+            params: vec![],
+            tensors: tensors.clone(),
+        };
+        let mut bind = Bindings {
+            params: vec![],
+            tensors,
+        };
+        set_packed_offsets(&mut bind, 0, [b0, q0, kv0, h0, rows]);
+        let mut scratch = Vec::new();
+        let args = |b, h, q, kv| crate::interp::Args {
+            s: 0.5,
+            b,
+            h,
+            q,
+            kv,
+        };
+        for r in 0..4 * rows as i32 {
+            for kv in 0..16 {
+                let (h, q) = (h0 as i32 + r / rows as i32, q0 as i32 + r % rows as i32);
+                for (fp, fo) in [
+                    (packed.mask.as_ref(), p.mask.as_ref()),
+                    (packed.score.as_ref(), p.score.as_ref()),
+                ] {
+                    let got = crate::interp::eval(
+                        fp.unwrap(),
+                        &packed,
+                        args(0, 0, r, kv),
+                        &bind,
+                        &mut scratch,
+                    )
+                    .unwrap();
+                    let want = crate::interp::eval(
+                        fo.unwrap(),
+                        &p,
+                        args(b0 as i32, h, q, kv + kv0 as i32),
+                        &orig,
+                        &mut scratch,
+                    )
+                    .unwrap();
+                    assert_eq!(got, want, "row {r} kv {kv}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn offset_program_verifies_and_shifts_positions() {
         let p = prog(
