@@ -15,7 +15,7 @@
 //! - [`mod@mm`] holds the register-tiled tile products (AVX-512 intrinsics, AVX2+FMA and
 //!   portable builds selected at run time);
 //! - the tile code here computes `S = (scale·Q)·Kᵀ` and `dP = dO·Vᵀ` (over `Kᵀ`/`Vᵀ`
-//!   packed once per call), calls the element function (partial blocks, or every block
+//!   packed by the work item that owns the kv tile), calls the element function (partial blocks, or every block
 //!   when there is a score), then `P = exp(S' − LSE)` (0 where masked, −inf, or the row
 //!   is fully masked), `dS' = P∘(dP − Δ)` with `Δ = rowsum(dO∘O) − dLSE`,
 //!   `dS = dS'·∂score/∂s`.
@@ -30,8 +30,9 @@
 //! dQ and the capture/param gradients are per-item partials, summed over items in item
 //! order (for each (b, kv head), chunks ascending), then dQ is scaled. The chunking
 //! (`chunks`) depends on the shape only, so the result is bit-identical for any thread
-//! count. Memory: the dQ partials, one `|Q|` per chunk (at most 256 MiB in all); per
-//! thread, a dense scratch as large as each differentiable captured tensor.
+//! count. Memory: the dQ partials, one `|Q|` per chunk (at most 256 MiB), kept by the
+//! kernel between calls; per thread, a dense scratch as large as each differentiable
+//! captured tensor.
 
 pub mod elem;
 pub mod mm;
@@ -50,8 +51,8 @@ use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 use elem::{ELEM_NAME, ElemCtx, ElemTile};
 use mm::{Mm, mm};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 type ElemFn =
     unsafe extern "C" fn(*const ElemCtx, *mut ElemTile, i64, i64, i64, i64, i64, i64, i64);
@@ -79,6 +80,9 @@ pub struct CpuBackward {
     opts: CpuOptions,
     /// The tile bodies' build: 0 portable, 1 AVX2+FMA, 2 AVX-512F.
     simd: u8,
+    /// The dQ partials of the last call, kept for the next (a call that finds it busy
+    /// allocates its own): reused memory instead of fresh pages on every call.
+    dq_ws: Mutex<Vec<f32>>,
 }
 
 impl Drop for CpuBackward {
@@ -157,6 +161,7 @@ pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackw
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
         },
+        dq_ws: Mutex::new(Vec::new()),
     })
 }
 
@@ -188,6 +193,9 @@ type CapScratch = (Vec<f32>, Vec<bool>, Vec<u32>);
 
 /// Per-thread scratch.
 struct Scratch {
+    /// `Kᵀ`, `Vᵀ` of the item's kv tiles (`[tile][d][bkv]`, `[tile][dv][bkv]`).
+    kt: Vec<f32>,
+    vt: Vec<f32>,
     s: Vec<f32>,
     dp: Vec<f32>,
     ds: Vec<f32>,
@@ -197,14 +205,13 @@ struct Scratch {
     cap: Vec<Option<CapScratch>>,
 }
 
-/// What one work item (b, kv head, chunk of kv tiles) produces.
+/// What one work item (b, kv head, chunk of kv tiles) produces besides the dK, dV rows
+/// of the chunk's keys (written in place).
 struct KvItem {
-    /// dK, dV rows of the chunk's keys.
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-    /// Unscaled `dS·K` of the chunk's keys for every row of the group's query heads
-    /// (`[group][lq][d]`).
-    dq: Vec<f32>,
+    /// `(first row, rows)` of its dQ partial: unscaled `dS·K` of the chunk's keys for
+    /// those rows of each of the group's query heads (`[group][rows][d]`, in the
+    /// workspace at `item · group · lq · d`).
+    dq_rows: (usize, usize),
     caps: Vec<Vec<(u32, f32)>>,
     params: Vec<f32>,
 }
@@ -212,12 +219,16 @@ struct KvItem {
 /// The most memory the per-item dQ partials may take (bytes).
 const DQ_PARTIALS_BYTES: usize = 256 << 20;
 
-/// How many chunks the kv tiles of each (b, kv head) are split into: enough for 64 work
-/// items, at most one per tile, and at most [`DQ_PARTIALS_BYTES`] of dQ partials (one
-/// `|Q|` per chunk). A function of the shape only, never of the thread count, so the
-/// reduction order (and every bit of the result) is the same on any number of threads.
+/// Work items the chunking aims at (two per thread on 16 threads).
+const ITEMS: usize = 32;
+
+/// How many chunks the kv tiles of each (b, kv head) are split into: enough for
+/// [`ITEMS`] work items, at most one per tile, and at most [`DQ_PARTIALS_BYTES`] of dQ
+/// partials (one `|Q|` per chunk). A function of the shape only, never of the thread
+/// count, so the reduction order (and every bit of the result) is the same on any
+/// number of threads.
 fn chunks(kv_heads: usize, nkvb: usize, q_len: usize) -> usize {
-    let want = 64usize.div_ceil(kv_heads.max(1)).clamp(1, nkvb.max(1));
+    let want = ITEMS.div_ceil(kv_heads.max(1)).clamp(1, nkvb.max(1));
     let cap = (DQ_PARTIALS_BYTES / (4 * q_len).max(1)).max(1);
     want.min(cap)
 }
@@ -295,24 +306,45 @@ impl CpuBackward {
             dv,
         } = *shape;
         let group = hq / hkv;
-        // Δ = rowsum(dO∘O) − dLSE
-        let delta: Vec<f32> = (0..shape.lse_len())
-            .map(|r| {
-                let s: f32 = dout[r * dv..][..dv]
-                    .iter()
-                    .zip(&o[r * dv..][..dv])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                s - dlse.map_or(0.0, |x| x[r])
-            })
-            .collect();
+        // Δ = rowsum(dO∘O) − dLSE, and scale·Q: the A operand of S (the forward's
+        // `(scale·q)·k`) and the B operand of dK = dSᵀ·(scale·Q); blocks of rows in
+        // parallel
+        let nrows = shape.lse_len();
+        let mut delta = vec![0f32; nrows];
+        let mut qs = vec![0f32; q.len()];
+        {
+            let dp = pieces(&mut delta, ROWS);
+            let qp = pieces(&mut qs, ROWS * d);
+            par_for(nrows.div_ceil(ROWS), workers, &|blk| {
+                let r0 = blk * ROWS;
+                for (y, x) in lock(&qp[blk]).iter_mut().zip(&q[r0 * d..]) {
+                    *y = scale * *x;
+                }
+                for (i, y) in lock(&dp[blk]).iter_mut().enumerate() {
+                    let r = r0 + i;
+                    let s: f32 = dout[r * dv..][..dv]
+                        .iter()
+                        .zip(&o[r * dv..][..dv])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    *y = s - dlse.map_or(0.0, |x| x[r]);
+                }
+            })?;
+        }
         let maps_t = maps.transpose();
         let nkvb = lkv.div_ceil(bkv);
         let nreads = self.grad.reads.len();
         let nparts = nreads + self.grad.params.len();
         let has_score = self.program.score.is_some();
         let has_mask = self.program.mask.is_some();
+        let kv_heads = nb * hkv;
+        let nchunks = chunks(kv_heads, nkvb, q.len());
+        let tpc = nkvb.div_ceil(nchunks);
+        let nchunks = nkvb.div_ceil(tpc);
+        let items = kv_heads * nchunks;
         let make_scratch = || Scratch {
+            kt: vec![0.0; tpc * d * bkv],
+            vt: vec![0.0; tpc * dv * bkv],
             s: vec![0.0; bq * bkv],
             dp: vec![0.0; bq * bkv],
             ds: vec![0.0; bq * bkv],
@@ -330,127 +362,156 @@ impl CpuBackward {
                 .collect(),
         };
         let simd = self.simd;
-        // scale·Q: the A operand of S (the forward's `(scale·q)·k`) and the B operand of
-        // dK = dSᵀ·(scale·Q)
-        let qs: Vec<f32> = q.iter().map(|x| scale * *x).collect();
-        // Kᵀ and Vᵀ of every kv tile, packed once (`[d][bkv]`, zero past the sequence)
-        let mut kt_all = vec![0f32; nb * hkv * nkvb * d * bkv];
-        let mut vt_all = vec![0f32; nb * hkv * nkvb * dv * bkv];
-        for bh in 0..nb * hkv {
-            for jt in 0..nkvb {
-                let nc = bkv.min(lkv - jt * bkv);
-                let kv0 = bh * lkv + jt * bkv;
-                let t = bh * nkvb + jt;
-                pack_t(
-                    &k[kv0 * d..][..nc * d],
-                    nc,
-                    d,
-                    bkv,
-                    &mut kt_all[t * d * bkv..][..d * bkv],
-                );
-                pack_t(
-                    &v[kv0 * dv..][..nc * dv],
-                    nc,
-                    dv,
-                    bkv,
-                    &mut vt_all[t * dv * bkv..][..dv * bkv],
-                );
-            }
-        }
-        // One tile: S, dP, the element function, P, dS', dS. Returns whether the element
-        // function ran (then `ds` holds dS, else dS = dS' in `dp`).
-        let tile =
-            |sc: &mut Scratch, b: usize, h: usize, it: usize, jt: usize, full: bool| -> bool {
-                let hk = h / group;
-                let (i0, j0) = (it * bq, jt * bkv);
-                let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
-                let row0 = (b * hq + h) * lq + i0;
-                let t = (b * hkv + hk) * nkvb + jt;
-                // S = (scale·Q)·Kᵀ, dP = dO·Vᵀ over the packed Kᵀ, Vᵀ
-                let prod = |kk: usize, ars: usize| Mm {
-                    m: nr,
-                    n: nc,
-                    k: kk,
-                    ars,
-                    ats: 1,
-                    brs: bkv,
-                    crs: bkv,
-                    accumulate: false,
-                };
-                mm(
-                    simd,
-                    prod(d, d),
-                    &qs[row0 * d..][..nr * d],
-                    &kt_all[t * d * bkv..][..d * bkv],
-                    &mut sc.s,
-                );
-                mm(
-                    simd,
-                    prod(dv, dv),
-                    &dout[row0 * dv..][..nr * dv],
-                    &vt_all[t * dv * bkv..][..dv * bkv],
-                    &mut sc.dp,
-                );
-                let call = has_score || (has_mask && !full);
-                if call {
-                    let mut et = ElemTile {
-                        s: sc.s.as_mut_ptr(),
-                        ds: sc.ds.as_mut_ptr(),
-                        flat: sc.flat.as_mut_ptr(),
-                        part: sc.part.as_mut_ptr(),
-                        stride: bkv as i64,
-                        plane: (bq * bkv) as i64,
-                    };
-                    // SAFETY: the bindings, params and maps were validated above; the
-                    // planes hold bq x bkv elements (nparts / nreads planes), and
-                    // nr <= bq, nc <= bkv; the generated code clamps every tensor read.
-                    unsafe {
-                        (self.entry)(
-                            ctx.ptr(),
-                            &mut et,
-                            b as i64,
-                            h as i64,
-                            i0 as i64,
-                            j0 as i64,
-                            nr as i64,
-                            nc as i64,
-                            full as i64,
-                        )
-                    };
-                }
-                probs(
-                    simd,
-                    &mut sc.s,
-                    &mut sc.dp,
-                    &mut sc.ds,
-                    &lse[row0..][..nr],
-                    &delta[row0..][..nr],
-                    [nr, nc, bkv],
-                    call && has_score,
-                );
-                call && has_score
+        // One tile: S, dP, the element function, P, dS', dS, with kv tile `jt` packed
+        // in slot `slot` of the scratch. Returns whether the element function ran (then
+        // `ds` holds dS, else dS = dS' in `dp`).
+        let tile = |sc: &mut Scratch, [b, h, it, jt, slot]: [usize; 5], full: bool| -> bool {
+            let (i0, j0) = (it * bq, jt * bkv);
+            let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
+            let row0 = (b * hq + h) * lq + i0;
+            // S = (scale·Q)·Kᵀ, dP = dO·Vᵀ over the packed Kᵀ, Vᵀ
+            let prod = |kk: usize, ars: usize| Mm {
+                m: nr,
+                n: nc,
+                k: kk,
+                ars,
+                ats: 1,
+                brs: bkv,
+                crs: bkv,
+                accumulate: false,
             };
+            mm(
+                simd,
+                prod(d, d),
+                &qs[row0 * d..][..nr * d],
+                &sc.kt[slot * d * bkv..][..d * bkv],
+                &mut sc.s,
+            );
+            mm(
+                simd,
+                prod(dv, dv),
+                &dout[row0 * dv..][..nr * dv],
+                &sc.vt[slot * dv * bkv..][..dv * bkv],
+                &mut sc.dp,
+            );
+            let call = has_score || (has_mask && !full);
+            if call {
+                let mut et = ElemTile {
+                    s: sc.s.as_mut_ptr(),
+                    ds: sc.ds.as_mut_ptr(),
+                    flat: sc.flat.as_mut_ptr(),
+                    part: sc.part.as_mut_ptr(),
+                    stride: bkv as i64,
+                    plane: (bq * bkv) as i64,
+                };
+                // SAFETY: the bindings, params and maps were validated above; the
+                // planes hold bq x bkv elements (nparts / nreads planes), and
+                // nr <= bq, nc <= bkv; the generated code clamps every tensor read.
+                unsafe {
+                    (self.entry)(
+                        ctx.ptr(),
+                        &mut et,
+                        b as i64,
+                        h as i64,
+                        i0 as i64,
+                        j0 as i64,
+                        nr as i64,
+                        nc as i64,
+                        full as i64,
+                    )
+                };
+            }
+            probs(
+                simd,
+                &mut sc.s,
+                &mut sc.dp,
+                &mut sc.ds,
+                &lse[row0..][..nr],
+                &delta[row0..][..nr],
+                [nr, nc, bkv],
+                call && has_score,
+            );
+            call && has_score
+        };
 
         // ---- one pass over (b, kv head, chunk of kv tiles): dK, dV of the chunk's keys,
         // a partial dQ (the chunk's keys' share), capture/param partials
-        let nchunks = chunks(nb * hkv, nkvb, q.len());
-        let tpc = nkvb.div_ceil(nchunks);
-        let nchunks = nkvb.div_ceil(tpc);
-        let items = nb * hkv * nchunks;
         let grad = &self.grad;
+        // the dQ partials: `part_len` floats per item (`[group][rows][d]` for the rows its
+        // tiles reach), in the kept workspace unless another call holds it or it would
+        // exceed DQ_PARTIALS_BYTES (then in memory of this call only)
+        let part_len = group * lq * d;
+        let keep = items * part_len * 4 <= DQ_PARTIALS_BYTES;
+        let mut ws_kept = if keep {
+            self.dq_ws.try_lock().ok()
+        } else {
+            None
+        };
+        let mut ws_fresh = Vec::new();
+        let ws: &mut Vec<f32> = ws_kept.as_deref_mut().unwrap_or(&mut ws_fresh);
+        if ws.len() < items * part_len {
+            ws.resize(items * part_len, 0.0);
+        }
+        let parts = pieces(&mut ws[..items * part_len], part_len);
+        // dK, dV: the rows of each (b, kv head, chunk), in memory order
+        let mut gdk = vec![0f32; k.len()];
+        let mut gdv = vec![0f32; v.len()];
+        let chunk_keys = |ch: usize| ((ch + 1) * tpc * bkv).min(lkv) - ch * tpc * bkv;
+        let keys = || (0..kv_heads).flat_map(|_| (0..nchunks).map(chunk_keys));
+        let dk_p = split(&mut gdk, keys().map(|n| n * d));
+        let dv_p = split(&mut gdv, keys().map(|n| n * dv));
         let out = par_items(
             items,
             workers,
             &make_scratch,
             &|sc: &mut Scratch, item: usize| {
-                let (bh, ch) = (item / nchunks, item % nchunks);
+                // chunk-major: the costliest chunks of causal maps (the first) go first
+                let (ch, bh) = (item / kv_heads, item % kv_heads);
                 let (b, hk) = (bh / hkv, bh % hkv);
                 let (jt0, jt1) = (ch * tpc, ((ch + 1) * tpc).min(nkvb));
                 let kv_lo = jt0 * bkv;
-                let kv_n = (jt1 * bkv).min(lkv) - kv_lo;
-                let mut dk = vec![0f32; kv_n * d];
-                let mut dvv = vec![0f32; kv_n * dv];
-                let mut dq = vec![0f32; group * lq * d];
+                let mut dk = lock(&dk_p[bh * nchunks + ch]);
+                let mut dvv = lock(&dv_p[bh * nchunks + ch]);
+                // the query rows the chunk's tiles reach, over the group's heads
+                let (mut it_lo, mut it_hi) = (usize::MAX, 0);
+                for h in hk * group..(hk + 1) * group {
+                    for jt in jt0..jt1 {
+                        for run in maps_t.get(b, h).row(jt) {
+                            if run.start < run.end {
+                                it_lo = it_lo.min(run.start as usize);
+                                it_hi = it_hi.max(run.end as usize);
+                            }
+                        }
+                    }
+                }
+                let (row_lo, rows) = if it_lo < it_hi {
+                    (it_lo * bq, (it_hi * bq).min(lq) - it_lo * bq)
+                } else {
+                    (0, 0)
+                };
+                // Kᵀ, Vᵀ of the chunk's tiles (columns past the sequence are never read)
+                for jt in jt0..jt1 {
+                    let nc = bkv.min(lkv - jt * bkv);
+                    let kv0 = bh * lkv + jt * bkv;
+                    let slot = jt - jt0;
+                    pack_t(
+                        &k[kv0 * d..][..nc * d],
+                        nc,
+                        d,
+                        bkv,
+                        &mut sc.kt[slot * d * bkv..][..d * bkv],
+                    );
+                    pack_t(
+                        &v[kv0 * dv..][..nc * dv],
+                        nc,
+                        dv,
+                        bkv,
+                        &mut sc.vt[slot * dv * bkv..][..dv * bkv],
+                    );
+                }
+                let mut part = lock(&parts[item]);
+                let dq = &mut part[..group * rows * d];
+                dq.fill(0.0);
                 let mut pparams = vec![0f32; grad.params.len()];
                 for h in hk * group..(hk + 1) * group {
                     let mt = maps_t.get(b, h);
@@ -462,7 +523,7 @@ impl CpuBackward {
                         let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
                         for run in mt.row(jt) {
                             for it in run.start as usize..run.end as usize {
-                                let with_ds = tile(sc, b, h, it, jt, run.full == 1);
+                                let with_ds = tile(sc, [b, h, it, jt, jt - jt0], run.full == 1);
                                 let i0 = it * bq;
                                 let nr = bq.min(lq - i0);
                                 let row0 = (b * hq + h) * lq + i0;
@@ -481,7 +542,7 @@ impl CpuBackward {
                                 mm(simd, tr(dv), &sc.s, &dout[row0 * dv..][..nr * dv], dv_t);
                                 mm(simd, tr(d), dsf, &qs[row0 * d..][..nr * d], dk_t);
                                 // dQ += dS·K (scaled when the partials are reduced)
-                                let dq_rows = ((h - hk * group) * lq + i0) * d;
+                                let dq_rows = ((h - hk * group) * rows + i0 - row_lo) * d;
                                 mm(
                                     simd,
                                     Mm {
@@ -521,17 +582,43 @@ impl CpuBackward {
                     })
                     .collect();
                 KvItem {
-                    dk,
-                    dv: dvv,
-                    dq,
+                    dq_rows: (row_lo, rows),
                     caps,
                     params: pparams,
                 }
             },
         )?;
-        let mut gdk = vec![0f32; k.len()];
-        let mut gdv = vec![0f32; v.len()];
+        drop((parts, dk_p, dv_p));
+        // dQ = scale·Σ partials, per block of bq rows of one query head (in parallel);
+        // each block sums the chunks that reach it in ascending order
         let mut gdq = vec![0f32; q.len()];
+        let nqb = lq.div_ceil(bq);
+        {
+            let ws = &ws[..];
+            let out = &out;
+            let blocks: Vec<Mutex<&mut [f32]>> = gdq
+                .chunks_mut(lq * d)
+                .flat_map(|head| head.chunks_mut(bq * d))
+                .map(Mutex::new)
+                .collect();
+            par_for(blocks.len(), workers, &|idx| {
+                let (head, it) = (idx / nqb, idx % nqb);
+                let (bh, g) = (head / group, head % group);
+                let mut dst = lock(&blocks[idx]);
+                for ch in 0..nchunks {
+                    let item = ch * kv_heads + bh;
+                    let (row_lo, rows) = out[item].dq_rows;
+                    if it * bq < row_lo || it * bq >= row_lo + rows {
+                        continue;
+                    }
+                    let src = &ws[item * part_len + (g * rows + it * bq - row_lo) * d..];
+                    for (y, x) in dst.iter_mut().zip(src) {
+                        *y += *x;
+                    }
+                }
+                dst.iter_mut().for_each(|x| *x *= scale);
+            })?;
+        }
         let mut tgrads: Vec<Option<Vec<f32>>> = bind
             .tensors
             .iter()
@@ -546,17 +633,8 @@ impl CpuBackward {
             .iter()
             .map(|p| (p.ty == crate::ir::Type::F32).then_some(0.0))
             .collect();
-        // reduced in item order: for each (b, kv head), chunks ascending
-        for (item, ki) in out.into_iter().enumerate() {
-            let (bh, ch) = (item / nchunks, item % nchunks);
-            let kv0 = bh * lkv + ch * tpc * bkv;
-            gdk[kv0 * d..][..ki.dk.len()].copy_from_slice(&ki.dk);
-            gdv[kv0 * dv..][..ki.dv.len()].copy_from_slice(&ki.dv);
-            // the group's query heads are consecutive: rows bh·group·lq ..
-            let q0 = bh * group * lq * d;
-            for (g, x) in gdq[q0..][..ki.dq.len()].iter_mut().zip(&ki.dq) {
-                *g += *x;
-            }
+        // capture and param partials, reduced in item order
+        for ki in &out {
             for (t, list) in ki.caps.iter().enumerate() {
                 if let Some(g) = &mut tgrads[t] {
                     for (f, x) in list {
@@ -570,7 +648,6 @@ impl CpuBackward {
                 }
             }
         }
-        gdq.iter_mut().for_each(|x| *x *= scale);
         Ok(Gradients {
             dq: gdq,
             dk: gdk,
@@ -579,6 +656,51 @@ impl CpuBackward {
             params: pgrads,
         })
     }
+}
+
+/// Rows per block of the row-parallel steps (Δ, scale·Q).
+const ROWS: usize = 256;
+
+/// Runs `f(i)` for every `i < n` on the threads of `workers` (claimed from a counter).
+fn par_for(n: usize, workers: &dyn Workers, f: &(dyn Fn(usize) + Sync)) -> Result<(), CpuError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        }
+    };
+    workers.run(workers.threads().clamp(1, n), &work)?;
+    Ok(())
+}
+
+/// `out` cut into consecutive pieces of `len` (the last may be shorter), each behind
+/// its own lock: parallel work items write disjoint pieces, each locked once by the
+/// one item that owns it.
+fn pieces(out: &mut [f32], len: usize) -> Vec<Mutex<&mut [f32]>> {
+    out.chunks_mut(len.max(1)).map(Mutex::new).collect()
+}
+
+/// `out` cut into consecutive pieces of the given lengths, each behind its own lock.
+fn split(out: &mut [f32], lens: impl Iterator<Item = usize>) -> Vec<Mutex<&mut [f32]>> {
+    let mut rest = out;
+    lens.map(|n| {
+        let (a, b) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = b;
+        Mutex::new(a)
+    })
+    .collect()
+}
+
+/// A piece's lock (a panicked holder's data is still what the next holder needs).
+fn lock<'a, 'b>(m: &'a Mutex<&'b mut [f32]>) -> MutexGuard<'a, &'b mut [f32]> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f(scratch, item)` for every item on the threads of `workers` (items claimed
