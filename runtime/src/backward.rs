@@ -22,6 +22,7 @@ use attnc_compiler::backend::cranelift::backward::{CpuBackward, compile_backward
 use attnc_compiler::backend::llvm::{InputType, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::{ElemType, Type};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -182,12 +183,12 @@ impl Bound {
                 let workers = crate::exec::pool::pool(opts.threads);
                 kern.run(
                     &s,
-                    &q.to_f32(),
-                    &k.to_f32(),
-                    &v.to_f32(),
-                    &o.to_f32(),
-                    &lse.to_f32(),
-                    &dout.to_f32(),
+                    &f32s(q),
+                    &f32s(k),
+                    &f32s(v),
+                    &f32s(o),
+                    &f32s(lse),
+                    &f32s(dout),
                     dlse_f.as_deref(),
                     scale,
                     &bindings,
@@ -236,6 +237,12 @@ impl Bound {
             params,
         })
     }
+}
+
+/// A tensor's values as f32: borrowed from an f32 tensor (no copy), else converted.
+fn f32s(t: &Tensor) -> Cow<'_, [f32]> {
+    t.f32_slice()
+        .map_or_else(|| Cow::Owned(t.to_f32()), Cow::Borrowed)
 }
 
 /// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the binding's

@@ -62,6 +62,18 @@ fn u16s(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// The little-endian bytes of f32 values (one copy on a little-endian host).
+fn f32_le_bytes(data: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: the view covers exactly `data`'s memory (f32 has no padding; any byte
+        // may be read as u8) and is copied out before `data`'s borrow ends.
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), size_of_val(data)) }
+            .to_vec()
+    } else {
+        data.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
 /// The little-endian bytes of 16-bit words.
 fn le_bytes(words: &[u16]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -110,7 +122,7 @@ impl Tensor {
         Tensor {
             shape,
             dtype: DType::F32,
-            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: f32_le_bytes(data),
         }
     }
     pub fn from_i32(shape: Vec<usize>, data: &[i32]) -> Tensor {
@@ -133,7 +145,7 @@ impl Tensor {
     pub fn from_f32_as(shape: Vec<usize>, data: &[f32], dtype: DType) -> Tensor {
         check_len(&shape, data.len());
         let bytes = match dtype {
-            DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F32 => f32_le_bytes(data),
             DType::F16 => {
                 let mut h = vec![f16::ZERO; data.len()];
                 h.convert_from_f32_slice(data);
@@ -174,6 +186,22 @@ impl Tensor {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The elements of an f32 tensor as a slice, without a copy: `None` for other
+    /// dtypes, on big-endian hosts, or when the bytes are not 4-aligned (the allocator
+    /// aligns them in practice).
+    pub fn f32_slice(&self) -> Option<&[f32]> {
+        let b = &self.bytes;
+        if self.dtype != DType::F32
+            || cfg!(target_endian = "big")
+            || b.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0
+        {
+            return None;
+        }
+        // SAFETY: the bytes are 4-aligned and hold `len / 4` whole f32 values (an f32
+        // tensor), every bit pattern is a valid f32, and on a little-endian host they
+        // read as the tensor's values; the slice borrows `self`.
+        Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) })
     }
     /// Every element as f32 (integers converted).
     pub fn to_f32(&self) -> Vec<f32> {
@@ -272,5 +300,19 @@ mod tests {
         let t = Tensor::from_i64(vec![3], &[1, -2, 1 << 40]);
         assert_eq!(t.to_i32()[..2], [1, -2]);
         assert!(Tensor::from_bytes(vec![3], DType::F32, vec![0; 11]).is_none());
+        let x = [1.5f32, -0.0, f32::NEG_INFINITY, 7e-39];
+        let t = Tensor::from_f32(vec![4], &x);
+        assert_eq!(t.bytes()[..4], 1.5f32.to_le_bytes());
+        assert_eq!(t.bytes()[12..], 7e-39f32.to_le_bytes());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&t.to_f32()), bits(&x));
+        if cfg!(target_endian = "little") {
+            assert_eq!(bits(t.f32_slice().expect("aligned f32 bytes")), bits(&x));
+        }
+        assert!(
+            Tensor::from_f32_as(vec![4], &x, DType::BF16)
+                .f32_slice()
+                .is_none()
+        );
     }
 }

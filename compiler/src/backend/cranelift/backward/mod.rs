@@ -20,11 +20,11 @@
 //!   is fully masked), `dS' = P∘(dP − Δ)` with `Δ = rowsum(dO∘O) − dLSE`,
 //!   `dS = dS'·∂score/∂s`.
 //! - One pass, parallel over work items (b, kv head, chunk of consecutive kv tiles): for
-//!   each query head of the group, each kv tile of the chunk and each q tile of the
-//!   transposed block map's row (`BlockMaps::transpose`): `dV += Pᵀ·dO`,
-//!   `dK += dSᵀ·(scale·Q)`, the item's dQ partial `+= dS·K`, and the capture/param
-//!   partials `Σ dS'·∂score/∂read` per element read, `Σ dS'·∂score/∂param`. Five tile
-//!   products per tile (S and dP computed once).
+//!   each query head of the group, each q tile whose row of the block map has kv tiles in
+//!   the chunk, and each of those kv tiles: `dV += Pᵀ·dO`, `dK += dSᵀ·(scale·Q)`, the
+//!   item's dQ partial `+= dS·K`, and the capture/param partials `Σ dS'·∂score/∂read`
+//!   per element read, `Σ dS'·∂score/∂param`. Five tile products per tile (S and dP
+//!   computed once); q tiles outer, so a q tile's rows stay in cache across the chunk.
 //!
 //! Determinism: dK and dV rows belong to one item and are accumulated in a fixed order.
 //! dQ and the capture/param gradients are per-item partials, summed over items in item
@@ -331,7 +331,7 @@ impl CpuBackward {
                 }
             })?;
         }
-        let maps_t = maps.transpose();
+        let nqb = lq.div_ceil(bq);
         let nkvb = lkv.div_ceil(bkv);
         let nreads = self.grad.reads.len();
         let nparts = nreads + self.grad.params.len();
@@ -472,15 +472,20 @@ impl CpuBackward {
                 let kv_lo = jt0 * bkv;
                 let mut dk = lock(&dk_p[bh * nchunks + ch]);
                 let mut dvv = lock(&dv_p[bh * nchunks + ch]);
+                // the kv tiles of row `it` of head `h`'s map inside the chunk: (range, full)
+                let in_chunk = |h: usize, it: usize| {
+                    maps.get(b, h).row(it).iter().filter_map(move |run| {
+                        let (lo, hi) = ((run.start as usize).max(jt0), (run.end as usize).min(jt1));
+                        (lo < hi).then_some((lo..hi, run.full == 1))
+                    })
+                };
                 // the query rows the chunk's tiles reach, over the group's heads
                 let (mut it_lo, mut it_hi) = (usize::MAX, 0);
                 for h in hk * group..(hk + 1) * group {
-                    for jt in jt0..jt1 {
-                        for run in maps_t.get(b, h).row(jt) {
-                            if run.start < run.end {
-                                it_lo = it_lo.min(run.start as usize);
-                                it_hi = it_hi.max(run.end as usize);
-                            }
+                    for it in 0..nqb {
+                        if in_chunk(h, it).next().is_some() {
+                            it_lo = it_lo.min(it);
+                            it_hi = it_hi.max(it + 1);
                         }
                     }
                 }
@@ -513,20 +518,22 @@ impl CpuBackward {
                 let dq = &mut part[..group * rows * d];
                 dq.fill(0.0);
                 let mut pparams = vec![0f32; grad.params.len()];
+                // q tiles outer, the chunk's kv tiles inner: a q tile's Q, dO and dQ rows
+                // stay in cache across the chunk; each dK/dV tile still sums its q tiles
+                // in ascending order, each dQ tile its kv tiles
                 for h in hk * group..(hk + 1) * group {
-                    let mt = maps_t.get(b, h);
-                    for jt in jt0..jt1 {
-                        let j0 = jt * bkv;
-                        let nc = bkv.min(lkv - j0);
-                        let kv0 = (b * hkv + hk) * lkv + j0;
-                        let dk_t = &mut dk[(j0 - kv_lo) * d..][..nc * d];
-                        let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
-                        for run in mt.row(jt) {
-                            for it in run.start as usize..run.end as usize {
-                                let with_ds = tile(sc, [b, h, it, jt, jt - jt0], run.full == 1);
-                                let i0 = it * bq;
-                                let nr = bq.min(lq - i0);
-                                let row0 = (b * hq + h) * lq + i0;
+                    for it in it_lo..it_hi {
+                        let i0 = it * bq;
+                        let nr = bq.min(lq - i0);
+                        let row0 = (b * hq + h) * lq + i0;
+                        for (range, full) in in_chunk(h, it) {
+                            for jt in range {
+                                let j0 = jt * bkv;
+                                let nc = bkv.min(lkv - j0);
+                                let kv0 = (b * hkv + hk) * lkv + j0;
+                                let dk_t = &mut dk[(j0 - kv_lo) * d..][..nc * d];
+                                let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
+                                let with_ds = tile(sc, [b, h, it, jt, jt - jt0], full);
                                 let dsf = if with_ds { &sc.ds } else { &sc.dp };
                                 // dV += Pᵀ·dO, dK += dSᵀ·(scale·Q): A read transposed
                                 let tr = |n: usize| Mm {
@@ -592,7 +599,6 @@ impl CpuBackward {
         // dQ = scale·Σ partials, per block of bq rows of one query head (in parallel);
         // each block sums the chunks that reach it in ascending order
         let mut gdq = vec![0f32; q.len()];
-        let nqb = lq.div_ceil(bq);
         {
             let ws = &ws[..];
             let out = &out;
