@@ -160,7 +160,7 @@ fn fused_sm90_kernels() {
         let p = module.programs.iter().find(|p| p.name == name).unwrap();
         let plan = Plan::new(p);
         let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
-        assert_eq!(def.bwd_dq, BwdDq::Ordered);
+        assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
         for dq in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic] {
             let opts = def.backward_fused(dq);
             for kind in [BackwardKind::DkDv, BackwardKind::Dq] {

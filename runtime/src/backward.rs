@@ -397,17 +397,15 @@ impl Bound {
     }
 }
 
-/// `ATTNC_BWD_DQ=bulk` runs the fused backward with bulk dQ additions by a writer
-/// warpgroup (`BwdDq::OrderedBulk`: deterministic, the same order as the default
-/// `Ordered`; off by default until the GPU tests have passed on it) where the defaults
-/// fuse dQ (sm_90, D128); `separate` is read above (caller buffers: the two-kernel
-/// path); any other value, or none, keeps the defaults.
+/// `ATTNC_BWD_DQ=ordered` runs the fused backward with the math warps adding their dQ
+/// parts themselves (`BwdDq::Ordered`, the default before `OrderedBulk`; both
+/// deterministic, the same order) where the defaults fuse dQ (sm_90, D128); `separate`
+/// is read above (caller buffers: the two-kernel path); any other value, or none, keeps
+/// the defaults.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     match std::env::var("ATTNC_BWD_DQ").as_deref() {
-        Ok("bulk") if o.bwd_dq == BwdDq::Ordered && o.kv_block == 128 => {
-            o.backward_fused(BwdDq::OrderedBulk)
-        }
+        Ok("ordered") if o.bwd_dq == BwdDq::OrderedBulk => o.backward_fused(BwdDq::Ordered),
         _ => o,
     }
 }

@@ -133,15 +133,17 @@ fn pre_lanes(dv: u32) -> u32 {
 impl PtxOptions {
     /// The backward kernels' defaults: Br = Bc = 64 (4 warps of 16 rows), dQ by a second
     /// kernel; on sm_90 with D, Dv in {64, 128} the wgmma products (sm_90a), and at D128
-    /// dQ fused into the dK/dV kernel, deterministic ([`BwdDq::Ordered`],
-    /// `backward/fused.rs`, kv tiles of 128), else mma.sync. Measured on an H200 (bf16,
-    /// B2 H16 L8192 D128, whole backward): dense 6.83 ms fused against 7.26 separate,
-    /// causal 3.69 / 3.69, softcap + causal 4.00 / 4.24; at D64 (B4 L4096, kv tiles of 64,
-    /// one warpgroup) fused lost: dense 3.45 against 2.35.
+    /// dQ fused into the dK/dV kernel, deterministic, its additions made by a writer
+    /// warpgroup ([`BwdDq::OrderedBulk`], `backward/fused.rs`, kv tiles of 128), else
+    /// mma.sync. Measured on an H200 (bf16, B2 H16 L8192 D128, whole backward): dense
+    /// 6.83 ms fused (`Ordered`) against 7.26 separate, causal 3.69 / 3.69, softcap + causal
+    /// 4.00 / 4.24; `OrderedBulk` against `Ordered` (one call, TFLOP/s): dense 466.5 / 403.0,
+    /// causal 376.4 / 368.8, softcap 346.2 / 340.6; at D64 (B4 L4096, kv tiles of 64, one
+    /// warpgroup) fused lost: dense 3.45 against 2.35.
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = Self::backward_separate(arch, d, dv, input);
         if o.mma == Mma::Wgmma && d == 128 {
-            o.backward_fused(BwdDq::Ordered)
+            o.backward_fused(BwdDq::OrderedBulk)
         } else {
             o
         }
@@ -2058,16 +2060,18 @@ mod tests {
                     assert!(k.ptx.contains(&format!(".entry {}", k.entry)));
                     assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
                     // dQ fused into the dK/dV kernel on the wgmma path, ordered by
-                    // semaphores; the dQ kernel then converts the f32 workspace
-                    let fused = o.bwd_dq == BwdDq::Ordered;
+                    // semaphores, added by the writer warpgroup's bulk reductions; the
+                    // dQ kernel then converts the f32 workspace
+                    let fused = o.bwd_dq == BwdDq::OrderedBulk;
                     assert_eq!(fused, o.mma == Mma::Wgmma && d == 128);
                     let wgmma = k.ptx.contains("wgmma.mma_async");
                     match kind {
                         BackwardKind::Pre => {}
                         BackwardKind::DkDv => {
                             assert_eq!(wgmma, o.mma == Mma::Wgmma);
-                            let red = k.ptx.contains("red.relaxed.gpu.global.add.v4.f32");
+                            let red = k.ptx.contains("cp.reduce.async.bulk.global.shared::cta");
                             assert_eq!(red, fused);
+                            assert!(!k.ptx.contains("red.relaxed.gpu.global.add.v4.f32"));
                             // every f32 reduction waits for its turn first
                             assert_eq!(k.ptx.contains("ld.acquire.gpu.global.u32"), fused);
                         }
@@ -2160,7 +2164,7 @@ mod tests {
         let d128 = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(
             (d128.bwd_dq, d128.q_block, d128.kv_block),
-            (BwdDq::Ordered, 64, 128)
+            (BwdDq::OrderedBulk, 64, 128)
         );
         let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(sep.bwd_dq, BwdDq::Separate);

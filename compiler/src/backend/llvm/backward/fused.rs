@@ -24,7 +24,7 @@
 //!   apart), add the part into DqAccum[b, h, i] (the first adder stores), and
 //!   after the next barrier one thread releases (fence.acq_rel + increment);
 //!   Atomic: add the part with no wait (order free: not deterministic).
-//!   OrderedBulk (kv tiles of 128; off by default, `ATTNC_BWD_DQ=bulk` in the runtime):
+//!   OrderedBulk (kv tiles of 128; the default at D128 on sm_90, `ATTNC_BWD_DQ=ordered` in the runtime keeps `Ordered`):
 //!   the same order as Ordered, but the math warps only store the part into one of
 //!   DQ_SLOTS shared-memory slots (mbarrier `empty` before, `full` after) and go on; a
 //!   writer warpgroup (warpgroup 2, setmaxnreg 24; the math warpgroups 240) walks the

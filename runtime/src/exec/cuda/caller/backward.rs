@@ -481,13 +481,14 @@ mod tests {
             let fused = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
             assert_eq!(
                 fused.bwd_dq,
-                BwdDq::Ordered,
+                BwdDq::OrderedBulk,
                 "Bound::backward's kernels at D128"
             );
             for opts in [
                 PtxOptions::backward(Arch::Sm80, 64, 64, InputType::Bf16),
                 PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16),
                 fused,
+                fused.backward_fused(BwdDq::Ordered),
                 fused.backward_fused(BwdDq::Atomic),
             ] {
                 let shape = Shape {
