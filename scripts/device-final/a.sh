@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench. Logs are copied to $OUT.
+set -u
+here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fa; rm -rf /tmp/fo; mkdir -p $B /tmp/fo
+for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+T=${T:-170}; t0=$(date +%s)
+run() { local name=$1; shift; ( "$@" > /tmp/fo/$name.log 2>&1; echo "rc=$?" >> /tmp/fo/$name.log ) & }
+export ATTNC_CACHE_DIR=/tmp/attnc-cache-final ATTNC_EXAMPLES=$PWD/examples
+for b in $B/*; do n=$(basename $b); case $n in
+  gpu) ATTNC_GPU_MMA=sync run gpu_sync timeout $T $b; ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $T $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $T $b;;
+  gpu_random) ATTNC_CASES=${CASES:-15} run gpu_random timeout $T $b;;
+  gpu_backward) run gpu_backward timeout $T $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $T $b
+    run racecheck_bwd_fused timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize
+    ATTNC_BWD_TEST_CFG=wg64x128o run racecheck_bwd_ordered timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize;;
+  *) run $n timeout $T $b;;
+esac; done
+wait; echo "tests: $(( $(date +%s) - t0 )) s"
+for f in /tmp/fo/*.log; do echo "=== $(basename $f)"; grep -E "^test |test result|FAILED|panicked|rc=|SKIPPED|cases passed|SUMMARY" $f | grep -v " ok$" | cut -c1-180 | head -24; done
+for f in /tmp/fo/*.log; do grep -q "rc=0" $f || { echo "=== FULL TAIL $(basename $f)"; tail -25 $f | cut -c1-300; }; done
+echo "=== bwd bench"; t0=$(date +%s)
+ATTNC_BWD_BENCH_CFG=${BWD_CFG:-default,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture 2>&1 | grep -v "^$" | tail -16 | cut -c1-200
+echo "bwd bench: $(( $(date +%s) - t0 )) s"
+[ -n "${OUT:-}" ] && cp /tmp/fo/*.log "$OUT"/ 2>/dev/null; true
