@@ -220,17 +220,6 @@ impl Tensor {
             DType::I64 => self.to_i64().into_iter().map(|x| x as f32).collect(),
         }
     }
-    /// The elements of an f32 tensor as a slice without a copy; `None` for other dtypes,
-    /// on a big-endian host, or when the bytes are not 4-byte aligned.
-    pub fn as_f32_slice(&self) -> Option<&[f32]> {
-        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
-            return None;
-        }
-        // SAFETY: every bit pattern is a valid f32, and `align_to` only returns the
-        // aligned middle part; it is the whole buffer only when nothing is left over.
-        let (pre, mid, post) = unsafe { self.bytes.align_to::<f32>() };
-        (pre.is_empty() && post.is_empty()).then_some(mid)
-    }
     /// Every element as f32, written into `out` (its allocation is reused: repeated calls
     /// of the same size neither allocate nor fault in fresh pages).
     pub fn read_f32_into(&self, out: &mut Vec<f32>) {

@@ -384,13 +384,13 @@ impl Bound {
                 // f32 caches are read in place; others converted once per call
                 let [kbuf, vbuf] = inputs;
                 for (t, buf) in [(k, &mut *kbuf), (v, &mut *vbuf)] {
-                    if t.as_f32_slice().is_none() {
+                    if t.f32_slice().is_none() {
                         t.read_f32_into(buf);
                     }
                 }
                 let view = KvView {
-                    k: k.as_f32_slice().unwrap_or(kbuf.as_slice()),
-                    v: v.as_f32_slice().unwrap_or(vbuf.as_slice()),
+                    k: k.f32_slice().unwrap_or(kbuf.as_slice()),
+                    v: v.f32_slice().unwrap_or(vbuf.as_slice()),
                     page_table: &page_table,
                     seq_lens: &seq_lens,
                 };
