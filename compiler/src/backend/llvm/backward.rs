@@ -1586,6 +1586,83 @@ pub(super) fn blocks<'ctx>(
 
 // ---- the dK/dV kernel -------------------------------------------------------------------------
 
+/// Copies Q and dO of (query head `h`, q block `qb`) into buffer `buf` (cp.async) and
+/// the block's rows' L2 and Delta (from `stats`, the `Lse2` and `Delta` pointers; +inf and
+/// 0 past Lq) into the tiles' row statistics: the Q side of both dK/dV kernels.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn load_q_block<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    c: &Common<'ctx>,
+    t: &DkDvTiles,
+    opts: &PtxOptions,
+    stats: (PointerValue<'ctx>, PointerValue<'ctx>),
+    threads: u32,
+    (h, qb): (IntValue<'ctx>, IntValue<'ctx>),
+    buf: IntValue<'ctx>,
+) -> R<()> {
+    let br = opts.q_block;
+    let q0 = g.mul(qb, g.c32(br as i64))?;
+    let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
+    let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
+    let valid = g.sub(c.lq, q0)?;
+    t.q.load_async(g, c.tid, threads, qbase, q0, valid, buf)?;
+    t.d_o.load_async(g, c.tid, threads, obase, q0, valid, buf)?;
+    g.cp_async_commit()?;
+    for k in 0..br.div_ceil(threads) {
+        let i = g.add(c.tid, g.c32((k * threads) as i64))?;
+        g.if_then(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?, || {
+            let q = g.add(q0, i)?;
+            let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
+            let row = g.add(
+                g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?,
+                g.zext64(g.selecti(ok, q, g.c32(0))?)?,
+            )?;
+            let l2 = g.selectf(ok, g.load_f32(stats.0, row)?, g.cf(f32::INFINITY))?;
+            let dl = g.selectf(ok, g.load_f32(stats.1, row)?, g.cf(0.0))?;
+            let at = g.add(buf, g.mul(i, g.c32(4))?)?;
+            g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
+            g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)
+        })?;
+    }
+    Ok(())
+}
+
+/// One (query, L2, Delta) per column a lane holds in the kv-row x q-column fragments of
+/// S and dP: element (nt, i) is kv row `kv0 + row0 + lane / 4 + 8 (i / 2)` and q column
+/// `q0 + 8 nt + 2 (lane % 4) + i % 2`, its L2 and Delta read from buffer `buf`'s row
+/// statistics. Returns the lane's first kv row and the columns' statistics in (nt, i % 2)
+/// order.
+#[allow(clippy::type_complexity)]
+pub(super) fn frag_row_stats<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Common<'ctx>,
+    t: &DkDvTiles,
+    br: u32,
+    (kv0, row0): (IntValue<'ctx>, IntValue<'ctx>),
+    q0: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+) -> R<(
+    IntValue<'ctx>,
+    Vec<(IntValue<'ctx>, BasicValueEnum<'ctx>, BasicValueEnum<'ctx>)>,
+)> {
+    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
+    let mut stats = Vec::new();
+    for nt in 0..(br / 8) as usize {
+        for cc in 0..2 {
+            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
+            let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
+            let l2 =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
+            let dl =
+                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
+            stats.push((g.add(q0, ci)?, l2, dl));
+        }
+    }
+    Ok((kv_row, stats))
+}
+
 fn dkdv_body<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
@@ -1619,32 +1696,8 @@ fn dkdv_body<'ctx>(
         Ok((g.add(g.mul(hk, group)?, hi)?, qb))
     };
     let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
-    // copies Q, dO of (h, q block qb) into buffer `buf` (cp.async), and L2 / Delta
-    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
-        let q0 = g.mul(qb, g.c32(br as i64))?;
-        let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
-        let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
-        let valid = g.sub(c.lq, q0)?;
-        t.q.load_async(g, c.tid, threads, qbase, q0, valid, buf)?;
-        t.d_o.load_async(g, c.tid, threads, obase, q0, valid, buf)?;
-        g.cp_async_commit()?;
-        for k in 0..br.div_ceil(threads) {
-            let i = g.add(c.tid, g.c32((k * threads) as i64))?;
-            g.if_then(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?, || {
-                let q = g.add(q0, i)?;
-                let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
-                let row = g.add(
-                    g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?,
-                    g.zext64(g.selecti(ok, q, zero)?)?,
-                )?;
-                let l2 = g.selectf(ok, g.load_f32(row_stats.0, row)?, g.cf(f32::INFINITY))?;
-                let dl = g.selectf(ok, g.load_f32(row_stats.1, row)?, g.cf(0.0))?;
-                let at = g.add(buf, g.mul(i, g.c32(4))?)?;
-                g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
-                g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)
-            })?;
-        }
-        Ok(())
+    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| {
+        load_q_block(g, a, &c, &t, opts, row_stats, threads, (h, qb), buf)
     };
 
     let dk = acc_vars(g, (opts.d / 8) as usize)?;
@@ -1706,21 +1759,7 @@ fn dkdv_body<'ctx>(
         let vf = frags_a(g, &t.v, c.lane, row0, zero)?;
         (s, mm_abt(g, ty, &vf, &t.d_o, c.lane, buf)?)
     };
-    // element (nt, i): kv row kv0 + 16 w + lane / 4 + 8 (i / 2), q column q0 + 8 nt + 2 (lane % 4) + i % 2
-    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
-    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
-    let mut stats = Vec::new();
-    for nt in 0..(br / 8) as usize {
-        for cc in 0..2 {
-            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
-            let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
-            let l2 =
-                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
-            let dl =
-                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
-            stats.push((g.add(q0, ci)?, l2, dl));
-        }
-    }
+    let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
         p,
         sd,

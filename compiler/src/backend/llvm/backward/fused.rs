@@ -51,7 +51,8 @@
 
 use super::{
     Acc, CapCtx, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks, capture_grads,
-    common, dkdv_epilogue, grad_scores, slice_base, to_flat, wg_ab, wg_abt, wg_result,
+    common, dkdv_epilogue, frag_row_stats, grad_scores, load_q_block, slice_base, to_flat, wg_ab,
+    wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -362,32 +363,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
 
     let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
-    // copies Q, dO of (h, q block qb) into buffer `buf` (cp.async), and L2 / Delta
-    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
-        let q0 = g.mul(qb, g.c32(br as i64))?;
-        let qbase = slice_base(g, a.ptr(KernelParam::Q)?, c.b, c.hq, h, c.lq, opts.d)?;
-        let obase = slice_base(g, a.ptr(KernelParam::DOut)?, c.b, c.hq, h, c.lq, opts.dv)?;
-        let valid = g.sub(c.lq, q0)?;
-        t.q.load_async(g, c.tid, threads, qbase, q0, valid, buf)?;
-        t.d_o.load_async(g, c.tid, threads, obase, q0, valid, buf)?;
-        g.cp_async_commit()?;
-        for k in 0..br.div_ceil(threads) {
-            let i = g.add(c.tid, g.c32((k * threads) as i64))?;
-            g.if_then(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?, || {
-                let q = g.add(q0, i)?;
-                let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
-                let row = g.add(
-                    g.mul(g.zext64(g.add(g.mul(c.b, c.hq)?, h)?)?, g.zext64(c.lq)?)?,
-                    g.zext64(g.selecti(ok, q, zero)?)?,
-                )?;
-                let l2 = g.selectf(ok, g.load_f32(row_stats.0, row)?, g.cf(f32::INFINITY))?;
-                let dl = g.selectf(ok, g.load_f32(row_stats.1, row)?, g.cf(0.0))?;
-                let at = g.add(buf, g.mul(i, g.c32(4))?)?;
-                g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
-                g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)
-            })?;
-        }
-        Ok(())
+    let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| {
+        load_q_block(g, a, &c, &t, opts, row_stats, threads, (h, qb), buf)
     };
     let head_of =
         |v: &Visit<'ctx>| -> R<IntValue<'ctx>> { g.add(g.mul(hk, group)?, g.geti(&v.hi)?) };
@@ -543,22 +520,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
     g.wgmma_commit()?;
     let (s, dp) = (wg_result(g, &s)?, wg_result(g, &dp)?);
-    // element (nt, i): kv row kv0 + 16 w + lane / 4 + 8 (i / 2), q column q0 + 8 nt + 2 (lane % 4) + i % 2
     let row0 = g.mul(c.warp, g.c32(16))?;
-    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
-    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
-    let mut stats = Vec::new();
-    for nt in 0..(br / 8) as usize {
-        for cc in 0..2 {
-            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
-            let at = g.add(buf, g.mul(ci, g.c32(4))?)?;
-            let l2 =
-                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, "")?;
-            let dl =
-                g.b.build_load(g.f32, g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, "")?;
-            stats.push((g.add(q0, ci)?, l2, dl));
-        }
-    }
+    let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
         p,
         sd,
