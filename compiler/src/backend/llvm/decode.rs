@@ -488,6 +488,45 @@ pub(super) fn cache_row_elem<'ctx>(
     }
 }
 
+/// The keys `[k0, k1)` split `split` of sequence `b` reads: the sequence's reachable range
+/// `Ranges[b] = (lo, hi)` cut into splits of `Chunk` keys (both split-KV kernels).
+pub(super) fn split_keys<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    b: IntValue<'ctx>,
+    split: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    use DecodeParam as P;
+    let ranges = a.ptr(P::Ranges)?;
+    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    let chunk = a.int(P::Chunk)?;
+    let k0 = g.add(lo, g.mul(split, chunk)?)?;
+    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+    Ok((k0, k1))
+}
+
+/// The score/mask environment of a split-KV kernel from its parameters: params, the error
+/// word, the captured tensors and their dims (no checked mode: it runs the prefill path).
+pub(super) fn decode_env<'ctx>(g: &Gpu<'ctx>, p: &Program, a: &Args<'_, 'ctx>) -> R<Env<'ctx>> {
+    use DecodeParam as P;
+    Env::load(
+        g,
+        p,
+        false,
+        &|k| match k {
+            KernelParam::Params => a.ptr(P::Params),
+            KernelParam::Err => a.ptr(P::Err),
+            KernelParam::Tensor(t) => a.ptr(P::Tensor(t)),
+            _ => Err(LlvmError::Internal("decode kernel pointer param")),
+        },
+        &|k| match k {
+            KernelParam::TensorDim { tensor, dim } => a.int(P::TensorDim { tensor, dim }),
+            _ => Err(LlvmError::Internal("decode kernel int param")),
+        },
+    )
+}
+
 fn build_decode<'ctx>(
     ctx: &'ctx Context,
     module: Module<'ctx>,
@@ -518,40 +557,19 @@ fn build_decode<'ctx>(
     let split = g.ctaid('x')?;
     let y = g.ctaid('y')?;
     let b = g.ctaid('z')?;
-    let (hq, hkv, lq, group, rgs) = (
-        a.int(P::Hq)?,
+    let (hkv, lq, group, rgs) = (
         a.int(P::Hkv)?,
         a.int(P::Lq)?,
         a.int(P::Group)?,
         a.int(P::RowGroups)?,
     );
-    let _ = hq;
     let hk = g.udiv(y, rgs)?;
     let rg = g.sub(y, g.mul(hk, rgs)?)?;
     let nrows = g.mul(group, lq)?;
     let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
-    let ranges = a.ptr(P::Ranges)?;
-    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
-    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
-    let chunk = a.int(P::Chunk)?;
-    let k0 = g.add(lo, g.mul(split, chunk)?)?;
-    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+    let (k0, k1) = split_keys(g, &a, b, split)?;
 
-    let env = Env::load(
-        g,
-        p,
-        false,
-        &|k| match k {
-            KernelParam::Params => a.ptr(P::Params),
-            KernelParam::Err => a.ptr(P::Err),
-            KernelParam::Tensor(t) => a.ptr(P::Tensor(t)),
-            _ => Err(LlvmError::Internal("decode kernel pointer param")),
-        },
-        &|k| match k {
-            KernelParam::TensorDim { tensor, dim } => a.int(P::TensorDim { tensor, dim }),
-            _ => Err(LlvmError::Internal("decode kernel int param")),
-        },
-    )?;
+    let env = decode_env(g, p, &a)?;
 
     // ---- the rows of this CTA: head, position, existence; q pre-scaled in registers ----
     let scale = a.get(P::Scale)?.into_float_value();

@@ -33,16 +33,14 @@
 use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_params, for_range, with_combine,
+    decode_env, decode_params, for_range, split_keys, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{load_q_fragments, pv_at, qk};
 use super::softmax::online_softmax;
 use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
-use super::{
-    EmitText, EmitTimes, GridDim, KernelParam, KernelSpec, LlvmError, PtxKernel, PtxOptions,
-};
+use super::{EmitText, EmitTimes, GridDim, KernelSpec, LlvmError, PtxKernel, PtxOptions};
 use crate::backend::KernelKind;
 use crate::ir::Program;
 use crate::plan::KvBounds;
@@ -300,29 +298,10 @@ pub(super) fn build<'ctx>(
     let rg = g.sub(y, g.mul(hk, rgs)?)?;
     let nrows = g.mul(group, lq)?;
     let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
-    let ranges = a.ptr(P::Ranges)?;
-    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
-    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
-    let chunk = a.int(P::Chunk)?;
-    let k0 = g.add(lo, g.mul(split, chunk)?)?;
-    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+    let (k0, k1) = split_keys(g, &a, b, split)?;
     let scale = a.get(P::Scale)?.into_float_value();
 
-    let env = Env::load(
-        g,
-        p,
-        false,
-        &|k| match k {
-            KernelParam::Params => a.ptr(P::Params),
-            KernelParam::Err => a.ptr(P::Err),
-            KernelParam::Tensor(t) => a.ptr(P::Tensor(t)),
-            _ => Err(LlvmError::Internal("decode kernel pointer param")),
-        },
-        &|k| match k {
-            KernelParam::TensorDim { tensor, dim } => a.int(P::TensorDim { tensor, dim }),
-            _ => Err(LlvmError::Internal("decode kernel int param")),
-        },
-    )?;
+    let env = decode_env(g, p, &a)?;
 
     // ---- shared memory: Q, then the ring of (K, V) tiles ----
     let qt = SmemTile {
