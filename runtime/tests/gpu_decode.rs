@@ -11,7 +11,9 @@
 //! tables, garbage pages and NaN past each sequence, which must never be read), Lq
 //! 1/2/4/16, GQA 1:1 / 4:1 / 8:1, D 64 and 128, bf16 and f16, 1, 2 and 4 m-tiles per CTA
 //! and several row groups, seq_lens 0, 1, shorter than Lq and full, long sequences split
-//! across many CTAs (sliding window reading only its window).
+//! across many CTAs (sliding window reading only its window); the caller-buffer decode
+//! (`decode_cuda_into`: the decode-ranges kernel first). With `ATTNC_DECODE_COMBINE=fused`
+//! the tensor-core cases run the fused kernel (the combine folded in) instead.
 //!
 //! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
@@ -278,6 +280,93 @@ fn gpu_decode_prefill_path(_d: &CudaDevice) {
     assert_eq!(path, "prefill");
 }
 
+/// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
+/// tensors): the decode-ranges kernel computes each sequence's reachable keys from
+/// `seq_lens` on the device, then the split-KV and combine kernels run over the caller's
+/// buffers; against the oracle, contiguous and paged (page 16, shuffled), a sliding
+/// window and a causal mask, lengths 0, 1 and full, Lq 1 and 4. Also the case that
+/// compute-sanitizer racechecks the decode-ranges kernel.
+fn gpu_decode_caller_buffers(dev: &CudaDevice) {
+    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use std::collections::HashMap;
+    let mut rng = Rng(0xca11e4);
+    for (name, window) in [("sliding_window", Some(40)), ("causal", None)] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        for (lq, page) in [(1, None), (4, Some(16)), (1, Some(16))] {
+            let sl = vec![300, 0, 1, 170];
+            let c = case_as(DType::BF16, &mut rng, 4, 8, 2, lq, 128, 300, sl, page);
+            let mut caps = Captures::default();
+            let mut params = HashMap::new();
+            if let Some(w) = window {
+                caps = caps.param("window", ParamValue::I32(w));
+                params.insert("window".to_string(), ParamValue::I32(w));
+            }
+            let what = format!("caller buffers {name} lq {lq} {page:?}");
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let variant = compiled.attention(&program).unwrap();
+            let mut bound = variant
+                .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
+                .unwrap();
+            let layout: CacheLayout = c.shape.layout;
+            let ws = bound.decode_cuda_workspace(layout).unwrap();
+            let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+            let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
+            let seq_lens = dev.upload(&c.seq_lens).unwrap();
+            let table = c
+                .page_table
+                .as_ref()
+                .map(|t| dev.upload(&t.to_i32()).unwrap());
+            let s = c.shape;
+            let o: CudaSlice<u16> = dev.zeros(s.b * s.hq * s.lq * s.dv).unwrap();
+            let lse: CudaSlice<f32> = dev.zeros(s.b * s.hq * s.lq).unwrap();
+            let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
+            let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
+            let st = q.stream().clone();
+            let bufs = DeviceDecodeBuffers {
+                q: q.device_ptr(&st).0,
+                k_cache: k.device_ptr(&st).0,
+                v_cache: v.device_ptr(&st).0,
+                seq_lens: seq_lens.device_ptr(&st).0,
+                page_table: table.as_ref().map(|t| t.device_ptr(&st).0),
+                o: o.device_ptr(&st).0,
+                lse: lse.device_ptr(&st).0,
+                part_o: part.device_ptr(&st).0,
+                part_lse: part.device_ptr(&st).0 + 4 * ws.part_o as u64,
+                ranges: ranges.device_ptr(&st).0,
+            };
+            // SAFETY: every buffer above is a live allocation of this device sized for
+            // the binding's shape and layout (the workspace as decode_cuda_workspace
+            // says), on stream `st`, which the download below synchronizes.
+            unsafe {
+                bound
+                    .decode_cuda_into(
+                        layout,
+                        &bufs,
+                        &HashMap::new(),
+                        &params,
+                        st.cu_stream() as u64,
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            st.synchronize().unwrap();
+            let o = dev.download(&o).unwrap();
+            let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let o = attnc::Tensor::from_bytes(vec![o.len()], c.dtype, bytes).unwrap();
+            close(
+                &format!("{what} o"),
+                &o.to_f32(),
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            let lse = dev.download(&lse).unwrap();
+            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+        }
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 const TESTS: &[Test] = &[
     ("gpu_decode_examples", gpu_decode_examples),
@@ -286,6 +375,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_head_dims", gpu_decode_head_dims),
     ("gpu_decode_prefill_path", gpu_decode_prefill_path),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
+    ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
 ];
 
 fn main() {

@@ -34,6 +34,10 @@ pub enum KernelKind {
     /// through a `cp.async` ring, `mma.sync` products; same grid, parameters and partials
     /// as [`KernelKind::Decode`] (`llvm/decode_mma.rs`).
     DecodeMma,
+    /// [`KernelKind::DecodeMma`] with the combine folded in: the last CTA of each (b, kv
+    /// head, row group) to finish (an atomic counter, `DecodeSem`) merges the splits'
+    /// partials into O and LSE in split order (`llvm/decode_mma.rs`); no combine launch.
+    DecodeMmaFused,
     /// The exact merge of a decode call's splits into O and LSE (`llvm/decode.rs`).
     DecodeCombine,
     /// The key positions each sequence of a decode call can reach, from `seq_lens` on the
@@ -43,7 +47,7 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, in a stable order.
-    pub const ALL: [KernelKind; 9] = [
+    pub const ALL: [KernelKind; 10] = [
         KernelKind::Forward,
         KernelKind::BlockTable,
         KernelKind::BackwardPre,
@@ -51,6 +55,7 @@ impl KernelKind {
         KernelKind::BackwardDq,
         KernelKind::Decode,
         KernelKind::DecodeMma,
+        KernelKind::DecodeMmaFused,
         KernelKind::DecodeCombine,
         KernelKind::DecodeRanges,
     ];
@@ -65,6 +70,7 @@ impl KernelKind {
             KernelKind::BackwardDq => "backward-dq",
             KernelKind::Decode => "decode",
             KernelKind::DecodeMma => "decode-mma",
+            KernelKind::DecodeMmaFused => "decode-mma-fused",
             KernelKind::DecodeCombine => "decode-combine",
             KernelKind::DecodeRanges => "decode-ranges",
         }

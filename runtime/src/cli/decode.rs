@@ -253,30 +253,49 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             };
             let positions = bound.cache_positions_reached(&q, &cache, &caps)?;
             let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
-            let ms = match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
-                Some(ms) => ms,
-                None => {
-                    bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..a.iters.max(1) {
-                        bound.forward_with_cache(&q, &cache, &caps)?;
-                    }
-                    t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+            // ATTNC_DECODE_BENCH_COMBINE=both (CUDA): each shape and layout timed with the
+            // combine kernel and with the fused kernel, one after the other on the same
+            // inputs (`ATTNC_DECODE_COMBINE`, read per call by `decode::gpu`)
+            let both = a.backend == attnc::Backend::Cuda
+                && std::env::var("ATTNC_DECODE_BENCH_COMBINE").as_deref() == Ok("both");
+            let modes: &[Option<&str>] = if both {
+                &[Some("separate"), Some("fused")]
+            } else {
+                &[None]
+            };
+            for mode in modes {
+                if let Some(m) = mode {
+                    // SAFETY: the CLI's bench runs on one thread and no other thread reads
+                    // or writes the environment meanwhile (the JIT's background threads
+                    // are idle between calls: `--decode` compiles in the foreground).
+                    unsafe { std::env::set_var("ATTNC_DECODE_COMBINE", m) };
                 }
-            };
-            let layout = match page {
-                None => "contiguous".to_string(),
-                Some(p) => format!("paged{p}"),
-            };
-            outln!(
-                "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}]",
-                variant.name(),
-                dtype,
-                ms * 1e3,
-                bytes / (ms * 1e-3) / 1e9,
-                bytes / 1e6,
-                a.backend.name(),
-            );
+                let ms = match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
+                    Some(ms) => ms,
+                    None => {
+                        bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
+                        let t0 = std::time::Instant::now();
+                        for _ in 0..a.iters.max(1) {
+                            bound.forward_with_cache(&q, &cache, &caps)?;
+                        }
+                        t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                    }
+                };
+                let layout = match page {
+                    None => "contiguous".to_string(),
+                    Some(p) => format!("paged{p}"),
+                };
+                outln!(
+                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]",
+                    variant.name(),
+                    dtype,
+                    ms * 1e3,
+                    bytes / (ms * 1e-3) / 1e9,
+                    bytes / 1e6,
+                    a.backend.name(),
+                    mode.map(|m| format!(" {m}")).unwrap_or_default(),
+                );
+            }
         }
     }
     Ok(())

@@ -9,7 +9,10 @@
 //! ([`DecodeGeometry`]). Out: O (16-bit) and LSE (f32) downloaded, or the device time per
 //! call. Every buffer is sized from the geometry and checked here, so the kernels index
 //! inside their allocations: page ids are clamped in the kernel, key positions are
-//! bounded by the ranges (which the host computes inside `0..seq_len`).
+//! bounded by the ranges (which the host computes inside `0..seq_len`). A host-buffer
+//! call may launch the fused tensor-core kernel ([`KernelKind::DecodeMmaFused`], the
+//! combine folded in, counting in a zeroed `DecodeSem` buffer) alone instead of decode +
+//! combine; the caller-buffer path (`launch_values`) always launches the pair.
 
 use super::{Arg, CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTiers, LaunchArgs};
 use attnc_compiler::backend::KernelKind;
@@ -21,11 +24,13 @@ use attnc_compiler::plan::Plan;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
 
-/// Both kernels, loaded.
+/// Both kernels, loaded (and the tensor-core kernel with the combine folded in, when
+/// [`DecodeModule::with_fused`] loaded it).
 #[derive(Clone)]
 pub struct DecodeModule {
     decode: Arc<JitKernel>,
     combine: Arc<JitKernel>,
+    fused: Option<Arc<JitKernel>>,
     rows: u32,
     d: u32,
 }
@@ -67,6 +72,11 @@ pub struct DecodeProblem {
     params: CudaSlice<u32>,
     err: CudaSlice<u32>,
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
+    /// `DecodeSem` of the fused kernel: one u32 per (b, kv head, row group), zero between
+    /// launches.
+    sem: CudaSlice<u32>,
+    /// Launch the fused kernel (when the module has one) instead of decode + combine.
+    pub fused: bool,
 }
 
 /// Device addresses of one decode call's buffers, owned by a [`DecodeProblem`] or by the
@@ -154,7 +164,7 @@ impl DecodeProblem {
         let ptr_i = |b: &CudaSlice<i32>| b.device_ptr(s).0;
         let ptr_f = |b: &CudaSlice<f32>| b.device_ptr(s).0;
         let ptr_u = |b: &CudaSlice<u32>| b.device_ptr(s).0;
-        launch_values(
+        let mut a = launch_values(
             &self.geom,
             &DecodePtrs {
                 q: ptr(&self.q),
@@ -175,7 +185,9 @@ impl DecodeProblem {
                     .map(|(b, dims)| (ptr_u(b), dims.clone()))
                     .collect(),
             },
-        )
+        );
+        a.scalar(KernelParam::DecodeSem, Arg::Ptr(ptr_u(&self.sem)));
+        a
     }
 }
 
@@ -209,9 +221,36 @@ impl DecodeModule {
         Ok(DecodeModule {
             decode: get(kind)?,
             combine: get(KernelKind::DecodeCombine)?,
+            fused: None,
             rows: opts.rows,
             d: opts.d,
         })
+    }
+
+    /// This module with the fused tensor-core kernel ([`KernelKind::DecodeMmaFused`]: the
+    /// combine folded into the decode kernel) loaded too; a host-buffer call whose
+    /// [`DecodeProblem::fused`] is set launches it alone.
+    pub fn with_fused(
+        mut self,
+        dev: &CudaDevice,
+        jit: &JitCache,
+        plan: &Plan,
+        opts: &DecodeOptions,
+    ) -> Result<Self, CudaError> {
+        let (k, _) = jit.get(
+            dev,
+            plan,
+            KernelKind::DecodeMmaFused,
+            &opts.ptx_options(),
+            JitTiers::Off,
+        )?;
+        self.fused = Some(k);
+        Ok(self)
+    }
+
+    /// Whether the fused kernel is loaded.
+    pub fn has_fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// Uploads one call. `q`, `k`, `v` are 16-bit elements in the decode layouts;
@@ -314,6 +353,8 @@ impl DecodeModule {
             params: s.clone_htod(&words)?,
             err: s.alloc_zeros(8)?,
             tensors,
+            sem: s.alloc_zeros((b * hkv * g.row_groups as usize).max(1))?,
+            fused: false,
         })
     }
 
@@ -358,11 +399,16 @@ impl DecodeModule {
             return Ok(());
         }
         let args = p.args(dev);
-        for k in [&self.decode, &self.combine] {
+        let kernels = match &self.fused {
+            Some(f) if p.fused => vec![f],
+            _ => vec![&self.decode, &self.combine],
+        };
+        for k in kernels {
             let (kernel, _): (Arc<CudaKernel>, _) = k.current();
             // SAFETY: every buffer of `args` belongs to `p`, sized from its geometry in
             // `upload` (which checked the inputs against it, the ranges inside each
-            // sequence and the splits covering them); the scalars are that geometry's.
+            // sequence and the splits covering them; `sem` one word per (b, kv head, row
+            // group), zero between launches); the scalars are that geometry's.
             unsafe { kernel.launch_args(dev, &args) }?;
         }
         Ok(())

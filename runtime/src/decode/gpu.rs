@@ -23,7 +23,9 @@
 //! splits instead of the chosen 33: 136.0, 141.5; B8 Lq16 8 splits instead of 4: slower.
 //! `ATTNC_DECODE_KERNEL=simt|mma` overrides the choice (benchmarks, tests; `mma` only
 //! where the kernel takes the head dim); `ATTNC_DECODE_SPLITS=N` forces the tensor-core
-//! kernel's split count (benchmarks).
+//! kernel's split count, `ATTNC_DECODE_ROWS=16|32|64` caps its rows per CTA (benchmarks;
+//! Lq16 at 32 rows: 306.0 µs against 272.6 at 64, session 6), `ATTNC_DECODE_COMBINE=fused`
+//! runs its fused variant (the combine folded in: `fused_combine`, off by default).
 //!
 //! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
 //! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
@@ -142,6 +144,39 @@ impl GpuDecode {
         slot.as_ref().ok_or_else(|| backend("decode module"))
     }
 
+    /// [`Self::module`], with the fused kernel loaded when `fused` (tensor cores only).
+    fn module_for(
+        &mut self,
+        dev: &CudaDevice,
+        shape: &DecodeShape,
+        dtype: DType,
+        fused: bool,
+    ) -> Result<&DecodeModule> {
+        let paged = matches!(shape.layout, CacheLayout::Paged { .. });
+        let plan = self.plan.clone();
+        let m = self.module(dev, shape, dtype)?;
+        if fused && !m.has_fused() {
+            let opts = DecodeOptions {
+                arch: dev.arch(),
+                d: shape.d as u32,
+                input: if dtype == DType::F16 {
+                    InputType::F16
+                } else {
+                    InputType::Bf16
+                },
+                rows: rows_per_cta(shape, Kernel::Mma) as u32,
+                paged,
+            };
+            let jit = crate::exec::cuda::cuda_jit_of(dev)?;
+            let loaded = m
+                .clone()
+                .with_fused(dev, jit, &plan, &opts)
+                .map_err(backend)?;
+            self.modules[paged as usize + 2] = Some(loaded);
+        }
+        self.module(dev, shape, dtype)
+    }
+
     /// Uploads one call; `ranges` has one `(lo, hi)` per sequence.
     #[allow(clippy::too_many_arguments)]
     fn upload(
@@ -158,12 +193,13 @@ impl GpuDecode {
         bind: &Bindings,
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
         let geom = geometry(shape, ranges, scale);
-        let m = self.module(dev, shape, q.dtype())?;
+        let fused = choose(shape) == Kernel::Mma && fused_combine();
+        let m = self.module_for(dev, shape, q.dtype(), fused)?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
                 .ok_or_else(|| backend("16-bit inputs expected"))
         };
-        let p = m
+        let mut p = m
             .upload(
                 dev,
                 geom,
@@ -176,6 +212,7 @@ impl GpuDecode {
                 bind,
             )
             .map_err(backend)?;
+        p.fused = fused;
         Ok((m, p))
     }
 
@@ -230,13 +267,34 @@ impl GpuDecode {
     }
 }
 
-/// Rows per CTA of `kernel` (see the module docs).
+/// Rows per CTA of `kernel` (see the module docs); `ATTNC_DECODE_ROWS=16|32|64` caps the
+/// tensor-core kernel's (benchmarks: more row groups, each reading K/V).
 fn rows_per_cta(shape: &DecodeShape, kernel: Kernel) -> usize {
     let rows = (shape.hq / shape.hkv) * shape.lq;
     match kernel {
         Kernel::Simt => rows.min(MAX_ROWS),
-        Kernel::Mma => 16 * rows.div_ceil(16).next_power_of_two().min(4),
+        Kernel::Mma => {
+            let natural = 16 * rows.div_ceil(16).next_power_of_two().min(4);
+            match std::env::var("ATTNC_DECODE_ROWS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                Some(cap @ (16 | 32 | 64)) => natural.min(cap),
+                _ => natural,
+            }
+        }
     }
+}
+
+/// Whether a tensor-core call runs the fused kernel (the combine folded into the decode
+/// kernel: `KernelKind::DecodeMmaFused`) rather than decode + combine: only when
+/// `ATTNC_DECODE_COMBINE=fused` (benchmarks, tests). Off by default: measured on an
+/// H200 (session 6, same process, same inputs, µs, separate / fused) it gains ~0.5% at B8
+/// Lkv32768 Lq1 (241.8 / 240.7) and B64 Lkv8192 (483.0 / 480.8) but loses at B1
+/// Lkv131072 Lq1 (129.1 / 131.1: the merge runs after the last split, behind a fence and
+/// an atomic), Lq4 (243.1 / 247.9) and Lq16 (272.6 / 297.0: 16 rows per warp in turn).
+pub(crate) fn fused_combine() -> bool {
+    std::env::var("ATTNC_DECODE_COMBINE").as_deref() == Ok("fused")
 }
 
 /// The launch geometry of a call.

@@ -346,6 +346,7 @@ pub(super) fn declare<'ctx>(
                 | Params
                 | Err
                 | Tensor(_)
+                | DecodeSem
         )
     };
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
@@ -426,13 +427,17 @@ fn load8<'ctx>(g: &Gpu<'ctx>, ty: InputType, ptr: PointerValue<'ctx>) -> R<Vec<F
 
 /// `x == -inf ? 0 : x`: the reference point of an exponent, so that a row that has seen
 /// no key yet gives exp(-inf - 0) = 0 rather than NaN.
-fn finite_or_zero<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+pub(super) fn finite_or_zero<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let inf = g.fcmp(FloatPredicate::OEQ, x, g.cf(f32::NEG_INFINITY))?;
     g.selectf(inf, g.cf(0.0), x)
 }
 
 /// `exp(x - m)` via `ex2`, with `m` from [`finite_or_zero`].
-fn exp_from<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>, m: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+pub(super) fn exp_from<'ctx>(
+    g: &Gpu<'ctx>,
+    x: FloatValue<'ctx>,
+    m: FloatValue<'ctx>,
+) -> R<FloatValue<'ctx>> {
     g.ex2(g.fmul(g.fsub(x, m)?, g.cf(LOG2E))?)
 }
 

@@ -27,20 +27,28 @@
 //!     ring); the split's normalized O (f32) and LSE (natural log; -inf when it saw no
 //!     key) go to part_o[b, hk, rg, split, RPC, D] / part_lse, as the SIMT kernel's
 //! ```
+//! Fused ([`KernelKind::DecodeMmaFused`]): the same kernel with the combine folded in: after
+//! its partials, each CTA counts itself in `DecodeSem[b, hk, rg]`; the last split of the
+//! group to arrive merges the group's partials in split order into O and LSE (see
+//! `fused_combine`), so no combine kernel is launched (one launch fewer, and the merge
+//! of a group starts as soon as its last split ends, under the other groups' tails).
+//!
 //! Shared memory at D128: Q 4-16 KB + 3 stages x 32 KB (2 CTAs per SM on an H200); D64:
 //! 6 stages x 16 KB. Fast mode only (checked mode runs the prefill path).
 
 use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_env, decode_params, for_range, split_keys, with_combine,
+    decode_env, decode_params, exp_from, finite_or_zero, for_range, split_keys, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{load_q_fragments, pv_at, qk};
 use super::softmax::online_softmax;
 use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
-use super::{EmitText, EmitTimes, GridDim, KernelSpec, LlvmError, PtxKernel, PtxOptions};
+use super::{
+    EmitText, EmitTimes, GridDim, InputType, KernelSpec, LlvmError, PtxKernel, PtxOptions,
+};
 use crate::backend::KernelKind;
 use crate::ir::Program;
 use crate::plan::KvBounds;
@@ -58,6 +66,8 @@ pub const KV_TILE: u32 = 64;
 const RING_BYTES: u32 = 96 * 1024;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
+/// Splits merged per round of the fused kernel's combine (loads issued together).
+const FUSED_UNROLL: u32 = 16;
 
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
@@ -96,10 +106,15 @@ pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
     opts.rows * opts.d * 2 + (stages(opts.d) * stage_bytes(opts.d)).max(merge_bytes(opts.d))
 }
 
-/// The launch description of [`KernelKind::DecodeMma`] without generating code: grid
-/// (splits, Hkv x row groups, B), [`THREADS`] threads, [`smem_bytes`]; the parameters and
-/// kv source of the SIMT kernel (`decode::spec`).
-pub(crate) fn spec(p: &Program, opts: &PtxOptions) -> Result<KernelSpec, LlvmError> {
+/// The launch description of [`KernelKind::DecodeMma`] (or [`KernelKind::DecodeMmaFused`])
+/// without generating code: grid (splits, Hkv x row groups, B), [`THREADS`] threads,
+/// [`smem_bytes`]; the parameters and kv source of the SIMT kernel (`decode::spec`), and
+/// for the fused kernel also `O`, `Lse` and `DecodeSem`.
+pub(crate) fn spec(
+    p: &Program,
+    kind: KernelKind,
+    opts: &PtxOptions,
+) -> Result<KernelSpec, LlvmError> {
     let d = DecodeOptions::from_ptx(opts);
     validate(&d)?;
     if opts.dv != opts.d {
@@ -108,39 +123,54 @@ pub(crate) fn spec(p: &Program, opts: &PtxOptions) -> Result<KernelSpec, LlvmErr
             opts.d, opts.dv
         )));
     }
+    let fused = match kind {
+        KernelKind::DecodeMma => false,
+        KernelKind::DecodeMmaFused => true,
+        _ => return Err(LlvmError::Internal("not a tensor-core decode kind")),
+    };
+    let mut params = decode_params(p);
+    if fused {
+        params.extend([DecodeParam::O, DecodeParam::Lse, DecodeParam::DecodeSem]);
+    }
     Ok(KernelSpec {
-        kind: KernelKind::DecodeMma,
-        entry: format!("attnc_decode_mma_{}", super::sanitize(&p.name)),
+        kind,
+        entry: format!(
+            "attnc_decode_mma{}_{}",
+            if fused { "_fused" } else { "" },
+            super::sanitize(&p.name)
+        ),
         options: *opts,
         q_block: d.rows,
         kv_block: KV_TILE,
         threads: THREADS,
         smem_bytes: smem_bytes(&d),
-        params: decode_params(p),
+        params,
         grid: [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
         kv_bounds: KvBounds::Table,
         table_skip: None,
     })
 }
 
-/// Generates [`KernelKind::DecodeMma`]: its [`spec`] and PTX (LLVM IR text with
-/// [`EmitText::PtxAndLlvm`]), with the SIMT kernel's pass pipeline.
+/// Generates [`KernelKind::DecodeMma`] or [`KernelKind::DecodeMmaFused`]: its [`spec`] and
+/// PTX (LLVM IR text with [`EmitText::PtxAndLlvm`]), with the SIMT kernel's pass pipeline.
 pub(crate) fn generate(
     program: &Program,
+    kind: KernelKind,
     opts: &PtxOptions,
     text: EmitText,
 ) -> Result<(PtxKernel, EmitTimes), LlvmError> {
-    let spec = spec(program, opts)?;
+    let spec = spec(program, kind, opts)?;
     crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
     let d = DecodeOptions::from_ptx(opts);
     let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
+    let fused = kind == KernelKind::DecodeMmaFused;
     let (ptx, llvm_ir, times) = super::run_pipeline(
         program,
         &popts,
         &spec.entry,
         DECODE_PASSES,
         text,
-        |ctx, module| build(ctx, module, program, &d, &spec.params, &spec.entry),
+        |ctx, module| build(ctx, module, program, &d, &spec.params, &spec.entry, fused),
     )?;
     Ok((PtxKernel { spec, ptx, llvm_ir }, times))
 }
@@ -150,8 +180,25 @@ pub fn emit_decode_mma(
     program: &Program,
     opts: &DecodeOptions,
 ) -> Result<DecodeKernels, LlvmError> {
-    let (dk, _) = generate(program, &opts.ptx_options(), EmitText::PtxOnly)?;
+    let (dk, _) = generate(
+        program,
+        KernelKind::DecodeMma,
+        &opts.ptx_options(),
+        EmitText::PtxOnly,
+    )?;
     with_combine(program, opts, dk)
+}
+
+/// The fused tensor-core decode kernel's PTX ([`KernelKind::DecodeMmaFused`]; tests and
+/// tools).
+pub fn emit_decode_mma_fused(program: &Program, opts: &DecodeOptions) -> Result<String, LlvmError> {
+    let (k, _) = generate(
+        program,
+        KernelKind::DecodeMmaFused,
+        &opts.ptx_options(),
+        EmitText::PtxOnly,
+    )?;
+    Ok(k.ptx)
 }
 
 /// The page table as this kernel reads it: lane `l` of every warp holds the physical
@@ -263,6 +310,7 @@ pub(super) fn build<'ctx>(
     opts: &DecodeOptions,
     params: &[DecodeParam],
     entry: &str,
+    fused: bool,
 ) -> R<Module<'ctx>> {
     use DecodeParam as P;
     let g = declare(ctx, module, params, entry);
@@ -614,9 +662,166 @@ pub(super) fn build<'ctx>(
         let at = g.add(g.mul(prow, g.c64(d as i64))?, g.zext64(c)?)?;
         g.store(g.gep_bytes(po, g.mul(at, g.c64(4))?)?, g.fmul(acc, inv)?)?;
     }
+    if fused {
+        let place = Group {
+            b,
+            hk,
+            rg,
+            hq,
+            lq,
+            group,
+            nrows,
+            splits,
+            rgs,
+            hkv,
+        };
+        fused_combine(g, &a, opts, tid, warp, lane, &place, mbase)?;
+    }
     g.b.build_return(None)?;
     g.ab.build_unconditional_branch(start)?;
     Ok(g.module.clone())
+}
+
+/// Where a CTA of the fused kernel sits: its (b, kv head, row group) and the launch's
+/// sizes.
+struct Group<'ctx> {
+    b: IntValue<'ctx>,
+    hk: IntValue<'ctx>,
+    rg: IntValue<'ctx>,
+    hq: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+    group: IntValue<'ctx>,
+    nrows: IntValue<'ctx>,
+    splits: IntValue<'ctx>,
+    rgs: IntValue<'ctx>,
+    hkv: IntValue<'ctx>,
+}
+
+/// The fused kernel's end (after this CTA's partials are stored): the CTA counts itself
+/// in `DecodeSem[b, hk, rg]` (a release-acquire atomic after a barrier); the last of the
+/// group's splits to arrive resets the count and merges the group's partials into O and
+/// LSE, exactly as the combine kernel: warp w takes rows w, w + 4, .. of the group's
+/// rows, lane l columns l D/32 .. (l + 1) D/32, and walks the splits in order,
+/// [`FUSED_UNROLL`] at a time (every load issued before the sums), with a running max
+/// (`O = Σ exp(lse_s - m) o_s / Σ exp(lse_s - m)`, `LSE = m + log Σ ..`; O = 0 and LSE =
+/// -inf when every split is empty). The order of the sums does not depend on which CTA
+/// merges: the result is deterministic. Partials are read with volatile loads (other
+/// CTAs wrote them in this launch).
+#[allow(clippy::too_many_arguments)]
+fn fused_combine<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    opts: &DecodeOptions,
+    tid: IntValue<'ctx>,
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    at: &Group<'ctx>,
+    flag_off: i64,
+) -> R<()> {
+    use DecodeParam as P;
+    let d = opts.d as i64;
+    let rpc = opts.rows as i64;
+    let zero = g.c32(0);
+    // every thread's partial stores happen before thread 0's release
+    g.barrier()?;
+    let gidx = g.add(g.mul(g.add(g.mul(at.b, at.hkv)?, at.hk)?, at.rgs)?, at.rg)?;
+    let sem = g.gep_bytes(a.ptr(P::DecodeSem)?, g.mul(g.zext64(gidx)?, g.c64(4))?)?;
+    let sem_addr = g.b.build_ptr_to_int(sem, g.i64, "")?;
+    let flag = g.smem_at(g.c32(flag_off))?;
+    g.if_then(g.icmp(IntPredicate::EQ, tid, zero)?, || {
+        let old = g.acq_rel_inc(sem_addr)?;
+        g.store(flag, old)
+    })?;
+    g.barrier()?;
+    let old = g.b.build_load(g.i32, flag, "")?.into_int_value();
+    let last = g.icmp(IntPredicate::EQ, old, g.sub(at.splits, g.c32(1))?)?;
+    g.if_then(last, || {
+        // the next launch counts from zero again (every split of the group has counted)
+        g.if_then(g.icmp(IntPredicate::EQ, tid, zero)?, || g.store(sem, zero))?;
+        let cpt = d / 32;
+        let c0 = g.zext64(g.mul(lane, g.c32(cpt))?)?;
+        let pl = a.ptr(P::PartLse)?;
+        let po = a.ptr(P::PartO)?;
+        let optr = a.ptr(P::O)?;
+        let half = match opts.input {
+            InputType::Bf16 => g.ctx.bf16_type(),
+            InputType::F16 => g.ctx.f16_type(),
+        };
+        let first = g.mul(at.rg, g.c32(rpc))?;
+        let nv = g.iintr2("llvm.smin.i32", g.sub(at.nrows, first)?, g.c32(rpc))?;
+        // partial index of split 0 of this group
+        let pbase = g.zext64(g.mul(gidx, at.splits)?)?;
+        for_range(g, warp, nv, g.c32(WARPS as i64), |r| {
+            let m = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
+            let sum = g.var(g.f32, g.cf(0.0))?;
+            let accs: Vec<Var<'ctx>> = (0..cpt)
+                .map(|_| g.var(g.f32, g.cf(0.0)))
+                .collect::<R<_>>()?;
+            let step = g.c32(FUSED_UNROLL as i64);
+            for_range(g, zero, at.splits, step, |s0| {
+                let mut loaded = Vec::new();
+                for u in 0..FUSED_UNROLL as i64 {
+                    let s = g.add(s0, g.c32(u))?;
+                    let ok = g.icmp(IntPredicate::SLT, s, at.splits)?;
+                    let sc = g.zext64(g.selecti(ok, s, s0)?)?;
+                    let prow = g.add(g.mul(g.add(pbase, sc)?, g.c64(rpc))?, g.zext64(r)?)?;
+                    let l = g.load_f32_volatile(pl, prow)?;
+                    let oat = g.add(g.mul(prow, g.c64(d))?, c0)?;
+                    let os: Vec<FloatValue<'ctx>> = (0..cpt)
+                        .map(|c| g.load_f32_volatile(po, g.add(oat, g.c64(c))?))
+                        .collect::<R<_>>()?;
+                    let l = g.selectf(ok, l, g.cf(f32::NEG_INFINITY))?;
+                    loaded.push((l, os));
+                }
+                let m_old = g.getf(&m)?;
+                let mut mx = m_old;
+                for (l, _) in &loaded {
+                    mx = g.fmax(mx, *l)?;
+                }
+                let mref = finite_or_zero(g, mx)?;
+                let keep = exp_from(g, m_old, mref)?;
+                let mut s_new = g.fmul(g.getf(&sum)?, keep)?;
+                let mut acc_new: Vec<FloatValue<'ctx>> = accs
+                    .iter()
+                    .map(|x| g.fmul(g.getf(x)?, keep))
+                    .collect::<R<_>>()?;
+                for (l, os) in loaded {
+                    let w = exp_from(g, l, mref)?;
+                    s_new = g.fadd(s_new, w)?;
+                    for (x, o) in acc_new.iter_mut().zip(os) {
+                        *x = g.fadd(*x, g.fmul(w, o)?)?;
+                    }
+                }
+                g.set(&m, mx)?;
+                g.set(&sum, s_new)?;
+                for (v, x) in accs.iter().zip(acc_new) {
+                    g.set(v, x)?;
+                }
+                Ok(())
+            })?;
+            // row r of the group: query head hk G + gi, new row i
+            let pr = g.add(first, r)?;
+            let gi = g.udiv(pr, at.lq)?;
+            let i = g.sub(pr, g.mul(gi, at.lq)?)?;
+            let h = g.add(g.mul(at.hk, at.group)?, gi)?;
+            let out_row = g.zext64(g.add(g.mul(g.add(g.mul(at.b, at.hq)?, h)?, at.lq)?, i)?)?;
+            let sum = g.getf(&sum)?;
+            let empty = g.fcmp(FloatPredicate::OEQ, sum, g.cf(0.0))?;
+            let inv = g.selectf(empty, g.cf(0.0), g.rcp(sum)?)?;
+            for (c, acc) in accs.iter().enumerate() {
+                let v = g.fmul(g.getf(acc)?, inv)?;
+                let hv = g.b.build_float_trunc(v, half, "")?;
+                let oat = g.add(g.add(g.mul(out_row, g.c64(d))?, c0)?, g.c64(c as i64))?;
+                g.store(g.gep_bytes(optr, g.mul(oat, g.c64(2))?)?, hv)?;
+            }
+            let mref = finite_or_zero(g, g.getf(&m)?)?;
+            let lse = g.fadd(mref, g.fmul(g.lg2(sum)?, g.cf(LN2))?)?;
+            let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
+            g.if_then(g.icmp(IntPredicate::EQ, lane, zero)?, || {
+                g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)
+            })
+        })
+    })
 }
 
 /// The logits of this warp's slice of a tile, in log2 units: `score(scale s) log2 e` (or
@@ -717,6 +922,16 @@ mod tests {
                     assert!(k.decode_ptx.contains("mma.sync.aligned.m16n8k16"));
                     assert!(k.decode_ptx.contains("cp.async.cg.shared.global"));
                     assert_eq!(k.smem_bytes, smem_bytes(&o));
+                    // the fused kernel: the same kernel, a counter and the merge
+                    let f = emit_decode_mma_fused(&p, &o).unwrap();
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let name = format!("{}_fused_{}.ptx", k.decode_entry, o.key());
+                        std::fs::write(format!("{dir}/{}", name.replace(':', "_")), &f).unwrap();
+                    }
+                    assert!(f.contains(".entry attnc_decode_mma_fused_"));
+                    assert!(f.contains("atom.relaxed.gpu.global.add.u32"));
+                    assert!(f.contains("ld.volatile.global"));
+                    assert!(f.contains("mma.sync.aligned.m16n8k16"));
                     n += 1;
                 }
             }

@@ -711,6 +711,46 @@ impl<'ctx> Gpu<'ctx> {
             &[addr],
         )
     }
+    /// `fence.acq_rel.gpu; atom.relaxed.gpu.global.add.u32 old, [addr], 1; fence.acq_rel.gpu`
+    /// (this thread), returning the count before the add: every write that happens before
+    /// the first fence (this CTA's, when a barrier precedes it) is visible to the thread
+    /// that sees the last count, after its second fence (and, after a barrier, to its CTA).
+    pub fn acq_rel_inc(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let ft = self.i32.fn_type(&[self.i64.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "fence.acq_rel.gpu;\natom.relaxed.gpu.global.add.u32 $0, [$1], 1;\nfence.acq_rel.gpu;"
+                .into(),
+            "=r,l,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        Ok(self
+            .b
+            .build_indirect_call(ft, asm, &[addr.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("atom.add"))?
+            .into_int_value())
+    }
+    /// A `volatile` f32 load (`ld.volatile.global`: never served from a stale L1 line)
+    /// of `base[index]` (index i64): data another CTA of the same launch wrote.
+    pub fn load_f32_volatile(
+        &self,
+        base: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> R<FloatValue<'ctx>> {
+        // SAFETY: see gep_bytes.
+        let p = unsafe { self.b.build_gep(self.f32, base, &[index], "")? };
+        let v = self.b.build_load(self.f32, p, "")?;
+        if let Some(i) = v.as_instruction_value() {
+            i.set_volatile(true)
+                .map_err(|_| LlvmError::Internal("volatile load"))?;
+        }
+        Ok(v.into_float_value())
+    }
     /// Where `store` (an i32) is non-zero `st.global.v4.f32 [addr], {v}`, else
     /// `red.relaxed.gpu.global.add.v4.f32` (sm_90, PTX 8.1): predicated inside one statement, so that no branch separates
     /// an in-flight wgmma from its wait (ptxas serializes wgmma across divergent paths).

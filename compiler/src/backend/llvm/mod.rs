@@ -672,6 +672,10 @@ pub enum KernelParam {
     PageShift,
     MaxPages,
     NumPages,
+    /// u32 `[B, Hkv, row_groups]`: splits of each (b, kv head, row group) that have
+    /// written their partials ([`KernelKind::DecodeMmaFused`](crate::backend::KernelKind::DecodeMmaFused);
+    /// zero before the first launch, reset to zero by the CTA that merges).
+    DecodeSem,
 }
 
 /// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and

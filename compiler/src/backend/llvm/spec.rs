@@ -22,8 +22,8 @@ use crate::plan::{KvBounds, Plan};
 /// The launch description of `kind` for `plan` under `opts`, without generating code.
 pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSpec, LlvmError> {
     let p = plan.program();
-    if kind == KernelKind::DecodeMma {
-        return super::decode_mma::spec(p, opts);
+    if matches!(kind, KernelKind::DecodeMma | KernelKind::DecodeMmaFused) {
+        return super::decode_mma::spec(p, kind, opts);
     }
     if is_decode(kind) {
         // its options are checked as `DecodeOptions` (rows per CTA in `q_block`)
@@ -75,7 +75,9 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
         }
         KernelKind::Decode | KernelKind::DecodeCombine => super::decode::spec(p, kind, opts),
         KernelKind::DecodeRanges => super::decode_ranges::spec(plan, opts),
-        KernelKind::DecodeMma => super::decode_mma::spec(p, opts),
+        KernelKind::DecodeMma | KernelKind::DecodeMmaFused => {
+            super::decode_mma::spec(p, kind, opts)
+        }
     }
 }
 
@@ -83,7 +85,10 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
 fn is_decode(kind: KernelKind) -> bool {
     matches!(
         kind,
-        KernelKind::Decode | KernelKind::DecodeMma | KernelKind::DecodeCombine
+        KernelKind::Decode
+            | KernelKind::DecodeMma
+            | KernelKind::DecodeMmaFused
+            | KernelKind::DecodeCombine
     )
 }
 
@@ -126,8 +131,8 @@ pub fn generate(
         return Ok((k, times));
     }
     if is_decode(kind) {
-        let (k, mut times) = if kind == KernelKind::DecodeMma {
-            super::decode_mma::generate(p, opts, text)?
+        let (k, mut times) = if matches!(kind, KernelKind::DecodeMma | KernelKind::DecodeMmaFused) {
+            super::decode_mma::generate(p, kind, opts, text)?
         } else {
             super::decode::generate(p, kind, opts, text)?
         };

@@ -430,7 +430,11 @@ fn decode_kinds_are_specs_like_every_kind() {
                 rows: 16 * rows / 4,
                 ..dopts
             };
-            for kind in [KernelKind::DecodeMma, KernelKind::DecodeCombine] {
+            for kind in [
+                KernelKind::DecodeMma,
+                KernelKind::DecodeMmaFused,
+                KernelKind::DecodeCombine,
+            ] {
                 check_decode_spec(&plan, kind, &mopts.ptx_options(), &mopts, mopts.rows);
             }
             // the layout is part of the options' key (so of the cache key)
@@ -472,12 +476,12 @@ fn check_decode_spec(
     let sig = &sig[..sig.find(')').unwrap()];
     assert_eq!(sig.matches(".param").count(), s.params.len(), "{}", s.entry);
     match kind {
-        KernelKind::Decode | KernelKind::DecodeMma => {
+        KernelKind::Decode | KernelKind::DecodeMma | KernelKind::DecodeMmaFused => {
             assert_eq!(
                 s.grid,
                 [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches]
             );
-            let smem = if kind == KernelKind::DecodeMma {
+            let smem = if kind != KernelKind::Decode {
                 decode_mma::smem_bytes(dopts)
             } else {
                 dopts.smem_bytes()
@@ -489,6 +493,11 @@ fn check_decode_spec(
                 KernelParam::PartO,
             ] {
                 assert!(s.params.contains(&want), "{want:?}");
+            }
+            // only the fused kernel writes O and LSE (and counts in DecodeSem)
+            let fused = kind == KernelKind::DecodeMmaFused;
+            for want in [KernelParam::O, KernelParam::Lse, KernelParam::DecodeSem] {
+                assert_eq!(s.params.contains(&want), fused, "{kind} {want:?}");
             }
         }
         _ => {
