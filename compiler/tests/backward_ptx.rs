@@ -138,8 +138,11 @@ fn capture_gradient_kernels() {
 /// attention under the three fused schemes: byte-identical twice; `Ordered` adds with
 /// vector reductions after a semaphore wait, `OrderedBulk` hands the parts to a writer
 /// warpgroup (setmaxnreg, shared-memory slots, one bulk reduction per tile), `Atomic`
-/// neither waits nor counts. Snapshots of the dense dK/dV + dQ kernel under `Ordered` (the
-/// default) and `OrderedBulk`. `ATTNC_BWD_PTX_DIR=dir` writes every kernel there (for
+/// neither waits nor counts; each also with `overlap` (`early`: S/dP issued before the
+/// next visit's loads, P computed under dP, dV issued before the dS barrier, dK after
+/// the first dQ chunk).
+/// Snapshots of the dense dK/dV + dQ kernel under `Ordered`, `OrderedBulk` (the default)
+/// and `OrderedBulk` with `overlap`. `ATTNC_BWD_PTX_DIR=dir` writes every kernel there (for
 /// `ptxas -arch=sm_90a -v`).
 #[test]
 fn fused_sm90_kernels() {
@@ -161,13 +164,19 @@ fn fused_sm90_kernels() {
         let plan = Plan::new(p);
         let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
-        for dq in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic] {
-            let opts = def.backward_fused(dq);
+        for (dq, early) in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic]
+            .into_iter()
+            .flat_map(|dq| [(dq, false), (dq, true)])
+        {
+            let opts = PtxOptions {
+                overlap: early,
+                ..def.backward_fused(dq)
+            };
             for kind in [BackwardKind::DkDv, BackwardKind::Dq] {
                 let a = emit_backward(&plan, &opts, kind).unwrap();
                 let b = emit_backward(&plan, &opts, kind).unwrap();
                 assert_eq!(a.ptx, b.ptx, "{name} {dq:?} {kind:?}: PTX differs");
-                let tag = format!("{dq:?}").to_lowercase();
+                let tag = format!("{dq:?}").to_lowercase() + if early { "_early" } else { "" };
                 if let Some(dir) = &dir {
                     std::fs::write(format!("{dir}/{name}_{tag}_{}.ptx", kind.name()), &a.ptx)
                         .unwrap();
@@ -187,7 +196,13 @@ fn fused_sm90_kernels() {
                 assert_eq!(has("setmaxnreg.dec.sync.aligned.u32 24"), bulk);
                 assert_eq!(has("setmaxnreg.inc.sync.aligned.u32 240"), bulk);
                 assert_eq!(a.threads, if bulk { 384 } else { 256 });
-                if name == "dense" && dq != BwdDq::Atomic {
+                // `wait_group 1`: the first dQ chunk before dK (early) or dV and dK; early
+                // without capture gradients also Sᵀ before dPᵀ and dPᵀ before dV
+                let waits_1 = a.ptx.matches("wgmma.wait_group.sync.aligned 1;").count();
+                let caps = name == "relative_bias_table";
+                let want = if early && !caps { 3 } else { 1 };
+                assert_eq!(waits_1, want, "{name} {tag}");
+                if name == "dense" && dq != BwdDq::Atomic && (!early || bulk) {
                     insta::assert_snapshot!(
                         format!("bwd_ptx_sm90_bf16_d128__dense__bwd_dkdv_{tag}"),
                         a.ptx

@@ -43,7 +43,8 @@
 //! `ATTNC_BWD_BENCH_CFG=default,separate,wg64x64o,wg64x128a`: one line per configuration
 //! with each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
 //! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles
-//! of 64 and 128, ordered with bulk additions, fused atomic) against the reference;
+//! of 64 and 128, ordered with bulk additions, fused atomic; each fused one also with its
+//! products issued early, `PtxOptions::overlap`, config suffix `p`) against the reference;
 //! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
 //! gradients) under the defaults; `gpu_backward_fused_sanitize` is the small D128 case
 //! for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
@@ -408,12 +409,17 @@ fn check_case_with(
     }
     for (tag, b) in passes {
         println!(
-            "  {} {:?} {}{tag} ({}, dq {:?}, {}x{})",
+            "  {} {:?} {}{tag} ({}, dq {:?}{}, {}x{})",
             p.name,
             sh,
             ty.name(),
             ks[1].kv_bounds.name(),
             opts.bwd_dq,
+            if opts.overlap && opts.bwd_dq != attnc_compiler::backend::llvm::BwdDq::Separate {
+                " early"
+            } else {
+                ""
+            },
             opts.q_block,
             opts.kv_block
         );
@@ -581,8 +587,9 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
 /// dQ by a second kernel, fused and ordered with kv tiles of 64 (one warpgroup, dQ in two
 /// 64-column chunks at D128) and 128 (two warpgroups), fused and ordered with bulk
 /// additions by a writer warpgroup (`OrderedBulk`, kv tiles of 128), fused with
-/// unordered additions (`Atomic`): closed-form masks, a block-table mask (document), a score with capture
-/// gradients, GQA, odd lengths, Lq != Lkv, f16 and bf16.
+/// unordered additions (`Atomic`), each fused one also with `overlap` (products issued
+/// early, two writer threads): closed-form masks, a block-table mask (document), a score
+/// with capture gradients, GQA, odd lengths, Lq != Lkv, f16 and bf16.
 fn gpu_backward_dq_schemes(dev: &CudaDevice) {
     use attnc_compiler::backend::llvm::{Arch, BwdDq};
     if dev.arch() != Arch::Sm90 {
@@ -626,6 +633,17 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
             });
             schemes.push(sep.backward_fused(BwdDq::OrderedBulk));
         }
+        // each fused scheme also with its products issued early (`overlap`; OrderedBulk
+        // with a writer thread per slot)
+        let early: Vec<PtxOptions> = schemes
+            .iter()
+            .filter(|o| o.bwd_dq != BwdDq::Separate)
+            .map(|o| PtxOptions {
+                overlap: true,
+                ..*o
+            })
+            .collect();
+        schemes.extend(early);
         for o in schemes {
             check_case_with(dev, p, *sh, *ty, 300 + i as u64, i % 2 == 1, o);
         }
@@ -926,7 +944,8 @@ fn test_options(
 /// run), or `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` and a dQ scheme suffix:
 /// none (a separate dQ kernel), `o` (fused, ordered), `b` (fused, ordered, bulk
 /// additions by a writer warpgroup) or `a` (fused, unordered atomics), e.g. `wg64x128`,
-/// `wg64x128o`, `wg64x128b`, `wg64x64a`.
+/// `wg64x128o`, `wg64x128b`, `wg64x64a`; a further `p` issues the fused kernel's products
+/// early (`PtxOptions::overlap`), e.g. `wg64x128bp`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
@@ -940,6 +959,15 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         (sep.backward_sync(), t)
     } else {
         (sep.backward_wgmma(), cfg.strip_prefix("wg")?)
+    };
+    // a trailing `p`: the fused kernel's products issued early (`overlap`)
+    let (tile, early) = match tile.strip_suffix('p') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
+    let o = PtxOptions {
+        overlap: early,
+        ..o
     };
     let (tile, o) = if let Some(t) = tile.strip_suffix('o') {
         (t, o.backward_fused(BwdDq::Ordered))

@@ -1479,6 +1479,143 @@ pub(super) fn grad_scores<'ctx>(
     Ok((acc_get(g, &pv)?, acc_get(g, &dsv)?))
 }
 
+/// The first half of [`grad_scores`] without capture gradients (`e.cap` none), for a
+/// kernel that computes P while the tensor cores still run dP: per element of the
+/// fragment `s`, `P = 2^(t log2 e − L2)` (masked / out of bounds: 0; mask and bounds only
+/// where `full` is false) and, with a score function, `P' = P · score'(scale s)` (0 where
+/// P = 0: nothing flows through a masked or underflowed element). `l2(nt, i)` gives the
+/// element's (q, kv, L2). Returns P rounded to the input type as A fragments (as
+/// [`acc_to_a`]; packed inside each branch, so that only half as many registers meet at
+/// the merge) and P' (P itself for the identity score), from which [`grad_ds`] finishes dS.
+pub(super) fn grad_p<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    e: &ElemCtx<'_, 'ctx>,
+    s: &Acc<'ctx>,
+    l2: &dyn Fn(usize, usize) -> R<(IntValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>)>,
+    full: IntValue<'ctx>,
+) -> R<(Vec<[IntValue<'ctx>; 4]>, Acc<'ctx>)> {
+    if e.cap.is_some() {
+        return Err(LlvmError::Internal(
+            "grad_p: capture gradients need grad_scores",
+        ));
+    }
+    let pdv = acc_vars(g, s.len())?;
+    // per m16n8 tile: its rows' two packed pairs
+    let packed = (0..s.len())
+        .map(|_| Ok([g.var(g.i32, g.c32(0))?, g.var(g.i32, g.c32(0))?]))
+        .collect::<R<Vec<_>>>()?;
+    let fast_bb = g.block("bwd_p_full_block");
+    let slow_bb = g.block("bwd_p_partial_block");
+    let merge = g.block("bwd_p_done");
+    let mut pos = Vec::with_capacity(s.len());
+    for nt in 0..s.len() {
+        pos.push((0..4).map(|i| l2(nt, i)).collect::<R<Vec<_>>>()?);
+    }
+    let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
+    g.cond_br(full, fast_bb, slow_bb)?;
+    for slow in [false, true] {
+        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+        for nt in 0..s.len() {
+            let mut p4 = [g.cf(0.0); 4];
+            for i in 0..4 {
+                let (q, kv, l2) = pos[nt][i];
+                let x = s[nt][i];
+                let q_in = g.icmp(IntPredicate::SLT, q, e.lq)?;
+                let kv_in = g.icmp(IntPredicate::SLT, kv, e.lkv)?;
+                let el = Elem {
+                    s: g.fmul(x, e.scale)?,
+                    b: e.b,
+                    h: e.h,
+                    q,
+                    kv,
+                    inside: g.and(q_in, kv_in)?,
+                };
+                let keep = if slow {
+                    let k = g.and(q_in, kv_in)?;
+                    Some(match &e.p.mask {
+                        Some(f) => g.and(k, emit_function(g, e.env, f, el)?.into_int_value())?,
+                        None => k,
+                    })
+                } else {
+                    None
+                };
+                let el = Elem {
+                    inside: match keep {
+                        Some(k) => g.and(el.inside, k)?,
+                        None => el.inside,
+                    },
+                    ..el
+                };
+                let (logit, dprime) = match e.sd {
+                    Some((f, df)) => (
+                        g.fsub(
+                            g.fmul(
+                                emit_function(g, e.env, f, el)?.into_float_value(),
+                                g.cf(LOG2E),
+                            )?,
+                            l2,
+                        )?,
+                        Some(emit_function(g, e.env, df, el)?.into_float_value()),
+                    ),
+                    None => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
+                };
+                let logit = match keep {
+                    Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY))?,
+                    None => logit,
+                };
+                let pr = g.ex2(logit)?;
+                p4[i] = pr;
+                let pd = match dprime {
+                    Some(d) => {
+                        let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
+                        g.selectf(zero, g.cf(0.0), g.fmul(pr, d)?)?
+                    }
+                    None => pr,
+                };
+                g.set(&pdv[nt][i], pd)?;
+            }
+            g.set(&packed[nt][0], g.pack2(ty, p4[0], p4[1])?)?;
+            g.set(&packed[nt][1], g.pack2(ty, p4[2], p4[3])?)?;
+        }
+        g.br(merge)?;
+    }
+    g.b.position_at_end(merge);
+    let pa = (0..s.len() / 2)
+        .map(|kk| {
+            let (a, b) = (&packed[2 * kk], &packed[2 * kk + 1]);
+            Ok([
+                g.geti(&a[0])?,
+                g.geti(&a[1])?,
+                g.geti(&b[0])?,
+                g.geti(&b[1])?,
+            ])
+        })
+        .collect::<R<Vec<_>>>()?;
+    Ok((pa, acc_get(g, &pdv)?))
+}
+
+/// The second half of [`grad_p`]: `dS = P' (dP − Delta)` per element (`pd`: P', P for the
+/// identity score), 0 where P' = 0; `delta(nt, i)` gives the element's Delta.
+pub(super) fn grad_ds<'ctx>(
+    g: &Gpu<'ctx>,
+    pd: &Acc<'ctx>,
+    dp: &Acc<'ctx>,
+    delta: &dyn Fn(usize, usize) -> R<FloatValue<'ctx>>,
+) -> R<Acc<'ctx>> {
+    let mut out = Vec::with_capacity(pd.len());
+    for nt in 0..pd.len() {
+        let mut t = [g.cf(0.0); 4];
+        for (i, x) in t.iter_mut().enumerate() {
+            let ds = g.fmul(pd[nt][i], g.fsub(dp[nt][i], delta(nt, i)?)?)?;
+            let zero = g.fcmp(FloatPredicate::OEQ, pd[nt][i], g.cf(0.0))?;
+            *x = g.selectf(zero, g.cf(0.0), ds)?;
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
 /// The shared prologue of the two main kernels: thread position, sizes and the element
 /// context pieces.
 pub(super) struct Common<'ctx> {
@@ -1661,6 +1798,31 @@ pub(super) fn frag_row_stats<'ctx>(
         }
     }
     Ok((kv_row, stats))
+}
+
+/// One row statistic (L2 or Delta: the byte offset `stat` of its array in the tiles) per
+/// column a lane holds in the kv-row x q-column fragments (as [`frag_row_stats`], in
+/// (nt, i % 2) order), read from buffer `buf`.
+pub(super) fn frag_col_stat<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Common<'ctx>,
+    br: u32,
+    buf: IntValue<'ctx>,
+    stat: u32,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
+    let mut out = Vec::new();
+    for nt in 0..(br / 8) as usize {
+        for cc in 0..2 {
+            let ci = g.add(col, g.c32(8 * nt as i64 + cc))?;
+            let at = g.add(g.add(buf, g.mul(ci, g.c32(4))?)?, g.c32(stat as i64))?;
+            out.push(
+                g.b.build_load(g.f32, g.smem_at(at)?, "")?
+                    .into_float_value(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn dkdv_body<'ctx>(

@@ -33,6 +33,24 @@
 //!   frees the slot (`empty`) once the copy has read it, and releases the semaphore once
 //!   its writes are done. The semaphore waits then stall the math warps only when the
 //!   writer is DQ_SLOTS visits behind.
+//!   `overlap` (early products; measured below): per visit
+//!       [barrier: Q_i, dO_i landed]  issue Sᵀ, dPᵀ;  search visit i+1, copy its Q, dO
+//!       wait Sᵀ -> P (P' = P score');  issue dV += Pᵀ dO_i
+//!       wait dPᵀ -> dS = P' (dP - Delta);  dSᵀ -> shared
+//!       [barrier: dS published]  issue dQ_i(part) = dS K, then dK += dSᵀ Q_i
+//!       wait dQ -> part -> slot (under dK);  wait all
+//!   so the tensor cores run dPᵀ under the exponentials, dV under dS and the barrier
+//!   and dK under the dQ part's stores (FlashAttention-3's order); with capture gradients
+//!   P and dS come from one pass as before and only dV moves before the barrier.
+//!   OrderedBulk then has two writer threads (lane 0 of writer warps 0 and 1), each
+//!   adding the visits of its slot, so two tiles' additions can be under way. Off by
+//!   default: measured on an H200 (B2 H16 L8192 D128 bf16, one call) against the
+//!   default OrderedBulk, dense 441.9 / 467.0 TFLOP/s (0.95x), causal 385.4 / 377.7
+//!   (1.02x), soft-cap + causal 336.5 / 347.7 (0.97x); Atomic with it 454.4 / 422.0 /
+//!   377.5. (dV and dK both before the barrier and dQ after them, its stores under no
+//!   product: the same within 1% for OrderedBulk, Atomic dense 426.1.) So the order in
+//!   which the products are issued is not what holds the kernel at 0.6-0.85x of the
+//!   anchors (docs/performance.md, "GPU backward", session 6).
 //!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
 //!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
@@ -51,8 +69,8 @@
 
 use super::{
     Acc, CapCtx, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks, capture_grads,
-    common, dkdv_epilogue, frag_row_stats, grad_scores, load_q_block, slice_base, to_flat, wg_ab,
-    wg_abt, wg_result,
+    common, dkdv_epilogue, frag_col_stat, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores,
+    load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -60,7 +78,7 @@ use crate::backend::llvm::gpu::{Gpu, R, SmemTile, Var, WgmmaA};
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, Mma, PtxOptions};
 use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
-use inkwell::values::{BasicValue, IntValue};
+use inkwell::values::{BasicValue, FloatValue, IntValue};
 
 /// Threads of the convert kernel.
 pub const CONVERT_THREADS: u32 = 128;
@@ -183,6 +201,14 @@ impl<'ctx> Visit<'ctx> {
     }
 }
 
+/// dV's and dK's products of one visit before the dS barrier: dV issued (its accumulator,
+/// valid after a wait) and dK still to issue (the A fragments of dS), or both still to
+/// issue (from P and dS).
+enum Products<'ctx> {
+    DvIssued(Vec<FloatValue<'ctx>>, Vec<[IntValue<'ctx>; 4]>),
+    Later(Acc<'ctx>, Acc<'ctx>),
+}
+
 /// Byte offset of the dQ tile of (b, h, q block) in DqAccum (i64).
 fn tile_offset<'ctx>(
     g: &Gpu<'ctx>,
@@ -282,6 +308,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let n_wg = bc / 64;
     let ty = opts.input;
     let ordered = opts.bwd_dq == BwdDq::Ordered;
+    // products issued as soon as their operands exist (module docs)
+    let early = opts.overlap;
     let c = common(g, p, opts, a)?;
     let zero = g.c32(0);
     let one = g.c32(1);
@@ -403,11 +431,22 @@ pub(super) fn dkdv_dq_body<'ctx>(
             writer_bb,
             math_bb,
         )?;
-        // ---- the writer warpgroup: one thread adds every visit's dQ part in turn ----
+        // ---- the writer warpgroup: one thread adds every visit's dQ part in turn (early:
+        // one thread per slot, lane 0 of the writer warpgroup's warp `slot`, each adding
+        // the visits of its slot, so that two additions can be under way) ----
         g.b.position_at_end(writer_bb);
         g.setmaxnreg(false, WRITER_REGS)?;
-        let first = g.icmp(IntPredicate::EQ, c.tid, g.c32(threads as i64))?;
-        g.if_then(first, || {
+        let wt = g.sub(c.tid, g.c32(threads as i64))?;
+        let writer_slot = g.lshr(wt, g.c32(5))?;
+        let is_writer = if early {
+            g.and(
+                g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?,
+                g.icmp(IntPredicate::ULT, writer_slot, g.c32(DQ_SLOTS as i64))?,
+            )?
+        } else {
+            g.icmp(IntPredicate::EQ, c.tid, g.c32(threads as i64))?
+        };
+        g.if_then(is_writer, || {
             let wv = Visit::new(g)?;
             let wn = g.var(g.i32, zero)?;
             scan(zero, zero, &wv)?;
@@ -420,33 +459,40 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.b.position_at_end(body);
             let n = g.geti(&wn)?;
             let (sl, ph) = slot_of(n)?;
-            g.mbar_wait(bar_full(sl)?, ph)?;
-            let h = head_of(&wv)?;
-            let qb = g.geti(&wv.qb)?;
-            let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
-            let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
-            // descending kv blocks, as Ordered
-            let rank = g.sub(g.sub(g.geti(&wv.end)?, one)?, jb)?;
-            g.spin_until_eq(sem_addr, rank)?;
-            g.fence_proxy_async_global()?;
-            let dst = addr_of(
-                g,
-                accum,
-                tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
-            )?;
-            let src = g.smem_addr32(slot_addr(sl)?)?;
-            let store =
-                g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
-            // the first adder stores: DqAccum needs no zeroing
-            g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
-            g.bulk_wait(true, 0)?;
-            g.mbar_arrive(bar_empty(sl)?)?;
-            // the addition done (its writes performed), the next kv block's turn
-            g.bulk_wait(false, 0)?;
-            g.fence_proxy_async_global()?;
-            g.release_inc(sem_addr)?;
+            let add_tile = || -> R<()> {
+                g.mbar_wait(bar_full(sl)?, ph)?;
+                let h = head_of(&wv)?;
+                let qb = g.geti(&wv.qb)?;
+                let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
+                let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+                // descending kv blocks, as Ordered
+                let rank = g.sub(g.sub(g.geti(&wv.end)?, one)?, jb)?;
+                g.spin_until_eq(sem_addr, rank)?;
+                g.fence_proxy_async_global()?;
+                let dst = addr_of(
+                    g,
+                    accum,
+                    tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+                )?;
+                let src = g.smem_addr32(slot_addr(sl)?)?;
+                let store =
+                    g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
+                // the first adder stores: DqAccum needs no zeroing
+                g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
+                g.bulk_wait(true, 0)?;
+                g.mbar_arrive(bar_empty(sl)?)?;
+                // the addition done (its writes performed), the next kv block's turn
+                g.bulk_wait(false, 0)?;
+                g.fence_proxy_async_global()?;
+                g.release_inc(sem_addr)
+            };
+            if early {
+                g.if_then(g.icmp(IntPredicate::EQ, sl, writer_slot)?, add_tile)?;
+            } else {
+                add_tile()?;
+            }
             g.set(&wn, g.add(n, one)?)?;
-            scan(g.geti(&wv.hi)?, g.add(qb, one)?, &wv)?;
+            scan(g.geti(&wv.hi)?, g.add(g.geti(&wv.qb)?, one)?, &wv)?;
             g.br(head)?;
             g.b.position_at_end(done);
             Ok(())
@@ -501,7 +547,20 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let rel = g.and(is_t0, g.geti(&pending)?)?;
         g.if_then(rel, || g.release_inc(g.geti(&pending_sem)?))?;
     }
-    // the next visit into the other buffer (read by no warp since the barrier above)
+    // this warp's warpgroup
+    let wg_index = || g.lshr(c.warp, g.c32(2));
+    // early: Sᵀ and dPᵀ start before the next visit's search and loads (which write the
+    // other buffer, read by no warp since the barrier above)
+    let issue_sdp = || -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
+        let wgi = wg_index()?;
+        g.wgmma_fence()?;
+        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf)?;
+        g.wgmma_commit()?;
+        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
+        g.wgmma_commit()?;
+        Ok((s, dp))
+    };
+    let sdp_early = if early { Some(issue_sdp()?) } else { None };
     scan(hi, g.add(qb, one)?, &nxt)?;
     let has_next = g.geti(&nxt.found)?;
     g.if_then(has_next, || load_q(head_of(&nxt)?, g.geti(&nxt.qb)?, other))?;
@@ -513,15 +572,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.icmp(IntPredicate::SLT, jb, fe)?,
     )?;
     let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
-    let wgi = g.lshr(c.warp, g.c32(2))?;
-    g.wgmma_fence()?;
-    let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf)?;
-    g.wgmma_commit()?;
-    let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
-    g.wgmma_commit()?;
-    let (s, dp) = (wg_result(g, &s)?, wg_result(g, &dp)?);
+    let (s, dp) = match sdp_early {
+        Some(x) => x,
+        None => issue_sdp()?,
+    };
+    // early (no capture gradients): Sᵀ and dPᵀ waited for one at a time below; else both
+    // here, before the row statistics are read
+    let split = early && cap.is_none();
+    let waited = if split {
+        None
+    } else {
+        Some((wg_result(g, &s)?, wg_result(g, &dp)?))
+    };
     let row0 = g.mul(c.warp, g.c32(16))?;
-    let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
         p,
         sd,
@@ -533,14 +596,52 @@ pub(super) fn dkdv_dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
     };
-    let at = |nt: usize, i: usize| {
-        let (q, l2, dl) = stats[nt * 2 + i % 2];
-        let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-        Ok([q.into(), kv.into(), l2, dl])
+    let dv_acc = acc_get(g, &dv)?;
+    let dk_acc = acc_get(g, &dk)?;
+    // P, dS and dV += Pᵀ dO (which needs only this warpgroup's rows of P): with `early`
+    // dV runs under dS (and the barrier that publishes it) and, without capture
+    // gradients, P is computed while dPᵀ runs
+    let products = if let Some((s, dp)) = waited {
+        let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
+        let at = |nt: usize, i: usize| {
+            let (q, l2, dl) = stats[nt * 2 + i % 2];
+            let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
+            Ok([q.into(), kv.into(), l2, dl])
+        };
+        let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+        // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
+        store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
+        if early {
+            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+            g.wgmma_fence()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+            g.wgmma_commit()?;
+            Products::DvIssued(dv1, dsa)
+        } else {
+            Products::Later(pt, dst)
+        }
+    } else {
+        // element (nt, i): kv row kv_row + 8 (i / 2), q column q0 + col + 8 nt + i % 2
+        let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+        let col = g.add(q0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
+        let l2s = frag_col_stat(g, &c, br, buf, t.l2)?;
+        let s = from_flat(&g.wgmma_wait(1, &s)?);
+        let l2_at = |nt: usize, i: usize| {
+            let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
+            let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
+            Ok((q, kv, l2s[nt * 2 + i % 2]))
+        };
+        let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
+        g.wgmma_fence()?;
+        let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+        g.wgmma_commit()?;
+        let deltas = frag_col_stat(g, &c, br, buf, t.delta)?;
+        // waits for dPᵀ (the group before dV's)
+        let dp = from_flat(&g.wgmma_wait(1, &dp)?);
+        let dst = grad_ds(g, &pd, &dp, &|nt, i| Ok(deltas[nt * 2 + i % 2]))?;
+        store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
+        Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
     };
-    let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
-    // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
-    store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
     g.fence_proxy_async()?;
     let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
     let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
@@ -559,8 +660,6 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?)?;
     }
 
-    let dv_acc = acc_get(g, &dv)?;
-    let dk_acc = acc_get(g, &dk)?;
     let base = addr_of(
         g,
         accum,
@@ -575,7 +674,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         zero
     };
-    let add_part = |col0: IntValue<'ctx>, x: &[inkwell::values::FloatValue<'ctx>]| -> R<()> {
+    let add_part = |col0: IntValue<'ctx>, x: &[FloatValue<'ctx>]| -> R<()> {
         let ng0 = g.lshr(col0, g.c32(3))?;
         let row_group = g.mul(wi, g.c32((opts.d / 8) as i64))?;
         for (nt, v) in x.chunks(4).enumerate() {
@@ -590,30 +689,54 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
         Ok(())
     };
-    // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
     let chunks = opts.d / 64 / n_wg;
+    let wgi = wg_index()?;
     let col_of = |ci: u32| -> R<IntValue<'ctx>> {
         g.add(
             g.mul(wgi, g.c32((opts.d / n_wg) as i64))?,
             g.c32(ci as i64 * 64),
         )
     };
-    // the A fragments are written before the fence that orders them before the wgmma
-    let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
-    g.wgmma_fence()?;
-    let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
-    g.wgmma_commit()?;
-    let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
-    let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
-    g.wgmma_commit()?;
-    let dq0 = g.wgmma_wait(1, &dq0)?;
-    add_part(col_of(0)?, &dq0)?;
-    for ci in 1..chunks {
-        let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
-        g.wgmma_commit()?;
-        let x = g.wgmma_wait(0, &x)?;
-        add_part(col_of(ci)?, &x)?;
-    }
+    let (dv1, dk1) = match products {
+        // early: dV is running; dQ chunk 0, then dK, whose product runs under the
+        // chunk's additions
+        Products::DvIssued(dv1, dsa) => {
+            g.wgmma_fence()?;
+            let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
+            g.wgmma_commit()?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            g.wgmma_commit()?;
+            let dq0 = g.wgmma_wait(1, &dq0)?;
+            add_part(col_of(0)?, &dq0)?;
+            for ci in 1..chunks {
+                let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
+                g.wgmma_commit()?;
+                let x = g.wgmma_wait(0, &x)?;
+                add_part(col_of(ci)?, &x)?;
+            }
+            (dv1, dk1)
+        }
+        Products::Later(pt, dst) => {
+            // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
+            // (the A fragments are written before the fence that orders them before the wgmma)
+            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+            g.wgmma_fence()?;
+            let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
+            g.wgmma_commit()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            g.wgmma_commit()?;
+            let dq0 = g.wgmma_wait(1, &dq0)?;
+            add_part(col_of(0)?, &dq0)?;
+            for ci in 1..chunks {
+                let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
+                g.wgmma_commit()?;
+                let x = g.wgmma_wait(0, &x)?;
+                add_part(col_of(ci)?, &x)?;
+            }
+            (dv1, dk1)
+        }
+    };
     if bulk {
         // this thread's part of the slot, to the writer's bulk copy (async proxy)
         g.fence_proxy_async()?;
