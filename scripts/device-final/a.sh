@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench. Logs are copied to $OUT.
+# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench (the default on every variant at both shapes; other schemes on three). Logs are copied to $OUT.
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fa; rm -rf /tmp/fo; mkdir -p $B /tmp/fo
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
@@ -19,6 +19,9 @@ wait; echo "tests: $(( $(date +%s) - t0 )) s"
 for f in /tmp/fo/*.log; do echo "=== $(basename $f)"; grep -E "^test |test result|FAILED|panicked|rc=|SKIPPED|cases passed|SUMMARY" $f | grep -v " ok$" | cut -c1-180 | head -24; done
 for f in /tmp/fo/*.log; do grep -q "rc=0" $f || { echo "=== FULL TAIL $(basename $f)"; tail -25 $f | cut -c1-300; }; done
 echo "=== bwd bench"; t0=$(date +%s)
-ATTNC_BWD_BENCH_CFG=${BWD_CFG:-default,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture 2>&1 | grep -v "^$" | tail -16 | cut -c1-200
+ATTNC_BWD_BENCH_CFG=default timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_all.txt 2>&1
+grep -v "^$" /tmp/fo/bwd_bench_all.txt | tail -20 | cut -c1-200
+ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128bp,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
+grep -v "^$" /tmp/fo/bwd_bench_cfg.txt | tail -16 | cut -c1-200
 echo "bwd bench: $(( $(date +%s) - t0 )) s"
-[ -n "${OUT:-}" ] && cp /tmp/fo/*.log "$OUT"/ 2>/dev/null; true
+[ -n "${OUT:-}" ] && cp /tmp/fo/* "$OUT"/ 2>/dev/null; true
