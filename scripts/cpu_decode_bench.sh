@@ -3,12 +3,15 @@
 # next to PyTorch SDPA on the CPU (f32, GQA via enable_gqa, the same shapes and thread
 # count), in one run on one machine. GB/s counts K and V read once.
 #   bash scripts/cpu_decode_bench.sh [THREADS]        (default: all cores)
-# Needs a release attnc (cargo build --release -p attnc) and .venv (scripts/python-setup.sh).
+# Needs a release attnc (cargo build --release -p attnc; or ATTNC_BIN=path, e.g. a binary
+# carried to the GPU machine's host) and torch: .venv (scripts/python-setup.sh), else
+# python3 (the GPU machine's has torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
-bin=target/release/attnc
+bin=${ATTNC_BIN:-target/release/attnc}
 [ -x "$bin" ] || cargo build --release -q -p attnc --bin attnc
+py=.venv/bin/python; [ -x "$py" ] || py=python3
 shapes=("1,32,8,1,32768" "8,32,8,1,4096" "1,32,8,4,32768" "1,32,8,16,8192")
 echo "== attnc (CPU, f32, D128, $threads threads) =="
 for s in "${shapes[@]}"; do
@@ -16,7 +19,7 @@ for s in "${shapes[@]}"; do
     --threads "$threads" --kv-cache contiguous,paged --page-size 16 --decode-shape "$s" --iters 5
 done
 echo "== torch SDPA (CPU, f32, D128, $threads threads) =="
-.venv/bin/python - "$threads" "${shapes[@]}" <<'PY'
+"$py" - "$threads" "${shapes[@]}" <<'PY'
 import sys, time, torch, torch.nn.functional as F
 threads = int(sys.argv[1]); torch.set_num_threads(threads)
 print("torch", torch.__version__, "threads", torch.get_num_threads())

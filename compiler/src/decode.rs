@@ -4,7 +4,7 @@
 //! In: a [`DecodeShape`] (B, heads, Lq new rows, head dims, [`CacheLayout`]), f32 views of
 //! the caches, the page table and `seq_lens`. Out: validation ([`CacheError`], naming the
 //! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]) or of one kv head
-//! ([`DecodeShape::head_slices`]: in place; [`DecodeShape::gather_head`]), the
+//! ([`DecodeShape::head_slices`]: in place; [`DecodeShape::gather_by_position`]), the
 //! position-offset forms of a program ([`offset_program`], used by backends that run the
 //! prefill kernel on a gathered slice; [`packed_offset_program`], the same with a kv
 //! head's query heads packed as the rows of one tile) and the oracle
@@ -588,7 +588,7 @@ pub fn set_packed_offsets(bind: &mut Bindings, base: usize, [b0, q0, kv0, h0, ro
 impl DecodeShape {
     /// Positions `start..end` of kv head `hk` of sequence `b` as `[end - start, D]` /
     /// `[end - start, Dv]` slices of a contiguous cache (read in place); `None` for a
-    /// paged cache ([`Self::gather_head`]). The caller has checked the view.
+    /// paged cache ([`Self::gather_by_position`]). The caller has checked the view.
     pub fn head_slices<'v>(
         &self,
         view: &KvView<'v>,
@@ -608,27 +608,45 @@ impl DecodeShape {
         }
     }
 
-    /// Copies positions `start..end` of kv head `hk` of sequence `b` into `k_out[end -
-    /// start, D]` and `v_out[end - start, Dv]` (through the page table for a paged cache).
-    /// The caller has checked the view.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gather_head(
+    /// Copies positions `start..end` of every kv head of sequence `b` into
+    /// `k_out[Hkv, end - start, D]` / `v_out[Hkv, end - start, Dv]` (resized), as
+    /// [`Self::gather`] does, but in cache order: each position's rows of all kv heads
+    /// (one run of `Hkv x D` elements in a paged cache) read once, one after the other,
+    /// so that the reads stream through each page instead of taking a head's `D`
+    /// elements every `Hkv x D`. The caller has checked the view.
+    pub fn gather_by_position(
         &self,
         view: &KvView,
         b: usize,
-        hk: usize,
         start: usize,
         end: usize,
         k_out: &mut Vec<f32>,
         v_out: &mut Vec<f32>,
     ) {
-        k_out.clear();
-        v_out.clear();
-        for pos in start..end {
-            let ko = self.row_offset(view.page_table, b, hk, pos, self.d);
-            let vo = self.row_offset(view.page_table, b, hk, pos, self.dv);
-            k_out.extend_from_slice(&view.k[ko..][..self.d]);
-            v_out.extend_from_slice(&view.v[vo..][..self.dv]);
+        let n = end - start;
+        let (d, dv, hkv) = (self.d, self.dv, self.hkv);
+        k_out.resize(hkv * n * d, 0.0);
+        v_out.resize(hkv * n * dv, 0.0);
+        for (j, pos) in (start..end).enumerate() {
+            let ko = self.row_offset(view.page_table, b, 0, pos, d);
+            let vo = self.row_offset(view.page_table, b, 0, pos, dv);
+            match self.layout {
+                CacheLayout::Paged { .. } => {
+                    let (krow, vrow) = (&view.k[ko..][..hkv * d], &view.v[vo..][..hkv * dv]);
+                    for hk in 0..hkv {
+                        k_out[(hk * n + j) * d..][..d].copy_from_slice(&krow[hk * d..][..d]);
+                        v_out[(hk * n + j) * dv..][..dv].copy_from_slice(&vrow[hk * dv..][..dv]);
+                    }
+                }
+                CacheLayout::Contiguous { .. } => {
+                    for hk in 0..hkv {
+                        let ko = self.row_offset(view.page_table, b, hk, pos, d);
+                        let vo = self.row_offset(view.page_table, b, hk, pos, dv);
+                        k_out[(hk * n + j) * d..][..d].copy_from_slice(&view.k[ko..][..d]);
+                        v_out[(hk * n + j) * dv..][..dv].copy_from_slice(&view.v[vo..][..dv]);
+                    }
+                }
+            }
         }
     }
 }
@@ -696,6 +714,56 @@ pub fn combine<'a>(parts: impl Iterator<Item = (&'a [f32], f32)> + Clone, o: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy in cache order holds what the head-major one does: every kv head, a
+    /// range not starting at a page boundary, a shuffled page table, both layouts.
+    #[test]
+    fn gather_by_position_matches_gather() {
+        let (b, hkv, d, ps, max_pages) = (2, 3, 4, 4, 5);
+        let num_pages = b * max_pages + 1;
+        let table: Vec<i32> = (0..(b * max_pages) as i32)
+            .map(|i| (i * 7 + 3) % num_pages as i32)
+            .collect();
+        for layout in [
+            CacheLayout::Paged {
+                num_pages,
+                page_size: ps,
+                max_pages,
+            },
+            CacheLayout::Contiguous { lkv_max: 20 },
+        ] {
+            let shape = DecodeShape {
+                b,
+                hq: 6,
+                hkv,
+                lq: 1,
+                d,
+                dv: d,
+                layout,
+            };
+            let rows = match layout {
+                CacheLayout::Paged { .. } => num_pages * ps,
+                CacheLayout::Contiguous { lkv_max } => b * lkv_max,
+            };
+            let k: Vec<f32> = (0..rows * hkv * d).map(|i| i as f32).collect();
+            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            let pt = if matches!(layout, CacheLayout::Paged { .. }) {
+                &table[..]
+            } else {
+                &[]
+            };
+            let view = KvView {
+                k: &k,
+                v: &v,
+                page_table: pt,
+                seq_lens: &[20, 17],
+            };
+            let (mut k1, mut v1, mut k2, mut v2) = (vec![], vec![], vec![], vec![]);
+            shape.gather(&view, 1, 3, 17, &mut k1, &mut v1);
+            shape.gather_by_position(&view, 1, 3, 17, &mut k2, &mut v2);
+            assert_eq!((k1.len(), &k1, &v1), (hkv * 14 * d, &k2, &v2), "{layout:?}");
+        }
+    }
 
     fn prog(src: &str) -> Program {
         crate::compile_source(src).unwrap().programs.remove(0)
