@@ -12,7 +12,8 @@
 //! Every case runs on each matrix path the device has (`mma.sync`; on sm_90 also
 //! `wgmma` where the case's tile and head dim fit it, plain, overlapped and
 //! warp-specialized with TMA (`PtxOptions::ws`)), each with both K pipelines;
-//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path. Every path but the plain wgmma kernel
+//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path; `ATTNC_GPU_PERSISTENT=1|0` makes the
+//! warp-specialized paths persistent (`PtxOptions::persistent`) or not. Every path but the plain wgmma kernel
 //! converts positions as exact floats (`PtxOptions::float_positions`, the runtime's
 //! default at these lengths); the plain wgmma kernel converts per element.
 //!
@@ -217,22 +218,34 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
             ..w
         });
     }
-    // the warp-specialized TMA kernel (128 query rows)
+    // the warp-specialized TMA kernel (128 query rows); `ATTNC_GPU_PERSISTENT=1|0` turns
+    // its persistent CTAs on or off (else its default)
+    let ws = persistent_from_env(base.warp_specialized(c.kvb, 2));
     if fits && only != "sync" && c.qb == 128 && sh.d.max(sh.dv) <= 128 {
         v.push(PtxOptions {
             float_positions: true,
-            ..base.warp_specialized(c.kvb, 2)
+            ..ws
         });
         // at D, Dv 64 also its three-consumer shape: q blocks of 192 rows
         if sh.d.max(sh.dv) <= 64 {
             v.push(PtxOptions {
                 float_positions: true,
                 q_block: 192,
-                ..base.warp_specialized(c.kvb, 2)
+                ..ws
             });
         }
     }
     v
+}
+
+/// `o` with `ATTNC_GPU_PERSISTENT=1|0` applied (persistent CTAs on or off).
+fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
+    match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
+        Ok("1") => o.persistent = true,
+        Ok("0") => o.persistent = false,
+        _ => {}
+    }
+    o
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -594,6 +607,86 @@ fn gpu_lpt_order_matches_oracle(dev: &CudaDevice) {
             let bind = bindings(&p, &c.shape, &mut r, 40, 4);
             check_opts(dev, &p, &c, &bind, None, 21, c.shape.default_scale(), &opts)
                 .unwrap_or_else(|e| panic!("{} {:?}: {e}", p.name, c.shape));
+        }
+    }
+}
+
+/// Persistent CTAs (`PtxOptions::persistent`) on the warp-specialized kernel: every
+/// sample with grids of 1, 5 and 11 CTAs (`CudaDevice::with_sms`), so that each CTA walks
+/// many tiles (its ring position, Q buffer phase and turn barriers carried across tiles,
+/// tiles without kv blocks among them), in the plain and the longest-first order, at D128
+/// (two consumers) and D64 (three); odd lengths, Lq != Lkv, GQA, bf16 and f16; also
+/// the device's own grid.
+fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, InputType::Bf16),
+        ((3, 3, 1, 129, 400), 128, InputType::F16),
+        ((2, 2, 1, 777, 190), 64, InputType::Bf16),
+        ((1, 4, 4, 520, 333), 64, InputType::F16),
+    ];
+    // ATTNC_GPU_PERSISTENT_QUICK=1 (for compute-sanitizer): two cases, three samples
+    let quick = std::env::var("ATTNC_GPU_PERSISTENT_QUICK").is_ok_and(|v| v == "1");
+    for (i, ((b, hq, hkv, lq, lkv), d, ty)) in cases.into_iter().enumerate() {
+        if quick && i % 2 == 1 {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let base = PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty);
+        let ws = PtxOptions {
+            persistent: true,
+            float_positions: true,
+            q_block: if d == 64 { 192 } else { 128 },
+            ..base.warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv
+                || quick && !matches!(p.name.as_str(), "dense" | "causal" | "document_causal")
+            {
+                continue;
+            }
+            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
+            let small = dev.with_sms(sms);
+            let mut r = rng(31);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            for lpt in [0, 3] {
+                let opts = PtxOptions {
+                    lpt_group: lpt,
+                    ..ws
+                };
+                let opts = PtxOptions {
+                    q_block: if d == 64 { opts.q_block } else { 128 },
+                    ..opts
+                };
+                check_opts(
+                    &small,
+                    &p,
+                    &c,
+                    &bind,
+                    None,
+                    31,
+                    c.shape.default_scale(),
+                    &opts,
+                )
+                .unwrap_or_else(|e| panic!("{} {:?} {sms} CTAs lpt {lpt}: {e}", p.name, c.shape));
+            }
         }
     }
 }
@@ -1646,6 +1739,10 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_jit::gpu_jit_cubin_round_trip,
     ),
     ("gpu_lpt_order_matches_oracle", gpu_lpt_order_matches_oracle),
+    (
+        "gpu_persistent_matches_oracle",
+        gpu_persistent_matches_oracle,
+    ),
     ("gpu_d256_matches_oracle", gpu_d256_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),
     (

@@ -1,8 +1,8 @@
 //! GPU benchmark (run explicitly: `gpu_bench -- --ignored --nocapture`): attnc kernels on
 //! the FlexAttention anchor variants (dense, causal, sliding 1024, ALiBi+causal,
 //! softcap+causal, document+causal with 8 sorted documents), bf16, at
-//! B2 H16 L8192 D128 and B4 H16 L4096 D64 (`ATTNC_BENCH_DIMS=128,64,256` picks head dims;
-//! D256 at B2 H16 L8192). TFLOP/s counts only unmasked pairs
+//! B2 H16 L8192 D128 and B4 H16 L4096 D64 (`ATTNC_BENCH_DIMS=128,64,256,gqa` picks head
+//! dims; D256 at B2 H16 L8192; `gqa`: B1 Hq32 Hkv8 L16384 D128). TFLOP/s counts only unmasked pairs
 //! (4 B H Lq Lkv D density). Also the JIT latency: cold (PTX generated, compiled to the
 //! optimized cubin by the driver, loaded), disk-warm (a new process's path: the cubin
 //! from the disk cache, loaded) and memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
@@ -13,7 +13,7 @@
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order, `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs, `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -72,7 +72,8 @@ fn variants(h: i32) -> Vec<Variant> {
 /// `w` alone or as a suffix: the wgmma path (sm_90), e.g. `128x64xw`, `128x128xwn`, and
 /// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM; `t`
 /// / `u`: the warp-specialized TMA kernel with 2 / 3 K/V stages, e.g. `128x128xt`; `g`:
-/// the longest-first CTA order over groups of 8 slices, e.g. `128x128xtg`).
+/// the longest-first CTA order over groups of 8 slices, e.g. `128x128xtg`, or of the
+/// digits after it, `128x128xtg4`; `z`: persistent CTAs, e.g. `128x128xtgz`).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -82,7 +83,9 @@ fn tile_opts(
     mt: &str,
 ) -> PtxOptions {
     let n: u32 = mt
-        .trim_end_matches(['r', 's', 'n', 'p', 'l', 'w', 'o', 'c', 't', 'u', 'g'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
         .parse()
         .unwrap_or(1);
     let mut o = PtxOptions::sync(arch, d, d, ty).with_m_tiles(n);
@@ -94,9 +97,18 @@ fn tile_opts(
         // the warp-specialized TMA kernel, 2 (`t`) or 3 (`u`) K/V stages
         o = o.warp_specialized(kvb, if mt.contains('u') { 3 } else { 2 });
     }
-    if mt.contains('g') {
-        // the longest-first CTA order over groups of 8 (head, batch) slices
-        o.lpt_group = 8;
+    if let Some(at) = mt.find('g') {
+        // the longest-first CTA order over groups of 8 (or the digits after `g`) (head,
+        // batch) slices
+        let digits: String = mt[at + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        o.lpt_group = digits.parse().unwrap_or(8);
+    }
+    if mt.contains('z') {
+        // persistent CTAs (the warp-specialized kernel)
+        o.persistent = true;
     }
     if mt.contains('c') {
         o.min_ctas = 2;
@@ -182,20 +194,22 @@ fn gpu_bench() {
     let mut table = String::new();
     // ATTNC_BENCH_DIMS=128,64,256: the head dims to run (D256 at B2 H16 L8192)
     let dims = std::env::var("ATTNC_BENCH_DIMS").unwrap_or_else(|_| "128,64".into());
-    let shapes: Vec<(usize, usize, usize, usize)> = dims
+    // (`gqa`: Llama-3's B1 Hq32 Hkv8 L16384 D128)
+    let shapes: Vec<(usize, usize, usize, usize, usize)> = dims
         .split(',')
         .filter_map(|d| match d.trim() {
-            "128" => Some((2, 16, 8192, 128)),
-            "64" => Some((4, 16, 4096, 64)),
-            "256" => Some((2, 16, 8192, 256)),
+            "128" => Some((2, 16, 16, 8192, 128)),
+            "64" => Some((4, 16, 16, 4096, 64)),
+            "256" => Some((2, 16, 16, 8192, 256)),
+            "gqa" => Some((1, 32, 8, 16384, 128)),
             _ => None,
         })
         .collect();
-    for (b, h, l, d) in shapes {
+    for (b, h, hkv, l, d) in shapes {
         let shape = Shape {
             b,
             hq: h,
-            hkv: h,
+            hkv,
             lq: l,
             lkv: l,
             d,
@@ -312,8 +326,12 @@ fn gpu_bench() {
             };
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
+            // (ATTNC_BENCH_NO_DEFAULTS=1: only the dense winner and ATTNC_BENCH_EXTRA)
             let mut defaults = vec![(128, 64, "2".to_string()), (64, 64, "1".to_string())];
-            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+            if std::env::var("ATTNC_BENCH_NO_DEFAULTS").is_ok_and(|v| v == "1") {
+                defaults.clear();
+            }
+            if dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 && !defaults.is_empty() {
                 // the API's default of this head dim: the warp-specialized kernel (`t`, its
                 // 2 stages) or the plain wgmma one
                 let o = PtxOptions::new(dev.arch(), d as u32, d as u32, ty);
@@ -381,7 +399,12 @@ fn gpu_bench() {
             let density = kept as f64 / (l * l * if per_b { b } else { 1 }) as f64;
             let ms = time_kernel(&kern, qb, kvb, (3, 10, 5));
             let tf = 4.0 * (b * h * l * l * d) as f64 * density / ms / 1e9;
-            let key = format!("attnc/{}/B{b}H{h}S{l}D{d}", var.name);
+            let kvh = if hkv == h {
+                String::new()
+            } else {
+                format!("Hkv{hkv}")
+            };
+            let key = format!("attnc/{}/B{b}H{h}{kvh}S{l}D{d}", var.name);
             let tile = format!("{qb}x{kvb}x{mt}");
             println!(
                 "{key} {ms:.3} ms {tf:.1} TFLOP/s density {density:.4} kv {kv_name} | JIT cold {:.1} ms (codegen {:.1}, driver {:.1}, load {:.1}), disk-warm (cubin) {:.1} ms, memory-warm {:.3} ms",

@@ -109,19 +109,34 @@ impl LaunchArgs {
             .collect()
     }
 
-    /// The grid of `spec`.
+    /// The grid of `spec` (a persistent axis: one CTA per tile, at most `u32::MAX`).
     pub fn grid(&self, spec: &KernelSpec) -> Result<(u32, u32, u32), CudaError> {
+        self.grid_on(spec, u32::MAX)
+    }
+
+    /// The grid of `spec` on a device of `sms` multiprocessors: a
+    /// [`GridDim::Persistent`] axis has `min(QBlocks x Heads x Batches, sms)` CTAs.
+    pub fn grid_on(&self, spec: &KernelSpec, sms: u32) -> Result<(u32, u32, u32), CudaError> {
         if let Some(g) = self.grid {
             return Ok(g);
         }
-        let dim = |d: GridDim| match d {
-            GridDim::One => Ok(1),
-            d => self.extents.get(&d).copied().ok_or_else(|| {
+        let extent = |d: GridDim| {
+            self.extents.get(&d).copied().ok_or_else(|| {
                 CudaError::Mismatch(format!(
                     "kernel {} ({}): no size for its grid axis {d}",
                     spec.entry, spec.kind
                 ))
-            }),
+            })
+        };
+        let dim = |d: GridDim| match d {
+            GridDim::One => Ok(1),
+            GridDim::Persistent => {
+                let tiles = extent(GridDim::QBlocks)? as u64
+                    * extent(GridDim::Heads)? as u64
+                    * extent(GridDim::Batches)? as u64;
+                Ok(tiles.min(sms as u64) as u32)
+            }
+            d => extent(d),
         };
         let [x, y, z] = spec.grid;
         Ok((dim(x)?, dim(y)?, dim(z)?))
@@ -173,5 +188,16 @@ mod tests {
         b.extent(GridDim::Batches, 4);
         assert_eq!(b.grid(&spec).unwrap(), (2, 3, 4));
         assert!(b.scalars_only());
+        // persistent CTAs: min(tiles, SMs) on x
+        let pers = PtxOptions {
+            persistent: true,
+            ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+        };
+        let spec = attnc_compiler::backend::llvm::spec(&Plan::new(&p), KernelKind::Forward, &pers)
+            .unwrap();
+        assert_eq!(b.grid_on(&spec, 132).unwrap(), (24, 1, 1));
+        assert_eq!(b.grid_on(&spec, 5).unwrap(), (5, 1, 1));
+        assert_eq!(b.grid(&spec).unwrap(), (24, 1, 1));
+        assert!(spec.params.contains(&KernelParam::Batch));
     }
 }

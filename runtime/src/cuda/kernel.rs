@@ -172,7 +172,7 @@ impl CudaKernel {
     /// what the kernel indexes for the scalars in `args` (lengths, strides, counts), and
     /// buffers the kernel writes must not be read by a concurrent launch.
     pub unsafe fn launch_args(&self, dev: &CudaDevice, args: &LaunchArgs) -> Result<(), CudaError> {
-        let (x, y, z) = args.grid(&self.spec)?;
+        let (x, y, z) = args.grid_on(&self.spec, dev.sms())?;
         if x == 0 || y == 0 || z == 0 {
             return Ok(());
         }

@@ -420,6 +420,7 @@ impl DeviceProblem {
         a.i32(P::Hq, sh.hq as i32);
         a.i32(P::Hkv, sh.hkv as i32);
         a.i32(P::NumQBlocks, self.n_q_blocks as i32);
+        a.i32(P::Batch, sh.b as i32);
         a.i32(P::MapBStride, self.map_b_stride);
         a.i32(P::MapHStride, self.map_h_stride);
         a.scalar(P::Scale, Arg::F32(self.scale));

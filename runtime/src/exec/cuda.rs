@@ -203,6 +203,7 @@ impl CudaExec {
         // float positions, the D64 kernel and the CTA order for this binding's plan and shape
         let longest = opts.shape.lq.max(opts.shape.lkv);
         popts = popts.for_binding(plan, longest);
+        popts = forward_schedule_from_env(popts);
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;
@@ -438,4 +439,27 @@ impl CudaExec {
         let ms = builder.time(&g.device, &p, &extra, 3, iters.max(1), 3)?;
         Ok(Some(ms))
     }
+}
+
+/// The warp-specialized forward's CTA schedule as the environment overrides it (for
+/// comparing schedules with one binary): `ATTNC_FWD_PERSISTENT=1|0` turns persistent CTAs
+/// (`PtxOptions::persistent`) on or off, `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
+/// and values that do not parse keep the binding's choice.
+fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
+    if !o.ws {
+        return o;
+    }
+    match std::env::var("ATTNC_FWD_PERSISTENT").as_deref() {
+        Ok("1") => o.persistent = true,
+        Ok("0") => o.persistent = false,
+        _ => {}
+    }
+    if let Some(n) = std::env::var("ATTNC_FWD_LPT")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        o.lpt_group = n;
+    }
+    o
 }

@@ -62,6 +62,19 @@ pub(crate) fn place<'ctx>(
     p: &Program,
     a: &Args<'_, 'ctx>,
 ) -> R<(Ctx<'ctx>, Place<'ctx>)> {
+    place_tile(g, c, p, a, None)
+}
+
+/// The place of tile `tile` of a persistent CTA (`Some`: the linear tile index, in
+/// `0 .. NumQBlocks x Hq x B`, ordered like the grid of [`place`]), or of this CTA of a
+/// grid with one CTA per tile (`None`).
+pub(crate) fn place_tile<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    a: &Args<'_, 'ctx>,
+    tile: Option<IntValue<'ctx>>,
+) -> R<(Ctx<'ctx>, Place<'ctx>)> {
     let tid = g.tid_x()?;
     let warp = g.lshr(tid, g.c32(5))?;
     let lane = g.and(tid, g.c32(31))?;
@@ -72,14 +85,34 @@ pub(crate) fn place<'ctx>(
         a.int(KernelParam::Hkv)?,
         a.int(KernelParam::NumQBlocks)?,
     );
-    let (qb, h, b) = match c.lpt_group {
+    let (qb, h, b) = match (tile, c.lpt_group) {
         // heavy (late, for causal masks) q blocks first within each (head, batch)
-        0 => (
+        (None, 0) => (
             g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?,
             g.ctaid('y')?,
             g.ctaid('z')?,
         ),
-        group => lpt_order(g, group, nqb, hq)?,
+        (None, group) => {
+            let batches = g.nctaid('z')?;
+            let linear = g.add(
+                g.ctaid('x')?,
+                g.mul(nqb, g.add(g.ctaid('y')?, g.mul(hq, g.ctaid('z')?)?)?)?,
+            )?;
+            lpt_order(g, group, nqb, hq, batches, linear)?
+        }
+        // the same orders over the linear tile index
+        (Some(t), 0) => {
+            let slice = g.udiv(t, nqb)?;
+            (
+                g.sub(g.sub(nqb, g.c32(1))?, g.urem(t, nqb)?)?,
+                g.urem(slice, hq)?,
+                g.udiv(slice, hq)?,
+            )
+        }
+        (Some(t), group) => {
+            let batches = a.int(KernelParam::Batch)?;
+            lpt_order(g, group, nqb, hq, batches, t)?
+        }
     };
     let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
     let q0 = g.mul(qb, g.c32(c.qb as i64))?;
@@ -178,18 +211,16 @@ pub(crate) fn row_runs<'ctx>(
 /// (head, batch) slices: the grid's linear index walks the slices of a group for the
 /// heaviest q block, then the next lighter one, and so on, before the next group (so the
 /// last CTAs of the launch are light ones, and a group's K/V stays in L2). A bijection
-/// of the grid (`NumQBlocks` x `Hq` x `B`, any `group`; the last group may be partial).
+/// of the grid (`NumQBlocks` x `Hq` x `B`, any `group`; the last group may be partial),
+/// from the linear index `linear` of the CTA (or of a persistent CTA's tile).
 fn lpt_order<'ctx>(
     g: &Gpu<'ctx>,
     group: u32,
     nqb: IntValue<'ctx>,
     hq: IntValue<'ctx>,
+    batches: IntValue<'ctx>,
+    linear: IntValue<'ctx>,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
-    let batches = g.nctaid('z')?;
-    let linear = g.add(
-        g.ctaid('x')?,
-        g.mul(nqb, g.add(g.ctaid('y')?, g.mul(hq, g.ctaid('z')?)?)?)?,
-    )?;
     let slices = g.mul(hq, batches)?;
     let full = g.c32(group as i64);
     let per_group = g.mul(nqb, full)?;

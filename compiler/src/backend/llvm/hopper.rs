@@ -33,9 +33,18 @@
 //! last arrive, so that the arrivals at each barrier match its syncs. Shared memory: Q, the K ring, the V ring (each buffer
 //! in the 128-byte-swizzled slab layout TMA's `SWIZZLE_128B` writes for a box of 64
 //! columns), then the mbarriers ([`Layout`]).
+//!
+//! Persistent CTAs (`PtxOptions::persistent`, [`body_persistent`]): a grid of
+//! `min(tiles, SMs)` CTAs, each walking its (q block, head, batch) tiles in rounds of
+//! `nctaid.x` taken as a snake ([`for_each_tile`]). The producer keeps its ring position
+//! across tiles and waits for a `q_empty` mbarrier (one arrival per consumer thread)
+//! before each tile's Q; the consumers reset O, m and l per tile, arrive at `q_empty`
+//! once every S of the tile is complete (before the last P V), release the last V, and
+//! always pass the turn, warpgroup 0 taking one extra turn at the end, so that the next
+//! tile's loads run under the last P V and the epilogue of this one.
 
 use super::bounds::KvBounds;
-use super::cta::{Args, place, row_runs};
+use super::cta::{Args, place, place_tile, row_runs};
 use super::expr::Env;
 use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
@@ -67,7 +76,7 @@ pub(crate) struct Layout {
     pub v: SmemTile,
     pub stages: u32,
     /// Byte offset of the mbarriers (8 bytes each): q_full, then per stage k_full,
-    /// k_empty, v_full, v_empty ([`Bars`]).
+    /// k_empty, v_full, v_empty, then (persistent kernel) q_empty ([`Bars`]).
     pub bars: u32,
     /// Total dynamic shared memory.
     pub bytes: u32,
@@ -83,7 +92,8 @@ impl Layout {
             v,
             stages: opts.stages,
             bars,
-            bytes: bars + 8 * (1 + 4 * opts.stages),
+            // q_full, the ring's four per stage, and the persistent kernel's q_empty
+            bytes: bars + 8 * (1 + 4 * opts.stages + opts.persistent as u32),
         }
     }
 }
@@ -117,9 +127,22 @@ impl<'ctx> Bars<'ctx> {
     fn v_empty(&self, g: &Gpu<'ctx>, s: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         self.ring(g, 3, s)
     }
+    /// The persistent kernel's "Q buffer free" (one arrival per consumer thread).
+    fn q_empty(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        self.at(g, g.c32((1 + 4 * self.stages) as i64))
+    }
+}
+
+/// The persistent kernel's use of the Q buffer for one tile: the parity of this use
+/// and the barrier that frees it.
+#[derive(Clone, Copy)]
+struct QUse<'ctx> {
+    phase: IntValue<'ctx>,
+    empty: IntValue<'ctx>,
 }
 
 /// A position in the K/V ring: the stage and the parity of its current use.
+#[derive(Clone)]
 struct Ring<'ctx> {
     stage: Var<'ctx>,
     phase: Var<'ctx>,
@@ -160,6 +183,9 @@ pub(crate) fn body<'ctx>(
     kv: &KvBounds,
     params: &[KernelParam],
 ) -> R<()> {
+    if opts.persistent {
+        return body_persistent(g, c, p, opts, kv, params);
+    }
     let a = Args { g, params };
     let lay = Layout::new(opts);
     let (cx, at) = place(g, c, p, &a)?;
@@ -207,7 +233,7 @@ pub(crate) fn body<'ctx>(
             a: &a,
             hq: at.hq,
         };
-        prod.run(&runs)
+        prod.run(&runs, None, None)
     })?;
     g.b.build_return(None)?;
 
@@ -220,7 +246,7 @@ pub(crate) fn body<'ctx>(
         c,
         p,
         cx: &cx,
-        env,
+        env: &env,
         lay: &lay,
         bars: &bars,
         tid: at.tid,
@@ -238,7 +264,7 @@ pub(crate) fn body<'ctx>(
     let epi = g.block("epilogue");
     g.cond_br(any_block, work, epi)?;
     g.b.position_at_end(work);
-    cons.run(&runs, epi)?;
+    cons.run(&runs, epi, None)?;
     g.b.position_at_end(epi);
     epilogue(
         g,
@@ -253,6 +279,194 @@ pub(crate) fn body<'ctx>(
         &cons.o.tiles[0],
     )?;
     g.b.build_return(None)?;
+    Ok(())
+}
+
+/// The persistent kernel's body (`PtxOptions::persistent`): the same roles, each walking
+/// its tiles of `NumQBlocks x Hq x B` (in the order of [`place_tile`], rounds of
+/// `nctaid.x` tiles taken as a snake: [`for_each_tile`]). The producer waits for `q_empty` before each tile's Q and keeps its
+/// ring position across tiles; the consumers reset O, m and l per tile, free Q before
+/// their last P V (so that the next tile's Q, K and V load under that P V and the
+/// epilogue), release the last V, and always pass the turn on; warpgroup 0 takes one
+/// extra turn after its last tile, which matches the arrivals at each turn barrier to
+/// its syncs.
+fn body_persistent<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    opts: &PtxOptions,
+    kv: &KvBounds,
+    params: &[KernelParam],
+) -> R<()> {
+    let a = Args { g, params };
+    let lay = Layout::new(opts);
+    let bars = Bars {
+        base: g.smem_addr32(g.c32(lay.bars as i64))?,
+        stages: lay.stages,
+    };
+    let tid = g.tid_x()?;
+    g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
+        g.mbar_init(bars.q_full(g)?, 1)?;
+        g.mbar_init(bars.q_empty(g)?, c.threads)?;
+        for s in 0..lay.stages {
+            let s = g.c32(s as i64);
+            g.mbar_init(bars.k_full(g, s)?, 1)?;
+            g.mbar_init(bars.v_full(g, s)?, 1)?;
+            g.mbar_init(bars.k_empty(g, s)?, c.threads)?;
+            g.mbar_init(bars.v_empty(g, s)?, c.threads)?;
+        }
+        g.fence_mbar_init()
+    })?;
+    g.barrier()?;
+    let tiles = g.mul(
+        g.mul(a.int(KernelParam::NumQBlocks)?, a.int(KernelParam::Hq)?)?,
+        a.int(KernelParam::Batch)?,
+    )?;
+    let producer_bb = g.block("producer");
+    let consumer_bb = g.block("consumer");
+    g.cond_br(
+        g.icmp(IntPredicate::UGE, tid, g.c32(c.threads as i64))?,
+        producer_bb,
+        consumer_bb,
+    )?;
+    let (producer_regs, consumer_regs) = registers(c.threads / 128);
+
+    // ---- producer warpgroup: one thread issues every TMA copy of every tile -----------------
+    g.b.position_at_end(producer_bb);
+    g.setmaxnreg(false, producer_regs)?;
+    g.if_then(
+        g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64))?,
+        || {
+            let ring = Ring::new(g, lay.stages)?;
+            let q_phase = g.var(g.i32, g.c32(0))?;
+            for_each_tile(g, tiles, &mut |t| {
+                let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
+                let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+                g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
+                    let prod = Producer {
+                        g,
+                        c,
+                        lay: &lay,
+                        bars: &bars,
+                        cx: &cx,
+                        a: &a,
+                        hq: at.hq,
+                    };
+                    let phase = g.geti(&q_phase)?;
+                    let empty = bars.q_empty(g)?;
+                    prod.run(&runs, Some(&ring), Some(QUse { phase, empty }))?;
+                    g.set(&q_phase, g.xor(phase, g.c32(1))?)
+                })
+            })
+        },
+    )?;
+    g.b.build_return(None)?;
+
+    // ---- consumer warpgroups --------------------------------------------------------------------
+    g.b.position_at_end(consumer_bb);
+    g.setmaxnreg(true, consumer_regs)?;
+    let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    let wg = g.lshr(g.lshr(tid, g.c32(5))?, g.c32(2))?;
+    let o = AccTile::new(g, 1, (c.dv / 8) as usize, 0.0)?;
+    let m = RowState::new(g, 1, f32::NEG_INFINITY)?;
+    let l = RowState::new(g, 1, 0.0)?;
+    let alpha = RowState::new(g, 1, 1.0)?;
+    let p_prev = FragRegs::zeros(g, (c.kvb / 16) as usize)?;
+    let ring = Ring::new(g, lay.stages)?;
+    let prev = Ring::new(g, lay.stages)?;
+    let q_phase = g.var(g.i32, g.c32(0))?;
+    let wg0 = g.icmp(IntPredicate::EQ, wg, g.c32(0))?;
+    // warpgroup 0 issues first
+    g.if_then(wg0, || g.bar_arrive(BAR_TURN0, 256))?;
+    for_each_tile(g, tiles, &mut |t| {
+        let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
+        let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+        for x in o.tiles.iter().flatten().flatten() {
+            g.set(x, g.cf(0.0))?;
+        }
+        for hr in &m.rows[0] {
+            g.set(hr, g.cf(f32::NEG_INFINITY))?;
+        }
+        for hr in &l.rows[0] {
+            g.set(hr, g.cf(0.0))?;
+        }
+        let cons = Consumer {
+            g,
+            c,
+            p,
+            cx: &cx,
+            env: &env,
+            lay: &lay,
+            bars: &bars,
+            tid,
+            wg,
+            consumers: c.threads / 128,
+            o: o.clone(),
+            m: m.clone(),
+            l: l.clone(),
+            alpha: alpha.clone(),
+            p_prev: p_prev.clone(),
+            ring: ring.clone(),
+            prev: prev.clone(),
+        };
+        let work = g.block("consume");
+        let epi = g.block("epilogue");
+        g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, work, epi)?;
+        g.b.position_at_end(work);
+        let phase = g.geti(&q_phase)?;
+        g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+        let empty = bars.q_empty(g)?;
+        cons.run(&runs, epi, Some(QUse { phase, empty }))?;
+        g.b.position_at_end(epi);
+        epilogue(
+            g,
+            c,
+            &cx,
+            0,
+            a.ptr(KernelParam::O)?,
+            a.ptr(KernelParam::Lse)?,
+            at.hq,
+            &m.rows[0],
+            &l.rows[0],
+            &o.tiles[0],
+        )
+    })?;
+    // the last warpgroup passed the turn after its last issue: warpgroup 0 takes it
+    g.if_then(wg0, || g.bar_sync(BAR_TURN0, 256))?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// `body(t)` for this CTA's tiles below `tiles`, in rounds of `G = nctaid.x` tiles: in
+/// round `r` CTA `c` takes tile `r G + c` when `r` is even and `r G + G - 1 - c` when it
+/// is odd (a snake). Over tiles ordered heaviest first (the LPT order) each CTA so gets a
+/// heavier and a lighter tile in turn, where plain strides would give CTA 0 the heaviest
+/// of every round; every tile is taken exactly once.
+fn for_each_tile<'ctx>(
+    g: &Gpu<'ctx>,
+    tiles: IntValue<'ctx>,
+    body: &mut dyn FnMut(IntValue<'ctx>) -> R<()>,
+) -> R<()> {
+    let (c, grid) = (g.ctaid('x')?, g.nctaid('x')?);
+    let mirror = g.sub(g.sub(grid, g.c32(1))?, c)?;
+    let base = g.var(g.i32, g.c32(0))?;
+    let odd = g.var(g.i32, g.c32(0))?;
+    let head = g.block("tile");
+    let work = g.block("tile_work");
+    let done = g.block("tiles_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let round = g.geti(&base)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, round, tiles)?, work, done)?;
+    g.b.position_at_end(work);
+    let flip = g.geti(&odd)?;
+    let within = g.selecti(g.icmp(IntPredicate::NE, flip, g.c32(0))?, mirror, c)?;
+    let t = g.add(round, within)?;
+    g.if_then(g.icmp(IntPredicate::ULT, t, tiles)?, || body(t))?;
+    g.set(&base, g.add(round, grid)?)?;
+    g.set(&odd, g.xor(flip, g.c32(1))?)?;
+    g.br(head)?;
+    g.b.position_at_end(done);
     Ok(())
 }
 
@@ -289,10 +503,20 @@ impl<'ctx> Producer<'_, 'ctx> {
         Ok(())
     }
 
-    /// Q, then K and V of every kv block of the runs into the ring.
-    fn run(&self, runs: &super::bounds::RowRuns<'ctx>) -> R<()> {
+    /// Q, then K and V of every kv block of the runs into the ring (from its start, or
+    /// the persistent kernel's: at `ring`'s position, once `q` says the consumers freed
+    /// the Q buffer).
+    fn run(
+        &self,
+        runs: &super::bounds::RowRuns<'ctx>,
+        ring: Option<&Ring<'ctx>>,
+        q: Option<QUse<'ctx>>,
+    ) -> R<()> {
         let (g, c, cx, lay, bars) = (self.g, self.c, self.cx, self.lay, self.bars);
         let zero = g.c32(0);
+        if let Some(q) = q {
+            g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
+        }
         // Q: slice b * Hq + h
         let q_slice = g.add(g.mul(cx.b, self.hq)?, cx.h)?;
         g.mbar_arrive_expect_tx(bars.q_full(g)?, lay.q.bytes())?;
@@ -310,7 +534,14 @@ impl<'ctx> Producer<'_, 'ctx> {
         let kv_slice = g.add(g.mul(cx.b, hkv)?, hk)?;
         let cursor = KvCursor::new(g, runs.beg)?;
         cursor.start(g, runs)?;
-        let ring = Ring::new(g, lay.stages)?;
+        let own;
+        let ring = match ring {
+            Some(r) => r,
+            None => {
+                own = Ring::new(g, lay.stages)?;
+                &own
+            }
+        };
         let lp = g.block("produce");
         let done = g.block("produced");
         g.br(lp)?;
@@ -356,7 +587,7 @@ struct Consumer<'a, 'ctx> {
     c: &'a Cfg,
     p: &'a Program,
     cx: &'a Ctx<'ctx>,
-    env: Env<'ctx>,
+    env: &'a Env<'ctx>,
     lay: &'a Layout,
     bars: &'a Bars<'ctx>,
     tid: IntValue<'ctx>,
@@ -404,7 +635,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
     ) -> R<IntValue<'ctx>> {
         let (g, c, cx) = (self.g, self.c, self.cx);
         let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        let t = score_and_mask(g, c, cx, &self.env, self.p, &split4(s), kv0, pos.full)?;
+        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
         let (pfrag, any) = online_softmax(
             g,
             c,
@@ -427,18 +658,25 @@ impl<'ctx> Consumer<'_, 'ctx> {
         self.g.mul(s, self.g.c32(self.lay.v.bytes() as i64))
     }
 
-    /// The kv loop of a row with at least one block; ends branching to `epi`.
+    /// The kv loop of a row with at least one block; ends branching to `epi`. `q`: the
+    /// persistent kernel's use of the Q buffer (its parity; freed before the last P V,
+    /// and the turn always passed on: the caller balances the turn barriers).
     fn run(
         &self,
         runs: &super::bounds::RowRuns<'ctx>,
         epi: inkwell::basic_block::BasicBlock<'ctx>,
+        q: Option<QUse<'ctx>>,
     ) -> R<()> {
         let (g, c, cx, bars) = (self.g, self.c, self.cx, self.bars);
         let lp = g.block("kv_loop");
         let last = g.block("pv_last");
 
         // ---- Q ready (negated in place for a negative scale on the raw-score path) ---------
-        g.mbar_wait(bars.q_full(g)?, g.c32(0))?;
+        let q_phase = match q {
+            Some(q) => q.phase,
+            None => g.c32(0),
+        };
+        g.mbar_wait(bars.q_full(g)?, q_phase)?;
         if cx.raw {
             let neg = g.fcmp(FloatPredicate::OLT, cx.scale, g.cf(0.0))?;
             g.if_then(neg, || {
@@ -447,10 +685,12 @@ impl<'ctx> Consumer<'_, 'ctx> {
                 g.bar_sync(BAR_CONSUMERS, c.threads)
             })?;
         }
-        // warpgroup 0 issues first
-        g.if_then(g.icmp(IntPredicate::EQ, self.wg, g.c32(0))?, || {
-            g.bar_arrive(BAR_TURN0, 256)
-        })?;
+        // warpgroup 0 issues first (the persistent kernel: once, before its first tile)
+        if q.is_none() {
+            g.if_then(g.icmp(IntPredicate::EQ, self.wg, g.c32(0))?, || {
+                g.bar_arrive(BAR_TURN0, 256)
+            })?;
+        }
 
         // ---- the first block: S only -----------------------------------------------------------
         let cursor = KvCursor::new(g, runs.beg)?;
@@ -501,6 +741,20 @@ impl<'ctx> Consumer<'_, 'ctx> {
         // ---- the last block's P V --------------------------------------------------------------
         g.b.position_at_end(last);
         let (ps, pph) = self.prev.get(g)?;
+        if let Some(q) = q {
+            // every S of this tile is complete: the producer may load the next tile's Q
+            g.mbar_arrive(q.empty)?;
+            g.mbar_wait(bars.v_full(g, ps)?, pph)?;
+            self.take_turn()?;
+            let o_in = self.o.flat(g)?;
+            let p_in = self.p_prev.values(g)?;
+            let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;
+            self.pass_turn()?;
+            let o_now = g.wgmma_wait(0, &o_async)?;
+            g.mbar_arrive(bars.v_empty(g, ps)?)?;
+            self.o.store_flat(g, &o_now)?;
+            return g.br(epi);
+        }
         g.mbar_wait(bars.v_full(g, ps)?, pph)?;
         self.take_turn()?;
         let o_in = self.o.flat(g)?;

@@ -121,6 +121,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.ws {
         v.extend([TmaQ, TmaK, TmaV]);
     }
+    if opts.persistent {
+        v.push(Batch);
+    }
     v
 }
 
@@ -145,6 +148,7 @@ pub(crate) fn build<'ctx>(
             | KernelParam::Hq
             | KernelParam::Hkv
             | KernelParam::NumQBlocks
+            | KernelParam::Batch
             | KernelParam::MapBStride
             | KernelParam::MapHStride
             | KernelParam::KvAllPartial

@@ -17,6 +17,9 @@ pub enum GridDim {
     One,
     /// `ceil(Lq / q_block)`.
     QBlocks,
+    /// Persistent CTAs: `min(QBlocks x Heads x Batches, SMs of the device)` (the
+    /// persistent warp-specialized forward, `PtxOptions::persistent`).
+    Persistent,
     /// `Hq`.
     Heads,
     /// `B`.
@@ -80,6 +83,7 @@ impl fmt::Display for GridDim {
         f.write_str(match self {
             GridDim::One => "1",
             GridDim::QBlocks => "NumQBlocks",
+            GridDim::Persistent => "min(NumQBlocks x Hq x B, SMs)",
             GridDim::Heads => "Hq",
             GridDim::Batches => "B",
             GridDim::MapHeads => "maps over h",

@@ -232,6 +232,14 @@ pub struct PtxOptions {
     /// for the warp-specialized kernel when the closed-form kv range grows with q
     /// (`KvBounds::work_grows_with_q`: causal-type masks, measured 3-5% faster there).
     pub lpt_group: u32,
+    /// With `ws`: persistent CTAs (`hopper.rs`): the grid is `min(tiles, SMs)` CTAs
+    /// ([`GridDim::Persistent`]) and each walks its (q block, head, batch) tiles in
+    /// rounds of `grid` tiles (of the order of [`Self::lpt_group`], taken as a snake:
+    /// `hopper::for_each_tile`), so that the producer loads the
+    /// next tile's Q, K and V while the consumers finish the last P V and store O
+    /// (the prologue and epilogue of one tile hide under the other's products). Needs
+    /// [`KernelParam::Batch`]. Off by default.
+    pub persistent: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -304,6 +312,7 @@ impl PtxOptions {
             ws: false,
             stages: 2,
             lpt_group: 0,
+            persistent: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             float_positions: false,
@@ -334,7 +343,13 @@ impl PtxOptions {
     /// - the longest-first CTA order ([`Self::lpt_group`], groups of 8) where the kv range
     ///   grows with q (`KvBounds::work_grows_with_q`): causal D128 0.819 against 0.844,
     ///   ALiBi + causal 1.060 / 1.088, softcap + causal 1.102 / 1.140; D64 plain wgmma
-    ///   causal 0.342 / 0.373.
+    ///   causal 0.342 / 0.373;
+    /// - persistent CTAs ([`Self::persistent`]) for bands at D128 (sliding window 1024:
+    ///   0.271 / 0.275 against 0.295 / 0.285 in two calls) and without a mask on the
+    ///   three-consumer D64 kernel (dense 0.540 / 0.537 against 0.558 / 0.547); not for
+    ///   causal-type ranges, where the static rounds of tiles lose to the hardware's own
+    ///   CTA order (causal D128 0.826 against 0.825 with LPT, document + causal 0.420
+    ///   against 0.279), nor dense D128 (1.550 / 1.607 against 1.563 / 1.552).
     pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
@@ -361,6 +376,13 @@ impl PtxOptions {
         }
         if o.mma == Mma::Wgmma && kv.work_grows_with_q() {
             o.lpt_group = 8;
+        }
+        // persistent CTAs where every tile has the same, short work: bands at D128 and no
+        // mask on the three-consumer D64 kernel (not yet timed at D256)
+        let uniform = (kv.bounds_kv_below() && o.d.max(o.dv) == 128)
+            || (o.q_block == 192 && plan.program().mask.is_none());
+        if o.ws && o.d.max(o.dv) <= 128 && uniform {
+            o.persistent = true;
         }
         o
     }
@@ -452,15 +474,18 @@ impl PtxOptions {
             format!(" lpt={}", self.lpt_group)
         } else {
             String::new()
-        } + match self.kv_cache {
-            KvCache::Contiguous => "",
-            KvCache::Paged => " kv=paged",
-        } + match self.bwd_dq {
-            BwdDq::Separate => "",
-            BwdDq::Ordered => " dq=ordered",
-            BwdDq::Atomic => " dq=atomic",
-            BwdDq::OrderedBulk => " dq=ordered-bulk",
-        } + if self.float_positions { " fpos" } else { "" }
+        } + if self.persistent { " persistent" } else { "" }
+            + match self.kv_cache {
+                KvCache::Contiguous => "",
+                KvCache::Paged => " kv=paged",
+            }
+            + match self.bwd_dq {
+                BwdDq::Separate => "",
+                BwdDq::Ordered => " dq=ordered",
+                BwdDq::Atomic => " dq=atomic",
+                BwdDq::OrderedBulk => " dq=ordered-bulk",
+            }
+            + if self.float_positions { " fpos" } else { "" }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
         // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk
@@ -487,6 +512,11 @@ impl PtxOptions {
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
                 self.m_tiles, self.q_block
             )));
+        }
+        if self.persistent && !self.ws {
+            return Err(LlvmError::Unsupported(
+                "persistent CTAs are an option of the warp-specialized kernel (ws)".into(),
+            ));
         }
         if self.overlap && self.mma != Mma::Wgmma {
             return Err(LlvmError::Unsupported(
@@ -604,6 +634,8 @@ pub enum KernelParam {
     Hkv,
     /// Number of q blocks (`ceil(Lq / q_block)`), also the rows of each map.
     NumQBlocks,
+    /// `B` (the persistent warp-specialized forward: its tiles are NumQBlocks x Hq x B).
+    Batch,
     /// Map index of slice (b, h) is `b * MapBStride + h * MapHStride` (table kernels).
     MapBStride,
     MapHStride,

@@ -43,7 +43,11 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
                 threads,
                 smem_bytes,
                 params: kernel::param_list(p, &kv_bounds, opts),
-                grid: [GridDim::QBlocks, GridDim::Heads, GridDim::Batches],
+                grid: if opts.persistent {
+                    [GridDim::Persistent, GridDim::One, GridDim::One]
+                } else {
+                    [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]
+                },
                 kv_bounds,
                 table_skip: None,
             })

@@ -116,6 +116,8 @@ fn dump_ptx() {
             (128, InputType::Bf16, false, 2),
             (64, InputType::Bf16, false, 2),
             (128, InputType::Bf16, false, 3),
+            (128, InputType::Bf16, false, 4),
+            (64, InputType::Bf16, false, 4),
         ] {
             let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
             if wg == 1 {
@@ -127,6 +129,14 @@ fn dump_ptx() {
                     lpt_group: 8,
                     ..opts.warp_specialized(128, 2)
                 };
+            } else if wg == 4 {
+                // persistent CTAs (three consumers at D64)
+                opts = PtxOptions {
+                    lpt_group: 8,
+                    persistent: true,
+                    q_block: if d == 64 { 192 } else { 128 },
+                    ..opts.warp_specialized(128, 2)
+                };
             }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
@@ -135,7 +145,7 @@ fn dump_ptx() {
                 p.name,
                 ty.name(),
                 if checked { "_checked" } else { "" },
-                ["", "_wgmma", "_ws", "_ws_lpt"][wg]
+                ["", "_wgmma", "_ws", "_ws_lpt", "_ws_persistent"][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -314,6 +324,59 @@ fn lpt_order_reads_the_grid_size_and_changes_only_the_place() {
         (b.threads, b.smem_bytes, &b.params)
     );
     assert_eq!(b.ptx, emit(&samples::causal(), &lpt).unwrap().ptx);
+}
+
+/// The persistent warp-specialized kernel: a grid of `min(tiles, SMs)` CTAs walking the
+/// tiles (`nctaid.x` strides, B as a parameter), one more mbarrier (q_empty), on every
+/// sample and both consumer counts; refused without `ws`.
+#[test]
+fn persistent_ws_kernel_walks_the_tiles() {
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let pers = PtxOptions {
+        persistent: true,
+        ..base
+    };
+    assert_ne!(base.key(), pers.key());
+    let d64 = PtxOptions {
+        q_block: 192,
+        persistent: true,
+        ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
+    };
+    for p in samples::all(16) {
+        for (o, lpt) in [(pers, 0), (pers, 8), (d64, 0)] {
+            let o = PtxOptions {
+                lpt_group: lpt,
+                ..o
+            };
+            let (a, b) = (
+                emit(
+                    &p,
+                    &PtxOptions {
+                        persistent: false,
+                        ..o
+                    },
+                )
+                .unwrap(),
+                emit(&p, &o).unwrap(),
+            );
+            assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+            assert_eq!(a.grid, [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]);
+            assert_eq!(b.params.last(), Some(&KernelParam::Batch), "{}", p.name);
+            assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
+            assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+            assert!(b.ptx.contains("%nctaid.x") && !a.ptx.contains("%nctaid.x"));
+            assert!(!b.ptx.contains("%ctaid.y") && !b.ptx.contains("%nctaid.z"));
+            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+        }
+    }
+    let plain = PtxOptions {
+        persistent: true,
+        ..base.wgmma()
+    };
+    assert!(matches!(
+        emit(&samples::dense(), &plain),
+        Err(LlvmError::Unsupported(_))
+    ));
 }
 
 #[test]
@@ -578,6 +641,22 @@ fn binding_options_follow_the_plan() {
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 8));
     let o = at(&dense, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 0));
+    // persistent CTAs: no mask at D64 (three consumers) and bands at D128 only
+    assert!(o.persistent);
+    let persistent = |p: &Plan, o: PtxOptions| at(p, o, 4096).persistent;
+    assert!(persistent(&band, d128));
+    for (p, o) in [
+        (&band, d64),
+        (&causal, d64),
+        (&softcap, d64),
+        (&bias, d64),
+        (&dense, d128),
+        (&causal, d128),
+        (&doc, d128),
+        (&bias, d128),
+    ] {
+        assert!(!persistent(p, o), "{o:?}");
+    }
     let o = at(&band, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
     let o = at(&doc, d64, 4096);

@@ -160,6 +160,7 @@ fn vars4<'ctx>(g: &Gpu<'ctx>, init: FloatValue<'ctx>) -> R<[Var<'ctx>; 4]> {
 
 /// A register tile of m16n8 f32 accumulators, `[m-tile][n8 tile]`, held in mutable
 /// locals (promoted to registers) so that it lives across blocks and branches.
+#[derive(Clone)]
 pub(crate) struct AccTile<'ctx> {
     pub tiles: Vec<Vec<[Var<'ctx>; 4]>>,
 }
@@ -241,6 +242,7 @@ impl<'ctx> AccTile<'ctx> {
 
 /// One f32 per accumulator row of this thread: `[m-tile][row half]` (rows `lane / 4`
 /// and `lane / 4 + 8`), e.g. the running max or sum of the online softmax.
+#[derive(Clone)]
 pub(crate) struct RowState<'ctx> {
     pub rows: Vec<[Var<'ctx>; 2]>,
 }
@@ -261,6 +263,7 @@ pub(crate) fn split4<'ctx>(acc: &[FloatValue<'ctx>]) -> AccValues<'ctx> {
 
 /// A fragments held in mutable locals (P of the previous block on the overlapped wgmma
 /// path): one [`Frag`] per 16 kv columns.
+#[derive(Clone)]
 pub(crate) struct FragRegs<'ctx> {
     pub frags: Vec<[Var<'ctx>; 4]>,
 }

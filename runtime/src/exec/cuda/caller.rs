@@ -368,6 +368,7 @@ fn call_args(
     a.i32(P::Hq, shape.hq as i32);
     a.i32(P::Hkv, shape.hkv as i32);
     a.i32(P::NumQBlocks, nq as i32);
+    a.i32(P::Batch, shape.b as i32);
     a.i32(P::KvAllPartial, 0);
     a.scalar(P::Scale, Arg::F32(scale));
     a.extent(
