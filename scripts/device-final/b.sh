@@ -6,14 +6,15 @@ for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; ch
 (bash .fa4a/install.sh a 2>&1 | tail -1) &
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
-ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtg,192x128xt,192x128xtg,128x64xt,128x64xtg} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtg,128x128xtz,192x128xt,192x128xtg,192x128xtz,128x64xt,128x64xtg} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
-echo "=== GQA B1 Hq32 Hkv8 L16384 D128"
+echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
 for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"
-  timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | grep "TFLOP" | sed 's/compile.*(front/(front/' | cut -c1-200; done
+  timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | grep "TFLOP" | sed 's/compile.*(front/(front/' | cut -c1-200
+  echo "  min rule: $(ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed 's/.*bf16, //' | cut -c1-120)"; done
 echo "=== D256 B2 H16 L8192 (runtime choice)"
 for ex in dense causal softcap_sliding; do timeout 40 $B/attnc bench examples/$ex.attn --backend cuda --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 256 --iters 10 2>&1 | grep TFLOP | cut -c1-200; done
 echo "attnc benches: $(( $(date +%s) - t0 )) s"
