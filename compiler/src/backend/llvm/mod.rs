@@ -238,7 +238,9 @@ pub struct PtxOptions {
     /// `hopper::for_each_tile`), so that the producer loads the
     /// next tile's Q, K and V while the consumers finish the last P V and store O
     /// (the prologue and epilogue of one tile hide under the other's products). Needs
-    /// [`KernelParam::Batch`]. Off by default.
+    /// [`KernelParam::Batch`]. Off in `new`; [`Self::for_binding`] turns it on where every
+    /// tile has the same short work (bands at D128, no mask on the D64 three-consumer
+    /// kernel).
     pub persistent: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
