@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench (the default on every variant at both shapes; other schemes on three). Logs are copied to $OUT.
+# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths, WGMMA=0 leaves out the plain wgmma one; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench (the default on every variant at both shapes; other schemes on three). Logs are copied to $OUT.
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fa; rm -rf /tmp/fo; mkdir -p $B /tmp/fo
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
@@ -8,7 +8,7 @@ T=${T:-170}; t0=$(date +%s)
 run() { local name=$1; shift; ( "$@" > /tmp/fo/$name.log 2>&1; echo "rc=$?" >> /tmp/fo/$name.log ) & }
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-final ATTNC_EXAMPLES=$PWD/examples
 for b in $B/*; do n=$(basename $b); case $n in
-  gpu) ATTNC_GPU_MMA=sync run gpu_sync timeout $T $b; ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $T $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $T $b;;
+  gpu) ATTNC_GPU_MMA=sync run gpu_sync timeout $T $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $T $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $T $b;;
   gpu_random) ATTNC_CASES=${CASES:-15} run gpu_random timeout $T $b;;
   gpu_backward) run gpu_backward timeout $T $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $T $b
     run racecheck_bwd_fused timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize
