@@ -136,6 +136,8 @@ impl Bound {
         let variant = self.variant().clone();
         let program = variant.program();
         let dlse_f = dlse.map(|x| x.to_f32());
+        // dQ, dK, dV written by the CPU kernel straight into the output tensors (f32)
+        let mut direct: Option<[Tensor; 3]> = None;
         let grads = match opts.backend {
             crate::api::Backend::Reference => attnc_compiler::reference_grad::backward(
                 program,
@@ -181,21 +183,56 @@ impl Bound {
                 let state = self.extension::<BackwardState>();
                 let kern = state.cpu.as_ref().expect("compiled above");
                 let workers = crate::exec::pool::pool(opts.threads);
-                kern.run(
-                    &s,
-                    &f32s(q),
-                    &f32s(k),
-                    &f32s(v),
-                    &f32s(o),
-                    &f32s(lse),
-                    &f32s(dout),
-                    dlse_f.as_deref(),
-                    scale,
-                    &bindings,
-                    &maps,
-                    workers,
-                )
-                .map_err(cpu_err)?
+                let (qf, kf, vf) = (f32s(q), f32s(k), f32s(v));
+                let (of, lf, df) = (f32s(o), f32s(lse), f32s(dout));
+                let inputs = [&qf[..], &kf[..], &vf[..], &of[..], &lf[..], &df[..]];
+                // f32 outputs: zeroed tensors (fresh pages, first touched by the
+                // kernel's threads) written in place; other dtypes converted below
+                let zeros = |shape: Vec<usize>, n: usize| {
+                    Tensor::from_bytes(shape, DType::F32, vec![0u8; n * 4])
+                };
+                let mut outs = (dt == DType::F32)
+                    .then(|| {
+                        Some([
+                            zeros(vec![s.b, s.hq, s.lq, s.d], s.q_len())?,
+                            zeros(vec![s.b, s.hkv, s.lkv, s.d], s.k_len())?,
+                            zeros(vec![s.b, s.hkv, s.lkv, s.dv], s.v_len())?,
+                        ])
+                    })
+                    .flatten();
+                let run = |out: [&mut [f32]; 3]| {
+                    let (d, l) = (dlse_f.as_deref(), (&bindings, &maps));
+                    kern.run_into(&s, inputs, d, scale, l.0, l.1, workers, out)
+                };
+                match outs
+                    .as_mut()
+                    .map(|[a, b, c]| [a.f32_slice_mut(), b.f32_slice_mut(), c.f32_slice_mut()])
+                {
+                    Some([Some(dq), Some(dk), Some(dv)]) => {
+                        let c = run([dq, dk, dv]).map_err(cpu_err)?;
+                        direct = outs;
+                        attnc_compiler::backend::cranelift::backward::Gradients {
+                            dq: Vec::new(),
+                            dk: Vec::new(),
+                            dv: Vec::new(),
+                            tensors: c.tensors,
+                            params: c.params,
+                        }
+                    }
+                    _ => {
+                        let mut g = [s.q_len(), s.k_len(), s.v_len()].map(|n| vec![0f32; n]);
+                        let [dq, dk, dv] = &mut g;
+                        let c = run([dq, dk, dv]).map_err(cpu_err)?;
+                        let [dq, dk, dv] = g;
+                        attnc_compiler::backend::cranelift::backward::Gradients {
+                            dq,
+                            dk,
+                            dv,
+                            tensors: c.tensors,
+                            params: c.params,
+                        }
+                    }
+                }
             }
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
@@ -229,10 +266,17 @@ impl Bound {
             .zip(grads.params)
             .filter_map(|(info, g)| g.map(|g| (info.name.clone(), g)))
             .collect();
+        let [dq, dk, dv] = direct.unwrap_or_else(|| {
+            [
+                Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.d], &grads.dq, dt),
+                Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.d], &grads.dk, dt),
+                Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.dv], &grads.dv, dt),
+            ]
+        });
         Ok(Gradients {
-            dq: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.d], &grads.dq, dt),
-            dk: Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.d], &grads.dk, dt),
-            dv: Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.dv], &grads.dv, dt),
+            dq,
+            dk,
+            dv,
             tensors,
             params,
         })

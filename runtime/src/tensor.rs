@@ -203,6 +203,22 @@ impl Tensor {
         // read as the tensor's values; the slice borrows `self`.
         Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) })
     }
+
+    /// [`f32_slice`](Self::f32_slice), writable: the values of an f32 tensor in place
+    /// (`None` for other dtypes, on big-endian hosts, or when the bytes are not 4-aligned).
+    pub fn f32_slice_mut(&mut self) -> Option<&mut [f32]> {
+        let b = &mut self.bytes;
+        if self.dtype != DType::F32
+            || cfg!(target_endian = "big")
+            || b.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0
+        {
+            return None;
+        }
+        // SAFETY: as in `f32_slice`; the slice borrows `self` mutably, and every bit
+        // pattern written through it is a valid f32 (and bytes).
+        Some(unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<f32>(), b.len() / 4) })
+    }
+
     /// Every element as f32 (integers converted).
     pub fn to_f32(&self) -> Vec<f32> {
         let b = &self.bytes;

@@ -401,3 +401,170 @@ fn backward_errors_are_clear() {
     assert!(cpu.check_differentiable("cap").is_ok());
     assert!(cpu.check_differentiable("nope").is_err());
 }
+
+/// dQ summed over many chunks of one (b, kv head): one kv head and 12 kv tiles give 12
+/// chunks of one tile each, whose partials are added in chunk order by whichever item
+/// completes the sequence; under a causal mask the first chunks cost the most and finish
+/// last. Against the oracle, and bit-identical on 1, 2 and 7 threads.
+#[test]
+fn dq_partials_of_many_chunks_add_in_chunk_order_on_any_thread_count() {
+    let var = variant(
+        "mask c(b, h, q, kv) { kv <= q + 20 } attention a { mask = c; }",
+        "a",
+    );
+    let shape = Shape {
+        b: 1,
+        hq: 3,
+        hkv: 1,
+        lq: 700,
+        lkv: 740,
+        d: 64,
+        dv: 64,
+    };
+    let caps = Captures::default();
+    let c = case(&shape, 8, false);
+    let worst = compare("many chunks", &var, shape, &caps, &c);
+    eprintln!("many chunks: worst relative error {worst:e}");
+    let a = gradient_bits(&var, shape, &caps, &c, 1, None);
+    for threads in [2, 7] {
+        assert!(
+            a == gradient_bits(&var, shape, &caps, &c, threads, None),
+            "{threads} threads differ from 1"
+        );
+    }
+}
+
+/// The kernel's `run_into` writes every element of the outputs it is given (here filled
+/// with NaN) and gives `run`'s bits; outputs of the wrong length are refused by name.
+#[test]
+fn run_into_overwrites_its_outputs_and_checks_their_lengths() {
+    use attnc_compiler::backend::cranelift::CpuOptions;
+    use attnc_compiler::backend::cranelift::backward::compile_backward;
+    use attnc_compiler::backend::cranelift::workers::Scoped;
+    let var = variant(SRC, "a");
+    let shape = Shape {
+        b: 1,
+        hq: 4,
+        hkv: 2,
+        lq: 150,
+        lkv: 131,
+        d: 64,
+        dv: 64,
+    };
+    let caps = src_captures(&shape, 4);
+    let c = case(&shape, 4, true);
+    let mut cpu = bind(&var, Backend::Cpu, shape, 2);
+    let fwd = cpu.forward(&c.q, &c.k, &c.v, &caps).unwrap();
+    let bindings = cpu.bindings(&caps).unwrap();
+    let maps = cpu.plan().block_maps(&shape, 64, 64, &bindings).unwrap();
+    let kern = compile_backward(var.program(), &CpuOptions::default()).unwrap();
+    let (q, k, v) = (c.q.to_f32(), c.k.to_f32(), c.v.to_f32());
+    let (o, lse, dout) = (fwd.o.to_f32(), fwd.lse.to_f32(), c.dout.to_f32());
+    let dlse = c.dlse.as_ref().map(|x| x.to_f32());
+    let scale = shape.default_scale();
+    let want = kern
+        .run(
+            &shape,
+            &q,
+            &k,
+            &v,
+            &o,
+            &lse,
+            &dout,
+            dlse.as_deref(),
+            scale,
+            &bindings,
+            &maps,
+            &Scoped(3),
+        )
+        .unwrap();
+    let inputs = [&q[..], &k[..], &v[..], &o[..], &lse[..], &dout[..]];
+    let mut out = [shape.q_len(), shape.k_len(), shape.v_len()].map(|n| vec![f32::NAN; n]);
+    let [dq, dk, dv] = &mut out;
+    let caps_g = kern
+        .run_into(
+            &shape,
+            inputs,
+            dlse.as_deref(),
+            scale,
+            &bindings,
+            &maps,
+            &Scoped(2),
+            [dq, dk, dv],
+        )
+        .unwrap();
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert!(want.dq.iter().any(|x| *x != 0.0) && want.dk.iter().any(|x| *x != 0.0));
+    assert!(bits(&out[0]) == bits(&want.dq), "dq differs from run's");
+    assert!(bits(&out[1]) == bits(&want.dk), "dk differs from run's");
+    assert!(bits(&out[2]) == bits(&want.dv), "dv differs from run's");
+    assert_eq!(caps_g.tensors, want.tensors);
+    assert_eq!(caps_g.params, want.params);
+    let mut short = vec![0f32; shape.k_len() - 1];
+    let [dq, _, dv] = &mut out;
+    let e = kern
+        .run_into(
+            &shape,
+            inputs,
+            dlse.as_deref(),
+            scale,
+            &bindings,
+            &maps,
+            &Scoped(2),
+            [dq, &mut short, dv],
+        )
+        .expect_err("a short dk");
+    assert!(e.to_string().contains("dk"), "{e}");
+}
+
+/// bf16 inputs take the runtime's converting path (the kernel's f32 outputs rounded to
+/// bf16), f32 inputs the in-place one: with the same values (bf16 inputs widened to f32,
+/// the same O and LSE) the two agree bit for bit after rounding.
+#[test]
+fn bf16_and_f32_outputs_of_the_cpu_backward_agree() {
+    let var = variant(SRC, "a");
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 90,
+        lkv: 77,
+        d: 64,
+        dv: 64,
+    };
+    let caps = src_captures(&shape, 9);
+    let c = case(&shape, 9, false);
+    let h = |t: &Tensor| Tensor::from_f32_as(t.shape().to_vec(), &t.to_f32(), DType::BF16);
+    let (qh, kh, vh, doh) = (h(&c.q), h(&c.k), h(&c.v), h(&c.dout));
+    let w = |t: &Tensor| Tensor::from_f32(t.shape().to_vec(), &t.to_f32());
+    let mut o16 = BindOptions::new(Backend::Cpu, shape, DType::BF16);
+    o16.threads = 2;
+    let mut b16 = var.bind(o16).unwrap();
+    let fwd = b16.forward(&qh, &kh, &vh, &caps).unwrap();
+    let g16 = b16
+        .backward(&qh, &kh, &vh, &fwd.o, &fwd.lse, &doh, None, &caps)
+        .unwrap();
+    let mut b32 = bind(&var, Backend::Cpu, shape, 2);
+    let g32 = b32
+        .backward(
+            &w(&qh),
+            &w(&kh),
+            &w(&vh),
+            &w(&fwd.o),
+            &fwd.lse,
+            &w(&doh),
+            None,
+            &caps,
+        )
+        .unwrap();
+    for (name, a, b) in [
+        ("dq", &g16.dq, &g32.dq),
+        ("dk", &g16.dk, &g32.dk),
+        ("dv", &g16.dv, &g32.dv),
+    ] {
+        assert_eq!(a.dtype(), DType::BF16, "{name}");
+        assert_eq!(b.dtype(), DType::F32, "{name}");
+        assert_eq!(a, &h(b), "{name}");
+        assert!(b.to_f32().iter().any(|x| *x != 0.0), "{name} all zero");
+    }
+}

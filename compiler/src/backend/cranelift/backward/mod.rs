@@ -28,10 +28,19 @@
 //!
 //! Determinism: dK and dV rows belong to one item and are accumulated in a fixed order.
 //! dQ and the capture/param gradients are per-item partials, summed over items in item
-//! order (for each (b, kv head), chunks ascending), then dQ is scaled. The chunking
-//! (`chunks`) depends on the shape only, so the result is bit-identical for any thread
-//! count. Memory: the dQ partials, one `|Q|` per chunk (at most 256 MiB), kept by the
-//! kernel between calls; per thread, a dense scratch as large as each differentiable
+//! order (for each (b, kv head), chunks ascending). The dQ partials (`dS·(scale·K)`, so
+//! the sum needs no scaling pass) are added while the other items still run: an item
+//! that finds every earlier chunk of its (b, kv head) added adds its own partial and
+//! then those of the later chunks that are already done (`Chain`), so each dQ row is
+//! `((0 + p₀) + p₁) + …` over the chunks that reach it, whichever thread adds what. The
+//! chunking (`chunks`) depends on the shape only, so the result is bit-identical for any
+//! thread count.
+//!
+//! Memory: dQ, dK and dV are written in place into the caller's slices
+//! ([`CpuBackward::run_into`]; the runtime passes its output tensors' memory, whose
+//! first touch is then spread over the worker threads). The dQ partials (one `|Q|` per
+//! chunk, at most 256 MiB), `scale·Q` and Δ are kept by the kernel between calls (no
+//! fresh pages per call); per thread, a dense scratch as large as each differentiable
 //! captured tensor.
 
 pub mod elem;
@@ -70,6 +79,14 @@ pub struct Gradients {
     pub params: Vec<Option<f32>>,
 }
 
+/// The gradients of the captures and params of one [`CpuBackward::run_into`] call
+/// (as in [`Gradients`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaptureGradients {
+    pub tensors: Vec<Option<Vec<f32>>>,
+    pub params: Vec<Option<f32>>,
+}
+
 /// A compiled backward kernel.
 pub struct CpuBackward {
     /// Owns the executable memory of `entry`.
@@ -80,9 +97,20 @@ pub struct CpuBackward {
     opts: CpuOptions,
     /// The tile bodies' build: 0 portable, 1 AVX2+FMA, 2 AVX-512F.
     simd: u8,
-    /// The dQ partials of the last call, kept for the next (a call that finds it busy
-    /// allocates its own): reused memory instead of fresh pages on every call.
-    dq_ws: Mutex<Vec<f32>>,
+    /// The per-call buffers of the last call, kept for the next (a call that finds it
+    /// busy allocates its own): reused memory instead of fresh pages on every call.
+    ws: Mutex<Workspace>,
+}
+
+/// The buffers a call needs besides its outputs (module docs, Memory).
+#[derive(Default)]
+struct Workspace {
+    /// The items' dQ partials (`part_len` floats each).
+    parts: Vec<f32>,
+    /// `scale·Q`.
+    qs: Vec<f32>,
+    /// `Δ = rowsum(dO∘O) − dLSE` per query row.
+    delta: Vec<f32>,
 }
 
 impl Drop for CpuBackward {
@@ -161,7 +189,7 @@ pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackw
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
         },
-        dq_ws: Mutex::new(Vec::new()),
+        ws: Mutex::new(Workspace::default()),
     })
 }
 
@@ -196,6 +224,9 @@ struct Scratch {
     /// `Kᵀ`, `Vᵀ` of the item's kv tiles (`[tile][d][bkv]`, `[tile][dv][bkv]`).
     kt: Vec<f32>,
     vt: Vec<f32>,
+    /// `scale·K` of the item's kv tiles, row-major (`[tile][bkv][d]`): the B operand of
+    /// the dQ partials, which then need no scaling when they are summed.
+    ks: Vec<f32>,
     s: Vec<f32>,
     dp: Vec<f32>,
     ds: Vec<f32>,
@@ -208,12 +239,22 @@ struct Scratch {
 /// What one work item (b, kv head, chunk of kv tiles) produces besides the dK, dV rows
 /// of the chunk's keys (written in place).
 struct KvItem {
-    /// `(first row, rows)` of its dQ partial: unscaled `dS·K` of the chunk's keys for
-    /// those rows of each of the group's query heads (`[group][rows][d]`, in the
-    /// workspace at `item · group · lq · d`).
-    dq_rows: (usize, usize),
     caps: Vec<Vec<(u32, f32)>>,
     params: Vec<f32>,
+}
+
+/// The order of one (b, kv head)'s dQ partials: the next chunk to add, whether an item
+/// is adding, and per chunk, once its item is done, `(first row, rows)` of its partial
+/// (`dS·(scale·K)` of the chunk's keys for those rows of each of the group's query heads,
+/// `[group][rows][d]` in the workspace at `item · group · lq · d`).
+struct Chain {
+    next: usize,
+    busy: bool,
+    ready: Vec<Option<(usize, usize)>>,
+}
+
+fn lock_chain(m: &Mutex<Chain>) -> MutexGuard<'_, Chain> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The most memory the per-item dQ partials may take (bytes).
@@ -267,7 +308,48 @@ impl CpuBackward {
         workers: &dyn Workers,
     ) -> Result<Gradients, CpuError> {
         shape.validate()?;
+        let mut dq = vec![0f32; shape.q_len()];
+        let mut dk = vec![0f32; shape.k_len()];
+        let mut dv = vec![0f32; shape.v_len()];
+        let caps = self.run_into(
+            shape,
+            [q, k, v, o, lse, dout],
+            dlse,
+            scale,
+            bind,
+            maps,
+            workers,
+            [&mut dq, &mut dk, &mut dv],
+        )?;
+        Ok(Gradients {
+            dq,
+            dk,
+            dv,
+            tensors: caps.tensors,
+            params: caps.params,
+        })
+    }
+
+    /// [`run`](Self::run) writing dQ, dK, dV into `out` (`[dq, dk, dv]`, the lengths of
+    /// Q, K, V; every element is written, whatever it held) — e.g. straight into the
+    /// caller's output tensors, without a copy. `inputs` is `[q, k, v, o, lse, dout]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_into(
+        &self,
+        shape: &Shape,
+        [q, k, v, o, lse, dout]: [&[f32]; 6],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        maps: &BlockMaps,
+        workers: &dyn Workers,
+        [gdq, gdk, gdv]: [&mut [f32]; 3],
+    ) -> Result<CaptureGradients, CpuError> {
+        shape.validate()?;
         for (what, expected, got) in [
+            ("dq", shape.q_len(), gdq.len()),
+            ("dk", shape.k_len(), gdk.len()),
+            ("dv", shape.v_len(), gdv.len()),
             ("q", shape.q_len(), q.len()),
             ("k", shape.k_len(), k.len()),
             ("v", shape.v_len(), v.len()),
@@ -306,20 +388,46 @@ impl CpuBackward {
             dv,
         } = *shape;
         let group = hq / hkv;
-        // Δ = rowsum(dO∘O) − dLSE, and scale·Q: the A operand of S (the forward's
-        // `(scale·q)·k`) and the B operand of dK = dSᵀ·(scale·Q); blocks of rows in
-        // parallel
+        let nqb = lq.div_ceil(bq);
+        let nkvb = lkv.div_ceil(bkv);
+        let kv_heads = nb * hkv;
+        let nchunks = chunks(kv_heads, nkvb, q.len());
+        let tpc = nkvb.div_ceil(nchunks);
+        let nchunks = nkvb.div_ceil(tpc);
+        let items = kv_heads * nchunks;
+        // the buffers: kept between calls unless another call holds them or the dQ
+        // partials (`part_len` floats per item: `[group][rows][d]` for the rows its tiles
+        // reach) would exceed DQ_PARTIALS_BYTES (then memory of this call only)
+        let part_len = group * lq * d;
+        let keep = items * part_len * 4 <= DQ_PARTIALS_BYTES;
+        let mut ws_kept = if keep { self.ws.try_lock().ok() } else { None };
+        let mut ws_fresh = Workspace::default();
+        let ws: &mut Workspace = ws_kept.as_deref_mut().unwrap_or(&mut ws_fresh);
         let nrows = shape.lse_len();
-        let mut delta = vec![0f32; nrows];
-        let mut qs = vec![0f32; q.len()];
+        for (buf, n) in [
+            (&mut ws.parts, items * part_len),
+            (&mut ws.qs, q.len()),
+            (&mut ws.delta, nrows),
+        ] {
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
+        }
+        let Workspace { parts, qs, delta } = ws;
+        let (delta, qs) = (&mut delta[..nrows], &mut qs[..q.len()]);
+        // Δ = rowsum(dO∘O) − dLSE, and scale·Q: the A operand of S (the forward's
+        // `(scale·q)·k`) and the B operand of dK = dSᵀ·(scale·Q); dQ zeroed (the dQ
+        // partials are added to it); blocks of rows in parallel
         {
-            let dp = pieces(&mut delta, ROWS);
-            let qp = pieces(&mut qs, ROWS * d);
+            let dp = pieces(delta, ROWS);
+            let qp = pieces(qs, ROWS * d);
+            let zp = pieces(gdq, ROWS * d);
             par_for(nrows.div_ceil(ROWS), workers, &|blk| {
                 let r0 = blk * ROWS;
                 for (y, x) in lock(&qp[blk]).iter_mut().zip(&q[r0 * d..]) {
                     *y = scale * *x;
                 }
+                lock(&zp[blk]).fill(0.0);
                 for (i, y) in lock(&dp[blk]).iter_mut().enumerate() {
                     let r = r0 + i;
                     let s: f32 = dout[r * dv..][..dv]
@@ -331,20 +439,15 @@ impl CpuBackward {
                 }
             })?;
         }
-        let nqb = lq.div_ceil(bq);
-        let nkvb = lkv.div_ceil(bkv);
+        let (qs, delta) = (&*qs, &*delta);
         let nreads = self.grad.reads.len();
         let nparts = nreads + self.grad.params.len();
         let has_score = self.program.score.is_some();
         let has_mask = self.program.mask.is_some();
-        let kv_heads = nb * hkv;
-        let nchunks = chunks(kv_heads, nkvb, q.len());
-        let tpc = nkvb.div_ceil(nchunks);
-        let nchunks = nkvb.div_ceil(tpc);
-        let items = kv_heads * nchunks;
         let make_scratch = || Scratch {
             kt: vec![0.0; tpc * d * bkv],
             vt: vec![0.0; tpc * dv * bkv],
+            ks: vec![0.0; tpc * bkv * d],
             s: vec![0.0; bq * bkv],
             dp: vec![0.0; bq * bkv],
             ds: vec![0.0; bq * bkv],
@@ -437,29 +540,24 @@ impl CpuBackward {
         // ---- one pass over (b, kv head, chunk of kv tiles): dK, dV of the chunk's keys,
         // a partial dQ (the chunk's keys' share), capture/param partials
         let grad = &self.grad;
-        // the dQ partials: `part_len` floats per item (`[group][rows][d]` for the rows its
-        // tiles reach), in the kept workspace unless another call holds it or it would
-        // exceed DQ_PARTIALS_BYTES (then in memory of this call only)
-        let part_len = group * lq * d;
-        let keep = items * part_len * 4 <= DQ_PARTIALS_BYTES;
-        let mut ws_kept = if keep {
-            self.dq_ws.try_lock().ok()
-        } else {
-            None
-        };
-        let mut ws_fresh = Vec::new();
-        let ws: &mut Vec<f32> = ws_kept.as_deref_mut().unwrap_or(&mut ws_fresh);
-        if ws.len() < items * part_len {
-            ws.resize(items * part_len, 0.0);
-        }
-        let parts = pieces(&mut ws[..items * part_len], part_len);
+        let parts = pieces(&mut parts[..items * part_len], part_len);
+        // dQ: the rows of each (b, kv head)'s query heads, and the order its chunks'
+        // partials are added in
+        let dq_p = pieces(gdq, part_len);
+        let chain: Vec<Mutex<Chain>> = (0..kv_heads)
+            .map(|_| {
+                Mutex::new(Chain {
+                    next: 0,
+                    busy: false,
+                    ready: vec![None; nchunks],
+                })
+            })
+            .collect();
         // dK, dV: the rows of each (b, kv head, chunk), in memory order
-        let mut gdk = vec![0f32; k.len()];
-        let mut gdv = vec![0f32; v.len()];
         let chunk_keys = |ch: usize| ((ch + 1) * tpc * bkv).min(lkv) - ch * tpc * bkv;
         let keys = || (0..kv_heads).flat_map(|_| (0..nchunks).map(chunk_keys));
-        let dk_p = split(&mut gdk, keys().map(|n| n * d));
-        let dv_p = split(&mut gdv, keys().map(|n| n * dv));
+        let dk_p = split(gdk, keys().map(|n| n * d));
+        let dv_p = split(gdv, keys().map(|n| n * dv));
         let out = par_items(
             items,
             workers,
@@ -472,6 +570,8 @@ impl CpuBackward {
                 let kv_lo = jt0 * bkv;
                 let mut dk = lock(&dk_p[bh * nchunks + ch]);
                 let mut dvv = lock(&dv_p[bh * nchunks + ch]);
+                dk.fill(0.0);
+                dvv.fill(0.0);
                 // the kv tiles of row `it` of head `h`'s map inside the chunk: (range, full)
                 let in_chunk = |h: usize, it: usize| {
                     maps.get(b, h).row(it).iter().filter_map(move |run| {
@@ -494,11 +594,18 @@ impl CpuBackward {
                 } else {
                     (0, 0)
                 };
-                // Kᵀ, Vᵀ of the chunk's tiles (columns past the sequence are never read)
+                // Kᵀ, Vᵀ, scale·K of the chunk's tiles (columns past the sequence are never
+                // read)
                 for jt in jt0..jt1 {
                     let nc = bkv.min(lkv - jt * bkv);
                     let kv0 = bh * lkv + jt * bkv;
                     let slot = jt - jt0;
+                    for (y, x) in sc.ks[slot * bkv * d..][..nc * d]
+                        .iter_mut()
+                        .zip(&k[kv0 * d..][..nc * d])
+                    {
+                        *y = scale * *x;
+                    }
                     pack_t(
                         &k[kv0 * d..][..nc * d],
                         nc,
@@ -530,7 +637,6 @@ impl CpuBackward {
                             for jt in range {
                                 let j0 = jt * bkv;
                                 let nc = bkv.min(lkv - j0);
-                                let kv0 = (b * hkv + hk) * lkv + j0;
                                 let dk_t = &mut dk[(j0 - kv_lo) * d..][..nc * d];
                                 let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
                                 let with_ds = tile(sc, [b, h, it, jt, jt - jt0], full);
@@ -548,7 +654,7 @@ impl CpuBackward {
                                 };
                                 mm(simd, tr(dv), &sc.s, &dout[row0 * dv..][..nr * dv], dv_t);
                                 mm(simd, tr(d), dsf, &qs[row0 * d..][..nr * d], dk_t);
-                                // dQ += dS·K (scaled when the partials are reduced)
+                                // dQ += dS·(scale·K)
                                 let dq_rows = ((h - hk * group) * rows + i0 - row_lo) * d;
                                 mm(
                                     simd,
@@ -563,7 +669,7 @@ impl CpuBackward {
                                         accumulate: true,
                                     },
                                     dsf,
-                                    &k[kv0 * d..][..nc * d],
+                                    &sc.ks[(jt - jt0) * bkv * d..][..nc * d],
                                     &mut dq[dq_rows..][..nr * d],
                                 );
                                 if nparts > 0 {
@@ -588,43 +694,41 @@ impl CpuBackward {
                         None => Vec::new(),
                     })
                     .collect();
+                drop(part);
+                // dQ += the partials of (b, kv head) in chunk order, each added by the
+                // item that completes the sequence so far (while the other items run)
+                let mut st = lock_chain(&chain[bh]);
+                st.ready[ch] = Some((row_lo, rows));
+                if !st.busy && st.next == ch {
+                    st.busy = true;
+                    let mut dst = lock(&dq_p[bh]);
+                    loop {
+                        let c = st.next;
+                        let (lo, n) = st.ready[c].expect("the chain adds ready partials only");
+                        drop(st);
+                        let src = lock(&parts[c * kv_heads + bh]);
+                        for g in 0..group {
+                            let y = &mut dst[(g * lq + lo) * d..][..n * d];
+                            for (y, x) in y.iter_mut().zip(&src[g * n * d..][..n * d]) {
+                                *y += *x;
+                            }
+                        }
+                        drop(src);
+                        st = lock_chain(&chain[bh]);
+                        st.next += 1;
+                        if st.next == nchunks || st.ready[st.next].is_none() {
+                            st.busy = false;
+                            break;
+                        }
+                    }
+                }
                 KvItem {
-                    dq_rows: (row_lo, rows),
                     caps,
                     params: pparams,
                 }
             },
         )?;
-        drop((parts, dk_p, dv_p));
-        // dQ = scale·Σ partials, per block of bq rows of one query head (in parallel);
-        // each block sums the chunks that reach it in ascending order
-        let mut gdq = vec![0f32; q.len()];
-        {
-            let ws = &ws[..];
-            let out = &out;
-            let blocks: Vec<Mutex<&mut [f32]>> = gdq
-                .chunks_mut(lq * d)
-                .flat_map(|head| head.chunks_mut(bq * d))
-                .map(Mutex::new)
-                .collect();
-            par_for(blocks.len(), workers, &|idx| {
-                let (head, it) = (idx / nqb, idx % nqb);
-                let (bh, g) = (head / group, head % group);
-                let mut dst = lock(&blocks[idx]);
-                for ch in 0..nchunks {
-                    let item = ch * kv_heads + bh;
-                    let (row_lo, rows) = out[item].dq_rows;
-                    if it * bq < row_lo || it * bq >= row_lo + rows {
-                        continue;
-                    }
-                    let src = &ws[item * part_len + (g * rows + it * bq - row_lo) * d..];
-                    for (y, x) in dst.iter_mut().zip(src) {
-                        *y += *x;
-                    }
-                }
-                dst.iter_mut().for_each(|x| *x *= scale);
-            })?;
-        }
+        drop((parts, dk_p, dv_p, dq_p));
         let mut tgrads: Vec<Option<Vec<f32>>> = bind
             .tensors
             .iter()
@@ -654,10 +758,7 @@ impl CpuBackward {
                 }
             }
         }
-        Ok(Gradients {
-            dq: gdq,
-            dk: gdk,
-            dv: gdv,
+        Ok(CaptureGradients {
             tensors: tgrads,
             params: pgrads,
         })
