@@ -394,7 +394,11 @@ fn elementwise_vec<'p>(
             let ioff = g.b.ins().ishl_imm_u(i, 2);
             let p = g.b.ins().iadd(rowp, ioff);
             let s = g.b.ins().load(types::F32X4, MemFlagsData::trusted(), p, 0);
-            let venv = VEnv { q: qv, s: Some(s) };
+            let venv = VEnv {
+                q: qv,
+                kv: None,
+                s: Some(s),
+            };
             let keep = match (pass, mask.as_deref_mut()) {
                 (Pass::MaskScore, Some(m)) => {
                     m.vforget();

@@ -536,11 +536,15 @@ fn from_word(g: &mut Gen, w: CValue, t: Type) -> CValue {
     }
 }
 
-/// The per-lane arguments of a vector site: 4 consecutive query rows of one key column.
+/// The per-lane arguments of a vector site: 4 consecutive query rows of one key column
+/// (the forward), or 4 consecutive key columns of one query row (the backward's element
+/// function, after [`Lowering::promote_kv`]: `q` splatted, `kv` per lane).
 pub struct VEnv {
     /// `q0 + i + [0, 1, 2, 3]` (i32x4)
     pub q: CValue,
-    /// `Sᵀ[j][i..i+4]` (f32x4)
+    /// `kv0 + j + [0, 1, 2, 3]` (i32x4) at a row site; `None` at a column site.
+    pub kv: Option<CValue>,
+    /// `Sᵀ[j][i..i+4]` (f32x4), or `S[i][j..j+4]` at a row site
     pub s: Option<CValue>,
 }
 
@@ -553,6 +557,29 @@ pub fn vec_type(t: Type) -> cranelift_codegen::ir::Type {
 }
 
 impl<'p> Lowering<'p> {
+    /// Makes every value that depends on the key position per-element (`Both`), for
+    /// vector sites over 4 key columns of one row (`VEnv::kv`); `Q`-level values stay
+    /// scalar (emitted per row, splatted where a vector needs them).
+    pub fn promote_kv(&mut self) {
+        for i in 0..self.f.insts.len() {
+            self.level[i] = match &self.f.insts[i] {
+                Inst::Arg(Arg::Kv) => Level::Both,
+                Inst::Arg(_) | Inst::Load { .. } if self.level[i] == Level::Both => Level::Both,
+                Inst::Arg(_) => self.level[i],
+                inst => inst
+                    .operands()
+                    .iter()
+                    .fold(Level::Inv, |l, v| l.join(self.level[v.index()])),
+            };
+        }
+    }
+
+    /// An emitted value as a vector at the current vector site (splatted if it does not
+    /// vary per element).
+    pub fn vvalue(&mut self, g: &mut Gen, v: Value) -> CValue {
+        self.vop(g, v)
+    }
+
     /// Starts a new vector site.
     pub fn vforget(&mut self) {
         self.vvals.iter_mut().for_each(|v| *v = None);
@@ -620,6 +647,7 @@ impl<'p> Lowering<'p> {
         let ins = self.f.insts[i].clone();
         Ok(match ins {
             Inst::Arg(Arg::S) => venv.s.expect("s at a score site"),
+            Inst::Arg(Arg::Kv) => venv.kv.expect("kv at a row site"),
             Inst::Arg(_)
             | Inst::ConstBool(_)
             | Inst::ConstI32(_)

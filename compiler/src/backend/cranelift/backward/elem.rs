@@ -21,9 +21,15 @@
 //!
 //! The full/partial split is one branch outside the loops (two loop nests). Reads are
 //! clamped exactly as the forward kernel clamps them (`lower.rs`), so a gradient goes
-//! to the element the forward read. Scalar code (no 4-lane sites): the dense products
-//! around it are the backward's cost; scores with transcendental functions pay a libm
-//! call per element.
+//! to the element the forward read.
+//!
+//! Each row runs 4 columns at a time (`vcolumns`: 4-lane vectors by `Lowering::vemit`
+//! after `Lowering::promote_kv`, `q` splatted, `kv` per lane), then the last
+//! `ncols % 4` columns one by one. The vector sites use the forward's fast-mode inline
+//! `exp`/`exp2`/`tanh` (so the recomputed score is the forward's, and a softcap's
+//! `tanh` is no libm call per element); the scalar tail keeps the libm calls. Masked
+//! lanes are selected away after the fact (every lane evaluates the score: reads are
+//! clamped, so that is safe), giving the same planes as the scalar code.
 
 // `x.as_deref_mut()` on an `Option<&mut Lowering>` is the reborrow that lets one lowering
 // serve two loop nests; clippy reads it as a no-op.
@@ -32,7 +38,7 @@
 use super::super::CpuError;
 use super::super::abi::{TensorDesc, off};
 use super::super::builder::Gen;
-use super::super::lower::{Env, Level, Lowering, TensorVals};
+use super::super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
 use crate::grad::ScoreGrad;
 use crate::ir::Program;
 use cranelift_codegen::ir::{
@@ -98,11 +104,13 @@ pub fn generate(
     let call_conv = module.isa().default_call_conv();
     let mut func =
         Function::with_name_signature(UserFuncName::user(0, 0), elem_signature(call_conv));
-    let mut mask = program
-        .mask
-        .as_ref()
-        .map(|f| Lowering::new(f, program, false, 0));
+    let mut mask = program.mask.as_ref().map(|f| {
+        let mut m = Lowering::new(f, program, false, 0);
+        m.promote_kv();
+        m
+    });
     let mut score = Lowering::with_outputs(&grad.func, program, false, 0, &grad.outputs());
+    score.promote_kv();
     {
         let b = FunctionBuilder::new(&mut func, fctx);
         let mut g = Gen::new(b, module, call_conv);
@@ -251,7 +259,12 @@ fn nest<'p>(
         score.emit(g, env, Level::Q)?;
         let row = g.b.ins().imul(i, stride);
         let zero = g.b.ins().iconst(i64t, 0);
-        g.for_range(zero, ncols, |g, j| {
+        // 4 columns at a time, then the rest one by one
+        let n4 = g.b.ins().band_imm_s(ncols, -4);
+        g.for_step(zero, n4, 4, |g, j| {
+            vcolumns(g, env, grad, mask.as_deref_mut(), score, pl, kv0, row, j)
+        })?;
+        g.for_range(n4, ncols, |g, j| {
             let kv = g.b.ins().iadd(kv0, j);
             env.kv = Some(g.b.ins().ireduce(types::I32, kv));
             let idx = g.b.ins().iadd(row, j);
@@ -284,6 +297,108 @@ fn nest<'p>(
             Ok(())
         })
     })
+}
+
+/// Elements `j..j + 4` of the row at `row` (a multiple of 4 below `ncols`) as 4-lane
+/// vectors: the mask, score, derivative and partials by `Lowering::vemit` (inline `exp`,
+/// `exp2`, `tanh`: the forward's fast-mode functions), then the same planes as
+/// [`write_kept`] / [`write_masked`] per lane.
+#[allow(clippy::too_many_arguments)]
+fn vcolumns<'p>(
+    g: &mut Gen,
+    env: &Env,
+    grad: &ScoreGrad,
+    mask: Option<&mut Lowering<'p>>,
+    score: &mut Lowering<'p>,
+    pl: &Planes,
+    kv0: Value,
+    row: Value,
+    j: Value,
+) -> Result<(), CpuError> {
+    let fl = MemFlagsData::new().with_notrap();
+    let kv = g.b.ins().iadd(kv0, j);
+    let kv = g.b.ins().ireduce(types::I32, kv);
+    let kv = g.b.ins().splat(types::I32X4, kv);
+    let iota = g.iota();
+    let kv = g.b.ins().iadd(kv, iota);
+    let q = env.q.expect("q at a row");
+    let q = g.b.ins().splat(types::I32X4, q);
+    let idx = g.b.ins().iadd(row, j);
+    let s_addr = addr(g, pl.s, idx, 2);
+    let s = g.b.ins().load(types::F32X4, fl, s_addr, 0);
+    let venv = VEnv {
+        q,
+        kv: Some(kv),
+        s: Some(s),
+    };
+    let keep = match mask {
+        Some(m) => {
+            m.vforget();
+            m.vemit(g, env, &venv)?;
+            Some(m.vret(g))
+        }
+        None => None,
+    };
+    score.vforget();
+    score.vemit(g, env, &venv)?;
+    let zero = g.b.ins().f32const(0.0);
+    let zero = g.b.ins().splat(types::F32X4, zero);
+    let kept = |g: &mut Gen, v: Value, other: Value| match keep {
+        Some(k) => vselect(g, k, v, other),
+        None => v,
+    };
+    let sc = score.vvalue(g, grad.score);
+    let ninf = g.b.ins().f32const(f32::NEG_INFINITY);
+    let ninf = g.b.ins().splat(types::F32X4, ninf);
+    let sc = kept(g, sc, ninf);
+    g.b.ins().store(fl, sc, s_addr, 0);
+    let ds = score.vvalue(g, grad.d_s);
+    let ds = kept(g, ds, zero);
+    let a = addr(g, pl.ds, idx, 2);
+    g.b.ins().store(fl, ds, a, 0);
+    let neg1 = g.b.ins().iconst(types::I64, -1);
+    let zero64 = g.b.ins().iconst(types::I64, 0);
+    for (r, read) in grad.reads.iter().enumerate() {
+        let tv = &env.tensors[read.tensor.0 as usize];
+        let (cdims, cmax) = (tv.cdims.clone(), tv.cmax.clone());
+        let ixs: Vec<Value> = read.indices.iter().map(|v| score.vvalue(g, *v)).collect();
+        let guard = score.vvalue(g, read.guard);
+        let guard = match keep {
+            Some(k) => g.b.ins().band(guard, k),
+            None => guard,
+        };
+        for lane in 0..4u8 {
+            let mut flat = zero64;
+            for (k, x) in ixs.iter().enumerate() {
+                let x = g.b.ins().extractlane(*x, lane);
+                let x = g.b.ins().sextend(types::I64, x);
+                let c = g.b.ins().smax(x, zero64);
+                let c = g.b.ins().smin(c, cmax[k]);
+                flat = if k == 0 {
+                    c
+                } else {
+                    let m = g.b.ins().imul(flat, cdims[k]);
+                    g.b.ins().iadd(m, c)
+                };
+            }
+            let gl = g.b.ins().extractlane(guard, lane);
+            let flat = g.b.ins().select(gl, flat, neg1);
+            let il = g.b.ins().iadd_imm_s(idx, lane as i64);
+            let a = plane_addr(g, pl.flat, pl.plane, r, il, 3);
+            g.b.ins().store(fl, flat, a, 0);
+        }
+        let part = score.vvalue(g, read.partial);
+        let part = kept(g, part, zero);
+        let a = plane_addr(g, pl.part, pl.plane, r, idx, 2);
+        g.b.ins().store(fl, part, a, 0);
+    }
+    for (k, p) in grad.params.iter().enumerate() {
+        let part = score.vvalue(g, p.partial);
+        let part = kept(g, part, zero);
+        let a = plane_addr(g, pl.part, pl.plane, grad.reads.len() + k, idx, 2);
+        g.b.ins().store(fl, part, a, 0);
+    }
+    Ok(())
 }
 
 /// `base + (idx << shift)`
