@@ -263,13 +263,28 @@ const DQ_PARTIALS_BYTES: usize = 256 << 20;
 /// Work items the chunking aims at (two per thread on 16 threads).
 const ITEMS: usize = 32;
 
+/// [`ITEMS`], or `ATTNC_CPU_BWD_ITEMS` (a benchmark knob, read once per process: more
+/// items balance better and keep fewer kv tiles per item in cache, but add dQ partials).
+fn items_target() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("ATTNC_CPU_BWD_ITEMS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(ITEMS)
+    })
+}
+
 /// How many chunks the kv tiles of each (b, kv head) are split into: enough for
-/// [`ITEMS`] work items, at most one per tile, and at most [`DQ_PARTIALS_BYTES`] of dQ
-/// partials (one `|Q|` per chunk). A function of the shape only, never of the thread
-/// count, so the reduction order (and every bit of the result) is the same on any
-/// number of threads.
+/// [`items_target`] work items, at most one per tile, and at most
+/// [`DQ_PARTIALS_BYTES`] of dQ partials (one `|Q|` per chunk). A function of the shape
+/// (and that process-wide setting) only, never of the thread count, so the reduction
+/// order (and every bit of the result) is the same on any number of threads.
 fn chunks(kv_heads: usize, nkvb: usize, q_len: usize) -> usize {
-    let want = ITEMS.div_ceil(kv_heads.max(1)).clamp(1, nkvb.max(1));
+    let want = items_target()
+        .div_ceil(kv_heads.max(1))
+        .clamp(1, nkvb.max(1));
     let cap = (DQ_PARTIALS_BYTES / (4 * q_len).max(1)).max(1);
     want.min(cap)
 }
