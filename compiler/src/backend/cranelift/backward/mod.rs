@@ -260,8 +260,10 @@ fn lock_chain(m: &Mutex<Chain>) -> MutexGuard<'_, Chain> {
 /// The most memory the per-item dQ partials may take (bytes).
 const DQ_PARTIALS_BYTES: usize = 256 << 20;
 
-/// Work items the chunking aims at (two per thread on 16 threads).
-const ITEMS: usize = 32;
+/// Work items the chunking aims at (four per thread on 16 threads). Measured on a
+/// 16-core Xeon at B1 H8 L2048 (docs/performance.md): 64 items ran the backward 14-22%
+/// faster than 32 at 16 threads (dense D64 13.3 vs 17.2 ms), within 3% at 2 threads.
+const ITEMS: usize = 64;
 
 /// [`ITEMS`], or `ATTNC_CPU_BWD_ITEMS` (a benchmark knob, read once per process: more
 /// items balance better and keep fewer kv tiles per item in cache, but add dQ partials).
