@@ -14,7 +14,7 @@ echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
 for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"
   timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | grep "TFLOP" | sed 's/compile.*(front/(front/' | cut -c1-200
-  echo "  min rule: $(ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed 's/.*bf16, //' | cut -c1-120)"; done
+  echo "  min rule: $(ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed -E 's/.*bf16: (compile [0-9.]+ ms)?[^)]*\)?,? ?//' | cut -c1-160)"; done
 echo "=== D256 B2 H16 L8192 (runtime choice)"
 for ex in dense causal softcap_sliding; do timeout 40 $B/attnc bench examples/$ex.attn --backend cuda --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 256 --iters 10 2>&1 | grep TFLOP | cut -c1-200; done
 echo "attnc benches: $(( $(date +%s) - t0 )) s"
