@@ -989,6 +989,45 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     pub cap: Option<&'a CapCtx<'a, 'ctx>>,
 }
 
+impl<'ctx> ElemCtx<'_, 'ctx> {
+    /// The score's element at (`q`, `kv`) from the raw dot product `x`: the scaled score and
+    /// whether the position exists (inside both lengths); on the partial-block path
+    /// (`slow`) also whether the mask keeps it, which is returned too (none on the
+    /// full-block path).
+    fn element_at(
+        &self,
+        g: &Gpu<'ctx>,
+        x: FloatValue<'ctx>,
+        q: IntValue<'ctx>,
+        kv: IntValue<'ctx>,
+        slow: bool,
+    ) -> R<(Elem<'ctx>, Option<IntValue<'ctx>>)> {
+        let q_in = g.icmp(IntPredicate::SLT, q, self.lq)?;
+        let kv_in = g.icmp(IntPredicate::SLT, kv, self.lkv)?;
+        let el = Elem {
+            s: g.fmul(x, self.scale)?,
+            b: self.b,
+            h: self.h,
+            q,
+            kv,
+            inside: g.and(q_in, kv_in)?,
+        };
+        if !slow {
+            return Ok((el, None));
+        }
+        let k = g.and(q_in, kv_in)?;
+        let keep = match &self.p.mask {
+            Some(f) => g.and(k, emit_function(g, self.env, f, el)?.into_int_value())?,
+            None => k,
+        };
+        let el = Elem {
+            inside: g.and(el.inside, keep)?,
+            ..el
+        };
+        Ok((el, Some(keep)))
+    }
+}
+
 /// The capture-gradient side of the dQ kernel (module docs, "Capture gradients").
 pub(super) struct CapCtx<'a, 'ctx> {
     /// The score and all its derivatives, one function.
@@ -1393,32 +1432,7 @@ pub(super) fn grad_scores<'ctx>(
             for i in 0..4 {
                 let (q, kv, l2, delta) = pos[nt][i];
                 let x = s[nt][i];
-                let q_in = g.icmp(IntPredicate::SLT, q, e.lq)?;
-                let kv_in = g.icmp(IntPredicate::SLT, kv, e.lkv)?;
-                let el = Elem {
-                    s: g.fmul(x, e.scale)?,
-                    b: e.b,
-                    h: e.h,
-                    q,
-                    kv,
-                    inside: g.and(q_in, kv_in)?,
-                };
-                let keep = if slow {
-                    let k = g.and(q_in, kv_in)?;
-                    Some(match &e.p.mask {
-                        Some(f) => g.and(k, emit_function(g, e.env, f, el)?.into_int_value())?,
-                        None => k,
-                    })
-                } else {
-                    None
-                };
-                let el = Elem {
-                    inside: match keep {
-                        Some(k) => g.and(el.inside, k)?,
-                        None => el.inside,
-                    },
-                    ..el
-                };
+                let (el, keep) = e.element_at(g, x, q, kv, slow)?;
                 // with capture gradients: the whole derivative IR at once
                 let cap_vals = match e.cap {
                     Some(cap) => {
@@ -1521,32 +1535,7 @@ pub(super) fn grad_p<'ctx>(
             for i in 0..4 {
                 let (q, kv, l2) = pos[nt][i];
                 let x = s[nt][i];
-                let q_in = g.icmp(IntPredicate::SLT, q, e.lq)?;
-                let kv_in = g.icmp(IntPredicate::SLT, kv, e.lkv)?;
-                let el = Elem {
-                    s: g.fmul(x, e.scale)?,
-                    b: e.b,
-                    h: e.h,
-                    q,
-                    kv,
-                    inside: g.and(q_in, kv_in)?,
-                };
-                let keep = if slow {
-                    let k = g.and(q_in, kv_in)?;
-                    Some(match &e.p.mask {
-                        Some(f) => g.and(k, emit_function(g, e.env, f, el)?.into_int_value())?,
-                        None => k,
-                    })
-                } else {
-                    None
-                };
-                let el = Elem {
-                    inside: match keep {
-                        Some(k) => g.and(el.inside, k)?,
-                        None => el.inside,
-                    },
-                    ..el
-                };
+                let (el, keep) = e.element_at(g, x, q, kv, slow)?;
                 let (logit, dprime) = match e.sd {
                     Some((f, df)) => (
                         g.fsub(
