@@ -1200,6 +1200,145 @@ fn gpu_backward_capture_sanitize(dev: &CudaDevice) {
     }
 }
 
+/// The caller-buffer backward (`Bound::backward_cuda_into`, the Python package's path on
+/// CUDA tensors) over buffers that hold garbage, as torch.empty gives them: the fused dQ's
+/// workspace (`DqAccum` NaN, `DqSem` nonzero) and the outputs poisoned with NaN; a sliding
+/// window at D128 with Lq > Lkv and GQA, so whole q blocks are visited by no kv block
+/// (their dQ must come out 0, not the stale workspace) and rows are fully masked. The
+/// gradients must be bit-identical to `Bound::backward`'s (zeroed buffers; checked
+/// against the f64 oracle by `api_case`) and dQ of the fully masked rows exactly 0.
+fn gpu_backward_caller_buffers(dev: &CudaDevice) {
+    use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, synth};
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use std::collections::HashMap;
+    let c = Compiled::from_file(&examples_dir().join("sliding_window.attn")).unwrap();
+    let var = c.attention(c.names()[0]).unwrap();
+    let window = 40;
+    let caps = Captures::default().param("window", ParamValue::I32(window));
+    let params = HashMap::from([("window".to_string(), ParamValue::I32(window))]);
+    for (dt, seed) in [(DType::BF16, 21u64), (DType::F16, 22)] {
+        let shape = Shape {
+            b: 2,
+            hq: 8,
+            hkv: 2,
+            lq: 131,
+            lkv: 77,
+            d: 128,
+            dv: 128,
+        };
+        let what = format!("caller buffers sliding_window {shape:?} {dt:?}");
+        // the host API's gradients, checked against the oracle
+        let want = api_case(&var, shape, dt, &caps, seed, &what);
+        // the same inputs as api_case makes them
+        let (q, k, v) = synth::qkv(&shape, dt, seed);
+        let (d_o, _, _) = synth::qkv(
+            &Shape {
+                d: shape.dv,
+                lkv: shape.lq,
+                hkv: shape.hq,
+                ..shape
+            },
+            dt,
+            seed + 99,
+        );
+        let mut bound = var
+            .bind(BindOptions::new(Backend::Cuda, shape, dt))
+            .unwrap();
+        let fwd = bound.forward(&q, &k, &v, &caps).unwrap();
+        let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+        let (qd, kd, vd, od, dod) = (bits(&q), bits(&k), bits(&v), bits(&fwd.o), bits(&d_o));
+        let lse = dev.upload(&fwd.lse.to_f32()).unwrap();
+        let nan = match dt {
+            DType::F16 => 0x7e00u16,
+            _ => 0x7fc0,
+        };
+        let poison = |n: usize| dev.upload_u16(&vec![nan; n]).unwrap();
+        let (dq, dk, dv) = (
+            poison(shape.q_len()),
+            poison(shape.k_len()),
+            poison(shape.v_len()),
+        );
+        let rows = shape.b * shape.hq * shape.lq;
+        let delta = dev.upload(&vec![f32::NAN; rows]).unwrap();
+        let lse2 = dev.upload(&vec![f32::NAN; rows]).unwrap();
+        let work = bound.backward_cuda_workspace().unwrap();
+        let (accum, sem): (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>) = match work {
+            Some((a, s)) => (
+                Some(dev.upload(&vec![f32::NAN; a.max(1)]).unwrap()),
+                Some(dev.upload(&vec![7u32; s.max(1)]).unwrap()),
+            ),
+            None => (None, None),
+        };
+        let st = qd.stream().clone();
+        let ptr16 = |x: &CudaSlice<u16>| x.device_ptr(&st).0;
+        let bufs = DeviceBackwardBuffers {
+            q: ptr16(&qd),
+            k: ptr16(&kd),
+            v: ptr16(&vd),
+            o: ptr16(&od),
+            lse: lse.device_ptr(&st).0,
+            d_o: ptr16(&dod),
+            dlse: None,
+            dq: ptr16(&dq),
+            dk: ptr16(&dk),
+            dv: ptr16(&dv),
+            delta: delta.device_ptr(&st).0,
+            lse2: lse2.device_ptr(&st).0,
+            dq_work: match (&accum, &sem) {
+                (Some(a), Some(s)) => Some(DeviceDqWorkspace {
+                    accum: a.device_ptr(&st).0,
+                    sem: s.device_ptr(&st).0,
+                }),
+                _ => None,
+            },
+        };
+        // SAFETY: every buffer above is a live allocation of this device sized for the
+        // bound shape (the workspace as backward_cuda_workspace says), on stream `st`,
+        // which the downloads below synchronize; no capture gradients (no words).
+        unsafe {
+            bound
+                .backward_cuda_into(
+                    &bufs,
+                    &HashMap::new(),
+                    &params,
+                    &DeviceGradWords::default(),
+                    st.cu_stream() as u64,
+                )
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        st.synchronize().unwrap();
+        for (nm, got, w) in [
+            ("dq", &dq, &want.dq),
+            ("dk", &dk, &want.dk),
+            ("dv", &dv, &want.dv),
+        ] {
+            let got = dev.download(got).unwrap();
+            assert!(
+                got == w.to_u16_bits().unwrap(),
+                "{what}: {nm} differs from Bound::backward's (fused dQ: {})",
+                work.is_some()
+            );
+        }
+        // rows whose window lies past the keys (q - window >= lkv) are fully masked
+        let got = dev.download(&dq).unwrap();
+        let d = shape.d;
+        for bh in 0..shape.b * shape.hq {
+            for row in (shape.lkv + window as usize)..shape.lq {
+                let at = (bh * shape.lq + row) * d;
+                assert!(
+                    got[at..at + d].iter().all(|&x| x == 0),
+                    "{what}: dq of fully masked row {row} (b*h {bh}) is not 0"
+                );
+            }
+        }
+        println!(
+            "  {what}: bit-identical to Bound::backward, fused dQ {}",
+            work.is_some()
+        );
+    }
+}
+
 type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
@@ -1227,6 +1366,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_capture_sanitize,
     ),
     ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
+    ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
 ];
 
 /// Ignored trials, run with `--ignored` (`gpu_backward --ignored bench`).

@@ -54,7 +54,8 @@
 //!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
 //!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
-//!   kv block added: DqSem = 0), rounded to the input type.
+//!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
+//!   before the dK/dV kernel), rounded to the input type.
 //! ```
 //!
 //! DqAccum holds each q_block x D tile in the accumulator order of the warps that add it
@@ -767,8 +768,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
 }
 
 /// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
-/// input type; 0 where no kv block added (`Ordered`: DqSem = 0; `Atomic`: the host
-/// zeroes DqAccum).
+/// input type; 0 where no kv block added (`Ordered`, `OrderedBulk`: DqSem = 0; `Atomic`:
+/// the host zeroes DqAccum).
 pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
     let br = opts.q_block;
     let d = opts.d;
@@ -781,7 +782,11 @@ pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 
     let scale = a.get(KernelParam::Scale)?.into_float_value();
     let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
     let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
-    let added = if opts.bwd_dq == BwdDq::Ordered {
+    // Ordered and OrderedBulk never zero DqAccum (the first adder stores): a q block that
+    // no kv block visited (DqSem = 0) holds whatever the workspace held before (a caller's
+    // torch.empty, an earlier call's sums) and converts to 0; Atomic's accumulator is
+    // zeroed before the kernel.
+    let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) {
         let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
         g.icmp(IntPredicate::NE, n, g.c32(0))?
     } else {
