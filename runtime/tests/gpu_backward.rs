@@ -506,16 +506,23 @@ fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
     let sh = shape(1, 2, 1, 67, 40, 64);
     check_case(dev, &p, sh, InputType::Bf16, 7, false);
     // the masked rows' dQ is exactly zero
-    let opts = test_options(dev.arch(), 64, 64, InputType::Bf16);
-    let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
+    assert_late_start_rows_zero(dev, &p, sh, InputType::Bf16, 7);
+}
+
+/// dQ of the rows `late_start` masks entirely (the first 5 of each of 2 query heads)
+/// is exactly 0, on the kernels of `test_options` at `sh.d`.
+fn assert_late_start_rows_zero(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64) {
+    let d = sh.d;
+    let opts = test_options(dev.arch(), d as u32, d as u32, ty);
+    let ks = emit_backward_kernels(&Plan::new(p), &opts).unwrap();
     let bw = CudaBackward::load(dev, &ks).unwrap();
-    let x = inputs(&p, &sh, InputType::Bf16, 7, false);
-    let g = run(dev, &bw, &sh, &x, blocks_of(&bw, &p, &sh, &x).as_blocks());
+    let x = inputs(p, &sh, ty, seed, false);
+    let g = run(dev, &bw, &sh, &x, blocks_of(&bw, p, &sh, &x).as_blocks());
     for h in 0..2 {
         for q in 0..5 {
-            let row = &g.dq[(h * sh.lq + q) * 64..][..64];
+            let row = &g.dq[(h * sh.lq + q) * d..][..d];
             assert!(
-                row.iter().all(|b| from_bits(*b, InputType::Bf16) == 0.0),
+                row.iter().all(|b| from_bits(*b, ty) == 0.0),
                 "masked row {q} of head {h}: dq {row:?}"
             );
         }
@@ -1163,20 +1170,7 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
     let p = late_start();
     let sh = shape(1, 2, 1, 67, 140, 128);
     check_case(dev, &p, sh, InputType::F16, 32, false);
-    let opts = test_options(dev.arch(), 128, 128, InputType::F16);
-    let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
-    let bw = CudaBackward::load(dev, &ks).unwrap();
-    let x = inputs(&p, &sh, InputType::F16, 32, false);
-    let g = run(dev, &bw, &sh, &x, blocks_of(&bw, &p, &sh, &x).as_blocks());
-    for h in 0..2 {
-        for q in 0..5 {
-            let row = &g.dq[(h * sh.lq + q) * 128..][..128];
-            assert!(
-                row.iter().all(|b| from_bits(*b, InputType::F16) == 0.0),
-                "masked row {q} of head {h}: dq {row:?}"
-            );
-        }
-    }
+    assert_late_start_rows_zero(dev, &p, sh, InputType::F16, 32);
 }
 
 /// A small case for compute-sanitizer (memcheck: the capture-gradient scatter stays in

@@ -122,17 +122,7 @@ impl GpuDecode {
         let kernel = choose(shape);
         let slot = &mut self.modules[paged as usize + 2 * (kernel == Kernel::Mma) as usize];
         if slot.is_none() {
-            let opts = DecodeOptions {
-                arch: dev.arch(),
-                d: shape.d as u32,
-                input: if dtype == DType::F16 {
-                    InputType::F16
-                } else {
-                    InputType::Bf16
-                },
-                rows: rows_per_cta(shape, kernel) as u32,
-                paged,
-            };
+            let opts = decode_options(dev, shape, dtype, kernel);
             let kind = match kernel {
                 Kernel::Simt => KernelKind::Decode,
                 Kernel::Mma => KernelKind::DecodeMma,
@@ -156,17 +146,7 @@ impl GpuDecode {
         let plan = self.plan.clone();
         let m = self.module(dev, shape, dtype)?;
         if fused && !m.has_fused() {
-            let opts = DecodeOptions {
-                arch: dev.arch(),
-                d: shape.d as u32,
-                input: if dtype == DType::F16 {
-                    InputType::F16
-                } else {
-                    InputType::Bf16
-                },
-                rows: rows_per_cta(shape, Kernel::Mma) as u32,
-                paged,
-            };
+            let opts = decode_options(dev, shape, dtype, Kernel::Mma);
             let jit = crate::exec::cuda::cuda_jit_of(dev)?;
             let loaded = m
                 .clone()
@@ -264,6 +244,27 @@ impl GpuDecode {
             dev, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
         )?;
         m.time(dev, &p, iters).map_err(backend)
+    }
+}
+
+/// The decode kernels' options for `shape` and `dtype` on `dev` with `kernel`'s rows per
+/// CTA.
+fn decode_options(
+    dev: &CudaDevice,
+    shape: &DecodeShape,
+    dtype: DType,
+    kernel: Kernel,
+) -> DecodeOptions {
+    DecodeOptions {
+        arch: dev.arch(),
+        d: shape.d as u32,
+        input: if dtype == DType::F16 {
+            InputType::F16
+        } else {
+            InputType::Bf16
+        },
+        rows: rows_per_cta(shape, kernel) as u32,
+        paged: matches!(shape.layout, CacheLayout::Paged { .. }),
     }
 }
 

@@ -1026,6 +1026,32 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
         };
         Ok((el, Some(keep)))
     }
+
+    /// The element's logit in log2 units, `score · log2 e − L2` (`x · raw_mul − L2` for
+    /// the identity score, `raw_mul` = scale · log2 e), and `∂score/∂s` there (none for
+    /// the identity score).
+    fn logit(
+        &self,
+        g: &Gpu<'ctx>,
+        el: Elem<'ctx>,
+        x: FloatValue<'ctx>,
+        l2: FloatValue<'ctx>,
+        raw_mul: FloatValue<'ctx>,
+    ) -> R<(FloatValue<'ctx>, Option<FloatValue<'ctx>>)> {
+        Ok(match self.sd {
+            Some((f, df)) => (
+                g.fsub(
+                    g.fmul(
+                        emit_function(g, self.env, f, el)?.into_float_value(),
+                        g.cf(LOG2E),
+                    )?,
+                    l2,
+                )?,
+                Some(emit_function(g, self.env, df, el)?.into_float_value()),
+            ),
+            None => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
+        })
+    }
 }
 
 /// The capture-gradient side of the dQ kernel (module docs, "Capture gradients").
@@ -1391,6 +1417,19 @@ struct FixedRun<'ctx> {
     lo: IntValue<'ctx>,
 }
 
+/// `logit` where the mask keeps the element (`keep`; none: the full-block path, no
+/// mask), −∞ (P = 0) where it does not.
+fn kept_logit<'ctx>(
+    g: &Gpu<'ctx>,
+    keep: Option<IntValue<'ctx>>,
+    logit: FloatValue<'ctx>,
+) -> R<FloatValue<'ctx>> {
+    match keep {
+        Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY)),
+        None => Ok(logit),
+    }
+}
+
 /// P (probabilities) and dS (`P ∘ (dP − Delta) ∘ score'`, the gradient of the scores
 /// before the scale) of one warp's tile, from the raw dot products `s` and `dp`.
 /// `at(nt, i)` gives element (nt, i)'s (q, kv, L2, Delta). `full` selects the path
@@ -1448,24 +1487,11 @@ pub(super) fn grad_scores<'ctx>(
                     None => None,
                 };
                 // t log2 e - L2
-                let (logit, dprime) = match (e.sd, &cap_vals) {
-                    (_, Some((_, t, d))) => (g.fsub(g.fmul(*t, g.cf(LOG2E))?, l2)?, Some(*d)),
-                    (Some((f, df)), None) => (
-                        g.fsub(
-                            g.fmul(
-                                emit_function(g, e.env, f, el)?.into_float_value(),
-                                g.cf(LOG2E),
-                            )?,
-                            l2,
-                        )?,
-                        Some(emit_function(g, e.env, df, el)?.into_float_value()),
-                    ),
-                    (None, None) => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
+                let (logit, dprime) = match &cap_vals {
+                    Some((_, t, d)) => (g.fsub(g.fmul(*t, g.cf(LOG2E))?, l2)?, Some(*d)),
+                    None => e.logit(g, el, x, l2, raw_mul)?,
                 };
-                let logit = match keep {
-                    Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY))?,
-                    None => logit,
-                };
+                let logit = kept_logit(g, keep, logit)?;
                 let pr = g.ex2(logit)?;
                 // dS' = P (dP - Delta), then dS = dS' score'
                 let dsp = g.fmul(pr, g.fsub(dp[nt][i], delta)?)?;
@@ -1536,23 +1562,8 @@ pub(super) fn grad_p<'ctx>(
                 let (q, kv, l2) = pos[nt][i];
                 let x = s[nt][i];
                 let (el, keep) = e.element_at(g, x, q, kv, slow)?;
-                let (logit, dprime) = match e.sd {
-                    Some((f, df)) => (
-                        g.fsub(
-                            g.fmul(
-                                emit_function(g, e.env, f, el)?.into_float_value(),
-                                g.cf(LOG2E),
-                            )?,
-                            l2,
-                        )?,
-                        Some(emit_function(g, e.env, df, el)?.into_float_value()),
-                    ),
-                    None => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
-                };
-                let logit = match keep {
-                    Some(k) => g.selectf(k, logit, g.cf(f32::NEG_INFINITY))?,
-                    None => logit,
-                };
+                let (logit, dprime) = e.logit(g, el, x, l2, raw_mul)?;
+                let logit = kept_logit(g, keep, logit)?;
                 let pr = g.ex2(logit)?;
                 p4[i] = pr;
                 let pd = match dprime {

@@ -105,6 +105,32 @@ struct Bars<'ctx> {
 }
 
 impl<'ctx> Bars<'ctx> {
+    fn new(g: &Gpu<'ctx>, lay: &Layout) -> R<Self> {
+        Ok(Bars {
+            base: g.smem_addr32(g.c32(lay.bars as i64))?,
+            stages: lay.stages,
+        })
+    }
+    /// Thread 0 initialises the mbarriers (the "empty" ones count one arrival per consumer
+    /// thread, `consumers`; with `q_empty`, the persistent kernel's too); everyone waits
+    /// for that.
+    fn init(&self, g: &Gpu<'ctx>, tid: IntValue<'ctx>, consumers: u32, q_empty: bool) -> R<()> {
+        g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
+            g.mbar_init(self.q_full(g)?, 1)?;
+            if q_empty {
+                g.mbar_init(self.q_empty(g)?, consumers)?;
+            }
+            for s in 0..self.stages {
+                let s = g.c32(s as i64);
+                g.mbar_init(self.k_full(g, s)?, 1)?;
+                g.mbar_init(self.v_full(g, s)?, 1)?;
+                g.mbar_init(self.k_empty(g, s)?, consumers)?;
+                g.mbar_init(self.v_empty(g, s)?, consumers)?;
+            }
+            g.fence_mbar_init()
+        })?;
+        g.barrier()
+    }
     fn at(&self, g: &Gpu<'ctx>, index: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         g.add(self.base, g.shl(index, g.c32(3))?)
     }
@@ -190,24 +216,10 @@ pub(crate) fn body<'ctx>(
     let lay = Layout::new(opts);
     let (cx, at) = place(g, c, p, &a)?;
     let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
-    let bars = Bars {
-        base: g.smem_addr32(g.c32(lay.bars as i64))?,
-        stages: lay.stages,
-    };
+    let bars = Bars::new(g, &lay)?;
 
     // ---- thread 0 initialises the mbarriers; everyone waits for that --------------------
-    g.if_then(g.icmp(IntPredicate::EQ, at.tid, g.c32(0))?, || {
-        g.mbar_init(bars.q_full(g)?, 1)?;
-        for s in 0..lay.stages {
-            let s = g.c32(s as i64);
-            g.mbar_init(bars.k_full(g, s)?, 1)?;
-            g.mbar_init(bars.v_full(g, s)?, 1)?;
-            g.mbar_init(bars.k_empty(g, s)?, c.threads)?;
-            g.mbar_init(bars.v_empty(g, s)?, c.threads)?;
-        }
-        g.fence_mbar_init()
-    })?;
-    g.barrier()?;
+    bars.init(g, at.tid, c.threads, false)?;
 
     let any_block = g.icmp(IntPredicate::ULT, runs.beg, runs.end)?;
     let producer_bb = g.block("producer");
@@ -300,24 +312,9 @@ fn body_persistent<'ctx>(
 ) -> R<()> {
     let a = Args { g, params };
     let lay = Layout::new(opts);
-    let bars = Bars {
-        base: g.smem_addr32(g.c32(lay.bars as i64))?,
-        stages: lay.stages,
-    };
+    let bars = Bars::new(g, &lay)?;
     let tid = g.tid_x()?;
-    g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
-        g.mbar_init(bars.q_full(g)?, 1)?;
-        g.mbar_init(bars.q_empty(g)?, c.threads)?;
-        for s in 0..lay.stages {
-            let s = g.c32(s as i64);
-            g.mbar_init(bars.k_full(g, s)?, 1)?;
-            g.mbar_init(bars.v_full(g, s)?, 1)?;
-            g.mbar_init(bars.k_empty(g, s)?, c.threads)?;
-            g.mbar_init(bars.v_empty(g, s)?, c.threads)?;
-        }
-        g.fence_mbar_init()
-    })?;
-    g.barrier()?;
+    bars.init(g, tid, c.threads, true)?;
     let tiles = g.mul(
         g.mul(a.int(KernelParam::NumQBlocks)?, a.int(KernelParam::Hq)?)?,
         a.int(KernelParam::Batch)?,

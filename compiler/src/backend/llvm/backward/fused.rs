@@ -698,43 +698,44 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.c32(ci as i64 * 64),
         )
     };
+    // dQ chunk 0 issued first (after the fence that orders the A fragments written
+    // before it), the other products after it; once they are issued, chunk 0 is added
+    // under them and the other chunks follow one by one
+    let first_chunk = || -> R<Vec<FloatValue<'ctx>>> {
+        g.wgmma_fence()?;
+        let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
+        g.wgmma_commit()?;
+        Ok(dq0)
+    };
+    let other_chunks = |dq0: Vec<FloatValue<'ctx>>| -> R<()> {
+        let dq0 = g.wgmma_wait(1, &dq0)?;
+        add_part(col_of(0)?, &dq0)?;
+        for ci in 1..chunks {
+            let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
+            g.wgmma_commit()?;
+            let x = g.wgmma_wait(0, &x)?;
+            add_part(col_of(ci)?, &x)?;
+        }
+        Ok(())
+    };
     let (dv1, dk1) = match products {
         // early: dV is running; dQ chunk 0, then dK, whose product runs under the
         // chunk's additions
         Products::DvIssued(dv1, dsa) => {
-            g.wgmma_fence()?;
-            let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
-            g.wgmma_commit()?;
+            let dq0 = first_chunk()?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
             g.wgmma_commit()?;
-            let dq0 = g.wgmma_wait(1, &dq0)?;
-            add_part(col_of(0)?, &dq0)?;
-            for ci in 1..chunks {
-                let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
-                g.wgmma_commit()?;
-                let x = g.wgmma_wait(0, &x)?;
-                add_part(col_of(ci)?, &x)?;
-            }
+            other_chunks(dq0)?;
             (dv1, dk1)
         }
+        // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
         Products::Later(pt, dst) => {
-            // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
-            // (the A fragments are written before the fence that orders them before the wgmma)
             let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
-            g.wgmma_fence()?;
-            let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
-            g.wgmma_commit()?;
+            let dq0 = first_chunk()?;
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
             g.wgmma_commit()?;
-            let dq0 = g.wgmma_wait(1, &dq0)?;
-            add_part(col_of(0)?, &dq0)?;
-            for ci in 1..chunks {
-                let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
-                g.wgmma_commit()?;
-                let x = g.wgmma_wait(0, &x)?;
-                add_part(col_of(ci)?, &x)?;
-            }
+            other_chunks(dq0)?;
             (dv1, dk1)
         }
     };
