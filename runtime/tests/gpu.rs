@@ -12,8 +12,9 @@
 //! Every case runs on each matrix path the device has (`mma.sync`; on sm_90 also
 //! `wgmma` where the case's tile and head dim fit it, plain, overlapped and
 //! warp-specialized with TMA (`PtxOptions::ws`)), each with both K pipelines;
-//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path; `ATTNC_GPU_PERSISTENT=1|0` makes the
-//! warp-specialized paths persistent (`PtxOptions::persistent`) or not. Every path but the plain wgmma kernel
+//! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path; `ATTNC_GPU_PERSISTENT=1|dyn|0` makes the
+//! warp-specialized paths persistent (`PtxOptions::persistent`; `dyn`: with
+//! `PtxOptions::dynamic_tiles`) or not. Every path but the plain wgmma kernel
 //! converts positions as exact floats (`PtxOptions::float_positions`, the runtime's
 //! default at these lengths); the plain wgmma kernel converts per element.
 //!
@@ -238,11 +239,13 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     v
 }
 
-/// `o` with `ATTNC_GPU_PERSISTENT=1|0` applied (persistent CTAs on or off).
+/// `o` with `ATTNC_GPU_PERSISTENT=1|dyn|0` applied (persistent CTAs on, on with the
+/// dynamic tile scheduler, or off).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
-        Ok("1") => o.persistent = true,
-        Ok("0") => o.persistent = false,
+        Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
+        Ok("dyn") => (o.persistent, o.dynamic_tiles) = (true, true),
+        Ok("0") => (o.persistent, o.dynamic_tiles) = (false, false),
         _ => {}
     }
     o
@@ -266,6 +269,36 @@ fn check_opts(
     let k = emit(p, &opts).map_err(|e| e.to_string())?;
     let kern = CudaKernel::load(dev, &k).map_err(|e| e.to_string())?;
     run_vs_oracle(dev, &kern, p, c, bind, maps, seed, scale)
+}
+
+/// `CudaKernel::forward_host`; with the dynamic tile scheduler the kernel runs a second
+/// time on the same problem with O poisoned (NaN) in between, and its tile counter must
+/// be zero after each launch: a counter left over would hand the second launch the wrong
+/// tiles, leaving NaN rows.
+fn forward_host(
+    kern: &CudaKernel,
+    dev: &attnc::cuda::CudaDevice,
+    sh: &Shape,
+    (q, k, v): (&[u16], &[u16], &[u16]),
+    scale: f32,
+    bind: &Bindings,
+    blocks: KvBlocks,
+) -> Result<(Vec<u16>, Vec<f32>), attnc::cuda::CudaError> {
+    if !kern.meta().options.dynamic_tiles {
+        return kern.forward_host(dev, sh, q, k, v, scale, bind, blocks);
+    }
+    let mut p = kern.upload(dev, sh, Qkv::Host(q, k, v), scale, bind, blocks)?;
+    let fresh = |p: &attnc::cuda::DeviceProblem| -> Result<(), attnc::cuda::CudaError> {
+        let t = p.tile_counter(dev)?;
+        assert_eq!(t, [0, 0], "tile counter after a launch");
+        Ok(())
+    };
+    kern.launch(dev, &p, &LaunchArgs::new())?;
+    fresh(&p)?;
+    p.o = dev.upload_u16(&vec![0x7fc0; sh.b * sh.hq * sh.lq * sh.dv])?;
+    kern.launch(dev, &p, &LaunchArgs::new())?;
+    fresh(&p)?;
+    p.download(dev)
 }
 
 /// Runs a loaded kernel on random inputs and compares it with the oracle. Table kernels
@@ -292,12 +325,11 @@ fn run_vs_oracle(
         KvBounds::ClosedForm(cf) => {
             assert!(maps.is_none(), "maps given to a closed-form kernel");
             let bounds = closed_form_bounds(p, cf, sh, bind).map_err(|e| e.to_string())?;
-            kern.forward_host(
+            forward_host(
+                kern,
                 dev,
                 sh,
-                &qb,
-                &kb,
-                &vb,
+                (&qb, &kb, &vb),
                 scale,
                 bind,
                 KvBlocks::ClosedForm(bounds.as_deref()),
@@ -307,7 +339,15 @@ fn run_vs_oracle(
             let maps = maps.unwrap_or_else(|| {
                 interp_maps(p, sh, bind, opts.q_block as usize, opts.kv_block as usize)
             });
-            kern.forward_host(dev, sh, &qb, &kb, &vb, scale, bind, KvBlocks::Maps(&maps))
+            forward_host(
+                kern,
+                dev,
+                sh,
+                (&qb, &kb, &vb),
+                scale,
+                bind,
+                KvBlocks::Maps(&maps),
+            )
         }
     }
     .map_err(|e| {
@@ -614,9 +654,11 @@ fn gpu_lpt_order_matches_oracle(dev: &CudaDevice) {
 /// Persistent CTAs (`PtxOptions::persistent`) on the warp-specialized kernel: every
 /// sample with grids of 1, 5 and 11 CTAs (`CudaDevice::with_sms`), so that each CTA walks
 /// many tiles (its ring position, Q buffer phase and turn barriers carried across tiles,
-/// tiles without kv blocks among them), in the plain and the longest-first order, at D128
-/// (two consumers) and D64 (three); odd lengths, Lq != Lkv, GQA, bf16 and f16; also
-/// the device's own grid.
+/// tiles without kv blocks among them), in the plain and the longest-first order, with
+/// static rounds and with the dynamic tile scheduler (`PtxOptions::dynamic_tiles`: run
+/// twice on one problem, its counter zero after each launch), at D128 (two consumers)
+/// and D64 (three); odd lengths, Lq != Lkv, GQA, bf16 and f16; also the device's own
+/// grid.
 fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
     if dev.arch() != Arch::Sm90 {
         println!("  not sm_90: no warp-specialized kernel");
@@ -628,8 +670,10 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
         ((2, 2, 1, 777, 190), 64, InputType::Bf16),
         ((1, 4, 4, 520, 333), 64, InputType::F16),
     ];
-    // ATTNC_GPU_PERSISTENT_QUICK=1 (for compute-sanitizer): two cases, three samples
+    // ATTNC_GPU_PERSISTENT_QUICK=1 (for compute-sanitizer): two cases, three samples;
+    // ATTNC_GPU_PERSISTENT_ONLY=dyn|static: one of the two schedules
     let quick = std::env::var("ATTNC_GPU_PERSISTENT_QUICK").is_ok_and(|v| v == "1");
+    let only = std::env::var("ATTNC_GPU_PERSISTENT_ONLY").unwrap_or_default();
     for (i, ((b, hq, hkv, lq, lkv), d, ty)) in cases.into_iter().enumerate() {
         if quick && i % 2 == 1 {
             continue;
@@ -666,9 +710,14 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
             let small = dev.with_sms(sms);
             let mut r = rng(31);
             let bind = bindings(&p, &c.shape, &mut r, 40, 4);
-            for lpt in [0, 3] {
+            // the static rounds and the dynamic tile scheduler, plain and LPT order
+            for (lpt, dynamic_tiles) in [(0, false), (3, false), (0, true), (3, true)] {
+                if (only == "dyn" && !dynamic_tiles) || (only == "static" && dynamic_tiles) {
+                    continue;
+                }
                 let opts = PtxOptions {
                     lpt_group: lpt,
+                    dynamic_tiles,
                     ..ws
                 };
                 let opts = PtxOptions {
@@ -685,7 +734,12 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
                     c.shape.default_scale(),
                     &opts,
                 )
-                .unwrap_or_else(|e| panic!("{} {:?} {sms} CTAs lpt {lpt}: {e}", p.name, c.shape));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} {:?} {sms} CTAs lpt {lpt} dynamic {dynamic_tiles}: {e}",
+                        p.name, c.shape
+                    )
+                });
             }
         }
     }

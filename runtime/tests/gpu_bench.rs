@@ -6,14 +6,15 @@
 //! (4 B H Lq Lkv D density). Also the JIT latency: cold (PTX generated, compiled to the
 //! optimized cubin by the driver, loaded), disk-warm (a new process's path: the cubin
 //! from the disk cache, loaded) and memory-warm. Writes JSON to `$ATTNC_BENCH_JSON` (default `$OUT/attnc_bench.json`).
-//! `ATTNC_BENCH_QUICK=1` runs only dense and causal; `ATTNC_BENCH_TILES=128x64,64x64`
+//! `ATTNC_BENCH_QUICK=1` runs only dense and causal, `ATTNC_BENCH_VARIANTS=full,causal,
+//! alibi_causal` only the variants named; `ATTNC_BENCH_TILES=128x64,64x64`
 //! picks the tile configurations tried on dense before the variants (best is kept).
 //! Kernels take their own kv-bounds source (closed form for dense, causal, sliding,
 //! ALiBi and softcap; block table for documents); `ATTNC_BENCH_KV_TABLE=1` forces the
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs, `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -73,7 +74,8 @@ fn variants(h: i32) -> Vec<Variant> {
 /// `wo` for wgmma with the pipelined P V (`overlap`); `c`: at least 2 CTAs per SM; `t`
 /// / `u`: the warp-specialized TMA kernel with 2 / 3 K/V stages, e.g. `128x128xt`; `g`:
 /// the longest-first CTA order over groups of 8 slices, e.g. `128x128xtg`, or of the
-/// digits after it, `128x128xtg4`; `z`: persistent CTAs, e.g. `128x128xtgz`).
+/// digits after it, `128x128xtg4`; `z`: persistent CTAs, e.g. `128x128xtgz`; `y`:
+/// persistent CTAs with the dynamic tile scheduler, e.g. `128x128xtgy`).
 fn tile_opts(
     arch: attnc_compiler::backend::llvm::Arch,
     d: u32,
@@ -106,9 +108,11 @@ fn tile_opts(
             .collect();
         o.lpt_group = digits.parse().unwrap_or(8);
     }
-    if mt.contains('z') {
-        // persistent CTAs (the warp-specialized kernel)
+    if mt.contains('z') || mt.contains('y') {
+        // persistent CTAs (the warp-specialized kernel); `y`: with the dynamic tile
+        // scheduler
         o.persistent = true;
+        o.dynamic_tiles = mt.contains('y');
     }
     if mt.contains('c') {
         o.min_ctas = 2;
@@ -283,6 +287,12 @@ fn gpu_bench() {
         println!("using tile {qb}x{kvb}x{mt} for D{d}");
         for var in variants(h as i32) {
             if quick && !matches!(var.name, "full" | "causal") {
+                continue;
+            }
+            // ATTNC_BENCH_VARIANTS=full,causal,...: only these variants
+            if let Ok(only) = std::env::var("ATTNC_BENCH_VARIANTS")
+                && !only.split(',').any(|v| v.trim() == var.name)
+            {
                 continue;
             }
             let p = &var.program;

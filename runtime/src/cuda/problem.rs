@@ -128,6 +128,9 @@ pub struct DeviceProblem {
     kv_all_partial: i32,
     params: CudaSlice<u32>,
     err: CudaSlice<u32>,
+    /// The dynamic tile scheduler's counter (`KernelParam::TileCounter`): zero, and
+    /// left zero by each launch.
+    tiles: CudaSlice<u32>,
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
     n_q_blocks: u32,
     map_b_stride: i32,
@@ -255,6 +258,7 @@ pub(crate) fn upload(
         kv_all_partial,
         params: dev.upload(&nonempty(words))?,
         err: dev.zeros(8)?,
+        tiles: dev.zeros(2)?,
         tensors,
         n_q_blocks: nq as u32,
         map_b_stride: strides.0,
@@ -403,6 +407,7 @@ impl DeviceProblem {
         a.i32(P::KvAllPartial, self.kv_all_partial);
         a.buffer(P::Params, &self.params, s);
         a.buffer(P::Err, &self.err, s);
+        a.buffer(P::TileCounter, &self.tiles, s);
         for (i, (buf, dims)) in self.tensors.iter().enumerate() {
             a.buffer(P::Tensor(i as u32), buf, s);
             for (d, n) in dims.iter().enumerate() {
@@ -474,6 +479,12 @@ impl DeviceProblem {
         o.truncate(self.shape.o_len());
         lse.truncate(self.shape.lse_len());
         Ok((o, lse))
+    }
+
+    /// Waits, then reads the dynamic tile scheduler's counter (`KernelParam::TileCounter`:
+    /// both words are zero again after every launch).
+    pub fn tile_counter(&self, dev: &CudaDevice) -> Result<Vec<u32>, CudaError> {
+        dev.download(&self.tiles)
     }
 
     /// Waits, then reports the checked-mode error recorded by any kernel of this problem.

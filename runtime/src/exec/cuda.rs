@@ -442,8 +442,9 @@ impl CudaExec {
 }
 
 /// The warp-specialized forward's CTA schedule as the environment overrides it (for
-/// comparing schedules with one binary): `ATTNC_FWD_PERSISTENT=1|0` turns persistent CTAs
-/// (`PtxOptions::persistent`) on or off, `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// comparing schedules with one binary): `ATTNC_FWD_PERSISTENT=1|dyn|0` turns persistent
+/// CTAs (`PtxOptions::persistent`) on with static rounds of tiles, on with the dynamic
+/// tile scheduler (`PtxOptions::dynamic_tiles`), or off; `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
 fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -451,8 +452,9 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         return o;
     }
     match std::env::var("ATTNC_FWD_PERSISTENT").as_deref() {
-        Ok("1") => o.persistent = true,
-        Ok("0") => o.persistent = false,
+        Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
+        Ok("dyn") => (o.persistent, o.dynamic_tiles) = (true, true),
+        Ok("0") => (o.persistent, o.dynamic_tiles) = (false, false),
         _ => {}
     }
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")

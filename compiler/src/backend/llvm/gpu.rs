@@ -823,6 +823,56 @@ impl<'ctx> Gpu<'ctx> {
         Ok(())
     }
 
+    /// A side-effecting inline asm statement with one i32 result.
+    fn asm_i32(&self, text: &str, constraints: &str, args: &[IntValue<'ctx>]) -> R<IntValue<'ctx>> {
+        let tys: Vec<BasicMetadataTypeEnum<'ctx>> =
+            args.iter().map(|a| a.get_type().into()).collect();
+        let ft = self.i32.fn_type(&tys, false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            text.into(),
+            constraints.into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|a| (*a).into()).collect();
+        Ok(self
+            .b
+            .build_indirect_call(ft, asm, &args, "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("asm i32"))?
+            .into_int_value())
+    }
+    /// `ld.shared.u32` at shared-window address `addr` (ordered with the mbarrier
+    /// statements around it: an asm statement that clobbers memory).
+    pub fn ld_shared_u32(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.asm_i32("ld.shared.u32 $0, [$1];", "=r,r,~{memory}", &[addr])
+    }
+    /// `st.shared.u32 [addr], v` at shared-window address `addr`.
+    pub fn st_shared_u32(&self, addr: IntValue<'ctx>, v: IntValue<'ctx>) -> R<()> {
+        self.asm_void("st.shared.u32 [$0], $1;", "r,r,~{memory}", &[addr, v])
+    }
+    /// `atom.relaxed.gpu.global.add.u32 old, [addr], 1` (this thread; `addr` an i64
+    /// global address): the count before the add.
+    pub fn atom_inc_relaxed(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.asm_i32(
+            "atom.relaxed.gpu.global.add.u32 $0, [$1], 1;",
+            "=r,l,~{memory}",
+            &[addr],
+        )
+    }
+    /// `st.relaxed.gpu.global.u32 [addr], v` (`addr` an i64 global address).
+    pub fn st_global_u32(&self, addr: IntValue<'ctx>, v: IntValue<'ctx>) -> R<()> {
+        self.asm_void(
+            "st.relaxed.gpu.global.u32 [$0], $1;",
+            "l,r,~{memory}",
+            &[addr, v],
+        )
+    }
+
     // ---- Hopper warp specialization: mbarriers, TMA, named barriers, setmaxnreg ------------
 
     /// A side-effecting, convergent inline asm statement with no result.

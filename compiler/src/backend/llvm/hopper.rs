@@ -42,6 +42,15 @@
 //! once every S of the tile is complete (before the last P V), release the last V, and
 //! always pass the turn, warpgroup 0 taking one extra turn at the end, so that the next
 //! tile's loads run under the last P V and the epilogue of this one.
+//!
+//! The dynamic tile scheduler (`PtxOptions::dynamic_tiles`, [`produce_dynamic`],
+//! [`consume_dynamic`]): instead of the static rounds, each CTA starts at tile `ctaid.x`
+//! and takes its next tiles from a global counter (`TileCounter`, one atomic add by the
+//! producer per tile, after the tile's copies are issued). The producer writes the tile
+//! index into a shared-memory slot after `q_empty` and before its arrival at `q_full`
+//! (every tile, one without blocks and the end marker too); the consumers read it after
+//! `q_full`, and free Q at once on a tile without blocks. The last CTA to finish zeroes
+//! the counter for the next launch.
 
 use super::bounds::KvBounds;
 use super::cta::{Args, place, place_tile, row_runs};
@@ -92,8 +101,10 @@ impl Layout {
             v,
             stages: opts.stages,
             bars,
-            // q_full, the ring's four per stage, and the persistent kernel's q_empty
-            bytes: bars + 8 * (1 + 4 * opts.stages + opts.persistent as u32),
+            // q_full, the ring's four per stage, the persistent kernel's q_empty, and the
+            // dynamic scheduler's tile slot
+            bytes: bars
+                + 8 * (1 + 4 * opts.stages + opts.persistent as u32 + opts.dynamic_tiles as u32),
         }
     }
 }
@@ -156,6 +167,12 @@ impl<'ctx> Bars<'ctx> {
     /// The persistent kernel's "Q buffer free" (one arrival per consumer thread).
     fn q_empty(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
         self.at(g, g.c32((1 + 4 * self.stages) as i64))
+    }
+    /// The dynamic scheduler's slot (a u32 after the mbarriers): the index of the tile
+    /// whose Q the current phase of `q_full` brings (written by the producer before its
+    /// arrival there).
+    fn tile_slot(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        self.at(g, g.c32((2 + 4 * self.stages) as i64))
     }
 }
 
@@ -335,6 +352,9 @@ fn body_persistent<'ctx>(
         g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64))?,
         || {
             let ring = Ring::new(g, lay.stages)?;
+            if opts.dynamic_tiles {
+                return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
+            }
             let q_phase = g.var(g.i32, g.c32(0))?;
             for_each_tile(g, tiles, &mut |t| {
                 let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
@@ -375,7 +395,8 @@ fn body_persistent<'ctx>(
     let wg0 = g.icmp(IntPredicate::EQ, wg, g.c32(0))?;
     // warpgroup 0 issues first
     g.if_then(wg0, || g.bar_arrive(BAR_TURN0, 256))?;
-    for_each_tile(g, tiles, &mut |t| {
+    let dynamic = opts.dynamic_tiles;
+    let mut consume = |t: IntValue<'ctx>| -> R<()> {
         let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
         let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
         for x in o.tiles.iter().flatten().flatten() {
@@ -408,12 +429,21 @@ fn body_persistent<'ctx>(
         };
         let work = g.block("consume");
         let epi = g.block("epilogue");
-        g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, work, epi)?;
+        // (dynamic tiles: a tile without blocks frees the Q buffer at once)
+        let idle = if dynamic { g.block("idle") } else { epi };
+        g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, work, idle)?;
         g.b.position_at_end(work);
         let phase = g.geti(&q_phase)?;
-        g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+        if !dynamic {
+            g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+        }
         let empty = bars.q_empty(g)?;
         cons.run(&runs, epi, Some(QUse { phase, empty }))?;
+        if dynamic {
+            g.b.position_at_end(idle);
+            g.mbar_arrive(empty)?;
+            g.br(epi)?;
+        }
         g.b.position_at_end(epi);
         epilogue(
             g,
@@ -427,7 +457,12 @@ fn body_persistent<'ctx>(
             &l.rows[0],
             &o.tiles[0],
         )
-    })?;
+    };
+    if dynamic {
+        consume_dynamic(g, &bars, tiles, &q_phase, &mut consume)?;
+    } else {
+        for_each_tile(g, tiles, &mut consume)?;
+    }
     // the last warpgroup passed the turn after its last issue: warpgroup 0 takes it
     g.if_then(wg0, || g.bar_sync(BAR_TURN0, 256))?;
     g.b.build_return(None)?;
@@ -462,6 +497,109 @@ fn for_each_tile<'ctx>(
     g.if_then(g.icmp(IntPredicate::ULT, t, tiles)?, || body(t))?;
     g.set(&base, g.add(round, grid)?)?;
     g.set(&odd, g.xor(flip, g.c32(1))?)?;
+    g.br(head)?;
+    g.b.position_at_end(done);
+    Ok(())
+}
+
+/// The producer of the dynamic scheduler (`PtxOptions::dynamic_tiles`): its first tile
+/// is `ctaid.x`, each next one `nctaid.x` + an atomic add to `TileCounter[0]`, fetched
+/// once this tile's copies are issued (the add's latency hides under the consumers' last
+/// blocks). Per tile: wait for `q_empty` (the consumers have read the slot and are done
+/// with Q), write the tile index into the slot, then TMA Q, K and V (a tile without
+/// blocks, and the end: a plain arrival at `q_full`). At the end it counts itself in
+/// `TileCounter[1]`; the last CTA zeroes both words for the next launch (every CTA's
+/// last add happened before its count: `acq_rel_inc`).
+#[allow(clippy::too_many_arguments)]
+fn produce_dynamic<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    kv: &KvBounds,
+    a: &Args<'_, 'ctx>,
+    lay: &Layout,
+    bars: &Bars<'ctx>,
+    ring: &Ring<'ctx>,
+    tiles: IntValue<'ctx>,
+) -> R<()> {
+    let grid = g.nctaid('x')?;
+    let counter =
+        g.b.build_ptr_to_int(a.ptr(KernelParam::TileCounter)?, g.i64, "")?;
+    let next = g.var(g.i32, g.ctaid('x')?)?;
+    let q_phase = g.var(g.i32, g.c32(0))?;
+    let head = g.block("tile");
+    let work = g.block("tile_work");
+    let load = g.block("tile_load");
+    let idle = g.block("tile_idle");
+    let fetch = g.block("tile_fetch");
+    let done = g.block("tiles_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let t = g.geti(&next)?;
+    let phase = g.geti(&q_phase)?;
+    g.mbar_wait(bars.q_empty(g)?, g.xor(phase, g.c32(1))?)?;
+    g.st_shared_u32(bars.tile_slot(g)?, t)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
+
+    g.b.position_at_end(work);
+    let (cx, at) = place_tile(g, c, p, a, Some(t))?;
+    let runs = row_runs(g, c, p, kv, a, &cx, at.qb, at.nqb)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, load, idle)?;
+    g.b.position_at_end(load);
+    let prod = Producer {
+        g,
+        c,
+        lay,
+        bars,
+        cx: &cx,
+        a,
+        hq: at.hq,
+    };
+    prod.run(&runs, Some(ring), None)?;
+    g.br(fetch)?;
+    g.b.position_at_end(idle);
+    g.mbar_arrive(bars.q_full(g)?)?;
+    g.br(fetch)?;
+    g.b.position_at_end(fetch);
+    let taken = g.atom_inc_relaxed(counter)?;
+    g.set(&next, g.add(taken, grid)?)?;
+    g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+    g.br(head)?;
+
+    g.b.position_at_end(done);
+    // the consumers read the end from the slot
+    g.mbar_arrive(bars.q_full(g)?)?;
+    let finished = g.acq_rel_inc(g.b.build_int_add(counter, g.c64(4), "")?)?;
+    g.if_then(
+        g.icmp(IntPredicate::EQ, finished, g.sub(grid, g.c32(1))?)?,
+        || {
+            g.st_global_u32(counter, g.c32(0))?;
+            g.st_global_u32(g.b.build_int_add(counter, g.c64(4), "")?, g.c32(0))
+        },
+    )
+}
+
+/// The consumers' walk over the dynamic scheduler's tiles: per tile, wait for `q_full`
+/// (parity `q_phase`), read the tile index from the slot, stop at one past the last
+/// tile, else `body(t)` (which frees the Q buffer, by its last P V or at once).
+fn consume_dynamic<'ctx>(
+    g: &Gpu<'ctx>,
+    bars: &Bars<'ctx>,
+    tiles: IntValue<'ctx>,
+    q_phase: &Var<'ctx>,
+    body: &mut dyn FnMut(IntValue<'ctx>) -> R<()>,
+) -> R<()> {
+    let head = g.block("tile");
+    let work = g.block("tile_work");
+    let done = g.block("tiles_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    g.mbar_wait(bars.q_full(g)?, g.geti(q_phase)?)?;
+    let t = g.ld_shared_u32(bars.tile_slot(g)?)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
+    g.b.position_at_end(work);
+    body(t)?;
+    g.set(q_phase, g.xor(g.geti(q_phase)?, g.c32(1))?)?;
     g.br(head)?;
     g.b.position_at_end(done);
     Ok(())

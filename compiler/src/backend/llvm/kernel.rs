@@ -124,6 +124,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.persistent {
         v.push(Batch);
     }
+    if opts.dynamic_tiles {
+        v.push(TileCounter);
+    }
     v
 }
 

@@ -240,8 +240,17 @@ pub struct PtxOptions {
     /// (the prologue and epilogue of one tile hide under the other's products). Needs
     /// [`KernelParam::Batch`]. Off in `new`; [`Self::for_binding`] turns it on where every
     /// tile has the same short work (bands at D128, no mask on the D64 three-consumer
-    /// kernel).
+    /// kernel) and, with [`Self::dynamic_tiles`], where the tiles' work differs.
     pub persistent: bool,
+    /// With `persistent`: each CTA takes its next tile from a global counter
+    /// ([`KernelParam::TileCounter`], an atomic add by the producer, broadcast to the
+    /// consumers through shared memory under the `q_full` mbarrier) instead of the static
+    /// snake rounds, so tiles of unequal work (causal-type masks in the LPT order of
+    /// [`Self::lpt_group`]) go to whichever CTA is free first, as FA3's dynamic
+    /// scheduler does. The counter resets itself (the last CTA to finish zeroes it). Off
+    /// in `new`; [`Self::for_binding`] turns it on for causal-type ranges and block
+    /// tables at D, Dv <= 128.
+    pub dynamic_tiles: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -315,6 +324,7 @@ impl PtxOptions {
             stages: 2,
             lpt_group: 0,
             persistent: false,
+            dynamic_tiles: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             float_positions: false,
@@ -351,7 +361,15 @@ impl PtxOptions {
     ///   three-consumer D64 kernel (dense 0.540 / 0.537 against 0.558 / 0.547); not for
     ///   causal-type ranges, where the static rounds of tiles lose to the hardware's own
     ///   CTA order (causal D128 0.826 against 0.825 with LPT, document + causal 0.420
-    ///   against 0.279), nor dense D128 (1.550 / 1.607 against 1.563 / 1.552).
+    ///   against 0.279), nor dense D128 (1.550 / 1.607 against 1.563 / 1.552);
+    /// - persistent CTAs with the dynamic tile scheduler ([`Self::dynamic_tiles`]) for
+    ///   causal-type ranges and block tables at D, Dv <= 128 (one call, against one CTA
+    ///   per tile in the LPT order): causal D128 0.801 against 0.816, ALiBi + causal D128
+    ///   1.012 / 1.054, document + causal D128 (table) 0.251 against 0.271 (0.248 with
+    ///   the LPT order), causal D64 (three consumers) 0.328 / 0.338, ALiBi + causal D64
+    ///   (two consumers) 0.457 / 0.478, GQA causal (B1 Hq32 Hkv8 L16384) 3.012 / 3.036;
+    ///   not for dense (D128 1.545 against 1.550 for one CTA per tile: noise), nor D64
+    ///   no mask (0.540 against 0.531 with static rounds).
     pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
@@ -380,11 +398,17 @@ impl PtxOptions {
             o.lpt_group = 8;
         }
         // persistent CTAs where every tile has the same, short work: bands at D128 and no
-        // mask on the three-consumer D64 kernel (not yet timed at D256)
+        // mask on the three-consumer D64 kernel (not yet timed at D256); with the dynamic
+        // tile scheduler where the tiles' work differs: causal-type ranges (in the LPT
+        // order above) and block tables
         let uniform = (kv.bounds_kv_below() && o.d.max(o.dv) == 128)
             || (o.q_block == 192 && plan.program().mask.is_none());
+        let unequal = kv.work_grows_with_q() || !kv.is_closed_form();
         if o.ws && o.d.max(o.dv) <= 128 && uniform {
             o.persistent = true;
+        } else if o.ws && o.d.max(o.dv) <= 128 && unequal {
+            o.persistent = true;
+            o.dynamic_tiles = true;
         }
         o
     }
@@ -477,6 +501,7 @@ impl PtxOptions {
         } else {
             String::new()
         } + if self.persistent { " persistent" } else { "" }
+            + if self.dynamic_tiles { " dynamic" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
@@ -518,6 +543,11 @@ impl PtxOptions {
         if self.persistent && !self.ws {
             return Err(LlvmError::Unsupported(
                 "persistent CTAs are an option of the warp-specialized kernel (ws)".into(),
+            ));
+        }
+        if self.dynamic_tiles && !self.persistent {
+            return Err(LlvmError::Unsupported(
+                "dynamic tiles are an option of persistent CTAs (persistent)".into(),
             ));
         }
         if self.overlap && self.mma != Mma::Wgmma {
@@ -714,6 +744,10 @@ pub enum KernelParam {
     /// written their partials ([`KernelKind::DecodeMmaFused`](crate::backend::KernelKind::DecodeMmaFused);
     /// zero before the first launch, reset to zero by the CTA that merges).
     DecodeSem,
+    /// u32 `[2]` of the persistent forward with `PtxOptions::dynamic_tiles`: the next tile
+    /// to hand out (beyond each CTA's first) and the CTAs done; zero before the first
+    /// launch, reset to zero by the last CTA of each launch.
+    TileCounter,
 }
 
 /// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and

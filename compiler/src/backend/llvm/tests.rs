@@ -326,6 +326,62 @@ fn lpt_order_reads_the_grid_size_and_changes_only_the_place() {
     assert_eq!(b.ptx, emit(&samples::causal(), &lpt).unwrap().ptx);
 }
 
+/// The dynamic tile scheduler (`dynamic_tiles`): on every sample, both consumer counts
+/// and both tile orders, the persistent kernel plus the counter parameter, one more
+/// 8-byte slot of shared memory, the producer's atomic add and the counter's reset, the
+/// slot written by the producer and read by the consumers; deterministic; refused
+/// without persistent CTAs.
+#[test]
+fn dynamic_tiles_take_the_next_tile_from_a_counter() {
+    let pers = PtxOptions {
+        persistent: true,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+    };
+    let d64 = PtxOptions {
+        q_block: 192,
+        persistent: true,
+        ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
+    };
+    let atom = "atom.relaxed.gpu.global.add.u32";
+    for p in samples::all(16) {
+        for (o, lpt) in [(pers, 0), (pers, 8), (d64, 8)] {
+            let o = PtxOptions {
+                lpt_group: lpt,
+                ..o
+            };
+            let dynamic = PtxOptions {
+                dynamic_tiles: true,
+                ..o
+            };
+            assert_ne!(o.key(), dynamic.key());
+            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &dynamic).unwrap());
+            assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+            assert_eq!(
+                b.params.last(),
+                Some(&KernelParam::TileCounter),
+                "{}",
+                p.name
+            );
+            assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
+            assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+            // one add per tile (the producer), one counted end (acq_rel_inc), two resets
+            assert_eq!(b.ptx.matches(atom).count(), 2, "{}", p.name);
+            assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 2);
+            assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
+            assert!(!a.ptx.contains(atom) && !a.ptx.contains("ld.shared.u32"));
+            assert_eq!(b.ptx, emit(&p, &dynamic).unwrap().ptx);
+        }
+    }
+    let static_grid = PtxOptions {
+        dynamic_tiles: true,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+    };
+    assert!(matches!(
+        emit(&samples::dense(), &static_grid),
+        Err(LlvmError::Unsupported(_))
+    ));
+}
+
 /// The persistent warp-specialized kernel: a grid of `min(tiles, SMs)` CTAs walking the
 /// tiles (`nctaid.x` strides, B as a parameter), one more mbarrier (q_empty), on every
 /// sample and both consumer counts; refused without `ws`.
@@ -641,21 +697,34 @@ fn binding_options_follow_the_plan() {
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 8));
     let o = at(&dense, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 0));
-    // persistent CTAs: no mask at D64 (three consumers) and bands at D128 only
-    assert!(o.persistent);
-    let persistent = |p: &Plan, o: PtxOptions| at(p, o, 4096).persistent;
-    assert!(persistent(&band, d128));
+    // persistent CTAs with static rounds: no mask at D64 (three consumers) and bands at
+    // D128; with the dynamic tile scheduler: causal-type ranges and block tables (on the
+    // warp-specialized kernel); neither elsewhere
+    assert!(o.persistent && !o.dynamic_tiles);
+    let schedule = |p: &Plan, o: PtxOptions| {
+        let o = at(p, o, 4096);
+        (o.persistent, o.dynamic_tiles)
+    };
+    assert_eq!(schedule(&band, d128), (true, false));
     for (p, o) in [
-        (&band, d64),
         (&causal, d64),
         (&softcap, d64),
+        (&alibi, d64),
+        (&causal, d128),
+        (&alibi, d128),
+        (&softcap, d128),
+        (&doc, d128),
+    ] {
+        assert_eq!(schedule(p, o), (true, true), "{o:?}");
+    }
+    for (p, o) in [
+        (&band, d64),
         (&bias, d64),
         (&dense, d128),
-        (&causal, d128),
-        (&doc, d128),
+        (&doc, d64),
         (&bias, d128),
     ] {
-        assert!(!persistent(p, o), "{o:?}");
+        assert_eq!(schedule(p, o), (false, false), "{o:?}");
     }
     let o = at(&band, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));

@@ -124,6 +124,9 @@ pub(crate) struct StreamState {
     err: CudaSlice<u32>,
     /// One zero word: what an empty captured tensor reads.
     zero: CudaSlice<u32>,
+    /// The dynamic tile scheduler's counter (`KernelParam::TileCounter`: zero, and left
+    /// zero by each launch in stream order).
+    tiles: CudaSlice<u32>,
     /// The kv source's buffers and what they were made for.
     table: Option<StreamTable>,
     /// Table buffers a captured graph may read (kept while this state lives).
@@ -286,6 +289,7 @@ impl StreamState {
             words: ParamWords::new(n_params),
             err: dev.zeros(8)?,
             zero: dev.zeros(1)?,
+            tiles: dev.zeros(2)?,
             table: None,
             pinned: Vec::new(),
             ranges: None,
@@ -325,6 +329,7 @@ struct StateBufs {
     params: u64,
     err: u64,
     zero: u64,
+    tiles: u64,
 }
 
 /// The launch values of a forward on caller buffers (and of its block-table builder),
@@ -349,6 +354,7 @@ fn call_args(
     a.scalar(P::Lse, Arg::Ptr(bufs.lse));
     a.scalar(P::Params, Arg::Ptr(state.params));
     a.scalar(P::Err, Arg::Ptr(state.err));
+    a.scalar(P::TileCounter, Arg::Ptr(state.tiles));
     for (i, (ptr, t)) in tensors.iter().zip(&bindings.tensors).enumerate() {
         let empty = t.dims.iter().product::<usize>() == 0;
         a.scalar(
@@ -475,6 +481,7 @@ impl CudaExec {
             params: ptr(&st.params),
             err: ptr(&st.err),
             zero: ptr(&st.zero),
+            tiles: ptr(&st.tiles),
         };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
         let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
@@ -646,6 +653,7 @@ mod tests {
             params: 0x6000,
             err: 0x7000,
             zero: 0x8000,
+            tiles: 0xa1000,
         };
         for (i, src) in sources.iter().enumerate() {
             let prog = attnc_compiler::compile_source(src)

@@ -333,6 +333,7 @@ impl CudaExec {
             params: ptr(&st.params),
             err: ptr(&st.err),
             zero: ptr(&st.zero),
+            tiles: ptr(&st.tiles),
         };
         let dq_spec = kernels.dq_spec();
         let work = kernels.dq_workspace(&shape).map(|n| (n, ko.bwd_dq));
@@ -471,6 +472,7 @@ mod tests {
             params: 0xc000,
             err: 0xd000,
             zero: 0xe000,
+            tiles: 0xa2000,
         };
         for (i, src) in sources.iter().enumerate() {
             let prog = attnc_compiler::compile_source(src)

@@ -154,6 +154,7 @@ impl CudaExec {
             params: ptr(&st.params),
             err: ptr(&st.err),
             zero: ptr(&st.zero),
+            tiles: ptr(&st.tiles),
         };
         let n = ranges_kernel
             .spec()
