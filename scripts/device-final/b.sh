@@ -6,7 +6,7 @@ for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; ch
 (bash .fa4a/install.sh a 2>&1 | tail -1) &
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
-ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtg,128x128xtz,128x128xtgy,128x128xty,192x128xt,192x128xtg,192x128xtz,192x128xtgy,128x64xt,128x64xtg} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtg,128x128xtz,128x128xtgy,128x128xty,192x128xtg,192x128xtz,192x128xtgy,128x64xt,128x64xtg} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
