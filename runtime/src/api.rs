@@ -19,7 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{Exec, ExecError};
-pub use crate::options::{Backend, BindOptions};
+pub use crate::options::{Backend, BindOptions, DecodeKernel, DecodeTuning};
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::diag::Diagnostic;
 use attnc_compiler::interp::{Bindings, BoundTensor, EvalError, TensorData};

@@ -24,7 +24,10 @@ pub mod synth;
 pub mod tensor;
 mod validate;
 
-pub use api::{Backend, BindOptions, Bound, Captures, Compiled, Output, ParamValue, Variant};
+pub use api::{
+    Backend, BindOptions, Bound, Captures, Compiled, DecodeKernel, DecodeTuning, Output, ParamValue,
+    Variant,
+};
 pub use attnc_compiler::shape::Shape;
 pub use backward::Gradients;
 pub use decode::KvCache;

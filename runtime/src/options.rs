@@ -52,6 +52,11 @@ pub struct BindOptions {
     /// CUDA: the device ordinal the binding compiles for and launches on (its primary
     /// context; default 0). Other backends ignore it.
     pub device: usize,
+    /// CUDA decoding (`Bound::forward_with_cache`, `decode_cuda_into`): overrides of the
+    /// split-KV kernels' automatic choices (benchmarks, tests). Default: the `ATTNC_DECODE_*`
+    /// environment variables, read once per process ([`DecodeTuning::from_env`]); none set
+    /// means every choice automatic. Fixed for the binding's life.
+    pub decode: DecodeTuning,
 }
 
 impl BindOptions {
@@ -66,6 +71,108 @@ impl BindOptions {
             gpu_block_tables: std::env::var("ATTNC_BLOCK_TABLES").map_or(true, |v| v != "host"),
             jit_tiers: None,
             device: 0,
+            decode: DecodeTuning::from_env(),
         }
+    }
+}
+
+/// Which split-KV decode kernel runs a CUDA call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeKernel {
+    /// `KernelKind::Decode`: SIMT, registers only (every head dim of the kernels).
+    Simt,
+    /// `KernelKind::DecodeMma`: tensor cores, K/V through shared memory (D 64 and 128).
+    Mma,
+}
+
+/// Overrides of the CUDA decode path's automatic choices (`decode::gpu`): `None`/`false`
+/// leaves a choice to the runtime. For benchmarks and tests; a binding keeps the value
+/// it was made with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecodeTuning {
+    /// The kernel (`ATTNC_DECODE_KERNEL=simt|mma`); `Mma` only where the tensor-core
+    /// kernel takes the head dim (elsewhere the SIMT kernel runs).
+    pub kernel: Option<DecodeKernel>,
+    /// The tensor-core kernel's split count per (sequence, kv head, row group)
+    /// (`ATTNC_DECODE_SPLITS=N`, N >= 1; tiles per split rounded up).
+    pub splits: Option<usize>,
+    /// A cap on the tensor-core kernel's rows per CTA: 16, 32 or 64
+    /// (`ATTNC_DECODE_ROWS`; more row groups, each reading K/V).
+    pub max_rows: Option<usize>,
+    /// The tensor-core kernel with the combine folded in (`KernelKind::DecodeMmaFused`)
+    /// instead of decode + combine kernels, for host-tensor calls
+    /// (`ATTNC_DECODE_COMBINE=fused`; the caller-buffer path keeps two kernels).
+    pub fused_combine: bool,
+}
+
+impl DecodeTuning {
+    /// The `ATTNC_DECODE_*` variables as [`Self::parse`] reads them, read from the
+    /// environment once per process (later changes to the environment are not seen).
+    pub fn from_env() -> Self {
+        static ENV: std::sync::OnceLock<DecodeTuning> = std::sync::OnceLock::new();
+        *ENV.get_or_init(|| DecodeTuning::parse(|k| std::env::var(k).ok()))
+    }
+
+    /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
+    /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
+    /// `ATTNC_DECODE_COMBINE` `fused`; anything else (or unset) leaves the choice
+    /// automatic.
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
+        let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
+        DecodeTuning {
+            kernel: match get("ATTNC_DECODE_KERNEL").as_deref() {
+                Some("simt") => Some(DecodeKernel::Simt),
+                Some("mma") => Some(DecodeKernel::Mma),
+                _ => None,
+            },
+            splits: num("ATTNC_DECODE_SPLITS").filter(|&n| n > 0),
+            max_rows: num("ATTNC_DECODE_ROWS").filter(|n| [16, 32, 64].contains(n)),
+            fused_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("fused"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_tuning_parses_the_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(DecodeTuning::parse(env(&[])), DecodeTuning::default());
+        let t = DecodeTuning::parse(env(&[
+            ("ATTNC_DECODE_KERNEL", "simt"),
+            ("ATTNC_DECODE_SPLITS", "44"),
+            ("ATTNC_DECODE_ROWS", "32"),
+            ("ATTNC_DECODE_COMBINE", "fused"),
+        ]));
+        assert_eq!(
+            t,
+            DecodeTuning {
+                kernel: Some(DecodeKernel::Simt),
+                splits: Some(44),
+                max_rows: Some(32),
+                fused_combine: true,
+            }
+        );
+        // values outside what the kernels take leave the choice automatic
+        let t = DecodeTuning::parse(env(&[
+            ("ATTNC_DECODE_KERNEL", "wgmma"),
+            ("ATTNC_DECODE_SPLITS", "0"),
+            ("ATTNC_DECODE_ROWS", "48"),
+            ("ATTNC_DECODE_COMBINE", "separate"),
+        ]));
+        assert_eq!(t, DecodeTuning::default());
+        assert_eq!(
+            DecodeTuning::parse(env(&[("ATTNC_DECODE_KERNEL", "mma")])).kernel,
+            Some(DecodeKernel::Mma)
+        );
     }
 }

@@ -34,8 +34,8 @@ use decode_util::*;
 /// takes the same kernel, the arguments say which shape is meant).
 fn expected_path(_lq: usize, _hq: usize, _hkv: usize, d: usize) -> &'static str {
     let fits = d == 64 || d == 128;
-    match std::env::var("ATTNC_DECODE_KERNEL").as_deref() {
-        Ok("simt") => "split-kv",
+    match attnc::DecodeTuning::from_env().kernel {
+        Some(attnc::DecodeKernel::Simt) => "split-kv",
         _ if fits => "split-kv-mma",
         _ => "split-kv",
     }
@@ -207,14 +207,22 @@ fn gpu_decode_long(_d: &CudaDevice) {
 }
 
 /// Small cases for compute-sanitizer (memcheck / racecheck): contiguous and paged with
-/// garbage page ids past each sequence, a sequence of length 0, Lq 4, GQA 4:1.
+/// garbage page ids past each sequence, a sequence of length 0, Lq 1, 4 and 16 (16 and 64
+/// rows per CTA of the tensor-core kernel), GQA 4:1.
 fn gpu_decode_sanitize(_d: &CudaDevice) {
     let mut rng = Rng(3);
     let compiled = example("document_causal");
     let program = compiled.names()[0].to_string();
     let variant = compiled.attention(&program).unwrap();
-    // G x Lq = 4 x 4 (tensor cores) and 4 x 1 (SIMT)
-    for (lq, page) in [(4, None), (4, Some(16)), (1, None), (1, Some(16))] {
+    // G x Lq = 4 x 4, 4 x 1 and 4 x 16 (the SIMT kernel with ATTNC_DECODE_KERNEL=simt)
+    for (lq, page) in [
+        (4, None),
+        (4, Some(16)),
+        (1, None),
+        (1, Some(16)),
+        (16, None),
+        (16, Some(16)),
+    ] {
         let c = case_as(
             DType::BF16,
             &mut rng,

@@ -10,7 +10,9 @@
 
 use super::parse_params;
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{BindOptions, Captures, Compiled, DType, Error, KvCache, Shape, Tensor, synth};
+use attnc::{
+    BindOptions, Captures, Compiled, DType, DecodeTuning, Error, KvCache, Shape, Tensor, synth,
+};
 use clap::ValueEnum;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -157,6 +159,42 @@ pub(crate) struct BenchArgs<'a> {
     pub params: &'a [String],
 }
 
+/// The decode tunings `attnc bench --decode` times, each with its label (see `bench`).
+fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
+    let base = DecodeTuning::from_env();
+    let mut out = vec![(String::new(), base)];
+    if backend != attnc::Backend::Cuda {
+        return out;
+    }
+    if std::env::var("ATTNC_DECODE_BENCH_COMBINE").as_deref() == Ok("both") {
+        out = [false, true]
+            .iter()
+            .map(|&f| {
+                let label = if f { " fused" } else { " separate" };
+                let t = DecodeTuning {
+                    fused_combine: f,
+                    ..base
+                };
+                (label.to_string(), t)
+            })
+            .collect();
+    }
+    if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_SPLITS") {
+        let counts: Vec<usize> = list.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        out = out
+            .iter()
+            .flat_map(|(label, t)| {
+                counts.iter().map(move |&n| {
+                    let splits = (n > 0).then_some(n);
+                    let label = format!("{label} splits {}", if n > 0 { n.to_string() } else { "auto".into() });
+                    (label, DecodeTuning { splits, ..*t })
+                })
+            })
+            .collect();
+    }
+    out
+}
+
 /// `attnc bench --decode`.
 pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let compiled = Compiled::from_file(a.file)?;
@@ -235,41 +273,35 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             for (name, v) in parse_params(a.params)? {
                 caps.params.insert(name, v);
             }
-            let mut opts = BindOptions::new(a.backend, shape, dtype);
-            opts.threads = a.threads;
-            let mut bound = variant.bind(opts)?;
-            let cache = match &pt {
-                None => KvCache::Contiguous {
-                    k: &k,
-                    v: &v,
-                    seq_lens: &seq_lens,
-                },
-                Some(pt) => KvCache::Paged {
-                    k_cache: &k,
-                    v_cache: &v,
-                    page_table: pt,
-                    seq_lens: &seq_lens,
-                },
-            };
-            let positions = bound.cache_positions_reached(&q, &cache, &caps)?;
-            let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
-            // ATTNC_DECODE_BENCH_COMBINE=both (CUDA): each shape and layout timed with the
-            // combine kernel and with the fused kernel, one after the other on the same
-            // inputs (`ATTNC_DECODE_COMBINE`, read per call by `decode::gpu`)
-            let both = a.backend == attnc::Backend::Cuda
-                && std::env::var("ATTNC_DECODE_BENCH_COMBINE").as_deref() == Ok("both");
-            let modes: &[Option<&str>] = if both {
-                &[Some("separate"), Some("fused")]
-            } else {
-                &[None]
-            };
-            for mode in modes {
-                if let Some(m) = mode {
-                    // SAFETY: the CLI's bench runs on one thread and no other thread reads
-                    // or writes the environment meanwhile (the JIT's background threads
-                    // are idle between calls: `--decode` compiles in the foreground).
-                    unsafe { std::env::set_var("ATTNC_DECODE_COMBINE", m) };
-                }
+            // each binding's decode tuning: the default, or (CUDA, benchmarks) one binding
+            // per value on the same inputs: ATTNC_DECODE_BENCH_COMBINE=both (the combine
+            // kernel, then the fused kernel), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
+            // counts of the tensor-core kernel, 0 = the runtime's choice)
+            let tunings = bench_tunings(a.backend);
+            let mut reached = None;
+            for (label, tuning) in &tunings {
+                let mut opts = BindOptions::new(a.backend, shape, dtype);
+                opts.threads = a.threads;
+                opts.decode = *tuning;
+                let mut bound = variant.bind(opts)?;
+                let cache = match &pt {
+                    None => KvCache::Contiguous {
+                        k: &k,
+                        v: &v,
+                        seq_lens: &seq_lens,
+                    },
+                    Some(pt) => KvCache::Paged {
+                        k_cache: &k,
+                        v_cache: &v,
+                        page_table: pt,
+                        seq_lens: &seq_lens,
+                    },
+                };
+                let positions = match reached {
+                    Some(p) => p,
+                    None => *reached.insert(bound.cache_positions_reached(&q, &cache, &caps)?),
+                };
+                let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
                 let ms = match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
                     Some(ms) => ms,
                     None => {
@@ -293,7 +325,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     bytes / (ms * 1e-3) / 1e9,
                     bytes / 1e6,
                     a.backend.name(),
-                    mode.map(|m| format!(" {m}")).unwrap_or_default(),
+                    label,
                 );
             }
         }

@@ -21,11 +21,12 @@
 //! Lq1 133.8 against 247.3 (SDPA cuDNN: 241.9, 755.7, 785.1, 471.1, 127.8). Session 5
 //! (combine over threads, another call): B1 Lkv131072 131.9 µs (cuDNN 130.3); 66 or 132
 //! splits instead of the chosen 33: 136.0, 141.5; B8 Lq16 8 splits instead of 4: slower.
-//! `ATTNC_DECODE_KERNEL=simt|mma` overrides the choice (benchmarks, tests; `mma` only
-//! where the kernel takes the head dim); `ATTNC_DECODE_SPLITS=N` forces the tensor-core
-//! kernel's split count, `ATTNC_DECODE_ROWS=16|32|64` caps its rows per CTA (benchmarks;
-//! Lq16 at 32 rows: 306.0 µs against 272.6 at 64, session 6), `ATTNC_DECODE_COMBINE=fused`
-//! runs its fused variant (the combine folded in: `fused_combine`, off by default).
+//! The binding's [`DecodeTuning`] (`BindOptions::decode`; by default the `ATTNC_DECODE_*`
+//! variables, read once per process) overrides the choices (benchmarks, tests): `kernel`
+//! (`mma` only where the kernel takes the head dim), `splits` (the tensor-core kernel's
+//! split count), `max_rows` (caps its rows per CTA; Lq16 at 32 rows: 306.0 µs against
+//! 272.6 at 64, session 6), `fused_combine` (its fused variant, the combine folded in:
+//! off by default, see [`fused`]).
 //!
 //! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
 //! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
@@ -38,6 +39,7 @@
 use crate::cuda::CudaDevice;
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::error::{Error, Result};
+use crate::options::DecodeTuning;
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::InputType;
@@ -56,23 +58,16 @@ const MMA_SLOTS: usize = 132 * 2;
 const MMA_FILL_TILES: usize = 4;
 
 /// The split-KV kernel that runs a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kernel {
-    /// `KernelKind::Decode`: SIMT, registers only.
-    Simt,
-    /// `KernelKind::DecodeMma`: tensor cores, K/V through shared memory.
-    Mma,
-}
+pub(crate) use crate::options::DecodeKernel as Kernel;
 
-/// The kernel for `shape` (see the module docs).
-pub(crate) fn choose(shape: &DecodeShape) -> Kernel {
+/// The kernel for `shape` under `tuning` (see the module docs).
+pub(crate) fn choose(shape: &DecodeShape, tuning: &DecodeTuning) -> Kernel {
     let fits = [64, 128].contains(&shape.d);
-    match std::env::var("ATTNC_DECODE_KERNEL").as_deref() {
-        Ok("simt") => return Kernel::Simt,
-        Ok("mma") if fits => return Kernel::Mma,
-        _ => {}
+    match tuning.kernel {
+        Some(Kernel::Simt) => Kernel::Simt,
+        _ if fits => Kernel::Mma,
+        _ => Kernel::Simt,
     }
-    if fits { Kernel::Mma } else { Kernel::Simt }
 }
 /// CTAs a launch aims for (an H200 has 132 SMs; several CTAs per SM hide latency).
 const TARGET_CTAS: usize = 132 * 8;
@@ -86,13 +81,21 @@ fn backend(e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Whether the split-KV kernel runs this call.
+/// Whether the split-KV kernel runs this call (the tensor-core kernel addresses within a
+/// page in 32 bits: a page's bytes, `page_size x Hkv x D x 2`, must fit).
 pub(crate) fn applies(shape: &DecodeShape, dtype: DType, checked: bool) -> bool {
+    let page_fits = match shape.layout {
+        CacheLayout::Paged { page_size, .. } => {
+            page_size * shape.hkv * shape.d * 2 <= u32::MAX as usize
+        }
+        CacheLayout::Contiguous { .. } => true,
+    };
     !checked
         && shape.lq <= MAX_LQ
         && shape.d == shape.dv
         && [32, 64, 128, 256].contains(&shape.d)
         && matches!(dtype, DType::BF16 | DType::F16)
+        && page_fits
 }
 
 /// The kernels of a binding: one module per layout, taken from the JIT cache on first use.
@@ -100,16 +103,24 @@ pub(crate) struct GpuDecode {
     /// The binding's plan (of the original program: the kernels evaluate the mask and
     /// score at logical positions themselves).
     plan: Plan,
+    /// The binding's overrides of the automatic choices.
+    tuning: DecodeTuning,
     /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel.
     modules: [Option<DecodeModule>; 4],
 }
 
 impl GpuDecode {
-    pub(crate) fn new(plan: Plan) -> Self {
+    pub(crate) fn new(plan: Plan, tuning: DecodeTuning) -> Self {
         GpuDecode {
             plan,
+            tuning,
             modules: [None, None, None, None],
         }
+    }
+
+    /// The kernel that runs `shape` in this binding.
+    pub(crate) fn kernel(&self, shape: &DecodeShape) -> Kernel {
+        choose(shape, &self.tuning)
     }
 
     pub(crate) fn module(
@@ -119,10 +130,11 @@ impl GpuDecode {
         dtype: DType,
     ) -> Result<&DecodeModule> {
         let paged = matches!(shape.layout, CacheLayout::Paged { .. });
-        let kernel = choose(shape);
+        let kernel = self.kernel(shape);
+        let tuning = self.tuning;
         let slot = &mut self.modules[paged as usize + 2 * (kernel == Kernel::Mma) as usize];
         if slot.is_none() {
-            let opts = decode_options(dev, shape, dtype, kernel);
+            let opts = decode_options(dev, shape, dtype, kernel, &tuning);
             let kind = match kernel {
                 Kernel::Simt => KernelKind::Decode,
                 Kernel::Mma => KernelKind::DecodeMma,
@@ -144,9 +156,10 @@ impl GpuDecode {
     ) -> Result<&DecodeModule> {
         let paged = matches!(shape.layout, CacheLayout::Paged { .. });
         let plan = self.plan.clone();
+        let tuning = self.tuning;
         let m = self.module(dev, shape, dtype)?;
         if fused && !m.has_fused() {
-            let opts = decode_options(dev, shape, dtype, Kernel::Mma);
+            let opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
             let jit = crate::exec::cuda::cuda_jit_of(dev)?;
             let loaded = m
                 .clone()
@@ -172,8 +185,8 @@ impl GpuDecode {
         ranges: &[i32],
         bind: &Bindings,
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
-        let geom = geometry(shape, ranges, scale);
-        let fused = choose(shape) == Kernel::Mma && fused_combine();
+        let geom = geometry(shape, ranges, scale, &self.tuning);
+        let fused = fused(shape, &self.tuning);
         let m = self.module_for(dev, shape, q.dtype(), fused)?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
@@ -254,6 +267,7 @@ fn decode_options(
     shape: &DecodeShape,
     dtype: DType,
     kernel: Kernel,
+    tuning: &DecodeTuning,
 ) -> DecodeOptions {
     DecodeOptions {
         arch: dev.arch(),
@@ -263,23 +277,20 @@ fn decode_options(
         } else {
             InputType::Bf16
         },
-        rows: rows_per_cta(shape, kernel) as u32,
+        rows: rows_per_cta(shape, kernel, tuning) as u32,
         paged: matches!(shape.layout, CacheLayout::Paged { .. }),
     }
 }
 
-/// Rows per CTA of `kernel` (see the module docs); `ATTNC_DECODE_ROWS=16|32|64` caps the
-/// tensor-core kernel's (benchmarks: more row groups, each reading K/V).
-fn rows_per_cta(shape: &DecodeShape, kernel: Kernel) -> usize {
+/// Rows per CTA of `kernel` (see the module docs); `tuning.max_rows` (16, 32 or 64) caps
+/// the tensor-core kernel's (benchmarks: more row groups, each reading K/V).
+fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> usize {
     let rows = (shape.hq / shape.hkv) * shape.lq;
     match kernel {
         Kernel::Simt => rows.min(MAX_ROWS),
         Kernel::Mma => {
             let natural = 16 * rows.div_ceil(16).next_power_of_two().min(4);
-            match std::env::var("ATTNC_DECODE_ROWS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-            {
+            match tuning.max_rows {
                 Some(cap @ (16 | 32 | 64)) => natural.min(cap),
                 _ => natural,
             }
@@ -287,22 +298,27 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel) -> usize {
     }
 }
 
-/// Whether a tensor-core call runs the fused kernel (the combine folded into the decode
-/// kernel: `KernelKind::DecodeMmaFused`) rather than decode + combine: only when
-/// `ATTNC_DECODE_COMBINE=fused` (benchmarks, tests). Off by default: measured on an
-/// H200 (session 6, same process, same inputs, µs, separate / fused) it gains ~0.5% at B8
+/// Whether a host-tensor call runs the fused kernel (the combine folded into the
+/// tensor-core kernel: `KernelKind::DecodeMmaFused`) rather than decode + combine: only
+/// when `tuning.fused_combine` (benchmarks, tests). Off by default: measured on an H200
+/// (session 6, same process, same inputs, µs, separate / fused) it gains ~0.5% at B8
 /// Lkv32768 Lq1 (241.8 / 240.7) and B64 Lkv8192 (483.0 / 480.8) but loses at B1
 /// Lkv131072 Lq1 (129.1 / 131.1: the merge runs after the last split, behind a fence and
 /// an atomic), Lq4 (243.1 / 247.9) and Lq16 (272.6 / 297.0: 16 rows per warp in turn).
-pub(crate) fn fused_combine() -> bool {
-    std::env::var("ATTNC_DECODE_COMBINE").as_deref() == Ok("fused")
+fn fused(shape: &DecodeShape, tuning: &DecodeTuning) -> bool {
+    tuning.fused_combine && choose(shape, tuning) == Kernel::Mma
 }
 
 /// The launch geometry of a call.
-pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> DecodeGeometry {
-    let kernel = choose(shape);
+pub(crate) fn geometry(
+    shape: &DecodeShape,
+    ranges: &[i32],
+    scale: f32,
+    tuning: &DecodeTuning,
+) -> DecodeGeometry {
+    let kernel = choose(shape, tuning);
     let rows = (shape.hq / shape.hkv) * shape.lq;
-    let rpc = rows_per_cta(shape, kernel);
+    let rpc = rows_per_cta(shape, kernel, tuning);
     let row_groups = rows.div_ceil(rpc);
     let span = ranges
         .chunks(2)
@@ -320,10 +336,7 @@ pub(crate) fn geometry(shape: &DecodeShape, ranges: &[i32], scale: f32) -> Decod
             let chunk = chunk.max(64);
             (span.div_ceil(chunk).max(1), chunk)
         }
-        Kernel::Mma => match std::env::var("ATTNC_DECODE_SPLITS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        Kernel::Mma => match tuning.splits {
             // benchmarks: a forced split count (tiles per split rounded up)
             Some(n) if n > 0 => {
                 let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as usize;
@@ -379,6 +392,26 @@ fn mma_splits(ctas: usize, span: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_beyond_32_bit_offsets_take_the_prefill_path() {
+        let paged = |hkv: usize| DecodeShape {
+            b: 1,
+            hq: hkv,
+            hkv,
+            lq: 1,
+            d: 128,
+            dv: 128,
+            layout: CacheLayout::Paged {
+                num_pages: 1,
+                page_size: 256,
+                max_pages: 1,
+            },
+        };
+        assert!(applies(&paged(8), DType::BF16, false));
+        // 256 x 65536 x 128 x 2 bytes = 4 GiB per page
+        assert!(!applies(&paged(1 << 16), DType::BF16, false));
+    }
 
     #[test]
     fn mma_splits_fill_the_gpu_and_cover_the_span() {

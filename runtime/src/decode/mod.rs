@@ -265,6 +265,7 @@ impl DecodeState {
         backend: Backend,
         (lq, group): (usize, usize),
         checked: bool,
+        tuning: crate::options::DecodeTuning,
     ) -> Result<Self> {
         let program = variant.program();
         match backend {
@@ -299,7 +300,7 @@ impl DecodeState {
                 let plan = Plan::new(&shifted);
                 Ok(DecodeState::Cuda {
                     state: Box::new(cuda::CudaState::new(variant.derived(shifted))),
-                    gpu: Box::new(gpu::GpuDecode::new(bound_plan.clone())),
+                    gpu: Box::new(gpu::GpuDecode::new(bound_plan.clone(), tuning)),
                     plan: Box::new(plan),
                     path: None,
                 })
@@ -320,6 +321,7 @@ impl Bound {
                 opts.backend,
                 (opts.shape.lq, opts.shape.hq / opts.shape.hkv.max(1)),
                 opts.checked,
+                opts.decode,
             )?;
             *self.extension::<Option<DecodeState>>() = Some(s);
         }
@@ -433,7 +435,7 @@ impl Bound {
                     .map_err(cache_error)?;
                 let (live, ranges) = reachable(plan, &shape, &seq_lens, &bindings, opts.checked)?;
                 if gpu::applies(&shape, opts.dtype, opts.checked) {
-                    *path = Some(match gpu::choose(&shape) {
+                    *path = Some(match gpu.kernel(&shape) {
                         gpu::Kernel::Simt => "split-kv",
                         gpu::Kernel::Mma => "split-kv-mma",
                     });
@@ -488,7 +490,7 @@ impl Bound {
                 "the split-KV decode kernels run CUDA bindings".into(),
             ));
         };
-        *path = Some(match gpu::choose(shape) {
+        *path = Some(match gpu.kernel(shape) {
             gpu::Kernel::Simt => "split-kv",
             gpu::Kernel::Mma => "split-kv-mma",
         });

@@ -94,7 +94,7 @@ impl Bound {
         let module = self.split_kv_module(&shape)?;
         // sized from the capacity: the sequences' lengths stay on the device
         let full: Vec<i32> = (0..s.b).flat_map(|_| [0, s.lkv as i32]).collect();
-        let geom = split_kv_geometry(&shape, &full, self.scale());
+        let geom = split_kv_geometry(&shape, &full, self.scale(), &opts.decode);
         Ok((shape, geom, module))
     }
 

@@ -15,7 +15,9 @@
 //!     rows past G * Lq zero) -> A fragments in registers
 //! keys: lo + split * chunk .. min(lo + (split + 1) * chunk, hi) in tiles of KV_TILE = 64
 //! ring: `stages(D)` buffers of one K tile and one V tile (64 x D each, rows 16-byte-chunk
-//!     swizzled); all 128 threads copy a tile with cp.async.cg (keys past the split's end
+//!     swizzled); all 128 threads copy a tile with cp.async.cg, two 16-byte chunks of a
+//!     row per thread and pass (c and c + D/16: one address per row, a paged one through
+//!     the page ids held in lanes; keys past the split's end
 //!     zero-filled: no read, P V sees 0, never NaN), one commit group per tile, tile t +
 //!     stages - 1 issued after the barrier that frees its buffer (one barrier per tile)
 //! warp w: m-tile w % M, key slice w / M of each tile (64 M / 4 keys): S = Q Kᵀ (ldmatrix
@@ -66,6 +68,8 @@ pub const KV_TILE: u32 = 64;
 const RING_BYTES: u32 = 96 * 1024;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
+/// 16-byte chunks of one K/V row that a thread copies per pass of a tile's copy.
+const CHUNKS_PER_THREAD: u32 = 2;
 /// Splits merged per round of the fused kernel's combine (loads issued together).
 const FUSED_UNROLL: u32 = 16;
 
@@ -218,10 +222,12 @@ struct Pages<'ctx> {
     last_id: IntValue<'ctx>,
     table: PointerValue<'ctx>,
     lane: IntValue<'ctx>,
-    /// bytes of one position (all kv heads) and of one page (i64)
+    /// bytes of one position (all kv heads) and of one page (i32: a page of at most 256
+    /// positions of `Hkv x D` 16-bit elements is far below 4 GiB; the cache's byte
+    /// offsets are i64, as `id x page_bytes` by one widening multiply)
     row_bytes: IntValue<'ctx>,
     page_bytes: IntValue<'ctx>,
-    /// bytes from a position's start to this thread's 16 bytes of kv head `hk` (i64)
+    /// bytes from a position's start to this thread's first 16 bytes of kv head `hk` (i32)
     head_bytes: IntValue<'ctx>,
 }
 
@@ -240,7 +246,7 @@ impl<'ctx> Pages<'ctx> {
         use DecodeParam as P;
         let shift = a.int(P::PageShift)?;
         let maxp = a.int(P::MaxPages)?;
-        let row_bytes = g.mul(g.zext64(hkv)?, g.c64(d as i64 * 2))?;
+        let row_bytes = g.mul(hkv, g.c32(d as i64 * 2))?;
         Ok(Pages {
             ids: g.var(g.i32, g.c32(0))?,
             shift,
@@ -251,9 +257,8 @@ impl<'ctx> Pages<'ctx> {
             table: a.ptr(P::PageTable)?,
             lane,
             row_bytes,
-            page_bytes: g.b.build_left_shift(row_bytes, g.zext64(shift)?, "")?,
-            head_bytes: g
-                .zext64(g.add(g.mul(hk, g.c32(d as i64 * 2))?, g.mul(tch, g.c32(16))?)?)?,
+            page_bytes: g.shl(row_bytes, shift)?,
+            head_bytes: g.add(g.mul(hk, g.c32(d as i64 * 2))?, g.mul(tch, g.c32(16))?)?,
         })
     }
 
@@ -285,13 +290,10 @@ impl<'ctx> Pages<'ctx> {
         let src = g.sub(self.first(g, j)?, p0)?;
         let id = g.shfl_idx_i32(ids, g.and(src, g.c32(31))?)?;
         let slot = g.and(j, self.in_page)?;
-        g.add(
-            g.add(
-                g.mul(g.zext64(id)?, self.page_bytes)?,
-                g.mul(g.zext64(slot)?, self.row_bytes)?,
-            )?,
-            self.head_bytes,
-        )
+        // the page's start: u32 x u32 -> u64 (one `mul.wide.u32`); within it, i32
+        let page = g.mul(g.zext64(id)?, g.zext64(self.page_bytes)?)?;
+        let within = g.add(g.mul(slot, self.row_bytes)?, self.head_bytes)?;
+        g.add(page, g.zext64(within)?)
     }
 }
 
@@ -446,9 +448,14 @@ pub(super) fn build<'ctx>(
     // ---- one K/V tile -> a ring buffer ----
     let kptr = a.ptr(P::K)?;
     let vptr = a.ptr(P::V)?;
-    let rpp = THREADS / chunks; // rows per pass of all threads
-    let trow = g.udiv(tid, g.c32(chunks as i64))?;
-    let tch = g.and(tid, g.c32(chunks as i64 - 1))?;
+    // each thread copies CHUNKS_PER_THREAD 16-byte chunks of a key row (chunks tch, tch +
+    // tpr): one address per row and pass (a paged one is a page-table shuffle and a
+    // multiply), each copy instruction of a warp covering whole 128-byte pieces of rows
+    let cpt = CHUNKS_PER_THREAD;
+    let tpr = chunks / cpt; // threads per row
+    let rpp = THREADS / tpr; // rows per pass of all threads
+    let trow = g.udiv(tid, g.c32(tpr as i64))?;
+    let tch = g.and(tid, g.c32(tpr as i64 - 1))?;
     let pages = if opts.paged {
         Some(Pages::new(g, &a, b, hk, hkv, d, tch, lane)?)
     } else {
@@ -481,16 +488,26 @@ pub(super) fn build<'ctx>(
                 }
             };
             let size = g.selecti(valid, g.c32(16), zero)?;
-            g.cp_async16(
-                kt.addr_at(g, row, tch, extra)?,
-                g.gep_bytes(kptr, byte)?,
-                size,
-            )?;
-            g.cp_async16(
-                vt.addr_at(g, row, tch, extra)?,
-                g.gep_bytes(vptr, byte)?,
-                size,
-            )?;
+            for c in 0..cpt {
+                let (ch, at) = if c == 0 {
+                    (tch, byte)
+                } else {
+                    (
+                        g.add(tch, g.c32((c * tpr) as i64))?,
+                        g.add(byte, g.c64((c * tpr * 16) as i64))?,
+                    )
+                };
+                g.cp_async16(
+                    kt.addr_at(g, row, ch, extra)?,
+                    g.gep_bytes(kptr, at)?,
+                    size,
+                )?;
+                g.cp_async16(
+                    vt.addr_at(g, row, ch, extra)?,
+                    g.gep_bytes(vptr, at)?,
+                    size,
+                )?;
+            }
         }
         Ok(())
     };
