@@ -24,10 +24,12 @@
 //! module in use (and [`JitKernel::wait_optimized`] reports why).
 //!
 //! Only optimized cubins are stored on disk; a low-tier cubin is a stopgap and is never
-//! stored, so a second process always starts with the optimized kernel. The
-//! warp-specialized forward (`PtxOptions::ws`) is the exception: its `setmaxnreg` needs
-//! a whole-program compile, which only the driver's own PTX load does (`cuLink*` compiles
-//! relocatably), so it is loaded from PTX (cached by the driver) and has no cubin.
+//! stored, so a second process always starts with the optimized kernel. Kernels that
+//! move registers between warpgroups with `setmaxnreg` (`KernelSpec::reallocates_registers`:
+//! the warp-specialized forward, the fused backward with a dQ writer) are the exception:
+//! `setmaxnreg` needs a whole-program compile, which only the driver's own PTX load does
+//! (`cuLink*` compiles relocatably), so they are loaded from PTX (cached by the driver)
+//! and have no cubin.
 
 use super::{CudaDevice, CudaError, CudaKernel};
 use crate::cache::{CubinTarget, DiskCache};
@@ -449,6 +451,11 @@ pub(crate) fn load_cached_cubin(
     t0: Instant,
 ) -> (Option<FirstLoad>, crate::cache::Lookup) {
     use crate::cache::Lookup;
+    if meta.reallocates_registers() {
+        // loaded from PTX only (`compile_and_load`); a cubin stored for it by an older
+        // build is a relocatable compile that spills: never loaded
+        return (None, Lookup::Miss);
+    }
     let (bytes, how) = disk.get(ckey, "cubin");
     let Some(bytes) = bytes else {
         return (None, how);
@@ -498,12 +505,14 @@ pub(crate) fn compile_and_load(
     t0: Instant,
 ) -> Result<FirstLoad, CudaError> {
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-    if meta.options.ws {
-        // the warp-specialized kernel raises its consumers' registers with `setmaxnreg`,
-        // which ptxas ignores in the linker's relocatable compile (C7504: its consumers
-        // then spill and run at half speed): the driver compiles the PTX as a whole
-        // program when loading it (its own compute cache keeps the result across
-        // processes); no cubin is stored and there is no quick tier
+    if meta.reallocates_registers() {
+        // the warp-specialized forward and the fused backward's dQ writer move registers
+        // between warpgroups with `setmaxnreg`, which ptxas ignores in the linker's
+        // relocatable compile (C7504: the raised warpgroups then spill; the fused D128
+        // backward ran 4.4x slower, the forward's consumers at half speed): the driver
+        // compiles the PTX as a whole program when loading it (its own compute cache
+        // keeps the result across processes); no cubin is stored and there is no quick
+        // tier
         let t = Instant::now();
         let k = CudaKernel::from_ptx(&dev.ctx, meta, ptx)?;
         return Ok(FirstLoad::optimized(k, ms(t), t0, None));

@@ -174,3 +174,19 @@ pub fn generate(
     times.total_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok((PtxKernel { spec, ptx, llvm_ir }, times))
 }
+
+impl KernelSpec {
+    /// Whether the kernel moves registers between its warpgroups with `setmaxnreg`: the
+    /// warp-specialized forward (`PtxOptions::ws`: producer down, consumers up) and the
+    /// fused backward with a dQ writer warpgroup (`BwdDq::OrderedBulk`). ptxas honours
+    /// `setmaxnreg` only when it compiles the PTX as a whole program: in a relocatable
+    /// compile (what the driver's `cuLink*` API does with PTX) it allocates every warp
+    /// within the entry's cap and the raised warpgroups spill (ptxas 13, sm_90a, the
+    /// fused D128 dense kernel: 1560 bytes of spill stores against none, 4.4x slower on
+    /// an H200), so a runtime must load such a kernel from its PTX (`cuModuleLoadData`).
+    pub fn reallocates_registers(&self) -> bool {
+        self.options.ws
+            || (self.kind == KernelKind::BackwardDkDv
+                && super::backward::fused::writer_threads(&self.options) > 0)
+    }
+}

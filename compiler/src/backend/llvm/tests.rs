@@ -758,3 +758,62 @@ fn binding_options_follow_the_plan() {
         }
     }
 }
+
+/// `KernelSpec::reallocates_registers` (what makes a runtime load a kernel from PTX, as a
+/// whole program) says exactly which kernels contain `setmaxnreg`: forward plain, warp
+/// specialized and persistent, the backward's three kinds under every dQ scheme, D64
+/// and D128, on a few samples (the masks do not change which warps there are).
+#[test]
+fn setmaxnreg_kernels_are_the_ones_that_reallocate_registers() {
+    let d128 = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let ws = d128.warp_specialized(128, 2);
+    let fwd = [
+        d128,
+        PtxOptions::sync(Arch::Sm90, 128, 128, InputType::Bf16),
+        ws,
+        PtxOptions {
+            persistent: true,
+            ..ws
+        },
+    ];
+    let bwd = [
+        PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16),
+        PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16).backward_fused(BwdDq::Ordered),
+        PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16),
+        PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16),
+        PtxOptions::backward(Arch::Sm80, 128, 128, InputType::F16),
+    ];
+    let mut seen = [0usize; 2];
+    for p in [
+        samples::dense(),
+        samples::causal(),
+        samples::softcap_causal(),
+    ] {
+        let plan = Plan::new(&p);
+        let kinds = fwd
+            .iter()
+            .map(|o| (KernelKind::Forward, o))
+            .chain(bwd.iter().flat_map(|o| {
+                [
+                    KernelKind::BackwardPre,
+                    KernelKind::BackwardDkDv,
+                    KernelKind::BackwardDq,
+                ]
+                .map(|k| (k, o))
+            }));
+        for (kind, o) in kinds {
+            let (k, _) = generate(&plan, kind, o, EmitText::PtxOnly).unwrap();
+            let has = k.ptx.contains("setmaxnreg");
+            assert_eq!(
+                k.spec.reallocates_registers(),
+                has,
+                "{} {kind} {}",
+                p.name,
+                o.key()
+            );
+            seen[has as usize] += 1;
+        }
+    }
+    // both answers occur: the forward ws kernels and the default D128 fused backward
+    assert!(seen[0] > 0 && seen[1] >= 3 * 3, "{seen:?}");
+}
