@@ -26,25 +26,10 @@ import pathlib
 import torch
 
 import attnc
+from bench_gpu import event_ms  # this folder (sys.path[0] when run as a script)
 from attnc import _ops
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
-
-
-def event_ms(fn, iters=10, warm=3, reps=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(iters):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / iters)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -88,7 +73,7 @@ def main():
                         run()
                     finally:
                         os.environ.pop("ATTNC_BWD_DQ", None)
-                    ms = event_ms(run)
+                    ms = event_ms(run, iters=10, warm=3)
                     tf = 2.5 * 4 * b * h * l * l * d * dens / ms / 1e9
                     key = f"{scheme}/{name}/L{l}/{data}"
                     res[key] = {"ms": ms, "tflops": tf}

@@ -23,24 +23,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import attnc
+from bench_gpu import event_ms  # this folder (sys.path[0] when run as a script)
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
-
-
-def event_ms(fn, iters=10, warm=3, reps=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(iters):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / iters)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -64,10 +49,10 @@ def main():
         for who, fwd in (("attnc", lambda: attn(q, k, v)),
                          ("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))):
             with torch.no_grad():
-                f_ms = event_ms(fwd)
+                f_ms = event_ms(fwd, iters=10, warm=3)
             o = fwd()
-            b_ms = event_ms(lambda: o.backward(do, retain_graph=True))
-            s_ms = event_ms(lambda: fwd().backward(do))
+            b_ms = event_ms(lambda: o.backward(do, retain_graph=True), iters=10, warm=3)
+            s_ms = event_ms(lambda: fwd().backward(do), iters=10, warm=3)
             row[who] = {"fwd_ms": f_ms, "bwd_ms": b_ms, "step_ms": s_ms,
                         "fwd_tflops": flops * dens / f_ms / 1e9, "bwd_tflops": 2.5 * flops * dens / b_ms / 1e9}
             print(f"[{scheme}] {name:7s} {who:6s} fwd {f_ms:.3f} ms ({row[who]['fwd_tflops']:.1f} TFLOP/s)"

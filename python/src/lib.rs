@@ -1206,19 +1206,7 @@ impl Attention {
                 threads,
             );
             let out = self.run(py, key, |bound| {
-                let cache = match &th {
-                    None => KvCache::Contiguous {
-                        k: &kh,
-                        v: &vh,
-                        seq_lens: &sh,
-                    },
-                    Some(t) => KvCache::Paged {
-                        k_cache: &kh,
-                        v_cache: &vh,
-                        page_table: t,
-                        seq_lens: &sh,
-                    },
-                };
+                let cache = KvCache::new(&kh, &vh, th.as_ref(), &sh);
                 bound.forward_with_cache(&qh, &cache, &caps)
             })?;
             for (g, arg) in [(&out.o, &o), (&out.lse, &lse)] {

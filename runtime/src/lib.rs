@@ -25,8 +25,8 @@ pub mod tensor;
 mod validate;
 
 pub use api::{
-    Backend, BindOptions, Bound, Captures, Compiled, DecodeKernel, DecodeTuning, Output, ParamValue,
-    Variant,
+    Backend, BindOptions, Bound, Captures, Compiled, DecodeKernel, DecodeTuning, Output,
+    ParamValue, Variant,
 };
 pub use attnc_compiler::shape::Shape;
 pub use backward::Gradients;

@@ -90,19 +90,7 @@ pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Err
     opts.threads = a.threads;
     opts.jit_tiers = a.jit_tiers;
     let mut bound = variant.bind(opts)?;
-    let cache = match &page_table {
-        None => KvCache::Contiguous {
-            k: &k,
-            v: &v,
-            seq_lens: &seq_lens,
-        },
-        Some(pt) => KvCache::Paged {
-            k_cache: &k,
-            v_cache: &v,
-            page_table: pt,
-            seq_lens: &seq_lens,
-        },
-    };
+    let cache = KvCache::new(&k, &v, page_table.as_ref(), &seq_lens);
     let t0 = std::time::Instant::now();
     let out = bound.forward_with_cache(&q, &cache, &captures)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -180,13 +168,19 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
             .collect();
     }
     if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_SPLITS") {
-        let counts: Vec<usize> = list.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        let counts: Vec<usize> = list
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
         out = out
             .iter()
             .flat_map(|(label, t)| {
                 counts.iter().map(move |&n| {
                     let splits = (n > 0).then_some(n);
-                    let label = format!("{label} splits {}", if n > 0 { n.to_string() } else { "auto".into() });
+                    let label = format!(
+                        "{label} splits {}",
+                        if n > 0 { n.to_string() } else { "auto".into() }
+                    );
                     (label, DecodeTuning { splits, ..*t })
                 })
             })
@@ -284,19 +278,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                 opts.threads = a.threads;
                 opts.decode = *tuning;
                 let mut bound = variant.bind(opts)?;
-                let cache = match &pt {
-                    None => KvCache::Contiguous {
-                        k: &k,
-                        v: &v,
-                        seq_lens: &seq_lens,
-                    },
-                    Some(pt) => KvCache::Paged {
-                        k_cache: &k,
-                        v_cache: &v,
-                        page_table: pt,
-                        seq_lens: &seq_lens,
-                    },
-                };
+                let cache = KvCache::new(&k, &v, pt.as_ref(), &seq_lens);
                 let positions = match reached {
                     Some(p) => p,
                     None => *reached.insert(bound.cache_positions_reached(&q, &cache, &caps)?),

@@ -50,7 +50,26 @@ pub enum KvCache<'a> {
     },
 }
 
-impl KvCache<'_> {
+impl<'a> KvCache<'a> {
+    /// The paged cache when `page_table` is given (`k`, `v` then `[num_pages,
+    /// page_size, Hkv, D]`), else the contiguous one.
+    pub fn new(
+        k: &'a Tensor,
+        v: &'a Tensor,
+        page_table: Option<&'a Tensor>,
+        seq_lens: &'a Tensor,
+    ) -> Self {
+        match page_table {
+            None => KvCache::Contiguous { k, v, seq_lens },
+            Some(page_table) => KvCache::Paged {
+                k_cache: k,
+                v_cache: v,
+                page_table,
+                seq_lens,
+            },
+        }
+    }
+
     fn kv(&self) -> (&Tensor, &Tensor) {
         match self {
             KvCache::Contiguous { k, v, .. } => (k, v),

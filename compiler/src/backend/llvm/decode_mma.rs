@@ -497,16 +497,8 @@ pub(super) fn build<'ctx>(
                         g.add(byte, g.c64((c * tpr * 16) as i64))?,
                     )
                 };
-                g.cp_async16(
-                    kt.addr_at(g, row, ch, extra)?,
-                    g.gep_bytes(kptr, at)?,
-                    size,
-                )?;
-                g.cp_async16(
-                    vt.addr_at(g, row, ch, extra)?,
-                    g.gep_bytes(vptr, at)?,
-                    size,
-                )?;
+                g.cp_async16(kt.addr_at(g, row, ch, extra)?, g.gep_bytes(kptr, at)?, size)?;
+                g.cp_async16(vt.addr_at(g, row, ch, extra)?, g.gep_bytes(vptr, at)?, size)?;
             }
         }
         Ok(())

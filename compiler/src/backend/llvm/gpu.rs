@@ -222,6 +222,25 @@ impl<'ctx> Gpu<'ctx> {
             .into_float_value())
     }
 
+    /// The inline asm value of `text` under `constraints` with type `ft`: side effects,
+    /// AT&T dialect, no stack alignment, cannot throw.
+    fn inline_asm(
+        &self,
+        ft: inkwell::types::FunctionType<'ctx>,
+        text: &str,
+        constraints: &str,
+    ) -> inkwell::values::PointerValue<'ctx> {
+        self.ctx.create_inline_asm(
+            ft,
+            text.into(),
+            constraints.into(),
+            true,
+            false,
+            None,
+            false,
+        )
+    }
+
     /// A side-effecting inline asm statement that returns `n` f32 values (none: void).
     /// `constraints` lists the outputs first; the call is `convergent`, so that no pass
     /// moves a warp- or warpgroup-collective instruction under a branch.
@@ -246,15 +265,7 @@ impl<'ctx> Gpu<'ctx> {
             1 => self.f32.fn_type(&tys, false),
             _ => st.fn_type(&tys, false),
         };
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            text.into(),
-            constraints.into(),
-            true,
-            false,
-            None,
-            false,
-        );
+        let asm = self.inline_asm(ft, text, constraints);
         let cs = self.b.build_indirect_call(ft, asm, args, "")?;
         let conv = self.ctx.create_enum_attribute(
             inkwell::attributes::Attribute::get_named_enum_kind_id("convergent"),
@@ -676,27 +687,15 @@ impl<'ctx> Gpu<'ctx> {
     /// increment ([`Self::release_inc`]) is visible to this thread's later accesses (and,
     /// after a barrier, to its CTA's).
     pub fn spin_until_eq(&self, addr: IntValue<'ctx>, want: IntValue<'ctx>) -> R<()> {
-        let ft = self.i32.fn_type(&[self.i64.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "ld.acquire.gpu.global.u32 $0, [$1];".into(),
-            "=r,l,~{memory}".into(),
-            true,
-            false,
-            None,
-            false,
-        );
         let wait = self.block("sem_wait");
         let done = self.block("sem_done");
         self.br(wait)?;
         self.b.position_at_end(wait);
-        let v = self
-            .b
-            .build_indirect_call(ft, asm, &[addr.into()], "")?
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("ld.acquire"))?
-            .into_int_value();
+        let v = self.asm_i32(
+            "ld.acquire.gpu.global.u32 $0, [$1];",
+            "=r,l,~{memory}",
+            &[addr],
+        )?;
         self.cond_br(self.icmp(IntPredicate::EQ, v, want)?, done, wait)?;
         self.b.position_at_end(done);
         Ok(())
@@ -716,24 +715,11 @@ impl<'ctx> Gpu<'ctx> {
     /// the first fence (this CTA's, when a barrier precedes it) is visible to the thread
     /// that sees the last count, after its second fence (and, after a barrier, to its CTA).
     pub fn acq_rel_inc(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        let ft = self.i32.fn_type(&[self.i64.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "fence.acq_rel.gpu;\natom.relaxed.gpu.global.add.u32 $0, [$1], 1;\nfence.acq_rel.gpu;"
-                .into(),
-            "=r,l,~{memory}".into(),
-            true,
-            false,
-            None,
-            false,
-        );
-        Ok(self
-            .b
-            .build_indirect_call(ft, asm, &[addr.into()], "")?
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("atom.add"))?
-            .into_int_value())
+        self.asm_i32(
+            "fence.acq_rel.gpu;\natom.relaxed.gpu.global.add.u32 $0, [$1], 1;\nfence.acq_rel.gpu;",
+            "=r,l,~{memory}",
+            &[addr],
+        )
     }
     /// A `volatile` f32 load (`ld.volatile.global`: never served from a stale L1 line)
     /// of `base[index]` (index i64): data another CTA of the same launch wrote.
@@ -828,15 +814,7 @@ impl<'ctx> Gpu<'ctx> {
         let tys: Vec<BasicMetadataTypeEnum<'ctx>> =
             args.iter().map(|a| a.get_type().into()).collect();
         let ft = self.i32.fn_type(&tys, false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            text.into(),
-            constraints.into(),
-            true,
-            false,
-            None,
-            false,
-        );
+        let asm = self.inline_asm(ft, text, constraints);
         let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|a| (*a).into()).collect();
         Ok(self
             .b
@@ -943,29 +921,15 @@ impl<'ctx> Gpu<'ctx> {
     /// `mbarrier.try_wait.parity` (which suspends for a while in hardware) in a loop. A
     /// fresh barrier's phase of parity 1 counts as completed (the one before phase 0).
     pub fn mbar_wait(&self, bar: IntValue<'ctx>, parity: IntValue<'ctx>) -> R<()> {
-        let ft = self.i32.fn_type(&[self.i32.into(), self.i32.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}"
-                .into(),
-            "=r,r,r,~{memory}".into(),
-            true,
-            false,
-            None,
-            false,
-        );
         let wait = self.block("mbar_wait");
         let done = self.block("mbar_done");
         self.br(wait)?;
         self.b.position_at_end(wait);
-        let cs = self
-            .b
-            .build_indirect_call(ft, asm, &[bar.into(), parity.into()], "")?;
-        let ok = cs
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("try_wait"))?
-            .into_int_value();
+        let ok = self.asm_i32(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}",
+            "=r,r,r,~{memory}",
+            &[bar, parity],
+        )?;
         self.cond_br(self.icmp(IntPredicate::NE, ok, self.c32(0))?, done, wait)?;
         self.b.position_at_end(done);
         Ok(())
