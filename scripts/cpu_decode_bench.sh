@@ -1,30 +1,46 @@
 #!/usr/bin/env bash
 # Decoding on the CPU: attnc's split-KV CPU path (`attnc bench --decode --backend cpu`)
 # next to PyTorch SDPA on the CPU (f32, GQA via enable_gqa, the same shapes and thread
-# count), in one run on one machine. GB/s counts K and V read once.
-#   bash scripts/cpu_decode_bench.sh [THREADS]        (default: all cores)
+# count), in one run on one machine, for each thread count given; ends with a table of
+# ms and attnc / SDPA speedups. GB/s counts K and V read once.
+#   bash scripts/cpu_decode_bench.sh [THREADS ...]     (default: 2 and all cores)
+#   e.g. bash scripts/cpu_decode_bench.sh 2 16         (the issue's two counts)
+# Per shape and thread count, attnc (contiguous and paged 16, best of 5) and SDPA (best
+# of 5) alternate ROUNDS times (default 2); the table keeps each one's best.
 # Needs a release attnc (cargo build --release -p attnc; or ATTNC_BIN=path, e.g. a binary
 # carried to the GPU machine's host) and torch: .venv (scripts/python-setup.sh), else
 # python3 (the GPU machine's has torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=${1:-$(nproc)}
+[ $# -gt 0 ] || set -- 2 "$(nproc)"
 bin=${ATTNC_BIN:-target/release/attnc}
 [ -x "$bin" ] || cargo build --release -q -p attnc --bin attnc
 py=.venv/bin/python; [ -x "$py" ] || py=python3
-shapes=("1,32,8,1,32768" "8,32,8,1,4096" "1,32,8,4,32768" "1,32,8,16,8192")
-echo "== attnc (CPU, f32, D128, $threads threads) =="
-for s in "${shapes[@]}"; do
-  "$bin" bench --decode examples/causal.attn --backend cpu --dtype f32 --d 128 \
-    --threads "$threads" --kv-cache contiguous,paged --page-size 16 --decode-shape "$s" --iters 5
-done
-echo "== torch SDPA (CPU, f32, D128, $threads threads) =="
-"$py" - "$threads" "${shapes[@]}" <<'PY'
-import sys, time, torch, torch.nn.functional as F
-threads = int(sys.argv[1]); torch.set_num_threads(threads)
-print("torch", torch.__version__, "threads", torch.get_num_threads())
-for s in sys.argv[2:]:
-    B, Hq, Hkv, Lq, Lkv = map(int, s.split(",")); D = 128
+"$py" - "$bin" "${ROUNDS:-2}" "$@" <<'PY'
+import re, subprocess, sys, time, torch, torch.nn.functional as F
+bin, rounds, counts = sys.argv[1], int(sys.argv[2]), [int(t) for t in sys.argv[3:]]
+shapes = [(1, 32, 8, 1, 32768), (8, 32, 8, 1, 4096), (1, 32, 8, 4, 32768), (1, 32, 8, 16, 8192)]
+D = 128
+print("torch", torch.__version__, "| attnc", bin, "| f32 D128 causal at logical positions, ms")
+
+def attnc(threads, s):
+    cmd = [bin, "bench", "--decode", "examples/causal.attn", "--backend", "cpu",
+           "--dtype", "f32", "--d", str(D), "--threads", str(threads),
+           "--kv-cache", "contiguous,paged", "--page-size", "16",
+           "--decode-shape", ",".join(map(str, s)), "--iters", "5"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    got = {}
+    for line in out.splitlines():
+        if line.startswith("decode "):
+            print(" ", line)
+            m = re.search(r" (contiguous|paged\d+) +([\d.]+) us", line)
+            if m:
+                got[m[1]] = float(m[2]) / 1e3
+    return got
+
+def sdpa(threads, s):
+    torch.set_num_threads(threads)
+    B, Hq, Hkv, Lq, Lkv = s
     q = torch.randn(B, Hq, Lq, D); k = torch.randn(B, Hkv, Lkv, D); v = torch.randn(B, Hkv, Lkv, D)
     # causal at logical positions: the Lq new rows are the last Lq positions
     mask = None
@@ -37,6 +53,22 @@ for s in sys.argv[2:]:
     for _ in range(5):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     ms = min(ts) * 1e3
-    gb = 2 * B * Hkv * Lkv * D * 4 / 1e9
-    print(f"sdpa_cpu B{B} Hq{Hq} Hkv{Hkv} Lq{Lq} Lkv{Lkv} D{D}: {ms:.3f} ms, {gb / ms * 1e3:.1f} GB/s")
+    print(f"  sdpa_cpu B{B} Hq{Hq} Hkv{Hkv} Lq{Lq} Lkv{Lkv} D{D} threads {torch.get_num_threads()}: {ms:.3f} ms")
+    return ms
+
+rows = []
+for threads in counts:
+    for s in shapes:
+        best = {}
+        for _ in range(rounds):
+            for key, ms in list(attnc(threads, s).items()) + [("sdpa", sdpa(threads, s))]:
+                best[key] = min(best.get(key, ms), ms)
+        rows.append((threads, s, best))
+
+print("\n| threads | shape | attnc contiguous | attnc paged 16 | SDPA | x SDPA contiguous | x SDPA paged |")
+print("|---|---|---|---|---|---|---|")
+for threads, (B, Hq, Hkv, Lq, Lkv), b in rows:
+    c, p, r = b.get("contiguous", float("nan")), b.get("paged16", float("nan")), b["sdpa"]
+    print(f"| {threads} | B{B} Hq{Hq} Hkv{Hkv} Lq{Lq} Lkv{Lkv} | {c:.2f} | {p:.2f} | {r:.2f} "
+          f"| {r / c:.2f} | {r / p:.2f} |")
 PY

@@ -240,6 +240,66 @@ fn cpu_decode_splits_long_sequences() {
     }
 }
 
+/// Lq 16 with several chunks per sequence, contiguous and paged: a packed tile of one q
+/// block (GQA 4:1, chunks uncapped for a contiguous cache) and of two (8:1, capped),
+/// lengths 0, 1, odd and long, 1-3 threads (the split and the parallel combine change,
+/// the result must not beyond rounding), causal and sliding window.
+#[test]
+fn cpu_decode_lq16_long_chunks() {
+    let mut rng = Rng(0x16);
+    for (file, captures) in [
+        ("causal", Captures::default()),
+        (
+            "sliding_window",
+            Captures::default().param("window", ParamValue::I32(700)),
+        ),
+    ] {
+        let compiled = example(file);
+        let name = compiled.names()[0].to_string();
+        for (hq, hkv) in [(8, 2), (16, 2)] {
+            for page in [None, Some(16)] {
+                let lens = vec![2100, 0, 1, 1537];
+                let c = case(&mut rng, 4, hq, hkv, 16, 32, 2100, lens, page);
+                let want = run(
+                    &compiled,
+                    &name,
+                    &c,
+                    Backend::Reference,
+                    1,
+                    &captures,
+                    false,
+                )
+                .unwrap();
+                for threads in [1, 2, 3] {
+                    let got = run(
+                        &compiled,
+                        &name,
+                        &c,
+                        Backend::Cpu,
+                        threads,
+                        &captures,
+                        false,
+                    )
+                    .unwrap();
+                    let what = format!("{file} Hq{hq} Hkv{hkv} page {page:?} threads {threads}");
+                    close(
+                        &format!("{what} o"),
+                        &got.o.to_f32(),
+                        &want.o.to_f32(),
+                        2e-4,
+                    );
+                    close(
+                        &format!("{what} lse"),
+                        &got.lse.to_f32(),
+                        &want.lse.to_f32(),
+                        2e-4,
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn cache_err(r: attnc::Result<attnc::Output>) -> (String, String) {
     match r {
         Err(Error::Cache {

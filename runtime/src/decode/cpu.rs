@@ -10,7 +10,9 @@
 //! once (closed form / params / summaries, as for prefill, with the offsets bound), and
 //! the kv range is cut to the blocks the map visits: a sliding window reads only its
 //! window. That range is cut into chunks (multiples of the kernel's kv block, sized so
-//! that there are about four per thread); each chunk is a work item. Within an item,
+//! that there are about four per thread, capped only where the keys are read twice:
+//! [`chunk_len`]); each chunk is a work item. The query rows of a sequence are gathered
+//! once, before the items run. Within an item,
 //! each kv head runs the prefill kernel once, single-threaded, on a packed tile (GQA
 //! packing): the `G x rows` rows of its query heads as one head's rows (row `r` is query
 //! head `hk G + r / rows` at position `pos + r % rows`, which the packed program
@@ -21,14 +23,16 @@
 //! copy per kv head read `D` elements every `Hkv x D` (measured on the 2-core build
 //! machine, B8 Lkv4096 Lq1 paged 16: 1.28-1.61x contiguous before, 0.97-1.08x after).
 //! The packed map ([`pack_map`]) makes a packed block full only where it is
-//! full for every row it holds. Partials (per head and row) merge exactly ([`combine`]).
+//! full for every row it holds. Partials (per head and row) merge exactly ([`combine`]),
+//! in split order (deterministic), one task per (sequence, query head) on the pool.
 //! Checked mode: every block partial, and the reported read is the one of the lowest
 //! failing work item (items ascend in (b, position) order; kv heads in order within one).
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel};
 use attnc_compiler::decode::{
-    DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets, set_packed_offsets,
+    CacheLayout, DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets,
+    set_packed_offsets,
 };
 use attnc_compiler::interp::{Bindings, EvalError};
 use attnc_compiler::plan::Plan;
@@ -103,6 +107,41 @@ const MIN_CHUNK: usize = 256;
 /// 512 KB 4.6, 1 MB 4.0, 2 MB 3.5, unbounded 3.1 GB/s.
 const MAX_CHUNK_BYTES: usize = 512 << 10;
 
+/// Work items per thread: enough for the atomic counter to even out threads that run at
+/// different speeds, few enough that the per-item costs (a partial O of every query head,
+/// the packing of `Q` per kv head, the combine) stay small.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// The keys of one work item: about [`ITEMS_PER_THREAD`] items per thread over `total`
+/// keys, at least [`MIN_CHUNK`], a multiple of the kv block `kb`. An item holds at most
+/// [`MAX_CHUNK_BYTES`] of one kv head's K and V (`dsum = D + Dv` floats a key) when its
+/// keys are read more than once: when a packed tile spans several q blocks (`tile_rows >
+/// qb`: each q block walks them again) and when they are first copied (`copied`: a paged
+/// cache, every kv head's rows gathered, then read by the kernel). A contiguous cache
+/// under a tile of one q block reads each kv block once (the score tile, then the PV
+/// product) and takes longer chunks: fewer items, so fewer partial O's, `Q` packings and
+/// combines (2 threads, B1 Hq32 Hkv8 Lq16 Lkv8192 D128: 8 items of 1024 keys instead
+/// of 16 of 512). Measured on the 2-core build machine (quiet, B8 Lkv4096 Lq1 and B1
+/// Lkv8192 Lq16 paged 16, chunk 128 / 256 / 512 / 1024 keys, ms): 23.7 / 19.0 / 18.7 /
+/// 20.0 and 22.7 / 18.0 / 16.7 / 19.4: the cap stays for copied chunks.
+fn chunk_len(
+    total: usize,
+    threads: usize,
+    (tile_rows, copied): (usize, bool),
+    (qb, kb): (usize, usize),
+    dsum: usize,
+) -> usize {
+    let max = if tile_rows > qb || copied {
+        (MAX_CHUNK_BYTES / (4 * dsum.max(1))).max(MIN_CHUNK)
+    } else {
+        usize::MAX
+    };
+    (total / (ITEMS_PER_THREAD * threads.max(1)))
+        .clamp(MIN_CHUNK, max)
+        .div_ceil(kb)
+        * kb
+}
+
 pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let s = c.shape;
     let (qb, kb) = (c.kernel.q_block(), c.kernel.kv_block());
@@ -110,12 +149,14 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let (seqs, spans) = sequences(c.plan, s, c.view.seq_lens, c.bind, (qb, kb), c.checked)
         .map_err(Failure::Other)?;
     let total: usize = spans.iter().map(|(a, b)| b - a).sum();
-    // at most ~MAX_CHUNK_BYTES of one kv head's K and V per item
-    let max_chunk = (MAX_CHUNK_BYTES / (4 * (s.d + s.dv))).max(MIN_CHUNK);
-    let chunk = (total / (4 * c.threads.max(1)))
-        .clamp(MIN_CHUNK, max_chunk)
-        .div_ceil(kb)
-        * kb;
+    let group = s.hq / s.hkv;
+    let tile_rows = seqs
+        .iter()
+        .map(|q| group * (s.lq - q.first))
+        .max()
+        .unwrap_or(0);
+    let copied = matches!(s.layout, CacheLayout::Paged { .. });
+    let chunk = chunk_len(total, c.threads, (tile_rows, copied), (qb, kb), s.d + s.dv);
     let mut items = Vec::new();
     for (i, (lo, hi)) in spans.iter().enumerate() {
         let mut at = *lo;
@@ -134,14 +175,22 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let first_err: Mutex<Option<(usize, Failure)>> = Mutex::new(None);
-    let group = s.hq / s.hkv;
     let packed: Vec<Packed> = seqs
         .iter()
         .map(|q| Packed(pack_maps(&q.maps, s, s.lq - q.first, qb)))
         .collect();
+    // [Hq, rows, D] per sequence: the query heads of kv head hk are rows hk G rows ..
+    let qs: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|q| {
+            let mut buf = Vec::new();
+            gather_rows(s, c.q, q.b, q.first, &mut buf);
+            buf
+        })
+        .collect();
     let worker = || {
         let mut bind = c.bind.clone();
-        let (mut kbuf, mut vbuf, mut qbuf) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         loop {
             let it = next.fetch_add(1, Ordering::Relaxed);
             if it >= items.len() || stop.load(Ordering::Relaxed) {
@@ -151,8 +200,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
             let seq = &seqs[item.seq];
             let rows = s.lq - seq.first;
             let len = item.end - item.start;
-            // [Hq, rows, D]: the query heads of kv head hk are rows hk G rows ..
-            gather_rows(s, c.q, seq.b, seq.first, &mut qbuf);
+            let qbuf = &qs[item.seq];
             let tile = group * rows;
             let mut o = vec![0f32; s.hq * rows * s.dv];
             let mut lse = vec![0f32; s.hq * rows];
@@ -216,33 +264,59 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     if let Some((_, e)) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    // combine the partials of each sequence's chunks, row by row
+    // combine the partials of each sequence's chunks, row by row: one task per (sequence,
+    // query head), on the pool
     let mut o = vec![0f32; s.o_len()];
     let mut lse = vec![f32::NEG_INFINITY; s.lse_len()];
+    let mut mine = Vec::with_capacity(seqs.len());
     let mut at = 0;
-    for (i, seq) in seqs.iter().enumerate() {
-        let mine: Vec<&(Vec<f32>, Vec<f32>)> = items[at..]
+    for i in 0..seqs.len() {
+        let n = items[at..].iter().take_while(|it| it.seq == i).count();
+        let p: Vec<&(Vec<f32>, Vec<f32>)> = parts[at..at + n]
             .iter()
-            .zip(&parts[at..])
-            .take_while(|(it, _)| it.seq == i)
-            .map(|(_, p)| {
+            .map(|p| {
                 p.get()
                     .ok_or_else(|| Failure::Other("a work item did not run".into()))
             })
             .collect::<Result<_, _>>()?;
-        at += mine.len();
-        let rows = s.lq - seq.first;
-        for h in 0..s.hq {
+        mine.push(p);
+        at += n;
+    }
+    // the rows of (b, h): o[(b Hq + h) Lq .., Dv], lse[(b Hq + h) Lq ..]
+    let slots: Vec<Mutex<(&mut [f32], &mut [f32])>> = o
+        .chunks_mut(s.lq * s.dv)
+        .zip(lse.chunks_mut(s.lq))
+        .map(Mutex::new)
+        .collect();
+    let tasks = seqs.len() * s.hq;
+    let next = AtomicUsize::new(0);
+    let merge = || {
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            if t >= tasks {
+                break;
+            }
+            let (i, h) = (t / s.hq, t % s.hq);
+            let seq = &seqs[i];
+            let rows = s.lq - seq.first;
+            let mut slot = slots[seq.b * s.hq + h]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let (o, lse) = &mut *slot;
             for r in 0..rows {
                 let local = h * rows + r;
-                let row = (seq.b * s.hq + h) * s.lq + seq.first + r;
-                let parts = mine
+                let row = seq.first + r;
+                let parts = mine[i]
                     .iter()
                     .map(|(po, pl)| (&po[local * s.dv..][..s.dv], pl[local]));
                 lse[row] = combine(parts, &mut o[row * s.dv..][..s.dv]);
             }
         }
-    }
+    };
+    crate::exec::pool::pool(c.threads)
+        .run(c.threads.clamp(1, tasks.max(1)), &merge)
+        .map_err(|p| Failure::Other(p.to_string()))?;
+    drop(slots);
     Ok((o, lse))
 }
 
@@ -390,4 +464,30 @@ fn slice_map(m: &BlockMap, first: usize, len: usize) -> BlockMap {
         out.end_row();
     }
     out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks are whole kv blocks, at least `MIN_CHUNK`, about `ITEMS_PER_THREAD` per
+    /// thread; capped where the keys are read twice (a tile over several q blocks, a
+    /// copied paged chunk), not for a contiguous cache under one q block.
+    #[test]
+    fn chunk_len_caps_only_keys_read_twice() {
+        let (qb, kb, dsum) = (64, 64, 256);
+        let cap = MAX_CHUNK_BYTES / (4 * dsum);
+        // B1 Lkv8192 Lq16 G4 at 2 threads: 8 items of 1024 keys
+        assert_eq!(chunk_len(8192, 2, (64, false), (qb, kb), dsum), 1024);
+        assert_eq!(chunk_len(8192, 2, (64, true), (qb, kb), dsum), cap);
+        assert_eq!(chunk_len(8192, 2, (128, false), (qb, kb), dsum), cap);
+        // short: the minimum; odd: rounded up to whole blocks
+        assert_eq!(chunk_len(300, 16, (4, false), (qb, kb), dsum), MIN_CHUNK);
+        assert_eq!(chunk_len(5000, 4, (16, false), (qb, kb), dsum), 320);
+        // a huge head dimension never takes the cap below the minimum
+        assert_eq!(
+            chunk_len(1 << 20, 1, (4, true), (qb, kb), 1 << 20),
+            MIN_CHUNK
+        );
+    }
 }
