@@ -8,7 +8,7 @@
 //! Runs without a GPU; runtime/tests/gpu_backward.rs runs the kernels.
 
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward};
-use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions};
+use attnc_compiler::backend::llvm::{Arch, GridDim, InputType, KernelParam, PtxOptions};
 use attnc_compiler::plan::Plan;
 use std::path::Path;
 
@@ -140,9 +140,11 @@ fn capture_gradient_kernels() {
 /// warpgroup (setmaxnreg, shared-memory slots, one bulk reduction per tile), `Atomic`
 /// neither waits nor counts; each also with `overlap` (`early`: S/dP issued before the
 /// next visit's loads, P computed under dP, dV issued before the dS barrier, dK after
-/// the first dQ chunk).
-/// Snapshots of the dense dK/dV + dQ kernel under `Ordered`, `OrderedBulk` (the default)
-/// and `OrderedBulk` with `overlap`. `ATTNC_BWD_PTX_DIR=dir` writes every kernel there (for
+/// the first dQ chunk); `OrderedBulk` also with `bwd_tma` (Q/dO by the producer warp's
+/// TMA copies), with and without `overlap`, and with `bwd_lpt` (the grid's kv blocks
+/// ascending on y, heads on x); `Ordered` also with `bwd_lpt`.
+/// Snapshots of the dense dK/dV + dQ kernel under `Ordered`, `OrderedBulk` (the default),
+/// `OrderedBulk` with `overlap` and `OrderedBulk` with `bwd_tma`. `ATTNC_BWD_PTX_DIR=dir` writes every kernel there (for
 /// `ptxas -arch=sm_90a -v`).
 #[test]
 fn fused_sm90_kernels() {
@@ -164,19 +166,30 @@ fn fused_sm90_kernels() {
         let plan = Plan::new(p);
         let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
-        for (dq, early) in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic]
+        for (dq, early, tma, lpt) in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic]
             .into_iter()
-            .flat_map(|dq| [(dq, false), (dq, true)])
+            .flat_map(|dq| [(dq, false, false, false), (dq, true, false, false)])
+            .chain([
+                (BwdDq::OrderedBulk, false, true, false),
+                (BwdDq::OrderedBulk, true, true, false),
+                (BwdDq::OrderedBulk, false, true, true),
+                (BwdDq::Ordered, false, false, true),
+            ])
         {
             let opts = PtxOptions {
                 overlap: early,
+                bwd_tma: tma,
+                bwd_lpt: lpt,
                 ..def.backward_fused(dq)
             };
             for kind in [BackwardKind::DkDv, BackwardKind::Dq] {
                 let a = emit_backward(&plan, &opts, kind).unwrap();
                 let b = emit_backward(&plan, &opts, kind).unwrap();
                 assert_eq!(a.ptx, b.ptx, "{name} {dq:?} {kind:?}: PTX differs");
-                let tag = format!("{dq:?}").to_lowercase() + if early { "_early" } else { "" };
+                let tag = format!("{dq:?}").to_lowercase()
+                    + if tma { "_tma" } else { "" }
+                    + if lpt { "_lpt" } else { "" }
+                    + if early { "_early" } else { "" };
                 if let Some(dir) = &dir {
                     std::fs::write(format!("{dir}/{name}_{tag}_{}.ptx", kind.name()), &a.ptx)
                         .unwrap();
@@ -200,6 +213,22 @@ fn fused_sm90_kernels() {
                     "{name} {dq:?}"
                 );
                 let bulk = dq == BwdDq::OrderedBulk;
+                // bwd_lpt: kv heads on x, kv blocks (ascending) on y
+                let lpt_grid = [GridDim::KvHeads, GridDim::KvBlocks, GridDim::Batches];
+                assert_eq!(a.grid == lpt_grid, lpt, "{name} {tag}");
+                // bwd_tma: Q and dO by TMA (two boxes of 64 columns each per visit), the
+                // maps as parameters; K and V still by cp.async
+                assert_eq!(
+                    a.ptx.matches("cp.async.bulk.tensor.3d").count(),
+                    if tma { 4 } else { 0 },
+                    "{name} {tag}"
+                );
+                assert_eq!(
+                    a.params.contains(&KernelParam::TmaQ) && a.params.contains(&KernelParam::TmaDo),
+                    tma
+                );
+                assert!(has("cp.async.cg.shared.global"), "{name} {tag}: K/V copies");
+                assert_eq!(has("mbarrier.arrive.expect_tx"), tma, "{name} {tag}");
                 assert_eq!(has("cp.reduce.async.bulk.global.shared::cta"), bulk);
                 assert_eq!(has("setmaxnreg.dec.sync.aligned.u32 24"), bulk);
                 assert_eq!(has("setmaxnreg.inc.sync.aligned.u32 240"), bulk);
@@ -210,7 +239,12 @@ fn fused_sm90_kernels() {
                 let caps = name == "relative_bias_table";
                 let want = if early && !caps { 3 } else { 1 };
                 assert_eq!(waits_1, want, "{name} {tag}");
-                if name == "dense" && dq != BwdDq::Atomic && (!early || bulk) {
+                if name == "dense"
+                    && dq != BwdDq::Atomic
+                    && (!early || bulk)
+                    && (!tma || !early)
+                    && !lpt
+                {
                     insta::assert_snapshot!(
                         format!("bwd_ptx_sm90_bf16_d128__dense__bwd_dkdv_{tag}"),
                         a.ptx

@@ -443,13 +443,32 @@ impl Bound {
 
 /// `ATTNC_BWD_DQ=ordered` runs the fused backward with the math warps adding their dQ
 /// parts themselves (`BwdDq::Ordered`, the default before `OrderedBulk`; both
-/// deterministic, the same order) where the defaults fuse dQ (sm_90, D128); `separate`
-/// is read above (caller buffers: the two-kernel path); any other value, or none, keeps
-/// the defaults.
+/// deterministic, the same order) where the defaults fuse dQ (sm_90, D128); `tma` /
+/// `bulk` run `OrderedBulk` with / without Q and dO loaded by the TMA producer warp
+/// (`PtxOptions::bwd_tma`); `separate` is read above (caller buffers: the two-kernel
+/// path); any other value, or none, keeps the defaults. `ATTNC_BWD_LPT=1` / `0` turns the
+/// fused kernel's longest-first CTA order (`PtxOptions::bwd_lpt`) on / off.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
+    let bulk = o.bwd_dq == BwdDq::OrderedBulk;
+    let o = match std::env::var("ATTNC_BWD_LPT").as_deref() {
+        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions { bwd_lpt: true, ..o },
+        Ok("0") => PtxOptions {
+            bwd_lpt: false,
+            ..o
+        },
+        _ => o,
+    };
     match std::env::var("ATTNC_BWD_DQ").as_deref() {
-        Ok("ordered") if o.bwd_dq == BwdDq::OrderedBulk => o.backward_fused(BwdDq::Ordered),
+        Ok("ordered") if bulk => PtxOptions {
+            bwd_tma: false,
+            ..o.backward_fused(BwdDq::Ordered)
+        },
+        Ok("tma") if bulk => PtxOptions { bwd_tma: true, ..o },
+        Ok("bulk") if bulk => PtxOptions {
+            bwd_tma: false,
+            ..o
+        },
         _ => o,
     }
 }

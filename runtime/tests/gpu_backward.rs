@@ -41,10 +41,14 @@
 //! `ATTNC_BWD_TEST_CFG=separate` on the two-kernel wgmma path of the caller-buffer
 //! entry points (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
 //! `ATTNC_BWD_BENCH_CFG=default,separate,wg64x64o,wg64x128a`: one line per configuration
-//! with each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants).
+//! with each kernel's time alone; `ATTNC_BWD_BENCH_ONLY=full,causal` picks variants,
+//! `ATTNC_BWD_BENCH_D=128` the D128 shape).
 //! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles
-//! of 64 and 128, ordered with bulk additions, fused atomic; each fused one also with its
+//! of 64 and 128, ordered with bulk additions with and without the TMA producer warp
+//! (`PtxOptions::bwd_tma`, suffix `t`), fused atomic; each fused one also with its
 //! products issued early, `PtxOptions::overlap`, config suffix `p`) against the reference;
+//! the longest-first CTA order (`PtxOptions::bwd_lpt`, suffix `l`, off by default, not
+//! yet passed on a GPU) runs only where asked: `ATTNC_BWD_TEST_CFG=wg64x128btl`;
 //! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
 //! gradients) under the defaults; `gpu_backward_fused_sanitize` is the small D128 case
 //! for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
@@ -639,6 +643,11 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
                 ..sep.backward_fused(BwdDq::Ordered)
             });
             schemes.push(sep.backward_fused(BwdDq::OrderedBulk));
+            // Q/dO by the TMA producer warp (`bwd_tma`: the default)
+            schemes.push(PtxOptions {
+                bwd_tma: true,
+                ..sep.backward_fused(BwdDq::OrderedBulk)
+            });
         }
         // each fused scheme also with its products issued early (`overlap`; OrderedBulk
         // with a writer thread per slot)
@@ -951,8 +960,11 @@ fn test_options(
 /// run), or `sync`/`wg` (mma.sync / wgmma) then the tile `BRxBC` and a dQ scheme suffix:
 /// none (a separate dQ kernel), `o` (fused, ordered), `b` (fused, ordered, bulk
 /// additions by a writer warpgroup) or `a` (fused, unordered atomics), e.g. `wg64x128`,
-/// `wg64x128o`, `wg64x128b`, `wg64x64a`; a further `p` issues the fused kernel's products
-/// early (`PtxOptions::overlap`), e.g. `wg64x128bp`.
+/// `wg64x128o`, `wg64x128b`, `wg64x64a`; then `t` loads Q/dO with the writer
+/// warpgroup's TMA producer warp (`PtxOptions::bwd_tma`, bulk scheme only), e.g.
+/// `wg64x128bt`; then `l` orders the fused kernel's CTAs longest first
+/// (`PtxOptions::bwd_lpt`), e.g. `wg64x128btl`, `wg64x128ol`; a further `p` issues the
+/// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
@@ -972,8 +984,20 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         Some(t) => (t, true),
         None => (tile, false),
     };
+    // then an `l`: the fused kernel's CTAs longest first (`bwd_lpt`)
+    let (tile, lpt) = match tile.strip_suffix('l') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
+    // then a `t`: Q/dO loaded by the writer warpgroup's TMA producer warp (`bwd_tma`)
+    let (tile, tma) = match tile.strip_suffix('t') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
     let o = PtxOptions {
         overlap: early,
+        bwd_tma: tma,
+        bwd_lpt: lpt,
         ..o
     };
     let (tile, o) = if let Some(t) = tile.strip_suffix('o') {
@@ -1017,7 +1041,12 @@ fn gpu_backward_bench(dev: &CudaDevice) {
         .map(str::to_string)
         .collect();
     let mut json = String::from("{\n");
+    // `ATTNC_BWD_BENCH_D=128` (or 64): that shape only
+    let only_d = std::env::var("ATTNC_BWD_BENCH_D").ok();
     for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
+        if only_d.as_deref().is_some_and(|x| x != d.to_string()) {
+            continue;
+        }
         let sh = shape(b, h, h, l, l, d);
         let ty = InputType::Bf16;
         let mut r = rng(42);

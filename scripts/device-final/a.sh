@@ -21,7 +21,7 @@ for f in /tmp/fo/*.log; do grep -q "rc=0" $f || { echo "=== FULL TAIL $(basename
 echo "=== bwd bench"; t0=$(date +%s)
 ATTNC_BWD_BENCH_CFG=default timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_all.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_all.txt | tail -20 | cut -c1-200
-ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128bp,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
+ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128b,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_cfg.txt | tail -16 | cut -c1-200
 echo "bwd bench: $(( $(date +%s) - t0 )) s"
 [ -n "${OUT:-}" ] && cp /tmp/fo/* "$OUT"/ 2>/dev/null; true

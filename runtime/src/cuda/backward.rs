@@ -470,11 +470,18 @@ impl CudaBackward {
             }
         }
         if parts[1] && sh.lkv > 0 {
-            let g = (
-                sh.lkv.div_ceil(o.kv_block as usize) as u32,
-                sh.hkv as u32,
-                sh.b as u32,
-            );
+            // the axes in the spec's order (the fused kernel's `bwd_lpt` puts kv heads on x)
+            let extent = |d: attnc_compiler::backend::llvm::GridDim| {
+                use attnc_compiler::backend::llvm::GridDim as G;
+                match d {
+                    G::KvBlocks => sh.lkv.div_ceil(o.kv_block as usize) as u32,
+                    G::KvHeads => sh.hkv as u32,
+                    G::Batches => sh.b as u32,
+                    _ => 1,
+                }
+            };
+            let [x, y, z] = self.dkdv.spec().grid;
+            let g = (extent(x), extent(y), extent(z));
             // the fused kernel visits the q blocks whose kv range holds its block: the dQ
             // kernel's (q-major) ranges
             let r = p.ranges.as_ref().map(|r| &r[if fused { 1 } else { 0 }]);

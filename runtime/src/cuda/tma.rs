@@ -1,5 +1,6 @@
 //! TMA tensor maps of the warp-specialized forward (`PtxOptions::ws`): the `TmaQ`,
-//! `TmaK` and `TmaV` parameters made from a launch's Q/K/V pointers and shape.
+//! `TmaK` and `TmaV` parameters made from a launch's Q/K/V pointers and shape; and of the
+//! fused backward with `PtxOptions::bwd_tma` (`TmaQ`, `TmaDo` from Q and dO).
 //!
 //! In: a [`KernelSpec`] and the launch's other values ([`LaunchArgs`]: the Q, K, V
 //! pointers, `Lq`, `Lkv`, `Hq`, `Hkv` and the `Batches` grid extent). Out: the same
@@ -58,7 +59,8 @@ fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<Ten
     Ok(TensorMap(map.opaque))
 }
 
-/// `args` with `TmaQ`, `TmaK` and `TmaV` made from its Q/K/V pointers and shape.
+/// `args` with the tensor maps `spec` takes (`TmaQ`, `TmaK`, `TmaV`, `TmaDo`) made from
+/// its Q/K/V/dO pointers and shape.
 pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
     let missing = |what: &str| {
         CudaError::Mismatch(format!(
@@ -86,21 +88,15 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     let o = &spec.options;
     let (d, dv) = (o.d as u64, o.dv as u64);
     let mut out = args.clone();
-    let maps = [
-        (
-            KernelParam::TmaQ,
-            encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
-        ),
-        (
-            KernelParam::TmaK,
-            encode(ptr(KernelParam::K)?, b * hkv, lkv, d, spec.kv_block)?,
-        ),
-        (
-            KernelParam::TmaV,
-            encode(ptr(KernelParam::V)?, b * hkv, lkv, dv, spec.kv_block)?,
-        ),
-    ];
-    for (p, m) in maps {
+    // the maps this kernel takes (the forward: Q, K, V; the fused backward: Q, dO)
+    for &p in &spec.params {
+        let m = match p {
+            KernelParam::TmaQ => encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
+            KernelParam::TmaK => encode(ptr(KernelParam::K)?, b * hkv, lkv, d, spec.kv_block)?,
+            KernelParam::TmaV => encode(ptr(KernelParam::V)?, b * hkv, lkv, dv, spec.kv_block)?,
+            KernelParam::TmaDo => encode(ptr(KernelParam::DOut)?, b * hq, lq, dv, spec.q_block)?,
+            _ => continue,
+        };
         out.scalar(p, Arg::Map(m));
     }
     Ok(out)
@@ -150,5 +146,54 @@ mod tests {
         a.i32(KernelParam::Hkv, 1);
         let e = with_tensor_maps(&a, &ws).unwrap_err().to_string();
         assert!(e.contains("Q"), "{e}");
+    }
+
+    /// The fused backward at D128 (TMA producer: `bwd_tma`, the default) takes the maps
+    /// of Q and dO; a launch without dO is refused by name (runs without CUDA: Q's map
+    /// of an empty tensor is made without the driver).
+    #[test]
+    fn the_fused_backward_takes_q_and_do_maps() {
+        let p = attnc_compiler::compile_source(
+            "mask c(b, h, q, kv) { q >= kv } attention a { mask = c; }",
+        )
+        .unwrap()
+        .programs
+        .remove(0);
+        let plan = Plan::new(&p);
+        let bwd = |o: &PtxOptions| {
+            attnc_compiler::backend::llvm::spec(&plan, KernelKind::BackwardDkDv, o).unwrap()
+        };
+        let o = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+        let dkdv = bwd(&o);
+        assert!(needs_maps(&dkdv) && dkdv.params.contains(&KernelParam::TmaDo));
+        assert!(!dkdv.params.contains(&KernelParam::TmaK));
+        assert!(!needs_maps(&bwd(&PtxOptions {
+            bwd_tma: false,
+            ..o
+        })));
+        assert!(!needs_maps(&bwd(&PtxOptions::backward(
+            Arch::Sm90,
+            64,
+            64,
+            InputType::Bf16
+        ))));
+        let mut a = LaunchArgs::new();
+        a.extent(GridDim::Batches, 1);
+        // Lq = 0: no rows, the maps stay zero without the driver
+        for (k, v) in [
+            (KernelParam::Lq, 0),
+            (KernelParam::Lkv, 64),
+            (KernelParam::Hq, 2),
+            (KernelParam::Hkv, 1),
+        ] {
+            a.i32(k, v);
+        }
+        a.scalar(KernelParam::Q, Arg::Ptr(0x1000));
+        let e = with_tensor_maps(&a, &dkdv).unwrap_err().to_string();
+        assert!(e.contains("DOut") && e.contains(&dkdv.entry), "{e}");
+        a.scalar(KernelParam::DOut, Arg::Ptr(0x2000));
+        let m = with_tensor_maps(&a, &dkdv).unwrap();
+        assert!(matches!(m.value(KernelParam::TmaDo), Some(Arg::Map(_))));
+        assert!(m.value(KernelParam::TmaK).is_none());
     }
 }

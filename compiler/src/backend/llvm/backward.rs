@@ -93,7 +93,7 @@ use crate::plan::Plan;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::types::{AnyType, BasicMetadataTypeEnum};
 use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, FloatPredicate, IntPredicate};
 
@@ -140,10 +140,18 @@ impl PtxOptions {
     /// 4.00 / 4.24; `OrderedBulk` against `Ordered` (one call, TFLOP/s): dense 466.5 / 403.0,
     /// causal 376.4 / 368.8, softcap 346.2 / 340.6; at D64 (B4 L4096, kv tiles of 64, one
     /// warpgroup) fused lost: dense 3.45 against 2.35.
+    ///
+    /// Session 7: the fused kernel's Q and dO come from a TMA producer warp
+    /// ([`PtxOptions::bwd_tma`]; one H200, one call, TFLOP/s without / with: dense
+    /// 459.3 / 549.3, causal 380.6 / 456.7, sliding 206.5 / 233.6, ALiBi + causal 323.5 /
+    /// 345.1, soft-cap + causal 349.9 / 399.3, document + causal 133.4 / 143.4).
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = Self::backward_separate(arch, d, dv, input);
         if o.mma == Mma::Wgmma && d == 128 {
-            o.backward_fused(BwdDq::OrderedBulk)
+            PtxOptions {
+                bwd_tma: true,
+                ..o.backward_fused(BwdDq::OrderedBulk)
+            }
         } else {
             o
         }
@@ -167,7 +175,8 @@ impl PtxOptions {
 
     /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`
     /// (`Ordered` or `Atomic`): Br = 64, Bc = 128 at D 128 (two warpgroups, each
-    /// computing 64 columns of the dQ tile), 64 at D 64.
+    /// computing 64 columns of the dQ tile), 64 at D 64; `bwd_tma` kept only under
+    /// `OrderedBulk` (the scheme it needs).
     pub fn backward_fused(self, dq: BwdDq) -> Self {
         PtxOptions {
             mma: Mma::Wgmma,
@@ -175,6 +184,7 @@ impl PtxOptions {
             q_block: 64,
             kv_block: if self.d == 128 { 128 } else { 64 },
             bwd_dq: dq,
+            bwd_tma: self.bwd_tma && dq == BwdDq::OrderedBulk,
             ..self
         }
     }
@@ -256,7 +266,11 @@ pub fn backward_layout(
         BackwardKind::DkDv => (
             opts.kv_block / 16 * 32 + fused::writer_threads(opts),
             DkDvTiles::new(opts).bytes,
-            [G::KvBlocks, G::KvHeads, G::Batches],
+            if opts.bwd_lpt && opts.bwd_dq != BwdDq::Separate {
+                [G::KvHeads, G::KvBlocks, G::Batches]
+            } else {
+                [G::KvBlocks, G::KvHeads, G::Batches]
+            },
             KernelKind::BackwardDkDv,
         ),
         BackwardKind::Dq if opts.bwd_dq != BwdDq::Separate => (
@@ -280,7 +294,7 @@ pub fn backward_layout(
         kv_block: opts.kv_block,
         threads,
         smem_bytes,
-        params: param_list(p, &kv_bounds, kind, opts.bwd_dq),
+        params: param_list(p, &kv_bounds, kind, opts),
         kv_bounds,
         table_skip: None,
         grid,
@@ -386,10 +400,10 @@ pub(crate) fn param_list(
     p: &Program,
     kv: &KvBounds,
     kind: BackwardKind,
-    dq: BwdDq,
+    opts: &PtxOptions,
 ) -> Vec<KernelParam> {
     use KernelParam::*;
-    let fused = dq != BwdDq::Separate;
+    let fused = opts.bwd_dq != BwdDq::Separate;
     let mut v = match kind {
         BackwardKind::Pre => {
             return vec![O, DOut, Lse, DLse, HasDLse, Delta, Lse2, Rows];
@@ -421,6 +435,9 @@ pub(crate) fn param_list(
     if !caps.params.is_empty() {
         v.push(ParamGrad);
     }
+    if kind == BackwardKind::DkDv && fused::tma_producer(opts) {
+        v.extend([TmaQ, TmaDo]);
+    }
     v
 }
 
@@ -438,11 +455,18 @@ pub(super) struct DkDvTiles {
     pub delta: u32,
     /// Bytes of one (Q, dO, L2, Delta) buffer.
     pub buf: u32,
-    /// The fused kernel's dSᵀ tile (rows: kv, columns: q).
+    /// Bytes from buffer 0's L2/Delta rows to buffer 1's: `buf`, or with
+    /// [`PtxOptions::bwd_tma`] (rows kept apart, after both Q/dO buffers) `8 q_block`.
+    pub stat_buf: u32,
+    /// The fused kernel's dSᵀ tile (rows: kv, columns: q); with [`PtxOptions::bwd_tma`]
+    /// two of them (visit n writes tile n % 2, the next at `ds.offset + ds.bytes()`).
     pub ds: Option<SmemTile>,
     /// `BwdDq::OrderedBulk`: byte offset of the dQ slots ([`fused::DQ_SLOTS`] of
     /// `q_block x D` f32 each) and of their mbarriers (8 bytes each: full, then empty).
     pub dq_slots: Option<(u32, u32)>,
+    /// [`PtxOptions::bwd_tma`]: byte offset of the (Q, dO, L2, Delta) buffers' mbarriers
+    /// (8 bytes each: full 0, full 1, empty 0, empty 1).
+    pub q_bars: Option<u32>,
     pub bytes: u32,
 }
 
@@ -459,20 +483,45 @@ impl DkDvTiles {
         let v = tile(k.bytes(), o.kv_block, o.dv);
         let q = tile(v.offset + v.bytes(), o.q_block, o.d);
         let d_o = tile(q.offset + q.bytes(), o.q_block, o.dv);
-        let l2 = d_o.offset + d_o.bytes();
+        let tma = fused::tma_producer(o);
+        let (l2, buf, stat_buf, ds, mut bytes) = if tma {
+            // [Q, dO] x 2 (the TMA boxes' 1024-byte alignment), [L2, Delta] x 2, dSᵀ x 2
+            let buf = (q.bytes() + d_o.bytes()).next_multiple_of(1024);
+            let l2 = q.offset + 2 * buf;
+            let stat_buf = 8 * o.q_block;
+            let ds = tile(
+                (l2 + 2 * stat_buf).next_multiple_of(1024),
+                o.kv_block,
+                o.q_block,
+            );
+            (l2, buf, stat_buf, Some(ds), ds.offset + 2 * ds.bytes())
+        } else {
+            let l2 = d_o.offset + d_o.bytes();
+            let mut buf = l2 + 8 * o.q_block - q.offset;
+            if slab {
+                buf = buf.next_multiple_of(1024);
+            }
+            let ds = (o.bwd_dq != BwdDq::Separate)
+                .then(|| tile(q.offset + 2 * buf, o.kv_block, o.q_block));
+            (
+                l2,
+                buf,
+                buf,
+                ds,
+                q.offset + 2 * buf + ds.map_or(0, |t| t.bytes()),
+            )
+        };
         let delta = l2 + 4 * o.q_block;
-        let mut buf = delta + 4 * o.q_block - q.offset;
-        if slab {
-            buf = buf.next_multiple_of(1024);
-        }
-        let ds =
-            (o.bwd_dq != BwdDq::Separate).then(|| tile(q.offset + 2 * buf, o.kv_block, o.q_block));
-        let mut bytes = q.offset + 2 * buf + ds.map_or(0, |t| t.bytes());
         let dq_slots = (o.bwd_dq == BwdDq::OrderedBulk).then(|| {
             let slots = bytes.next_multiple_of(1024);
             let bars = slots + fused::DQ_SLOTS * o.q_block * o.d * 4;
             bytes = bars + 2 * fused::DQ_SLOTS * 8;
             (slots, bars)
+        });
+        let q_bars = fused::tma_producer(o).then(|| {
+            let at = bytes.next_multiple_of(8);
+            bytes = at + 4 * 8;
+            at
         });
         DkDvTiles {
             k,
@@ -482,8 +531,10 @@ impl DkDvTiles {
             l2,
             delta,
             buf,
+            stat_buf,
             ds,
             dq_slots,
+            q_bars,
             bytes,
         }
     }
@@ -550,6 +601,8 @@ fn build<'ctx>(
             | KernelParam::MapHStride
             | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
+            // a tensor map: a by-value 128-byte parameter, addressed in place (grid constant)
+            KernelParam::TmaQ | KernelParam::TmaDo => ctx.ptr_type(AddressSpace::default()).into(),
             _ => gptr.into(),
         })
         .collect();
@@ -568,7 +621,20 @@ fn build<'ctx>(
         );
     }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+    let map_ty = ctx.i8_type().array_type(128).as_any_type_enum();
     for (i, kp) in k.params.iter().enumerate() {
+        if matches!(kp, KernelParam::TmaQ | KernelParam::TmaDo) {
+            let at = AttributeLoc::Param(i as u32);
+            func.add_attribute(
+                at,
+                ctx.create_type_attribute(Attribute::get_named_enum_kind_id("byval"), map_ty),
+            );
+            func.add_attribute(
+                at,
+                ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("align"), 64),
+            );
+            func.add_attribute(at, ctx.create_string_attribute("nvvm.grid_constant", ""));
+        }
         if matches!(
             kp,
             KernelParam::Q
@@ -2364,9 +2430,12 @@ mod tests {
         let plan = Plan::new(&p);
         let d128 = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(
-            (d128.bwd_dq, d128.q_block, d128.kv_block),
-            (BwdDq::OrderedBulk, 64, 128)
+            (d128.bwd_dq, d128.q_block, d128.kv_block, d128.bwd_tma),
+            (BwdDq::OrderedBulk, 64, 128, true)
         );
+        // another scheme drops the TMA producer (it needs the bulk scheme's writer warps)
+        assert!(!d128.backward_fused(BwdDq::Ordered).bwd_tma);
+        assert!(d128.backward_fused(BwdDq::OrderedBulk).bwd_tma);
         let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(sep.bwd_dq, BwdDq::Separate);
         assert_eq!(
@@ -2378,8 +2447,24 @@ mod tests {
             BwdDq::Separate
         );
         let atomic = sep.backward_fused(BwdDq::Atomic);
-        let keys = [sep.key(), d128.key(), atomic.key()];
-        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        let tma = d128;
+        let d128 = PtxOptions {
+            bwd_tma: false,
+            ..d128
+        };
+        let keys = [sep.key(), d128.key(), atomic.key(), tma.key()];
+        for (i, a) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|b| a != b), "{a}");
+        }
+        // bwd_tma: the producer warp's maps, its mbarriers and dSᵀ x 2 in shared memory
+        let k = emit_backward(&plan, &tma, BackwardKind::DkDv).unwrap();
+        assert!(k.params.ends_with(&[KernelParam::TmaQ, KernelParam::TmaDo]));
+        let t = DkDvTiles::new(&tma);
+        assert_eq!(k.smem_bytes, t.bytes);
+        assert!(t.bytes <= 227 * 1024 && t.q_bars.is_some() && t.stat_buf == 512);
+        let ds = t.ds.unwrap().offset;
+        assert!(ds >= t.l2 + 2 * t.stat_buf && ds.is_multiple_of(1024));
+        assert!(DkDvTiles::new(&d128).q_bars.is_none());
         let bad = [
             // two warpgroups would compute 32 columns of dQ each
             PtxOptions {
@@ -2394,6 +2479,11 @@ mod tests {
             PtxOptions {
                 bwd_dq: BwdDq::Ordered,
                 ..PtxOptions::backward(Arch::Sm80, 128, 128, InputType::Bf16)
+            },
+            // TMA loads need the bulk scheme's writer warpgroup
+            PtxOptions {
+                bwd_tma: true,
+                ..sep.backward_fused(BwdDq::Ordered)
             },
         ];
         for o in bad {

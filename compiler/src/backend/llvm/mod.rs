@@ -255,6 +255,23 @@ pub struct PtxOptions {
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
+    /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): a producer
+    /// warp of the writer warpgroup loads each visit's Q and dO with TMA
+    /// ([`KernelParam::TmaQ`], [`KernelParam::TmaDo`]) and its L2/Delta rows into a
+    /// two-buffer ring whose fill and release are mbarriers, so the math warps issue no
+    /// copies (and their `fence.proxy.async` have none in flight). Off by default; other
+    /// kinds ignore it.
+    pub bwd_tma: bool,
+    /// The fused backward's CTA order (`backward/fused.rs`): the grid is (kv head, kv
+    /// block, batch) with kv blocks ascending, so each wave holds the same kv blocks of
+    /// many heads, the longest (first) ones first; dQ tiles add in ascending kv-block
+    /// order and each CTA visits its q blocks in descending order. Off: (kv block
+    /// descending, kv head, batch), descending addition order, q blocks ascending.
+    /// Off by default and not yet passed on a GPU: its first run (session 7) failed
+    /// because `CudaBackward::launch_parts` launched the fused kernel on a fixed (kv block,
+    /// kv head, batch) grid (it follows the spec's grid since); a model of the schedule
+    /// puts the causal kernel's tail at ~8% now and ~0.4% with it.
+    pub bwd_lpt: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -327,6 +344,8 @@ impl PtxOptions {
             dynamic_tiles: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
+            bwd_tma: false,
+            bwd_lpt: false,
             float_positions: false,
         };
         if (96..=128).contains(&d.max(dv)) {
@@ -512,6 +531,8 @@ impl PtxOptions {
                 BwdDq::Atomic => " dq=atomic",
                 BwdDq::OrderedBulk => " dq=ordered-bulk",
             }
+            + if self.bwd_tma { " bwd-tma" } else { "" }
+            + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.float_positions { " fpos" } else { "" }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
@@ -696,6 +717,9 @@ pub enum KernelParam {
     DLse,
     /// i32: non-zero when `DLse` is given.
     HasDLse,
+    /// The fused backward with [`PtxOptions::bwd_tma`]: the TMA tensor map of dO, as
+    /// [`KernelParam::TmaQ`] (`[B*Hq, Lq, Dv]`, boxes of 64 columns by `q_block` rows).
+    TmaDo,
     /// Outputs of the backward: `dQ` (like Q), `dK` (like K), `dV` (like V), input type.
     DQ,
     DK,

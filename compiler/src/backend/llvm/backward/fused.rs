@@ -51,6 +51,26 @@
 //!   product: the same within 1% for OrderedBulk, Atomic dense 426.1.) So the order in
 //!   which the products are issued is not what holds the kernel at 0.6-0.85x of the
 //!   anchors (docs/performance.md, "GPU backward", session 6).
+//!   `bwd_tma` (OrderedBulk only; the default at D128 since session 7): warp 2 of the
+//!   writer warpgroup is a
+//!   producer walking the same visits: per visit n (buffer n % 2) it waits `q_empty`,
+//!   its lanes store the 64 rows of L2 and Delta, lane 0 issues the TMA copies of Q_i
+//!   and dO_i (tensor maps `TmaQ`, `TmaDo`; 128-byte swizzle = the slab layout) and all
+//!   arrive at `q_full` (32 arrivals + the bytes). The math warps copy only K and V
+//!   (cp.async, once), wait `q_full` instead of their own copies and a barrier, and
+//!   release the buffer (`q_empty`, 256 arrivals) once dV and dK have completed; so no
+//!   copy of theirs is in flight at their `fence.proxy.async`. dSᵀ has two tiles (visit
+//!   parity), which removes the barrier at the top of each visit: the two math
+//!   warpgroups meet once per visit (the dS barrier). 225 KiB of shared memory.
+//!   Measured on an H200 (B2 H16 L8192 D128 bf16, one call, TFLOP/s without / with):
+//!   dense 459.3 / 549.3, causal 380.6 / 456.7, sliding 1024 206.5 / 233.6, ALiBi +
+//!   causal 323.5 / 345.1, soft-cap + causal 349.9 / 399.3, document + causal 133.4 /
+//!   143.4; with `overlap` as well: dense 517.0, causal 457.7.
+//!   `bwd_lpt` (off; not yet passed on a GPU, see `PtxOptions::bwd_lpt`): the grid is
+//!   (kv head, kv block ascending, batch), each q block's kv blocks add in ascending
+//!   order (rank `j - first`) and each CTA visits its q blocks in descending order, so
+//!   the longest CTAs start first and the CTAs of one q block reach it at the same visit
+//!   count (a CTA waits only for CTAs of lower y: started before it).
 //!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
 //!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
@@ -69,9 +89,9 @@
 //! (integer words, `backward.rs` "Capture gradients").
 
 use super::{
-    Acc, CapCtx, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks, capture_grads,
-    common, dkdv_epilogue, frag_col_stat, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores,
-    load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
+    Acc, CapCtx, Common, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks,
+    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_row_stats, from_flat, grad_ds,
+    grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -114,6 +134,16 @@ pub fn register_split_fits(math: u32, writer: u32) -> bool {
         && MATH_REGS * math + WRITER_REGS * writer <= cap * threads
 }
 
+/// Whether the fused kernel's Q, dO, L2 and Delta come from a producer warp
+/// ([`PtxOptions::bwd_tma`], under `BwdDq::OrderedBulk` only).
+pub fn tma_producer(o: &PtxOptions) -> bool {
+    o.bwd_tma && o.bwd_dq == BwdDq::OrderedBulk
+}
+
+/// `PtxOptions::bwd_tma`: the writer warpgroup's warp that loads each visit's Q, dO
+/// (TMA, lane 0) and L2, Delta (every lane) — not 0 or 1, the dQ writers' warps.
+const PRODUCER_WARP: u32 = 2;
+
 /// Threads of the writer warpgroup of the fused dK/dV kernel (`BwdDq::OrderedBulk`),
 /// after the math warps; 0 for the other schemes.
 pub fn writer_threads(o: &PtxOptions) -> u32 {
@@ -142,6 +172,19 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if bytes > 227 * 1024 {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ: {bytes} bytes of shared memory (at most 227 KiB)"
+        )));
+    }
+    if o.bwd_tma && !tma_producer(o) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ: TMA loads of Q/dO need the bulk additions' writer warpgroup".into(),
+        ));
+    }
+    if tma_producer(o)
+        && !(o.d.is_multiple_of(64) && o.dv.is_multiple_of(64) && o.q_block.is_multiple_of(32))
+    {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ with TMA loads: D and Dv multiples of 64 (got {}, {})",
+            o.d, o.dv
         )));
     }
     if o.bwd_dq == BwdDq::OrderedBulk
@@ -233,11 +276,11 @@ fn addr_of<'ctx>(
 }
 
 /// Stores this warp's dSᵀ accumulator (kv rows `16 warp ..`, q columns `0..Br`) rounded to
-/// the input type into the slab tile `t` (one 64-column slab: Br = 64).
+/// the input type into the slab tile `t`, `t_off` bytes further (one 64-column slab: Br = 64).
 fn store_ds<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
-    t: &SmemTile,
+    (t, t_off): (&SmemTile, IntValue<'ctx>),
     warp: IntValue<'ctx>,
     lane: IntValue<'ctx>,
     ds: &Acc<'ctx>,
@@ -251,7 +294,7 @@ fn store_ds<'ctx>(
         let row = g.add(r0, g.c32(8 * hr as i64))?;
         let base = g.add(
             g.add(g.mul(row, g.c32(128))?, quad)?,
-            g.c32(t.offset as i64),
+            g.add(t_off, g.c32(t.offset as i64))?,
         )?;
         for (nt, x) in ds.iter().enumerate() {
             let chunk = g.xor(g.c32(nt as i64), sw)?;
@@ -264,15 +307,15 @@ fn store_ds<'ctx>(
 }
 
 /// Issues this warpgroup's `dS K` for dQ columns `col0 .. col0 + 64` (not committed): A the
-/// dSᵀ tile read M-major, B the K tile read N-major (its 64-column slab `col0 / 64`).
+/// dSᵀ tile (`ds_off` bytes further) read M-major, B the K tile read N-major (its 64-column slab `col0 / 64`).
 fn dq_chunk<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
-    ds: &SmemTile,
+    (ds, ds_off): (&SmemTile, IntValue<'ctx>),
     k: &SmemTile,
     col0: IntValue<'ctx>,
 ) -> R<Vec<inkwell::values::FloatValue<'ctx>>> {
-    let a_base = g.smem_addr32(g.c32(ds.offset as i64))?;
+    let a_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
     let slab = g.mul(g.lshr(col0, g.c32(6))?, g.c32(k.rows as i64 * 128))?;
     let b_base = g.smem_addr32(g.add(slab, g.c32(k.offset as i64))?)?;
     let mut acc: Option<Vec<_>> = None;
@@ -314,11 +357,33 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let c = common(g, p, opts, a)?;
     let zero = g.c32(0);
     let one = g.c32(1);
-    let hk = g.ctaid('y')?;
+    // bwd_lpt: the grid is (kv head, kv block, batch), kv blocks in ascending order
+    let lpt = opts.bwd_lpt;
+    let hk = g.ctaid(if lpt { 'x' } else { 'y' })?;
     let nkv = g.udiv(g.add(c.lkv, g.c32(bc as i64 - 1))?, g.c32(bc as i64))?;
     let nq = g.udiv(g.add(c.lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
-    // x = 0 is the last kv block: it adds first (module docs)
-    let jb = g.sub(g.sub(nkv, one)?, g.ctaid('x')?)?;
+    // x = 0 is the last kv block: it adds first (module docs); bwd_lpt: y = kv block,
+    // the first block of a q block's range adds first
+    let jb = if lpt {
+        g.ctaid('y')?
+    } else {
+        g.sub(g.sub(nkv, one)?, g.ctaid('x')?)?
+    };
+    // a visit's rank in its dQ tile's addition order
+    let rank_of = |first: IntValue<'ctx>, end: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        if lpt {
+            g.sub(jb, first)
+        } else {
+            g.sub(g.sub(end, one)?, jb)
+        }
+    };
+    // the visit order: q blocks ascending, or with bwd_lpt descending (each q block's
+    // first kv block, which adds first there, is its longest CTA: the CTAs of one q
+    // block reach it at the same visit count and follow each other one addition apart)
+    let q_start = if lpt { g.sub(nq, one)? } else { zero };
+    let q_step = |qb: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        if lpt { g.sub(qb, one) } else { g.add(qb, one) }
+    };
     let kv0 = g.mul(jb, g.c32(bc as i64))?;
     let group = g.udiv(c.hq, c.hkv)?;
     let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
@@ -354,10 +419,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
         g.b.position_at_end(check);
         let qb = g.geti(&s_qb)?;
-        g.cond_br(g.icmp(IntPredicate::ULT, qb, nq)?, body, next_head)?;
+        let in_range = if lpt {
+            g.icmp(IntPredicate::SGE, qb, zero)?
+        } else {
+            g.icmp(IntPredicate::ULT, qb, nq)?
+        };
+        g.cond_br(in_range, body, next_head)?;
         g.b.position_at_end(next_head);
         g.set(&s_hi, g.add(hi, one)?)?;
-        g.set(&s_qb, zero)?;
+        g.set(&s_qb, q_start)?;
         g.br(head)?;
         g.b.position_at_end(body);
         let h = g.add(g.mul(hk, group)?, hi)?;
@@ -378,7 +448,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         ] {
             g.set(v, x)?;
         }
-        g.set(&s_qb, g.add(qb, one)?)?;
+        g.set(&s_qb, q_step(qb)?)?;
         let visit = g.and(
             g.icmp(IntPredicate::SLE, first, jb)?,
             g.icmp(IntPredicate::SLT, jb, end)?,
@@ -416,11 +486,26 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let slot_addr = |sl: IntValue<'ctx>| -> R<IntValue<'ctx>> {
         g.add(g.c32(slots as i64), g.mul(sl, g.c32(tile_bytes as i64))?)
     };
+    // bwd_tma: the (Q, dO, L2, Delta) buffers' mbarriers (full: the producer warp's 32
+    // arrivals and the TMA bytes; empty: every math thread has done with the buffer)
+    let tma = tma_producer(opts);
+    let qbars = t.q_bars.unwrap_or(0);
+    let q_bar = |which: u32, s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.smem_addr32(g.add(g.c32((qbars + 16 * which) as i64), g.mul(s, g.c32(8))?)?)
+    };
+    let q_full = |s| q_bar(0, s);
+    let q_empty = |s| q_bar(1, s);
     if bulk {
         g.if_then(is_t0, || {
             for sl in 0..DQ_SLOTS {
                 g.mbar_init(bar_full(g.c32(sl as i64))?, threads)?;
                 g.mbar_init(bar_empty(g.c32(sl as i64))?, 1)?;
+            }
+            if tma {
+                for sl in 0..2 {
+                    g.mbar_init(q_full(g.c32(sl))?, 32)?;
+                    g.mbar_init(q_empty(g.c32(sl))?, threads)?;
+                }
             }
             g.fence_mbar_init()
         })?;
@@ -439,6 +524,24 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.setmaxnreg(false, WRITER_REGS)?;
         let wt = g.sub(c.tid, g.c32(threads as i64))?;
         let writer_slot = g.lshr(wt, g.c32(5))?;
+        if tma {
+            let is_producer = g.icmp(IntPredicate::EQ, writer_slot, g.c32(PRODUCER_WARP as i64))?;
+            g.if_then(is_producer, || {
+                let lane = g.and(wt, g.c32(31))?;
+                let walk = (&scan as Scan<'_, 'ctx>, q_start, &q_step as &dyn Fn(_) -> _);
+                produce(
+                    g,
+                    &c,
+                    &t,
+                    opts,
+                    a,
+                    walk,
+                    &head_of,
+                    (&q_full, &q_empty),
+                    lane,
+                )
+            })?;
+        }
         let is_writer = if early {
             g.and(
                 g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?,
@@ -450,7 +553,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(is_writer, || {
             let wv = Visit::new(g)?;
             let wn = g.var(g.i32, zero)?;
-            scan(zero, zero, &wv)?;
+            scan(zero, q_start, &wv)?;
             let head = g.block("writer_head");
             let body = g.block("writer_tile");
             let done = g.block("writer_done");
@@ -467,7 +570,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
                 let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
                 // descending kv blocks, as Ordered
-                let rank = g.sub(g.sub(g.geti(&wv.end)?, one)?, jb)?;
+                let rank = rank_of(g.geti(&wv.first)?, g.geti(&wv.end)?)?;
                 g.spin_until_eq(sem_addr, rank)?;
                 g.fence_proxy_async_global()?;
                 let dst = addr_of(
@@ -493,7 +596,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 add_tile()?;
             }
             g.set(&wn, g.add(n, one)?)?;
-            scan(g.geti(&wv.hi)?, g.add(g.geti(&wv.qb)?, one)?, &wv)?;
+            scan(g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
             g.br(head)?;
             g.b.position_at_end(done);
             Ok(())
@@ -522,13 +625,20 @@ pub(super) fn dkdv_dq_body<'ctx>(
     t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
     t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
     g.cp_async_commit()?;
-    scan(zero, zero, &cur)?;
+    scan(zero, q_start, &cur)?;
     let lp = g.block("q_loop");
     let epi = g.block("dkdv_dq_end");
     let pre = g.block("dkdv_dq_prologue");
     g.cond_br(g.geti(&cur.found)?, pre, epi)?;
     g.b.position_at_end(pre);
-    load_q(head_of(&cur)?, g.geti(&cur.qb)?, zero)?;
+    if tma {
+        // K and V: every thread's copies landed and visible to the tensor cores
+        g.cp_async_wait(0)?;
+        g.fence_proxy_async()?;
+        bar()?;
+    } else {
+        load_q(head_of(&cur)?, g.geti(&cur.qb)?, zero)?;
+    }
     g.br(lp)?;
 
     g.b.position_at_end(lp);
@@ -538,11 +648,38 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let ff = g.geti(&cur.ff)?;
     let fe = g.geti(&cur.fe)?;
     let h = head_of(&cur)?;
-    let buf = g.geti(&st_buf)?;
+    // bwd_tma: this visit's buffer (the producer's ring slot)
+    let (q_sl, q_ph) = if tma {
+        ring_slot(g, g.geti(&mn)?)?
+    } else {
+        (zero, zero)
+    };
+    let buf = if tma {
+        g.mul(q_sl, g.c32(t.buf as i64))?
+    } else {
+        g.geti(&st_buf)?
+    };
     let other = g.xor(buf, g.c32(t.buf as i64))?;
-    g.cp_async_wait(0)?;
-    g.fence_proxy_async()?;
-    bar()?;
+    // bwd_tma: this visit's L2/Delta rows and dSᵀ tile (visit parity)
+    let (sbuf, ds_off) = if tma {
+        (
+            g.mul(q_sl, g.c32(t.stat_buf as i64))?,
+            g.mul(q_sl, g.c32(ds_t.bytes() as i64))?,
+        )
+    } else {
+        (buf, zero)
+    };
+    if tma {
+        // Q_i, dO_i (TMA: the async proxy, as wgmma) and L2, Delta landed; no barrier:
+        // the dSᵀ tile this visit writes was last read by the dQ products of visit n - 2,
+        // which every warpgroup completed before the dS barrier of visit n - 1
+        g.mbar_wait(q_full(q_sl)?, q_ph)?;
+    } else {
+        g.cp_async_wait(0)?;
+        g.fence_proxy_async()?;
+        // every warpgroup's dQ product of the last visit has read dSᵀ
+        bar()?;
+    }
     // every thread's additions of the previous visit precede the barrier above
     if ordered {
         let rel = g.and(is_t0, g.geti(&pending)?)?;
@@ -562,9 +699,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Ok((s, dp))
     };
     let sdp_early = if early { Some(issue_sdp()?) } else { None };
-    scan(hi, g.add(qb, one)?, &nxt)?;
+    scan(hi, q_step(qb)?, &nxt)?;
     let has_next = g.geti(&nxt.found)?;
-    g.if_then(has_next, || load_q(head_of(&nxt)?, g.geti(&nxt.qb)?, other))?;
+    if !tma {
+        g.if_then(has_next, || load_q(head_of(&nxt)?, g.geti(&nxt.qb)?, other))?;
+    }
 
     let q0 = g.mul(qb, g.c32(br as i64))?;
     let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
@@ -603,7 +742,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // dV runs under dS (and the barrier that publishes it) and, without capture
     // gradients, P is computed while dPᵀ runs
     let products = if let Some((s, dp)) = waited {
-        let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
+        let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?;
         let at = |nt: usize, i: usize| {
             let (q, l2, dl) = stats[nt * 2 + i % 2];
             let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
@@ -611,7 +750,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         };
         let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
         // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
-        store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
+        store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
         if early {
             let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
             g.wgmma_fence()?;
@@ -625,7 +764,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // element (nt, i): kv row kv_row + 8 (i / 2), q column q0 + col + 8 nt + i % 2
         let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
         let col = g.add(q0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
-        let l2s = frag_col_stat(g, &c, br, buf, t.l2)?;
+        let l2s = frag_col_stat(g, &c, br, sbuf, t.l2)?;
         let s = from_flat(&g.wgmma_wait(1, &s)?);
         let l2_at = |nt: usize, i: usize| {
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
@@ -636,18 +775,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_fence()?;
         let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
         g.wgmma_commit()?;
-        let deltas = frag_col_stat(g, &c, br, buf, t.delta)?;
+        let deltas = frag_col_stat(g, &c, br, sbuf, t.delta)?;
         // waits for dPᵀ (the group before dV's)
         let dp = from_flat(&g.wgmma_wait(1, &dp)?);
         let dst = grad_ds(g, &pd, &dp, &|nt, i| Ok(deltas[nt * 2 + i % 2]))?;
-        store_ds(g, opts, &ds_t, c.warp, c.lane, &dst)?;
+        store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
         Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
     };
     g.fence_proxy_async()?;
     let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
     let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
     // descending kv blocks: the last kv block of the q block's range adds first
-    let rank = g.sub(g.sub(end, one)?, jb)?;
+    let rank = rank_of(g.geti(&cur.first)?, end)?;
     // this tile's turn, before the barrier that publishes dS (measured on an H200: waiting
     // after issuing the products instead, behind a second barrier, was 4-9% slower)
     if ordered {
@@ -703,7 +842,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // under them and the other chunks follow one by one
     let first_chunk = || -> R<Vec<FloatValue<'ctx>>> {
         g.wgmma_fence()?;
-        let dq0 = dq_chunk(g, opts, &ds_t, &t.k, col_of(0)?)?;
+        let dq0 = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(0)?)?;
         g.wgmma_commit()?;
         Ok(dq0)
     };
@@ -711,7 +850,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let dq0 = g.wgmma_wait(1, &dq0)?;
         add_part(col_of(0)?, &dq0)?;
         for ci in 1..chunks {
-            let x = dq_chunk(g, opts, &ds_t, &t.k, col_of(ci)?)?;
+            let x = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(ci)?)?;
             g.wgmma_commit()?;
             let x = g.wgmma_wait(0, &x)?;
             add_part(col_of(ci)?, &x)?;
@@ -747,6 +886,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
     }
     acc_set(g, &dv, &wg_result(g, &dv1)?)?;
     acc_set(g, &dk, &wg_result(g, &dk1)?)?;
+    if tma {
+        // every product reading Q_i, dO_i has completed: the buffer goes back
+        g.mbar_arrive(q_empty(q_sl)?)?;
+    }
     g.set(&pending, g.cbool(true))?;
     g.set(&pending_sem, sem_addr)?;
     cur.copy_from(g, &nxt)?;
@@ -766,6 +909,99 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let store = g.block("dkdv_store");
     g.br(store)?;
     dkdv_epilogue(g, opts, &c, a, hk, kv0, &dk, &dv, store)
+}
+
+/// The visit's (mbarrier) slot and phase: visit `n` uses buffer `n % 2` in its
+/// `(n / 2)`-th phase (as the dQ slots, [`DQ_SLOTS`] = 2).
+fn ring_slot<'ctx>(g: &Gpu<'ctx>, n: IntValue<'ctx>) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    Ok((g.and(n, g.c32(1))?, g.and(g.lshr(n, g.c32(1))?, g.c32(1))?))
+}
+
+type Scan<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>, IntValue<'ctx>, &Visit<'ctx>) -> R<()>;
+type BarOf<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>) -> R<IntValue<'ctx>>;
+type Step<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>) -> R<IntValue<'ctx>>;
+
+/// [`PtxOptions::bwd_tma`]: the producer warp (`PRODUCER_WARP` of the writer warpgroup)
+/// walks the math warps' visits and, per visit `n` (buffer `n % 2`): waits `empty` (the
+/// math warps have done with what the buffer held), every lane stores two rows of L2
+/// and Delta (+inf / 0 past Lq) and arrives at `full`; lane 0 arrives with the expected
+/// bytes and issues the TMA copies of Q_i and dO_i (one box of 64 columns per slab,
+/// rows past Lq zero-filled), whose bytes complete the phase.
+#[allow(clippy::too_many_arguments)]
+fn produce<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Common<'ctx>,
+    t: &DkDvTiles,
+    o: &PtxOptions,
+    a: &Args<'_, 'ctx>,
+    (scan, q_start, q_step): (Scan<'_, 'ctx>, IntValue<'ctx>, Step<'_, 'ctx>),
+    head_of: &dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>,
+    (q_full, q_empty): (BarOf<'_, 'ctx>, BarOf<'_, 'ctx>),
+    lane: IntValue<'ctx>,
+) -> R<()> {
+    let (zero, one) = (g.c32(0), g.c32(1));
+    let br = o.q_block;
+    let (l2p, dlp) = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
+    let pv = Visit::new(g)?;
+    let pn = g.var(g.i32, zero)?;
+    scan(zero, q_start, &pv)?;
+    let head = g.block("producer_head");
+    let body = g.block("producer_visit");
+    let done = g.block("producer_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    g.cond_br(g.geti(&pv.found)?, body, done)?;
+    g.b.position_at_end(body);
+    let n = g.geti(&pn)?;
+    let (sl, ph) = ring_slot(g, n)?;
+    g.mbar_wait(q_empty(sl)?, g.xor(ph, one)?)?;
+    let h = head_of(&pv)?;
+    let q0 = g.mul(g.geti(&pv.qb)?, g.c32(br as i64))?;
+    let slice = g.add(g.mul(c.b, c.hq)?, h)?;
+    let bufo = g.mul(sl, g.c32(t.buf as i64))?;
+    for k in 0..br / 32 {
+        let i = g.add(lane, g.c32(32 * k as i64))?;
+        let q = g.add(q0, i)?;
+        let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
+        let row = g.add(
+            g.mul(g.zext64(slice)?, g.zext64(c.lq)?)?,
+            g.zext64(g.selecti(ok, q, zero)?)?,
+        )?;
+        let l2 = g.selectf(ok, g.load_f32(l2p, row)?, g.cf(f32::INFINITY))?;
+        let dl = g.selectf(ok, g.load_f32(dlp, row)?, g.cf(0.0))?;
+        let at = g.add(g.mul(sl, g.c32(t.stat_buf as i64))?, g.mul(i, g.c32(4))?)?;
+        g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
+        g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)?;
+    }
+    let tma_bb = g.block("producer_tma");
+    let arrive_bb = g.block("producer_arrive");
+    let next_bb = g.block("producer_next");
+    g.cond_br(g.icmp(IntPredicate::EQ, lane, zero)?, tma_bb, arrive_bb)?;
+    g.b.position_at_end(tma_bb);
+    let full = q_full(sl)?;
+    g.mbar_arrive_expect_tx(full, t.q.bytes() + t.d_o.bytes())?;
+    for (tile, map) in [(&t.q, KernelParam::TmaQ), (&t.d_o, KernelParam::TmaDo)] {
+        let map = a.ptr(map)?;
+        for s in 0..tile.cols / 64 {
+            let off = g.add(bufo, g.c32((tile.offset + s * tile.rows * 128) as i64))?;
+            g.tma_load_3d(
+                g.smem_addr32(off)?,
+                map,
+                [g.c32(64 * s as i64), q0, slice],
+                full,
+            )?;
+        }
+    }
+    g.br(next_bb)?;
+    g.b.position_at_end(arrive_bb);
+    g.mbar_arrive(q_full(sl)?)?;
+    g.br(next_bb)?;
+    g.b.position_at_end(next_bb);
+    g.set(&pn, g.add(n, one)?)?;
+    scan(g.geti(&pv.hi)?, q_step(g.geti(&pv.qb)?)?, &pv)?;
+    g.br(head)?;
+    g.b.position_at_end(done);
+    Ok(())
 }
 
 /// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the

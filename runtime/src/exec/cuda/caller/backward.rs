@@ -603,7 +603,26 @@ mod tests {
                 for (k, s) in specs.iter().enumerate() {
                     // fused: the dK/dV kernel gets the dQ kernel's values
                     let q_side = k == 2 || (k == 1 && is_fused);
-                    let args = sized_args(&opts, &shape, if q_side { &a } else { &kv }).unwrap();
+                    let mut args =
+                        sized_args(&opts, &shape, if q_side { &a } else { &kv }).unwrap();
+                    // the fused kernel's TMA maps (`bwd_tma`, the default at D128) are made
+                    // at launch (`cuda::tma::with_tensor_maps`, by the driver) from Q, dO,
+                    // the lengths, heads and the batch extent: those are here
+                    for map in [P::TmaQ, P::TmaDo] {
+                        if s.params.contains(&map) {
+                            assert!(opts.bwd_tma && k == 1, "{:?} takes {map:?}", s.kind);
+                            for from in [P::Q, P::DOut] {
+                                assert!(matches!(args.value(from), Some(Arg::Ptr(_))));
+                            }
+                            for from in [P::Lq, P::Hq] {
+                                assert!(matches!(args.value(from), Some(Arg::I32(_))));
+                            }
+                            let batches = attnc_compiler::backend::llvm::GridDim::Batches;
+                            assert_eq!(args.extent_of(batches), Some(shape.b as u32));
+                            args.scalar(map, Arg::Map(crate::cuda::args::TensorMap([0; 16])));
+                        }
+                    }
+                    assert_eq!(s.params.contains(&P::TmaQ), opts.bwd_tma && k == 1);
                     let bound = args.bind(s).unwrap();
                     assert_eq!(bound.len(), s.params.len());
                     let g = args.grid(s).unwrap();
