@@ -197,18 +197,7 @@ fn cpu_decode_matches_oracle_on_every_example() {
                     )
                     .unwrap_or_else(|e| panic!("{name}/{program} config {ci}: cpu: {e}"));
                     let what = format!("{name}/{program} config {ci} threads {threads}");
-                    close(
-                        &format!("{what} o"),
-                        &got.o.to_f32(),
-                        &want.o.to_f32(),
-                        2e-4,
-                    );
-                    close(
-                        &format!("{what} lse"),
-                        &got.lse.to_f32(),
-                        &want.lse.to_f32(),
-                        2e-4,
-                    );
+                    close_o_lse(&what, &got, &want, 2e-4);
                 }
             }
         }
@@ -235,8 +224,7 @@ fn cpu_decode_splits_long_sequences() {
         )
         .unwrap();
         let got = run(&compiled, &name, &c, Backend::Cpu, 4, &captures, false).unwrap();
-        close("o", &got.o.to_f32(), &want.o.to_f32(), 2e-4);
-        close("lse", &got.lse.to_f32(), &want.lse.to_f32(), 2e-4);
+        close_o_lse("decode", &got, &want, 2e-4);
     }
 }
 
@@ -282,18 +270,7 @@ fn cpu_decode_lq16_long_chunks() {
                     )
                     .unwrap();
                     let what = format!("{file} Hq{hq} Hkv{hkv} page {page:?} threads {threads}");
-                    close(
-                        &format!("{what} o"),
-                        &got.o.to_f32(),
-                        &want.o.to_f32(),
-                        2e-4,
-                    );
-                    close(
-                        &format!("{what} lse"),
-                        &got.lse.to_f32(),
-                        &want.lse.to_f32(),
-                        2e-4,
-                    );
+                    close_o_lse(&what, &got, &want, 2e-4);
                 }
             }
         }

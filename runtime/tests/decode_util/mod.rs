@@ -226,6 +226,17 @@ pub fn run(
     bound.forward_with_cache(&c.q, &c.cache(), captures)
 }
 
+/// [`close`] on both outputs of a call: `o` and `lse`, named `"{what} o"` / `"{what} lse"`.
+pub fn close_o_lse(what: &str, got: &attnc::Output, want: &attnc::Output, tol: f32) {
+    close(&format!("{what} o"), &got.o.to_f32(), &want.o.to_f32(), tol);
+    close(
+        &format!("{what} lse"),
+        &got.lse.to_f32(),
+        &want.lse.to_f32(),
+        tol,
+    );
+}
+
 /// |a - b| <= tol, -inf matching exactly, no NaN.
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");

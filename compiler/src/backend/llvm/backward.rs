@@ -93,7 +93,7 @@ use crate::plan::Plan;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::types::{AnyType, BasicMetadataTypeEnum};
+use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, FloatPredicate, IntPredicate};
 
@@ -621,19 +621,9 @@ fn build<'ctx>(
         );
     }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
-    let map_ty = ctx.i8_type().array_type(128).as_any_type_enum();
     for (i, kp) in k.params.iter().enumerate() {
         if matches!(kp, KernelParam::TmaQ | KernelParam::TmaDo) {
-            let at = AttributeLoc::Param(i as u32);
-            func.add_attribute(
-                at,
-                ctx.create_type_attribute(Attribute::get_named_enum_kind_id("byval"), map_ty),
-            );
-            func.add_attribute(
-                at,
-                ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("align"), 64),
-            );
-            func.add_attribute(at, ctx.create_string_attribute("nvvm.grid_constant", ""));
+            super::cta::tensor_map_param(ctx, func, i as u32);
         }
         if matches!(
             kp,

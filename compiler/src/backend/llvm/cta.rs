@@ -233,3 +233,26 @@ fn lpt_order<'ctx>(
     let qb = g.sub(g.sub(nqb, g.c32(1))?, rank)?;
     Ok((qb, g.urem(slice, hq)?, g.udiv(slice, hq)?))
 }
+
+/// Marks kernel parameter `i` of `func` as a TMA tensor map: 128 bytes passed by value
+/// (`byval [128 x i8]`, 64-byte aligned) and `nvvm.grid_constant`, so that the kernel
+/// reads it where the launch put it (the address `cp.async.bulk.tensor` takes).
+pub(crate) fn tensor_map_param<'ctx>(
+    ctx: &'ctx inkwell::context::Context,
+    func: inkwell::values::FunctionValue<'ctx>,
+    i: u32,
+) {
+    use inkwell::attributes::{Attribute, AttributeLoc};
+    use inkwell::types::AnyType;
+    let map_ty = ctx.i8_type().array_type(128).as_any_type_enum();
+    let at = AttributeLoc::Param(i);
+    func.add_attribute(
+        at,
+        ctx.create_type_attribute(Attribute::get_named_enum_kind_id("byval"), map_ty),
+    );
+    func.add_attribute(
+        at,
+        ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("align"), 64),
+    );
+    func.add_attribute(at, ctx.create_string_attribute("nvvm.grid_constant", ""));
+}

@@ -62,7 +62,7 @@
 //! `PtxOptions::ws` the kernel body is the warp-specialized one of `hopper.rs` instead.
 
 use super::bounds::{KvBounds, RowRuns};
-use super::cta::{Args, place, row_runs};
+use super::cta::{Args, place, row_runs, tensor_map_param};
 use super::expr::Env;
 use super::gpu::{GLOBAL, Gpu, R, Var};
 use super::matmul::{load_q_fragments, pv, pv_wgmma, pv_wgmma_issue, qk, qk_wgmma, qk_wgmma_issue};
@@ -78,7 +78,7 @@ use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::context::Context;
 use inkwell::module::Module;
-use inkwell::types::{AnyType, BasicMetadataTypeEnum};
+use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::IntValue;
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
@@ -176,19 +176,9 @@ pub(crate) fn build<'ctx>(
         );
     }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
-    let map_ty = ctx.i8_type().array_type(128).as_any_type_enum();
     for (i, k) in params.iter().enumerate() {
         if matches!(k, KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV) {
-            let at = AttributeLoc::Param(i as u32);
-            func.add_attribute(
-                at,
-                ctx.create_type_attribute(Attribute::get_named_enum_kind_id("byval"), map_ty),
-            );
-            func.add_attribute(
-                at,
-                ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("align"), 64),
-            );
-            func.add_attribute(at, ctx.create_string_attribute("nvvm.grid_constant", ""));
+            tensor_map_param(ctx, func, i as u32);
         }
         if matches!(
             k,
