@@ -321,41 +321,28 @@ fn run_vs_oracle(
     let (qb, qf) = random_input(&mut r, sh.q_len(), 2.0, c.ty);
     let (kb, kf) = random_input(&mut r, sh.k_len(), 2.0, c.ty);
     let (vb, vf) = random_input(&mut r, sh.v_len(), 1.0, c.ty);
-    let (o, lse) = match &kern.meta().kv_bounds {
+    // the block source outlives the call: the closed form's bounds, or the maps
+    let (bounds, table);
+    let blocks = match &kern.meta().kv_bounds {
         KvBounds::ClosedForm(cf) => {
             assert!(maps.is_none(), "maps given to a closed-form kernel");
-            let bounds = closed_form_bounds(p, cf, sh, bind).map_err(|e| e.to_string())?;
-            forward_host(
-                kern,
-                dev,
-                sh,
-                (&qb, &kb, &vb),
-                scale,
-                bind,
-                KvBlocks::ClosedForm(bounds.as_deref()),
-            )
+            bounds = closed_form_bounds(p, cf, sh, bind).map_err(|e| e.to_string())?;
+            KvBlocks::ClosedForm(bounds.as_deref())
         }
         KvBounds::Table => {
-            let maps = maps.unwrap_or_else(|| {
+            table = maps.unwrap_or_else(|| {
                 interp_maps(p, sh, bind, opts.q_block as usize, opts.kv_block as usize)
             });
-            forward_host(
-                kern,
-                dev,
-                sh,
-                (&qb, &kb, &vb),
-                scale,
-                bind,
-                KvBlocks::Maps(&maps),
-            )
+            KvBlocks::Maps(&table)
         }
-    }
-    .map_err(|e| {
-        format!(
-            "{:?} overlap {} kpf {}: {e}",
-            opts.mma, opts.overlap, opts.k_prefetch
-        )
-    })?;
+    };
+    let (o, lse) =
+        forward_host(kern, dev, sh, (&qb, &kb, &vb), scale, bind, blocks).map_err(|e| {
+            format!(
+                "{:?} overlap {} kpf {}: {e}",
+                opts.mma, opts.overlap, opts.k_prefetch
+            )
+        })?;
     let want =
         reference::attention(p, sh, &qf, &kf, &vf, scale, bind).map_err(|e| e.to_string())?;
     let (abs, rel) = if c.ty == InputType::Bf16 {
