@@ -5,7 +5,8 @@ with --d64, B4 H16 L4096 D64; with --gqa, B1 Hq32 Hkv8 L16384 D128, the Llama-3 
 dense, causal, ALiBi + causal and softcap + causal; with --decode, the decoding anchors of
 issue 12 (FA4 direct, SDPA cuDNN and flash; contiguous cache, dense; microseconds and GB/s
 of K/V read) at B8 Hq32 Hkv8 Lkv32768 Lq 1/4/16, B64 Lkv8192 Lq1, B1 Lkv131072 Lq1;
-with --no-bwd, forward only; the extra shapes time the backward only with --bwd-extra.
+with --no-bwd, forward only; the extra shapes time the backward only with --bwd-extra (the
+D64 shape alone with --bwd-d64).
 The full set (Flex Triton, sliding window, documents, GQA, decoding) is
 ../shared/bench/fa4/anchors_fa4.py; this keeps its conventions: TFLOP/s over unmasked
 pairs, forward 4*B*H*Lq*Lkv*D*density, backward 2.5x that; best of 3 x 10 iterations
@@ -45,10 +46,11 @@ def softcap(score, b, h, q, kv): return 30.0 * torch.tanh(score / 30.0)
 
 NO_BWD = "--no-bwd" in sys.argv
 BWD_EXTRA = "--bwd-extra" in sys.argv
+BWD_D64 = "--bwd-d64" in sys.argv
 
-def fwd_bwd(f, q, k, v, do, extra=False):
+def fwd_bwd(f, q, k, v, do, extra=False, d64=False):
     tf = bench(lambda: f(q, k, v))
-    if NO_BWD or (extra and not BWD_EXTRA):
+    if NO_BWD or (extra and not BWD_EXTRA and not (d64 and BWD_D64)):
         return tf, float("nan")
     def step():
         for x in (q, k, v): x.grad = None
@@ -77,7 +79,7 @@ for (B, H, Hkv, S, D) in shapes:
         def put(key, f):
             try:
                 t0 = time.time(); f(q, k, v); torch.cuda.synchronize(); first = time.time() - t0
-                tf, tb = fwd_bwd(f, q, k, v, do, extra=(B, H, Hkv, S, D) != shapes0)
+                tf, tb = fwd_bwd(f, q, k, v, do, extra=(B, H, Hkv, S, D) != shapes0, d64=D == 64)
                 row[key] = dict(fwd=fl / tf / 1e9, bwd=2.5 * fl / tb / 1e9, first_call_s=first)
             except Exception as ex:
                 row[key] = dict(error=f"{type(ex).__name__}: {str(ex)[:160]}")
