@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python package's GPU check in under ~110 s of wall clock, run on the device machine
+# The Python package's GPU check in under ~160 s of wall clock, run on the device machine
 # from the repository root with the folder scripts/python-gpu-pack.sh filled carried
 # (e.g. `bash scripts/python-gpu-pack.sh /work/main/.bin-pyrt` here, then
 # `bash .bin-pyrt/python-gpu-quick.sh` there with carry [".bin-pyrt"]): like
@@ -15,9 +15,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/python-gpu-lib.sh"
 pygpu_install
 echo "== bench ($((SECONDS - t0)) s) =="
-timeout 45 "$py" python/bench/bench_gpu.py --parts overhead,fwdbwd --budget-s 25 --out "$OUT" > "$OUT/bench.log" 2>&1
+timeout 80 "$py" python/bench/bench_gpu.py --parts overhead,fwdbwd --budget-s 45 --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -Ev "Warning|warn\(" "$OUT/bench.log" | tail -25
 echo "== pytest ($((SECONDS - t0)) s) =="
-pygpu_pytest "not (every_example_matches and f16 and not bf16)" 6 $((103 - (SECONDS - t0)))
+pygpu_pytest "not (every_example_matches and f16 and not bf16)" 6 60
 echo "== done ($((SECONDS - t0)) s) =="
