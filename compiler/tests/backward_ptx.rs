@@ -254,3 +254,79 @@ fn fused_sm90_kernels() {
         }
     }
 }
+
+/// The runtime's backward for a binding (`PtxOptions::backward_for_binding`, sm_90, D128,
+/// bf16, L8192): the fused kernel's longest-first CTA order (`bwd_lpt`: kv heads on x, kv
+/// blocks ascending on y) exactly for the causal-type masks (a kv block's work varies with
+/// the block), the plain order for dense, a band and a block table; positions as exact
+/// floats below 2^22, so ALiBi converts no position per element: the dK/dV kernel's
+/// `cvt.rn.f32.s32` are the two bases and the slope's head (64 per path before, one per
+/// element). The ALiBi + causal dK/dV kernel of these options is snapshot-tested.
+/// `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
+#[test]
+fn binding_defaults() {
+    use attnc_compiler::backend::llvm::BwdDq;
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+    let lpt_grid = [GridDim::KvHeads, GridDim::KvBlocks, GridDim::Batches];
+    for (file, name, lpt) in [
+        ("dense", "dense", false),
+        ("causal", "causal_attention", true),
+        ("sliding_window", "sliding_window", false),
+        ("alibi_causal", "alibi_causal", true),
+        ("softcap", "softcap_causal", true),
+        ("document_causal", "document_causal", false),
+    ] {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
+        )
+        .unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let plan = Plan::new(p);
+        let o = def.backward_for_binding(&plan, 8192);
+        assert_eq!(o.bwd_lpt, lpt, "{name}");
+        assert!(o.float_positions, "{name}");
+        assert_eq!(o.bwd_dq, BwdDq::OrderedBulk);
+        assert!(o.bwd_tma);
+        // positions at 2^22 are past the bound: no float positions
+        assert!(!def.backward_for_binding(&plan, 1 << 22).float_positions);
+        // the two-kernel path (caller buffers) takes float positions, never the order
+        let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert!(sep.float_positions && !sep.bwd_lpt);
+        let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+        let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+        assert_eq!(a.ptx, b.ptx, "{name}: PTX differs between two runs");
+        assert_eq!(a.grid == lpt_grid, lpt, "{name}");
+        if let Some(dir) = &dir {
+            std::fs::write(format!("{dir}/{name}_binding_bwd_dkdv.ptx"), &a.ptx).unwrap();
+        }
+        let cvts = a.ptx.matches("cvt.rn.f32.s32").count();
+        if name == "alibi_causal" {
+            let before = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
+            assert!(before.ptx.matches("cvt.rn.f32.s32").count() >= 64);
+            assert!(cvts <= 6, "{name}: {cvts} int-to-float conversions");
+            insta::assert_snapshot!(
+                "bwd_ptx_sm90_bf16_d128__alibi_causal__binding_bwd_dkdv",
+                a.ptx
+            );
+            // and the dQ kernel of the two-kernel path
+            let q = emit_backward(&plan, &sep, BackwardKind::Dq).unwrap();
+            let q0 = emit_backward(
+                &plan,
+                &PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16),
+                BackwardKind::Dq,
+            )
+            .unwrap();
+            let (n, n0) = (
+                q.ptx.matches("cvt.rn.f32.s32").count(),
+                q0.ptx.matches("cvt.rn.f32.s32").count(),
+            );
+            assert!(
+                n <= 6 && n0 >= 32,
+                "dq: {n} / {n0} int-to-float conversions"
+            );
+        }
+    }
+}

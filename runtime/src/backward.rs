@@ -421,10 +421,16 @@ impl Bound {
         let s = opts.shape;
         let (arch, d, dv) = (device.arch(), s.d as u32, s.dv as u32);
         let separate = !host && std::env::var("ATTNC_BWD_DQ").is_ok_and(|v| v == "separate");
+        // float positions and the fused kernel's CTA order for this binding's plan and
+        // shape (`PtxOptions::backward_for_binding`), then the environment's overrides
+        let longest = s.lq.max(s.lkv);
         let mut popts = if separate {
             PtxOptions::backward_separate(arch, d, dv, input)
+                .backward_for_binding(self.plan(), longest)
         } else {
-            bwd_dq_override(PtxOptions::backward(arch, d, dv, input))
+            bwd_dq_override(
+                PtxOptions::backward(arch, d, dv, input).backward_for_binding(self.plan(), longest),
+            )
         };
         popts.checked = opts.checked;
         let k = Arc::new(
@@ -447,10 +453,19 @@ impl Bound {
 /// `bulk` run `OrderedBulk` with / without Q and dO loaded by the TMA producer warp
 /// (`PtxOptions::bwd_tma`); `separate` is read above (caller buffers: the two-kernel
 /// path); any other value, or none, keeps the defaults. `ATTNC_BWD_LPT=1` / `0` turns the
-/// fused kernel's longest-first CTA order (`PtxOptions::bwd_lpt`) on / off.
+/// fused kernel's longest-first CTA order (`PtxOptions::bwd_lpt`; on by default for
+/// causal-type masks) on / off; `ATTNC_BWD_FPOS=0` turns float positions
+/// (`PtxOptions::float_positions`) off (for comparing; on where the lengths allow).
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
+    let o = match std::env::var("ATTNC_BWD_FPOS").as_deref() {
+        Ok("0") => PtxOptions {
+            float_positions: false,
+            ..o
+        },
+        _ => o,
+    };
     let o = match std::env::var("ATTNC_BWD_LPT").as_deref() {
         Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions { bwd_lpt: true, ..o },
         Ok("0") => PtxOptions {

@@ -35,8 +35,9 @@
 //! device each test prints `SKIPPED (no CUDA device)` and counts as ignored. The
 //! benchmark is an ignored trial: `gpu_backward --ignored bench`.
 //!
-//! The kernels run with `PtxOptions::backward`'s defaults for the device (wgmma on
-//! sm_90 at D 64/128 with dQ fused into the dK/dV kernel and ordered, else mma.sync);
+//! The kernels run with the runtime's options for the device and case
+//! (`PtxOptions::backward` refined by `backward_for_binding`: wgmma on sm_90 at D 64/128
+//! with dQ fused into the dK/dV kernel and ordered, else mma.sync);
 //! `ATTNC_BWD_TEST_CFG=sync64x64` runs the tests on the mma.sync path instead,
 //! `ATTNC_BWD_TEST_CFG=separate` on the two-kernel wgmma path of the caller-buffer
 //! entry points (an entry as the benchmark's `ATTNC_BWD_BENCH_CFG`, e.g.
@@ -47,8 +48,9 @@
 //! of 64 and 128, ordered with bulk additions with and without the TMA producer warp
 //! (`PtxOptions::bwd_tma`, suffix `t`), fused atomic; each fused one also with its
 //! products issued early, `PtxOptions::overlap`, config suffix `p`) against the reference;
-//! the longest-first CTA order (`PtxOptions::bwd_lpt`, suffix `l`, off by default, not
-//! yet passed on a GPU) runs only where asked: `ATTNC_BWD_TEST_CFG=wg64x128btl`;
+//! the longest-first CTA order (`PtxOptions::bwd_lpt`, suffix `l`) is the default for
+//! causal-type masks: the tests take the runtime's options for each case
+//! (`PtxOptions::backward_for_binding`: that order, float positions);
 //! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
 //! gradients) under the defaults; `gpu_backward_fused_sanitize` is the small D128 case
 //! for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
@@ -372,7 +374,7 @@ fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdB
 }
 
 fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
-    let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
+    let opts = test_options(dev.arch(), p, &sh, ty);
     check_case_with(dev, p, sh, ty, seed, dlse, opts);
 }
 
@@ -517,7 +519,7 @@ fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
 /// is exactly 0, on the kernels of `test_options` at `sh.d`.
 fn assert_late_start_rows_zero(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64) {
     let d = sh.d;
-    let opts = test_options(dev.arch(), d as u32, d as u32, ty);
+    let opts = test_options(dev.arch(), p, &sh, ty);
     let ks = emit_backward_kernels(&Plan::new(p), &opts).unwrap();
     let bw = CudaBackward::load(dev, &ks).unwrap();
     let x = inputs(p, &sh, ty, seed, false);
@@ -565,7 +567,7 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         (samples::dense(), shape(1, 2, 2, 1000, 700, 64)),
     ] {
         let ty = InputType::Bf16;
-        let opts = test_options(dev.arch(), sh.d as u32, sh.dv as u32, ty);
+        let opts = test_options(dev.arch(), &p, &sh, ty);
         let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(&p, &sh, ty, 5, false);
@@ -928,19 +930,23 @@ mask causal(b, h, q, kv) { q >= kv }
 score softcap(s, b, h, q, kv) { cap * tanh(s / cap) }
 attention softcap_param_causal { mask = causal; score = softcap; }";
 
-/// The tests' kernel options: the defaults, or the `ATTNC_BWD_TEST_CFG` configuration
+/// The tests' kernel options: the runtime's for `p` at `sh` (`PtxOptions::backward`
+/// refined by `backward_for_binding`: the longest-first CTA order for causal-type masks,
+/// float positions), or the `ATTNC_BWD_TEST_CFG` configuration
 /// (an entry as in [`bench_options`], e.g. `sync64x64` to test the mma.sync path on
-/// sm_90). A fused configuration whose dQ warpgroups (one per 64 kv columns) would each
+/// sm_90; with the binding's float positions). A fused configuration whose dQ warpgroups (one per 64 kv columns) would each
 /// get fewer than 64 of the case's D columns (e.g. `wg64x128o` at D64) does not exist for
 /// that case: the case keeps the defaults.
 fn test_options(
     arch: attnc_compiler::backend::llvm::Arch,
-    d: u32,
-    dv: u32,
+    p: &Program,
+    sh: &Shape,
     ty: InputType,
 ) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
-    let o = PtxOptions::backward(arch, d, dv, ty);
+    let (d, dv) = (sh.d as u32, sh.dv as u32);
+    let o = PtxOptions::backward(arch, d, dv, ty)
+        .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
     match std::env::var("ATTNC_BWD_TEST_CFG") {
         Ok(cfg) => {
             let c = bench_options(o, &cfg).unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}"));
@@ -972,7 +978,10 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     }
     let sep = PtxOptions::backward_separate(default.arch, default.d, default.dv, default.input);
     if cfg == "separate" {
-        return Some(sep);
+        return Some(PtxOptions {
+            float_positions: default.float_positions,
+            ..sep
+        });
     }
     let (o, tile) = if let Some(t) = cfg.strip_prefix("sync") {
         (sep.backward_sync(), t)
@@ -998,6 +1007,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         overlap: early,
         bwd_tma: tma,
         bwd_lpt: lpt,
+        float_positions: default.float_positions,
         ..o
     };
     let (tile, o) = if let Some(t) = tile.strip_suffix('o') {
@@ -1124,7 +1134,9 @@ fn gpu_backward_bench(dev: &CudaDevice) {
                 }
                 _ => b as f64 * (l * (l + 1) / 2) as f64,
             };
-            let default = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty);
+            // `default`: the runtime's choice for this binding
+            let default = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty)
+                .backward_for_binding(&Plan::new(&p), l);
             for (ci, cfg) in configs.iter().enumerate() {
                 let Some(opts) = bench_options(default, cfg) else {
                     println!("unknown ATTNC_BWD_BENCH_CFG entry {cfg}");
@@ -1181,6 +1193,157 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     json.push_str(&format!("\"device\": \"{}\"\n}}\n", dev.name()));
     let out = std::env::var("OUT").unwrap_or_else(|_| ".".into());
     let _ = std::fs::write(format!("{out}/attnc_bwd_bench.json"), json);
+}
+
+/// The backward as users run it (an ignored trial: `gpu_backward --ignored
+/// gpu_backward_runtime_bench`): through the runtime's caller-buffer entry point
+/// (`Bound::backward_cuda_into`, what the Python package's torch path calls), so the
+/// kernels are the ones the runtime picks for the binding (`backward_for_binding`) and
+/// loads through its JIT (from PTX where they use `setmaxnreg`), not the ones this file
+/// loads itself. bf16, B2 H16 L8192 D128: dense, causal, ALiBi + causal, soft-cap +
+/// causal, sliding window 1024 (`ATTNC_BWD_BENCH_ONLY=causal,...` picks); inputs as the
+/// kernel bench's (random, LSE = ln Lkv); device time of one whole backward call (CUDA
+/// events, median of 3 x 5 calls). The runtime's overrides (`ATTNC_BWD_LPT=0|1`,
+/// `ATTNC_BWD_FPOS=0`, `ATTNC_BWD_DQ=...`) apply; the line says which were set.
+fn gpu_backward_runtime_bench(dev: &CudaDevice) {
+    use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
+    use attnc::{Backend, BindOptions, Compiled, DType, ParamValue};
+    use cudarc::driver::DevicePtr;
+    use std::collections::HashMap;
+    let only = std::env::var("ATTNC_BWD_BENCH_ONLY").ok();
+    let env: Vec<String> = ["ATTNC_BWD_LPT", "ATTNC_BWD_FPOS", "ATTNC_BWD_DQ"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect();
+    let (b, h, l, d) = (2usize, 16usize, 8192usize, 128usize);
+    let sh = shape(b, h, h, l, l, d);
+    let ty = InputType::Bf16;
+    let mut r = rng(42);
+    let mut input =
+        |n: usize, amp: f32| dev.upload_u16(&random_input(&mut r, n, amp, ty).0).unwrap();
+    let (qd, kd, vd) = (
+        input(sh.q_len(), 1.0),
+        input(sh.k_len(), 1.0),
+        input(sh.v_len(), 1.0),
+    );
+    let (od, dod) = (input(sh.o_len(), 0.3), input(sh.o_len(), 1.0));
+    let lse = dev.upload(&vec![(l as f32).ln(); sh.lse_len()]).unwrap();
+    let (dq, dk, dv) = (
+        dev.zeros::<u16>(sh.q_len()).unwrap(),
+        dev.zeros::<u16>(sh.k_len()).unwrap(),
+        dev.zeros::<u16>(sh.v_len()).unwrap(),
+    );
+    let rows = b * h * l;
+    let (delta, lse2) = (
+        dev.zeros::<f32>(rows).unwrap(),
+        dev.zeros::<f32>(rows).unwrap(),
+    );
+    let causal_pairs = b as f64 * (l * (l + 1) / 2) as f64;
+    for (name, file, attention, window, pairs) in [
+        ("full", "dense.attn", "dense", None, (b * l * l) as f64),
+        (
+            "causal",
+            "causal.attn",
+            "causal_attention",
+            None,
+            causal_pairs,
+        ),
+        (
+            "alibi_causal",
+            "alibi_causal.attn",
+            "alibi_causal",
+            None,
+            causal_pairs,
+        ),
+        (
+            "softcap_causal",
+            "softcap.attn",
+            "softcap_causal",
+            None,
+            causal_pairs,
+        ),
+        (
+            "sliding1024",
+            "sliding_window.attn",
+            "sliding_window",
+            Some(1024),
+            // q - kv <= 1024 and kv <= q: min(q + 1, 1025) keys per row
+            b as f64 * (0..l).map(|q| (q + 1).min(1025) as f64).sum::<f64>(),
+        ),
+    ] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|x| x == name))
+        {
+            continue;
+        }
+        let c = Compiled::from_file(&examples_dir().join(file)).unwrap();
+        let var = c.attention(attention).unwrap();
+        let mut bound = var
+            .bind(BindOptions::new(Backend::Cuda, sh, DType::BF16))
+            .unwrap();
+        let params: HashMap<String, ParamValue> = window
+            .map(|w| ("window".to_string(), ParamValue::I32(w)))
+            .into_iter()
+            .collect();
+        let work = bound.backward_cuda_workspace().unwrap();
+        let ws = work.map(|(a, s)| {
+            (
+                dev.zeros::<f32>(a.max(1)).unwrap(),
+                dev.zeros::<u32>(s.max(1)).unwrap(),
+            )
+        });
+        let st = qd.stream().clone();
+        let p16 = |x: &cudarc::driver::CudaSlice<u16>| x.device_ptr(&st).0;
+        let p32 = |x: &cudarc::driver::CudaSlice<f32>| x.device_ptr(&st).0;
+        let bufs = DeviceBackwardBuffers {
+            q: p16(&qd),
+            k: p16(&kd),
+            v: p16(&vd),
+            o: p16(&od),
+            lse: p32(&lse),
+            d_o: p16(&dod),
+            dlse: None,
+            dq: p16(&dq),
+            dk: p16(&dk),
+            dv: p16(&dv),
+            delta: p32(&delta),
+            lse2: p32(&lse2),
+            dq_work: ws.as_ref().map(|(a, s)| DeviceDqWorkspace {
+                accum: p32(a),
+                sem: s.device_ptr(&st).0,
+            }),
+        };
+        let bound = std::cell::RefCell::new(bound);
+        let launch = || {
+            // SAFETY: every buffer above is a live allocation of this device sized for
+            // the bound shape (the workspace as backward_cuda_workspace says), used on
+            // stream `st` (the device's, which `time` records its events on and waits
+            // for); no capture gradients.
+            unsafe {
+                bound.borrow_mut().backward_cuda_into(
+                    &bufs,
+                    &HashMap::new(),
+                    &params,
+                    &DeviceGradWords::default(),
+                    st.cu_stream() as u64,
+                )
+            }
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            Ok(())
+        };
+        let ms = dev.time(2, 5, 3, launch).unwrap();
+        let tf = 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
+        println!(
+            "attnc_bwd_runtime/{name}/B{b}H{h}S{l}D{d} [{}]: {ms:.3} ms {tf:.1} TFLOP/s (fused dQ {})",
+            if env.is_empty() {
+                "defaults".to_string()
+            } else {
+                env.join(" ")
+            },
+            work.is_some()
+        );
+    }
 }
 
 /// Small D128 cases of the default fused kernel for compute-sanitizer (memcheck: the
@@ -1393,7 +1556,10 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Ignored trials, run with `--ignored` (`gpu_backward --ignored bench`).
-const BENCHES: &[(&str, TestFn)] = &[("gpu_backward_bench", gpu_backward_bench)];
+const BENCHES: &[(&str, TestFn)] = &[
+    ("gpu_backward_bench", gpu_backward_bench),
+    ("gpu_backward_runtime_bench", gpu_backward_runtime_bench),
+];
 
 fn main() {
     gpu_util::run_gpu_tests_and_benches(TESTS, BENCHES)

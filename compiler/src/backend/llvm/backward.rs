@@ -83,7 +83,7 @@ pub(crate) mod fused;
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::cta::Args;
-use super::expr::{Elem, Env, emit_function, emit_values, flat_index};
+use super::expr::{Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, flat_index};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::launch_spec::{GridDim, KernelSpec};
 use super::{BwdDq, InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
@@ -171,6 +171,26 @@ impl PtxOptions {
         } else {
             o
         }
+    }
+
+    /// These backward options refined for one binding (the runtime's, as
+    /// [`PtxOptions::for_binding`] for the forward): `plan`'s kv bounds and the longest of
+    /// Lq, Lkv.
+    /// - the fused kernel's longest-first CTA order ([`Self::bwd_lpt`]) where a kv
+    ///   block's work (its q blocks) varies with the block: the causal-type ranges of
+    ///   [`crate::plan::KvBounds::work_grows_with_q`]; kept off for dense (one H200, session
+    ///   7, TFLOP/s with / without: dense 518.9 / 530.4, causal 468.5 / 450.5, soft-cap +
+    ///   causal 412.0 / 393.1), bands and block tables (not measured);
+    /// - positions as exact floats ([`Self::float_positions`]) below 2^22 positions: the
+    ///   score converts `kv - q` (ALiBi) by one float subtraction of positions converted
+    ///   once per row and column, not a `cvt` per element.
+    pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
+        let mut o = self;
+        o.float_positions = longest as i64 + 256 <= super::FLOAT_POSITIONS_MAX;
+        if o.bwd_dq != BwdDq::Separate && backward_bounds(plan, &o).work_grows_with_q() {
+            o.bwd_lpt = true;
+        }
+        o
     }
 
     /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`
@@ -1045,6 +1065,81 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     pub cap: Option<&'a CapCtx<'a, 'ctx>>,
 }
 
+/// One element's position: the integers and, with float positions
+/// ([`PtxOptions::float_positions`]), the same positions as exact floats `(q, kv)`.
+#[derive(Clone, Copy)]
+pub(super) struct Pos<'ctx> {
+    pub q: IntValue<'ctx>,
+    pub kv: IntValue<'ctx>,
+    pub f: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+}
+
+/// The float positions of a fragment's elements, whose positions are `(q + dq, kv + dkv)`
+/// for base positions (q, kv) and offsets constant per element: with float positions
+/// ([`PtxOptions::float_positions`]) one conversion of each base and a float addition of
+/// the offset (exact below `FLOAT_POSITIONS_MAX`), so the score converts no position per
+/// element (`expr::PosF`); without, nothing (the kernel is as before).
+#[derive(Clone, Copy)]
+pub(super) struct PosBase<'ctx> {
+    f: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+}
+
+impl<'ctx> PosBase<'ctx> {
+    /// `base` gives the base positions (called only with float positions).
+    pub fn new(
+        g: &Gpu<'ctx>,
+        opts: &PtxOptions,
+        base: &dyn Fn() -> R<(IntValue<'ctx>, IntValue<'ctx>)>,
+    ) -> R<Self> {
+        let f = if opts.float_positions {
+            let (q, kv) = base()?;
+            Some((
+                g.b.build_signed_int_to_float(q, g.f32, "")?,
+                g.b.build_signed_int_to_float(kv, g.f32, "")?,
+            ))
+        } else {
+            None
+        };
+        Ok(PosBase { f })
+    }
+
+    /// The element at (`q`, `kv`), offsets (`dq`, `dkv`) from the bases.
+    pub fn at(
+        &self,
+        g: &Gpu<'ctx>,
+        (q, kv): (IntValue<'ctx>, IntValue<'ctx>),
+        dq: i64,
+        dkv: i64,
+    ) -> R<Pos<'ctx>> {
+        let off = |x: FloatValue<'ctx>, d: i64| {
+            if d == 0 {
+                Ok(x)
+            } else {
+                g.fadd(x, g.cf(d as f32))
+            }
+        };
+        Ok(Pos {
+            q,
+            kv,
+            f: match self.f {
+                Some((qf, kvf)) => Some((off(qf, dq)?, off(kvf, dkv)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// A function's linear forms (`analysis::linear::linear_ints`) for [`PosF`].
+type Forms = Vec<Option<crate::analysis::linear::LinExpr>>;
+
+/// The element's float positions with `forms` ([`PosF`]), where both exist.
+fn pos_f<'a, 'ctx>(pos: &Pos<'ctx>, forms: Option<&'a Forms>) -> Option<PosF<'a, 'ctx>> {
+    match (pos.f, forms) {
+        (Some((q, kv)), Some(forms)) => Some(PosF { q, kv, forms }),
+        _ => None,
+    }
+}
+
 impl<'ctx> ElemCtx<'_, 'ctx> {
     /// The score's element at (`q`, `kv`) from the raw dot product `x`: the scaled score and
     /// whether the position exists (inside both lengths); on the partial-block path
@@ -1054,10 +1149,10 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
         &self,
         g: &Gpu<'ctx>,
         x: FloatValue<'ctx>,
-        q: IntValue<'ctx>,
-        kv: IntValue<'ctx>,
+        pos: Pos<'ctx>,
         slow: bool,
     ) -> R<(Elem<'ctx>, Option<IntValue<'ctx>>)> {
+        let (q, kv) = (pos.q, pos.kv);
         let q_in = g.icmp(IntPredicate::SLT, q, self.lq)?;
         let kv_in = g.icmp(IntPredicate::SLT, kv, self.lkv)?;
         let el = Elem {
@@ -1085,11 +1180,12 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
 
     /// The element's logit in log2 units, `score · log2 e − L2` (`x · raw_mul − L2` for
     /// the identity score, `raw_mul` = scale · log2 e), and `∂score/∂s` there (none for
-    /// the identity score).
+    /// the identity score); `pos`: the element's float positions.
     fn logit(
         &self,
         g: &Gpu<'ctx>,
         el: Elem<'ctx>,
+        pos: Option<PosF<'_, 'ctx>>,
         x: FloatValue<'ctx>,
         l2: FloatValue<'ctx>,
         raw_mul: FloatValue<'ctx>,
@@ -1098,12 +1194,12 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
             Some((f, df)) => (
                 g.fsub(
                     g.fmul(
-                        emit_function(g, self.env, f, el)?.into_float_value(),
+                        emit_function_at(g, self.env, f, el, pos)?.into_float_value(),
                         g.cf(LOG2E),
                     )?,
                     l2,
                 )?,
-                Some(emit_function(g, self.env, df, el)?.into_float_value()),
+                Some(emit_function_at(g, self.env, df, el, pos)?.into_float_value()),
             ),
             None => (g.fsub(g.fmul(x, raw_mul)?, l2)?, None),
         })
@@ -1495,7 +1591,7 @@ pub(super) fn grad_scores<'ctx>(
     e: &ElemCtx<'_, 'ctx>,
     s: &Acc<'ctx>,
     dp: &Acc<'ctx>,
-    at: &dyn Fn(usize, usize) -> R<[inkwell::values::BasicValueEnum<'ctx>; 4]>,
+    at: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)>,
     full: IntValue<'ctx>,
 ) -> R<(Acc<'ctx>, Acc<'ctx>)> {
     let pv = acc_vars(g, s.len())?;
@@ -1506,18 +1602,14 @@ pub(super) fn grad_scores<'ctx>(
     // positions and row statistics are computed once, before the branch
     let mut pos = Vec::with_capacity(s.len());
     for nt in 0..s.len() {
-        let mut row = Vec::with_capacity(4);
-        for i in 0..4 {
-            let [q, kv, l2, delta] = at(nt, i)?;
-            row.push((
-                q.into_int_value(),
-                kv.into_int_value(),
-                l2.into_float_value(),
-                delta.into_float_value(),
-            ));
-        }
-        pos.push(row);
+        pos.push((0..4).map(|i| at(nt, i)).collect::<R<Vec<_>>>()?);
     }
+    // the linear forms of the score (and derivative: one instruction list) and of the
+    // capture-gradient function, for the float positions
+    let forms = e.sd.map(|(f, _)| crate::analysis::linear::linear_ints(f));
+    let cap_forms = e
+        .cap
+        .map(|c| crate::analysis::linear::linear_ints(&c.sg.func));
     let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
     g.cond_br(full, fast_bb, slow_bb)?;
     for slow in [false, true] {
@@ -1525,13 +1617,20 @@ pub(super) fn grad_scores<'ctx>(
         let mut runs = e.cap.map(|cap| cap.runs(g)).unwrap_or_default();
         for nt in 0..s.len() {
             for i in 0..4 {
-                let (q, kv, l2, delta) = pos[nt][i];
+                let (at, l2, delta) = pos[nt][i];
                 let x = s[nt][i];
-                let (el, keep) = e.element_at(g, x, q, kv, slow)?;
+                let (el, keep) = e.element_at(g, x, at, slow)?;
                 // with capture gradients: the whole derivative IR at once
                 let cap_vals = match e.cap {
                     Some(cap) => {
-                        let vals = emit_values(g, e.env, &cap.sg.func, el, &cap.sg.outputs())?;
+                        let vals = emit_values_at(
+                            g,
+                            e.env,
+                            &cap.sg.func,
+                            el,
+                            &cap.sg.outputs(),
+                            pos_f(&at, cap_forms.as_ref()),
+                        )?;
                         let f = |v: crate::ir::Value| {
                             vals[v.index()]
                                 .map(|x| x.into_float_value())
@@ -1545,7 +1644,7 @@ pub(super) fn grad_scores<'ctx>(
                 // t log2 e - L2
                 let (logit, dprime) = match &cap_vals {
                     Some((_, t, d)) => (g.fsub(g.fmul(*t, g.cf(LOG2E))?, l2)?, Some(*d)),
-                    None => e.logit(g, el, x, l2, raw_mul)?,
+                    None => e.logit(g, el, pos_f(&at, forms.as_ref()), x, l2, raw_mul)?,
                 };
                 let logit = kept_logit(g, keep, logit)?;
                 let pr = g.ex2(logit)?;
@@ -1588,7 +1687,7 @@ pub(super) fn grad_p<'ctx>(
     ty: InputType,
     e: &ElemCtx<'_, 'ctx>,
     s: &Acc<'ctx>,
-    l2: &dyn Fn(usize, usize) -> R<(IntValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>)>,
+    l2: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>)>,
     full: IntValue<'ctx>,
 ) -> R<(Vec<[IntValue<'ctx>; 4]>, Acc<'ctx>)> {
     if e.cap.is_some() {
@@ -1608,6 +1707,7 @@ pub(super) fn grad_p<'ctx>(
     for nt in 0..s.len() {
         pos.push((0..4).map(|i| l2(nt, i)).collect::<R<Vec<_>>>()?);
     }
+    let forms = e.sd.map(|(f, _)| crate::analysis::linear::linear_ints(f));
     let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
     g.cond_br(full, fast_bb, slow_bb)?;
     for slow in [false, true] {
@@ -1615,10 +1715,10 @@ pub(super) fn grad_p<'ctx>(
         for nt in 0..s.len() {
             let mut p4 = [g.cf(0.0); 4];
             for i in 0..4 {
-                let (q, kv, l2) = pos[nt][i];
+                let (at, l2) = pos[nt][i];
                 let x = s[nt][i];
-                let (el, keep) = e.element_at(g, x, q, kv, slow)?;
-                let (logit, dprime) = e.logit(g, el, x, l2, raw_mul)?;
+                let (el, keep) = e.element_at(g, x, at, slow)?;
+                let (logit, dprime) = e.logit(g, el, pos_f(&at, forms.as_ref()), x, l2, raw_mul)?;
                 let logit = kept_logit(g, keep, logit)?;
                 let pr = g.ex2(logit)?;
                 p4[i] = pr;
@@ -1856,6 +1956,16 @@ pub(super) fn frag_row_stats<'ctx>(
     Ok((kv_row, stats))
 }
 
+/// The first q column of a lane in the kv-row x q-column fragments of [`frag_row_stats`]:
+/// `q0 + 2 (lane % 4)`.
+pub(super) fn frag_col0<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Common<'ctx>,
+    q0: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    g.add(q0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)
+}
+
 /// One row statistic (L2 or Delta: the byte offset `stat` of its array in the tiles) per
 /// column a lane holds in the kv-row x q-column fragments (as [`frag_row_stats`], in
 /// (nt, i % 2) order), read from buffer `buf`.
@@ -1989,10 +2099,18 @@ fn dkdv_body<'ctx>(
         lkv: c.lkv,
         cap: None,
     };
+    // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
+    let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
     let at = |nt: usize, i: usize| {
         let (q, l2, dl) = stats[nt * 2 + i % 2];
         let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-        Ok([q.into(), kv.into(), l2, dl])
+        let pos = pb.at(
+            g,
+            (q, kv),
+            8 * nt as i64 + (i % 2) as i64,
+            8 * (i as i64 / 2),
+        )?;
+        Ok((pos, l2.into_float_value(), dl.into_float_value()))
     };
     let mut dv_acc = acc_get(g, &dv)?;
     let mut dk_acc = acc_get(g, &dk)?;
@@ -2244,10 +2362,18 @@ fn dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
     };
+    // element (nt, i): q row q_row + 8 (i / 2), kv column col + 8 nt + i % 2
+    let pb = PosBase::new(g, opts, &|| Ok((q_row, col)))?;
     let at = |nt: usize, i: usize| {
         let (q, l2, dl) = stats[i / 2];
         let kv = g.add(col, g.c32(8 * nt as i64 + (i as i64 % 2)))?;
-        Ok([q.into(), kv.into(), l2.into(), dl.into()])
+        let pos = pb.at(
+            g,
+            (q, kv),
+            8 * (i as i64 / 2),
+            8 * nt as i64 + (i as i64 % 2),
+        )?;
+        Ok((pos, l2, dl))
     };
     let (_, ds) = grad_scores(g, &ec, &s, &dp, &at, full)?;
     let dsa = acc_to_a(g, ty, &ds)?;

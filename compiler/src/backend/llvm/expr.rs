@@ -174,20 +174,10 @@ fn emit_float_form<'ctx>(
 }
 
 /// Like [`emit_function`], for several outputs of one function (the backward's score,
-/// derivative and read sites): every value that one of `roots` depends on is emitted
-/// once; `out[v.index()]` is the LLVM value of IR value `v` (`None` where not emitted).
-pub(crate) fn emit_values<'ctx>(
-    g: &Gpu<'ctx>,
-    env: &Env<'ctx>,
-    f: &Function,
-    e: Elem<'ctx>,
-    roots: &[crate::ir::Value],
-) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
-    emit_values_at(g, env, f, e, roots, None)
-}
-
-/// [`emit_values`] with the element's float positions ([`emit_function_at`]).
-fn emit_values_at<'ctx>(
+/// derivative and read sites), with the element's float positions where given
+/// ([`emit_function_at`]): every value that one of `roots` depends on is emitted once;
+/// `out[v.index()]` is the LLVM value of IR value `v` (`None` where not emitted).
+pub(crate) fn emit_values_at<'ctx>(
     g: &Gpu<'ctx>,
     env: &Env<'ctx>,
     f: &Function,

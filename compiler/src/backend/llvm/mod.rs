@@ -267,10 +267,10 @@ pub struct PtxOptions {
     /// many heads, the longest (first) ones first; dQ tiles add in ascending kv-block
     /// order and each CTA visits its q blocks in descending order. Off: (kv block
     /// descending, kv head, batch), descending addition order, q blocks ascending.
-    /// Off by default and not yet passed on a GPU: its first run (session 7) failed
-    /// because `CudaBackward::launch_parts` launched the fused kernel on a fixed (kv block,
-    /// kv head, batch) grid (it follows the spec's grid since); a model of the schedule
-    /// puts the causal kernel's tail at ~8% now and ~0.4% with it.
+    /// Off in `backward`; [`Self::backward_for_binding`] (the runtime's choice) turns it on
+    /// for causal-type masks (passed the GPU suite and racecheck in sessions 7 and 8;
+    /// measured there: 1.03-1.06x on causal, ALiBi + causal and soft-cap + causal, 0.98x
+    /// dense).
     pub bwd_lpt: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a

@@ -66,7 +66,8 @@
 //!   dense 459.3 / 549.3, causal 380.6 / 456.7, sliding 1024 206.5 / 233.6, ALiBi +
 //!   causal 323.5 / 345.1, soft-cap + causal 349.9 / 399.3, document + causal 133.4 /
 //!   143.4; with `overlap` as well: dense 517.0, causal 457.7.
-//!   `bwd_lpt` (off; not yet passed on a GPU, see `PtxOptions::bwd_lpt`): the grid is
+//!   `bwd_lpt` (the runtime's default for causal-type masks since session 8,
+//!   `PtxOptions::backward_for_binding`): the grid is
 //!   (kv head, kv block ascending, batch), each q block's kv blocks add in ascending
 //!   order (rank `j - first`) and each CTA visits its q blocks in descending order, so
 //!   the longest CTAs start first and the CTAs of one q block reach it at the same visit
@@ -89,9 +90,9 @@
 //! (integer words, `backward.rs` "Capture gradients").
 
 use super::{
-    Acc, CapCtx, Common, DkDvTiles, ElemCtx, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_row_stats, from_flat, grad_ds,
-    grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
+    Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
+    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_row_stats, from_flat,
+    grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -743,10 +744,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // gradients, P is computed while dPᵀ runs
     let products = if let Some((s, dp)) = waited {
         let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?;
+        // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
+        let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
         let at = |nt: usize, i: usize| {
             let (q, l2, dl) = stats[nt * 2 + i % 2];
             let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-            Ok([q.into(), kv.into(), l2, dl])
+            let pos = pb.at(
+                g,
+                (q, kv),
+                8 * nt as i64 + (i % 2) as i64,
+                8 * (i as i64 / 2),
+            )?;
+            Ok((pos, l2.into_float_value(), dl.into_float_value()))
         };
         let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
         // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
@@ -766,10 +775,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let col = g.add(q0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
         let l2s = frag_col_stat(g, &c, br, sbuf, t.l2)?;
         let s = from_flat(&g.wgmma_wait(1, &s)?);
+        let pb = PosBase::new(g, opts, &|| Ok((col, kv_row)))?;
         let l2_at = |nt: usize, i: usize| {
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
             let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-            Ok((q, kv, l2s[nt * 2 + i % 2]))
+            let pos = pb.at(
+                g,
+                (q, kv),
+                8 * nt as i64 + (i % 2) as i64,
+                8 * (i as i64 / 2),
+            )?;
+            Ok((pos, l2s[nt * 2 + i % 2]))
         };
         let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
         g.wgmma_fence()?;
