@@ -732,6 +732,91 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
     }
 }
 
+/// q blocks from the end (`PtxOptions::q_from_end`, the runtime's choice for causal-type
+/// masks): the first q block starts below row 0 (rows TMA reads as zeros, masked and
+/// never stored). Every sample with a closed-form range (the document mask's table
+/// ignores the option) on the warp-specialized kernel with one CTA per tile and with the
+/// dynamic tile scheduler (the runtime's schedule, grids of 1, 7 and all SMs), D128 (two
+/// consumers) and D64 (two and three: q blocks of 128 and 192), lengths that leave a
+/// partial block of every size and Lq below one q block, Lq != Lkv, GQA, bf16 and f16;
+/// a negative scale (Q negated in shared memory) and checked mode (no read reported at
+/// rows below 0) on one case each.
+fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
+        ((1, 3, 1, 100, 250), 128, 192, InputType::F16),
+        ((2, 2, 1, 449, 449), 64, 192, InputType::Bf16),
+        ((1, 4, 4, 577, 300), 64, 192, InputType::F16),
+        ((3, 2, 2, 1, 65), 64, 128, InputType::Bf16),
+        ((1, 2, 1, 330, 700), 64, 128, InputType::Bf16),
+    ];
+    // ATTNC_GPU_QEND_QUICK=1 (for compute-sanitizer): three cases, three samples
+    let quick = std::env::var("ATTNC_GPU_QEND_QUICK").is_ok_and(|v| v == "1");
+    let mut failures = Vec::new();
+    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
+        if quick && i % 2 == 1 {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let ws = PtxOptions {
+            float_positions: true,
+            q_from_end: true,
+            q_block: qb,
+            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal"
+                || quick && !matches!(p.name.as_str(), "causal" | "alibi_causal" | "dense")
+            {
+                continue;
+            }
+            let mut r = rng(41);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            let sms = [1, 7, dev.sms()][(i + j) % 3];
+            let small = dev.with_sms(sms);
+            for (k, dynamic) in [false, true].into_iter().enumerate() {
+                let opts = PtxOptions {
+                    persistent: dynamic,
+                    dynamic_tiles: dynamic,
+                    lpt_group: if dynamic { 8 } else { 0 },
+                    checked: i == 1 && k == 0,
+                    ..ws
+                };
+                let scale = if i == 2 && k == 1 {
+                    -c.shape.default_scale()
+                } else {
+                    c.shape.default_scale()
+                };
+                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 41, scale, &opts) {
+                    failures.push(format!(
+                        "{} {:?} q block {qb} dynamic {dynamic} {sms} CTAs: {e}",
+                        p.name, c.shape
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Head dim 256 (Gemma-2's): every sample against the oracle on the mma.sync kernel (64
 /// query rows, kv tiles of 64) and, on sm_90, the warp-specialized kernel with kv tiles
 /// of 64 (Q 64 KB and two K/V stages of 64 KB each in shared memory; each consumer's O
@@ -1783,6 +1868,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_persistent_matches_oracle",
         gpu_persistent_matches_oracle,
+    ),
+    (
+        "gpu_q_from_end_matches_oracle",
+        gpu_q_from_end_matches_oracle,
     ),
     ("gpu_d256_matches_oracle", gpu_d256_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),

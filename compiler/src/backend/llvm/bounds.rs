@@ -275,6 +275,22 @@ pub(crate) fn block_range<'ctx>(
     let a = Ir(g);
     let q0_64 = g.sext64(q0)?;
     let q_end = a.min(a.add(q0_64, g.c64(q_block as i64))?, g.sext64(lq)?)?;
+    block_range_rows(g, coefs, offsets, all_partial, q0_64, q_end, lkv, kv_block)
+}
+
+/// [`block_range`] of the rows `q0..q_end` (i64, `q0 < q_end`).
+#[allow(clippy::too_many_arguments)]
+fn block_range_rows<'ctx>(
+    g: &Gpu<'ctx>,
+    coefs: &[(i64, i64)],
+    offsets: &[IntValue<'ctx>],
+    all_partial: Option<IntValue<'ctx>>,
+    q0_64: IntValue<'ctx>,
+    q_end: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+    kv_block: u32,
+) -> R<[IntValue<'ctx>; 4]> {
+    let a = Ir(g);
     let q1 = a.sub(q_end, g.c64(1))?;
     let lkv64 = g.sext64(lkv)?;
     let r = row(&a, coefs, offsets, q0_64, q1, lkv64, kv_block as i64)?;
@@ -343,7 +359,8 @@ impl<'ctx> RowRuns<'ctx> {
     /// The runs of the q block of rows `q0..min(q0 + q_block, lq)` from the closed form's
     /// `coefs` and the i64 `offsets` (kernel params); with `all_partial` (an i32 param,
     /// non-zero when the host cannot trust the closed form for this launch) one partial
-    /// run over every kv block instead.
+    /// run over every kv block instead. `from_zero`: `q0` may be negative (q blocks
+    /// from the end, `Cfg::q_from_end`) and only the rows from 0 count.
     #[allow(clippy::too_many_arguments)]
     pub fn closed_form(
         g: &Gpu<'ctx>,
@@ -351,19 +368,27 @@ impl<'ctx> RowRuns<'ctx> {
         offsets: &[IntValue<'ctx>],
         all_partial: Option<IntValue<'ctx>>,
         q0: IntValue<'ctx>,
+        from_zero: bool,
         q_block: u32,
         lq: IntValue<'ctx>,
         lkv: IntValue<'ctx>,
         kv_block: u32,
     ) -> R<Self> {
-        let [first, end, ff, fe] = block_range(
+        let a = Ir(g);
+        let q0_64 = g.sext64(q0)?;
+        let q_end = a.min(a.add(q0_64, g.c64(q_block as i64))?, g.sext64(lq)?)?;
+        let q0_64 = if from_zero {
+            a.max(q0_64, g.c64(0))?
+        } else {
+            q0_64
+        };
+        let [first, end, ff, fe] = block_range_rows(
             g,
             coefs,
             offsets,
             all_partial,
-            q0,
-            q_block,
-            lq,
+            q0_64,
+            q_end,
             lkv,
             kv_block,
         )?;

@@ -115,7 +115,13 @@ pub(crate) fn place_tile<'ctx>(
         }
     };
     let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
-    let q0 = g.mul(qb, g.c32(c.qb as i64))?;
+    let mut q0 = g.mul(qb, g.c32(c.qb as i64))?;
+    if c.q_from_end {
+        // the q blocks end at Lq: shifted down by pad = nqb qb - Lq (the first may start
+        // below row 0)
+        let pad = g.sub(g.mul(nqb, g.c32(c.qb as i64))?, lq)?;
+        q0 = g.sub(q0, pad)?;
+    }
     let scale = a.get(KernelParam::Scale)?.into_float_value();
     let raw = p.score.is_none();
     let c2 = if raw {
@@ -198,6 +204,7 @@ pub(crate) fn row_runs<'ctx>(
                 &offsets,
                 all_partial,
                 cx.q0,
+                c.q_from_end,
                 c.qb,
                 cx.lq,
                 cx.lkv,

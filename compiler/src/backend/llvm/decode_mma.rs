@@ -384,6 +384,7 @@ pub(super) fn build<'ctx>(
         wg: false,
         lpt_group: 0,
         float_positions: false,
+        q_from_end: false,
         q: qt,
         k: kt,
         v: vt,

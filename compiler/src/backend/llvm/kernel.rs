@@ -187,7 +187,9 @@ pub(crate) fn build<'ctx>(
             func.add_attribute(AttributeLoc::Param(i as u32), noalias);
         }
     }
-    let cfg = Cfg::new(opts);
+    let mut cfg = Cfg::new(opts);
+    // block tables index their rows by q blocks from row 0
+    cfg.q_from_end &= kv.is_closed_form();
     let smem_bytes = sizes(opts).1;
 
     let g = Gpu::new(ctx, module, func);

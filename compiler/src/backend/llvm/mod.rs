@@ -251,6 +251,16 @@ pub struct PtxOptions {
     /// in `new`; [`Self::for_binding`] turns it on for causal-type ranges and block
     /// tables at D, Dv <= 128.
     pub dynamic_tiles: bool,
+    /// With `ws` and a closed-form kv range: the q blocks end at `Lq` instead of starting
+    /// at 0 (block `i` covers rows `i q_block - pad ..`, `pad = NumQBlocks q_block - Lq`),
+    /// so the partial q block is the first one, not the last. Under a causal-type mask
+    /// the first is the lightest (one kv block) and the last the heaviest: at B4 H16
+    /// L4096 D64 with q blocks of 192 (pad 128) the last block carried every kv block
+    /// for 64 rows, ~5% of the launch's products. Rows below 0 are read as zeros by TMA,
+    /// masked like rows past `Lq` and never stored. Block tables ignore it (their rows
+    /// are q blocks from 0). Off in `new`; [`Self::for_binding`] turns it on where the kv
+    /// range grows with q.
+    pub q_from_end: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -342,6 +352,7 @@ impl PtxOptions {
             lpt_group: 0,
             persistent: false,
             dynamic_tiles: false,
+            q_from_end: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -416,6 +427,8 @@ impl PtxOptions {
         if o.mma == Mma::Wgmma && kv.work_grows_with_q() {
             o.lpt_group = 8;
         }
+        // the partial q block first, where it is the lightest
+        o.q_from_end = o.ws && kv.is_closed_form() && kv.work_grows_with_q();
         // persistent CTAs where every tile has the same, short work: bands at D128 and no
         // mask on the three-consumer D64 kernel (not yet timed at D256); with the dynamic
         // tile scheduler where the tiles' work differs: causal-type ranges (in the LPT
@@ -521,6 +534,7 @@ impl PtxOptions {
             String::new()
         } + if self.persistent { " persistent" } else { "" }
             + if self.dynamic_tiles { " dynamic" } else { "" }
+            + if self.q_from_end { " qend" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
@@ -569,6 +583,11 @@ impl PtxOptions {
         if self.dynamic_tiles && !self.persistent {
             return Err(LlvmError::Unsupported(
                 "dynamic tiles are an option of persistent CTAs (persistent)".into(),
+            ));
+        }
+        if self.q_from_end && !self.ws {
+            return Err(LlvmError::Unsupported(
+                "q blocks from the end (q_from_end) are an option of the warp-specialized kernel (ws)".into(),
             ));
         }
         if self.overlap && self.mma != Mma::Wgmma {

@@ -7,7 +7,7 @@
 
 use super::expr::{Elem, Env, PosF, emit_function, emit_function_at};
 use super::gpu::{Gpu, R};
-use super::tile::{Acc, AccTile, Cfg, Ctx, thread_row0};
+use super::tile::{Acc, AccTile, Cfg, Ctx, row_inside, thread_row0};
 use crate::ir::Program;
 use inkwell::IntPredicate;
 use inkwell::values::{FloatValue, IntValue};
@@ -63,7 +63,7 @@ pub(crate) fn score_and_mask<'ctx>(
             for (i, x) in acc.iter().enumerate() {
                 let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
                 let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
-                let q_in = g.icmp(IntPredicate::SLT, q, cx.lq)?;
+                let q_in = row_inside(g, c, cx, q)?;
                 let kv_in = g.icmp(IntPredicate::SLT, kv, cx.lkv)?;
                 let e = Elem {
                     s: g.fmul(*x, cx.scale)?,

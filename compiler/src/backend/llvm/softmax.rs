@@ -9,7 +9,7 @@
 
 use super::LlvmError;
 use super::gpu::{Gpu, R, Var};
-use super::tile::{AccTile, Cfg, Ctx, Frag, RowState, thread_row0};
+use super::tile::{AccTile, Cfg, Ctx, Frag, RowState, row_inside, thread_row0};
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
@@ -158,7 +158,7 @@ pub(crate) fn epilogue<'ctx>(
             .iter()
             .map(|x| Ok([g.getf(&x[2 * hr])?, g.getf(&x[2 * hr + 1])?]))
             .collect::<R<_>>()?;
-        g.if_then(g.icmp(IntPredicate::SLT, row, cx.lq)?, || {
+        g.if_then(row_inside(g, c, cx, row)?, || {
             let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
             let base = g.add(
                 g.mul(grow, g.c64(c.dv as i64 * 2))?,

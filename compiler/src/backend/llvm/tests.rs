@@ -118,6 +118,8 @@ fn dump_ptx() {
             (128, InputType::Bf16, false, 3),
             (128, InputType::Bf16, false, 4),
             (64, InputType::Bf16, false, 4),
+            (128, InputType::Bf16, false, 5),
+            (64, InputType::Bf16, false, 5),
         ] {
             let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
             if wg == 1 {
@@ -137,6 +139,17 @@ fn dump_ptx() {
                     q_block: if d == 64 { 192 } else { 128 },
                     ..opts.warp_specialized(128, 2)
                 };
+            } else if wg == 5 {
+                // the runtime's choice for causal-type masks: the dynamic tile scheduler,
+                // q blocks from the end
+                opts = PtxOptions {
+                    lpt_group: 8,
+                    persistent: true,
+                    dynamic_tiles: true,
+                    q_from_end: true,
+                    q_block: if d == 64 { 192 } else { 128 },
+                    ..opts.warp_specialized(128, 2)
+                };
             }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
@@ -145,7 +158,7 @@ fn dump_ptx() {
                 p.name,
                 ty.name(),
                 if checked { "_checked" } else { "" },
-                ["", "_wgmma", "_ws", "_ws_lpt", "_ws_persistent"][wg]
+                ["", "_wgmma", "_ws", "_ws_lpt", "_ws_persistent", "_ws_dyn_qend"][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
@@ -378,6 +391,59 @@ fn dynamic_tiles_take_the_next_tile_from_a_counter() {
     };
     assert!(matches!(
         emit(&samples::dense(), &static_grid),
+        Err(LlvmError::Unsupported(_))
+    ));
+}
+
+/// q blocks from the end (`q_from_end`): on every sample, both consumer counts, one CTA
+/// per tile and the dynamic scheduler, the same parameters and shared memory, the pad
+/// subtracted from the first row and unsigned row checks (`setp.lt.u32` against Lq where
+/// the kernel without it compares signed); a kernel reading a block table is unchanged
+/// (its rows are q blocks from 0); deterministic; refused without `ws`.
+#[test]
+fn q_blocks_from_the_end_shift_the_rows() {
+    let d128 = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let d64 = PtxOptions {
+        q_block: 192,
+        ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
+    };
+    let dynamic = |o: PtxOptions| PtxOptions {
+        persistent: true,
+        dynamic_tiles: true,
+        lpt_group: 8,
+        ..o
+    };
+    for p in samples::all(16) {
+        for o in [d128, d64, dynamic(d128), dynamic(d64)] {
+            let end = PtxOptions {
+                q_from_end: true,
+                ..o
+            };
+            assert_ne!(o.key(), end.key());
+            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &end).unwrap());
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, &a.grid),
+                (&b.params, b.threads, b.smem_bytes, &b.grid),
+                "{}",
+                p.name
+            );
+            let table = a.params.contains(&KernelParam::RowStart);
+            if table {
+                assert_eq!(a.ptx, b.ptx, "{}: a block table ignores q_from_end", p.name);
+            } else {
+                assert_ne!(a.ptx, b.ptx, "{}", p.name);
+                // the epilogue's row check (and the score's on partial blocks) unsigned
+                assert!(b.ptx.contains("setp.lt.u32") || b.ptx.contains("setp.gt.u32"));
+            }
+            assert_eq!(b.ptx, emit(&p, &end).unwrap().ptx);
+        }
+    }
+    let plain = PtxOptions {
+        q_from_end: true,
+        ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16)
+    };
+    assert!(matches!(
+        emit(&samples::causal(), &plain),
         Err(LlvmError::Unsupported(_))
     ));
 }
@@ -725,6 +791,29 @@ fn binding_options_follow_the_plan() {
         (&bias, d128),
     ] {
         assert_eq!(schedule(p, o), (false, false), "{o:?}");
+    }
+    // q blocks from the end where the closed-form range grows with q (the partial q
+    // block is then the lightest); not for tables, bands, no mask or the plain kernel
+    for (p, o) in [
+        (&causal, d64),
+        (&softcap, d64),
+        (&alibi, d64),
+        (&causal, d128),
+        (&alibi, d128),
+        (&softcap, d128),
+    ] {
+        assert!(at(p, o, 4096).q_from_end, "{o:?}");
+    }
+    for (p, o) in [
+        (&doc, d128),
+        (&band, d128),
+        (&dense, d128),
+        (&dense, d64),
+        (&band, d64),
+        (&doc, d64),
+        (&bias, d64),
+    ] {
+        assert!(!at(p, o, 4096).q_from_end, "{o:?}");
     }
     let o = at(&band, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));

@@ -10,6 +10,7 @@
 
 use super::gpu::{Gpu, R, SmemTile, Var};
 use super::{InputType, Mma, PtxOptions};
+use inkwell::IntPredicate;
 use inkwell::values::{FloatValue, IntValue};
 
 /// An A or B operand fragment of `mma.m16n8k16`: four registers of two packed 16-bit
@@ -41,6 +42,10 @@ pub(crate) struct Cfg {
     pub lpt_group: u32,
     /// `PtxOptions::float_positions`.
     pub float_positions: bool,
+    /// `PtxOptions::q_from_end` (with `ws`; `kernel::build` clears it for block tables):
+    /// q block `i` starts at row `i qb - pad`, which may be negative (`cta::place_tile`);
+    /// row checks are then unsigned, so rows below 0 count as outside the sequence.
+    pub q_from_end: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -62,6 +67,7 @@ impl Cfg {
             wg: opts.mma == Mma::Wgmma,
             lpt_group: opts.lpt_group,
             float_positions: opts.float_positions,
+            q_from_end: opts.ws && opts.q_from_end,
             q,
             k,
             v,
@@ -109,7 +115,8 @@ pub(crate) struct Ctx<'ctx> {
     pub lane: IntValue<'ctx>,
     pub b: IntValue<'ctx>,
     pub h: IntValue<'ctx>,
-    /// The first query row of this CTA's q block.
+    /// The first query row of this CTA's q block (negative for the first q block under
+    /// [`Cfg::q_from_end`]).
     pub q0: IntValue<'ctx>,
     pub lq: IntValue<'ctx>,
     pub lkv: IntValue<'ctx>,
@@ -147,6 +154,22 @@ pub(crate) fn thread_row0<'ctx>(
         g.add(cx.q0, mtile_row0(g, c, cx, i)?)?,
         g.lshr(cx.lane, g.c32(2))?,
     )
+}
+
+/// Whether query row `row` is inside the sequence: `row < Lq`, unsigned under
+/// [`Cfg::q_from_end`] so that rows below 0 are outside too.
+pub(crate) fn row_inside<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    row: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    let pred = if c.q_from_end {
+        IntPredicate::ULT
+    } else {
+        IntPredicate::SLT
+    };
+    g.icmp(pred, row, cx.lq)
 }
 
 fn vars4<'ctx>(g: &Gpu<'ctx>, init: FloatValue<'ctx>) -> R<[Var<'ctx>; 4]> {
