@@ -187,7 +187,7 @@ fn check_scaled(
 /// The kernel options of case `c` on every matrix path this device runs: mma.sync with
 /// the case's m-tiles, and on sm_90 wgmma when the case's tile (q 64/128, kv 64/128) and
 /// head dims (multiples of 64) fit it, and the warp-specialized kernel at q blocks of 128
-/// and D, Dv <= 128. `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path (`wgmma`: both wgmma
+/// (with `split_tail`) and D, Dv <= 128. `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path (`wgmma`: both wgmma
 /// kernels).
 fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     let sh = &c.shape;
@@ -223,8 +223,11 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     // its persistent CTAs on or off (else its default)
     let ws = persistent_from_env(base.warp_specialized(c.kvb, 2));
     if fits && only != "sync" && c.qb == 128 && sh.d.max(sh.dv) <= 128 {
+        // (with the partial blocks' own path inside the sequence, as the runtime's
+        // two-consumer kernels)
         v.push(PtxOptions {
             float_positions: true,
+            split_tail: true,
             ..ws
         });
         // at D, Dv 64 also its three-consumer shape: q blocks of 192 rows
@@ -779,6 +782,7 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
         let ws = PtxOptions {
             float_positions: true,
             q_from_end: true,
+            split_tail: qb == 128,
             q_block: qb,
             ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
         };

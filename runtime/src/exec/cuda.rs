@@ -445,7 +445,8 @@ impl CudaExec {
 /// comparing schedules with one binary): `ATTNC_FWD_PERSISTENT=1|dyn|0` turns persistent
 /// CTAs (`PtxOptions::persistent`) on with static rounds of tiles, on with the dynamic
 /// tile scheduler (`PtxOptions::dynamic_tiles`), or off; `ATTNC_FWD_Q_END=1|0` q blocks from
-/// the end (`PtxOptions::q_from_end`) on or off; `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// the end (`PtxOptions::q_from_end`) on or off; `ATTNC_FWD_SPLIT_TAIL=1|0` the score's
+/// path for partial blocks inside the sequence (`PtxOptions::split_tail`); `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
 fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -461,6 +462,11 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_FWD_Q_END").as_deref() {
         Ok("1") => o.q_from_end = true,
         Ok("0") => o.q_from_end = false,
+        _ => {}
+    }
+    match std::env::var("ATTNC_FWD_SPLIT_TAIL").as_deref() {
+        Ok("1") => o.split_tail = true,
+        Ok("0") => o.split_tail = false,
         _ => {}
     }
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")

@@ -385,6 +385,7 @@ pub(super) fn build<'ctx>(
         lpt_group: 0,
         float_positions: false,
         q_from_end: false,
+        split_tail: false,
         q: qt,
         k: kt,
         v: vt,

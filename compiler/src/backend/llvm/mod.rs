@@ -261,6 +261,13 @@ pub struct PtxOptions {
     /// are q blocks from 0). Off in `new`; [`Self::for_binding`] turns it on where the kv
     /// range grows with q.
     pub q_from_end: bool,
+    /// The forward's score on partial kv blocks (those the mask cuts) that end inside
+    /// the sequence takes its own path, without the kv bounds check of the tail block:
+    /// per element one compare and one select fewer (`score::score_and_mask`; the
+    /// diagonal blocks of causal masks), for one more copy of the score's element code.
+    /// Off in `new`; [`Self::for_binding`] turns it on for the warp-specialized kernel
+    /// with two consumer warpgroups.
+    pub split_tail: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -353,6 +360,7 @@ impl PtxOptions {
             persistent: false,
             dynamic_tiles: false,
             q_from_end: false,
+            split_tail: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -429,6 +437,9 @@ impl PtxOptions {
         }
         // the partial q block first, where it is the lightest
         o.q_from_end = o.ws && kv.is_closed_form() && kv.work_grows_with_q();
+        // (not at q blocks of 192: its consumers' 160 registers spill with the third copy
+        // of the element code, 160 bytes on causal)
+        o.split_tail = o.ws && o.q_block <= 128;
         // persistent CTAs where every tile has the same, short work: bands at D128 and no
         // mask on the three-consumer D64 kernel (not yet timed at D256); with the dynamic
         // tile scheduler where the tiles' work differs: causal-type ranges (in the LPT
@@ -535,6 +546,7 @@ impl PtxOptions {
         } + if self.persistent { " persistent" } else { "" }
             + if self.dynamic_tiles { " dynamic" } else { "" }
             + if self.q_from_end { " qend" } else { "" }
+            + if self.split_tail { " split-tail" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

@@ -15,7 +15,8 @@ use inkwell::values::{FloatValue, IntValue};
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
 /// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
-/// blocks that end inside the sequence skip the mask and the bounds checks.
+/// blocks that end inside the sequence skip the mask and the bounds checks; with
+/// [`Cfg::split_tail`] partial blocks that end inside it skip the kv bounds check.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn score_and_mask<'ctx>(
     g: &Gpu<'ctx>,
@@ -36,6 +37,14 @@ pub(crate) fn score_and_mask<'ctx>(
     let fast_bb = g.block("full_block");
     let slow_bb = g.block("partial_block");
     let merge = g.block("scored");
+    // `Cfg::split_tail`: partial blocks inside the sequence get their own path, without
+    // the kv bounds check (only the tail block needs it)
+    let split = c.split_tail && p.mask.is_some();
+    let inner_bb = if split {
+        Some(g.block("partial_inner_block"))
+    } else {
+        None
+    };
     let scale_log2 = g.fmul(cx.scale, g.cf(LOG2E))?;
     let row_bases: Vec<IntValue<'ctx>> = (0..c.mt)
         .map(|i| thread_row0(g, c, cx, i))
@@ -51,9 +60,29 @@ pub(crate) fn score_and_mask<'ctx>(
         )),
         _ => None,
     };
-    g.cond_br(fast, fast_bb, slow_bb)?;
-    for slow in [false, true] {
-        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+    match inner_bb {
+        Some(inner) => {
+            let head = g.block("not_full_block");
+            g.cond_br(fast, fast_bb, head)?;
+            g.b.position_at_end(head);
+            g.cond_br(tail, slow_bb, inner)?;
+        }
+        None => g.cond_br(fast, fast_bb, slow_bb)?,
+    }
+    // (full, tail): the full blocks inside the sequence, the partial blocks inside it
+    // (with `split`), the rest
+    let paths: &[(bool, bool)] = if split {
+        &[(true, false), (false, false), (false, true)]
+    } else {
+        &[(true, false), (false, true)]
+    };
+    for &(full_path, tail_path) in paths {
+        let slow = !full_path;
+        g.b.position_at_end(match (full_path, tail_path, inner_bb) {
+            (true, _, _) => fast_bb,
+            (false, false, Some(inner)) => inner,
+            _ => slow_bb,
+        });
         for (mi, nt, acc) in s
             .iter()
             .enumerate()
@@ -95,6 +124,10 @@ pub(crate) fn score_and_mask<'ctx>(
                     score(e)?
                 } else {
                     let keep = match &p.mask {
+                        // a partial block inside the sequence: every kv is below Lkv
+                        Some(f) if split && !tail_path => {
+                            emit_function(g, env, f, e)?.into_int_value()
+                        }
                         Some(f) => g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?,
                         None => kv_in,
                     };

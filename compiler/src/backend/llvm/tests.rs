@@ -147,6 +147,7 @@ fn dump_ptx() {
                     persistent: true,
                     dynamic_tiles: true,
                     q_from_end: true,
+                    split_tail: true,
                     q_block: if d == 64 { 192 } else { 128 },
                     ..opts.warp_specialized(128, 2)
                 };
@@ -446,6 +447,40 @@ fn q_blocks_from_the_end_shift_the_rows() {
         emit(&samples::causal(), &plain),
         Err(LlvmError::Unsupported(_))
     ));
+}
+
+/// The score's own path for partial blocks inside the sequence (`split_tail`): on every
+/// sample with a mask and every kernel kind, a longer kernel with the same parameters,
+/// threads and shared memory, one kv bounds compare per element fewer on that path;
+/// without a mask (no partial blocks but the tail) the same PTX; deterministic.
+#[test]
+fn split_tail_gives_inner_partial_blocks_their_own_path() {
+    let ws = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    let kinds = [
+        ws,
+        PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16),
+        PtxOptions::sync(Arch::Sm80, 64, 64, InputType::F16),
+    ];
+    for p in samples::all(16) {
+        for o in kinds {
+            let split = PtxOptions {
+                split_tail: true,
+                ..o
+            };
+            assert_ne!(o.key(), split.key());
+            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &split).unwrap());
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes),
+                (&b.params, b.threads, b.smem_bytes)
+            );
+            if p.mask.is_none() {
+                assert_eq!(a.ptx, b.ptx, "{}", p.name);
+            } else {
+                assert!(b.ptx.len() > a.ptx.len(), "{}", p.name);
+            }
+            assert_eq!(b.ptx, emit(&p, &split).unwrap().ptx);
+        }
+    }
 }
 
 /// The persistent warp-specialized kernel: a grid of `min(tiles, SMs)` CTAs walking the
@@ -815,6 +850,9 @@ fn binding_options_follow_the_plan() {
     ] {
         assert!(!at(p, o, 4096).q_from_end, "{o:?}");
     }
+    // the partial blocks' own path on the two-consumer warp-specialized kernel only
+    assert!(at(&causal, d128, 4096).split_tail && at(&alibi, d64, 4096).split_tail);
+    assert!(!at(&causal, d64, 4096).split_tail && !at(&band, d64, 4096).split_tail);
     let o = at(&band, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
     let o = at(&doc, d64, 4096);

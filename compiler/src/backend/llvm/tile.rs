@@ -46,6 +46,9 @@ pub(crate) struct Cfg {
     /// q block `i` starts at row `i qb - pad`, which may be negative (`cta::place_tile`);
     /// row checks are then unsigned, so rows below 0 count as outside the sequence.
     pub q_from_end: bool,
+    /// `PtxOptions::split_tail`: the score's partial blocks that end inside the sequence
+    /// have their own path without the kv bounds check (`score::score_and_mask`).
+    pub split_tail: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -68,6 +71,7 @@ impl Cfg {
             lpt_group: opts.lpt_group,
             float_positions: opts.float_positions,
             q_from_end: opts.ws && opts.q_from_end,
+            split_tail: opts.split_tail,
             q,
             k,
             v,
