@@ -259,14 +259,19 @@ pub struct PtxOptions {
     /// for 64 rows, ~5% of the launch's products. Rows below 0 are read as zeros by TMA,
     /// masked like rows past `Lq` and never stored. Block tables ignore it (their rows
     /// are q blocks from 0). Off in `new`; [`Self::for_binding`] turns it on where the kv
-    /// range grows with q.
+    /// range grows with q, at D, Dv <= 128. Measured on an H200 (bf16, `attnc bench`,
+    /// one call, two runs each): causal B4 H16 L4096 D64 0.315 / 0.316 ms against 0.329 /
+    /// 0.332 without it (436 TFLOP/s against 416).
     pub q_from_end: bool,
     /// The forward's score on partial kv blocks (those the mask cuts) that end inside
     /// the sequence takes its own path, without the kv bounds check of the tail block:
     /// per element one compare and one select fewer (`score::score_and_mask`; the
     /// diagonal blocks of causal masks), for one more copy of the score's element code.
-    /// Off in `new`; [`Self::for_binding`] turns it on for the warp-specialized kernel
-    /// with two consumer warpgroups.
+    /// Off in `new`; [`Self::for_binding`] turns it on for programs without a score
+    /// function on the warp-specialized kernel with two consumer warpgroups at D, Dv <=
+    /// 128. Measured on an H200 (bf16, `attnc bench`, one call): causal D128 0.803 ms
+    /// against 0.827 without it; ALiBi + causal D128 1.083 against 1.023 and at the GQA
+    /// shape 4.058 against 3.875 (min rule), D64 0.459 / 0.458: off with a score.
     pub split_tail: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
@@ -436,10 +441,13 @@ impl PtxOptions {
             o.lpt_group = 8;
         }
         // the partial q block first, where it is the lightest
-        o.q_from_end = o.ws && kv.is_closed_form() && kv.work_grows_with_q();
+        // (D, Dv <= 128: D256 not yet run with either on a GPU)
+        let small = o.ws && o.d.max(o.dv) <= 128;
+        o.q_from_end = small && kv.is_closed_form() && kv.work_grows_with_q();
         // (not at q blocks of 192: its consumers' 160 registers spill with the third copy
-        // of the element code, 160 bytes on causal)
-        o.split_tail = o.ws && o.q_block <= 128;
+        // of the element code, 160 bytes on causal; not with a score function: ALiBi +
+        // causal 1.083 ms against 1.023 without it)
+        o.split_tail = small && o.q_block <= 128 && plan.program().score.is_none();
         // persistent CTAs where every tile has the same, short work: bands at D128 and no
         // mask on the three-consumer D64 kernel (not yet timed at D256); with the dynamic
         // tile scheduler where the tiles' work differs: causal-type ranges (in the LPT

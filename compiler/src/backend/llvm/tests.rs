@@ -851,8 +851,10 @@ fn binding_options_follow_the_plan() {
         assert!(!at(p, o, 4096).q_from_end, "{o:?}");
     }
     // the partial blocks' own path on the two-consumer warp-specialized kernel only
-    assert!(at(&causal, d128, 4096).split_tail && at(&alibi, d64, 4096).split_tail);
+    // and without a score function
+    assert!(at(&causal, d128, 4096).split_tail && at(&doc, d128, 4096).split_tail);
     assert!(!at(&causal, d64, 4096).split_tail && !at(&band, d64, 4096).split_tail);
+    assert!(!at(&alibi, d64, 4096).split_tail && !at(&alibi, d128, 4096).split_tail);
     let o = at(&band, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
     let o = at(&doc, d64, 4096);
@@ -865,6 +867,7 @@ fn binding_options_follow_the_plan() {
     // D256: the warp-specialized kernel with kv tiles of 64 (mma.sync off sm_90)
     let d256 = PtxOptions::new(Arch::Sm90, 256, 256, InputType::Bf16);
     let o = at(&causal, d256, 8192);
+    assert!(!o.q_from_end && !o.split_tail);
     assert_eq!(
         (o.ws, o.q_block, o.kv_block, o.lpt_group),
         (true, 128, 64, 8)
