@@ -382,16 +382,8 @@ impl<'ctx> RowRuns<'ctx> {
         } else {
             q0_64
         };
-        let [first, end, ff, fe] = block_range_rows(
-            g,
-            coefs,
-            offsets,
-            all_partial,
-            q0_64,
-            q_end,
-            lkv,
-            kv_block,
-        )?;
+        let [first, end, ff, fe] =
+            block_range_rows(g, coefs, offsets, all_partial, q0_64, q_end, lkv, kv_block)?;
         let lt = |x, y| g.icmp(IntPredicate::SLT, x, y);
         let has_full = lt(ff, fe)?;
         let (zero, one) = (g.c32(0), g.c32(1));

@@ -159,7 +159,14 @@ fn dump_ptx() {
                 p.name,
                 ty.name(),
                 if checked { "_checked" } else { "" },
-                ["", "_wgmma", "_ws", "_ws_lpt", "_ws_persistent", "_ws_dyn_qend"][wg]
+                [
+                    "",
+                    "_wgmma",
+                    "_ws",
+                    "_ws_lpt",
+                    "_ws_persistent",
+                    "_ws_dyn_qend"
+                ][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
             std::fs::write(format!("{stem}.ll"), &k.llvm_ir).unwrap();
