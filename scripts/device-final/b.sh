@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # final GPU check, call B: FA4 part a installed; attnc's forward bench (gpu_bench), decode bench, the GQA shape and D256 through attnc bench
+# (gpu_bench candidates: the runtime's choices since session 8 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score; D128 causal = 128x128xtgyem, ALiBi/softcap = 128x128xtgye, documents = 128x128xtym, D64 causal/softcap = 192x128xtgye, D64 ALiBi = 128x128xtgye)
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fb; mkdir -p $B
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
 (bash .fa4a/install.sh a 2>&1 | tail -1) &
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
-ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtg,128x128xtz,128x128xtgy,128x128xty,192x128xtg,192x128xtz,192x128xtgy,128x64xt,128x64xtg} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtz,128x128xtgy,128x128xty,128x128xtgye,128x128xtgyem,128x128xtym,192x128xtz,192x128xtgy,192x128xtgye,128x64xt} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
