@@ -19,4 +19,6 @@ for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_
 echo "=== D256 B2 H16 L8192 (runtime choice)"
 for ex in dense causal softcap_sliding; do timeout 40 $B/attnc bench examples/$ex.attn --backend cuda --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 256 --iters 10 2>&1 | grep TFLOP | cut -c1-200; done
 echo "attnc benches: $(( $(date +%s) - t0 )) s"
+# NCU=1: the ncu figures of dense and causal D128 (ncu.sh, ~20 s; issue 11's "after")
+[ "${NCU:-0}" = 1 ] && { echo "=== ncu"; bash "$here/ncu.sh" $B/attnc; }
 wait
