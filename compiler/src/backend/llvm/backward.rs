@@ -1594,6 +1594,9 @@ pub(super) fn grad_scores<'ctx>(
     at: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)>,
     full: IntValue<'ctx>,
 ) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    if let Some(d) = affine_score(e) {
+        return grad_scores_affine(g, e, s, dp, at, full, d);
+    }
     let pv = acc_vars(g, s.len())?;
     let dsv = acc_vars(g, s.len())?;
     let fast_bb = g.block("bwd_full_block");
@@ -1672,6 +1675,89 @@ pub(super) fn grad_scores<'ctx>(
     }
     g.b.position_at_end(merge);
     Ok((acc_get(g, &pv)?, acc_get(g, &dsv)?))
+}
+
+/// The constant `∂score/∂s` of a score function affine in s (ALiBi, `s + bias[q]`) when
+/// neither capture gradients nor the checked mode's read reports need the score evaluated
+/// per path ([`grad_scores_affine`]); none otherwise (the identity score too: it keeps
+/// [`grad_scores`]' two paths, as measured).
+fn affine_score(e: &ElemCtx<'_, '_>) -> Option<f32> {
+    let (_, df) = e.sd?;
+    if e.cap.is_some() || e.env.err.is_some() {
+        return None;
+    }
+    match df.insts[df.ret.index()] {
+        crate::ir::Inst::ConstF32(bits) => Some(f32::from_bits(bits)),
+        _ => None,
+    }
+}
+
+/// [`grad_scores`] for a score whose derivative is the constant `d` ([`affine_score`]):
+/// every element's logit is computed once, before the full / partial branch (S dies
+/// there), and the partial path only masks it (−inf where the mask or the bounds drop
+/// the element); P and dS follow once, after the merge. So the score's per-element terms
+/// (ALiBi's `slope (kv − q)`) are consumed where they are made, instead of being emitted
+/// in both paths and hoisted above the branch by LLVM as 32 live values per thread
+/// (ptxas spilled the fused D128 kernel: 84 bytes of spill stores with float positions,
+/// 116 without).
+fn grad_scores_affine<'ctx>(
+    g: &Gpu<'ctx>,
+    e: &ElemCtx<'_, 'ctx>,
+    s: &Acc<'ctx>,
+    dp: &Acc<'ctx>,
+    at: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)>,
+    full: IntValue<'ctx>,
+    d: f32,
+) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    let n = s.len();
+    let forms = e.sd.map(|(f, _)| crate::analysis::linear::linear_ints(f));
+    let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
+    let logits = acc_vars(g, n)?;
+    let mut pos = Vec::with_capacity(n);
+    for nt in 0..n {
+        let mut row = Vec::with_capacity(4);
+        for i in 0..4 {
+            let (p, l2, delta) = at(nt, i)?;
+            let x = s[nt][i];
+            let (el, _) = e.element_at(g, x, p, false)?;
+            let (logit, _) = e.logit(g, el, pos_f(&p, forms.as_ref()), x, l2, raw_mul)?;
+            g.set(&logits[nt][i], logit)?;
+            row.push((p, delta));
+        }
+        pos.push(row);
+    }
+    let slow_bb = g.block("bwd_partial_block");
+    let merge = g.block("bwd_scored");
+    g.cond_br(full, merge, slow_bb)?;
+    g.b.position_at_end(slow_bb);
+    for (nt, row) in pos.iter().enumerate() {
+        for (i, (p, _)) in row.iter().enumerate() {
+            let (_, keep) = e.element_at(g, s[nt][i], *p, true)?;
+            let v = &logits[nt][i];
+            g.set(v, kept_logit(g, keep, g.getf(v)?)?)?;
+        }
+    }
+    g.br(merge)?;
+    g.b.position_at_end(merge);
+    let mut pt = Vec::with_capacity(n);
+    let mut dst = Vec::with_capacity(n);
+    for (nt, row) in pos.iter().enumerate() {
+        let (mut p4, mut d4) = ([g.cf(0.0); 4], [g.cf(0.0); 4]);
+        for (i, (_, delta)) in row.iter().enumerate() {
+            let pr = g.ex2(g.getf(&logits[nt][i])?)?;
+            // dS' = P (dP - Delta), dS = dS' d; 0 where P = 0 (as grad_scores)
+            let mut ds = g.fmul(pr, g.fsub(dp[nt][i], *delta)?)?;
+            if d != 1.0 {
+                ds = g.fmul(ds, g.cf(d))?;
+            }
+            let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
+            p4[i] = pr;
+            d4[i] = g.selectf(zero, g.cf(0.0), ds)?;
+        }
+        pt.push(p4);
+        dst.push(d4);
+    }
+    Ok((pt, dst))
 }
 
 /// The first half of [`grad_scores`] without capture gradients (`e.cap` none), for a
