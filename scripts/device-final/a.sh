@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths, WGMMA=0 leaves out the plain wgmma one; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the fused backward's lpt order alone (suite + racecheck), then the backward bench (the default on every variant at both shapes; other schemes on three). Logs are copied to $OUT.
+# final GPU check, call A: every GPU test binary in parallel processes (gpu on its three matrix paths, WGMMA=0 leaves out the plain wgmma one; gpu_backward on the default and, with ATTNC_BWD_TEST_CFG=wg64x128o, the Ordered scheme; racecheck of both fused kernels; gpu_decode; gpu_random), then the backward bench (the default = the runtime's choice per binding, bwd_lpt for causal-type masks since session 8, on every variant at both shapes; other schemes on three) and the backward through the runtime's caller path (gpu_backward_runtime_bench, D128). Logs are copied to $OUT.
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fa; rm -rf /tmp/fo; mkdir -p $B /tmp/fo
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
@@ -19,19 +19,13 @@ esac; done
 wait; echo "tests: $(( $(date +%s) - t0 )) s"
 for f in /tmp/fo/*.log; do echo "=== $(basename $f)"; grep -E "^test |test result|FAILED|panicked|rc=|SKIPPED|cases passed|SUMMARY" $f | grep -v " ok$" | cut -c1-180 | head -24; done
 for f in /tmp/fo/*.log; do grep -q "rc=0" $f || { echo "=== FULL TAIL $(basename $f)"; tail -25 $f | cut -c1-300; }; done
-# the longest-first CTA order of the fused backward (PtxOptions::bwd_lpt, off by default): the
-# suite but dq_schemes and a racecheck on it, alone on the GPU (a hang is cut by the timeout
-# without slowing the other tests); its bench line only when both passed
-echo "=== bwd_lpt (ATTNC_BWD_TEST_CFG=wg64x128btl)"; t0=$(date +%s); LPT=
-ATTNC_BWD_TEST_CFG=wg64x128btl timeout 60 $B/gpu_backward --skip gpu_backward_dq_schemes > /tmp/fo/gpu_backward_lpt.log 2>&1; echo "rc=$?" >> /tmp/fo/gpu_backward_lpt.log
-ATTNC_BWD_TEST_CFG=wg64x128btl timeout 60 compute-sanitizer --tool racecheck --print-limit 5 $B/gpu_backward --exact gpu_backward_fused_sanitize > /tmp/fo/racecheck_bwd_lpt.log 2>&1; echo "rc=$?" >> /tmp/fo/racecheck_bwd_lpt.log
-for f in gpu_backward_lpt racecheck_bwd_lpt; do echo "$f: $(grep -E "test result|SUMMARY" /tmp/fo/$f.log | tail -1 | cut -c1-120) $(tail -1 /tmp/fo/$f.log)"; done
-grep -q "rc=0" /tmp/fo/gpu_backward_lpt.log && grep -q "rc=0" /tmp/fo/racecheck_bwd_lpt.log && LPT=,wg64x128btl
-echo "bwd_lpt: $(( $(date +%s) - t0 )) s"
 echo "=== bwd bench"; t0=$(date +%s)
 ATTNC_BWD_BENCH_CFG=default timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_all.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_all.txt | tail -20 | cut -c1-200
-ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128b,wg64x128o,separate}$LPT ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
+ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128bt,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_cfg.txt | tail -16 | cut -c1-200
+# the backward as users run it: Bound::backward_cuda_into, the runtime's kernels through its JIT
+timeout 40 $B/gpu_backward --ignored gpu_backward_runtime_bench --nocapture > /tmp/fo/bwd_bench_runtime.txt 2>&1
+grep -E "TFLOP|panicked" /tmp/fo/bwd_bench_runtime.txt | cut -c1-160
 echo "bwd bench: $(( $(date +%s) - t0 )) s"
 [ -n "${OUT:-}" ] && cp /tmp/fo/* "$OUT"/ 2>/dev/null; true
