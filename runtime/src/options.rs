@@ -103,6 +103,15 @@ pub struct DecodeTuning {
     /// instead of decode + combine kernels, for host-tensor calls
     /// (`ATTNC_DECODE_COMBINE=fused`; the caller-buffer path keeps two kernels).
     pub fused_combine: bool,
+    /// The combine kernel launched after the decode kernel has completed
+    /// (`ATTNC_DECODE_COMBINE=serial`) instead of under its tail by programmatic
+    /// dependent launch (the default on sm_90).
+    pub serial_combine: bool,
+    /// The decode kernel launched by programmatic dependent launch too
+    /// (`ATTNC_DECODE_CHAIN=1`, sm_90): scheduled under the previous kernel's tail on the
+    /// stream (a previous call's combine kernel lets it), waiting on the SMs for that
+    /// grid's completion before it touches memory.
+    pub chain_decode: bool,
 }
 
 impl DecodeTuning {
@@ -115,7 +124,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `1`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -128,6 +137,8 @@ impl DecodeTuning {
             splits: num("ATTNC_DECODE_SPLITS").filter(|&n| n > 0),
             max_rows: num("ATTNC_DECODE_ROWS").filter(|n| [16, 32, 64].contains(n)),
             fused_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("fused"),
+            serial_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("serial"),
+            chain_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("1"),
         }
     }
 }
@@ -160,8 +171,12 @@ mod tests {
                 splits: Some(44),
                 max_rows: Some(32),
                 fused_combine: true,
+                serial_combine: false,
+                chain_decode: false,
             }
         );
+        assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_CHAIN", "1")])).chain_decode);
+        assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_COMBINE", "serial")])).serial_combine);
         // values outside what the kernels take leave the choice automatic
         let t = DecodeTuning::parse(env(&[
             ("ATTNC_DECODE_KERNEL", "wgmma"),

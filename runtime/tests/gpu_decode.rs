@@ -375,6 +375,90 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     }
 }
 
+/// The combine's launches: under the decode kernel's tail (programmatic dependent launch,
+/// the default on sm_90), after it (`serial_combine`), with the decode kernel under the
+/// previous call's tail too (`chain_decode`), and folded into the decode kernel
+/// (`fused_combine`, plain and chained), on a B1-like case (one sequence of 30000 keys over many splits: the
+/// combine's rounds of 8 splits per warp, several rounds) and a B64-like one (many short
+/// sequences, one split each), contiguous and paged 16: each against the oracle;
+/// the launches of the same kernels bit for bit equal (only the launch differs);
+/// every launch twice, bit for bit the same (deterministic).
+fn gpu_decode_combine_launches(_d: &CudaDevice) {
+    let mut rng = Rng(0xc0b);
+    let compiled = example("causal");
+    let program = compiled.names()[0].to_string();
+    let variant = compiled.attention(&program).unwrap();
+    let cases = [
+        (1, 30000, vec![30000], None),
+        (1, 30000, vec![30000], Some(16)),
+        (
+            24,
+            700,
+            (0..24).map(|i| 700 - 29 * i).collect::<Vec<i32>>(),
+            None,
+        ),
+        (
+            24,
+            700,
+            (0..24).map(|i| 700 - 29 * i).collect::<Vec<i32>>(),
+            Some(16),
+        ),
+    ];
+    for (b, cap, sl, page) in cases {
+        let c = case_as(DType::BF16, &mut rng, b, 32, 8, 1, 128, cap, sl, page);
+        let caps = Captures::default();
+        let what = format!("combine launches B{b} {page:?}");
+        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+            .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+        let mut outs = Vec::new();
+        for (label, serial, fused, chain) in [
+            ("overlapped", false, false, false),
+            ("serial", true, false, false),
+            ("chained", false, false, true),
+            ("fused", false, true, false),
+            ("fused chained", false, true, true),
+        ] {
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.serial_combine = serial;
+            o.decode.fused_combine = fused;
+            o.decode.chain_decode = chain;
+            let mut bound = variant.bind(o).unwrap();
+            let runs: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|_| {
+                    let got = bound
+                        .forward_with_cache(&c.q, &c.cache(), &caps)
+                        .unwrap_or_else(|e| panic!("{what} {label}: cuda: {e}"));
+                    (got.o.to_f32(), got.lse.to_f32())
+                })
+                .collect();
+            assert_eq!(bound.cache_path(), Some(expected_path(1, 32, 8, 128)));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert!(
+                bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
+                "{what} {label}: two calls differ"
+            );
+            let (o, lse) = &runs[0];
+            close(
+                &format!("{what} {label} o"),
+                o,
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(
+                &format!("{what} {label} lse"),
+                lse,
+                &want.lse.to_f32(),
+                0.002,
+            );
+            outs.push((bits(o), bits(lse)));
+        }
+        assert!(
+            outs[0] == outs[1] && outs[0] == outs[2] && outs[3] == outs[4],
+            "{what}: the combine's launches differ"
+        );
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 const TESTS: &[Test] = &[
     ("gpu_decode_examples", gpu_decode_examples),
@@ -384,6 +468,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_prefill_path", gpu_decode_prefill_path),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
+    ("gpu_decode_combine_launches", gpu_decode_combine_launches),
 ];
 
 fn main() {

@@ -154,13 +154,27 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
     if backend != attnc::Backend::Cuda {
         return out;
     }
-    if std::env::var("ATTNC_DECODE_BENCH_COMBINE").as_deref() == Ok("both") {
-        out = [false, true]
-            .iter()
-            .map(|&f| {
-                let label = if f { " fused" } else { " separate" };
+    let combine = std::env::var("ATTNC_DECODE_BENCH_COMBINE");
+    if matches!(combine.as_deref(), Ok("both" | "all")) {
+        // (fused, serial): the combine kernel after the decode kernel, under its tail
+        // (the default on sm_90; "all" only), the fused kernel
+        // (label, fused, serial, chain)
+        let mut modes = vec![(" separate", false, true, false)];
+        if combine.as_deref() == Ok("all") {
+            modes.push((" overlapped", false, false, false));
+            modes.push((" chained", false, false, true));
+        }
+        modes.push((" fused", true, false, false));
+        if combine.as_deref() == Ok("all") {
+            modes.push((" fused chained", true, false, true));
+        }
+        out = modes
+            .into_iter()
+            .map(|(label, f, serial, chain)| {
                 let t = DecodeTuning {
                     fused_combine: f,
+                    serial_combine: serial,
+                    chain_decode: chain,
                     ..base
                 };
                 (label.to_string(), t)
@@ -269,7 +283,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             }
             // each binding's decode tuning: the default, or (CUDA, benchmarks) one binding
             // per value on the same inputs: ATTNC_DECODE_BENCH_COMBINE=both (the combine
-            // kernel, then the fused kernel), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
+            // kernel after the decode kernel, then the fused kernel) or all (also the
+            // combine under the decode kernel's tail, and that with the decode kernel
+            // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
             // counts of the tensor-core kernel, 0 = the runtime's choice)
             let tunings = bench_tunings(a.backend);
             let mut reached = None;

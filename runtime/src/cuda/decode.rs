@@ -77,6 +77,12 @@ pub struct DecodeProblem {
     sem: CudaSlice<u32>,
     /// Launch the fused kernel (when the module has one) instead of decode + combine.
     pub fused: bool,
+    /// Launch the combine kernel after the decode kernel has completed, not overlapped
+    /// with its tail (benchmarks; see [`DecodeModule::launch`]).
+    pub serial: bool,
+    /// Launch the decode kernel (or the fused kernel) by programmatic dependent launch
+    /// too (benchmarks; see [`DecodeModule::launch`]).
+    pub chain: bool,
 }
 
 /// Device addresses of one decode call's buffers, owned by a [`DecodeProblem`] or by the
@@ -188,6 +194,28 @@ impl DecodeProblem {
         );
         a.scalar(KernelParam::DecodeSem, Arg::Ptr(ptr_u(&self.sem)));
         a
+    }
+}
+
+/// Enqueues `kernel` with `args`: by programmatic dependent launch when `overlapped` and
+/// `dev` is sm_90 (the decode kernels wait there for the previous grid before touching
+/// memory), else plainly.
+///
+/// # Safety
+/// As [`DecodeModule::launch_values`].
+unsafe fn launch_one(
+    dev: &CudaDevice,
+    kernel: &CudaKernel,
+    args: &LaunchArgs,
+    overlapped: bool,
+) -> Result<(), CudaError> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if overlapped && dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90 {
+            kernel.launch_args_overlapped(dev, args)
+        } else {
+            kernel.launch_args(dev, args)
+        }
     }
 }
 
@@ -355,6 +383,8 @@ impl DecodeModule {
             tensors,
             sem: s.alloc_zeros((b * hkv * g.row_groups as usize).max(1))?,
             fused: false,
+            serial: false,
+            chain: false,
         })
     }
 
@@ -385,12 +415,36 @@ impl DecodeModule {
         if geom.b == 0 {
             return Ok(());
         }
-        for k in [&self.decode, &self.combine] {
-            let (kernel, _): (Arc<CudaKernel>, _) = k.current();
-            // SAFETY: forwarded from the caller.
-            unsafe { kernel.launch_args(dev, args) }?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_pair(dev, args, false, false) }
+    }
+
+    /// Enqueues the decode kernel, then the combine kernel: on sm_90 (unless `serial`)
+    /// with programmatic stream serialization, so that the combine grid is scheduled
+    /// while the decode grid's last CTAs run (they let it start, `let_combine_start` in
+    /// `decode.rs`) and its CTAs wait on the SMs for the decode grid's completion
+    /// (`griddepcontrol.wait`, before any read) instead of starting after a launch gap.
+    /// With `chain`, the decode kernel is launched so too (it waits for the previous
+    /// kernel on the stream before it touches memory).
+    ///
+    /// # Safety
+    /// As [`Self::launch_values`].
+    unsafe fn launch_pair(
+        &self,
+        dev: &CudaDevice,
+        args: &LaunchArgs,
+        serial: bool,
+        chain: bool,
+    ) -> Result<(), CudaError> {
+        let (decode, _): (Arc<CudaKernel>, _) = self.decode.current();
+        let (combine, _): (Arc<CudaKernel>, _) = self.combine.current();
+        // SAFETY: forwarded from the caller; on sm_90 the decode kernels wait for the
+        // previous grid before they touch memory, the combine kernel for the decode grid
+        // before it reads the partials.
+        unsafe {
+            launch_one(dev, &decode, args, chain)?;
+            launch_one(dev, &combine, args, !serial)
         }
-        Ok(())
     }
 
     /// Enqueues the decode kernel and the combine kernel.
@@ -399,19 +453,17 @@ impl DecodeModule {
             return Ok(());
         }
         let args = p.args(dev);
-        let kernels = match &self.fused {
-            Some(f) if p.fused => vec![f],
-            _ => vec![&self.decode, &self.combine],
-        };
-        for k in kernels {
-            let (kernel, _): (Arc<CudaKernel>, _) = k.current();
-            // SAFETY: every buffer of `args` belongs to `p`, sized from its geometry in
-            // `upload` (which checked the inputs against it, the ranges inside each
-            // sequence and the splits covering them; `sem` one word per (b, kv head, row
-            // group), zero between launches); the scalars are that geometry's.
-            unsafe { kernel.launch_args(dev, &args) }?;
+        // SAFETY (both arms): every buffer of `args` belongs to `p`, sized from its
+        // geometry in `upload` (which checked the inputs against it, the ranges inside
+        // each sequence and the splits covering them; `sem` one word per (b, kv head, row
+        // group), zero between launches); the scalars are that geometry's.
+        match &self.fused {
+            Some(f) if p.fused => {
+                let (kernel, _): (Arc<CudaKernel>, _) = f.current();
+                unsafe { launch_one(dev, &kernel, &args, p.chain) }
+            }
+            _ => unsafe { self.launch_pair(dev, &args, p.serial, p.chain) },
         }
-        Ok(())
     }
 
     /// Waits and copies O (16-bit) and LSE back.

@@ -172,6 +172,38 @@ impl CudaKernel {
     /// what the kernel indexes for the scalars in `args` (lengths, strides, counts), and
     /// buffers the kernel writes must not be read by a concurrent launch.
     pub unsafe fn launch_args(&self, dev: &CudaDevice, args: &LaunchArgs) -> Result<(), CudaError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_args_as(dev, args, false) }
+    }
+
+    /// [`Self::launch_args`] with programmatic stream serialization
+    /// (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`, sm_90): the kernel may start
+    /// before the previous kernel on the stream has completed, once every CTA of that one
+    /// has executed `griddepcontrol.launch_dependents` (or exited); it must execute
+    /// `griddepcontrol.wait` before it reads anything the previous kernel writes (the
+    /// decode combine kernel does, first).
+    ///
+    /// # Safety
+    /// As [`Self::launch_args`]; and the kernel waits as said above.
+    pub unsafe fn launch_args_overlapped(
+        &self,
+        dev: &CudaDevice,
+        args: &LaunchArgs,
+    ) -> Result<(), CudaError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_args_as(dev, args, true) }
+    }
+
+    /// [`Self::launch_args`], with programmatic stream serialization when `overlapped`.
+    ///
+    /// # Safety
+    /// As [`Self::launch_args_overlapped`].
+    unsafe fn launch_args_as(
+        &self,
+        dev: &CudaDevice,
+        args: &LaunchArgs,
+        overlapped: bool,
+    ) -> Result<(), CudaError> {
         let (x, y, z) = args.grid_on(&self.spec, dev.sms())?;
         if x == 0 || y == 0 || z == 0 {
             return Ok(());
@@ -184,6 +216,10 @@ impl CudaKernel {
             args
         };
         let values = args.bind(&self.spec)?;
+        if overlapped {
+            // SAFETY: as below; `values` outlives the call, which copies the arguments.
+            return unsafe { self.launch_ex(dev, (x, y, z), &values) };
+        }
         let cfg = LaunchConfig {
             grid_dim: (x, y, z),
             block_dim: (self.spec.threads, 1, 1),
@@ -205,6 +241,62 @@ impl CudaKernel {
         // i32); the caller vouches for the buffers (see above), and the tensor maps span
         // exactly the Q/K/V extents of the launch's shape.
         unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `cuLaunchKernelEx` of this kernel with `values` (bound in its spec's order) and the
+    /// programmatic-stream-serialization attribute.
+    ///
+    /// # Safety
+    /// As [`Self::launch_args_overlapped`], `values` bound from them.
+    unsafe fn launch_ex(
+        &self,
+        dev: &CudaDevice,
+        grid: (u32, u32, u32),
+        values: &[Arg],
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::sys;
+        use std::ffi::c_void;
+        let mut ptrs: Vec<*mut c_void> = values
+            .iter()
+            .map(|v| match v {
+                Arg::Ptr(p) => p as *const u64 as *mut c_void,
+                Arg::I32(x) => x as *const i32 as *mut c_void,
+                Arg::I64(x) => x as *const i64 as *mut c_void,
+                Arg::F32(x) => x as *const f32 as *mut c_void,
+                Arg::Map(m) => m as *const _ as *mut c_void,
+            })
+            .collect();
+        // SAFETY: a zeroed launch-attribute value is valid (plain data); the field set
+        // is the one the attribute's id selects.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: self.spec.threads,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: self.spec.smem_bytes,
+            hStream: dev.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        dev.ctx.bind_to_thread()?;
+        // SAFETY: `cfg` and `attr` live across the call; `ptrs` points at `values`, one
+        // per kernel parameter in the spec's order, each of its parameter's type (see
+        // `launch_args_as`); the function belongs to this device's context, bound above.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                self.func.cu_function(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
         Ok(())
     }
 

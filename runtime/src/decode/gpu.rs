@@ -187,6 +187,7 @@ impl GpuDecode {
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
         let geom = geometry(shape, ranges, scale, &self.tuning);
         let fused = fused(shape, &self.tuning);
+        let (serial, chain) = (self.tuning.serial_combine, self.tuning.chain_decode);
         let m = self.module_for(dev, shape, q.dtype(), fused)?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
@@ -206,6 +207,8 @@ impl GpuDecode {
             )
             .map_err(backend)?;
         p.fused = fused;
+        p.serial = serial;
+        p.chain = chain;
         Ok((m, p))
     }
 

@@ -29,12 +29,14 @@
 //! ```
 //! Combine kernel, grid `(Lq, Hq, B)`, [`THREADS`] threads: the exact merge of a row's
 //! splits, `LSE = log Σ exp(lse_s)`, `O = Σ exp(lse_s - LSE) o_s` (O = 0 and LSE = -inf
-//! when every split is empty), O written in the input type, LSE in f32. The splits are
-//! spread over the threads so that a row of many splits costs a few memory latencies,
-//! not two per split: the max and the sum of the weights over thread-strided splits
-//! (shuffles, then the 4 warps through shared memory); O with warp w taking splits w,
-//! w + 4, .., 4 at a time (all loads issued before the sums) and lane l the columns
-//! l D/32 .. (l + 1) D/32; the warps' sums through shared memory.
+//! when every split is empty), O written in the input type, LSE in f32. One pass over
+//! the partials, so that a row of up to 32 splits costs one memory latency: warp w takes
+//! splits w, w + 4, .., [`COMBINE_UNROLL`] at a time (every LSE and O load of a round
+//! issued before the sums), lane l the columns l D/32 .. (l + 1) D/32, with a running
+//! max; the 4 warps' (max, sum, O) merge through shared memory in warp order
+//! (deterministic). On sm_90 it starts with `griddepcontrol.wait`: the runtime launches
+//! it under the decode kernel's tail (programmatic dependent launch), and the decode
+//! kernels let it start (`griddepcontrol.launch_dependents`, first thing).
 //!
 //! Which decode kernel runs (the runtime's `decode/gpu.rs`, which has the numbers): the
 //! tensor-core kernel (`decode_mma.rs`, same grid, parameters and partials) at D 64 and
@@ -67,8 +69,8 @@ pub const THREADS: u32 = 128;
 const WARPS: u32 = THREADS / 32;
 /// Key steps per warp iteration (loads issued together).
 const UNROLL: u32 = 4;
-/// Splits per warp iteration of the combine kernel (loads issued together).
-const COMBINE_UNROLL: i64 = 4;
+/// Splits per warp and round of the combine kernel (loads issued together).
+const COMBINE_UNROLL: i64 = 8;
 /// The pass pipeline: the block-table kernel's (licm takes the kv-independent parts of
 /// the mask out of the key loop), with instcombine's fixpoint check off (the unrolled
 /// online softmax needs more than one round; the result is the same).
@@ -366,16 +368,32 @@ pub(super) fn declare<'ctx>(
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     let readonly = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("readonly"), 0);
     for (i, p) in params.iter().enumerate() {
+        // (the combine kernel's partials are not `readonly`: its loads must stay after
+        // its `griddepcontrol.wait`, and invariant `ld.global.nc` loads may move)
         if matches!(
             p,
             Q | K | V | PageTable | SeqLens | Ranges | Params | Tensor(_)
-        ) || (matches!(p, PartO | PartLse) && !params.contains(&Q))
-        {
+        ) {
             func.add_attribute(AttributeLoc::Param(i as u32), noalias);
             func.add_attribute(AttributeLoc::Param(i as u32), readonly);
         }
     }
     Gpu::new(ctx, module, func)
+}
+
+/// At a decode kernel's start on sm_90: `griddepcontrol.launch_dependents`, so that the
+/// combine kernel, launched after it with programmatic stream serialization (the
+/// runtime's `DecodeModule` launch), is scheduled while this grid's last CTAs still run
+/// and waits for the grid's completion on the SMs (`griddepcontrol.wait` at its start)
+/// instead of after a launch gap; then `griddepcontrol.wait`, before any global memory
+/// access, so that this kernel too may be launched that way (after whatever kernel
+/// precedes it on the stream: it waits for that grid's completion). Nothing on sm_80.
+pub(super) fn let_combine_start(g: &Gpu<'_>, opts: &DecodeOptions) -> R<()> {
+    if opts.arch == Arch::Sm90 {
+        g.griddep_launch_dependents()?;
+        g.griddep_wait()?;
+    }
+    Ok(())
 }
 
 /// `for (i = start; i < end; i += step) body(i)` (signed i32).
@@ -548,6 +566,7 @@ fn build_decode<'ctx>(
     g.b.position_at_end(start);
     let a = Args { g: &g, params };
     let g = &g;
+    let_combine_start(g, opts)?;
     let rpc = opts.rows as usize;
     let d = opts.d as i64;
     let lpk = opts.lanes_per_key() as i64;
@@ -867,6 +886,13 @@ fn build_combine<'ctx>(
     let g = &g;
     let rpc = opts.rows as i64;
     let d = opts.d as i64;
+    // sm_90: the grid may start under the decode kernel's tail (programmatic dependent
+    // launch); nothing is read before the decode grid has completed
+    if opts.arch == Arch::Sm90 {
+        g.griddep_wait()?;
+        // the next call's decode kernel may be scheduled now (it waits for this grid)
+        g.griddep_launch_dependents()?;
+    }
     let tid = g.tid_x()?;
     let warp = g.lshr(tid, g.c32(5))?;
     let lane = g.and(tid, g.c32(31))?;
@@ -901,50 +927,14 @@ fn build_combine<'ctx>(
         let at = (WARPS as i64 * d + which * WARPS as i64) * 4;
         g.add(g.mul(w, g.c32(4))?, g.c32(at))
     };
-    // a value of every thread reduced over the CTA (`which` picks the slots)
-    let cta_reduce = |x: FloatValue<'ctx>,
-                      which: i64,
-                      op: &dyn Fn(FloatValue<'ctx>, FloatValue<'ctx>) -> R<FloatValue<'ctx>>|
-     -> R<FloatValue<'ctx>> {
-        let mut x = x;
-        for k in [16, 8, 4, 2, 1] {
-            x = op(x, g.shfl_xor(x, k)?)?;
-        }
-        g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
-            g.store(g.smem_at(red_at(which, warp)?)?, x)
-        })?;
-        g.barrier()?;
-        let ld = |w: u32| -> R<FloatValue<'ctx>> {
-            Ok(g.b
-                .build_load(g.f32, g.smem_at(red_at(which, g.c32(w as i64))?)?, "")?
-                .into_float_value())
-        };
-        let mut r = ld(0)?;
-        for w in 1..WARPS {
-            r = op(r, ld(w)?)?;
-        }
-        Ok(r)
-    };
-    // 1. the largest LSE: thread t reads splits t, t + THREADS, ...
-    let step = g.c32(THREADS as i64);
-    let max = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
-    for_range(g, tid, splits, step, |s| {
-        let l = g.load_f32(pl, prow(s)?)?;
-        g.set(&max, g.fmax(g.getf(&max)?, l)?)
-    })?;
-    let m = cta_reduce(g.getf(&max)?, 0, &|x, y| g.fmax(x, y))?;
-    let mref = finite_or_zero(g, m)?;
-    // 2. the sum of the weights exp(lse_s - m)
-    let sum = g.var(g.f32, g.cf(0.0))?;
-    for_range(g, tid, splits, step, |s| {
-        let l = g.load_f32(pl, prow(s)?)?;
-        g.set(&sum, g.fadd(g.getf(&sum)?, exp_from(g, l, mref)?)?)
-    })?;
-    let sum = cta_reduce(g.getf(&sum)?, 1, &|x, y| g.fadd(x, y))?;
-    // 3. O: warp w takes splits w, w + WARPS, ..., COMBINE_UNROLL of them per iteration
-    //    (every load issued before the sums), lane l columns l * cpt .. + cpt
+    // 1. warp w merges splits w, w + WARPS, .. in rounds of COMBINE_UNROLL (every load
+    //    of a round, LSE and O, issued before its sums) with a running max: (m_w, sum_w,
+    //    acc_w) with acc_w = sum over its splits of exp(lse_s - m_w) o_s; lane l holds
+    //    columns l * cpt .. + cpt
     let cpt = d / 32;
     let c0 = g.mul(lane, g.c32(cpt))?;
+    let m_run = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
+    let s_run = g.var(g.f32, g.cf(0.0))?;
     let accs: Vec<Var<'ctx>> = (0..cpt)
         .map(|_| g.var(g.f32, g.cf(0.0)))
         .collect::<R<_>>()?;
@@ -960,17 +950,35 @@ fn build_combine<'ctx>(
             let os: Vec<FloatValue<'ctx>> = (0..cpt)
                 .map(|c| g.load_f32(po, g.add(at, g.c64(c))?))
                 .collect::<R<_>>()?;
-            loaded.push((ok, l, os));
+            loaded.push((g.selectf(ok, l, g.cf(f32::NEG_INFINITY))?, os));
         }
-        for (ok, l, os) in loaded {
-            let w = g.selectf(ok, exp_from(g, l, mref)?, g.cf(0.0))?;
-            for (acc, o) in accs.iter().zip(os) {
-                g.set(acc, g.fadd(g.getf(acc)?, g.fmul(w, o)?)?)?;
+        let m_old = g.getf(&m_run)?;
+        let mut mx = m_old;
+        for (l, _) in &loaded {
+            mx = g.fmax(mx, *l)?;
+        }
+        let mref = finite_or_zero(g, mx)?;
+        let keep = exp_from(g, m_old, mref)?;
+        let mut s_new = g.fmul(g.getf(&s_run)?, keep)?;
+        let mut acc_new: Vec<FloatValue<'ctx>> = accs
+            .iter()
+            .map(|x| g.fmul(g.getf(x)?, keep))
+            .collect::<R<_>>()?;
+        for (l, os) in loaded {
+            let w = exp_from(g, l, mref)?;
+            s_new = g.fadd(s_new, w)?;
+            for (x, o) in acc_new.iter_mut().zip(os) {
+                *x = g.fadd(*x, g.fmul(w, o)?)?;
             }
+        }
+        g.set(&m_run, mx)?;
+        g.set(&s_run, s_new)?;
+        for (v, x) in accs.iter().zip(acc_new) {
+            g.set(v, x)?;
         }
         Ok(())
     })?;
-    // 4. the warps' sums through shared memory; thread t writes columns t, t + THREADS
+    // 2. the warps' states through shared memory: acc_w per column, m_w and sum_w
     let part_at = |w: IntValue<'ctx>, c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
         g.mul(g.add(g.mul(w, g.c32(d))?, c)?, g.c32(4))
     };
@@ -978,7 +986,33 @@ fn build_combine<'ctx>(
         let c = g.add(c0, g.c32(k as i64))?;
         g.store(g.smem_at(part_at(warp, c)?)?, g.getf(acc)?)?;
     }
+    g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
+        g.store(g.smem_at(red_at(0, warp)?)?, g.getf(&m_run)?)?;
+        g.store(g.smem_at(red_at(1, warp)?)?, g.getf(&s_run)?)
+    })?;
     g.barrier()?;
+    // 3. every thread: the CTA's max, each warp's weight exp(m_w - m), the sum; thread t
+    //    writes columns t, t + THREADS, .. of O = sum_w f_w acc_w / sum_w f_w sum_w (the
+    //    warps in order: deterministic)
+    let ld = |off: IntValue<'ctx>| -> R<FloatValue<'ctx>> {
+        Ok(g.b
+            .build_load(g.f32, g.smem_at(off)?, "")?
+            .into_float_value())
+    };
+    let ms: Vec<FloatValue<'ctx>> = (0..WARPS)
+        .map(|w| ld(red_at(0, g.c32(w as i64))?))
+        .collect::<R<_>>()?;
+    let mut m = ms[0];
+    for x in &ms[1..] {
+        m = g.fmax(m, *x)?;
+    }
+    let mref = finite_or_zero(g, m)?;
+    let fs: Vec<FloatValue<'ctx>> = ms.iter().map(|x| exp_from(g, *x, mref)).collect::<R<_>>()?;
+    let mut sum = g.cf(0.0);
+    for (w, f) in fs.iter().enumerate() {
+        let sw = ld(red_at(1, g.c32(w as i64))?)?;
+        sum = g.fadd(sum, g.fmul(*f, sw)?)?;
+    }
     let empty = g.fcmp(FloatPredicate::OEQ, sum, g.cf(0.0))?;
     let inv = g.selectf(empty, g.cf(0.0), g.b.build_float_div(g.cf(1.0), sum, "")?)?;
     let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
@@ -992,17 +1026,16 @@ fn build_combine<'ctx>(
         let ok = g.icmp(IntPredicate::SLT, col, g.c32(d))?;
         g.if_then(ok, || {
             let mut v = g.cf(0.0);
-            for w in 0..WARPS {
-                let x =
-                    g.b.build_load(g.f32, g.smem_at(part_at(g.c32(w as i64), col)?)?, "")?;
-                v = g.fadd(v, x.into_float_value())?;
+            for (w, f) in fs.iter().enumerate() {
+                let x = ld(part_at(g.c32(w as i64), col)?)?;
+                v = g.fadd(v, g.fmul(*f, x)?)?;
             }
             let hv = g.b.build_float_trunc(g.fmul(v, inv)?, half, "")?;
             let at = g.add(g.mul(out_row, g.c64(d))?, g.zext64(col)?)?;
             g.store(g.gep_bytes(optr, g.mul(at, g.c64(2))?)?, hv)
         })?;
     }
-    let lse = g.fadd(m, g.fmul(g.lg2(sum)?, g.cf(std::f32::consts::LN_2))?)?;
+    let lse = g.fadd(mref, g.fmul(g.lg2(sum)?, g.cf(std::f32::consts::LN_2))?)?;
     let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
     g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
         g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)

@@ -41,7 +41,8 @@
 use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_env, decode_params, exp_from, finite_or_zero, for_range, split_keys, with_combine,
+    decode_env, decode_params, exp_from, finite_or_zero, for_range, let_combine_start, split_keys,
+    with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -322,6 +323,7 @@ pub(super) fn build<'ctx>(
     g.b.position_at_end(start);
     let a = Args { g: &g, params };
     let g = &g;
+    let_combine_start(g, opts)?;
     let d = opts.d;
     let rpc = opts.rows;
     let m_cta = rpc / 16; // m-tiles per CTA

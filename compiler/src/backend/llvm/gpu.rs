@@ -721,6 +721,19 @@ impl<'ctx> Gpu<'ctx> {
             &[addr],
         )
     }
+    /// `griddepcontrol.launch_dependents` (sm_90): this CTA lets the grid launched after it
+    /// with programmatic stream serialization start (once every CTA of this grid has said
+    /// so or exited); that grid's [`Self::griddep_wait`] still waits for this whole grid.
+    /// A no-op when no such grid follows.
+    pub fn griddep_launch_dependents(&self) -> R<()> {
+        self.asm_void("griddepcontrol.launch_dependents;", "~{memory}", &[])
+    }
+    /// `griddepcontrol.wait` (sm_90): waits until the grids this one depends on (launched
+    /// before it with programmatic stream serialization) have completed and their memory
+    /// is visible. A no-op for a grid launched without that attribute.
+    pub fn griddep_wait(&self) -> R<()> {
+        self.asm_void("griddepcontrol.wait;", "~{memory}", &[])
+    }
     /// A `volatile` f32 load (`ld.volatile.global`: never served from a stale L1 line)
     /// of `base[index]` (index i64): data another CTA of the same launch wrote.
     pub fn load_f32_volatile(
