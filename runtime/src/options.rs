@@ -107,11 +107,12 @@ pub struct DecodeTuning {
     /// (`ATTNC_DECODE_COMBINE=serial`) instead of under its tail by programmatic
     /// dependent launch (the default on sm_90).
     pub serial_combine: bool,
-    /// The decode kernel launched by programmatic dependent launch too
-    /// (`ATTNC_DECODE_CHAIN=1`, sm_90): scheduled under the previous kernel's tail on the
-    /// stream (a previous call's combine kernel lets it), waiting on the SMs for that
-    /// grid's completion before it touches memory.
-    pub chain_decode: bool,
+    /// The decode kernel launched after the previous kernel on the stream has completed
+    /// (`ATTNC_DECODE_CHAIN=0`) instead of by programmatic dependent launch (the default
+    /// on sm_90 for host-tensor calls: scheduled under the previous kernel's tail, when
+    /// that kernel lets it, as a previous call's combine kernel does; waiting on the SMs
+    /// for that grid's completion before it touches memory).
+    pub serial_decode: bool,
 }
 
 impl DecodeTuning {
@@ -124,7 +125,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `1`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -138,7 +139,7 @@ impl DecodeTuning {
             max_rows: num("ATTNC_DECODE_ROWS").filter(|n| [16, 32, 64].contains(n)),
             fused_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("fused"),
             serial_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("serial"),
-            chain_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("1"),
+            serial_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("0"),
         }
     }
 }
@@ -172,10 +173,10 @@ mod tests {
                 max_rows: Some(32),
                 fused_combine: true,
                 serial_combine: false,
-                chain_decode: false,
+                serial_decode: false,
             }
         );
-        assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_CHAIN", "1")])).chain_decode);
+        assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_CHAIN", "0")])).serial_decode);
         assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_COMBINE", "serial")])).serial_combine);
         // values outside what the kernels take leave the choice automatic
         let t = DecodeTuning::parse(env(&[

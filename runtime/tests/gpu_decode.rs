@@ -12,8 +12,11 @@
 //! 1/2/4/16, GQA 1:1 / 4:1 / 8:1, D 64 and 128, bf16 and f16, 1, 2 and 4 m-tiles per CTA
 //! and several row groups, seq_lens 0, 1, shorter than Lq and full, long sequences split
 //! across many CTAs (sliding window reading only its window); the caller-buffer decode
-//! (`decode_cuda_into`: the decode-ranges kernel first). With `ATTNC_DECODE_COMBINE=fused`
-//! the tensor-core cases run the fused kernel (the combine folded in) instead.
+//! (`decode_cuda_into`: the decode-ranges kernel first); the launches on sm_90 (decode
+//! and combine kernels by programmatic dependent launch, the default, against serial
+//! launches and the fused kernel: bit for bit equal, deterministic). With
+//! `ATTNC_DECODE_COMBINE=fused` the tensor-core cases run the fused kernel (the combine
+//! folded in) instead.
 //!
 //! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
@@ -375,10 +378,11 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     }
 }
 
-/// The combine's launches: under the decode kernel's tail (programmatic dependent launch,
-/// the default on sm_90), after it (`serial_combine`), with the decode kernel under the
-/// previous call's tail too (`chain_decode`), and folded into the decode kernel
-/// (`fused_combine`, plain and chained), on a B1-like case (one sequence of 30000 keys over many splits: the
+/// The launches on sm_90: the decode kernel under the previous call's tail and the
+/// combine under the decode kernel's (programmatic dependent launch, the default), the
+/// decode kernel after the previous call (`serial_decode`), the combine after the decode
+/// kernel too (`serial_combine`), and the fused kernel (`fused_combine`, chained and
+/// not), on a B1-like case (one sequence of 30000 keys over many splits: the
 /// combine's rounds of 8 splits per warp, several rounds) and a B64-like one (many short
 /// sequences, one split each), contiguous and paged 16: each against the oracle;
 /// the launches of the same kernels bit for bit equal (only the launch differs);
@@ -412,16 +416,16 @@ fn gpu_decode_combine_launches(_d: &CudaDevice) {
             .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
         let mut outs = Vec::new();
         for (label, serial, fused, chain) in [
+            ("chained", false, false, true),
             ("overlapped", false, false, false),
             ("serial", true, false, false),
-            ("chained", false, false, true),
-            ("fused", false, true, false),
             ("fused chained", false, true, true),
+            ("fused", false, true, false),
         ] {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.serial_combine = serial;
             o.decode.fused_combine = fused;
-            o.decode.chain_decode = chain;
+            o.decode.serial_decode = !chain;
             let mut bound = variant.bind(o).unwrap();
             let runs: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
                 .map(|_| {

@@ -174,7 +174,7 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
                 let t = DecodeTuning {
                     fused_combine: f,
                     serial_combine: serial,
-                    chain_decode: chain,
+                    serial_decode: !chain,
                     ..base
                 };
                 (label.to_string(), t)

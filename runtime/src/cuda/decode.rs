@@ -12,7 +12,10 @@
 //! bounded by the ranges (which the host computes inside `0..seq_len`). A host-buffer
 //! call may launch the fused tensor-core kernel ([`KernelKind::DecodeMmaFused`], the
 //! combine folded in, counting in a zeroed `DecodeSem` buffer) alone instead of decode +
-//! combine; the caller-buffer path (`launch_values`) always launches the pair.
+//! combine; the caller-buffer path (`launch_values`) always launches the pair. On sm_90
+//! the combine kernel is launched by programmatic dependent launch (under the decode
+//! kernel's tail; `launch_pair`), and a host-buffer call's decode kernel too when
+//! [`DecodeProblem::chain`] (under the previous kernel's tail on the stream).
 
 use super::{Arg, CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTiers, LaunchArgs};
 use attnc_compiler::backend::KernelKind;
@@ -81,7 +84,8 @@ pub struct DecodeProblem {
     /// with its tail (benchmarks; see [`DecodeModule::launch`]).
     pub serial: bool,
     /// Launch the decode kernel (or the fused kernel) by programmatic dependent launch
-    /// too (benchmarks; see [`DecodeModule::launch`]).
+    /// too (`decode::gpu` sets it for host-tensor calls on sm_90 unless
+    /// `DecodeTuning::serial_decode`; see [`DecodeModule::launch`]).
     pub chain: bool,
 }
 

@@ -28,6 +28,18 @@
 //! 272.6 at 64, session 6), `fused_combine` (its fused variant, the combine folded in:
 //! off by default, see [`fused`]).
 //!
+//! Launches (sm_90, programmatic dependent launch; `cuda/decode.rs`): the combine kernel
+//! under the decode kernel's tail (its CTAs scheduled while the last decode CTAs run,
+//! waiting on the SMs for the grid's completion), and the decode kernel of a host-tensor
+//! call under the previous kernel's tail (it waits for that grid before touching
+//! memory; a previous call's combine lets it be scheduled early, so consecutive calls
+//! overlap a launch). Measured on an H200 (session 8, one call, same inputs, µs,
+//! combine after the decode kernel / under its tail / and the decode kernel chained,
+//! SDPA cuDNN in the same call): B64 Lkv8192 Lq1 492.3 / 491.9 / 487.2 (cuDNN 485.1),
+//! B1 Lkv131072 Lq1 131.9 / 130.2 / 128.3 (129.9), B8 Lkv32768 Lq1 247.0 / 247.9 / 247.7
+//! (247.0): chained is the default (`DecodeTuning::serial_decode`, `serial_combine`
+//! turn each off; the caller-buffer path chains the combine only).
+//!
 //! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
 //! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
 //! power of two covering R, at most 4; R > 64 takes several row groups). Splits per
@@ -187,7 +199,7 @@ impl GpuDecode {
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
         let geom = geometry(shape, ranges, scale, &self.tuning);
         let fused = fused(shape, &self.tuning);
-        let (serial, chain) = (self.tuning.serial_combine, self.tuning.chain_decode);
+        let (serial, chain) = (self.tuning.serial_combine, !self.tuning.serial_decode);
         let m = self.module_for(dev, shape, q.dtype(), fused)?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
