@@ -31,7 +31,7 @@
 //! splits, `LSE = log Σ exp(lse_s)`, `O = Σ exp(lse_s - LSE) o_s` (O = 0 and LSE = -inf
 //! when every split is empty), O written in the input type, LSE in f32. One pass over
 //! the partials, so that a row of up to 32 splits costs one memory latency: warp w takes
-//! splits w, w + 4, .., [`COMBINE_UNROLL`] at a time (every LSE and O load of a round
+//! splits w, w + 4, .., `COMBINE_UNROLL` (8) at a time (every LSE and O load of a round
 //! issued before the sums), lane l the columns l D/32 .. (l + 1) D/32, with a running
 //! max; the 4 warps' (max, sum, O) merge through shared memory in warp order
 //! (deterministic). On sm_90 it starts with `griddepcontrol.wait`: the runtime launches
