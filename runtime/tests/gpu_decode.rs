@@ -464,7 +464,10 @@ fn gpu_decode_combine_launches(_d: &CudaDevice) {
 }
 
 type Test = (&'static str, fn(&CudaDevice));
+// (the launches' test first: it is the only GPU check of chained launches, and a time
+// limit cuts the list from the end)
 const TESTS: &[Test] = &[
+    ("gpu_decode_combine_launches", gpu_decode_combine_launches),
     ("gpu_decode_examples", gpu_decode_examples),
     ("gpu_decode_shapes", gpu_decode_shapes),
     ("gpu_decode_long", gpu_decode_long),
@@ -472,7 +475,6 @@ const TESTS: &[Test] = &[
     ("gpu_decode_prefill_path", gpu_decode_prefill_path),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
-    ("gpu_decode_combine_launches", gpu_decode_combine_launches),
 ];
 
 fn main() {
