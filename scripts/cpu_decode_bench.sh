@@ -10,20 +10,26 @@
 # Needs a release attnc (cargo build --release -p attnc; or ATTNC_BIN=path, e.g. a binary
 # carried to the GPU machine's host) and torch: .venv (scripts/python-setup.sh), else
 # python3 (the GPU machine's has torch).
+# Two builds in one run (e.g. before/after a change, same machine, same minute):
+#   ATTNC_BINS="old=/tmp/attnc-old new=/tmp/attnc-new" bash scripts/cpu_decode_bench.sh 2 16
+# (each label's attnc runs in turn per shape and round; one table row per label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || set -- 2 "$(nproc)"
 bin=${ATTNC_BIN:-target/release/attnc}
-[ -x "$bin" ] || cargo build --release -q -p attnc --bin attnc
+bins=${ATTNC_BINS:-attnc=$bin}
+[ -n "${ATTNC_BINS:-}" ] || [ -x "$bin" ] || cargo build --release -q -p attnc --bin attnc
 py=.venv/bin/python; [ -x "$py" ] || py=python3
-"$py" - "$bin" "${ROUNDS:-2}" "$@" <<'PY'
+"$py" - "$bins" "${ROUNDS:-2}" "$@" <<'PY'
 import re, subprocess, sys, time, torch, torch.nn.functional as F
-bin, rounds, counts = sys.argv[1], int(sys.argv[2]), [int(t) for t in sys.argv[3:]]
+bins = [b.split("=", 1) for b in sys.argv[1].split()]
+rounds, counts = int(sys.argv[2]), [int(t) for t in sys.argv[3:]]
 shapes = [(1, 32, 8, 1, 32768), (8, 32, 8, 1, 4096), (1, 32, 8, 4, 32768), (1, 32, 8, 16, 8192)]
 D = 128
-print("torch", torch.__version__, "| attnc", bin, "| f32 D128 causal at logical positions, ms")
+print("torch", torch.__version__, "| attnc", " ".join(f"{l}={b}" for l, b in bins),
+      "| f32 D128 causal at logical positions, ms")
 
-def attnc(threads, s):
+def attnc(bin, threads, s):
     cmd = [bin, "bench", "--decode", "examples/causal.attn", "--backend", "cpu",
            "--dtype", "f32", "--d", str(D), "--threads", str(threads),
            "--kv-cache", "contiguous,paged", "--page-size", "16",
@@ -32,16 +38,21 @@ def attnc(threads, s):
     got = {}
     for line in out.splitlines():
         if line.startswith("decode "):
-            print(" ", line)
+            print(" ", bin.rsplit("/", 1)[-1], line)
             m = re.search(r" (contiguous|paged\d+) +([\d.]+) us", line)
             if m:
                 got[m[1]] = float(m[2]) / 1e3
     return got
 
+inputs = {}
+
 def sdpa(threads, s):
     torch.set_num_threads(threads)
     B, Hq, Hkv, Lq, Lkv = s
-    q = torch.randn(B, Hq, Lq, D); k = torch.randn(B, Hkv, Lkv, D); v = torch.randn(B, Hkv, Lkv, D)
+    if s not in inputs:  # made once per shape (randn of 268 MB takes longer than SDPA)
+        inputs.clear()
+        inputs[s] = (torch.randn(B, Hq, Lq, D), torch.randn(B, Hkv, Lkv, D), torch.randn(B, Hkv, Lkv, D))
+    q, k, v = inputs[s]
     # causal at logical positions: the Lq new rows are the last Lq positions
     mask = None
     if Lq > 1:
@@ -57,18 +68,24 @@ def sdpa(threads, s):
     return ms
 
 rows = []
-for threads in counts:
-    for s in shapes:
+for s in shapes:
+    for threads in counts:
         best = {}
         for _ in range(rounds):
-            for key, ms in list(attnc(threads, s).items()) + [("sdpa", sdpa(threads, s))]:
+            got = [((label, k), ms) for label, bin in bins for k, ms in attnc(bin, threads, s).items()]
+            for key, ms in got + [("sdpa", sdpa(threads, s))]:
                 best[key] = min(best.get(key, ms), ms)
         rows.append((threads, s, best))
 
-print("\n| threads | shape | attnc contiguous | attnc paged 16 | SDPA | x SDPA contiguous | x SDPA paged |")
-print("|---|---|---|---|---|---|---|")
-for threads, (B, Hq, Hkv, Lq, Lkv), b in rows:
-    c, p, r = b.get("contiguous", float("nan")), b.get("paged16", float("nan")), b["sdpa"]
-    print(f"| {threads} | B{B} Hq{Hq} Hkv{Hkv} Lq{Lq} Lkv{Lkv} | {c:.2f} | {p:.2f} | {r:.2f} "
-          f"| {r / c:.2f} | {r / p:.2f} |")
+label = len(bins) > 1
+print(f"\n| threads | shape |{' build |' if label else ''} attnc contiguous | attnc paged 16 | SDPA "
+      "| x SDPA contiguous | x SDPA paged | paged / contiguous |")
+print("|---|---|" + ("---|" if label else "") + "---|---|---|---|---|---|")
+for threads, (B, Hq, Hkv, Lq, Lkv), b in sorted(rows, key=lambda r: r[0]):
+    r = b["sdpa"]
+    for name, _ in bins:
+        c = b.get((name, "contiguous"), float("nan"))
+        p = b.get((name, "paged16"), float("nan"))
+        print(f"| {threads} | B{B} Hq{Hq} Hkv{Hkv} Lq{Lq} Lkv{Lkv} |{f' {name} |' if label else ''} "
+              f"{c:.2f} | {p:.2f} | {r:.2f} | {r / c:.2f} | {r / p:.2f} | {p / c:.2f} |")
 PY

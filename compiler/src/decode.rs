@@ -586,67 +586,37 @@ pub fn set_packed_offsets(bind: &mut Bindings, base: usize, [b0, q0, kv0, h0, ro
 }
 
 impl DecodeShape {
-    /// Positions `start..end` of kv head `hk` of sequence `b` as `[end - start, D]` /
-    /// `[end - start, Dv]` slices of a contiguous cache (read in place); `None` for a
-    /// paged cache ([`Self::gather_by_position`]). The caller has checked the view.
-    pub fn head_slices<'v>(
-        &self,
-        view: &KvView<'v>,
-        b: usize,
-        hk: usize,
-        start: usize,
-        end: usize,
-    ) -> Option<(&'v [f32], &'v [f32])> {
-        let n = end - start;
-        match self.layout {
-            CacheLayout::Contiguous { .. } => {
-                let ko = self.row_offset(view.page_table, b, hk, start, self.d);
-                let vo = self.row_offset(view.page_table, b, hk, start, self.dv);
-                Some((&view.k[ko..][..n * self.d], &view.v[vo..][..n * self.dv]))
-            }
-            CacheLayout::Paged { .. } => None,
-        }
-    }
-
-    /// Copies positions `start..end` of every kv head of sequence `b` into
-    /// `k_out[Hkv, end - start, D]` / `v_out[Hkv, end - start, Dv]` (resized), as
-    /// [`Self::gather`] does, but in cache order: each position's rows of all kv heads
-    /// (one run of `Hkv x D` elements in a paged cache) read once, one after the other,
-    /// so that the reads stream through each page instead of taking a head's `D`
-    /// elements every `Hkv x D`. The caller has checked the view.
-    pub fn gather_by_position(
+    /// The element offsets of the K and V rows of kv head `hk` of sequence `b` at
+    /// positions `start..end` (into `k_rows`, `v_rows`, cleared first), for reading the
+    /// cache in place: one add a row within a page (a paged cache's rows of one kv head
+    /// are `Hkv x D` apart there; a contiguous cache is one run), the page table read once
+    /// a page. The caller has checked the view.
+    #[allow(clippy::too_many_arguments)]
+    pub fn row_offsets(
         &self,
         view: &KvView,
         b: usize,
-        start: usize,
-        end: usize,
-        k_out: &mut Vec<f32>,
-        v_out: &mut Vec<f32>,
+        hk: usize,
+        (start, end): (usize, usize),
+        k_rows: &mut Vec<usize>,
+        v_rows: &mut Vec<usize>,
     ) {
-        let n = end - start;
-        let (d, dv, hkv) = (self.d, self.dv, self.hkv);
-        k_out.resize(hkv * n * d, 0.0);
-        v_out.resize(hkv * n * dv, 0.0);
-        for (j, pos) in (start..end).enumerate() {
-            let ko = self.row_offset(view.page_table, b, 0, pos, d);
-            let vo = self.row_offset(view.page_table, b, 0, pos, dv);
-            match self.layout {
-                CacheLayout::Paged { .. } => {
-                    let (krow, vrow) = (&view.k[ko..][..hkv * d], &view.v[vo..][..hkv * dv]);
-                    for hk in 0..hkv {
-                        k_out[(hk * n + j) * d..][..d].copy_from_slice(&krow[hk * d..][..d]);
-                        v_out[(hk * n + j) * dv..][..dv].copy_from_slice(&vrow[hk * dv..][..dv]);
-                    }
-                }
-                CacheLayout::Contiguous { .. } => {
-                    for hk in 0..hkv {
-                        let ko = self.row_offset(view.page_table, b, hk, pos, d);
-                        let vo = self.row_offset(view.page_table, b, hk, pos, dv);
-                        k_out[(hk * n + j) * d..][..d].copy_from_slice(&view.k[ko..][..d]);
-                        v_out[(hk * n + j) * dv..][..dv].copy_from_slice(&view.v[vo..][..dv]);
-                    }
-                }
+        k_rows.clear();
+        v_rows.clear();
+        let (run, kstep, vstep) = match self.layout {
+            CacheLayout::Paged { page_size, .. } => {
+                (page_size, self.hkv * self.d, self.hkv * self.dv)
             }
+            CacheLayout::Contiguous { .. } => (usize::MAX, self.d, self.dv),
+        };
+        let mut at = start;
+        while at < end {
+            let stop = end.min(at.saturating_add(run - at % run));
+            let k0 = self.row_offset(view.page_table, b, hk, at, self.d);
+            let v0 = self.row_offset(view.page_table, b, hk, at, self.dv);
+            k_rows.extend((0..stop - at).map(|j| k0 + j * kstep));
+            v_rows.extend((0..stop - at).map(|j| v0 + j * vstep));
+            at = stop;
         }
     }
 }
@@ -715,11 +685,11 @@ pub fn combine<'a>(parts: impl Iterator<Item = (&'a [f32], f32)> + Clone, o: &mu
 mod tests {
     use super::*;
 
-    /// The copy in cache order holds what the head-major one does: every kv head, a
-    /// range not starting at a page boundary, a shuffled page table, both layouts.
+    /// The rows `row_offsets` finds are the ones `gather` copies: every kv head, a range
+    /// starting and ending inside pages, a shuffled page table, both layouts, D != Dv.
     #[test]
-    fn gather_by_position_matches_gather() {
-        let (b, hkv, d, ps, max_pages) = (2, 3, 4, 4, 5);
+    fn row_offsets_find_the_rows_gather_copies() {
+        let (b, hkv, d, dv, ps, max_pages) = (2, 3, 4, 3, 4, 5);
         let num_pages = b * max_pages + 1;
         let table: Vec<i32> = (0..(b * max_pages) as i32)
             .map(|i| (i * 7 + 3) % num_pages as i32)
@@ -738,7 +708,7 @@ mod tests {
                 hkv,
                 lq: 1,
                 d,
-                dv: d,
+                dv,
                 layout,
             };
             let rows = match layout {
@@ -746,7 +716,7 @@ mod tests {
                 CacheLayout::Contiguous { lkv_max } => b * lkv_max,
             };
             let k: Vec<f32> = (0..rows * hkv * d).map(|i| i as f32).collect();
-            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            let v: Vec<f32> = (0..rows * hkv * dv).map(|i| -(i as f32)).collect();
             let pt = if matches!(layout, CacheLayout::Paged { .. }) {
                 &table[..]
             } else {
@@ -758,10 +728,25 @@ mod tests {
                 page_table: pt,
                 seq_lens: &[20, 17],
             };
-            let (mut k1, mut v1, mut k2, mut v2) = (vec![], vec![], vec![], vec![]);
+            let (mut k1, mut v1) = (vec![], vec![]);
             shape.gather(&view, 1, 3, 17, &mut k1, &mut v1);
-            shape.gather_by_position(&view, 1, 3, 17, &mut k2, &mut v2);
-            assert_eq!((k1.len(), &k1, &v1), (hkv * 14 * d, &k2, &v2), "{layout:?}");
+            assert_eq!((k1.len(), v1.len()), (hkv * 14 * d, hkv * 14 * dv));
+            let (mut kr, mut vr) = (vec![], vec![]);
+            for hk in 0..hkv {
+                shape.row_offsets(&view, 1, hk, (3, 17), &mut kr, &mut vr);
+                assert_eq!((kr.len(), vr.len()), (14, 14));
+                for j in 0..14 {
+                    let (kg, vg) = (
+                        &k1[(hk * 14 + j) * d..][..d],
+                        &v1[(hk * 14 + j) * dv..][..dv],
+                    );
+                    assert_eq!(&k[kr[j]..][..d], kg, "{layout:?} hk {hk} row {j}");
+                    assert_eq!(&v[vr[j]..][..dv], vg, "{layout:?} hk {hk} row {j}");
+                }
+            }
+            // an empty range gives no rows
+            shape.row_offsets(&view, 0, 0, (5, 5), &mut kr, &mut vr);
+            assert!(kr.is_empty() && vr.is_empty());
         }
     }
 

@@ -756,3 +756,112 @@ fn bad_calls_are_errors() {
         Err(CpuError::Verify(_))
     ));
 }
+
+/// A kernel compiled with `kv_rows` reads K and V rows through offset tables (a paged
+/// cache read in place): rows scattered in a larger buffer, in shuffled order and with a
+/// gap between them, give the bits the dense kernel gives on the same rows, in every
+/// micro-kernel build, for odd block sizes, GQA and D != Dv. Bad tables are errors.
+#[test]
+fn kv_rows_read_scattered_rows_bit_identically() {
+    use attnc_compiler::backend::cranelift::KvRows;
+    let mut rng = StdRng::seed_from_u64(21);
+    let p = document();
+    let c = case(&mut rng, shape(2, 4, 2, 37, 83, 64, 40));
+    let bind = docs(2, 83, 5, &mut rng);
+    let s = c.shape;
+    let rows = s.b * s.hkv * s.lkv;
+    // row r of the dense tensors goes to slot perm[r], slots (D + 3) / (Dv + 5) floats apart
+    let mut perm: Vec<usize> = (0..rows).collect();
+    for i in (1..rows).rev() {
+        perm.swap(i, rng.random_range(0..=i));
+    }
+    let (ks, vs) = (s.d + 3, s.dv + 5);
+    let (mut kbuf, mut vbuf) = (vec![f32::NAN; rows * ks], vec![f32::NAN; rows * vs]);
+    for (r, &slot) in perm.iter().enumerate() {
+        kbuf[slot * ks..][..s.d].copy_from_slice(&c.k[r * s.d..][..s.d]);
+        vbuf[slot * vs..][..s.dv].copy_from_slice(&c.v[r * s.dv..][..s.dv]);
+    }
+    let k_rows: Vec<usize> = perm.iter().map(|x| x * ks).collect();
+    let v_rows: Vec<usize> = perm.iter().map(|x| x * vs).collect();
+    let kv = KvRows {
+        k: &kbuf,
+        v: &vbuf,
+        k_rows: &k_rows,
+        v_rows: &v_rows,
+    };
+    let run_rows = |k: &CpuKernel, kv: KvRows| {
+        let maps = exact_maps(&p, &s, &bind, k);
+        let mut o = vec![f32::NAN; s.o_len()];
+        let mut lse = vec![f32::NAN; s.lse_len()];
+        k.run_rows(
+            &s,
+            &c.q,
+            kv,
+            s.default_scale(),
+            &bind,
+            &maps,
+            &Scoped(2),
+            &mut o,
+            &mut lse,
+        )
+        .map(|()| (o, lse))
+    };
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if !isa.supported() {
+            eprintln!("skipped: {isa:?} not supported here");
+            continue;
+        }
+        for (qb, kb) in [(64, 64), (16, 7)] {
+            let opts = CpuOptions {
+                q_block: qb,
+                kv_block: kb,
+                isa: Some(isa),
+                ..CpuOptions::default()
+            };
+            let dense = compile(&p, &opts).unwrap();
+            let rows_k = compile(
+                &p,
+                &CpuOptions {
+                    kv_rows: true,
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
+            let want = run(&dense, &c, &bind, &exact_maps(&p, &s, &bind, &dense), 2).unwrap();
+            assert_eq!(run_rows(&rows_k, kv).unwrap(), want, "{isa:?} {qb}x{kb}");
+            check(&dense, &p, &c, &bind, 2);
+            // each kernel takes only its own form of K/V
+            assert!(matches!(run_rows(&dense, kv), Err(CpuError::Options(_))));
+            let maps = exact_maps(&p, &s, &bind, &rows_k);
+            assert!(matches!(
+                run(&rows_k, &c, &bind, &maps, 1),
+                Err(CpuError::Options(_))
+            ));
+        }
+    }
+    let k = compile(
+        &p,
+        &CpuOptions {
+            kv_rows: true,
+            ..CpuOptions::default()
+        },
+    )
+    .unwrap();
+    // a row reaching past its tensor, a short table
+    let mut bad = v_rows.clone();
+    bad[rows / 2] = vbuf.len() - s.dv + 1;
+    let e = run_rows(&k, KvRows { v_rows: &bad, ..kv }).unwrap_err();
+    assert!(
+        matches!(e, CpuError::Row { what: "v_rows", index, .. } if index == rows / 2),
+        "{e}"
+    );
+    let e = run_rows(
+        &k,
+        KvRows {
+            k_rows: &k_rows[1..],
+            ..kv
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, CpuError::Length { what: "k_rows", .. }), "{e}");
+}

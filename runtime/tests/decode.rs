@@ -8,6 +8,8 @@
 //!   lengths, seq_lens varying across the batch (0, 1, short of Lq, full), contiguous
 //!   and paged caches (page 16 and 32, shuffled tables), GQA 1:1 to 8:1, several thread
 //!   counts (the split changes, the result must not beyond rounding).
+//! - Paged caches (pages 16/32/128) give the bits of a contiguous cache with the same
+//!   logical K/V: one kernel reads both in place.
 //! - Validation: E0320..E0323 name the tensor; fast mode clamps bad page ids.
 //! - Checked mode reports an out-of-range captured-tensor read at logical positions.
 
@@ -271,6 +273,69 @@ fn cpu_decode_lq16_long_chunks() {
                     .unwrap();
                     let what = format!("{file} Hq{hq} Hkv{hkv} page {page:?} threads {threads}");
                     close_o_lse(&what, &got, &want, 2e-4);
+                }
+            }
+        }
+    }
+}
+
+/// A paged cache is read in place through the same kernel, chunks and combine as a
+/// contiguous one: the same logical K/V give the same bits in both layouts, for pages
+/// smaller and larger than the kernel's kv block (16, 32, 128: a block spans pages, a
+/// page spans blocks), shuffled tables, lengths 0/1/odd, Lq 1 and 4, GQA 4:1 and 8:1,
+/// 1 and 3 threads, causal and sliding window; and both agree with the oracle.
+#[test]
+fn cpu_decode_paged_gives_the_contiguous_bits() {
+    for (file, captures) in [
+        ("causal", Captures::default()),
+        (
+            "sliding_window",
+            Captures::default().param("window", ParamValue::I32(300)),
+        ),
+    ] {
+        let compiled = example(file);
+        let name = compiled.names()[0].to_string();
+        for (lq, hq, hkv) in [(1, 8, 2), (4, 16, 2)] {
+            let lens = vec![1000, 0, 1, 777, 64];
+            let make = |page| {
+                case(
+                    &mut Rng(0x9a9e),
+                    5,
+                    hq,
+                    hkv,
+                    lq,
+                    32,
+                    1000,
+                    lens.clone(),
+                    page,
+                )
+            };
+            let contiguous = make(None);
+            let want = run(
+                &compiled,
+                &name,
+                &contiguous,
+                Backend::Reference,
+                1,
+                &captures,
+                false,
+            )
+            .unwrap();
+            for threads in [1, 3] {
+                let cpu = |c: &decode_util::Case| {
+                    run(&compiled, &name, c, Backend::Cpu, threads, &captures, false).unwrap()
+                };
+                let base = cpu(&contiguous);
+                let what = format!("{file} Lq{lq} Hq{hq} Hkv{hkv} threads {threads}");
+                close_o_lse(&what, &base, &want, 2e-4);
+                for page in [16, 32, 128] {
+                    let got = cpu(&make(Some(page)));
+                    let bits =
+                        |t: &Tensor| t.to_f32().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(
+                        bits(&got.o) == bits(&base.o) && bits(&got.lse) == bits(&base.lse),
+                        "{what} page {page}: paged and contiguous differ"
+                    );
                 }
             }
         }

@@ -16,23 +16,22 @@
 //! each kv head runs the prefill kernel once, single-threaded, on a packed tile (GQA
 //! packing): the `G x rows` rows of its query heads as one head's rows (row `r` is query
 //! head `hk G + r / rows` at position `pos + r % rows`, which the packed program
-//! computes from `__h0` and `__rows`), against the chunk's K/V of that kv head read once:
-//! in place for a contiguous cache (a slice, no copy); for a paged one the chunk's rows of
-//! every kv head are first copied through the page table at once, in cache order
-//! (`DecodeShape::gather_by_position`: each position's `Hkv x D` run read once), where a
-//! copy per kv head read `D` elements every `Hkv x D` (measured on the 2-core build
-//! machine, B8 Lkv4096 Lq1 paged 16: 1.28-1.61x contiguous before, 0.97-1.08x after).
-//! The packed map ([`pack_map`]) makes a packed block full only where it is
+//! computes from `__h0` and `__rows`), against the chunk's K/V of that kv head read once,
+//! in place from either cache: the kernel is compiled with `CpuOptions::kv_rows` and
+//! finds each row through a table of offsets (`DecodeShape::row_offsets`: within a page, rows of a
+//! kv head are `Hkv x D` apart; the page table is read once a page). Session 6-7 copied
+//! a paged chunk's rows of every kv head first (4 MB a work item at D128 Hkv8, 512 keys):
+//! at 16 threads that copy, written out and read back, took paged caches to 1.6-2.6x the
+//! contiguous time. The packed map ([`pack_map`]) makes a packed block full only where it is
 //! full for every row it holds. Partials (per head and row) merge exactly ([`combine`]),
 //! in split order (deterministic), one task per (sequence, query head) on the pool.
 //! Checked mode: every block partial, and the reported read is the one of the lowest
 //! failing work item (items ascend in (b, position) order; kv heads in order within one).
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
-use attnc_compiler::backend::cranelift::{CpuError, CpuKernel};
+use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, KvRows};
 use attnc_compiler::decode::{
-    CacheLayout, DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets,
-    set_packed_offsets,
+    DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets, set_packed_offsets,
 };
 use attnc_compiler::interp::{Bindings, EvalError};
 use attnc_compiler::plan::Plan;
@@ -116,22 +115,18 @@ const ITEMS_PER_THREAD: usize = 4;
 /// keys, at least [`MIN_CHUNK`], a multiple of the kv block `kb`. An item holds at most
 /// [`MAX_CHUNK_BYTES`] of one kv head's K and V (`dsum = D + Dv` floats a key) when its
 /// keys are read more than once: when a packed tile spans several q blocks (`tile_rows >
-/// qb`: each q block walks them again) and when they are first copied (`copied`: a paged
-/// cache, every kv head's rows gathered, then read by the kernel). A contiguous cache
-/// under a tile of one q block reads each kv block once (the score tile, then the PV
-/// product) and takes longer chunks: fewer items, so fewer partial O's, `Q` packings and
-/// combines (2 threads, B1 Hq32 Hkv8 Lq16 Lkv8192 D128: 8 items of 1024 keys instead
-/// of 16 of 512). Measured on the 2-core build machine (quiet, B8 Lkv4096 Lq1 and B1
-/// Lkv8192 Lq16 paged 16, chunk 128 / 256 / 512 / 1024 keys, ms): 23.7 / 19.0 / 18.7 /
-/// 20.0 and 22.7 / 18.0 / 16.7 / 19.4: the cap stays for copied chunks.
+/// qb`: each q block walks them again). A tile of one q block reads each kv block once
+/// (the score tile, then the PV product), in place from either cache, and takes longer
+/// chunks: fewer items, so fewer partial O's, `Q` packings and combines (2 threads, B1
+/// Hq32 Hkv8 Lq16 Lkv8192 D128: 8 items of 1024 keys instead of 16 of 512).
 fn chunk_len(
     total: usize,
     threads: usize,
-    (tile_rows, copied): (usize, bool),
+    tile_rows: usize,
     (qb, kb): (usize, usize),
     dsum: usize,
 ) -> usize {
-    let max = if tile_rows > qb || copied {
+    let max = if tile_rows > qb {
         (MAX_CHUNK_BYTES / (4 * dsum.max(1))).max(MIN_CHUNK)
     } else {
         usize::MAX
@@ -155,8 +150,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         .map(|q| group * (s.lq - q.first))
         .max()
         .unwrap_or(0);
-    let copied = matches!(s.layout, CacheLayout::Paged { .. });
-    let chunk = chunk_len(total, c.threads, (tile_rows, copied), (qb, kb), s.d + s.dv);
+    let chunk = chunk_len(total, c.threads, tile_rows, (qb, kb), s.d + s.dv);
     let mut items = Vec::new();
     for (i, (lo, hi)) in spans.iter().enumerate() {
         let mut at = *lo;
@@ -190,7 +184,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         .collect();
     let worker = || {
         let mut bind = c.bind.clone();
-        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
         loop {
             let it = next.fetch_add(1, Ordering::Relaxed);
             if it >= items.len() || stop.load(Ordering::Relaxed) {
@@ -205,20 +199,10 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
             let mut o = vec![0f32; s.hq * rows * s.dv];
             let mut lse = vec![0f32; s.hq * rows];
             let mut failed = None;
-            // a paged cache: every kv head of the chunk copied at once, in cache order
-            if s.head_slices(c.view, seq.b, 0, item.start, item.end)
-                .is_none()
-            {
-                s.gather_by_position(c.view, seq.b, item.start, item.end, &mut kbuf, &mut vbuf);
-            }
             for hk in 0..s.hkv {
-                let (k, v) = match s.head_slices(c.view, seq.b, hk, item.start, item.end) {
-                    Some(kv) => kv,
-                    None => (
-                        &kbuf[hk * len * s.d..][..len * s.d],
-                        &vbuf[hk * len * s.dv..][..len * s.dv],
-                    ),
-                };
+                // the chunk's K/V rows of kv head hk, read in place through the page table
+                let span = (item.start, item.end);
+                s.row_offsets(c.view, seq.b, hk, span, &mut k_rows, &mut v_rows);
                 set_packed_offsets(
                     &mut bind,
                     base,
@@ -226,11 +210,16 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
                 );
                 let maps =
                     BlockMaps::single(slice_map(packed[item.seq].of(hk), item.start / kb, len));
-                let r = c.kernel.run(
+                let kv = KvRows {
+                    k: c.view.k,
+                    v: c.view.v,
+                    k_rows: &k_rows,
+                    v_rows: &v_rows,
+                };
+                let r = c.kernel.run_rows(
                     &packed_shape(s, tile, len),
                     &qbuf[hk * tile * s.d..][..tile * s.d],
-                    k,
-                    v,
+                    kv,
                     c.scale,
                     &bind,
                     &maps,
@@ -471,23 +460,19 @@ mod tests {
     use super::*;
 
     /// Chunks are whole kv blocks, at least `MIN_CHUNK`, about `ITEMS_PER_THREAD` per
-    /// thread; capped where the keys are read twice (a tile over several q blocks, a
-    /// copied paged chunk), not for a contiguous cache under one q block.
+    /// thread; capped where the keys are read twice (a tile over several q blocks), not
+    /// under one q block.
     #[test]
     fn chunk_len_caps_only_keys_read_twice() {
         let (qb, kb, dsum) = (64, 64, 256);
         let cap = MAX_CHUNK_BYTES / (4 * dsum);
         // B1 Lkv8192 Lq16 G4 at 2 threads: 8 items of 1024 keys
-        assert_eq!(chunk_len(8192, 2, (64, false), (qb, kb), dsum), 1024);
-        assert_eq!(chunk_len(8192, 2, (64, true), (qb, kb), dsum), cap);
-        assert_eq!(chunk_len(8192, 2, (128, false), (qb, kb), dsum), cap);
+        assert_eq!(chunk_len(8192, 2, 64, (qb, kb), dsum), 1024);
+        assert_eq!(chunk_len(8192, 2, 128, (qb, kb), dsum), cap);
         // short: the minimum; odd: rounded up to whole blocks
-        assert_eq!(chunk_len(300, 16, (4, false), (qb, kb), dsum), MIN_CHUNK);
-        assert_eq!(chunk_len(5000, 4, (16, false), (qb, kb), dsum), 320);
+        assert_eq!(chunk_len(300, 16, 4, (qb, kb), dsum), MIN_CHUNK);
+        assert_eq!(chunk_len(5000, 4, 16, (qb, kb), dsum), 320);
         // a huge head dimension never takes the cap below the minimum
-        assert_eq!(
-            chunk_len(1 << 20, 1, (4, true), (qb, kb), 1 << 20),
-            MIN_CHUNK
-        );
+        assert_eq!(chunk_len(1 << 20, 1, 128, (qb, kb), 1 << 20), MIN_CHUNK);
     }
 }

@@ -296,6 +296,8 @@ impl DecodeState {
                     kv_block: 64,
                     checked,
                     isa: None,
+                    // K/V read in place, through row tables (cpu.rs)
+                    kv_rows: true,
                 };
                 let plan = Plan::new(&offset_program(program));
                 let packed = Plan::new(&packed_offset_program(program));

@@ -30,6 +30,8 @@ pub struct TensorDesc {
 #[derive(Debug)]
 pub struct Ctx {
     pub q: *const f32,
+    /// `[B, Hkv, Lkv, D]` / `[B, Hkv, Lkv, Dv]`, or with `CpuOptions::kv_rows` tables of
+    /// `B x Hkv x Lkv` row pointers (`*const *const f32`).
     pub k: *const f32,
     pub v: *const f32,
     pub o: *mut f32,

@@ -20,6 +20,9 @@
 //! end(tile, O rows, LSE rows)                    // O = acc / l, LSE = m + ln l
 //! ```
 //!
+//! With `CpuOptions::kv_rows` the K and V blocks are slices of row-pointer tables and
+//! `qk`/`softmax_pv` are their `_rows` forms (a decoding step reading a paged cache in place).
+//!
 //! Columns `>= Lkv` never exist (`ncols` bounds every loop) and rows `>= Lq` are padding.
 
 // `x.as_deref_mut()` on an `Option<&mut Lowering>` is the reborrow that lets one lowering
@@ -150,20 +153,37 @@ fn body<'p>(
     let qptr = g.b.ins().iadd(qbase, qoff);
     g.call(micro::BEGIN, &[tile, qptr, nrows, scale])?;
 
-    // ---- K/V of kv head hk
+    // ---- K/V of kv head hk: dense rows (`d`, `dv` floats a row), or one row pointer a
+    // row (`opts.kv_rows`, the micro-kernels' `_rows` forms)
     let bhk = g.b.ins().imul(bi, hkv);
     let bhk = g.b.ins().iadd(bhk, hk);
     let kvrow0 = g.b.ins().imul(bhk, lkv);
     let kbase = g.ld(i64t, ctx, off::CTX_K);
-    let koff = g.b.ins().imul(kvrow0, d);
-    let koff = g.b.ins().ishl_imm_u(koff, 2);
-    let kbase = g.b.ins().iadd(kbase, koff);
-    let vbase = g.ld(i64t, ctx, off::CTX_V);
-    let voff = g.b.ins().imul(kvrow0, dv);
-    let voff = g.b.ins().ishl_imm_u(voff, 2);
-    let vbase = g.b.ins().iadd(vbase, voff);
-    let kstride = g.b.ins().ishl_imm_u(d, 2);
-    let vstride = g.b.ins().ishl_imm_u(dv, 2);
+    let (kbase, vbase, kstride, vstride) = if opts.kv_rows {
+        // 8-byte pointers: the table of (b, hk) starts at entry (b Hkv + hk) Lkv
+        let toff = g.b.ins().ishl_imm_u(kvrow0, 3);
+        let kbase = g.b.ins().iadd(kbase, toff);
+        let vbase = g.ld(i64t, ctx, off::CTX_V);
+        let vbase = g.b.ins().iadd(vbase, toff);
+        let eight = g.b.ins().iconst(i64t, 8);
+        (kbase, vbase, eight, eight)
+    } else {
+        let koff = g.b.ins().imul(kvrow0, d);
+        let koff = g.b.ins().ishl_imm_u(koff, 2);
+        let kbase = g.b.ins().iadd(kbase, koff);
+        let vbase = g.ld(i64t, ctx, off::CTX_V);
+        let voff = g.b.ins().imul(kvrow0, dv);
+        let voff = g.b.ins().ishl_imm_u(voff, 2);
+        let vbase = g.b.ins().iadd(vbase, voff);
+        let kstride = g.b.ins().ishl_imm_u(d, 2);
+        let vstride = g.b.ins().ishl_imm_u(dv, 2);
+        (kbase, vbase, kstride, vstride)
+    };
+    let (qk_fn, spv_fn) = if opts.kv_rows {
+        (micro::QK_ROWS, micro::SOFTMAX_PV_ROWS)
+    } else {
+        (micro::QK, micro::SOFTMAX_PV)
+    };
 
     // ---- the IR's environment and its loop-invariant values
     let b32 = g.b.ins().ireduce(types::I32, bi);
@@ -268,7 +288,7 @@ fn body<'p>(
             let ncols = g.b.ins().smin(left, bkv_v);
             let ko = g.b.ins().imul(kv0, kstride);
             let kp = g.b.ins().iadd(kbase, ko);
-            g.call(micro::QK, &[tile, kp, ncols])?;
+            g.call(qk_fn, &[tile, kp, ncols])?;
             let site = Site {
                 st,
                 qslots,
@@ -300,7 +320,7 @@ fn body<'p>(
             }
             let vo = g.b.ins().imul(kv0, vstride);
             let vp = g.b.ins().iadd(vbase, vo);
-            g.call(micro::SOFTMAX_PV, &[tile, vp, ncols])
+            g.call(spv_fn, &[tile, vp, ncols])
         })
     })?;
 

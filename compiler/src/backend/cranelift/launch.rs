@@ -41,13 +41,116 @@ impl Shared {
 
 static ZERO_WORD: u32 = 0;
 
+/// K and V rows found through offsets: row `j` of kv head `hk` of sequence `b` (entry
+/// `(b Hkv + hk) Lkv + j` of each table) is `k[k_rows[e]..][..D]` and `v[v_rows[e]..][..Dv]`,
+/// for a kernel compiled with `CpuOptions::kv_rows` (a paged KV cache read in place).
+#[derive(Clone, Copy, Debug)]
+pub struct KvRows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub k_rows: &'a [usize],
+    pub v_rows: &'a [usize],
+}
+
+/// The K and V of one call, as the kernel was compiled to read them.
+#[derive(Clone, Copy, Debug)]
+pub enum KvInput<'a> {
+    /// `k[B, Hkv, Lkv, D]`, `v[B, Hkv, Lkv, Dv]`.
+    Dense {
+        k: &'a [f32],
+        v: &'a [f32],
+    },
+    Rows(KvRows<'a>),
+}
+
+/// Checks the K/V of a call against the shape and the kernel's form; returns the
+/// pointers `Ctx` gets (the caller keeps `tables` alive while the kernel runs): the
+/// tensors, or tables of row pointers, each row checked inside its tensor.
+fn kv_pointers(
+    kern: &CpuKernel,
+    shape: &Shape,
+    kv: KvInput,
+    tables: &mut [Vec<*const f32>; 2],
+) -> Result<(*const f32, *const f32), CpuError> {
+    let length = |what, expected, got| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(CpuError::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    match (kv, kern.opts.kv_rows) {
+        (KvInput::Dense { k, v }, false) => {
+            length("k", shape.k_len(), k.len())?;
+            length("v", shape.v_len(), v.len())?;
+            Ok((k.as_ptr(), v.as_ptr()))
+        }
+        (KvInput::Rows(r), true) => {
+            let rows = shape.b * shape.hkv * shape.lkv;
+            let [kt, vt] = tables;
+            let pad = kern.opts.kv_block;
+            row_table("k_rows", r.k_rows, (r.k, shape.d), (rows, pad), kt)?;
+            row_table("v_rows", r.v_rows, (r.v, shape.dv), (rows, pad), vt)?;
+            Ok((kt.as_ptr() as *const f32, vt.as_ptr() as *const f32))
+        }
+        (_, rows) => Err(CpuError::Options(format!(
+            "the kernel reads K/V {}, the call gives {}",
+            if rows {
+                "through row tables"
+            } else {
+                "as dense tensors"
+            },
+            if rows { "dense tensors" } else { "row tables" }
+        ))),
+    }
+}
+
+/// `out[e]` = the row at `offs[e]` of `x` (`n` floats each), after checking that there
+/// are `rows` entries and that each row lies inside `x`; then `pad` more entries (the
+/// start of `x`), which the micro-kernels read to prefetch the block after the last.
+fn row_table(
+    what: &'static str,
+    offs: &[usize],
+    (x, n): (&[f32], usize),
+    (rows, pad): (usize, usize),
+    out: &mut Vec<*const f32>,
+) -> Result<(), CpuError> {
+    if offs.len() != rows {
+        return Err(CpuError::Length {
+            what,
+            expected: rows,
+            got: offs.len(),
+        });
+    }
+    out.clear();
+    out.reserve(rows + pad);
+    for (index, &at) in offs.iter().enumerate() {
+        if at.checked_add(n).is_none_or(|end| end > x.len()) {
+            return Err(CpuError::Row {
+                what,
+                index,
+                at,
+                len: n,
+                size: x.len(),
+            });
+        }
+        // SAFETY: `at + n <= x.len()`: the row lies inside `x`.
+        out.push(unsafe { x.as_ptr().add(at) });
+    }
+    out.extend(std::iter::repeat_n(x.as_ptr(), pad));
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     kern: &CpuKernel,
     shape: &Shape,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    kv: KvInput,
     scale: f32,
     bind: &Bindings,
     maps: &BlockMaps,
@@ -58,8 +161,6 @@ pub fn run(
     shape.validate()?;
     for (what, expected, got) in [
         ("q", shape.q_len(), q.len()),
-        ("k", shape.k_len(), k.len()),
-        ("v", shape.v_len(), v.len()),
         ("o", shape.o_len(), o.len()),
         ("lse", shape.lse_len(), lse.len()),
     ] {
@@ -77,10 +178,12 @@ pub fn run(
     let params = param_words(&kern.program, bind)?;
     let tensors = tensor_descs(&kern.program, shape, bind)?;
     let (row_start, runs) = maps.flatten_csr();
+    let mut tables = [Vec::new(), Vec::new()];
+    let (k, v) = kv_pointers(kern, shape, kv, &mut tables)?;
     let ctx = Shared(Ctx {
         q: q.as_ptr(),
-        k: k.as_ptr(),
-        v: v.as_ptr(),
+        k,
+        v,
         o: o.as_mut_ptr(),
         lse: lse.as_mut_ptr(),
         hq: shape.hq as i64,

@@ -12,7 +12,11 @@
 //! AVX2+FMA and portable (the same plain-Rust bodies, auto-vectorized for each target).
 //!
 //! Layouts (see `abi`): `qt[d][bq]`, `st[j][bq]` (query index fastest, so the softmax is
-//! vectorized across queries), `acc[bq][dv]`, K and V rows contiguous (`[j][d]`, `[j][dv]`).
+//! vectorized across queries), `acc[bq][dv]`. K and V rows are contiguous (`[j][d]`,
+//! `[j][dv]`) for [`qk`] / [`softmax_pv`], or found through a table of row pointers for
+//! [`qk_rows`] / [`softmax_pv_rows`] (a decoding step reading a paged cache in place: the
+//! rows of one kv head sit `Hkv x D` apart within a page, pages anywhere). The products
+//! reach rows only through [`Rows`], so both forms run the same code.
 //! Rows `i >= nrows` of a tile are padding: computed on zeros, never written out.
 
 use super::abi::Tile;
@@ -65,7 +69,7 @@ impl Isa {
 
     /// `(symbol, address)` of every micro-kernel of this variant, under the names the
     /// generated code imports.
-    pub fn symbols(self) -> [(&'static str, *const u8); 4] {
+    pub fn symbols(self) -> [(&'static str, *const u8); 6] {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => [
@@ -73,6 +77,8 @@ impl Isa {
                 (QK, x86::qk_avx512 as *const u8),
                 (SOFTMAX_PV, x86::softmax_pv_avx512 as *const u8),
                 (END, x86::end_avx512 as *const u8),
+                (QK_ROWS, x86::qk_rows_avx512 as *const u8),
+                (SOFTMAX_PV_ROWS, x86::softmax_pv_rows_avx512 as *const u8),
             ],
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => [
@@ -80,12 +86,16 @@ impl Isa {
                 (QK, x86::qk_avx2 as *const u8),
                 (SOFTMAX_PV, x86::softmax_pv_avx2 as *const u8),
                 (END, x86::end_avx2 as *const u8),
+                (QK_ROWS, x86::qk_rows_avx2 as *const u8),
+                (SOFTMAX_PV_ROWS, x86::softmax_pv_rows_avx2 as *const u8),
             ],
             _ => [
                 (BEGIN, begin as *const u8),
                 (QK, qk as *const u8),
                 (SOFTMAX_PV, softmax_pv as *const u8),
                 (END, end as *const u8),
+                (QK_ROWS, qk_rows as *const u8),
+                (SOFTMAX_PV_ROWS, softmax_pv_rows as *const u8),
             ],
         }
     }
@@ -96,6 +106,71 @@ pub const BEGIN: &str = "attnc_tile_begin";
 pub const QK: &str = "attnc_tile_qk";
 pub const SOFTMAX_PV: &str = "attnc_tile_softmax_pv";
 pub const END: &str = "attnc_tile_end";
+pub const QK_ROWS: &str = "attnc_tile_qk_rows";
+pub const SOFTMAX_PV_ROWS: &str = "attnc_tile_softmax_pv_rows";
+
+/// Where the products find row `j` (`0..ncols`) of a K or V block.
+pub(crate) trait Rows: Copy {
+    /// # Safety
+    /// `j` is below the block's `ncols`; the pointer is valid for a row's floats.
+    unsafe fn row(self, j: usize) -> *const f32;
+
+    /// Asks for the `n` rows of `floats` floats after the block's `ncols` (the next
+    /// block) to be brought to L2 while this one is computed. Dense rows stream and the
+    /// hardware prefetcher finds them: nothing to do.
+    ///
+    /// # Safety
+    /// For a table, entries `ncols..ncols + n` exist (`launch` pads every table by a
+    /// kv block); a prefetch itself never faults.
+    #[inline(always)]
+    unsafe fn prefetch_next(self, _ncols: usize, _n: usize, _floats: usize) {}
+}
+
+/// Rows `ld` floats apart from the block's first.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided(pub *const f32, pub usize);
+
+impl Rows for Strided {
+    #[inline(always)]
+    unsafe fn row(self, j: usize) -> *const f32 {
+        // SAFETY: the caller keeps `j` inside the block.
+        unsafe { self.0.add(j * self.1) }
+    }
+}
+
+/// Row `j` at `table[j]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Table(pub *const *const f32);
+
+impl Rows for Table {
+    #[inline(always)]
+    unsafe fn row(self, j: usize) -> *const f32 {
+        // SAFETY: the caller keeps `j` inside the block, whose table entries are rows.
+        unsafe { *self.0.add(j) }
+    }
+
+    /// A paged cache's rows of one kv head are `Hkv x D` floats apart (each in its own
+    /// 4 KB page at D128 Hkv8), which the hardware prefetchers do not follow: each row
+    /// would wait for memory when the products reach it.
+    #[inline(always)]
+    unsafe fn prefetch_next(self, ncols: usize, n: usize, floats: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for j in ncols..ncols + n {
+            // SAFETY: entries up to `ncols + n` exist (the caller's contract).
+            let row = unsafe { *self.0.add(j) } as *const i8;
+            for line in (0..floats * 4).step_by(64) {
+                // SAFETY: a prefetch does not fault, whatever the address.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        row.wrapping_add(line),
+                    )
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (ncols, n, floats);
+    }
+}
 
 /// `exp` for the softmax: Cephes' minimax polynomial after range reduction, about 2 ulp
 /// on its range. Returns exactly 0 below -87.33 (so `exp(-inf) = 0`: masked entries
@@ -174,9 +249,9 @@ fn live_rows(t: &Tile) -> usize {
 }
 
 /// # Safety
-/// `t` is valid; `k` points at `ncols` rows of `d` floats; `ncols <= bkv`.
+/// `t` is valid; `k` gives `ncols` rows of `d` floats; `ncols <= bkv`.
 #[inline(always)]
-unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
+unsafe fn qk_body<R: Rows>(t: *mut Tile, k: R, ncols: i64) {
     // SAFETY: as documented above.
     unsafe {
         let t = &*t;
@@ -184,12 +259,13 @@ unsafe fn qk_body(t: *mut Tile, k: *const f32, ncols: i64) {
         let ncols = ncols as usize;
         let qt = std::slice::from_raw_parts(t.qt, d * bq);
         let st = std::slice::from_raw_parts_mut(t.st, ncols * bq);
-        let k = std::slice::from_raw_parts(k, ncols * d);
         let nr = live_rows(t);
+        k.prefetch_next(ncols, t.bkv as usize, d);
         for j in 0..ncols {
             let srow = &mut st[j * bq..][..nr];
             srow.fill(0.0);
-            for (dd, kx) in k[j * d..][..d].iter().enumerate() {
+            let krow = std::slice::from_raw_parts(k.row(j), d);
+            for (dd, kx) in krow.iter().enumerate() {
                 let qrow = &qt[dd * bq..][..nr];
                 for (s, x) in srow.iter_mut().zip(qrow) {
                     *s += *kx * *x;
@@ -257,9 +333,9 @@ unsafe fn softmax_body<const FMA: bool>(t: *mut Tile, ncols: i64) {
 /// `acc[i] = acc[i]·alpha[i] + Σ_j P[j][i]·V[j]` for the tile's live rows.
 ///
 /// # Safety
-/// `t` is valid; `v` points at `ncols` rows of `dv` floats.
+/// `t` is valid; `v` gives `ncols` rows of `dv` floats.
 #[inline(always)]
-unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
+unsafe fn pv_body<R: Rows>(t: *mut Tile, v: R, ncols: i64) {
     // SAFETY: as documented above.
     unsafe {
         let t = &*t;
@@ -268,7 +344,7 @@ unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
         let st = std::slice::from_raw_parts(t.st, ncols * bq);
         let acc = std::slice::from_raw_parts_mut(t.acc, bq * dv);
         let alpha = std::slice::from_raw_parts(t.alpha, bq);
-        let v = std::slice::from_raw_parts(v, ncols * dv);
+        v.prefetch_next(ncols, t.bkv as usize, dv);
         for i in 0..nrows {
             let arow = &mut acc[i * dv..][..dv];
             let a = alpha[i];
@@ -276,7 +352,8 @@ unsafe fn pv_body(t: *mut Tile, v: *const f32, ncols: i64) {
             for j in 0..ncols {
                 let p = st[j * bq + i];
                 if p != 0.0 {
-                    for (x, y) in arow.iter_mut().zip(&v[j * dv..][..dv]) {
+                    let vrow = std::slice::from_raw_parts(v.row(j), dv);
+                    for (x, y) in arow.iter_mut().zip(vrow) {
                         *x += p * *y;
                     }
                 }
@@ -343,8 +420,8 @@ pub unsafe extern "C" fn begin(t: *mut Tile, q: *const f32, nrows: i64, scale: f
 /// # Safety
 /// See `qk_body`.
 pub unsafe extern "C" fn qk(t: *mut Tile, k: *const f32, ncols: i64) {
-    // SAFETY: forwarded contract.
-    unsafe { qk_body(t, k, ncols) }
+    // SAFETY: forwarded contract; the tile's `d` is the row length.
+    unsafe { qk_body(t, Strided(k, (*t).d as usize), ncols) }
 }
 
 /// Softmax update then `acc += P·V`.
@@ -355,7 +432,28 @@ pub unsafe extern "C" fn softmax_pv(t: *mut Tile, v: *const f32, ncols: i64) {
     // SAFETY: forwarded contract.
     unsafe {
         softmax_body::<false>(t, ncols);
-        pv_body(t, v, ncols)
+        pv_body(t, Strided(v, (*t).dv as usize), ncols)
+    }
+}
+
+/// [`qk`] on the rows `k[0..ncols]` point at.
+///
+/// # Safety
+/// See `qk_body`: `k` holds `ncols` pointers to rows of `d` floats.
+pub unsafe extern "C" fn qk_rows(t: *mut Tile, k: *const *const f32, ncols: i64) {
+    // SAFETY: forwarded contract.
+    unsafe { qk_body(t, Table(k), ncols) }
+}
+
+/// [`softmax_pv`] on the rows `v[0..ncols]` point at.
+///
+/// # Safety
+/// See `softmax_body` and `pv_body`: `v` holds `ncols` pointers to rows of `dv` floats.
+pub unsafe extern "C" fn softmax_pv_rows(t: *mut Tile, v: *const *const f32, ncols: i64) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        softmax_body::<false>(t, ncols);
+        pv_body(t, Table(v), ncols)
     }
 }
 
@@ -376,7 +474,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     macro_rules! wrap {
-        ($feat:literal, $begin:ident, $qk:ident, $spv:ident, $end:ident, $qkb:path, $pvb:path) => {
+        ($feat:literal, $begin:ident, $qk:ident, $spv:ident, $end:ident, $qkr:ident, $spvr:ident,
+         $qkb:ident, $pvb:ident) => {
             /// # Safety
             /// The CPU supports the features; see the portable entry point.
             #[target_feature(enable = $feat)]
@@ -388,8 +487,25 @@ mod x86 {
             /// The CPU supports the features; see the portable entry point.
             #[target_feature(enable = $feat)]
             pub unsafe extern "C" fn $qk(t: *mut Tile, k: *const f32, ncols: i64) {
+                // SAFETY: forwarded contract; the tile's `d` is the row length.
+                unsafe { $qkb(t, Strided(k, (*t).d as usize), ncols) }
+            }
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $qkr(t: *mut Tile, k: *const *const f32, ncols: i64) {
                 // SAFETY: forwarded contract.
-                unsafe { $qkb(t, k, ncols) }
+                unsafe { $qkb(t, Table(k), ncols) }
+            }
+            /// # Safety
+            /// The CPU supports the features; see the portable entry point.
+            #[target_feature(enable = $feat)]
+            pub unsafe extern "C" fn $spvr(t: *mut Tile, v: *const *const f32, ncols: i64) {
+                // SAFETY: forwarded contract.
+                unsafe {
+                    softmax_body::<true>(t, ncols);
+                    $pvb(t, Table(v), ncols)
+                }
             }
             /// # Safety
             /// The CPU supports the features; see the portable entry point.
@@ -398,7 +514,7 @@ mod x86 {
                 // SAFETY: forwarded contract.
                 unsafe {
                     softmax_body::<true>(t, ncols);
-                    $pvb(t, v, ncols)
+                    $pvb(t, Strided(v, (*t).dv as usize), ncols)
                 }
             }
             /// # Safety
@@ -417,6 +533,8 @@ mod x86 {
         qk_avx2,
         softmax_pv_avx2,
         end_avx2,
+        qk_rows_avx2,
+        softmax_pv_rows_avx2,
         qk_body,
         pv_body
     );
@@ -426,6 +544,8 @@ mod x86 {
         qk_avx512,
         softmax_pv_avx512,
         end_avx512,
+        qk_rows_avx512,
+        softmax_pv_rows_avx512,
         qk512,
         pv512
     );
@@ -433,31 +553,32 @@ mod x86 {
     /// # Safety
     /// See `qk_body`; `bq % 16 == 0`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn qk512(t: *mut Tile, k: *const f32, ncols: i64) {
-        // SAFETY: as documented; every access below is inside `qt[d][bq]`, `k[ncols][d]`
-        // and `st[ncols][bq]`.
+    unsafe fn qk512<R: Rows>(t: *mut Tile, k: R, ncols: i64) {
+        // SAFETY: as documented; every access below is inside `qt[d][bq]`, the `ncols`
+        // rows of `k` and `st[ncols][bq]`.
         unsafe {
             let t = &*t;
             let (bq, d) = (t.bq as usize, t.d as usize);
             let ncols = ncols as usize;
             let nr = live_rows(t);
+            k.prefetch_next(ncols, t.bkv as usize, d);
             let mut i0 = 0;
             while i0 + 64 <= nr {
-                qk_cols::<4>(t.qt, bq, k, d, t.st, i0, ncols);
+                qk_cols::<4, _>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 64;
             }
             while i0 < nr {
-                qk_cols::<1>(t.qt, bq, k, d, t.st, i0, ncols);
+                qk_cols::<1, _>(t.qt, bq, k, d, t.st, i0, ncols);
                 i0 += 16;
             }
         }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn qk_cols<const NV: usize>(
+    unsafe fn qk_cols<const NV: usize, R: Rows>(
         qt: *const f32,
         bq: usize,
-        k: *const f32,
+        k: R,
         d: usize,
         st: *mut f32,
         i0: usize,
@@ -467,15 +588,15 @@ mod x86 {
         unsafe {
             let mut j = 0;
             while j + 6 <= ncols {
-                qk_block::<6, NV>(qt, bq, k, d, st, i0, j);
+                qk_block::<6, NV, _>(qt, bq, k, d, st, i0, j);
                 j += 6;
             }
             match ncols - j {
-                5 => qk_block::<5, NV>(qt, bq, k, d, st, i0, j),
-                4 => qk_block::<4, NV>(qt, bq, k, d, st, i0, j),
-                3 => qk_block::<3, NV>(qt, bq, k, d, st, i0, j),
-                2 => qk_block::<2, NV>(qt, bq, k, d, st, i0, j),
-                1 => qk_block::<1, NV>(qt, bq, k, d, st, i0, j),
+                5 => qk_block::<5, NV, _>(qt, bq, k, d, st, i0, j),
+                4 => qk_block::<4, NV, _>(qt, bq, k, d, st, i0, j),
+                3 => qk_block::<3, NV, _>(qt, bq, k, d, st, i0, j),
+                2 => qk_block::<2, NV, _>(qt, bq, k, d, st, i0, j),
+                1 => qk_block::<1, NV, _>(qt, bq, k, d, st, i0, j),
                 _ => {}
             }
         }
@@ -483,10 +604,10 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn qk_block<const JR: usize, const NV: usize>(
+    unsafe fn qk_block<const JR: usize, const NV: usize, R: Rows>(
         qt: *const f32,
         bq: usize,
-        k: *const f32,
+        k: R,
         d: usize,
         st: *mut f32,
         i0: usize,
@@ -495,6 +616,7 @@ mod x86 {
         // SAFETY: rows j..j+JR < ncols and columns i0..i0+16·NV <= bq.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NV]; JR];
+            let krows: [*const f32; JR] = std::array::from_fn(|r| k.row(j + r));
             for dd in 0..d {
                 let qrow = qt.add(dd * bq + i0);
                 let mut qv = [_mm512_setzero_ps(); NV];
@@ -502,7 +624,7 @@ mod x86 {
                     *x = _mm512_loadu_ps(qrow.add(16 * v));
                 }
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let kb = _mm512_set1_ps(*k.add((j + r) * d + dd));
+                    let kb = _mm512_set1_ps(*krows[r].add(dd));
                     for v in 0..NV {
                         a[v] = _mm512_fmadd_ps(kb, qv[v], a[v]);
                     }
@@ -519,8 +641,8 @@ mod x86 {
     /// # Safety
     /// See `pv_body`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn pv512(t: *mut Tile, v: *const f32, ncols: i64) {
-        // SAFETY: as documented; accesses stay inside `acc[nrows][dv]`, `v[ncols][dv]`,
+    unsafe fn pv512<R: Rows>(t: *mut Tile, v: R, ncols: i64) {
+        // SAFETY: as documented; accesses stay inside `acc[nrows][dv]`, the rows of `v`,
         // `st[ncols][bq]` and `alpha[bq]`.
         unsafe {
             let tt = &*t;
@@ -530,6 +652,7 @@ mod x86 {
             }
             let (bq, nrows) = (tt.bq as usize, tt.nrows as usize);
             let ncols = ncols as usize;
+            v.prefetch_next(ncols, tt.bkv as usize, dv);
             let mut c0 = 0;
             while c0 < dv {
                 let a = PvArgs {
@@ -544,20 +667,20 @@ mod x86 {
                 };
                 let nv = ((dv - c0) / 16).min(4);
                 match nv {
-                    4 => pv_cols::<4>(&a, nrows),
-                    3 => pv_cols::<3>(&a, nrows),
-                    2 => pv_cols::<2>(&a, nrows),
-                    _ => pv_cols::<1>(&a, nrows),
+                    4 => pv_cols::<4, _>(&a, nrows),
+                    3 => pv_cols::<3, _>(&a, nrows),
+                    2 => pv_cols::<2, _>(&a, nrows),
+                    _ => pv_cols::<1, _>(&a, nrows),
                 }
                 c0 += 16 * nv;
             }
         }
     }
 
-    struct PvArgs {
+    struct PvArgs<R> {
         st: *const f32,
         bq: usize,
-        v: *const f32,
+        v: R,
         dv: usize,
         acc: *mut f32,
         alpha: *const f32,
@@ -566,20 +689,20 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn pv_cols<const NV: usize>(a: &PvArgs, nrows: usize) {
+    unsafe fn pv_cols<const NV: usize, R: Rows>(a: &PvArgs<R>, nrows: usize) {
         // SAFETY: bounds as in `pv512`.
         unsafe {
             let mut i = 0;
             while i + 6 <= nrows {
-                pv_block::<6, NV>(a, i);
+                pv_block::<6, NV, _>(a, i);
                 i += 6;
             }
             match nrows - i {
-                5 => pv_block::<5, NV>(a, i),
-                4 => pv_block::<4, NV>(a, i),
-                3 => pv_block::<3, NV>(a, i),
-                2 => pv_block::<2, NV>(a, i),
-                1 => pv_block::<1, NV>(a, i),
+                5 => pv_block::<5, NV, _>(a, i),
+                4 => pv_block::<4, NV, _>(a, i),
+                3 => pv_block::<3, NV, _>(a, i),
+                2 => pv_block::<2, NV, _>(a, i),
+                1 => pv_block::<1, NV, _>(a, i),
                 _ => {}
             }
         }
@@ -587,7 +710,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn pv_block<const RB: usize, const NV: usize>(a: &PvArgs, i: usize) {
+    unsafe fn pv_block<const RB: usize, const NV: usize, R: Rows>(a: &PvArgs<R>, i: usize) {
         // SAFETY: rows i..i+RB < nrows, columns c0..c0+16·NV <= dv, keys < ncols.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NV]; RB];
@@ -599,7 +722,7 @@ mod x86 {
                 }
             }
             for j in 0..a.ncols {
-                let vrow = a.v.add(j * a.dv + a.c0);
+                let vrow = a.v.row(j).add(a.c0);
                 let mut vv = [_mm512_setzero_ps(); NV];
                 for (v, x) in vv.iter_mut().enumerate() {
                     *x = _mm512_loadu_ps(vrow.add(16 * v));

@@ -29,6 +29,7 @@ pub mod lower;
 pub mod micro;
 pub mod workers;
 
+pub use launch::KvRows;
 pub use micro::Isa;
 
 use crate::analysis::blockmap::BlockMaps;
@@ -58,6 +59,10 @@ pub struct CpuOptions {
     pub checked: bool,
     /// Force a micro-kernel build (tests of the fallbacks); `None` = best available.
     pub isa: Option<Isa>,
+    /// K and V rows are found through tables of row pointers (`[B, Hkv, Lkv]` each, run
+    /// with [`CpuKernel::run_rows`]) instead of dense `[B, Hkv, Lkv, D]` tensors: a
+    /// decoding step reads a paged cache in place.
+    pub kv_rows: bool,
 }
 
 impl Default for CpuOptions {
@@ -67,6 +72,7 @@ impl Default for CpuOptions {
             kv_block: 64,
             checked: false,
             isa: None,
+            kv_rows: false,
         }
     }
 }
@@ -88,6 +94,16 @@ pub enum CpuError {
         what: &'static str,
         expected: usize,
         got: usize,
+    },
+    #[error(
+        "`{what}` entry {index} is {at}: a row of {len} floats from there leaves its tensor of {size}"
+    )]
+    Row {
+        what: &'static str,
+        index: usize,
+        at: usize,
+        len: usize,
+        size: usize,
     },
     #[error("block maps do not fit this call: {0}")]
     BlockMap(String),
@@ -230,8 +246,12 @@ pub fn emit_clif(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<Str
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
     let mut out = format!(
-        "; attention {}: q_block {}, kv_block {}, checked {}\n",
-        program.name, opts.q_block, opts.kv_block, opts.checked
+        "; attention {}: q_block {}, kv_block {}, checked {}{}\n",
+        program.name,
+        opts.q_block,
+        opts.kv_block,
+        opts.checked,
+        if opts.kv_rows { ", kv_rows" } else { "" }
     );
     for (i, name) in g.imports.iter().enumerate() {
         out.push_str(&format!("; fn{i} = {name}\n"));
@@ -299,6 +319,26 @@ impl CpuKernel {
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), CpuError> {
-        launch::run(self, shape, q, k, v, scale, bindings, maps, workers, o, lse)
+        let kv = launch::KvInput::Dense { k, v };
+        launch::run(self, shape, q, kv, scale, bindings, maps, workers, o, lse)
+    }
+
+    /// [`Self::run`] for a kernel compiled with `CpuOptions::kv_rows`: K and V rows are
+    /// found through the offsets of `kv` (each checked to lie inside its tensor).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_rows(
+        &self,
+        shape: &Shape,
+        q: &[f32],
+        kv: KvRows,
+        scale: f32,
+        bindings: &Bindings,
+        maps: &BlockMaps,
+        workers: &dyn workers::Workers,
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<(), CpuError> {
+        let kv = launch::KvInput::Rows(kv);
+        launch::run(self, shape, q, kv, scale, bindings, maps, workers, o, lse)
     }
 }
