@@ -3,8 +3,8 @@
 //!
 //! In: a [`DecodeShape`] (B, heads, Lq new rows, head dims, [`CacheLayout`]), f32 views of
 //! the caches, the page table and `seq_lens`. Out: validation ([`CacheError`], naming the
-//! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]) or of one kv head
-//! ([`DecodeShape::head_slices`]: in place; [`DecodeShape::gather_by_position`]), the
+//! tensor), the logical K/V of a sequence ([`DecodeShape::gather`]), the pages holding one
+//! kv head's rows over a range of positions, to read in place ([`DecodeShape::pages`]), the
 //! position-offset forms of a program ([`offset_program`], used by backends that run the
 //! prefill kernel on a gathered slice; [`packed_offset_program`], the same with a kv
 //! head's query heads packed as the rows of one tile) and the oracle
@@ -585,38 +585,57 @@ pub fn set_packed_offsets(bind: &mut Bindings, base: usize, [b0, q0, kv0, h0, ro
         .extend([b0, q0, kv0, h0, rows].map(|x| Scalar::I32(x as i32)));
 }
 
+/// How a cache's rows of one kv head over a range of positions are found in place
+/// ([`DecodeShape::pages`]): position `start + j` is, with `p = row0 + j`, row
+/// `p % page_size` of the `p / page_size`-th listed page, rows of a page `k_ld` / `v_ld`
+/// elements apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageWalk {
+    pub page_size: usize,
+    pub row0: usize,
+    pub k_ld: usize,
+    pub v_ld: usize,
+}
+
 impl DecodeShape {
-    /// The element offsets of the K and V rows of kv head `hk` of sequence `b` at
-    /// positions `start..end` (into `k_rows`, `v_rows`, cleared first), for reading the
-    /// cache in place: one add a row within a page (a paged cache's rows of one kv head
-    /// are `Hkv x D` apart there; a contiguous cache is one run), the page table read once
-    /// a page. The caller has checked the view.
-    #[allow(clippy::too_many_arguments)]
-    pub fn row_offsets(
+    /// The pages holding kv head `hk` of sequence `b` at positions `start..end`
+    /// (`start < end`): the element offset of each page's first row of that head in K and
+    /// V (into `k_pages`, `v_pages`, cleared first; the page table read once a page), and
+    /// the walk. A contiguous cache is one page. The caller has checked the view.
+    pub fn pages(
         &self,
         view: &KvView,
-        b: usize,
-        hk: usize,
+        (b, hk): (usize, usize),
         (start, end): (usize, usize),
-        k_rows: &mut Vec<usize>,
-        v_rows: &mut Vec<usize>,
-    ) {
-        k_rows.clear();
-        v_rows.clear();
-        let (run, kstep, vstep) = match self.layout {
+        k_pages: &mut Vec<usize>,
+        v_pages: &mut Vec<usize>,
+    ) -> PageWalk {
+        k_pages.clear();
+        v_pages.clear();
+        match self.layout {
             CacheLayout::Paged { page_size, .. } => {
-                (page_size, self.hkv * self.d, self.hkv * self.dv)
+                for lp in start / page_size..end.div_ceil(page_size) {
+                    let pos = lp * page_size;
+                    k_pages.push(self.row_offset(view.page_table, b, hk, pos, self.d));
+                    v_pages.push(self.row_offset(view.page_table, b, hk, pos, self.dv));
+                }
+                PageWalk {
+                    page_size,
+                    row0: start % page_size,
+                    k_ld: self.hkv * self.d,
+                    v_ld: self.hkv * self.dv,
+                }
             }
-            CacheLayout::Contiguous { .. } => (usize::MAX, self.d, self.dv),
-        };
-        let mut at = start;
-        while at < end {
-            let stop = end.min(at.saturating_add(run - at % run));
-            let k0 = self.row_offset(view.page_table, b, hk, at, self.d);
-            let v0 = self.row_offset(view.page_table, b, hk, at, self.dv);
-            k_rows.extend((0..stop - at).map(|j| k0 + j * kstep));
-            v_rows.extend((0..stop - at).map(|j| v0 + j * vstep));
-            at = stop;
+            CacheLayout::Contiguous { .. } => {
+                k_pages.push(self.row_offset(view.page_table, b, hk, start, self.d));
+                v_pages.push(self.row_offset(view.page_table, b, hk, start, self.dv));
+                PageWalk {
+                    page_size: (end - start).next_power_of_two(),
+                    row0: 0,
+                    k_ld: self.d,
+                    v_ld: self.dv,
+                }
+            }
         }
     }
 }
@@ -685,10 +704,11 @@ pub fn combine<'a>(parts: impl Iterator<Item = (&'a [f32], f32)> + Clone, o: &mu
 mod tests {
     use super::*;
 
-    /// The rows `row_offsets` finds are the ones `gather` copies: every kv head, a range
-    /// starting and ending inside pages, a shuffled page table, both layouts, D != Dv.
+    /// The rows the page walk of `pages` finds are the ones `gather` copies: every kv
+    /// head, a range starting and ending inside pages, a shuffled page table, both
+    /// layouts, D != Dv.
     #[test]
-    fn row_offsets_find_the_rows_gather_copies() {
+    fn pages_walk_to_the_rows_gather_copies() {
         let (b, hkv, d, dv, ps, max_pages) = (2, 3, 4, 3, 4, 5);
         let num_pages = b * max_pages + 1;
         let table: Vec<i32> = (0..(b * max_pages) as i32)
@@ -731,22 +751,24 @@ mod tests {
             let (mut k1, mut v1) = (vec![], vec![]);
             shape.gather(&view, 1, 3, 17, &mut k1, &mut v1);
             assert_eq!((k1.len(), v1.len()), (hkv * 14 * d, hkv * 14 * dv));
-            let (mut kr, mut vr) = (vec![], vec![]);
+            let (mut kp, mut vp) = (vec![], vec![]);
             for hk in 0..hkv {
-                shape.row_offsets(&view, 1, hk, (3, 17), &mut kr, &mut vr);
-                assert_eq!((kr.len(), vr.len()), (14, 14));
+                let w = shape.pages(&view, (1, hk), (3, 17), &mut kp, &mut vp);
                 for j in 0..14 {
+                    let p = w.row0 + j;
+                    let (page, slot) = (p / w.page_size, p % w.page_size);
+                    let ko = kp[page] + slot * w.k_ld;
+                    let vo = vp[page] + slot * w.v_ld;
                     let (kg, vg) = (
                         &k1[(hk * 14 + j) * d..][..d],
                         &v1[(hk * 14 + j) * dv..][..dv],
                     );
-                    assert_eq!(&k[kr[j]..][..d], kg, "{layout:?} hk {hk} row {j}");
-                    assert_eq!(&v[vr[j]..][..dv], vg, "{layout:?} hk {hk} row {j}");
+                    assert_eq!(&k[ko..][..d], kg, "{layout:?} hk {hk} row {j}");
+                    assert_eq!(&v[vo..][..dv], vg, "{layout:?} hk {hk} row {j}");
                 }
+                assert!(w.page_size.is_power_of_two() && w.row0 < w.page_size);
+                assert_eq!(kp.len(), (w.row0 + 14).div_ceil(w.page_size));
             }
-            // an empty range gives no rows
-            shape.row_offsets(&view, 0, 0, (5, 5), &mut kr, &mut vr);
-            assert!(kr.is_empty() && vr.is_empty());
         }
     }
 

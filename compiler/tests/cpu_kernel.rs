@@ -757,39 +757,45 @@ fn bad_calls_are_errors() {
     ));
 }
 
-/// A kernel compiled with `kv_rows` reads K and V rows through offset tables (a paged
-/// cache read in place): rows scattered in a larger buffer, in shuffled order and with a
-/// gap between them, give the bits the dense kernel gives on the same rows, in every
-/// micro-kernel build, for odd block sizes, GQA and D != Dv. Bad tables are errors.
+/// A kernel compiled with `kv_rows` walks the pages of a paged cache in place: K/V rows
+/// scattered over shuffled pages (4, 16 and 128 rows, keys starting inside the first page,
+/// rows of a page further apart than D), give the bits the dense kernel gives on the same
+/// rows, in every micro-kernel build, for odd block sizes, GQA and D != Dv. Bad page
+/// lists are errors.
 #[test]
-fn kv_rows_read_scattered_rows_bit_identically() {
-    use attnc_compiler::backend::cranelift::KvRows;
+fn kv_pages_walk_scattered_pages_bit_identically() {
+    use attnc_compiler::backend::cranelift::KvPages;
     let mut rng = StdRng::seed_from_u64(21);
     let p = document();
     let c = case(&mut rng, shape(2, 4, 2, 37, 83, 64, 40));
     let bind = docs(2, 83, 5, &mut rng);
     let s = c.shape;
-    let rows = s.b * s.hkv * s.lkv;
-    // row r of the dense tensors goes to slot perm[r], slots (D + 3) / (Dv + 5) floats apart
-    let mut perm: Vec<usize> = (0..rows).collect();
-    for i in (1..rows).rev() {
-        perm.swap(i, rng.random_range(0..=i));
-    }
-    let (ks, vs) = (s.d + 3, s.dv + 5);
-    let (mut kbuf, mut vbuf) = (vec![f32::NAN; rows * ks], vec![f32::NAN; rows * vs]);
-    for (r, &slot) in perm.iter().enumerate() {
-        kbuf[slot * ks..][..s.d].copy_from_slice(&c.k[r * s.d..][..s.d]);
-        vbuf[slot * vs..][..s.dv].copy_from_slice(&c.v[r * s.dv..][..s.dv]);
-    }
-    let k_rows: Vec<usize> = perm.iter().map(|x| x * ks).collect();
-    let v_rows: Vec<usize> = perm.iter().map(|x| x * vs).collect();
-    let kv = KvRows {
-        k: &kbuf,
-        v: &vbuf,
-        k_rows: &k_rows,
-        v_rows: &v_rows,
+    let lists = s.b * s.hkv;
+    let (k_ld, v_ld) = (s.d + 3, s.dv + 5);
+    // the pages of each (b, kv head), shuffled, rows `ld` apart
+    let paged = |rng: &mut StdRng, ps: usize, row0: usize| {
+        let per = (row0 + s.lkv).div_ceil(ps);
+        let mut perm: Vec<usize> = (0..lists * per).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, rng.random_range(0..=i));
+        }
+        let mut kbuf = vec![f32::NAN; perm.len() * ps * k_ld];
+        let mut vbuf = vec![f32::NAN; perm.len() * ps * v_ld];
+        for l in 0..lists {
+            for j in 0..s.lkv {
+                let (page, slot) = ((row0 + j) / ps, (row0 + j) % ps);
+                let phys = perm[l * per + page];
+                let src = l * s.lkv + j;
+                kbuf[(phys * ps + slot) * k_ld..][..s.d].copy_from_slice(&c.k[src * s.d..][..s.d]);
+                vbuf[(phys * ps + slot) * v_ld..][..s.dv]
+                    .copy_from_slice(&c.v[src * s.dv..][..s.dv]);
+            }
+        }
+        let k_pages: Vec<usize> = perm.iter().map(|x| x * ps * k_ld).collect();
+        let v_pages: Vec<usize> = perm.iter().map(|x| x * ps * v_ld).collect();
+        (kbuf, vbuf, k_pages, v_pages)
     };
-    let run_rows = |k: &CpuKernel, kv: KvRows| {
+    let run_pages = |k: &CpuKernel, kv: KvPages| {
         let maps = exact_maps(&p, &s, &bind, k);
         let mut o = vec![f32::NAN; s.o_len()];
         let mut lse = vec![f32::NAN; s.lse_len()];
@@ -806,6 +812,10 @@ fn kv_rows_read_scattered_rows_bit_identically() {
         )
         .map(|()| (o, lse))
     };
+    let layouts: Vec<_> = [(16, 0), (4, 3), (128, 45)]
+        .into_iter()
+        .map(|(ps, row0)| (ps, row0, paged(&mut rng, ps, row0)))
+        .collect();
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
         if !isa.supported() {
             eprintln!("skipped: {isa:?} not supported here");
@@ -819,7 +829,7 @@ fn kv_rows_read_scattered_rows_bit_identically() {
                 ..CpuOptions::default()
             };
             let dense = compile(&p, &opts).unwrap();
-            let rows_k = compile(
+            let pages_k = compile(
                 &p,
                 &CpuOptions {
                     kv_rows: true,
@@ -828,13 +838,29 @@ fn kv_rows_read_scattered_rows_bit_identically() {
             )
             .unwrap();
             let want = run(&dense, &c, &bind, &exact_maps(&p, &s, &bind, &dense), 2).unwrap();
-            assert_eq!(run_rows(&rows_k, kv).unwrap(), want, "{isa:?} {qb}x{kb}");
             check(&dense, &p, &c, &bind, 2);
-            // each kernel takes only its own form of K/V
-            assert!(matches!(run_rows(&dense, kv), Err(CpuError::Options(_))));
-            let maps = exact_maps(&p, &s, &bind, &rows_k);
+            for (ps, row0, (kbuf, vbuf, k_pages, v_pages)) in &layouts {
+                let kv = KvPages {
+                    k: kbuf,
+                    v: vbuf,
+                    k_pages,
+                    v_pages,
+                    page_size: *ps,
+                    row0: *row0,
+                    k_ld,
+                    v_ld,
+                };
+                let got = run_pages(&pages_k, kv).unwrap();
+                assert!(
+                    got == want,
+                    "{isa:?} {qb}x{kb} pages of {ps} from row {row0}"
+                );
+                // each kernel takes only its own form of K/V
+                assert!(matches!(run_pages(&dense, kv), Err(CpuError::Options(_))));
+            }
+            let maps = exact_maps(&p, &s, &bind, &pages_k);
             assert!(matches!(
-                run(&rows_k, &c, &bind, &maps, 1),
+                run(&pages_k, &c, &bind, &maps, 1),
                 Err(CpuError::Options(_))
             ));
         }
@@ -847,21 +873,54 @@ fn kv_rows_read_scattered_rows_bit_identically() {
         },
     )
     .unwrap();
-    // a row reaching past its tensor, a short table
-    let mut bad = v_rows.clone();
-    bad[rows / 2] = vbuf.len() - s.dv + 1;
-    let e = run_rows(&k, KvRows { v_rows: &bad, ..kv }).unwrap_err();
+    let (ps, row0, (kbuf, vbuf, k_pages, v_pages)) = &layouts[0];
+    let kv = KvPages {
+        k: kbuf,
+        v: vbuf,
+        k_pages,
+        v_pages,
+        page_size: *ps,
+        row0: *row0,
+        k_ld,
+        v_ld,
+    };
+    // a page whose last row leaves the tensor, a short list, a page size not a power of 2
+    let bad_err = |kv| run_pages(&k, kv).map(|_| ()).unwrap_err();
+    let mut bad = v_pages.clone();
+    // page 3 is full: its last row ends one float past the tensor
+    bad[3] = vbuf.len() - (ps - 1) * v_ld - s.dv + 1;
+    let e = bad_err(KvPages {
+        v_pages: &bad,
+        ..kv
+    });
     assert!(
-        matches!(e, CpuError::Row { what: "v_rows", index, .. } if index == rows / 2),
+        matches!(
+            e,
+            CpuError::Row {
+                what: "v_pages",
+                index: 3,
+                ..
+            }
+        ),
         "{e}"
     );
-    let e = run_rows(
-        &k,
-        KvRows {
-            k_rows: &k_rows[1..],
-            ..kv
-        },
-    )
-    .unwrap_err();
-    assert!(matches!(e, CpuError::Length { what: "k_rows", .. }), "{e}");
+    let e = bad_err(KvPages {
+        k_pages: &k_pages[1..],
+        ..kv
+    });
+    assert!(
+        matches!(
+            e,
+            CpuError::Length {
+                what: "k_pages",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = bad_err(KvPages {
+        page_size: 12,
+        ..kv
+    });
+    assert!(matches!(e, CpuError::Options(_)), "{e}");
 }

@@ -17,9 +17,9 @@
 //! packing): the `G x rows` rows of its query heads as one head's rows (row `r` is query
 //! head `hk G + r / rows` at position `pos + r % rows`, which the packed program
 //! computes from `__h0` and `__rows`), against the chunk's K/V of that kv head read once,
-//! in place from either cache: the kernel is compiled with `CpuOptions::kv_rows` and
-//! finds each row through a table of offsets (`DecodeShape::row_offsets`: within a page, rows of a
-//! kv head are `Hkv x D` apart; the page table is read once a page). Session 6-7 copied
+//! in place from either cache: the kernel is compiled with `CpuOptions::kv_rows` and its
+//! micro-kernels walk the chunk's pages (`DecodeShape::pages`: one pointer a page, rows of
+//! a kv head `Hkv x D` apart within it; a contiguous cache is one page). Session 6-7 copied
 //! a paged chunk's rows of every kv head first (4 MB a work item at D128 Hkv8, 512 keys):
 //! at 16 threads that copy, written out and read back, took paged caches to 1.6-2.6x the
 //! contiguous time. The packed map ([`pack_map`]) makes a packed block full only where it is
@@ -29,7 +29,7 @@
 //! failing work item (items ascend in (b, position) order; kv heads in order within one).
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
-use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, KvRows};
+use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, KvPages};
 use attnc_compiler::decode::{
     DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets, set_packed_offsets,
 };
@@ -184,7 +184,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         .collect();
     let worker = || {
         let mut bind = c.bind.clone();
-        let (mut k_rows, mut v_rows) = (Vec::new(), Vec::new());
+        let (mut k_pages, mut v_pages) = (Vec::new(), Vec::new());
         loop {
             let it = next.fetch_add(1, Ordering::Relaxed);
             if it >= items.len() || stop.load(Ordering::Relaxed) {
@@ -202,7 +202,7 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
             for hk in 0..s.hkv {
                 // the chunk's K/V rows of kv head hk, read in place through the page table
                 let span = (item.start, item.end);
-                s.row_offsets(c.view, seq.b, hk, span, &mut k_rows, &mut v_rows);
+                let walk = s.pages(c.view, (seq.b, hk), span, &mut k_pages, &mut v_pages);
                 set_packed_offsets(
                     &mut bind,
                     base,
@@ -210,11 +210,15 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
                 );
                 let maps =
                     BlockMaps::single(slice_map(packed[item.seq].of(hk), item.start / kb, len));
-                let kv = KvRows {
+                let kv = KvPages {
                     k: c.view.k,
                     v: c.view.v,
-                    k_rows: &k_rows,
-                    v_rows: &v_rows,
+                    k_pages: &k_pages,
+                    v_pages: &v_pages,
+                    page_size: walk.page_size,
+                    row0: walk.row0,
+                    k_ld: walk.k_ld,
+                    v_ld: walk.v_ld,
                 };
                 let r = c.kernel.run_rows(
                     &packed_shape(s, tile, len),

@@ -296,7 +296,7 @@ impl DecodeState {
                     kv_block: 64,
                     checked,
                     isa: None,
-                    // K/V read in place, through row tables (cpu.rs)
+                    // K/V read in place by a page walk (cpu.rs)
                     kv_rows: true,
                 };
                 let plan = Plan::new(&offset_program(program));

@@ -31,7 +31,7 @@ pub struct TensorDesc {
 pub struct Ctx {
     pub q: *const f32,
     /// `[B, Hkv, Lkv, D]` / `[B, Hkv, Lkv, Dv]`, or with `CpuOptions::kv_rows` tables of
-    /// `B x Hkv x Lkv` row pointers (`*const *const f32`).
+    /// page pointers (`*const *const f32`, `kv_pages` per (b, kv head); see `Tile::k_ld`).
     pub k: *const f32,
     pub v: *const f32,
     pub o: *mut f32,
@@ -55,6 +55,8 @@ pub struct Ctx {
     /// Param values as 32-bit words (i32, f32 bits, or bool as 0/1).
     pub params: *const u32,
     pub tensors: *const TensorDesc,
+    /// With `CpuOptions::kv_rows`: page pointers per (b, kv head) in `k` / `v`.
+    pub kv_pages: i64,
 }
 
 /// Per-thread scratch of one work item. The micro-kernels read the geometry from here.
@@ -83,6 +85,13 @@ pub struct Tile {
     /// and its indices.
     pub err_site: i64,
     pub err_idx: [i64; 4],
+    /// With `CpuOptions::kv_rows` (a paged cache read in place): key `kv0 + j` of a block
+    /// is row `p % 2^page_shift` of page `p / 2^page_shift`, `p = row0 + kv0 + j`, and
+    /// rows of a page are `k_ld` / `v_ld` floats apart.
+    pub k_ld: i64,
+    pub v_ld: i64,
+    pub page_shift: i64,
+    pub row0: i64,
 }
 
 /// Field offsets, as `i32`, for the code generator.
@@ -112,6 +121,7 @@ pub mod off {
     pub const CTX_NQB: i32 = c(offset_of!(Ctx, n_q_blocks));
     pub const CTX_PARAMS: i32 = c(offset_of!(Ctx, params));
     pub const CTX_TENSORS: i32 = c(offset_of!(Ctx, tensors));
+    pub const CTX_KV_PAGES: i32 = c(offset_of!(Ctx, kv_pages));
 
     pub const TD_SIZE: i32 = c(size_of::<TensorDesc>());
     pub const TD_PTR: i32 = c(offset_of!(TensorDesc, ptr));
@@ -178,6 +188,10 @@ impl TileBuf {
             nrows: 0,
             err_site: -1,
             err_idx: [0; 4],
+            k_ld: d as i64,
+            v_ld: dv as i64,
+            page_shift: 0,
+            row0: 0,
         };
         TileBuf { _mem: mem, tile }
     }

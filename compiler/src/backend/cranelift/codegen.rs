@@ -20,8 +20,9 @@
 //! end(tile, O rows, LSE rows)                    // O = acc / l, LSE = m + ln l
 //! ```
 //!
-//! With `CpuOptions::kv_rows` the K and V blocks are slices of row-pointer tables and
-//! `qk`/`softmax_pv` are their `_rows` forms (a decoding step reading a paged cache in place).
+//! With `CpuOptions::kv_rows` K and V are tables of page pointers and `qk`/`softmax_pv`
+//! are their `_rows` forms, which take the block's first key and walk the pages (a
+//! decoding step reading a paged cache in place).
 //!
 //! Columns `>= Lkv` never exist (`ncols` bounds every loop) and rows `>= Lq` are padding.
 
@@ -153,20 +154,22 @@ fn body<'p>(
     let qptr = g.b.ins().iadd(qbase, qoff);
     g.call(micro::BEGIN, &[tile, qptr, nrows, scale])?;
 
-    // ---- K/V of kv head hk: dense rows (`d`, `dv` floats a row), or one row pointer a
-    // row (`opts.kv_rows`, the micro-kernels' `_rows` forms)
+    // ---- K/V of kv head hk: dense rows (`d`, `dv` floats a row), or page pointer lists
+    // (`opts.kv_rows`: the micro-kernels' `_rows` forms walk the pages)
     let bhk = g.b.ins().imul(bi, hkv);
     let bhk = g.b.ins().iadd(bhk, hk);
     let kvrow0 = g.b.ins().imul(bhk, lkv);
     let kbase = g.ld(i64t, ctx, off::CTX_K);
     let (kbase, vbase, kstride, vstride) = if opts.kv_rows {
-        // 8-byte pointers: the table of (b, hk) starts at entry (b Hkv + hk) Lkv
-        let toff = g.b.ins().ishl_imm_u(kvrow0, 3);
+        // 8-byte page pointers: the pages of (b, hk) start at entry (b Hkv + hk) kv_pages;
+        // the micro-kernels take the block's first key instead of a stride
+        let pages = g.ld(i64t, ctx, off::CTX_KV_PAGES);
+        let first = g.b.ins().imul(bhk, pages);
+        let toff = g.b.ins().ishl_imm_u(first, 3);
         let kbase = g.b.ins().iadd(kbase, toff);
         let vbase = g.ld(i64t, ctx, off::CTX_V);
         let vbase = g.b.ins().iadd(vbase, toff);
-        let eight = g.b.ins().iconst(i64t, 8);
-        (kbase, vbase, eight, eight)
+        (kbase, vbase, None, None)
     } else {
         let koff = g.b.ins().imul(kvrow0, d);
         let koff = g.b.ins().ishl_imm_u(koff, 2);
@@ -177,7 +180,7 @@ fn body<'p>(
         let vbase = g.b.ins().iadd(vbase, voff);
         let kstride = g.b.ins().ishl_imm_u(d, 2);
         let vstride = g.b.ins().ishl_imm_u(dv, 2);
-        (kbase, vbase, kstride, vstride)
+        (kbase, vbase, Some(kstride), Some(vstride))
     };
     let (qk_fn, spv_fn) = if opts.kv_rows {
         (micro::QK_ROWS, micro::SOFTMAX_PV_ROWS)
@@ -286,9 +289,14 @@ fn body<'p>(
             let left = g.b.ins().isub(lkv, kv0);
             let bkv_v = g.b.ins().iconst(i64t, bkv);
             let ncols = g.b.ins().smin(left, bkv_v);
-            let ko = g.b.ins().imul(kv0, kstride);
-            let kp = g.b.ins().iadd(kbase, ko);
-            g.call(qk_fn, &[tile, kp, ncols])?;
+            match kstride {
+                Some(stride) => {
+                    let ko = g.b.ins().imul(kv0, stride);
+                    let kp = g.b.ins().iadd(kbase, ko);
+                    g.call(qk_fn, &[tile, kp, ncols])?;
+                }
+                None => g.call(qk_fn, &[tile, kbase, kv0, ncols])?,
+            }
             let site = Site {
                 st,
                 qslots,
@@ -318,9 +326,14 @@ fn body<'p>(
                     g.b.switch_to_block(join);
                 }
             }
-            let vo = g.b.ins().imul(kv0, vstride);
-            let vp = g.b.ins().iadd(vbase, vo);
-            g.call(spv_fn, &[tile, vp, ncols])
+            match vstride {
+                Some(stride) => {
+                    let vo = g.b.ins().imul(kv0, stride);
+                    let vp = g.b.ins().iadd(vbase, vo);
+                    g.call(spv_fn, &[tile, vp, ncols])
+                }
+                None => g.call(spv_fn, &[tile, vbase, kv0, ncols]),
+            }
         })
     })?;
 

@@ -41,15 +41,24 @@ impl Shared {
 
 static ZERO_WORD: u32 = 0;
 
-/// K and V rows found through offsets: row `j` of kv head `hk` of sequence `b` (entry
-/// `(b Hkv + hk) Lkv + j` of each table) is `k[k_rows[e]..][..D]` and `v[v_rows[e]..][..Dv]`,
-/// for a kernel compiled with `CpuOptions::kv_rows` (a paged KV cache read in place).
+/// K and V of a paged cache read in place, for a kernel compiled with
+/// `CpuOptions::kv_rows`. Key `j` of kv head `hk` of sequence `b` is, with `p = row0 + j`,
+/// row `p % page_size` of entry `(b Hkv + hk) P + p / page_size` of the page lists
+/// (`P = ceil((row0 + Lkv) / page_size)` pages per (b, kv head)): the floats
+/// `k[k_pages[e] + (p % page_size) k_ld..][..D]` and `v[v_pages[e] + (p % page_size) v_ld..][..Dv]`.
+/// A contiguous cache is one page of a power of two `>= row0 + Lkv` rows.
 #[derive(Clone, Copy, Debug)]
-pub struct KvRows<'a> {
+pub struct KvPages<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
-    pub k_rows: &'a [usize],
-    pub v_rows: &'a [usize],
+    pub k_pages: &'a [usize],
+    pub v_pages: &'a [usize],
+    /// A power of two.
+    pub page_size: usize,
+    /// Below `page_size`: where key 0 sits in the first page.
+    pub row0: usize,
+    pub k_ld: usize,
+    pub v_ld: usize,
 }
 
 /// The K and V of one call, as the kernel was compiled to read them.
@@ -60,89 +69,144 @@ pub enum KvInput<'a> {
         k: &'a [f32],
         v: &'a [f32],
     },
-    Rows(KvRows<'a>),
+    Paged(KvPages<'a>),
 }
 
-/// Checks the K/V of a call against the shape and the kernel's form; returns the
-/// pointers `Ctx` gets (the caller keeps `tables` alive while the kernel runs): the
-/// tensors, or tables of row pointers, each row checked inside its tensor.
+/// How the kernel finds K/V rows: `Ctx`'s `k`, `v` and `kv_pages`, and the page geometry
+/// each tile gets (`k_ld`, `v_ld`, `page_shift`, `row0`; `None` for dense tensors).
+struct KvPointers {
+    k: *const f32,
+    v: *const f32,
+    kv_pages: i64,
+    geometry: Option<[i64; 4]>,
+}
+
+/// Checks the K/V of a call against the shape and the kernel's form; the caller keeps
+/// `tables` (the page pointers) alive while the kernel runs.
 fn kv_pointers(
     kern: &CpuKernel,
     shape: &Shape,
     kv: KvInput,
     tables: &mut [Vec<*const f32>; 2],
-) -> Result<(*const f32, *const f32), CpuError> {
-    let length = |what, expected, got| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(CpuError::Length {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
+) -> Result<KvPointers, CpuError> {
     match (kv, kern.opts.kv_rows) {
         (KvInput::Dense { k, v }, false) => {
-            length("k", shape.k_len(), k.len())?;
-            length("v", shape.v_len(), v.len())?;
-            Ok((k.as_ptr(), v.as_ptr()))
+            for (what, expected, got) in
+                [("k", shape.k_len(), k.len()), ("v", shape.v_len(), v.len())]
+            {
+                if expected != got {
+                    return Err(CpuError::Length {
+                        what,
+                        expected,
+                        got,
+                    });
+                }
+            }
+            Ok(KvPointers {
+                k: k.as_ptr(),
+                v: v.as_ptr(),
+                kv_pages: 0,
+                geometry: None,
+            })
         }
-        (KvInput::Rows(r), true) => {
-            let rows = shape.b * shape.hkv * shape.lkv;
+        (KvInput::Paged(r), true) => {
+            let ps = r.page_size;
+            if !ps.is_power_of_two() || r.row0 >= ps {
+                return Err(CpuError::Options(format!(
+                    "page size {ps} must be a power of two above the first row {}",
+                    r.row0
+                )));
+            }
+            let per = (r.row0 + shape.lkv).div_ceil(ps);
+            let geo = Pages {
+                per,
+                size: ps,
+                row0: r.row0,
+                lkv: shape.lkv,
+                lists: shape.b * shape.hkv,
+                pad: kern.opts.kv_block.div_ceil(ps) + 1,
+            };
             let [kt, vt] = tables;
-            let pad = kern.opts.kv_block;
-            row_table("k_rows", r.k_rows, (r.k, shape.d), (rows, pad), kt)?;
-            row_table("v_rows", r.v_rows, (r.v, shape.dv), (rows, pad), vt)?;
-            Ok((kt.as_ptr() as *const f32, vt.as_ptr() as *const f32))
+            geo.table("k_pages", r.k_pages, (r.k, r.k_ld, shape.d), kt)?;
+            geo.table("v_pages", r.v_pages, (r.v, r.v_ld, shape.dv), vt)?;
+            Ok(KvPointers {
+                k: kt.as_ptr() as *const f32,
+                v: vt.as_ptr() as *const f32,
+                kv_pages: per as i64,
+                geometry: Some([
+                    r.k_ld as i64,
+                    r.v_ld as i64,
+                    ps.trailing_zeros() as i64,
+                    r.row0 as i64,
+                ]),
+            })
         }
-        (_, rows) => Err(CpuError::Options(format!(
+        (_, paged) => Err(CpuError::Options(format!(
             "the kernel reads K/V {}, the call gives {}",
-            if rows {
-                "through row tables"
+            if paged {
+                "from pages"
             } else {
                 "as dense tensors"
             },
-            if rows { "dense tensors" } else { "row tables" }
+            if paged { "dense tensors" } else { "pages" }
         ))),
     }
 }
 
-/// `out[e]` = the row at `offs[e]` of `x` (`n` floats each), after checking that there
-/// are `rows` entries and that each row lies inside `x`; then `pad` more entries (the
-/// start of `x`), which the micro-kernels read to prefetch the block after the last.
-fn row_table(
-    what: &'static str,
-    offs: &[usize],
-    (x, n): (&[f32], usize),
-    (rows, pad): (usize, usize),
-    out: &mut Vec<*const f32>,
-) -> Result<(), CpuError> {
-    if offs.len() != rows {
-        return Err(CpuError::Length {
-            what,
-            expected: rows,
-            got: offs.len(),
-        });
-    }
-    out.clear();
-    out.reserve(rows + pad);
-    for (index, &at) in offs.iter().enumerate() {
-        if at.checked_add(n).is_none_or(|end| end > x.len()) {
-            return Err(CpuError::Row {
+/// The page lists of one call: `lists` lists (one per (b, kv head)) of `per` pages of
+/// `size` rows, holding keys `0..lkv` from row `row0` of the first.
+struct Pages {
+    per: usize,
+    size: usize,
+    row0: usize,
+    lkv: usize,
+    lists: usize,
+    /// Entries after the last (the start of the tensor), read to prefetch past the end.
+    pad: usize,
+}
+
+impl Pages {
+    /// `out[e]` = the page at `offs[e]` of `x`, after checking that there are `lists x per`
+    /// entries and that every row the keys use (`n` floats, `ld` apart) lies inside `x`.
+    fn table(
+        &self,
+        what: &'static str,
+        offs: &[usize],
+        (x, ld, n): (&[f32], usize, usize),
+        out: &mut Vec<*const f32>,
+    ) -> Result<(), CpuError> {
+        if offs.len() != self.lists * self.per {
+            return Err(CpuError::Length {
                 what,
-                index,
-                at,
-                len: n,
-                size: x.len(),
+                expected: self.lists * self.per,
+                got: offs.len(),
             });
         }
-        // SAFETY: `at + n <= x.len()`: the row lies inside `x`.
-        out.push(unsafe { x.as_ptr().add(at) });
+        out.clear();
+        out.reserve(offs.len() + self.pad);
+        for (index, &at) in offs.iter().enumerate() {
+            // the last slot of this page that holds a key
+            let first = (index % self.per) * self.size;
+            let last = (self.row0 + self.lkv).min(first + self.size) - 1 - first;
+            let end = last
+                .checked_mul(ld)
+                .and_then(|r| r.checked_add(at))
+                .and_then(|r| r.checked_add(n));
+            if end.is_none_or(|e| e > x.len()) {
+                return Err(CpuError::Row {
+                    what,
+                    index,
+                    at: at.saturating_add(last.saturating_mul(ld)),
+                    len: n,
+                    size: x.len(),
+                });
+            }
+            // SAFETY: `at <= end <= x.len()`: inside `x` (or one past its end).
+            out.push(unsafe { x.as_ptr().add(at) });
+        }
+        out.extend(std::iter::repeat_n(x.as_ptr(), self.pad));
+        Ok(())
     }
-    out.extend(std::iter::repeat_n(x.as_ptr(), pad));
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -179,11 +243,11 @@ pub fn run(
     let tensors = tensor_descs(&kern.program, shape, bind)?;
     let (row_start, runs) = maps.flatten_csr();
     let mut tables = [Vec::new(), Vec::new()];
-    let (k, v) = kv_pointers(kern, shape, kv, &mut tables)?;
+    let kvp = kv_pointers(kern, shape, kv, &mut tables)?;
     let ctx = Shared(Ctx {
         q: q.as_ptr(),
-        k,
-        v,
+        k: kvp.k,
+        v: kvp.v,
         o: o.as_mut_ptr(),
         lse: lse.as_mut_ptr(),
         hq: shape.hq as i64,
@@ -202,6 +266,7 @@ pub fn run(
         n_q_blocks: nqb as i64,
         params: params.as_ptr(),
         tensors: tensors.as_ptr(),
+        kv_pages: kvp.kv_pages,
     });
     let items = shape.b * shape.hq * nqb;
     if items == 0 {
@@ -212,6 +277,10 @@ pub fn run(
     let first_err: Mutex<Option<(usize, i64, [i64; 4])>> = Mutex::new(None);
     let worker = || {
         let mut buf = TileBuf::new(bq, bkv, shape.d, shape.dv, kern.slots as usize);
+        if let Some([k_ld, v_ld, shift, row0]) = kvp.geometry {
+            let t = &mut buf.tile;
+            (t.k_ld, t.v_ld, t.page_shift, t.row0) = (k_ld, v_ld, shift, row0);
+        }
         loop {
             let it = next.fetch_add(1, Ordering::Relaxed);
             if it >= items || stop.load(Ordering::Relaxed) {

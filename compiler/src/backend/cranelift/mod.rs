@@ -29,7 +29,7 @@ pub mod lower;
 pub mod micro;
 pub mod workers;
 
-pub use launch::KvRows;
+pub use launch::KvPages;
 pub use micro::Isa;
 
 use crate::analysis::blockmap::BlockMaps;
@@ -59,9 +59,9 @@ pub struct CpuOptions {
     pub checked: bool,
     /// Force a micro-kernel build (tests of the fallbacks); `None` = best available.
     pub isa: Option<Isa>,
-    /// K and V rows are found through tables of row pointers (`[B, Hkv, Lkv]` each, run
-    /// with [`CpuKernel::run_rows`]) instead of dense `[B, Hkv, Lkv, D]` tensors: a
-    /// decoding step reads a paged cache in place.
+    /// K and V rows are found by a page walk (page pointer lists, run with
+    /// [`CpuKernel::run_rows`]) instead of dense `[B, Hkv, Lkv, D]` tensors: a decoding
+    /// step reads a paged cache in place.
     pub kv_rows: bool,
 }
 
@@ -96,7 +96,7 @@ pub enum CpuError {
         got: usize,
     },
     #[error(
-        "`{what}` entry {index} is {at}: a row of {len} floats from there leaves its tensor of {size}"
+        "`{what}` entry {index} puts a row of {len} floats at {at}, outside its tensor of {size}"
     )]
     Row {
         what: &'static str,
@@ -324,13 +324,13 @@ impl CpuKernel {
     }
 
     /// [`Self::run`] for a kernel compiled with `CpuOptions::kv_rows`: K and V rows are
-    /// found through the offsets of `kv` (each checked to lie inside its tensor).
+    /// found through the pages of `kv` (every row a key uses checked inside its tensor).
     #[allow(clippy::too_many_arguments)]
     pub fn run_rows(
         &self,
         shape: &Shape,
         q: &[f32],
-        kv: KvRows,
+        kv: KvPages,
         scale: f32,
         bindings: &Bindings,
         maps: &BlockMaps,
@@ -338,7 +338,7 @@ impl CpuKernel {
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), CpuError> {
-        let kv = launch::KvInput::Rows(kv);
+        let kv = launch::KvInput::Paged(kv);
         launch::run(self, shape, q, kv, scale, bindings, maps, workers, o, lse)
     }
 }
