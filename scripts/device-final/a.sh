@@ -14,6 +14,8 @@ for b in $B/*; do n=$(basename $b); case $n in
   gpu_backward) run gpu_backward timeout $T $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $T $b
     run racecheck_bwd_fused timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize
     ATTNC_BWD_TEST_CFG=wg64x128o run racecheck_bwd_ordered timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize;;
+  # gpu_decode: 8 tests since session 8, cut at 150 s beside the others (its last four took 6 s alone)
+  gpu_decode) run $n timeout $((T + 60)) $b;;
   *) run $n timeout $T $b;;
 esac; done
 wait; echo "tests: $(( $(date +%s) - t0 )) s"
