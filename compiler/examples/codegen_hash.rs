@@ -5,7 +5,9 @@
 //! CPU kernel (plain and checked). Prints one line per artifact with `-v`, then the total.
 //! Then, as a second total (so that the first stays comparable with earlier notes), the
 //! split-KV decode and combine kernels (`KernelKind::Decode`/`DecodeCombine`) of every
-//! attention for a few layouts, rows per CTA, head dims and archs.
+//! attention for a few layouts, rows per CTA, head dims and archs; a third, the
+//! tensor-core decode kernel (`DecodeMma`), and a fourth, that kernel with its combine
+//! folded in (`DecodeMmaFused`, off by default), for three layouts.
 //!
 //! `cargo run --release -p attnc-compiler --example codegen_hash [-- -v]`: a refactoring
 //! of the generators must leave the total unchanged.
@@ -188,6 +190,7 @@ fn main() {
 
     // the tensor-core decode kernel (its combine kernel is the one hashed above)
     let (mut mtotal, mut mn): (u64, usize) = (0xcbf29ce484222325, 0);
+    let (mut ftotal, mut fnum): (u64, usize) = (0xcbf29ce484222325, 0);
     for path in &files {
         let src = std::fs::read_to_string(path).unwrap();
         let module = attnc_compiler::compile_source(&src).expect("examples compile");
@@ -206,20 +209,27 @@ fn main() {
                     paged,
                 }
                 .ptx_options();
-                let kind = KernelKind::DecodeMma;
-                let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
-                    .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
-                let name = format!("{} {kind} {}", p.name, opts.key());
-                let mut h: u64 = 0xcbf29ce484222325;
-                fnv(&mut h, k.ptx.as_bytes());
-                if verbose {
-                    println!("{h:016x} {name}");
+                // the kernel with its combine folded in (off by default) hashed apart, so
+                // that the decode-mma hash keeps its meaning
+                for (kind, total, n) in [
+                    (KernelKind::DecodeMma, &mut mtotal, &mut mn),
+                    (KernelKind::DecodeMmaFused, &mut ftotal, &mut fnum),
+                ] {
+                    let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
+                        .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
+                    let name = format!("{} {kind} {}", p.name, opts.key());
+                    let mut h: u64 = 0xcbf29ce484222325;
+                    fnv(&mut h, k.ptx.as_bytes());
+                    if verbose {
+                        println!("{h:016x} {name}");
+                    }
+                    fnv(total, name.as_bytes());
+                    fnv(total, &h.to_le_bytes());
+                    *n += 1;
                 }
-                fnv(&mut mtotal, name.as_bytes());
-                fnv(&mut mtotal, &h.to_le_bytes());
-                mn += 1;
             }
         }
     }
     println!("decode-mma codegen hash {mtotal:016x} over {mn} artifacts");
+    println!("decode-mma-fused codegen hash {ftotal:016x} over {fnum} artifacts");
 }

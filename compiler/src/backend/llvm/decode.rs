@@ -451,6 +451,44 @@ pub(super) fn finite_or_zero<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>) -> R<Floa
 }
 
 /// `exp(x - m)` via `ex2`, with `m` from [`finite_or_zero`].
+/// One round of a split merge: the partials `loaded` (each an LSE, -inf where absent, and
+/// its O columns) folded into the running max `m`, sum `sum` and unnormalized columns
+/// `accs` (each scaled by `exp(lse - m_new)`, the old state by `exp(m_old - m_new)`).
+/// Shared by the combine kernel and the fused combine of the tensor-core decode kernel.
+pub(super) fn merge_partials<'ctx>(
+    g: &Gpu<'ctx>,
+    m: &Var<'ctx>,
+    sum: &Var<'ctx>,
+    accs: &[Var<'ctx>],
+    loaded: Vec<(FloatValue<'ctx>, Vec<FloatValue<'ctx>>)>,
+) -> R<()> {
+    let m_old = g.getf(m)?;
+    let mut mx = m_old;
+    for (l, _) in &loaded {
+        mx = g.fmax(mx, *l)?;
+    }
+    let mref = finite_or_zero(g, mx)?;
+    let keep = exp_from(g, m_old, mref)?;
+    let mut s_new = g.fmul(g.getf(sum)?, keep)?;
+    let mut acc_new: Vec<FloatValue<'ctx>> = accs
+        .iter()
+        .map(|x| g.fmul(g.getf(x)?, keep))
+        .collect::<R<_>>()?;
+    for (l, os) in loaded {
+        let w = exp_from(g, l, mref)?;
+        s_new = g.fadd(s_new, w)?;
+        for (x, o) in acc_new.iter_mut().zip(os) {
+            *x = g.fadd(*x, g.fmul(w, o)?)?;
+        }
+    }
+    g.set(m, mx)?;
+    g.set(sum, s_new)?;
+    for (v, x) in accs.iter().zip(acc_new) {
+        g.set(v, x)?;
+    }
+    Ok(())
+}
+
 pub(super) fn exp_from<'ctx>(
     g: &Gpu<'ctx>,
     x: FloatValue<'ctx>,
@@ -952,31 +990,7 @@ fn build_combine<'ctx>(
                 .collect::<R<_>>()?;
             loaded.push((g.selectf(ok, l, g.cf(f32::NEG_INFINITY))?, os));
         }
-        let m_old = g.getf(&m_run)?;
-        let mut mx = m_old;
-        for (l, _) in &loaded {
-            mx = g.fmax(mx, *l)?;
-        }
-        let mref = finite_or_zero(g, mx)?;
-        let keep = exp_from(g, m_old, mref)?;
-        let mut s_new = g.fmul(g.getf(&s_run)?, keep)?;
-        let mut acc_new: Vec<FloatValue<'ctx>> = accs
-            .iter()
-            .map(|x| g.fmul(g.getf(x)?, keep))
-            .collect::<R<_>>()?;
-        for (l, os) in loaded {
-            let w = exp_from(g, l, mref)?;
-            s_new = g.fadd(s_new, w)?;
-            for (x, o) in acc_new.iter_mut().zip(os) {
-                *x = g.fadd(*x, g.fmul(w, o)?)?;
-            }
-        }
-        g.set(&m_run, mx)?;
-        g.set(&s_run, s_new)?;
-        for (v, x) in accs.iter().zip(acc_new) {
-            g.set(v, x)?;
-        }
-        Ok(())
+        merge_partials(g, &m_run, &s_run, &accs, loaded)
     })?;
     // 2. the warps' states through shared memory: acc_w per column, m_w and sum_w
     let part_at = |w: IntValue<'ctx>, c: IntValue<'ctx>| -> R<IntValue<'ctx>> {

@@ -41,8 +41,8 @@
 use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_env, decode_params, exp_from, finite_or_zero, for_range, let_combine_start, split_keys,
-    with_combine,
+    decode_env, decode_params, finite_or_zero, for_range, let_combine_start, merge_partials,
+    split_keys, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -786,30 +786,7 @@ fn fused_combine<'ctx>(
                     let l = g.selectf(ok, l, g.cf(f32::NEG_INFINITY))?;
                     loaded.push((l, os));
                 }
-                let m_old = g.getf(&m)?;
-                let mut mx = m_old;
-                for (l, _) in &loaded {
-                    mx = g.fmax(mx, *l)?;
-                }
-                let mref = finite_or_zero(g, mx)?;
-                let keep = exp_from(g, m_old, mref)?;
-                let mut s_new = g.fmul(g.getf(&sum)?, keep)?;
-                let mut acc_new: Vec<FloatValue<'ctx>> = accs
-                    .iter()
-                    .map(|x| g.fmul(g.getf(x)?, keep))
-                    .collect::<R<_>>()?;
-                for (l, os) in loaded {
-                    let w = exp_from(g, l, mref)?;
-                    s_new = g.fadd(s_new, w)?;
-                    for (x, o) in acc_new.iter_mut().zip(os) {
-                        *x = g.fadd(*x, g.fmul(w, o)?)?;
-                    }
-                }
-                g.set(&m, mx)?;
-                g.set(&sum, s_new)?;
-                for (v, x) in accs.iter().zip(acc_new) {
-                    g.set(v, x)?;
-                }
+                merge_partials(g, &m, &sum, &accs, loaded)?;
                 Ok(())
             })?;
             // row r of the group: query head hk G + gi, new row i
