@@ -2042,6 +2042,28 @@ pub(super) fn frag_row_stats<'ctx>(
     Ok((kv_row, stats))
 }
 
+/// Element (`nt`, `i`) of the kv-row x q-column fragments of [`frag_row_stats`] (q column
+/// q0 + 2 (lane % 4) + 8 nt + i % 2, kv row `kv_row` + 8 (i / 2)): its position (float
+/// positions from `pb`) and its row's L2 and Delta.
+pub(super) fn frag_element<'ctx>(
+    g: &Gpu<'ctx>,
+    pb: &PosBase<'ctx>,
+    kv_row: IntValue<'ctx>,
+    stats: &[(IntValue<'ctx>, BasicValueEnum<'ctx>, BasicValueEnum<'ctx>)],
+    nt: usize,
+    i: usize,
+) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)> {
+    let (q, l2, dl) = stats[nt * 2 + i % 2];
+    let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
+    let pos = pb.at(
+        g,
+        (q, kv),
+        8 * nt as i64 + (i % 2) as i64,
+        8 * (i as i64 / 2),
+    )?;
+    Ok((pos, l2.into_float_value(), dl.into_float_value()))
+}
+
 /// The first q column of a lane in the kv-row x q-column fragments of [`frag_row_stats`]:
 /// `q0 + 2 (lane % 4)`.
 pub(super) fn frag_col0<'ctx>(
@@ -2187,17 +2209,7 @@ fn dkdv_body<'ctx>(
     };
     // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
     let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
-    let at = |nt: usize, i: usize| {
-        let (q, l2, dl) = stats[nt * 2 + i % 2];
-        let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-        let pos = pb.at(
-            g,
-            (q, kv),
-            8 * nt as i64 + (i % 2) as i64,
-            8 * (i as i64 / 2),
-        )?;
-        Ok((pos, l2.into_float_value(), dl.into_float_value()))
-    };
+    let at = |nt: usize, i: usize| frag_element(g, &pb, kv_row, &stats, nt, i);
     let mut dv_acc = acc_get(g, &dv)?;
     let mut dk_acc = acc_get(g, &dk)?;
     let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;

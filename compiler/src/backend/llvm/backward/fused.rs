@@ -91,8 +91,9 @@
 
 use super::{
     Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_row_stats, from_flat,
-    grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt, wg_result,
+    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_element, frag_row_stats,
+    from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt,
+    wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -746,17 +747,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?;
         // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
         let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
-        let at = |nt: usize, i: usize| {
-            let (q, l2, dl) = stats[nt * 2 + i % 2];
-            let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-            let pos = pb.at(
-                g,
-                (q, kv),
-                8 * nt as i64 + (i % 2) as i64,
-                8 * (i as i64 / 2),
-            )?;
-            Ok((pos, l2.into_float_value(), dl.into_float_value()))
-        };
+        let at = |nt: usize, i: usize| frag_element(g, &pb, kv_row, &stats, nt, i);
         let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
         // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
         store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
