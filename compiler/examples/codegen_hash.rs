@@ -27,6 +27,34 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// One total: FNV-1a over each artifact's name and the hash of its text.
+struct Total {
+    h: u64,
+    n: usize,
+    verbose: bool,
+}
+
+impl Total {
+    fn new(verbose: bool) -> Self {
+        Total {
+            h: 0xcbf29ce484222325,
+            n: 0,
+            verbose,
+        }
+    }
+
+    fn record(&mut self, name: &str, text: &str) {
+        let mut h: u64 = 0xcbf29ce484222325;
+        fnv(&mut h, text.as_bytes());
+        if self.verbose {
+            println!("{h:016x} {name}");
+        }
+        fnv(&mut self.h, name.as_bytes());
+        fnv(&mut self.h, &h.to_le_bytes());
+        self.n += 1;
+    }
+}
+
 fn main() {
     let verbose = std::env::args().any(|a| a == "-v");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -36,18 +64,8 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "attn"))
         .collect();
     files.sort();
-    let mut total: u64 = 0xcbf29ce484222325;
-    let mut n = 0usize;
-    let mut record = |name: String, text: &str| {
-        let mut h: u64 = 0xcbf29ce484222325;
-        fnv(&mut h, text.as_bytes());
-        if verbose {
-            println!("{h:016x} {name}");
-        }
-        fnv(&mut total, name.as_bytes());
-        fnv(&mut total, &h.to_le_bytes());
-        n += 1;
-    };
+    let mut forward = Total::new(verbose);
+    let mut record = |name: String, text: &str| forward.record(&name, text);
     for path in &files {
         let src = std::fs::read_to_string(path).unwrap();
         let module = attnc_compiler::compile_source(&src).expect("examples compile");
@@ -148,9 +166,12 @@ fn main() {
             }
         }
     }
-    println!("codegen hash {total:016x} over {n} artifacts");
+    println!(
+        "codegen hash {:016x} over {} artifacts",
+        forward.h, forward.n
+    );
 
-    let (mut dtotal, mut dn): (u64, usize) = (0xcbf29ce484222325, 0);
+    let mut decode = Total::new(verbose);
     for path in &files {
         let src = std::fs::read_to_string(path).unwrap();
         let module = attnc_compiler::compile_source(&src).expect("examples compile");
@@ -173,24 +194,18 @@ fn main() {
                 for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
                     let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
                         .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
-                    let name = format!("{} {kind} {}", p.name, opts.key());
-                    let mut h: u64 = 0xcbf29ce484222325;
-                    fnv(&mut h, k.ptx.as_bytes());
-                    if verbose {
-                        println!("{h:016x} {name}");
-                    }
-                    fnv(&mut dtotal, name.as_bytes());
-                    fnv(&mut dtotal, &h.to_le_bytes());
-                    dn += 1;
+                    decode.record(&format!("{} {kind} {}", p.name, opts.key()), &k.ptx);
                 }
             }
         }
     }
-    println!("decode codegen hash {dtotal:016x} over {dn} artifacts");
+    println!(
+        "decode codegen hash {:016x} over {} artifacts",
+        decode.h, decode.n
+    );
 
     // the tensor-core decode kernel (its combine kernel is the one hashed above)
-    let (mut mtotal, mut mn): (u64, usize) = (0xcbf29ce484222325, 0);
-    let (mut ftotal, mut fnum): (u64, usize) = (0xcbf29ce484222325, 0);
+    let (mut mma, mut fused) = (Total::new(verbose), Total::new(verbose));
     for path in &files {
         let src = std::fs::read_to_string(path).unwrap();
         let module = attnc_compiler::compile_source(&src).expect("examples compile");
@@ -211,25 +226,23 @@ fn main() {
                 .ptx_options();
                 // the kernel with its combine folded in (off by default) hashed apart, so
                 // that the decode-mma hash keeps its meaning
-                for (kind, total, n) in [
-                    (KernelKind::DecodeMma, &mut mtotal, &mut mn),
-                    (KernelKind::DecodeMmaFused, &mut ftotal, &mut fnum),
+                for (kind, total) in [
+                    (KernelKind::DecodeMma, &mut mma),
+                    (KernelKind::DecodeMmaFused, &mut fused),
                 ] {
                     let (k, _) = generate(&plan, kind, &opts, EmitText::PtxOnly)
                         .unwrap_or_else(|e| panic!("{} {kind}: {e}", p.name));
-                    let name = format!("{} {kind} {}", p.name, opts.key());
-                    let mut h: u64 = 0xcbf29ce484222325;
-                    fnv(&mut h, k.ptx.as_bytes());
-                    if verbose {
-                        println!("{h:016x} {name}");
-                    }
-                    fnv(total, name.as_bytes());
-                    fnv(total, &h.to_le_bytes());
-                    *n += 1;
+                    total.record(&format!("{} {kind} {}", p.name, opts.key()), &k.ptx);
                 }
             }
         }
     }
-    println!("decode-mma codegen hash {mtotal:016x} over {mn} artifacts");
-    println!("decode-mma-fused codegen hash {ftotal:016x} over {fnum} artifacts");
+    println!(
+        "decode-mma codegen hash {:016x} over {} artifacts",
+        mma.h, mma.n
+    );
+    println!(
+        "decode-mma-fused codegen hash {:016x} over {} artifacts",
+        fused.h, fused.n
+    );
 }

@@ -423,14 +423,16 @@ impl Bound {
         let separate = !host && std::env::var("ATTNC_BWD_DQ").is_ok_and(|v| v == "separate");
         // float positions and the fused kernel's CTA order for this binding's plan and
         // shape (`PtxOptions::backward_for_binding`), then the environment's overrides
-        let longest = s.lq.max(s.lkv);
-        let mut popts = if separate {
+        let base = if separate {
             PtxOptions::backward_separate(arch, d, dv, input)
-                .backward_for_binding(self.plan(), longest)
         } else {
-            bwd_dq_override(
-                PtxOptions::backward(arch, d, dv, input).backward_for_binding(self.plan(), longest),
-            )
+            PtxOptions::backward(arch, d, dv, input)
+        };
+        let base = base.backward_for_binding(self.plan(), s.lq.max(s.lkv));
+        let mut popts = if separate {
+            base
+        } else {
+            bwd_dq_override(base)
         };
         popts.checked = opts.checked;
         let k = Arc::new(

@@ -186,7 +186,7 @@ impl PtxOptions {
     ///   once per row and column, not a `cvt` per element.
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
-        o.float_positions = longest as i64 + 256 <= super::FLOAT_POSITIONS_MAX;
+        o.float_positions = super::float_positions_fit(longest);
         if o.bwd_dq != BwdDq::Separate && backward_bounds(plan, &o).work_grows_with_q() {
             o.bwd_lpt = true;
         }

@@ -308,6 +308,14 @@ pub struct PtxOptions {
 /// below 2^24 in magnitude, where f32 holds every integer.
 pub const FLOAT_POSITIONS_MAX: i64 = 1 << 22;
 
+/// Whether a binding whose longest sequence (max of Lq and Lkv) is `longest` may use
+/// [`PtxOptions::float_positions`]: positions, plus a margin of 256 for the offsets of a
+/// fragment's elements, stay under [`FLOAT_POSITIONS_MAX`]. The forward's and the
+/// backward's binding rules both ask this.
+pub fn float_positions_fit(longest: usize) -> bool {
+    longest as i64 + 256 <= FLOAT_POSITIONS_MAX
+}
+
 impl PtxOptions {
     /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
     /// ([`Self::wgmma`]: 128 query rows, 2 CTAs per SM; kv tiles of 128 at D64, 64 at
@@ -416,7 +424,7 @@ impl PtxOptions {
     pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
-        o.float_positions = longest as i64 + 256 <= FLOAT_POSITIONS_MAX;
+        o.float_positions = float_positions_fit(longest);
         if o.mma == Mma::Wgmma
             && !o.ws
             && o.d.max(o.dv) == 64
