@@ -1,25 +1,13 @@
 """Where attnc's per-call host time goes (B1 H4 L64 D64 bf16, a CUDA GPU): wall clock per
 call (3000 back-to-back calls) of SDPA, one torch launch, the eager call's two allocations,
 attnc's eager call and its extension alone (dense and causal), single driver queries
-through ctypes; then cProfile of the eager call. Run from the repository root (it reads
-examples/) with the package installed: ``python python/bench/overhead_probe.py``."""
-import cProfile, ctypes, io, pstats, time
-from pathlib import Path
+through ctypes; then cProfile of the eager call. With the package installed:
+``python python/bench/overhead_probe.py``."""
+import cProfile, ctypes, io, pstats
 import torch, torch.nn.functional as F
 import attnc
 from attnc import _ops
-
-EX = Path("examples")
-
-def wall_us(fn, iters=3000, warm=100):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e6
+from bench_gpu import EXAMPLES as EX, wall_us  # this folder (sys.path[0] when run as a script)
 
 q, k, v = (torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 o, lse = torch.empty_like(q), torch.empty(1, 4, 64, device="cuda")
@@ -45,7 +33,7 @@ rows["ctypes cuPointerGetAttribute"] = lambda: cu.cuPointerGetAttribute(ctypes.b
 rows["ctypes cuStreamIsCapturing"] = lambda: cu.cuStreamIsCapturing(ctypes.c_void_p(st), ctypes.byref(st_))
 rows["ctypes cuCtxGetCurrent"] = lambda: cu.cuCtxGetCurrent(ctypes.byref(ctx))
 for name, fn in rows.items():
-    print(f"{name:>32}: {wall_us(fn):7.1f} us/call", flush=True)
+    print(f"{name:>32}: {wall_us(fn, iters=3000, warm=100):7.1f} us/call", flush=True)
 pr = cProfile.Profile()
 c = att["causal"]
 pr.enable()
