@@ -10,10 +10,12 @@
 //! once (closed form / params / summaries, as for prefill, with the offsets bound), and
 //! the kv range is cut to the blocks the map visits: a sliding window reads only its
 //! window. That range is cut into chunks (multiples of the kernel's kv block, sized so
-//! that there are about four per thread, capped only where the keys are read twice:
-//! [`chunk_len`]); each chunk is a work item. The query rows of a sequence are gathered
-//! once, before the items run. Within an item,
-//! each kv head runs the prefill kernel once, single-threaded, on a packed tile (GQA
+//! that there are about eight items per thread, capped only where the keys are read twice:
+//! [`chunk_len`]); a work item is one kv head's chunk (session 8's items held a chunk
+//! of every kv head: at 16 threads, B1 Lq16 L8192, 32 items of 256 keys each wrote a
+//! 256 KB partial O of all query heads, and a row merged 32 partials). The query rows of
+//! a sequence are gathered once, before the items run. In an item,
+//! its kv head runs the prefill kernel once, single-threaded, on a packed tile (GQA
 //! packing): the `G x rows` rows of its query heads as one head's rows (row `r` is query
 //! head `hk G + r / rows` at position `pos + r % rows`, which the packed program
 //! computes from `__h0` and `__rows`), against the chunk's K/V of that kv head read once,
@@ -26,7 +28,7 @@
 //! full for every row it holds. Partials (per head and row) merge exactly ([`combine`]),
 //! in split order (deterministic), one task per (sequence, query head) on the pool.
 //! Checked mode: every block partial, and the reported read is the one of the lowest
-//! failing work item (items ascend in (b, position) order; kv heads in order within one).
+//! failing work item (items ascend in (b, position, kv head) order).
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, BlockMaps};
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, KvPages};
@@ -92,6 +94,7 @@ pub(crate) type SeqPlan = (Vec<Seq>, Vec<(usize, usize)>);
 /// A chunk of a sequence's keys: positions `start..end`.
 struct Item {
     seq: usize,
+    hk: usize,
     start: usize,
     end: usize,
 }
@@ -107,20 +110,23 @@ const MIN_CHUNK: usize = 256;
 const MAX_CHUNK_BYTES: usize = 512 << 10;
 
 /// Work items per thread: enough for the atomic counter to even out threads that run at
-/// different speeds, few enough that the per-item costs (a partial O of every query head,
-/// the packing of `Q` per kv head, the combine) stay small.
-const ITEMS_PER_THREAD: usize = 4;
+/// different speeds or start late (the last item bounds the call: at 16 threads, 2
+/// items of ~1 ms each per thread left up to an item's time idle), few enough that the
+/// per-item costs (a partial O of its kv head's query rows, one kernel call, the
+/// combine) stay small.
+const ITEMS_PER_THREAD: usize = 8;
 
-/// The keys of one work item: about [`ITEMS_PER_THREAD`] items per thread over `total`
-/// keys, at least [`MIN_CHUNK`], a multiple of the kv block `kb`. An item holds at most
-/// [`MAX_CHUNK_BYTES`] of one kv head's K and V (`dsum = D + Dv` floats a key) when its
-/// keys are read more than once: when a packed tile spans several q blocks (`tile_rows >
-/// qb`: each q block walks them again). A tile of one q block reads each kv block once
-/// (the score tile, then the PV product), in place from either cache, and takes longer
-/// chunks: fewer items, so fewer partial O's, `Q` packings and combines (2 threads, B1
-/// Hq32 Hkv8 Lq16 Lkv8192 D128: 8 items of 1024 keys instead of 16 of 512).
+/// The keys of one work item (one kv head's chunk): about [`ITEMS_PER_THREAD`] items per
+/// thread over `work` = keys x kv heads, at least [`MIN_CHUNK`], a multiple of the kv block
+/// `kb`. An item holds at most [`MAX_CHUNK_BYTES`] of its kv head's K and V (`dsum = D +
+/// Dv` floats a key) when its keys are read more than once: when a packed tile spans
+/// several q blocks (`tile_rows > qb`: each q block walks them again). A tile of one q
+/// block reads each kv block once (the score tile, then the PV product), in place from
+/// either cache, and takes longer chunks: fewer items, so fewer partial O's, `Q`
+/// packings and combines (B1 Hq32 Hkv8 Lq16 Lkv8192 D128: two chunks of 4096 keys per
+/// kv head at 2 threads, 16 of 512 at 16).
 fn chunk_len(
-    total: usize,
+    work: usize,
     threads: usize,
     tile_rows: usize,
     (qb, kb): (usize, usize),
@@ -131,7 +137,7 @@ fn chunk_len(
     } else {
         usize::MAX
     };
-    (total / (ITEMS_PER_THREAD * threads.max(1)))
+    (work / (ITEMS_PER_THREAD * threads.max(1)))
         .clamp(MIN_CHUNK, max)
         .div_ceil(kb)
         * kb
@@ -150,19 +156,27 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         .map(|q| group * (s.lq - q.first))
         .max()
         .unwrap_or(0);
-    let chunk = chunk_len(total, c.threads, tile_rows, (qb, kb), s.d + s.dv);
+    // the work is every kv head's keys: an item is one kv head's chunk
+    // the work is every kv head's keys: an item is one kv head's chunk
+    let chunk = chunk_len(total * s.hkv, c.threads, tile_rows, (qb, kb), s.d + s.dv);
+    // (sequence, position, kv head) order: the order the checked mode reports in
     let mut items = Vec::new();
+    let mut chunks = Vec::with_capacity(seqs.len());
     for (i, (lo, hi)) in spans.iter().enumerate() {
         let mut at = *lo;
+        let mut n = 0;
         while at < *hi {
             let end = (at + chunk).min(*hi);
-            items.push(Item {
+            items.extend((0..s.hkv).map(|hk| Item {
                 seq: i,
+                hk,
                 start: at,
                 end,
-            });
+            }));
             at = end;
+            n += 1;
         }
+        chunks.push(n);
     }
     let parts: Vec<OnceLock<(Vec<f32>, Vec<f32>)>> =
         (0..items.len()).map(|_| OnceLock::new()).collect();
@@ -191,56 +205,47 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
                 break;
             }
             let item = &items[it];
-            let seq = &seqs[item.seq];
+            let (seq, hk) = (&seqs[item.seq], item.hk);
             let rows = s.lq - seq.first;
             let len = item.end - item.start;
-            let qbuf = &qs[item.seq];
             let tile = group * rows;
-            let mut o = vec![0f32; s.hq * rows * s.dv];
-            let mut lse = vec![0f32; s.hq * rows];
-            let mut failed = None;
-            for hk in 0..s.hkv {
-                // the chunk's K/V rows of kv head hk, read in place through the page table
-                let span = (item.start, item.end);
-                let walk = s.pages(c.view, (seq.b, hk), span, &mut k_pages, &mut v_pages);
-                set_packed_offsets(
-                    &mut bind,
-                    base,
-                    [seq.b, seq.pos, item.start, hk * group, rows],
-                );
-                let maps =
-                    BlockMaps::single(slice_map(packed[item.seq].of(hk), item.start / kb, len));
-                let kv = KvPages {
-                    k: c.view.k,
-                    v: c.view.v,
-                    k_pages: &k_pages,
-                    v_pages: &v_pages,
-                    page_size: walk.page_size,
-                    row0: walk.row0,
-                    k_ld: walk.k_ld,
-                    v_ld: walk.v_ld,
-                };
-                let r = c.kernel.run_rows(
-                    &packed_shape(s, tile, len),
-                    &qbuf[hk * tile * s.d..][..tile * s.d],
-                    kv,
-                    c.scale,
-                    &bind,
-                    &maps,
-                    &Scoped(1),
-                    &mut o[hk * tile * s.dv..][..tile * s.dv],
-                    &mut lse[hk * tile..][..tile],
-                );
-                if let Err(e) = r {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            match failed {
-                None => {
+            let mut o = vec![0f32; tile * s.dv];
+            let mut lse = vec![0f32; tile];
+            // the chunk's K/V rows of kv head hk, read in place through the page table
+            let span = (item.start, item.end);
+            let walk = s.pages(c.view, (seq.b, hk), span, &mut k_pages, &mut v_pages);
+            set_packed_offsets(
+                &mut bind,
+                base,
+                [seq.b, seq.pos, item.start, hk * group, rows],
+            );
+            let maps = BlockMaps::single(slice_map(packed[item.seq].of(hk), item.start / kb, len));
+            let kv = KvPages {
+                k: c.view.k,
+                v: c.view.v,
+                k_pages: &k_pages,
+                v_pages: &v_pages,
+                page_size: walk.page_size,
+                row0: walk.row0,
+                k_ld: walk.k_ld,
+                v_ld: walk.v_ld,
+            };
+            let r = c.kernel.run_rows(
+                &packed_shape(s, tile, len),
+                &qs[item.seq][hk * tile * s.d..][..tile * s.d],
+                kv,
+                c.scale,
+                &bind,
+                &maps,
+                &Scoped(1),
+                &mut o,
+                &mut lse,
+            );
+            match r {
+                Ok(()) => {
                     let _ = parts[it].set((o, lse));
                 }
-                Some(e) => {
+                Err(e) => {
                     stop.store(true, Ordering::Relaxed);
                     let mut fe = first_err.lock().unwrap_or_else(|p| p.into_inner());
                     if fe.as_ref().is_none_or(|(i, _)| it < *i) {
@@ -261,10 +266,11 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
     // query head), on the pool
     let mut o = vec![0f32; s.o_len()];
     let mut lse = vec![f32::NEG_INFINITY; s.lse_len()];
+    // per sequence: its items' partials, (chunk, kv head) order
     let mut mine = Vec::with_capacity(seqs.len());
     let mut at = 0;
-    for i in 0..seqs.len() {
-        let n = items[at..].iter().take_while(|it| it.seq == i).count();
+    for &n in &chunks {
+        let n = n * s.hkv;
         let p: Vec<&(Vec<f32>, Vec<f32>)> = parts[at..at + n]
             .iter()
             .map(|p| {
@@ -290,17 +296,19 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
                 break;
             }
             let (i, h) = (t / s.hq, t % s.hq);
-            let seq = &seqs[i];
+            let (seq, hk) = (&seqs[i], h / group);
             let rows = s.lq - seq.first;
             let mut slot = slots[seq.b * s.hq + h]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let (o, lse) = &mut *slot;
             for r in 0..rows {
-                let local = h * rows + r;
+                // row r of query head h: row (h - hk G) rows + r of kv head hk's tile
+                let local = (h % group) * rows + r;
                 let row = seq.first + r;
-                let parts = mine[i]
+                let parts = mine[i][hk..]
                     .iter()
+                    .step_by(s.hkv)
                     .map(|(po, pl)| (&po[local * s.dv..][..s.dv], pl[local]));
                 lse[row] = combine(parts, &mut o[row * s.dv..][..s.dv]);
             }
@@ -463,19 +471,20 @@ fn slice_map(m: &BlockMap, first: usize, len: usize) -> BlockMap {
 mod tests {
     use super::*;
 
-    /// Chunks are whole kv blocks, at least `MIN_CHUNK`, about `ITEMS_PER_THREAD` per
-    /// thread; capped where the keys are read twice (a tile over several q blocks), not
-    /// under one q block.
+    /// Chunks are whole kv blocks, at least `MIN_CHUNK`, about `ITEMS_PER_THREAD` items
+    /// (kv head chunks) per thread; capped where the keys are read twice (a tile over
+    /// several q blocks), not under one q block.
     #[test]
     fn chunk_len_caps_only_keys_read_twice() {
         let (qb, kb, dsum) = (64, 64, 256);
         let cap = MAX_CHUNK_BYTES / (4 * dsum);
-        // B1 Lkv8192 Lq16 G4 at 2 threads: 8 items of 1024 keys
-        assert_eq!(chunk_len(8192, 2, 64, (qb, kb), dsum), 1024);
-        assert_eq!(chunk_len(8192, 2, 128, (qb, kb), dsum), cap);
+        // B1 Lkv8192 Hkv8 Lq16 G4: two chunks per kv head at 2 threads, 512 keys at 16
+        assert_eq!(chunk_len(8192 * 8, 2, 64, (qb, kb), dsum), 4096);
+        assert_eq!(chunk_len(8192 * 8, 16, 64, (qb, kb), dsum), 512);
+        assert_eq!(chunk_len(8192 * 8, 2, 128, (qb, kb), dsum), cap);
         // short: the minimum; odd: rounded up to whole blocks
         assert_eq!(chunk_len(300, 16, 4, (qb, kb), dsum), MIN_CHUNK);
-        assert_eq!(chunk_len(5000, 4, 16, (qb, kb), dsum), 320);
+        assert_eq!(chunk_len(10000, 4, 16, (qb, kb), dsum), 320);
         // a huge head dimension never takes the cap below the minimum
         assert_eq!(chunk_len(1 << 20, 1, 128, (qb, kb), 1 << 20), MIN_CHUNK);
     }
