@@ -6,7 +6,13 @@ dense, causal, ALiBi + causal and softcap + causal; with --decode, the decoding 
 issue 12 (FA4 direct, SDPA cuDNN and flash; contiguous cache, dense; microseconds and GB/s
 of K/V read) at B8 Hq32 Hkv8 Lkv32768 Lq 1/4/16, B64 Lkv8192 Lq1, B1 Lkv131072 Lq1;
 with --no-bwd, forward only; the extra shapes time the backward only with --bwd-extra (the
-D64 shape alone with --bwd-d64).
+D64 shape alone with --bwd-d64). With --sliding, also sliding window 1024 (causal, a query
+sees itself and the 1023 keys before it: attnc's `window = 1024`, `q - kv < 1024`) on every
+shape: Flex FLASH with the band's mask_mod and FA4 direct with window_size=(1023, 0), as
+../shared/bench/fa4/anchors_fa4.py; with --doc, document + causal (8 sorted random
+documents per sequence, as attnc's gpu_bench): Flex FLASH with the mask_mod and FA4
+direct through its varlen entry (each document one causal sequence, cu_seqlens), the
+fastest exact form of that mask. Densities are counted exactly over the (q, kv) pairs.
 The full set (Flex Triton, sliding window, documents, GQA, decoding) is
 ../shared/bench/fa4/anchors_fa4.py; this keeps its conventions: TFLOP/s over unmasked
 pairs, forward 4*B*H*Lq*Lkv*D*density, backward 2.5x that; best of 3 x 10 iterations
@@ -28,6 +34,10 @@ try:
 except Exception as ex:
     flash_attn_func = None
     print("FA4 not importable:", type(ex).__name__, str(ex)[:200], flush=True)
+try:
+    from flash_attn.cute.interface import flash_attn_varlen_func
+except Exception:
+    flash_attn_varlen_func = None
 print(torch.__version__, torch.cuda.get_device_name(), flush=True)
 
 def bench(fn, iters=10, warm=3):
@@ -41,12 +51,16 @@ def bench(fn, iters=10, warm=3):
     return min(ts)
 
 def causal(b, h, q, kv): return q >= kv
+def sliding(b, h, q, kv): return (q >= kv) & (q - kv < 1024)
 def alibi(score, b, h, q, kv): return score + torch.exp2(-8.0 * (h + 1) / 16) * (kv - q)
 def softcap(score, b, h, q, kv): return 30.0 * torch.tanh(score / 30.0)
 
 NO_BWD = "--no-bwd" in sys.argv
 BWD_EXTRA = "--bwd-extra" in sys.argv
 BWD_D64 = "--bwd-d64" in sys.argv
+SLIDING = "--sliding" in sys.argv
+DOC = "--doc" in sys.argv
+OUTF = os.path.join(os.environ.get("OUT", "."), "fa4_anchors_lite.json")
 
 def fwd_bwd(f, q, k, v, do, extra=False, d64=False):
     tf = bench(lambda: f(q, k, v))
@@ -70,28 +84,62 @@ for (B, H, Hkv, S, D) in shapes:
     do = torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16)
     gqa = H != Hkv
     tag = f"B{B}H{H}L{S}D{D}" if not gqa else f"B{B}H{H}Hkv{Hkv}L{S}D{D}"
-    for name, mm, sm in [("dense", None, None), ("causal", causal, None),
-                         ("alibi_causal", causal, alibi), ("softcap_causal", causal, softcap)]:
-        dens = 1.0 if mm is None else (S + 1) / (2 * S)
+    # document ids: 8 sorted random documents (one sequence for every batch row)
+    doc = torch.sort(torch.randint(0, 8, (S,), device=dev))[0]
+    def docmask(b, h, qq, kk): return (doc[qq] == doc[kk]) & (qq >= kk)
+    variants = [("dense", None, None), ("causal", causal, None)] \
+        + ([("sliding1024", sliding, None)] if SLIDING else []) \
+        + [("alibi_causal", causal, alibi), ("softcap_causal", causal, softcap)] \
+        + ([("doc_causal", docmask, None)] if DOC else [])
+    for name, mm, sm in variants:
+        if mm is None:
+            dens = 1.0
+        elif mm is causal:
+            dens = (S + 1) / (2 * S)
+        else:
+            # exact: the kept pairs counted in row chunks
+            kept = 0
+            for r0 in range(0, S, 2048):
+                qi = torch.arange(r0, min(S, r0 + 2048), device=dev)[:, None]
+                kept += int(mm(0, 0, qi, torch.arange(S, device=dev)[None, :]).sum().item())
+            dens = kept / (S * S)
         fl = 4 * B * H * S * S * D * dens
         bm = create_block_mask(mm, B=None, H=None, Q_LEN=S, KV_LEN=S, device=dev) if mm else None
         row = {}
-        def put(key, f):
+        def put(key, f, args=None):
+            qq, kk, vv, dd = args or (q, k, v, do)
             try:
-                t0 = time.time(); f(q, k, v); torch.cuda.synchronize(); first = time.time() - t0
-                tf, tb = fwd_bwd(f, q, k, v, do, extra=(B, H, Hkv, S, D) != shapes0, d64=D == 64)
+                t0 = time.time(); f(qq, kk, vv); torch.cuda.synchronize(); first = time.time() - t0
+                tf, tb = fwd_bwd(f, qq, kk, vv, dd, extra=(B, H, Hkv, S, D) != shapes0, d64=D == 64)
                 row[key] = dict(fwd=fl / tf / 1e9, bwd=2.5 * fl / tb / 1e9, first_call_s=first)
             except Exception as ex:
                 row[key] = dict(error=f"{type(ex).__name__}: {str(ex)[:160]}")
         put("flex_FLASH", lambda q, k, v: flex(q, k, v, score_mod=sm, block_mask=bm, enable_gqa=gqa, kernel_options={"BACKEND": "FLASH"}))
-        if flash_attn_func is not None and sm in (None, softcap):
+        if flash_attn_func is not None and sm in (None, softcap) and mm in (None, causal, sliding):
             kw = dict(causal=mm is not None)
+            if mm is sliding: kw["window_size"] = (1023, 0)
             if sm is softcap: kw["softcap"] = 30.0
             def fa4(q, k, v):
                 o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kw)
                 return (o[0] if isinstance(o, tuple) else o).transpose(1, 2)
             put("fa4", fa4)
-        if sm is None:
+        if flash_attn_varlen_func is not None and mm is docmask:
+            # each (batch row, document) one causal sequence, packed: (B S, H, D)
+            lens = torch.unique_consecutive(doc, return_counts=True)[1].to(torch.int32)
+            lens = lens.repeat(B)
+            cu = torch.zeros(lens.numel() + 1, device=dev, dtype=torch.int32)
+            cu[1:] = torch.cumsum(lens, 0)
+            mx = int(lens.max().item())
+            # packed once, outside the timing (B S, heads, D) leaves
+            pk = lambda x: x.detach().transpose(1, 2).reshape(B * S, x.shape[1], D).contiguous().requires_grad_(x.requires_grad)
+            packed = (pk(q), pk(k), pk(v), pk(do))
+            def fa4_doc(q, k, v):
+                o = flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu,
+                                           max_seqlen_q=mx, max_seqlen_k=mx, causal=True)
+                return o[0] if isinstance(o, tuple) else o
+            put("fa4_varlen", fa4_doc, packed)
+            del packed
+        if sm is None and mm in (None, causal):
             def sd(q, k, v):
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     return F.scaled_dot_product_attention(q, k, v, is_causal=mm is causal, enable_gqa=gqa)
@@ -100,6 +148,7 @@ for (B, H, Hkv, S, D) in shapes:
         cells = [f"{key} " + (f"fwd {r['fwd']:.0f} bwd {r['bwd']:.0f} first {r['first_call_s']:.1f}s" if "fwd" in r else f"ERR {r['error'][:80]}") for key, r in row.items()]
         print(f"{name:15s} {tag:18s} | " + " | ".join(cells), flush=True)
     del q, k, v, do; torch.cuda.empty_cache()
+    json.dump(res, open(OUTF, "w"), indent=1)  # what a timeout leaves
 # decoding: a few query rows against a long contiguous cache (memory bound), dense
 if "--decode" in sys.argv:
     for (B, H, Hkv, Lq, Lkv, D) in [(8, 32, 8, 1, 32768, 128), (8, 32, 8, 4, 32768, 128), (8, 32, 8, 16, 32768, 128),
@@ -128,4 +177,4 @@ if "--decode" in sys.argv:
         res[tag] = row
         print(f"{tag:40s} | " + " | ".join(f"{k_} " + (f"{r['us']:.1f} us {r['GBps']:.0f} GB/s" if "us" in r else f"ERR {r['error'][:80]}") for k_, r in row.items()), flush=True)
         del q, k, v; torch.cuda.empty_cache()
-json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "fa4_anchors_lite.json"), "w"), indent=1)
+json.dump(res, open(OUTF, "w"), indent=1)
