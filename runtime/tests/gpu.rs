@@ -14,7 +14,8 @@
 //! warp-specialized with TMA (`PtxOptions::ws`)), each with both K pipelines;
 //! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path; `ATTNC_GPU_PERSISTENT=1|dyn|0` makes the
 //! warp-specialized paths persistent (`PtxOptions::persistent`; `dyn`: with
-//! `PtxOptions::dynamic_tiles`) or not. Every path but the plain wgmma kernel
+//! `PtxOptions::dynamic_tiles`) or not, and `ATTNC_GPU_Q2=1` gives those two Q buffers
+//! (`PtxOptions::q_double`). Every path but the plain wgmma kernel
 //! converts positions as exact floats (`PtxOptions::float_positions`, the runtime's
 //! default at these lengths); the plain wgmma kernel converts per element.
 //!
@@ -243,7 +244,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
 }
 
 /// `o` with `ATTNC_GPU_PERSISTENT=1|dyn|0` applied (persistent CTAs on, on with the
-/// dynamic tile scheduler, or off).
+/// dynamic tile scheduler, or off) and, with persistent CTAs, `ATTNC_GPU_Q2=1` (two Q
+/// buffers, `PtxOptions::q_double`).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
         Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
@@ -251,6 +253,7 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
         Ok("0") => (o.persistent, o.dynamic_tiles) = (false, false),
         _ => {}
     }
+    o.q_double = o.persistent && std::env::var("ATTNC_GPU_Q2").is_ok_and(|v| v == "1");
     o
 }
 
@@ -646,7 +649,8 @@ fn gpu_lpt_order_matches_oracle(dev: &CudaDevice) {
 /// many tiles (its ring position, Q buffer phase and turn barriers carried across tiles,
 /// tiles without kv blocks among them), in the plain and the longest-first order, with
 /// static rounds and with the dynamic tile scheduler (`PtxOptions::dynamic_tiles`: run
-/// twice on one problem, its counter zero after each launch), at D128 (two consumers)
+/// twice on one problem, its counter zero after each launch), each with one and with two
+/// Q buffers (`PtxOptions::q_double`), at D128 (two consumers)
 /// and D64 (three); odd lengths, Lq != Lkv, GQA, bf16 and f16; also the device's own
 /// grid.
 fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
@@ -700,14 +704,21 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
             let small = dev.with_sms(sms);
             let mut r = rng(31);
             let bind = bindings(&p, &c.shape, &mut r, 40, 4);
-            // the static rounds and the dynamic tile scheduler, plain and LPT order
-            for (lpt, dynamic_tiles) in [(0, false), (3, false), (0, true), (3, true)] {
+            // the static rounds and the dynamic tile scheduler, plain and LPT order, each
+            // with one Q buffer and two (`q_double`)
+            for (lpt, dynamic_tiles, q_double) in [
+                (0, false, false),
+                (3, false, true),
+                (0, true, true),
+                (3, true, false),
+            ] {
                 if (only == "dyn" && !dynamic_tiles) || (only == "static" && dynamic_tiles) {
                     continue;
                 }
                 let opts = PtxOptions {
                     lpt_group: lpt,
                     dynamic_tiles,
+                    q_double,
                     ..ws
                 };
                 let opts = PtxOptions {
@@ -726,7 +737,7 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
                 )
                 .unwrap_or_else(|e| {
                     panic!(
-                        "{} {:?} {sms} CTAs lpt {lpt} dynamic {dynamic_tiles}: {e}",
+                        "{} {:?} {sms} CTAs lpt {lpt} dynamic {dynamic_tiles} q2 {q_double}: {e}",
                         p.name, c.shape
                     )
                 });
@@ -810,6 +821,9 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
                     dynamic_tiles: dynamic,
                     lpt_group: if dynamic { 8 } else { 0 },
                     checked: i == 1 && k == 0,
+                    // (two Q buffers on half the dynamic runs: the negative scale's
+                    // negation of the second buffer included)
+                    q_double: dynamic && (i + j) % 2 == 0,
                     ..ws
                 };
                 let scale = if i == 2 && k == 1 {
@@ -819,8 +833,8 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
                 };
                 if let Err(e) = check_opts(&small, &p, &c, &bind, None, 41, scale, &opts) {
                     failures.push(format!(
-                        "{} {:?} q block {qb} dynamic {dynamic} {sms} CTAs: {e}",
-                        p.name, c.shape
+                        "{} {:?} q block {qb} dynamic {dynamic} q2 {} {sms} CTAs: {e}",
+                        p.name, c.shape, opts.q_double
                     ));
                 }
             }

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # final GPU check, call B: FA4 part a installed; attnc's forward bench (gpu_bench), decode bench, the GQA shape and D256 through attnc bench
-# (gpu_bench candidates: the runtime's choices since session 8 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score; D128 causal = 128x128xtgyem, ALiBi/softcap = 128x128xtgye, documents = 128x128xtym, D64 causal/softcap = 192x128xtgye, D64 ALiBi = 128x128xtgye)
+# (gpu_bench candidates: the runtime's choices since session 9 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score, `d` two Q buffers wherever CTAs are persistent; D128 sliding = 128x128xtzmd, causal = 128x128xtgyemd, ALiBi/softcap = 128x128xtgyed, documents = 128x128xtymd, D64 dense = 192x128xtzd, causal/softcap = 192x128xtgyed, ALiBi = 128x128xtgyed; session 8's tzm, tgye and 192 tgye for comparison)
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fb; mkdir -p $B
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
 (bash .fa4a/install.sh a 2>&1 | tail -1) &
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
-ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtz,128x128xtgy,128x128xty,128x128xtgye,128x128xtgyem,128x128xtym,192x128xtz,192x128xtgy,192x128xtgye,128x64xt} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
-for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"
+# (sliding_window: the anchors' window of 1024 keys, `q - kv <= 1023`; without --param the synthesized window is Lq/4)
+for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"; [ "$f" = sliding_window ] && a="--param window=1023"
   timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | grep "TFLOP" | sed 's/compile.*(front/(front/' | cut -c1-200
   echo "  min rule: $(ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed -E 's/.*bf16: (compile [0-9.]+ ms)?[^)]*\)?,? ?//' | cut -c1-160)"; done
 echo "=== D256 B2 H16 L8192 (runtime choice)"

@@ -446,7 +446,8 @@ impl CudaExec {
 /// CTAs (`PtxOptions::persistent`) on with static rounds of tiles, on with the dynamic
 /// tile scheduler (`PtxOptions::dynamic_tiles`), or off; `ATTNC_FWD_Q_END=1|0` q blocks from
 /// the end (`PtxOptions::q_from_end`) on or off; `ATTNC_FWD_SPLIT_TAIL=1|0` the score's
-/// path for partial blocks inside the sequence (`PtxOptions::split_tail`); `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// path for partial blocks inside the sequence (`PtxOptions::split_tail`); `ATTNC_FWD_Q2=1|0`
+/// two Q buffers for persistent CTAs (`PtxOptions::q_double`); `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
 fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -469,6 +470,13 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         Ok("0") => o.split_tail = false,
         _ => {}
     }
+    match std::env::var("ATTNC_FWD_Q2").as_deref() {
+        Ok("1") => o.q_double = true,
+        Ok("0") => o.q_double = false,
+        _ => {}
+    }
+    // (two Q buffers only with persistent CTAs)
+    o.q_double &= o.persistent;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())

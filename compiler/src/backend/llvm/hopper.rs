@@ -43,6 +43,12 @@
 //! always pass the turn, warpgroup 0 taking one extra turn at the end, so that the next
 //! tile's loads run under the last P V and the epilogue of this one.
 //!
+//! Two Q buffers (`PtxOptions::q_double`, persistent CTAs only): the CTA's n-th tile
+//! with blocks uses buffer `n & 1` (the second after the V ring) with its own q_full,
+//! q_empty (and tile slot) at parity `(n >> 1) & 1` ([`Bars::q_use`]), so the producer
+//! copies tile n+1's Q right after tile n's last K and V instead of after the consumers'
+//! last S of tile n.
+//!
 //! The dynamic tile scheduler (`PtxOptions::dynamic_tiles`, [`produce_dynamic`],
 //! [`consume_dynamic`]): instead of the static rounds, each CTA starts at tile `ctaid.x`
 //! and takes its next tiles from a global counter (`TileCounter`, one atomic add by the
@@ -84,8 +90,12 @@ pub(crate) struct Layout {
     pub k: SmemTile,
     pub v: SmemTile,
     pub stages: u32,
+    /// `PtxOptions::q_double`: the second Q buffer's byte offset (after the V ring).
+    pub q1: Option<u32>,
     /// Byte offset of the mbarriers (8 bytes each): q_full, then per stage k_full,
-    /// k_empty, v_full, v_empty, then (persistent kernel) q_empty ([`Bars`]).
+    /// k_empty, v_full, v_empty, then (persistent kernel) q_empty, (dynamic scheduler)
+    /// the tile slot, then (two Q buffers) the second buffer's q_full, q_empty and slot
+    /// ([`Bars`]).
     pub bars: u32,
     /// Total dynamic shared memory.
     pub bytes: u32,
@@ -94,17 +104,26 @@ pub(crate) struct Layout {
 impl Layout {
     pub fn new(opts: &PtxOptions) -> Self {
         let (q, k, v) = tiles(opts);
-        let bars = v.offset + v.bytes() * opts.stages;
+        let ring_end = v.offset + v.bytes() * opts.stages;
+        let double = opts.persistent && opts.q_double;
+        let q1 = double.then_some(ring_end);
+        let bars = ring_end + if double { q.bytes() } else { 0 };
+        // q_full, the ring's four per stage, the persistent kernel's q_empty, and the
+        // dynamic scheduler's tile slot; with two Q buffers also the slot's place and the
+        // second buffer's three (`Bars::q_full1` ..)
+        let q_bars = if double {
+            6
+        } else {
+            1 + opts.persistent as u32 + opts.dynamic_tiles as u32
+        };
         Layout {
             q,
             k,
             v,
             stages: opts.stages,
+            q1,
             bars,
-            // q_full, the ring's four per stage, the persistent kernel's q_empty, and the
-            // dynamic scheduler's tile slot
-            bytes: bars
-                + 8 * (1 + 4 * opts.stages + opts.persistent as u32 + opts.dynamic_tiles as u32),
+            bytes: bars + 8 * (4 * opts.stages + q_bars),
         }
     }
 }
@@ -113,6 +132,8 @@ impl Layout {
 struct Bars<'ctx> {
     base: IntValue<'ctx>,
     stages: u32,
+    /// Two Q buffers (`PtxOptions::q_double`).
+    double: bool,
 }
 
 impl<'ctx> Bars<'ctx> {
@@ -120,6 +141,7 @@ impl<'ctx> Bars<'ctx> {
         Ok(Bars {
             base: g.smem_addr32(g.c32(lay.bars as i64))?,
             stages: lay.stages,
+            double: lay.q1.is_some(),
         })
     }
     /// Thread 0 initialises the mbarriers (the "empty" ones count one arrival per consumer
@@ -130,6 +152,10 @@ impl<'ctx> Bars<'ctx> {
             g.mbar_init(self.q_full(g)?, 1)?;
             if q_empty {
                 g.mbar_init(self.q_empty(g)?, consumers)?;
+            }
+            if self.double {
+                g.mbar_init(self.q_full1(g)?, 1)?;
+                g.mbar_init(self.q_empty1(g)?, consumers)?;
             }
             for s in 0..self.stages {
                 let s = g.c32(s as i64);
@@ -174,14 +200,89 @@ impl<'ctx> Bars<'ctx> {
     fn tile_slot(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
         self.at(g, g.c32((2 + 4 * self.stages) as i64))
     }
+    /// The second Q buffer's `q_full`, `q_empty` and tile slot (after the first's,
+    /// `PtxOptions::q_double`).
+    fn q_full1(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        self.at(g, g.c32((3 + 4 * self.stages) as i64))
+    }
+    fn q_empty1(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        self.at(g, g.c32((4 + 4 * self.stages) as i64))
+    }
+    fn tile_slot1(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        self.at(g, g.c32((5 + 4 * self.stages) as i64))
+    }
+    /// The persistent kernel's Q use number `n` (this CTA's n-th tile with a Q: one
+    /// buffer, `n` is the parity; two, buffer `n & 1` with parity `(n >> 1) & 1`).
+    fn q_use(&self, g: &Gpu<'ctx>, lay: &Layout, n: IntValue<'ctx>) -> R<QUse<'ctx>> {
+        let Some(q1) = lay.q1 else {
+            let empty = self.q_empty(g)?;
+            return Ok(QUse {
+                phase: n,
+                empty,
+                second: None,
+            });
+        };
+        let second = g.icmp(IntPredicate::NE, g.and(n, g.c32(1))?, g.c32(0))?;
+        let phase = g.and(g.lshr(n, g.c32(1))?, g.c32(1))?;
+        let empty = g.selecti(second, self.q_empty1(g)?, self.q_empty(g)?)?;
+        let full = g.selecti(second, self.q_full1(g)?, self.q_full(g)?)?;
+        let slot = g.selecti(second, self.tile_slot1(g)?, self.tile_slot(g)?)?;
+        let buf = g.selecti(second, g.c32((q1 - lay.q.offset) as i64), g.c32(0))?;
+        Ok(QUse {
+            phase,
+            empty,
+            second: Some(SecondQ {
+                is: second,
+                full,
+                slot,
+                buf,
+            }),
+        })
+    }
+    /// The Q use number after `n`.
+    fn q_next(&self, g: &Gpu<'ctx>, n: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        if self.double {
+            g.add(n, g.c32(1))
+        } else {
+            g.xor(n, g.c32(1))
+        }
+    }
 }
 
 /// The persistent kernel's use of the Q buffer for one tile: the parity of this use
-/// and the barrier that frees it.
+/// and the barrier that frees it (with two Q buffers, which one: `second`).
 #[derive(Clone, Copy)]
 struct QUse<'ctx> {
     phase: IntValue<'ctx>,
     empty: IntValue<'ctx>,
+    second: Option<SecondQ<'ctx>>,
+}
+
+/// With two Q buffers (`PtxOptions::q_double`): whether this use is the second buffer,
+/// and its `q_full`, tile slot and byte offset from the first.
+#[derive(Clone, Copy)]
+struct SecondQ<'ctx> {
+    is: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+    slot: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+}
+
+impl<'ctx> QUse<'ctx> {
+    /// This use's `q_full` (the one buffer's, or the chosen one of two).
+    fn full(&self, g: &Gpu<'ctx>, bars: &Bars<'ctx>) -> R<IntValue<'ctx>> {
+        match self.second {
+            Some(s) => Ok(s.full),
+            None => bars.q_full(g),
+        }
+    }
+    /// This use's tile slot (the dynamic scheduler).
+    fn slot(&self, g: &Gpu<'ctx>, bars: &Bars<'ctx>) -> R<IntValue<'ctx>> {
+        match self.second {
+            Some(s) => Ok(s.slot),
+            None => bars.tile_slot(g),
+        }
+    }
 }
 
 /// A position in the K/V ring: the stage and the parity of its current use.
@@ -262,7 +363,7 @@ pub(crate) fn body<'ctx>(
             a: &a,
             hq: at.hq,
         };
-        prod.run(&runs, None, None)
+        prod.run(&runs, None, None, false)
     })?;
     g.b.build_return(None)?;
 
@@ -369,10 +470,10 @@ fn body_persistent<'ctx>(
                         a: &a,
                         hq: at.hq,
                     };
-                    let phase = g.geti(&q_phase)?;
-                    let empty = bars.q_empty(g)?;
-                    prod.run(&runs, Some(&ring), Some(QUse { phase, empty }))?;
-                    g.set(&q_phase, g.xor(phase, g.c32(1))?)
+                    let n = g.geti(&q_phase)?;
+                    let q = bars.q_use(g, &lay, n)?;
+                    prod.run(&runs, Some(&ring), Some(q), true)?;
+                    g.set(&q_phase, bars.q_next(g, n)?)
                 })
             })
         },
@@ -433,15 +534,17 @@ fn body_persistent<'ctx>(
         let idle = if dynamic { g.block("idle") } else { epi };
         g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, work, idle)?;
         g.b.position_at_end(work);
-        let phase = g.geti(&q_phase)?;
+        let n = g.geti(&q_phase)?;
         if !dynamic {
-            g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+            g.set(&q_phase, bars.q_next(g, n)?)?;
         }
-        let empty = bars.q_empty(g)?;
-        cons.run(&runs, epi, Some(QUse { phase, empty }))?;
+        let q = bars.q_use(g, &lay, n)?;
+        cons.run(&runs, epi, Some(q))?;
         if dynamic {
             g.b.position_at_end(idle);
-            g.mbar_arrive(empty)?;
+            // (the idle block's own load and selects: `q`'s are in the work block)
+            let q = bars.q_use(g, &lay, g.geti(&q_phase)?)?;
+            g.mbar_arrive(q.empty)?;
             g.br(epi)?;
         }
         g.b.position_at_end(epi);
@@ -459,7 +562,7 @@ fn body_persistent<'ctx>(
         )
     };
     if dynamic {
-        consume_dynamic(g, &bars, tiles, &q_phase, &mut consume)?;
+        consume_dynamic(g, &lay, &bars, tiles, &q_phase, &mut consume)?;
     } else {
         for_each_tile(g, tiles, &mut consume)?;
     }
@@ -537,8 +640,9 @@ fn produce_dynamic<'ctx>(
     g.b.position_at_end(head);
     let t = g.geti(&next)?;
     let phase = g.geti(&q_phase)?;
-    g.mbar_wait(bars.q_empty(g)?, g.xor(phase, g.c32(1))?)?;
-    g.st_shared_u32(bars.tile_slot(g)?, t)?;
+    let q = bars.q_use(g, lay, phase)?;
+    g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
+    g.st_shared_u32(q.slot(g, bars)?, t)?;
     g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
 
     g.b.position_at_end(work);
@@ -555,20 +659,20 @@ fn produce_dynamic<'ctx>(
         a,
         hq: at.hq,
     };
-    prod.run(&runs, Some(ring), None)?;
+    prod.run(&runs, Some(ring), Some(q), false)?;
     g.br(fetch)?;
     g.b.position_at_end(idle);
-    g.mbar_arrive(bars.q_full(g)?)?;
+    g.mbar_arrive(q.full(g, bars)?)?;
     g.br(fetch)?;
     g.b.position_at_end(fetch);
     let taken = g.atom_inc_relaxed(counter)?;
     g.set(&next, g.add(taken, grid)?)?;
-    g.set(&q_phase, g.xor(phase, g.c32(1))?)?;
+    g.set(&q_phase, bars.q_next(g, phase)?)?;
     g.br(head)?;
 
     g.b.position_at_end(done);
     // the consumers read the end from the slot
-    g.mbar_arrive(bars.q_full(g)?)?;
+    g.mbar_arrive(q.full(g, bars)?)?;
     let finished = g.acq_rel_inc(g.b.build_int_add(counter, g.c64(4), "")?)?;
     g.if_then(
         g.icmp(IntPredicate::EQ, finished, g.sub(grid, g.c32(1))?)?,
@@ -584,6 +688,7 @@ fn produce_dynamic<'ctx>(
 /// tile, else `body(t)` (which frees the Q buffer, by its last P V or at once).
 fn consume_dynamic<'ctx>(
     g: &Gpu<'ctx>,
+    lay: &Layout,
     bars: &Bars<'ctx>,
     tiles: IntValue<'ctx>,
     q_phase: &Var<'ctx>,
@@ -594,12 +699,13 @@ fn consume_dynamic<'ctx>(
     let done = g.block("tiles_done");
     g.br(head)?;
     g.b.position_at_end(head);
-    g.mbar_wait(bars.q_full(g)?, g.geti(q_phase)?)?;
-    let t = g.ld_shared_u32(bars.tile_slot(g)?)?;
+    let q = bars.q_use(g, lay, g.geti(q_phase)?)?;
+    g.mbar_wait(q.full(g, bars)?, q.phase)?;
+    let t = g.ld_shared_u32(q.slot(g, bars)?)?;
     g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
     g.b.position_at_end(work);
     body(t)?;
-    g.set(q_phase, g.xor(g.geti(q_phase)?, g.c32(1))?)?;
+    g.set(q_phase, bars.q_next(g, g.geti(q_phase)?)?)?;
     g.br(head)?;
     g.b.position_at_end(done);
     Ok(())
@@ -639,30 +745,34 @@ impl<'ctx> Producer<'_, 'ctx> {
     }
 
     /// Q, then K and V of every kv block of the runs into the ring (from its start, or
-    /// the persistent kernel's: at `ring`'s position, once `q` says the consumers freed
-    /// the Q buffer).
+    /// the persistent kernel's: at `ring`'s position, into the Q buffer of `q`, with
+    /// `wait`: once `q` says the consumers freed it).
     fn run(
         &self,
         runs: &super::bounds::RowRuns<'ctx>,
         ring: Option<&Ring<'ctx>>,
         q: Option<QUse<'ctx>>,
+        wait: bool,
     ) -> R<()> {
         let (g, c, cx, lay, bars) = (self.g, self.c, self.cx, self.lay, self.bars);
         let zero = g.c32(0);
-        if let Some(q) = q {
+        if let Some(q) = q
+            && wait
+        {
             g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
         }
+        let q_full = |g: &Gpu<'ctx>| match q {
+            Some(q) => q.full(g, bars),
+            None => bars.q_full(g),
+        };
+        let q_buf = match q.and_then(|q| q.second) {
+            Some(s) => s.buf,
+            None => zero,
+        };
         // Q: slice b * Hq + h
         let q_slice = g.add(g.mul(cx.b, self.hq)?, cx.h)?;
-        g.mbar_arrive_expect_tx(bars.q_full(g)?, lay.q.bytes())?;
-        self.copy(
-            &lay.q,
-            KernelParam::TmaQ,
-            zero,
-            cx.q0,
-            q_slice,
-            bars.q_full(g)?,
-        )?;
+        g.mbar_arrive_expect_tx(q_full(g)?, lay.q.bytes())?;
+        self.copy(&lay.q, KernelParam::TmaQ, q_buf, cx.q0, q_slice, q_full(g)?)?;
         // K, V: slice b * Hkv + h / (Hq / Hkv)
         let hkv = self.a.int(KernelParam::Hkv)?;
         let hk = g.udiv(cx.h, g.udiv(self.hq, hkv)?)?;
@@ -811,15 +921,29 @@ impl<'ctx> Consumer<'_, 'ctx> {
             Some(q) => q.phase,
             None => g.c32(0),
         };
-        g.mbar_wait(bars.q_full(g)?, q_phase)?;
+        let second = q.and_then(|q| q.second);
+        let q_full = match second {
+            Some(s) => s.full,
+            None => bars.q_full(g)?,
+        };
+        g.mbar_wait(q_full, q_phase)?;
         if cx.raw {
             let neg = g.fcmp(FloatPredicate::OLT, cx.scale, g.cf(0.0))?;
             g.if_then(neg, || {
-                negate_own_chunks(g, &c.q, self.tid, c.threads)?;
+                match (second, self.lay.q1) {
+                    (Some(s), Some(q1)) => {
+                        let tile1 = SmemTile { offset: q1, ..c.q };
+                        let first = g.icmp(IntPredicate::EQ, s.buf, g.c32(0))?;
+                        g.if_then(s.is, || negate_own_chunks(g, &tile1, self.tid, c.threads))?;
+                        g.if_then(first, || negate_own_chunks(g, &c.q, self.tid, c.threads))?;
+                    }
+                    _ => negate_own_chunks(g, &c.q, self.tid, c.threads)?,
+                }
                 g.fence_proxy_async()?;
                 g.bar_sync(BAR_CONSUMERS, c.threads)
             })?;
         }
+        let qbuf = second.map(|s| s.buf);
         // warpgroup 0 issues first (the persistent kernel: once, before its first tile)
         if q.is_none() {
             g.if_then(g.icmp(IntPredicate::EQ, self.wg, g.c32(0))?, || {
@@ -834,7 +958,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
         let (s, ph) = self.ring.get(g)?;
         g.mbar_wait(bars.k_full(g, s)?, ph)?;
         self.take_turn()?;
-        let s_async = qk_wgmma_issue(g, c, cx, self.kbuf(s)?)?;
+        let s_async = qk_wgmma_issue(g, c, cx, self.kbuf(s)?, qbuf)?;
         self.pass_turn()?;
         let sv = g.wgmma_wait(0, &s_async)?;
         g.mbar_arrive(bars.k_empty(g, s)?)?;
@@ -855,7 +979,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
         g.mbar_wait(bars.k_full(g, s)?, ph)?;
         g.mbar_wait(bars.v_full(g, ps)?, pph)?;
         self.take_turn()?;
-        let s_async = qk_wgmma_issue(g, c, cx, self.kbuf(s)?)?;
+        let s_async = qk_wgmma_issue(g, c, cx, self.kbuf(s)?, qbuf)?;
         let o_in = self.o.flat(g)?;
         let p_in = self.p_prev.values(g)?;
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;

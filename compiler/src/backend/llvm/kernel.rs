@@ -486,7 +486,7 @@ impl<'ctx> Forward<'_, 'ctx> {
         g.if_then(has_next, || self.kvs.load_k(g, next.j, kother))?;
         g.cp_async_commit()?;
         // S(j), then P V(j-1): two wgmma groups; wait for the first only
-        let s_async = qk_wgmma_issue(g, c, cx, kbuf)?;
+        let s_async = qk_wgmma_issue(g, c, cx, kbuf, None)?;
         let o_in = self.o.flat(g)?;
         let p_in = ov.p_prev.values(g)?;
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vother)?;

@@ -140,7 +140,7 @@ pub(crate) fn qk_wgmma<'ctx>(
     cx: &Ctx<'ctx>,
     kbuf: IntValue<'ctx>,
 ) -> R<AccValues<'ctx>> {
-    let acc = qk_wgmma_issue(g, c, cx, kbuf)?;
+    let acc = qk_wgmma_issue(g, c, cx, kbuf, None)?;
     Ok(split4(&g.wgmma_wait(0, &acc)?))
 }
 
@@ -151,9 +151,15 @@ pub(crate) fn qk_wgmma_issue<'ctx>(
     c: &Cfg,
     cx: &Ctx<'ctx>,
     kbuf: IntValue<'ctx>,
+    qbuf: Option<IntValue<'ctx>>,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let wgi = g.lshr(cx.warp, g.c32(2))?;
-    let q_base = g.smem_addr32(g.add(g.mul(wgi, g.c32(64 * 128))?, g.c32(c.q.offset as i64))?)?;
+    let mut q_off = g.add(g.mul(wgi, g.c32(64 * 128))?, g.c32(c.q.offset as i64))?;
+    if let Some(qbuf) = qbuf {
+        // (the persistent kernel's second Q buffer: `PtxOptions::q_double`)
+        q_off = g.add(q_off, qbuf)?;
+    }
+    let q_base = g.smem_addr32(q_off)?;
     let k_base = g.smem_addr32(g.add(kbuf, g.c32(c.k.offset as i64))?)?;
     g.wgmma_fence()?;
     let mut acc: Option<Vec<FloatValue<'ctx>>> = None;

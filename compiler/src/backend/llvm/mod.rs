@@ -273,6 +273,14 @@ pub struct PtxOptions {
     /// against 0.827 without it; ALiBi + causal D128 1.083 against 1.023 and at the GQA
     /// shape 4.058 against 3.875 (min rule), D64 0.459 / 0.458: off with a score.
     pub split_tail: bool,
+    /// With `persistent`: two Q buffers (each with its own `q_full` / `q_empty` mbarriers
+    /// and, with [`Self::dynamic_tiles`], tile slot), used in turn by a CTA's tiles, so
+    /// that the producer copies the next tile's Q as soon as it has issued this tile's
+    /// last K and V, instead of waiting until the consumers have finished every S of this
+    /// tile; the next tile's first product then does not wait for Q's copy. For short
+    /// tiles (bands, D64). One more Q tile of shared memory. Off in `new`;
+    /// [`Self::for_binding`] turns it on wherever the CTAs are persistent.
+    pub q_double: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -374,6 +382,7 @@ impl PtxOptions {
             dynamic_tiles: false,
             q_from_end: false,
             split_tail: false,
+            q_double: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -420,7 +429,13 @@ impl PtxOptions {
     ///   the LPT order), causal D64 (three consumers) 0.328 / 0.338, ALiBi + causal D64
     ///   (two consumers) 0.457 / 0.478, GQA causal (B1 Hq32 Hkv8 L16384) 3.012 / 3.036;
     ///   not for dense (D128 1.545 against 1.550 for one CTA per tile: noise), nor D64
-    ///   no mask (0.540 against 0.531 with static rounds).
+    ///   no mask (0.540 against 0.531 with static rounds);
+    /// - two Q buffers ([`Self::q_double`]) wherever the CTAs are persistent (session 9,
+    ///   one call, `gpu_bench` candidates interleaved, medians of 3 x 5): sliding window
+    ///   1024 D128 0.259 ms against 0.265 (3 processes), causal D64 0.308 / 0.307 against
+    ///   0.316 / 0.318, dense D64 0.531 / 0.533 against 0.539 / 0.538, GQA ALiBi + causal
+    ///   3.925 / 3.925 against 3.992 / 3.976; causal D128 0.806 / 0.810 against 0.803 /
+    ///   0.810 and GQA causal 3.025-3.034 against 3.020-3.120 (no change).
     pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
@@ -469,6 +484,9 @@ impl PtxOptions {
             o.persistent = true;
             o.dynamic_tiles = true;
         }
+        // two Q buffers wherever the CTAs are persistent (D, Dv <= 128 with 2 stages:
+        // 192 KB of shared memory at D128)
+        o.q_double = o.persistent;
         o
     }
     /// Sets `m_tiles` and the defaults for it: Q in registers while `m_tiles * d <= 128`
@@ -563,6 +581,7 @@ impl PtxOptions {
             + if self.dynamic_tiles { " dynamic" } else { "" }
             + if self.q_from_end { " qend" } else { "" }
             + if self.split_tail { " split-tail" } else { "" }
+            + if self.q_double { " q2" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
@@ -611,6 +630,11 @@ impl PtxOptions {
         if self.dynamic_tiles && !self.persistent {
             return Err(LlvmError::Unsupported(
                 "dynamic tiles are an option of persistent CTAs (persistent)".into(),
+            ));
+        }
+        if self.q_double && !self.persistent {
+            return Err(LlvmError::Unsupported(
+                "two Q buffers (q_double) are an option of persistent CTAs (persistent)".into(),
             ));
         }
         if self.q_from_end && !self.ws {
@@ -667,12 +691,21 @@ impl PtxOptions {
             )));
         }
         // Q and the K/V ring in the 227 KB of shared memory a CTA may have
-        let ring =
-            self.q_block * self.d * 2 + self.stages * self.kv_block * (self.d + self.dv) * 2 + 1024;
+        let ring = self.q_block * self.d * 2 * (1 + self.q_double as u32)
+            + self.stages * self.kv_block * (self.d + self.dv) * 2
+            + 1024;
         if self.ws && ring > 227 * 1024 {
             return Err(LlvmError::Unsupported(format!(
-                "{} K/V stages of {} rows at D={} Dv={} need {ring} bytes of shared memory (at most 232448)",
-                self.stages, self.kv_block, self.d, self.dv
+                "{} K/V stages of {} rows at D={} Dv={}{} need {ring} bytes of shared memory (at most 232448)",
+                self.stages,
+                self.kv_block,
+                self.d,
+                self.dv,
+                if self.q_double {
+                    " with two Q buffers"
+                } else {
+                    ""
+                }
             )));
         }
         let threads = self.compute_threads();

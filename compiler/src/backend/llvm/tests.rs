@@ -120,6 +120,10 @@ fn dump_ptx() {
             (64, InputType::Bf16, false, 4),
             (128, InputType::Bf16, false, 5),
             (64, InputType::Bf16, false, 5),
+            (128, InputType::Bf16, false, 6),
+            (64, InputType::Bf16, false, 6),
+            (128, InputType::Bf16, false, 7),
+            (64, InputType::Bf16, false, 7),
         ] {
             let mut opts = PtxOptions::sync(Arch::Sm90, d, d, ty);
             if wg == 1 {
@@ -151,6 +155,18 @@ fn dump_ptx() {
                     q_block: if d == 64 { 192 } else { 128 },
                     ..opts.warp_specialized(128, 2)
                 };
+            } else if wg >= 6 {
+                // two Q buffers (`q_double`): static rounds (6) and the dynamic scheduler (7)
+                opts = PtxOptions {
+                    persistent: true,
+                    dynamic_tiles: wg == 7,
+                    q_double: true,
+                    split_tail: d == 128,
+                    q_from_end: wg == 7,
+                    lpt_group: if wg == 7 { 8 } else { 0 },
+                    q_block: if d == 64 { 192 } else { 128 },
+                    ..opts.warp_specialized(128, 2)
+                };
             }
             opts.checked = checked;
             let k = emit(&p, &opts).unwrap();
@@ -165,7 +181,9 @@ fn dump_ptx() {
                     "_ws",
                     "_ws_lpt",
                     "_ws_persistent",
-                    "_ws_dyn_qend"
+                    "_ws_dyn_qend",
+                    "_ws_persistent_q2",
+                    "_ws_dyn_qend_q2"
                 ][wg]
             );
             std::fs::write(format!("{stem}.ptx"), &k.ptx).unwrap();
@@ -543,6 +561,65 @@ fn persistent_ws_kernel_walks_the_tiles() {
     ));
 }
 
+/// Two Q buffers for persistent CTAs (`PtxOptions::q_double`): one more Q tile of
+/// shared memory and the second buffer's q_full, q_empty (and tile slot) mbarriers, the
+/// same parameters and grid, on every sample with static rounds and the dynamic
+/// scheduler at both consumer counts; off, the PTX is the single buffer's; refused
+/// without persistent CTAs and where the shared memory does not fit (3 stages at D128).
+#[test]
+fn two_q_buffers_for_persistent_ctas() {
+    let d128 = PtxOptions {
+        persistent: true,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+    };
+    let d64 = PtxOptions {
+        q_block: 192,
+        persistent: true,
+        ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
+    };
+    for p in samples::all(16) {
+        for (o, dynamic_tiles) in [(d128, false), (d128, true), (d64, false), (d64, true)] {
+            let one = PtxOptions { dynamic_tiles, ..o };
+            let two = PtxOptions {
+                q_double: true,
+                ..one
+            };
+            assert_ne!(one.key(), two.key());
+            let (a, b) = (emit(&p, &one).unwrap(), emit(&p, &two).unwrap());
+            let q_tile = o.q_block * o.d * 2;
+            // (q_full1, q_empty1, slot1, and the slot's place without the scheduler)
+            let bars = if dynamic_tiles { 24 } else { 32 };
+            assert_eq!(
+                (b.threads, b.smem_bytes),
+                (a.threads, a.smem_bytes + q_tile + bars)
+            );
+            assert_eq!((&b.params, b.grid), (&a.params, a.grid), "{}", p.name);
+            assert_ne!(a.ptx, b.ptx, "{}", p.name);
+            assert_eq!(b.ptx, emit(&p, &two).unwrap().ptx);
+        }
+    }
+    let not_persistent = PtxOptions {
+        q_double: true,
+        persistent: false,
+        ..d128
+    };
+    let three_stages = PtxOptions {
+        q_double: true,
+        ..d128.warp_specialized(128, 3)
+    };
+    let three_one_q = PtxOptions {
+        persistent: true,
+        ..d128.warp_specialized(128, 3)
+    };
+    assert!(emit(&samples::dense(), &three_one_q).is_ok());
+    for o in [not_persistent, three_stages] {
+        assert!(matches!(
+            emit(&samples::dense(), &o),
+            Err(LlvmError::Unsupported(_))
+        ));
+    }
+}
+
 #[test]
 fn wgmma_rejects_what_it_cannot_run() {
     let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma();
@@ -811,6 +888,8 @@ fn binding_options_follow_the_plan() {
     assert!(o.persistent && !o.dynamic_tiles);
     let schedule = |p: &Plan, o: PtxOptions| {
         let o = at(p, o, 4096);
+        // (two Q buffers exactly where the CTAs are persistent)
+        assert_eq!(o.q_double, o.persistent, "{o:?}");
         (o.persistent, o.dynamic_tiles)
     };
     assert_eq!(schedule(&band, d128), (true, false));
