@@ -287,30 +287,45 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             // combine under the decode kernel's tail, and that with the decode kernel
             // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
             // counts of the tensor-core kernel, 0 = the runtime's choice)
+            // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): the tunings timed N times in turn
+            // (interleaved, so that the GPU's drift between them cancels), the median shown
             let tunings = bench_tunings(a.backend);
-            let mut reached = None;
-            for (label, tuning) in &tunings {
+            let rounds = std::env::var("ATTNC_DECODE_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
+            let cache = KvCache::new(&k, &v, pt.as_ref(), &seq_lens);
+            let mut bounds = Vec::new();
+            for (_, tuning) in &tunings {
                 let mut opts = BindOptions::new(a.backend, shape, dtype);
                 opts.threads = a.threads;
                 opts.decode = *tuning;
-                let mut bound = variant.bind(opts)?;
-                let cache = KvCache::new(&k, &v, pt.as_ref(), &seq_lens);
-                let positions = match reached {
-                    Some(p) => p,
-                    None => *reached.insert(bound.cache_positions_reached(&q, &cache, &caps)?),
-                };
-                let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
-                let ms = match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
-                    Some(ms) => ms,
-                    None => {
-                        bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
-                        let t0 = std::time::Instant::now();
-                        for _ in 0..a.iters.max(1) {
-                            bound.forward_with_cache(&q, &cache, &caps)?;
-                        }
-                        t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
-                    }
-                };
+                bounds.push(variant.bind(opts)?);
+            }
+            let positions = bounds[0].cache_positions_reached(&q, &cache, &caps)?;
+            let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
+            let mut times = vec![Vec::new(); tunings.len()];
+            for _ in 0..rounds {
+                for (bound, t) in bounds.iter_mut().zip(&mut times) {
+                    t.push(
+                        match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
+                            Some(ms) => ms,
+                            None => {
+                                bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
+                                let t0 = std::time::Instant::now();
+                                for _ in 0..a.iters.max(1) {
+                                    bound.forward_with_cache(&q, &cache, &caps)?;
+                                }
+                                t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                            }
+                        },
+                    );
+                }
+            }
+            for ((label, _), mut t) in tunings.iter().zip(times) {
+                t.sort_by(f64::total_cmp);
+                let ms = t[t.len() / 2];
                 let layout = match page {
                     None => "contiguous".to_string(),
                     Some(p) => format!("paged{p}"),

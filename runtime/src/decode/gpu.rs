@@ -119,7 +119,25 @@ pub(crate) struct GpuDecode {
     tuning: DecodeTuning,
     /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel.
     modules: [Option<DecodeModule>; 4],
+    /// The last call [`Self::time_ms`] uploaded, with what identifies its inputs: timing
+    /// the same inputs again (the rounds of `attnc bench --decode`) uploads nothing. Its
+    /// device buffers live until the next timed call with other inputs or the binding's
+    /// end.
+    timed: Option<(TimedKey, crate::cuda::decode::DecodeProblem)>,
 }
+
+/// What identifies a timed call's inputs: the shape, the host tensors' addresses and
+/// sizes (q, k, v; a timing does not depend on their values), the page table, lengths,
+/// ranges, the scale's bits and the bindings.
+type TimedKey = (
+    DecodeShape,
+    [(usize, usize); 3],
+    Vec<i32>,
+    Vec<i32>,
+    Vec<i32>,
+    u32,
+    Bindings,
+);
 
 impl GpuDecode {
     pub(crate) fn new(plan: Plan, tuning: DecodeTuning) -> Self {
@@ -127,6 +145,7 @@ impl GpuDecode {
             plan,
             tuning,
             modules: [None, None, None, None],
+            timed: None,
         }
     }
 
@@ -268,10 +287,31 @@ impl GpuDecode {
         bind: &Bindings,
         iters: usize,
     ) -> Result<f64> {
-        let (m, p) = self.upload(
-            dev, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
-        )?;
-        m.time(dev, &p, iters).map_err(backend)
+        let at = |t: &Tensor| (t.bytes().as_ptr() as usize, t.bytes().len());
+        let key = (
+            *shape,
+            [at(q), at(k), at(v)],
+            page_table.to_vec(),
+            seq_lens.to_vec(),
+            ranges.to_vec(),
+            scale.to_bits(),
+            bind.clone(),
+        );
+        let fused = fused(shape, &self.tuning);
+        let p = match self.timed.take() {
+            Some((k0, p)) if k0 == key => p,
+            _ => {
+                self.timed = None; // the previous inputs' buffers go first
+                self.upload(
+                    dev, shape, scale, q, k, v, page_table, seq_lens, ranges, bind,
+                )?
+                .1
+            }
+        };
+        let m = self.module_for(dev, shape, q.dtype(), fused)?;
+        let ms = m.time(dev, &p, iters).map_err(backend);
+        self.timed = Some((key, p));
+        ms
     }
 }
 
