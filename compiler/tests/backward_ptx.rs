@@ -330,3 +330,71 @@ fn binding_defaults() {
         }
     }
 }
+
+/// The fused sm_90 backward at D64 (the default since session 9: `OrderedBulk` with the
+/// TMA producer, kv tiles of 128, two math warpgroups each computing 32 of dQ's 64
+/// columns with one `m64n32k16` product per 16 kv rows): for a dense, a causal, a
+/// soft-capped, an ALiBi and a relative-position-table attention under the binding's
+/// options (`bwd_lpt` for the causal-type masks), byte-identical twice; one TMA box of 64
+/// columns for Q and one for dO per visit; the writer warpgroup's bulk reductions; the
+/// dense dK/dV kernel snapshot-tested. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel
+/// there (for `ptxas -arch=sm_90a -v`).
+#[test]
+fn fused_sm90_d64_kernels() {
+    use attnc_compiler::backend::llvm::BwdDq;
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    let def = PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16);
+    assert_eq!(
+        (def.bwd_dq, def.q_block, def.kv_block, def.bwd_tma),
+        (BwdDq::OrderedBulk, 64, 128, true)
+    );
+    for (file, name, lpt) in [
+        ("dense", "dense", false),
+        ("causal", "causal_attention", true),
+        ("softcap", "softcap_causal", true),
+        ("alibi_causal", "alibi_causal", true),
+        ("relative_bias_table", "relative_bias_table", false),
+    ] {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
+        )
+        .unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let plan = Plan::new(p);
+        let o = def.backward_for_binding(&plan, 4096);
+        assert_eq!(o.bwd_lpt, lpt, "{name}");
+        let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+        let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+        assert_eq!(a.ptx, b.ptx, "{name}: PTX differs between two runs");
+        let has = |x: &str| a.ptx.contains(x);
+        assert_eq!(a.threads, 384, "{name}");
+        assert_eq!(
+            a.ptx.matches("cp.async.bulk.tensor.3d").count(),
+            2,
+            "{name}"
+        );
+        assert!(has("cp.reduce.async.bulk.global.shared::cta"), "{name}");
+        assert!(has("setmaxnreg.inc.sync.aligned.u32 240"), "{name}");
+        // dQ: 32 columns per warpgroup, 8 products of 16 kv rows
+        assert_eq!(
+            a.ptx
+                .matches("wgmma.mma_async.sync.aligned.m64n32k16")
+                .count(),
+            8,
+            "{name}"
+        );
+        assert!(!has("atom.global.add.f32") && !has("red.relaxed.gpu.global.add.v4.f32"));
+        let conv = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+        assert!(conv.params.contains(&KernelParam::DqAccum), "{name}");
+        if let Some(dir) = &dir {
+            std::fs::write(format!("{dir}/{name}_d64_binding_bwd_dkdv.ptx"), &a.ptx).unwrap();
+        }
+        if name == "dense" {
+            insta::assert_snapshot!(
+                "bwd_ptx_sm90_bf16_d64__dense__bwd_dkdv_orderedbulk_tma",
+                a.ptx
+            );
+        }
+    }
+}

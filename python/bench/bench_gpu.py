@@ -17,7 +17,7 @@
 
 5. Forward + backward (``fwdbwd``) at B2 H16 L4096 D128 bf16, dense, causal and document +
    causal: CUDA-event ms per step for attnc (zero-copy backward on the current stream: on
-   sm_90 at D128 dQ fused into the dK/dV kernel, as ``Bound::backward``; document + causal
+   sm_90 at D64 and D128 dQ fused into the dK/dV kernel, as ``Bound::backward``; document + causal
    also with a block mask made once, ``attnc_block_mask``), Flex (compiled; not with
    ``--fwdbwd-no-flex``) and SDPA (dense, causal), gradients checked against Flex's;
    document + causal also forward only (``fwd_only_*``). ``--fwdbwd-two-kernel`` adds

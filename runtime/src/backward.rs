@@ -385,7 +385,7 @@ fn input_type(dtype: DType) -> Result<InputType> {
 
 impl Bound {
     /// The CUDA binding's backward kernels for the caller-buffer entry points:
-    /// `PtxOptions::backward`, as `Bound::backward` (on sm_90 at D128 dQ fused into the
+    /// `PtxOptions::backward`, as `Bound::backward` (on sm_90 at D64 and D128 dQ fused into the
     /// dK/dV kernel, its workspace allocated by the caller: `backward_cuda_workspace`),
     /// or `PtxOptions::backward_separate` (pre, dK/dV, dQ; no workspace) when the
     /// environment says `ATTNC_BWD_DQ=separate` at the first call; from the process's JIT

@@ -250,7 +250,7 @@ impl Bound {
     /// CUDA backend: the workspace of the fused dQ that [`Self::backward_cuda_into`]
     /// needs in `DeviceBackwardBuffers::dq_work` — `Some((accum, sem))`: f32 elements of
     /// `DqAccum` and u32 elements of `DqSem` — where the binding's backward fuses dQ into
-    /// the dK/dV kernel (the kernels `Bound::backward` runs: sm_90 at D128), `None` where
+    /// the dK/dV kernel (the kernels `Bound::backward` runs: sm_90 at D64 and D128), `None` where
     /// dQ is a second kernel. `ATTNC_BWD_DQ=separate` in the environment when the
     /// binding's backward is first looked up keeps this binding's caller-buffer backward
     /// on the two-kernel path (a comparison for benchmarks). Looks the backward kernels up

@@ -565,6 +565,7 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         (samples::dense(), shape(1, 4, 2, 1000, 1000, 128)),
         (samples::causal(), shape(1, 4, 2, 1000, 1000, 128)),
         (samples::dense(), shape(1, 2, 2, 1000, 700, 64)),
+        (samples::causal(), shape(1, 4, 2, 1000, 1000, 64)),
     ] {
         let ty = InputType::Bf16;
         let opts = test_options(dev.arch(), &p, &sh, ty);
@@ -598,7 +599,7 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
 
 /// Every dQ scheme against the f64 reference (sm_90; elsewhere only `Separate` exists):
 /// dQ by a second kernel, fused and ordered with kv tiles of 64 (one warpgroup, dQ in two
-/// 64-column chunks at D128) and 128 (two warpgroups), fused and ordered with bulk
+/// 64-column chunks at D128) and 128 (two warpgroups; 32 dQ columns each at D64), fused and ordered with bulk
 /// additions by a writer warpgroup (`OrderedBulk`, kv tiles of 128), fused with
 /// unordered additions (`Atomic`), each fused one also with `overlap` (products issued
 /// early, two writer threads): closed-form masks, a block-table mask (document), a score
@@ -639,11 +640,14 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
             sep.backward_fused(BwdDq::Ordered),
             sep.backward_fused(BwdDq::Atomic),
         ];
-        if sh.d == 128 {
-            schemes.push(PtxOptions {
-                kv_block: 64,
-                ..sep.backward_fused(BwdDq::Ordered)
-            });
+        // Ordered with the other kv tile: 64 at D128 (one warpgroup, dQ in two 64-column
+        // chunks), 128 at D64 (two warpgroups of 32 dQ columns each)
+        schemes.push(PtxOptions {
+            kv_block: if sh.d == 128 { 64 } else { 128 },
+            ..sep.backward_fused(BwdDq::Ordered)
+        });
+        // OrderedBulk: kv tiles of 128 (at D64 each warpgroup's dQ product has 32 columns)
+        {
             schemes.push(sep.backward_fused(BwdDq::OrderedBulk));
             // Q/dO by the TMA producer warp (`bwd_tma`: the default)
             schemes.push(PtxOptions {
@@ -935,7 +939,7 @@ attention softcap_param_causal { mask = causal; score = softcap; }";
 /// float positions), or the `ATTNC_BWD_TEST_CFG` configuration
 /// (an entry as in [`bench_options`], e.g. `sync64x64` to test the mma.sync path on
 /// sm_90; with the binding's float positions). A fused configuration whose dQ warpgroups (one per 64 kv columns) would each
-/// get fewer than 64 of the case's D columns (e.g. `wg64x128o` at D64) does not exist for
+/// get fewer than 32 of the case's D columns (e.g. `wg64x128o` at D32) does not exist for
 /// that case: the case keeps the defaults.
 fn test_options(
     arch: attnc_compiler::backend::llvm::Arch,
@@ -950,7 +954,7 @@ fn test_options(
     match std::env::var("ATTNC_BWD_TEST_CFG") {
         Ok(cfg) => {
             let c = bench_options(o, &cfg).unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}"));
-            if c.bwd_dq != BwdDq::Separate && d * 64 / c.kv_block < 64 {
+            if c.bwd_dq != BwdDq::Separate && d * 64 / c.kv_block < 32 {
                 println!("  ATTNC_BWD_TEST_CFG={cfg} has no D{d} kernel: defaults for this case");
                 o
             } else {
@@ -1346,19 +1350,21 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
     }
 }
 
-/// Small D128 cases of the default fused kernel for compute-sanitizer (memcheck: the
+/// Small D128 and D64 cases of the default fused kernel for compute-sanitizer (memcheck: the
 /// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
 /// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, and rows masked
 /// entirely (their dQ exactly 0).
 fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
-    check_case(
-        dev,
-        &samples::causal(),
-        shape(1, 4, 2, 150, 270, 128),
-        InputType::Bf16,
-        31,
-        false,
-    );
+    for d in [128, 64] {
+        check_case(
+            dev,
+            &samples::causal(),
+            shape(1, 4, 2, 150, 270, d),
+            InputType::Bf16,
+            31,
+            false,
+        );
+    }
     let p = late_start();
     let sh = shape(1, 2, 1, 67, 140, 128);
     check_case(dev, &p, sh, InputType::F16, 32, false);

@@ -171,7 +171,14 @@ mod tests {
             bwd_tma: false,
             ..o
         })));
-        assert!(!needs_maps(&bwd(&PtxOptions::backward(
+        // D64 takes the fused kernel with the maps too (session 9); the two kernels none
+        assert!(needs_maps(&bwd(&PtxOptions::backward(
+            Arch::Sm90,
+            64,
+            64,
+            InputType::Bf16
+        ))));
+        assert!(!needs_maps(&bwd(&PtxOptions::backward_separate(
             Arch::Sm90,
             64,
             64,

@@ -133,6 +133,7 @@ fn pre_lanes(dv: u32) -> u32 {
 impl PtxOptions {
     /// The backward kernels' defaults: Br = Bc = 64 (4 warps of 16 rows), dQ by a second
     /// kernel; on sm_90 with D, Dv in {64, 128} the wgmma products (sm_90a), and at D128
+    /// (and D = Dv = 64 since session 9)
     /// dQ fused into the dK/dV kernel, deterministic, its additions made by a writer
     /// warpgroup ([`BwdDq::OrderedBulk`], `backward/fused.rs`, kv tiles of 128), else
     /// mma.sync. Measured on an H200 (bf16, B2 H16 L8192 D128, whole backward): dense
@@ -145,9 +146,14 @@ impl PtxOptions {
     /// ([`PtxOptions::bwd_tma`]; one H200, one call, TFLOP/s without / with: dense
     /// 459.3 / 549.3, causal 380.6 / 456.7, sliding 206.5 / 233.6, ALiBi + causal 323.5 /
     /// 345.1, soft-cap + causal 349.9 / 399.3, document + causal 133.4 / 143.4).
+    ///
+    /// Session 9: D64 takes the same kernel (kv tiles of 128, each math warpgroup computing
+    /// 32 of dQ's 64 columns); one H200, one call, B4 H16 L4096 D64, TFLOP/s two kernels /
+    /// fused: dense 292.5 / 335.3, causal 270.9 / 277.4, ALiBi + causal 245.6 / 285.4,
+    /// soft-cap + causal 213.9 / 248.7.
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = Self::backward_separate(arch, d, dv, input);
-        if o.mma == Mma::Wgmma && d == 128 {
+        if o.mma == Mma::Wgmma && (d == 128 || (d, dv) == (64, 64)) {
             PtxOptions {
                 bwd_tma: true,
                 ..o.backward_fused(BwdDq::OrderedBulk)
@@ -195,14 +201,19 @@ impl PtxOptions {
 
     /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`
     /// (`Ordered` or `Atomic`): Br = 64, Bc = 128 at D 128 (two warpgroups, each
-    /// computing 64 columns of the dQ tile), 64 at D 64; `bwd_tma` kept only under
-    /// `OrderedBulk` (the scheme it needs).
+    /// computing 64 columns of the dQ tile), 64 at D 64 (one warpgroup) except under
+    /// `OrderedBulk` (its writer needs two math warpgroups: 32 dQ columns each); `bwd_tma`
+    /// kept only under `OrderedBulk` (the scheme it needs).
     pub fn backward_fused(self, dq: BwdDq) -> Self {
         PtxOptions {
             mma: Mma::Wgmma,
             q_in_regs: false,
             q_block: 64,
-            kv_block: if self.d == 128 { 128 } else { 64 },
+            kv_block: if self.d == 128 || dq == BwdDq::OrderedBulk {
+                128
+            } else {
+                64
+            },
             bwd_dq: dq,
             bwd_tma: self.bwd_tma && dq == BwdDq::OrderedBulk,
             ..self
@@ -2544,7 +2555,7 @@ mod tests {
                     // semaphores, added by the writer warpgroup's bulk reductions; the
                     // dQ kernel then converts the f32 workspace
                     let fused = o.bwd_dq == BwdDq::OrderedBulk;
-                    assert_eq!(fused, o.mma == Mma::Wgmma && d == 128);
+                    assert_eq!(fused, o.mma == Mma::Wgmma && d >= 64);
                     let wgmma = k.ptx.contains("wgmma.mma_async");
                     match kind {
                         BackwardKind::Pre => {}
@@ -2652,10 +2663,24 @@ mod tests {
         assert!(d128.backward_fused(BwdDq::OrderedBulk).bwd_tma);
         let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(sep.bwd_dq, BwdDq::Separate);
+        // D64 (session 9): the same scheme, kv tiles of 128, 32 dQ columns per warpgroup
+        let d64 = PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16);
         assert_eq!(
-            PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16).bwd_dq,
+            (d64.bwd_dq, d64.q_block, d64.kv_block, d64.bwd_tma),
+            (BwdDq::OrderedBulk, 64, 128, true)
+        );
+        // D64 with Dv128 keeps the two kernels
+        assert_eq!(
+            PtxOptions::backward(Arch::Sm90, 64, 128, InputType::Bf16).bwd_dq,
             BwdDq::Separate
         );
+        // Ordered at D64 keeps one warpgroup (64 dQ columns); two (32 each) are valid too
+        let d64o = PtxOptions {
+            kv_block: 128,
+            ..PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
+                .backward_fused(BwdDq::Ordered)
+        };
+        assert!(emit_backward(&plan, &d64o, BackwardKind::DkDv).is_ok());
         assert_eq!(
             PtxOptions::backward(Arch::Sm80, 128, 128, InputType::Bf16).bwd_dq,
             BwdDq::Separate
@@ -2680,12 +2705,6 @@ mod tests {
         assert!(ds >= t.l2 + 2 * t.stat_buf && ds.is_multiple_of(1024));
         assert!(DkDvTiles::new(&d128).q_bars.is_none());
         let bad = [
-            // two warpgroups would compute 32 columns of dQ each
-            PtxOptions {
-                kv_block: 128,
-                ..PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
-                    .backward_fused(BwdDq::Ordered)
-            },
             PtxOptions {
                 q_block: 128,
                 ..d128

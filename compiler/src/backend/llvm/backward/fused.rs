@@ -10,7 +10,9 @@
 //! Atomic 497.9 / 426.5 / 394.9):
 //!
 //! ```text
-//! DkDv (CTA per (kv block j, kv head, batch); Bc/64 warpgroups of 64 kv rows; Br = 64):
+//! DkDv (CTA per (kv block j, kv head, batch); Bc/64 warpgroups of 64 kv rows; Br = 64;
+//! each warpgroup computes D / (Bc/64) columns of dQ, at least 32: at D64 with Bc = 128
+//! one `m64n32k16` product per 16 kv rows, its K operand 64 bytes into the swizzled rows):
 //!   visits, per query head h of the group and q block i in order, the (h, i) whose kv
 //!   range (the dQ kernel's: closed form or per-row ranges of the q-major block maps)
 //!   holds j; per visit, as the separate dK/dV kernel:
@@ -24,7 +26,7 @@
 //!   apart), add the part into DqAccum[b, h, i] (the first adder stores), and
 //!   after the next barrier one thread releases (fence.acq_rel + increment);
 //!   Atomic: add the part with no wait (order free: not deterministic).
-//!   OrderedBulk (kv tiles of 128; the default at D128 on sm_90, `ATTNC_BWD_DQ=ordered` in the runtime keeps `Ordered`):
+//!   OrderedBulk (kv tiles of 128; the default at D64 and D128 on sm_90, `ATTNC_BWD_DQ=ordered` in the runtime keeps `Ordered`):
 //!   the same order as Ordered, but the math warps only store the part into one of
 //!   DQ_SLOTS shared-memory slots (mbarrier `empty` before, `full` after) and go on; a
 //!   writer warpgroup (warpgroup 2, setmaxnreg 24; the math warpgroups 240) walks the
@@ -197,9 +199,9 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             o.kv_block
         )));
     }
-    if o.d / n_wg < 64 {
+    if o.d / n_wg < 32 {
         return Err(LlvmError::Unsupported(format!(
-            "fused dQ: each of the {n_wg} warpgroups computes at least 64 columns of dQ (D={})",
+            "fused dQ: each of the {n_wg} warpgroups computes at least 32 columns of dQ (D={})",
             o.d
         )));
     }
@@ -308,8 +310,18 @@ fn store_ds<'ctx>(
     Ok(())
 }
 
-/// Issues this warpgroup's `dS K` for dQ columns `col0 .. col0 + 64` (not committed): A the
-/// dSᵀ tile (`ds_off` bytes further) read M-major, B the K tile read N-major (its 64-column slab `col0 / 64`).
+/// Columns of dQ per `dS K` product of one warpgroup: 64, or 32 where the warpgroups
+/// share fewer than 64 columns each (D64 with two math warpgroups).
+fn dq_chunk_cols(o: &PtxOptions) -> u32 {
+    (o.d / (o.kv_block / 64)).min(64)
+}
+
+/// Issues this warpgroup's `dS K` for dQ columns `col0 .. col0 + n` (`n` =
+/// [`dq_chunk_cols`], not committed): A the dSᵀ tile (`ds_off` bytes further) read
+/// M-major, B the K tile read N-major (its 64-column slab `col0 / 64`; 32 columns start
+/// `2 (col0 % 64)` bytes into the slab's 128-byte rows: the swizzle applies to the
+/// address, so the descriptor starts inside the swizzle atom, as a K-major one advances
+/// along K).
 fn dq_chunk<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
@@ -317,23 +329,19 @@ fn dq_chunk<'ctx>(
     k: &SmemTile,
     col0: IntValue<'ctx>,
 ) -> R<Vec<inkwell::values::FloatValue<'ctx>>> {
+    let n = dq_chunk_cols(o);
     let a_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
-    let slab = g.mul(g.lshr(col0, g.c32(6))?, g.c32(k.rows as i64 * 128))?;
+    let mut slab = g.mul(g.lshr(col0, g.c32(6))?, g.c32(k.rows as i64 * 128))?;
+    if n < 64 {
+        slab = g.add(slab, g.mul(g.and(col0, g.c32(63))?, g.c32(2))?)?;
+    }
     let b_base = g.smem_addr32(g.add(slab, g.c32(k.offset as i64))?)?;
     let mut acc: Option<Vec<_>> = None;
     for kk in 0..o.kv_block / 16 {
         let step = g.c32(kk as i64 * 16 * 128);
         let da = g.wgmma_desc(g.add(a_base, step)?, ds.rows * 128, 1024)?;
         let db = g.wgmma_desc(g.add(b_base, step)?, k.rows * 128, 1024)?;
-        acc = Some(g.wgmma_t(
-            o.input,
-            64,
-            WgmmaA::Desc(da),
-            true,
-            db,
-            true,
-            acc.as_deref(),
-        )?);
+        acc = Some(g.wgmma_t(o.input, n, WgmmaA::Desc(da), true, db, true, acc.as_deref())?);
     }
     acc.ok_or(LlvmError::Internal("empty dQ product"))
 }
@@ -836,12 +844,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
         Ok(())
     };
-    let chunks = opts.d / 64 / n_wg;
+    let chunk_cols = dq_chunk_cols(opts);
+    let chunks = opts.d / n_wg / chunk_cols;
     let wgi = wg_index()?;
     let col_of = |ci: u32| -> R<IntValue<'ctx>> {
         g.add(
             g.mul(wgi, g.c32((opts.d / n_wg) as i64))?,
-            g.c32(ci as i64 * 64),
+            g.c32((ci * chunk_cols) as i64),
         )
     };
     // dQ chunk 0 issued first (after the fence that orders the A fragments written
