@@ -332,13 +332,17 @@ fn binding_defaults() {
 }
 
 /// The fused sm_90 backward at D64 (the default since session 9: `OrderedBulk` with the
-/// TMA producer, kv tiles of 128, two math warpgroups each computing 32 of dQ's 64
-/// columns with one `m64n32k16` product per 16 kv rows): for a dense, a causal, a
-/// soft-capped, an ALiBi and a relative-position-table attention under the binding's
-/// options (`bwd_lpt` for the causal-type masks), byte-identical twice; one TMA box of 64
-/// columns for Q and one for dO per visit; the writer warpgroup's bulk reductions; the
-/// dense dK/dV kernel snapshot-tested. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel
-/// there (for `ptxas -arch=sm_90a -v`).
+/// TMA producer, kv tiles of 128) under the binding's options
+/// (`PtxOptions::backward_for_binding`): q tiles of 128 with the longest-first order for
+/// dense, causal and soft-cap (each math warpgroup computing 64 rows of dQ over every
+/// column: one `m64n64k16` per 16 kv rows; Sᵀ and dPᵀ `m64n128k16`), q tiles of 64 for
+/// scores that read positions or tensors per element (ALiBi, a relative-position table:
+/// each math warpgroup computing 32 of dQ's 64 columns with one `m64n32k16` per 16 kv
+/// rows), the longest-first order for causal-type masks; byte-identical twice; one TMA
+/// box of 64 columns for Q and one for dO per visit; the writer warpgroup's bulk
+/// reductions; the dense dK/dV kernel snapshot-tested at q tiles of 64 (no binding) and
+/// at the binding's. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for
+/// `ptxas -arch=sm_90a -v`).
 #[test]
 fn fused_sm90_d64_kernels() {
     use attnc_compiler::backend::llvm::BwdDq;
@@ -348,12 +352,14 @@ fn fused_sm90_d64_kernels() {
         (def.bwd_dq, def.q_block, def.kv_block, def.bwd_tma),
         (BwdDq::OrderedBulk, 64, 128, true)
     );
-    for (file, name, lpt) in [
-        ("dense", "dense", false),
-        ("causal", "causal_attention", true),
-        ("softcap", "softcap_causal", true),
-        ("alibi_causal", "alibi_causal", true),
-        ("relative_bias_table", "relative_bias_table", false),
+    for (file, name, lpt, q128) in [
+        ("dense", "dense", true, true),
+        ("causal", "causal_attention", true, true),
+        ("softcap", "softcap_causal", true, true),
+        ("alibi_causal", "alibi_causal", true, false),
+        ("relative_bias_table", "relative_bias_table", false, false),
+        ("sliding_window", "sliding_window", false, false),
+        ("document_causal", "document_causal", false, false),
     ] {
         let src = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
@@ -364,6 +370,11 @@ fn fused_sm90_d64_kernels() {
         let plan = Plan::new(p);
         let o = def.backward_for_binding(&plan, 4096);
         assert_eq!(o.bwd_lpt, lpt, "{name}");
+        assert_eq!(o.q_block, if q128 { 128 } else { 64 }, "{name}");
+        // the two-kernel path keeps q tiles of 64
+        let sep = PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
+            .backward_for_binding(&plan, 4096);
+        assert!(sep.q_block == 64 && !sep.bwd_lpt);
         let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
         let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
         assert_eq!(a.ptx, b.ptx, "{name}: PTX differs between two runs");
@@ -376,14 +387,25 @@ fn fused_sm90_d64_kernels() {
         );
         assert!(has("cp.reduce.async.bulk.global.shared::cta"), "{name}");
         assert!(has("setmaxnreg.inc.sync.aligned.u32 240"), "{name}");
-        // dQ: 32 columns per warpgroup, 8 products of 16 kv rows
-        assert_eq!(
-            a.ptx
-                .matches("wgmma.mma_async.sync.aligned.m64n32k16")
-                .count(),
-            8,
-            "{name}"
-        );
+        assert!(a.smem_bytes <= 227 * 1024);
+        let count = |x: &str| a.ptx.matches(x).count();
+        if q128 {
+            // dQ, dV and dK: 8 products each; Sᵀ and dPᵀ: 4 each, 128 q columns wide
+            assert_eq!(
+                count("wgmma.mma_async.sync.aligned.m64n64k16"),
+                24,
+                "{name}"
+            );
+            assert_eq!(
+                count("wgmma.mma_async.sync.aligned.m64n128k16"),
+                8,
+                "{name}"
+            );
+            assert_eq!(count("wgmma.mma_async.sync.aligned.m64n32k16"), 0, "{name}");
+        } else {
+            // dQ: 32 columns per warpgroup, 8 products of 16 kv rows
+            assert_eq!(count("wgmma.mma_async.sync.aligned.m64n32k16"), 8, "{name}");
+        }
         assert!(!has("atom.global.add.f32") && !has("red.relaxed.gpu.global.add.v4.f32"));
         let conv = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
         assert!(conv.params.contains(&KernelParam::DqAccum), "{name}");
@@ -391,9 +413,18 @@ fn fused_sm90_d64_kernels() {
             std::fs::write(format!("{dir}/{name}_d64_binding_bwd_dkdv.ptx"), &a.ptx).unwrap();
         }
         if name == "dense" {
+            insta::assert_snapshot!("bwd_ptx_sm90_bf16_d64__dense__binding_bwd_dkdv", a.ptx);
+            // q tiles of 64 (the options without a binding, float positions as the
+            // binding's: what session 9's first commit snapshot-tested)
+            let o64 = PtxOptions {
+                q_block: 64,
+                bwd_lpt: false,
+                ..o
+            };
+            let a64 = emit_backward(&plan, &o64, BackwardKind::DkDv).unwrap();
             insta::assert_snapshot!(
                 "bwd_ptx_sm90_bf16_d64__dense__bwd_dkdv_orderedbulk_tma",
-                a.ptx
+                a64.ptx
             );
         }
     }

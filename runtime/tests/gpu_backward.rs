@@ -666,6 +666,18 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
             })
             .collect();
         schemes.extend(early);
+        // D64: q tiles of 128 (each math warpgroup 64 rows of dQ; the binding's default for
+        // scores without per-element reads), in both CTA orders
+        if sh.d == 64 {
+            for lpt in [false, true] {
+                schemes.push(PtxOptions {
+                    q_block: 128,
+                    bwd_tma: true,
+                    bwd_lpt: lpt,
+                    ..sep.backward_fused(BwdDq::OrderedBulk)
+                });
+            }
+        }
         for o in schemes {
             check_case_with(dev, p, *sh, *ty, 300 + i as u64, i % 2 == 1, o);
         }
@@ -939,8 +951,9 @@ attention softcap_param_causal { mask = causal; score = softcap; }";
 /// float positions), or the `ATTNC_BWD_TEST_CFG` configuration
 /// (an entry as in [`bench_options`], e.g. `sync64x64` to test the mma.sync path on
 /// sm_90; with the binding's float positions). A fused configuration whose dQ warpgroups (one per 64 kv columns) would each
-/// get fewer than 32 of the case's D columns (e.g. `wg64x128o` at D32) does not exist for
-/// that case: the case keeps the defaults.
+/// get fewer than 32 of the case's D columns (e.g. `wg64x128o` at D32), or that the kernel
+/// generator refuses for the case (e.g. `wg128x128bt`, q tiles of 128, at D128), does not
+/// exist for that case: the case keeps the defaults.
 fn test_options(
     arch: attnc_compiler::backend::llvm::Arch,
     p: &Program,
@@ -954,7 +967,13 @@ fn test_options(
     match std::env::var("ATTNC_BWD_TEST_CFG") {
         Ok(cfg) => {
             let c = bench_options(o, &cfg).unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}"));
-            if c.bwd_dq != BwdDq::Separate && d * 64 / c.kv_block < 32 {
+            let valid = attnc_compiler::backend::llvm::backward::backward_layout(
+                &Plan::new(p),
+                &c,
+                attnc_compiler::backend::llvm::backward::BackwardKind::DkDv,
+            )
+            .is_ok();
+            if !valid || (c.bwd_dq != BwdDq::Separate && d * 64 / c.kv_block < 32) {
                 println!("  ATTNC_BWD_TEST_CFG={cfg} has no D{d} kernel: defaults for this case");
                 o
             } else {

@@ -190,9 +190,28 @@ impl PtxOptions {
     /// - positions as exact floats ([`Self::float_positions`]) below 2^22 positions: the
     ///   score converts `kv - q` (ALiBi) by one float subtraction of positions converted
     ///   once per row and column, not a `cvt` per element.
+    /// - at D = Dv = 64 on the fused kernel (`OrderedBulk` with the TMA producer, kv tiles
+    ///   of 128), q tiles of 128 (each math warpgroup computing 64 rows of dQ) with the
+    ///   longest-first order, for closed-form kv ranges that are not bands and a score
+    ///   that reads no positions or tensors per element and has no capture gradients
+    ///   (one H200, one call, B4 H16 L4096, TFLOP/s q tiles of 64 / 128 / 128 in the
+    ///   longest-first order: dense 329.8 / 347.1 / 390.0, causal 271.3 / 307.8 / 313.0,
+    ///   soft-cap + causal 245.5 / 266.0 / 273.9; ALiBi + causal, which reads positions,
+    ///   284.3 / 256.3 / 268.8: ptxas spills 188 bytes at 128, none at 64).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
+        if fused::q128_fits(&o) && o.q_block == 64 {
+            let kv = backward_bounds(plan, &o);
+            if kv.is_closed_form()
+                && !kv.bounds_kv_below()
+                && !plan.score_reads().per_element()
+                && capture_grads(plan.program()).is_empty()
+            {
+                o.q_block = 128;
+                o.bwd_lpt = true;
+            }
+        }
         if o.bwd_dq != BwdDq::Separate && backward_bounds(plan, &o).work_grows_with_q() {
             o.bwd_lpt = true;
         }

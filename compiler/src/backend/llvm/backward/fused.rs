@@ -12,7 +12,9 @@
 //! ```text
 //! DkDv (CTA per (kv block j, kv head, batch); Bc/64 warpgroups of 64 kv rows; Br = 64;
 //! each warpgroup computes D / (Bc/64) columns of dQ, at least 32: at D64 with Bc = 128
-//! one `m64n32k16` product per 16 kv rows, its K operand 64 bytes into the swizzled rows):
+//! one `m64n32k16` product per 16 kv rows, its K operand 64 bytes into the swizzled rows;
+//! or, at D = Dv = 64 with the TMA producer, Br = 128: warpgroup w computes dQ's q rows
+//! 64 w.. over every column, its slab of the dSᵀ tile the M-major A operand):
 //!   visits, per query head h of the group and q block i in order, the (h, i) whose kv
 //!   range (the dQ kernel's: closed form or per-row ranges of the q-major block maps)
 //!   holds j; per visit, as the separate dK/dV kernel:
@@ -165,9 +167,9 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "dQ fused into the dK/dV kernel needs the wgmma path".into(),
         ));
     }
-    if o.q_block != 64 {
+    if o.q_block != 64 && !(o.q_block == 128 && q128_fits(o) && !o.overlap) {
         return Err(LlvmError::Unsupported(format!(
-            "fused dQ: Br must be 64 (got {})",
+            "fused dQ: Br must be 64, or 128 at D = Dv = 64 with the TMA producer, kv tiles of 128 and no `overlap` (got {})",
             o.q_block
         )));
     }
@@ -280,7 +282,8 @@ fn addr_of<'ctx>(
 }
 
 /// Stores this warp's dSᵀ accumulator (kv rows `16 warp ..`, q columns `0..Br`) rounded to
-/// the input type into the slab tile `t`, `t_off` bytes further (one 64-column slab: Br = 64).
+/// the input type into the slab tile `t`, `t_off` bytes further (64-column slabs
+/// `t.rows * 128` bytes apart: one at Br = 64, two at Br = 128).
 fn store_ds<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
@@ -301,8 +304,9 @@ fn store_ds<'ctx>(
             g.add(t_off, g.c32(t.offset as i64))?,
         )?;
         for (nt, x) in ds.iter().enumerate() {
-            let chunk = g.xor(g.c32(nt as i64), sw)?;
-            let off = g.add(base, g.shl(chunk, g.c32(4))?)?;
+            let chunk = g.xor(g.c32(nt as i64 % 8), sw)?;
+            let slab = (nt as u32 / 8) * t.rows * 128;
+            let off = g.add(g.add(base, g.c32(slab as i64))?, g.shl(chunk, g.c32(4))?)?;
             let packed = g.pack2(o.input, x[2 * hr], x[2 * hr + 1])?;
             g.store(g.smem_at(off)?, packed)?;
         }
@@ -310,10 +314,26 @@ fn store_ds<'ctx>(
     Ok(())
 }
 
+/// Whether q tiles of 128 fit (D = Dv = 64, the TMA producer, kv tiles of 128): each math
+/// warpgroup then computes dQ's rows `64 wg ..` over all D columns ([`m_split`]).
+pub(super) fn q128_fits(o: &PtxOptions) -> bool {
+    o.d == 64 && o.dv == 64 && o.kv_block == 128 && tma_producer(o) && o.mma == Mma::Wgmma
+}
+
+/// Whether the math warpgroups split dQ's rows (q tiles of 128: warpgroup w computes q
+/// rows `64 w ..`, every column) instead of its columns (q tiles of 64).
+fn m_split(o: &PtxOptions) -> bool {
+    o.q_block == 128
+}
+
 /// Columns of dQ per `dS K` product of one warpgroup: 64, or 32 where the warpgroups
-/// share fewer than 64 columns each (D64 with two math warpgroups).
+/// share fewer than 64 columns each (D64 with two math warpgroups and q tiles of 64).
 fn dq_chunk_cols(o: &PtxOptions) -> u32 {
-    (o.d / (o.kv_block / 64)).min(64)
+    if m_split(o) {
+        o.d.min(64)
+    } else {
+        (o.d / (o.kv_block / 64)).min(64)
+    }
 }
 
 /// Issues this warpgroup's `dS K` for dQ columns `col0 .. col0 + n` (`n` =
@@ -820,8 +840,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
         accum,
         tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
     )?;
-    // this thread's 16 bytes of n8 column group `ng` in its warp's m16 row group
-    let wi = g.and(c.warp, g.c32(3))?;
+    // this thread's 16 bytes of n8 column group `ng` in its warp's m16 row group (q tiles
+    // of 128: warp w of the math warps holds dQ rows 16 w .., both warpgroups' rows)
+    let msplit = m_split(opts);
+    let wi = if msplit {
+        c.warp
+    } else {
+        g.and(c.warp, g.c32(3))?
+    };
     let lane16 = g.mul(c.lane, g.c32(16))?;
     // the first adder (Ordered) stores: DqAccum needs no zeroing
     let store_first = if ordered {
@@ -845,11 +871,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Ok(())
     };
     let chunk_cols = dq_chunk_cols(opts);
-    let chunks = opts.d / n_wg / chunk_cols;
     let wgi = wg_index()?;
+    // q tiles of 128: the warpgroup's dQ rows are its 64-column slab of dSᵀ (the A
+    // operand's M), every column of dQ; else its share of the columns
+    let (chunks, wg_cols, ds_off) = if msplit {
+        let slab = g.mul(wgi, g.c32((ds_t.rows * 128) as i64))?;
+        (opts.d / chunk_cols, 0, g.add(ds_off, slab)?)
+    } else {
+        (opts.d / n_wg / chunk_cols, opts.d / n_wg, ds_off)
+    };
     let col_of = |ci: u32| -> R<IntValue<'ctx>> {
         g.add(
-            g.mul(wgi, g.c32((opts.d / n_wg) as i64))?,
+            g.mul(wgi, g.c32(wg_cols as i64))?,
             g.c32((ci * chunk_cols) as i64),
         )
     };
