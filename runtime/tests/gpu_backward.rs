@@ -47,13 +47,15 @@
 //! `gpu_backward_dq_schemes` runs every dQ scheme (separate, fused ordered at kv tiles
 //! of 64 and 128, ordered with bulk additions with and without the TMA producer warp
 //! (`PtxOptions::bwd_tma`, suffix `t`), fused atomic; each fused one also with its
-//! products issued early, `PtxOptions::overlap`, config suffix `p`) against the reference;
+//! products issued early, `PtxOptions::overlap`, config suffix `p`; at D64 also q tiles
+//! of 128, e.g. `wg128x128btl`, the binding's default for dense, causal and soft-cap)
+//! against the reference;
 //! the longest-first CTA order (`PtxOptions::bwd_lpt`, suffix `l`) is the default for
 //! causal-type masks: the tests take the runtime's options for each case
 //! (`PtxOptions::backward_for_binding`: that order, float positions);
 //! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
-//! gradients) under the defaults; `gpu_backward_fused_sanitize` is the small D128 case
-//! for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
+//! gradients) under the defaults; `gpu_backward_fused_sanitize` holds the small D128 and
+//! D64 cases for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
 
 mod gpu_util;
 

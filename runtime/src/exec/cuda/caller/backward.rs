@@ -580,8 +580,9 @@ mod tests {
                 match work {
                     None => assert_eq!(zero.len(), words),
                     Some(((accum, sem), dq)) => {
-                        // B2 Hq4 Lq77: 2 x 4 x 2 tiles of 64 x 128 f32
-                        assert_eq!((accum, sem), (16 * 64 * 128, 16));
+                        // B2 Hq4 Lq77: 2 x 4 x 2 tiles of 64 x D f32 (D64 fused too since
+                        // session 9)
+                        assert_eq!((accum, sem), (16 * 64 * opts.d as usize, 16));
                         assert_eq!(zero[words], (work_bufs.sem, 4 * sem));
                         if dq == BwdDq::Atomic {
                             assert_eq!(zero[words + 1], (work_bufs.accum, 4 * accum));
