@@ -24,8 +24,11 @@ for f in /tmp/fo/*.log; do grep -q "rc=0" $f || { echo "=== FULL TAIL $(basename
 echo "=== bwd bench"; t0=$(date +%s)
 ATTNC_BWD_BENCH_CFG=default timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_all.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_all.txt | tail -20 | cut -c1-200
+# BWD_CFG=none leaves out the other schemes
+if [ "${BWD_CFG:-}" != none ]; then
 ATTNC_BWD_BENCH_CFG=${BWD_CFG:-wg64x128bt,wg64x128o,separate} ATTNC_BWD_BENCH_ONLY=full,causal,softcap_causal timeout 120 $B/gpu_backward --ignored gpu_backward_bench --nocapture > /tmp/fo/bwd_bench_cfg.txt 2>&1
 grep -v "^$" /tmp/fo/bwd_bench_cfg.txt | tail -16 | cut -c1-200
+fi
 # the backward as users run it: Bound::backward_cuda_into, the runtime's kernels through its JIT
 timeout 40 $B/gpu_backward --ignored gpu_backward_runtime_bench --nocapture > /tmp/fo/bwd_bench_runtime.txt 2>&1
 grep -E "TFLOP|panicked" /tmp/fo/bwd_bench_runtime.txt | cut -c1-160
