@@ -189,6 +189,7 @@ fn main() {
                     input,
                     rows,
                     paged,
+                    copy: 0,
                 }
                 .ptx_options();
                 for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {
@@ -222,6 +223,7 @@ fn main() {
                     input,
                     rows,
                     paged,
+                    copy: 0,
                 }
                 .ptx_options();
                 // the kernel with its combine folded in (off by default) hashed apart, so

@@ -113,6 +113,31 @@ pub struct DecodeTuning {
     /// that kernel lets it, as a previous call's combine kernel does; waiting on the SMs
     /// for that grid's completion before it touches memory).
     pub serial_decode: bool,
+    /// The tensor-core kernel's K/V copy variant, `decode_mma::COPY_*` bits
+    /// (`ATTNC_DECODE_COPY`: letters `a` full tiles without per-row bounds checks, `b`
+    /// 32-bit shared-memory destinations, `c` paged: one page id per 16-row pass, any
+    /// combination such as `abc`, or `0` for the default copy; unset: the runtime's choice,
+    /// `decode::gpu`).
+    pub copy: Option<u8>,
+}
+
+/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abc`
+/// (anything else: `None`).
+pub fn parse_decode_copy(v: &str) -> Option<u8> {
+    use attnc_compiler::backend::llvm::decode_mma::{COPY_FULL, COPY_PAGE_PASS, COPY_SMEM32};
+    let v = v.trim();
+    if v == "0" {
+        return Some(0);
+    }
+    if v.is_empty() {
+        return None;
+    }
+    v.chars().try_fold(0u8, |bits, c| match c {
+        'a' => Some(bits | COPY_FULL),
+        'b' => Some(bits | COPY_SMEM32),
+        'c' => Some(bits | COPY_PAGE_PASS),
+        _ => None,
+    })
 }
 
 impl DecodeTuning {
@@ -125,7 +150,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abc`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -140,6 +165,7 @@ impl DecodeTuning {
             fused_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("fused"),
             serial_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("serial"),
             serial_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("0"),
+            copy: get("ATTNC_DECODE_COPY").and_then(|v| parse_decode_copy(&v)),
         }
     }
 }
@@ -174,8 +200,18 @@ mod tests {
                 fused_combine: true,
                 serial_combine: false,
                 serial_decode: false,
+                copy: None,
             }
         );
+        let copy = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
+                .copy
+        };
+        assert_eq!(copy("abc"), Some(7));
+        assert_eq!(copy("a"), Some(1));
+        assert_eq!(copy("bc"), Some(6));
+        assert_eq!(copy("0"), Some(0));
+        assert_eq!(copy("x"), None);
         assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_CHAIN", "0")])).serial_decode);
         assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_COMBINE", "serial")])).serial_combine);
         // values outside what the kernels take leave the choice automatic

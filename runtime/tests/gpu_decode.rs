@@ -16,7 +16,9 @@
 //! and combine kernels by programmatic dependent launch, the default, against serial
 //! launches and the fused kernel: bit for bit equal, deterministic). With
 //! `ATTNC_DECODE_COMBINE=fused` the tensor-core cases run the fused kernel (the combine
-//! folded in) instead.
+//! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or some of its letters) they run
+//! that copy variant of the tensor-core kernel (`gpu_decode_copy_variants` compares the
+//! variants with each other).
 //!
 //! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
@@ -463,11 +465,73 @@ fn gpu_decode_combine_launches(_d: &CudaDevice) {
     }
 }
 
+/// The tensor-core kernel's K/V copy variants (`DecodeTuning::copy`, `decode_mma::COPY_*`:
+/// `a` full tiles without per-row checks, `b` 32-bit shared destinations, `c` one page id
+/// per 16-row pass, and all three) give the bits of the default copy (the same bytes land
+/// in the same places) and the oracle's values: one long sequence over many splits,
+/// contiguous and pages of 16 and 128, and many sequences (lengths 0, 1, .. 900: partial
+/// and full tiles, more than one wave) with pages of 16, Lq 1 and 16 (16 and 64 rows per
+/// CTA). With `ATTNC_DECODE_COPY` set, every other test of this suite runs that variant.
+fn gpu_decode_copy_variants(_d: &CudaDevice) {
+    let mut rng = Rng(0xc09);
+    let compiled = example("causal");
+    let program = compiled.names()[0].to_string();
+    let variant = compiled.attention(&program).unwrap();
+    let many = (0..48)
+        .map(|i| if i == 1 { 1 } else { (i * 37) % 901 })
+        .collect::<Vec<i32>>();
+    let cases = [
+        (1, 1, 20000, vec![20000], None),
+        (1, 16, 20000, vec![19999], Some(16)),
+        (1, 1, 20000, vec![19937], Some(128)),
+        (48, 1, 901, many.clone(), Some(16)),
+        (48, 16, 901, many.clone(), Some(16)),
+        (48, 16, 901, many, Some(128)),
+    ];
+    for (b, lq, cap, sl, page) in cases {
+        let c = case_as(DType::BF16, &mut rng, b, 32, 8, lq, 128, cap, sl, page);
+        let caps = Captures::default();
+        let what = format!("copy variants B{b} Lq{lq} {page:?}");
+        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+            .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+        let mut outs = Vec::new();
+        for copy in ["0", "a", "b", "c", "abc"] {
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy(copy);
+            let mut bound = variant.bind(o).unwrap();
+            let got = bound
+                .forward_with_cache(&c.q, &c.cache(), &caps)
+                .unwrap_or_else(|e| panic!("{what} {copy}: cuda: {e}"));
+            assert_eq!(bound.cache_path(), Some(expected_path(lq, 32, 8, 128)));
+            let (o, lse) = (got.o.to_f32(), got.lse.to_f32());
+            close(
+                &format!("{what} {copy} o"),
+                &o,
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(
+                &format!("{what} {copy} lse"),
+                &lse,
+                &want.lse.to_f32(),
+                0.002,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            outs.push((bits(&o), bits(&lse)));
+        }
+        assert!(
+            outs.iter().all(|x| *x == outs[0]),
+            "{what}: a copy variant changed the bits"
+        );
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 // (the launches' test first: it is the only GPU check of chained launches, and a time
 // limit cuts the list from the end)
 const TESTS: &[Test] = &[
     ("gpu_decode_combine_launches", gpu_decode_combine_launches),
+    ("gpu_decode_copy_variants", gpu_decode_copy_variants),
     ("gpu_decode_examples", gpu_decode_examples),
     ("gpu_decode_shapes", gpu_decode_shapes),
     ("gpu_decode_long", gpu_decode_long),

@@ -74,6 +74,7 @@ fn analyses_run_once_per_bind() {
             input: InputType::Bf16,
             rows: 4,
             paged: true,
+            copy: 0,
         }
         .ptx_options();
         for kind in [KernelKind::Decode, KernelKind::DecodeCombine] {

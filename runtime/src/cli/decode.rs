@@ -200,6 +200,28 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
             })
             .collect();
     }
+    if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_COPY") {
+        // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
+        // letters of abc)
+        let copies: Vec<(String, u8)> = list
+            .split(',')
+            .filter_map(|x| attnc::options::parse_decode_copy(x).map(|c| (x.trim().to_string(), c)))
+            .collect();
+        out = out
+            .iter()
+            .flat_map(|(label, t)| {
+                copies.iter().map(move |(name, c)| {
+                    (
+                        format!("{label} copy {name}"),
+                        DecodeTuning {
+                            copy: Some(*c),
+                            ..*t
+                        },
+                    )
+                })
+            })
+            .collect();
+    }
     out
 }
 
@@ -286,7 +308,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             // kernel after the decode kernel, then the fused kernel) or all (also the
             // combine under the decode kernel's tail, and that with the decode kernel
             // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
-            // counts of the tensor-core kernel, 0 = the runtime's choice)
+            // counts of the tensor-core kernel, 0 = the runtime's choice),
+            // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc (the tensor-core kernel's K/V copy
+            // variants, `DecodeTuning::copy`)
             // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): the tunings timed N times in turn
             // (interleaved, so that the GPU's drift between them cancels), the median shown
             let tunings = bench_tunings(a.backend);

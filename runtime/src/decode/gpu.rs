@@ -56,6 +56,7 @@ use crate::tensor::{DType, Tensor};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::InputType;
 use attnc_compiler::backend::llvm::decode::DecodeOptions;
+use attnc_compiler::backend::llvm::decode_mma;
 use attnc_compiler::decode::{CacheLayout, DecodeShape};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::Plan;
@@ -68,6 +69,9 @@ pub(crate) const MAX_ROWS: usize = 8;
 const MMA_SLOTS: usize = 132 * 2;
 /// The pipeline fill of one split, in tiles of the tensor-core kernel.
 const MMA_FILL_TILES: usize = 4;
+/// The tensor-core kernel's K/V copy variant (`decode_mma::COPY_*` bits; 0: the default
+/// copy; `DecodeTuning::copy` overrides it; unmeasured on a GPU as of session 9).
+const COPY: u8 = 0;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;
@@ -334,6 +338,10 @@ fn decode_options(
         },
         rows: rows_per_cta(shape, kernel, tuning) as u32,
         paged: matches!(shape.layout, CacheLayout::Paged { .. }),
+        copy: match kernel {
+            Kernel::Mma => tuning.copy.unwrap_or(COPY),
+            Kernel::Simt => 0,
+        },
     }
 }
 
@@ -375,9 +383,20 @@ pub(crate) fn geometry(
     let rows = (shape.hq / shape.hkv) * shape.lq;
     let rpc = rows_per_cta(shape, kernel, tuning);
     let row_groups = rows.div_ceil(rpc);
+    // (the tensor-core kernel's COPY_PAGE_PASS starts its splits at `lo` rounded down to
+    // a tile, `decode::split_keys_from`: the span counts from there; the host's ranges
+    // are whole tiles already)
+    let page_pass = kernel == Kernel::Mma
+        && matches!(shape.layout, CacheLayout::Paged { .. })
+        && tuning.copy.unwrap_or(COPY) & decode_mma::COPY_PAGE_PASS != 0;
+    let lo_mask = if page_pass {
+        !(decode_mma::KV_TILE as i32 - 1)
+    } else {
+        !0
+    };
     let span = ranges
         .chunks(2)
-        .map(|r| (r[1] - r[0]).max(0) as usize)
+        .map(|r| (r[1] - (r[0] & lo_mask)).max(0) as usize)
         .max()
         .unwrap_or(0);
     let ctas = shape.b * shape.hkv * row_groups;

@@ -91,6 +91,9 @@ pub struct DecodeOptions {
     /// Rows (query heads x new rows of one kv head) per CTA: 1..=16.
     pub rows: u32,
     pub paged: bool,
+    /// The tensor-core kernel only: its K/V copy's `decode_mma::COPY_*` bits (0: the
+    /// default copy; [`PtxOptions::decode_copy`]).
+    pub copy: u8,
 }
 
 impl DecodeOptions {
@@ -102,7 +105,11 @@ impl DecodeOptions {
             self.input.name(),
             self.rows,
             if self.paged { "paged" } else { "contiguous" }
-        )
+        ) + &if self.copy != 0 {
+            format!(":copy{}", self.copy)
+        } else {
+            String::new()
+        }
     }
     pub fn validate(&self) -> Result<(), LlvmError> {
         if ![32, 64, 128, 256].contains(&self.d) {
@@ -189,6 +196,7 @@ impl DecodeOptions {
             },
             // (the forward's warp-specialized schedule is no decode option)
             ws: false,
+            decode_copy: self.copy,
             ..PtxOptions::new(self.arch, self.d, self.d, self.input)
         }
     }
@@ -201,6 +209,7 @@ impl DecodeOptions {
             input: opts.input,
             rows: opts.q_block,
             paged: opts.kv_cache == KvCache::Paged,
+            copy: opts.decode_copy,
         }
     }
 }
@@ -557,9 +566,32 @@ pub(super) fn split_keys<'ctx>(
     b: IntValue<'ctx>,
     split: IntValue<'ctx>,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    split_keys_from(g, a, b, split, 1)
+}
+
+/// [`split_keys`] with the range's first key `lo` rounded down to a multiple of `align`
+/// (a power of two; 1: as it is) before the splits are cut: the tensor-core kernel's
+/// `COPY_PAGE_PASS` (`decode_mma.rs`) needs tiles on multiples of 64. The host's ranges
+/// are whole blocks of 64 keys already; the decode-ranges kernel's (caller buffers) are
+/// exact, and the keys the rounding adds lie below the element range of the mask's
+/// implied linear conjuncts, so the mask (evaluated on every element) excludes them; the
+/// launch's splits x chunk covers them (the host sizes it from the cache's capacity
+/// there, from `lo` rounded the same way otherwise: `decode::gpu::geometry`).
+pub(super) fn split_keys_from<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    b: IntValue<'ctx>,
+    split: IntValue<'ctx>,
+    align: u32,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     use DecodeParam as P;
     let ranges = a.ptr(P::Ranges)?;
     let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let lo = if align > 1 {
+        g.and(lo, g.c32(-(align as i64)))?
+    } else {
+        lo
+    };
     let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
     let chunk = a.int(P::Chunk)?;
     let k0 = g.add(lo, g.mul(split, chunk)?)?;
@@ -1081,6 +1113,7 @@ mod tests {
                         input: InputType::Bf16,
                         rows,
                         paged,
+                        copy: 0,
                     };
                     assert_eq!(DecodeOptions::from_ptx(&o.ptx_options()), o);
                     let k = emit_decode(&p, &o).unwrap();

@@ -42,7 +42,7 @@ use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
     decode_env, decode_params, finite_or_zero, for_range, let_combine_start, merge_partials,
-    split_keys, with_combine,
+    split_keys_from, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -74,12 +74,33 @@ const CHUNKS_PER_THREAD: u32 = 2;
 /// Splits merged per round of the fused kernel's combine (loads issued together).
 const FUSED_UNROLL: u32 = 16;
 
+/// [`PtxOptions::decode_copy`] bit: a tile whose 64 keys all lie below the split's end
+/// is copied without the per-row bounds check (no compare and selects per 16-row pass;
+/// both layouts); partial tiles keep it.
+pub const COPY_FULL: u8 = 1;
+/// [`PtxOptions::decode_copy`] bit: the `cp.async` destinations as 32-bit shared-window
+/// addresses, one base per tile plus a constant in each instruction (instead of a 64-bit
+/// shared address per copy).
+pub const COPY_SMEM32: u8 = 2;
+/// [`PtxOptions::decode_copy`] bit, paged layout: each 16-row pass's page id and slot
+/// from the tile's alignment (tiles start on multiples of [`KV_TILE`]) instead of per
+/// row (see `Pages::byte_pass`).
+pub const COPY_PAGE_PASS: u8 = 4;
+/// Every [`PtxOptions::decode_copy`] bit.
+pub const COPY_ALL: u8 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
+
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
     if ![64, 128].contains(&opts.d) {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with D = {}: needs 64 or 128",
             opts.d
+        )));
+    }
+    if opts.copy & !COPY_ALL != 0 {
+        return Err(LlvmError::Unsupported(format!(
+            "tensor-core decode kernel with copy bits {:#x}",
+            opts.copy
         )));
     }
     if !MMA_ROWS.contains(&opts.rows) {
@@ -298,6 +319,78 @@ impl<'ctx> Pages<'ctx> {
     }
 }
 
+impl<'ctx> Pages<'ctx> {
+    /// [`Pages::byte`] for [`COPY_PAGE_PASS`]: the byte offset of this thread's 16 bytes
+    /// of the tile's row `row` (0..64; `trow` + a constant per pass, so everything but
+    /// the shuffle and the page's start is loop-invariant), `tile_slot` the bytes of the
+    /// tile's first key within its page, `ids` the tile's page ids (lane `l`: logical
+    /// page `p0 + l`, `p0` the page of the tile's first key `key0`).
+    ///
+    /// Why this is the row's page and slot: every tile starts on a multiple of
+    /// [`KV_TILE`] = 64: the split's first key `lo + split x chunk` has `lo` rounded down
+    /// to a multiple of 64 ([`split_keys_from`]: a no-op for the host's ranges, whole
+    /// blocks of 64 keys; the keys it adds below a device-computed `lo` are masked by the
+    /// mask itself, see there) and `chunk` a multiple of 64 (`decode::gpu::geometry`). Pages are powers of two of at
+    /// least 16 positions (`crate::decode::MIN_PAGE`). With `P` the page size and key
+    /// `j = key0 + row`: if `P <= 64`, `key0` is a multiple of `P`, so `j`'s page is
+    /// `p0 + row / P` and its slot `row % P`; if `P > 64`, `key0 % P` is a multiple of
+    /// 64 at most `P - 64`, so `j` stays in page `p0` (`row / P` = 0) at slot `key0 % P +
+    /// row`. Both cases: lane `row >> shift` (at most 3 < 32) and slot `(key0 & (P-1)) +
+    /// (row & (P-1))`. The slot is below `P`, the lane's id is clamped into the cache
+    /// (`Pages::fetch`), so even a row past the split's end (a partial tile: zero-filled,
+    /// `src_size` 0) addresses bytes inside an existing page: no read past a page's end.
+    fn byte_pass(
+        &self,
+        g: &Gpu<'ctx>,
+        ids: IntValue<'ctx>,
+        tile_slot: IntValue<'ctx>,
+        row: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        let src = g.lshr(row, self.shift)?;
+        let id = g.shfl_idx_i32(ids, src)?;
+        let slot = g.and(row, self.in_page)?;
+        let within = g.add(
+            tile_slot,
+            g.add(g.mul(slot, self.row_bytes)?, self.head_bytes)?,
+        )?;
+        let page = g.mul(g.zext64(id)?, g.zext64(self.page_bytes)?)?;
+        g.add(page, g.zext64(within)?)
+    }
+}
+
+/// [`COPY_SMEM32`]'s constants: for pass `p` and chunk copy `c` (index `p x cpt + c`),
+/// the bytes from this thread's K destination of pass 0, chunk copy 0 (row `trow`, chunk
+/// `tch`) to its K and V destinations, when they are the same for every thread (checked
+/// here over all of them: the swizzle XORs the chunk with `row % 8`; passes move rows by
+/// `rpp`, a multiple of 8, and at D128 the second chunk copy moves the chunk by `tpr` =
+/// 8, past the XOR's bits); `None` otherwise (D64: `tpr` = 4 meets the XOR).
+fn copy_deltas(
+    kt: &SmemTile,
+    vt: &SmemTile,
+    rpp: u32,
+    tpr: u32,
+    cpt: u32,
+) -> Option<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    for pass in 0..KV_TILE / rpp {
+        for c in 0..cpt {
+            let at = |t: &SmemTile, trow: u32, tch: u32| {
+                t.off_host(trow + pass * rpp, tch + c * tpr) as i64 - kt.off_host(trow, tch) as i64
+            };
+            let (dk, dv) = (at(kt, 0, 0), at(vt, 0, 0));
+            for trow in 0..rpp {
+                for tch in 0..tpr {
+                    if at(kt, trow, tch) != dk || at(vt, trow, tch) != dv {
+                        return None;
+                    }
+                }
+            }
+            out.push((u32::try_from(dk).ok()?, u32::try_from(dv).ok()?));
+        }
+    }
+    Some(out)
+}
+
 /// Where one of this thread's two accumulator rows (`lane / 4 + 8 hr` of its m-tile)
 /// sits: query head, position, whether it exists.
 struct RowInfo<'ctx> {
@@ -350,7 +443,9 @@ pub(super) fn build<'ctx>(
     let rg = g.sub(y, g.mul(hk, rgs)?)?;
     let nrows = g.mul(group, lq)?;
     let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
-    let (k0, k1) = split_keys(g, &a, b, split)?;
+    // COPY_PAGE_PASS: tiles start on multiples of KV_TILE (`split_keys_from`)
+    let page_pass = opts.paged && opts.copy & COPY_PAGE_PASS != 0;
+    let (k0, k1) = split_keys_from(g, &a, b, split, if page_pass { KV_TILE } else { 1 })?;
     let scale = a.get(P::Scale)?.into_float_value();
 
     let env = decode_env(g, p, &a)?;
@@ -466,24 +561,66 @@ pub(super) fn build<'ctx>(
         None
     };
     let tile_key0 = |t: IntValue<'ctx>| g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?);
-    let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
-        let key0 = tile_key0(t)?;
-        let extra = g.mul(buf, g.c32(stage))?;
-        let ids = match &pages {
-            Some(pg) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
+    let unchecked_full = opts.copy & COPY_FULL != 0;
+    let smem32 = opts.copy & COPY_SMEM32 != 0;
+    // COPY_SMEM32: this thread's destination of pass 0, chunk tch of K, as a 32-bit
+    // shared-window address without the buffer (the buffer's offset is added per tile);
+    // every other copy of the tile is that address plus a constant of the instruction
+    // (None where the swizzle makes them differ between threads, D64: each copy then
+    // adds its own loop-invariant offset to the tile's buffer, V a constant from K)
+    let dst_deltas = if smem32 {
+        copy_deltas(&kt, &vt, rpp, tpr, cpt)
+    } else {
+        None
+    };
+    let dst0 = if dst_deltas.is_some() {
+        Some(g.smem_addr32(kt.off_at(g, trow, tch, zero)?)?)
+    } else {
+        None
+    };
+    // one tile's copies; `checked`: rows at or past the split's end `k1` are zero-filled
+    // and read nothing (without: a full tile, every row below k1)
+    let copy_tile = |key0: IntValue<'ctx>,
+                     extra: IntValue<'ctx>,
+                     ids: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+                     checked: bool|
+     -> R<()> {
+        let dst = match dst0 {
+            Some(d0) => Some(g.add(d0, extra)?),
             None => None,
+        };
+        // COPY_PAGE_PASS: the bytes of the tile's first position within its page
+        let tile_slot = match (&pages, page_pass) {
+            (Some(pg), true) => Some(g.mul(g.and(key0, pg.in_page)?, pg.row_bytes)?),
+            _ => None,
         };
         for pass in 0..KV_TILE / rpp {
             let row = g.add(trow, g.c32((pass * rpp) as i64))?;
             let j = g.add(key0, row)?;
-            let valid = g.icmp(IntPredicate::SLT, j, k1)?;
-            let byte = match (&pages, ids) {
-                (Some(pg), Some((ids, p0))) => {
+            let valid = if checked {
+                Some(g.icmp(IntPredicate::SLT, j, k1)?)
+            } else {
+                None
+            };
+            let byte = match (&pages, ids, tile_slot) {
+                (Some(pg), Some((ids, _)), Some(ts)) => {
+                    // every row's address is inside an existing page whether or not
+                    // the row is valid (see `Pages::byte_pass`)
+                    pg.byte_pass(g, ids, ts, row)?
+                }
+                (Some(pg), Some((ids, p0)), _) => {
                     // keys past the split read the tile's first key's page (no bytes)
-                    pg.byte(g, ids, p0, g.selecti(valid, j, key0)?)?
+                    let jj = match valid {
+                        Some(v) => g.selecti(v, j, key0)?,
+                        None => j,
+                    };
+                    pg.byte(g, ids, p0, jj)?
                 }
                 _ => {
-                    let jc = g.selecti(valid, j, k0)?;
+                    let jc = match valid {
+                        Some(v) => g.selecti(v, j, k0)?,
+                        None => j,
+                    };
                     let at = g.add(
                         cache_row_elem(g, &a, opts, b, hk, hkv, jc)?,
                         g.zext64(g.mul(tch, g.c32(8))?)?,
@@ -491,7 +628,10 @@ pub(super) fn build<'ctx>(
                     g.mul(at, g.c64(2))?
                 }
             };
-            let size = g.selecti(valid, g.c32(16), zero)?;
+            let size = match valid {
+                Some(v) => Some(g.selecti(v, g.c32(16), zero)?),
+                None => None,
+            };
             for c in 0..cpt {
                 let (ch, at) = if c == 0 {
                     (tch, byte)
@@ -501,11 +641,52 @@ pub(super) fn build<'ctx>(
                         g.add(byte, g.c64((c * tpr * 16) as i64))?,
                     )
                 };
-                g.cp_async16(kt.addr_at(g, row, ch, extra)?, g.gep_bytes(kptr, at)?, size)?;
-                g.cp_async16(vt.addr_at(g, row, ch, extra)?, g.gep_bytes(vptr, at)?, size)?;
+                match (dst, &dst_deltas) {
+                    (Some(dst), Some(deltas)) => {
+                        let (dk, dv) = deltas[(pass * cpt + c) as usize];
+                        g.cp_async16_smem32(dst, dk, g.gep_bytes(kptr, at)?, size)?;
+                        g.cp_async16_smem32(dst, dv, g.gep_bytes(vptr, at)?, size)?;
+                    }
+                    _ if smem32 => {
+                        let dst = g.smem_addr32(kt.off_at(g, row, ch, extra)?)?;
+                        let dv = vt.offset - kt.offset;
+                        g.cp_async16_smem32(dst, 0, g.gep_bytes(kptr, at)?, size)?;
+                        g.cp_async16_smem32(dst, dv, g.gep_bytes(vptr, at)?, size)?;
+                    }
+                    _ => {
+                        let size = size.unwrap_or(g.c32(16));
+                        g.cp_async16(kt.addr_at(g, row, ch, extra)?, g.gep_bytes(kptr, at)?, size)?;
+                        g.cp_async16(vt.addr_at(g, row, ch, extra)?, g.gep_bytes(vptr, at)?, size)?;
+                    }
+                }
             }
         }
         Ok(())
+    };
+    let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let key0 = tile_key0(t)?;
+        let extra = g.mul(buf, g.c32(stage))?;
+        let ids = match &pages {
+            Some(pg) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
+            None => None,
+        };
+        if unchecked_full {
+            // COPY_FULL: a tile whose 64 keys are all below k1 takes the copy without
+            // per-row checks
+            let full = g.icmp(IntPredicate::SLE, g.add(key0, g.c32(KV_TILE as i64))?, k1)?;
+            let (fb, pb, cont) = (g.block("full"), g.block("part"), g.block("copied"));
+            g.cond_br(full, fb, pb)?;
+            g.b.position_at_end(fb);
+            copy_tile(key0, extra, ids, false)?;
+            g.br(cont)?;
+            g.b.position_at_end(pb);
+            copy_tile(key0, extra, ids, true)?;
+            g.br(cont)?;
+            g.b.position_at_end(cont);
+            Ok(())
+        } else {
+            copy_tile(key0, extra, ids, true)
+        }
     };
 
     // ---- prologue: stages - 1 tiles in flight, then Q's fragments ----
@@ -901,6 +1082,7 @@ mod tests {
                         input,
                         rows,
                         paged,
+                        copy: 0,
                     };
                     let k = emit_decode_mma(&p, &o).unwrap();
                     if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
@@ -938,9 +1120,122 @@ mod tests {
                 input: InputType::Bf16,
                 rows,
                 paged: false,
+                copy: 0,
             };
             let e = emit_decode_mma(p, &o).unwrap_err().to_string();
             assert!(e.contains("tensor-core decode kernel"), "{e}");
+        }
+    }
+
+    /// The PTX of the copy variants (`COPY_*` bits): dense, causal and sliding window,
+    /// both layouts, 16
+    /// and 64 rows at D128 and 32 rows at D64.
+    fn copy_variants() -> Vec<(String, DecodeOptions, String)> {
+        let mut out = Vec::new();
+        for ex in ["dense", "causal", "sliding_window"] {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+            let p = &crate::compile_source(&src).unwrap().programs[0];
+            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
+                for paged in [false, true] {
+                    for copy in [0, COPY_FULL, COPY_SMEM32, COPY_PAGE_PASS, COPY_ALL] {
+                        let o = DecodeOptions {
+                            arch: Arch::Sm90,
+                            d,
+                            input: InputType::Bf16,
+                            rows,
+                            paged,
+                            copy,
+                        };
+                        let k = emit_decode_mma(p, &o).unwrap();
+                        out.push((p.name.clone(), o, k.decode_ptx));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The instructions of the main loop's steady-state copy of one tile: the fewest
+    /// instructions (labels, braces and directives not counted) of a basic block that
+    /// holds all of a tile's `cp.async` copies (the loop's full-tile copy; the prologue's
+    /// and partial tiles' copies compute more).
+    fn copy_block_instructions(ptx: &str, copies: usize) -> usize {
+        let mut best = usize::MAX;
+        let (mut n, mut c) = (0, 0);
+        for line in ptx.lines().map(str::trim) {
+            if line.starts_with("$L__") || line.starts_with('}') {
+                if c == copies {
+                    best = best.min(n);
+                }
+                (n, c) = (0, 0);
+                continue;
+            }
+            if line.is_empty() || line.starts_with("//") || line.starts_with('.') || line == "{" {
+                continue;
+            }
+            n += 1;
+            if line.starts_with("cp.async.cg.shared.global") {
+                c += 1;
+            }
+        }
+        best
+    }
+
+    /// The copy variants generate, take the same parameters and shared memory, use the
+    /// 32-bit destinations where asked, and cut the steady-state copy's instructions;
+    /// with `ATTNC_DECODE_PTX_DIR` set their PTX goes there, and with `ATTNC_PTXAS` (a
+    /// `ptxas` binary) each must pass `ptxas -arch=sm_90a`.
+    #[test]
+    fn mma_decode_copy_variants() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let mut base = std::collections::HashMap::new();
+        for (name, o, ptx) in copy_variants() {
+            // a tile's copies: 64 rows x D / 8 chunks over 128 threads, K and V
+            let copies = (2 * KV_TILE * o.d / 8 / THREADS) as usize;
+            let n = copy_block_instructions(&ptx, copies);
+            let key = format!("{name} {}", o.key());
+            eprintln!("{key}: {n} instructions in the loop's tile copy");
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                std::fs::write(format!("{dir}/{}.ptx", key.replace([':', ' '], "_")), &ptx)
+                    .unwrap();
+            }
+            if let Some(ptxas) = &ptxas {
+                let f = std::env::temp_dir().join(format!(
+                    "attnc_copy_{}_{}.ptx",
+                    std::process::id(),
+                    key.replace([':', ' '], "_")
+                ));
+                std::fs::write(&f, &ptx).unwrap();
+                let out = std::process::Command::new(ptxas)
+                    .args(["-arch=sm_90a", "-o", "/dev/null"])
+                    .arg(&f)
+                    .output()
+                    .unwrap();
+                let _ = std::fs::remove_file(&f);
+                assert!(
+                    out.status.success(),
+                    "{key}: ptxas: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // a 32-bit register (`%rN`, not `%rdN`) as a copy's destination
+            let smem32 = ptx.lines().any(|l| {
+                l.trim()
+                    .strip_prefix("cp.async.cg.shared.global [%r")
+                    .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            assert_eq!(smem32, o.copy & COPY_SMEM32 != 0, "{key}");
+            if o.copy == 0 {
+                assert!(n < usize::MAX, "{key}: no steady-state copy block");
+                base.insert((name.clone(), o.rows, o.d, o.paged), n);
+                continue;
+            }
+            let n0 = base[&(name.clone(), o.rows, o.d, o.paged)];
+            let applies = o.copy & (COPY_FULL | COPY_SMEM32) != 0 || o.paged;
+            if applies {
+                assert!(n < n0, "{key}: {n} instructions, {n0} without");
+            }
         }
     }
 }

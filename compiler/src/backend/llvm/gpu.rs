@@ -470,6 +470,30 @@ impl<'ctx> Gpu<'ctx> {
         )?;
         Ok(())
     }
+    /// [`Self::cp_async16`] with a 32-bit shared-window destination `dst + imm` (`dst`
+    /// from [`Self::smem_addr32`], `imm` a constant in the instruction) and `src` a global
+    /// pointer; `src_size` `None`: all 16 bytes read (no zero fill).
+    pub fn cp_async16_smem32(
+        &self,
+        dst: IntValue<'ctx>,
+        imm: u32,
+        src: PointerValue<'ctx>,
+        src_size: Option<IntValue<'ctx>>,
+    ) -> R<()> {
+        let src = self.b.build_ptr_to_int(src, self.i64, "")?;
+        match src_size {
+            Some(n) => self.asm_void(
+                &format!("cp.async.cg.shared.global [$0+{imm}], [$1], 16, $2;"),
+                "r,l,r,~{memory}",
+                &[dst, src, n],
+            ),
+            None => self.asm_void(
+                &format!("cp.async.cg.shared.global [$0+{imm}], [$1], 16;"),
+                "r,l,~{memory}",
+                &[dst, src],
+            ),
+        }
+    }
     pub fn cp_async_commit(&self) -> R<()> {
         self.call("llvm.nvvm.cp.async.commit.group", None, &[])?;
         Ok(())
@@ -1089,6 +1113,16 @@ impl SmemTile {
         chunk: IntValue<'ctx>,
         extra: IntValue<'ctx>,
     ) -> R<PointerValue<'ctx>> {
+        g.smem_at(self.off_at(g, row, chunk, extra)?)
+    }
+    /// The byte offset into dynamic shared memory that [`Self::addr_at`] points at (i32).
+    pub fn off_at<'ctx>(
+        &self,
+        g: &Gpu<'ctx>,
+        row: IntValue<'ctx>,
+        chunk: IntValue<'ctx>,
+        extra: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
         let off = if self.slab {
             let slab = g.lshr(chunk, g.c32(3))?;
             let sw = g.xor(g.and(chunk, g.c32(7))?, g.and(row, g.c32(7))?)?;
@@ -1107,7 +1141,17 @@ impl SmemTile {
                 g.shl(sw, g.c32(4))?,
             )?
         };
-        g.smem_at(g.add(g.add(off, extra)?, g.c32(self.offset as i64))?)
+        g.add(g.add(off, extra)?, g.c32(self.offset as i64))
+    }
+    /// [`Self::off_at`] with `extra` = 0 for constant `row` and `chunk`, on the host.
+    pub fn off_host(&self, row: u32, chunk: u32) -> u32 {
+        let off = if self.slab {
+            (chunk >> 3) * self.rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4)
+        } else {
+            let mask = self.chunks().min(8) - 1;
+            row * self.cols * 2 + ((chunk ^ (row & mask)) << 4)
+        };
+        off + self.offset
     }
     /// Starts copying rows `row0 .. row0 + rows` of a row-major global matrix (row stride
     /// `cols` elements, `base` pointing at its row 0) into the tile with `cp.async`, all

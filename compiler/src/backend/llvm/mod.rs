@@ -309,6 +309,12 @@ pub struct PtxOptions {
     /// (which runs on the SM's quarter-rate pipe beside `ex2`). Off by default; the
     /// runtime turns it on for a binding whose Lq and Lkv allow it.
     pub float_positions: bool,
+    /// The tensor-core decode kernel's K/V copy (`decode_mma.rs`), a set of
+    /// `decode_mma::COPY_*` bits: [`decode_mma::COPY_FULL`] (full tiles copied without
+    /// per-row bounds checks), [`decode_mma::COPY_SMEM32`] (32-bit shared-memory
+    /// destinations), [`decode_mma::COPY_PAGE_PASS`] (paged: each pass's page from the
+    /// tile's alignment). 0 (the default): none. Other kinds ignore it.
+    pub decode_copy: u8,
 }
 
 /// The bound on positions (and on the constant of a converted position sum) under which
@@ -388,6 +394,7 @@ impl PtxOptions {
             bwd_tma: false,
             bwd_lpt: false,
             float_positions: false,
+            decode_copy: 0,
         };
         if (96..=128).contains(&d.max(dv)) {
             PtxOptions {
@@ -595,6 +602,11 @@ impl PtxOptions {
             + if self.bwd_tma { " bwd-tma" } else { "" }
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.float_positions { " fpos" } else { "" }
+            + &if self.decode_copy != 0 {
+                format!(" decode-copy={}", self.decode_copy)
+            } else {
+                String::new()
+            }
     }
     pub(crate) fn validate(&self) -> Result<(), LlvmError> {
         // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk

@@ -723,6 +723,7 @@ fn decode_kinds_are_specs_like_every_kind() {
                 input: InputType::F16,
                 rows,
                 paged,
+                copy: 0,
             };
             let opts = dopts.ptx_options();
             assert_eq!(DecodeOptions::from_ptx(&opts), dopts);
@@ -825,6 +826,7 @@ fn decode_options_refused() {
         input: InputType::Bf16,
         rows: 32,
         paged: false,
+        copy: 0,
     }
     .ptx_options();
     assert!(spec(&plan, KernelKind::Decode, &bad).is_err());
