@@ -9,12 +9,9 @@
 //! (the positions the mask can reach, all kv heads, K and V, in the input dtype).
 
 use super::parse_params;
-use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{
-    BindOptions, Captures, Compiled, DType, DecodeTuning, Error, KvCache, Shape, Tensor, synth,
-};
+use attnc::io::read_safetensors;
+use attnc::{BindOptions, Compiled, DType, DecodeTuning, Error, KvCache, Shape, Tensor, synth};
 use clap::ValueEnum;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -77,37 +74,13 @@ pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Err
         d: qs[3],
         dv: vs[3],
     };
-    let mut captures = Captures::default();
-    for (name, t) in tensors {
-        captures.tensors.insert(name, t);
-    }
-    for (name, v) in parse_params(&a.params)? {
-        captures.params.insert(name, v);
-    }
-    let mut opts = BindOptions::new(a.backend.backend(), shape, q.dtype());
-    opts.scale = a.scale;
-    opts.checked = a.checked;
-    opts.threads = a.threads;
-    opts.jit_tiers = a.jit_tiers;
-    let mut bound = variant.bind(opts)?;
+    let (mut bound, captures) = super::run::bind_shape(a, &variant, shape, q.dtype(), tensors)?;
     let cache = KvCache::new(&k, &v, page_table.as_ref(), &seq_lens);
     let t0 = std::time::Instant::now();
     let out = bound.forward_with_cache(&q, &cache, &captures)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut result = BTreeMap::new();
-    result.insert("o".to_string(), out.o);
-    result.insert("lse".to_string(), out.lse);
-    write_safetensors(&a.output, &result)?;
-    outln!(
-        "{}: {} against a {layout:?} cache, {:?} ({}) with the {} backend in {ms:.2} ms -> {}",
-        a.file.display(),
-        variant.name(),
-        shape,
-        q.dtype(),
-        a.backend.backend().name(),
-        a.output.display()
-    );
-    Ok(())
+    let what = format!("{} against a {layout:?} cache, {shape:?}", variant.name());
+    super::run::write_result(a, out, &what, q.dtype(), ms)
 }
 
 /// One shape of `bench --decode`: B, Hq, Hkv, Lq, Lkv.

@@ -6,7 +6,7 @@
 
 use super::{BackendArg, parse_params};
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{BindOptions, Bound, Captures, Compiled, Error, Shape, Tensor, Variant};
+use attnc::{BindOptions, Bound, Captures, Compiled, DType, Error, Output, Shape, Tensor, Variant};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -42,16 +42,31 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let out = bound.forward(&q, &k, &v, &captures)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
+    write_result(
+        a,
+        out,
+        &format!("{} on {shape}", variant.name()),
+        q.dtype(),
+        ms,
+    )
+}
+
+/// Writes `o` and `lse` to `--output` and the summary line (`what`: the attention and
+/// its problem) of `run` and `run --kv-cache`.
+pub(crate) fn write_result(
+    a: &RunArgs,
+    out: Output,
+    what: &str,
+    dtype: DType,
+    ms: f64,
+) -> Result<(), Error> {
     let mut result = BTreeMap::new();
     result.insert("o".to_string(), out.o);
     result.insert("lse".to_string(), out.lse);
     write_safetensors(&a.output, &result)?;
     outln!(
-        "{}: {} on {} ({}) with the {} backend in {ms:.2} ms -> {}",
+        "{}: {what} ({dtype}) with the {} backend in {ms:.2} ms -> {}",
         a.file.display(),
-        variant.name(),
-        shape,
-        q.dtype(),
         a.backend.backend().name(),
         a.output.display()
     );
@@ -88,6 +103,18 @@ pub(crate) fn bind_inputs(
         d: qs[3],
         dv: vs[3],
     };
+    bind_shape(a, variant, shape, q.dtype(), tensors)
+}
+
+/// The bound variant and captures for a known `shape` and `dtype`: `tensors` as
+/// captures, params and bind options from the flags (`run` and `run --kv-cache`).
+pub(crate) fn bind_shape(
+    a: &RunArgs,
+    variant: &Variant,
+    shape: Shape,
+    dtype: DType,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<(Bound, Captures), Error> {
     let mut captures = Captures::default();
     for (name, t) in tensors {
         captures.tensors.insert(name, t);
@@ -95,7 +122,7 @@ pub(crate) fn bind_inputs(
     for (name, v) in parse_params(&a.params)? {
         captures.params.insert(name, v);
     }
-    let mut opts = BindOptions::new(a.backend.backend(), shape, q.dtype());
+    let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
     opts.scale = a.scale;
     opts.checked = a.checked;
     opts.threads = a.threads;
