@@ -464,64 +464,46 @@ pub fn main() -> i32 {
             kv_cache,
             page_size,
             decode_shapes,
-            grad: _,
-        } if decode => decode::bench(&decode::BenchArgs {
-            file: &file,
-            attention: attention.as_deref(),
-            backend: backend.backend(),
-            shapes: decode_shapes,
-            layouts: kv_cache,
-            page_sizes: page_size,
-            d,
-            dtype: &dtype,
-            threads,
-            iters,
-            params: &params,
-        })
-        .map(|_| {
-            let _ = (b, h, hkv, lq, lkv, docs, jit_tiers);
-        }),
-        Command::Bench {
-            file,
-            attention,
-            backend,
-            b,
-            h,
-            hkv,
-            lq,
-            lkv,
-            d,
-            dtype,
-            threads,
-            iters,
-            params,
-            docs,
-            jit_tiers,
             grad,
-            ..
         } => {
-            let shape = attnc::Shape {
-                b,
-                hq: h,
-                hkv: hkv.unwrap_or(h),
-                lq,
-                lkv: lkv.unwrap_or(lq),
-                d,
-                dv: d,
-            };
-            let args = bench::BenchArgs {
-                file,
-                attention,
-                backend,
-                shape,
-                dtype,
-                threads,
-                iters,
-                params,
-                docs,
-                jit_tiers,
-            };
-            bench::bench(&args).and_then(|_| if grad { grad::bench(&args) } else { Ok(()) })
+            if decode {
+                decode::bench(&decode::BenchArgs {
+                    file: &file,
+                    attention: attention.as_deref(),
+                    backend: backend.backend(),
+                    shapes: decode_shapes,
+                    layouts: kv_cache,
+                    page_sizes: page_size,
+                    d,
+                    dtype: &dtype,
+                    threads,
+                    iters,
+                    params: &params,
+                })
+            } else {
+                let shape = attnc::Shape {
+                    b,
+                    hq: h,
+                    hkv: hkv.unwrap_or(h),
+                    lq,
+                    lkv: lkv.unwrap_or(lq),
+                    d,
+                    dv: d,
+                };
+                let args = bench::BenchArgs {
+                    file,
+                    attention,
+                    backend,
+                    shape,
+                    dtype,
+                    threads,
+                    iters,
+                    params,
+                    docs,
+                    jit_tiers,
+                };
+                bench::bench(&args).and_then(|_| if grad { grad::bench(&args) } else { Ok(()) })
+            }
         }
     };
     // let the tiered JIT's background compiles store their optimized cubins before the
