@@ -7,7 +7,7 @@
 //! out-of-range tensor read.
 
 use crate::interp::{Args, Bindings, EvalError, eval};
-use crate::ir::Program;
+use crate::ir::{Program, Scalar};
 use crate::shape::Shape;
 
 /// Output of one attention call.
@@ -15,6 +15,38 @@ use crate::shape::Shape;
 pub struct Output {
     pub o: Vec<f32>,
     pub lse: Vec<f32>,
+}
+
+/// One element's raw score `f32(scale · q·k)` (the dot in f64) as the interpreter's
+/// arguments for the score, and whether the mask keeps it: the input of the score in the
+/// semantics contract, shared by the reference forward and backward (`reference_grad`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn raw_and_kept(
+    p: &Program,
+    bind: &Bindings,
+    scratch: &mut Vec<Scalar>,
+    scale: f32,
+    qrow: &[f32],
+    krow: &[f32],
+    [b, h, i, j]: [usize; 4],
+) -> Result<(Args, bool), EvalError> {
+    let dot: f64 = qrow
+        .iter()
+        .zip(krow)
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum();
+    let args = Args {
+        s: (scale as f64 * dot) as f32,
+        b: b as i32,
+        h: h as i32,
+        q: i as i32,
+        kv: j as i32,
+    };
+    let keep = match &p.mask {
+        Some(m) => eval(m, p, args, bind, scratch)?.as_bool(),
+        None => true,
+    };
+    Ok((args, keep))
 }
 
 pub fn attention(
@@ -51,29 +83,14 @@ pub fn attention(
                 let mut max = f64::NEG_INFINITY;
                 for (j, sj) in s.iter_mut().enumerate() {
                     let krow = &k[((b * shape.hkv + hk) * lkv + j) * d..][..d];
-                    let dot: f64 = qrow
-                        .iter()
-                        .zip(krow)
-                        .map(|(x, y)| *x as f64 * *y as f64)
-                        .sum();
-                    let raw = (scale as f64 * dot) as f32;
-                    let args = Args {
-                        s: raw,
-                        b: b as i32,
-                        h: h as i32,
-                        q: i as i32,
-                        kv: j as i32,
-                    };
-                    let keep = match &p.mask {
-                        Some(m) => eval(m, p, args, bind, &mut scratch)?.as_bool(),
-                        None => true,
-                    };
+                    let (args, keep) =
+                        raw_and_kept(p, bind, &mut scratch, scale, qrow, krow, [b, h, i, j])?;
                     *sj = if !keep {
                         f64::NEG_INFINITY
                     } else {
                         match &p.score {
                             Some(f) => eval(f, p, args, bind, &mut scratch)?.as_f32() as f64,
-                            None => raw as f64,
+                            None => args.s as f64,
                         }
                     };
                     // A NaN score never becomes the max (`NaN > max` is false): a row

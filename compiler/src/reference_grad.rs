@@ -19,8 +19,9 @@
 //! dQ = 0 and contributes nothing.
 
 use crate::dual::eval_dual;
-use crate::interp::{Args, Bindings, EvalError, TensorData, eval};
+use crate::interp::{Bindings, EvalError, TensorData};
 use crate::ir::Program;
+use crate::reference::raw_and_kept;
 use crate::shape::Shape;
 
 /// Gradients of one backward call.
@@ -99,23 +100,8 @@ pub fn backward(
                 let mut max = f64::NEG_INFINITY;
                 for j in 0..lkv {
                     let krow = &k[((b * hkv + hk) * lkv + j) * d..][..d];
-                    let dot: f64 = qrow
-                        .iter()
-                        .zip(krow)
-                        .map(|(x, y)| *x as f64 * *y as f64)
-                        .sum();
-                    let raw = (scale as f64 * dot) as f32;
-                    let args = Args {
-                        s: raw,
-                        b: b as i32,
-                        h: h as i32,
-                        q: i as i32,
-                        kv: j as i32,
-                    };
-                    let keep = match &p.mask {
-                        Some(m) => eval(m, p, args, bind, &mut scratch)?.as_bool(),
-                        None => true,
-                    };
+                    let (args, keep) =
+                        raw_and_kept(p, bind, &mut scratch, scale, qrow, krow, [b, h, i, j])?;
                     let e = if !keep {
                         Elem {
                             logit: f64::NEG_INFINITY,
@@ -131,7 +117,7 @@ pub fn backward(
                                 }
                             }
                             None => Elem {
-                                logit: raw as f64,
+                                logit: args.s as f64,
                                 dual: None,
                             },
                         }
