@@ -244,10 +244,10 @@ fn body<'ctx>(
         g.set(&n_runs, g.add(n, g.c32(1))?)
     };
 
-    for_range(g, kv_lo, kv_hi, g.c32(CHUNK as i64), |c0| {
+    g.for_range(kv_lo, kv_hi, g.c32(CHUNK as i64), |c0| {
         let cend = g.iintr2("llvm.smin.i32", g.add(c0, g.c32(CHUNK as i64))?, kv_hi)?;
         // ---- classify this chunk's tiles, one warp per tile
-        for_range(g, g.add(c0, warp)?, cend, g.c32(WARPS as i64), |j| {
+        g.for_range(g.add(c0, warp)?, cend, g.c32(WARPS as i64), |j| {
             let kv0 = g.mul(j, g.c32(kvbs))?;
             let cols: Vec<(IntValue<'ctx>, IntValue<'ctx>)> = (0..subcols)
                 .map(|s| {
@@ -303,7 +303,7 @@ fn body<'ctx>(
         g.barrier()?;
         // ---- thread 0 merges the chunk into runs
         g.if_then(is_t0, || {
-            for_range(g, c0, cend, g.c32(1), |j| {
+            g.for_range(c0, cend, g.c32(1), |j| {
                 let kind =
                     g.b.build_load(g.i32, g.smem_at(g.shl(g.sub(j, c0)?, g.c32(2))?)?, "")?
                         .into_int_value();
@@ -356,28 +356,4 @@ fn gep_u32<'ctx>(
     index: IntValue<'ctx>,
 ) -> R<PointerValue<'ctx>> {
     g.gep_bytes(base, g.mul(index, g.c64(4))?)
-}
-
-/// `for (i = start; i < end; i += step) body(i)` with signed i32 compares (`step > 0`).
-fn for_range<'ctx>(
-    g: &Gpu<'ctx>,
-    start: IntValue<'ctx>,
-    end: IntValue<'ctx>,
-    step: IntValue<'ctx>,
-    body: impl FnOnce(IntValue<'ctx>) -> R<()>,
-) -> R<()> {
-    let iv = g.var(g.i32, start)?;
-    let head = g.block("for_head");
-    let bb = g.block("for_body");
-    let exit = g.block("for_exit");
-    g.br(head)?;
-    g.b.position_at_end(head);
-    let i = g.geti(&iv)?;
-    g.cond_br(g.icmp(IntPredicate::SLT, i, end)?, bb, exit)?;
-    g.b.position_at_end(bb);
-    body(i)?;
-    g.set(&iv, g.add(i, step)?)?;
-    g.br(head)?;
-    g.b.position_at_end(exit);
-    Ok(())
 }

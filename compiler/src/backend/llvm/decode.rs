@@ -405,30 +405,6 @@ pub(super) fn let_combine_start(g: &Gpu<'_>, opts: &DecodeOptions) -> R<()> {
     Ok(())
 }
 
-/// `for (i = start; i < end; i += step) body(i)` (signed i32).
-pub(super) fn for_range<'ctx>(
-    g: &Gpu<'ctx>,
-    start: IntValue<'ctx>,
-    end: IntValue<'ctx>,
-    step: IntValue<'ctx>,
-    body: impl FnOnce(IntValue<'ctx>) -> R<()>,
-) -> R<()> {
-    let iv = g.var(g.i32, start)?;
-    let head = g.block("for_head");
-    let bb = g.block("for_body");
-    let exit = g.block("for_exit");
-    g.br(head)?;
-    g.b.position_at_end(head);
-    let i = g.geti(&iv)?;
-    g.cond_br(g.icmp(IntPredicate::SLT, i, end)?, bb, exit)?;
-    g.b.position_at_end(bb);
-    body(i)?;
-    g.set(&iv, g.add(i, step)?)?;
-    g.br(head)?;
-    g.b.position_at_end(exit);
-    Ok(())
-}
-
 /// 8 elements of the input type at `ptr` (16 bytes, aligned) as f32.
 fn load8<'ctx>(g: &Gpu<'ctx>, ty: InputType, ptr: PointerValue<'ctx>) -> R<Vec<FloatValue<'ctx>>> {
     let v4 = g.i32.vec_type(4);
@@ -718,7 +694,7 @@ fn build_decode<'ctx>(
     // ---- the key loop: each warp takes UNROLL steps of kpw keys per iteration ----
     let per_iter = (WARPS as i64) * (UNROLL as i64) * kpw;
     let last = g.sub(k1, g.c32(1))?;
-    for_range(g, k0, k1, g.c32(per_iter), |base| {
+    g.for_range(k0, k1, g.c32(per_iter), |base| {
         let wbase = g.add(base, g.mul(warp, g.c32(UNROLL as i64 * kpw))?)?;
         // issue every load first
         let mut keys = Vec::with_capacity(UNROLL as usize);
@@ -1009,7 +985,7 @@ fn build_combine<'ctx>(
         .map(|_| g.var(g.f32, g.cf(0.0)))
         .collect::<R<_>>()?;
     let wstep = g.c32(WARPS as i64 * COMBINE_UNROLL);
-    for_range(g, warp, splits, wstep, |s0| {
+    g.for_range(warp, splits, wstep, |s0| {
         let mut loaded = Vec::new();
         for u in 0..COMBINE_UNROLL {
             let s = g.add(s0, g.c32(u * WARPS as i64))?;

@@ -41,8 +41,8 @@
 use super::cta::Args;
 use super::decode::{
     DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_env, decode_params, finite_or_zero, for_range, let_combine_start, merge_partials,
-    split_keys_from, with_combine,
+    decode_env, decode_params, finite_or_zero, let_combine_start, merge_partials, split_keys_from,
+    with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -729,7 +729,7 @@ pub(super) fn build<'ctx>(
         )
     };
     let slice_bytes = g.mul(si, g.c32(sw as i64 * row_bytes))?;
-    for_range(g, zero, ntiles, g.c32(1), |it| {
+    g.for_range(zero, ntiles, g.c32(1), |it| {
         // tile `it` has landed (its group and every older one); every warp is done
         // with tile it - 1, whose buffer the next copy refills
         g.cp_async_wait(nstages as i64 - 2)?;
@@ -945,14 +945,14 @@ fn fused_combine<'ctx>(
         let nv = g.iintr2("llvm.smin.i32", g.sub(at.nrows, first)?, g.c32(rpc))?;
         // partial index of split 0 of this group
         let pbase = g.zext64(g.mul(gidx, at.splits)?)?;
-        for_range(g, warp, nv, g.c32(WARPS as i64), |r| {
+        g.for_range(warp, nv, g.c32(WARPS as i64), |r| {
             let m = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
             let sum = g.var(g.f32, g.cf(0.0))?;
             let accs: Vec<Var<'ctx>> = (0..cpt)
                 .map(|_| g.var(g.f32, g.cf(0.0)))
                 .collect::<R<_>>()?;
             let step = g.c32(FUSED_UNROLL as i64);
-            for_range(g, zero, at.splits, step, |s0| {
+            g.for_range(zero, at.splits, step, |s0| {
                 let mut loaded = Vec::new();
                 for u in 0..FUSED_UNROLL as i64 {
                     let s = g.add(s0, g.c32(u))?;

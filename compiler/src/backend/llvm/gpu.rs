@@ -1037,6 +1037,29 @@ impl<'ctx> Gpu<'ctx> {
         self.b.position_at_end(cont);
         Ok(())
     }
+    /// `for (i = start; i < end; i += step) body(i)` with signed i32 compares (`step > 0`).
+    pub fn for_range(
+        &self,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>) -> R<()>,
+    ) -> R<()> {
+        let iv = self.var(self.i32, start)?;
+        let head = self.block("for_head");
+        let bb = self.block("for_body");
+        let exit = self.block("for_exit");
+        self.br(head)?;
+        self.b.position_at_end(head);
+        let i = self.geti(&iv)?;
+        self.cond_br(self.icmp(IntPredicate::SLT, i, end)?, bb, exit)?;
+        self.b.position_at_end(bb);
+        body(i)?;
+        self.set(&iv, self.add(i, step)?)?;
+        self.br(head)?;
+        self.b.position_at_end(exit);
+        Ok(())
+    }
     /// A mutable local (promoted to registers by SROA).
     pub fn var<T: BasicType<'ctx>>(&self, ty: T, init: impl BasicValue<'ctx>) -> R<Var<'ctx>> {
         let ty = ty.as_basic_type_enum();
