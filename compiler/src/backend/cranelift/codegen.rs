@@ -193,25 +193,7 @@ fn body<'p>(
     let h32 = g.b.ins().ireduce(types::I32, hi);
     let params = g.ld(i64t, ctx, off::CTX_PARAMS);
     let tdescs = g.ld(i64t, ctx, off::CTX_TENSORS);
-    let mut tensors = Vec::new();
-    for (t, info) in program.tensors.iter().enumerate() {
-        let base = t as i32 * off::TD_SIZE;
-        let ptr = g.ld(i64t, tdescs, base + off::TD_PTR);
-        let mut tv = TensorVals {
-            ptr,
-            dims: vec![],
-            cdims: vec![],
-            cmax: vec![],
-        };
-        for k in 0..info.dims.len() as i32 {
-            tv.dims
-                .push(g.ld(i64t, tdescs, base + off::TD_DIMS + 8 * k));
-            let cd = g.ld(i64t, tdescs, base + off::TD_CDIMS + 8 * k);
-            tv.cdims.push(cd);
-            tv.cmax.push(g.b.ins().iadd_imm_s(cd, -1));
-        }
-        tensors.push(tv);
-    }
+    let tensors = TensorVals::load_all(g, program, tdescs);
     let mut env = Env {
         b: b32,
         h: h32,

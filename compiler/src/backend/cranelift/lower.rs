@@ -70,6 +70,35 @@ pub struct TensorVals {
     pub cmax: Vec<CValue>,
 }
 
+impl TensorVals {
+    /// The descriptors of `program`'s tensors, from the array of abi `TensorDesc`s at
+    /// `tdescs`: pointer, dims, clamp dims and their maxima (the forward and backward
+    /// element kernels' prologue).
+    pub fn load_all(g: &mut Gen, program: &Program, tdescs: CValue) -> Vec<TensorVals> {
+        let i64t = types::I64;
+        let mut tensors = Vec::new();
+        for (t, info) in program.tensors.iter().enumerate() {
+            let base = t as i32 * off::TD_SIZE;
+            let ptr = g.ld(i64t, tdescs, base + off::TD_PTR);
+            let mut tv = TensorVals {
+                ptr,
+                dims: vec![],
+                cdims: vec![],
+                cmax: vec![],
+            };
+            for k in 0..info.dims.len() as i32 {
+                tv.dims
+                    .push(g.ld(i64t, tdescs, base + off::TD_DIMS + 8 * k));
+                let cd = g.ld(i64t, tdescs, base + off::TD_CDIMS + 8 * k);
+                tv.cdims.push(cd);
+                tv.cmax.push(g.b.ins().iadd_imm_s(cd, -1));
+            }
+            tensors.push(tv);
+        }
+        tensors
+    }
+}
+
 /// Symbols of the math functions generated code may call.
 pub const MATH: [(&str, *const u8); 6] = [
     ("attnc_expf", attnc_expf as *const u8),

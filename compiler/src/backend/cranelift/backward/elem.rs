@@ -36,7 +36,7 @@
 #![allow(clippy::needless_option_as_deref)]
 
 use super::super::CpuError;
-use super::super::abi::{TensorDesc, off};
+use super::super::abi::TensorDesc;
 use super::super::builder::Gen;
 use super::super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
 use crate::grad::ScoreGrad;
@@ -137,25 +137,7 @@ fn body<'p>(
         <[Value; 9]>::try_from(g.b.block_params(entry)).expect("nine params");
     let params = g.ld(i64t, ctx, CTX_PARAMS);
     let tdescs = g.ld(i64t, ctx, CTX_TENSORS);
-    let mut tensors = Vec::new();
-    for (t, info) in program.tensors.iter().enumerate() {
-        let base = t as i32 * off::TD_SIZE;
-        let ptr = g.ld(i64t, tdescs, base + off::TD_PTR);
-        let mut tv = TensorVals {
-            ptr,
-            dims: vec![],
-            cdims: vec![],
-            cmax: vec![],
-        };
-        for k in 0..info.dims.len() as i32 {
-            tv.dims
-                .push(g.ld(i64t, tdescs, base + off::TD_DIMS + 8 * k));
-            let cd = g.ld(i64t, tdescs, base + off::TD_CDIMS + 8 * k);
-            tv.cdims.push(cd);
-            tv.cmax.push(g.b.ins().iadd_imm_s(cd, -1));
-        }
-        tensors.push(tv);
-    }
+    let tensors = TensorVals::load_all(g, program, tdescs);
     let s_base = g.ld(i64t, tile, T_S);
     let ds_base = g.ld(i64t, tile, T_DS);
     let flat_base = g.ld(i64t, tile, T_FLAT);
