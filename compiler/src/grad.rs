@@ -54,7 +54,7 @@
 
 use crate::ir::{
     Arg, BinOp, Cmp, FnKind, Function, Inst, ParamId, Program, TensorId, Type, UnOp, Value,
-    VerifyError, verify_function, write_function,
+    VerifyError, verify_function, write_captures, write_function,
 };
 use crate::passes::{
     eliminate_common_subexpressions_mapped, eliminate_dead_code_keeping, fold_constants_mapped,
@@ -570,19 +570,7 @@ impl ScoreGrad {
 pub fn write_score_grad(p: &Program, g: &ScoreGrad) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "attention {} (score gradient)", p.name);
-    for (i, param) in p.params.iter().enumerate() {
-        let _ = writeln!(out, "  param p{i} {}: {}", param.name, param.ty);
-    }
-    for (i, t) in p.tensors.iter().enumerate() {
-        let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "  tensor t{i} {}: {}[{}]",
-            t.name,
-            t.elem.name(),
-            dims.join(", ")
-        );
-    }
+    write_captures(&mut out, p);
     write_function(&mut out, "score_grad(s, b, h, q, kv) -> f32", &g.func, p);
     let _ = writeln!(out, "outputs {{");
     let _ = writeln!(out, "  score = {}", g.score);

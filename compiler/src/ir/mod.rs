@@ -26,8 +26,8 @@ mod text;
 mod verify;
 
 pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem, fmax, fmin};
-pub(crate) use text::write_function;
 pub use text::{fmt_f32, write_program};
+pub(crate) use text::{write_captures, write_function};
 pub use verify::{VerifyError, verify_function, verify_program};
 
 use attnc_grammar::ast::Span;

@@ -10,6 +10,22 @@ use std::fmt::Write;
 pub fn write_program(p: &Program) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "attention {}", p.name);
+    write_captures(&mut out, p);
+    match &p.mask {
+        Some(f) => write_function(&mut out, "mask(b, h, q, kv) -> bool", f, p),
+        None => out.push_str("mask: none (dense)\n"),
+    }
+    match &p.score {
+        Some(f) => write_function(&mut out, "score(s, b, h, q, kv) -> f32", f, p),
+        None => out.push_str("score: none (identity)\n"),
+    }
+    out
+}
+
+/// The program's captures, one line each: `param pN name: type`, then
+/// `tensor tN name: elem[dims]` (the header of [`write_program`] and of the score
+/// gradient's text).
+pub(crate) fn write_captures(out: &mut String, p: &Program) {
     for (i, param) in p.params.iter().enumerate() {
         let _ = writeln!(out, "  param p{i} {}: {}", param.name, param.ty);
     }
@@ -23,15 +39,6 @@ pub fn write_program(p: &Program) -> String {
             dims.join(", ")
         );
     }
-    match &p.mask {
-        Some(f) => write_function(&mut out, "mask(b, h, q, kv) -> bool", f, p),
-        None => out.push_str("mask: none (dense)\n"),
-    }
-    match &p.score {
-        Some(f) => write_function(&mut out, "score(s, b, h, q, kv) -> f32", f, p),
-        None => out.push_str("score: none (identity)\n"),
-    }
-    out
 }
 
 pub(crate) fn write_function(out: &mut String, header: &str, f: &Function, p: &Program) {
