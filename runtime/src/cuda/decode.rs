@@ -21,8 +21,7 @@ use super::{Arg, CudaDevice, CudaError, CudaKernel, JitCache, JitKernel, JitTier
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::decode::DecodeOptions;
 use attnc_compiler::backend::llvm::{GridDim, KernelParam};
-use attnc_compiler::interp::{Bindings, TensorData};
-use attnc_compiler::ir::Scalar;
+use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::Plan;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
@@ -346,26 +345,12 @@ impl DecodeModule {
         let words: Vec<u32> = bind
             .params
             .iter()
-            .map(|p| match p {
-                Scalar::Bool(b) => *b as u32,
-                Scalar::I32(x) => *x as u32,
-                Scalar::F32(x) => x.to_bits(),
-            })
+            .map(super::problem::param_word)
             .chain([0])
             .collect();
         let mut tensors = Vec::new();
         for t in &bind.tensors {
-            let mut data: Vec<u32> = match &t.data {
-                TensorData::I32(v) => v.iter().map(|x| *x as u32).collect(),
-                TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
-            };
-            let dims: Vec<i32> = t
-                .dims
-                .iter()
-                .map(|d| (*d).clamp(1, i32::MAX as usize) as i32)
-                .collect();
-            let n: usize = dims.iter().map(|d| *d as usize).product();
-            data.resize(n.max(data.len()).max(1), 0);
+            let (data, dims) = super::problem::tensor_words(t);
             tensors.push((s.clone_htod(&data)?, dims));
         }
         let (part_o, parts) = self.workspace(&g);

@@ -17,7 +17,7 @@ use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
 use attnc_compiler::backend::llvm::{GridDim, KernelParam, KernelSpec, KvBounds, PtxOptions};
-use attnc_compiler::interp::{Bindings, TensorData};
+use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::Scalar;
 use attnc_compiler::shape::Shape;
 use cudarc::driver::CudaSlice;
@@ -143,6 +143,33 @@ fn nonempty(v: Vec<u32>) -> Vec<u32> {
     if v.is_empty() { vec![0u32] } else { v }
 }
 
+/// A param's 32-bit word as the kernels read it (bool and i32 as integers, f32 bits).
+pub(crate) fn param_word(x: &Scalar) -> u32 {
+    match x {
+        Scalar::Bool(b) => *b as u32,
+        Scalar::I32(v) => *v as u32,
+        Scalar::F32(v) => v.to_bits(),
+    }
+}
+
+/// A captured tensor as the kernels read it: its elements' 32-bit words and its dims as
+/// i32; an empty tensor reads as zeros (dims raised to 1, one zero element).
+pub(crate) fn tensor_words(t: &BoundTensor) -> (Vec<u32>, Vec<i32>) {
+    let dims: Vec<i32> = t
+        .dims
+        .iter()
+        .map(|d| (*d).clamp(1, i32::MAX as usize) as i32)
+        .collect();
+    let n: usize = dims.iter().map(|d| *d as usize).product();
+    let data: Vec<u32> = match &t.data {
+        TensorData::I32(v) => v.iter().map(|x| *x as u32).collect(),
+        TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+    };
+    let mut data = nonempty(data);
+    data.resize(n.max(data.len()), 0);
+    (data, dims)
+}
+
 /// Uploads one call's buffers for kernels described by `spec` (see the module header).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn upload(
@@ -218,30 +245,10 @@ pub(crate) fn upload(
             device_table = Some(t.geom);
         }
     }
-    let words: Vec<u32> = bind
-        .params
-        .iter()
-        .map(|p| match p {
-            Scalar::Bool(b) => *b as u32,
-            Scalar::I32(x) => *x as u32,
-            Scalar::F32(x) => x.to_bits(),
-        })
-        .collect();
+    let words: Vec<u32> = bind.params.iter().map(param_word).collect();
     let mut tensors = Vec::new();
     for t in &bind.tensors {
-        let data: Vec<u32> = match &t.data {
-            TensorData::I32(v) => v.iter().map(|x| *x as u32).collect(),
-            TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
-        };
-        // an empty tensor reads as zeros (dims raised to 1, one zero element)
-        let dims: Vec<i32> = t
-            .dims
-            .iter()
-            .map(|d| (*d).clamp(1, i32::MAX as usize) as i32)
-            .collect();
-        let n: usize = dims.iter().map(|d| *d as usize).product();
-        let mut data = nonempty(data);
-        data.resize(n.max(data.len()), 0);
+        let (data, dims) = tensor_words(t);
         tensors.push((dev.upload(&data)?, dims));
     }
     Ok(DeviceProblem {
