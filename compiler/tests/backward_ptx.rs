@@ -9,8 +9,23 @@
 
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward};
 use attnc_compiler::backend::llvm::{Arch, GridDim, InputType, KernelParam, PtxOptions};
+use attnc_compiler::ir::Program;
 use attnc_compiler::plan::Plan;
 use std::path::Path;
+
+/// The attention `name` of `examples/{file}.attn`.
+fn example(file: &str, name: &str) -> Program {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
+    )
+    .unwrap();
+    let module = attnc_compiler::compile_source(&src).expect("examples compile");
+    module
+        .programs
+        .into_iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("{file}.attn has no `{name}`"))
+}
 
 #[test]
 fn backward_kernels_have_deterministic_ptx() {
@@ -24,16 +39,7 @@ fn backward_kernels_have_deterministic_ptx() {
         ("document_causal", "document_causal"),
         ("relative_bias_table", "relative_bias_table"),
     ] {
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
-        )
-        .unwrap();
-        let module = attnc_compiler::compile_source(&src).expect("examples compile");
-        let p = module
-            .programs
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("{file}.attn has no `{name}`"));
+        let p = &example(file, name);
         for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
             let plan = Plan::new(p);
             let a = emit_backward(&plan, &opts, kind).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -157,12 +163,7 @@ fn fused_sm90_kernels() {
         ("alibi_causal", "alibi_causal"),
         ("relative_bias_table", "relative_bias_table"),
     ] {
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
-        )
-        .unwrap();
-        let module = attnc_compiler::compile_source(&src).expect("examples compile");
-        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let p = &example(file, name);
         let plan = Plan::new(p);
         let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
@@ -277,12 +278,7 @@ fn binding_defaults() {
         ("softcap", "softcap_causal", true),
         ("document_causal", "document_causal", false),
     ] {
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
-        )
-        .unwrap();
-        let module = attnc_compiler::compile_source(&src).expect("examples compile");
-        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let p = &example(file, name);
         let plan = Plan::new(p);
         let o = def.backward_for_binding(&plan, 8192);
         assert_eq!(o.bwd_lpt, lpt, "{name}");
@@ -361,12 +357,7 @@ fn fused_sm90_d64_kernels() {
         ("sliding_window", "sliding_window", false, false),
         ("document_causal", "document_causal", false, false),
     ] {
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{file}.attn")),
-        )
-        .unwrap();
-        let module = attnc_compiler::compile_source(&src).expect("examples compile");
-        let p = module.programs.iter().find(|p| p.name == name).unwrap();
+        let p = &example(file, name);
         let plan = Plan::new(p);
         let o = def.backward_for_binding(&plan, 4096);
         assert_eq!(o.bwd_lpt, lpt, "{name}");

@@ -2084,14 +2084,27 @@ pub(super) fn frag_element<'ctx>(
     i: usize,
 ) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)> {
     let (q, l2, dl) = stats[nt * 2 + i % 2];
+    let pos = frag_pos(g, pb, q, kv_row, nt, i)?;
+    Ok((pos, l2.into_float_value(), dl.into_float_value()))
+}
+
+/// The position of element (`nt`, `i`) of the kv-row x q-column fragments (its q column
+/// `q`, kv row `kv_row` + 8 (i / 2); float positions from `pb`).
+pub(super) fn frag_pos<'ctx>(
+    g: &Gpu<'ctx>,
+    pb: &PosBase<'ctx>,
+    q: IntValue<'ctx>,
+    kv_row: IntValue<'ctx>,
+    nt: usize,
+    i: usize,
+) -> R<Pos<'ctx>> {
     let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-    let pos = pb.at(
+    pb.at(
         g,
         (q, kv),
         8 * nt as i64 + (i % 2) as i64,
         8 * (i as i64 / 2),
-    )?;
-    Ok((pos, l2.into_float_value(), dl.into_float_value()))
+    )
 }
 
 /// The first q column of a lane in the kv-row x q-column fragments of [`frag_row_stats`]:

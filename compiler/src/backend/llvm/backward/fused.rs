@@ -95,9 +95,9 @@
 
 use super::{
     Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_element, frag_row_stats,
-    from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat, wg_ab, wg_abt,
-    wg_result,
+    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_element, frag_pos,
+    frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat,
+    wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -797,14 +797,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let pb = PosBase::new(g, opts, &|| Ok((col, kv_row)))?;
         let l2_at = |nt: usize, i: usize| {
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
-            let kv = g.add(kv_row, g.c32(8 * (i as i64 / 2)))?;
-            let pos = pb.at(
-                g,
-                (q, kv),
-                8 * nt as i64 + (i % 2) as i64,
-                8 * (i as i64 / 2),
-            )?;
-            Ok((pos, l2s[nt * 2 + i % 2]))
+            Ok((frag_pos(g, &pb, q, kv_row, nt, i)?, l2s[nt * 2 + i % 2]))
         };
         let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
         g.wgmma_fence()?;
