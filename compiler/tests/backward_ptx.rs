@@ -262,7 +262,8 @@ fn fused_sm90_kernels() {
 /// the block), the plain order for dense, a band and a block table; positions as exact
 /// floats below 2^22, so ALiBi converts no position per element: the dK/dV kernel's
 /// `cvt.rn.f32.s32` are the bases and the slope's head (one per element without). The
-/// ALiBi + causal dK/dV kernel of these options is snapshot-tested.
+/// ALiBi + causal dK/dV kernel of these options is snapshot-tested. The warp-wide visit
+/// search (`bwd_wscan`) exactly for the band and the block table.
 /// `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
 #[test]
 fn binding_defaults() {
@@ -282,6 +283,9 @@ fn binding_defaults() {
         let plan = Plan::new(p);
         let o = def.backward_for_binding(&plan, 8192);
         assert_eq!(o.bwd_lpt, lpt, "{name}");
+        // the warp-wide visit search exactly for the band and the block table
+        let wscan = matches!(name, "sliding_window" | "document_causal");
+        assert_eq!(o.bwd_wscan, wscan, "{name}");
         assert!(o.float_positions, "{name}");
         assert_eq!(o.bwd_dq, BwdDq::OrderedBulk);
         assert!(o.bwd_tma);
@@ -298,6 +302,10 @@ fn binding_defaults() {
         if let Some(dir) = &dir {
             std::fs::write(format!("{dir}/{name}_binding_bwd_dkdv.ptx"), &a.ptx).unwrap();
         }
+        // the warp-wide search: a ballot per step in the math warps, the producer and the
+        // writer; none without it
+        let ballots = a.ptx.matches("vote.sync.ballot").count();
+        assert_eq!(ballots >= 3, wscan, "{name}: {ballots} ballots");
         let cvts = a.ptx.matches("cvt.rn.f32.s32").count();
         if name == "alibi_causal" {
             let before = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();

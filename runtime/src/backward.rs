@@ -456,7 +456,9 @@ impl Bound {
 /// (`PtxOptions::bwd_tma`); `separate` is read above (caller buffers: the two-kernel
 /// path); any other value, or none, keeps the defaults. `ATTNC_BWD_LPT=1` / `0` turns the
 /// fused kernel's longest-first CTA order (`PtxOptions::bwd_lpt`; on by default for
-/// causal-type masks) on / off; `ATTNC_BWD_FPOS=0` turns float positions
+/// causal-type masks) on / off, `ATTNC_BWD_WSCAN=1` / `0` the warp-wide visit search
+/// (`PtxOptions::bwd_wscan`; on by default for bands and block tables; not with the
+/// longest-first order); `ATTNC_BWD_FPOS=0` turns float positions
 /// (`PtxOptions::float_positions`) off (for comparing; on where the lengths allow).
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
@@ -472,6 +474,17 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions { bwd_lpt: true, ..o },
         Ok("0") => PtxOptions {
             bwd_lpt: false,
+            ..o
+        },
+        _ => o,
+    };
+    let o = match std::env::var("ATTNC_BWD_WSCAN").as_deref() {
+        Ok("1") if o.bwd_dq != BwdDq::Separate && !o.bwd_lpt => PtxOptions {
+            bwd_wscan: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_wscan: false,
             ..o
         },
         _ => o,

@@ -568,6 +568,8 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
         (samples::causal(), shape(1, 4, 2, 1000, 1000, 128)),
         (samples::dense(), shape(1, 2, 2, 1000, 700, 64)),
         (samples::causal(), shape(1, 4, 2, 1000, 1000, 64)),
+        // a band: the warp-wide visit search (`bwd_wscan`, the binding's default), GQA
+        (samples::sliding(), shape(1, 4, 2, 1000, 1000, 128)),
     ] {
         let ty = InputType::Bf16;
         let opts = test_options(dev.arch(), &p, &sh, ty);
@@ -995,7 +997,8 @@ fn test_options(
 /// warpgroup's TMA producer warp (`PtxOptions::bwd_tma`, bulk scheme only), e.g.
 /// `wg64x128bt`; then `l` orders the fused kernel's CTAs longest first
 /// (`PtxOptions::bwd_lpt`), e.g. `wg64x128btl`, `wg64x128ol`; a further `p` issues the
-/// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`.
+/// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`;
+/// a last `w` searches the visits warp-wide (`PtxOptions::bwd_wscan`), e.g. `wg64x128btw`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
@@ -1013,7 +1016,12 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     } else {
         (sep.backward_wgmma(), cfg.strip_prefix("wg")?)
     };
-    // a trailing `p`: the fused kernel's products issued early (`overlap`)
+    // a trailing `w`: the fused kernel's warp-wide visit search (`bwd_wscan`)
+    let (tile, wscan) = match tile.strip_suffix('w') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
+    // then a `p`: the fused kernel's products issued early (`overlap`)
     let (tile, early) = match tile.strip_suffix('p') {
         Some(t) => (t, true),
         None => (tile, false),
@@ -1032,6 +1040,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         overlap: early,
         bwd_tma: tma,
         bwd_lpt: lpt,
+        bwd_wscan: wscan,
         float_positions: default.float_positions,
         ..o
     };
@@ -1386,10 +1395,69 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
             false,
         );
     }
+    // a band: the warp-wide visit search (`bwd_wscan`), the writer's lane 0 adding
+    check_case(
+        dev,
+        &samples::sliding(),
+        shape(1, 4, 2, 150, 270, 128),
+        InputType::Bf16,
+        33,
+        false,
+    );
     let p = late_start();
     let sh = shape(1, 2, 1, 67, 140, 128);
     check_case(dev, &p, sh, InputType::F16, 32, false);
     assert_late_start_rows_zero(dev, &p, sh, InputType::F16, 32);
+}
+
+/// The fused kernel's warp-wide visit search (`PtxOptions::bwd_wscan`: a lane per q block,
+/// the default for bands and block tables) against the f64 reference, over more than 32
+/// q blocks (a window of 37 at Lq 2200: the search steps over gaps and past the last q
+/// block), also with two writer warps (`overlap`), GQA, Lq != Lkv, a block table, f16 and
+/// bf16. The longest-first order is refused with it (`backward/fused.rs`, `validate`).
+fn gpu_backward_wscan(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::{Arch, BwdDq};
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the fused kernel does not exist here");
+        return;
+    }
+    let cases = [
+        (
+            samples::sliding(),
+            shape(1, 2, 1, 2200, 2200, 64),
+            InputType::Bf16,
+        ),
+        (
+            samples::sliding(),
+            shape(2, 4, 2, 333, 517, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::document_causal(),
+            shape(1, 2, 1, 300, 300, 128),
+            InputType::F16,
+        ),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
+            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
+        assert!(
+            def.bwd_wscan && !def.bwd_lpt,
+            "{}: the binding's default",
+            p.name
+        );
+        // two writer warps (`overlap`): the D64 case (measured passing in session 10)
+        let runs: &[bool] = if i == 0 { &[false, true] } else { &[false] };
+        for &early in runs {
+            let o = PtxOptions {
+                overlap: early,
+                ..def
+            };
+            println!("  {} {:?} overlap={early}", p.name, sh);
+            check_case_with(dev, p, *sh, *ty, 400 + i as u64, i % 2 == 1, o);
+        }
+    }
 }
 
 /// A small case for compute-sanitizer (memcheck: the capture-gradient scatter stays in
@@ -1579,6 +1647,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_capture_sanitize,
     ),
     ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
+    ("gpu_backward_wscan", gpu_backward_wscan),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
 ];
 

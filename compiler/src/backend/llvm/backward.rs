@@ -198,6 +198,9 @@ impl PtxOptions {
     ///   longest-first order: dense 329.8 / 347.1 / 390.0, causal 271.3 / 307.8 / 313.0,
     ///   soft-cap + causal 245.5 / 266.0 / 273.9; ALiBi + causal, which reads positions,
     ///   284.3 / 256.3 / 268.8: ptxas spills 188 bytes at 128, none at 64).
+    /// - the warp-wide visit search ([`Self::bwd_wscan`]) on the fused kernel with the TMA
+    ///   producer for bands (sliding windows) and block tables (document masks): a kv
+    ///   block there visits a few of many q blocks.
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -214,6 +217,12 @@ impl PtxOptions {
         }
         if o.bwd_dq != BwdDq::Separate && backward_bounds(plan, &o).work_grows_with_q() {
             o.bwd_lpt = true;
+        }
+        if o.bwd_dq == BwdDq::OrderedBulk && o.bwd_tma && !o.bwd_lpt {
+            let kv = backward_bounds(plan, &o);
+            if !kv.is_closed_form() || kv.bounds_kv_below() {
+                o.bwd_wscan = true;
+            }
         }
         o
     }
@@ -1422,7 +1431,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
 }
 
 /// `vote.sync.ballot.b32` over the full warp: bit `l` set where `p` holds in lane `l`.
-fn warp_ballot<'ctx>(g: &Gpu<'ctx>, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+pub(super) fn warp_ballot<'ctx>(g: &Gpu<'ctx>, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
     Ok(g.call(
         "llvm.nvvm.vote.ballot.sync",
         Some(g.i32.into()),

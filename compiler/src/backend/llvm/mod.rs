@@ -302,6 +302,15 @@ pub struct PtxOptions {
     /// measured there: 1.03-1.06x on causal, ALiBi + causal and soft-cap + causal, 0.98x
     /// dense).
     pub bwd_lpt: bool,
+    /// The fused backward's visit search (`backward/fused.rs`, `OrderedBulk`): each warp
+    /// tests 32 q blocks at once (one lane each, a ballot picks the first hit) instead of
+    /// one q block per step, the writer's search is a whole warp's, and the math warps
+    /// search for the next visit after issuing Sᵀ and dPᵀ (under the products). The
+    /// same visits in the same order: only the time to find them changes. A kv block of a
+    /// band or a block table visits a few of many q blocks, and every CTA walked all of
+    /// them one by one. Off in `backward`; [`Self::backward_for_binding`] turns it on for
+    /// bands and block tables.
+    pub bwd_wscan: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -393,6 +402,7 @@ impl PtxOptions {
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
             bwd_lpt: false,
+            bwd_wscan: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -601,6 +611,7 @@ impl PtxOptions {
             }
             + if self.bwd_tma { " bwd-tma" } else { "" }
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
+            + if self.bwd_wscan { " bwd-wscan" } else { "" }
             + if self.float_positions { " fpos" } else { "" }
             + &if self.decode_copy != 0 {
                 format!(" decode-copy={}", self.decode_copy)

@@ -97,7 +97,7 @@ use super::{
     Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
     capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_element, frag_pos,
     frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat,
-    wg_ab, wg_abt, wg_result,
+    warp_ballot, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -200,6 +200,13 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ with bulk additions: kv tiles of 128 (two math warpgroups; got {})",
             o.kv_block
         )));
+    }
+    if o.bwd_wscan && o.bwd_lpt {
+        // one device run (session 10): a D128 GQA band with Lq < Lkv in this order did
+        // not finish within the test's time limit (the D64 case passed); not resolved
+        return Err(LlvmError::Unsupported(
+            "fused dQ: the warp-wide visit search (bwd_wscan) with the longest-first order (bwd_lpt)".into(),
+        ));
     }
     if o.d / n_wg < 32 {
         return Err(LlvmError::Unsupported(format!(
@@ -432,9 +439,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
     };
 
+    // bwd_wscan: a warp tests 32 q blocks per step (every lane of the warp takes part)
+    let wscan = opts.bwd_wscan;
     // the next visit at or after (hi0, qb0): every q block of every query head in order,
     // kept where its kv range holds this block
-    let scan = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+    let scan_one = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
         let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
         g.set(&out.found, g.cbool(false))?;
         let head = g.block("scan_head");
@@ -489,6 +498,103 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.br(done)?;
         g.b.position_at_end(done);
         Ok(())
+    };
+    // bwd_wscan: lane l tests q block qb + l (bwd_lpt: qb - l) of the same head; the lowest
+    // lane with a hit is the next visit in the order (its range shuffled from that lane);
+    // without one the warp moves 32 q blocks on. The lanes past the last q block test
+    // the warp's first (valid) q block and never hit.
+    let scan_warp = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+        let lane = g.and(c.tid, g.c32(31))?;
+        let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
+        g.set(&out.found, g.cbool(false))?;
+        let head = g.block("wscan_head");
+        let check = g.block("wscan_qblock");
+        let next_head = g.block("wscan_next_head");
+        let body = g.block("wscan_range");
+        let hit = g.block("wscan_hit");
+        let done = g.block("wscan_done");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        let hi = g.geti(&s_hi)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
+        g.b.position_at_end(check);
+        let qb = g.geti(&s_qb)?;
+        let in_range = if lpt {
+            g.icmp(IntPredicate::SGE, qb, zero)?
+        } else {
+            g.icmp(IntPredicate::SLT, qb, nq)?
+        };
+        g.cond_br(in_range, body, next_head)?;
+        g.b.position_at_end(next_head);
+        g.set(&s_hi, g.add(hi, one)?)?;
+        g.set(&s_qb, q_start)?;
+        g.br(head)?;
+        g.b.position_at_end(body);
+        let (mine, ok) = if lpt {
+            let m = g.sub(qb, lane)?;
+            (m, g.icmp(IntPredicate::SGE, m, zero)?)
+        } else {
+            let m = g.add(qb, lane)?;
+            (m, g.icmp(IntPredicate::SLT, m, nq)?)
+        };
+        let mine = g.selecti(ok, mine, qb)?;
+        let h = g.add(g.mul(hk, group)?, hi)?;
+        let q0 = g.mul(mine, g.c32(br as i64))?;
+        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
+        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
+        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+        let visit = g.and(
+            ok,
+            g.and(
+                g.icmp(IntPredicate::SLE, first, jb)?,
+                g.icmp(IntPredicate::SLT, jb, end)?,
+            )?,
+        )?;
+        let ballot = warp_ballot(g, visit)?;
+        g.set(
+            &s_qb,
+            if lpt {
+                g.sub(qb, g.c32(32))?
+            } else {
+                g.add(qb, g.c32(32))?
+            },
+        )?;
+        g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, hit, head)?;
+        g.b.position_at_end(hit);
+        let src = g
+            .call(
+                "llvm.cttz.i32",
+                Some(g.i32.into()),
+                &[ballot.into(), g.cbool(true).into()],
+            )?
+            .ok_or(LlvmError::Internal("cttz"))?
+            .into_int_value();
+        let qhit = if lpt {
+            g.sub(qb, src)?
+        } else {
+            g.add(qb, src)?
+        };
+        for (v, x) in [
+            (&out.hi, hi),
+            (&out.qb, qhit),
+            (&out.first, g.shfl_idx_i32(first, src)?),
+            (&out.end, g.shfl_idx_i32(end, src)?),
+            (&out.ff, g.shfl_idx_i32(ff, src)?),
+            (&out.fe, g.shfl_idx_i32(fe, src)?),
+        ] {
+            g.set(v, x)?;
+        }
+        g.set(&out.found, g.cbool(true))?;
+        g.br(done)?;
+        g.b.position_at_end(done);
+        Ok(())
+    };
+    let scan = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+        if wscan {
+            scan_warp(hi0, qb0, out)
+        } else {
+            scan_one(hi0, qb0, out)
+        }
     };
 
     let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
@@ -572,11 +678,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 )
             })?;
         }
+        // bwd_wscan: the writer warp(s) search together, lane 0 adds
+        let w_lane0 = g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?;
         let is_writer = if early {
-            g.and(
-                g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?,
-                g.icmp(IntPredicate::ULT, writer_slot, g.c32(DQ_SLOTS as i64))?,
-            )?
+            let w = g.icmp(IntPredicate::ULT, writer_slot, g.c32(DQ_SLOTS as i64))?;
+            if wscan { w } else { g.and(w_lane0, w)? }
+        } else if wscan {
+            g.icmp(IntPredicate::EQ, writer_slot, zero)?
         } else {
             g.icmp(IntPredicate::EQ, c.tid, g.c32(threads as i64))?
         };
@@ -620,8 +728,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 g.fence_proxy_async_global()?;
                 g.release_inc(sem_addr)
             };
-            if early {
-                g.if_then(g.icmp(IntPredicate::EQ, sl, writer_slot)?, add_tile)?;
+            let mine = if early {
+                g.icmp(IntPredicate::EQ, sl, writer_slot)?
+            } else {
+                g.cbool(true)
+            };
+            let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
+            if early || wscan {
+                g.if_then(mine, add_tile)?;
             } else {
                 add_tile()?;
             }
@@ -728,7 +842,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_commit()?;
         Ok((s, dp))
     };
-    let sdp_early = if early { Some(issue_sdp()?) } else { None };
+    // bwd_wscan with the TMA producer: the search for the next visit runs under Sᵀ and dPᵀ
+    let sdp_early = if early || (wscan && tma) {
+        Some(issue_sdp()?)
+    } else {
+        None
+    };
     scan(hi, q_step(qb)?, &nxt)?;
     let has_next = g.geti(&nxt.found)?;
     if !tma {
