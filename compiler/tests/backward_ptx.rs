@@ -345,7 +345,8 @@ fn binding_defaults() {
 /// rows), the longest-first order for causal-type masks; byte-identical twice; one TMA
 /// box of 64 columns for Q and one for dO per visit; the writer warpgroup's bulk
 /// reductions; the dense dK/dV kernel snapshot-tested at q tiles of 64 (no binding) and
-/// at the binding's. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for
+/// at the binding's; the warp-wide visit search (`bwd_wscan`) for the band and the block
+/// table. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for
 /// `ptxas -arch=sm_90a -v`).
 #[test]
 fn fused_sm90_d64_kernels() {
@@ -370,6 +371,9 @@ fn fused_sm90_d64_kernels() {
         let o = def.backward_for_binding(&plan, 4096);
         assert_eq!(o.bwd_lpt, lpt, "{name}");
         assert_eq!(o.q_block, if q128 { 128 } else { 64 }, "{name}");
+        // the warp-wide visit search for the band and the block table
+        let wscan = matches!(name, "sliding_window" | "document_causal");
+        assert_eq!(o.bwd_wscan, wscan, "{name}");
         // the two-kernel path keeps q tiles of 64
         let sep = PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
             .backward_for_binding(&plan, 4096);

@@ -78,6 +78,14 @@
 //!   count (a CTA waits only for CTAs of lower y: started before it).
 //!   The grid's x runs backwards over kv blocks (x = 0 is the last block): CTAs start
 //!   in x order, so every CTA a CTA waits for has started before it (no deadlock).
+//!   `bwd_wscan` (the runtime's default for bands and block tables since session 10):
+//!   the visit search tests 32 q blocks per step, a lane each (a ballot picks the first
+//!   hit in the order, its range shuffled from that lane), in the math warps (after
+//!   issuing Sᵀ and dPᵀ, under them), the producer warp and writer warp 0 (lane 0 adds);
+//!   the same visits in the same order. A kv block of a band or a table visits a few of
+//!   many q blocks, and the scalar search walked all of them (one H200, one call, bf16
+//!   TFLOP/s old / new: D128 sliding 1024 226.8 / 289.4, document + causal 144.1 /
+//!   213.2; D64 174.6 / 188.8 and 70.5 / 97.9). Refused with `bwd_lpt`.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
