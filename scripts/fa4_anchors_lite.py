@@ -16,7 +16,9 @@ fastest exact form of that mask. Densities are counted exactly over the (q, kv) 
 The full set (Flex Triton, sliding window, documents, GQA, decoding) is
 ../shared/bench/fa4/anchors_fa4.py; this keeps its conventions: TFLOP/s over unmasked
 pairs, forward 4*B*H*Lq*Lkv*D*density, backward 2.5x that; best of 3 x 10 iterations
-after 3 warm-up calls; backward = (forward + backward) - forward.
+after 3 warm-up calls; backward = (forward + backward) - forward. With --warm-ms=N, calls
+in rounds of 10 for N ms more before the timing (the sustained rate under the GPU's power
+cap, as `ATTNC_BENCH_WARM_MS=N attnc bench`).
 Needs FA4 on PYTHONPATH (install with ../shared/bench/fa4/prepare.sh + install.sh a|b;
 then PYTHONPATH=$(cat /tmp/fa4site.path)). Prints one line per (variant, backend) and
 writes $OUT/fa4_anchors_lite.json."""
@@ -40,9 +42,15 @@ except Exception:
     flash_attn_varlen_func = None
 print(torch.__version__, torch.cuda.get_device_name(), flush=True)
 
+WARM_MS = float(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--warm-ms=")), 0))
+
 def bench(fn, iters=10, warm=3):
     for _ in range(warm): fn()
     torch.cuda.synchronize()
+    t0 = time.time()
+    while (time.time() - t0) * 1e3 < WARM_MS:
+        for _ in range(iters): fn()
+        torch.cuda.synchronize()
     s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True); ts = []
     for _ in range(3):
         s.record()

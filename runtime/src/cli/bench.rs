@@ -10,7 +10,9 @@
 //! F ms [tier; cubin/ptx cache lookups]` and `jit tiers: first usable F ms (Ok), optimized
 //! ready G ms (driver d ms, load e ms); kernel Ok x ms (T TFLOP/s), optimized y ms (T
 //! TFLOP/s)`, each kernel timed with its own module (the optimized one after waiting
-//! for it).
+//! for it). CUDA device times are the median of 3 x `--iters` calls after 3 warm-up
+//! calls; `ATTNC_BENCH_STAT=min` reports the fastest repetition (the anchors' rule) and
+//! `ATTNC_BENCH_WARM_MS=N` times after N ms more of calls (the rate under sustained load).
 
 use super::{BackendArg, parse_params};
 use attnc::{BindOptions, Compiled, DType, Error, Shape, bench, synth};

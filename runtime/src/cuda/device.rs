@@ -129,7 +129,10 @@ impl CudaDevice {
 
     /// Median milliseconds per call of `launch` over `reps` repetitions of `iters` calls,
     /// timed with CUDA events after `warmup` calls (`ATTNC_BENCH_STAT=min`: the minimum,
-    /// the anchors' rule).
+    /// the anchors' rule). `ATTNC_BENCH_WARM_MS=N`: after those, calls in rounds of
+    /// `iters` until N ms have passed, so that the timing starts on a loaded GPU (its
+    /// clocks dip under the power cap for 0.2-0.5 s after the load steps up; the anchors'
+    /// script times FA4 right after FlexAttention's runs, on a loaded GPU).
     pub fn time(
         &self,
         warmup: usize,
@@ -141,6 +144,17 @@ impl CudaDevice {
             launch()?;
         }
         self.synchronize()?;
+        let warm_ms = std::env::var("ATTNC_BENCH_WARM_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let warm_start = std::time::Instant::now();
+        while warm_start.elapsed() < std::time::Duration::from_millis(warm_ms) {
+            for _ in 0..iters.max(1) {
+                launch()?;
+            }
+            self.synchronize()?;
+        }
         let mut ts = Vec::with_capacity(reps);
         for _ in 0..reps.max(1) {
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
