@@ -1636,7 +1636,8 @@ impl CacheCall {
 }
 
 /// Whether `Attention.decode` on CUDA tensors of this shape runs zero-copy (the split-KV
-/// kernels: Lq <= 16, D = Dv in {32, 64, 128, 256}); other shapes take host copies.
+/// kernels: D = Dv in {64, 128} at any Lq, chunked prefill included, or in {32, 256} at
+/// Lq <= 16); other shapes take host copies.
 #[pyfunction]
 fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
     attnc::external::decode_cuda_applies(lq, d, dv)

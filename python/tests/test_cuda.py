@@ -491,7 +491,7 @@ def test_backward_in_cuda_graph(file, name, caps, d):
         assert torch.equal(a, r.grad), f"d{n} of the replay differs from an eager step"
 
 
-@pytest.mark.parametrize("lq", [1, 4, 16])
+@pytest.mark.parametrize("lq", [1, 4, 16, 33, 100])
 @pytest.mark.parametrize("file,name", [("causal.attn", None), ("sliding_window.attn", None),
                                        ("document_causal.attn", "document_causal"),
                                        ("alibi_causal.attn", "alibi_causal")],
@@ -500,7 +500,8 @@ def test_decode_matches_oracle(file, name, lq):
     """``Attention.decode`` on CUDA tensors (zero copy: the ranges kernel, the split-KV
     kernels and their combine on the current stream) against the f64 oracle on the same
     bf16-rounded inputs, contiguous and paged (page 16, shuffled), GQA 4:1, seq_lens 0, 1,
-    odd and full (the sliding window's ranges cut to its window on the device)."""
+    odd and full (the sliding window's ranges cut to its window on the device); Lq 33 and
+    100 are chunked prefill (the tensor-core split-KV kernel over row groups)."""
     from test_decode import at_capacity, cache_inputs, paged
 
     attn = attnc.compile(EXAMPLES / file).attention(name)
@@ -549,6 +550,32 @@ def test_decode_does_not_synchronize():
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
     assert torch.equal(o, ref)
+
+
+def test_chunked_prefill_decode_is_zero_copy():
+    """Chunked prefill (Lq > 16 new rows against the cache) at D 64 and 128 runs on the
+    caller's buffers like decoding (no host copy, no synchronization); at D 32 and 256 it
+    takes host copies; the result equals the f64 oracle's."""
+    from attnc import _attnc
+
+    assert _attnc.decode_cuda_applies(64, 128, 128) and _attnc.decode_cuda_applies(512, 64, 64)
+    assert not _attnc.decode_cuda_applies(64, 32, 32) and not _attnc.decode_cuda_applies(17, 256, 256)
+    attn, q, k, v, caps = _decode_case(file="causal.attn", lq=64, lkv=700, seed=7)
+    seq_lens = torch.tensor([64, 700, 300], dtype=torch.int32, device="cuda")
+    ref = attn.decode(q, k, v, seq_lens, **caps)  # warm-up: JIT, the stream's buffers
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.cuda._sleep(200_000_000)
+        o, lse = attn.decode(q, k, v, seq_lens, return_lse=True, **caps)
+        assert not stream.query(), "chunked prefill synchronized with the device"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert torch.equal(o, ref)
+    ro, rlse = attn.reference_decode(q, k, v, seq_lens, **caps)
+    check(o, lse, ro, rlse, torch.bfloat16)
 
 
 def test_decode_in_cuda_graph():

@@ -91,7 +91,8 @@ pub enum DecodeKernel {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecodeTuning {
     /// The kernel (`ATTNC_DECODE_KERNEL=simt|mma`); `Mma` only where the tensor-core
-    /// kernel takes the head dim (elsewhere the SIMT kernel runs).
+    /// kernel takes the head dim (elsewhere the SIMT kernel runs), `Simt` only for Lq <= 16
+    /// (chunked prefill runs the tensor-core kernel).
     pub kernel: Option<DecodeKernel>,
     /// The tensor-core kernel's split count per (sequence, kv head, row group)
     /// (`ATTNC_DECODE_SPLITS=N`, N >= 1; tiles per split rounded up).

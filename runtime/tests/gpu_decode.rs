@@ -4,7 +4,8 @@
 //! cores; each case asserts the kernel that `decode::gpu::choose` picks for its shape
 //! ran: the tensor-core one at D 64/128, the SIMT one at D 32/256, or the one
 //! `ATTNC_DECODE_KERNEL=simt|mma` forces, so one binary run with `simt` covers the SIMT
-//! kernel on every shape) and, for checked mode and Lq > 16, the prefill path.
+//! kernel on every shape; Lq > 16, chunked prefill, always the tensor-core one) and, for
+//! checked mode and Lq > 16 at D 32, the prefill path.
 //!
 //! Covered: every example (its own mask and score at logical positions, captures and
 //! params) on both kernels, contiguous and paged caches (page 16 and 128, shuffled
@@ -272,32 +273,145 @@ fn gpu_decode_head_dims(_d: &CudaDevice) {
     }
 }
 
-/// Checked mode and Lq > 16 take the prefill path, still right.
+/// Checked mode, and Lq > 16 at D 32 (no tensor-core kernel there), take the prefill
+/// path, still right; Lq 20 at D 64 in fast mode runs the tensor-core kernel.
 fn gpu_decode_prefill_path(_d: &CudaDevice) {
     let mut rng = Rng(11);
     let compiled = example("causal");
     let program = compiled.names()[0].to_string();
-    let c = case_as(
-        DType::BF16,
-        &mut rng,
-        3,
-        4,
-        2,
-        20,
-        64,
-        300,
-        vec![300, 5, 160],
-        Some(16),
-    );
-    let path = check(&compiled, &program, &c, &Captures::default(), "lq 20");
-    assert_eq!(path, "prefill");
+    let variant = compiled.attention(&program).unwrap();
+    for (d, checked, want_path) in [
+        (64, true, "prefill"),
+        (32, false, "prefill"),
+        (64, false, "split-kv-mma"),
+    ] {
+        let c = case_as(
+            DType::BF16,
+            &mut rng,
+            3,
+            4,
+            2,
+            20,
+            d,
+            300,
+            vec![300, 5, 160],
+            Some(16),
+        );
+        let caps = Captures::default();
+        let what = format!("lq 20 d {d} checked {checked}");
+        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false).unwrap();
+        let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+        o.checked = checked;
+        let mut bound = variant.bind(o).unwrap();
+        let got = bound
+            .forward_with_cache(&c.q, &c.cache(), &caps)
+            .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+        close(
+            &format!("{what} o"),
+            &got.o.to_f32(),
+            &want.o.to_f32(),
+            tol(c.dtype),
+        );
+        close(
+            &format!("{what} lse"),
+            &got.lse.to_f32(),
+            &want.lse.to_f32(),
+            0.002,
+        );
+        assert_eq!(bound.cache_path(), Some(want_path), "{what}");
+    }
+}
+
+/// Chunked prefill (Lq > 16: a serving engine's new rows of a sequence against its
+/// cache) on the tensor-core split-KV kernel, against the f64 oracle: Lq 17, 33, 64, 100
+/// and 256 (one m-tile to many row groups; with GQA 4:1 a row group of 64 packed rows
+/// spans two heads when Lq is 17, 33 or 100), contiguous and paged caches (page 16 and
+/// 128, shuffled tables, garbage pages and NaN past each sequence), GQA 1:1 and 4:1,
+/// bf16 at D 128 and f16 at D 64, seq_lens = Lq (the chunk is the whole sequence), the
+/// capacity, 0, shorter than Lq (rows at negative positions) and between; splits per
+/// row group > 1 (the combine merging many rows); the path is "split-kv-mma" even with
+/// `ATTNC_DECODE_KERNEL=simt` (the SIMT kernel takes Lq <= 16 only). With `long`, also
+/// one sequence of 20000 keys (many splits per row group, the sliding window's range
+/// cut on the host).
+fn chunked(name: &str, program: Option<&str>, seed: u64, window: i32, long: bool) {
+    let mut rng = Rng(seed);
+    let compiled = example(name);
+    let program = program.unwrap_or(compiled.names()[0]).to_string();
+    let variant = compiled.attention(&program).unwrap();
+    let cap = 600;
+    let mut n = 0;
+    for lq in [17, 33, 64, 100, 256] {
+        for (hq, hkv) in [(2, 2), (8, 2)] {
+            for page in [None, Some(16), Some(128)] {
+                let (d, dtype) = if n % 2 == 0 {
+                    (128, DType::BF16)
+                } else {
+                    (64, DType::F16)
+                };
+                n += 1;
+                let mid = lq + 1 + rng.below(cap - lq - 1);
+                let sl = vec![lq as i32, cap as i32, 0, (lq / 2) as i32, mid as i32];
+                let c = case_as(dtype, &mut rng, sl.len(), hq, hkv, lq, d, cap, sl, page);
+                let mut caps = captures_for(&variant, &c, seed + n);
+                if caps.params.contains_key("window") {
+                    caps.params.insert("window".into(), ParamValue::I32(window));
+                }
+                let what = format!("{name}/{program} lq{lq} hq{hq} hkv{hkv} d{d} {dtype} {page:?}");
+                let path = check(&compiled, &program, &c, &caps, &what);
+                assert_eq!(path, "split-kv-mma", "{what}: path");
+            }
+        }
+    }
+    if long {
+        for page in [None, Some(16)] {
+            let c = case_as(
+                DType::BF16,
+                &mut rng,
+                1,
+                8,
+                2,
+                64,
+                128,
+                20000,
+                vec![19999],
+                page,
+            );
+            let mut caps = captures_for(&variant, &c, seed);
+            if caps.params.contains_key("window") {
+                caps.params.insert("window".into(), ParamValue::I32(3000));
+            }
+            let what = format!("{name}/{program} lq64 20000 keys {page:?}");
+            let path = check(&compiled, &program, &c, &caps, &what);
+            assert_eq!(path, "split-kv-mma", "{what}: path");
+        }
+    }
+}
+
+fn gpu_decode_chunked_causal(_d: &CudaDevice) {
+    chunked("causal", None, 0xc4, 0, true);
+}
+
+fn gpu_decode_chunked_sliding(_d: &CudaDevice) {
+    chunked("sliding_window", None, 0xc5, 90, true);
+}
+
+fn gpu_decode_chunked_document(_d: &CudaDevice) {
+    chunked("document_causal", Some("document_causal"), 0xc6, 0, false);
+}
+
+/// A per-head score (ALiBi: the head of each packed row) and a score reading a captured
+/// table (`rel_bias[h, clamp(q - kv)]`, no mask: rows see the chunk's later keys too).
+fn gpu_decode_chunked_scores(_d: &CudaDevice) {
+    chunked("alibi_causal", Some("alibi_causal"), 0xc7, 0, false);
+    chunked("relative_bias_table", None, 0xc8, 0, false);
 }
 
 /// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
 /// tensors): the decode-ranges kernel computes each sequence's reachable keys from
 /// `seq_lens` on the device, then the split-KV and combine kernels run over the caller's
 /// buffers; against the oracle, contiguous and paged (page 16, shuffled), a sliding
-/// window and a causal mask, lengths 0, 1 and full, Lq 1 and 4. Also the case that
+/// window and a causal mask, lengths 0, 1 and full, Lq 1 and 4, and chunked prefill (Lq
+/// 100 and 64 on the tensor-core kernel, the ranges kernel over the chunk's rows). Also the case that
 /// compute-sanitizer racechecks the decode-ranges kernel.
 fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     use attnc::external::{CacheLayout, DeviceDecodeBuffers};
@@ -307,7 +421,13 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     for (name, window) in [("sliding_window", Some(40)), ("causal", None)] {
         let compiled = example(name);
         let program = compiled.names()[0].to_string();
-        for (lq, page) in [(1, None), (4, Some(16)), (1, Some(16))] {
+        for (lq, page) in [
+            (1, None),
+            (4, Some(16)),
+            (1, Some(16)),
+            (100, None),
+            (64, Some(16)),
+        ] {
             let sl = vec![300, 0, 1, 170];
             let c = case_as(DType::BF16, &mut rng, 4, 8, 2, lq, 128, 300, sl, page);
             let mut caps = Captures::default();
@@ -537,6 +657,10 @@ const TESTS: &[Test] = &[
     ("gpu_decode_long", gpu_decode_long),
     ("gpu_decode_head_dims", gpu_decode_head_dims),
     ("gpu_decode_prefill_path", gpu_decode_prefill_path),
+    ("gpu_decode_chunked_causal", gpu_decode_chunked_causal),
+    ("gpu_decode_chunked_sliding", gpu_decode_chunked_sliding),
+    ("gpu_decode_chunked_document", gpu_decode_chunked_document),
+    ("gpu_decode_chunked_scores", gpu_decode_chunked_scores),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
 ];

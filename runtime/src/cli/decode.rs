@@ -327,8 +327,16 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     None => "contiguous".to_string(),
                     Some(p) => format!("paged{p}"),
                 };
+                // chunked prefill (Lq > 16) is bound by compute: also the rate of the
+                // products over the reachable keys (4 Lq D flops per query head and key)
+                let flops = if lq > 16 {
+                    let f = 4.0 * (positions * hq * lq * d) as f64;
+                    format!(" {:.1} TFLOP/s", f / (ms * 1e-3) / 1e12)
+                } else {
+                    String::new()
+                };
                 outln!(
-                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]",
+                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]{flops}",
                     variant.name(),
                     dtype,
                     ms * 1e3,

@@ -7,8 +7,15 @@
 //! and the bindings of the original program. Out: `O`, `LSE` (f32), or the device time.
 //!
 //! The kernels apply in fast mode to Lq <= [`MAX_LQ`], D = Dv in {32, 64, 128, 256},
-//! bf16/f16; everything else (checked mode, larger Lq: chunked prefill) takes the
-//! prefill path (`cuda.rs`).
+//! bf16/f16, and to every Lq (chunked prefill: 17..thousands of new rows against the
+//! cache) at D = Dv in {64, 128}, where the tensor-core kernel takes the G x Lq packed
+//! rows of a kv head in row groups of 64 (a grid dimension; each row group reads the kv
+//! head's reachable range, the union over its rows, the mask applied per element) and
+//! the splits fill the GPU as for decoding; everything else (checked mode, Lq > 16 at
+//! D 32 / 256) takes the prefill path (`cuda.rs`). Chunked prefill measured on an H200
+//! (session 10, bf16 D128 B8 Hq32 Hkv8, dense, µs, SDPA flash / cuDNN in the same call):
+//! Lq 64 Lkv 8192 268.6 (386.4 / 204.9), Lq 512 Lkv 32768 7664.7 (6396.0 / 3439.8): the
+//! kernel is bound by mma.sync (~260-290 TFLOP/s), not by K/V.
 //!
 //! Which kernel ([`choose`]): the tensor-core kernel (`KernelKind::DecodeMma`: the R = G
 //! x Lq packed rows of a kv head in m16 tiles, K/V through a cp.async ring, mma.sync)
@@ -61,8 +68,11 @@ use attnc_compiler::decode::{CacheLayout, DecodeShape};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::Plan;
 
-/// Largest Lq the decode kernel takes.
+/// Largest Lq the SIMT kernel takes (the tensor-core kernel takes every Lq: above this,
+/// chunked prefill, it is the only split-KV kernel that runs).
 pub(crate) const MAX_LQ: usize = 16;
+/// Most CTAs along the grid's y (Hkv x row groups) and z (B) dimensions.
+const MAX_GRID_YZ: usize = 65535;
 /// Largest number of rows one CTA of the SIMT kernel holds in registers.
 pub(crate) const MAX_ROWS: usize = 8;
 /// Resident CTAs of the tensor-core kernel on an H200: 132 SMs x 2 (shared memory).
@@ -80,6 +90,8 @@ pub(crate) use crate::options::DecodeKernel as Kernel;
 pub(crate) fn choose(shape: &DecodeShape, tuning: &DecodeTuning) -> Kernel {
     let fits = [64, 128].contains(&shape.d);
     match tuning.kernel {
+        // chunked prefill: the tensor-core kernel only (`applies`)
+        _ if fits && shape.lq > MAX_LQ => Kernel::Mma,
         Some(Kernel::Simt) => Kernel::Simt,
         _ if fits => Kernel::Mma,
         _ => Kernel::Simt,
@@ -97,8 +109,12 @@ fn backend(e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Whether the split-KV kernel runs this call (the tensor-core kernel addresses within a
-/// page in 32 bits: a page's bytes, `page_size x Hkv x D x 2`, must fit).
+/// Whether the split-KV kernel runs this call: Lq <= [`MAX_LQ`] at D 32, 64, 128 and 256,
+/// any Lq (chunked prefill: the G x Lq packed rows of a kv head in row groups of up to 64,
+/// a grid dimension) at D 64 and 128, where the tensor-core kernel runs; its grid's
+/// Hkv x row groups and B within [`MAX_GRID_YZ`] (counted at 16 rows per CTA, the
+/// fewest). The tensor-core kernel addresses within a page in 32 bits: a page's bytes,
+/// `page_size x Hkv x D x 2`, must fit.
 pub(crate) fn applies(shape: &DecodeShape, dtype: DType, checked: bool) -> bool {
     let page_fits = match shape.layout {
         CacheLayout::Paged { page_size, .. } => {
@@ -106,8 +122,11 @@ pub(crate) fn applies(shape: &DecodeShape, dtype: DType, checked: bool) -> bool 
         }
         CacheLayout::Contiguous { .. } => true,
     };
+    let rows = (shape.hq / shape.hkv.max(1)) * shape.lq;
+    let grid_fits = shape.hkv * rows.div_ceil(16) <= MAX_GRID_YZ && shape.b <= MAX_GRID_YZ;
     !checked
-        && shape.lq <= MAX_LQ
+        && (shape.lq <= MAX_LQ || [64, 128].contains(&shape.d))
+        && grid_fits
         && shape.d == shape.dv
         && [32, 64, 128, 256].contains(&shape.d)
         && matches!(dtype, DType::BF16 | DType::F16)
@@ -485,6 +504,84 @@ mod tests {
         assert!(applies(&paged(8), DType::BF16, false));
         // 256 x 65536 x 128 x 2 bytes = 4 GiB per page
         assert!(!applies(&paged(1 << 16), DType::BF16, false));
+    }
+
+    fn contiguous(b: usize, hq: usize, hkv: usize, lq: usize, d: usize) -> DecodeShape {
+        DecodeShape {
+            b,
+            hq,
+            hkv,
+            lq,
+            d,
+            dv: d,
+            layout: CacheLayout::Contiguous { lkv_max: 8192 },
+        }
+    }
+
+    #[test]
+    fn chunked_prefill_runs_the_tensor_core_kernel() {
+        let simt = DecodeTuning {
+            kernel: Some(Kernel::Simt),
+            ..DecodeTuning::default()
+        };
+        for lq in [17, 33, 64, 100, 256, 512, 4096] {
+            for d in [64, 128] {
+                let s = contiguous(8, 32, 8, lq, d);
+                assert!(applies(&s, DType::BF16, false), "lq {lq} d {d}");
+                assert!(applies(&s, DType::F16, false), "lq {lq} d {d}");
+                assert!(!applies(&s, DType::BF16, true), "checked: the prefill path");
+                // the SIMT kernel takes Lq <= 16 only: forcing it keeps tensor cores
+                assert_eq!(choose(&s, &simt), Kernel::Mma, "lq {lq} d {d}");
+                assert_eq!(choose(&s, &DecodeTuning::default()), Kernel::Mma);
+            }
+            for d in [32, 256] {
+                assert!(!applies(&contiguous(8, 32, 8, lq, d), DType::BF16, false));
+            }
+        }
+        for d in [32, 64, 128, 256] {
+            assert!(applies(&contiguous(8, 32, 8, 16, d), DType::BF16, false));
+            assert_eq!(choose(&contiguous(8, 32, 8, 16, d), &simt), Kernel::Simt);
+        }
+        // grid y = Hkv x row groups (counted at 16 rows) at most 65535
+        assert!(applies(
+            &contiguous(1, 64, 64, 16368, 128),
+            DType::BF16,
+            false
+        ));
+        assert!(!applies(
+            &contiguous(1, 64, 64, 16369, 128),
+            DType::BF16,
+            false
+        ));
+    }
+
+    #[test]
+    fn chunked_prefill_geometry_covers_every_row_and_key() {
+        let t = DecodeTuning::default();
+        // (B, Hq, Hkv, Lq, span) -> row groups of 64 rows covering G x Lq, splits
+        // covering the span, enough CTAs for the GPU when the work allows
+        for (b, hq, hkv, lq, span) in [
+            (8, 32, 8, 64, 8192),
+            (8, 32, 8, 256, 32768),
+            (8, 32, 8, 512, 8192),
+            (1, 32, 8, 100, 32768),
+            (3, 8, 8, 17, 300),
+            (2, 4, 1, 33, 33),
+        ] {
+            let s = contiguous(b, hq, hkv, lq, 128);
+            let ranges: Vec<i32> = (0..b).flat_map(|_| [0, span as i32]).collect();
+            let g = geometry(&s, &ranges, 1.0, &t);
+            let rows = (hq / hkv) * lq;
+            let rpc = rows_per_cta(&s, Kernel::Mma, &t);
+            assert_eq!(rpc, 16 * rows.div_ceil(16).next_power_of_two().min(4));
+            assert_eq!(g.row_groups as usize, rows.div_ceil(rpc), "{lq}");
+            let (splits, chunk) = (g.splits as usize, g.chunk as usize);
+            assert!(splits * chunk >= span && (splits - 1) * chunk < span.max(1));
+            let ctas = b * hkv * g.row_groups as usize * splits;
+            if span >= 8192 {
+                assert!(ctas >= MMA_SLOTS * 9 / 10, "{b} {lq} {span}: {ctas} CTAs");
+            }
+        }
     }
 
     #[test]

@@ -256,7 +256,7 @@ pub(crate) enum DecodeState {
     Reference,
     Cpu(Box<CpuState>),
     Cuda {
-        /// The prefill path (checked mode, Lq > 16, other head dims).
+        /// The prefill path (checked mode, Lq > 16 at D 32 / 256, other head dims).
         state: Box<cuda::CudaState>,
         /// The split-KV decode kernels.
         gpu: Box<gpu::GpuDecode>,
@@ -596,7 +596,8 @@ impl Bound {
 impl Bound {
     /// Which path the last `forward_with_cache` took: "reference", "cpu", "split-kv"
     /// (the CUDA SIMT decode kernel), "split-kv-mma" (the CUDA tensor-core decode kernel)
-    /// or "prefill" (CUDA, checked mode or Lq > 16); `None` before the first call.
+    /// or "prefill" (CUDA, checked mode, other head dims, Lq > 16 at D 32 / 256); `None`
+    /// before the first call.
     pub fn cache_path(&mut self) -> Option<&'static str> {
         match self.extension::<Option<DecodeState>>() {
             None => None,

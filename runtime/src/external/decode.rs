@@ -33,8 +33,9 @@ pub struct DecodeWorkspace {
 }
 
 /// Whether the caller-buffer decode runs a call of this shape: the split-KV kernels take
-/// `Lq <= 16` and `D = Dv` in {32, 64, 128, 256}, bf16/f16, fast mode (else
-/// `Bound::forward_with_cache` on host tensors runs it, through the prefill path).
+/// `D = Dv` in {64, 128} at every Lq (Lq > 16: chunked prefill on the tensor-core kernel)
+/// and in {32, 256} at `Lq <= 16`, bf16/f16, fast mode (else `Bound::forward_with_cache`
+/// on host tensors runs it, through the prefill path).
 pub fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
     let probe = DecodeShape {
         b: 1,
@@ -83,7 +84,7 @@ impl Bound {
         }
         if !split_kv_applies(&shape, opts.dtype, opts.checked) {
             return Err(Error::Usage(format!(
-                "decoding on caller buffers runs the split-KV kernels: Lq <= 16, D = Dv in {{32, 64, 128, 256}}, bf16/f16, fast mode (this binding: Lq {} D {} Dv {} {}{}); use forward_with_cache",
+                "decoding on caller buffers runs the split-KV kernels: D = Dv in {{64, 128}} (any Lq) or {{32, 256}} (Lq <= 16), bf16/f16, fast mode (this binding: Lq {} D {} Dv {} {}{}); use forward_with_cache",
                 s.lq,
                 s.d,
                 s.dv,
@@ -238,12 +239,17 @@ mod tests {
     use super::*;
     use crate::{Backend, BindOptions, Compiled, DType, Shape};
 
-    /// The zero-copy decode runs the split-KV kernels' shapes only.
+    /// The zero-copy decode runs the split-KV kernels' shapes only: chunked prefill (Lq >
+    /// 16) at D 64 and 128 (the tensor-core kernel), not at D 32 and 256.
     #[test]
     fn applies_to_the_split_kv_shapes() {
         assert!(decode_cuda_applies(1, 128, 128));
         assert!(decode_cuda_applies(16, 64, 64));
-        assert!(!decode_cuda_applies(17, 64, 64));
+        assert!(decode_cuda_applies(17, 64, 64));
+        assert!(decode_cuda_applies(512, 128, 128));
+        assert!(!decode_cuda_applies(17, 32, 32));
+        assert!(!decode_cuda_applies(64, 256, 256));
+        assert!(decode_cuda_applies(16, 256, 256));
         assert!(!decode_cuda_applies(4, 96, 96));
         assert!(!decode_cuda_applies(4, 128, 64));
     }
