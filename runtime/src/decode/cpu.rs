@@ -10,8 +10,9 @@
 //! once (closed form / params / summaries, as for prefill, with the offsets bound), and
 //! the kv range is cut to the blocks the map visits: a sliding window reads only its
 //! window. That range is cut into chunks (multiples of the kernel's kv block, sized so
-//! that there are about eight items per thread, capped only where the keys are read twice:
-//! [`chunk_len`]); a work item is one kv head's chunk (session 8's items held a chunk
+//! that there are about eight items per thread, capped where the keys are read twice and,
+//! in a paged cache, at 4 MB of K/V over every kv head: [`chunk_len`]); a work
+//! item is one kv head's chunk (session 8's items held a chunk
 //! of every kv head: at 16 threads, B1 Lq16 L8192, 32 items of 256 keys each wrote a
 //! 256 KB partial O of all query heads, and a row merged 32 partials). The query rows of
 //! a sequence are gathered once, before the items run. In an item,
@@ -33,7 +34,8 @@ use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder, B
 use attnc_compiler::backend::cranelift::workers::{Scoped, Workers};
 use attnc_compiler::backend::cranelift::{CpuError, CpuKernel, KvPages};
 use attnc_compiler::decode::{
-    DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets, set_packed_offsets,
+    CacheLayout, DecodeShape, KvView, combine, gather_rows, live_rows, set_offsets,
+    set_packed_offsets,
 };
 use attnc_compiler::interp::{Bindings, EvalError};
 use attnc_compiler::plan::Plan;
@@ -116,26 +118,49 @@ const MAX_CHUNK_BYTES: usize = 512 << 10;
 /// combine) stay small.
 const ITEMS_PER_THREAD: usize = 8;
 
+/// Paged caches: largest K + V of a chunk's keys over *every* kv head (f32 bytes). The kv
+/// heads' items of one chunk are taken one after another ((chunk, kv head) order), and a
+/// position's kv heads share its rows (`[page, Hkv, D]`: one kv head's keys are 512 bytes
+/// 4 KB apart at D128 Hkv8, each in its own 4 KB page): with a chunk's rows of every kv
+/// head in L3 (and its pages in the TLB), the items of its other kv heads find the lines
+/// that the first ones' reads brought in, where chunks of 16384 keys walked a 64 MB span
+/// once per kv head. A contiguous cache streams each kv head's keys and keeps the longer
+/// chunks (512-key chunks cost it 5-15% on the build machine: more items). Measured on
+/// the 2-core build machine (2 threads, B1 Hq32 Hkv8 Lkv32768 D128 f32 causal, pages of
+/// 16, interleaved, noisy): Lq4 paged 126-158 ms with 16384-key chunks, 73-109 at 512 keys
+/// (this cap), 78-119 at 1024, 122-130 at 4096 (docs/performance.md, "Session 10
+/// (decode)").
+const PAGED_CHUNK_SPAN_BYTES: usize = 4 << 20;
+
 /// The keys of one work item (one kv head's chunk): about [`ITEMS_PER_THREAD`] items per
 /// thread over `work` = keys x kv heads, at least [`MIN_CHUNK`], a multiple of the kv block
-/// `kb`. An item holds at most [`MAX_CHUNK_BYTES`] of its kv head's K and V (`dsum = D +
-/// Dv` floats a key) when its keys are read more than once: when a packed tile spans
+/// `kb`; for a paged cache (`paged_heads` = Hkv) at most [`PAGED_CHUNK_SPAN_BYTES`] of K
+/// and V over its kv heads (`dsum = D + Dv` floats a key and kv head; where that cap cuts,
+/// a paged cache's chunks are shorter than a contiguous one's and the combine's sums, so
+/// the last bits, differ between the layouts). An item holds at most [`MAX_CHUNK_BYTES`]
+/// of its kv head's K and V when its keys are read more than once: when a packed tile spans
 /// several q blocks (`tile_rows > qb`: each q block walks them again). A tile of one q
 /// block reads each kv block once (the score tile, then the PV product), in place from
-/// either cache, and takes longer chunks: fewer items, so fewer partial O's, `Q`
-/// packings and combines (B1 Hq32 Hkv8 Lq16 Lkv8192 D128: two chunks of 4096 keys per
-/// kv head at 2 threads, 16 of 512 at 16).
+/// either cache (B1 Hq32 Hkv8 Lq16 Lkv8192 D128: two chunks of 4096 keys per kv head at
+/// 2 threads when contiguous, 512 keys paged; 512 at 16 threads).
 fn chunk_len(
     work: usize,
     threads: usize,
     tile_rows: usize,
     (qb, kb): (usize, usize),
     dsum: usize,
+    paged_heads: Option<usize>,
 ) -> usize {
+    let span = match paged_heads {
+        Some(hkv) => (PAGED_CHUNK_SPAN_BYTES / (4 * hkv.max(1) * dsum.max(1))).max(MIN_CHUNK),
+        None => usize::MAX,
+    };
     let max = if tile_rows > qb {
-        (MAX_CHUNK_BYTES / (4 * dsum.max(1))).max(MIN_CHUNK)
+        (MAX_CHUNK_BYTES / (4 * dsum.max(1)))
+            .max(MIN_CHUNK)
+            .min(span)
     } else {
-        usize::MAX
+        span
     };
     (work / (ITEMS_PER_THREAD * threads.max(1)))
         .clamp(MIN_CHUNK, max)
@@ -157,8 +182,14 @@ pub(crate) fn forward(c: Call) -> Result<(Vec<f32>, Vec<f32>), Failure> {
         .max()
         .unwrap_or(0);
     // the work is every kv head's keys: an item is one kv head's chunk
-    // the work is every kv head's keys: an item is one kv head's chunk
-    let chunk = chunk_len(total * s.hkv, c.threads, tile_rows, (qb, kb), s.d + s.dv);
+    let chunk = chunk_len(
+        total * s.hkv,
+        c.threads,
+        tile_rows,
+        (qb, kb),
+        s.d + s.dv,
+        matches!(s.layout, CacheLayout::Paged { .. }).then_some(s.hkv),
+    );
     // (sequence, position, kv head) order: the order the checked mode reports in
     let mut items = Vec::new();
     let mut chunks = Vec::with_capacity(seqs.len());
@@ -472,20 +503,32 @@ mod tests {
     use super::*;
 
     /// Chunks are whole kv blocks, at least `MIN_CHUNK`, about `ITEMS_PER_THREAD` items
-    /// (kv head chunks) per thread; capped where the keys are read twice (a tile over
-    /// several q blocks), not under one q block.
+    /// (kv head chunks) per thread; paged, at most `PAGED_CHUNK_SPAN_BYTES` over every kv
+    /// head; capped where the keys are read twice (a tile over several q blocks).
     #[test]
-    fn chunk_len_caps_only_keys_read_twice() {
+    fn chunk_len_caps_paged_spans_and_keys_read_twice() {
         let (qb, kb, dsum) = (64, 64, 256);
         let cap = MAX_CHUNK_BYTES / (4 * dsum);
-        // B1 Lkv8192 Hkv8 Lq16 G4: two chunks per kv head at 2 threads, 512 keys at 16
-        assert_eq!(chunk_len(8192 * 8, 2, 64, (qb, kb), dsum), 4096);
-        assert_eq!(chunk_len(8192 * 8, 16, 64, (qb, kb), dsum), 512);
-        assert_eq!(chunk_len(8192 * 8, 2, 128, (qb, kb), dsum), cap);
+        // a paged cache's span over every kv head: 512 keys at Hkv8 D128 f32
+        let span = PAGED_CHUNK_SPAN_BYTES / (4 * 8 * dsum);
+        assert_eq!(span, 512);
+        // B1 Lkv8192 Hkv8 Lq16 G4: two chunks per kv head at 2 threads (contiguous), the
+        // span's 512 keys paged; 512 at 16 threads either way
+        assert_eq!(chunk_len(8192 * 8, 2, 64, (qb, kb), dsum, None), 4096);
+        assert_eq!(chunk_len(8192 * 8, 2, 64, (qb, kb), dsum, Some(8)), span);
+        assert_eq!(chunk_len(8192 * 8, 16, 64, (qb, kb), dsum, None), 512);
+        assert_eq!(chunk_len(8192 * 8, 16, 64, (qb, kb), dsum, Some(8)), 512);
+        // one kv head: the span is 4096 keys
+        assert_eq!(chunk_len(1 << 20, 2, 64, (qb, kb), dsum, Some(1)), 4096);
+        assert_eq!(chunk_len(8192 * 8, 2, 128, (qb, kb), dsum, None), cap);
+        assert_eq!(chunk_len(8192 * 8, 2, 128, (qb, kb), dsum, Some(1)), cap);
         // short: the minimum; odd: rounded up to whole blocks
-        assert_eq!(chunk_len(300, 16, 4, (qb, kb), dsum), MIN_CHUNK);
-        assert_eq!(chunk_len(10000, 4, 16, (qb, kb), dsum), 320);
-        // a huge head dimension never takes the cap below the minimum
-        assert_eq!(chunk_len(1 << 20, 1, 128, (qb, kb), 1 << 20), MIN_CHUNK);
+        assert_eq!(chunk_len(300, 16, 4, (qb, kb), dsum, None), MIN_CHUNK);
+        assert_eq!(chunk_len(10000, 4, 16, (qb, kb), dsum, Some(8)), 320);
+        // a huge head dimension or many kv heads never take the caps below the minimum
+        let huge = chunk_len(1 << 20, 1, 128, (qb, kb), 1 << 20, Some(8));
+        assert_eq!(huge, MIN_CHUNK);
+        let heads = chunk_len(1 << 20, 1, 4, (qb, kb), dsum, Some(1 << 12));
+        assert_eq!(heads, MIN_CHUNK);
     }
 }

@@ -80,7 +80,10 @@ const MMA_SLOTS: usize = 132 * 2;
 /// The pipeline fill of one split, in tiles of the tensor-core kernel.
 const MMA_FILL_TILES: usize = 4;
 /// The tensor-core kernel's K/V copy variant (`decode_mma::COPY_*` bits; 0: the default
-/// copy; `DecodeTuning::copy` overrides it; unmeasured on a GPU as of session 9).
+/// copy; `DecodeTuning::copy` overrides it). Measured on an H200 in session 10 (one call,
+/// 0 / a / b / c / abc interleaved): none faster; Lq1/Lq4/B64/B1 within ±1%, Lq16 2-6%
+/// slower, within that bench's bias between bindings (c on a contiguous cache, the same
+/// kernel, read +4.7%): docs/performance.md, "Session 10 (decode)".
 const COPY: u8 = 0;
 
 /// The split-KV kernel that runs a call.
