@@ -432,3 +432,76 @@ fn fused_sm90_d64_kernels() {
         }
     }
 }
+
+/// The fused sm_90 backward with each math warpgroup's own dQ part
+/// (`PtxOptions::bwd_wg_dq`) on the binding's options at D128 and D64 (q tiles of 64 and
+/// 128): byte-identical twice; no barrier of both math warpgroups in the visit loop (the
+/// named barrier of 256 threads only at K/V's arrival), the warpgroups' own barriers (an
+/// id in a register, 128 threads); `dS K` only over the warpgroup's 64 kv rows (4
+/// `m64n64k16` per chunk of 64 columns, one chunk per 64 columns of D and 64 q rows);
+/// the writer's bulk additions as before. Refused without the TMA producer and with
+/// `overlap`. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
+#[test]
+fn fused_wg_dq_kernels() {
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("softcap", "softcap_causal"),
+            ("alibi_causal", "alibi_causal"),
+            ("relative_bias_table", "relative_bias_table"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16);
+            let o = PtxOptions {
+                bwd_wg_dq: true,
+                ..def.backward_for_binding(&plan, 8192)
+            };
+            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            assert_eq!(a.ptx, b.ptx, "{name} D{d}: PTX differs between two runs");
+            if let Some(dir) = &dir {
+                std::fs::write(
+                    format!("{dir}/wgdq_d{d}_q{}_{name}_bwd_dkdv.ptx", o.q_block),
+                    &a.ptx,
+                )
+                .unwrap();
+            }
+            let tag = format!("{name} D{d} q{}", o.q_block);
+            assert_eq!(a.ptx.matches("bar.sync 1, 256;").count(), 1, "{tag}");
+            assert!(
+                a.ptx.contains(", 128;") && a.ptx.contains("bar.sync %r"),
+                "{tag}"
+            );
+            assert!(
+                a.ptx.contains("cp.reduce.async.bulk.global.shared::cta"),
+                "{tag}"
+            );
+            // dS K: per chunk 4 m64n64k16 over this warpgroup's kv rows
+            let chunks = (o.q_block / 64) * (d / 64);
+            let n64 = a
+                .ptx
+                .matches("wgmma.mma_async.sync.aligned.m64n64k16")
+                .count();
+            // besides: Sᵀ and dPᵀ at q tiles of 64, dV and dK at D64
+            let sdp = if o.q_block == 64 { 2 * d / 16 } else { 0 };
+            let dkdv = if d == 64 { 2 * o.q_block / 16 } else { 0 };
+            assert_eq!(n64 as u32, sdp + dkdv + 4 * chunks, "{tag}");
+            let off = PtxOptions {
+                bwd_tma: false,
+                ..o
+            };
+            assert!(
+                emit_backward(&plan, &off, BackwardKind::DkDv).is_err(),
+                "{tag}"
+            );
+            let early = PtxOptions { overlap: true, ..o };
+            assert!(
+                emit_backward(&plan, &early, BackwardKind::DkDv).is_err(),
+                "{tag}"
+            );
+        }
+    }
+}

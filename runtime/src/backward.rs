@@ -459,7 +459,9 @@ impl Bound {
 /// causal-type masks) on / off, `ATTNC_BWD_WSCAN=1` / `0` the warp-wide visit search
 /// (`PtxOptions::bwd_wscan`; on by default for bands and block tables; not with the
 /// longest-first order); `ATTNC_BWD_FPOS=0` turns float positions
-/// (`PtxOptions::float_positions`) off (for comparing; on where the lengths allow).
+/// (`PtxOptions::float_positions`) off (for comparing; on where the lengths allow);
+/// `ATTNC_BWD_WGDQ=1` / `0` turns each math warpgroup's own dQ part
+/// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
@@ -489,14 +491,27 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         },
         _ => o,
     };
+    let o = match std::env::var("ATTNC_BWD_WGDQ").as_deref() {
+        Ok("1") if bulk && o.bwd_tma => PtxOptions {
+            bwd_wg_dq: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_wg_dq: false,
+            ..o
+        },
+        _ => o,
+    };
     match std::env::var("ATTNC_BWD_DQ").as_deref() {
         Ok("ordered") if bulk => PtxOptions {
             bwd_tma: false,
+            bwd_wg_dq: false,
             ..o.backward_fused(BwdDq::Ordered)
         },
         Ok("tma") if bulk => PtxOptions { bwd_tma: true, ..o },
         Ok("bulk") if bulk => PtxOptions {
             bwd_tma: false,
+            bwd_wg_dq: false,
             ..o
         },
         _ => o,

@@ -999,6 +999,8 @@ fn test_options(
 /// (`PtxOptions::bwd_lpt`), e.g. `wg64x128btl`, `wg64x128ol`; a further `p` issues the
 /// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`;
 /// a last `w` searches the visits warp-wide (`PtxOptions::bwd_wscan`), e.g. `wg64x128btw`.
+/// then a last `q` gives each math warpgroup its own dQ part (`PtxOptions::bwd_wg_dq`),
+/// e.g. `wg64x128btq`, `wg64x128btlq`, `wg128x128btlq`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     if cfg == "default" {
@@ -1016,7 +1018,12 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     } else {
         (sep.backward_wgmma(), cfg.strip_prefix("wg")?)
     };
-    // a trailing `w`: the fused kernel's warp-wide visit search (`bwd_wscan`)
+    // a trailing `q`: each math warpgroup's own dQ part (`bwd_wg_dq`)
+    let (tile, wg_dq) = match tile.strip_suffix('q') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
+    // then a `w`: the fused kernel's warp-wide visit search (`bwd_wscan`)
     let (tile, wscan) = match tile.strip_suffix('w') {
         Some(t) => (t, true),
         None => (tile, false),
@@ -1041,6 +1048,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         bwd_tma: tma,
         bwd_lpt: lpt,
         bwd_wscan: wscan,
+        bwd_wg_dq: wg_dq,
         float_positions: default.float_positions,
         ..o
     };

@@ -523,7 +523,8 @@ pub(super) struct DkDvTiles {
     /// two of them (visit n writes tile n % 2, the next at `ds.offset + ds.bytes()`).
     pub ds: Option<SmemTile>,
     /// `BwdDq::OrderedBulk`: byte offset of the dQ slots ([`fused::DQ_SLOTS`] of
-    /// `q_block x D` f32 each) and of their mbarriers (8 bytes each: full, then empty).
+    /// `q_block x D` f32 each) and of their mbarriers (8 bytes each: full, then empty,
+    /// then with [`PtxOptions::bwd_wg_dq`] half).
     pub dq_slots: Option<(u32, u32)>,
     /// [`PtxOptions::bwd_tma`]: byte offset of the (Q, dO, L2, Delta) buffers' mbarriers
     /// (8 bytes each: full 0, full 1, empty 0, empty 1).
@@ -576,7 +577,8 @@ impl DkDvTiles {
         let dq_slots = (o.bwd_dq == BwdDq::OrderedBulk).then(|| {
             let slots = bytes.next_multiple_of(1024);
             let bars = slots + fused::DQ_SLOTS * o.q_block * o.d * 4;
-            bytes = bars + 2 * fused::DQ_SLOTS * 8;
+            // full, empty (and with `bwd_wg_dq` half) per slot
+            bytes = bars + (2 + o.bwd_wg_dq as u32) * fused::DQ_SLOTS * 8;
             (slots, bars)
         });
         let q_bars = fused::tma_producer(o).then(|| {

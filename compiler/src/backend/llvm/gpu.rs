@@ -846,6 +846,31 @@ impl<'ctx> Gpu<'ctx> {
         Ok(())
     }
 
+    /// At shared-window address `addr` (i32, 16-byte aligned), where `active` (i32) is
+    /// non-zero: `[addr] = v` if `store` (i32) is non-zero, else `[addr] = [addr] + v`
+    /// (four f32, the value in memory first). One statement, predicated (no branch, so
+    /// no divergent path under asynchronous wgmma), in program order with the memory
+    /// statements around it.
+    pub fn st_if_or_add_shared_v4(
+        &self,
+        addr: IntValue<'ctx>,
+        v: [FloatValue<'ctx>; 4],
+        store: IntValue<'ctx>,
+        active: IntValue<'ctx>,
+    ) -> R<()> {
+        let args: Vec<BasicMetadataValueEnum<'ctx>> = std::iter::once(addr.into())
+            .chain(v.iter().map(|x| (*x).into()))
+            .chain([store.into(), active.into()])
+            .collect();
+        self.asm_call(
+            "{\n.reg .pred p, q, s, a;\n.reg .f32 w<4>;\nsetp.ne.b32 p, $6, 0;\nsetp.ne.b32 q, $5, 0;\nand.pred s, p, q;\nand.pred a, p, !q;\n@s st.shared.v4.f32 [$0], {$1, $2, $3, $4};\n@a ld.shared.v4.f32 {w0, w1, w2, w3}, [$0];\n@a add.rn.f32 w0, w0, $1;\n@a add.rn.f32 w1, w1, $2;\n@a add.rn.f32 w2, w2, $3;\n@a add.rn.f32 w3, w3, $4;\n@a st.shared.v4.f32 [$0], {w0, w1, w2, w3};\n}",
+            "r,f,f,f,f,r,r,~{memory}",
+            0,
+            &args,
+        )?;
+        Ok(())
+    }
+
     /// A side-effecting inline asm statement with one i32 result.
     fn asm_i32(&self, text: &str, constraints: &str, args: &[IntValue<'ctx>]) -> R<IntValue<'ctx>> {
         let tys: Vec<BasicMetadataTypeEnum<'ctx>> =

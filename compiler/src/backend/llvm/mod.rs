@@ -311,6 +311,17 @@ pub struct PtxOptions {
     /// them one by one. Off in `backward`; [`Self::backward_for_binding`] turns it on for
     /// bands and block tables.
     pub bwd_wscan: bool,
+    /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
+    /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
+    /// rows (`dS K` over those rows only, every column), so it reads only its own rows
+    /// of dSᵀ and the two warpgroups no longer meet at a dS barrier every visit (a
+    /// barrier of the warpgroup's own 128 threads publishes its dSᵀ rows); warpgroup 1
+    /// stores its part into the visit's dQ slot and warpgroup 0 adds its own to it (a
+    /// fixed order: deterministic) before the writer's bulk addition. One warpgroup's
+    /// element code can then run under the other's products. Off by default (measured
+    /// on an H200: 0.88-0.90x at D128 dense / causal, 0.99-1.01x at D64; `backward/fused.rs`);
+    /// other kinds ignore it.
+    pub bwd_wg_dq: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -403,6 +414,7 @@ impl PtxOptions {
             bwd_tma: false,
             bwd_lpt: false,
             bwd_wscan: false,
+            bwd_wg_dq: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -612,6 +624,7 @@ impl PtxOptions {
             + if self.bwd_tma { " bwd-tma" } else { "" }
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.bwd_wscan { " bwd-wscan" } else { "" }
+            + if self.bwd_wg_dq { " bwd-wg-dq" } else { "" }
             + if self.float_positions { " fpos" } else { "" }
             + &if self.decode_copy != 0 {
                 format!(" decode-copy={}", self.decode_copy)

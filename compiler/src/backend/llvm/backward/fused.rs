@@ -86,6 +86,25 @@
 //!   many q blocks, and the scalar search walked all of them (one H200, one call, bf16
 //!   TFLOP/s old / new: D128 sliding 1024 226.8 / 289.4, document + causal 144.1 /
 //!   213.2; D64 174.6 / 188.8 and 70.5 / 97.9). Refused with `bwd_lpt`.
+//!   `bwd_wg_dq` (with `bwd_tma`, off; measured below): each math warpgroup computes
+//!   the dQ part of its own 64 kv rows (`dS K` over those rows, 4 `m64n64k16` per chunk
+//!   of 64 columns, every column and at q tiles of 128 every row), so it reads only its
+//!   own rows of dSᵀ and the dS barrier is the warpgroup's own (named barriers 2 and 3,
+//!   128 threads): the two warpgroups no longer meet per visit. Chunk 0 runs under dV and
+//!   dK; warpgroup 1 stores it at once (a predicated statement: a branch or a spin while
+//!   products are in flight serializes every wgmma, ptxas C7519), the other chunks after
+//!   dV and dK (registers; each after a `wgmma.fence`, without which ptxas serializes
+//!   every wgmma, C7512); then warpgroup 1 stores them and arrives at the slot's `half`
+//!   mbarrier, warpgroup 0 waits for it and adds all its chunks to the slot (f32, the
+//!   value in the slot first: a fixed order, deterministic) and alone arrives at `full`.
+//!   Measured on an H200 (bf16, one call, TFLOP/s default / `bwd_wg_dq`): D128 dense
+//!   548.4 / 481.9, causal 468.1 / 422.8 (longest-first), D64 (q tiles of 128) dense
+//!   394.9 / 392.6, causal 312.8 / 316.6. A first version in which warpgroup 0 waited for
+//!   warpgroup 1's chunk 0 before its own products (warpgroup 1 leading by a product):
+//!   D128 dense 467.2, causal 416.8. So the warpgroups' meeting at the dS barrier is not
+//!   what holds the kernel back: the second dQ chunk after dV and dK (one more product
+//!   and wait per visit) and the slot's read-modify-write cost more than the overlap
+//!   gains (docs/performance.md, "GPU backward", session 10).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
@@ -216,6 +235,11 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ: the warp-wide visit search (bwd_wscan) with the longest-first order (bwd_lpt)".into(),
         ));
     }
+    if o.bwd_wg_dq && !(tma_producer(o) && n_wg == 2 && !o.overlap && o.d.is_multiple_of(64)) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ per warpgroup (`bwd_wg_dq`): the TMA producer, two math warpgroups, no `overlap`, D a multiple of 64".into(),
+        ));
+    }
     if o.d / n_wg < 32 {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ: each of the {n_wg} warpgroups computes at least 32 columns of dQ (D={})",
@@ -344,7 +368,7 @@ fn m_split(o: &PtxOptions) -> bool {
 /// Columns of dQ per `dS K` product of one warpgroup: 64, or 32 where the warpgroups
 /// share fewer than 64 columns each (D64 with two math warpgroups and q tiles of 64).
 fn dq_chunk_cols(o: &PtxOptions) -> u32 {
-    if m_split(o) {
+    if m_split(o) || o.bwd_wg_dq {
         o.d.min(64)
     } else {
         (o.d / (o.kv_block / 64)).min(64)
@@ -356,23 +380,35 @@ fn dq_chunk_cols(o: &PtxOptions) -> u32 {
 /// M-major, B the K tile read N-major (its 64-column slab `col0 / 64`; 32 columns start
 /// `2 (col0 % 64)` bytes into the slab's 128-byte rows: the swizzle applies to the
 /// address, so the descriptor starts inside the swizzle atom, as a K-major one advances
-/// along K).
+/// along K). `rows` ([`PtxOptions::bwd_wg_dq`]): only the 64 kv rows from this
+/// (register) row, this warpgroup's, instead of the whole kv tile.
 fn dq_chunk<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
     (ds, ds_off): (&SmemTile, IntValue<'ctx>),
     k: &SmemTile,
     col0: IntValue<'ctx>,
+    rows: Option<IntValue<'ctx>>,
 ) -> R<Vec<inkwell::values::FloatValue<'ctx>>> {
     let n = dq_chunk_cols(o);
-    let a_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
+    let mut a_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
     let mut slab = g.mul(g.lshr(col0, g.c32(6))?, g.c32(k.rows as i64 * 128))?;
     if n < 64 {
         slab = g.add(slab, g.mul(g.and(col0, g.c32(63))?, g.c32(2))?)?;
     }
-    let b_base = g.smem_addr32(g.add(slab, g.c32(k.offset as i64))?)?;
+    let mut b_base = g.smem_addr32(g.add(slab, g.c32(k.offset as i64))?)?;
+    // `bwd_wg_dq`: only the 64 kv rows from `first` (a multiple of 64): 4 steps of 16
+    let steps = match rows {
+        Some(first) => {
+            let off = g.mul(first, g.c32(128))?;
+            a_base = g.add(a_base, off)?;
+            b_base = g.add(b_base, off)?;
+            4
+        }
+        None => o.kv_block / 16,
+    };
     let mut acc: Option<Vec<_>> = None;
-    for kk in 0..o.kv_block / 16 {
+    for kk in 0..steps {
         let step = g.c32(kk as i64 * 16 * 128);
         let da = g.wgmma_desc(g.add(a_base, step)?, ds.rows * 128, 1024)?;
         let db = g.wgmma_desc(g.add(b_base, step)?, k.rows * 128, 1024)?;
@@ -621,6 +657,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     let bar_full = |s| slot_bar(0, s);
     let bar_empty = |s| slot_bar(DQ_SLOTS, s);
+    // bwd_wg_dq: warpgroup 1 has stored its part of dQ into the slot
+    let bar_half = |s| slot_bar(2 * DQ_SLOTS, s);
+    let wg_dq = opts.bwd_wg_dq;
     // visit n uses slot n % DQ_SLOTS in its (n / DQ_SLOTS)-th phase
     let slot_of = |n: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
         let sl = g.and(n, g.c32(DQ_SLOTS as i64 - 1))?;
@@ -642,8 +681,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if bulk {
         g.if_then(is_t0, || {
             for sl in 0..DQ_SLOTS {
-                g.mbar_init(bar_full(g.c32(sl as i64))?, threads)?;
+                // bwd_wg_dq: warpgroup 0 alone fills the slot (after warpgroup 1's `half`)
+                g.mbar_init(
+                    bar_full(g.c32(sl as i64))?,
+                    if wg_dq { 128 } else { threads },
+                )?;
                 g.mbar_init(bar_empty(g.c32(sl as i64))?, 1)?;
+                if wg_dq {
+                    g.mbar_init(bar_half(g.c32(sl as i64))?, 128)?;
+                }
             }
             if tma {
                 for sl in 0..2 {
@@ -947,7 +993,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if ordered {
         g.if_then(is_t0, || g.spin_until_eq(sem_addr, rank))?;
     }
-    bar()?;
+    if wg_dq {
+        // this warpgroup's rows of dSᵀ, read by its own dQ products only: named barriers
+        // 2 and 3, one per warpgroup
+        g.bar_sync_reg(g.add(wg_index()?, g.c32(2))?, 128)?;
+    } else {
+        bar()?;
+    }
     // OrderedBulk: this visit's slot, once the writer has read what it held before
     let n = g.geti(&mn)?;
     let (sl, ph) = slot_of(n)?;
@@ -994,6 +1046,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let wgi = wg_index()?;
     // q tiles of 128: the warpgroup's dQ rows are its 64-column slab of dSᵀ (the A
     // operand's M), every column of dQ; else its share of the columns
+    // this visit's dSᵀ tile (bwd_wg_dq reads both slabs at q tiles of 128)
+    let ds_visit = ds_off;
     let (chunks, wg_cols, ds_off) = if msplit {
         let slab = g.mul(wgi, g.c32((ds_t.rows * 128) as i64))?;
         (opts.d / chunk_cols, 0, g.add(ds_off, slab)?)
@@ -1011,7 +1065,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // under them and the other chunks follow one by one
     let first_chunk = || -> R<Vec<FloatValue<'ctx>>> {
         g.wgmma_fence()?;
-        let dq0 = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(0)?)?;
+        let dq0 = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(0)?, None)?;
         g.wgmma_commit()?;
         Ok(dq0)
     };
@@ -1019,7 +1073,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let dq0 = g.wgmma_wait(1, &dq0)?;
         add_part(col_of(0)?, &dq0)?;
         for ci in 1..chunks {
-            let x = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(ci)?)?;
+            let x = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(ci)?, None)?;
             g.wgmma_commit()?;
             let x = g.wgmma_wait(0, &x)?;
             add_part(col_of(ci)?, &x)?;
@@ -1027,6 +1081,88 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Ok(())
     };
     let (dv1, dk1) = match products {
+        // bwd_wg_dq: the dQ part of this warpgroup's 64 kv rows, every column (and at q
+        // tiles of 128 every row: slab r of dSᵀ gives q rows 64 r ..), chunks of 64
+        // columns; warpgroup 1 stores its chunks into the slot, warpgroup 0 adds its own
+        // to them (f32, in that order) once warpgroup 1 has arrived at `half`
+        Products::Later(pt, dst) if wg_dq => {
+            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+            let first_row = g.mul(wgi, g.c32(64))?;
+            let parts: Vec<(u32, u32)> = (0..br / 64)
+                .flat_map(|r| (0..opts.d / 64).map(move |ci| (r, 64 * ci)))
+                .collect();
+            let issue = |(r, col0): (u32, u32)| {
+                let a_off = g.add(ds_visit, g.c32((r * ds_t.rows * 128) as i64))?;
+                dq_chunk(
+                    g,
+                    opts,
+                    (&ds_t, a_off),
+                    &t.k,
+                    g.c32(col0 as i64),
+                    Some(first_row),
+                )
+            };
+            let is_wg1 = g.icmp(IntPredicate::NE, wgi, zero)?;
+            let is_wg0 = g.icmp(IntPredicate::EQ, wgi, zero)?;
+            let wq = g.and(c.warp, g.c32(3))?;
+            let lane16 = g.mul(c.lane, g.c32(16))?;
+            // warpgroup 1 stores its chunks, warpgroup 0 adds its own to them (`store`
+            // = 0); slot offsets: m16 row group 4 r + warp % 4, n8 column groups from
+            // col0 / 8, a base register and constants
+            let wg1 = g.b.build_int_z_extend(is_wg1, g.i32, "")?;
+            let row_base = g.smem_addr32(g.add(
+                slot_addr(sl)?,
+                g.add(g.mul(wq, g.c32((opts.d / 8 * 512) as i64))?, lane16)?,
+            )?)?;
+            let put = |(r, col0): (u32, u32), x: &[FloatValue<'ctx>], store, active| -> R<()> {
+                for (nt, v) in x.chunks(4).enumerate() {
+                    let ng = 4 * r * (opts.d / 8) + col0 / 8 + nt as u32;
+                    let addr = g.add(row_base, g.c32((ng * 512) as i64))?;
+                    g.st_if_or_add_shared_v4(addr, [v[0], v[1], v[2], v[3]], store, active)?;
+                }
+                Ok(())
+            };
+            g.wgmma_fence()?;
+            let x0 = issue(parts[0])?;
+            g.wgmma_commit()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            g.wgmma_commit()?;
+            // chunk 0 under dV and dK: warpgroup 1 stores it at once (predicated, no
+            // branch with products in flight: ptxas C7519), warpgroup 0 keeps it
+            let x0 = g.wgmma_wait(1, &x0)?;
+            put(parts[0], &x0, one, wg1)?;
+            let dv1 = g.wgmma_wait(0, &dv1)?;
+            let dk1 = g.wgmma_wait(0, &dk1)?;
+            // the other chunks once dV and dK have completed (registers)
+            let xs = parts[1..]
+                .iter()
+                .map(|&part| {
+                    // its accumulator registers were last written by other statements
+                    // (without the fence ptxas serializes every wgmma: C7512)
+                    g.wgmma_fence()?;
+                    let x = issue(part)?;
+                    g.wgmma_commit()?;
+                    g.wgmma_wait(0, &x)
+                })
+                .collect::<R<Vec<_>>>()?;
+            // no product in flight: warpgroup 1 stores its other chunks and arrives at
+            // `half`; warpgroup 0 waits for it and adds all its chunks
+            g.if_then(is_wg1, || {
+                for (&part, x) in parts[1..].iter().zip(&xs) {
+                    put(part, x, one, one)?;
+                }
+                g.mbar_arrive(bar_half(sl)?)
+            })?;
+            g.if_then(is_wg0, || {
+                g.mbar_wait(bar_half(sl)?, ph)?;
+                for (&part, x) in parts.iter().zip(std::iter::once(&x0).chain(&xs)) {
+                    put(part, x, zero, one)?;
+                }
+                Ok(())
+            })?;
+            (dv1, dk1)
+        }
         // early: dV is running; dQ chunk 0, then dK, whose product runs under the
         // chunk's additions
         Products::DvIssued(dv1, dsa) => {
@@ -1048,9 +1184,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
     };
     if bulk {
-        // this thread's part of the slot, to the writer's bulk copy (async proxy)
-        g.fence_proxy_async()?;
-        g.mbar_arrive(bar_full(sl)?)?;
+        // this thread's part of the slot, to the writer's bulk copy (async proxy;
+        // bwd_wg_dq: warpgroup 0's sums)
+        let fill = || -> R<()> {
+            g.fence_proxy_async()?;
+            g.mbar_arrive(bar_full(sl)?)
+        };
+        if wg_dq {
+            g.if_then(g.icmp(IntPredicate::EQ, wgi, zero)?, fill)?;
+        } else {
+            fill()?;
+        }
         g.set(&mn, g.add(n, one)?)?;
     }
     acc_set(g, &dv, &wg_result(g, &dv1)?)?;
