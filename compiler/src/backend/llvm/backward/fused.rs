@@ -485,6 +485,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
 
     // bwd_wscan: a warp tests 32 q blocks per step (every lane of the warp takes part)
     let wscan = opts.bwd_wscan;
+    // the kv blocks [first, end) (and the full run [ff, fe)) of q block `qb` of query head
+    // `hi` of the group, first and end clamped into [0, nkv): the kv blocks that add into
+    // that tile are exactly the CTAs in [first, end), and the ranks count down from
+    // end - 1 (a rank past the last CTA would wait forever)
+    let visit_range = |hi: IntValue<'ctx>, qb: IntValue<'ctx>| -> R<[IntValue<'ctx>; 4]> {
+        let h = g.add(g.mul(hk, group)?, hi)?;
+        let q0 = g.mul(qb, g.c32(br as i64))?;
+        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
+        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
+        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+        Ok([first, end, ff, fe])
+    };
     // the next visit at or after (hi0, qb0): every q block of every query head in order,
     // kept where its kv range holds this block
     let scan_one = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
@@ -513,14 +525,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.set(&s_qb, q_start)?;
         g.br(head)?;
         g.b.position_at_end(body);
-        let h = g.add(g.mul(hk, group)?, hi)?;
-        let q0 = g.mul(qb, g.c32(br as i64))?;
-        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
-        // within [0, nkv): the kv blocks that add into this tile are exactly the CTAs
-        // in [first, end), and the ranks count down from end - 1 (a rank past the last
-        // CTA would wait forever)
-        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
-        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+        let [first, end, ff, fe] = visit_range(hi, qb)?;
         for (v, x) in [
             (&out.hi, hi),
             (&out.qb, qb),
@@ -582,11 +587,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             (m, g.icmp(IntPredicate::SLT, m, nq)?)
         };
         let mine = g.selecti(ok, mine, qb)?;
-        let h = g.add(g.mul(hk, group)?, hi)?;
-        let q0 = g.mul(mine, g.c32(br as i64))?;
-        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
-        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
-        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+        let [first, end, ff, fe] = visit_range(hi, mine)?;
         let visit = g.and(
             ok,
             g.and(
