@@ -53,12 +53,24 @@ fn tol(dtype: DType) -> f32 {
 
 /// Runs `c` on CUDA and on the oracle; compares; returns the CUDA path taken.
 fn check(compiled: &Compiled, name: &str, c: &Case, caps: &Captures, what: &str) -> String {
+    check_mode(compiled, name, c, caps, what, false)
+}
+
+/// [`check`] in checked (`true`) or fast mode.
+fn check_mode(
+    compiled: &Compiled,
+    name: &str,
+    c: &Case,
+    caps: &Captures,
+    what: &str,
+    checked: bool,
+) -> String {
     let variant = compiled.attention(name).unwrap();
     let want = run(compiled, name, c, Backend::Reference, 1, caps, false)
         .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
-    let mut bound = variant
-        .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
-        .unwrap();
+    let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+    o.checked = checked;
+    let mut bound = variant.bind(o).unwrap();
     let got = bound
         .forward_with_cache(&c.q, &c.cache(), caps)
         .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
@@ -279,7 +291,6 @@ fn gpu_decode_prefill_path(_d: &CudaDevice) {
     let mut rng = Rng(11);
     let compiled = example("causal");
     let program = compiled.names()[0].to_string();
-    let variant = compiled.attention(&program).unwrap();
     for (d, checked, want_path) in [
         (64, true, "prefill"),
         (32, false, "prefill"),
@@ -297,28 +308,16 @@ fn gpu_decode_prefill_path(_d: &CudaDevice) {
             vec![300, 5, 160],
             Some(16),
         );
-        let caps = Captures::default();
         let what = format!("lq 20 d {d} checked {checked}");
-        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false).unwrap();
-        let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
-        o.checked = checked;
-        let mut bound = variant.bind(o).unwrap();
-        let got = bound
-            .forward_with_cache(&c.q, &c.cache(), &caps)
-            .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
-        close(
-            &format!("{what} o"),
-            &got.o.to_f32(),
-            &want.o.to_f32(),
-            tol(c.dtype),
+        let path = check_mode(
+            &compiled,
+            &program,
+            &c,
+            &Captures::default(),
+            &what,
+            checked,
         );
-        close(
-            &format!("{what} lse"),
-            &got.lse.to_f32(),
-            &want.lse.to_f32(),
-            0.002,
-        );
-        assert_eq!(bound.cache_path(), Some(want_path), "{what}");
+        assert_eq!(path, want_path, "{what}");
     }
 }
 
