@@ -116,16 +116,19 @@ pub struct DecodeTuning {
     pub serial_decode: bool,
     /// The tensor-core kernel's K/V copy variant, `decode_mma::COPY_*` bits
     /// (`ATTNC_DECODE_COPY`: letters `a` full tiles without per-row bounds checks, `b`
-    /// 32-bit shared-memory destinations, `c` paged: one page id per 16-row pass, any
-    /// combination such as `abc`, or `0` for the default copy; unset: the runtime's choice,
-    /// `decode::gpu`).
+    /// 32-bit shared-memory destinations, `c` paged: one page id per 16-row pass, `d`
+    /// the L2 asked for 256 bytes per copy, `e` the prologue's reads before
+    /// `griddepcontrol.wait`, any combination such as `abc`, or `0` for the default
+    /// copy; unset: the runtime's choice, `decode::gpu`).
     pub copy: Option<u8>,
 }
 
-/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abc`
+/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abcde`
 /// (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u8> {
-    use attnc_compiler::backend::llvm::decode_mma::{COPY_FULL, COPY_PAGE_PASS, COPY_SMEM32};
+    use attnc_compiler::backend::llvm::decode_mma::{
+        COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_PASS, COPY_SMEM32,
+    };
     let v = v.trim();
     if v == "0" {
         return Some(0);
@@ -137,6 +140,8 @@ pub fn parse_decode_copy(v: &str) -> Option<u8> {
         'a' => Some(bits | COPY_FULL),
         'b' => Some(bits | COPY_SMEM32),
         'c' => Some(bits | COPY_PAGE_PASS),
+        'd' => Some(bits | COPY_L2_256),
+        'e' => Some(bits | COPY_EARLY),
         _ => None,
     })
 }
@@ -151,7 +156,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abc`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcde`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -209,6 +214,7 @@ mod tests {
                 .copy
         };
         assert_eq!(copy("abc"), Some(7));
+        assert_eq!(copy("de"), Some(24));
         assert_eq!(copy("a"), Some(1));
         assert_eq!(copy("bc"), Some(6));
         assert_eq!(copy("0"), Some(0));

@@ -17,7 +17,7 @@
 //! and combine kernels by programmatic dependent launch, the default, against serial
 //! launches and the fused kernel: bit for bit equal, deterministic). With
 //! `ATTNC_DECODE_COMBINE=fused` the tensor-core cases run the fused kernel (the combine
-//! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or some of its letters) they run
+//! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or any letters of `abcde`) they run
 //! that copy variant of the tensor-core kernel (`gpu_decode_copy_variants` compares the
 //! variants with each other).
 //!
@@ -614,7 +614,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
             .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
         let mut outs = Vec::new();
-        for copy in ["0", "a", "b", "c", "abc"] {
+        for copy in ["0", "a", "b", "c", "abc", "d", "e", "de"] {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.copy = attnc::options::parse_decode_copy(copy);
             let mut bound = variant.bind(o).unwrap();

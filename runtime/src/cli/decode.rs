@@ -221,24 +221,27 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                 KvCacheArg::Paged => layouts.extend(a.page_sizes.iter().map(|p| Some(*p))),
             }
         }
-        for page in layouts {
-            let (d, dv) = (a.d, a.d);
-            // a block of random values tiled over the tensor: the values do not change
-            // the timing, and drawing billions of normals would take minutes
-            let mut rng = synth::Rng::new(17);
-            let block = Tensor::from_f32_as(
-                vec![1 << 16],
-                &(0..1 << 16).map(|_| rng.normal()).collect::<Vec<f32>>(),
-                dtype,
-            );
-            let random = |n: usize, dims: Vec<usize>| {
-                let len = n * dtype.size();
-                let mut bytes = block.bytes().repeat(len.div_ceil(block.bytes().len()));
-                bytes.truncate(len);
-                Tensor::from_bytes(dims, dtype, bytes).expect("sized from the dims")
-            };
-            let q = random(b * hq * lq * d, vec![b, hq, lq, d]);
-            let (k, v, pt, cap) = match page {
+        let (d, dv) = (a.d, a.d);
+        // a block of random values tiled over the tensor: the values do not change
+        // the timing, and drawing billions of normals would take minutes
+        let mut rng = synth::Rng::new(17);
+        let block = Tensor::from_f32_as(
+            vec![1 << 16],
+            &(0..1 << 16).map(|_| rng.normal()).collect::<Vec<f32>>(),
+            dtype,
+        );
+        let random = |n: usize, dims: Vec<usize>| {
+            let len = n * dtype.size();
+            let mut bytes = block.bytes().repeat(len.div_ceil(block.bytes().len()));
+            bytes.truncate(len);
+            Tensor::from_bytes(dims, dtype, bytes).expect("sized from the dims")
+        };
+        let q = random(b * hq * lq * d, vec![b, hq, lq, d]);
+        let seq_lens = Tensor::from_i32(vec![b], &vec![lkv as i32; b]);
+        // every layout's cache at once: the layouts' bindings are timed in turn
+        let mut inputs = Vec::new();
+        for &page in &layouts {
+            inputs.push(match page {
                 None => (
                     random(b * hkv * lkv * d, vec![b, hkv, lkv, d]),
                     random(b * hkv * lkv * dv, vec![b, hkv, lkv, dv]),
@@ -261,68 +264,97 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                         max_pages * ps,
                     )
                 }
-            };
-            let seq_lens = Tensor::from_i32(vec![b], &vec![lkv as i32; b]);
+            });
+        }
+        // each binding's decode tuning: the default, or (CUDA, benchmarks) one binding
+        // per value on the same inputs: ATTNC_DECODE_BENCH_COMBINE=both (the combine
+        // kernel after the decode kernel, then the fused kernel) or all (also the
+        // combine under the decode kernel's tail, and that with the decode kernel
+        // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
+        // counts of the tensor-core kernel, 0 = the runtime's choice),
+        // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc,d,e (the tensor-core kernel's K/V copy
+        // variants, `DecodeTuning::copy`)
+        // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): every (layout, tuning) binding of the
+        // shape timed N times in turn, each round starting one binding later than the
+        // previous one (so that the GPU's drift and a binding's place in the round
+        // cancel); the median shown, with the spread over the rounds, and for a paged
+        // cache the median and range of its ratio to the contiguous cache's time of the
+        // same tuning in the same round
+        let tunings = bench_tunings(a.backend);
+        let rounds = std::env::var("ATTNC_DECODE_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let caches: Vec<KvCache> = inputs
+            .iter()
+            .map(|(k, v, pt, _)| KvCache::new(k, v, pt.as_ref(), &seq_lens))
+            .collect();
+        let mut bounds = Vec::new();
+        let mut capsv = Vec::new();
+        let mut bytes = Vec::new();
+        let mut reached = Vec::new();
+        for (li, (_, _, _, cap)) in inputs.iter().enumerate() {
             let shape = Shape {
                 b,
                 hq,
                 hkv,
                 lq,
-                lkv: cap,
+                lkv: *cap,
                 d,
                 dv,
             };
-            let mut caps = synth::captures(variant.program(), &Shape { lq: cap, ..shape }, 7);
+            let mut caps = synth::captures(variant.program(), &Shape { lq: *cap, ..shape }, 7);
             for (name, v) in parse_params(a.params)? {
                 caps.params.insert(name, v);
             }
-            // each binding's decode tuning: the default, or (CUDA, benchmarks) one binding
-            // per value on the same inputs: ATTNC_DECODE_BENCH_COMBINE=both (the combine
-            // kernel after the decode kernel, then the fused kernel) or all (also the
-            // combine under the decode kernel's tail, and that with the decode kernel
-            // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
-            // counts of the tensor-core kernel, 0 = the runtime's choice),
-            // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc (the tensor-core kernel's K/V copy
-            // variants, `DecodeTuning::copy`)
-            // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): the tunings timed N times in turn
-            // (interleaved, so that the GPU's drift between them cancels), the median shown
-            let tunings = bench_tunings(a.backend);
-            let rounds = std::env::var("ATTNC_DECODE_BENCH_ROUNDS")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(1)
-                .max(1);
-            let cache = KvCache::new(&k, &v, pt.as_ref(), &seq_lens);
-            let mut bounds = Vec::new();
+            let first = bounds.len();
             for (_, tuning) in &tunings {
                 let mut opts = BindOptions::new(a.backend, shape, dtype);
                 opts.threads = a.threads;
                 opts.decode = *tuning;
-                bounds.push(variant.bind(opts)?);
+                bounds.push((li, variant.bind(opts)?));
             }
-            let positions = bounds[0].cache_positions_reached(&q, &cache, &caps)?;
-            let bytes = (positions * hkv * (d + dv) * dtype.size()) as f64;
-            let mut times = vec![Vec::new(); tunings.len()];
-            for _ in 0..rounds {
-                for (bound, t) in bounds.iter_mut().zip(&mut times) {
-                    t.push(
-                        match bound.cache_device_time_ms(&q, &cache, &caps, a.iters)? {
-                            Some(ms) => ms,
-                            None => {
-                                bound.forward_with_cache(&q, &cache, &caps)?; // warm-up
-                                let t0 = std::time::Instant::now();
-                                for _ in 0..a.iters.max(1) {
-                                    bound.forward_with_cache(&q, &cache, &caps)?;
-                                }
-                                t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+            let positions = bounds[first]
+                .1
+                .cache_positions_reached(&q, &caches[li], &caps)?;
+            bytes.push((positions * hkv * (d + dv) * dtype.size()) as f64);
+            reached.push(positions);
+            capsv.push(caps);
+        }
+        let n = bounds.len();
+        let mut times = vec![Vec::new(); n];
+        for r in 0..rounds {
+            for j in 0..n {
+                let i = (r + j) % n;
+                let (li, bound) = &mut bounds[i];
+                let (cache, caps) = (&caches[*li], &capsv[*li]);
+                times[i].push(
+                    match bound.cache_device_time_ms(&q, cache, caps, a.iters)? {
+                        Some(ms) => ms,
+                        None => {
+                            bound.forward_with_cache(&q, cache, caps)?; // warm-up
+                            let t0 = std::time::Instant::now();
+                            for _ in 0..a.iters.max(1) {
+                                bound.forward_with_cache(&q, cache, caps)?;
                             }
-                        },
-                    );
-                }
+                            t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                        }
+                    },
+                );
             }
-            for ((label, _), mut t) in tunings.iter().zip(times) {
-                t.sort_by(f64::total_cmp);
-                let ms = t[t.len() / 2];
+        }
+        let median = |t: &[f64]| {
+            let mut t = t.to_vec();
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        };
+        let nt = tunings.len();
+        let contiguous = layouts.iter().position(|p| p.is_none());
+        for (li, page) in layouts.iter().enumerate() {
+            for (ti, (label, _)) in tunings.iter().enumerate() {
+                let t = &times[li * nt + ti];
+                let ms = median(t);
                 let layout = match page {
                     None => "contiguous".to_string(),
                     Some(p) => format!("paged{p}"),
@@ -330,18 +362,38 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                 // chunked prefill (Lq > 16) is bound by compute: also the rate of the
                 // products over the reachable keys (4 Lq D flops per query head and key)
                 let flops = if lq > 16 {
-                    let f = 4.0 * (positions * hq * lq * d) as f64;
+                    let f = 4.0 * (reached[li] * hq * lq * d) as f64;
                     format!(" {:.1} TFLOP/s", f / (ms * 1e-3) / 1e12)
                 } else {
                     String::new()
                 };
+                let mut spread = String::new();
+                if rounds > 1 {
+                    let (lo, hi) = t
+                        .iter()
+                        .fold((f64::MAX, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+                    spread = format!(" rounds {rounds} {:.1}-{:.1} us", lo * 1e3, hi * 1e3);
+                    if let (Some(c), Some(_)) = (contiguous, page) {
+                        let tc = &times[c * nt + ti];
+                        let ratios: Vec<f64> = t.iter().zip(tc).map(|(p, c)| p / c - 1.0).collect();
+                        let (lo, hi) = ratios
+                            .iter()
+                            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+                        spread += &format!(
+                            " vs contiguous {:+.1}% ({:+.1}..{:+.1}%)",
+                            median(&ratios) * 100.0,
+                            lo * 100.0,
+                            hi * 100.0
+                        );
+                    }
+                }
                 outln!(
-                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]{flops}",
+                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]{flops}{spread}",
                     variant.name(),
                     dtype,
                     ms * 1e3,
-                    bytes / (ms * 1e-3) / 1e9,
-                    bytes / 1e6,
+                    bytes[li] / (ms * 1e-3) / 1e9,
+                    bytes[li] / 1e6,
                     a.backend.name(),
                     label,
                 );

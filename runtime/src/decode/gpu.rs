@@ -79,12 +79,17 @@ pub(crate) const MAX_ROWS: usize = 8;
 const MMA_SLOTS: usize = 132 * 2;
 /// The pipeline fill of one split, in tiles of the tensor-core kernel.
 const MMA_FILL_TILES: usize = 4;
-/// The tensor-core kernel's K/V copy variant (`decode_mma::COPY_*` bits; 0: the default
-/// copy; `DecodeTuning::copy` overrides it). Measured on an H200 in session 10 (one call,
-/// 0 / a / b / c / abc interleaved): none faster; Lq1/Lq4/B64/B1 within ±1%, Lq16 2-6%
-/// slower, within that bench's bias between bindings (c on a contiguous cache, the same
-/// kernel, read +4.7%): docs/performance.md, "Session 10 (decode)".
-const COPY: u8 = 0;
+/// The tensor-core kernel's K/V copy variant (`decode_mma::COPY_*` bits;
+/// `DecodeTuning::copy` overrides it): [`decode_mma::COPY_EARLY`], the prologue's reads
+/// issued before `griddepcontrol.wait`, so that a chained call's first tiles load while
+/// the previous call's combine kernel runs. Measured on an H200 in session 11 (one call,
+/// 0 / d / e timed in 5 rotated rounds, bf16 D128 Hq32 Hkv8 dense, µs, SDPA cuDNN of the
+/// same call): B8 Lkv32768 Lq1 ~243.2 / 240.5 (cuDNN 243.5), B1 Lkv131072 125.9 / 124.0
+/// (126.7; 4.33 TB/s), B64 Lkv8192 477.0 / 476.4 (473.1); paged 16 likewise; a call
+/// after a kernel that does not let it start early (not chained) is unchanged.
+/// Session 10 (0 / a / b / c / abc): none faster; `d` (`cp.async` with `.L2::256B`) is
+/// 8-10% slower (session 11): docs/performance.md, "Session 11 (decode)".
+const COPY: u8 = decode_mma::COPY_EARLY;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;

@@ -35,6 +35,11 @@
 //! `fused_combine`), so no combine kernel is launched (one launch fewer, and the merge
 //! of a group starts as soon as its last split ends, under the other groups' tails).
 //!
+//! On sm_90 the kernel lets the combine kernel start (`griddepcontrol.launch_dependents`)
+//! first thing and waits for the previous grid (`griddepcontrol.wait`) before any global
+//! access, or with [`COPY_EARLY`] (the runtime's default) after the prologue's reads and
+//! before anything is written.
+//!
 //! Shared memory at D128: Q 4-16 KB + 3 stages x 32 KB (2 CTAs per SM on an H200); D64:
 //! 6 stages x 16 KB. Fast mode only (checked mode runs the prefill path).
 
@@ -86,8 +91,22 @@ pub const COPY_SMEM32: u8 = 2;
 /// from the tile's alignment (tiles start on multiples of [`KV_TILE`]) instead of per
 /// row (see `Pages::byte_pass`).
 pub const COPY_PAGE_PASS: u8 = 4;
-/// Every [`PtxOptions::decode_copy`] bit.
+/// The three copy variants of session 9 (`abc`).
 pub const COPY_ALL: u8 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
+/// [`PtxOptions::decode_copy`] bit: the K/V copies ask the L2 for the 256 bytes around
+/// each source (`cp.async...L2::256B`: a D128 row at once) instead of its 32-byte
+/// sectors as the copies reach them.
+pub const COPY_L2_256: u8 = 8;
+/// [`PtxOptions::decode_copy`] bit (sm_90, not the fused kernel): the prologue's reads
+/// (ranges, lengths, page ids, Q and the first `stages - 1` K/V tiles) are issued before
+/// `griddepcontrol.wait`, which moves to the end of the prologue. Only inputs are read
+/// there and the kernel writes nothing before the wait, so a launch under the previous
+/// kernel's tail is correct as long as that kernel does not write the inputs (the
+/// runtime chains a host-tensor call's decode kernel after its own combine kernels or
+/// after the uploads' copies; the caller-buffer path does not chain the decode kernel).
+pub const COPY_EARLY: u8 = 16;
+/// Every [`PtxOptions::decode_copy`] bit.
+pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY;
 
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
@@ -97,7 +116,7 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
             opts.d
         )));
     }
-    if opts.copy & !COPY_ALL != 0 {
+    if opts.copy & !COPY_BITS != 0 {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with copy bits {:#x}",
             opts.copy
@@ -416,7 +435,13 @@ pub(super) fn build<'ctx>(
     g.b.position_at_end(start);
     let a = Args { g: &g, params };
     let g = &g;
-    let_combine_start(g, opts)?;
+    // COPY_EARLY: griddepcontrol.wait after the prologue's reads (see the bit)
+    let early = opts.copy & COPY_EARLY != 0 && !fused && opts.arch == super::Arch::Sm90;
+    if early {
+        g.griddep_launch_dependents()?;
+    } else {
+        let_combine_start(g, opts)?;
+    }
     let d = opts.d;
     let rpc = opts.rows;
     let m_cta = rpc / 16; // m-tiles per CTA
@@ -563,6 +588,12 @@ pub(super) fn build<'ctx>(
     let tile_key0 = |t: IntValue<'ctx>| g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?);
     let unchecked_full = opts.copy & COPY_FULL != 0;
     let smem32 = opts.copy & COPY_SMEM32 != 0;
+    // COPY_L2_256: the K/V copies' prefetch-size qualifier
+    let l2q = if opts.copy & COPY_L2_256 != 0 {
+        ".L2::256B"
+    } else {
+        ""
+    };
     // COPY_SMEM32: this thread's destination of pass 0, chunk tch of K, as a 32-bit
     // shared-window address without the buffer (the buffer's offset is added per tile);
     // every other copy of the tile is that address plus a constant of the instruction
@@ -644,14 +675,14 @@ pub(super) fn build<'ctx>(
                 match (dst, &dst_deltas) {
                     (Some(dst), Some(deltas)) => {
                         let (dk, dv) = deltas[(pass * cpt + c) as usize];
-                        g.cp_async16_smem32(dst, dk, g.gep_bytes(kptr, at)?, size)?;
-                        g.cp_async16_smem32(dst, dv, g.gep_bytes(vptr, at)?, size)?;
+                        g.cp_async16_smem32_with(dst, dk, g.gep_bytes(kptr, at)?, size, l2q)?;
+                        g.cp_async16_smem32_with(dst, dv, g.gep_bytes(vptr, at)?, size, l2q)?;
                     }
-                    _ if smem32 => {
+                    _ if smem32 || !l2q.is_empty() => {
                         let dst = g.smem_addr32(kt.off_at(g, row, ch, extra)?)?;
                         let dv = vt.offset - kt.offset;
-                        g.cp_async16_smem32(dst, 0, g.gep_bytes(kptr, at)?, size)?;
-                        g.cp_async16_smem32(dst, dv, g.gep_bytes(vptr, at)?, size)?;
+                        g.cp_async16_smem32_with(dst, 0, g.gep_bytes(kptr, at)?, size, l2q)?;
+                        g.cp_async16_smem32_with(dst, dv, g.gep_bytes(vptr, at)?, size, l2q)?;
                     }
                     _ => {
                         let size = size.unwrap_or(g.c32(16));
@@ -710,6 +741,10 @@ pub(super) fn build<'ctx>(
         g.if_then(g.icmp(IntPredicate::SLT, sv, ntiles)?, || issue(sv, sv))?;
         g.cp_async_commit()?;
         fetch(g.c32(s as i64 + 1))?;
+    }
+    if early {
+        // nothing written yet: the previous grid's completion is awaited only now
+        g.griddep_wait()?;
     }
     g.cp_async_wait(nstages as i64 - 1)?;
     g.barrier()?;
@@ -1138,7 +1173,17 @@ mod tests {
             let p = &crate::compile_source(&src).unwrap().programs[0];
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
-                    for copy in [0, COPY_FULL, COPY_SMEM32, COPY_PAGE_PASS, COPY_ALL] {
+                    for copy in [
+                        0,
+                        COPY_FULL,
+                        COPY_SMEM32,
+                        COPY_PAGE_PASS,
+                        COPY_ALL,
+                        COPY_L2_256,
+                        COPY_EARLY,
+                        COPY_L2_256 | COPY_EARLY,
+                        COPY_BITS,
+                    ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
                             d,
@@ -1219,13 +1264,38 @@ mod tests {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            // a 32-bit register (`%rN`, not `%rdN`) as a copy's destination
+            // a 32-bit register (`%rN`, not `%rdN`) as a copy's destination (also the
+            // L2_256 copies': inline assembly)
             let smem32 = ptx.lines().any(|l| {
                 l.trim()
-                    .strip_prefix("cp.async.cg.shared.global [%r")
+                    .strip_prefix("cp.async.cg.shared.global")
+                    .map(|r| r.strip_prefix(".L2::256B").unwrap_or(r))
+                    .and_then(|r| r.strip_prefix(" [%r"))
                     .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
             });
-            assert_eq!(smem32, o.copy & COPY_SMEM32 != 0, "{key}");
+            // COPY_L2_256: every K/V copy (not Q's) with the prefetch size
+            let l2 = ptx
+                .lines()
+                .filter(|l| l.trim().starts_with("cp.async.cg.shared.global.L2::256B"))
+                .count();
+            assert_eq!(l2 > 0, o.copy & COPY_L2_256 != 0, "{key}");
+            // COPY_EARLY: one wait, after the prologue's copies (the first cp.async)
+            let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+            let at = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("griddepcontrol.wait"))
+                    .count(),
+                1,
+                "{key}"
+            );
+            let early = at("griddepcontrol.wait") > at("cp.async.cg.shared.global");
+            assert_eq!(early, o.copy & COPY_EARLY != 0, "{key}");
+            assert_eq!(smem32, o.copy & (COPY_SMEM32 | COPY_L2_256) != 0, "{key}");
+            if o.copy & COPY_ALL == 0 && o.copy != 0 {
+                continue;
+            }
             if o.copy == 0 {
                 assert!(n < usize::MAX, "{key}: no steady-state copy block");
                 base.insert((name.clone(), o.rows, o.d, o.paged), n);

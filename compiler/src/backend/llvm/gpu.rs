@@ -473,27 +473,31 @@ impl<'ctx> Gpu<'ctx> {
     /// [`Self::cp_async16`] with a 32-bit shared-window destination `dst + imm` (`dst`
     /// from [`Self::smem_addr32`], `imm` a constant in the instruction) and `src` a global
     /// pointer; `src_size` `None`: all 16 bytes read (no zero fill).
-    pub fn cp_async16_smem32(
+    /// `qualifiers` after `.global`: e.g. `.L2::256B` (the L2 fetches the 256-byte piece
+    /// around the source from memory at once), or none.
+    pub fn cp_async16_smem32_with(
         &self,
         dst: IntValue<'ctx>,
         imm: u32,
         src: PointerValue<'ctx>,
         src_size: Option<IntValue<'ctx>>,
+        qualifiers: &str,
     ) -> R<()> {
         let src = self.b.build_ptr_to_int(src, self.i64, "")?;
         match src_size {
             Some(n) => self.asm_void(
-                &format!("cp.async.cg.shared.global [$0+{imm}], [$1], 16, $2;"),
+                &format!("cp.async.cg.shared.global{qualifiers} [$0+{imm}], [$1], 16, $2;"),
                 "r,l,r,~{memory}",
                 &[dst, src, n],
             ),
             None => self.asm_void(
-                &format!("cp.async.cg.shared.global [$0+{imm}], [$1], 16;"),
+                &format!("cp.async.cg.shared.global{qualifiers} [$0+{imm}], [$1], 16;"),
                 "r,l,~{memory}",
                 &[dst, src],
             ),
         }
     }
+
     pub fn cp_async_commit(&self) -> R<()> {
         self.call("llvm.nvvm.cp.async.commit.group", None, &[])?;
         Ok(())
