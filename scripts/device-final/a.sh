@@ -17,7 +17,10 @@ for b in $B/*; do n=$(basename $b); case $n in
     ATTNC_BWD_TEST_CFG=wg64x128o run racecheck_bwd_ordered timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize;;
   # gpu_decode: 13 tests since session 10 (the chunked prefill ones); cut at 220 s beside the
   # others in session 10's check after 5 (the other 8 took 51 s alone)
-  gpu_decode) run $n timeout $((T + 120)) $b;;
+  gpu_decode) run $n timeout $((T + 120)) $b
+    # (session 11: the decode kernel reads its prologue before griddepcontrol.wait by default: memcheck and racecheck it)
+    run memcheck_decode timeout $T compute-sanitizer --tool memcheck --print-limit 5 $b --exact gpu_decode_sanitize
+    run racecheck_decode timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_decode_sanitize;;
   *) run $n timeout $T $b;;
 esac; done
 wait; echo "tests: $(( $(date +%s) - t0 )) s"
