@@ -203,6 +203,7 @@ impl CudaExec {
         // float positions, the D64 kernel and the CTA order for this binding's plan and shape
         let longest = opts.shape.lq.max(opts.shape.lkv);
         popts = popts.for_binding(plan, longest);
+        popts = forward_tile_from_env(popts);
         popts = forward_schedule_from_env(popts);
         let (kernel, jit) = g
             .jit
@@ -439,6 +440,45 @@ impl CudaExec {
         let ms = builder.time(&g.device, &p, &extra, 3, iters.max(1), 3)?;
         Ok(Some(ms))
     }
+}
+
+/// The plain (not warp-specialized) forward kernel's tile as the environment overrides it
+/// (for comparing tiles through the runtime with one binary): `ATTNC_FWD_TILE=QxKV` (e.g.
+/// `64x64`) sets the q and kv blocks of the plain wgmma kernel, `QxKVs` (e.g. `64x64s`)
+/// puts the binding on the mma.sync kernel with that tile (its defaults: one m-tile).
+/// The warp-specialized kernel, unset variables and values that do not parse keep the
+/// binding's choice; a tile the kernel does not take is refused when it is generated.
+fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
+    if o.ws {
+        return o;
+    }
+    let Ok(v) = std::env::var("ATTNC_FWD_TILE") else {
+        return o;
+    };
+    let v = v.trim();
+    let (v, sync) = match v.strip_suffix('s') {
+        Some(t) => (t, true),
+        None => (v, false),
+    };
+    let Some((Ok(qb), Ok(kvb))) = v
+        .split_once('x')
+        .map(|(a, b)| (a.parse::<u32>(), b.parse::<u32>()))
+    else {
+        return o;
+    };
+    let mut n = if sync {
+        PtxOptions {
+            checked: o.checked,
+            float_positions: o.float_positions,
+            kv_table: o.kv_table,
+            ..PtxOptions::sync(o.arch, o.d, o.dv, o.input)
+        }
+    } else {
+        o
+    };
+    n.q_block = qb;
+    n.kv_block = kvb;
+    n
 }
 
 /// The warp-specialized forward's CTA schedule as the environment overrides it (for

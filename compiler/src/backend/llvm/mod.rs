@@ -464,7 +464,15 @@ impl PtxOptions {
     ///   1024 D128 0.259 ms against 0.265 (3 processes), causal D64 0.308 / 0.307 against
     ///   0.316 / 0.318, dense D64 0.531 / 0.533 against 0.539 / 0.538, GQA ALiBi + causal
     ///   3.925 / 3.925 against 3.992 / 3.976; causal D128 0.806 / 0.810 against 0.803 /
-    ///   0.810 and GQA causal 3.025-3.034 against 3.020-3.120 (no change).
+    ///   0.810 and GQA causal 3.025-3.034 against 3.020-3.120 (no change);
+    /// - tiles of 64 x 64 for bands and block tables at D, Dv 64 (the plain wgmma kernel;
+    ///   session 11, one call, `gpu_bench` B4 H16 L4096 / the runtime through
+    ///   `ATTNC_FWD_TILE`): document + causal 0.124 ms against 0.163 for 128 x 128 / 175.0
+    ///   TFLOP/s against 142.4, sliding window 1024 0.196 / 0.201 and 310.6 / 300.8
+    ///   TFLOP/s (64 x 128 0.154 / 0.197 ms, 128 x 64 0.152 / 0.234, mma.sync 64 x 64
+    ///   0.145 / 0.233, the two-consumer warp-specialized kernel 0.155 / 0.198); dense at
+    ///   64 x 64 runs at 0.90x of 128 x 128 (0.700 against 0.628 ms), the cost for a
+    ///   table or band that is mostly full blocks.
     pub fn for_binding(self, plan: &crate::plan::Plan, longest: usize) -> Self {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
@@ -483,6 +491,18 @@ impl PtxOptions {
                     ..o.warp_specialized(128, 2)
                 }
             };
+        }
+        // D, Dv 64 bands and block tables (what stays on the plain wgmma kernel): tiles of
+        // 64 x 64, whose partial blocks waste less of a short row's products than 128 x
+        // 128 (document + causal 1.23-1.31x, sliding window 1024 1.03x; a full block
+        // table would run at the 64 x 64 dense rate, 0.90x)
+        if o.mma == Mma::Wgmma
+            && !o.ws
+            && o.d.max(o.dv) == 64
+            && (!kv.is_closed_form() || kv.bounds_kv_below())
+        {
+            o.q_block = 64;
+            o.kv_block = 64;
         }
         // D = Dv = 256 on sm_90: the warp-specialized kernel with kv tiles of 64 (Q and
         // two K/V stages fill 193 KB of shared memory) instead of mma.sync 64x64

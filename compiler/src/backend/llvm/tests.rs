@@ -943,10 +943,18 @@ fn binding_options_follow_the_plan() {
     assert!(at(&causal, d128, 4096).split_tail && at(&doc, d128, 4096).split_tail);
     assert!(!at(&causal, d64, 4096).split_tail && !at(&band, d64, 4096).split_tail);
     assert!(!at(&alibi, d64, 4096).split_tail && !at(&alibi, d128, 4096).split_tail);
+    // D64 bands and block tables: the plain wgmma kernel with tiles of 64 x 64
     let o = at(&band, d64, 4096);
-    assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
+    assert_eq!(
+        (o.ws, o.q_block, o.kv_block, o.lpt_group),
+        (false, 64, 64, 0)
+    );
     let o = at(&doc, d64, 4096);
-    assert_eq!((o.ws, o.q_block, o.lpt_group), (false, 128, 0));
+    assert_eq!(
+        (o.ws, o.q_block, o.kv_block, o.lpt_group),
+        (false, 64, 64, 0)
+    );
+    assert!(o.validate().is_ok());
     let o = at(&causal, d128, 1 << 22);
     assert_eq!(
         (o.ws, o.q_block, o.lpt_group, o.float_positions),
