@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # final GPU check, call B: FA4 part a installed; attnc's forward bench (gpu_bench), decode bench, the GQA shape and D256 through attnc bench
-# (gpu_bench candidates: the runtime's choices since session 9 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score, `d` two Q buffers wherever CTAs are persistent; D128 sliding = 128x128xtzmd, causal = 128x128xtgyemd, ALiBi/softcap = 128x128xtgyed, documents = 128x128xtymd, D64 dense = 192x128xtzd, causal/softcap = 192x128xtgyed, ALiBi = 128x128xtgyed; session 8's tzm, tgye and 192 tgye for comparison)
+# (gpu_bench candidates: the runtime's choices since session 9 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score, `d` two Q buffers wherever CTAs are persistent; D128 sliding = 128x128xtzmd, causal = 128x128xtgyemd, ALiBi/softcap = 128x128xtgyed, documents = 128x128xtymd, D64 dense = 192x128xtzd, causal/softcap = 192x128xtgyed, ALiBi = 128x128xtgyed, sliding/documents = 64x64xw (session 11); session 8's tzm, tgye and 192 tgye for comparison)
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fb; mkdir -p $B
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
 (bash .fa4a/install.sh a 2>&1 | tail -1) &
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
-ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
