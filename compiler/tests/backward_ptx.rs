@@ -286,6 +286,8 @@ fn binding_defaults() {
         // the warp-wide visit search exactly for the band and the block table
         let wscan = matches!(name, "sliding_window" | "document_causal");
         assert_eq!(o.bwd_wscan, wscan, "{name}");
+        // the search under Sᵀ and dPᵀ only at D64 (no gain measured at D128)
+        assert!(!o.bwd_scan_under, "{name}");
         assert!(o.float_positions, "{name}");
         assert_eq!(o.bwd_dq, BwdDq::OrderedBulk);
         assert!(o.bwd_tma);
@@ -374,6 +376,8 @@ fn fused_sm90_d64_kernels() {
         // the warp-wide visit search for the band and the block table
         let wscan = matches!(name, "sliding_window" | "document_causal");
         assert_eq!(o.bwd_wscan, wscan, "{name}");
+        // the math warps' search under Sᵀ and dPᵀ: every D64 fused binding (session 11)
+        assert!(o.bwd_scan_under, "{name}");
         // the two-kernel path keeps q tiles of 64
         let sep = PtxOptions::backward_separate(Arch::Sm90, 64, 64, InputType::Bf16)
             .backward_for_binding(&plan, 4096);
@@ -422,6 +426,7 @@ fn fused_sm90_d64_kernels() {
             let o64 = PtxOptions {
                 q_block: 64,
                 bwd_lpt: false,
+                bwd_scan_under: false,
                 ..o
             };
             let a64 = emit_backward(&plan, &o64, BackwardKind::DkDv).unwrap();

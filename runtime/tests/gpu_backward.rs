@@ -1000,9 +1000,29 @@ fn test_options(
 /// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`;
 /// a last `w` searches the visits warp-wide (`PtxOptions::bwd_wscan`), e.g. `wg64x128btw`.
 /// then a last `q` gives each math warpgroup its own dQ part (`PtxOptions::bwd_wg_dq`),
-/// e.g. `wg64x128btq`, `wg64x128btlq`, `wg128x128btlq`.
+/// e.g. `wg64x128btq`, `wg64x128btlq`, `wg128x128btlq`. `default+u`: the binding's
+/// options with unordered bulk dQ additions (`PtxOptions::bwd_dq_free`, not
+/// deterministic); `default-s`: without the visit search under Sᵀ and dPᵀ
+/// (`PtxOptions::bwd_scan_under`, the D64 default).
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
+    // `default+u`: with unordered bulk additions (`bwd_dq_free`); `default-s`: without the
+    // search under Sᵀ and dPᵀ (`bwd_scan_under`)
+    match cfg {
+        "default+u" => {
+            return Some(PtxOptions {
+                bwd_dq_free: true,
+                ..default
+            });
+        }
+        "default-s" => {
+            return Some(PtxOptions {
+                bwd_scan_under: false,
+                ..default
+            });
+        }
+        _ => {}
+    }
     if cfg == "default" {
         return Some(default);
     }

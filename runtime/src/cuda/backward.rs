@@ -457,7 +457,7 @@ impl CudaBackward {
         let fused = self.fused();
         if let Some((accum, sem)) = &p.dq_work {
             words.push((sem.device_ptr(s).0, sem.num_bytes()));
-            if o.bwd_dq == BwdDq::Atomic {
+            if o.bwd_dq == BwdDq::Atomic || (o.bwd_dq == BwdDq::OrderedBulk && o.bwd_dq_free) {
                 words.push((accum.device_ptr(s).0, accum.num_bytes()));
             }
         }

@@ -203,6 +203,11 @@ impl PtxOptions {
     ///   block there visits a few of many q blocks (one H200, one call, bf16 TFLOP/s
     ///   without / with: D128 sliding 1024 226.8 / 289.4, document + causal 144.1 /
     ///   213.2; D64 174.6 / 188.8, 70.5 / 97.9); not with `bwd_lpt` (refused).
+    /// - at D64 with the TMA producer, the math warps' visit search under Sᵀ and dPᵀ
+    ///   ([`Self::bwd_scan_under`]; one H200, one call, B4 H16 L4096 bf16, fused kernel
+    ///   alone in ms without / with: dense 1.681 / 1.655, causal 1.019 / 0.982; ptxas
+    ///   spill stores dense 28 -> 8 bytes). At D128 it gained nothing (dense 5.262 /
+    ///   5.244, causal 2.865 / 2.784-2.852, ALiBi + causal 2.778 / 2.807-2.817): off.
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -226,6 +231,9 @@ impl PtxOptions {
                 o.bwd_wscan = true;
             }
         }
+        // D64: the next visit's search under Sᵀ and dPᵀ (as bwd_wscan's); D128 gained
+        // nothing (docs/performance.md, "Session 11 (bwd)")
+        o.bwd_scan_under = fused::tma_producer(&o) && o.d == 64;
         o
     }
 

@@ -322,6 +322,20 @@ pub struct PtxOptions {
     /// on an H200: 0.88-0.90x at D128 dense / causal, 0.99-1.01x at D64; `backward/fused.rs`);
     /// other kinds ignore it.
     pub bwd_wg_dq: bool,
+    /// The fused backward with the TMA producer ([`Self::bwd_tma`], `backward/fused.rs`):
+    /// the math warps search for the next visit after issuing this visit's Sᵀ and dPᵀ
+    /// (under the products) instead of before, as [`Self::bwd_wscan`] does. The same
+    /// visits in the same order (bit-identical gradients). Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on at D64 with the TMA producer (measured
+    /// there 1.02-1.04x on the fused kernel, no gain at D128).
+    pub bwd_scan_under: bool,
+    /// The fused backward with [`BwdDq::OrderedBulk`]: the writer adds each dQ part as
+    /// soon as it is in its slot (`cp.reduce.async.bulk`), without waiting for its turn
+    /// (no semaphore, DqAccum zeroed first): NOT deterministic (float additions in any
+    /// order), for measuring what the ordered chain costs (one H200, B2 H16 L8192 D128
+    /// bf16, whole backward: dense 1.04x, causal 1.01x; D64 1.00x / 1.02x). Off by
+    /// default (the kernel bench's `default+u`); other kinds ignore it.
+    pub bwd_dq_free: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -415,6 +429,8 @@ impl PtxOptions {
             bwd_lpt: false,
             bwd_wscan: false,
             bwd_wg_dq: false,
+            bwd_scan_under: false,
+            bwd_dq_free: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -645,6 +661,12 @@ impl PtxOptions {
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.bwd_wscan { " bwd-wscan" } else { "" }
             + if self.bwd_wg_dq { " bwd-wg-dq" } else { "" }
+            + if self.bwd_scan_under {
+                " bwd-scan-under"
+            } else {
+                ""
+            }
+            + if self.bwd_dq_free { " bwd-dq-free" } else { "" }
             + if self.float_positions { " fpos" } else { "" }
             + &if self.decode_copy != 0 {
                 format!(" decode-copy={}", self.decode_copy)

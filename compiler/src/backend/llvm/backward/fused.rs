@@ -105,6 +105,16 @@
 //!   what holds the kernel back: the second dQ chunk after dV and dK (one more product
 //!   and wait per visit) and the slot's read-modify-write cost more than the overlap
 //!   gains (docs/performance.md, "GPU backward", session 10).
+//!   `bwd_scan_under` (with the TMA producer; the runtime's default at D64 since session
+//!   11): the math warps search for the next visit after issuing Sᵀ and dPᵀ, as with
+//!   `bwd_wscan` (measured on an H200, fused kernel alone, ms without / with: D64 dense
+//!   1.681 / 1.655, causal 1.019 / 0.982; D128 dense 5.262 / 5.244, causal 2.865 /
+//!   2.784-2.852, ALiBi + causal 2.778 / 2.807-2.817: off at D128).
+//!   `bwd_dq_free` (OrderedBulk, off, not deterministic): the writer adds each part as
+//!   soon as it is in its slot, without the semaphore (DqAccum zeroed by the host, every
+//!   part adds): what the ordered chain costs (H200, B2 H16 L8192 D128, whole backward
+//!   TFLOP/s ordered / free: dense 531.6 / 552.9, causal 466.3 / 472.0; D64 B4 H16 L4096
+//!   dense 393.5 / 392.3, causal 312.2 / 318.2).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
@@ -238,6 +248,11 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if o.bwd_wg_dq && !(tma_producer(o) && n_wg == 2 && !o.overlap && o.d.is_multiple_of(64)) {
         return Err(LlvmError::Unsupported(
             "fused dQ per warpgroup (`bwd_wg_dq`): the TMA producer, two math warpgroups, no `overlap`, D a multiple of 64".into(),
+        ));
+    }
+    if o.bwd_dq_free && o.bwd_dq != BwdDq::OrderedBulk {
+        return Err(LlvmError::Unsupported(
+            "fused dQ: unordered bulk additions (`bwd_dq_free`) need the bulk scheme".into(),
         ));
     }
     if o.d / n_wg < 32 {
@@ -474,6 +489,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let sem = a.ptr(KernelParam::DqSem)?;
     let tile_bytes = br * opts.d * 4;
     let bulk = opts.bwd_dq == BwdDq::OrderedBulk;
+    // bwd_dq_free: the writer adds without waiting for the tile's turn (not deterministic)
+    let free = bulk && opts.bwd_dq_free;
     // the math warps' barrier (with a writer warpgroup, a named one of theirs)
     let bar = || -> R<()> {
         if bulk {
@@ -762,6 +779,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 let qb = g.geti(&wv.qb)?;
                 let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
                 let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+                if free {
+                    // bwd_dq_free: no turn to wait for; DqAccum was zeroed, every part adds
+                    let dst = addr_of(
+                        g,
+                        accum,
+                        tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+                    )?;
+                    let src = g.smem_addr32(slot_addr(sl)?)?;
+                    g.bulk_store_or_add_f32(dst, src, tile_bytes, zero)?;
+                    g.bulk_wait(true, 0)?;
+                    return g.mbar_arrive(bar_empty(sl)?);
+                }
                 // descending kv blocks, as Ordered
                 let rank = rank_of(g.geti(&wv.first)?, g.geti(&wv.end)?)?;
                 g.spin_until_eq(sem_addr, rank)?;
@@ -798,6 +827,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
             scan(g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
             g.br(head)?;
             g.b.position_at_end(done);
+            if free {
+                // the unordered additions' writes, done before the CTA ends
+                g.bulk_wait(false, 0)?;
+            }
             Ok(())
         })?;
         g.b.build_return(None)?;
@@ -897,8 +930,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_commit()?;
         Ok((s, dp))
     };
-    // bwd_wscan with the TMA producer: the search for the next visit runs under Sᵀ and dPᵀ
-    let sdp_early = if early || (wscan && tma) {
+    // bwd_wscan or bwd_scan_under (not with bwd_wg_dq: not measured together) with the
+    // TMA producer: the search for the next visit runs under Sᵀ and dPᵀ
+    let scan_under = opts.bwd_scan_under && !opts.bwd_wg_dq;
+    let sdp_early = if early || (tma && (wscan || scan_under)) {
         Some(issue_sdp()?)
     } else {
         None
@@ -1337,7 +1372,7 @@ pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 
     // no kv block visited (DqSem = 0) holds whatever the workspace held before (a caller's
     // torch.empty, an earlier call's sums) and converts to 0; Atomic's accumulator is
     // zeroed before the kernel.
-    let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) {
+    let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) && !opts.bwd_dq_free {
         let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
         g.icmp(IntPredicate::NE, n, g.c32(0))?
     } else {
