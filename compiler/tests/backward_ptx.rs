@@ -510,3 +510,63 @@ fn fused_wg_dq_kernels() {
         }
     }
 }
+
+/// The fused kernel on persistent CTAs (`PtxOptions::bwd_persist`, with the TMA producer):
+/// a grid of `min(kv tiles, SMs)` CTAs (`GridDim::KvPersistent`), the batch count as a
+/// parameter, each role walking the tiles by `nctaid.x`; deterministic PTX; refused
+/// without the TMA producer and for a score with capture gradients.
+/// `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
+#[test]
+fn fused_persist_kernels() {
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("sliding_window", "sliding_window"),
+            ("document_causal", "document_causal"),
+            ("causal", "causal_attention"),
+            ("dense", "dense"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            let o = PtxOptions {
+                bwd_persist: true,
+                ..def
+            };
+            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            assert_eq!(a.ptx, b.ptx, "{name} D{d}: PTX differs between two runs");
+            if let Some(dir) = &dir {
+                std::fs::write(format!("{dir}/persist_d{d}_{name}_bwd_dkdv.ptx"), &a.ptx).unwrap();
+            }
+            let tag = format!("{name} D{d}");
+            assert_eq!(
+                a.grid,
+                [GridDim::KvPersistent, GridDim::One, GridDim::One],
+                "{tag}"
+            );
+            assert_eq!(a.params.last(), Some(&KernelParam::Batch), "{tag}");
+            // the producer, the writer warp and the math warps each step by the grid
+            assert!(a.ptx.contains("%nctaid.x"), "{tag}");
+            let plain = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
+            assert!(!plain.ptx.contains("%nctaid.x"), "{tag}");
+            let off = PtxOptions {
+                bwd_tma: false,
+                ..o
+            };
+            assert!(
+                emit_backward(&plan, &off, BackwardKind::DkDv).is_err(),
+                "{tag}"
+            );
+        }
+    }
+    let p = &example("relative_bias_table", "relative_bias_table");
+    let plan = Plan::new(p);
+    let o = PtxOptions {
+        bwd_persist: true,
+        ..PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192)
+    };
+    assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
+}

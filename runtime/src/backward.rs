@@ -461,7 +461,9 @@ impl Bound {
 /// longest-first order); `ATTNC_BWD_FPOS=0` turns float positions
 /// (`PtxOptions::float_positions`) off (for comparing; on where the lengths allow);
 /// `ATTNC_BWD_WGDQ=1` / `0` turns each math warpgroup's own dQ part
-/// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off.
+/// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off; `ATTNC_BWD_PERSIST=1`
+/// / `0` the fused kernel's persistent CTAs (`PtxOptions::bwd_persist`, with the TMA
+/// producer only; no capture gradients).
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
@@ -487,6 +489,17 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         },
         Ok("0") => PtxOptions {
             bwd_wscan: false,
+            ..o
+        },
+        _ => o,
+    };
+    let o = match std::env::var("ATTNC_BWD_PERSIST").as_deref() {
+        Ok("1") if bulk && o.bwd_tma => PtxOptions {
+            bwd_persist: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_persist: false,
             ..o
         },
         _ => o,

@@ -999,9 +999,10 @@ fn test_options(
 /// (`PtxOptions::bwd_lpt`), e.g. `wg64x128btl`, `wg64x128ol`; a further `p` issues the
 /// fused kernel's products early (`PtxOptions::overlap`), e.g. `wg64x128bp`, `wg64x128btp`;
 /// a last `w` searches the visits warp-wide (`PtxOptions::bwd_wscan`), e.g. `wg64x128btw`.
-/// then a last `q` gives each math warpgroup its own dQ part (`PtxOptions::bwd_wg_dq`),
-/// e.g. `wg64x128btq`, `wg64x128btlq`, `wg128x128btlq`. `default+u`: the binding's
-/// options with unordered bulk dQ additions (`PtxOptions::bwd_dq_free`, not
+/// then a `q` gives each math warpgroup its own dQ part (`PtxOptions::bwd_wg_dq`),
+/// e.g. `wg64x128btq`, `wg64x128btlq`, `wg128x128btlq`; a last `s` runs the fused kernel
+/// on persistent CTAs (`PtxOptions::bwd_persist`), e.g. `wg64x128btws`. `default+u`: the
+/// binding's options with unordered bulk dQ additions (`PtxOptions::bwd_dq_free`, not
 /// deterministic); `default-s`: without the visit search under Sᵀ and dPᵀ
 /// (`PtxOptions::bwd_scan_under`, the D64 default).
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
@@ -1038,7 +1039,12 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     } else {
         (sep.backward_wgmma(), cfg.strip_prefix("wg")?)
     };
-    // a trailing `q`: each math warpgroup's own dQ part (`bwd_wg_dq`)
+    // a trailing `s`: persistent CTAs over the kv tiles (`bwd_persist`)
+    let (tile, persist) = match tile.strip_suffix('s') {
+        Some(t) => (t, true),
+        None => (tile, false),
+    };
+    // then a `q`: each math warpgroup's own dQ part (`bwd_wg_dq`)
     let (tile, wg_dq) = match tile.strip_suffix('q') {
         Some(t) => (t, true),
         None => (tile, false),
@@ -1068,6 +1074,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         bwd_tma: tma,
         bwd_lpt: lpt,
         bwd_wscan: wscan,
+        bwd_persist: persist,
         bwd_wg_dq: wg_dq,
         float_positions: default.float_positions,
         ..o
@@ -1411,8 +1418,16 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
 /// Small D128 and D64 cases of the default fused kernel for compute-sanitizer (memcheck: the
 /// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
 /// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, and rows masked
-/// entirely (their dQ exactly 0).
+/// entirely (their dQ exactly 0). `ATTNC_BWD_TEST_SMS=n` sizes persistent grids for n
+/// SMs.
 fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
+    // `ATTNC_BWD_TEST_SMS=n`: persistent kernels (`bwd_persist`) on at most n CTAs, each
+    // walking several kv tiles
+    let sms = std::env::var("ATTNC_BWD_TEST_SMS").ok();
+    let dev = &match sms.and_then(|n| n.parse().ok()) {
+        Some(n) => dev.with_sms(n),
+        None => dev.with_sms(dev.sms()),
+    };
     for d in [128, 64] {
         check_case(
             dev,
@@ -1485,6 +1500,67 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
             println!("  {} {:?} overlap={early}", p.name, sh);
             check_case_with(dev, p, *sh, *ty, 400 + i as u64, i % 2 == 1, o);
         }
+    }
+}
+
+/// The fused kernel on persistent CTAs (`PtxOptions::bwd_persist`) against the f64
+/// reference and bit-identical over runs: bands, a block table and causal (also in the
+/// longest-first order), GQA, Lq != Lkv, on the device's CTAs and on 3 CTAs that each walk
+/// many kv tiles (the next tile's K/V and Q/dO loaded under the last one's drain).
+fn gpu_backward_persist(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::Arch;
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the fused kernel does not exist here");
+        return;
+    }
+    let cases = [
+        (
+            samples::sliding(),
+            shape(1, 2, 1, 2200, 2200, 64),
+            InputType::Bf16,
+        ),
+        (
+            samples::sliding(),
+            shape(2, 4, 2, 333, 517, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::document_causal(),
+            shape(1, 2, 1, 300, 300, 128),
+            InputType::F16,
+        ),
+        (
+            samples::causal(),
+            shape(2, 4, 2, 333, 333, 128),
+            InputType::Bf16,
+        ),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
+            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        let o = PtxOptions {
+            bwd_persist: true,
+            ..def
+        };
+        for d in [dev.with_sms(3), dev.with_sms(dev.sms())] {
+            println!("  {} {:?} persist, {} CTAs at most", p.name, sh, d.sms());
+            check_case_with(&d, p, *sh, *ty, 500 + i as u64, i % 2 == 1, o);
+        }
+        let ks = emit_backward_kernels(&Plan::new(p), &o).unwrap();
+        let bw = CudaBackward::load(dev, &ks).unwrap();
+        let x = inputs(p, sh, *ty, 5, false);
+        let b = blocks_of(&bw, p, sh, &x);
+        let first = run(dev, &bw, sh, &x, b.as_blocks());
+        for _ in 0..3 {
+            let again = run(dev, &bw, sh, &x, b.as_blocks());
+            assert!(
+                again == first,
+                "{} {:?}: gradients differ between runs",
+                p.name,
+                sh
+            );
+        }
+        println!("  {} {:?} persist: 4 runs bit-identical", p.name, sh);
     }
 }
 
@@ -1676,6 +1752,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
     ("gpu_backward_wscan", gpu_backward_wscan),
+    ("gpu_backward_persist", gpu_backward_persist),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
 ];
 

@@ -115,7 +115,8 @@ impl LaunchArgs {
     }
 
     /// The grid of `spec` on a device of `sms` multiprocessors: a
-    /// [`GridDim::Persistent`] axis has `min(QBlocks x Heads x Batches, sms)` CTAs.
+    /// [`GridDim::Persistent`] axis has `min(QBlocks x Heads x Batches, sms)` CTAs, a
+    /// [`GridDim::KvPersistent`] one `min(KvBlocks x KvHeads x Batches, sms)`.
     pub fn grid_on(&self, spec: &KernelSpec, sms: u32) -> Result<(u32, u32, u32), CudaError> {
         if let Some(g) = self.grid {
             return Ok(g);
@@ -133,6 +134,12 @@ impl LaunchArgs {
             GridDim::Persistent => {
                 let tiles = extent(GridDim::QBlocks)? as u64
                     * extent(GridDim::Heads)? as u64
+                    * extent(GridDim::Batches)? as u64;
+                Ok(tiles.min(sms as u64) as u32)
+            }
+            GridDim::KvPersistent => {
+                let tiles = extent(GridDim::KvBlocks)? as u64
+                    * extent(GridDim::KvHeads)? as u64
                     * extent(GridDim::Batches)? as u64;
                 Ok(tiles.min(sms as u64) as u32)
             }

@@ -473,10 +473,13 @@ impl CudaBackward {
             // the axes in the spec's order (the fused kernel's `bwd_lpt` puts kv heads on x)
             let extent = |d: attnc_compiler::backend::llvm::GridDim| {
                 use attnc_compiler::backend::llvm::GridDim as G;
+                let nkv = sh.lkv.div_ceil(o.kv_block as usize);
                 match d {
-                    G::KvBlocks => sh.lkv.div_ceil(o.kv_block as usize) as u32,
+                    G::KvBlocks => nkv as u32,
                     G::KvHeads => sh.hkv as u32,
                     G::Batches => sh.b as u32,
+                    // bwd_persist: one CTA per SM at most
+                    G::KvPersistent => (nkv * sh.hkv * sh.b).min(dev.sms() as usize) as u32,
                     _ => 1,
                 }
             };

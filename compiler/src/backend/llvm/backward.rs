@@ -335,7 +335,9 @@ pub fn backward_layout(
         BackwardKind::DkDv => (
             opts.kv_block / 16 * 32 + fused::writer_threads(opts),
             DkDvTiles::new(opts).bytes,
-            if opts.bwd_lpt && opts.bwd_dq != BwdDq::Separate {
+            if opts.bwd_persist && opts.bwd_dq != BwdDq::Separate {
+                [G::KvPersistent, G::One, G::One]
+            } else if opts.bwd_lpt && opts.bwd_dq != BwdDq::Separate {
                 [G::KvHeads, G::KvBlocks, G::Batches]
             } else {
                 [G::KvBlocks, G::KvHeads, G::Batches]
@@ -507,6 +509,9 @@ pub(crate) fn param_list(
     if kind == BackwardKind::DkDv && fused::tma_producer(opts) {
         v.extend([TmaQ, TmaDo]);
     }
+    if kind == BackwardKind::DkDv && fused && opts.bwd_persist {
+        v.push(Batch);
+    }
     v
 }
 
@@ -671,6 +676,7 @@ fn build<'ctx>(
             | KernelParam::MapBStride
             | KernelParam::MapHStride
             | KernelParam::KvAllPartial
+            | KernelParam::Batch
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             // a tensor map: a by-value 128-byte parameter, addressed in place (grid constant)
             KernelParam::TmaQ | KernelParam::TmaDo => ctx.ptr_type(AddressSpace::default()).into(),
@@ -2332,11 +2338,28 @@ pub(super) fn dkdv_epilogue<'ctx>(
     dv: &[[Var<'ctx>; 4]],
     epi: inkwell::basic_block::BasicBlock<'ctx>,
 ) -> R<()> {
-    let ty = opts.input;
     g.b.position_at_end(epi);
     g.cp_async_wait(0)?;
-    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
-    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
+    dkdv_store(g, opts, c, a, (c.b, hk), kv0, dk, dv)?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// dK (times the scale) and dV of kv rows `kv0 ..` of (batch, kv head) stored.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dkdv_store<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    c: &Common<'ctx>,
+    a: &Args<'_, 'ctx>,
+    (b, hk): (IntValue<'ctx>, IntValue<'ctx>),
+    kv0: IntValue<'ctx>,
+    dk: &[[Var<'ctx>; 4]],
+    dv: &[[Var<'ctx>; 4]],
+) -> R<()> {
+    let ty = opts.input;
+    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, b, c.hkv, hk, c.lkv, opts.d)?;
+    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, b, c.hkv, hk, c.lkv, opts.dv)?;
     let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
     store_rows(
         g,
@@ -2359,9 +2382,7 @@ pub(super) fn dkdv_epilogue<'ctx>(
         opts.dv,
         &acc_get(g, dv)?,
         None,
-    )?;
-    g.b.build_return(None)?;
-    Ok(())
+    )
 }
 
 // ---- the dQ kernel ----------------------------------------------------------------------------

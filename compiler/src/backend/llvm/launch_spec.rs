@@ -30,6 +30,9 @@ pub enum GridDim {
     MapBatches,
     /// `ceil(Lkv / kv_block)`.
     KvBlocks,
+    /// Persistent CTAs of the fused backward: `min(KvBlocks x KvHeads x Batches, SMs of
+    /// the device)` (`PtxOptions::bwd_persist`).
+    KvPersistent,
     /// `Hkv`.
     KvHeads,
     /// `ceil(B Hq Lq / rows per CTA)` of the backward's pre kernel.
@@ -89,6 +92,7 @@ impl fmt::Display for GridDim {
             GridDim::MapHeads => "maps over h",
             GridDim::MapBatches => "maps over b",
             GridDim::KvBlocks => "NumKvBlocks",
+            GridDim::KvPersistent => "min(NumKvBlocks x Hkv x B, SMs)",
             GridDim::KvHeads => "Hkv",
             GridDim::PreRows => "ceil(B Hq Lq / rows per CTA)",
             GridDim::QRows => "Lq",

@@ -311,6 +311,14 @@ pub struct PtxOptions {
     /// them one by one. Off in `backward`; [`Self::backward_for_binding`] turns it on for
     /// bands and block tables.
     pub bwd_wscan: bool,
+    /// The fused backward with the TMA producer (`backward/fused.rs`): persistent CTAs
+    /// ([`GridDim::KvPersistent`]: `min(kv tiles, SMs)`), each walking the kv tiles
+    /// (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` in the grid's order:
+    /// the producer loads the next tile's first Q/dO and the writer adds the last tile's
+    /// dQ parts while the math warps store dK/dV and load the next K/V. A tile waits
+    /// only for tiles of lower index (every CTA is resident), as the CTA order does.
+    /// Off in `backward`.
+    pub bwd_persist: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
     /// rows (`dS K` over those rows only, every column), so it reads only its own rows
@@ -428,6 +436,7 @@ impl PtxOptions {
             bwd_tma: false,
             bwd_lpt: false,
             bwd_wscan: false,
+            bwd_persist: false,
             bwd_wg_dq: false,
             bwd_scan_under: false,
             bwd_dq_free: false,
@@ -660,6 +669,7 @@ impl PtxOptions {
             + if self.bwd_tma { " bwd-tma" } else { "" }
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.bwd_wscan { " bwd-wscan" } else { "" }
+            + if self.bwd_persist { " bwd-persist" } else { "" }
             + if self.bwd_wg_dq { " bwd-wg-dq" } else { "" }
             + if self.bwd_scan_under {
                 " bwd-scan-under"

@@ -132,9 +132,9 @@
 
 use super::{
     Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, dkdv_epilogue, frag_col_stat, frag_col0, frag_element, frag_pos,
-    frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base, to_flat,
-    warp_ballot, wg_ab, wg_abt, wg_result,
+    capture_grads, common, dkdv_epilogue, dkdv_store, frag_col_stat, frag_col0, frag_element,
+    frag_pos, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base,
+    to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -238,6 +238,11 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             o.kv_block
         )));
     }
+    if o.bwd_persist && !tma_producer(o) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ with persistent CTAs (bwd_persist): the TMA producer".into(),
+        ));
+    }
     if o.bwd_wscan && o.bwd_lpt {
         // one device run (session 10): a D128 GQA band with Lq < Lkv in this order did
         // not finish within the test's time limit (the D64 case passed); not resolved
@@ -303,6 +308,19 @@ impl<'ctx> Visit<'ctx> {
         }
         Ok(())
     }
+}
+
+/// A kv tile of the fused kernel: (batch, kv head, kv block `jb`), its first kv row, the
+/// K and V slices and whether it runs past Lkv.
+#[derive(Clone, Copy)]
+struct Tile<'ctx> {
+    b: IntValue<'ctx>,
+    hk: IntValue<'ctx>,
+    jb: IntValue<'ctx>,
+    kv0: IntValue<'ctx>,
+    kbase: inkwell::values::PointerValue<'ctx>,
+    vbase: inkwell::values::PointerValue<'ctx>,
+    kv_tail: IntValue<'ctx>,
 }
 
 /// dV's and dK's products of one visit before the dS barrier: dV issued (its accumulator,
@@ -466,13 +484,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.sub(g.sub(nkv, one)?, g.ctaid('x')?)?
     };
     // a visit's rank in its dQ tile's addition order
-    let rank_of = |first: IntValue<'ctx>, end: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-        if lpt {
-            g.sub(jb, first)
-        } else {
-            g.sub(g.sub(end, one)?, jb)
-        }
-    };
+    let rank_of =
+        |tl: &Tile<'ctx>, first: IntValue<'ctx>, end: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            if lpt {
+                g.sub(tl.jb, first)
+            } else {
+                g.sub(g.sub(end, one)?, tl.jb)
+            }
+        };
     // the visit order: q blocks ascending, or with bwd_lpt descending (each q block's
     // first kv block, which adds first there, is its longest CTA: the CTAs of one q
     // block reach it at the same visit count and follow each other one addition apart)
@@ -485,6 +504,66 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let kbase = slice_base(g, a.ptr(KernelParam::K)?, c.b, c.hkv, hk, c.lkv, opts.d)?;
     let vbase = slice_base(g, a.ptr(KernelParam::V)?, c.b, c.hkv, hk, c.lkv, opts.dv)?;
     let kv_tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?;
+    // the CTA's kv tile (one per CTA; bwd_persist: each of its tiles in turn)
+    let top = Tile {
+        b: c.b,
+        hk,
+        jb,
+        kv0,
+        kbase,
+        vbase,
+        kv_tail,
+    };
+    // bwd_persist: the kv tiles (kv block, kv head, batch), in the order of the grid
+    // without it (x fastest: kv blocks descending, or with bwd_lpt kv heads, then kv
+    // blocks ascending)
+    let persist = opts.bwd_persist;
+    let ntiles = if persist {
+        let per_b = g.mul(nkv, c.hkv)?;
+        Some(g.mul(per_b, a.int(KernelParam::Batch)?)?)
+    } else {
+        None
+    };
+    let tile_at = |t: IntValue<'ctx>| -> R<Tile<'ctx>> {
+        let (hk, jb, b) = if lpt {
+            let r = g.udiv(t, c.hkv)?;
+            (g.urem(t, c.hkv)?, g.urem(r, nkv)?, g.udiv(r, nkv)?)
+        } else {
+            let r = g.udiv(t, nkv)?;
+            let jb = g.sub(g.sub(nkv, one)?, g.urem(t, nkv)?)?;
+            (g.urem(r, c.hkv)?, jb, g.udiv(r, c.hkv)?)
+        };
+        let kv0 = g.mul(jb, g.c32(bc as i64))?;
+        Ok(Tile {
+            b,
+            hk,
+            jb,
+            kv0,
+            kbase: slice_base(g, a.ptr(KernelParam::K)?, b, c.hkv, hk, c.lkv, opts.d)?,
+            vbase: slice_base(g, a.ptr(KernelParam::V)?, b, c.hkv, hk, c.lkv, opts.dv)?,
+            kv_tail: g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?,
+        })
+    };
+    // runs `body` for each of the CTA's kv tiles (bwd_persist: a loop over them)
+    let for_tiles = |body: &dyn Fn(&Tile<'ctx>) -> R<()>| -> R<()> {
+        let Some(nt) = ntiles else {
+            return body(&top);
+        };
+        let tv = g.var(g.i32, g.ctaid('x')?)?;
+        let head = g.block("tiles_head");
+        let work = g.block("tiles_work");
+        let done = g.block("tiles_done");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        let tn = g.geti(&tv)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, tn, nt)?, work, done)?;
+        g.b.position_at_end(work);
+        body(&tile_at(tn)?)?;
+        g.set(&tv, g.add(tn, g.nctaid('x')?)?)?;
+        g.br(head)?;
+        g.b.position_at_end(done);
+        Ok(())
+    };
     let accum = a.ptr(KernelParam::DqAccum)?;
     let sem = a.ptr(KernelParam::DqSem)?;
     let tile_bytes = br * opts.d * 4;
@@ -506,165 +585,171 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // `hi` of the group, first and end clamped into [0, nkv): the kv blocks that add into
     // that tile are exactly the CTAs in [first, end), and the ranks count down from
     // end - 1 (a rank past the last CTA would wait forever)
-    let visit_range = |hi: IntValue<'ctx>, qb: IntValue<'ctx>| -> R<[IntValue<'ctx>; 4]> {
-        let h = g.add(g.mul(hk, group)?, hi)?;
-        let q0 = g.mul(qb, g.c32(br as i64))?;
-        let [first, end, ff, fe] = blocks(g, p, kvb, a, false, (c.b, h), q0, br, c.lq, c.lkv, bc)?;
-        let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
-        let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
-        Ok([first, end, ff, fe])
-    };
+    let visit_range =
+        |tl: &Tile<'ctx>, hi: IntValue<'ctx>, qb: IntValue<'ctx>| -> R<[IntValue<'ctx>; 4]> {
+            let h = g.add(g.mul(tl.hk, group)?, hi)?;
+            let q0 = g.mul(qb, g.c32(br as i64))?;
+            let [first, end, ff, fe] =
+                blocks(g, p, kvb, a, false, (tl.b, h), q0, br, c.lq, c.lkv, bc)?;
+            let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
+            let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+            Ok([first, end, ff, fe])
+        };
     // the next visit at or after (hi0, qb0): every q block of every query head in order,
     // kept where its kv range holds this block
-    let scan_one = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
-        let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
-        g.set(&out.found, g.cbool(false))?;
-        let head = g.block("scan_head");
-        let check = g.block("scan_qblock");
-        let next_head = g.block("scan_next_head");
-        let body = g.block("scan_range");
-        let hit = g.block("scan_hit");
-        let done = g.block("scan_done");
-        g.br(head)?;
-        g.b.position_at_end(head);
-        let hi = g.geti(&s_hi)?;
-        g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
-        g.b.position_at_end(check);
-        let qb = g.geti(&s_qb)?;
-        let in_range = if lpt {
-            g.icmp(IntPredicate::SGE, qb, zero)?
-        } else {
-            g.icmp(IntPredicate::ULT, qb, nq)?
+    let scan_one =
+        |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+            let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
+            g.set(&out.found, g.cbool(false))?;
+            let head = g.block("scan_head");
+            let check = g.block("scan_qblock");
+            let next_head = g.block("scan_next_head");
+            let body = g.block("scan_range");
+            let hit = g.block("scan_hit");
+            let done = g.block("scan_done");
+            g.br(head)?;
+            g.b.position_at_end(head);
+            let hi = g.geti(&s_hi)?;
+            g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
+            g.b.position_at_end(check);
+            let qb = g.geti(&s_qb)?;
+            let in_range = if lpt {
+                g.icmp(IntPredicate::SGE, qb, zero)?
+            } else {
+                g.icmp(IntPredicate::ULT, qb, nq)?
+            };
+            g.cond_br(in_range, body, next_head)?;
+            g.b.position_at_end(next_head);
+            g.set(&s_hi, g.add(hi, one)?)?;
+            g.set(&s_qb, q_start)?;
+            g.br(head)?;
+            g.b.position_at_end(body);
+            let [first, end, ff, fe] = visit_range(tl, hi, qb)?;
+            for (v, x) in [
+                (&out.hi, hi),
+                (&out.qb, qb),
+                (&out.first, first),
+                (&out.end, end),
+                (&out.ff, ff),
+                (&out.fe, fe),
+            ] {
+                g.set(v, x)?;
+            }
+            g.set(&s_qb, q_step(qb)?)?;
+            let visit = g.and(
+                g.icmp(IntPredicate::SLE, first, tl.jb)?,
+                g.icmp(IntPredicate::SLT, tl.jb, end)?,
+            )?;
+            g.cond_br(visit, hit, head)?;
+            g.b.position_at_end(hit);
+            g.set(&out.found, g.cbool(true))?;
+            g.br(done)?;
+            g.b.position_at_end(done);
+            Ok(())
         };
-        g.cond_br(in_range, body, next_head)?;
-        g.b.position_at_end(next_head);
-        g.set(&s_hi, g.add(hi, one)?)?;
-        g.set(&s_qb, q_start)?;
-        g.br(head)?;
-        g.b.position_at_end(body);
-        let [first, end, ff, fe] = visit_range(hi, qb)?;
-        for (v, x) in [
-            (&out.hi, hi),
-            (&out.qb, qb),
-            (&out.first, first),
-            (&out.end, end),
-            (&out.ff, ff),
-            (&out.fe, fe),
-        ] {
-            g.set(v, x)?;
-        }
-        g.set(&s_qb, q_step(qb)?)?;
-        let visit = g.and(
-            g.icmp(IntPredicate::SLE, first, jb)?,
-            g.icmp(IntPredicate::SLT, jb, end)?,
-        )?;
-        g.cond_br(visit, hit, head)?;
-        g.b.position_at_end(hit);
-        g.set(&out.found, g.cbool(true))?;
-        g.br(done)?;
-        g.b.position_at_end(done);
-        Ok(())
-    };
     // bwd_wscan: lane l tests q block qb + l (bwd_lpt: qb - l) of the same head; the lowest
     // lane with a hit is the next visit in the order (its range shuffled from that lane);
     // without one the warp moves 32 q blocks on. The lanes past the last q block test
     // the warp's first (valid) q block and never hit.
-    let scan_warp = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
-        let lane = g.and(c.tid, g.c32(31))?;
-        let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
-        g.set(&out.found, g.cbool(false))?;
-        let head = g.block("wscan_head");
-        let check = g.block("wscan_qblock");
-        let next_head = g.block("wscan_next_head");
-        let body = g.block("wscan_range");
-        let hit = g.block("wscan_hit");
-        let done = g.block("wscan_done");
-        g.br(head)?;
-        g.b.position_at_end(head);
-        let hi = g.geti(&s_hi)?;
-        g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
-        g.b.position_at_end(check);
-        let qb = g.geti(&s_qb)?;
-        let in_range = if lpt {
-            g.icmp(IntPredicate::SGE, qb, zero)?
-        } else {
-            g.icmp(IntPredicate::SLT, qb, nq)?
-        };
-        g.cond_br(in_range, body, next_head)?;
-        g.b.position_at_end(next_head);
-        g.set(&s_hi, g.add(hi, one)?)?;
-        g.set(&s_qb, q_start)?;
-        g.br(head)?;
-        g.b.position_at_end(body);
-        let (mine, ok) = if lpt {
-            let m = g.sub(qb, lane)?;
-            (m, g.icmp(IntPredicate::SGE, m, zero)?)
-        } else {
-            let m = g.add(qb, lane)?;
-            (m, g.icmp(IntPredicate::SLT, m, nq)?)
-        };
-        let mine = g.selecti(ok, mine, qb)?;
-        let [first, end, ff, fe] = visit_range(hi, mine)?;
-        let visit = g.and(
-            ok,
-            g.and(
-                g.icmp(IntPredicate::SLE, first, jb)?,
-                g.icmp(IntPredicate::SLT, jb, end)?,
-            )?,
-        )?;
-        let ballot = warp_ballot(g, visit)?;
-        g.set(
-            &s_qb,
-            if lpt {
-                g.sub(qb, g.c32(32))?
+    let scan_warp =
+        |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+            let lane = g.and(c.tid, g.c32(31))?;
+            let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
+            g.set(&out.found, g.cbool(false))?;
+            let head = g.block("wscan_head");
+            let check = g.block("wscan_qblock");
+            let next_head = g.block("wscan_next_head");
+            let body = g.block("wscan_range");
+            let hit = g.block("wscan_hit");
+            let done = g.block("wscan_done");
+            g.br(head)?;
+            g.b.position_at_end(head);
+            let hi = g.geti(&s_hi)?;
+            g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
+            g.b.position_at_end(check);
+            let qb = g.geti(&s_qb)?;
+            let in_range = if lpt {
+                g.icmp(IntPredicate::SGE, qb, zero)?
             } else {
-                g.add(qb, g.c32(32))?
-            },
-        )?;
-        g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, hit, head)?;
-        g.b.position_at_end(hit);
-        let src = g
-            .call(
-                "llvm.cttz.i32",
-                Some(g.i32.into()),
-                &[ballot.into(), g.cbool(true).into()],
-            )?
-            .ok_or(LlvmError::Internal("cttz"))?
-            .into_int_value();
-        let qhit = if lpt {
-            g.sub(qb, src)?
-        } else {
-            g.add(qb, src)?
+                g.icmp(IntPredicate::SLT, qb, nq)?
+            };
+            g.cond_br(in_range, body, next_head)?;
+            g.b.position_at_end(next_head);
+            g.set(&s_hi, g.add(hi, one)?)?;
+            g.set(&s_qb, q_start)?;
+            g.br(head)?;
+            g.b.position_at_end(body);
+            let (mine, ok) = if lpt {
+                let m = g.sub(qb, lane)?;
+                (m, g.icmp(IntPredicate::SGE, m, zero)?)
+            } else {
+                let m = g.add(qb, lane)?;
+                (m, g.icmp(IntPredicate::SLT, m, nq)?)
+            };
+            let mine = g.selecti(ok, mine, qb)?;
+            let [first, end, ff, fe] = visit_range(tl, hi, mine)?;
+            let visit = g.and(
+                ok,
+                g.and(
+                    g.icmp(IntPredicate::SLE, first, tl.jb)?,
+                    g.icmp(IntPredicate::SLT, tl.jb, end)?,
+                )?,
+            )?;
+            let ballot = warp_ballot(g, visit)?;
+            g.set(
+                &s_qb,
+                if lpt {
+                    g.sub(qb, g.c32(32))?
+                } else {
+                    g.add(qb, g.c32(32))?
+                },
+            )?;
+            g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, hit, head)?;
+            g.b.position_at_end(hit);
+            let src = g
+                .call(
+                    "llvm.cttz.i32",
+                    Some(g.i32.into()),
+                    &[ballot.into(), g.cbool(true).into()],
+                )?
+                .ok_or(LlvmError::Internal("cttz"))?
+                .into_int_value();
+            let qhit = if lpt {
+                g.sub(qb, src)?
+            } else {
+                g.add(qb, src)?
+            };
+            for (v, x) in [
+                (&out.hi, hi),
+                (&out.qb, qhit),
+                (&out.first, g.shfl_idx_i32(first, src)?),
+                (&out.end, g.shfl_idx_i32(end, src)?),
+                (&out.ff, g.shfl_idx_i32(ff, src)?),
+                (&out.fe, g.shfl_idx_i32(fe, src)?),
+            ] {
+                g.set(v, x)?;
+            }
+            g.set(&out.found, g.cbool(true))?;
+            g.br(done)?;
+            g.b.position_at_end(done);
+            Ok(())
         };
-        for (v, x) in [
-            (&out.hi, hi),
-            (&out.qb, qhit),
-            (&out.first, g.shfl_idx_i32(first, src)?),
-            (&out.end, g.shfl_idx_i32(end, src)?),
-            (&out.ff, g.shfl_idx_i32(ff, src)?),
-            (&out.fe, g.shfl_idx_i32(fe, src)?),
-        ] {
-            g.set(v, x)?;
-        }
-        g.set(&out.found, g.cbool(true))?;
-        g.br(done)?;
-        g.b.position_at_end(done);
-        Ok(())
-    };
-    let scan = |hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
-        if wscan {
-            scan_warp(hi0, qb0, out)
-        } else {
-            scan_one(hi0, qb0, out)
-        }
-    };
+    let scan =
+        |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
+            if wscan {
+                scan_warp(tl, hi0, qb0, out)
+            } else {
+                scan_one(tl, hi0, qb0, out)
+            }
+        };
 
     let row_stats = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
     let load_q = |h: IntValue<'ctx>, qb: IntValue<'ctx>, buf: IntValue<'ctx>| {
         load_q_block(g, a, &c, &t, opts, row_stats, threads, (h, qb), buf)
     };
-    let head_of =
-        |v: &Visit<'ctx>| -> R<IntValue<'ctx>> { g.add(g.mul(hk, group)?, g.geti(&v.hi)?) };
+    let head_of = |tl: &Tile<'ctx>, v: &Visit<'ctx>| -> R<IntValue<'ctx>> {
+        g.add(g.mul(tl.hk, group)?, g.geti(&v.hi)?)
+    };
 
     let is_t0 = g.icmp(IntPredicate::EQ, c.tid, zero)?;
     // OrderedBulk: the dQ slots and their mbarriers (full: the math warps wrote the part;
@@ -736,18 +821,26 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let is_producer = g.icmp(IntPredicate::EQ, writer_slot, g.c32(PRODUCER_WARP as i64))?;
             g.if_then(is_producer, || {
                 let lane = g.and(wt, g.c32(31))?;
-                let walk = (&scan as Scan<'_, 'ctx>, q_start, &q_step as &dyn Fn(_) -> _);
-                produce(
-                    g,
-                    &c,
-                    &t,
-                    opts,
-                    a,
-                    walk,
-                    &head_of,
-                    (&q_full, &q_empty),
-                    lane,
-                )
+                let (pv, pn) = (Visit::new(g)?, g.var(g.i32, zero)?);
+                for_tiles(&|tl| {
+                    let scan_t = |h, q, v: &Visit<'ctx>| scan(tl, h, q, v);
+                    let walk = (
+                        &scan_t as Scan<'_, 'ctx>,
+                        q_start,
+                        &q_step as &dyn Fn(_) -> _,
+                    );
+                    produce(
+                        g,
+                        &c,
+                        &t,
+                        opts,
+                        a,
+                        walk,
+                        (tl.b, &|v: &Visit<'ctx>| head_of(tl, v)),
+                        (&q_full, &q_empty),
+                        (lane, &pv, &pn),
+                    )
+                })
             })?;
         }
         // bwd_wscan: the writer warp(s) search together, lane 0 adds
@@ -763,70 +856,73 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(is_writer, || {
             let wv = Visit::new(g)?;
             let wn = g.var(g.i32, zero)?;
-            scan(zero, q_start, &wv)?;
-            let head = g.block("writer_head");
-            let body = g.block("writer_tile");
-            let done = g.block("writer_done");
-            g.br(head)?;
-            g.b.position_at_end(head);
-            g.cond_br(g.geti(&wv.found)?, body, done)?;
-            g.b.position_at_end(body);
-            let n = g.geti(&wn)?;
-            let (sl, ph) = slot_of(n)?;
-            let add_tile = || -> R<()> {
-                g.mbar_wait(bar_full(sl)?, ph)?;
-                let h = head_of(&wv)?;
-                let qb = g.geti(&wv.qb)?;
-                let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
-                let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
-                if free {
-                    // bwd_dq_free: no turn to wait for; DqAccum was zeroed, every part adds
+            for_tiles(&|tl| {
+                scan(tl, zero, q_start, &wv)?;
+                let head = g.block("writer_head");
+                let body = g.block("writer_tile");
+                let done = g.block("writer_done");
+                g.br(head)?;
+                g.b.position_at_end(head);
+                g.cond_br(g.geti(&wv.found)?, body, done)?;
+                g.b.position_at_end(body);
+                let n = g.geti(&wn)?;
+                let (sl, ph) = slot_of(n)?;
+                let add_tile = || -> R<()> {
+                    g.mbar_wait(bar_full(sl)?, ph)?;
+                    let h = head_of(tl, &wv)?;
+                    let qb = g.geti(&wv.qb)?;
+                    let tile = g.add(g.mul(g.add(g.mul(tl.b, c.hq)?, h)?, nq)?, qb)?;
+                    let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+                    if free {
+                        // bwd_dq_free: no turn to wait for; DqAccum was zeroed, every part adds
+                        let dst = addr_of(
+                            g,
+                            accum,
+                            tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
+                        )?;
+                        let src = g.smem_addr32(slot_addr(sl)?)?;
+                        g.bulk_store_or_add_f32(dst, src, tile_bytes, zero)?;
+                        g.bulk_wait(true, 0)?;
+                        return g.mbar_arrive(bar_empty(sl)?);
+                    }
+                    // descending kv blocks, as Ordered
+                    let rank = rank_of(tl, g.geti(&wv.first)?, g.geti(&wv.end)?)?;
+                    g.spin_until_eq(sem_addr, rank)?;
+                    g.fence_proxy_async_global()?;
                     let dst = addr_of(
                         g,
                         accum,
-                        tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+                        tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
                     )?;
                     let src = g.smem_addr32(slot_addr(sl)?)?;
-                    g.bulk_store_or_add_f32(dst, src, tile_bytes, zero)?;
+                    let store =
+                        g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
+                    // the first adder stores: DqAccum needs no zeroing
+                    g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
                     g.bulk_wait(true, 0)?;
-                    return g.mbar_arrive(bar_empty(sl)?);
+                    g.mbar_arrive(bar_empty(sl)?)?;
+                    // the addition done (its writes performed), the next kv block's turn
+                    g.bulk_wait(false, 0)?;
+                    g.fence_proxy_async_global()?;
+                    g.release_inc(sem_addr)
+                };
+                let mine = if early {
+                    g.icmp(IntPredicate::EQ, sl, writer_slot)?
+                } else {
+                    g.cbool(true)
+                };
+                let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
+                if early || wscan {
+                    g.if_then(mine, add_tile)?;
+                } else {
+                    add_tile()?;
                 }
-                // descending kv blocks, as Ordered
-                let rank = rank_of(g.geti(&wv.first)?, g.geti(&wv.end)?)?;
-                g.spin_until_eq(sem_addr, rank)?;
-                g.fence_proxy_async_global()?;
-                let dst = addr_of(
-                    g,
-                    accum,
-                    tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
-                )?;
-                let src = g.smem_addr32(slot_addr(sl)?)?;
-                let store =
-                    g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
-                // the first adder stores: DqAccum needs no zeroing
-                g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
-                g.bulk_wait(true, 0)?;
-                g.mbar_arrive(bar_empty(sl)?)?;
-                // the addition done (its writes performed), the next kv block's turn
-                g.bulk_wait(false, 0)?;
-                g.fence_proxy_async_global()?;
-                g.release_inc(sem_addr)
-            };
-            let mine = if early {
-                g.icmp(IntPredicate::EQ, sl, writer_slot)?
-            } else {
-                g.cbool(true)
-            };
-            let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
-            if early || wscan {
-                g.if_then(mine, add_tile)?;
-            } else {
-                add_tile()?;
-            }
-            g.set(&wn, g.add(n, one)?)?;
-            scan(g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
-            g.br(head)?;
-            g.b.position_at_end(done);
+                g.set(&wn, g.add(n, one)?)?;
+                scan(tl, g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
+                g.br(head)?;
+                g.b.position_at_end(done);
+                Ok(())
+            })?;
             if free {
                 // the unordered additions' writes, done before the CTA ends
                 g.bulk_wait(false, 0)?;
@@ -854,10 +950,57 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let pending = g.var(g.i1, g.cbool(false))?;
     let pending_sem = g.var(g.i64, g.c64(0))?;
 
-    t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
-    t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, zero)?;
-    g.cp_async_commit()?;
-    scan(zero, q_start, &cur)?;
+    let load_kv = |tl: &Tile<'ctx>| -> R<()> {
+        let rows = g.sub(c.lkv, tl.kv0)?;
+        t.k.load_async(g, c.tid, threads, tl.kbase, tl.kv0, rows, zero)?;
+        let rows = g.sub(c.lkv, tl.kv0)?;
+        t.v.load_async(g, c.tid, threads, tl.vbase, tl.kv0, rows, zero)?;
+        g.cp_async_commit()
+    };
+    // bwd_persist: the loop over the CTA's tiles (the first tile's K and V copied before
+    // it, each next tile's by the last)
+    let tile_loop = match ntiles {
+        Some(nt) => {
+            if cap.is_some() {
+                return Err(LlvmError::Unsupported(
+                    "fused dQ with persistent CTAs (bwd_persist): capture gradients".into(),
+                ));
+            }
+            let t0 = g.ctaid('x')?;
+            g.if_then(g.icmp(IntPredicate::ULT, t0, nt)?, || {
+                load_kv(&tile_at(t0)?)
+            })?;
+            let tv = g.var(g.i32, t0)?;
+            let head = g.block("math_tiles");
+            let work = g.block("math_tile");
+            let done = g.block("math_tiles_done");
+            g.br(head)?;
+            g.b.position_at_end(done);
+            g.b.build_return(None)?;
+            g.b.position_at_end(head);
+            let tn = g.geti(&tv)?;
+            g.cond_br(g.icmp(IntPredicate::ULT, tn, nt)?, work, done)?;
+            g.b.position_at_end(work);
+            Some((tv, tn, head, nt))
+        }
+        None => None,
+    };
+    let tl = match tile_loop {
+        Some((_, tn, ..)) => {
+            let tl = tile_at(tn)?;
+            for x in dk.iter().chain(&dv).flatten() {
+                g.set(x, g.cf(0.0))?;
+            }
+            tl
+        }
+        None => {
+            load_kv(&top)?;
+            top
+        }
+    };
+    let (kv0, kv_tail, jb) = (tl.kv0, tl.kv_tail, tl.jb);
+    let tl = &tl;
+    scan(tl, zero, q_start, &cur)?;
     let lp = g.block("q_loop");
     let epi = g.block("dkdv_dq_end");
     let pre = g.block("dkdv_dq_prologue");
@@ -869,7 +1012,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.fence_proxy_async()?;
         bar()?;
     } else {
-        load_q(head_of(&cur)?, g.geti(&cur.qb)?, zero)?;
+        load_q(head_of(tl, &cur)?, g.geti(&cur.qb)?, zero)?;
     }
     g.br(lp)?;
 
@@ -879,7 +1022,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let end = g.geti(&cur.end)?;
     let ff = g.geti(&cur.ff)?;
     let fe = g.geti(&cur.fe)?;
-    let h = head_of(&cur)?;
+    let h = head_of(tl, &cur)?;
     // bwd_tma: this visit's buffer (the producer's ring slot)
     let (q_sl, q_ph) = if tma {
         ring_slot(g, g.geti(&mn)?)?
@@ -938,10 +1081,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         None
     };
-    scan(hi, q_step(qb)?, &nxt)?;
+    scan(tl, hi, q_step(qb)?, &nxt)?;
     let has_next = g.geti(&nxt.found)?;
     if !tma {
-        g.if_then(has_next, || load_q(head_of(&nxt)?, g.geti(&nxt.qb)?, other))?;
+        g.if_then(has_next, || {
+            load_q(head_of(tl, &nxt)?, g.geti(&nxt.qb)?, other)
+        })?;
     }
 
     let q0 = g.mul(qb, g.c32(br as i64))?;
@@ -969,7 +1114,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         sd,
         env: &c.env,
         scale: c.scale,
-        b: c.b,
+        b: tl.b,
         h,
         lq: c.lq,
         lkv: c.lkv,
@@ -1020,10 +1165,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
     };
     g.fence_proxy_async()?;
-    let tile = g.add(g.mul(g.add(g.mul(c.b, c.hq)?, h)?, nq)?, qb)?;
+    let tile = g.add(g.mul(g.add(g.mul(tl.b, c.hq)?, h)?, nq)?, qb)?;
     let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
     // descending kv blocks: the last kv block of the q block's range adds first
-    let rank = rank_of(g.geti(&cur.first)?, end)?;
+    let rank = rank_of(tl, g.geti(&cur.first)?, end)?;
     // this tile's turn, before the barrier that publishes dS (measured on an H200: waiting
     // after issuing the products instead, behind a second barrier, was 4-9% slower)
     if ordered {
@@ -1046,7 +1191,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let base = addr_of(
         g,
         accum,
-        tile_offset(g, (c.b, c.hq, h), nq, qb, tile_bytes)?,
+        tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
     )?;
     // this thread's 16 bytes of n8 column group `ng` in its warp's m16 row group (q tiles
     // of 128: warp w of the math warps holds dQ rows 16 w .., both warpgroups' rows)
@@ -1246,6 +1391,21 @@ pub(super) fn dkdv_dq_body<'ctx>(
     g.cond_br(has_next, lp, epi)?;
 
     g.b.position_at_end(epi);
+    if let Some((tv, tn, head, nt)) = tile_loop {
+        // every math warp has done with K and V (its products completed): the next
+        // tile's copies, then this tile's dK and dV stores, under them
+        let next = g.add(tn, g.nctaid('x')?)?;
+        // (a tile without visits has not waited for its own copies)
+        g.cp_async_wait(0)?;
+        bar()?;
+        g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
+            load_kv(&tile_at(next)?)
+        })?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        g.set(&tv, next)?;
+        g.br(head)?;
+        return Ok(());
+    }
     g.cp_async_wait(0)?;
     if ordered {
         g.barrier()?;
@@ -1257,7 +1417,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     }
     let store = g.block("dkdv_store");
     g.br(store)?;
-    dkdv_epilogue(g, opts, &c, a, hk, kv0, &dk, &dv, store)
+    dkdv_epilogue(g, opts, &c, a, tl.hk, kv0, &dk, &dv, store)
 }
 
 /// The visit's (mbarrier) slot and phase: visit `n` uses buffer `n % 2` in its
@@ -1284,16 +1444,14 @@ fn produce<'ctx>(
     o: &PtxOptions,
     a: &Args<'_, 'ctx>,
     (scan, q_start, q_step): (Scan<'_, 'ctx>, IntValue<'ctx>, Step<'_, 'ctx>),
-    head_of: &dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>,
+    (b, head_of): (IntValue<'ctx>, &dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>),
     (q_full, q_empty): (BarOf<'_, 'ctx>, BarOf<'_, 'ctx>),
-    lane: IntValue<'ctx>,
+    (lane, pv, pn): (IntValue<'ctx>, &Visit<'ctx>, &Var<'ctx>),
 ) -> R<()> {
     let (zero, one) = (g.c32(0), g.c32(1));
     let br = o.q_block;
     let (l2p, dlp) = (a.ptr(KernelParam::Lse2)?, a.ptr(KernelParam::Delta)?);
-    let pv = Visit::new(g)?;
-    let pn = g.var(g.i32, zero)?;
-    scan(zero, q_start, &pv)?;
+    scan(zero, q_start, pv)?;
     let head = g.block("producer_head");
     let body = g.block("producer_visit");
     let done = g.block("producer_done");
@@ -1301,12 +1459,12 @@ fn produce<'ctx>(
     g.b.position_at_end(head);
     g.cond_br(g.geti(&pv.found)?, body, done)?;
     g.b.position_at_end(body);
-    let n = g.geti(&pn)?;
+    let n = g.geti(pn)?;
     let (sl, ph) = ring_slot(g, n)?;
     g.mbar_wait(q_empty(sl)?, g.xor(ph, one)?)?;
-    let h = head_of(&pv)?;
+    let h = head_of(pv)?;
     let q0 = g.mul(g.geti(&pv.qb)?, g.c32(br as i64))?;
-    let slice = g.add(g.mul(c.b, c.hq)?, h)?;
+    let slice = g.add(g.mul(b, c.hq)?, h)?;
     let bufo = g.mul(sl, g.c32(t.buf as i64))?;
     for k in 0..br / 32 {
         let i = g.add(lane, g.c32(32 * k as i64))?;
@@ -1346,8 +1504,8 @@ fn produce<'ctx>(
     g.mbar_arrive(q_full(sl)?)?;
     g.br(next_bb)?;
     g.b.position_at_end(next_bb);
-    g.set(&pn, g.add(n, one)?)?;
-    scan(g.geti(&pv.hi)?, q_step(g.geti(&pv.qb)?)?, &pv)?;
+    g.set(pn, g.add(n, one)?)?;
+    scan(g.geti(&pv.hi)?, q_step(g.geti(&pv.qb)?)?, pv)?;
     g.br(head)?;
     g.b.position_at_end(done);
     Ok(())
