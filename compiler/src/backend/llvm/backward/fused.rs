@@ -115,6 +115,21 @@
 //!   part adds): what the ordered chain costs (H200, B2 H16 L8192 D128, whole backward
 //!   TFLOP/s ordered / free: dense 531.6 / 552.9, causal 466.3 / 472.0; D64 B4 H16 L4096
 //!   dense 393.5 / 392.3, causal 312.2 / 318.2).
+//!   `bwd_persist` (with `bwd_tma`, off; measured below): `min(kv tiles, SMs)` CTAs
+//!   (`GridDim::KvPersistent`, the batch count a parameter), each taking the kv tiles
+//!   (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` numbered in the order of
+//!   the grid without it; the producer, the writer warp(s) and the math warps each loop
+//!   over them, their visit counts (ring and slot phases) running on across tiles. After
+//!   a tile's last visit the math warps meet at their barrier, copy the next tile's K and
+//!   V and store this tile's dK and dV under the copies; the producer loads the next
+//!   tile's first Q/dO as soon as a buffer is free and the writer adds the last tile's
+//!   parts under the next tile. A tile waits only for tiles of lower index (a CTA takes
+//!   its tiles in increasing order and every CTA is resident), so no deadlock. Measured
+//!   on an H200 (bf16, one call, kernel bench, TFLOP/s default / persistent): D128
+//!   sliding 1024 284.7 / 284.5, document + causal 214.7 / 186.5; D64 193.5 / 193.2,
+//!   100.6 / 90.6: a CTA's prologue, epilogue and the writer's drain are not what a
+//!   sliding window's short CTAs lose, and the static tile order loses the hardware's
+//!   balancing on documents (docs/performance.md, "GPU backward", session 11).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
@@ -1429,6 +1444,7 @@ fn ring_slot<'ctx>(g: &Gpu<'ctx>, n: IntValue<'ctx>) -> R<(IntValue<'ctx>, IntVa
 type Scan<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>, IntValue<'ctx>, &Visit<'ctx>) -> R<()>;
 type BarOf<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>) -> R<IntValue<'ctx>>;
 type Step<'a, 'ctx> = &'a dyn Fn(IntValue<'ctx>) -> R<IntValue<'ctx>>;
+type HeadOf<'a, 'ctx> = &'a dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>;
 
 /// [`PtxOptions::bwd_tma`]: the producer warp (`PRODUCER_WARP` of the writer warpgroup)
 /// walks the math warps' visits and, per visit `n` (buffer `n % 2`): waits `empty` (the
@@ -1444,7 +1460,7 @@ fn produce<'ctx>(
     o: &PtxOptions,
     a: &Args<'_, 'ctx>,
     (scan, q_start, q_step): (Scan<'_, 'ctx>, IntValue<'ctx>, Step<'_, 'ctx>),
-    (b, head_of): (IntValue<'ctx>, &dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>),
+    (b, head_of): (IntValue<'ctx>, HeadOf<'_, 'ctx>),
     (q_full, q_empty): (BarOf<'_, 'ctx>, BarOf<'_, 'ctx>),
     (lane, pv, pn): (IntValue<'ctx>, &Visit<'ctx>, &Var<'ctx>),
 ) -> R<()> {
