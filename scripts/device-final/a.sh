@@ -12,7 +12,8 @@ for b in $B/*; do n=$(basename $b); case $n in
   # session 10's warp-specialized path was cut at 240 s beside the others (4 of 21 tests not reached)
   gpu) TG=$((T + 120)); ATTNC_GPU_MMA=sync run gpu_sync timeout $TG $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $TG $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $TG $b;;
   gpu_random) ATTNC_CASES=${CASES:-15} run gpu_random timeout $T $b;;
-  gpu_backward) run gpu_backward timeout $T $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $T $b
+  # gpu_backward: 12 tests since session 11; cut at 140 s beside the others after 9 (the other 3 took 5 s alone)
+  gpu_backward) run gpu_backward timeout $((T + 60)) $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $((T + 60)) $b
     run racecheck_bwd_fused timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize
     ATTNC_BWD_TEST_CFG=wg64x128o run racecheck_bwd_ordered timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize;;
   # gpu_decode: 13 tests since session 10 (the chunked prefill ones); cut at 220 s beside the
