@@ -6,7 +6,9 @@
 //! and [`PtxOptions`] standing for [`DecodeOptions`] ([`DecodeOptions::ptx_options`]).
 //! Out: the kind's `KernelSpec` (`spec`: entry, [`KernelParam`]s, grid rule, threads,
 //! shared memory) and PTX (`generate`, reached through `llvm::spec::generate`); or both
-//! kernels at once ([`emit_decode`] → [`DecodeKernels`], for tests and tools).
+//! kernels at once ([`emit_decode`] → [`DecodeKernels`], for tests and tools). The
+//! tensor-core kernels (`decode_mma.rs`) take their spec and pipeline from here too
+//! (`check_dv`, `decode_spec`, `generate_spec`).
 //!
 //! Decode kernel, grid `(splits, Hkv * row_groups, B)`, [`THREADS`] threads:
 //! ```text
@@ -229,12 +231,7 @@ pub(crate) fn spec(
         KernelKind::DecodeCombine if MMA_ROWS.contains(&d.rows) => {}
         _ => d.validate()?,
     }
-    if opts.dv != opts.d {
-        return Err(LlvmError::Unsupported(format!(
-            "decode kernel with D = {} and Dv = {}: needs D = Dv",
-            opts.d, opts.dv
-        )));
-    }
+    check_dv(opts)?;
     let name = super::sanitize(&p.name);
     let (entry, params, grid, smem_bytes) = match kind {
         KernelKind::Decode => (
@@ -251,19 +248,51 @@ pub(crate) fn spec(
         ),
         _ => return Err(LlvmError::Internal("not a decode kernel kind")),
     };
-    Ok(KernelSpec {
+    Ok(decode_spec(
+        kind,
+        entry,
+        opts,
+        params,
+        grid,
+        (0, THREADS, smem_bytes),
+    ))
+}
+
+/// Every decode kernel needs D = Dv.
+pub(super) fn check_dv(opts: &PtxOptions) -> Result<(), LlvmError> {
+    if opts.dv != opts.d {
+        return Err(LlvmError::Unsupported(format!(
+            "decode kernel with D = {} and Dv = {}: needs D = Dv",
+            opts.d, opts.dv
+        )));
+    }
+    Ok(())
+}
+
+/// The [`KernelSpec`] of a decode kind (this module's kernels and `decode_mma.rs`'s):
+/// `opts.q_block` rows per CTA, the host's reachable ranges as kv source
+/// ([`KvBounds::Table`]); `(kv_block, threads, smem_bytes)` the kernel's own.
+pub(super) fn decode_spec(
+    kind: KernelKind,
+    entry: String,
+    opts: &PtxOptions,
+    params: Vec<DecodeParam>,
+    grid: [GridDim; 3],
+    (kv_block, threads, smem_bytes): (u32, u32, u32),
+) -> KernelSpec {
+    KernelSpec {
         kind,
         entry,
         options: *opts,
-        q_block: d.rows,
-        kv_block: 0,
-        threads: THREADS,
+        q_block: opts.q_block,
+        kv_block,
+        threads,
         smem_bytes,
         params,
         grid,
         kv_bounds: KvBounds::Table,
         table_skip: None,
-    })
+    }
 }
 
 /// Generates a decode kind: its [`spec`] and PTX (LLVM IR text with
@@ -275,9 +304,29 @@ pub(crate) fn generate(
     text: EmitText,
 ) -> Result<(PtxKernel, EmitTimes), LlvmError> {
     let spec = spec(program, kind, opts)?;
+    generate_spec(program, spec, text, |ctx, module, d, spec| match kind {
+        KernelKind::Decode => build_decode(ctx, module, program, d, &spec.params, &spec.entry),
+        _ => build_combine(ctx, module, d, &spec.params, &spec.entry),
+    })
+}
+
+/// Generates the decode kind of `spec` (this module's kernels and `decode_mma.rs`'s):
+/// `program` verified, `build` (the kernel's body, given the [`DecodeOptions`] of
+/// `spec.options`) run through [`DECODE_PASSES`] for the PTX target of the options'
+/// matrix path (mma.sync needs nothing past sm_80).
+pub(super) fn generate_spec(
+    program: &Program,
+    spec: KernelSpec,
+    text: EmitText,
+    build: impl for<'ctx> FnOnce(
+        &'ctx Context,
+        Module<'ctx>,
+        &DecodeOptions,
+        &KernelSpec,
+    ) -> R<Module<'ctx>>,
+) -> Result<(PtxKernel, EmitTimes), LlvmError> {
     crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
-    let d = DecodeOptions::from_ptx(opts);
-    // the PTX target of these options' matrix path (mma.sync needs nothing past sm_80)
+    let d = DecodeOptions::from_ptx(&spec.options);
     let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
     let (ptx, llvm_ir, times) = super::run_pipeline(
         program,
@@ -285,10 +334,7 @@ pub(crate) fn generate(
         &spec.entry,
         DECODE_PASSES,
         text,
-        |ctx, module| match kind {
-            KernelKind::Decode => build_decode(ctx, module, program, &d, &spec.params, &spec.entry),
-            _ => build_combine(ctx, module, &d, &spec.params, &spec.entry),
-        },
+        |ctx, module| build(ctx, module, &d, &spec),
     )?;
     Ok((PtxKernel { spec, ptx, llvm_ir }, times))
 }

@@ -45,9 +45,9 @@
 
 use super::cta::Args;
 use super::decode::{
-    DECODE_PASSES, DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, declare,
-    decode_env, decode_params, finite_or_zero, let_combine_start, merge_partials, split_keys_from,
-    with_combine,
+    DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, check_dv, declare,
+    decode_env, decode_params, decode_spec, finite_or_zero, generate_spec, let_combine_start,
+    merge_partials, split_keys_from, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -59,7 +59,6 @@ use super::{
 };
 use crate::backend::KernelKind;
 use crate::ir::Program;
-use crate::plan::KvBounds;
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::values::{FloatValue, IntValue, PointerValue};
@@ -162,12 +161,7 @@ pub(crate) fn spec(
 ) -> Result<KernelSpec, LlvmError> {
     let d = DecodeOptions::from_ptx(opts);
     validate(&d)?;
-    if opts.dv != opts.d {
-        return Err(LlvmError::Unsupported(format!(
-            "decode kernel with D = {} and Dv = {}: needs D = Dv",
-            opts.d, opts.dv
-        )));
-    }
+    check_dv(opts)?;
     let fused = match kind {
         KernelKind::DecodeMma => false,
         KernelKind::DecodeMmaFused => true,
@@ -177,23 +171,19 @@ pub(crate) fn spec(
     if fused {
         params.extend([DecodeParam::O, DecodeParam::Lse, DecodeParam::DecodeSem]);
     }
-    Ok(KernelSpec {
+    let entry = format!(
+        "attnc_decode_mma{}_{}",
+        if fused { "_fused" } else { "" },
+        super::sanitize(&p.name)
+    );
+    Ok(decode_spec(
         kind,
-        entry: format!(
-            "attnc_decode_mma{}_{}",
-            if fused { "_fused" } else { "" },
-            super::sanitize(&p.name)
-        ),
-        options: *opts,
-        q_block: d.rows,
-        kv_block: KV_TILE,
-        threads: THREADS,
-        smem_bytes: smem_bytes(&d),
+        entry,
+        opts,
         params,
-        grid: [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
-        kv_bounds: KvBounds::Table,
-        table_skip: None,
-    })
+        [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
+        (KV_TILE, THREADS, smem_bytes(&d)),
+    ))
 }
 
 /// Generates [`KernelKind::DecodeMma`] or [`KernelKind::DecodeMmaFused`]: its [`spec`] and
@@ -205,19 +195,10 @@ pub(crate) fn generate(
     text: EmitText,
 ) -> Result<(PtxKernel, EmitTimes), LlvmError> {
     let spec = spec(program, kind, opts)?;
-    crate::ir::verify_program(program).map_err(|e| LlvmError::Unsupported(e.to_string()))?;
-    let d = DecodeOptions::from_ptx(opts);
-    let popts = PtxOptions::new(d.arch, d.d, d.d, d.input);
     let fused = kind == KernelKind::DecodeMmaFused;
-    let (ptx, llvm_ir, times) = super::run_pipeline(
-        program,
-        &popts,
-        &spec.entry,
-        DECODE_PASSES,
-        text,
-        |ctx, module| build(ctx, module, program, &d, &spec.params, &spec.entry, fused),
-    )?;
-    Ok((PtxKernel { spec, ptx, llvm_ir }, times))
+    generate_spec(program, spec, text, |ctx, module, d, spec| {
+        build(ctx, module, program, d, &spec.params, &spec.entry, fused)
+    })
 }
 
 /// The tensor-core decode kernel and its combine kernel (tests and tools).
