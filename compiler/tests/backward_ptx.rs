@@ -570,3 +570,69 @@ fn fused_persist_kernels() {
     };
     assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
 }
+
+/// `PtxOptions::bwd_stmatrix` on the binding's fused kernel (D64 and D128: dense, causal,
+/// a sliding window, ALiBi + causal, soft-cap): deterministic, dSᵀ stored with
+/// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (Br / 16 per thread and store site instead
+/// of the default's Br / 4 `st.shared.b32`) and L2/Delta pairs through one
+/// `ld.shared.v2.b32` each instead of two `ld.shared.b32`; the default emits neither. The stores' addresses are checked against the default's in
+/// the fused module's unit test `stmatrix_ds_stores_match_pair_stores`.
+/// `ATTNC_BWD_PTX_DIR=dir` writes both dK/dV kernels there (for `ptxas -v`).
+#[test]
+fn fused_stmatrix_kernels() {
+    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("sliding_window", "sliding_window"),
+            ("alibi_causal", "alibi_causal"),
+            ("softcap", "softcap"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            let o = PtxOptions {
+                bwd_stmatrix: true,
+                ..def
+            };
+            assert_ne!(o.key(), def.key());
+            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+            let plain = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
+            let tag = format!("{name} D{d}");
+            assert_eq!(a.ptx, b.ptx, "{tag}: PTX differs between two runs");
+            if let Some(dir) = &dir {
+                std::fs::write(format!("{dir}/stmatrix_d{d}_{name}_bwd_dkdv.ptx"), &a.ptx).unwrap();
+                std::fs::write(format!("{dir}/stmdef_d{d}_{name}_bwd_dkdv.ptx"), &plain.ptx)
+                    .unwrap();
+            }
+            let stm = "stmatrix.sync.aligned.m8n8.x4.shared.b16";
+            let (n, n0) = (count(&a.ptx, stm), count(&plain.ptx, stm));
+            println!(
+                "{tag}: q tile {}, stmatrix {n}, st.shared.b32 {} (default {}), ld.shared.v2.b32 {} (default {}), ld.shared.b32 {} (default {})",
+                def.q_block,
+                count(&a.ptx, "st.shared.b32"),
+                count(&plain.ptx, "st.shared.b32"),
+                count(&a.ptx, "ld.shared.v2.b32"),
+                count(&plain.ptx, "ld.shared.v2.b32"),
+                count(&a.ptx, "ld.shared.b32"),
+                count(&plain.ptx, "ld.shared.b32"),
+            );
+            assert_eq!(n0, 0, "{tag}");
+            let per_site = (def.q_block / 16) as usize;
+            assert!(n > 0 && n % per_site == 0, "{tag}: {n} stmatrix");
+            // each stmatrix replaces 4 per-pair stores, each v2 load 2 loads
+            let st = count(&plain.ptx, "st.shared.b32") - count(&a.ptx, "st.shared.b32");
+            assert_eq!(st, 4 * n, "{tag}");
+            let v2 = count(&a.ptx, "ld.shared.v2.b32") - count(&plain.ptx, "ld.shared.v2.b32");
+            let ld = count(&plain.ptx, "ld.shared.b32") - count(&a.ptx, "ld.shared.b32");
+            assert!(
+                v2 > 0 && ld == 2 * v2,
+                "{tag}: {v2} v2 loads, {ld} fewer loads"
+            );
+        }
+    }
+}

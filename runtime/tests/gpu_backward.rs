@@ -1004,9 +1004,18 @@ fn test_options(
 /// on persistent CTAs (`PtxOptions::bwd_persist`), e.g. `wg64x128btws`. `default+u`: the
 /// binding's options with unordered bulk dQ additions (`PtxOptions::bwd_dq_free`, not
 /// deterministic); `default-s`: without the visit search under Sᵀ and dPᵀ
-/// (`PtxOptions::bwd_scan_under`, the D64 default).
+/// (`PtxOptions::bwd_scan_under`, the D64 default). A trailing `+x` on any entry
+/// (`default+x`, `default+u+x`, `wg64x128bt+x`) stores the fused kernel's dSᵀ with
+/// `stmatrix` and loads its L2/Delta pairs with `ld.shared.v2` (`PtxOptions::bwd_stmatrix`).
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
+    // `+x`: dSᵀ through stmatrix, L2/Delta through ld.shared.v2 (`bwd_stmatrix`)
+    if let Some(rest) = cfg.strip_suffix("+x") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_stmatrix: true,
+            ..o
+        });
+    }
     // `default+u`: with unordered bulk additions (`bwd_dq_free`); `default-s`: without the
     // search under Sᵀ and dPᵀ (`bwd_scan_under`)
     match cfg {

@@ -529,6 +529,45 @@ impl<'ctx> Gpu<'ctx> {
         }
         Ok(out)
     }
+    /// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (sm_90): four 8x8 matrices of 16-bit
+    /// elements, lane `l` giving the (16-byte aligned) address of row `l % 8` of matrix
+    /// `l / 8`; register `m` of lane `l` holds matrix `m`'s elements (row `l / 4`, columns
+    /// `2 (l % 4)` in the low and `2 (l % 4) + 1` in the high 16 bits): the inverse of
+    /// [`Self::ldmatrix_x4`] without `.trans`, the accumulator fragments' layout.
+    pub fn stmatrix_x4(&self, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
+        self.call(
+            "llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.b16.p3",
+            None,
+            &[
+                addr.into(),
+                r[0].into(),
+                r[1].into(),
+                r[2].into(),
+                r[3].into(),
+            ],
+        )?;
+        Ok(())
+    }
+    /// Two f32 at byte offset `off` (8-byte aligned) of the dynamic shared memory, one
+    /// `ld.shared.v2.f32`.
+    pub fn ld_shared_v2(&self, off: IntValue<'ctx>) -> R<[FloatValue<'ctx>; 2]> {
+        let ld = self
+            .b
+            .build_load(self.f32.vec_type(2), self.smem_at(off)?, "")?;
+        ld.as_instruction_value()
+            .ok_or(LlvmError::Internal("load"))?
+            .set_alignment(8)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+        let v = ld.into_vector_value();
+        Ok([
+            self.b
+                .build_extract_element(v, self.c32(0), "")?
+                .into_float_value(),
+            self.b
+                .build_extract_element(v, self.c32(1), "")?
+                .into_float_value(),
+        ])
+    }
     /// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`: `c + a * b`.
     pub fn mma(
         &self,

@@ -345,6 +345,15 @@ pub struct PtxOptions {
     /// bf16, whole backward: dense 1.04x, causal 1.01x; D64 1.00x / 1.02x). Off by
     /// default (the kernel bench's `default+u`); other kinds ignore it.
     pub bwd_dq_free: bool,
+    /// The fused backward (`backward/fused.rs`): the math warps store dSᵀ into its
+    /// 128-byte-swizzled tile with `stmatrix.sync.aligned.m8n8.x4.shared.b16` (one
+    /// instruction per 16 q columns per thread instead of four `st.shared.b32`; the same
+    /// bytes at the same addresses) and load the per-row L2 and Delta pairs with
+    /// `ld.shared.v2.f32` (half the loads). Fewer instructions in the math warps' visit
+    /// (what limits the kernel: docs/performance.md, session 11 (bwd)). Off by default:
+    /// NOT yet run on a GPU (session 11, bwd3); the kernel bench's `+x`; other kinds
+    /// ignore it.
+    pub bwd_stmatrix: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -441,6 +450,7 @@ impl PtxOptions {
             bwd_wg_dq: false,
             bwd_scan_under: false,
             bwd_dq_free: false,
+            bwd_stmatrix: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -678,6 +688,11 @@ impl PtxOptions {
                 ""
             }
             + if self.bwd_dq_free { " bwd-dq-free" } else { "" }
+            + if self.bwd_stmatrix {
+                " bwd-stmatrix"
+            } else {
+                ""
+            }
             + if self.float_positions { " fpos" } else { "" }
             + &if self.decode_copy != 0 {
                 format!(" decode-copy={}", self.decode_copy)

@@ -115,6 +115,10 @@
 //!   part adds): what the ordered chain costs (H200, B2 H16 L8192 D128, whole backward
 //!   TFLOP/s ordered / free: dense 531.6 / 552.9, causal 466.3 / 472.0; D64 B4 H16 L4096
 //!   dense 393.5 / 392.3, causal 312.2 / 318.2).
+//!   `bwd_stmatrix` (off, NOT yet run on a GPU): dSᵀ stored with `stmatrix` (the same
+//!   bytes at the same addresses: `store_ds_stmatrix`, checked against the per-pair stores
+//!   in this module's tests) and L2/Delta pairs loaded with `ld.shared.v2`: fewer
+//!   instructions per visit (docs/performance.md, session 11 (bwd3)).
 //!   `bwd_persist` (with `bwd_tma`, off; measured below): `min(kv tiles, SMs)` CTAs
 //!   (`GridDim::KvPersistent`, the batch count a parameter), each taking the kv tiles
 //!   (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` numbered in the order of
@@ -379,6 +383,9 @@ fn store_ds<'ctx>(
     lane: IntValue<'ctx>,
     ds: &Acc<'ctx>,
 ) -> R<()> {
+    if o.bwd_stmatrix {
+        return store_ds_stmatrix(g, o, (t, t_off), warp, lane, ds);
+    }
     // element (nt, i): row 16 warp + lane / 4 + 8 (i / 2), column 8 nt + 2 (lane % 4) + i % 2;
     // the row's swizzle is (lane / 4) % 8 = lane / 4 for both halves
     let r0 = g.add(g.mul(warp, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
@@ -399,6 +406,129 @@ fn store_ds<'ctx>(
         }
     }
     Ok(())
+}
+
+/// [`store_ds`] with [`PtxOptions::bwd_stmatrix`]: the same bytes at the same addresses
+/// through `stmatrix.sync.aligned.m8n8.x4.shared.b16`, one per pair `(2p, 2p + 1)` of n8
+/// column groups (Br / 16 per thread instead of Br / 4 `st.shared.b32`). The accumulator's
+/// element (nt, i) of lane l sits at row `8 (i / 2) + l / 4`, columns `8 nt + 2 (l % 4) +
+/// i % 2` of the warp's 16 x Br part: the 8x8 matrix (half `i / 2`, group `nt`) in
+/// stmatrix's non-transposed fragment order (row l / 4, columns 2 (l % 4), + 1; the low
+/// column in the low half, as [`Gpu::pack2`] packs). Matrix m of instruction p is (half
+/// m % 2, group 2p + m / 2), so register m is `pack2` of element pair `2 (m % 2)` of
+/// group `2p + m / 2`; lane l gives row `l % 8` of matrix `l / 8`: tile row `16 warp +
+/// 8 ((l / 8) % 2) + l % 8`, 16-byte chunk `(2p + l / 16) % 8` XOR the row's swizzle `l %
+/// 8` in slab `2p / 8` ([`ds_stmatrix_lane_offset`], checked against the per-pair stores
+/// for every lane and element in this module's tests).
+fn store_ds_stmatrix<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    (t, t_off): (&SmemTile, IntValue<'ctx>),
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    ds: &Acc<'ctx>,
+) -> R<()> {
+    // lane l: row 16 warp + 8 ((l / 8) % 2) + l % 8; x = (l / 16) ^ (l % 8): the chunk of
+    // pair p is (2p % 8) ^ x (2p even: 2p % 8 + l / 16 = (2p % 8) ^ (l / 16))
+    let rr = g.and(lane, g.c32(7))?;
+    let half = g.and(g.lshr(lane, g.c32(3))?, g.c32(1))?;
+    let row = g.add(g.add(g.mul(warp, g.c32(16))?, g.mul(half, g.c32(8))?)?, rr)?;
+    let x = g.xor(g.lshr(lane, g.c32(4))?, rr)?;
+    let base = g.add(
+        g.mul(row, g.c32(128))?,
+        g.add(t_off, g.c32(t.offset as i64))?,
+    )?;
+    for (p, pair) in ds.chunks(2).enumerate() {
+        let (a, b) = (&pair[0], &pair[1]);
+        let slab = (2 * p as u32 / 8) * t.rows * 128;
+        let chunk = g.xor(g.c32((2 * p as i64) % 8), x)?;
+        let off = g.add(g.add(base, g.c32(slab as i64))?, g.shl(chunk, g.c32(4))?)?;
+        let r = [
+            g.pack2(o.input, a[0], a[1])?,
+            g.pack2(o.input, a[2], a[3])?,
+            g.pack2(o.input, b[0], b[1])?,
+            g.pack2(o.input, b[2], b[3])?,
+        ];
+        g.stmatrix_x4(g.smem_at(off)?, r)?;
+    }
+    Ok(())
+}
+
+/// The byte offset in the dSᵀ tile (slabs `rows * 128` bytes apart) that lane `lane` of
+/// warp `warp` gives to the `p`-th `stmatrix` of [`store_ds_stmatrix`] (the same
+/// arithmetic on integers, for the tests).
+#[cfg(test)]
+fn ds_stmatrix_lane_offset(warp: u32, lane: u32, p: u32, rows: u32) -> u32 {
+    let rr = lane & 7;
+    let row = 16 * warp + 8 * ((lane >> 3) & 1) + rr;
+    let x = (lane >> 4) ^ rr;
+    let chunk = ((2 * p) % 8) ^ x;
+    row * 128 + (2 * p / 8) * rows * 128 + (chunk << 4)
+}
+
+/// The byte offset in the dSᵀ tile of [`store_ds`]'s per-pair store of element pair `hr`
+/// (elements `2 hr`, `2 hr + 1`) of n8 group `nt` of lane `lane` of warp `warp` (the
+/// default path's arithmetic on integers, for the tests).
+#[cfg(test)]
+fn ds_pair_offset(warp: u32, lane: u32, nt: u32, hr: u32, rows: u32) -> u32 {
+    let row = 16 * warp + (lane >> 2) + 8 * hr;
+    let chunk = (nt % 8) ^ (lane >> 2);
+    row * 128 + (lane & 3) * 4 + (nt / 8) * rows * 128 + (chunk << 4)
+}
+
+/// [`frag_col_stat`] with [`PtxOptions::bwd_stmatrix`]: the same values, each pair of
+/// adjacent columns (`cc` = 0, 1; 8-byte aligned: `2 (lane % 4)` is even and the rows,
+/// buffers and their offsets are multiples of 8 bytes) with one `ld.shared.v2.f32`.
+fn frag_col_stat_v2<'ctx>(
+    g: &Gpu<'ctx>,
+    lane: IntValue<'ctx>,
+    br: u32,
+    buf: IntValue<'ctx>,
+    stat: u32,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let col = g.mul(g.and(lane, g.c32(3))?, g.c32(2))?;
+    let at0 = g.add(g.add(buf, g.mul(col, g.c32(4))?)?, g.c32(stat as i64))?;
+    let mut out = Vec::new();
+    for nt in 0..(br / 8) as usize {
+        let [v0, v1] = g.ld_shared_v2(g.add(at0, g.c32(32 * nt as i64))?)?;
+        out.extend([v0, v1]);
+    }
+    Ok(out)
+}
+
+/// [`frag_row_stats`] with [`PtxOptions::bwd_stmatrix`]: L2 and Delta through
+/// [`frag_col_stat_v2`] (the same values and q columns).
+#[allow(clippy::type_complexity)]
+fn frag_row_stats_v2<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &super::Common<'ctx>,
+    t: &super::DkDvTiles,
+    br: u32,
+    (kv0, row0): (IntValue<'ctx>, IntValue<'ctx>),
+    q0: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+) -> R<(
+    IntValue<'ctx>,
+    Vec<(
+        IntValue<'ctx>,
+        inkwell::values::BasicValueEnum<'ctx>,
+        inkwell::values::BasicValueEnum<'ctx>,
+    )>,
+)> {
+    let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+    let l2 = frag_col_stat_v2(g, c.lane, br, buf, t.l2)?;
+    let dl = frag_col_stat_v2(g, c.lane, br, buf, t.delta)?;
+    let col = g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?;
+    let mut stats = Vec::new();
+    for (k, (l, d)) in l2.iter().zip(&dl).enumerate() {
+        let ci = g.add(col, g.c32(8 * (k / 2) as i64 + (k % 2) as i64))?;
+        stats.push((
+            g.add(q0, ci)?,
+            l.as_basic_value_enum(),
+            d.as_basic_value_enum(),
+        ));
+    }
+    Ok((kv_row, stats))
 }
 
 /// Whether q tiles of 128 fit (D = Dv = 64, the TMA producer, kv tiles of 128): each math
@@ -1141,7 +1271,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // dV runs under dS (and the barrier that publishes it) and, without capture
     // gradients, P is computed while dPᵀ runs
     let products = if let Some((s, dp)) = waited {
-        let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?;
+        let (kv_row, stats) = if opts.bwd_stmatrix {
+            frag_row_stats_v2(g, &c, &t, br, (kv0, row0), q0, sbuf)?
+        } else {
+            frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?
+        };
         // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
         let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
         let at = |nt: usize, i: usize| frag_element(g, &pb, kv_row, &stats, nt, i);
@@ -1161,7 +1295,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // element (nt, i): kv row kv_row + 8 (i / 2), q column q0 + col + 8 nt + i % 2
         let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
         let col = g.add(q0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
-        let l2s = frag_col_stat(g, &c, br, sbuf, t.l2)?;
+        let col_stat = |stat: u32| {
+            if opts.bwd_stmatrix {
+                frag_col_stat_v2(g, c.lane, br, sbuf, stat)
+            } else {
+                frag_col_stat(g, &c, br, sbuf, stat)
+            }
+        };
+        let l2s = col_stat(t.l2)?;
         let s = from_flat(&g.wgmma_wait(1, &s)?);
         let pb = PosBase::new(g, opts, &|| Ok((col, kv_row)))?;
         let l2_at = |nt: usize, i: usize| {
@@ -1172,7 +1313,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_fence()?;
         let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
         g.wgmma_commit()?;
-        let deltas = frag_col_stat(g, &c, br, sbuf, t.delta)?;
+        let deltas = col_stat(t.delta)?;
         // waits for dPᵀ (the group before dV's)
         let dp = from_flat(&g.wgmma_wait(1, &dp)?);
         let dst = grad_ds(g, &pd, &dp, &|nt, i| Ok(deltas[nt * 2 + i % 2]))?;
@@ -1617,5 +1758,68 @@ mod tests {
         assert_eq!(MATH_REGS * 256 + WRITER_REGS * 128, 168 * 384);
         assert!(!register_split_fits(384, 128));
         assert!(!register_split_fits(128, 128), "inc to 240 from a 248 cap");
+    }
+
+    /// `bwd_stmatrix`'s dSᵀ stores write the same value to the same byte as the per-pair
+    /// stores, for every warp, lane and accumulator element (kv tiles of 128, q tiles of
+    /// 64 and 128): stmatrix's fragment order as the PTX ISA gives it (matrix m's row r at
+    /// the address of lane 8m + r; lane l's register m holds row l / 4, columns 2 (l % 4)
+    /// and + 1 of matrix m), and both against the 128-byte swizzle the wgmma descriptors
+    /// read (element (row, col) at row 128 + slab + ((col % 64 / 8) ^ row % 8) 16 + 2 (col
+    /// % 8), slabs of 64 columns `rows * 128` bytes apart).
+    #[test]
+    fn stmatrix_ds_stores_match_pair_stores() {
+        use std::collections::BTreeMap;
+        let rows = 128;
+        for br in [64u32, 128] {
+            // byte -> (warp, lane, nt, element i, high byte)
+            let mut pairs = BTreeMap::new();
+            let mut stm = BTreeMap::new();
+            for warp in 0..rows / 16 {
+                for lane in 0..32 {
+                    for nt in 0..br / 8 {
+                        for i in 0..4 {
+                            let a = ds_pair_offset(warp, lane, nt, i / 2, rows) + 2 * (i % 2);
+                            for byte in 0..2 {
+                                assert!(
+                                    pairs.insert(a + byte, (warp, lane, nt, i, byte)).is_none()
+                                );
+                            }
+                            // the swizzled tile's element at `a`
+                            let (slab, in_slab) = (a / (rows * 128), a % (rows * 128));
+                            let row = in_slab / 128;
+                            let col = slab * 64
+                                + ((in_slab % 128 / 16) ^ (row % 8)) * 8
+                                + in_slab % 16 / 2;
+                            assert_eq!(row, 16 * warp + lane / 4 + 8 * (i / 2));
+                            assert_eq!(col, 8 * nt + 2 * (lane % 4) + i % 2);
+                        }
+                    }
+                }
+                for p in 0..br / 16 {
+                    for m in 0..4 {
+                        for r in 0..8 {
+                            let row_addr = ds_stmatrix_lane_offset(warp, 8 * m + r, p, rows);
+                            assert_eq!(row_addr % 16, 0);
+                            // lanes 4r .. 4r + 3 hold row r of matrix m, register m is
+                            // pack2 of group 2p + m / 2's elements 2 (m % 2), + 1
+                            for q in 0..4 {
+                                let lane = 4 * r + q;
+                                for e in 0..2 {
+                                    let a = row_addr + 2 * (2 * q + e);
+                                    let (nt, i) = (2 * p + m / 2, 2 * (m % 2) + e);
+                                    for byte in 0..2 {
+                                        let v = (warp, lane, nt, i, byte);
+                                        assert!(stm.insert(a + byte, v).is_none());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(pairs.len() as u32, rows * br * 2);
+            assert_eq!(pairs, stm, "q tiles of {br}");
+        }
     }
 }
