@@ -2169,6 +2169,48 @@ pub(super) fn frag_col_stat<'ctx>(
     Ok(out)
 }
 
+/// The top of a visit in the two-kernel path's loops: this thread's `cp.async` copies
+/// waited for, made visible to the tensor cores with wgmma (`wg`), then a CTA barrier.
+fn wait_tiles(g: &Gpu<'_>, wg: bool) -> R<()> {
+    g.cp_async_wait(0)?;
+    if wg {
+        // this thread's copies become visible to the tensor cores after the barrier
+        g.fence_proxy_async()?;
+    }
+    g.barrier()
+}
+
+/// A visit's two products in the two-kernel path, `S = A_s B_sᵀ` and `dP = A_dp B_dpᵀ`
+/// (the dK/dV kernel: `(K, Q)`, `(V, dO)`; the dQ kernel: `(Q, K)`, `(dO, V)`), B in
+/// buffer `buf`: with wgmma on the warp's warpgroup (one commit group each), else with
+/// mma.sync from the warp's 16 rows `row0 ..` of A.
+fn score_products<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    c: &Common<'ctx>,
+    row0: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+    (a_s, b_s): (&SmemTile, &SmemTile),
+    (a_dp, b_dp): (&SmemTile, &SmemTile),
+) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    let ty = opts.input;
+    if opts.mma == Mma::Wgmma {
+        let wgi = g.lshr(c.warp, g.c32(2))?;
+        g.wgmma_fence()?;
+        let s = wg_abt(g, ty, a_s, wgi, b_s, buf)?;
+        g.wgmma_commit()?;
+        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf)?;
+        g.wgmma_commit()?;
+        Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
+    } else {
+        let zero = g.c32(0);
+        let af = frags_a(g, a_s, c.lane, row0, zero)?;
+        let s = mm_abt(g, ty, &af, b_s, c.lane, buf)?;
+        let af = frags_a(g, a_dp, c.lane, row0, zero)?;
+        Ok((s, mm_abt(g, ty, &af, b_dp, c.lane, buf)?))
+    }
+}
+
 fn dkdv_body<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
@@ -2227,12 +2269,7 @@ fn dkdv_body<'ctx>(
     let it = g.geti(&st_it)?;
     let buf = g.geti(&st_buf)?;
     let other = g.xor(buf, g.c32(t.buf as i64))?;
-    g.cp_async_wait(0)?;
-    if wg {
-        // this thread's copies become visible to the tensor cores after the barrier
-        g.fence_proxy_async()?;
-    }
-    g.barrier()?;
+    wait_tiles(g, wg)?;
     // the next (head, q block) into the other buffer, which every warp finished reading
     // before the barrier above
     let it1 = g.add(it, g.c32(1))?;
@@ -2251,20 +2288,7 @@ fn dkdv_body<'ctx>(
     let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
 
     let row0 = g.mul(c.warp, g.c32(16))?;
-    let wgi = g.lshr(c.warp, g.c32(2))?;
-    let (s, dp) = if wg {
-        g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf)?;
-        g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
-        g.wgmma_commit()?;
-        (wg_result(g, &s)?, wg_result(g, &dp)?)
-    } else {
-        let kf = frags_a(g, &t.k, c.lane, row0, zero)?;
-        let s = mm_abt(g, ty, &kf, &t.q, c.lane, buf)?;
-        let vf = frags_a(g, &t.v, c.lane, row0, zero)?;
-        (s, mm_abt(g, ty, &vf, &t.d_o, c.lane, buf)?)
-    };
+    let (s, dp) = score_products(g, opts, &c, row0, buf, (&t.k, &t.q), (&t.v, &t.d_o))?;
     let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
         p,
@@ -2494,11 +2518,7 @@ fn dq_body<'ctx>(
     let r = g.geti(&st_r)?;
     let buf = g.geti(&st_buf)?;
     let other = g.xor(buf, g.c32(t.buf as i64))?;
-    g.cp_async_wait(0)?;
-    if wg {
-        g.fence_proxy_async()?;
-    }
-    g.barrier()?;
+    wait_tiles(g, wg)?;
     // the next block: the rest of this run, else the start of the next run
     let j1 = g.add(j, g.c32(1))?;
     let in_run = g.icmp(IntPredicate::ULT, j1, run_end)?;
@@ -2519,20 +2539,7 @@ fn dq_body<'ctx>(
         g.icmp(IntPredicate::NE, full, zero)?,
         g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?,
     )?;
-    let (s, dp) = if wg {
-        let wgi = g.lshr(c.warp, g.c32(2))?;
-        g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.q, wgi, &t.k, buf)?;
-        g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.d_o, wgi, &t.v, buf)?;
-        g.wgmma_commit()?;
-        (wg_result(g, &s)?, wg_result(g, &dp)?)
-    } else {
-        let qf = frags_a(g, &t.q, c.lane, row0, zero)?;
-        let s = mm_abt(g, ty, &qf, &t.k, c.lane, buf)?;
-        let of = frags_a(g, &t.d_o, c.lane, row0, zero)?;
-        (s, mm_abt(g, ty, &of, &t.v, c.lane, buf)?)
-    };
+    let (s, dp) = score_products(g, opts, &c, row0, buf, (&t.q, &t.k), (&t.d_o, &t.v))?;
     let col = g.add(kv0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
     let ec = ElemCtx {
         p,
