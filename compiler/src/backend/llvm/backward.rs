@@ -1337,14 +1337,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
             };
             let ballot = warp_ballot(g, run.valid)?;
             // the first lane with a pending run (32 when none: masked to 0, unused)
-            let leader = g
-                .call(
-                    "llvm.cttz.i32",
-                    Some(g.i32.into()),
-                    &[ballot.into(), g.cbool(false).into()],
-                )?
-                .ok_or(LlvmError::Internal("cttz"))?
-                .into_int_value();
+            let leader = count_trailing_zeros(g, ballot, false)?;
             let leader = g.and(leader, g.c32(31))?;
             let lead_index = shfl_idx64(g, run.index, leader)?;
             let same = g.or(
@@ -1456,6 +1449,22 @@ pub(super) fn warp_ballot<'ctx>(g: &Gpu<'ctx>, p: IntValue<'ctx>) -> R<IntValue<
         &[g.c32(-1).into(), p.into()],
     )?
     .ok_or(LlvmError::Internal("ballot"))?
+    .into_int_value())
+}
+
+/// `llvm.cttz.i32`: the index of `x`'s lowest set bit (a ballot's first lane); `x` = 0
+/// gives 32, or poison with `zero_is_poison`.
+pub(super) fn count_trailing_zeros<'ctx>(
+    g: &Gpu<'ctx>,
+    x: IntValue<'ctx>,
+    zero_is_poison: bool,
+) -> R<IntValue<'ctx>> {
+    Ok(g.call(
+        "llvm.cttz.i32",
+        Some(g.i32.into()),
+        &[x.into(), g.cbool(zero_is_poison).into()],
+    )?
+    .ok_or(LlvmError::Internal("cttz"))?
     .into_int_value())
 }
 

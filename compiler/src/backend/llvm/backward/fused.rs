@@ -151,9 +151,9 @@
 
 use super::{
     Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, dkdv_epilogue, dkdv_store, frag_col_stat, frag_col0, frag_element,
-    frag_pos, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, slice_base,
-    to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
+    capture_grads, common, count_trailing_zeros, dkdv_epilogue, dkdv_store, frag_col_stat,
+    frag_col0, frag_element, frag_pos, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores,
+    load_q_block, slice_base, to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::KvBounds;
 use crate::backend::llvm::cta::Args;
@@ -851,14 +851,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             )?;
             g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, hit, head)?;
             g.b.position_at_end(hit);
-            let src = g
-                .call(
-                    "llvm.cttz.i32",
-                    Some(g.i32.into()),
-                    &[ballot.into(), g.cbool(true).into()],
-                )?
-                .ok_or(LlvmError::Internal("cttz"))?
-                .into_int_value();
+            let src = count_trailing_zeros(g, ballot, true)?;
             let qhit = if lpt {
                 g.sub(qb, src)?
             } else {
