@@ -8,7 +8,7 @@
 //! Runs without a GPU; runtime/tests/gpu_backward.rs runs the kernels.
 
 use attnc_compiler::backend::llvm::backward::{BackwardKind, emit_backward};
-use attnc_compiler::backend::llvm::{Arch, GridDim, InputType, KernelParam, PtxOptions};
+use attnc_compiler::backend::llvm::{Arch, GridDim, InputType, KernelParam, PtxKernel, PtxOptions};
 use attnc_compiler::ir::Program;
 use attnc_compiler::plan::Plan;
 use std::path::Path;
@@ -25,6 +25,18 @@ fn example(file: &str, name: &str) -> Program {
         .into_iter()
         .find(|p| p.name == name)
         .unwrap_or_else(|| panic!("{file}.attn has no `{name}`"))
+}
+
+/// The dK/dV kernel of `o`, emitted twice and asserted byte-identical (`tag` names the
+/// case); with `ATTNC_BWD_PTX_DIR=dir` also written to `dir/{file}` (for `ptxas -v`).
+fn dkdv_twice(plan: &Plan, o: &PtxOptions, tag: &str, file: &str) -> PtxKernel {
+    let a = emit_backward(plan, o, BackwardKind::DkDv).unwrap();
+    let b = emit_backward(plan, o, BackwardKind::DkDv).unwrap();
+    assert_eq!(a.ptx, b.ptx, "{tag}: PTX differs between two runs");
+    if let Ok(dir) = std::env::var("ATTNC_BWD_PTX_DIR") {
+        std::fs::write(format!("{dir}/{file}"), &a.ptx).unwrap();
+    }
+    a
 }
 
 #[test]
@@ -448,7 +460,6 @@ fn fused_sm90_d64_kernels() {
 /// `overlap`. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
 #[test]
 fn fused_wg_dq_kernels() {
-    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
     for d in [128u32, 64] {
         for (file, name) in [
             ("dense", "dense"),
@@ -464,16 +475,12 @@ fn fused_wg_dq_kernels() {
                 bwd_wg_dq: true,
                 ..def.backward_for_binding(&plan, 8192)
             };
-            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
-            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
-            assert_eq!(a.ptx, b.ptx, "{name} D{d}: PTX differs between two runs");
-            if let Some(dir) = &dir {
-                std::fs::write(
-                    format!("{dir}/wgdq_d{d}_q{}_{name}_bwd_dkdv.ptx", o.q_block),
-                    &a.ptx,
-                )
-                .unwrap();
-            }
+            let a = dkdv_twice(
+                &plan,
+                &o,
+                &format!("{name} D{d}"),
+                &format!("wgdq_d{d}_q{}_{name}_bwd_dkdv.ptx", o.q_block),
+            );
             let tag = format!("{name} D{d} q{}", o.q_block);
             assert_eq!(a.ptx.matches("bar.sync 1, 256;").count(), 1, "{tag}");
             assert!(
@@ -518,7 +525,6 @@ fn fused_wg_dq_kernels() {
 /// `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for `ptxas -v`).
 #[test]
 fn fused_persist_kernels() {
-    let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
     for d in [128u32, 64] {
         for (file, name) in [
             ("sliding_window", "sliding_window"),
@@ -534,13 +540,13 @@ fn fused_persist_kernels() {
                 bwd_persist: true,
                 ..def
             };
-            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
-            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
-            assert_eq!(a.ptx, b.ptx, "{name} D{d}: PTX differs between two runs");
-            if let Some(dir) = &dir {
-                std::fs::write(format!("{dir}/persist_d{d}_{name}_bwd_dkdv.ptx"), &a.ptx).unwrap();
-            }
             let tag = format!("{name} D{d}");
+            let a = dkdv_twice(
+                &plan,
+                &o,
+                &tag,
+                &format!("persist_d{d}_{name}_bwd_dkdv.ptx"),
+            );
             assert_eq!(
                 a.grid,
                 [GridDim::KvPersistent, GridDim::One, GridDim::One],
@@ -599,13 +605,15 @@ fn fused_stmatrix_kernels() {
                 ..def
             };
             assert_ne!(o.key(), def.key());
-            let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
-            let b = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
             let plain = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
             let tag = format!("{name} D{d}");
-            assert_eq!(a.ptx, b.ptx, "{tag}: PTX differs between two runs");
+            let a = dkdv_twice(
+                &plan,
+                &o,
+                &tag,
+                &format!("stmatrix_d{d}_{name}_bwd_dkdv.ptx"),
+            );
             if let Some(dir) = &dir {
-                std::fs::write(format!("{dir}/stmatrix_d{d}_{name}_bwd_dkdv.ptx"), &a.ptx).unwrap();
                 std::fs::write(format!("{dir}/stmdef_d{d}_{name}_bwd_dkdv.ptx"), &plain.ptx)
                     .unwrap();
             }
