@@ -118,16 +118,17 @@ pub struct DecodeTuning {
     /// (`ATTNC_DECODE_COPY`: letters `a` full tiles without per-row bounds checks, `b`
     /// 32-bit shared-memory destinations, `c` paged: one page id per 16-row pass, `d`
     /// the L2 asked for 256 bytes per copy, `e` the prologue's reads before
-    /// `griddepcontrol.wait`, any combination such as `abc`, or `0` for the default
+    /// `griddepcontrol.wait`, `f` a call with one split writes O and LSE from the
+    /// kernel (no combine kernel), any combination such as `abc`, or `0` for the default
     /// copy; unset: the runtime's choice, `decode::gpu`).
     pub copy: Option<u8>,
 }
 
-/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abcde`
+/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abcdef`
 /// (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u8> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_PASS, COPY_SMEM32,
+        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_PASS, COPY_SMEM32,
     };
     let v = v.trim();
     if v == "0" {
@@ -142,6 +143,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u8> {
         'c' => Some(bits | COPY_PAGE_PASS),
         'd' => Some(bits | COPY_L2_256),
         'e' => Some(bits | COPY_EARLY),
+        'f' => Some(bits | COPY_DIRECT),
         _ => None,
     })
 }
@@ -215,6 +217,7 @@ mod tests {
         };
         assert_eq!(copy("abc"), Some(7));
         assert_eq!(copy("de"), Some(24));
+        assert_eq!(copy("ef"), Some(48));
         assert_eq!(copy("a"), Some(1));
         assert_eq!(copy("bc"), Some(6));
         assert_eq!(copy("0"), Some(0));

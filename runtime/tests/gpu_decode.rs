@@ -17,9 +17,10 @@
 //! and combine kernels by programmatic dependent launch, the default, against serial
 //! launches and the fused kernel: bit for bit equal, deterministic). With
 //! `ATTNC_DECODE_COMBINE=fused` the tensor-core cases run the fused kernel (the combine
-//! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or any letters of `abcde`) they run
+//! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or any letters of `abcdef`) they run
 //! that copy variant of the tensor-core kernel (`gpu_decode_copy_variants` compares the
-//! variants with each other).
+//! variants with each other; `f`: a call with one split writes O and LSE from the
+//! kernel, no combine kernel — `ATTNC_DECODE_SPLITS=1` makes every tensor-core case one).
 //!
 //! `harness = false`, like `gpu.rs`, run by libtest-mimic (`gpu_util::run_gpu_tests`):
 //! libtest's filters, `--exact`, `--skip`, `--list` and summary line; without a CUDA
@@ -590,7 +591,10 @@ fn gpu_decode_combine_launches(_d: &CudaDevice) {
 /// in the same places) and the oracle's values: one long sequence over many splits,
 /// contiguous and pages of 16 and 128, and many sequences (lengths 0, 1, .. 900: partial
 /// and full tiles, more than one wave) with pages of 16, Lq 1 and 16 (16 and 64 rows per
-/// CTA). With `ATTNC_DECODE_COPY` set, every other test of this suite runs that variant.
+/// CTA). Each case also at one split (forced) on `e`, `ef`, `f` and `abcef`: the
+/// one-split kernel (`f`, `COPY_DIRECT`: O and LSE written by the decode kernel, no
+/// combine kernel) gives the bits of decode + combine and the oracle's values. With
+/// `ATTNC_DECODE_COPY` set, every other test of this suite runs that variant.
 fn gpu_decode_copy_variants(_d: &CudaDevice) {
     let mut rng = Rng(0xc09);
     let compiled = example("causal");
@@ -614,7 +618,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
             .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
         let mut outs = Vec::new();
-        for copy in ["0", "a", "b", "c", "abc", "d", "e", "de"] {
+        for copy in ["0", "a", "b", "c", "abc", "d", "e", "de", "ef"] {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.copy = attnc::options::parse_decode_copy(copy);
             let mut bound = variant.bind(o).unwrap();
@@ -641,6 +645,37 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         assert!(
             outs.iter().all(|x| *x == outs[0]),
             "{what}: a copy variant changed the bits"
+        );
+        // one split (forced): `f` (COPY_DIRECT) writes O and LSE from the kernel, no
+        // combine kernel; the bits of the decode + combine pair at one split
+        let mut one = Vec::new();
+        for copy in ["e", "ef", "f", "abcef"] {
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy(copy);
+            o.decode.splits = Some(1);
+            let mut bound = variant.bind(o).unwrap();
+            let got = bound
+                .forward_with_cache(&c.q, &c.cache(), &caps)
+                .unwrap_or_else(|e| panic!("{what} {copy} one split: cuda: {e}"));
+            let (o, lse) = (got.o.to_f32(), got.lse.to_f32());
+            close(
+                &format!("{what} {copy} one split o"),
+                &o,
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(
+                &format!("{what} {copy} one split lse"),
+                &lse,
+                &want.lse.to_f32(),
+                0.002,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            one.push((bits(&o), bits(&lse)));
+        }
+        assert!(
+            one.iter().all(|x| *x == one[0]),
+            "{what}: the one-split kernel (copy f) changed the bits"
         );
     }
 }

@@ -221,7 +221,12 @@ impl GpuDecode {
         let tuning = self.tuning;
         let m = self.module(dev, shape, dtype)?;
         if fused && !m.has_fused() {
-            let opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
+            let mut opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
+            // the fused kind: the combine folded in (`fused_combine`), else the
+            // one-split kernel writing O and LSE itself (`COPY_DIRECT`, see `fused`)
+            if !tuning.fused_combine {
+                opts.copy |= decode_mma::COPY_DIRECT;
+            }
             let jit = crate::exec::cuda::cuda_jit_of(dev)?;
             let loaded = m
                 .clone()
@@ -248,7 +253,7 @@ impl GpuDecode {
         bind: &Bindings,
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
         let geom = geometry(shape, ranges, scale, &self.tuning);
-        let fused = fused(shape, &self.tuning);
+        let fused = fused(shape, &self.tuning, geom.splits);
         let (serial, chain) = (self.tuning.serial_combine, !self.tuning.serial_decode);
         let m = self.module_for(dev, shape, q.dtype(), fused)?;
         let bits = |t: &Tensor| {
@@ -328,7 +333,6 @@ impl GpuDecode {
             scale.to_bits(),
             bind.clone(),
         );
-        let fused = fused(shape, &self.tuning);
         let p = match self.timed.take() {
             Some((k0, p)) if k0 == key => p,
             _ => {
@@ -339,7 +343,7 @@ impl GpuDecode {
                 .1
             }
         };
-        let m = self.module_for(dev, shape, q.dtype(), fused)?;
+        let m = self.module_for(dev, shape, q.dtype(), p.fused)?;
         let ms = m.time(dev, &p, iters).map_err(backend);
         self.timed = Some((key, p));
         ms
@@ -365,8 +369,9 @@ fn decode_options(
         },
         rows: rows_per_cta(shape, kernel, tuning) as u32,
         paged: matches!(shape.layout, CacheLayout::Paged { .. }),
+        // (COPY_DIRECT is a bit of the fused kind only: `GpuDecode::module_for`)
         copy: match kernel {
-            Kernel::Mma => tuning.copy.unwrap_or(COPY),
+            Kernel::Mma => tuning.copy.unwrap_or(COPY) & !decode_mma::COPY_DIRECT,
             Kernel::Simt => 0,
         },
     }
@@ -395,8 +400,13 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> u
 /// Lkv32768 Lq1 (241.8 / 240.7) and B64 Lkv8192 (483.0 / 480.8) but loses at B1
 /// Lkv131072 Lq1 (129.1 / 131.1: the merge runs after the last split, behind a fence and
 /// an atomic), Lq4 (243.1 / 247.9) and Lq16 (272.6 / 297.0: 16 rows per warp in turn).
-fn fused(shape: &DecodeShape, tuning: &DecodeTuning) -> bool {
-    tuning.fused_combine && choose(shape, tuning) == Kernel::Mma
+///
+/// With [`decode_mma::COPY_DIRECT`] in the copy (and not `fused_combine`), a call whose
+/// geometry has one split (`splits`) runs the fused kind in its one-split form: each CTA
+/// writes its rows' O and LSE, no partials and no combine kernel.
+fn fused(shape: &DecodeShape, tuning: &DecodeTuning, splits: u32) -> bool {
+    let direct = tuning.copy.unwrap_or(COPY) & decode_mma::COPY_DIRECT != 0 && splits == 1;
+    (tuning.fused_combine || direct) && choose(shape, tuning) == Kernel::Mma
 }
 
 /// The launch geometry of a call.

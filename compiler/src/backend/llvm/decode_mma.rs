@@ -104,8 +104,16 @@ pub const COPY_L2_256: u8 = 8;
 /// runtime chains a host-tensor call's decode kernel after its own combine kernels or
 /// after the uploads' copies; the caller-buffer path does not chain the decode kernel).
 pub const COPY_EARLY: u8 = 16;
+/// [`PtxOptions::decode_copy`] bit of the fused kind ([`KernelKind::DecodeMmaFused`]; the
+/// plain kind ignores it): the launch has one split per (b, kv head, row group), so each
+/// CTA writes its rows' normalized O (16-bit) and LSE straight into the outputs: no
+/// partials, no count, no merge, no combine kernel (the bits the combine kernel gives for
+/// one split: weight `exp2(0)` = 1, sum 1). It also takes [`COPY_EARLY`] (nothing is
+/// written before the wait). The runtime launches it only when the call's geometry has
+/// one split (`decode::gpu`).
+pub const COPY_DIRECT: u8 = 32;
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY;
+pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT;
 
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
@@ -416,8 +424,11 @@ pub(super) fn build<'ctx>(
     g.b.position_at_end(start);
     let a = Args { g: &g, params };
     let g = &g;
+    // COPY_DIRECT (fused kind): one split, O and LSE written here (see the bit)
+    let direct = fused && opts.copy & COPY_DIRECT != 0;
     // COPY_EARLY: griddepcontrol.wait after the prologue's reads (see the bit)
-    let early = opts.copy & COPY_EARLY != 0 && !fused && opts.arch == super::Arch::Sm90;
+    let early =
+        opts.copy & COPY_EARLY != 0 && (!fused || direct) && opts.arch == super::Arch::Sm90;
     if early {
         g.griddep_launch_dependents()?;
     } else {
@@ -849,6 +860,42 @@ pub(super) fn build<'ctx>(
     let inv = g.selectf(empty, g.cf(0.0), g.rcp(lsum)?)?;
     let lse = g.fmul(g.fadd(mref, g.lg2(lsum)?)?, g.cf(LN2))?;
     let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
+    if direct {
+        // COPY_DIRECT: row r of the CTA is the group's packed row rg RPC + r (query head
+        // hk G + gi, new row i); rows past the group's end write nothing
+        let pr = g.add(g.mul(rg, g.c32(rpc as i64))?, r)?;
+        let half = match opts.input {
+            InputType::Bf16 => g.ctx.bf16_type(),
+            InputType::F16 => g.ctx.f16_type(),
+        };
+        g.if_then(g.icmp(IntPredicate::SLT, pr, nrows)?, || {
+            let gi = g.udiv(pr, lq)?;
+            let i = g.sub(pr, g.mul(gi, lq)?)?;
+            let h = g.add(g.mul(hk, group)?, gi)?;
+            let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
+            g.if_then(g.icmp(IntPredicate::EQ, c0, zero)?, || {
+                g.store(
+                    g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?,
+                    lse,
+                )
+            })?;
+            let optr = a.ptr(P::O)?;
+            for k in 0..d / tpr {
+                let c = g.add(c0, g.c32((k * tpr) as i64))?;
+                let mut acc = g.cf(0.0);
+                for (w, fx) in owners.iter().zip(&f) {
+                    acc = g.fadd(acc, g.fmul(fload(o_at(*w, rr, c)?)?, *fx)?)?;
+                }
+                let hv = g.b.build_float_trunc(g.fmul(acc, inv)?, half, "")?;
+                let at = g.add(g.mul(out_row, g.c64(d as i64))?, g.zext64(c)?)?;
+                g.store(g.gep_bytes(optr, g.mul(at, g.c64(2))?)?, hv)?;
+            }
+            Ok(())
+        })?;
+        g.b.build_return(None)?;
+        g.ab.build_unconditional_branch(start)?;
+        return Ok(g.module.clone());
+    }
     let splits = a.int(P::Splits)?;
     // partial index: ((b * Hkv + hk) * rgs + rg) * splits + split, row r
     let pidx = g.add(
@@ -1163,7 +1210,8 @@ mod tests {
                         COPY_L2_256,
                         COPY_EARLY,
                         COPY_L2_256 | COPY_EARLY,
-                        COPY_BITS,
+                        // (COPY_DIRECT is the fused kind's: `mma_decode_direct`)
+                        COPY_BITS & !COPY_DIRECT,
                     ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
@@ -1286,6 +1334,80 @@ mod tests {
             let applies = o.copy & (COPY_FULL | COPY_SMEM32) != 0 || o.paged;
             if applies {
                 assert!(n < n0, "{key}: {n} instructions, {n0} without");
+            }
+        }
+    }
+
+    /// The one-split kernel ([`COPY_DIRECT`] on the fused kind): generates for every
+    /// example's rows / D / layout, with and without [`COPY_EARLY`]; writes O (16-bit)
+    /// and LSE itself: no partials' stores of f32 O, no count (`atom`), one
+    /// `griddepcontrol.wait`, after the prologue's copies with `COPY_EARLY`; the plain
+    /// kind ignores the bit (byte-identical PTX). `ATTNC_DECODE_PTX_DIR` / `ATTNC_PTXAS`
+    /// as in [`mma_decode_copy_variants`].
+    #[test]
+    fn mma_decode_direct() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for ex in ["dense", "causal", "alibi"] {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+            let p = &crate::compile_source(&src).unwrap().programs[0];
+            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
+                for paged in [false, true] {
+                    for copy in [COPY_DIRECT, COPY_DIRECT | COPY_EARLY, COPY_BITS] {
+                        let o = DecodeOptions {
+                            arch: Arch::Sm90,
+                            d,
+                            input: InputType::Bf16,
+                            rows,
+                            paged,
+                            copy,
+                        };
+                        let key = format!("{} {}", p.name, o.key());
+                        let ptx = emit_decode_mma_fused(p, &o).unwrap();
+                        let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
+                        let without = DecodeOptions {
+                            copy: copy & !COPY_DIRECT,
+                            ..o
+                        };
+                        assert_eq!(
+                            plain,
+                            emit_decode_mma(p, &without).unwrap().decode_ptx,
+                            "{key}: the plain kind took COPY_DIRECT"
+                        );
+                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                            let f = format!("{dir}/direct_{}.ptx", key.replace([':', ' '], "_"));
+                            std::fs::write(f, &ptx).unwrap();
+                        }
+                        if let Some(ptxas) = &ptxas {
+                            let f = std::env::temp_dir().join(format!(
+                                "attnc_direct_{}_{}.ptx",
+                                std::process::id(),
+                                key.replace([':', ' '], "_")
+                            ));
+                            std::fs::write(&f, &ptx).unwrap();
+                            let out = std::process::Command::new(ptxas)
+                                .args(["-arch=sm_90a", "-o", "/dev/null"])
+                                .arg(&f)
+                                .output()
+                                .unwrap();
+                            let _ = std::fs::remove_file(&f);
+                            assert!(
+                                out.status.success(),
+                                "{key}: ptxas: {}",
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                        }
+                        let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+                        let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+                        assert_eq!(count("atom"), 0, "{key}: a count in the one-split kernel");
+                        assert_eq!(count("st.global.b32"), 1, "{key}: LSE only (no partials)");
+                        assert!(count("st.global.b16") > 0, "{key}: no 16-bit O stores");
+                        assert_eq!(count("griddepcontrol.wait"), 1, "{key}");
+                        let at = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+                        let early = at("griddepcontrol.wait") > at("cp.async.cg.shared.global");
+                        assert_eq!(early, copy & COPY_EARLY != 0, "{key}");
+                    }
+                }
             }
         }
     }
