@@ -11,8 +11,9 @@
 //! inside their allocations: page ids are clamped in the kernel, key positions are
 //! bounded by the ranges (which the host computes inside `0..seq_len`). A host-buffer
 //! call may launch the fused tensor-core kernel ([`KernelKind::DecodeMmaFused`], the
-//! combine folded in, counting in a zeroed `DecodeSem` buffer) alone instead of decode +
-//! combine; the caller-buffer path (`launch_values`) always launches the pair. On sm_90
+//! combine folded in, counting in a zeroed `DecodeSem` buffer; or its one-split form,
+//! `decode_mma::COPY_DIRECT`, which writes O and LSE without partials) alone instead of
+//! decode + combine; the caller-buffer path (`launch_values`) always launches the pair. On sm_90
 //! the combine kernel is launched by programmatic dependent launch (under the decode
 //! kernel's tail; `launch_pair`), and a host-buffer call's decode kernel too when
 //! [`DecodeProblem::chain`] (under the previous kernel's tail on the stream).

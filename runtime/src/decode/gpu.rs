@@ -45,7 +45,10 @@
 //! SDPA cuDNN in the same call): B64 Lkv8192 Lq1 492.3 / 491.9 / 487.2 (cuDNN 485.1),
 //! B1 Lkv131072 Lq1 131.9 / 130.2 / 128.3 (129.9), B8 Lkv32768 Lq1 247.0 / 247.9 / 247.7
 //! (247.0): chained is the default (`DecodeTuning::serial_decode`, `serial_combine`
-//! turn each off; the caller-buffer path chains the combine only).
+//! turn each off; the caller-buffer path chains the combine only). A host-tensor call
+//! with one split (B64 Lkv8192 Lq1, chunked prefill with many row groups) launches no
+//! combine kernel: the one-split form of the fused kind writes O and LSE itself
+//! ([`COPY`], `decode_mma::COPY_DIRECT`, since session 12).
 //!
 //! Rows per CTA: SIMT, every row of a kv head up to [`MAX_ROWS`] (K/V read once), else
 //! groups of [`MAX_ROWS`]; tensor cores, 16 M rows (M = 1, 2 or 4 m-tiles: the smallest
@@ -89,7 +92,15 @@ const MMA_FILL_TILES: usize = 4;
 /// after a kernel that does not let it start early (not chained) is unchanged.
 /// Session 10 (0 / a / b / c / abc): none faster; `d` (`cp.async` with `.L2::256B`) is
 /// 8-10% slower (session 11): docs/performance.md, "Session 11 (decode)".
-const COPY: u8 = decode_mma::COPY_EARLY;
+/// With [`decode_mma::COPY_DIRECT`] (session 12): a host-tensor call whose geometry has
+/// one split runs the fused kind in its one-split form, which writes O and LSE itself
+/// (no partials, no combine kernel; and a chained call's decode kernel then starts under
+/// the previous call's decode kernel's tail). Measured on an H200 (one call, e / ef in 7
+/// rotated rounds, SDPA cuDNN of the same call, µs): B64 Lkv8192 Lq1 (one split, two
+/// waves) 486.2 / 476.8 (cuDNN 486.2), paged 16 495.6 / 484.7; chunked prefill B8 Lq64
+/// Lkv8192 (one split per row group) 277.0 / 256.0; calls with several splits
+/// (B8 Lkv32768 Lq1: 245.5 / 246.2) run the same kernels as before.
+const COPY: u8 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;
@@ -394,16 +405,18 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> u
 }
 
 /// Whether a host-tensor call runs the fused kernel (the combine folded into the
-/// tensor-core kernel: `KernelKind::DecodeMmaFused`) rather than decode + combine: only
-/// when `tuning.fused_combine` (benchmarks, tests). Off by default: measured on an H200
+/// tensor-core kernel: `KernelKind::DecodeMmaFused`) rather than decode + combine: when
+/// `tuning.fused_combine` (benchmarks, tests), or in its one-split form (below). The
+/// merging fused kernel is off by default: measured on an H200
 /// (session 6, same process, same inputs, µs, separate / fused) it gains ~0.5% at B8
 /// Lkv32768 Lq1 (241.8 / 240.7) and B64 Lkv8192 (483.0 / 480.8) but loses at B1
 /// Lkv131072 Lq1 (129.1 / 131.1: the merge runs after the last split, behind a fence and
 /// an atomic), Lq4 (243.1 / 247.9) and Lq16 (272.6 / 297.0: 16 rows per warp in turn).
 ///
-/// With [`decode_mma::COPY_DIRECT`] in the copy (and not `fused_combine`), a call whose
-/// geometry has one split (`splits`) runs the fused kind in its one-split form: each CTA
-/// writes its rows' O and LSE, no partials and no combine kernel.
+/// With [`decode_mma::COPY_DIRECT`] in the copy (the default, [`COPY`]; not with
+/// `fused_combine`), a call whose geometry has one split (`splits`) runs the fused kind
+/// in its one-split form: each CTA writes its rows' O and LSE, no partials and no
+/// combine kernel. (The caller-buffer path keeps decode + combine.)
 fn fused(shape: &DecodeShape, tuning: &DecodeTuning, splits: u32) -> bool {
     let direct = tuning.copy.unwrap_or(COPY) & decode_mma::COPY_DIRECT != 0 && splits == 1;
     (tuning.fused_combine || direct) && choose(shape, tuning) == Kernel::Mma

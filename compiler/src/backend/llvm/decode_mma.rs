@@ -34,6 +34,9 @@
 //! group to arrive merges the group's partials in split order into O and LSE (see
 //! `fused_combine`), so no combine kernel is launched (one launch fewer, and the merge
 //! of a group starts as soon as its last split ends, under the other groups' tails).
+//! With [`COPY_DIRECT`] (the runtime's default for a call with one split) the fused kind
+//! is the one-split kernel instead: each CTA writes its rows' O (16-bit) and LSE, no
+//! partials, no count, no merge.
 //!
 //! On sm_90 the kernel lets the combine kernel start (`griddepcontrol.launch_dependents`)
 //! first thing and waits for the previous grid (`griddepcontrol.wait`) before any global
@@ -96,7 +99,7 @@ pub const COPY_ALL: u8 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
 /// each source (`cp.async...L2::256B`: a D128 row at once) instead of its 32-byte
 /// sectors as the copies reach them.
 pub const COPY_L2_256: u8 = 8;
-/// [`PtxOptions::decode_copy`] bit (sm_90, not the fused kernel): the prologue's reads
+/// [`PtxOptions::decode_copy`] bit (sm_90, not the merging fused kernel): the prologue's reads
 /// (ranges, lengths, page ids, Q and the first `stages - 1` K/V tiles) are issued before
 /// `griddepcontrol.wait`, which moves to the end of the prologue. Only inputs are read
 /// there and the kernel writes nothing before the wait, so a launch under the previous
@@ -427,8 +430,7 @@ pub(super) fn build<'ctx>(
     // COPY_DIRECT (fused kind): one split, O and LSE written here (see the bit)
     let direct = fused && opts.copy & COPY_DIRECT != 0;
     // COPY_EARLY: griddepcontrol.wait after the prologue's reads (see the bit)
-    let early =
-        opts.copy & COPY_EARLY != 0 && (!fused || direct) && opts.arch == super::Arch::Sm90;
+    let early = opts.copy & COPY_EARLY != 0 && (!fused || direct) && opts.arch == super::Arch::Sm90;
     if early {
         g.griddep_launch_dependents()?;
     } else {
@@ -874,10 +876,7 @@ pub(super) fn build<'ctx>(
             let h = g.add(g.mul(hk, group)?, gi)?;
             let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
             g.if_then(g.icmp(IntPredicate::EQ, c0, zero)?, || {
-                g.store(
-                    g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?,
-                    lse,
-                )
+                g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)
             })?;
             let optr = a.ptr(P::O)?;
             for k in 0..d / tpr {
