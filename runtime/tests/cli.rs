@@ -463,3 +463,132 @@ fn demo_takes_a_head_dim_and_rejects_bad_ones() {
     let t = text(&o);
     assert!(t.contains("D48") && t.contains(" 0 failed"), "{t}");
 }
+
+/// `attnc run --kv-cache contiguous|paged` (issue 12's CLI): q, k_cache, v_cache, seq_lens
+/// (+ page_table) in, o and lse out, on the reference and CPU backends, against the dense
+/// attention of each sequence's live keys at logical positions (row i of sequence b at
+/// `seq_lens[b] - Lq + i`, causal), seq_lens 29, 0 and 2 (< Lq: a row that does not
+/// exist gives O = 0, LSE = -inf); the paged cache holds the same keys in shuffled pages
+/// with NaN in every page slot past a sequence and in an unused page. Errors name the
+/// tensor: a paged cache without `page_table`, a length beyond the capacity (E0322).
+#[test]
+fn run_kv_cache_contiguous_and_paged() {
+    let (b, hq, hkv, lq, d, cap, page) = (3, 4, 2, 3, 16, 48, 16);
+    let seq_lens = [29i32, 0, 2];
+    let shape = Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv: cap,
+        d,
+        dv: d,
+    };
+    let (q, k, v) = synth::qkv(&shape, DType::F32, 7);
+    let (kf, vf) = (k.to_f32(), v.to_f32());
+    let mask = |b: usize, _h: usize, i: usize, kv: usize| {
+        let n = seq_lens[b] as i64;
+        let pos = n - lq as i64 + i as i64;
+        (kv as i64) < n && pos >= kv as i64
+    };
+    let want = dense(&shape, &q.to_f32(), &kf, &vf, 0.25, &mask);
+    // paged: [num_pages, page, Hkv, D], logical page p of sequence b at id table[b][p]
+    let max_pages = cap / page;
+    let num_pages = b * max_pages + 1;
+    let ids: Vec<i32> = (0..(b * max_pages) as i32)
+        .map(|i| (i * 5 + 3) % (b * max_pages) as i32)
+        .collect();
+    let mut kp = vec![f32::NAN; num_pages * page * hkv * d];
+    let mut vp = kp.clone();
+    for bi in 0..b {
+        for j in 0..seq_lens[bi] as usize {
+            let id = ids[bi * max_pages + j / page] as usize;
+            for hk in 0..hkv {
+                let src = ((bi * hkv + hk) * cap + j) * d;
+                let dst = ((id * page + j % page) * hkv + hk) * d;
+                kp[dst..dst + d].copy_from_slice(&kf[src..src + d]);
+                vp[dst..dst + d].copy_from_slice(&vf[src..src + d]);
+            }
+        }
+    }
+    let dir = tmpdir("kv_cache");
+    let mut contiguous = BTreeMap::new();
+    contiguous.insert("q".to_string(), q.clone());
+    contiguous.insert("k_cache".to_string(), k);
+    contiguous.insert("v_cache".to_string(), v);
+    contiguous.insert("seq_lens".to_string(), Tensor::from_i32(vec![b], &seq_lens));
+    let mut paged = BTreeMap::new();
+    paged.insert("q".to_string(), q);
+    let pshape = vec![num_pages, page, hkv, d];
+    paged.insert("k_cache".to_string(), Tensor::from_f32(pshape.clone(), &kp));
+    paged.insert("v_cache".to_string(), Tensor::from_f32(pshape, &vp));
+    paged.insert("seq_lens".to_string(), Tensor::from_i32(vec![b], &seq_lens));
+    paged.insert(
+        "page_table".to_string(),
+        Tensor::from_i32(vec![b, max_pages], &ids),
+    );
+    for (layout, inputs) in [("contiguous", &contiguous), ("paged", &paged)] {
+        let input = dir.join(format!("{layout}.safetensors"));
+        write_safetensors(&input, inputs).unwrap();
+        for backend in ["reference", "cpu"] {
+            let output = dir.join(format!("out-{layout}-{backend}.safetensors"));
+            let (i, o) = (input.display().to_string(), output.display().to_string());
+            let out = attnc(&[
+                "run",
+                "examples/causal.attn",
+                "--kv-cache",
+                layout,
+                "--inputs",
+                &i,
+                "--output",
+                &o,
+                "--backend",
+                backend,
+            ]);
+            let what = format!("{layout} {backend}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {}", text(&out));
+            let got = read_safetensors(&output).unwrap();
+            let (go, gl) = (&got["o"], &got["lse"]);
+            assert_eq!(go.shape(), &[b, hq, lq, d], "{what}");
+            assert_eq!(gl.shape(), &[b, hq, lq], "{what}");
+            close(&format!("{what} o"), &go.to_f32(), &want.0, 1e-4);
+            close(&format!("{what} lse"), &gl.to_f32(), &want.1, 1e-4);
+        }
+    }
+    // a paged cache without its table; a length beyond the capacity
+    let mut no_table = paged.clone();
+    no_table.remove("page_table");
+    let mut too_long = contiguous.clone();
+    too_long.insert(
+        "seq_lens".to_string(),
+        Tensor::from_i32(vec![b], &[29, cap as i32 + 1, 2]),
+    );
+    for (layout, inputs, needle) in [
+        ("paged", no_table, "page_table"),
+        ("contiguous", too_long, "E0322"),
+    ] {
+        let input = dir.join(format!("bad-{needle}.safetensors"));
+        write_safetensors(&input, &inputs).unwrap();
+        let output = dir.join("bad-out.safetensors");
+        let (i, o) = (input.display().to_string(), output.display().to_string());
+        let out = attnc(&[
+            "run",
+            "examples/causal.attn",
+            "--kv-cache",
+            layout,
+            "--inputs",
+            &i,
+            "--output",
+            &o,
+            "--backend",
+            "cpu",
+        ]);
+        let t = text(&out);
+        assert_ne!(out.status.code(), Some(0), "{needle}: {t}");
+        assert!(t.contains(needle), "{needle}: {t}");
+        if needle == "E0322" {
+            assert!(t.contains("seq_lens"), "{t}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
