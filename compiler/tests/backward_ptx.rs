@@ -434,12 +434,13 @@ fn fused_sm90_d64_kernels() {
         if name == "dense" {
             insta::assert_snapshot!("bwd_ptx_sm90_bf16_d64__dense__binding_bwd_dkdv", a.ptx);
             // q tiles of 64 (the options without a binding, float positions as the
-            // binding's: what session 9's first commit snapshot-tested)
+            // binding's: what session 9's first commit snapshot-tested; without session
+            // 12's instruction cuts)
             let o64 = PtxOptions {
                 q_block: 64,
                 bwd_lpt: false,
                 bwd_scan_under: false,
-                ..o
+                ..before_cuts(o)
             };
             let a64 = emit_backward(&plan, &o64, BackwardKind::DkDv).unwrap();
             insta::assert_snapshot!(
@@ -581,7 +582,7 @@ fn fused_persist_kernels() {
 /// a sliding window, ALiBi + causal, soft-cap): deterministic, dSᵀ stored with
 /// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (Br / 16 per thread and store site instead
 /// of the default's Br / 4 `st.shared.b32`) and L2/Delta pairs through one
-/// `ld.shared.v2.b32` each instead of two `ld.shared.b32`; the default emits neither. The stores' addresses are checked against the default's in
+/// `ld.shared.v2.b32` each instead of two `ld.shared.b32`; the binding's options before session 12 emit neither. The stores' addresses are checked against the default's in
 /// the fused module's unit test `stmatrix_ds_stores_match_pair_stores`.
 /// `ATTNC_BWD_PTX_DIR=dir` writes both dK/dV kernels there (for `ptxas -v`).
 #[test]
@@ -598,8 +599,10 @@ fn fused_stmatrix_kernels() {
         ] {
             let p = &example(file, name);
             let plan = Plan::new(p);
-            let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
+            let def = before_cuts(
+                PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                    .backward_for_binding(&plan, 8192),
+            );
             let o = PtxOptions {
                 bwd_stmatrix: true,
                 ..def
@@ -642,5 +645,130 @@ fn fused_stmatrix_kernels() {
                 "{tag}: {v2} v2 loads, {ld} fewer loads"
             );
         }
+    }
+}
+
+/// The binding's options without session 12's instruction cuts (`bwd_stmatrix`,
+/// `bwd_desc`, `bwd_ds_unguarded`: the binding's default where measured), so that the
+/// tests below compare each cut against the kernel without it.
+fn before_cuts(o: PtxOptions) -> PtxOptions {
+    PtxOptions {
+        bwd_stmatrix: false,
+        bwd_desc: false,
+        bwd_ds_unguarded: false,
+        ..o
+    }
+}
+
+/// `PtxOptions::bwd_desc` on the binding's fused kernel (D64 and D128: dense, causal,
+/// sliding window, ALiBi + causal, soft-cap), alone and with `bwd_stmatrix`: deterministic
+/// PTX, the same wgmma instructions, fewer descriptor computations (the `shr.u32 .., 4`
+/// of each descriptor's start address), the warpgroup index read through `shfl.sync`.
+#[test]
+fn fused_desc_kernels() {
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("sliding_window", "sliding_window"),
+            ("alibi_causal", "alibi_causal"),
+            ("softcap", "softcap"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let def = before_cuts(
+                PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                    .backward_for_binding(&plan, 8192),
+            );
+            for stm in [false, true] {
+                let base = PtxOptions {
+                    bwd_stmatrix: stm,
+                    ..def
+                };
+                let o = PtxOptions {
+                    bwd_desc: true,
+                    ..base
+                };
+                assert_ne!(o.key(), base.key());
+                let plain = emit_backward(&plan, &base, BackwardKind::DkDv).unwrap();
+                let tag = format!("{name} D{d} stmatrix {stm}");
+                let x = if stm { "x" } else { "" };
+                let a = dkdv_twice(
+                    &plan,
+                    &o,
+                    &tag,
+                    &format!("desc{x}_d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                let wg = "wgmma.mma_async";
+                assert_eq!(count(&a.ptx, wg), count(&plain.ptx, wg), "{tag}");
+                let sh = |ptx: &str| {
+                    ptx.lines()
+                        .filter(|l| l.contains("shr.u32") && l.trim_end().ends_with(", 4;"))
+                        .count()
+                };
+                println!(
+                    "{tag}: wgmma {}, descriptor shifts {} (without {}), shfl.sync.idx {}",
+                    count(&a.ptx, wg),
+                    sh(&a.ptx),
+                    sh(&plain.ptx),
+                    count(&a.ptx, "shfl.sync.idx"),
+                );
+                assert!(sh(&a.ptx) * 2 < sh(&plain.ptx), "{tag}");
+                assert!(count(&a.ptx, "shfl.sync.idx") > count(&plain.ptx, "shfl.sync.idx"));
+                // bwd_ds_unguarded on top: the identity score's full-block selects go
+                let u = PtxOptions {
+                    bwd_ds_unguarded: true,
+                    ..o
+                };
+                assert_ne!(u.key(), o.key());
+                let b = dkdv_twice(
+                    &plan,
+                    &u,
+                    &tag,
+                    &format!("desc{x}g_d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                let sel = |ptx: &str| count(ptx, "selp.f32");
+                println!("{tag}: selp.f32 {} (guarded {})", sel(&b.ptx), sel(&a.ptx));
+                if matches!(name, "dense" | "causal_attention" | "sliding_window") {
+                    assert_eq!(
+                        sel(&a.ptx) - sel(&b.ptx),
+                        (def.q_block / 2) as usize,
+                        "{tag}"
+                    );
+                } else {
+                    assert_eq!(sel(&a.ptx), sel(&b.ptx), "{tag}");
+                }
+            }
+        }
+    }
+}
+
+/// Where `backward_for_binding` turns session 12's instruction cuts on (`bwd_stmatrix`,
+/// `bwd_desc`, `bwd_ds_unguarded`: measured on an H200): the fused kernel with the TMA
+/// producer at D128 and D64, except bands and block tables (`bwd_wscan`) and q tiles of
+/// 128 with a score function (D64 soft-cap).
+#[test]
+fn binding_instruction_cuts() {
+    for (d, file, name, on) in [
+        (128, "dense", "dense", true),
+        (128, "causal", "causal_attention", true),
+        (128, "alibi_causal", "alibi_causal", true),
+        (128, "softcap", "softcap", true),
+        (128, "sliding_window", "sliding_window", false),
+        (64, "dense", "dense", true),
+        (64, "causal", "causal_attention", true),
+        (64, "alibi_causal", "alibi_causal", true),
+        (64, "softcap", "softcap", false),
+        (64, "sliding_window", "sliding_window", false),
+    ] {
+        let p = &example(file, name);
+        let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&Plan::new(p), 8192);
+        assert_eq!(
+            (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded),
+            (on, on, on),
+            "{name} D{d}"
+        );
     }
 }

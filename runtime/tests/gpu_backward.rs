@@ -1006,9 +1006,49 @@ fn test_options(
 /// deterministic); `default-s`: without the visit search under Sᵀ and dPᵀ
 /// (`PtxOptions::bwd_scan_under`, the D64 default). A trailing `+x` on any entry
 /// (`default+x`, `default+u+x`, `wg64x128bt+x`) stores the fused kernel's dSᵀ with
-/// `stmatrix` and loads its L2/Delta pairs with `ld.shared.v2` (`PtxOptions::bwd_stmatrix`).
+/// `stmatrix` and loads its L2/Delta pairs with `ld.shared.v2` (`PtxOptions::bwd_stmatrix`);
+/// a trailing `+d` (after or instead of `+x`: `default+x+d`, `default+d`) derives the
+/// fused kernel's wgmma descriptors from one base per tile (`PtxOptions::bwd_desc`); a
+/// last `+g` drops the P = 0 select of dS on full blocks of the identity score
+/// (`PtxOptions::bwd_ds_unguarded`), e.g. `default+x+d+g`; `-x`, `-d`, `-g` turn them off
+/// (`default-x-d-g`: the binding's options before session 12).
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
+    // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
+    // binding's default since session 12 where measured: `default-x-d-g` = before)
+    for (suffix, off) in [("-x", 0), ("-d", 1), ("-g", 2)] {
+        if let Some(rest) = cfg.strip_suffix(suffix) {
+            return bench_options(default, rest).map(|o| match off {
+                0 => PtxOptions {
+                    bwd_stmatrix: false,
+                    ..o
+                },
+                1 => PtxOptions {
+                    bwd_desc: false,
+                    ..o
+                },
+                _ => PtxOptions {
+                    bwd_ds_unguarded: false,
+                    ..o
+                },
+            });
+        }
+    }
+    // `+g`: dS without the P = 0 select on full blocks of the identity score
+    // (`bwd_ds_unguarded`)
+    if let Some(rest) = cfg.strip_suffix("+g") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_ds_unguarded: true,
+            ..o
+        });
+    }
+    // `+d`: the fused kernel's wgmma descriptors from one base per tile (`bwd_desc`)
+    if let Some(rest) = cfg.strip_suffix("+d") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_desc: true,
+            ..o
+        });
+    }
     // `+x`: dSᵀ through stmatrix, L2/Delta through ld.shared.v2 (`bwd_stmatrix`)
     if let Some(rest) = cfg.strip_suffix("+x") {
         return bench_options(default, rest).map(|o| PtxOptions {

@@ -208,6 +208,15 @@ impl PtxOptions {
     ///   alone in ms without / with: dense 1.681 / 1.655, causal 1.019 / 0.982; ptxas
     ///   spill stores dense 28 -> 8 bytes). At D128 it gained nothing (dense 5.262 /
     ///   5.244, causal 2.865 / 2.784-2.852, ALiBi + causal 2.778 / 2.807-2.817): off.
+    /// - fewer instructions in the fused kernel's visit ([`Self::bwd_stmatrix`],
+    ///   [`Self::bwd_desc`], [`Self::bwd_ds_unguarded`]; ptxas sm_90a, SASS per visit of
+    ///   the full-block path: D128 dense 741 -> 452, D64 dense 941 -> 634) with the TMA
+    ///   producer, except for bands and block tables, capture gradients and q tiles of
+    ///   128 with a score function (one H200, one call, fused kernel alone in ms without /
+    ///   with: D128 dense 5.310 / 5.156, causal 2.985 / 2.833, ALiBi + causal 2.752 /
+    ///   2.753, soft-cap + causal 3.219 / 3.204; D64 dense 1.631 / 1.567, causal 0.959 /
+    ///   0.864, ALiBi + causal 1.097 / 1.064; D64 soft-cap + causal 1.118 / 1.226: left
+    ///   out).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -234,6 +243,18 @@ impl PtxOptions {
         // D64: the next visit's search under Sᵀ and dPᵀ (as bwd_wscan's); D128 gained
         // nothing (docs/performance.md, "Session 11 (bwd)")
         o.bwd_scan_under = fused::tma_producer(&o) && o.d == 64;
+        // the math warps' instruction cuts (session 12): not for bands and block tables
+        // (not measured), capture gradients (not measured) or q tiles of 128 with a score
+        // function (D64 soft-cap: stmatrix makes ptxas spill 224 bytes, 0.91x)
+        if fused::tma_producer(&o)
+            && !o.bwd_wscan
+            && capture_grads(plan.program()).is_empty()
+            && !(o.q_block == 128 && plan.program().score.is_some())
+        {
+            o.bwd_stmatrix = true;
+            o.bwd_desc = true;
+            o.bwd_ds_unguarded = true;
+        }
         o
     }
 
@@ -947,7 +968,9 @@ pub(super) fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
 /// row `64 wg`) of the slab tile `a`, B every row of the slab tile `b` placed `b_extra`
 /// bytes further, both K-major (their columns are the reduction dimension). Returns the
 /// warpgroup accumulator (`b.rows / 2` values per thread, m16n8 order per 8 columns),
-/// valid after a `wgmma_wait` that covers it.
+/// valid after a `wgmma_wait` that covers it. `desc`: the descriptors of each tile from
+/// one base descriptor ([`PtxOptions::bwd_desc`]; the same values).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn wg_abt<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
@@ -955,10 +978,21 @@ pub(super) fn wg_abt<'ctx>(
     wg: IntValue<'ctx>,
     b: &SmemTile,
     b_extra: IntValue<'ctx>,
+    desc: bool,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let a_base = g.smem_addr32(g.add(g.mul(wg, g.c32(64 * 128))?, g.c32(a.offset as i64))?)?;
     let b_base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
     let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
+    if desc {
+        // PtxOptions::bwd_desc: one base descriptor per tile, a constant per k-step
+        let (la, lb) = (g.wgmma_desc_lo(a_base, 16)?, g.wgmma_desc_lo(b_base, 16)?);
+        for ks in 0..a.cols / 16 {
+            let da = g.wgmma_desc_at(la, slab_kstep(a, ks), 1024)?;
+            let db = g.wgmma_desc_at(lb, slab_kstep(b, ks), 1024)?;
+            acc = Some(g.wgmma(ty, b.rows, WgmmaA::Desc(da), db, false, acc.as_deref())?);
+        }
+        return acc.ok_or(LlvmError::Internal("empty wgmma product"));
+    }
     for ks in 0..a.cols / 16 {
         let da = g.wgmma_desc(g.add(a_base, g.c32(slab_kstep(a, ks) as i64))?, 16, 1024)?;
         let db = g.wgmma_desc(g.add(b_base, g.c32(slab_kstep(b, ks) as i64))?, 16, 1024)?;
@@ -971,6 +1005,7 @@ pub(super) fn wg_abt<'ctx>(
 /// rows as fragments (one per 16 of the reduction dimension, `b.rows` in all), B the slab
 /// tile `b` (placed `b_extra` bytes further) whose rows are the reduction dimension,
 /// N-major (`trans-b`): 64-column slabs `b.rows * 128` bytes apart, 8 rows 1024 apart.
+/// `desc`: the descriptors from one base descriptor ([`PtxOptions::bwd_desc`]).
 pub(super) fn wg_ab<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
@@ -978,9 +1013,18 @@ pub(super) fn wg_ab<'ctx>(
     b: &SmemTile,
     b_extra: IntValue<'ctx>,
     acc: &[FloatValue<'ctx>],
+    desc: bool,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
     let mut acc = acc.to_vec();
+    if desc {
+        let lo = g.wgmma_desc_lo(base, b.rows * 128)?;
+        for (kk, af) in a.iter().enumerate() {
+            let db = g.wgmma_desc_at(lo, kk as u32 * 16 * 128, 1024)?;
+            acc = g.wgmma(ty, b.cols, WgmmaA::Regs(*af), db, true, Some(&acc))?;
+        }
+        return Ok(acc);
+    }
     for (kk, af) in a.iter().enumerate() {
         let db = g.wgmma_desc(
             g.add(base, g.c32(kk as i64 * 16 * 128))?,
@@ -1120,6 +1164,9 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     pub lkv: IntValue<'ctx>,
     /// The kernel that sums capture gradients (the dQ or the fused kernel): where they go.
     pub cap: Option<&'a CapCtx<'a, 'ctx>>,
+    /// [`PtxOptions::bwd_ds_unguarded`]: on full blocks, with the identity score and no
+    /// capture gradients, dS = P (dP - Delta) without the select that zeroes it where P = 0.
+    pub full_unguarded: bool,
 }
 
 /// One element's position: the integers and, with float positions
@@ -1726,7 +1773,15 @@ pub(super) fn grad_scores<'ctx>(
                 // nothing flows through a masked, -inf or underflowed element (never
                 // 0 * inf = NaN from the derivative there)
                 let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
-                let ds = g.selectf(zero, g.cf(0.0), ds)?;
+                // bwd_ds_unguarded: a full block of the identity score has no masked
+                // element, no derivative and finite dP - Delta, so P = 0 (an underflow)
+                // gives dS = ±0 without the select
+                let unguarded = e.full_unguarded && !slow && dprime.is_none() && e.cap.is_none();
+                let ds = if unguarded {
+                    ds
+                } else {
+                    g.selectf(zero, g.cf(0.0), ds)?
+                };
                 if let (Some(cap), Some((vals, _, _))) = (e.cap, &cap_vals) {
                     cap.element(g, e.env, vals, dsp, g.xor(zero, g.cbool(true))?, &mut runs)?;
                 }
@@ -2206,9 +2261,9 @@ fn score_products<'ctx>(
     if opts.mma == Mma::Wgmma {
         let wgi = g.lshr(c.warp, g.c32(2))?;
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, a_s, wgi, b_s, buf)?;
+        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, false)?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf)?;
+        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, false)?;
         g.wgmma_commit()?;
         Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
     } else {
@@ -2309,6 +2364,7 @@ fn dkdv_body<'ctx>(
         lq: c.lq,
         lkv: c.lkv,
         cap: None,
+        full_unguarded: false,
     };
     // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
     let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
@@ -2325,8 +2381,17 @@ fn dkdv_body<'ctx>(
             &t.d_o,
             buf,
             &to_flat(&dv_acc),
+            false,
         )?;
-        let dk1 = wg_ab(g, ty, &acc_to_a(g, ty, &dst)?, &t.q, buf, &to_flat(&dk_acc))?;
+        let dk1 = wg_ab(
+            g,
+            ty,
+            &acc_to_a(g, ty, &dst)?,
+            &t.q,
+            buf,
+            &to_flat(&dk_acc),
+            false,
+        )?;
         g.wgmma_commit()?;
         dv_acc = wg_result(g, &dv1)?;
         dk_acc = wg_result(g, &dk1)?;
@@ -2560,6 +2625,7 @@ fn dq_body<'ctx>(
         lq: c.lq,
         lkv: c.lkv,
         cap: cap.as_ref(),
+        full_unguarded: false,
     };
     // element (nt, i): q row q_row + 8 (i / 2), kv column col + 8 nt + i % 2
     let pb = PosBase::new(g, opts, &|| Ok((q_row, col)))?;
@@ -2579,7 +2645,7 @@ fn dq_body<'ctx>(
     let mut dq_acc = acc_get(g, &dq)?;
     if wg {
         g.wgmma_fence()?;
-        let dq1 = wg_ab(g, ty, &dsa, &t.k, buf, &to_flat(&dq_acc))?;
+        let dq1 = wg_ab(g, ty, &dsa, &t.k, buf, &to_flat(&dq_acc), false)?;
         g.wgmma_commit()?;
         dq_acc = wg_result(g, &dq1)?;
     } else {

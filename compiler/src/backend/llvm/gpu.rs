@@ -663,6 +663,27 @@ impl<'ctx> Gpu<'ctx> {
             ((lbo as u64 >> 4) & 0x3fff) << 16 | ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
         self.or(self.zext64(lo)?, self.i64.const_int(hi, false))
     }
+    /// The low word of [`Self::wgmma_desc`] for `addr` and `lbo` (start address and
+    /// leading byte offset): [`Self::wgmma_desc_at`] derives the descriptors of
+    /// `addr + off` from it with one 32-bit add each.
+    pub fn wgmma_desc_lo(&self, addr: IntValue<'ctx>, lbo: u32) -> R<IntValue<'ctx>> {
+        let lo = self.and(self.lshr(addr, self.c32(4))?, self.c32(0x3fff))?;
+        self.or(lo, self.c32((((lbo >> 4) & 0x3fff) << 16) as i64))
+    }
+    /// [`Self::wgmma_desc`] of `addr + off` (`off` a multiple of 16) from `lo` =
+    /// [`Self::wgmma_desc_lo`] of `addr`: the start-address field plus `off / 16`. The
+    /// same value: a shared-window address is below 2^18, so the 14-bit field of
+    /// `addr + off` is `addr / 16 + off / 16` and the add carries into no other field.
+    pub fn wgmma_desc_at(&self, lo: IntValue<'ctx>, off: u32, sbo: u32) -> R<IntValue<'ctx>> {
+        debug_assert!(off.is_multiple_of(16));
+        let lo = if off == 0 {
+            lo
+        } else {
+            self.add(lo, self.c32((off >> 4) as i64))?
+        };
+        let hi = ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
+        self.or(self.zext64(lo)?, self.i64.const_int(hi, false))
+    }
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`: this warpgroup's 64 x n f32
     /// accumulator (`n / 2` registers per thread, in m16n8 accumulator order per n8 chunk)
     /// `= acc + A B` (`acc` None: `= A B`). A is a K-major shared-memory descriptor or four

@@ -350,10 +350,27 @@ pub struct PtxOptions {
     /// instruction per 16 q columns per thread instead of four `st.shared.b32`; the same
     /// bytes at the same addresses) and load the per-row L2 and Delta pairs with
     /// `ld.shared.v2.f32` (half the loads). Fewer instructions in the math warps' visit
-    /// (what limits the kernel: docs/performance.md, session 11 (bwd)). Off by default:
-    /// NOT yet run on a GPU (session 11, bwd3); the kernel bench's `+x`; other kinds
-    /// ignore it.
+    /// (docs/performance.md, session 11 (bwd3) and session 12 (bwd)). Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on where measured; the kernel bench's `+x`
+    /// (`-x` off); other kinds ignore it.
     pub bwd_stmatrix: bool,
+    /// The fused backward (`backward/fused.rs`): each wgmma operand tile's shared-memory
+    /// descriptors come from one base descriptor plus a constant per k-step (one add
+    /// instead of the shift, mask and or of every descriptor), and the math warps'
+    /// warpgroup index is read through `shfl.sync` (warp-uniform, so ptxas can keep the
+    /// K/V descriptors in uniform registers). The same descriptors, so the same results.
+    /// Fewer instructions in the math warps' visit. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on where measured; the kernel bench's `+d`
+    /// (`-d` off); other kinds ignore it.
+    pub bwd_desc: bool,
+    /// The fused backward (`backward/fused.rs`), on full blocks of the identity score
+    /// without capture gradients: dS = P (dP - Delta) without the select that makes it
+    /// +0 where P = 0 (there every element is unmasked and in bounds and dP - Delta is
+    /// finite, so an underflowed P gives ±0 either way: the same gradients up to the
+    /// sign of a zero sum). Partial blocks keep it. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on where measured; the kernel bench's `+g`
+    /// (`-g` off); other kinds ignore it.
+    pub bwd_ds_unguarded: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -451,6 +468,8 @@ impl PtxOptions {
             bwd_scan_under: false,
             bwd_dq_free: false,
             bwd_stmatrix: false,
+            bwd_desc: false,
+            bwd_ds_unguarded: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -690,6 +709,12 @@ impl PtxOptions {
             + if self.bwd_dq_free { " bwd-dq-free" } else { "" }
             + if self.bwd_stmatrix {
                 " bwd-stmatrix"
+            } else {
+                ""
+            }
+            + if self.bwd_desc { " bwd-desc" } else { "" }
+            + if self.bwd_ds_unguarded {
+                " bwd-ds-unguarded"
             } else {
                 ""
             }

@@ -115,10 +115,17 @@
 //!   part adds): what the ordered chain costs (H200, B2 H16 L8192 D128, whole backward
 //!   TFLOP/s ordered / free: dense 531.6 / 552.9, causal 466.3 / 472.0; D64 B4 H16 L4096
 //!   dense 393.5 / 392.3, causal 312.2 / 318.2).
-//!   `bwd_stmatrix` (off, NOT yet run on a GPU): dSᵀ stored with `stmatrix` (the same
-//!   bytes at the same addresses: `store_ds_stmatrix`, checked against the per-pair stores
-//!   in this module's tests) and L2/Delta pairs loaded with `ld.shared.v2`: fewer
-//!   instructions per visit (docs/performance.md, session 11 (bwd3)).
+//!   `bwd_stmatrix`: dSᵀ stored with `stmatrix` (the same bytes at the same addresses:
+//!   `store_ds_stmatrix`, checked against the per-pair stores in this module's tests) and
+//!   L2/Delta pairs loaded with `ld.shared.v2`; `bwd_desc`: each operand tile's wgmma
+//!   descriptors from one base plus a constant per k-step, the warpgroup index read
+//!   through `shfl.sync` (warp-uniform: ptxas builds the descriptors in uniform
+//!   registers); `bwd_ds_unguarded`: no P = 0 select of dS on full blocks of the identity
+//!   score. Fewer instructions per visit (SASS of the D128 dense math warps' visit 741 ->
+//!   452); the binding's default with the TMA producer except bands, block tables,
+//!   capture gradients and q tiles of 128 with a score function (one H200, fused kernel
+//!   alone in ms without / with: D128 dense 5.294 / 5.095, causal 2.985 / 2.833, D64
+//!   dense 1.626 / 1.553, causal 0.957 / 0.867; docs/performance.md, session 12 (bwd)).
 //!   `bwd_persist` (with `bwd_tma`, off; measured below): `min(kv tiles, SMs)` CTAs
 //!   (`GridDim::KvPersistent`, the batch count a parameter), each taking the kv tiles
 //!   (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` numbered in the order of
@@ -586,6 +593,17 @@ fn dq_chunk<'ctx>(
         None => o.kv_block / 16,
     };
     let mut acc: Option<Vec<_>> = None;
+    if o.bwd_desc {
+        // one base descriptor per operand, a constant per k-step
+        let la = g.wgmma_desc_lo(a_base, ds.rows * 128)?;
+        let lb = g.wgmma_desc_lo(b_base, k.rows * 128)?;
+        for kk in 0..steps {
+            let da = g.wgmma_desc_at(la, kk * 16 * 128, 1024)?;
+            let db = g.wgmma_desc_at(lb, kk * 16 * 128, 1024)?;
+            acc = Some(g.wgmma_t(o.input, n, WgmmaA::Desc(da), true, db, true, acc.as_deref())?);
+        }
+        return acc.ok_or(LlvmError::Internal("empty dQ product"));
+    }
     for kk in 0..steps {
         let step = g.c32(kk as i64 * 16 * 128);
         let da = g.wgmma_desc(g.add(a_base, step)?, ds.rows * 128, 1024)?;
@@ -616,6 +634,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let c = common(g, p, opts, a)?;
     let zero = g.c32(0);
     let one = g.c32(1);
+    // bwd_desc: descriptors from one base per tile, the warpgroup index warp-uniform
+    // (through shfl.sync, here where every thread of the CTA runs)
+    let dsc = opts.bwd_desc;
+    let wg_uniform = if dsc {
+        Some(g.shfl_idx_i32(g.lshr(c.warp, g.c32(2))?, zero)?)
+    } else {
+        None
+    };
     // bwd_lpt: the grid is (kv head, kv block, batch), kv blocks in ascending order
     let lpt = opts.bwd_lpt;
     let hk = g.ctaid(if lpt { 'x' } else { 'y' })?;
@@ -1199,15 +1225,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(rel, || g.release_inc(g.geti(&pending_sem)?))?;
     }
     // this warp's warpgroup
-    let wg_index = || g.lshr(c.warp, g.c32(2));
+    let wg_index = || match wg_uniform {
+        Some(w) => Ok(w),
+        None => g.lshr(c.warp, g.c32(2)),
+    };
     // early: Sᵀ and dPᵀ start before the next visit's search and loads (which write the
     // other buffer, read by no warp since the barrier above)
     let issue_sdp = || -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
         let wgi = wg_index()?;
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf)?;
+        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc)?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf)?;
+        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc)?;
         g.wgmma_commit()?;
         Ok((s, dp))
     };
@@ -1257,6 +1286,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         lq: c.lq,
         lkv: c.lkv,
         cap: cap.as_ref(),
+        full_unguarded: opts.bwd_ds_unguarded,
     };
     let dv_acc = acc_get(g, &dv)?;
     let dk_acc = acc_get(g, &dk)?;
@@ -1278,7 +1308,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         if early {
             let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
             g.wgmma_fence()?;
-            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
             g.wgmma_commit()?;
             Products::DvIssued(dv1, dsa)
         } else {
@@ -1304,7 +1334,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         };
         let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
         g.wgmma_fence()?;
-        let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
+        let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
         g.wgmma_commit()?;
         let deltas = col_stat(t.delta)?;
         // waits for dPᵀ (the group before dV's)
@@ -1455,8 +1485,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.wgmma_fence()?;
             let x0 = issue(parts[0])?;
             g.wgmma_commit()?;
-            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
-            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
             // chunk 0 under dV and dK: warpgroup 1 stores it at once (predicated, no
             // branch with products in flight: ptxas C7519), warpgroup 0 keeps it
@@ -1497,7 +1527,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // chunk's additions
         Products::DvIssued(dv1, dsa) => {
             let dq0 = first_chunk()?;
-            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
             other_chunks(dq0)?;
             (dv1, dk1)
@@ -1506,8 +1536,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Products::Later(pt, dst) => {
             let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
             let dq0 = first_chunk()?;
-            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc))?;
-            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc))?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
             other_chunks(dq0)?;
             (dv1, dk1)
