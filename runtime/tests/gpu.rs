@@ -15,7 +15,8 @@
 //! `ATTNC_GPU_MMA=sync|wgmma|ws` keeps one path; `ATTNC_GPU_PERSISTENT=1|dyn|0` makes the
 //! warp-specialized paths persistent (`PtxOptions::persistent`; `dyn`: with
 //! `PtxOptions::dynamic_tiles`) or not, and `ATTNC_GPU_Q2=1` gives those two Q buffers
-//! (`PtxOptions::q_double`). Every path but the plain wgmma kernel
+//! (`PtxOptions::q_double`), `ATTNC_GPU_CROSS=1` with `dyn` the cross-tile issue
+//! (`PtxOptions::cross_tile`). Every path but the plain wgmma kernel
 //! converts positions as exact floats (`PtxOptions::float_positions`, the runtime's
 //! default at these lengths); the plain wgmma kernel converts per element.
 //!
@@ -245,7 +246,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
 
 /// `o` with `ATTNC_GPU_PERSISTENT=1|dyn|0` applied (persistent CTAs on, on with the
 /// dynamic tile scheduler, or off) and, with persistent CTAs, `ATTNC_GPU_Q2=1` (two Q
-/// buffers, `PtxOptions::q_double`).
+/// buffers, `PtxOptions::q_double`), with the dynamic scheduler `ATTNC_GPU_CROSS=1` (the
+/// next tile's first S with the last P V, `PtxOptions::cross_tile`).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
         Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
@@ -254,6 +256,8 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
         _ => {}
     }
     o.q_double = o.persistent && std::env::var("ATTNC_GPU_Q2").is_ok_and(|v| v == "1");
+    o.cross_tile = o.dynamic_tiles && std::env::var("ATTNC_GPU_CROSS").is_ok_and(|v| v == "1");
+    o.early_claim = o.cross_tile;
     o
 }
 
@@ -835,6 +839,113 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
                     failures.push(format!(
                         "{} {:?} q block {qb} dynamic {dynamic} q2 {} {sms} CTAs: {e}",
                         p.name, c.shape, opts.q_double
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The cross-tile issue (`PtxOptions::cross_tile`: the next tile's first S with this
+/// tile's last P V, its softmax before this tile's epilogue) on the dynamic tile
+/// scheduler: every sample with grids of 1, 5, 11 CTAs and all SMs (many tiles per CTA,
+/// tiles without blocks and the end marker next to a tile's last block), D128 (two
+/// consumers) and D64 (three at q blocks of 192, two at 128), one and two Q buffers, the
+/// plain and the LPT order, q blocks from the end, closed forms and the block table forced;
+/// odd lengths, Lq != Lkv, GQA, bf16 and f16; a negative scale (Q negated in shared
+/// memory: the fallback to the last P V alone) and checked mode on one case each. Each
+/// launch runs twice with O poisoned in between (`forward_host`).
+fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
+        ((3, 3, 1, 129, 400), 128, 128, InputType::F16),
+        ((2, 2, 1, 777, 190), 64, 192, InputType::Bf16),
+        ((1, 4, 4, 520, 333), 64, 128, InputType::F16),
+        ((2, 2, 1, 1100, 1100), 128, 128, InputType::Bf16),
+    ];
+    // ATTNC_GPU_CROSS_QUICK=1 (for compute-sanitizer): three cases, three samples;
+    // ATTNC_GPU_CROSS_CASES=0,3 / ATTNC_GPU_CROSS_VARIANTS=1,2: only those cases /
+    // option sets (to split the test over processes)
+    let quick = std::env::var("ATTNC_GPU_CROSS_QUICK").is_ok_and(|v| v == "1");
+    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_CROSS_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let only_k: Option<Vec<usize>> = std::env::var("ATTNC_GPU_CROSS_VARIANTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let mut failures = Vec::new();
+    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
+        if quick && i % 2 == 1 || only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let ws = PtxOptions {
+            persistent: true,
+            dynamic_tiles: true,
+            cross_tile: true,
+            float_positions: true,
+            q_block: qb,
+            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv
+                || quick && !matches!(p.name.as_str(), "dense" | "causal" | "document_causal")
+            {
+                continue;
+            }
+            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
+            let small = dev.with_sms(sms);
+            let mut r = rng(43);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            for (k, (lpt, q_double, kv_table, q_from_end)) in [
+                (0, true, false, false),
+                (3, false, true, false),
+                (8, true, false, true),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if only_k.as_ref().is_some_and(|o| !o.contains(&k)) {
+                    continue;
+                }
+                let opts = PtxOptions {
+                    lpt_group: lpt,
+                    q_double,
+                    kv_table,
+                    q_from_end,
+                    split_tail: qb == 128 && p.score.is_none() && k != 1,
+                    checked: i == 1 && k == 0,
+                    early_claim: k != 1,
+                    ..ws
+                };
+                let scale = if i == 0 && k == 0 {
+                    -c.shape.default_scale()
+                } else {
+                    c.shape.default_scale()
+                };
+                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 43, scale, &opts) {
+                    failures.push(format!(
+                        "{} {:?} q block {qb} lpt {lpt} q2 {q_double} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
+                        p.name, c.shape
                     ));
                 }
             }
@@ -1898,6 +2009,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_q_from_end_matches_oracle",
         gpu_q_from_end_matches_oracle,
+    ),
+    (
+        "gpu_cross_tile_matches_oracle",
+        gpu_cross_tile_matches_oracle,
     ),
     ("gpu_d256_matches_oracle", gpu_d256_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),

@@ -487,7 +487,10 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// tile scheduler (`PtxOptions::dynamic_tiles`), or off; `ATTNC_FWD_Q_END=1|0` q blocks from
 /// the end (`PtxOptions::q_from_end`) on or off; `ATTNC_FWD_SPLIT_TAIL=1|0` the score's
 /// path for partial blocks inside the sequence (`PtxOptions::split_tail`); `ATTNC_FWD_Q2=1|0`
-/// two Q buffers for persistent CTAs (`PtxOptions::q_double`); `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// two Q buffers for persistent CTAs (`PtxOptions::q_double`); `ATTNC_FWD_CROSS=1|0` the
+/// next tile's first S with the last P V (`PtxOptions::cross_tile`, with the dynamic
+/// scheduler); `ATTNC_FWD_CLAIM=1|0` the next tile claimed when a tile starts
+/// (`PtxOptions::early_claim`); `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
 fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -515,8 +518,21 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         Ok("0") => o.q_double = false,
         _ => {}
     }
-    // (two Q buffers only with persistent CTAs)
+    match std::env::var("ATTNC_FWD_CLAIM").as_deref() {
+        Ok("1") => o.early_claim = true,
+        Ok("0") => o.early_claim = false,
+        _ => {}
+    }
+    match std::env::var("ATTNC_FWD_CROSS").as_deref() {
+        Ok("1") => o.cross_tile = true,
+        Ok("0") => o.cross_tile = false,
+        _ => {}
+    }
+    // (two Q buffers only with persistent CTAs, the cross-tile issue with the dynamic
+    // scheduler)
     o.q_double &= o.persistent;
+    o.cross_tile &= o.dynamic_tiles;
+    o.early_claim &= o.dynamic_tiles;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())

@@ -394,7 +394,7 @@ pub(crate) fn body<'ctx>(
     let epi = g.block("epilogue");
     g.cond_br(any_block, work, epi)?;
     g.b.position_at_end(work);
-    cons.run(&runs, epi, None)?;
+    cons.run(&runs, epi, None, None)?;
     g.b.position_at_end(epi);
     epilogue(
         g,
@@ -454,7 +454,8 @@ fn body_persistent<'ctx>(
         || {
             let ring = Ring::new(g, lay.stages)?;
             if opts.dynamic_tiles {
-                return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
+                let early = opts.early_claim;
+                return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles, early);
             }
             let q_phase = g.var(g.i32, g.c32(0))?;
             for_each_tile(g, tiles, &mut |t| {
@@ -497,17 +498,52 @@ fn body_persistent<'ctx>(
     // warpgroup 0 issues first
     g.if_then(wg0, || g.bar_arrive(BAR_TURN0, 256))?;
     let dynamic = opts.dynamic_tiles;
+    // (`cross_tile`: whether the previous tile ran this one's first block, and the m, l
+    // its epilogue reads)
+    let cross = (dynamic && opts.cross_tile)
+        .then(|| -> R<_> {
+            Ok((
+                g.var(g.i32, g.c32(0))?,
+                RowState::new(g, 1, f32::NEG_INFINITY)?,
+                RowState::new(g, 1, 0.0)?,
+            ))
+        })
+        .transpose()?;
+    let (m_out, l_out) = match &cross {
+        Some((_, mo, lo)) => (mo, lo),
+        None => (&m, &l),
+    };
     let mut consume = |t: IntValue<'ctx>| -> R<()> {
         let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
         let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
         for x in o.tiles.iter().flatten().flatten() {
             g.set(x, g.cf(0.0))?;
         }
-        for hr in &m.rows[0] {
-            g.set(hr, g.cf(f32::NEG_INFINITY))?;
-        }
-        for hr in &l.rows[0] {
-            g.set(hr, g.cf(0.0))?;
+        let reset = || -> R<()> {
+            for hr in &m.rows[0] {
+                g.set(hr, g.cf(f32::NEG_INFINITY))?;
+            }
+            for hr in &l.rows[0] {
+                g.set(hr, g.cf(0.0))?;
+            }
+            Ok(())
+        };
+        match &cross {
+            // (m and l of a tile whose first block is done are that block's)
+            Some((pre, mo, lo)) => {
+                let fresh = g.icmp(IntPredicate::EQ, g.geti(pre)?, g.c32(0))?;
+                g.if_then(fresh, || {
+                    reset()?;
+                    for (dst, src) in mo.rows[0].iter().zip(&m.rows[0]) {
+                        g.set(dst, g.getf(src)?)?;
+                    }
+                    for (dst, src) in lo.rows[0].iter().zip(&l.rows[0]) {
+                        g.set(dst, g.getf(src)?)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            None => reset()?,
         }
         let cons = Consumer {
             g,
@@ -539,7 +575,16 @@ fn body_persistent<'ctx>(
             g.set(&q_phase, bars.q_next(g, n)?)?;
         }
         let q = bars.q_use(g, &lay, n)?;
-        cons.run(&runs, epi, Some(q))?;
+        let cr = cross.as_ref().map(|(pre, mo, lo)| Cross {
+            a: &a,
+            kv,
+            tiles,
+            n,
+            pre,
+            m_out: mo,
+            l_out: lo,
+        });
+        cons.run(&runs, epi, Some(q), cr.as_ref())?;
         if dynamic {
             g.b.position_at_end(idle);
             // (the idle block's own load and selects: `q`'s are in the work block)
@@ -556,8 +601,8 @@ fn body_persistent<'ctx>(
             a.ptr(KernelParam::O)?,
             a.ptr(KernelParam::Lse)?,
             at.hq,
-            &m.rows[0],
-            &l.rows[0],
+            &m_out.rows[0],
+            &l_out.rows[0],
             &o.tiles[0],
         )
     };
@@ -610,7 +655,9 @@ fn for_each_tile<'ctx>(
 /// once this tile's copies are issued (the add's latency hides under the consumers' last
 /// blocks). Per tile: wait for `q_empty` (the consumers have read the slot and are done
 /// with Q), write the tile index into the slot, then TMA Q, K and V (a tile without
-/// blocks, and the end: a plain arrival at `q_full`). At the end it counts itself in
+/// blocks, and the end: a plain arrival at `q_full`). With `early` (`PtxOptions::early_claim`)
+/// the add is issued when the tile starts, so that the next tile's Q follows this tile's
+/// last copies at once. At the end it counts itself in
 /// `TileCounter[1]`; the last CTA zeroes both words for the next launch (every CTA's
 /// last add happened before its count: `acq_rel_inc`).
 #[allow(clippy::too_many_arguments)]
@@ -624,6 +671,7 @@ fn produce_dynamic<'ctx>(
     bars: &Bars<'ctx>,
     ring: &Ring<'ctx>,
     tiles: IntValue<'ctx>,
+    early: bool,
 ) -> R<()> {
     let grid = g.nctaid('x')?;
     let counter =
@@ -646,6 +694,11 @@ fn produce_dynamic<'ctx>(
     g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
 
     g.b.position_at_end(work);
+    if early {
+        // (`early_claim`: the next tile now, its latency under this tile's copies)
+        let taken = g.atom_inc_relaxed(counter)?;
+        g.set(&next, g.add(taken, grid)?)?;
+    }
     let (cx, at) = place_tile(g, c, p, a, Some(t))?;
     let runs = row_runs(g, c, p, kv, a, &cx, at.qb, at.nqb)?;
     g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, load, idle)?;
@@ -665,8 +718,10 @@ fn produce_dynamic<'ctx>(
     g.mbar_arrive(q.full(g, bars)?)?;
     g.br(fetch)?;
     g.b.position_at_end(fetch);
-    let taken = g.atom_inc_relaxed(counter)?;
-    g.set(&next, g.add(taken, grid)?)?;
+    if !early {
+        let taken = g.atom_inc_relaxed(counter)?;
+        g.set(&next, g.add(taken, grid)?)?;
+    }
     g.set(&q_phase, bars.q_next(g, phase)?)?;
     g.br(head)?;
 
@@ -911,6 +966,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
         runs: &super::bounds::RowRuns<'ctx>,
         epi: inkwell::basic_block::BasicBlock<'ctx>,
         q: Option<QUse<'ctx>>,
+        cross: Option<&Cross<'_, 'ctx>>,
     ) -> R<()> {
         let (g, c, cx, bars) = (self.g, self.c, self.cx, self.bars);
         let lp = g.block("kv_loop");
@@ -954,6 +1010,20 @@ impl<'ctx> Consumer<'_, 'ctx> {
         // ---- the first block: S only -----------------------------------------------------------
         let cursor = KvCursor::new(g, runs.beg)?;
         cursor.start(g, runs)?;
+        if let Some(x) = cross {
+            // the previous tile issued this one's first S and ran its softmax
+            let done = g.icmp(IntPredicate::NE, g.geti(x.pre)?, g.c32(0))?;
+            g.set(x.pre, g.c32(0))?;
+            let skip = g.block("first_done");
+            let first = g.block("first_block");
+            g.cond_br(done, skip, first)?;
+            g.b.position_at_end(skip);
+            let pos = cursor.get(g)?;
+            let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;
+            cursor.set(g, &next)?;
+            g.cond_br(has_next, lp, last)?;
+            g.b.position_at_end(first);
+        }
         let pos = cursor.get(g)?;
         let (s, ph) = self.ring.get(g)?;
         g.mbar_wait(bars.k_full(g, s)?, ph)?;
@@ -1003,6 +1073,12 @@ impl<'ctx> Consumer<'_, 'ctx> {
         if let Some(q) = q {
             // every S of this tile is complete: the producer may load the next tile's Q
             g.mbar_arrive(q.empty)?;
+            if let Some(x) = cross {
+                let alone = g.block("pv_last_alone");
+                self.cross_tile(x, ps, pph, epi, alone)?;
+                g.b.position_at_end(alone);
+                self.m_l_out(x)?;
+            }
             g.mbar_wait(bars.v_full(g, ps)?, pph)?;
             self.take_turn()?;
             let o_in = self.o.flat(g)?;
@@ -1029,4 +1105,107 @@ impl<'ctx> Consumer<'_, 'ctx> {
         })?;
         g.br(epi)
     }
+    /// This tile's m and l to the epilogue's copies (`cross_tile`).
+    fn m_l_out(&self, x: &Cross<'_, 'ctx>) -> R<()> {
+        let g = self.g;
+        for (dst, src) in x.m_out.rows[0].iter().zip(&self.m.rows[0]) {
+            g.set(dst, g.getf(src)?)?;
+        }
+        for (dst, src) in x.l_out.rows[0].iter().zip(&self.l.rows[0]) {
+            g.set(dst, g.getf(src)?)?;
+        }
+        Ok(())
+    }
+
+    /// `PtxOptions::cross_tile`, at the last block of a tile (its Q freed, the last P is
+    /// in `p_prev` and V at ring position `(ps, pph)`): waits for the next tile's Q and
+    /// reads its index; if it is a tile with blocks (and Q is not negated in shared
+    /// memory), issues its first S with this tile's last P V in one turn, moves this
+    /// tile's m and l to the epilogue's copies, runs the next tile's first score and
+    /// softmax (from m = -inf, l = 0) under the P V, and branches to `epi` with `pre` set
+    /// (the next tile then starts at its second block). Otherwise branches to `alone`.
+    fn cross_tile(
+        &self,
+        x: &Cross<'_, 'ctx>,
+        ps: IntValue<'ctx>,
+        pph: IntValue<'ctx>,
+        epi: inkwell::basic_block::BasicBlock<'ctx>,
+        alone: inkwell::basic_block::BasicBlock<'ctx>,
+    ) -> R<()> {
+        let (g, c, bars) = (self.g, self.c, self.bars);
+        let q1 = bars.q_use(g, self.lay, bars.q_next(g, x.n)?)?;
+        g.mbar_wait(q1.full(g, bars)?, q1.phase)?;
+        let t1 = g.ld_shared_u32(q1.slot(g, bars)?)?;
+        let peek = g.block("next_tile");
+        g.cond_br(g.icmp(IntPredicate::ULT, t1, x.tiles)?, peek, alone)?;
+        g.b.position_at_end(peek);
+        let (cx1, at1) = place_tile(g, c, self.p, x.a, Some(t1))?;
+        let runs1 = row_runs(g, c, self.p, x.kv, x.a, &cx1, at1.qb, at1.nqb)?;
+        let mut go = g.icmp(IntPredicate::ULT, runs1.beg, runs1.end)?;
+        if cx1.raw {
+            // (a negative scale negates the next Q in shared memory first: not here)
+            go = g.and(go, g.fcmp(FloatPredicate::UGE, cx1.scale, g.cf(0.0))?)?;
+        }
+        let work = g.block("next_first");
+        g.cond_br(go, work, alone)?;
+        g.b.position_at_end(work);
+        let cursor = KvCursor::new(g, runs1.beg)?;
+        cursor.start(g, &runs1)?;
+        let pos = cursor.get(g)?;
+        let (s, ph) = self.ring.get(g)?;
+        g.mbar_wait(bars.k_full(g, s)?, ph)?;
+        g.mbar_wait(bars.v_full(g, ps)?, pph)?;
+        self.take_turn()?;
+        let qbuf = q1.second.map(|s| s.buf);
+        let s_async = qk_wgmma_issue(g, c, &cx1, self.kbuf(s)?, qbuf)?;
+        let o_in = self.o.flat(g)?;
+        let p_in = self.p_prev.values(g)?;
+        let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;
+        self.pass_turn()?;
+        let sv = g.wgmma_wait(1, &s_async)?;
+        g.mbar_arrive(bars.k_empty(g, s)?)?;
+        self.m_l_out(x)?;
+        for hr in &self.m.rows[0] {
+            g.set(hr, g.cf(f32::NEG_INFINITY))?;
+        }
+        for hr in &self.l.rows[0] {
+            g.set(hr, g.cf(0.0))?;
+        }
+        let next = Consumer {
+            cx: &cx1,
+            o: self.o.clone(),
+            m: self.m.clone(),
+            l: self.l.clone(),
+            alpha: self.alpha.clone(),
+            p_prev: self.p_prev.clone(),
+            ring: self.ring.clone(),
+            prev: self.prev.clone(),
+            ..*self
+        };
+        // (O's rescale factors are the next tile's: O starts from zero there)
+        next.softmax(&sv, &pos)?;
+        // (P of this tile's last block stays live until the P V is complete: the next
+        // tile's P, written under it, must not take its registers)
+        let keep: Vec<IntValue<'ctx>> = p_in.iter().flatten().copied().collect();
+        let o_now = g.wgmma_wait_keep(0, &o_async, &keep)?;
+        g.mbar_arrive(bars.v_empty(g, ps)?)?;
+        self.o.store_flat(g, &o_now)?;
+        self.prev.set(g, (s, ph))?;
+        self.ring.advance(g)?;
+        g.set(x.pre, g.c32(1))?;
+        g.br(epi)
+    }
+}
+
+/// What `PtxOptions::cross_tile` needs at a tile's last block: the next tile's place
+/// and runs (`a`, `kv`, `tiles`), this tile's Q use number `n`, the flag `pre` (the next
+/// tile's first block is done) and the m, l the epilogue reads.
+struct Cross<'a, 'ctx> {
+    a: &'a Args<'a, 'ctx>,
+    kv: &'a KvBounds,
+    tiles: IntValue<'ctx>,
+    n: IntValue<'ctx>,
+    pre: &'a Var<'ctx>,
+    m_out: &'a RowState<'ctx>,
+    l_out: &'a RowState<'ctx>,
 }

@@ -281,6 +281,20 @@ pub struct PtxOptions {
     /// tiles (bands, D64). One more Q tile of shared memory. Off in `new`;
     /// [`Self::for_binding`] turns it on wherever the CTAs are persistent.
     pub q_double: bool,
+    /// With `dynamic_tiles`: the next tile's first S = Q Kᵀ is issued together with this
+    /// tile's last P V (one wgmma issue, as inside a tile), and its score and softmax run
+    /// under that P V, before this tile's epilogue (`hopper.rs`, `Consumer::cross_tile`),
+    /// so the tensor cores are not idle between a CTA's tiles. For short tiles (block
+    /// tables, documents). Falls back to the last P V alone when the next tile has no
+    /// blocks, is the end, or Q is negated in shared memory (a negative scale on the
+    /// raw-score path). Off in `new`.
+    pub cross_tile: bool,
+    /// With `dynamic_tiles`: the producer takes the next tile from the counter when it
+    /// starts a tile instead of after the tile's copies (`hopper.rs`, `produce_dynamic`),
+    /// so the add's latency hides under the copies and the next tile's Q is copied right
+    /// after this tile's last K and V (what [`Self::cross_tile`] waits for). Each CTA so
+    /// holds one tile ahead. Off in `new`.
+    pub early_claim: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -458,6 +472,8 @@ impl PtxOptions {
             q_from_end: false,
             split_tail: false,
             q_double: false,
+            cross_tile: false,
+            early_claim: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -686,6 +702,8 @@ impl PtxOptions {
             + if self.q_from_end { " qend" } else { "" }
             + if self.split_tail { " split-tail" } else { "" }
             + if self.q_double { " q2" } else { "" }
+            + if self.cross_tile { " cross" } else { "" }
+            + if self.early_claim { " claim-early" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
@@ -759,6 +777,16 @@ impl PtxOptions {
         if self.dynamic_tiles && !self.persistent {
             return Err(LlvmError::Unsupported(
                 "dynamic tiles are an option of persistent CTAs (persistent)".into(),
+            ));
+        }
+        if self.early_claim && !self.dynamic_tiles {
+            return Err(LlvmError::Unsupported(
+                "the early claim (early_claim) is an option of the dynamic tile scheduler (dynamic_tiles)".into(),
+            ));
+        }
+        if self.cross_tile && !self.dynamic_tiles {
+            return Err(LlvmError::Unsupported(
+                "the cross-tile issue (cross_tile) is an option of the dynamic tile scheduler (dynamic_tiles)".into(),
             ));
         }
         if self.q_double && !self.persistent {
@@ -1138,6 +1166,11 @@ fn run_pipeline(
 /// spills for `default<O1>` and about 350 for O2/O3 (LICM hoists per-copy addresses
 /// into registers), and a cold compile of about 80 ms instead of 100-115.
 const PASSES: &str = "function(sroa,early-cse,instcombine,simplifycfg,gvn,instcombine)";
+
+/// [`PASSES`] with instcombine's fixpoint check off, for `PtxOptions::cross_tile`: LLVM
+/// 22 reports that instcombine needs a second iteration on that kernel (a fatal error
+/// with the check on; the second `instcombine` run finishes the job).
+const CROSS_PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn,instcombine<no-verify-fixpoint>)";
 
 /// The block-table kernel's pipeline: [`PASSES`] plus loop-invariant code motion, which
 /// takes the kv-only reads of a mask (`doc[b, kv]`) out of the loop over a tile's rows.

@@ -1043,3 +1043,66 @@ fn setmaxnreg_kernels_are_the_ones_that_reallocate_registers() {
     // both answers occur: the forward ws kernels and the default D128 fused backward
     assert!(seen[0] > 0 && seen[1] >= 3 * 3, "{seen:?}");
 }
+
+/// The cross-tile issue (`cross_tile`): on every sample, D128 (two consumers) and D64
+/// (three), closed form and block table, the dynamic kernel's parameters and shared
+/// memory, one more S issue (the next tile's first, beside the last P V) and its score
+/// code; deterministic; refused without the dynamic tile scheduler.
+/// `ATTNC_PTX_DUMP=DIR` also writes each kernel (for ptxas).
+#[test]
+fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, qb) in [(128, 128), (64, 192), (64, 128)] {
+            for table in [false, true] {
+                let dynamic = PtxOptions {
+                    lpt_group: 8,
+                    persistent: true,
+                    dynamic_tiles: true,
+                    q_double: true,
+                    q_from_end: !table,
+                    split_tail: d == 128 && p.score.is_none(),
+                    kv_table: table,
+                    q_block: qb,
+                    ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+                };
+                let cross = PtxOptions {
+                    cross_tile: true,
+                    early_claim: table,
+                    ..dynamic
+                };
+                assert_ne!(dynamic.key(), cross.key());
+                let (a, b) = (emit(&p, &dynamic).unwrap(), emit(&p, &cross).unwrap());
+                assert_eq!(
+                    (&a.params, a.threads, a.smem_bytes, a.grid),
+                    (&b.params, b.threads, b.smem_bytes, b.grid)
+                );
+                let issues = |k: &str| k.matches("wgmma.commit_group").count();
+                assert!(
+                    issues(&b.ptx) > issues(&a.ptx),
+                    "{} d{d}: {} / {} commits",
+                    p.name,
+                    issues(&b.ptx),
+                    issues(&a.ptx)
+                );
+                assert_eq!(b.ptx, emit(&p, &cross).unwrap().ptx);
+                if let Some(dir) = &dump {
+                    std::fs::create_dir_all(dir).unwrap();
+                    let t = if table { "_table" } else { "" };
+                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}.ptx", p.name), &b.ptx).unwrap();
+                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}_base.ptx", p.name), &a.ptx)
+                        .unwrap();
+                }
+            }
+        }
+    }
+    let static_rounds = PtxOptions {
+        persistent: true,
+        cross_tile: true,
+        ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).warp_specialized(128, 2)
+    };
+    assert!(matches!(
+        emit(&samples::dense(), &static_rounds),
+        Err(LlvmError::Unsupported(_))
+    ));
+}
