@@ -646,31 +646,6 @@ impl<'ctx> Gpu<'ctx> {
             &args,
         )
     }
-    /// [`Self::wgmma_wait`] that also reads the registers `keep` (the A fragments of a
-    /// product in flight), so that they stay live until the wait: LLVM sees their last use
-    /// at the issue and may otherwise give a value written under the product the same
-    /// registers, which makes ptxas serialize every wgmma of the kernel (C7513).
-    pub fn wgmma_wait_keep(
-        &self,
-        n: u32,
-        regs: &[FloatValue<'ctx>],
-        keep: &[IntValue<'ctx>],
-    ) -> R<Vec<FloatValue<'ctx>>> {
-        let k = regs.len();
-        let mut cons: Vec<String> = (0..k).map(|_| "=f".to_string()).collect();
-        cons.extend((0..k).map(|i| i.to_string()));
-        cons.extend(keep.iter().map(|_| "r".to_string()));
-        cons.push("~{memory}".into());
-        let mut args: Vec<BasicMetadataValueEnum<'ctx>> =
-            regs.iter().map(|r| (*r).into()).collect();
-        args.extend(keep.iter().map(|r| BasicMetadataValueEnum::from(*r)));
-        self.asm_call(
-            &format!("wgmma.wait_group.sync.aligned {n};"),
-            &cons.join(","),
-            k,
-            &args,
-        )
-    }
     /// The shared-memory window address of byte `off` of the dynamic shared memory (i32).
     pub fn smem_addr32(&self, off: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         let base = self

@@ -1120,10 +1120,11 @@ impl<'ctx> Consumer<'_, 'ctx> {
     /// `PtxOptions::cross_tile`, at the last block of a tile (its Q freed, the last P is
     /// in `p_prev` and V at ring position `(ps, pph)`): waits for the next tile's Q and
     /// reads its index; if it is a tile with blocks (and Q is not negated in shared
-    /// memory), issues its first S with this tile's last P V in one turn, moves this
-    /// tile's m and l to the epilogue's copies, runs the next tile's first score and
-    /// softmax (from m = -inf, l = 0) under the P V, and branches to `epi` with `pre` set
-    /// (the next tile then starts at its second block). Otherwise branches to `alone`.
+    /// memory), issues its first S with this tile's last P V in one turn, waits for both,
+    /// moves this tile's m and l to the epilogue's copies, runs the next tile's first
+    /// score and softmax (from m = -inf, l = 0; the other warpgroups' products run under
+    /// it), and branches to `epi` with `pre` set (the next tile then starts at its second
+    /// block). Otherwise branches to `alone`.
     fn cross_tile(
         &self,
         x: &Cross<'_, 'ctx>,
@@ -1163,7 +1164,13 @@ impl<'ctx> Consumer<'_, 'ctx> {
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;
         self.pass_turn()?;
         let sv = g.wgmma_wait(1, &s_async)?;
+        // (the P V completes before the next tile's P is written: with P written under it,
+        // the driver's ptxas (CUDA 13.0) serializes every wgmma of the kernel, C7513, and
+        // the kernel ran 1.14-1.40x slower on an H200)
+        let o_now = g.wgmma_wait(0, &o_async)?;
         g.mbar_arrive(bars.k_empty(g, s)?)?;
+        g.mbar_arrive(bars.v_empty(g, ps)?)?;
+        self.o.store_flat(g, &o_now)?;
         self.m_l_out(x)?;
         for hr in &self.m.rows[0] {
             g.set(hr, g.cf(f32::NEG_INFINITY))?;
@@ -1184,12 +1191,6 @@ impl<'ctx> Consumer<'_, 'ctx> {
         };
         // (O's rescale factors are the next tile's: O starts from zero there)
         next.softmax(&sv, &pos)?;
-        // (P of this tile's last block stays live until the P V is complete: the next
-        // tile's P, written under it, must not take its registers)
-        let keep: Vec<IntValue<'ctx>> = p_in.iter().flatten().copied().collect();
-        let o_now = g.wgmma_wait_keep(0, &o_async, &keep)?;
-        g.mbar_arrive(bars.v_empty(g, ps)?)?;
-        self.o.store_flat(g, &o_now)?;
         self.prev.set(g, (s, ph))?;
         self.ring.advance(g)?;
         g.set(x.pre, g.c32(1))?;

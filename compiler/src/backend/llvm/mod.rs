@@ -282,12 +282,15 @@ pub struct PtxOptions {
     /// [`Self::for_binding`] turns it on wherever the CTAs are persistent.
     pub q_double: bool,
     /// With `dynamic_tiles`: the next tile's first S = Q Kᵀ is issued together with this
-    /// tile's last P V (one wgmma issue, as inside a tile), and its score and softmax run
-    /// under that P V, before this tile's epilogue (`hopper.rs`, `Consumer::cross_tile`),
-    /// so the tensor cores are not idle between a CTA's tiles. For short tiles (block
-    /// tables, documents). Falls back to the last P V alone when the next tile has no
-    /// blocks, is the end, or Q is negated in shared memory (a negative scale on the
-    /// raw-score path). Off in `new`.
+    /// tile's last P V (one wgmma issue, as inside a tile); once both are complete, its
+    /// score and softmax run before this tile's epilogue (`hopper.rs`,
+    /// `Consumer::cross_tile`), so a CTA's tiles do not each start with an S issued
+    /// alone. For short tiles (block tables, documents). Falls back to the last P V alone
+    /// when the next tile has no blocks, is the end, or Q is negated in shared memory (a
+    /// negative scale on the raw-score path). Off in `new`: a first version, with the
+    /// next tile's softmax under the P V, ran 1.14x (documents) to 1.40x (causal) slower
+    /// on an H200 (the driver's ptxas serialized its wgmma, C7513); this one is clean
+    /// under ptxas 13.0 and 13.5 but not yet timed.
     pub cross_tile: bool,
     /// With `dynamic_tiles`: the producer takes the next tile from the counter when it
     /// starts a tile instead of after the tile's copies (`hopper.rs`, `produce_dynamic`),
