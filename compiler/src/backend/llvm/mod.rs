@@ -518,7 +518,10 @@ impl PtxOptions {
     /// - the longest-first CTA order ([`Self::lpt_group`], groups of 8) where the kv range
     ///   grows with q (`KvBounds::work_grows_with_q`): causal D128 0.819 against 0.844,
     ///   ALiBi + causal 1.060 / 1.088, softcap + causal 1.102 / 1.140; D64 plain wgmma
-    ///   causal 0.342 / 0.373;
+    ///   causal 0.342 / 0.373; and for block tables on the warp-specialized kernel at D,
+    ///   Dv <= 128 (session 12, `gpu_bench`, document + causal D128 with the dynamic
+    ///   scheduler: 0.243 / 0.244 against 0.250 / 0.249; sessions 11 and 7: 0.244 / 0.249,
+    ///   0.248 / 0.251);
     /// - persistent CTAs ([`Self::persistent`]) for bands at D128 (sliding window 1024:
     ///   0.271 / 0.275 against 0.295 / 0.285 in two calls) and without a mask on the
     ///   three-consumer D64 kernel (dense 0.540 / 0.537 against 0.558 / 0.547); not for
@@ -584,6 +587,13 @@ impl PtxOptions {
             o = o.warp_specialized(64, 2);
         }
         if o.mma == Mma::Wgmma && kv.work_grows_with_q() {
+            o.lpt_group = 8;
+        }
+        // block tables on the warp-specialized kernel (D, Dv <= 128): the same order (H200,
+        // `gpu_bench` document + causal B2 H16 L8192 D128, session 12, one call, two
+        // candidate orders: 0.243 / 0.244 ms against 0.250 / 0.249 in the plain order;
+        // session 11: 0.244 against 0.249)
+        if o.ws && o.d.max(o.dv) <= 128 && !kv.is_closed_form() {
             o.lpt_group = 8;
         }
         // the partial q block first, where it is the lightest

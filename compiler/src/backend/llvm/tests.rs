@@ -955,6 +955,9 @@ fn binding_options_follow_the_plan() {
         (false, 64, 64, 0)
     );
     assert!(o.validate().is_ok());
+    // block tables on the warp-specialized kernel: longest-first groups of 8 slices too
+    let o = at(&doc, d128, 4096);
+    assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 128, 8));
     let o = at(&causal, d128, 1 << 22);
     assert_eq!(
         (o.ws, o.q_block, o.lpt_group, o.float_positions),
