@@ -824,7 +824,7 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
                     persistent: dynamic,
                     dynamic_tiles: dynamic,
                     lpt_group: if dynamic { 8 } else { 0 },
-                    checked: i == 1 && k == 0,
+                    checked: i == 1 && k == (1 + j) % 3,
                     // (two Q buffers on half the dynamic runs: the negative scale's
                     // negation of the second buffer included)
                     q_double: dynamic && (i + j) % 2 == 0,
@@ -855,7 +855,8 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
 /// plain and the LPT order, q blocks from the end, closed forms and the block table forced;
 /// odd lengths, Lq != Lkv, GQA, bf16 and f16; a negative scale (Q negated in shared
 /// memory: the fallback to the last P V alone) and checked mode on one case each. Each
-/// launch runs twice with O poisoned in between (`forward_host`).
+/// launch runs twice with O poisoned in between (`forward_host`). One option set per
+/// (case, sample) in turn; `ATTNC_GPU_CROSS_FULL=1` runs all three.
 fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
     if dev.arch() != Arch::Sm90 {
         println!("  not sm_90: no warp-specialized kernel");
@@ -868,10 +869,14 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
         ((1, 4, 4, 520, 333), 64, 128, InputType::F16),
         ((2, 2, 1, 1100, 1100), 128, 128, InputType::Bf16),
     ];
+    // by default one option set per (case, sample), in turn (35 kernels);
+    // ATTNC_GPU_CROSS_FULL=1: all three (105 kernels, ~140 s on one process);
     // ATTNC_GPU_CROSS_QUICK=1 (for compute-sanitizer): three cases, three samples;
     // ATTNC_GPU_CROSS_CASES=0,3 / ATTNC_GPU_CROSS_VARIANTS=1,2: only those cases /
-    // option sets (to split the test over processes)
+    // option sets (to split the full test over processes)
     let quick = std::env::var("ATTNC_GPU_CROSS_QUICK").is_ok_and(|v| v == "1");
+    let full = std::env::var("ATTNC_GPU_CROSS_FULL").is_ok_and(|v| v == "1")
+        || std::env::var("ATTNC_GPU_CROSS_VARIANTS").is_ok();
     let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_CROSS_CASES")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
@@ -924,7 +929,7 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
             .into_iter()
             .enumerate()
             {
-                if only_k.as_ref().is_some_and(|o| !o.contains(&k)) {
+                if only_k.as_ref().is_some_and(|o| !o.contains(&k)) || (!full && k != (i + j) % 3) {
                     continue;
                 }
                 let opts = PtxOptions {
@@ -937,7 +942,7 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
                     early_claim: k != 1,
                     ..ws
                 };
-                let scale = if i == 0 && k == 0 {
+                let scale = if i == 0 && k == j % 3 {
                     -c.shape.default_scale()
                 } else {
                     c.shape.default_scale()
