@@ -862,6 +862,13 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
         println!("  not sm_90: no warp-specialized kernel");
         return;
     }
+    if matches!(
+        std::env::var("ATTNC_GPU_MMA").as_deref(),
+        Ok("sync" | "wgmma")
+    ) {
+        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
+        return;
+    }
     let cases = [
         ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
         ((3, 3, 1, 129, 400), 128, 128, InputType::F16),
