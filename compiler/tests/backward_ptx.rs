@@ -772,3 +772,73 @@ fn binding_instruction_cuts() {
         );
     }
 }
+
+/// `PtxOptions::bwd_two_writers` and `PtxOptions::bwd_store_pairs` on the binding's fused
+/// kernel (D64 and D128: dense, causal, a sliding window, a document mask; both on by
+/// default exactly where the warp-wide search is, the bands and tables), against the
+/// kernel without either: each option deterministic and its own kernel (cache key); with
+/// `bwd_store_pairs` dK and dV go out
+/// through `st.global.v2.b32` (two per pair of n8 column groups and row half: D / 8 + Dv
+/// / 8 per thread) in place of twice as many `st.global.b32`, and one
+/// `shfl.sync.idx.b32` per stored pair; the default emits none of those stores.
+/// `ATTNC_BWD_PTX_DIR=dir` writes the kernels there (for `ptxas -v`).
+#[test]
+fn fused_two_writers_store_pairs_kernels() {
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("sliding_window", "sliding_window"),
+            ("document_causal", "document_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            // the binding's default has both with the warp-wide search (bands, tables)
+            assert_eq!(bind.bwd_two_writers, bind.bwd_wscan, "{name} D{d}");
+            assert_eq!(bind.bwd_store_pairs, bind.bwd_wscan, "{name} D{d}");
+            let def = PtxOptions {
+                bwd_two_writers: false,
+                bwd_store_pairs: false,
+                ..bind
+            };
+            let plain = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
+            let tag = format!("{name} D{d}");
+            let two = PtxOptions {
+                bwd_two_writers: true,
+                ..def
+            };
+            let pairs = PtxOptions {
+                bwd_store_pairs: true,
+                ..def
+            };
+            assert!(two.key() != def.key() && pairs.key() != def.key() && two.key() != pairs.key());
+            let a = dkdv_twice(
+                &plan,
+                &two,
+                &tag,
+                &format!("two_writers_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            assert_ne!(a.ptx, plain.ptx, "{tag}");
+            let b = dkdv_twice(
+                &plan,
+                &pairs,
+                &tag,
+                &format!("store_pairs_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let v2 = "st.global.v2.b32";
+            let (n, n0) = (count(&b.ptx, v2), count(&plain.ptx, v2));
+            let st = count(&plain.ptx, "st.global.b32") - count(&b.ptx, "st.global.b32");
+            let shfl = count(&b.ptx, "shfl.sync.idx.b32") - count(&plain.ptx, "shfl.sync.idx.b32");
+            println!(
+                "{tag}: st.global.v2.b32 {n} (default {n0}), {st} fewer st.global.b32, {shfl} more shfl.sync.idx.b32"
+            );
+            assert_eq!(n0, 0, "{tag}");
+            assert_eq!(n as u32, 2 * (d / 8 + d / 8) / 2, "{tag}");
+            assert_eq!(st, 2 * n, "{tag}");
+            assert_eq!(shfl, n, "{tag}");
+        }
+    }
+}

@@ -463,7 +463,10 @@ impl Bound {
 /// `ATTNC_BWD_WGDQ=1` / `0` turns each math warpgroup's own dQ part
 /// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off; `ATTNC_BWD_PERSIST=1`
 /// / `0` the fused kernel's persistent CTAs (`PtxOptions::bwd_persist`, with the TMA
-/// producer only; no capture gradients).
+/// producer only; no capture gradients); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
+/// threads (`PtxOptions::bwd_two_writers`, bulk additions only) and
+/// `ATTNC_BWD_STORE_PAIRS=1` / `0` its dK/dV stores in pairs (`PtxOptions::bwd_store_pairs`;
+/// both on by default with the warp-wide search).
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
@@ -500,6 +503,28 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         },
         Ok("0") => PtxOptions {
             bwd_persist: false,
+            ..o
+        },
+        _ => o,
+    };
+    let o = match std::env::var("ATTNC_BWD_TWO_WRITERS").as_deref() {
+        Ok("1") if bulk => PtxOptions {
+            bwd_two_writers: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_two_writers: false,
+            ..o
+        },
+        _ => o,
+    };
+    let o = match std::env::var("ATTNC_BWD_STORE_PAIRS").as_deref() {
+        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions {
+            bwd_store_pairs: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_store_pairs: false,
             ..o
         },
         _ => o,

@@ -1011,7 +1011,11 @@ fn test_options(
 /// fused kernel's wgmma descriptors from one base per tile (`PtxOptions::bwd_desc`); a
 /// last `+g` drops the P = 0 select of dS on full blocks of the identity score
 /// (`PtxOptions::bwd_ds_unguarded`), e.g. `default+x+d+g`; `-x`, `-d`, `-g` turn them off
-/// (`default-x-d-g`: the binding's options before session 12).
+/// (`default-x-d-g`: the binding's options before session 12's instruction cuts).
+/// A trailing `+2` gives the writer warpgroup two dQ writer threads, one per slot
+/// (`PtxOptions::bwd_two_writers`), e.g. `default+2`; a trailing `+v` stores the fused
+/// kernel's dK and dV 8 bytes per thread (`PtxOptions::bwd_store_pairs`); the suffixes
+/// combine (`default+v+2`); the binding's default has both for bands and block tables.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1053,6 +1057,20 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     if let Some(rest) = cfg.strip_suffix("+x") {
         return bench_options(default, rest).map(|o| PtxOptions {
             bwd_stmatrix: true,
+            ..o
+        });
+    }
+    // `+v`: dK/dV stored 8 bytes per thread (`bwd_store_pairs`)
+    if let Some(rest) = cfg.strip_suffix("+v") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_store_pairs: true,
+            ..o
+        });
+    }
+    // `+2`: two dQ writer threads, one per slot (`bwd_two_writers`)
+    if let Some(rest) = cfg.strip_suffix("+2") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_two_writers: true,
             ..o
         });
     }
@@ -1505,8 +1523,9 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
 /// The fused kernel's warp-wide visit search (`PtxOptions::bwd_wscan`: a lane per q block,
 /// the default for bands and block tables) against the f64 reference, over more than 32
 /// q blocks (a window of 37 at Lq 2200: the search steps over gaps and past the last q
-/// block), also with two writer warps (`overlap`), GQA, Lq != Lkv, a block table, f16 and
-/// bf16. The longest-first order is refused with it (`backward/fused.rs`, `validate`).
+/// block), with two writer threads and dK/dV stored in pairs (`bwd_two_writers`,
+/// `bwd_store_pairs`: the default there) and without them, also with two writer warps
+/// (`overlap`), GQA, Lq != Lkv, a block table, f16 and bf16. The longest-first order is refused with it (`backward/fused.rs`, `validate`).
 fn gpu_backward_wscan(dev: &CudaDevice) {
     use attnc_compiler::backend::llvm::{Arch, BwdDq};
     if dev.arch() != Arch::Sm90 {
@@ -1539,14 +1558,27 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
             "{}: the binding's default",
             p.name
         );
-        // two writer warps (`overlap`): the D64 case (measured passing in session 10)
-        let runs: &[bool] = if i == 0 { &[false, true] } else { &[false] };
-        for &early in runs {
+        assert!(def.bwd_two_writers && def.bwd_store_pairs, "{}", p.name);
+        // every case on the default (two writer threads, dK/dV stored in pairs:
+        // `bwd_two_writers`, `bwd_store_pairs`) and on one writer thread with per-word
+        // stores (the default before session 12); two writer warps with `overlap`: the
+        // D64 case (measured passing in session 10)
+        let runs: &[(bool, bool)] = if i == 0 {
+            &[(false, true), (false, false), (true, false)]
+        } else {
+            &[(false, true), (false, false)]
+        };
+        for &(early, two) in runs {
             let o = PtxOptions {
                 overlap: early,
+                bwd_two_writers: two,
+                bwd_store_pairs: two,
                 ..def
             };
-            println!("  {} {:?} overlap={early}", p.name, sh);
+            println!(
+                "  {} {:?} overlap={early} two_writers={} store_pairs={}",
+                p.name, sh, o.bwd_two_writers, o.bwd_store_pairs
+            );
             check_case_with(dev, p, *sh, *ty, 400 + i as u64, i % 2 == 1, o);
         }
     }

@@ -203,6 +203,12 @@ impl PtxOptions {
     ///   block there visits a few of many q blocks (one H200, one call, bf16 TFLOP/s
     ///   without / with: D128 sliding 1024 226.8 / 289.4, document + causal 144.1 /
     ///   213.2; D64 174.6 / 188.8, 70.5 / 97.9); not with `bwd_lpt` (refused).
+    ///   There also two dQ writer threads ([`Self::bwd_two_writers`]) and dK/dV stored 8
+    ///   bytes per thread ([`Self::bwd_store_pairs`]): one H200, one call (session 12),
+    ///   bf16 TFLOP/s without / with both (fused kernel alone, ms): D128 sliding 1024 290.1
+    ///   (0.948) / 339.8 (0.782), document + causal 216.1 (0.657) / 235.2 (0.593); D64 194.8
+    ///   (0.693) / 232.2 (0.575), 102.4 (0.354) / 111.2 (0.322). Two writers alone: D128
+    ///   sliding 322.7 (0.824), document 222.9 (0.632).
     /// - at D64 with the TMA producer, the math warps' visit search under Sᵀ and dPᵀ
     ///   ([`Self::bwd_scan_under`]; one H200, one call, B4 H16 L4096 bf16, fused kernel
     ///   alone in ms without / with: dense 1.681 / 1.655, causal 1.019 / 0.982; ptxas
@@ -238,6 +244,8 @@ impl PtxOptions {
             let kv = backward_bounds(plan, &o);
             if !kv.is_closed_form() || kv.bounds_kv_below() {
                 o.bwd_wscan = true;
+                o.bwd_two_writers = true;
+                o.bwd_store_pairs = true;
             }
         }
         // D64: the next visit's search under Sᵀ and dPᵀ (as bwd_wscan's); D128 gained

@@ -388,6 +388,25 @@ pub struct PtxOptions {
     /// [`Self::backward_for_binding`] turns it on where measured; the kernel bench's `+g`
     /// (`-g` off); other kinds ignore it.
     pub bwd_ds_unguarded: bool,
+    /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): two dQ
+    /// writer threads (lane 0 of the writer warpgroup's warps 0 and 1), each adding the
+    /// visits of one of the two dQ slots, as `overlap` has them, without `overlap`'s
+    /// product order: a visit's semaphore wait and bulk addition no longer wait for the
+    /// previous visit's addition to complete. The same additions in the same order per
+    /// dQ tile (the semaphores): bit-identical gradients. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on with [`Self::bwd_wscan`] (bands and
+    /// block tables; measured on an H200: D128 sliding 1024 1.11x, document + causal
+    /// 1.03x; dense 1.00x, fused kernel alone). Other kinds ignore it.
+    pub bwd_two_writers: bool,
+    /// The fused backward (`backward/fused.rs`): dK and dV stored 8 bytes per thread and
+    /// instruction (`st.global.v2.b32` after one shuffle per pair of n8 column groups
+    /// between the lanes of a quad's pairs) instead of 4: half the store instructions and
+    /// full 32-byte sectors. The same values at the same addresses. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on with [`Self::bwd_wscan`], where a CTA's
+    /// few visits make the stores a large share (ncu, D128 sliding 1024: 6% of the math
+    /// warps' samples in `STG` throttled; with two writers measured 1.05x sliding, 1.07x
+    /// document + causal, 1.02x dense). Other kinds ignore it.
+    pub bwd_store_pairs: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -489,6 +508,8 @@ impl PtxOptions {
             bwd_stmatrix: false,
             bwd_desc: false,
             bwd_ds_unguarded: false,
+            bwd_two_writers: false,
+            bwd_store_pairs: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -746,6 +767,16 @@ impl PtxOptions {
             + if self.bwd_desc { " bwd-desc" } else { "" }
             + if self.bwd_ds_unguarded {
                 " bwd-ds-unguarded"
+            } else {
+                ""
+            }
+            + if self.bwd_two_writers {
+                " bwd-two-writers"
+            } else {
+                ""
+            }
+            + if self.bwd_store_pairs {
+                " bwd-store-pairs"
             } else {
                 ""
             }

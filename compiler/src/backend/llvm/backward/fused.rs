@@ -126,6 +126,25 @@
 //!   capture gradients and q tiles of 128 with a score function (one H200, fused kernel
 //!   alone in ms without / with: D128 dense 5.294 / 5.095, causal 2.985 / 2.833, D64
 //!   dense 1.626 / 1.553, causal 0.957 / 0.867; docs/performance.md, session 12 (bwd)).
+//!   `bwd_two_writers` (OrderedBulk; the runtime's default with `bwd_wscan`, bands and
+//!   block tables, since session 12): two writer threads as `overlap` has them (lane 0
+//!   of writer warps 0 and 1, each adding the visits of its slot) without `overlap`'s
+//!   product order, so visit n + 1's semaphore wait and bulk addition no longer wait
+//!   for visit n's addition to complete (the same order per dQ tile: bit-identical).
+//!   ncu of the one-writer kernel (H200, D128 sliding 1024): the math warps spent 16% of
+//!   their stall samples waiting for a free slot (`empty`), the writer 28% of its own
+//!   waiting for its bulk addition to read the slot and 14% in the release's fences;
+//!   the tensor pipe was active 40% of the time. Measured (one H200, bf16, fused kernel
+//!   alone, ms one / two writers): D128 sliding 1024 0.948 / 0.824, document + causal
+//!   0.657 / 0.632, dense 5.278 / 5.272 (the unordered `bwd_dq_free` in an earlier call:
+//!   sliding 0.825, document 0.630: two writers recover what the ordered chain cost).
+//!   `bwd_store_pairs` (the same default): dK and dV stored 8 bytes per thread and
+//!   instruction (`store_rows_pairs`: one shuffle per pair of n8 column groups between
+//!   the lanes of a quad's pairs) instead of 4: the same ncu showed the math warps 6% of
+//!   their samples in the 64 `st.global.b32` per thread (`lg_throttle`; 4M of 13M L2
+//!   sectors excess), a large share where a CTA has ~17 visits. With two writers (ms):
+//!   D128 sliding 0.782, document 0.593, dense 5.181; D64 sliding 0.693 -> 0.575,
+//!   document 0.354 -> 0.322 (both options against neither).
 //!   `bwd_persist` (with `bwd_tma`, off; measured below): `min(kv tiles, SMs)` CTAs
 //!   (`GridDim::KvPersistent`, the batch count a parameter), each taking the kv tiles
 //!   (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` numbered in the order of
@@ -631,6 +650,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let ordered = opts.bwd_dq == BwdDq::Ordered;
     // products issued as soon as their operands exist (module docs)
     let early = opts.overlap;
+    // OrderedBulk: one writer thread per dQ slot (`overlap` or `bwd_two_writers`)
+    let two_writers = early || opts.bwd_two_writers;
     let c = common(g, p, opts, a)?;
     let zero = g.c32(0);
     let one = g.c32(1);
@@ -1009,7 +1030,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
         // bwd_wscan: the writer warp(s) search together, lane 0 adds
         let w_lane0 = g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?;
-        let is_writer = if early {
+        let is_writer = if two_writers {
             let w = g.icmp(IntPredicate::ULT, writer_slot, g.c32(DQ_SLOTS as i64))?;
             if wscan { w } else { g.and(w_lane0, w)? }
         } else if wscan {
@@ -1070,13 +1091,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
                     g.fence_proxy_async_global()?;
                     g.release_inc(sem_addr)
                 };
-                let mine = if early {
+                let mine = if two_writers {
                     g.icmp(IntPredicate::EQ, sl, writer_slot)?
                 } else {
                     g.cbool(true)
                 };
                 let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
-                if early || wscan {
+                if two_writers || wscan {
                     g.if_then(mine, add_tile)?;
                 } else {
                     add_tile()?;
@@ -1580,7 +1601,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
             load_kv(&tile_at(next)?)
         })?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        if opts.bwd_store_pairs {
+            dkdv_store_pairs(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        } else {
+            dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        }
         g.set(&tv, next)?;
         g.br(head)?;
         return Ok(());
@@ -1596,7 +1621,119 @@ pub(super) fn dkdv_dq_body<'ctx>(
     }
     let store = g.block("dkdv_store");
     g.br(store)?;
+    if opts.bwd_store_pairs {
+        g.b.position_at_end(store);
+        g.cp_async_wait(0)?;
+        dkdv_store_pairs(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        g.b.build_return(None)?;
+        return Ok(());
+    }
     dkdv_epilogue(g, opts, &c, a, tl.hk, kv0, &dk, &dv, store)
+}
+
+/// `PtxOptions::bwd_store_pairs`: dK (times the scale) and dV of kv rows `kv0 ..` of
+/// (batch, kv head) stored as `dkdv_store` stores them, but 8 bytes per thread and
+/// instruction: see [`store_rows_pairs`].
+#[allow(clippy::too_many_arguments)]
+fn dkdv_store_pairs<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    c: &Common<'ctx>,
+    a: &Args<'_, 'ctx>,
+    (b, hk): (IntValue<'ctx>, IntValue<'ctx>),
+    kv0: IntValue<'ctx>,
+    dk: &[[Var<'ctx>; 4]],
+    dv: &[[Var<'ctx>; 4]],
+) -> R<()> {
+    let ty = opts.input;
+    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, b, c.hkv, hk, c.lkv, opts.d)?;
+    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, b, c.hkv, hk, c.lkv, opts.dv)?;
+    let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
+    let dk = acc_get(g, dk)?;
+    let dv = acc_get(g, dv)?;
+    store_rows_pairs(
+        g,
+        ty,
+        c.lane,
+        dk_base,
+        (row0, c.lkv),
+        opts.d,
+        &dk,
+        Some(c.scale),
+    )?;
+    store_rows_pairs(g, ty, c.lane, dv_base, (row0, c.lkv), opts.dv, &dv, None)
+}
+
+/// An accumulator's rows `row0 + lane / 4 (+ 8)` (below `len`) of `cols` 16-bit columns
+/// (times `mul`) stored from its fragments, 8 bytes per thread and instruction: in each
+/// pair of n8 column groups (2k, 2k + 1), the even lane of a quad's lane pair keeps its
+/// word of group 2k and gets its partner's (the next two columns), the odd lane keeps
+/// its word of group 2k + 1 and gets its partner's (the two columns before): one
+/// `shfl.sync.idx` per pair, then `st.global.v2.b32` of 4 contiguous columns (group
+/// 2k + odd, column 2 (quad & 2)). Lanes 0 and 2 of a quad so write one group's 16
+/// bytes of a row: full 32-byte sectors per instruction, half the store instructions
+/// of one word per group (`store_rows`).
+#[allow(clippy::too_many_arguments)]
+fn store_rows_pairs<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: crate::backend::llvm::InputType,
+    lane: IntValue<'ctx>,
+    base: inkwell::values::PointerValue<'ctx>,
+    (row0, len): (IntValue<'ctx>, IntValue<'ctx>),
+    cols: u32,
+    acc: &Acc<'ctx>,
+    mul: Option<FloatValue<'ctx>>,
+) -> R<()> {
+    let quad = g.and(lane, g.c32(3))?;
+    let odd = g.icmp(IntPredicate::NE, g.and(lane, g.c32(1))?, g.c32(0))?;
+    let partner = g.xor(lane, g.c32(1))?;
+    let rb = g.add(row0, g.lshr(lane, g.c32(2))?)?;
+    // byte of this thread's first 4 columns: group `odd`, column 2 (quad & 2)
+    let col_byte = g.add(
+        g.mul(g.b.build_int_z_extend(odd, g.i32, "")?, g.c32(16))?,
+        g.mul(g.and(quad, g.c32(2))?, g.c32(4))?,
+    )?;
+    let v2 = g.i32.vec_type(2);
+    for hr in 0..2 {
+        let row = g.add(rb, g.c32(8 * hr as i64))?;
+        let words: Vec<IntValue<'ctx>> = acc
+            .iter()
+            .map(|x| {
+                let f = |v| match mul {
+                    Some(m) => g.fmul(v, m),
+                    None => Ok(v),
+                };
+                g.pack2(ty, f(x[2 * hr])?, f(x[2 * hr + 1])?)
+            })
+            .collect::<R<_>>()?;
+        // every lane shuffles (full mask) before the row bound's branch
+        let pairs: Vec<(IntValue<'ctx>, IntValue<'ctx>)> = words
+            .chunks(2)
+            .map(|w| {
+                let send = g.selecti(odd, w[0], w[1])?;
+                let keep = g.selecti(odd, w[1], w[0])?;
+                let got = g.shfl_idx_i32(send, partner)?;
+                Ok((g.selecti(odd, got, keep)?, g.selecti(odd, keep, got)?))
+            })
+            .collect::<R<_>>()?;
+        g.if_then(g.icmp(IntPredicate::SLT, row, len)?, || {
+            let off = g.add(
+                g.mul(g.zext64(row)?, g.c64(cols as i64 * 2))?,
+                g.zext64(col_byte)?,
+            )?;
+            for (k, (lo, hi)) in pairs.iter().enumerate() {
+                let mut v = v2.get_undef();
+                v = g.b.build_insert_element(v, *lo, g.c32(0), "")?;
+                v = g.b.build_insert_element(v, *hi, g.c32(1), "")?;
+                let ptr = g.gep_bytes(base, g.add(off, g.c64(k as i64 * 32))?)?;
+                let st = g.b.build_store(ptr, v)?;
+                st.set_alignment(8)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// The visit's (mbarrier) slot and phase: visit `n` uses buffer `n % 2` in its
@@ -1781,6 +1918,43 @@ mod tests {
         assert_eq!(MATH_REGS * 256 + WRITER_REGS * 128, 168 * 384);
         assert!(!register_split_fits(384, 128));
         assert!(!register_split_fits(128, 128), "inc to 240 from a 248 cap");
+    }
+
+    /// `bwd_store_pairs` (`store_rows_pairs`): each lane of a quad stores, for pair k of
+    /// n8 column groups, the words (lo, hi) at row byte 32 k + 16 odd + 4 (quad & 2): the
+    /// even lane its own word of group 2k then its partner's, the odd lane its partner's
+    /// word of group 2k + 1 then its own (what its `shfl` and selects give). Every 4-byte
+    /// word of the row (2 columns) is written exactly once, with the word the per-word
+    /// stores of `store_rows` write there (lane q's word of group nt at byte 16 nt + 4 q).
+    #[test]
+    fn store_pairs_write_the_words_of_store_rows() {
+        for cols in [64u32, 128] {
+            let groups = cols / 8;
+            // byte in the row -> (lane of the quad, group) of the word written there
+            let mut seen = std::collections::BTreeMap::new();
+            for q in 0..4u32 {
+                let odd = q & 1;
+                let partner = q ^ 1;
+                for k in 0..groups / 2 {
+                    // what lane q sends: its word of group 2k + 1 - odd; what it keeps:
+                    // group 2k + odd; what it gets: the partner's sent word
+                    let keep = (q, 2 * k + odd);
+                    let got = (partner, 2 * k + (1 - (partner & 1)));
+                    let (lo, hi) = if odd == 1 { (got, keep) } else { (keep, got) };
+                    let byte = 32 * k + 16 * odd + 4 * (q & 2);
+                    for (i, w) in [lo, hi].into_iter().enumerate() {
+                        assert!(
+                            seen.insert(byte + 4 * i as u32, w).is_none(),
+                            "{cols}: byte {byte} twice"
+                        );
+                    }
+                }
+            }
+            assert_eq!(seen.len() as u32, cols / 2, "{cols}: every word of the row");
+            for (byte, (lane, nt)) in seen {
+                assert_eq!(byte, 16 * nt + 4 * lane, "{cols}: lane {lane} group {nt}");
+            }
+        }
     }
 
     /// `bwd_stmatrix`'s dSᵀ stores write the same value to the same byte as the per-pair
