@@ -252,10 +252,16 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     let max_pages = lkv.div_ceil(ps);
                     let n = b * max_pages;
                     // a shuffled table, as a serving system's allocator leaves it
+                    // (ATTNC_DECODE_BENCH_PAGES=ordered: page i of the table is page i
+                    // of the cache, a diagnostic of the shuffle's cost)
                     let mut ids: Vec<i32> = (0..n as i32).collect();
+                    let ordered = std::env::var("ATTNC_DECODE_BENCH_PAGES")
+                        .is_ok_and(|v| v.trim() == "ordered");
                     let mut r = synth::Rng::new(3);
                     for i in (1..n).rev() {
-                        ids.swap(i, r.below(i as u64 + 1) as usize);
+                        if !ordered {
+                            ids.swap(i, r.below(i as u64 + 1) as usize);
+                        }
                     }
                     (
                         random(n * ps * hkv * d, vec![n, ps, hkv, d]),

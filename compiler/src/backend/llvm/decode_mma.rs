@@ -115,8 +115,18 @@ pub const COPY_EARLY: u8 = 16;
 /// written before the wait). The runtime launches it only when the call's geometry has
 /// one split (`decode::gpu`).
 pub const COPY_DIRECT: u8 = 32;
+/// [`PtxOptions::decode_copy`] bit, paged layout at D128 (16 rows per pass of the tile's
+/// copy, at most a page's [`crate::decode::MIN_PAGE`] positions): the tiles start on
+/// multiples of [`KV_TILE`] as with [`COPY_PAGE_PASS`], so each pass's 16 rows lie in
+/// one page at consecutive slots; lane `p` of every warp holds pass `p`'s 64-bit page
+/// base (the page's start plus its first row's slot, computed with the page ids one
+/// tile ahead, `Pages::fetch_bases`), and a copy's address is that base (one shuffle
+/// pair with a constant lane) plus the thread's loop-invariant offset (its row in the
+/// pass and its chunk in the row) — no per-pass page arithmetic. Other D: ignored
+/// ([`COPY_PAGE_PASS`]'s or the plain paged copy).
+pub const COPY_PAGE_BASE: u8 = 64;
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT;
+pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE;
 
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
@@ -331,6 +341,51 @@ impl<'ctx> Pages<'ctx> {
 }
 
 impl<'ctx> Pages<'ctx> {
+    /// [`COPY_PAGE_BASE`]: loads into `bases` (lane `l`) the byte offset in the cache of
+    /// the first row of pass `l` (`rpp` rows each) of the tile starting at key `key0`, a
+    /// multiple of [`KV_TILE`]: its page's start plus its slot's bytes. With `rpp` <= 16
+    /// <= the page size `P` (both powers of two) and `key0 + l rpp` a multiple of `rpp`,
+    /// the pass's rows `key0 + l rpp + r` (r < rpp) share its page and sit at slots
+    /// `(key0 + l rpp) & (P - 1)` + r < P. Lanes past the tile's passes compute a clamped
+    /// (never used) base; the id is clamped into the cache as in [`Pages::fetch`], so even
+    /// rows past the split's end address bytes inside an existing page.
+    fn fetch_bases(
+        &self,
+        g: &Gpu<'ctx>,
+        bases: &Var<'ctx>,
+        key0: IntValue<'ctx>,
+        rpp: u32,
+    ) -> R<()> {
+        let key = g.add(key0, g.mul(self.lane, g.c32(rpp as i64))?)?;
+        let lp = g.iintr2("llvm.smin.i32", self.first(g, key)?, self.last_page)?;
+        let id = g.load_i32(self.table, g.add(self.table_row, lp)?)?;
+        let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
+        let id = g.iintr2("llvm.smin.i32", id, self.last_id)?;
+        let page = g.mul(g.zext64(id)?, g.zext64(self.page_bytes)?)?;
+        let slot = g.mul(g.and(key, self.in_page)?, self.row_bytes)?;
+        g.set(bases, g.add(page, g.zext64(slot)?)?)
+    }
+
+    /// [`COPY_PAGE_BASE`]: pass `pass`'s base (lane `pass` of `bases`) plus this thread's
+    /// offset `thread` (its row in the pass x row bytes + its chunk's bytes in its head).
+    fn byte_base(
+        &self,
+        g: &Gpu<'ctx>,
+        bases: IntValue<'ctx>,
+        pass: u32,
+        thread: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        let src = g.c32(pass as i64);
+        let lo = g.b.build_int_truncate(bases, g.i32, "")?;
+        let hi = g
+            .b
+            .build_int_truncate(g.lshr(bases, g.c64(32))?, g.i32, "")?;
+        let lo = g.zext64(g.shfl_idx_i32(lo, src)?)?;
+        let hi = g.zext64(g.shfl_idx_i32(hi, src)?)?;
+        let base = g.or(lo, g.shl(hi, g.c64(32))?)?;
+        g.add(base, thread)
+    }
+
     /// [`Pages::byte`] for [`COPY_PAGE_PASS`]: the byte offset of this thread's 16 bytes
     /// of the tile's row `row` (0..64; `trow` + a constant per pass, so everything but
     /// the shuffle and the page's start is loop-invariant), `tile_slot` the bytes of the
@@ -464,7 +519,17 @@ pub(super) fn build<'ctx>(
     let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
     // COPY_PAGE_PASS: tiles start on multiples of KV_TILE (`split_keys_from`)
     let page_pass = opts.paged && opts.copy & COPY_PAGE_PASS != 0;
-    let (k0, k1) = split_keys_from(g, &a, b, split, if page_pass { KV_TILE } else { 1 })?;
+    // COPY_PAGE_BASE: per-pass page bases in lanes, at 16 rows per pass (D128)
+    let page_base = opts.paged
+        && opts.copy & COPY_PAGE_BASE != 0
+        && THREADS / (d / 8 / CHUNKS_PER_THREAD) <= crate::decode::MIN_PAGE as u32;
+    let (k0, k1) = split_keys_from(
+        g,
+        &a,
+        b,
+        split,
+        if page_pass || page_base { KV_TILE } else { 1 },
+    )?;
     let scale = a.get(P::Scale)?.into_float_value();
 
     let env = decode_env(g, p, &a)?;
@@ -579,6 +644,15 @@ pub(super) fn build<'ctx>(
     } else {
         None
     };
+    // COPY_PAGE_BASE: lane p holds pass p's page base (i64) of the next tile to issue;
+    // this thread's offset from it: its row in the pass and its chunk in its head
+    let page_bases = match (&pages, page_base) {
+        (Some(pg), true) => Some((
+            g.var(g.i64, g.c64(0))?,
+            g.zext64(g.add(g.mul(trow, pg.row_bytes)?, pg.head_bytes)?)?,
+        )),
+        _ => None,
+    };
     let tile_key0 = |t: IntValue<'ctx>| g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?);
     let unchecked_full = opts.copy & COPY_FULL != 0;
     let smem32 = opts.copy & COPY_SMEM32 != 0;
@@ -603,6 +677,7 @@ pub(super) fn build<'ctx>(
     } else {
         None
     };
+    let base_thread = page_bases.as_ref().map(|x| x.1);
     // one tile's copies; `checked`: rows at or past the split's end `k1` are zero-filled
     // and read nothing (without: a full tile, every row below k1)
     let copy_tile = |key0: IntValue<'ctx>,
@@ -615,7 +690,7 @@ pub(super) fn build<'ctx>(
             None => None,
         };
         // COPY_PAGE_PASS: the bytes of the tile's first position within its page
-        let tile_slot = match (&pages, page_pass) {
+        let tile_slot = match (&pages, page_pass && !page_base) {
             (Some(pg), true) => Some(g.mul(g.and(key0, pg.in_page)?, pg.row_bytes)?),
             _ => None,
         };
@@ -627,13 +702,18 @@ pub(super) fn build<'ctx>(
             } else {
                 None
             };
-            let byte = match (&pages, ids, tile_slot) {
-                (Some(pg), Some((ids, _)), Some(ts)) => {
+            let byte = match (&pages, ids, tile_slot, base_thread) {
+                (Some(pg), Some((bases, _)), _, Some(thread)) => {
+                    // every row's address is inside an existing page whether or not
+                    // the row is valid (see `Pages::fetch_bases`)
+                    pg.byte_base(g, bases, pass, thread)?
+                }
+                (Some(pg), Some((ids, _)), Some(ts), _) => {
                     // every row's address is inside an existing page whether or not
                     // the row is valid (see `Pages::byte_pass`)
                     pg.byte_pass(g, ids, ts, row)?
                 }
-                (Some(pg), Some((ids, p0)), _) => {
+                (Some(pg), Some((ids, p0)), _, _) => {
                     // keys past the split read the tile's first key's page (no bytes)
                     let jj = match valid {
                         Some(v) => g.selecti(v, j, key0)?,
@@ -691,9 +771,10 @@ pub(super) fn build<'ctx>(
     let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         let key0 = tile_key0(t)?;
         let extra = g.mul(buf, g.c32(stage))?;
-        let ids = match &pages {
-            Some(pg) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
-            None => None,
+        let ids = match (&pages, &page_bases) {
+            (Some(_), Some((bases, _))) => Some((g.geti(bases)?, zero)),
+            (Some(pg), None) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
+            _ => None,
         };
         if unchecked_full {
             // COPY_FULL: a tile whose 64 keys are all below k1 takes the copy without
@@ -724,7 +805,10 @@ pub(super) fn build<'ctx>(
     let fetch = |t: IntValue<'ctx>| -> R<()> {
         match &pages {
             Some(pg) => g.if_then(g.icmp(IntPredicate::SLT, t, ntiles)?, || {
-                pg.fetch(g, tile_key0(t)?)
+                match &page_bases {
+                    Some((bases, _)) => pg.fetch_bases(g, bases, tile_key0(t)?, rpp),
+                    None => pg.fetch(g, tile_key0(t)?),
+                }
             }),
             None => Ok(()),
         }
@@ -1209,8 +1293,12 @@ mod tests {
                         COPY_L2_256,
                         COPY_EARLY,
                         COPY_L2_256 | COPY_EARLY,
-                        // (COPY_DIRECT is the fused kind's: `mma_decode_direct`)
-                        COPY_BITS & !COPY_DIRECT,
+                        // (COPY_DIRECT is the fused kind's: `mma_decode_direct`;
+                        // COPY_PAGE_BASE after session 12's variants, below)
+                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE,
+                        COPY_PAGE_BASE,
+                        COPY_PAGE_BASE | COPY_EARLY,
+                        COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE,
                     ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
@@ -1263,7 +1351,14 @@ mod tests {
     fn mma_decode_copy_variants() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let mut base = std::collections::HashMap::new();
+        // (name, rows, d, paged) -> the loop's copy instructions of `abc`; `abg`'s
+        let mut abc = std::collections::HashMap::new();
+        let mut abg = Vec::new();
         for (name, o, ptx) in copy_variants() {
+            if o.copy == COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE {
+                let copies = (2 * KV_TILE * o.d / 8 / THREADS) as usize;
+                abg.push((name.clone(), o, copy_block_instructions(&ptx, copies), ptx.clone()));
+            }
             // a tile's copies: 64 rows x D / 8 chunks over 128 threads, K and V
             let copies = (2 * KV_TILE * o.d / 8 / THREADS) as usize;
             let n = copy_block_instructions(&ptx, copies);
@@ -1334,6 +1429,40 @@ mod tests {
             if applies {
                 assert!(n < n0, "{key}: {n} instructions, {n0} without");
             }
+            if o.copy == COPY_ALL {
+                abc.insert((name.clone(), o.rows, o.d, o.paged), n);
+            }
+        }
+        // COPY_PAGE_BASE: paged D128 takes each pass's base from a constant lane (two
+        // shuffles per pass, no page arithmetic in the copy; PTX instructions: 60 per
+        // tile against `abc`'s 53, measured 1.5% faster at Lq16 page 16, see
+        // docs/performance.md); elsewhere it is ignored: `ab`'s kernel
+        assert_eq!(abg.len(), 18);
+        for (name, o, n, ptx) in abg {
+            let key = format!("{name} {}", o.key());
+            if o.paged && o.d == 128 {
+                let n1 = abc[&(name.clone(), o.rows, o.d, o.paged)];
+                assert!(n <= n1 + 8, "{key}: {n} instructions, {n1} with COPY_PAGE_PASS");
+                for pass in 0..KV_TILE / 16 {
+                    let lane = format!(", {pass}, 31, -1;");
+                    let shfl = ptx
+                        .lines()
+                        .filter(|l| l.contains("shfl.sync.idx.b32") && l.ends_with(&lane))
+                        .count();
+                    assert!(shfl >= 2, "{key}: pass {pass}'s base not from lane {pass}");
+                }
+            } else {
+                let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+                let ex = if name == "causal_attention" { "causal" } else { &name };
+                let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+                let p = &crate::compile_source(&src).unwrap().programs[0];
+                let ab = DecodeOptions {
+                    copy: COPY_FULL | COPY_SMEM32,
+                    ..o
+                };
+                let k = emit_decode_mma(p, &ab).unwrap();
+                assert!(ptx == k.decode_ptx, "{key}: not ab's kernel");
+            }
         }
     }
 
@@ -1352,7 +1481,7 @@ mod tests {
             let p = &crate::compile_source(&src).unwrap().programs[0];
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
-                    for copy in [COPY_DIRECT, COPY_DIRECT | COPY_EARLY, COPY_BITS] {
+                    for copy in [COPY_DIRECT, COPY_DIRECT | COPY_EARLY, COPY_BITS & !COPY_PAGE_BASE] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
                             d,
