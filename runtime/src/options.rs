@@ -128,7 +128,8 @@ pub struct DecodeTuning {
 /// (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u8> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
+        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS,
+        COPY_SMEM32,
     };
     let v = v.trim();
     if v == "0" {

@@ -634,7 +634,10 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
             .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
         let mut outs = Vec::new();
-        for copy in copies(&["0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg"], 0) {
+        for copy in copies(
+            &["0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg"],
+            0,
+        ) {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.copy = attnc::options::parse_decode_copy(&copy);
             let mut bound = variant.bind(o).unwrap();

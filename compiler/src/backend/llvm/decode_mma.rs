@@ -377,9 +377,8 @@ impl<'ctx> Pages<'ctx> {
     ) -> R<IntValue<'ctx>> {
         let src = g.c32(pass as i64);
         let lo = g.b.build_int_truncate(bases, g.i32, "")?;
-        let hi = g
-            .b
-            .build_int_truncate(g.lshr(bases, g.c64(32))?, g.i32, "")?;
+        let hi =
+            g.b.build_int_truncate(g.lshr(bases, g.c64(32))?, g.i32, "")?;
         let lo = g.zext64(g.shfl_idx_i32(lo, src)?)?;
         let hi = g.zext64(g.shfl_idx_i32(hi, src)?)?;
         let base = g.or(lo, g.shl(hi, g.c64(32))?)?;
@@ -804,12 +803,13 @@ pub(super) fn build<'ctx>(
     // the page ids of tile `t`, when it exists (the table is read for existing tiles only)
     let fetch = |t: IntValue<'ctx>| -> R<()> {
         match &pages {
-            Some(pg) => g.if_then(g.icmp(IntPredicate::SLT, t, ntiles)?, || {
-                match &page_bases {
+            Some(pg) => g.if_then(
+                g.icmp(IntPredicate::SLT, t, ntiles)?,
+                || match &page_bases {
                     Some((bases, _)) => pg.fetch_bases(g, bases, tile_key0(t)?, rpp),
                     None => pg.fetch(g, tile_key0(t)?),
-                }
-            }),
+                },
+            ),
             None => Ok(()),
         }
     };
@@ -1357,7 +1357,12 @@ mod tests {
         for (name, o, ptx) in copy_variants() {
             if o.copy == COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE {
                 let copies = (2 * KV_TILE * o.d / 8 / THREADS) as usize;
-                abg.push((name.clone(), o, copy_block_instructions(&ptx, copies), ptx.clone()));
+                abg.push((
+                    name.clone(),
+                    o,
+                    copy_block_instructions(&ptx, copies),
+                    ptx.clone(),
+                ));
             }
             // a tile's copies: 64 rows x D / 8 chunks over 128 threads, K and V
             let copies = (2 * KV_TILE * o.d / 8 / THREADS) as usize;
@@ -1442,7 +1447,10 @@ mod tests {
             let key = format!("{name} {}", o.key());
             if o.paged && o.d == 128 {
                 let n1 = abc[&(name.clone(), o.rows, o.d, o.paged)];
-                assert!(n <= n1 + 8, "{key}: {n} instructions, {n1} with COPY_PAGE_PASS");
+                assert!(
+                    n <= n1 + 8,
+                    "{key}: {n} instructions, {n1} with COPY_PAGE_PASS"
+                );
                 for pass in 0..KV_TILE / 16 {
                     let lane = format!(", {pass}, 31, -1;");
                     let shfl = ptx
@@ -1453,7 +1461,11 @@ mod tests {
                 }
             } else {
                 let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-                let ex = if name == "causal_attention" { "causal" } else { &name };
+                let ex = if name == "causal_attention" {
+                    "causal"
+                } else {
+                    &name
+                };
                 let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
                 let p = &crate::compile_source(&src).unwrap().programs[0];
                 let ab = DecodeOptions {
@@ -1481,7 +1493,11 @@ mod tests {
             let p = &crate::compile_source(&src).unwrap().programs[0];
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
-                    for copy in [COPY_DIRECT, COPY_DIRECT | COPY_EARLY, COPY_BITS & !COPY_PAGE_BASE] {
+                    for copy in [
+                        COPY_DIRECT,
+                        COPY_DIRECT | COPY_EARLY,
+                        COPY_BITS & !COPY_PAGE_BASE,
+                    ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
                             d,
