@@ -21,7 +21,10 @@ for b in $B/*; do n=$(basename $b); case $n in
   gpu_decode) run $n timeout $((T + 120)) $b
     # (session 11: the decode kernel reads its prologue before griddepcontrol.wait by default: memcheck and racecheck it)
     run memcheck_decode timeout $T compute-sanitizer --tool memcheck --print-limit 5 $b --exact gpu_decode_sanitize
-    run racecheck_decode timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_decode_sanitize;;
+    run racecheck_decode timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_decode_sanitize
+    # (session 12: one split per item runs the direct kernel, no combine; the sanitize cases use 3 splits by default)
+    ATTNC_DECODE_SPLITS=1 run memcheck_decode_direct timeout $T compute-sanitizer --tool memcheck --print-limit 5 $b --exact gpu_decode_sanitize
+    ATTNC_DECODE_SPLITS=1 run racecheck_decode_direct timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_decode_sanitize;;
   *) run $n timeout $T $b;;
 esac; done
 wait; echo "tests: $(( $(date +%s) - t0 )) s"

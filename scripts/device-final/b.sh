@@ -11,7 +11,13 @@ ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXT
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
+# (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
+echo "=== decode Lq16 copies, 7 rotated rounds"
+ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=ef,abcef,abefg timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
+# (session 12: fwd's cross_tile (h) and early_claim (f), off by default, timed once beside the default candidate)
+echo "=== cross_tile"
+ATTNC_BENCH_NO_DEFAULTS=1 ATTNC_BENCH_DIMS=128 ATTNC_BENCH_VARIANTS=doc_causal,causal ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=128x128xtgyemd,128x128xtgyemdh,128x128xtgyemdhf timeout 60 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
 # (sliding_window: the anchors' window of 1024 keys, `q - kv <= 1023`; without --param the synthesized window is Lq/4)
 for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"; [ "$f" = sliding_window ] && a="--param window=1023"
