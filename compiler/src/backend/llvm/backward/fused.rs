@@ -187,6 +187,7 @@ use crate::backend::llvm::gpu::{Gpu, R, SmemTile, Var, WgmmaA};
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, Mma, PtxOptions};
 use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
+use inkwell::basic_block::BasicBlock;
 use inkwell::values::{BasicValue, FloatValue, IntValue};
 
 /// Threads of the convert kernel.
@@ -312,6 +313,18 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
         )));
     }
     Ok(())
+}
+
+/// One visit scan's loop over (query head, q block) (`scan_loop` in `dkdv_dq_body`): the
+/// current query head and q block, the q block's variable (the body moves it on), the
+/// loop's head block (the next step), and the hit and done blocks.
+struct ScanLoop<'ctx> {
+    hi: IntValue<'ctx>,
+    qb: IntValue<'ctx>,
+    s_qb: Var<'ctx>,
+    head: BasicBlock<'ctx>,
+    hit: BasicBlock<'ctx>,
+    done: BasicBlock<'ctx>,
 }
 
 /// One visit of the fused kernel: (query head index in the group, q block) and that q
@@ -787,35 +800,65 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
             Ok([first, end, ff, fe])
         };
+    // the loop both scans walk (blocks named `{name}_*`): from (hi0, qb0) every q block of
+    // every query head in the visit order, `out.found` false until a hit. Leaves the
+    // builder in the loop's body at an in-range q block (qb >= 0 with bwd_lpt, else
+    // `below(qb, nq)`); the caller's body moves `s_qb` on and branches to `hit` or back
+    // to `head`, and its `hit` ends in `scan_found`.
+    let scan_loop = |name: &str,
+                     below: IntPredicate,
+                     hi0: IntValue<'ctx>,
+                     qb0: IntValue<'ctx>,
+                     out: &Visit<'ctx>|
+     -> R<ScanLoop<'ctx>> {
+        let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
+        g.set(&out.found, g.cbool(false))?;
+        let block = |part: &str| g.block(&format!("{name}_{part}"));
+        let head = block("head");
+        let check = block("qblock");
+        let next_head = block("next_head");
+        let body = block("range");
+        let hit = block("hit");
+        let done = block("done");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        let hi = g.geti(&s_hi)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
+        g.b.position_at_end(check);
+        let qb = g.geti(&s_qb)?;
+        let in_range = if lpt {
+            g.icmp(IntPredicate::SGE, qb, zero)?
+        } else {
+            g.icmp(below, qb, nq)?
+        };
+        g.cond_br(in_range, body, next_head)?;
+        g.b.position_at_end(next_head);
+        g.set(&s_hi, g.add(hi, one)?)?;
+        g.set(&s_qb, q_start)?;
+        g.br(head)?;
+        g.b.position_at_end(body);
+        Ok(ScanLoop {
+            hi,
+            qb,
+            s_qb,
+            head,
+            hit,
+            done,
+        })
+    };
+    // a scan's hit block (its outputs set): found, and the scan is done
+    let scan_found = |l: &ScanLoop<'ctx>, out: &Visit<'ctx>| -> R<()> {
+        g.set(&out.found, g.cbool(true))?;
+        g.br(l.done)?;
+        g.b.position_at_end(l.done);
+        Ok(())
+    };
     // the next visit at or after (hi0, qb0): every q block of every query head in order,
     // kept where its kv range holds this block
     let scan_one =
         |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
-            let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
-            g.set(&out.found, g.cbool(false))?;
-            let head = g.block("scan_head");
-            let check = g.block("scan_qblock");
-            let next_head = g.block("scan_next_head");
-            let body = g.block("scan_range");
-            let hit = g.block("scan_hit");
-            let done = g.block("scan_done");
-            g.br(head)?;
-            g.b.position_at_end(head);
-            let hi = g.geti(&s_hi)?;
-            g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
-            g.b.position_at_end(check);
-            let qb = g.geti(&s_qb)?;
-            let in_range = if lpt {
-                g.icmp(IntPredicate::SGE, qb, zero)?
-            } else {
-                g.icmp(IntPredicate::ULT, qb, nq)?
-            };
-            g.cond_br(in_range, body, next_head)?;
-            g.b.position_at_end(next_head);
-            g.set(&s_hi, g.add(hi, one)?)?;
-            g.set(&s_qb, q_start)?;
-            g.br(head)?;
-            g.b.position_at_end(body);
+            let l = scan_loop("scan", IntPredicate::ULT, hi0, qb0, out)?;
+            let (hi, qb) = (l.hi, l.qb);
             let [first, end, ff, fe] = visit_range(tl, hi, qb)?;
             for (v, x) in [
                 (&out.hi, hi),
@@ -827,17 +870,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
             ] {
                 g.set(v, x)?;
             }
-            g.set(&s_qb, q_step(qb)?)?;
+            g.set(&l.s_qb, q_step(qb)?)?;
             let visit = g.and(
                 g.icmp(IntPredicate::SLE, first, tl.jb)?,
                 g.icmp(IntPredicate::SLT, tl.jb, end)?,
             )?;
-            g.cond_br(visit, hit, head)?;
-            g.b.position_at_end(hit);
-            g.set(&out.found, g.cbool(true))?;
-            g.br(done)?;
-            g.b.position_at_end(done);
-            Ok(())
+            g.cond_br(visit, l.hit, l.head)?;
+            g.b.position_at_end(l.hit);
+            scan_found(&l, out)
         };
     // bwd_wscan: lane l tests q block qb + l (bwd_lpt: qb - l) of the same head; the lowest
     // lane with a hit is the next visit in the order (its range shuffled from that lane);
@@ -846,31 +886,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let scan_warp =
         |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
             let lane = g.and(c.tid, g.c32(31))?;
-            let (s_hi, s_qb) = (g.var(g.i32, hi0)?, g.var(g.i32, qb0)?);
-            g.set(&out.found, g.cbool(false))?;
-            let head = g.block("wscan_head");
-            let check = g.block("wscan_qblock");
-            let next_head = g.block("wscan_next_head");
-            let body = g.block("wscan_range");
-            let hit = g.block("wscan_hit");
-            let done = g.block("wscan_done");
-            g.br(head)?;
-            g.b.position_at_end(head);
-            let hi = g.geti(&s_hi)?;
-            g.cond_br(g.icmp(IntPredicate::ULT, hi, group)?, check, done)?;
-            g.b.position_at_end(check);
-            let qb = g.geti(&s_qb)?;
-            let in_range = if lpt {
-                g.icmp(IntPredicate::SGE, qb, zero)?
-            } else {
-                g.icmp(IntPredicate::SLT, qb, nq)?
-            };
-            g.cond_br(in_range, body, next_head)?;
-            g.b.position_at_end(next_head);
-            g.set(&s_hi, g.add(hi, one)?)?;
-            g.set(&s_qb, q_start)?;
-            g.br(head)?;
-            g.b.position_at_end(body);
+            let l = scan_loop("wscan", IntPredicate::SLT, hi0, qb0, out)?;
+            let (hi, qb) = (l.hi, l.qb);
             let (mine, ok) = if lpt {
                 let m = g.sub(qb, lane)?;
                 (m, g.icmp(IntPredicate::SGE, m, zero)?)
@@ -889,15 +906,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
             )?;
             let ballot = warp_ballot(g, visit)?;
             g.set(
-                &s_qb,
+                &l.s_qb,
                 if lpt {
                     g.sub(qb, g.c32(32))?
                 } else {
                     g.add(qb, g.c32(32))?
                 },
             )?;
-            g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, hit, head)?;
-            g.b.position_at_end(hit);
+            g.cond_br(g.icmp(IntPredicate::NE, ballot, zero)?, l.hit, l.head)?;
+            g.b.position_at_end(l.hit);
             let src = count_trailing_zeros(g, ballot, true)?;
             let qhit = if lpt {
                 g.sub(qb, src)?
@@ -914,10 +931,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             ] {
                 g.set(v, x)?;
             }
-            g.set(&out.found, g.cbool(true))?;
-            g.br(done)?;
-            g.b.position_at_end(done);
-            Ok(())
+            scan_found(&l, out)
         };
     let scan =
         |tl: &Tile<'ctx>, hi0: IntValue<'ctx>, qb0: IntValue<'ctx>, out: &Visit<'ctx>| -> R<()> {
