@@ -756,10 +756,7 @@ fn build<'ctx>(
         // the wgmma swizzle atoms (1024 bytes) must be aligned in the shared window
         g.smem.set_alignment(1024);
     }
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     let args = Args {
         g: &g,
         params: &k.params,
@@ -772,7 +769,7 @@ fn build<'ctx>(
         BackwardKind::Dq if fused => fused::convert_body(&g, opts, &args)?,
         BackwardKind::Dq => dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
     }
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module)
 }
 

@@ -137,12 +137,9 @@ pub(crate) fn build<'ctx>(
         }
     }
     let g = Gpu::new(ctx, module, func);
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     body(&g, p, mask, opts, &params, skip)?;
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module)
 }
 

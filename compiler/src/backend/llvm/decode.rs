@@ -652,10 +652,7 @@ fn build_decode<'ctx>(
 ) -> R<Module<'ctx>> {
     use DecodeParam as P;
     let g = declare(ctx, module, params, entry);
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     let a = Args { g: &g, params };
     let g = &g;
     let_combine_start(g, opts)?;
@@ -957,7 +954,7 @@ fn build_decode<'ctx>(
         Ok(())
     })?;
     g.b.build_return(None)?;
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module.clone())
 }
 
@@ -970,10 +967,7 @@ fn build_combine<'ctx>(
 ) -> R<Module<'ctx>> {
     use DecodeParam as P;
     let g = declare(ctx, module, params, entry);
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     let a = Args { g: &g, params };
     let g = &g;
     let rpc = opts.rows as i64;
@@ -1109,7 +1103,7 @@ fn build_combine<'ctx>(
         g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)
     })?;
     g.b.build_return(None)?;
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module.clone())
 }
 

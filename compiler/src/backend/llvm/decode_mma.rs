@@ -475,10 +475,7 @@ pub(super) fn build<'ctx>(
 ) -> R<Module<'ctx>> {
     use DecodeParam as P;
     let g = declare(ctx, module, params, entry);
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     let a = Args { g: &g, params };
     let g = &g;
     // COPY_DIRECT (fused kind): one split, O and LSE written here (see the bit)
@@ -976,7 +973,7 @@ pub(super) fn build<'ctx>(
             Ok(())
         })?;
         g.b.build_return(None)?;
-        g.ab.build_unconditional_branch(start)?;
+        g.close_allocas(start)?;
         return Ok(g.module.clone());
     }
     let splits = a.int(P::Splits)?;
@@ -1018,7 +1015,7 @@ pub(super) fn build<'ctx>(
         fused_combine(g, &a, opts, tid, warp, lane, &place, mbase)?;
     }
     g.b.build_return(None)?;
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module.clone())
 }
 

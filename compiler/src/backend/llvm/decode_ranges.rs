@@ -124,10 +124,7 @@ fn build<'ctx>(
     let func = module.add_function(entry, ctx.void_type().fn_type(&tys, false), None);
     func.set_call_conventions(71); // ptx_kernel
     let g = Gpu::new(ctx, module, func);
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     let a = Args { g: &g, params };
     let g = &g;
     let b = g.ctaid('x')?;
@@ -170,7 +167,7 @@ fn build<'ctx>(
         store_i32(g, ranges, g.add(g.mul(batches, g.c32(2))?, b)?, n)
     })?;
     g.b.build_return(None)?;
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(g.module.clone())
 }
 

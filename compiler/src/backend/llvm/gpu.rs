@@ -1102,6 +1102,22 @@ impl<'ctx> Gpu<'ctx> {
     pub fn block(&self, name: &str) -> inkwell::basic_block::BasicBlock<'ctx> {
         self.ctx.append_basic_block(self.func, name)
     }
+    /// Opens the kernel's body: the entry block `allocas` (builder `ab`, where [`Gpu::var`]
+    /// puts every alloca) and after it `start` (builder `b`), which the body is built
+    /// into. Returns `start` for [`Gpu::close_allocas`].
+    pub fn open_body(&self) -> inkwell::basic_block::BasicBlock<'ctx> {
+        let allocas = self.block("allocas");
+        let start = self.block("start");
+        self.ab.position_at_end(allocas);
+        self.b.position_at_end(start);
+        start
+    }
+    /// Ends `allocas` with its branch to `start` (from [`Gpu::open_body`]), once the body
+    /// is built and so every alloca is in it.
+    pub fn close_allocas(&self, start: inkwell::basic_block::BasicBlock<'ctx>) -> R<()> {
+        self.ab.build_unconditional_branch(start)?;
+        Ok(())
+    }
     pub fn br(&self, bb: inkwell::basic_block::BasicBlock<'ctx>) -> R<()> {
         self.b.build_unconditional_branch(bb)?;
         Ok(())

@@ -197,16 +197,13 @@ pub(crate) fn build<'ctx>(
         // the wgmma swizzle atoms (1024 bytes) must be aligned in the shared window
         g.smem.set_alignment(1024);
     }
-    let allocas = g.block("allocas");
-    let start = g.block("start");
-    g.ab.position_at_end(allocas);
-    g.b.position_at_end(start);
+    let start = g.open_body();
     if opts.ws {
         super::hopper::body(&g, &cfg, p, opts, kv, &params)?;
     } else {
         body(&g, &cfg, p, opts, kv, &params)?;
     }
-    g.ab.build_unconditional_branch(start)?;
+    g.close_allocas(start)?;
     Ok(Built {
         module: g.module,
         threads,
