@@ -10,7 +10,8 @@ t0=$(date +%s)
 ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
-timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
+# (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)
+ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 # (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
 echo "=== decode Lq16 copies, 7 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=ef,abcef,abefg timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
