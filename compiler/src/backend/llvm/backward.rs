@@ -2448,7 +2448,9 @@ pub(super) fn dkdv_epilogue<'ctx>(
     Ok(())
 }
 
-/// dK (times the scale) and dV of kv rows `kv0 ..` of (batch, kv head) stored.
+/// dK (times the scale) and dV of kv rows `kv0 ..` of (batch, kv head) stored: one word
+/// per n8 column group and thread, or with `PtxOptions::bwd_store_pairs` 8 bytes per
+/// thread and instruction ([`fused::store_rows_pairs`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dkdv_store<'ctx>(
     g: &Gpu<'ctx>,
@@ -2464,6 +2466,12 @@ pub(super) fn dkdv_store<'ctx>(
     let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, b, c.hkv, hk, c.lkv, opts.d)?;
     let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, b, c.hkv, hk, c.lkv, opts.dv)?;
     let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
+    if opts.bwd_store_pairs {
+        let (dk, dv) = (acc_get(g, dk)?, acc_get(g, dv)?);
+        let rows = (row0, c.lkv);
+        fused::store_rows_pairs(g, ty, c.lane, dk_base, rows, opts.d, &dk, Some(c.scale))?;
+        return fused::store_rows_pairs(g, ty, c.lane, dv_base, rows, opts.dv, &dv, None);
+    }
     store_rows(
         g,
         ty,

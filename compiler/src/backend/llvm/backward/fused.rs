@@ -1615,11 +1615,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
             load_kv(&tile_at(next)?)
         })?;
-        if opts.bwd_store_pairs {
-            dkdv_store_pairs(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
-        } else {
-            dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
-        }
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
         g.set(&tv, next)?;
         g.br(head)?;
         return Ok(());
@@ -1638,44 +1634,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if opts.bwd_store_pairs {
         g.b.position_at_end(store);
         g.cp_async_wait(0)?;
-        dkdv_store_pairs(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
         g.b.build_return(None)?;
         return Ok(());
     }
     dkdv_epilogue(g, opts, &c, a, tl.hk, kv0, &dk, &dv, store)
-}
-
-/// `PtxOptions::bwd_store_pairs`: dK (times the scale) and dV of kv rows `kv0 ..` of
-/// (batch, kv head) stored as `dkdv_store` stores them, but 8 bytes per thread and
-/// instruction: see [`store_rows_pairs`].
-#[allow(clippy::too_many_arguments)]
-fn dkdv_store_pairs<'ctx>(
-    g: &Gpu<'ctx>,
-    opts: &PtxOptions,
-    c: &Common<'ctx>,
-    a: &Args<'_, 'ctx>,
-    (b, hk): (IntValue<'ctx>, IntValue<'ctx>),
-    kv0: IntValue<'ctx>,
-    dk: &[[Var<'ctx>; 4]],
-    dv: &[[Var<'ctx>; 4]],
-) -> R<()> {
-    let ty = opts.input;
-    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, b, c.hkv, hk, c.lkv, opts.d)?;
-    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, b, c.hkv, hk, c.lkv, opts.dv)?;
-    let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
-    let dk = acc_get(g, dk)?;
-    let dv = acc_get(g, dv)?;
-    store_rows_pairs(
-        g,
-        ty,
-        c.lane,
-        dk_base,
-        (row0, c.lkv),
-        opts.d,
-        &dk,
-        Some(c.scale),
-    )?;
-    store_rows_pairs(g, ty, c.lane, dv_base, (row0, c.lkv), opts.dv, &dv, None)
 }
 
 /// An accumulator's rows `row0 + lane / 4 (+ 8)` (below `len`) of `cols` 16-bit columns
@@ -1688,7 +1651,7 @@ fn dkdv_store_pairs<'ctx>(
 /// bytes of a row: full 32-byte sectors per instruction, half the store instructions
 /// of one word per group (`store_rows`).
 #[allow(clippy::too_many_arguments)]
-fn store_rows_pairs<'ctx>(
+pub(super) fn store_rows_pairs<'ctx>(
     g: &Gpu<'ctx>,
     ty: crate::backend::llvm::InputType,
     lane: IntValue<'ctx>,
