@@ -324,7 +324,7 @@ impl<'p> Lowering<'p> {
                     Inst::ConstI32(c) => Some(*c),
                     _ => None,
                 };
-                binary(g, *op, av, bv, const_b)
+                binary(g, *op, av, bv, const_b, false)
             }
             Inst::Select(c, a, b) => {
                 let (c, a, b) = (self.v(*c), self.v(*a), self.v(*b));
@@ -438,11 +438,23 @@ fn ins<'b, 'a>(g: &'b mut Gen<'a>) -> cranelift_frontend::FuncInstBuilder<'b, 'a
     g.b.ins()
 }
 
-fn binary(g: &mut Gen, op: BinOp, a: CValue, b: CValue, const_b: Option<i32>) -> CValue {
+/// `op` on scalars, or with `vector` on the f32x4/i32x4/bool lanes of the vector path
+/// (integer division, remainder and `pow` lane by lane).
+fn binary(
+    g: &mut Gen,
+    op: BinOp,
+    a: CValue,
+    b: CValue,
+    const_b: Option<i32>,
+    vector: bool,
+) -> CValue {
     match op {
         BinOp::IAdd => ins(g).iadd(a, b),
         BinOp::ISub => ins(g).isub(a, b),
         BinOp::IMul => ins(g).imul(a, b),
+        BinOp::IDiv | BinOp::IRem if vector => lanewise(g, &[a, b], types::I32X4, |g, x| {
+            floor_divrem(g, op == BinOp::IDiv, x[0], x[1], const_b)
+        }),
         BinOp::IDiv | BinOp::IRem => floor_divrem(g, op == BinOp::IDiv, a, b, const_b),
         BinOp::IMin => ins(g).smin(a, b),
         BinOp::IMax => ins(g).smax(a, b),
@@ -459,8 +471,18 @@ fn binary(g: &mut Gen, op: BinOp, a: CValue, b: CValue, const_b: Option<i32>) ->
             };
             let a_nan = ins(g).fcmp(FloatCC::Unordered, a, a);
             let b_nan = ins(g).fcmp(FloatCC::Unordered, b, b);
-            let r = ins(g).select(b_nan, a, m);
-            ins(g).select(a_nan, b, r)
+            let select = |g: &mut Gen, c, x, y| {
+                if vector {
+                    vselect(g, c, x, y)
+                } else {
+                    ins(g).select(c, x, y)
+                }
+            };
+            let r = select(g, b_nan, a, m);
+            select(g, a_nan, b, r)
+        }
+        BinOp::FPow if vector => {
+            lanewise(g, &[a, b], types::F32X4, |g, x| g.call_f32("attnc_powf", x))
         }
         BinOp::FPow => g.call_f32("attnc_powf", &[a, b]),
         BinOp::ICmp(c) => ins(g).icmp(int_cc(c), a, b),
@@ -694,7 +716,7 @@ impl<'p> Lowering<'p> {
                     Inst::ConstI32(c) => Some(*c),
                     _ => None,
                 };
-                vbinary(g, op, av, bv, const_b)
+                binary(g, op, av, bv, const_b, true)
             }
             Inst::Select(c, a, b) => {
                 let (c, a, b) = (self.vop(g, c), self.vop(g, a), self.vop(g, b));
@@ -830,41 +852,6 @@ fn vunary(g: &mut Gen, op: UnOp, a: CValue) -> CValue {
             let one = isplat(g, 1);
             g.b.ins().band(a, one)
         }
-    }
-}
-
-fn vbinary(g: &mut Gen, op: BinOp, a: CValue, b: CValue, const_b: Option<i32>) -> CValue {
-    match op {
-        BinOp::IAdd => ins(g).iadd(a, b),
-        BinOp::ISub => ins(g).isub(a, b),
-        BinOp::IMul => ins(g).imul(a, b),
-        BinOp::IDiv | BinOp::IRem => lanewise(g, &[a, b], types::I32X4, |g, x| {
-            floor_divrem(g, op == BinOp::IDiv, x[0], x[1], const_b)
-        }),
-        BinOp::IMin => ins(g).smin(a, b),
-        BinOp::IMax => ins(g).smax(a, b),
-        BinOp::FAdd => ins(g).fadd(a, b),
-        BinOp::FSub => ins(g).fsub(a, b),
-        BinOp::FMul => ins(g).fmul(a, b),
-        BinOp::FDiv => ins(g).fdiv(a, b),
-        BinOp::FMin | BinOp::FMax => {
-            let m = if op == BinOp::FMin {
-                ins(g).fmin(a, b)
-            } else {
-                ins(g).fmax(a, b)
-            };
-            let a_nan = ins(g).fcmp(FloatCC::Unordered, a, a);
-            let b_nan = ins(g).fcmp(FloatCC::Unordered, b, b);
-            let r = vselect(g, b_nan, a, m);
-            vselect(g, a_nan, b, r)
-        }
-        BinOp::FPow => lanewise(g, &[a, b], types::F32X4, |g, x| g.call_f32("attnc_powf", x)),
-        BinOp::ICmp(c) => ins(g).icmp(int_cc(c), a, b),
-        BinOp::FCmp(c) => ins(g).fcmp(float_cc(c), a, b),
-        BinOp::And => ins(g).band(a, b),
-        BinOp::Or => ins(g).bor(a, b),
-        BinOp::Xor => ins(g).bxor(a, b),
-        BinOp::BEq => ins(g).icmp(IntCC::Equal, a, b),
     }
 }
 
