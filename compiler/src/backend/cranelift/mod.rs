@@ -39,10 +39,12 @@ use crate::ir::{Program, VerifyError, verify_program};
 use crate::plan::Plan;
 use crate::shape::{Shape, ShapeError};
 use abi::{Ctx, Tile};
+use cranelift_codegen::ir::Signature;
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{Linkage, Module, default_libcall_names};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use std::sync::Mutex;
 
 /// Compile-time options of a CPU kernel.
@@ -129,7 +131,7 @@ type KernelFn = unsafe extern "C" fn(*const Ctx, *mut Tile, i64, i64, i64) -> i3
 /// A compiled attention kernel.
 pub struct CpuKernel {
     /// Owns the executable memory of `entry`; freed on drop.
-    module: Mutex<Option<JITModule>>,
+    _code: JitCode,
     entry: KernelFn,
     program: Program,
     opts: CpuOptions,
@@ -153,21 +155,6 @@ impl CpuKernel {
     }
     pub fn program(&self) -> &Program {
         &self.program
-    }
-}
-
-impl Drop for CpuKernel {
-    fn drop(&mut self) {
-        let m = self
-            .module
-            .get_mut()
-            .map(Option::take)
-            .unwrap_or_else(|e| e.into_inner().take());
-        if let Some(m) = m {
-            // SAFETY: `entry` points into this module's memory and is dropped with `self`;
-            // no call can be running since `run` borrows `self`.
-            unsafe { m.free_memory() };
-        }
     }
 }
 
@@ -207,10 +194,15 @@ pub(super) fn new_module(isa: Isa) -> Result<JITModule, CpuError> {
     Ok(JITModule::new(jb))
 }
 
+/// Checks `program` and `opts`, makes the JIT module for `opts`' ISA and declares the
+/// one exported function `name` with the signature `sig` gives for the module's calling
+/// convention (declared first, so that it is `u0:0`, the name the generators give it).
 fn prepare(
     program: &Program,
     opts: &CpuOptions,
-) -> Result<(Isa, JITModule, cranelift_module::FuncId), CpuError> {
+    name: &str,
+    sig: fn(CallConv) -> Signature,
+) -> Result<(Isa, JITModule, FuncId), CpuError> {
     verify_program(program)?;
     check_options(opts)?;
     let isa = opts.isa.unwrap_or_else(Isa::detect);
@@ -218,12 +210,51 @@ fn prepare(
         return Err(CpuError::Isa(isa));
     }
     let mut module = new_module(isa)?;
-    let sig = codegen::kernel_signature(module.isa().default_call_conv());
-    // declared first, so that it is `u0:0`, the name `codegen` gives it
+    let sig = sig(module.isa().default_call_conv());
     let id = module
-        .declare_function(codegen::KERNEL_NAME, Linkage::Export, &sig)
+        .declare_function(name, Linkage::Export, &sig)
         .map_err(CpuError::jit)?;
     Ok((isa, module, id))
+}
+
+/// The executable memory of a finalized JIT module, freed on drop. Its owner (a
+/// [`CpuKernel`], a [`backward::CpuBackward`]) keeps the entry pointer that
+/// [`JitCode::define`] returns beside it and calls it only through `&self`.
+struct JitCode(Mutex<Option<JITModule>>);
+
+impl JitCode {
+    /// Defines `id` (declared by [`prepare`]) as `func` and finalizes `module`: the
+    /// module's memory and the address of the finalized function.
+    fn define(
+        mut module: JITModule,
+        id: FuncId,
+        func: cranelift_codegen::ir::Function,
+    ) -> Result<(JitCode, *const u8), CpuError> {
+        let mut ctx = module.make_context();
+        ctx.func = func;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CpuError::Jit(format!("{e:?}")))?;
+        module.finalize_definitions().map_err(CpuError::jit)?;
+        let ptr = module.get_finalized_function(id);
+        Ok((JitCode(Mutex::new(Some(module))), ptr))
+    }
+}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        let m = self
+            .0
+            .get_mut()
+            .map(Option::take)
+            .unwrap_or_else(|e| e.into_inner().take());
+        if let Some(m) = m {
+            // SAFETY: the only pointer into this memory is the owner's entry, dropped
+            // with the owner, which drops this; no call can be running since a call
+            // borrows the owner.
+            unsafe { m.free_memory() };
+        }
+    }
 }
 
 /// The kinds this backend generates.
@@ -242,7 +273,12 @@ fn check_kind(kind: KernelKind) -> Result<(), CpuError> {
 pub fn emit_clif(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<String, CpuError> {
     check_kind(kind)?;
     let program = plan.program();
-    let (_, mut module, _) = prepare(program, opts)?;
+    let (_, mut module, _) = prepare(
+        program,
+        opts,
+        codegen::KERNEL_NAME,
+        codegen::kernel_signature,
+    )?;
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
     let mut out = format!(
@@ -277,21 +313,20 @@ pub fn compile(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<CpuKe
     let program = plan.program();
     let _span =
         tracing::info_span!("codegen", backend = "cpu", attention = %program.name).entered();
-    let (isa, mut module, id) = prepare(program, opts)?;
+    let (isa, mut module, id) = prepare(
+        program,
+        opts,
+        codegen::KERNEL_NAME,
+        codegen::kernel_signature,
+    )?;
     let mut fctx = FunctionBuilderContext::new();
     let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
-    let mut ctx = module.make_context();
-    ctx.func = g.func;
-    module
-        .define_function(id, &mut ctx)
-        .map_err(|e| CpuError::Jit(format!("{e:?}")))?;
-    module.finalize_definitions().map_err(CpuError::jit)?;
-    let ptr = module.get_finalized_function(id);
+    let (code, ptr) = JitCode::define(module, id, g.func)?;
     // SAFETY: `ptr` is the finalized code of a function with `kernel_signature`, which
     // is the C ABI of `KernelFn` on this host.
     let entry = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
     Ok(CpuKernel {
-        module: Mutex::new(Some(module)),
+        _code: code,
         entry,
         program: program.clone(),
         opts: opts.clone(),

@@ -49,15 +49,13 @@ pub mod mm;
 use super::launch::{check_maps, param_words, tensor_descs};
 use super::micro::exp_approx;
 use super::workers::Workers;
-use super::{CpuError, CpuOptions, Isa, new_module};
+use super::{CpuError, CpuOptions, Isa, JitCode, prepare};
 use crate::analysis::blockmap::BlockMaps;
 use crate::grad::{ScoreGrad, differentiate};
 use crate::interp::{Bindings, TensorData};
-use crate::ir::{Program, verify_program};
+use crate::ir::Program;
 use crate::shape::Shape;
 use cranelift_frontend::FunctionBuilderContext;
-use cranelift_jit::JITModule;
-use cranelift_module::{Linkage, Module};
 use elem::{ELEM_NAME, ElemCtx, ElemTile};
 use mm::{Mm, mm};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,8 +87,8 @@ pub struct CaptureGradients {
 
 /// A compiled backward kernel.
 pub struct CpuBackward {
-    /// Owns the executable memory of `entry`.
-    module: Mutex<Option<JITModule>>,
+    /// Owns the executable memory of `entry`; freed on drop.
+    _code: JitCode,
     entry: ElemFn,
     program: Program,
     grad: ScoreGrad,
@@ -113,42 +111,9 @@ struct Workspace {
     delta: Vec<f32>,
 }
 
-impl Drop for CpuBackward {
-    fn drop(&mut self) {
-        let m = self
-            .module
-            .get_mut()
-            .map(Option::take)
-            .unwrap_or_else(|e| e.into_inner().take());
-        if let Some(m) = m {
-            // SAFETY: `entry` points into this module's memory and is dropped with
-            // `self`; no call can be running since `run` borrows `self`.
-            unsafe { m.free_memory() };
-        }
-    }
-}
-
-fn prepare(
-    program: &Program,
-    opts: &CpuOptions,
-) -> Result<(JITModule, cranelift_module::FuncId), CpuError> {
-    verify_program(program)?;
-    super::check_options(opts)?;
-    let isa = opts.isa.unwrap_or_else(Isa::detect);
-    if !isa.supported() {
-        return Err(CpuError::Isa(isa));
-    }
-    let mut module = new_module(isa)?;
-    let sig = elem::elem_signature(module.isa().default_call_conv());
-    let id = module
-        .declare_function(ELEM_NAME, Linkage::Export, &sig)
-        .map_err(CpuError::jit)?;
-    Ok((module, id))
-}
-
 /// The CLIF text of the generated element function (deterministic).
 pub fn emit_backward_clif(program: &Program, opts: &CpuOptions) -> Result<String, CpuError> {
-    let (mut module, _) = prepare(program, opts)?;
+    let (_, mut module, _) = prepare(program, opts, ELEM_NAME, elem::elem_signature)?;
     let grad = differentiate(program);
     let mut fctx = FunctionBuilderContext::new();
     let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
@@ -161,24 +126,17 @@ pub fn emit_backward_clif(program: &Program, opts: &CpuOptions) -> Result<String
 
 /// Differentiates the score and JIT-compiles the backward's element function.
 pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackward, CpuError> {
-    let (mut module, id) = prepare(program, opts)?;
+    let (isa, mut module, id) = prepare(program, opts, ELEM_NAME, elem::elem_signature)?;
     let grad = differentiate(program);
     grad.verify(program)?;
     let mut fctx = FunctionBuilderContext::new();
     let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
-    let mut ctx = module.make_context();
-    ctx.func = f;
-    module
-        .define_function(id, &mut ctx)
-        .map_err(|e| CpuError::Jit(format!("{e:?}")))?;
-    module.finalize_definitions().map_err(CpuError::jit)?;
-    let ptr = module.get_finalized_function(id);
+    let (code, ptr) = JitCode::define(module, id, f)?;
     // SAFETY: `ptr` is the finalized code of a function with `elem_signature`, the C ABI
     // of `ElemFn` on this host.
     let entry = unsafe { std::mem::transmute::<*const u8, ElemFn>(ptr) };
-    let isa = opts.isa.unwrap_or_else(Isa::detect);
     Ok(CpuBackward {
-        module: Mutex::new(Some(module)),
+        _code: code,
         entry,
         program: program.clone(),
         grad,
