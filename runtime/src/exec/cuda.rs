@@ -503,30 +503,16 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         Ok("0") => (o.persistent, o.dynamic_tiles) = (false, false),
         _ => {}
     }
-    match std::env::var("ATTNC_FWD_Q_END").as_deref() {
-        Ok("1") => o.q_from_end = true,
-        Ok("0") => o.q_from_end = false,
-        _ => {}
-    }
-    match std::env::var("ATTNC_FWD_SPLIT_TAIL").as_deref() {
-        Ok("1") => o.split_tail = true,
-        Ok("0") => o.split_tail = false,
-        _ => {}
-    }
-    match std::env::var("ATTNC_FWD_Q2").as_deref() {
-        Ok("1") => o.q_double = true,
-        Ok("0") => o.q_double = false,
-        _ => {}
-    }
-    match std::env::var("ATTNC_FWD_CLAIM").as_deref() {
-        Ok("1") => o.early_claim = true,
-        Ok("0") => o.early_claim = false,
-        _ => {}
-    }
-    match std::env::var("ATTNC_FWD_CROSS").as_deref() {
-        Ok("1") => o.cross_tile = true,
-        Ok("0") => o.cross_tile = false,
-        _ => {}
+    for (name, switch) in [
+        ("ATTNC_FWD_Q_END", &mut o.q_from_end),
+        ("ATTNC_FWD_SPLIT_TAIL", &mut o.split_tail),
+        ("ATTNC_FWD_Q2", &mut o.q_double),
+        ("ATTNC_FWD_CLAIM", &mut o.early_claim),
+        ("ATTNC_FWD_CROSS", &mut o.cross_tile),
+    ] {
+        if let Some(on) = env_switch(name) {
+            *switch = on;
+        }
     }
     // (two Q buffers only with persistent CTAs, the cross-tile issue with the dynamic
     // scheduler)
@@ -540,4 +526,14 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         o.lpt_group = n;
     }
     o
+}
+
+/// An on/off environment switch: `Some(true)` when `name` is `1`, `Some(false)` when it
+/// is `0`, `None` when it is unset or anything else (the binding's choice stays).
+pub(crate) fn env_switch(name: &str) -> Option<bool> {
+    match std::env::var(name).as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    }
 }
