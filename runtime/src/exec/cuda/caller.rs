@@ -191,6 +191,17 @@ fn words(bind: &Bindings) -> Vec<u32> {
     bind.params.iter().map(policy::scalar_bits).collect()
 }
 
+/// Checked mode reads its error words back after the launch, which synchronizes: the
+/// caller-stream entries refuse a checked binding.
+fn refuse_checked(opts: &BindOptions) -> Result<(), CudaError> {
+    if opts.checked {
+        return Err(CudaError::Mismatch(
+            "checked mode reads its error words back after the launch, which synchronizes: bind without `checked` for calls on the caller's stream".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The error of a call that would allocate or upload while its stream captures a graph.
 fn needs_warmup(what: &str) -> CudaError {
     CudaError::Mismatch(format!(
@@ -448,12 +459,7 @@ impl CudaExec {
     ) -> ExecResult<()> {
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
-        if opts.checked {
-            return Err(CudaError::Mismatch(
-                "checked mode reads its error words back after the launch, which synchronizes: bind without `checked` for calls on the caller's stream".into(),
-            )
-            .into());
-        }
+        refuse_checked(opts)?;
         // this call keeps the module it starts with (a retired module of a tiered JIT is
         // released only by host-path calls, after they synchronize; the Python package
         // binds with tiers off)

@@ -25,7 +25,7 @@
 //! of document + causal) as partial — exact at any data, without the sparsity the tensors
 //! themselves would give ([`tensor_mask_ranges`]).
 
-use super::{StateBufs, call_args, closed_form_args, needs_warmup, words};
+use super::{StateBufs, call_args, closed_form_args, needs_warmup, refuse_checked, words};
 use crate::cuda::backward::{CudaBackward, kv_ranges, q_ranges};
 use crate::cuda::{Arg, CudaError, LaunchArgs};
 use crate::exec::ExecResult;
@@ -278,12 +278,7 @@ impl CudaExec {
     ) -> ExecResult<()> {
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
-        if opts.checked {
-            return Err(CudaError::Mismatch(
-                "checked mode reads its error words back after the launch, which synchronizes: bind without `checked` for calls on the caller's stream".into(),
-            )
-            .into());
-        }
+        refuse_checked(opts)?;
         let ko = kernels.options();
         if shape.d != ko.d as usize || shape.dv != ko.dv as usize {
             return Err(CudaError::Mismatch(format!(
