@@ -119,6 +119,21 @@ impl Bound {
         Ok(())
     }
 
+    /// Checks a caller-buffer call's buffers ([`check_bufs`]: null, alignment, wrap,
+    /// overlap) and, outside graph capture, that each non-empty one is device memory of
+    /// the binding's device (`check_device_pointers`). Returns whether `stream` captures a
+    /// graph (the launch takes the answer).
+    fn check_call_buffers(&self, all: &[Buf], stream: u64) -> Result<bool> {
+        check_bufs(all)?;
+        let live: Vec<(&str, u64)> = all
+            .iter()
+            .filter(|b| b.len > 0)
+            .map(|b| (b.name, b.ptr))
+            .collect();
+        crate::exec::cuda::caller::check_device_pointers(self.options().device, stream, &live)
+            .map_err(|e| self.variant().render(e))
+    }
+
     /// CUDA backend: enqueues attention on the caller's device buffers on the caller's
     /// stream (`stream`: a `CUstream` of the device's primary context, e.g. torch's
     /// `current_stream().cuda_stream`; 0 is the legacy default stream); writes `o` and
@@ -176,15 +191,7 @@ impl Bound {
         if let Some(m) = mask {
             all.extend(mask_bufs(m, false));
         }
-        check_bufs(&all)?;
-        let live: Vec<(&str, u64)> = all
-            .into_iter()
-            .filter(|b| b.len > 0)
-            .map(|b| (b.name, b.ptr))
-            .collect();
-        let capture =
-            crate::exec::cuda::caller::check_device_pointers(self.options().device, stream, &live)
-                .map_err(|e| self.variant().render(e))?;
+        let capture = self.check_call_buffers(&all, stream)?;
         let scale = self.scale();
         let (exec, plan, variant, opts) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
@@ -413,15 +420,7 @@ impl Bound {
                 )
             });
         }
-        check_bufs(&all)?;
-        let live: Vec<(&str, u64)> = all
-            .iter()
-            .filter(|b| b.len > 0)
-            .map(|b| (b.name, b.ptr))
-            .collect();
-        let capture =
-            crate::exec::cuda::caller::check_device_pointers(self.options().device, stream, &live)
-                .map_err(|e| self.variant().render(e))?;
+        let capture = self.check_call_buffers(&all, stream)?;
         let grad_words = crate::exec::cuda::caller::backward::CallerGradWords {
             tensors: words,
             params: grads.params,
@@ -708,6 +707,20 @@ mod device_tests {
         }
     }
 
+    /// A CPU binding of a plain attention at [`shape`] (for the CUDA entries to refuse).
+    fn cpu_binding() -> crate::Bound {
+        Compiled::from_source("t.attn", "attention a {}")
+            .unwrap()
+            .attention("a")
+            .unwrap()
+            .bind(crate::BindOptions::new(
+                crate::Backend::Cpu,
+                shape(),
+                DType::F32,
+            ))
+            .unwrap()
+    }
+
     fn code(e: &Error) -> String {
         match e {
             Error::Capture { rendered, .. } => rendered.clone(),
@@ -774,16 +787,7 @@ mod device_tests {
     /// The CUDA entry point refuses other backends before touching any pointer.
     #[test]
     fn cuda_entry_refuses_a_cpu_binding() {
-        let c = Compiled::from_source("t.attn", "attention a {}").unwrap();
-        let mut bound = c
-            .attention("a")
-            .unwrap()
-            .bind(crate::BindOptions::new(
-                crate::Backend::Cpu,
-                shape(),
-                DType::F32,
-            ))
-            .unwrap();
+        let mut bound = cpu_binding();
         let bufs = DeviceBuffers {
             q: 0,
             k: 0,
@@ -876,16 +880,7 @@ mod device_tests {
     /// The CUDA backward entry refuses other backends before touching any pointer.
     #[test]
     fn cuda_backward_entry_refuses_a_cpu_binding() {
-        let c = Compiled::from_source("t.attn", "attention a {}").unwrap();
-        let mut bound = c
-            .attention("a")
-            .unwrap()
-            .bind(crate::BindOptions::new(
-                crate::Backend::Cpu,
-                shape(),
-                DType::F32,
-            ))
-            .unwrap();
+        let mut bound = cpu_binding();
         let bufs = super::DeviceBackwardBuffers {
             q: 0,
             k: 0,
