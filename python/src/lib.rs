@@ -193,6 +193,16 @@ struct Attention {
     bound: Mutex<Bindings>,
 }
 
+/// The captures of a CUDA call as the runtime takes them
+/// ([`Attention::device_captures`]), with the tensors torch converted for the kernels:
+/// the caller holds it until the launch is enqueued.
+struct DeviceCaptures<'py> {
+    tensors: HashMap<String, DeviceTensor>,
+    params: HashMap<String, attnc::ParamValue>,
+    /// Kept alive: the device pointers in `tensors` may point into them.
+    _converted: Vec<Bound<'py, PyAny>>,
+}
+
 /// Raw pointers into torch's memory, moved into the GIL-free section of a call.
 struct Buffers {
     q: usize,
@@ -239,18 +249,17 @@ impl Attention {
         Ok(caps)
     }
 
-    /// The captured tensors of a CUDA call as device pointers: each on `device`, of a
-    /// dtype captures take; those the kernels cannot read in place (int64, float16,
-    /// bfloat16: the kernels read i32/f32 words) converted on the device by torch on the
-    /// current stream. The converted tensors come back too: the caller keeps them alive
-    /// until the launch is enqueued.
-    #[allow(clippy::type_complexity)]
+    /// The captures of a CUDA call ([`DeviceCaptures`]): the captured tensors as device
+    /// pointers, each on `device`, of a dtype captures take, those the kernels cannot
+    /// read in place (int64, float16, bfloat16: the kernels read i32/f32 words)
+    /// converted on the device by torch on the current stream; and the params' values.
     fn device_captures<'py>(
         &self,
         py: Python<'py>,
         device: Device,
         tensors: &[(String, Bound<'py, PyAny>)],
-    ) -> PyResult<(HashMap<String, DeviceTensor>, Vec<Bound<'py, PyAny>>)> {
+        params: &[(String, Bound<'py, PyAny>)],
+    ) -> PyResult<DeviceCaptures<'py>> {
         let mut converted = Vec::new();
         let mut devt = HashMap::new();
         for (name, t) in tensors {
@@ -312,7 +321,11 @@ impl Attention {
                 },
             );
         }
-        Ok((devt, converted))
+        Ok(DeviceCaptures {
+            tensors: devt,
+            params: param_values(py, params)?,
+            _converted: converted,
+        })
     }
 
     /// The CUDA part of `forward`: q, k, v, o, lse (checked by the caller: dtype, shape,
@@ -336,8 +349,7 @@ impl Attention {
         stream: usize,
     ) -> PyResult<()> {
         let device = Device::Cuda(index);
-        let (devt, converted) = self.device_captures(py, device, tensors)?;
-        let pv = param_values(py, params)?;
+        let caps = self.device_captures(py, device, tensors, params)?;
         let key = BindKey {
             scale,
             ..BindKey::cuda(device, shape, dtype, None)
@@ -350,14 +362,14 @@ impl Attention {
             lse: lse.ptr as u64,
         };
         let stream = stream as u64;
-        let result = self.run(py, key, |bound| {
+        self.run(py, key, |bound| {
             // SAFETY: q, k, v, o, lse are contiguous CUDA tensors of one device with the
             // bound shape and dtype (checked by `forward`; the runtime checks null,
             // alignment, overlap and, outside graph capture, that each is memory of
             // q's device), o/lse fresh torch buffers; the captures are contiguous tensors
             // of the same device in i32/f32 words (converted above; dims and dtype
             // checked by the runtime against the declarations). The caller's frame
-            // (and `converted`) holds them all for the call, and torch's caching
+            // (and `caps`) holds them all for the call, and torch's caching
             // allocator reuses their memory only in order on the stream they were
             // made on, which is `stream` (torch's current stream, where the package
             // allocated o/lse and made the inputs contiguous), so the queued launch
@@ -365,10 +377,10 @@ impl Attention {
             // A block mask's tables are int32 tensors the package made from
             // `block_mask_tables` on this device and keeps private (checked by
             // `read_block_mask` and the runtime: device, dtype, lengths, tiles).
-            unsafe { bound.forward_cuda_into_masked(&bufs, &devt, &pv, mask, stream) }
-        });
-        drop(converted);
-        result
+            unsafe {
+                bound.forward_cuda_into_masked(&bufs, &caps.tensors, &caps.params, mask, stream)
+            }
+        })
     }
 
     /// Runs `f` on the binding for `key`, binding (JIT-compiling) on first use.
@@ -1046,8 +1058,7 @@ impl Attention {
                     Ok((a, m))
                 })
                 .transpose()?;
-            let (devt, converted) = self.device_captures(py, device, &tensors)?;
-            let pv = param_values(py, &params)?;
+            let caps = self.device_captures(py, device, &tensors, &params)?;
             let mask = block_mask
                 .map(|m| read_block_mask(py, &m, device))
                 .transpose()?;
@@ -1058,7 +1069,7 @@ impl Attention {
             };
             let mut grads = DeviceGradWords::default();
             for (name, t) in &words {
-                let Some(cap) = devt.get(name) else {
+                let Some(cap) = caps.tensors.get(name) else {
                     return Err(attnc_error(
                         py,
                         code::UNKNOWN_CAPTURE,
@@ -1100,7 +1111,7 @@ impl Attention {
             };
             let lens = work.as_ref().map(|(a, m)| (a.numel(), m.numel()));
             let stream = stream as u64;
-            let result = self.run(py, key, |bound| {
+            self.run(py, key, |bound| {
                 let need = bound.backward_cuda_workspace()?;
                 if need != lens {
                     return Err(attnc::Error::Usage(match need {
@@ -1125,16 +1136,14 @@ impl Attention {
                 unsafe {
                     bound.backward_cuda_into_masked(
                         &bufs,
-                        &devt,
-                        &pv,
+                        &caps.tensors,
+                        &caps.params,
                         &grads,
                         mask.as_ref(),
                         stream,
                     )
                 }
-            });
-            drop(converted);
-            result
+            })
         })
     }
 
@@ -1345,14 +1354,13 @@ impl Attention {
             }
             check_outputs(py, device, &s, dtype, &o, &lse)?;
             check_buffer(py, &rg, &[3 * s.b], DType::I32, device)?;
-            let (devt, converted) = self.device_captures(py, device, &tensors)?;
-            let pv = param_values(py, &params)?;
+            let caps = self.device_captures(py, device, &tensors, &params)?;
             let layout = call.layout;
             let ptr = |t: &TensorArg| t.ptr as u64;
             let stream = stream as u64;
             let (qp, kp, vp, sp) = (ptr(&call.q), ptr(&call.k), ptr(&call.v), ptr(seq));
             let tp = call.table.as_ref().map(ptr);
-            let result = self.run(py, key, |bound| {
+            self.run(py, key, |bound| {
                         let w = bound.decode_cuda_workspace(layout)?;
                         if ws.dtype != Some(DType::F32) || ws.numel() != w.part_o + w.part_lse
                             || !ws.contiguous() || ws.device != device
@@ -1385,10 +1393,8 @@ impl Attention {
                         // this call on `stream`, torch's current stream, which orders
                         // every later use of their memory after the queued launches (the
                         // SAFETY note of `forward_cuda` covers inputs and captures).
-                        unsafe { bound.decode_cuda_into(layout, &bufs, &devt, &pv, stream) }
-            });
-            drop(converted);
-            result
+                        unsafe { bound.decode_cuda_into(layout, &bufs, &caps.tensors, &caps.params, stream) }
+            })
         })
     }
 
