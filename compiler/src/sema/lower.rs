@@ -584,14 +584,10 @@ impl<'a, 'i> Lowerer<'a, 'i> {
     ) -> Typed {
         let name = callee.name.as_str();
         if self.lookup_local(name).is_some() {
-            self.error(
-                Diagnostic::error(
-                    "E0103",
-                    callee.span,
-                    format!("`{name}` is a value, not a function"),
-                )
-                .with_label("not callable"),
-            );
+            self.error(not_callable(
+                callee,
+                format!("`{name}` is a value, not a function"),
+            ));
             return None;
         }
         if builtins::is_builtin(name) {
@@ -669,37 +665,27 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 Some((v, Type::F32))
             }
             Some(ItemRef::Const(_) | ItemRef::Param(_)) => {
-                self.error(
-                    Diagnostic::error(
-                        "E0103",
-                        callee.span,
-                        format!("`{name}` is a value, not a function"),
-                    )
-                    .with_label("not callable"),
-                );
+                self.error(not_callable(
+                    callee,
+                    format!("`{name}` is a value, not a function"),
+                ));
                 None
             }
             Some(ItemRef::Tensor(_)) => {
                 self.error(
-                    Diagnostic::error(
-                        "E0103",
-                        callee.span,
+                    not_callable(
+                        callee,
                         format!("tensor `{name}` is indexed with `[...]`, not called"),
                     )
-                    .with_label("not callable")
                     .with_hint(format!("write `{name}[...]`")),
                 );
                 None
             }
             Some(ItemRef::Attention) => {
-                self.error(
-                    Diagnostic::error(
-                        "E0103",
-                        callee.span,
-                        format!("attention `{name}` cannot be called"),
-                    )
-                    .with_label("not callable"),
-                );
+                self.error(not_callable(
+                    callee,
+                    format!("attention `{name}` cannot be called"),
+                ));
                 None
             }
             None => {
@@ -1328,6 +1314,11 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         self.scopes.pop();
         if ok { r } else { None }
     }
+}
+
+/// E0103 at `callee`: `message` says why the name cannot be called.
+fn not_callable(callee: &ast::Ident, message: String) -> Diagnostic {
+    Diagnostic::error("E0103", callee.span, message).with_label("not callable")
 }
 
 fn want_none(params: &[ast::FnParam]) -> bool {
