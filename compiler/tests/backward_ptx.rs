@@ -842,3 +842,66 @@ fn fused_two_writers_store_pairs_kernels() {
         }
     }
 }
+
+/// `bwd_pingpong` (the math warpgroups' turns in the element code, each visit's dQ part
+/// computed in the next visit) on the binding's fused kernels: deterministic, the same
+/// products plus the first visit's Sᵀ and dPᵀ before the loop and the last visit's dQ
+/// part after it (two more issue sites), no barrier of both math warpgroups per visit but
+/// the turn barriers; its own key; refused without the TMA producer.
+#[test]
+fn fused_pingpong_kernels() {
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("alibi_causal", "alibi_causal"),
+            ("softcap", "softcap_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            assert!(!bind.bwd_pingpong, "{name} D{d}");
+            let tag = format!("{name} D{d}");
+            let plain = dkdv_twice(
+                &plan,
+                &bind,
+                &tag,
+                &format!("plain_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let pp = PtxOptions {
+                bwd_pingpong: true,
+                ..bind
+            };
+            assert!(pp.key() != bind.key());
+            let b = dkdv_twice(
+                &plan,
+                &pp,
+                &tag,
+                &format!("pingpong_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let wg = "wgmma.mma_async";
+            let (n0, n1) = (count(&plain.ptx, wg), count(&b.ptx, wg));
+            println!("{tag}: wgmma {n0} / ping-pong {n1}");
+            // Sᵀ and dPᵀ (D / 16 k-steps each) before the loop, a dQ chunk (kv / 16) after
+            assert_eq!(
+                n1,
+                n0 + 2 * (d as usize / 16) + bind.kv_block as usize / 16,
+                "{tag}"
+            );
+            assert_eq!(count(&plain.ptx, "bar.arrive"), 0, "{tag}");
+            assert_eq!(count(&b.ptx, "bar.arrive"), 2, "{tag}");
+            // the math warps' barrier: per visit and once for K and V / once
+            assert!(count(&plain.ptx, "bar.sync 1, 256") >= 2, "{tag}");
+            assert_eq!(count(&b.ptx, "bar.sync 1, 256"), 1, "{tag}");
+        }
+    }
+    let plan = Plan::new(&example("dense", "dense"));
+    let sep = PtxOptions {
+        bwd_pingpong: true,
+        ..PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_fused(attnc_compiler::backend::llvm::BwdDq::OrderedBulk)
+    };
+    assert!(emit_backward(&plan, &sep, BackwardKind::DkDv).is_err());
+}

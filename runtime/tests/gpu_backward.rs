@@ -1016,6 +1016,8 @@ fn test_options(
 /// (`PtxOptions::bwd_two_writers`), e.g. `default+2`; a trailing `+v` stores the fused
 /// kernel's dK and dV 8 bytes per thread (`PtxOptions::bwd_store_pairs`); the suffixes
 /// combine (`default+v+2`); the binding's default has both for bands and block tables.
+/// A trailing `+y` makes the fused kernel's math warpgroups take turns in their element
+/// code (`PtxOptions::bwd_pingpong`), e.g. `default+y`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1057,6 +1059,13 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     if let Some(rest) = cfg.strip_suffix("+x") {
         return bench_options(default, rest).map(|o| PtxOptions {
             bwd_stmatrix: true,
+            ..o
+        });
+    }
+    // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`)
+    if let Some(rest) = cfg.strip_suffix("+y") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_pingpong: true,
             ..o
         });
     }

@@ -407,6 +407,16 @@ pub struct PtxOptions {
     /// warps' samples in `STG` throttled; with two writers measured 1.05x sliding, 1.07x
     /// document + causal, 1.02x dense). Other kinds ignore it.
     pub bwd_store_pairs: bool,
+    /// The fused backward with [`BwdDq::OrderedBulk`] and the TMA producer
+    /// (`backward/fused.rs`): the two math warpgroups take turns in their element code
+    /// (P, dS; named barriers), so that one warpgroup's products run on the tensor cores
+    /// while the other computes (the forward's ping-pong); each warpgroup computes visit
+    /// n - 1's dQ part after visit n's element code (the turns order the dSᵀ tiles, no
+    /// barrier of both warpgroups per visit) and issues visit n + 1's Sᵀ and dPᵀ before
+    /// its turn. The same products and additions in the same order per dQ tile:
+    /// bit-identical gradients. Off by default; the kernel bench's `+y`. Other kinds
+    /// ignore it.
+    pub bwd_pingpong: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -510,6 +520,7 @@ impl PtxOptions {
             bwd_ds_unguarded: false,
             bwd_two_writers: false,
             bwd_store_pairs: false,
+            bwd_pingpong: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -777,6 +788,11 @@ impl PtxOptions {
             }
             + if self.bwd_store_pairs {
                 " bwd-store-pairs"
+            } else {
+                ""
+            }
+            + if self.bwd_pingpong {
+                " bwd-pingpong"
             } else {
                 ""
             }

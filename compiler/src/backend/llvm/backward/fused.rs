@@ -160,6 +160,22 @@
 //!   100.6 / 90.6: a CTA's prologue, epilogue and the writer's drain are not what a
 //!   sliding window's short CTAs lose, and the static tile order loses the hardware's
 //!   balancing on documents (docs/performance.md, "GPU backward", session 11).
+//!   `bwd_pingpong` (with the TMA producer, two math warpgroups; off, NOT yet run on a
+//!   GPU): the math warpgroups take turns in their element code, as the forward's
+//!   ping-pong: warpgroup 1 computes visit n's P and dS after warpgroup 0 has (named
+//!   barrier `BAR_TURN + 1`), warpgroup 0 visit n + 1's after warpgroup 1's visit n
+//!   (`BAR_TURN`), so one warpgroup's products run while the other computes. The per-visit
+//!   barrier of both warpgroups goes: each warpgroup computes visit n - 1's dQ part in
+//!   visit n (the turns order the other warpgroup's dSᵀ stores before it), in one group
+//!   with visit n's dV and dK, then adds it to visit n - 1's slot; warpgroup 0 waits
+//!   (`BAR_FREE`) before it overwrites a dSᵀ tile until warpgroup 1's dQ product that read
+//!   it has completed. Per visit and warpgroup: [turn] P, dS, dSᵀ stored [turn to the
+//!   other]; dV, dK, dQ(n - 1) issued and waited for; dQ(n - 1) into its slot; the next
+//!   visit's search, its Sᵀ and dPᵀ issued and waited for (the first visit's before the
+//!   loop, the last visit's dQ after it). At most the accumulators of dV, dK, S and dP
+//!   (or dQ) live at once, as before: ptxas 13.0 / 13.5 sm_90a, D128 dense 24 bytes of
+//!   spill stores, no serialized wgmma. The same products and additions in the same
+//!   order per dQ tile (bit-identical gradients); ignored with capture gradients.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
@@ -210,6 +226,13 @@ const MATH_REGS: u32 = 240;
 /// Named barrier of the math warps (`BwdDq::OrderedBulk`: the writer warpgroup takes
 /// no part in their barriers).
 const BAR_MATH: u32 = 1;
+
+/// `PtxOptions::bwd_pingpong`: named barriers `BAR_TURN + w`, at which math warpgroup `w`
+/// waits for the other's element code to end (the other arrives), and `BAR_FREE`, at
+/// which warpgroup 0 waits (before it stores a dSᵀ tile) until warpgroup 1's dQ product
+/// that read the tile has completed (warpgroup 1 arrives).
+const BAR_TURN: u32 = 2;
+const BAR_FREE: u32 = 4;
 
 /// Whether the `setmaxnreg` split of a CTA of `math` and `writer` threads fits what its
 /// launch allocates: ptxas caps `.maxntid` threads (one CTA per SM) at the multiple of
@@ -299,6 +322,13 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if o.bwd_wg_dq && !(tma_producer(o) && n_wg == 2 && !o.overlap && o.d.is_multiple_of(64)) {
         return Err(LlvmError::Unsupported(
             "fused dQ per warpgroup (`bwd_wg_dq`): the TMA producer, two math warpgroups, no `overlap`, D a multiple of 64".into(),
+        ));
+    }
+    if o.bwd_pingpong
+        && !(tma_producer(o) && n_wg == 2 && !o.overlap && !o.bwd_wg_dq && !o.bwd_persist)
+    {
+        return Err(LlvmError::Unsupported(
+            "fused dQ with the warpgroups' turns (`bwd_pingpong`): the TMA producer, two math warpgroups, no `overlap`, `bwd_wg_dq` or `bwd_persist`".into(),
         ));
     }
     if o.bwd_dq_free && o.bwd_dq != BwdDq::OrderedBulk {
@@ -1144,6 +1174,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     let cur = Visit::new(g)?;
     let nxt = Visit::new(g)?;
+    // bwd_pingpong: the math warpgroups take turns in the element code; a visit's Sᵀ and
+    // dPᵀ are issued and completed at the end of the visit before (kept here), its dQ
+    // part computed in the visit after (not with capture gradients: their P and dS come
+    // from one pass with the gradients' sums; the option is ignored there)
+    let pingpong = opts.bwd_pingpong && cap.is_none();
+    let pipe = pingpong;
+    let (sv, dpv) = if pipe {
+        let n = (br / 8) as usize;
+        (acc_vars(g, n)?, acc_vars(g, n)?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let st_buf = g.var(g.i32, zero)?;
     // the semaphore this CTA added to last and has not released yet
     let pending = g.var(g.i1, g.cbool(false))?;
@@ -1199,6 +1241,78 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     let (kv0, kv_tail, jb) = (tl.kv0, tl.kv_tail, tl.jb);
     let tl = &tl;
+    // this warp's warpgroup
+    let wg_index = || match wg_uniform {
+        Some(w) => Ok(w),
+        None => g.lshr(c.warp, g.c32(2)),
+    };
+    // Sᵀ and dPᵀ of the Q/dO buffer at byte `buf`, each its own group
+    let issue_sdp = |buf: IntValue<'ctx>| -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
+        let wgi = wg_index()?;
+        g.wgmma_fence()?;
+        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc)?;
+        g.wgmma_commit()?;
+        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc)?;
+        g.wgmma_commit()?;
+        Ok((s, dp))
+    };
+    // bwd_pingpong: this warpgroup's chunk `ci` of a visit's dQ part from its dSᵀ tile
+    // (`ds_at` bytes into the tiles): its column and the product (issued, not committed)
+    let ping_dq = |ds_at: IntValue<'ctx>, ci: u32| -> R<(IntValue<'ctx>, Vec<FloatValue<'ctx>>)> {
+        let wgi = wg_index()?;
+        let cc = g.c32((ci * dq_chunk_cols(opts)) as i64);
+        let (ds_at, col) = if m_split(opts) {
+            let slab = g.mul(wgi, g.c32((ds_t.rows * 128) as i64))?;
+            (g.add(ds_at, slab)?, cc)
+        } else {
+            let wg_col = g.mul(wgi, g.c32((opts.d / n_wg) as i64))?;
+            (ds_at, g.add(wg_col, cc)?)
+        };
+        Ok((col, dq_chunk(g, opts, (&ds_t, ds_at), &t.k, col, None)?))
+    };
+    let ping_chunks = if m_split(opts) {
+        opts.d / dq_chunk_cols(opts)
+    } else {
+        opts.d / n_wg / dq_chunk_cols(opts)
+    };
+    // this thread's values of the chunk at column `col0` into slot `sl` (the layout of
+    // the bulk addition: m16 row group, n8 column group, lane)
+    let ping_put = |sl: IntValue<'ctx>, col0: IntValue<'ctx>, x: &[FloatValue<'ctx>]| -> R<()> {
+        let wi = if m_split(opts) {
+            c.warp
+        } else {
+            g.and(c.warp, g.c32(3))?
+        };
+        let lane16 = g.mul(c.lane, g.c32(16))?;
+        let ng0 = g.lshr(col0, g.c32(3))?;
+        let row_group = g.mul(wi, g.c32((opts.d / 8) as i64))?;
+        for (nt, v) in x.chunks(4).enumerate() {
+            let ng = g.add(g.add(row_group, ng0)?, g.c32(nt as i64))?;
+            let off = g.add(g.mul(ng, g.c32(512))?, lane16)?;
+            g.st_shared_v4(g.add(slot_addr(sl)?, off)?, [v[0], v[1], v[2], v[3]])?;
+        }
+        Ok(())
+    };
+    // visit `pn`'s dQ part (chunk 0 computed: `x0` at column `col0`) into its slot, once
+    // the writer has read what the slot held, then to the writer
+    let ping_add = |pn: IntValue<'ctx>,
+                    ds_at: IntValue<'ctx>,
+                    col0: IntValue<'ctx>,
+                    x0: &[FloatValue<'ctx>]|
+     -> R<()> {
+        let (sl, ph) = slot_of(pn)?;
+        g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?)?;
+        ping_put(sl, col0, x0)?;
+        for ci in 1..ping_chunks {
+            g.wgmma_fence()?;
+            let (col, x) = ping_dq(ds_at, ci)?;
+            g.wgmma_commit()?;
+            let x = g.wgmma_wait(0, &x)?;
+            ping_put(sl, col, &x)?;
+        }
+        g.fence_proxy_async()?;
+        g.mbar_arrive(bar_full(sl)?)
+    };
     scan(tl, zero, q_start, &cur)?;
     let lp = g.block("q_loop");
     let epi = g.block("dkdv_dq_end");
@@ -1212,6 +1326,16 @@ pub(super) fn dkdv_dq_body<'ctx>(
         bar()?;
     } else {
         load_q(head_of(tl, &cur)?, g.geti(&cur.qb)?, zero)?;
+    }
+    if pipe {
+        // the first visit's Sᵀ and dPᵀ
+        let (sl0, ph0) = ring_slot(g, g.geti(&mn)?)?;
+        g.mbar_wait(q_full(sl0)?, ph0)?;
+        let (s0, dp0) = issue_sdp(g.mul(sl0, g.c32(t.buf as i64))?)?;
+        let w = g.wgmma_wait(0, &[s0, dp0].concat())?;
+        let (s0, dp0) = w.split_at(w.len() / 2);
+        acc_set(g, &sv, &from_flat(s0))?;
+        acc_set(g, &dpv, &from_flat(dp0))?;
     }
     g.br(lp)?;
 
@@ -1246,8 +1370,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if tma {
         // Q_i, dO_i (TMA: the async proxy, as wgmma) and L2, Delta landed; no barrier:
         // the dSᵀ tile this visit writes was last read by the dQ products of visit n - 2,
-        // which every warpgroup completed before the dS barrier of visit n - 1
-        g.mbar_wait(q_full(q_sl)?, q_ph)?;
+        // which every warpgroup completed before the dS barrier of visit n - 1 (bwd_pingpong:
+        // waited for before the last visit issued this one's Sᵀ and dPᵀ)
+        if !pipe {
+            g.mbar_wait(q_full(q_sl)?, q_ph)?;
+        }
     } else {
         g.cp_async_wait(0)?;
         g.fence_proxy_async()?;
@@ -1259,33 +1386,25 @@ pub(super) fn dkdv_dq_body<'ctx>(
         let rel = g.and(is_t0, g.geti(&pending)?)?;
         g.if_then(rel, || g.release_inc(g.geti(&pending_sem)?))?;
     }
-    // this warp's warpgroup
-    let wg_index = || match wg_uniform {
-        Some(w) => Ok(w),
-        None => g.lshr(c.warp, g.c32(2)),
-    };
     // early: Sᵀ and dPᵀ start before the next visit's search and loads (which write the
     // other buffer, read by no warp since the barrier above)
-    let issue_sdp = || -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
-        let wgi = wg_index()?;
-        g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc)?;
-        g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc)?;
-        g.wgmma_commit()?;
-        Ok((s, dp))
-    };
     // bwd_wscan or bwd_scan_under (not with bwd_wg_dq: not measured together) with the
     // TMA producer: the search for the next visit runs under Sᵀ and dPᵀ
     let scan_under = opts.bwd_scan_under && !opts.bwd_wg_dq;
-    let sdp_early = if early || (tma && (wscan || scan_under)) {
-        Some(issue_sdp()?)
+    // bwd_pingpong: Sᵀ and dPᵀ came with the last visit's products, the next visit is
+    // searched for after the element code
+    let sdp_early = if !pipe && (early || (tma && (wscan || scan_under))) {
+        Some(issue_sdp(buf)?)
     } else {
         None
     };
-    scan(tl, hi, q_step(qb)?, &nxt)?;
-    let has_next = g.geti(&nxt.found)?;
-    if !tma {
+    let has_next = if pipe {
+        None
+    } else {
+        scan(tl, hi, q_step(qb)?, &nxt)?;
+        Some(g.geti(&nxt.found)?)
+    };
+    if let (false, Some(has_next)) = (tma, has_next) {
         g.if_then(has_next, || {
             load_q(head_of(tl, &nxt)?, g.geti(&nxt.qb)?, other)
         })?;
@@ -1300,12 +1419,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
     let (s, dp) = match sdp_early {
         Some(x) => x,
-        None => issue_sdp()?,
+        None if pipe => (Vec::new(), Vec::new()),
+        None => issue_sdp(buf)?,
     };
     // early (no capture gradients): Sᵀ and dPᵀ waited for one at a time below; else both
-    // here, before the row statistics are read
+    // here, before the row statistics are read (bwd_pingpong: completed in the last visit)
     let split = early && cap.is_none();
-    let waited = if split {
+    let waited = if pipe {
+        Some((acc_get(g, &sv)?, acc_get(g, &dpv)?))
+    } else if split {
         None
     } else {
         Some((wg_result(g, &s)?, wg_result(g, &dp)?))
@@ -1337,7 +1459,29 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
         let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
         let at = |nt: usize, i: usize| frag_element(g, &pb, kv_row, &stats, nt, i);
+        if pingpong {
+            // warpgroup w's turn once the other's element code has ended: warpgroup 1
+            // after warpgroup 0's of this visit, warpgroup 0 after warpgroup 1's of the
+            // last visit (none before its first)
+            let wgi = wg_index()?;
+            let wait = g.or(
+                g.icmp(IntPredicate::NE, wgi, zero)?,
+                g.icmp(IntPredicate::NE, g.geti(&mn)?, zero)?,
+            )?;
+            g.if_then(wait, || {
+                g.bar_sync_reg(g.add(wgi, g.c32(BAR_TURN as i64))?, threads)
+            })?;
+        }
         let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+        if pingpong {
+            // warpgroup 0 (after its first visit): warpgroup 1's dQ product of visit n - 2
+            // has read the dSᵀ tile this visit writes
+            let w0 = g.and(
+                g.icmp(IntPredicate::EQ, wg_index()?, zero)?,
+                g.icmp(IntPredicate::NE, g.geti(&mn)?, zero)?,
+            )?;
+            g.if_then(w0, || g.bar_sync(BAR_FREE, threads))?;
+        }
         // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
         store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
         if early {
@@ -1379,6 +1523,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
     };
     g.fence_proxy_async()?;
+    if pingpong {
+        // the other warpgroup's turn
+        let id = g.sub(g.c32(BAR_TURN as i64 + 1), wg_index()?)?;
+        g.bar_arrive_reg(id, threads)?;
+    }
     let tile = g.add(g.mul(g.add(g.mul(tl.b, c.hq)?, h)?, nq)?, qb)?;
     let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
     // descending kv blocks: the last kv block of the q block's range adds first
@@ -1392,13 +1541,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // this warpgroup's rows of dSᵀ, read by its own dQ products only: named barriers
         // 2 and 3, one per warpgroup
         g.bar_sync_reg(g.add(wg_index()?, g.c32(2))?, 128)?;
-    } else {
+    } else if !pipe {
         bar()?;
     }
     // OrderedBulk: this visit's slot, once the writer has read what it held before
     let n = g.geti(&mn)?;
     let (sl, ph) = slot_of(n)?;
-    if bulk {
+    // (bwd_pingpong: this visit's dQ part is added in the next)
+    if bulk && !pipe {
         g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?)?;
     }
 
@@ -1476,6 +1626,42 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Ok(())
     };
     let (dv1, dk1) = match products {
+        // bwd_pingpong (nothing in flight): dV, dK and the last visit's dQ part (its dSᵀ
+        // tile, the other one; at the first visit computed, never added) in one group;
+        // then that part into its slot, the next visit's search, its Q/dO buffer and its
+        // Sᵀ and dPᵀ (on this visit's buffer where there is no next visit: never read)
+        Products::Later(pt, dst) if pipe => {
+            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+            g.wgmma_fence()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
+            let ds_prev = g.mul(g.xor(q_sl, one)?, g.c32(ds_t.bytes() as i64))?;
+            let (col0, dq0) = ping_dq(ds_prev, 0)?;
+            g.wgmma_commit()?;
+            let w = g.wgmma_wait(0, &[dv1.as_slice(), &dk1, &dq0].concat())?;
+            let (dv1, rest) = w.split_at(dv1.len());
+            let (dk1, dq0) = rest.split_at(dk1.len());
+            // Q_i and dO_i read: the buffer goes back; warpgroup 1: its dQ product has read
+            // the last visit's dSᵀ tile, which warpgroup 0 writes next
+            g.mbar_arrive(q_empty(q_sl)?)?;
+            g.if_then(g.icmp(IntPredicate::NE, wgi, zero)?, || {
+                g.bar_arrive(BAR_FREE, threads)
+            })?;
+            g.if_then(g.icmp(IntPredicate::NE, n, zero)?, || {
+                ping_add(g.sub(n, one)?, ds_prev, col0, dq0)
+            })?;
+            scan(tl, hi, q_step(qb)?, &nxt)?;
+            let hn = g.geti(&nxt.found)?;
+            let (n_sl, n_ph) = ring_slot(g, g.add(n, one)?)?;
+            g.if_then(hn, || g.mbar_wait(q_full(n_sl)?, n_ph))?;
+            let nbuf = g.selecti(hn, g.mul(n_sl, g.c32(t.buf as i64))?, buf)?;
+            let (s2, dp2) = issue_sdp(nbuf)?;
+            let w = g.wgmma_wait(0, &[s2.as_slice(), &dp2].concat())?;
+            let (s2, dp2) = w.split_at(s2.len());
+            acc_set(g, &sv, &from_flat(s2))?;
+            acc_set(g, &dpv, &from_flat(dp2))?;
+            (dv1.to_vec(), dk1.to_vec())
+        }
         // bwd_wg_dq: the dQ part of this warpgroup's 64 kv rows, every column (and at q
         // tiles of 128 every row: slab r of dSᵀ gives q rows 64 r ..), chunks of 64
         // columns; warpgroup 1 stores its chunks into the slot, warpgroup 0 adds its own
@@ -1587,24 +1773,51 @@ pub(super) fn dkdv_dq_body<'ctx>(
         };
         if wg_dq {
             g.if_then(g.icmp(IntPredicate::EQ, wgi, zero)?, fill)?;
-        } else {
+        } else if !pipe {
             fill()?;
         }
         g.set(&mn, g.add(n, one)?)?;
     }
-    acc_set(g, &dv, &wg_result(g, &dv1)?)?;
-    acc_set(g, &dk, &wg_result(g, &dk1)?)?;
-    if tma {
+    if pipe {
+        // completed above (and the buffer given back)
+        acc_set(g, &dv, &from_flat(&dv1))?;
+        acc_set(g, &dk, &from_flat(&dk1))?;
+    } else {
+        acc_set(g, &dv, &wg_result(g, &dv1)?)?;
+        acc_set(g, &dk, &wg_result(g, &dk1)?)?;
+    }
+    if tma && !pipe {
         // every product reading Q_i, dO_i has completed: the buffer goes back
         g.mbar_arrive(q_empty(q_sl)?)?;
     }
     g.set(&pending, g.cbool(true))?;
     g.set(&pending_sem, sem_addr)?;
+    let has_next = match has_next {
+        Some(x) => x,
+        None => g.geti(&nxt.found)?,
+    };
     cur.copy_from(g, &nxt)?;
     g.set(&st_buf, other)?;
     g.cond_br(has_next, lp, epi)?;
 
     g.b.position_at_end(epi);
+    if pingpong {
+        // the last visit's dQ part; warpgroup 0 first takes warpgroup 1's last turn (its
+        // dSᵀ stored) and last `BAR_FREE` arrival, so every arrival has its wait
+        g.if_then(g.icmp(IntPredicate::NE, g.geti(&mn)?, zero)?, || {
+            g.if_then(g.icmp(IntPredicate::EQ, wg_index()?, zero)?, || {
+                g.bar_sync(BAR_TURN, threads)?;
+                g.bar_sync(BAR_FREE, threads)
+            })?;
+            let last = g.sub(g.geti(&mn)?, one)?;
+            let ds_last = g.mul(g.and(last, one)?, g.c32(ds_t.bytes() as i64))?;
+            g.wgmma_fence()?;
+            let (col0, x) = ping_dq(ds_last, 0)?;
+            g.wgmma_commit()?;
+            let x = g.wgmma_wait(0, &x)?;
+            ping_add(last, ds_last, col0, &x)
+        })?;
+    }
     if let Some((tv, tn, head, nt)) = tile_loop {
         // every math warp has done with K and V (its products completed): the next
         // tile's copies, then this tile's dK and dV stores, under them
