@@ -375,7 +375,8 @@ fn fused_sm90_d64_kernels() {
         ("dense", "dense", true, true),
         ("causal", "causal_attention", true, true),
         ("softcap", "softcap_causal", true, true),
-        ("alibi_causal", "alibi_causal", true, false),
+        // session 13: also where the score reads positions (`backward_q128_positions`)
+        ("alibi_causal", "alibi_causal", true, true),
         ("relative_bias_table", "relative_bias_table", false, false),
         ("sliding_window", "sliding_window", false, false),
         ("document_causal", "document_causal", false, false),
@@ -408,16 +409,20 @@ fn fused_sm90_d64_kernels() {
         assert!(has("setmaxnreg.inc.sync.aligned.u32 240"), "{name}");
         assert!(a.smem_bytes <= 227 * 1024);
         let count = |x: &str| a.ptx.matches(x).count();
+        // the math warpgroups' turns (session 13: D64 without mask or score) issue the
+        // first Sᵀ, dPᵀ before the loop and the last dQ part after it
+        assert_eq!(o.bwd_pingpong, name == "dense", "{name}");
+        let pp = o.bwd_pingpong as usize;
         if q128 {
             // dQ, dV and dK: 8 products each; Sᵀ and dPᵀ: 4 each, 128 q columns wide
             assert_eq!(
                 count("wgmma.mma_async.sync.aligned.m64n64k16"),
-                24,
+                24 + 8 * pp,
                 "{name}"
             );
             assert_eq!(
                 count("wgmma.mma_async.sync.aligned.m64n128k16"),
-                8,
+                8 + 8 * pp,
                 "{name}"
             );
             assert_eq!(count("wgmma.mma_async.sync.aligned.m64n32k16"), 0, "{name}");
@@ -440,6 +445,7 @@ fn fused_sm90_d64_kernels() {
                 q_block: 64,
                 bwd_lpt: false,
                 bwd_scan_under: false,
+                bwd_pingpong: false,
                 ..before_cuts(o)
             };
             let a64 = emit_backward(&plan, &o64, BackwardKind::DkDv).unwrap();
@@ -847,7 +853,8 @@ fn fused_two_writers_store_pairs_kernels() {
 /// computed in the next visit) on the binding's fused kernels: deterministic, the same
 /// products plus the first visit's Sᵀ and dPᵀ before the loop and the last visit's dQ
 /// part after it (two more issue sites), no barrier of both math warpgroups per visit but
-/// the turn barriers; its own key; refused without the TMA producer.
+/// the turn barriers; its own key; ignored without the TMA producer. The binding's
+/// default for D64 without mask or score.
 #[test]
 fn fused_pingpong_kernels() {
     let count = |ptx: &str, s: &str| ptx.matches(s).count();
@@ -862,11 +869,16 @@ fn fused_pingpong_kernels() {
             let plan = Plan::new(p);
             let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
-            assert!(!bind.bwd_pingpong, "{name} D{d}");
+            // the binding's default at D64 without mask or score (session 13)
+            assert_eq!(bind.bwd_pingpong, d == 64 && name == "dense", "{name} D{d}");
             let tag = format!("{name} D{d}");
+            let off = PtxOptions {
+                bwd_pingpong: false,
+                ..bind
+            };
             let plain = dkdv_twice(
                 &plan,
-                &bind,
+                &off,
                 &tag,
                 &format!("plain_d{d}_{name}_bwd_dkdv.ptx"),
             );
@@ -874,7 +886,7 @@ fn fused_pingpong_kernels() {
                 bwd_pingpong: true,
                 ..bind
             };
-            assert!(pp.key() != bind.key());
+            assert!(pp.key() != off.key());
             let b = dkdv_twice(
                 &plan,
                 &pp,
@@ -903,5 +915,15 @@ fn fused_pingpong_kernels() {
         ..PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16)
             .backward_fused(attnc_compiler::backend::llvm::BwdDq::OrderedBulk)
     };
-    assert!(emit_backward(&plan, &sep, BackwardKind::DkDv).is_err());
+    let sep_off = PtxOptions {
+        bwd_pingpong: false,
+        ..sep
+    };
+    // ignored without the TMA producer
+    assert_eq!(
+        emit_backward(&plan, &sep, BackwardKind::DkDv).unwrap().ptx,
+        emit_backward(&plan, &sep_off, BackwardKind::DkDv)
+            .unwrap()
+            .ptx
+    );
 }

@@ -1017,7 +1017,9 @@ fn test_options(
 /// kernel's dK and dV 8 bytes per thread (`PtxOptions::bwd_store_pairs`); the suffixes
 /// combine (`default+v+2`); the binding's default has both for bands and block tables.
 /// A trailing `+y` makes the fused kernel's math warpgroups take turns in their element
-/// code (`PtxOptions::bwd_pingpong`), e.g. `default+y`.
+/// code (`PtxOptions::bwd_pingpong`), e.g. `default+y`; a trailing `+8` puts D64
+/// causal-type bindings whose score reads positions (ALiBi) on q tiles of 128
+/// (`PtxOptions::backward_q128_positions`), e.g. `default+8`, `default+8+y`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1061,6 +1063,11 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
             bwd_stmatrix: true,
             ..o
         });
+    }
+    // `+8`: D64 causal-type bindings whose score reads positions per element (ALiBi) on
+    // q tiles of 128 (`PtxOptions::backward_q128_positions`)
+    if let Some(rest) = cfg.strip_suffix("+8") {
+        return bench_options(default, rest).map(PtxOptions::backward_q128_positions);
     }
     // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`)
     if let Some(rest) = cfg.strip_suffix("+y") {

@@ -263,7 +263,49 @@ impl PtxOptions {
             o.bwd_desc = true;
             o.bwd_ds_unguarded = true;
         }
+        // session 13: D64 ALiBi-type bindings on q tiles of 128 (one H200, one call, B4
+        // H16 L4096, fused kernel alone in ms q tiles of 64 / 128: ALiBi + causal 1.080,
+        // 1.077 / 0.897)
+        let mut o = o.backward_q128_positions();
+        // session 13: the math warpgroups' turns for D64 without mask or score (one H200,
+        // two calls, B4 H16 L4096, fused kernel alone in ms without / with: dense 1.561 /
+        // 1.490, 1.571 / 1.506 and 1.515; causal 0.865 / 0.868, ALiBi + causal on q tiles
+        // of 128 0.897 / 0.923, D128 dense 5.180 / 5.193, causal 2.859 / 2.828, ALiBi +
+        // causal 2.745 / 2.763: not there)
+        let prog = plan.program();
+        if o.d == 64
+            && o.q_block == 128
+            && fused::tma_producer(&o)
+            && prog.mask.is_none()
+            && prog.score.is_none()
+            && capture_grads(prog).is_empty()
+        {
+            o.bwd_pingpong = true;
+        }
         o
+    }
+
+    /// At D = Dv = 64 on the fused kernel: q tiles of 128 (each math warpgroup computing
+    /// 64 rows of dQ) also for the closed-form causal-type bindings
+    /// [`Self::backward_for_binding`] leaves at 64 because the score reads positions per
+    /// element (ALiBi), keeping the instruction cuts (`bwd_stmatrix`, `bwd_desc`,
+    /// `bwd_ds_unguarded`): ptxas 13.0 sm_90a spills 28 bytes there now (188 bytes in
+    /// session 8, before the cuts, when q tiles of 128 measured slower). Other bindings
+    /// unchanged. The kernel bench's `+8`.
+    pub fn backward_q128_positions(self) -> Self {
+        if self.d == 64
+            && self.q_block == 64
+            && self.bwd_lpt
+            && self.bwd_stmatrix
+            && fused::q128_fits(&self)
+        {
+            PtxOptions {
+                q_block: 128,
+                ..self
+            }
+        } else {
+            self
+        }
     }
 
     /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`

@@ -175,7 +175,8 @@
 //!   loop, the last visit's dQ after it). At most the accumulators of dV, dK, S and dP
 //!   (or dQ) live at once, as before: ptxas 13.0 / 13.5 sm_90a, D128 dense 24 bytes of
 //!   spill stores, no serialized wgmma. The same products and additions in the same
-//!   order per dQ tile (bit-identical gradients); ignored with capture gradients.
+//!   order per dQ tile (bit-identical gradients); ignored with capture gradients,
+//!   `overlap`, `bwd_wg_dq`, `bwd_persist` and without the TMA producer.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
@@ -322,13 +323,6 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if o.bwd_wg_dq && !(tma_producer(o) && n_wg == 2 && !o.overlap && o.d.is_multiple_of(64)) {
         return Err(LlvmError::Unsupported(
             "fused dQ per warpgroup (`bwd_wg_dq`): the TMA producer, two math warpgroups, no `overlap`, D a multiple of 64".into(),
-        ));
-    }
-    if o.bwd_pingpong
-        && !(tma_producer(o) && n_wg == 2 && !o.overlap && !o.bwd_wg_dq && !o.bwd_persist)
-    {
-        return Err(LlvmError::Unsupported(
-            "fused dQ with the warpgroups' turns (`bwd_pingpong`): the TMA producer, two math warpgroups, no `overlap`, `bwd_wg_dq` or `bwd_persist`".into(),
         ));
     }
     if o.bwd_dq_free && o.bwd_dq != BwdDq::OrderedBulk {
@@ -1178,7 +1172,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // dPᵀ are issued and completed at the end of the visit before (kept here), its dQ
     // part computed in the visit after (not with capture gradients: their P and dS come
     // from one pass with the gradients' sums; the option is ignored there)
-    let pingpong = opts.bwd_pingpong && cap.is_none();
+    // (nor with `overlap`, `bwd_wg_dq`, `bwd_persist` or without the TMA producer: their
+    // own orders; ignored there too)
+    let pingpong = opts.bwd_pingpong
+        && cap.is_none()
+        && tma
+        && n_wg == 2
+        && !early
+        && !opts.bwd_wg_dq
+        && !opts.bwd_persist;
     let pipe = pingpong;
     let (sv, dpv) = if pipe {
         let n = (br / 8) as usize;
