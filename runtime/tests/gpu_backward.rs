@@ -1017,14 +1017,15 @@ fn test_options(
 /// kernel's dK and dV 8 bytes per thread (`PtxOptions::bwd_store_pairs`); the suffixes
 /// combine (`default+v+2`); the binding's default has both for bands and block tables.
 /// A trailing `+y` makes the fused kernel's math warpgroups take turns in their element
-/// code (`PtxOptions::bwd_pingpong`), e.g. `default+y`; a trailing `+8` puts D64
+/// code (`PtxOptions::bwd_pingpong`; `-y` without: the D64 dense default before
+/// session 13), e.g. `default+y`; a trailing `+8` puts D64
 /// causal-type bindings whose score reads positions (ALiBi) on q tiles of 128
 /// (`PtxOptions::backward_q128_positions`), e.g. `default+8`, `default+8+y`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
     // binding's default since session 12 where measured: `default-x-d-g` = before)
-    for (suffix, off) in [("-x", 0), ("-d", 1), ("-g", 2)] {
+    for (suffix, off) in [("-x", 0), ("-d", 1), ("-g", 2), ("-y", 3)] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
             return bench_options(default, rest).map(|o| match off {
                 0 => PtxOptions {
@@ -1033,6 +1034,10 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
                 },
                 1 => PtxOptions {
                     bwd_desc: false,
+                    ..o
+                },
+                3 => PtxOptions {
+                    bwd_pingpong: false,
                     ..o
                 },
                 _ => PtxOptions {

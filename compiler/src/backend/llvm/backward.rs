@@ -223,6 +223,12 @@ impl PtxOptions {
     ///   2.753, soft-cap + causal 3.219 / 3.204; D64 dense 1.631 / 1.567, causal 0.959 /
     ///   0.864, ALiBi + causal 1.097 / 1.064; D64 soft-cap + causal 1.118 / 1.226: left
     ///   out).
+    /// - at D64, causal-type bindings whose score reads positions (ALiBi) on q tiles of 128
+    ///   too ([`Self::backward_q128_positions`]; ptxas spills 28 bytes there now, 188
+    ///   before session 12's cuts; one H200, session 13, fused kernel alone in ms q tiles
+    ///   of 64 / 128: ALiBi + causal 1.080, 1.077 / 0.897), and the math warpgroups' turns
+    ///   ([`Self::bwd_pingpong`]) for D64 without mask or score (dense 1.571 / 1.506-1.515;
+    ///   causal, ALiBi and D128 within 1%: left out).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
