@@ -247,7 +247,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
 /// `o` with `ATTNC_GPU_PERSISTENT=1|dyn|0` applied (persistent CTAs on, on with the
 /// dynamic tile scheduler, or off) and, with persistent CTAs, `ATTNC_GPU_Q2=1` (two Q
 /// buffers, `PtxOptions::q_double`), with the dynamic scheduler `ATTNC_GPU_CROSS=1` (the
-/// next tile's first S with the last P V, `PtxOptions::cross_tile`).
+/// next tile's first S with the last P V, `PtxOptions::cross_tile`); `ATTNC_GPU_LATE=1`,
+/// `ATTNC_GPU_ILP=1` (`PtxOptions::pv_wait_late`, `PtxOptions::softmax_ilp`).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
         Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
@@ -258,6 +259,11 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     o.q_double = o.persistent && std::env::var("ATTNC_GPU_Q2").is_ok_and(|v| v == "1");
     o.cross_tile = o.dynamic_tiles && std::env::var("ATTNC_GPU_CROSS").is_ok_and(|v| v == "1");
     o.early_claim = o.cross_tile;
+    // `ATTNC_GPU_LATE=1` / `ATTNC_GPU_ILP=1`: the wait for the last P V after the
+    // exponentials (`PtxOptions::pv_wait_late`), the softmax's reductions over four chains
+    // (`PtxOptions::softmax_ilp`)
+    o.pv_wait_late = std::env::var("ATTNC_GPU_LATE").is_ok_and(|v| v == "1");
+    o.softmax_ilp = std::env::var("ATTNC_GPU_ILP").is_ok_and(|v| v == "1");
     o
 }
 
@@ -960,6 +966,106 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
                         p.name, c.shape
                     ));
                 }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`) and the
+/// softmax's reductions over four chains (`PtxOptions::softmax_ilp`) on the
+/// warp-specialized kernel: every sample, one option set per (case, sample) in turn —
+/// both on one CTA per tile, both on the dynamic scheduler (LPT, two Q buffers, q blocks
+/// from the end) with the block table forced on every other sample, each alone; D128
+/// (two consumers) and D64 (three at q blocks of 192), odd lengths that leave partial
+/// blocks of several sizes, Lq != Lkv, GQA, bf16 and f16, a negative scale and checked
+/// mode on one case each. Many kv blocks per row (lengths up to 1100) so that rows move
+/// their max after their first block (the rescale arm of the branch). Both options are
+/// off by default (measured no faster on an H200, docs/performance.md "Session 13 (fwd)").
+fn gpu_late_wait_and_ilp_match_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    if matches!(
+        std::env::var("ATTNC_GPU_MMA").as_deref(),
+        Ok("sync" | "wgmma")
+    ) {
+        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 1057), 128, 128, InputType::Bf16),
+        ((1, 3, 1, 129, 700), 128, 128, InputType::F16),
+        ((2, 2, 1, 777, 520), 64, 192, InputType::Bf16),
+        ((2, 2, 2, 1100, 1100), 128, 128, InputType::Bf16),
+    ];
+    // by default cases 0 and 2 (14 kernels, ~12 s on an H200); ATTNC_GPU_LATE_FULL=1: all
+    // four (28 kernels, ~28 s on one process); ATTNC_GPU_LATE_CASES=0,3: only those cases
+    // (to split the full test over processes)
+    let full = std::env::var("ATTNC_GPU_LATE_FULL").is_ok_and(|v| v == "1");
+    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_LATE_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .or_else(|| (!full).then(|| vec![0, 2]));
+    let mut failures = Vec::new();
+    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let ws = PtxOptions {
+            float_positions: true,
+            q_block: qb,
+            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv {
+                continue;
+            }
+            let mut r = rng(47);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            let k = (i + j) % 4;
+            let dynamic = k == 1;
+            let opts = PtxOptions {
+                pv_wait_late: k != 3,
+                softmax_ilp: k != 2,
+                persistent: dynamic,
+                dynamic_tiles: dynamic,
+                lpt_group: if dynamic { 8 } else { 0 },
+                q_double: dynamic,
+                q_from_end: dynamic,
+                kv_table: dynamic && j % 2 == 0,
+                split_tail: qb == 128 && p.score.is_none(),
+                checked: i == 1 && j % 3 == 0,
+                ..ws
+            };
+            let sms = [1, 7, dev.sms()][(i + j) % 3];
+            let small = dev.with_sms(sms);
+            let scale = if i == 2 && j % 4 == 0 {
+                -c.shape.default_scale()
+            } else {
+                c.shape.default_scale()
+            };
+            if let Err(e) = check_opts(&small, &p, &c, &bind, None, 47, scale, &opts) {
+                failures.push(format!(
+                    "{} {:?} q block {qb} late {} ilp {} dynamic {dynamic} table {} {sms} CTAs: {e}",
+                    p.name, c.shape, opts.pv_wait_late, opts.softmax_ilp, opts.kv_table
+                ));
             }
         }
     }
@@ -2025,6 +2131,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_cross_tile_matches_oracle",
         gpu_cross_tile_matches_oracle,
+    ),
+    (
+        "gpu_late_wait_and_ilp_match_oracle",
+        gpu_late_wait_and_ilp_match_oracle,
     ),
     ("gpu_d256_matches_oracle", gpu_d256_matches_oracle),
     ("gpu_jit_tiered_swap", gpu_jit::gpu_jit_tiered_swap),

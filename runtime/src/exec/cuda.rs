@@ -490,7 +490,9 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// two Q buffers for persistent CTAs (`PtxOptions::q_double`); `ATTNC_FWD_CROSS=1|0` the
 /// next tile's first S with the last P V (`PtxOptions::cross_tile`, with the dynamic
 /// scheduler); `ATTNC_FWD_CLAIM=1|0` the next tile claimed when a tile starts
-/// (`PtxOptions::early_claim`); `ATTNC_FWD_LPT=N` sets the longest-first order's
+/// (`PtxOptions::early_claim`); `ATTNC_FWD_LATE_WAIT=1|0` the wait for the last P V after
+/// the exponentials (`PtxOptions::pv_wait_late`); `ATTNC_FWD_ILP=1|0` the softmax's
+/// reductions over four chains (`PtxOptions::softmax_ilp`); `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
 fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -509,6 +511,8 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_Q2", &mut o.q_double),
         ("ATTNC_FWD_CLAIM", &mut o.early_claim),
         ("ATTNC_FWD_CROSS", &mut o.cross_tile),
+        ("ATTNC_FWD_LATE_WAIT", &mut o.pv_wait_late),
+        ("ATTNC_FWD_ILP", &mut o.softmax_ilp),
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;

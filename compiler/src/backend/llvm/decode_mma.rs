@@ -563,6 +563,8 @@ pub(super) fn build<'ctx>(
         float_positions: false,
         q_from_end: false,
         split_tail: false,
+        pv_wait_late: false,
+        softmax_ilp: false,
         q: qt,
         k: kt,
         v: vt,

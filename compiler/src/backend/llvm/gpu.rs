@@ -634,13 +634,28 @@ impl<'ctx> Gpu<'ctx> {
     /// statement: the values returned are defined only after the wait, so no read of an
     /// accumulator can move above it.
     pub fn wgmma_wait(&self, n: u32, regs: &[FloatValue<'ctx>]) -> R<Vec<FloatValue<'ctx>>> {
+        self.wgmma_wait_note(n, regs, "")
+    }
+    /// [`Self::wgmma_wait`] with a PTX comment after it (`note`, if not empty): two waits
+    /// with different notes are different asm to LLVM, which so does not merge them.
+    pub fn wgmma_wait_note(
+        &self,
+        n: u32,
+        regs: &[FloatValue<'ctx>],
+        note: &str,
+    ) -> R<Vec<FloatValue<'ctx>>> {
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(" // {note}")
+        };
         let k = regs.len();
         let mut cons: Vec<String> = (0..k).map(|_| "=f".to_string()).collect();
         cons.extend((0..k).map(|i| i.to_string()));
         cons.push("~{memory}".into());
         let args: Vec<BasicMetadataValueEnum<'ctx>> = regs.iter().map(|r| (*r).into()).collect();
         self.asm_call(
-            &format!("wgmma.wait_group.sync.aligned {n};"),
+            &format!("wgmma.wait_group.sync.aligned {n};{note}"),
             &cons.join(","),
             k,
             &args,

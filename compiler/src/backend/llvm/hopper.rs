@@ -65,7 +65,7 @@ use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
 use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
 use super::score::score_and_mask;
-use super::softmax::{epilogue, online_softmax};
+use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
 use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, split4, tiles};
 use super::{KernelParam, PtxOptions};
 use crate::ir::Program;
@@ -951,6 +951,33 @@ impl<'ctx> Consumer<'_, 'ctx> {
         Ok(any)
     }
 
+    /// [`Self::softmax`] without the packing (`pv_wait_late`): P as f32 values of the
+    /// accumulator layout, for [`pack_p`] once the previous P V is complete.
+    #[allow(clippy::type_complexity)]
+    fn softmax_exp(
+        &self,
+        s: &[inkwell::values::FloatValue<'ctx>],
+        pos: &KvPos<'ctx>,
+    ) -> R<(
+        Vec<Vec<[inkwell::values::FloatValue<'ctx>; 4]>>,
+        IntValue<'ctx>,
+    )> {
+        let (g, c, cx) = (self.g, self.c, self.cx);
+        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
+        online_softmax_exp(
+            g,
+            c,
+            cx,
+            &t,
+            &self.m,
+            &self.l,
+            &self.o,
+            Some(&self.alpha),
+            &mut || Ok(()),
+        )
+    }
+
     fn kbuf(&self, s: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         self.g.mul(s, self.g.c32(self.lay.k.bytes() as i64))
     }
@@ -1056,11 +1083,34 @@ impl<'ctx> Consumer<'_, 'ctx> {
         self.pass_turn()?;
         let sv = g.wgmma_wait(1, &s_async)?;
         g.mbar_arrive(bars.k_empty(g, s)?)?;
-        let any = self.softmax(&sv, &pos)?;
-        let o_now = g.wgmma_wait(0, &o_async)?;
-        g.mbar_arrive(bars.v_empty(g, ps)?)?;
-        self.o.store_flat(g, &o_now)?;
-        g.if_then(any, || self.o.scale_rows(g, &self.alpha))?;
+        if c.pv_wait_late {
+            // (`pv_wait_late`: the wait in both arms of the rescale branch, after the
+            // exponentials' block, and P packed after it; the two waits' texts differ so
+            // that LLVM does not hoist them back into one)
+            let (p_raw, any) = self.softmax_exp(&sv, &pos)?;
+            let rescale = g.block("pv_wait_rescale");
+            let keep = g.block("pv_wait");
+            let done = g.block("pv_done");
+            g.cond_br(any, rescale, keep)?;
+            for (bb, note) in [(rescale, "rescale"), (keep, "keep")] {
+                g.b.position_at_end(bb);
+                let o_now = g.wgmma_wait_note(0, &o_async, note)?;
+                g.mbar_arrive(bars.v_empty(g, ps)?)?;
+                self.o.store_flat(g, &o_now)?;
+                if bb == rescale {
+                    self.o.scale_rows(g, &self.alpha)?;
+                }
+                g.br(done)?;
+            }
+            g.b.position_at_end(done);
+            self.p_prev.store(g, &pack_p(g, c, &p_raw)?[0])?;
+        } else {
+            let any = self.softmax(&sv, &pos)?;
+            let o_now = g.wgmma_wait(0, &o_async)?;
+            g.mbar_arrive(bars.v_empty(g, ps)?)?;
+            self.o.store_flat(g, &o_now)?;
+            g.if_then(any, || self.o.scale_rows(g, &self.alpha))?;
+        }
         self.prev.set(g, (s, ph))?;
         self.ring.advance(g)?;
         let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;

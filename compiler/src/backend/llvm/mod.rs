@@ -298,6 +298,23 @@ pub struct PtxOptions {
     /// after this tile's last K and V (what [`Self::cross_tile`] waits for). Each CTA so
     /// holds one tile ahead. Off in `new`.
     pub early_claim: bool,
+    /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
+    /// block j in the PTX's block order, not only in the instruction order: the wait, the
+    /// V release and O's rescale sit in the two arms of the rescale branch, and P(j) is
+    /// packed to bf16/f16 after them (`hopper.rs`, `Consumer::run`). ptxas schedules
+    /// within a basic block and hoisted the wait (`WARPGROUP.DEPBAR`) above every `ex2`
+    /// of the default kernel, so the exponentials waited for the P V. Off in `new`:
+    /// measured no faster on an H200 (B2 H16 L8192 D128, `gpu_bench`, one call: dense
+    /// 709.6 / 708.4 TFLOP/s against 707.7 / 705.5, causal 0.823 ms against 0.815; the
+    /// P V completes before the exponentials would end anyway).
+    pub pv_wait_late: bool,
+    /// The online softmax's row max and row sum over four independent chains per row
+    /// (FlashAttention-4's `fmax_reduce` on sm_90) instead of one, so that the
+    /// reductions' fixed-latency dependencies overlap (`softmax.rs`, warp-specialized
+    /// kernel only). The sum's order changes (f32 rounding only). Off in `new`: measured
+    /// no faster on an H200 (dense D128 705.3 / 708.1 TFLOP/s against 707.7 / 705.5,
+    /// causal 0.820 ms against 0.815; with `pv_wait_late` 0.830, documents 0.247 / 0.242).
+    pub softmax_ilp: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -506,6 +523,8 @@ impl PtxOptions {
             q_double: false,
             cross_tile: false,
             early_claim: false,
+            pv_wait_late: false,
+            softmax_ilp: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -749,6 +768,12 @@ impl PtxOptions {
             + if self.q_double { " q2" } else { "" }
             + if self.cross_tile { " cross" } else { "" }
             + if self.early_claim { " claim-early" } else { "" }
+            + if self.pv_wait_late {
+                " pv-wait-late"
+            } else {
+                ""
+            }
+            + if self.softmax_ilp { " softmax-ilp" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

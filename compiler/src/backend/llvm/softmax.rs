@@ -41,6 +41,70 @@ pub(crate) fn online_softmax<'ctx>(
     defer: Option<&RowState<'ctx>>,
     before_exp: &mut dyn FnMut() -> R<()>,
 ) -> R<(Vec<Vec<Frag<'ctx>>>, IntValue<'ctx>)> {
+    let (p, _, any) = softmax_rows(g, c, cx, t, m, l, o, defer, before_exp, true)?;
+    Ok((p, any))
+}
+
+/// The row reduction `op` of `xs`: one chain, or (`Cfg::softmax_ilp`) four interleaved
+/// chains joined at the end, whose fixed-latency dependencies overlap.
+fn reduce<'ctx>(
+    ilp: bool,
+    init: FloatValue<'ctx>,
+    xs: &[FloatValue<'ctx>],
+    op: &dyn Fn(FloatValue<'ctx>, FloatValue<'ctx>) -> R<FloatValue<'ctx>>,
+) -> R<FloatValue<'ctx>> {
+    if !ilp || xs.len() < 8 {
+        let mut acc = init;
+        for x in xs {
+            acc = op(acc, *x)?;
+        }
+        return Ok(acc);
+    }
+    let mut acc = [op(init, xs[0])?, xs[1], xs[2], xs[3]];
+    for (i, x) in xs.iter().enumerate().skip(4) {
+        acc[i % 4] = op(acc[i % 4], *x)?;
+    }
+    op(op(acc[0], acc[1])?, op(acc[2], acc[3])?)
+}
+
+/// [`online_softmax`] without the packing: P as f32 values, `[m-tile][n-tile][4]` (the
+/// accumulator layout of `t`), for [`pack_p`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn online_softmax_exp<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    t: &AccTile<'ctx>,
+    m: &RowState<'ctx>,
+    l: &RowState<'ctx>,
+    o: &AccTile<'ctx>,
+    defer: Option<&RowState<'ctx>>,
+    before_exp: &mut dyn FnMut() -> R<()>,
+) -> R<(Vec<Vec<[FloatValue<'ctx>; 4]>>, IntValue<'ctx>)> {
+    let (_, p, any) = softmax_rows(g, c, cx, t, m, l, o, defer, before_exp, false)?;
+    Ok((p, any))
+}
+
+/// The body of [`online_softmax`] (`pack`: P packed per m-tile, right after its
+/// exponentials) and [`online_softmax_exp`] (P left as f32).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn softmax_rows<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    t: &AccTile<'ctx>,
+    m: &RowState<'ctx>,
+    l: &RowState<'ctx>,
+    o: &AccTile<'ctx>,
+    defer: Option<&RowState<'ctx>>,
+    before_exp: &mut dyn FnMut() -> R<()>,
+    pack: bool,
+) -> R<(
+    Vec<Vec<Frag<'ctx>>>,
+    Vec<Vec<[FloatValue<'ctx>; 4]>>,
+    IntValue<'ctx>,
+)> {
+    let ilp = c.softmax_ilp;
     let (m, l) = (&m.rows, &l.rows);
     let thresh = RESCALE_LOG2;
     let tv = t.values(g)?;
@@ -50,8 +114,13 @@ pub(crate) fn online_softmax<'ctx>(
     for (i, ti) in tv.iter().enumerate() {
         for hr in 0..2 {
             let mut mx = g.cf(f32::NEG_INFINITY);
-            for x in ti {
-                mx = g.fmax(mx, g.fmax(x[2 * hr], x[2 * hr + 1])?)?;
+            if ilp {
+                let xs: Vec<_> = ti.iter().flat_map(|x| [x[2 * hr], x[2 * hr + 1]]).collect();
+                mx = reduce(true, mx, &xs, &|a, b| g.fmax(a, b))?;
+            } else {
+                for x in ti {
+                    mx = g.fmax(mx, g.fmax(x[2 * hr], x[2 * hr + 1])?)?;
+                }
             }
             // the four lanes of a row
             mx = g.fmax(mx, g.shfl_xor(mx, 1)?)?;
@@ -92,6 +161,7 @@ pub(crate) fn online_softmax<'ctx>(
     })?;
     before_exp()?;
     let mut out = Vec::with_capacity(c.mt);
+    let mut raw = Vec::with_capacity(c.mt);
     for (i, ti) in tv.iter().enumerate() {
         let mut pv = ti.clone();
         for hr in 0..2 {
@@ -99,17 +169,41 @@ pub(crate) fn online_softmax<'ctx>(
             let none = g.fcmp(FloatPredicate::OEQ, m_cur, g.cf(f32::NEG_INFINITY))?;
             let mc = g.fmul(g.selectf(none, g.cf(0.0), m_cur)?, cx.c2)?;
             let mut sum = g.cf(0.0);
+            let mut es = Vec::with_capacity(2 * ti.len());
             for (nt, x) in ti.iter().enumerate() {
                 for cc in 0..2 {
                     // one FMA + ex2 per element
                     let e = g.ex2(g.fsub(g.fmul(x[2 * hr + cc], cx.c2)?, mc)?)?;
                     pv[nt][2 * hr + cc] = e;
-                    sum = g.fadd(sum, e)?;
+                    if ilp {
+                        es.push(e);
+                    } else {
+                        sum = g.fadd(sum, e)?;
+                    }
                 }
+            }
+            if ilp {
+                sum = reduce(true, sum, &es, &|a, b| g.fadd(a, b))?;
             }
             g.set(&l[i][hr], g.fadd(g.getf(&l[i][hr])?, sum)?)?;
         }
-        out.push(
+        if pack {
+            out.push(pack_p(g, c, std::slice::from_ref(&pv))?.remove(0));
+        } else {
+            raw.push(pv);
+        }
+    }
+    Ok((out, raw, any))
+}
+
+/// P of [`online_softmax_exp`] as bf16/f16 A fragments, `[m-tile][16 kv columns]`.
+pub(crate) fn pack_p<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &[Vec<[FloatValue<'ctx>; 4]>],
+) -> R<Vec<Vec<Frag<'ctx>>>> {
+    p.iter()
+        .map(|pv| {
             (0..(c.kvb / 16) as usize)
                 .map(|kk| {
                     let (a, b) = (&pv[2 * kk], &pv[2 * kk + 1]);
@@ -120,10 +214,9 @@ pub(crate) fn online_softmax<'ctx>(
                         g.pack2(c.ty, b[2], b[3])?,
                     ])
                 })
-                .collect::<R<_>>()?,
-        );
-    }
-    Ok((out, any))
+                .collect::<R<_>>()
+        })
+        .collect()
 }
 
 /// The end of the softmax for m-tile `mtile`: O / l (rows with l = 0 give 0) stored as

@@ -1109,3 +1109,80 @@ fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
         Err(LlvmError::Unsupported(_))
     ));
 }
+
+/// `pv_wait_late` and `softmax_ilp` on the warp-specialized kernel: on every sample, D128
+/// (one CTA per tile, and the dynamic scheduler's causal shape) and D64 (three
+/// consumers), each changes the PTX (`pv_wait_late`: two waits for the P V in the loop,
+/// one per arm of the rescale branch), keeps the parameters and shared memory, and is
+/// deterministic; the other kernels ignore them. `ATTNC_PTX_DUMP=DIR` also writes each
+/// kernel (for ptxas).
+#[test]
+fn late_pv_wait_and_softmax_ilp_change_only_the_ws_loop() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
+            let base = PtxOptions {
+                lpt_group: if dynamic { 8 } else { 0 },
+                persistent: dynamic,
+                dynamic_tiles: dynamic,
+                q_double: dynamic,
+                q_from_end: dynamic,
+                split_tail: d == 128 && p.score.is_none(),
+                q_block: qb,
+                float_positions: true,
+                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+            };
+            let a = emit(&p, &base).unwrap();
+            for (late, ilp) in [(true, false), (false, true), (true, true)] {
+                let o = PtxOptions {
+                    pv_wait_late: late,
+                    softmax_ilp: ilp,
+                    ..base
+                };
+                assert_ne!(o.key(), base.key());
+                let b = emit(&p, &o).unwrap();
+                assert_eq!(
+                    (&a.params, a.threads, a.smem_bytes, a.grid),
+                    (&b.params, b.threads, b.smem_bytes, b.grid)
+                );
+                assert_ne!(a.ptx, b.ptx, "{} d{d} late {late} ilp {ilp}", p.name);
+                let waits = |k: &str| k.matches("wgmma.wait_group.sync.aligned 0;").count();
+                assert_eq!(
+                    waits(&b.ptx),
+                    waits(&a.ptx) + late as usize,
+                    "{} d{d} late {late}",
+                    p.name
+                );
+                assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+                if let Some(dir) = &dump {
+                    std::fs::create_dir_all(dir).unwrap();
+                    let dy = if dynamic { "_dyn" } else { "" };
+                    let tag = format!(
+                        "{}{}",
+                        if late { "_late" } else { "" },
+                        if ilp { "_ilp" } else { "" }
+                    );
+                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}{tag}.ptx", p.name), &b.ptx)
+                        .unwrap();
+                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}_base.ptx", p.name), &a.ptx)
+                        .unwrap();
+                }
+            }
+        }
+    }
+    // the other kernels ignore both
+    for o in [
+        PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma(),
+        PtxOptions::new(Arch::Sm80, 128, 128, InputType::Bf16),
+    ] {
+        let x = PtxOptions {
+            pv_wait_late: true,
+            softmax_ilp: true,
+            ..o
+        };
+        assert_eq!(
+            emit(&samples::causal(), &o).unwrap().ptx,
+            emit(&samples::causal(), &x).unwrap().ptx
+        );
+    }
+}

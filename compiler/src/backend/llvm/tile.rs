@@ -49,6 +49,10 @@ pub(crate) struct Cfg {
     /// `PtxOptions::split_tail`: the score's partial blocks that end inside the sequence
     /// have their own path without the kv bounds check (`score::score_and_mask`).
     pub split_tail: bool,
+    /// `PtxOptions::pv_wait_late` (the warp-specialized kernel).
+    pub pv_wait_late: bool,
+    /// `PtxOptions::softmax_ilp` (the warp-specialized kernel).
+    pub softmax_ilp: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -72,6 +76,8 @@ impl Cfg {
             float_positions: opts.float_positions,
             q_from_end: opts.ws && opts.q_from_end,
             split_tail: opts.split_tail,
+            pv_wait_late: opts.ws && opts.pv_wait_late,
+            softmax_ilp: opts.ws && opts.softmax_ilp,
             q,
             k,
             v,
