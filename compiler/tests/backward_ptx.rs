@@ -543,8 +543,15 @@ fn fused_persist_kernels() {
             let plan = Plan::new(p);
             let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
+            // bands and tables on session 12's options (as gpu_backward_persist and the
+            // runtime's ATTNC_BWD_PERSIST=1: visit records need the non-persistent kernel)
             let o = PtxOptions {
                 bwd_persist: true,
+                bwd_visit_rec: false,
+                bwd_band_keep: false,
+                bwd_stmatrix: def.bwd_stmatrix && !def.bwd_wscan,
+                bwd_desc: def.bwd_desc && !def.bwd_wscan,
+                bwd_ds_unguarded: def.bwd_ds_unguarded && !def.bwd_wscan,
                 ..def
             };
             let tag = format!("{name} D{d}");
@@ -752,8 +759,9 @@ fn fused_desc_kernels() {
 
 /// Where `backward_for_binding` turns session 12's instruction cuts on (`bwd_stmatrix`,
 /// `bwd_desc`, `bwd_ds_unguarded`: measured on an H200): the fused kernel with the TMA
-/// producer at D128 and D64, except bands and block tables (`bwd_wscan`) and q tiles of
-/// 128 with a score function (D64 soft-cap).
+/// producer at D128 and D64, except q tiles of 128 with a score function (D64 soft-cap);
+/// bands and block tables (`bwd_wscan`) since session 13, there with the visit records
+/// and row intervals (`bwd_visit_rec`, `bwd_band_keep`).
 #[test]
 fn binding_instruction_cuts() {
     for (d, file, name, on) in [
@@ -761,12 +769,14 @@ fn binding_instruction_cuts() {
         (128, "causal", "causal_attention", true),
         (128, "alibi_causal", "alibi_causal", true),
         (128, "softcap", "softcap", true),
-        (128, "sliding_window", "sliding_window", false),
+        (128, "sliding_window", "sliding_window", true),
+        (128, "document_causal", "document_causal", true),
         (64, "dense", "dense", true),
         (64, "causal", "causal_attention", true),
         (64, "alibi_causal", "alibi_causal", true),
         (64, "softcap", "softcap", false),
-        (64, "sliding_window", "sliding_window", false),
+        (64, "sliding_window", "sliding_window", true),
+        (64, "document_causal", "document_causal", true),
     ] {
         let p = &example(file, name);
         let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
@@ -774,6 +784,11 @@ fn binding_instruction_cuts() {
         assert_eq!(
             (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded),
             (on, on, on),
+            "{name} D{d}"
+        );
+        assert_eq!(
+            (o.bwd_visit_rec, o.bwd_band_keep),
+            (o.bwd_wscan, o.bwd_wscan),
             "{name} D{d}"
         );
     }
@@ -926,4 +941,117 @@ fn fused_pingpong_kernels() {
             .unwrap()
             .ptx
     );
+}
+
+/// `PtxOptions::bwd_band_keep` on top of the binding's default (and with the instruction
+/// cuts `bwd_stmatrix` + `bwd_desc` + `bwd_ds_unguarded`): the fused dK/dV kernel of an
+/// exact closed-form mask (a band, a causal diagonal) changes, deterministic; without a
+/// mask (dense) or with a block table (documents) the option changes nothing.
+/// `ATTNC_BWD_PTX_DIR=dir` writes the kernels there (for `ptxas -v`).
+#[test]
+fn fused_band_keep_kernels() {
+    for d in [128u32, 64] {
+        for (file, name, changes) in [
+            ("dense", "dense", false),
+            ("causal", "causal_attention", true),
+            ("sliding_window", "sliding_window", true),
+            ("document_causal", "document_causal", false),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            // the binding's default for bands (the warp-wide search) only
+            assert_eq!(
+                binding.bwd_band_keep,
+                name == "sliding_window" || name == "document_causal",
+                "{name} D{d}"
+            );
+            let bind = PtxOptions {
+                bwd_band_keep: false,
+                ..binding
+            };
+            let cuts = PtxOptions {
+                bwd_stmatrix: true,
+                bwd_desc: true,
+                bwd_ds_unguarded: true,
+                ..bind
+            };
+            for (base, tag) in [(bind, "band_keep"), (cuts, "band_keep_cuts")] {
+                let plain = dkdv_twice(
+                    &plan,
+                    &base,
+                    name,
+                    &format!("{tag}_base_d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                let k = PtxOptions {
+                    bwd_band_keep: true,
+                    ..base
+                };
+                assert_ne!(k.key(), base.key());
+                let t = format!("{tag} {name} D{d}");
+                let a = dkdv_twice(&plan, &k, &t, &format!("{tag}_d{d}_{name}_bwd_dkdv.ptx"));
+                assert_eq!(a.ptx != plain.ptx, changes, "{t}");
+            }
+        }
+    }
+}
+
+/// `PtxOptions::bwd_visit_rec` on top of the binding's default, with and without the band
+/// mask (`bwd_band_keep`): every fused dK/dV kernel with the TMA producer changes and is
+/// deterministic; with persistent CTAs it is refused. `ATTNC_BWD_PTX_DIR=dir` writes the
+/// kernels there (for `ptxas -v`).
+#[test]
+fn fused_visit_rec_kernels() {
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("sliding_window", "sliding_window"),
+            ("document_causal", "document_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            // the binding's default with the warp-wide search (bands, tables)
+            assert!(binding.bwd_tma, "{name} D{d}");
+            assert_eq!(binding.bwd_visit_rec, binding.bwd_wscan, "{name} D{d}");
+            let bind = PtxOptions {
+                bwd_visit_rec: false,
+                ..binding
+            };
+            let plain = emit_backward(&plan, &bind, BackwardKind::DkDv).unwrap();
+            let r = PtxOptions {
+                bwd_visit_rec: true,
+                ..bind
+            };
+            let t = format!("visit_rec {name} D{d}");
+            let a = dkdv_twice(
+                &plan,
+                &r,
+                &t,
+                &format!("visit_rec_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            assert_ne!(a.ptx, plain.ptx, "{t}");
+            let rk = PtxOptions {
+                bwd_band_keep: true,
+                ..r
+            };
+            dkdv_twice(
+                &plan,
+                &rk,
+                &t,
+                &format!("visit_rec_band_keep_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let persist = PtxOptions {
+                bwd_persist: true,
+                ..r
+            };
+            assert!(
+                emit_backward(&plan, &persist, BackwardKind::DkDv).is_err(),
+                "{t}"
+            );
+        }
+    }
 }

@@ -497,8 +497,15 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         _ => o,
     };
     let o = match std::env::var("ATTNC_BWD_PERSIST").as_deref() {
+        // (bands and tables: session 12's options, as gpu_backward_persist tests them;
+        // visit records need the non-persistent kernel)
         Ok("1") if bulk && o.bwd_tma => PtxOptions {
             bwd_persist: true,
+            bwd_visit_rec: false,
+            bwd_band_keep: false,
+            bwd_stmatrix: o.bwd_stmatrix && !o.bwd_wscan,
+            bwd_desc: o.bwd_desc && !o.bwd_wscan,
+            bwd_ds_unguarded: o.bwd_ds_unguarded && !o.bwd_wscan,
             ..o
         },
         Ok("0") => PtxOptions {

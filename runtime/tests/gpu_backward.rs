@@ -1025,7 +1025,16 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
     // binding's default since session 12 where measured: `default-x-d-g` = before)
-    for (suffix, off) in [("-x", 0), ("-d", 1), ("-g", 2), ("-y", 3)] {
+    // `-r`, `-k`: without `bwd_visit_rec`, `bwd_band_keep` (the binding's default for
+    // bands and tables since session 13, with the three above: `default-r-k-x-d-g` = before)
+    for (suffix, off) in [
+        ("-x", 0),
+        ("-d", 1),
+        ("-g", 2),
+        ("-y", 3),
+        ("-r", 4),
+        ("-k", 5),
+    ] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
             return bench_options(default, rest).map(|o| match off {
                 0 => PtxOptions {
@@ -1038,6 +1047,14 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
                 },
                 3 => PtxOptions {
                     bwd_pingpong: false,
+                    ..o
+                },
+                4 => PtxOptions {
+                    bwd_visit_rec: false,
+                    ..o
+                },
+                5 => PtxOptions {
+                    bwd_band_keep: false,
                     ..o
                 },
                 _ => PtxOptions {
@@ -1085,6 +1102,21 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     if let Some(rest) = cfg.strip_suffix("+v") {
         return bench_options(default, rest).map(|o| PtxOptions {
             bwd_store_pairs: true,
+            ..o
+        });
+    }
+    // `+r`: the math warps read each visit from the producer's record (`bwd_visit_rec`)
+    if let Some(rest) = cfg.strip_suffix("+r") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_visit_rec: true,
+            ..o
+        });
+    }
+    // `+k`: the partial blocks' mask of an exact closed form as q intervals per kv row
+    // (`bwd_band_keep`)
+    if let Some(rest) = cfg.strip_suffix("+k") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_band_keep: true,
             ..o
         });
     }
@@ -1580,6 +1612,11 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
             p.name
         );
         assert!(def.bwd_two_writers && def.bwd_store_pairs, "{}", p.name);
+        assert!(
+            def.bwd_visit_rec && def.bwd_band_keep && def.bwd_desc,
+            "{}",
+            p.name
+        );
         // every case on the default (two writer threads, dK/dV stored in pairs:
         // `bwd_two_writers`, `bwd_store_pairs`) and on one writer thread with per-word
         // stores (the default before session 12); two writer warps with `overlap`: the
@@ -1594,6 +1631,12 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
                 overlap: early,
                 bwd_two_writers: two,
                 bwd_store_pairs: two,
+                // one writer: the options of session 11 (session 13's only on the default)
+                bwd_visit_rec: two && def.bwd_visit_rec,
+                bwd_band_keep: two && def.bwd_band_keep,
+                bwd_stmatrix: two && def.bwd_stmatrix,
+                bwd_desc: two && def.bwd_desc,
+                bwd_ds_unguarded: two && def.bwd_ds_unguarded,
                 ..def
             };
             println!(
@@ -1636,8 +1679,15 @@ fn gpu_backward_persist(dev: &CudaDevice) {
     for (i, (p, sh, ty)) in cases.iter().enumerate() {
         let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
             .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        // (on session 12's options for bands and tables: visit records need the
+        // non-persistent kernel, the instruction cuts are not measured with it)
         let o = PtxOptions {
             bwd_persist: true,
+            bwd_visit_rec: false,
+            bwd_band_keep: false,
+            bwd_stmatrix: false,
+            bwd_desc: false,
+            bwd_ds_unguarded: false,
             ..def
         };
         println!("  {} {:?} persist, 3 CTAs", p.name, sh);

@@ -229,6 +229,15 @@ impl PtxOptions {
     ///   of 64 / 128: ALiBi + causal 1.080, 1.077 / 0.897), and the math warpgroups' turns
     ///   ([`Self::bwd_pingpong`]) for D64 without mask or score (dense 1.571 / 1.506-1.515;
     ///   causal, ALiBi and D128 within 1%: left out).
+    /// - bands and block tables (the warp-wide search) without capture gradients: those
+    ///   cuts too, each visit from the producer's record ([`Self::bwd_visit_rec`]) and a
+    ///   band's partial blocks by row intervals ([`Self::bwd_band_keep`]; nothing on
+    ///   tables). One H200, one call (session 13), bf16 TFLOP/s before / after (fused
+    ///   kernel alone, ms): D128 sliding 1024 344.6 (0.771) / 357.6 (0.739), document +
+    ///   causal 234.5 (0.597) / 244.3 (0.567); D64 232.7 (0.573) / 256.7 (0.513), 111.7
+    ///   (0.320) / 119.8 (0.295). The cuts alone: 356.4 / 236.4 / 245.3 / 113.7; the
+    ///   records alone 345.2 / 242.1 / 240.3 / 115.4; the row intervals alone 341.4 / - /
+    ///   231.7 / - (with the records 348.3 / 244.3).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -287,6 +296,20 @@ impl PtxOptions {
             && capture_grads(prog).is_empty()
         {
             o.bwd_pingpong = true;
+        }
+        // bands and block tables (the warp-wide search) without capture gradients (session
+        // 13): the same cuts, the visits from the producer's records and a band's partial
+        // blocks by row intervals (a no-op on tables)
+        if fused::tma_producer(&o)
+            && o.bwd_wscan
+            && !o.bwd_persist
+            && capture_grads(plan.program()).is_empty()
+        {
+            o.bwd_stmatrix = true;
+            o.bwd_desc = true;
+            o.bwd_ds_unguarded = true;
+            o.bwd_visit_rec = true;
+            o.bwd_band_keep = true;
         }
         o
     }
@@ -619,6 +642,9 @@ pub(super) struct DkDvTiles {
     /// [`PtxOptions::bwd_tma`]: byte offset of the (Q, dO, L2, Delta) buffers' mbarriers
     /// (8 bytes each: full 0, full 1, empty 0, empty 1).
     pub q_bars: Option<u32>,
+    /// [`PtxOptions::bwd_visit_rec`]: byte offset of the two visit records (32 bytes per
+    /// ring buffer: found, query head, q block, first, end, full first, full end).
+    pub visit_rec: Option<u32>,
     pub bytes: u32,
 }
 
@@ -676,6 +702,11 @@ impl DkDvTiles {
             bytes = at + 4 * 8;
             at
         });
+        let visit_rec = (fused::tma_producer(o) && o.bwd_visit_rec).then(|| {
+            let at = bytes.next_multiple_of(16);
+            bytes = at + 2 * fused::VISIT_REC_BYTES;
+            at
+        });
         DkDvTiles {
             k,
             v,
@@ -688,6 +719,7 @@ impl DkDvTiles {
             ds,
             dq_slots,
             q_bars,
+            visit_rec,
             bytes,
         }
     }
@@ -1220,6 +1252,20 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     /// [`PtxOptions::bwd_ds_unguarded`]: on full blocks, with the identity score and no
     /// capture gradients, dS = P (dP - Delta) without the select that zeroes it where P = 0.
     pub full_unguarded: bool,
+    /// [`PtxOptions::bwd_band_keep`]: the partial blocks' mask as q intervals per kv row.
+    pub band: Option<&'a BandKeep<'a, 'ctx>>,
+}
+
+/// [`PtxOptions::bwd_band_keep`]: a partial block's mask of an exact closed form on the
+/// kv-row x q-column fragments, per kv row half `i / 2` of the thread: `(lo, hi)` such that
+/// element (`nt`, `i`) is kept iff `lo <= 8 nt + i % 2 <= hi` (q relative to the thread's
+/// first column, clamped into the tile: i32 compares against constants).
+pub(super) struct BandKeep<'a, 'ctx> {
+    /// The closed form holds for this launch (`KvAllPartial` = 0); else the partial path
+    /// evaluates the mask per element.
+    pub ok: IntValue<'ctx>,
+    /// Emits the two rows' `(lo, hi)` (called once, in the band path's block).
+    pub rows: &'a dyn Fn() -> R<[(IntValue<'ctx>, IntValue<'ctx>); 2]>,
 }
 
 /// One element's position: the integers and, with float positions
@@ -1767,6 +1813,10 @@ pub(super) fn grad_scores<'ctx>(
     let dsv = acc_vars(g, s.len())?;
     let fast_bb = g.block("bwd_full_block");
     let slow_bb = g.block("bwd_partial_block");
+    // bwd_band_keep: partial blocks of a trusted closed form take the row intervals
+    let band = e
+        .band
+        .map(|b| (b, g.block("bwd_band_pick"), g.block("bwd_band_block")));
     let merge = g.block("bwd_scored");
     // positions and row statistics are computed once, before the branch
     let mut pos = Vec::with_capacity(s.len());
@@ -1780,15 +1830,43 @@ pub(super) fn grad_scores<'ctx>(
         .cap
         .map(|c| crate::analysis::linear::linear_ints(&c.sg.func));
     let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
-    g.cond_br(full, fast_bb, slow_bb)?;
-    for slow in [false, true] {
-        g.b.position_at_end(if slow { slow_bb } else { fast_bb });
+    match band {
+        Some((bk, pick, band_bb)) => {
+            g.cond_br(full, fast_bb, pick)?;
+            g.b.position_at_end(pick);
+            g.cond_br(bk.ok, band_bb, slow_bb)?;
+        }
+        None => g.cond_br(full, fast_bb, slow_bb)?,
+    }
+    let paths = [(fast_bb, false, false), (slow_bb, true, false)]
+        .into_iter()
+        .chain(band.map(|(_, _, bb)| (bb, true, true)));
+    for (bb, slow, in_band) in paths {
+        g.b.position_at_end(bb);
+        let rows = match band {
+            Some((bk, ..)) if in_band => Some((bk.rows)()?),
+            _ => None,
+        };
         let mut runs = e.cap.map(|cap| cap.runs(g)).unwrap_or_default();
         for nt in 0..s.len() {
             for i in 0..4 {
                 let (at, l2, delta) = pos[nt][i];
                 let x = s[nt][i];
-                let (el, keep) = e.element_at(g, x, at, slow)?;
+                let (el, keep) = match rows {
+                    // the row's interval: one compare per side against the element's
+                    // column offset (a constant)
+                    Some(r) => {
+                        let (lo, hi) = r[i / 2];
+                        let c = g.c32(8 * nt as i64 + (i % 2) as i64);
+                        let keep = g.and(
+                            g.icmp(IntPredicate::SLE, lo, c)?,
+                            g.icmp(IntPredicate::SLE, c, hi)?,
+                        )?;
+                        let (el, _) = e.element_at(g, x, at, false)?;
+                        (Elem { inside: keep, ..el }, Some(keep))
+                    }
+                    None => e.element_at(g, x, at, slow)?,
+                };
                 // with capture gradients: the whole derivative IR at once
                 let cap_vals = match e.cap {
                     Some(cap) => {
@@ -2418,6 +2496,7 @@ fn dkdv_body<'ctx>(
         lkv: c.lkv,
         cap: None,
         full_unguarded: false,
+        band: None,
     };
     // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
     let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
@@ -2687,6 +2766,7 @@ fn dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
         full_unguarded: false,
+        band: None,
     };
     // element (nt, i): q row q_row + 8 (i / 2), kv column col + 8 nt + i % 2
     let pb = PosBase::new(g, opts, &|| Ok((q_row, col)))?;

@@ -256,6 +256,44 @@ impl<'ctx> Arith for Ir<'_, 'ctx> {
     }
 }
 
+/// The q rows `[lo, hi]` (empty when `lo > hi`) of kv position `kv` where every
+/// constraint `coefs[i].0 q + coefs[i].1 kv + ks[i] >= 0` holds, within `0..lq`: per
+/// constraint `c = a_kv kv + k`, `a_q > 0` bounds q below by `ceil(-c / a_q)`, `a_q < 0`
+/// above by `floor(c / -a_q)`, `a_q = 0` keeps every q or none (`c < 0`). The mask of a
+/// closed form on one kv row of a fragment (`PtxOptions::bwd_band_keep`); the widths of
+/// the module header (i64, no wrap).
+pub(crate) fn q_interval<A: Arith>(
+    a: &A,
+    coefs: &[(i64, i64)],
+    ks: &[A::I],
+    kv: A::I,
+    lq: A::I,
+) -> R<[A::I; 2]> {
+    let (mut lo, mut hi) = (a.c(0), a.sub(lq, a.c(1))?);
+    for (&(aq, akv), &k) in coefs.iter().zip(ks) {
+        let c = a.add(a.mul(a.c(akv), kv)?, k)?;
+        if aq > 0 {
+            lo = a.max(lo, a.ceil_div(a.sub(a.c(0), c)?, aq)?)?;
+        } else if aq < 0 {
+            hi = a.min(hi, a.floor_div(c, -aq)?)?;
+        } else {
+            hi = a.sel(a.slt(c, a.c(0))?, a.c(-1), hi)?;
+        }
+    }
+    Ok([lo, hi])
+}
+
+/// [`q_interval`] in the kernel (i64 values: `kv`, `lq` and the kernel's `offsets`).
+pub(crate) fn q_interval_ir<'ctx>(
+    g: &Gpu<'ctx>,
+    coefs: &[(i64, i64)],
+    offsets: &[IntValue<'ctx>],
+    kv: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+) -> R<[IntValue<'ctx>; 2]> {
+    q_interval(&Ir(g), coefs, offsets, kv, lq)
+}
+
 /// `[first, end, full_first, full_end]` (i32) of the q block of rows
 /// `q0..min(q0 + q_block, lq)`: [`row`] on the kernel's i64 `offsets`; with `all_partial`
 /// non-zero, every kv block partial (`[0, nkv, 0, 0]`). What [`RowRuns::closed_form`]
@@ -502,5 +540,42 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 200_000);
+    }
+
+    /// `q_interval` (on i64) is exactly the set of q in `0..lq` where every constraint
+    /// holds, for kv rows of random small closed forms (brute force over q).
+    #[test]
+    fn q_interval_is_the_rows_mask() {
+        let mut s: u64 = 0x2545f4914f6cdd1d;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut nonempty = 0;
+        for _ in 0..20_000 {
+            let n = (next() % 3) as usize + 1;
+            let coefs: Vec<(i64, i64)> = (0..n)
+                .map(|_| ((next() % 7) as i64 - 3, (next() % 7) as i64 - 3))
+                .collect();
+            let ks: Vec<i64> = (0..n).map(|_| (next() % 400) as i64 - 200).collect();
+            let lq = (next() % 150) as i64 + 1;
+            let kv = (next() % 150) as i64;
+            let [lo, hi] = q_interval(&Host, &coefs, &ks, kv, lq).unwrap();
+            for q in 0..lq {
+                let keep = coefs
+                    .iter()
+                    .zip(&ks)
+                    .all(|(&(aq, akv), &k)| aq * q + akv * kv + k >= 0);
+                assert_eq!(
+                    keep,
+                    lo <= q && q <= hi,
+                    "coefs {coefs:?} ks {ks:?} kv {kv} lq {lq} q {q}: [{lo}, {hi}]"
+                );
+            }
+            nonempty += (lo <= hi) as u32;
+        }
+        assert!(nonempty > 1000, "{nonempty}");
     }
 }

@@ -434,6 +434,27 @@ pub struct PtxOptions {
     /// bit-identical gradients. Off by default; the kernel bench's `+y`. Other kinds
     /// ignore it.
     pub bwd_pingpong: bool,
+    /// The fused backward (`backward/fused.rs`), identity or general score (not the
+    /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
+    /// diagonal): the mask as one q interval per kv row of the thread's fragment
+    /// (`bounds::q_interval`, computed once per partial visit), two compares per element
+    /// against constants, instead of the mask's IR and the bounds per element. Launches
+    /// whose closed form is not trusted (`KvAllPartial`) take the per-element mask. The
+    /// same elements kept: the same gradients. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on for bands (with [`Self::bwd_wscan`]); the
+    /// kernel bench's `+k`.
+    pub bwd_band_keep: bool,
+    /// The fused backward with the TMA producer ([`Self::bwd_tma`]; not with
+    /// [`Self::bwd_persist`]): the producer warp, which walks the visits anyway, stores
+    /// each visit (query head, q block, kv range, full range) in a 32-byte record per ring
+    /// buffer before it arrives at the buffer's `full` barrier, and after the last visit a
+    /// record without one; the math warps read the record after that wait instead of
+    /// searching for the next visit themselves (their scan per visit: the closed form's i64
+    /// arithmetic or the block table's loads, ballot and shuffles). The same visits in the
+    /// same order: the same gradients. Off in `backward`; [`Self::backward_for_binding`]
+    /// turns it on for bands and block tables (with [`Self::bwd_wscan`]); the kernel
+    /// bench's `+r`.
+    pub bwd_visit_rec: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -540,6 +561,8 @@ impl PtxOptions {
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
+            bwd_band_keep: false,
+            bwd_visit_rec: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -818,6 +841,16 @@ impl PtxOptions {
             }
             + if self.bwd_pingpong {
                 " bwd-pingpong"
+            } else {
+                ""
+            }
+            + if self.bwd_band_keep {
+                " bwd-band-keep"
+            } else {
+                ""
+            }
+            + if self.bwd_visit_rec {
+                " bwd-visit-rec"
             } else {
                 ""
             }

@@ -145,6 +145,18 @@
 //!   sectors excess), a large share where a CTA has ~17 visits. With two writers (ms):
 //!   D128 sliding 0.782, document 0.593, dense 5.181; D64 sliding 0.693 -> 0.575,
 //!   document 0.354 -> 0.322 (both options against neither).
+//!   `bwd_visit_rec` (with `bwd_tma`, not `bwd_persist`; the runtime's default with
+//!   `bwd_wscan` without capture gradients since session 13): the producer warp stores
+//!   each visit (query head, q block, kv range, full range) in a 32-byte record of the
+//!   ring buffer before its arrival at `q_full`, and after the last visit a record
+//!   without one; the math warps read the record after that wait and no longer search
+//!   (the writer warps still do). `bwd_band_keep` (the same default): a partial visit of
+//!   an exact closed-form mask keeps element (q, kv) iff q lies in kv's row interval
+//!   (`bounds::q_interval`, two i32 compares against constants per element) instead of
+//!   the mask's IR and the bounds per element; launches with `KvAllPartial` set take the
+//!   per-element mask. With the instruction cuts below, measured on an H200 (one call,
+//!   bf16 TFLOP/s before / after): D128 sliding 1024 344.6 / 357.6, document + causal
+//!   234.5 / 244.3; D64 232.7 / 256.7, 111.7 / 119.8 (docs/performance.md, session 13).
 //!   `bwd_persist` (with `bwd_tma`, off; measured below): `min(kv tiles, SMs)` CTAs
 //!   (`GridDim::KvPersistent`, the batch count a parameter), each taking the kv tiles
 //!   (kv block, kv head, batch) `ctaid.x, ctaid.x + nctaid.x, ..` numbered in the order of
@@ -201,12 +213,12 @@
 //! (integer words, `backward.rs` "Capture gradients").
 
 use super::{
-    Acc, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a, acc_vars, blocks,
-    capture_grads, common, count_trailing_zeros, dkdv_epilogue, dkdv_store, frag_col_stat,
-    frag_col0, frag_element, frag_pos, frag_row_stats, from_flat, grad_ds, grad_p, grad_scores,
-    load_q_block, slice_base, to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
+    Acc, BandKeep, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a,
+    acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue, dkdv_store,
+    frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats, from_flat, grad_ds, grad_p,
+    grad_scores, load_q_block, slice_base, to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
 };
-use crate::backend::llvm::bounds::KvBounds;
+use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
 use crate::backend::llvm::gpu::{Gpu, R, SmemTile, Var, WgmmaA};
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, Mma, PtxOptions};
@@ -214,6 +226,10 @@ use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
 use inkwell::basic_block::BasicBlock;
 use inkwell::values::{BasicValue, FloatValue, IntValue};
+
+/// [`PtxOptions::bwd_visit_rec`]: bytes of one visit record (seven i32 words: found,
+/// query head, q block, first, end, full first, full end).
+pub const VISIT_REC_BYTES: u32 = 32;
 
 /// Threads of the convert kernel.
 pub const CONVERT_THREADS: u32 = 128;
@@ -319,6 +335,11 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     if o.bwd_persist && !tma_producer(o) {
         return Err(LlvmError::Unsupported(
             "fused dQ with persistent CTAs (bwd_persist): the TMA producer".into(),
+        ));
+    }
+    if o.bwd_visit_rec && (o.bwd_persist || o.bwd_pingpong || !tma_producer(o)) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ: visit records (bwd_visit_rec) need the TMA producer, without persistent CTAs or bwd_pingpong".into(),
         ));
     }
     if o.bwd_wscan && o.bwd_lpt {
@@ -1323,11 +1344,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.fence_proxy_async()?;
         g.mbar_arrive(bar_full(sl)?)
     };
-    scan(tl, zero, q_start, &cur)?;
+    // bwd_visit_rec: each visit (and the end) from the producer's record
+    let vrec = t.visit_rec;
+    if vrec.is_none() {
+        scan(tl, zero, q_start, &cur)?;
+    }
     let lp = g.block("q_loop");
     let epi = g.block("dkdv_dq_end");
     let pre = g.block("dkdv_dq_prologue");
-    g.cond_br(g.geti(&cur.found)?, pre, epi)?;
+    if vrec.is_some() {
+        g.br(pre)?;
+    } else {
+        g.cond_br(g.geti(&cur.found)?, pre, epi)?;
+    }
     g.b.position_at_end(pre);
     if tma {
         // K and V: every thread's copies landed and visible to the tensor cores
@@ -1350,6 +1379,30 @@ pub(super) fn dkdv_dq_body<'ctx>(
     g.br(lp)?;
 
     g.b.position_at_end(lp);
+    if let Some(rec) = vrec {
+        // the producer's record of this visit (or of the end), after its buffer's `full`
+        let (q_sl, q_ph) = ring_slot(g, g.geti(&mn)?)?;
+        g.mbar_wait(q_full(q_sl)?, q_ph)?;
+        let at = g.add(
+            g.c32(rec as i64),
+            g.mul(q_sl, g.c32(VISIT_REC_BYTES as i64))?,
+        )?;
+        let word = |k: i64| -> R<IntValue<'ctx>> {
+            Ok(g.b
+                .build_load(g.i32, g.smem_at(g.add(at, g.c32(4 * k))?)?, "")?
+                .into_int_value())
+        };
+        g.set(&cur.found, g.icmp(IntPredicate::NE, word(0)?, zero)?)?;
+        for (k, v) in [&cur.hi, &cur.qb, &cur.first, &cur.end, &cur.ff, &cur.fe]
+            .into_iter()
+            .enumerate()
+        {
+            g.set(v, word(k as i64 + 1)?)?;
+        }
+        let visit = g.block("q_visit");
+        g.cond_br(g.geti(&cur.found)?, visit, epi)?;
+        g.b.position_at_end(visit);
+    }
     let hi = g.geti(&cur.hi)?;
     let qb = g.geti(&cur.qb)?;
     let end = g.geti(&cur.end)?;
@@ -1381,8 +1434,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // Q_i, dO_i (TMA: the async proxy, as wgmma) and L2, Delta landed; no barrier:
         // the dSᵀ tile this visit writes was last read by the dQ products of visit n - 2,
         // which every warpgroup completed before the dS barrier of visit n - 1 (bwd_pingpong:
-        // waited for before the last visit issued this one's Sᵀ and dPᵀ)
-        if !pipe {
+        // waited for before the last visit issued this one's Sᵀ and dPᵀ; bwd_visit_rec:
+        // waited for above)
+        if !pipe && vrec.is_none() {
             g.mbar_wait(q_full(q_sl)?, q_ph)?;
         }
     } else {
@@ -1402,13 +1456,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // TMA producer: the search for the next visit runs under Sᵀ and dPᵀ
     let scan_under = opts.bwd_scan_under && !opts.bwd_wg_dq;
     // bwd_pingpong: Sᵀ and dPᵀ came with the last visit's products, the next visit is
-    // searched for after the element code
-    let sdp_early = if !pipe && (early || (tma && (wscan || scan_under))) {
+    // searched for after the element code; bwd_visit_rec: no search
+    let sdp_early = if !pipe && (early || (tma && (wscan || scan_under || vrec.is_some()))) {
         Some(issue_sdp(buf)?)
     } else {
         None
     };
-    let has_next = if pipe {
+    let has_next = if pipe || vrec.is_some() {
         None
     } else {
         scan(tl, hi, q_step(qb)?, &nxt)?;
@@ -1454,6 +1508,21 @@ pub(super) fn dkdv_dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
         full_unguarded: opts.bwd_ds_unguarded,
+        band: None,
+    };
+    // bwd_band_keep: an exact closed-form mask (not the affine score's path, which keeps
+    // its own partial path) as q intervals per kv row on partial visits
+    let band_cf = match kvb {
+        KvBounds::ClosedForm(cf)
+            if opts.bwd_band_keep && p.mask.is_some() && !cf.constraints.is_empty() =>
+        {
+            let offsets = (0..cf.constraints.len() as u32)
+                .map(|i| a.int(KernelParam::KvOffset(i)))
+                .collect::<R<Vec<_>>>()?;
+            let ok = g.icmp(IntPredicate::EQ, a.int(KernelParam::KvAllPartial)?, zero)?;
+            Some((kvb.coefficients(), offsets, ok))
+        }
+        _ => None,
     };
     let dv_acc = acc_get(g, &dv)?;
     let dk_acc = acc_get(g, &dk)?;
@@ -1482,6 +1551,36 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 g.bar_sync_reg(g.add(wgi, g.c32(BAR_TURN as i64))?, threads)
             })?;
         }
+        // bwd_band_keep: rows kv_row and kv_row + 8, q relative to the thread's first
+        // column q0 + 2 (lane % 4), clamped to [0, Br] / [-1, Br - 1]
+        let band_rows = || -> R<[(IntValue<'ctx>, IntValue<'ctx>); 2]> {
+            let (coefs, offsets, _) = band_cf.as_ref().ok_or(LlvmError::Internal("band"))?;
+            let col = g.sext64(frag_col0(g, &c, q0)?)?;
+            let mut out = [(zero, zero); 2];
+            for (half, o) in out.iter_mut().enumerate() {
+                let kv = g.add(kv_row, g.c32(8 * half as i64))?;
+                let [lo, hi] = q_interval_ir(g, coefs, offsets, g.sext64(kv)?, g.sext64(c.lq)?)?;
+                // a row past Lkv keeps nothing
+                let past = g.icmp(IntPredicate::SGE, kv, c.lkv)?;
+                let hi = g.selecti(past, g.c64(-1), hi)?;
+                let clamp = |x: IntValue<'ctx>, min: i64, max: i64| -> R<IntValue<'ctx>> {
+                    let x = g.sub(x, col)?;
+                    let x = g.selecti(g.icmp(IntPredicate::SLT, x, g.c64(min))?, g.c64(min), x)?;
+                    let x = g.selecti(g.icmp(IntPredicate::SGT, x, g.c64(max))?, g.c64(max), x)?;
+                    Ok(g.b.build_int_truncate(x, g.i32, "")?)
+                };
+                *o = (clamp(lo, 0, br as i64)?, clamp(hi, -1, br as i64 - 1)?);
+            }
+            Ok(out)
+        };
+        let bk = band_cf.as_ref().map(|(_, _, ok)| BandKeep {
+            ok: *ok,
+            rows: &band_rows,
+        });
+        let ec = ElemCtx {
+            band: bk.as_ref(),
+            ..ec
+        };
         let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
         if pingpong {
             // warpgroup 0 (after its first visit): warpgroup 1's dQ product of visit n - 2
@@ -1806,9 +1905,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Some(x) => x,
         None => g.geti(&nxt.found)?,
     };
-    cur.copy_from(g, &nxt)?;
     g.set(&st_buf, other)?;
-    g.cond_br(has_next, lp, epi)?;
+    if vrec.is_some() {
+        g.br(lp)?;
+    } else {
+        cur.copy_from(g, &nxt)?;
+        g.cond_br(has_next, lp, epi)?;
+    }
 
     g.b.position_at_end(epi);
     if pingpong {
@@ -2002,6 +2105,19 @@ fn produce<'ctx>(
     let next_bb = g.block("producer_next");
     g.cond_br(g.icmp(IntPredicate::EQ, lane, zero)?, tma_bb, arrive_bb)?;
     g.b.position_at_end(tma_bb);
+    // bwd_visit_rec: this visit's record, before the arrival that publishes the buffer
+    if let Some(rec) = t.visit_rec {
+        let words = [
+            one,
+            g.geti(&pv.hi)?,
+            g.geti(&pv.qb)?,
+            g.geti(&pv.first)?,
+            g.geti(&pv.end)?,
+            g.geti(&pv.ff)?,
+            g.geti(&pv.fe)?,
+        ];
+        store_rec(g, rec, sl, &words)?;
+    }
     let full = q_full(sl)?;
     g.mbar_arrive_expect_tx(full, t.q.bytes() + t.d_o.bytes())?;
     for (tile, map) in [(&t.q, KernelParam::TmaQ), (&t.d_o, KernelParam::TmaDo)] {
@@ -2025,6 +2141,25 @@ fn produce<'ctx>(
     scan(g.geti(&pv.hi)?, q_step(g.geti(&pv.qb)?)?, pv)?;
     g.br(head)?;
     g.b.position_at_end(done);
+    if let Some(rec) = t.visit_rec {
+        // the end: a record without a visit in the next buffer, once it is free
+        let (sl, ph) = ring_slot(g, g.geti(pn)?)?;
+        g.mbar_wait(q_empty(sl)?, g.xor(ph, one)?)?;
+        g.if_then(g.icmp(IntPredicate::EQ, lane, zero)?, || {
+            store_rec(g, rec, sl, &[zero])
+        })?;
+        g.mbar_arrive(q_full(sl)?)?;
+    }
+    Ok(())
+}
+
+/// [`PtxOptions::bwd_visit_rec`]: stores `words` as the first words of ring buffer `sl`'s
+/// visit record (at byte `rec` of shared memory).
+fn store_rec<'ctx>(g: &Gpu<'ctx>, rec: u32, sl: IntValue<'ctx>, words: &[IntValue<'ctx>]) -> R<()> {
+    let at = g.add(g.c32(rec as i64), g.mul(sl, g.c32(VISIT_REC_BYTES as i64))?)?;
+    for (k, &w) in words.iter().enumerate() {
+        g.store(g.smem_at(g.add(at, g.c32(4 * k as i64))?)?, w)?;
+    }
     Ok(())
 }
 
