@@ -1017,8 +1017,10 @@ fn fused_visit_rec_kernels() {
             // the binding's default with the warp-wide search (bands, tables)
             assert!(binding.bwd_tma, "{name} D{d}");
             assert_eq!(binding.bwd_visit_rec, binding.bwd_wscan, "{name} D{d}");
+            // (not with bwd_pingpong: refused; the binding's D64 dense default)
             let bind = PtxOptions {
                 bwd_visit_rec: false,
+                bwd_pingpong: false,
                 ..binding
             };
             let plain = emit_backward(&plan, &bind, BackwardKind::DkDv).unwrap();
