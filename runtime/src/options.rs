@@ -119,17 +119,19 @@ pub struct DecodeTuning {
     /// 32-bit shared-memory destinations, `c` paged: one page id per 16-row pass, `d`
     /// the L2 asked for 256 bytes per copy, `e` the prologue's reads before
     /// `griddepcontrol.wait`, `f` a call with one split writes O and LSE from the
-    /// kernel (no combine kernel), any combination such as `abc`, or `0` for the default
-    /// copy; unset: the runtime's choice, `decode::gpu`).
+    /// kernel (no combine kernel), `g` paged: per-pass page bases in lanes, `h` paged:
+    /// full tiles by TMA boxes of one page each (`decode_mma::COPY_TMA`), any combination
+    /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
+    /// `decode::gpu`).
     pub copy: Option<u8>,
 }
 
-/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of `abcdef`
-/// (anything else: `None`).
+/// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
+/// `abcdefgh` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u8> {
     use attnc_compiler::backend::llvm::decode_mma::{
         COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS,
-        COPY_SMEM32,
+        COPY_SMEM32, COPY_TMA,
     };
     let v = v.trim();
     if v == "0" {
@@ -146,6 +148,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u8> {
         'e' => Some(bits | COPY_EARLY),
         'f' => Some(bits | COPY_DIRECT),
         'g' => Some(bits | COPY_PAGE_BASE),
+        'h' => Some(bits | COPY_TMA),
         _ => None,
     })
 }
@@ -160,7 +163,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcde`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefgh`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

@@ -4,7 +4,8 @@
 //!
 //! In: a [`KernelSpec`] and the launch's other values ([`LaunchArgs`]: the Q, K, V
 //! pointers, `Lq`, `Lkv`, `Hq`, `Hkv` and the `Batches` grid extent). Out: the same
-//! values with the three maps added ([`with_tensor_maps`]). Each map views its tensor
+//! values with the three maps added ([`with_tensor_maps`]); the paged decode kernel's
+//! `TmaK` / `TmaV` (`decode_mma::COPY_TMA`: see `encode_paged`). Each map views its tensor
 //! (`[B, H, L, D]`, contiguous, 16-bit elements) as the 3-D tensor `{D, L, B*H}` (D
 //! innermost) with boxes of 64 columns by the kernel's `q_block` (Q) or `kv_block` (K,
 //! V) rows and the 128-byte swizzle, which is the layout the kernel's wgmma descriptors
@@ -12,12 +13,101 @@
 
 use super::CudaError;
 use super::args::{Arg, LaunchArgs, TensorMap};
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::{GridDim, KernelParam, KernelSpec};
 use cudarc::driver::sys;
 
-/// Whether `spec` takes tensor maps.
+/// Whether `spec` takes tensor maps (the forward's and backward's `TmaQ`; the paged
+/// decode kernel's `TmaK` / `TmaV` with `decode_mma::COPY_TMA`).
 pub fn needs_maps(spec: &KernelSpec) -> bool {
-    spec.params.contains(&KernelParam::TmaQ)
+    spec.params.contains(&KernelParam::TmaQ) || spec.params.contains(&KernelParam::TmaK)
+}
+
+/// The paged decode kernel's map (`decode_mma::COPY_TMA`): the cache `[pages, P, Hkv,
+/// D]` at `ptr` as the 3-D tensor `{D, Hkv, pages x P}` (D innermost, 16-bit elements),
+/// boxes of 64 columns x 1 kv head x `min(P, 64)` rows (one page's rows of one head),
+/// 128-byte swizzle: the slabs the kernel's `ldmatrix` reads.
+fn encode_paged(
+    ptr: u64,
+    rows: u64,
+    hkv: u64,
+    d: u64,
+    box_rows: u32,
+) -> Result<TensorMap, CudaError> {
+    if rows == 0 || hkv == 0 {
+        // an empty cache: no tile is ever copied (the driver refuses a zero extent)
+        return Ok(TensorMap([0; 16]));
+    }
+    let dims = [d, hkv, rows];
+    let strides = [d * 2, hkv * d * 2];
+    let boxes = [64u32, 1, box_rows];
+    let elem = [1u32, 1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every pointer argument points at a live local of the rank (3) the call is
+    // told; `ptr` is only recorded in the map (the kernel reads through it).
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(CudaError::Driver(format!(
+            "cuTensorMapEncodeTiled ({r:?}) for a paged cache of {rows} positions x {hkv} heads x {d} at {ptr:#x} (TMA needs a 16-byte-aligned base)"
+        )));
+    }
+    Ok(TensorMap(map.opaque))
+}
+
+/// [`with_tensor_maps`] of the paged decode kernel: `TmaK` / `TmaV` from the K / V
+/// cache pointers, `NumPages`, `PageShift` and `Hkv`.
+fn with_decode_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
+    let missing = |what: &str| {
+        CudaError::Mismatch(format!(
+            "kernel {}: its tensor maps need {what}",
+            spec.entry
+        ))
+    };
+    let ptr = |p: KernelParam| match args.value(p) {
+        Some(Arg::Ptr(x)) => Ok(x),
+        _ => Err(missing(&format!("{p:?}"))),
+    };
+    let int = |p: KernelParam| match args.value(p) {
+        Some(Arg::I32(x)) if x >= 0 => Ok(x as u64),
+        _ => Err(missing(&format!("{p:?}"))),
+    };
+    let (pages, shift, hkv) = (
+        int(KernelParam::NumPages)?,
+        int(KernelParam::PageShift)?,
+        int(KernelParam::Hkv)?,
+    );
+    if shift > 30 {
+        return Err(missing("a page shift below 31"));
+    }
+    let rows = pages << shift;
+    let box_rows = (1u32 << shift).min(64);
+    let d = spec.options.d as u64;
+    let mut out = args.clone();
+    for (m, src) in [
+        (KernelParam::TmaK, KernelParam::K),
+        (KernelParam::TmaV, KernelParam::V),
+    ] {
+        out.scalar(
+            m,
+            Arg::Map(encode_paged(ptr(src)?, rows, hkv, d, box_rows)?),
+        );
+    }
+    Ok(out)
 }
 
 /// The map of `[slices, rows, d]` 16-bit elements at `ptr`, boxes of 64 x `box_rows`.
@@ -62,6 +152,12 @@ fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<Ten
 /// `args` with the tensor maps `spec` takes (`TmaQ`, `TmaK`, `TmaV`, `TmaDo`) made from
 /// its Q/K/V/dO pointers and shape.
 pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
+    if matches!(
+        spec.kind,
+        KernelKind::DecodeMma | KernelKind::DecodeMmaFused
+    ) {
+        return with_decode_maps(args, spec);
+    }
     let missing = |what: &str| {
         CudaError::Mismatch(format!(
             "kernel {}: its tensor maps need {what}",

@@ -438,7 +438,7 @@ pub(crate) fn geometry(
     // are whole tiles already)
     let page_pass = kernel == Kernel::Mma
         && matches!(shape.layout, CacheLayout::Paged { .. })
-        && tuning.copy.unwrap_or(COPY) & decode_mma::COPY_PAGE_PASS != 0;
+        && tuning.copy.unwrap_or(COPY) & (decode_mma::COPY_PAGE_PASS | decode_mma::COPY_TMA) != 0;
     let lo_mask = if page_pass {
         !(decode_mma::KV_TILE as i32 - 1)
     } else {

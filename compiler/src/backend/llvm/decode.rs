@@ -406,10 +406,13 @@ pub(super) fn declare<'ctx>(
                 | DecodeSem
         )
     };
+    // a tensor map (the tensor-core kernel's `COPY_TMA`): 128 bytes by value, in place
+    let map_ptr = ctx.ptr_type(AddressSpace::default());
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
         .map(|p| match p {
             Scale => ctx.f32_type().into(),
+            TmaK | TmaV => map_ptr.into(),
             p if is_ptr(p) => gptr.into(),
             _ => ctx.i32_type().into(),
         })
@@ -423,6 +426,9 @@ pub(super) fn declare<'ctx>(
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     let readonly = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("readonly"), 0);
     for (i, p) in params.iter().enumerate() {
+        if matches!(p, TmaK | TmaV) {
+            super::cta::tensor_map_param(ctx, func, i as u32);
+        }
         // (the combine kernel's partials are not `readonly`: its loads must stay after
         // its `griddepcontrol.wait`, and invariant `ld.global.nc` loads may move)
         if matches!(

@@ -125,8 +125,24 @@ pub const COPY_DIRECT: u8 = 32;
 /// pass and its chunk in the row) — no per-pass page arithmetic. Other D: ignored
 /// ([`COPY_PAGE_PASS`]'s or the plain paged copy).
 pub const COPY_PAGE_BASE: u8 = 64;
+/// [`PtxOptions::decode_copy`] bit, paged layout on sm_90 (tiles start on multiples of
+/// [`KV_TILE`] as with [`COPY_PAGE_PASS`]): a full tile (all 64 keys below the split's
+/// end) is copied by TMA — lanes of warp 0 each issue one `cp.async.bulk.tensor.3d` box
+/// (64 columns x 1 kv head x `min(P, 64)` rows of one page, through the tensor maps
+/// `TmaK` / `TmaV` of the cache viewed as `{D, Hkv, pages x P}`, 128-byte swizzle)
+/// completing on the stage's mbarrier, which every thread waits on before reading the
+/// tile; the K/V tiles are then 64-column slabs ([`SmemTile::slab`]). A partial tile
+/// (the split's last) keeps the checked `cp.async` copy (rows past the end zero-filled:
+/// TMA would read the page's stale rows). Contiguous layout, other archs: ignored.
+pub const COPY_TMA: u8 = 128;
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u8 = COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE;
+pub const COPY_BITS: u8 =
+    COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE | COPY_TMA;
+
+/// Whether [`COPY_TMA`] applies to `opts` (paged, sm_90).
+pub fn tma_copy(opts: &DecodeOptions) -> bool {
+    opts.paged && opts.copy & COPY_TMA != 0 && opts.arch == super::Arch::Sm90
+}
 
 /// Checks the options this kernel takes: rows 16, 32 or 64, D 64 or 128.
 pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
@@ -136,12 +152,8 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
             opts.d
         )));
     }
-    if opts.copy & !COPY_BITS != 0 {
-        return Err(LlvmError::Unsupported(format!(
-            "tensor-core decode kernel with copy bits {:#x}",
-            opts.copy
-        )));
-    }
+    // (every bit of the u8 `copy` is a COPY_* bit since COPY_TMA: no value to refuse)
+    const _: () = assert!(COPY_BITS == u8::MAX);
     if !MMA_ROWS.contains(&opts.rows) {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with {} rows per CTA: needs 16, 32 or 64",
@@ -166,8 +178,19 @@ fn merge_bytes(d: u32) -> u32 {
     WARPS * 16 * (d + 2) * 4
 }
 
-/// Dynamic shared memory: the Q tile, then the ring (the merge area reuses it).
+/// Dynamic shared memory: the Q tile, then the ring (the merge area reuses it); with
+/// [`COPY_TMA`] one mbarrier per stage after them.
 pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
+    ring_end(opts)
+        + if tma_copy(opts) {
+            8 * stages(opts.d)
+        } else {
+            0
+        }
+}
+
+/// The end of the Q tile and the ring (or the merge area): [`COPY_TMA`]'s mbarriers.
+fn ring_end(opts: &DecodeOptions) -> u32 {
     opts.rows * opts.d * 2 + (stages(opts.d) * stage_bytes(opts.d)).max(merge_bytes(opts.d))
 }
 
@@ -191,6 +214,9 @@ pub(crate) fn spec(
     let mut params = decode_params(p);
     if fused {
         params.extend([DecodeParam::O, DecodeParam::Lse, DecodeParam::DecodeSem]);
+    }
+    if tma_copy(&d) {
+        params.extend([DecodeParam::TmaK, DecodeParam::TmaV]);
     }
     let entry = format!(
         "attnc_decode_mma{}_{}",
@@ -519,12 +545,18 @@ pub(super) fn build<'ctx>(
     let page_base = opts.paged
         && opts.copy & COPY_PAGE_BASE != 0
         && THREADS / (d / 8 / CHUNKS_PER_THREAD) <= crate::decode::MIN_PAGE as u32;
+    // COPY_TMA: full tiles by TMA boxes of one page's rows (tiles on multiples of 64)
+    let tma = tma_copy(opts);
     let (k0, k1) = split_keys_from(
         g,
         &a,
         b,
         split,
-        if page_pass || page_base { KV_TILE } else { 1 },
+        if page_pass || page_base || tma {
+            KV_TILE
+        } else {
+            1
+        },
     )?;
     let scale = a.get(P::Scale)?.into_float_value();
 
@@ -541,7 +573,8 @@ pub(super) fn build<'ctx>(
         offset: qt.bytes(),
         rows: KV_TILE,
         cols: d,
-        slab: false,
+        // COPY_TMA: the 128-byte-swizzled 64-column slabs a TMA box fills
+        slab: tma,
     };
     let vt = SmemTile {
         offset: kt.offset + kt.bytes(),
@@ -766,6 +799,63 @@ pub(super) fn build<'ctx>(
         }
         Ok(())
     };
+    // COPY_TMA: stage s's mbarrier (a shared-window address)
+    let bars0 = ring_end(opts) as i64;
+    let bar = |buf: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.smem_addr32(g.add(g.mul(buf, g.c32(8))?, g.c32(bars0))?)
+    };
+    let full_tile = |key0: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.icmp(IntPredicate::SLE, g.add(key0, g.c32(KV_TILE as i64))?, k1)
+    };
+    // COPY_TMA: a full tile's boxes, one per lane of warp 0: lane l copies tensor l % 2
+    // (K, V), slab (l / 2) % slabs, box l / (2 slabs) of the tile's 64 / R boxes of R =
+    // min(P, 64) rows (each in one page: the tile starts on a multiple of 64, see
+    // `Pages::byte_pass`), from row `id P + slot` of the cache's `{D, Hkv, pages P}`
+    let slabs = d / 64;
+    let tma_tile = |key0: IntValue<'ctx>, buf: IntValue<'ctx>, ids: IntValue<'ctx>| -> R<()> {
+        let pg = pages
+            .as_ref()
+            .ok_or(super::LlvmError::Internal("COPY_TMA without pages"))?;
+        let bar = bar(buf)?;
+        // R = min(P, 64) rows per box: log2 R = min(shift, 6)
+        let lr = g.iintr2("llvm.umin.i32", pg.shift, g.c32(6))?;
+        let which = g.and(lane, g.c32(1))?;
+        let slab = g.and(g.lshr(lane, g.c32(1))?, g.c32(slabs as i64 - 1))?;
+        let bx = g.lshr(lane, g.c32(1 + slabs.trailing_zeros() as i64))?;
+        let off = g.shl(bx, lr)?; // the box's first row in the tile
+        let id = g.shfl_idx_i32(ids, g.and(g.lshr(off, pg.shift)?, g.c32(31))?)?;
+        let slot = g.and(g.add(key0, off)?, pg.in_page)?;
+        let row = g.add(g.shl(id, pg.shift)?, slot)?;
+        let nbox = g.lshr(g.c32(KV_TILE as i64), lr)?;
+        let active = g.icmp(
+            IntPredicate::ULT,
+            lane,
+            g.mul(nbox, g.c32(2 * slabs as i64))?,
+        )?;
+        g.if_then(g.icmp(IntPredicate::EQ, lane, zero)?, || {
+            g.mbar_arrive_expect_tx(bar, 2 * KV_TILE * d * 2)
+        })?;
+        g.if_then(active, || {
+            let stage_off = g.add(g.mul(buf, g.c32(stage))?, g.c32(kt.offset as i64))?;
+            // the box lands at row `off` of its slab: slab x 64 rows x 128 + off x 128
+            let dst = g.add(
+                stage_off,
+                g.add(
+                    g.mul(which, g.c32((vt.offset - kt.offset) as i64))?,
+                    g.add(
+                        g.mul(slab, g.c32((KV_TILE * 128) as i64))?,
+                        g.mul(off, g.c32(128))?,
+                    )?,
+                )?,
+            )?;
+            let dst = g.smem_addr32(dst)?;
+            let col = g.mul(slab, g.c32(64))?;
+            let (mk, mv) = (a.ptr(P::TmaK)?, a.ptr(P::TmaV)?);
+            let is_v = g.icmp(IntPredicate::NE, which, zero)?;
+            let map = g.b.build_select(is_v, mv, mk, "")?.into_pointer_value();
+            g.tma_load_3d(dst, map, [col, hk, row], bar)
+        })
+    };
     let issue = |t: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         let key0 = tile_key0(t)?;
         let extra = g.mul(buf, g.c32(stage))?;
@@ -774,6 +864,23 @@ pub(super) fn build<'ctx>(
             (Some(pg), None) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
             _ => None,
         };
+        if tma {
+            // COPY_TMA: a full tile by warp 0's boxes, a partial one (the split's last)
+            // by every thread's checked copy
+            let ids0 = ids.map(|x| x.0).unwrap_or(zero);
+            let (fb, pb, cont) = (g.block("tma"), g.block("part"), g.block("copied"));
+            g.cond_br(full_tile(key0)?, fb, pb)?;
+            g.b.position_at_end(fb);
+            g.if_then(g.icmp(IntPredicate::EQ, warp, zero)?, || {
+                tma_tile(key0, buf, ids0)
+            })?;
+            g.br(cont)?;
+            g.b.position_at_end(pb);
+            copy_tile(key0, extra, ids, true)?;
+            g.br(cont)?;
+            g.b.position_at_end(cont);
+            return Ok(());
+        }
         if unchecked_full {
             // COPY_FULL: a tile whose 64 keys are all below k1 takes the copy without
             // per-row checks
@@ -812,6 +919,17 @@ pub(super) fn build<'ctx>(
             None => Ok(()),
         }
     };
+    if tma {
+        // COPY_TMA: one mbarrier per stage (one arrival: warp 0's lane 0 with the bytes),
+        // visible to the async proxy and every thread before the first copy and wait
+        g.if_then(g.icmp(IntPredicate::EQ, tid, zero)?, || {
+            for s in 0..nstages {
+                g.mbar_init(bar(g.c32(s as i64))?, 1)?;
+            }
+            g.fence_mbar_init()
+        })?;
+        g.barrier()?;
+    }
     fetch(zero)?;
     for s in 0..nstages - 1 {
         let sv = g.c32(s as i64);
@@ -840,7 +958,9 @@ pub(super) fn build<'ctx>(
             x1,
         )
     };
-    let slice_bytes = g.mul(si, g.c32(sw as i64 * row_bytes))?;
+    // a warp's key slice: `sw` rows into the tile (into each slab with COPY_TMA)
+    let slice_row_bytes = if tma { 128 } else { row_bytes };
+    let slice_bytes = g.mul(si, g.c32(sw as i64 * slice_row_bytes))?;
     g.for_range(zero, ntiles, g.c32(1), |it| {
         // tile `it` has landed (its group and every older one); every warp is done
         // with tile it - 1, whose buffer the next copy refills
@@ -855,6 +975,15 @@ pub(super) fn build<'ctx>(
         g.set(&next, wrap(nbuf)?)?;
 
         let buf = g.geti(&cur)?;
+        if tma {
+            // COPY_TMA: a full tile's boxes have landed (phase it / stages of its
+            // buffer's barrier: only a split's last tile is copied otherwise)
+            let key0 = tile_key0(it)?;
+            g.if_then(full_tile(key0)?, || {
+                let ph = g.and(g.udiv(it, g.c32(nstages as i64))?, g.c32(1))?;
+                g.mbar_wait(bar(buf)?, ph)
+            })?;
+        }
         let at = g.add(g.mul(buf, g.c32(stage))?, slice_bytes)?;
         let s = qk(g, &cfg, &cx, Some(&qfrag), at)?;
         let key0 = g.add(
@@ -1293,8 +1422,9 @@ mod tests {
                         COPY_EARLY,
                         COPY_L2_256 | COPY_EARLY,
                         // (COPY_DIRECT is the fused kind's: `mma_decode_direct`;
-                        // COPY_PAGE_BASE after session 12's variants, below)
-                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE,
+                        // COPY_PAGE_BASE after session 12's variants, below; COPY_TMA:
+                        // `mma_decode_tma`)
+                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE & !COPY_TMA,
                         COPY_PAGE_BASE,
                         COPY_PAGE_BASE | COPY_EARLY,
                         COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE,
@@ -1477,6 +1607,115 @@ mod tests {
         }
     }
 
+    /// [`COPY_TMA`]: paged on sm_90, full tiles by `cp.async.bulk.tensor.3d` boxes (lanes
+    /// of warp 0) through the `TmaK` / `TmaV` maps (grid-constant 128-byte parameters)
+    /// with a wait on the stage's mbarrier, partial tiles by the checked `cp.async`;
+    /// more shared memory by one mbarrier per stage; the contiguous layout ignores the bit
+    /// (byte-identical PTX). Plain, merging-fused and one-split kinds, with the other
+    /// bits the runtime combines it with. `ATTNC_DECODE_PTX_DIR` (files `tma_*`) /
+    /// `ATTNC_PTXAS` as in [`mma_decode_copy_variants`].
+    #[test]
+    fn mma_decode_tma() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let check = |key: &str, ptx: &str| {
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                let f = format!("{dir}/tma_{}.ptx", key.replace([':', ' '], "_"));
+                std::fs::write(f, ptx).unwrap();
+            }
+            if let Some(ptxas) = &ptxas {
+                let f = std::env::temp_dir().join(format!(
+                    "attnc_tma_{}_{}.ptx",
+                    std::process::id(),
+                    key.replace([':', ' '], "_")
+                ));
+                std::fs::write(&f, ptx).unwrap();
+                let out = std::process::Command::new(ptxas)
+                    .args(["-arch=sm_90a", "-o", "/dev/null"])
+                    .arg(&f)
+                    .output()
+                    .unwrap();
+                let _ = std::fs::remove_file(&f);
+                assert!(
+                    out.status.success(),
+                    "{key}: ptxas: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        for ex in ["dense", "causal", "sliding_window"] {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+            let p = &crate::compile_source(&src).unwrap().programs[0];
+            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
+                for paged in [false, true] {
+                    for copy in [
+                        COPY_TMA,
+                        COPY_TMA | COPY_EARLY,
+                        COPY_TMA | COPY_EARLY | COPY_DIRECT,
+                        COPY_TMA | COPY_FULL | COPY_SMEM32 | COPY_EARLY,
+                    ] {
+                        let o = DecodeOptions {
+                            arch: Arch::Sm90,
+                            d,
+                            input: InputType::Bf16,
+                            rows,
+                            paged,
+                            copy,
+                        };
+                        let key = format!("{} {}", p.name, o.key());
+                        let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
+                        let fused = emit_decode_mma_fused(p, &o).unwrap();
+                        let without = DecodeOptions {
+                            copy: copy & !COPY_TMA,
+                            ..o
+                        };
+                        assert_eq!(
+                            smem_bytes(&o),
+                            smem_bytes(&without) + if paged { 8 * stages(d) } else { 0 },
+                            "{key}"
+                        );
+                        if !paged {
+                            assert_eq!(
+                                plain,
+                                emit_decode_mma(p, &without).unwrap().decode_ptx,
+                                "{key}: the contiguous kernel took COPY_TMA"
+                            );
+                            continue;
+                        }
+                        for (kind, ptx) in [("plain", &plain), ("fused", &fused)] {
+                            let key = format!("{key} {kind}");
+                            let count = |w: &str| ptx.matches(w).count();
+                            // one issuing site per tile issue: the prologue's stages - 1
+                            // (unrolled) and the loop's
+                            assert_eq!(
+                                count("cp.async.bulk.tensor.3d.shared::cluster.global"),
+                                stages(d) as usize,
+                                "{key}"
+                            );
+                            assert!(count("mbarrier.try_wait.parity") >= 1, "{key}");
+                            assert_eq!(count("mbarrier.init.shared::cta.b64"), stages(d) as usize);
+                            assert_eq!(count(".param .align 64 .b8"), 2, "{key}: two maps");
+                            // the partial tile's checked copy is still there
+                            assert!(count("cp.async.cg.shared.global") > 0, "{key}");
+                            if copy & COPY_EARLY != 0
+                                && (kind == "plain" || copy & COPY_DIRECT != 0)
+                            {
+                                let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+                                let at =
+                                    |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+                                assert!(
+                                    at("griddepcontrol.wait") > at("cp.async.bulk.tensor"),
+                                    "{key}: the prologue's boxes before the wait"
+                                );
+                            }
+                            check(&key, ptx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The one-split kernel ([`COPY_DIRECT`] on the fused kind): generates for every
     /// example's rows / D / layout, with and without [`COPY_EARLY`]; writes O (16-bit)
     /// and LSE itself: no partials' stores of f32 O, no count (`atom`), one
@@ -1495,7 +1734,7 @@ mod tests {
                     for copy in [
                         COPY_DIRECT,
                         COPY_DIRECT | COPY_EARLY,
-                        COPY_BITS & !COPY_PAGE_BASE,
+                        COPY_BITS & !COPY_PAGE_BASE & !COPY_TMA,
                     ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
