@@ -15,6 +15,10 @@ ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --dec
 # (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
 echo "=== decode Lq16 copies, 7 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=ef,abcef,abefg timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
+# (session 13: issue 12's causal and sliding 4096 next to dense; causal at Lq 1 is dense at logical positions; anchors: c.sh's decode_bench_torch.py --masks)
+echo "=== decode causal (Lq 4, 16) and sliding 4096 (every shape), 3 rotated rounds"
+ATTNC_DECODE_BENCH_ROUNDS=3 timeout 60 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
+ATTNC_DECODE_BENCH_ROUNDS=3 timeout 120 $B/attnc bench examples/sliding_window.attn --param window=4096 --decode --backend cuda --dtype bf16 --d 128 --iters 20 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 # (session 12: fwd's cross_tile (h) and early_claim (f), off by default, timed once beside the default candidate)
 echo "=== cross_tile"
