@@ -13,16 +13,18 @@ echo "=== decode bench"
 # (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 # (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
-echo "=== decode Lq16 copies, 7 rotated rounds"
-ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=ef,abcef,abefg timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
+echo "=== decode Lq16, 7 rotated rounds (session 13: the default copy only; LQ16_COPIES=ef,abcef,abefg,efh for the variants)"
+ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-ef} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
 # (session 13: issue 12's causal and sliding 4096 next to dense; causal at Lq 1 is dense at logical positions; anchors: c.sh's decode_bench_torch.py --masks)
 echo "=== decode causal (Lq 4, 16) and sliding 4096 (every shape), 3 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 60 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 120 $B/attnc bench examples/sliding_window.attn --param window=4096 --decode --backend cuda --dtype bf16 --d 128 --iters 20 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
-# (session 12: fwd's cross_tile (h) and early_claim (f), off by default, timed once beside the default candidate)
+# (session 12 timed fwd's cross_tile/early_claim here (off, slower); session 13 leaves it out: CROSS=1 runs it)
+if [ "${CROSS:-0}" = 1 ]; then
 echo "=== cross_tile"
 ATTNC_BENCH_NO_DEFAULTS=1 ATTNC_BENCH_DIMS=128 ATTNC_BENCH_VARIANTS=doc_causal,causal ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=128x128xtgyemd,128x128xtgyemdh,128x128xtgyemdhf timeout 60 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+fi
 echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
 # (sliding_window: the anchors' window of 1024 keys, `q - kv <= 1023`; without --param the synthesized window is Lq/4)
 for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"; [ "$f" = sliding_window ] && a="--param window=1023"
