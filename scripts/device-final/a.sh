@@ -8,9 +8,10 @@ T=${T:-170}; t0=$(date +%s)
 run() { local name=$1; shift; ( "$@" > /tmp/fo/$name.log 2>&1; echo "rc=$?" >> /tmp/fo/$name.log ) & }
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-final ATTNC_EXAMPLES=$PWD/examples
 for b in $B/*; do n=$(basename $b); case $n in
-  # gpu takes ~215 s on each path since session 7 (the dynamic schedule doubled the persistent test);
+  # gpu takes ~215 s on each path since session 7 (the dynamic schedule doubled the persistent test); session 13: the ws path
+  # was cut at 270 s (3 JIT tests not reached) and gpu_decode at 270 s (copy variants x3 bindings): both get T + 170
   # session 10's warp-specialized path was cut at 240 s beside the others (4 of 21 tests not reached)
-  gpu) TG=$((T + 120)); ATTNC_GPU_MMA=sync run gpu_sync timeout $TG $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $TG $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $TG $b;;
+  gpu) TG=$((T + 170)); ATTNC_GPU_MMA=sync run gpu_sync timeout $TG $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $TG $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $TG $b;;
   gpu_random) ATTNC_CASES=${CASES:-15} run gpu_random timeout $T $b;;
   # gpu_backward: 12 tests since session 11; cut at 140 s beside the others after 9 (the other 3 took 5 s alone)
   gpu_backward) run gpu_backward timeout $((T + 60)) $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $((T + 60)) $b
@@ -18,7 +19,7 @@ for b in $B/*; do n=$(basename $b); case $n in
     ATTNC_BWD_TEST_CFG=wg64x128o run racecheck_bwd_ordered timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_backward_fused_sanitize;;
   # gpu_decode: 13 tests since session 10 (the chunked prefill ones); cut at 220 s beside the
   # others in session 10's check after 5 (the other 8 took 51 s alone)
-  gpu_decode) run $n timeout $((T + 120)) $b
+  gpu_decode) run $n timeout $((T + 170)) $b
     # (session 11: the decode kernel reads its prologue before griddepcontrol.wait by default: memcheck and racecheck it)
     run memcheck_decode timeout $T compute-sanitizer --tool memcheck --print-limit 5 $b --exact gpu_decode_sanitize
     run racecheck_decode timeout $T compute-sanitizer --tool racecheck --print-limit 5 $b --exact gpu_decode_sanitize
