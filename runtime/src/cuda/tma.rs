@@ -38,35 +38,13 @@ fn encode_paged(
         // an empty cache: no tile is ever copied (the driver refuses a zero extent)
         return Ok(TensorMap([0; 16]));
     }
-    let dims = [d, hkv, rows];
-    let strides = [d * 2, hkv * d * 2];
-    let boxes = [64u32, 1, box_rows];
-    let elem = [1u32, 1, 1];
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: every pointer argument points at a live local of the rank (3) the call is
-    // told; `ptr` is only recorded in the map (the kernel reads through it).
-    let r = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
-            3,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            elem.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(CudaError::Driver(format!(
-            "cuTensorMapEncodeTiled ({r:?}) for a paged cache of {rows} positions x {hkv} heads x {d} at {ptr:#x} (TMA needs a 16-byte-aligned base)"
-        )));
-    }
-    Ok(TensorMap(map.opaque))
+    encode_3d(
+        ptr,
+        [d, hkv, rows],
+        [d * 2, hkv * d * 2],
+        [64, 1, box_rows],
+        || format!("a paged cache of {rows} positions x {hkv} heads x {d}"),
+    )
 }
 
 /// [`with_tensor_maps`] of the paged decode kernel: `TmaK` / `TmaV` from the K / V
@@ -118,9 +96,25 @@ fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<Ten
         // refuses a zero extent, so the map stays zero
         return Ok(TensorMap([0; 16]));
     }
-    let dims = [d, rows, slices];
-    let strides = [d * 2, rows * d * 2];
-    let boxes = [64u32, box_rows, 1];
+    encode_3d(
+        ptr,
+        [d, rows, slices],
+        [d * 2, rows * d * 2],
+        [64, box_rows, 1],
+        || format!("a [{slices}, {rows}, {d}] tensor"),
+    )
+}
+
+/// The rank-3 tiled map of 16-bit elements at `ptr` (128-byte swizzle, 256-byte L2
+/// promotion, no interleave, no fill): extents `dims` (innermost first), byte strides of
+/// the outer two dimensions, box extents `boxes`; `what` names the tensor in the error.
+fn encode_3d(
+    ptr: u64,
+    dims: [u64; 3],
+    strides: [u64; 2],
+    boxes: [u32; 3],
+    what: impl FnOnce() -> String,
+) -> Result<TensorMap, CudaError> {
     let elem = [1u32, 1, 1];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
     // SAFETY: every pointer argument points at a live local of the rank (3) the call is
@@ -143,7 +137,8 @@ fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<Ten
     };
     if r != sys::CUresult::CUDA_SUCCESS {
         return Err(CudaError::Driver(format!(
-            "cuTensorMapEncodeTiled ({r:?}) for a [{slices}, {rows}, {d}] tensor at {ptr:#x} (TMA needs a 16-byte-aligned base)"
+            "cuTensorMapEncodeTiled ({r:?}) for {} at {ptr:#x} (TMA needs a 16-byte-aligned base)",
+            what()
         )));
     }
     Ok(TensorMap(map.opaque))
