@@ -1330,6 +1330,28 @@ mod tests {
     use super::super::{Arch, InputType};
     use super::*;
 
+    /// Asserts that `ptxas` (sm_90a) assembles `ptx`, written to a temporary file named
+    /// after `tag` and `key` and removed afterwards.
+    fn ptxas_accepts(ptxas: &str, tag: &str, key: &str, ptx: &str) {
+        let f = std::env::temp_dir().join(format!(
+            "attnc_{tag}_{}_{}.ptx",
+            std::process::id(),
+            key.replace([':', ' '], "_")
+        ));
+        std::fs::write(&f, ptx).unwrap();
+        let out = std::process::Command::new(ptxas)
+            .args(["-arch=sm_90a", "-o", "/dev/null"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&f);
+        assert!(
+            out.status.success(),
+            "{key}: ptxas: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Every example, both layouts, every m-tile count, both head dims and input types;
     /// with `ATTNC_DECODE_PTX_DIR` set the PTX goes there (for `ptxas -v`).
     #[test]
@@ -1503,23 +1525,7 @@ mod tests {
                     .unwrap();
             }
             if let Some(ptxas) = &ptxas {
-                let f = std::env::temp_dir().join(format!(
-                    "attnc_copy_{}_{}.ptx",
-                    std::process::id(),
-                    key.replace([':', ' '], "_")
-                ));
-                std::fs::write(&f, &ptx).unwrap();
-                let out = std::process::Command::new(ptxas)
-                    .args(["-arch=sm_90a", "-o", "/dev/null"])
-                    .arg(&f)
-                    .output()
-                    .unwrap();
-                let _ = std::fs::remove_file(&f);
-                assert!(
-                    out.status.success(),
-                    "{key}: ptxas: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                ptxas_accepts(ptxas, "copy", &key, &ptx);
             }
             // a 32-bit register (`%rN`, not `%rdN`) as a copy's destination (also the
             // L2_256 copies': inline assembly)
@@ -1623,23 +1629,7 @@ mod tests {
                 std::fs::write(f, ptx).unwrap();
             }
             if let Some(ptxas) = &ptxas {
-                let f = std::env::temp_dir().join(format!(
-                    "attnc_tma_{}_{}.ptx",
-                    std::process::id(),
-                    key.replace([':', ' '], "_")
-                ));
-                std::fs::write(&f, ptx).unwrap();
-                let out = std::process::Command::new(ptxas)
-                    .args(["-arch=sm_90a", "-o", "/dev/null"])
-                    .arg(&f)
-                    .output()
-                    .unwrap();
-                let _ = std::fs::remove_file(&f);
-                assert!(
-                    out.status.success(),
-                    "{key}: ptxas: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                ptxas_accepts(ptxas, "tma", key, ptx);
             }
         };
         for ex in ["dense", "causal", "sliding_window"] {
@@ -1761,23 +1751,7 @@ mod tests {
                             std::fs::write(f, &ptx).unwrap();
                         }
                         if let Some(ptxas) = &ptxas {
-                            let f = std::env::temp_dir().join(format!(
-                                "attnc_direct_{}_{}.ptx",
-                                std::process::id(),
-                                key.replace([':', ' '], "_")
-                            ));
-                            std::fs::write(&f, &ptx).unwrap();
-                            let out = std::process::Command::new(ptxas)
-                                .args(["-arch=sm_90a", "-o", "/dev/null"])
-                                .arg(&f)
-                                .output()
-                                .unwrap();
-                            let _ = std::fs::remove_file(&f);
-                            assert!(
-                                out.status.success(),
-                                "{key}: ptxas: {}",
-                                String::from_utf8_lossy(&out.stderr)
-                            );
+                            ptxas_accepts(ptxas, "direct", &key, &ptx);
                         }
                         let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
                         let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
