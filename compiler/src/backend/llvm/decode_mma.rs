@@ -131,7 +131,7 @@ pub const COPY_PAGE_BASE: u8 = 64;
 /// (64 columns x 1 kv head x `min(P, 64)` rows of one page, through the tensor maps
 /// `TmaK` / `TmaV` of the cache viewed as `{D, Hkv, pages x P}`, 128-byte swizzle)
 /// completing on the stage's mbarrier, which every thread waits on before reading the
-/// tile; the K/V tiles are then 64-column slabs ([`SmemTile::slab`]). A partial tile
+/// tile; the K/V tiles are then 64-column slabs (`SmemTile::slab`). A partial tile
 /// (the split's last) keeps the checked `cp.async` copy (rows past the end zero-filled:
 /// TMA would read the page's stale rows). Contiguous layout, other archs: ignored.
 pub const COPY_TMA: u8 = 128;
