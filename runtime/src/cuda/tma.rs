@@ -47,23 +47,44 @@ fn encode_paged(
     )
 }
 
+/// The launch values a map is made from, with the error naming what is missing.
+struct MapArgs<'a> {
+    args: &'a LaunchArgs,
+    spec: &'a KernelSpec,
+}
+
+impl MapArgs<'_> {
+    fn missing(&self, what: &str) -> CudaError {
+        CudaError::Mismatch(format!(
+            "kernel {}: its tensor maps need {what}",
+            self.spec.entry
+        ))
+    }
+
+    /// The pointer value of `p`.
+    fn ptr(&self, p: KernelParam) -> Result<u64, CudaError> {
+        match self.args.value(p) {
+            Some(Arg::Ptr(x)) => Ok(x),
+            _ => Err(self.missing(&format!("{p:?}"))),
+        }
+    }
+
+    /// The non-negative i32 value of `p`.
+    fn int(&self, p: KernelParam) -> Result<u64, CudaError> {
+        match self.args.value(p) {
+            Some(Arg::I32(x)) if x >= 0 => Ok(x as u64),
+            _ => Err(self.missing(&format!("{p:?}"))),
+        }
+    }
+}
+
 /// [`with_tensor_maps`] of the paged decode kernel: `TmaK` / `TmaV` from the K / V
 /// cache pointers, `NumPages`, `PageShift` and `Hkv`.
 fn with_decode_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
-    let missing = |what: &str| {
-        CudaError::Mismatch(format!(
-            "kernel {}: its tensor maps need {what}",
-            spec.entry
-        ))
-    };
-    let ptr = |p: KernelParam| match args.value(p) {
-        Some(Arg::Ptr(x)) => Ok(x),
-        _ => Err(missing(&format!("{p:?}"))),
-    };
-    let int = |p: KernelParam| match args.value(p) {
-        Some(Arg::I32(x)) if x >= 0 => Ok(x as u64),
-        _ => Err(missing(&format!("{p:?}"))),
-    };
+    let a = MapArgs { args, spec };
+    let missing = |what: &str| a.missing(what);
+    let ptr = |p: KernelParam| a.ptr(p);
+    let int = |p: KernelParam| a.int(p);
     let (pages, shift, hkv) = (
         int(KernelParam::NumPages)?,
         int(KernelParam::PageShift)?,
@@ -153,20 +174,10 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     ) {
         return with_decode_maps(args, spec);
     }
-    let missing = |what: &str| {
-        CudaError::Mismatch(format!(
-            "kernel {}: its tensor maps need {what}",
-            spec.entry
-        ))
-    };
-    let ptr = |p: KernelParam| match args.value(p) {
-        Some(Arg::Ptr(x)) => Ok(x),
-        _ => Err(missing(&format!("{p:?}"))),
-    };
-    let int = |p: KernelParam| match args.value(p) {
-        Some(Arg::I32(x)) if x >= 0 => Ok(x as u64),
-        _ => Err(missing(&format!("{p:?}"))),
-    };
+    let a = MapArgs { args, spec };
+    let missing = |what: &str| a.missing(what);
+    let ptr = |p: KernelParam| a.ptr(p);
+    let int = |p: KernelParam| a.int(p);
     let b = args
         .extent_of(GridDim::Batches)
         .ok_or_else(|| missing("the batch extent"))? as u64;
