@@ -12,7 +12,7 @@
 //! capacity (a negative one as 0) and a page id outside the cache is clamped into it
 //! (the host path reports both in checked mode), never read out of bounds.
 
-use super::{Buf, DeviceTensor, check_bufs, device_bindings, tensor_bufs};
+use super::{Buf, DeviceTensor, device_bindings, tensor_bufs};
 use crate::api::{Bound, ParamValue};
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
@@ -193,15 +193,7 @@ impl Bound {
             (CacheLayout::Contiguous { .. }, None) => {}
         }
         all.extend(tensor_bufs(tensors));
-        check_bufs(&all)?;
-        let live: Vec<(&str, u64)> = all
-            .iter()
-            .filter(|b| b.len > 0)
-            .map(|b| (b.name, b.ptr))
-            .collect();
-        let ordinal = self.options().device;
-        let capture = crate::exec::cuda::caller::check_device_pointers(ordinal, stream, &live)
-            .map_err(|e| self.variant().render(e))?;
+        let capture = self.check_call_buffers(&all, stream)?;
         let skip = self
             .plan()
             .skip_bounds(&logical, &bindings)
