@@ -24,9 +24,11 @@ use crate::ir::Program;
 use crate::reference::raw_and_kept;
 use crate::shape::Shape;
 
-/// Gradients of one backward call.
+/// Gradients of one backward call, of the oracle and of the CPU backend
+/// (`backend::cranelift::backward::Gradients`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grads {
+    /// dQ, dK, dV: f32 in the layouts of Q, K and V.
     pub dq: Vec<f32>,
     pub dk: Vec<f32>,
     pub dv: Vec<f32>,

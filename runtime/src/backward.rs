@@ -150,15 +150,6 @@ impl Bound {
                 scale,
                 &bindings,
             )
-            .map(
-                |g| attnc_compiler::backend::cranelift::backward::Gradients {
-                    dq: g.dq,
-                    dk: g.dk,
-                    dv: g.dv,
-                    tensors: g.tensors,
-                    params: g.params,
-                },
-            )
             .map_err(|e| crate::api::out_of_bounds(&variant, &e))?,
             crate::api::Backend::Cpu => {
                 let cpu_err = |e: attnc_compiler::backend::cranelift::CpuError| Error::Backend {

@@ -64,18 +64,9 @@ use std::sync::{Mutex, MutexGuard};
 type ElemFn =
     unsafe extern "C" fn(*const ElemCtx, *mut ElemTile, i64, i64, i64, i64, i64, i64, i64);
 
-/// The gradients of one backward call (layouts of Q, K, V; captures row-major).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Gradients {
-    pub dq: Vec<f32>,
-    pub dk: Vec<f32>,
-    pub dv: Vec<f32>,
-    /// Per `Program::tensors` entry: the gradient of a float tensor, `None` for an
-    /// integer one.
-    pub tensors: Vec<Option<Vec<f32>>>,
-    /// Per `Program::params` entry: the gradient of an f32 param, `None` otherwise.
-    pub params: Vec<Option<f32>>,
-}
+/// The gradients of one backward call: the oracle's type, so that the kernel's result
+/// and the reference's compare as they are.
+pub use crate::reference_grad::Grads as Gradients;
 
 /// The gradients of the captures and params of one [`CpuBackward::run_into`] call
 /// (as in [`Gradients`]).
