@@ -72,6 +72,19 @@ use crate::ir::Program;
 use inkwell::values::IntValue;
 use inkwell::{FloatPredicate, IntPredicate};
 
+/// `softmax::online_softmax` or `online_softmax_exp` (same arguments, P packed or not).
+type OnlineSoftmax<'ctx, T> = fn(
+    &Gpu<'ctx>,
+    &Cfg,
+    &Ctx<'ctx>,
+    &AccTile<'ctx>,
+    &RowState<'ctx>,
+    &RowState<'ctx>,
+    &AccTile<'ctx>,
+    Option<&RowState<'ctx>>,
+    &mut dyn FnMut() -> R<()>,
+) -> R<T>;
+
 /// Registers per thread of the producer warpgroup and of each consumer warpgroup after
 /// `setmaxnreg`, by the number of consumer warpgroups: two, 128 x 40 + 256 x 232 = 64512
 /// of the SM's 65536 (at entry ptxas caps 384 threads at 168); three (`q_block` 192, D
@@ -926,6 +939,22 @@ impl<'ctx> Consumer<'_, 'ctx> {
         g.bar_arrive_reg(g.add(next, g.c32(BAR_TURN0 as i64))?, 256)
     }
 
+    /// Score and mask of S (the wgmma accumulators `s`) for the block at `pos`, then
+    /// `online` (one of the softmax module's two entry points) on this warpgroup's m, l
+    /// and O, with the rescale factors of O going to `alpha`.
+    fn scored_softmax<T>(
+        &self,
+        s: &[inkwell::values::FloatValue<'ctx>],
+        pos: &KvPos<'ctx>,
+        online: OnlineSoftmax<'ctx, T>,
+    ) -> R<T> {
+        let (g, c, cx) = (self.g, self.c, self.cx);
+        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
+        let (m, l, o) = (&self.m, &self.l, &self.o);
+        online(g, c, cx, &t, m, l, o, Some(&self.alpha), &mut || Ok(()))
+    }
+
     /// Score, mask and online softmax of S for the block at `pos`; P goes to `p_prev`
     /// and the rescale factors of O to `alpha`. Returns whether some row's max moved.
     fn softmax(
@@ -933,21 +962,8 @@ impl<'ctx> Consumer<'_, 'ctx> {
         s: &[inkwell::values::FloatValue<'ctx>],
         pos: &KvPos<'ctx>,
     ) -> R<IntValue<'ctx>> {
-        let (g, c, cx) = (self.g, self.c, self.cx);
-        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
-        let (pfrag, any) = online_softmax(
-            g,
-            c,
-            cx,
-            &t,
-            &self.m,
-            &self.l,
-            &self.o,
-            Some(&self.alpha),
-            &mut || Ok(()),
-        )?;
-        self.p_prev.store(g, &pfrag[0])?;
+        let (pfrag, any) = self.scored_softmax(s, pos, online_softmax)?;
+        self.p_prev.store(self.g, &pfrag[0])?;
         Ok(any)
     }
 
@@ -962,20 +978,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
         Vec<Vec<[inkwell::values::FloatValue<'ctx>; 4]>>,
         IntValue<'ctx>,
     )> {
-        let (g, c, cx) = (self.g, self.c, self.cx);
-        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
-        online_softmax_exp(
-            g,
-            c,
-            cx,
-            &t,
-            &self.m,
-            &self.l,
-            &self.o,
-            Some(&self.alpha),
-            &mut || Ok(()),
-        )
+        self.scored_softmax(s, pos, online_softmax_exp)
     }
 
     fn kbuf(&self, s: IntValue<'ctx>) -> R<IntValue<'ctx>> {
