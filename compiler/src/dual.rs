@@ -162,13 +162,7 @@ pub fn eval_dual(
                 if *a == Arg::S {
                     t[0] = 1.0;
                 }
-                match a {
-                    Arg::S => Scalar::F32(args.s),
-                    Arg::B => Scalar::I32(args.b),
-                    Arg::H => Scalar::I32(args.h),
-                    Arg::Q => Scalar::I32(args.q),
-                    Arg::Kv => Scalar::I32(args.kv),
-                }
+                args.get(*a)
             }
             Inst::ConstBool(b) => Scalar::Bool(*b),
             Inst::ConstI32(c) => Scalar::I32(*c),

@@ -69,6 +69,19 @@ pub struct Args {
     pub kv: i32,
 }
 
+impl Args {
+    /// The value of argument `a`.
+    pub fn get(&self, a: Arg) -> Scalar {
+        match a {
+            Arg::S => Scalar::F32(self.s),
+            Arg::B => Scalar::I32(self.b),
+            Arg::H => Scalar::I32(self.h),
+            Arg::Q => Scalar::I32(self.q),
+            Arg::Kv => Scalar::I32(self.kv),
+        }
+    }
+}
+
 /// Evaluates `f` once. `scratch` is reused between calls to avoid allocation.
 pub fn eval(
     f: &Function,
@@ -81,13 +94,7 @@ pub fn eval(
     scratch.reserve(f.insts.len());
     for (i, inst) in f.insts.iter().enumerate() {
         let val = match inst {
-            Inst::Arg(a) => match a {
-                Arg::S => Scalar::F32(args.s),
-                Arg::B => Scalar::I32(args.b),
-                Arg::H => Scalar::I32(args.h),
-                Arg::Q => Scalar::I32(args.q),
-                Arg::Kv => Scalar::I32(args.kv),
-            },
+            Inst::Arg(a) => args.get(*a),
             Inst::ConstBool(b) => Scalar::Bool(*b),
             Inst::ConstI32(x) => Scalar::I32(*x),
             Inst::ConstF32(bits) => Scalar::F32(f32::from_bits(*bits)),
