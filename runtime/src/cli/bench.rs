@@ -169,15 +169,10 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         format!("{gflops:.1} GFLOP/s")
     };
     outln!(
-        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}{kv}",
+        "{} {} {} {}: compile {:.2} ms (front end {front_ms:.2} ms, bind+JIT {bind_ms:.2} ms), {ms:.3} ms/call, density {density:.4}, {unit}{kv}",
         variant.name(),
         a.backend.backend().name(),
-        shape.b,
-        shape.hq,
-        shape.hkv,
-        shape.lq,
-        shape.lkv,
-        shape.d,
+        super::shape_words(&shape),
         dtype,
         front_ms + bind_ms,
     );

@@ -59,14 +59,9 @@ pub(crate) fn demo(dir: &Path, backends: &[BackendArg], d: usize) -> Result<(), 
         dv: d,
     };
     outln!(
-        "attnc demo: {} files, shape B{} Hq{} Hkv{} Lq{} Lkv{} D{}, f32, vs the f64 reference",
+        "attnc demo: {} files, shape {}, f32, vs the f64 reference",
         files.len(),
-        shape.b,
-        shape.hq,
-        shape.hkv,
-        shape.lq,
-        shape.lkv,
-        shape.d
+        super::shape_words(&shape)
     );
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for f in &files {

@@ -126,15 +126,10 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     }
     let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
     outln!(
-        "{} {} B{} Hq{} Hkv{} Lq{} Lkv{} D{} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
+        "{} {} {} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
         variant.name(),
         a.backend.backend().name(),
-        shape.b,
-        shape.hq,
-        shape.hkv,
-        shape.lq,
-        shape.lkv,
-        shape.d,
+        super::shape_words(&shape),
         dtype,
         a.threads,
         gflops(fwd_flops, fwd_ms),

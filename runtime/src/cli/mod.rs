@@ -639,6 +639,14 @@ fn emit(
     Ok(())
 }
 
+/// A shape as the commands print it: `B2 Hq4 Hkv2 Lq77 Lkv77 D64` (`Dv` not shown).
+pub(crate) fn shape_words(s: &attnc::Shape) -> String {
+    format!(
+        "B{} Hq{} Hkv{} Lq{} Lkv{} D{}",
+        s.b, s.hq, s.hkv, s.lq, s.lkv, s.d
+    )
+}
+
 /// Writes command output to stdout and flushes it. A closed pipe (`| head`) ends the
 /// process quietly with status 0; any other write error (`> /dev/full`) is reported on
 /// stderr and exits with status 1, so output is never lost silently.
