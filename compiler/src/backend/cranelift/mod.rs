@@ -273,14 +273,7 @@ fn check_kind(kind: KernelKind) -> Result<(), CpuError> {
 pub fn emit_clif(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<String, CpuError> {
     check_kind(kind)?;
     let program = plan.program();
-    let (_, mut module, _) = prepare(
-        program,
-        opts,
-        codegen::KERNEL_NAME,
-        codegen::kernel_signature,
-    )?;
-    let mut fctx = FunctionBuilderContext::new();
-    let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
+    let (_, _, _, g) = generate_kernel(program, opts)?;
     let mut out = format!(
         "; attention {}: q_block {}, kv_block {}, checked {}{}\n",
         program.name,
@@ -294,6 +287,23 @@ pub fn emit_clif(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<Str
     }
     out.push_str(&g.func.display().to_string());
     Ok(out)
+}
+
+/// The forward kernel of `program` generated (not yet defined) in a fresh module:
+/// [`prepare`], then `codegen::generate` on [`kernel_program`].
+fn generate_kernel(
+    program: &Program,
+    opts: &CpuOptions,
+) -> Result<(Isa, JITModule, FuncId, codegen::Generated), CpuError> {
+    let (isa, mut module, id) = prepare(
+        program,
+        opts,
+        codegen::KERNEL_NAME,
+        codegen::kernel_signature,
+    )?;
+    let mut fctx = FunctionBuilderContext::new();
+    let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
+    Ok((isa, module, id, g))
 }
 
 /// The program the kernel is generated from: in fast mode, with tensor reads unguarded
@@ -313,14 +323,7 @@ pub fn compile(plan: &Plan, kind: KernelKind, opts: &CpuOptions) -> Result<CpuKe
     let program = plan.program();
     let _span =
         tracing::info_span!("codegen", backend = "cpu", attention = %program.name).entered();
-    let (isa, mut module, id) = prepare(
-        program,
-        opts,
-        codegen::KERNEL_NAME,
-        codegen::kernel_signature,
-    )?;
-    let mut fctx = FunctionBuilderContext::new();
-    let g = codegen::generate(&kernel_program(program, opts), opts, &mut module, &mut fctx)?;
+    let (isa, module, id, g) = generate_kernel(program, opts)?;
     let (code, ptr) = JitCode::define(module, id, g.func)?;
     // SAFETY: `ptr` is the finalized code of a function with `kernel_signature`, which
     // is the C ABI of `KernelFn` on this host.
