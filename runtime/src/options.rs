@@ -120,18 +120,19 @@ pub struct DecodeTuning {
     /// the L2 asked for 256 bytes per copy, `e` the prologue's reads before
     /// `griddepcontrol.wait`, `f` a call with one split writes O and LSE from the
     /// kernel (no combine kernel), `g` paged: per-pass page bases in lanes, `h` paged:
-    /// full tiles by TMA boxes of one page each (`decode_mma::COPY_TMA`), any combination
-    /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
+    /// full tiles by TMA boxes of one page each (`decode_mma::COPY_TMA`), `i` paged: the
+    /// page ids loaded a tile ahead clamped where the copy uses them
+    /// (`decode_mma::COPY_IDS_LATE`), any combination such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
-    pub copy: Option<u8>,
+    pub copy: Option<u16>,
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefgh` (anything else: `None`).
-pub fn parse_decode_copy(v: &str) -> Option<u8> {
+/// `abcdefghi` (anything else: `None`).
+pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS,
-        COPY_SMEM32, COPY_TMA,
+        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE,
+        COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
     };
     let v = v.trim();
     if v == "0" {
@@ -140,7 +141,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u8> {
     if v.is_empty() {
         return None;
     }
-    v.chars().try_fold(0u8, |bits, c| match c {
+    v.chars().try_fold(0u16, |bits, c| match c {
         'a' => Some(bits | COPY_FULL),
         'b' => Some(bits | COPY_SMEM32),
         'c' => Some(bits | COPY_PAGE_PASS),
@@ -149,6 +150,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u8> {
         'f' => Some(bits | COPY_DIRECT),
         'g' => Some(bits | COPY_PAGE_BASE),
         'h' => Some(bits | COPY_TMA),
+        'i' => Some(bits | COPY_IDS_LATE),
         _ => None,
     })
 }
@@ -163,7 +165,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefgh`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghi`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -223,6 +225,7 @@ mod tests {
         assert_eq!(copy("abc"), Some(7));
         assert_eq!(copy("de"), Some(24));
         assert_eq!(copy("ef"), Some(48));
+        assert_eq!(copy("efi"), Some(304));
         assert_eq!(copy("a"), Some(1));
         assert_eq!(copy("bc"), Some(6));
         assert_eq!(copy("0"), Some(0));

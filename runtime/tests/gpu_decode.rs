@@ -636,7 +636,8 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         let mut outs = Vec::new();
         for copy in copies(
             &[
-                "0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg", "eh", "abeh",
+                "0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg", "eh", "abeh", "ei",
+                "abcei",
             ],
             0,
         ) {
@@ -670,7 +671,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         // one split (forced): `f` (COPY_DIRECT) writes O and LSE from the kernel, no
         // combine kernel; the bits of the decode + combine pair at one split
         let mut one = Vec::new();
-        for copy in copies(&["e", "ef", "f", "abcef", "abefg", "efh"], 1) {
+        for copy in copies(&["e", "ef", "f", "abcef", "abefg", "efh", "efi"], 1) {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.copy = attnc::options::parse_decode_copy(&copy);
             o.decode.splits = Some(1);

@@ -176,7 +176,7 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
     if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_COPY") {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
         // letters of abc)
-        let copies: Vec<(String, u8)> = list
+        let copies: Vec<(String, u16)> = list
             .split(',')
             .filter_map(|x| attnc::options::parse_decode_copy(x).map(|c| (x.trim().to_string(), c)))
             .collect();

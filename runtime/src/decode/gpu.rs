@@ -100,7 +100,7 @@ const MMA_FILL_TILES: usize = 4;
 /// waves) 486.2 / 476.8 (cuDNN 486.2), paged 16 495.6 / 484.7; chunked prefill B8 Lq64
 /// Lkv8192 (one split per row group) 277.0 / 256.0; calls with several splits
 /// (B8 Lkv32768 Lq1: 245.5 / 246.2) run the same kernels as before.
-const COPY: u8 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT;
+const COPY: u16 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;

@@ -95,7 +95,7 @@ pub struct DecodeOptions {
     pub paged: bool,
     /// The tensor-core kernel only: its K/V copy's `decode_mma::COPY_*` bits (0: the
     /// default copy; [`PtxOptions::decode_copy`]).
-    pub copy: u8,
+    pub copy: u16,
 }
 
 impl DecodeOptions {

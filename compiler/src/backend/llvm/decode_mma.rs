@@ -84,21 +84,21 @@ const FUSED_UNROLL: u32 = 16;
 /// [`PtxOptions::decode_copy`] bit: a tile whose 64 keys all lie below the split's end
 /// is copied without the per-row bounds check (no compare and selects per 16-row pass;
 /// both layouts); partial tiles keep it.
-pub const COPY_FULL: u8 = 1;
+pub const COPY_FULL: u16 = 1;
 /// [`PtxOptions::decode_copy`] bit: the `cp.async` destinations as 32-bit shared-window
 /// addresses, one base per tile plus a constant in each instruction (instead of a 64-bit
 /// shared address per copy).
-pub const COPY_SMEM32: u8 = 2;
+pub const COPY_SMEM32: u16 = 2;
 /// [`PtxOptions::decode_copy`] bit, paged layout: each 16-row pass's page id and slot
 /// from the tile's alignment (tiles start on multiples of [`KV_TILE`]) instead of per
 /// row (see `Pages::byte_pass`).
-pub const COPY_PAGE_PASS: u8 = 4;
+pub const COPY_PAGE_PASS: u16 = 4;
 /// The three copy variants of session 9 (`abc`).
-pub const COPY_ALL: u8 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
+pub const COPY_ALL: u16 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
 /// [`PtxOptions::decode_copy`] bit: the K/V copies ask the L2 for the 256 bytes around
 /// each source (`cp.async...L2::256B`: a D128 row at once) instead of its 32-byte
 /// sectors as the copies reach them.
-pub const COPY_L2_256: u8 = 8;
+pub const COPY_L2_256: u16 = 8;
 /// [`PtxOptions::decode_copy`] bit (sm_90, not the merging fused kernel): the prologue's reads
 /// (ranges, lengths, page ids, Q and the first `stages - 1` K/V tiles) are issued before
 /// `griddepcontrol.wait`, which moves to the end of the prologue. Only inputs are read
@@ -106,7 +106,7 @@ pub const COPY_L2_256: u8 = 8;
 /// kernel's tail is correct as long as that kernel does not write the inputs (the
 /// runtime chains a host-tensor call's decode kernel after its own combine kernels or
 /// after the uploads' copies; the caller-buffer path does not chain the decode kernel).
-pub const COPY_EARLY: u8 = 16;
+pub const COPY_EARLY: u16 = 16;
 /// [`PtxOptions::decode_copy`] bit of the fused kind ([`KernelKind::DecodeMmaFused`]; the
 /// plain kind ignores it): the launch has one split per (b, kv head, row group), so each
 /// CTA writes its rows' normalized O (16-bit) and LSE straight into the outputs: no
@@ -114,7 +114,7 @@ pub const COPY_EARLY: u8 = 16;
 /// one split: weight `exp2(0)` = 1, sum 1). It also takes [`COPY_EARLY`] (nothing is
 /// written before the wait). The runtime launches it only when the call's geometry has
 /// one split (`decode::gpu`).
-pub const COPY_DIRECT: u8 = 32;
+pub const COPY_DIRECT: u16 = 32;
 /// [`PtxOptions::decode_copy`] bit, paged layout at D128 (16 rows per pass of the tile's
 /// copy, at most a page's [`crate::decode::MIN_PAGE`] positions): the tiles start on
 /// multiples of [`KV_TILE`] as with [`COPY_PAGE_PASS`], so each pass's 16 rows lie in
@@ -124,7 +124,7 @@ pub const COPY_DIRECT: u8 = 32;
 /// pair with a constant lane) plus the thread's loop-invariant offset (its row in the
 /// pass and its chunk in the row) — no per-pass page arithmetic. Other D: ignored
 /// ([`COPY_PAGE_PASS`]'s or the plain paged copy).
-pub const COPY_PAGE_BASE: u8 = 64;
+pub const COPY_PAGE_BASE: u16 = 64;
 /// [`PtxOptions::decode_copy`] bit, paged layout on sm_90 (tiles start on multiples of
 /// [`KV_TILE`] as with [`COPY_PAGE_PASS`]): a full tile (all 64 keys below the split's
 /// end) is copied by TMA — lanes of warp 0 each issue one `cp.async.bulk.tensor.3d` box
@@ -134,10 +134,20 @@ pub const COPY_PAGE_BASE: u8 = 64;
 /// tile; the K/V tiles are then 64-column slabs (`SmemTile::slab`). A partial tile
 /// (the split's last) keeps the checked `cp.async` copy (rows past the end zero-filled:
 /// TMA would read the page's stale rows). Contiguous layout, other archs: ignored.
-pub const COPY_TMA: u8 = 128;
+pub const COPY_TMA: u16 = 128;
+/// [`PtxOptions::decode_copy`] bit, paged layout (not with [`COPY_PAGE_BASE`], which
+/// computes its bases from the ids as they load): the page ids that the loop loads one
+/// tile ahead (`Pages::fetch`) are kept as loaded and clamped into the cache where the
+/// next tile's copy reads them (`Pages::ids`: two min/max per tile), so that nothing
+/// in the loading iteration consumes the load. Without it the clamp follows the load in
+/// the same iteration: ptxas 13.0 puts it ~230 instructions after the `LDG` (before the
+/// softmax's rescale branch, at 64 rows D128), where a warp waits for the table's
+/// latency once per tile — hidden while the kernel waits for HBM (Lq 1, 4), exposed at
+/// 64 rows (Lq 16), where the kernel is bound by its issue. Contiguous: ignored.
+pub const COPY_IDS_LATE: u16 = 256;
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u8 =
-    COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE | COPY_TMA;
+pub const COPY_BITS: u16 =
+    COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE | COPY_TMA | COPY_IDS_LATE;
 
 /// Whether [`COPY_TMA`] applies to `opts` (paged, sm_90).
 pub fn tma_copy(opts: &DecodeOptions) -> bool {
@@ -152,8 +162,12 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
             opts.d
         )));
     }
-    // (every bit of the u8 `copy` is a COPY_* bit since COPY_TMA: no value to refuse)
-    const _: () = assert!(COPY_BITS == u8::MAX);
+    if opts.copy & !COPY_BITS != 0 {
+        return Err(LlvmError::Unsupported(format!(
+            "tensor-core decode kernel with copy bits {:#x}: not COPY_* bits",
+            opts.copy & !COPY_BITS
+        )));
+    }
     if !MMA_ROWS.contains(&opts.rows) {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with {} rows per CTA: needs 16, 32 or 64",
@@ -298,6 +312,8 @@ struct Pages<'ctx> {
     page_bytes: IntValue<'ctx>,
     /// bytes from a position's start to this thread's first 16 bytes of kv head `hk` (i32)
     head_bytes: IntValue<'ctx>,
+    /// [`COPY_IDS_LATE`]: `ids` holds the ids as loaded, clamped where they are used
+    late: bool,
 }
 
 impl<'ctx> Pages<'ctx> {
@@ -311,6 +327,7 @@ impl<'ctx> Pages<'ctx> {
         d: u32,
         tch: IntValue<'ctx>,
         lane: IntValue<'ctx>,
+        late: bool,
     ) -> R<Self> {
         use DecodeParam as P;
         let shift = a.int(P::PageShift)?;
@@ -328,6 +345,7 @@ impl<'ctx> Pages<'ctx> {
             row_bytes,
             page_bytes: g.shl(row_bytes, shift)?,
             head_bytes: g.add(g.mul(hk, g.c32(d as i64 * 2))?, g.mul(tch, g.c32(16))?)?,
+            late,
         })
     }
 
@@ -338,13 +356,31 @@ impl<'ctx> Pages<'ctx> {
 
     /// Loads the page ids of the tile starting at key `key0` (the logical page clamped
     /// into the table's row, the id into the cache: fast mode never reads outside).
+    /// With [`COPY_IDS_LATE`] the id is kept as loaded ([`Pages::ids`] clamps it).
     fn fetch(&self, g: &Gpu<'ctx>, key0: IntValue<'ctx>) -> R<()> {
         let lp = g.add(self.first(g, key0)?, self.lane)?;
         let lp = g.iintr2("llvm.smin.i32", lp, self.last_page)?;
         let id = g.load_i32(self.table, g.add(self.table_row, lp)?)?;
+        if self.late {
+            return g.set(&self.ids, id);
+        }
+        g.set(&self.ids, self.clamp(g, id)?)
+    }
+
+    /// A page id clamped into the cache (`0..=num_pages - 1`).
+    fn clamp(&self, g: &Gpu<'ctx>, id: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         let id = g.iintr2("llvm.smax.i32", id, g.c32(0))?;
-        let id = g.iintr2("llvm.smin.i32", id, self.last_id)?;
-        g.set(&self.ids, id)
+        g.iintr2("llvm.smin.i32", id, self.last_id)
+    }
+
+    /// The ids of the next tile to issue ([`Pages::fetch`]'s), clamped into the cache.
+    fn ids(&self, g: &Gpu<'ctx>) -> R<IntValue<'ctx>> {
+        let ids = g.geti(&self.ids)?;
+        if self.late {
+            self.clamp(g, ids)
+        } else {
+            Ok(ids)
+        }
     }
 
     /// The byte offset of this thread's 16 bytes of key `j` in the cache (`j` in the tile
@@ -671,7 +707,9 @@ pub(super) fn build<'ctx>(
     let trow = g.udiv(tid, g.c32(tpr as i64))?;
     let tch = g.and(tid, g.c32(tpr as i64 - 1))?;
     let pages = if opts.paged {
-        Some(Pages::new(g, &a, b, hk, hkv, d, tch, lane)?)
+        // COPY_IDS_LATE: not with COPY_PAGE_BASE (its bases are computed at the load)
+        let late = opts.copy & COPY_IDS_LATE != 0 && !page_base;
+        Some(Pages::new(g, &a, b, hk, hkv, d, tch, lane, late)?)
     } else {
         None
     };
@@ -861,7 +899,7 @@ pub(super) fn build<'ctx>(
         let extra = g.mul(buf, g.c32(stage))?;
         let ids = match (&pages, &page_bases) {
             (Some(_), Some((bases, _))) => Some((g.geti(bases)?, zero)),
-            (Some(pg), None) => Some((g.geti(&pg.ids)?, pg.first(g, key0)?)),
+            (Some(pg), None) => Some((pg.ids(g)?, pg.first(g, key0)?)),
             _ => None,
         };
         if tma {
@@ -1446,7 +1484,8 @@ mod tests {
                         // (COPY_DIRECT is the fused kind's: `mma_decode_direct`;
                         // COPY_PAGE_BASE after session 12's variants, below; COPY_TMA:
                         // `mma_decode_tma`)
-                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE & !COPY_TMA,
+                        // (session 9-12's bits: COPY_IDS_LATE in `mma_decode_ids_late`)
+                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
                         COPY_PAGE_BASE,
                         COPY_PAGE_BASE | COPY_EARLY,
                         COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE,
@@ -1706,6 +1745,63 @@ mod tests {
         }
     }
 
+    /// [`COPY_IDS_LATE`]: generates with the loop's copies (`e`, `abce`, `eh` TMA, `efg`
+    /// where it is ignored) for every example's rows / D, plain and one-split fused
+    /// kinds; contiguous caches and [`COPY_PAGE_BASE`] ignore it (byte-identical PTX), a
+    /// paged kernel changes. `ATTNC_DECODE_PTX_DIR` (files `late_*`) / `ATTNC_PTXAS` as
+    /// in [`mma_decode_copy_variants`].
+    #[test]
+    fn mma_decode_ids_late() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for ex in ["dense", "causal", "sliding_window"] {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+            let p = &crate::compile_source(&src).unwrap().programs[0];
+            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
+                for paged in [false, true] {
+                    for copy in [
+                        COPY_EARLY,
+                        COPY_EARLY | COPY_DIRECT,
+                        COPY_ALL | COPY_EARLY,
+                        COPY_EARLY | COPY_TMA,
+                        COPY_EARLY | COPY_PAGE_BASE,
+                    ] {
+                        let o = DecodeOptions {
+                            arch: Arch::Sm90,
+                            d,
+                            input: InputType::Bf16,
+                            rows,
+                            paged,
+                            copy: copy | COPY_IDS_LATE,
+                        };
+                        let without = DecodeOptions { copy, ..o };
+                        let key = format!("{} {}", p.name, o.key());
+                        let (ptx, ptx0) = if copy & COPY_DIRECT != 0 {
+                            (
+                                emit_decode_mma_fused(p, &o).unwrap(),
+                                emit_decode_mma_fused(p, &without).unwrap(),
+                            )
+                        } else {
+                            (
+                                emit_decode_mma(p, &o).unwrap().decode_ptx,
+                                emit_decode_mma(p, &without).unwrap().decode_ptx,
+                            )
+                        };
+                        let ignored = !paged || copy & COPY_PAGE_BASE != 0 && d == 128;
+                        assert_eq!(ptx == ptx0, ignored, "{key}");
+                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                            let f = format!("{dir}/late_{}.ptx", key.replace([':', ' '], "_"));
+                            std::fs::write(f, &ptx).unwrap();
+                        }
+                        if let Some(ptxas) = &ptxas {
+                            ptxas_accepts(ptxas, "late", &key, &ptx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The one-split kernel ([`COPY_DIRECT`] on the fused kind): generates for every
     /// example's rows / D / layout, with and without [`COPY_EARLY`]; writes O (16-bit)
     /// and LSE itself: no partials' stores of f32 O, no count (`atom`), one
@@ -1724,7 +1820,7 @@ mod tests {
                     for copy in [
                         COPY_DIRECT,
                         COPY_DIRECT | COPY_EARLY,
-                        COPY_BITS & !COPY_PAGE_BASE & !COPY_TMA,
+                        COPY_BITS & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
                     ] {
                         let o = DecodeOptions {
                             arch: Arch::Sm90,
