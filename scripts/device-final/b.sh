@@ -13,12 +13,18 @@ echo "=== decode bench"
 # (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 # (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
-echo "=== decode Lq16, 7 rotated rounds (session 13: the default copy only; LQ16_COPIES=ef,abcef,abefg,efh for the variants)"
-ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-ef} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
+# (session 14: ef and efi, decode's page ids clamped at use, COPY_IDS_LATE, off by default: the A/B its helper could not time)
+echo "=== decode Lq16, 7 rotated rounds (session 14: the default ef and efi; LQ16_COPIES=ef,abcef,abefg,efh,efi for more variants)"
+ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-ef,efi} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
 # (session 13: issue 12's causal and sliding 4096 next to dense; causal at Lq 1 is dense at logical positions; anchors: c.sh's decode_bench_torch.py --masks)
 echo "=== decode causal (Lq 4, 16) and sliding 4096 (every shape), 3 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 60 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 120 $B/attnc bench examples/sliding_window.attn --param window=4096 --decode --backend cuda --dtype bf16 --d 128 --iters 20 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
+if [ "${DECODE_I:-1}" = 1 ]; then
+echo "=== decode ef vs efi (COPY_IDS_LATE), paged 16: B8 Lq4/Lq1 dense, sliding 4096 B8 Lq1, 3 rotated rounds (DECODE_I=0 skips)"
+ATTNC_DECODE_BENCH_ROUNDS=3 ATTNC_DECODE_BENCH_COPY=ef,efi timeout 30 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,1,32768 --kv-cache contiguous,paged --page-size 16 2>&1 | grep -E "^decode|rror" | cut -c1-200
+ATTNC_DECODE_BENCH_ROUNDS=3 ATTNC_DECODE_BENCH_COPY=ef,efi timeout 20 $B/attnc bench examples/sliding_window.attn --param window=4096 --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,1,32768 --kv-cache contiguous,paged --page-size 16 2>&1 | grep -E "^decode|rror" | cut -c1-200
+fi
 echo "decode bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 # (session 12 timed fwd's cross_tile/early_claim here (off, slower); session 13 leaves it out: CROSS=1 runs it)
 if [ "${CROSS:-0}" = 1 ]; then
