@@ -13,9 +13,9 @@ echo "=== decode bench"
 # (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 2>&1 | tail -16 | cut -c1-200
 # (session 12: the paged Lq 16 copies side by side in rotated rounds: the default ef, abcef, decode2's abefg)
-# (session 14: ef and efi, decode's page ids clamped at use, COPY_IDS_LATE, off by default: the A/B its helper could not time)
-echo "=== decode Lq16, 7 rotated rounds (session 14: the default ef and efi; LQ16_COPIES=ef,abcef,abefg,efh,efi for more variants)"
-ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-ef,efi} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
+# (session 14: ef, efi and abcefi — decode's page ids clamped at use, COPY_IDS_LATE, off by default, alone and with abc, whose paged loop has the contiguous loop's instruction count: the A/B its helper could not time)
+echo "=== decode Lq16, 7 rotated rounds (session 14: the default ef, efi and abcefi; LQ16_COPIES=ef,abcef,abefg,efh,efi for other variants)"
+ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-ef,efi,abcefi} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
 # (session 13: issue 12's causal and sliding 4096 next to dense; causal at Lq 1 is dense at logical positions; anchors: c.sh's decode_bench_torch.py --masks)
 echo "=== decode causal (Lq 4, 16) and sliding 4096 (every shape), 3 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 60 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
