@@ -1091,6 +1091,15 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     if let Some(rest) = cfg.strip_suffix("+8") {
         return bench_options(default, rest).map(PtxOptions::backward_q128_positions);
     }
+    // `+c` / `-c`: the dQ conversion in 64-byte pieces, loads first (`bwd_convert_wide`)
+    for (suffix, on) in [("+c", true), ("-c", false)] {
+        if let Some(rest) = cfg.strip_suffix(suffix) {
+            return bench_options(default, rest).map(|o| PtxOptions {
+                bwd_convert_wide: on,
+                ..o
+            });
+        }
+    }
     // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`)
     if let Some(rest) = cfg.strip_suffix("+y") {
         return bench_options(default, rest).map(|o| PtxOptions {
@@ -1537,8 +1546,8 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
 
 /// Small D128 and D64 cases of the default fused kernel for compute-sanitizer (memcheck: the
 /// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
-/// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, and rows masked
-/// entirely (their dQ exactly 0). `ATTNC_BWD_TEST_SMS=n` sizes persistent grids for n
+/// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, a band, D64 ALiBi +
+/// causal (q tiles of 128), and rows masked entirely (their dQ exactly 0). `ATTNC_BWD_TEST_SMS=n` sizes persistent grids for n
 /// SMs.
 fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
     // `ATTNC_BWD_TEST_SMS=n`: persistent kernels (`bwd_persist`) on at most n CTAs, each
@@ -1567,6 +1576,17 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
         33,
         false,
     );
+    // ALiBi + causal at D64: a score reading positions on q tiles of 128
+    // (`backward_q128_positions`, the binding's default since session 13)
+    let alibi = samples::alibi_causal(4);
+    let sh = shape(1, 4, 2, 150, 270, 64);
+    let o = test_options(dev.arch(), &alibi, &sh, InputType::Bf16);
+    if std::env::var("ATTNC_BWD_TEST_CFG").is_err()
+        && o.bwd_dq != attnc_compiler::backend::llvm::BwdDq::Separate
+    {
+        assert_eq!(o.q_block, 128, "D64 ALiBi + causal on q tiles of 128");
+    }
+    check_case(dev, &alibi, sh, InputType::Bf16, 34, false);
     let p = late_start();
     let sh = shape(1, 2, 1, 67, 140, 128);
     check_case(dev, &p, sh, InputType::F16, 32, false);

@@ -79,6 +79,7 @@
 //! full_end]` per row; for dK/dV the transposed view, per kv head the union over its
 //! query heads): blocks in `first..end` outside the full range are evaluated as partial.
 
+mod convert;
 pub(crate) mod fused;
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
@@ -151,11 +152,15 @@ impl PtxOptions {
     /// 32 of dQ's 64 columns); one H200, one call, B4 H16 L4096 D64, TFLOP/s two kernels /
     /// fused: dense 292.5 / 335.3, causal 270.9 / 277.4, ALiBi + causal 245.6 / 285.4,
     /// soft-cap + causal 213.9 / 248.7.
+    ///
+    /// Session 14: the dQ conversion after the fused kernel in 64-byte pieces, every load
+    /// first ([`Self::bwd_convert_wide`]; the same dQ).
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = Self::backward_separate(arch, d, dv, input);
         if o.mma == Mma::Wgmma && (d == 128 || (d, dv) == (64, 64)) {
             PtxOptions {
                 bwd_tma: true,
+                bwd_convert_wide: true,
                 ..o.backward_fused(BwdDq::OrderedBulk)
             }
         } else {
@@ -846,6 +851,9 @@ fn build<'ctx>(
         BackwardKind::Pre => pre_body(&g, opts, &args)?,
         BackwardKind::DkDv if fused => fused::dkdv_dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
         BackwardKind::DkDv => dkdv_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
+        BackwardKind::Dq if fused && opts.bwd_convert_wide => {
+            convert::convert_wide_body(&g, opts, &args)?
+        }
         BackwardKind::Dq if fused => fused::convert_body(&g, opts, &args)?,
         BackwardKind::Dq => dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
     }

@@ -455,6 +455,14 @@ pub struct PtxOptions {
     /// turns it on for bands and block tables (with [`Self::bwd_wscan`]); the kernel
     /// bench's `+r`.
     pub bwd_visit_rec: bool,
+    /// The fused backward's dQ conversion (the kernel after the fused dK/dV kernel: f32
+    /// workspace `DqAccum` times the scale to the input type): each thread reads whole
+    /// 64-byte pieces of the workspace (the four lanes of one quad of an m16n8 fragment:
+    /// two rows of 8 columns), every piece's loads issued before any store, and stores
+    /// each row's 8 columns as one 16-byte word, instead of one 16-byte load and two
+    /// 4-byte stores per step. The same products and roundings: the same dQ. Other kinds
+    /// ignore it. The kernel bench's `+c`.
+    pub bwd_convert_wide: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -563,6 +571,7 @@ impl PtxOptions {
             bwd_pingpong: false,
             bwd_band_keep: false,
             bwd_visit_rec: false,
+            bwd_convert_wide: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -851,6 +860,11 @@ impl PtxOptions {
             }
             + if self.bwd_visit_rec {
                 " bwd-visit-rec"
+            } else {
+                ""
+            }
+            + if self.bwd_convert_wide {
+                " bwd-convert-wide"
             } else {
                 ""
             }

@@ -1,0 +1,268 @@
+//! The fused backward's dQ conversion in wide pieces ([`PtxOptions::bwd_convert_wide`]).
+//!
+//! In: the f32 workspace `DqAccum` of one (q block, query head, batch) tile, in the
+//! fused kernel's fragment order (per 16-row group `mg` and 8-column group `ng` of the
+//! tile, 32 lanes of 16 bytes: lane `l` holds rows `16 mg + l / 4` and `+ 8`, columns
+//! `8 ng + 2 (l % 4)` and `+ 1`), the tile's semaphore `DqSem` (0: no kv block added to
+//! it) and the scale. Out: dQ (the input type), `scale x` rounded once per element, 0 for
+//! a tile nobody added to: the same values as `fused::convert_body`.
+//!
+//! Each thread takes whole 64-byte pieces of the workspace: the four lanes of one quad
+//! `qd` of an (`mg`, `ng`) fragment tile, i.e. rows `16 mg + qd` and `+ 8`, columns
+//! `8 ng .. 8 ng + 8`, so that each row's 8 columns leave as one 16-byte store; piece
+//! `u` of the tile starts at byte `64 u` (`u = (mg ng_count + ng) 8 + qd`). Piece `tid +
+//! k CONVERT_THREADS` is the thread's k-th: a warp reads 2 KiB in a row and stores
+//! 64 contiguous bytes of 16 rows. Every load of the thread is issued before its first
+//! store (the per-step kernel waited for each load before its stores and wrote 4-byte
+//! words: measured at ~3x its bandwidth time on an H200, session 13).
+
+use super::fused::CONVERT_THREADS;
+use super::slice_base;
+use crate::backend::llvm::cta::Args;
+use crate::backend::llvm::gpu::{Gpu, R};
+use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, PtxOptions};
+use inkwell::IntPredicate;
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
+
+/// The wide conversion's body (one CTA of [`CONVERT_THREADS`] per tile; the launch of
+/// `fused::convert_body`).
+pub(super) fn convert_wide_body<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    a: &Args<'_, 'ctx>,
+) -> R<()> {
+    let br = opts.q_block;
+    let d = opts.d;
+    let pieces = br * d / 16;
+    if d % 8 != 0 || !(d / 8).is_power_of_two() || pieces % CONVERT_THREADS != 0 {
+        return Err(LlvmError::Internal("wide dQ conversion: tile shape"));
+    }
+    let tid = g.tid_x()?;
+    let qb = g.ctaid('x')?;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let lq = a.int(KernelParam::Lq)?;
+    let hq = a.int(KernelParam::Hq)?;
+    let scale = a.get(KernelParam::Scale)?.into_float_value();
+    let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
+    let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
+    // as convert_body: the ordered schemes never zero DqAccum (the first adder stores), so
+    // a tile no kv block added to converts to 0 whatever the workspace holds
+    let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) && !opts.bwd_dq_free {
+        let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
+        g.icmp(IntPredicate::NE, n, g.c32(0))?
+    } else {
+        g.cbool(true)
+    };
+    let src = g.gep_bytes(
+        a.ptr(KernelParam::DqAccum)?,
+        g.mul(g.zext64(tile)?, g.c64((br * d * 4) as i64))?,
+    )?;
+    let dst = slice_base(g, a.ptr(KernelParam::DQ)?, b, hq, h, lq, d)?;
+    let q0 = g.mul(qb, g.c32(br as i64))?;
+    // a tile whose rows all lie below Lq stores without a branch (its loads stay in one
+    // block, ahead of the stores); the last q tile checks each row
+    let whole = g.icmp(IntPredicate::ULE, g.add(q0, g.c32(br as i64))?, lq)?;
+    let tail = g.block("tail");
+    let done = g.block("done");
+    let fast = g.block("whole");
+    g.cond_br(whole, fast, tail)?;
+    g.b.position_at_end(fast);
+    pieces_body(g, opts, (src, dst, q0, lq), (tid, scale, added), false)?;
+    g.br(done)?;
+    g.b.position_at_end(tail);
+    pieces_body(g, opts, (src, dst, q0, lq), (tid, scale, added), true)?;
+    g.br(done)?;
+    g.b.position_at_end(done);
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// One thread's pieces: every load, then per piece its two rows' 16-byte stores (each
+/// checked against Lq when `check`).
+#[allow(clippy::type_complexity)]
+fn pieces_body<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    (src, dst, q0, lq): (
+        PointerValue<'ctx>,
+        PointerValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+    ),
+    (tid, scale, added): (IntValue<'ctx>, FloatValue<'ctx>, IntValue<'ctx>),
+    check: bool,
+) -> R<()> {
+    let (br, d) = (opts.q_block, opts.d);
+    let per_thread = br * d / 16 / CONVERT_THREADS;
+    let ngroups = d / 8;
+    let v4 = g.f32.vec_type(4);
+    let w4 = g.i32.vec_type(4);
+    // every piece's four 16-byte loads first
+    let mut loaded = Vec::with_capacity(per_thread as usize);
+    for k in 0..per_thread {
+        let u = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let base = g.gep_bytes(src, g.zext64(g.mul(u, g.c32(64))?)?)?;
+        let mut lanes = Vec::with_capacity(4);
+        for j in 0..4 {
+            let ptr = g.gep_bytes(base, g.c64(16 * j))?;
+            let ld = g.b.build_load(v4, ptr, "")?;
+            ld.as_instruction_value()
+                .ok_or(LlvmError::Internal("load"))?
+                .set_alignment(16)
+                .map_err(|_| LlvmError::Internal("alignment"))?;
+            lanes.push(ld.into_vector_value());
+        }
+        loaded.push((u, lanes));
+    }
+    for (u, lanes) in loaded {
+        let qd = g.and(u, g.c32(7))?;
+        let rest = g.lshr(u, g.c32(3))?;
+        let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
+        let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
+        let r0 = g.add(g.add(q0, g.mul(mg, g.c32(16))?)?, qd)?;
+        let colb = g.zext64(g.mul(ng, g.c32(16))?)?;
+        for hr in 0..2u64 {
+            // row r0 + 8 hr: element 2 hr (column 2 j) and 2 hr + 1 of lane j of the quad
+            let mut word = w4.get_undef();
+            for (j, v) in lanes.iter().enumerate() {
+                let el = |i: u64| -> R<FloatValue<'ctx>> {
+                    let x =
+                        g.b.build_extract_element(*v, g.c32(i as i64), "")?
+                            .into_float_value();
+                    g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
+                };
+                let packed = g.pack2(opts.input, el(2 * hr)?, el(2 * hr + 1)?)?;
+                word =
+                    g.b.build_insert_element(word, packed, g.c32(j as i64), "")?;
+            }
+            let row = g.add(r0, g.c32(8 * hr as i64))?;
+            let store = || -> R<()> {
+                let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, colb)?;
+                let st = g.b.build_store(g.gep_bytes(dst, off)?, word)?;
+                st.set_alignment(16)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+                Ok(())
+            };
+            if check {
+                g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, store)?;
+            } else {
+                store()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::llvm::backward::{BackwardKind, emit_backward};
+    use crate::backend::llvm::{Arch, InputType, samples};
+    use crate::plan::Plan;
+
+    /// The pieces' index arithmetic (as the kernel's): every (row, column) of the tile is
+    /// stored exactly once, from the workspace float the fragment layout puts there (the
+    /// per-step kernel's `idx`, lane, element).
+    #[test]
+    fn wide_pieces_store_every_element_once() {
+        for (br, d) in [(64u32, 128u32), (64, 64), (128, 64), (128, 128)] {
+            let ngroups = d / 8;
+            let mut seen = vec![None; (br * d) as usize];
+            for u in 0..br * d / 16 {
+                let (qd, rest) = (u & 7, u >> 3);
+                let (ng, mg) = (rest & (ngroups - 1), rest >> ngroups.trailing_zeros());
+                for hr in 0..2 {
+                    for j in 0..4 {
+                        for e in 0..2 {
+                            // float 4 j + 2 hr + e of the piece, stored at column 2 j + e
+                            // of the row's 16-byte word
+                            let float = u * 16 + 4 * j + 2 * hr + e;
+                            let (row, col) = (16 * mg + qd + 8 * hr, 8 * ng + 2 * j + e);
+                            let at = (row * d + col) as usize;
+                            assert!(seen[at].is_none(), "{br}x{d}: ({row}, {col}) twice");
+                            seen[at] = Some(float);
+                        }
+                    }
+                }
+            }
+            // the per-step kernel: float 4 idx + i holds row 16 mg + lane / 4 + 8 (i / 2),
+            // column 8 ng + 2 (lane % 4) + i % 2
+            for idx in 0..br * d / 4 {
+                let (lane, rest) = (idx & 31, idx >> 5);
+                let (ng, mg) = (rest & (ngroups - 1), rest >> ngroups.trailing_zeros());
+                for i in 0..4 {
+                    let row = 16 * mg + lane / 4 + 8 * (i / 2);
+                    let col = 8 * ng + 2 * (lane % 4) + i % 2;
+                    assert_eq!(seen[(row * d + col) as usize], Some(4 * idx + i));
+                }
+            }
+        }
+    }
+
+    /// The wide kernel generates for the fused tiles (D128 q tiles of 64, D64 of 64 and
+    /// 128; bf16, f16): 16-byte loads and stores only (no 4-byte stores), four loads per
+    /// piece, on whole tiles every load before the first store; `ATTNC_PTXAS` (a ptxas path) also assembles it for sm_90a.
+    #[test]
+    fn wide_convert_generates() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for (d, q_block, ty) in [
+            (128u32, 64u32, InputType::Bf16),
+            (128, 64, InputType::F16),
+            (64, 64, InputType::Bf16),
+            (64, 128, InputType::Bf16),
+        ] {
+            let o = PtxOptions {
+                q_block,
+                bwd_convert_wide: true,
+                ..PtxOptions::backward(Arch::Sm90, d, d, ty)
+            };
+            assert_eq!(o.bwd_dq, BwdDq::OrderedBulk);
+            let k = emit_backward(&Plan::new(&samples::causal()), &o, BackwardKind::Dq).unwrap();
+            let n = |s: &str| k.ptx.matches(s).count();
+            let pieces = (q_block * d / 16 / CONVERT_THREADS) as usize;
+            // two copies (whole tiles, the last tile's checked rows), each with four
+            // loads per piece and two 16-byte stores
+            assert_eq!(n("ld.global.v4."), 8 * pieces, "D{d} q{q_block}");
+            assert_eq!(n("st.global.v4.b32"), 4 * pieces, "D{d} q{q_block}");
+            assert_eq!(n("st.global.b32"), 0, "D{d} q{q_block}");
+            // the whole tiles' copy: every load before its first store
+            let (mut run, mut longest) = (0, 0);
+            for l in k.ptx.lines() {
+                if l.contains("ld.global.v4.") {
+                    run += 1;
+                    longest = longest.max(run);
+                } else if l.contains("st.global.") {
+                    run = 0;
+                }
+            }
+            assert_eq!(longest, 4 * pieces, "D{d} q{q_block}");
+            let plain = PtxOptions {
+                bwd_convert_wide: false,
+                ..o
+            };
+            let old =
+                emit_backward(&Plan::new(&samples::causal()), &plain, BackwardKind::Dq).unwrap();
+            assert_eq!(old.params, k.params, "the same launch");
+            assert_eq!((old.threads, old.smem_bytes), (k.threads, k.smem_bytes));
+            if let Some(ptxas) = &ptxas {
+                let f = std::env::temp_dir().join(format!(
+                    "attnc_convert_wide_{}_{d}_{q_block}_{}.ptx",
+                    std::process::id(),
+                    ty.name()
+                ));
+                std::fs::write(&f, &k.ptx).unwrap();
+                let out = std::process::Command::new(ptxas)
+                    .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
+                    .arg(&f)
+                    .output()
+                    .unwrap();
+                let _ = std::fs::remove_file(&f);
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "ptxas: {err}");
+                assert!(!err.contains("warning"), "ptxas: {err}");
+                println!("D{d} q{q_block} {}: {err}", ty.name());
+            }
+        }
+    }
+}
