@@ -34,7 +34,8 @@ pub(super) fn convert_wide_body<'ctx>(
     let br = opts.q_block;
     let d = opts.d;
     let pieces = br * d / 16;
-    if d % 8 != 0 || !(d / 8).is_power_of_two() || pieces % CONVERT_THREADS != 0 {
+    if !d.is_multiple_of(8) || !(d / 8).is_power_of_two() || !pieces.is_multiple_of(CONVERT_THREADS)
+    {
         return Err(LlvmError::Internal("wide dQ conversion: tile shape"));
     }
     let tid = g.tid_x()?;
