@@ -1057,3 +1057,105 @@ fn fused_visit_rec_kernels() {
         }
     }
 }
+
+/// `bwd_stats_early` (the visit's L2/Delta loads before the wait for Sᵀ and dPᵀ) and
+/// `bwd_p_under_dp` (P computed while dPᵀ runs) on the binding's fused kernels at D128
+/// (and D64's q tiles of 128): deterministic, their own keys; with `bwd_stats_early` the
+/// loads sit between the Sᵀ/dPᵀ commits and the first wait (after it without), with
+/// `bwd_p_under_dp` the first wait after those commits is `wait_group 1` (Sᵀ alone) and
+/// the exponentials follow it before any other wait; `bwd_p_under_dp` leaves q tiles of
+/// 128 and the turns (`bwd_pingpong`, D64 dense) byte-identical, `bwd_stats_early` the
+/// turns. `ATTNC_BWD_PTX_DIR=dir` writes each kernel there (for `ptxas -v`).
+#[test]
+fn fused_element_order_kernels() {
+    // the text from the first wgmma commit on (the visit's Sᵀ; no issue before the loop
+    // without the turns)
+    let loop_text = |ptx: &str| -> String {
+        let at = ptx.find("wgmma.commit_group").expect("a wgmma commit");
+        ptx[at..].to_string()
+    };
+    let wait0 = "wgmma.wait_group.sync.aligned 0;";
+    let wait1 = "wgmma.wait_group.sync.aligned 1;";
+    let first = |t: &str, s: &str| t.find(s).unwrap_or(usize::MAX);
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("alibi_causal", "alibi_causal"),
+            ("softcap", "softcap_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            assert!(!bind.bwd_stats_early && !bind.bwd_p_under_dp, "{name} D{d}");
+            let tag = format!("{name} D{d} q{}", bind.q_block);
+            let def = dkdv_twice(
+                &plan,
+                &bind,
+                &tag,
+                &format!("eo_def_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let h = PtxOptions {
+                bwd_stats_early: true,
+                ..bind
+            };
+            let e = PtxOptions {
+                bwd_p_under_dp: true,
+                ..bind
+            };
+            assert!(h.key() != bind.key() && e.key() != bind.key() && h.key() != e.key());
+            let kh = dkdv_twice(&plan, &h, &tag, &format!("eo_h_d{d}_{name}_bwd_dkdv.ptx"));
+            let ke = dkdv_twice(&plan, &e, &tag, &format!("eo_e_d{d}_{name}_bwd_dkdv.ptx"));
+            if bind.bwd_pingpong {
+                // the turns' order: both ignored
+                assert_eq!(kh.ptx, def.ptx, "{tag}");
+                assert_eq!(ke.ptx, def.ptx, "{tag}");
+                continue;
+            }
+            let (t0, th) = (loop_text(&def.ptx), loop_text(&kh.ptx));
+            let lds = if bind.bwd_stmatrix {
+                "ld.shared.v2"
+            } else {
+                "ld.shared.b32"
+            };
+            assert!(
+                first(&t0, lds) > first(&t0, wait0),
+                "{tag}: default loads after the wait"
+            );
+            assert!(
+                first(&th, lds) < first(&th, wait0),
+                "{tag}: loads before the wait"
+            );
+            assert_eq!(
+                def.ptx.matches("wgmma.mma_async").count(),
+                kh.ptx.matches("wgmma.mma_async").count(),
+                "{tag}"
+            );
+            if bind.q_block == 128 {
+                assert_eq!(
+                    ke.ptx, def.ptx,
+                    "{tag}: q tiles of 128 ignore bwd_p_under_dp"
+                );
+                continue;
+            }
+            let te = loop_text(&ke.ptx);
+            let (w1, w0, ex) = (
+                first(&te, wait1),
+                first(&te, wait0),
+                first(&te, "ex2.approx"),
+            );
+            assert!(
+                w1 < w0 && w1 < ex && ex < w0,
+                "{tag}: P between the two waits"
+            );
+            // the default waits for both first
+            assert!(first(&t0, wait0) < first(&t0, wait1), "{tag}");
+            assert_eq!(
+                def.ptx.matches("wgmma.mma_async").count(),
+                ke.ptx.matches("wgmma.mma_async").count(),
+                "{tag}"
+            );
+        }
+    }
+}

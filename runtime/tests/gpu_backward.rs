@@ -1020,7 +1020,12 @@ fn test_options(
 /// code (`PtxOptions::bwd_pingpong`; `-y` without: the D64 dense default before
 /// session 13), e.g. `default+y`; a trailing `+8` puts D64
 /// causal-type bindings whose score reads positions (ALiBi) on q tiles of 128
-/// (`PtxOptions::backward_q128_positions`), e.g. `default+8`, `default+8+y`.
+/// (`PtxOptions::backward_q128_positions`), e.g. `default+8`, `default+8+y`. A trailing
+/// `+p` issues the fused kernel's products early (`PtxOptions::overlap`), e.g.
+/// `default+p`, `default+u+p`; a trailing `+h` loads the visit's L2/Delta before the wait
+/// for Sᵀ and dPᵀ (`PtxOptions::bwd_stats_early`), e.g. `default+h`, `default+u+h`; a
+/// trailing `+e` computes P while dPᵀ runs (`PtxOptions::bwd_p_under_dp`), e.g.
+/// `default+e`, `default+h+e`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1126,6 +1131,25 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     if let Some(rest) = cfg.strip_suffix("+k") {
         return bench_options(default, rest).map(|o| PtxOptions {
             bwd_band_keep: true,
+            ..o
+        });
+    }
+    // `+p`: the fused kernel's products issued early (`overlap`: FlashAttention-3's
+    // order, P under dPᵀ, dV before the dS barrier)
+    if let Some(rest) = cfg.strip_suffix("+p") {
+        return bench_options(default, rest).map(|o| PtxOptions { overlap: true, ..o });
+    }
+    // `+h`: the visit's L2/Delta loads before the wait for Sᵀ and dPᵀ (`bwd_stats_early`)
+    if let Some(rest) = cfg.strip_suffix("+h") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_stats_early: true,
+            ..o
+        });
+    }
+    // `+e`: P computed while dPᵀ runs (`bwd_p_under_dp`)
+    if let Some(rest) = cfg.strip_suffix("+e") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_p_under_dp: true,
             ..o
         });
     }
@@ -1668,6 +1692,95 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
     }
 }
 
+/// The fused kernel's element code in two other orders (session 14, off by default):
+/// the visit's L2/Delta loads before the wait for Sᵀ and dPᵀ (`bwd_stats_early`) and P
+/// computed while dPᵀ runs (`bwd_p_under_dp`), each on the binding's options, against
+/// the f64 reference (dense, causal, ALiBi + causal, soft-cap + causal at D128; causal
+/// at D64 on q tiles of 128; GQA, odd lengths, Lq != Lkv, f16 and bf16), and bit-identical
+/// over 3 runs (dense and causal at 1000 x 1000, GQA).
+fn gpu_backward_element_orders(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::Arch;
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the fused kernel does not exist here");
+        return;
+    }
+    let with = |o: PtxOptions, which: u32| PtxOptions {
+        bwd_stats_early: which == 0,
+        bwd_p_under_dp: which == 1,
+        ..o
+    };
+    let cases = [
+        (
+            samples::dense(),
+            shape(2, 4, 2, 77, 131, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::causal(),
+            shape(1, 4, 2, 150, 270, 128),
+            InputType::F16,
+        ),
+        (
+            samples::alibi_causal(4),
+            shape(1, 4, 2, 200, 200, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::softcap_causal(),
+            shape(1, 2, 1, 129, 129, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::causal(),
+            shape(1, 4, 2, 200, 63, 64),
+            InputType::F16,
+        ),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
+            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        for which in [0, 1] {
+            let o = with(def, which);
+            println!(
+                "  {} {:?} stats_early={} p_under_dp={}",
+                p.name, sh, o.bwd_stats_early, o.bwd_p_under_dp
+            );
+            check_case_with(dev, p, *sh, *ty, 700 + i as u64, false, o);
+        }
+    }
+    for (p, sh) in [
+        (samples::dense(), shape(1, 4, 2, 1000, 1000, 128)),
+        (samples::causal(), shape(1, 4, 2, 1000, 1000, 128)),
+    ] {
+        let ty = InputType::Bf16;
+        let def = PtxOptions::backward(dev.arch(), 128, 128, ty)
+            .backward_for_binding(&Plan::new(&p), 1000);
+        for which in [0, 1] {
+            let o = with(def, which);
+            let ks = emit_backward_kernels(&Plan::new(&p), &o).unwrap();
+            let bw = CudaBackward::load(dev, &ks).unwrap();
+            let x = inputs(&p, &sh, ty, 5, false);
+            let b = blocks_of(&bw, &p, &sh, &x);
+            let first = run(dev, &bw, &sh, &x, b.as_blocks());
+            for _ in 0..2 {
+                let again = run(dev, &bw, &sh, &x, b.as_blocks());
+                assert!(
+                    again == first,
+                    "{} {:?} stats_early={} p_under_dp={}: gradients differ between runs",
+                    p.name,
+                    sh,
+                    o.bwd_stats_early,
+                    o.bwd_p_under_dp
+                );
+            }
+            println!(
+                "  {} {:?} stats_early={} p_under_dp={}: 3 runs bit-identical",
+                p.name, sh, o.bwd_stats_early, o.bwd_p_under_dp
+            );
+        }
+    }
+}
+
 /// The fused kernel on persistent CTAs (`PtxOptions::bwd_persist`) against the f64
 /// reference on 3 CTAs that each walk many kv tiles (the next tile's K/V and Q/dO loaded
 /// under the last one's drain), and bit-identical over runs on the device's CTAs: bands
@@ -1924,6 +2037,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
     ("gpu_backward_wscan", gpu_backward_wscan),
     ("gpu_backward_persist", gpu_backward_persist),
+    ("gpu_backward_element_orders", gpu_backward_element_orders),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
 ];
 

@@ -434,6 +434,22 @@ pub struct PtxOptions {
     /// bit-identical gradients. Off by default; the kernel bench's `+y`. Other kinds
     /// ignore it.
     pub bwd_pingpong: bool,
+    /// The fused backward (`backward/fused.rs`), where a visit waits for Sᵀ and dPᵀ
+    /// before its element code (not `overlap`, not [`Self::bwd_pingpong`]): the visit's
+    /// L2 and Delta loads from shared memory issued before that wait instead of after it,
+    /// so their latency passes under the tensor cores' Sᵀ and dPᵀ (ncu, one H200, D128
+    /// dense: the first subtractions and FMAs after the wait held 7% of the math warps'
+    /// stall samples, short scoreboard on those loads). The same values: bit-identical
+    /// gradients. Off by default; the kernel bench's `+h`. Other kinds ignore it.
+    pub bwd_stats_early: bool,
+    /// The fused backward (`backward/fused.rs`) on q tiles of 64 without `overlap`,
+    /// [`Self::bwd_pingpong`], [`Self::bwd_wg_dq`] or capture gradients: a visit waits
+    /// for Sᵀ alone, computes P (the exponentials) while dPᵀ runs on the tensor cores,
+    /// then waits for dPᵀ and computes dS (FlashAttention-3's order for P: `overlap`'s
+    /// element code, without its dV before the dS barrier), the products after the dS
+    /// barrier as before. Deterministic. Off by default; the kernel bench's `+e`. Other
+    /// kinds and q tiles of 128 ignore it.
+    pub bwd_p_under_dp: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -569,6 +585,8 @@ impl PtxOptions {
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
+            bwd_stats_early: false,
+            bwd_p_under_dp: false,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -850,6 +868,16 @@ impl PtxOptions {
             }
             + if self.bwd_pingpong {
                 " bwd-pingpong"
+            } else {
+                ""
+            }
+            + if self.bwd_stats_early {
+                " bwd-stats-early"
+            } else {
+                ""
+            }
+            + if self.bwd_p_under_dp {
+                " bwd-p-under-dp"
             } else {
                 ""
             }

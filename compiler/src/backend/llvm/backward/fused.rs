@@ -440,6 +440,8 @@ struct Tile<'ctx> {
 enum Products<'ctx> {
     DvIssued(Vec<FloatValue<'ctx>>, Vec<[IntValue<'ctx>; 4]>),
     Later(Acc<'ctx>, Acc<'ctx>),
+    // bwd_p_under_dp: P and dSᵀ as A fragments, nothing issued
+    Ready(Vec<[IntValue<'ctx>; 4]>, Vec<[IntValue<'ctx>; 4]>),
 }
 
 /// Byte offset of the dQ tile of (b, h, q block) in DqAccum (i64).
@@ -1488,7 +1490,25 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     // early (no capture gradients): Sᵀ and dPᵀ waited for one at a time below; else both
     // here, before the row statistics are read (bwd_pingpong: completed in the last visit)
-    let split = early && cap.is_none();
+    // bwd_p_under_dp: the same split without `overlap`'s dV before the dS barrier
+    let p_under_dp = opts.bwd_p_under_dp && !early && !pipe && !wg_dq && br == 64;
+    let split = (early || p_under_dp) && cap.is_none();
+    let row0 = g.mul(c.warp, g.c32(16))?;
+    // this visit's L2/Delta rows (and the thread's kv row)
+    let row_stats = || {
+        if opts.bwd_stmatrix {
+            frag_row_stats_v2(g, &c, &t, br, (kv0, row0), q0, sbuf)
+        } else {
+            frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)
+        }
+    };
+    // bwd_stats_early: loaded before the wait for Sᵀ and dPᵀ, under those products (the
+    // producer stored them before its `q_full` arrival, which this visit has waited for)
+    let mut stats_early = if opts.bwd_stats_early && !pipe && !split {
+        Some(row_stats()?)
+    } else {
+        None
+    };
     let waited = if pipe {
         Some((acc_get(g, &sv)?, acc_get(g, &dpv)?))
     } else if split {
@@ -1496,7 +1516,6 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         Some((wg_result(g, &s)?, wg_result(g, &dp)?))
     };
-    let row0 = g.mul(c.warp, g.c32(16))?;
     let ec = ElemCtx {
         p,
         sd,
@@ -1530,10 +1549,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // dV runs under dS (and the barrier that publishes it) and, without capture
     // gradients, P is computed while dPᵀ runs
     let products = if let Some((s, dp)) = waited {
-        let (kv_row, stats) = if opts.bwd_stmatrix {
-            frag_row_stats_v2(g, &c, &t, br, (kv0, row0), q0, sbuf)?
-        } else {
-            frag_row_stats(g, &c, &t, br, (kv0, row0), q0, sbuf)?
+        let (kv_row, stats) = match stats_early.take() {
+            Some(x) => x,
+            None => row_stats()?,
         };
         // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
         let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
@@ -1621,15 +1639,57 @@ pub(super) fn dkdv_dq_body<'ctx>(
             Ok((frag_pos(g, &pb, q, kv_row, nt, i)?, l2s[nt * 2 + i % 2]))
         };
         let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
-        g.wgmma_fence()?;
-        let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
-        g.wgmma_commit()?;
-        let deltas = col_stat(t.delta)?;
-        // waits for dPᵀ (the group before dV's)
-        let dp = from_flat(&g.wgmma_wait(1, &dp)?);
-        let dst = grad_ds(g, &pd, &dp, &|nt, i| Ok(deltas[nt * 2 + i % 2]))?;
-        store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
-        Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
+        if p_under_dp {
+            let deltas = col_stat(t.delta)?;
+            // waits for dPᵀ (the last group in flight)
+            let dp = from_flat(&g.wgmma_wait(0, &dp)?);
+            let delta = |nt: usize, i: usize| Ok(deltas[nt * 2 + i % 2]);
+            // bwd_ds_unguarded: no P = 0 select on full blocks of the identity score (as
+            // grad_scores)
+            let dst = if opts.bwd_ds_unguarded && p.score.is_none() {
+                let v = acc_vars(g, pd.len())?;
+                let (fast, slow, merge) = (
+                    g.block("bwd_ds_full"),
+                    g.block("bwd_ds_partial"),
+                    g.block("bwd_ds_done"),
+                );
+                g.cond_br(full, fast, slow)?;
+                g.b.position_at_end(fast);
+                let x = pd
+                    .iter()
+                    .zip(&dp)
+                    .enumerate()
+                    .map(|(nt, (a, b))| {
+                        let mut t = [g.cf(0.0); 4];
+                        for (i, x) in t.iter_mut().enumerate() {
+                            *x = g.fmul(a[i], g.fsub(b[i], delta(nt, i)?)?)?;
+                        }
+                        Ok(t)
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                acc_set(g, &v, &x)?;
+                g.br(merge)?;
+                g.b.position_at_end(slow);
+                acc_set(g, &v, &grad_ds(g, &pd, &dp, &delta)?)?;
+                g.br(merge)?;
+                g.b.position_at_end(merge);
+                acc_get(g, &v)?
+            } else {
+                grad_ds(g, &pd, &dp, &delta)?
+            };
+            store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
+            Products::Ready(pa, acc_to_a(g, ty, &dst)?)
+        } else {
+            g.wgmma_fence()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+            g.wgmma_commit()?;
+            let deltas = col_stat(t.delta)?;
+            // waits for dPᵀ (the group before dV's)
+            let dp = from_flat(&g.wgmma_wait(1, &dp)?);
+            let dst = grad_ds(g, &pd, &dp, &|nt, i| Ok(deltas[nt * 2 + i % 2]))?;
+            store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
+            Products::DvIssued(dv1, acc_to_a(g, ty, &dst)?)
+        }
     };
     g.fence_proxy_async()?;
     if pingpong {
@@ -1863,8 +1923,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
             (dv1, dk1)
         }
         // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
-        Products::Later(pt, dst) => {
-            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+        Products::Later(..) | Products::Ready(..) => {
+            let (pa, dsa) = match products {
+                Products::Later(pt, dst) => (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?),
+                Products::Ready(pa, dsa) => (pa, dsa),
+                Products::DvIssued(..) => return Err(LlvmError::Internal("products")),
+            };
             let dq0 = first_chunk()?;
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
