@@ -1493,9 +1493,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // bwd_p_under_dp: the same split without `overlap`'s dV before the dS barrier
     let p_under_dp = opts.bwd_p_under_dp && !early && !pipe && !wg_dq && br == 64;
     let split = (early || p_under_dp) && cap.is_none();
-    let row0 = g.mul(c.warp, g.c32(16))?;
-    // this visit's L2/Delta rows (and the thread's kv row)
-    let row_stats = || {
+    // this visit's L2/Delta rows (and the thread's kv row); `row0`: the warp's first row
+    let row_stats = |row0: IntValue<'ctx>| {
         if opts.bwd_stmatrix {
             frag_row_stats_v2(g, &c, &t, br, (kv0, row0), q0, sbuf)
         } else {
@@ -1505,7 +1504,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // bwd_stats_early: loaded before the wait for Sᵀ and dPᵀ, under those products (the
     // producer stored them before its `q_full` arrival, which this visit has waited for)
     let mut stats_early = if opts.bwd_stats_early && !pipe && !split {
-        Some(row_stats()?)
+        Some(row_stats(g.mul(c.warp, g.c32(16))?)?)
     } else {
         None
     };
@@ -1516,6 +1515,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         Some((wg_result(g, &s)?, wg_result(g, &dp)?))
     };
+    let row0 = g.mul(c.warp, g.c32(16))?;
     let ec = ElemCtx {
         p,
         sd,
@@ -1551,7 +1551,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let products = if let Some((s, dp)) = waited {
         let (kv_row, stats) = match stats_early.take() {
             Some(x) => x,
-            None => row_stats()?,
+            None => row_stats(row0)?,
         };
         // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
         let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
