@@ -70,6 +70,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// The arguments at element `(b, h, q, kv)` with score input `s`, the indices
+    /// converted `as i32` (they fit for a shape that passes `Shape::validate`).
+    pub fn at(s: f32, [b, h, q, kv]: [usize; 4]) -> Args {
+        Args {
+            s,
+            b: b as i32,
+            h: h as i32,
+            q: q as i32,
+            kv: kv as i32,
+        }
+    }
+
     /// The value of argument `a`.
     pub fn get(&self, a: Arg) -> Scalar {
         match a {

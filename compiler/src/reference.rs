@@ -35,13 +35,7 @@ pub(crate) fn raw_and_kept(
         .zip(krow)
         .map(|(x, y)| *x as f64 * *y as f64)
         .sum();
-    let args = Args {
-        s: (scale as f64 * dot) as f32,
-        b: b as i32,
-        h: h as i32,
-        q: i as i32,
-        kv: j as i32,
-    };
+    let args = Args::at((scale as f64 * dot) as f32, [b, h, i, j]);
     let keep = match &p.mask {
         Some(m) => eval(m, p, args, bind, scratch)?.as_bool(),
         None => true,

@@ -427,13 +427,7 @@ pub fn brute_force_maps(
             let mut seen = vec![(false, false); nq * nkv];
             for q in 0..shape.lq {
                 for kv in 0..shape.lkv {
-                    let args = Args {
-                        s: 0.0,
-                        b: b as i32,
-                        h: h as i32,
-                        q: q as i32,
-                        kv: kv as i32,
-                    };
+                    let args = Args::at(0.0, [b, h, q, kv]);
                     let v = eval(f, p, args, bind, &mut scratch)?.as_bool();
                     let s = &mut seen[(q / q_block) * nkv + kv / kv_block];
                     if v { s.0 = true } else { s.1 = true }

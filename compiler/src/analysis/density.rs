@@ -48,13 +48,7 @@ pub fn unmasked_pairs(p: &Program, shape: &Shape, maps: &BlockMaps, bind: &Bindi
                     }
                     for q in q0..q1 {
                         for kv in k0..k1 {
-                            let args = Args {
-                                s: 0.0,
-                                b: b as i32,
-                                h: h as i32,
-                                q: q as i32,
-                                kv: kv as i32,
-                            };
+                            let args = Args::at(0.0, [b, h, q, kv]);
                             if eval(mask, p, args, bind, &mut scratch)
                                 .map(|v| v.as_bool())
                                 .unwrap_or(false)
