@@ -251,16 +251,18 @@ impl ClosedForm {
         bld.finish()
     }
 
+    /// Param `p`'s declared name (`p{p}` when it has none).
+    fn param_name(&self, p: u32) -> String {
+        self.param_names
+            .get(p as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("p{p}"))
+    }
+
     fn fmt_expr(&self, e: &LinExpr, out: &mut String) {
         let mut terms: Vec<(i64, String)> = vec![(e.q, "q".into()), (e.kv, "kv".into())];
         for &(p, c) in &e.params {
-            terms.push((
-                c,
-                self.param_names
-                    .get(p as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("p{p}")),
-            ));
+            terms.push((c, self.param_name(p)));
         }
         terms.push((e.k, String::new()));
         fmt_terms(&terms, out);
@@ -277,13 +279,7 @@ impl ClosedForm {
         let sign = if a > 0 { -1 } else { 1 };
         let mut terms: Vec<(i64, String)> = vec![(sign * c.q, qname.into())];
         for &(p, k) in &c.params {
-            terms.push((
-                sign * k,
-                self.param_names
-                    .get(p as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("p{p}")),
-            ));
+            terms.push((sign * k, self.param_name(p)));
         }
         terms.push((sign * c.k, String::new()));
         let mut s = String::new();
@@ -356,13 +352,7 @@ impl fmt::Display for ClosedForm {
                     let qn = if (e.q > 0) != worst { "q1" } else { "q0" };
                     let mut terms = vec![(e.q, qn.to_string())];
                     for &(p, k) in &e.params {
-                        terms.push((
-                            k,
-                            self.param_names
-                                .get(p as usize)
-                                .cloned()
-                                .unwrap_or_else(|| format!("p{p}")),
-                        ));
+                        terms.push((k, self.param_name(p)));
                     }
                     terms.push((e.k, String::new()));
                     fmt_terms(&terms, &mut s);
