@@ -313,22 +313,11 @@ impl Tok {
     }
 
     pub fn is_keyword(&self) -> bool {
-        matches!(
-            self,
-            Tok::Const
-                | Tok::Param
-                | Tok::Tensor
-                | Tok::Fn
-                | Tok::Mask
-                | Tok::Score
-                | Tok::Attention
-                | Tok::Let
-                | Tok::If
-                | Tok::Else
-                | Tok::As
-                | Tok::True
-                | Tok::False
-        )
+        self.starts_item()
+            || matches!(
+                self,
+                Tok::Let | Tok::If | Tok::Else | Tok::As | Tok::True | Tok::False
+            )
     }
 
     /// Keywords that start an item.
