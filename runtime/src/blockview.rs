@@ -179,6 +179,12 @@ const FULL_RGB: [u8; 3] = [31, 71, 136];
 const PARTIAL_RGB: [u8; 3] = [244, 162, 56];
 const EMPTY_RGB: [u8; 3] = [236, 236, 236];
 const INK: [u8; 3] = [30, 30, 30];
+/// The pictures' legend, left to right.
+const LEGEND: [(BlockKind, &str); 3] = [
+    (BlockKind::Full, "full"),
+    (BlockKind::Partial, "partial"),
+    (BlockKind::Empty, "empty"),
+];
 const PAPER: [u8; 3] = [255, 255, 255];
 
 fn rgb(k: BlockKind) -> [u8; 3] {
@@ -346,11 +352,7 @@ pub fn png_bytes(m: &BlockMap) -> Result<Vec<u8>, ViewError> {
     // Legend.
     let ly = TOP + bh + 20;
     let mut x = LEFT;
-    for (k, name) in [
-        (BlockKind::Full, "full"),
-        (BlockKind::Partial, "partial"),
-        (BlockKind::Empty, "empty"),
-    ] {
+    for (k, name) in LEGEND {
         cv.rect(x, ly, 12, 12, rgb(k));
         cv.rect(x, ly, 12, 1, INK);
         cv.rect(x, ly + 11, 12, 1, INK);
@@ -456,11 +458,7 @@ pub fn svg_string(m: &BlockMap) -> String {
     let _ = writeln!(s, r#"<text x="4" y="{}">q</text>"#, TOP + bh / 2);
     let ly = TOP + bh + 20;
     let mut x = LEFT;
-    for (k, name) in [
-        (BlockKind::Full, "full"),
-        (BlockKind::Partial, "partial"),
-        (BlockKind::Empty, "empty"),
-    ] {
+    for (k, name) in LEGEND {
         let _ = writeln!(
             s,
             r#"<rect x="{x}" y="{ly}" width="12" height="12" fill="{}" stroke="{}"/><text x="{}" y="{}">{name}</text>"#,

@@ -221,13 +221,8 @@ impl Tensor {
 
     /// Every element as f32 (integers converted).
     pub fn to_f32(&self) -> Vec<f32> {
-        let b = &self.bytes;
         match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 | DType::BF16 => {
+            DType::F32 | DType::F16 | DType::BF16 => {
                 let mut out = Vec::new();
                 self.read_f32_into(&mut out);
                 out
