@@ -638,6 +638,11 @@ mod x86 {
     }
 
     /// `pf`: `(ncols, bkv)` when this pass prefetches the next block's `bkv` rows.
+    ///
+    /// # Safety
+    /// As `qk512`: `qt[d][bq]`, the `ncols` rows of `k` and `st[ncols][bq]` are valid,
+    /// columns `i0..i0 + 16·NV` lie inside `bq`; prefetched rows as
+    /// `Rows::prefetch_row` allows.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn qk_cols<const NV: usize, R: Rows>(
@@ -678,6 +683,8 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// As `qk_cols`; rows `j..j + JR` lie below `ncols`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn qk_block<const JR: usize, const NV: usize, R: Rows>(
@@ -767,6 +774,10 @@ mod x86 {
         pf: usize,
     }
 
+    /// # Safety
+    /// As `pv512`: the pointers of `a` are valid for `nrows` rows, its `ncols` keys and
+    /// columns `c0..c0 + 16·NV` inside `dv`; prefetched rows as `Rows::prefetch_row`
+    /// allows.
     #[target_feature(enable = "avx512f")]
     unsafe fn pv_cols<const NV: usize, R: Rows>(a: &PvArgs<R>, nrows: usize) {
         // SAFETY: bounds as in `pv512`.
@@ -793,6 +804,8 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// As `pv_cols`; rows `i..i + RB` lie below `nrows`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn pv_block<const RB: usize, const NV: usize, R: Rows>(a: &PvArgs<R>, i: usize) {

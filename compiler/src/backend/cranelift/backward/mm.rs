@@ -186,6 +186,10 @@ mod x86 {
     }
 
     /// Every row block of one panel of `NV` vectors at column `c0`.
+    ///
+    /// # Safety
+    /// As `mm512`; columns `c0..c0 + 16·NV`, the last vector masked by `mask`, lie
+    /// inside `p.n`.
     #[target_feature(enable = "avx512f")]
     unsafe fn rows<const NV: usize>(
         p: &Mm,
@@ -214,6 +218,9 @@ mod x86 {
     }
 
     /// `R` rows by `NV` vectors of `C` in registers over the whole `t` loop.
+    ///
+    /// # Safety
+    /// As `rows`; rows `r0..r0 + R` lie below `p.m`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
