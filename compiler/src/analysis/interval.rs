@@ -803,13 +803,7 @@ impl<'a> Evaluator<'a> {
             }
             BinOp::IDiv => {
                 let (x, y) = (av.i(), bv.i());
-                if let (Some(d), Some(aff)) = (y.singleton(), x.aff)
-                    && d != 0
-                    && x.lo != x.hi
-                    && self.collect
-                {
-                    self.hint_multiples(&aff, x.lo, x.hi, d, bx);
-                }
+                self.hint_divisor(&x, &y, bx);
                 if let (Some(d), Some(n)) = (y.singleton(), x.singleton()) {
                     return AVal::Int(
                         IntV::single(crate::ir::floor_div(n as i32, d as i32) as i64),
@@ -820,13 +814,7 @@ impl<'a> Evaluator<'a> {
             }
             BinOp::IRem => {
                 let (x, y) = (av.i(), bv.i());
-                if let (Some(d), Some(aff)) = (y.singleton(), x.aff)
-                    && d != 0
-                    && x.lo != x.hi
-                    && self.collect
-                {
-                    self.hint_multiples(&aff, x.lo, x.hi, d, bx);
-                }
+                self.hint_divisor(&x, &y, bx);
                 AVal::Int(rem_range(x, y))
             }
             BinOp::IMin | BinOp::IMax => {
@@ -897,6 +885,18 @@ impl<'a> Evaluator<'a> {
                 r.nan = x.nan && y.nan;
                 AVal::Float(r)
             }
+        }
+    }
+
+    /// For `x / y` and `x % y` with a constant divisor `y` and an affine, non-constant
+    /// `x` (while collecting): `hint_multiples` of `y` on `x`.
+    fn hint_divisor(&mut self, x: &IntV, y: &IntV, bx: &Box4) {
+        if let (Some(d), Some(aff)) = (y.singleton(), x.aff)
+            && d != 0
+            && x.lo != x.hi
+            && self.collect
+        {
+            self.hint_multiples(&aff, x.lo, x.hi, d, bx);
         }
     }
 
