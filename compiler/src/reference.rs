@@ -17,6 +17,15 @@ pub struct Output {
     pub lse: Vec<f32>,
 }
 
+/// Panics unless q, k and v have `shape`'s lengths (a caller's bug): the first check of
+/// [`attention`] and of `reference_grad::backward`.
+#[track_caller]
+pub(crate) fn assert_qkv_lens(shape: &Shape, q: &[f32], k: &[f32], v: &[f32]) {
+    assert_eq!(q.len(), shape.q_len(), "q length");
+    assert_eq!(k.len(), shape.k_len(), "k length");
+    assert_eq!(v.len(), shape.v_len(), "v length");
+}
+
 /// One element's raw score `f32(scale · q·k)` (the dot in f64) as the interpreter's
 /// arguments for the score, and whether the mask keeps it: the input of the score in the
 /// semantics contract, shared by the reference forward and backward (`reference_grad`).
@@ -61,9 +70,7 @@ pub fn attention(
         dv,
         ..
     } = *shape;
-    assert_eq!(q.len(), shape.q_len(), "q length");
-    assert_eq!(k.len(), shape.k_len(), "k length");
-    assert_eq!(v.len(), shape.v_len(), "v length");
+    assert_qkv_lens(shape, q, k, v);
     let mut o = vec![0f32; shape.o_len()];
     let mut lse = vec![f32::NEG_INFINITY; shape.lse_len()];
     let mut scratch = Vec::new();

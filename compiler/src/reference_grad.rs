@@ -21,7 +21,7 @@
 use crate::dual::eval_dual;
 use crate::interp::{Bindings, EvalError, TensorData};
 use crate::ir::Program;
-use crate::reference::raw_and_kept;
+use crate::reference::{assert_qkv_lens, raw_and_kept};
 use crate::shape::Shape;
 
 /// Gradients of one backward call, of the oracle and of the CPU backend
@@ -66,9 +66,7 @@ pub fn backward(
         d,
         dv,
     } = *shape;
-    assert_eq!(q.len(), shape.q_len(), "q length");
-    assert_eq!(k.len(), shape.k_len(), "k length");
-    assert_eq!(v.len(), shape.v_len(), "v length");
+    assert_qkv_lens(shape, q, k, v);
     assert_eq!(dout.len(), shape.o_len(), "dO length");
     if let Some(x) = dlse {
         assert_eq!(x.len(), shape.lse_len(), "dLSE length");
