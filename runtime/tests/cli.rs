@@ -324,11 +324,7 @@ fn run_reports_a_missing_capture_and_a_bad_input_file() {
         d: 4,
         dv: 4,
     };
-    let (q, k, v) = synth::qkv(&shape, DType::F32, 1);
-    let mut inputs = BTreeMap::new();
-    inputs.insert("q".to_string(), q);
-    inputs.insert("k".to_string(), k);
-    inputs.insert("v".to_string(), v);
+    let inputs = qkv_inputs(&shape, 1);
     let input = dir.join("in.safetensors");
     write_safetensors(&input, &inputs).unwrap();
     let (i, o) = (

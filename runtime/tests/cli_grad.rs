@@ -4,16 +4,14 @@
 //! errors of `--grad`.
 
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{DType, Shape, Tensor, synth};
-use std::collections::BTreeMap;
+use attnc::{Shape, Tensor, synth};
 
 mod cli_util;
 use cli_util::*;
 
 #[test]
 fn run_grad_writes_every_gradient_and_backends_agree() {
-    let dir = std::env::temp_dir().join(format!("attnc-cli-grad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmpdir("grad");
     let shape = Shape {
         b: 1,
         hq: 4,
@@ -23,13 +21,9 @@ fn run_grad_writes_every_gradient_and_backends_agree() {
         d: 16,
         dv: 16,
     };
-    let (q, k, v) = synth::qkv(&shape, DType::F32, 5);
     let mut rng = synth::Rng::new(6);
     let mut normal = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
-    let mut inputs = BTreeMap::new();
-    inputs.insert("q".to_string(), q);
-    inputs.insert("k".to_string(), k);
-    inputs.insert("v".to_string(), v);
+    let mut inputs = qkv_inputs(&shape, 5);
     inputs.insert(
         "do".to_string(),
         Tensor::from_f32(vec![1, 4, 37, 16], &normal(4 * 37 * 16)),

@@ -3,9 +3,8 @@
 //! sizes that must be refused before allocating, and usage conventions. Each test runs
 //! the built binary the way a user would.
 
+use attnc::Shape;
 use attnc::io::write_safetensors;
-use attnc::{DType, Shape, synth};
-use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -24,13 +23,8 @@ fn inputs(dir: &Path) -> PathBuf {
         d: 8,
         dv: 8,
     };
-    let (q, k, v) = synth::qkv(&shape, DType::F32, 1);
-    let mut m = BTreeMap::new();
-    m.insert("q".to_string(), q);
-    m.insert("k".to_string(), k);
-    m.insert("v".to_string(), v);
     let p = dir.join("in.safetensors");
-    write_safetensors(&p, &m).unwrap();
+    write_safetensors(&p, &qkv_inputs(&shape, 1)).unwrap();
     p
 }
 
