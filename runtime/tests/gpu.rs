@@ -248,7 +248,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
 /// dynamic tile scheduler, or off) and, with persistent CTAs, `ATTNC_GPU_Q2=1` (two Q
 /// buffers, `PtxOptions::q_double`), with the dynamic scheduler `ATTNC_GPU_CROSS=1` (the
 /// next tile's first S with the last P V, `PtxOptions::cross_tile`); `ATTNC_GPU_LATE=1`,
-/// `ATTNC_GPU_ILP=1` (`PtxOptions::pv_wait_late`, `PtxOptions::softmax_ilp`).
+/// `ATTNC_GPU_ILP=1`, `ATTNC_GPU_MASK_EARLY=1` (`PtxOptions::pv_wait_late`,
+/// `PtxOptions::softmax_ilp`, `PtxOptions::mask_early`).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     match std::env::var("ATTNC_GPU_PERSISTENT").as_deref() {
         Ok("1") => (o.persistent, o.dynamic_tiles) = (true, false),
@@ -264,6 +265,7 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     // (`PtxOptions::softmax_ilp`)
     o.pv_wait_late = std::env::var("ATTNC_GPU_LATE").is_ok_and(|v| v == "1");
     o.softmax_ilp = std::env::var("ATTNC_GPU_ILP").is_ok_and(|v| v == "1");
+    o.mask_early = std::env::var("ATTNC_GPU_MASK_EARLY").is_ok_and(|v| v == "1");
     o
 }
 
@@ -972,11 +974,13 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`) and the
-/// softmax's reductions over four chains (`PtxOptions::softmax_ilp`) on the
-/// warp-specialized kernel: every sample, one option set per (case, sample) in turn —
-/// both on one CTA per tile, both on the dynamic scheduler (LPT, two Q buffers, q blocks
-/// from the end) with the block table forced on every other sample, each alone; D128
+/// The wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), the
+/// softmax's reductions over four chains (`PtxOptions::softmax_ilp`) and the mask before
+/// the wait for S (`PtxOptions::mask_early`) on the warp-specialized kernel: every
+/// sample, one option set per (case, sample) in turn — the first two on one CTA per tile,
+/// all three on the dynamic scheduler (LPT, two Q buffers, q blocks from the end) with
+/// the block table forced on every other sample, each of the first two alone (the second
+/// with the mask before the wait); D128
 /// (two consumers) and D64 (three at q blocks of 192), odd lengths that leave partial
 /// blocks of several sizes, Lq != Lkv, GQA, bf16 and f16, a negative scale and checked
 /// mode on one case each. Many kv blocks per row (lengths up to 1100) so that rows move
@@ -1044,6 +1048,7 @@ fn gpu_late_wait_and_ilp_match_oracle(dev: &CudaDevice) {
             let opts = PtxOptions {
                 pv_wait_late: k != 3,
                 softmax_ilp: k != 2,
+                mask_early: k % 2 == 1,
                 persistent: dynamic,
                 dynamic_tiles: dynamic,
                 lpt_group: if dynamic { 8 } else { 0 },
@@ -1063,8 +1068,13 @@ fn gpu_late_wait_and_ilp_match_oracle(dev: &CudaDevice) {
             };
             if let Err(e) = check_opts(&small, &p, &c, &bind, None, 47, scale, &opts) {
                 failures.push(format!(
-                    "{} {:?} q block {qb} late {} ilp {} dynamic {dynamic} table {} {sms} CTAs: {e}",
-                    p.name, c.shape, opts.pv_wait_late, opts.softmax_ilp, opts.kv_table
+                    "{} {:?} q block {qb} late {} ilp {} mask early {} dynamic {dynamic} table {} {sms} CTAs: {e}",
+                    p.name,
+                    c.shape,
+                    opts.pv_wait_late,
+                    opts.softmax_ilp,
+                    opts.mask_early,
+                    opts.kv_table
                 ));
             }
         }

@@ -14,7 +14,7 @@
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -141,6 +141,10 @@ fn tile_opts(
     if mt.contains('b') {
         // the softmax's row max and sum over four chains per row
         o.softmax_ilp = true;
+    }
+    if mt.contains('k') {
+        // a partial block's mask as keep bits before the wait for S
+        o.mask_early = true;
     }
     if mt.contains('c') {
         o.min_ctas = 2;

@@ -633,6 +633,7 @@ pub(super) fn build<'ctx>(
         q_from_end: false,
         split_tail: false,
         pv_wait_late: false,
+        mask_early: false,
         softmax_ilp: false,
         q: qt,
         k: kt,

@@ -64,7 +64,7 @@ use super::expr::Env;
 use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
 use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
-use super::score::score_and_mask;
+use super::score::{MaskBits, mask_bits, score_and_mask};
 use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
 use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, split4, tiles};
 use super::{KernelParam, PtxOptions};
@@ -939,30 +939,42 @@ impl<'ctx> Consumer<'_, 'ctx> {
         g.bar_arrive_reg(g.add(next, g.c32(BAR_TURN0 as i64))?, 256)
     }
 
-    /// Score and mask of S (the wgmma accumulators `s`) for the block at `pos`, then
-    /// `online` (one of the softmax module's two entry points) on this warpgroup's m, l
-    /// and O, with the rescale factors of O going to `alpha`.
+    /// `PtxOptions::mask_early`: the keep bits of the block at `pos` for S fragments of
+    /// `n` values (emitted between S's issue and its wait; `None` without the option).
+    fn mask_early(&self, n: usize, pos: &KvPos<'ctx>) -> R<Option<MaskBits<'ctx>>> {
+        let (g, c, cx) = (self.g, self.c, self.cx);
+        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        mask_bits(g, c, cx, self.env, self.p, (1, n / 4), kv0, pos.full)
+    }
+
+    /// Score and mask of S (the wgmma accumulators `s`) for the block at `pos` (with
+    /// `bits`, the block's mask from [`Self::mask_early`]), then `online` (one of the
+    /// softmax module's two entry points) on this warpgroup's m, l and O, with the rescale
+    /// factors of O going to `alpha`.
     fn scored_softmax<T>(
         &self,
         s: &[inkwell::values::FloatValue<'ctx>],
         pos: &KvPos<'ctx>,
+        bits: Option<&MaskBits<'ctx>>,
         online: OnlineSoftmax<'ctx, T>,
     ) -> R<T> {
         let (g, c, cx) = (self.g, self.c, self.cx);
         let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full)?;
+        let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full, bits)?;
         let (m, l, o) = (&self.m, &self.l, &self.o);
         online(g, c, cx, &t, m, l, o, Some(&self.alpha), &mut || Ok(()))
     }
 
     /// Score, mask and online softmax of S for the block at `pos`; P goes to `p_prev`
     /// and the rescale factors of O to `alpha`. Returns whether some row's max moved.
+    /// `bits`: the block's mask from [`Self::mask_early`].
     fn softmax(
         &self,
         s: &[inkwell::values::FloatValue<'ctx>],
         pos: &KvPos<'ctx>,
+        bits: Option<&MaskBits<'ctx>>,
     ) -> R<IntValue<'ctx>> {
-        let (pfrag, any) = self.scored_softmax(s, pos, online_softmax)?;
+        let (pfrag, any) = self.scored_softmax(s, pos, bits, online_softmax)?;
         self.p_prev.store(self.g, &pfrag[0])?;
         Ok(any)
     }
@@ -974,11 +986,12 @@ impl<'ctx> Consumer<'_, 'ctx> {
         &self,
         s: &[inkwell::values::FloatValue<'ctx>],
         pos: &KvPos<'ctx>,
+        bits: Option<&MaskBits<'ctx>>,
     ) -> R<(
         Vec<Vec<[inkwell::values::FloatValue<'ctx>; 4]>>,
         IntValue<'ctx>,
     )> {
-        self.scored_softmax(s, pos, online_softmax_exp)
+        self.scored_softmax(s, pos, bits, online_softmax_exp)
     }
 
     fn kbuf(&self, s: IntValue<'ctx>) -> R<IntValue<'ctx>> {
@@ -1060,9 +1073,10 @@ impl<'ctx> Consumer<'_, 'ctx> {
         self.take_turn()?;
         let s_async = qk_wgmma_issue(g, c, cx, self.kbuf(s)?, qbuf)?;
         self.pass_turn()?;
+        let bits = self.mask_early(s_async.len(), &pos)?;
         let sv = g.wgmma_wait(0, &s_async)?;
         g.mbar_arrive(bars.k_empty(g, s)?)?;
-        self.softmax(&sv, &pos)?;
+        self.softmax(&sv, &pos, bits.as_ref())?;
         self.prev.set(g, (s, ph))?;
         self.ring.advance(g)?;
         let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;
@@ -1084,13 +1098,14 @@ impl<'ctx> Consumer<'_, 'ctx> {
         let p_in = self.p_prev.values(g)?;
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, self.vbuf(ps)?)?;
         self.pass_turn()?;
+        let bits = self.mask_early(s_async.len(), &pos)?;
         let sv = g.wgmma_wait(1, &s_async)?;
         g.mbar_arrive(bars.k_empty(g, s)?)?;
         if c.pv_wait_late {
             // (`pv_wait_late`: the wait in both arms of the rescale branch, after the
             // exponentials' block, and P packed after it; the two waits' texts differ so
             // that LLVM does not hoist them back into one)
-            let (p_raw, any) = self.softmax_exp(&sv, &pos)?;
+            let (p_raw, any) = self.softmax_exp(&sv, &pos, bits.as_ref())?;
             let rescale = g.block("pv_wait_rescale");
             let keep = g.block("pv_wait");
             let done = g.block("pv_done");
@@ -1108,7 +1123,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
             g.b.position_at_end(done);
             self.p_prev.store(g, &pack_p(g, c, &p_raw)?[0])?;
         } else {
-            let any = self.softmax(&sv, &pos)?;
+            let any = self.softmax(&sv, &pos, bits.as_ref())?;
             let o_now = g.wgmma_wait(0, &o_async)?;
             g.mbar_arrive(bars.v_empty(g, ps)?)?;
             self.o.store_flat(g, &o_now)?;
@@ -1243,7 +1258,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
             ..*self
         };
         // (O's rescale factors are the next tile's: O starts from zero there)
-        next.softmax(&sv, &pos)?;
+        next.softmax(&sv, &pos, None)?;
         self.prev.set(g, (s, ph))?;
         self.ring.advance(g)?;
         g.set(x.pre, g.c32(1))?;

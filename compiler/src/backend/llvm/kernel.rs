@@ -417,7 +417,7 @@ impl<'ctx> Forward<'_, 'ctx> {
             None => pos.step(g, &self.runs)?,
         };
         let (next, has_next) = step.next(g, &self.runs)?;
-        let t = score_and_mask(g, c, cx, &self.env, self.p, &s, kv0, pos.full)?;
+        let t = score_and_mask(g, c, cx, &self.env, self.p, &s, kv0, pos.full, None)?;
         let mut sync = || -> R<()> {
             if prefetch.is_some() {
                 // V[j] (K[next] may still be in flight)
@@ -488,7 +488,7 @@ impl<'ctx> Forward<'_, 'ctx> {
         let p_in = ov.p_prev.values(g)?;
         let o_async = pv_wgmma_issue(g, c, &p_in, &o_in, vother)?;
         let s = split4(&g.wgmma_wait(1, &s_async)?);
-        let t = score_and_mask(g, c, cx, &self.env, self.p, &s, kv0, pos.full)?;
+        let t = score_and_mask(g, c, cx, &self.env, self.p, &s, kv0, pos.full, None)?;
         let (pfrag, any) = online_softmax(
             g,
             c,

@@ -315,6 +315,18 @@ pub struct PtxOptions {
     /// no faster on an H200 (dense D128 705.3 / 708.1 TFLOP/s against 707.7 / 705.5,
     /// causal 0.820 ms against 0.815; with `pv_wait_late` 0.830, documents 0.247 / 0.242).
     pub softmax_ilp: bool,
+    /// With `ws`: a partial block's mask is evaluated before the consumers wait for its
+    /// S (while S and the previous P V run on the tensor cores) into keep bits, one per
+    /// element of the thread's S fragment (`score::mask_bits`); after the wait each element
+    /// only tests its bit. The mask's tensor reads (a document mask's ids: two row and 32
+    /// column reads per thread and block) and compares leave the softmax's critical path.
+    /// Programs without a mask and checked mode are unchanged. Off in `new` and
+    /// `for_binding`: measured slower on an H200 (`gpu_bench`, one call: document + causal
+    /// B2 H16 L8192 D128 0.279-0.282 ms against 0.244, GQA documents 0.734 against 0.658,
+    /// sliding window 1024 0.290 against 0.265): in the issue-to-wait window S, O and P
+    /// hold 160 registers, and the mask's addresses and reads there make ptxas spill
+    /// (72 bytes; 0 without the option) in the loop that every block runs.
+    pub mask_early: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -570,6 +582,7 @@ impl PtxOptions {
             early_claim: false,
             pv_wait_late: false,
             softmax_ilp: false,
+            mask_early: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -824,6 +837,7 @@ impl PtxOptions {
                 ""
             }
             + if self.softmax_ilp { " softmax-ilp" } else { "" }
+            + if self.mask_early { " mask-early" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

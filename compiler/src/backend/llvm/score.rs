@@ -6,7 +6,7 @@
 //! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
 
 use super::expr::{Elem, Env, PosF, emit_function, emit_function_at};
-use super::gpu::{Gpu, R};
+use super::gpu::{Gpu, R, Var};
 use super::tile::{Acc, AccTile, Cfg, Ctx, row_inside, thread_row0};
 use crate::ir::Program;
 use inkwell::IntPredicate;
@@ -14,9 +14,96 @@ use inkwell::values::{FloatValue, IntValue};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
+/// A partial block's mask as keep bits (`Cfg::mask_early`): bit `e % 32` of word
+/// `e / 32` for the thread's element `e = (m-tile * n8 tiles + n8 tile) * 4 + i`, in
+/// [`score_and_mask`]'s order; set where the mask holds and kv is inside the sequence.
+pub(crate) struct MaskBits<'ctx> {
+    words: Vec<Var<'ctx>>,
+}
+
+/// Whether the block at `kv0` is scored on the fast path: a full block that ends inside
+/// the sequence. Also returns the tail condition (the block ends past `Lkv`).
+fn fast_path<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    kv0: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
+    let fast = g.and(
+        g.icmp(IntPredicate::NE, full, g.c32(0))?,
+        g.xor(tail, g.cbool(true))?,
+    )?;
+    Ok((fast, tail))
+}
+
+/// `Cfg::mask_early`: the keep bits of the block at `kv0` for an S fragment of `m_tiles`
+/// x `n8_tiles` accumulators, evaluated only on a partial or tail block (the words stay 0
+/// on a full one, whose score path does not read them). It reads no S value, so the
+/// warp-specialized consumers emit it between the issue of S and the wait for it. `None`
+/// (the mask is evaluated per element in [`score_and_mask`]) without the option, without
+/// a mask and in checked mode (whose reports are made where the oracle reads).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mask_bits<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    env: &Env<'ctx>,
+    p: &Program,
+    (m_tiles, n8_tiles): (usize, usize),
+    kv0: IntValue<'ctx>,
+    full: IntValue<'ctx>,
+) -> R<Option<MaskBits<'ctx>>> {
+    let Some(f) = &p.mask else {
+        return Ok(None);
+    };
+    if !c.mask_early || env.err.is_some() {
+        return Ok(None);
+    }
+    let n = m_tiles * n8_tiles * 4;
+    let words = (0..n.div_ceil(32))
+        .map(|_| g.var(g.i32, g.c32(0)))
+        .collect::<R<Vec<_>>>()?;
+    let (fast, _) = fast_path(g, c, cx, kv0, full)?;
+    g.if_then(g.xor(fast, g.cbool(true))?, || {
+        let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
+        let mut acc = vec![g.c32(0); words.len()];
+        for mi in 0..m_tiles {
+            let row_base = thread_row0(g, c, cx, mi)?;
+            for nt in 0..n8_tiles {
+                for i in 0..4 {
+                    let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
+                    let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
+                    let kv_in = g.icmp(IntPredicate::SLT, kv, cx.lkv)?;
+                    let e = Elem {
+                        s: g.cf(0.0),
+                        b: cx.b,
+                        h: cx.h,
+                        q,
+                        kv,
+                        inside: g.and(row_inside(g, c, cx, q)?, kv_in)?,
+                    };
+                    let keep = g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?;
+                    let at = (mi * n8_tiles + nt) * 4 + i;
+                    let bit = g.selecti(keep, g.c32(1i64 << (at % 32)), g.c32(0))?;
+                    acc[at / 32] = g.or(acc[at / 32], bit)?;
+                }
+            }
+        }
+        for (w, x) in words.iter().zip(acc) {
+            g.set(w, x)?;
+        }
+        Ok(())
+    })?;
+    Ok(Some(MaskBits { words }))
+}
+
 /// The logits in log2 units: `score(scale * s) * log2 e`, or -inf where masked. Full
 /// blocks that end inside the sequence skip the mask and the bounds checks; with
-/// [`Cfg::split_tail`] partial blocks that end inside it skip the kv bounds check.
+/// [`Cfg::split_tail`] partial blocks that end inside it skip the kv bounds check. With
+/// `bits` ([`mask_bits`] of the same block) the partial paths test the element's bit
+/// instead of evaluating the mask.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn score_and_mask<'ctx>(
     g: &Gpu<'ctx>,
@@ -27,13 +114,10 @@ pub(crate) fn score_and_mask<'ctx>(
     s: &[Vec<Acc<'ctx>>],
     kv0: IntValue<'ctx>,
     full: IntValue<'ctx>,
+    bits: Option<&MaskBits<'ctx>>,
 ) -> R<AccTile<'ctx>> {
     let t = AccTile::new(g, s.len(), s.first().map_or(0, Vec::len), 0.0)?;
-    let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
-    let fast = g.and(
-        g.icmp(IntPredicate::NE, full, g.c32(0))?,
-        g.xor(tail, g.cbool(true))?,
-    )?;
+    let (fast, tail) = fast_path(g, c, cx, kv0, full)?;
     let fast_bb = g.block("full_block");
     let slow_bb = g.block("partial_block");
     let merge = g.block("scored");
@@ -123,13 +207,23 @@ pub(crate) fn score_and_mask<'ctx>(
                 let v = if !slow {
                     score(e)?
                 } else {
-                    let keep = match &p.mask {
+                    let at = (mi * s[mi].len() + nt) * 4 + i;
+                    let keep = match (bits, &p.mask) {
+                        // the bit that `mask_bits` set before the wait (the kv bounds
+                        // included)
+                        (Some(b), _) => {
+                            let w = g.geti(&b.words[at / 32])?;
+                            let m = g.and(w, g.c32(1i64 << (at % 32)))?;
+                            g.icmp(IntPredicate::NE, m, g.c32(0))?
+                        }
                         // a partial block inside the sequence: every kv is below Lkv
-                        Some(f) if split && !tail_path => {
+                        (None, Some(f)) if split && !tail_path => {
                             emit_function(g, env, f, e)?.into_int_value()
                         }
-                        Some(f) => g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?,
-                        None => kv_in,
+                        (None, Some(f)) => {
+                            g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?
+                        }
+                        (None, None) => kv_in,
                     };
                     // the score is evaluated only where the mask holds (checked mode reports
                     // only reads the oracle performs)

@@ -1186,3 +1186,104 @@ fn late_pv_wait_and_softmax_ilp_change_only_the_ws_loop() {
         );
     }
 }
+
+/// `PtxOptions::mask_early`: on the warp-specialized kernel a masked program's partial
+/// blocks read keep bits that were set between the issue of S and its wait (the mask's
+/// tensor reads move there: a document mask's reads all precede the loop's first wait
+/// for S); unmasked programs, checked mode and the other kernels are unchanged; the PTX
+/// is deterministic. `ATTNC_PTX_DUMP=DIR` also writes each kernel (for ptxas).
+#[test]
+fn mask_early_moves_the_mask_before_the_wait_for_s() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, qb, dynamic, table) in [
+            (128, 128, false, false),
+            (128, 128, true, false),
+            (128, 128, true, true),
+            (64, 192, false, false),
+        ] {
+            let base = PtxOptions {
+                lpt_group: if dynamic { 8 } else { 0 },
+                persistent: dynamic,
+                dynamic_tiles: dynamic,
+                q_double: dynamic,
+                q_from_end: dynamic,
+                kv_table: table,
+                split_tail: d == 128 && p.score.is_none(),
+                q_block: qb,
+                float_positions: true,
+                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+            };
+            let o = PtxOptions {
+                mask_early: true,
+                ..base
+            };
+            assert_ne!(o.key(), base.key());
+            let a = emit(&p, &base).unwrap();
+            let b = emit(&p, &o).unwrap();
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, a.grid),
+                (&b.params, b.threads, b.smem_bytes, b.grid)
+            );
+            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let tag = format!(
+                    "{}{}",
+                    if dynamic { "_dyn" } else { "" },
+                    if table { "_table" } else { "" }
+                );
+                std::fs::write(
+                    format!("{dir}/{}_d{d}_q{qb}{tag}_early.ptx", p.name),
+                    &b.ptx,
+                )
+                .unwrap();
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{tag}_base.ptx", p.name), &a.ptx)
+                    .unwrap();
+            }
+            if p.mask.is_none() {
+                assert_eq!(a.ptx, b.ptx, "{} d{d}: no mask, no change", p.name);
+                continue;
+            }
+            assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
+            // checked mode keeps the per-element mask
+            let checked = |x: &PtxOptions| {
+                emit(
+                    &p,
+                    &PtxOptions {
+                        checked: true,
+                        ..*x
+                    },
+                )
+                .unwrap()
+                .ptx
+            };
+            assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
+            if p.name == "document_causal" {
+                // between the loop's wait for S (`wait_group 1`) and its wait for P V
+                // the base kernel reads the ids (two paths), this one reads nothing
+                let softmax_reads = |ptx: &str| {
+                    let w1 = ptx.find("wgmma.wait_group.sync.aligned 1;").unwrap();
+                    let w0 = w1 + ptx[w1..].find("wgmma.wait_group.sync.aligned 0;").unwrap();
+                    ptx[w1..w0].matches("ld.global").count()
+                };
+                assert!(softmax_reads(&a.ptx) >= 34, "{}", softmax_reads(&a.ptx));
+                assert_eq!(softmax_reads(&b.ptx), 0, "d{d} q{qb} table {table}");
+            }
+        }
+    }
+    // the other kernels ignore it
+    for o in [
+        PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma(),
+        PtxOptions::new(Arch::Sm80, 128, 128, InputType::Bf16),
+    ] {
+        let x = PtxOptions {
+            mask_early: true,
+            ..o
+        };
+        assert_eq!(
+            emit(&samples::document_causal(), &o).unwrap().ptx,
+            emit(&samples::document_causal(), &x).unwrap().ptx
+        );
+    }
+}

@@ -53,6 +53,8 @@ pub(crate) struct Cfg {
     pub pv_wait_late: bool,
     /// `PtxOptions::softmax_ilp` (the warp-specialized kernel).
     pub softmax_ilp: bool,
+    /// `PtxOptions::mask_early` (the warp-specialized kernel).
+    pub mask_early: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -78,6 +80,7 @@ impl Cfg {
             split_tail: opts.split_tail,
             pv_wait_late: opts.ws && opts.pv_wait_late,
             softmax_ilp: opts.ws && opts.softmax_ilp,
+            mask_early: opts.ws && opts.mask_early,
             q,
             k,
             v,
