@@ -100,7 +100,13 @@ const MMA_FILL_TILES: usize = 4;
 /// waves) 486.2 / 476.8 (cuDNN 486.2), paged 16 495.6 / 484.7; chunked prefill B8 Lq64
 /// Lkv8192 (one split per row group) 277.0 / 256.0; calls with several splits
 /// (B8 Lkv32768 Lq1: 245.5 / 246.2) run the same kernels as before.
-const COPY: u16 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT;
+/// With [`decode_mma::COPY_IDS_LATE`] (session 14): a paged kernel keeps the next tile's
+/// page ids as loaded and clamps them where that tile's copy reads them, so no warp waits
+/// for the page-table load inside the loop (contiguous caches: the same kernel). Measured
+/// on an H200 (session 14's final check, `ef` / `efi` in the same rotated rounds, paged vs
+/// contiguous): B8 Lkv32768 Lq16 page 16 +7.2% / +2.8%, page 128 +4.6% / +2.5%; Lq4 page 16
+/// +2.0% / +1.0%; Lq1 +1.5% / +0.6%; sliding 4096 Lq1 +4.5% / +2.9%; contiguous unchanged.
+const COPY: u16 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT | decode_mma::COPY_IDS_LATE;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;
