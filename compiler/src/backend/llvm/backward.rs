@@ -450,7 +450,7 @@ pub fn backward_layout(
             KernelKind::BackwardDkDv,
         ),
         BackwardKind::Dq if opts.bwd_dq != BwdDq::Separate => (
-            fused::CONVERT_THREADS,
+            convert::CONVERT_THREADS,
             0,
             [G::QBlocks, G::Heads, G::Batches],
             KernelKind::BackwardDq,
@@ -854,7 +854,7 @@ fn build<'ctx>(
         BackwardKind::Dq if fused && opts.bwd_convert_wide => {
             convert::convert_wide_body(&g, opts, &args)?
         }
-        BackwardKind::Dq if fused => fused::convert_body(&g, opts, &args)?,
+        BackwardKind::Dq if fused => convert::convert_body(&g, opts, &args)?,
         BackwardKind::Dq => dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
     }
     g.close_allocas(start)?;

@@ -1,11 +1,12 @@
-//! The fused backward's dQ conversion in wide pieces ([`PtxOptions::bwd_convert_wide`]).
+//! The fused backward's dQ conversion: per step (`convert_body`) or in wide pieces
+//! ([`PtxOptions::bwd_convert_wide`], `convert_wide_body`).
 //!
 //! In: the f32 workspace `DqAccum` of one (q block, query head, batch) tile, in the
 //! fused kernel's fragment order (per 16-row group `mg` and 8-column group `ng` of the
 //! tile, 32 lanes of 16 bytes: lane `l` holds rows `16 mg + l / 4` and `+ 8`, columns
 //! `8 ng + 2 (l % 4)` and `+ 1`), the tile's semaphore `DqSem` (0: no kv block added to
 //! it) and the scale. Out: dQ (the input type), `scale x` rounded once per element, 0 for
-//! a tile nobody added to: the same values as `fused::convert_body`.
+//! a tile nobody added to: the same values as `convert_body`, the per-step kernel.
 //!
 //! Each thread takes whole 64-byte pieces of the workspace: the four lanes of one quad
 //! `qd` of an (`mg`, `ng`) fragment tile, i.e. rows `16 mg + qd` and `+ 8`, columns
@@ -16,7 +17,6 @@
 //! store (the per-step kernel waited for each load before its stores and wrote 4-byte
 //! words: measured at ~3x its bandwidth time on an H200, session 13).
 
-use super::fused::CONVERT_THREADS;
 use super::slice_base;
 use crate::backend::llvm::cta::Args;
 use crate::backend::llvm::gpu::{Gpu, R};
@@ -24,20 +24,25 @@ use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, PtxOptions};
 use inkwell::IntPredicate;
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
 
-/// The wide conversion's body (one CTA of [`CONVERT_THREADS`] per tile; the launch of
-/// `fused::convert_body`).
-pub(super) fn convert_wide_body<'ctx>(
-    g: &Gpu<'ctx>,
-    opts: &PtxOptions,
-    a: &Args<'_, 'ctx>,
-) -> R<()> {
+/// Threads of the convert kernel.
+pub const CONVERT_THREADS: u32 = 128;
+
+/// One convert CTA's tile: its thread, Lq, the scale, whether any kv block added to the
+/// tile, the tile's workspace (`src`) and dQ slice (`dst`, rows from `q0`).
+struct Tile<'ctx> {
+    tid: IntValue<'ctx>,
+    lq: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+    added: IntValue<'ctx>,
+    src: PointerValue<'ctx>,
+    dst: PointerValue<'ctx>,
+    q0: IntValue<'ctx>,
+}
+
+/// The tile of this CTA (q block `ctaid.x`, query head `ctaid.y`, batch `ctaid.z`).
+fn tile<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<Tile<'ctx>> {
     let br = opts.q_block;
     let d = opts.d;
-    let pieces = br * d / 16;
-    if !d.is_multiple_of(8) || !(d / 8).is_power_of_two() || !pieces.is_multiple_of(CONVERT_THREADS)
-    {
-        return Err(LlvmError::Internal("wide dQ conversion: tile shape"));
-    }
     let tid = g.tid_x()?;
     let qb = g.ctaid('x')?;
     let h = g.ctaid('y')?;
@@ -47,8 +52,10 @@ pub(super) fn convert_wide_body<'ctx>(
     let scale = a.get(KernelParam::Scale)?.into_float_value();
     let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
     let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
-    // as convert_body: the ordered schemes never zero DqAccum (the first adder stores), so
-    // a tile no kv block added to converts to 0 whatever the workspace holds
+    // Ordered and OrderedBulk never zero DqAccum (the first adder stores): a q block that
+    // no kv block visited (DqSem = 0) holds whatever the workspace held before (a caller's
+    // torch.empty, an earlier call's sums) and converts to 0; Atomic's accumulator is
+    // zeroed before the kernel.
     let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) && !opts.bwd_dq_free {
         let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
         g.icmp(IntPredicate::NE, n, g.c32(0))?
@@ -61,6 +68,100 @@ pub(super) fn convert_wide_body<'ctx>(
     )?;
     let dst = slice_base(g, a.ptr(KernelParam::DQ)?, b, hq, h, lq, d)?;
     let q0 = g.mul(qb, g.c32(br as i64))?;
+    Ok(Tile {
+        tid,
+        lq,
+        scale,
+        added,
+        src,
+        dst,
+        q0,
+    })
+}
+
+/// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
+/// input type; 0 where no kv block added (`Ordered`, `OrderedBulk`: DqSem = 0; `Atomic`:
+/// the host zeroes DqAccum).
+pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
+    let (br, d) = (opts.q_block, opts.d);
+    let Tile {
+        tid,
+        lq,
+        scale,
+        added,
+        src,
+        dst,
+        q0,
+    } = tile(g, opts, a)?;
+    let v4 = g.f32.vec_type(4);
+    let ngroups = d / 8;
+    for k in 0..(br * d / 4) / CONVERT_THREADS {
+        let idx = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let lane = g.and(idx, g.c32(31))?;
+        let rest = g.lshr(idx, g.c32(5))?;
+        let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
+        let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
+        let ptr = g.gep_bytes(src, g.zext64(g.mul(idx, g.c32(16))?)?)?;
+        let ld = g.b.build_load(v4, ptr, "")?;
+        ld.as_instruction_value()
+            .ok_or(LlvmError::Internal("load"))?
+            .set_alignment(16)
+            .map_err(|_| LlvmError::Internal("alignment"))?;
+        let v = ld.into_vector_value();
+        let el = |i: u64| -> R<inkwell::values::FloatValue<'ctx>> {
+            let x =
+                g.b.build_extract_element(v, g.c32(i as i64), "")?
+                    .into_float_value();
+            g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
+        };
+        let r0 = g.add(g.mul(mg, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
+        let colb = g.mul(
+            g.add(
+                g.mul(ng, g.c32(8))?,
+                g.mul(g.and(lane, g.c32(3))?, g.c32(2))?,
+            )?,
+            g.c32(2),
+        )?;
+        for hr in 0..2u64 {
+            let row = g.add(g.add(q0, r0)?, g.c32(8 * hr as i64))?;
+            let (x, y) = (el(2 * hr)?, el(2 * hr + 1)?);
+            g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, || {
+                let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, g.zext64(colb)?)?;
+                let st =
+                    g.b.build_store(g.gep_bytes(dst, off)?, g.pack2(opts.input, x, y)?)?;
+                st.set_alignment(4)
+                    .map_err(|_| LlvmError::Internal("alignment"))?;
+                Ok(())
+            })?;
+        }
+    }
+    g.b.build_return(None)?;
+    Ok(())
+}
+
+/// The wide conversion's body (one CTA of [`CONVERT_THREADS`] per tile; the launch of
+/// `convert_body`).
+pub(super) fn convert_wide_body<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    a: &Args<'_, 'ctx>,
+) -> R<()> {
+    let br = opts.q_block;
+    let d = opts.d;
+    let pieces = br * d / 16;
+    if !d.is_multiple_of(8) || !(d / 8).is_power_of_two() || !pieces.is_multiple_of(CONVERT_THREADS)
+    {
+        return Err(LlvmError::Internal("wide dQ conversion: tile shape"));
+    }
+    let Tile {
+        tid,
+        lq,
+        scale,
+        added,
+        src,
+        dst,
+        q0,
+    } = tile(g, opts, a)?;
     // a tile whose rows all lie below Lq stores without a branch (its loads stay in one
     // block, ahead of the stores); the last q tile checks each row
     let whole = g.icmp(IntPredicate::ULE, g.add(q0, g.c32(br as i64))?, lq)?;

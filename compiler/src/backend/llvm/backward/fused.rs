@@ -244,9 +244,6 @@ use inkwell::values::{BasicValue, FloatValue, IntValue};
 /// query head, q block, first, end, full first, full end).
 pub const VISIT_REC_BYTES: u32 = 32;
 
-/// Threads of the convert kernel.
-pub const CONVERT_THREADS: u32 = 128;
-
 /// `BwdDq::OrderedBulk`: dQ parts in shared memory a CTA's math warps may be ahead of
 /// its writer by.
 pub const DQ_SLOTS: u32 = 2;
@@ -2237,83 +2234,6 @@ fn store_rec<'ctx>(g: &Gpu<'ctx>, rec: u32, sl: IntValue<'ctx>, words: &[IntValu
     for (k, &w) in words.iter().enumerate() {
         g.store(g.smem_at(g.add(at, g.c32(4 * k as i64))?)?, w)?;
     }
-    Ok(())
-}
-
-/// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
-/// input type; 0 where no kv block added (`Ordered`, `OrderedBulk`: DqSem = 0; `Atomic`:
-/// the host zeroes DqAccum).
-pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
-    let br = opts.q_block;
-    let d = opts.d;
-    let tid = g.tid_x()?;
-    let qb = g.ctaid('x')?;
-    let h = g.ctaid('y')?;
-    let b = g.ctaid('z')?;
-    let lq = a.int(KernelParam::Lq)?;
-    let hq = a.int(KernelParam::Hq)?;
-    let scale = a.get(KernelParam::Scale)?.into_float_value();
-    let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
-    let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
-    // Ordered and OrderedBulk never zero DqAccum (the first adder stores): a q block that
-    // no kv block visited (DqSem = 0) holds whatever the workspace held before (a caller's
-    // torch.empty, an earlier call's sums) and converts to 0; Atomic's accumulator is
-    // zeroed before the kernel.
-    let added = if matches!(opts.bwd_dq, BwdDq::Ordered | BwdDq::OrderedBulk) && !opts.bwd_dq_free {
-        let n = g.load_i32(a.ptr(KernelParam::DqSem)?, g.zext64(tile)?)?;
-        g.icmp(IntPredicate::NE, n, g.c32(0))?
-    } else {
-        g.cbool(true)
-    };
-    let src = g.gep_bytes(
-        a.ptr(KernelParam::DqAccum)?,
-        g.mul(g.zext64(tile)?, g.c64((br * d * 4) as i64))?,
-    )?;
-    let dst = slice_base(g, a.ptr(KernelParam::DQ)?, b, hq, h, lq, d)?;
-    let q0 = g.mul(qb, g.c32(br as i64))?;
-    let v4 = g.f32.vec_type(4);
-    let ngroups = d / 8;
-    for k in 0..(br * d / 4) / CONVERT_THREADS {
-        let idx = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
-        let lane = g.and(idx, g.c32(31))?;
-        let rest = g.lshr(idx, g.c32(5))?;
-        let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
-        let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
-        let ptr = g.gep_bytes(src, g.zext64(g.mul(idx, g.c32(16))?)?)?;
-        let ld = g.b.build_load(v4, ptr, "")?;
-        ld.as_instruction_value()
-            .ok_or(LlvmError::Internal("load"))?
-            .set_alignment(16)
-            .map_err(|_| LlvmError::Internal("alignment"))?;
-        let v = ld.into_vector_value();
-        let el = |i: u64| -> R<inkwell::values::FloatValue<'ctx>> {
-            let x =
-                g.b.build_extract_element(v, g.c32(i as i64), "")?
-                    .into_float_value();
-            g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
-        };
-        let r0 = g.add(g.mul(mg, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
-        let colb = g.mul(
-            g.add(
-                g.mul(ng, g.c32(8))?,
-                g.mul(g.and(lane, g.c32(3))?, g.c32(2))?,
-            )?,
-            g.c32(2),
-        )?;
-        for hr in 0..2u64 {
-            let row = g.add(g.add(q0, r0)?, g.c32(8 * hr as i64))?;
-            let (x, y) = (el(2 * hr)?, el(2 * hr + 1)?);
-            g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, || {
-                let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, g.zext64(colb)?)?;
-                let st =
-                    g.b.build_store(g.gep_bytes(dst, off)?, g.pack2(opts.input, x, y)?)?;
-                st.set_alignment(4)
-                    .map_err(|_| LlvmError::Internal("alignment"))?;
-                Ok(())
-            })?;
-        }
-    }
-    g.b.build_return(None)?;
     Ok(())
 }
 
