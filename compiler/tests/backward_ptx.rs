@@ -320,6 +320,19 @@ fn binding_defaults() {
         // writer; none without it
         let ballots = a.ptx.matches("vote.sync.ballot").count();
         assert_eq!(ballots >= 3, wscan, "{name}: {ballots} ballots");
+        // the fused bindings' dQ conversion (session 14: whole 64-byte pieces, every load
+        // first, 16-byte stores): the dense binding's kernel is snapshot-tested
+        assert!(o.bwd_convert_wide, "{name}");
+        if name == "dense" {
+            let q = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+            let q2 = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+            assert_eq!(
+                q.ptx, q2.ptx,
+                "{name}: dQ conversion PTX differs between two runs"
+            );
+            assert!(q.ptx.contains("ld.global.v4.f32") || q.ptx.contains("ld.global.v4.b32"));
+            insta::assert_snapshot!("bwd_ptx_sm90_bf16_d128__dense__binding_bwd_dq", q.ptx);
+        }
         let cvts = a.ptx.matches("cvt.rn.f32.s32").count();
         if name == "alibi_causal" {
             let before = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
