@@ -1391,6 +1391,13 @@ mod tests {
         );
     }
 
+    /// The first program of `examples/{ex}.attn`.
+    fn example(ex: &str) -> crate::ir::Program {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
+        crate::compile_source(&src).unwrap().programs.swap_remove(0)
+    }
+
     /// Every example, both layouts, every m-tile count, both head dims and input types;
     /// with `ATTNC_DECODE_PTX_DIR` set the PTX goes there (for `ptxas -v`).
     #[test]
@@ -1468,9 +1475,7 @@ mod tests {
     fn copy_variants() -> Vec<(String, DecodeOptions, String)> {
         let mut out = Vec::new();
         for ex in ["dense", "causal", "sliding_window"] {
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
-            let p = &crate::compile_source(&src).unwrap().programs[0];
+            let p = &example(ex);
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
                     for copy in [
@@ -1673,9 +1678,7 @@ mod tests {
             }
         };
         for ex in ["dense", "causal", "sliding_window"] {
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
-            let p = &crate::compile_source(&src).unwrap().programs[0];
+            let p = &example(ex);
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
                     for copy in [
@@ -1755,9 +1758,7 @@ mod tests {
     fn mma_decode_ids_late() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         for ex in ["dense", "causal", "sliding_window"] {
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
-            let p = &crate::compile_source(&src).unwrap().programs[0];
+            let p = &example(ex);
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
                     for copy in [
@@ -1813,9 +1814,7 @@ mod tests {
     fn mma_decode_direct() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         for ex in ["dense", "causal", "alibi"] {
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-            let src = std::fs::read_to_string(format!("{dir}/{ex}.attn")).unwrap();
-            let p = &crate::compile_source(&src).unwrap().programs[0];
+            let p = &example(ex);
             for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
                 for paged in [false, true] {
                     for copy in [

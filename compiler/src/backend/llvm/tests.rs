@@ -1110,6 +1110,24 @@ fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
     ));
 }
 
+/// The warp-specialized kernel's options as the runtime sets them for `p` at head dim `d`
+/// and q tiles of `qb`: `dynamic` = persistent CTAs taking tiles from a counter in
+/// longest-first groups, q blocks from the end and two Q buffers; `table` = kv block table.
+fn ws_runtime_options(p: &Program, d: u32, qb: u32, dynamic: bool, table: bool) -> PtxOptions {
+    PtxOptions {
+        lpt_group: if dynamic { 8 } else { 0 },
+        persistent: dynamic,
+        dynamic_tiles: dynamic,
+        q_double: dynamic,
+        q_from_end: dynamic,
+        kv_table: table,
+        split_tail: d == 128 && p.score.is_none(),
+        q_block: qb,
+        float_positions: true,
+        ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+    }
+}
+
 /// `pv_wait_late` and `softmax_ilp` on the warp-specialized kernel: on every sample, D128
 /// (one CTA per tile, and the dynamic scheduler's causal shape) and D64 (three
 /// consumers), each changes the PTX (`pv_wait_late`: two waits for the P V in the loop,
@@ -1121,17 +1139,7 @@ fn late_pv_wait_and_softmax_ilp_change_only_the_ws_loop() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
     for p in samples::all(16) {
         for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
-            let base = PtxOptions {
-                lpt_group: if dynamic { 8 } else { 0 },
-                persistent: dynamic,
-                dynamic_tiles: dynamic,
-                q_double: dynamic,
-                q_from_end: dynamic,
-                split_tail: d == 128 && p.score.is_none(),
-                q_block: qb,
-                float_positions: true,
-                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
-            };
+            let base = ws_runtime_options(&p, d, qb, dynamic, false);
             let a = emit(&p, &base).unwrap();
             for (late, ilp) in [(true, false), (false, true), (true, true)] {
                 let o = PtxOptions {
@@ -1202,18 +1210,7 @@ fn mask_early_moves_the_mask_before_the_wait_for_s() {
             (128, 128, true, true),
             (64, 192, false, false),
         ] {
-            let base = PtxOptions {
-                lpt_group: if dynamic { 8 } else { 0 },
-                persistent: dynamic,
-                dynamic_tiles: dynamic,
-                q_double: dynamic,
-                q_from_end: dynamic,
-                kv_table: table,
-                split_tail: d == 128 && p.score.is_none(),
-                q_block: qb,
-                float_positions: true,
-                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
-            };
+            let base = ws_runtime_options(&p, d, qb, dynamic, table);
             let o = PtxOptions {
                 mask_early: true,
                 ..base
