@@ -465,7 +465,7 @@ mod tests {
     /// The child half of [`two_processes_fill_one_cache`]: writes and reads one cubin
     /// entry in a loop; does nothing unless started by that test.
     #[test]
-    #[ignore]
+    #[ignore = "the child process of two_processes_fill_one_cache, started by that test"]
     fn cache_child_writer() {
         let Some(dir) = std::env::var_os("ATTNC_CACHE_TEST_CHILD") else {
             return;

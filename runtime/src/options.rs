@@ -37,7 +37,7 @@ pub struct BindOptions {
     pub dtype: DType,
     /// Softmax scale; `None` means `1/sqrt(D)`.
     pub scale: Option<f32>,
-    /// CPU threads (0 = all available cores).
+    /// CPU threads (0 = all available cores; at most 1024, a larger count is an error).
     pub threads: usize,
     /// Report out-of-range tensor reads instead of clamping them.
     pub checked: bool,

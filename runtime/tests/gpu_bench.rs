@@ -193,7 +193,7 @@ fn blocks<'a>(closed: &'a Option<Option<Vec<Bound>>>, maps: &'a BlockMaps) -> Kv
 }
 
 #[test]
-#[ignore]
+#[ignore = "benchmark on the GPU machine: --ignored gpu_bench"]
 fn gpu_bench() {
     let Some(dev) = device_or_skip("gpu_bench") else {
         return;
@@ -489,7 +489,7 @@ fn gpu_bench() {
 /// (`scripts/gpu_bench_torch.py`). Checks that the host table is sound against the
 /// exact GPU one (same block or partial).
 #[test]
-#[ignore]
+#[ignore = "benchmark on the GPU machine: --ignored gpu_bench_block_table"]
 fn gpu_bench_block_table() {
     use attnc_compiler::analysis::blockmap::BlockKind;
     use attnc_compiler::plan::Plan;

@@ -402,3 +402,126 @@ fn every_bad_input_is_an_error_not_a_panic() {
     }
     assert!(n >= 30, "only {n} bad inputs rejected");
 }
+
+/// Bind options out of range are errors that name the value before anything is compiled,
+/// allocated or spawned: a huge length or head dim, a non-finite scale, a thread count
+/// past the pool limit (`1 << 20` used to try to spawn a million OS threads).
+#[test]
+fn out_of_range_bind_options_are_errors() {
+    let v = example("causal", "causal_attention");
+    for backend in [Backend::Reference, Backend::Cpu] {
+        let err = |opts: BindOptions| match v.bind(opts) {
+            Ok(_) => panic!("{backend:?}: expected an error"),
+            Err(e) => e.to_string(),
+        };
+        for (what, shape) in [
+            (
+                "`Lq`",
+                Shape {
+                    lq: 1 << 40,
+                    ..SHAPE
+                },
+            ),
+            (
+                "`Lkv`",
+                Shape {
+                    lkv: 1 << 40,
+                    ..SHAPE
+                },
+            ),
+            (
+                "`D`",
+                Shape {
+                    d: 1 << 30,
+                    dv: 1 << 30,
+                    ..SHAPE
+                },
+            ),
+        ] {
+            let m = err(BindOptions::new(backend, shape, DType::F32));
+            assert!(
+                m.contains(what) && m.contains("exceeds the supported maximum"),
+                "{backend:?}: {m}"
+            );
+        }
+        for scale in [f32::NAN, f32::INFINITY] {
+            let mut o = BindOptions::new(backend, SHAPE, DType::F32);
+            o.scale = Some(scale);
+            let m = err(o);
+            assert!(m.contains("softmax scale must be a finite number"), "{m}");
+        }
+        let mut o = BindOptions::new(backend, SHAPE, DType::F32);
+        o.threads = 1 << 20;
+        let m = err(o);
+        assert!(
+            m.contains("`threads` = 1048576") && m.contains("maximum 1024"),
+            "{m}"
+        );
+        let m = err(BindOptions::new(backend, SHAPE, DType::I32));
+        assert!(m.contains("q, k and v") && m.contains("i32"), "{m}");
+    }
+}
+
+/// Empty lengths are valid calls: Lq = 0 gives empty outputs (and zero dK, dV); Lkv = 0
+/// makes every row fully masked (O = 0, LSE = -inf) and its backward gives dQ = 0 and
+/// empty dK, dV (the CPU backward divided by zero there before).
+#[test]
+fn empty_lengths_give_empty_or_fully_masked_outputs() {
+    let v = example("causal", "causal_attention");
+    for backend in [Backend::Reference, Backend::Cpu] {
+        let shape = Shape { lq: 0, ..SHAPE };
+        let (q, k, vv) = synth::qkv(&shape, DType::F32, 1);
+        let out = bound_at(&v, backend, shape)
+            .forward(&q, &k, &vv, &Captures::default())
+            .unwrap();
+        assert_eq!(out.o.shape(), [2, 4, 0, 8]);
+        assert_eq!(out.lse.shape(), [2, 4, 0]);
+        let g = bound_at(&v, backend, shape)
+            .backward(
+                &q,
+                &k,
+                &vv,
+                &out.o,
+                &out.lse,
+                &out.o,
+                None,
+                &Captures::default(),
+            )
+            .unwrap();
+        assert_eq!(g.dq.shape(), [2, 4, 0, 8]);
+        assert!(g.dk.to_f32().iter().all(|x| *x == 0.0), "{backend:?} dK");
+        assert!(g.dv.to_f32().iter().all(|x| *x == 0.0), "{backend:?} dV");
+
+        let shape = Shape { lkv: 0, ..SHAPE };
+        let (q, k, vv) = synth::qkv(&shape, DType::F32, 1);
+        let mut b = bound_at(&v, backend, shape);
+        let out = b.forward(&q, &k, &vv, &Captures::default()).unwrap();
+        assert_eq!(out.o.shape(), [2, 4, 7, 8]);
+        assert!(out.o.to_f32().iter().all(|x| *x == 0.0), "{backend:?}");
+        assert!(
+            out.lse.to_f32().iter().all(|x| *x == f32::NEG_INFINITY),
+            "{backend:?}"
+        );
+        let dout = synth::qkv(&SHAPE, DType::F32, 2).0;
+        let g = b
+            .backward(
+                &q,
+                &k,
+                &vv,
+                &out.o,
+                &out.lse,
+                &dout,
+                None,
+                &Captures::default(),
+            )
+            .unwrap();
+        assert!(g.dq.to_f32().iter().all(|x| *x == 0.0), "{backend:?} dQ");
+        assert_eq!(g.dk.shape(), [2, 2, 0, 8]);
+        assert_eq!(g.dv.shape(), [2, 2, 0, 8]);
+    }
+}
+
+fn bound_at(v: &attnc::Variant, backend: Backend, shape: Shape) -> Bound {
+    v.bind(BindOptions::new(backend, shape, DType::F32))
+        .unwrap()
+}

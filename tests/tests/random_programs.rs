@@ -12,7 +12,7 @@
 //! Tolerance: the CPU tolerance of `cpu_differential.rs` (1e-4), since scores are bounded
 //! (integer parts are clamped to [-50, 50] and scaled by 0.05 before they reach `s`).
 
-use attnc::{Backend, BindOptions, DType, synth};
+use attnc::{Backend, BindOptions, DType, ParamValue, synth};
 use attnc_compiler::analysis::classify::precision;
 use attnc_tests::progs::{Gen, captures, program};
 use attnc_tests::*;
@@ -103,4 +103,78 @@ fn generated_programs_are_varied() {
     }
     assert!(ops.len() >= 17, "operators seen: {ops:?}");
     assert!(masked >= 30);
+}
+
+/// Generated programs with hostile param and capture values: the f32 param and one element
+/// of each f32 tensor NaN, +-inf or 3e38, the i32 params at their extremes. The CPU backend
+/// (its block maps and closed-form bounds computed from those values) must agree with the
+/// oracle, NaN for NaN and infinity for infinity, and nothing may panic. 24 cases (<1 s);
+/// `ATTNC_CASES=N` runs more.
+#[test]
+fn random_programs_with_non_finite_params_cpu_vs_oracle() {
+    let n: u64 =
+        std::env::var("ATTNC_CASES").map_or(24, |s| s.parse().expect("ATTNC_CASES is a number"));
+    let mut hostile_f32 = 0;
+    for seed in 0..n {
+        let mut g = Gen::new(seed, true);
+        let src = program(&mut g);
+        let var = variant(&src, "a");
+        let rng = &mut g.rng;
+        let shape = random_shape(rng, 2, 90, 8);
+        let mut caps = captures(var.program(), &shape, rng);
+        let f = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 3e38][seed as usize % 4];
+        let i = [i32::MIN, i32::MAX, 0, -1][(seed as usize / 4) % 4];
+        for v in caps.params.values_mut() {
+            match v {
+                ParamValue::F32(x) => {
+                    hostile_f32 += 1;
+                    *x = f;
+                }
+                ParamValue::I32(x) => *x = i,
+                _ => {}
+            }
+        }
+        for t in caps.tensors.values_mut() {
+            if let Some(x) = t.f32_slice_mut()
+                && !x.is_empty()
+            {
+                let at = rng.below(x.len() as u64) as usize;
+                x[at] = f;
+                hostile_f32 += 1;
+            }
+        }
+        let ctx = format!(
+            "seed {seed}, shape {shape:?}, params {:?}\n{src}",
+            caps.params
+        );
+        let (q, k, v) = synth::qkv(&shape, DType::F32, seed);
+        let run = |backend| {
+            let mut b = var
+                .bind(BindOptions::new(backend, shape, DType::F32))
+                .unwrap_or_else(|e| panic!("{backend:?} bind: {e}\n{ctx}"));
+            b.forward(&q, &k, &v, &caps)
+                .unwrap_or_else(|e| panic!("{backend:?}: {e}\n{ctx}"))
+        };
+        let (want, got) = (run(Backend::Reference), run(Backend::Cpu));
+        for (what, g, w) in [
+            ("O", got.o.to_f32(), want.o.to_f32()),
+            ("LSE", got.lse.to_f32(), want.lse.to_f32()),
+        ] {
+            for (j, (g, w)) in g.iter().zip(&w).enumerate() {
+                let ok = if w.is_nan() {
+                    g.is_nan()
+                } else if w.is_infinite() {
+                    g == w
+                } else {
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs())
+                };
+                assert!(ok, "{what}[{j}] = {g}, oracle {w}\n{ctx}");
+            }
+        }
+    }
+    // guard against a generator that stops drawing f32 params and tensors
+    assert!(
+        hostile_f32 >= n / 2,
+        "only {hostile_f32} f32 params and tensors made hostile"
+    );
 }

@@ -103,7 +103,7 @@ fn rejects_unsupported_dims() {
 /// `ATTNC_PTX_DUMP=DIR cargo test -p attnc-compiler dump_ptx -- --ignored` writes each
 /// sample's PTX and LLVM IR to DIR (for reading and for `ptxas` on a GPU machine).
 #[test]
-#[ignore]
+#[ignore = "a tool: writes PTX files (ATTNC_PTX_DUMP=DIR ... -- --ignored dump_ptx)"]
 fn dump_ptx() {
     let dir = std::env::var("ATTNC_PTX_DUMP").unwrap_or_else(|_| "/tmp/attnc_ptx".into());
     std::fs::create_dir_all(&dir).unwrap();
@@ -195,7 +195,7 @@ fn dump_ptx() {
 /// `cargo test --release -p attnc-compiler emit_latency -- --ignored --nocapture`: the
 /// time of `emit` (LLVM IR, passes, NVPTX codegen) at D128 for four samples.
 #[test]
-#[ignore]
+#[ignore = "a timing run: --release -- --ignored --nocapture emit_latency"]
 fn emit_latency() {
     for p in [
         samples::dense(),

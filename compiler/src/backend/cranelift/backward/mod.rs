@@ -338,6 +338,14 @@ impl CpuBackward {
         }
         let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
         check_maps(maps, shape, bq, bkv)?;
+        if shape.lq == 0 || shape.lkv == 0 {
+            // no (q, kv) pair: no query rows, or every row fully masked (O = 0 whatever
+            // dO is), so every gradient is zero (the chunking below assumes tiles)
+            gdq.fill(0.0);
+            gdk.fill(0.0);
+            gdv.fill(0.0);
+            return Ok(self.zero_capture_gradients(bind));
+        }
         let params = param_words(&self.program, bind)?;
         let tensors = tensor_descs(&self.program, shape, bind)?;
         let ctx = SharedCtx(ElemCtx {
@@ -695,20 +703,10 @@ impl CpuBackward {
             },
         )?;
         drop((parts, dk_p, dv_p, dq_p));
-        let mut tgrads: Vec<Option<Vec<f32>>> = bind
-            .tensors
-            .iter()
-            .map(|t| match &t.data {
-                TensorData::F32(x) => Some(vec![0f32; x.len()]),
-                TensorData::I32(_) => None,
-            })
-            .collect();
-        let mut pgrads: Vec<Option<f32>> = self
-            .program
-            .params
-            .iter()
-            .map(|p| (p.ty == crate::ir::Type::F32).then_some(0.0))
-            .collect();
+        let CaptureGradients {
+            tensors: mut tgrads,
+            params: mut pgrads,
+        } = self.zero_capture_gradients(bind);
         // capture and param partials, reduced in item order
         for ki in &out {
             for (t, list) in ki.caps.iter().enumerate() {
@@ -728,6 +726,27 @@ impl CpuBackward {
             tensors: tgrads,
             params: pgrads,
         })
+    }
+
+    /// Zero gradients for every f32 tensor and f32 param of `bind` (`None` for the
+    /// others): what a call with no (q, kv) pair adds up to.
+    fn zero_capture_gradients(&self, bind: &Bindings) -> CaptureGradients {
+        CaptureGradients {
+            tensors: bind
+                .tensors
+                .iter()
+                .map(|t| match &t.data {
+                    TensorData::F32(x) => Some(vec![0f32; x.len()]),
+                    TensorData::I32(_) => None,
+                })
+                .collect(),
+            params: self
+                .program
+                .params
+                .iter()
+                .map(|p| (p.ty == crate::ir::Type::F32).then_some(0.0))
+                .collect(),
+        }
     }
 }
 
