@@ -136,8 +136,28 @@ class Attention:
         from . import _ops
 
         mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
-        o, lse = _ops.call(self._key, q, k, v, scale, captures, mask)
+        try:
+            o, lse = _ops.call(self._key, q, k, v, scale, captures, mask)
+        except AttncError as e:
+            raise self._kind_error(captures) or e
         return (o, lse) if return_lse else o
+
+    def _kind_error(self, captures) -> Optional[AttncError]:
+        """After a failed call: an error naming a capture given as the wrong kind (a tensor
+        for a declared param, a number for a declared tensor), which the call itself
+        reports as missing (E0301/E0303); None when there is none."""
+        import torch
+
+        params, tensors = dict(self.params), {n: (t, d) for n, t, d in self.tensors}
+        for name, x in captures.items():
+            if name in params and isinstance(x, torch.Tensor):
+                return _error("E0302", f"param `{name}` is declared `{params[name]}` but was given a tensor "
+                              f"{tuple(x.shape)}; pass a Python number (e.g. `{name}.item()`)")
+            if name in tensors and not isinstance(x, torch.Tensor):
+                elem, dims = tensors[name]
+                return _error("E0304", f"tensor `{name}` is declared {elem}[{', '.join(dims)}] but was given "
+                              f"{type(x).__name__}; pass a torch.Tensor")
+        return None
 
     def block_mask(self, q, k, v, *, scale: Optional[float] = None, backward: bool = True,
                    **captures) -> "BlockMask":
@@ -222,6 +242,14 @@ class Attention:
 
         from . import _ops
 
+        _ops._require_tensors(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens),
+                              *([] if page_table is None else [("page_table", page_table)]))
+        if (e := self._kind_error(captures)) is not None:
+            raise e
+        for name, x in (("seq_lens", seq_lens), ("page_table", page_table)):
+            # (the CUDA path converts them on the device: a float would be truncated there)
+            if x is not None and x.dtype not in (torch.int32, torch.int64):
+                raise _error("E0320", f"`{name}` has dtype {x.dtype}, expected torch.int32 (or torch.int64)")
         for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens), ("page_table", page_table),
                         *captures.items()):
             if isinstance(x, torch.Tensor) and not _ops._same_device(x, q):
@@ -264,7 +292,10 @@ class Attention:
                     raise _error("E0315", f"param `{n}` must be a bool, int or float, got {type(x).__name__}")
                 params.append((n, x))
         q, k_cache, v_cache = (_ops._dense(x.detach()) for x in (q, k_cache, v_cache))
-        ints = lambda x: x.detach().to(torch.int32).contiguous()  # noqa: E731
+        # int64 lengths and page ids saturate to the int32 range (torch's conversion would
+        # wrap 2**32 + 3 to 3); the kernels then treat them as out of range
+        ints = lambda x: (x.detach() if x.dtype == torch.int32 else  # noqa: E731
+                          x.detach().clamp(-2**31, 2**31 - 1)).to(torch.int32).contiguous()
         sl = ints(seq_lens)
         pt = None if page_table is None else ints(page_table)
         n_o, n_lse, n_ranges = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)

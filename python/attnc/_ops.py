@@ -47,7 +47,19 @@ def _same_device(x, q) -> bool:
     return x.device == q.device
 
 
+def _require_tensors(*named):
+    """An ``AttncError`` (E0313) naming the first of ``(name, value)`` that is not a torch
+    tensor (``None``, a list, a numpy array), instead of an AttributeError deeper down."""
+    for name, x in named:
+        if not isinstance(x, torch.Tensor):
+            from . import _error
+
+            raise _error("E0313", f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+
+
 def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None):
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _require_tensors(("q", q), ("k", k), ("v", v))
     # checked before dispatch: torch would pick one device's kernel for mixed inputs
     # (a meta tensor anywhere selects the fake implementation)
     if isinstance(q, torch.Tensor):

@@ -145,8 +145,8 @@ def test_devices(doc_alibi):
 
 def test_not_a_tensor(doc_alibi):
     q, k, v, doc = inputs()
-    with pytest.raises((attnc.AttncError, TypeError, RuntimeError)):
-        doc_alibi(q, k.numpy(), v, doc=doc, window=4)
+    e = raises("E0313", doc_alibi, q, k.numpy(), v, doc=doc, window=4)
+    assert "`k` must be a torch.Tensor, got ndarray" in str(e)
 
 
 def test_checked_reads_are_clamped_not_out_of_bounds():
@@ -189,3 +189,49 @@ def test_cuda_backward_entries_refuse_host_tensors():
     assert "backward_cuda takes CUDA tensors" in str(e)
     e = raises("E0314", inner.backward_cuda, *args, None, (torch.empty(8), torch.empty(1, dtype=torch.int32)))
     assert "backward_cuda" in str(e)
+
+
+def test_arguments_that_are_not_tensors_are_named():
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    q, k, v = qkv(1, 2, 2, 9, 9, 16)
+    for args, name in [((None, k, v), "q"), ((q, [1.0], v), "k"), ((q, k, v.numpy()), "v")]:
+        e = raises("E0313", attn, *args)
+        assert f"`{name}` must be a torch.Tensor" in str(e)
+    cache = torch.zeros(1, 2, 16, 16)
+    e = raises("E0313", attn.decode, q[:, :, :1], cache, cache, [3])
+    assert "`seq_lens` must be a torch.Tensor, got list" in str(e)
+    e = raises("E0320", attn.decode, q[:, :, :1], cache, cache, torch.tensor([3.0]))
+    assert "`seq_lens` has dtype torch.float32" in str(e)
+
+
+def test_a_capture_of_the_wrong_kind_is_named(doc_alibi):
+    """A tensor for a declared param, a number for a declared tensor: named as such, not
+    reported as missing."""
+    q, k, v, doc = inputs()
+    e = raises("E0302", doc_alibi, q, k, v, doc=doc, window=torch.tensor(4))
+    assert "param `window` is declared `i32` but was given a tensor" in str(e)
+    e = raises("E0304", doc_alibi, q, k, v, doc=3, window=4)
+    assert "tensor `doc` is declared i32[B, KV] but was given int" in str(e)
+
+
+def test_int64_seq_lens_beyond_int32_are_refused_not_wrapped():
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    q = torch.randn(2, 2, 1, 16)
+    cache = torch.randn(2, 2, 16, 16)
+    for bad in (2**40, 2**32 + 3):
+        e = raises("E0322", attn.decode, q, cache, cache, torch.tensor([3, bad]))
+        assert "seq_lens[1]" in str(e)
+
+
+def test_empty_lengths_forward_and_backward():
+    """Lkv = 0: every row fully masked (o = 0, lse = -inf), zero gradients; Lq = 0: empty
+    outputs. (The CPU backward divided by zero at Lkv = 0 before session 15.)"""
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    for lq, lkv in [(9, 0), (0, 9), (0, 0)]:
+        q, k, v = qkv(1, 2, 2, lq, lkv, 16, requires_grad=True)
+        o, lse = attn(q, k, v, return_lse=True)
+        assert o.shape == (1, 2, lq, 16) and lse.shape == (1, 2, lq)
+        assert torch.all(o == 0) and torch.all(torch.isneginf(lse))
+        o.sum().backward()
+        for x in (q, k, v):
+            assert x.grad.shape == x.shape and torch.all(x.grad == 0)

@@ -257,7 +257,9 @@ impl Tensor {
             _ => out.extend(self.to_f32()),
         }
     }
-    /// Every element as i32 (i64 truncated, floats truncated toward zero).
+    /// Every element as i32 (i64 saturated to the i32 range, so that a length of `1 << 40`
+    /// stays out of range for the checks that follow instead of wrapping to 0; floats
+    /// truncated toward zero, saturating).
     pub fn to_i32(&self) -> Vec<i32> {
         let b = &self.bytes;
         match self.dtype {
@@ -265,7 +267,11 @@ impl Tensor {
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            DType::I64 => self.to_i64().into_iter().map(|x| x as i32).collect(),
+            DType::I64 => self
+                .to_i64()
+                .into_iter()
+                .map(|x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                .collect(),
             _ => self.to_f32().into_iter().map(|x| x as i32).collect(),
         }
     }
@@ -297,8 +303,8 @@ mod tests {
     fn conversions_round_trip() {
         let t = Tensor::from_f32_as(vec![2, 2], &[1.0, -2.5, 0.125, 3.0], DType::BF16);
         assert_eq!(t.to_f32(), vec![1.0, -2.5, 0.125, 3.0]);
-        let t = Tensor::from_i64(vec![3], &[1, -2, 1 << 40]);
-        assert_eq!(t.to_i32()[..2], [1, -2]);
+        let t = Tensor::from_i64(vec![4], &[1, -2, 1 << 40, -(1 << 40)]);
+        assert_eq!(t.to_i32(), [1, -2, i32::MAX, i32::MIN]);
         assert!(Tensor::from_bytes(vec![3], DType::F32, vec![0; 11]).is_none());
         let x = [1.5f32, -0.0, f32::NEG_INFINITY, 7e-39];
         let t = Tensor::from_f32(vec![4], &x);

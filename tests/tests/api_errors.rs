@@ -525,3 +525,40 @@ fn bound_at(v: &attnc::Variant, backend: Backend, shape: Shape) -> Bound {
     v.bind(BindOptions::new(backend, shape, DType::F32))
         .unwrap()
 }
+
+/// i64 sequence lengths beyond the i32 range are refused by name, not wrapped: `1 << 40`
+/// read as i32 used to become 0 (an empty sequence) and `(1 << 32) + 3` a length of 3.
+#[test]
+fn i64_seq_lens_out_of_the_i32_range_are_errors() {
+    let v = example("causal", "causal_attention");
+    let shape = Shape {
+        b: 2,
+        hq: 2,
+        hkv: 1,
+        lq: 1,
+        lkv: 16,
+        d: 8,
+        dv: 8,
+    };
+    let q = Tensor::from_f32(vec![2, 2, 1, 8], &[0.5; 32]);
+    let kv = Tensor::from_f32(vec![2, 1, 16, 8], &[0.25; 256]);
+    for backend in [Backend::Reference, Backend::Cpu] {
+        for bad in [1i64 << 40, (1 << 32) + 3, -(1 << 40)] {
+            let seq_lens = Tensor::from_i64(vec![2], &[3, bad]);
+            let cache = attnc::KvCache::Contiguous {
+                k: &kv,
+                v: &kv,
+                seq_lens: &seq_lens,
+            };
+            let e = bound_at(&v, backend, shape)
+                .forward_with_cache(&q, &cache, &Captures::default())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("E0322") && e.contains("seq_lens[1]"),
+                "{backend:?} {bad}: {e}"
+            );
+        }
+    }
+}
