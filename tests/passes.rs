@@ -32,6 +32,9 @@ pub struct Target {
     /// Backward: |got - want| <= abs max|want| + rel |want| + 1e-4, per tensor.
     pub grad_abs: f32,
     pub grad_rel: f32,
+    /// Decoding: the new rows per sequence, one drawn per case (on the CPU also 33:
+    /// chunked prefill against the cache).
+    pub decode_lq: &'static [usize],
 }
 
 impl Target {
@@ -48,6 +51,7 @@ impl Target {
             tol: 1e-4,
             grad_abs: 2e-4,
             grad_rel: 2e-4,
+            decode_lq: &[1, 1, 2, 4, 16, 33],
         }
     }
     pub fn cuda(dtype: DType) -> Target {
@@ -60,6 +64,7 @@ impl Target {
             tol: if bf16 { 0.02 } else { 0.005 },
             grad_abs: if bf16 { 0.02 } else { 0.005 },
             grad_rel: if bf16 { 0.03 } else { 0.01 },
+            decode_lq: &[1, 1, 2, 4, 16],
         }
     }
 }
@@ -215,7 +220,7 @@ pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
     Ok(())
 }
 
-/// Decoding against a cache on `t` against the cache oracle: Lq 1..=16 new rows per
+/// Decoding against a cache on `t` against the cache oracle: `t.decode_lq` new rows per
 /// sequence, per-sequence lengths (0, shorter than Lq, full, random), contiguous or paged
 /// (page 16 or 32).
 pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
@@ -227,7 +232,7 @@ pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
     let hkv = 1 + rng.below(2);
     let hq = hkv * (1 + rng.below(4));
     let b = 1 + rng.below(3);
-    let lq = [1, 1, 2, 4, 16][rng.below(5)];
+    let lq = t.decode_lq[rng.below(t.decode_lq.len())];
     let cap = 1 + rng.below(t.max_len * 2);
     let seq_lens: Vec<i32> = (0..b)
         .map(|i| match (i + rng.below(4)) % 4 {

@@ -187,6 +187,20 @@ fn huge_sizes_are_refused_before_allocating() {
         "65536",
     );
     size_error(&["bench", f, "--lq", "2147483647", "--iters", "1"], "limit");
+    // a thread count past the pool limit (used to spawn threads until the OS gave up)
+    size_error(
+        &[
+            "bench",
+            f,
+            "--lq",
+            "64",
+            "--threads",
+            "1048576",
+            "--iters",
+            "1",
+        ],
+        "`threads` = 1048576 exceeds the supported maximum 1024",
+    );
     size_error(
         &[
             "bench", f, "--b", "65536", "--h", "65536", "--lq", "64", "--iters", "1",

@@ -17,7 +17,9 @@ use attnc_compiler::analysis::classify::precision;
 use attnc_tests::progs::{Gen, captures, program};
 use attnc_tests::*;
 
-fn one_case(seed: u64) {
+/// One generated program against the oracle; returns how many of its rows were fully
+/// masked (LSE = -inf in the oracle) and how many there were.
+fn one_case(seed: u64) -> (usize, usize) {
     let mut g = Gen::new(seed, false);
     let src = program(&mut g);
     let var = variant(&src, "a");
@@ -54,6 +56,9 @@ fn one_case(seed: u64) {
         1e-4,
     );
 
+    let lse = want.lse.to_f32();
+    let masked_rows = lse.iter().filter(|x| **x == f32::NEG_INFINITY).count();
+
     // block analysis soundness against brute force, random block sizes
     if var.program().mask.is_some() {
         let bind = reference.bindings(&caps).unwrap();
@@ -64,6 +69,7 @@ fn one_case(seed: u64) {
             }
         }
     }
+    (masked_rows, lse.len())
 }
 
 #[test]
@@ -75,9 +81,18 @@ fn random_programs_cpu_vs_oracle_and_sound_block_maps() {
     // more cases on demand: ATTNC_CASES=5000
     let n: u64 =
         std::env::var("ATTNC_CASES").map_or(40, |s| s.parse().expect("ATTNC_CASES is a number"));
+    let (mut masked, mut rows) = (0, 0);
     for seed in 0..n {
-        one_case(seed);
+        let (m, r) = one_case(seed);
+        masked += m;
+        rows += r;
     }
+    // the cases include fully masked rows (O = 0, LSE = -inf), and not only those
+    assert!(
+        masked > 0 && masked < rows,
+        "{masked} of {rows} rows fully masked"
+    );
+    eprintln!("{masked} of {rows} rows fully masked");
 }
 
 #[test]

@@ -75,14 +75,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let mut bound = variant.bind(opts)?;
     let bind_ms = t0.elapsed().as_secs_f64() * 1e3;
-    // the work actually done: unmasked pairs, from block maps at a fine granularity
-    let bindings = bound.bindings(&caps)?;
-    let p = variant.program();
-    let maps = bound
-        .plan()
-        .block_maps(&shape, 64, 64, &bindings)
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
+    let (bindings, pairs) = unmasked_pairs(&bound, &caps)?;
     let density = pairs as f64 / (shape.b * shape.hq * shape.lq * shape.lkv) as f64;
     let mut err = None;
     let flops = bench::flops(&shape, pairs);
@@ -190,4 +183,22 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// The work a bound call actually does: its unmasked (q, kv) pairs, from block maps at a
+/// fine granularity (64 x 64 tiles, partial tiles counted per element), with the
+/// captures' bindings they were computed for (`bench` and `bench --grad`).
+pub(crate) fn unmasked_pairs(
+    bound: &attnc::Bound,
+    caps: &attnc::Captures,
+) -> Result<(attnc_compiler::interp::Bindings, u64), Error> {
+    let shape = bound.options().shape;
+    let bindings = bound.bindings(caps)?;
+    let maps = bound
+        .plan()
+        .block_maps(&shape, 64, 64, &bindings)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let p = bound.variant().program();
+    let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
+    Ok((bindings, pairs))
 }

@@ -88,13 +88,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let mut opts = BindOptions::new(a.backend.backend(), shape, dtype);
     opts.threads = a.threads;
     let mut bound = variant.bind(opts)?;
-    let bindings = bound.bindings(&caps)?;
-    let p = variant.program();
-    let maps = bound
-        .plan()
-        .block_maps(&shape, 64, 64, &bindings)
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    let pairs = attnc_compiler::analysis::density::unmasked_pairs(p, &shape, &maps, &bindings);
+    let (_, pairs) = super::bench::unmasked_pairs(&bound, &caps)?;
     let fwd_flops = bench::flops(&shape, pairs);
     let mut rng = synth::Rng::new(13);
     let dout: Vec<f32> = (0..shape.o_len()).map(|_| rng.normal()).collect();
