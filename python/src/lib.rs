@@ -393,7 +393,9 @@ impl Attention {
         if !map.contains_key(&key) {
             let mut opts = BindOptions::new(key.backend, key.shape, key.dtype);
             opts.scale = key.scale.map(f32::from_bits);
-            opts.threads = key.threads;
+            // torch's intra-op count, capped at the runtime's limit (a machine with more
+            // cores runs attnc on that many)
+            opts.threads = key.threads.min(attnc::options::MAX_THREADS);
             if let Device::Cuda(index) = key.device {
                 opts.device = index as usize;
             }

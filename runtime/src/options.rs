@@ -28,6 +28,11 @@ impl Backend {
     }
 }
 
+/// The most CPU threads a binding may ask for ([`BindOptions::threads`]; more is an
+/// error): each distinct count makes a pool of that many OS threads kept for the
+/// process, so a mistaken count (`1 << 20`) would try to spawn a million threads.
+pub const MAX_THREADS: usize = 1024;
+
 /// How to bind a variant.
 #[derive(Clone, Debug)]
 pub struct BindOptions {
@@ -37,7 +42,7 @@ pub struct BindOptions {
     pub dtype: DType,
     /// Softmax scale; `None` means `1/sqrt(D)`.
     pub scale: Option<f32>,
-    /// CPU threads (0 = all available cores; at most 1024, a larger count is an error).
+    /// CPU threads (0 = all available cores; at most [`MAX_THREADS`], more is an error).
     pub threads: usize,
     /// Report out-of-range tensor reads instead of clamping them.
     pub checked: bool,

@@ -6,12 +6,7 @@
 //! what is allowed.
 
 use crate::error::{Error, Result};
-use crate::options::BindOptions;
-
-/// The most CPU threads a binding may ask for (`BindOptions::threads`): each distinct
-/// count makes a pool of that many OS threads kept for the process, so a mistaken count
-/// (`1 << 20`) would try to spawn a million threads instead of failing.
-pub(crate) const MAX_THREADS: usize = 1024;
+use crate::options::{BindOptions, MAX_THREADS};
 
 /// Validates the options of [`crate::Variant::bind`].
 pub(crate) fn bind_options(opts: &BindOptions) -> Result<()> {
