@@ -4,7 +4,9 @@
 //! with `tanh exp log sqrt sigmoid floor ceil exp2`, casts and -inf) compiled with
 //! `compile_source`, run on the CPU backend and the oracle on a small random shape, and
 //! their masks fed to the block analysis: `precision` checks `build_block_maps` against
-//! brute force (no empty block holds a true element, no full block a false one).
+//! brute force (no empty block holds a true element, no full block a false one). Also:
+//! hostile param values (NaN, +-inf) through the CPU backend against the oracle, and the
+//! generated code (CLIF, PTX) of generated programs byte-identical across two compiles.
 //!
 //! The generator (`attnc_tests::progs`) is a seeded SplitMix64 (`attnc::synth::Rng`): a failure prints the
 //! seed, the program and the shape; rerun one case with `ATTNC_SEED=<seed>`.
@@ -192,4 +194,39 @@ fn random_programs_with_non_finite_params_cpu_vs_oracle() {
         hostile_f32 >= n / 2,
         "only {hostile_f32} f32 params and tensors made hostile"
     );
+}
+
+/// Generated code is deterministic for generated programs too, not only for the
+/// examples: each program's CPU code (CLIF) and its sm_90 PTX (the warp-specialized D128
+/// default and the synchronous D64 kernel) come out byte-identical from two compiles in
+/// one process (which would differ under, e.g., HashMap iteration order). 4 programs
+/// (~3 s of CPU in a debug build).
+#[test]
+fn generated_programs_emit_deterministic_code() {
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::cranelift::{CpuOptions, emit_clif};
+    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
+    use attnc_compiler::plan::Plan;
+    for seed in 0..4 {
+        let mut g = Gen::new(seed, seed % 2 == 1);
+        let src = program(&mut g);
+        let var = variant(&src, "a");
+        let p = var.program();
+        let clif = || emit_clif(&Plan::new(p), KernelKind::Forward, &CpuOptions::default());
+        let a = clif().unwrap_or_else(|e| panic!("seed {seed}: {e}\n{src}"));
+        assert_eq!(a, clif().unwrap(), "seed {seed}: CLIF differs\n{src}");
+        for opts in [
+            PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16),
+            PtxOptions::sync(Arch::Sm90, 64, 64, InputType::F16),
+        ] {
+            let ptx = || {
+                generate(&Plan::new(p), KernelKind::Forward, &opts, EmitText::PtxOnly)
+                    .map(|(k, _)| k.ptx)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{src}"))
+            };
+            let a = ptx();
+            assert!(a.contains(".visible .entry"), "seed {seed}: no entry");
+            assert_eq!(a, ptx(), "seed {seed}: PTX differs ({opts:?})\n{src}");
+        }
+    }
 }
