@@ -246,6 +246,8 @@ class Attention:
                               *([] if page_table is None else [("page_table", page_table)]))
         if (e := self._kind_error(captures)) is not None:
             raise e
+        if scale is not None and not isinstance(scale, float):
+            scale = _ops._scale(scale)
         for name, x in (("seq_lens", seq_lens), ("page_table", page_table)):
             # (the CUDA path converts them on the device: a float would be truncated there)
             if x is not None and x.dtype not in (torch.int32, torch.int64):

@@ -57,9 +57,22 @@ def _require_tensors(*named):
             raise _error("E0313", f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
 
 
+def _scale(scale):
+    """``scale`` as a float (a 0-dim tensor or a numpy number converts), or an
+    ``AttncError`` naming it instead of PyO3's bare TypeError."""
+    try:
+        return float(scale)
+    except (TypeError, ValueError):
+        from . import _error
+
+        raise _error("E0316", f"`scale` must be a number or None, got {type(scale).__name__}") from None
+
+
 def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None):
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         _require_tensors(("q", q), ("k", k), ("v", v))
+    if scale is not None and not isinstance(scale, float):
+        scale = _scale(scale)
     # checked before dispatch: torch would pick one device's kernel for mixed inputs
     # (a meta tensor anywhere selects the fake implementation)
     if isinstance(q, torch.Tensor):

@@ -235,3 +235,16 @@ def test_empty_lengths_forward_and_backward():
         o.sum().backward()
         for x in (q, k, v):
             assert x.grad.shape == x.shape and torch.all(x.grad == 0)
+
+
+def test_a_scale_that_is_not_a_number_is_named():
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    q, k, v = qkv(1, 2, 2, 9, 9, 16)
+    assert "`scale` must be a number or None, got str" in str(raises("E0316", attn, q, k, v, scale="x"))
+    cache = torch.zeros(1, 2, 16, 16)
+    seq_lens = torch.tensor([3], dtype=torch.int32)
+    assert "`scale`" in str(raises("E0316", attn.decode, q[:, :, :1], cache, cache, seq_lens, scale=[1.0]))
+    # numbers that are not floats still work, and give the float's result
+    assert torch.equal(attn(q, k, v, scale=1), attn(q, k, v, scale=1.0))
+    assert torch.equal(attn(q, k, v, scale=torch.tensor(0.5)), attn(q, k, v, scale=0.5))
+
