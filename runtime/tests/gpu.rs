@@ -225,11 +225,12 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     // its persistent CTAs on or off (else its default)
     let ws = persistent_from_env(base.warp_specialized(c.kvb, 2));
     if fits && only != "sync" && c.qb == 128 && sh.d.max(sh.dv) <= 128 {
-        // (with the partial blocks' own path inside the sequence, as the runtime's
-        // two-consumer kernels)
+        // (with the partial blocks' own path inside the sequence and, on block tables,
+        // their kinds by conjunct, as the runtime's two-consumer kernels)
         v.push(PtxOptions {
             float_positions: true,
             split_tail: true,
+            mask_kinds: true,
             ..ws
         });
         // at D, Dv 64 also its three-consumer shape: q blocks of 192 rows
@@ -239,6 +240,13 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
                 q_block: 192,
                 ..ws
             });
+        }
+    }
+    // `ATTNC_GPU_MASK_KINDS=1|0`: partial blocks by conjunct kind on every path, or on
+    // none (`PtxOptions::mask_kinds`; the GPU-built tables follow)
+    if let Ok(k) = std::env::var("ATTNC_GPU_MASK_KINDS") {
+        for o in &mut v {
+            o.mask_kinds = k == "1";
         }
     }
     v
@@ -1402,6 +1410,7 @@ fn check_gpu_table_opts(
         return Err(format!("{} maps, expected {expect_maps}", got.maps.len()));
     }
     let counts = compare_tables(&got, &want, sh)?;
+    let kinds = check_table_kinds(dev, p, sh, bind, &opts, &prob)?;
     // attention through the GPU-built table
     attn.launch(dev, &prob, &LaunchArgs::new())
         .map_err(|e| e.to_string())?;
@@ -1416,7 +1425,7 @@ fn check_gpu_table_opts(
         (Some(_), false) => "linear conjuncts not trusted here (i32 wrap): every tile evaluated",
     };
     println!(
-        "  ok {} {:?} {qb}x{kvb}: table = brute force (empty/partial/full {counts:?}; {how}), max |dO| {worst:.2e}",
+        "  ok {} {:?} {qb}x{kvb}: table = brute force (empty/partial/full {counts:?}; {how}{kinds}), max |dO| {worst:.2e}",
         p.name, sh
     );
     Ok(counts)
@@ -1424,6 +1433,70 @@ fn check_gpu_table_opts(
 
 /// Every block of every (b, h) slice of the GPU table equals brute force; returns the
 /// (empty, partial, full) counts of the exact maps.
+/// `PtxOptions::mask_kinds`: every block of a GPU-built run of kind 2 is one where the
+/// mask's other conjuncts `N` hold at every point (brute force over the mask `N`), every
+/// block of kind 3 one where its linear conjuncts `L` do. A note for the report with the
+/// blocks of each kind (empty without the option or without a split mask).
+fn check_table_kinds(
+    dev: &CudaDevice,
+    p: &Program,
+    sh: &Shape,
+    bind: &Bindings,
+    opts: &PtxOptions,
+    prob: &attnc::cuda::DeviceProblem,
+) -> Result<String, String> {
+    let split = p
+        .mask
+        .as_ref()
+        .and_then(attnc_compiler::analysis::linear::split_conjuncts);
+    let Some((l, n)) = split.filter(|_| opts.mask_kinds && !opts.checked) else {
+        return Ok(String::new());
+    };
+    let (qb, kvb) = (opts.q_block as usize, opts.kv_block as usize);
+    let holds = |f| {
+        let q = Program {
+            mask: Some(f),
+            ..p.clone()
+        };
+        brute_force_maps(&q, sh, qb, kvb, bind).map_err(|e| e.to_string())
+    };
+    let (holds_l, holds_n) = (holds(l)?, holds(n)?);
+    let (ranges, runs) = prob.download_table_runs(dev).map_err(|e| e.to_string())?;
+    let info = Plan::new(p).mask().clone();
+    let nq = sh.lq.div_ceil(qb);
+    let n_h = if info.uses_h { sh.hq } else { 1 };
+    let mut tagged = [0usize; 2];
+    for b in 0..sh.b {
+        for h in 0..sh.hq {
+            let m = if info.uses_b { b } else { 0 } * n_h + if info.uses_h { h } else { 0 };
+            for i in 0..nq {
+                let r = m * nq + i;
+                for run in &runs[ranges[2 * r] as usize..ranges[2 * r + 1] as usize] {
+                    let (want, which) = match run.full {
+                        2 => (&holds_n, "N"),
+                        3 => (&holds_l, "L"),
+                        _ => continue,
+                    };
+                    for j in run.start as usize..run.end as usize {
+                        let k = want.get(b, h).kind(i, j);
+                        if k != attnc_compiler::analysis::blockmap::BlockKind::Full {
+                            return Err(format!(
+                                "slice (b={b}, h={h}) block ({i}, {j}): GPU kind {} says {which} holds everywhere, brute force over {which}: {k:?}",
+                                run.full
+                            ));
+                        }
+                        tagged[run.full as usize - 2] += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "; mask kinds: {} partial blocks where N holds, {} where L holds",
+        tagged[0], tagged[1]
+    ))
+}
+
 fn compare_tables(
     got: &BlockMaps,
     want: &BlockMaps,

@@ -14,7 +14,7 @@
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `j` partial blocks by conjunct kind (`PtxOptions::mask_kinds`; a table kernel's table then built on the GPU by the builder of the same options, not from the host's maps), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -29,6 +29,7 @@ use attnc_compiler::backend::llvm::KvBounds;
 use attnc_compiler::backend::llvm::{InputType, PtxOptions, samples};
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
 use attnc_compiler::ir::{Program, Scalar};
+use attnc_compiler::plan::Plan;
 use attnc_compiler::shape::Shape;
 use gpu_util::*;
 use rand::Rng;
@@ -145,6 +146,10 @@ fn tile_opts(
     if mt.contains('k') {
         // a partial block's mask as keep bits before the wait for S
         o.mask_early = true;
+    }
+    if mt.contains('j') {
+        // partial blocks by conjunct kind (the table built on the GPU)
+        o.mask_kinds = true;
     }
     if mt.contains('c') {
         o.min_ctas = 2;
@@ -349,23 +354,42 @@ fn gpu_bench() {
             let per_b = var.name == "doc_causal";
             // device time of `kern` (tiles qb x kvb) on the resident inputs: its kv bounds
             // (closed form, or block maps by brute force) uploaded, then timed with events
-            let time_kernel = |kern: &CudaKernel, qb: u32, kvb: u32, (warmup, iters, reps)| {
-                let maps =
-                    brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
-                let cf = closed(kern, p, &shape, &bind);
-                let prob = kern
-                    .upload(
-                        &dev,
-                        &shape,
-                        Qkv::Device(qd.clone(), kd.clone(), vd.clone()),
-                        shape.default_scale(),
-                        &bind,
-                        blocks(&cf, &maps),
-                    )
-                    .unwrap();
-                kern.time(&dev, &prob, &LaunchArgs::new(), warmup, iters, reps)
-                    .unwrap()
-            };
+            // (with `PtxOptions::mask_kinds` and a table: the table built on the GPU by
+            // the builder of the same options, whose partial blocks carry their kinds)
+            let time_kernel =
+                |kern: &CudaKernel, o: &PtxOptions, qb: u32, kvb: u32, (warmup, iters, reps)| {
+                    let maps =
+                        brute_force_maps(&shape, qb as usize, kvb as usize, (per_b, false), &keep);
+                    let cf = closed(kern, p, &shape, &bind);
+                    let plan = Plan::new(p);
+                    let build = cf.is_none() && o.mask_kinds && !plan.program().tensors.is_empty();
+                    let kv = if build {
+                        KvBlocks::Build {
+                            uses_b: plan.mask().uses_b,
+                            uses_h: plan.mask().uses_h,
+                        }
+                    } else {
+                        blocks(&cf, &maps)
+                    };
+                    let prob = kern
+                        .upload(
+                            &dev,
+                            &shape,
+                            Qkv::Device(qd.clone(), kd.clone(), vd.clone()),
+                            shape.default_scale(),
+                            &bind,
+                            kv,
+                        )
+                        .unwrap();
+                    if build {
+                        let builder =
+                            CudaKernel::load(&dev, &emit_block_table(p, o).unwrap()).unwrap();
+                        let skip = plan.skip_bounds(&shape, &bind).unwrap();
+                        build_table(&dev, &builder, &prob, skip.as_deref()).unwrap();
+                    }
+                    kern.time(&dev, &prob, &LaunchArgs::new(), warmup, iters, reps)
+                        .unwrap()
+                };
             // the tile per variant: the dense winner and the two defaults, timed briefly
             let mut cands = vec![(qb, kvb, mt.clone())];
             // (ATTNC_BENCH_NO_DEFAULTS=1: only the dense winner and ATTNC_BENCH_EXTRA)
@@ -406,7 +430,7 @@ fn gpu_bench() {
                 else {
                     continue;
                 };
-                let ms = time_kernel(&kern, cq, ck, (2, 5, 3));
+                let ms = time_kernel(&kern, &o, cq, ck, (2, 5, 3));
                 println!("  {} D{d} tile {cq}x{ck}x{cm}: {ms:.3} ms", var.name);
                 if ms < vbest.1 {
                     vbest = ((cq, ck, cm), ms);
@@ -439,7 +463,7 @@ fn gpu_bench() {
                 }
             }
             let density = kept as f64 / (l * l * if per_b { b } else { 1 }) as f64;
-            let ms = time_kernel(&kern, qb, kvb, (3, 10, 5));
+            let ms = time_kernel(&kern, &opts, qb, kvb, (3, 10, 5));
             let tf = 4.0 * (b * h * l * l * d) as f64 * density / ms / 1e9;
             let kvh = if hkv == h {
                 String::new()

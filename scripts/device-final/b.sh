@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # final GPU check, call B: FA4 part a installed; attnc's forward bench (gpu_bench), decode bench, the GQA shape and D256 through attnc bench
-# (gpu_bench candidates: the runtime's choices since session 9 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score, `d` two Q buffers wherever CTAs are persistent; D128 sliding = 128x128xtzmd, causal = 128x128xtgyemd, ALiBi/softcap = 128x128xtgyed, documents = 128x128xtymd, D64 dense = 192x128xtzd, causal/softcap = 192x128xtgyed, ALiBi = 128x128xtgyed, sliding/documents = 64x64xw (session 11); session 8's tzm, tgye and 192 tgye for comparison)
+# (gpu_bench candidates: the runtime's choices since session 9 — `e` q blocks from the end for causal-type masks, `m` split_tail without a score, `d` two Q buffers wherever CTAs are persistent; D128 sliding = 128x128xtzmd, causal = 128x128xtgyemd, ALiBi/softcap = 128x128xtgyed, documents = 128x128xtymd (session 15: + `j` partial blocks by conjunct kind, the runtime's default on tables, its table built on the GPU), D64 dense = 192x128xtzd, causal/softcap = 192x128xtgyed, ALiBi = 128x128xtgyed, sliding/documents = 64x64xw (session 11); session 8's tzm, tgye and 192 tgye for comparison)
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/fb; mkdir -p $B
 for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
@@ -8,7 +8,7 @@ for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; ch
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
 # FWD=0 leaves out the forward benches (gpu_bench, GQA, D256) where the forward kernels did not change since the last check
-[ "${FWD:-1}" = 1 ] && ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+[ "${FWD:-1}" = 1 ] && ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,128x128xtymdj,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 # (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)

@@ -254,7 +254,9 @@ impl BlockMaps {
     }
     /// Reads back the maps of a `flatten`-format table (pairs per row; runs anywhere
     /// in `runs`), for `n_maps` maps of this geometry with the given strides. `None`
-    /// when a pair or a run is malformed (out of range, unordered, overlapping).
+    /// when a pair or a run is malformed (out of range, unordered, overlapping). Runs of
+    /// kinds 2 and 3 (a GPU table's partial blocks by conjunct, `PtxOptions::mask_kinds`)
+    /// read as partial.
     #[allow(clippy::too_many_arguments)]
     pub fn from_pairs(
         ranges: &[u32],
@@ -284,7 +286,8 @@ impl BlockMaps {
                 let mut prev_end = 0;
                 for run in &runs[b..e] {
                     let (s, t) = (run.start as usize, run.end as usize);
-                    if s < prev_end || s >= t || t > nkv || run.full > 1 {
+                    // (kinds 2 and 3: partial blocks by conjunct, `PtxOptions::mask_kinds`)
+                    if s < prev_end || s >= t || t > nkv || run.full > 3 {
                         return None;
                     }
                     prev_end = t;

@@ -454,6 +454,56 @@ pub fn implied_mask(f: &Function) -> Option<Function> {
     Some(g)
 }
 
+/// The mask `f` split into its linear and its other top-level conjuncts (as
+/// [`implied_mask`] finds them): `(L, N)`, two mask functions (`f` with its return value
+/// replaced by the conjunction of each group) with `f = L && N` at every point. `None`
+/// unless both groups are non-empty. The block-table kernel records per partial block
+/// whether one of them holds on the whole block, and the attention kernel then evaluates
+/// only the other (`PtxOptions::mask_kinds`).
+pub fn split_conjuncts(f: &Function) -> Option<(Function, Function)> {
+    if f.insts.is_empty() || f.ty(f.ret) != Type::Bool {
+        return None;
+    }
+    let lin = linear_values(f);
+    let (mut linear, mut other): (Vec<Value>, Vec<Value>) = (Vec::new(), Vec::new());
+    let mut stack = vec![f.ret];
+    while let Some(v) = stack.pop() {
+        if lin[v.index()].is_some() {
+            if !linear.contains(&v) {
+                linear.push(v);
+            }
+            continue;
+        }
+        match f.inst(v) {
+            Inst::Binary(BinOp::And, a, b) => {
+                stack.push(*b);
+                stack.push(*a);
+            }
+            Inst::Select(c, a, b) if is_false_const(f, *b) => {
+                stack.push(*a);
+                stack.push(*c);
+            }
+            _ => {
+                if !other.contains(&v) {
+                    other.push(v);
+                }
+            }
+        }
+    }
+    let conj = |vs: &[Value]| -> Option<Function> {
+        let (&first, rest) = vs.split_first()?;
+        let mut g = f.clone();
+        let mut acc = first;
+        for &v in rest {
+            let span = g.spans[v.index()];
+            acc = g.push(Inst::Binary(BinOp::And, acc, v), Type::Bool, span);
+        }
+        g.ret = acc;
+        Some(g)
+    };
+    Some((conj(&linear)?, conj(&other)?))
+}
+
 /// Per value of `f`, its exact linear form over q, kv and the i32 params, where it has one
 /// (sums, differences, negations and products by constants of positions, params and
 /// constants; `None` on i64 overflow). The GPU score emitter reads them too
@@ -645,6 +695,37 @@ mod tests {
         let f = implied_mask(p.mask.as_ref().unwrap()).unwrap();
         assert!(!f.uses_tensors() && !f.uses_arg(Arg::B));
         assert!(p.mask.as_ref().unwrap().uses_tensors());
+    }
+
+    /// `split_conjuncts`: the linear conjuncts (no tensor read) and the rest (no position
+    /// constraint of their own), `None` when either group is empty.
+    #[test]
+    fn split_conjuncts_of_tensor_masks() {
+        let doc = "tensor doc: i32[B, KV]; param window: i32;\n";
+        let split = |m: &str| {
+            let p = program(&format!(
+                "{doc} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+            ));
+            split_conjuncts(p.mask.as_ref().unwrap())
+        };
+        for m in [
+            "q >= kv && doc[b, q] == doc[b, kv]",
+            "doc[b, q] == doc[b, kv] & q - kv <= window & q >= kv",
+            "(doc[b, q] == doc[b, kv] || kv < 3) && q >= kv",
+        ] {
+            let (l, n) = split(m).unwrap_or_else(|| panic!("{m}"));
+            assert!(!l.uses_tensors(), "{m}");
+            assert!(n.uses_tensors(), "{m}");
+            assert!(derive_fn(&l).is_some(), "{m}: L is linear");
+            assert!(derive_fn(&n).is_none(), "{m}: N is not");
+        }
+        for m in [
+            "q >= kv",
+            "doc[b, q] == doc[b, kv]",
+            "doc[b, q] == doc[b, kv] || q >= kv",
+        ] {
+            assert!(split(m).is_none(), "{m}");
+        }
     }
 
     #[test]

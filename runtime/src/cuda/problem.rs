@@ -509,8 +509,11 @@ impl DeviceProblem {
         Ok(())
     }
 
-    /// Waits, then reads back a table built on the device (for tests and tools).
-    pub fn download_table(&self, dev: &CudaDevice) -> Result<BlockMaps, CudaError> {
+    /// Waits, then reads back a table built on the device as written: each row's
+    /// (begin, end) pair (map `m`, q block `i` at row `m * n_q_blocks + i`) and the runs,
+    /// with their kinds (0 partial, 1 full, 2 and 3 partial by conjunct:
+    /// `PtxOptions::mask_kinds`). For tests and tools.
+    pub fn download_table_runs(&self, dev: &CudaDevice) -> Result<(Vec<u32>, Vec<Run>), CudaError> {
         let t = self
             .device_table
             .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
@@ -531,6 +534,15 @@ impl DeviceProblem {
                 full: w[2],
             })
             .collect();
+        Ok((ranges, runs))
+    }
+
+    /// Waits, then reads back a table built on the device (for tests and tools).
+    pub fn download_table(&self, dev: &CudaDevice) -> Result<BlockMaps, CudaError> {
+        let t = self
+            .device_table
+            .ok_or_else(|| CudaError::Mismatch("no device table".into()))?;
+        let (ranges, runs) = self.download_table_runs(dev)?;
         BlockMaps::from_pairs(
             &ranges,
             &runs,

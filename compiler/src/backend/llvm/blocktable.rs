@@ -218,10 +218,18 @@ fn body<'ctx>(
 
     // ---- params and captured tensors (as in the attention kernel) -----------------------------
     let env = Env::load(g, p, opts.checked, &ptr, &int)?;
+    // `PtxOptions::mask_kinds`: the mask as `L && N`; a partial tile where one of them
+    // holds at every point gets its own kind
+    let kinds = super::score::mask_kinds(p, opts);
 
     // ---- state ----------------------------------------------------------------------------------
     let seen_t = g.var(g.i1, g.cbool(false))?;
     let seen_f = g.var(g.i1, g.cbool(false))?;
+    // (with `kinds`) L false, N false at some point
+    let seen_ln = match kinds {
+        Some(_) => Some((g.var(g.i1, g.cbool(false))?, g.var(g.i1, g.cbool(false))?)),
+        None => None,
+    };
     let r_var = g.var(g.i32, g.c32(0))?;
     // thread 0's run under construction: kind (0 empty, 1 partial, 2 full), start, count
     let cur_kind = g.var(g.i32, g.c32(0))?;
@@ -233,8 +241,22 @@ fn body<'ctx>(
     let write_run = |start: IntValue<'ctx>, end: IntValue<'ctx>, kind: IntValue<'ctx>| -> R<()> {
         let n = g.geti(&n_runs)?;
         let at = g.mul(g.zext64(g.add(slot, n)?)?, g.c64(3))?;
-        let full =
-            g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, kind, g.c32(2))?, g.i32, "")?;
+        // run kind: 1 full, 0 partial; with `kinds` 2 (tile kind 3: N holds) and 3
+        // (tile kind 4: L holds)
+        let full = match kinds {
+            Some(_) => g.selecti(
+                g.icmp(IntPredicate::UGE, kind, g.c32(3))?,
+                g.sub(kind, g.c32(1))?,
+                g.selecti(
+                    g.icmp(IntPredicate::EQ, kind, g.c32(2))?,
+                    g.c32(1),
+                    g.c32(0),
+                )?,
+            )?,
+            None => {
+                g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, kind, g.c32(2))?, g.i32, "")?
+            }
+        };
         g.store(gep_u32(g, runs, at)?, start)?;
         g.store(gep_u32(g, runs, g.add(at, g.c64(1))?)?, end)?;
         g.store(gep_u32(g, runs, g.add(at, g.c64(2))?)?, full)?;
@@ -254,6 +276,10 @@ fn body<'ctx>(
                 .collect::<R<_>>()?;
             g.set(&seen_t, g.cbool(false))?;
             g.set(&seen_f, g.cbool(false))?;
+            if let Some((seen_fl, seen_fn)) = &seen_ln {
+                g.set(seen_fl, g.cbool(false))?;
+                g.set(seen_fn, g.cbool(false))?;
+            }
             g.set(&r_var, g.c32(0))?;
             // rows 0..qn (qn >= 1): a do-while loop, so that loads of the kv-only part of
             // the mask are executed on entry and may be hoisted out of it
@@ -264,6 +290,10 @@ fn body<'ctx>(
             let r = g.geti(&r_var)?;
             let q = g.add(q0, r)?;
             let (mut t, mut f) = (g.geti(&seen_t)?, g.geti(&seen_f)?);
+            let (mut fl, mut fnn) = match &seen_ln {
+                Some((seen_fl, seen_fn)) => (g.geti(seen_fl)?, g.geti(seen_fn)?),
+                None => (g.cbool(false), g.cbool(false)),
+            };
             for &(kv, kv_in) in &cols {
                 let e = Elem {
                     s: g.cf(0.0),
@@ -273,25 +303,52 @@ fn body<'ctx>(
                     kv,
                     inside: kv_in,
                 };
-                let m = emit_function(g, &env, mask, e)?.into_int_value();
+                let m = match &kinds {
+                    Some((l, n)) => {
+                        let lv = emit_function(g, &env, l, e)?.into_int_value();
+                        let nv = emit_function(g, &env, n, e)?.into_int_value();
+                        fl = g.or(fl, g.and(kv_in, g.xor(lv, g.cbool(true))?)?)?;
+                        fnn = g.or(fnn, g.and(kv_in, g.xor(nv, g.cbool(true))?)?)?;
+                        g.and(lv, nv)?
+                    }
+                    None => emit_function(g, &env, mask, e)?.into_int_value(),
+                };
                 t = g.or(t, g.and(kv_in, m)?)?;
                 f = g.or(f, g.and(kv_in, g.xor(m, g.cbool(true))?)?)?;
             }
             g.set(&seen_t, t)?;
             g.set(&seen_f, f)?;
+            if let Some((seen_fl, seen_fn)) = &seen_ln {
+                g.set(seen_fl, fl)?;
+                g.set(seen_fn, fnn)?;
+            }
             let r1 = g.add(r, g.c32(1))?;
             g.set(&r_var, r1)?;
             let mut more = g.icmp(IntPredicate::SLT, r1, qn)?;
             if !opts.checked {
-                // partial as soon as the warp has seen both values
-                let both = g.and(g.vote_any(t)?, g.vote_any(f)?)?;
+                // partial as soon as the warp has seen both values (with `kinds`: and
+                // both conjunct groups false somewhere, so that neither holds everywhere)
+                let both = match kinds {
+                    Some(_) => g.and(g.vote_any(t)?, g.and(g.vote_any(fl)?, g.vote_any(fnn)?)?)?,
+                    None => g.and(g.vote_any(t)?, g.vote_any(f)?)?,
+                };
                 more = g.and(more, g.xor(both, g.cbool(true))?)?;
             }
             g.cond_br(more, rows, done)?;
             g.b.position_at_end(done);
             let any_t = g.vote_any(g.geti(&seen_t)?)?;
             let any_f = g.vote_any(g.geti(&seen_f)?)?;
-            let kind = g.selecti(any_t, g.selecti(any_f, g.c32(1), g.c32(2))?, g.c32(0))?;
+            // tile kinds: 0 empty, 1 partial, 2 full; with `kinds` 3 (partial, N holds
+            // everywhere) and 4 (partial, L holds everywhere)
+            let partial = match &seen_ln {
+                Some((seen_fl, seen_fn)) => {
+                    let any_fl = g.vote_any(g.geti(seen_fl)?)?;
+                    let any_fn = g.vote_any(g.geti(seen_fn)?)?;
+                    g.selecti(any_fn, g.selecti(any_fl, g.c32(1), g.c32(4))?, g.c32(3))?
+                }
+                None => g.c32(1),
+            };
+            let kind = g.selecti(any_t, g.selecti(any_f, partial, g.c32(2))?, g.c32(0))?;
             g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
                 let off = g.shl(g.sub(j, c0)?, g.c32(2))?;
                 g.store(g.smem_at(off)?, kind)

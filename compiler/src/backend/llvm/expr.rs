@@ -33,6 +33,9 @@ pub(crate) struct Env<'ctx> {
     pub tensors: Vec<TensorArg<'ctx>>,
     /// The error words, in checked mode.
     pub err: Option<PointerValue<'ctx>>,
+    /// `PtxOptions::mask_kinds`: the mask's linear and other conjuncts (`score::mask_kinds`),
+    /// set by the forward and block-table kernels after [`Env::load`] (`None` there).
+    pub kinds: Option<(Function, Function)>,
 }
 
 impl<'ctx> Env<'ctx> {
@@ -81,6 +84,7 @@ impl<'ctx> Env<'ctx> {
             } else {
                 None
             },
+            kinds: None,
         })
     }
 }

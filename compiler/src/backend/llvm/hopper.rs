@@ -383,7 +383,8 @@ pub(crate) fn body<'ctx>(
     // ---- consumer warpgroups ------------------------------------------------------------------
     g.b.position_at_end(consumer_bb);
     g.setmaxnreg(true, consumer_regs)?;
-    let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    let mut env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    env.kinds = super::score::mask_kinds(p, opts);
     let cons = Consumer {
         g,
         c,
@@ -497,7 +498,8 @@ fn body_persistent<'ctx>(
     // ---- consumer warpgroups --------------------------------------------------------------------
     g.b.position_at_end(consumer_bb);
     g.setmaxnreg(true, consumer_regs)?;
-    let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    let mut env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    env.kinds = super::score::mask_kinds(p, opts);
     let wg = g.lshr(g.lshr(tid, g.c32(5))?, g.c32(2))?;
     let o = AccTile::new(g, 1, (c.dv / 8) as usize, 0.0)?;
     let m = RowState::new(g, 1, f32::NEG_INFINITY)?;

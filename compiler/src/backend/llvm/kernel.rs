@@ -258,7 +258,8 @@ fn body<'ctx>(
     let a = Args { g, params };
     let (cx, at) = place(g, c, p, &a)?;
     let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
-    let env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    let mut env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
+    env.kinds = super::score::mask_kinds(p, opts);
 
     // ---- state that lives across kv blocks ------------------------------------------------------
     let o = AccTile::new(g, c.mt, (c.dv / 8) as usize, 0.0)?;

@@ -327,6 +327,17 @@ pub struct PtxOptions {
     /// hold 160 registers, and the mask's addresses and reads there make ptxas spill
     /// (72 bytes; 0 without the option) in the loop that every block runs.
     pub mask_early: bool,
+    /// Per-conjunct kinds of partial blocks for masks `L && N` whose top-level conjuncts
+    /// split into linear ones `L` and others `N` (`analysis::linear::split_conjuncts`;
+    /// e.g. `q >= kv && doc[b, q] == doc[b, kv]`): the block-table kernel writes a
+    /// partial block where `N` holds at every point as run kind 2 and one where `L` holds
+    /// at every point as run kind 3 (0 = partial, 1 = full as before), and the attention
+    /// kernel's score evaluates only `L` (a document's diagonal block: no id reads) or
+    /// only `N` (a document's start below the diagonal: no causal test) on them
+    /// (`score::score_and_mask`). Other masks, host-built tables (kinds 0 and 1 only)
+    /// and checked mode are unchanged. Off in `new`; `for_binding` turns it on for block
+    /// tables on the warp-specialized kernel (D, Dv <= 128).
+    pub mask_kinds: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -583,6 +594,7 @@ impl PtxOptions {
             pv_wait_late: false,
             softmax_ilp: false,
             mask_early: false,
+            mask_kinds: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -718,6 +730,11 @@ impl PtxOptions {
         // of the element code, 160 bytes on causal; not with a score function: ALiBi +
         // causal 1.083 ms against 1.023 without it)
         o.split_tail = small && o.q_block <= 128 && plan.program().score.is_none();
+        // partial blocks by conjunct kind on block tables (documents: the diagonal block
+        // inside one document tests `q >= kv` alone, a document's start below it the ids
+        // alone; H200, session 15, `gpu_bench` document + causal B2 H16 L8192 D128, one
+        // call: 0.222 ms, re-timed 0.217 (317.5 TFLOP/s), against 0.244 / 0.243)
+        o.mask_kinds = small && !kv.is_closed_form();
         // persistent CTAs where every tile has the same, short work: bands at D128 and no
         // mask on the three-consumer D64 kernel (not yet timed at D256); with the dynamic
         // tile scheduler where the tiles' work differs: causal-type ranges (in the LPT
@@ -838,6 +855,7 @@ impl PtxOptions {
             }
             + if self.softmax_ilp { " softmax-ilp" } else { "" }
             + if self.mask_early { " mask-early" } else { "" }
+            + if self.mask_kinds { " mask-kinds" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

@@ -5,10 +5,11 @@
 //! (lowered per element by `expr.rs`). Out: the logits `t` in log2 units (or raw scores,
 //! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
 
+use super::PtxOptions;
 use super::expr::{Elem, Env, PosF, emit_function, emit_function_at};
 use super::gpu::{Gpu, R, Var};
 use super::tile::{Acc, AccTile, Cfg, Ctx, row_inside, thread_row0};
-use crate::ir::Program;
+use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
 use inkwell::values::{FloatValue, IntValue};
 
@@ -21,20 +22,42 @@ pub(crate) struct MaskBits<'ctx> {
     words: Vec<Var<'ctx>>,
 }
 
+/// Run kind of a partial block where the mask's other conjuncts `N` hold at every point
+/// (`PtxOptions::mask_kinds`): only the linear ones `L` are evaluated.
+pub(crate) const KIND_LINEAR_ONLY: u32 = 2;
+/// Run kind of a partial block where the linear conjuncts `L` hold at every point: only
+/// `N` is evaluated.
+pub(crate) const KIND_OTHER_ONLY: u32 = 3;
+
+/// `PtxOptions::mask_kinds` for `p`: its mask's (linear, other) conjuncts
+/// (`analysis::linear::split_conjuncts`), or `None` (option off, checked mode, or a mask
+/// that does not split). The block-table kernel and the attention kernels ask this same
+/// function, so a table holds kinds 2 and 3 exactly when its reader knows them.
+pub(crate) fn mask_kinds(p: &Program, opts: &PtxOptions) -> Option<(Function, Function)> {
+    if !opts.mask_kinds || opts.checked {
+        return None;
+    }
+    crate::analysis::linear::split_conjuncts(p.mask.as_ref()?)
+}
+
 /// Whether the block at `kv0` is scored on the fast path: a full block that ends inside
-/// the sequence. Also returns the tail condition (the block ends past `Lkv`).
+/// the sequence (run kind 1; any non-zero kind without `kinds`). Also returns the tail
+/// condition (the block ends past `Lkv`).
 fn fast_path<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     cx: &Ctx<'ctx>,
     kv0: IntValue<'ctx>,
     full: IntValue<'ctx>,
+    kinds: bool,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, cx.lkv)?;
-    let fast = g.and(
-        g.icmp(IntPredicate::NE, full, g.c32(0))?,
-        g.xor(tail, g.cbool(true))?,
-    )?;
+    let is_full = if kinds {
+        g.icmp(IntPredicate::EQ, full, g.c32(1))?
+    } else {
+        g.icmp(IntPredicate::NE, full, g.c32(0))?
+    };
+    let fast = g.and(is_full, g.xor(tail, g.cbool(true))?)?;
     Ok((fast, tail))
 }
 
@@ -65,7 +88,7 @@ pub(crate) fn mask_bits<'ctx>(
     let words = (0..n.div_ceil(32))
         .map(|_| g.var(g.i32, g.c32(0)))
         .collect::<R<Vec<_>>>()?;
-    let (fast, _) = fast_path(g, c, cx, kv0, full)?;
+    let (fast, _) = fast_path(g, c, cx, kv0, full, env.kinds.is_some())?;
     g.if_then(g.xor(fast, g.cbool(true))?, || {
         let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
         let mut acc = vec![g.c32(0); words.len()];
@@ -117,7 +140,7 @@ pub(crate) fn score_and_mask<'ctx>(
     bits: Option<&MaskBits<'ctx>>,
 ) -> R<AccTile<'ctx>> {
     let t = AccTile::new(g, s.len(), s.first().map_or(0, Vec::len), 0.0)?;
-    let (fast, tail) = fast_path(g, c, cx, kv0, full)?;
+    let (fast, tail) = fast_path(g, c, cx, kv0, full, env.kinds.is_some())?;
     let fast_bb = g.block("full_block");
     let slow_bb = g.block("partial_block");
     let merge = g.block("scored");
@@ -128,6 +151,16 @@ pub(crate) fn score_and_mask<'ctx>(
         Some(g.block("partial_inner_block"))
     } else {
         None
+    };
+    // `PtxOptions::mask_kinds` (with `split`, not with keep bits): the partial blocks
+    // inside the sequence of kind 2 evaluate only the linear conjuncts, of kind 3 only
+    // the others
+    let kinds = match (&env.kinds, bits) {
+        (Some((l, n)), None) if split => Some((
+            (l, g.block("partial_linear_block")),
+            (n, g.block("partial_other_block")),
+        )),
+        _ => None,
     };
     let scale_log2 = g.fmul(cx.scale, g.cf(LOG2E))?;
     let row_bases: Vec<IntValue<'ctx>> = (0..c.mt)
@@ -149,24 +182,40 @@ pub(crate) fn score_and_mask<'ctx>(
             let head = g.block("not_full_block");
             g.cond_br(fast, fast_bb, head)?;
             g.b.position_at_end(head);
-            g.cond_br(tail, slow_bb, inner)?;
+            match &kinds {
+                Some(((_, lin_bb), (_, other_bb))) => {
+                    let which = g.block("partial_kind");
+                    g.cond_br(tail, slow_bb, which)?;
+                    g.b.position_at_end(which);
+                    g.b.build_switch(
+                        full,
+                        inner,
+                        &[
+                            (g.c32(KIND_LINEAR_ONLY as i64), *lin_bb),
+                            (g.c32(KIND_OTHER_ONLY as i64), *other_bb),
+                        ],
+                    )?;
+                }
+                None => g.cond_br(tail, slow_bb, inner)?,
+            }
         }
         None => g.cond_br(fast, fast_bb, slow_bb)?,
     }
-    // (full, tail): the full blocks inside the sequence, the partial blocks inside it
-    // (with `split`), the rest
-    let paths: &[(bool, bool)] = if split {
-        &[(true, false), (false, false), (false, true)]
-    } else {
-        &[(true, false), (false, true)]
-    };
-    for &(full_path, tail_path) in paths {
+    // (full, tail, the mask evaluated): the full blocks inside the sequence, the partial
+    // blocks inside it (with `split`; by kind with `kinds`), the rest
+    let all = p.mask.as_ref();
+    let mut paths: Vec<(bool, bool, Option<&Function>, _)> = vec![(true, false, None, fast_bb)];
+    if let Some(inner) = inner_bb {
+        paths.push((false, false, all, inner));
+    }
+    if let Some(((l, lin_bb), (n, other_bb))) = &kinds {
+        paths.push((false, false, Some(*l), *lin_bb));
+        paths.push((false, false, Some(*n), *other_bb));
+    }
+    paths.push((false, true, all, slow_bb));
+    for (full_path, tail_path, mask_fn, bb) in paths {
         let slow = !full_path;
-        g.b.position_at_end(match (full_path, tail_path, inner_bb) {
-            (true, _, _) => fast_bb,
-            (false, false, Some(inner)) => inner,
-            _ => slow_bb,
-        });
+        g.b.position_at_end(bb);
         for (mi, nt, acc) in s
             .iter()
             .enumerate()
@@ -208,7 +257,7 @@ pub(crate) fn score_and_mask<'ctx>(
                     score(e)?
                 } else {
                     let at = (mi * s[mi].len() + nt) * 4 + i;
-                    let keep = match (bits, &p.mask) {
+                    let keep = match (bits, mask_fn) {
                         // the bit that `mask_bits` set before the wait (the kv bounds
                         // included)
                         (Some(b), _) => {

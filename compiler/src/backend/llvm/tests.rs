@@ -1284,3 +1284,101 @@ fn mask_early_moves_the_mask_before_the_wait_for_s() {
         );
     }
 }
+
+/// `PtxOptions::mask_kinds`: on a mask that splits into linear and other conjuncts
+/// (`document_causal`), the forward kernels (warp-specialized with the split tail path,
+/// and the others) and the block-table kernel change, deterministically; the
+/// warp-specialized kernel's two new partial paths read no captured tensor on the path of
+/// kind 2 (only `q >= kv`); masks that do not split, checked mode and the parameters are
+/// unchanged. `ATTNC_PTX_DUMP=DIR` also writes each kernel (for ptxas).
+#[test]
+fn mask_kinds_split_the_partial_path_by_conjunct() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    let table = |p: &Program, o: &PtxOptions| {
+        generate(&Plan::new(p), KernelKind::BlockTable, o, EmitText::PtxOnly)
+            .map(|(k, _)| k.ptx)
+            .unwrap()
+    };
+    for p in samples::all(16) {
+        let splits = p
+            .mask
+            .as_ref()
+            .and_then(crate::analysis::linear::split_conjuncts)
+            .is_some();
+        assert_eq!(splits, p.name == "document_causal", "{}", p.name);
+        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
+            let base = ws_runtime_options(&p, d, qb, dynamic, true);
+            let o = PtxOptions {
+                mask_kinds: true,
+                ..base
+            };
+            assert_ne!(o.key(), base.key());
+            let a = emit(&p, &base).unwrap();
+            let b = emit(&p, &o).unwrap();
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, a.grid),
+                (&b.params, b.threads, b.smem_bytes, b.grid)
+            );
+            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+            let checked = |x: &PtxOptions| {
+                emit(
+                    &p,
+                    &PtxOptions {
+                        checked: true,
+                        ..*x
+                    },
+                )
+                .unwrap()
+                .ptx
+            };
+            assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
+            if p.mask.is_some() {
+                let (ta, tb) = (table(&p, &base), table(&p, &o));
+                assert_eq!(ta != tb, splits, "{} table", p.name);
+                assert_eq!(tb, table(&p, &o));
+                if let Some(dir) = &dump {
+                    std::fs::create_dir_all(dir).unwrap();
+                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}_table_kinds.ptx", p.name), &tb)
+                        .unwrap();
+                }
+            }
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let tag = if dynamic { "_dyn" } else { "" };
+                std::fs::write(
+                    format!("{dir}/{}_d{d}_q{qb}{tag}_kinds.ptx", p.name),
+                    &b.ptx,
+                )
+                .unwrap();
+            }
+            if !splits {
+                assert_eq!(a.ptx, b.ptx, "{} d{d}: no split, no change", p.name);
+                continue;
+            }
+            assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
+            if o.split_tail {
+                // the kind-2 path (the first of the two new ones in the IR) evaluates
+                // `q >= kv` alone: no load between its label and the next path's
+                let ir = &b.llvm_ir;
+                let at = ir.find("\npartial_linear_block").unwrap();
+                let next = at + ir[at..].find("\npartial_other_block").unwrap();
+                let body = &ir[at..next];
+                assert!(!body.contains("load i32, ptr addrspace(1)"), "{body}");
+                assert!(ir[next..].contains("load i32, ptr addrspace(1)"));
+            }
+        }
+    }
+    // the other kernels: changed (kind 1 alone is the fast path) and deterministic
+    for o in [
+        PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16).wgmma(),
+        PtxOptions::new(Arch::Sm80, 128, 128, InputType::Bf16),
+    ] {
+        let x = PtxOptions {
+            mask_kinds: true,
+            ..o
+        };
+        let p = samples::document_causal();
+        assert_ne!(emit(&p, &o).unwrap().ptx, emit(&p, &x).unwrap().ptx);
+        assert_eq!(emit(&p, &x).unwrap().ptx, emit(&p, &x).unwrap().ptx);
+    }
+}
