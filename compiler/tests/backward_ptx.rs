@@ -1172,3 +1172,66 @@ fn fused_element_order_kernels() {
         }
     }
 }
+
+/// `bwd_exp_emu` (some exponentials of a full block on the FMA pipe) on the binding's
+/// fused kernels: deterministic, their own keys; `k` of every 8 `ex2.approx` of the full
+/// path replaced by the polynomial (two `add.rn.f32` around 1.5 * 2^23 per element), the
+/// same number of products; D128 and D64. `ATTNC_BWD_PTX_DIR=dir` writes each kernel
+/// there (for `ptxas -v`).
+#[test]
+fn fused_exp_emu_kernels() {
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("softcap", "softcap_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            assert_eq!(bind.bwd_exp_emu, 0, "{name} D{d}");
+            let tag = format!("{name} D{d} q{}", bind.q_block);
+            let def = dkdv_twice(
+                &plan,
+                &bind,
+                &tag,
+                &format!("em_def_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let ex2 = |ptx: &str| ptx.matches("ex2.approx").count();
+            let rn = |ptx: &str| ptx.matches("add.rn.f32").count();
+            assert_eq!(rn(&def.ptx), 0, "{tag}");
+            let mut last = ex2(&def.ptx);
+            for k in [2u8, 4, 8] {
+                let o = PtxOptions {
+                    bwd_exp_emu: k,
+                    ..bind
+                };
+                assert!(o.key() != bind.key(), "{tag}");
+                let km = dkdv_twice(
+                    &plan,
+                    &o,
+                    &tag,
+                    &format!("em_m{k}_d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                assert_eq!(
+                    def.ptx.matches("wgmma.mma_async").count(),
+                    km.ptx.matches("wgmma.mma_async").count(),
+                    "{tag}"
+                );
+                let (e, r) = (ex2(&km.ptx), rn(&km.ptx));
+                assert!(
+                    e < last && r > 0 && r % 2 == 0,
+                    "{tag} m{k}: {e} ex2, {r} add.rn"
+                );
+                last = e;
+            }
+        }
+    }
+    let o = PtxOptions {
+        bwd_exp_emu: 9,
+        ..PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+    };
+    let plan = Plan::new(&example("dense", "dense"));
+    assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
+}

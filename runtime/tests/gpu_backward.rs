@@ -1025,7 +1025,9 @@ fn test_options(
 /// `default+p`, `default+u+p`; a trailing `+h` loads the visit's L2/Delta before the wait
 /// for Sᵀ and dPᵀ (`PtxOptions::bwd_stats_early`), e.g. `default+h`, `default+u+h`; a
 /// trailing `+e` computes P while dPᵀ runs (`PtxOptions::bwd_p_under_dp`), e.g.
-/// `default+e`, `default+h+e`.
+/// `default+e`, `default+h+e`; a trailing `+m1` .. `+m8` computes that many of every 8
+/// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
+/// `default+m2`, `default+e+m4`.
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1152,6 +1154,16 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
             bwd_p_under_dp: true,
             ..o
         });
+    }
+    // `+m1` .. `+m8`: that many of every 8 exponentials of a full block on the FMA pipe
+    // (`bwd_exp_emu`)
+    for k in 1..=8u8 {
+        if let Some(rest) = cfg.strip_suffix(&format!("+m{k}")) {
+            return bench_options(default, rest).map(|o| PtxOptions {
+                bwd_exp_emu: k,
+                ..o
+            });
+        }
     }
     // `+2`: two dQ writer threads, one per slot (`bwd_two_writers`)
     if let Some(rest) = cfg.strip_suffix("+2") {

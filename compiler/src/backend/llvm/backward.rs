@@ -1262,6 +1262,61 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     pub full_unguarded: bool,
     /// [`PtxOptions::bwd_band_keep`]: the partial blocks' mask as q intervals per kv row.
     pub band: Option<&'a BandKeep<'a, 'ctx>>,
+    /// [`PtxOptions::bwd_exp_emu`]: of every 8 elements `4 nt + i` of the fragment, the
+    /// first `exp_emu` take [`ex2_poly`] on full blocks (0: every element `ex2`).
+    pub exp_emu: u32,
+}
+
+/// `2^x` on the FMA pipe ([`PtxOptions::bwd_exp_emu`]): `x` clamped at -125 (p's exponent is
+/// 126 or 127: the sum stays a normal number), `j` =
+/// round(x) by adding and subtracting 1.5 * 2^23 (round-to-nearest adds, never
+/// contracted), `p(f)` of `f = x - j` in [-0.5, 0.5] a degree-3 least-squares fit of
+/// `2^f` in relative error (7.7e-5 at most, f32 coefficients), and `2^j` added to p's
+/// exponent as an integer (`j << 23`: the low bits of `x + 1.5 * 2^23` are `j` in two's
+/// complement and `0x4b400000 << 23` vanishes mod 2^32). For finite x of a full block:
+/// logits there are at most ~0 (P <= 1); below -125 the result is a tiny non-negative
+/// number instead of 0 (never NaN).
+pub(super) fn ex2_poly<'ctx>(g: &Gpu<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const C: [f32; 4] = [0.999_928_95, 0.693_276_2, 0.242_604_05, 0.055_088_684];
+    let x = g.fmax(x, g.cf(-125.0))?;
+    let t = g.fintr2("llvm.nvvm.add.rn.f", x, g.cf(MAGIC))?;
+    let j = g.fintr2("llvm.nvvm.add.rn.f", t, g.cf(-MAGIC))?;
+    let f = g.fsub(x, j)?;
+    let fma =
+        |a: FloatValue<'ctx>, b: FloatValue<'ctx>, c: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
+            Ok(g.call(
+                "llvm.fma.f32",
+                Some(g.f32.into()),
+                &[a.into(), b.into(), c.into()],
+            )?
+            .ok_or(LlvmError::Internal("fma"))?
+            .into_float_value())
+        };
+    let mut p = g.cf(C[3]);
+    for &c in C[..3].iter().rev() {
+        p = fma(p, f, g.cf(c))?;
+    }
+    let tb = g.b.build_bit_cast(t, g.i32, "")?.into_int_value();
+    let pb = g.b.build_bit_cast(p, g.i32, "")?.into_int_value();
+    let r = g.add(pb, g.shl(tb, g.c32(23))?)?;
+    Ok(g.b.build_bit_cast(r, g.f32, "")?.into_float_value())
+}
+
+/// `2^x` of fragment element (`nt`, `i`): [`ex2_poly`] where `emu` ([`ElemCtx::exp_emu`],
+/// full blocks only) picks it, else `ex2.approx.ftz`.
+fn ex2_at<'ctx>(
+    g: &Gpu<'ctx>,
+    emu: u32,
+    nt: usize,
+    i: usize,
+    x: FloatValue<'ctx>,
+) -> R<FloatValue<'ctx>> {
+    if ((4 * nt + i) % 8) < emu as usize {
+        ex2_poly(g, x)
+    } else {
+        g.ex2(x)
+    }
 }
 
 /// [`PtxOptions::bwd_band_keep`]: a partial block's mask of an exact closed form on the
@@ -1902,7 +1957,13 @@ pub(super) fn grad_scores<'ctx>(
                     None => e.logit(g, el, pos_f(&at, forms.as_ref()), x, l2, raw_mul)?,
                 };
                 let logit = kept_logit(g, keep, logit)?;
-                let pr = g.ex2(logit)?;
+                // bwd_exp_emu: some exponentials of full blocks on the FMA pipe
+                let emu = if slow || e.cap.is_some() {
+                    0
+                } else {
+                    e.exp_emu
+                };
+                let pr = ex2_at(g, emu, nt, i, logit)?;
                 // dS' = P (dP - Delta), then dS = dS' score'
                 let dsp = g.fmul(pr, g.fsub(dp[nt][i], delta)?)?;
                 let mut ds = dsp;
@@ -2066,7 +2127,7 @@ pub(super) fn grad_p<'ctx>(
                 let (el, keep) = e.element_at(g, x, at, slow)?;
                 let (logit, dprime) = e.logit(g, el, pos_f(&at, forms.as_ref()), x, l2, raw_mul)?;
                 let logit = kept_logit(g, keep, logit)?;
-                let pr = g.ex2(logit)?;
+                let pr = ex2_at(g, if slow { 0 } else { e.exp_emu }, nt, i, logit)?;
                 p4[i] = pr;
                 let pd = match dprime {
                     Some(d) => {
@@ -2505,6 +2566,7 @@ fn dkdv_body<'ctx>(
         cap: None,
         full_unguarded: false,
         band: None,
+        exp_emu: 0,
     };
     // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
     let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
@@ -2775,6 +2837,7 @@ fn dq_body<'ctx>(
         cap: cap.as_ref(),
         full_unguarded: false,
         band: None,
+        exp_emu: 0,
     };
     // element (nt, i): q row q_row + 8 (i / 2), kv column col + 8 nt + i % 2
     let pb = PosBase::new(g, opts, &|| Ok((q_row, col)))?;

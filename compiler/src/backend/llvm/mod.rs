@@ -473,6 +473,16 @@ pub struct PtxOptions {
     /// barrier as before. Deterministic. Off by default; the kernel bench's `+e`. Other
     /// kinds and q tiles of 128 ignore it.
     pub bwd_p_under_dp: bool,
+    /// The fused backward (`backward/fused.rs`), identity or general score without
+    /// capture gradients, on full blocks: `bwd_exp_emu` of every 8 exponentials of a
+    /// thread's fragment (elements `4 nt + i` with `(4 nt + i) % 8 < bwd_exp_emu`) computed
+    /// on the FMA pipe instead of the `ex2` unit (the SFU, 16 results per cycle and SM:
+    /// with two math warps per scheduler 64 `MUFU.EX2` = 512 cycles a visit at D128, the
+    /// tensor cores idle): `2^x = 2^j p(x - j)`, `j` rounded by the 1.5 * 2^23 addition,
+    /// `p` a degree-3 polynomial on [-0.5, 0.5] (relative error 7.7e-5, P is rounded to
+    /// bf16 / f16 for dV and dS anyway), the exponent added as an integer (x clamped at
+    /// -125). 0 (off) by default; the kernel bench's `+m1` .. `+m8`. Other kinds ignore it.
+    pub bwd_exp_emu: u8,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -612,6 +622,7 @@ impl PtxOptions {
             bwd_pingpong: false,
             bwd_stats_early: false,
             bwd_p_under_dp: false,
+            bwd_exp_emu: 0,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -912,6 +923,11 @@ impl PtxOptions {
                 " bwd-p-under-dp"
             } else {
                 ""
+            }
+            + &if self.bwd_exp_emu != 0 {
+                format!(" bwd-exp-emu={}", self.bwd_exp_emu)
+            } else {
+                String::new()
             }
             + if self.bwd_band_keep {
                 " bwd-band-keep"

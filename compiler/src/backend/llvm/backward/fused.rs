@@ -314,6 +314,12 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             o.q_block
         )));
     }
+    if o.bwd_exp_emu > 8 {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ: bwd_exp_emu counts the emulated exponentials of every 8 (got {})",
+            o.bwd_exp_emu
+        )));
+    }
     let n_wg = o.kv_block / 64;
     let bytes = super::DkDvTiles::new(o).bytes;
     if bytes > 227 * 1024 {
@@ -1538,6 +1544,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         cap: cap.as_ref(),
         full_unguarded: opts.bwd_ds_unguarded,
         band: None,
+        exp_emu: u32::from(opts.bwd_exp_emu),
     };
     // bwd_band_keep: an exact closed-form mask (not the affine score's path, which keeps
     // its own partial path) as q intervals per kv row on partial visits
