@@ -197,19 +197,28 @@
 //!   is not what holds the D128 kernel: serializing the two warpgroups' element code
 //!   costs what the overlap gains (the element code is latency-bound per warp, the two
 //!   warpgroups' copies overlap each other as well as they overlap the products).
-//!   `bwd_stats_early` (off, not yet measured; the bench's `+h`): where a visit waits for
+//!   `bwd_stats_early` (off; the bench's `+h`): where a visit waits for
 //!   Sᵀ and dPᵀ before its element code, the visit's L2/Delta loads are issued before
 //!   that wait, under the products (ncu, H200, D128 dense default: the first FADD/FFMAs
 //!   after the wait held 7% of the math warps' stall samples, short scoreboard on those
 //!   `ld.shared`; ptxas 13.0 sm_90a hoists them above the Sᵀ issue, 0 spills at D128
 //!   dense/causal, 64 bytes ALiBi, 216-440 at D64's q tiles of 128). `bwd_p_under_dp`
-//!   (off, not yet measured; `+e`; q tiles of 64): a visit waits for Sᵀ alone, computes P
+//!   (off; `+e`; q tiles of 64): a visit waits for Sᵀ alone, computes P
 //!   while dPᵀ runs, then waits for dPᵀ and computes dS (FlashAttention-3's order for P,
 //!   `overlap`'s element code without its dV before the dS barrier; the exponentials were
 //!   15% of the math warps' samples with the tensor cores idle), dS without the P = 0
 //!   select on full blocks of the identity score with `bwd_ds_unguarded`; ptxas 13.0: 0 /
 //!   8 / 116 bytes of spills at D128 dense / causal / ALiBi (docs/performance.md, "GPU
-//!   backward", session 14).
+//!   backward", session 14). Both measured slower in session 14's final check (one
+//!   H200, D128 TFLOP/s default / `+h` / `+e`: dense 562.5 / 532.2 / 511.3, causal
+//!   490.1 / 465.6 / 468.0).
+//!   `bwd_exp_emu` (off; `+m1` .. `+m8`): on full blocks of the identity or a general
+//!   score without capture gradients, `k` of every 8 exponentials of the thread's
+//!   fragment on the FMA pipe (`ex2_poly`: round by 1.5 * 2^23, a degree-3 polynomial,
+//!   the exponent added as an integer) instead of `MUFU.EX2`. Measured on an H200
+//!   (session 15, whole backward ms, interleaved): D128 dense `+m2` 4.85-4.89 vs
+//!   4.83-4.97, `+m4` 5.04, `+m8` 5.28; causal 2.80 vs 2.79-2.80, `+m8` 2.93; D64 dense
+//!   `+m2` 1.630 vs 1.540: the SFU's throughput is not what holds the element code.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type.
