@@ -1107,6 +1107,19 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
             });
         }
     }
+    // `+l`: the fused backward's kernels chained by programmatic dependent launch
+    // (`bwd_pdl`); `+t`: with it, each dQ tile converted once its last addition is done
+    // (`bwd_convert_early`)
+    if let Some(rest) = cfg.strip_suffix("+l") {
+        return bench_options(default, rest).map(|o| PtxOptions { bwd_pdl: true, ..o });
+    }
+    if let Some(rest) = cfg.strip_suffix("+t") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_pdl: true,
+            bwd_convert_early: true,
+            ..o
+        });
+    }
     // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`)
     if let Some(rest) = cfg.strip_suffix("+y") {
         return bench_options(default, rest).map(|o| PtxOptions {

@@ -35,7 +35,7 @@ use attnc_compiler::analysis::blockmap::BlockMaps;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::backward::{
-    BackwardKind, emit_backward, fixed_to_f32, pre_rows_per_cta,
+    BackwardKind, convert_early, emit_backward, fixed_to_f32, pdl, pre_rows_per_cta,
 };
 use attnc_compiler::backend::llvm::{
     BwdDq, KernelParam, KvBounds, LlvmError, PtxKernel, PtxOptions,
@@ -431,12 +431,6 @@ impl CudaBackward {
         let sh = &p.fwd.shape;
         let o = self.opts();
         let rows = sh.b * sh.hq * sh.lq;
-        if parts[0] && rows > 0 {
-            let per = pre_rows_per_cta(o.dv) as usize;
-            let grid = u32::try_from(rows.div_ceil(per))
-                .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
-            launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64, None)?;
-        }
         // the capture gradients are sums over one launch (dQ, or the fused dK/dV): zero
         // them first, so that every launch (timing loops too) leaves the gradients of one
         // backward; the fused kernel's semaphores likewise (and its workspace when the
@@ -462,13 +456,33 @@ impl CudaBackward {
             }
         }
         let sums_here = |kernel: usize| parts[kernel] && (kernel == 1) == fused;
-        if (sums_here(1) || sums_here(2)) && !words.is_empty() {
-            // the raw memset needs the context current on this thread
-            s.context().bind_to_thread()?;
-            for (ptr, bytes) in &words {
-                zero(*ptr, *bytes)?;
+        let zero_words = || -> Result<(), CudaError> {
+            if (sums_here(1) || sums_here(2)) && !words.is_empty() {
+                // the raw memset needs the context current on this thread
+                s.context().bind_to_thread()?;
+                for (ptr, bytes) in &words {
+                    zero(*ptr, *bytes)?;
+                }
             }
+            Ok(())
+        };
+        // fused: zeroed before the pre kernel (nothing it reads), so that the fused kernel
+        // follows the pre kernel directly (bwd_pdl: under its tail)
+        if fused {
+            zero_words()?;
         }
+        if parts[0] && rows > 0 {
+            let per = pre_rows_per_cta(o.dv) as usize;
+            let grid = u32::try_from(rows.div_ceil(per))
+                .map_err(|_| CudaError::Mismatch("too many rows for one launch".into()))?;
+            launch_one(dev, &self.pre, p, (grid, 1, 1), rows as i64, None, false)?;
+        }
+        if !fused {
+            zero_words()?;
+        }
+        // bwd_pdl (sm_90): the fused kernel and the conversion by programmatic dependent
+        // launch (each waits for what it reads)
+        let chained = pdl(o) && dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90;
         if parts[1] && sh.lkv > 0 {
             // the axes in the spec's order (the fused kernel's `bwd_lpt` puts kv heads on x)
             let extent = |d: attnc_compiler::backend::llvm::GridDim| {
@@ -488,7 +502,7 @@ impl CudaBackward {
             // the fused kernel visits the q blocks whose kv range holds its block: the dQ
             // kernel's (q-major) ranges
             let r = p.ranges.as_ref().map(|r| &r[if fused { 1 } else { 0 }]);
-            launch_one(dev, &self.dkdv, p, g, 0, r)?;
+            launch_one(dev, &self.dkdv, p, g, 0, r, chained)?;
         }
         if parts[2] && sh.lq > 0 {
             let g = (
@@ -496,7 +510,8 @@ impl CudaBackward {
                 sh.hq as u32,
                 sh.b as u32,
             );
-            launch_one(dev, &self.dq, p, g, 0, p.ranges.as_ref().map(|r| &r[1]))?;
+            let r = p.ranges.as_ref().map(|r| &r[1]);
+            launch_one(dev, &self.dq, p, g, 0, r, chained)?;
         }
         Ok(())
     }
@@ -648,16 +663,27 @@ impl CudaBackward {
             }
             Ok(())
         };
-        // SAFETY: forwarded from the caller (see above); each launch binds only the
-        // names its spec lists.
-        unsafe { self.pre.launch_args(dev, &kv)? };
+        // bwd_pdl (sm_90): the fused kernel and the conversion by programmatic dependent
+        // launch (each waits for what it reads); the zeroing before the pre kernel
+        let chained = pdl(o) && dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90;
         if fused {
             zero_all()?;
-            // SAFETY: as above.
-            unsafe { self.dkdv.launch_args(dev, &q)? };
+            // SAFETY: forwarded from the caller (see above); each launch binds only the
+            // names its spec lists; chained kernels wait for the grid before them.
+            unsafe {
+                self.pre.launch_args(dev, &kv)?;
+                if chained {
+                    self.dkdv.launch_args_overlapped(dev, &q)?;
+                    return self.dq.launch_args_overlapped(dev, &q);
+                }
+                self.dkdv.launch_args(dev, &q)?;
+            }
         } else {
             // SAFETY: as above.
-            unsafe { self.dkdv.launch_args(dev, &kv)? };
+            unsafe {
+                self.pre.launch_args(dev, &kv)?;
+                self.dkdv.launch_args(dev, &kv)?;
+            }
             zero_all()?;
         }
         // SAFETY: as above.
@@ -672,7 +698,9 @@ pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
         return None;
     }
     let tiles = (shape.b * shape.hq * shape.lq.div_ceil(o.q_block as usize)).max(1);
-    Some((tiles * (o.q_block * o.d) as usize, tiles))
+    // bwd_convert_early: the writers' done count after the tiles' semaphores
+    let extra = usize::from(convert_early(o));
+    Some((tiles * (o.q_block * o.d) as usize, tiles + extra))
 }
 
 /// `args` with what the backward kernels' grid rules and the pre kernel's row count
@@ -712,6 +740,7 @@ fn launch_one(
     grid: (u32, u32, u32),
     rows: i64,
     ranges: Option<&Ranges>,
+    chained: bool,
 ) -> Result<(), CudaError> {
     use KernelParam as P;
     let s = &dev.stream;
@@ -750,8 +779,15 @@ fn launch_one(
     a.set_grid(grid);
     // SAFETY: every buffer has the size the kernel indexes (lengths checked in `upload`,
     // outputs allocated for the shape; the forward problem's buffers as its `upload`
-    // makes them); the ranges were built for this shape and the kernels' tiles.
-    unsafe { k.launch_args(dev, &a) }
+    // makes them); the ranges were built for this shape and the kernels' tiles; a
+    // chained launch (bwd_pdl) is of a kernel that waits for the grid before it.
+    unsafe {
+        if chained {
+            k.launch_args_overlapped(dev, &a)
+        } else {
+            k.launch_args(dev, &a)
+        }
+    }
 }
 
 /// What one launch of `kernels` needs to know about its blocks, made on the host: the

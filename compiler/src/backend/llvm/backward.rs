@@ -121,6 +121,27 @@ impl BackwardKind {
     }
 }
 
+/// [`PtxOptions::bwd_convert_early`]: the bit the last adder of a dQ tile adds to the
+/// tile's semaphore with its increment (no adder waits for a count that high).
+pub const DQ_DONE_FLAG: u32 = 1 << 31;
+
+/// Whether kernels built with `o` convert each dQ tile once its last addition is done
+/// ([`PtxOptions::bwd_convert_early`] where it applies: with `bwd_pdl`, ordered bulk
+/// additions, not `bwd_dq_free`, not `bwd_persist`). Their `DqSem` has one more word
+/// (the writers' done count, after the tiles' semaphores).
+pub fn convert_early(o: &PtxOptions) -> bool {
+    o.bwd_pdl
+        && o.bwd_convert_early
+        && o.bwd_dq == BwdDq::OrderedBulk
+        && !o.bwd_dq_free
+        && !o.bwd_persist
+}
+
+/// [`PtxOptions::bwd_pdl`] where it applies (a fused scheme).
+pub fn pdl(o: &PtxOptions) -> bool {
+    o.bwd_pdl && o.bwd_dq != BwdDq::Separate
+}
+
 /// Rows of the pre kernel per CTA (128 threads, `lanes` threads per row).
 pub fn pre_rows_per_cta(dv: u32) -> u32 {
     128 / pre_lanes(dv)
@@ -586,6 +607,9 @@ pub(crate) fn param_list(
         }
         BackwardKind::DkDv if fused => vec![Q, K, V, DOut, Delta, Lse2, DK, DV, DqAccum, DqSem],
         BackwardKind::DkDv => vec![Q, K, V, DOut, Delta, Lse2, DK, DV],
+        BackwardKind::Dq if fused && convert_early(opts) => {
+            return vec![DqAccum, DqSem, DQ, Lq, Hq, Scale, Lkv, Hkv];
+        }
         BackwardKind::Dq if fused => return vec![DqAccum, DqSem, DQ, Lq, Hq, Scale],
         BackwardKind::Dq => vec![Q, K, V, DOut, Delta, Lse2, DQ],
     };
@@ -864,6 +888,10 @@ fn build<'ctx>(
 // ---- the pre kernel ---------------------------------------------------------------------------
 
 fn pre_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
+    if pdl(opts) {
+        // bwd_pdl: the fused kernel may start under this grid's tail (it waits for it)
+        g.griddep_launch_dependents()?;
+    }
     let lanes = pre_lanes(opts.dv);
     let rows_per_cta = pre_rows_per_cta(opts.dv);
     let chunks = opts.dv / 8;

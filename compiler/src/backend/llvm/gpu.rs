@@ -824,6 +824,31 @@ impl<'ctx> Gpu<'ctx> {
             &[addr],
         )
     }
+    /// `fence.acq_rel.gpu; red.relaxed.gpu.global.add.u32 [addr], val` (this thread): as
+    /// [`Self::release_inc`], adding `val`.
+    pub fn release_add(&self, addr: IntValue<'ctx>, val: IntValue<'ctx>) -> R<()> {
+        self.asm_void(
+            "fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.u32 [$0], $1;",
+            "l,r,~{memory}",
+            &[addr, val],
+        )
+    }
+    /// `ld.acquire.gpu.global.u32` of `addr` (once).
+    pub fn load_acquire_u32(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.asm_i32(
+            "ld.acquire.gpu.global.u32 $0, [$1];",
+            "=r,l,~{memory}",
+            &[addr],
+        )
+    }
+    /// `nanosleep.u32 ns` (sm_70+): this thread sleeps about `ns` nanoseconds.
+    pub fn nanosleep(&self, ns: u32) -> R<()> {
+        self.asm_void(&format!("nanosleep.u32 {ns};"), "~{memory}", &[])
+    }
+    /// `fence.acq_rel.gpu` (this thread).
+    pub fn fence_acq_rel_gpu(&self) -> R<()> {
+        self.asm_void("fence.acq_rel.gpu;", "~{memory}", &[])
+    }
     /// `griddepcontrol.launch_dependents` (sm_90): this CTA lets the grid launched after it
     /// with programmatic stream serialization start (once every CTA of this grid has said
     /// so or exited); that grid's [`Self::griddep_wait`] still waits for this whole grid.

@@ -514,6 +514,27 @@ pub struct PtxOptions {
     /// 4-byte stores per step. The same products and roundings: the same dQ. Other kinds
     /// ignore it. The kernel bench's `+c`.
     pub bwd_convert_wide: bool,
+    /// The fused backward's three kernels chained by programmatic dependent launch
+    /// (sm_90): the pre kernel and the fused dK/dV + dQ kernel let the next grid start
+    /// (`griddepcontrol.launch_dependents`, first thing), the fused kernel waits for the
+    /// pre kernel (`griddepcontrol.wait`) after its prologue (barriers, K and V copies
+    /// issued) and before anything the pre kernel writes or the semaphores, the dQ
+    /// conversion before its loads (or per tile, [`Self::bwd_convert_early`]); the runtime
+    /// launches the fused kernel and the conversion with programmatic stream
+    /// serialization (the semaphores zeroed before the pre kernel). The same kernels'
+    /// arithmetic: the same gradients. Fused (`BwdDq` not `Separate`) only; other
+    /// schemes ignore it. The kernel bench's `+l`.
+    pub bwd_pdl: bool,
+    /// With [`Self::bwd_pdl`], `BwdDq::OrderedBulk` (ordered, not `bwd_dq_free`, not
+    /// `bwd_persist`): the dQ conversion of a tile starts once that tile's last addition
+    /// is done instead of after the whole fused kernel: the writer that adds last into a
+    /// dQ tile (rank end - first - 1) releases its semaphore with a flag bit
+    /// ([`crate::backend::llvm::backward::DQ_DONE_FLAG`]) and each writer thread counts
+    /// itself done in the word after the semaphores (`DqSem[tiles]`); a conversion CTA
+    /// spins (acquire, with `nanosleep`) until its tile's flag or the count of every
+    /// writer of the grid, then converts. So the conversion runs under the fused
+    /// kernel's tail. The same sums: the same dQ. The kernel bench's `+t`.
+    pub bwd_convert_early: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -628,6 +649,8 @@ impl PtxOptions {
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
+            bwd_pdl: false,
+            bwd_convert_early: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -943,6 +966,12 @@ impl PtxOptions {
             }
             + if self.bwd_convert_wide {
                 " bwd-convert-wide"
+            } else {
+                ""
+            }
+            + if self.bwd_pdl { " bwd-pdl" } else { "" }
+            + if self.bwd_convert_early {
+                " bwd-convert-early"
             } else {
                 ""
             }

@@ -17,7 +17,7 @@
 //! store (the per-step kernel waited for each load before its stores and wrote 4-byte
 //! words: measured at ~3x its bandwidth time on an H200, session 13).
 
-use super::slice_base;
+use super::{DQ_DONE_FLAG, convert_early, pdl, slice_base};
 use crate::backend::llvm::cta::Args;
 use crate::backend::llvm::gpu::{Gpu, R};
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, PtxOptions};
@@ -52,6 +52,12 @@ fn tile<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<Tile<'c
     let scale = a.get(KernelParam::Scale)?.into_float_value();
     let nq = g.udiv(g.add(lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
     let tile = g.add(g.mul(g.add(g.mul(b, hq)?, h)?, nq)?, qb)?;
+    if convert_early(opts) {
+        wait_for_tile(g, opts, a, (tid, tile, nq))?;
+    } else if pdl(opts) {
+        // launched under the fused kernel's tail: its sums first
+        g.griddep_wait()?;
+    }
     // Ordered and OrderedBulk never zero DqAccum (the first adder stores): a q block that
     // no kv block visited (DqSem = 0) holds whatever the workspace held before (a caller's
     // torch.empty, an earlier call's sums) and converts to 0; Atomic's accumulator is
@@ -77,6 +83,67 @@ fn tile<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<Tile<'c
         dst,
         q0,
     })
+}
+
+/// Spins of [`wait_for_tile`] (with a `nanosleep` of [`EARLY_SLEEP_NS`] each, about 2 s)
+/// after which a conversion goes on without its tile's flag: only a conversion launched
+/// without the fused kernel before it waits that long (the fused kernel always sets it).
+const EARLY_SPINS: u32 = 1 << 24;
+const EARLY_SLEEP_NS: u32 = 128;
+
+/// [`PtxOptions::bwd_convert_early`]: thread 0 waits (acquire) until the tile's
+/// semaphore has [`DQ_DONE_FLAG`] (its last adder is done) or the writers' done count
+/// (`DqSem[B Hq nq]`) reaches every writer of the fused grid (nkv Hkv B CTAs, one or two
+/// writers each: then no addition is left, for tiles nobody adds to too); then the CTA's
+/// barrier and each thread's `fence.acq_rel.gpu` (its workspace loads after them).
+fn wait_for_tile<'ctx>(
+    g: &Gpu<'ctx>,
+    opts: &PtxOptions,
+    a: &Args<'_, 'ctx>,
+    (tid, tile, nq): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+) -> R<()> {
+    let sem = g.b.build_ptr_to_int(a.ptr(KernelParam::DqSem)?, g.i64, "")?;
+    let batches = g.nctaid('z')?;
+    let hq = a.int(KernelParam::Hq)?;
+    let lkv = a.int(KernelParam::Lkv)?;
+    let hkv = a.int(KernelParam::Hkv)?;
+    let bc = opts.kv_block as i64;
+    let nkv = g.udiv(g.add(lkv, g.c32(bc - 1))?, g.c32(bc))?;
+    let writers = if opts.overlap || opts.bwd_two_writers { 2 } else { 1 };
+    let want = g.mul(g.mul(g.mul(nkv, hkv)?, batches)?, g.c32(writers))?;
+    let tiles = g.mul(g.mul(batches, hq)?, nq)?;
+    let word = |i: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        g.add(sem, g.mul(g.zext64(i)?, g.c64(4))?)
+    };
+    let (own, count) = (word(tile)?, word(tiles)?);
+    g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
+        let spins = g.var(g.i32, g.c32(0))?;
+        let head = g.block("early_wait");
+        let more = g.block("early_count");
+        let sleep = g.block("early_sleep");
+        let done = g.block("early_done");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        let v = g.load_acquire_u32(own)?;
+        let flagged = g.icmp(
+            IntPredicate::NE,
+            g.and(v, g.c32(DQ_DONE_FLAG as i64))?,
+            g.c32(0),
+        )?;
+        g.cond_br(flagged, done, more)?;
+        g.b.position_at_end(more);
+        let n = g.load_acquire_u32(count)?;
+        g.cond_br(g.icmp(IntPredicate::UGE, n, want)?, done, sleep)?;
+        g.b.position_at_end(sleep);
+        g.nanosleep(EARLY_SLEEP_NS)?;
+        let k = g.add(g.geti(&spins)?, g.c32(1))?;
+        g.set(&spins, k)?;
+        g.cond_br(g.icmp(IntPredicate::UGE, k, g.c32(EARLY_SPINS as i64))?, done, head)?;
+        g.b.position_at_end(done);
+        Ok(())
+    })?;
+    g.barrier()?;
+    g.fence_acq_rel_gpu()
 }
 
 /// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
@@ -297,6 +364,79 @@ mod tests {
                     let row = 16 * mg + lane / 4 + 8 * (i / 2);
                     let col = 8 * ng + 2 * (lane % 4) + i % 2;
                     assert_eq!(seen[(row * d + col) as usize], Some(4 * idx + i));
+                }
+            }
+        }
+    }
+
+    /// `bwd_pdl` and `bwd_convert_early` on the runtime's bindings (causal: longest
+    /// first; sliding: the warp-wide search and two writers; dense): the pre kernel lets the
+    /// fused kernel start, the fused kernel lets the conversion start and waits for the
+    /// pre kernel (in the writer warpgroup and the math warps), its writers flag their
+    /// last additions and count themselves done; the conversion spins on its tile (no
+    /// `griddepcontrol.wait`), or with `bwd_pdl` alone waits for the fused grid. Off: none
+    /// of it. `ATTNC_PTXAS` also assembles the kernels for sm_90a (no warnings).
+    #[test]
+    fn chained_kernels_generate() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for (p, d) in [
+            (samples::causal(), 128u32),
+            (samples::sliding(), 128),
+            (samples::causal(), 64),
+            (samples::dense(), 128),
+        ] {
+            let plan = Plan::new(&p);
+            let base = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            for (pdl, early) in [(false, false), (true, false), (true, true)] {
+                let o = PtxOptions {
+                    bwd_pdl: pdl,
+                    bwd_convert_early: early,
+                    ..base
+                };
+                let k: Vec<_> = [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq]
+                    .into_iter()
+                    .map(|kind| emit_backward(&plan, &o, kind).unwrap())
+                    .collect();
+                let n = |i: usize, s: &str| k[i].ptx.matches(s).count();
+                let key = format!("{} D{d} pdl {pdl} early {early}", p.name);
+                assert_eq!(n(0, "griddepcontrol.launch_dependents"), pdl as usize, "{key}");
+                assert_eq!(n(1, "griddepcontrol.launch_dependents"), pdl as usize, "{key}");
+                // the writer warpgroup's wait and the math warps'
+                assert_eq!(n(1, "griddepcontrol.wait"), 2 * pdl as usize, "{key}");
+                assert_eq!(n(2, "griddepcontrol.wait"), (pdl && !early) as usize, "{key}");
+                assert_eq!(n(2, "nanosleep"), early as usize, "{key}");
+                assert_eq!(n(0, "griddepcontrol.wait"), 0, "{key}");
+                // the flagged release: `red.relaxed.gpu.global.add.u32 [..], %r` (the
+                // plain ones add the immediate 1)
+                let flagged = k[1]
+                    .ptx
+                    .lines()
+                    .filter(|l| l.contains("red.relaxed.gpu.global.add.u32") && !l.ends_with(", 1;"))
+                    .count();
+                assert_eq!(flagged > 0, early, "{key}");
+                assert_eq!(
+                    k[2].params.contains(&KernelParam::Lkv),
+                    early,
+                    "{key}: the conversion reads Lkv, Hkv for the writers' count"
+                );
+                if let Some(ptxas) = &ptxas {
+                    for (i, kk) in k.iter().enumerate() {
+                        let f = std::env::temp_dir().join(format!(
+                            "attnc_chained_{}_{i}_{pdl}_{early}.ptx",
+                            std::process::id()
+                        ));
+                        std::fs::write(&f, &kk.ptx).unwrap();
+                        let out = std::process::Command::new(ptxas)
+                            .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
+                            .arg(&f)
+                            .output()
+                            .unwrap();
+                        let _ = std::fs::remove_file(&f);
+                        let err = String::from_utf8_lossy(&out.stderr);
+                        assert!(out.status.success(), "{key} kernel {i}: {err}");
+                        assert!(!err.contains("warning"), "{key} kernel {i}: {err}");
+                    }
                 }
             }
         }

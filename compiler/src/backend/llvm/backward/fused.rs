@@ -745,6 +745,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let early = opts.overlap;
     // OrderedBulk: one writer thread per dQ slot (`overlap` or `bwd_two_writers`)
     let two_writers = early || opts.bwd_two_writers;
+    // bwd_pdl: the dQ conversion may start under this grid's tail (it waits for the sums:
+    // the whole grid, or with bwd_convert_early its tile's last addition), and this grid
+    // waits for the pre kernel (Delta, L2) after its prologue
+    let pdl = super::pdl(opts);
+    let conv_early = super::convert_early(opts);
+    if pdl {
+        g.griddep_launch_dependents()?;
+    }
     let c = common(g, p, opts, a)?;
     let zero = g.c32(0);
     let one = g.c32(1);
@@ -1094,6 +1102,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // the visits of its slot, so that two additions can be under way) ----
         g.b.position_at_end(writer_bb);
         g.setmaxnreg(false, WRITER_REGS)?;
+        if pdl {
+            g.griddep_wait()?;
+        }
         let wt = g.sub(c.tid, g.c32(threads as i64))?;
         let writer_slot = g.lshr(wt, g.c32(5))?;
         if tma {
@@ -1183,6 +1194,16 @@ pub(super) fn dkdv_dq_body<'ctx>(
                     // the addition done (its writes performed), the next kv block's turn
                     g.bulk_wait(false, 0)?;
                     g.fence_proxy_async_global()?;
+                    if conv_early {
+                        // bwd_convert_early: the last adder flags the tile for its conversion
+                        let last = g.sub(g.sub(g.geti(&wv.end)?, g.geti(&wv.first)?)?, one)?;
+                        let flag = g.selecti(
+                            g.icmp(IntPredicate::EQ, rank, last)?,
+                            g.c32(super::DQ_DONE_FLAG as i64),
+                            zero,
+                        )?;
+                        return g.release_add(sem_addr, g.or(flag, one)?);
+                    }
                     g.release_inc(sem_addr)
                 };
                 let mine = if two_writers {
@@ -1205,6 +1226,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
             if free {
                 // the unordered additions' writes, done before the CTA ends
                 g.bulk_wait(false, 0)?;
+            }
+            if conv_early {
+                // bwd_convert_early: this writer is done (every addition of its released);
+                // the word after the tiles' semaphores counts the grid's writers
+                let adder = if wscan { w_lane0 } else { g.cbool(true) };
+                g.if_then(adder, || {
+                    let tiles = g.mul(g.mul(g.nctaid('z')?, c.hq)?, nq)?;
+                    g.release_inc(addr_of(g, sem, g.mul(g.zext64(tiles)?, g.c64(4))?)?)
+                })?;
             }
             Ok(())
         })?;
@@ -1269,6 +1299,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.if_then(g.icmp(IntPredicate::ULT, t0, nt)?, || {
                 load_kv(&tile_at(t0)?)
             })?;
+            if pdl {
+                g.griddep_wait()?;
+            }
             let tv = g.var(g.i32, t0)?;
             let head = g.block("math_tiles");
             let work = g.block("math_tile");
@@ -1294,6 +1327,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
         None => {
             load_kv(&top)?;
+            if pdl {
+                g.griddep_wait()?;
+            }
             top
         }
     };
