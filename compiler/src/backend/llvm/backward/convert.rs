@@ -146,6 +146,26 @@ fn wait_for_tile<'ctx>(
     g.fence_acq_rel_gpu()
 }
 
+/// [`PtxOptions::bwd_convert_early`]: the grid's last CTA waits for the fused grid
+/// (`griddepcontrol.wait`) after its stores, so that the conversion grid completes after
+/// the fused one (whose math warps may still store dK and dV when the last flag is set)
+/// and work after it in the stream finds both done; one CTA, scheduled last, waits.
+fn early_tail(g: &Gpu<'_>, opts: &PtxOptions) -> R<()> {
+    if !convert_early(opts) {
+        return Ok(());
+    }
+    let mut last = g.cbool(true);
+    for axis in ['x', 'y', 'z'] {
+        let at_end = g.icmp(
+            IntPredicate::EQ,
+            g.ctaid(axis)?,
+            g.sub(g.nctaid(axis)?, g.c32(1))?,
+        )?;
+        last = g.and(last, at_end)?;
+    }
+    g.if_then(last, || g.griddep_wait())
+}
+
 /// The convert kernel: dQ = scale * DqAccum of one (q block, head, batch), rounded to the
 /// input type; 0 where no kv block added (`Ordered`, `OrderedBulk`: DqSem = 0; `Atomic`:
 /// the host zeroes DqAccum).
@@ -202,6 +222,7 @@ pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 
             })?;
         }
     }
+    early_tail(g, opts)?;
     g.b.build_return(None)?;
     Ok(())
 }
@@ -243,6 +264,7 @@ pub(super) fn convert_wide_body<'ctx>(
     pieces_body(g, opts, (src, dst, q0, lq), (tid, scale, added), true)?;
     g.br(done)?;
     g.b.position_at_end(done);
+    early_tail(g, opts)?;
     g.b.build_return(None)?;
     Ok(())
 }
@@ -373,8 +395,9 @@ mod tests {
     /// first; sliding: the warp-wide search and two writers; dense): the pre kernel lets the
     /// fused kernel start, the fused kernel lets the conversion start and waits for the
     /// pre kernel (in the writer warpgroup and the math warps), its writers flag their
-    /// last additions and count themselves done; the conversion spins on its tile (no
-    /// `griddepcontrol.wait`), or with `bwd_pdl` alone waits for the fused grid. Off: none
+    /// last additions and count themselves done; the conversion spins on its tile (its
+    /// last CTA waits for the fused grid after its stores), or with `bwd_pdl` alone waits
+    /// for the fused grid first. Off: none
     /// of it. `ATTNC_PTXAS` also assembles the kernels for sm_90a (no warnings).
     #[test]
     fn chained_kernels_generate() {
@@ -404,7 +427,8 @@ mod tests {
                 assert_eq!(n(1, "griddepcontrol.launch_dependents"), pdl as usize, "{key}");
                 // the writer warpgroup's wait and the math warps'
                 assert_eq!(n(1, "griddepcontrol.wait"), 2 * pdl as usize, "{key}");
-                assert_eq!(n(2, "griddepcontrol.wait"), (pdl && !early) as usize, "{key}");
+                // with bwd_convert_early only the grid's last CTA waits, after its stores
+                assert_eq!(n(2, "griddepcontrol.wait"), pdl as usize, "{key}");
                 assert_eq!(n(2, "nanosleep"), early as usize, "{key}");
                 assert_eq!(n(0, "griddepcontrol.wait"), 0, "{key}");
                 // the flagged release: `red.relaxed.gpu.global.add.u32 [..], %r` (the
