@@ -1028,6 +1028,11 @@ fn test_options(
 /// `default+e`, `default+h+e`; a trailing `+m1` .. `+m8` computes that many of every 8
 /// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
 /// `default+m2`, `default+e+m4`.
+/// A trailing `+l` chains the fused backward's kernels by
+/// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
+/// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
+/// bands and block tables since session 15), e.g. `default+t`; `-t` turns both off
+/// (`default-t`: that default before).
 fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
@@ -1112,6 +1117,14 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // (`bwd_convert_early`)
     if let Some(rest) = cfg.strip_suffix("+l") {
         return bench_options(default, rest).map(|o| PtxOptions { bwd_pdl: true, ..o });
+    }
+    // `-t`: neither (the bands' and block tables' default before session 15)
+    if let Some(rest) = cfg.strip_suffix("-t") {
+        return bench_options(default, rest).map(|o| PtxOptions {
+            bwd_pdl: false,
+            bwd_convert_early: false,
+            ..o
+        });
     }
     if let Some(rest) = cfg.strip_suffix("+t") {
         return bench_options(default, rest).map(|o| PtxOptions {

@@ -24,6 +24,13 @@
 //! by the dK/dV kernel. `BwdDq::OrderedBulk` (the same order, the additions made by a
 //! writer warpgroup with bulk reductions; 384 threads) needs nothing else here.
 //!
+//! With `PtxOptions::bwd_pdl` (fused; the default for bands and block tables) the fused
+//! kernel and the dQ conversion are launched with programmatic stream serialization
+//! ([`CudaKernel::launch_args_overlapped`], sm_90; each waits in the kernel for what it
+//! reads), and the fused scheme's zeroing always comes before the pre kernel; with
+//! `PtxOptions::bwd_convert_early` `DqSem` has one more word (the fused writers' done
+//! count, [`dq_workspace`]).
+//!
 //! Deterministic (all but `BwdDq::Atomic`): every dK/dV element is summed by one thread
 //! in a fixed order, every dQ element by one thread (separate) or by the kv blocks in
 //! descending order (fused, `Ordered`), and capture gradients are sums of integers

@@ -264,6 +264,17 @@ impl PtxOptions {
     ///   (0.320) / 119.8 (0.295). The cuts alone: 356.4 / 236.4 / 245.3 / 113.7; the
     ///   records alone 345.2 / 242.1 / 240.3 / 115.4; the row intervals alone 341.4 / - /
     ///   231.7 / - (with the records 348.3 / 244.3).
+    /// - bands and block tables (the warp-wide search) on sm_90: the three kernels chained
+    ///   by programmatic dependent launch ([`Self::bwd_pdl`]) and each dQ tile converted
+    ///   as soon as its last addition is done ([`Self::bwd_convert_early`]), so that the
+    ///   conversion runs under the fused kernel's tail. One H200, one call (session 15),
+    ///   bf16 whole-backward TFLOP/s default / with both (two runs each, same process):
+    ///   D128 document + causal 263.3, 263.5 / 277.9, 277.3; sliding 1024 391.3, 390.9 /
+    ///   394.5, 395.3; D64 document 124.9, 123.1 / 130.0, sliding 266.7, 267.7 / 272.8.
+    ///   Dense and causal within the runs' spread (D128 dense 550.1, 570.3 / 572.8,
+    ///   572.7; causal 495.6, 493.5 / 492.2, 493.2; D64 dense 448.7 / 452.8, causal 378.3,
+    ///   375.2 / 379.0): off there; `bwd_pdl` alone gained nothing (D128 dense 563.1,
+    ///   causal 494.7, sliding 391.0, document 262.0).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -287,6 +298,9 @@ impl PtxOptions {
                 o.bwd_wscan = true;
                 o.bwd_two_writers = true;
                 o.bwd_store_pairs = true;
+                // session 15: the kernels chained, each dQ tile converted once added
+                o.bwd_pdl = true;
+                o.bwd_convert_early = true;
             }
         }
         // D64: the next visit's search under Sᵀ and dPᵀ (as bwd_wscan's); D128 gained

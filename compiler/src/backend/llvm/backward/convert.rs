@@ -16,6 +16,17 @@
 //! 64 contiguous bytes of 16 rows. Every load of the thread is issued before its first
 //! store (the per-step kernel waited for each load before its stores and wrote 4-byte
 //! words: measured at ~3x its bandwidth time on an H200, session 13).
+//!
+//! Chained ([`PtxOptions::bwd_pdl`]: launched under the fused kernel's tail by
+//! programmatic dependent launch): the CTA waits for the fused grid
+//! (`griddepcontrol.wait`) before it reads the workspace; with
+//! [`PtxOptions::bwd_convert_early`] only for its own tile instead (`wait_for_tile`:
+//! thread 0 spins, acquire and `nanosleep`, until the tile's semaphore carries
+//! [`DQ_DONE_FLAG`], set by the writer that adds the tile's last part once its addition is
+//! done, or until every writer of the fused grid has counted itself done in the word after
+//! the semaphores, which covers tiles nobody adds to), and the grid's last CTA waits for
+//! the fused grid after its stores (`early_tail`), so the conversion grid never completes
+//! before the fused one. The same loads of the same sums: the same dQ.
 
 use super::{DQ_DONE_FLAG, convert_early, pdl, slice_base};
 use crate::backend::llvm::cta::Args;
@@ -102,19 +113,23 @@ fn wait_for_tile<'ctx>(
     a: &Args<'_, 'ctx>,
     (tid, tile, nq): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
 ) -> R<()> {
-    let sem = g.b.build_ptr_to_int(a.ptr(KernelParam::DqSem)?, g.i64, "")?;
+    let sem =
+        g.b.build_ptr_to_int(a.ptr(KernelParam::DqSem)?, g.i64, "")?;
     let batches = g.nctaid('z')?;
     let hq = a.int(KernelParam::Hq)?;
     let lkv = a.int(KernelParam::Lkv)?;
     let hkv = a.int(KernelParam::Hkv)?;
     let bc = opts.kv_block as i64;
     let nkv = g.udiv(g.add(lkv, g.c32(bc - 1))?, g.c32(bc))?;
-    let writers = if opts.overlap || opts.bwd_two_writers { 2 } else { 1 };
+    let writers = if opts.overlap || opts.bwd_two_writers {
+        2
+    } else {
+        1
+    };
     let want = g.mul(g.mul(g.mul(nkv, hkv)?, batches)?, g.c32(writers))?;
     let tiles = g.mul(g.mul(batches, hq)?, nq)?;
-    let word = |i: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-        g.add(sem, g.mul(g.zext64(i)?, g.c64(4))?)
-    };
+    let word =
+        |i: IntValue<'ctx>| -> R<IntValue<'ctx>> { g.add(sem, g.mul(g.zext64(i)?, g.c64(4))?) };
     let (own, count) = (word(tile)?, word(tiles)?);
     g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
         let spins = g.var(g.i32, g.c32(0))?;
@@ -138,7 +153,11 @@ fn wait_for_tile<'ctx>(
         g.nanosleep(EARLY_SLEEP_NS)?;
         let k = g.add(g.geti(&spins)?, g.c32(1))?;
         g.set(&spins, k)?;
-        g.cond_br(g.icmp(IntPredicate::UGE, k, g.c32(EARLY_SPINS as i64))?, done, head)?;
+        g.cond_br(
+            g.icmp(IntPredicate::UGE, k, g.c32(EARLY_SPINS as i64))?,
+            done,
+            head,
+        )?;
         g.b.position_at_end(done);
         Ok(())
     })?;
@@ -423,8 +442,16 @@ mod tests {
                     .collect();
                 let n = |i: usize, s: &str| k[i].ptx.matches(s).count();
                 let key = format!("{} D{d} pdl {pdl} early {early}", p.name);
-                assert_eq!(n(0, "griddepcontrol.launch_dependents"), pdl as usize, "{key}");
-                assert_eq!(n(1, "griddepcontrol.launch_dependents"), pdl as usize, "{key}");
+                assert_eq!(
+                    n(0, "griddepcontrol.launch_dependents"),
+                    pdl as usize,
+                    "{key}"
+                );
+                assert_eq!(
+                    n(1, "griddepcontrol.launch_dependents"),
+                    pdl as usize,
+                    "{key}"
+                );
                 // the writer warpgroup's wait and the math warps'
                 assert_eq!(n(1, "griddepcontrol.wait"), 2 * pdl as usize, "{key}");
                 // with bwd_convert_early only the grid's last CTA waits, after its stores
@@ -436,7 +463,9 @@ mod tests {
                 let flagged = k[1]
                     .ptx
                     .lines()
-                    .filter(|l| l.contains("red.relaxed.gpu.global.add.u32") && !l.ends_with(", 1;"))
+                    .filter(|l| {
+                        l.contains("red.relaxed.gpu.global.add.u32") && !l.ends_with(", 1;")
+                    })
                     .count();
                 assert_eq!(flagged > 0, early, "{key}");
                 assert_eq!(
@@ -460,6 +489,9 @@ mod tests {
                         let err = String::from_utf8_lossy(&out.stderr);
                         assert!(out.status.success(), "{key} kernel {i}: {err}");
                         assert!(!err.contains("warning"), "{key} kernel {i}: {err}");
+                        if i > 0 {
+                            println!("{key} kernel {i}: {err}");
+                        }
                     }
                 }
             }

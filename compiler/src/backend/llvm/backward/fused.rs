@@ -219,9 +219,23 @@
 //!   (session 15, whole backward ms, interleaved): D128 dense `+m2` 4.85-4.89 vs
 //!   4.83-4.97, `+m4` 5.04, `+m8` 5.28; causal 2.80 vs 2.79-2.80, `+m8` 2.93; D64 dense
 //!   `+m2` 1.630 vs 1.540: the SFU's throughput is not what holds the element code.
+//!   `bwd_pdl` (the runtime's default for bands and block tables since session 15):
+//!   every thread lets the dQ conversion start first thing (`griddepcontrol.launch_dependents`);
+//!   the writer warpgroup waits for the pre kernel (`griddepcontrol.wait`) before its
+//!   first semaphore, record or L2/Delta access, the math warps after issuing the copies
+//!   of K and V; the runtime launches this kernel and the conversion with programmatic
+//!   stream serialization. With `bwd_convert_early` (the same default; OrderedBulk,
+//!   ordered, not persistent) the writer that adds a dQ tile's last part (rank end -
+//!   first - 1) releases the semaphore with `DQ_DONE_FLAG` besides the increment, and
+//!   each writer thread adds 1 to `DqSem[B Hq nq]` once its last addition is released:
+//!   the conversion's CTA of a tile starts on that flag (or on the count of all the
+//!   grid's writers), under this kernel's tail (one H200, session 15, whole backward
+//!   TFLOP/s: D128 document + causal 263.4 -> 277.6, sliding 1024 391.1 -> 394.9).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
-//!   before the dK/dV kernel), rounded to the input type.
+//!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
+//!   `griddepcontrol.wait`, or with `bwd_convert_early` once its tile is flagged
+//!   (`backward/convert.rs`).
 //! ```
 //!
 //! DqAccum holds each q_block x D tile in the accumulator order of the warps that add it
