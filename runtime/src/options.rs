@@ -127,17 +127,19 @@ pub struct DecodeTuning {
     /// kernel (no combine kernel), `g` paged: per-pass page bases in lanes, `h` paged:
     /// full tiles by TMA boxes of one page each (`decode_mma::COPY_TMA`), `i` paged: the
     /// page ids loaded a tile ahead clamped where the copy uses them
-    /// (`decode_mma::COPY_IDS_LATE`), any combination such as `abc`, or `0` for the default copy; unset: the runtime's choice,
+    /// (`decode_mma::COPY_IDS_LATE`), `j` the combine kernel lets the next call's decode
+    /// kernel launch before its wait (`decode_mma::COPY_COMBINE_TRIGGER`), any combination
+    /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
     pub copy: Option<u16>,
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghi` (anything else: `None`).
+/// `abcdefghij` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE,
-        COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
+        COPY_COMBINE_TRIGGER, COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_IDS_LATE, COPY_L2_256,
+        COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
     };
     let v = v.trim();
     if v == "0" {
@@ -156,6 +158,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'g' => Some(bits | COPY_PAGE_BASE),
         'h' => Some(bits | COPY_TMA),
         'i' => Some(bits | COPY_IDS_LATE),
+        'j' => Some(bits | COPY_COMBINE_TRIGGER),
         _ => None,
     })
 }
@@ -170,7 +173,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghi`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghij`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -231,6 +234,7 @@ mod tests {
         assert_eq!(copy("de"), Some(24));
         assert_eq!(copy("ef"), Some(48));
         assert_eq!(copy("efi"), Some(304));
+        assert_eq!(copy("efij"), Some(816));
         assert_eq!(copy("a"), Some(1));
         assert_eq!(copy("bc"), Some(6));
         assert_eq!(copy("0"), Some(0));

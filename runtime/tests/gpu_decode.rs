@@ -637,7 +637,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         for copy in copies(
             &[
                 "0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg", "eh", "abeh", "ei",
-                "abcei",
+                "abcei", "eij",
             ],
             0,
         ) {

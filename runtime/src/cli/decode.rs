@@ -128,7 +128,35 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
         return out;
     }
     let combine = std::env::var("ATTNC_DECODE_BENCH_COMBINE");
-    if matches!(combine.as_deref(), Ok("both" | "all")) {
+    // a list of the modes below by name (`chained` = the default launches):
+    // ATTNC_DECODE_BENCH_COMBINE=chained,fused-chained
+    let named = [
+        ("separate", false, true, false),
+        ("overlapped", false, false, false),
+        ("chained", false, false, true),
+        ("fused", true, false, false),
+        ("fused-chained", true, false, true),
+    ];
+    let picked: Vec<_> = combine
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|x| named.iter().find(|m| m.0 == x.trim()))
+        .collect();
+    if !picked.is_empty() {
+        out = picked
+            .into_iter()
+            .map(|&(label, f, serial, chain)| {
+                let t = DecodeTuning {
+                    fused_combine: f,
+                    serial_combine: serial,
+                    serial_decode: !chain,
+                    ..base
+                };
+                (format!(" {label}"), t)
+            })
+            .collect();
+    } else if matches!(combine.as_deref(), Ok("both" | "all")) {
         // (fused, serial): the combine kernel after the decode kernel, under its tail
         // (the default on sm_90; "all" only), the fused kernel
         // (label, fused, serial, chain)
@@ -276,7 +304,8 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         // per value on the same inputs: ATTNC_DECODE_BENCH_COMBINE=both (the combine
         // kernel after the decode kernel, then the fused kernel) or all (also the
         // combine under the decode kernel's tail, and that with the decode kernel
-        // under the previous call's tail), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
+        // under the previous call's tail) or a list of those modes by name
+        // (separate, overlapped, chained, fused, fused-chained), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
         // counts of the tensor-core kernel, 0 = the runtime's choice),
         // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc,d,e (the tensor-core kernel's K/V copy
         // variants, `DecodeTuning::copy`)

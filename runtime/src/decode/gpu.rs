@@ -106,6 +106,11 @@ const MMA_FILL_TILES: usize = 4;
 /// on an H200 (session 14's final check, `ef` / `efi` in the same rotated rounds, paged vs
 /// contiguous): B8 Lkv32768 Lq16 page 16 +7.2% / +2.8%, page 128 +4.6% / +2.5%; Lq4 page 16
 /// +2.0% / +1.0%; Lq1 +1.5% / +0.6%; sliding 4096 Lq1 +4.5% / +2.9%; contiguous unchanged.
+/// Not in it: [`decode_mma::COPY_COMBINE_TRIGGER`] (`j`, the combine kernel lets the next
+/// call's decode kernel launch before its wait; session 15: no faster). Session 15 also
+/// measured (same call, same rotated rounds, B8 Lkv32768 Lq1, µs): 8 or 16 splits
+/// instead of the chosen 4, 249.0 / 251.3 against 244.7; the fused kernel chained
+/// (`fused_combine`) 249.4 against 244.6 (Lq4 256.1 / 247.6, B1 Lkv131072 133.3 / 126.5).
 const COPY: u16 = decode_mma::COPY_EARLY | decode_mma::COPY_DIRECT | decode_mma::COPY_IDS_LATE;
 
 /// The split-KV kernel that runs a call.

@@ -373,6 +373,24 @@ pub(super) fn with_combine(
     })
 }
 
+/// `PtxOptions::decode_copy` bit of the combine kernel (`KernelKind::DecodeCombine`
+/// loaded with these options; sm_90; the decode kernels ignore it): the combine kernel
+/// lets the next grid on the stream launch (`griddepcontrol.launch_dependents`) before
+/// its own `griddepcontrol.wait` instead of after it, so that a chained call's decode
+/// kernel is scheduled while this call's decode grid still runs: its CTAs take the SM
+/// slots the decode CTAs leave and issue their prologue's reads
+/// (`decode_mma::COPY_EARLY`) under this call's tail and combine, instead of being launched only once the decode grid
+/// has completed. Correct because that decode kernel writes nothing before its own
+/// wait, which returns only after this combine grid (which read the partials) has
+/// completed; no deadlock, because a grid launched by programmatic dependent launch
+/// starts only after every CTA of the grid before it has started (and every CTA of
+/// the combine grid starts after every CTA of the decode grid has). Off by default
+/// (`ATTNC_DECODE_COPY` letter `j`): measured on an H200 (session 15, `efi` / `efij` in
+/// the same rotated rounds, bf16 D128 Hq32 Hkv8) no faster — B8 Lkv32768 Lq1 244.6 /
+/// 245.9 µs (and 244.7 / 244.3 in a second line), Lq4 247.6 / 248.1, B1 Lkv131072 126.5 /
+/// 126.4: the time between two chained calls is not the next decode grid's launch.
+pub const COPY_COMBINE_TRIGGER: u16 = 512;
+
 /// Shared memory of the combine kernel: per warp D partial sums of O, a max and a sum.
 pub(crate) fn combine_smem_bytes(d: u32) -> u32 {
     WARPS * (d + 2) * 4
@@ -981,9 +999,16 @@ fn build_combine<'ctx>(
     // sm_90: the grid may start under the decode kernel's tail (programmatic dependent
     // launch); nothing is read before the decode grid has completed
     if opts.arch == Arch::Sm90 {
+        // the next call's decode kernel may be scheduled now (it waits for this grid):
+        // with COPY_COMBINE_TRIGGER already before the wait, under the decode grid
+        let trigger_first = opts.copy & COPY_COMBINE_TRIGGER != 0;
+        if trigger_first {
+            g.griddep_launch_dependents()?;
+        }
         g.griddep_wait()?;
-        // the next call's decode kernel may be scheduled now (it waits for this grid)
-        g.griddep_launch_dependents()?;
+        if !trigger_first {
+            g.griddep_launch_dependents()?;
+        }
     }
     let tid = g.tid_x()?;
     let warp = g.lshr(tid, g.c32(5))?;

@@ -145,9 +145,18 @@ pub const COPY_TMA: u16 = 128;
 /// latency once per tile — hidden while the kernel waits for HBM (Lq 1, 4), exposed at
 /// 64 rows (Lq 16), where the kernel is bound by its issue. Contiguous: ignored.
 pub const COPY_IDS_LATE: u16 = 256;
+/// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
+/// the combine kernel lets the next grid launch before its own `griddepcontrol.wait`.
+pub use super::decode::COPY_COMBINE_TRIGGER;
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u16 =
-    COPY_ALL | COPY_L2_256 | COPY_EARLY | COPY_DIRECT | COPY_PAGE_BASE | COPY_TMA | COPY_IDS_LATE;
+pub const COPY_BITS: u16 = COPY_ALL
+    | COPY_L2_256
+    | COPY_EARLY
+    | COPY_DIRECT
+    | COPY_PAGE_BASE
+    | COPY_TMA
+    | COPY_IDS_LATE
+    | COPY_COMBINE_TRIGGER;
 
 /// Whether [`COPY_TMA`] applies to `opts` (paged, sm_90).
 pub fn tma_copy(opts: &DecodeOptions) -> bool {
@@ -1800,6 +1809,67 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// [`COPY_COMBINE_TRIGGER`]: the combine kernel lets the next grid launch before its
+    /// `griddepcontrol.wait` (after it without the bit); the decode kernels (plain and
+    /// fused) ignore the bit: byte-identical PTX.
+    #[test]
+    fn mma_decode_combine_trigger() {
+        let p = &example("dense");
+        for (rows, d, paged) in [(16, 128, false), (64, 128, true), (32, 64, true)] {
+            for copy in [COPY_EARLY | COPY_IDS_LATE, COPY_EARLY | COPY_DIRECT, 0] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy,
+                };
+                let with = DecodeOptions {
+                    copy: copy | COPY_COMBINE_TRIGGER,
+                    ..o
+                };
+                let key = with.key();
+                let (k0, k1) = (
+                    emit_decode_mma(p, &o).unwrap(),
+                    emit_decode_mma(p, &with).unwrap(),
+                );
+                assert_eq!(
+                    k0.decode_ptx, k1.decode_ptx,
+                    "{key}: the decode kernel took the bit"
+                );
+                assert_eq!(
+                    emit_decode_mma_fused(p, &o).unwrap(),
+                    emit_decode_mma_fused(p, &with).unwrap(),
+                    "{key}: the fused kernel took the bit"
+                );
+                let order = |ptx: &str| {
+                    let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+                    let at = |w: &str| {
+                        let hits: Vec<usize> = (0..lines.len())
+                            .filter(|&i| lines[i].starts_with(w))
+                            .collect();
+                        assert_eq!(hits.len(), 1, "{key}: one {w}");
+                        hits[0]
+                    };
+                    at("griddepcontrol.launch_dependents") < at("griddepcontrol.wait")
+                };
+                assert!(
+                    !order(&k0.combine_ptx),
+                    "{key}: trigger after the wait by default"
+                );
+                assert!(order(&k1.combine_ptx), "{key}: trigger before the wait");
+                let strip = |ptx: &str| {
+                    ptx.lines()
+                        .filter(|l| !l.trim().starts_with("griddepcontrol"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                assert_eq!(strip(&k0.combine_ptx), strip(&k1.combine_ptx), "{key}");
             }
         }
     }
