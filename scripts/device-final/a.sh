@@ -11,7 +11,9 @@ for b in $B/*; do n=$(basename $b); case $n in
   # gpu takes ~215 s on each path since session 7 (the dynamic schedule doubled the persistent test); session 13: the ws path
   # was cut at 270 s (3 JIT tests not reached) and gpu_decode at 270 s (copy variants x3 bindings): both get T + 170
   # session 10's warp-specialized path was cut at 240 s beside the others (4 of 21 tests not reached)
-  gpu) TG=$((T + 170)); ATTNC_GPU_MMA=sync run gpu_sync timeout $TG $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $TG $b; ATTNC_GPU_MMA=ws run gpu_ws timeout $TG $b;;
+  gpu) TG=$((T + 170)); ATTNC_GPU_MMA=sync run gpu_sync timeout $TG $b; [ "${WGMMA:-1}" = 1 ] && ATTNC_GPU_MMA=wgmma run gpu_wgmma timeout $TG $b; # (session 15: the ws path in two processes, the mask/table tests and the rest: session 14's single process was cut after 17 of 23)
+    ATTNC_GPU_MMA=ws run gpu_ws timeout $TG $b --skip gpu_jit --skip gpu_lpt --skip gpu_persistent --skip gpu_q_from_end --skip gpu_cross_tile --skip gpu_late_wait --skip gpu_d256
+    ATTNC_GPU_MMA=ws run gpu_ws2 timeout $TG $b --skip gpu_samples --skip gpu_all_partial --skip gpu_fully_masked --skip gpu_negative --skip gpu_checked_mode --skip gpu_block_tables --skip gpu_forward --skip gpu_closed_form --skip gpu_api;;
   gpu_random) ATTNC_CASES=${CASES:-15} run gpu_random timeout $T $b;;
   # gpu_backward: 12 tests since session 11; cut at 140 s beside the others after 9 (the other 3 took 5 s alone)
   gpu_backward) run gpu_backward timeout $((T + 60)) $b; ATTNC_BWD_TEST_CFG=wg64x128o run gpu_backward_ordered timeout $((T + 60)) $b

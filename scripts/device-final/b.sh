@@ -8,7 +8,8 @@ for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; ch
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-fb ATTNC_EXAMPLES=$PWD/examples
 t0=$(date +%s)
 # FWD=0 leaves out the forward benches (gpu_bench, GQA, D256) where the forward kernels did not change since the last check
-[ "${FWD:-1}" = 1 ] && ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,128x128xtymdj,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
+# (session 15: FWD_VARIANTS=doc_causal times only the variants whose forward kernels changed; GQA_EX and D256=0 likewise for the GQA shape and D256)
+[ "${FWD:-1}" = 1 ] && env ${FWD_VARIANTS:+ATTNC_BENCH_VARIANTS=$FWD_VARIANTS} ATTNC_BENCH_DIMS=${DIMS:-128,64,256} ATTNC_BENCH_TILES=128x128xt ATTNC_BENCH_EXTRA=${EXTRA:-128x128xtzmd,128x128xtzm,128x128xtgyemd,128x128xtgyed,128x128xtgye,128x128xtymd,128x128xtymdj,192x128xtzd,192x128xtgyed,192x128xtgye,128x64xt,64x64xw} timeout 200 $B/gpu_bench --ignored --exact gpu_bench --nocapture 2>&1 | grep -E "tile |^attnc/|using" | grep -v "JIT" | cut -c1-140
 echo "fwd bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 echo "=== decode bench"
 # (session 12: B1 read 4.01 TB/s contiguous in one round against 4.19-4.22 paged in the same sweep: three rotated rounds per shape)
@@ -41,13 +42,13 @@ fi
 if [ "${FWD:-1}" = 1 ]; then
 echo "=== GQA B1 Hq32 Hkv8 L16384 D128 (median of 3 x 20 calls, then min of 3 x 10 as fa4_anchors_lite.py: at 6 ms a call the GPU's clocks drop within a few hundred ms)"
 # (sliding_window: the anchors' window of 1024 keys, `q - kv <= 1023`; without --param the synthesized window is Lq/4)
-for ex in dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"; [ "$f" = sliding_window ] && a="--param window=1023"
+for ex in ${GQA_EX:-dense causal alibi_causal:alibi_causal softcap:softcap_causal sliding_window document_causal:document_causal}; do f=${ex%%:*}; a=""; [ "$f" != "$ex" ] && a="--attention ${ex##*:}"; [ "$f" = sliding_window ] && a="--param window=1023"
   timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | grep "TFLOP" | sed 's/compile.*(front/(front/' | cut -c1-200
   echo "  min rule: $(ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed -E 's/.*bf16: (compile [0-9.]+ ms)?[^)]*\)?,? ?//' | cut -c1-160)"
   # (session 10: the min rule after 0.5 s of load, the sustained rate: 9-12% lower at causal / ALiBi)
   case $f in causal|alibi_causal) echo "  min rule after 0.5 s of load: $(ATTNC_BENCH_WARM_MS=500 ATTNC_BENCH_STAT=min timeout 40 $B/attnc bench examples/$f.attn $a --backend cuda --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 10 2>&1 | grep "TFLOP" | grep -v "jit tiers" | sed -E 's/.*bf16: (compile [0-9.]+ ms)?[^)]*\)?,? ?//' | cut -c1-160)";; esac; done
-echo "=== D256 B2 H16 L8192 (runtime choice)"
-for ex in dense causal softcap_sliding; do timeout 40 $B/attnc bench examples/$ex.attn --backend cuda --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 256 --iters 10 2>&1 | grep TFLOP | cut -c1-200; done
+[ "${D256:-1}" = 1 ] && echo "=== D256 B2 H16 L8192 (runtime choice)"
+[ "${D256:-1}" = 1 ] && for ex in dense causal softcap_sliding; do timeout 40 $B/attnc bench examples/$ex.attn --backend cuda --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 256 --iters 10 2>&1 | grep TFLOP | cut -c1-200; done
 fi
 echo "attnc benches: $(( $(date +%s) - t0 )) s"
 # NCU=1: the ncu figures of dense and causal D128 (ncu.sh, ~20 s; issue 11's "after")
