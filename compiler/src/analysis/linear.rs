@@ -418,40 +418,8 @@ fn is_false_const(f: &Function, v: Value) -> bool {
 /// so the result is a sound over-approximation: wherever `f` is true, so is the result.
 /// It is exactly `f` when every conjunct is linear.
 pub fn implied_mask(f: &Function) -> Option<Function> {
-    if f.insts.is_empty() || f.ty(f.ret) != Type::Bool {
-        return None;
-    }
-    let lin = linear_values(f);
-    let mut linear: Vec<Value> = Vec::new();
-    let mut stack = vec![f.ret];
-    while let Some(v) = stack.pop() {
-        if lin[v.index()].is_some() {
-            if !linear.contains(&v) {
-                linear.push(v);
-            }
-            continue;
-        }
-        match f.inst(v) {
-            Inst::Binary(BinOp::And, a, b) => {
-                stack.push(*b);
-                stack.push(*a);
-            }
-            Inst::Select(c, a, b) if is_false_const(f, *b) => {
-                stack.push(*a);
-                stack.push(*c);
-            }
-            _ => {}
-        }
-    }
-    let (&first, rest) = linear.split_first()?;
-    let mut g = f.clone();
-    let mut acc = first;
-    for &v in rest {
-        let span = g.spans[v.index()];
-        acc = g.push(Inst::Binary(BinOp::And, acc, v), Type::Bool, span);
-    }
-    g.ret = acc;
-    Some(g)
+    let (linear, _) = top_conjuncts(f)?;
+    conjunction(f, &linear)
 }
 
 /// The mask `f` split into its linear and its other top-level conjuncts (as
@@ -461,6 +429,14 @@ pub fn implied_mask(f: &Function) -> Option<Function> {
 /// whether one of them holds on the whole block, and the attention kernel then evaluates
 /// only the other (`PtxOptions::mask_kinds`).
 pub fn split_conjuncts(f: &Function) -> Option<(Function, Function)> {
+    let (linear, other) = top_conjuncts(f)?;
+    Some((conjunction(f, &linear)?, conjunction(f, &other)?))
+}
+
+/// The top-level conjuncts of the boolean `f` (through `&&` and `c ? a : false`, from the
+/// return value, left to right, each value once): `(linear, other)`, those with an exact
+/// linear form ([`linear_values`]) and the rest. `None` unless `f` returns a bool.
+fn top_conjuncts(f: &Function) -> Option<(Vec<Value>, Vec<Value>)> {
     if f.insts.is_empty() || f.ty(f.ret) != Type::Bool {
         return None;
     }
@@ -490,18 +466,21 @@ pub fn split_conjuncts(f: &Function) -> Option<(Function, Function)> {
             }
         }
     }
-    let conj = |vs: &[Value]| -> Option<Function> {
-        let (&first, rest) = vs.split_first()?;
-        let mut g = f.clone();
-        let mut acc = first;
-        for &v in rest {
-            let span = g.spans[v.index()];
-            acc = g.push(Inst::Binary(BinOp::And, acc, v), Type::Bool, span);
-        }
-        g.ret = acc;
-        Some(g)
-    };
-    Some((conj(&linear)?, conj(&other)?))
+    Some((linear, other))
+}
+
+/// `f` with its return value replaced by the conjunction (`&&`, left to right) of `vs`;
+/// `None` when `vs` is empty.
+fn conjunction(f: &Function, vs: &[Value]) -> Option<Function> {
+    let (&first, rest) = vs.split_first()?;
+    let mut g = f.clone();
+    let mut acc = first;
+    for &v in rest {
+        let span = g.spans[v.index()];
+        acc = g.push(Inst::Binary(BinOp::And, acc, v), Type::Bool, span);
+    }
+    g.ret = acc;
+    Some(g)
 }
 
 /// Per value of `f`, its exact linear form over q, kv and the i32 params, where it has one

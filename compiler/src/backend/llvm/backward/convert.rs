@@ -410,6 +410,24 @@ mod tests {
         }
     }
 
+    /// `ptxas -v` (sm_90a) on `ptx`, written to a temporary file named after `tag` and
+    /// removed afterwards: asserts that it assembles without a warning (`what` names the
+    /// kernel in the message) and returns ptxas's report (registers, spills).
+    fn ptxas_verbose(ptxas: &str, tag: &str, what: &str, ptx: &str) -> String {
+        let f = std::env::temp_dir().join(format!("attnc_{tag}_{}.ptx", std::process::id()));
+        std::fs::write(&f, ptx).unwrap();
+        let out = std::process::Command::new(ptxas)
+            .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&f);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(!err.contains("warning"), "{what}: {err}");
+        err
+    }
+
     /// `bwd_pdl` and `bwd_convert_early` on the runtime's bindings (causal: longest
     /// first; sliding: the warp-wide search and two writers; dense): the pre kernel lets the
     /// fused kernel start, the fused kernel lets the conversion start and waits for the
@@ -475,20 +493,8 @@ mod tests {
                 );
                 if let Some(ptxas) = &ptxas {
                     for (i, kk) in k.iter().enumerate() {
-                        let f = std::env::temp_dir().join(format!(
-                            "attnc_chained_{}_{i}_{pdl}_{early}.ptx",
-                            std::process::id()
-                        ));
-                        std::fs::write(&f, &kk.ptx).unwrap();
-                        let out = std::process::Command::new(ptxas)
-                            .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
-                            .arg(&f)
-                            .output()
-                            .unwrap();
-                        let _ = std::fs::remove_file(&f);
-                        let err = String::from_utf8_lossy(&out.stderr);
-                        assert!(out.status.success(), "{key} kernel {i}: {err}");
-                        assert!(!err.contains("warning"), "{key} kernel {i}: {err}");
+                        let tag = format!("chained_{i}_{pdl}_{early}");
+                        let err = ptxas_verbose(ptxas, &tag, &format!("{key} kernel {i}"), &kk.ptx);
                         if i > 0 {
                             println!("{key} kernel {i}: {err}");
                         }
@@ -544,21 +550,8 @@ mod tests {
             assert_eq!(old.params, k.params, "the same launch");
             assert_eq!((old.threads, old.smem_bytes), (k.threads, k.smem_bytes));
             if let Some(ptxas) = &ptxas {
-                let f = std::env::temp_dir().join(format!(
-                    "attnc_convert_wide_{}_{d}_{q_block}_{}.ptx",
-                    std::process::id(),
-                    ty.name()
-                ));
-                std::fs::write(&f, &k.ptx).unwrap();
-                let out = std::process::Command::new(ptxas)
-                    .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
-                    .arg(&f)
-                    .output()
-                    .unwrap();
-                let _ = std::fs::remove_file(&f);
-                let err = String::from_utf8_lossy(&out.stderr);
-                assert!(out.status.success(), "ptxas: {err}");
-                assert!(!err.contains("warning"), "ptxas: {err}");
+                let tag = format!("convert_wide_{d}_{q_block}_{}", ty.name());
+                let err = ptxas_verbose(ptxas, &tag, "ptxas", &k.ptx);
                 println!("D{d} q{q_block} {}: {err}", ty.name());
             }
         }
