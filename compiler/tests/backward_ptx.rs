@@ -774,7 +774,8 @@ fn fused_desc_kernels() {
 /// `bwd_desc`, `bwd_ds_unguarded`: measured on an H200): the fused kernel with the TMA
 /// producer at D128 and D64, except q tiles of 128 with a score function (D64 soft-cap);
 /// bands and block tables (`bwd_wscan`) since session 13, there with the visit records
-/// and row intervals (`bwd_visit_rec`, `bwd_band_keep`).
+/// and row intervals (`bwd_visit_rec`, `bwd_band_keep`); the visit records also on the
+/// longest-first (causal-type) bindings at D128 since session 16.
 #[test]
 fn binding_instruction_cuts() {
     for (d, file, name, on) in [
@@ -799,9 +800,10 @@ fn binding_instruction_cuts() {
             (on, on, on),
             "{name} D{d}"
         );
+        // visit records also on the causal-type bindings at D128 since session 16
         assert_eq!(
             (o.bwd_visit_rec, o.bwd_band_keep),
-            (o.bwd_wscan, o.bwd_wscan),
+            (o.bwd_wscan || (d == 128 && o.bwd_lpt), o.bwd_wscan),
             "{name} D{d}"
         );
     }
@@ -902,6 +904,7 @@ fn fused_pingpong_kernels() {
             let tag = format!("{name} D{d}");
             let off = PtxOptions {
                 bwd_pingpong: false,
+                bwd_visit_rec: false,
                 ..bind
             };
             let plain = dkdv_twice(
@@ -910,8 +913,10 @@ fn fused_pingpong_kernels() {
                 &tag,
                 &format!("plain_d{d}_{name}_bwd_dkdv.ptx"),
             );
+            // (visit records, the D128 default since session 16, are refused with it)
             let pp = PtxOptions {
                 bwd_pingpong: true,
+                bwd_visit_rec: false,
                 ..bind
             };
             assert!(pp.key() != off.key());
@@ -1027,9 +1032,14 @@ fn fused_visit_rec_kernels() {
             let plan = Plan::new(p);
             let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
-            // the binding's default with the warp-wide search (bands, tables)
+            // the binding's default with the warp-wide search (bands, tables) and, since
+            // session 16, on the longest-first (causal-type) bindings at D128
             assert!(binding.bwd_tma, "{name} D{d}");
-            assert_eq!(binding.bwd_visit_rec, binding.bwd_wscan, "{name} D{d}");
+            assert_eq!(
+                binding.bwd_visit_rec,
+                binding.bwd_wscan || (d == 128 && binding.bwd_lpt),
+                "{name} D{d}"
+            );
             // (not with bwd_pingpong: refused; the binding's D64 dense default)
             let bind = PtxOptions {
                 bwd_visit_rec: false,

@@ -539,15 +539,18 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         _ => o,
     };
     match std::env::var("ATTNC_BWD_DQ").as_deref() {
+        // (without the TMA producer: no visit records, which its warp stores)
         Ok("ordered") if bulk => PtxOptions {
             bwd_tma: false,
             bwd_wg_dq: false,
+            bwd_visit_rec: false,
             ..o.backward_fused(BwdDq::Ordered)
         },
         Ok("tma") if bulk => PtxOptions { bwd_tma: true, ..o },
         Ok("bulk") if bulk => PtxOptions {
             bwd_tma: false,
             bwd_wg_dq: false,
+            bwd_visit_rec: false,
             ..o
         },
         _ => o,

@@ -1133,10 +1133,12 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
             ..o
         });
     }
-    // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`)
+    // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`; without
+    // visit records, refused with it)
     if let Some(rest) = cfg.strip_suffix("+y") {
         return bench_options(default, rest).map(|o| PtxOptions {
             bwd_pingpong: true,
+            bwd_visit_rec: false,
             ..o
         });
     }

@@ -275,6 +275,14 @@ impl PtxOptions {
     ///   572.7; causal 495.6, 493.5 / 492.2, 493.2; D64 dense 448.7 / 452.8, causal 378.3,
     ///   375.2 / 379.0): off there; `bwd_pdl` alone gained nothing (D128 dense 563.1,
     ///   causal 494.7, sliding 391.0, document 262.0).
+    /// - at D128, the causal-type (longest-first) bindings without capture gradients: each
+    ///   visit from the producer's record ([`Self::bwd_visit_rec`]), so the math warps no
+    ///   longer run the scalar visit search at the top of every visit with the tensor cores
+    ///   idle (ncu, session 16: ~140 instructions per warp and visit, 12% of their stall
+    ///   samples). One H200, one call, whole backward TFLOP/s default / with (two runs
+    ///   each): causal 488.8, 490.7 / 505.8, 506.3; ALiBi + causal 485.7, 485.1 / 496.8,
+    ///   498.0; soft-cap + causal 430.6, 431.6 / 468.1, 468.9. Dense left out (its search
+    ///   is one step; fused kernel 5.117, 5.177 / 5.259, 5.244 ms).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -350,6 +358,23 @@ impl PtxOptions {
             o.bwd_ds_unguarded = true;
             o.bwd_visit_rec = true;
             o.bwd_band_keep = true;
+        }
+        // session 16: at D128 the causal-type (longest-first) bindings' visits from the
+        // producer's records too (ncu, causal: the math warps' scalar search was ~140
+        // instructions per warp and visit at the loop top, tensor cores idle, 12% of their
+        // stall samples; FlashAttention-4 has none). One H200, one call, whole backward
+        // TFLOP/s default / with, two runs each: causal 488.8, 490.7 / 505.8, 506.3; ALiBi +
+        // causal 485.7, 485.1 / 496.8, 498.0; soft-cap + causal 430.6, 431.6 / 468.1,
+        // 468.9. Dense (one search step) not: fused kernel 5.117, 5.177 / 5.259, 5.244 ms
+        if fused::tma_producer(&o)
+            && o.d == 128
+            && o.bwd_lpt
+            && !o.bwd_wscan
+            && !o.bwd_persist
+            && !o.bwd_pingpong
+            && capture_grads(plan.program()).is_empty()
+        {
+            o.bwd_visit_rec = true;
         }
         o
     }

@@ -146,7 +146,8 @@
 //!   D128 sliding 0.782, document 0.593, dense 5.181; D64 sliding 0.693 -> 0.575,
 //!   document 0.354 -> 0.322 (both options against neither).
 //!   `bwd_visit_rec` (with `bwd_tma`, not `bwd_persist`; the runtime's default with
-//!   `bwd_wscan` without capture gradients since session 13): the producer warp stores
+//!   `bwd_wscan` without capture gradients since session 13, and on the D128 longest-first
+//!   bindings since session 16: causal 1.03x, soft-cap + causal 1.09x): the producer warp stores
 //!   each visit (query head, q block, kv range, full range) in a 32-byte record of the
 //!   ring buffer before its arrival at `q_full`, and after the last visit a record
 //!   without one; the math warps read the record after that wait and no longer search
