@@ -55,7 +55,9 @@
 //! (`PtxOptions::backward_for_binding`: that order, float positions);
 //! `gpu_backward_is_deterministic` checks four runs bit-identical (dQ, dK, dV, capture
 //! gradients) under the defaults; `gpu_backward_fused_sanitize` holds the small D128 and
-//! D64 cases for compute-sanitizer (memcheck, racecheck) of the default fused kernel.
+//! D64 cases for compute-sanitizer (memcheck, racecheck) of the default fused kernel;
+//! `gpu_backward_convert_timeout` forces the dQ conversion's spin-budget fallback
+//! (`PtxOptions::bwd_convert_timeout_now`) and checks its count and gradients.
 
 mod gpu_util;
 
@@ -684,6 +686,84 @@ fn gpu_backward_dq_schemes(dev: &CudaDevice) {
         }
         for o in schemes {
             check_case_with(dev, p, *sh, *ty, 300 + i as u64, i % 2 == 1, o);
+        }
+    }
+}
+
+/// The dQ conversion's spin-budget fallback (`PtxOptions::bwd_convert_early`, the
+/// binding's default for bands and block tables): with the test hook
+/// `bwd_convert_timeout_now` every conversion CTA takes it at once, as if its tile's flag
+/// never came: it counts itself (`CudaBackward::early_fallbacks`: one per tile; 0 without
+/// the hook) and waits for the whole fused grid, so the gradients are bit-identical to the
+/// hook-less kernels' (and, for the smaller case, agree with the f64 reference). (Until session 16 the conversion
+/// went on without its flag: dQ read before its sums, and no error.) A sliding window
+/// (GQA, 8 kv blocks adding into a tile) and document + causal (a block table).
+fn gpu_backward_convert_timeout(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::Arch;
+    use attnc_compiler::backend::llvm::backward::convert_early;
+    if dev.arch() != Arch::Sm90 {
+        println!("  no programmatic dependent launch here: no early conversion");
+        return;
+    }
+    let ty = InputType::Bf16;
+    for (p, sh) in [
+        (samples::sliding(), shape(1, 4, 2, 1000, 1000, 128)),
+        (samples::document_causal(), shape(2, 4, 1, 300, 300, 128)),
+    ] {
+        let base = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, ty)
+            .backward_for_binding(&Plan::new(&p), sh.lq.max(sh.lkv));
+        assert!(convert_early(&base), "{}: the binding's default", p.name);
+        let hook = PtxOptions {
+            bwd_convert_timeout_now: true,
+            ..base
+        };
+        let x = inputs(&p, &sh, ty, 9, false);
+        let tiles = sh.b * sh.hq * sh.lq.div_ceil(base.q_block as usize);
+        let mut grads = Vec::new();
+        for (o, want) in [(base, 0), (hook, tiles as u32)] {
+            let ks = emit_backward_kernels(&Plan::new(&p), &o).unwrap();
+            let bw = CudaBackward::load(dev, &ks).unwrap();
+            let b = blocks_of(&bw, &p, &sh, &x);
+            let prob = bw
+                .upload(
+                    dev,
+                    &sh,
+                    (&x.q.0, &x.k.0, &x.v.0, &x.o.0),
+                    &x.lse,
+                    &x.d_o.0,
+                    None,
+                    x.scale,
+                    &x.bind,
+                    b.as_blocks(),
+                )
+                .unwrap();
+            bw.launch(dev, &prob).unwrap();
+            let g = bw.download(dev, &prob).unwrap();
+            let n = bw.early_fallbacks(dev, &prob).unwrap();
+            assert_eq!(
+                n,
+                Some(want),
+                "{} {:?} timeout_now={}: conversion CTAs that fell back",
+                p.name,
+                sh,
+                o.bwd_convert_timeout_now
+            );
+            grads.push(g);
+        }
+        assert!(
+            grads[0] == grads[1],
+            "{} {:?}: the fallback's gradients differ from the flagged conversion's",
+            p.name,
+            sh
+        );
+        println!(
+            "  {} {:?}: {tiles} fallbacks with the hook, none without; gradients bit-identical",
+            p.name, sh
+        );
+        if sh.lq <= 300 {
+            // against the f64 reference too (the band's 1000 rows: bit-identity to the
+            // flagged kernels, which the other tests check against the reference)
+            check_case_with(dev, &p, sh, ty, 9, false, hook);
         }
     }
 }
@@ -2060,6 +2140,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_fully_masked_rows,
     ),
     ("gpu_backward_dlse", gpu_backward_dlse),
+    ("gpu_backward_convert_timeout", gpu_backward_convert_timeout),
     (
         "gpu_backward_is_deterministic",
         gpu_backward_is_deterministic,

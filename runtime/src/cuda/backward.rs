@@ -28,8 +28,10 @@
 //! kernel and the dQ conversion are launched with programmatic stream serialization
 //! ([`CudaKernel::launch_args_overlapped`], sm_90; each waits in the kernel for what it
 //! reads), and the fused scheme's zeroing always comes before the pre kernel; with
-//! `PtxOptions::bwd_convert_early` `DqSem` has one more word (the fused writers' done
-//! count, [`dq_workspace`]).
+//! `PtxOptions::bwd_convert_early` `DqSem` has two more words (the fused writers' done
+//! count, [`dq_workspace`], and the count of conversion CTAs that waited for the whole
+//! fused grid because their tile's flag did not come in time,
+//! [`CudaBackward::early_fallbacks`]).
 //!
 //! Deterministic (all but `BwdDq::Atomic`): every dK/dV element is summed by one thread
 //! in a fixed order, every dQ element by one thread (separate) or by the kv blocks in
@@ -414,8 +416,9 @@ impl CudaBackward {
     }
 
     /// The fused kernel's workspace for `shape`, in elements: (`DqAccum`: f32, one
-    /// `q_block` x D tile per (b, query head, q block); `DqSem`: u32, one per tile), at
-    /// least one of each; `None` where dQ is a second kernel (no workspace). What
+    /// `q_block` x D tile per (b, query head, q block); `DqSem`: u32, one per tile, and
+    /// with `PtxOptions::bwd_convert_early` the writers' done count and the conversions'
+    /// fallback count after them), at least one of each; `None` where dQ is a second kernel (no workspace). What
     /// [`Self::upload`] allocates and a caller of [`Self::launch_args`] passes.
     pub fn dq_workspace(&self, shape: &Shape) -> Option<(usize, usize)> {
         dq_workspace(self.opts(), shape)
@@ -558,6 +561,26 @@ impl CudaBackward {
                 .map(|x| fixed(x, p.n_params))
                 .transpose()?,
         })
+    }
+
+    /// After [`Self::download`] (or another synchronization of the stream) of a launch of
+    /// kernels with `PtxOptions::bwd_convert_early`: how many dQ conversion CTAs did not
+    /// see their tile's flag within their spin budget and waited for the whole fused grid
+    /// instead (`DqSem[tiles + 1]`; the same dQ, later), `None` for other kernels. A
+    /// nonzero count on an ordinary launch means the flags came late (or not at all).
+    pub fn early_fallbacks(
+        &self,
+        dev: &CudaDevice,
+        p: &BackwardProblem,
+    ) -> Result<Option<u32>, CudaError> {
+        if !convert_early(self.opts()) {
+            return Ok(None);
+        }
+        let Some((_, sem)) = &p.dq_work else {
+            return Ok(None);
+        };
+        let words = dev.download(sem)?;
+        Ok(words.last().copied())
     }
 
     /// Upload, launch, download.
@@ -705,8 +728,9 @@ pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
         return None;
     }
     let tiles = (shape.b * shape.hq * shape.lq.div_ceil(o.q_block as usize)).max(1);
-    // bwd_convert_early: the writers' done count after the tiles' semaphores
-    let extra = usize::from(convert_early(o));
+    // bwd_convert_early: the writers' done count after the tiles' semaphores, then the
+    // conversions' fallback count (`CudaBackward::early_fallbacks`)
+    let extra = 2 * usize::from(convert_early(o));
     Some((tiles * (o.q_block * o.d) as usize, tiles + extra))
 }
 

@@ -533,8 +533,17 @@ pub struct PtxOptions {
     /// itself done in the word after the semaphores (`DqSem[tiles]`); a conversion CTA
     /// spins (acquire, with `nanosleep`) until its tile's flag or the count of every
     /// writer of the grid, then converts. So the conversion runs under the fused
-    /// kernel's tail. The same sums: the same dQ. The kernel bench's `+t`.
+    /// kernel's tail. The same sums: the same dQ. The kernel bench's `+t`. A conversion
+    /// CTA whose flag has not come after its spin budget (about 2 s) waits for the whole
+    /// fused grid (`griddepcontrol.wait`, as without this option) and counts itself in
+    /// the word after the writers' count (`DqSem[tiles + 1]`,
+    /// `CudaBackward::early_fallbacks`): slower, never a dQ read before its sums.
     pub bwd_convert_early: bool,
+    /// Test hook for [`Self::bwd_convert_early`]: every conversion CTA takes the spin
+    /// budget's fallback at once (counts itself, waits for the whole fused grid), as if
+    /// its tile's flag never came. Off everywhere but the GPU test that forces the
+    /// fallback (`gpu_backward_convert_timeout`).
+    pub bwd_convert_timeout_now: bool,
     /// The forward's positions are below [`FLOAT_POSITIONS_MAX`] (every row and column of
     /// the tiles, tails included): the score converts integer sums of `q`, `kv` and a
     /// constant to f32 as float sums of the positions converted once per row and column
@@ -651,6 +660,7 @@ impl PtxOptions {
             bwd_convert_wide: false,
             bwd_pdl: false,
             bwd_convert_early: false,
+            bwd_convert_timeout_now: false,
             float_positions: false,
             decode_copy: 0,
         };
@@ -972,6 +982,11 @@ impl PtxOptions {
             + if self.bwd_pdl { " bwd-pdl" } else { "" }
             + if self.bwd_convert_early {
                 " bwd-convert-early"
+            } else {
+                ""
+            }
+            + if self.bwd_convert_timeout_now {
+                " bwd-convert-timeout-now"
             } else {
                 ""
             }

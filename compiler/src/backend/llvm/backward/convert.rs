@@ -24,7 +24,8 @@
 //! thread 0 spins, acquire and `nanosleep`, until the tile's semaphore carries
 //! [`DQ_DONE_FLAG`], set by the writer that adds the tile's last part once its addition is
 //! done, or until every writer of the fused grid has counted itself done in the word after
-//! the semaphores, which covers tiles nobody adds to), and the grid's last CTA waits for
+//! the semaphores, which covers tiles nobody adds to; after a spin budget of about 2 s, for
+//! the whole fused grid, counted in the word after that one), and the grid's last CTA waits for
 //! the fused grid after its stores (`early_tail`), so the conversion grid never completes
 //! before the fused one. The same loads of the same sums: the same dQ.
 
@@ -97,8 +98,12 @@ fn tile<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<Tile<'c
 }
 
 /// Spins of [`wait_for_tile`] (with a `nanosleep` of [`EARLY_SLEEP_NS`] each, about 2 s)
-/// after which a conversion goes on without its tile's flag: only a conversion launched
-/// without the fused kernel before it waits that long (the fused kernel always sets it).
+/// after which a conversion stops waiting for its tile's flag and waits for the whole
+/// fused grid instead (`griddepcontrol.wait`), counting itself in `DqSem[tiles + 1]`:
+/// the fused kernel always sets the flag, so only a tile whose last addition comes that
+/// late (or a bug) takes this path, slower but with the same dQ, never a workspace read
+/// before its sums (until session 16 the conversion went on without the flag: a wrong dQ
+/// and no error).
 const EARLY_SPINS: u32 = 1 << 24;
 const EARLY_SLEEP_NS: u32 = 128;
 
@@ -106,7 +111,10 @@ const EARLY_SLEEP_NS: u32 = 128;
 /// semaphore has [`DQ_DONE_FLAG`] (its last adder is done) or the writers' done count
 /// (`DqSem[B Hq nq]`) reaches every writer of the fused grid (nkv Hkv B CTAs, one or two
 /// writers each: then no addition is left, for tiles nobody adds to too); then the CTA's
-/// barrier and each thread's `fence.acq_rel.gpu` (its workspace loads after them).
+/// barrier and each thread's `fence.acq_rel.gpu` (its workspace loads after them). After
+/// [`EARLY_SPINS`] spins (at once with [`PtxOptions::bwd_convert_timeout_now`], the test
+/// hook) thread 0 adds one to the fallback count `DqSem[tiles + 1]` and waits for the
+/// fused grid (`griddepcontrol.wait`: its memory visible to this grid) before the barrier.
 fn wait_for_tile<'ctx>(
     g: &Gpu<'ctx>,
     opts: &PtxOptions,
@@ -131,13 +139,19 @@ fn wait_for_tile<'ctx>(
     let word =
         |i: IntValue<'ctx>| -> R<IntValue<'ctx>> { g.add(sem, g.mul(g.zext64(i)?, g.c64(4))?) };
     let (own, count) = (word(tile)?, word(tiles)?);
+    let fallbacks = word(g.add(tiles, g.c32(1))?)?;
     g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
         let spins = g.var(g.i32, g.c32(0))?;
         let head = g.block("early_wait");
         let more = g.block("early_count");
         let sleep = g.block("early_sleep");
+        let timeout = g.block("early_timeout");
         let done = g.block("early_done");
-        g.br(head)?;
+        if opts.bwd_convert_timeout_now {
+            g.br(timeout)?;
+        } else {
+            g.br(head)?;
+        }
         g.b.position_at_end(head);
         let v = g.load_acquire_u32(own)?;
         let flagged = g.icmp(
@@ -155,9 +169,14 @@ fn wait_for_tile<'ctx>(
         g.set(&spins, k)?;
         g.cond_br(
             g.icmp(IntPredicate::UGE, k, g.c32(EARLY_SPINS as i64))?,
-            done,
+            timeout,
             head,
         )?;
+        // no flag in time: counted, then the whole fused grid (as without early)
+        g.b.position_at_end(timeout);
+        g.release_inc(fallbacks)?;
+        g.griddep_wait()?;
+        g.br(done)?;
         g.b.position_at_end(done);
         Ok(())
     })?;
@@ -433,9 +452,11 @@ mod tests {
     /// fused kernel start, the fused kernel lets the conversion start and waits for the
     /// pre kernel (in the writer warpgroup and the math warps), its writers flag their
     /// last additions and count themselves done; the conversion spins on its tile (its
-    /// last CTA waits for the fused grid after its stores), or with `bwd_pdl` alone waits
-    /// for the fused grid first. Off: none
-    /// of it. `ATTNC_PTXAS` also assembles the kernels for sm_90a (no warnings).
+    /// last CTA waits for the fused grid after its stores; past its spin budget, it counts
+    /// itself and waits for the fused grid), or with `bwd_pdl` alone waits for the fused
+    /// grid first; with the test hook `bwd_convert_timeout_now` it goes to that fallback
+    /// at once (no spin left). Off: none of it. `ATTNC_PTXAS` also assembles the kernels
+    /// for sm_90a (no warnings).
     #[test]
     fn chained_kernels_generate() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
@@ -448,10 +469,16 @@ mod tests {
             let plan = Plan::new(&p);
             let base = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
-            for (pdl, early) in [(false, false), (true, false), (true, true)] {
+            for (pdl, early, now) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
                 let o = PtxOptions {
                     bwd_pdl: pdl,
                     bwd_convert_early: early,
+                    bwd_convert_timeout_now: now,
                     ..base
                 };
                 let k: Vec<_> = [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq]
@@ -459,7 +486,7 @@ mod tests {
                     .map(|kind| emit_backward(&plan, &o, kind).unwrap())
                     .collect();
                 let n = |i: usize, s: &str| k[i].ptx.matches(s).count();
-                let key = format!("{} D{d} pdl {pdl} early {early}", p.name);
+                let key = format!("{} D{d} pdl {pdl} early {early} now {now}", p.name);
                 assert_eq!(
                     n(0, "griddepcontrol.launch_dependents"),
                     pdl as usize,
@@ -472,9 +499,19 @@ mod tests {
                 );
                 // the writer warpgroup's wait and the math warps'
                 assert_eq!(n(1, "griddepcontrol.wait"), 2 * pdl as usize, "{key}");
-                // with bwd_convert_early only the grid's last CTA waits, after its stores
-                assert_eq!(n(2, "griddepcontrol.wait"), pdl as usize, "{key}");
-                assert_eq!(n(2, "nanosleep"), early as usize, "{key}");
+                // with bwd_convert_early only the grid's last CTA waits, after its stores,
+                // and a CTA past its spin budget (counted: the one add of the conversion)
+                assert_eq!(
+                    n(2, "griddepcontrol.wait"),
+                    pdl as usize + early as usize,
+                    "{key}"
+                );
+                assert_eq!(
+                    n(2, "red.relaxed.gpu.global.add.u32"),
+                    early as usize,
+                    "{key}"
+                );
+                assert_eq!(n(2, "nanosleep"), (early && !now) as usize, "{key}");
                 assert_eq!(n(0, "griddepcontrol.wait"), 0, "{key}");
                 // the flagged release: `red.relaxed.gpu.global.add.u32 [..], %r` (the
                 // plain ones add the immediate 1)
@@ -493,7 +530,7 @@ mod tests {
                 );
                 if let Some(ptxas) = &ptxas {
                     for (i, kk) in k.iter().enumerate() {
-                        let tag = format!("chained_{i}_{pdl}_{early}");
+                        let tag = format!("chained_{i}_{pdl}_{early}_{now}");
                         let err = ptxas_verbose(ptxas, &tag, &format!("{key} kernel {i}"), &kk.ptx);
                         if i > 0 {
                             println!("{key} kernel {i}: {err}");
