@@ -239,6 +239,49 @@ impl Gen {
             }
         }
     }
+    /// A conjunction of 1 to 4 conjuncts: linear constraints `a q + b kv - k (+ p) cmp 0`
+    /// (some with the param) and random booleans (every IR op, some with tensors, params,
+    /// b and h; only those when `only_random`), joined by `&` or by `c ? a : false` (the
+    /// lowering of `&&`).
+    fn mixed_conjunction(&mut self, only_random: bool) -> Value {
+        let n = self.rng.random_range(1..5);
+        let mut acc: Option<Value> = None;
+        for _ in 0..n {
+            let atom = if only_random || self.rng.random_bool(0.5) {
+                let depth = self.rng.random_range(1..4);
+                self.boolean(depth)
+            } else {
+                let (a, b, k) = (
+                    self.rng.random_range(-3..4),
+                    self.rng.random_range(-3..4),
+                    self.rng.random_range(-30..30),
+                );
+                let q = self.push(Inst::Arg(Arg::Q), Type::I32);
+                let kv = self.push(Inst::Arg(Arg::Kv), Type::I32);
+                let (ca, cb, ck) = (self.c(a), self.c(b), self.c(k));
+                let x = self.bin(BinOp::IMul, q, ca);
+                let y = self.bin(BinOp::IMul, cb, kv);
+                let s = self.bin(BinOp::IAdd, x, y);
+                let mut r = self.bin(BinOp::ISub, s, ck);
+                if self.rng.random_bool(0.3) {
+                    let p = self.push(Inst::Param(ParamId(0)), Type::I32);
+                    r = self.bin(BinOp::IAdd, r, p);
+                }
+                let z = self.c(0);
+                let c = [Cmp::Eq, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge][self.rng.random_range(0..5)];
+                self.bin(BinOp::ICmp(c), r, z)
+            };
+            acc = Some(match acc {
+                None => atom,
+                Some(a) if self.rng.random_bool(0.5) => self.bin(BinOp::And, a, atom),
+                Some(a) => {
+                    let f = self.push(Inst::ConstBool(false), Type::Bool);
+                    self.push(Inst::Select(a, atom, f), Type::Bool)
+                }
+            });
+        }
+        acc.unwrap()
+    }
     fn boolean(&mut self, depth: u32) -> Value {
         if depth == 0 || self.rng.random_bool(0.1) {
             let b = self.rng.random_bool(0.5);
@@ -479,45 +522,7 @@ fn implied_linear_conjuncts_are_sound() {
             n0,
             n1,
         };
-        // conjuncts: linear constraints (some with the param) and random booleans, joined
-        // by `&` or by `c ? a : false` (the lowering of `&&`)
-        let n = g.rng.random_range(1..5);
-        let mut acc: Option<Value> = None;
-        for _ in 0..n {
-            let atom = if case % 5 == 4 || g.rng.random_bool(0.5) {
-                let depth = g.rng.random_range(1..4);
-                g.boolean(depth)
-            } else {
-                let (a, b, k) = (
-                    g.rng.random_range(-3..4),
-                    g.rng.random_range(-3..4),
-                    g.rng.random_range(-30..30),
-                );
-                let q = g.push(Inst::Arg(Arg::Q), Type::I32);
-                let kv = g.push(Inst::Arg(Arg::Kv), Type::I32);
-                let (ca, cb, ck) = (g.c(a), g.c(b), g.c(k));
-                let x = g.bin(BinOp::IMul, q, ca);
-                let y = g.bin(BinOp::IMul, cb, kv);
-                let s = g.bin(BinOp::IAdd, x, y);
-                let mut r = g.bin(BinOp::ISub, s, ck);
-                if g.rng.random_bool(0.3) {
-                    let p = g.push(Inst::Param(ParamId(0)), Type::I32);
-                    r = g.bin(BinOp::IAdd, r, p);
-                }
-                let z = g.c(0);
-                let c = [Cmp::Eq, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge][g.rng.random_range(0..5)];
-                g.bin(BinOp::ICmp(c), r, z)
-            };
-            acc = Some(match acc {
-                None => atom,
-                Some(a) if g.rng.random_bool(0.5) => g.bin(BinOp::And, a, atom),
-                Some(a) => {
-                    let f = g.push(Inst::ConstBool(false), Type::Bool);
-                    g.push(Inst::Select(a, atom, f), Type::Bool)
-                }
-            });
-        }
-        g.f.ret = acc.unwrap();
+        g.f.ret = g.mixed_conjunction(case % 5 == 4);
         let p = program(g.f, n0, n1);
         verify_program(&p).expect("generator builds valid IR");
         let Some(imp) = Plan::new(&p).implied().cloned() else {
@@ -595,4 +600,95 @@ fn implied_linear_conjuncts_are_sound() {
         skipped_blocks > checked_blocks / 20,
         "only {skipped_blocks} of {checked_blocks} blocks skipped"
     );
+}
+
+/// `split_conjuncts` (what `PtxOptions::mask_kinds` evaluates one side of) on the random
+/// conjunctions of `implied_linear_conjuncts_are_sound`: where it splits a mask into
+/// `(L, N)`, both are valid programs, `L` has a closed form (its conjuncts are linear)
+/// and `N` none of its own linear conjuncts, and at every point of random shapes (b, h,
+/// q, kv, random params and tensor data) `mask == L && N` exactly. It splits exactly the
+/// masks with both linear and other conjuncts: where it does not, the mask is either
+/// fully linear (a closed form) or has no linear conjunct (no implied bounds).
+#[test]
+fn split_conjuncts_are_exact_on_random_masks() {
+    use attnc_compiler::analysis::linear::split_conjuncts;
+    use attnc_compiler::interp::{Args, eval};
+    let mut rng = StdRng::seed_from_u64(0x5b17_c0de);
+    let (mut split, mut points) = (0usize, 0usize);
+    for case in 0..300u64 {
+        let (n0, n1) = (rng.random_range(1..20), rng.random_range(1..20));
+        let mut g = Gen {
+            f: Function::new(FnKind::Mask),
+            rng: StdRng::seed_from_u64(91_000 + case),
+            n0,
+            n1,
+        };
+        g.f.ret = g.mixed_conjunction(false);
+        let p = program(g.f, n0, n1);
+        verify_program(&p).expect("generator builds valid IR");
+        let mask = p.mask.as_ref().unwrap();
+        let plan = Plan::new(&p);
+        let Some((l, n)) = split_conjuncts(mask) else {
+            assert!(
+                plan.implied().is_none() || plan.mask().closed_form.is_some(),
+                "case {case}: linear and other conjuncts but no split\n{}",
+                attnc_compiler::ir::write_program(&p)
+            );
+            continue;
+        };
+        split += 1;
+        let with = |m: &Function| Program {
+            mask: Some(m.clone()),
+            ..p.clone()
+        };
+        let (pl, pn) = (with(&l), with(&n));
+        verify_program(&pl).expect("L is a valid mask");
+        verify_program(&pn).expect("N is a valid mask");
+        assert!(
+            Plan::new(&pl).mask().closed_form.is_some(),
+            "case {case}: L has no closed form\n{}",
+            attnc_compiler::ir::write_program(&pl)
+        );
+        assert!(
+            split_conjuncts(&l).is_none() && split_conjuncts(&n).is_none(),
+            "case {case}: a side splits again"
+        );
+        for _ in 0..3 {
+            let bind = bindings(&mut rng, n0, n1);
+            let (s, _, _) = random_shape(&mut rng);
+            let mut scratch = Vec::new();
+            let mut at = |f: &Function, args: Args| {
+                eval(f, &p, args, &bind, &mut scratch)
+                    .expect("interpreter")
+                    .as_bool()
+            };
+            for b in 0..s.b as i32 {
+                for h in 0..s.hq as i32 {
+                    for q in 0..s.lq as i32 {
+                        for kv in 0..s.lkv as i32 {
+                            let args = Args {
+                                s: 0.0,
+                                b,
+                                h,
+                                q,
+                                kv,
+                            };
+                            let (m, lv, nv) = (at(mask, args), at(&l, args), at(&n, args));
+                            points += 1;
+                            assert_eq!(
+                                m,
+                                lv && nv,
+                                "case {case} at (b={b}, h={h}, q={q}, kv={kv}): mask {m}, L {lv}, N {nv}\n{}",
+                                attnc_compiler::ir::write_program(&p)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{split} of 300 masks split, {points} points compared");
+    // the test must see many splits
+    assert!(split > 100, "only {split} of 300 masks split");
+    assert!(points > 200_000, "only {points} points compared");
 }

@@ -120,16 +120,41 @@ pub(crate) struct BenchArgs<'a> {
     pub params: &'a [String],
 }
 
-/// The decode tunings `attnc bench --decode` times, each with its label (see `bench`).
-fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
-    let base = DecodeTuning::from_env();
+/// The decode tunings `attnc bench --decode` times, each with its label (see `bench`),
+/// from the environment.
+fn bench_tunings(backend: attnc::Backend) -> Result<Vec<(String, DecodeTuning)>, Error> {
+    bench_tunings_from(backend, DecodeTuning::from_env(), |k| std::env::var(k).ok())
+}
+
+/// [`bench_tunings`] with `get` for the variables (`ATTNC_DECODE_BENCH_COMBINE`,
+/// `_SPLITS`, `_COPY`; CUDA only, ignored elsewhere) and `base` the tuning they vary. An
+/// entry of a list that names no mode, count or copy variant is an error naming the
+/// variable and the entry (it used to be dropped: a list of only such entries timed
+/// nothing, or the default under another label).
+fn bench_tunings_from(
+    backend: attnc::Backend,
+    base: DecodeTuning,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, DecodeTuning)>, Error> {
     let mut out = vec![(String::new(), base)];
     if backend != attnc::Backend::Cuda {
-        return out;
+        return Ok(out);
     }
-    let combine = std::env::var("ATTNC_DECODE_BENCH_COMBINE");
-    // a list of the modes below by name (`chained` = the default launches):
-    // ATTNC_DECODE_BENCH_COMBINE=chained,fused-chained
+    // the entries of a comma-separated variable (none when unset or blank)
+    let entries = |name: &str| -> Vec<String> {
+        get(name)
+            .map(|v| {
+                v.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let bad =
+        |name: &str, entry: &str, want: &str| usage(format!("{name}: `{entry}` is not {want}"));
+    // (label, fused, serial, chain): `chained` = the default launches; `both` and `all`
+    // stand for the first lists below
     let named = [
         ("separate", false, true, false),
         ("overlapped", false, false, false),
@@ -137,37 +162,21 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
         ("fused", true, false, false),
         ("fused-chained", true, false, true),
     ];
-    let picked: Vec<_> = combine
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter_map(|x| named.iter().find(|m| m.0 == x.trim()))
-        .collect();
-    if !picked.is_empty() {
-        out = picked
-            .into_iter()
-            .map(|&(label, f, serial, chain)| {
-                let t = DecodeTuning {
-                    fused_combine: f,
-                    serial_combine: serial,
-                    serial_decode: !chain,
-                    ..base
-                };
-                (format!(" {label}"), t)
-            })
-            .collect();
-    } else if matches!(combine.as_deref(), Ok("both" | "all")) {
-        // (fused, serial): the combine kernel after the decode kernel, under its tail
-        // (the default on sm_90; "all" only), the fused kernel
-        // (label, fused, serial, chain)
-        let mut modes = vec![(" separate", false, true, false)];
-        if combine.as_deref() == Ok("all") {
-            modes.push((" overlapped", false, false, false));
-            modes.push((" chained", false, false, true));
-        }
-        modes.push((" fused", true, false, false));
-        if combine.as_deref() == Ok("all") {
-            modes.push((" fused chained", true, false, true));
+    let combine = entries("ATTNC_DECODE_BENCH_COMBINE");
+    if !combine.is_empty() {
+        let mut modes = Vec::new();
+        for x in &combine {
+            match x.as_str() {
+                "both" => modes.extend([named[0], named[3]]),
+                "all" => modes.extend(named),
+                _ => modes.push(*named.iter().find(|m| m.0 == x).ok_or_else(|| {
+                    bad(
+                        "ATTNC_DECODE_BENCH_COMBINE",
+                        x,
+                        "both, all, separate, overlapped, chained, fused or fused-chained",
+                    )
+                })?),
+            }
         }
         out = modes
             .into_iter()
@@ -178,15 +187,24 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
                     serial_decode: !chain,
                     ..base
                 };
-                (label.to_string(), t)
+                (format!(" {label}"), t)
             })
             .collect();
     }
-    if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_SPLITS") {
-        let counts: Vec<usize> = list
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
+    let splits = entries("ATTNC_DECODE_BENCH_SPLITS");
+    if !splits.is_empty() {
+        let counts = splits
+            .iter()
+            .map(|x| {
+                x.parse::<usize>().map_err(|_| {
+                    bad(
+                        "ATTNC_DECODE_BENCH_SPLITS",
+                        x,
+                        "a split count (0 = the runtime's choice)",
+                    )
+                })
+            })
+            .collect::<Result<Vec<usize>, Error>>()?;
         out = out
             .iter()
             .flat_map(|(label, t)| {
@@ -201,13 +219,24 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
             })
             .collect();
     }
-    if let Ok(list) = std::env::var("ATTNC_DECODE_BENCH_COPY") {
+    let copy = entries("ATTNC_DECODE_BENCH_COPY");
+    if !copy.is_empty() {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
-        // letters of abc)
-        let copies: Vec<(String, u16)> = list
-            .split(',')
-            .filter_map(|x| attnc::options::parse_decode_copy(x).map(|c| (x.trim().to_string(), c)))
-            .collect();
+        // letters of abcdefghij)
+        let copies = copy
+            .iter()
+            .map(|x| {
+                attnc::options::parse_decode_copy(x)
+                    .map(|c| (x.clone(), c))
+                    .ok_or_else(|| {
+                        bad(
+                            "ATTNC_DECODE_BENCH_COPY",
+                            x,
+                            "0 or letters of abcdefghij (ATTNC_DECODE_COPY's values)",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<(String, u16)>, Error>>()?;
         out = out
             .iter()
             .flat_map(|(label, t)| {
@@ -223,7 +252,7 @@ fn bench_tunings(backend: attnc::Backend) -> Vec<(String, DecodeTuning)> {
             })
             .collect();
     }
-    out
+    Ok(out)
 }
 
 /// `attnc bench --decode`.
@@ -315,7 +344,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         // cancel); the median shown, with the spread over the rounds, and for a paged
         // cache the median and range of its ratio to the contiguous cache's time of the
         // same tuning in the same round
-        let tunings = bench_tunings(a.backend);
+        let tunings = bench_tunings(a.backend)?;
         let rounds = std::env::var("ATTNC_DECODE_BENCH_ROUNDS")
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
@@ -436,4 +465,74 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench's tuning lists: names, counts and copy variants as given, and an entry
+    /// that is none of them an error naming the variable and the entry (it was dropped:
+    /// `ATTNC_DECODE_BENCH_SPLITS=x` timed nothing, `ATTNC_DECODE_BENCH_COMBINE=chaned`
+    /// the default under no label); other backends ignore the variables.
+    #[test]
+    fn bench_tunings_name_a_bad_entry() {
+        let base = DecodeTuning::default();
+        let with = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            bench_tunings_from(attnc::Backend::Cuda, base, move |k| {
+                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+        };
+        let labels = |vars: &[(&str, &str)]| -> Vec<String> {
+            with(vars)
+                .unwrap()
+                .into_iter()
+                .map(|(l, _)| l.trim().to_string())
+                .collect()
+        };
+        assert_eq!(labels(&[]), [""]);
+        assert_eq!(labels(&[("ATTNC_DECODE_BENCH_COMBINE", " ")]), [""]);
+        assert_eq!(
+            labels(&[("ATTNC_DECODE_BENCH_COMBINE", "chained, fused-chained")]),
+            ["chained", "fused-chained"]
+        );
+        assert_eq!(
+            labels(&[("ATTNC_DECODE_BENCH_COMBINE", "both")]),
+            ["separate", "fused"]
+        );
+        assert_eq!(labels(&[("ATTNC_DECODE_BENCH_COMBINE", "all")]).len(), 5);
+        let t = with(&[("ATTNC_DECODE_BENCH_COMBINE", "fused")]).unwrap();
+        assert!(t[0].1.fused_combine && t[0].1.serial_decode);
+        assert_eq!(
+            labels(&[
+                ("ATTNC_DECODE_BENCH_SPLITS", "0,8"),
+                ("ATTNC_DECODE_BENCH_COPY", "efi,0")
+            ]),
+            [
+                "splits auto copy efi",
+                "splits auto copy 0",
+                "splits 8 copy efi",
+                "splits 8 copy 0"
+            ]
+        );
+        for (var, value, entry) in [
+            ("ATTNC_DECODE_BENCH_COMBINE", "chained,chaned", "chaned"),
+            ("ATTNC_DECODE_BENCH_SPLITS", "x", "x"),
+            ("ATTNC_DECODE_BENCH_SPLITS", "4,-1", "-1"),
+            ("ATTNC_DECODE_BENCH_COPY", "efi,efz", "efz"),
+        ] {
+            let e = with(&[(var, value)]).unwrap_err().to_string();
+            assert!(
+                e.contains(var) && e.contains(&format!("`{entry}`")),
+                "{var}={value}: {e}"
+            );
+        }
+        // the CPU backend has one tuning whatever the variables say
+        let cpu = bench_tunings_from(attnc::Backend::Cpu, base, |_| Some("x".into())).unwrap();
+        assert_eq!(cpu.len(), 1);
+    }
 }
