@@ -1431,12 +1431,12 @@ fn check_gpu_table_opts(
     Ok(counts)
 }
 
-/// Every block of every (b, h) slice of the GPU table equals brute force; returns the
-/// (empty, partial, full) counts of the exact maps.
-/// `PtxOptions::mask_kinds`: every block of a GPU-built run of kind 2 is one where the
-/// mask's other conjuncts `N` hold at every point (brute force over the mask `N`), every
-/// block of kind 3 one where its linear conjuncts `L` do. A note for the report with the
-/// blocks of each kind (empty without the option or without a split mask).
+/// `PtxOptions::mask_kinds`: every partial block of the GPU-built table has the kind
+/// brute force gives it: 2 where the mask's other conjuncts `N` hold at every point
+/// (brute force over the mask `N`), else 3 where its linear conjuncts `L` do, else 0 (the
+/// builder evaluates `L` and `N` at every point of a partial tile, so the kinds are exact;
+/// a builder that tagged no block, or a wrong one, fails here). A note for the report with
+/// the blocks of each kind (empty without the option or without a split mask).
 fn check_table_kinds(
     dev: &CudaDevice,
     p: &Program,
@@ -1445,6 +1445,7 @@ fn check_table_kinds(
     opts: &PtxOptions,
     prob: &attnc::cuda::DeviceProblem,
 ) -> Result<String, String> {
+    use attnc_compiler::analysis::blockmap::BlockKind;
     let split = p
         .mask
         .as_ref()
@@ -1461,9 +1462,10 @@ fn check_table_kinds(
         brute_force_maps(&q, sh, qb, kvb, bind).map_err(|e| e.to_string())
     };
     let (holds_l, holds_n) = (holds(l)?, holds(n)?);
+    let exact = brute_force_maps(p, sh, qb, kvb, bind).map_err(|e| e.to_string())?;
     let (ranges, runs) = prob.download_table_runs(dev).map_err(|e| e.to_string())?;
     let info = Plan::new(p).mask().clone();
-    let nq = sh.lq.div_ceil(qb);
+    let (nq, nkv) = (sh.lq.div_ceil(qb), sh.lkv.div_ceil(kvb));
     let n_h = if info.uses_h { sh.hq } else { 1 };
     let mut tagged = [0usize; 2];
     for b in 0..sh.b {
@@ -1471,21 +1473,34 @@ fn check_table_kinds(
             let m = if info.uses_b { b } else { 0 } * n_h + if info.uses_h { h } else { 0 };
             for i in 0..nq {
                 let r = m * nq + i;
+                // the GPU's run kind of each kv block of this row (None: no run, empty)
+                let mut gpu = vec![None; nkv];
                 for run in &runs[ranges[2 * r] as usize..ranges[2 * r + 1] as usize] {
-                    let (want, which) = match run.full {
-                        2 => (&holds_n, "N"),
-                        3 => (&holds_l, "L"),
-                        _ => continue,
+                    for k in &mut gpu[run.start as usize..(run.end as usize).min(nkv)] {
+                        *k = Some(run.full);
+                    }
+                }
+                for (j, got) in gpu.iter().enumerate() {
+                    if exact.get(b, h).kind(i, j) != BlockKind::Partial {
+                        continue;
+                    }
+                    let full = |m: &BlockMaps| m.get(b, h).kind(i, j) == BlockKind::Full;
+                    let want = if full(&holds_n) {
+                        2
+                    } else if full(&holds_l) {
+                        3
+                    } else {
+                        0
                     };
-                    for j in run.start as usize..run.end as usize {
-                        let k = want.get(b, h).kind(i, j);
-                        if k != attnc_compiler::analysis::blockmap::BlockKind::Full {
-                            return Err(format!(
-                                "slice (b={b}, h={h}) block ({i}, {j}): GPU kind {} says {which} holds everywhere, brute force over {which}: {k:?}",
-                                run.full
-                            ));
-                        }
-                        tagged[run.full as usize - 2] += 1;
+                    if *got != Some(want) {
+                        return Err(format!(
+                            "slice (b={b}, h={h}) partial block ({i}, {j}): GPU run kind {got:?}, brute force over L and N: {want} (N {:?}, L {:?})",
+                            holds_n.get(b, h).kind(i, j),
+                            holds_l.get(b, h).kind(i, j)
+                        ));
+                    }
+                    if want > 0 {
+                        tagged[want as usize - 2] += 1;
                     }
                 }
             }
@@ -1497,6 +1512,8 @@ fn check_table_kinds(
     ))
 }
 
+/// Every block of every (b, h) slice of the GPU table equals brute force; returns the
+/// (empty, partial, full) counts of the exact maps.
 fn compare_tables(
     got: &BlockMaps,
     want: &BlockMaps,

@@ -19,7 +19,9 @@
 pub struct Run {
     pub start: u32,
     pub end: u32,
-    /// 1 = full (no mask evaluation needed), 0 = partial.
+    /// 1 = full (no mask evaluation needed), 0 = partial; in a table built on the GPU
+    /// with `PtxOptions::mask_kinds` also 2 (partial, the mask's non-linear conjuncts hold
+    /// on the whole block) and 3 (partial, its linear conjuncts do).
     pub full: u32,
 }
 
