@@ -239,6 +239,21 @@ impl Gen {
             }
         }
     }
+    /// `a q + b kv - k` for random small `a`, `b` (-3..=3) and `k` (-30..30).
+    fn linear_side(&mut self) -> Value {
+        let (a, b, k) = (
+            self.rng.random_range(-3..4),
+            self.rng.random_range(-3..4),
+            self.rng.random_range(-30..30),
+        );
+        let q = self.push(Inst::Arg(Arg::Q), Type::I32);
+        let kv = self.push(Inst::Arg(Arg::Kv), Type::I32);
+        let (ca, cb, ck) = (self.c(a), self.c(b), self.c(k));
+        let x = self.bin(BinOp::IMul, q, ca);
+        let y = self.bin(BinOp::IMul, cb, kv);
+        let s = self.bin(BinOp::IAdd, x, y);
+        self.bin(BinOp::ISub, s, ck)
+    }
     /// A conjunction of 1 to 4 conjuncts: linear constraints `a q + b kv - k (+ p) cmp 0`
     /// (some with the param) and random booleans (every IR op, some with tensors, params,
     /// b and h; only those when `only_random`), joined by `&` or by `c ? a : false` (the
@@ -251,18 +266,7 @@ impl Gen {
                 let depth = self.rng.random_range(1..4);
                 self.boolean(depth)
             } else {
-                let (a, b, k) = (
-                    self.rng.random_range(-3..4),
-                    self.rng.random_range(-3..4),
-                    self.rng.random_range(-30..30),
-                );
-                let q = self.push(Inst::Arg(Arg::Q), Type::I32);
-                let kv = self.push(Inst::Arg(Arg::Kv), Type::I32);
-                let (ca, cb, ck) = (self.c(a), self.c(b), self.c(k));
-                let x = self.bin(BinOp::IMul, q, ca);
-                let y = self.bin(BinOp::IMul, cb, kv);
-                let s = self.bin(BinOp::IAdd, x, y);
-                let mut r = self.bin(BinOp::ISub, s, ck);
+                let mut r = self.linear_side();
                 if self.rng.random_bool(0.3) {
                     let p = self.push(Inst::Param(ParamId(0)), Type::I32);
                     r = self.bin(BinOp::IAdd, r, p);
@@ -446,23 +450,9 @@ fn random_linear_conjunctions_are_sound_and_closed_form() {
         let n = g.rng.random_range(1..4);
         let mut acc: Option<Value> = None;
         for _ in 0..n {
-            // a*q + b*kv + k  <cmp>  c*q + p
-            let side = |g: &mut Gen| {
-                let (a, b, k) = (
-                    g.rng.random_range(-3..4),
-                    g.rng.random_range(-3..4),
-                    g.rng.random_range(-30..30),
-                );
-                let q = g.push(Inst::Arg(Arg::Q), Type::I32);
-                let kv = g.push(Inst::Arg(Arg::Kv), Type::I32);
-                let (ca, cb, ck) = (g.c(a), g.c(b), g.c(k));
-                let x = g.bin(BinOp::IMul, q, ca);
-                let y = g.bin(BinOp::IMul, cb, kv);
-                let s = g.bin(BinOp::IAdd, x, y);
-                g.bin(BinOp::ISub, s, ck)
-            };
-            let l = side(&mut g);
-            let r = side(&mut g);
+            // a*q + b*kv - k  <cmp>  a'*q + b'*kv - k' (+ p)
+            let l = g.linear_side();
+            let r = g.linear_side();
             let r = if g.rng.random_bool(0.3) {
                 let p = g.push(Inst::Param(ParamId(0)), Type::I32);
                 g.bin(BinOp::IAdd, r, p)
