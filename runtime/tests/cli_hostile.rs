@@ -222,6 +222,43 @@ fn huge_sizes_are_refused_before_allocating() {
         ],
         "--docs",
     );
+    // `bench --decode`: a page size of 0 divided by zero, a huge cache aborted on a
+    // failed allocation
+    for (shape, page, want) in [
+        (
+            "1,2,2,1,16",
+            "0",
+            "--page-size: a page holds at least one row",
+        ),
+        ("1,2,2,1,1000000000", "16", "synthetic tensor `k`"),
+        (
+            "1,2,2,1,1000",
+            "4000000000000",
+            "--page-size 4000000000000: Lkv 1000 in whole pages",
+        ),
+        (
+            "1,2,2,100000000000,16",
+            "16",
+            "exceeds the supported maximum",
+        ),
+    ] {
+        size_error(
+            &[
+                "bench",
+                f,
+                "--decode",
+                "--decode-shape",
+                shape,
+                "--kv-cache",
+                "paged",
+                "--page-size",
+                page,
+                "--iters",
+                "1",
+            ],
+            want,
+        );
+    }
     size_error(
         &["emit", "ptx", f, "--d", "4294967424"],
         "between 1 and 65536",

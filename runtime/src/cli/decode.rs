@@ -255,6 +255,59 @@ fn bench_tunings_from(
     Ok(out)
 }
 
+/// Before `bench --decode` allocates anything for one shape `(b, hq, hkv, lq, lkv, d)`:
+/// a valid shape, q, k, v and the synthetic captures within the synthetic inputs' limit
+/// (`synth::checked_inputs`), and for each layout (`None` contiguous, `Some(page size)`)
+/// a positive page size and a cache (`lkv` rounded up to whole pages) and captures sized
+/// by it within that limit too. (A page size of 0 divided by zero; a huge shape aborted
+/// on a failed allocation.)
+fn check_bench_sizes(
+    p: &attnc_compiler::ir::Program,
+    (b, hq, hkv, lq, lkv, d): (usize, usize, usize, usize, usize, usize),
+    layouts: &[Option<usize>],
+) -> Result<(), Error> {
+    let shape = Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    synth::checked_inputs(p, &shape, true)?;
+    for &page in layouts {
+        let cap = match page {
+            None => lkv,
+            Some(0) => return Err(usage("--page-size: a page holds at least one row".into())),
+            Some(ps) => lkv
+                .div_ceil(ps)
+                .checked_mul(ps)
+                .filter(|&c| c <= i32::MAX as usize)
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--page-size {ps}: Lkv {lkv} in whole pages is more than the supported maximum of 2147483647 rows"
+                    ))
+                })?,
+        };
+        let cache = Shape {
+            lq: cap,
+            lkv: cap,
+            ..shape
+        };
+        synth::checked_inputs(p, &cache, false)?;
+        let n = attnc::tensor::elements(&[b, hkv, cap, d]);
+        if n.is_none_or(|n| n > synth::MAX_SYNTH_ELEMENTS) {
+            return Err(usage(format!(
+                "the {} cache [B {b}, Hkv {hkv}, {cap} rows, D {d}] would have more than {} elements; the limit is 2^30: use smaller sizes",
+                page.map_or("contiguous".to_string(), |ps| format!("paged (page {ps})")),
+                synth::MAX_SYNTH_ELEMENTS
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `attnc bench --decode`.
 pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     let compiled = Compiled::from_file(a.file)?;
@@ -279,6 +332,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
             }
         }
         let (d, dv) = (a.d, a.d);
+        check_bench_sizes(variant.program(), (b, hq, hkv, lq, lkv, d), &layouts)?;
         // a block of random values tiled over the tensor: the values do not change
         // the timing, and drawing billions of normals would take minutes
         let mut rng = synth::Rng::new(17);
