@@ -446,6 +446,93 @@ fn notes_go_to_stderr_and_no_debug_formatting_reaches_users() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(!t.contains("Shape {") && t.contains("B=1 Hq=1"), "{t}");
+    // `run --grad` and `run --kv-cache` printed `Shape { b: 1, .. }` and `Contiguous`
+    let grad_in = dir.join("grad.safetensors");
+    let mut t = attnc::io::read_safetensors(&inputs(&dir)).unwrap();
+    t.insert("do".to_string(), t["q"].clone());
+    write_safetensors(&grad_in, &t).unwrap();
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--grad",
+        "--inputs",
+        &grad_in.display().to_string(),
+        "--output",
+        &dir.join("g.safetensors").display().to_string(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(!t.contains("Shape {") && t.contains("B=1 Hq=1"), "{t}");
+    let cache = kv_cache_inputs(&dir, None);
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--kv-cache",
+        "contiguous",
+        "--inputs",
+        &cache.display().to_string(),
+        "--output",
+        &dir.join("c.safetensors").display().to_string(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        !t.contains("Shape {") && !t.contains("Contiguous") && t.contains("contiguous cache, B=1"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A decode input file for `attnc run --kv-cache`: q `[1, 1, 1, 8]`, a cache of 4 rows
+/// and `seq_lens`; with `page_table` also that tensor, and the cache one page of 4 rows.
+fn kv_cache_inputs(dir: &Path, page_table: Option<attnc::Tensor>) -> PathBuf {
+    use attnc::Tensor;
+    let mut t = std::collections::BTreeMap::new();
+    let ramp = |n: usize| (0..n).map(|i| i as f32 / 8.0).collect::<Vec<f32>>();
+    t.insert(
+        "q".to_string(),
+        Tensor::from_f32(vec![1, 1, 1, 8], &ramp(8)),
+    );
+    // contiguous [B, Hkv, rows, D]; paged [pages, page size, Hkv, D]
+    let dims = if page_table.is_some() {
+        vec![1, 4, 1, 8]
+    } else {
+        vec![1, 1, 4, 8]
+    };
+    t.insert(
+        "k_cache".to_string(),
+        Tensor::from_f32(dims.clone(), &ramp(32)),
+    );
+    t.insert("v_cache".to_string(), Tensor::from_f32(dims, &ramp(32)));
+    t.insert("seq_lens".to_string(), Tensor::from_i32(vec![1], &[3]));
+    if let Some(pt) = page_table {
+        t.insert("page_table".to_string(), pt);
+    }
+    let p = dir.join(format!("cache{}.safetensors", t.len()));
+    write_safetensors(&p, &t).unwrap();
+    p
+}
+
+/// A page table with no rows may declare any number of pages per row: `run --kv-cache
+/// paged` multiplied that by the page size (an overflow panic) before any check.
+#[test]
+fn a_page_table_of_no_rows_and_huge_width_is_an_input_error() {
+    let dir = tmpdir("pagetable");
+    let pt = attnc::Tensor::from_bytes(vec![0, 1 << 62], attnc::DType::I32, Vec::new()).unwrap();
+    let cache = kv_cache_inputs(&dir, Some(pt));
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--kv-cache",
+        "paged",
+        "--inputs",
+        &cache.display().to_string(),
+        "--output",
+        &dir.join("o.safetensors").display().to_string(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("page_table") && !t.contains("panicked"), "{t}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -20,6 +20,16 @@ pub(crate) enum KvCacheArg {
     Paged,
 }
 
+impl KvCacheArg {
+    /// The layout's name as the flag spells it (`contiguous`, `paged`).
+    fn name(self) -> &'static str {
+        match self {
+            KvCacheArg::Contiguous => "contiguous",
+            KvCacheArg::Paged => "paged",
+        }
+    }
+}
+
 fn usage(m: String) -> Error {
     Error::Usage(m)
 }
@@ -32,9 +42,14 @@ pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Err
     let mut take = |name: &str| {
         tensors.remove(name).ok_or_else(|| {
             usage(format!(
-                "{} has no tensor `{name}` (a {layout:?} cache needs q, k_cache, v_cache, seq_lens{})",
+                "{} has no tensor `{name}` (a {} cache needs q, k_cache, v_cache, seq_lens{})",
                 a.inputs.display(),
-                if layout == KvCacheArg::Paged { ", page_table" } else { "" }
+                layout.name(),
+                if layout == KvCacheArg::Paged {
+                    ", page_table"
+                } else {
+                    ""
+                }
             ))
         })
     };
@@ -63,7 +78,20 @@ pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Err
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     let (hkv, lkv) = match &page_table {
         None => (ks[1], ks[2]),
-        Some(pt) => (ks[2], pt.shape()[1] * ks[1]),
+        // (a page table with no rows may declare any number of pages per row)
+        Some(pt) => (
+            ks[2],
+            pt.shape()[1]
+                .checked_mul(ks[1])
+                .ok_or_else(|| Error::InputShape {
+                    which: "page_table".into(),
+                    expected: format!(
+                        "at most {} pages per sequence",
+                        i32::MAX as usize / ks[1].max(1)
+                    ),
+                    got: pt.shape().to_vec(),
+                })?,
+        ),
     };
     let shape = Shape {
         b: qs[0],
@@ -79,7 +107,11 @@ pub(crate) fn run(a: &super::run::RunArgs, layout: KvCacheArg) -> Result<(), Err
     let t0 = std::time::Instant::now();
     let out = bound.forward_with_cache(&q, &cache, &captures)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let what = format!("{} against a {layout:?} cache, {shape:?}", variant.name());
+    let what = format!(
+        "{} against a {} cache, {shape}",
+        variant.name(),
+        layout.name()
+    );
     super::run::write_result(a, out, &what, q.dtype(), ms)
 }
 

@@ -62,7 +62,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     }
     write_safetensors(&a.output, &result)?;
     outln!(
-        "{}: {} on {:?} ({}) with the {} backend: forward {fwd_ms:.2} ms, backward {bwd_ms:.2} ms -> {}",
+        "{}: {} on {} ({}) with the {} backend: forward {fwd_ms:.2} ms, backward {bwd_ms:.2} ms -> {}",
         a.file.display(),
         variant.name(),
         shape,
