@@ -68,6 +68,9 @@ class Module:
 
     def attention(self, name: Optional[str] = None) -> "Attention":
         """The attention ``name``, or the only one of the module."""
+        if name is not None and not isinstance(name, str):
+            raise _error("E0310", f"the attention's name must be a str or None, got {type(name).__name__}; "
+                         f"this module defines: {', '.join(self.names)}")
         return Attention(self._inner.attention(name), self._text)
 
     def __repr__(self) -> str:
@@ -135,6 +138,9 @@ class Attention:
                  block_mask: Optional["BlockMask"] = None, **captures):
         from . import _ops
 
+        if block_mask is not None and not isinstance(block_mask, BlockMask):
+            raise _error("E0318", f"`block_mask` must be an attnc.BlockMask (made by attn.block_mask(...)), "
+                         f"got {type(block_mask).__name__}")
         mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
         try:
             o, lse = _ops.call(self._key, q, k, v, scale, captures, mask)

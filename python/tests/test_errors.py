@@ -248,3 +248,13 @@ def test_a_scale_that_is_not_a_number_is_named():
     assert torch.equal(attn(q, k, v, scale=1), attn(q, k, v, scale=1.0))
     assert torch.equal(attn(q, k, v, scale=torch.tensor(0.5)), attn(q, k, v, scale=0.5))
 
+
+def test_an_attention_name_or_block_mask_of_the_wrong_type_is_named():
+    """`mod.attention(3)` was PyO3's bare TypeError, `attn(..., block_mask="x")` an
+    AttributeError from inside the package."""
+    mod = attnc.compile(EXAMPLES / "causal.attn")
+    e = raises("E0310", mod.attention, 3)
+    assert "must be a str or None, got int" in str(e) and "causal_attention" in str(e)
+    q, k, v = qkv(1, 2, 2, 9, 9, 16)
+    e = raises("E0318", mod.attention(), q, k, v, block_mask="x")
+    assert "`block_mask` must be an attnc.BlockMask" in str(e) and "got str" in str(e)

@@ -580,8 +580,13 @@ pub(crate) fn bind_params(
                 return Err(Error::Capture {
                     name: info.name.clone(),
                     message: format!(
-                        "param `{}` is declared `{t}` but was given {v:?}",
-                        info.name
+                        "param `{}` is declared `{t}` but was given the {} value {v}",
+                        info.name,
+                        match v {
+                            ParamValue::Bool(_) => "bool",
+                            ParamValue::I32(_) => "i32",
+                            ParamValue::F32(_) => "f32",
+                        }
                     ),
                     rendered: variant.render_at(
                         info.span,

@@ -106,11 +106,26 @@ fn wrong_param_type() {
         &Captures::default().param("window", ParamValue::F32(2.5)),
     );
     assert_capture(&e, "window", "E0302", "param window: i32;");
+    // the value as written, not its Rust form (`F32(2.5)`)
+    assert!(
+        e.to_string()
+            .contains("param `window` is declared `i32` but was given the f32 value 2.5"),
+        "{e}"
+    );
     let e = forward_err(
         &v,
         &Captures::default().param("window", ParamValue::Bool(true)),
     );
     assert_capture(&e, "window", "E0302", "param window: i32;");
+    assert!(e.to_string().contains("the bool value true"), "{e}");
+    let e = forward_err(
+        &v,
+        &Captures::default().param("window", ParamValue::F32(f32::NAN)),
+    );
+    assert!(
+        e.to_string().contains("the f32 value NaN") && !e.to_string().contains("F32("),
+        "{e}"
+    );
 }
 
 #[test]
