@@ -218,6 +218,7 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
         v.push(PtxOptions {
             overlap: true,
             float_positions: true,
+            pos_bias: true,
             ..w
         });
     }
@@ -229,6 +230,7 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
         // their kinds by conjunct, as the runtime's two-consumer kernels)
         v.push(PtxOptions {
             float_positions: true,
+            pos_bias: true,
             split_tail: true,
             mask_kinds: true,
             ..ws
@@ -247,6 +249,13 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
     if let Ok(k) = std::env::var("ATTNC_GPU_MASK_KINDS") {
         for o in &mut v {
             o.mask_kinds = k == "1";
+        }
+    }
+    // `ATTNC_GPU_POS_BIAS=1|0`: a position bias score (ALiBi) in two instructions an
+    // element on every path, or on none (`PtxOptions::pos_bias`; with float positions)
+    if let Ok(k) = std::env::var("ATTNC_GPU_POS_BIAS") {
+        for o in &mut v {
+            o.pos_bias = k == "1";
         }
     }
     v
@@ -1665,6 +1674,24 @@ fn closed_form_programs() -> Vec<(Program, Vec<Scalar>)> {
         // rows q >= Lkv - 6 see nothing
         (
             compile("mask m(b, h, q, kv) { kv > q + 5 } attention strictly_ahead { mask = m; }"),
+            vec![],
+        ),
+        // position biases (`PtxOptions::pos_bias`): `±q ± kv + k` other than ALiBi's
+        // `kv - q`, the constant factor before or after the conversion
+        (
+            compile(
+                "mask m(b, h, q, kv) { q - kv >= 5 } \
+                 score sb(s, b, h, q, kv) { s + (q - kv + 3) as f32 * -0.25 } \
+                 attention late_start_bias { mask = m; score = sb; }",
+            ),
+            vec![],
+        ),
+        (
+            compile(
+                "mask m(b, h, q, kv) { kv > q + 5 } \
+                 score sb(s, b, h, q, kv) { s + ((h + 1) as f32 * 0.03125) * (kv + 7) as f32 } \
+                 attention strictly_ahead_bias { mask = m; score = sb; }",
+            ),
             vec![],
         ),
         (

@@ -483,6 +483,57 @@ fn conjunction(f: &Function, vs: &[Value]) -> Option<Function> {
     Some(g)
 }
 
+/// A score `s + (lin as f32) * c` (either order of each sum and product): the additive
+/// position bias of ALiBi (`s + (kv - q) as f32 * slope(h)`). `lin` is the linear form
+/// ([`linear_ints`]) of the converted integer, `c` a float value that reads neither `s`
+/// nor the positions nor a tensor (the same for every element of one head and batch).
+/// The GPU forward emits such a score in fewer instructions (`PtxOptions::pos_bias`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PosBias {
+    pub lin: LinExpr,
+    pub c: Value,
+}
+
+/// [`PosBias`] of the score `f`, or `None` when `f` is not of that form.
+pub fn pos_bias(f: &Function) -> Option<PosBias> {
+    if f.insts.is_empty() || f.ty(f.ret) != Type::F32 {
+        return None;
+    }
+    let is_s = |v: Value| matches!(f.inst(v), Inst::Arg(Arg::S));
+    let Inst::Binary(BinOp::FAdd, a, b) = f.inst(f.ret) else {
+        return None;
+    };
+    let prod = match (is_s(*a), is_s(*b)) {
+        (true, false) => *b,
+        (false, true) => *a,
+        _ => return None,
+    };
+    let Inst::Binary(BinOp::FMul, x, y) = f.inst(prod) else {
+        return None;
+    };
+    let forms = linear_ints(f);
+    let conv = |v: Value| match f.inst(v) {
+        Inst::Unary(UnOp::I2F, i) => forms[i.index()].clone(),
+        _ => None,
+    };
+    // `c` may read b, h, params and constants only
+    let uniform = |v: Value| {
+        f.live_from(&[v]).iter().zip(&f.insts).all(|(live, inst)| {
+            !live
+                || !matches!(
+                    inst,
+                    Inst::Arg(Arg::S | Arg::Q | Arg::Kv) | Inst::Load { .. }
+                )
+        })
+    };
+    let (lin, c) = match (conv(*x), conv(*y)) {
+        (Some(l), _) if uniform(*y) => (l, *y),
+        (_, Some(l)) if uniform(*x) => (l, *x),
+        _ => return None,
+    };
+    Some(PosBias { lin, c })
+}
+
 /// Per value of `f`, its exact linear form over q, kv and the i32 params, where it has one
 /// (sums, differences, negations and products by constants of positions, params and
 /// constants; `None` on i64 overflow). The GPU score emitter reads them too
@@ -674,6 +725,37 @@ mod tests {
         let f = implied_mask(p.mask.as_ref().unwrap()).unwrap();
         assert!(!f.uses_tensors() && !f.uses_arg(Arg::B));
         assert!(p.mask.as_ref().unwrap().uses_tensors());
+    }
+
+    /// `pos_bias`: `s + (lin as f32) * c` in either order, `c` free of s, the positions
+    /// and tensors; other scores are not.
+    #[test]
+    fn pos_bias_of_scores() {
+        let bias = |sc: &str| {
+            let p = program(&format!(
+                "tensor t: f32[H]; param w: i32;\n score f(s, b, h, q, kv) {{ {sc} }} \
+                 attention a {{ score = f; }}"
+            ));
+            pos_bias(p.score.as_ref().unwrap()).map(|pb| (pb.lin.q, pb.lin.kv, pb.lin.k))
+        };
+        for (sc, want) in [
+            ("s + (kv - q) as f32 * exp2(-((h + 1) as f32))", (-1, 1, 0)),
+            ("((h + 1) as f32 * 0.5) * (q - kv + 3) as f32 + s", (1, -1, 3)),
+            ("s + (kv + 7) as f32 * -0.25", (0, 1, 7)),
+        ] {
+            assert_eq!(bias(sc), Some(want), "{sc}");
+        }
+        for sc in [
+            "s",
+            "2.0 * s + (kv - q) as f32 * 0.5",
+            "s + (kv - q) as f32 * s",
+            "s + (kv - q) as f32 * (q as f32)",
+            "s + (kv - q) as f32 * t[h]",
+            "s + (kv * q) as f32 * 0.5",
+            "30.0 * tanh(s / 30.0)",
+        ] {
+            assert_eq!(bias(sc), None, "{sc}");
+        }
     }
 
     /// `split_conjuncts`: the linear conjuncts (no tensor read) and the rest (no position

@@ -495,7 +495,8 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// reductions over four chains (`PtxOptions::softmax_ilp`); `ATTNC_FWD_MASK_EARLY=1|0` a
 /// partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`);
 /// `ATTNC_FWD_MASK_KINDS=1|0` partial blocks by conjunct kind (`PtxOptions::mask_kinds`;
-/// the GPU block table is built with the same options);
+/// the GPU block table is built with the same options); `ATTNC_FWD_POS_BIAS=1|0` a
+/// position bias score (ALiBi) in two instructions an element (`PtxOptions::pos_bias`);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
@@ -519,6 +520,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_ILP", &mut o.softmax_ilp),
         ("ATTNC_FWD_MASK_EARLY", &mut o.mask_early),
         ("ATTNC_FWD_MASK_KINDS", &mut o.mask_kinds),
+        ("ATTNC_FWD_POS_BIAS", &mut o.pos_bias),
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;

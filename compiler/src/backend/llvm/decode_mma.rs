@@ -639,6 +639,7 @@ pub(super) fn build<'ctx>(
         wg: false,
         lpt_group: 0,
         float_positions: false,
+        pos_bias: false,
         q_from_end: false,
         split_tail: false,
         pv_wait_late: false,

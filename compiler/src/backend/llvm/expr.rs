@@ -142,7 +142,7 @@ pub(crate) fn emit_function_at<'ctx>(
 /// coefficients of q and kv -1, 0 or 1 (not both 0) and the constant at most
 /// `FLOAT_POSITIONS_MAX` in magnitude, so with positions below `FLOAT_POSITIONS_MAX` no
 /// partial sum reaches 2^24 (nor overflows the i32).
-fn float_exact(form: &LinExpr) -> bool {
+pub(crate) fn float_exact(form: &LinExpr) -> bool {
     form.params.is_empty()
         && form.q.abs() <= 1
         && form.kv.abs() <= 1

@@ -402,6 +402,15 @@ impl<'ctx> Gpu<'ctx> {
     ) -> R<FloatValue<'ctx>> {
         self.call_f(name, &[x.into(), y.into()])
     }
+    /// `a * b + c` with one rounding (`llvm.fma.f32`).
+    pub fn fma(
+        &self,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+        c: FloatValue<'ctx>,
+    ) -> R<FloatValue<'ctx>> {
+        self.call_f("llvm.fma.f32", &[a.into(), b.into(), c.into()])
+    }
     pub fn iintr2(&self, name: &str, x: IntValue<'ctx>, y: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         self.call_i(name, &[x.into(), y.into()])
     }

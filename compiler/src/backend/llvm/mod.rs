@@ -338,6 +338,16 @@ pub struct PtxOptions {
     /// and checked mode are unchanged. Off in `new`; `for_binding` turns it on for block
     /// tables on the warp-specialized kernel (D, Dv <= 128).
     pub mask_kinds: bool,
+    /// A score of the form `s + (lin as f32) * c` ([`crate::analysis::linear::pos_bias`]:
+    /// `lin` a linear form `±q ± kv + k` of the positions, `c` the same for every element
+    /// of a head, as ALiBi's slope) emitted as `fma(s_raw, scale log2 e, fma(kv, c log2 e,
+    /// (±q + k) c log2 e))` with the positions as exact floats: two instructions an
+    /// element where the IR's order takes four (the difference, the product, the scaled
+    /// sum, the log2 e product). The rounding of the row term `(±q + k) c log2 e` is the
+    /// same for every element of a row, so the softmax (invariant to a row's constant) is
+    /// as exact as before. Needs [`Self::float_positions`]; checked mode and other scores
+    /// are unchanged. Off in `new`.
+    pub pos_bias: bool,
     /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
@@ -637,6 +647,7 @@ impl PtxOptions {
             softmax_ilp: false,
             mask_early: false,
             mask_kinds: false,
+            pos_bias: false,
             kv_cache: KvCache::Contiguous,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
@@ -726,6 +737,9 @@ impl PtxOptions {
         let kv = plan.kv_bounds(self.kv_table);
         let mut o = self;
         o.float_positions = float_positions_fit(longest);
+        // a position bias score (ALiBi) in two instructions an element, wherever the
+        // positions are exact floats (session 16; `pos_bias`)
+        o.pos_bias = o.float_positions;
         if o.mma == Mma::Wgmma
             && !o.ws
             && o.d.max(o.dv) == 64
@@ -902,6 +916,7 @@ impl PtxOptions {
             + if self.softmax_ilp { " softmax-ilp" } else { "" }
             + if self.mask_early { " mask-early" } else { "" }
             + if self.mask_kinds { " mask-kinds" } else { "" }
+            + if self.pos_bias { " pos-bias" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

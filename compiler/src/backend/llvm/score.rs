@@ -6,7 +6,7 @@
 //! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
 
 use super::PtxOptions;
-use super::expr::{Elem, Env, PosF, emit_function, emit_function_at};
+use super::expr::{Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, float_exact};
 use super::gpu::{Gpu, R, Var};
 use super::tile::{Acc, AccTile, Cfg, Ctx, row_inside, thread_row0};
 use crate::ir::{Function, Program};
@@ -177,6 +177,31 @@ pub(crate) fn score_and_mask<'ctx>(
         )),
         _ => None,
     };
+    // `Cfg::pos_bias`: a score `s + (lin as f32) c` (ALiBi) as `fma(s_raw, scale log2 e,
+    // fma(kv, ±c log2 e, (±q + k) c log2 e))`; `c log2 e` made here once, the row term
+    // once per row (the same value for every element of the row, so its rounding is a
+    // row constant the softmax cancels)
+    let bias = match (&p.score, &float_pos) {
+        (Some(f), Some(_)) if c.pos_bias => match crate::analysis::linear::pos_bias(f) {
+            Some(pb) if float_exact(&pb.lin) => {
+                let at = Elem {
+                    s: g.cf(0.0),
+                    b: cx.b,
+                    h: cx.h,
+                    q: g.c32(0),
+                    kv: g.c32(0),
+                    inside: g.cbool(true),
+                };
+                let vals = emit_values_at(g, env, f, at, &[pb.c], None)?;
+                let cv = vals[pb.c.index()]
+                    .ok_or(super::LlvmError::Internal("position bias"))?
+                    .into_float_value();
+                Some((pb.lin, g.fmul(cv, g.cf(LOG2E))?))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     match inner_bb {
         Some(inner) => {
             let head = g.block("not_full_block");
@@ -244,13 +269,32 @@ pub(crate) fn score_and_mask<'ctx>(
                     None => None,
                 };
                 let score = |e: Elem<'ctx>| -> R<FloatValue<'ctx>> {
-                    match &p.score {
-                        Some(f) => Ok(g.fmul(
+                    match (&p.score, &bias, pos) {
+                        (Some(_), Some((lin, cl)), Some(pos)) => {
+                            let row = match lin.q {
+                                0 => None,
+                                1 => Some(pos.q),
+                                _ => Some(g.b.build_float_neg(pos.q, "")?),
+                            };
+                            let row = match (row, lin.k) {
+                                (Some(r), 0) => r,
+                                (Some(r), k) => g.fadd(r, g.cf(k as f32))?,
+                                (None, k) => g.cf(k as f32),
+                            };
+                            let row = g.fmul(row, *cl)?;
+                            let b = match lin.kv {
+                                0 => row,
+                                1 => g.fma(pos.kv, *cl, row)?,
+                                _ => g.fma(pos.kv, g.b.build_float_neg(*cl, "")?, row)?,
+                            };
+                            g.fma(*x, scale_log2, b)
+                        }
+                        (Some(f), _, _) => Ok(g.fmul(
                             emit_function_at(g, env, f, e, pos)?.into_float_value(),
                             g.cf(LOG2E),
                         )?),
-                        None if cx.raw => Ok(*x),
-                        None => g.fmul(*x, scale_log2),
+                        (None, _, _) if cx.raw => Ok(*x),
+                        (None, _, _) => g.fmul(*x, scale_log2),
                     }
                 };
                 let v = if !slow {

@@ -42,6 +42,8 @@ pub(crate) struct Cfg {
     pub lpt_group: u32,
     /// `PtxOptions::float_positions`.
     pub float_positions: bool,
+    /// `PtxOptions::pos_bias` (with `float_positions`, not in checked mode).
+    pub pos_bias: bool,
     /// `PtxOptions::q_from_end` (with `ws`; `kernel::build` clears it for block tables):
     /// q block `i` starts at row `i qb - pad`, which may be negative (`cta::place_tile`);
     /// row checks are then unsigned, so rows below 0 count as outside the sequence.
@@ -76,6 +78,7 @@ impl Cfg {
             wg: opts.mma == Mma::Wgmma,
             lpt_group: opts.lpt_group,
             float_positions: opts.float_positions,
+            pos_bias: opts.pos_bias && opts.float_positions && !opts.checked,
             q_from_end: opts.ws && opts.q_from_end,
             split_tail: opts.split_tail,
             pv_wait_late: opts.ws && opts.pv_wait_late,
