@@ -170,7 +170,8 @@ fn tensor_masks_have_deterministic_block_table_ptx() {
 /// tiles of 64, D64 f16 with the pipelined P V (the D64 default's kernel), and the
 /// warp-specialized TMA kernel (the D128 default, kv tiles of 128); ALiBi + causal on it
 /// with the positions as exact floats (`float_positions`, what the runtime binds below
-/// 2^22 positions: no `cvt` per element).
+/// 2^22 positions: no `cvt` per element) and the position bias in fused multiply-adds
+/// (`pos_bias`, bound with it).
 #[test]
 fn wgmma_ptx_snapshots() {
     for (file, d, ty, overlap, ws, fpos) in [
@@ -206,6 +207,9 @@ fn wgmma_ptx_snapshots() {
         }
         opts.overlap = overlap;
         opts.float_positions = fpos;
+        // (with float positions the runtime also binds `pos_bias`: ALiBi's score in two
+        // fused multiply-adds an element)
+        opts.pos_bias = fpos;
         let k = emit(p, &opts).unwrap();
         assert_eq!(
             k.ptx,
@@ -218,6 +222,10 @@ fn wgmma_ptx_snapshots() {
             // the position conversions: per row and per column base, not per element
             let cvts = k.ptx.matches("cvt.rn.f32.s32").count();
             assert!(cvts <= 16, "{file}: {cvts} int-to-float conversions");
+            // `pos_bias`: no product per element (the IR's order has two: the bias and
+            // log2 e; 650 `mul.f32` in this kernel without the option)
+            let muls = k.ptx.matches("mul.f32").count();
+            assert!(muls <= 300, "{file}: {muls} f32 products");
         }
         insta::assert_snapshot!(
             format!(
