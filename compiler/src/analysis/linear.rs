@@ -740,7 +740,10 @@ mod tests {
         };
         for (sc, want) in [
             ("s + (kv - q) as f32 * exp2(-((h + 1) as f32))", (-1, 1, 0)),
-            ("((h + 1) as f32 * 0.5) * (q - kv + 3) as f32 + s", (1, -1, 3)),
+            (
+                "((h + 1) as f32 * 0.5) * (q - kv + 3) as f32 + s",
+                (1, -1, 3),
+            ),
             ("s + (kv + 7) as f32 * -0.25", (0, 1, 7)),
         ] {
             assert_eq!(bias(sc), Some(want), "{sc}");
