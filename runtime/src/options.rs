@@ -135,11 +135,11 @@ pub struct DecodeTuning {
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghij` (anything else: `None`).
+/// `abcdefghijk` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_COMBINE_TRIGGER, COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_IDS_LATE, COPY_L2_256,
-        COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
+        COPY_COMBINE_TRIGGER, COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_FULL_TILE, COPY_IDS_LATE,
+        COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
     };
     let v = v.trim();
     if v == "0" {
@@ -159,6 +159,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'h' => Some(bits | COPY_TMA),
         'i' => Some(bits | COPY_IDS_LATE),
         'j' => Some(bits | COPY_COMBINE_TRIGGER),
+        'k' => Some(bits | COPY_FULL_TILE),
         _ => None,
     })
 }
@@ -173,7 +174,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghij`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijk`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

@@ -227,42 +227,51 @@ fn gpu_decode_long(_d: &CudaDevice) {
 
 /// Small cases for compute-sanitizer (memcheck / racecheck): contiguous and paged with
 /// garbage page ids past each sequence, a sequence of length 0, Lq 1, 4 and 16 (16 and 64
-/// rows per CTA of the tensor-core kernel), GQA 4:1.
+/// rows per CTA of the tensor-core kernel), GQA 4:1; document masks, and causal and
+/// sliding-window masks (whose whole tiles take `decode_mma::COPY_FULL_TILE`'s path when
+/// it is on).
 fn gpu_decode_sanitize(_d: &CudaDevice) {
     let mut rng = Rng(3);
-    let compiled = example("document_causal");
-    let program = compiled.names()[0].to_string();
-    let variant = compiled.attention(&program).unwrap();
-    // G x Lq = 4 x 4, 4 x 1 and 4 x 16 (the SIMT kernel with ATTNC_DECODE_KERNEL=simt)
-    for (lq, page) in [
-        (4, None),
-        (4, Some(16)),
-        (1, None),
-        (1, Some(16)),
-        (16, None),
-        (16, Some(16)),
-    ] {
-        let c = case_as(
-            DType::BF16,
-            &mut rng,
-            3,
-            8,
-            2,
-            lq,
-            128,
-            150,
-            vec![150, 0, 33],
-            page,
-        );
-        let caps = captures_for(&variant, &c, 9);
-        let path = check(
-            &compiled,
-            &program,
-            &c,
-            &caps,
-            &format!("sanitize lq {lq} {page:?}"),
-        );
-        assert_eq!(path, expected_path(lq, 8, 2, 128));
+    for name in ["document_causal", "causal", "sliding_window"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        // G x Lq = 4 x 4, 4 x 1 and 4 x 16 (the SIMT kernel with ATTNC_DECODE_KERNEL=simt)
+        for (lq, page) in [
+            (4, None),
+            (4, Some(16)),
+            (1, None),
+            (1, Some(16)),
+            (16, None),
+            (16, Some(16)),
+        ] {
+            let c = case_as(
+                DType::BF16,
+                &mut rng,
+                3,
+                8,
+                2,
+                lq,
+                128,
+                150,
+                vec![150, 0, 33],
+                page,
+            );
+            let mut caps = captures_for(&variant, &c, 9);
+            // a window of 100: at Lq 16 keys 64..127 are a whole kept tile of the
+            // sequence of 150 (rows at 134..149)
+            if name == "sliding_window" {
+                caps = caps.param("window", ParamValue::I32(100));
+            }
+            let path = check(
+                &compiled,
+                &program,
+                &c,
+                &caps,
+                &format!("sanitize {name} lq {lq} {page:?}"),
+            );
+            assert_eq!(path, expected_path(lq, 8, 2, 128));
+        }
     }
 }
 
@@ -637,7 +646,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         for copy in copies(
             &[
                 "0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg", "eh", "abeh", "ei",
-                "abcei", "eij",
+                "abcei", "eij", "eik", "abceik", "ehik",
             ],
             0,
         ) {
@@ -671,7 +680,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         // one split (forced): `f` (COPY_DIRECT) writes O and LSE from the kernel, no
         // combine kernel; the bits of the decode + combine pair at one split
         let mut one = Vec::new();
-        for copy in copies(&["e", "ef", "f", "abcef", "abefg", "efh", "efi"], 1) {
+        for copy in copies(&["e", "ef", "f", "abcef", "abefg", "efh", "efi", "efik"], 1) {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.copy = attnc::options::parse_decode_copy(&copy);
             o.decode.splits = Some(1);

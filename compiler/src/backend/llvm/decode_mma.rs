@@ -148,6 +148,20 @@ pub const COPY_IDS_LATE: u16 = 256;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// the combine kernel lets the next grid launch before its own `griddepcontrol.wait`.
 pub use super::decode::COPY_COMBINE_TRIGGER;
+/// [`PtxOptions::decode_copy`] bit (both layouts): a tile on which every element is
+/// known to be kept takes its logits without the per-element bounds and mask tests —
+/// `scale x S x log2 e` on every fragment, the same bits the tested path gives where
+/// every test holds. A tile is such when (CTA-uniform, tested once per tile) its 64
+/// keys all lie below the split's end, every row of the CTA exists (its packed row
+/// below `G x Lq`, the sequence at least `Lq` long) and the mask holds on the whole box
+/// of the CTA's positions `seq_len - Lq ..= seq_len - 1` x the tile's keys: no mask, or a
+/// mask that is exactly a conjunction of linear constraints ([`full_tile_form`]: `q`,
+/// `kv`, `q - kv`, i32 constants and params compared, no other arithmetic, so its i32
+/// evaluation never wraps and equals the exact form), each checked at the box's corner
+/// where it is smallest (i64). Other masks: ignored (byte-identical PTX). At 64 rows
+/// (Lq 16, GQA 4:1) the loop is bound by its issue and the tests were ~8% (dense) to
+/// ~15% (causal) of its instructions.
+pub const COPY_FULL_TILE: u16 = 1024;
 /// Every [`PtxOptions::decode_copy`] bit.
 pub const COPY_BITS: u16 = COPY_ALL
     | COPY_L2_256
@@ -156,7 +170,51 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_PAGE_BASE
     | COPY_TMA
     | COPY_IDS_LATE
-    | COPY_COMBINE_TRIGGER;
+    | COPY_COMBINE_TRIGGER
+    | COPY_FULL_TILE;
+
+/// [`COPY_FULL_TILE`]'s form of `p`'s mask: `Some(constraints)` (empty without a mask)
+/// when the mask is exactly the conjunction of linear constraints over `q`, `kv` and i32
+/// params AND its i32 code cannot wrap: its instructions are only the arguments `q` and
+/// `kv`, i32 constants and params, `q - kv` / `kv - q` (no other arithmetic: every value
+/// compared lies in `(-2^31, 2^31)` exactly), integer comparisons and `!`, `&`, `&&`.
+/// `None` otherwise (the tile test then does not apply).
+pub(crate) fn full_tile_form(p: &Program) -> Option<Vec<crate::analysis::linear::LinConstraint>> {
+    use crate::ir::{Arg, BinOp, Inst, Type, UnOp};
+    let Some(f) = &p.mask else {
+        return Some(vec![]);
+    };
+    let is_arg = |v: crate::ir::Value, a: Arg| matches!(f.inst(v), Inst::Arg(x) if *x == a);
+    for (i, inst) in f.insts.iter().enumerate() {
+        let ok = match inst {
+            Inst::Arg(Arg::Q | Arg::Kv) | Inst::ConstI32(_) | Inst::ConstBool(_) => true,
+            Inst::Param(_) => f.types[i] == Type::I32,
+            Inst::Unary(UnOp::Not, _) => true,
+            Inst::Binary(BinOp::ISub, a, b) => {
+                (is_arg(*a, Arg::Q) && is_arg(*b, Arg::Kv))
+                    || (is_arg(*a, Arg::Kv) && is_arg(*b, Arg::Q))
+            }
+            Inst::Binary(BinOp::ICmp(_) | BinOp::And, _, _) => true,
+            Inst::Select(_, _, c) => matches!(f.inst(*c), Inst::ConstBool(false)),
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+    }
+    let cf = crate::analysis::linear::ClosedForm::derive(p)?;
+    // coefficients of q and kv are small here (sums of +-1); params' at most a few
+    let small = |x: i64| x.abs() <= 1 << 20;
+    cf.constraints
+        .iter()
+        .all(|c| {
+            small(c.expr.q)
+                && small(c.expr.kv)
+                && c.expr.params.iter().all(|&(_, x)| small(x))
+                && c.expr.k.abs() <= 1 << 40
+        })
+        .then_some(cf.constraints)
+}
 
 /// Whether [`COPY_TMA`] applies to `opts` (paged, sm_90).
 pub fn tma_copy(opts: &DecodeOptions) -> bool {
@@ -1007,6 +1065,59 @@ pub(super) fn build<'ctx>(
             x1,
         )
     };
+    // COPY_FULL_TILE: whether tile `key0..key0 + 64` is kept on every element of the CTA
+    // (see the bit); hoisted here: the rows' part and the constraints' q and param parts
+    let full_form = if opts.copy & COPY_FULL_TILE != 0 {
+        full_tile_form(p)
+    } else {
+        None
+    };
+    let kept_tile = match full_form {
+        Some(cons) => {
+            let all_live = g.and(
+                g.icmp(
+                    IntPredicate::SLE,
+                    g.add(g.mul(rg, g.c32(rpc as i64))?, g.c32(rpc as i64))?,
+                    nrows,
+                )?,
+                g.icmp(IntPredicate::SGE, g.sub(seq_len, lq)?, zero)?,
+            )?;
+            let qmin = g.sext64(g.sub(seq_len, lq)?)?;
+            let qmax = g.sext64(g.sub(seq_len, g.c32(1))?)?;
+            // per constraint `a_q q + a_kv kv + sum c_p param_p + k >= 0`: its smallest
+            // value over the rows and params (i64), and a_kv
+            let mut parts = Vec::new();
+            for c in &cons {
+                let e = &c.expr;
+                let qsel = if e.q >= 0 { qmin } else { qmax };
+                let mut base = g.add(g.mul(qsel, g.c64(e.q))?, g.c64(e.k))?;
+                for &(pi, coef) in &e.params {
+                    let pv = env.params[pi as usize];
+                    if !pv.is_int_value() {
+                        return Err(LlvmError::Internal("full-tile form with a non-i32 param"));
+                    }
+                    base = g.add(base, g.mul(g.sext64(pv.into_int_value())?, g.c64(coef))?)?;
+                }
+                parts.push((base, e.kv));
+            }
+            Some(move |key0: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+                let end = g.add(key0, g.c32(KV_TILE as i64))?;
+                let mut ok = g.and(all_live, g.icmp(IntPredicate::SLE, end, k1)?)?;
+                for &(base, akv) in &parts {
+                    // the tile's keys key0 ..= key0 + 63: the smallest a_kv kv
+                    let kv = if akv >= 0 {
+                        key0
+                    } else {
+                        g.sub(end, g.c32(1))?
+                    };
+                    let v = g.add(base, g.mul(g.sext64(kv)?, g.c64(akv))?)?;
+                    ok = g.and(ok, g.icmp(IntPredicate::SGE, v, g.c64(0))?)?;
+                }
+                Ok(ok)
+            })
+        }
+        None => None,
+    };
     // a warp's key slice: `sw` rows into the tile (into each slab with COPY_TMA)
     let slice_row_bytes = if tma { 128 } else { row_bytes };
     let slice_bytes = g.mul(si, g.c32(sw as i64 * slice_row_bytes))?;
@@ -1039,7 +1150,27 @@ pub(super) fn build<'ctx>(
             g.add(k0, g.mul(it, g.c32(KV_TILE as i64))?)?,
             g.mul(si, g.c32(sw as i64))?,
         )?;
-        let t = logits(g, p, &env, &s, &rows, b, key0, k1, lane, scale)?;
+        let t = match &kept_tile {
+            // COPY_FULL_TILE: a tile where every test holds takes the logits without them
+            Some(full) => {
+                let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
+                let (fb, pb, cont) = (
+                    g.block("full_tile"),
+                    g.block("part_tile"),
+                    g.block("logits"),
+                );
+                g.cond_br(full(tile_key0(it)?)?, fb, pb)?;
+                g.b.position_at_end(fb);
+                logits_into(g, p, &env, &s, &rows, b, key0, None, lane, scale, &t)?;
+                g.br(cont)?;
+                g.b.position_at_end(pb);
+                logits_into(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?;
+                g.br(cont)?;
+                g.b.position_at_end(cont);
+                t
+            }
+            None => logits(g, p, &env, &s, &rows, b, key0, k1, lane, scale)?,
+        };
         let (pf, _) = online_softmax(g, &cfg, &cx, &t, &m, &l, &o, None, &mut || Ok(()))?;
         pv_at(g, &cfg, &cx, &pf, &o, at)?;
         g.set(&cur, wrap(buf)?)
@@ -1335,13 +1466,51 @@ fn logits<'ctx>(
     scale: FloatValue<'ctx>,
 ) -> R<AccTile<'ctx>> {
     let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
+    logits_into(g, p, env, s, rows, b, key0, Some(k1), lane, scale, &t)?;
+    Ok(t)
+}
+
+/// [`logits`] into `t`; `k1` `None` ([`COPY_FULL_TILE`], a tile where every element is
+/// kept): no bounds, row or mask test, the values the tests give when they all hold.
+#[allow(clippy::too_many_arguments)]
+fn logits_into<'ctx>(
+    g: &Gpu<'ctx>,
+    p: &Program,
+    env: &Env<'ctx>,
+    s: &AccValues<'ctx>,
+    rows: &[RowInfo<'ctx>],
+    b: IntValue<'ctx>,
+    key0: IntValue<'ctx>,
+    k1: Option<IntValue<'ctx>>,
+    lane: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+    t: &AccTile<'ctx>,
+) -> R<()> {
     let col = g.add(key0, g.mul(g.and(lane, g.c32(3))?, g.c32(2))?)?;
     for (nt, acc) in s[0].iter().enumerate() {
         for (e, x) in acc.iter().enumerate() {
             let row = &rows[e / 2];
             let kv = g.add(col, g.c32(nt as i64 * 8 + (e as i64 % 2)))?;
-            let inside = g.and(g.icmp(IntPredicate::SLT, kv, k1)?, row.live)?;
             let sv = g.fmul(*x, scale)?;
+            let Some(k1) = k1 else {
+                let sc = match &p.score {
+                    Some(f) => {
+                        let el = Elem {
+                            s: sv,
+                            b,
+                            h: row.h,
+                            q: row.pos,
+                            kv,
+                            inside: g.cbool(true),
+                        };
+                        emit_function(g, env, f, el)?.into_float_value()
+                    }
+                    None => sv,
+                };
+                g.set(&t.tiles[0][nt][e], g.fmul(sc, g.cf(LOG2E))?)?;
+                continue;
+            };
+            let inside = g.and(g.icmp(IntPredicate::SLT, kv, k1)?, row.live)?;
             let el = Elem {
                 s: sv,
                 b,
@@ -1371,7 +1540,7 @@ fn logits<'ctx>(
             g.set(&t.tiles[0][nt][e], v)?;
         }
     }
-    Ok(t)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1807,6 +1976,77 @@ mod tests {
                         }
                         if let Some(ptxas) = &ptxas {
                             ptxas_accepts(ptxas, "late", &key, &ptx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`full_tile_form`]: no mask, causal and the sliding window qualify (exact linear
+    /// forms whose i32 code cannot wrap); masks with other arithmetic, over tensors or
+    /// ids do not.
+    #[test]
+    fn full_tile_forms() {
+        assert_eq!(full_tile_form(&example("dense")).map(|c| c.len()), Some(0));
+        assert_eq!(full_tile_form(&example("causal")).map(|c| c.len()), Some(1));
+        assert_eq!(
+            full_tile_form(&example("sliding_window")).map(|c| c.len()),
+            Some(2)
+        );
+        assert!(full_tile_form(&example("document_causal")).is_none());
+        let prog = |src: &str| crate::compile_source(src).unwrap().programs.swap_remove(0);
+        // `q + 5` may wrap in i32: the exact form would not be the kernel's mask
+        let shifted = prog("mask m(b, h, q, kv) { q + 5 >= kv }\nattention a { mask = m; }");
+        assert!(full_tile_form(&shifted).is_none());
+        let offset = prog("mask m(b, h, q, kv) { q - kv >= 3 }\nattention a { mask = m; }");
+        assert_eq!(full_tile_form(&offset).map(|c| c.len()), Some(1));
+    }
+
+    /// [`COPY_FULL_TILE`]: the loop branches to a logits block without the tests where
+    /// the form applies (dense, causal, sliding window: PTX changes, ptxas accepts it),
+    /// byte-identical PTX where it does not (document masks); with
+    /// `ATTNC_DECODE_PTX_DIR` the kernels go there (`full_*`).
+    #[test]
+    fn mma_decode_full_tile() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
+            let p = &example(ex);
+            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
+                for paged in [false, true] {
+                    for copy in [
+                        COPY_EARLY | COPY_IDS_LATE,
+                        COPY_EARLY | COPY_DIRECT | COPY_IDS_LATE,
+                        COPY_ALL | COPY_EARLY | COPY_IDS_LATE,
+                    ] {
+                        let o = DecodeOptions {
+                            arch: Arch::Sm90,
+                            d,
+                            input: InputType::Bf16,
+                            rows,
+                            paged,
+                            copy: copy | COPY_FULL_TILE,
+                        };
+                        let without = DecodeOptions { copy, ..o };
+                        let key = format!("{} {}", p.name, o.key());
+                        let (ptx, ptx0) = if copy & COPY_DIRECT != 0 {
+                            (
+                                emit_decode_mma_fused(p, &o).unwrap(),
+                                emit_decode_mma_fused(p, &without).unwrap(),
+                            )
+                        } else {
+                            (
+                                emit_decode_mma(p, &o).unwrap().decode_ptx,
+                                emit_decode_mma(p, &without).unwrap().decode_ptx,
+                            )
+                        };
+                        assert_eq!(ptx == ptx0, ex == "document_causal", "{key}");
+                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                            let f = format!("{dir}/full_{}.ptx", key.replace([':', ' '], "_"));
+                            std::fs::write(f, &ptx).unwrap();
+                        }
+                        if let Some(ptxas) = &ptxas {
+                            ptxas_accepts(ptxas, "full", &key, &ptx);
                         }
                     }
                 }
