@@ -155,7 +155,7 @@ pub use super::decode::COPY_COMBINE_TRIGGER;
 /// keys all lie below the split's end, every row of the CTA exists (its packed row
 /// below `G x Lq`, the sequence at least `Lq` long) and the mask holds on the whole box
 /// of the CTA's positions `seq_len - Lq ..= seq_len - 1` x the tile's keys: no mask, or a
-/// mask that is exactly a conjunction of linear constraints ([`full_tile_form`]: `q`,
+/// mask that is exactly a conjunction of linear constraints (`full_tile_form`: `q`,
 /// `kv`, `q - kv`, i32 constants and params compared, no other arithmetic, so its i32
 /// evaluation never wraps and equals the exact form), each checked at the box's corner
 /// where it is smallest (i64). Other masks: ignored (byte-identical PTX). At 64 rows
@@ -173,18 +173,29 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_COMBINE_TRIGGER
     | COPY_FULL_TILE;
 
+/// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TileConstraint {
+    pub q: i64,
+    pub kv: i64,
+    pub params: Vec<(u32, i64)>,
+    pub k: i64,
+}
+
 /// [`COPY_FULL_TILE`]'s form of `p`'s mask: `Some(constraints)` (empty without a mask)
 /// when the mask is exactly the conjunction of linear constraints over `q`, `kv` and i32
 /// params AND its i32 code cannot wrap: its instructions are only the arguments `q` and
 /// `kv`, i32 constants and params, `q - kv` / `kv - q` (no other arithmetic: every value
-/// compared lies in `(-2^31, 2^31)` exactly), integer comparisons and `!`, `&`, `&&`.
-/// `None` otherwise (the tile test then does not apply).
-pub(crate) fn full_tile_form(p: &Program) -> Option<Vec<crate::analysis::linear::LinConstraint>> {
-    use crate::ir::{Arg, BinOp, Inst, Type, UnOp};
+/// compared lies in `(-2^31, 2^31)` exactly), integer comparisons other than `!=`, `!`
+/// of a comparison, `&` and `&&`. `None` otherwise (the tile test then does not apply).
+/// Built on the per-value linear forms (`analysis::linear::linear_ints`), as the score
+/// emitter reads them.
+pub(crate) fn full_tile_form(p: &Program) -> Option<Vec<TileConstraint>> {
+    use crate::ir::{Arg, BinOp, Cmp, Inst, Type, UnOp, Value};
     let Some(f) = &p.mask else {
         return Some(vec![]);
     };
-    let is_arg = |v: crate::ir::Value, a: Arg| matches!(f.inst(v), Inst::Arg(x) if *x == a);
+    let is_arg = |v: Value, a: Arg| matches!(f.inst(v), Inst::Arg(x) if *x == a);
     for (i, inst) in f.insts.iter().enumerate() {
         let ok = match inst {
             Inst::Arg(Arg::Q | Arg::Kv) | Inst::ConstI32(_) | Inst::ConstBool(_) => true,
@@ -202,18 +213,62 @@ pub(crate) fn full_tile_form(p: &Program) -> Option<Vec<crate::analysis::linear:
             return None;
         }
     }
-    let cf = crate::analysis::linear::ClosedForm::derive(p)?;
-    // coefficients of q and kv are small here (sums of +-1); params' at most a few
-    let small = |x: i64| x.abs() <= 1 << 20;
-    cf.constraints
-        .iter()
-        .all(|c| {
-            small(c.expr.q)
-                && small(c.expr.kv)
-                && c.expr.params.iter().all(|&(_, x)| small(x))
-                && c.expr.k.abs() <= 1 << 40
+    let lin = crate::analysis::linear::linear_ints(f);
+    // `a - b + k >= 0` for `a`, `b` values with linear forms (small here: sums of +-1)
+    let diff = |a: Value, b: Value, k: i64| -> Option<TileConstraint> {
+        let (x, y) = (lin[a.index()].as_ref()?, lin[b.index()].as_ref()?);
+        let mut params = x.params.clone();
+        for &(pi, c) in &y.params {
+            match params.iter_mut().find(|e| e.0 == pi) {
+                Some(e) => e.1 -= c,
+                None => params.push((pi, -c)),
+            }
+        }
+        params.retain(|e| e.1 != 0);
+        let small = |v: i64| v.abs() <= 1 << 20;
+        let c = TileConstraint {
+            q: x.q - y.q,
+            kv: x.kv - y.kv,
+            params,
+            k: x.k - y.k + k,
+        };
+        (small(c.q) && small(c.kv) && c.params.iter().all(|e| small(e.1)) && c.k.abs() <= 1 << 40)
+            .then_some(c)
+    };
+    // the constraints `a cmp b` is the conjunction of
+    let cmp = |c: Cmp, a: Value, b: Value| -> Option<Vec<TileConstraint>> {
+        Some(match c {
+            Cmp::Ge => vec![diff(a, b, 0)?],
+            Cmp::Gt => vec![diff(a, b, -1)?],
+            Cmp::Le => vec![diff(b, a, 0)?],
+            Cmp::Lt => vec![diff(b, a, -1)?],
+            Cmp::Eq => vec![diff(a, b, 0)?, diff(b, a, 0)?],
+            Cmp::Ne => return None,
         })
-        .then_some(cf.constraints)
+    };
+    let negate = |c: Cmp| match c {
+        Cmp::Ge => Cmp::Lt,
+        Cmp::Gt => Cmp::Le,
+        Cmp::Le => Cmp::Gt,
+        Cmp::Lt => Cmp::Ge,
+        Cmp::Eq => Cmp::Ne,
+        Cmp::Ne => Cmp::Eq,
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![f.ret];
+    while let Some(v) = stack.pop() {
+        match f.inst(v) {
+            Inst::ConstBool(true) => {}
+            Inst::Binary(BinOp::And, a, b) | Inst::Select(a, b, _) => stack.extend([*b, *a]),
+            Inst::Binary(BinOp::ICmp(c), a, b) => out.extend(cmp(*c, *a, *b)?),
+            Inst::Unary(UnOp::Not, x) => match f.inst(*x) {
+                Inst::Binary(BinOp::ICmp(c), a, b) => out.extend(cmp(negate(*c), *a, *b)?),
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Whether [`COPY_TMA`] applies to `opts` (paged, sm_90).
@@ -1087,8 +1142,7 @@ pub(super) fn build<'ctx>(
             // per constraint `a_q q + a_kv kv + sum c_p param_p + k >= 0`: its smallest
             // value over the rows and params (i64), and a_kv
             let mut parts = Vec::new();
-            for c in &cons {
-                let e = &c.expr;
+            for e in &cons {
                 let qsel = if e.q >= 0 { qmin } else { qmax };
                 let mut base = g.add(g.mul(qsel, g.c64(e.q))?, g.c64(e.k))?;
                 for &(pi, coef) in &e.params {
