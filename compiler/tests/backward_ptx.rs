@@ -1245,3 +1245,60 @@ fn fused_exp_emu_kernels() {
     let plan = Plan::new(&example("dense", "dense"));
     assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
 }
+
+/// q tiles of 80 (`PtxOptions::backward_q80`, FlashAttention-3 / -4's dense hdim-128 tile)
+/// on the dense D128 binding: deterministic, its own key; per visit 24 `m64n80k16` (Sᵀ,
+/// dPᵀ, dQᵀ: 8 k-steps each) and 10 `m64n128k16` (dV, dK: 5 k-steps each), dS stored with
+/// `stmatrix .trans`, the conversion kernel deterministic without float atomics;
+/// bindings with a mask, and D64, keep q tiles of 64. `ATTNC_BWD_PTX_DIR=dir` writes the
+/// kernels there (for `ptxas -v`).
+#[test]
+fn fused_q80_kernels() {
+    let p = &example("dense", "dense");
+    let plan = Plan::new(p);
+    let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+        .backward_for_binding(&plan, 8192);
+    assert_eq!(bind.q_block, 64);
+    let o = bind.backward_q80(&plan);
+    assert_eq!(o.q_block, 80);
+    assert!(o.key() != bind.key());
+    let k = dkdv_twice(&plan, &o, "dense D128 q80", "q80_d128_dense_bwd_dkdv.ptx");
+    assert_eq!(
+        k.ptx
+            .matches("wgmma.mma_async.sync.aligned.m64n80k16")
+            .count(),
+        24
+    );
+    assert_eq!(
+        k.ptx
+            .matches("wgmma.mma_async.sync.aligned.m64n128k16")
+            .count(),
+        10
+    );
+    assert!(
+        k.ptx
+            .contains("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16")
+    );
+    assert!(!k.ptx.contains("atom.global.add.f32") && !k.ptx.contains("red.global.add.f32"));
+    let a = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+    let b = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+    assert_eq!(a.ptx, b.ptx, "q80 conversion: PTX differs between two runs");
+    assert!(!a.ptx.contains("atom.global.add.f32") && !a.ptx.contains("red.global.add.f32"));
+    if let Ok(dir) = std::env::var("ATTNC_BWD_PTX_DIR") {
+        std::fs::write(format!("{dir}/q80_d128_dense_bwd_dq.ptx"), &a.ptx).unwrap();
+    }
+    for (file, name, d) in [
+        ("causal", "causal_attention", 128u32),
+        ("dense", "dense", 64),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert_eq!(
+            bind.backward_q80(&plan).q_block,
+            bind.q_block,
+            "{name} D{d}"
+        );
+    }
+}

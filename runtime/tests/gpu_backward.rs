@@ -1050,7 +1050,8 @@ fn test_options(
         .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
     match std::env::var("ATTNC_BWD_TEST_CFG") {
         Ok(cfg) => {
-            let c = bench_options(o, &cfg).unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}"));
+            let c = bench_options(o, &cfg, &Plan::new(p))
+                .unwrap_or_else(|| panic!("ATTNC_BWD_TEST_CFG={cfg}"));
             let valid = attnc_compiler::backend::llvm::backward::backward_layout(
                 &Plan::new(p),
                 &c,
@@ -1107,13 +1108,14 @@ fn test_options(
 /// trailing `+e` computes P while dPᵀ runs (`PtxOptions::bwd_p_under_dp`), e.g.
 /// `default+e`, `default+h+e`; a trailing `+m1` .. `+m8` computes that many of every 8
 /// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
-/// `default+m2`, `default+e+m4`.
+/// `default+m2`, `default+e+m4`. A trailing `+q` puts dense D128 bindings (no mask, the
+/// identity score) on q tiles of 80 (`PtxOptions::backward_q80`), e.g. `default+q`.
 /// A trailing `+l` chains the fused backward's kernels by
 /// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
 /// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
 /// bands and block tables since session 15), e.g. `default+t`; `-t` turns both off
 /// (`default-t`: that default before).
-fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
+fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptions> {
     use attnc_compiler::backend::llvm::BwdDq;
     // `-x`, `-d`, `-g`: without `bwd_stmatrix`, `bwd_desc`, `bwd_ds_unguarded` (the
     // binding's default since session 12 where measured: `default-x-d-g` = before)
@@ -1128,7 +1130,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
         ("-k", 5),
     ] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
-            return bench_options(default, rest).map(|o| match off {
+            return bench_options(default, rest, plan).map(|o| match off {
                 0 => PtxOptions {
                     bwd_stmatrix: false,
                     ..o
@@ -1159,21 +1161,21 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // `+g`: dS without the P = 0 select on full blocks of the identity score
     // (`bwd_ds_unguarded`)
     if let Some(rest) = cfg.strip_suffix("+g") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_ds_unguarded: true,
             ..o
         });
     }
     // `+d`: the fused kernel's wgmma descriptors from one base per tile (`bwd_desc`)
     if let Some(rest) = cfg.strip_suffix("+d") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_desc: true,
             ..o
         });
     }
     // `+x`: dSᵀ through stmatrix, L2/Delta through ld.shared.v2 (`bwd_stmatrix`)
     if let Some(rest) = cfg.strip_suffix("+x") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_stmatrix: true,
             ..o
         });
@@ -1181,12 +1183,12 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // `+8`: D64 causal-type bindings whose score reads positions per element (ALiBi) on
     // q tiles of 128 (`PtxOptions::backward_q128_positions`)
     if let Some(rest) = cfg.strip_suffix("+8") {
-        return bench_options(default, rest).map(PtxOptions::backward_q128_positions);
+        return bench_options(default, rest, plan).map(PtxOptions::backward_q128_positions);
     }
     // `+c` / `-c`: the dQ conversion in 64-byte pieces, loads first (`bwd_convert_wide`)
     for (suffix, on) in [("+c", true), ("-c", false)] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
-            return bench_options(default, rest).map(|o| PtxOptions {
+            return bench_options(default, rest, plan).map(|o| PtxOptions {
                 bwd_convert_wide: on,
                 ..o
             });
@@ -1196,18 +1198,18 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // (`bwd_pdl`); `+t`: with it, each dQ tile converted once its last addition is done
     // (`bwd_convert_early`)
     if let Some(rest) = cfg.strip_suffix("+l") {
-        return bench_options(default, rest).map(|o| PtxOptions { bwd_pdl: true, ..o });
+        return bench_options(default, rest, plan).map(|o| PtxOptions { bwd_pdl: true, ..o });
     }
     // `-t`: neither (the bands' and block tables' default before session 15)
     if let Some(rest) = cfg.strip_suffix("-t") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_pdl: false,
             bwd_convert_early: false,
             ..o
         });
     }
     if let Some(rest) = cfg.strip_suffix("+t") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_pdl: true,
             bwd_convert_early: true,
             ..o
@@ -1216,7 +1218,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // `+y`: the math warpgroups take turns in the element code (`bwd_pingpong`; without
     // visit records, refused with it)
     if let Some(rest) = cfg.strip_suffix("+y") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_pingpong: true,
             bwd_visit_rec: false,
             ..o
@@ -1224,14 +1226,14 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     }
     // `+v`: dK/dV stored 8 bytes per thread (`bwd_store_pairs`)
     if let Some(rest) = cfg.strip_suffix("+v") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_store_pairs: true,
             ..o
         });
     }
     // `+r`: the math warps read each visit from the producer's record (`bwd_visit_rec`)
     if let Some(rest) = cfg.strip_suffix("+r") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_visit_rec: true,
             ..o
         });
@@ -1239,7 +1241,7 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // `+k`: the partial blocks' mask of an exact closed form as q intervals per kv row
     // (`bwd_band_keep`)
     if let Some(rest) = cfg.strip_suffix("+k") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_band_keep: true,
             ..o
         });
@@ -1247,18 +1249,18 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // `+p`: the fused kernel's products issued early (`overlap`: FlashAttention-3's
     // order, P under dPᵀ, dV before the dS barrier)
     if let Some(rest) = cfg.strip_suffix("+p") {
-        return bench_options(default, rest).map(|o| PtxOptions { overlap: true, ..o });
+        return bench_options(default, rest, plan).map(|o| PtxOptions { overlap: true, ..o });
     }
     // `+h`: the visit's L2/Delta loads before the wait for Sᵀ and dPᵀ (`bwd_stats_early`)
     if let Some(rest) = cfg.strip_suffix("+h") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_stats_early: true,
             ..o
         });
     }
     // `+e`: P computed while dPᵀ runs (`bwd_p_under_dp`)
     if let Some(rest) = cfg.strip_suffix("+e") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_p_under_dp: true,
             ..o
         });
@@ -1267,15 +1269,20 @@ fn bench_options(default: PtxOptions, cfg: &str) -> Option<PtxOptions> {
     // (`bwd_exp_emu`)
     for k in 1..=8u8 {
         if let Some(rest) = cfg.strip_suffix(&format!("+m{k}")) {
-            return bench_options(default, rest).map(|o| PtxOptions {
+            return bench_options(default, rest, plan).map(|o| PtxOptions {
                 bwd_exp_emu: k,
                 ..o
             });
         }
     }
+    // `+q`: q tiles of 80 where they fit (`PtxOptions::backward_q80`: dense D128, the
+    // identity score)
+    if let Some(rest) = cfg.strip_suffix("+q") {
+        return bench_options(default, rest, plan).map(|o| o.backward_q80(plan));
+    }
     // `+2`: two dQ writer threads, one per slot (`bwd_two_writers`)
     if let Some(rest) = cfg.strip_suffix("+2") {
-        return bench_options(default, rest).map(|o| PtxOptions {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_two_writers: true,
             ..o
         });
@@ -1480,7 +1487,7 @@ fn gpu_backward_bench(dev: &CudaDevice) {
             let default = PtxOptions::backward(dev.arch(), d as u32, d as u32, ty)
                 .backward_for_binding(&Plan::new(&p), l);
             for (ci, cfg) in configs.iter().enumerate() {
-                let Some(opts) = bench_options(default, cfg) else {
+                let Some(opts) = bench_options(default, cfg, &Plan::new(&p)) else {
                     println!("unknown ATTNC_BWD_BENCH_CFG entry {cfg}");
                     continue;
                 };
@@ -1711,6 +1718,15 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
             false,
         );
     }
+    // dense at D128 (with `ATTNC_BWD_TEST_CFG=default+q`: q tiles of 80, one dQ slot)
+    check_case(
+        dev,
+        &samples::dense(),
+        shape(1, 4, 2, 150, 270, 128),
+        InputType::Bf16,
+        32,
+        false,
+    );
     // a band: the warp-wide visit search (`bwd_wscan`), the writer's lane 0 adding
     check_case(
         dev,
@@ -1899,6 +1915,51 @@ fn gpu_backward_element_orders(dev: &CudaDevice) {
             );
         }
     }
+}
+
+/// q tiles of 80 (`PtxOptions::backward_q80`: dQᵀ = Kᵀ dSᵀ, one dQ slot, the transposed
+/// conversion) on the dense D128 binding against the f64 reference: odd lengths (the q
+/// tail: 77, 300, 1000 rows; the kv tail), Lq != Lkv, Lq a multiple of 80, Lq below one
+/// tile, GQA 2:1 and 4:1, f16 and bf16; and bit-identical over 4 runs at 1000 x 1000 (13
+/// q blocks, 8 kv blocks adding into each dQ tile).
+fn gpu_backward_q80(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::Arch;
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the fused kernel does not exist here");
+        return;
+    }
+    let p = samples::dense();
+    let q80 = |sh: &Shape, ty| {
+        let o = PtxOptions::backward(dev.arch(), 128, 128, ty)
+            .backward_for_binding(&Plan::new(&p), sh.lq.max(sh.lkv))
+            .backward_q80(&Plan::new(&p));
+        assert_eq!(o.q_block, 80);
+        o
+    };
+    for (i, (sh, ty)) in [
+        (shape(2, 4, 2, 77, 131, 128), InputType::Bf16),
+        (shape(1, 4, 1, 300, 260, 128), InputType::F16),
+        (shape(1, 2, 2, 160, 160, 128), InputType::Bf16),
+        (shape(1, 2, 1, 1000, 700, 128), InputType::Bf16),
+        (shape(1, 2, 2, 9, 200, 128), InputType::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!("  q80 {sh:?} {ty:?}");
+        check_case_with(dev, &p, sh, ty, 900 + i as u64, false, q80(&sh, ty));
+    }
+    let (sh, ty) = (shape(1, 4, 2, 1000, 1000, 128), InputType::Bf16);
+    let ks = emit_backward_kernels(&Plan::new(&p), &q80(&sh, ty)).unwrap();
+    let bw = CudaBackward::load(dev, &ks).unwrap();
+    let x = inputs(&p, &sh, ty, 5, false);
+    let b = blocks_of(&bw, &p, &sh, &x);
+    let first = run(dev, &bw, &sh, &x, b.as_blocks());
+    for _ in 0..3 {
+        let again = run(dev, &bw, &sh, &x, b.as_blocks());
+        assert!(again == first, "q80 {sh:?}: gradients differ between runs");
+    }
+    println!("  q80 {sh:?}: 4 runs bit-identical");
 }
 
 /// The fused kernel on persistent CTAs (`PtxOptions::bwd_persist`) against the f64
@@ -2159,6 +2220,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_wscan", gpu_backward_wscan),
     ("gpu_backward_persist", gpu_backward_persist),
     ("gpu_backward_element_orders", gpu_backward_element_orders),
+    ("gpu_backward_q80", gpu_backward_q80),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
 ];
 

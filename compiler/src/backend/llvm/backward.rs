@@ -402,6 +402,30 @@ impl PtxOptions {
         }
     }
 
+    /// At D = Dv = 128 on the fused kernel with the TMA producer, for bindings without a
+    /// mask or score function (dense, the identity score): q tiles of 80 (FlashAttention-3
+    /// and -4's dense hdim-128 tile; `backward/fused.rs`, "q tiles of 80": Sᵀ and dPᵀ
+    /// `m64n80k16`, dQᵀ = Kᵀ dSᵀ, one dQ slot). Other options unchanged. The kernel
+    /// bench's `+q`. Not the binding's default: one H200 (session 16, B2 H16 L8192 D128
+    /// dense, interleaved), fused kernel 5.160, 5.147 ms default / 5.135, 5.131 with q
+    /// tiles of 80 (0.996x), the conversion 8 us slower, whole backward within the spread.
+    pub fn backward_q80(self, plan: &Plan) -> Self {
+        let o = PtxOptions {
+            q_block: 80,
+            ..self
+        };
+        if self.q_block == 64
+            && plan.program().mask.is_none()
+            && plan.program().score.is_none()
+            && capture_grads(plan.program()).is_empty()
+            && fused::q80_fits(&o)
+        {
+            o
+        } else {
+            self
+        }
+    }
+
     /// These (wgmma) backward options with dQ fused into the dK/dV kernel under `dq`
     /// (`Ordered` or `Atomic`): Br = 64, Bc = 128 at D 128 (two warpgroups, each
     /// computing 64 columns of the dQ tile), 64 at D 64 (one warpgroup) except under
@@ -461,7 +485,9 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
             opts.d, opts.dv
         )));
     }
-    if !matches!(opts.q_block, 64 | 128) || !matches!(opts.kv_block, 64 | 128) {
+    // q tiles of 80: the fused kernel's dQᵀ form (`fused::q80_fits`, checked there)
+    let q80 = opts.q_block == 80 && opts.bwd_dq != BwdDq::Separate;
+    if !(matches!(opts.q_block, 64 | 128) || q80) || !matches!(opts.kv_block, 64 | 128) {
         return Err(LlvmError::Unsupported(format!(
             "backward tile {}x{}: Br and Bc must be 64 or 128",
             opts.q_block, opts.kv_block
@@ -735,11 +761,13 @@ impl DkDvTiles {
             let buf = (q.bytes() + d_o.bytes()).next_multiple_of(1024);
             let l2 = q.offset + 2 * buf;
             let stat_buf = 8 * o.q_block;
-            let ds = tile(
-                (l2 + 2 * stat_buf).next_multiple_of(1024),
-                o.kv_block,
-                o.q_block,
-            );
+            // q tiles of 80 (dQᵀ = Kᵀ dSᵀ): dS un-transposed, q rows x kv columns
+            let (rows, cols) = if fused::q80(o) {
+                (o.q_block, o.kv_block)
+            } else {
+                (o.kv_block, o.q_block)
+            };
+            let ds = tile((l2 + 2 * stat_buf).next_multiple_of(1024), rows, cols);
             (l2, buf, stat_buf, Some(ds), ds.offset + 2 * ds.bytes())
         } else {
             let l2 = d_o.offset + d_o.bytes();
@@ -760,9 +788,10 @@ impl DkDvTiles {
         let delta = l2 + 4 * o.q_block;
         let dq_slots = (o.bwd_dq == BwdDq::OrderedBulk).then(|| {
             let slots = bytes.next_multiple_of(1024);
-            let bars = slots + fused::DQ_SLOTS * o.q_block * o.d * 4;
+            let n = fused::dq_slots(o);
+            let bars = slots + n * o.q_block * o.d * 4;
             // full, empty (and with `bwd_wg_dq` half) per slot
-            bytes = bars + (2 + o.bwd_wg_dq as u32) * fused::DQ_SLOTS * 8;
+            bytes = bars + (2 + o.bwd_wg_dq as u32) * n * 8;
             (slots, bars)
         });
         let q_bars = fused::tma_producer(o).then(|| {
@@ -914,6 +943,7 @@ fn build<'ctx>(
         BackwardKind::Pre => pre_body(&g, opts, &args)?,
         BackwardKind::DkDv if fused => fused::dkdv_dq_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
         BackwardKind::DkDv => dkdv_body(&g, p, sd, opts, &k.kv_bounds, &args)?,
+        BackwardKind::Dq if fused && fused::q80(opts) => convert::convert_t_body(&g, opts, &args)?,
         BackwardKind::Dq if fused && opts.bwd_convert_wide => {
             convert::convert_wide_body(&g, opts, &args)?
         }
@@ -1129,7 +1159,8 @@ pub(super) fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
 /// bytes further, both K-major (their columns are the reduction dimension). Returns the
 /// warpgroup accumulator (`b.rows / 2` values per thread, m16n8 order per 8 columns),
 /// valid after a `wgmma_wait` that covers it. `desc`: the descriptors of each tile from
-/// one base descriptor ([`PtxOptions::bwd_desc`]; the same values).
+/// one base descriptor ([`PtxOptions::bwd_desc`]; the same values). `init`: the
+/// accumulator's values before the product (`init + A Bᵀ`; none: `A Bᵀ`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wg_abt<'ctx>(
     g: &Gpu<'ctx>,
@@ -1139,10 +1170,11 @@ pub(super) fn wg_abt<'ctx>(
     b: &SmemTile,
     b_extra: IntValue<'ctx>,
     desc: bool,
+    init: Option<&[FloatValue<'ctx>]>,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let a_base = g.smem_addr32(g.add(g.mul(wg, g.c32(64 * 128))?, g.c32(a.offset as i64))?)?;
     let b_base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
-    let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
+    let mut acc: Option<Vec<FloatValue<'ctx>>> = init.map(|x| x.to_vec());
     if desc {
         // PtxOptions::bwd_desc: one base descriptor per tile, a constant per k-step
         let (la, lb) = (g.wgmma_desc_lo(a_base, 16)?, g.wgmma_desc_lo(b_base, 16)?);
@@ -2528,9 +2560,9 @@ fn score_products<'ctx>(
     if opts.mma == Mma::Wgmma {
         let wgi = g.lshr(c.warp, g.c32(2))?;
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, false)?;
+        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, false, None)?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, false)?;
+        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, false, None)?;
         g.wgmma_commit()?;
         Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
     } else {

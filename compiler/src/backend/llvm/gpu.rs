@@ -361,6 +361,28 @@ impl<'ctx> Gpu<'ctx> {
     pub fn rcp(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         self.asm_f("rcp.approx.ftz.f32 $0, $1;", x)
     }
+    /// `mov.b32` of `x` as a volatile inline statement: a second register with x's value
+    /// that LLVM neither merges with `x` nor moves across other volatile statements (a
+    /// wgmma accumulator input that must be its own register before `wgmma.fence`).
+    pub fn fcopy(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let ft = self.f32.fn_type(&[self.f32.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "mov.b32 $0, $1;".into(),
+            "=f,f".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        Ok(self
+            .b
+            .build_indirect_call(ft, asm, &[x.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("asm result"))?
+            .into_float_value())
+    }
     /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
     /// `div.rn.f32` is a subroutine call: see [`Self::rcp`]). A division by a constant
     /// power of two (whose reciprocal is a normal f32) is the multiplication by its
@@ -546,6 +568,24 @@ impl<'ctx> Gpu<'ctx> {
     pub fn stmatrix_x4(&self, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
         self.call(
             "llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.b16.p3",
+            None,
+            &[
+                addr.into(),
+                r[0].into(),
+                r[1].into(),
+                r[2].into(),
+                r[3].into(),
+            ],
+        )?;
+        Ok(())
+    }
+    /// [`Self::stmatrix_x4`] with `.trans`: each 8x8 matrix stored transposed (lane `l`
+    /// gives the address of memory row `l % 8` of matrix `l / 8`, which receives column
+    /// `l % 8` of the fragment matrix: register `m` of lane `l`, row `l / 4`, columns
+    /// `2 (l % 4)`, `+ 1`, lands in memory rows `2 (l % 4)`, `+ 1` at column `l / 4`).
+    pub fn stmatrix_x4_trans(&self, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
+        self.call(
+            "llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.trans.b16.p3",
             None,
             &[
                 addr.into(),

@@ -1026,14 +1026,18 @@ impl PtxOptions {
             )));
         }
         let ws192 = self.ws && self.q_block == 192 && self.d.max(self.dv) <= 64;
-        if !(matches!(self.q_block, 64 | 128) || ws192) || !matches!(self.kv_block, 32 | 64 | 128) {
+        // 80: the fused backward's q tiles of 80 (`backward::fused::q80_fits`)
+        let bwd80 = self.q_block == 80 && backward::fused::q80_fits(self);
+        if !(matches!(self.q_block, 64 | 128) || ws192 || bwd80)
+            || !matches!(self.kv_block, 32 | 64 | 128)
+        {
             return Err(LlvmError::Unsupported(format!(
-                "tile {}x{}: q_block must be 64 or 128 (192: the warp-specialized kernel at D, Dv 64) and kv_block 32, 64 or 128",
+                "tile {}x{}: q_block must be 64 or 128 (192: the warp-specialized kernel at D, Dv 64; 80: the fused backward at D128) and kv_block 32, 64 or 128",
                 self.q_block, self.kv_block
             )));
         }
         if !matches!(self.m_tiles, 1 | 2)
-            || !(matches!(self.compute_threads(), 64 | 128 | 256) || ws192)
+            || !(matches!(self.compute_threads(), 64 | 128 | 256) || ws192 || bwd80)
         {
             return Err(LlvmError::Unsupported(format!(
                 "{} m-tiles per warp with a q block of {}: needs 1 or 2 m-tiles and 2, 4 or 8 warps",
@@ -1090,7 +1094,7 @@ impl PtxOptions {
                 )));
             }
             if self.m_tiles != 1
-                || !(matches!(self.q_block, 64 | 128) || ws192)
+                || !(matches!(self.q_block, 64 | 128) || ws192 || bwd80)
                 || !matches!(self.kv_block, 64 | 128)
             {
                 return Err(LlvmError::Unsupported(format!(
@@ -1135,6 +1139,10 @@ impl PtxOptions {
                     ""
                 }
             )));
+        }
+        // (the fused backward's q tiles of 80 copy K and V over its kv tile's 256 threads)
+        if bwd80 {
+            return Ok(());
         }
         let threads = self.compute_threads();
         for (what, rows, cols) in [

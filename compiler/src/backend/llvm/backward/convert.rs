@@ -383,6 +383,93 @@ fn pieces_body<'ctx>(
     Ok(())
 }
 
+/// The conversion of the fused kernel's q tiles of 80 (`fused::q80`): the workspace holds
+/// dQᵀ's fragments (`fused::q80_slot_offset`: 512-byte fragment tiles `ng (D / 16) + mg`
+/// of q group `ng` and D group `mg`, lane `l`'s 16 bytes the D rows `16 mg + l / 4`, `+ 8`
+/// and q columns `8 ng + 2 (l % 4)`, `+ 1`). Piece `u = 4 tile + p` is the 8 lanes `4 j +
+/// p` of a fragment tile (128 bytes): q rows `8 ng + 2 p`, `+ 1`, D columns `16 mg ..
+/// 16 mg + 16`, stored as four 16-byte words (q row, D half `h`: element `2 h + e` of
+/// lanes `4 j + p`, j = 0..8). Every load of the thread first; `scale x` rounded once per
+/// element, 0 for a tile nobody added to (as `convert_body`).
+pub(super) fn convert_t_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
+    let (br, d) = (opts.q_block, opts.d);
+    if !br.is_multiple_of(8) || !d.is_multiple_of(16) {
+        return Err(LlvmError::Internal("transposed dQ conversion: tile shape"));
+    }
+    let Tile {
+        tid,
+        lq,
+        scale,
+        added,
+        src,
+        dst,
+        q0,
+    } = tile(g, opts, a)?;
+    let (pieces, dgroups) = (br / 8 * (d / 16) * 4, d / 16);
+    let v4 = g.f32.vec_type(4);
+    let w4 = g.i32.vec_type(4);
+    let mut loaded = Vec::new();
+    for k in 0..pieces.div_ceil(CONVERT_THREADS) {
+        let u = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let valid = g.icmp(IntPredicate::ULT, u, g.c32(pieces as i64))?;
+        let u = g.selecti(valid, u, g.c32(0))?;
+        let (p, t) = (g.and(u, g.c32(3))?, g.lshr(u, g.c32(2))?);
+        let base = g.gep_bytes(
+            src,
+            g.zext64(g.add(g.mul(t, g.c32(512))?, g.mul(p, g.c32(16))?)?)?,
+        )?;
+        let mut lanes = Vec::with_capacity(8);
+        for j in 0..8 {
+            let ld = g.b.build_load(v4, g.gep_bytes(base, g.c64(64 * j))?, "")?;
+            ld.as_instruction_value()
+                .ok_or(LlvmError::Internal("load"))?
+                .set_alignment(16)
+                .map_err(|_| LlvmError::Internal("alignment"))?;
+            lanes.push(ld.into_vector_value());
+        }
+        loaded.push((valid, p, t, lanes));
+    }
+    for (valid, p, t, lanes) in loaded {
+        let (mg, ng) = (
+            g.urem(t, g.c32(dgroups as i64))?,
+            g.udiv(t, g.c32(dgroups as i64))?,
+        );
+        let r0 = g.add(g.add(q0, g.mul(ng, g.c32(8))?)?, g.mul(p, g.c32(2))?)?;
+        for e in 0..2u64 {
+            let row = g.add(r0, g.c32(e as i64))?;
+            let ok = g.and(valid, g.icmp(IntPredicate::SLT, row, lq)?)?;
+            for h in 0..2u64 {
+                let el = |j: usize| -> R<FloatValue<'ctx>> {
+                    let x =
+                        g.b.build_extract_element(lanes[j], g.c32((2 * h + e) as i64), "")?
+                            .into_float_value();
+                    g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
+                };
+                let mut word = w4.get_undef();
+                for m in 0..4 {
+                    let packed = g.pack2(opts.input, el(2 * m)?, el(2 * m + 1)?)?;
+                    word =
+                        g.b.build_insert_element(word, packed, g.c32(m as i64), "")?;
+                }
+                let col = g.add(g.mul(mg, g.c32(16))?, g.c32(8 * h as i64))?;
+                g.if_then(ok, || {
+                    let off = g.add(
+                        g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?,
+                        g.zext64(g.mul(col, g.c32(2))?)?,
+                    )?;
+                    let st = g.b.build_store(g.gep_bytes(dst, off)?, word)?;
+                    st.set_alignment(16)
+                        .map_err(|_| LlvmError::Internal("alignment"))?;
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    early_tail(g, opts)?;
+    g.b.build_return(None)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +514,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// q tiles of 80 (`convert_t_body`): every (q row, D column) of the tile is stored
+    /// exactly once, from the workspace float that `fused::q80_slot_offset` gives the dQᵀ
+    /// fragment element of that row and column.
+    #[test]
+    fn transposed_pieces_store_every_element_once() {
+        use crate::backend::llvm::backward::fused::q80_slot_offset;
+        let (br, d) = (80u32, 128u32);
+        // the math warps' side: element i of lane l of group nt of warp w
+        let mut want = std::collections::HashMap::new();
+        for w in 0..d / 16 {
+            for lane in 0..32 {
+                for nt in 0..br / 8 {
+                    for i in 0..4 {
+                        let row = 16 * w + lane / 4 + 8 * (i / 2);
+                        let col = 8 * nt + 2 * (lane % 4) + i % 2;
+                        let float = q80_slot_offset(d, w, lane, nt) / 4 + i;
+                        assert!(want.insert((col, row), float).is_none());
+                    }
+                }
+            }
+        }
+        assert_eq!(want.len() as u32, br * d);
+        let mut seen = std::collections::HashMap::new();
+        for u in 0..br / 8 * (d / 16) * 4 {
+            let (p, t) = (u & 3, u >> 2);
+            let (mg, ng) = (t % (d / 16), t / (d / 16));
+            for e in 0..2 {
+                for h in 0..2 {
+                    for j in 0..8 {
+                        // lane 4 j + p's element 2 h + e at (q row, D column)
+                        let float = (t * 512 + (4 * j + p) * 16) / 4 + 2 * h + e;
+                        let (q, dc) = (8 * ng + 2 * p + e, 16 * mg + 8 * h + j);
+                        assert!(seen.insert((q, dc), float).is_none(), "({q}, {dc}) twice");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, want);
     }
 
     /// `ptxas -v` (sm_90a) on `ptx`, written to a temporary file named after `tag` and

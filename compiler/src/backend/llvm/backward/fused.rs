@@ -232,6 +232,19 @@
 //!   the conversion's CTA of a tile starts on that flag (or on the count of all the
 //!   grid's writers), under this kernel's tail (one H200, session 15, whole backward
 //!   TFLOP/s: D128 document + causal 263.4 -> 277.6, sliding 1024 391.1 -> 394.9).
+//!   q tiles of 80 ([`q80`]; `PtxOptions::backward_q80`, off: dense D128 only, the
+//!   kernel bench's `+q`): FlashAttention-3 / -4's dense hdim-128 tile. Sᵀ and dPᵀ are
+//!   `m64n80k16` (40 registers each) whose accumulators start at -L2 / (scale log2 e) and
+//!   -Delta (so the element code holds no statistics: dK, dV, Sᵀ, dPᵀ and 40 of them
+//!   would need 248 of the 240 registers), dV and dK take 5 k-steps of the P and dS
+//!   fragments, dS is stored un-transposed (q rows x kv columns, `stmatrix .trans`) and
+//!   each math warpgroup computes `dQᵀ = Kᵀ dSᵀ` for its 64 of D's rows (K's slab read
+//!   M-major, dS K-major, 8 k-steps), stored into one dQ slot (40 KiB: two do not fit next
+//!   to 80-row Q/dO buffers) in its own fragment order, which the conversion transposes
+//!   (`convert::convert_t_body`). Deterministic (the same ordered chain over q blocks of
+//!   80). Measured on an H200 (session 16, B2 H16 L8192 D128 dense, interleaved, ms
+//!   default / q80): fused kernel 5.160, 5.147 / 5.135, 5.131 (0.996x), conversion 0.054
+//!   / 0.062, whole backward within the runs' spread: off.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
@@ -253,7 +266,8 @@ use super::{
     Acc, BandKeep, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a,
     acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue, dkdv_store,
     frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats, from_flat, grad_ds, grad_p,
-    grad_scores, load_q_block, slice_base, to_flat, warp_ballot, wg_ab, wg_abt, wg_result,
+    grad_scores, load_q_block, slab_kstep, slice_base, to_flat, warp_ballot, wg_ab, wg_abt,
+    wg_result,
 };
 use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
@@ -332,10 +346,10 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "dQ fused into the dK/dV kernel needs the wgmma path".into(),
         ));
     }
-    if o.q_block != 64 && !(o.q_block == 128 && q128_fits(o) && !o.overlap) {
+    if o.q_block != 64 && !(o.q_block == 128 && q128_fits(o) && !o.overlap) && !q80_fits(o) {
         return Err(LlvmError::Unsupported(format!(
-            "fused dQ: Br must be 64, or 128 at D = Dv = 64 with the TMA producer, kv tiles of 128 and no `overlap` (got {})",
-            o.q_block
+            "fused dQ: Br must be 64, or 128 at D = Dv = 64 with the TMA producer, kv tiles of 128 and no `overlap`, or 80 at D = Dv = 128 ({}) (got {})",
+            Q80_NEEDS, o.q_block
         )));
     }
     if o.bwd_exp_emu > 8 {
@@ -357,7 +371,7 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
         ));
     }
     if tma_producer(o)
-        && !(o.d.is_multiple_of(64) && o.dv.is_multiple_of(64) && o.q_block.is_multiple_of(32))
+        && !(o.d.is_multiple_of(64) && o.dv.is_multiple_of(64) && o.q_block.is_multiple_of(16))
     {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ with TMA loads: D and Dv multiples of 64 (got {}, {})",
@@ -517,6 +531,9 @@ fn store_ds<'ctx>(
     lane: IntValue<'ctx>,
     ds: &Acc<'ctx>,
 ) -> R<()> {
+    if q80(o) {
+        return store_ds_q80(g, o, (t, t_off), warp, lane, ds);
+    }
     if o.bwd_stmatrix {
         return store_ds_stmatrix(g, o, (t, t_off), warp, lane, ds);
     }
@@ -669,6 +686,157 @@ fn frag_row_stats_v2<'ctx>(
 /// warpgroup then computes dQ's rows `64 wg ..` over all D columns ([`m_split`]).
 pub(super) fn q128_fits(o: &PtxOptions) -> bool {
     o.d == 64 && o.dv == 64 && o.kv_block == 128 && tma_producer(o) && o.mma == Mma::Wgmma
+}
+
+/// What q tiles of 80 need ([`q80_fits`]).
+const Q80_NEEDS: &str = "the TMA producer, kv tiles of 128, not `overlap`, `bwd_pingpong`, `bwd_wg_dq`, `bwd_persist` or `bwd_two_writers`";
+
+/// Whether these options run q tiles of 80 (FlashAttention-3 / -4's dense hdim-128 tile):
+/// Sᵀ and dPᵀ `m64n80k16` (40 registers each), dV and dK from the P and dS fragments
+/// (5 k-steps), dS stored un-transposed (q rows x kv columns, `stmatrix .trans`:
+/// [`store_ds_q80`]) so that each math warpgroup computes `dQᵀ = Kᵀ dSᵀ` for its 64 of
+/// D's rows ([`dqt_product`]: K's slab read M-major, dS K-major, 8 k-steps over the kv
+/// tile), dQᵀ's fragments into one dQ slot ([`q80_slot_offset`]; 80 x 128 f32 = 40 KiB:
+/// two slots do not fit next to 80-row Q/dO buffers) and the conversion transposes them
+/// (`convert::convert_t_body`).
+pub fn q80(o: &PtxOptions) -> bool {
+    o.q_block == 80
+}
+
+/// Whether q tiles of 80 ([`q80`]) fit these options: D = Dv = 128, kv tiles of 128, the
+/// TMA producer (OrderedBulk), none of `overlap`, `bwd_pingpong`, `bwd_wg_dq`,
+/// `bwd_persist`, `bwd_two_writers` (their own product orders or slot counts).
+pub fn q80_fits(o: &PtxOptions) -> bool {
+    o.q_block == 80
+        && o.d == 128
+        && o.dv == 128
+        && o.kv_block == 128
+        && o.mma == Mma::Wgmma
+        && tma_producer(o)
+        && !o.overlap
+        && !o.bwd_pingpong
+        && !o.bwd_wg_dq
+        && !o.bwd_persist
+        && !o.bwd_two_writers
+}
+
+/// `BwdDq::OrderedBulk`: the dQ slots of these options ([`DQ_SLOTS`], one with q tiles of
+/// 80).
+pub fn dq_slots(o: &PtxOptions) -> u32 {
+    if q80(o) { 1 } else { DQ_SLOTS }
+}
+
+/// q tiles of 80: the byte offset in the dQ slot (and the DqAccum tile) of lane `lane`'s
+/// 16 bytes of n8 group `nt` of math warp `warp`'s dQᵀ accumulator (D rows `16 warp +
+/// lane / 4`, `+ 8`; q columns `8 nt + 2 (lane % 4)`, `+ 1`): 512-byte fragment tiles
+/// ordered by q group, then D group (`convert::convert_t_body` reads them).
+pub fn q80_slot_offset(d: u32, warp: u32, lane: u32, nt: u32) -> u32 {
+    ((nt * (d / 16) + warp) * 32 + lane) * 16
+}
+
+/// q tiles of 80: this warp's dSᵀ accumulator (kv rows `16 warp ..`, q columns `0..80`)
+/// stored un-transposed into the dS tile `t` (q rows x kv columns, two 64-column slabs
+/// `t.rows * 128` bytes apart, 128-byte swizzle), `t_off` bytes further: one
+/// `stmatrix.trans` per pair `(2p, 2p + 1)` of n8 groups. Matrix m (half `m % 2`, group
+/// `2p + m / 2`, registers as [`store_ds_stmatrix`]) is stored transposed: its memory row
+/// j is q row `8 (2p + m / 2) + j`, 16 bytes at kv `16 warp + 8 (m % 2)` (slab `warp / 4`,
+/// chunk `2 (warp % 4) + m % 2` XOR the row's swizzle `j`); lane l gives the address of
+/// row `l % 8` of matrix `l / 8` ([`ds_q80_lane_offset`], checked in this module's tests).
+fn store_ds_q80<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    (t, t_off): (&SmemTile, IntValue<'ctx>),
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    ds: &Acc<'ctx>,
+) -> R<()> {
+    let j = g.and(lane, g.c32(7))?;
+    let m = g.lshr(lane, g.c32(3))?;
+    let hh = g.and(m, g.c32(1))?;
+    let mhi = g.lshr(m, g.c32(1))?;
+    let slab = g.mul(g.lshr(warp, g.c32(2))?, g.c32((t.rows * 128) as i64))?;
+    let chunk = g.xor(g.add(g.mul(g.and(warp, g.c32(3))?, g.c32(2))?, hh)?, j)?;
+    let row = g.add(g.mul(mhi, g.c32(8))?, j)?;
+    let base = g.add(
+        g.add(
+            slab,
+            g.add(g.mul(row, g.c32(128))?, g.shl(chunk, g.c32(4))?)?,
+        )?,
+        g.add(t_off, g.c32(t.offset as i64))?,
+    )?;
+    for (p, pair) in ds.chunks(2).enumerate() {
+        let (a, b) = (&pair[0], &pair[1]);
+        let off = g.add(base, g.c32(p as i64 * 16 * 128))?;
+        let r = [
+            g.pack2(o.input, a[0], a[1])?,
+            g.pack2(o.input, a[2], a[3])?,
+            g.pack2(o.input, b[0], b[1])?,
+            g.pack2(o.input, b[2], b[3])?,
+        ];
+        g.stmatrix_x4_trans(g.smem_at(off)?, r)?;
+    }
+    Ok(())
+}
+
+/// The byte offset in the dS tile (slabs `rows * 128` bytes apart) that lane `lane` of
+/// warp `warp` gives to the `p`-th `stmatrix.trans` of [`store_ds_q80`] (the same
+/// arithmetic on integers, for the tests).
+#[cfg(test)]
+fn ds_q80_lane_offset(warp: u32, lane: u32, p: u32, rows: u32) -> u32 {
+    let (j, m) = (lane & 7, lane >> 3);
+    let chunk = (2 * (warp & 3) + (m & 1)) ^ j;
+    (warp >> 2) * rows * 128 + (16 * p + 8 * (m >> 1) + j) * 128 + (chunk << 4)
+}
+
+/// q tiles of 80: issues this warpgroup's `dQᵀ = Kᵀ dSᵀ` (not committed): its 64 of D's
+/// rows (A: K's 64-column slab `wg`, read M-major as `dq_chunk` reads dSᵀ), every q
+/// column (B: the dS tile `ds_off` bytes further, q rows x kv columns, K-major as the Q
+/// tile of Sᵀ), `kv_block / 16` k-steps over the kv tile; 40 registers per thread
+/// (m16n8 order: D rows `16 warp + lane / 4`, q columns `8 nt + 2 (lane % 4)`).
+fn dqt_product<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    (ds, ds_off): (&SmemTile, IntValue<'ctx>),
+    k: &SmemTile,
+    wg: IntValue<'ctx>,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let a_base = g.smem_addr32(g.add(
+        g.mul(wg, g.c32((k.rows * 128) as i64))?,
+        g.c32(k.offset as i64),
+    )?)?;
+    let b_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
+    let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
+    let (la, lb) = if o.bwd_desc {
+        (
+            Some(g.wgmma_desc_lo(a_base, k.rows * 128)?),
+            Some(g.wgmma_desc_lo(b_base, 16)?),
+        )
+    } else {
+        (None, None)
+    };
+    for ks in 0..o.kv_block / 16 {
+        let (a_off, b_off) = (ks * 16 * 128, slab_kstep(ds, ks));
+        let (da, db) = match (la, lb) {
+            (Some(la), Some(lb)) => (
+                g.wgmma_desc_at(la, a_off, 1024)?,
+                g.wgmma_desc_at(lb, b_off, 1024)?,
+            ),
+            _ => (
+                g.wgmma_desc(g.add(a_base, g.c32(a_off as i64))?, k.rows * 128, 1024)?,
+                g.wgmma_desc(g.add(b_base, g.c32(b_off as i64))?, 16, 1024)?,
+            ),
+        };
+        acc = Some(g.wgmma_t(
+            o.input,
+            ds.rows,
+            WgmmaA::Desc(da),
+            true,
+            db,
+            false,
+            acc.as_deref(),
+        )?);
+    }
+    acc.ok_or(LlvmError::Internal("empty dQ product"))
 }
 
 /// Whether the math warpgroups split dQ's rows (q tiles of 128: warpgroup w computes q
@@ -1060,15 +1228,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let slot_bar = |first: u32, s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
         g.smem_addr32(g.add(g.c32((bars + 8 * first) as i64), g.mul(s, g.c32(8))?)?)
     };
+    // (q tiles of 80: one slot)
+    let nslots = dq_slots(opts);
     let bar_full = |s| slot_bar(0, s);
-    let bar_empty = |s| slot_bar(DQ_SLOTS, s);
+    let bar_empty = |s| slot_bar(nslots, s);
     // bwd_wg_dq: warpgroup 1 has stored its part of dQ into the slot
-    let bar_half = |s| slot_bar(2 * DQ_SLOTS, s);
+    let bar_half = |s| slot_bar(2 * nslots, s);
     let wg_dq = opts.bwd_wg_dq;
-    // visit n uses slot n % DQ_SLOTS in its (n / DQ_SLOTS)-th phase
+    // visit n uses slot n % nslots in its (n / nslots)-th phase
     let slot_of = |n: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
-        let sl = g.and(n, g.c32(DQ_SLOTS as i64 - 1))?;
-        let ph = g.lshr(n, g.c32(DQ_SLOTS.trailing_zeros() as i64))?;
+        let sl = g.and(n, g.c32(nslots as i64 - 1))?;
+        let ph = g.lshr(n, g.c32(nslots.trailing_zeros() as i64))?;
         Ok((sl, g.and(ph, one)?))
     };
     let slot_addr = |sl: IntValue<'ctx>| -> R<IntValue<'ctx>> {
@@ -1085,7 +1255,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let q_empty = |s| q_bar(1, s);
     if bulk {
         g.if_then(is_t0, || {
-            for sl in 0..DQ_SLOTS {
+            for sl in 0..nslots {
                 // bwd_wg_dq: warpgroup 0 alone fills the slot (after warpgroup 1's `half`)
                 g.mbar_init(
                     bar_full(g.c32(sl as i64))?,
@@ -1151,7 +1321,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // bwd_wscan: the writer warp(s) search together, lane 0 adds
         let w_lane0 = g.icmp(IntPredicate::EQ, g.and(wt, g.c32(31))?, zero)?;
         let is_writer = if two_writers {
-            let w = g.icmp(IntPredicate::ULT, writer_slot, g.c32(DQ_SLOTS as i64))?;
+            let w = g.icmp(IntPredicate::ULT, writer_slot, g.c32(nslots as i64))?;
             if wscan { w } else { g.and(w_lane0, w)? }
         } else if wscan {
             g.icmp(IntPredicate::EQ, writer_slot, zero)?
@@ -1355,13 +1525,57 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Some(w) => Ok(w),
         None => g.lshr(c.warp, g.c32(2)),
     };
+    // q tiles of 80 (identity score, no capture gradients: refused otherwise)
+    let is_q80 = q80(opts);
+    if is_q80 && (p.score.is_some() || cap.is_some()) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ on q tiles of 80: the identity score without capture gradients".into(),
+        ));
+    }
     // Sᵀ and dPᵀ of the Q/dO buffer at byte `buf`, each its own group
     let issue_sdp = |buf: IntValue<'ctx>| -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
         let wgi = wg_index()?;
+        // q tiles of 80: the accumulators start at -L2 / (scale log2 e) and -Delta, so
+        // Sᵀ and dPᵀ come out shifted and the element code holds no statistics (dK, dV,
+        // Sᵀ, dPᵀ and 40 statistics would need 248 of the 240 registers: ptxas spilled
+        // 148 bytes)
+        let (s0, dp0) = if is_q80 {
+            // buffer 0 or 1 (TMA ring): its statistics' rows
+            let sbuf = g.selecti(
+                g.icmp(IntPredicate::NE, buf, zero)?,
+                g.c32(t.stat_buf as i64),
+                zero,
+            )?;
+            // element (nt, i) of the accumulator: column 2 nt + i % 2 of the loaded ones;
+            // rows 8.. (i >= 2) a copy of their own (each accumulator input its own register,
+            // written before the fence: else ptxas waits for Sᵀ before issuing dPᵀ, C7517)
+            let neg_inv = g.fdiv(g.cf(-1.0), g.fmul(c.scale, g.cf(std::f32::consts::LOG2_E))?)?;
+            let init = |stat: u32| -> R<Vec<FloatValue<'ctx>>> {
+                let v = frag_col_stat_v2(g, c.lane, br, sbuf, stat)?
+                    .into_iter()
+                    .map(|x| {
+                        if stat == t.l2 {
+                            g.fmul(x, neg_inv)
+                        } else {
+                            Ok(g.b.build_float_neg(x, "")?)
+                        }
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                (0..br / 2)
+                    .map(|k| {
+                        let x = v[(2 * (k / 4) + k % 2) as usize];
+                        if k % 4 >= 2 { g.fcopy(x) } else { Ok(x) }
+                    })
+                    .collect()
+            };
+            (Some(init(t.l2)?), Some(init(t.delta)?))
+        } else {
+            (None, None)
+        };
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc)?;
+        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc, s0.as_deref())?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc)?;
+        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc, dp0.as_deref())?;
         g.wgmma_commit()?;
         Ok((s, dp))
     };
@@ -1558,7 +1772,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.icmp(IntPredicate::SLE, ff, jb)?,
         g.icmp(IntPredicate::SLT, jb, fe)?,
     )?;
-    let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
+    // q tiles of 80 without a mask: the q tail takes the full-block path too (the Sᵀ
+    // accumulator of a q row past Lq starts at the producer's L2 = +inf times -1 / (scale
+    // log2 e), so its P is 0, and its dPᵀ is 0: dO's rows zero-filled by TMA, Delta 0; so
+    // dS = 0); the kv tail keeps the partial path (a kv row past Lkv, K and V zero-filled,
+    // would get P = 2^-L2, which overflows where LSE < -88, and 0 x inf in dQ). ptxas 13.0:
+    // no spills this way, 4 bytes with the q tail on the partial path.
+    let full = if is_q80 && p.mask.is_none() {
+        g.and(in_full, g.xor(kv_tail, g.cbool(true))?)?
+    } else {
+        g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?
+    };
     let (s, dp) = match sdp_early {
         Some(x) => x,
         None if pipe => (Vec::new(), Vec::new()),
@@ -1571,6 +1795,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let split = (early || p_under_dp) && cap.is_none();
     // this visit's L2/Delta rows (and the thread's kv row); `row0`: the warp's first row
     let row_stats = |row0: IntValue<'ctx>| {
+        if is_q80 {
+            // q tiles of 80: L2 and Delta are in the accumulators (issue_sdp)
+            let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+            let col = frag_col0(g, &c, q0)?;
+            let z = g.cf(0.0).as_basic_value_enum();
+            let stats = (0..2 * br / 8)
+                .map(|k| {
+                    let ci = g.c32(8 * (k / 2) as i64 + (k % 2) as i64);
+                    Ok((g.add(col, ci)?, z, z))
+                })
+                .collect::<R<Vec<_>>>()?;
+            return Ok((kv_row, stats));
+        }
         if opts.bwd_stmatrix {
             frag_row_stats_v2(g, &c, &t, br, (kv0, row0), q0, sbuf)
         } else {
@@ -1872,6 +2109,32 @@ pub(super) fn dkdv_dq_body<'ctx>(
         Ok(())
     };
     let (dv1, dk1) = match products {
+        // q tiles of 80: dQᵀ (this warpgroup's 64 rows of D, every q column), then dV and
+        // dK; dQᵀ into the slot under those
+        Products::Later(..) | Products::Ready(..) if q80(opts) => {
+            let (pa, dsa) = match products {
+                Products::Later(pt, dst) => (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?),
+                Products::Ready(pa, dsa) => (pa, dsa),
+                Products::DvIssued(..) => return Err(LlvmError::Internal("products")),
+            };
+            g.wgmma_fence()?;
+            let dq = dqt_product(g, opts, (&ds_t, ds_visit), &t.k, wgi)?;
+            g.wgmma_commit()?;
+            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+            let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
+            g.wgmma_commit()?;
+            let dq = g.wgmma_wait(1, &dq)?;
+            // lane l's 16 bytes of group nt: slot + q80_slot_offset(d, warp, l, nt)
+            let at = g.add(
+                slot_addr(sl)?,
+                g.add(g.mul(c.warp, g.c32(32 * 16))?, lane16)?,
+            )?;
+            for (nt, v) in dq.chunks(4).enumerate() {
+                let off = q80_slot_offset(opts.d, 0, 0, nt as u32);
+                g.st_shared_v4(g.add(at, g.c32(off as i64))?, [v[0], v[1], v[2], v[3]])?;
+            }
+            (dv1, dk1)
+        }
         // bwd_pingpong (nothing in flight): dV, dK and the last visit's dQ part (its dSᵀ
         // tile, the other one; at the first visit computed, never added) in one group;
         // then that part into its slot, the next visit's search, its Q/dO buffer and its
@@ -2227,8 +2490,20 @@ fn produce<'ctx>(
     let q0 = g.mul(g.geti(&pv.qb)?, g.c32(br as i64))?;
     let slice = g.add(g.mul(b, c.hq)?, h)?;
     let bufo = g.mul(sl, g.c32(t.buf as i64))?;
-    for k in 0..br / 32 {
+    // (q tiles of 80: the third step's lanes 16.. have no row)
+    for k in 0..br.div_ceil(32) {
         let i = g.add(lane, g.c32(32 * k as i64))?;
+        let has_row = if br.is_multiple_of(32) || 32 * (k + 1) <= br {
+            None
+        } else {
+            Some(g.icmp(IntPredicate::ULT, i, g.c32(br as i64))?)
+        };
+        let body_bb = has_row.map(|_| g.block("producer_row"));
+        let skip_bb = has_row.map(|_| g.block("producer_row_done"));
+        if let (Some(ok), Some(b1), Some(b2)) = (has_row, body_bb, skip_bb) {
+            g.cond_br(ok, b1, b2)?;
+            g.b.position_at_end(b1);
+        }
         let q = g.add(q0, i)?;
         let ok = g.icmp(IntPredicate::SLT, q, c.lq)?;
         let row = g.add(
@@ -2240,6 +2515,10 @@ fn produce<'ctx>(
         let at = g.add(g.mul(sl, g.c32(t.stat_buf as i64))?, g.mul(i, g.c32(4))?)?;
         g.store(g.smem_at(g.add(at, g.c32(t.l2 as i64))?)?, l2)?;
         g.store(g.smem_at(g.add(at, g.c32(t.delta as i64))?)?, dl)?;
+        if let Some(b2) = skip_bb {
+            g.br(b2)?;
+            g.b.position_at_end(b2);
+        }
     }
     let tma_bb = g.block("producer_tma");
     let arrive_bb = g.block("producer_arrive");
@@ -2354,6 +2633,45 @@ mod tests {
                 assert_eq!(byte, 16 * nt + 4 * lane, "{cols}: lane {lane} group {nt}");
             }
         }
+    }
+
+    /// q tiles of 80 (`store_ds_q80`): every element (kv, q) of every warp's dSᵀ
+    /// accumulator lands, through `stmatrix.trans` (memory row r of matrix m, at the address
+    /// of lane 8m + r, receives column r of the fragment matrix: its element c is lane 4c +
+    /// r / 2's register m, half r % 2), at the byte where the dQᵀ product's K-major B
+    /// descriptor reads dS (q rows x kv columns, 64-column slabs `rows * 128` bytes apart,
+    /// element at q 128 + slab + (((kv % 64) / 8) ^ q % 8) 16 + 2 (kv % 8)), each once.
+    #[test]
+    fn q80_ds_stores_match_the_swizzled_tile() {
+        let (rows, bc, br) = (80u32, 128u32, 80u32);
+        let mut seen = std::collections::BTreeSet::new();
+        for warp in 0..bc / 16 {
+            for p in 0..br / 16 {
+                for m in 0..4 {
+                    for r in 0..8 {
+                        let row_addr = ds_q80_lane_offset(warp, 8 * m + r, p, rows);
+                        assert_eq!(row_addr % 16, 0);
+                        for c in 0..8 {
+                            let lane = 4 * c + r / 2;
+                            let (nt, i) = (2 * p + m / 2, 2 * (m % 2) + r % 2);
+                            let kv = 16 * warp + lane / 4 + 8 * (i / 2);
+                            let q = 8 * nt + 2 * (lane % 4) + i % 2;
+                            let want = (kv / 64) * rows * 128
+                                + q * 128
+                                + (((kv % 64) / 8) ^ (q % 8)) * 16
+                                + 2 * (kv % 8);
+                            assert_eq!(
+                                row_addr + 2 * c,
+                                want,
+                                "warp {warp} p {p} m {m} r {r} c {c}"
+                            );
+                            assert!(seen.insert(want));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len() as u32, br * bc);
     }
 
     /// `bwd_stmatrix`'s dSᵀ stores write the same value to the same byte as the per-pair
