@@ -1624,6 +1624,16 @@ mod tests {
         );
     }
 
+    /// The decode kernel's PTX for `o`: the fused kernel (one split per item writes O)
+    /// under [`COPY_DIRECT`], the split kernel otherwise.
+    fn decode_ptx(p: &crate::ir::Program, o: &DecodeOptions) -> String {
+        if o.copy & COPY_DIRECT != 0 {
+            emit_decode_mma_fused(p, o).unwrap()
+        } else {
+            emit_decode_mma(p, o).unwrap().decode_ptx
+        }
+    }
+
     /// The first program of `examples/{ex}.attn`.
     fn example(ex: &str) -> crate::ir::Program {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
@@ -2011,17 +2021,7 @@ mod tests {
                         };
                         let without = DecodeOptions { copy, ..o };
                         let key = format!("{} {}", p.name, o.key());
-                        let (ptx, ptx0) = if copy & COPY_DIRECT != 0 {
-                            (
-                                emit_decode_mma_fused(p, &o).unwrap(),
-                                emit_decode_mma_fused(p, &without).unwrap(),
-                            )
-                        } else {
-                            (
-                                emit_decode_mma(p, &o).unwrap().decode_ptx,
-                                emit_decode_mma(p, &without).unwrap().decode_ptx,
-                            )
-                        };
+                        let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
                         let ignored = !paged || copy & COPY_PAGE_BASE != 0 && d == 128;
                         assert_eq!(ptx == ptx0, ignored, "{key}");
                         if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
@@ -2083,17 +2083,7 @@ mod tests {
                         };
                         let without = DecodeOptions { copy, ..o };
                         let key = format!("{} {}", p.name, o.key());
-                        let (ptx, ptx0) = if copy & COPY_DIRECT != 0 {
-                            (
-                                emit_decode_mma_fused(p, &o).unwrap(),
-                                emit_decode_mma_fused(p, &without).unwrap(),
-                            )
-                        } else {
-                            (
-                                emit_decode_mma(p, &o).unwrap().decode_ptx,
-                                emit_decode_mma(p, &without).unwrap().decode_ptx,
-                            )
-                        };
+                        let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
                         assert_eq!(ptx == ptx0, ex == "document_causal", "{key}");
                         if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
                             let f = format!("{dir}/full_{}.ptx", key.replace([':', ' '], "_"));
