@@ -566,35 +566,29 @@ impl<'ctx> Gpu<'ctx> {
     /// `2 (l % 4)` in the low and `2 (l % 4) + 1` in the high 16 bits): the inverse of
     /// [`Self::ldmatrix_x4`] without `.trans`, the accumulator fragments' layout.
     pub fn stmatrix_x4(&self, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
-        self.call(
-            "llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.b16.p3",
-            None,
-            &[
-                addr.into(),
-                r[0].into(),
-                r[1].into(),
-                r[2].into(),
-                r[3].into(),
-            ],
-        )?;
-        Ok(())
+        self.stmatrix_call("llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.b16.p3", addr, r)
     }
     /// [`Self::stmatrix_x4`] with `.trans`: each 8x8 matrix stored transposed (lane `l`
     /// gives the address of memory row `l % 8` of matrix `l / 8`, which receives column
     /// `l % 8` of the fragment matrix: register `m` of lane `l`, row `l / 4`, columns
     /// `2 (l % 4)`, `+ 1`, lands in memory rows `2 (l % 4)`, `+ 1` at column `l / 4`).
     pub fn stmatrix_x4_trans(&self, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
-        self.call(
+        self.stmatrix_call(
             "llvm.nvvm.stmatrix.sync.aligned.m8n8.x4.trans.b16.p3",
-            None,
-            &[
-                addr.into(),
-                r[0].into(),
-                r[1].into(),
-                r[2].into(),
-                r[3].into(),
-            ],
-        )?;
+            addr,
+            r,
+        )
+    }
+    /// The `stmatrix` intrinsic `name` with its address and four registers.
+    fn stmatrix_call(&self, name: &str, addr: PointerValue<'ctx>, r: [IntValue<'ctx>; 4]) -> R<()> {
+        let args = [
+            addr.into(),
+            r[0].into(),
+            r[1].into(),
+            r[2].into(),
+            r[3].into(),
+        ];
+        self.call(name, None, &args)?;
         Ok(())
     }
     /// Two f32 at byte offset `off` (8-byte aligned) of the dynamic shared memory, one

@@ -594,15 +594,26 @@ fn store_ds_stmatrix<'ctx>(
         let slab = (2 * p as u32 / 8) * t.rows * 128;
         let chunk = g.xor(g.c32((2 * p as i64) % 8), x)?;
         let off = g.add(g.add(base, g.c32(slab as i64))?, g.shl(chunk, g.c32(4))?)?;
-        let r = [
-            g.pack2(o.input, a[0], a[1])?,
-            g.pack2(o.input, a[2], a[3])?,
-            g.pack2(o.input, b[0], b[1])?,
-            g.pack2(o.input, b[2], b[3])?,
-        ];
+        let r = pack_x4(g, o, a, b)?;
         g.stmatrix_x4(g.smem_at(off)?, r)?;
     }
     Ok(())
+}
+
+/// The four 16-bit-pair registers of one `stmatrix` x4 from two 4-element fragments
+/// `a`, `b` (elements 0/1 and 2/3 of each packed in `o.input`).
+fn pack_x4<'ctx>(
+    g: &Gpu<'ctx>,
+    o: &PtxOptions,
+    a: &[FloatValue<'ctx>],
+    b: &[FloatValue<'ctx>],
+) -> R<[IntValue<'ctx>; 4]> {
+    Ok([
+        g.pack2(o.input, a[0], a[1])?,
+        g.pack2(o.input, a[2], a[3])?,
+        g.pack2(o.input, b[0], b[1])?,
+        g.pack2(o.input, b[2], b[3])?,
+    ])
 }
 
 /// The byte offset in the dSᵀ tile (slabs `rows * 128` bytes apart) that lane `lane` of
@@ -767,12 +778,7 @@ fn store_ds_q80<'ctx>(
     for (p, pair) in ds.chunks(2).enumerate() {
         let (a, b) = (&pair[0], &pair[1]);
         let off = g.add(base, g.c32(p as i64 * 16 * 128))?;
-        let r = [
-            g.pack2(o.input, a[0], a[1])?,
-            g.pack2(o.input, a[2], a[3])?,
-            g.pack2(o.input, b[0], b[1])?,
-            g.pack2(o.input, b[2], b[3])?,
-        ];
+        let r = pack_x4(g, o, a, b)?;
         g.stmatrix_x4_trans(g.smem_at(off)?, r)?;
     }
     Ok(())
