@@ -5,6 +5,8 @@
     attn = mod.attention("document_alibi")                # or mod.attention() for the only one
     o = attn(q, k, v, doc=doc_ids, window=1024)           # captures and params as keywords
     o, lse = attn(q, k, v, doc=doc_ids, window=1024, return_lse=True, scale=None)
+    o = attn(q, k, v, doc=doc_ids, window=1024, deterministic=False)  # faster CUDA backward,
+                                                                      # dq not bit-reproducible
 
 q, k, v are torch tensors [B, H, L, D] (k/v may have fewer heads: GQA): float32 on the
 CPU, bfloat16/float16 on CUDA. Kernels are compiled on first use per shape, dtype and
@@ -119,7 +121,19 @@ class BlockMask:
 
 class Attention:
     """One attention variant, callable on torch tensors:
-    ``attn(q, k, v, *, return_lse=False, scale=None, **captures_and_params)``."""
+    ``attn(q, k, v, *, return_lse=False, scale=None, block_mask=None, deterministic=True,
+    **captures_and_params)``.
+
+    ``deterministic`` (a bool, default True) is for the backward of this call: True gives
+    bit-identical gradients for the same inputs, run to run. False lets the CUDA backward
+    run its faster non-deterministic kernels (on sm_90, where dQ is fused into the dK/dV
+    kernel, D64 and D128: dQ's parts added in whatever order they finish instead of a
+    fixed one, and at dense D128 q tiles of 80; measured on an H200 at B2 H16 L8192 D128
+    dense, the backward 1.10-1.13x faster): dq then differs in its last bits from run to
+    run (dk, dv and the captures' gradients stay deterministic). Elsewhere (CPU, other GPUs,
+    other head dims) the backward is deterministic either way and the flag changes
+    nothing. The forward is the same either way. Anything but a bool is an ``AttncError``
+    (E0319)."""
 
     def __init__(self, inner: "_attnc.Attention", text: str):
         from . import _ops
@@ -135,15 +149,18 @@ class Attention:
         self._inner = _ops.register(self._key, inner)
 
     def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None,
-                 block_mask: Optional["BlockMask"] = None, **captures):
+                 block_mask: Optional["BlockMask"] = None, deterministic: bool = True, **captures):
         from . import _ops
 
         if block_mask is not None and not isinstance(block_mask, BlockMask):
             raise _error("E0318", f"`block_mask` must be an attnc.BlockMask (made by attn.block_mask(...)), "
                          f"got {type(block_mask).__name__}")
+        if not isinstance(deterministic, bool):
+            raise _error("E0319", f"`deterministic` must be True or False, got {type(deterministic).__name__} "
+                         f"{deterministic!r}")
         mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
         try:
-            o, lse = _ops.call(self._key, q, k, v, scale, captures, mask)
+            o, lse = _ops.call(self._key, q, k, v, scale, captures, mask, deterministic)
         except AttncError as e:
             raise self._kind_error(captures) or e
         return (o, lse) if return_lse else o

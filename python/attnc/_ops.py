@@ -68,7 +68,7 @@ def _scale(scale):
         raise _error("E0316", f"`scale` must be a number or None, got {type(scale).__name__}") from None
 
 
-def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None):
+def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None, deterministic: bool = True):
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         _require_tensors(("q", q), ("k", k), ("v", v))
     if scale is not None and not isinstance(scale, float):
@@ -100,12 +100,14 @@ def call(key: str, q, k, v, scale: Optional[float], captures: dict, mask=None):
         if torch.is_grad_enabled() and (
             q.requires_grad or k.requires_grad or v.requires_grad or any(t.requires_grad for t in tensors)
         ):
-            return _Eager.apply(q, k, v, inner, scale, tensor_names, param_names, params, mask, *tensors)
+            return _Eager.apply(q, k, v, inner, scale, tensor_names, param_names, params, mask, deterministic,
+                                *tensors)
         return _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask)
     # (the custom op builds the block table per call: a block mask, validated by the
     # caller, changes nothing in the result)
     # names are identifiers: joined with commas (a custom op's schema has no str lists)
-    return forward(q, k, v, key, scale, ",".join(tensor_names), tensors, ",".join(param_names), params)
+    return forward(q, k, v, key, scale, ",".join(tensor_names), tensors, ",".join(param_names), params,
+                   deterministic)
 
 
 _compiling = torch.compiler.is_compiling
@@ -132,27 +134,27 @@ class _Eager(torch.autograd.Function):
     """The custom op's autograd (``_setup_context`` / ``_backward``) for the eager path."""
 
     @staticmethod
-    def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, mask, *tensors):
+    def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, mask, deterministic, *tensors):
         o, lse = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask)
         # an unused output's gradient stays None (dLSE None: no zeros to allocate and read)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, o, lse, *tensors)
-        ctx.attnc = (inner, scale, tensor_names, param_names, params, mask)
+        ctx.attnc = (inner, scale, tensor_names, param_names, params, mask, deterministic)
         ctx.tensor_grads = [t.requires_grad for t in tensors]
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
         q, k, v, o, lse, *tensors = ctx.saved_tensors
-        inner, scale, tensor_names, param_names, params, mask = ctx.attnc
+        inner, scale, tensor_names, param_names, params, mask, deterministic = ctx.attnc
         if do is None:
             do = torch.zeros_like(o)
         dq, dk, dv, dts = _backward_impl(
             inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads,
-            mask,
+            mask, deterministic,
         )
         grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
-        return (dq, dk, dv, None, None, None, None, None, None, *grads)
+        return (dq, dk, dv, None, None, None, None, None, None, None, *grads)
 
 
 def _names(joined: str) -> list:
@@ -213,7 +215,9 @@ def forward(
     tensors: list[torch.Tensor],
     param_names: str,
     params: list[int | float | bool],
+    deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # (`deterministic` is for the backward: kept by the autograd context, see _setup_context)
     return _forward_impl(_lookup(key), q, k, v, scale, _names(tensor_names), tensors, _names(param_names), params)
 
 
@@ -235,7 +239,7 @@ def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, par
 
 
 @forward.register_fake
-def _(q, k, v, key, scale, tensor_names, tensors, param_names, params):
+def _(q, k, v, key, scale, tensor_names, tensors, param_names, params, deterministic=True):
     o_shape, lse_shape = _out_shapes(q, k, v)
     return q.new_empty(o_shape), q.new_empty(lse_shape, dtype=torch.float32)
 
@@ -256,19 +260,23 @@ def backward(
     param_names: str,
     params: list[int | float | bool],
     tensor_grads: list[bool],
+    deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """dq, dk, dv and the gradients of the captured tensors flagged in `tensor_grads`
     (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE
-    (None: zero). CUDA: zero copy on torch's current stream (no synchronization)."""
+    (None: zero). CUDA: zero copy on torch's current stream (no synchronization);
+    ``deterministic=False``: the binding's non-deterministic kernels."""
     return _backward_impl(
         _lookup(key), q, k, v, o, lse, do, dlse, scale, _names(tensor_names), tensors,
-        _names(param_names), params, tensor_grads,
+        _names(param_names), params, tensor_grads, None, deterministic,
     )
 
 
 def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads,
-                   mask=None):
-    """dq, dk, dv and the flagged capture gradients (names as lists)."""
+                   mask=None, deterministic=True):
+    """dq, dk, dv and the flagged capture gradients (names as lists); ``deterministic``
+    False runs the CUDA binding's non-deterministic kernels (the CPU backward is
+    deterministic either way)."""
     if q.is_cuda:
         # zero copy on torch's current stream: every output and scratch buffer allocated
         # here by torch, the kernels enqueued by the runtime, no synchronization
@@ -287,14 +295,14 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
             pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
         # dQ fused into the dK/dV kernel (sm_90, D128, as the Rust API's backward): its
         # workspace (an f32 accumulator, int32 semaphores the call zeroes), allocated here
-        ws = inner.backward_workspace(q, k, v, scale)
+        ws = inner.backward_workspace(q, k, v, scale, deterministic)
         dq_work = None
         if ws is not None:
             dq_work = (torch.empty(ws[0], dtype=torch.float32, device=q.device),
                        torch.empty(ws[1], dtype=torch.int32, device=q.device))
         inner.backward_cuda(
             q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-            list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work,
+            list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work, deterministic,
         )
         got = dict(words)
         dts = []
@@ -322,32 +330,34 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
 
 
 @backward.register_fake
-def _(q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, tensor_grads):
+def _(q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, tensor_grads,
+      deterministic=True):
     dts = [torch.empty_like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dts
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key, scale, tensor_names, tensors, param_names, params = inputs
+    q, k, v, key, scale, tensor_names, tensors, param_names, params, deterministic = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, *tensors)
-    ctx.attnc = (key, scale, tensor_names, param_names, params)
+    ctx.attnc = (key, scale, tensor_names, param_names, params, deterministic)
     ctx.tensor_grads = [t.requires_grad for t in tensors]
 
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse, *tensors = ctx.saved_tensors
-    key, scale, tensor_names, param_names, params = ctx.attnc
+    key, scale, tensor_names, param_names, params, deterministic = ctx.attnc
     if do is None:
         do = torch.zeros_like(o)
     dq, dk, dv, dts = backward(
-        q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads
+        q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads,
+        deterministic,
     )
     grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
     # params are Python scalars: no gradient (a learned scalar is a 1-element tensor capture)
     # (torch takes a non-empty scalar list as one leaf of the input structure, an empty
     # one as an empty list)
-    return dq, dk, dv, None, None, None, grads, None, (None if params else [])
+    return dq, dk, dv, None, None, None, grads, None, (None if params else []), None
 
 
 forward.register_autograd(_backward, setup_context=_setup_context)

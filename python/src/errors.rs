@@ -51,6 +51,10 @@ pub mod code {
     /// by the package's Python code; listed here so that the codes stay one list.
     #[allow(dead_code)]
     pub const STALE_BLOCK_MASK: &str = "E0318";
+    /// A call option of the wrong type (`deterministic` not True or False). Raised by the
+    /// package's Python code; listed here so that the codes stay one list.
+    #[allow(dead_code)]
+    pub const CALL_OPTION: &str = "E0319";
     /// An internal error (a bug in attnc: a panic caught at the boundary).
     pub const INTERNAL: &str = "E0900";
 }

@@ -23,7 +23,9 @@ use args::{Device, TensorArg, param_value, param_values};
 use attnc::external::{
     DeviceBackwardBuffers, DeviceBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor,
 };
-use attnc::{Backend, BindOptions, Captures, Compiled, DType, KvCache, Shape, Variant};
+use attnc::{
+    Backend, BackwardOptions, BindOptions, Captures, Compiled, DType, KvCache, Shape, Variant,
+};
 use errors::{DiagInfo, attnc_error, code, guard, runtime_error};
 use pyo3::prelude::*;
 use std::collections::HashMap;
@@ -875,8 +877,10 @@ impl Attention {
     /// host copies of a CUDA call (bf16/f16): the CUDA binding's backward runs on them
     /// (it uploads and downloads them: not zero-copy; the package's autograd uses
     /// `backward_cuda`). `oracle`: the f64 reference backward (f32 host tensors; it
-    /// recomputes O and LSE, ignoring `o` and `lse`).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, threads=0, cuda=false, oracle=false))]
+    /// recomputes O and LSE, ignoring `o` and `lse`). `deterministic` (default true): false
+    /// runs the CUDA binding's non-deterministic kernels (`attnc::BackwardOptions`); the
+    /// CPU and the oracle are deterministic either way.
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scale, tensors, params, wanted, threads=0, cuda=false, oracle=false, deterministic=true))]
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -898,6 +902,7 @@ impl Attention {
         threads: usize,
         cuda: bool,
         oracle: bool,
+        deterministic: bool,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
@@ -954,7 +959,8 @@ impl Attention {
                 for (name, _) in &outs {
                     bound.check_differentiable(name)?;
                 }
-                bound.backward(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps)
+                let bwd = BackwardOptions { deterministic };
+                bound.backward_with(&qh, &kh, &vh, &oh, &lh, &doh, Some(&dlh), &caps, &bwd)
             })?;
             let mut copies = vec![(&grads.dq, &dq), (&grads.dk, &dk), (&grads.dv, &dv)];
             for (name, arg) in &outs {
@@ -977,9 +983,10 @@ impl Attention {
     /// The workspace of the fused dQ that `backward_cuda` needs for q, k, v (shape,
     /// dtype, device; not read) and `scale`: `(accum, sem)` element counts (float32,
     /// int32) where the binding's backward fuses dQ into the dK/dV kernel (sm_90 at
-    /// D128, as `attnc::Bound::backward`), None where dQ is a second kernel. Binds (and
-    /// looks the backward kernels up) on first use.
-    #[pyo3(signature = (q, k, v, scale))]
+    /// D128, as `attnc::Bound::backward`), None where dQ is a second kernel; of the
+    /// non-deterministic kernels with `deterministic=False` (`backward_cuda`'s). Binds
+    /// (and looks the backward kernels up) on first use.
+    #[pyo3(signature = (q, k, v, scale, deterministic=true))]
     fn backward_workspace(
         &self,
         py: Python<'_>,
@@ -987,11 +994,13 @@ impl Attention {
         k: &Bound<'_, PyAny>,
         v: &Bound<'_, PyAny>,
         scale: Option<f64>,
+        deterministic: bool,
     ) -> PyResult<Option<(usize, usize)>> {
         guard(py, || {
             let (q, _, _, shape) = read_qkv(py, q, k, v)?;
             let key = cuda_key(py, &q, shape, scale, "the CUDA backward")?;
-            self.run(py, key, |bound| bound.backward_cuda_workspace())
+            let bwd = BackwardOptions { deterministic };
+            self.run(py, key, |bound| bound.backward_cuda_workspace_with(&bwd))
         })
     }
 
@@ -1003,7 +1012,10 @@ impl Attention {
     /// (`words`: `(name, int64 [max(1, numel), 3])` for each tensor of `grad_words`;
     /// `param_words`: int64 `[max(1, params), 3]` when `grad_words` says so), all
     /// allocated by the caller with torch on `stream` (torch's current stream).
-    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None, dq_work=None))]
+    /// `deterministic=False` runs the binding's non-deterministic kernels
+    /// (`attnc::BackwardOptions`; `dq_work` then as `backward_workspace(...,
+    /// deterministic=False)` says).
+    #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None, dq_work=None, deterministic=true))]
     #[allow(clippy::too_many_arguments)]
     fn backward_cuda(
         &self,
@@ -1027,6 +1039,7 @@ impl Attention {
         stream: usize,
         block_mask: Option<Bound<'_, PyAny>>,
         dq_work: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+        deterministic: bool,
     ) -> PyResult<()> {
         guard(py, || {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
@@ -1113,8 +1126,9 @@ impl Attention {
             };
             let lens = work.as_ref().map(|(a, m)| (a.numel(), m.numel()));
             let stream = stream as u64;
+            let bwd = BackwardOptions { deterministic };
             self.run(py, key, |bound| {
-                let need = bound.backward_cuda_workspace()?;
+                let need = bound.backward_cuda_workspace_with(&bwd)?;
                 if need != lens {
                     return Err(attnc::Error::Usage(match need {
                         Some((a, m)) => format!(
@@ -1136,12 +1150,13 @@ impl Attention {
                 // memory after the queued launches (as for the forward, whose SAFETY
                 // note in `forward_cuda` covers the inputs and captures).
                 unsafe {
-                    bound.backward_cuda_into_masked(
+                    bound.backward_cuda_into_with(
                         &bufs,
                         &caps.tensors,
                         &caps.params,
                         &grads,
                         mask.as_ref(),
+                        &bwd,
                         stream,
                     )
                 }

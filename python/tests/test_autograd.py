@@ -213,3 +213,49 @@ def test_eager_path_matches_the_custom_op():
     # no gradient wanted: no autograd node
     with torch.no_grad():
         assert attn(*leaf(q, k, v), bias=bias).grad_fn is None
+
+
+def test_deterministic_keyword_reaches_the_backward(monkeypatch):
+    """``attn(..., deterministic=False)`` is accepted and carried to the backward, on the
+    eager autograd path and through ``torch.ops.attnc.forward``'s autograd (the custom op's
+    ``deterministic`` argument); the default is True. On the CPU (deterministic either way)
+    the gradients are bit-identical to the default's. A value that is not a bool is an
+    AttncError E0319 naming ``deterministic``, raised before anything runs."""
+    from attnc import _ops
+
+    attn = attnc.compile(EXAMPLES / "learned_bias.attn").attention()
+    b, h, l, d = 1, 2, 21, 16
+    q, k, v = qkv(b, h, h, l, l, d, seed=11)
+    bias = 0.5 * torch.randn(b, h, l, l, generator=torch.Generator().manual_seed(12))
+    seen = []
+    real = _ops._backward_impl
+
+    def spy(*args):
+        # (inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params,
+        # tensor_grads, mask, deterministic)
+        seen.append(args[15] if len(args) > 15 else True)
+        return real(*args)
+
+    monkeypatch.setattr(_ops, "_backward_impl", spy)
+    runs = []
+    for how in ("default", "eager_true", "eager_false", "op_default", "op_false"):
+        xs = leaf(q, k, v, bias)
+        if how == "default":
+            o = attn(*xs[:3], bias=xs[3])
+        elif how.startswith("eager"):
+            o = attn(*xs[:3], bias=xs[3], deterministic=how == "eager_true")
+        elif how == "op_default":
+            o, _ = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [])
+        else:
+            o, _ = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [], False)
+        o.backward(torch.randn(o.shape, generator=torch.Generator().manual_seed(13)))
+        runs.append([x.grad for x in xs])
+    assert seen == [True, True, False, True, False]
+    for run in runs[1:]:
+        for a, r in zip(runs[0], run):
+            assert torch.equal(a, r)
+    for bad in ("no", 0, 1, None, 0.0):
+        with pytest.raises(attnc.AttncError) as e:
+            attn(q, k, v, bias=bias, deterministic=bad)
+        assert e.value.code == "E0319" and "`deterministic`" in str(e.value), str(e.value)
+    assert seen == [True, True, False, True, False], "nothing ran for the bad values"

@@ -970,3 +970,73 @@ def test_fused_backward_workspace_is_checked(monkeypatch):
     two(*xs).backward(do)
     for n, a, r in zip("qkv", [x.grad for x in xs], fused):
         assert torch.allclose(a.float(), r.float(), atol=2e-2, rtol=2e-2), n
+
+
+ND_CASES = [
+    # (file, attention, caps, (b, hq, hkv, lq, lkv, d), dtype)
+    ("dense.attn", None, {}, (1, 4, 4, 300, 300, 128), torch.bfloat16),  # q tiles of 80 on sm_90
+    ("causal.attn", None, {}, (2, 8, 2, 257, 131, 128), torch.bfloat16),  # GQA, odd, Lq != Lkv
+    ("causal.attn", None, {}, (1, 4, 1, 193, 193, 64), torch.float16),
+    ("dense.attn", None, {}, (1, 4, 2, 150, 211, 64), torch.bfloat16),
+    ("document_causal.attn", "document_causal", "doc", (2, 4, 2, 333, 333, 128), torch.float16),  # block mask
+    ("learned_bias.attn", None, "bias", (1, 4, 4, 130, 97, 128), torch.bfloat16),  # capture gradient
+]
+
+
+@pytest.mark.parametrize("file,name,caps,shape,dtype", ND_CASES,
+                         ids=["dense128", "causal_gqa128", "causal64_f16", "dense64_gqa", "document_mask", "learned_bias"])
+def test_nondeterministic_backward_matches_the_oracle(file, name, caps, shape, dtype):
+    """``attn(..., deterministic=False)``: the backward's non-deterministic kernels (sm_90:
+    dQ's parts added unordered, q tiles of 80 at dense D128) against the f64 oracle with
+    the fused backward's tolerance; run twice, dk, dv and capture gradients bit-identical
+    (only dq's additions are unordered), and dk, dv equal to the deterministic backward's
+    where the tiles are the same (all but dense D128 on sm_90). Its dQ workspace is the
+    non-deterministic kernels' (q tiles of 80 at dense D128 on sm_90)."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    b, hq, hkv, lq, lkv, d = shape
+    q, k, v = (x.to(dtype) for x in qkv(b, hq, hkv, lq, lkv, d, seed=lq + d))
+    mask = False
+    if caps == "bias":
+        caps = {"bias": 0.5 * torch.randn(b, hq, lq, lkv, generator=torch.Generator().manual_seed(6))}
+    elif caps == "doc":
+        doc = torch.sort(torch.randint(0, 4, (b, lq), generator=torch.Generator().manual_seed(5),
+                                       dtype=torch.int32), dim=1).values
+        caps, mask = {"doc": doc}, True
+    floats = [n for n, elem, _ in attn.tensors if elem in ("f32", "f16", "bf16")]
+    wo, wl = loss_weights(torch.empty(b, hq, lq, d), torch.empty(b, hq, lq), 7)
+    dense128 = SM90 and file == "dense.attn" and d == 128
+    ws = attn._inner.backward_workspace(q.cuda(), k.cuda(), v.cuda(), None, False)
+    if SM90:
+        accum, sem = ws
+        q_block = 80 if dense128 else accum // (sem * d)
+        assert q_block in (64, 80, 128) and accum == sem * q_block * d, ws
+        assert (q_block == 80) == dense128, ws
+    runs = {}
+    for det in (False, False, True):
+        xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+        dcaps = dev(caps)
+        for n in floats:
+            dcaps[n] = dcaps[n].requires_grad_(True)
+        bm = attn.block_mask(*xs, **dcaps) if mask else None
+        o, lse = attn(*xs, return_lse=True, block_mask=bm, deterministic=det, **dcaps)
+        wl_ = torch.where(torch.isinf(lse.cpu()), 0.0, wl)
+        lse_term = torch.where(torch.isinf(lse), 0.0, lse)
+        ((o.float() * wo.cuda()).sum() + (lse_term * wl_.cuda()).sum()).backward()
+        runs.setdefault(det, []).append([x.grad for x in xs] + [dcaps[n].grad for n in floats])
+    (nd1, nd2), (det,) = runs[False], runs[True]
+    for n, a, r in zip(["q", "k", "v"] + floats, nd1, nd2):
+        if n != "q":
+            assert torch.equal(a, r), f"d{n} differs between two non-deterministic runs"
+    if not dense128:
+        for n, a, r in zip(["k", "v"] + floats, nd1[1:], det[1:]):
+            assert torch.equal(a, r), f"d{n}: the non-deterministic backward changed more than dQ's order"
+    if not SM90:
+        assert torch.equal(nd1[0], det[0]), "no non-deterministic kernels here: the same dq"
+    dq, dk, dv, rc = attn.reference_grad(q, k, v, wo, wl_, **caps)
+    for n, g, r in zip(["q", "k", "v"] + floats, nd1, [dq, dk, dv] + [rc[x] for x in floats]):
+        g, r = g.double().cpu(), r.double()
+        tol = 0.05 * r.abs().max() + 0.02
+        assert not torch.isnan(g).any(), f"d{n} has NaN"
+        assert (g - r).abs().max() <= tol, f"d{n}: {(g - r).abs().max():.4g} > {tol:.4g}"
+    # dq against the deterministic dq: the same sums in another order
+    assert (nd1[0].float() - det[0].float()).abs().max() <= 0.02 * det[0].float().abs().max() + 1e-3

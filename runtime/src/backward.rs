@@ -13,6 +13,17 @@
 //! forward's block maps; `Cuda` runs the GPU kernels of `cuda::backward` (dQ, dK, dV and
 //! the capture gradients, which its dQ kernel accumulates deterministically in fixed
 //! point).
+//!
+//! [`BackwardOptions`] (`Bound::backward_with`, and the caller-buffer entries'
+//! `*_with` forms in `external`): `deterministic` (default true) keeps the gradients
+//! bit-identical run to run; `false` lets a CUDA binding run the fastest non-deterministic
+//! variant of its backward kernels ([`backward_kernel_options`]: the fused dQ's tiles
+//! added in any order, `PtxOptions::bwd_dq_free`, and at dense D128 q tiles of 80,
+//! `PtxOptions::backward_q80`; measured 1.10–1.13x the deterministic default at dense
+//! D128 on an H200, docs/performance.md "Session 16 final check"). The gradients then
+//! differ from run to run in the last bits of dQ (float additions in another order);
+//! dK, dV and the capture gradients stay deterministic. The CPU and reference backends
+//! are deterministic either way and accept the option.
 
 use crate::api::{Bound, Captures, check_input};
 use crate::error::{Error, Result};
@@ -40,17 +51,50 @@ pub struct Gradients {
     pub params: BTreeMap<String, f32>,
 }
 
+/// How a backward call runs (`Bound::backward_with`, `Bound::backward_cuda_into_with`,
+/// `Bound::backward_cuda_workspace_with`). `Default`: deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackwardOptions {
+    /// Bit-identical gradients run to run (default true). `false`: a CUDA binding may run
+    /// the fastest non-deterministic variant of its kernels ([`backward_kernel_options`]:
+    /// on sm_90 the fused dQ's parts added in any order, and q tiles of 80 at dense D128;
+    /// 1.10–1.13x the deterministic backward there on an H200), whose dQ then differs in
+    /// its last bits from run to run (dK, dV and capture gradients stay deterministic);
+    /// where no such variant exists (the two-kernel backward of other GPUs, D other than
+    /// 64/128) the deterministic kernels run. The CPU and reference backends are
+    /// deterministic either way.
+    pub deterministic: bool,
+}
+
+impl Default for BackwardOptions {
+    fn default() -> Self {
+        BackwardOptions {
+            deterministic: true,
+        }
+    }
+}
+
+impl BackwardOptions {
+    /// `deterministic: false` (see the field).
+    pub fn nondeterministic() -> Self {
+        BackwardOptions {
+            deterministic: false,
+        }
+    }
+}
+
 /// What a binding keeps for its backward calls.
 #[derive(Default)]
 pub(crate) struct BackwardState {
     cpu: Option<Box<CpuBackward>>,
     /// The CUDA kernels of the caller-buffer entry points (those of `Bound::backward`,
     /// their dQ workspace allocated by the caller; dQ by a second kernel under
-    /// `ATTNC_BWD_DQ=separate`), from the process's JIT cache, looked up on the first call.
-    pub(crate) cuda: Option<Arc<crate::cuda::backward::CudaBackward>>,
+    /// `ATTNC_BWD_DQ=separate`), from the process's JIT cache, looked up on the first call;
+    /// `[deterministic, non-deterministic]` ([`BackwardOptions`]).
+    pub(crate) cuda: [Option<Arc<crate::cuda::backward::CudaBackward>>; 2],
     /// The CUDA kernels of `Bound::backward` (`PtxOptions::backward`'s defaults: dQ fused
-    /// into the dK/dV kernel on sm_90, its workspace allocated per call).
-    pub(crate) cuda_host: Option<Arc<crate::cuda::backward::CudaBackward>>,
+    /// into the dK/dV kernel on sm_90, its workspace allocated per call), likewise.
+    pub(crate) cuda_host: [Option<Arc<crate::cuda::backward::CudaBackward>>; 2],
 }
 
 impl Bound {
@@ -107,6 +151,7 @@ impl Bound {
 
     /// The backward pass (module docs). `o` and `lse` are `forward`'s outputs for the
     /// same inputs and captures; `dout` has o's shape and dtype, `dlse` lse's (f32).
+    /// Deterministic ([`BackwardOptions::default`]; [`Self::backward_with`] takes others).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -118,6 +163,35 @@ impl Bound {
         dout: &Tensor,
         dlse: Option<&Tensor>,
         captures: &Captures,
+    ) -> Result<Gradients> {
+        self.backward_with(
+            q,
+            k,
+            v,
+            o,
+            lse,
+            dout,
+            dlse,
+            captures,
+            &BackwardOptions::default(),
+        )
+    }
+
+    /// [`Self::backward`] under `bwd` ([`BackwardOptions`]: `deterministic: false` lets
+    /// a CUDA binding run its non-deterministic kernels; the CPU and reference backends
+    /// are deterministic either way).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dlse: Option<&Tensor>,
+        captures: &Captures,
+        bwd: &BackwardOptions,
     ) -> Result<Gradients> {
         let opts = self.options().clone();
         let s = opts.shape;
@@ -228,7 +302,7 @@ impl Bound {
             crate::api::Backend::Cuda => cuda_backward(
                 &variant,
                 self.options().device,
-                self.cuda_host_backward_kernels()?,
+                self.cuda_host_backward_kernels(bwd.deterministic)?,
                 self.plan(),
                 &s,
                 dt,
@@ -379,28 +453,34 @@ impl Bound {
     /// `PtxOptions::backward`, as `Bound::backward` (on sm_90 at D64 and D128 dQ fused into the
     /// dK/dV kernel, its workspace allocated by the caller: `backward_cuda_workspace`),
     /// or `PtxOptions::backward_separate` (pre, dK/dV, dQ; no workspace) when the
-    /// environment says `ATTNC_BWD_DQ=separate` at the first call; from the process's JIT
-    /// cache on the first call (one lookup per kind) and kept by the binding.
+    /// environment says `ATTNC_BWD_DQ=separate` at the first call; with `deterministic`
+    /// false their non-deterministic variant ([`backward_kernel_options`]); from the
+    /// process's JIT cache on the first call (one lookup per kind) and kept by the binding.
     pub(crate) fn cuda_backward_kernels(
         &mut self,
+        deterministic: bool,
     ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
-        self.cuda_kernels_with(false)
+        self.cuda_kernels_with(false, deterministic)
     }
 
     /// The CUDA binding's backward kernels for `Bound::backward` (`PtxOptions::backward`:
-    /// on sm_90 dQ fused into the dK/dV kernel, deterministic).
+    /// on sm_90 dQ fused into the dK/dV kernel; deterministic unless `deterministic` is
+    /// false).
     pub(crate) fn cuda_host_backward_kernels(
         &mut self,
+        deterministic: bool,
     ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
-        self.cuda_kernels_with(true)
+        self.cuda_kernels_with(true, deterministic)
     }
 
     fn cuda_kernels_with(
         &mut self,
         host: bool,
+        deterministic: bool,
     ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
+        let slot = usize::from(!deterministic);
         let state = self.extension::<BackwardState>();
-        if let Some(k) = if host { &state.cuda_host } else { &state.cuda } {
+        if let Some(k) = &(if host { &state.cuda_host } else { &state.cuda })[slot] {
             return Ok(k.clone());
         }
         let opts = self.options().clone();
@@ -409,35 +489,90 @@ impl Bound {
         let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
         let device = crate::exec::cuda::cuda_device_at(opts.device)?;
         let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
-        let s = opts.shape;
-        let (arch, d, dv) = (device.arch(), s.d as u32, s.dv as u32);
         let separate = !host && std::env::var("ATTNC_BWD_DQ").is_ok_and(|v| v == "separate");
-        // float positions and the fused kernel's CTA order for this binding's plan and
-        // shape (`PtxOptions::backward_for_binding`), then the environment's overrides
-        let base = if separate {
-            PtxOptions::backward_separate(arch, d, dv, input)
-        } else {
-            PtxOptions::backward(arch, d, dv, input)
-        };
-        let base = base.backward_for_binding(self.plan(), s.lq.max(s.lkv));
-        let mut popts = if separate {
-            base
-        } else {
-            bwd_dq_override(base)
-        };
+        let mut popts = backward_kernel_options(
+            self.plan(),
+            &opts.shape,
+            device.arch(),
+            input,
+            separate,
+            deterministic,
+        );
         popts.checked = opts.checked;
         let k = Arc::new(
             crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
                 .map_err(err)?,
         );
         let state = self.extension::<BackwardState>();
-        *(if host {
+        (if host {
             &mut state.cuda_host
         } else {
             &mut state.cuda
-        }) = Some(k.clone());
+        })[slot] = Some(k.clone());
         Ok(k)
     }
+}
+
+/// The backward kernels' options the runtime picks for a CUDA binding of `plan` at
+/// `shape` on `arch` (the one place: `Bound::backward` and the caller-buffer entries):
+/// `PtxOptions::backward` (or `backward_separate` with `separate`, the caller path under
+/// `ATTNC_BWD_DQ=separate`) refined by `backward_for_binding` (float positions, the fused
+/// kernel's CTA order and the per-binding defaults), then the environment's overrides
+/// ([`bwd_dq_override`]), then, without `deterministic`, the fastest non-deterministic
+/// variant ([`nondeterministic`]). `PtxOptions::key` tells them apart, so the JIT cache
+/// keeps each variant's kernels under its own key.
+pub fn backward_kernel_options(
+    plan: &attnc_compiler::plan::Plan,
+    shape: &attnc_compiler::shape::Shape,
+    arch: attnc_compiler::backend::llvm::Arch,
+    input: InputType,
+    separate: bool,
+    deterministic: bool,
+) -> PtxOptions {
+    let (d, dv) = (shape.d as u32, shape.dv as u32);
+    // float positions and the fused kernel's CTA order for this binding's plan and
+    // shape (`PtxOptions::backward_for_binding`), then the environment's overrides
+    let base = if separate {
+        PtxOptions::backward_separate(arch, d, dv, input)
+    } else {
+        PtxOptions::backward(arch, d, dv, input)
+    };
+    let base = base.backward_for_binding(plan, shape.lq.max(shape.lkv));
+    let o = if separate {
+        base
+    } else {
+        bwd_dq_override(base)
+    };
+    if deterministic {
+        o
+    } else {
+        nondeterministic(o, plan)
+    }
+}
+
+/// The fastest non-deterministic variant of the backward options `o` (a binding's, as
+/// [`backward_kernel_options`] makes them) that exists for `plan`: where dQ is fused with
+/// ordered bulk additions (`BwdDq::OrderedBulk`: sm_90 at D64 and D128) the writer adds
+/// each dQ part as soon as it is in its slot (`PtxOptions::bwd_dq_free`: no per-tile turn,
+/// the accumulator zeroed per call, so the early conversion under the fused kernel's tail,
+/// `bwd_convert_early`, which waits for a tile's last turn, is off), and at dense D128 (no
+/// mask, the identity score, no capture gradients) q tiles of 80
+/// (`PtxOptions::backward_q80`, which pays only without the ordered chain). One H200
+/// (session 16, B2 H16 L8192 D128 dense, whole backward TFLOP/s, one process): default
+/// 557.0 / 545.0, unordered alone 573.4, q tiles of 80 alone 558.4, both 615.1. Other
+/// options (the two-kernel backward, the fused `Ordered` / `Atomic` schemes an
+/// `ATTNC_BWD_DQ` override picks) are returned as they are.
+pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> PtxOptions {
+    use attnc_compiler::backend::llvm::BwdDq;
+    if o.bwd_dq != BwdDq::OrderedBulk {
+        return o;
+    }
+    PtxOptions {
+        bwd_dq_free: true,
+        bwd_convert_early: false,
+        ..o
+    }
+    .backward_q80(plan)
 }
 
 /// `ATTNC_BWD_DQ=ordered` runs the fused backward with the math warps adding their dQ
@@ -457,7 +592,15 @@ impl Bound {
 /// producer only; no capture gradients); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
 /// threads (`PtxOptions::bwd_two_writers`, bulk additions only) and
 /// `ATTNC_BWD_STORE_PAIRS=1` / `0` its dK/dV stores in pairs (`PtxOptions::bwd_store_pairs`;
-/// both on by default with the warp-wide search).
+/// both on by default with the warp-wide search). For A/B runs of the later per-binding
+/// defaults (session 17: the Python document step): `ATTNC_BWD_PDL=0` / `1` turns the
+/// kernels' chaining by programmatic dependent launch and the early dQ conversion
+/// (`PtxOptions::bwd_pdl`, `bwd_convert_early`; session 15, bands and block tables) off /
+/// on (fused schemes), `ATTNC_BWD_EARLY=0` the early conversion alone off,
+/// `ATTNC_BWD_WIDE=0` the wide dQ conversion (`bwd_convert_wide`, session 14) off,
+/// `ATTNC_BWD_REC=0` the visits from the producer's records (`bwd_visit_rec`, sessions 13
+/// and 16) off and `ATTNC_BWD_CUTS=0` the math warps' instruction cuts (`bwd_stmatrix`,
+/// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
@@ -538,6 +681,36 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
         },
         _ => o,
     };
+    let off = |k: &str| std::env::var(k).as_deref() == Ok("0");
+    let o = match std::env::var("ATTNC_BWD_PDL").as_deref() {
+        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions {
+            bwd_pdl: true,
+            bwd_convert_early: true,
+            ..o
+        },
+        Ok("0") => PtxOptions {
+            bwd_pdl: false,
+            bwd_convert_early: false,
+            ..o
+        },
+        _ => o,
+    };
+    let o = PtxOptions {
+        bwd_convert_early: o.bwd_convert_early && !off("ATTNC_BWD_EARLY"),
+        bwd_convert_wide: o.bwd_convert_wide && !off("ATTNC_BWD_WIDE"),
+        bwd_visit_rec: o.bwd_visit_rec && !off("ATTNC_BWD_REC"),
+        ..o
+    };
+    let o = if off("ATTNC_BWD_CUTS") {
+        PtxOptions {
+            bwd_stmatrix: false,
+            bwd_desc: false,
+            bwd_ds_unguarded: false,
+            ..o
+        }
+    } else {
+        o
+    };
     match std::env::var("ATTNC_BWD_DQ").as_deref() {
         // (without the TMA producer: no visit records, which its warp stores)
         Ok("ordered") if bulk => PtxOptions {
@@ -554,5 +727,107 @@ fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
             ..o
         },
         _ => o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::backward::convert_early;
+    use attnc_compiler::backend::llvm::{Arch, BwdDq, samples, spec};
+    use attnc_compiler::plan::Plan;
+    use attnc_compiler::shape::Shape;
+
+    fn shape(l: usize, d: usize) -> Shape {
+        Shape {
+            b: 2,
+            hq: 8,
+            hkv: 2,
+            lq: l,
+            lkv: l,
+            d,
+            dv: d,
+        }
+    }
+
+    /// What `BackwardOptions { deterministic: false }` selects per binding (no GPU needed):
+    /// on sm_90 every fused (OrderedBulk) binding adds its dQ parts unordered, the early
+    /// conversion off; dense D128 alone also on q tiles of 80; every other option as the
+    /// deterministic binding's; the kernels exist (their specs), their JIT cache keys and
+    /// workspaces differ from the deterministic ones'. The two-kernel backward (sm_80, D32,
+    /// `ATTNC_BWD_DQ=separate`'s caller path) has no non-deterministic variant.
+    #[test]
+    fn nondeterministic_options_per_binding() {
+        let cases = [
+            ("dense", samples::dense(), 128, true),
+            ("causal", samples::causal(), 128, false),
+            ("sliding", samples::sliding(), 128, false),
+            ("document_causal", samples::document_causal(), 128, false),
+            ("softcap_causal", samples::softcap_causal(), 128, false),
+            ("bias_table", samples::bias_table(), 128, false),
+            ("dense", samples::dense(), 64, false),
+            ("causal", samples::causal(), 64, false),
+        ];
+        for (name, p, d, q80) in cases {
+            let plan = Plan::new(&p);
+            let sh = shape(1000, d);
+            let opts =
+                |det| backward_kernel_options(&plan, &sh, Arch::Sm90, InputType::Bf16, false, det);
+            let (det, nd) = (opts(true), opts(false));
+            assert_eq!(det.bwd_dq, BwdDq::OrderedBulk, "{name} D{d}");
+            assert!(!det.bwd_dq_free, "{name} D{d}: deterministic by default");
+            assert!(nd.bwd_dq_free, "{name} D{d}: unordered dQ");
+            assert!(!convert_early(&nd), "{name} D{d}");
+            assert_eq!(nd.q_block == 80, q80, "{name} D{d}: q tiles of 80");
+            let same = PtxOptions {
+                bwd_dq_free: false,
+                bwd_convert_early: det.bwd_convert_early,
+                q_block: det.q_block,
+                ..nd
+            };
+            assert_eq!(same, det, "{name} D{d}: nothing else changes");
+            for kind in [
+                KernelKind::BackwardPre,
+                KernelKind::BackwardDkDv,
+                KernelKind::BackwardDq,
+            ] {
+                spec(&plan, kind, &nd).unwrap_or_else(|e| panic!("{name} D{d} {kind:?}: {e}"));
+                assert_ne!(
+                    crate::cuda::jit_cache::JitCache::key(&plan, kind, &det),
+                    crate::cuda::jit_cache::JitCache::key(&plan, kind, &nd),
+                    "{name} D{d}: one cache key per variant"
+                );
+            }
+            let ws = |o| crate::cuda::backward::dq_workspace(o, &sh).expect("fused");
+            let (wd, wn) = (ws(&det), ws(&nd));
+            let tiles = |qb: usize| 2 * 8 * 1000usize.div_ceil(qb);
+            assert_eq!(
+                wn,
+                (
+                    tiles(nd.q_block as usize) * nd.q_block as usize * d,
+                    tiles(nd.q_block as usize)
+                )
+            );
+            if !q80 && !convert_early(&det) {
+                assert_eq!(wd, wn, "{name} D{d}");
+            }
+            assert!(crate::cuda::backward::dq_accum_zeroed(&nd));
+            assert!(!crate::cuda::backward::dq_accum_zeroed(&det));
+        }
+        // the two-kernel backward: deterministic kernels either way
+        let plan = Plan::new(&samples::causal());
+        for (arch, d, separate) in [
+            (Arch::Sm80, 128, false),
+            (Arch::Sm90, 32, false),
+            (Arch::Sm90, 128, true),
+        ] {
+            let sh = shape(333, d);
+            let o = |det| backward_kernel_options(&plan, &sh, arch, InputType::F16, separate, det);
+            assert_eq!(o(false), o(true), "{arch:?} D{d}");
+            assert_eq!(o(true).bwd_dq, BwdDq::Separate);
+        }
+        assert!(BackwardOptions::default().deterministic);
+        assert!(!BackwardOptions::nondeterministic().deterministic);
     }
 }

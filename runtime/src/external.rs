@@ -14,6 +14,7 @@
 
 use crate::api::{Backend, Bound, Captures, ParamValue, Variant};
 use crate::api::{bind_params, check_names, check_tensor};
+use crate::backward::BackwardOptions;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
@@ -243,7 +244,8 @@ impl Bound {
     /// dV: the names of the captured tensors the score reads differentiably, and whether
     /// it reads f32 params differentiably. Looks the backward kernels up on first use.
     pub fn backward_cuda_grad_words(&mut self) -> Result<(Vec<String>, bool)> {
-        let kernels = self.cuda_backward_kernels()?;
+        // (the same for both variants: `BackwardOptions` changes only how dQ is added)
+        let kernels = self.cuda_backward_kernels(true)?;
         let (ids, params) = kernels.grad_outputs();
         let p = self.variant().program();
         Ok((
@@ -263,8 +265,20 @@ impl Bound {
     /// on the two-kernel path (a comparison for benchmarks). Looks the backward kernels up
     /// on first use.
     pub fn backward_cuda_workspace(&mut self) -> Result<Option<(usize, usize)>> {
+        self.backward_cuda_workspace_with(&BackwardOptions::default())
+    }
+
+    /// [`Self::backward_cuda_workspace`] of the kernels [`Self::backward_cuda_into_with`]
+    /// runs under `bwd` (the non-deterministic kernels' workspace differs: q tiles of 80 at
+    /// dense D128, no early conversion's counters).
+    pub fn backward_cuda_workspace_with(
+        &mut self,
+        bwd: &BackwardOptions,
+    ) -> Result<Option<(usize, usize)>> {
         let shape = self.options().shape;
-        Ok(self.cuda_backward_kernels()?.dq_workspace(&shape))
+        Ok(self
+            .cuda_backward_kernels(bwd.deterministic)?
+            .dq_workspace(&shape))
     }
 
     /// CUDA backend: enqueues the backward pass on the caller's device buffers on the
@@ -313,6 +327,38 @@ impl Bound {
         mask: Option<&DeviceBlockMask>,
         stream: u64,
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.backward_cuda_into_with(
+                bufs,
+                tensors,
+                params,
+                grads,
+                mask,
+                &BackwardOptions::default(),
+                stream,
+            )
+        }
+    }
+
+    /// [`Self::backward_cuda_into_masked`] under `bwd` ([`BackwardOptions`]:
+    /// `deterministic: false` runs the binding's non-deterministic kernels, whose dQ
+    /// workspace [`Self::backward_cuda_workspace_with`] gives for the same `bwd`).
+    ///
+    /// # Safety
+    /// As [`Self::backward_cuda_into_masked`], the dQ workspace as
+    /// [`Self::backward_cuda_workspace_with`] says for `bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward_cuda_into_with(
+        &mut self,
+        bufs: &DeviceBackwardBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        grads: &DeviceGradWords,
+        mask: Option<&DeviceBlockMask>,
+        bwd: &BackwardOptions,
+        stream: u64,
+    ) -> Result<()> {
         self.require_cuda("backward_cuda_into")?;
         let ranges = match mask {
             Some(m) => self.check_block_mask(m, tensors, params, true)?.1,
@@ -322,7 +368,18 @@ impl Bound {
         let shape = opts.shape;
         let dtype = opts.dtype;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
-        let kernels = self.cuda_backward_kernels()?;
+        let kernels = self.cuda_backward_kernels(bwd.deterministic)?;
+        if mask.is_some() && !bwd.deterministic {
+            // the block mask's ranges were checked against the deterministic kernels'
+            // tiles, which the non-deterministic ones keep where a mask exists (q tiles of
+            // 80 only without one)
+            let (ko, kd) = (kernels.options(), self.cuda_backward_kernels(true)?);
+            if (ko.q_block, ko.kv_block) != (kd.options().q_block, kd.options().kv_block) {
+                return Err(Error::Usage(
+                    "this binding's non-deterministic backward kernels take other tiles than its block mask's ranges".into(),
+                ));
+            }
+        }
         // the gradient words by declaration order, each named one a differentiated tensor
         let p = self.variant().program();
         let (want, want_params) = kernels.grad_outputs();

@@ -29,7 +29,7 @@ pub use api::{
     ParamValue, Variant,
 };
 pub use attnc_compiler::shape::Shape;
-pub use backward::Gradients;
+pub use backward::{BackwardOptions, Gradients};
 pub use decode::KvCache;
 pub use error::{Error, Result};
 pub use exec::{cuda_device_info, wait_for_background_jit};

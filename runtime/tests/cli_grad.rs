@@ -127,3 +127,101 @@ fn emit_ir_grad_and_bench_grad() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("backward/forward"), "{}", text(&out));
 }
+
+/// `--nondeterministic` (the backward under `BackwardOptions { deterministic: false }`):
+/// accepted by `run --grad` and `bench --grad` and said in their summary lines; on the CPU
+/// (deterministic anyway) `run` writes the same bits as without it; without `--grad` it is
+/// a usage error naming `--grad` (exit 2).
+#[test]
+fn nondeterministic_flag_with_grad() {
+    let dir = tmpdir("grad-nd");
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 33,
+        lkv: 33,
+        d: 16,
+        dv: 16,
+    };
+    let mut rng = synth::Rng::new(9);
+    let mut inputs = qkv_inputs(&shape, 4);
+    let dout: Vec<f32> = (0..2 * 33 * 16).map(|_| rng.normal()).collect();
+    inputs.insert(
+        "do".to_string(),
+        Tensor::from_f32(vec![1, 2, 33, 16], &dout),
+    );
+    let input = dir.join("in.safetensors");
+    write_safetensors(&input, &inputs).unwrap();
+    let i = input.display().to_string();
+    let mut outs = Vec::new();
+    for nd in [false, true] {
+        let output = dir.join(format!("out-{nd}.safetensors"));
+        let o = output.display().to_string();
+        let mut args = vec![
+            "run",
+            "examples/causal.attn",
+            "--inputs",
+            &i,
+            "--output",
+            &o,
+            "--backend",
+            "cpu",
+            "--grad",
+        ];
+        if nd {
+            args.push("--nondeterministic");
+        }
+        let out = attnc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            text(&out).contains("backward (non-deterministic)"),
+            nd,
+            "{}",
+            text(&out)
+        );
+        outs.push(read_safetensors(&output).unwrap());
+    }
+    for name in ["dq", "dk", "dv"] {
+        assert_eq!(
+            outs[0][name].to_f32(),
+            outs[1][name].to_f32(),
+            "{name}: the CPU backward is deterministic either way"
+        );
+    }
+    let o = dir.join("x.safetensors").display().to_string();
+    let out = attnc(&[
+        "run",
+        "examples/causal.attn",
+        "--inputs",
+        &i,
+        "--output",
+        &o,
+        "--nondeterministic",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--grad"), "{}", text(&out));
+    let out = attnc(&[
+        "bench",
+        "examples/causal.attn",
+        "--h",
+        "2",
+        "--lq",
+        "64",
+        "--d",
+        "32",
+        "--iters",
+        "1",
+        "--grad",
+        "--nondeterministic",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("backward (non-deterministic)"),
+        "{}",
+        text(&out)
+    );
+    let out = attnc(&["bench", "examples/causal.attn", "--nondeterministic"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -57,7 +57,11 @@
 //! gradients) under the defaults; `gpu_backward_fused_sanitize` holds the small D128 and
 //! D64 cases for compute-sanitizer (memcheck, racecheck) of the default fused kernel;
 //! `gpu_backward_convert_timeout` forces the dQ conversion's spin-budget fallback
-//! (`PtxOptions::bwd_convert_timeout_now`) and checks its count and gradients.
+//! (`PtxOptions::bwd_convert_timeout_now`) and checks its count and gradients;
+//! `gpu_backward_nondeterministic` runs the non-deterministic kernels
+//! (`attnc::BackwardOptions { deterministic: false }`: unordered dQ, q tiles of 80 at
+//! dense D128) against the reference, dK/dV run to run, through `Bound::backward_with`,
+//! and `gpu_backward_caller_buffers` them on caller buffers too.
 
 mod gpu_util;
 
@@ -780,6 +784,19 @@ fn api_case(
     seed: u64,
     what: &str,
 ) -> attnc::Gradients {
+    api_case_with(var, shape, dt, caps, seed, what, &Default::default())
+}
+
+/// [`api_case`] with the CUDA backward under `bwd` (`Bound::backward_with`).
+fn api_case_with(
+    var: &attnc::Variant,
+    shape: Shape,
+    dt: attnc::DType,
+    caps: &attnc::Captures,
+    seed: u64,
+    what: &str,
+    bwd: &attnc::BackwardOptions,
+) -> attnc::Gradients {
     use attnc::{Backend, BindOptions, DType, Tensor, synth};
     let ty = match dt {
         DType::F16 => InputType::F16,
@@ -806,7 +823,7 @@ fn api_case(
         .forward(&q, &k, &v, caps)
         .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
     let got = cuda
-        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, caps)
+        .backward_with(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, None, caps, bwd)
         .unwrap_or_else(|e| panic!("{what}: cuda backward: {e}"));
     let bind = reference.bindings(caps).unwrap();
     let exact = attnc_compiler::reference::attention(
@@ -1389,6 +1406,7 @@ fn bench_program(src: &str) -> Program {
 /// (CUDA events, median), backward TFLOP/s = 2.5 · 4·B·H·Lq·Lkv·D·density / time with the
 /// exact density of the mask. O and dO are random and LSE = ln(Lkv) (the kernels' work
 /// does not depend on the values). Writes `$OUT/attnc_bwd_bench.json`.
+/// `ATTNC_BWD_BENCH_L=N` runs both shapes at sequence length N.
 fn gpu_backward_bench(dev: &CudaDevice) {
     use attnc_compiler::interp::{BoundTensor, TensorData};
     use attnc_compiler::ir::Scalar;
@@ -1402,10 +1420,16 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     let mut json = String::from("{\n");
     // `ATTNC_BWD_BENCH_D=128` (or 64): that shape only
     let only_d = std::env::var("ATTNC_BWD_BENCH_D").ok();
+    // `ATTNC_BWD_BENCH_L=4096`: that sequence length instead (e.g. the Python bench's
+    // B2 H16 L4096 D128)
+    let only_l: Option<usize> = std::env::var("ATTNC_BWD_BENCH_L")
+        .ok()
+        .and_then(|x| x.parse().ok());
     for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
         if only_d.as_deref().is_some_and(|x| x != d.to_string()) {
             continue;
         }
+        let l = only_l.unwrap_or(l);
         let sh = shape(b, h, h, l, l, d);
         let ty = InputType::Bf16;
         let mut r = rng(42);
@@ -2067,7 +2091,14 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
     let window = 40;
     let caps = Captures::default().param("window", ParamValue::I32(window));
     let params = HashMap::from([("window".to_string(), ParamValue::I32(window))]);
-    for (dt, seed) in [(DType::BF16, 21u64), (DType::F16, 22)] {
+    // the last: the non-deterministic kernels (`BackwardOptions { deterministic: false }`:
+    // unordered dQ into a zeroed accumulator, which the call must zero: it is NaN here)
+    for (dt, seed, det) in [
+        (DType::BF16, 21u64, true),
+        (DType::F16, 22, true),
+        (DType::BF16, 23, false),
+    ] {
+        let bwd = attnc::BackwardOptions { deterministic: det };
         let shape = Shape {
             b: 2,
             hq: 8,
@@ -2077,9 +2108,9 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
             d: 128,
             dv: 128,
         };
-        let what = format!("caller buffers sliding_window {shape:?} {dt:?}");
+        let what = format!("caller buffers sliding_window {shape:?} {dt:?} {bwd:?}");
         // the host API's gradients, checked against the oracle
-        let want = api_case(&var, shape, dt, &caps, seed, &what);
+        let want = api_case_with(&var, shape, dt, &caps, seed, &what, &bwd);
         // the same inputs as api_case makes them
         let (q, k, v) = synth::qkv(&shape, dt, seed);
         let (d_o, _, _) = synth::qkv(
@@ -2112,7 +2143,7 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
         let rows = shape.b * shape.hq * shape.lq;
         let delta = dev.upload(&vec![f32::NAN; rows]).unwrap();
         let lse2 = dev.upload(&vec![f32::NAN; rows]).unwrap();
-        let work = bound.backward_cuda_workspace().unwrap();
+        let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
         let (accum, sem): (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>) = match work {
             Some((a, s)) => (
                 Some(dev.upload(&vec![f32::NAN; a.max(1)]).unwrap()),
@@ -2148,11 +2179,13 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
         // which the downloads below synchronize; no capture gradients (no words).
         unsafe {
             bound
-                .backward_cuda_into(
+                .backward_cuda_into_with(
                     &bufs,
                     &HashMap::new(),
                     &params,
                     &DeviceGradWords::default(),
+                    None,
+                    &bwd,
                     st.cu_stream() as u64,
                 )
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -2164,6 +2197,13 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
             ("dv", &dv, &want.dv),
         ] {
             let got = dev.download(got).unwrap();
+            if !det && nm == "dq" {
+                // unordered additions: the host call's dq (checked against the oracle)
+                // within the tolerance, not bit for bit
+                let ty = InputType::Bf16;
+                compare("caller dq", &got, &w.to_f32(), ty);
+                continue;
+            }
             assert!(
                 got == w.to_u16_bits().unwrap(),
                 "{what}: {nm} differs from Bound::backward's (fused dQ: {})",
@@ -2186,6 +2226,160 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
             "  {what}: bit-identical to Bound::backward, fused dQ {}",
             work.is_some()
         );
+    }
+}
+
+/// The non-deterministic backward (`BackwardOptions { deterministic: false }`: the
+/// runtime's `backward::nondeterministic` on each binding's options — on sm_90 the fused
+/// dQ's parts added unordered into a zeroed accumulator, `bwd_dq_free`, and at dense D128
+/// q tiles of 80, `backward_q80`) against the f64 reference with the deterministic
+/// tolerances: dense and causal at D128 and D64, odd lengths, Lq != Lkv, GQA, f16 and
+/// bf16, a band (sliding window: the warp-wide search, chained launches without the early
+/// conversion), a block table (document + causal) and capture gradients (bias table).
+/// Each case twice: dK, dV and capture gradients bit-identical (only dQ's additions are
+/// unordered). Then `Bound::backward_with` on the CUDA backend against the reference
+/// backend (dense D128 f16, causal D64 GQA), and deterministic=true through the API
+/// bit-identical to `Bound::backward` and to itself.
+fn gpu_backward_nondeterministic(dev: &CudaDevice) {
+    use attnc::backward::nondeterministic;
+    use attnc_compiler::backend::llvm::Arch;
+    let sm90 = dev.arch() == Arch::Sm90;
+    let cases = [
+        (
+            samples::dense(),
+            shape(1, 4, 2, 333, 333, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::dense(),
+            shape(2, 2, 2, 200, 131, 128),
+            InputType::F16,
+        ),
+        (
+            samples::causal(),
+            shape(2, 4, 2, 257, 131, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::causal(),
+            shape(1, 4, 1, 193, 193, 64),
+            InputType::F16,
+        ),
+        (
+            samples::dense(),
+            shape(1, 4, 2, 150, 211, 64),
+            InputType::Bf16,
+        ),
+        (
+            samples::sliding(),
+            shape(1, 4, 2, 1000, 1000, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::document_causal(),
+            shape(2, 2, 1, 300, 300, 128),
+            InputType::F16,
+        ),
+        (
+            samples::bias_table(),
+            shape(1, 4, 2, 190, 77, 128),
+            InputType::Bf16,
+        ),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let plan = Plan::new(p);
+        let det = test_options(dev.arch(), p, sh, *ty);
+        let o = nondeterministic(det, &plan);
+        let dense128 = p.mask.is_none() && p.score.is_none() && sh.d == 128;
+        if sm90 && det.bwd_dq == attnc_compiler::backend::llvm::BwdDq::OrderedBulk {
+            assert!(o.bwd_dq_free, "{} {sh:?}: unordered dQ", p.name);
+            assert_eq!(
+                o.q_block == 80,
+                dense128,
+                "{} {sh:?}: q tiles of 80",
+                p.name
+            );
+        } else {
+            assert_eq!(o, det, "{} {sh:?}: no non-deterministic variant", p.name);
+        }
+        println!(
+            "  {} nondeterministic: free {} q_block {}",
+            p.name, o.bwd_dq_free, o.q_block
+        );
+        check_case_with(dev, p, *sh, *ty, 1700 + i as u64, i % 3 == 1, o);
+        // twice: everything but dQ bit-identical
+        let ks = emit_backward_kernels(&plan, &o).unwrap();
+        let bw = CudaBackward::load(dev, &ks).unwrap();
+        let x = inputs(p, sh, *ty, 1700 + i as u64, false);
+        let b = blocks_of(&bw, p, sh, &x);
+        let (g1, g2) = (
+            run(dev, &bw, sh, &x, b.as_blocks()),
+            run(dev, &bw, sh, &x, b.as_blocks()),
+        );
+        assert!(
+            g1.dk == g2.dk && g1.dv == g2.dv,
+            "{} {sh:?}: dK/dV differ between runs",
+            p.name
+        );
+        assert!(
+            g1.tensors == g2.tensors,
+            "{} {sh:?}: capture gradients differ",
+            p.name
+        );
+    }
+    // through the API: `Bound::backward_with`
+    use attnc::{Backend, BackwardOptions, BindOptions, Compiled, DType, synth};
+    let nd = BackwardOptions::nondeterministic();
+    for (file, shape, dt) in [
+        ("dense.attn", shape(1, 4, 4, 200, 200, 128), DType::F16),
+        ("causal.attn", shape(2, 4, 2, 131, 257, 64), DType::BF16),
+    ] {
+        let c = Compiled::from_file(&examples_dir().join(file)).unwrap();
+        let var = c.attention(c.names()[0]).unwrap();
+        let what = format!("api {file} {shape:?} nondeterministic");
+        api_case_with(&var, shape, dt, &Default::default(), 77, &what, &nd);
+        // deterministic through the options: bit-identical to `backward`, run to run
+        let (q, k, v) = synth::qkv(&shape, dt, 78);
+        let (d_o, _, _) = synth::qkv(
+            &Shape {
+                d: shape.dv,
+                lkv: shape.lq,
+                hkv: shape.hq,
+                ..shape
+            },
+            dt,
+            79,
+        );
+        let mut b = var
+            .bind(BindOptions::new(Backend::Cuda, shape, dt))
+            .unwrap();
+        let caps = Default::default();
+        let f = b.forward(&q, &k, &v, &caps).unwrap();
+        let plain = b
+            .backward(&q, &k, &v, &f.o, &f.lse, &d_o, None, &caps)
+            .unwrap();
+        for _ in 0..2 {
+            let g = b
+                .backward_with(
+                    &q,
+                    &k,
+                    &v,
+                    &f.o,
+                    &f.lse,
+                    &d_o,
+                    None,
+                    &caps,
+                    &BackwardOptions::default(),
+                )
+                .unwrap();
+            for (a, r) in [(&g.dq, &plain.dq), (&g.dk, &plain.dk), (&g.dv, &plain.dv)] {
+                assert!(
+                    a.to_u16_bits() == r.to_u16_bits(),
+                    "{what}: deterministic differs"
+                );
+            }
+        }
+        println!("  {what}: deterministic=true bit-identical to backward, twice");
     }
 }
 
@@ -2222,6 +2416,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_element_orders", gpu_backward_element_orders),
     ("gpu_backward_q80", gpu_backward_q80),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
+    (
+        "gpu_backward_nondeterministic",
+        gpu_backward_nondeterministic,
+    ),
 ];
 
 /// Ignored trials, run with `--ignored` (`gpu_backward --ignored bench`).

@@ -9,15 +9,29 @@
 //! backward timed separately (same synthetic inputs, dO ~ N(0, 1)), the backward's
 //! GFLOP/s counted as 2.5x the forward's FLOPs over unmasked pairs (FlashAttention's
 //! convention) and the backward/forward time ratio.
+//!
+//! `--nondeterministic` (both): the backward under `BackwardOptions { deterministic:
+//! false }` (`Bound::backward_with`: the CUDA binding's non-deterministic kernels; the
+//! CPU and reference backends are deterministic either way); the summary line says so.
 
 use super::bench::BenchArgs;
 use super::parse_params;
 use super::run::RunArgs;
 use attnc::io::{read_safetensors, write_safetensors};
-use attnc::{BindOptions, Compiled, DType, Error, Tensor, bench, synth};
+use attnc::{BackwardOptions, BindOptions, Compiled, DType, Error, Tensor, bench, synth};
 use std::collections::BTreeMap;
 
-pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
+/// `--nondeterministic`'s backward options and the summary's words for them.
+fn backward_options(nondeterministic: bool) -> (BackwardOptions, &'static str) {
+    if nondeterministic {
+        (BackwardOptions::nondeterministic(), " (non-deterministic)")
+    } else {
+        (BackwardOptions::default(), "")
+    }
+}
+
+pub(crate) fn run(a: &RunArgs, nondeterministic: bool) -> Result<(), Error> {
+    let (bwd, words) = backward_options(nondeterministic);
     let compiled = Compiled::from_file(&a.file)?;
     let variant = compiled.select(a.attention.as_deref())?;
     let mut tensors = read_safetensors(&a.inputs)?;
@@ -37,7 +51,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     let out = bound.forward(&q, &k, &v, &captures)?;
     let fwd_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t0 = std::time::Instant::now();
-    let g = bound.backward(
+    let g = bound.backward_with(
         &q,
         &k,
         &v,
@@ -46,6 +60,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
         &dout,
         dlse.as_ref(),
         &captures,
+        &bwd,
     )?;
     let bwd_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut result = BTreeMap::new();
@@ -62,7 +77,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     }
     write_safetensors(&a.output, &result)?;
     outln!(
-        "{}: {} on {} ({}) with the {} backend: forward {fwd_ms:.2} ms, backward {bwd_ms:.2} ms -> {}",
+        "{}: {} on {} ({}) with the {} backend: forward {fwd_ms:.2} ms, backward{words} {bwd_ms:.2} ms -> {}",
         a.file.display(),
         variant.name(),
         shape,
@@ -73,7 +88,8 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
+pub(crate) fn bench(a: &BenchArgs, nondeterministic: bool) -> Result<(), Error> {
+    let (bwd, words) = backward_options(nondeterministic);
     let compiled = Compiled::from_file(&a.file)?;
     let variant = compiled.select(a.attention.as_deref())?;
     let dtype = DType::parse(&a.dtype)
@@ -107,7 +123,8 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     );
     let bwd_ms = bench::time_ms(
         || {
-            if let Err(e) = bound.backward(&q, &k, &v, &out.o, &out.lse, &dout, None, &caps) {
+            let g = bound.backward_with(&q, &k, &v, &out.o, &out.lse, &dout, None, &caps, &bwd);
+            if let Err(e) = g {
                 err.get_or_insert(e);
             }
         },
@@ -120,7 +137,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     }
     let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
     outln!(
-        "{} {} {} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
+        "{} {} {} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward{words} {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
         variant.name(),
         a.backend.backend().name(),
         super::shape_words(&shape),

@@ -154,6 +154,11 @@ enum Command {
         /// dq, dk, dv and d<name> for every differentiable capture/param besides o and lse
         #[arg(long)]
         grad: bool,
+        /// With --grad: allow the faster non-deterministic backward (cuda on sm_90: dQ's
+        /// parts added in any order, q tiles of 80 at dense D128; dq then differs in its
+        /// last bits from run to run). The cpu and reference backends are deterministic anyway
+        #[arg(long, requires = "grad")]
+        nondeterministic: bool,
         /// Attend against a KV cache: reads q, k_cache, v_cache, seq_lens (+ page_table when paged)
         #[arg(long, value_enum)]
         kv_cache: Option<decode::KvCacheArg>,
@@ -245,6 +250,10 @@ enum Command {
         /// Also time the backward (forward and backward timed separately)
         #[arg(long)]
         grad: bool,
+        /// With --grad: time the faster non-deterministic backward (cuda on sm_90: dQ's
+        /// parts added in any order, q tiles of 80 at dense D128); cpu is deterministic anyway
+        #[arg(long, requires = "grad")]
+        nondeterministic: bool,
         /// Decoding against a KV cache over issue 12's shapes (or --decode-shape), D = --d
         #[arg(long)]
         decode: bool,
@@ -392,6 +401,7 @@ pub fn main() -> i32 {
             jit_tiers,
             kv_cache,
             grad,
+            nondeterministic,
         } => {
             let args = run::RunArgs {
                 file,
@@ -411,7 +421,7 @@ pub fn main() -> i32 {
                         .into(),
                 )),
                 (Some(layout), false) => decode::run(&args, layout),
-                (None, true) => grad::run(&args),
+                (None, true) => grad::run(&args, nondeterministic),
                 (None, false) => run::run(&args),
             }
         }
@@ -465,6 +475,7 @@ pub fn main() -> i32 {
             page_size,
             decode_shapes,
             grad,
+            nondeterministic,
         } => {
             if decode {
                 decode::bench(&decode::BenchArgs {
@@ -502,7 +513,13 @@ pub fn main() -> i32 {
                     docs,
                     jit_tiers,
                 };
-                bench::bench(&args).and_then(|_| if grad { grad::bench(&args) } else { Ok(()) })
+                bench::bench(&args).and_then(|_| {
+                    if grad {
+                        grad::bench(&args, nondeterministic)
+                    } else {
+                        Ok(())
+                    }
+                })
             }
         }
     };

@@ -461,7 +461,7 @@ impl CudaBackward {
         let fused = self.fused();
         if let Some((accum, sem)) = &p.dq_work {
             words.push((sem.device_ptr(s).0, sem.num_bytes()));
-            if o.bwd_dq == BwdDq::Atomic || (o.bwd_dq == BwdDq::OrderedBulk && o.bwd_dq_free) {
+            if dq_accum_zeroed(o) {
                 words.push((accum.device_ptr(s).0, accum.num_bytes()));
             }
         }
@@ -732,6 +732,13 @@ pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
     // conversions' fallback count (`CudaBackward::early_fallbacks`)
     let extra = 2 * usize::from(convert_early(o));
     Some((tiles * (o.q_block * o.d) as usize, tiles + extra))
+}
+
+/// Whether kernels built with `o` add every dQ part into a zeroed `DqAccum` (the caller
+/// zeroes it before the fused kernel): the unordered schemes, `BwdDq::Atomic` and
+/// `OrderedBulk` with `PtxOptions::bwd_dq_free`; the ordered ones store their first part.
+pub fn dq_accum_zeroed(o: &PtxOptions) -> bool {
+    o.bwd_dq == BwdDq::Atomic || (o.bwd_dq == BwdDq::OrderedBulk && o.bwd_dq_free)
 }
 
 /// `args` with what the backward kernels' grid rules and the pre kernel's row count

@@ -144,7 +144,7 @@ impl Bound {
             strides: (maps.b_stride as i32, maps.h_stride as i32),
         };
         let backward = if backward {
-            let kernels = self.cuda_backward_kernels()?;
+            let kernels = self.cuda_backward_kernels(true)?;
             let ko = kernels.options();
             let bt = (ko.q_block, ko.kv_block);
             let bmaps = plan
@@ -270,7 +270,7 @@ impl Bound {
                     .into(),
             ));
         };
-        let kernels = self.cuda_backward_kernels()?;
+        let kernels = self.cuda_backward_kernels(true)?;
         let ko = kernels.options();
         let nq = shape.lq.div_ceil(bt.0 as usize);
         let nkv = shape.lkv.div_ceil(bt.1 as usize);

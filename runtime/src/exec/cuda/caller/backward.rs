@@ -31,7 +31,6 @@ use crate::cuda::{Arg, CudaError, LaunchArgs};
 use crate::exec::ExecResult;
 use crate::exec::cuda::{CudaExec, gpu_at};
 use crate::options::BindOptions;
-use attnc_compiler::backend::llvm::BwdDq;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
 use attnc_compiler::interp::Bindings;
@@ -161,9 +160,10 @@ fn tensor_mask_ranges(
 /// tensors, lengths, heads, scale: [`call_args`]), then dO, dLSE (`HasDLse`), the
 /// scratch rows, dQ, dK, dV, the gradient words and the fused dQ's workspace (`work`:
 /// the lengths the kernels need, `dq_workspace`, and whether its additions are
-/// unordered); with the byte ranges zeroed before the kernel that sums into them (the
-/// gradient words; the semaphores, and the accumulator under `BwdDq::Atomic`). A
-/// workspace missing where the kernels fuse dQ, or given where they do not, is an error.
+/// unordered: `cuda::backward::dq_accum_zeroed`); with the byte ranges zeroed before the
+/// kernel that sums into them (the gradient words; the semaphores, and the accumulator
+/// under the unordered schemes, `BwdDq::Atomic` and `bwd_dq_free`). A workspace missing
+/// where the kernels fuse dQ, or given where they do not, is an error.
 #[allow(clippy::too_many_arguments)]
 fn backward_args(
     dq_spec: &attnc_compiler::backend::llvm::KernelSpec,
@@ -174,7 +174,7 @@ fn backward_args(
     grads: &CallerGradWords,
     bindings: &Bindings,
     state: StateBufs,
-    work: Option<((usize, usize), BwdDq)>,
+    work: Option<((usize, usize), bool)>,
 ) -> Result<(LaunchArgs, Vec<(u64, usize)>), CudaError> {
     let fwd = super::CallerBuffers {
         q: bufs.q,
@@ -206,11 +206,11 @@ fn backward_args(
         zero.push((p, 24 * bindings.params.len().max(1)));
     }
     match (work, bufs.dq_work) {
-        (Some(((accum, sem), dq)), Some(w)) => {
+        (Some(((accum, sem), unordered)), Some(w)) => {
             a.scalar(P::DqAccum, Arg::Ptr(w.accum));
             a.scalar(P::DqSem, Arg::Ptr(w.sem));
             zero.push((w.sem, 4 * sem));
-            if dq == BwdDq::Atomic {
+            if unordered {
                 zero.push((w.accum, 4 * accum));
             }
         }
@@ -331,7 +331,9 @@ impl CudaExec {
             tiles: ptr(&st.tiles),
         };
         let dq_spec = kernels.dq_spec();
-        let work = kernels.dq_workspace(&shape).map(|n| (n, ko.bwd_dq));
+        let work = kernels
+            .dq_workspace(&shape)
+            .map(|n| (n, crate::cuda::backward::dq_accum_zeroed(ko)));
         let (mut a, zero) = backward_args(
             dq_spec, &shape, scale, bufs, tensors, grads, bindings, state, work,
         )?;
@@ -417,7 +419,7 @@ mod tests {
     use super::*;
     use crate::cuda::backward::sized_args;
     use attnc_compiler::backend::KernelKind;
-    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, spec};
+    use attnc_compiler::backend::llvm::{Arch, BwdDq, InputType, PtxOptions, spec};
     use attnc_compiler::interp::{BoundTensor, TensorData};
 
     /// Every parameter and grid axis of the three backward kernels gets a value from the
@@ -487,6 +489,12 @@ mod tests {
                 fused,
                 fused.backward_fused(BwdDq::Ordered),
                 fused.backward_fused(BwdDq::Atomic),
+                // the non-deterministic variant of the bulk scheme (`bwd_dq_free`:
+                // `BackwardOptions { deterministic: false }`)
+                PtxOptions {
+                    bwd_dq_free: true,
+                    ..fused
+                },
             ] {
                 let shape = Shape {
                     d: opts.d as usize,
@@ -556,7 +564,7 @@ mod tests {
                         .collect(),
                     params: want_params.then_some(0x30000),
                 };
-                let work = work.map(|n| (n, opts.bwd_dq));
+                let work = work.map(|n| (n, crate::cuda::backward::dq_accum_zeroed(&opts)));
                 // a workspace missing, or given to kernels without one: an error
                 let other = CallerBackwardBuffers {
                     dq_work: (!is_fused).then_some(work_bufs),
@@ -574,12 +582,19 @@ mod tests {
                 let words = want.len() + want_params as usize;
                 match work {
                     None => assert_eq!(zero.len(), words),
-                    Some(((accum, sem), dq)) => {
+                    Some(((accum, sem), unordered)) => {
                         // B2 Hq4 Lq77: 2 x 4 x 2 tiles of 64 x D f32 (D64 fused too since
                         // session 9)
                         assert_eq!((accum, sem), (16 * 64 * opts.d as usize, 16));
                         assert_eq!(zero[words], (work_bufs.sem, 4 * sem));
-                        if dq == BwdDq::Atomic {
+                        assert_eq!(
+                            unordered,
+                            opts.bwd_dq == BwdDq::Atomic || opts.bwd_dq_free,
+                            "{:?} free {}",
+                            opts.bwd_dq,
+                            opts.bwd_dq_free
+                        );
+                        if unordered {
                             assert_eq!(zero[words + 1], (work_bufs.accum, 4 * accum));
                             assert_eq!(zero.len(), words + 2);
                         } else {
