@@ -2236,8 +2236,8 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
 /// tolerances: dense and causal at D128 and D64, odd lengths, Lq != Lkv, GQA, f16 and
 /// bf16, a band (sliding window: the warp-wide search, chained launches without the early
 /// conversion), a block table (document + causal) and capture gradients (bias table).
-/// Each case twice: dK, dV and capture gradients bit-identical (only dQ's additions are
-/// unordered). Then `Bound::backward_with` on the CUDA backend against the reference
+/// Three cases twice: dK, dV and capture gradients bit-identical (only dQ's additions
+/// are unordered). Then `Bound::backward_with` on the CUDA backend against the reference
 /// backend (dense D128 f16, causal D64 GQA), and deterministic=true through the API
 /// bit-identical to `Bound::backward` and to itself.
 fn gpu_backward_nondeterministic(dev: &CudaDevice) {
@@ -2307,7 +2307,11 @@ fn gpu_backward_nondeterministic(dev: &CudaDevice) {
             p.name, o.bwd_dq_free, o.q_block
         );
         check_case_with(dev, p, *sh, *ty, 1700 + i as u64, i % 3 == 1, o);
-        // twice: everything but dQ bit-identical
+        // twice (q tiles of 80, a block table, capture gradients): everything but dQ
+        // bit-identical
+        if ![0, 6, 7].contains(&i) {
+            continue;
+        }
         let ks = emit_backward_kernels(&plan, &o).unwrap();
         let bw = CudaBackward::load(dev, &ks).unwrap();
         let x = inputs(p, sh, *ty, 1700 + i as u64, false);
