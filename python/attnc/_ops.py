@@ -215,9 +215,11 @@ def forward(
     tensors: list[torch.Tensor],
     param_names: str,
     params: list[int | float | bool],
-    deterministic: bool = True,
+    deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # (`deterministic` is for the backward: kept by the autograd context, see _setup_context)
+    # (`deterministic` is for the backward: kept by the autograd context, see _setup_context;
+    # a required argument: torch 2.11's autograd of a custom op wants one gradient per input
+    # actually passed, which a defaulted argument would make vary)
     return _forward_impl(_lookup(key), q, k, v, scale, _names(tensor_names), tensors, _names(param_names), params)
 
 
@@ -239,7 +241,7 @@ def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, par
 
 
 @forward.register_fake
-def _(q, k, v, key, scale, tensor_names, tensors, param_names, params, deterministic=True):
+def _(q, k, v, key, scale, tensor_names, tensors, param_names, params, deterministic):
     o_shape, lse_shape = _out_shapes(q, k, v)
     return q.new_empty(o_shape), q.new_empty(lse_shape, dtype=torch.float32)
 
@@ -260,7 +262,7 @@ def backward(
     param_names: str,
     params: list[int | float | bool],
     tensor_grads: list[bool],
-    deterministic: bool = True,
+    deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """dq, dk, dv and the gradients of the captured tensors flagged in `tensor_grads`
     (empty tensors for the others) of ``forward``'s outputs (o, lse) given dO and dLSE
@@ -331,7 +333,7 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
 
 @backward.register_fake
 def _(q, k, v, o, lse, do, dlse, key, scale, tensor_names, tensors, param_names, params, tensor_grads,
-      deterministic=True):
+      deterministic):
     dts = [torch.empty_like(t) if g else t.new_empty(0) for t, g in zip(tensors, tensor_grads)]
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dts
 

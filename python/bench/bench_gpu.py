@@ -95,7 +95,7 @@ def overhead(res):
         "attnc": lambda: causal(q, k, v),
         # the parts of attnc's call: through the custom op (what torch.compile traces),
         # and the extension alone (o/lse preallocated, the stream handle fetched once)
-        "attnc_custom_op": lambda: torch.ops.attnc.forward(q, k, v, causal._key, None, "", [], "", []),
+        "attnc_custom_op": lambda: torch.ops.attnc.forward(q, k, v, causal._key, None, "", [], "", [], True),
         "attnc_rust_only": lambda: inner.forward(q, k, v, o, lse, None, [], [], _ops._stream(q), 0),
         "flex_compiled": lambda: flex(q, k, v, block_mask=bm),
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),

@@ -202,7 +202,7 @@ def test_eager_path_matches_the_custom_op():
     for use_op in (False, True):
         xs = leaf(q, k, v, bias)
         if use_op:
-            o, lse = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [])
+            o, lse = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [], True)
         else:
             o, lse = attn(*xs[:3], bias=xs[3], return_lse=True)
         g = torch.Generator().manual_seed(9)
@@ -238,14 +238,14 @@ def test_deterministic_keyword_reaches_the_backward(monkeypatch):
 
     monkeypatch.setattr(_ops, "_backward_impl", spy)
     runs = []
-    for how in ("default", "eager_true", "eager_false", "op_default", "op_false"):
+    for how in ("default", "eager_true", "eager_false", "op_true", "op_false"):
         xs = leaf(q, k, v, bias)
         if how == "default":
             o = attn(*xs[:3], bias=xs[3])
         elif how.startswith("eager"):
             o = attn(*xs[:3], bias=xs[3], deterministic=how == "eager_true")
-        elif how == "op_default":
-            o, _ = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [])
+        elif how == "op_true":
+            o, _ = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [], True)
         else:
             o, _ = torch.ops.attnc.forward(*xs[:3], attn._key, None, "bias", [xs[3]], "", [], False)
         o.backward(torch.randn(o.shape, generator=torch.Generator().manual_seed(13)))

@@ -17,10 +17,11 @@
 //! [`BackwardOptions`] (`Bound::backward_with`, and the caller-buffer entries'
 //! `*_with` forms in `external`): `deterministic` (default true) keeps the gradients
 //! bit-identical run to run; `false` lets a CUDA binding run the fastest non-deterministic
-//! variant of its backward kernels ([`backward_kernel_options`]: the fused dQ's tiles
-//! added in any order, `PtxOptions::bwd_dq_free`, and at dense D128 q tiles of 80,
+//! variant of its backward kernels ([`nondeterministic`]: the fused dQ's tiles added in
+//! any order, `PtxOptions::bwd_dq_free`, and at dense D128 q tiles of 80,
 //! `PtxOptions::backward_q80`; measured 1.10–1.13x the deterministic default at dense
-//! D128 on an H200, docs/performance.md "Session 16 final check"). The gradients then
+//! D128 on an H200, docs/performance.md "Session 16 final check"; bands and block tables
+//! keep their deterministic kernels, which are faster there). The gradients then
 //! differ from run to run in the last bits of dQ (float additions in another order);
 //! dK, dV and the capture gradients stay deterministic. The CPU and reference backends
 //! are deterministic either way and accept the option.
@@ -60,8 +61,8 @@ pub struct BackwardOptions {
     /// on sm_90 the fused dQ's parts added in any order, and q tiles of 80 at dense D128;
     /// 1.10–1.13x the deterministic backward there on an H200), whose dQ then differs in
     /// its last bits from run to run (dK, dV and capture gradients stay deterministic);
-    /// where no such variant exists (the two-kernel backward of other GPUs, D other than
-    /// 64/128) the deterministic kernels run. The CPU and reference backends are
+    /// where no faster variant exists (the two-kernel backward of other GPUs, D other than
+    /// 64/128, bands and block tables: [`nondeterministic`]) the deterministic kernels run. The CPU and reference backends are
     /// deterministic either way.
     pub deterministic: bool,
 }
@@ -554,22 +555,25 @@ pub fn backward_kernel_options(
 /// [`backward_kernel_options`] makes them) that exists for `plan`: where dQ is fused with
 /// ordered bulk additions (`BwdDq::OrderedBulk`: sm_90 at D64 and D128) the writer adds
 /// each dQ part as soon as it is in its slot (`PtxOptions::bwd_dq_free`: no per-tile turn,
-/// the accumulator zeroed per call, so the early conversion under the fused kernel's tail,
-/// `bwd_convert_early`, which waits for a tile's last turn, is off), and at dense D128 (no
-/// mask, the identity score, no capture gradients) q tiles of 80
-/// (`PtxOptions::backward_q80`, which pays only without the ordered chain). One H200
-/// (session 16, B2 H16 L8192 D128 dense, whole backward TFLOP/s, one process): default
-/// 557.0 / 545.0, unordered alone 573.4, q tiles of 80 alone 558.4, both 615.1. Other
-/// options (the two-kernel backward, the fused `Ordered` / `Atomic` schemes an
-/// `ATTNC_BWD_DQ` override picks) are returned as they are.
+/// the accumulator zeroed per call), and at dense D128 (no mask, the identity score, no
+/// capture gradients) q tiles of 80 (`PtxOptions::backward_q80`, which pays only without
+/// the ordered chain). One H200 (session 16, B2 H16 L8192 D128 dense, whole backward
+/// TFLOP/s, one process): default 557.0 / 545.0, unordered alone 573.4, q tiles of 80
+/// alone 558.4, both 615.1. Not where the deterministic kernels convert each dQ tile
+/// under the fused kernel's tail (`bwd_convert_early`: bands and block tables), which
+/// needs the ordered chain's last-turn flag: without it the unordered kernels are slower
+/// (one H200, session 17, document + causal B2 H16 L4096 D128, whole backward 0.291 ms
+/// unordered against 0.254 deterministic), so those bindings keep their deterministic
+/// kernels. Other options (the two-kernel backward, the fused `Ordered` / `Atomic`
+/// schemes an `ATTNC_BWD_DQ` override picks) are returned as they are.
 pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
-    if o.bwd_dq != BwdDq::OrderedBulk {
+    use attnc_compiler::backend::llvm::backward::convert_early;
+    if o.bwd_dq != BwdDq::OrderedBulk || convert_early(&o) {
         return o;
     }
     PtxOptions {
         bwd_dq_free: true,
-        bwd_convert_early: false,
         ..o
     }
     .backward_q80(plan)
@@ -762,13 +766,21 @@ mod tests {
         let cases = [
             ("dense", samples::dense(), 128, true),
             ("causal", samples::causal(), 128, false),
-            ("sliding", samples::sliding(), 128, false),
-            ("document_causal", samples::document_causal(), 128, false),
             ("softcap_causal", samples::softcap_causal(), 128, false),
             ("bias_table", samples::bias_table(), 128, false),
             ("dense", samples::dense(), 64, false),
             ("causal", samples::causal(), 64, false),
         ];
+        // bands and block tables convert dQ early (the ordered chain's flags): their
+        // deterministic kernels are the faster ones, kept
+        for p in [samples::sliding(), samples::document_causal()] {
+            let plan = Plan::new(&p);
+            let sh = shape(1000, 128);
+            let opts =
+                |det| backward_kernel_options(&plan, &sh, Arch::Sm90, InputType::Bf16, false, det);
+            assert!(convert_early(&opts(true)), "{}", p.name);
+            assert_eq!(opts(false), opts(true), "{}", p.name);
+        }
         for (name, p, d, q80) in cases {
             let plan = Plan::new(&p);
             let sh = shape(1000, d);
@@ -777,12 +789,12 @@ mod tests {
             let (det, nd) = (opts(true), opts(false));
             assert_eq!(det.bwd_dq, BwdDq::OrderedBulk, "{name} D{d}");
             assert!(!det.bwd_dq_free, "{name} D{d}: deterministic by default");
+            assert!(!convert_early(&det), "{name} D{d}");
             assert!(nd.bwd_dq_free, "{name} D{d}: unordered dQ");
             assert!(!convert_early(&nd), "{name} D{d}");
             assert_eq!(nd.q_block == 80, q80, "{name} D{d}: q tiles of 80");
             let same = PtxOptions {
                 bwd_dq_free: false,
-                bwd_convert_early: det.bwd_convert_early,
                 q_block: det.q_block,
                 ..nd
             };
@@ -809,7 +821,7 @@ mod tests {
                     tiles(nd.q_block as usize)
                 )
             );
-            if !q80 && !convert_early(&det) {
+            if !q80 {
                 assert_eq!(wd, wn, "{name} D{d}");
             }
             assert!(crate::cuda::backward::dq_accum_zeroed(&nd));
