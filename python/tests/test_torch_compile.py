@@ -74,5 +74,5 @@ def test_opcheck():
     q, k, v = qkv(1, 4, 2, 20, 20, 8)
     from attnc import _ops
 
-    args = (q, k, v, attn._key, None, "", [], "window", [5])
+    args = (q, k, v, attn._key, None, "", [], "window", [5], True)
     torch.library.opcheck(_ops.forward, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
