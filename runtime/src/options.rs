@@ -128,18 +128,23 @@ pub struct DecodeTuning {
     /// full tiles by TMA boxes of one page each (`decode_mma::COPY_TMA`), `i` paged: the
     /// page ids loaded a tile ahead clamped where the copy uses them
     /// (`decode_mma::COPY_IDS_LATE`), `j` the combine kernel lets the next call's decode
-    /// kernel launch before its wait (`decode_mma::COPY_COMBINE_TRIGGER`), any combination
+    /// kernel launch before its wait (`decode_mma::COPY_COMBINE_TRIGGER`), `k` whole kept
+    /// tiles without the per-element tests (`decode_mma::COPY_FULL_TILE`), `l` each CTA
+    /// of the plain kind records its SM and times (a diagnostic, `decode_mma::COPY_TRACE`),
+    /// `m` the combine kernel merges up to 16 splits per warp and round
+    /// (`decode_mma::COPY_COMBINE_WIDE`), any combination
     /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
     pub copy: Option<u16>,
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijk` (anything else: `None`).
+/// `abcdefghijklm` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_COMBINE_TRIGGER, COPY_DIRECT, COPY_EARLY, COPY_FULL, COPY_FULL_TILE, COPY_IDS_LATE,
-        COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32, COPY_TMA,
+        COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
+        COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
+        COPY_TMA, COPY_TRACE,
     };
     let v = v.trim();
     if v == "0" {
@@ -160,6 +165,8 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'i' => Some(bits | COPY_IDS_LATE),
         'j' => Some(bits | COPY_COMBINE_TRIGGER),
         'k' => Some(bits | COPY_FULL_TILE),
+        'l' => Some(bits | COPY_TRACE),
+        'm' => Some(bits | COPY_COMBINE_WIDE),
         _ => None,
     })
 }
@@ -174,7 +181,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijk`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklm`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

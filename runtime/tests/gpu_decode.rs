@@ -15,7 +15,8 @@
 //! across many CTAs (sliding window reading only its window); the caller-buffer decode
 //! (`decode_cuda_into`: the decode-ranges kernel first); the launches on sm_90 (decode
 //! and combine kernels by programmatic dependent launch, the default, against serial
-//! launches and the fused kernel: bit for bit equal, deterministic). With
+//! launches and the fused kernel: bit for bit equal, deterministic); the per-CTA records
+//! of `ATTNC_DECODE_COPY` letter `l` (`gpu_decode_trace`). With
 //! `ATTNC_DECODE_COMBINE=fused` the tensor-core cases run the fused kernel (the combine
 //! folded in) instead; with `ATTNC_DECODE_COPY=abc` (or any letters of `abcdef`) they run
 //! that copy variant of the tensor-core kernel (`gpu_decode_copy_variants` compares the
@@ -655,7 +656,7 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
         for copy in copies(
             &[
                 "0", "a", "b", "c", "abc", "d", "e", "de", "ef", "g", "abeg", "eh", "abeh", "ei",
-                "abcei", "eij", "eik", "abceik", "ehik",
+                "abcei", "eij", "eik", "abceik", "ehik", "eikl", "eiklm",
             ],
             0,
         ) {
@@ -717,6 +718,114 @@ fn gpu_decode_copy_variants(_d: &CudaDevice) {
             one.iter().all(|x| *x == one[0]),
             "{what}: the one-split kernel (copy f) changed the bits"
         );
+        // 40 splits (forced; more than the combine's 4 warps x 8 per round): `m`, the
+        // combine kernel's 16 splits per warp and round, and the merging fused kernel
+        // with `e` (its prologue before the wait, session 17), chained twice — against
+        // the oracle (`m` merges in other rounds: the bits may differ by rounding)
+        for (copy, fused) in
+            copies(&[], 2)
+                .iter()
+                .map(|c| (c.clone(), false))
+                .chain(if pick.is_some() {
+                    vec![]
+                } else {
+                    vec![
+                        ("eik".to_string(), false),
+                        ("eikm".to_string(), false),
+                        ("eiklm".to_string(), false),
+                        ("eik".to_string(), true),
+                    ]
+                })
+        {
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy(&copy);
+            o.decode.splits = Some(40);
+            o.decode.fused_combine = fused;
+            let mut bound = variant.bind(o).unwrap();
+            for call in 0..2 {
+                let got = bound
+                    .forward_with_cache(&c.q, &c.cache(), &caps)
+                    .unwrap_or_else(|e| panic!("{what} {copy} 40 splits: cuda: {e}"));
+                let label = format!("{what} {copy} fused {fused} 40 splits call {call}");
+                close(
+                    &format!("{label} o"),
+                    &got.o.to_f32(),
+                    &want.o.to_f32(),
+                    tol(c.dtype),
+                );
+                close(
+                    &format!("{label} lse"),
+                    &got.lse.to_f32(),
+                    &want.lse.to_f32(),
+                    0.002,
+                );
+            }
+        }
+    }
+}
+
+/// The tensor-core kernel's per-CTA records (`ATTNC_DECODE_COPY` letter `l`,
+/// `Bound::cache_device_trace` after `cache_device_time_ms`): one record per (kv head,
+/// split) at Lq 1 (G x Lq = 4 of 16 rows: a padding row), the splits' keys covering the
+/// sequence, every record's times in order (start <= wait <= first tiles <= loop end <=
+/// end, within a second), SM ids below 1024; and the timed call's O against the oracle
+/// (the records live in padding rows the combine never reads).
+fn gpu_decode_trace(_d: &CudaDevice) {
+    let mut rng = Rng(0x7ace);
+    let compiled = example("dense");
+    let program = compiled.names()[0].to_string();
+    let variant = compiled.attention(&program).unwrap();
+    for page in [None, Some(16)] {
+        let c = case_as(
+            DType::BF16,
+            &mut rng,
+            1,
+            32,
+            8,
+            1,
+            128,
+            20000,
+            vec![19990],
+            page,
+        );
+        let caps = Captures::default();
+        let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+        o.decode.copy = attnc::options::parse_decode_copy("eikl");
+        let mut bound = variant.bind(o).unwrap();
+        let ms = bound
+            .cache_device_time_ms(&c.q, &c.cache(), &caps, 2)
+            .unwrap()
+            .expect("a device time");
+        assert!(ms > 0.0);
+        let recs = bound.cache_device_trace().expect("trace records");
+        let splits = recs.iter().map(|r| r.split).max().unwrap() as usize + 1;
+        assert_eq!(
+            recs.len(),
+            8 * splits,
+            "{page:?}: one record per (kv head, split)"
+        );
+        for hk in 0..8 {
+            let keys: u32 = recs
+                .iter()
+                .filter(|r| r.kv_head == hk)
+                .map(|r| r.keys)
+                .sum();
+            assert_eq!(
+                keys, 19990,
+                "{page:?}: kv head {hk}'s splits cover the sequence"
+            );
+        }
+        for r in &recs {
+            assert!(r.sm < 1024, "{page:?}: {r:?}");
+            for w in r.t.windows(2) {
+                let dt = w[1].wrapping_sub(w[0]);
+                assert!(dt < 1_000_000_000, "{page:?}: times out of order: {r:?}");
+            }
+        }
+        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false).unwrap();
+        let got = bound.forward_with_cache(&c.q, &c.cache(), &caps).unwrap();
+        close("trace o", &got.o.to_f32(), &want.o.to_f32(), tol(c.dtype));
+        close("trace lse", &got.lse.to_f32(), &want.lse.to_f32(), 0.002);
     }
 }
 
@@ -737,6 +846,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_chunked_scores", gpu_decode_chunked_scores),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
+    ("gpu_decode_trace", gpu_decode_trace),
 ];
 
 fn main() {

@@ -18,16 +18,18 @@ ATTNC_DECODE_BENCH_ROUNDS=3 timeout 150 $B/attnc bench examples/dense.attn --dec
 # (session 14: ef, efi and abcefi — decode's page ids clamped at use, COPY_IDS_LATE, off by default, alone and with abc, whose paged loop has the contiguous loop's instruction count: the A/B its helper could not time)
 # (session 15: efi is the default since 180e350; ef stays as the old reference)
 # (session 16: efik is the default since COPY_FULL_TILE, `k`: whole kept tiles without the per-element tests; efi = session 15's default)
-echo "=== decode Lq16, 7 rotated rounds (the default efik and session 15's efi; LQ16_COPIES=ef,abcefi,abcefik,.. for other variants)"
-ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-efik,efi} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-200
+# (session 17: 7 rounds of the median of 5 timings let a slow phase of the GPU (~0.5 s, every configuration 10-40% slower) land on
+# some configurations' rounds only; 21 rounds of one timing each after 2 warm rounds interleave them finely: dense page 16 +4.6%, causal +4.2%)
+echo "=== decode Lq16, 21 rotated rounds of one timing (the default efik and session 15's efi; LQ16_COPIES=ef,abcefi,abcefik,.. for other variants)"
+ATTNC_DECODE_BENCH_ROUNDS=21 ATTNC_DECODE_BENCH_REPS=1 ATTNC_DECODE_BENCH_WARM_ROUNDS=2 ATTNC_DECODE_BENCH_COPY=${LQ16_COPIES:-efik,efi} timeout 90 $B/attnc bench examples/dense.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | tail -24 | cut -c1-280
 # (session 13: issue 12's causal and sliding 4096 next to dense; causal at Lq 1 is dense at logical positions; anchors: c.sh's decode_bench_torch.py --masks)
 echo "=== decode causal Lq 4 and sliding 4096 (every shape), 3 rotated rounds"
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 60 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,4,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 # (session 15: causal Lq16 with the default efi read paged 16 / 128 +6.5% / +6.4% of contiguous, 7 rounds, range +4.1..+9.5%:
 # issue 12's "paged within 5%" fails there; the same 7 rotated rounds as dense Lq16, with abcefi beside the default)
 # (session 16: with efik, decode's call read paged 16 / 128 +2.4% / +0.8% of contiguous, efi +7.9% / +5.6% in the same rounds)
-echo "=== decode causal Lq16, 7 rotated rounds (the default efik and session 15's efi; CAUSAL16_COPIES=.. for others)"
-ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${CAUSAL16_COPIES:-efik,efi} timeout 90 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
+echo "=== decode causal Lq16, 21 rotated rounds of one timing (the default efik and session 15's efi; CAUSAL16_COPIES=.. for others)"
+ATTNC_DECODE_BENCH_ROUNDS=21 ATTNC_DECODE_BENCH_REPS=1 ATTNC_DECODE_BENCH_WARM_ROUNDS=2 ATTNC_DECODE_BENCH_COPY=${CAUSAL16_COPIES:-efik,efi} timeout 90 $B/attnc bench examples/causal.attn --decode --backend cuda --dtype bf16 --d 128 --iters 20 --decode-shape 8,32,8,16,32768 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-280
 ATTNC_DECODE_BENCH_ROUNDS=3 timeout 120 $B/attnc bench examples/sliding_window.attn --param window=4096 --decode --backend cuda --dtype bf16 --d 128 --iters 20 --kv-cache contiguous,paged --page-size 16,128 2>&1 | grep -E "^decode|rror" | cut -c1-200
 # (session 14's ef vs efi lines; efi is the default since 180e350: DECODE_I=1 runs them again)
 if [ "${DECODE_I:-0}" = 1 ]; then

@@ -254,7 +254,7 @@ fn bench_tunings_from(
     let copy = entries("ATTNC_DECODE_BENCH_COPY");
     if !copy.is_empty() {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
-        // letters of abcdefghij)
+        // letters of abcdefghijklm)
         let copies = copy
             .iter()
             .map(|x| {
@@ -264,7 +264,7 @@ fn bench_tunings_from(
                         bad(
                             "ATTNC_DECODE_BENCH_COPY",
                             x,
-                            "0 or letters of abcdefghij (ATTNC_DECODE_COPY's values)",
+                            "0 or letters of abcdefghijklm (ATTNC_DECODE_COPY's values)",
                         )
                     })
             })
@@ -427,15 +427,29 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): every (layout, tuning) binding of the
         // shape timed N times in turn, each round starting one binding later than the
         // previous one (so that the GPU's drift and a binding's place in the round
-        // cancel); the median shown, with the spread over the rounds, and for a paged
-        // cache the median and range of its ratio to the contiguous cache's time of the
-        // same tuning in the same round
+        // cancel); the median shown, with the spread over the rounds (its low end is the
+        // configuration's minimum), and for a paged cache the median and range of its
+        // ratio to the contiguous cache's time of the same tuning in the same round, the
+        // ratio of the two minima and of the two medians. A round's timing of a binding
+        // is the median of ATTNC_DECODE_BENCH_REPS (default 5) event timings of --iters
+        // calls: REPS=1 with many rounds interleaves the configurations finely (each
+        // sees the GPU's clock phases as often as the others).
+        // ATTNC_DECODE_BENCH_WARM_ROUNDS=N: N untimed rounds first (the GPU at its loaded
+        // clocks before the first timed round). ATTNC_DECODE_BENCH_SAMPLES=1: every
+        // round's time of each configuration, in round order.
+        // ATTNC_DECODE_BENCH_TRACE=1: for a tuning whose copy records per-CTA times
+        // (letter `l`), a summary of the last timed launch (`trace_summary`).
         let tunings = bench_tunings(a.backend)?;
-        let rounds = std::env::var("ATTNC_DECODE_BENCH_ROUNDS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(1)
-            .max(1);
+        let env_n = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(default)
+        };
+        let rounds = env_n("ATTNC_DECODE_BENCH_ROUNDS", 1).max(1);
+        let warm_rounds = env_n("ATTNC_DECODE_BENCH_WARM_ROUNDS", 0);
+        let samples = env_n("ATTNC_DECODE_BENCH_SAMPLES", 0) > 0;
+        let trace = env_n("ATTNC_DECODE_BENCH_TRACE", 0) > 0;
         let caches: Vec<KvCache> = inputs
             .iter()
             .map(|(k, v, pt, _)| KvCache::new(k, v, pt.as_ref(), &seq_lens))
@@ -474,24 +488,25 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         }
         let n = bounds.len();
         let mut times = vec![Vec::new(); n];
-        for r in 0..rounds {
+        for r in 0..warm_rounds + rounds {
             for j in 0..n {
                 let i = (r + j) % n;
                 let (li, bound) = &mut bounds[i];
                 let (cache, caps) = (&caches[*li], &capsv[*li]);
-                times[i].push(
-                    match bound.cache_device_time_ms(&q, cache, caps, a.iters)? {
-                        Some(ms) => ms,
-                        None => {
-                            bound.forward_with_cache(&q, cache, caps)?; // warm-up
-                            let t0 = std::time::Instant::now();
-                            for _ in 0..a.iters.max(1) {
-                                bound.forward_with_cache(&q, cache, caps)?;
-                            }
-                            t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                let ms = match bound.cache_device_time_ms(&q, cache, caps, a.iters)? {
+                    Some(ms) => ms,
+                    None => {
+                        bound.forward_with_cache(&q, cache, caps)?; // warm-up
+                        let t0 = std::time::Instant::now();
+                        for _ in 0..a.iters.max(1) {
+                            bound.forward_with_cache(&q, cache, caps)?;
                         }
-                    },
-                );
+                        t0.elapsed().as_secs_f64() * 1e3 / a.iters.max(1) as f64
+                    }
+                };
+                if r >= warm_rounds {
+                    times[i].push(ms);
+                }
             }
         }
         let median = |t: &[f64]| {
@@ -529,11 +544,14 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                         let (lo, hi) = ratios
                             .iter()
                             .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+                        let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
                         spread += &format!(
-                            " vs contiguous {:+.1}% ({:+.1}..{:+.1}%)",
+                            " vs contiguous {:+.1}% ({:+.1}..{:+.1}%) min/min {:+.1}% med/med {:+.1}%",
                             median(&ratios) * 100.0,
                             lo * 100.0,
-                            hi * 100.0
+                            hi * 100.0,
+                            (min(t) / min(tc) - 1.0) * 100.0,
+                            (ms / median(tc) - 1.0) * 100.0,
                         );
                     }
                 }
@@ -547,15 +565,154 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     a.backend.name(),
                     label,
                 );
+                if samples && rounds > 1 {
+                    let all: Vec<String> = t.iter().map(|x| format!("{:.1}", x * 1e3)).collect();
+                    outln!("  samples (us, round order): {}", all.join(" "));
+                }
+                if trace {
+                    let bound = &mut bounds[li * nt + ti].1;
+                    if let Some(recs) = bound.cache_device_trace() {
+                        let per_key = ((d + dv) * dtype.size()) as f64;
+                        for line in trace_summary(&recs, ms * 1e3, per_key) {
+                            outln!("  trace: {line}");
+                        }
+                    }
+                }
             }
         }
     }
     Ok(())
 }
 
+/// Where a traced decode launch's time went (`ATTNC_DECODE_BENCH_TRACE=1`, copy letter
+/// `l`): from its CTAs' records (µs from the first CTA's start) the spread of their
+/// starts, of their waits' returns (the previous grid's end, for a chained launch), of
+/// their first tiles' arrival, loop ends and ends; each CTA's streaming rate (its keys'
+/// K and V bytes, `per_key` per key, over its first tiles to its loop's end); the SMs'
+/// last ends; and the call's time `call_us` against the grid's span from its first
+/// wait's return to its last end (what is outside it: the previous call's tail and
+/// combine, launches).
+pub(crate) fn trace_summary(
+    recs: &[attnc::decode::CtaTrace],
+    call_us: f64,
+    per_key: f64,
+) -> Vec<String> {
+    if recs.is_empty() {
+        return vec!["no records (no partial with a padding row)".into()];
+    }
+    let t0 = recs[0].t[0];
+    // µs relative to t0 (the words are the low 32 bits of the ns timer: differences
+    // modulo 2^32)
+    let rel = |x: u32| x.wrapping_sub(t0) as i32 as f64 * 1e-3;
+    let at = |k: usize| -> Vec<f64> { recs.iter().map(|r| rel(r.t[k])).collect() };
+    let base = at(0).into_iter().fold(f64::MAX, f64::min);
+    let sorted = |k: usize| {
+        let mut v: Vec<f64> = at(k).into_iter().map(|x| x - base).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let five = |v: &[f64]| {
+        format!(
+            "{:.2}/{:.2}/{:.2}/{:.2}/{:.2}",
+            pct(v, 0.0),
+            pct(v, 0.1),
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 1.0)
+        )
+    };
+    let (start, wait, first, lend, end) = (sorted(0), sorted(1), sorted(2), sorted(3), sorted(4));
+    let mut sms: std::collections::BTreeMap<u32, (usize, f64)> = Default::default();
+    let mut rates = Vec::new();
+    for r in recs {
+        let e = rel(r.t[4]) - base;
+        let s = sms.entry(r.sm).or_insert((0, f64::MIN));
+        *s = (s.0 + 1, s.1.max(e));
+        let dt = rel(r.t[3]) - rel(r.t[2]);
+        if r.keys > 0 && dt > 0.0 {
+            rates.push(r.keys as f64 * per_key / (dt * 1e-6) / 1e9);
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    let mut sm_end: Vec<f64> = sms.values().map(|x| x.1).collect();
+    sm_end.sort_by(f64::total_cmp);
+    let most = sms.values().map(|x| x.0).max().unwrap_or(0);
+    let span = pct(&end, 1.0) - pct(&wait, 0.0);
+    let mut out = vec![
+        format!(
+            "{} CTAs on {} SMs (at most {most} per SM); us from the first CTA's start, p0/p10/p50/p90/p100",
+            recs.len(),
+            sms.len()
+        ),
+        format!("start {}  wait returned {}", five(&start), five(&wait)),
+        format!(
+            "first tiles landed {}  loop end {}  end {}",
+            five(&first),
+            five(&lend),
+            five(&end)
+        ),
+        format!("SMs' last end {}", five(&sm_end)),
+        format!(
+            "call {call_us:.1} us; first wait return to last end {span:.1} us; outside it {:.1} us; last end - p10 end (tail) {:.1} us",
+            call_us - span,
+            pct(&end, 1.0) - pct(&end, 0.1)
+        ),
+    ];
+    if !rates.is_empty() {
+        out.push(format!(
+            "stream per CTA (first tiles to loop end) GB/s {}",
+            five(&rates)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trace summary from synthetic records: times relative to the first start across
+    /// the timer's 32-bit wrap, the call's time outside the grid's span, the tail, the
+    /// SMs, the per-CTA rate; no records: a line saying so.
+    #[test]
+    fn trace_summary_reads_the_records() {
+        let rec = |sm: u32, t0: u32, end_us: u32, keys: u32| attnc::decode::CtaTrace {
+            b: 0,
+            kv_head: 0,
+            row_group: 0,
+            split: sm,
+            keys,
+            sm,
+            // start, wait (+4 us), first tiles (+4 us), loop end, end (+2 us)
+            t: [
+                t0,
+                t0.wrapping_add(4_000),
+                t0.wrapping_add(4_000),
+                t0.wrapping_add((end_us - 2) * 1000),
+                t0.wrapping_add(end_us * 1000),
+            ],
+        };
+        // the timer wraps between the records' starts: u32::MAX - 500 and 500 ns
+        let base = u32::MAX - 499;
+        let recs: Vec<_> = (0..10)
+            .map(|i| rec(i % 4, base.wrapping_add(i * 100), 100 + i * 2, 6400))
+            .collect();
+        let lines = trace_summary(&recs, 126.0, 512.0);
+        let all = lines.join("\n");
+        assert!(all.contains("10 CTAs on 4 SMs (at most 3 per SM)"), "{all}");
+        // starts 0..0.9 us; last end 0.9 + 118 = 118.9; first wait 4.0: span 114.9
+        assert!(all.contains("start 0.00/0.10/0.50/0.80/0.90"), "{all}");
+        assert!(
+            all.contains("first wait return to last end 114.9 us; outside it 11.1 us"),
+            "{all}"
+        );
+        // 6400 keys x 512 bytes over 112 us (the slowest CTA) = 29.26 GB/s, over 94 us
+        // (the fastest) = 34.86
+        assert!(all.contains("GB/s 29.26/"), "{all}");
+        assert!(all.contains("/34.86"), "{all}");
+        assert_eq!(trace_summary(&[], 1.0, 1.0).len(), 1);
+    }
 
     /// The bench's tuning lists: names, counts and copy variants as given, and an entry
     /// that is none of them an error naming the variable and the entry (it was dropped:

@@ -466,13 +466,56 @@ impl DecodeModule {
         Ok((dev.stream.clone_dtoh(&p.o)?, dev.stream.clone_dtoh(&p.lse)?))
     }
 
-    /// Device milliseconds per call (decode + combine), median of 5 timings of `iters`.
+    /// Device milliseconds per call (decode + combine), median of 5 timings of `iters`
+    /// (`ATTNC_DECODE_BENCH_REPS=N`: of N; `attnc bench --decode` interleaves its
+    /// configurations finely with 1).
     pub fn time(
         &self,
         dev: &CudaDevice,
         p: &DecodeProblem,
         iters: usize,
     ) -> Result<f64, CudaError> {
-        dev.time(3, iters, 5, || self.launch(dev, p))
+        let reps = std::env::var("ATTNC_DECODE_BENCH_REPS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(5);
+        dev.time(3, iters, reps, || self.launch(dev, p))
+    }
+
+    /// The per-CTA records of the last launch of `p` by a decode kernel built with
+    /// `decode_mma::COPY_TRACE` (waits for the stream): for each partial whose last row
+    /// is padding (`(rg + 1) x rows > G x Lq`), its `(b, kv head, row group, split)` and
+    /// the six words the kernel stored there (SM, then `%globaltimer` low words at its
+    /// start, wait, first tiles, loop end, end). Empty when no partial has such a row.
+    pub fn trace(
+        &self,
+        dev: &CudaDevice,
+        p: &DecodeProblem,
+    ) -> Result<Vec<([u32; 4], [u32; 6])>, CudaError> {
+        dev.stream.synchronize()?;
+        let part_o: Vec<f32> = dev.stream.clone_dtoh(&p.part_o)?;
+        let g = &p.geom;
+        let (rows, d) = (self.rows as usize, self.d as usize);
+        let live = (g.hq / g.hkv.max(1)) as usize * g.lq as usize;
+        let mut out = Vec::new();
+        let n = g.b as usize * g.hkv as usize * g.row_groups as usize * g.splits as usize;
+        for pidx in 0..n {
+            let split = pidx % g.splits as usize;
+            let grp = pidx / g.splits as usize;
+            let rg = grp % g.row_groups as usize;
+            let hk = (grp / g.row_groups as usize) % g.hkv as usize;
+            let b = grp / (g.row_groups as usize * g.hkv as usize);
+            if (rg + 1) * rows <= live {
+                continue;
+            }
+            let at = (pidx * rows + rows - 1) * d;
+            let mut w = [0u32; 6];
+            for (i, x) in w.iter_mut().enumerate() {
+                *x = part_o[at + i].to_bits();
+            }
+            out.push(([b as u32, hk as u32, rg as u32, split as u32], w));
+        }
+        Ok(out)
     }
 }

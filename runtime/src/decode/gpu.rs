@@ -188,6 +188,9 @@ pub(crate) struct GpuDecode {
     /// device buffers live until the next timed call with other inputs or the binding's
     /// end.
     timed: Option<(TimedKey, crate::cuda::decode::DecodeProblem)>,
+    /// The per-CTA records of the last timed call's last launch when its kernel records
+    /// them (`decode_mma::COPY_TRACE`, `ATTNC_DECODE_COPY` letter `l`).
+    pub(crate) trace: Option<Vec<super::CtaTrace>>,
 }
 
 /// What identifies a timed call's inputs: the shape, the host tensors' addresses and
@@ -210,6 +213,7 @@ impl GpuDecode {
             tuning,
             modules: [None, None, None, None],
             timed: None,
+            trace: None,
         }
     }
 
@@ -376,10 +380,39 @@ impl GpuDecode {
                 .1
             }
         };
+        // COPY_TRACE (plain kind): the last launch's records, with each split's keys
+        let traced = self.tuning.copy.unwrap_or(COPY) & decode_mma::COPY_TRACE != 0
+            && self.kernel(shape) == Kernel::Mma
+            && !p.fused;
         let m = self.module_for(dev, shape, q.dtype(), p.fused)?;
-        let ms = m.time(dev, &p, iters).map_err(backend);
+        let ms = m.time(dev, &p, iters).map_err(backend)?;
+        let trace = if traced {
+            let g = p.geom;
+            let recs = m.trace(dev, &p).map_err(backend)?;
+            Some(
+                recs.into_iter()
+                    .map(|([b, hk, rg, split], w)| {
+                        let (lo, hi) = (ranges[2 * b as usize], ranges[2 * b as usize + 1]);
+                        let k0 = lo as i64 + split as i64 * g.chunk as i64;
+                        let keys = (hi as i64 - k0).clamp(0, g.chunk as i64) as u32;
+                        super::CtaTrace {
+                            b,
+                            kv_head: hk,
+                            row_group: rg,
+                            split,
+                            keys,
+                            sm: w[0],
+                            t: [w[1], w[2], w[3], w[4], w[5]],
+                        }
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        self.trace = trace;
         self.timed = Some((key, p));
-        ms
+        Ok(ms)
     }
 }
 

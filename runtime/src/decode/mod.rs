@@ -549,7 +549,35 @@ impl Bound {
     }
 }
 
+/// One CTA of the last timed launch of a decode kernel that records where its time went
+/// (`ATTNC_DECODE_COPY` letter `l`, `decode_mma::COPY_TRACE`; [`Bound::cache_device_trace`]).
+/// Times are the low 32 bits of the GPU's `%globaltimer` (ns; compare them modulo 2^32).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CtaTrace {
+    pub b: u32,
+    pub kv_head: u32,
+    pub row_group: u32,
+    pub split: u32,
+    /// Positions of the split (its keys, before the mask).
+    pub keys: u32,
+    /// The SM it ran on.
+    pub sm: u32,
+    /// Its start, the return of its `griddepcontrol.wait`, its prologue's tiles landed,
+    /// its loop's end, the end of its partial's stores.
+    pub t: [u32; 5],
+}
+
 impl Bound {
+    /// The per-CTA records of the last [`Self::cache_device_time_ms`] call's last launch,
+    /// when its kernel records them (`ATTNC_DECODE_COPY` letter `l`: the tensor-core
+    /// kernel's plain kind, partials with a padding row: G x Lq < 16); else `None`.
+    pub fn cache_device_trace(&mut self) -> Option<Vec<CtaTrace>> {
+        match self.extension::<Option<DecodeState>>() {
+            Some(DecodeState::Cuda { gpu, .. }) => gpu.trace.clone(),
+            _ => None,
+        }
+    }
+
     /// Device-side milliseconds per `forward_with_cache` (inputs uploaded once, launches
     /// timed with events) for device backends; `None` for host backends.
     pub fn cache_device_time_ms(

@@ -390,6 +390,17 @@ pub(super) fn with_combine(
 /// 245.9 µs (and 244.7 / 244.3 in a second line), Lq4 247.6 / 248.1, B1 Lkv131072 126.5 /
 /// 126.4: the time between two chained calls is not the next decode grid's launch.
 pub const COPY_COMBINE_TRIGGER: u16 = 512;
+/// [`DecodeOptions::copy`] bit of the combine kernel (`decode_mma::COPY_COMBINE_WIDE`,
+/// `ATTNC_DECODE_COPY` letter `m`): each warp issues the loads of up to
+/// [`COMBINE_UNROLL_WIDE`] splits per round instead of [`COMBINE_UNROLL`], so that up to
+/// 64 splits (B1 Lkv131072's 33) merge after one round of L2 latency instead of two
+/// (warp 0 took splits 0, 4, .., 28 and then 32 alone). The sums' order is the same
+/// splits in the same order per warp, in rounds of another size: the running max, hence
+/// the rescales and their roundings, may differ from the default's (bits may differ by
+/// rounding, both within the oracle's tolerance).
+pub const COPY_COMBINE_WIDE: u16 = 4096;
+/// Splits per round of a combine warp with [`COPY_COMBINE_WIDE`].
+const COMBINE_UNROLL_WIDE: i64 = 16;
 
 /// Shared memory of the combine kernel: per warp D partial sums of O, a max and a sum.
 pub(crate) fn combine_smem_bytes(d: u32) -> u32 {
@@ -1055,10 +1066,15 @@ fn build_combine<'ctx>(
     let accs: Vec<Var<'ctx>> = (0..cpt)
         .map(|_| g.var(g.f32, g.cf(0.0)))
         .collect::<R<_>>()?;
-    let wstep = g.c32(WARPS as i64 * COMBINE_UNROLL);
+    let unroll = if opts.copy & COPY_COMBINE_WIDE != 0 {
+        COMBINE_UNROLL_WIDE
+    } else {
+        COMBINE_UNROLL
+    };
+    let wstep = g.c32(WARPS as i64 * unroll);
     g.for_range(warp, splits, wstep, |s0| {
         let mut loaded = Vec::new();
-        for u in 0..COMBINE_UNROLL {
+        for u in 0..unroll {
             let s = g.add(s0, g.c32(u * WARPS as i64))?;
             let ok = g.icmp(IntPredicate::SLT, s, splits)?;
             let pr = prow(g.selecti(ok, s, s0)?)?;

@@ -99,13 +99,16 @@ pub const COPY_ALL: u16 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
 /// each source (`cp.async...L2::256B`: a D128 row at once) instead of its 32-byte
 /// sectors as the copies reach them.
 pub const COPY_L2_256: u16 = 8;
-/// [`PtxOptions::decode_copy`] bit (sm_90, not the merging fused kernel): the prologue's reads
+/// [`PtxOptions::decode_copy`] bit (sm_90; every kind — the merging fused kind too since
+/// session 17, before which it kept the wait first): the prologue's reads
 /// (ranges, lengths, page ids, Q and the first `stages - 1` K/V tiles) are issued before
 /// `griddepcontrol.wait`, which moves to the end of the prologue. Only inputs are read
-/// there and the kernel writes nothing before the wait, so a launch under the previous
+/// there and the kernel writes nothing before the wait (the merging fused kind's
+/// partials, count and merge come after its loop), so a launch under the previous
 /// kernel's tail is correct as long as that kernel does not write the inputs (the
-/// runtime chains a host-tensor call's decode kernel after its own combine kernels or
-/// after the uploads' copies; the caller-buffer path does not chain the decode kernel).
+/// runtime chains a host-tensor call's decode kernel after its own combine kernels, or
+/// the fused kernel after the previous fused kernel, or after the uploads' copies; the
+/// caller-buffer path does not chain the decode kernel).
 pub const COPY_EARLY: u16 = 16;
 /// [`PtxOptions::decode_copy`] bit of the fused kind ([`KernelKind::DecodeMmaFused`]; the
 /// plain kind ignores it): the launch has one split per (b, kv head, row group), so each
@@ -162,6 +165,20 @@ pub use super::decode::COPY_COMBINE_TRIGGER;
 /// (Lq 16, GQA 4:1) the loop is bound by its issue and the tests were ~8% (dense) to
 /// ~15% (causal) of its instructions.
 pub const COPY_FULL_TILE: u16 = 1024;
+/// [`PtxOptions::decode_copy`] bit, a diagnostic of the plain kind (not the fused kinds):
+/// each CTA records where its time went — `%smid` and `%globaltimer` (its low 32 bits,
+/// ns) at its start, when `griddepcontrol.wait` returned, when the prologue's tiles had
+/// landed, when its loop ended and after its partials' stores — into the first six words
+/// of its partial's last row (`part_o[.., RPC - 1, 0..6]` as u32 bits) when that row is
+/// padding (the CTA's last packed row at or past `G x Lq`: Lq 1 and 2 at GQA 4:1; the
+/// combine never reads such rows), stored by thread 0 after a barrier that orders the
+/// row's own stores before it. The runtime reads the records back
+/// (`DecodeModule::trace`, `attnc bench --decode` with `ATTNC_DECODE_BENCH_TRACE=1`).
+/// Results are the same bits as without it.
+pub const COPY_TRACE: u16 = 2048;
+/// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
+/// each warp merges up to 16 splits per round instead of 8.
+pub use super::decode::COPY_COMBINE_WIDE;
 /// Every [`PtxOptions::decode_copy`] bit.
 pub const COPY_BITS: u16 = COPY_ALL
     | COPY_L2_256
@@ -171,7 +188,9 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_TMA
     | COPY_IDS_LATE
     | COPY_COMBINE_TRIGGER
-    | COPY_FULL_TILE;
+    | COPY_FULL_TILE
+    | COPY_TRACE
+    | COPY_COMBINE_WIDE;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -665,12 +684,26 @@ pub(super) fn build<'ctx>(
     // COPY_DIRECT (fused kind): one split, O and LSE written here (see the bit)
     let direct = fused && opts.copy & COPY_DIRECT != 0;
     // COPY_EARLY: griddepcontrol.wait after the prologue's reads (see the bit)
-    let early = opts.copy & COPY_EARLY != 0 && (!fused || direct) && opts.arch == super::Arch::Sm90;
+    // (the merging fused kind too since session 17: it writes nothing before the wait
+    // either — its partials, count and merge come after the loop)
+    let early = opts.copy & COPY_EARLY != 0 && opts.arch == super::Arch::Sm90;
+    // COPY_TRACE (plain kind): the SM and the start time, then the times below
+    let trace = opts.copy & COPY_TRACE != 0 && !fused;
+    let t_start = if trace {
+        Some((g.smid()?, g.globaltimer_lo()?))
+    } else {
+        None
+    };
     if early {
         g.griddep_launch_dependents()?;
     } else {
         let_combine_start(g, opts)?;
     }
+    let mut t_wait = if trace && !early {
+        Some(g.globaltimer_lo()?)
+    } else {
+        None
+    };
     let d = opts.d;
     let rpc = opts.rows;
     let m_cta = rpc / 16; // m-tiles per CTA
@@ -1102,9 +1135,17 @@ pub(super) fn build<'ctx>(
     if early {
         // nothing written yet: the previous grid's completion is awaited only now
         g.griddep_wait()?;
+        if trace {
+            t_wait = Some(g.globaltimer_lo()?);
+        }
     }
     g.cp_async_wait(nstages as i64 - 1)?;
     g.barrier()?;
+    let t_first = if trace {
+        Some(g.globaltimer_lo()?)
+    } else {
+        None
+    };
     let qfrag = load_q_fragments(g, &cfg, &cx)?;
 
     let m = RowState::new(g, 1, f32::NEG_INFINITY)?;
@@ -1231,6 +1272,11 @@ pub(super) fn build<'ctx>(
     })?;
     g.cp_async_wait(0)?;
     g.barrier()?;
+    let t_loop = if trace {
+        Some(g.globaltimer_lo()?)
+    } else {
+        None
+    };
 
     // ---- the warps of an m-tile merge through shared memory ----
     // per warp: O [16][d] f32, then m [16], l [16] (after every warp's O)
@@ -1363,6 +1409,27 @@ pub(super) fn build<'ctx>(
         }
         let at = g.add(g.mul(prow, g.c64(d as i64))?, g.zext64(c)?)?;
         g.store(g.gep_bytes(po, g.mul(at, g.c64(4))?)?, g.fmul(acc, inv)?)?;
+    }
+    if let (Some((sm, t0)), Some(t1), Some(t2), Some(t3)) = (t_start, t_wait, t_first, t_loop) {
+        // COPY_TRACE: after every thread's stores of the partial (the barrier orders the
+        // last row's stores before thread 0's), thread 0 writes the record into that
+        // row when it is padding (the CTA's last packed row at or past G x Lq)
+        g.barrier()?;
+        let t4 = g.globaltimer_lo()?;
+        let last = g.add(g.mul(rg, g.c32(rpc as i64))?, g.c32(rpc as i64 - 1))?;
+        let pad = g.icmp(IntPredicate::SGE, last, nrows)?;
+        let first = g.icmp(IntPredicate::EQ, tid, zero)?;
+        g.if_then(g.and(pad, first)?, || {
+            let row = g.add(
+                g.mul(g.zext64(pidx)?, g.c64(rpc as i64))?,
+                g.c64(rpc as i64 - 1),
+            )?;
+            for (i, w) in [sm, t0, t1, t2, t3, t4].into_iter().enumerate() {
+                let at = g.add(g.mul(row, g.c64(d as i64))?, g.c64(i as i64))?;
+                g.store(g.gep_bytes(po, g.mul(at, g.c64(4))?)?, w)?;
+            }
+            Ok(())
+        })?;
     }
     if fused {
         let place = Group {
@@ -1973,9 +2040,7 @@ mod tests {
                             assert_eq!(count(".param .align 64 .b8"), 2, "{key}: two maps");
                             // the partial tile's checked copy is still there
                             assert!(count("cp.async.cg.shared.global") > 0, "{key}");
-                            if copy & COPY_EARLY != 0
-                                && (kind == "plain" || copy & COPY_DIRECT != 0)
-                            {
+                            if copy & COPY_EARLY != 0 {
                                 let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
                                 let at =
                                     |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
@@ -2155,6 +2220,103 @@ mod tests {
                         .join("\n")
                 };
                 assert_eq!(strip(&k0.combine_ptx), strip(&k1.combine_ptx), "{key}");
+            }
+        }
+    }
+
+    /// Session 17's bits: [`COPY_TRACE`] adds the SM read and five timer reads to the
+    /// plain kind only (the fused kinds and the combine kernel byte-identical);
+    /// [`COPY_COMBINE_WIDE`] changes the combine kernel only (16 splits' loads per round
+    /// instead of 8: more loads in its loop), the decode kernels byte-identical; and
+    /// [`COPY_EARLY`] moves the merging fused kind's `griddepcontrol.wait` after the
+    /// prologue's copies (it stood first before). `ATTNC_PTXAS` as in
+    /// [`mma_decode_copy_variants`].
+    #[test]
+    fn mma_decode_trace_wide_combine_fused_early() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let count = |ptx: &str, w: &str| ptx.matches(w).count();
+        for ex in ["dense", "causal"] {
+            let p = &example(ex);
+            for (rows, d, paged) in [
+                (16, 128, false),
+                (16, 128, true),
+                (64, 128, true),
+                (32, 64, false),
+            ] {
+                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: base,
+                    };
+                    let key = format!("{ex} {}", o.key());
+                    let k0 = emit_decode_mma(p, &o).unwrap();
+                    let f0 = emit_decode_mma_fused(p, &o).unwrap();
+                    let direct = DecodeOptions {
+                        copy: base | COPY_DIRECT,
+                        ..o
+                    };
+                    let d0 = emit_decode_mma_fused(p, &direct).unwrap();
+                    // COPY_TRACE
+                    let t = DecodeOptions {
+                        copy: base | COPY_TRACE,
+                        ..o
+                    };
+                    let kt = emit_decode_mma(p, &t).unwrap();
+                    assert_eq!(count(&k0.decode_ptx, "%globaltimer_lo"), 0, "{key}");
+                    assert_eq!(count(&kt.decode_ptx, "%globaltimer_lo"), 5, "{key}");
+                    assert_eq!(count(&kt.decode_ptx, "%smid"), 1, "{key}");
+                    assert_eq!(
+                        kt.combine_ptx, k0.combine_ptx,
+                        "{key}: combine took COPY_TRACE"
+                    );
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &t).unwrap(),
+                        f0,
+                        "{key}: fused took it"
+                    );
+                    let td = DecodeOptions {
+                        copy: base | COPY_DIRECT | COPY_TRACE,
+                        ..o
+                    };
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &td).unwrap(),
+                        d0,
+                        "{key}: direct took it"
+                    );
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "trace", &key, &kt.decode_ptx);
+                    }
+                    // COPY_COMBINE_WIDE
+                    let w = DecodeOptions {
+                        copy: base | COPY_COMBINE_WIDE,
+                        ..o
+                    };
+                    let kw = emit_decode_mma(p, &w).unwrap();
+                    assert_eq!(
+                        kw.decode_ptx, k0.decode_ptx,
+                        "{key}: decode took COPY_COMBINE_WIDE"
+                    );
+                    assert_eq!(emit_decode_mma_fused(p, &w).unwrap(), f0, "{key}");
+                    let loads = |ptx: &str| count(ptx, "ld.global");
+                    assert!(
+                        loads(&kw.combine_ptx) > loads(&k0.combine_ptx),
+                        "{key}: the wide combine issues more loads per round"
+                    );
+                    // COPY_EARLY on the merging fused kind: its wait after the prologue's
+                    // copies, one wait
+                    let lines: Vec<&str> = f0.lines().map(str::trim).collect();
+                    let at = |w: &str| lines.iter().position(|l| l.starts_with(w)).unwrap();
+                    assert_eq!(count(&f0, "griddepcontrol.wait"), 1, "{key}");
+                    assert_eq!(
+                        at("griddepcontrol.wait") > at("cp.async.cg.shared.global"),
+                        base & COPY_EARLY != 0,
+                        "{key}: the merging fused kind's wait"
+                    );
+                }
             }
         }
     }

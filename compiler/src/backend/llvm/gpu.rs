@@ -1033,6 +1033,15 @@ impl<'ctx> Gpu<'ctx> {
             .ok_or(LlvmError::Internal("asm i32"))?
             .into_int_value())
     }
+    /// `%globaltimer`'s low 32 bits (ns; a diagnostic: `decode_mma::COPY_TRACE`), read
+    /// where the statement stands (a side-effecting asm: not moved or merged).
+    pub fn globaltimer_lo(&self) -> R<IntValue<'ctx>> {
+        self.asm_i32("mov.u32 $0, %globaltimer_lo;", "=r,~{memory}", &[])
+    }
+    /// `%smid`: the SM this thread runs on (a diagnostic: `decode_mma::COPY_TRACE`).
+    pub fn smid(&self) -> R<IntValue<'ctx>> {
+        self.asm_i32("mov.u32 $0, %smid;", "=r", &[])
+    }
     /// `ld.shared.u32` at shared-window address `addr` (ordered with the mbarrier
     /// statements around it: an asm statement that clobbers memory).
     pub fn ld_shared_u32(&self, addr: IntValue<'ctx>) -> R<IntValue<'ctx>> {
