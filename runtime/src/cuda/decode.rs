@@ -89,6 +89,11 @@ pub struct DecodeProblem {
     pub chain: bool,
 }
 
+/// One CTA's record of a `decode_mma::COPY_TRACE` launch ([`DecodeModule::trace`]): its
+/// `(b, kv head, row group, split)` and the six words it stored (SM, then five timer
+/// readings).
+pub type TraceRecord = ([u32; 4], [u32; 6]);
+
 /// Device addresses of one decode call's buffers, owned by a [`DecodeProblem`] or by the
 /// caller (the caller-buffer decode, `exec::cuda::caller::decode`): the inputs, the
 /// reachable ranges, the partials, the outputs, the params and error words, and each
@@ -492,7 +497,7 @@ impl DecodeModule {
         &self,
         dev: &CudaDevice,
         p: &DecodeProblem,
-    ) -> Result<Vec<([u32; 4], [u32; 6])>, CudaError> {
+    ) -> Result<Vec<TraceRecord>, CudaError> {
         dev.stream.synchronize()?;
         let part_o: Vec<f32> = dev.stream.clone_dtoh(&p.part_o)?;
         let g = &p.geom;
