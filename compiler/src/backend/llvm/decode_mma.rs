@@ -1245,10 +1245,10 @@ pub(super) fn build<'ctx>(
             g.add(k0, g.mul(it, g.c32(KV_TILE as i64))?)?,
             g.mul(si, g.c32(sw as i64))?,
         )?;
-        let t = match &kept_tile {
+        let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
+        match &kept_tile {
             // COPY_FULL_TILE: a tile where every test holds takes the logits without them
             Some(full) => {
-                let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
                 let (fb, pb, cont) = (
                     g.block("full_tile"),
                     g.block("part_tile"),
@@ -1256,16 +1256,15 @@ pub(super) fn build<'ctx>(
                 );
                 g.cond_br(full(tile_key0(it)?)?, fb, pb)?;
                 g.b.position_at_end(fb);
-                logits_into(g, p, &env, &s, &rows, b, key0, None, lane, scale, &t)?;
+                logits(g, p, &env, &s, &rows, b, key0, None, lane, scale, &t)?;
                 g.br(cont)?;
                 g.b.position_at_end(pb);
-                logits_into(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?;
+                logits(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?;
                 g.br(cont)?;
                 g.b.position_at_end(cont);
-                t
             }
-            None => logits(g, p, &env, &s, &rows, b, key0, k1, lane, scale)?,
-        };
+            None => logits(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?,
+        }
         let (pf, _) = online_softmax(g, &cfg, &cx, &t, &m, &l, &o, None, &mut || Ok(()))?;
         pv_at(g, &cfg, &cx, &pf, &o, at)?;
         g.set(&cur, wrap(buf)?)
@@ -1570,31 +1569,13 @@ fn fused_combine<'ctx>(
     })
 }
 
-/// The logits of this warp's slice of a tile, in log2 units: `score(scale s) log2 e` (or
-/// `scale s log2 e`) where the mask holds, the key is inside the split (`kv < k1`) and
-/// the row exists; -inf elsewhere. `key0`: the slice's first key position.
+/// The logits of this warp's slice of a tile into `t`, in log2 units: `score(scale s)
+/// log2 e` (or `scale s log2 e`) where the mask holds, the key is inside the split (`kv <
+/// k1`) and the row exists; -inf elsewhere. `key0`: the slice's first key position. `k1`
+/// `None` ([`COPY_FULL_TILE`], a tile where every element is kept): no bounds, row or
+/// mask test, the values the tests give when they all hold.
 #[allow(clippy::too_many_arguments)]
 fn logits<'ctx>(
-    g: &Gpu<'ctx>,
-    p: &Program,
-    env: &Env<'ctx>,
-    s: &AccValues<'ctx>,
-    rows: &[RowInfo<'ctx>],
-    b: IntValue<'ctx>,
-    key0: IntValue<'ctx>,
-    k1: IntValue<'ctx>,
-    lane: IntValue<'ctx>,
-    scale: FloatValue<'ctx>,
-) -> R<AccTile<'ctx>> {
-    let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
-    logits_into(g, p, env, s, rows, b, key0, Some(k1), lane, scale, &t)?;
-    Ok(t)
-}
-
-/// [`logits`] into `t`; `k1` `None` ([`COPY_FULL_TILE`], a tile where every element is
-/// kept): no bounds, row or mask test, the values the tests give when they all hold.
-#[allow(clippy::too_many_arguments)]
-fn logits_into<'ctx>(
     g: &Gpu<'ctx>,
     p: &Program,
     env: &Env<'ctx>,

@@ -34,7 +34,7 @@ use crate::backend::llvm::cta::Args;
 use crate::backend::llvm::gpu::{Gpu, R};
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, PtxOptions};
 use inkwell::IntPredicate;
-use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue, VectorValue};
 
 /// Threads of the convert kernel.
 pub const CONVERT_THREADS: u32 = 128;
@@ -95,6 +95,45 @@ fn tile<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<Tile<'c
         dst,
         q0,
     })
+}
+
+impl<'ctx> Tile<'ctx> {
+    /// Element `i` of workspace floats `v` as dQ holds it: `scale x`, 0 for a tile nobody
+    /// added to (rounded to the input type by the store's pack).
+    fn scaled(&self, g: &Gpu<'ctx>, v: VectorValue<'ctx>, i: u64) -> R<FloatValue<'ctx>> {
+        let x =
+            g.b.build_extract_element(v, g.c32(i as i64), "")?
+                .into_float_value();
+        g.selectf(self.added, g.fmul(x, self.scale)?, g.cf(0.0))
+    }
+
+    /// Byte `off` of the tile's dQ slice.
+    fn at(&self, g: &Gpu<'ctx>, off: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        g.gep_bytes(self.dst, off)
+    }
+}
+
+/// Stores `v` at `ptr`, `align` bytes aligned.
+fn store_aligned<'ctx>(
+    g: &Gpu<'ctx>,
+    ptr: PointerValue<'ctx>,
+    v: impl BasicValue<'ctx>,
+    align: u32,
+) -> R<()> {
+    let st = g.b.build_store(ptr, v)?;
+    st.set_alignment(align)
+        .map_err(|_| LlvmError::Internal("alignment"))?;
+    Ok(())
+}
+
+/// Four workspace floats at `ptr` (16 bytes, aligned).
+fn load4<'ctx>(g: &Gpu<'ctx>, ptr: PointerValue<'ctx>) -> R<VectorValue<'ctx>> {
+    let ld = g.b.build_load(g.f32.vec_type(4), ptr, "")?;
+    ld.as_instruction_value()
+        .ok_or(LlvmError::Internal("load"))?
+        .set_alignment(16)
+        .map_err(|_| LlvmError::Internal("alignment"))?;
+    Ok(ld.into_vector_value())
 }
 
 /// Spins of [`wait_for_tile`] (with a `nanosleep` of [`EARLY_SLEEP_NS`] each, about 2 s)
@@ -209,36 +248,15 @@ fn early_tail(g: &Gpu<'_>, opts: &PtxOptions) -> R<()> {
 /// the host zeroes DqAccum).
 pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 'ctx>) -> R<()> {
     let (br, d) = (opts.q_block, opts.d);
-    let Tile {
-        tid,
-        lq,
-        scale,
-        added,
-        src,
-        dst,
-        q0,
-    } = tile(g, opts, a)?;
-    let v4 = g.f32.vec_type(4);
+    let t = tile(g, opts, a)?;
     let ngroups = d / 8;
     for k in 0..(br * d / 4) / CONVERT_THREADS {
-        let idx = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let idx = g.add(t.tid, g.c32((k * CONVERT_THREADS) as i64))?;
         let lane = g.and(idx, g.c32(31))?;
         let rest = g.lshr(idx, g.c32(5))?;
         let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
         let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
-        let ptr = g.gep_bytes(src, g.zext64(g.mul(idx, g.c32(16))?)?)?;
-        let ld = g.b.build_load(v4, ptr, "")?;
-        ld.as_instruction_value()
-            .ok_or(LlvmError::Internal("load"))?
-            .set_alignment(16)
-            .map_err(|_| LlvmError::Internal("alignment"))?;
-        let v = ld.into_vector_value();
-        let el = |i: u64| -> R<inkwell::values::FloatValue<'ctx>> {
-            let x =
-                g.b.build_extract_element(v, g.c32(i as i64), "")?
-                    .into_float_value();
-            g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
-        };
+        let v = load4(g, g.gep_bytes(t.src, g.zext64(g.mul(idx, g.c32(16))?)?)?)?;
         let r0 = g.add(g.mul(mg, g.c32(16))?, g.lshr(lane, g.c32(2))?)?;
         let colb = g.mul(
             g.add(
@@ -248,15 +266,11 @@ pub(super) fn convert_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_, 
             g.c32(2),
         )?;
         for hr in 0..2u64 {
-            let row = g.add(g.add(q0, r0)?, g.c32(8 * hr as i64))?;
-            let (x, y) = (el(2 * hr)?, el(2 * hr + 1)?);
-            g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, || {
+            let row = g.add(g.add(t.q0, r0)?, g.c32(8 * hr as i64))?;
+            let (x, y) = (t.scaled(g, v, 2 * hr)?, t.scaled(g, v, 2 * hr + 1)?);
+            g.if_then(g.icmp(IntPredicate::SLT, row, t.lq)?, || {
                 let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, g.zext64(colb)?)?;
-                let st =
-                    g.b.build_store(g.gep_bytes(dst, off)?, g.pack2(opts.input, x, y)?)?;
-                st.set_alignment(4)
-                    .map_err(|_| LlvmError::Internal("alignment"))?;
-                Ok(())
+                store_aligned(g, t.at(g, off)?, g.pack2(opts.input, x, y)?, 4)
             })?;
         }
     }
@@ -279,27 +293,19 @@ pub(super) fn convert_wide_body<'ctx>(
     {
         return Err(LlvmError::Internal("wide dQ conversion: tile shape"));
     }
-    let Tile {
-        tid,
-        lq,
-        scale,
-        added,
-        src,
-        dst,
-        q0,
-    } = tile(g, opts, a)?;
+    let t = tile(g, opts, a)?;
     // a tile whose rows all lie below Lq stores without a branch (its loads stay in one
     // block, ahead of the stores); the last q tile checks each row
-    let whole = g.icmp(IntPredicate::ULE, g.add(q0, g.c32(br as i64))?, lq)?;
+    let whole = g.icmp(IntPredicate::ULE, g.add(t.q0, g.c32(br as i64))?, t.lq)?;
     let tail = g.block("tail");
     let done = g.block("done");
     let fast = g.block("whole");
     g.cond_br(whole, fast, tail)?;
     g.b.position_at_end(fast);
-    pieces_body(g, opts, (src, dst, q0, lq), (tid, scale, added), false)?;
+    pieces_body(g, opts, &t, false)?;
     g.br(done)?;
     g.b.position_at_end(tail);
-    pieces_body(g, opts, (src, dst, q0, lq), (tid, scale, added), true)?;
+    pieces_body(g, opts, &t, true)?;
     g.br(done)?;
     g.b.position_at_end(done);
     early_tail(g, opts)?;
@@ -309,38 +315,19 @@ pub(super) fn convert_wide_body<'ctx>(
 
 /// One thread's pieces: every load, then per piece its two rows' 16-byte stores (each
 /// checked against Lq when `check`).
-#[allow(clippy::type_complexity)]
-fn pieces_body<'ctx>(
-    g: &Gpu<'ctx>,
-    opts: &PtxOptions,
-    (src, dst, q0, lq): (
-        PointerValue<'ctx>,
-        PointerValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-    ),
-    (tid, scale, added): (IntValue<'ctx>, FloatValue<'ctx>, IntValue<'ctx>),
-    check: bool,
-) -> R<()> {
+fn pieces_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, t: &Tile<'ctx>, check: bool) -> R<()> {
     let (br, d) = (opts.q_block, opts.d);
     let per_thread = br * d / 16 / CONVERT_THREADS;
     let ngroups = d / 8;
-    let v4 = g.f32.vec_type(4);
     let w4 = g.i32.vec_type(4);
     // every piece's four 16-byte loads first
     let mut loaded = Vec::with_capacity(per_thread as usize);
     for k in 0..per_thread {
-        let u = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
-        let base = g.gep_bytes(src, g.zext64(g.mul(u, g.c32(64))?)?)?;
+        let u = g.add(t.tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let base = g.gep_bytes(t.src, g.zext64(g.mul(u, g.c32(64))?)?)?;
         let mut lanes = Vec::with_capacity(4);
         for j in 0..4 {
-            let ptr = g.gep_bytes(base, g.c64(16 * j))?;
-            let ld = g.b.build_load(v4, ptr, "")?;
-            ld.as_instruction_value()
-                .ok_or(LlvmError::Internal("load"))?
-                .set_alignment(16)
-                .map_err(|_| LlvmError::Internal("alignment"))?;
-            lanes.push(ld.into_vector_value());
+            lanes.push(load4(g, g.gep_bytes(base, g.c64(16 * j))?)?);
         }
         loaded.push((u, lanes));
     }
@@ -349,32 +336,24 @@ fn pieces_body<'ctx>(
         let rest = g.lshr(u, g.c32(3))?;
         let ng = g.and(rest, g.c32(ngroups as i64 - 1))?;
         let mg = g.lshr(rest, g.c32(ngroups.trailing_zeros() as i64))?;
-        let r0 = g.add(g.add(q0, g.mul(mg, g.c32(16))?)?, qd)?;
+        let r0 = g.add(g.add(t.q0, g.mul(mg, g.c32(16))?)?, qd)?;
         let colb = g.zext64(g.mul(ng, g.c32(16))?)?;
         for hr in 0..2u64 {
             // row r0 + 8 hr: element 2 hr (column 2 j) and 2 hr + 1 of lane j of the quad
             let mut word = w4.get_undef();
             for (j, v) in lanes.iter().enumerate() {
-                let el = |i: u64| -> R<FloatValue<'ctx>> {
-                    let x =
-                        g.b.build_extract_element(*v, g.c32(i as i64), "")?
-                            .into_float_value();
-                    g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
-                };
-                let packed = g.pack2(opts.input, el(2 * hr)?, el(2 * hr + 1)?)?;
+                let (x, y) = (t.scaled(g, *v, 2 * hr)?, t.scaled(g, *v, 2 * hr + 1)?);
+                let packed = g.pack2(opts.input, x, y)?;
                 word =
                     g.b.build_insert_element(word, packed, g.c32(j as i64), "")?;
             }
             let row = g.add(r0, g.c32(8 * hr as i64))?;
             let store = || -> R<()> {
                 let off = g.add(g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?, colb)?;
-                let st = g.b.build_store(g.gep_bytes(dst, off)?, word)?;
-                st.set_alignment(16)
-                    .map_err(|_| LlvmError::Internal("alignment"))?;
-                Ok(())
+                store_aligned(g, t.at(g, off)?, word, 16)
             };
             if check {
-                g.if_then(g.icmp(IntPredicate::SLT, row, lq)?, store)?;
+                g.if_then(g.icmp(IntPredicate::SLT, row, t.lq)?, store)?;
             } else {
                 store()?;
             }
@@ -396,55 +375,36 @@ pub(super) fn convert_t_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_
     if !br.is_multiple_of(8) || !d.is_multiple_of(16) {
         return Err(LlvmError::Internal("transposed dQ conversion: tile shape"));
     }
-    let Tile {
-        tid,
-        lq,
-        scale,
-        added,
-        src,
-        dst,
-        q0,
-    } = tile(g, opts, a)?;
+    let t = tile(g, opts, a)?;
     let (pieces, dgroups) = (br / 8 * (d / 16) * 4, d / 16);
-    let v4 = g.f32.vec_type(4);
     let w4 = g.i32.vec_type(4);
     let mut loaded = Vec::new();
     for k in 0..pieces.div_ceil(CONVERT_THREADS) {
-        let u = g.add(tid, g.c32((k * CONVERT_THREADS) as i64))?;
+        let u = g.add(t.tid, g.c32((k * CONVERT_THREADS) as i64))?;
         let valid = g.icmp(IntPredicate::ULT, u, g.c32(pieces as i64))?;
         let u = g.selecti(valid, u, g.c32(0))?;
-        let (p, t) = (g.and(u, g.c32(3))?, g.lshr(u, g.c32(2))?);
+        let (p, ft) = (g.and(u, g.c32(3))?, g.lshr(u, g.c32(2))?);
         let base = g.gep_bytes(
-            src,
-            g.zext64(g.add(g.mul(t, g.c32(512))?, g.mul(p, g.c32(16))?)?)?,
+            t.src,
+            g.zext64(g.add(g.mul(ft, g.c32(512))?, g.mul(p, g.c32(16))?)?)?,
         )?;
         let mut lanes = Vec::with_capacity(8);
         for j in 0..8 {
-            let ld = g.b.build_load(v4, g.gep_bytes(base, g.c64(64 * j))?, "")?;
-            ld.as_instruction_value()
-                .ok_or(LlvmError::Internal("load"))?
-                .set_alignment(16)
-                .map_err(|_| LlvmError::Internal("alignment"))?;
-            lanes.push(ld.into_vector_value());
+            lanes.push(load4(g, g.gep_bytes(base, g.c64(64 * j))?)?);
         }
-        loaded.push((valid, p, t, lanes));
+        loaded.push((valid, p, ft, lanes));
     }
-    for (valid, p, t, lanes) in loaded {
+    for (valid, p, ft, lanes) in loaded {
         let (mg, ng) = (
-            g.urem(t, g.c32(dgroups as i64))?,
-            g.udiv(t, g.c32(dgroups as i64))?,
+            g.urem(ft, g.c32(dgroups as i64))?,
+            g.udiv(ft, g.c32(dgroups as i64))?,
         );
-        let r0 = g.add(g.add(q0, g.mul(ng, g.c32(8))?)?, g.mul(p, g.c32(2))?)?;
+        let r0 = g.add(g.add(t.q0, g.mul(ng, g.c32(8))?)?, g.mul(p, g.c32(2))?)?;
         for e in 0..2u64 {
             let row = g.add(r0, g.c32(e as i64))?;
-            let ok = g.and(valid, g.icmp(IntPredicate::SLT, row, lq)?)?;
+            let ok = g.and(valid, g.icmp(IntPredicate::SLT, row, t.lq)?)?;
             for h in 0..2u64 {
-                let el = |j: usize| -> R<FloatValue<'ctx>> {
-                    let x =
-                        g.b.build_extract_element(lanes[j], g.c32((2 * h + e) as i64), "")?
-                            .into_float_value();
-                    g.selectf(added, g.fmul(x, scale)?, g.cf(0.0))
-                };
+                let el = |j: usize| t.scaled(g, lanes[j], 2 * h + e);
                 let mut word = w4.get_undef();
                 for m in 0..4 {
                     let packed = g.pack2(opts.input, el(2 * m)?, el(2 * m + 1)?)?;
@@ -457,10 +417,7 @@ pub(super) fn convert_t_body<'ctx>(g: &Gpu<'ctx>, opts: &PtxOptions, a: &Args<'_
                         g.mul(g.zext64(row)?, g.c64(d as i64 * 2))?,
                         g.zext64(g.mul(col, g.c32(2))?)?,
                     )?;
-                    let st = g.b.build_store(g.gep_bytes(dst, off)?, word)?;
-                    st.set_alignment(16)
-                        .map_err(|_| LlvmError::Internal("alignment"))?;
-                    Ok(())
+                    store_aligned(g, t.at(g, off)?, word, 16)
                 })?;
             }
         }
