@@ -381,6 +381,43 @@ fn run(dev: &CudaDevice, bw: &CudaBackward, sh: &Shape, x: &Inputs, blocks: BwdB
     .unwrap_or_else(|e| panic!("backward: {e}"))
 }
 
+/// The kernel options the runtime binds for `p` at `sh` (`PtxOptions::backward` refined
+/// by `backward_for_binding`).
+fn binding_options(
+    arch: attnc_compiler::backend::llvm::Arch,
+    p: &Program,
+    sh: &Shape,
+    ty: InputType,
+) -> PtxOptions {
+    PtxOptions::backward(arch, sh.d as u32, sh.dv as u32, ty)
+        .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv))
+}
+
+/// Runs the kernels of `opts` `runs` times on the same inputs (seed 5) and asserts that
+/// every run gives the first one's gradients bit for bit (`what` names the case in the
+/// message and the printed line); returns the first run's gradients.
+fn assert_runs_identical(
+    dev: &CudaDevice,
+    p: &Program,
+    sh: &Shape,
+    ty: InputType,
+    opts: &PtxOptions,
+    runs: usize,
+    what: &str,
+) -> Grads {
+    let ks = emit_backward_kernels(&Plan::new(p), opts).unwrap();
+    let bw = CudaBackward::load(dev, &ks).unwrap();
+    let x = inputs(p, sh, ty, 5, false);
+    let b = blocks_of(&bw, p, sh, &x);
+    let first = run(dev, &bw, sh, &x, b.as_blocks());
+    for _ in 1..runs {
+        let again = run(dev, &bw, sh, &x, b.as_blocks());
+        assert!(again == first, "{what}: gradients differ between runs");
+    }
+    println!("  {what}: {runs} runs bit-identical");
+    first
+}
+
 fn check_case(dev: &CudaDevice, p: &Program, sh: Shape, ty: InputType, seed: u64, dlse: bool) {
     let opts = test_options(dev.arch(), p, &sh, ty);
     check_case_with(dev, p, sh, ty, seed, dlse, opts);
@@ -579,25 +616,8 @@ fn gpu_backward_is_deterministic(dev: &CudaDevice) {
     ] {
         let ty = InputType::Bf16;
         let opts = test_options(dev.arch(), &p, &sh, ty);
-        let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
-        let bw = CudaBackward::load(dev, &ks).unwrap();
-        let x = inputs(&p, &sh, ty, 5, false);
-        let b = blocks_of(&bw, &p, &sh, &x);
-        let first = run(dev, &bw, &sh, &x, b.as_blocks());
-        for _ in 0..3 {
-            let again = run(dev, &bw, &sh, &x, b.as_blocks());
-            assert!(
-                again == first,
-                "{} {:?} ({:?}): gradients differ between runs",
-                p.name,
-                sh,
-                opts.bwd_dq
-            );
-        }
-        println!(
-            "  {} {:?} ({:?}): 4 runs bit-identical",
-            p.name, sh, opts.bwd_dq
-        );
+        let what = format!("{} {:?} ({:?})", p.name, sh, opts.bwd_dq);
+        let first = assert_runs_identical(dev, &p, &sh, ty, &opts, 4, &what);
         assert_eq!(
             first.tensors.iter().flatten().count(),
             attnc_compiler::backend::llvm::backward::capture_grads(&p)
@@ -714,8 +734,7 @@ fn gpu_backward_convert_timeout(dev: &CudaDevice) {
         (samples::sliding(), shape(1, 4, 2, 1000, 1000, 128)),
         (samples::document_causal(), shape(2, 4, 1, 300, 300, 128)),
     ] {
-        let base = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, ty)
-            .backward_for_binding(&Plan::new(&p), sh.lq.max(sh.lkv));
+        let base = binding_options(dev.arch(), &p, &sh, ty);
         assert!(convert_early(&base), "{}: the binding's default", p.name);
         let hook = PtxOptions {
             bwd_convert_timeout_now: true,
@@ -1062,9 +1081,8 @@ fn test_options(
     ty: InputType,
 ) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
-    let (d, dv) = (sh.d as u32, sh.dv as u32);
-    let o = PtxOptions::backward(arch, d, dv, ty)
-        .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+    let d = sh.d as u32;
+    let o = binding_options(arch, p, sh, ty);
     match std::env::var("ATTNC_BWD_TEST_CFG") {
         Ok(cfg) => {
             let c = bench_options(o, &cfg, &Plan::new(p))
@@ -1807,8 +1825,7 @@ fn gpu_backward_wscan(dev: &CudaDevice) {
         ),
     ];
     for (i, (p, sh, ty)) in cases.iter().enumerate() {
-        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
-            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        let def = binding_options(dev.arch(), p, sh, *ty);
         assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
         assert!(
             def.bwd_wscan && !def.bwd_lpt,
@@ -1897,8 +1914,7 @@ fn gpu_backward_element_orders(dev: &CudaDevice) {
         ),
     ];
     for (i, (p, sh, ty)) in cases.iter().enumerate() {
-        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
-            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        let def = binding_options(dev.arch(), p, sh, *ty);
         for which in [0, 1] {
             let o = with(def, which);
             println!(
@@ -1913,30 +1929,14 @@ fn gpu_backward_element_orders(dev: &CudaDevice) {
         (samples::causal(), shape(1, 4, 2, 1000, 1000, 128)),
     ] {
         let ty = InputType::Bf16;
-        let def = PtxOptions::backward(dev.arch(), 128, 128, ty)
-            .backward_for_binding(&Plan::new(&p), 1000);
+        let def = binding_options(dev.arch(), &p, &sh, ty);
         for which in [0, 1] {
             let o = with(def, which);
-            let ks = emit_backward_kernels(&Plan::new(&p), &o).unwrap();
-            let bw = CudaBackward::load(dev, &ks).unwrap();
-            let x = inputs(&p, &sh, ty, 5, false);
-            let b = blocks_of(&bw, &p, &sh, &x);
-            let first = run(dev, &bw, &sh, &x, b.as_blocks());
-            for _ in 0..2 {
-                let again = run(dev, &bw, &sh, &x, b.as_blocks());
-                assert!(
-                    again == first,
-                    "{} {:?} stats_early={} p_under_dp={}: gradients differ between runs",
-                    p.name,
-                    sh,
-                    o.bwd_stats_early,
-                    o.bwd_p_under_dp
-                );
-            }
-            println!(
-                "  {} {:?} stats_early={} p_under_dp={}: 3 runs bit-identical",
+            let what = format!(
+                "{} {:?} stats_early={} p_under_dp={}",
                 p.name, sh, o.bwd_stats_early, o.bwd_p_under_dp
             );
+            assert_runs_identical(dev, &p, &sh, ty, &o, 3, &what);
         }
     }
 }
@@ -1954,9 +1954,7 @@ fn gpu_backward_q80(dev: &CudaDevice) {
     }
     let p = samples::dense();
     let q80 = |sh: &Shape, ty| {
-        let o = PtxOptions::backward(dev.arch(), 128, 128, ty)
-            .backward_for_binding(&Plan::new(&p), sh.lq.max(sh.lkv))
-            .backward_q80(&Plan::new(&p));
+        let o = binding_options(dev.arch(), &p, sh, ty).backward_q80(&Plan::new(&p));
         assert_eq!(o.q_block, 80);
         o
     };
@@ -1974,16 +1972,7 @@ fn gpu_backward_q80(dev: &CudaDevice) {
         check_case_with(dev, &p, sh, ty, 900 + i as u64, false, q80(&sh, ty));
     }
     let (sh, ty) = (shape(1, 4, 2, 1000, 1000, 128), InputType::Bf16);
-    let ks = emit_backward_kernels(&Plan::new(&p), &q80(&sh, ty)).unwrap();
-    let bw = CudaBackward::load(dev, &ks).unwrap();
-    let x = inputs(&p, &sh, ty, 5, false);
-    let b = blocks_of(&bw, &p, &sh, &x);
-    let first = run(dev, &bw, &sh, &x, b.as_blocks());
-    for _ in 0..3 {
-        let again = run(dev, &bw, &sh, &x, b.as_blocks());
-        assert!(again == first, "q80 {sh:?}: gradients differ between runs");
-    }
-    println!("  q80 {sh:?}: 4 runs bit-identical");
+    assert_runs_identical(dev, &p, &sh, ty, &q80(&sh, ty), 4, &format!("q80 {sh:?}"));
 }
 
 /// The fused kernel on persistent CTAs (`PtxOptions::bwd_persist`) against the f64
@@ -2015,8 +2004,7 @@ fn gpu_backward_persist(dev: &CudaDevice) {
         ),
     ];
     for (i, (p, sh, ty)) in cases.iter().enumerate() {
-        let def = PtxOptions::backward(dev.arch(), sh.d as u32, sh.dv as u32, *ty)
-            .backward_for_binding(&Plan::new(p), sh.lq.max(sh.lkv));
+        let def = binding_options(dev.arch(), p, sh, *ty);
         // (on session 12's options for bands and tables: visit records need the
         // non-persistent kernel, the instruction cuts are not measured with it)
         let o = PtxOptions {
@@ -2030,26 +2018,8 @@ fn gpu_backward_persist(dev: &CudaDevice) {
         };
         println!("  {} {:?} persist, 3 CTAs", p.name, sh);
         check_case_with(&dev.with_sms(3), p, *sh, *ty, 500 + i as u64, i == 1, o);
-        let ks = emit_backward_kernels(&Plan::new(p), &o).unwrap();
-        let bw = CudaBackward::load(dev, &ks).unwrap();
-        let x = inputs(p, sh, *ty, 5, false);
-        let b = blocks_of(&bw, p, sh, &x);
-        let first = run(dev, &bw, sh, &x, b.as_blocks());
-        for _ in 0..3 {
-            let again = run(dev, &bw, sh, &x, b.as_blocks());
-            assert!(
-                again == first,
-                "{} {:?}: gradients differ between runs",
-                p.name,
-                sh
-            );
-        }
-        println!(
-            "  {} {:?} persist, {} CTAs: 4 runs bit-identical",
-            p.name,
-            sh,
-            dev.sms()
-        );
+        let what = format!("{} {:?} persist, {} CTAs", p.name, sh, dev.sms());
+        assert_runs_identical(dev, p, sh, *ty, &o, 4, &what);
     }
 }
 
