@@ -341,6 +341,15 @@ impl Bound {
         (&mut self.exec, &self.plan, &self.variant, &self.opts)
     }
 
+    /// q, k and v against the bound shape and dtype (an error naming the tensor), as every
+    /// entry that takes them checks them.
+    pub(crate) fn check_qkv(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (s, dt) = (self.opts.shape, self.opts.dtype);
+        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
+        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
+        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)
+    }
+
     /// Checks and converts the captures against the program's declarations.
     pub fn bindings(&self, captures: &Captures) -> Result<Bindings> {
         bind_captures(&self.variant, &self.opts.shape, captures)
@@ -354,10 +363,8 @@ impl Bound {
         v: &Tensor,
         captures: &Captures,
     ) -> Result<Output> {
+        self.check_qkv(q, k, v)?;
         let s = self.opts.shape;
-        check_input("q", q, &[s.b, s.hq, s.lq, s.d], self.opts.dtype)?;
-        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], self.opts.dtype)?;
-        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], self.opts.dtype)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
         let (o, lse) = self
@@ -374,7 +381,8 @@ impl Bound {
 impl Bound {
     /// Device-side milliseconds per build of the block table on the GPU (CUDA backend,
     /// masks over captured tensors with `gpu_block_tables`); `None` where the table is
-    /// not built on the device.
+    /// not built on the device. q, k, v and the captures are checked as by `forward`, on
+    /// every backend.
     pub fn block_table_time_ms(
         &mut self,
         q: &Tensor,
@@ -383,6 +391,7 @@ impl Bound {
         captures: &Captures,
         iters: usize,
     ) -> Result<Option<f64>> {
+        self.check_qkv(q, k, v)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
         let Some(c) = self.exec.cuda_mut() else {
@@ -393,7 +402,8 @@ impl Bound {
     }
 
     /// Device-side time per call in milliseconds for device backends (inputs uploaded
-    /// once, launches timed with events); `None` for host backends.
+    /// once, launches timed with events); `None` for host backends. q, k, v and the
+    /// captures are checked as by `forward`, on every backend.
     pub fn device_time_ms(
         &mut self,
         q: &Tensor,
@@ -416,6 +426,7 @@ impl Bound {
         captures: &Captures,
         iters: usize,
     ) -> Result<Option<(f64, crate::cuda::JitTier)>> {
+        self.check_qkv(q, k, v)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
         let Some(c) = self.exec.cuda_mut() else {

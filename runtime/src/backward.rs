@@ -197,9 +197,7 @@ impl Bound {
         let opts = self.options().clone();
         let s = opts.shape;
         let dt = opts.dtype;
-        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
-        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
-        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)?;
+        self.check_qkv(q, k, v)?;
         check_input("o", o, &[s.b, s.hq, s.lq, s.dv], dt)?;
         check_input("lse", lse, &[s.b, s.hq, s.lq], DType::F32)?;
         check_input("do", dout, &[s.b, s.hq, s.lq, s.dv], dt)?;

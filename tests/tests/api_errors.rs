@@ -238,6 +238,43 @@ fn qkv_of_wrong_shape_or_dtype() {
     }
 }
 
+/// The timing entries check q, k and v as `forward` does, on every backend: a wrong
+/// shape or dtype is an error naming the tensor (it was `Ok(None)` on host backends and,
+/// on CUDA, a length error for "q/k/v" or, for a 16-bit tensor of the other type, a
+/// timing of the wrong data).
+#[test]
+fn timing_entries_check_qkv_like_forward() {
+    let v = example("causal", "causal_attention");
+    let (q, k, vv) = synth::qkv(&SHAPE, DType::F32, 1);
+    let bad_k = Tensor::from_f32(vec![2, 2, 6, 8], &[0.0; 2 * 2 * 6 * 8]);
+    let half_v = synth::qkv(&SHAPE, DType::F16, 1).2;
+    let caps = Captures::default();
+    for backend in [Backend::Reference, Backend::Cpu] {
+        let mut b = bound(&v, backend);
+        assert_eq!(b.device_time_ms(&q, &k, &vv, &caps, 1).unwrap(), None);
+        let e = b.device_time_ms(&q, &bad_k, &vv, &caps, 1).unwrap_err();
+        assert!(
+            matches!(&e, Error::InputShape { which, .. } if which == "k"),
+            "{backend:?}: {e:?}"
+        );
+        let e = b
+            .device_time(&q, &k, &half_v, &caps, 1)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InputDType { which, got: DType::F16, .. } if which == "v"),
+            "{backend:?}: {e:?}"
+        );
+        let e = b
+            .block_table_time_ms(&bad_k, &k, &vv, &caps, 1)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InputShape { which, .. } if which == "q"),
+            "{backend:?}: {e:?}"
+        );
+    }
+}
+
 #[test]
 fn heads_not_a_multiple_and_zero_dims() {
     let v = example("causal", "causal_attention");
