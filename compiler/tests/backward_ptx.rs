@@ -521,19 +521,32 @@ fn fused_wg_dq_kernels() {
             let sdp = if o.q_block == 64 { 2 * d / 16 } else { 0 };
             let dkdv = if d == 64 { 2 * o.q_block / 16 } else { 0 };
             assert_eq!(n64 as u32, sdp + dkdv + 4 * chunks, "{tag}");
-            let off = PtxOptions {
-                bwd_tma: false,
+            // (without visit records, whose own refusal without the TMA producer would
+            // come first: `fused_visit_rec_kernels`)
+            let o_rec = PtxOptions {
+                bwd_visit_rec: false,
                 ..o
             };
-            assert!(
-                emit_backward(&plan, &off, BackwardKind::DkDv).is_err(),
-                "{tag}"
-            );
-            let early = PtxOptions { overlap: true, ..o };
-            assert!(
-                emit_backward(&plan, &early, BackwardKind::DkDv).is_err(),
-                "{tag}"
-            );
+            let off = PtxOptions {
+                bwd_tma: false,
+                ..o_rec
+            };
+            let early = PtxOptions {
+                overlap: true,
+                ..o_rec
+            };
+            for x in [off, early] {
+                let e = emit_backward(&plan, &x, BackwardKind::DkDv)
+                    .unwrap_err()
+                    .to_string();
+                // (q tiles of 128 need the TMA producer and no `overlap` themselves)
+                let q128 =
+                    "128 at D = Dv = 64 with the TMA producer, kv tiles of 128 and no `overlap`";
+                assert!(
+                    e.contains("(`bwd_wg_dq`)") || e.contains(q128),
+                    "{tag}: {e}"
+                );
+            }
         }
     }
 }
@@ -588,9 +601,14 @@ fn fused_persist_kernels() {
                 bwd_tma: false,
                 ..o
             };
+            let e = emit_backward(&plan, &off, BackwardKind::DkDv)
+                .unwrap_err()
+                .to_string();
+            // (D64's q tiles of 128 need the TMA producer themselves)
+            let q128 = "128 at D = Dv = 64 with the TMA producer";
             assert!(
-                emit_backward(&plan, &off, BackwardKind::DkDv).is_err(),
-                "{tag}"
+                e.contains("(bwd_persist): the TMA producer") || e.contains(q128),
+                "{tag}: {e}"
             );
         }
     }
@@ -601,7 +619,13 @@ fn fused_persist_kernels() {
         ..PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
             .backward_for_binding(&plan, 8192)
     };
-    assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
+    let e = emit_backward(&plan, &o, BackwardKind::DkDv)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bwd_persist") && e.contains("capture gradients"),
+        "{e}"
+    );
 }
 
 /// `PtxOptions::bwd_stmatrix` on the binding's fused kernel (D64 and D128: dense, causal,
@@ -1073,10 +1097,10 @@ fn fused_visit_rec_kernels() {
                 bwd_persist: true,
                 ..r
             };
-            assert!(
-                emit_backward(&plan, &persist, BackwardKind::DkDv).is_err(),
-                "{t}"
-            );
+            let e = emit_backward(&plan, &persist, BackwardKind::DkDv)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("visit records (bwd_visit_rec)"), "{t}: {e}");
         }
     }
 }
@@ -1243,7 +1267,10 @@ fn fused_exp_emu_kernels() {
         ..PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
     };
     let plan = Plan::new(&example("dense", "dense"));
-    assert!(emit_backward(&plan, &o, BackwardKind::DkDv).is_err());
+    let e = emit_backward(&plan, &o, BackwardKind::DkDv)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bwd_exp_emu") && e.contains("got 9"), "{e}");
 }
 
 /// q tiles of 80 (`PtxOptions::backward_q80`, FlashAttention-3 / -4's dense hdim-128 tile)

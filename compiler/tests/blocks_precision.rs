@@ -6,7 +6,7 @@
 
 use attnc_compiler::analysis::blockmap::BlockKind;
 use attnc_compiler::analysis::classify::{
-    MaskInfo, Tier, brute_force_maps, build_block_maps, precision,
+    BlockError, MaskInfo, Tier, brute_force_maps, build_block_maps, precision,
 };
 use attnc_compiler::compile_source;
 use attnc_compiler::interp::{Bindings, BoundTensor, TensorData};
@@ -226,8 +226,23 @@ fn user_errors_do_not_panic() {
     let progs = programs();
     let p = progs.iter().find(|p| p.name == "document").unwrap();
     let s = shape(1, 1, 10, 10);
-    assert!(build_block_maps(p, &analyze(p), &s, 0, 8, &Bindings::default()).is_err());
-    assert!(build_block_maps(p, &analyze(p), &s, 8, 8, &Bindings::default()).is_err());
+    // each refusal for its own reason, naming what is wrong
+    let err = |qb, kb, bind: &Bindings| {
+        build_block_maps(p, &analyze(p), &s, qb, kb, bind)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let e = err(0, 8, &Bindings::default());
+    let size = BlockError::BlockSize {
+        q_block: 0,
+        kv_block: 8,
+    };
+    assert_eq!(e.to_string(), size.to_string());
+    let e = err(8, 8, &Bindings::default());
+    assert!(
+        matches!(&e, BlockError::MissingTensor { name } if name == "doc"),
+        "{e}"
+    );
     let bad = Bindings {
         params: vec![],
         tensors: vec![BoundTensor {
@@ -235,7 +250,11 @@ fn user_errors_do_not_panic() {
             data: TensorData::I32(vec![0; 10]),
         }],
     };
-    assert!(build_block_maps(p, &analyze(p), &s, 8, 8, &bad).is_err());
+    let e = err(8, 8, &bad);
+    assert!(
+        matches!(&e, BlockError::TensorSize { name, len: 10, expected: 11, .. } if name == "doc"),
+        "{e}"
+    );
     // Zero-length sequences are vacuous, not errors.
     let s0 = shape(1, 1, 0, 10);
     let doc = sorted_docs(1, 10, 2, 1);

@@ -5,7 +5,9 @@
 //! backend get from `build_block_maps`; runtime/tests/gpu.rs runs both kinds of kernel.
 
 use attnc_compiler::analysis::blockmap::{BlockKind, BlockMap, BlockMapBuilder};
-use attnc_compiler::analysis::classify::{MaskInfo, build_block_maps, closed_form_bounds};
+use attnc_compiler::analysis::classify::{
+    BlockError, MaskInfo, build_block_maps, closed_form_bounds,
+};
 use attnc_compiler::analysis::linear::ClosedForm;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{
@@ -304,7 +306,11 @@ fn missing_params_and_wrapping_arithmetic_are_reported() {
         d: 64,
         dv: 64,
     };
-    assert!(closed_form_bounds(&p, &cf, &shape, &Bindings::default()).is_err());
+    let e = closed_form_bounds(&p, &cf, &shape, &Bindings::default()).unwrap_err();
+    assert!(
+        matches!(&e, BlockError::MissingParam { name } if name == "w"),
+        "{e}"
+    );
     let bind = |w| Bindings {
         params: vec![Scalar::I32(w)],
         tensors: vec![],

@@ -2184,8 +2184,13 @@ fn gpu_api_closed_form_and_table_agree_with_reference(dev: &CudaDevice) {
                 assert!(ok, "{file} {param}={value}: LSE {g} vs {w}");
             }
         }
-        // a missing param is a clean error
-        assert!(gpu.forward(&q, &k, &v, &Captures::default()).is_err());
+        // a missing param is a clean error naming it
+        let e = gpu
+            .forward(&q, &k, &v, &Captures::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("E0301") && e.contains(param), "{file}: {e}");
     }
 }
 

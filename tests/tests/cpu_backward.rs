@@ -399,7 +399,11 @@ fn backward_errors_are_clear() {
     assert!(cpu.check_differentiable("w").is_ok());
     assert!(cpu.check_differentiable("pos").is_ok());
     assert!(cpu.check_differentiable("cap").is_ok());
-    assert!(cpu.check_differentiable("nope").is_err());
+    let e = cpu.check_differentiable("nope").unwrap_err();
+    assert!(
+        matches!(&e, Error::UnknownCapture { name, .. } if name == "nope"),
+        "{e}"
+    );
 }
 
 /// dQ summed over many chunks of one (b, kv head): one kv head and 12 kv tiles give 12
