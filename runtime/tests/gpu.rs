@@ -306,10 +306,11 @@ fn check_opts(
     run_vs_oracle(dev, &kern, p, c, bind, maps, seed, scale)
 }
 
-/// `CudaKernel::forward_host`; with the dynamic tile scheduler the kernel runs a second
-/// time on the same problem with O poisoned (NaN) in between, and its tile counter must
-/// be zero after each launch: a counter left over would hand the second launch the wrong
-/// tiles, leaving NaN rows.
+/// `CudaKernel::forward_host`; with the dynamic tile scheduler or the last tiles split
+/// along kv (`tail_split`) the kernel runs a second time on the same problem with O
+/// poisoned (NaN) in between, and its counters must be zero after each launch: a
+/// counter left over would hand the second launch the wrong tiles (or merge a tile
+/// early), leaving NaN rows.
 fn forward_host(
     kern: &CudaKernel,
     dev: &attnc::cuda::CudaDevice,
@@ -319,13 +320,17 @@ fn forward_host(
     bind: &Bindings,
     blocks: KvBlocks,
 ) -> Result<(Vec<u16>, Vec<f32>), attnc::cuda::CudaError> {
-    if !kern.meta().options.dynamic_tiles {
+    let o = &kern.meta().options;
+    if !o.dynamic_tiles && !o.tail_split {
         return kern.forward_host(dev, sh, q, k, v, scale, bind, blocks);
     }
     let mut p = kern.upload(dev, sh, Qkv::Host(q, k, v), scale, bind, blocks)?;
     let fresh = |p: &attnc::cuda::DeviceProblem| -> Result<(), attnc::cuda::CudaError> {
         let t = p.tile_counter(dev)?;
-        assert_eq!(t, [0, 0], "tile counter after a launch");
+        assert!(
+            t.iter().all(|w| *w == 0),
+            "tile counter after a launch: {t:?}"
+        );
         Ok(())
     };
     kern.launch(dev, &p, &LaunchArgs::new())?;
@@ -773,6 +778,110 @@ fn gpu_persistent_matches_oracle(dev: &CudaDevice) {
             }
         }
     }
+}
+
+/// The last tiles split along kv (`PtxOptions::tail_split`, persistent CTAs in static
+/// rounds): every sample (block tables ignore the option) on grids of 2, 3, 5, 7, 11 and
+/// 13 CTAs, so that the tiles leave a remainder and the split tiles' pieces start and end
+/// inside tiles (several parts per tile, a CTA holding the end of one tile and the start
+/// of the next, Lkv below one kv block); D128 (two consumers) and D64 (three, q blocks of
+/// 192), odd lengths, Lq != Lkv, GQA, bf16 and f16, one Q buffer and two, and q blocks
+/// from the end on causal-type ranges. Each problem runs twice with O poisoned in
+/// between and every counter word zero after each launch (`forward_host`).
+fn gpu_tail_split_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    if matches!(
+        std::env::var("ATTNC_GPU_MMA").as_deref(),
+        Ok("sync" | "wgmma")
+    ) {
+        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, InputType::Bf16),
+        ((3, 3, 1, 129, 400), 128, InputType::F16),
+        ((1, 5, 5, 1000, 90), 128, InputType::Bf16),
+        ((2, 2, 1, 777, 190), 64, InputType::Bf16),
+        ((1, 4, 4, 520, 333), 64, InputType::F16),
+    ];
+    // ATTNC_GPU_TAIL_QUICK=1 (for compute-sanitizer): two cases, three samples
+    let quick = std::env::var("ATTNC_GPU_TAIL_QUICK").is_ok_and(|v| v == "1");
+    let mut failures = Vec::new();
+    for (i, ((b, hq, hkv, lq, lkv), d, ty)) in cases.into_iter().enumerate() {
+        if quick && i % 2 == 1 {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let base = PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty);
+        let ws = PtxOptions {
+            persistent: true,
+            tail_split: true,
+            float_positions: true,
+            q_block: if d == 64 { 192 } else { 128 },
+            ..base.warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv
+                || quick && !matches!(p.name.as_str(), "dense" | "causal" | "sliding_window")
+            {
+                continue;
+            }
+            let sms = [2, 3, 5, 7, 11, 13][(i + j) % 6];
+            let small = dev.with_sms(sms);
+            let mut r = rng(37);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            let plan = Plan::new(&p);
+            let grows = plan.kv_bounds(false).work_grows_with_q();
+            for (q_double, q_from_end) in [(false, false), (true, grows)] {
+                let opts = PtxOptions {
+                    q_double,
+                    q_from_end,
+                    ..ws
+                };
+                if let Err(e) = check_opts(
+                    &small,
+                    &p,
+                    &c,
+                    &bind,
+                    None,
+                    37,
+                    c.shape.default_scale(),
+                    &opts,
+                ) {
+                    let f = format!(
+                        "{} {:?} {sms} CTAs q2 {q_double} qend {q_from_end}: {e}",
+                        p.name, c.shape
+                    );
+                    println!("  FAILED {f}");
+                    failures.push(f);
+                }
+            }
+        }
+        // (progress, for a run cut by a time limit)
+        println!(
+            "  case {i} {:?} D{d}: {} failures so far",
+            c.shape,
+            failures.len()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// q blocks from the end (`PtxOptions::q_from_end`, the runtime's choice for causal-type
@@ -2259,6 +2368,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_q_from_end_matches_oracle",
         gpu_q_from_end_matches_oracle,
+    ),
+    (
+        "gpu_tail_split_matches_oracle",
+        gpu_tail_split_matches_oracle,
     ),
     (
         "gpu_cross_tile_matches_oracle",

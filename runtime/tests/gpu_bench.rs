@@ -14,7 +14,7 @@
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `v` a position bias score (ALiBi) in the IR's order, not in two FMAs an element (`PtxOptions::pos_bias` off; on by default with float positions, as the runtime binds it), `j` partial blocks by conjunct kind (`PtxOptions::mask_kinds`; a table kernel's table then built on the GPU by the builder of the same options, not from the host's maps), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `q` the last tiles split along kv (`PtxOptions::tail_split`, with `z`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `v` a position bias score (ALiBi) in the IR's order, not in two FMAs an element (`PtxOptions::pos_bias` off; on by default with float positions, as the runtime binds it), `j` partial blocks by conjunct kind (`PtxOptions::mask_kinds`; a table kernel's table then built on the GPU by the builder of the same options, not from the host's maps), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -126,6 +126,10 @@ fn tile_opts(
     if mt.contains('d') {
         // two Q buffers (persistent CTAs)
         o.q_double = true;
+    }
+    if mt.contains('q') {
+        // the last tiles split along kv (persistent CTAs in static rounds, `z`)
+        o.tail_split = true;
     }
     if mt.contains('f') {
         // the next tile claimed when a tile starts (the dynamic scheduler)

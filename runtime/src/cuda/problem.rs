@@ -128,9 +128,14 @@ pub struct DeviceProblem {
     kv_all_partial: i32,
     params: CudaSlice<u32>,
     err: CudaSlice<u32>,
-    /// The dynamic tile scheduler's counter (`KernelParam::TileCounter`): zero, and
-    /// left zero by each launch.
+    /// The persistent kernels' counters (`KernelParam::TileCounter`,
+    /// `PtxOptions::tile_counter_words` for this device's SMs): zero, and left zero by
+    /// each launch.
     tiles: CudaSlice<u32>,
+    /// `PtxOptions::tail_split`'s workspace (`KernelParam::TailWork`) when the kernel
+    /// reads one, sized for this device's SMs: a problem runs on the device (and SM
+    /// count) it was uploaded for.
+    tail: Option<CudaSlice<f32>>,
     tensors: Vec<(CudaSlice<u32>, Vec<i32>)>,
     n_q_blocks: u32,
     map_b_stride: i32,
@@ -265,7 +270,12 @@ pub(crate) fn upload(
         kv_all_partial,
         params: dev.upload(&nonempty(words))?,
         err: dev.zeros(8)?,
-        tiles: dev.zeros(2)?,
+        tiles: dev.zeros(PtxOptions::tile_counter_words(dev.sms()))?,
+        tail: if spec.params.contains(&KernelParam::TailWork) {
+            Some(dev.zeros(o.tail_work_floats(dev.sms()))?)
+        } else {
+            None
+        },
         tensors,
         n_q_blocks: nq as u32,
         map_b_stride: strides.0,
@@ -415,6 +425,9 @@ impl DeviceProblem {
         a.buffer(P::Params, &self.params, s);
         a.buffer(P::Err, &self.err, s);
         a.buffer(P::TileCounter, &self.tiles, s);
+        if let Some(t) = &self.tail {
+            a.buffer(P::TailWork, t, s);
+        }
         for (i, (buf, dims)) in self.tensors.iter().enumerate() {
             a.buffer(P::Tensor(i as u32), buf, s);
             for (d, n) in dims.iter().enumerate() {
@@ -488,8 +501,8 @@ impl DeviceProblem {
         Ok((o, lse))
     }
 
-    /// Waits, then reads the dynamic tile scheduler's counter (`KernelParam::TileCounter`:
-    /// both words are zero again after every launch).
+    /// Waits, then reads the persistent kernels' counters (`KernelParam::TileCounter`:
+    /// every word is zero again after every launch).
     pub fn tile_counter(&self, dev: &CudaDevice) -> Result<Vec<u32>, CudaError> {
         dev.download(&self.tiles)
     }

@@ -497,6 +497,8 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// `ATTNC_FWD_MASK_KINDS=1|0` partial blocks by conjunct kind (`PtxOptions::mask_kinds`;
 /// the GPU block table is built with the same options); `ATTNC_FWD_POS_BIAS=1|0` a
 /// position bias score (ALiBi) in two instructions an element (`PtxOptions::pos_bias`);
+/// `ATTNC_FWD_TAIL=1|0` the last tiles split along kv (`PtxOptions::tail_split`, with
+/// persistent CTAs in static rounds: `ATTNC_FWD_PERSISTENT=1`);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
@@ -521,6 +523,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_MASK_EARLY", &mut o.mask_early),
         ("ATTNC_FWD_MASK_KINDS", &mut o.mask_kinds),
         ("ATTNC_FWD_POS_BIAS", &mut o.pos_bias),
+        ("ATTNC_FWD_TAIL", &mut o.tail_split),
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;
@@ -531,6 +534,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     o.q_double &= o.persistent;
     o.cross_tile &= o.dynamic_tiles;
     o.early_claim &= o.dynamic_tiles;
+    o.tail_split &= o.persistent && !o.dynamic_tiles;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())

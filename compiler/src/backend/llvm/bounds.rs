@@ -21,8 +21,8 @@
 //! to `±2^62` (a clamped constraint has the same sign at every in-range (q, kv), so the
 //! same ranges), so every intermediate stays below 2^63 and i64 never wraps.
 
-use super::KernelParam;
 use super::gpu::{Gpu, R};
+use super::{KernelParam, LlvmError};
 use crate::analysis::linear::{Bound, RowRange};
 use inkwell::IntPredicate;
 use inkwell::values::{IntValue, PointerValue};
@@ -440,6 +440,44 @@ impl<'ctx> RowRuns<'ctx> {
             beg,
             end: g.selecti(has_full, end_full, end_part)?,
             src: RunSource::Regs([run0, run1, run2]),
+        })
+    }
+
+    /// These runs restricted to kv blocks `lo..hi` (`PtxOptions::tail_split`'s pieces):
+    /// each run clamped into the range, `beg..end` narrowed to the runs left non-empty
+    /// (empty when none is). Clamping runs that follow each other leaves empty runs only
+    /// at the ends, so the runs between stay non-empty as the cursor needs. A closed
+    /// form's runs only (in registers).
+    pub fn clamp(&self, g: &Gpu<'ctx>, lo: IntValue<'ctx>, hi: IntValue<'ctx>) -> R<Self> {
+        let RunSource::Regs(runs) = &self.src else {
+            return Err(LlvmError::Internal("clamped runs of a block table"));
+        };
+        let cl = |x: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            g.iintr2("llvm.smin.i32", g.iintr2("llvm.smax.i32", x, lo)?, hi)
+        };
+        let mut out = *runs;
+        let mut kept = Vec::with_capacity(3);
+        for (r, run) in runs.iter().enumerate() {
+            let (s, e) = (cl(run[0])?, cl(run[1])?);
+            out[r] = [s, e, run[2]];
+            let rc = g.c32(r as i64);
+            let inside = g.and(
+                g.icmp(IntPredicate::ULE, self.beg, rc)?,
+                g.icmp(IntPredicate::ULT, rc, self.end)?,
+            )?;
+            kept.push(g.and(inside, g.icmp(IntPredicate::SLT, s, e)?)?);
+        }
+        let (zero, one, two) = (g.c32(0), g.c32(1), g.c32(2));
+        let beg = g.selecti(kept[0], zero, g.selecti(kept[1], one, two)?)?;
+        let end = g.selecti(
+            kept[2],
+            g.c32(3),
+            g.selecti(kept[1], two, g.selecti(kept[0], one, zero)?)?,
+        )?;
+        Ok(RowRuns {
+            beg,
+            end,
+            src: RunSource::Regs(out),
         })
     }
 

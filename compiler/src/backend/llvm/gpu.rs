@@ -156,6 +156,10 @@ impl<'ctx> Gpu<'ctx> {
     pub fn zext64(&self, a: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         Ok(self.b.build_int_z_extend(a, self.i64, "")?)
     }
+    /// An i1 (or narrower) integer as i32, zero-extended.
+    pub fn zext32(&self, a: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self.b.build_int_z_extend(a, self.i32, "")?)
+    }
     pub fn sext64(&self, a: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         Ok(self.b.build_int_s_extend(a, self.i64, "")?)
     }
@@ -865,6 +869,15 @@ impl<'ctx> Gpu<'ctx> {
             "fence.acq_rel.gpu;\natom.relaxed.gpu.global.add.u32 $0, [$1], 1;\nfence.acq_rel.gpu;",
             "=r,l,~{memory}",
             &[addr],
+        )
+    }
+    /// `fence.acq_rel.gpu; atom.relaxed.gpu.global.add.u32 old, [addr], val;
+    /// fence.acq_rel.gpu` (this thread): as [`Self::acq_rel_inc`], adding `val`.
+    pub fn acq_rel_add(&self, addr: IntValue<'ctx>, val: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        self.asm_i32(
+            "fence.acq_rel.gpu;\natom.relaxed.gpu.global.add.u32 $0, [$1], $2;\nfence.acq_rel.gpu;",
+            "=r,l,r,~{memory}",
+            &[addr, val],
         )
     }
     /// `fence.acq_rel.gpu; red.relaxed.gpu.global.add.u32 [addr], val` (this thread): as

@@ -57,6 +57,23 @@
 //! (every tile, one without blocks and the end marker too); the consumers read it after
 //! `q_full`, and free Q at once on a tile without blocks. The last CTA to finish zeroes
 //! the counter for the next launch.
+//!
+//! The last tiles split along kv (`PtxOptions::tail_split`, static rounds only, closed-form
+//! kv ranges, [`for_each_piece`]): with `G` CTAs and `R = tiles mod G > 0`, the first
+//! `tiles - R - G` tiles run whole in rounds as above; the last `R + G` tiles' kv blocks
+//! (`ceil(Lkv / kv_block)` per tile, their units) are cut into `G` contiguous ranges of
+//! `floor(c U / G) .. floor((c + 1) U / G)`, one per CTA `c`, so each CTA's last work is
+//! about `(R + G) / G` tiles instead of one or two. A range's pieces are one tile's kv
+//! blocks `lo..hi` each (the runs clamped: `RowRuns::clamp`); a piece that is not a
+//! whole tile (a part) leaves O, m and l unnormalized in slot `2 c` (the CTA's first
+//! piece) or `2 c + 1` (its last) of `TailWork`, in the accumulators' order (one f32 per
+//! thread and register, coalesced), then counts its blocks into the tile's word of
+//! `TileCounter` ([`publish_and_merge`]: every thread's stores and a fence before a
+//! consumer barrier, one release-acquire add, the result through shared memory). The
+//! part whose count completes the tile zeroes the word, reads the parts of CTAs
+//! `owner(first unit) ..= owner(last unit)` in that order (its own too: the same sums
+//! whichever CTA merges), merges them as the online softmax does (`m = max`, O and l
+//! scaled by `2^(c2 (m_i - m))`) and writes O and the LSE with the usual epilogue.
 
 use super::bounds::KvBounds;
 use super::cta::{Args, place, place_tile, row_runs};
@@ -67,7 +84,7 @@ use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
 use super::score::{MaskBits, mask_bits, score_and_mask};
 use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
 use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, split4, tiles};
-use super::{KernelParam, PtxOptions};
+use super::{KernelParam, LlvmError, PtxOptions};
 use crate::ir::Program;
 use inkwell::values::IntValue;
 use inkwell::{FloatPredicate, IntPredicate};
@@ -112,6 +129,9 @@ pub(crate) struct Layout {
     pub bars: u32,
     /// Total dynamic shared memory.
     pub bytes: u32,
+    /// `PtxOptions::tail_split`: byte offset of a u32 after the mbarriers, whether the
+    /// part just counted completed its tile (thread 0 to the consumers).
+    pub flag: Option<u32>,
 }
 
 impl Layout {
@@ -129,6 +149,8 @@ impl Layout {
         } else {
             1 + opts.persistent as u32 + opts.dynamic_tiles as u32
         };
+        let end = bars + 8 * (4 * opts.stages + q_bars);
+        let tail = opts.tail_split && opts.persistent && !opts.dynamic_tiles;
         Layout {
             q,
             k,
@@ -136,7 +158,8 @@ impl Layout {
             stages: opts.stages,
             q1,
             bars,
-            bytes: bars + 8 * (4 * opts.stages + q_bars),
+            bytes: end + if tail { 8 } else { 0 },
+            flag: tail.then_some(end),
         }
     }
 }
@@ -451,6 +474,10 @@ fn body_persistent<'ctx>(
         g.mul(a.int(KernelParam::NumQBlocks)?, a.int(KernelParam::Hq)?)?,
         a.int(KernelParam::Batch)?,
     )?;
+    // (`tail_split`: how this CTA's work is cut, the same walk for both roles)
+    let tail = tail_split_on(opts, kv)
+        .then(|| Tail::new(g, c, &a, tiles))
+        .transpose()?;
     let producer_bb = g.block("producer");
     let consumer_bb = g.block("consumer");
     g.cond_br(
@@ -472,9 +499,12 @@ fn body_persistent<'ctx>(
                 return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles, early);
             }
             let q_phase = g.var(g.i32, g.c32(0))?;
-            for_each_tile(g, tiles, &mut |t| {
+            let produce = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
                 let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
-                let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+                let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+                if let Some(pc) = piece {
+                    runs = runs.clamp(g, pc.lo, pc.hi)?;
+                }
                 g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
                     let prod = Producer {
                         g,
@@ -490,7 +520,11 @@ fn body_persistent<'ctx>(
                     prod.run(&runs, Some(&ring), Some(q), true)?;
                     g.set(&q_phase, bars.q_next(g, n)?)
                 })
-            })
+            };
+            match &tail {
+                Some(tl) => for_each_piece(g, tl, &mut |pc| produce(pc.t, Some(pc))),
+                None => for_each_tile(g, tiles, &mut |t| produce(t, None)),
+            }
         },
     )?;
     g.b.build_return(None)?;
@@ -528,9 +562,12 @@ fn body_persistent<'ctx>(
         Some((_, mo, lo)) => (mo, lo),
         None => (&m, &l),
     };
-    let mut consume = |t: IntValue<'ctx>| -> R<()> {
+    let consume = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
         let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
-        let runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+        let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+        if let Some(pc) = piece {
+            runs = runs.clamp(g, pc.lo, pc.hi)?;
+        }
         for x in o.tiles.iter().flatten().flatten() {
             g.set(x, g.cf(0.0))?;
         }
@@ -608,23 +645,53 @@ fn body_persistent<'ctx>(
             g.br(epi)?;
         }
         g.b.position_at_end(epi);
-        epilogue(
-            g,
+        let write = || {
+            epilogue(
+                g,
+                c,
+                &cx,
+                0,
+                a.ptr(KernelParam::O)?,
+                a.ptr(KernelParam::Lse)?,
+                at.hq,
+                &m_out.rows[0],
+                &l_out.rows[0],
+                &o.tiles[0],
+            )
+        };
+        let (Some(pc), Some(tl)) = (piece, &tail) else {
+            return write();
+        };
+        // (`tail_split`: a part publishes itself; the one that completes its tile merges
+        // the tile's parts, then writes O like a whole tile)
+        let out = g.block("tile_out");
+        let publish = g.block("part_publish");
+        let next = g.block("piece_done");
+        g.cond_br(pc.part, publish, out)?;
+        g.b.position_at_end(publish);
+        let merge = Merge {
             c,
-            &cx,
-            0,
-            a.ptr(KernelParam::O)?,
-            a.ptr(KernelParam::Lse)?,
-            at.hq,
-            &m_out.rows[0],
-            &l_out.rows[0],
-            &o.tiles[0],
-        )
+            cx: &cx,
+            a: &a,
+            lay: &lay,
+            tid,
+            o: &o,
+            m: &m,
+            l: &l,
+        };
+        publish_and_merge(g, tl, &merge, pc, out, next)?;
+        g.b.position_at_end(out);
+        write()?;
+        g.br(next)?;
+        g.b.position_at_end(next);
+        Ok(())
     };
     if dynamic {
-        consume_dynamic(g, &lay, &bars, tiles, &q_phase, &mut consume)?;
+        consume_dynamic(g, &lay, &bars, tiles, &q_phase, &mut |t| consume(t, None))?;
+    } else if let Some(tl) = &tail {
+        for_each_piece(g, tl, &mut |pc| consume(pc.t, Some(pc)))?;
     } else {
-        for_each_tile(g, tiles, &mut consume)?;
+        for_each_tile(g, tiles, &mut |t| consume(t, None))?;
     }
     // the last warpgroup passed the turn after its last issue: warpgroup 0 takes it
     g.if_then(wg0, || g.bar_sync(BAR_TURN0, 256))?;
@@ -663,6 +730,255 @@ fn for_each_tile<'ctx>(
     g.br(head)?;
     g.b.position_at_end(done);
     Ok(())
+}
+
+/// Whether the kernel of `opts` on kv bounds `kv` splits its last tiles along kv
+/// (`PtxOptions::tail_split` on persistent CTAs in static rounds, a closed-form range).
+pub(crate) fn tail_split_on(opts: &PtxOptions, kv: &KvBounds) -> bool {
+    opts.ws && opts.persistent && !opts.dynamic_tiles && opts.tail_split && kv.is_closed_form()
+}
+
+/// How a persistent CTA's work is cut under `PtxOptions::tail_split` (module header):
+/// `whole` tiles in `rounds` rounds of `grid`, then this CTA's units (kv blocks of the
+/// split tiles) `u_beg..u_end` of `units`, `nkv` per tile. Units are i64.
+struct Tail<'ctx> {
+    cta: IntValue<'ctx>,
+    grid: IntValue<'ctx>,
+    whole: IntValue<'ctx>,
+    rounds: IntValue<'ctx>,
+    nkv: IntValue<'ctx>,
+    units: IntValue<'ctx>,
+    u_beg: IntValue<'ctx>,
+    u_end: IntValue<'ctx>,
+}
+
+impl<'ctx> Tail<'ctx> {
+    fn new(g: &Gpu<'ctx>, c: &Cfg, a: &Args<'_, 'ctx>, tiles: IntValue<'ctx>) -> R<Self> {
+        let (cta, grid) = (g.ctaid('x')?, g.nctaid('x')?);
+        let kvb = g.c32(c.kvb as i64);
+        // (at least one unit per tile: with Lkv = 0 each piece is a whole tile without
+        // blocks, which writes O = 0 and LSE = -inf)
+        let nkv = g.udiv(
+            g.add(a.int(KernelParam::Lkv)?, g.c32(c.kvb as i64 - 1))?,
+            kvb,
+        )?;
+        let nkv = g.iintr2("llvm.umax.i32", nkv, g.c32(1))?;
+        let rem = g.urem(tiles, grid)?;
+        // (grid <= tiles, so rem + grid <= tiles; nothing to split without a remainder)
+        let split = g.icmp(IntPredicate::NE, rem, g.c32(0))?;
+        let n_split = g.selecti(split, g.add(rem, grid)?, g.c32(0))?;
+        let whole = g.sub(tiles, n_split)?;
+        let units = g.mul(g.zext64(n_split)?, g.zext64(nkv)?)?;
+        let g64 = g.zext64(grid)?;
+        let u_beg = g.udiv(g.mul(g.zext64(cta)?, units)?, g64)?;
+        let u_end = g.udiv(g.mul(g.zext64(g.add(cta, g.c32(1))?)?, units)?, g64)?;
+        Ok(Tail {
+            cta,
+            grid,
+            whole,
+            rounds: g.udiv(whole, grid)?,
+            nkv,
+            units,
+            u_beg,
+            u_end,
+        })
+    }
+    /// The first unit of CTA `cta`'s range (i64).
+    fn start(&self, g: &Gpu<'ctx>, cta: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        g.udiv(g.mul(g.zext64(cta)?, self.units)?, g.zext64(self.grid)?)
+    }
+    /// The CTA whose range holds unit `u` (i64): the last `c` with `start(c) <= u`,
+    /// `floor(((u + 1) G - 1) / U)`.
+    fn owner(&self, g: &Gpu<'ctx>, u: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let x = g.sub(g.mul(g.add(u, g.c64(1))?, g.zext64(self.grid)?)?, g.c64(1))?;
+        Ok(g.b.build_int_truncate(g.udiv(x, self.units)?, g.i32, "")?)
+    }
+}
+
+/// One piece of a CTA's work under `PtxOptions::tail_split`: tile `t` (split tile `k =
+/// t - whole`), its kv blocks `lo..hi`, whether it is a part of the tile (else whole),
+/// and the workspace slot of a part.
+struct Piece<'ctx> {
+    t: IntValue<'ctx>,
+    k: IntValue<'ctx>,
+    lo: IntValue<'ctx>,
+    hi: IntValue<'ctx>,
+    part: IntValue<'ctx>,
+    slot: IntValue<'ctx>,
+}
+
+/// `body(piece)` for this CTA's pieces (`PtxOptions::tail_split`): the whole tiles below
+/// `whole` in the snake rounds of [`for_each_tile`], then the pieces of its units
+/// `u_beg..u_end`, each up to the end of its tile. One loop, one copy of `body`.
+fn for_each_piece<'ctx>(
+    g: &Gpu<'ctx>,
+    tl: &Tail<'ctx>,
+    body: &mut dyn FnMut(&Piece<'ctx>) -> R<()>,
+) -> R<()> {
+    let round = g.var(g.i32, g.c32(0))?;
+    let unit = g.var(g.i64, tl.u_beg)?;
+    let head = g.block("piece");
+    let work = g.block("piece_work");
+    let done = g.block("pieces_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let (r, u) = (g.geti(&round)?, g.geti(&unit)?);
+    let in_whole = g.icmp(IntPredicate::ULT, r, tl.rounds)?;
+    let more = g.icmp(IntPredicate::ULT, u, tl.u_end)?;
+    g.cond_br(g.or(in_whole, more)?, work, done)?;
+    g.b.position_at_end(work);
+    // a whole tile of round r (odd rounds mirrored)
+    let odd = g.icmp(IntPredicate::NE, g.and(r, g.c32(1))?, g.c32(0))?;
+    let mirror = g.sub(g.sub(tl.grid, g.c32(1))?, tl.cta)?;
+    let t_whole = g.add(g.mul(r, tl.grid)?, g.selecti(odd, mirror, tl.cta)?)?;
+    // the piece at unit u: to the end of its tile or of the range
+    let nkv64 = g.zext64(tl.nkv)?;
+    let k64 = g.udiv(u, nkv64)?;
+    let lo64 = g.sub(u, g.mul(k64, nkv64)?)?;
+    let left = g.sub(tl.u_end, u)?;
+    let room = g.sub(nkv64, lo64)?;
+    let len64 = g.selecti(g.icmp(IntPredicate::ULT, left, room)?, left, room)?;
+    let i32t =
+        |v: IntValue<'ctx>| -> R<IntValue<'ctx>> { Ok(g.b.build_int_truncate(v, g.i32, "")?) };
+    let (k, lo, len) = (i32t(k64)?, i32t(lo64)?, i32t(len64)?);
+    let zero = g.c32(0);
+    let t = g.selecti(in_whole, t_whole, g.add(tl.whole, k)?)?;
+    let lo = g.selecti(in_whole, zero, lo)?;
+    let hi = g.selecti(in_whole, tl.nkv, g.add(lo, len)?)?;
+    let full = g.and(
+        g.icmp(IntPredicate::EQ, lo, zero)?,
+        g.icmp(IntPredicate::EQ, hi, tl.nkv)?,
+    )?;
+    let part = g.and(g.xor(in_whole, g.cbool(true))?, g.xor(full, g.cbool(true))?)?;
+    // the range's first piece takes slot 2 c, a later one (which starts its tile) 2 c + 1
+    let later = g.icmp(IntPredicate::NE, u, tl.u_beg)?;
+    let slot = g.add(g.mul(tl.cta, g.c32(2))?, g.zext32(later)?)?;
+    body(&Piece {
+        t,
+        k,
+        lo,
+        hi,
+        part,
+        slot,
+    })?;
+    g.set(&round, g.selecti(in_whole, g.add(r, g.c32(1))?, r)?)?;
+    g.set(&unit, g.selecti(in_whole, u, g.add(u, len64)?)?)?;
+    g.br(head)?;
+    g.b.position_at_end(done);
+    Ok(())
+}
+
+/// What [`publish_and_merge`] reads and writes: the consumers' registers of this piece.
+struct Merge<'a, 'ctx> {
+    c: &'a Cfg,
+    cx: &'a Ctx<'ctx>,
+    a: &'a Args<'a, 'ctx>,
+    lay: &'a Layout,
+    tid: IntValue<'ctx>,
+    o: &'a AccTile<'ctx>,
+    m: &'a RowState<'ctx>,
+    l: &'a RowState<'ctx>,
+}
+
+/// A part's end (`PtxOptions::tail_split`; the consumers, every thread): store this
+/// thread's O, m and l into the part's slot of `TailWork` (value `i` of thread `tid` at
+/// `(slot n + i) threads + tid`, `n = dv / 2 + 4`), count the part's kv blocks into its
+/// tile's word of `TileCounter`, and branch to `next` unless that completed the tile;
+/// then (the merging CTA) zero the word, merge the tile's parts in CTA order into m, l
+/// and O, and branch to `out` (the epilogue). A barrier of the consumers orders every
+/// thread's stores before thread 0's release-acquire add, and the add's result reaches
+/// them through the shared-memory flag after a second one; the parts are read with
+/// volatile loads after a fence.
+fn publish_and_merge<'ctx>(
+    g: &Gpu<'ctx>,
+    tl: &Tail<'ctx>,
+    mg: &Merge<'_, 'ctx>,
+    pc: &Piece<'ctx>,
+    out: inkwell::basic_block::BasicBlock<'ctx>,
+    next: inkwell::basic_block::BasicBlock<'ctx>,
+) -> R<()> {
+    let (c, tid) = (mg.c, mg.tid);
+    let th = c.threads as i64;
+    let nd = (c.dv / 2) as usize;
+    let n = nd as i64 + 4;
+    let work = mg.a.ptr(KernelParam::TailWork)?;
+    let tid64 = g.zext64(tid)?;
+    // index of value i of this thread in slot `slot`
+    let at = |slot: IntValue<'ctx>, i: i64| -> R<IntValue<'ctx>> {
+        let s = g.mul(g.zext64(slot)?, g.c64(n * th))?;
+        g.add(g.add(s, g.c64(i * th))?, tid64)
+    };
+    let mut vals = mg.o.flat(g)?;
+    for rows in [&mg.m.rows[0], &mg.l.rows[0]] {
+        for hr in rows {
+            vals.push(g.getf(hr)?);
+        }
+    }
+    for (i, v) in vals.iter().enumerate() {
+        let idx = at(pc.slot, i as i64)?;
+        g.store(g.gep_bytes(work, g.mul(idx, g.c64(4))?)?, *v)?;
+    }
+    g.fence_acq_rel_gpu()?;
+    g.bar_sync(BAR_CONSUMERS, c.threads)?;
+    let flag = g.smem_addr32(g.c32(mg.lay.flag.ok_or(LlvmError::Internal("tail flag"))? as i64))?;
+    let counter =
+        g.b.build_ptr_to_int(mg.a.ptr(KernelParam::TileCounter)?, g.i64, "")?;
+    let word = g.add(counter, g.zext64(g.mul(g.add(pc.k, g.c32(2))?, g.c32(4))?)?)?;
+    g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
+        let len = g.sub(pc.hi, pc.lo)?;
+        let old = g.acq_rel_add(word, len)?;
+        let last = g.icmp(IntPredicate::EQ, g.add(old, len)?, tl.nkv)?;
+        // (every part of the tile has counted: the next launch starts from zero)
+        g.if_then(last, || g.st_global_u32(word, g.c32(0)))?;
+        g.st_shared_u32(flag, g.zext32(last)?)
+    })?;
+    g.bar_sync(BAR_CONSUMERS, c.threads)?;
+    let last = g.icmp(IntPredicate::NE, g.ld_shared_u32(flag)?, g.c32(0))?;
+    let merge = g.block("part_merge");
+    g.cond_br(last, merge, next)?;
+    g.b.position_at_end(merge);
+    g.fence_acq_rel_gpu()?;
+    let (o, m, l) = (mg.o, &mg.m.rows[0], &mg.l.rows[0]);
+    for x in o.tiles[0].iter().flatten() {
+        g.set(x, g.cf(0.0))?;
+    }
+    for hr in 0..2 {
+        g.set(&m[hr], g.cf(f32::NEG_INFINITY))?;
+        g.set(&l[hr], g.cf(0.0))?;
+    }
+    let first_unit = g.mul(g.zext64(pc.k)?, g.zext64(tl.nkv)?)?;
+    let last_unit = g.add(first_unit, g.zext64(g.sub(tl.nkv, g.c32(1))?)?)?;
+    let (c0, c1) = (tl.owner(g, first_unit)?, tl.owner(g, last_unit)?);
+    g.for_range(c0, g.add(c1, g.c32(1))?, g.c32(1), |cc| {
+        // (a CTA whose range starts before the tile holds it as its last piece)
+        let later = g.icmp(IntPredicate::ULT, tl.start(g, cc)?, first_unit)?;
+        let slot = g.add(g.mul(cc, g.c32(2))?, g.zext32(later)?)?;
+        let part: Vec<_> = (0..n)
+            .map(|i| g.load_f32_volatile(work, at(slot, i)?))
+            .collect::<R<_>>()?;
+        let mut fa = [g.cf(0.0); 2];
+        let mut fb = [g.cf(0.0); 2];
+        for hr in 0..2 {
+            let (mp, lp) = (part[nd + hr], part[nd + 2 + hr]);
+            let mo = g.getf(&m[hr])?;
+            let mn = g.fmax(mo, mp)?;
+            // (never -inf - -inf: an empty part and an empty sum keep factors 0)
+            let none = g.fcmp(FloatPredicate::OEQ, mn, g.cf(f32::NEG_INFINITY))?;
+            let mu = g.selectf(none, g.cf(0.0), mn)?;
+            fa[hr] = g.ex2(g.fmul(g.fsub(mo, mu)?, mg.cx.c2)?)?;
+            fb[hr] = g.ex2(g.fmul(g.fsub(mp, mu)?, mg.cx.c2)?)?;
+            g.set(&m[hr], mn)?;
+            let lv = g.fadd(g.fmul(g.getf(&l[hr])?, fa[hr])?, g.fmul(lp, fb[hr])?)?;
+            g.set(&l[hr], lv)?;
+        }
+        for (j, x) in o.tiles[0].iter().flatten().enumerate() {
+            let hr = (j % 4) / 2;
+            let v = g.fadd(g.fmul(g.getf(x)?, fa[hr])?, g.fmul(part[j], fb[hr])?)?;
+            g.set(x, v)?;
+        }
+        Ok(())
+    })?;
+    g.br(out)
 }
 
 /// The producer of the dynamic scheduler (`PtxOptions::dynamic_tiles`): its first tile

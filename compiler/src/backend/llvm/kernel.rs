@@ -124,8 +124,12 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.persistent {
         v.push(Batch);
     }
-    if opts.dynamic_tiles {
+    let tail = super::hopper::tail_split_on(opts, kv);
+    if opts.dynamic_tiles || tail {
         v.push(TileCounter);
+    }
+    if tail {
+        v.push(TailWork);
     }
     v
 }

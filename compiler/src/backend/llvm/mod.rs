@@ -251,6 +251,20 @@ pub struct PtxOptions {
     /// in `new`; [`Self::for_binding`] turns it on for causal-type ranges and block
     /// tables at D, Dv <= 128.
     pub dynamic_tiles: bool,
+    /// With `persistent` (static rounds, not [`Self::dynamic_tiles`]) and a closed-form
+    /// kv range: the launch's last tiles are split along kv across every CTA
+    /// (`hopper.rs`, "The last tiles split along kv"), so that no SM idles through a
+    /// last round of a few whole tiles (B1 Hq32 Hkv8 L16384: 4096 tiles on 132 SMs are
+    /// 31 rounds and 4 tiles). The tiles of the last `R + G` (`R` = tiles mod `G`, `G` the
+    /// grid; none when `R` is 0) are cut into pieces of equal kv blocks, one contiguous
+    /// range per CTA; a piece that is not a whole tile stores its O, m and l (f32, in the
+    /// accumulators' order) into a workspace ([`KernelParam::TailWork`], two slots per
+    /// CTA: [`Self::tail_work_floats`]) and counts its blocks in a per-tile word of
+    /// [`KernelParam::TileCounter`] (after words 0 and 1); the CTA whose count completes
+    /// the tile merges every piece of the tile in a fixed order (deterministic) and writes
+    /// O and the LSE, then zeroes the word for the next launch. Block tables ignore it.
+    /// Off in `new` and `for_binding` (`ATTNC_FWD_TAIL=1` with `ATTNC_FWD_PERSISTENT=1`).
+    pub tail_split: bool,
     /// With `ws` and a closed-form kv range: the q blocks end at `Lq` instead of starting
     /// at 0 (block `i` covers rows `i q_block - pad ..`, `pad = NumQBlocks q_block - Lq`),
     /// so the partial q block is the first one, not the last. Under a causal-type mask
@@ -638,6 +652,7 @@ impl PtxOptions {
             lpt_group: 0,
             persistent: false,
             dynamic_tiles: false,
+            tail_split: false,
             q_from_end: false,
             split_tail: false,
             q_double: false,
@@ -871,6 +886,18 @@ impl PtxOptions {
     pub fn compute_threads(&self) -> u32 {
         self.q_block / (16 * self.m_tiles.max(1)) * 32
     }
+    /// [`Self::tail_split`]: the f32 words of the workspace ([`KernelParam::TailWork`])
+    /// for a grid of at most `sms` CTAs: two slots per CTA, each one piece's O (`dv / 2`
+    /// accumulators per consumer thread), m and l (two rows per thread).
+    pub fn tail_work_floats(&self, sms: u32) -> usize {
+        2 * sms as usize * self.compute_threads() as usize * (self.dv as usize / 2 + 4)
+    }
+    /// The u32 words of [`KernelParam::TileCounter`] for a grid of at most `sms` CTAs: the
+    /// dynamic scheduler's two, then [`Self::tail_split`]'s count per split tile (at most
+    /// `2 sms - 1` tiles).
+    pub fn tile_counter_words(sms: u32) -> usize {
+        2 + 2 * sms as usize
+    }
     /// A stable one-line description (used in cache keys and file headers).
     pub fn key(&self) -> String {
         format!(
@@ -905,6 +932,7 @@ impl PtxOptions {
             String::new()
         } + if self.persistent { " persistent" } else { "" }
             + if self.dynamic_tiles { " dynamic" } else { "" }
+            + if self.tail_split { " tail-split" } else { "" }
             + if self.q_from_end { " qend" } else { "" }
             + if self.split_tail { " split-tail" } else { "" }
             + if self.q_double { " q2" } else { "" }
@@ -1052,6 +1080,11 @@ impl PtxOptions {
         if self.dynamic_tiles && !self.persistent {
             return Err(LlvmError::Unsupported(
                 "dynamic tiles are an option of persistent CTAs (persistent)".into(),
+            ));
+        }
+        if self.tail_split && (!self.persistent || self.dynamic_tiles) {
+            return Err(LlvmError::Unsupported(
+                "the last tiles split along kv (tail_split) are an option of persistent CTAs in static rounds (persistent, not dynamic_tiles)".into(),
             ));
         }
         if self.early_claim && !self.dynamic_tiles {
@@ -1284,10 +1317,15 @@ pub enum KernelParam {
     /// written their partials ([`KernelKind::DecodeMmaFused`](crate::backend::KernelKind::DecodeMmaFused);
     /// zero before the first launch, reset to zero by the CTA that merges).
     DecodeSem,
-    /// u32 `[2]` of the persistent forward with `PtxOptions::dynamic_tiles`: the next tile
-    /// to hand out (beyond each CTA's first) and the CTAs done; zero before the first
-    /// launch, reset to zero by the last CTA of each launch.
+    /// u32 `[2 + 2 SMs]` ([`PtxOptions::tile_counter_words`]) of the persistent forward:
+    /// with `PtxOptions::dynamic_tiles` words 0 and 1, the next tile to hand out (beyond
+    /// each CTA's first) and the CTAs done, reset to zero by the last CTA of each launch;
+    /// with `PtxOptions::tail_split` word `2 + k`, the kv blocks of split tile `k` done,
+    /// reset to zero by the CTA that merges the tile. Zero before the first launch.
     TileCounter,
+    /// f32 workspace of `PtxOptions::tail_split` ([`PtxOptions::tail_work_floats`]): the
+    /// pieces' O, m and l, two slots per CTA, written and read in one launch.
+    TailWork,
 }
 
 /// A generated kernel: its launch description ([`KernelSpec`], also through `Deref`) and

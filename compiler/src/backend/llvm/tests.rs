@@ -421,6 +421,170 @@ fn dynamic_tiles_take_the_next_tile_from_a_counter() {
     ));
 }
 
+/// The last tiles split along kv (`tail_split`): on every sample, D128 (two consumers)
+/// and D64 (three), closed form and block table: a closed-form kernel gains the counters
+/// and the workspace as its last parameters, 8 bytes of shared memory (the merge flag),
+/// one release-acquire add (its count), the parts' stores and volatile loads, and the
+/// counter's reset; a table kernel keeps its parameters (the option does not apply);
+/// deterministic; refused without persistent CTAs and with the dynamic scheduler.
+/// `ATTNC_PTX_DUMP=DIR` also writes each kernel (for ptxas).
+#[test]
+fn tail_split_cuts_the_last_tiles_along_kv() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    let add = "atom.relaxed.gpu.global.add.u32";
+    for p in samples::all(16) {
+        for (d, qb) in [(128, 128), (64, 192)] {
+            for table in [false, true] {
+                let pers = PtxOptions {
+                    persistent: true,
+                    q_double: true,
+                    kv_table: table,
+                    q_block: qb,
+                    ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+                };
+                let tail = PtxOptions {
+                    tail_split: true,
+                    ..pers
+                };
+                assert_ne!(pers.key(), tail.key());
+                let (a, b) = (emit(&p, &pers).unwrap(), emit(&p, &tail).unwrap());
+                assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+                assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+                if let Some(dir) = &dump {
+                    let _ = std::fs::create_dir_all(dir);
+                    let name = format!("{dir}/tail_{}_d{d}_q{qb}_t{}.ptx", p.name, table as u8);
+                    std::fs::write(name, &b.ptx).unwrap();
+                }
+                let closed = !table && Plan::new(&p).kv_bounds(false).is_closed_form();
+                if closed {
+                    let n = b.params.len();
+                    assert_eq!(
+                        &b.params[n - 2..],
+                        &[KernelParam::TileCounter, KernelParam::TailWork],
+                        "{}",
+                        p.name
+                    );
+                    assert_eq!(&b.params[..n - 2], &a.params[..]);
+                    assert_eq!(b.ptx.matches(add).count(), 1, "{}", p.name);
+                    assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 1);
+                    assert!(b.ptx.contains("ld.volatile.global"), "{}", p.name);
+                    assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
+                } else {
+                    assert_eq!(b.params, a.params, "{}", p.name);
+                    assert!(!b.ptx.contains(add));
+                }
+                assert!(!a.ptx.contains(add) && !a.ptx.contains("ld.volatile"));
+                assert_eq!(b.ptx, emit(&p, &tail).unwrap().ptx);
+            }
+        }
+    }
+    let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    for o in [
+        PtxOptions {
+            tail_split: true,
+            ..base
+        },
+        PtxOptions {
+            tail_split: true,
+            persistent: true,
+            dynamic_tiles: true,
+            ..base
+        },
+    ] {
+        assert!(matches!(
+            emit(&samples::dense(), &o),
+            Err(LlvmError::Unsupported(_))
+        ));
+    }
+}
+
+/// One piece of the model below: (tile, lo, hi, part, slot).
+type ModelPiece = (u64, u64, u64, bool, u64);
+
+/// A model of `tail_split`'s walk (`hopper::for_each_piece`) and of the merge's search
+/// (`hopper::publish_and_merge`), in host integers: for `tiles` tiles on `grid` CTAs
+/// with `nkv` kv blocks each, every CTA's pieces `(tile, lo, hi, part, slot)`.
+fn tail_pieces(tiles: u64, grid: u64, nkv: u64) -> Vec<Vec<ModelPiece>> {
+    let rem = tiles % grid;
+    let n_split = if rem != 0 { rem + grid } else { 0 };
+    let whole = tiles - n_split;
+    let units = n_split * nkv;
+    (0..grid)
+        .map(|c| {
+            let mut v = Vec::new();
+            for r in 0..whole / grid {
+                let t = r * grid + if r % 2 == 1 { grid - 1 - c } else { c };
+                v.push((t, 0, nkv, false, 0));
+            }
+            let (beg, end) = (c * units / grid, (c + 1) * units / grid);
+            let mut u = beg;
+            while u < end {
+                let (k, lo) = (u / nkv, u % nkv);
+                let hi = nkv.min(lo + end - u);
+                let part = !(lo == 0 && hi == nkv);
+                v.push((whole + k, lo, hi, part, 2 * c + (u != beg) as u64));
+                u += hi - lo;
+            }
+            v
+        })
+        .collect()
+}
+
+/// The model's walk covers every (tile, kv block) once; a tile is either one whole piece
+/// or parts in consecutive CTAs `owner(first unit) ..= owner(last unit)` (the merge's
+/// search, `floor(((u + 1) G - 1) / U)`), each part in the slot the merge computes for
+/// its CTA (`2 c`, or `2 c + 1` when the CTA's range starts before the tile), slots
+/// unique; no CTA holds more than two parts; every CTA's last work is at most
+/// `ceil((R + G) nkv / G)` kv blocks, so the split tiles leave no round of a few tiles.
+#[test]
+fn tail_split_pieces_cover_each_block_once() {
+    for tiles in 1..=90u64 {
+        for grid in (1..=tiles.min(29)).chain([tiles.min(132)]) {
+            for nkv in [1u64, 2, 3, 5, 8] {
+                let walk = tail_pieces(tiles, grid, nkv);
+                let rem = tiles % grid;
+                let n_split = if rem != 0 { rem + grid } else { 0 };
+                let (whole, units) = (tiles - n_split, n_split * nkv);
+                let mut seen = vec![0u32; (tiles * nkv) as usize];
+                let mut parts: std::collections::BTreeMap<u64, Vec<(u64, u64)>> =
+                    Default::default();
+                let mut slots = std::collections::BTreeSet::new();
+                for (c, pieces) in walk.iter().enumerate() {
+                    let c = c as u64;
+                    assert!(pieces.iter().filter(|p| p.3).count() <= 2);
+                    let split_blocks: u64 = pieces
+                        .iter()
+                        .filter(|p| p.0 >= whole)
+                        .map(|p| p.2 - p.1)
+                        .sum();
+                    assert!(split_blocks <= units.div_ceil(grid));
+                    for &(t, lo, hi, part, slot) in pieces {
+                        assert!(t < tiles && lo < hi && hi <= nkv);
+                        for j in lo..hi {
+                            seen[(t * nkv + j) as usize] += 1;
+                        }
+                        if part {
+                            assert!(slots.insert(slot), "slot {slot} twice");
+                            parts.entry(t).or_default().push((c, slot));
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|n| *n == 1), "{tiles} {grid} {nkv}");
+                let start = |c: u64| c * units / grid;
+                let owner = |u: u64| ((u + 1) * grid - 1) / units;
+                for (t, ps) in parts {
+                    let first = (t - whole) * nkv;
+                    let (c0, c1) = (owner(first), owner(first + nkv - 1));
+                    let want: Vec<(u64, u64)> = (c0..=c1)
+                        .map(|c| (c, 2 * c + (start(c) < first) as u64))
+                        .collect();
+                    assert_eq!(ps, want, "tile {t} of {tiles} on {grid}, nkv {nkv}");
+                }
+            }
+        }
+    }
+}
+
 /// q blocks from the end (`q_from_end`): on every sample, both consumer counts, one CTA
 /// per tile and the dynamic scheduler, the same parameters and shared memory, the pad
 /// subtracted from the first row and unsigned row checks (`setp.lt.u32` against Lq where

@@ -40,7 +40,7 @@ use crate::options::BindOptions;
 use crate::policy;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
-use attnc_compiler::backend::llvm::{GridDim, KernelParam as P, KernelSpec, KvBounds};
+use attnc_compiler::backend::llvm::{GridDim, KernelParam as P, KernelSpec, KvBounds, PtxOptions};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::{MapRecipe, Plan};
 use attnc_compiler::shape::Shape;
@@ -124,9 +124,13 @@ pub(crate) struct StreamState {
     err: CudaSlice<u32>,
     /// One zero word: what an empty captured tensor reads.
     zero: CudaSlice<u32>,
-    /// The dynamic tile scheduler's counter (`KernelParam::TileCounter`: zero, and left
-    /// zero by each launch in stream order).
+    /// The persistent kernels' counters (`KernelParam::TileCounter`,
+    /// `PtxOptions::tile_counter_words`: zero, and left zero by each launch in stream
+    /// order).
     tiles: CudaSlice<u32>,
+    /// `PtxOptions::tail_split`'s workspace (`KernelParam::TailWork`), made by the first
+    /// call whose kernel reads one.
+    tail: Option<CudaSlice<f32>>,
     /// The kv source's buffers and what they were made for.
     table: Option<StreamTable>,
     /// Table buffers a captured graph may read (kept while this state lives).
@@ -300,7 +304,8 @@ impl StreamState {
             words: ParamWords::new(n_params),
             err: dev.zeros(8)?,
             zero: dev.zeros(1)?,
-            tiles: dev.zeros(2)?,
+            tiles: dev.zeros(PtxOptions::tile_counter_words(dev.sms()))?,
+            tail: None,
             table: None,
             pinned: Vec::new(),
             ranges: None,
@@ -491,6 +496,18 @@ impl CudaExec {
         };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
         let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
+        if spec.params.contains(&P::TailWork) {
+            let need = spec.options.tail_work_floats(st.dev.sms());
+            if st.tail.as_ref().is_none_or(|t| t.len() < need) {
+                if capture {
+                    return Err(needs_warmup("allocate its tail workspace").into());
+                }
+                st.tail = Some(st.dev.zeros(need)?);
+            }
+            if let Some(t) = &st.tail {
+                a.scalar(P::TailWork, Arg::Ptr(t.device_ptr(s).0));
+            }
+        }
         // a block mask the caller made once (`external::block_mask`): its table
         if let Some(t) = mask {
             if !matches!(spec.kv_bounds, KvBounds::Table) {
