@@ -1329,3 +1329,120 @@ fn fused_q80_kernels() {
         );
     }
 }
+
+/// `PtxOptions::bwd_desc64` (session 17) on the binding's fused kernels at D128 and D64
+/// (dense, causal, sliding window, ALiBi + causal, soft-cap + causal; also with q tiles of
+/// 80): deterministic PTX, its own key, the same wgmma instructions, each k-step's
+/// descriptor one 64-bit add of a constant (`add.s64`) instead of a 32-bit add joined with
+/// the constant high word (`cvt.u64.u32` + `or.b64`). Off in the binding.
+/// `ATTNC_BWD_PTX_DIR=dir` writes the kernels there (for `ptxas -v`).
+#[test]
+fn fused_desc64_kernels() {
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("sliding_window", "sliding_window"),
+            ("alibi_causal", "alibi_causal"),
+            ("softcap", "softcap_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            assert!(!bind.bwd_desc64, "{name} D{d}");
+            let mut cases = vec![(bind, "")];
+            if d == 128 && name == "dense" {
+                cases.push((bind.backward_q80(&plan), "q80_"));
+            }
+            for (base, q) in cases {
+                let tag = format!("{name} D{d} {q}q{}", base.q_block);
+                let o = PtxOptions {
+                    bwd_desc64: true,
+                    ..base
+                };
+                assert!(o.key() != base.key(), "{tag}");
+                if !base.bwd_desc {
+                    // (D64 soft-cap on q tiles of 128: no base descriptors, ignored)
+                    let a = emit_backward(&plan, &o, BackwardKind::DkDv).unwrap();
+                    let b = emit_backward(&plan, &base, BackwardKind::DkDv).unwrap();
+                    assert_eq!(a.ptx, b.ptx, "{tag}");
+                    continue;
+                }
+                let plain = dkdv_twice(
+                    &plan,
+                    &base,
+                    &tag,
+                    &format!("d64_def_{q}d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                let a = dkdv_twice(
+                    &plan,
+                    &o,
+                    &tag,
+                    &format!("d64_on_{q}d{d}_{name}_bwd_dkdv.ptx"),
+                );
+                let wg = "wgmma.mma_async";
+                assert_eq!(count(&a.ptx, wg), count(&plain.ptx, wg), "{tag}");
+                let (add0, add1) = (count(&plain.ptx, "add.s64"), count(&a.ptx, "add.s64"));
+                let (or0, or1) = (count(&plain.ptx, "or.b64"), count(&a.ptx, "or.b64"));
+                println!(
+                    "{tag}: wgmma {}, add.s64 {add0} -> {add1}, or.b64 {or0} -> {or1}",
+                    count(&a.ptx, wg)
+                );
+                // every k-step after a tile's first: one 64-bit add instead of an or
+                assert!(add1 > add0 && or1 < or0, "{tag}");
+                assert!(add1 - add0 >= count(&a.ptx, wg) / 2, "{tag}");
+            }
+        }
+    }
+}
+
+/// `PtxOptions::bwd_affine_unguarded` (session 17): on the ALiBi + causal binding (an
+/// affine score, constant derivative) the full blocks compute P and dS on their own path
+/// without the P = 0 selects of dS (one exponential per fragment element there: q_block /
+/// 2 more `ex2` per thread in the kernel, the same `selp`s, all of them now on the
+/// partial path); the identity score and soft-capping (not affine) emit the same PTX with
+/// it. Deterministic, its own key, off in the binding.
+#[test]
+fn fused_affine_unguarded_kernels() {
+    let count = |ptx: &str, s: &str| ptx.matches(s).count();
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("alibi_causal", "alibi_causal"),
+            ("dense", "dense"),
+            ("softcap", "softcap_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            assert!(!bind.bwd_affine_unguarded, "{name} D{d}");
+            let o = PtxOptions {
+                bwd_affine_unguarded: true,
+                ..bind
+            };
+            assert!(o.key() != bind.key());
+            let tag = format!("{name} D{d} q{}", bind.q_block);
+            let plain = emit_backward(&plan, &bind, BackwardKind::DkDv).unwrap();
+            let a = dkdv_twice(&plan, &o, &tag, &format!("au_d{d}_{name}_bwd_dkdv.ptx"));
+            let sel = |ptx: &str| count(ptx, "selp.f32");
+            println!(
+                "{tag}: selp.f32 {} (guarded {})",
+                sel(&a.ptx),
+                sel(&plain.ptx)
+            );
+            if name == "alibi_causal" {
+                assert_eq!(sel(&plain.ptx), sel(&a.ptx), "{tag}");
+                let ex2 = |ptx: &str| count(ptx, "ex2.approx");
+                assert_eq!(
+                    ex2(&a.ptx) - ex2(&plain.ptx),
+                    (bind.q_block / 2) as usize,
+                    "{tag}"
+                );
+            } else {
+                assert_eq!(a.ptx, plain.ptx, "{tag}");
+            }
+        }
+    }
+}

@@ -1145,6 +1145,10 @@ fn test_options(
 /// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
 /// `default+m2`, `default+e+m4`. A trailing `+q` puts dense D128 bindings (no mask, the
 /// identity score) on q tiles of 80 (`PtxOptions::backward_q80`), e.g. `default+q`.
+/// A trailing `+a` steps the fused kernel's wgmma descriptors with one 64-bit add each
+/// (`PtxOptions::bwd_desc64`, with `bwd_desc`), e.g. `default+a`; a trailing `+f` drops the
+/// P = 0 select of dS on full blocks of an affine score such as ALiBi
+/// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`.
 /// A trailing `+l` chains the fused backward's kernels by
 /// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
 /// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
@@ -1198,6 +1202,23 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     if let Some(rest) = cfg.strip_suffix("+g") {
         return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_ds_unguarded: true,
+            ..o
+        });
+    }
+    // `+a`: the fused kernel's wgmma descriptors stepped by one 64-bit add (`bwd_desc64`,
+    // with `bwd_desc`)
+    if let Some(rest) = cfg.strip_suffix("+a") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_desc: true,
+            bwd_desc64: true,
+            ..o
+        });
+    }
+    // `+f`: dS without the P = 0 select on full blocks of an affine score (ALiBi;
+    // `bwd_affine_unguarded`)
+    if let Some(rest) = cfg.strip_suffix("+f") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_affine_unguarded: true,
             ..o
         });
     }

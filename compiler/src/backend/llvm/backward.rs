@@ -1154,13 +1154,67 @@ pub(super) fn slab_kstep(t: &SmemTile, ks: u32) -> u32 {
     (ks / 4) * t.rows * 128 + (ks % 4) * 32
 }
 
+/// How a fused kernel forms each operand tile's wgmma descriptors: every descriptor from
+/// its address (`Each`), or from one base per tile plus a constant per k-step
+/// ([`PtxOptions::bwd_desc`]): the low word plus a 32-bit constant, the high word joined
+/// per descriptor (`Base`), or with [`PtxOptions::bwd_desc64`] one 64-bit base plus a
+/// 64-bit constant (`Base64`: one `UIADD3.64` per descriptor in ptxas's SASS). The same
+/// descriptors each way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Desc {
+    Each,
+    Base,
+    Base64,
+}
+
+impl Desc {
+    /// The fused kernel's form under `o`.
+    pub fn of(o: &PtxOptions) -> Self {
+        match (o.bwd_desc, o.bwd_desc64) {
+            (false, _) => Desc::Each,
+            (true, false) => Desc::Base,
+            (true, true) => Desc::Base64,
+        }
+    }
+}
+
+/// One operand tile's descriptors from its base ([`Desc::Base`] / [`Desc::Base64`]): the
+/// low word of the tile's first descriptor and, for `Base64`, that descriptor as one
+/// 64-bit value (stride byte offset 1024, the slabs' 8-row step).
+#[derive(Clone, Copy)]
+pub(super) struct DescBase<'ctx> {
+    lo: IntValue<'ctx>,
+    wide: Option<IntValue<'ctx>>,
+}
+
+impl<'ctx> DescBase<'ctx> {
+    /// The base of the tile at shared-window address `addr` with leading byte offset `lbo`.
+    pub fn new(g: &Gpu<'ctx>, d: Desc, addr: IntValue<'ctx>, lbo: u32) -> R<Self> {
+        let lo = g.wgmma_desc_lo(addr, lbo)?;
+        let wide = if d == Desc::Base64 {
+            Some(g.wgmma_desc_base(lo, 1024)?)
+        } else {
+            None
+        };
+        Ok(DescBase { lo, wide })
+    }
+
+    /// The descriptor of the tile's address plus `off` bytes (a multiple of 16).
+    pub fn at(&self, g: &Gpu<'ctx>, off: u32) -> R<IntValue<'ctx>> {
+        match self.wide {
+            Some(w) => g.wgmma_desc_step(w, off),
+            None => g.wgmma_desc_at(self.lo, off, 1024),
+        }
+    }
+}
+
 /// Issues `A Bᵀ` on this warp's warpgroup (wgmma, not committed): A its 64 rows (from
 /// row `64 wg`) of the slab tile `a`, B every row of the slab tile `b` placed `b_extra`
 /// bytes further, both K-major (their columns are the reduction dimension). Returns the
 /// warpgroup accumulator (`b.rows / 2` values per thread, m16n8 order per 8 columns),
-/// valid after a `wgmma_wait` that covers it. `desc`: the descriptors of each tile from
-/// one base descriptor ([`PtxOptions::bwd_desc`]; the same values). `init`: the
-/// accumulator's values before the product (`init + A Bᵀ`; none: `A Bᵀ`).
+/// valid after a `wgmma_wait` that covers it. `desc`: how the descriptors are formed
+/// ([`Desc`]; the same values). `init`: the accumulator's values before the product
+/// (`init + A Bᵀ`; none: `A Bᵀ`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wg_abt<'ctx>(
     g: &Gpu<'ctx>,
@@ -1169,18 +1223,21 @@ pub(super) fn wg_abt<'ctx>(
     wg: IntValue<'ctx>,
     b: &SmemTile,
     b_extra: IntValue<'ctx>,
-    desc: bool,
+    desc: Desc,
     init: Option<&[FloatValue<'ctx>]>,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let a_base = g.smem_addr32(g.add(g.mul(wg, g.c32(64 * 128))?, g.c32(a.offset as i64))?)?;
     let b_base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
     let mut acc: Option<Vec<FloatValue<'ctx>>> = init.map(|x| x.to_vec());
-    if desc {
+    if desc != Desc::Each {
         // PtxOptions::bwd_desc: one base descriptor per tile, a constant per k-step
-        let (la, lb) = (g.wgmma_desc_lo(a_base, 16)?, g.wgmma_desc_lo(b_base, 16)?);
+        let (la, lb) = (
+            DescBase::new(g, desc, a_base, 16)?,
+            DescBase::new(g, desc, b_base, 16)?,
+        );
         for ks in 0..a.cols / 16 {
-            let da = g.wgmma_desc_at(la, slab_kstep(a, ks), 1024)?;
-            let db = g.wgmma_desc_at(lb, slab_kstep(b, ks), 1024)?;
+            let da = la.at(g, slab_kstep(a, ks))?;
+            let db = lb.at(g, slab_kstep(b, ks))?;
             acc = Some(g.wgmma(ty, b.rows, WgmmaA::Desc(da), db, false, acc.as_deref())?);
         }
         return acc.ok_or(LlvmError::Internal("empty wgmma product"));
@@ -1197,7 +1254,7 @@ pub(super) fn wg_abt<'ctx>(
 /// rows as fragments (one per 16 of the reduction dimension, `b.rows` in all), B the slab
 /// tile `b` (placed `b_extra` bytes further) whose rows are the reduction dimension,
 /// N-major (`trans-b`): 64-column slabs `b.rows * 128` bytes apart, 8 rows 1024 apart.
-/// `desc`: the descriptors from one base descriptor ([`PtxOptions::bwd_desc`]).
+/// `desc`: how the descriptors are formed ([`Desc`]).
 pub(super) fn wg_ab<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
@@ -1205,14 +1262,14 @@ pub(super) fn wg_ab<'ctx>(
     b: &SmemTile,
     b_extra: IntValue<'ctx>,
     acc: &[FloatValue<'ctx>],
-    desc: bool,
+    desc: Desc,
 ) -> R<Vec<FloatValue<'ctx>>> {
     let base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
     let mut acc = acc.to_vec();
-    if desc {
-        let lo = g.wgmma_desc_lo(base, b.rows * 128)?;
+    if desc != Desc::Each {
+        let lo = DescBase::new(g, desc, base, b.rows * 128)?;
         for (kk, af) in a.iter().enumerate() {
-            let db = g.wgmma_desc_at(lo, kk as u32 * 16 * 128, 1024)?;
+            let db = lo.at(g, kk as u32 * 16 * 128)?;
             acc = g.wgmma(ty, b.cols, WgmmaA::Regs(*af), db, true, Some(&acc))?;
         }
         return Ok(acc);
@@ -1359,6 +1416,9 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     /// [`PtxOptions::bwd_ds_unguarded`]: on full blocks, with the identity score and no
     /// capture gradients, dS = P (dP - Delta) without the select that zeroes it where P = 0.
     pub full_unguarded: bool,
+    /// [`PtxOptions::bwd_affine_unguarded`]: the same for a score whose derivative is a
+    /// constant ([`grad_scores_affine`]).
+    pub affine_unguarded: bool,
     /// [`PtxOptions::bwd_band_keep`]: the partial blocks' mask as q intervals per kv row.
     pub band: Option<&'a BandKeep<'a, 'ctx>>,
     /// [`PtxOptions::bwd_exp_emu`]: of every 8 elements `4 nt + i` of the fragment, the
@@ -2148,7 +2208,15 @@ fn grad_scores_affine<'ctx>(
     }
     let slow_bb = g.block("bwd_partial_block");
     let merge = g.block("bwd_scored");
-    g.cond_br(full, merge, slow_bb)?;
+    // bwd_affine_unguarded (a finite constant derivative): full blocks compute P and dS on
+    // their own path, without the P = 0 select (as bwd_ds_unguarded for the identity)
+    let unguarded = e.affine_unguarded && d.is_finite();
+    let fast_bb = if unguarded {
+        Some(g.block("bwd_full_block"))
+    } else {
+        None
+    };
+    g.cond_br(full, fast_bb.unwrap_or(merge), slow_bb)?;
     g.b.position_at_end(slow_bb);
     for (nt, row) in pos.iter().enumerate() {
         for (i, (p, _)) in row.iter().enumerate() {
@@ -2157,27 +2225,49 @@ fn grad_scores_affine<'ctx>(
             g.set(v, kept_logit(g, keep, g.getf(v)?)?)?;
         }
     }
-    g.br(merge)?;
-    g.b.position_at_end(merge);
-    let mut pt = Vec::with_capacity(n);
-    let mut dst = Vec::with_capacity(n);
-    for (nt, row) in pos.iter().enumerate() {
-        let (mut p4, mut d4) = ([g.cf(0.0); 4], [g.cf(0.0); 4]);
-        for (i, (_, delta)) in row.iter().enumerate() {
-            let pr = g.ex2(g.getf(&logits[nt][i])?)?;
-            // dS' = P (dP - Delta), dS = dS' d; 0 where P = 0 (as grad_scores)
-            let mut ds = g.fmul(pr, g.fsub(dp[nt][i], *delta)?)?;
-            if d != 1.0 {
-                ds = g.fmul(ds, g.cf(d))?;
+    // P and dS from the logits: `guard` the P = 0 select of dS
+    let p_ds = |guard: bool| -> R<(Acc<'ctx>, Acc<'ctx>)> {
+        let mut pt = Vec::with_capacity(n);
+        let mut dst = Vec::with_capacity(n);
+        for (nt, row) in pos.iter().enumerate() {
+            let (mut p4, mut d4) = ([g.cf(0.0); 4], [g.cf(0.0); 4]);
+            for (i, (_, delta)) in row.iter().enumerate() {
+                let pr = g.ex2(g.getf(&logits[nt][i])?)?;
+                // dS' = P (dP - Delta), dS = dS' d; 0 where P = 0 (as grad_scores)
+                let mut ds = g.fmul(pr, g.fsub(dp[nt][i], *delta)?)?;
+                if d != 1.0 {
+                    ds = g.fmul(ds, g.cf(d))?;
+                }
+                p4[i] = pr;
+                d4[i] = if guard {
+                    let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
+                    g.selectf(zero, g.cf(0.0), ds)?
+                } else {
+                    ds
+                };
             }
-            let zero = g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?;
-            p4[i] = pr;
-            d4[i] = g.selectf(zero, g.cf(0.0), ds)?;
+            pt.push(p4);
+            dst.push(d4);
         }
-        pt.push(p4);
-        dst.push(d4);
+        Ok((pt, dst))
+    };
+    let Some(fast_bb) = fast_bb else {
+        g.br(merge)?;
+        g.b.position_at_end(merge);
+        return p_ds(true);
+    };
+    let (pv, dsv) = (acc_vars(g, n)?, acc_vars(g, n)?);
+    for (bb, guard) in [(slow_bb, true), (fast_bb, false)] {
+        if !guard {
+            g.b.position_at_end(bb);
+        }
+        let (pt, dst) = p_ds(guard)?;
+        acc_set(g, &pv, &pt)?;
+        acc_set(g, &dsv, &dst)?;
+        g.br(merge)?;
     }
-    Ok((pt, dst))
+    g.b.position_at_end(merge);
+    Ok((acc_get(g, &pv)?, acc_get(g, &dsv)?))
 }
 
 /// The first half of [`grad_scores`] without capture gradients (`e.cap` none), for a
@@ -2560,9 +2650,9 @@ fn score_products<'ctx>(
     if opts.mma == Mma::Wgmma {
         let wgi = g.lshr(c.warp, g.c32(2))?;
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, false, None)?;
+        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, Desc::Each, None)?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, false, None)?;
+        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, Desc::Each, None)?;
         g.wgmma_commit()?;
         Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
     } else {
@@ -2664,6 +2754,7 @@ fn dkdv_body<'ctx>(
         lkv: c.lkv,
         cap: None,
         full_unguarded: false,
+        affine_unguarded: false,
         band: None,
         exp_emu: 0,
     };
@@ -2682,7 +2773,7 @@ fn dkdv_body<'ctx>(
             &t.d_o,
             buf,
             &to_flat(&dv_acc),
-            false,
+            Desc::Each,
         )?;
         let dk1 = wg_ab(
             g,
@@ -2691,7 +2782,7 @@ fn dkdv_body<'ctx>(
             &t.q,
             buf,
             &to_flat(&dk_acc),
-            false,
+            Desc::Each,
         )?;
         g.wgmma_commit()?;
         dv_acc = wg_result(g, &dv1)?;
@@ -2935,6 +3026,7 @@ fn dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
         full_unguarded: false,
+        affine_unguarded: false,
         band: None,
         exp_emu: 0,
     };
@@ -2956,7 +3048,7 @@ fn dq_body<'ctx>(
     let mut dq_acc = acc_get(g, &dq)?;
     if wg {
         g.wgmma_fence()?;
-        let dq1 = wg_ab(g, ty, &dsa, &t.k, buf, &to_flat(&dq_acc), false)?;
+        let dq1 = wg_ab(g, ty, &dsa, &t.k, buf, &to_flat(&dq_acc), Desc::Each)?;
         g.wgmma_commit()?;
         dq_acc = wg_result(g, &dq1)?;
     } else {

@@ -387,6 +387,28 @@ impl<'ctx> Gpu<'ctx> {
             .ok_or(LlvmError::Internal("asm result"))?
             .into_float_value())
     }
+    /// `mov.b64` of `x` as a pure inline statement: the same value, whose bits LLVM no
+    /// longer knows (so it keeps a later `add` of a constant an `add` instead of turning
+    /// it into an `or` of the low word where it can prove the low bits zero).
+    pub fn opaque64(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let ft = self.i64.fn_type(&[self.i64.into()], false);
+        let asm = self.ctx.create_inline_asm(
+            ft,
+            "mov.b64 $0, $1;".into(),
+            "=l,l".into(),
+            false,
+            false,
+            None,
+            false,
+        );
+        Ok(self
+            .b
+            .build_indirect_call(ft, asm, &[x.into()], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("asm result"))?
+            .into_int_value())
+    }
     /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
     /// `div.rn.f32` is a subroutine call: see [`Self::rcp`]). A division by a constant
     /// power of two (whose reciprocal is a normal f32) is the multiplication by its
@@ -745,6 +767,26 @@ impl<'ctx> Gpu<'ctx> {
         };
         let hi = ((sbo as u64 >> 4) & 0x3fff) << 32 | 1u64 << 62;
         self.or(self.zext64(lo)?, self.i64.const_int(hi, false))
+    }
+    /// [`Self::wgmma_desc_at`] of offset 0 as one 64-bit value, from which
+    /// [`Self::wgmma_desc_step`] derives the descriptor of `addr + off` with one 64-bit add.
+    /// (Through [`Self::opaque64`]: LLVM would otherwise turn the adds of the first
+    /// k-steps, whose bits it proves disjoint from an aligned base's, into `or`s of the
+    /// low word, which ptxas again joins with the high word per descriptor.)
+    pub fn wgmma_desc_base(&self, lo: IntValue<'ctx>, sbo: u32) -> R<IntValue<'ctx>> {
+        self.opaque64(self.wgmma_desc_at(lo, 0, sbo)?)
+    }
+    /// [`Self::wgmma_desc_at`] of `off` (a multiple of 16) from `base` =
+    /// [`Self::wgmma_desc_base`]: `base + off / 16` as a 64-bit add (the same value: the
+    /// start-address field does not carry, see [`Self::wgmma_desc_at`]), which ptxas
+    /// issues as one `UIADD3.64` per descriptor instead of a 32-bit add and a move of the
+    /// constant high word.
+    pub fn wgmma_desc_step(&self, base: IntValue<'ctx>, off: u32) -> R<IntValue<'ctx>> {
+        debug_assert!(off.is_multiple_of(16));
+        if off == 0 {
+            return Ok(base);
+        }
+        self.add(base, self.c64((off >> 4) as i64))
     }
     /// `wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty}`: this warpgroup's 64 x n f32
     /// accumulator (`n / 2` registers per thread, in m16n8 accumulator order per n8 chunk)

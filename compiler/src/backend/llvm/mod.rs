@@ -452,6 +452,24 @@ pub struct PtxOptions {
     /// [`Self::backward_for_binding`] turns it on where measured; the kernel bench's `+g`
     /// (`-g` off); other kinds ignore it.
     pub bwd_ds_unguarded: bool,
+    /// The fused backward with [`Self::bwd_desc`] (`backward/fused.rs`): each operand
+    /// tile's wgmma descriptors as one 64-bit base descriptor plus a 64-bit constant per
+    /// k-step (`Gpu::wgmma_desc_base` / `wgmma_desc_step`) instead of a 32-bit add and the
+    /// constant high word joined per descriptor: ptxas then steps each descriptor with one
+    /// `UIADD3.64` (as FlashAttention-4's SASS does) instead of a `UIADD3` and a `UMOV` of
+    /// the high word per operand and k-step. The same descriptors (the start-address field
+    /// never carries: a shared-window address is below 2^18), so the same products. Off by
+    /// default; the kernel bench's `+a`. Other kinds and `bwd_desc` off ignore it.
+    pub bwd_desc64: bool,
+    /// The fused backward (`backward/fused.rs`), a score whose derivative is a constant
+    /// (affine in s: ALiBi, `s + bias[q]`) without capture gradients, on full blocks: dS =
+    /// P (dP - Delta) d without the select that makes it +0 where P = 0, as
+    /// [`Self::bwd_ds_unguarded`] does for the identity score (on a full block every
+    /// element is unmasked and in bounds, the logit finite and dP - Delta finite, so an
+    /// underflowed P gives ±0 either way: the same gradients up to the sign of a zero
+    /// sum). Partial blocks keep it. Off by default; the kernel bench's `+f`. Other kinds
+    /// ignore it.
+    pub bwd_affine_unguarded: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): two dQ
     /// writer threads (lane 0 of the writer warpgroup's warps 0 and 1), each adding the
     /// visits of one of the two dQ slots, as `overlap` has them, without `overlap`'s
@@ -675,6 +693,8 @@ impl PtxOptions {
             bwd_stmatrix: false,
             bwd_desc: false,
             bwd_ds_unguarded: false,
+            bwd_desc64: false,
+            bwd_affine_unguarded: false,
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
@@ -976,6 +996,12 @@ impl PtxOptions {
             + if self.bwd_desc { " bwd-desc" } else { "" }
             + if self.bwd_ds_unguarded {
                 " bwd-ds-unguarded"
+            } else {
+                ""
+            }
+            + if self.bwd_desc64 { " bwd-desc64" } else { "" }
+            + if self.bwd_affine_unguarded {
+                " bwd-affine-unguarded"
             } else {
                 ""
             }

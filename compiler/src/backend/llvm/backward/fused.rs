@@ -126,6 +126,15 @@
 //!   capture gradients and q tiles of 128 with a score function (one H200, fused kernel
 //!   alone in ms without / with: D128 dense 5.294 / 5.095, causal 2.985 / 2.833, D64
 //!   dense 1.626 / 1.553, causal 0.957 / 0.867; docs/performance.md, session 12 (bwd)).
+//!   `bwd_desc64` (with `bwd_desc`; off, the bench's `+a`): each tile's base descriptor
+//!   as one 64-bit value (opaque to LLVM, which would turn the first k-steps' adds into
+//!   `or`s of the low word) and one 64-bit add per k-step, so ptxas steps it with one
+//!   `UIADD3.64` instead of a `UIADD3` / `ULOP3` and a `UMOV` of the high word per
+//!   operand (ptxas 13.0 sm_90a, the math warps' full-block visit of the D128 dense
+//!   kernel 452 -> 401 SASS instructions, no spill change). `bwd_affine_unguarded`
+//!   (off, `+f`): `bwd_ds_unguarded` for a score with a constant derivative (ALiBi): full
+//!   blocks compute P and dS on their own path without the P = 0 select (D128 ALiBi +
+//!   causal 628 -> 564; spill stores 24 -> 16 bytes).
 //!   `bwd_two_writers` (OrderedBulk; the runtime's default with `bwd_wscan`, bands and
 //!   block tables, since session 12): two writer threads as `overlap` has them (lane 0
 //!   of writer warps 0 and 1, each adding the visits of its slot) without `overlap`'s
@@ -263,11 +272,11 @@
 //! (integer words, `backward.rs` "Capture gradients").
 
 use super::{
-    Acc, BandKeep, CapCtx, Common, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set, acc_to_a,
-    acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue, dkdv_store,
-    frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats, from_flat, grad_ds, grad_p,
-    grad_scores, load_q_block, slab_kstep, slice_base, to_flat, warp_ballot, wg_ab, wg_abt,
-    wg_result,
+    Acc, BandKeep, CapCtx, Common, Desc, DescBase, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set,
+    acc_to_a, acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue,
+    dkdv_store, frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats, from_flat,
+    grad_ds, grad_p, grad_scores, load_q_block, slab_kstep, slice_base, to_flat, warp_ballot,
+    wg_ab, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
@@ -812,10 +821,11 @@ fn dqt_product<'ctx>(
     )?)?;
     let b_base = g.smem_addr32(g.add(ds_off, g.c32(ds.offset as i64))?)?;
     let mut acc: Option<Vec<FloatValue<'ctx>>> = None;
-    let (la, lb) = if o.bwd_desc {
+    let desc = Desc::of(o);
+    let (la, lb) = if desc != Desc::Each {
         (
-            Some(g.wgmma_desc_lo(a_base, k.rows * 128)?),
-            Some(g.wgmma_desc_lo(b_base, 16)?),
+            Some(DescBase::new(g, desc, a_base, k.rows * 128)?),
+            Some(DescBase::new(g, desc, b_base, 16)?),
         )
     } else {
         (None, None)
@@ -823,10 +833,7 @@ fn dqt_product<'ctx>(
     for ks in 0..o.kv_block / 16 {
         let (a_off, b_off) = (ks * 16 * 128, slab_kstep(ds, ks));
         let (da, db) = match (la, lb) {
-            (Some(la), Some(lb)) => (
-                g.wgmma_desc_at(la, a_off, 1024)?,
-                g.wgmma_desc_at(lb, b_off, 1024)?,
-            ),
+            (Some(la), Some(lb)) => (la.at(g, a_off)?, lb.at(g, b_off)?),
             _ => (
                 g.wgmma_desc(g.add(a_base, g.c32(a_off as i64))?, k.rows * 128, 1024)?,
                 g.wgmma_desc(g.add(b_base, g.c32(b_off as i64))?, 16, 1024)?,
@@ -894,13 +901,14 @@ fn dq_chunk<'ctx>(
         None => o.kv_block / 16,
     };
     let mut acc: Option<Vec<_>> = None;
-    if o.bwd_desc {
+    let desc = Desc::of(o);
+    if desc != Desc::Each {
         // one base descriptor per operand, a constant per k-step
-        let la = g.wgmma_desc_lo(a_base, ds.rows * 128)?;
-        let lb = g.wgmma_desc_lo(b_base, k.rows * 128)?;
+        let la = DescBase::new(g, desc, a_base, ds.rows * 128)?;
+        let lb = DescBase::new(g, desc, b_base, k.rows * 128)?;
         for kk in 0..steps {
-            let da = g.wgmma_desc_at(la, kk * 16 * 128, 1024)?;
-            let db = g.wgmma_desc_at(lb, kk * 16 * 128, 1024)?;
+            let da = la.at(g, kk * 16 * 128)?;
+            let db = lb.at(g, kk * 16 * 128)?;
             acc = Some(g.wgmma_t(o.input, n, WgmmaA::Desc(da), true, db, true, acc.as_deref())?);
         }
         return acc.ok_or(LlvmError::Internal("empty dQ product"));
@@ -947,8 +955,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let one = g.c32(1);
     // bwd_desc: descriptors from one base per tile, the warpgroup index warp-uniform
     // (through shfl.sync, here where every thread of the CTA runs)
-    let dsc = opts.bwd_desc;
-    let wg_uniform = if dsc {
+    let dsc = Desc::of(opts);
+    let wg_uniform = if dsc != Desc::Each {
         Some(g.shfl_idx_i32(g.lshr(c.warp, g.c32(2))?, zero)?)
     } else {
         None
@@ -1846,6 +1854,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         lkv: c.lkv,
         cap: cap.as_ref(),
         full_unguarded: opts.bwd_ds_unguarded,
+        affine_unguarded: opts.bwd_affine_unguarded,
         band: None,
         exp_emu: u32::from(opts.bwd_exp_emu),
     };
