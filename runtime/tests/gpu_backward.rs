@@ -1617,6 +1617,8 @@ fn gpu_backward_bench(dev: &CudaDevice) {
 /// kernel bench's (random, LSE = ln Lkv); device time of one whole backward call (CUDA
 /// events, median of 3 x 5 calls). The runtime's overrides (`ATTNC_BWD_LPT=0|1`,
 /// `ATTNC_BWD_FPOS=0`, `ATTNC_BWD_DQ=...`) apply; the line says which were set.
+/// `ATTNC_BWD_BENCH_ND=1` times the non-deterministic backward users ask for
+/// (`BackwardOptions::nondeterministic()`, the `deterministic=False` kernels) instead.
 fn gpu_backward_runtime_bench(dev: &CudaDevice) {
     use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
     use attnc::{Backend, BindOptions, Compiled, DType, ParamValue};
@@ -1627,6 +1629,16 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
         .collect();
+    let bwd = if std::env::var("ATTNC_BWD_BENCH_ND").is_ok_and(|v| v == "1") {
+        attnc::BackwardOptions::nondeterministic()
+    } else {
+        attnc::BackwardOptions::default()
+    };
+    let mode = if bwd.deterministic {
+        "deterministic"
+    } else {
+        "non-deterministic"
+    };
     let (b, h, l, d) = (2usize, 16usize, 8192usize, 128usize);
     let sh = shape(b, h, h, l, l, d);
     let ty = InputType::Bf16;
@@ -1698,7 +1710,7 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
             .map(|w| ("window".to_string(), ParamValue::I32(w)))
             .into_iter()
             .collect();
-        let work = bound.backward_cuda_workspace().unwrap();
+        let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
         let ws = work.map(|(a, s)| {
             (
                 dev.zeros::<f32>(a.max(1)).unwrap(),
@@ -1733,11 +1745,13 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
             // stream `st` (the device's, which `time` records its events on and waits
             // for); no capture gradients.
             unsafe {
-                bound.borrow_mut().backward_cuda_into(
+                bound.borrow_mut().backward_cuda_into_with(
                     &bufs,
                     &HashMap::new(),
                     &params,
                     &DeviceGradWords::default(),
+                    None,
+                    &bwd,
                     st.cu_stream() as u64,
                 )
             }
@@ -1747,7 +1761,7 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
         let ms = dev.time(2, 5, 3, launch).unwrap();
         let tf = 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
         println!(
-            "attnc_bwd_runtime/{name}/B{b}H{h}S{l}D{d} [{}]: {ms:.3} ms {tf:.1} TFLOP/s (fused dQ {})",
+            "attnc_bwd_runtime/{name}/B{b}H{h}S{l}D{d} [{}, {mode}]: {ms:.3} ms {tf:.1} TFLOP/s (fused dQ {})",
             if env.is_empty() {
                 "defaults".to_string()
             } else {

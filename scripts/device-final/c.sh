@@ -25,6 +25,8 @@ t0=$(date +%s)
 PYTHONPATH=$(cat /tmp/fa4site.path) OUT=${OUT:-/tmp} timeout 400 python3 scripts/fa4_anchors_lite.py ${ANCHOR_ARGS:---d64 --bwd-d64 --gqa --decode --sliding --doc} 2>&1 | grep -v "^$" | grep -Ev "UserWarning|exe_args, func_types" | tail -60 | cut -c1-260
 echo "anchors: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 same_call after
+# DECODE=0 leaves out the decode anchors (session 17: no decode kernel changed since the last check)
+[ "${DECODE:-1}" = 1 ] || exit 0
 timeout 90 python3 scripts/decode_bench_torch.py 2>&1 | tail -20 | cut -c1-200
 # (session 13: causal and sliding-4096 decode anchors at logical positions: FA4 with causal / window_size, cuDNN with a mask)
 PYTHONPATH=$(cat /tmp/fa4site.path) timeout 90 python3 scripts/decode_bench_torch.py --no-flex --masks 2>&1 | grep -E "^anchor|rror|not importable" | cut -c1-260
