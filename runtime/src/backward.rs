@@ -517,7 +517,7 @@ impl Bound {
 /// `PtxOptions::backward` (or `backward_separate` with `separate`, the caller path under
 /// `ATTNC_BWD_DQ=separate`) refined by `backward_for_binding` (float positions, the fused
 /// kernel's CTA order and the per-binding defaults), then the environment's overrides
-/// ([`bwd_dq_override`]), then, without `deterministic`, the fastest non-deterministic
+/// (`bwd_dq_override`), then, without `deterministic`, the fastest non-deterministic
 /// variant ([`nondeterministic`]). `PtxOptions::key` tells them apart, so the JIT cache
 /// keeps each variant's kernels under its own key.
 pub fn backward_kernel_options(

@@ -392,7 +392,7 @@ pub(super) fn with_combine(
 pub const COPY_COMBINE_TRIGGER: u16 = 512;
 /// [`DecodeOptions::copy`] bit of the combine kernel (`decode_mma::COPY_COMBINE_WIDE`,
 /// `ATTNC_DECODE_COPY` letter `m`): each warp issues the loads of up to
-/// [`COMBINE_UNROLL_WIDE`] splits per round instead of [`COMBINE_UNROLL`], so that up to
+/// `COMBINE_UNROLL_WIDE` splits per round instead of `COMBINE_UNROLL`, so that up to
 /// 64 splits (B1 Lkv131072's 33) merge after one round of L2 latency instead of two
 /// (warp 0 took splits 0, 4, .., 28 and then 32 alone). The sums' order is the same
 /// splits in the same order per warp, in rounds of another size: the running max, hence
