@@ -17,6 +17,6 @@ for t in gpu gpu_backward gpu_decode gpu_random gpu_bench; do
   dir=.bin-fa; [ "$t" = gpu_bench ] && dir=.bin-fb
   pack "$bin" "$t" "$dir"
 done
-pack target/release/attnc attnc .bin-fb
+pack "${CARGO_TARGET_DIR:-target}/release/attnc" attnc .bin-fb
 cp $here/a.sh .bin-fa/; cp $here/b.sh $here/ncu.sh .bin-fb/; cp $here/c.sh .bin-fc/; cp $here/p.sh .bin-fb/
 du -sh .bin-fa .bin-fb .bin-fc
