@@ -91,6 +91,10 @@ class BlockMask:
         self._made_from = made_from
         self._params = params
         self._call = call
+        # the call's check without making tuples and a torch.device per call: shapes,
+        # dtype and CUDA device index (-2 for another device: never matched)
+        q_shape, k_shape, v_shape, dtype, device, _ = call
+        self._fast = (q_shape, k_shape, v_shape, dtype, device.index if device.type == "cuda" else -2)
 
     def _args(self, attn, q, k, v, scale, captures):
         """What the extension takes, after checking that this block mask is valid for the
@@ -100,7 +104,10 @@ class BlockMask:
 
         if attn._key != self._key:
             raise stale(f"it was made for another attention, not `{attn.name}`")
-        call = (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale)
+        qs, ks, vs, dtype, index = self._fast
+        same = (q.shape == qs and k.shape == ks and v.shape == vs and q.dtype is dtype and q.is_cuda
+                and q.get_device() == index and scale == self._call[5])
+        call = self._call if same else (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale)
         if call != self._call:
             raise stale(f"it was made for q/k/v {self._call[:3]} {self._call[3]} on {self._call[4]} scale {self._call[5]}, "
                         f"called with {call[:3]} {call[3]} on {call[4]} scale {call[5]}")
@@ -218,7 +225,9 @@ class Attention:
             x = captures[name]
             made_from[name] = (x, x._version)
         param_values = {name: captures[name] for name, _ in read_p}
-        return BlockMask(self._key, (shape, fwd_t, bwd_t, read_t, read_p), made_from, param_values,
+        # the tables read and checked once here (a handle), not at every call
+        handle = _attnc.block_mask_handle((shape, fwd_t, bwd_t, read_t, read_p))
+        return BlockMask(self._key, handle, made_from, param_values,
                          (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale))
 
     def decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, return_lse: bool = False,

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from ._attnc import AttncError
+
 _REGISTRY: dict = {}
 
 
@@ -226,7 +228,9 @@ def forward(
 def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask=None):
     """(o, lse) allocated by torch and written by attnc (names as lists)."""
     o_shape, lse_shape = _out_shapes(q, k, v)
-    o = q.new_empty(o_shape)
+    q, k, v = _dense(q), _dense(k), _dense(v)
+    # (q is contiguous here: where o has its shape, empty_like, cheaper than new_empty)
+    o = torch.empty_like(q) if o_shape == q.shape else q.new_empty(o_shape)
     lse = q.new_empty(lse_shape, dtype=torch.float32)
     caps = [(n, t.contiguous()) for n, t in zip(tensor_names, tensors)] if tensors else []
     # CUDA: launched on torch's current stream of q's device, reading q/k/v and writing
@@ -234,7 +238,7 @@ def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, par
     # as torch's intra-op pool
     cuda = q.is_cuda
     inner.forward(
-        _dense(q), _dense(k), _dense(v), o, lse, scale, caps, list(zip(param_names, params)),
+        q, k, v, o, lse, scale, caps, list(zip(param_names, params)) if params else [],
         _stream(q) if cuda else 0, 0 if cuda else torch.get_num_threads(), mask,
     )
     return o, lse
@@ -274,6 +278,22 @@ def backward(
     )
 
 
+# What a CUDA backward needs that does not change between calls, asked of the extension
+# once instead of at every call (session 18: the host time of a training step): the
+# gradient words (the captures the score reads differentiably: per attention) and the
+# fused dQ's workspace (per binding — shapes, dtype, device, scale — and `deterministic`).
+_GRAD_WORDS: dict = {}
+_WORKSPACE: dict = {}
+_MISSING = object()
+
+
+def _grad_words(inner):
+    gw = _GRAD_WORDS.get(inner)
+    if gw is None:
+        gw = _GRAD_WORDS[inner] = inner.grad_words
+    return gw
+
+
 def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads,
                    mask=None, deterministic=True):
     """dq, dk, dv and the flagged capture gradients (names as lists); ``deterministic``
@@ -282,30 +302,48 @@ def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, para
     if q.is_cuda:
         # zero copy on torch's current stream: every output and scratch buffer allocated
         # here by torch, the kernels enqueued by the runtime, no synchronization
-        grad_names, param_grad = inner.grad_words
-        like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
-        q, k, v, o, lse, do = (_dense(x) for x in (q, k, v, o, lse, do))
-        dlse = None if dlse is None else _dense(dlse)
-        dq, dk, dv = like(q), like(k), like(v)
+        grad_names, param_grad = _grad_words(inner)
+        q, k, v, o, lse, do = _dense(q), _dense(k), _dense(v), _dense(o), _dense(lse), _dense(do)
+        if dlse is not None:
+            dlse = _dense(dlse)
+        # (q, k, v are contiguous here: empty_like keeps their layout)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        device = q.device
         rows = q.shape[0] * q.shape[1] * q.shape[2]
-        scratch = torch.empty((2, (rows + 3) // 4 * 4), dtype=torch.float32, device=q.device)
-        caps = [(n, t.contiguous()) for n, t in zip(names, tensors)]
-        words = [(n, torch.empty((max(t.numel(), 1), 3), dtype=torch.int64, device=q.device))
-                 for n, t in caps if n in grad_names]
+        scratch = torch.empty((2, (rows + 3) // 4 * 4), dtype=torch.float32, device=device)
+        caps = [(n, t.contiguous()) for n, t in zip(names, tensors)] if names else []
+        words = [(n, torch.empty((max(t.numel(), 1), 3), dtype=torch.int64, device=device))
+                 for n, t in caps if n in grad_names] if grad_names else []
         pwords = None
         if param_grad:
-            pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=q.device)
+            pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=device)
         # dQ fused into the dK/dV kernel (sm_90, D128, as the Rust API's backward): its
-        # workspace (an f32 accumulator, int32 semaphores the call zeroes), allocated here
-        ws = inner.backward_workspace(q, k, v, scale, deterministic)
-        dq_work = None
-        if ws is not None:
-            dq_work = (torch.empty(ws[0], dtype=torch.float32, device=q.device),
-                       torch.empty(ws[1], dtype=torch.int32, device=q.device))
-        inner.backward_cuda(
-            q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-            list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work, deterministic,
-        )
+        # workspace (an f32 accumulator, int32 semaphores the call zeroes), allocated here,
+        # of the sizes the binding gave on its first call (asked again once should the
+        # extension refuse them: a binding dropped and made again under other ATTNC_BWD_*)
+        wkey = (inner, q.shape, k.shape, v.shape, q.dtype, q.get_device(), scale, deterministic)
+        ws = _WORKSPACE.get(wkey, _MISSING)
+        if ws is _MISSING and len(_WORKSPACE) >= 4096:  # (many shapes: start over)
+            _WORKSPACE.clear()
+        cached = ws is not _MISSING
+        for _ in range(2):
+            if ws is _MISSING:
+                ws = _WORKSPACE[wkey] = inner.backward_workspace(q, k, v, scale, deterministic)
+            dq_work = None
+            if ws is not None:
+                dq_work = (torch.empty(ws[0], dtype=torch.float32, device=device),
+                           torch.empty(ws[1], dtype=torch.int32, device=device))
+            try:
+                inner.backward_cuda(
+                    q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
+                    list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work, deterministic,
+                )
+                break
+            except AttncError:
+                if not cached or inner.backward_workspace(q, k, v, scale, deterministic) == ws:
+                    raise
+                del _WORKSPACE[wkey]
+                ws, cached = _MISSING, False
         got = dict(words)
         dts = []
         for (n, t), g in zip(caps, tensor_grads):

@@ -14,7 +14,10 @@
 //! primary context on the stream the package passes (torch's current stream there).
 //! Besides the forward and backward: zero-copy CUDA decoding (`decode_workspace`,
 //! `decode_cuda`) and block masks (`block_mask_tables`; the tables come back with a
-//! call as int32 tensors). Compute runs with the GIL released.
+//! call as int32 tensors, read and checked once into a `BlockMaskHandle`). Compute runs
+//! with the GIL released. CUDA bindings skip the driver's per-pointer device query
+//! (`Bound::vouch_for_device_pointers`): every entry here checks each tensor's device
+//! from torch first.
 
 mod args;
 mod errors;
@@ -406,7 +409,18 @@ impl Attention {
                 // of attnc's own stream, which does not order the caller's streams
                 opts.jit_tiers = Some(attnc::cuda::JitTiers::Off);
             }
-            let bound = self.variant.bind(opts)?;
+            let mut bound = self.variant.bind(opts)?;
+            if key.backend == Backend::Cuda {
+                // SAFETY: every entry of this module that passes device pointers to the
+                // binding's caller-buffer calls (`forward`, `backward_cuda`,
+                // `decode_cuda`) first checks the device of each tensor behind them from
+                // torch (`check_buffer`, `check_outputs`, `device_captures`, the block
+                // mask's tables in `read_block_mask` / `MaskArg::read`, the workspace in
+                // `decode_cuda`): each is memory of this binding's device, so the
+                // driver's per-pointer query (about 1 us each, ~30 per training step) is
+                // redundant here.
+                unsafe { bound.vouch_for_device_pointers() };
+            }
             if map.len() >= MAX_BINDINGS {
                 // drop the oldest binding
                 if let Some(old) = map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) {
@@ -813,9 +827,8 @@ impl Attention {
             }
             let scale_bits = scale_bits(scale);
             if let Device::Cuda(index) = device {
-                let mask = block_mask
-                    .map(|m| read_block_mask(py, &m, device))
-                    .transpose()?;
+                let mask = MaskArg::read(py, block_mask.as_ref(), device)?;
+                let mask = mask.as_ref().map(MaskArg::get);
                 return self.forward_cuda(
                     py,
                     index,
@@ -825,7 +838,7 @@ impl Attention {
                     [&q, &k, &v, &o, &lse],
                     &tensors,
                     &params,
-                    mask.as_ref(),
+                    mask,
                     stream,
                 );
             }
@@ -1074,9 +1087,8 @@ impl Attention {
                 })
                 .transpose()?;
             let caps = self.device_captures(py, device, &tensors, &params)?;
-            let mask = block_mask
-                .map(|m| read_block_mask(py, &m, device))
-                .transpose()?;
+            let mask = MaskArg::read(py, block_mask.as_ref(), device)?;
+            let mask = mask.as_ref().map(MaskArg::get);
             let word_buf = |name: &str, t: &Bound<'_, PyAny>, n: usize| -> PyResult<u64> {
                 let a = read(name, t)?;
                 check_buffer(py, &a, &[n.max(1), 3], DType::I64, device)?;
@@ -1155,7 +1167,7 @@ impl Attention {
                         &caps.tensors,
                         &caps.params,
                         &grads,
-                        mask.as_ref(),
+                        mask,
                         &bwd,
                         stream,
                     )
@@ -1485,7 +1497,14 @@ fn read_block_mask(
         Vec<(String, Vec<usize>)>,
         Vec<(String, u32)>,
     );
-    let (shape, (rs, runs, strides, tiles), bwd, tensors, params): Whole<'_> = m.extract()?;
+    let (shape, (rs, runs, strides, tiles), bwd, tensors, params): Whole<'_> =
+        m.extract().map_err(|_| {
+            attnc_error(
+                py,
+                code::INPUT_SHAPE,
+                "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params)",
+            )
+        })?;
     let words = |name: &str, t: &Bound<'_, PyAny>| -> PyResult<attnc::external::DeviceWords> {
         let a = TensorArg::read(py, name, t)?;
         check_buffer(py, &a, &a.shape.clone(), DType::I32, device)?;
@@ -1528,6 +1547,84 @@ fn read_block_mask(
         tensors: tensors.into_iter().map(|(n, dims)| (n, 0, dims)).collect(),
         params,
     })
+}
+
+/// A block mask's tables read and checked once (`block_mask_handle`): what `forward` and
+/// `backward_cuda` take as `block_mask` in place of the tables' tuple, so that a call
+/// does not read and check the four tables again. Holds the tuple (the tables' memory
+/// stays alive while the handle does).
+#[pyclass(frozen, module = "attnc._attnc")]
+struct BlockMaskHandle {
+    mask: attnc::external::DeviceBlockMask,
+    /// The device of the tables.
+    device: Device,
+    _tables: Py<PyAny>,
+}
+
+/// Reads a block mask's tuple (`BlockMask._rust`'s layout, see [`read_block_mask`]) once,
+/// its tables checked on the device of the first (int32, one-dimensional, contiguous):
+/// the handle `forward` and `backward_cuda` take as `block_mask`.
+#[pyfunction]
+fn block_mask_handle(py: Python<'_>, tables: Bound<'_, PyAny>) -> PyResult<BlockMaskHandle> {
+    guard(py, || {
+        let first = tables
+            .get_item(1)
+            .and_then(|f| f.get_item(0))
+            .map_err(|_| {
+                attnc_error(
+                    py,
+                    code::INPUT_SHAPE,
+                    "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params)",
+                )
+            })?;
+        let device = TensorArg::read(py, "block mask row starts", &first)?.device;
+        let mask = read_block_mask(py, &tables, device)?;
+        Ok(BlockMaskHandle {
+            mask,
+            device,
+            _tables: tables.unbind(),
+        })
+    })
+}
+
+/// A call's block mask: a [`BlockMaskHandle`] (read when it was made) or the tables'
+/// tuple, read now.
+enum MaskArg<'py> {
+    Handle(PyRef<'py, BlockMaskHandle>),
+    Read(attnc::external::DeviceBlockMask),
+}
+
+impl<'py> MaskArg<'py> {
+    /// The block mask of a call on `device`, if any: a handle's tables must be on
+    /// `device` (E0314 otherwise).
+    fn read(
+        py: Python<'py>,
+        m: Option<&Bound<'py, PyAny>>,
+        device: Device,
+    ) -> PyResult<Option<MaskArg<'py>>> {
+        let Some(m) = m else { return Ok(None) };
+        if let Ok(h) = m.extract::<PyRef<'py, BlockMaskHandle>>() {
+            if h.device != device {
+                return Err(attnc_error(
+                    py,
+                    code::DEVICE,
+                    &format!(
+                        "the block mask's tables are on {}, but q is on {device}",
+                        h.device
+                    ),
+                ));
+            }
+            return Ok(Some(MaskArg::Handle(h)));
+        }
+        Ok(Some(MaskArg::Read(read_block_mask(py, m, device)?)))
+    }
+
+    fn get(&self) -> &attnc::external::DeviceBlockMask {
+        match self {
+            MaskArg::Handle(h) => &h.mask,
+            MaskArg::Read(m) => m,
+        }
+    }
 }
 
 /// The tensors of a decode call read as attnc sees them, with the binding's shape
@@ -1682,7 +1779,9 @@ unsafe fn f32_slice_mut<'a>(ptr: usize, len: usize) -> &'a mut [f32] {
 fn _attnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile, m)?)?;
     m.add_function(wrap_pyfunction!(decode_cuda_applies, m)?)?;
+    m.add_function(wrap_pyfunction!(block_mask_handle, m)?)?;
     m.add_class::<Module>()?;
+    m.add_class::<BlockMaskHandle>()?;
     m.add_class::<Attention>()?;
     m.add("AttncError", m.py().get_type::<errors::AttncError>())?;
     m.add("CompileError", m.py().get_type::<errors::CompileError>())?;

@@ -972,6 +972,33 @@ def test_fused_backward_workspace_is_checked(monkeypatch):
         assert torch.allclose(a.float(), r.float(), atol=2e-2, rtol=2e-2), n
 
 
+@pytest.mark.skipif(not SM90, reason="the fused dQ runs on sm_90")
+def test_backward_workspace_sizes_are_cached_and_a_stale_entry_recovers():
+    """The autograd backward asks the extension for the fused dQ's workspace once per
+    binding (``_ops._WORKSPACE``, session 18); an entry the extension refuses (a binding
+    dropped and made again under other settings) is asked again and the call retried: the
+    same gradients."""
+    from attnc import _ops
+
+    attn = attnc.compile((EXAMPLES / "causal.attn").read_text() + "\n// workspace cache\n").attention()
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(1, 4, 2, 100, 100, 128, seed=9))
+    do = torch.randn(1, 4, 100, 128, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
+    runs = []
+    for poison in (False, False, True):
+        keys = [kk for kk in _ops._WORKSPACE if kk[0] is attn._inner]
+        assert len(keys) == (0 if not runs else 1), keys
+        if poison:
+            _ops._WORKSPACE[keys[0]] = (7, 3)  # sizes the binding does not take
+        xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        attn(*xs).backward(do)
+        runs.append([x.grad for x in xs])
+    (key,) = [kk for kk in _ops._WORKSPACE if kk[0] is attn._inner]
+    assert _ops._WORKSPACE[key] == attn._inner.backward_workspace(q, k, v, None)
+    for run in runs[1:]:
+        for n, a, r in zip("qkv", runs[0], run):
+            assert torch.equal(a, r), f"d{n} differs"
+
+
 ND_CASES = [
     # (file, attention, caps, (b, hq, hkv, lq, lkv, d), dtype)
     ("dense.attn", None, {}, (1, 4, 4, 300, 300, 128), torch.bfloat16),  # q tiles of 80 on sm_90

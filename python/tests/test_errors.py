@@ -172,6 +172,33 @@ def test_block_mask_takes_cuda_tensors_and_a_mask_over_captures():
     assert "CUDA" in str(e)
 
 
+def test_block_mask_handle_reads_its_tables_once_and_refuses_bad_ones():
+    """``_attnc.block_mask_handle`` (what ``attn.block_mask`` keeps: its tables read and
+    checked once, not at every call): a malformed tuple or tables of the wrong dtype or rank
+    are errors naming them, never a crash; a handle is taken where the tables' tuple is, and
+    on the CPU refused like it (block masks are for CUDA tensors)."""
+    from attnc import _attnc
+
+    i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
+    shape = (1, 2, 2, 16, 16, 16, 16)
+    good = (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [("doc", [1, 16])], [])
+    for bad in ((), ("x",), (shape, ()), (shape, (i32(2), i32(3)), None, [], [])):
+        e = raises("E0312", _attnc.block_mask_handle, bad)
+        assert "block mask's tables" in str(e)
+    e = raises("E0313", _attnc.block_mask_handle, (shape, (i32(2).long(), i32(3), (0, 0), (64, 64)), None, [], []))
+    assert "block mask row starts" in str(e)
+    e = raises("E0312", _attnc.block_mask_handle, (shape, (i32(2).reshape(1, 2), i32(3), (0, 0), (64, 64)), None, [], []))
+    assert "one-dimensional" in str(e)
+    handle = _attnc.block_mask_handle(good)
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v = qkv(1, 2, 2, 16, 16, 16)
+    o, lse = torch.empty_like(q), torch.empty(1, 2, 16)
+    for mask in (handle, good):
+        e = raises("E0314", attn._inner.forward, q, k, v, o, lse, None, [("doc", torch.zeros(1, 16, dtype=torch.int32))],
+                   [], 0, 1, mask)
+        assert "block masks are for CUDA tensors" in str(e)
+
+
 def test_cuda_backward_entries_refuse_host_tensors():
     """The extension's zero-copy CUDA backward (what autograd calls on CUDA tensors) and
     the query of its fused-dQ workspace refuse CPU tensors (E0314, naming the entry) and

@@ -180,6 +180,7 @@ impl Variant {
             plan,
             exec,
             extensions: Vec::new(),
+            devices_vouched: false,
         })
     }
 
@@ -278,6 +279,9 @@ pub struct Bound {
     exec: Exec,
     /// What extensions of the API keep between calls (see [`Bound::extension`]).
     extensions: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Whether the caller-buffer entries skip the driver's per-pointer device query
+    /// (`external`: `Bound::vouch_for_device_pointers`).
+    devices_vouched: bool,
 }
 
 impl Bound {
@@ -303,6 +307,14 @@ impl Bound {
             Some(t) => t,
             None => unreachable!("the extension at {i} has this type"),
         }
+    }
+    /// Whether the caller vouched for the device of every pointer it passes
+    /// (`Bound::vouch_for_device_pointers`).
+    pub(crate) fn devices_vouched(&self) -> bool {
+        self.devices_vouched
+    }
+    pub(crate) fn set_devices_vouched(&mut self, yes: bool) {
+        self.devices_vouched = yes;
     }
     pub fn scale(&self) -> f32 {
         self.opts

@@ -208,7 +208,9 @@ impl Bound {
                 mask.shape
             )));
         }
-        let plan = self.plan().clone();
+        // (borrowed, not cloned: a clone of the plan copies the program and its IR text,
+        // at every call of the Python package with a block mask)
+        let plan = self.plan();
         let p = self.variant().program();
         let reads = plan.mask_reads();
         if reads.tensors.len() != mask.tensors.len() || reads.params.len() != mask.params.len() {

@@ -234,9 +234,8 @@ fn capturing(dev: &CudaDevice, stream: u64) -> Result<bool, CudaError> {
 /// which would also move the CUDA runtime's (torch's) current device of a caller whose
 /// current device is another one. Without a driver, just runs `f`.
 pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
-    use cudarc::driver::sys::{CUresult, cuCtxGetCurrent, cuCtxSetCurrent, is_culib_present};
-    // SAFETY: only tries to dlopen libcuda; no driver call is made without it.
-    if !unsafe { is_culib_present() } {
+    use cudarc::driver::sys::{CUresult, cuCtxGetCurrent, cuCtxSetCurrent};
+    if !driver_present() {
         return f();
     }
     let mut before = std::ptr::null_mut();
@@ -257,6 +256,22 @@ pub fn preserving_current_context<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Whether libcuda can be loaded, asked once per process: cudarc's
+/// `is_culib_present` dlopens (and closes) each of its library name candidates in turn,
+/// a file-system search per failed name, which `preserving_current_context` would
+/// otherwise pay on every call of the Python package (session 18).
+fn driver_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: only tries to dlopen libcuda; no driver call is made.
+    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// Whether `stream` of device `ordinal` (the binding's) captures a CUDA graph.
+pub(crate) fn stream_capturing(ordinal: usize, stream: u64) -> ExecResult<bool> {
+    let g = gpu_at(ordinal)?;
+    Ok(capturing(&g.device, stream)?)
+}
+
 /// Each `(name, pointer)` is device memory of device `ordinal` (the binding's), asked
 /// of the driver (`cuPointerGetAttribute`: a host-side query, no synchronization);
 /// skipped while `stream` captures a graph (a capture admits only stream work). Returns
@@ -266,8 +281,7 @@ pub(crate) fn check_device_pointers(
     stream: u64,
     bufs: &[(&str, u64)],
 ) -> ExecResult<bool> {
-    let g = gpu_at(ordinal)?;
-    if capturing(&g.device, stream)? {
+    if stream_capturing(ordinal, stream)? {
         return Ok(true);
     }
     for &(name, ptr) in bufs {
