@@ -1591,7 +1591,7 @@ fn block_mask_handle(py: Python<'_>, tables: Bound<'_, PyAny>) -> PyResult<Block
 /// tuple, read now.
 enum MaskArg<'py> {
     Handle(PyRef<'py, BlockMaskHandle>),
-    Read(attnc::external::DeviceBlockMask),
+    Read(Box<attnc::external::DeviceBlockMask>),
 }
 
 impl<'py> MaskArg<'py> {
@@ -1616,7 +1616,9 @@ impl<'py> MaskArg<'py> {
             }
             return Ok(Some(MaskArg::Handle(h)));
         }
-        Ok(Some(MaskArg::Read(read_block_mask(py, m, device)?)))
+        Ok(Some(MaskArg::Read(Box::new(read_block_mask(
+            py, m, device,
+        )?))))
     }
 
     fn get(&self) -> &attnc::external::DeviceBlockMask {
