@@ -132,19 +132,24 @@ pub struct DecodeTuning {
     /// tiles without the per-element tests (`decode_mma::COPY_FULL_TILE`), `l` each CTA
     /// of the plain kind records its SM and times (a diagnostic, `decode_mma::COPY_TRACE`),
     /// `m` the combine kernel merges up to 16 splits per warp and round
-    /// (`decode_mma::COPY_COMBINE_WIDE`), any combination
+    /// (`decode_mma::COPY_COMBINE_WIDE`), `n` host-tensor calls with several splits
+    /// steal work (`decode_mma::COPY_STEAL`), any combination
     /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
     pub copy: Option<u16>,
+    /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`):
+    /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
+    /// goes in stolen splits of `tiles` (>= 1) tiles; unset: `decode::gpu`'s choice.
+    pub steal: Option<(u16, u16)>,
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijklm` (anything else: `None`).
+/// `abcdefghijklmn` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
         COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
         COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
-        COPY_TMA, COPY_TRACE,
+        COPY_STEAL, COPY_TMA, COPY_TRACE,
     };
     let v = v.trim();
     if v == "0" {
@@ -167,6 +172,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'k' => Some(bits | COPY_FULL_TILE),
         'l' => Some(bits | COPY_TRACE),
         'm' => Some(bits | COPY_COMBINE_WIDE),
+        'n' => Some(bits | COPY_STEAL),
         _ => None,
     })
 }
@@ -181,7 +187,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklm`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmn`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -197,6 +203,11 @@ impl DecodeTuning {
             serial_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("serial"),
             serial_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("0"),
             copy: get("ATTNC_DECODE_COPY").and_then(|v| parse_decode_copy(&v)),
+            steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
+                let (a, b) = v.trim().split_once(',')?;
+                let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+                ((1..=100).contains(&pct) && tiles >= 1).then_some((pct, tiles))
+            }),
         }
     }
 }
@@ -232,6 +243,7 @@ mod tests {
                 serial_combine: false,
                 serial_decode: false,
                 copy: None,
+                steal: None,
             }
         );
         let copy = |v: &'static str| {
@@ -247,6 +259,17 @@ mod tests {
         assert_eq!(copy("bc"), Some(6));
         assert_eq!(copy("0"), Some(0));
         assert_eq!(copy("x"), None);
+        assert_eq!(copy("efikn"), Some(1328 + 8192));
+        let steal = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_STEAL").then(|| v.to_string()))
+                .steal
+        };
+        assert_eq!(steal("80,8"), Some((80, 8)));
+        assert_eq!(steal(" 100 , 1 "), Some((100, 1)));
+        assert_eq!(steal("0,8"), None);
+        assert_eq!(steal("101,8"), None);
+        assert_eq!(steal("80,0"), None);
+        assert_eq!(steal("80"), None);
         assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_CHAIN", "0")])).serial_decode);
         assert!(DecodeTuning::parse(env(&[("ATTNC_DECODE_COMBINE", "serial")])).serial_combine);
         // values outside what the kernels take leave the choice automatic

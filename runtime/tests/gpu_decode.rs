@@ -829,6 +829,105 @@ fn gpu_decode_trace(_d: &CudaDevice) {
     }
 }
 
+/// Work stealing (`ATTNC_DECODE_COPY` letter `n`, `decode_mma::COPY_STEAL`): a forced
+/// static split count (2 or 3 CTAs per (sequence, kv head, row group)) and
+/// `DecodeTuning::steal` leaving 30-60% of the tiles to stolen splits of 1 to 3 tiles, so
+/// that most of the work is taken from the counter: dense, sliding-window and
+/// document-causal masks, Lq 1, 4 and 16 (16 and 64 rows per CTA), contiguous and paged
+/// 16 / 128, three sequences of 1000, 0 and 333 keys (stolen splits past a sequence's
+/// range are empty). Against the oracle; two calls bit for bit equal (the partials merge
+/// in split order whichever CTA ran them); then many launches of one call's buffers
+/// (`cache_device_time_ms`), whose last launch's records (Lq 1, letter `l`) show that the
+/// counter was back at zero for it: one record per (sequence, kv head, split), none
+/// older than the launch's first static CTA (a stolen split left to a previous launch
+/// would keep that launch's record), and the dense mask's splits cover each sequence.
+/// Small enough for compute-sanitizer.
+fn gpu_decode_steal(_d: &CudaDevice) {
+    let mut rng = Rng(0x57ea1);
+    for name in ["dense", "sliding_window", "document_causal"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for (lq, page, statics, steal) in [
+            (1, None, 2, (50, 1)),
+            (1, Some(16), 3, (40, 2)),
+            (4, Some(128), 2, (70, 3)),
+            (16, None, 2, (50, 1)),
+        ] {
+            let sl = vec![1000, 0, 333];
+            let c = case_as(DType::BF16, &mut rng, 3, 8, 2, lq, 128, 1000, sl.clone(), page);
+            let mut caps = captures_for(&variant, &c, 11);
+            if name == "sliding_window" {
+                caps = caps.param("window", ParamValue::I32(300));
+            }
+            let what = format!("steal {name} lq {lq} {page:?} {statics} static {steal:?}");
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy(if lq == 1 { "eikln" } else { "eikn" });
+            o.decode.splits = Some(statics);
+            o.decode.steal = Some(steal);
+            o.decode.fused_combine = false;
+            let mut bound = variant.bind(o).unwrap();
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let runs: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|_| {
+                    let got = bound
+                        .forward_with_cache(&c.q, &c.cache(), &caps)
+                        .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+                    (got.o.to_f32(), got.lse.to_f32())
+                })
+                .collect();
+            assert_eq!(bound.cache_path(), Some(expected_path(lq, 8, 2, 128)));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert!(
+                bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
+                "{what}: two calls differ"
+            );
+            close(&format!("{what} o"), &runs[0].0, &want.o.to_f32(), tol(c.dtype));
+            close(&format!("{what} lse"), &runs[0].1, &want.lse.to_f32(), 0.002);
+            let ms = bound
+                .cache_device_time_ms(&c.q, &c.cache(), &caps, 3)
+                .unwrap()
+                .expect("a device time");
+            assert!(ms > 0.0, "{what}");
+            if lq != 1 {
+                continue;
+            }
+            let recs = bound.cache_device_trace().expect("trace records");
+            let splits = recs.iter().map(|r| r.split).max().unwrap() as usize + 1;
+            assert!(splits > statics, "{what}: {splits} splits, none stolen");
+            assert_eq!(recs.len(), 3 * 2 * splits, "{what}: one record per (b, kv head, split)");
+            // times relative to a static CTA's start (low 32 bits of the ns timer)
+            let t0 = recs.iter().find(|r| (r.split as usize) < statics).unwrap().t[0];
+            let rel = |x: u32| x.wrapping_sub(t0) as i32 as i64;
+            let first = recs
+                .iter()
+                .filter(|r| (r.split as usize) < statics)
+                .map(|r| rel(r.t[0]))
+                .min()
+                .unwrap();
+            for r in &recs {
+                assert!(
+                    rel(r.t[0]) >= first,
+                    "{what}: a record older than the launch's first CTA: {r:?}"
+                );
+            }
+            if name == "dense" {
+                for (b, &n) in sl.iter().enumerate() {
+                    for hk in 0..2 {
+                        let keys: u32 = recs
+                            .iter()
+                            .filter(|r| r.b as usize == b && r.kv_head == hk)
+                            .map(|r| r.keys)
+                            .sum();
+                        assert_eq!(keys, n as u32, "{what}: b {b} kv head {hk}: splits' keys");
+                    }
+                }
+            }
+        }
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 // (the launches' test first: it is the only GPU check of chained launches, and a time
 // limit cuts the list from the end)
@@ -847,6 +946,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
     ("gpu_decode_trace", gpu_decode_trace),
+    ("gpu_decode_steal", gpu_decode_steal),
 ];
 
 fn main() {

@@ -254,7 +254,7 @@ fn bench_tunings_from(
     let copy = entries("ATTNC_DECODE_BENCH_COPY");
     if !copy.is_empty() {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
-        // letters of abcdefghijklm)
+        // letters of abcdefghijklmn)
         let copies = copy
             .iter()
             .map(|x| {
@@ -264,7 +264,7 @@ fn bench_tunings_from(
                         bad(
                             "ATTNC_DECODE_BENCH_COPY",
                             x,
-                            "0 or letters of abcdefghijklm (ATTNC_DECODE_COPY's values)",
+                            "0 or letters of abcdefghijklmn (ATTNC_DECODE_COPY's values)",
                         )
                     })
             })
@@ -423,7 +423,9 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         // (separate, overlapped, chained, fused, fused-chained), ATTNC_DECODE_BENCH_SPLITS=N,M,.. (split
         // counts of the tensor-core kernel, 0 = the runtime's choice),
         // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc,d,e (the tensor-core kernel's K/V copy
-        // variants, `DecodeTuning::copy`)
+        // variants, `DecodeTuning::copy`), ATTNC_DECODE_BENCH_STEAL=80:8,70:4 (work
+        // stealing's static percent and stolen split tiles, `DecodeTuning::steal`; with
+        // copy letter `n`)
         // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): every (layout, tuning) binding of the
         // shape timed N times in turn, each round starting one binding later than the
         // previous one (so that the GPU's drift and a binding's place in the round

@@ -50,6 +50,12 @@ pub struct DecodeGeometry {
     pub splits: u32,
     /// Positions per split.
     pub chunk: u32,
+    /// CTAs along the splits: `splits`, or with work stealing (`decode_mma::COPY_STEAL`,
+    /// `steal_chunk > 0`) the static splits of `chunk` positions, after which the
+    /// `splits - split_ctas` stolen splits take `steal_chunk` positions each.
+    pub split_ctas: u32,
+    /// Positions per stolen split (a multiple of 64); 0 without work stealing.
+    pub steal_chunk: u32,
     /// Contiguous: `Lkv_max`; paged: 0.
     pub lkv_max: u32,
     /// Paged: `log2(page_size)`, `max_pages`, `num_pages`; contiguous: 0.
@@ -57,6 +63,28 @@ pub struct DecodeGeometry {
     pub max_pages: u32,
     pub num_pages: u32,
     pub scale: f32,
+}
+
+impl DecodeGeometry {
+    /// The positions `[k0, k1)` split `split` reads of a sequence whose reachable range
+    /// is `lo..hi` (the kernels' `split_keys` and `decode_mma`'s `steal_keys`, without
+    /// the tensor-core kernel's rounding of `lo`).
+    pub fn split_keys(&self, lo: i64, hi: i64, split: u32) -> (i64, i64) {
+        let big = split.min(self.split_ctas) as i64;
+        let k0 = lo + big * self.chunk as i64 + (split as i64 - big) * self.steal_chunk as i64;
+        let len = if split < self.split_ctas {
+            self.chunk
+        } else {
+            self.steal_chunk
+        };
+        (k0, (k0 + len as i64).min(hi).max(k0))
+    }
+
+    /// The positions all splits cover from a range's start.
+    pub fn covered(&self) -> u64 {
+        self.split_ctas as u64 * self.chunk as u64
+            + (self.splits - self.split_ctas.min(self.splits)) as u64 * self.steal_chunk as u64
+    }
 }
 
 /// Inputs, partials and outputs of one call, on the device.
@@ -162,8 +190,10 @@ pub fn launch_values(g: &DecodeGeometry, p: &DecodePtrs) -> LaunchArgs {
     ] {
         a.i32(p, x as i32);
     }
+    a.i32(P::StealChunk, g.steal_chunk as i32);
     a.f32(P::Scale, g.scale);
     a.extent(GridDim::Splits, g.splits);
+    a.extent(GridDim::SplitCtas, g.split_ctas);
     a.extent(GridDim::KvHeadRowGroups, g.hkv * g.row_groups);
     a.extent(GridDim::Batches, g.b);
     a.extent(GridDim::QRows, g.lq);
@@ -343,7 +373,11 @@ impl DecodeModule {
                     "range {lo}..{hi} of sequence {i} (length {n}) is invalid"
                 ));
             }
-            if (hi - lo) as usize > g.splits as usize * g.chunk as usize {
+            if (hi - lo) as u64 > g.covered()
+                || g.split_ctas == 0
+                || g.split_ctas > g.splits
+                || (g.split_ctas < g.splits && g.steal_chunk == 0)
+            {
                 return bad("splits x chunk do not cover a range".into());
             }
         }

@@ -181,8 +181,10 @@ pub(crate) struct GpuDecode {
     plan: Plan,
     /// The binding's overrides of the automatic choices.
     tuning: DecodeTuning,
-    /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel.
-    modules: [Option<DecodeModule>; 4],
+    /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel, then of
+    /// the tensor-core kernel that steals work (`decode_mma::COPY_STEAL`: host-tensor
+    /// calls only, see [`steal_geometry`]).
+    modules: [Option<DecodeModule>; 6],
     /// The last call [`Self::time_ms`] uploaded, with what identifies its inputs: timing
     /// the same inputs again (the rounds of `attnc bench --decode`) uploads nothing. Its
     /// device buffers live until the next timed call with other inputs or the binding's
@@ -211,7 +213,7 @@ impl GpuDecode {
         GpuDecode {
             plan,
             tuning,
-            modules: [None, None, None, None],
+            modules: [None, None, None, None, None, None],
             timed: None,
             trace: None,
         }
@@ -245,15 +247,31 @@ impl GpuDecode {
         slot.as_ref().ok_or_else(|| backend("decode module"))
     }
 
-    /// [`Self::module`], with the fused kernel loaded when `fused` (tensor cores only).
+    /// [`Self::module`], with the fused kernel loaded when `fused` (tensor cores only);
+    /// with `steal` (not `fused`), the tensor-core kernel with `decode_mma::COPY_STEAL`.
     fn module_for(
         &mut self,
         dev: &CudaDevice,
         shape: &DecodeShape,
         dtype: DType,
         fused: bool,
+        steal: bool,
     ) -> Result<&DecodeModule> {
         let paged = matches!(shape.layout, CacheLayout::Paged { .. });
+        if steal && !fused {
+            let tuning = self.tuning;
+            let slot = &mut self.modules[paged as usize + 4];
+            if slot.is_none() {
+                let mut opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
+                opts.copy |= decode_mma::COPY_STEAL;
+                let jit = crate::exec::cuda::cuda_jit_of(dev)?;
+                *slot = Some(
+                    DecodeModule::load_kind(dev, jit, &self.plan, &opts, KernelKind::DecodeMma)
+                        .map_err(backend)?,
+                );
+            }
+            return slot.as_ref().ok_or_else(|| backend("decode module"));
+        }
         let plan = self.plan.clone();
         let tuning = self.tuning;
         let m = self.module(dev, shape, dtype)?;
@@ -289,10 +307,15 @@ impl GpuDecode {
         ranges: &[i32],
         bind: &Bindings,
     ) -> Result<(&DecodeModule, crate::cuda::decode::DecodeProblem)> {
-        let geom = geometry(shape, ranges, scale, &self.tuning);
+        let geom = steal_geometry(
+            shape,
+            ranges,
+            geometry(shape, ranges, scale, &self.tuning),
+            &self.tuning,
+        );
         let fused = fused(shape, &self.tuning, geom.splits);
         let (serial, chain) = (self.tuning.serial_combine, !self.tuning.serial_decode);
-        let m = self.module_for(dev, shape, q.dtype(), fused)?;
+        let m = self.module_for(dev, shape, q.dtype(), fused, geom.steal_chunk > 0)?;
         let bits = |t: &Tensor| {
             t.to_u16_bits()
                 .ok_or_else(|| backend("16-bit inputs expected"))
@@ -384,7 +407,7 @@ impl GpuDecode {
         let traced = self.tuning.copy.unwrap_or(COPY) & decode_mma::COPY_TRACE != 0
             && self.kernel(shape) == Kernel::Mma
             && !p.fused;
-        let m = self.module_for(dev, shape, q.dtype(), p.fused)?;
+        let m = self.module_for(dev, shape, q.dtype(), p.fused, p.geom.steal_chunk > 0)?;
         let ms = m.time(dev, &p, iters).map_err(backend)?;
         let trace = if traced {
             let g = p.geom;
@@ -393,8 +416,8 @@ impl GpuDecode {
                 recs.into_iter()
                     .map(|([b, hk, rg, split], w)| {
                         let (lo, hi) = (ranges[2 * b as usize], ranges[2 * b as usize + 1]);
-                        let k0 = lo as i64 + split as i64 * g.chunk as i64;
-                        let keys = (hi as i64 - k0).clamp(0, g.chunk as i64) as u32;
+                        let (k0, k1) = g.split_keys(lo as i64, hi as i64, split);
+                        let keys = (k1 - k0) as u32;
                         super::CtaTrace {
                             b,
                             kv_head: hk,
@@ -435,9 +458,12 @@ fn decode_options(
         },
         rows: rows_per_cta(shape, kernel, tuning) as u32,
         paged: matches!(shape.layout, CacheLayout::Paged { .. }),
-        // (COPY_DIRECT is a bit of the fused kind only: `GpuDecode::module_for`)
+        // (COPY_DIRECT is a bit of the fused kind only, COPY_STEAL of the host-tensor
+        // calls' stealing kernel: `GpuDecode::module_for`)
         copy: match kernel {
-            Kernel::Mma => tuning.copy.unwrap_or(COPY) & !decode_mma::COPY_DIRECT,
+            Kernel::Mma => {
+                tuning.copy.unwrap_or(COPY) & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL)
+            }
             Kernel::Simt => 0,
         },
     }
@@ -541,11 +567,67 @@ pub(crate) fn geometry(
         row_groups: row_groups as u32,
         splits: splits as u32,
         chunk: chunk as u32,
+        split_ctas: splits as u32,
+        steal_chunk: 0,
         lkv_max: lkv_max as u32,
         page_shift,
         max_pages: max_pages as u32,
         num_pages: num_pages as u32,
         scale,
+    }
+}
+
+/// [`STEAL`]: by default the static splits take 80% of the longest range's tiles, the
+/// rest goes in stolen splits of 8 tiles.
+const STEAL: (u16, u16) = (80, 8);
+
+/// `geom` of a host-tensor call with work stealing (`decode_mma::COPY_STEAL`) when the
+/// copy has the bit (`ATTNC_DECODE_COPY` letter `n`), the tensor-core kernel runs with
+/// decode + combine kernels (not `fused_combine`) and `geom` has several splits: the
+/// same CTAs (`split_ctas` = its splits) take `pct`% of the longest range's tiles in
+/// their static splits (`tuning.steal` = `(pct, tiles)`, [`STEAL`] by default), the rest
+/// is cut into stolen splits of `tiles` tiles each. Else `geom` (the caller-buffer path
+/// never steals: its workspace has no counter).
+fn steal_geometry(
+    shape: &DecodeShape,
+    ranges: &[i32],
+    geom: DecodeGeometry,
+    tuning: &DecodeTuning,
+) -> DecodeGeometry {
+    let copy = tuning.copy.unwrap_or(COPY);
+    if copy & decode_mma::COPY_STEAL == 0
+        || copy & decode_mma::COPY_TMA != 0
+        || tuning.fused_combine
+        || choose(shape, tuning) != Kernel::Mma
+        || geom.splits < 2
+    {
+        return geom;
+    }
+    let tile = decode_mma::KV_TILE as usize;
+    let (pct, per) = tuning.steal.unwrap_or(STEAL);
+    let (pct, per) = (pct.clamp(1, 100) as usize, per.max(1) as usize);
+    let splits = geom.splits as usize;
+    // the longest range's tiles, from its start rounded down to a tile (as the kernel's
+    // `COPY_PAGE_PASS` rounds it; at most the splits' keys)
+    let span = ranges
+        .chunks(2)
+        .map(|r| (r[1] - (r[0] & !(tile as i32 - 1))).max(0) as usize)
+        .max()
+        .unwrap_or(0)
+        .min(splits * geom.chunk as usize);
+    let tiles = span.div_ceil(tile);
+    let static_tiles = (tiles * pct / 100 / splits).max(1);
+    let rest = tiles.saturating_sub(static_tiles * splits);
+    if rest == 0 {
+        return geom;
+    }
+    let stolen = rest.div_ceil(per);
+    DecodeGeometry {
+        splits: (splits + stolen) as u32,
+        chunk: (static_tiles * tile) as u32,
+        split_ctas: splits as u32,
+        steal_chunk: (per * tile) as u32,
+        ..geom
     }
 }
 

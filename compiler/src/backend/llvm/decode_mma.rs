@@ -179,6 +179,27 @@ pub const COPY_TRACE: u16 = 2048;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// each warp merges up to 16 splits per round instead of 8.
 pub use super::decode::COPY_COMBINE_WIDE;
+/// [`PtxOptions::decode_copy`] bit of the plain kind (not the fused kinds, not with
+/// [`COPY_TMA`]; see [`steals`]): work stealing. The launch has `nctaid.x` CTAs along the
+/// splits (the static splits, each `Chunk` keys) and `Splits` splits in all: the splits
+/// from `nctaid.x` on (each `StealChunk` keys, after the static ones) are work items
+/// handed out by a counter (`DecodeSem[0]`). A CTA runs its own split (`ctaid`, the
+/// prologue before `griddepcontrol.wait` as [`COPY_EARLY`] says), then, as long as the
+/// counter hands out items, item `v` = split `nctaid.x + v / (Y Z)`, `(y, z)` = `v % (Y
+/// Z)` (one relaxed atomic add by thread 0 when a split's loop ends, its latency under
+/// the split's merge and stores; broadcast through shared memory); the CTA whose add is
+/// the launch's last (`Splits x Y x Z - 1`: every CTA adds once more than it takes)
+/// zeroes the counter for the next launch. Every split's partial goes to its own slot,
+/// so the combine merges the same partials in the same order whichever CTA ran them:
+/// results are deterministic, bit for bit those of a launch of the same splits without
+/// stealing. The point: CTAs that stream faster take more of the small splits, so the
+/// grid's CTAs end together (session 17's records: the same work per CTA ended over
+/// ~24 µs at B1 Lkv131072).
+pub const COPY_STEAL: u16 = 8192;
+/// Whether [`COPY_STEAL`] applies to a kernel of `opts` (the plain kind when not `fused`).
+pub fn steals(opts: &DecodeOptions, fused: bool) -> bool {
+    opts.copy & COPY_STEAL != 0 && !fused && !tma_copy(opts)
+}
 /// Every [`PtxOptions::decode_copy`] bit.
 pub const COPY_BITS: u16 = COPY_ALL
     | COPY_L2_256
@@ -190,7 +211,8 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_COMBINE_TRIGGER
     | COPY_FULL_TILE
     | COPY_TRACE
-    | COPY_COMBINE_WIDE;
+    | COPY_COMBINE_WIDE
+    | COPY_STEAL;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -334,11 +356,14 @@ fn merge_bytes(d: u32) -> u32 {
 }
 
 /// Dynamic shared memory: the Q tile, then the ring (the merge area reuses it); with
-/// [`COPY_TMA`] one mbarrier per stage after them.
+/// [`COPY_TMA`] one mbarrier per stage after them; with [`COPY_STEAL`] the next work
+/// item's word (16 bytes) after them.
 pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
     ring_end(opts)
         + if tma_copy(opts) {
             8 * stages(opts.d)
+        } else if opts.copy & COPY_STEAL != 0 {
+            16
         } else {
             0
         }
@@ -373,6 +398,11 @@ pub(crate) fn spec(
     if tma_copy(&d) {
         params.extend([DecodeParam::TmaK, DecodeParam::TmaV]);
     }
+    // COPY_STEAL: the counter and the stolen splits' keys; fewer CTAs than splits
+    let steal = steals(&d, fused);
+    if steal {
+        params.extend([DecodeParam::DecodeSem, DecodeParam::StealChunk]);
+    }
     let entry = format!(
         "attnc_decode_mma{}_{}",
         if fused { "_fused" } else { "" },
@@ -383,7 +413,15 @@ pub(crate) fn spec(
         entry,
         opts,
         params,
-        [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
+        [
+            if steal {
+                GridDim::SplitCtas
+            } else {
+                GridDim::Splits
+            },
+            GridDim::KvHeadRowGroups,
+            GridDim::Batches,
+        ],
         (KV_TILE, THREADS, smem_bytes(&d)),
     ))
 }
@@ -717,9 +755,31 @@ pub(super) fn build<'ctx>(
     let lane = g.and(tid, g.c32(31))?;
     let mi = g.and(warp, g.c32(m_cta as i64 - 1))?;
     let si = g.lshr(warp, g.c32(m_cta.trailing_zeros() as i64))?;
-    let split = g.ctaid('x')?;
-    let y = g.ctaid('y')?;
-    let b = g.ctaid('z')?;
+    // COPY_STEAL: the CTA's work item (its own split first), the body below a loop over
+    // the items it takes (see the bit)
+    let steal = steals(opts, fused);
+    let item = if steal {
+        let vars = (
+            g.var(g.i32, g.ctaid('x')?)?,
+            g.var(g.i32, g.ctaid('y')?)?,
+            g.var(g.i32, g.ctaid('z')?)?,
+        );
+        let head = g.block("item");
+        g.br(head)?;
+        g.b.position_at_end(head);
+        Some((vars, head))
+    } else {
+        None
+    };
+    let (split, y, b) = match &item {
+        Some(((vs, vy, vb), _)) => (g.geti(vs)?, g.geti(vy)?, g.geti(vb)?),
+        None => (g.ctaid('x')?, g.ctaid('y')?, g.ctaid('z')?),
+    };
+    // COPY_TRACE with COPY_STEAL: each item's record starts at its item
+    let t_start = match (t_start, &item) {
+        (Some((sm, _)), Some(_)) => Some((sm, g.globaltimer_lo()?)),
+        (t, _) => t,
+    };
     let (hkv, lq, group, rgs) = (
         a.int(P::Hkv)?,
         a.int(P::Lq)?,
@@ -738,17 +798,16 @@ pub(super) fn build<'ctx>(
         && THREADS / (d / 8 / CHUNKS_PER_THREAD) <= crate::decode::MIN_PAGE as u32;
     // COPY_TMA: full tiles by TMA boxes of one page's rows (tiles on multiples of 64)
     let tma = tma_copy(opts);
-    let (k0, k1) = split_keys_from(
-        g,
-        &a,
-        b,
-        split,
-        if page_pass || page_base || tma {
-            KV_TILE
-        } else {
-            1
-        },
-    )?;
+    let align = if page_pass || page_base || tma {
+        KV_TILE
+    } else {
+        1
+    };
+    let (k0, k1) = if steal {
+        steal_keys(g, &a, b, split, align)?
+    } else {
+        split_keys_from(g, &a, b, split, align)?
+    };
     let scale = a.get(P::Scale)?.into_float_value();
 
     let env = decode_env(g, p, &a)?;
@@ -1271,6 +1330,17 @@ pub(super) fn build<'ctx>(
     })?;
     g.cp_async_wait(0)?;
     g.barrier()?;
+    // COPY_STEAL: thread 0 takes the next item now (the add's latency under the merge
+    // and the stores below; the value is used at the end)
+    let counter = if steal {
+        Some(g.b.build_ptr_to_int(a.ptr(P::DecodeSem)?, g.i64, "")?)
+    } else {
+        None
+    };
+    let taken = match counter {
+        Some(ctr) => Some(g.atom_inc_relaxed_if_zero(tid, ctr)?),
+        None => None,
+    };
     let t_loop = if trace {
         Some(g.globaltimer_lo()?)
     } else {
@@ -1430,6 +1500,35 @@ pub(super) fn build<'ctx>(
             Ok(())
         })?;
     }
+    if let (Some(((vs, vy, vb), head)), Some(taken), Some(ctr)) = (&item, &taken, counter) {
+        // COPY_STEAL: thread 0 publishes the item it took (and, when its add was the
+        // launch's last, zeroes the counter); every thread then runs that item or ends.
+        // The barrier also orders every read of the merge area before the next item's
+        // copies into it.
+        let (sg, ny, nz) = (g.nctaid('x')?, g.nctaid('y')?, g.nctaid('z')?);
+        let yz = g.mul(ny, nz)?;
+        let slot = g.smem_addr32(g.c32(ring_end(opts) as i64))?;
+        g.if_then(g.icmp(IntPredicate::EQ, tid, zero)?, || {
+            let v = *taken;
+            g.st_shared_u32(slot, v)?;
+            let last = g.sub(g.mul(splits, yz)?, g.c32(1))?;
+            g.if_then(g.icmp(IntPredicate::EQ, v, last)?, || {
+                g.st_global_u32(ctr, zero)
+            })
+        })?;
+        g.barrier()?;
+        let v = g.ld_shared_u32(slot)?;
+        let stolen = g.mul(g.sub(splits, sg)?, yz)?;
+        let (more, done) = (g.block("steal"), g.block("stolen_all"));
+        g.cond_br(g.icmp(IntPredicate::ULT, v, stolen)?, more, done)?;
+        g.b.position_at_end(more);
+        let r = g.urem(v, yz)?;
+        g.set(vs, g.add(sg, g.udiv(v, yz)?)?)?;
+        g.set(vy, g.urem(r, ny)?)?;
+        g.set(vb, g.udiv(r, ny)?)?;
+        g.br(*head)?;
+        g.b.position_at_end(done);
+    }
     if fused {
         let place = Group {
             b,
@@ -1448,6 +1547,38 @@ pub(super) fn build<'ctx>(
     g.b.build_return(None)?;
     g.close_allocas(start)?;
     Ok(g.module.clone())
+}
+
+/// [`COPY_STEAL`]'s keys `[k0, k1)` of split `split` of sequence `b`: the range's first
+/// key `lo` (rounded down to a multiple of `align`, as `split_keys_from`), then the
+/// `nctaid.x` static splits of `Chunk` keys, then the stolen splits of `StealChunk` keys;
+/// `k1` at most the range's end.
+fn steal_keys<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    b: IntValue<'ctx>,
+    split: IntValue<'ctx>,
+    align: u32,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    use DecodeParam as P;
+    let ranges = a.ptr(P::Ranges)?;
+    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let lo = if align > 1 {
+        g.and(lo, g.c32(-(align as i64)))?
+    } else {
+        lo
+    };
+    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    let (chunk, small) = (a.int(P::Chunk)?, a.int(P::StealChunk)?);
+    let sg = g.nctaid('x')?;
+    let big = g.iintr2("llvm.umin.i32", split, sg)?;
+    let k0 = g.add(
+        lo,
+        g.add(g.mul(big, chunk)?, g.mul(g.sub(split, big)?, small)?)?,
+    )?;
+    let len = g.selecti(g.icmp(IntPredicate::ULT, split, sg)?, chunk, small)?;
+    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, len)?, hi)?;
+    Ok((k0, k1))
 }
 
 /// Where a CTA of the fused kernel sits: its (b, kv head, row group) and the launch's
@@ -2297,6 +2428,105 @@ mod tests {
                         base & COPY_EARLY != 0,
                         "{key}: the merging fused kind's wait"
                     );
+                }
+            }
+        }
+    }
+
+    /// Work stealing ([`COPY_STEAL`]): the plain kind's spec takes the counter
+    /// (`DecodeSem`) and `StealChunk` and launches `SplitCtas` CTAs along x; its PTX has
+    /// one atomic add (the next item) and the reset store; the combine kernel and the
+    /// fused kinds ignore the bit (byte-identical PTX), as does a TMA copy; with
+    /// [`COPY_TRACE`] too, one more timer reading (each item's start). `ATTNC_PTXAS`: the
+    /// kernels assemble.
+    #[test]
+    fn mma_decode_steal() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let count = |ptx: &str, w: &str| ptx.matches(w).count();
+        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
+            let p = &example(ex);
+            for (rows, d, paged) in [
+                (16, 128, false),
+                (16, 128, true),
+                (64, 128, true),
+                (32, 64, false),
+            ] {
+                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: base,
+                    };
+                    let n = DecodeOptions {
+                        copy: base | COPY_STEAL,
+                        ..o
+                    };
+                    let key = format!("{ex} {}", n.key());
+                    let k0 = emit_decode_mma(p, &o).unwrap();
+                    let kn = emit_decode_mma(p, &n).unwrap();
+                    let atom = "atom.relaxed.gpu.global.add.u32";
+                    assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
+                    assert_eq!(count(&kn.decode_ptx, atom), 1, "{key}");
+                    assert_eq!(count(&kn.decode_ptx, "st.relaxed.gpu.global.u32"), 1, "{key}");
+                    assert_eq!(kn.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &n).unwrap(),
+                        emit_decode_mma_fused(p, &o).unwrap(),
+                        "{key}: fused took it"
+                    );
+                    let direct = |c: u16| DecodeOptions {
+                        copy: c | COPY_DIRECT,
+                        ..o
+                    };
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &direct(n.copy)).unwrap(),
+                        emit_decode_mma_fused(p, &direct(o.copy)).unwrap(),
+                        "{key}: direct took it"
+                    );
+                    let sp = |o: &DecodeOptions| {
+                        spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap()
+                    };
+                    let (s0, sn) = (sp(&o), sp(&n));
+                    assert_eq!(s0.grid[0], GridDim::Splits, "{key}");
+                    assert_eq!(sn.grid[0], GridDim::SplitCtas, "{key}");
+                    assert!(!s0.params.contains(&DecodeParam::StealChunk), "{key}");
+                    for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
+                        assert!(sn.params.contains(&q), "{key}: {q:?}");
+                    }
+                    assert_eq!(sn.smem_bytes, s0.smem_bytes + 16, "{key}");
+                    let t = DecodeOptions {
+                        copy: n.copy | COPY_TRACE,
+                        ..o
+                    };
+                    let kt = emit_decode_mma(p, &t).unwrap();
+                    let t0 = emit_decode_mma(
+                        p,
+                        &DecodeOptions {
+                            copy: base | COPY_TRACE,
+                            ..o
+                        },
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        count(&kt.decode_ptx, "%globaltimer_lo"),
+                        count(&t0.decode_ptx, "%globaltimer_lo") + 1,
+                        "{key}: each item's start"
+                    );
+                    if paged {
+                        let tma = |c: u16| DecodeOptions { copy: c | COPY_TMA, ..o };
+                        assert_eq!(
+                            emit_decode_mma(p, &tma(n.copy)).unwrap().decode_ptx,
+                            emit_decode_mma(p, &tma(o.copy)).unwrap().decode_ptx,
+                            "{key}: TMA took it"
+                        );
+                    }
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "steal", &key, &kn.decode_ptx);
+                        ptxas_accepts(ptxas, "steal_trace", &key, &kt.decode_ptx);
+                    }
                 }
             }
         }

@@ -1115,6 +1115,20 @@ impl<'ctx> Gpu<'ctx> {
             &[addr],
         )
     }
+    /// [`Self::atom_inc_relaxed`] by the threads whose `who` is 0 (predicated in one
+    /// statement, no branch: the result register is waited on only where it is used);
+    /// 0 for the others.
+    pub fn atom_inc_relaxed_if_zero(
+        &self,
+        who: IntValue<'ctx>,
+        addr: IntValue<'ctx>,
+    ) -> R<IntValue<'ctx>> {
+        self.asm_i32(
+            "{ .reg .pred p; setp.eq.u32 p, $1, 0; mov.u32 $0, 0; @p atom.relaxed.gpu.global.add.u32 $0, [$2], 1; }",
+            "=r,r,l,~{memory}",
+            &[who, addr],
+        )
+    }
     /// `st.relaxed.gpu.global.u32 [addr], v` (`addr` an i64 global address).
     pub fn st_global_u32(&self, addr: IntValue<'ctx>, v: IntValue<'ctx>) -> R<()> {
         self.asm_void(

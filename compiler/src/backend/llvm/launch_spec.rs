@@ -41,6 +41,9 @@ pub enum GridDim {
     QRows,
     /// The decode kernel's splits of each sequence's reachable positions.
     Splits,
+    /// The decode kernel's CTAs along the splits when it steals work
+    /// (`decode_mma::COPY_STEAL`): its static splits, fewer than [`GridDim::Splits`].
+    SplitCtas,
     /// `Hkv * row_groups` (the decode kernel: kv heads times row groups per kv head).
     KvHeadRowGroups,
 }
@@ -97,6 +100,7 @@ impl fmt::Display for GridDim {
             GridDim::PreRows => "ceil(B Hq Lq / rows per CTA)",
             GridDim::QRows => "Lq",
             GridDim::Splits => "splits",
+            GridDim::SplitCtas => "static splits",
             GridDim::KvHeadRowGroups => "Hkv x row groups",
         })
     }

@@ -1341,8 +1341,14 @@ pub enum KernelParam {
     NumPages,
     /// u32 `[B, Hkv, row_groups]`: splits of each (b, kv head, row group) that have
     /// written their partials ([`KernelKind::DecodeMmaFused`](crate::backend::KernelKind::DecodeMmaFused);
-    /// zero before the first launch, reset to zero by the CTA that merges).
+    /// zero before the first launch, reset to zero by the CTA that merges). The plain
+    /// tensor-core decode kernel with `decode_mma::COPY_STEAL`: word 0 counts the work
+    /// items handed out (zero before the first launch, reset to zero by the launch's
+    /// last CTA).
     DecodeSem,
+    /// i32: keys per stolen split of the tensor-core decode kernel with
+    /// `decode_mma::COPY_STEAL` (the splits from `nctaid.x` on; a multiple of 64).
+    StealChunk,
     /// u32 `[2 + 2 SMs]` ([`PtxOptions::tile_counter_words`]) of the persistent forward:
     /// with `PtxOptions::dynamic_tiles` words 0 and 1, the next tile to hand out (beyond
     /// each CTA's first) and the CTAs done, reset to zero by the last CTA of each launch;

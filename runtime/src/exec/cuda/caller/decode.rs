@@ -236,6 +236,8 @@ mod tests {
                 row_groups: 1,
                 splits: 2,
                 chunk: 64,
+                split_ctas: 2,
+                steal_chunk: 0,
                 lkv_max: 100,
                 page_shift: 0,
                 max_pages: 0,
