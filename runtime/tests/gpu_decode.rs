@@ -855,14 +855,26 @@ fn gpu_decode_steal(_d: &CudaDevice) {
             (16, None, 2, (50, 1)),
         ] {
             let sl = vec![1000, 0, 333];
-            let c = case_as(DType::BF16, &mut rng, 3, 8, 2, lq, 128, 1000, sl.clone(), page);
+            let c = case_as(
+                DType::BF16,
+                &mut rng,
+                3,
+                8,
+                2,
+                lq,
+                128,
+                1000,
+                sl.clone(),
+                page,
+            );
             let mut caps = captures_for(&variant, &c, 11);
             if name == "sliding_window" {
                 caps = caps.param("window", ParamValue::I32(300));
             }
             let what = format!("steal {name} lq {lq} {page:?} {statics} static {steal:?}");
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
-            o.decode.copy = attnc::options::parse_decode_copy(if lq == 1 { "eikln" } else { "eikn" });
+            o.decode.copy =
+                attnc::options::parse_decode_copy(if lq == 1 { "eikln" } else { "eikn" });
             o.decode.splits = Some(statics);
             o.decode.steal = Some(steal);
             o.decode.fused_combine = false;
@@ -883,8 +895,18 @@ fn gpu_decode_steal(_d: &CudaDevice) {
                 bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
                 "{what}: two calls differ"
             );
-            close(&format!("{what} o"), &runs[0].0, &want.o.to_f32(), tol(c.dtype));
-            close(&format!("{what} lse"), &runs[0].1, &want.lse.to_f32(), 0.002);
+            close(
+                &format!("{what} o"),
+                &runs[0].0,
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(
+                &format!("{what} lse"),
+                &runs[0].1,
+                &want.lse.to_f32(),
+                0.002,
+            );
             let ms = bound
                 .cache_device_time_ms(&c.q, &c.cache(), &caps, 3)
                 .unwrap()
@@ -896,9 +918,17 @@ fn gpu_decode_steal(_d: &CudaDevice) {
             let recs = bound.cache_device_trace().expect("trace records");
             let splits = recs.iter().map(|r| r.split).max().unwrap() as usize + 1;
             assert!(splits > statics, "{what}: {splits} splits, none stolen");
-            assert_eq!(recs.len(), 3 * 2 * splits, "{what}: one record per (b, kv head, split)");
+            assert_eq!(
+                recs.len(),
+                3 * 2 * splits,
+                "{what}: one record per (b, kv head, split)"
+            );
             // times relative to a static CTA's start (low 32 bits of the ns timer)
-            let t0 = recs.iter().find(|r| (r.split as usize) < statics).unwrap().t[0];
+            let t0 = recs
+                .iter()
+                .find(|r| (r.split as usize) < statics)
+                .unwrap()
+                .t[0];
             let rel = |x: u32| x.wrapping_sub(t0) as i32 as i64;
             let first = recs
                 .iter()

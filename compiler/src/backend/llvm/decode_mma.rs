@@ -2470,7 +2470,11 @@ mod tests {
                     let atom = "atom.relaxed.gpu.global.add.u32";
                     assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
                     assert_eq!(count(&kn.decode_ptx, atom), 1, "{key}");
-                    assert_eq!(count(&kn.decode_ptx, "st.relaxed.gpu.global.u32"), 1, "{key}");
+                    assert_eq!(
+                        count(&kn.decode_ptx, "st.relaxed.gpu.global.u32"),
+                        1,
+                        "{key}"
+                    );
                     assert_eq!(kn.combine_ptx, k0.combine_ptx, "{key}: combine took it");
                     assert_eq!(
                         emit_decode_mma_fused(p, &n).unwrap(),
@@ -2516,7 +2520,10 @@ mod tests {
                         "{key}: each item's start"
                     );
                     if paged {
-                        let tma = |c: u16| DecodeOptions { copy: c | COPY_TMA, ..o };
+                        let tma = |c: u16| DecodeOptions {
+                            copy: c | COPY_TMA,
+                            ..o
+                        };
                         assert_eq!(
                             emit_decode_mma(p, &tma(n.copy)).unwrap().decode_ptx,
                             emit_decode_mma(p, &tma(o.copy)).unwrap().decode_ptx,
