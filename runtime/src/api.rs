@@ -328,6 +328,13 @@ impl Bound {
         self.exec.cuda().map(|c| c.kv_bounds())
     }
 
+    /// The options of the CUDA forward kernel this binding launches (its tiles and
+    /// schedule: `PtxOptions::for_binding` refined by the environment's overrides);
+    /// `None` for backends other than CUDA.
+    pub fn cuda_forward_options(&self) -> Option<attnc_compiler::backend::llvm::PtxOptions> {
+        self.exec.cuda().map(|c| c.forward_options())
+    }
+
     /// The plan of this binding (every analysis result of the program).
     pub fn plan(&self) -> &Plan {
         &self.plan

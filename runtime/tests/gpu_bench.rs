@@ -642,3 +642,205 @@ fn gpu_bench_block_table() {
         );
     }
 }
+
+/// The last tiles split along kv (`PtxOptions::tail_split`) against the binding's kernel
+/// without it, alternated in one process (the GPU's clocks drift under a sustained load,
+/// so candidates timed one after the other do not separate; session 17 (fwd)). Per case
+/// (`ATTNC_AB_CASES`, default `dense128,densegqa,dense64,sliding128,slidinggqa`: dense
+/// B2 H16 L8192 D128, dense B1 Hq32 Hkv8 L16384 D128, dense B4 H16 L4096 D64, sliding
+/// window 1024 at both D128 shapes; bf16): `whole` is the runtime's kernel
+/// (`PtxOptions::for_binding`) without the split (dense D128: one CTA per tile, as before
+/// session 18; the others persistent in static rounds), `tail` the same with persistent
+/// CTAs in static rounds, two Q buffers and the split. `ATTNC_AB_ROUNDS` rounds (default
+/// 12), each timing both (`ATTNC_AB_ITERS` launches after 2, default 10) in the order
+/// AB, then BA in the next round; prints every time, the min and median of each and how
+/// many rounds each won, and the largest difference of their outputs (O, LSE).
+#[test]
+#[ignore = "benchmark on the GPU machine: --ignored gpu_bench_ab"]
+fn gpu_bench_ab() {
+    let Some(dev) = device_or_skip("gpu_bench_ab") else {
+        return;
+    };
+    let env_n = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(default)
+    };
+    let rounds = env_n("ATTNC_AB_ROUNDS", 12);
+    let iters = env_n("ATTNC_AB_ITERS", 10);
+    let cases = std::env::var("ATTNC_AB_CASES")
+        .unwrap_or_else(|_| "dense128,densegqa,dense64,sliding128,slidinggqa".into());
+    let ty = InputType::Bf16;
+    let mut summary = String::new();
+    for case in cases.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let (b, h, hkv, l, d) = match case {
+            "dense128" | "sliding128" => (2, 16, 16, 8192, 128),
+            "densegqa" | "slidinggqa" => (1, 32, 8, 16384, 128),
+            "dense64" | "sliding64" => (4, 16, 16, 4096, 64),
+            _ => {
+                println!("{case}: unknown case");
+                continue;
+            }
+        };
+        let sliding = case.starts_with("sliding");
+        let (p, mut bind) = (
+            if sliding {
+                samples::sliding()
+            } else {
+                samples::dense()
+            },
+            Bindings::default(),
+        );
+        if sliding {
+            bind.params.push(Scalar::I32(1024));
+        }
+        let shape = Shape {
+            b,
+            hq: h,
+            hkv,
+            lq: l,
+            lkv: l,
+            d,
+            dv: d,
+        };
+        let mut r = rng(42);
+        let (q, _) = random_input(&mut r, shape.q_len(), 1.0, ty);
+        let (k, _) = random_input(&mut r, shape.k_len(), 1.0, ty);
+        let (v, _) = random_input(&mut r, shape.v_len(), 1.0, ty);
+        let (qd, kd, vd) = (
+            dev.upload_u16(&q).unwrap(),
+            dev.upload_u16(&k).unwrap(),
+            dev.upload_u16(&v).unwrap(),
+        );
+        let plan = Plan::new(&p);
+        let bound = PtxOptions::new(dev.arch(), d as u32, d as u32, ty).for_binding(&plan, l);
+        let mut whole = PtxOptions {
+            tail_split: false,
+            ..bound
+        };
+        if !sliding && d == 128 {
+            // (dense D128 before session 18: one CTA per tile)
+            whole.persistent = false;
+            whole.q_double = false;
+        }
+        let tail = PtxOptions {
+            persistent: true,
+            dynamic_tiles: false,
+            q_double: true,
+            tail_split: true,
+            ..whole
+        };
+        let pairs = (2 * b * h * l * l * d) as f64;
+        let density = if sliding {
+            // (exact count of the band's pairs: q - kv in 0..1024)
+            let w = 1024usize.min(l);
+            (l * w - w * (w - 1) / 2) as f64 / (l * l) as f64
+        } else {
+            1.0
+        };
+        let mut probs = Vec::new();
+        for o in [&whole, &tail] {
+            let kern = CudaKernel::load(&dev, &emit(&p, o).unwrap()).unwrap();
+            let maps = BlockMaps::single(attnc_compiler::analysis::blockmap::BlockMap::dense(
+                l,
+                l,
+                o.q_block as usize,
+                o.kv_block as usize,
+            ));
+            let cf = closed(&kern, &p, &shape, &bind);
+            let prob = kern
+                .upload(
+                    &dev,
+                    &shape,
+                    Qkv::Device(qd.clone(), kd.clone(), vd.clone()),
+                    shape.default_scale(),
+                    &bind,
+                    blocks(&cf, &maps),
+                )
+                .unwrap();
+            probs.push((kern, prob));
+        }
+        println!(
+            "{case}: B{b} Hq{h} Hkv{hkv} L{l} D{d}, whole = {}, tail = {}",
+            whole.key(),
+            tail.key()
+        );
+        let mut times = [Vec::new(), Vec::new()];
+        let mut wins = [0usize; 2];
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut t = [0.0f64; 2];
+            for i in order {
+                let (kern, prob) = &probs[i];
+                t[i] = kern
+                    .time(&dev, prob, &LaunchArgs::new(), 2, iters, 1)
+                    .unwrap();
+                times[i].push(t[i]);
+            }
+            wins[(t[1] < t[0]) as usize] += 1;
+            println!(
+                "  round {round:>2} ({}): whole {:.4} ms, tail {:.4} ms, tail/whole {:.4}",
+                if order[0] == 0 { "AB" } else { "BA" },
+                t[0],
+                t[1],
+                t[1] / t[0]
+            );
+        }
+        let stat = |v: &Vec<f64>| {
+            let mut s = v.clone();
+            s.sort_by(|a, b| a.total_cmp(b));
+            (s[0], s[s.len() / 2], s[s.len() - 1])
+        };
+        let (a, bb) = (stat(&times[0]), stat(&times[1]));
+        let tf = |ms: f64| 2.0 * pairs * density / ms / 1e9;
+        // outputs of the last launches (both complete: `time` waited for its events)
+        let (oa, la) = probs[0].1.download(&dev).unwrap();
+        let (ob, lb) = probs[1].1.download(&dev).unwrap();
+        let o_diff = oa
+            .iter()
+            .zip(&ob)
+            .map(|(x, y)| (from_bits(*x, ty) - from_bits(*y, ty)).abs())
+            .fold(0.0f32, f32::max);
+        let l_diff = la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() })
+            .fold(0.0f32, f32::max);
+        let counters = probs[1].1.tile_counter(&dev).unwrap();
+        let line = format!(
+            "{case}: whole min {:.4} med {:.4} max {:.4} ms ({:.1} / {:.1} TFLOP/s), tail min {:.4} med {:.4} max {:.4} ms ({:.1} / {:.1} TFLOP/s); tail/whole min {:.4} med {:.4}; rounds won whole {} tail {}; max |O diff| {o_diff:.5}, |LSE diff| {l_diff:.5}{}{}",
+            a.0,
+            a.1,
+            a.2,
+            tf(a.0),
+            tf(a.1),
+            bb.0,
+            bb.1,
+            bb.2,
+            tf(bb.0),
+            tf(bb.1),
+            bb.0 / a.0,
+            bb.1 / a.1,
+            wins[0],
+            wins[1],
+            if o_diff > 0.02 || l_diff > 0.01 {
+                " MISMATCH"
+            } else {
+                ""
+            },
+            if counters.iter().any(|&w| w != 0) {
+                " COUNTERS NOT ZERO"
+            } else {
+                ""
+            }
+        );
+        println!("{line}");
+        let _ = writeln!(summary, "{line}");
+    }
+    println!("\n{summary}");
+    if let Ok(out) = std::env::var("OUT") {
+        let _ = std::fs::write(format!("{out}/gpu_bench_ab.txt"), &summary);
+    }
+}

@@ -244,6 +244,11 @@ impl CudaExec {
         self.kernel.current().0.spec().kv_bounds.clone()
     }
 
+    /// The forward kernel's options.
+    pub(crate) fn forward_options(&self) -> PtxOptions {
+        self.kernel.current().0.spec().options
+    }
+
     /// `(built, reused)`: forwards that built the block table on the GPU / reused the
     /// one kept from an earlier call.
     pub(crate) fn table_counts(&self) -> (u64, u64) {

@@ -443,6 +443,16 @@ impl<'ctx> RowRuns<'ctx> {
         })
     }
 
+    /// The kv blocks `first..end` that these runs cover (empty when `first >= end`): the
+    /// start of the first run and the end of the last, which a closed form's runs in
+    /// registers always hold (`None` for a block table's).
+    pub fn extent(&self) -> Option<(IntValue<'ctx>, IntValue<'ctx>)> {
+        match &self.src {
+            RunSource::Regs(runs) => Some((runs[0][0], runs[2][1])),
+            RunSource::Table(_) => None,
+        }
+    }
+
     /// These runs restricted to kv blocks `lo..hi` (`PtxOptions::tail_split`'s pieces):
     /// each run clamped into the range, `beg..end` narrowed to the runs left non-empty
     /// (empty when none is). Clamping runs that follow each other leaves empty runs only

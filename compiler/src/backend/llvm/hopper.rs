@@ -75,7 +75,7 @@
 //! whichever CTA merges), merges them as the online softmax does (`m = max`, O and l
 //! scaled by `2^(c2 (m_i - m))`) and writes O and the LSE with the usual epilogue.
 
-use super::bounds::KvBounds;
+use super::bounds::{KvBounds, RowRuns};
 use super::cta::{Args, place, place_tile, row_runs};
 use super::expr::Env;
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -476,7 +476,7 @@ fn body_persistent<'ctx>(
     )?;
     // (`tail_split`: how this CTA's work is cut, the same walk for both roles)
     let tail = tail_split_on(opts, kv)
-        .then(|| Tail::new(g, c, &a, tiles))
+        .then(|| Tail::new(g, c, p, kv, &a, tiles))
         .transpose()?;
     let producer_bb = g.block("producer");
     let consumer_bb = g.block("consumer");
@@ -502,8 +502,8 @@ fn body_persistent<'ctx>(
             let produce = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
                 let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
                 let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
-                if let Some(pc) = piece {
-                    runs = runs.clamp(g, pc.lo, pc.hi)?;
+                if let (Some(pc), Some(tl)) = (piece, &tail) {
+                    runs = tl.clamp(g, &runs, pc)?;
                 }
                 g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
                     let prod = Producer {
@@ -565,8 +565,8 @@ fn body_persistent<'ctx>(
     let consume = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
         let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
         let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
-        if let Some(pc) = piece {
-            runs = runs.clamp(g, pc.lo, pc.hi)?;
+        if let (Some(pc), Some(tl)) = (piece, &tail) {
+            runs = tl.clamp(g, &runs, pc)?;
         }
         for x in o.tiles.iter().flatten().flatten() {
             g.set(x, g.cf(0.0))?;
@@ -740,8 +740,12 @@ pub(crate) fn tail_split_on(opts: &PtxOptions, kv: &KvBounds) -> bool {
 
 /// How a persistent CTA's work is cut under `PtxOptions::tail_split` (module header):
 /// `whole` tiles in `rounds` rounds of `grid`, then this CTA's units (kv blocks of the
-/// split tiles) `u_beg..u_end` of `units`, `nkv` per tile. Units are i64.
+/// split tiles) `u_beg..u_end` of `units`, `nkv` per tile. Units are i64. With `band`
+/// (a range bounded below, `KvBounds::bounds_kv_below`: a sliding window) a tile's units
+/// count from its own first kv block and `nkv` is the widest span of a few q blocks
+/// ([`band_units`]), so that the units are the blocks a band visits, not every kv block.
 struct Tail<'ctx> {
+    band: bool,
     cta: IntValue<'ctx>,
     grid: IntValue<'ctx>,
     whole: IntValue<'ctx>,
@@ -753,15 +757,27 @@ struct Tail<'ctx> {
 }
 
 impl<'ctx> Tail<'ctx> {
-    fn new(g: &Gpu<'ctx>, c: &Cfg, a: &Args<'_, 'ctx>, tiles: IntValue<'ctx>) -> R<Self> {
+    fn new(
+        g: &Gpu<'ctx>,
+        c: &Cfg,
+        p: &Program,
+        kv: &KvBounds,
+        a: &Args<'_, 'ctx>,
+        tiles: IntValue<'ctx>,
+    ) -> R<Self> {
         let (cta, grid) = (g.ctaid('x')?, g.nctaid('x')?);
         let kvb = g.c32(c.kvb as i64);
+        let band = kv.bounds_kv_below();
         // (at least one unit per tile: with Lkv = 0 each piece is a whole tile without
         // blocks, which writes O = 0 and LSE = -inf)
-        let nkv = g.udiv(
-            g.add(a.int(KernelParam::Lkv)?, g.c32(c.kvb as i64 - 1))?,
-            kvb,
-        )?;
+        let nkv = if band {
+            band_units(g, c, p, kv, a)?
+        } else {
+            g.udiv(
+                g.add(a.int(KernelParam::Lkv)?, g.c32(c.kvb as i64 - 1))?,
+                kvb,
+            )?
+        };
         let nkv = g.iintr2("llvm.umax.i32", nkv, g.c32(1))?;
         let rem = g.urem(tiles, grid)?;
         // (grid <= tiles, so rem + grid <= tiles; nothing to split without a remainder)
@@ -773,6 +789,7 @@ impl<'ctx> Tail<'ctx> {
         let u_beg = g.udiv(g.mul(g.zext64(cta)?, units)?, g64)?;
         let u_end = g.udiv(g.mul(g.zext64(g.add(cta, g.c32(1))?)?, units)?, g64)?;
         Ok(Tail {
+            band,
             cta,
             grid,
             whole,
@@ -782,6 +799,21 @@ impl<'ctx> Tail<'ctx> {
             u_beg,
             u_end,
         })
+    }
+    /// A tile's runs restricted to piece `pc`: its kv blocks `lo..hi`, or with `band`
+    /// the blocks `first + lo .. first + hi` from the tile's first block `first`, the
+    /// tile's last piece (`hi = nkv`) to the tile's end (so that a tile wider than `nkv`
+    /// loses no block; units past a narrower tile's end are empty).
+    fn clamp(&self, g: &Gpu<'ctx>, runs: &RowRuns<'ctx>, pc: &Piece<'ctx>) -> R<RowRuns<'ctx>> {
+        if !self.band {
+            return runs.clamp(g, pc.lo, pc.hi);
+        }
+        let (first, end) = runs
+            .extent()
+            .ok_or(LlvmError::Internal("a band's runs in registers"))?;
+        let last = g.icmp(IntPredicate::EQ, pc.hi, self.nkv)?;
+        let hi = g.selecti(last, end, g.add(first, pc.hi)?)?;
+        runs.clamp(g, g.add(first, pc.lo)?, hi)
     }
     /// The first unit of CTA `cta`'s range (i64).
     fn start(&self, g: &Gpu<'ctx>, cta: IntValue<'ctx>) -> R<IntValue<'ctx>> {
@@ -793,6 +825,62 @@ impl<'ctx> Tail<'ctx> {
         let x = g.sub(g.mul(g.add(u, g.c64(1))?, g.zext64(self.grid)?)?, g.c64(1))?;
         Ok(g.b.build_int_truncate(g.udiv(x, self.units)?, g.i32, "")?)
     }
+}
+
+/// The units per split tile of a band (`Tail::band`): the widest kv span (in blocks) of
+/// q blocks 0, `NumQBlocks / 2` and `NumQBlocks - 1`, whose rows are where a band's span
+/// is clamped (the start, the end) or not (the middle). Only the balance of the split
+/// depends on it: a tile's last piece runs to the tile's end ([`Tail::clamp`]).
+fn band_units<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    kv: &KvBounds,
+    a: &Args<'_, 'ctx>,
+) -> R<IntValue<'ctx>> {
+    let KvBounds::ClosedForm(cf) = kv else {
+        return Err(LlvmError::Internal("a band's closed form"));
+    };
+    let offsets = (0..cf.constraints.len() as u32)
+        .map(|i| a.int(KernelParam::KvOffset(i)))
+        .collect::<R<Vec<_>>>()?;
+    let all_partial = match p.mask {
+        Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
+        None => None,
+    };
+    let (lq, lkv, nqb) = (
+        a.int(KernelParam::Lq)?,
+        a.int(KernelParam::Lkv)?,
+        a.int(KernelParam::NumQBlocks)?,
+    );
+    // (q blocks from the end: shifted down by the pad, as `place_tile` does)
+    let pad = if c.q_from_end {
+        g.sub(g.mul(nqb, g.c32(c.qb as i64))?, lq)?
+    } else {
+        g.c32(0)
+    };
+    let last = g.sub(nqb, g.c32(1))?;
+    let mut widest = g.c32(0);
+    for qb in [g.c32(0), g.lshr(nqb, g.c32(1))?, last] {
+        let q0 = g.sub(g.mul(qb, g.c32(c.qb as i64))?, pad)?;
+        let runs = RowRuns::closed_form(
+            g,
+            &kv.coefficients(),
+            &offsets,
+            all_partial,
+            q0,
+            c.q_from_end,
+            c.qb,
+            lq,
+            lkv,
+            c.kvb,
+        )?;
+        let (first, end) = runs
+            .extent()
+            .ok_or(LlvmError::Internal("a band's runs in registers"))?;
+        widest = g.iintr2("llvm.smax.i32", widest, g.sub(end, first)?)?;
+    }
+    Ok(widest)
 }
 
 /// One piece of a CTA's work under `PtxOptions::tail_split`: tile `t` (split tile `k =

@@ -263,7 +263,11 @@ pub struct PtxOptions {
     /// [`KernelParam::TileCounter`] (after words 0 and 1); the CTA whose count completes
     /// the tile merges every piece of the tile in a fixed order (deterministic) and writes
     /// O and the LSE, then zeroes the word for the next launch. Block tables ignore it.
-    /// Off in `new` and `for_binding` (`ATTNC_FWD_TAIL=1` with `ATTNC_FWD_PERSISTENT=1`).
+    /// On a band (a range bounded below: a sliding window) a tile's units are counted
+    /// from its own first kv block, as many per tile as the band's widest span, so that
+    /// the pieces share the blocks a band visits. Off in `new`; [`Self::for_binding`]
+    /// turns it on where it was measured faster (session 18); `ATTNC_FWD_TAIL=1|0` with
+    /// `ATTNC_FWD_PERSISTENT=1` overrides it in the runtime.
     pub tail_split: bool,
     /// With `ws` and a closed-form kv range: the q blocks end at `Lq` instead of starting
     /// at 0 (block `i` covers rows `i q_block - pad ..`, `pad = NumQBlocks q_block - Lq`),
@@ -845,6 +849,21 @@ impl PtxOptions {
             o.persistent = true;
             o.dynamic_tiles = true;
         }
+        // the last tiles split along kv where every tile has the same work and neither
+        // mask nor score reads anything but positions (measured, session 18: dense D128 and
+        // D64, sliding windows at D128; one CTA per tile no longer for dense D128)
+        let plain = plan.program().score.is_none();
+        let dense128 = o.ws
+            && o.d == 128
+            && o.dv == 128
+            && plain
+            && plan.program().mask.is_none()
+            && kv.is_closed_form();
+        if dense128 {
+            o.persistent = true;
+            o.dynamic_tiles = false;
+        }
+        o.tail_split = o.ws && o.persistent && !o.dynamic_tiles && plain && (dense128 || uniform);
         // two Q buffers wherever the CTAs are persistent (D, Dv <= 128 with 2 stages:
         // 192 KB of shared memory at D128)
         o.q_double = o.persistent;

@@ -498,6 +498,42 @@ fn tail_split_cuts_the_last_tiles_along_kv() {
     }
 }
 
+/// `tail_split` on a band (`hopper::Tail::clamp`): a tile's `nkv` units count from its
+/// first kv block `first`, the piece ending at unit `nkv` runs to the tile's end. Over
+/// every cut of the units into pieces and spans shorter, equal and longer than `nkv`,
+/// the pieces' blocks cover the tile's blocks `first..end` exactly once.
+#[test]
+fn tail_split_band_pieces_cover_the_band_once() {
+    for nkv in 1..=6u64 {
+        for first in [0u64, 3, 17] {
+            for span in 0..=2 * nkv + 1 {
+                let end = first + span;
+                // every cut of 0..nkv into pieces: the bits of `cuts` mark piece ends
+                for cuts in 0..(1u64 << (nkv - 1)) {
+                    let mut seen = vec![0u32; span as usize];
+                    let mut lo = 0;
+                    for u in 1..=nkv {
+                        if u < nkv && cuts & (1 << (u - 1)) == 0 {
+                            continue;
+                        }
+                        let hi = u;
+                        let (a, b) = (first + lo, if hi == nkv { end } else { first + hi });
+                        // (the runs clamped into a..b)
+                        for blk in a.max(first)..b.min(end) {
+                            seen[(blk - first) as usize] += 1;
+                        }
+                        lo = hi;
+                    }
+                    assert!(
+                        seen.iter().all(|n| *n == 1),
+                        "nkv {nkv} first {first} span {span} cuts {cuts:b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One piece of the model below: (tile, lo, hi, part, slot).
 type ModelPiece = (u64, u64, u64, bool, u64);
 
@@ -1048,9 +1084,9 @@ fn binding_options_follow_the_plan() {
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 8));
     let o = at(&dense, d64, 4096);
     assert_eq!((o.ws, o.q_block, o.lpt_group), (true, 192, 0));
-    // persistent CTAs with static rounds: no mask at D64 (three consumers) and bands at
-    // D128; with the dynamic tile scheduler: causal-type ranges and block tables (on the
-    // warp-specialized kernel); neither elsewhere
+    // persistent CTAs with static rounds: no mask at D64 (three consumers), bands at
+    // D128 and dense D128; with the dynamic tile scheduler: causal-type ranges and block
+    // tables (on the warp-specialized kernel); neither elsewhere
     assert!(o.persistent && !o.dynamic_tiles);
     let schedule = |p: &Plan, o: PtxOptions| {
         let o = at(p, o, 4096);
@@ -1059,6 +1095,7 @@ fn binding_options_follow_the_plan() {
         (o.persistent, o.dynamic_tiles)
     };
     assert_eq!(schedule(&band, d128), (true, false));
+    assert_eq!(schedule(&dense, d128), (true, false));
     for (p, o) in [
         (&causal, d64),
         (&softcap, d64),
@@ -1070,14 +1107,28 @@ fn binding_options_follow_the_plan() {
     ] {
         assert_eq!(schedule(p, o), (true, true), "{o:?}");
     }
-    for (p, o) in [
-        (&band, d64),
-        (&bias, d64),
-        (&dense, d128),
-        (&doc, d64),
-        (&bias, d128),
-    ] {
+    for (p, o) in [(&band, d64), (&bias, d64), (&doc, d64), (&bias, d128)] {
         assert_eq!(schedule(p, o), (false, false), "{o:?}");
+    }
+    // the last tiles split along kv (session 18) on the static rounds of a plain
+    // program (no score): dense D128 and D64, bands at D128; not with a score, the
+    // dynamic scheduler or off the warp-specialized kernel
+    for (p, o) in [(&dense, d128), (&dense, d64), (&band, d128)] {
+        let o = at(p, o, 4096);
+        assert!(o.tail_split && o.persistent && !o.dynamic_tiles && o.q_double);
+        assert!(o.validate().is_ok(), "{o:?}");
+    }
+    for (p, o) in [
+        (&bias, d128),
+        (&bias, d64),
+        (&causal, d128),
+        (&causal, d64),
+        (&doc, d128),
+        (&band, d64),
+        (&softcap, d64),
+        (&alibi, d128),
+    ] {
+        assert!(!at(p, o, 4096).tail_split, "{o:?}");
     }
     // q blocks from the end where the closed-form range grows with q (the partial q
     // block is then the lightest); not for tables, bands, no mask or the plain kernel
