@@ -266,8 +266,8 @@ pub struct PtxOptions {
     /// On a band (a range bounded below: a sliding window) a tile's units are counted
     /// from its own first kv block, as many per tile as the band's widest span, so that
     /// the pieces share the blocks a band visits. Off in `new`; [`Self::for_binding`]
-    /// turns it on where it was measured faster (session 18); `ATTNC_FWD_TAIL=1|0` with
-    /// `ATTNC_FWD_PERSISTENT=1` overrides it in the runtime.
+    /// turns it on where it was measured faster (session 18: dense D128 and D64);
+    /// `ATTNC_FWD_TAIL=1|0` with `ATTNC_FWD_PERSISTENT=1` overrides it in the runtime.
     pub tail_split: bool,
     /// With `ws` and a closed-form kv range: the q blocks end at `Lq` instead of starting
     /// at 0 (block `i` covers rows `i q_block - pad ..`, `pad = NumQBlocks q_block - Lq`),
@@ -849,21 +849,20 @@ impl PtxOptions {
             o.persistent = true;
             o.dynamic_tiles = true;
         }
-        // the last tiles split along kv where every tile has the same work and neither
-        // mask nor score reads anything but positions (measured, session 18: dense D128 and
-        // D64, sliding windows at D128; one CTA per tile no longer for dense D128)
-        let plain = plan.program().score.is_none();
-        let dense128 = o.ws
-            && o.d == 128
-            && o.dv == 128
-            && plain
-            && plan.program().mask.is_none()
-            && kv.is_closed_form();
+        // the last tiles split along kv on dense attention (no mask, no score), persistent
+        // in static rounds (H200, session 18, one process, 12 alternated rounds, ms
+        // median one CTA per tile / split: B2 H16 L8192 D128 1.743 / 1.646, won 12 of 12;
+        // B1 Hq32 Hkv8 L16384 D128 6.781 / 6.537, won 11 of 12; three consumers at B4 H16
+        // L4096 D64, persistent already, 0.551 / 0.545, won 12 of 12); not yet on bands
+        // (not timed) or with a score
+        let dense = plan.program().score.is_none() && plan.program().mask.is_none();
+        let dense128 = o.ws && o.d == 128 && o.dv == 128 && dense && kv.is_closed_form();
         if dense128 {
             o.persistent = true;
             o.dynamic_tiles = false;
         }
-        o.tail_split = o.ws && o.persistent && !o.dynamic_tiles && plain && (dense128 || uniform);
+        let dense64 = o.ws && o.q_block == 192 && dense;
+        o.tail_split = o.persistent && !o.dynamic_tiles && (dense128 || dense64);
         // two Q buffers wherever the CTAs are persistent (D, Dv <= 128 with 2 stages:
         // 192 KB of shared memory at D128)
         o.q_double = o.persistent;

@@ -1110,15 +1110,16 @@ fn binding_options_follow_the_plan() {
     for (p, o) in [(&band, d64), (&bias, d64), (&doc, d64), (&bias, d128)] {
         assert_eq!(schedule(p, o), (false, false), "{o:?}");
     }
-    // the last tiles split along kv (session 18) on the static rounds of a plain
-    // program (no score): dense D128 and D64, bands at D128; not with a score, the
-    // dynamic scheduler or off the warp-specialized kernel
-    for (p, o) in [(&dense, d128), (&dense, d64), (&band, d128)] {
+    // the last tiles split along kv (session 18) on dense attention: D128 (now
+    // persistent in static rounds) and D64 (three consumers); not on bands (not timed),
+    // with a score, the dynamic scheduler or off the warp-specialized kernel
+    for (p, o) in [(&dense, d128), (&dense, d64)] {
         let o = at(p, o, 4096);
         assert!(o.tail_split && o.persistent && !o.dynamic_tiles && o.q_double);
         assert!(o.validate().is_ok(), "{o:?}");
     }
     for (p, o) in [
+        (&band, d128),
         (&bias, d128),
         (&bias, d64),
         (&causal, d128),
