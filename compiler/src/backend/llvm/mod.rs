@@ -240,7 +240,8 @@ pub struct PtxOptions {
     /// (the prologue and epilogue of one tile hide under the other's products). Needs
     /// [`KernelParam::Batch`]. Off in `new`; [`Self::for_binding`] turns it on where every
     /// tile has the same short work (bands at D128, no mask on the D64 three-consumer
-    /// kernel) and, with [`Self::dynamic_tiles`], where the tiles' work differs.
+    /// kernel), on dense D128 with [`Self::tail_split`], and, with
+    /// [`Self::dynamic_tiles`], where the tiles' work differs.
     pub persistent: bool,
     /// With `persistent`: each CTA takes its next tile from a global counter
     /// ([`KernelParam::TileCounter`], an atomic add by the producer, broadcast to the
