@@ -854,8 +854,9 @@ impl PtxOptions {
         // in static rounds (H200, session 18, one process, 12 alternated rounds, ms
         // median one CTA per tile / split: B2 H16 L8192 D128 1.743 / 1.646, won 12 of 12;
         // B1 Hq32 Hkv8 L16384 D128 6.781 / 6.537, won 11 of 12; three consumers at B4 H16
-        // L4096 D64, persistent already, 0.551 / 0.545, won 12 of 12); not yet on bands
-        // (not timed) or with a score
+        // L4096 D64, persistent already, 0.551 / 0.545, won 12 of 12); not on bands (a
+        // sliding window 1024 at D128, same call, 0.281 / 0.304 at B2, 0.576 / 0.587 at
+        // GQA: slower) or with a score (not timed)
         let dense = plan.program().score.is_none() && plan.program().mask.is_none();
         let dense128 = o.ws && o.d == 128 && o.dv == 128 && dense && kv.is_closed_form();
         if dense128 {

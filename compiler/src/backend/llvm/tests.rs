@@ -1111,7 +1111,7 @@ fn binding_options_follow_the_plan() {
         assert_eq!(schedule(p, o), (false, false), "{o:?}");
     }
     // the last tiles split along kv (session 18) on dense attention: D128 (now
-    // persistent in static rounds) and D64 (three consumers); not on bands (not timed),
+    // persistent in static rounds) and D64 (three consumers); not on bands (slower),
     // with a score, the dynamic scheduler or off the warp-specialized kernel
     for (p, o) in [(&dense, d128), (&dense, d64)] {
         let o = at(p, o, 4096);
