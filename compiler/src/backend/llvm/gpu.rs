@@ -20,6 +20,28 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 pub(crate) type R<T> = Result<T, LlvmError>;
 
+/// Whether an inline asm statement has side effects: `Volatile` ones LLVM neither merges,
+/// moves across each other nor drops; `Pure` ones are values like arithmetic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asm {
+    Pure,
+    Volatile,
+}
+
+/// The types of call arguments (integers, floats, pointers, vectors: what the generator
+/// passes), for declaring an intrinsic or typing an inline asm statement.
+fn arg_types<'ctx>(args: &[BasicMetadataValueEnum<'ctx>]) -> R<Vec<BasicMetadataTypeEnum<'ctx>>> {
+    args.iter()
+        .map(|a| match a {
+            BasicMetadataValueEnum::IntValue(v) => Ok(v.get_type().into()),
+            BasicMetadataValueEnum::FloatValue(v) => Ok(v.get_type().into()),
+            BasicMetadataValueEnum::PointerValue(v) => Ok(v.get_type().into()),
+            BasicMetadataValueEnum::VectorValue(v) => Ok(v.get_type().into()),
+            _ => Err(LlvmError::Internal("call argument kind")),
+        })
+        .collect()
+}
+
 pub(crate) const GLOBAL: u16 = 1;
 pub(crate) const SHARED: u16 = 3;
 
@@ -179,18 +201,7 @@ impl<'ctx> Gpu<'ctx> {
         let f = match self.module.get_function(name) {
             Some(f) => f,
             None => {
-                let tys: Vec<BasicMetadataTypeEnum<'ctx>> = args
-                    .iter()
-                    .map(|a| match a {
-                        BasicMetadataValueEnum::IntValue(v) => v.get_type().into(),
-                        BasicMetadataValueEnum::FloatValue(v) => v.get_type().into(),
-                        BasicMetadataValueEnum::PointerValue(v) => v.get_type().into(),
-                        BasicMetadataValueEnum::VectorValue(v) => v.get_type().into(),
-                        other => {
-                            panic!("intrinsic argument kind {other:?} is not used by the generator")
-                        }
-                    })
-                    .collect();
+                let tys = arg_types(args)?;
                 let ft = match ret {
                     Some(t) => t.fn_type(&tys, false),
                     None => self.ctx.void_type().fn_type(&tys, false),
@@ -213,36 +224,51 @@ impl<'ctx> Gpu<'ctx> {
             .ok_or(LlvmError::Internal("void call"))?
             .into_int_value())
     }
+    /// A pure inline asm statement `text` (`$0` the f32 result, `$1` = `x`): LLVM may
+    /// merge, move or drop it like arithmetic.
     fn asm_f(&self, text: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-        let ft = self.f32.fn_type(&[self.f32.into()], false);
-        let asm =
-            self.ctx
-                .create_inline_asm(ft, text.into(), "=f,f".into(), false, false, None, false);
-        let cs = self.b.build_indirect_call(ft, asm, &[x.into()], "")?;
-        Ok(cs
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("asm"))?
+        Ok(self
+            .asm_value(self.f32.into(), text, "=f,f", Asm::Pure, &[x.into()])?
             .into_float_value())
     }
 
-    /// The inline asm value of `text` under `constraints` with type `ft`: side effects,
-    /// AT&T dialect, no stack alignment, cannot throw.
+    /// The inline asm value of `text` under `constraints` with type `ft`: side effects
+    /// as `effects` says, AT&T dialect, no stack alignment, cannot throw.
     fn inline_asm(
         &self,
         ft: inkwell::types::FunctionType<'ctx>,
         text: &str,
         constraints: &str,
+        effects: Asm,
     ) -> inkwell::values::PointerValue<'ctx> {
         self.ctx.create_inline_asm(
             ft,
             text.into(),
             constraints.into(),
-            true,
+            effects == Asm::Volatile,
             false,
             None,
             false,
         )
+    }
+
+    /// An inline asm statement with one result of type `ret` (its constraint first in
+    /// `constraints`), on `args`; not convergent (compare [`Self::asm_call`]).
+    fn asm_value(
+        &self,
+        ret: BasicTypeEnum<'ctx>,
+        text: &str,
+        constraints: &str,
+        effects: Asm,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> R<BasicValueEnum<'ctx>> {
+        let ft = ret.fn_type(&arg_types(args)?, false);
+        let asm = self.inline_asm(ft, text, constraints, effects);
+        self.b
+            .build_indirect_call(ft, asm, args, "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or(LlvmError::Internal("inline asm result"))
     }
 
     /// A side-effecting inline asm statement that returns `n` f32 values (none: void).
@@ -255,21 +281,14 @@ impl<'ctx> Gpu<'ctx> {
         n_out: usize,
         args: &[BasicMetadataValueEnum<'ctx>],
     ) -> R<Vec<FloatValue<'ctx>>> {
-        let tys: Vec<BasicMetadataTypeEnum<'ctx>> = args
-            .iter()
-            .map(|a| match a {
-                BasicMetadataValueEnum::IntValue(v) => Ok(v.get_type().into()),
-                BasicMetadataValueEnum::FloatValue(v) => Ok(v.get_type().into()),
-                _ => Err(LlvmError::Internal("inline asm operand kind")),
-            })
-            .collect::<R<_>>()?;
+        let tys = arg_types(args)?;
         let st = self.ctx.struct_type(&vec![self.f32.into(); n_out], false);
         let ft = match n_out {
             0 => self.ctx.void_type().fn_type(&tys, false),
             1 => self.f32.fn_type(&tys, false),
             _ => st.fn_type(&tys, false),
         };
-        let asm = self.inline_asm(ft, text, constraints);
+        let asm = self.inline_asm(ft, text, constraints, Asm::Volatile);
         let cs = self.b.build_indirect_call(ft, asm, args, "")?;
         let conv = self.ctx.create_enum_attribute(
             inkwell::attributes::Attribute::get_named_enum_kind_id("convergent"),
@@ -369,44 +388,28 @@ impl<'ctx> Gpu<'ctx> {
     /// that LLVM neither merges with `x` nor moves across other volatile statements (a
     /// wgmma accumulator input that must be its own register before `wgmma.fence`).
     pub fn fcopy(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-        let ft = self.f32.fn_type(&[self.f32.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "mov.b32 $0, $1;".into(),
-            "=f,f".into(),
-            true,
-            false,
-            None,
-            false,
-        );
         Ok(self
-            .b
-            .build_indirect_call(ft, asm, &[x.into()], "")?
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("asm result"))?
+            .asm_value(
+                self.f32.into(),
+                "mov.b32 $0, $1;",
+                "=f,f",
+                Asm::Volatile,
+                &[x.into()],
+            )?
             .into_float_value())
     }
     /// `mov.b64` of `x` as a pure inline statement: the same value, whose bits LLVM no
     /// longer knows (so it keeps a later `add` of a constant an `add` instead of turning
     /// it into an `or` of the low word where it can prove the low bits zero).
     pub fn opaque64(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        let ft = self.i64.fn_type(&[self.i64.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "mov.b64 $0, $1;".into(),
-            "=l,l".into(),
-            false,
-            false,
-            None,
-            false,
-        );
         Ok(self
-            .b
-            .build_indirect_call(ft, asm, &[x.into()], "")?
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("asm result"))?
+            .asm_value(
+                self.i64.into(),
+                "mov.b64 $0, $1;",
+                "=l,l",
+                Asm::Pure,
+                &[x.into()],
+            )?
             .into_int_value())
     }
     /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
@@ -420,23 +423,14 @@ impl<'ctx> Gpu<'ctx> {
         {
             return self.fmul(x, self.cf(r));
         }
-        let ft = self.f32.fn_type(&[self.f32.into(), self.f32.into()], false);
-        let asm = self.ctx.create_inline_asm(
-            ft,
-            "div.full.f32 $0, $1, $2;".into(),
-            "=f,f,f".into(),
-            false,
-            false,
-            None,
-            false,
-        );
-        let cs = self
-            .b
-            .build_indirect_call(ft, asm, &[x.into(), y.into()], "")?;
-        Ok(cs
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("asm"))?
+        Ok(self
+            .asm_value(
+                self.f32.into(),
+                "div.full.f32 $0, $1, $2;",
+                "=f,f,f",
+                Asm::Pure,
+                &[x.into(), y.into()],
+            )?
             .into_float_value())
     }
     pub fn fintr(&self, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
@@ -1075,17 +1069,9 @@ impl<'ctx> Gpu<'ctx> {
 
     /// A side-effecting inline asm statement with one i32 result.
     fn asm_i32(&self, text: &str, constraints: &str, args: &[IntValue<'ctx>]) -> R<IntValue<'ctx>> {
-        let tys: Vec<BasicMetadataTypeEnum<'ctx>> =
-            args.iter().map(|a| a.get_type().into()).collect();
-        let ft = self.i32.fn_type(&tys, false);
-        let asm = self.inline_asm(ft, text, constraints);
         let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|a| (*a).into()).collect();
         Ok(self
-            .b
-            .build_indirect_call(ft, asm, &args, "")?
-            .try_as_basic_value()
-            .basic()
-            .ok_or(LlvmError::Internal("asm i32"))?
+            .asm_value(self.i32.into(), text, constraints, Asm::Volatile, &args)?
             .into_int_value())
     }
     /// `%globaltimer`'s low 32 bits (ns; a diagnostic: `decode_mma::COPY_TRACE`), read
