@@ -604,125 +604,70 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// and 16) off and `ATTNC_BWD_CUTS=0` the math warps' instruction cuts (`bwd_stmatrix`,
 /// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
+    bwd_overrides(o, |name| std::env::var(name).ok())
+}
+
+/// [`bwd_dq_override`] with the variables' values from `get` (tests).
+fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     let bulk = o.bwd_dq == BwdDq::OrderedBulk;
-    let o = match std::env::var("ATTNC_BWD_FPOS").as_deref() {
-        Ok("0") => PtxOptions {
-            float_positions: false,
-            ..o
-        },
-        _ => o,
+    let fused = o.bwd_dq != BwdDq::Separate;
+    let env_switch = |name: &str| match get(name).as_deref() {
+        Some("1") => Some(true),
+        Some("0") => Some(false),
+        _ => None,
     };
-    let o = match std::env::var("ATTNC_BWD_LPT").as_deref() {
-        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions { bwd_lpt: true, ..o },
-        Ok("0") => PtxOptions {
-            bwd_lpt: false,
-            ..o
-        },
-        _ => o,
+    // `name=1` turns `switch` on where `allow` holds, `name=0` off; else it stays
+    let set = |switch: &mut bool, name: &str, allow: bool| match env_switch(name) {
+        Some(true) if allow => *switch = true,
+        Some(false) => *switch = false,
+        _ => {}
     };
-    let o = match std::env::var("ATTNC_BWD_WSCAN").as_deref() {
-        Ok("1") if o.bwd_dq != BwdDq::Separate && !o.bwd_lpt => PtxOptions {
-            bwd_wscan: true,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_wscan: false,
-            ..o
-        },
-        _ => o,
-    };
-    let o = match std::env::var("ATTNC_BWD_PERSIST").as_deref() {
+    let off = |name: &str| env_switch(name) == Some(false);
+    o.float_positions &= !off("ATTNC_BWD_FPOS");
+    set(&mut o.bwd_lpt, "ATTNC_BWD_LPT", fused);
+    set(&mut o.bwd_wscan, "ATTNC_BWD_WSCAN", fused && !o.bwd_lpt);
+    match env_switch("ATTNC_BWD_PERSIST") {
         // (bands and tables: session 12's options, as gpu_backward_persist tests them;
         // visit records need the non-persistent kernel)
-        Ok("1") if bulk && o.bwd_tma => PtxOptions {
-            bwd_persist: true,
-            bwd_visit_rec: false,
-            bwd_band_keep: false,
-            bwd_stmatrix: o.bwd_stmatrix && !o.bwd_wscan,
-            bwd_desc: o.bwd_desc && !o.bwd_wscan,
-            bwd_ds_unguarded: o.bwd_ds_unguarded && !o.bwd_wscan,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_persist: false,
-            ..o
-        },
-        _ => o,
-    };
-    let o = match std::env::var("ATTNC_BWD_TWO_WRITERS").as_deref() {
-        Ok("1") if bulk => PtxOptions {
-            bwd_two_writers: true,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_two_writers: false,
-            ..o
-        },
-        _ => o,
-    };
-    let o = match std::env::var("ATTNC_BWD_STORE_PAIRS").as_deref() {
-        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions {
-            bwd_store_pairs: true,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_store_pairs: false,
-            ..o
-        },
-        _ => o,
-    };
-    let o = match std::env::var("ATTNC_BWD_WGDQ").as_deref() {
-        Ok("1") if bulk && o.bwd_tma => PtxOptions {
-            bwd_wg_dq: true,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_wg_dq: false,
-            ..o
-        },
-        _ => o,
-    };
-    let off = |k: &str| std::env::var(k).as_deref() == Ok("0");
-    let o = match std::env::var("ATTNC_BWD_PDL").as_deref() {
-        Ok("1") if o.bwd_dq != BwdDq::Separate => PtxOptions {
-            bwd_pdl: true,
-            bwd_convert_early: true,
-            ..o
-        },
-        Ok("0") => PtxOptions {
-            bwd_pdl: false,
-            bwd_convert_early: false,
-            ..o
-        },
-        _ => o,
-    };
-    let o = PtxOptions {
-        bwd_convert_early: o.bwd_convert_early && !off("ATTNC_BWD_EARLY"),
-        bwd_convert_wide: o.bwd_convert_wide && !off("ATTNC_BWD_WIDE"),
-        bwd_visit_rec: o.bwd_visit_rec && !off("ATTNC_BWD_REC"),
-        ..o
-    };
-    let o = if off("ATTNC_BWD_CUTS") {
-        PtxOptions {
-            bwd_stmatrix: false,
-            bwd_desc: false,
-            bwd_ds_unguarded: false,
-            ..o
+        Some(true) if bulk && o.bwd_tma => {
+            o = PtxOptions {
+                bwd_persist: true,
+                bwd_visit_rec: false,
+                bwd_band_keep: false,
+                bwd_stmatrix: o.bwd_stmatrix && !o.bwd_wscan,
+                bwd_desc: o.bwd_desc && !o.bwd_wscan,
+                bwd_ds_unguarded: o.bwd_ds_unguarded && !o.bwd_wscan,
+                ..o
+            }
         }
-    } else {
-        o
-    };
-    match std::env::var("ATTNC_BWD_DQ").as_deref() {
+        Some(false) => o.bwd_persist = false,
+        _ => {}
+    }
+    set(&mut o.bwd_two_writers, "ATTNC_BWD_TWO_WRITERS", bulk);
+    set(&mut o.bwd_store_pairs, "ATTNC_BWD_STORE_PAIRS", fused);
+    set(&mut o.bwd_wg_dq, "ATTNC_BWD_WGDQ", bulk && o.bwd_tma);
+    match env_switch("ATTNC_BWD_PDL") {
+        Some(true) if fused => (o.bwd_pdl, o.bwd_convert_early) = (true, true),
+        Some(false) => (o.bwd_pdl, o.bwd_convert_early) = (false, false),
+        _ => {}
+    }
+    o.bwd_convert_early &= !off("ATTNC_BWD_EARLY");
+    o.bwd_convert_wide &= !off("ATTNC_BWD_WIDE");
+    o.bwd_visit_rec &= !off("ATTNC_BWD_REC");
+    if off("ATTNC_BWD_CUTS") {
+        (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded) = (false, false, false);
+    }
+    match get("ATTNC_BWD_DQ").as_deref() {
         // (without the TMA producer: no visit records, which its warp stores)
-        Ok("ordered") if bulk => PtxOptions {
+        Some("ordered") if bulk => PtxOptions {
             bwd_tma: false,
             bwd_wg_dq: false,
             bwd_visit_rec: false,
             ..o.backward_fused(BwdDq::Ordered)
         },
-        Ok("tma") if bulk => PtxOptions { bwd_tma: true, ..o },
-        Ok("bulk") if bulk => PtxOptions {
+        Some("tma") if bulk => PtxOptions { bwd_tma: true, ..o },
+        Some("bulk") if bulk => PtxOptions {
             bwd_tma: false,
             bwd_wg_dq: false,
             bwd_visit_rec: false,
@@ -839,5 +784,112 @@ mod tests {
         }
         assert!(BackwardOptions::default().deterministic);
         assert!(!BackwardOptions::nondeterministic().deterministic);
+    }
+
+    /// The environment's A/B switches (`bwd_dq_override`, read through `bwd_overrides`
+    /// from a table instead of the process's environment): unset names and values other
+    /// than `0` / `1` change nothing; `0` turns a switch off; `1` turns it on only where
+    /// its scheme allows it (the warp-wide search not with the longest-first order, none
+    /// of the fused kernel's switches on the two-kernel backward); the persistent kernel
+    /// drops the visit records and band keeps; `ATTNC_BWD_PDL` moves the early conversion
+    /// with the chaining, `ATTNC_BWD_EARLY=0` the conversion alone; `ATTNC_BWD_DQ` picks
+    /// the fused scheme.
+    #[test]
+    fn backward_env_switches() {
+        let with = |vars: &[(&str, &str)], o: PtxOptions| {
+            bwd_overrides(o, |k| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let plan = Plan::new(&samples::causal());
+        let base = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 4096);
+        assert_eq!(base.bwd_dq, BwdDq::OrderedBulk);
+        assert!(base.bwd_lpt && base.bwd_tma && base.bwd_visit_rec && !base.bwd_wscan);
+        assert_eq!(with(&[], base), base);
+        assert_eq!(
+            with(&[("ATTNC_BWD_LPT", "no"), ("ATTNC_BWD_CUTS", "")], base),
+            base
+        );
+        let fpos = PtxOptions {
+            float_positions: true,
+            ..base
+        };
+        assert!(!with(&[("ATTNC_BWD_FPOS", "0")], fpos).float_positions);
+        assert!(with(&[("ATTNC_BWD_FPOS", "1")], fpos).float_positions);
+        assert!(!with(&[("ATTNC_BWD_LPT", "0")], base).bwd_lpt);
+        // the warp-wide search: not with the longest-first order
+        assert!(!with(&[("ATTNC_BWD_WSCAN", "1")], base).bwd_wscan);
+        let o = with(&[("ATTNC_BWD_LPT", "0"), ("ATTNC_BWD_WSCAN", "1")], base);
+        assert!(o.bwd_wscan && !o.bwd_lpt);
+        let o = with(&[("ATTNC_BWD_PERSIST", "1")], base);
+        assert!(o.bwd_persist && !o.bwd_visit_rec && !o.bwd_band_keep);
+        assert_eq!(o.bwd_stmatrix, base.bwd_stmatrix);
+        assert!(!with(&[("ATTNC_BWD_PERSIST", "0")], o).bwd_persist);
+        let o = with(&[("ATTNC_BWD_PDL", "1")], base);
+        assert!(o.bwd_pdl && o.bwd_convert_early);
+        let o = with(&[("ATTNC_BWD_PDL", "1"), ("ATTNC_BWD_EARLY", "0")], base);
+        assert!(o.bwd_pdl && !o.bwd_convert_early);
+        let o = with(&[("ATTNC_BWD_PDL", "0")], o);
+        assert!(!o.bwd_pdl && !o.bwd_convert_early);
+        let o = with(&[("ATTNC_BWD_CUTS", "0"), ("ATTNC_BWD_REC", "0")], base);
+        assert!(!o.bwd_stmatrix && !o.bwd_desc && !o.bwd_ds_unguarded && !o.bwd_visit_rec);
+        assert!(!with(&[("ATTNC_BWD_WIDE", "0")], base).bwd_convert_wide);
+        let off = PtxOptions {
+            bwd_two_writers: false,
+            bwd_store_pairs: false,
+            ..base
+        };
+        let o = with(&[("ATTNC_BWD_TWO_WRITERS", "1")], off);
+        assert!(o.bwd_two_writers && !o.bwd_store_pairs);
+        let o = with(&[("ATTNC_BWD_STORE_PAIRS", "1")], off);
+        assert!(o.bwd_store_pairs && !o.bwd_two_writers);
+        let both = [
+            ("ATTNC_BWD_TWO_WRITERS", "0"),
+            ("ATTNC_BWD_STORE_PAIRS", "0"),
+        ];
+        let o = with(
+            &both,
+            PtxOptions {
+                bwd_two_writers: true,
+                bwd_store_pairs: true,
+                ..base
+            },
+        );
+        assert!(!o.bwd_two_writers && !o.bwd_store_pairs);
+        let o = with(&[("ATTNC_BWD_WGDQ", "1")], base);
+        assert!(o.bwd_wg_dq);
+        assert!(
+            !with(
+                &[("ATTNC_BWD_WGDQ", "1")],
+                PtxOptions {
+                    bwd_tma: false,
+                    ..base
+                }
+            )
+            .bwd_wg_dq
+        );
+        let o = with(&[("ATTNC_BWD_DQ", "ordered")], base);
+        assert_eq!(o.bwd_dq, BwdDq::Ordered);
+        assert!(!o.bwd_tma && !o.bwd_visit_rec && !o.bwd_wg_dq);
+        let o = with(&[("ATTNC_BWD_DQ", "bulk")], base);
+        assert!(o.bwd_dq == BwdDq::OrderedBulk && !o.bwd_tma && !o.bwd_visit_rec);
+        assert!(with(&[("ATTNC_BWD_DQ", "tma")], o).bwd_tma);
+        // the two-kernel backward: the fused kernel's switches do not apply
+        let sep = PtxOptions::backward_separate(Arch::Sm90, 128, 128, InputType::Bf16);
+        let all_on = [
+            "ATTNC_BWD_LPT",
+            "ATTNC_BWD_WSCAN",
+            "ATTNC_BWD_PERSIST",
+            "ATTNC_BWD_TWO_WRITERS",
+            "ATTNC_BWD_STORE_PAIRS",
+            "ATTNC_BWD_WGDQ",
+            "ATTNC_BWD_PDL",
+        ]
+        .map(|k| (k, "1"));
+        assert_eq!(with(&all_on, sep), sep);
+        assert_eq!(with(&[("ATTNC_BWD_DQ", "ordered")], sep), sep);
     }
 }
