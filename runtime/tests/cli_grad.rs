@@ -131,7 +131,8 @@ fn emit_ir_grad_and_bench_grad() {
 /// `--nondeterministic` (the backward under `BackwardOptions { deterministic: false }`):
 /// accepted by `run --grad` and `bench --grad` and said in their summary lines; on the CPU
 /// (deterministic anyway) `run` writes the same bits as without it; without `--grad` it is
-/// a usage error naming `--grad` (exit 2).
+/// a usage error naming `--grad` (exit 2), and so is `bench --decode --grad` (decoding has
+/// no backward; the flag was silently ignored before session 18).
 #[test]
 fn nondeterministic_flag_with_grad() {
     let dir = tmpdir("grad-nd");
@@ -223,5 +224,18 @@ fn nondeterministic_flag_with_grad() {
     );
     let out = attnc(&["bench", "examples/causal.attn", "--nondeterministic"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // decoding has no backward: --grad (and so --nondeterministic) with --decode is a
+    // usage error naming both, not a flag silently left unused
+    for extra in [&["--grad"][..], &["--grad", "--nondeterministic"]] {
+        let mut args = vec!["bench", "examples/causal.attn", "--decode"];
+        args.extend_from_slice(extra);
+        let out = attnc(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains("--grad") && text(&out).contains("--decode"),
+            "{}",
+            text(&out)
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

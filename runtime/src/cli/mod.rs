@@ -247,8 +247,8 @@ enum Command {
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
         #[arg(long, value_parser = parse_tiers)]
         jit_tiers: Option<attnc::cuda::JitTiers>,
-        /// Also time the backward (forward and backward timed separately)
-        #[arg(long)]
+        /// Also time the backward (forward and backward timed separately; not with --decode)
+        #[arg(long, conflicts_with = "decode")]
         grad: bool,
         /// With --grad: time the faster non-deterministic backward (cuda on sm_90: dQ's
         /// parts added in any order, q tiles of 80 at dense D128); cpu is deterministic anyway
