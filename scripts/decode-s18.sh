@@ -13,36 +13,40 @@
 #  5. B64 Lkv8192 (one split: `n` does not apply) and B8 Lq1 paged 16, as time allows.
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/d18; mkdir -p $B /tmp/d18o
-for f in "$here"/*.xz; do xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/*
+# the final check: ATTNC_BIN / GPU_DECODE_BIN name already unpacked binaries (no .xz here),
+# TESTS=0 / ANCHORS=0 leave out steps 4 / 3, e.g. (from the repo root, warm machine)
+#   ATTNC_BIN=/tmp/fb/attnc GPU_DECODE_BIN=/tmp/fa/gpu_decode BUDGET=80 TESTS=0 bash scripts/decode-s18.sh
+for f in "$here"/*.xz; do [ -e "$f" ] && xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/* 2>/dev/null
+A=${ATTNC_BIN:-$B/attnc}; T=${GPU_DECODE_BIN:-$B/gpu_decode}
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-d18 ATTNC_EXAMPLES=$PWD/examples
 O=${OUT:-/tmp/d18o}; BUDGET=${BUDGET:-106}; t0=$(date +%s)
 el() { echo $(( $(date +%s) - t0 )); }
 ok() { [ "$(el)" -lt "$1" ]; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader
-bench() { local to=$1 f=$2; shift 2; timeout $to $B/attnc bench examples/$f --decode --backend cuda --dtype bf16 --d 128 --iters 20 "$@" 2>&1 | grep -v "^device" | cut -c1-400; }
+bench() { local to=$1 f=$2; shift 2; timeout $to $A bench examples/$f --decode --backend cuda --dtype bf16 --d 128 --iters 20 "$@" 2>&1 | grep -v "^device" | cut -c1-400; }
 echo "=== 1. B1 ($(el) s)"
 ATTNC_DECODE_BENCH_ROUNDS=5 ATTNC_DECODE_BENCH_TRACE=1 ATTNC_DECODE_BENCH_COPY=efik,efikn,efikln ATTNC_DECODE_BENCH_STEAL=${STEALS:-80:8,70:4} \
   bench 30 dense.attn --decode-shape 1,32,8,1,131072 --kv-cache contiguous | tee $O/b1.txt
-if ok $((BUDGET - 55)); then
+if ok $((BUDGET - 28)); then
 echo "=== 2. B8 ($(el) s)"
 ATTNC_DECODE_BENCH_ROUNDS=4 ATTNC_DECODE_BENCH_COPY=efik,efikn \
-  bench 30 dense.attn --decode-shape 8,32,8,1,32768 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous | tee $O/b8.txt
+  bench 28 dense.attn --decode-shape 8,32,8,1,32768 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous | tee $O/b8.txt
 fi
-if ok $((BUDGET - 30)); then
+if [ "${ANCHORS:-1}" = 1 ] && ok $((BUDGET - 18)); then
 echo "=== 3. SDPA anchors ($(el) s)"
 PYTHONUNBUFFERED=1 timeout 18 python3 scripts/decode_bench_torch.py --no-flex 2>&1 | grep -v Warning | tee $O/anchors.txt
 fi
-if ok $((BUDGET - 12)); then
+if [ "${TESTS:-1}" = 1 ] && ok $((BUDGET - 12)); then
 echo "=== 4. tests ($(el) s)"; tt=$(( BUDGET - $(el) - 3 )); [ $tt -gt 60 ] && tt=60
 mkdir -p /tmp/d18t
-for t in $($B/gpu_decode --list 2>/dev/null | sed -n 's/: test$//p'); do
+for t in $($T --list 2>/dev/null | sed -n 's/: test$//p'); do
   case $t in gpu_decode_copy_variants) export ATTNC_DECODE_TEST_COPIES="0,eik/efik";; *) unset ATTNC_DECODE_TEST_COPIES;; esac
-  ( ATTNC_DECODE_COPY=efikn timeout $tt $B/gpu_decode --exact $t > /tmp/d18t/$t.log 2>&1; echo "rc=$?" >> /tmp/d18t/$t.log ) &
+  ( ATTNC_DECODE_COPY=efikn timeout $tt $T --exact $t > /tmp/d18t/$t.log 2>&1; echo "rc=$?" >> /tmp/d18t/$t.log ) &
 done
 unset ATTNC_DECODE_TEST_COPIES
 for tool in memcheck racecheck; do
   for t in gpu_decode_steal gpu_decode_sanitize; do
-    ( ATTNC_DECODE_COPY=efikn timeout $tt compute-sanitizer --tool $tool --print-limit 5 $B/gpu_decode --exact $t > /tmp/d18t/san_${tool}_$t.log 2>&1; echo "rc=$?" >> /tmp/d18t/san_${tool}_$t.log ) &
+    ( ATTNC_DECODE_COPY=efikn timeout $tt compute-sanitizer --tool $tool --print-limit 5 $T --exact $t > /tmp/d18t/san_${tool}_$t.log 2>&1; echo "rc=$?" >> /tmp/d18t/san_${tool}_$t.log ) &
   done
 done
 wait
