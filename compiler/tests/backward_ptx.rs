@@ -1446,3 +1446,84 @@ fn fused_affine_unguarded_kernels() {
         }
     }
 }
+
+/// `bwd_empty_late` on the binding's fused kernels at D128 (dense, causal, ALiBi +
+/// causal, soft-cap + causal): by default the dQ slot's `empty` wait follows the dS
+/// barrier before any product of the visit after it is issued; with the option the first
+/// wgmma after that barrier comes before the wait, and the wait follows a
+/// `wgmma.wait_group 1` (dQ completed, dV and dK in flight). The same number of waits.
+#[test]
+fn fused_empty_late_kernels() {
+    let try_wait = "mbarrier.try_wait.parity";
+    let mma = "wgmma.mma_async";
+    // the text after the last `bar.sync 1, 256` (the dS barrier of the visit)
+    let after_ds_bar = |ptx: &str| -> String {
+        let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+        ptx[at..].to_string()
+    };
+    let first = |t: &str, s: &str| t.find(s).unwrap_or(usize::MAX);
+    for (file, name) in [
+        ("dense", "dense"),
+        ("causal", "causal_attention"),
+        ("alibi_causal", "alibi_causal"),
+        ("softcap", "softcap_causal"),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert!(!bind.bwd_empty_late, "{name}");
+        let late = PtxOptions {
+            bwd_empty_late: true,
+            ..bind
+        };
+        assert!(late.key() != bind.key(), "{name}");
+        let def = dkdv_twice(&plan, &bind, name, &format!("el_def_{name}_bwd_dkdv.ptx"));
+        let new = dkdv_twice(&plan, &late, name, &format!("el_z_{name}_bwd_dkdv.ptx"));
+        let (t0, t1) = (after_ds_bar(&def.ptx), after_ds_bar(&new.ptx));
+        assert!(
+            first(&t0, try_wait) < first(&t0, mma),
+            "{name}: default waits for the slot before the products"
+        );
+        assert!(
+            first(&t1, mma) < first(&t1, try_wait),
+            "{name}: the products before the slot wait"
+        );
+        let w1 = first(&t1, "wgmma.wait_group.sync.aligned 1;");
+        assert!(
+            w1 < first(&t1, try_wait) && first(&t1, try_wait) < usize::MAX,
+            "{name}: the slot wait after dQ's wait"
+        );
+        assert_eq!(
+            def.ptx.matches(try_wait).count(),
+            new.ptx.matches(try_wait).count(),
+            "{name}"
+        );
+        // bwd_dv_early: a product issued between the element code's last wait and the dS
+        // barrier (dV), none by default
+        let dv = PtxOptions {
+            bwd_dv_early: true,
+            ..bind
+        };
+        assert!(dv.key() != bind.key() && dv.key() != late.key(), "{name}");
+        let kj = dkdv_twice(&plan, &dv, name, &format!("el_j_{name}_bwd_dkdv.ptx"));
+        let before_ds_bar = |ptx: &str| -> String {
+            let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+            let w = ptx[..at].rfind("wgmma.wait_group").expect("a wait");
+            ptx[w..at].to_string()
+        };
+        assert!(!before_ds_bar(&def.ptx).contains(mma), "{name}");
+        assert!(
+            before_ds_bar(&kj.ptx).contains(mma),
+            "{name}: dV before the barrier"
+        );
+        let jz = PtxOptions {
+            bwd_empty_late: true,
+            ..dv
+        };
+        let kjz = dkdv_twice(&plan, &jz, name, &format!("el_jz_{name}_bwd_dkdv.ptx"));
+        assert!(before_ds_bar(&kjz.ptx).contains(mma), "{name}");
+        let t = after_ds_bar(&kjz.ptx);
+        assert!(first(&t, mma) < first(&t, try_wait), "{name}");
+    }
+}

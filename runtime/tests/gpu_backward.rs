@@ -1148,7 +1148,10 @@ fn test_options(
 /// A trailing `+a` steps the fused kernel's wgmma descriptors with one 64-bit add each
 /// (`PtxOptions::bwd_desc64`, with `bwd_desc`), e.g. `default+a`; a trailing `+f` drops the
 /// P = 0 select of dS on full blocks of an affine score such as ALiBi
-/// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`.
+/// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`. A trailing `+z` waits for
+/// the fused kernel's free dQ slot after issuing the products (`PtxOptions::bwd_empty_late`),
+/// e.g. `default+z`, `default+e+z`; a trailing `+j` issues dV before the dS barrier
+/// (`PtxOptions::bwd_dv_early`), e.g. `default+j+z`.
 /// A trailing `+l` chains the fused backward's kernels by
 /// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
 /// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
@@ -1311,6 +1314,20 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     if let Some(rest) = cfg.strip_suffix("+h") {
         return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_stats_early: true,
+            ..o
+        });
+    }
+    // `+z`: the dQ slot's `empty` wait after the products' issue (`bwd_empty_late`)
+    if let Some(rest) = cfg.strip_suffix("+z") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_empty_late: true,
+            ..o
+        });
+    }
+    // `+j`: dV issued before the dS barrier (`bwd_dv_early`)
+    if let Some(rest) = cfg.strip_suffix("+j") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_dv_early: true,
             ..o
         });
     }

@@ -520,6 +520,23 @@ pub struct PtxOptions {
     /// barrier as before. Deterministic. Off by default; the kernel bench's `+e`. Other
     /// kinds and q tiles of 128 ignore it.
     pub bwd_p_under_dp: bool,
+    /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`), neither
+    /// [`Self::bwd_pingpong`] nor [`Self::bwd_wg_dq`]: a visit waits for its free dQ slot
+    /// (`empty`) after it has issued dQ, dV and dK and waited for dQ, right before the
+    /// dQ part's stores into the slot (FlashAttention-4's order: its dQ-empty barrier
+    /// follows the dQ and dK issue), instead of between the dS barrier and the products'
+    /// issue, so the wait runs under dV and dK instead of with the tensor cores idle.
+    /// The same values in the same order: bit-identical gradients. Off by default; the
+    /// kernel bench's `+z`. Other kinds ignore it.
+    pub bwd_empty_late: bool,
+    /// The fused backward (`backward/fused.rs`) with the element code after both waits
+    /// (not `overlap`, [`Self::bwd_p_under_dp`], [`Self::bwd_pingpong`],
+    /// [`Self::bwd_wg_dq`] or q tiles of 80): each warpgroup issues dV += Pᵀ dO (its own
+    /// rows of P, from registers) right after its dSᵀ stores, before the dS barrier
+    /// (FlashAttention-4's order), so the tensor cores have it while the warpgroups meet;
+    /// dQ and dK after the barrier. The same products and values: bit-identical
+    /// gradients. Off by default; the kernel bench's `+j`. Other kinds ignore it.
+    pub bwd_dv_early: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score without
     /// capture gradients, on full blocks: `bwd_exp_emu` of every 8 exponentials of a
     /// thread's fragment (elements `4 nt + i` with `(4 nt + i) % 8 < bwd_exp_emu`) computed
@@ -700,6 +717,8 @@ impl PtxOptions {
             bwd_ds_unguarded: false,
             bwd_desc64: false,
             bwd_affine_unguarded: false,
+            bwd_empty_late: false,
+            bwd_dv_early: false,
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
@@ -1047,6 +1066,16 @@ impl PtxOptions {
             }
             + if self.bwd_p_under_dp {
                 " bwd-p-under-dp"
+            } else {
+                ""
+            }
+            + if self.bwd_empty_late {
+                " bwd-empty-late"
+            } else {
+                ""
+            }
+            + if self.bwd_dv_early {
+                " bwd-dv-early"
             } else {
                 ""
             }

@@ -1940,7 +1940,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         }
         // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
         store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
-        if early {
+        // bwd_dv_early: dV (this warpgroup's rows of P, from registers) issued before the
+        // dS barrier as `early` does, so the tensor cores have it while the warpgroups
+        // meet; dQ and dK after the barrier
+        let dv_early = opts.bwd_dv_early && !pipe && !wg_dq && !q80(opts);
+        if early || dv_early {
             let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
             g.wgmma_fence()?;
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
@@ -2045,9 +2049,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // OrderedBulk: this visit's slot, once the writer has read what it held before
     let n = g.geti(&mn)?;
     let (sl, ph) = slot_of(n)?;
-    // (bwd_pingpong: this visit's dQ part is added in the next)
-    if bulk && !pipe {
-        g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?)?;
+    // (bwd_pingpong: this visit's dQ part is added in the next; bwd_empty_late: waited
+    // for after dQ, dV and dK are issued and dQ has completed, before its stores)
+    let empty_late = opts.bwd_empty_late && bulk && !pipe && !wg_dq;
+    let wait_empty = || g.mbar_wait(bar_empty(sl)?, g.xor(ph, one)?);
+    if bulk && !pipe && !empty_late {
+        wait_empty()?;
     }
 
     let base = addr_of(
@@ -2114,6 +2121,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     let other_chunks = |dq0: Vec<FloatValue<'ctx>>| -> R<()> {
         let dq0 = g.wgmma_wait(1, &dq0)?;
+        if empty_late {
+            wait_empty()?;
+        }
         add_part(col_of(0)?, &dq0)?;
         for ci in 1..chunks {
             let x = dq_chunk(g, opts, (&ds_t, ds_off), &t.k, col_of(ci)?, None)?;
@@ -2139,6 +2149,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
             let dq = g.wgmma_wait(1, &dq)?;
+            if empty_late {
+                wait_empty()?;
+            }
             // lane l's 16 bytes of group nt: slot + q80_slot_offset(d, warp, l, nt)
             let at = g.add(
                 slot_addr(sl)?,
