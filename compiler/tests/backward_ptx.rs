@@ -1447,9 +1447,10 @@ fn fused_affine_unguarded_kernels() {
     }
 }
 
-/// `bwd_empty_late` on the binding's fused kernels at D128 (dense, causal, ALiBi +
-/// causal, soft-cap + causal): by default the dQ slot's `empty` wait follows the dS
-/// barrier before any product of the visit after it is issued; with the option the first
+/// `bwd_empty_late` and `bwd_dv_early` on the binding's fused kernels at D128 (dense,
+/// causal, ALiBi + causal, soft-cap + causal), against those options off: without
+/// `bwd_empty_late` the dQ slot's `empty` wait follows the dS barrier before any product
+/// of the visit after it is issued; with the option the first
 /// wgmma after that barrier comes before the wait, and the wait follows a
 /// `wgmma.wait_group 1` (dQ completed, dV and dK in flight). The same number of waits.
 #[test]
@@ -1470,9 +1471,25 @@ fn fused_empty_late_kernels() {
     ] {
         let p = &example(file, name);
         let plan = Plan::new(p);
-        let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+        let binding = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
             .backward_for_binding(&plan, 8192);
-        assert!(!bind.bwd_empty_late, "{name}");
+        // the binding's defaults since session 18: dV early on dense, both on causal and
+        // ALiBi + causal, neither on soft-cap (not measured)
+        let (dv_on, late_on) = match name {
+            "dense" => (true, false),
+            "softcap_causal" => (false, false),
+            _ => (true, true),
+        };
+        assert_eq!(
+            (binding.bwd_dv_early, binding.bwd_empty_late),
+            (dv_on, late_on),
+            "{name}"
+        );
+        let bind = PtxOptions {
+            bwd_dv_early: false,
+            bwd_empty_late: false,
+            ..binding
+        };
         let late = PtxOptions {
             bwd_empty_late: true,
             ..bind

@@ -376,6 +376,38 @@ impl PtxOptions {
         {
             o.bwd_visit_rec = true;
         }
+        // session 18: FlashAttention-4's order after the element code at D128 — dV issued
+        // before the dS barrier (`bwd_dv_early`) and, on the causal-type bindings, the dQ
+        // slot's `empty` wait after the products' issue (`bwd_empty_late`). One H200, one
+        // call, whole backward TFLOP/s default / with, two runs each: dense (`+j`) 558.9,
+        // 559.4 / 576.4, 578.5; causal (`+j+z`) 503.6, 506.0 / 526.9, 523.4; ALiBi + causal
+        // 498.5, 500.0 / 517.2, 516.7. Only where measured: dense (no mask, identity score)
+        // and the causal-type bindings whose score is the identity or has a constant
+        // derivative (ALiBi); soft-cap and the others unchanged
+        if fused::tma_producer(&o)
+            && o.d == 128
+            && o.q_block == 64
+            && o.bwd_dq == BwdDq::OrderedBulk
+            && !o.bwd_wscan
+            && !o.bwd_persist
+            && !o.bwd_pingpong
+            && !o.overlap
+            && !o.bwd_wg_dq
+            && capture_grads(prog).is_empty()
+        {
+            let constant_derivative = || {
+                score_and_derivative(prog).is_some_and(|(_, d)| {
+                    matches!(d.insts[d.ret.index()], crate::ir::Inst::ConstF32(_))
+                })
+            };
+            let measured_score = prog.score.is_none() || constant_derivative();
+            if prog.mask.is_none() && prog.score.is_none() && !o.bwd_lpt {
+                o.bwd_dv_early = true;
+            } else if o.bwd_lpt && o.bwd_visit_rec && measured_score {
+                o.bwd_dv_early = true;
+                o.bwd_empty_late = true;
+            }
+        }
         o
     }
 

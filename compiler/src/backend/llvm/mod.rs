@@ -526,8 +526,11 @@ pub struct PtxOptions {
     /// dQ part's stores into the slot (FlashAttention-4's order: its dQ-empty barrier
     /// follows the dQ and dK issue), instead of between the dS barrier and the products'
     /// issue, so the wait runs under dV and dK instead of with the tensor cores idle.
-    /// The same values in the same order: bit-identical gradients. Off by default; the
-    /// kernel bench's `+z`. Other kinds ignore it.
+    /// The same values in the same order: bit-identical gradients. The kernel bench's
+    /// `+z`; off in [`Self::backward`], on in [`Self::backward_for_binding`] for the D128
+    /// causal-type bindings with the identity score or a constant derivative (one H200,
+    /// whole backward with `bwd_dv_early`: causal 1.04x, ALiBi + causal 1.035x). Other
+    /// kinds ignore it.
     pub bwd_empty_late: bool,
     /// The fused backward (`backward/fused.rs`) with the element code after both waits
     /// (not `overlap`, [`Self::bwd_p_under_dp`], [`Self::bwd_pingpong`],
@@ -535,7 +538,10 @@ pub struct PtxOptions {
     /// rows of P, from registers) right after its dSᵀ stores, before the dS barrier
     /// (FlashAttention-4's order), so the tensor cores have it while the warpgroups meet;
     /// dQ and dK after the barrier. The same products and values: bit-identical
-    /// gradients. Off by default; the kernel bench's `+j`. Other kinds ignore it.
+    /// gradients. The kernel bench's `+j`; off in [`Self::backward`], on in
+    /// [`Self::backward_for_binding`] for D128 dense (one H200, whole backward 1.03x) and,
+    /// with [`Self::bwd_empty_late`], the causal-type bindings named there. Other kinds
+    /// ignore it.
     pub bwd_dv_early: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score without
     /// capture gradients, on full blocks: `bwd_exp_emu` of every 8 exponentials of a

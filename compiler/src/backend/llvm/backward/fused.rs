@@ -182,6 +182,18 @@
 //!   100.6 / 90.6: a CTA's prologue, epilogue and the writer's drain are not what a
 //!   sliding window's short CTAs lose, and the static tile order loses the hardware's
 //!   balancing on documents (docs/performance.md, "GPU backward", session 11).
+//!   `bwd_dv_early` / `bwd_empty_late` (session 18; with OrderedBulk, not `overlap`,
+//!   `bwd_pingpong`, `bwd_wg_dq`): FlashAttention-4's order after the element code —
+//!   each warpgroup issues dV += Pᵀ dO (its own P rows, from registers) right after its
+//!   dSᵀ stores, before the dS barrier, and waits for its free dQ slot (`empty`) only
+//!   after dQ, (dV,) dK are issued and dQ has completed, right before the slot stores:
+//!   before, the slot wait sat between the barrier and the first product with the tensor
+//!   cores idle (ncu, session 14: 6% of the math warps' samples). ptxas 13.0 sm_90a: no
+//!   C75xx, spills unchanged. Measured on an H200 (B2 H16 L8192 D128 bf16, one call,
+//!   interleaved, whole backward TFLOP/s default / `+j` / `+z` / both): dense 559 / 577 /
+//!   567 / 565, causal 505 / 513 / 524 / 525, ALiBi + causal 499 / - / - / 517; the
+//!   binding's default at D128: `bwd_dv_early` on dense, both on causal and ALiBi-type
+//!   causal bindings (docs/performance.md, session 18).
 //!   `bwd_pingpong` (with the TMA producer, two math warpgroups; the runtime's default
 //!   for D64 without mask or score since session 13): the math warpgroups take turns in
 //!   their element code, as the forward's
