@@ -2458,13 +2458,7 @@ pub(super) fn blocks<'ctx>(
 ) -> R<[IntValue<'ctx>; 4]> {
     match kv {
         KvBounds::ClosedForm(cf) => {
-            let offsets = (0..cf.constraints.len() as u32)
-                .map(|i| a.int(KernelParam::KvOffset(i)))
-                .collect::<R<Vec<_>>>()?;
-            let all_partial = match p.mask {
-                Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
-                None => None,
-            };
+            let (offsets, all_partial) = a.closed_form(cf.constraints.len(), p)?;
             let coefs: Vec<(i64, i64)> = kv
                 .coefficients()
                 .into_iter()

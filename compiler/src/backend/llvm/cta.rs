@@ -40,6 +40,24 @@ impl<'ctx> Args<'_, 'ctx> {
     pub fn int(&self, want: KernelParam) -> R<IntValue<'ctx>> {
         Ok(self.get(want)?.into_int_value())
     }
+    /// The closed form's launch values: one i64 `KvOffset` per constraint, and where the
+    /// binding has a mask the i32 `KvAllPartial` flag (set by the host when the closed
+    /// form does not hold for this launch).
+    #[allow(clippy::type_complexity)]
+    pub fn closed_form(
+        &self,
+        constraints: usize,
+        p: &Program,
+    ) -> R<(Vec<IntValue<'ctx>>, Option<IntValue<'ctx>>)> {
+        let offsets = (0..constraints as u32)
+            .map(|i| self.int(KernelParam::KvOffset(i)))
+            .collect::<R<Vec<_>>>()?;
+        let all_partial = match p.mask {
+            Some(_) => Some(self.int(KernelParam::KvAllPartial)?),
+            None => None,
+        };
+        Ok((offsets, all_partial))
+    }
 }
 
 /// Where this CTA works and the heads it reads: besides [`Ctx`], the thread index, the q
@@ -191,13 +209,7 @@ pub(crate) fn row_runs<'ctx>(
             )
         }
         KvBounds::ClosedForm(cf) => {
-            let offsets = (0..cf.constraints.len() as u32)
-                .map(|i| a.int(KernelParam::KvOffset(i)))
-                .collect::<R<Vec<_>>>()?;
-            let all_partial = match p.mask {
-                Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
-                None => None,
-            };
+            let (offsets, all_partial) = a.closed_form(cf.constraints.len(), p)?;
             RowRuns::closed_form(
                 g,
                 &kv.coefficients(),

@@ -641,8 +641,23 @@ pub(super) fn split_keys_from<'ctx>(
     split: IntValue<'ctx>,
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
-    use DecodeParam as P;
-    let ranges = a.ptr(P::Ranges)?;
+    let (lo, hi) = item_range(g, a, b, align)?;
+    let chunk = a.int(DecodeParam::Chunk)?;
+    let k0 = g.add(lo, g.mul(split, chunk)?)?;
+    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
+    Ok((k0, k1))
+}
+
+/// Item `b`'s kv range `[lo, hi)` from `Ranges` (two i32 per item), `lo` rounded down to
+/// `align` keys (a power of two) when `align > 1`: the start every split of the item counts
+/// from ([`split_keys_from`]; the work-stealing splits of `decode_mma` too).
+pub(super) fn item_range<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    b: IntValue<'ctx>,
+    align: u32,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let ranges = a.ptr(DecodeParam::Ranges)?;
     let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
     let lo = if align > 1 {
         g.and(lo, g.c32(-(align as i64)))?
@@ -650,10 +665,7 @@ pub(super) fn split_keys_from<'ctx>(
         lo
     };
     let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
-    let chunk = a.int(P::Chunk)?;
-    let k0 = g.add(lo, g.mul(split, chunk)?)?;
-    let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
-    Ok((k0, k1))
+    Ok((lo, hi))
 }
 
 /// The score/mask environment of a split-KV kernel from its parameters: params, the error

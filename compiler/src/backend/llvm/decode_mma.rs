@@ -49,8 +49,8 @@
 use super::cta::Args;
 use super::decode::{
     DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, check_dv, declare,
-    decode_env, decode_params, decode_spec, finite_or_zero, generate_spec, let_combine_start,
-    merge_partials, split_keys_from, with_combine,
+    decode_env, decode_params, decode_spec, finite_or_zero, generate_spec, item_range,
+    let_combine_start, merge_partials, split_keys_from, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -1561,14 +1561,7 @@ fn steal_keys<'ctx>(
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     use DecodeParam as P;
-    let ranges = a.ptr(P::Ranges)?;
-    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
-    let lo = if align > 1 {
-        g.and(lo, g.c32(-(align as i64)))?
-    } else {
-        lo
-    };
-    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    let (lo, hi) = item_range(g, a, b, align)?;
     let (chunk, small) = (a.int(P::Chunk)?, a.int(P::StealChunk)?);
     let sg = g.nctaid('x')?;
     let big = g.iintr2("llvm.umin.i32", split, sg)?;

@@ -841,13 +841,7 @@ fn band_units<'ctx>(
     let KvBounds::ClosedForm(cf) = kv else {
         return Err(LlvmError::Internal("a band's closed form"));
     };
-    let offsets = (0..cf.constraints.len() as u32)
-        .map(|i| a.int(KernelParam::KvOffset(i)))
-        .collect::<R<Vec<_>>>()?;
-    let all_partial = match p.mask {
-        Some(_) => Some(a.int(KernelParam::KvAllPartial)?),
-        None => None,
-    };
+    let (offsets, all_partial) = a.closed_form(cf.constraints.len(), p)?;
     let (lq, lkv, nqb) = (
         a.int(KernelParam::Lq)?,
         a.int(KernelParam::Lkv)?,
