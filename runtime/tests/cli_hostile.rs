@@ -356,6 +356,35 @@ fn bad_flag_values_are_usage_errors_with_the_allowed_values() {
     );
 }
 
+/// `bench --decode` times its own shapes (issue 12's list or `--decode-shape`): a prefill
+/// shape flag beside it is a usage error naming both flags (before session 19 it was
+/// silently ignored, so `--decode --lkv 8192` timed Lkv 32768..131072), and the decode
+/// flags without `--decode` are usage errors naming `--decode`.
+#[test]
+fn decode_bench_refuses_the_prefill_shape_flags() {
+    let f = "examples/causal.attn";
+    for (flag, value) in [
+        ("--batch", "4"),
+        ("--b", "4"),
+        ("--heads", "32"),
+        ("--h", "32"),
+        ("--hkv", "8"),
+        ("--lq", "1"),
+        ("--lkv", "8192"),
+        ("--docs", "4"),
+        ("--jit-tiers", "off"),
+    ] {
+        usage_error(&["bench", f, "--decode", flag, value], &["--decode", flag]);
+    }
+    for (flag, value) in [
+        ("--decode-shape", "1,2,2,1,16"),
+        ("--kv-cache", "paged"),
+        ("--page-size", "16"),
+    ] {
+        usage_error(&["bench", f, flag, value], &["--decode", flag]);
+    }
+}
+
 #[test]
 fn batch_and_heads_flags_are_the_same_in_bench_and_blockmask() {
     let f = "examples/causal.attn";

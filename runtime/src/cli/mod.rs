@@ -212,19 +212,29 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
         /// Batch size
-        #[arg(long = "batch", alias = "b", default_value_t = 1)]
+        #[arg(
+            long = "batch",
+            alias = "b",
+            default_value_t = 1,
+            conflicts_with = "decode"
+        )]
         b: usize,
         /// Number of query heads
-        #[arg(long = "heads", alias = "h", default_value_t = 8)]
+        #[arg(
+            long = "heads",
+            alias = "h",
+            default_value_t = 8,
+            conflicts_with = "decode"
+        )]
         h: usize,
         /// Number of kv heads (default: = heads; GQA when fewer)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "decode")]
         hkv: Option<usize>,
         /// Query length
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 2048, conflicts_with = "decode")]
         lq: usize,
         /// Key/value length (default: = lq)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "decode")]
         lkv: Option<usize>,
         /// Head dimension D = Dv
         #[arg(long, default_value_t = 64)]
@@ -242,10 +252,10 @@ enum Command {
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = check_param)]
         params: Vec<String>,
         /// Number of sorted ids (documents) in synthetic integer tensors
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, conflicts_with = "decode")]
         docs: usize,
         /// CUDA JIT tiers: off, on, or the quick tier's ptxas level 0-3 (default: $ATTNC_JIT_TIERS, else off)
-        #[arg(long, value_parser = parse_tiers)]
+        #[arg(long, value_parser = parse_tiers, conflicts_with = "decode")]
         jit_tiers: Option<attnc::cuda::JitTiers>,
         /// Also time the backward (forward and backward timed separately; not with --decode)
         #[arg(long, conflicts_with = "decode")]
@@ -254,7 +264,8 @@ enum Command {
         /// parts added in any order, q tiles of 80 at dense D128); cpu is deterministic anyway
         #[arg(long, requires = "grad")]
         nondeterministic: bool,
-        /// Decoding against a KV cache over issue 12's shapes (or --decode-shape), D = --d
+        /// Decoding against a KV cache over issue 12's shapes (or --decode-shape), D = --d;
+        /// the prefill shape (--batch, --heads, --hkv, --lq, --lkv, --docs) does not apply
         #[arg(long)]
         decode: bool,
         /// --decode: cache layouts to run
@@ -262,14 +273,20 @@ enum Command {
             long,
             value_enum,
             value_delimiter = ',',
-            default_value = "contiguous,paged"
+            default_value = "contiguous,paged",
+            requires = "decode"
         )]
         kv_cache: Vec<decode::KvCacheArg>,
         /// --decode: page sizes of the paged layout
-        #[arg(long, value_delimiter = ',', default_value = "16,128")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "16,128",
+            requires = "decode"
+        )]
         page_size: Vec<usize>,
         /// --decode: a shape B,HQ,HKV,LQ,LKV (repeatable; default: issue 12's list)
-        #[arg(long = "decode-shape", value_parser = decode::parse_shape)]
+        #[arg(long = "decode-shape", value_parser = decode::parse_shape, requires = "decode")]
         decode_shapes: Vec<decode::DecodeShapeArg>,
     },
     /// Print the GPU the cuda backend would use (exit 1 when there is none)
