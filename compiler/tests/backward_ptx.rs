@@ -1544,3 +1544,106 @@ fn fused_empty_late_kernels() {
         assert!(first(&t, mma) < first(&t, try_wait), "{name}");
     }
 }
+
+/// `bwd_dv_chunks` on the binding's fused kernels at D128 (dense, causal, ALiBi + causal,
+/// soft-cap + causal; with `bwd_dv_early`): between the element code's last wait and the
+/// dS barrier, dV's four RS k-steps each follow their own `wgmma.fence` and exponentials
+/// are still emitted after the first step is issued (the later chunks' P); without the
+/// option the four steps follow one fence after every exponential. The same products,
+/// one path for full and partial blocks (no more `ex2` than before). With
+/// `bwd_dk_chunks` dK's four steps are there too, each after its own fence. The options
+/// leave the kernels of other settings unchanged (`bwd_dv_early` off: byte-identical).
+#[test]
+fn fused_dv_chunks_kernels() {
+    let mma = "wgmma.mma_async";
+    let fence = "wgmma.fence.sync.aligned;";
+    // from the last wgmma wait before the dS barrier to the barrier: the element code
+    let element_code = |ptx: &str| -> String {
+        let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+        let w = ptx[..at].rfind("wgmma.wait_group").expect("a wait");
+        ptx[w..at].to_string()
+    };
+    let first_mma = |t: &str| t.find(mma).expect("dV");
+    for (file, name) in [
+        ("dense", "dense"),
+        ("causal", "causal_attention"),
+        ("alibi_causal", "alibi_causal"),
+        ("softcap", "softcap_causal"),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let binding = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert!(
+            !binding.bwd_dv_chunks && !binding.bwd_dk_chunks,
+            "{name}: off by default"
+        );
+        let base = PtxOptions {
+            bwd_dv_early: true,
+            ..binding
+        };
+        let chunks = PtxOptions {
+            bwd_dv_chunks: true,
+            ..base
+        };
+        assert!(chunks.key() != base.key(), "{name}");
+        let def = dkdv_twice(&plan, &base, name, &format!("ch_def_{name}_bwd_dkdv.ptx"));
+        let new = dkdv_twice(&plan, &chunks, name, &format!("ch_i_{name}_bwd_dkdv.ptx"));
+        let (e0, e1) = (element_code(&def.ptx), element_code(&new.ptx));
+        assert_eq!(e0.matches(mma).count(), 4, "{name}: dV's four steps");
+        assert_eq!(e1.matches(mma).count(), 4, "{name}: dV's four steps");
+        assert_eq!(e0.matches(fence).count(), 1, "{name}");
+        assert_eq!(e1.matches(fence).count(), 4, "{name}: a fence per step");
+        assert!(
+            !e0[first_mma(&e0)..].contains("ex2.approx"),
+            "{name}: every exponential before dV by default"
+        );
+        assert!(
+            e1[first_mma(&e1)..].contains("ex2.approx"),
+            "{name}: exponentials after dV's first step"
+        );
+        assert_eq!(
+            def.ptx.matches(mma).count(),
+            new.ptx.matches(mma).count(),
+            "{name}: the same products"
+        );
+        // one path (ALiBi's affine path has one already)
+        assert!(
+            new.ptx.matches("ex2.approx").count() <= def.ptx.matches("ex2.approx").count(),
+            "{name}: one path for full and partial blocks"
+        );
+        // bwd_dk_chunks: dK's four steps before the barrier as well, each after a fence
+        let both = PtxOptions {
+            bwd_dk_chunks: true,
+            ..chunks
+        };
+        assert!(both.key() != chunks.key(), "{name}");
+        let k2 = dkdv_twice(&plan, &both, name, &format!("ch_o_{name}_bwd_dkdv.ptx"));
+        let e2 = element_code(&k2.ptx);
+        assert_eq!(e2.matches(mma).count(), 8, "{name}: dV's and dK's steps");
+        assert_eq!(e2.matches(fence).count(), 8, "{name}: a fence per step");
+        assert_eq!(
+            k2.ptx.matches(mma).count(),
+            def.ptx.matches(mma).count(),
+            "{name}: the same products"
+        );
+        // without bwd_dv_early the options change nothing
+        let off = PtxOptions {
+            bwd_dv_early: false,
+            bwd_empty_late: false,
+            ..binding
+        };
+        let a = dkdv_twice(&plan, &off, name, &format!("ch_off_{name}_bwd_dkdv.ptx"));
+        let b = dkdv_twice(
+            &plan,
+            &PtxOptions {
+                bwd_dv_chunks: true,
+                bwd_dk_chunks: true,
+                ..off
+            },
+            name,
+            &format!("ch_offi_{name}_bwd_dkdv.ptx"),
+        );
+        assert_eq!(a.ptx, b.ptx, "{name}: ignored without bwd_dv_early");
+    }
+}

@@ -1151,7 +1151,10 @@ fn test_options(
 /// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`. A trailing `+z` waits for
 /// the fused kernel's free dQ slot after issuing the products (`PtxOptions::bwd_empty_late`),
 /// e.g. `default+z`, `default+e+z`; a trailing `+j` issues dV before the dS barrier
-/// (`PtxOptions::bwd_dv_early`), e.g. `default+j+z`.
+/// (`PtxOptions::bwd_dv_early`), e.g. `default+j+z`; a trailing `+i` also computes P and
+/// dS in chunks of one dV k-step, each step issued as soon as its chunk is rounded
+/// (`PtxOptions::bwd_dv_chunks`), e.g. `default+i`, `default+z+i`; `+o` issues each
+/// chunk's dK step as well (`PtxOptions::bwd_dk_chunks`), e.g. `default+o`.
 /// A trailing `+l` chains the fused backward's kernels by
 /// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
 /// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
@@ -1328,6 +1331,24 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     if let Some(rest) = cfg.strip_suffix("+j") {
         return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_dv_early: true,
+            ..o
+        });
+    }
+    // `+o`: `+i` with each chunk's dK step issued too (`bwd_dk_chunks`)
+    if let Some(rest) = cfg.strip_suffix("+o") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_dv_early: true,
+            bwd_dv_chunks: true,
+            bwd_dk_chunks: true,
+            ..o
+        });
+    }
+    // `+i`: P and dS in k-step chunks, each chunk's dV step issued at once (`bwd_dv_chunks`,
+    // with `bwd_dv_early`)
+    if let Some(rest) = cfg.strip_suffix("+i") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_dv_early: true,
+            bwd_dv_chunks: true,
             ..o
         });
     }

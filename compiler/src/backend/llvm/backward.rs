@@ -1317,6 +1317,34 @@ pub(super) fn wg_ab<'ctx>(
     Ok(acc)
 }
 
+/// K-step `kk` of [`wg_ab`] alone (A fragment `a`, the reduction rows `16 kk ..` of `b`):
+/// `acc + A B` over those 16 rows, not committed ([`PtxOptions::bwd_dv_chunks`]: each
+/// chunk's step issued as soon as its fragment is ready). The same descriptor as
+/// [`wg_ab`]'s step `kk`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wg_ab_step<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    a: [IntValue<'ctx>; 4],
+    b: &SmemTile,
+    b_extra: IntValue<'ctx>,
+    kk: u32,
+    acc: &[FloatValue<'ctx>],
+    desc: Desc,
+) -> R<Vec<FloatValue<'ctx>>> {
+    let base = g.smem_addr32(g.add(b_extra, g.c32(b.offset as i64))?)?;
+    let db = if desc != Desc::Each {
+        DescBase::new(g, desc, base, b.rows * 128)?.at(g, kk * 16 * 128)?
+    } else {
+        g.wgmma_desc(
+            g.add(base, g.c32(kk as i64 * 16 * 128))?,
+            b.rows * 128,
+            1024,
+        )?
+    };
+    g.wgmma(ty, b.cols, WgmmaA::Regs(a), db, true, Some(acc))
+}
+
 /// A warpgroup accumulator as this warp's m16n8 tiles, and back.
 pub(super) fn from_flat<'ctx>(x: &[FloatValue<'ctx>]) -> Acc<'ctx> {
     x.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
@@ -2187,6 +2215,95 @@ pub(super) fn grad_scores<'ctx>(
     }
     g.b.position_at_end(merge);
     Ok((acc_get(g, &pv)?, acc_get(g, &dsv)?))
+}
+
+/// [`PtxOptions::bwd_dv_chunks`]: P of the n8 column groups `nts` of one warp's tile
+/// ([`grad_scores`]' values, without capture gradients or checked mode) on one path for
+/// full and partial blocks: the mask and bounds per element (`or`ed with `full`, so a full
+/// block drops nothing, as its path in [`grad_scores`]), no branch. Returns P and, with a
+/// score function, `∂score/∂s` per element (for [`ds_chunk`]).
+pub(super) fn p_chunk<'ctx>(
+    g: &Gpu<'ctx>,
+    e: &ElemCtx<'_, 'ctx>,
+    s: &Acc<'ctx>,
+    at: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)>,
+    full: IntValue<'ctx>,
+    nts: std::ops::Range<usize>,
+) -> R<(Acc<'ctx>, Option<Acc<'ctx>>)> {
+    if e.cap.is_some() || e.env.err.is_some() || e.band.is_some() {
+        return Err(LlvmError::Internal(
+            "p_chunk: capture gradients, checked mode or band rows",
+        ));
+    }
+    let forms = e.sd.map(|(f, _)| crate::analysis::linear::linear_ints(f));
+    let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
+    let mut pt = Vec::with_capacity(nts.len());
+    let mut dpr = Vec::with_capacity(nts.len());
+    for nt in nts {
+        let (mut p4, mut d4) = ([g.cf(0.0); 4], [g.cf(1.0); 4]);
+        for i in 0..4 {
+            let (pos, l2, _) = at(nt, i)?;
+            let x = s[nt][i];
+            let (el, _) = e.element_at(g, x, pos, false)?;
+            let (_, keep) = e.element_at(g, x, pos, true)?;
+            let keep = match keep {
+                Some(k) => Some(g.or(full, k)?),
+                None => None,
+            };
+            let (logit, dprime) = e.logit(g, el, pos_f(&pos, forms.as_ref()), x, l2, raw_mul)?;
+            p4[i] = g.ex2(kept_logit(g, keep, logit)?)?;
+            if let Some(d) = dprime {
+                d4[i] = d;
+            }
+        }
+        pt.push(p4);
+        dpr.push(d4);
+    }
+    Ok((pt, e.sd.map(|_| dpr)))
+}
+
+/// [`PtxOptions::bwd_dv_chunks`]: dS of the n8 column groups `nts` from [`p_chunk`]'s P
+/// (`p`, `dprime`): `P (dP − Delta) score'`, 0 where P = 0 as [`grad_scores`] (on a
+/// full block not for the identity score with [`ElemCtx::full_unguarded`] nor a finite
+/// constant derivative with [`ElemCtx::affine_unguarded`]: its unguarded paths).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ds_chunk<'ctx>(
+    g: &Gpu<'ctx>,
+    e: &ElemCtx<'_, 'ctx>,
+    p: &Acc<'ctx>,
+    dprime: Option<&Acc<'ctx>>,
+    dp: &Acc<'ctx>,
+    at: &dyn Fn(usize, usize) -> R<(Pos<'ctx>, FloatValue<'ctx>, FloatValue<'ctx>)>,
+    full: IntValue<'ctx>,
+    nts: std::ops::Range<usize>,
+) -> R<Acc<'ctx>> {
+    let unguarded = match (e.sd, affine_score(e)) {
+        (None, _) => e.full_unguarded,
+        (Some(_), Some(d)) => e.affine_unguarded && d.is_finite(),
+        (Some(_), None) => false,
+    };
+    // the P = 0 select everywhere, or only off full blocks
+    let guard = if unguarded {
+        g.xor(full, g.cbool(true))?
+    } else {
+        g.cbool(true)
+    };
+    let mut out = Vec::with_capacity(nts.len());
+    for (k, nt) in nts.enumerate() {
+        let mut t = [g.cf(0.0); 4];
+        for (i, x) in t.iter_mut().enumerate() {
+            let (_, _, delta) = at(nt, i)?;
+            let pr = p[k][i];
+            let mut ds = g.fmul(pr, g.fsub(dp[nt][i], delta)?)?;
+            if let Some(d) = dprime {
+                ds = g.fmul(ds, d[k][i])?;
+            }
+            let zero = g.and(g.fcmp(FloatPredicate::OEQ, pr, g.cf(0.0))?, guard)?;
+            *x = g.selectf(zero, g.cf(0.0), ds)?;
+        }
+        out.push(t);
+    }
+    Ok(out)
 }
 
 /// The constant `∂score/∂s` of a score function affine in s (ALiBi, `s + bias[q]`) when

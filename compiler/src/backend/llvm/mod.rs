@@ -543,6 +543,29 @@ pub struct PtxOptions {
     /// with [`Self::bwd_empty_late`], the causal-type bindings named there. Other kinds
     /// ignore it.
     pub bwd_dv_early: bool,
+    /// The fused backward with [`Self::bwd_dv_early`] (`backward/fused.rs`; the element
+    /// code after both waits, no capture gradients, checked mode, `bwd_band_keep` rows or
+    /// `bwd_exp_emu`, q tiles of 64): P and dS in chunks of 16 q columns (the k-step of
+    /// dV's RS product), each chunk's dV k-step issued as soon as its P is rounded (a
+    /// `wgmma.fence` before each, one commit group after the last), so the tensor cores
+    /// run dV += Pᵀ dO under the rest of the exponentials and dS instead of after them;
+    /// each chunk's dSᵀ stored as it is made. Full and partial blocks share one path (the
+    /// mask and bounds per element selected away on full blocks: a branch on the block
+    /// kind whose paths merge with dV in flight makes ptxas 13.0 serialize every wgmma,
+    /// C7512). The same values in the same order: bit-identical gradients. The kernel
+    /// bench's `+i`; off: slower on an H200 (session 19, whole backward D128 dense 0.975x,
+    /// causal 0.97x, ALiBi + causal 0.965x; docs/performance.md, "Session 19 (bwd19)").
+    /// Other kinds ignore it.
+    pub bwd_dv_chunks: bool,
+    /// With [`Self::bwd_dv_chunks`]: each chunk's dK += dSᵀ Q k-step issued too, as soon
+    /// as its dS is rounded (before the dS barrier; dSᵀ Q needs only the warpgroup's own
+    /// rows), so dV and dK both run under the element code and only dQ follows the barrier
+    /// (its wait then covers dV and dK). The same values in the same order. The kernel
+    /// bench's `+o`; off: no faster on an H200 than `bwd_dv_chunks` alone, both slower than
+    /// the default (session 19, whole backward D128 dense 0.97x, causal 0.97x, ALiBi +
+    /// causal 0.947x the default).
+    /// Ignored without `bwd_dv_chunks`.
+    pub bwd_dk_chunks: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score without
     /// capture gradients, on full blocks: `bwd_exp_emu` of every 8 exponentials of a
     /// thread's fragment (elements `4 nt + i` with `(4 nt + i) % 8 < bwd_exp_emu`) computed
@@ -725,6 +748,8 @@ impl PtxOptions {
             bwd_affine_unguarded: false,
             bwd_empty_late: false,
             bwd_dv_early: false,
+            bwd_dv_chunks: false,
+            bwd_dk_chunks: false,
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
@@ -1082,6 +1107,16 @@ impl PtxOptions {
             }
             + if self.bwd_dv_early {
                 " bwd-dv-early"
+            } else {
+                ""
+            }
+            + if self.bwd_dv_chunks {
+                " bwd-dv-chunks"
+            } else {
+                ""
+            }
+            + if self.bwd_dk_chunks {
+                " bwd-dk-chunks"
             } else {
                 ""
             }

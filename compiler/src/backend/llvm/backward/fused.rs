@@ -194,6 +194,18 @@
 //!   567 / 565, causal 505 / 513 / 524 / 525, ALiBi + causal 499 / - / - / 517; the
 //!   binding's default at D128: `bwd_dv_early` on dense, both on causal and ALiBi-type
 //!   causal bindings (docs/performance.md, session 18).
+//!   `bwd_dv_chunks` / `bwd_dk_chunks` (session 19; with `bwd_dv_early`, off: slower):
+//!   P and dS in chunks of 16 q columns (dV's RS k-step), each chunk's dV step (and with
+//!   `bwd_dk_chunks` its dK step) issued as soon as the chunk is rounded, a `wgmma.fence`
+//!   before each and one commit group, so the exponentials and dS of the later chunks run
+//!   under the tensor cores; full and partial blocks on one path (the mask and bounds
+//!   `or`ed with `full`, no branch). ptxas 13.0 sm_90a: HGMMA steps interleaved with the
+//!   `MUFU.EX2`s, no serialization (an injected `WARPGROUP.ARRIVE` + empty HGMMA to close
+//!   the group, C7519 info), spill stores dense 0, causal 16 -> 32, ALiBi 16 -> 40 bytes;
+//!   the full-block element code 222 -> 393 SASS instructions per warp (dense). Measured
+//!   on an H200 (B2 H16 L8192 D128 bf16, whole backward, interleaved): dense 0.975x,
+//!   causal 0.97x, ALiBi + causal 0.965x the default; with dK 0.97x / 0.97x / 0.95x
+//!   (docs/performance.md, session 19 (bwd19)).
 //!   `bwd_pingpong` (with the TMA producer, two math warpgroups; the runtime's default
 //!   for D64 without mask or score since session 13): the math warpgroups take turns in
 //!   their element code, as the forward's
@@ -286,9 +298,9 @@
 use super::{
     Acc, BandKeep, CapCtx, Common, Desc, DescBase, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set,
     acc_to_a, acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue,
-    dkdv_store, frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats, from_flat,
-    grad_ds, grad_p, grad_scores, load_q_block, slab_kstep, slice_base, to_flat, warp_ballot,
-    wg_ab, wg_abt, wg_result,
+    dkdv_store, ds_chunk, frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats,
+    from_flat, grad_ds, grad_p, grad_scores, load_q_block, p_chunk, slab_kstep, slice_base,
+    to_flat, warp_ballot, wg_ab, wg_ab_step, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
@@ -514,6 +526,8 @@ struct Tile<'ctx> {
 /// issue (from P and dS).
 enum Products<'ctx> {
     DvIssued(Vec<FloatValue<'ctx>>, Vec<[IntValue<'ctx>; 4]>),
+    // bwd_dk_chunks: dV and dK both issued (their accumulators), one commit group
+    BothIssued(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>),
     Later(Acc<'ctx>, Acc<'ctx>),
     // bwd_p_under_dp: P and dSᵀ as A fragments, nothing issued
     Ready(Vec<[IntValue<'ctx>; 4]>, Vec<[IntValue<'ctx>; 4]>),
@@ -556,7 +570,7 @@ fn store_ds<'ctx>(
         return store_ds_q80(g, o, (t, t_off), warp, lane, ds);
     }
     if o.bwd_stmatrix {
-        return store_ds_stmatrix(g, o, (t, t_off), warp, lane, ds);
+        return store_ds_stmatrix(g, o, (t, t_off), warp, lane, ds, 0);
     }
     // element (nt, i): row 16 warp + lane / 4 + 8 (i / 2), column 8 nt + 2 (lane % 4) + i % 2;
     // the row's swizzle is (lane / 4) % 8 = lane / 4 for both halves
@@ -591,7 +605,9 @@ fn store_ds<'ctx>(
 /// group `2p + m / 2`; lane l gives row `l % 8` of matrix `l / 8`: tile row `16 warp +
 /// 8 ((l / 8) % 2) + l % 8`, 16-byte chunk `(2p + l / 16) % 8` XOR the row's swizzle `l %
 /// 8` in slab `2p / 8` ([`ds_stmatrix_lane_offset`], checked against the per-pair stores
-/// for every lane and element in this module's tests).
+/// for every lane and element in this module's tests). `ds` may be a part of the
+/// accumulator: its n8 groups from `2 p0` (pairs `p0 ..`; [`PtxOptions::bwd_dv_chunks`]).
+#[allow(clippy::too_many_arguments)]
 fn store_ds_stmatrix<'ctx>(
     g: &Gpu<'ctx>,
     o: &PtxOptions,
@@ -599,6 +615,7 @@ fn store_ds_stmatrix<'ctx>(
     warp: IntValue<'ctx>,
     lane: IntValue<'ctx>,
     ds: &Acc<'ctx>,
+    p0: usize,
 ) -> R<()> {
     // lane l: row 16 warp + 8 ((l / 8) % 2) + l % 8; x = (l / 16) ^ (l % 8): the chunk of
     // pair p is (2p % 8) ^ x (2p even: 2p % 8 + l / 16 = (2p % 8) ^ (l / 16))
@@ -610,7 +627,8 @@ fn store_ds_stmatrix<'ctx>(
         g.mul(row, g.c32(128))?,
         g.add(t_off, g.c32(t.offset as i64))?,
     )?;
-    for (p, pair) in ds.chunks(2).enumerate() {
+    for (k, pair) in ds.chunks(2).enumerate() {
+        let p = p0 + k;
         let (a, b) = (&pair[0], &pair[1]);
         let slab = (2 * p as u32 / 8) * t.rows * 128;
         let chunk = g.xor(g.c32((2 * p as i64) % 8), x)?;
@@ -1940,30 +1958,80 @@ pub(super) fn dkdv_dq_body<'ctx>(
             band: bk.as_ref(),
             ..ec
         };
-        let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
-        if pingpong {
-            // warpgroup 0 (after its first visit): warpgroup 1's dQ product of visit n - 2
-            // has read the dSᵀ tile this visit writes
-            let w0 = g.and(
-                g.icmp(IntPredicate::EQ, wg_index()?, zero)?,
-                g.icmp(IntPredicate::NE, g.geti(&mn)?, zero)?,
-            )?;
-            g.if_then(w0, || g.bar_sync(BAR_FREE, threads))?;
-        }
-        // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
-        store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
         // bwd_dv_early: dV (this warpgroup's rows of P, from registers) issued before the
         // dS barrier as `early` does, so the tensor cores have it while the warpgroups
         // meet; dQ and dK after the barrier
         let dv_early = opts.bwd_dv_early && !pipe && !wg_dq && !q80(opts);
-        if early || dv_early {
-            let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
-            g.wgmma_fence()?;
-            let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+        // bwd_dv_chunks: P and dS 16 q columns at a time (one k-step of dV's RS product),
+        // each chunk's dV step issued once its P is rounded; one path for full and partial
+        // blocks (a branch on the block kind whose paths merge with dV in flight: ptxas
+        // 13.0 serializes every wgmma, C7512)
+        let chunked = opts.bwd_dv_chunks
+            && dv_early
+            && !early
+            && !pingpong
+            && cap.is_none()
+            && bk.is_none()
+            && c.env.err.is_none()
+            && opts.bwd_exp_emu == 0
+            && br == 64;
+        if chunked {
+            // bwd_dk_chunks: each chunk's dK step too, once its dS is rounded
+            let dk_chunks = opts.bwd_dk_chunks;
+            let mut acc = to_flat(&dv_acc);
+            let mut acc_k = to_flat(&dk_acc);
+            let (mut dsa, mut ds_all) = (Vec::new(), Vec::new());
+            for kk in 0..s.len() / 2 {
+                let nts = 2 * kk..2 * kk + 2;
+                let (pc, dpr) = p_chunk(g, &ec, &s, &at, full, nts.clone())?;
+                let pa = acc_to_a(g, ty, &pc)?;
+                // the chunk's fragment was written by other statements (the steps before
+                // are of the same shape on the same accumulator: ordered without it)
+                g.wgmma_fence()?;
+                acc = wg_ab_step(g, ty, pa[0], &t.d_o, buf, kk as u32, &acc, dsc)?;
+                let dsk = ds_chunk(g, &ec, &pc, dpr.as_ref(), &dp, &at, full, nts)?;
+                if opts.bwd_stmatrix {
+                    store_ds_stmatrix(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dsk, kk)?;
+                }
+                let da = acc_to_a(g, ty, &dsk)?;
+                if dk_chunks {
+                    g.wgmma_fence()?;
+                    acc_k = wg_ab_step(g, ty, da[0], &t.q, buf, kk as u32, &acc_k, dsc)?;
+                }
+                dsa.extend(da);
+                ds_all.extend(dsk);
+            }
+            if !opts.bwd_stmatrix {
+                store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &ds_all)?;
+            }
             g.wgmma_commit()?;
-            Products::DvIssued(dv1, dsa)
+            if dk_chunks {
+                Products::BothIssued(acc, acc_k)
+            } else {
+                Products::DvIssued(acc, dsa)
+            }
         } else {
-            Products::Later(pt, dst)
+            let (pt, dst) = grad_scores(g, &ec, &s, &dp, &at, full)?;
+            if pingpong {
+                // warpgroup 0 (after its first visit): warpgroup 1's dQ product of visit n - 2
+                // has read the dSᵀ tile this visit writes
+                let w0 = g.and(
+                    g.icmp(IntPredicate::EQ, wg_index()?, zero)?,
+                    g.icmp(IntPredicate::NE, g.geti(&mn)?, zero)?,
+                )?;
+                g.if_then(w0, || g.bar_sync(BAR_FREE, threads))?;
+            }
+            // dSᵀ to shared memory for dS K; every warp's part before any warpgroup reads it
+            store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
+            if early || dv_early {
+                let (pa, dsa) = (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?);
+                g.wgmma_fence()?;
+                let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+                g.wgmma_commit()?;
+                Products::DvIssued(dv1, dsa)
+            } else {
+                Products::Later(pt, dst)
+            }
         }
     } else {
         // element (nt, i): kv row kv_row + 8 (i / 2), q column q0 + col + 8 nt + i % 2
@@ -2131,8 +2199,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_commit()?;
         Ok(dq0)
     };
-    let other_chunks = |dq0: Vec<FloatValue<'ctx>>| -> R<()> {
-        let dq0 = g.wgmma_wait(1, &dq0)?;
+    // `behind`: the groups issued after dQ chunk 0's (dK's; none with bwd_dk_chunks)
+    let other_chunks = |dq0: Vec<FloatValue<'ctx>>, behind: u32| -> R<()> {
+        let dq0 = g.wgmma_wait(behind, &dq0)?;
         if empty_late {
             wait_empty()?;
         }
@@ -2152,7 +2221,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let (pa, dsa) = match products {
                 Products::Later(pt, dst) => (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?),
                 Products::Ready(pa, dsa) => (pa, dsa),
-                Products::DvIssued(..) => return Err(LlvmError::Internal("products")),
+                Products::DvIssued(..) | Products::BothIssued(..) => {
+                    return Err(LlvmError::Internal("products"));
+                }
             };
             g.wgmma_fence()?;
             let dq = dqt_product(g, opts, (&ds_t, ds_visit), &t.k, wgi)?;
@@ -2293,13 +2364,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
             })?;
             (dv1, dk1)
         }
+        // bwd_dk_chunks: dV and dK are running; dQ chunk 0 after them
+        Products::BothIssued(dv1, dk1) => {
+            let dq0 = first_chunk()?;
+            other_chunks(dq0, 0)?;
+            (dv1, dk1)
+        }
         // early: dV is running; dQ chunk 0, then dK, whose product runs under the
         // chunk's additions
         Products::DvIssued(dv1, dsa) => {
             let dq0 = first_chunk()?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
-            other_chunks(dq0)?;
+            other_chunks(dq0, 1)?;
             (dv1, dk1)
         }
         // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
@@ -2307,13 +2384,15 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let (pa, dsa) = match products {
                 Products::Later(pt, dst) => (acc_to_a(g, ty, &pt)?, acc_to_a(g, ty, &dst)?),
                 Products::Ready(pa, dsa) => (pa, dsa),
-                Products::DvIssued(..) => return Err(LlvmError::Internal("products")),
+                Products::DvIssued(..) | Products::BothIssued(..) => {
+                    return Err(LlvmError::Internal("products"));
+                }
             };
             let dq0 = first_chunk()?;
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
-            other_chunks(dq0)?;
+            other_chunks(dq0, 1)?;
             (dv1, dk1)
         }
     };
