@@ -277,6 +277,12 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
     o.q_double = o.persistent && std::env::var("ATTNC_GPU_Q2").is_ok_and(|v| v == "1");
     o.cross_tile = o.dynamic_tiles && std::env::var("ATTNC_GPU_CROSS").is_ok_and(|v| v == "1");
     o.early_claim = o.cross_tile;
+    // `ATTNC_GPU_QAHEAD=1`: the next tile's Q after this tile's first K and V
+    // (`PtxOptions::q_ahead`, with the dynamic scheduler and two Q buffers)
+    o.q_ahead = o.dynamic_tiles
+        && o.q_double
+        && !o.cross_tile
+        && std::env::var("ATTNC_GPU_QAHEAD").is_ok_and(|v| v == "1");
     // `ATTNC_GPU_LATE=1` / `ATTNC_GPU_ILP=1`: the wait for the last P V after the
     // exponentials (`PtxOptions::pv_wait_late`), the softmax's reductions over four chains
     // (`PtxOptions::softmax_ilp`)
@@ -983,6 +989,114 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The next tile's Q copied after this tile's first K and V (`PtxOptions::q_ahead`, the
+/// dynamic tile scheduler with two Q buffers): every sample with grids of 1, 5, 11 CTAs
+/// and all SMs (many tiles per CTA: tiles without blocks, tiles of one block, the end
+/// marker announced while the CTA's last tile still copies), D128 (two consumers) and D64
+/// (three at q blocks of 192), the plain and the LPT order, q blocks from the end, closed
+/// forms and the block table forced; odd lengths, Lq != Lkv (rows with no kv block:
+/// fully masked), GQA, bf16 and f16; a negative scale (Q negated in shared memory) and
+/// checked mode on one case each. Each launch runs twice with O poisoned in between and
+/// the counter zero after each (`forward_host`). One option set per (case, sample) in
+/// turn; `ATTNC_GPU_QAHEAD_FULL=1` runs all three, `ATTNC_GPU_QAHEAD_CASES=i,..` only those
+/// cases.
+fn gpu_q_ahead_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    if matches!(
+        std::env::var("ATTNC_GPU_MMA").as_deref(),
+        Ok("sync" | "wgmma")
+    ) {
+        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
+        ((3, 3, 1, 129, 400), 128, 128, InputType::F16),
+        ((2, 2, 1, 777, 190), 64, 192, InputType::Bf16),
+        ((2, 2, 1, 1100, 1100), 128, 128, InputType::Bf16),
+    ];
+    // ATTNC_GPU_QAHEAD_CASES=0,3: only those cases (to split the test over processes)
+    let full = std::env::var("ATTNC_GPU_QAHEAD_FULL").is_ok_and(|v| v == "1");
+    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_QAHEAD_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: d,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let ws = PtxOptions {
+            persistent: true,
+            dynamic_tiles: true,
+            q_double: true,
+            q_ahead: true,
+            float_positions: true,
+            q_block: qb,
+            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv {
+                continue;
+            }
+            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
+            let small = dev.with_sms(sms);
+            let mut r = rng(47);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            for (k, (lpt, kv_table, q_from_end)) in
+                [(0, false, false), (3, true, false), (8, false, true)]
+                    .into_iter()
+                    .enumerate()
+            {
+                if !full && k != (i + j) % 3 {
+                    continue;
+                }
+                let opts = PtxOptions {
+                    lpt_group: lpt,
+                    kv_table,
+                    q_from_end,
+                    split_tail: qb == 128 && p.score.is_none() && k != 1,
+                    checked: i == 1 && k == 0,
+                    ..ws
+                };
+                let scale = if i == 0 && k == j % 3 {
+                    -c.shape.default_scale()
+                } else {
+                    c.shape.default_scale()
+                };
+                ran += 1;
+                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 47, scale, &opts) {
+                    failures.push(format!(
+                        "{} {:?} q block {qb} lpt {lpt} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
+                        p.name, c.shape
+                    ));
+                }
+            }
+        }
+    }
+    println!("  {ran} kernels, {} failed", failures.len());
+    assert!(ran > 0, "no kernel ran");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -2482,6 +2596,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_cross_tile_matches_oracle",
         gpu_cross_tile_matches_oracle,
     ),
+    ("gpu_q_ahead_matches_oracle", gpu_q_ahead_matches_oracle),
     (
         "gpu_late_wait_and_ilp_match_oracle",
         gpu_late_wait_and_ilp_match_oracle,

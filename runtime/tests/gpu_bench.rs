@@ -14,7 +14,7 @@
 //! block table everywhere, to compare the two.
 //! `ATTNC_BENCH_EXTRA` lists tiles timed on every variant besides the dense winner and
 //! the defaults. Tile letters: `w` wgmma, `o` overlap, `t`/`u` warp-specialized with 2/3
-//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `q` the last tiles split along kv (`PtxOptions::tail_split`, with `z`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `v` a position bias score (ALiBi) in the IR's order, not in two FMAs an element (`PtxOptions::pos_bias` off; on by default with float positions, as the runtime binds it), `j` partial blocks by conjunct kind (`PtxOptions::mask_kinds`; a table kernel's table then built on the GPU by the builder of the same options, not from the host's maps), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
+//! stages, `g` LPT order (`g4`: groups of 4 slices), `z` persistent CTAs (`y`: with the dynamic tile scheduler), `e` q blocks from the end (`PtxOptions::q_from_end`), `m` partial blocks without the kv bounds check (`PtxOptions::split_tail`), `d` two Q buffers (`PtxOptions::q_double`), `q` the last tiles split along kv (`PtxOptions::tail_split`, with `z`), `h` the next tile's first S with the last P V (`PtxOptions::cross_tile`, with `y`), `f` the next tile claimed early (`PtxOptions::early_claim`, with `y`), `A` the next tile's Q after this tile's first K and V (`PtxOptions::q_ahead`, with `yd`), `a` the wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), `b` the softmax's reductions over four chains (`PtxOptions::softmax_ilp`), `k` a partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`), `v` a position bias score (ALiBi) in the IR's order, not in two FMAs an element (`PtxOptions::pos_bias` off; on by default with float positions, as the runtime binds it), `j` partial blocks by conjunct kind (`PtxOptions::mask_kinds`; a table kernel's table then built on the GPU by the builder of the same options, not from the host's maps), `c` 2 CTAs per SM, `r`/`s` Q in registers/shared, `n`/`p` K
 //! prefetch off/on, `l` late sync, `i` positions converted per element (no
 //! `float_positions`).
 
@@ -134,6 +134,11 @@ fn tile_opts(
     if mt.contains('f') {
         // the next tile claimed when a tile starts (the dynamic scheduler)
         o.early_claim = true;
+    }
+    if mt.contains('A') {
+        // the next tile's Q after this tile's first K and V (the dynamic scheduler, two Q
+        // buffers)
+        o.q_ahead = true;
     }
     if mt.contains('h') {
         // the next tile's first S with this tile's last P V (the dynamic scheduler)
@@ -655,6 +660,11 @@ fn gpu_bench_block_table() {
 /// 12), each timing both (`ATTNC_AB_ITERS` launches after 2, default 10) in the order
 /// AB, then BA in the next round; prints every time, the min and median of each and how
 /// many rounds each won, and the largest difference of their outputs (O, LSE).
+/// `ATTNC_AB_B=letters` compares other options instead: `whole` is then the binding's
+/// kernel as it is and `tail` the same with the letters applied (`A` the next tile's Q
+/// ahead, `PtxOptions::q_ahead`; `f` the early claim, `PtxOptions::early_claim`; `u` three
+/// K/V stages with one Q buffer; `g` and digits the LPT group); cases `causal128` (B2 H16
+/// L8192 D128) and `causalgqa` (B1 Hq32 Hkv8 L16384 D128) run the causal mask.
 #[test]
 #[ignore = "benchmark on the GPU machine: --ignored gpu_bench_ab"]
 fn gpu_bench_ab() {
@@ -676,8 +686,8 @@ fn gpu_bench_ab() {
     let mut summary = String::new();
     for case in cases.split(',').map(str::trim).filter(|c| !c.is_empty()) {
         let (b, h, hkv, l, d) = match case {
-            "dense128" | "sliding128" => (2, 16, 16, 8192, 128),
-            "densegqa" | "slidinggqa" => (1, 32, 8, 16384, 128),
+            "dense128" | "sliding128" | "causal128" => (2, 16, 16, 8192, 128),
+            "densegqa" | "slidinggqa" | "causalgqa" => (1, 32, 8, 16384, 128),
             "dense64" | "sliding64" => (4, 16, 16, 4096, 64),
             _ => {
                 println!("{case}: unknown case");
@@ -685,9 +695,12 @@ fn gpu_bench_ab() {
             }
         };
         let sliding = case.starts_with("sliding");
+        let causal = case.starts_with("causal");
         let (p, mut bind) = (
             if sliding {
                 samples::sliding()
+            } else if causal {
+                samples::causal()
             } else {
                 samples::dense()
             },
@@ -725,15 +738,32 @@ fn gpu_bench_ab() {
             whole.persistent = false;
             whole.q_double = false;
         }
-        let tail = PtxOptions {
+        let mut tail = PtxOptions {
             persistent: true,
             dynamic_tiles: false,
             q_double: true,
             tail_split: true,
             ..whole
         };
+        if let Ok(letters) = std::env::var("ATTNC_AB_B") {
+            (whole, tail) = (bound, bound);
+            tail.q_ahead = letters.contains('A');
+            tail.early_claim = letters.contains('f');
+            if letters.contains('u') {
+                (tail.stages, tail.q_double, tail.q_ahead) = (3, false, false);
+            }
+            if let Some(at) = letters.find('g') {
+                let digits: String = letters[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                tail.lpt_group = digits.parse().unwrap_or(8);
+            }
+        }
         let pairs = (2 * b * h * l * l * d) as f64;
-        let density = if sliding {
+        let density = if causal {
+            (l * (l + 1) / 2) as f64 / (l * l) as f64
+        } else if sliding {
             // (exact count of the band's pairs: q - kv in 0..1024)
             let w = 1024usize.min(l);
             (l * w - w * (w - 1) / 2) as f64 / (l * l) as f64

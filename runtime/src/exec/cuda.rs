@@ -495,7 +495,9 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// two Q buffers for persistent CTAs (`PtxOptions::q_double`); `ATTNC_FWD_CROSS=1|0` the
 /// next tile's first S with the last P V (`PtxOptions::cross_tile`, with the dynamic
 /// scheduler); `ATTNC_FWD_CLAIM=1|0` the next tile claimed when a tile starts
-/// (`PtxOptions::early_claim`); `ATTNC_FWD_LATE_WAIT=1|0` the wait for the last P V after
+/// (`PtxOptions::early_claim`); `ATTNC_FWD_QAHEAD=1|0` the next tile's Q copied after this
+/// tile's first K and V (`PtxOptions::q_ahead`, with the dynamic scheduler and two Q
+/// buffers); `ATTNC_FWD_LATE_WAIT=1|0` the wait for the last P V after
 /// the exponentials (`PtxOptions::pv_wait_late`); `ATTNC_FWD_ILP=1|0` the softmax's
 /// reductions over four chains (`PtxOptions::softmax_ilp`); `ATTNC_FWD_MASK_EARLY=1|0` a
 /// partial block's mask evaluated before the wait for S (`PtxOptions::mask_early`);
@@ -522,6 +524,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_SPLIT_TAIL", &mut o.split_tail),
         ("ATTNC_FWD_Q2", &mut o.q_double),
         ("ATTNC_FWD_CLAIM", &mut o.early_claim),
+        ("ATTNC_FWD_QAHEAD", &mut o.q_ahead),
         ("ATTNC_FWD_CROSS", &mut o.cross_tile),
         ("ATTNC_FWD_LATE_WAIT", &mut o.pv_wait_late),
         ("ATTNC_FWD_ILP", &mut o.softmax_ilp),
@@ -539,6 +542,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     o.q_double &= o.persistent;
     o.cross_tile &= o.dynamic_tiles;
     o.early_claim &= o.dynamic_tiles;
+    o.q_ahead &= o.dynamic_tiles && o.q_double && !o.cross_tile;
     o.tail_split &= o.persistent && !o.dynamic_tiles;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()

@@ -494,6 +494,9 @@ fn body_persistent<'ctx>(
         g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64))?,
         || {
             let ring = Ring::new(g, lay.stages)?;
+            if opts.dynamic_tiles && opts.q_ahead && lay.q1.is_some() {
+                return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
+            }
             if opts.dynamic_tiles {
                 let early = opts.early_claim;
                 return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles, early);
@@ -1151,6 +1154,119 @@ fn produce_dynamic<'ctx>(
     )
 }
 
+/// The dynamic scheduler's producer with the next tile's Q ahead (`PtxOptions::q_ahead`,
+/// two Q buffers): the CTA's first tile is announced before the walk; at each tile `n`
+/// it claims the next tile from the counter, then copies tile `n`'s K and V, and right
+/// after the first block's copies (at once on a tile without blocks) announces the next
+/// tile into Q use `n + 1`: waits for that buffer's `q_empty` (the consumers free it
+/// once tile `n - 1`'s S are complete), writes the index into its slot and copies its
+/// Q (a tile without blocks, or the end marker: a plain arrival at `q_full`). The
+/// consumers are [`consume_dynamic`]'s, unchanged; the counter resets itself as in
+/// [`produce_dynamic`] (each CTA's last claim precedes its count of finished CTAs).
+#[allow(clippy::too_many_arguments)]
+fn produce_ahead<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    kv: &KvBounds,
+    a: &Args<'_, 'ctx>,
+    lay: &Layout,
+    bars: &Bars<'ctx>,
+    ring: &Ring<'ctx>,
+    tiles: IntValue<'ctx>,
+) -> R<()> {
+    let grid = g.nctaid('x')?;
+    let counter =
+        g.b.build_ptr_to_int(a.ptr(KernelParam::TileCounter)?, g.i64, "")?;
+    let cur = g.var(g.i32, g.ctaid('x')?)?;
+    let q_phase = g.var(g.i32, g.c32(0))?;
+    // tile `t` into Q use `n`: its buffer freed, its index in the slot, its Q copied (a
+    // tile with blocks) or a plain arrival (no blocks, or the end marker)
+    let announce = |t: IntValue<'ctx>, n: IntValue<'ctx>| -> R<()> {
+        let q = bars.q_use(g, lay, n)?;
+        g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
+        g.st_shared_u32(q.slot(g, bars)?, t)?;
+        let valid = g.block("ahead_tile");
+        let load = g.block("ahead_load");
+        let bare = g.block("ahead_bare");
+        let out = g.block("ahead_out");
+        g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, valid, bare)?;
+        g.b.position_at_end(valid);
+        let (cx, at) = place_tile(g, c, p, a, Some(t))?;
+        let runs = row_runs(g, c, p, kv, a, &cx, at.qb, at.nqb)?;
+        g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, load, bare)?;
+        g.b.position_at_end(load);
+        let prod = Producer {
+            g,
+            c,
+            lay,
+            bars,
+            cx: &cx,
+            a,
+            hq: at.hq,
+        };
+        prod.load_q(Some(q))?;
+        g.br(out)?;
+        g.b.position_at_end(bare);
+        g.mbar_arrive(q.full(g, bars)?)?;
+        g.br(out)?;
+        g.b.position_at_end(out);
+        Ok(())
+    };
+    announce(g.geti(&cur)?, g.c32(0))?;
+    let head = g.block("tile");
+    let work = g.block("tile_work");
+    let load = g.block("tile_load");
+    let idle = g.block("tile_idle");
+    let fetch = g.block("tile_fetch");
+    let done = g.block("tiles_done");
+    g.br(head)?;
+    g.b.position_at_end(head);
+    let t = g.geti(&cur)?;
+    let n = g.geti(&q_phase)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, t, tiles)?, work, done)?;
+
+    g.b.position_at_end(work);
+    // the next tile now: the add's latency under this tile's first copies
+    let taken = g.atom_inc_relaxed(counter)?;
+    let mut ahead = || -> R<()> {
+        let nt = g.add(taken, grid)?;
+        g.set(&cur, nt)?;
+        announce(nt, bars.q_next(g, n)?)
+    };
+    let (cx, at) = place_tile(g, c, p, a, Some(t))?;
+    let runs = row_runs(g, c, p, kv, a, &cx, at.qb, at.nqb)?;
+    g.cond_br(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, load, idle)?;
+    g.b.position_at_end(load);
+    let prod = Producer {
+        g,
+        c,
+        lay,
+        bars,
+        cx: &cx,
+        a,
+        hq: at.hq,
+    };
+    prod.run_kv(&runs, Some(ring), Some(&mut ahead))?;
+    g.br(fetch)?;
+    g.b.position_at_end(idle);
+    ahead()?;
+    g.br(fetch)?;
+    g.b.position_at_end(fetch);
+    g.set(&q_phase, bars.q_next(g, n)?)?;
+    g.br(head)?;
+
+    g.b.position_at_end(done);
+    let finished = g.acq_rel_inc(g.b.build_int_add(counter, g.c64(4), "")?)?;
+    g.if_then(
+        g.icmp(IntPredicate::EQ, finished, g.sub(grid, g.c32(1))?)?,
+        || {
+            g.st_global_u32(counter, g.c32(0))?;
+            g.st_global_u32(g.b.build_int_add(counter, g.c64(4), "")?, g.c32(0))
+        },
+    )
+}
+
 /// The consumers' walk over the dynamic scheduler's tiles: per tile, wait for `q_full`
 /// (parity `q_phase`), read the tile index from the slot, stop at one past the last
 /// tile, else `body(t)` (which frees the Q buffer, by its last P V or at once).
@@ -1222,25 +1338,43 @@ impl<'ctx> Producer<'_, 'ctx> {
         q: Option<QUse<'ctx>>,
         wait: bool,
     ) -> R<()> {
-        let (g, c, cx, lay, bars) = (self.g, self.c, self.cx, self.lay, self.bars);
-        let zero = g.c32(0);
+        let g = self.g;
         if let Some(q) = q
             && wait
         {
             g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
         }
+        self.load_q(q)?;
+        self.run_kv(runs, ring, None)
+    }
+
+    /// This tile's Q into the buffer of `q` (the first buffer without), counted at its
+    /// `q_full`.
+    fn load_q(&self, q: Option<QUse<'ctx>>) -> R<()> {
+        let (g, cx, lay, bars) = (self.g, self.cx, self.lay, self.bars);
         let q_full = |g: &Gpu<'ctx>| match q {
             Some(q) => q.full(g, bars),
             None => bars.q_full(g),
         };
         let q_buf = match q.and_then(|q| q.second) {
             Some(s) => s.buf,
-            None => zero,
+            None => g.c32(0),
         };
         // Q: slice b * Hq + h
         let q_slice = g.add(g.mul(cx.b, self.hq)?, cx.h)?;
         g.mbar_arrive_expect_tx(q_full(g)?, lay.q.bytes())?;
-        self.copy(&lay.q, KernelParam::TmaQ, q_buf, cx.q0, q_slice, q_full(g)?)?;
+        self.copy(&lay.q, KernelParam::TmaQ, q_buf, cx.q0, q_slice, q_full(g)?)
+    }
+
+    /// K and V of every kv block of the runs into the ring (see [`Self::run`]); `after_first`
+    /// (`PtxOptions::q_ahead`) is emitted once, after the first block's copies.
+    fn run_kv(
+        &self,
+        runs: &super::bounds::RowRuns<'ctx>,
+        ring: Option<&Ring<'ctx>>,
+        mut after_first: Option<&mut dyn FnMut() -> R<()>>,
+    ) -> R<()> {
+        let (g, c, cx, lay, bars) = (self.g, self.c, self.cx, self.lay, self.bars);
         // K, V: slice b * Hkv + h / (Hq / Hkv)
         let hkv = self.a.int(KernelParam::Hkv)?;
         let hk = g.udiv(cx.h, g.udiv(self.hq, hkv)?)?;
@@ -1254,6 +1388,10 @@ impl<'ctx> Producer<'_, 'ctx> {
                 own = Ring::new(g, lay.stages)?;
                 &own
             }
+        };
+        let first = match after_first {
+            Some(_) => Some(g.var(g.i32, g.c32(1))?),
+            None => None,
         };
         let lp = g.block("produce");
         let done = g.block("produced");
@@ -1288,6 +1426,12 @@ impl<'ctx> Producer<'_, 'ctx> {
         ring.advance(g)?;
         let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;
         cursor.set(g, &next)?;
+        if let (Some(f), Some(first)) = (after_first.as_mut(), &first) {
+            g.if_then(g.icmp(IntPredicate::NE, g.geti(first)?, g.c32(0))?, || {
+                g.set(first, g.c32(0))?;
+                f()
+            })?;
+        }
         g.cond_br(has_next, lp, done)?;
         g.b.position_at_end(done);
         Ok(())

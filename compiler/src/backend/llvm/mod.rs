@@ -317,6 +317,13 @@ pub struct PtxOptions {
     /// after this tile's last K and V (what [`Self::cross_tile`] waits for). Each CTA so
     /// holds one tile ahead. Off in `new`.
     pub early_claim: bool,
+    /// With `dynamic_tiles` and `q_double`: the producer claims the next tile when it
+    /// starts a tile and copies that tile's Q (into the other Q buffer, with its index in
+    /// that buffer's slot) right after this tile's first K and V, instead of after this
+    /// tile's last ones (`hopper.rs`, `produce_ahead`), so the next tile's Q is in shared
+    /// memory long before this tile's epilogue (FlashAttention-3's producer loads the next
+    /// Q while the consumers finish a tile). Off in `new`; not yet measured.
+    pub q_ahead: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
     /// V release and O's rescale sit in the two arms of the rescale branch, and P(j) is
@@ -727,6 +734,7 @@ impl PtxOptions {
             q_double: false,
             cross_tile: false,
             early_claim: false,
+            q_ahead: false,
             pv_wait_late: false,
             softmax_ilp: false,
             mask_early: false,
@@ -1028,6 +1036,7 @@ impl PtxOptions {
             + if self.q_double { " q2" } else { "" }
             + if self.cross_tile { " cross" } else { "" }
             + if self.early_claim { " claim-early" } else { "" }
+            + if self.q_ahead { " q-ahead" } else { "" }
             + if self.pv_wait_late {
                 " pv-wait-late"
             } else {
@@ -1206,6 +1215,12 @@ impl PtxOptions {
         if self.early_claim && !self.dynamic_tiles {
             return Err(LlvmError::Unsupported(
                 "the early claim (early_claim) is an option of the dynamic tile scheduler (dynamic_tiles)".into(),
+            ));
+        }
+        if self.q_ahead && !(self.dynamic_tiles && self.q_double) || self.q_ahead && self.cross_tile
+        {
+            return Err(LlvmError::Unsupported(
+                "the next tile's Q ahead (q_ahead) is an option of the dynamic tile scheduler with two Q buffers (dynamic_tiles, q_double), not with cross_tile".into(),
             ));
         }
         if self.cross_tile && !self.dynamic_tiles {

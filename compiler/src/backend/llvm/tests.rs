@@ -1326,6 +1326,94 @@ fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
     ));
 }
 
+/// `PtxOptions::q_ahead` (the next tile's Q after this tile's first K and V): on every
+/// sample, D128 and D64 (three consumers at q blocks of 192), closed forms and the table
+/// forced, the runtime's dynamic-scheduler kernel with the option keeps its parameters,
+/// threads, shared memory and grid, emits the Q copy in one or two more places (the CTA's
+/// first tile before the walk, the next tile after the first block's copies and on a tile
+/// without blocks, which LLVM may merge), claims each tile once per walk step as
+/// before, leaves the consumers' code alone (the same wgmma issues and waits) and is
+/// deterministic; it is refused without two Q buffers, without the dynamic scheduler and
+/// with `cross_tile`. `ATTNC_PTX_DUMP=DIR` writes each kernel and its base (for ptxas).
+#[test]
+fn q_ahead_copies_the_next_q_after_the_first_block() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, qb) in [(128, 128), (64, 192)] {
+            for table in [false, true] {
+                let base = ws_runtime_options(&p, d, qb, true, table);
+                let ahead = PtxOptions {
+                    q_ahead: true,
+                    ..base
+                };
+                assert_ne!(base.key(), ahead.key());
+                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &ahead).unwrap());
+                assert_eq!(
+                    (&a.params, a.threads, a.smem_bytes, a.grid),
+                    (&b.params, b.threads, b.smem_bytes, b.grid)
+                );
+                let count = |k: &str, what: &str| k.matches(what).count();
+                // Q is D / 64 boxes, K and V too: the copies grow by one or two Q sites
+                // (the walk's next-tile sites may be merged into one by LLVM)
+                let boxes = (d / 64) as usize;
+                let copies = |k: &str| count(k, "cp.async.bulk.tensor");
+                let more = copies(&b.ptx) - copies(&a.ptx).min(copies(&b.ptx));
+                assert!(
+                    more == boxes || more == 2 * boxes,
+                    "{} d{d} table {table}: {} / {} copies",
+                    p.name,
+                    copies(&b.ptx),
+                    copies(&a.ptx)
+                );
+                for what in [
+                    "atom.relaxed.gpu.global.add.u32",
+                    "wgmma.commit_group",
+                    "wgmma.wait_group",
+                    "setmaxnreg",
+                ] {
+                    assert_eq!(
+                        count(&b.ptx, what),
+                        count(&a.ptx, what),
+                        "{} d{d} table {table}: {what}",
+                        p.name
+                    );
+                }
+                assert_eq!(b.ptx, emit(&p, &ahead).unwrap().ptx);
+                if let Some(dir) = &dump {
+                    std::fs::create_dir_all(dir).unwrap();
+                    let t = if table { "_table" } else { "" };
+                    let stem = format!("{dir}/{}_d{d}_q{qb}{t}", p.name);
+                    std::fs::write(format!("{stem}_ahead.ptx"), &b.ptx).unwrap();
+                    std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
+                }
+            }
+        }
+    }
+    let dynamic = ws_runtime_options(&samples::causal(), 128, 128, true, false);
+    for bad in [
+        PtxOptions {
+            q_ahead: true,
+            q_double: false,
+            ..dynamic
+        },
+        PtxOptions {
+            q_ahead: true,
+            dynamic_tiles: false,
+            ..dynamic
+        },
+        PtxOptions {
+            q_ahead: true,
+            cross_tile: true,
+            ..dynamic
+        },
+    ] {
+        assert!(matches!(
+            emit(&samples::causal(), &bad),
+            Err(LlvmError::Unsupported(_))
+        ));
+    }
+}
+
 /// The warp-specialized kernel's options as the runtime sets them for `p` at head dim `d`
 /// and q tiles of `qb`: `dynamic` = persistent CTAs taking tiles from a counter in
 /// longest-first groups, q blocks from the end and two Q buffers; `table` = kv block table.
