@@ -1621,9 +1621,10 @@ fn run_pipeline(
 /// into registers), and a cold compile of about 80 ms instead of 100-115.
 const PASSES: &str = "function(sroa,early-cse,instcombine,simplifycfg,gvn,instcombine)";
 
-/// [`PASSES`] with instcombine's fixpoint check off, for `PtxOptions::cross_tile`: LLVM
-/// 22 reports that instcombine needs a second iteration on that kernel (a fatal error
-/// with the check on; the second `instcombine` run finishes the job).
+/// [`PASSES`] with instcombine's fixpoint check off, for `PtxOptions::cross_tile` and
+/// `PtxOptions::q_ahead`: LLVM 22 reports that instcombine needs a second iteration on
+/// those kernels (a fatal error with the check on, which aborts the process; the second
+/// `instcombine` run finishes the job).
 const CROSS_PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn,instcombine<no-verify-fixpoint>)";
 
 /// The block-table kernel's pipeline: [`PASSES`] plus loop-invariant code motion, which

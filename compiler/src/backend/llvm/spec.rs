@@ -146,7 +146,7 @@ pub fn generate(
     let spec = spec(plan, kind, opts)?;
     let passes = match kind {
         KernelKind::BlockTable => TABLE_PASSES,
-        _ if opts.cross_tile => CROSS_PASSES,
+        _ if opts.cross_tile || opts.q_ahead => CROSS_PASSES,
         _ => PASSES,
     };
     let (ptx, llvm_ir, mut times) = run_pipeline(

@@ -1389,6 +1389,39 @@ fn q_ahead_copies_the_next_q_after_the_first_block() {
             }
         }
     }
+    // the option sets of the GPU test (`gpu_q_ahead_matches_oracle`), one per (sample,
+    // shape) in turn as there: the plain order without q blocks from the end, checked mode,
+    // f16 (LLVM's instcombine needed a second iteration on some: a fatal error with its
+    // fixpoint check on)
+    let sets = [(0, false, false), (3, true, false), (8, false, true)];
+    for (j, p) in samples::all(4).into_iter().enumerate() {
+        for (i, (d, qb, ty)) in [
+            (128, 128, InputType::Bf16),
+            (128, 128, InputType::F16),
+            (64, 192, InputType::Bf16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let k = (i + j) % 3;
+            let (lpt, kv_table, q_from_end) = sets[k];
+            let o = PtxOptions {
+                persistent: true,
+                dynamic_tiles: true,
+                q_double: true,
+                q_ahead: true,
+                float_positions: true,
+                q_block: qb,
+                lpt_group: lpt,
+                kv_table,
+                q_from_end,
+                split_tail: qb == 128 && p.score.is_none() && k != 1,
+                checked: i == 1 && k == 0,
+                ..PtxOptions::new(Arch::Sm90, d, d, ty).warp_specialized(128, 2)
+            };
+            emit(&p, &o).unwrap();
+        }
+    }
     let dynamic = ws_runtime_options(&samples::causal(), 128, 128, true, false);
     for bad in [
         PtxOptions {
