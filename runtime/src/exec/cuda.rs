@@ -506,6 +506,7 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// position bias score (ALiBi) in two instructions an element (`PtxOptions::pos_bias`);
 /// `ATTNC_FWD_TAIL=1|0` the last tiles split along kv (`PtxOptions::tail_split`, with
 /// persistent CTAs in static rounds: `ATTNC_FWD_PERSISTENT=1`);
+/// `ATTNC_FWD_STAGES=2|3` the K/V ring's stages (3: one Q buffer above D, Dv 64);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
@@ -535,6 +536,19 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;
+        }
+    }
+    // `ATTNC_FWD_STAGES=2|3`: the K/V ring's stages; three leave no room for a second Q
+    // buffer above D, Dv 64 (session 19: causal D128 with three stages and one Q buffer won
+    // 11 of 12 alternated rounds at B2, 9 of 12 at GQA, by 0.3-1%; not the default)
+    if let Some(n) = std::env::var("ATTNC_FWD_STAGES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| (2..=3).contains(n))
+    {
+        o.stages = n;
+        if n == 3 && o.d.max(o.dv) > 64 {
+            o.q_double = false;
         }
     }
     // (two Q buffers only with persistent CTAs, the cross-tile issue with the dynamic

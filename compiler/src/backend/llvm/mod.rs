@@ -322,7 +322,10 @@ pub struct PtxOptions {
     /// that buffer's slot) right after this tile's first K and V, instead of after this
     /// tile's last ones (`hopper.rs`, `produce_ahead`), so the next tile's Q is in shared
     /// memory long before this tile's epilogue (FlashAttention-3's producer loads the next
-    /// Q while the consumers finish a tile). Off in `new`; not yet measured.
+    /// Q while the consumers finish a tile). Off in `new` and `for_binding`: measured no
+    /// faster on an H200 at B2 H16 L8192 D128 causal (alternated in one process, 0.8053
+    /// against 0.8046 ms, 2 of 12 rounds won), ~1% faster in the steady rounds at B1 Hq32
+    /// Hkv8 L16384 (docs/performance.md, "Session 19 (fwd19)").
     pub q_ahead: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
@@ -1217,8 +1220,7 @@ impl PtxOptions {
                 "the early claim (early_claim) is an option of the dynamic tile scheduler (dynamic_tiles)".into(),
             ));
         }
-        if self.q_ahead && !(self.dynamic_tiles && self.q_double) || self.q_ahead && self.cross_tile
-        {
+        if self.q_ahead && (!self.dynamic_tiles || !self.q_double || self.cross_tile) {
             return Err(LlvmError::Unsupported(
                 "the next tile's Q ahead (q_ahead) is an option of the dynamic tile scheduler with two Q buffers (dynamic_tiles, q_double), not with cross_tile".into(),
             ));
