@@ -133,23 +133,27 @@ pub struct DecodeTuning {
     /// of the plain kind records its SM and times (a diagnostic, `decode_mma::COPY_TRACE`),
     /// `m` the combine kernel merges up to 16 splits per warp and round
     /// (`decode_mma::COPY_COMBINE_WIDE`), `n` host-tensor calls with several splits
-    /// steal work (`decode_mma::COPY_STEAL`), any combination
+    /// steal work (`decode_mma::COPY_STEAL`), `o` balanced splits (every split of a range
+    /// `floor(T / splits)` tiles or one more, `decode_mma::COPY_BALANCED`), `p` host-tensor
+    /// calls with several splits continue each split's stream into chunks taken from a
+    /// counter (`decode_mma::COPY_STREAM`; results not bit-reproducible), any combination
     /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
     pub copy: Option<u16>,
-    /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`):
+    /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
+    /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
     /// goes in stolen splits of `tiles` (>= 1) tiles; unset: `decode::gpu`'s choice.
     pub steal: Option<(u16, u16)>,
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijklmn` (anything else: `None`).
+/// `abcdefghijklmnop` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
         COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
         COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
-        COPY_STEAL, COPY_TMA, COPY_TRACE,
+        COPY_BALANCED, COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE,
     };
     let v = v.trim();
     if v == "0" {
@@ -173,6 +177,8 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'l' => Some(bits | COPY_TRACE),
         'm' => Some(bits | COPY_COMBINE_WIDE),
         'n' => Some(bits | COPY_STEAL),
+        'o' => Some(bits | COPY_BALANCED),
+        'p' => Some(bits | COPY_STREAM),
         _ => None,
     })
 }
@@ -187,7 +193,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmn`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnop`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

@@ -958,6 +958,163 @@ fn gpu_decode_steal(_d: &CudaDevice) {
     }
 }
 
+/// Balanced splits (`ATTNC_DECODE_COPY` letter `o`, `decode_mma::COPY_BALANCED`): forced
+/// split counts whose tile cut differs from the chunked one (3 splits of a 1000-key
+/// sequence = 16 tiles: 5 / 5 / 6 against 6 / 6 / 4; 5 and 7 splits: some splits of the
+/// 333-key sequence's 6 tiles empty) and the runtime's own count, on the plain kernel
+/// (decode + combine) and the merging fused kernel: dense, sliding-window and
+/// document-causal masks, Lq 1, 4 and 16, contiguous and paged 16 / 128, four sequences
+/// of 1000, 0, 333 and 1 keys. A split that overlapped another or left keys out would
+/// miss the oracle; two calls bit for bit equal (deterministic). Small enough for
+/// compute-sanitizer.
+fn gpu_decode_balanced(_d: &CudaDevice) {
+    let mut rng = Rng(0xba1a);
+    for name in ["dense", "sliding_window", "document_causal"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for (lq, page, splits, fused) in [
+            (1, None, Some(3), false),
+            (1, Some(16), Some(5), false),
+            (4, Some(128), Some(7), false),
+            (16, None, Some(3), false),
+            (1, None, None, false),
+            (4, None, Some(5), true),
+            (1, Some(16), Some(3), true),
+        ] {
+            let sl = vec![1000, 0, 333, 1];
+            let c = case_as(
+                DType::BF16,
+                &mut rng,
+                4,
+                8,
+                2,
+                lq,
+                128,
+                1000,
+                sl.clone(),
+                page,
+            );
+            let mut caps = captures_for(&variant, &c, 11);
+            if name == "sliding_window" {
+                caps = caps.param("window", ParamValue::I32(300));
+            }
+            let what = format!("balanced {name} lq {lq} {page:?} splits {splits:?} fused {fused}");
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy("eiko");
+            o.decode.splits = splits;
+            o.decode.fused_combine = fused;
+            let mut bound = variant.bind(o).unwrap();
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let runs: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|_| {
+                    let got = bound
+                        .forward_with_cache(&c.q, &c.cache(), &caps)
+                        .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+                    (got.o.to_f32(), got.lse.to_f32())
+                })
+                .collect();
+            assert_eq!(bound.cache_path(), Some(expected_path(lq, 8, 2, 128)));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert!(
+                bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
+                "{what}: two calls differ"
+            );
+            close(
+                &format!("{what} o"),
+                &runs[0].0,
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(
+                &format!("{what} lse"),
+                &runs[0].1,
+                &want.lse.to_f32(),
+                0.002,
+            );
+        }
+    }
+}
+
+/// Splits that continue their streams (`ATTNC_DECODE_COPY` letter `p`,
+/// `decode_mma::COPY_STREAM`): forced split counts (2 or 3) and `DecodeTuning::steal`
+/// leaving most of the tiles to chunks of 2 or 3 tiles taken from the counter inside the
+/// splits' loops: dense, sliding-window and document-causal masks, Lq 1, 4 and 16,
+/// contiguous and paged 16 / 128, four sequences of 3000, 0, 333 and 1 keys (the short
+/// ones have no chunks: their CTAs' takes come back empty). Against the oracle (results
+/// are not bit-reproducible: which CTA merges which chunk depends on timing); then many
+/// launches of one call's buffers (`cache_device_time_ms`) and a call after them against
+/// the oracle again: a counter left non-zero by a launch would make the next one skip
+/// chunks. Small enough for compute-sanitizer.
+fn gpu_decode_stream(_d: &CudaDevice) {
+    let mut rng = Rng(0x57e4);
+    for name in ["dense", "sliding_window", "document_causal"] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for (lq, page, splits, steal) in [
+            (1, None, 2, (30, 2)),
+            (1, Some(16), 3, (20, 3)),
+            (4, Some(128), 2, (50, 2)),
+            (16, None, 2, (30, 3)),
+        ] {
+            let sl = vec![3000, 0, 333, 1];
+            let c = case_as(
+                DType::BF16,
+                &mut rng,
+                4,
+                8,
+                2,
+                lq,
+                128,
+                3000,
+                sl.clone(),
+                page,
+            );
+            let mut caps = captures_for(&variant, &c, 11);
+            if name == "sliding_window" {
+                caps = caps.param("window", ParamValue::I32(1500));
+            }
+            let what = format!("stream {name} lq {lq} {page:?} {splits} splits {steal:?}");
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy("eikp");
+            o.decode.splits = Some(splits);
+            o.decode.steal = Some(steal);
+            o.decode.fused_combine = false;
+            let mut bound = variant.bind(o).unwrap();
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let check = |bound: &mut attnc::Bound, when: &str| {
+                let got = bound
+                    .forward_with_cache(&c.q, &c.cache(), &caps)
+                    .unwrap_or_else(|e| panic!("{what} {when}: cuda: {e}"));
+                close(
+                    &format!("{what} {when} o"),
+                    &got.o.to_f32(),
+                    &want.o.to_f32(),
+                    tol(c.dtype),
+                );
+                close(
+                    &format!("{what} {when} lse"),
+                    &got.lse.to_f32(),
+                    &want.lse.to_f32(),
+                    0.002,
+                );
+            };
+            check(&mut bound, "first");
+            assert_eq!(bound.cache_path(), Some(expected_path(lq, 8, 2, 128)));
+            check(&mut bound, "second");
+            let ms = bound
+                .cache_device_time_ms(&c.q, &c.cache(), &caps, 4)
+                .unwrap()
+                .expect("a device time");
+            assert!(ms > 0.0, "{what}");
+            check(&mut bound, "after timed launches");
+        }
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 // (the launches' test first: it is the only GPU check of chained launches, and a time
 // limit cuts the list from the end)
@@ -977,6 +1134,8 @@ const TESTS: &[Test] = &[
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),
+    ("gpu_decode_balanced", gpu_decode_balanced),
+    ("gpu_decode_stream", gpu_decode_stream),
 ];
 
 fn main() {

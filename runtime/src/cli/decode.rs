@@ -254,7 +254,7 @@ fn bench_tunings_from(
     let copy = entries("ATTNC_DECODE_BENCH_COPY");
     if !copy.is_empty() {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
-        // letters of abcdefghijklmn)
+        // letters of abcdefghijklmnop)
         let copies = copy
             .iter()
             .map(|x| {
@@ -264,7 +264,7 @@ fn bench_tunings_from(
                         bad(
                             "ATTNC_DECODE_BENCH_COPY",
                             x,
-                            "0 or letters of abcdefghijklmn (ATTNC_DECODE_COPY's values)",
+                            "0 or letters of abcdefghijklmnop (ATTNC_DECODE_COPY's values)",
                         )
                     })
             })
@@ -281,6 +281,47 @@ fn bench_tunings_from(
                         },
                     )
                 })
+            })
+            .collect();
+    }
+    let steal = entries("ATTNC_DECODE_BENCH_STEAL");
+    if !steal.is_empty() {
+        // work stealing's / streaming's split (`pct:tiles`), for the copies with letter
+        // `n` or `p` only (the others once)
+        use attnc_compiler::backend::llvm::decode_mma::{COPY_STEAL, COPY_STREAM};
+        let splits = steal
+            .iter()
+            .map(|x| {
+                let (p, t) = x.split_once(':').unwrap_or((x, ""));
+                match (p.trim().parse::<u16>(), t.trim().parse::<u16>()) {
+                    (Ok(p), Ok(t)) if (1..=100).contains(&p) && t >= 1 => Ok((x.clone(), (p, t))),
+                    _ => Err(bad(
+                        "ATTNC_DECODE_BENCH_STEAL",
+                        x,
+                        "pct:tiles (pct 1..=100, tiles >= 1)",
+                    )),
+                }
+            })
+            .collect::<Result<Vec<(String, (u16, u16))>, Error>>()?;
+        out = out
+            .iter()
+            .flat_map(|(label, t)| {
+                let takes = t.copy.unwrap_or(0) & (COPY_STEAL | COPY_STREAM) != 0;
+                let one = [(label.clone(), *t)];
+                let many = splits.iter().map(move |(name, st)| {
+                    (
+                        format!("{label} steal {name}"),
+                        DecodeTuning {
+                            steal: Some(*st),
+                            ..*t
+                        },
+                    )
+                });
+                if takes {
+                    many.collect::<Vec<_>>()
+                } else {
+                    one.to_vec()
+                }
             })
             .collect();
     }
@@ -425,7 +466,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
         // ATTNC_DECODE_BENCH_COPY=0,a,b,c,abc,d,e (the tensor-core kernel's K/V copy
         // variants, `DecodeTuning::copy`), ATTNC_DECODE_BENCH_STEAL=80:8,70:4 (work
         // stealing's static percent and stolen split tiles, `DecodeTuning::steal`; with
-        // copy letter `n`)
+        // copy letter `n`; and `p`'s own splits and chunks)
         // ATTNC_DECODE_BENCH_ROUNDS=N (default 1): every (layout, tuning) binding of the
         // shape timed N times in turn, each round starting one binding later than the
         // previous one (so that the GPU's drift and a binding's place in the round

@@ -56,6 +56,15 @@ pub struct DecodeGeometry {
     pub split_ctas: u32,
     /// Positions per stolen split (a multiple of 64); 0 without work stealing.
     pub steal_chunk: u32,
+    /// The tensor-core kernel cuts each range into balanced splits
+    /// (`decode_mma::COPY_BALANCED`: split `s` from tile `floor(s T / splits)` of the
+    /// range's `T` tiles) instead of `chunk` positions each; not with work stealing.
+    pub balanced: bool,
+    /// The tensor-core kernel's splits continue their streams into chunks of
+    /// `steal_chunk` positions after the static splits' `splits x chunk`
+    /// (`decode_mma::COPY_STREAM`, taken from a counter per (b, kv head, row group)):
+    /// the splits' own keys no longer cover a range.
+    pub stream: bool,
     /// Contiguous: `Lkv_max`; paged: 0.
     pub lkv_max: u32,
     /// Paged: `log2(page_size)`, `max_pages`, `num_pages`; contiguous: 0.
@@ -68,8 +77,16 @@ pub struct DecodeGeometry {
 impl DecodeGeometry {
     /// The positions `[k0, k1)` split `split` reads of a sequence whose reachable range
     /// is `lo..hi` (the kernels' `split_keys` and `decode_mma`'s `steal_keys`, without
+    /// (with `stream`: its own split's keys, not the chunks it took after them)
     /// the tensor-core kernel's rounding of `lo`).
     pub fn split_keys(&self, lo: i64, hi: i64, split: u32) -> (i64, i64) {
+        if self.balanced && self.steal_chunk == 0 {
+            let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as i64;
+            let tiles = (hi - lo).max(0).div_ceil(tile);
+            let cut = |s: i64| lo + s * tiles / self.splits.max(1) as i64 * tile;
+            let k0 = cut(split as i64);
+            return (k0, cut(split as i64 + 1).min(hi).max(k0));
+        }
         let big = split.min(self.split_ctas) as i64;
         let k0 = lo + big * self.chunk as i64 + (split as i64 - big) * self.steal_chunk as i64;
         let len = if split < self.split_ctas {
@@ -82,6 +99,9 @@ impl DecodeGeometry {
 
     /// The positions all splits cover from a range's start.
     pub fn covered(&self) -> u64 {
+        if self.stream && self.steal_chunk > 0 {
+            return u64::MAX;
+        }
         self.split_ctas as u64 * self.chunk as u64
             + (self.splits - self.split_ctas.min(self.splits)) as u64 * self.steal_chunk as u64
     }
@@ -410,7 +430,8 @@ impl DecodeModule {
             params: s.clone_htod(&words)?,
             err: s.alloc_zeros(8)?,
             tensors,
-            sem: s.alloc_zeros((b * hkv * g.row_groups as usize).max(1))?,
+            // (two words per (b, kv head, row group): `decode_mma::COPY_STREAM`'s counts)
+            sem: s.alloc_zeros((2 * b * hkv * g.row_groups as usize).max(1))?,
             fused: false,
             serial: false,
             chain: false,

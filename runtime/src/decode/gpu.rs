@@ -248,7 +248,8 @@ impl GpuDecode {
     }
 
     /// [`Self::module`], with the fused kernel loaded when `fused` (tensor cores only);
-    /// with `steal` (not `fused`), the tensor-core kernel with `decode_mma::COPY_STEAL`.
+    /// with `steal` (not `fused`), the tensor-core kernel with `decode_mma::COPY_STEAL`
+    /// (or `COPY_STREAM` when the copy has that and not the former).
     fn module_for(
         &mut self,
         dev: &CudaDevice,
@@ -263,7 +264,12 @@ impl GpuDecode {
             let slot = &mut self.modules[paged as usize + 4];
             if slot.is_none() {
                 let mut opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
-                opts.copy |= decode_mma::COPY_STEAL;
+                // (`steal_geometry`: stealing when the copy has both)
+                opts.copy |= if tuning.copy.unwrap_or(COPY) & decode_mma::COPY_STEAL != 0 {
+                    decode_mma::COPY_STEAL
+                } else {
+                    decode_mma::COPY_STREAM
+                };
                 let jit = crate::exec::cuda::cuda_jit_of(dev)?;
                 *slot = Some(
                     DecodeModule::load_kind(dev, jit, &self.plan, &opts, KernelKind::DecodeMma)
@@ -458,11 +464,12 @@ fn decode_options(
         },
         rows: rows_per_cta(shape, kernel, tuning) as u32,
         paged: matches!(shape.layout, CacheLayout::Paged { .. }),
-        // (COPY_DIRECT is a bit of the fused kind only, COPY_STEAL of the host-tensor
-        // calls' stealing kernel: `GpuDecode::module_for`)
+        // (COPY_DIRECT is a bit of the fused kind only, COPY_STEAL / COPY_STREAM of the
+        // host-tensor calls' stealing / streaming kernel: `GpuDecode::module_for`)
         copy: match kernel {
             Kernel::Mma => {
-                tuning.copy.unwrap_or(COPY) & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL)
+                tuning.copy.unwrap_or(COPY)
+                    & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL | decode_mma::COPY_STREAM)
             }
             Kernel::Simt => 0,
         },
@@ -569,6 +576,9 @@ pub(crate) fn geometry(
         chunk: chunk as u32,
         split_ctas: splits as u32,
         steal_chunk: 0,
+        balanced: kernel == Kernel::Mma
+            && tuning.copy.unwrap_or(COPY) & decode_mma::COPY_BALANCED != 0,
+        stream: false,
         lkv_max: lkv_max as u32,
         page_shift,
         max_pages: max_pages as u32,
@@ -595,6 +605,9 @@ fn steal_geometry(
     tuning: &DecodeTuning,
 ) -> DecodeGeometry {
     let copy = tuning.copy.unwrap_or(COPY);
+    if copy & decode_mma::COPY_STEAL == 0 && copy & decode_mma::COPY_STREAM != 0 {
+        return stream_geometry(ranges, geom, tuning, shape);
+    }
     if copy & decode_mma::COPY_STEAL == 0
         || copy & decode_mma::COPY_TMA != 0
         || tuning.fused_combine
@@ -630,6 +643,56 @@ fn steal_geometry(
         ..geom
     }
 }
+
+/// `geom` of a host-tensor call whose splits continue their streams
+/// (`decode_mma::COPY_STREAM`, letter `p`; not with `n`, which wins), when the tensor-core
+/// kernel runs with decode + combine kernels (not `fused_combine`, not TMA) and `geom` has
+/// several splits: the same splits (one partial each) take `pct`% of the longest range's
+/// tiles in their own splits, at least `decode_mma::STREAM_AHEAD` tiles each (the kernel
+/// takes a chunk that many tiles ahead), and the rest in chunks of `tiles` (at least 2)
+/// from the counter (`tuning.steal` = `(pct, tiles)`, [`STREAM`] by default). Else `geom`.
+fn stream_geometry(
+    ranges: &[i32],
+    geom: DecodeGeometry,
+    tuning: &DecodeTuning,
+    shape: &DecodeShape,
+) -> DecodeGeometry {
+    let copy = tuning.copy.unwrap_or(COPY);
+    if (copy & decode_mma::COPY_TMA != 0 && matches!(shape.layout, CacheLayout::Paged { .. }))
+        || tuning.fused_combine
+        || choose(shape, tuning) != Kernel::Mma
+        || geom.splits < 2
+    {
+        return geom;
+    }
+    let tile = decode_mma::KV_TILE as usize;
+    let (pct, per) = tuning.steal.unwrap_or(STREAM);
+    let (pct, per) = (pct.clamp(1, 100) as usize, (per as usize).max(2));
+    let splits = geom.splits as usize;
+    // the longest range's tiles from its start rounded down to a tile (as the kernel's
+    // `COPY_PAGE_PASS` rounds it; at most the splits' keys)
+    let span = ranges
+        .chunks(2)
+        .map(|r| (r[1] - (r[0] & !(tile as i32 - 1))).max(0) as usize)
+        .max()
+        .unwrap_or(0)
+        .min(splits * geom.chunk as usize);
+    let tiles = span.div_ceil(tile);
+    let own = (tiles * pct / 100 / splits).max(decode_mma::STREAM_AHEAD as usize);
+    if own * splits >= tiles {
+        return geom;
+    }
+    DecodeGeometry {
+        chunk: (own * tile) as u32,
+        steal_chunk: (per * tile) as u32,
+        stream: true,
+        ..geom
+    }
+}
+
+/// [`stream_geometry`]'s default: the own splits take 90% of the longest range's tiles,
+/// the rest goes in chunks of 4 tiles.
+const STREAM: (u16, u16) = (90, 4);
 
 /// Splits and positions per split of the tensor-core kernel for `ctas` (sequence, kv
 /// head, row group) triples whose longest reachable range is `span`: the count with the

@@ -80,6 +80,13 @@ const LN2: f32 = std::f32::consts::LN_2;
 const CHUNKS_PER_THREAD: u32 = 2;
 /// Splits merged per round of the fused kernel's combine (loads issued together).
 const FUSED_UNROLL: u32 = 16;
+/// [`COPY_STREAM`]: shared slots for the chunks a CTA took (a power of two; a CTA's
+/// window of issued and known tiles spans fewer chunks).
+const STREAM_SLOTS: u32 = 8;
+/// [`COPY_STREAM`]: thread 0 takes the next chunk when this many tiles of the CTA's known
+/// work are left (the count lands one iteration later; the page ids are fetched 3 tiles
+/// ahead).
+pub const STREAM_AHEAD: u32 = 5;
 
 /// [`PtxOptions::decode_copy`] bit: a tile whose 64 keys all lie below the split's end
 /// is copied without the per-row bounds check (no compare and selects per 16-row pass;
@@ -200,6 +207,40 @@ pub const COPY_STEAL: u16 = 8192;
 pub fn steals(opts: &DecodeOptions, fused: bool) -> bool {
     opts.copy & COPY_STEAL != 0 && !fused && !tma_copy(opts)
 }
+/// [`PtxOptions::decode_copy`] bit of the tensor-core kinds (not with [`COPY_STEAL`],
+/// whose splits are its own): balanced splits. Item `b`'s range of `T` tiles (from `lo`,
+/// rounded as `split_keys_from` rounds it) is cut into the `Splits` splits at tiles
+/// `floor(s T / Splits)`, so that every split has `floor(T / Splits)` or one more tile
+/// (`T` and the products in 64 bits), instead of `Chunk` keys each with the rest in the
+/// last split (B1 Lkv131072: 2048 tiles in 33 splits, 32 of 63 tiles and one of 32,
+/// against 2 of 63 and 31 of 62). A sequence shorter than the launch's longest is then
+/// spread over every split too. The launch's `Splits x Chunk` covers every range as
+/// before (each split has at most `ceil(T / Splits)` tiles). Deterministic: the partials
+/// are merged in split order as before (different bits from the unbalanced cut: other
+/// partial sums).
+pub const COPY_BALANCED: u16 = 16384;
+/// [`PtxOptions::decode_copy`] bit of the plain kind (not the fused kinds, not with
+/// [`COPY_TMA`] or [`COPY_STEAL`]; see [`streams`]): a split that continues its stream.
+/// Each CTA runs its own split of `Chunk` keys (the launch's `Splits x Chunk` cover only
+/// part of a range), then takes chunks of `StealChunk` keys of the rest of its item's range
+/// (from key `lo + Splits x Chunk` on) from the item's counter (`DecodeSem[2 i]`, item `i`
+/// = its (b, kv head, row group)), **within the same loop**: thread 0 adds to the counter
+/// when 5 tiles of the CTA's known work are left, stores the count into a shared slot in
+/// the next iteration (the add's latency under a tile's compute), and after that
+/// iteration's barrier every thread extends the loop's end by the chunk's tiles (or stops
+/// taking when the chunks are gone). The ring stays full across the boundary (no new
+/// prologue) and the chunk's tiles go into the same accumulators: one partial per CTA as
+/// without the bit. Which chunks a CTA merges depends on timing, so results are **not
+/// bit-reproducible** from call to call (each is a correct merge of the same keys). The
+/// CTA that counts last in `DecodeSem[2 i + 1]` after its loop zeroes both words for the
+/// next launch. The runtime sizes the own split at 5 tiles at least (a split with keys
+/// after it has its whole `Chunk`), so a claim always lands before its first tile's
+/// page ids are fetched (3 tiles ahead).
+pub const COPY_STREAM: u16 = 32768;
+/// Whether [`COPY_STREAM`] applies to a kernel of `opts` (the plain kind when not `fused`).
+pub fn streams(opts: &DecodeOptions, fused: bool) -> bool {
+    opts.copy & COPY_STREAM != 0 && !fused && !tma_copy(opts) && opts.copy & COPY_STEAL == 0
+}
 /// Every [`PtxOptions::decode_copy`] bit.
 pub const COPY_BITS: u16 = COPY_ALL
     | COPY_L2_256
@@ -212,7 +253,9 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_FULL_TILE
     | COPY_TRACE
     | COPY_COMBINE_WIDE
-    | COPY_STEAL;
+    | COPY_STEAL
+    | COPY_BALANCED
+    | COPY_STREAM;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -364,6 +407,8 @@ pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
             8 * stages(opts.d)
         } else if opts.copy & COPY_STEAL != 0 {
             16
+        } else if opts.copy & COPY_STREAM != 0 {
+            4 * (1 + STREAM_SLOTS)
         } else {
             0
         }
@@ -400,7 +445,7 @@ pub(crate) fn spec(
     }
     // COPY_STEAL: the counter and the stolen splits' keys; fewer CTAs than splits
     let steal = steals(&d, fused);
-    if steal {
+    if steal || streams(&d, fused) {
         params.extend([DecodeParam::DecodeSem, DecodeParam::StealChunk]);
     }
     let entry = format!(
@@ -805,8 +850,52 @@ pub(super) fn build<'ctx>(
     };
     let (k0, k1) = if steal {
         steal_keys(g, &a, b, split, align)?
+    } else if opts.copy & COPY_BALANCED != 0 && !direct {
+        // (the one-split form reads its whole range either way)
+        balanced_keys(g, &a, b, split, align)?
     } else {
         split_keys_from(g, &a, b, split, align)?
+    };
+    // COPY_STREAM: the own split's keys end at `own_end`; the chunks after the static
+    // splits follow from the item's counter, every tile's keys bounded by the range's end
+    let stream = streams(opts, fused);
+    let (k1, own_end, sv) = if stream {
+        let (lo, hi) = item_range(g, &a, b, align)?;
+        let c0 = g.c32(0);
+        let tile_shift = g.c32(KV_TILE.trailing_zeros() as i64);
+        let tiles_of = |keys: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            let keys = g.iintr2("llvm.smax.i32", keys, c0)?;
+            g.lshr(g.add(keys, g.c32(KV_TILE as i64 - 1))?, tile_shift)
+        };
+        let cbase = g.add(lo, g.mul(a.int(P::Splits)?, a.int(P::Chunk)?)?)?;
+        let ck = a.int(P::StealChunk)?;
+        let ct = g.lshr(ck, tile_shift)?;
+        let rest = g.iintr2("llvm.smax.i32", g.sub(hi, cbase)?, c0)?;
+        let nchunks = g.udiv(g.add(rest, g.sub(ck, g.c32(1))?)?, ck)?;
+        let n0 = tiles_of(g.sub(k1, k0)?)?;
+        // the item (b, kv head, row group): two words of the counter buffer
+        let item = g.add(g.mul(g.add(g.mul(b, hkv)?, hk)?, rgs)?, rg)?;
+        let sem = g.gep_bytes(a.ptr(P::DecodeSem)?, g.mul(g.zext64(item)?, g.c64(8))?)?;
+        let claim = g.b.build_ptr_to_int(sem, g.i64, "")?;
+        let st = Stream {
+            hi,
+            cbase,
+            ck,
+            ct,
+            nchunks,
+            n0,
+            claim,
+            done: g.add(claim, g.c64(4))?,
+            slots: ring_end(opts) as i64,
+            total: g.var(g.i32, n0)?,
+            nq: g.var(g.i32, c0)?,
+            pend: g.var(g.i32, c0)?,
+            dry: g.var(g.i32, c0)?,
+            tok: g.var(g.i32, c0)?,
+        };
+        (hi, k1, Some(st))
+    } else {
+        (k1, k1, None)
     };
     let scale = a.get(P::Scale)?.into_float_value();
 
@@ -938,7 +1027,29 @@ pub(super) fn build<'ctx>(
         )),
         _ => None,
     };
-    let tile_key0 = |t: IntValue<'ctx>| g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?);
+    let tile_key0 = |t: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let own = g.add(k0, g.mul(t, g.c32(KV_TILE as i64))?)?;
+        match &sv {
+            None => Ok(own),
+            // COPY_STREAM: tile n0 + q ct + r is tile r of the q-th chunk taken, whose
+            // index is in slot q % STREAM_SLOTS
+            Some(st) => {
+                let key = g.var(g.i32, own)?;
+                g.if_then(g.icmp(IntPredicate::SGE, t, st.n0)?, || {
+                    let u = g.sub(t, st.n0)?;
+                    let q = g.udiv(u, st.ct)?;
+                    let r = g.sub(u, g.mul(q, st.ct)?)?;
+                    let c = g.ld_shared_u32(st.slot(g, q)?)?;
+                    let k = g.add(
+                        st.cbase,
+                        g.add(g.mul(c, st.ck)?, g.mul(r, g.c32(KV_TILE as i64))?)?,
+                    )?;
+                    g.set(&key, k)
+                })?;
+                g.geti(&key)
+            }
+        }
+    };
     let unchecked_full = opts.copy & COPY_FULL != 0;
     let smem32 = opts.copy & COPY_SMEM32 != 0;
     // COPY_L2_256: the K/V copies' prefetch-size qualifier
@@ -1155,16 +1266,23 @@ pub(super) fn build<'ctx>(
     };
 
     // ---- prologue: stages - 1 tiles in flight, then Q's fragments ----
-    let span = g.iintr2("llvm.smax.i32", g.sub(k1, k0)?, zero)?;
+    let span = g.iintr2("llvm.smax.i32", g.sub(own_end, k0)?, zero)?;
     let ntiles = g.lshr(
         g.add(span, g.c32(KV_TILE as i64 - 1))?,
         g.c32(KV_TILE.trailing_zeros() as i64),
     )?;
     // the page ids of tile `t`, when it exists (the table is read for existing tiles only)
+    // the tiles known now (COPY_STREAM: grows as chunks are taken)
+    let known = || -> R<IntValue<'ctx>> {
+        match &sv {
+            Some(st) => g.geti(&st.total),
+            None => Ok(ntiles),
+        }
+    };
     let fetch = |t: IntValue<'ctx>| -> R<()> {
         match &pages {
             Some(pg) => g.if_then(
-                g.icmp(IntPredicate::SLT, t, ntiles)?,
+                g.icmp(IntPredicate::SLT, t, known()?)?,
                 || match &page_bases {
                     Some((bases, _)) => pg.fetch_bases(g, bases, tile_key0(t)?, rpp),
                     None => pg.fetch(g, tile_key0(t)?),
@@ -1275,20 +1393,7 @@ pub(super) fn build<'ctx>(
     // a warp's key slice: `sw` rows into the tile (into each slab with COPY_TMA)
     let slice_row_bytes = if tma { 128 } else { row_bytes };
     let slice_bytes = g.mul(si, g.c32(sw as i64 * slice_row_bytes))?;
-    g.for_range(zero, ntiles, g.c32(1), |it| {
-        // tile `it` has landed (its group and every older one); every warp is done
-        // with tile it - 1, whose buffer the next copy refills
-        g.cp_async_wait(nstages as i64 - 2)?;
-        g.barrier()?;
-        let nt = g.add(it, g.c32(nstages as i64 - 1))?;
-        let nbuf = g.geti(&next)?;
-        g.if_then(g.icmp(IntPredicate::SLT, nt, ntiles)?, || issue(nt, nbuf))?;
-        g.cp_async_commit()?;
-        // the next tile's page ids load while this tile is computed
-        fetch(g.add(nt, g.c32(1))?)?;
-        g.set(&next, wrap(nbuf)?)?;
-
-        let buf = g.geti(&cur)?;
+    let compute = |it: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         if tma {
             // COPY_TMA: a full tile's boxes have landed (phase it / stages of its
             // buffer's barrier: only a split's last tile is copied otherwise)
@@ -1300,10 +1405,13 @@ pub(super) fn build<'ctx>(
         }
         let at = g.add(g.mul(buf, g.c32(stage))?, slice_bytes)?;
         let s = qk(g, &cfg, &cx, Some(&qfrag), at)?;
-        let key0 = g.add(
-            g.add(k0, g.mul(it, g.c32(KV_TILE as i64))?)?,
-            g.mul(si, g.c32(sw as i64))?,
-        )?;
+        let key0 = match &sv {
+            Some(_) => g.add(tile_key0(it)?, g.mul(si, g.c32(sw as i64))?)?,
+            None => g.add(
+                g.add(k0, g.mul(it, g.c32(KV_TILE as i64))?)?,
+                g.mul(si, g.c32(sw as i64))?,
+            )?,
+        };
         let t = AccTile::new(g, 1, s[0].len(), 0.0)?;
         match &kept_tile {
             // COPY_FULL_TILE: a tile where every test holds takes the logits without them
@@ -1325,11 +1433,67 @@ pub(super) fn build<'ctx>(
             None => logits(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?,
         }
         let (pf, _) = online_softmax(g, &cfg, &cx, &t, &m, &l, &o, None, &mut || Ok(()))?;
-        pv_at(g, &cfg, &cx, &pf, &o, at)?;
+        pv_at(g, &cfg, &cx, &pf, &o, at)
+    };
+    let body = |it: IntValue<'ctx>| -> R<()> {
+        // tile `it` has landed (its group and every older one); every warp is done
+        // with tile it - 1, whose buffer the next copy refills
+        g.cp_async_wait(nstages as i64 - 2)?;
+        g.barrier()?;
+        if let Some(st) = &sv {
+            // COPY_STREAM: the count thread 0 stored before the barrier (a chunk, or
+            // none left), then thread 0 takes the next chunk when few tiles are left
+            st.land(g)?;
+            st.take(g, tid, it)?;
+        }
+        let nt = g.add(it, g.c32(nstages as i64 - 1))?;
+        let nbuf = g.geti(&next)?;
+        g.if_then(g.icmp(IntPredicate::SLT, nt, known()?)?, || issue(nt, nbuf))?;
+        g.cp_async_commit()?;
+        // the next tile's page ids load while this tile is computed
+        fetch(g.add(nt, g.c32(1))?)?;
+        g.set(&next, wrap(nbuf)?)?;
+
+        let buf = g.geti(&cur)?;
+        match &sv {
+            // COPY_STREAM: an iteration past the known tiles only waits for a count
+            Some(st) => g.if_then(g.icmp(IntPredicate::SLT, it, g.geti(&st.total)?)?, || {
+                compute(it, buf)
+            })?,
+            None => compute(it, buf)?,
+        }
         g.set(&cur, wrap(buf)?)
-    })?;
+    };
+    match &sv {
+        Some(st) => {
+            // COPY_STREAM: while tiles are known or a count is on its way
+            let iv = g.var(g.i32, zero)?;
+            let (head, bb, exit) = (g.block("stream_head"), g.block("stream"), g.block("streamed"));
+            g.br(head)?;
+            g.b.position_at_end(head);
+            let it = g.geti(&iv)?;
+            let go = g.or(
+                g.icmp(IntPredicate::SLT, it, g.geti(&st.total)?)?,
+                g.icmp(IntPredicate::NE, g.geti(&st.pend)?, zero)?,
+            )?;
+            g.cond_br(go, bb, exit)?;
+            g.b.position_at_end(bb);
+            st.publish(g, tid)?;
+            body(it)?;
+            g.set(&iv, g.add(it, g.c32(1))?)?;
+            g.br(head)?;
+            g.b.position_at_end(exit);
+        }
+        None => g.for_range(zero, ntiles, g.c32(1), body)?,
+    }
     g.cp_async_wait(0)?;
     g.barrier()?;
+    // COPY_STREAM: this CTA is done taking; it counts itself (the add's latency under the
+    // merge and the stores below)
+    let done = match &sv {
+        Some(st) => Some(g.atom_inc_relaxed_if_zero(tid, st.done)?),
+        None => None,
+    };
     // COPY_STEAL: thread 0 takes the next item now (the add's latency under the merge
     // and the stores below; the value is used at the end)
     let counter = if steal {
@@ -1500,6 +1664,16 @@ pub(super) fn build<'ctx>(
             Ok(())
         })?;
     }
+    if let (Some(st), Some(done)) = (&sv, done) {
+        // COPY_STREAM: the item's last CTA to count (every other one has stopped taking)
+        // zeroes both words for the next launch
+        let last = g.sub(a.int(P::Splits)?, g.c32(1))?;
+        let first = g.icmp(IntPredicate::EQ, tid, zero)?;
+        g.if_then(g.and(first, g.icmp(IntPredicate::EQ, done, last)?)?, || {
+            g.st_global_u32(st.claim, zero)?;
+            g.st_global_u32(st.done, zero)
+        })?;
+    }
     if let (Some(((vs, vy, vb), head)), Some(taken), Some(ctr)) = (&item, &taken, counter) {
         // COPY_STEAL: thread 0 publishes the item it took (and, when its add was the
         // launch's last, zeroes the counter); every thread then runs that item or ends.
@@ -1571,6 +1745,118 @@ fn steal_keys<'ctx>(
     )?;
     let len = g.selecti(g.icmp(IntPredicate::ULT, split, sg)?, chunk, small)?;
     let k1 = g.iintr2("llvm.smin.i32", g.add(k0, len)?, hi)?;
+    Ok((k0, k1))
+}
+
+/// [`COPY_STREAM`]'s state of a CTA (uniform over its threads but `tok`): the item's
+/// range end `hi`, its chunks from key `cbase` of `ck` keys (`ct` tiles) each, `nchunks` of
+/// them, the own split's `n0` tiles, the counter words' addresses (`claim`, `done`), the
+/// shared slots' offset; the tiles known (`total`), the chunks taken (`nq`), whether a count
+/// is on its way (`pend`), whether the chunks are gone (`dry`), thread 0's count (`tok`).
+struct Stream<'ctx> {
+    hi: IntValue<'ctx>,
+    cbase: IntValue<'ctx>,
+    ck: IntValue<'ctx>,
+    ct: IntValue<'ctx>,
+    nchunks: IntValue<'ctx>,
+    n0: IntValue<'ctx>,
+    claim: IntValue<'ctx>,
+    done: IntValue<'ctx>,
+    slots: i64,
+    total: Var<'ctx>,
+    nq: Var<'ctx>,
+    pend: Var<'ctx>,
+    dry: Var<'ctx>,
+    tok: Var<'ctx>,
+}
+
+impl<'ctx> Stream<'ctx> {
+    /// The shared-window address of the slot of the `q`-th chunk taken.
+    fn slot(&self, g: &Gpu<'ctx>, q: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let i = g.and(q, g.c32(STREAM_SLOTS as i64 - 1))?;
+        g.smem_addr32(g.add(g.c32(self.slots), g.shl(i, g.c32(2))?)?)
+    }
+
+    /// Before the iteration's barrier: thread 0 stores its pending count into the next
+    /// chunk's slot.
+    fn publish(&self, g: &Gpu<'ctx>, tid: IntValue<'ctx>) -> R<()> {
+        let zero = g.c32(0);
+        let go = g.and(
+            g.icmp(IntPredicate::NE, g.geti(&self.pend)?, zero)?,
+            g.icmp(IntPredicate::EQ, tid, zero)?,
+        )?;
+        g.if_then(go, || {
+            g.st_shared_u32(self.slot(g, g.geti(&self.nq)?)?, g.geti(&self.tok)?)
+        })
+    }
+
+    /// After the barrier: the pending count lands — a chunk (its tiles extend the known
+    /// ones) or none left.
+    fn land(&self, g: &Gpu<'ctx>) -> R<()> {
+        let zero = g.c32(0);
+        g.if_then(g.icmp(IntPredicate::NE, g.geti(&self.pend)?, zero)?, || {
+            let nq = g.geti(&self.nq)?;
+            let c = g.ld_shared_u32(self.slot(g, nq)?)?;
+            let ok = g.icmp(IntPredicate::ULT, c, self.nchunks)?;
+            let start = g.add(self.cbase, g.mul(c, self.ck)?)?;
+            let keys = g.iintr2("llvm.smin.i32", g.sub(self.hi, start)?, self.ck)?;
+            let keys = g.selecti(ok, keys, zero)?;
+            let tiles = g.lshr(
+                g.add(keys, g.c32(KV_TILE as i64 - 1))?,
+                g.c32(KV_TILE.trailing_zeros() as i64),
+            )?;
+            g.set(&self.total, g.add(g.geti(&self.total)?, tiles)?)?;
+            g.set(&self.nq, g.add(nq, g.zext32(ok)?)?)?;
+            g.set(&self.dry, g.zext32(g.b.build_not(ok, "")?)?)?;
+            g.set(&self.pend, zero)
+        })
+    }
+
+    /// Thread 0 takes the next chunk (a relaxed add; its count is stored one iteration
+    /// later) when at most [`STREAM_AHEAD`] known tiles are left from `it` on.
+    fn take(&self, g: &Gpu<'ctx>, tid: IntValue<'ctx>, it: IntValue<'ctx>) -> R<()> {
+        let zero = g.c32(0);
+        let left = g.sub(g.geti(&self.total)?, it)?;
+        let go = g.and(
+            g.and(
+                g.icmp(IntPredicate::EQ, g.geti(&self.pend)?, zero)?,
+                g.icmp(IntPredicate::EQ, g.geti(&self.dry)?, zero)?,
+            )?,
+            g.icmp(IntPredicate::SLE, left, g.c32(STREAM_AHEAD as i64))?,
+        )?;
+        g.if_then(go, || {
+            g.set(&self.tok, g.atom_inc_relaxed_if_zero(tid, self.claim)?)?;
+            g.set(&self.pend, g.c32(1))
+        })
+    }
+}
+
+/// [`COPY_BALANCED`]'s keys `[k0, k1)` of split `split` of sequence `b`: the range
+/// `lo..hi` (`lo` rounded down to a multiple of `align`, as `split_keys_from`) of `T =
+/// ceil((hi - lo) / 64)` tiles, split `s` from tile `floor(s T / Splits)` to tile
+/// `floor((s + 1) T / Splits)` (64-bit products: no wrap), `k1` at most `hi`.
+fn balanced_keys<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    b: IntValue<'ctx>,
+    split: IntValue<'ctx>,
+    align: u32,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    use DecodeParam as P;
+    let (lo, hi) = item_range(g, a, b, align)?;
+    let span = g.iintr2("llvm.smax.i32", g.sub(hi, lo)?, g.c32(0))?;
+    let tiles = g.lshr(
+        g.add(span, g.c32(KV_TILE as i64 - 1))?,
+        g.c32(KV_TILE.trailing_zeros() as i64),
+    )?;
+    let (t64, s64) = (g.zext64(tiles)?, g.zext64(a.int(P::Splits)?)?);
+    let cut = |s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let t = g.udiv(g.mul(g.zext64(s)?, t64)?, s64)?;
+        let t = g.b.build_int_truncate(t, g.i32, "")?;
+        g.add(lo, g.shl(t, g.c32(KV_TILE.trailing_zeros() as i64))?)
+    };
+    let k0 = cut(split)?;
+    let k1 = g.iintr2("llvm.smin.i32", cut(g.add(split, g.c32(1))?)?, hi)?;
     Ok((k0, k1))
 }
 
@@ -2526,6 +2812,142 @@ mod tests {
                     if let Some(ptxas) = &ptxas {
                         ptxas_accepts(ptxas, "steal", &key, &kn.decode_ptx);
                         ptxas_accepts(ptxas, "steal_trace", &key, &kt.decode_ptx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`COPY_STREAM`]: the plain kernel takes it (two relaxed adds: the take in the loop
+    /// and the count after it; two relaxed stores: the reset; the counter and chunk
+    /// params, the splits' grid, the slots in shared memory); the combine, the fused
+    /// kinds and TMA kernels do not (byte-identical), nor does [`COPY_STEAL`] (it wins);
+    /// ptxas 13.0 accepts the kernels (`ATTNC_PTXAS`).
+    #[test]
+    fn mma_decode_stream() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let count = |ptx: &str, w: &str| ptx.matches(w).count();
+        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
+            let p = &example(ex);
+            for (rows, d, paged) in [
+                (16, 128, false),
+                (16, 128, true),
+                (64, 128, true),
+                (32, 64, false),
+            ] {
+                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: base,
+                    };
+                    let with = |c: u16| DecodeOptions { copy: c, ..o };
+                    let os = with(base | COPY_STREAM);
+                    let key = format!("{ex} {}", os.key());
+                    let (k0, ks) = (emit_decode_mma(p, &o).unwrap(), emit_decode_mma(p, &os).unwrap());
+                    let atom = "atom.relaxed.gpu.global.add.u32";
+                    assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
+                    assert_eq!(count(&ks.decode_ptx, atom), 2, "{key}");
+                    assert_eq!(count(&ks.decode_ptx, "st.relaxed.gpu.global.u32"), 2, "{key}");
+                    assert_eq!(ks.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &os).unwrap(),
+                        emit_decode_mma_fused(p, &o).unwrap(),
+                        "{key}: fused took it"
+                    );
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &with(os.copy | COPY_DIRECT)).unwrap(),
+                        emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
+                        "{key}: direct took it"
+                    );
+                    assert_eq!(
+                        emit_decode_mma(p, &with(os.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        emit_decode_mma(p, &with(o.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        "{key}: steal took it"
+                    );
+                    if paged {
+                        assert_eq!(
+                            emit_decode_mma(p, &with(os.copy | COPY_TMA)).unwrap().decode_ptx,
+                            emit_decode_mma(p, &with(o.copy | COPY_TMA)).unwrap().decode_ptx,
+                            "{key}: TMA took it"
+                        );
+                    }
+                    let sp = |o: &DecodeOptions| {
+                        spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap()
+                    };
+                    let (s0, ss) = (sp(&o), sp(&os));
+                    assert_eq!(ss.grid, s0.grid, "{key}");
+                    assert_eq!(ss.grid[0], GridDim::Splits, "{key}");
+                    for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
+                        assert!(!s0.params.contains(&q), "{key}: {q:?}");
+                        assert!(ss.params.contains(&q), "{key}: {q:?}");
+                    }
+                    assert_eq!(ss.smem_bytes, s0.smem_bytes + 4 * (1 + STREAM_SLOTS), "{key}");
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "stream", &key, &ks.decode_ptx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`COPY_BALANCED`]: the plain and the merging fused kernel take it (other PTX, the
+    /// same spec: params, grid, shared memory), the combine kernel and the one-split
+    /// form do not (byte-identical), and [`COPY_STEAL`] keeps its own splits (its PTX
+    /// unchanged by the bit); ptxas 13.0 accepts the kernels (`ATTNC_PTXAS`).
+    #[test]
+    fn mma_decode_balanced() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
+            let p = &example(ex);
+            for (rows, d, paged) in [
+                (16, 128, false),
+                (16, 128, true),
+                (64, 128, true),
+                (32, 64, false),
+            ] {
+                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: base,
+                    };
+                    let with = |c: u16| DecodeOptions { copy: c, ..o };
+                    let ob = with(base | COPY_BALANCED);
+                    let key = format!("{ex} {}", ob.key());
+                    let (k0, kb) = (emit_decode_mma(p, &o).unwrap(), emit_decode_mma(p, &ob).unwrap());
+                    assert_ne!(kb.decode_ptx, k0.decode_ptx, "{key}: plain kernel unchanged");
+                    assert_eq!(kb.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                    assert_ne!(
+                        emit_decode_mma_fused(p, &ob).unwrap(),
+                        emit_decode_mma_fused(p, &o).unwrap(),
+                        "{key}: merging fused kernel unchanged"
+                    );
+                    assert_eq!(
+                        emit_decode_mma_fused(p, &with(ob.copy | COPY_DIRECT)).unwrap(),
+                        emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
+                        "{key}: direct took it"
+                    );
+                    assert_eq!(
+                        emit_decode_mma(p, &with(ob.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        emit_decode_mma(p, &with(o.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        "{key}: steal took it"
+                    );
+                    for kind in [KernelKind::DecodeMma, KernelKind::DecodeMmaFused] {
+                        let sp = |o: &DecodeOptions| spec(p, kind, &o.ptx_options()).unwrap();
+                        let (s0, sb) = (sp(&o), sp(&ob));
+                        assert_eq!(s0.params, sb.params, "{key} {kind:?}");
+                        assert_eq!(s0.grid, sb.grid, "{key} {kind:?}");
+                        assert_eq!(s0.smem_bytes, sb.smem_bytes, "{key} {kind:?}");
+                    }
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "balanced", &key, &kb.decode_ptx);
                     }
                 }
             }

@@ -238,6 +238,8 @@ mod tests {
                 chunk: 64,
                 split_ctas: 2,
                 steal_chunk: 0,
+                balanced: false,
+                stream: false,
                 lkv_max: 100,
                 page_shift: 0,
                 max_pages: 0,
