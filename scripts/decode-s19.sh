@@ -5,11 +5,12 @@
 # splits that continue their streams (`p`, `COPY_STREAM`, not bit-reproducible) and the
 # combine's early trigger (`j`) against the default `efik`, one device call, each step only
 # while the elapsed time is below BUDGET seconds (default 100):
-#  1. B1 Hq32 Hkv8 Lkv131072 Lq1 contiguous: efik, efiko, efikj, efikjo, efikp (stream
-#     90:4 and 80:8), rotated rounds;
-#  2. B8 Lkv32768 Lq1 / Lq4 / Lq16 contiguous and B8 Lq1 + B1 paged 16: efik, efiko, efikp;
-#  3. SDPA cuDNN / flash anchors of the same shapes (scripts/decode_bench_torch.py --no-flex);
-#  4. gpu_decode tests (ATTNC_DECODE_COPY=efiko; the new tests set their own letters) and
+#  1. B1 Hq32 Hkv8 Lkv131072 Lq1 contiguous: efik, efiko, efikj, efikjo, efikp and efikjop
+#     (stream 90:4 and 80:8), 7 rotated rounds;
+#  2. SDPA cuDNN / flash anchors (scripts/decode_bench_torch.py --no-flex);
+#  3. B8 Lkv32768 Lq1 / Lq4 / Lq16 contiguous: efik, efiko, efikp;
+#  4. B8 Lq1 and B1, contiguous and paged 16: efik, efiko, efikp;
+#  5. gpu_decode tests (ATTNC_DECODE_COPY=efiko; the new tests set their own letters) and
 #     compute-sanitizer memcheck + racecheck on gpu_decode_balanced and gpu_decode_stream.
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/d19; mkdir -p $B /tmp/d19o
@@ -23,18 +24,23 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit -
 bench() { local to=$1 f=$2; shift 2; timeout $to $A bench examples/$f --decode --backend cuda --dtype bf16 --d 128 --iters 20 "$@" 2>&1 | grep -v "^device" | cut -c1-400; }
 echo "=== 1. B1 ($(el) s)"
 ATTNC_DECODE_BENCH_ROUNDS=7 ATTNC_DECODE_BENCH_COPY=${COPIES:-efik,efiko,efikj,efikjo,efikp,efikjop} ATTNC_DECODE_BENCH_STEAL=${STREAMS:-90:4,80:8} \
-  bench 30 dense.attn --decode-shape 1,32,8,1,131072 --kv-cache contiguous | tee $O/b1.txt
-if ok $((BUDGET - 30)); then
-echo "=== 2. B8 + paged 16 ($(el) s)"
-ATTNC_DECODE_BENCH_ROUNDS=4 ATTNC_DECODE_BENCH_COPY=efik,efiko,efikp \
-  bench 26 dense.attn --decode-shape 8,32,8,1,32768 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --decode-shape 1,32,8,1,131072 --kv-cache contiguous,paged --page-size 16 | tee $O/b8.txt
+  bench 28 dense.attn --decode-shape 1,32,8,1,131072 --kv-cache contiguous | tee $O/b1.txt
+if [ "${ANCHORS:-1}" = 1 ] && ok $((BUDGET - 40)); then
+echo "=== 2. SDPA anchors ($(el) s)"
+PYTHONUNBUFFERED=1 timeout 16 python3 scripts/decode_bench_torch.py --no-flex 2>&1 | grep -v Warning | tee $O/anchors.txt
 fi
-if [ "${ANCHORS:-1}" = 1 ] && ok $((BUDGET - 20)); then
-echo "=== 3. SDPA anchors ($(el) s)"
-PYTHONUNBUFFERED=1 timeout 18 python3 scripts/decode_bench_torch.py --no-flex 2>&1 | grep -v Warning | tee $O/anchors.txt
+if ok $((BUDGET - 35)); then
+echo "=== 3. B8 contiguous ($(el) s)"
+ATTNC_DECODE_BENCH_ROUNDS=4 ATTNC_DECODE_BENCH_COPY=efik,efiko,efikp \
+  bench 18 dense.attn --decode-shape 8,32,8,1,32768 --decode-shape 8,32,8,4,32768 --decode-shape 8,32,8,16,32768 --kv-cache contiguous | tee $O/b8.txt
+fi
+if ok $((BUDGET - 28)); then
+echo "=== 4. paged 16: B8 Lq1, B1 ($(el) s)"
+ATTNC_DECODE_BENCH_ROUNDS=3 ATTNC_DECODE_BENCH_COPY=efik,efiko,efikp \
+  bench 16 dense.attn --decode-shape 8,32,8,1,32768 --decode-shape 1,32,8,1,131072 --kv-cache contiguous,paged --page-size 16 | tee $O/paged.txt
 fi
 if [ "${TESTS:-1}" = 1 ] && ok $((BUDGET - 8)); then
-echo "=== 4. tests ($(el) s)"; tt=$(( BUDGET - $(el) - 2 )); [ $tt -gt 60 ] && tt=60
+echo "=== 5. tests ($(el) s)"; tt=$(( BUDGET - $(el) - 2 )); [ $tt -gt 60 ] && tt=60
 mkdir -p /tmp/d19t
 for t in gpu_decode_balanced gpu_decode_stream gpu_decode_combine_launches gpu_decode_shapes gpu_decode_long gpu_decode_sanitize gpu_decode_caller_buffers gpu_decode_trace gpu_decode_chunked_causal; do
   ( ATTNC_DECODE_COPY=efiko timeout $tt $T --exact $t > /tmp/d19t/$t.log 2>&1; echo "rc=$?" >> /tmp/d19t/$t.log ) &

@@ -805,11 +805,27 @@ mod tests {
                 "splits 8 copy 0"
             ]
         );
+        // the steal entries multiply the copies with `n` or `p` only
+        assert_eq!(
+            labels(&[
+                ("ATTNC_DECODE_BENCH_COPY", "efik,efikp"),
+                ("ATTNC_DECODE_BENCH_STEAL", "90:4,80:8")
+            ]),
+            ["copy efik", "copy efikp steal 90:4", "copy efikp steal 80:8"]
+        );
+        let t = with(&[
+            ("ATTNC_DECODE_BENCH_COPY", "efikn"),
+            ("ATTNC_DECODE_BENCH_STEAL", "70:3"),
+        ])
+        .unwrap();
+        assert_eq!(t[0].1.steal, Some((70, 3)));
         for (var, value, entry) in [
             ("ATTNC_DECODE_BENCH_COMBINE", "chained,chaned", "chaned"),
             ("ATTNC_DECODE_BENCH_SPLITS", "x", "x"),
             ("ATTNC_DECODE_BENCH_SPLITS", "4,-1", "-1"),
             ("ATTNC_DECODE_BENCH_COPY", "efi,efz", "efz"),
+            ("ATTNC_DECODE_BENCH_STEAL", "80:8,0:4", "0:4"),
+            ("ATTNC_DECODE_BENCH_STEAL", "80", "80"),
         ] {
             let e = with(&[(var, value)]).unwrap_err().to_string();
             assert!(

@@ -82,7 +82,7 @@ impl DecodeGeometry {
     pub fn split_keys(&self, lo: i64, hi: i64, split: u32) -> (i64, i64) {
         if self.balanced && self.steal_chunk == 0 {
             let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as i64;
-            let tiles = (hi - lo).max(0).div_ceil(tile);
+            let tiles = ((hi - lo).max(0) + tile - 1) / tile;
             let cut = |s: i64| lo + s * tiles / self.splits.max(1) as i64 * tile;
             let k0 = cut(split as i64);
             return (k0, cut(split as i64 + 1).min(hi).max(k0));
