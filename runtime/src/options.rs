@@ -151,9 +151,9 @@ pub struct DecodeTuning {
 /// `abcdefghijklmnop` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u16> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
+        COPY_BALANCED, COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
         COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
-        COPY_BALANCED, COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE,
+        COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE,
     };
     let v = v.trim();
     if v == "0" {

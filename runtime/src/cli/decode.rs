@@ -811,7 +811,11 @@ mod tests {
                 ("ATTNC_DECODE_BENCH_COPY", "efik,efikp"),
                 ("ATTNC_DECODE_BENCH_STEAL", "90:4,80:8")
             ]),
-            ["copy efik", "copy efikp steal 90:4", "copy efikp steal 80:8"]
+            [
+                "copy efik",
+                "copy efikp steal 90:4",
+                "copy efikp steal 80:8"
+            ]
         );
         let t = with(&[
             ("ATTNC_DECODE_BENCH_COPY", "efikn"),

@@ -1468,7 +1468,11 @@ pub(super) fn build<'ctx>(
         Some(st) => {
             // COPY_STREAM: while tiles are known or a count is on its way
             let iv = g.var(g.i32, zero)?;
-            let (head, bb, exit) = (g.block("stream_head"), g.block("stream"), g.block("streamed"));
+            let (head, bb, exit) = (
+                g.block("stream_head"),
+                g.block("stream"),
+                g.block("streamed"),
+            );
             g.br(head)?;
             g.b.position_at_end(head);
             let it = g.geti(&iv)?;
@@ -2847,11 +2851,18 @@ mod tests {
                     let with = |c: u16| DecodeOptions { copy: c, ..o };
                     let os = with(base | COPY_STREAM);
                     let key = format!("{ex} {}", os.key());
-                    let (k0, ks) = (emit_decode_mma(p, &o).unwrap(), emit_decode_mma(p, &os).unwrap());
+                    let (k0, ks) = (
+                        emit_decode_mma(p, &o).unwrap(),
+                        emit_decode_mma(p, &os).unwrap(),
+                    );
                     let atom = "atom.relaxed.gpu.global.add.u32";
                     assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
                     assert_eq!(count(&ks.decode_ptx, atom), 2, "{key}");
-                    assert_eq!(count(&ks.decode_ptx, "st.relaxed.gpu.global.u32"), 2, "{key}");
+                    assert_eq!(
+                        count(&ks.decode_ptx, "st.relaxed.gpu.global.u32"),
+                        2,
+                        "{key}"
+                    );
                     assert_eq!(ks.combine_ptx, k0.combine_ptx, "{key}: combine took it");
                     assert_eq!(
                         emit_decode_mma_fused(p, &os).unwrap(),
@@ -2864,14 +2875,22 @@ mod tests {
                         "{key}: direct took it"
                     );
                     assert_eq!(
-                        emit_decode_mma(p, &with(os.copy | COPY_STEAL)).unwrap().decode_ptx,
-                        emit_decode_mma(p, &with(o.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        emit_decode_mma(p, &with(os.copy | COPY_STEAL))
+                            .unwrap()
+                            .decode_ptx,
+                        emit_decode_mma(p, &with(o.copy | COPY_STEAL))
+                            .unwrap()
+                            .decode_ptx,
                         "{key}: steal took it"
                     );
                     if paged {
                         assert_eq!(
-                            emit_decode_mma(p, &with(os.copy | COPY_TMA)).unwrap().decode_ptx,
-                            emit_decode_mma(p, &with(o.copy | COPY_TMA)).unwrap().decode_ptx,
+                            emit_decode_mma(p, &with(os.copy | COPY_TMA))
+                                .unwrap()
+                                .decode_ptx,
+                            emit_decode_mma(p, &with(o.copy | COPY_TMA))
+                                .unwrap()
+                                .decode_ptx,
                             "{key}: TMA took it"
                         );
                     }
@@ -2885,7 +2904,11 @@ mod tests {
                         assert!(!s0.params.contains(&q), "{key}: {q:?}");
                         assert!(ss.params.contains(&q), "{key}: {q:?}");
                     }
-                    assert_eq!(ss.smem_bytes, s0.smem_bytes + 4 * (1 + STREAM_SLOTS), "{key}");
+                    assert_eq!(
+                        ss.smem_bytes,
+                        s0.smem_bytes + 4 * (1 + STREAM_SLOTS),
+                        "{key}"
+                    );
                     if let Some(ptxas) = &ptxas {
                         ptxas_accepts(ptxas, "stream", &key, &ks.decode_ptx);
                     }
@@ -2921,8 +2944,14 @@ mod tests {
                     let with = |c: u16| DecodeOptions { copy: c, ..o };
                     let ob = with(base | COPY_BALANCED);
                     let key = format!("{ex} {}", ob.key());
-                    let (k0, kb) = (emit_decode_mma(p, &o).unwrap(), emit_decode_mma(p, &ob).unwrap());
-                    assert_ne!(kb.decode_ptx, k0.decode_ptx, "{key}: plain kernel unchanged");
+                    let (k0, kb) = (
+                        emit_decode_mma(p, &o).unwrap(),
+                        emit_decode_mma(p, &ob).unwrap(),
+                    );
+                    assert_ne!(
+                        kb.decode_ptx, k0.decode_ptx,
+                        "{key}: plain kernel unchanged"
+                    );
                     assert_eq!(kb.combine_ptx, k0.combine_ptx, "{key}: combine took it");
                     assert_ne!(
                         emit_decode_mma_fused(p, &ob).unwrap(),
@@ -2935,8 +2964,12 @@ mod tests {
                         "{key}: direct took it"
                     );
                     assert_eq!(
-                        emit_decode_mma(p, &with(ob.copy | COPY_STEAL)).unwrap().decode_ptx,
-                        emit_decode_mma(p, &with(o.copy | COPY_STEAL)).unwrap().decode_ptx,
+                        emit_decode_mma(p, &with(ob.copy | COPY_STEAL))
+                            .unwrap()
+                            .decode_ptx,
+                        emit_decode_mma(p, &with(o.copy | COPY_STEAL))
+                            .unwrap()
+                            .decode_ptx,
                         "{key}: steal took it"
                     );
                     for kind in [KernelKind::DecodeMma, KernelKind::DecodeMmaFused] {
