@@ -256,6 +256,9 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_STEAL
     | COPY_BALANCED
     | COPY_STREAM;
+// Every bit of `PtxOptions::decode_copy`'s u16 is a `COPY_*` bit (a new one needs a
+// wider field, and `validate` a check for bits without a meaning again).
+const _: () = assert!(COPY_BITS == u16::MAX);
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -368,12 +371,8 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
             opts.d
         )));
     }
-    if opts.copy & !COPY_BITS != 0 {
-        return Err(LlvmError::Unsupported(format!(
-            "tensor-core decode kernel with copy bits {:#x}: not COPY_* bits",
-            opts.copy & !COPY_BITS
-        )));
-    }
+    // (every bit of the u16 is a COPY_* bit since session 19, asserted at compile time; no
+    // copy value to refuse)
     if !MMA_ROWS.contains(&opts.rows) {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with {} rows per CTA: needs 16, 32 or 64",
