@@ -119,6 +119,10 @@ const MMA_FILL_TILES: usize = 4;
 /// causal contiguous 330.6 / 298.7, paged 16 +7.9% / +2.4%, paged 128 +5.6% / +0.8% of
 /// contiguous; dense contiguous 315.3 / 298.2, paged +4.2% / +4.5% and +2.9% / +3.6%;
 /// Lq1, Lq4, B64 Lkv8192, B1 Lkv131072 within 0.2% (3 rounds).
+/// Not in it (session 19, one H200 call, B1 Lkv131072 Lq1, 7 rotated rounds, µs, `efik`
+/// 124.2, SDPA cuDNN 128.2): [`decode_mma::COPY_BALANCED`] (`o`) 124.5, no faster;
+/// [`decode_mma::COPY_STREAM`] (`p`, not bit-reproducible) 125.7 / 127.6, slower; `j`
+/// 123.4 and `jo` 122.9, faster at B1 but not measured at B8 or paged in that call.
 const COPY: u16 = decode_mma::COPY_EARLY
     | decode_mma::COPY_DIRECT
     | decode_mma::COPY_IDS_LATE
