@@ -106,8 +106,7 @@ const MMA_FILL_TILES: usize = 4;
 /// on an H200 (session 14's final check, `ef` / `efi` in the same rotated rounds, paged vs
 /// contiguous): B8 Lkv32768 Lq16 page 16 +7.2% / +2.8%, page 128 +4.6% / +2.5%; Lq4 page 16
 /// +2.0% / +1.0%; Lq1 +1.5% / +0.6%; sliding 4096 Lq1 +4.5% / +2.9%; contiguous unchanged.
-/// Not in it: [`decode_mma::COPY_COMBINE_TRIGGER`] (`j`, the combine kernel lets the next
-/// call's decode kernel launch before its wait; session 15: no faster). Session 15 also
+/// [`decode_mma::COPY_COMBINE_TRIGGER`] (`j`) was no faster alone in session 15. Session 15 also
 /// measured (same call, same rotated rounds, B8 Lkv32768 Lq1, µs): 8 or 16 splits
 /// instead of the chosen 4, 249.0 / 251.3 against 244.7; the fused kernel chained
 /// (`fused_combine`) 249.4 against 244.6 (Lq4 256.1 / 247.6, B1 Lkv131072 133.3 / 126.5).
@@ -119,14 +118,22 @@ const MMA_FILL_TILES: usize = 4;
 /// causal contiguous 330.6 / 298.7, paged 16 +7.9% / +2.4%, paged 128 +5.6% / +0.8% of
 /// contiguous; dense contiguous 315.3 / 298.2, paged +4.2% / +4.5% and +2.9% / +3.6%;
 /// Lq1, Lq4, B64 Lkv8192, B1 Lkv131072 within 0.2% (3 rounds).
-/// Not in it (session 19, one H200 call, B1 Lkv131072 Lq1, 7 rotated rounds, µs, `efik`
-/// 124.2, SDPA cuDNN 128.2): [`decode_mma::COPY_BALANCED`] (`o`) 124.5, no faster;
-/// [`decode_mma::COPY_STREAM`] (`p`, not bit-reproducible) 125.7 / 127.6, slower; `j`
-/// 123.4 and `jo` 122.9, faster at B1 but not measured at B8 or paged in that call.
+/// With [`decode_mma::COPY_COMBINE_TRIGGER`] and [`decode_mma::COPY_BALANCED`] (`jo`,
+/// session 19: the combine kernel lets the next call's decode kernel launch before its
+/// wait; each range cut into splits of `floor(T / splits)` or one more tile). Measured on
+/// an H200 (two calls, rotated rounds, bf16 D128 Hq32 Hkv8 dense, µs, `efik` / `efikj` /
+/// `efikjo`): B1 Lkv131072 Lq1 124.2 / 123.4 / 122.9 (7 rounds; `efiko` 124.5, SDPA cuDNN
+/// 128.2) and 124.6 / 124.2 / 123.5 (9 rounds, ranges 124.6-125.0 against 123.2-123.6);
+/// B8 Lkv32768 Lq1 241.1 / 240.7 / 240.8, Lq4 241.8 / 242.2 / 242.1, Lq16 281.2 / 280.2 /
+/// 277.6 (5 rounds), B8 Lq1 paged 16 +1.4% / +2.0% / +1.5% of contiguous (243.0 / 244.9 /
+/// 243.4). Not in it: [`decode_mma::COPY_STREAM`] (`p`, splits that continue their
+/// streams, not bit-reproducible): B1 125.7 / 127.6 (chunks of 4 / 8 tiles), slower.
 const COPY: u16 = decode_mma::COPY_EARLY
     | decode_mma::COPY_DIRECT
     | decode_mma::COPY_IDS_LATE
-    | decode_mma::COPY_FULL_TILE;
+    | decode_mma::COPY_FULL_TILE
+    | decode_mma::COPY_COMBINE_TRIGGER
+    | decode_mma::COPY_BALANCED;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;

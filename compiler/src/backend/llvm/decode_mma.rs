@@ -2919,7 +2919,8 @@ mod tests {
     /// [`COPY_BALANCED`]: the plain and the merging fused kernel take it (other PTX, the
     /// same spec: params, grid, shared memory), the combine kernel and the one-split
     /// form do not (byte-identical), and [`COPY_STEAL`] keeps its own splits (its PTX
-    /// unchanged by the bit); ptxas 13.0 accepts the kernels (`ATTNC_PTXAS`).
+    /// unchanged by the bit); ptxas 13.0 accepts the kernels (`ATTNC_PTXAS`); with
+    /// `ATTNC_DECODE_PTX_DIR` both plain kernels go there (for the diff).
     #[test]
     fn mma_decode_balanced() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
@@ -2952,6 +2953,11 @@ mod tests {
                         "{key}: plain kernel unchanged"
                     );
                     assert_eq!(kb.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
+                        std::fs::write(f("unbalanced"), &k0.decode_ptx).unwrap();
+                        std::fs::write(f("balanced"), &kb.decode_ptx).unwrap();
+                    }
                     assert_ne!(
                         emit_decode_mma_fused(p, &ob).unwrap(),
                         emit_decode_mma_fused(p, &o).unwrap(),
