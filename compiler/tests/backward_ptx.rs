@@ -1110,9 +1110,10 @@ fn fused_visit_rec_kernels() {
 /// (and D64's q tiles of 128): deterministic, their own keys; with `bwd_stats_early` the
 /// loads sit between the Sᵀ/dPᵀ commits and the first wait (after it without), with
 /// `bwd_p_under_dp` the first wait after those commits is `wait_group 1` (Sᵀ alone) and
-/// the exponentials follow it before any other wait; `bwd_p_under_dp` leaves q tiles of
-/// 128 and the turns (`bwd_pingpong`, D64 dense) byte-identical, `bwd_stats_early` the
-/// turns. `ATTNC_BWD_PTX_DIR=dir` writes each kernel there (for `ptxas -v`).
+/// the exponentials follow it before any other wait (D64's q tiles of 128 too since
+/// session 19), and with `bwd_dv_early` as well dV is issued between the wait for dPᵀ and
+/// the dS barrier; both leave the turns (`bwd_pingpong`, D64 dense) byte-identical.
+/// `ATTNC_BWD_PTX_DIR=dir` writes each kernel there (for `ptxas -v`).
 #[test]
 fn fused_element_order_kernels() {
     // the text from the first wgmma commit on (the visit's Sᵀ; no issue before the loop
@@ -1133,76 +1134,110 @@ fn fused_element_order_kernels() {
         ] {
             let p = &example(file, name);
             let plan = Plan::new(p);
-            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
-            assert!(!bind.bwd_stats_early && !bind.bwd_p_under_dp, "{name} D{d}");
-            let tag = format!("{name} D{d} q{}", bind.q_block);
-            let def = dkdv_twice(
-                &plan,
-                &bind,
-                &tag,
-                &format!("eo_def_d{d}_{name}_bwd_dkdv.ptx"),
+            assert!(
+                !binding.bwd_stats_early && !binding.bwd_p_under_dp,
+                "{name} D{d}"
             );
-            let h = PtxOptions {
-                bwd_stats_early: true,
-                ..bind
-            };
-            let e = PtxOptions {
-                bwd_p_under_dp: true,
-                ..bind
-            };
-            assert!(h.key() != bind.key() && e.key() != bind.key() && h.key() != e.key());
-            let kh = dkdv_twice(&plan, &h, &tag, &format!("eo_h_d{d}_{name}_bwd_dkdv.ptx"));
-            let ke = dkdv_twice(&plan, &e, &tag, &format!("eo_e_d{d}_{name}_bwd_dkdv.ptx"));
-            if bind.bwd_pingpong {
-                // the turns' order: both ignored
-                assert_eq!(kh.ptx, def.ptx, "{tag}");
-                assert_eq!(ke.ptx, def.ptx, "{tag}");
-                continue;
+            // D64 dense: the turns ignore both options; checked without the turns too
+            let mut binds = vec![binding];
+            if binding.bwd_pingpong {
+                binds.push(PtxOptions {
+                    bwd_pingpong: false,
+                    ..binding
+                });
             }
-            let (t0, th) = (loop_text(&def.ptx), loop_text(&kh.ptx));
-            let lds = if bind.bwd_stmatrix {
-                "ld.shared.v2"
-            } else {
-                "ld.shared.b32"
-            };
-            assert!(
-                first(&t0, lds) > first(&t0, wait0),
-                "{tag}: default loads after the wait"
-            );
-            assert!(
-                first(&th, lds) < first(&th, wait0),
-                "{tag}: loads before the wait"
-            );
-            assert_eq!(
-                def.ptx.matches("wgmma.mma_async").count(),
-                kh.ptx.matches("wgmma.mma_async").count(),
-                "{tag}"
-            );
-            if bind.q_block == 128 {
-                assert_eq!(
-                    ke.ptx, def.ptx,
-                    "{tag}: q tiles of 128 ignore bwd_p_under_dp"
+            for bind in binds {
+                let no_turns = binding.bwd_pingpong && !bind.bwd_pingpong;
+                let name = &format!("{name}{}", if no_turns { "_noturns" } else { "" });
+                let tag = format!("{name} D{d} q{}", bind.q_block);
+                let def = dkdv_twice(
+                    &plan,
+                    &bind,
+                    &tag,
+                    &format!("eo_def_d{d}_{name}_bwd_dkdv.ptx"),
                 );
-                continue;
+                let h = PtxOptions {
+                    bwd_stats_early: true,
+                    ..bind
+                };
+                // (without the D128 bindings' bwd_dv_early: its place is checked below)
+                let e = PtxOptions {
+                    bwd_p_under_dp: true,
+                    bwd_dv_early: false,
+                    ..bind
+                };
+                assert!(h.key() != bind.key() && e.key() != bind.key() && h.key() != e.key());
+                let kh = dkdv_twice(&plan, &h, &tag, &format!("eo_h_d{d}_{name}_bwd_dkdv.ptx"));
+                let ke = dkdv_twice(&plan, &e, &tag, &format!("eo_e_d{d}_{name}_bwd_dkdv.ptx"));
+                if bind.bwd_pingpong {
+                    // the turns' order: both ignored
+                    assert_eq!(kh.ptx, def.ptx, "{tag}");
+                    assert_eq!(ke.ptx, def.ptx, "{tag}");
+                    continue;
+                }
+                let (t0, th) = (loop_text(&def.ptx), loop_text(&kh.ptx));
+                let lds = if bind.bwd_stmatrix {
+                    "ld.shared.v2"
+                } else {
+                    "ld.shared.b32"
+                };
+                assert!(
+                    first(&t0, lds) > first(&t0, wait0),
+                    "{tag}: default loads after the wait"
+                );
+                assert!(
+                    first(&th, lds) < first(&th, wait0),
+                    "{tag}: loads before the wait"
+                );
+                assert_eq!(
+                    def.ptx.matches("wgmma.mma_async").count(),
+                    kh.ptx.matches("wgmma.mma_async").count(),
+                    "{tag}"
+                );
+                // (D64's q tiles of 128 too, since session 19: FlashAttention-4's hdim-64 order)
+                let te = loop_text(&ke.ptx);
+                let (w1, w0, ex) = (
+                    first(&te, wait1),
+                    first(&te, wait0),
+                    first(&te, "ex2.approx"),
+                );
+                assert!(
+                    w1 < w0 && w1 < ex && ex < w0,
+                    "{tag}: P between the two waits"
+                );
+                // the default waits for both first
+                assert!(first(&t0, wait0) < first(&t0, wait1), "{tag}");
+                assert_eq!(
+                    def.ptx.matches("wgmma.mma_async").count(),
+                    ke.ptx.matches("wgmma.mma_async").count(),
+                    "{tag}"
+                );
+                // with bwd_dv_early: dV issued between the wait for dPᵀ and the dS barrier (none
+                // there without), the same products
+                let ej = PtxOptions {
+                    bwd_dv_early: true,
+                    ..e
+                };
+                assert!(ej.key() != e.key(), "{tag}");
+                let kej = dkdv_twice(&plan, &ej, &tag, &format!("eo_ej_d{d}_{name}_bwd_dkdv.ptx"));
+                let before_ds_bar = |ptx: &str| -> String {
+                    let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+                    let w = ptx[..at].rfind(wait0).expect("the wait for dPᵀ");
+                    ptx[w..at].to_string()
+                };
+                assert!(!before_ds_bar(&ke.ptx).contains("wgmma.mma_async"), "{tag}");
+                assert!(
+                    before_ds_bar(&kej.ptx).contains("wgmma.mma_async"),
+                    "{tag}: dV before the barrier"
+                );
+                assert_eq!(
+                    kej.ptx.matches("wgmma.mma_async").count(),
+                    ke.ptx.matches("wgmma.mma_async").count(),
+                    "{tag}"
+                );
             }
-            let te = loop_text(&ke.ptx);
-            let (w1, w0, ex) = (
-                first(&te, wait1),
-                first(&te, wait0),
-                first(&te, "ex2.approx"),
-            );
-            assert!(
-                w1 < w0 && w1 < ex && ex < w0,
-                "{tag}: P between the two waits"
-            );
-            // the default waits for both first
-            assert!(first(&t0, wait0) < first(&t0, wait1), "{tag}");
-            assert_eq!(
-                def.ptx.matches("wgmma.mma_async").count(),
-                ke.ptx.matches("wgmma.mma_async").count(),
-                "{tag}"
-            );
         }
     }
 }

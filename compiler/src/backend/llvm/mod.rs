@@ -522,13 +522,17 @@ pub struct PtxOptions {
     /// stall samples, short scoreboard on those loads). The same values: bit-identical
     /// gradients. Off by default; the kernel bench's `+h`. Other kinds ignore it.
     pub bwd_stats_early: bool,
-    /// The fused backward (`backward/fused.rs`) on q tiles of 64 without `overlap`,
-    /// [`Self::bwd_pingpong`], [`Self::bwd_wg_dq`] or capture gradients: a visit waits
+    /// The fused backward (`backward/fused.rs`) on q tiles of 64 and (since session 19)
+    /// D64's q tiles of 128, without `overlap`, [`Self::bwd_pingpong`],
+    /// [`Self::bwd_wg_dq`] or capture gradients: a visit waits
     /// for Sᵀ alone, computes P (the exponentials) while dPᵀ runs on the tensor cores,
     /// then waits for dPᵀ and computes dS (FlashAttention-3's order for P: `overlap`'s
     /// element code, without its dV before the dS barrier), the products after the dS
-    /// barrier as before. Deterministic. Off by default; the kernel bench's `+e`. Other
-    /// kinds and q tiles of 128 ignore it.
+    /// barrier as before; with [`Self::bwd_dv_early`] dV is issued after the dSᵀ stores,
+    /// before the barrier (with [`Self::bwd_empty_late`] too: FlashAttention-4's
+    /// `mma_one_m_block` order, its hdim-64 tile being ours at q tiles of 128).
+    /// Deterministic. Off by default; the kernel bench's `+e`. Other kinds and q tiles of
+    /// 80 ignore it.
     pub bwd_p_under_dp: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`), neither
     /// [`Self::bwd_pingpong`] nor [`Self::bwd_wg_dq`]: a visit waits for its free dQ slot
@@ -543,8 +547,9 @@ pub struct PtxOptions {
     /// kinds ignore it.
     pub bwd_empty_late: bool,
     /// The fused backward (`backward/fused.rs`) with the element code after both waits
-    /// (not `overlap`, [`Self::bwd_p_under_dp`], [`Self::bwd_pingpong`],
-    /// [`Self::bwd_wg_dq`] or q tiles of 80): each warpgroup issues dV += Pᵀ dO (its own
+    /// or (since session 19) with [`Self::bwd_p_under_dp`] (not `overlap`,
+    /// [`Self::bwd_pingpong`], [`Self::bwd_wg_dq`] or q tiles of 80): each warpgroup
+    /// issues dV += Pᵀ dO (its own
     /// rows of P, from registers) right after its dSᵀ stores, before the dS barrier
     /// (FlashAttention-4's order), so the tensor cores have it while the warpgroups meet;
     /// dQ and dK after the barrier. The same products and values: bit-identical

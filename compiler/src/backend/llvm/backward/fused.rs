@@ -237,7 +237,9 @@
 //!   after the wait held 7% of the math warps' stall samples, short scoreboard on those
 //!   `ld.shared`; ptxas 13.0 sm_90a hoists them above the Sᵀ issue, 0 spills at D128
 //!   dense/causal, 64 bytes ALiBi, 216-440 at D64's q tiles of 128). `bwd_p_under_dp`
-//!   (off; `+e`; q tiles of 64): a visit waits for Sᵀ alone, computes P
+//!   (off; `+e`; q tiles of 64, and D64's of 128 since session 19, where with `+j+z` it is
+//!   FlashAttention-4's hdim-64 visit: its tile is ours; with `bwd_dv_early` dV is issued
+//!   after the dSᵀ stores): a visit waits for Sᵀ alone, computes P
 //!   while dPᵀ runs, then waits for dPᵀ and computes dS (FlashAttention-3's order for P,
 //!   `overlap`'s element code without its dV before the dS barrier; the exponentials were
 //!   15% of the math warps' samples with the tensor cores idle), dS without the P = 0
@@ -1834,8 +1836,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     // early (no capture gradients): Sᵀ and dPᵀ waited for one at a time below; else both
     // here, before the row statistics are read (bwd_pingpong: completed in the last visit)
-    // bwd_p_under_dp: the same split without `overlap`'s dV before the dS barrier
-    let p_under_dp = opts.bwd_p_under_dp && !early && !pipe && !wg_dq && br == 64;
+    // bwd_p_under_dp: the same split without `overlap`'s dV before the dS barrier (with
+    // bwd_dv_early: dV after the dSᵀ stores, before the barrier); q tiles of 64 and, since
+    // session 19, D64's q tiles of 128 (FlashAttention-4's hdim-64 order)
+    let p_under_dp =
+        opts.bwd_p_under_dp && !early && !pipe && !wg_dq && (br == 64 || m_split(opts));
     let split = (early || p_under_dp) && cap.is_none();
     // this visit's L2/Delta rows (and the thread's kv row); `row0`: the warp's first row
     let row_stats = |row0: IntValue<'ctx>| {
@@ -2044,8 +2049,16 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 frag_col_stat(g, &c, br, sbuf, stat)
             }
         };
-        let l2s = col_stat(t.l2)?;
+        // q tiles of 128 (bwd_p_under_dp): each statistic loaded after the wait for its
+        // product, not before (32 registers each per thread: ptxas 13.0 spilled 160 bytes
+        // on D64 causal with the loads first)
+        let late = br == 128;
+        let l2s_first = if late { None } else { Some(col_stat(t.l2)?) };
         let s = from_flat(&g.wgmma_wait(1, &s)?);
+        let l2s = match l2s_first {
+            Some(x) => x,
+            None => col_stat(t.l2)?,
+        };
         let pb = PosBase::new(g, opts, &|| Ok((col, kv_row)))?;
         let l2_at = |nt: usize, i: usize| {
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
@@ -2053,9 +2066,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
         };
         let (pa, pd) = grad_p(g, ty, &ec, &s, &l2_at, full)?;
         if p_under_dp {
-            let deltas = col_stat(t.delta)?;
+            let deltas_first = if late { None } else { Some(col_stat(t.delta)?) };
             // waits for dPᵀ (the last group in flight)
             let dp = from_flat(&g.wgmma_wait(0, &dp)?);
+            let deltas = match deltas_first {
+                Some(x) => x,
+                None => col_stat(t.delta)?,
+            };
             let delta = |nt: usize, i: usize| Ok(deltas[nt * 2 + i % 2]);
             // bwd_ds_unguarded: no P = 0 select on full blocks of the identity score (as
             // grad_scores)
@@ -2091,7 +2108,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 grad_ds(g, &pd, &dp, &delta)?
             };
             store_ds(g, opts, (&ds_t, ds_off), c.warp, c.lane, &dst)?;
-            Products::Ready(pa, acc_to_a(g, ty, &dst)?)
+            let dsa = acc_to_a(g, ty, &dst)?;
+            if opts.bwd_dv_early {
+                // bwd_dv_early: dV (this warpgroup's rows of P) issued before the dS
+                // barrier, as the element code after both waits does
+                g.wgmma_fence()?;
+                let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
+                g.wgmma_commit()?;
+                Products::DvIssued(dv1, dsa)
+            } else {
+                Products::Ready(pa, dsa)
+            }
         } else {
             g.wgmma_fence()?;
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
