@@ -1682,3 +1682,76 @@ fn fused_dv_chunks_kernels() {
         assert_eq!(a.ptx, b.ptx, "{name}: ignored without bwd_dv_early");
     }
 }
+
+/// The binding's `bwd_dv_early` / `bwd_empty_late` since session 19: both on D64's
+/// causal-type bindings on q tiles of 128 whose score reads no positions per element
+/// (causal, soft-cap), neither on D64 ALiBi + causal (positions) and dense (the turns);
+/// dV early on D128 bands and block tables (sliding window, document + causal). On the
+/// D64 causal and the D128 sliding kernels dV is issued between the element code's last
+/// wait and the dS barrier; on D64 causal the slot wait follows the first product after
+/// that barrier.
+#[test]
+fn binding_dv_early_d64_and_tables() {
+    let try_wait = "mbarrier.try_wait.parity";
+    let mma = "wgmma.mma_async";
+    let first = |t: &str, s: &str| t.find(s).unwrap_or(usize::MAX);
+    for (file, name, d, want) in [
+        ("causal", "causal_attention", 64u32, (true, true)),
+        ("softcap", "softcap_causal", 64, (true, true)),
+        ("alibi_causal", "alibi_causal", 64, (false, false)),
+        ("dense", "dense", 64, (false, false)),
+        ("sliding_window", "sliding_window", 128, (true, false)),
+        ("document_causal", "document_causal", 128, (true, false)),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert_eq!(
+            (bind.bwd_dv_early, bind.bwd_empty_late),
+            want,
+            "{name} D{d}"
+        );
+        if !matches!(name, "causal_attention" | "sliding_window") {
+            continue;
+        }
+        let tag = format!("{name} D{d}");
+        let off = PtxOptions {
+            bwd_dv_early: false,
+            bwd_empty_late: false,
+            ..bind
+        };
+        let on = dkdv_twice(
+            &plan,
+            &bind,
+            &tag,
+            &format!("s19_on_d{d}_{name}_bwd_dkdv.ptx"),
+        );
+        let def = dkdv_twice(
+            &plan,
+            &off,
+            &tag,
+            &format!("s19_off_d{d}_{name}_bwd_dkdv.ptx"),
+        );
+        let before_ds_bar = |ptx: &str| -> String {
+            let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+            let w = ptx[..at].rfind("wgmma.wait_group").expect("a wait");
+            ptx[w..at].to_string()
+        };
+        assert!(!before_ds_bar(&def.ptx).contains(mma), "{tag}");
+        assert!(
+            before_ds_bar(&on.ptx).contains(mma),
+            "{tag}: dV before the barrier"
+        );
+        assert_eq!(
+            def.ptx.matches(mma).count(),
+            on.ptx.matches(mma).count(),
+            "{tag}"
+        );
+        if want.1 {
+            let at = on.ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+            let t = &on.ptx[at..];
+            assert!(first(t, mma) < first(t, try_wait), "{tag}: slot wait late");
+        }
+    }
+}

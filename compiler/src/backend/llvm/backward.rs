@@ -283,6 +283,14 @@ impl PtxOptions {
     ///   each): causal 488.8, 490.7 / 505.8, 506.3; ALiBi + causal 485.7, 485.1 / 496.8,
     ///   498.0; soft-cap + causal 430.6, 431.6 / 468.1, 468.9. Dense left out (its search
     ///   is one step; fused kernel 5.117, 5.177 / 5.259, 5.244 ms).
+    /// - FlashAttention-4's order after the element code: dV issued before the dS barrier
+    ///   ([`Self::bwd_dv_early`]) on D128 dense and, with the dQ slot's wait after the
+    ///   products' issue ([`Self::bwd_empty_late`]), the D128 causal-type bindings with the
+    ///   identity score or a constant derivative (session 18: dense 1.03x, causal 1.04x,
+    ///   ALiBi + causal 1.035x); since session 19 both on D64's causal-type bindings on q
+    ///   tiles of 128 whose score reads no positions per element (one H200, whole backward:
+    ///   causal 1.02x, soft-cap + causal 1.02x) and dV early on D128 bands and block tables
+    ///   (sliding 1024 1.01x, document + causal 1.015x).
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
@@ -406,6 +414,29 @@ impl PtxOptions {
             } else if o.bwd_lpt && o.bwd_visit_rec && measured_score {
                 o.bwd_dv_early = true;
                 o.bwd_empty_late = true;
+            }
+        }
+        // session 19: the same order at D64 on the causal-type bindings on q tiles of 128
+        // whose score reads no positions per element (causal, soft-cap: `bwd_dv_early` and
+        // `bwd_empty_late`) and at D128 on bands and block tables (`bwd_dv_early`). One
+        // H200, one call, whole backward TFLOP/s default / with, two runs each: D64 causal
+        // 371.5, 372.2 / 382.2, 378.8; soft-cap + causal 292.7, 292.3 / 299.9, 298.1; D128
+        // sliding 1024 389.9, 389.5 / 394.0, 393.5; document + causal 274.7, 271.3 / 278.6,
+        // 275.6. D64 ALiBi + causal within the runs' spread (371.4, 371.8 / 374.1, 371.6),
+        // D64 dense keeps the turns (without them `+j` 438.2, 438.9 against 439.9, 441.7)
+        if fused::tma_producer(&o)
+            && o.bwd_dq == BwdDq::OrderedBulk
+            && !o.bwd_persist
+            && !o.bwd_pingpong
+            && !o.overlap
+            && !o.bwd_wg_dq
+            && capture_grads(prog).is_empty()
+        {
+            if o.d == 64 && o.q_block == 128 && o.bwd_lpt && !plan.score_reads().per_element() {
+                o.bwd_dv_early = true;
+                o.bwd_empty_late = true;
+            } else if o.d == 128 && o.q_block == 64 && o.bwd_wscan {
+                o.bwd_dv_early = true;
             }
         }
         o

@@ -543,8 +543,9 @@ pub struct PtxOptions {
     /// The same values in the same order: bit-identical gradients. The kernel bench's
     /// `+z`; off in [`Self::backward`], on in [`Self::backward_for_binding`] for the D128
     /// causal-type bindings with the identity score or a constant derivative (one H200,
-    /// whole backward with `bwd_dv_early`: causal 1.04x, ALiBi + causal 1.035x). Other
-    /// kinds ignore it.
+    /// whole backward with `bwd_dv_early`: causal 1.04x, ALiBi + causal 1.035x) and (session
+    /// 19) D64's causal-type bindings on q tiles of 128 whose score reads no positions per
+    /// element (causal 1.02x, soft-cap + causal 1.02x). Other kinds ignore it.
     pub bwd_empty_late: bool,
     /// The fused backward (`backward/fused.rs`) with the element code after both waits
     /// or (since session 19) with [`Self::bwd_p_under_dp`] (not `overlap`,
@@ -554,7 +555,8 @@ pub struct PtxOptions {
     /// (FlashAttention-4's order), so the tensor cores have it while the warpgroups meet;
     /// dQ and dK after the barrier. The same products and values: bit-identical
     /// gradients. The kernel bench's `+j`; off in [`Self::backward`], on in
-    /// [`Self::backward_for_binding`] for D128 dense (one H200, whole backward 1.03x) and,
+    /// [`Self::backward_for_binding`] for D128 dense (one H200, whole backward 1.03x), D128
+    /// bands and block tables (session 19: sliding 1.01x, document + causal 1.015x) and,
     /// with [`Self::bwd_empty_late`], the causal-type bindings named there. Other kinds
     /// ignore it.
     pub bwd_dv_early: bool,

@@ -193,7 +193,9 @@
 //!   interleaved, whole backward TFLOP/s default / `+j` / `+z` / both): dense 559 / 577 /
 //!   567 / 565, causal 505 / 513 / 524 / 525, ALiBi + causal 499 / - / - / 517; the
 //!   binding's default at D128: `bwd_dv_early` on dense, both on causal and ALiBi-type
-//!   causal bindings (docs/performance.md, session 18).
+//!   causal bindings (docs/performance.md, session 18); since session 19 both on D64's
+//!   causal and soft-cap bindings (q tiles of 128: 1.02x each) and `bwd_dv_early` on D128
+//!   bands and block tables (1.01x / 1.015x).
 //!   `bwd_dv_chunks` / `bwd_dk_chunks` (session 19; with `bwd_dv_early`, off: slower):
 //!   P and dS in chunks of 16 q columns (dV's RS k-step), each chunk's dV step (and with
 //!   `bwd_dk_chunks` its dK step) issued as soon as the chunk is rounded, a `wgmma.fence`
