@@ -631,15 +631,7 @@ fn steal_geometry(
     let (pct, per) = tuning.steal.unwrap_or(STEAL);
     let (pct, per) = (pct.clamp(1, 100) as usize, per.max(1) as usize);
     let splits = geom.splits as usize;
-    // the longest range's tiles, from its start rounded down to a tile (as the kernel's
-    // `COPY_PAGE_PASS` rounds it; at most the splits' keys)
-    let span = ranges
-        .chunks(2)
-        .map(|r| (r[1] - (r[0] & !(tile as i32 - 1))).max(0) as usize)
-        .max()
-        .unwrap_or(0)
-        .min(splits * geom.chunk as usize);
-    let tiles = span.div_ceil(tile);
+    let tiles = longest_tiles(ranges, &geom);
     let static_tiles = (tiles * pct / 100 / splits).max(1);
     let rest = tiles.saturating_sub(static_tiles * splits);
     if rest == 0 {
@@ -653,6 +645,20 @@ fn steal_geometry(
         steal_chunk: (per * tile) as u32,
         ..geom
     }
+}
+
+/// The longest of `ranges`' (`(lo, hi)` per sequence) kv tiles, each range counted from its
+/// start rounded down to a tile (as the kernel's `COPY_PAGE_PASS` rounds it) and at most the
+/// keys of `geom`'s splits: what [`steal_geometry`] and [`stream_geometry`] divide.
+fn longest_tiles(ranges: &[i32], geom: &DecodeGeometry) -> usize {
+    let tile = decode_mma::KV_TILE as usize;
+    ranges
+        .chunks(2)
+        .map(|r| (r[1] - (r[0] & !(tile as i32 - 1))).max(0) as usize)
+        .max()
+        .unwrap_or(0)
+        .min(geom.splits as usize * geom.chunk as usize)
+        .div_ceil(tile)
 }
 
 /// `geom` of a host-tensor call whose splits continue their streams
@@ -680,15 +686,7 @@ fn stream_geometry(
     let (pct, per) = tuning.steal.unwrap_or(STREAM);
     let (pct, per) = (pct.clamp(1, 100) as usize, (per as usize).max(2));
     let splits = geom.splits as usize;
-    // the longest range's tiles from its start rounded down to a tile (as the kernel's
-    // `COPY_PAGE_PASS` rounds it; at most the splits' keys)
-    let span = ranges
-        .chunks(2)
-        .map(|r| (r[1] - (r[0] & !(tile as i32 - 1))).max(0) as usize)
-        .max()
-        .unwrap_or(0)
-        .min(splits * geom.chunk as usize);
-    let tiles = span.div_ceil(tile);
+    let tiles = longest_tiles(ranges, &geom);
     let own = (tiles * pct / 100 / splits).max(decode_mma::STREAM_AHEAD as usize);
     if own * splits >= tiles {
         return geom;
