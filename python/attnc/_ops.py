@@ -137,12 +137,15 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, inner, scale, tensor_names, param_names, params, mask, deterministic, *tensors):
-        o, lse = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask)
+        # q, k, v as the kernels read them (contiguous, aligned: the tensors themselves
+        # when they already are) are what the backward gets: it reads them as they are
+        o, lse, q, k, v = _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask,
+                                        True)
         # an unused output's gradient stays None (dLSE None: no zeros to allocate and read)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, o, lse, *tensors)
         ctx.attnc = (inner, scale, tensor_names, param_names, params, mask, deterministic)
-        ctx.tensor_grads = [t.requires_grad for t in tensors]
+        ctx.tensor_grads = [t.requires_grad for t in tensors] if tensors else _NO_GRADS
         return o, lse
 
     @staticmethod
@@ -151,12 +154,19 @@ class _Eager(torch.autograd.Function):
         inner, scale, tensor_names, param_names, params, mask, deterministic = ctx.attnc
         if do is None:
             do = torch.zeros_like(o)
+        tensor_grads = ctx.tensor_grads
+        # (positional: python/tests spy on the arguments by position)
         dq, dk, dv, dts = _backward_impl(
-            inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, ctx.tensor_grads,
-            mask, deterministic,
+            inner, q, k, v, o, lse, do, dlse, scale, tensor_names, tensors, param_names, params, tensor_grads,
+            mask, deterministic, True,
         )
-        grads = [d if g else None for d, g in zip(dts, ctx.tensor_grads)]
+        if not tensors:
+            return dq, dk, dv, None, None, None, None, None, None, None
+        grads = [d if g else None for d, g in zip(dts, tensor_grads)]
         return (dq, dk, dv, None, None, None, None, None, None, None, *grads)
+
+
+_NO_GRADS: list = []
 
 
 def _names(joined: str) -> list:
@@ -225,8 +235,9 @@ def forward(
     return _forward_impl(_lookup(key), q, k, v, scale, _names(tensor_names), tensors, _names(param_names), params)
 
 
-def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask=None):
-    """(o, lse) allocated by torch and written by attnc (names as lists)."""
+def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, params, mask=None, keep=False):
+    """(o, lse) allocated by torch and written by attnc (names as lists); with ``keep``
+    ``(o, lse, q, k, v)``, q/k/v as the kernels read them (``_dense``)."""
     o_shape, lse_shape = _out_shapes(q, k, v)
     q, k, v = _dense(q), _dense(k), _dense(v)
     # (q is contiguous here: where o has its shape, empty_like, cheaper than new_empty)
@@ -241,6 +252,8 @@ def _forward_impl(inner, q, k, v, scale, tensor_names, tensors, param_names, par
         q, k, v, o, lse, scale, caps, list(zip(param_names, params)) if params else [],
         _stream(q) if cuda else 0, 0 if cuda else torch.get_num_threads(), mask,
     )
+    if keep:
+        return o, lse, q, k, v
     return o, lse
 
 
@@ -279,12 +292,13 @@ def backward(
 
 
 # What a CUDA backward needs that does not change between calls, asked of the extension
-# once instead of at every call (session 18: the host time of a training step): the
-# gradient words (the captures the score reads differentiably: per attention) and the
-# fused dQ's workspace (per binding — shapes, dtype, device, scale — and `deterministic`).
+# once per binding instead of at every call (sessions 18 and 20: the host time of a
+# training step), keyed by the attention, q/k/v shapes, dtype, device, scale and
+# `deterministic`: the gradient words (the captures the score reads differentiably), the
+# length of the packed scratch buffer (`backward_scratch`: the two f32 rows and the fused
+# dQ's workspace in one allocation) and the device.
 _GRAD_WORDS: dict = {}
 _WORKSPACE: dict = {}
-_MISSING = object()
 
 
 def _grad_words(inner):
@@ -294,56 +308,64 @@ def _grad_words(inner):
     return gw
 
 
+def _backward_plan(inner, wkey, q, k, v, scale, deterministic):
+    """``(grad_names, param_grad, scratch_len, device)`` for a backward of this binding,
+    asked of the extension and kept in ``_WORKSPACE`` under ``wkey``."""
+    if len(_WORKSPACE) >= 4096:  # (many shapes: start over)
+        _WORKSPACE.clear()
+    grad_names, param_grad = _grad_words(inner)
+    plan = (grad_names, param_grad, inner.backward_scratch(q, k, v, scale, deterministic), q.device)
+    _WORKSPACE[wkey] = plan
+    return plan
+
+
 def _backward_impl(inner, q, k, v, o, lse, do, dlse, scale, names, tensors, param_names, params, tensor_grads,
-                   mask=None, deterministic=True):
+                   mask=None, deterministic=True, dense=False):
     """dq, dk, dv and the flagged capture gradients (names as lists); ``deterministic``
     False runs the CUDA binding's non-deterministic kernels (the CPU backward is
-    deterministic either way)."""
+    deterministic either way). ``dense``: q, k, v, o, lse are already as the kernels read
+    them (the eager forward's: ``_dense``); dO is made so here either way."""
     if q.is_cuda:
         # zero copy on torch's current stream: every output and scratch buffer allocated
         # here by torch, the kernels enqueued by the runtime, no synchronization
-        grad_names, param_grad = _grad_words(inner)
-        q, k, v, o, lse, do = _dense(q), _dense(k), _dense(v), _dense(o), _dense(lse), _dense(do)
+        if not dense:
+            q, k, v, o, lse = _dense(q), _dense(k), _dense(v), _dense(o), _dense(lse)
+        do = _dense(do)
         if dlse is not None:
             dlse = _dense(dlse)
+        wkey = (inner, q.shape, k.shape, v.shape, q.dtype, q.get_device(), scale, deterministic)
+        plan = _WORKSPACE.get(wkey)
+        cached = plan is not None
+        if not cached:
+            plan = _backward_plan(inner, wkey, q, k, v, scale, deterministic)
+        grad_names, param_grad, _, device = plan
         # (q, k, v are contiguous here: empty_like keeps their layout)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        device = q.device
-        rows = q.shape[0] * q.shape[1] * q.shape[2]
-        scratch = torch.empty((2, (rows + 3) // 4 * 4), dtype=torch.float32, device=device)
-        caps = [(n, t.contiguous()) for n, t in zip(names, tensors)] if names else []
+        caps = [(n, t.contiguous()) for n, t in zip(names, tensors)] if names else _NO_GRADS
         words = [(n, torch.empty((max(t.numel(), 1), 3), dtype=torch.int64, device=device))
-                 for n, t in caps if n in grad_names] if grad_names else []
+                 for n, t in caps if n in grad_names] if grad_names else _NO_GRADS
         pwords = None
         if param_grad:
             pwords = torch.empty((max(len(inner.params), 1), 3), dtype=torch.int64, device=device)
-        # dQ fused into the dK/dV kernel (sm_90, D128, as the Rust API's backward): its
-        # workspace (an f32 accumulator, int32 semaphores the call zeroes), allocated here,
-        # of the sizes the binding gave on its first call (asked again once should the
-        # extension refuse them: a binding dropped and made again under other ATTNC_BWD_*)
-        wkey = (inner, q.shape, k.shape, v.shape, q.dtype, q.get_device(), scale, deterministic)
-        ws = _WORKSPACE.get(wkey, _MISSING)
-        if ws is _MISSING and len(_WORKSPACE) >= 4096:  # (many shapes: start over)
-            _WORKSPACE.clear()
-        cached = ws is not _MISSING
+        pvals = list(zip(param_names, params)) if params else _NO_GRADS
         for _ in range(2):
-            if ws is _MISSING:
-                ws = _WORKSPACE[wkey] = inner.backward_workspace(q, k, v, scale, deterministic)
-            dq_work = None
-            if ws is not None:
-                dq_work = (torch.empty(ws[0], dtype=torch.float32, device=device),
-                           torch.empty(ws[1], dtype=torch.int32, device=device))
+            # one f32 buffer: the two scratch rows and the fused dQ's workspace (sm_90, D64
+            # and D128: an f32 accumulator and int32 semaphores the call zeroes), of the
+            # length the binding gave on its first backward (asked again once should the
+            # extension refuse it: a binding dropped and made again under other ATTNC_BWD_*)
+            scratch = torch.empty(plan[2], dtype=torch.float32, device=device)
             try:
                 inner.backward_cuda(
-                    q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps,
-                    list(zip(param_names, params)), words, pwords, _stream(q), mask, dq_work, deterministic,
+                    q, k, v, o, lse, do, dlse, dq, dk, dv, scratch, scale, caps, pvals, words, pwords, _stream(q),
+                    mask, None, deterministic,
                 )
                 break
             except AttncError:
-                if not cached or inner.backward_workspace(q, k, v, scale, deterministic) == ws:
+                if not cached or inner.backward_scratch(q, k, v, scale, deterministic) == plan[2]:
                     raise
-                del _WORKSPACE[wkey]
-                ws, cached = _MISSING, False
+                plan, cached = _backward_plan(inner, wkey, q, k, v, scale, deterministic), False
+        if not caps:
+            return dq, dk, dv, []
         got = dict(words)
         dts = []
         for (n, t), g in zip(caps, tensor_grads):

@@ -1,5 +1,5 @@
-"""Host time of the package's calls next to compiled FlexAttention in one process (session
-18): the document + causal training step (B2 H16 L4096 D128 bf16, 8 sorted random document
+"""Host time of the package's calls next to compiled FlexAttention in one process (sessions
+18, 20; the FLASH backend and the L8192 dense / causal steps: flash_step.py): the document + causal training step (B2 H16 L4096 D128 bf16, 8 sorted random document
 ids per batch row, a block mask made once for each; as doc_step.py's ``default`` row) and
 the call overhead at a tiny shape (B1 H4 L64 D64 bf16 causal: the forward, and forward +
 backward), for attnc, compiled Flex and SDPA (tiny shape only).
@@ -104,10 +104,9 @@ def main():
         qd, kd, vd = q.detach(), k.detach(), v.detach()
         o0, lse0 = attn(qd, kd, vd, block_mask=bm, doc=doc, return_lse=True)
         dq, dk, dv = torch.empty_like(qd), torch.empty_like(kd), torch.empty_like(vd)
-        ws = inner.backward_workspace(qd, kd, vd, None, True)
-        work = None if ws is None else (torch.empty(ws[0], device="cuda"),
-                                        torch.empty(ws[1], dtype=torch.int32, device="cuda"))
-        scratch = torch.empty(2, (b * h * l + 3) // 4 * 4, device="cuda")
+        # the packed scratch (session 20: the rows and the fused dQ's workspace in one
+        # buffer, as the package's backward passes it)
+        scratch, work = torch.empty(inner.backward_scratch(qd, kd, vd, None, True), device="cuda"), None
         caps_l = [("doc", doc)]
         ext = {
             "ext forward": lambda: inner.forward(qd, kd, vd, o0, lse0, None, caps_l, [], st, 0, bm._rust),

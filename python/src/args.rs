@@ -9,7 +9,9 @@
 
 use crate::errors::{attnc_error, code};
 use attnc::{DType, ParamValue, Tensor};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
 /// Where a tensor lives.
@@ -34,11 +36,37 @@ pub struct TensorArg {
     pub name: String,
     pub ptr: usize,
     pub shape: Vec<usize>,
+    /// Read only for a tensor that is not contiguous (for its error message); empty
+    /// otherwise.
     pub strides: Vec<isize>,
+    /// torch's `is_contiguous()`: row-major contiguous (size-1 dimensions may have any
+    /// stride; empty tensors are).
+    is_contiguous: bool,
     /// `None` for a torch dtype attnc has no counterpart for (named in `torch_dtype`).
     pub dtype: Option<DType>,
     pub torch_dtype: String,
     pub device: Device,
+}
+
+/// torch's dtype objects attnc takes, asked of `torch` once per process: a tensor's
+/// dtype is told by identity (`torch.bfloat16` is one object), not by its name, which
+/// would make a string per read.
+static TORCH_DTYPES: PyOnceLock<[(Py<PyAny>, DType, &'static str); 5]> = PyOnceLock::new();
+
+fn torch_dtypes(py: Python<'_>) -> PyResult<&[(Py<PyAny>, DType, &'static str); 5]> {
+    TORCH_DTYPES.get_or_try_init(py, || {
+        let torch = py.import("torch")?;
+        let get = |name: &'static str, d: DType| -> PyResult<(Py<PyAny>, DType, &'static str)> {
+            Ok((torch.getattr(name)?.unbind(), d, name))
+        };
+        Ok([
+            get("float32", DType::F32)?,
+            get("float16", DType::F16)?,
+            get("bfloat16", DType::BF16)?,
+            get("int32", DType::I32)?,
+            get("int64", DType::I64)?,
+        ])
+    })
 }
 
 impl TensorArg {
@@ -47,19 +75,12 @@ impl TensorArg {
     }
     /// Row-major contiguous (size-1 dimensions may have any stride; empty tensors are).
     pub fn contiguous(&self) -> bool {
-        if self.numel() == 0 {
-            return true;
-        }
-        let mut expect = 1isize;
-        for (&n, &s) in self.shape.iter().zip(&self.strides).rev() {
-            if n != 1 && s != expect {
-                return false;
-            }
-            expect *= n as isize;
-        }
-        true
+        self.is_contiguous
     }
-    /// Reads a torch tensor; `name` is used in errors.
+    /// Reads a torch tensor; `name` is used in errors. Six attribute reads: dtype (by
+    /// identity), shape, `is_contiguous()` (the strides only when it is not),
+    /// `data_ptr()`, `is_cuda` and `get_device()` (`Tensor.device` would make a
+    /// torch.device object per read).
     pub fn read(py: Python<'_>, name: &str, t: &Bound<'_, PyAny>) -> PyResult<TensorArg> {
         let not_tensor = || {
             attnc_error(
@@ -74,24 +95,31 @@ impl TensorArg {
                 ),
             )
         };
-        let dtype_obj = t.getattr("dtype").map_err(|_| not_tensor())?;
-        let torch_dtype = dtype_obj.str()?.to_string();
-        let dtype = match torch_dtype.as_str() {
-            "torch.float32" => Some(DType::F32),
-            "torch.float16" => Some(DType::F16),
-            "torch.bfloat16" => Some(DType::BF16),
-            "torch.int32" => Some(DType::I32),
-            "torch.int64" => Some(DType::I64),
-            _ => None,
+        let dtype_obj = t.getattr(intern!(py, "dtype")).map_err(|_| not_tensor())?;
+        let (dtype, torch_dtype) = match torch_dtypes(py)?
+            .iter()
+            .find(|(obj, _, _)| obj.bind(py).is(&dtype_obj))
+        {
+            Some((_, d, n)) => (Some(*d), format!("torch.{n}")),
+            None => (None, dtype_obj.str()?.to_string()),
         };
-        let shape: Vec<usize> = t.getattr("shape")?.extract().map_err(|_| not_tensor())?;
-        let strides: Vec<isize> = t.call_method0("stride")?.extract()?;
-        let ptr: usize = t.call_method0("data_ptr")?.extract()?;
-        // `Tensor.device` makes a torch.device object per read (microseconds): CPU and
-        // CUDA tensors are told apart by flags and the CUDA index by `get_device()`
-        let device = if t.getattr("is_cuda")?.extract::<bool>()? {
-            Device::Cuda(t.call_method0("get_device")?.extract::<i64>()?)
-        } else if t.getattr("is_cpu")?.extract::<bool>()? {
+        let shape: Vec<usize> = t
+            .getattr(intern!(py, "shape"))?
+            .extract()
+            .map_err(|_| not_tensor())?;
+        let is_contiguous: bool = t.call_method0(intern!(py, "is_contiguous"))?.extract()?;
+        let strides: Vec<isize> = if is_contiguous {
+            Vec::new()
+        } else {
+            t.call_method0(intern!(py, "stride"))?.extract()?
+        };
+        let ptr: usize = t.call_method0(intern!(py, "data_ptr"))?.extract()?;
+        let device = if t.getattr(intern!(py, "is_cuda"))?.extract::<bool>()? {
+            Device::Cuda(
+                t.call_method0(intern!(py, "get_device"))?
+                    .extract::<i64>()?,
+            )
+        } else if t.getattr(intern!(py, "is_cpu"))?.extract::<bool>()? {
             Device::Cpu
         } else {
             let kind: String = t.getattr("device")?.getattr("type")?.extract()?;
@@ -108,6 +136,7 @@ impl TensorArg {
             ptr,
             shape,
             strides,
+            is_contiguous,
             dtype,
             torch_dtype,
             device,

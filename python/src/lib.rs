@@ -682,6 +682,28 @@ fn check_buffer(
     Ok(())
 }
 
+/// The length of each of a backward's two f32 scratch rows: `B * Hq * Lq` rounded up to
+/// a multiple of 4 (the second row 16-byte aligned).
+fn scratch_rows(s: &Shape) -> usize {
+    (s.b * s.hq * s.lq).div_ceil(4) * 4
+}
+
+/// A packed backward scratch (`backward_scratch`): the two rows of `rows` f32 words at 0
+/// and `rows`, then, where the backward fuses dQ (`work`: `(accum, sem)` element counts),
+/// its f32 accumulator and its int32 semaphores, each at a multiple of 64 words (256
+/// bytes) from the start. Returns the workspace's `(accum, sem)` offsets in 4-byte words
+/// and the total length.
+fn packed_scratch(rows: usize, work: Option<(usize, usize)>) -> (Option<(usize, usize)>, usize) {
+    match work {
+        None => (None, 2 * rows),
+        Some((accum, sem)) => {
+            let a = (2 * rows).next_multiple_of(64);
+            let m = (a + accum).next_multiple_of(64);
+            (Some((a, m)), m + sem)
+        }
+    }
+}
+
 /// An f32 slice over a checked buffer.
 ///
 /// # Safety
@@ -1017,6 +1039,30 @@ impl Attention {
         })
     }
 
+    /// The length (float32 elements) of `backward_cuda`'s packed `scratch` for q, k, v
+    /// (shape, dtype, device; not read), `scale` and `deterministic`: one buffer holding
+    /// the two scratch rows and, where the binding's backward fuses dQ, its workspace
+    /// (`packed_scratch`), so that a backward allocates one buffer instead of three.
+    /// Binds on first use, like `backward_workspace`.
+    #[pyo3(signature = (q, k, v, scale, deterministic=true))]
+    fn backward_scratch(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        deterministic: bool,
+    ) -> PyResult<usize> {
+        guard(py, || {
+            let (q, _, _, shape) = read_qkv(py, q, k, v)?;
+            let key = cuda_key(py, &q, shape, scale, "the CUDA backward")?;
+            let bwd = BackwardOptions { deterministic };
+            let need = self.run(py, key, |bound| bound.backward_cuda_workspace_with(&bwd))?;
+            Ok(packed_scratch(scratch_rows(&shape), need).1)
+        })
+    }
+
     /// The CUDA backward on the caller's stream (zero copy): reads q, k, v, o, lse, dO and
     /// dLSE (or None) and writes dq, dk, dv, the scratch rows (`scratch`: float32
     /// `[2, R]`, R >= B*Hq*Lq rounded up to 4), the fused dQ's workspace (`dq_work`:
@@ -1027,7 +1073,8 @@ impl Attention {
     /// allocated by the caller with torch on `stream` (torch's current stream).
     /// `deterministic=False` runs the binding's non-deterministic kernels
     /// (`attnc::BackwardOptions`; `dq_work` then as `backward_workspace(...,
-    /// deterministic=False)` says).
+    /// deterministic=False)` says). Or `scratch` packed: one float32 `[L]` with L from
+    /// `backward_scratch` (the rows and the fused dQ's workspace), `dq_work` None.
     #[pyo3(signature = (q, k, v, o, lse, dout, dlse, dq, dk, dv, scratch, scale, tensors, params, words, param_words, stream, block_mask=None, dq_work=None, deterministic=true))]
     #[allow(clippy::too_many_arguments)]
     fn backward_cuda(
@@ -1058,14 +1105,28 @@ impl Attention {
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
             let (q, k, v, shape) = read_qkv(py, q, k, v)?;
             let key = cuda_key(py, &q, shape, scale, "backward_cuda")?;
-            let (device, dtype, s) = (key.device, key.dtype, shape);
+            let (device, dtype) = (key.device, key.dtype);
             let (o, lse, dout) = (read("o", o)?, read("lse", lse)?, read("do", dout)?);
             let dlse = dlse.map(|t| read("dlse", &t)).transpose()?;
             let (dq, dk, dv) = (read("dq", dq)?, read("dk", dk)?, read("dv", dv)?);
             let scratch = read("scratch", scratch)?;
-            let pad = (s.b * s.hq * s.lq).div_ceil(4) * 4;
+            let pad = scratch_rows(&shape);
             let n = Dims::of(&shape);
-            let scratch_dims = [2, pad];
+            // packed: one float32 [L] holding the rows and the fused dQ's workspace
+            // (`backward_scratch`; its length checked against the binding's below)
+            let packed = scratch.shape.len() == 1;
+            if packed && dq_work.is_some() {
+                return Err(attnc_error(
+                    py,
+                    code::INPUT_SHAPE,
+                    "`dq_work` must be None with a packed `scratch` (float32 [backward_scratch(...)]), which holds the fused dQ's workspace",
+                ));
+            }
+            let scratch_dims = if packed {
+                scratch.shape.clone()
+            } else {
+                vec![2, pad]
+            };
             let mut checks = io_buffers(&n, dtype, [&q, &k, &v, &o, &lse, &dout, &dq, &dk, &dv]);
             checks.push((&scratch, &scratch_dims, DType::F32));
             if let Some(d) = &dlse {
@@ -1118,7 +1179,7 @@ impl Attention {
                     self.variant.program().params.len(),
                 )?);
             }
-            let bufs = DeviceBackwardBuffers {
+            let mut bufs = DeviceBackwardBuffers {
                 q: q.ptr as u64,
                 k: k.ptr as u64,
                 v: v.ptr as u64,
@@ -1139,9 +1200,21 @@ impl Attention {
             let lens = work.as_ref().map(|(a, m)| (a.numel(), m.numel()));
             let stream = stream as u64;
             let bwd = BackwardOptions { deterministic };
+            let scratch_len = scratch.numel();
             self.run(py, key, |bound| {
                 let need = bound.backward_cuda_workspace_with(&bwd)?;
-                if need != lens {
+                if packed {
+                    let (parts, total) = packed_scratch(pad, need);
+                    if scratch_len != total {
+                        return Err(attnc::Error::Usage(format!(
+                            "a packed `scratch` must be float32 [{total}] on {device} for this binding's backward (backward_scratch); got {scratch_len} elements"
+                        )));
+                    }
+                    bufs.dq_work = parts.map(|(a, m)| DeviceDqWorkspace {
+                        accum: (scratch.ptr + 4 * a) as u64,
+                        sem: (scratch.ptr + 4 * m) as u64,
+                    });
+                } else if need != lens {
                     return Err(attnc::Error::Usage(match need {
                         Some((a, m)) => format!(
                             "`dq_work` must be (float32 [{a}], int32 [{m}]) on {device}: this binding's backward fuses dQ (backward_workspace); got {lens:?} elements"
@@ -1153,7 +1226,9 @@ impl Attention {
                 // the shape and dtype the bound shape gives it (checked above: q..dv,
                 // the scratch rows [2, R] with R >= B*Hq*Lq a multiple of 4, so the
                 // second row is 16-byte aligned, the dQ workspace of the lengths
-                // `backward_cuda_workspace` gives (checked just above), and the
+                // `backward_cuda_workspace` gives (checked just above; or, packed, the
+                // rows and that workspace at `packed_scratch`'s 256-byte aligned offsets
+                // of one float32 buffer of exactly their total length), and the
                 // [max(1, n), 3] int64 gradient words); the runtime checks null,
                 // alignment, overlap and, outside graph capture, that each is device
                 // memory of q's device. The outputs (dq, dk, dv, scratch, workspace,

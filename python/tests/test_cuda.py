@@ -963,9 +963,25 @@ def test_fused_backward_workspace_is_checked(monkeypatch):
     work = (torch.empty(accum, device="cuda"), torch.empty(sem, dtype=torch.int32, device="cuda"))
     inner.backward_cuda(*args, work)
     fused = [dq.clone(), dk.clone(), dv.clone()]
+    # packed (session 20): one float32 buffer of backward_scratch's length holds the rows
+    # and the workspace; another length, or a workspace given besides, is refused
+    n = inner.backward_scratch(q, k, v, None)
+    assert n >= 2 * 400 + accum + sem, (n, accum, sem)
+    for bad, work_arg, what in ((n - 1, None, "backward_scratch"), (n + 64, None, "backward_scratch"),
+                                (n, work, "dq_work")):
+        packed = (*args[:10], torch.empty(bad, device="cuda"), *args[11:])
+        with pytest.raises(attnc.AttncError) as e:
+            inner.backward_cuda(*packed, work_arg)
+        assert what in str(e.value), str(e.value)
+    for x in (dq, dk, dv):
+        x.zero_()
+    inner.backward_cuda(*args[:10], torch.full((n,), float("nan"), device="cuda"), *args[11:], None)
+    for name, a, r in zip("qkv", (dq, dk, dv), fused):
+        assert torch.equal(a, r), f"d{name}: the packed scratch's gradients differ from the separate workspace's"
     monkeypatch.setenv("ATTNC_BWD_DQ", "separate")
     two = attnc.compile(src + "\n// two kernels\n").attention()
     assert two._inner.backward_workspace(q, k, v, None) is None
+    assert two._inner.backward_scratch(q, k, v, None) == 2 * 400
     xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
     two(*xs).backward(do)
     for n, a, r in zip("qkv", [x.grad for x in xs], fused):
@@ -974,10 +990,12 @@ def test_fused_backward_workspace_is_checked(monkeypatch):
 
 @pytest.mark.skipif(not SM90, reason="the fused dQ runs on sm_90")
 def test_backward_workspace_sizes_are_cached_and_a_stale_entry_recovers():
-    """The autograd backward asks the extension for the fused dQ's workspace once per
-    binding (``_ops._WORKSPACE``, session 18); an entry the extension refuses (a binding
+    """The autograd backward asks the extension for the length of its packed scratch (the
+    two rows and the fused dQ's workspace in one buffer) once per binding
+    (``_ops._WORKSPACE``, sessions 18 and 20); an entry the extension refuses (a binding
     dropped and made again under other settings) is asked again and the call retried: the
-    same gradients."""
+    same gradients. The packed length is the rows' and the workspace's at 256-byte
+    offsets."""
     from attnc import _ops
 
     attn = attnc.compile((EXAMPLES / "causal.attn").read_text() + "\n// workspace cache\n").attention()
@@ -988,12 +1006,17 @@ def test_backward_workspace_sizes_are_cached_and_a_stale_entry_recovers():
         keys = [kk for kk in _ops._WORKSPACE if kk[0] is attn._inner]
         assert len(keys) == (0 if not runs else 1), keys
         if poison:
-            _ops._WORKSPACE[keys[0]] = (7, 3)  # sizes the binding does not take
+            _ops._WORKSPACE[keys[0]] = (*_ops._WORKSPACE[keys[0]][:2], 7, q.device)  # a length it does not take
         xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
         attn(*xs).backward(do)
         runs.append([x.grad for x in xs])
     (key,) = [kk for kk in _ops._WORKSPACE if kk[0] is attn._inner]
-    assert _ops._WORKSPACE[key] == attn._inner.backward_workspace(q, k, v, None)
+    n = attn._inner.backward_scratch(q, k, v, None)
+    assert _ops._WORKSPACE[key][2] == n
+    accum, sem = attn._inner.backward_workspace(q, k, v, None)
+    rows = (1 * 4 * 100 + 3) // 4 * 4
+    a = (2 * rows + 63) // 64 * 64
+    assert n == (a + accum + 63) // 64 * 64 + sem, (n, rows, accum, sem)
     for run in runs[1:]:
         for n, a, r in zip("qkv", runs[0], run):
             assert torch.equal(a, r), f"d{n} differs"
