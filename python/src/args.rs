@@ -107,7 +107,10 @@ impl TensorArg {
             .getattr(intern!(py, "shape"))?
             .extract()
             .map_err(|_| not_tensor())?;
-        let is_contiguous: bool = t.call_method0(intern!(py, "is_contiguous"))?.extract()?;
+        let is_contiguous: bool = t
+            .call_method0(intern!(py, "is_contiguous"))
+            .and_then(|c| c.extract())
+            .map_err(|_| not_tensor())?;
         let strides: Vec<isize> = if is_contiguous {
             Vec::new()
         } else {

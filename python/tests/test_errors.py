@@ -224,6 +224,15 @@ def test_arguments_that_are_not_tensors_are_named():
     for args, name in [((None, k, v), "q"), ((q, [1.0], v), "k"), ((q, k, v.numpy()), "v")]:
         e = raises("E0313", attn, *args)
         assert f"`{name}` must be a torch.Tensor" in str(e)
+    # the extension's own reads (session 20: dtype by identity, the strides only when not
+    # contiguous) name an object with a dtype and a shape that is not a tensor, too
+    o, lse = torch.empty_like(q), torch.empty(1, 2, 9)
+    e = raises("E0313", attn._inner.forward, q, k, v.numpy(), o, lse, None, [], [], 0, 1)
+    assert "`v` must be a torch.Tensor, got ndarray" in str(e), str(e)
+    e = raises("E0313", attn._inner.forward, q, k, v, o.double(), lse, None, [], [], 0, 1)
+    assert "`o` has dtype torch.float64" in str(e), str(e)
+    e = raises("E0312", attn._inner.forward, q, k, v, torch.empty(1, 2, 9, 32)[..., :16], lse, None, [], [], 0, 1)
+    assert "`o` is not contiguous (strides [576, 288, 32, 1])" in str(e), str(e)
     cache = torch.zeros(1, 2, 16, 16)
     e = raises("E0313", attn.decode, q[:, :, :1], cache, cache, [3])
     assert "`seq_lens` must be a torch.Tensor, got list" in str(e)
