@@ -57,6 +57,11 @@ def main():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    import torch._dynamo
+
+    # one compiled graph per case, backend and grad mode (the FA4 anchors' limits)
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
     flex = torch.compile(flex_attention, dynamic=False)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "attnc": attnc.__version__}
     try:  # FLASH's own import (what flex_attention's FLASH backend calls)
