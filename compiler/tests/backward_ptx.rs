@@ -1755,3 +1755,84 @@ fn binding_dv_early_d64_and_tables() {
         }
     }
 }
+
+/// `bwd_stat_acc` on the binding's fused kernels at D128: 1 starts dPᵀ's accumulator at
+/// -Delta (loaded and copied before the fence that precedes Sᵀ), 2 also starts Sᵀ's at
+/// -L2 / (scale log2 e); the element code then loads fewer
+/// statistics (1: L2 only, 2: none) and subtracts no Delta. The same products. A score
+/// function (ALiBi, soft-cap) takes 1 for 2.
+#[test]
+fn fused_stat_acc_kernels() {
+    let fence = "wgmma.fence.sync.aligned;";
+    let mma = "wgmma.mma_async";
+    // the element code: from the last wgmma wait before the dS barrier to the barrier
+    let element_code = |ptx: &str| -> String {
+        let at = ptx.rfind("bar.sync 1, 256;").expect("the dS barrier");
+        let w = ptx[..at].rfind("wgmma.wait_group").expect("a wait");
+        ptx[w..at].to_string()
+    };
+    for (file, name) in [
+        ("dense", "dense"),
+        ("causal", "causal_attention"),
+        ("alibi_causal", "alibi_causal"),
+        ("softcap", "softcap_causal"),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert_eq!(bind.bwd_stat_acc, 0, "{name}: off by default");
+        let def = dkdv_twice(&plan, &bind, name, &format!("sa0_{name}_bwd_dkdv.ptx"));
+        let on = |k: u8| PtxOptions {
+            bwd_stat_acc: k,
+            ..bind
+        };
+        let k1 = dkdv_twice(&plan, &on(1), name, &format!("sa1_{name}_bwd_dkdv.ptx"));
+        let k2 = dkdv_twice(&plan, &on(2), name, &format!("sa2_{name}_bwd_dkdv.ptx"));
+        assert!(on(1).key() != bind.key() && on(2).key() != on(1).key());
+        let score_fn = matches!(name, "alibi_causal" | "softcap_causal");
+        if score_fn {
+            // a score function: Delta only (2 is 1 there)
+            assert_eq!(k1.ptx, k2.ptx, "{name}");
+        }
+        // the same products
+        for k in [&k1, &k2] {
+            assert_eq!(
+                k.ptx.matches(mma).count(),
+                def.ptx.matches(mma).count(),
+                "{name}"
+            );
+            assert_eq!(
+                k.ptx.matches(fence).count(),
+                def.ptx.matches(fence).count(),
+                "{name}"
+            );
+        }
+        let loads = |t: &str| t.matches("ld.shared.v2.b32").count();
+        // the starts' loads before the first product (Sᵀ): 8 pairs of Delta, and of L2
+        let before = |ptx: &str| loads(&ptx[..ptx.find(mma).expect("a product")]);
+        assert_eq!(before(&k1.ptx), before(&def.ptx) + 8, "{name}");
+        if score_fn {
+            let (e0, e1) = (element_code(&def.ptx), element_code(&k1.ptx));
+            assert!(loads(&e1) < loads(&e0), "{name}: L2 only");
+            continue;
+        }
+        assert_eq!(before(&k2.ptx), before(&def.ptx) + 16, "{name}");
+        let (e0, e1, e2) = (
+            element_code(&def.ptx),
+            element_code(&k1.ptx),
+            element_code(&k2.ptx),
+        );
+        assert!(loads(&e0) >= 16, "{name}: L2 and Delta by default");
+        assert_eq!(loads(&e1) * 2, loads(&e0), "{name}: L2 only");
+        assert_eq!(loads(&e2), 0, "{name}: no statistics");
+        // dS' = P (dP - Delta): the subtraction goes
+        let subs = |t: &str| t.matches("sub.f32").count() + t.matches("sub.rn.f32").count();
+        assert!(
+            subs(&e1) + 32 <= subs(&e0),
+            "{name}: {} / {}",
+            subs(&e1),
+            subs(&e0)
+        );
+    }
+}

@@ -1143,7 +1143,9 @@ fn test_options(
 /// trailing `+e` computes P while dPᵀ runs (`PtxOptions::bwd_p_under_dp`), e.g.
 /// `default+e`, `default+h+e`; a trailing `+m1` .. `+m8` computes that many of every 8
 /// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
-/// `default+m2`, `default+e+m4`. A trailing `+q` puts dense D128 bindings (no mask, the
+/// `default+m2`, `default+e+m4`; a trailing `+w1` starts dPᵀ's accumulator at -Delta,
+/// `+w2` Sᵀ's at -L2 / (scale log2 e) too (`PtxOptions::bwd_stat_acc`), e.g.
+/// `default+w1`. A trailing `+q` puts dense D128 bindings (no mask, the
 /// identity score) on q tiles of 80 (`PtxOptions::backward_q80`), e.g. `default+q`.
 /// A trailing `+a` steps the fused kernel's wgmma descriptors with one 64-bit add each
 /// (`PtxOptions::bwd_desc64`, with `bwd_desc`), e.g. `default+a`; a trailing `+f` drops the
@@ -1358,6 +1360,16 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
             bwd_p_under_dp: true,
             ..o
         });
+    }
+    // `+w1` / `+w2`: Delta (and L2) in the score products' accumulator starts
+    // (`bwd_stat_acc`)
+    for k in 1..=2u8 {
+        if let Some(rest) = cfg.strip_suffix(&format!("+w{k}")) {
+            return bench_options(default, rest, plan).map(|o| PtxOptions {
+                bwd_stat_acc: k,
+                ..o
+            });
+        }
     }
     // `+m1` .. `+m8`: that many of every 8 exponentials of a full block on the FMA pipe
     // (`bwd_exp_emu`)

@@ -595,6 +595,19 @@ pub struct PtxOptions {
     /// `+m2` within the noise, `+m4` 2% and `+m8` 7% slower, causal `+m2` the same, D64
     /// dense `+m2` 6% slower); the kernel bench's `+m1` .. `+m8`. Other kinds ignore it.
     pub bwd_exp_emu: u8,
+    /// The fused backward (`backward/fused.rs`; no capture gradients, q tiles of 64, the
+    /// TMA producer, not `overlap` or `bwd_pingpong`): the row statistics start the score
+    /// products' accumulators instead of being read by the element code. 1: dPᵀ's
+    /// accumulator starts at -Delta, so dS' = P dP' is one `FMUL` and the element code
+    /// loads no Delta; 2 (the identity score; 1 with a score function): besides, Sᵀ's
+    /// starts at -L2 / (scale log2 e), so P = 2^(S' scale log2 e) and the element code
+    /// loads no statistics (q tiles of 80 always start both: `backward_q80`). The starts
+    /// are loaded, negated and copied (each accumulator input its own register) before
+    /// the `wgmma.fence` that precedes Sᵀ: written after it, ptxas 13.0 waits for Sᵀ
+    /// before issuing dPᵀ (C7517). The same products; the differences are the rounding of
+    /// the shifted accumulators. 0 (off) by default; the kernel bench's `+w1` / `+w2`
+    /// (docs/performance.md, "Session 20 (bwd20)"). Other kinds ignore it.
+    pub bwd_stat_acc: u8,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -774,6 +787,7 @@ impl PtxOptions {
             bwd_stats_early: false,
             bwd_p_under_dp: false,
             bwd_exp_emu: 0,
+            bwd_stat_acc: 0,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -1141,6 +1155,11 @@ impl PtxOptions {
             }
             + &if self.bwd_exp_emu != 0 {
                 format!(" bwd-exp-emu={}", self.bwd_exp_emu)
+            } else {
+                String::new()
+            }
+            + &if self.bwd_stat_acc != 0 {
+                format!(" bwd-stat-acc={}", self.bwd_stat_acc)
             } else {
                 String::new()
             }

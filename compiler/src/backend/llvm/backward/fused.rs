@@ -389,6 +389,12 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             Q80_NEEDS, o.q_block
         )));
     }
+    if o.bwd_stat_acc > 2 {
+        return Err(LlvmError::Unsupported(format!(
+            "fused dQ: bwd_stat_acc is 0, 1 (Delta in dPᵀ's start) or 2 (and L2 in Sᵀ's) (got {})",
+            o.bwd_stat_acc
+        )));
+    }
     if o.bwd_exp_emu > 8 {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ: bwd_exp_emu counts the emulated exponentials of every 8 (got {})",
@@ -1580,6 +1586,21 @@ pub(super) fn dkdv_dq_body<'ctx>(
             "fused dQ on q tiles of 80: the identity score without capture gradients".into(),
         ));
     }
+    // bwd_stat_acc (q tiles of 64, no capture gradients, the TMA producer, not `overlap`
+    // or `bwd_pingpong`): 1 dPᵀ starts at -Delta (dS' = P (dP - Delta) whatever the
+    // score), 2 Sᵀ at -L2 / (scale log2 e) too (the identity score only: a score function
+    // is applied to the unshifted s; 1 there); q tiles of 80: both, always
+    let stat_acc: u8 = if is_q80 {
+        2
+    } else if opts.bwd_stat_acc != 0 && br == 64 && tma && cap.is_none() && !early && !pipe {
+        if p.score.is_none() {
+            opts.bwd_stat_acc.min(2)
+        } else {
+            1
+        }
+    } else {
+        0
+    };
     // Sᵀ and dPᵀ of the Q/dO buffer at byte `buf`, each its own group
     let issue_sdp = |buf: IntValue<'ctx>| -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
         let wgi = wg_index()?;
@@ -1587,7 +1608,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // Sᵀ and dPᵀ come out shifted and the element code holds no statistics (dK, dV,
         // Sᵀ, dPᵀ and 40 statistics would need 248 of the 240 registers: ptxas spilled
         // 148 bytes)
-        let (s0, dp0) = if is_q80 {
+        // bwd_stat_acc: the same starts at q tiles of 64 (1: dPᵀ's alone)
+        let (s0, dp0) = if stat_acc != 0 {
             // buffer 0 or 1 (TMA ring): its statistics' rows
             let sbuf = g.selecti(
                 g.icmp(IntPredicate::NE, buf, zero)?,
@@ -1616,7 +1638,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
                     })
                     .collect()
             };
-            (Some(init(t.l2)?), Some(init(t.delta)?))
+            // bwd_stat_acc 1: -Delta only (written before the fence: after Sᵀ's issue
+            // ptxas 13.0 waits for Sᵀ at the second fence, C7517)
+            let s0 = if stat_acc >= 2 {
+                Some(init(t.l2)?)
+            } else {
+                None
+            };
+            (s0, Some(init(t.delta)?))
         } else {
             (None, None)
         };
@@ -1846,7 +1875,23 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let split = (early || p_under_dp) && cap.is_none();
     // this visit's L2/Delta rows (and the thread's kv row); `row0`: the warp's first row
     let row_stats = |row0: IntValue<'ctx>| {
-        if is_q80 {
+        if stat_acc == 1 {
+            // bwd_stat_acc 1: Delta is in dPᵀ's accumulator; L2 as bwd_stmatrix loads it
+            let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
+            let col = frag_col0(g, &c, q0)?;
+            let z = g.cf(0.0).as_basic_value_enum();
+            let l2 = frag_col_stat_v2(g, c.lane, br, sbuf, t.l2)?;
+            let stats = l2
+                .iter()
+                .enumerate()
+                .map(|(k, l)| {
+                    let ci = g.c32(8 * (k / 2) as i64 + (k % 2) as i64);
+                    Ok((g.add(col, ci)?, l.as_basic_value_enum(), z))
+                })
+                .collect::<R<Vec<_>>>()?;
+            return Ok((kv_row, stats));
+        }
+        if stat_acc == 2 {
             // q tiles of 80: L2 and Delta are in the accumulators (issue_sdp)
             let kv_row = g.add(g.add(kv0, row0)?, g.lshr(c.lane, g.c32(2))?)?;
             let col = frag_col0(g, &c, q0)?;
