@@ -282,6 +282,12 @@
 //!   80). Measured on an H200 (session 16, B2 H16 L8192 D128 dense, interleaved, ms
 //!   default / q80): fused kernel 5.160, 5.147 / 5.135, 5.131 (0.996x), conversion 0.054
 //!   / 0.062, whole backward within the runs' spread: off.
+//!   `bwd_stat_acc` (off; the kernel bench's `+w1` / `+w2`): q tiles of 80's accumulator
+//!   starts at q tiles of 64 — dPᵀ from -Delta (1), Sᵀ from -L2 / (scale log2 e) too (2,
+//!   the identity score), loaded before the fence in front of Sᵀ, so the element code
+//!   loads fewer statistics and dS' = P dP' is one multiply. Measured on an H200 (session
+//!   20, B2 H16 L8192 D128, whole backward, interleaved): dense 1.004x / 1.011x (fused
+//!   kernel 1.00x), causal 1.002x / 0.994x, ALiBi + causal 0.991x: no faster.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
