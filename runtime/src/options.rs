@@ -139,7 +139,7 @@ pub struct DecodeTuning {
     /// counter (`decode_mma::COPY_STREAM`; results not bit-reproducible), any combination
     /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
-    pub copy: Option<u16>,
+    pub copy: Option<u32>,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -148,12 +148,12 @@ pub struct DecodeTuning {
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijklmnop` (anything else: `None`).
-pub fn parse_decode_copy(v: &str) -> Option<u16> {
+/// `abcdefghijklmnopqr` (anything else: `None`).
+pub fn parse_decode_copy(v: &str) -> Option<u32> {
     use attnc_compiler::backend::llvm::decode_mma::{
         COPY_BALANCED, COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
         COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
-        COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE,
+        COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE, COPY_WGMMA, COPY_WGMMA_ROWS32,
     };
     let v = v.trim();
     if v == "0" {
@@ -162,7 +162,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
     if v.is_empty() {
         return None;
     }
-    v.chars().try_fold(0u16, |bits, c| match c {
+    v.chars().try_fold(0u32, |bits, c| match c {
         'a' => Some(bits | COPY_FULL),
         'b' => Some(bits | COPY_SMEM32),
         'c' => Some(bits | COPY_PAGE_PASS),
@@ -179,6 +179,8 @@ pub fn parse_decode_copy(v: &str) -> Option<u16> {
         'n' => Some(bits | COPY_STEAL),
         'o' => Some(bits | COPY_BALANCED),
         'p' => Some(bits | COPY_STREAM),
+        'q' => Some(bits | COPY_WGMMA),
+        'r' => Some(bits | COPY_WGMMA_ROWS32),
         _ => None,
     })
 }
@@ -193,7 +195,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnop`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqr`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

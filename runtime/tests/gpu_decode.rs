@@ -1115,6 +1115,79 @@ fn gpu_decode_stream(_d: &CudaDevice) {
     }
 }
 
+/// The products on wgmma (`ATTNC_DECODE_COPY` letter `q`, `decode_mma::COPY_WGMMA`: 64 rows
+/// per CTA on sm_90) with the default's other letters: dense, causal, sliding-window,
+/// document-causal and soft-cap, bf16 and f16, D128 and D64; GQA 4:1 at Lq 16 (64 rows:
+/// the path), 8:1 at Lq 8 (64 rows) and Lq 16 (two row groups of 64), 1:1 and 2:1 at Lq 16
+/// (16 / 32 rows: the bit ignored), Lq 8 at 4:1 (32 rows; with letter `r`,
+/// `COPY_WGMMA_ROWS32`, the 64-row wgmma kernel, as 2:1 at Lq 16), chunked prefill (Lq 40 at 2:1:
+/// 80 rows, the second group partly padding); contiguous and paged 16 / 128, forced split
+/// counts (one split: the fused kind writes O itself; the merging fused kernel) and the
+/// runtime's; sequences of 1000, 0, 333 and 1 keys (the empty one's rows exactly as the
+/// oracle's: LSE -inf) and a window of 300 (tiles past a split's end, partial tiles). Against the f64
+/// oracle; two calls bit for bit equal. Small enough for compute-sanitizer.
+fn gpu_decode_wgmma(_d: &CudaDevice) {
+    let mut rng = Rng(0x36a9);
+    type Case = (&'static str, DType, usize, usize, usize, usize);
+    // (example, dtype, hq, hkv, lq, d), (page, splits, merging fused, copy)
+    let cases: &[(Case, (Option<usize>, Option<usize>, bool, &str))] = &[
+        (("dense", DType::BF16, 8, 2, 16, 128), (None, Some(3), false, "efikjoq")),
+        (("dense", DType::BF16, 8, 2, 16, 128), (Some(16), None, false, "efikjoq")),
+        (("dense", DType::F16, 8, 1, 8, 64), (Some(128), Some(2), false, "efikjoq")),
+        (("dense", DType::BF16, 8, 1, 16, 128), (None, Some(1), false, "efikjoq")),
+        (("dense", DType::BF16, 8, 2, 8, 128), (None, Some(3), false, "efikjoqr")),
+        (("causal", DType::BF16, 8, 2, 16, 128), (Some(128), Some(5), true, "efikjoq")),
+        (("causal", DType::BF16, 8, 1, 8, 128), (None, None, false, "efikjoq")),
+        (("causal", DType::BF16, 4, 2, 40, 128), (Some(16), None, false, "efikjoq")),
+        (("causal", DType::BF16, 8, 2, 8, 128), (Some(16), None, false, "efikjoqr")),
+        (("sliding_window", DType::BF16, 8, 2, 16, 128), (Some(16), Some(3), false, "efikjoq")),
+        (("sliding_window", DType::F16, 8, 1, 16, 64), (None, Some(1), false, "efikjoq")),
+        (("sliding_window", DType::BF16, 4, 2, 16, 128), (None, Some(2), false, "efikjoqr")),
+        (("document_causal", DType::BF16, 8, 2, 16, 128), (None, Some(2), false, "efikjoq")),
+        (("document_causal", DType::BF16, 8, 2, 8, 128), (Some(16), None, false, "efikjoq")),
+        (("softcap", DType::BF16, 8, 2, 16, 128), (None, None, false, "efikjoq")),
+        (("dense", DType::BF16, 2, 2, 16, 128), (None, Some(2), false, "efikjoqr")),
+        (("causal", DType::BF16, 4, 2, 16, 128), (Some(16), None, false, "efikjoq")),
+    ];
+    for &((name, dtype, hq, hkv, lq, d), (page, splits, fused, copy)) in cases {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        let sl = vec![1000, 0, 333, 1];
+        let c = case_as(dtype, &mut rng, 4, hq, hkv, lq, d, 1000, sl, page);
+        let mut caps = captures_for(&variant, &c, 13);
+        if name == "sliding_window" {
+            caps = caps.param("window", ParamValue::I32(300));
+        }
+        let what = format!(
+            "wgmma {copy} {name} {dtype:?} hq {hq} hkv {hkv} lq {lq} d {d} {page:?} splits {splits:?} fused {fused}"
+        );
+        let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+        o.decode.copy = attnc::options::parse_decode_copy(copy);
+        o.decode.splits = splits;
+        o.decode.fused_combine = fused;
+        let mut bound = variant.bind(o).unwrap();
+        let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+            .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+        let runs: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+            .map(|_| {
+                let got = bound
+                    .forward_with_cache(&c.q, &c.cache(), &caps)
+                    .unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+                (got.o.to_f32(), got.lse.to_f32())
+            })
+            .collect();
+        assert_eq!(bound.cache_path(), Some(expected_path(lq, hq, hkv, d)), "{what}");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert!(
+            bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
+            "{what}: two calls differ"
+        );
+        close(&format!("{what} o"), &runs[0].0, &want.o.to_f32(), tol(c.dtype));
+        close(&format!("{what} lse"), &runs[0].1, &want.lse.to_f32(), 0.002);
+    }
+}
+
 type Test = (&'static str, fn(&CudaDevice));
 // (the launches' test first: it is the only GPU check of chained launches, and a time
 // limit cuts the list from the end)
@@ -1136,6 +1209,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_steal", gpu_decode_steal),
     ("gpu_decode_balanced", gpu_decode_balanced),
     ("gpu_decode_stream", gpu_decode_stream),
+    ("gpu_decode_wgmma", gpu_decode_wgmma),
 ];
 
 fn main() {

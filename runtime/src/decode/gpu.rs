@@ -128,12 +128,23 @@ const MMA_FILL_TILES: usize = 4;
 /// 277.6 (5 rounds), B8 Lq1 paged 16 +1.4% / +2.0% / +1.5% of contiguous (243.0 / 244.9 /
 /// 243.4). Not in it: [`decode_mma::COPY_STREAM`] (`p`, splits that continue their
 /// streams, not bit-reproducible): B1 125.7 / 127.6 (chunks of 4 / 8 tiles), slower.
-const COPY: u16 = decode_mma::COPY_EARLY
+/// With [`decode_mma::COPY_WGMMA`] (`q`, session 20: the products on wgmma in the 64-row
+/// kernel, sm_90; decode calls only — chunked prefill, Lq > [`MAX_LQ`], keeps the
+/// `mma.sync` kernel, not measured with it: `decode_options`). Measured on an H200 (one
+/// call, bf16 D128 Hq32 Hkv8 B8 Lkv32768 Lq16, µs, `efikjo` / `efikjoq` in the same 15
+/// interleaved rounds, median [range]): dense contiguous 287.1 [283.4-294.6] / 278.9
+/// [277.9-279.5]; paged 16 306.7 (+6.8% of contiguous) / 281.1 (+0.8%), paged 128 304.7
+/// (+6.2%) / 278.4 (−0.2%); causal (7 rounds) 281.3 / 275.5, paged 16 +5.4% / +0.7%;
+/// SDPA cuDNN 756.6 in the same call. Lq1 / Lq4 (16 rows) run the same kernels.
+/// Not in it: [`decode_mma::COPY_WGMMA_ROWS32`] (`r`: Lq8's 32 rows in the 64-row wgmma
+/// kernel): 269.6 against 255.8, slower.
+const COPY: u32 = decode_mma::COPY_EARLY
     | decode_mma::COPY_DIRECT
     | decode_mma::COPY_IDS_LATE
     | decode_mma::COPY_FULL_TILE
     | decode_mma::COPY_COMBINE_TRIGGER
-    | decode_mma::COPY_BALANCED;
+    | decode_mma::COPY_BALANCED
+    | decode_mma::COPY_WGMMA;
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;
@@ -479,8 +490,14 @@ fn decode_options(
         // host-tensor calls' stealing / streaming kernel: `GpuDecode::module_for`)
         copy: match kernel {
             Kernel::Mma => {
-                tuning.copy.unwrap_or(COPY)
-                    & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL | decode_mma::COPY_STREAM)
+                let copy = match tuning.copy {
+                    Some(c) => c,
+                    // chunked prefill: the mma.sync products (COPY_WGMMA measured on
+                    // decode calls only)
+                    None if shape.lq > MAX_LQ => COPY & !decode_mma::COPY_WGMMA,
+                    None => COPY,
+                };
+                copy & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL | decode_mma::COPY_STREAM)
             }
             Kernel::Simt => 0,
         },
@@ -494,7 +511,12 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> u
     match kernel {
         Kernel::Simt => rows.min(MAX_ROWS),
         Kernel::Mma => {
-            let natural = 16 * rows.div_ceil(16).next_power_of_two().min(4);
+            let mut natural = 16 * rows.div_ceil(16).next_power_of_two().min(4);
+            // COPY_WGMMA_ROWS32 with COPY_WGMMA: 17..=32 rows in the 64-row wgmma kernel
+            let both = decode_mma::COPY_WGMMA | decode_mma::COPY_WGMMA_ROWS32;
+            if natural == 32 && tuning.copy.unwrap_or(COPY) & both == both {
+                natural = 64;
+            }
             match tuning.max_rows {
                 Some(cap @ (16 | 32 | 64)) => natural.min(cap),
                 _ => natural,

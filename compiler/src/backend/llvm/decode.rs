@@ -95,7 +95,7 @@ pub struct DecodeOptions {
     pub paged: bool,
     /// The tensor-core kernel only: its K/V copy's `decode_mma::COPY_*` bits (0: the
     /// default copy; [`PtxOptions::decode_copy`]).
-    pub copy: u16,
+    pub copy: u32,
 }
 
 impl DecodeOptions {
@@ -389,7 +389,7 @@ pub(super) fn with_combine(
 /// the same rotated rounds, bf16 D128 Hq32 Hkv8) no faster — B8 Lkv32768 Lq1 244.6 /
 /// 245.9 µs (and 244.7 / 244.3 in a second line), Lq4 247.6 / 248.1, B1 Lkv131072 126.5 /
 /// 126.4: the time between two chained calls is not the next decode grid's launch.
-pub const COPY_COMBINE_TRIGGER: u16 = 512;
+pub const COPY_COMBINE_TRIGGER: u32 = 512;
 /// [`DecodeOptions::copy`] bit of the combine kernel (`decode_mma::COPY_COMBINE_WIDE`,
 /// `ATTNC_DECODE_COPY` letter `m`): each warp issues the loads of up to
 /// `COMBINE_UNROLL_WIDE` splits per round instead of `COMBINE_UNROLL`, so that up to
@@ -398,7 +398,7 @@ pub const COPY_COMBINE_TRIGGER: u16 = 512;
 /// splits in the same order per warp, in rounds of another size: the running max, hence
 /// the rescales and their roundings, may differ from the default's (bits may differ by
 /// rounding, both within the oracle's tolerance).
-pub const COPY_COMBINE_WIDE: u16 = 4096;
+pub const COPY_COMBINE_WIDE: u32 = 4096;
 /// Splits per round of a combine warp with [`COPY_COMBINE_WIDE`].
 const COMBINE_UNROLL_WIDE: i64 = 16;
 

@@ -54,7 +54,7 @@ use super::decode::{
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
-use super::matmul::{load_q_fragments, pv_at, qk};
+use super::matmul::{load_q_fragments, pv_at, pv_wgmma_issue, qk, qk_wgmma};
 use super::softmax::online_softmax;
 use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
 use super::{
@@ -91,21 +91,21 @@ pub const STREAM_AHEAD: u32 = 5;
 /// [`PtxOptions::decode_copy`] bit: a tile whose 64 keys all lie below the split's end
 /// is copied without the per-row bounds check (no compare and selects per 16-row pass;
 /// both layouts); partial tiles keep it.
-pub const COPY_FULL: u16 = 1;
+pub const COPY_FULL: u32 = 1;
 /// [`PtxOptions::decode_copy`] bit: the `cp.async` destinations as 32-bit shared-window
 /// addresses, one base per tile plus a constant in each instruction (instead of a 64-bit
 /// shared address per copy).
-pub const COPY_SMEM32: u16 = 2;
+pub const COPY_SMEM32: u32 = 2;
 /// [`PtxOptions::decode_copy`] bit, paged layout: each 16-row pass's page id and slot
 /// from the tile's alignment (tiles start on multiples of [`KV_TILE`]) instead of per
 /// row (see `Pages::byte_pass`).
-pub const COPY_PAGE_PASS: u16 = 4;
+pub const COPY_PAGE_PASS: u32 = 4;
 /// The three copy variants of session 9 (`abc`).
-pub const COPY_ALL: u16 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
+pub const COPY_ALL: u32 = COPY_FULL | COPY_SMEM32 | COPY_PAGE_PASS;
 /// [`PtxOptions::decode_copy`] bit: the K/V copies ask the L2 for the 256 bytes around
 /// each source (`cp.async...L2::256B`: a D128 row at once) instead of its 32-byte
 /// sectors as the copies reach them.
-pub const COPY_L2_256: u16 = 8;
+pub const COPY_L2_256: u32 = 8;
 /// [`PtxOptions::decode_copy`] bit (sm_90; every kind — the merging fused kind too since
 /// session 17, before which it kept the wait first): the prologue's reads
 /// (ranges, lengths, page ids, Q and the first `stages - 1` K/V tiles) are issued before
@@ -116,7 +116,7 @@ pub const COPY_L2_256: u16 = 8;
 /// runtime chains a host-tensor call's decode kernel after its own combine kernels, or
 /// the fused kernel after the previous fused kernel, or after the uploads' copies; the
 /// caller-buffer path does not chain the decode kernel).
-pub const COPY_EARLY: u16 = 16;
+pub const COPY_EARLY: u32 = 16;
 /// [`PtxOptions::decode_copy`] bit of the fused kind ([`KernelKind::DecodeMmaFused`]; the
 /// plain kind ignores it): the launch has one split per (b, kv head, row group), so each
 /// CTA writes its rows' normalized O (16-bit) and LSE straight into the outputs: no
@@ -124,7 +124,7 @@ pub const COPY_EARLY: u16 = 16;
 /// one split: weight `exp2(0)` = 1, sum 1). It also takes [`COPY_EARLY`] (nothing is
 /// written before the wait). The runtime launches it only when the call's geometry has
 /// one split (`decode::gpu`).
-pub const COPY_DIRECT: u16 = 32;
+pub const COPY_DIRECT: u32 = 32;
 /// [`PtxOptions::decode_copy`] bit, paged layout at D128 (16 rows per pass of the tile's
 /// copy, at most a page's [`crate::decode::MIN_PAGE`] positions): the tiles start on
 /// multiples of [`KV_TILE`] as with [`COPY_PAGE_PASS`], so each pass's 16 rows lie in
@@ -134,7 +134,7 @@ pub const COPY_DIRECT: u16 = 32;
 /// pair with a constant lane) plus the thread's loop-invariant offset (its row in the
 /// pass and its chunk in the row) — no per-pass page arithmetic. Other D: ignored
 /// ([`COPY_PAGE_PASS`]'s or the plain paged copy).
-pub const COPY_PAGE_BASE: u16 = 64;
+pub const COPY_PAGE_BASE: u32 = 64;
 /// [`PtxOptions::decode_copy`] bit, paged layout on sm_90 (tiles start on multiples of
 /// [`KV_TILE`] as with [`COPY_PAGE_PASS`]): a full tile (all 64 keys below the split's
 /// end) is copied by TMA — lanes of warp 0 each issue one `cp.async.bulk.tensor.3d` box
@@ -144,7 +144,7 @@ pub const COPY_PAGE_BASE: u16 = 64;
 /// tile; the K/V tiles are then 64-column slabs (`SmemTile::slab`). A partial tile
 /// (the split's last) keeps the checked `cp.async` copy (rows past the end zero-filled:
 /// TMA would read the page's stale rows). Contiguous layout, other archs: ignored.
-pub const COPY_TMA: u16 = 128;
+pub const COPY_TMA: u32 = 128;
 /// [`PtxOptions::decode_copy`] bit, paged layout (not with [`COPY_PAGE_BASE`], which
 /// computes its bases from the ids as they load): the page ids that the loop loads one
 /// tile ahead (`Pages::fetch`) are kept as loaded and clamped into the cache where the
@@ -154,7 +154,7 @@ pub const COPY_TMA: u16 = 128;
 /// softmax's rescale branch, at 64 rows D128), where a warp waits for the table's
 /// latency once per tile — hidden while the kernel waits for HBM (Lq 1, 4), exposed at
 /// 64 rows (Lq 16), where the kernel is bound by its issue. Contiguous: ignored.
-pub const COPY_IDS_LATE: u16 = 256;
+pub const COPY_IDS_LATE: u32 = 256;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// the combine kernel lets the next grid launch before its own `griddepcontrol.wait`.
 pub use super::decode::COPY_COMBINE_TRIGGER;
@@ -171,7 +171,7 @@ pub use super::decode::COPY_COMBINE_TRIGGER;
 /// where it is smallest (i64). Other masks: ignored (byte-identical PTX). At 64 rows
 /// (Lq 16, GQA 4:1) the loop is bound by its issue and the tests were ~8% (dense) to
 /// ~15% (causal) of its instructions.
-pub const COPY_FULL_TILE: u16 = 1024;
+pub const COPY_FULL_TILE: u32 = 1024;
 /// [`PtxOptions::decode_copy`] bit, a diagnostic of the plain kind (not the fused kinds):
 /// each CTA records where its time went — `%smid` and `%globaltimer` (its low 32 bits,
 /// ns) at its start, when `griddepcontrol.wait` returned, when the prologue's tiles had
@@ -182,7 +182,7 @@ pub const COPY_FULL_TILE: u16 = 1024;
 /// row's own stores before it. The runtime reads the records back
 /// (`DecodeModule::trace`, `attnc bench --decode` with `ATTNC_DECODE_BENCH_TRACE=1`).
 /// Results are the same bits as without it.
-pub const COPY_TRACE: u16 = 2048;
+pub const COPY_TRACE: u32 = 2048;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// each warp merges up to 16 splits per round instead of 8.
 pub use super::decode::COPY_COMBINE_WIDE;
@@ -202,7 +202,7 @@ pub use super::decode::COPY_COMBINE_WIDE;
 /// stealing. The point: CTAs that stream faster take more of the small splits, so the
 /// grid's CTAs end together (session 17's records: the same work per CTA ended over
 /// ~24 µs at B1 Lkv131072).
-pub const COPY_STEAL: u16 = 8192;
+pub const COPY_STEAL: u32 = 8192;
 /// Whether [`COPY_STEAL`] applies to a kernel of `opts` (the plain kind when not `fused`).
 pub fn steals(opts: &DecodeOptions, fused: bool) -> bool {
     opts.copy & COPY_STEAL != 0 && !fused && !tma_copy(opts)
@@ -218,7 +218,7 @@ pub fn steals(opts: &DecodeOptions, fused: bool) -> bool {
 /// before (each split has at most `ceil(T / Splits)` tiles). Deterministic: the partials
 /// are merged in split order as before (different bits from the unbalanced cut: other
 /// partial sums).
-pub const COPY_BALANCED: u16 = 16384;
+pub const COPY_BALANCED: u32 = 16384;
 /// [`PtxOptions::decode_copy`] bit of the plain kind (not the fused kinds, not with
 /// [`COPY_TMA`] or [`COPY_STEAL`]; see [`streams`]): a split that continues its stream.
 /// Each CTA runs its own split of `Chunk` keys (the launch's `Splits x Chunk` cover only
@@ -236,13 +236,40 @@ pub const COPY_BALANCED: u16 = 16384;
 /// next launch. The runtime sizes the own split at 5 tiles at least (a split with keys
 /// after it has its whole `Chunk`), so a claim always lands before its first tile's
 /// page ids are fetched (3 tiles ahead).
-pub const COPY_STREAM: u16 = 32768;
+pub const COPY_STREAM: u32 = 32768;
 /// Whether [`COPY_STREAM`] applies to a kernel of `opts` (the plain kind when not `fused`).
 pub fn streams(opts: &DecodeOptions, fused: bool) -> bool {
     opts.copy & COPY_STREAM != 0 && !fused && !tma_copy(opts) && opts.copy & COPY_STEAL == 0
 }
+/// [`PtxOptions::decode_copy`] bit (sm_90, 64 rows per CTA, D 64 or 128; ignored
+/// otherwise — see [`wgmma_path`]): the two products on Hopper `wgmma` instead of
+/// `mma.sync`. The CTA's four warps are one warpgroup of 64 rows (warp `w` keeps m-tile
+/// `w`, as without the bit), Q and the ring's K/V tiles are stored in the wgmma
+/// canonical layout (64-column slabs, 128-byte swizzle, `SmemTile::slab`; the
+/// `cp.async` copies write it, each thread's writes made visible to the async proxy by
+/// `fence.proxy.async` before the tile's barrier), S = Q Kᵀ is 8 (D128) `wgmma
+/// m64n64k16` from two shared-memory descriptors, O += P V 4 `wgmma m64n{D}k16` with
+/// P from registers (the softmax's A fragments) and V N-major; each group is waited for
+/// before its results are read (the softmax on S's fragments and O's rescale are
+/// those of the `mma.sync` path: the accumulator layout per warp is the same). At 64
+/// rows the `mma.sync` loop issues 128 `HMMA` and 64 `LDSM` per warp and tile (Lq 16
+/// at GQA 4:1 ran at 3.7-4.0 TB/s against 4.4 at Lq 1 and 4); here 12 `wgmma` per
+/// warpgroup and tile.
+pub const COPY_WGMMA: u32 = 65536;
+/// [`PtxOptions::decode_copy`] bit of the runtime (the kernels ignore it: byte-identical
+/// PTX): with [`COPY_WGMMA`], a call with 17..=32 packed rows per kv head (Lq 8 at GQA
+/// 4:1) runs the 64-row kernel (its rows past `G x Lq` padding: zero Q, never stored
+/// where the combine reads) instead of the 32-row one, so that it takes the wgmma path.
+pub const COPY_WGMMA_ROWS32: u32 = 131072;
+/// Whether [`COPY_WGMMA`] applies to a kernel of `opts`: sm_90, 64 rows, D 64 or 128.
+pub fn wgmma_path(opts: &DecodeOptions) -> bool {
+    opts.copy & COPY_WGMMA != 0
+        && opts.arch == super::Arch::Sm90
+        && opts.rows == 64
+        && matches!(opts.d, 64 | 128)
+}
 /// Every [`PtxOptions::decode_copy`] bit.
-pub const COPY_BITS: u16 = COPY_ALL
+pub const COPY_BITS: u32 = COPY_ALL
     | COPY_L2_256
     | COPY_EARLY
     | COPY_DIRECT
@@ -255,10 +282,9 @@ pub const COPY_BITS: u16 = COPY_ALL
     | COPY_COMBINE_WIDE
     | COPY_STEAL
     | COPY_BALANCED
-    | COPY_STREAM;
-// Every bit of `PtxOptions::decode_copy`'s u16 is a `COPY_*` bit (a new one needs a
-// wider field, and `validate` a check for bits without a meaning again).
-const _: () = assert!(COPY_BITS == u16::MAX);
+    | COPY_STREAM
+    | COPY_WGMMA
+    | COPY_WGMMA_ROWS32;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -371,8 +397,12 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
             opts.d
         )));
     }
-    // (every bit of the u16 is a COPY_* bit since session 19, asserted at compile time; no
-    // copy value to refuse)
+    if opts.copy & !COPY_BITS != 0 {
+        return Err(LlvmError::Unsupported(format!(
+            "tensor-core decode kernel with copy bits {:#x}: no such COPY_* bits",
+            opts.copy & !COPY_BITS
+        )));
+    }
     if !MMA_ROWS.contains(&opts.rows) {
         return Err(LlvmError::Unsupported(format!(
             "tensor-core decode kernel with {} rows per CTA: needs 16, 32 or 64",
@@ -760,6 +790,12 @@ pub(super) fn build<'ctx>(
 ) -> R<Module<'ctx>> {
     use DecodeParam as P;
     let g = declare(ctx, module, params, entry);
+    // COPY_WGMMA: the products on wgmma (see the bit); its swizzle atoms (1024 bytes)
+    // aligned in the shared window
+    let wg = wgmma_path(opts);
+    if wg {
+        g.smem.set_alignment(1024);
+    }
     let start = g.open_body();
     let a = Args { g: &g, params };
     let g = &g;
@@ -905,14 +941,16 @@ pub(super) fn build<'ctx>(
         offset: 0,
         rows: rpc,
         cols: d,
-        slab: false,
+        // COPY_WGMMA: Q in wgmma's canonical layout too
+        slab: wg,
     };
     let kt = SmemTile {
         offset: qt.bytes(),
         rows: KV_TILE,
         cols: d,
-        // COPY_TMA: the 128-byte-swizzled 64-column slabs a TMA box fills
-        slab: tma,
+        // COPY_TMA: the 128-byte-swizzled 64-column slabs a TMA box fills (COPY_WGMMA:
+        // wgmma's canonical layout, the same slabs)
+        slab: tma || wg,
     };
     let vt = SmemTile {
         offset: kt.offset + kt.bytes(),
@@ -928,7 +966,7 @@ pub(super) fn build<'ctx>(
         kvb: sw,
         threads: THREADS,
         mt: 1,
-        q_in_regs: true,
+        q_in_regs: !wg,
         wg: false,
         lpt_group: 0,
         float_positions: false,
@@ -1316,13 +1354,22 @@ pub(super) fn build<'ctx>(
         }
     }
     g.cp_async_wait(nstages as i64 - 1)?;
+    if wg {
+        // COPY_WGMMA: this thread's Q copies visible to wgmma's reads after the barrier
+        g.fence_proxy_async()?;
+    }
     g.barrier()?;
     let t_first = if trace {
         Some(g.globaltimer_lo()?)
     } else {
         None
     };
-    let qfrag = load_q_fragments(g, &cfg, &cx)?;
+    // (COPY_WGMMA: Q is read from shared memory by each S = Q Kᵀ)
+    let qfrag = if wg {
+        None
+    } else {
+        Some(load_q_fragments(g, &cfg, &cx)?)
+    };
 
     let m = RowState::new(g, 1, f32::NEG_INFINITY)?;
     let l = RowState::new(g, 1, 0.0)?;
@@ -1403,7 +1450,11 @@ pub(super) fn build<'ctx>(
             })?;
         }
         let at = g.add(g.mul(buf, g.c32(stage))?, slice_bytes)?;
-        let s = qk(g, &cfg, &cx, Some(&qfrag), at)?;
+        let s = match &qfrag {
+            Some(qf) => qk(g, &cfg, &cx, Some(qf), at)?,
+            // COPY_WGMMA: 64 rows x 64 keys (`kvb` = 64: one key slice), waited for here
+            None => qk_wgmma(g, &cfg, &cx, at)?,
+        };
         let key0 = match &sv {
             Some(_) => g.add(tile_key0(it)?, g.mul(si, g.c32(sw as i64))?)?,
             None => g.add(
@@ -1432,12 +1483,22 @@ pub(super) fn build<'ctx>(
             None => logits(g, p, &env, &s, &rows, b, key0, Some(k1), lane, scale, &t)?,
         }
         let (pf, _) = online_softmax(g, &cfg, &cx, &t, &m, &l, &o, None, &mut || Ok(()))?;
+        if wg {
+            // COPY_WGMMA: O += P V from the warps' P fragments, waited for before the
+            // next tile's rescale and before the barrier that frees this buffer
+            let acc = pv_wgmma_issue(g, &cfg, &pf[0], &o.flat(g)?, at)?;
+            return o.store_flat(g, &g.wgmma_wait(0, &acc)?);
+        }
         pv_at(g, &cfg, &cx, &pf, &o, at)
     };
     let body = |it: IntValue<'ctx>| -> R<()> {
         // tile `it` has landed (its group and every older one); every warp is done
         // with tile it - 1, whose buffer the next copy refills
         g.cp_async_wait(nstages as i64 - 2)?;
+        if wg {
+            // COPY_WGMMA: this thread's copies of the tile visible to wgmma's reads
+            g.fence_proxy_async()?;
+        }
         g.barrier()?;
         if let Some(st) = &sv {
             // COPY_STREAM: the count thread 0 stored before the barrier (a chunk, or
@@ -2763,7 +2824,7 @@ mod tests {
                         emit_decode_mma_fused(p, &o).unwrap(),
                         "{key}: fused took it"
                     );
-                    let direct = |c: u16| DecodeOptions {
+                    let direct = |c: u32| DecodeOptions {
                         copy: c | COPY_DIRECT,
                         ..o
                     };
@@ -2802,7 +2863,7 @@ mod tests {
                         "{key}: each item's start"
                     );
                     if paged {
-                        let tma = |c: u16| DecodeOptions {
+                        let tma = |c: u32| DecodeOptions {
                             copy: c | COPY_TMA,
                             ..o
                         };
@@ -2847,7 +2908,7 @@ mod tests {
                         paged,
                         copy: base,
                     };
-                    let with = |c: u16| DecodeOptions { copy: c, ..o };
+                    let with = |c: u32| DecodeOptions { copy: c, ..o };
                     let os = with(base | COPY_STREAM);
                     let key = format!("{ex} {}", os.key());
                     let (k0, ks) = (
@@ -2941,7 +3002,7 @@ mod tests {
                         paged,
                         copy: base,
                     };
-                    let with = |c: u16| DecodeOptions { copy: c, ..o };
+                    let with = |c: u32| DecodeOptions { copy: c, ..o };
                     let ob = with(base | COPY_BALANCED);
                     let key = format!("{ex} {}", ob.key());
                     let (k0, kb) = (
@@ -2990,6 +3051,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// [`COPY_WGMMA`]: at 64 rows on sm_90 (D128 and D64, both layouts, the plain, merging
+    /// fused and one-split kinds) the products are wgmma (8 `m64n64k16` for S at D128, 4
+    /// `m64n{D}k16` for P V, each group waited for), no `mma.sync` and no Q fragments
+    /// held (`ldmatrix` gone from the loop), a proxy fence before the prologue's and every
+    /// tile's barrier, shared memory 1024-byte aligned and the same size; every other
+    /// row count, and sm_80, ignore the bit (byte-identical PTX); copy bits outside
+    /// [`COPY_BITS`] are refused. `ATTNC_DECODE_PTX_DIR` / `ATTNC_PTXAS` as in
+    /// [`mma_decode_copy_variants`].
+    #[test]
+    fn mma_decode_wgmma() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
+        for ex in ["dense", "causal", "sliding_window", "document_causal", "softcap"] {
+            let p = &example(ex);
+            for (rows, d, paged, input) in [
+                (64, 128, false, InputType::Bf16),
+                (64, 128, true, InputType::Bf16),
+                (64, 64, false, InputType::F16),
+                (16, 128, false, InputType::Bf16),
+                (32, 128, true, InputType::Bf16),
+            ] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input,
+                    rows,
+                    paged,
+                    copy: base,
+                };
+                let ow = DecodeOptions {
+                    copy: base | COPY_WGMMA,
+                    ..o
+                };
+                let key = format!("{ex} {}", ow.key());
+                let (k0, kw) = (
+                    emit_decode_mma(p, &o).unwrap(),
+                    emit_decode_mma(p, &ow).unwrap(),
+                );
+                let (f0, fw) = (
+                    emit_decode_mma_fused(p, &o).unwrap(),
+                    emit_decode_mma_fused(p, &ow).unwrap(),
+                );
+                let direct = |c: u32| {
+                    let od = DecodeOptions {
+                        copy: c | COPY_DIRECT,
+                        ..o
+                    };
+                    emit_decode_mma_fused(p, &od).unwrap()
+                };
+                let (d0, dw) = (direct(o.copy), direct(ow.copy));
+                assert_eq!(kw.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                assert_eq!(kw.smem_bytes, k0.smem_bytes, "{key}");
+                if rows != 64 {
+                    assert_eq!(kw.decode_ptx, k0.decode_ptx, "{key}: not at {rows} rows");
+                    assert_eq!(fw, f0, "{key}: fused, not at {rows} rows");
+                    assert_eq!(dw, d0, "{key}: direct, not at {rows} rows");
+                    continue;
+                }
+                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                    let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
+                    std::fs::write(f("sync"), &k0.decode_ptx).unwrap();
+                    std::fs::write(f("wgmma"), &kw.decode_ptx).unwrap();
+                }
+                for (x, ptx) in [("plain", &kw.decode_ptx), ("fused", &fw), ("direct", &dw)] {
+                    let n = |pat: &str| ptx.matches(pat).count();
+                    assert_eq!(n("mma.sync"), 0, "{key} {x}");
+                    assert_eq!(n("ldmatrix"), 0, "{key} {x}");
+                    let (ns, npv) = (n(".m64n64k16."), n(&format!(".m64n{d}k16.")));
+                    // S: D / 16 k-steps of n64; P V: 4 k-steps of n = D (at D64 both n64)
+                    if d == 128 {
+                        assert_eq!((ns, npv), (8, 4), "{key} {x}");
+                    } else {
+                        assert_eq!(ns, 8, "{key} {x}");
+                    }
+                    assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 2, "{key} {x}");
+                    assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key} {x}");
+                    assert!(ptx.contains(".align 1024"), "{key} {x}");
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "wgmma", &format!("{key} {x}"), ptx);
+                    }
+                }
+                // the mma.sync kernel keeps its products
+                assert_eq!(k0.decode_ptx.matches("wgmma").count(), 0, "{key}");
+                // sm_80 ignores the bit
+                let a80 = |c: u32| {
+                    let o8 = DecodeOptions {
+                        arch: Arch::Sm80,
+                        copy: c,
+                        ..o
+                    };
+                    emit_decode_mma(p, &o8).unwrap().decode_ptx
+                };
+                assert_eq!(a80(ow.copy), a80(o.copy), "{key}: sm_80");
+            }
+        }
+        // bits without a meaning are refused
+        let o = DecodeOptions {
+            arch: Arch::Sm90,
+            d: 128,
+            input: InputType::Bf16,
+            rows: 64,
+            paged: false,
+            copy: COPY_BITS + 1,
+        };
+        let e = emit_decode_mma(&example("dense"), &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("copy bits"), "{e}");
     }
 
     /// The one-split kernel ([`COPY_DIRECT`] on the fused kind): generates for every

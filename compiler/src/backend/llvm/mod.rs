@@ -679,7 +679,7 @@ pub struct PtxOptions {
     /// per-row bounds checks), [`decode_mma::COPY_SMEM32`] (32-bit shared-memory
     /// destinations), [`decode_mma::COPY_PAGE_PASS`] (paged: each pass's page from the
     /// tile's alignment). 0 (the default): none. Other kinds ignore it.
-    pub decode_copy: u16,
+    pub decode_copy: u32,
 }
 
 /// The bound on positions (and on the constant of a converted position sum) under which
