@@ -1129,25 +1129,77 @@ fn gpu_decode_stream(_d: &CudaDevice) {
 fn gpu_decode_wgmma(_d: &CudaDevice) {
     let mut rng = Rng(0x36a9);
     type Case = (&'static str, DType, usize, usize, usize, usize);
+    type Run = (Option<usize>, Option<usize>, bool, &'static str);
     // (example, dtype, hq, hkv, lq, d), (page, splits, merging fused, copy)
-    let cases: &[(Case, (Option<usize>, Option<usize>, bool, &str))] = &[
-        (("dense", DType::BF16, 8, 2, 16, 128), (None, Some(3), false, "efikjoq")),
-        (("dense", DType::BF16, 8, 2, 16, 128), (Some(16), None, false, "efikjoq")),
-        (("dense", DType::F16, 8, 1, 8, 64), (Some(128), Some(2), false, "efikjoq")),
-        (("dense", DType::BF16, 8, 1, 16, 128), (None, Some(1), false, "efikjoq")),
-        (("dense", DType::BF16, 8, 2, 8, 128), (None, Some(3), false, "efikjoqr")),
-        (("causal", DType::BF16, 8, 2, 16, 128), (Some(128), Some(5), true, "efikjoq")),
-        (("causal", DType::BF16, 8, 1, 8, 128), (None, None, false, "efikjoq")),
-        (("causal", DType::BF16, 4, 2, 40, 128), (Some(16), None, false, "efikjoq")),
-        (("causal", DType::BF16, 8, 2, 8, 128), (Some(16), None, false, "efikjoqr")),
-        (("sliding_window", DType::BF16, 8, 2, 16, 128), (Some(16), Some(3), false, "efikjoq")),
-        (("sliding_window", DType::F16, 8, 1, 16, 64), (None, Some(1), false, "efikjoq")),
-        (("sliding_window", DType::BF16, 4, 2, 16, 128), (None, Some(2), false, "efikjoqr")),
-        (("document_causal", DType::BF16, 8, 2, 16, 128), (None, Some(2), false, "efikjoq")),
-        (("document_causal", DType::BF16, 8, 2, 8, 128), (Some(16), None, false, "efikjoq")),
-        (("softcap", DType::BF16, 8, 2, 16, 128), (None, None, false, "efikjoq")),
-        (("dense", DType::BF16, 2, 2, 16, 128), (None, Some(2), false, "efikjoqr")),
-        (("causal", DType::BF16, 4, 2, 16, 128), (Some(16), None, false, "efikjoq")),
+    let cases: &[(Case, Run)] = &[
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, Some(3), false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (Some(16), None, false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::F16, 8, 1, 8, 64),
+            (Some(128), Some(2), false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 1, 16, 128),
+            (None, Some(1), false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 8, 128),
+            (None, Some(3), false, "efikjoqr"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 16, 128),
+            (Some(128), Some(5), true, "efikjoq"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 1, 8, 128),
+            (None, None, false, "efikjoq"),
+        ),
+        (
+            ("causal", DType::BF16, 4, 2, 40, 128),
+            (Some(16), None, false, "efikjoq"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 8, 128),
+            (Some(16), None, false, "efikjoqr"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(3), false, "efikjoq"),
+        ),
+        (
+            ("sliding_window", DType::F16, 8, 1, 16, 64),
+            (None, Some(1), false, "efikjoq"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 4, 2, 16, 128),
+            (None, Some(2), false, "efikjoqr"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 2, 16, 128),
+            (None, Some(2), false, "efikjoq"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 2, 8, 128),
+            (Some(16), None, false, "efikjoq"),
+        ),
+        (
+            ("softcap", DType::BF16, 8, 2, 16, 128),
+            (None, None, false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::BF16, 2, 2, 16, 128),
+            (None, Some(2), false, "efikjoqr"),
+        ),
+        (
+            ("causal", DType::BF16, 4, 2, 16, 128),
+            (Some(16), None, false, "efikjoq"),
+        ),
     ];
     for &((name, dtype, hq, hkv, lq, d), (page, splits, fused, copy)) in cases {
         let compiled = example(name);
@@ -1177,14 +1229,28 @@ fn gpu_decode_wgmma(_d: &CudaDevice) {
                 (got.o.to_f32(), got.lse.to_f32())
             })
             .collect();
-        assert_eq!(bound.cache_path(), Some(expected_path(lq, hq, hkv, d)), "{what}");
+        assert_eq!(
+            bound.cache_path(),
+            Some(expected_path(lq, hq, hkv, d)),
+            "{what}"
+        );
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert!(
             bits(&runs[0].0) == bits(&runs[1].0) && bits(&runs[0].1) == bits(&runs[1].1),
             "{what}: two calls differ"
         );
-        close(&format!("{what} o"), &runs[0].0, &want.o.to_f32(), tol(c.dtype));
-        close(&format!("{what} lse"), &runs[0].1, &want.lse.to_f32(), 0.002);
+        close(
+            &format!("{what} o"),
+            &runs[0].0,
+            &want.o.to_f32(),
+            tol(c.dtype),
+        );
+        close(
+            &format!("{what} lse"),
+            &runs[0].1,
+            &want.lse.to_f32(),
+            0.002,
+        );
     }
 }
 

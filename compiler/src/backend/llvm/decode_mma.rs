@@ -3065,7 +3065,13 @@ mod tests {
     fn mma_decode_wgmma() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
-        for ex in ["dense", "causal", "sliding_window", "document_causal", "softcap"] {
+        for ex in [
+            "dense",
+            "causal",
+            "sliding_window",
+            "document_causal",
+            "softcap",
+        ] {
             let p = &example(ex);
             for (rows, d, paged, input) in [
                 (64, 128, false, InputType::Bf16),
