@@ -264,7 +264,8 @@ fn paths(dev: &CudaDevice, c: &Case) -> Vec<PtxOptions> {
 /// `o` with `ATTNC_GPU_PERSISTENT=1|dyn|0` applied (persistent CTAs on, on with the
 /// dynamic tile scheduler, or off) and, with persistent CTAs, `ATTNC_GPU_Q2=1` (two Q
 /// buffers, `PtxOptions::q_double`), with the dynamic scheduler `ATTNC_GPU_CROSS=1` (the
-/// next tile's first S with the last P V, `PtxOptions::cross_tile`); `ATTNC_GPU_LATE=1`,
+/// next tile's first S with the last P V, `PtxOptions::cross_tile`) and `ATTNC_GPU_OTMA=1`
+/// (O through shared memory and TMA, `PtxOptions::o_tma`); `ATTNC_GPU_LATE=1`,
 /// `ATTNC_GPU_ILP=1`, `ATTNC_GPU_MASK_EARLY=1` (`PtxOptions::pv_wait_late`,
 /// `PtxOptions::softmax_ilp`, `PtxOptions::mask_early`).
 fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
@@ -283,6 +284,15 @@ fn persistent_from_env(mut o: PtxOptions) -> PtxOptions {
         && o.q_double
         && !o.cross_tile
         && std::env::var("ATTNC_GPU_QAHEAD").is_ok_and(|v| v == "1");
+    // `ATTNC_GPU_OTMA=1`: O through shared memory and TMA stores (`PtxOptions::o_tma`,
+    // with the dynamic scheduler, q blocks of 128 at Dv 128, no third stage beside two Q
+    // buffers)
+    o.o_tma = o.dynamic_tiles
+        && o.q_block == 128
+        && o.dv == 128
+        && o.d <= 128
+        && (o.stages == 2 || !o.q_double)
+        && std::env::var("ATTNC_GPU_OTMA").is_ok_and(|v| v == "1");
     // `ATTNC_GPU_LATE=1` / `ATTNC_GPU_ILP=1`: the wait for the last P V after the
     // exponentials (`PtxOptions::pv_wait_late`), the softmax's reductions over four chains
     // (`PtxOptions::softmax_ilp`)
@@ -1089,6 +1099,114 @@ fn gpu_q_ahead_matches_oracle(dev: &CudaDevice) {
                 if let Err(e) = check_opts(&small, &p, &c, &bind, None, 47, scale, &opts) {
                     failures.push(format!(
                         "{} {:?} q block {qb} lpt {lpt} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
+                        p.name, c.shape
+                    ));
+                }
+            }
+        }
+    }
+    println!("  {ran} kernels, {} failed", failures.len());
+    assert!(ran > 0, "no kernel ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// O written through shared memory and TMA stores (`PtxOptions::o_tma`, the dynamic tile
+/// scheduler with two Q buffers): every sample with grids of 1, 5, 11 CTAs and all SMs
+/// (many tiles per CTA, so each warpgroup's staging buffer is reused: a copy still
+/// reading it would show), D128 and D64 with Dv 128, the plain and the LPT order, q
+/// blocks from the end (the first q block's box starts at a negative row: those rows must
+/// not be written), closed forms and the block table forced, `q_ahead` on one case; odd
+/// lengths (rows past Lq in the last box), Lq != Lkv (rows with no kv block: zeros and
+/// -inf), GQA, bf16 and f16; a negative scale and checked mode on one case each. Each
+/// launch runs twice with O poisoned (NaN) in between and the counter zero after each
+/// (`forward_host`), so a row the copies miss shows as NaN. One option set per (case,
+/// sample) in turn; `ATTNC_GPU_OTMA_FULL=1` runs all three, `ATTNC_GPU_OTMA_CASES=i,..`
+/// only those cases.
+fn gpu_o_tma_matches_oracle(dev: &CudaDevice) {
+    if dev.arch() != Arch::Sm90 {
+        println!("  not sm_90: no warp-specialized kernel");
+        return;
+    }
+    if matches!(
+        std::env::var("ATTNC_GPU_MMA").as_deref(),
+        Ok("sync" | "wgmma")
+    ) {
+        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
+        return;
+    }
+    let cases = [
+        ((2, 4, 2, 300, 257), 128, InputType::Bf16),
+        ((3, 3, 1, 129, 400), 128, InputType::F16),
+        ((1, 4, 4, 520, 333), 64, InputType::F16),
+        ((2, 2, 1, 1100, 1100), 128, InputType::Bf16),
+    ];
+    let full = std::env::var("ATTNC_GPU_OTMA_FULL").is_ok_and(|v| v == "1");
+    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_OTMA_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (i, ((b, hq, hkv, lq, lkv), d, ty)) in cases.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
+        let c = Case {
+            shape: Shape {
+                b,
+                hq,
+                hkv,
+                lq,
+                lkv,
+                d,
+                dv: 128,
+            },
+            ty,
+            qb: 128,
+            kvb: 128,
+            mt: 1,
+        };
+        let ws = PtxOptions {
+            persistent: true,
+            dynamic_tiles: true,
+            q_double: true,
+            q_ahead: i == 3,
+            o_tma: true,
+            float_positions: true,
+            ..PtxOptions::new(Arch::Sm90, d as u32, 128, ty).warp_specialized(128, 2)
+        };
+        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
+            if p.name == "document_causal" && lq > lkv {
+                continue;
+            }
+            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
+            let small = dev.with_sms(sms);
+            let mut r = rng(53);
+            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
+            for (k, (lpt, kv_table, q_from_end)) in
+                [(0, false, false), (3, true, false), (8, false, true)]
+                    .into_iter()
+                    .enumerate()
+            {
+                if !full && k != (i + j) % 3 {
+                    continue;
+                }
+                let opts = PtxOptions {
+                    lpt_group: lpt,
+                    kv_table,
+                    q_from_end,
+                    split_tail: d == 128 && p.score.is_none() && k != 1,
+                    checked: i == 1 && k == 0,
+                    ..ws
+                };
+                let scale = if i == 0 && k == j % 3 {
+                    -c.shape.default_scale()
+                } else {
+                    c.shape.default_scale()
+                };
+                ran += 1;
+                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 53, scale, &opts) {
+                    failures.push(format!(
+                        "{} {:?} lpt {lpt} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
                         p.name, c.shape
                     ));
                 }
@@ -2597,6 +2715,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_cross_tile_matches_oracle,
     ),
     ("gpu_q_ahead_matches_oracle", gpu_q_ahead_matches_oracle),
+    ("gpu_o_tma_matches_oracle", gpu_o_tma_matches_oracle),
     (
         "gpu_late_wait_and_ilp_match_oracle",
         gpu_late_wait_and_ilp_match_oracle,

@@ -663,7 +663,8 @@ fn gpu_bench_block_table() {
 /// `ATTNC_AB_B=letters` compares other options instead: `whole` is then the binding's
 /// kernel as it is and `tail` the same with the letters applied (`A` the next tile's Q
 /// ahead, `PtxOptions::q_ahead`; `f` the early claim, `PtxOptions::early_claim`; `u` three
-/// K/V stages with one Q buffer; `g` and digits the LPT group); cases `causal128` (B2 H16
+/// K/V stages with one Q buffer; `w` O through shared memory and TMA stores,
+/// `PtxOptions::o_tma`; `g` and digits the LPT group); cases `causal128` (B2 H16
 /// L8192 D128) and `causalgqa` (B1 Hq32 Hkv8 L16384 D128) run the causal mask.
 #[test]
 #[ignore = "benchmark on the GPU machine: --ignored gpu_bench_ab"]
@@ -752,6 +753,7 @@ fn gpu_bench_ab() {
             if letters.contains('u') {
                 (tail.stages, tail.q_double, tail.q_ahead) = (3, false, false);
             }
+            tail.o_tma = letters.contains('w') && tail.stages == 2;
             if let Some(at) = letters.find('g') {
                 let digits: String = letters[at + 1..]
                     .chars()

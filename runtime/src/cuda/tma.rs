@@ -1,6 +1,7 @@
 //! TMA tensor maps of the warp-specialized forward (`PtxOptions::ws`): the `TmaQ`,
-//! `TmaK` and `TmaV` parameters made from a launch's Q/K/V pointers and shape; and of the
-//! fused backward with `PtxOptions::bwd_tma` (`TmaQ`, `TmaDo` from Q and dO).
+//! `TmaK` and `TmaV` parameters made from a launch's Q/K/V pointers and shape (with
+//! `PtxOptions::o_tma` also `TmaO` from O: boxes of 64 x 64, a TMA store's, rows past `L`
+//! not written); and of the fused backward with `PtxOptions::bwd_tma` (`TmaQ`, `TmaDo` from Q and dO).
 //!
 //! In: a [`KernelSpec`] and the launch's other values ([`LaunchArgs`]: the Q, K, V
 //! pointers, `Lq`, `Lkv`, `Hq`, `Hkv` and the `Batches` grid extent). Out: the same
@@ -165,8 +166,8 @@ fn encode_3d(
     Ok(TensorMap(map.opaque))
 }
 
-/// `args` with the tensor maps `spec` takes (`TmaQ`, `TmaK`, `TmaV`, `TmaDo`) made from
-/// its Q/K/V/dO pointers and shape.
+/// `args` with the tensor maps `spec` takes (`TmaQ`, `TmaK`, `TmaV`, `TmaDo`, `TmaO`) made
+/// from its Q/K/V/dO/O pointers and shape.
 pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, CudaError> {
     if matches!(
         spec.kind,
@@ -190,13 +191,16 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     let o = &spec.options;
     let (d, dv) = (o.d as u64, o.dv as u64);
     let mut out = args.clone();
-    // the maps this kernel takes (the forward: Q, K, V; the fused backward: Q, dO)
+    // the maps this kernel takes (the forward: Q, K, V and with `o_tma` O; the fused
+    // backward: Q, dO)
     for &p in &spec.params {
         let m = match p {
             KernelParam::TmaQ => encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
             KernelParam::TmaK => encode(ptr(KernelParam::K)?, b * hkv, lkv, d, spec.kv_block)?,
             KernelParam::TmaV => encode(ptr(KernelParam::V)?, b * hkv, lkv, dv, spec.kv_block)?,
             KernelParam::TmaDo => encode(ptr(KernelParam::DOut)?, b * hq, lq, dv, spec.q_block)?,
+            // (`PtxOptions::o_tma`: each consumer warpgroup stores its 64 rows)
+            KernelParam::TmaO => encode(ptr(KernelParam::O)?, b * hq, lq, dv, 64)?,
             _ => continue,
         };
         out.scalar(p, Arg::Map(m));

@@ -507,6 +507,8 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// `ATTNC_FWD_TAIL=1|0` the last tiles split along kv (`PtxOptions::tail_split`, with
 /// persistent CTAs in static rounds: `ATTNC_FWD_PERSISTENT=1`);
 /// `ATTNC_FWD_STAGES=2|3` the K/V ring's stages (3: one Q buffer above D, Dv 64);
+/// `ATTNC_FWD_OTMA=1|0` O through shared memory and TMA stores (`PtxOptions::o_tma`, with
+/// the dynamic scheduler at Dv 128 and two stages);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
@@ -533,6 +535,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_MASK_KINDS", &mut o.mask_kinds),
         ("ATTNC_FWD_POS_BIAS", &mut o.pos_bias),
         ("ATTNC_FWD_TAIL", &mut o.tail_split),
+        ("ATTNC_FWD_OTMA", &mut o.o_tma),
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;
@@ -558,6 +561,13 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     o.early_claim &= o.dynamic_tiles;
     o.q_ahead &= o.dynamic_tiles && o.q_double && !o.cross_tile;
     o.tail_split &= o.persistent && !o.dynamic_tiles;
+    // (O's staging buffer: the dynamic scheduler, q blocks of 128 at Dv 128, D <= 128, and
+    // two stages — a third leaves no room for it at D128)
+    o.o_tma &= o.dynamic_tiles
+        && o.q_block == 128
+        && o.dv == 128
+        && o.d <= 128
+        && o.stages == 2;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())

@@ -1225,6 +1225,31 @@ impl<'ctx> Gpu<'ctx> {
         )
     }
 
+    /// `cp.async.bulk.tensor.3d` shared -> global (a TMA store, one thread): the box of
+    /// the tensor map `map` at coordinates `(c0, c1, c2)` (D innermost; elements outside
+    /// the tensor are not written) from shared address `src`, in this thread's current
+    /// bulk group ([`Self::bulk_commit`] closes it, [`Self::bulk_wait`] waits for it).
+    /// The writes of `src` by other threads must be made visible to the async proxy first
+    /// (`fence.proxy.async.shared::cta` by each writer, then a barrier).
+    pub fn tma_store_3d(
+        &self,
+        map: PointerValue<'ctx>,
+        c: [IntValue<'ctx>; 3],
+        src: IntValue<'ctx>,
+    ) -> R<()> {
+        let m = self.b.build_ptr_to_int(map, self.i64, "")?;
+        self.asm_void(
+            "cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [$0, {$1, $2, $3}], [$4];",
+            "l,r,r,r,r,~{memory}",
+            &[m, c[0], c[1], c[2], src],
+        )
+    }
+    /// `cp.async.bulk.commit_group`: this thread's bulk copies issued since the last
+    /// commit become one bulk group.
+    pub fn bulk_commit(&self) -> R<()> {
+        self.asm_void("cp.async.bulk.commit_group;", "~{memory}", &[])
+    }
+
     /// Two f32 rounded to the input type, `lo` in the low 16 bits (the fragment order).
     pub fn pack2(
         &self,

@@ -83,11 +83,16 @@ use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
 use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
 use super::score::{MaskBits, mask_bits, score_and_mask};
 use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
-use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, split4, tiles};
+use super::tile::{
+    AccTile, Cfg, Ctx, FragRegs, RowState, row_inside, split4, thread_row0, tiles,
+};
 use super::{KernelParam, LlvmError, PtxOptions};
 use crate::ir::Program;
 use inkwell::values::IntValue;
 use inkwell::{FloatPredicate, IntPredicate};
+
+/// ln 2 (the LSE from the base-2 softmax state).
+const LN2: f32 = std::f32::consts::LN_2;
 
 /// `softmax::online_softmax` or `online_softmax_exp` (same arguments, P packed or not).
 type OnlineSoftmax<'ctx, T> = fn(
@@ -113,6 +118,9 @@ fn registers(consumers: u32) -> (u32, u32) {
 /// consumer warpgroup.
 const BAR_CONSUMERS: u32 = 1;
 const BAR_TURN0: u32 = 2;
+/// `PtxOptions::o_tma`: one named barrier per consumer warpgroup (its 128 threads),
+/// `BAR_O0 + wg`, around O's staging buffer ([`epilogue_tma`]).
+const BAR_O0: u32 = 4;
 
 /// The shared-memory layout of the warp-specialized kernel.
 pub(crate) struct Layout {
@@ -122,6 +130,10 @@ pub(crate) struct Layout {
     pub stages: u32,
     /// `PtxOptions::q_double`: the second Q buffer's byte offset (after the V ring).
     pub q1: Option<u32>,
+    /// `PtxOptions::o_tma`: the byte offset of O's staging buffer (after the Q buffers;
+    /// `q_block x Dv` 16-bit elements, per consumer warpgroup two boxes of 64 rows x 64
+    /// columns in the 128-byte swizzle, [`epilogue_tma`]).
+    pub o_stage: Option<u32>,
     /// Byte offset of the mbarriers (8 bytes each): q_full, then per stage k_full,
     /// k_empty, v_full, v_empty, then (persistent kernel) q_empty, (dynamic scheduler)
     /// the tile slot, then (two Q buffers) the second buffer's q_full, q_empty and slot
@@ -140,7 +152,11 @@ impl Layout {
         let ring_end = v.offset + v.bytes() * opts.stages;
         let double = opts.persistent && opts.q_double;
         let q1 = double.then_some(ring_end);
-        let bars = ring_end + if double { q.bytes() } else { 0 };
+        let q_end = ring_end + if double { q.bytes() } else { 0 };
+        let o_tma = opts.o_tma && opts.dynamic_tiles;
+        // (every buffer above is a whole number of 1024-byte swizzle atoms)
+        let o_stage = o_tma.then_some(q_end);
+        let bars = q_end + if o_tma { opts.q_block * opts.dv * 2 } else { 0 };
         // q_full, the ring's four per stage, the persistent kernel's q_empty, and the
         // dynamic scheduler's tile slot; with two Q buffers also the slot's place and the
         // second buffer's three (`Bars::q_full1` ..)
@@ -157,6 +173,7 @@ impl Layout {
             v,
             stages: opts.stages,
             q1,
+            o_stage,
             bars,
             bytes: end + if tail { 8 } else { 0 },
             flag: tail.then_some(end),
@@ -648,8 +665,19 @@ fn body_persistent<'ctx>(
             g.br(epi)?;
         }
         g.b.position_at_end(epi);
-        let write = || {
-            epilogue(
+        let write = || match lay.o_stage {
+            Some(stage) => epilogue_tma(
+                g,
+                c,
+                &cx,
+                &a,
+                Staging { stage, tid, wg },
+                at.hq,
+                &m_out.rows[0],
+                &l_out.rows[0],
+                &o.tiles[0],
+            ),
+            None => epilogue(
                 g,
                 c,
                 &cx,
@@ -660,7 +688,7 @@ fn body_persistent<'ctx>(
                 &m_out.rows[0],
                 &l_out.rows[0],
                 &o.tiles[0],
-            )
+            ),
         };
         let (Some(pc), Some(tl)) = (piece, &tail) else {
             return write();
@@ -698,8 +726,127 @@ fn body_persistent<'ctx>(
     }
     // the last warpgroup passed the turn after its last issue: warpgroup 0 takes it
     g.if_then(wg0, || g.bar_sync(BAR_TURN0, 256))?;
+    if lay.o_stage.is_some() {
+        // (`o_tma`: each warpgroup's storing thread waits for its last copies before
+        // the CTA's shared memory goes away)
+        let leader = g.icmp(IntPredicate::EQ, g.and(tid, g.c32(127))?, g.c32(0))?;
+        g.if_then(leader, || g.bulk_wait(false, 0))?;
+    }
     g.b.build_return(None)?;
     Ok(())
+}
+
+/// Where [`epilogue_tma`] stages O: the buffer's byte offset, the consumer thread and
+/// its warpgroup.
+#[derive(Clone, Copy)]
+struct Staging<'ctx> {
+    stage: u32,
+    tid: IntValue<'ctx>,
+    wg: IntValue<'ctx>,
+}
+
+/// The epilogue of `PtxOptions::o_tma` (Dv 128, two consumer warpgroups of 64 rows): O /
+/// l rounded to the input type into O's staging buffer with `stmatrix` (warpgroup `wg`'s
+/// 64 rows at `stage + wg 16384`, two boxes of 64 columns, 8 KB each, in the 128-byte
+/// swizzle: row `r` at `r 128`, its 16-byte chunk `k` at chunk `k ^ (r & 7)`), then the
+/// warpgroup's first thread stores both boxes with TMA at rows `q0 + 64 wg ..` of the
+/// slice (rows outside `0..Lq` are not written) and commits them as one bulk group, which
+/// completes while the warpgroup goes on. Before writing the buffer that thread waits
+/// until the previous tile's copies have read it (`cp.async.bulk.wait_group.read 0`,
+/// then the warpgroup's barrier `BAR_O0 + wg`); the writers' `fence.proxy.async` and the
+/// same barrier order the stores before the copies. The LSE is stored as in
+/// `softmax::epilogue` (lane 0 of each quad, rows inside the sequence).
+#[allow(clippy::too_many_arguments)]
+fn epilogue_tma<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    a: &Args<'_, 'ctx>,
+    st: Staging<'ctx>,
+    hq: IntValue<'ctx>,
+    m: &[Var<'ctx>; 2],
+    l: &[Var<'ctx>; 2],
+    o: &[[Var<'ctx>; 4]],
+) -> R<()> {
+    if c.dv != 128 || o.len() != 16 {
+        return Err(LlvmError::Internal("o_tma's epilogue needs Dv 128"));
+    }
+    let slice = g.add(g.mul(cx.b, hq)?, cx.h)?;
+    let row_base = thread_row0(g, c, cx, 0)?;
+    let quad = g.and(cx.lane, g.c32(3))?;
+    let lse_ptr = a.ptr(KernelParam::Lse)?;
+    let leader = g.icmp(IntPredicate::EQ, g.and(st.tid, g.c32(127))?, g.c32(0))?;
+    let bar = g.add(st.wg, g.c32(BAR_O0 as i64))?;
+    // the previous tile's copies have read the buffer
+    g.if_then(leader, || g.bulk_wait(true, 0))?;
+    g.bar_sync_reg(bar, 128)?;
+    let mut inv = Vec::with_capacity(2);
+    for hr in 0..2 {
+        let mut lt = g.getf(&l[hr])?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
+        lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
+        let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
+        // approximate (1 ulp) and inline: see `Gpu::rcp`
+        inv.push(g.selectf(pos, g.rcp(lt)?, g.cf(0.0))?);
+        let row = g.add(row_base, g.c32(8 * hr as i64))?;
+        let mhr = g.getf(&m[hr])?;
+        let inside = g.and(
+            row_inside(g, c, cx, row)?,
+            g.icmp(IntPredicate::EQ, quad, g.c32(0))?,
+        )?;
+        g.if_then(inside, || {
+            let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
+            let lse = g.fmul(g.fadd(g.fmul(mhr, cx.c2)?, g.lg2(lt)?)?, g.cf(LN2))?;
+            let lse = g.selectf(pos, lse, g.cf(f32::NEG_INFINITY))?;
+            let ptr = g.gep_bytes(lse_ptr, g.mul(grow, g.c64(4))?)?;
+            g.store(ptr, lse)
+        })?;
+    }
+    // lane l writes row l % 8 of matrix i = l / 8: i & 1 the accumulator half (rows + 8),
+    // i >> 1 the second n-tile of the pair
+    let i = g.lshr(cx.lane, g.c32(3))?;
+    let r8 = g.and(cx.lane, g.c32(7))?;
+    let second = g.lshr(i, g.c32(1))?;
+    let row = g.add(
+        g.add(
+            g.mul(g.and(cx.warp, g.c32(3))?, g.c32(16))?,
+            g.mul(g.and(i, g.c32(1))?, g.c32(8))?,
+        )?,
+        r8,
+    )?;
+    let wg_base = g.add(
+        g.c32(st.stage as i64),
+        g.add(g.mul(st.wg, g.c32(16384))?, g.mul(row, g.c32(128))?)?,
+    )?;
+    for pair in 0..8usize {
+        let mut r = [g.c32(0); 4];
+        for (k, x) in r.iter_mut().enumerate() {
+            let (nt, hr) = (2 * pair + (k >> 1), k & 1);
+            let (lo, hi) = (g.getf(&o[nt][2 * hr])?, g.getf(&o[nt][2 * hr + 1])?);
+            *x = g.pack2(c.ty, g.fmul(lo, inv[hr])?, g.fmul(hi, inv[hr])?)?;
+        }
+        // 16-byte chunk 2 (pair % 4) + second of box pair / 4, swizzled by the row
+        let chunk = g.add(g.c32(2 * (pair % 4) as i64), second)?;
+        let off = g.add(
+            g.add(wg_base, g.c32(8192 * (pair / 4) as i64))?,
+            g.shl(g.xor(chunk, r8)?, g.c32(4))?,
+        )?;
+        g.stmatrix_x4(g.smem_at(off)?, r)?;
+    }
+    g.fence_proxy_async()?;
+    g.bar_sync_reg(bar, 128)?;
+    g.if_then(leader, || {
+        let map = a.ptr(KernelParam::TmaO)?;
+        let row0 = g.add(cx.q0, g.mul(st.wg, g.c32(64))?)?;
+        for half in 0..2u32 {
+            let src = g.smem_addr32(g.add(
+                g.c32((st.stage + 8192 * half) as i64),
+                g.mul(st.wg, g.c32(16384))?,
+            )?)?;
+            g.tma_store_3d(map, [g.c32(64 * half as i64), row0, slice], src)?;
+        }
+        g.bulk_commit()
+    })
 }
 
 /// `body(t)` for this CTA's tiles below `tiles`, in rounds of `G = nctaid.x` tiles: in

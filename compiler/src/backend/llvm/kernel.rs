@@ -121,6 +121,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.ws {
         v.extend([TmaQ, TmaK, TmaV]);
     }
+    if opts.ws && opts.o_tma {
+        v.push(TmaO);
+    }
     if opts.persistent {
         v.push(Batch);
     }
@@ -161,7 +164,9 @@ pub(crate) fn build<'ctx>(
             | KernelParam::KvAllPartial
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             KernelParam::KvOffset(_) => ctx.i64_type().into(),
-            KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV => map_ptr.into(),
+            KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV | KernelParam::TmaO => {
+                map_ptr.into()
+            }
             _ => gptr.into(),
         })
         .collect();
@@ -181,7 +186,10 @@ pub(crate) fn build<'ctx>(
     }
     let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
     for (i, k) in params.iter().enumerate() {
-        if matches!(k, KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV) {
+        if matches!(
+            k,
+            KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV | KernelParam::TmaO
+        ) {
             tensor_map_param(ctx, func, i as u32);
         }
         if matches!(

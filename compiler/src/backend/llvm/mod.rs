@@ -327,6 +327,15 @@ pub struct PtxOptions {
     /// against 0.8046 ms, 2 of 12 rounds won), ~1% faster in the steady rounds at B1 Hq32
     /// Hkv8 L16384 (docs/performance.md, "Session 19 (fwd19)").
     pub q_ahead: bool,
+    /// With `dynamic_tiles` on the two-consumer kernel at Dv 128 (q blocks of 128, two
+    /// K/V stages): each consumer warpgroup writes its 64 rows of O through shared memory
+    /// (`stmatrix` into a 32 KB staging buffer in the 128-byte swizzle, `hopper.rs`,
+    /// `epilogue_tma`) and one of its threads stores them with two TMA copies
+    /// (`cp.async.bulk.tensor` through [`KernelParam::TmaO`], rows outside `0..Lq` not
+    /// written), instead of 32 four-byte global stores per thread; the copy runs while the
+    /// warpgroup starts its next tile (FlashAttention-3's epilogue). The LSE is stored as
+    /// before. Off in `new` and `for_binding` (not yet measured faster).
+    pub o_tma: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
     /// V release and O's rescale sit in the two arms of the rescale branch, and P(j) is
@@ -758,6 +767,7 @@ impl PtxOptions {
             cross_tile: false,
             early_claim: false,
             q_ahead: false,
+            o_tma: false,
             pv_wait_late: false,
             softmax_ilp: false,
             mask_early: false,
@@ -1061,6 +1071,7 @@ impl PtxOptions {
             + if self.cross_tile { " cross" } else { "" }
             + if self.early_claim { " claim-early" } else { "" }
             + if self.q_ahead { " q-ahead" } else { "" }
+            + if self.o_tma { " o-tma" } else { "" }
             + if self.pv_wait_late {
                 " pv-wait-late"
             } else {
@@ -1251,6 +1262,14 @@ impl PtxOptions {
                 "the next tile's Q ahead (q_ahead) is an option of the dynamic tile scheduler with two Q buffers (dynamic_tiles, q_double), not with cross_tile".into(),
             ));
         }
+        if self.o_tma
+            && (!self.dynamic_tiles || self.dv != 128 || self.d > 128 || self.q_block != 128)
+        {
+            return Err(LlvmError::Unsupported(format!(
+                "O through shared memory and TMA (o_tma) is an option of the dynamic tile scheduler (dynamic_tiles) with q blocks of 128 at Dv 128, D <= 128 (got q {} D {} Dv {})",
+                self.q_block, self.d, self.dv
+            )));
+        }
         if self.cross_tile && !self.dynamic_tiles {
             return Err(LlvmError::Unsupported(
                 "the cross-tile issue (cross_tile) is an option of the dynamic tile scheduler (dynamic_tiles)".into(),
@@ -1317,6 +1336,7 @@ impl PtxOptions {
         // Q and the K/V ring in the 227 KB of shared memory a CTA may have
         let ring = self.q_block * self.d * 2 * (1 + self.q_double as u32)
             + self.stages * self.kv_block * (self.d + self.dv) * 2
+            + if self.o_tma { self.q_block * self.dv * 2 } else { 0 }
             + 1024;
         if self.ws && ring > 227 * 1024 {
             return Err(LlvmError::Unsupported(format!(
@@ -1325,10 +1345,11 @@ impl PtxOptions {
                 self.kv_block,
                 self.d,
                 self.dv,
-                if self.q_double {
-                    " with two Q buffers"
-                } else {
-                    ""
+                match (self.q_double, self.o_tma) {
+                    (true, true) => " with two Q buffers and O's staging buffer (o_tma)",
+                    (true, false) => " with two Q buffers",
+                    (false, true) => " with O's staging buffer (o_tma)",
+                    (false, false) => "",
                 }
             )));
         }
@@ -1415,6 +1436,10 @@ pub enum KernelParam {
     TmaQ,
     TmaK,
     TmaV,
+    /// The warp-specialized forward with [`PtxOptions::o_tma`]: the tensor map of O
+    /// (`[B*Hq, Lq, Dv]`, boxes of 64 columns by 64 rows, one consumer warpgroup's, the
+    /// 128-byte swizzle), written by TMA stores; rows outside `0..Lq` are not written.
+    TmaO,
     /// Backward kernels (`backward.rs`): `dO[B, Hq, Lq, Dv]` (input type).
     DOut,
     /// f32 `[B, Hq, Lq]`: `rowsum(dO ∘ O) − dLSE` (written by the pre kernel).

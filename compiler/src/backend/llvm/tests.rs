@@ -1447,6 +1447,131 @@ fn q_ahead_copies_the_next_q_after_the_first_block() {
     }
 }
 
+/// `PtxOptions::o_tma` (O through a staging buffer and TMA stores): on every sample, D128
+/// (and D64 with Dv 128), closed forms and the table forced, with and without `q_ahead`
+/// and `cross_tile`, the dynamic-scheduler kernel with the option takes one more
+/// parameter (`TmaO`, after `TmaV`, a tensor map), 32 KB more shared memory (the same
+/// threads and grid), writes O with 8 `stmatrix.x4` and 2 TMA stores per epilogue site
+/// instead of 4-byte global stores (the global stores left are the LSE's and the
+/// counter's: as many `st.global.f32` as without), keeps the products (the same wgmma
+/// issues and waits and claims) and is deterministic; it is refused without the
+/// dynamic scheduler, at Dv 64, with three K/V stages beside two Q buffers (no room) and
+/// on the three-consumer D64 kernel. `ATTNC_PTX_DUMP=DIR` writes each kernel and its
+/// base (for ptxas).
+#[test]
+fn o_tma_stores_o_through_shared_memory() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, extra) in [(128, 0), (128, 1), (128, 2), (64, 0)] {
+            for table in [false, true] {
+                let mut base = ws_runtime_options(&p, d, 128, true, table);
+                base.dv = 128;
+                base.q_ahead = extra == 1;
+                base.cross_tile = extra == 2;
+                let on = PtxOptions {
+                    o_tma: true,
+                    ..base
+                };
+                assert_ne!(base.key(), on.key());
+                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
+                let what = format!("{} d{d} extra {extra} table {table}", p.name);
+                let mut params = a.params.clone();
+                let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
+                params.insert(at + 1, KernelParam::TmaO);
+                assert_eq!(b.params, params, "{what}");
+                assert_eq!(
+                    (a.threads, a.smem_bytes + 32768, a.grid),
+                    (b.threads, b.smem_bytes, b.grid),
+                    "{what}"
+                );
+                assert!(b.smem_bytes <= 227 * 1024, "{what}");
+                let count = |k: &str, what: &str| k.matches(what).count();
+                let stores = count(&b.ptx, "cp.async.bulk.tensor.3d.global.shared::cta");
+                let stm = count(&b.ptx, "stmatrix.sync.aligned");
+                assert!(stores >= 2 && stores % 2 == 0, "{what}: {stores} TMA stores");
+                assert_eq!(stm, 4 * stores, "{what}: {stm} stmatrix");
+                assert_eq!(count(&a.ptx, "stmatrix"), 0, "{what}");
+                assert_eq!(count(&a.ptx, "shared::cta.tile.bulk_group"), 0, "{what}");
+                // O's 4-byte global stores are gone (16 per epilogue site and row half);
+                // the LSE's and the counter's stay
+                let words = |k: &str| count(k, "st.global.b32");
+                assert!(words(&a.ptx) >= words(&b.ptx) + 32, "{what}");
+                assert!(words(&b.ptx) <= 2, "{what}: {} 4-byte stores", words(&b.ptx));
+                assert_eq!(
+                    count(&b.ptx, "st.global.f32"),
+                    count(&a.ptx, "st.global.f32"),
+                    "{what}"
+                );
+                assert!(b.ptx.contains("cp.async.bulk.wait_group.read 0"), "{what}");
+                assert!(b.ptx.contains("cp.async.bulk.wait_group 0"), "{what}");
+                for w in [
+                    "atom.relaxed.gpu.global.add.u32",
+                    "wgmma.commit_group",
+                    "wgmma.wait_group",
+                    "setmaxnreg",
+                    "cp.async.bulk.tensor.3d.shared::cluster.global",
+                ] {
+                    assert_eq!(count(&b.ptx, w), count(&a.ptx, w), "{what}: {w}");
+                }
+                assert_eq!(b.ptx, emit(&p, &on).unwrap().ptx);
+                if let Some(dir) = &dump {
+                    std::fs::create_dir_all(dir).unwrap();
+                    let t = if table { "_table" } else { "" };
+                    let stem = format!("{dir}/{}_d{d}_x{extra}{t}", p.name);
+                    std::fs::write(format!("{stem}_otma.ptx"), &b.ptx).unwrap();
+                    std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
+                }
+            }
+        }
+    }
+    // the GPU test's other option sets: f16, checked mode, the plain order
+    for (ty, checked, lpt) in [(InputType::F16, false, 0), (InputType::Bf16, true, 3)] {
+        let o = PtxOptions {
+            o_tma: true,
+            checked,
+            lpt_group: lpt,
+            ..ws_runtime_options(&samples::causal(), 128, 128, true, false)
+        };
+        let o = PtxOptions { input: ty, ..o };
+        emit(&samples::causal(), &o).unwrap();
+    }
+    let dynamic = PtxOptions {
+        o_tma: true,
+        ..ws_runtime_options(&samples::causal(), 128, 128, true, false)
+    };
+    for bad in [
+        PtxOptions {
+            dynamic_tiles: false,
+            ..dynamic
+        },
+        PtxOptions {
+            dv: 64,
+            d: 64,
+            ..dynamic
+        },
+        PtxOptions {
+            stages: 3,
+            ..dynamic
+        },
+        PtxOptions {
+            stages: 3,
+            q_double: false,
+            ..dynamic
+        },
+        ws_runtime_options(&samples::causal(), 64, 192, true, false),
+    ] {
+        let bad = PtxOptions { o_tma: true, ..bad };
+        assert!(
+            matches!(
+                emit(&samples::causal(), &bad),
+                Err(LlvmError::Unsupported(_))
+            ),
+            "{}",
+            bad.key()
+        );
+    }
+}
+
 /// The warp-specialized kernel's options as the runtime sets them for `p` at head dim `d`
 /// and q tiles of `qb`: `dynamic` = persistent CTAs taking tiles from a counter in
 /// longest-first groups, q blocks from the end and two Q buffers; `table` = kv block table.
