@@ -755,7 +755,9 @@ struct Staging<'ctx> {
 /// until the previous tile's copies have read it (`cp.async.bulk.wait_group.read 0`,
 /// then the warpgroup's barrier `BAR_O0 + wg`); the writers' `fence.proxy.async` and the
 /// same barrier order the stores before the copies. The LSE is stored as in
-/// `softmax::epilogue` (lane 0 of each quad, rows inside the sequence).
+/// `softmax::epilogue` (lane 0 of each quad, rows inside the sequence). Under q blocks
+/// from the end a warpgroup whose rows start above row 0 stores O from the registers
+/// instead (the direct path: no TMA store at negative rows).
 #[allow(clippy::too_many_arguments)]
 fn epilogue_tma<'ctx>(
     g: &Gpu<'ctx>,
@@ -802,6 +804,73 @@ fn epilogue_tma<'ctx>(
             g.store(ptr, lse)
         })?;
     }
+    // (q blocks from the end: a box that starts above row 0 — the first q block's — is
+    // stored from the registers as `softmax::epilogue` does, rows inside only: the H200
+    // raised an illegal instruction on TMA stores at negative rows, where loads read
+    // zeros; the condition is the warpgroup's own, so its barriers stay matched)
+    let row0 = g.add(cx.q0, g.mul(st.wg, g.c32(64))?)?;
+    let staged = g.block("o_staged");
+    if c.q_from_end {
+        let direct = g.block("o_direct");
+        g.cond_br(
+            g.icmp(IntPredicate::SLT, row0, g.c32(0))?,
+            direct,
+            staged,
+        )?;
+        g.b.position_at_end(direct);
+        let o_ptr = a.ptr(KernelParam::O)?;
+        for (hr, inv) in inv.iter().enumerate() {
+            let row = g.add(row_base, g.c32(8 * hr as i64))?;
+            let vals: Vec<[inkwell::values::FloatValue<'ctx>; 2]> = o
+                .iter()
+                .map(|x| Ok([g.getf(&x[2 * hr])?, g.getf(&x[2 * hr + 1])?]))
+                .collect::<R<_>>()?;
+            g.if_then(row_inside(g, c, cx, row)?, || {
+                let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
+                let base = g.add(
+                    g.mul(grow, g.c64(c.dv as i64 * 2))?,
+                    g.zext64(g.mul(quad, g.c32(4))?)?,
+                )?;
+                for (nt, v) in vals.iter().enumerate() {
+                    let packed = g.pack2(c.ty, g.fmul(v[0], *inv)?, g.fmul(v[1], *inv)?)?;
+                    let ptr = g.gep_bytes(o_ptr, g.add(base, g.c64(nt as i64 * 16))?)?;
+                    let st = g.b.build_store(ptr, packed)?;
+                    st.set_alignment(4)
+                        .map_err(|_| LlvmError::Internal("alignment"))?;
+                }
+                Ok(())
+            })?;
+        }
+        let done = g.block("o_done");
+        g.br(done)?;
+        g.b.position_at_end(staged);
+        stage_and_store(g, c, cx, a, st, slice, row0, o, &inv)?;
+        g.br(done)?;
+        g.b.position_at_end(done);
+        return Ok(());
+    }
+    g.br(staged)?;
+    g.b.position_at_end(staged);
+    stage_and_store(g, c, cx, a, st, slice, row0, o, &inv)
+}
+
+/// [`epilogue_tma`]'s staging: O / l (`inv` per row half) into the warpgroup's part of
+/// the buffer with `stmatrix`, then its first thread's two TMA stores at rows `row0 ..
+/// row0 + 64` of `slice`, committed as one bulk group.
+#[allow(clippy::too_many_arguments)]
+fn stage_and_store<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    cx: &Ctx<'ctx>,
+    a: &Args<'_, 'ctx>,
+    st: Staging<'ctx>,
+    slice: IntValue<'ctx>,
+    row0: IntValue<'ctx>,
+    o: &[[Var<'ctx>; 4]],
+    inv: &[inkwell::values::FloatValue<'ctx>],
+) -> R<()> {
+    let leader = g.icmp(IntPredicate::EQ, g.and(st.tid, g.c32(127))?, g.c32(0))?;
+    let bar = g.add(st.wg, g.c32(BAR_O0 as i64))?;
     // lane l writes row l % 8 of matrix i = l / 8: i & 1 the accumulator half (rows + 8),
     // i >> 1 the second n-tile of the pair
     let i = g.lshr(cx.lane, g.c32(3))?;
@@ -837,7 +906,6 @@ fn epilogue_tma<'ctx>(
     g.bar_sync_reg(bar, 128)?;
     g.if_then(leader, || {
         let map = a.ptr(KernelParam::TmaO)?;
-        let row0 = g.add(cx.q0, g.mul(st.wg, g.c32(64))?)?;
         for half in 0..2u32 {
             let src = g.smem_addr32(g.add(
                 g.c32((st.stage + 8192 * half) as i64),

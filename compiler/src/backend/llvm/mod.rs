@@ -334,7 +334,10 @@ pub struct PtxOptions {
     /// (`cp.async.bulk.tensor` through [`KernelParam::TmaO`], rows outside `0..Lq` not
     /// written), instead of 32 four-byte global stores per thread; the copy runs while the
     /// warpgroup starts its next tile (FlashAttention-3's epilogue). The LSE is stored as
-    /// before. Off in `new` and `for_binding` (not yet measured faster).
+    /// before. Under [`Self::q_from_end`] a warpgroup whose 64 rows start above row 0 (the
+    /// first q block) stores from the registers as before: TMA stores at negative rows
+    /// raised an illegal instruction on an H200 (loads there read zeros). Off in `new`
+    /// and `for_binding`.
     pub o_tma: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
