@@ -88,7 +88,7 @@ use super::tile::{
 };
 use super::{KernelParam, LlvmError, PtxOptions};
 use crate::ir::Program;
-use inkwell::values::IntValue;
+use inkwell::values::{BasicValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 /// ln 2 (the LSE from the base-2 softmax state).
@@ -756,8 +756,8 @@ struct Staging<'ctx> {
 /// then the warpgroup's barrier `BAR_O0 + wg`); the writers' `fence.proxy.async` and the
 /// same barrier order the stores before the copies. The LSE is stored as in
 /// `softmax::epilogue` (lane 0 of each quad, rows inside the sequence). Under q blocks
-/// from the end a warpgroup whose rows start above row 0 stores O from the registers
-/// instead (the direct path: no TMA store at negative rows).
+/// from the end a warpgroup whose rows start above row 0 copies its rows inside from the
+/// buffer itself (16 bytes a thread and step: no TMA store at negative rows).
 #[allow(clippy::too_many_arguments)]
 fn epilogue_tma<'ctx>(
     g: &Gpu<'ctx>,
@@ -804,53 +804,7 @@ fn epilogue_tma<'ctx>(
             g.store(ptr, lse)
         })?;
     }
-    // (q blocks from the end: a box that starts above row 0 — the first q block's — is
-    // stored from the registers as `softmax::epilogue` does, rows inside only: the H200
-    // raised an illegal instruction on TMA stores at negative rows, where loads read
-    // zeros; the condition is the warpgroup's own, so its barriers stay matched)
     let row0 = g.add(cx.q0, g.mul(st.wg, g.c32(64))?)?;
-    let staged = g.block("o_staged");
-    if c.q_from_end {
-        let direct = g.block("o_direct");
-        g.cond_br(
-            g.icmp(IntPredicate::SLT, row0, g.c32(0))?,
-            direct,
-            staged,
-        )?;
-        g.b.position_at_end(direct);
-        let o_ptr = a.ptr(KernelParam::O)?;
-        for (hr, inv) in inv.iter().enumerate() {
-            let row = g.add(row_base, g.c32(8 * hr as i64))?;
-            let vals: Vec<[inkwell::values::FloatValue<'ctx>; 2]> = o
-                .iter()
-                .map(|x| Ok([g.getf(&x[2 * hr])?, g.getf(&x[2 * hr + 1])?]))
-                .collect::<R<_>>()?;
-            g.if_then(row_inside(g, c, cx, row)?, || {
-                let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
-                let base = g.add(
-                    g.mul(grow, g.c64(c.dv as i64 * 2))?,
-                    g.zext64(g.mul(quad, g.c32(4))?)?,
-                )?;
-                for (nt, v) in vals.iter().enumerate() {
-                    let packed = g.pack2(c.ty, g.fmul(v[0], *inv)?, g.fmul(v[1], *inv)?)?;
-                    let ptr = g.gep_bytes(o_ptr, g.add(base, g.c64(nt as i64 * 16))?)?;
-                    let st = g.b.build_store(ptr, packed)?;
-                    st.set_alignment(4)
-                        .map_err(|_| LlvmError::Internal("alignment"))?;
-                }
-                Ok(())
-            })?;
-        }
-        let done = g.block("o_done");
-        g.br(done)?;
-        g.b.position_at_end(staged);
-        stage_and_store(g, c, cx, a, st, slice, row0, o, &inv)?;
-        g.br(done)?;
-        g.b.position_at_end(done);
-        return Ok(());
-    }
-    g.br(staged)?;
-    g.b.position_at_end(staged);
     stage_and_store(g, c, cx, a, st, slice, row0, o, &inv)
 }
 
@@ -904,17 +858,77 @@ fn stage_and_store<'ctx>(
     }
     g.fence_proxy_async()?;
     g.bar_sync_reg(bar, 128)?;
-    g.if_then(leader, || {
-        let map = a.ptr(KernelParam::TmaO)?;
-        for half in 0..2u32 {
-            let src = g.smem_addr32(g.add(
-                g.c32((st.stage + 8192 * half) as i64),
-                g.mul(st.wg, g.c32(16384))?,
-            )?)?;
-            g.tma_store_3d(map, [g.c32(64 * half as i64), row0, slice], src)?;
+    let tma = |g: &Gpu<'ctx>| {
+        g.if_then(leader, || {
+            let map = a.ptr(KernelParam::TmaO)?;
+            for half in 0..2u32 {
+                let src = g.smem_addr32(g.add(
+                    g.c32((st.stage + 8192 * half) as i64),
+                    g.mul(st.wg, g.c32(16384))?,
+                )?)?;
+                g.tma_store_3d(map, [g.c32(64 * half as i64), row0, slice], src)?;
+            }
+            g.bulk_commit()
+        })
+    };
+    if !c.q_from_end {
+        return tma(g);
+    }
+    // (q blocks from the end: a box that starts above row 0 — the first q block's — is
+    // copied by the warpgroup's threads, 16 bytes each from the buffer to the rows inside:
+    // the H200 raised an illegal instruction on TMA stores at negative rows, where loads
+    // read zeros. The condition is the warpgroup's own; the next epilogue's barrier
+    // orders these reads before the buffer's next writes.)
+    let direct = g.block("o_direct");
+    let staged = g.block("o_tma");
+    let done = g.block("o_done");
+    g.cond_br(g.icmp(IntPredicate::SLT, row0, g.c32(0))?, direct, staged)?;
+    g.b.position_at_end(staged);
+    tma(g)?;
+    g.br(done)?;
+    g.b.position_at_end(direct);
+    {
+        {
+            let o_ptr = a.ptr(KernelParam::O)?;
+            let t = g.and(st.tid, g.c32(127))?;
+            for k in 0..8u32 {
+                // chunk q = t + 128 k: row q / 16, 16-byte column chunk q % 16
+                let q = g.add(t, g.c32(128 * k as i64))?;
+                let r = g.lshr(q, g.c32(4))?;
+                let cc = g.and(q, g.c32(15))?;
+                let row = g.add(row0, r)?;
+                g.if_then(row_inside(g, c, cx, row)?, || {
+                    let off = g.add(
+                        g.add(
+                            g.c32(st.stage as i64),
+                            g.add(g.mul(st.wg, g.c32(16384))?, g.mul(r, g.c32(128))?)?,
+                        )?,
+                        g.add(
+                            g.mul(g.lshr(cc, g.c32(3))?, g.c32(8192))?,
+                            g.shl(g.xor(g.and(cc, g.c32(7))?, g.and(r, g.c32(7))?)?, g.c32(4))?,
+                        )?,
+                    )?;
+                    let v4 = g.i32.vec_type(4);
+                    let ld = g.b.build_load(v4, g.smem_at(off)?, "")?;
+                    ld.as_instruction_value()
+                        .ok_or(LlvmError::Internal("load"))?
+                        .set_alignment(16)
+                        .map_err(|_| LlvmError::Internal("alignment"))?;
+                    let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
+                    let byte = g.add(
+                        g.mul(grow, g.c64(c.dv as i64 * 2))?,
+                        g.zext64(g.mul(cc, g.c32(16))?)?,
+                    )?;
+                    let st = g.b.build_store(g.gep_bytes(o_ptr, byte)?, ld)?;
+                    st.set_alignment(16)
+                        .map_err(|_| LlvmError::Internal("alignment"))
+                })?;
+            }
         }
-        g.bulk_commit()
-    })
+    }
+    g.br(done)?;
+    g.b.position_at_end(done);
+    Ok(())
 }
 
 /// `body(t)` for this CTA's tiles below `tiles`, in rounds of `G = nctaid.x` tiles: in

@@ -335,9 +335,9 @@ pub struct PtxOptions {
     /// written), instead of 32 four-byte global stores per thread; the copy runs while the
     /// warpgroup starts its next tile (FlashAttention-3's epilogue). The LSE is stored as
     /// before. Under [`Self::q_from_end`] a warpgroup whose 64 rows start above row 0 (the
-    /// first q block) stores from the registers as before: TMA stores at negative rows
-    /// raised an illegal instruction on an H200 (loads there read zeros). Off in `new`
-    /// and `for_binding`.
+    /// first q block) copies its rows inside from the buffer with 16-byte stores: TMA
+    /// stores at negative rows raised an illegal instruction on an H200 (loads there read
+    /// zeros). Off in `new` and `for_binding`.
     pub o_tma: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
