@@ -563,11 +563,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
     o.tail_split &= o.persistent && !o.dynamic_tiles;
     // (O's staging buffer: the dynamic scheduler, q blocks of 128 at Dv 128, D <= 128, and
     // two stages — a third leaves no room for it at D128)
-    o.o_tma &= o.dynamic_tiles
-        && o.q_block == 128
-        && o.dv == 128
-        && o.d <= 128
-        && o.stages == 2;
+    o.o_tma &= o.dynamic_tiles && o.q_block == 128 && o.dv == 128 && o.d <= 128 && o.stages == 2;
     if let Some(n) = std::env::var("ATTNC_FWD_LPT")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())

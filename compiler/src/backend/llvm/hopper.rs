@@ -83,9 +83,7 @@ use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
 use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
 use super::score::{MaskBits, mask_bits, score_and_mask};
 use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
-use super::tile::{
-    AccTile, Cfg, Ctx, FragRegs, RowState, row_inside, split4, thread_row0, tiles,
-};
+use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, row_inside, split4, thread_row0, tiles};
 use super::{KernelParam, LlvmError, PtxOptions};
 use crate::ir::Program;
 use inkwell::values::{BasicValue, IntValue};

@@ -337,7 +337,9 @@ pub struct PtxOptions {
     /// before. Under [`Self::q_from_end`] a warpgroup whose 64 rows start above row 0 (the
     /// first q block) copies its rows inside from the buffer with 16-byte stores: TMA
     /// stores at negative rows raised an illegal instruction on an H200 (loads there read
-    /// zeros). Off in `new` and `for_binding`.
+    /// zeros). Off in `new`; [`Self::for_binding`] turns it on for causal-type closed
+    /// forms without a score at D = Dv = 128 (H200, session 20: causal B2 H16 L8192 D128
+    /// 0.950x the time, B1 Hq32 Hkv8 L16384 0.963x, alternated in one process).
     pub o_tma: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
@@ -963,6 +965,20 @@ impl PtxOptions {
         // two Q buffers wherever the CTAs are persistent (D, Dv <= 128 with 2 stages:
         // 192 KB of shared memory at D128)
         o.q_double = o.persistent;
+        // O through shared memory and TMA stores on causal-type closed forms without a
+        // score at D = Dv = 128, the dynamic scheduler's (H200, session 20, one process,
+        // alternated rounds against the same kernel without it, causal: B2 H16 L8192
+        // median 0.950x the time, 12 of 12 rounds won; B1 Hq32 Hkv8 L16384 0.963x, 9 of
+        // 12; `attnc bench` min of 3 x 10: 706 against 681.5 TFLOP/s at B2); with a score
+        // and on block tables not timed
+        o.o_tma = o.dynamic_tiles
+            && o.d == 128
+            && o.dv == 128
+            && o.q_block == 128
+            && o.stages == 2
+            && kv.is_closed_form()
+            && kv.work_grows_with_q()
+            && plan.program().score.is_none();
         o
     }
     /// Sets `m_tiles` and the defaults for it: Q in registers while `m_tiles * d <= 128`
@@ -1339,7 +1355,11 @@ impl PtxOptions {
         // Q and the K/V ring in the 227 KB of shared memory a CTA may have
         let ring = self.q_block * self.d * 2 * (1 + self.q_double as u32)
             + self.stages * self.kv_block * (self.d + self.dv) * 2
-            + if self.o_tma { self.q_block * self.dv * 2 } else { 0 }
+            + if self.o_tma {
+                self.q_block * self.dv * 2
+            } else {
+                0
+            }
             + 1024;
         if self.ws && ring > 227 * 1024 {
             return Err(LlvmError::Unsupported(format!(

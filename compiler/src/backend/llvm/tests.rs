@@ -1154,6 +1154,23 @@ fn binding_options_follow_the_plan() {
     ] {
         assert!(!at(p, o, 4096).q_from_end, "{o:?}");
     }
+    // O through shared memory and TMA stores (session 20): causal-type closed forms
+    // without a score at D = Dv = 128 (the dynamic scheduler's); not with a score, on
+    // tables, bands, dense, D64 or with three stages
+    assert!(at(&causal, d128, 4096).o_tma && at(&causal, d128, 4096).validate().is_ok());
+    for (p, o) in [
+        (&alibi, d128),
+        (&softcap, d128),
+        (&doc, d128),
+        (&band, d128),
+        (&dense, d128),
+        (&causal, d64),
+        (&bias, d128),
+    ] {
+        assert!(!at(p, o, 4096).o_tma, "{o:?}");
+    }
+    let three = PtxOptions { stages: 3, ..d128 };
+    assert!(!at(&causal, three, 4096).o_tma);
     // the partial blocks' own path on the two-consumer warp-specialized kernel only
     // and without a score function
     assert!(at(&causal, d128, 4096).split_tail && at(&doc, d128, 4096).split_tail);
@@ -1490,15 +1507,24 @@ fn o_tma_stores_o_through_shared_memory() {
                 let count = |k: &str, what: &str| k.matches(what).count();
                 let stores = count(&b.ptx, "cp.async.bulk.tensor.3d.global.shared::cta");
                 let stm = count(&b.ptx, "stmatrix.sync.aligned");
-                assert!(stores >= 2 && stores % 2 == 0, "{what}: {stores} TMA stores");
+                assert!(
+                    stores >= 2 && stores % 2 == 0,
+                    "{what}: {stores} TMA stores"
+                );
                 assert_eq!(stm, 4 * stores, "{what}: {stm} stmatrix");
                 assert_eq!(count(&a.ptx, "stmatrix"), 0, "{what}");
                 assert_eq!(count(&a.ptx, "shared::cta.tile.bulk_group"), 0, "{what}");
                 // O's 4-byte global stores are gone (16 per epilogue site and row half;
                 // the LSE's and the counter's stay), except, with q blocks from the end
                 // (closed forms), on the direct path of boxes that start above row 0
-                let (wa, wb) = (count(&a.ptx, "st.global.b32"), count(&b.ptx, "st.global.b32"));
-                assert!(wa >= wb + 32 && wb <= 2, "{what}: {wb} / {wa} 4-byte stores");
+                let (wa, wb) = (
+                    count(&a.ptx, "st.global.b32"),
+                    count(&b.ptx, "st.global.b32"),
+                );
+                assert!(
+                    wa >= wb + 32 && wb <= 2,
+                    "{what}: {wb} / {wa} 4-byte stores"
+                );
                 // (the causal closed form runs q blocks from the end: boxes above row 0
                 // are copied from the buffer, 8 16-byte stores per thread)
                 let v4 = |k: &str| count(k, "st.global.v4");
