@@ -1120,7 +1120,8 @@ fn gpu_decode_stream(_d: &CudaDevice) {
 /// document-causal and soft-cap, bf16 and f16, D128 and D64; GQA 4:1 at Lq 16 (64 rows:
 /// the path), 8:1 at Lq 8 (64 rows) and Lq 16 (two row groups of 64), 1:1 and 2:1 at Lq 16
 /// (16 / 32 rows: the bit ignored), Lq 8 at 4:1 (32 rows; with letter `r`,
-/// `COPY_WGMMA_ROWS32`, the 64-row wgmma kernel, as 2:1 at Lq 16), chunked prefill (Lq 40 at 2:1:
+/// `COPY_WGMMA_ROWS32`, the 64-row wgmma kernel, as 2:1 at Lq 16; letter `s`,
+/// `COPY_WGMMA_DEEP`: the 6-stage ring), chunked prefill (Lq 40 at 2:1:
 /// 80 rows, the second group partly padding); contiguous and paged 16 / 128, forced split
 /// counts (one split: the fused kind writes O itself; the merging fused kernel) and the
 /// runtime's; sequences of 1000, 0, 333 and 1 keys (the empty one's rows exactly as the
@@ -1199,6 +1200,22 @@ fn gpu_decode_wgmma(_d: &CudaDevice) {
         (
             ("causal", DType::BF16, 4, 2, 16, 128),
             (Some(16), None, false, "efikjoq"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, None, false, "efikjoqs"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(3), false, "efikjoqs"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 8, 2, 16, 128),
+            (Some(128), Some(1), false, "efikjoqs"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 1, 16, 128),
+            (None, Some(5), true, "efikjoqs"),
         ),
     ];
     for &((name, dtype, hq, hkv, lq, d), (page, splits, fused, copy)) in cases {

@@ -80,6 +80,21 @@ const MAX_GRID_YZ: usize = 65535;
 pub(crate) const MAX_ROWS: usize = 8;
 /// Resident CTAs of the tensor-core kernel on an H200: 132 SMs x 2 (shared memory).
 const MMA_SLOTS: usize = 132 * 2;
+/// Resident CTAs of the tensor-core kernel for `shape` under `tuning`: [`MMA_SLOTS`], or
+/// one per SM when its 64-row D128 kernel has `decode_mma::COPY_WGMMA_DEEP`'s ring (208
+/// KiB of shared memory; on sm_80, which ignores the bit, the split count is then half
+/// the usual).
+fn mma_slots(shape: &DecodeShape, tuning: &DecodeTuning) -> usize {
+    let deep = decode_mma::COPY_WGMMA | decode_mma::COPY_WGMMA_DEEP;
+    if shape.d == 128
+        && tuning.copy.unwrap_or(COPY) & deep == deep
+        && rows_per_cta(shape, Kernel::Mma, tuning) == 64
+    {
+        MMA_SLOTS / 2
+    } else {
+        MMA_SLOTS
+    }
+}
 /// The pipeline fill of one split, in tiles of the tensor-core kernel.
 const MMA_FILL_TILES: usize = 4;
 /// The tensor-core kernel's K/V copy variant (`decode_mma::COPY_*` bits;
@@ -588,7 +603,7 @@ pub(crate) fn geometry(
                 let chunk = span.div_ceil(tile).max(1).div_ceil(n) * tile;
                 (span.div_ceil(chunk).max(1), chunk)
             }
-            _ => mma_splits(ctas, span),
+            _ => mma_splits(ctas, span, mma_slots(shape, tuning)),
         },
     };
     let (lkv_max, page_shift, max_pages, num_pages) = match shape.layout {
@@ -728,13 +743,13 @@ const STREAM: (u16, u16) = (90, 4);
 /// Splits and positions per split of the tensor-core kernel for `ctas` (sequence, kv
 /// head, row group) triples whose longest reachable range is `span`: the count with the
 /// least `waves x (tiles per split + MMA_FILL_TILES)`, fewer splits on ties.
-fn mma_splits(ctas: usize, span: usize) -> (usize, usize) {
+fn mma_splits(ctas: usize, span: usize, slots: usize) -> (usize, usize) {
     let tile = attnc_compiler::backend::llvm::decode_mma::KV_TILE as usize;
     let tiles = span.div_ceil(tile).max(1);
     let ctas = ctas.max(1);
     let mut best = (usize::MAX, 1);
     for s in 1..=tiles.min(4096) {
-        let waves = (ctas * s).div_ceil(MMA_SLOTS);
+        let waves = (ctas * s).div_ceil(slots);
         let cost = waves * (tiles.div_ceil(s) + MMA_FILL_TILES);
         if cost < best.0 {
             best = (cost, s);
@@ -857,7 +872,7 @@ mod tests {
             (3, 1),
             (1, 0),
         ] {
-            let (s, chunk) = mma_splits(ctas, span);
+            let (s, chunk) = mma_splits(ctas, span, MMA_SLOTS);
             assert!(s >= 1 && chunk % 64 == 0 && chunk > 0, "{ctas} {span}");
             assert!(
                 s * chunk >= span && (s - 1) * chunk < span.max(1),

@@ -261,6 +261,23 @@ pub const COPY_WGMMA: u32 = 65536;
 /// 4:1) runs the 64-row kernel (its rows past `G x Lq` padding: zero Q, never stored
 /// where the combine reads) instead of the 32-row one, so that it takes the wgmma path.
 pub const COPY_WGMMA_ROWS32: u32 = 131072;
+/// [`PtxOptions::decode_copy`] bit, with [`COPY_WGMMA`] where it applies ([`wgmma_path`]):
+/// a deep ring, as many stages as 192 KiB hold (6 at D128; D64 has 6 already), so one
+/// CTA per SM with up to 5 tiles (160 KiB at D128) in flight instead of two CTAs with
+/// 2 each (128 KiB); the runtime sizes its splits for 132 resident CTAs then. Whether
+/// the ring's depth, rather than the products, keeps Lq16 below Lq 1 / 4's rate.
+pub const COPY_WGMMA_DEEP: u32 = 262144;
+/// Shared memory [`COPY_WGMMA_DEEP`]'s ring may take.
+const DEEP_RING_BYTES: u32 = 192 * 1024;
+/// The ring's stages of a kernel of `opts`: [`stages`], or with [`COPY_WGMMA_DEEP`] on the
+/// wgmma path as many as 192 KiB hold (2..=6).
+pub fn ring_stages(opts: &DecodeOptions) -> u32 {
+    if wgmma_path(opts) && opts.copy & COPY_WGMMA_DEEP != 0 {
+        (DEEP_RING_BYTES / stage_bytes(opts.d)).clamp(2, 6)
+    } else {
+        stages(opts.d)
+    }
+}
 /// Whether [`COPY_WGMMA`] applies to a kernel of `opts`: sm_90, 64 rows, D 64 or 128.
 pub fn wgmma_path(opts: &DecodeOptions) -> bool {
     opts.copy & COPY_WGMMA != 0
@@ -284,7 +301,8 @@ pub const COPY_BITS: u32 = COPY_ALL
     | COPY_BALANCED
     | COPY_STREAM
     | COPY_WGMMA
-    | COPY_WGMMA_ROWS32;
+    | COPY_WGMMA_ROWS32
+    | COPY_WGMMA_DEEP;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -433,7 +451,7 @@ fn merge_bytes(d: u32) -> u32 {
 pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
     ring_end(opts)
         + if tma_copy(opts) {
-            8 * stages(opts.d)
+            8 * ring_stages(opts)
         } else if opts.copy & COPY_STEAL != 0 {
             16
         } else if opts.copy & COPY_STREAM != 0 {
@@ -445,7 +463,7 @@ pub fn smem_bytes(opts: &DecodeOptions) -> u32 {
 
 /// The end of the Q tile and the ring (or the merge area): [`COPY_TMA`]'s mbarriers.
 fn ring_end(opts: &DecodeOptions) -> u32 {
-    opts.rows * opts.d * 2 + (stages(opts.d) * stage_bytes(opts.d)).max(merge_bytes(opts.d))
+    opts.rows * opts.d * 2 + (ring_stages(opts) * stage_bytes(opts.d)).max(merge_bytes(opts.d))
 }
 
 /// The launch description of [`KernelKind::DecodeMma`] (or [`KernelKind::DecodeMmaFused`])
@@ -827,7 +845,7 @@ pub(super) fn build<'ctx>(
     let m_cta = rpc / 16; // m-tiles per CTA
     let slices = WARPS / m_cta; // warps sharing an m-tile (key slices of a tile)
     let sw = KV_TILE / slices; // keys per slice
-    let nstages = stages(d);
+    let nstages = ring_stages(opts);
     let row_bytes = d as i64 * 2;
 
     let tid = g.tid_x()?;
@@ -3111,6 +3129,32 @@ mod tests {
                 let (d0, dw) = (direct(o.copy), direct(ow.copy));
                 assert_eq!(kw.combine_ptx, k0.combine_ptx, "{key}: combine took it");
                 assert_eq!(kw.smem_bytes, k0.smem_bytes, "{key}");
+                // COPY_WGMMA_DEEP: 6 stages at D128 on the wgmma path, else ignored
+                let od = DecodeOptions {
+                    copy: ow.copy | COPY_WGMMA_DEEP,
+                    ..o
+                };
+                let kd = emit_decode_mma(p, &od).unwrap();
+                if rows == 64 && d == 128 {
+                    assert_ne!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ring");
+                    assert_eq!(kd.smem_bytes, 64 * 128 * 2 + 6 * 32768, "{key}: deep ring");
+                    assert_eq!(ring_stages(&od), 6);
+                    let n = |pat: &str| kd.decode_ptx.matches(pat).count();
+                    assert_eq!(n(".m64n64k16."), 8, "{key}: deep");
+                    assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key}: deep");
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "wgmma", &format!("{key} deep"), &kd.decode_ptx);
+                    }
+                    // and without COPY_WGMMA the bit means nothing
+                    let o0 = DecodeOptions {
+                        copy: o.copy | COPY_WGMMA_DEEP,
+                        ..o
+                    };
+                    assert_eq!(emit_decode_mma(p, &o0).unwrap().decode_ptx, k0.decode_ptx);
+                } else {
+                    assert_eq!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ignored");
+                    assert_eq!(kd.smem_bytes, kw.smem_bytes, "{key}: deep ignored");
+                }
                 if rows != 64 {
                     assert_eq!(kw.decode_ptx, k0.decode_ptx, "{key}: not at {rows} rows");
                     assert_eq!(fw, f0, "{key}: fused, not at {rows} rows");
