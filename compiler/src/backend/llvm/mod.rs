@@ -338,8 +338,9 @@ pub struct PtxOptions {
     /// first q block) copies its rows inside from the buffer with 16-byte stores: TMA
     /// stores at negative rows raised an illegal instruction on an H200 (loads there read
     /// zeros). Off in `new`; [`Self::for_binding`] turns it on for causal-type closed
-    /// forms without a score at D = Dv = 128 (H200, session 20: causal B2 H16 L8192 D128
-    /// 0.950x the time, B1 Hq32 Hkv8 L16384 0.963x, alternated in one process).
+    /// forms without a score or with a position bias (ALiBi) at D = Dv = 128 (H200,
+    /// session 20: causal B2 H16 L8192 D128 0.950x the time, B1 Hq32 Hkv8 L16384 0.963x,
+    /// alternated in one process; ALiBi + causal 1.03x / 1.02x TFLOP/s).
     pub o_tma: bool,
     /// With `ws`: the consumers' wait for P V(j-1) comes after the exponentials of
     /// block j in the PTX's block order, not only in the instruction order: the wait, the
@@ -969,8 +970,11 @@ impl PtxOptions {
         // score at D = Dv = 128, the dynamic scheduler's (H200, session 20, one process,
         // alternated rounds against the same kernel without it, causal: B2 H16 L8192
         // median 0.950x the time, 12 of 12 rounds won; B1 Hq32 Hkv8 L16384 0.963x, 9 of
-        // 12; `attnc bench` min of 3 x 10: 706 against 681.5 TFLOP/s at B2); with a score
-        // and on block tables not timed
+        // 12; `attnc bench` min of 3 x 10: 706 against 681.5 TFLOP/s at B2); and with a
+        // position bias (ALiBi: the lead's H200 call, `attnc bench` min of 3 x 10 in three
+        // alternated rounds, B2 611-615 against 596-598 TFLOP/s, GQA 637-649 against
+        // 620-634); other scores (soft-cap: 488 against 492, no gain), bands (sliding 1024:
+        // within 1%) and block tables (16 bytes of spills) keep the register stores
         o.o_tma = o.dynamic_tiles
             && o.d == 128
             && o.dv == 128
@@ -978,7 +982,11 @@ impl PtxOptions {
             && o.stages == 2
             && kv.is_closed_form()
             && kv.work_grows_with_q()
-            && plan.program().score.is_none();
+            && plan
+                .program()
+                .score
+                .as_ref()
+                .is_none_or(|f| crate::analysis::linear::pos_bias(f).is_some());
         o
     }
     /// Sets `m_tiles` and the defaults for it: Q in registers while `m_tiles * d <= 128`
