@@ -265,7 +265,8 @@ pub const COPY_WGMMA_ROWS32: u32 = 131072;
 /// a deep ring, as many stages as 192 KiB hold (6 at D128; D64 has 6 already), so one
 /// CTA per SM with up to 5 tiles (160 KiB at D128) in flight instead of two CTAs with
 /// 2 each (128 KiB); the runtime sizes its splits for 132 resident CTAs then. Whether
-/// the ring's depth, rather than the products, keeps Lq16 below Lq 1 / 4's rate.
+/// the ring's depth, rather than the products, keeps Lq16 below Lq 1 / 4's rate: no —
+/// slower on the H200 (session 20's final check, B8 Lq16: 343.5 against 274.6 µs), off.
 pub const COPY_WGMMA_DEEP: u32 = 262144;
 /// Shared memory [`COPY_WGMMA_DEEP`]'s ring may take.
 const DEEP_RING_BYTES: u32 = 192 * 1024;
