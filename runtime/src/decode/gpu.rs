@@ -87,7 +87,7 @@ const MMA_SLOTS: usize = 132 * 2;
 fn mma_slots(shape: &DecodeShape, tuning: &DecodeTuning) -> usize {
     let deep = decode_mma::COPY_WGMMA | decode_mma::COPY_WGMMA_DEEP;
     if shape.d == 128
-        && tuning.copy.unwrap_or(COPY) & deep == deep
+        && copy_for(shape, tuning) & deep == deep
         && rows_per_cta(shape, Kernel::Mma, tuning) == 64
     {
         MMA_SLOTS / 2
@@ -160,6 +160,18 @@ const COPY: u32 = decode_mma::COPY_EARLY
     | decode_mma::COPY_COMBINE_TRIGGER
     | decode_mma::COPY_BALANCED
     | decode_mma::COPY_WGMMA;
+
+/// The tensor-core kernel's copy bits for `shape`: `tuning.copy`, else [`COPY`] (chunked
+/// prefill, Lq > [`MAX_LQ`], without [`decode_mma::COPY_WGMMA`]: measured on decode calls
+/// only). The one place the default is resolved (`decode_options`, `rows_per_cta`,
+/// `mma_slots`).
+fn copy_for(shape: &DecodeShape, tuning: &DecodeTuning) -> u32 {
+    match tuning.copy {
+        Some(c) => c,
+        None if shape.lq > MAX_LQ => COPY & !decode_mma::COPY_WGMMA,
+        None => COPY,
+    }
+}
 
 /// The split-KV kernel that runs a call.
 pub(crate) use crate::options::DecodeKernel as Kernel;
@@ -302,7 +314,7 @@ impl GpuDecode {
             if slot.is_none() {
                 let mut opts = decode_options(dev, shape, dtype, Kernel::Mma, &tuning);
                 // (`steal_geometry`: stealing when the copy has both)
-                opts.copy |= if tuning.copy.unwrap_or(COPY) & decode_mma::COPY_STEAL != 0 {
+                opts.copy |= if copy_for(shape, &tuning) & decode_mma::COPY_STEAL != 0 {
                     decode_mma::COPY_STEAL
                 } else {
                     decode_mma::COPY_STREAM
@@ -447,7 +459,7 @@ impl GpuDecode {
             }
         };
         // COPY_TRACE (plain kind): the last launch's records, with each split's keys
-        let traced = self.tuning.copy.unwrap_or(COPY) & decode_mma::COPY_TRACE != 0
+        let traced = copy_for(shape, &self.tuning) & decode_mma::COPY_TRACE != 0
             && self.kernel(shape) == Kernel::Mma
             && !p.fused;
         let m = self.module_for(dev, shape, q.dtype(), p.fused, p.geom.steal_chunk > 0)?;
@@ -505,14 +517,8 @@ fn decode_options(
         // host-tensor calls' stealing / streaming kernel: `GpuDecode::module_for`)
         copy: match kernel {
             Kernel::Mma => {
-                let copy = match tuning.copy {
-                    Some(c) => c,
-                    // chunked prefill: the mma.sync products (COPY_WGMMA measured on
-                    // decode calls only)
-                    None if shape.lq > MAX_LQ => COPY & !decode_mma::COPY_WGMMA,
-                    None => COPY,
-                };
-                copy & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL | decode_mma::COPY_STREAM)
+                copy_for(shape, tuning)
+                    & !(decode_mma::COPY_DIRECT | decode_mma::COPY_STEAL | decode_mma::COPY_STREAM)
             }
             Kernel::Simt => 0,
         },
@@ -529,7 +535,7 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> u
             let mut natural = 16 * rows.div_ceil(16).next_power_of_two().min(4);
             // COPY_WGMMA_ROWS32 with COPY_WGMMA: 17..=32 rows in the 64-row wgmma kernel
             let both = decode_mma::COPY_WGMMA | decode_mma::COPY_WGMMA_ROWS32;
-            if natural == 32 && tuning.copy.unwrap_or(COPY) & both == both {
+            if natural == 32 && copy_for(shape, tuning) & both == both {
                 natural = 64;
             }
             match tuning.max_rows {
@@ -554,7 +560,7 @@ fn rows_per_cta(shape: &DecodeShape, kernel: Kernel, tuning: &DecodeTuning) -> u
 /// in its one-split form: each CTA writes its rows' O and LSE, no partials and no
 /// combine kernel. (The caller-buffer path keeps decode + combine.)
 fn fused(shape: &DecodeShape, tuning: &DecodeTuning, splits: u32) -> bool {
-    let direct = tuning.copy.unwrap_or(COPY) & decode_mma::COPY_DIRECT != 0 && splits == 1;
+    let direct = copy_for(shape, tuning) & decode_mma::COPY_DIRECT != 0 && splits == 1;
     (tuning.fused_combine || direct) && choose(shape, tuning) == Kernel::Mma
 }
 
@@ -574,7 +580,7 @@ pub(crate) fn geometry(
     // are whole tiles already)
     let page_pass = kernel == Kernel::Mma
         && matches!(shape.layout, CacheLayout::Paged { .. })
-        && tuning.copy.unwrap_or(COPY) & (decode_mma::COPY_PAGE_PASS | decode_mma::COPY_TMA) != 0;
+        && copy_for(shape, tuning) & (decode_mma::COPY_PAGE_PASS | decode_mma::COPY_TMA) != 0;
     let lo_mask = if page_pass {
         !(decode_mma::KV_TILE as i32 - 1)
     } else {
@@ -624,8 +630,7 @@ pub(crate) fn geometry(
         chunk: chunk as u32,
         split_ctas: splits as u32,
         steal_chunk: 0,
-        balanced: kernel == Kernel::Mma
-            && tuning.copy.unwrap_or(COPY) & decode_mma::COPY_BALANCED != 0,
+        balanced: kernel == Kernel::Mma && copy_for(shape, tuning) & decode_mma::COPY_BALANCED != 0,
         stream: false,
         lkv_max: lkv_max as u32,
         page_shift,
@@ -652,7 +657,7 @@ fn steal_geometry(
     geom: DecodeGeometry,
     tuning: &DecodeTuning,
 ) -> DecodeGeometry {
-    let copy = tuning.copy.unwrap_or(COPY);
+    let copy = copy_for(shape, tuning);
     if copy & decode_mma::COPY_STEAL == 0 && copy & decode_mma::COPY_STREAM != 0 {
         return stream_geometry(ranges, geom, tuning, shape);
     }
@@ -711,7 +716,7 @@ fn stream_geometry(
     tuning: &DecodeTuning,
     shape: &DecodeShape,
 ) -> DecodeGeometry {
-    let copy = tuning.copy.unwrap_or(COPY);
+    let copy = copy_for(shape, tuning);
     if (copy & decode_mma::COPY_TMA != 0 && matches!(shape.layout, CacheLayout::Paged { .. }))
         || tuning.fused_combine
         || choose(shape, tuning) != Kernel::Mma

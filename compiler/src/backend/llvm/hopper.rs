@@ -82,15 +82,12 @@ use super::gpu::{Gpu, R, SmemTile, Var};
 use super::matmul::{pv_wgmma_issue, qk_wgmma_issue};
 use super::pipeline::{KvCursor, KvPos, negate_own_chunks};
 use super::score::{MaskBits, mask_bits, score_and_mask};
-use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p};
+use super::softmax::{epilogue, online_softmax, online_softmax_exp, pack_p, row_total, store_lse};
 use super::tile::{AccTile, Cfg, Ctx, FragRegs, RowState, row_inside, split4, thread_row0, tiles};
 use super::{KernelParam, LlvmError, PtxOptions};
 use crate::ir::Program;
 use inkwell::values::{BasicValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
-
-/// ln 2 (the LSE from the base-2 softmax state).
-const LN2: f32 = std::f32::consts::LN_2;
 
 /// `softmax::online_softmax` or `online_softmax_exp` (same arguments, P packed or not).
 type OnlineSoftmax<'ctx, T> = fn(
@@ -782,12 +779,8 @@ fn epilogue_tma<'ctx>(
     g.bar_sync_reg(bar, 128)?;
     let mut inv = Vec::with_capacity(2);
     for hr in 0..2 {
-        let mut lt = g.getf(&l[hr])?;
-        lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
-        lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
-        let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
-        // approximate (1 ulp) and inline: see `Gpu::rcp`
-        inv.push(g.selectf(pos, g.rcp(lt)?, g.cf(0.0))?);
+        let (lt, pos, inv_hr) = row_total(g, &l[hr])?;
+        inv.push(inv_hr);
         let row = g.add(row_base, g.c32(8 * hr as i64))?;
         let mhr = g.getf(&m[hr])?;
         let inside = g.and(
@@ -796,10 +789,7 @@ fn epilogue_tma<'ctx>(
         )?;
         g.if_then(inside, || {
             let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
-            let lse = g.fmul(g.fadd(g.fmul(mhr, cx.c2)?, g.lg2(lt)?)?, g.cf(LN2))?;
-            let lse = g.selectf(pos, lse, g.cf(f32::NEG_INFINITY))?;
-            let ptr = g.gep_bytes(lse_ptr, g.mul(grow, g.c64(4))?)?;
-            g.store(ptr, lse)
+            store_lse(g, cx, lse_ptr, grow, mhr, lt, pos)
         })?;
     }
     let row0 = g.add(cx.q0, g.mul(st.wg, g.c32(64))?)?;
@@ -885,44 +875,41 @@ fn stage_and_store<'ctx>(
     tma(g)?;
     g.br(done)?;
     g.b.position_at_end(direct);
-    {
-        {
-            let o_ptr = a.ptr(KernelParam::O)?;
-            let t = g.and(st.tid, g.c32(127))?;
-            for k in 0..8u32 {
-                // chunk q = t + 128 k: row q / 16, 16-byte column chunk q % 16
-                let q = g.add(t, g.c32(128 * k as i64))?;
-                let r = g.lshr(q, g.c32(4))?;
-                let cc = g.and(q, g.c32(15))?;
-                let row = g.add(row0, r)?;
-                g.if_then(row_inside(g, c, cx, row)?, || {
-                    let off = g.add(
-                        g.add(
-                            g.c32(st.stage as i64),
-                            g.add(g.mul(st.wg, g.c32(16384))?, g.mul(r, g.c32(128))?)?,
-                        )?,
-                        g.add(
-                            g.mul(g.lshr(cc, g.c32(3))?, g.c32(8192))?,
-                            g.shl(g.xor(g.and(cc, g.c32(7))?, g.and(r, g.c32(7))?)?, g.c32(4))?,
-                        )?,
-                    )?;
-                    let v4 = g.i32.vec_type(4);
-                    let ld = g.b.build_load(v4, g.smem_at(off)?, "")?;
-                    ld.as_instruction_value()
-                        .ok_or(LlvmError::Internal("load"))?
-                        .set_alignment(16)
-                        .map_err(|_| LlvmError::Internal("alignment"))?;
-                    let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
-                    let byte = g.add(
-                        g.mul(grow, g.c64(c.dv as i64 * 2))?,
-                        g.zext64(g.mul(cc, g.c32(16))?)?,
-                    )?;
-                    let st = g.b.build_store(g.gep_bytes(o_ptr, byte)?, ld)?;
-                    st.set_alignment(16)
-                        .map_err(|_| LlvmError::Internal("alignment"))
-                })?;
-            }
-        }
+    let o_ptr = a.ptr(KernelParam::O)?;
+    let t = g.and(st.tid, g.c32(127))?;
+    for k in 0..8u32 {
+        // chunk q = t + 128 k: row q / 16, 16-byte column chunk q % 16
+        let q = g.add(t, g.c32(128 * k as i64))?;
+        let r = g.lshr(q, g.c32(4))?;
+        let cc = g.and(q, g.c32(15))?;
+        let row = g.add(row0, r)?;
+        g.if_then(row_inside(g, c, cx, row)?, || {
+            let off = g.add(
+                g.add(
+                    g.c32(st.stage as i64),
+                    g.add(g.mul(st.wg, g.c32(16384))?, g.mul(r, g.c32(128))?)?,
+                )?,
+                g.add(
+                    g.mul(g.lshr(cc, g.c32(3))?, g.c32(8192))?,
+                    g.shl(g.xor(g.and(cc, g.c32(7))?, g.and(r, g.c32(7))?)?, g.c32(4))?,
+                )?,
+            )?;
+            let v4 = g.i32.vec_type(4);
+            let ld = g.b.build_load(v4, g.smem_at(off)?, "")?;
+            ld.as_instruction_value()
+                .ok_or(LlvmError::Internal("load"))?
+                .set_alignment(16)
+                .map_err(|_| LlvmError::Internal("alignment"))?;
+            let grow = g.zext64(g.add(g.mul(slice, cx.lq)?, row)?)?;
+            let byte = g.add(
+                g.mul(grow, g.c64(c.dv as i64 * 2))?,
+                g.zext64(g.mul(cc, g.c32(16))?)?,
+            )?;
+            let store = g.b.build_store(g.gep_bytes(o_ptr, byte)?, ld)?;
+            store
+                .set_alignment(16)
+                .map_err(|_| LlvmError::Internal("alignment"))
+        })?;
     }
     g.br(done)?;
     g.b.position_at_end(done);

@@ -239,12 +239,7 @@ pub(crate) fn epilogue<'ctx>(
     let row_base = thread_row0(g, c, cx, mtile)?;
     let quad = g.and(cx.lane, g.c32(3))?;
     for hr in 0..2 {
-        let mut lt = g.getf(&l[hr])?;
-        lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
-        lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
-        let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
-        // approximate (1 ulp) and inline: see `Gpu::rcp`
-        let inv = g.selectf(pos, g.rcp(lt)?, g.cf(0.0))?;
+        let (lt, pos, inv) = row_total(g, &l[hr])?;
         let row = g.add(row_base, g.c32(8 * hr as i64))?;
         let mhr = g.getf(&m[hr])?;
         let vals: Vec<[FloatValue<'ctx>; 2]> = o
@@ -265,12 +260,43 @@ pub(crate) fn epilogue<'ctx>(
                     .map_err(|_| LlvmError::Internal("alignment"))?;
             }
             g.if_then(g.icmp(IntPredicate::EQ, quad, g.c32(0))?, || {
-                let lse = g.fmul(g.fadd(g.fmul(mhr, cx.c2)?, g.lg2(lt)?)?, g.cf(LN2))?;
-                let lse = g.selectf(pos, lse, g.cf(f32::NEG_INFINITY))?;
-                let ptr = g.gep_bytes(lse_ptr, g.mul(grow, g.c64(4))?)?;
-                g.store(ptr, lse)
+                store_lse(g, cx, lse_ptr, grow, mhr, lt, pos)
             })
         })?;
     }
     Ok(())
+}
+
+/// A row's softmax sum `l` over its quad (each thread holds a quarter of the row's
+/// columns), whether it is positive (some column kept) and its reciprocal (0 where not):
+/// `(total, positive, 1 / total)`, as [`epilogue`] and the warp-specialized kernel's
+/// `o_tma` epilogue normalize O.
+pub(crate) fn row_total<'ctx>(
+    g: &Gpu<'ctx>,
+    l: &Var<'ctx>,
+) -> R<(FloatValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>)> {
+    let mut lt = g.getf(l)?;
+    lt = g.fadd(lt, g.shfl_xor(lt, 1)?)?;
+    lt = g.fadd(lt, g.shfl_xor(lt, 2)?)?;
+    let pos = g.fcmp(FloatPredicate::OGT, lt, g.cf(0.0))?;
+    // approximate (1 ulp) and inline: see `Gpu::rcp`
+    let inv = g.selectf(pos, g.rcp(lt)?, g.cf(0.0))?;
+    Ok((lt, pos, inv))
+}
+
+/// Stores a row's LSE (natural log, from the base-2 state: `(m c2 + log2 l) ln 2`, -inf
+/// where no column was kept) at global row `grow` of `lse_ptr`.
+pub(crate) fn store_lse<'ctx>(
+    g: &Gpu<'ctx>,
+    cx: &Ctx<'ctx>,
+    lse_ptr: PointerValue<'ctx>,
+    grow: IntValue<'ctx>,
+    m: FloatValue<'ctx>,
+    lt: FloatValue<'ctx>,
+    pos: IntValue<'ctx>,
+) -> R<()> {
+    let lse = g.fmul(g.fadd(g.fmul(m, cx.c2)?, g.lg2(lt)?)?, g.cf(LN2))?;
+    let lse = g.selectf(pos, lse, g.cf(f32::NEG_INFINITY))?;
+    let ptr = g.gep_bytes(lse_ptr, g.mul(grow, g.c64(4))?)?;
+    g.store(ptr, lse)
 }
