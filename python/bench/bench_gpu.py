@@ -63,6 +63,18 @@ def wall_us(fn, iters=2000, warm=50):
     return (time.perf_counter() - t0) / iters * 1e6
 
 
+def host_us(fn, n=30):
+    """Host time of one enqueue of ``fn``, in µs: the clock stopped before the GPU work
+    is waited for (``n`` calls after a synchronize)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
 def event_ms(fn, iters=20, warm=5, reps=3):
     for _ in range(warm):
         fn()

@@ -31,17 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import attnc
-from bench_gpu import EXAMPLES, event_ms  # this folder (sys.path[0] when run as a script)
-
-
-def host_us(fn, n=10):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
+from bench_gpu import EXAMPLES, event_ms, host_us  # this folder (sys.path[0] when run as a script)
 
 
 def main():
@@ -146,7 +136,7 @@ def main():
                     with torch.no_grad():
                         r.setdefault("fwd_ms", []).append(event_ms(lambda: f(q, k, v), iters=a.iters, warm=2))
                     r.setdefault("step_ms", []).append(event_ms(lambda: f(q, k, v).backward(do), iters=a.iters, warm=2))
-                    r.setdefault("host_us", []).append(host_us(lambda: f(q, k, v).backward(do)))
+                    r.setdefault("host_us", []).append(host_us(lambda: f(q, k, v).backward(do), n=10))
                 except Exception as e:  # noqa: BLE001
                     r["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 print(f"[round {rnd}] {case:9s} {name:12s} fwd {r.get('fwd_ms', [float('nan')])[-1]:.3f} ms "

@@ -28,17 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import attnc
-from bench_gpu import EXAMPLES, event_ms, wall_us  # this folder (sys.path[0] when run as a script)
-
-
-def host_us(fn, n=30):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
+from bench_gpu import EXAMPLES, event_ms, wall_us, host_us  # this folder (sys.path[0] when run as a script)
 
 
 def main():
