@@ -18,7 +18,8 @@ The full set (Flex Triton, sliding window, documents, GQA, decoding) is
 pairs, forward 4*B*H*Lq*Lkv*D*density, backward 2.5x that; best of 3 x 10 iterations
 after 3 warm-up calls; backward = (forward + backward) - forward. With --warm-ms=N, calls
 in rounds of 10 for N ms more before the timing (the sustained rate under the GPU's power
-cap, as `ATTNC_BENCH_WARM_MS=N attnc bench`).
+cap, as `ATTNC_BENCH_WARM_MS=N attnc bench`). With --variants=a,b only those variants run
+(names as printed: dense, causal, sliding1024, alibi_causal, softcap_causal, doc_causal).
 Needs FA4 on PYTHONPATH (install with ../shared/bench/fa4/prepare.sh + install.sh a|b;
 then PYTHONPATH=$(cat /tmp/fa4site.path)). Prints one line per (variant, backend) and
 writes $OUT/fa4_anchors_lite.json."""
@@ -68,6 +69,7 @@ BWD_EXTRA = "--bwd-extra" in sys.argv
 BWD_D64 = "--bwd-d64" in sys.argv
 SLIDING = "--sliding" in sys.argv
 DOC = "--doc" in sys.argv
+ONLY = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--variants=")), None)
 OUTF = os.path.join(os.environ.get("OUT", "."), "fa4_anchors_lite.json")
 
 def fwd_bwd(f, q, k, v, do, extra=False, d64=False):
@@ -99,6 +101,8 @@ for (B, H, Hkv, S, D) in shapes:
         + ([("sliding1024", sliding, None)] if SLIDING else []) \
         + [("alibi_causal", causal, alibi), ("softcap_causal", causal, softcap)] \
         + ([("doc_causal", docmask, None)] if DOC else [])
+    if ONLY:
+        variants = [v for v in variants if v[0] in ONLY]
     for name, mm, sm in variants:
         if mm is None:
             dens = 1.0
