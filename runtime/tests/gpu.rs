@@ -1002,233 +1002,64 @@ fn gpu_q_from_end_matches_oracle(dev: &CudaDevice) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The next tile's Q copied after this tile's first K and V (`PtxOptions::q_ahead`, the
-/// dynamic tile scheduler with two Q buffers): every sample with grids of 1, 5, 11 CTAs
-/// and all SMs (many tiles per CTA: tiles without blocks, tiles of one block, the end
-/// marker announced while the CTA's last tile still copies), D128 (two consumers) and D64
-/// (three at q blocks of 192), the plain and the LPT order, q blocks from the end, closed
-/// forms and the block table forced; odd lengths, Lq != Lkv (rows with no kv block:
-/// fully masked), GQA, bf16 and f16; a negative scale (Q negated in shared memory) and
-/// checked mode on one case each. Each launch runs twice with O poisoned in between and
-/// the counter zero after each (`forward_host`). One option set per (case, sample) in
-/// turn; `ATTNC_GPU_QAHEAD_FULL=1` runs all three, `ATTNC_GPU_QAHEAD_CASES=i,..` only those
-/// cases.
-fn gpu_q_ahead_matches_oracle(dev: &CudaDevice) {
-    if dev.arch() != Arch::Sm90 {
-        println!("  not sm_90: no warp-specialized kernel");
-        return;
-    }
-    if matches!(
-        std::env::var("ATTNC_GPU_MMA").as_deref(),
-        Ok("sync" | "wgmma")
-    ) {
-        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
-        return;
-    }
-    let cases = [
-        ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
-        ((3, 3, 1, 129, 400), 128, 128, InputType::F16),
-        ((2, 2, 1, 777, 190), 64, 192, InputType::Bf16),
-        ((2, 2, 1, 1100, 1100), 128, 128, InputType::Bf16),
-    ];
-    // ATTNC_GPU_QAHEAD_CASES=0,3: only those cases (to split the test over processes)
-    let full = std::env::var("ATTNC_GPU_QAHEAD_FULL").is_ok_and(|v| v == "1");
-    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_QAHEAD_CASES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
-        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
-            continue;
-        }
-        let c = Case {
-            shape: Shape {
-                b,
-                hq,
-                hkv,
-                lq,
-                lkv,
-                d,
-                dv: d,
-            },
-            ty,
-            qb: 128,
-            kvb: 128,
-            mt: 1,
-        };
-        let ws = PtxOptions {
-            persistent: true,
-            dynamic_tiles: true,
-            q_double: true,
-            q_ahead: true,
-            float_positions: true,
-            q_block: qb,
-            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
-        };
-        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
-            if p.name == "document_causal" && lq > lkv {
-                continue;
-            }
-            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
-            let small = dev.with_sms(sms);
-            let mut r = rng(47);
-            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
-            for (k, (lpt, kv_table, q_from_end)) in
-                [(0, false, false), (3, true, false), (8, false, true)]
-                    .into_iter()
-                    .enumerate()
-            {
-                if !full && k != (i + j) % 3 {
-                    continue;
-                }
-                let opts = PtxOptions {
-                    lpt_group: lpt,
-                    kv_table,
-                    q_from_end,
-                    split_tail: qb == 128 && p.score.is_none() && k != 1,
-                    checked: i == 1 && k == 0,
-                    ..ws
-                };
-                let scale = if i == 0 && k == j % 3 {
-                    -c.shape.default_scale()
-                } else {
-                    c.shape.default_scale()
-                };
-                ran += 1;
-                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 47, scale, &opts) {
-                    failures.push(format!(
-                        "{} {:?} q block {qb} lpt {lpt} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
-                        p.name, c.shape
-                    ));
-                }
-            }
-        }
-    }
-    println!("  {ran} kernels, {} failed", failures.len());
-    assert!(ran > 0, "no kernel ran");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+/// One case of a sweep over the dynamic tile scheduler (`run_sweep`): (B, Hq, Hkv, Lq,
+/// Lkv), D, Dv, the q block, the element type.
+type SweepCase = (
+    (usize, usize, usize, usize, usize),
+    usize,
+    usize,
+    u32,
+    InputType,
+);
+
+/// One option set of such a sweep: the LPT group, two Q buffers, the block table forced,
+/// q blocks from the end.
+#[derive(Clone, Copy)]
+struct SweepSet {
+    lpt: u32,
+    q_double: bool,
+    kv_table: bool,
+    q_from_end: bool,
 }
 
-/// O written through shared memory and TMA stores (`PtxOptions::o_tma`, the dynamic tile
-/// scheduler with two Q buffers): every sample with grids of 1, 5, 11 CTAs and all SMs
-/// (many tiles per CTA, so each warpgroup's staging buffer is reused: a copy still
-/// reading it would show), D128 and D64 with Dv 128, the plain and the LPT order, q
-/// blocks from the end (the first q block's box starts at a negative row: those rows must
-/// not be written), closed forms and the block table forced, `q_ahead` on one case; odd
-/// lengths (rows past Lq in the last box), Lq != Lkv (rows with no kv block: zeros and
-/// -inf), GQA, bf16 and f16; a negative scale and checked mode on one case each. Each
-/// launch runs twice with O poisoned (NaN) in between and the counter zero after each
-/// (`forward_host`), so a row the copies miss shows as NaN. One option set per (case,
-/// sample) in turn; `ATTNC_GPU_OTMA_FULL=1` runs all three, `ATTNC_GPU_OTMA_CASES=i,..`
-/// only those cases.
-fn gpu_o_tma_matches_oracle(dev: &CudaDevice) {
-    if dev.arch() != Arch::Sm90 {
-        println!("  not sm_90: no warp-specialized kernel");
-        return;
-    }
-    if matches!(
-        std::env::var("ATTNC_GPU_MMA").as_deref(),
-        Ok("sync" | "wgmma")
-    ) {
-        println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
-        return;
-    }
-    let cases = [
-        ((2, 4, 2, 300, 257), 128, InputType::Bf16),
-        ((3, 3, 1, 129, 400), 128, InputType::F16),
-        ((1, 4, 4, 520, 333), 64, InputType::F16),
-        ((2, 2, 1, 1100, 1100), 128, InputType::Bf16),
-    ];
-    let full = std::env::var("ATTNC_GPU_OTMA_FULL").is_ok_and(|v| v == "1");
-    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_OTMA_CASES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for (i, ((b, hq, hkv, lq, lkv), d, ty)) in cases.into_iter().enumerate() {
-        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
-            continue;
-        }
-        let c = Case {
-            shape: Shape {
-                b,
-                hq,
-                hkv,
-                lq,
-                lkv,
-                d,
-                dv: 128,
-            },
-            ty,
-            qb: 128,
-            kvb: 128,
-            mt: 1,
-        };
-        let ws = PtxOptions {
-            persistent: true,
-            dynamic_tiles: true,
-            q_double: true,
-            q_ahead: i == 3,
-            o_tma: true,
-            float_positions: true,
-            ..PtxOptions::new(Arch::Sm90, d as u32, 128, ty).warp_specialized(128, 2)
-        };
-        for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
-            if p.name == "document_causal" && lq > lkv {
-                continue;
-            }
-            let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
-            let small = dev.with_sms(sms);
-            let mut r = rng(53);
-            let bind = bindings(&p, &c.shape, &mut r, 40, 4);
-            for (k, (lpt, kv_table, q_from_end)) in
-                [(0, false, false), (3, true, false), (8, false, true)]
-                    .into_iter()
-                    .enumerate()
-            {
-                if !full && k != (i + j) % 3 {
-                    continue;
-                }
-                let opts = PtxOptions {
-                    lpt_group: lpt,
-                    kv_table,
-                    q_from_end,
-                    split_tail: d == 128 && p.score.is_none() && k != 1,
-                    checked: i == 1 && k == 0,
-                    ..ws
-                };
-                let scale = if i == 0 && k == j % 3 {
-                    -c.shape.default_scale()
-                } else {
-                    c.shape.default_scale()
-                };
-                ran += 1;
-                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 53, scale, &opts) {
-                    failures.push(format!(
-                        "{} {:?} lpt {lpt} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
-                        p.name, c.shape
-                    ));
-                }
-            }
+impl SweepSet {
+    const fn new(lpt: u32, q_double: bool, kv_table: bool, q_from_end: bool) -> Self {
+        SweepSet {
+            lpt,
+            q_double,
+            kv_table,
+            q_from_end,
         }
     }
-    println!("  {ran} kernels, {} failed", failures.len());
-    assert!(ran > 0, "no kernel ran");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The cross-tile issue (`PtxOptions::cross_tile`: the next tile's first S with this
-/// tile's last P V, its softmax before this tile's epilogue) on the dynamic tile
-/// scheduler: every sample with grids of 1, 5, 11 CTAs and all SMs (many tiles per CTA,
-/// tiles without blocks and the end marker next to a tile's last block), D128 (two
-/// consumers) and D64 (three at q blocks of 192, two at 128), one and two Q buffers, the
-/// plain and the LPT order, q blocks from the end, closed forms and the block table forced;
-/// odd lengths, Lq != Lkv, GQA, bf16 and f16; a negative scale (Q negated in shared
-/// memory: the fallback to the last P V alone) and checked mode on one case each. Each
-/// launch runs twice with O poisoned in between (`forward_host`). One option set per
-/// (case, sample) in turn; `ATTNC_GPU_CROSS_FULL=1` runs all three.
-fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
+/// A warp-specialized option swept over the dynamic tile scheduler (the q_ahead, o_tma
+/// and cross_tile tests): every sample (document + causal left out where Lq > Lkv) on
+/// grids of 1, 5, 11 CTAs and all SMs in turn, so CTAs run many tiles (tiles without
+/// blocks, tiles of one block, the end marker next to a tile's last block); one option
+/// set per (case, sample) in turn; checked mode on case 1's first set, a negative scale
+/// (Q negated in shared memory) on case 0 once per three samples. `opts(i, case, sample,
+/// k)` gives the kernel's options; the set's fields and checked mode are laid over them.
+/// Each launch runs twice with O poisoned in between and the counters zero after each
+/// (`forward_host`).
+///
+/// Environment (`TAG` = `tag`): `ATTNC_GPU_TAG_FULL=1` runs every set,
+/// `ATTNC_GPU_TAG_CASES=i,..` / `ATTNC_GPU_TAG_VARIANTS=k,..` only those cases / sets (to
+/// split a full run over processes), `ATTNC_GPU_TAG_QUICK=1` (for compute-sanitizer,
+/// where `quick_samples` is not empty) every other case and those samples only.
+struct Sweep<'a> {
+    tag: &'a str,
+    seed: u64,
+    cases: &'a [SweepCase],
+    sets: &'a [SweepSet],
+    quick_samples: &'a [&'a str],
+}
+
+fn run_sweep(
+    dev: &CudaDevice,
+    sw: &Sweep,
+    opts: impl Fn(usize, &SweepCase, &Program, usize) -> PtxOptions,
+) {
     if dev.arch() != Arch::Sm90 {
         println!("  not sm_90: no warp-specialized kernel");
         return;
@@ -1240,29 +1071,22 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
         println!("  ATTNC_GPU_MMA keeps another path: the warp-specialized kernel only");
         return;
     }
-    let cases = [
-        ((2, 4, 2, 300, 257), 128, 128, InputType::Bf16),
-        ((3, 3, 1, 129, 400), 128, 128, InputType::F16),
-        ((2, 2, 1, 777, 190), 64, 192, InputType::Bf16),
-        ((1, 4, 4, 520, 333), 64, 128, InputType::F16),
-        ((2, 2, 1, 1100, 1100), 128, 128, InputType::Bf16),
-    ];
-    // by default one option set per (case, sample), in turn (35 kernels);
-    // ATTNC_GPU_CROSS_FULL=1: all three (105 kernels, ~140 s on one process);
-    // ATTNC_GPU_CROSS_QUICK=1 (for compute-sanitizer): three cases, three samples;
-    // ATTNC_GPU_CROSS_CASES=0,3 / ATTNC_GPU_CROSS_VARIANTS=1,2: only those cases /
-    // option sets (to split the full test over processes)
-    let quick = std::env::var("ATTNC_GPU_CROSS_QUICK").is_ok_and(|v| v == "1");
-    let full = std::env::var("ATTNC_GPU_CROSS_FULL").is_ok_and(|v| v == "1")
-        || std::env::var("ATTNC_GPU_CROSS_VARIANTS").is_ok();
-    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_CROSS_CASES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
-    let only_k: Option<Vec<usize>> = std::env::var("ATTNC_GPU_CROSS_VARIANTS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let var = |name: &str| std::env::var(format!("ATTNC_GPU_{}_{name}", sw.tag)).ok();
+    let list = |name: &str| {
+        var(name).map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<usize>>()
+        })
+    };
+    let quick = !sw.quick_samples.is_empty() && var("QUICK").is_some_and(|v| v == "1");
+    let only = list("CASES");
+    let only_k = list("VARIANTS");
+    let full = var("FULL").is_some_and(|v| v == "1") || only_k.is_some();
     let mut failures = Vec::new();
-    for (i, ((b, hq, hkv, lq, lkv), d, qb, ty)) in cases.into_iter().enumerate() {
+    let mut ran = 0;
+    for (i, case) in sw.cases.iter().enumerate() {
+        let &((b, hq, hkv, lq, lkv), d, dv, qb, ty) = case;
         if quick && i % 2 == 1 || only.as_ref().is_some_and(|o| !o.contains(&i)) {
             continue;
         }
@@ -1274,67 +1098,167 @@ fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
                 lq,
                 lkv,
                 d,
-                dv: d,
+                dv,
             },
             ty,
             qb: 128,
             kvb: 128,
             mt: 1,
         };
-        let ws = PtxOptions {
-            persistent: true,
-            dynamic_tiles: true,
-            cross_tile: true,
-            float_positions: true,
-            q_block: qb,
-            ..PtxOptions::new(Arch::Sm90, d as u32, d as u32, ty).warp_specialized(128, 2)
-        };
         for (j, p) in samples::all(hq as i32).into_iter().enumerate() {
             if p.name == "document_causal" && lq > lkv
-                || quick && !matches!(p.name.as_str(), "dense" | "causal" | "document_causal")
+                || quick && !sw.quick_samples.contains(&p.name.as_str())
             {
                 continue;
             }
             let sms = [1, 5, 11, dev.sms()][(i + j) % 4];
             let small = dev.with_sms(sms);
-            let mut r = rng(43);
+            let mut r = rng(sw.seed);
             let bind = bindings(&p, &c.shape, &mut r, 40, 4);
-            for (k, (lpt, q_double, kv_table, q_from_end)) in [
-                (0, true, false, false),
-                (3, false, true, false),
-                (8, true, false, true),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                if only_k.as_ref().is_some_and(|o| !o.contains(&k)) || (!full && k != (i + j) % 3) {
+            for (k, set) in sw.sets.iter().enumerate() {
+                if only_k.as_ref().is_some_and(|o| !o.contains(&k))
+                    || !full && k != (i + j) % sw.sets.len()
+                {
                     continue;
                 }
-                let opts = PtxOptions {
-                    lpt_group: lpt,
-                    q_double,
-                    kv_table,
-                    q_from_end,
-                    split_tail: qb == 128 && p.score.is_none() && k != 1,
+                let o = PtxOptions {
+                    lpt_group: set.lpt,
+                    q_double: set.q_double,
+                    kv_table: set.kv_table,
+                    q_from_end: set.q_from_end,
                     checked: i == 1 && k == 0,
-                    early_claim: k != 1,
-                    ..ws
+                    ..opts(i, case, &p, k)
                 };
                 let scale = if i == 0 && k == j % 3 {
                     -c.shape.default_scale()
                 } else {
                     c.shape.default_scale()
                 };
-                if let Err(e) = check_opts(&small, &p, &c, &bind, None, 43, scale, &opts) {
+                ran += 1;
+                if let Err(e) = check_opts(&small, &p, &c, &bind, None, sw.seed, scale, &o) {
                     failures.push(format!(
-                        "{} {:?} q block {qb} lpt {lpt} q2 {q_double} table {kv_table} qend {q_from_end} {sms} CTAs: {e}",
-                        p.name, c.shape
+                        "{} {:?} q block {qb} lpt {} q2 {} table {} qend {} {sms} CTAs: {e}",
+                        p.name, c.shape, set.lpt, set.q_double, set.kv_table, set.q_from_end
                     ));
                 }
             }
         }
     }
+    println!("  {ran} kernels, {} failed", failures.len());
+    assert!(ran > 0, "no kernel ran");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The next tile's Q copied after this tile's first K and V (`PtxOptions::q_ahead`, the
+/// dynamic tile scheduler with two Q buffers), swept as `run_sweep` says: D128 (two
+/// consumers) and D64 (three at q blocks of 192), the plain and the LPT order, q blocks
+/// from the end, closed forms and the block table forced; odd lengths, Lq != Lkv (rows
+/// with no kv block: fully masked), GQA, bf16 and f16. `ATTNC_GPU_QAHEAD_FULL=1` runs all
+/// three option sets, `ATTNC_GPU_QAHEAD_CASES=i,..` only those cases.
+fn gpu_q_ahead_matches_oracle(dev: &CudaDevice) {
+    let sweep = Sweep {
+        tag: "QAHEAD",
+        seed: 47,
+        cases: &[
+            ((2, 4, 2, 300, 257), 128, 128, 128, InputType::Bf16),
+            ((3, 3, 1, 129, 400), 128, 128, 128, InputType::F16),
+            ((2, 2, 1, 777, 190), 64, 64, 192, InputType::Bf16),
+            ((2, 2, 1, 1100, 1100), 128, 128, 128, InputType::Bf16),
+        ],
+        sets: &[
+            SweepSet::new(0, true, false, false),
+            SweepSet::new(3, true, true, false),
+            SweepSet::new(8, true, false, true),
+        ],
+        quick_samples: &[],
+    };
+    run_sweep(dev, &sweep, |_, &(_, d, dv, qb, ty), p, k| PtxOptions {
+        persistent: true,
+        dynamic_tiles: true,
+        q_ahead: true,
+        float_positions: true,
+        q_block: qb,
+        split_tail: qb == 128 && p.score.is_none() && k != 1,
+        ..PtxOptions::new(Arch::Sm90, d as u32, dv as u32, ty).warp_specialized(128, 2)
+    });
+}
+
+/// O written through shared memory and TMA stores (`PtxOptions::o_tma`, the dynamic tile
+/// scheduler with two Q buffers), swept as `run_sweep` says (each warpgroup's staging
+/// buffer reused over many tiles per CTA: a copy still reading it would show): D128 and
+/// D64 with Dv 128, the plain and the LPT order, q blocks from the end (the first q
+/// block's box starts at a negative row: those rows must not be written), closed forms
+/// and the block table forced, `q_ahead` on one case; odd lengths (rows past Lq in the
+/// last box), Lq != Lkv (rows with no kv block: zeros and -inf), GQA, bf16 and f16. O is
+/// poisoned with NaN between the two launches, so a row the copies miss shows as NaN.
+/// `ATTNC_GPU_OTMA_FULL=1` runs all three option sets, `ATTNC_GPU_OTMA_CASES=i,..` only
+/// those cases.
+fn gpu_o_tma_matches_oracle(dev: &CudaDevice) {
+    let sweep = Sweep {
+        tag: "OTMA",
+        seed: 53,
+        cases: &[
+            ((2, 4, 2, 300, 257), 128, 128, 128, InputType::Bf16),
+            ((3, 3, 1, 129, 400), 128, 128, 128, InputType::F16),
+            ((1, 4, 4, 520, 333), 64, 128, 128, InputType::F16),
+            ((2, 2, 1, 1100, 1100), 128, 128, 128, InputType::Bf16),
+        ],
+        sets: &[
+            SweepSet::new(0, true, false, false),
+            SweepSet::new(3, true, true, false),
+            SweepSet::new(8, true, false, true),
+        ],
+        quick_samples: &[],
+    };
+    run_sweep(dev, &sweep, |i, &(_, d, dv, _, ty), p, k| PtxOptions {
+        persistent: true,
+        dynamic_tiles: true,
+        q_ahead: i == 3,
+        o_tma: true,
+        float_positions: true,
+        split_tail: d == 128 && p.score.is_none() && k != 1,
+        ..PtxOptions::new(Arch::Sm90, d as u32, dv as u32, ty).warp_specialized(128, 2)
+    });
+}
+
+/// The cross-tile issue (`PtxOptions::cross_tile`: the next tile's first S with this
+/// tile's last P V, its softmax before this tile's epilogue) on the dynamic tile
+/// scheduler, swept as `run_sweep` says: D128 (two consumers) and D64 (three at q blocks
+/// of 192, two at 128), one and two Q buffers, the plain and the LPT order, q blocks from
+/// the end, closed forms and the block table forced; odd lengths, Lq != Lkv, GQA, bf16 and
+/// f16; the negative scale takes the fallback to the last P V alone. By default one
+/// option set per (case, sample), in turn (35 kernels); `ATTNC_GPU_CROSS_FULL=1` all
+/// three (105 kernels, ~140 s on one process); `ATTNC_GPU_CROSS_QUICK=1` (for
+/// compute-sanitizer) three cases, three samples; `ATTNC_GPU_CROSS_CASES=0,3` /
+/// `ATTNC_GPU_CROSS_VARIANTS=1,2` only those cases / option sets.
+fn gpu_cross_tile_matches_oracle(dev: &CudaDevice) {
+    let sweep = Sweep {
+        tag: "CROSS",
+        seed: 43,
+        cases: &[
+            ((2, 4, 2, 300, 257), 128, 128, 128, InputType::Bf16),
+            ((3, 3, 1, 129, 400), 128, 128, 128, InputType::F16),
+            ((2, 2, 1, 777, 190), 64, 64, 192, InputType::Bf16),
+            ((1, 4, 4, 520, 333), 64, 64, 128, InputType::F16),
+            ((2, 2, 1, 1100, 1100), 128, 128, 128, InputType::Bf16),
+        ],
+        sets: &[
+            SweepSet::new(0, true, false, false),
+            SweepSet::new(3, false, true, false),
+            SweepSet::new(8, true, false, true),
+        ],
+        quick_samples: &["dense", "causal", "document_causal"],
+    };
+    run_sweep(dev, &sweep, |_, &(_, d, dv, qb, ty), p, k| PtxOptions {
+        persistent: true,
+        dynamic_tiles: true,
+        cross_tile: true,
+        float_positions: true,
+        q_block: qb,
+        split_tail: qb == 128 && p.score.is_none() && k != 1,
+        early_claim: k != 1,
+        ..PtxOptions::new(Arch::Sm90, d as u32, dv as u32, ty).warp_specialized(128, 2)
+    });
 }
 
 /// The wait for the last P V after the exponentials (`PtxOptions::pv_wait_late`), the
