@@ -1836,3 +1836,78 @@ fn fused_stat_acc_kernels() {
         );
     }
 }
+
+/// `bwd_ping_next` on D64's q tiles of 128 with the turns (`bwd_pingpong`, the dense
+/// binding's default; causal with the turns): dV and dK one group and the last visit's
+/// dQ part another, the next visit's Sᵀ issued after the wait for dV and dK (one group
+/// in flight) and its dPᵀ after the dQ part's slot stores; the same products, one more
+/// group and fence per visit, two more `wait_group 1`. Off by default, ignored without
+/// the turns (byte-identical).
+#[test]
+fn fused_ping_next_kernels() {
+    let mma = "wgmma.mma_async";
+    let fence = "wgmma.fence.sync.aligned;";
+    let commit = "wgmma.commit_group.sync.aligned;";
+    let wait1 = "wgmma.wait_group.sync.aligned 1;";
+    for (file, name) in [("dense", "dense"), ("causal", "causal_attention")] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16)
+            .backward_for_binding(&plan, 4096);
+        assert!(!bind.bwd_ping_next, "{name}: off by default");
+        assert_eq!(bind.bwd_pingpong, name == "dense", "{name}");
+        // without the turns: ignored
+        let plain = dkdv_twice(&plan, &bind, name, &format!("pn0_{name}_bwd_dkdv.ptx"));
+        let ignored = PtxOptions {
+            bwd_ping_next: true,
+            ..bind
+        };
+        assert!(
+            ignored.key() != bind.key(),
+            "{name}: the option is in the key"
+        );
+        if !bind.bwd_pingpong {
+            let x = dkdv_twice(&plan, &ignored, name, &format!("pn1_{name}_bwd_dkdv.ptx"));
+            assert_eq!(x.ptx, plain.ptx, "{name}: ignored without the turns");
+        }
+        let turns = PtxOptions {
+            bwd_pingpong: true,
+            bwd_visit_rec: false,
+            ..bind
+        };
+        let def = dkdv_twice(&plan, &turns, name, &format!("pny_{name}_bwd_dkdv.ptx"));
+        let on = dkdv_twice(
+            &plan,
+            &PtxOptions {
+                bwd_ping_next: true,
+                ..turns
+            },
+            name,
+            &format!("pnn_{name}_bwd_dkdv.ptx"),
+        );
+        let n = |t: &str, s: &str| t.matches(s).count();
+        assert_eq!(
+            n(&on.ptx, mma),
+            n(&def.ptx, mma),
+            "{name}: the same products"
+        );
+        assert_eq!(n(&on.ptx, commit), n(&def.ptx, commit) + 1, "{name}");
+        assert_eq!(n(&on.ptx, fence), n(&def.ptx, fence) + 1, "{name}");
+        assert_eq!(n(&on.ptx, wait1), n(&def.ptx, wait1) + 2, "{name}");
+        // the last visit's dQ part waited for (`wait_group 1`) with the next Sᵀ issued
+        // before it: between the last two `wait_group 1` one product group (Sᵀ, 4 steps)
+        let last = on.ptx.rfind(wait1).expect("a wait");
+        let prev = on.ptx[..last].rfind(wait1).expect("the wait for dV and dK");
+        let between = &on.ptx[prev..last];
+        assert_eq!(n(between, mma), 4, "{name}: Sᵀ between the two waits");
+        assert!(
+            between.contains("mbarrier.try_wait"),
+            "{name}: the next buffer's wait"
+        );
+        // its dPᵀ after the part's stores
+        let tail = &on.ptx[last..];
+        let st = tail.find("st.shared.v4").expect("the dQ part's stores");
+        let dp = tail.find(mma).expect("dPᵀ");
+        assert!(st < dp, "{name}: dPᵀ after the slot stores");
+    }
+}

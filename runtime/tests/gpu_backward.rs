@@ -1134,7 +1134,9 @@ fn test_options(
 /// combine (`default+v+2`); the binding's default has both for bands and block tables.
 /// A trailing `+y` makes the fused kernel's math warpgroups take turns in their element
 /// code (`PtxOptions::bwd_pingpong`; `-y` without: the D64 dense default before
-/// session 13), e.g. `default+y`; a trailing `+8` puts D64
+/// session 13), e.g. `default+y`; a trailing `+n` (with the turns) queues the next
+/// visit's Sᵀ and dPᵀ behind the last visit's dQ part (`PtxOptions::bwd_ping_next`),
+/// e.g. `default+n`, `default+y+n`; a trailing `+8` puts D64
 /// causal-type bindings whose score reads positions (ALiBi) on q tiles of 128
 /// (`PtxOptions::backward_q128_positions`), e.g. `default+8`, `default+8+y`. A trailing
 /// `+p` issues the fused kernel's products early (`PtxOptions::overlap`), e.g.
@@ -1285,6 +1287,14 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
         return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_pingpong: true,
             bwd_visit_rec: false,
+            ..o
+        });
+    }
+    // `+n`: with the turns, the next visit's Sᵀ and dPᵀ queued behind the last visit's
+    // dQ part (`bwd_ping_next`; ignored without `bwd_pingpong`)
+    if let Some(rest) = cfg.strip_suffix("+n") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_ping_next: true,
             ..o
         });
     }

@@ -529,6 +529,19 @@ pub struct PtxOptions {
     /// bit-identical gradients. Off by default; the kernel bench's `+y`. Other kinds
     /// ignore it.
     pub bwd_pingpong: bool,
+    /// With [`Self::bwd_pingpong`] (`backward/fused.rs`): after a warpgroup's turn, dV and
+    /// dK are one group and the last visit's dQ part another, so once dV and dK have
+    /// completed (the Q/dO buffer free) the next visit's search, its `q_full` wait and its
+    /// Sᵀ are issued while the dQ part still runs, and its dPᵀ once the dQ part has
+    /// completed and is in its slot: the tensor cores get the next products queued
+    /// behind the dQ part instead of idling through the slot's stores, the search and the
+    /// buffer's wait. The same products and additions in the same order: bit-identical
+    /// gradients. Off by default: slower on an H200 (session 21, one call, D64 B4 H16
+    /// L4096 whole backward TFLOP/s, dense default / `+n` 440.3 / 425.3 mean of four,
+    /// causal `+y` / `+y+n` 374.7 / 380.4 against the default's 384.8;
+    /// docs/performance.md, "Session 21 (bwd64x)"); the kernel bench's `+n`. Ignored
+    /// without the turns; other kinds ignore it.
+    pub bwd_ping_next: bool,
     /// The fused backward (`backward/fused.rs`), where a visit waits for Sᵀ and dPᵀ
     /// before its element code (not `overlap`, not [`Self::bwd_pingpong`]): the visit's
     /// L2 and Delta loads from shared memory issued before that wait instead of after it,
@@ -800,6 +813,7 @@ impl PtxOptions {
             bwd_two_writers: false,
             bwd_store_pairs: false,
             bwd_pingpong: false,
+            bwd_ping_next: false,
             bwd_stats_early: false,
             bwd_p_under_dp: false,
             bwd_exp_emu: 0,
@@ -1158,6 +1172,11 @@ impl PtxOptions {
             }
             + if self.bwd_pingpong {
                 " bwd-pingpong"
+            } else {
+                ""
+            }
+            + if self.bwd_ping_next {
+                " bwd-ping-next"
             } else {
                 ""
             }

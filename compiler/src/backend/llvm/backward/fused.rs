@@ -250,6 +250,17 @@
 //!   backward", session 14). Both measured slower in session 14's final check (one
 //!   H200, D128 TFLOP/s default / `+h` / `+e`: dense 562.5 / 532.2 / 511.3, causal
 //!   490.1 / 465.6 / 468.0).
+//!   `bwd_ping_next` (with `bwd_pingpong`, off; `+n`): after a warpgroup's turn dV and
+//!   dK are one group and the last visit's dQ part another; once dV and dK are done the
+//!   Q/dO buffer goes back, the next visit is searched, its buffer waited for and its Sᵀ
+//!   issued behind the dQ part; once the part is done it goes to its slot and the next
+//!   dPᵀ is issued (before: all three waited for, then the slot, the search, the buffer
+//!   and Sᵀ, dPᵀ, the tensor cores idle in between). Slower on an H200 (session 21,
+//!   D64 B4 H16 L4096 whole backward TFLOP/s: dense 425.3 against 440.3, the fused
+//!   kernel 3% slower; causal with the turns 380.4 against 374.7 without it and 384.8
+//!   for the default without turns; not profiled: the slot's stores and the search now
+//!   run under Sᵀ, ptxas 13.0 spills 12 bytes instead of 8) (docs/performance.md,
+//!   "Session 21 (bwd64x)").
 //!   `bwd_exp_emu` (off; `+m1` .. `+m8`): on full blocks of the identity or a general
 //!   score without capture gradients, `k` of every 8 exponentials of the thread's
 //!   fragment on the FMA pipe (`ex2_poly`: round by 1.5 * 2^23, a degree-3 polynomial,
@@ -1513,6 +1524,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
         && !opts.bwd_wg_dq
         && !opts.bwd_persist;
     let pipe = pingpong;
+    // bwd_ping_next: the next visit's Sᵀ and dPᵀ under the last visit's dQ part (turns only)
+    let ping_next = pipe && opts.bwd_ping_next;
     let (sv, dpv) = if pipe {
         let n = (br / 8) as usize;
         (acc_vars(g, n)?, acc_vars(g, n)?)
@@ -2336,31 +2349,68 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let dv1 = wg_ab(g, ty, &pa, &t.d_o, buf, &to_flat(&dv_acc), dsc)?;
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             let ds_prev = g.mul(g.xor(q_sl, one)?, g.c32(ds_t.bytes() as i64))?;
-            let (col0, dq0) = ping_dq(ds_prev, 0)?;
-            g.wgmma_commit()?;
-            let w = g.wgmma_wait(0, &[dv1.as_slice(), &dk1, &dq0].concat())?;
-            let (dv1, rest) = w.split_at(dv1.len());
-            let (dk1, dq0) = rest.split_at(dk1.len());
-            // Q_i and dO_i read: the buffer goes back; warpgroup 1: its dQ product has read
-            // the last visit's dSᵀ tile, which warpgroup 0 writes next
-            g.mbar_arrive(q_empty(q_sl)?)?;
-            g.if_then(g.icmp(IntPredicate::NE, wgi, zero)?, || {
-                g.bar_arrive(BAR_FREE, threads)
-            })?;
-            g.if_then(g.icmp(IntPredicate::NE, n, zero)?, || {
-                ping_add(g.sub(n, one)?, ds_prev, col0, dq0)
-            })?;
-            scan(tl, hi, q_step(qb)?, &nxt)?;
-            let hn = g.geti(&nxt.found)?;
-            let (n_sl, n_ph) = ring_slot(g, g.add(n, one)?)?;
-            g.if_then(hn, || g.mbar_wait(q_full(n_sl)?, n_ph))?;
-            let nbuf = g.selecti(hn, g.mul(n_sl, g.c32(t.buf as i64))?, buf)?;
-            let (s2, dp2) = issue_sdp(nbuf)?;
-            let w = g.wgmma_wait(0, &[s2.as_slice(), &dp2].concat())?;
-            let (s2, dp2) = w.split_at(s2.len());
-            acc_set(g, &sv, &from_flat(s2))?;
-            acc_set(g, &dpv, &from_flat(dp2))?;
-            (dv1.to_vec(), dk1.to_vec())
+            if ping_next {
+                // bwd_ping_next: dV and dK one group, the dQ part the next; the next
+                // visit's Sᵀ queued behind the dQ part, its dPᵀ behind the part's stores
+                g.wgmma_commit()?;
+                let (col0, dq0) = ping_dq(ds_prev, 0)?;
+                g.wgmma_commit()?;
+                let w = g.wgmma_wait(1, &[dv1.as_slice(), &dk1].concat())?;
+                let (dv1, dk1) = w.split_at(dv1.len());
+                // Q_i and dO_i read (dV and dK done): the buffer goes back
+                g.mbar_arrive(q_empty(q_sl)?)?;
+                scan(tl, hi, q_step(qb)?, &nxt)?;
+                let hn = g.geti(&nxt.found)?;
+                let (n_sl, n_ph) = ring_slot(g, g.add(n, one)?)?;
+                g.if_then(hn, || g.mbar_wait(q_full(n_sl)?, n_ph))?;
+                let nbuf = g.selecti(hn, g.mul(n_sl, g.c32(t.buf as i64))?, buf)?;
+                g.wgmma_fence()?;
+                let s2 = wg_abt(g, ty, &t.k, wgi, &t.q, nbuf, dsc, None)?;
+                g.wgmma_commit()?;
+                let dq0 = g.wgmma_wait(1, &dq0)?;
+                // warpgroup 1: its dQ product has read the last visit's dSᵀ tile, which
+                // warpgroup 0 writes next
+                g.if_then(g.icmp(IntPredicate::NE, wgi, zero)?, || {
+                    g.bar_arrive(BAR_FREE, threads)
+                })?;
+                g.if_then(g.icmp(IntPredicate::NE, n, zero)?, || {
+                    ping_add(g.sub(n, one)?, ds_prev, col0, &dq0)
+                })?;
+                g.wgmma_fence()?;
+                let dp2 = wg_abt(g, ty, &t.v, wgi, &t.d_o, nbuf, dsc, None)?;
+                g.wgmma_commit()?;
+                let w = g.wgmma_wait(0, &[s2.as_slice(), &dp2].concat())?;
+                let (s2, dp2) = w.split_at(s2.len());
+                acc_set(g, &sv, &from_flat(s2))?;
+                acc_set(g, &dpv, &from_flat(dp2))?;
+                (dv1.to_vec(), dk1.to_vec())
+            } else {
+                let (col0, dq0) = ping_dq(ds_prev, 0)?;
+                g.wgmma_commit()?;
+                let w = g.wgmma_wait(0, &[dv1.as_slice(), &dk1, &dq0].concat())?;
+                let (dv1, rest) = w.split_at(dv1.len());
+                let (dk1, dq0) = rest.split_at(dk1.len());
+                // Q_i and dO_i read: the buffer goes back; warpgroup 1: its dQ product has read
+                // the last visit's dSᵀ tile, which warpgroup 0 writes next
+                g.mbar_arrive(q_empty(q_sl)?)?;
+                g.if_then(g.icmp(IntPredicate::NE, wgi, zero)?, || {
+                    g.bar_arrive(BAR_FREE, threads)
+                })?;
+                g.if_then(g.icmp(IntPredicate::NE, n, zero)?, || {
+                    ping_add(g.sub(n, one)?, ds_prev, col0, dq0)
+                })?;
+                scan(tl, hi, q_step(qb)?, &nxt)?;
+                let hn = g.geti(&nxt.found)?;
+                let (n_sl, n_ph) = ring_slot(g, g.add(n, one)?)?;
+                g.if_then(hn, || g.mbar_wait(q_full(n_sl)?, n_ph))?;
+                let nbuf = g.selecti(hn, g.mul(n_sl, g.c32(t.buf as i64))?, buf)?;
+                let (s2, dp2) = issue_sdp(nbuf)?;
+                let w = g.wgmma_wait(0, &[s2.as_slice(), &dp2].concat())?;
+                let (s2, dp2) = w.split_at(s2.len());
+                acc_set(g, &sv, &from_flat(s2))?;
+                acc_set(g, &dpv, &from_flat(dp2))?;
+                (dv1.to_vec(), dk1.to_vec())
+            }
         }
         // bwd_wg_dq: the dQ part of this warpgroup's 64 kv rows, every column (and at q
         // tiles of 128 every row: slab r of dSᵀ gives q rows 64 r ..), chunks of 64
