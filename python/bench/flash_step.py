@@ -10,7 +10,10 @@ rows, as in the FA4 anchors; host_step.py packs each row on its own) and a block
 once for each library. Per row: ``fwd`` CUDA-event ms per forward (no autograd), ``step`` CUDA-event ms
 per ``f(q, k, v).backward(dO)`` (gradients accumulate into q/k/v.grad, as in training),
 ``host`` wall-clock us to enqueue one step. Each row in ``--rounds`` rounds, the rows of a
-case interleaved within a round. Prints one line per row and round and the ratios
+case interleaved within a round. ``attnc_nd`` (dense and causal; ``--no-nd`` leaves it out,
+session 21) is attnc with ``deterministic=False``, the like-for-like row for FLASH, whose
+FlashAttention-4 backward is non-deterministic by default (attnc's default is
+deterministic). Prints one line per row and round and the ratios
 (other / attnc: > 1 means attnc is faster); writes DIR/flash_step.json (default $OUT).
 
     python python/bench/flash_step.py [--cases dense,causal,document] [--triton] [--rounds 3]
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--cases", default="dense,causal,document")
     ap.add_argument("--triton", action="store_true", help="also compiled Flex with its Triton backend")
     ap.add_argument("--no-flash", action="store_true")
+    ap.add_argument("--no-nd", action="store_true", help="leave out attnc with deterministic=False")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     a = ap.parse_args()
@@ -86,6 +90,8 @@ def main():
         else:
             attn = attnc.compile(EXAMPLES / f"{case}.attn").attention()
             rows["attnc"] = lambda q, k, v: attn(q, k, v)
+            if not a.no_nd:
+                rows["attnc_nd"] = lambda q, k, v: attn(q, k, v, deterministic=False)
             fbm = None if case == "dense" else create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, l, l,
                                                                  device="cuda")
 
@@ -150,6 +156,14 @@ def main():
                 res[f"{case} {name}"]["step_over_attnc"] = ratio
                 print(f"{case} step {name} / attnc per round {'/'.join(f'{x:.3f}' for x in ratio)}; "
                       f"min {min(theirs):.3f} / {min(ours):.3f} = {min(theirs) / min(ours):.3f}", flush=True)
+        nd = res.get(f"{case} attnc_nd", {}).get("step_ms", [])
+        for name in ok:
+            theirs = res.get(f"{case} {name}", {}).get("step_ms", [])
+            if name.startswith("flex_") and nd and theirs:
+                ratio = [t / o for o, t in zip(nd, theirs)]
+                res[f"{case} {name}"]["step_over_attnc_nd"] = ratio
+                print(f"{case} step {name} / attnc_nd per round {'/'.join(f'{x:.3f}' for x in ratio)}; "
+                      f"min {min(theirs):.3f} / {min(nd):.3f} = {min(theirs) / min(nd):.3f}", flush=True)
         for x in (q, k, v):
             x.grad = None
         del q, k, v, do, rows, ok

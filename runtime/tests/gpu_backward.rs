@@ -1832,6 +1832,279 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
     }
 }
 
+/// The kernel bench's path and the runtime's, interleaved in one process (an ignored
+/// trial: `gpu_backward --ignored gpu_backward_paths_bench`): per variant (bf16 B2 H16
+/// L8192 D128: dense, causal, ALiBi + causal, soft-cap + causal, sliding window 1024;
+/// `ATTNC_BWD_BENCH_ONLY` picks) and per mode (deterministic, and with
+/// `ATTNC_BWD_PATHS_ND=1`, or a list of variants, also `deterministic=false`), three ways of running the kernels
+/// of the binding's options (`attnc::backward::backward_kernel_options`, what the runtime
+/// picks, `ATTNC_BWD_*` overrides included) on the same inputs:
+/// - `kernel`: the kernel bench's path — the three kernels loaded from their PTX
+///   (`CudaBackward::load`: the driver compiles each as a whole program) and launched by
+///   `CudaBackward::launch` on buffers of `CudaBackward::upload`;
+/// - `jit`: the kernels as the runtime's JIT cache loads them (`CudaBackward::from_jit`,
+///   a cache of its own without disk: the fused kernel from PTX, the pre kernel and the
+///   dQ conversion linked by `cuLink*`), launched like `kernel` on its buffers;
+/// - `runtime`: `Bound::backward_cuda_into_with`, the call users (and the Python package)
+///   make, on buffers of its own.
+///
+/// Each round times every path once (one warm-up call, then CUDA events around 5 calls),
+/// the paths' order rotating per round (`ATTNC_BWD_PATHS_ROUNDS`, default 9); the line
+/// gives each path's median and min whole-backward TFLOP/s over the rounds and the ratios
+/// to `kernel`, then the three kernels alone (pre, fused, conversion; median of 3 x 5) for
+/// `kernel` and `jit`, and the host time of one `runtime` call (wall clock to enqueue,
+/// mean of 10).
+fn gpu_backward_paths_bench(dev: &CudaDevice) {
+    use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
+    use attnc::{Backend, BindOptions, Compiled, DType, ParamValue};
+    use attnc_compiler::ir::Scalar;
+    use cudarc::driver::DevicePtr;
+    use std::collections::HashMap;
+    let only = std::env::var("ATTNC_BWD_BENCH_ONLY").ok();
+    let rounds: usize = std::env::var("ATTNC_BWD_PATHS_ROUNDS")
+        .ok()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(9)
+        .max(1);
+    // `ATTNC_BWD_PATHS_ND=1`: every variant in both modes; a list (`full,causal`): those
+    let nd = std::env::var("ATTNC_BWD_PATHS_ND").ok();
+    let modes = |name: &str| -> &'static [bool] {
+        match nd.as_deref() {
+            Some("1") => &[true, false],
+            Some(list) if list.split(',').any(|x| x == name) => &[true, false],
+            _ => &[true],
+        }
+    };
+    let (b, h, l, d) = (2usize, 16usize, 8192usize, 128usize);
+    let sh = shape(b, h, h, l, l, d);
+    let ty = InputType::Bf16;
+    let mut r = rng(42);
+    let (q, _) = random_input(&mut r, sh.q_len(), 1.0, ty);
+    let (k, _) = random_input(&mut r, sh.k_len(), 1.0, ty);
+    let (v, _) = random_input(&mut r, sh.v_len(), 1.0, ty);
+    let (o, _) = random_input(&mut r, sh.o_len(), 0.3, ty);
+    let (d_o, _) = random_input(&mut r, sh.o_len(), 1.0, ty);
+    let lse = vec![(l as f32).ln(); sh.lse_len()];
+    // the runtime path's own buffers (the same values)
+    let (qd, kd, vd, od, dod) = (
+        dev.upload_u16(&q).unwrap(),
+        dev.upload_u16(&k).unwrap(),
+        dev.upload_u16(&v).unwrap(),
+        dev.upload_u16(&o).unwrap(),
+        dev.upload_u16(&d_o).unwrap(),
+    );
+    let lsed = dev.upload(&lse).unwrap();
+    let (dq, dk, dv) = (
+        dev.zeros::<u16>(sh.q_len()).unwrap(),
+        dev.zeros::<u16>(sh.k_len()).unwrap(),
+        dev.zeros::<u16>(sh.v_len()).unwrap(),
+    );
+    let rows = b * h * l;
+    let (delta, lse2) = (
+        dev.zeros::<f32>(rows).unwrap(),
+        dev.zeros::<f32>(rows).unwrap(),
+    );
+    let jit = attnc::cuda::JitCache::new(None);
+    let causal_pairs = b as f64 * (l * (l + 1) / 2) as f64;
+    let variants = [
+        ("full", "dense.attn", "dense", None, (b * l * l) as f64),
+        (
+            "causal",
+            "causal.attn",
+            "causal_attention",
+            None,
+            causal_pairs,
+        ),
+        (
+            "alibi_causal",
+            "alibi_causal.attn",
+            "alibi_causal",
+            None,
+            causal_pairs,
+        ),
+        (
+            "softcap_causal",
+            "softcap.attn",
+            "softcap_causal",
+            None,
+            causal_pairs,
+        ),
+        (
+            "sliding1024",
+            "sliding_window.attn",
+            "sliding_window",
+            Some(1024),
+            b as f64 * (0..l).map(|q| (q + 1).min(1025) as f64).sum::<f64>(),
+        ),
+    ];
+    for (name, file, attention, window, pairs) in variants {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|x| x == name))
+        {
+            continue;
+        }
+        let tf = |ms: f64| 2.5 * 4.0 * pairs * h as f64 * d as f64 / ms / 1e9;
+        let c = Compiled::from_file(&examples_dir().join(file)).unwrap();
+        let var = c.attention(attention).unwrap();
+        let params: HashMap<String, ParamValue> = window
+            .map(|w| ("window".to_string(), ParamValue::I32(w)))
+            .into_iter()
+            .collect();
+        let mut bind = Bindings::default();
+        if let Some(w) = window {
+            bind.params.push(Scalar::I32(w));
+        }
+        for &det in modes(name) {
+            let bwd = if det {
+                attnc::BackwardOptions::default()
+            } else {
+                attnc::BackwardOptions::nondeterministic()
+            };
+            let mode = if det { "det" } else { "nd" };
+            let mut bound = var
+                .bind(BindOptions::new(Backend::Cuda, sh, DType::BF16))
+                .unwrap();
+            let plan = bound.plan().clone();
+            let opts =
+                attnc::backward::backward_kernel_options(&plan, &sh, dev.arch(), ty, false, det);
+            let kern =
+                CudaBackward::load(dev, &emit_backward_kernels(&plan, &opts).unwrap()).unwrap();
+            let jitk = CudaBackward::from_jit(&jit, dev, &plan, &opts).unwrap();
+            let blocks = LaunchBlocks::new(&kern, &plan, &sh, &bind).unwrap();
+            let prob = kern
+                .upload(
+                    dev,
+                    &sh,
+                    (&q, &k, &v, &o),
+                    &lse,
+                    &d_o,
+                    None,
+                    sh.default_scale(),
+                    &bind,
+                    blocks.as_blocks(),
+                )
+                .unwrap();
+            let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
+            assert_eq!(
+                work,
+                kern.dq_workspace(&sh),
+                "{name} {mode}: the runtime's kernels are these options'"
+            );
+            let ws = work.map(|(a, s)| {
+                (
+                    dev.zeros::<f32>(a.max(1)).unwrap(),
+                    dev.zeros::<u32>(s.max(1)).unwrap(),
+                )
+            });
+            let st = qd.stream().clone();
+            let p16 = |x: &cudarc::driver::CudaSlice<u16>| x.device_ptr(&st).0;
+            let p32 = |x: &cudarc::driver::CudaSlice<f32>| x.device_ptr(&st).0;
+            let bufs = DeviceBackwardBuffers {
+                q: p16(&qd),
+                k: p16(&kd),
+                v: p16(&vd),
+                o: p16(&od),
+                lse: p32(&lsed),
+                d_o: p16(&dod),
+                dlse: None,
+                dq: p16(&dq),
+                dk: p16(&dk),
+                dv: p16(&dv),
+                delta: p32(&delta),
+                lse2: p32(&lse2),
+                dq_work: ws.as_ref().map(|(a, s)| DeviceDqWorkspace {
+                    accum: p32(a),
+                    sem: s.device_ptr(&st).0,
+                }),
+            };
+            let bound = std::cell::RefCell::new(bound);
+            let runtime = || {
+                // SAFETY: every buffer above is a live allocation of this device sized for
+                // the bound shape (the workspace as backward_cuda_workspace says), used on
+                // stream `st` (the device's, which `time` records its events on and waits
+                // for); no capture gradients.
+                unsafe {
+                    bound.borrow_mut().backward_cuda_into_with(
+                        &bufs,
+                        &HashMap::new(),
+                        &params,
+                        &DeviceGradWords::default(),
+                        None,
+                        &bwd,
+                        st.cu_stream() as u64,
+                    )
+                }
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+                Ok(())
+            };
+            type Launch<'a> = &'a dyn Fn() -> Result<(), attnc::cuda::CudaError>;
+            let paths: [(&str, Launch); 3] = [
+                ("kernel", &|| kern.launch(dev, &prob)),
+                ("jit", &|| jitk.launch(dev, &prob)),
+                ("runtime", &runtime),
+            ];
+            let mut ts = vec![Vec::new(); 3];
+            for round in 0..rounds {
+                for i in 0..3 {
+                    let p = (round + i) % 3;
+                    ts[p].push(dev.time(1, 5, 1, paths[p].1).unwrap());
+                }
+            }
+            let med = |x: &mut Vec<f64>| {
+                x.sort_by(|a, b| a.total_cmp(b));
+                (x[x.len() / 2], x[0])
+            };
+            let stats: Vec<(f64, f64)> = ts.iter_mut().map(med).collect();
+            let line: Vec<String> = paths
+                .iter()
+                .zip(&stats)
+                .map(|((p, _), (m, lo))| {
+                    format!(
+                        "{p} {:.1} (min-time {:.1}, {:.3} ms, x{:.3})",
+                        tf(*m),
+                        tf(*lo),
+                        m,
+                        stats[0].0 / m
+                    )
+                })
+                .collect();
+            println!(
+                "attnc_bwd_paths/{name}/B{b}H{h}S{l}D{d} [{mode}, {rounds} rounds]: {}",
+                line.join(" | ")
+            );
+            let parts = |bw: &CudaBackward| -> Vec<f64> {
+                (0..3)
+                    .map(|i| {
+                        let mut on = [false; 3];
+                        on[i] = true;
+                        dev.time(1, 5, 3, || bw.launch_parts(dev, &prob, on))
+                            .unwrap()
+                    })
+                    .collect()
+            };
+            let (pk, pj) = (parts(&kern), parts(&jitk));
+            dev.synchronize().unwrap();
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                runtime().unwrap();
+            }
+            let host_us = t.elapsed().as_secs_f64() * 1e5;
+            dev.synchronize().unwrap();
+            println!(
+                "  parts ms (pre fused conversion): kernel {:.4} {:.4} {:.4} | jit {:.4} {:.4} {:.4}; runtime host {host_us:.1} us/call; {}",
+                pk[0],
+                pk[1],
+                pk[2],
+                pj[0],
+                pj[1],
+                pj[2],
+                opts.key()
+            );
+        }
+    }
+}
+
 /// Small D128 and D64 cases of the default fused kernel for compute-sanitizer (memcheck: the
 /// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
 /// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, a band, D64 ALiBi +
@@ -2496,6 +2769,7 @@ const TESTS: &[(&str, TestFn)] = &[
 const BENCHES: &[(&str, TestFn)] = &[
     ("gpu_backward_bench", gpu_backward_bench),
     ("gpu_backward_runtime_bench", gpu_backward_runtime_bench),
+    ("gpu_backward_paths_bench", gpu_backward_paths_bench),
 ];
 
 fn main() {
