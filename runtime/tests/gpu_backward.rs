@@ -1848,12 +1848,14 @@ fn gpu_backward_runtime_bench(dev: &CudaDevice) {
 /// - `runtime`: `Bound::backward_cuda_into_with`, the call users (and the Python package)
 ///   make, on buffers of its own.
 ///
-/// Each round times every path once (one warm-up call, then CUDA events around 5 calls),
-/// the paths' order rotating per round (`ATTNC_BWD_PATHS_ROUNDS`, default 9); the line
-/// gives each path's median and min whole-backward TFLOP/s over the rounds and the ratios
-/// to `kernel`, then the three kernels alone (pre, fused, conversion; median of 3 x 5) for
-/// `kernel` and `jit`, and the host time of one `runtime` call (wall clock to enqueue,
-/// mean of 10).
+/// Each round times every path of every mode once (one warm-up call, then CUDA events
+/// around 5 calls), the order rotating per round (`ATTNC_BWD_PATHS_ROUNDS`, default 9); it
+/// prints each path's times in round order (the GPU's drift), then per mode each path's
+/// median and best whole-backward TFLOP/s over the rounds with the ratio of the
+/// deterministic `kernel` path's median time to the path's (> 1: faster), then the three
+/// kernels alone (pre, fused, conversion; median of 3 x 5) for `kernel` and `jit`, and the
+/// host time of one `runtime` call (wall clock to enqueue, mean of 10). Session 21 (one
+/// H200, modes timed one after the other then): the three paths within 0.7% on every row.
 fn gpu_backward_paths_bench(dev: &CudaDevice) {
     use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
     use attnc::{Backend, BindOptions, Compiled, DType, ParamValue};
@@ -1955,151 +1957,210 @@ fn gpu_backward_paths_bench(dev: &CudaDevice) {
         if let Some(w) = window {
             bind.params.push(Scalar::I32(w));
         }
-        for &det in modes(name) {
-            let bwd = if det {
-                attnc::BackwardOptions::default()
-            } else {
-                attnc::BackwardOptions::nondeterministic()
-            };
-            let mode = if det { "det" } else { "nd" };
-            let mut bound = var
-                .bind(BindOptions::new(Backend::Cuda, sh, DType::BF16))
-                .unwrap();
-            let plan = bound.plan().clone();
-            let opts =
-                attnc::backward::backward_kernel_options(&plan, &sh, dev.arch(), ty, false, det);
-            let kern =
-                CudaBackward::load(dev, &emit_backward_kernels(&plan, &opts).unwrap()).unwrap();
-            let jitk = CudaBackward::from_jit(&jit, dev, &plan, &opts).unwrap();
-            let blocks = LaunchBlocks::new(&kern, &plan, &sh, &bind).unwrap();
-            let prob = kern
-                .upload(
-                    dev,
+        // per mode: the binding, its kernels both ways, their problem and the runtime's
+        // workspace (every mode's paths are timed in the same rounds)
+        struct Run {
+            det: bool,
+            bwd: attnc::BackwardOptions,
+            opts: PtxOptions,
+            kern: CudaBackward,
+            jitk: CudaBackward,
+            prob: attnc::cuda::backward::BackwardProblem,
+            bound: std::cell::RefCell<attnc::Bound>,
+            bufs: DeviceBackwardBuffers,
+            _ws: Option<(
+                cudarc::driver::CudaSlice<f32>,
+                cudarc::driver::CudaSlice<u32>,
+            )>,
+        }
+        let st = qd.stream().clone();
+        let runs: Vec<Run> = modes(name)
+            .iter()
+            .map(|&det| {
+                let bwd = if det {
+                    attnc::BackwardOptions::default()
+                } else {
+                    attnc::BackwardOptions::nondeterministic()
+                };
+                let mut bound = var
+                    .bind(BindOptions::new(Backend::Cuda, sh, DType::BF16))
+                    .unwrap();
+                let plan = bound.plan().clone();
+                let opts = attnc::backward::backward_kernel_options(
+                    &plan,
                     &sh,
-                    (&q, &k, &v, &o),
-                    &lse,
-                    &d_o,
-                    None,
-                    sh.default_scale(),
-                    &bind,
-                    blocks.as_blocks(),
-                )
-                .unwrap();
-            let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
-            assert_eq!(
-                work,
-                kern.dq_workspace(&sh),
-                "{name} {mode}: the runtime's kernels are these options'"
-            );
-            let ws = work.map(|(a, s)| {
-                (
-                    dev.zeros::<f32>(a.max(1)).unwrap(),
-                    dev.zeros::<u32>(s.max(1)).unwrap(),
-                )
-            });
-            let st = qd.stream().clone();
-            let p16 = |x: &cudarc::driver::CudaSlice<u16>| x.device_ptr(&st).0;
-            let p32 = |x: &cudarc::driver::CudaSlice<f32>| x.device_ptr(&st).0;
-            let bufs = DeviceBackwardBuffers {
-                q: p16(&qd),
-                k: p16(&kd),
-                v: p16(&vd),
-                o: p16(&od),
-                lse: p32(&lsed),
-                d_o: p16(&dod),
-                dlse: None,
-                dq: p16(&dq),
-                dk: p16(&dk),
-                dv: p16(&dv),
-                delta: p32(&delta),
-                lse2: p32(&lse2),
-                dq_work: ws.as_ref().map(|(a, s)| DeviceDqWorkspace {
-                    accum: p32(a),
-                    sem: s.device_ptr(&st).0,
-                }),
-            };
-            let bound = std::cell::RefCell::new(bound);
-            let runtime = || {
-                // SAFETY: every buffer above is a live allocation of this device sized for
-                // the bound shape (the workspace as backward_cuda_workspace says), used on
-                // stream `st` (the device's, which `time` records its events on and waits
-                // for); no capture gradients.
-                unsafe {
-                    bound.borrow_mut().backward_cuda_into_with(
-                        &bufs,
-                        &HashMap::new(),
-                        &params,
-                        &DeviceGradWords::default(),
+                    dev.arch(),
+                    ty,
+                    false,
+                    det,
+                );
+                let kern =
+                    CudaBackward::load(dev, &emit_backward_kernels(&plan, &opts).unwrap()).unwrap();
+                let jitk = CudaBackward::from_jit(&jit, dev, &plan, &opts).unwrap();
+                let blocks = LaunchBlocks::new(&kern, &plan, &sh, &bind).unwrap();
+                let prob = kern
+                    .upload(
+                        dev,
+                        &sh,
+                        (&q, &k, &v, &o),
+                        &lse,
+                        &d_o,
                         None,
-                        &bwd,
-                        st.cu_stream() as u64,
+                        sh.default_scale(),
+                        &bind,
+                        blocks.as_blocks(),
                     )
+                    .unwrap();
+                let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
+                assert_eq!(
+                    work,
+                    kern.dq_workspace(&sh),
+                    "{name} det={det}: the runtime's kernels are these options'"
+                );
+                let ws = work.map(|(a, s)| {
+                    (
+                        dev.zeros::<f32>(a.max(1)).unwrap(),
+                        dev.zeros::<u32>(s.max(1)).unwrap(),
+                    )
+                });
+                let p16 = |x: &cudarc::driver::CudaSlice<u16>| x.device_ptr(&st).0;
+                let p32 = |x: &cudarc::driver::CudaSlice<f32>| x.device_ptr(&st).0;
+                let bufs = DeviceBackwardBuffers {
+                    q: p16(&qd),
+                    k: p16(&kd),
+                    v: p16(&vd),
+                    o: p16(&od),
+                    lse: p32(&lsed),
+                    d_o: p16(&dod),
+                    dlse: None,
+                    dq: p16(&dq),
+                    dk: p16(&dk),
+                    dv: p16(&dv),
+                    delta: p32(&delta),
+                    lse2: p32(&lse2),
+                    dq_work: ws.as_ref().map(|(a, s)| DeviceDqWorkspace {
+                        accum: p32(a),
+                        sem: s.device_ptr(&st).0,
+                    }),
+                };
+                Run {
+                    det,
+                    bwd,
+                    opts,
+                    kern,
+                    jitk,
+                    prob,
+                    bound: std::cell::RefCell::new(bound),
+                    bufs,
+                    _ws: ws,
                 }
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-                Ok(())
-            };
-            type Launch<'a> = &'a dyn Fn() -> Result<(), attnc::cuda::CudaError>;
-            let paths: [(&str, Launch); 3] = [
-                ("kernel", &|| kern.launch(dev, &prob)),
-                ("jit", &|| jitk.launch(dev, &prob)),
-                ("runtime", &runtime),
-            ];
-            let mut ts = vec![Vec::new(); 3];
-            for round in 0..rounds {
-                for i in 0..3 {
-                    let p = (round + i) % 3;
-                    ts[p].push(dev.time(1, 5, 1, paths[p].1).unwrap());
-                }
+            })
+            .collect();
+        let runtime = |r: &Run| -> Result<(), attnc::cuda::CudaError> {
+            // SAFETY: every buffer of `r.bufs` is a live allocation of this device sized
+            // for the bound shape (the workspace as backward_cuda_workspace says), used on
+            // stream `st` (the device's, which `time` records its events on and waits
+            // for); no capture gradients.
+            unsafe {
+                r.bound.borrow_mut().backward_cuda_into_with(
+                    &r.bufs,
+                    &HashMap::new(),
+                    &params,
+                    &DeviceGradWords::default(),
+                    None,
+                    &r.bwd,
+                    st.cu_stream() as u64,
+                )
             }
-            let med = |x: &mut Vec<f64>| {
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            Ok(())
+        };
+        type Launch<'a> = Box<dyn Fn() -> Result<(), attnc::cuda::CudaError> + 'a>;
+        // (run, path name, launch): kernel, jit, runtime for each mode
+        let mut paths: Vec<(usize, &str, Launch)> = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            paths.push((i, "kernel", Box::new(move || r.kern.launch(dev, &r.prob))));
+            paths.push((i, "jit", Box::new(move || r.jitk.launch(dev, &r.prob))));
+            paths.push((i, "runtime", Box::new(move || runtime(r))));
+        }
+        let n = paths.len();
+        let mut ts = vec![Vec::new(); n];
+        for round in 0..rounds {
+            for i in 0..n {
+                let p = (round + i) % n;
+                ts[p].push(dev.time(1, 5, 1, &paths[p].2).unwrap());
+            }
+        }
+        // each round's ms in round order (the GPU's drift), then median and best
+        for (p, t) in paths.iter().zip(&ts) {
+            let mode = if runs[p.0].det { "det" } else { "nd" };
+            let list: Vec<String> = t.iter().map(|x| format!("{x:.3}")).collect();
+            println!("  rounds ms {mode} {}: {}", p.1, list.join(" "));
+        }
+        let stats: Vec<(f64, f64)> = ts
+            .iter()
+            .map(|x| {
+                let mut x = x.clone();
                 x.sort_by(|a, b| a.total_cmp(b));
                 (x[x.len() / 2], x[0])
-            };
-            let stats: Vec<(f64, f64)> = ts.iter_mut().map(med).collect();
+            })
+            .collect();
+        // the deterministic kernel path's median, the ratios' base for every mode
+        let base = paths
+            .iter()
+            .zip(&stats)
+            .find(|(p, _)| runs[p.0].det && p.1 == "kernel")
+            .map(|(_, s)| s.0);
+        for (i, r) in runs.iter().enumerate() {
+            let mode = if r.det { "det" } else { "nd" };
             let line: Vec<String> = paths
                 .iter()
                 .zip(&stats)
-                .map(|((p, _), (m, lo))| {
+                .filter(|(p, _)| p.0 == i)
+                .map(|((_, p, _), (m, lo))| {
                     format!(
                         "{p} {:.1} (min-time {:.1}, {:.3} ms, x{:.3})",
                         tf(*m),
                         tf(*lo),
                         m,
-                        stats[0].0 / m
+                        base.unwrap_or(*m) / m
                     )
                 })
                 .collect();
             println!(
-                "attnc_bwd_paths/{name}/B{b}H{h}S{l}D{d} [{mode}, {rounds} rounds]: {}",
+                "attnc_bwd_paths/{name}/B{b}H{h}S{l}D{d} [{mode}, {rounds} rounds, x = the deterministic kernel path's median time / this]: {}",
                 line.join(" | ")
             );
+        }
+        for r in &runs {
+            let mode = if r.det { "det" } else { "nd" };
             let parts = |bw: &CudaBackward| -> Vec<f64> {
                 (0..3)
                     .map(|i| {
                         let mut on = [false; 3];
                         on[i] = true;
-                        dev.time(1, 5, 3, || bw.launch_parts(dev, &prob, on))
+                        dev.time(1, 5, 3, || bw.launch_parts(dev, &r.prob, on))
                             .unwrap()
                     })
                     .collect()
             };
-            let (pk, pj) = (parts(&kern), parts(&jitk));
+            let (pk, pj) = (parts(&r.kern), parts(&r.jitk));
             dev.synchronize().unwrap();
             let t = std::time::Instant::now();
             for _ in 0..10 {
-                runtime().unwrap();
+                runtime(r).unwrap();
             }
             let host_us = t.elapsed().as_secs_f64() * 1e5;
             dev.synchronize().unwrap();
             println!(
-                "  parts ms (pre fused conversion): kernel {:.4} {:.4} {:.4} | jit {:.4} {:.4} {:.4}; runtime host {host_us:.1} us/call; {}",
+                "  {mode} parts ms (pre fused conversion): kernel {:.4} {:.4} {:.4} | jit {:.4} {:.4} {:.4}; runtime host {host_us:.1} us/call; {}",
                 pk[0],
                 pk[1],
                 pk[2],
                 pj[0],
                 pj[1],
                 pj[2],
-                opts.key()
+                r.opts.key()
             );
         }
     }
