@@ -1911,3 +1911,52 @@ fn fused_ping_next_kernels() {
         assert!(st < dp, "{name}: dPᵀ after the slot stores");
     }
 }
+
+/// `bwd_s_ahead` on the binding's fused kernels at D128 (dense, causal, ALiBi + causal:
+/// `bwd_dv_early`'s element code): the next visit's Sᵀ is issued under dK (after dQ's
+/// wait), the first visit's before the loop, and the visit issues dPᵀ alone. So the
+/// kernel has Sᵀ's 8 k-steps once more (the prologue's), one more commit group, two more
+/// fences (the prologue's; Sᵀ and dPᵀ each after their own), dV's and dK's waits leave
+/// one group in flight (`wait_group 1`, two more) and the end waits for the last Sᵀ (one
+/// `wait_group 0` for dV's and dK's two). Soft-cap (no `bwd_dv_early`) ignores it:
+/// byte-identical.
+#[test]
+fn fused_s_ahead_kernels() {
+    let mma = "wgmma.mma_async";
+    let count = |t: &str, pat: &str| t.matches(pat).count();
+    let wait = |n: u32| format!("wgmma.wait_group.sync.aligned {n};");
+    for (file, name) in [
+        ("dense", "dense"),
+        ("causal", "causal_attention"),
+        ("alibi_causal", "alibi_causal"),
+        ("softcap", "softcap_causal"),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert!(!bind.bwd_s_ahead, "{name}: off by default");
+        let def = dkdv_twice(&plan, &bind, name, &format!("sh0_{name}_bwd_dkdv.ptx"));
+        let on_o = PtxOptions {
+            bwd_s_ahead: true,
+            ..bind
+        };
+        assert!(on_o.key() != bind.key(), "{name}");
+        let on = dkdv_twice(&plan, &on_o, name, &format!("sh1_{name}_bwd_dkdv.ptx"));
+        if !bind.bwd_dv_early {
+            assert_eq!(on.ptx, def.ptx, "{name}: ignored without bwd_dv_early");
+            continue;
+        }
+        assert!(
+            name != "softcap_causal",
+            "{name}: not measured, not the default"
+        );
+        let more = |pat: &str| count(&on.ptx, pat) as i64 - count(&def.ptx, pat) as i64;
+        // Sᵀ: the warpgroup's 64 kv rows times Qᵀ over D = 128, 8 k-steps
+        assert_eq!(more(mma), 8, "{name}: the prologue's Sᵀ");
+        assert_eq!(more("wgmma.commit_group.sync.aligned;"), 1, "{name}");
+        assert_eq!(more("wgmma.fence.sync.aligned;"), 2, "{name}");
+        assert_eq!(more(&wait(1)), 2, "{name}: dV and dK leave Sᵀ in flight");
+        assert_eq!(more(&wait(0)), -1, "{name}: the end waits for Sᵀ");
+    }
+}

@@ -1147,7 +1147,8 @@ fn test_options(
 /// exponentials of a full block on the FMA pipe (`PtxOptions::bwd_exp_emu`), e.g.
 /// `default+m2`, `default+e+m4`; a trailing `+w1` starts dPᵀ's accumulator at -Delta,
 /// `+w2` Sᵀ's at -L2 / (scale log2 e) too (`PtxOptions::bwd_stat_acc`), e.g.
-/// `default+w1`. A trailing `+q` puts dense D128 bindings (no mask, the
+/// `default+w1`; a trailing `+c` issues the next visit's Sᵀ under this visit's dK
+/// (`PtxOptions::bwd_s_ahead`), e.g. `default+c`. A trailing `+q` puts dense D128 bindings (no mask, the
 /// identity score) on q tiles of 80 (`PtxOptions::backward_q80`), e.g. `default+q`.
 /// A trailing `+a` steps the fused kernel's wgmma descriptors with one 64-bit add each
 /// (`PtxOptions::bwd_desc64`, with `bwd_desc`), e.g. `default+a`; a trailing `+f` drops the
@@ -1368,6 +1369,13 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     if let Some(rest) = cfg.strip_suffix("+e") {
         return bench_options(default, rest, plan).map(|o| PtxOptions {
             bwd_p_under_dp: true,
+            ..o
+        });
+    }
+    // `+c`: the next visit's Sᵀ issued under this visit's dK (`bwd_s_ahead`)
+    if let Some(rest) = cfg.strip_suffix("+c") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_s_ahead: true,
             ..o
         });
     }

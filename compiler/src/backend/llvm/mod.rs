@@ -636,6 +636,18 @@ pub struct PtxOptions {
     /// the shifted accumulators. 0 (off) by default; the kernel bench's `+w1` / `+w2`
     /// (docs/performance.md, "Session 20 (bwd20)"). Other kinds ignore it.
     pub bwd_stat_acc: u8,
+    /// The fused backward (`backward/fused.rs`; with `bwd_dv_early`, the TMA producer,
+    /// OrderedBulk, q tiles of 64, no capture gradients, not `overlap`, `bwd_pingpong`,
+    /// `bwd_wg_dq`, `bwd_dv_chunks`, `bwd_p_under_dp`, `bwd_stat_acc` or q tiles of 80):
+    /// the next visit's Sᵀ is issued under this visit's dK, after dQ's wait and its slot
+    /// stores (its buffer's `q_full` waited for there; the first visit's before the loop),
+    /// so the loop top (dK's wait, the buffer given back, the record or search, dPᵀ's
+    /// descriptors) runs with Sᵀ on the tensor cores; the loop top issues dPᵀ alone. Sᵀ's
+    /// 32 accumulator registers cross the back edge in flight (a visit without a next one
+    /// issues it on a buffer no one reads and the end waits for it). The same products
+    /// and values (bit-identical gradients). Off by default; the kernel bench's `+c`
+    /// (docs/performance.md, "Session 21 (bwd21)"). Other kinds ignore it.
+    pub bwd_s_ahead: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -818,6 +830,7 @@ impl PtxOptions {
             bwd_p_under_dp: false,
             bwd_exp_emu: 0,
             bwd_stat_acc: 0,
+            bwd_s_ahead: false,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -1220,6 +1233,7 @@ impl PtxOptions {
             } else {
                 String::new()
             }
+            + if self.bwd_s_ahead { " bwd-s-ahead" } else { "" }
             + if self.bwd_band_keep {
                 " bwd-band-keep"
             } else {

@@ -1675,6 +1675,48 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.wgmma_commit()?;
         Ok((s, dp))
     };
+    // bwd_s_ahead: a visit's Sᵀ is issued in the visit before (under its dK, the first
+    // visit's before the loop) and crosses the back edge in flight; the visit issues dPᵀ
+    // alone. Only on bwd_dv_early's element code after both waits (the products' path
+    // `DvIssued` without chunks) at q tiles of 64 without the accumulator starts
+    let s_ahead = opts.bwd_s_ahead
+        && tma
+        && bulk
+        && !pipe
+        && !early
+        && !wg_dq
+        && !is_q80
+        && cap.is_none()
+        && stat_acc == 0
+        && br == 64
+        && opts.bwd_dv_early
+        && !opts.bwd_dv_chunks
+        && !opts.bwd_p_under_dp;
+    let s_next = if s_ahead {
+        acc_vars(g, (br / 8) as usize)?
+    } else {
+        Vec::new()
+    };
+    // bwd_s_ahead: Sᵀ of the Q buffer at byte `buf` (its own group) into `s_next`
+    let issue_s_ahead = |buf: IntValue<'ctx>| -> R<()> {
+        let wgi = wg_index()?;
+        g.wgmma_fence()?;
+        let s = wg_abt(g, ty, &t.k, wgi, &t.q, buf, dsc, None)?;
+        g.wgmma_commit()?;
+        acc_set(g, &s_next, &from_flat(&s))
+    };
+    // a visit's Sᵀ and dPᵀ (bwd_s_ahead: Sᵀ in flight since the visit before, dPᵀ issued)
+    let issue_visit = |buf: IntValue<'ctx>| -> R<(Vec<FloatValue<'ctx>>, Vec<FloatValue<'ctx>>)> {
+        if !s_ahead {
+            return issue_sdp(buf);
+        }
+        let wgi = wg_index()?;
+        let s = to_flat(&acc_get(g, &s_next)?);
+        g.wgmma_fence()?;
+        let dp = wg_abt(g, ty, &t.v, wgi, &t.d_o, buf, dsc, None)?;
+        g.wgmma_commit()?;
+        Ok((s, dp))
+    };
     // bwd_pingpong: this warpgroup's chunk `ci` of a visit's dQ part from its dSᵀ tile
     // (`ds_at` bytes into the tiles): its column and the product (issued, not committed)
     let ping_dq = |ds_at: IntValue<'ctx>, ci: u32| -> R<(IntValue<'ctx>, Vec<FloatValue<'ctx>>)> {
@@ -1754,6 +1796,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         load_q(head_of(tl, &cur)?, g.geti(&cur.qb)?, zero)?;
     }
+    if s_ahead {
+        // bwd_s_ahead: the first visit's Sᵀ (bwd_visit_rec: the producer arrives for the
+        // end's record too; else a visit was found)
+        let (sl0, ph0) = ring_slot(g, g.geti(&mn)?)?;
+        g.mbar_wait(q_full(sl0)?, ph0)?;
+        issue_s_ahead(g.mul(sl0, g.c32(t.buf as i64))?)?;
+    }
     if pipe {
         // the first visit's Sᵀ and dPᵀ
         let (sl0, ph0) = ring_slot(g, g.geti(&mn)?)?;
@@ -1770,7 +1819,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if let Some(rec) = vrec {
         // the producer's record of this visit (or of the end), after its buffer's `full`
         let (q_sl, q_ph) = ring_slot(g, g.geti(&mn)?)?;
-        g.mbar_wait(q_full(q_sl)?, q_ph)?;
+        // (bwd_s_ahead: waited for before this visit's Sᵀ was issued)
+        if !s_ahead {
+            g.mbar_wait(q_full(q_sl)?, q_ph)?;
+        }
         let at = g.add(
             g.c32(rec as i64),
             g.mul(q_sl, g.c32(VISIT_REC_BYTES as i64))?,
@@ -1824,7 +1876,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // which every warpgroup completed before the dS barrier of visit n - 1 (bwd_pingpong:
         // waited for before the last visit issued this one's Sᵀ and dPᵀ; bwd_visit_rec:
         // waited for above)
-        if !pipe && vrec.is_none() {
+        if !pipe && vrec.is_none() && !s_ahead {
             g.mbar_wait(q_full(q_sl)?, q_ph)?;
         }
     } else {
@@ -1846,7 +1898,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // bwd_pingpong: Sᵀ and dPᵀ came with the last visit's products, the next visit is
     // searched for after the element code; bwd_visit_rec: no search
     let sdp_early = if !pipe && (early || (tma && (wscan || scan_under || vrec.is_some()))) {
-        Some(issue_sdp(buf)?)
+        Some(issue_visit(buf)?)
     } else {
         None
     };
@@ -1882,7 +1934,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let (s, dp) = match sdp_early {
         Some(x) => x,
         None if pipe => (Vec::new(), Vec::new()),
-        None => issue_sdp(buf)?,
+        None => issue_visit(buf)?,
     };
     // early (no capture gradients): Sᵀ and dPᵀ waited for one at a time below; else both
     // here, before the row statistics are read (bwd_pingpong: completed in the last visit)
@@ -2507,6 +2559,24 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let dk1 = wg_ab(g, ty, &dsa, &t.q, buf, &to_flat(&dk_acc), dsc)?;
             g.wgmma_commit()?;
             other_chunks(dq0, 1)?;
+            if s_ahead {
+                // bwd_s_ahead: the next visit's Sᵀ under dK, once its buffer has landed
+                // (bwd_visit_rec: the next record's buffer, the end's too; else, without a
+                // next visit, this visit's buffer: issued without a branch, never read)
+                let (n_sl, n_ph) = ring_slot(g, g.add(n, one)?)?;
+                let n_buf = g.mul(n_sl, g.c32(t.buf as i64))?;
+                let n_buf = match has_next {
+                    Some(hn) => {
+                        g.if_then(hn, || g.mbar_wait(q_full(n_sl)?, n_ph))?;
+                        g.selecti(hn, n_buf, buf)?
+                    }
+                    None => {
+                        g.mbar_wait(q_full(n_sl)?, n_ph)?;
+                        n_buf
+                    }
+                };
+                issue_s_ahead(n_buf)?;
+            }
             (dv1, dk1)
         }
         // dQ chunk 0 first, then dV and dK: the first chunk's additions run under those
@@ -2544,6 +2614,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // completed above (and the buffer given back)
         acc_set(g, &dv, &from_flat(&dv1))?;
         acc_set(g, &dk, &from_flat(&dk1))?;
+    } else if s_ahead {
+        // the next visit's Sᵀ stays in flight
+        acc_set(g, &dv, &from_flat(&g.wgmma_wait(1, &dv1)?))?;
+        acc_set(g, &dk, &from_flat(&g.wgmma_wait(1, &dk1)?))?;
     } else {
         acc_set(g, &dv, &wg_result(g, &dv1)?)?;
         acc_set(g, &dk, &wg_result(g, &dk1)?)?;
@@ -2567,6 +2641,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
     }
 
     g.b.position_at_end(epi);
+    if s_ahead {
+        // bwd_s_ahead: the Sᵀ issued for no visit has read its buffer
+        g.wgmma_wait(0, &to_flat(&acc_get(g, &s_next)?))?;
+    }
     if pingpong {
         // the last visit's dQ part; warpgroup 0 first takes warpgroup 1's last turn (its
         // dSᵀ stored) and last `BAR_FREE` arrival, so every arrival has its wait
