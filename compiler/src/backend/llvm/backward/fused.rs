@@ -299,6 +299,17 @@
 //!   loads fewer statistics and dS' = P dP' is one multiply. Measured on an H200 (session
 //!   20, B2 H16 L8192 D128, whole backward, interleaved): dense 1.004x / 1.011x (fused
 //!   kernel 1.00x), causal 1.002x / 0.994x, ALiBi + causal 0.991x: no faster.
+//!   `bwd_s_ahead` (off; the kernel bench's `+c`; with `bwd_dv_early` at q tiles of 64):
+//!   the next visit's Sᵀ is issued under this visit's dK, after dQ's wait and its slot
+//!   stores (its buffer's `q_full` waited for there: with visit records always, the
+//!   producer arrives for the end's record too; else only with a next visit, and without
+//!   one Sᵀ reads this visit's buffer, never used), the first visit's before the loop;
+//!   dV's and dK's waits leave it in flight (`wait_group 1`), the loop top issues dPᵀ
+//!   alone and the end waits for the last Sᵀ. So the loop top (dK's wait, the buffer given
+//!   back, the record or the search, dPᵀ's descriptors) runs with Sᵀ on the tensor cores.
+//!   ptxas 13.0 sm_90a: no C75xx, Sᵀ in the same registers across the back edge (no
+//!   copies), spill stores unchanged (dense 0, causal 16, ALiBi 16 bytes). Not yet
+//!   measured on a GPU (docs/performance.md, session 21 (bwd21)).
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
