@@ -148,13 +148,13 @@ pub struct DecodeTuning {
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijklmnopqrs` (anything else: `None`).
+/// `abcdefghijklmnopqrstu` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u32> {
     use attnc_compiler::backend::llvm::decode_mma::{
-        COPY_BALANCED, COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT, COPY_EARLY, COPY_FULL,
-        COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE, COPY_PAGE_PASS, COPY_SMEM32,
-        COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE, COPY_WGMMA, COPY_WGMMA_DEEP,
-        COPY_WGMMA_ROWS32,
+        COPY_BALANCED, COPY_COMBINE_ROWS, COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT,
+        COPY_EARLY, COPY_FULL, COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE,
+        COPY_PAGE_PASS, COPY_SMEM32, COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE, COPY_WGMMA,
+        COPY_WGMMA_DEEP, COPY_WGMMA_DEFER, COPY_WGMMA_ROWS32,
     };
     let v = v.trim();
     if v == "0" {
@@ -183,6 +183,8 @@ pub fn parse_decode_copy(v: &str) -> Option<u32> {
         'q' => Some(bits | COPY_WGMMA),
         'r' => Some(bits | COPY_WGMMA_ROWS32),
         's' => Some(bits | COPY_WGMMA_DEEP),
+        't' => Some(bits | COPY_WGMMA_DEFER),
+        'u' => Some(bits | COPY_COMBINE_ROWS),
         _ => None,
     })
 }
@@ -197,7 +199,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrs`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstu`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());

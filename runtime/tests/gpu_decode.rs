@@ -1128,11 +1128,8 @@ fn gpu_decode_stream(_d: &CudaDevice) {
 /// oracle's: LSE -inf) and a window of 300 (tiles past a split's end, partial tiles). Against the f64
 /// oracle; two calls bit for bit equal. Small enough for compute-sanitizer.
 fn gpu_decode_wgmma(_d: &CudaDevice) {
-    let mut rng = Rng(0x36a9);
-    type Case = (&'static str, DType, usize, usize, usize, usize);
-    type Run = (Option<usize>, Option<usize>, bool, &'static str);
     // (example, dtype, hq, hkv, lq, d), (page, splits, merging fused, copy)
-    let cases: &[(Case, Run)] = &[
+    let cases: &[(WgmmaCase, WgmmaRun)] = &[
         (
             ("dense", DType::BF16, 8, 2, 16, 128),
             (None, Some(3), false, "efikjoq"),
@@ -1218,6 +1215,19 @@ fn gpu_decode_wgmma(_d: &CudaDevice) {
             (None, Some(5), true, "efikjoqs"),
         ),
     ];
+    wgmma_cases(0x36a9, cases, None);
+}
+
+/// (example, dtype, hq, hkv, lq, d) of [`wgmma_cases`].
+type WgmmaCase = (&'static str, DType, usize, usize, usize, usize);
+/// (page, splits, merging fused, copy) of [`wgmma_cases`].
+type WgmmaRun = (Option<usize>, Option<usize>, bool, &'static str);
+
+/// `gpu_decode_wgmma`'s check of each case: sequences of 1000, 0, 333 and 1 keys (a
+/// window of 300 for the sliding window), against the f64 oracle, two calls bit-equal.
+/// With `twin`, the copy without that letter must give the same bits too.
+fn wgmma_cases(seed: u64, cases: &[(WgmmaCase, WgmmaRun)], twin: Option<char>) {
+    let mut rng = Rng(seed);
     for &((name, dtype, hq, hkv, lq, d), (page, splits, fused, copy)) in cases {
         let compiled = example(name);
         let program = compiled.names()[0].to_string();
@@ -1268,7 +1278,137 @@ fn gpu_decode_wgmma(_d: &CudaDevice) {
             &want.lse.to_f32(),
             0.002,
         );
+        // `twin`: the copy without that letter gives the same bits
+        if let Some(x) = twin {
+            let other: String = copy.chars().filter(|&ch| ch != x).collect();
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.copy = attnc::options::parse_decode_copy(&other);
+            o.decode.splits = splits;
+            o.decode.fused_combine = fused;
+            let mut twin_bound = variant.bind(o).unwrap();
+            let got = twin_bound
+                .forward_with_cache(&c.q, &c.cache(), &caps)
+                .unwrap_or_else(|e| panic!("{what}: cuda {other}: {e}"));
+            assert!(
+                bits(&got.o.to_f32()) == bits(&runs[0].0)
+                    && bits(&got.lse.to_f32()) == bits(&runs[0].1),
+                "{what}: differs from {other}"
+            );
+        }
     }
+}
+
+/// P V's wait deferred into the next tile (`ATTNC_DECODE_COPY` letter `t`,
+/// `decode_mma::COPY_WGMMA_DEFER`, with the wgmma path `q`): dense, causal,
+/// sliding-window, document-causal and soft-cap; bf16 / f16, D128 / D64; GQA 1:1 and 2:1
+/// (16 / 32 rows: the bit ignored), 4:1 at Lq 16 and 8:1 at Lq 8 and 16 (64 rows), Lq 8
+/// at 4:1 with `r` (the 64-row kernel); contiguous and paged 16 / 128; forced 1, 2, 3, 5
+/// splits (one split: the fused kind writes O itself; the merging fused kernel) and the
+/// runtime's count; sequences of 1000, 0, 333 and 1 keys: against the f64 oracle, two
+/// calls bit-equal, and bit-equal to the same copy without `t` (the same products and
+/// softmax in the same order: only where the waits sit moves).
+fn gpu_decode_wgmma_defer(_d: &CudaDevice) {
+    let cases: &[(WgmmaCase, WgmmaRun)] = &[
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, Some(3), false, "efikjoqt"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (Some(16), None, false, "efikjoqt"),
+        ),
+        (
+            ("dense", DType::F16, 8, 1, 8, 64),
+            (Some(128), Some(2), false, "efikjoqt"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 1, 16, 128),
+            (None, Some(1), false, "efikjoqt"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 8, 128),
+            (None, Some(3), false, "efikjoqrt"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 16, 128),
+            (Some(128), Some(5), true, "efikjoqt"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 1, 8, 128),
+            (None, None, false, "efikjoqt"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(3), false, "efikjoqt"),
+        ),
+        (
+            ("sliding_window", DType::F16, 8, 1, 16, 64),
+            (None, Some(1), false, "efikjoqt"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 2, 16, 128),
+            (None, Some(2), false, "efikjoqt"),
+        ),
+        (
+            ("softcap", DType::BF16, 8, 2, 16, 128),
+            (Some(16), None, false, "efikjoqt"),
+        ),
+        (
+            ("dense", DType::BF16, 2, 2, 16, 128),
+            (None, Some(2), false, "efikjoqt"),
+        ),
+        (
+            ("causal", DType::BF16, 4, 2, 16, 128),
+            (Some(16), None, false, "efikjoqt"),
+        ),
+    ];
+    wgmma_cases(0x36b1, cases, Some('t'));
+}
+
+/// The combine kernel with one CTA per (query head, sequence) (`ATTNC_DECODE_COPY` letter
+/// `u`, `decode_mma::COPY_COMBINE_ROWS`; its warps over the rows): dense, causal,
+/// sliding-window, document-causal and soft-cap; bf16 / f16, D128 / D64; Lq 1, 4, 8, 16
+/// (more rows than warps: a warp takes several); GQA 1:1 to 8:1 (16, 32, 64 rows; two
+/// row groups at 8:1 Lq 16); the mma.sync and the wgmma kernels; contiguous and paged 16
+/// / 128; forced 2, 3, 5 and 9 splits (more than one round of loads per row) and the
+/// runtime's count; sequences of 1000, 0, 333 and 1 keys: against the f64 oracle, two
+/// calls bit-equal.
+fn gpu_decode_combine_rows(_d: &CudaDevice) {
+    let cases: &[(WgmmaCase, WgmmaRun)] = &[
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, Some(3), false, "efikjoqu"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 1, 128),
+            (Some(16), Some(9), false, "efikjoqu"),
+        ),
+        (
+            ("dense", DType::F16, 8, 1, 8, 64),
+            (Some(128), Some(2), false, "efikjoqu"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 1, 16, 128),
+            (None, Some(5), false, "efikjoqu"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 4, 128),
+            (Some(16), None, false, "efikjou"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(3), false, "efikjoqtu"),
+        ),
+        (
+            ("document_causal", DType::BF16, 4, 4, 16, 128),
+            (None, Some(2), false, "efikjoqu"),
+        ),
+        (
+            ("softcap", DType::BF16, 8, 2, 16, 128),
+            (None, None, false, "efikjoqu"),
+        ),
+    ];
+    wgmma_cases(0x36c3, cases, None);
 }
 
 type Test = (&'static str, fn(&CudaDevice));
@@ -1293,6 +1433,8 @@ const TESTS: &[Test] = &[
     ("gpu_decode_balanced", gpu_decode_balanced),
     ("gpu_decode_stream", gpu_decode_stream),
     ("gpu_decode_wgmma", gpu_decode_wgmma),
+    ("gpu_decode_wgmma_defer", gpu_decode_wgmma_defer),
+    ("gpu_decode_combine_rows", gpu_decode_combine_rows),
 ];
 
 fn main() {

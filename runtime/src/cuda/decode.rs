@@ -528,7 +528,10 @@ impl DecodeModule {
 
     /// Device milliseconds per call (decode + combine), median of 5 timings of `iters`
     /// (`ATTNC_DECODE_BENCH_REPS=N`: of N; `attnc bench --decode` interleaves its
-    /// configurations finely with 1).
+    /// configurations finely with 1). A diagnostic, `ATTNC_DECODE_BENCH_PART=decode` or
+    /// `combine`: a call of decode + combine kernels times only the one kernel, launched
+    /// as in a call (the decode kernel's partials, or the combine's O, rewritten each
+    /// time), so that a call's time splits into its kernels; ignored by the fused kinds.
     pub fn time(
         &self,
         dev: &CudaDevice,
@@ -540,7 +543,31 @@ impl DecodeModule {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or(5);
-        dev.time(3, iters, reps, || self.launch(dev, p))
+        let part = std::env::var("ATTNC_DECODE_BENCH_PART").unwrap_or_default();
+        let one = match part.trim() {
+            "decode" => Some(&self.decode),
+            "combine" => Some(&self.combine),
+            _ => None,
+        };
+        match one {
+            Some(k) if p.geom.b > 0 && !(self.fused.is_some() && p.fused) => {
+                let (kernel, _): (Arc<CudaKernel>, _) = k.current();
+                let overlapped = if part.trim() == "decode" {
+                    p.chain
+                } else {
+                    !p.serial
+                };
+                dev.time(3, iters, reps, || {
+                    let args = p.args(dev);
+                    // SAFETY: as in `launch` (every buffer of `args` belongs to `p`, sized
+                    // from its geometry); one kernel of the pair alone reads what the
+                    // other leaves (the combine the partials of an earlier decode
+                    // launch, or zeros) and writes only its own outputs.
+                    unsafe { launch_one(dev, &kernel, &args, overlapped) }
+                })
+            }
+            _ => dev.time(3, iters, reps, || self.launch(dev, p)),
+        }
     }
 
     /// The per-CTA records of the last launch of `p` by a decode kernel built with

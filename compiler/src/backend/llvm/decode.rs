@@ -240,6 +240,13 @@ pub(crate) fn spec(
             [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
             d.smem_bytes(),
         ),
+        // COPY_COMBINE_ROWS: one CTA per (head, sequence), no shared memory
+        KernelKind::DecodeCombine if d.copy & COPY_COMBINE_ROWS != 0 => (
+            format!("attnc_decode_combine_{}", d.input.name()),
+            combine_params(),
+            [GridDim::One, GridDim::Heads, GridDim::Batches],
+            0,
+        ),
         KernelKind::DecodeCombine => (
             format!("attnc_decode_combine_{}", d.input.name()),
             combine_params(),
@@ -399,6 +406,18 @@ pub const COPY_COMBINE_TRIGGER: u32 = 512;
 /// the rescales and their roundings, may differ from the default's (bits may differ by
 /// rounding, both within the oracle's tolerance).
 pub const COPY_COMBINE_WIDE: u32 = 4096;
+/// [`DecodeOptions::copy`] bit of the combine kernel (`decode_mma::COPY_COMBINE_ROWS`,
+/// `ATTNC_DECODE_COPY` letter `u`; the decode kernels ignore it): one CTA per (query
+/// head, sequence), grid `(1, Hq, B)`, instead of one per query row: warp w merges rows
+/// w, w + 4, .. of the head, each row's splits by itself (rounds of `COMBINE_UNROLL`
+/// splits' loads, a running max; no shared memory, no barrier), lane l the columns l
+/// D/32 .. (l + 1) D/32. At Lq 16 (GQA 4:1, B8 Hq32) the default's 4096 CTAs x 128
+/// threads fill every SM twice, so the next call's decode kernel cannot start under the
+/// combine (session 21, H200: 12.7 µs alone and ~14.6 µs of the call's 269.5; Lq 1's
+/// 256 CTAs 5.7 µs alone, ~1.3 µs exposed); here 256 CTAs at every Lq. Another order
+/// of the sums than the default's (a row's splits in one warp, in split order): bits may
+/// differ by rounding; deterministic.
+pub const COPY_COMBINE_ROWS: u32 = 1048576;
 /// Splits per round of a combine warp with [`COPY_COMBINE_WIDE`].
 const COMBINE_UNROLL_WIDE: i64 = 16;
 
@@ -1036,6 +1055,12 @@ fn build_combine<'ctx>(
     let tid = g.tid_x()?;
     let warp = g.lshr(tid, g.c32(5))?;
     let lane = g.and(tid, g.c32(31))?;
+    if opts.copy & COPY_COMBINE_ROWS != 0 {
+        combine_rows(g, &a, opts, warp, lane)?;
+        g.b.build_return(None)?;
+        g.close_allocas(start)?;
+        return Ok(g.module.clone());
+    }
     let i = g.ctaid('x')?;
     let h = g.ctaid('y')?;
     let b = g.ctaid('z')?;
@@ -1164,6 +1189,96 @@ fn build_combine<'ctx>(
     g.b.build_return(None)?;
     g.close_allocas(start)?;
     Ok(g.module.clone())
+}
+
+/// [`COPY_COMBINE_ROWS`]'s combine: CTA (0, h, b), warp `warp` merges rows `warp`,
+/// `warp + WARPS`, .. of head `h`, each row's splits in split order (rounds of
+/// [`COMBINE_UNROLL`] loads), and writes the row's O (lane `lane`: columns `lane D/32`
+/// ..) and LSE (lane 0).
+fn combine_rows<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    opts: &DecodeOptions,
+    warp: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+) -> R<()> {
+    use DecodeParam as P;
+    let rpc = opts.rows as i64;
+    let d = opts.d as i64;
+    let h = g.ctaid('y')?;
+    let b = g.ctaid('z')?;
+    let (hq, hkv, lq, group, rgs, splits) = (
+        a.int(P::Hq)?,
+        a.int(P::Hkv)?,
+        a.int(P::Lq)?,
+        a.int(P::Group)?,
+        a.int(P::RowGroups)?,
+        a.int(P::Splits)?,
+    );
+    let hk = g.udiv(h, group)?;
+    let gi = g.sub(h, g.mul(hk, group)?)?;
+    let (pl, po, optr) = (a.ptr(P::PartLse)?, a.ptr(P::PartO)?, a.ptr(P::O)?);
+    let half = match opts.input {
+        InputType::Bf16 => g.ctx.bf16_type(),
+        InputType::F16 => g.ctx.f16_type(),
+    };
+    let cpt = d / 32;
+    let c0 = g.mul(lane, g.c32(cpt))?;
+    let m_run = g.var(g.f32, g.cf(f32::NEG_INFINITY))?;
+    let s_run = g.var(g.f32, g.cf(0.0))?;
+    let accs: Vec<Var<'ctx>> = (0..cpt)
+        .map(|_| g.var(g.f32, g.cf(0.0)))
+        .collect::<R<_>>()?;
+    g.for_range(warp, lq, g.c32(WARPS as i64), |i| {
+        let row = g.add(g.mul(gi, lq)?, i)?;
+        let rg = g.udiv(row, g.c32(rpc))?;
+        let rl = g.sub(row, g.mul(rg, g.c32(rpc))?)?;
+        // partial (split s) of this row: ((b * Hkv + hk) * rgs + rg) * splits + s, row rl
+        let base = g.mul(g.add(g.mul(g.add(g.mul(b, hkv)?, hk)?, rgs)?, rg)?, splits)?;
+        let prow = |s: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+            g.add(
+                g.mul(g.zext64(g.add(base, s)?)?, g.c64(rpc))?,
+                g.zext64(rl)?,
+            )
+        };
+        g.set(&m_run, g.cf(f32::NEG_INFINITY))?;
+        g.set(&s_run, g.cf(0.0))?;
+        for acc in &accs {
+            g.set(acc, g.cf(0.0))?;
+        }
+        g.for_range(g.c32(0), splits, g.c32(COMBINE_UNROLL), |s0| {
+            let mut loaded = Vec::new();
+            for u in 0..COMBINE_UNROLL {
+                let s = g.add(s0, g.c32(u))?;
+                let ok = g.icmp(IntPredicate::SLT, s, splits)?;
+                let pr = prow(g.selecti(ok, s, s0)?)?;
+                let l = g.load_f32(pl, pr)?;
+                let at = g.add(g.mul(pr, g.c64(d))?, g.zext64(c0)?)?;
+                let os: Vec<FloatValue<'ctx>> = (0..cpt)
+                    .map(|c| g.load_f32(po, g.add(at, g.c64(c))?))
+                    .collect::<R<_>>()?;
+                loaded.push((g.selectf(ok, l, g.cf(f32::NEG_INFINITY))?, os));
+            }
+            merge_partials(g, &m_run, &s_run, &accs, loaded)
+        })?;
+        let sum = g.getf(&s_run)?;
+        let mref = finite_or_zero(g, g.getf(&m_run)?)?;
+        let empty = g.fcmp(FloatPredicate::OEQ, sum, g.cf(0.0))?;
+        let inv = g.selectf(empty, g.cf(0.0), g.b.build_float_div(g.cf(1.0), sum, "")?)?;
+        let out_row = g.zext64(g.add(g.mul(g.add(g.mul(b, hq)?, h)?, lq)?, i)?)?;
+        for (k, acc) in accs.iter().enumerate() {
+            let col = g.add(c0, g.c32(k as i64))?;
+            let hv =
+                g.b.build_float_trunc(g.fmul(g.getf(acc)?, inv)?, half, "")?;
+            let at = g.add(g.mul(out_row, g.c64(d))?, g.zext64(col)?)?;
+            g.store(g.gep_bytes(optr, g.mul(at, g.c64(2))?)?, hv)?;
+        }
+        let lse = g.fadd(mref, g.fmul(g.lg2(sum)?, g.cf(std::f32::consts::LN_2))?)?;
+        let lse = g.selectf(empty, g.cf(f32::NEG_INFINITY), lse)?;
+        g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
+            g.store(g.gep_bytes(a.ptr(P::Lse)?, g.mul(out_row, g.c64(4))?)?, lse)
+        })
+    })
 }
 
 #[cfg(test)]

@@ -54,9 +54,9 @@ use super::decode::{
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
-use super::matmul::{load_q_fragments, pv_at, pv_wgmma_issue, qk, qk_wgmma};
+use super::matmul::{load_q_fragments, pv_at, pv_wgmma_issue, qk, qk_wgmma, qk_wgmma_issue};
 use super::softmax::online_softmax;
-use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState};
+use super::tile::{AccTile, AccValues, Cfg, Ctx, RowState, split4};
 use super::{
     EmitText, EmitTimes, GridDim, InputType, KernelSpec, LlvmError, PtxKernel, PtxOptions,
 };
@@ -184,6 +184,9 @@ pub const COPY_FULL_TILE: u32 = 1024;
 /// Results are the same bits as without it.
 pub const COPY_TRACE: u32 = 2048;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
+/// one combine CTA per (query head, sequence), its warps over the rows.
+pub use super::decode::COPY_COMBINE_ROWS;
+/// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// each warp merges up to 16 splits per round instead of 8.
 pub use super::decode::COPY_COMBINE_WIDE;
 /// [`PtxOptions::decode_copy`] bit of the plain kind (not the fused kinds, not with
@@ -268,6 +271,19 @@ pub const COPY_WGMMA_ROWS32: u32 = 131072;
 /// the ring's depth, rather than the products, keeps Lq16 below Lq 1 / 4's rate: no —
 /// slower on the H200 (session 20's final check, B8 Lq16: 343.5 against 274.6 µs), off.
 pub const COPY_WGMMA_DEEP: u32 = 262144;
+/// [`PtxOptions::decode_copy`] bit, with [`COPY_WGMMA`] where it applies ([`wgmma_path`];
+/// not with [`COPY_STREAM`] or [`COPY_TMA`], which keep their loop): O += P V's wait is
+/// deferred into the next tile. A tile's iteration waits for its copies and the barrier
+/// (P V of the tile before still in flight), waits for that P V, issues S = Q Kᵀ, takes a
+/// second barrier (every warp is done with the previous tile's buffer) and issues the
+/// copy that refills it while S runs, then waits for S; P V is issued after the softmax
+/// and left in flight (the last one waited for after the loop). So the tensor cores run
+/// P V(t - 1) under the copy wait, the proxy fence and the first barrier, and S(t) under
+/// the second barrier and the copy issue, instead of the warpgroup waiting for each group
+/// right where it is issued. (A `wait_group 1` after S's issue, which would leave S in
+/// flight while waiting for the older P V, makes ptxas 13.0 serialize the loop's wgmma:
+/// C7514.)
+pub const COPY_WGMMA_DEFER: u32 = 524288;
 /// Shared memory [`COPY_WGMMA_DEEP`]'s ring may take.
 const DEEP_RING_BYTES: u32 = 192 * 1024;
 /// The ring's stages of a kernel of `opts`: [`stages`], or with [`COPY_WGMMA_DEEP`] on the
@@ -303,7 +319,9 @@ pub const COPY_BITS: u32 = COPY_ALL
     | COPY_STREAM
     | COPY_WGMMA
     | COPY_WGMMA_ROWS32
-    | COPY_WGMMA_DEEP;
+    | COPY_WGMMA_DEEP
+    | COPY_WGMMA_DEFER
+    | COPY_COMBINE_ROWS;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -1458,6 +1476,19 @@ pub(super) fn build<'ctx>(
     // a warp's key slice: `sw` rows into the tile (into each slab with COPY_TMA)
     let slice_row_bytes = if tma { 128 } else { row_bytes };
     let slice_bytes = g.mul(si, g.c32(sw as i64 * slice_row_bytes))?;
+    // COPY_WGMMA_DEFER: P V's wait deferred into the next tile (see the bit)
+    let defer = wg && opts.copy & COPY_WGMMA_DEFER != 0 && !tma && sv.is_none();
+    // the copy of tile it + stages - 1 into the buffer tile it - 1 used (every warp is
+    // done with it), then the page ids of the tile after it
+    let refill = |it: IntValue<'ctx>| -> R<()> {
+        let nt = g.add(it, g.c32(nstages as i64 - 1))?;
+        let nbuf = g.geti(&next)?;
+        g.if_then(g.icmp(IntPredicate::SLT, nt, known()?)?, || issue(nt, nbuf))?;
+        g.cp_async_commit()?;
+        // the next tile's page ids load while this tile is computed
+        fetch(g.add(nt, g.c32(1))?)?;
+        g.set(&next, wrap(nbuf)?)
+    };
     let compute = |it: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         if tma {
             // COPY_TMA: a full tile's boxes have landed (phase it / stages of its
@@ -1471,6 +1502,16 @@ pub(super) fn build<'ctx>(
         let at = g.add(g.mul(buf, g.c32(stage))?, slice_bytes)?;
         let s = match &qfrag {
             Some(qf) => qk(g, &cfg, &cx, Some(qf), at)?,
+            // COPY_WGMMA_DEFER: the previous tile's P V waited for, S issued, every warp
+            // past that wait, the refill under S, then S
+            None if defer => {
+                let ov = g.wgmma_wait_note(0, &o.flat(g)?, "P V of the tile before")?;
+                o.store_flat(g, &ov)?;
+                let acc = qk_wgmma_issue(g, &cfg, &cx, at, None)?;
+                g.barrier()?;
+                refill(it)?;
+                split4(&g.wgmma_wait(0, &acc)?)
+            }
             // COPY_WGMMA: 64 rows x 64 keys (`kvb` = 64: one key slice), waited for here
             None => qk_wgmma(g, &cfg, &cx, at)?,
         };
@@ -1506,6 +1547,11 @@ pub(super) fn build<'ctx>(
             // COPY_WGMMA: O += P V from the warps' P fragments, waited for before the
             // next tile's rescale and before the barrier that frees this buffer
             let acc = pv_wgmma_issue(g, &cfg, &pf[0], &o.flat(g)?, at)?;
+            if defer {
+                // COPY_WGMMA_DEFER: left in flight (waited for by the next tile's
+                // S, or after the loop)
+                return o.store_flat(g, &acc);
+            }
             return o.store_flat(g, &g.wgmma_wait(0, &acc)?);
         }
         pv_at(g, &cfg, &cx, &pf, &o, at)
@@ -1525,13 +1571,9 @@ pub(super) fn build<'ctx>(
             st.land(g)?;
             st.take(g, tid, it)?;
         }
-        let nt = g.add(it, g.c32(nstages as i64 - 1))?;
-        let nbuf = g.geti(&next)?;
-        g.if_then(g.icmp(IntPredicate::SLT, nt, known()?)?, || issue(nt, nbuf))?;
-        g.cp_async_commit()?;
-        // the next tile's page ids load while this tile is computed
-        fetch(g.add(nt, g.c32(1))?)?;
-        g.set(&next, wrap(nbuf)?)?;
+        if !defer {
+            refill(it)?;
+        }
 
         let buf = g.geti(&cur)?;
         match &sv {
@@ -1568,6 +1610,11 @@ pub(super) fn build<'ctx>(
             g.b.position_at_end(exit);
         }
         None => g.for_range(zero, ntiles, g.c32(1), body)?,
+    }
+    if defer {
+        // COPY_WGMMA_DEFER: the last tile's P V
+        let ov = g.wgmma_wait_note(0, &o.flat(g)?, "the last P V")?;
+        o.store_flat(g, &ov)?;
     }
     g.cp_async_wait(0)?;
     g.barrier()?;
@@ -2145,7 +2192,7 @@ mod tests {
 
     /// Asserts that `ptxas` (sm_90a) assembles `ptx`, written to a temporary file named
     /// after `tag` and `key` and removed afterwards.
-    fn ptxas_accepts(ptxas: &str, tag: &str, key: &str, ptx: &str) {
+    fn ptxas_accepts(ptxas: &str, tag: &str, key: &str, ptx: &str) -> String {
         let f = std::env::temp_dir().join(format!(
             "attnc_{tag}_{}_{}.ptx",
             std::process::id(),
@@ -2158,11 +2205,9 @@ mod tests {
             .output()
             .unwrap();
         let _ = std::fs::remove_file(&f);
-        assert!(
-            out.status.success(),
-            "{key}: ptxas: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{key}: ptxas: {err}");
+        err
     }
 
     /// The decode kernel's PTX for `o`: the fused kernel (one split per item writes O)
@@ -3156,6 +3201,62 @@ mod tests {
                     assert_eq!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ignored");
                     assert_eq!(kd.smem_bytes, kw.smem_bytes, "{key}: deep ignored");
                 }
+                // COPY_WGMMA_DEFER: P V's wait in the next tile (plain, fused, direct)
+                let ot = DecodeOptions {
+                    copy: ow.copy | COPY_WGMMA_DEFER,
+                    ..o
+                };
+                let kt = emit_decode_mma(p, &ot).unwrap();
+                let ft = emit_decode_mma_fused(p, &ot).unwrap();
+                let dt = direct(ot.copy);
+                assert_eq!(kt.smem_bytes, kw.smem_bytes, "{key}: defer");
+                assert_eq!(kt.combine_ptx, kw.combine_ptx, "{key}: defer");
+                if rows != 64 {
+                    assert_eq!(
+                        kt.decode_ptx, k0.decode_ptx,
+                        "{key}: defer, not at {rows} rows"
+                    );
+                    assert_eq!(ft, f0, "{key}: defer fused, not at {rows} rows");
+                    // and without COPY_WGMMA the bit means nothing either
+                    let o1 = DecodeOptions {
+                        copy: o.copy | COPY_WGMMA_DEFER,
+                        ..o
+                    };
+                    assert_eq!(emit_decode_mma(p, &o1).unwrap().decode_ptx, k0.decode_ptx);
+                } else {
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f = format!("{dir}/defer_{}.ptx", key.replace([':', ' '], "_"));
+                        std::fs::write(f, &kt.decode_ptx).unwrap();
+                    }
+                    for (x, ptx, base_ptx) in [
+                        ("plain", &kt.decode_ptx, &kw.decode_ptx),
+                        ("fused", &ft, &fw),
+                        ("direct", &dt, &dw),
+                    ] {
+                        assert_ne!(ptx, base_ptx, "{key} {x}: defer");
+                        let n = |pat: &str| ptx.matches(pat).count();
+                        let nb = |pat: &str| base_ptx.matches(pat).count();
+                        // the same products and fences; S's wait, the previous P V's
+                        // and the last P V's after the loop; one more barrier per tile
+                        for pat in [
+                            ".m64n64k16.",
+                            "fence.proxy.async.shared::cta",
+                            "cp.async.commit_group",
+                        ] {
+                            assert_eq!(n(pat), nb(pat), "{key} {x}: {pat}");
+                        }
+                        assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 3, "{key} {x}");
+                        assert_eq!(n("aligned 0; // P V of the tile before"), 1, "{key} {x}");
+                        assert_eq!(n("bar.sync"), nb("bar.sync") + 1, "{key} {x}");
+                        assert_eq!(n("mma.sync"), 0, "{key} {x}");
+                        if let Some(ptxas) = &ptxas {
+                            // without a wgmma serialization warning (C75xx)
+                            let err =
+                                ptxas_accepts(ptxas, "wgmma", &format!("{key} {x} defer"), ptx);
+                            assert!(!err.contains("C75"), "{key} {x} defer: {err}");
+                        }
+                    }
+                }
                 if rows != 64 {
                     assert_eq!(kw.decode_ptx, k0.decode_ptx, "{key}: not at {rows} rows");
                     assert_eq!(fw, f0, "{key}: fused, not at {rows} rows");
@@ -3212,6 +3313,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("copy bits"), "{e}");
+    }
+
+    /// [`COPY_COMBINE_ROWS`]: the combine kernel only (the decode kernels' PTX
+    /// byte-identical, plain and fused): grid `(1, Hq, B)`, no shared memory and no
+    /// barrier (each warp merges its rows alone), O and LSE still stored; ptxas accepts it
+    /// (`ATTNC_PTXAS`).
+    #[test]
+    fn mma_decode_combine_rows() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let p = &example("dense");
+        let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED | COPY_WGMMA;
+        for (rows, d, input, extra) in [
+            (64, 128, InputType::Bf16, 0),
+            (16, 128, InputType::Bf16, COPY_COMBINE_TRIGGER),
+            (32, 64, InputType::F16, COPY_COMBINE_WIDE),
+        ] {
+            let o = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input,
+                rows,
+                paged: false,
+                copy: base | extra,
+            };
+            let ou = DecodeOptions {
+                copy: o.copy | COPY_COMBINE_ROWS,
+                ..o
+            };
+            let key = ou.key();
+            let (k0, ku) = (
+                emit_decode_mma(p, &o).unwrap(),
+                emit_decode_mma(p, &ou).unwrap(),
+            );
+            assert_eq!(
+                ku.decode_ptx, k0.decode_ptx,
+                "{key}: the decode kernel took it"
+            );
+            assert_eq!(
+                emit_decode_mma_fused(p, &ou).unwrap(),
+                emit_decode_mma_fused(p, &o).unwrap(),
+                "{key}: the fused kernel took it"
+            );
+            assert_ne!(ku.combine_ptx, k0.combine_ptx, "{key}");
+            let n = |ptx: &str, pat: &str| ptx.matches(pat).count();
+            assert_eq!(n(&ku.combine_ptx, "bar.sync"), 0, "{key}");
+            // (the dynamic shared memory is declared, never read or written)
+            assert_eq!(n(&ku.combine_ptx, "ld.shared"), 0, "{key}");
+            assert_eq!(n(&ku.combine_ptx, "st.shared"), 0, "{key}");
+            assert!(n(&k0.combine_ptx, "st.shared") > 0, "{key}");
+            assert!(n(&k0.combine_ptx, "bar.sync") > 0, "{key}");
+            // O (16-bit) and LSE stored, the partials read; the trigger / wait kept
+            let stores = |ptx: &str| {
+                let mut v: Vec<String> = ptx
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("st.global"))
+                    .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            assert_eq!(stores(&ku.combine_ptx), stores(&k0.combine_ptx), "{key}");
+            assert_eq!(stores(&ku.combine_ptx).len(), 2, "{key}: O and LSE");
+            for pat in ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] {
+                assert_eq!(
+                    n(&ku.combine_ptx, pat),
+                    n(&k0.combine_ptx, pat),
+                    "{key} {pat}"
+                );
+            }
+            let sp = |x: &DecodeOptions| {
+                super::super::decode::spec(p, KernelKind::DecodeCombine, &x.ptx_options()).unwrap()
+            };
+            let (s0, su) = (sp(&o), sp(&ou));
+            assert_eq!(s0.grid, [GridDim::QRows, GridDim::Heads, GridDim::Batches]);
+            assert_eq!(su.grid, [GridDim::One, GridDim::Heads, GridDim::Batches]);
+            assert_eq!(su.smem_bytes, 0, "{key}");
+            assert_eq!((su.params, su.threads), (s0.params, s0.threads), "{key}");
+            if let Some(ptxas) = &ptxas {
+                let err = ptxas_accepts(ptxas, "combine_rows", &key, &ku.combine_ptx);
+                assert!(!err.contains("warning"), "{key}: {err}");
+            }
+        }
     }
 
     /// The one-split kernel ([`COPY_DIRECT`] on the fused kind): generates for every
