@@ -18,7 +18,8 @@ same_call before
 echo "same_call: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 PYTHONPATH=$(cat /tmp/fa4site.path) OUT=${OUT:-/tmp} timeout 300 python3 scripts/fa4_anchors_lite.py ${ANCHOR_ARGS:---gqa --d64 --bwd-d64} 2>&1 | grep -v "^$" | grep -Ev "UserWarning|exe_args, func_types" | tail -60 | cut -c1-260
 echo "anchors: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
-# the helpers' fc.sh scripts (FA4 in the same call): FC="bwd21 bwd64x ..." folders .bin-NAME carried with this call
-for n in ${FC:-}; do [ -f .bin-$n/fc.sh ] && { echo "=== fc.sh of $n"; FC_S=${FC_S:-55} timeout ${FC_S:-55} bash .bin-$n/fc.sh 2>&1 | tail -30 | cut -c1-220; }; done
+# the helpers' fc.sh scripts (FA4 in the same call) from this folder's NAME/fc.sh, with main's gpu_backward from call A (their options landed)
+here=$(cd "$(dirname "$0")" && pwd); mkdir -p /tmp/bwd21b /tmp/bwd64xb; cp /tmp/fa/gpu_backward /tmp/bwd21b/; cp /tmp/fa/gpu_backward /tmp/bwd64xb/
+for n in ${FC:-bwd21 bwd64x}; do [ -f $here/$n/fc.sh ] && { echo "=== fc.sh of $n"; FC_S=${FC_S:-55} timeout ${FC_S:-55} bash $here/$n/fc.sh 2>&1 | tail -30 | cut -c1-220; }; done
 echo "fc: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 [ "${AFTER:-0}" = 1 ] && same_call after
