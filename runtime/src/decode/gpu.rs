@@ -163,12 +163,22 @@ const COPY: u32 = decode_mma::COPY_EARLY
 
 /// The tensor-core kernel's copy bits for `shape`: `tuning.copy`, else [`COPY`] (chunked
 /// prefill, Lq > [`MAX_LQ`], without [`decode_mma::COPY_WGMMA`]: measured on decode calls
-/// only). The one place the default is resolved (`decode_options`, `rows_per_cta`,
-/// `mma_slots`).
+/// only), with [`decode_mma::COPY_COMBINE_ROWS`] for 4 to [`MAX_LQ`] query rows. The one
+/// place the default is resolved (`decode_options`, `rows_per_cta`, `mma_slots`).
+///
+/// [`decode_mma::COPY_COMBINE_ROWS`] (`u`, session 21; the combine kernel only: one CTA per
+/// (query head, sequence), its four warps over the head's rows) measured on an H200
+/// (session 22 call 1, one process, bf16 D128 Hq32 Hkv8 dense, µs, `efikjoq` / `efikjoqu`,
+/// median of 9 (Lq16) or 5 rotated rounds): B8 Lkv32768 Lq16 contiguous 279.9 / 273.6, paged
+/// 16 283.1 / 274.8; Lq4 247.8 / 244.5; the combine alone at Lq16 12.6 / 6.4 (4096 CTAs
+/// against 256). At one row a CTA has one busy warp: B8 Lq1 244.9 / 242.4 but B1
+/// Lkv131072 Lq1 (33 splits merged by one warp instead of four) 125.1 / 127.3, so not
+/// below 4 rows; chunked prefill (hundreds of rows per head) keeps the per-row combine.
 fn copy_for(shape: &DecodeShape, tuning: &DecodeTuning) -> u32 {
     match tuning.copy {
         Some(c) => c,
         None if shape.lq > MAX_LQ => COPY & !decode_mma::COPY_WGMMA,
+        None if shape.lq >= 4 => COPY | decode_mma::COPY_COMBINE_ROWS,
         None => COPY,
     }
 }
