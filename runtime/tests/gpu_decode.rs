@@ -1365,6 +1365,84 @@ fn gpu_decode_wgmma_defer(_d: &CudaDevice) {
     wgmma_cases(0x36b1, cases, Some('t'));
 }
 
+/// Two warpgroups per CTA on the key halves of each tile (`ATTNC_DECODE_COPY` letter `v`,
+/// `decode_mma::COPY_WGMMA_WG2`, with the wgmma path `q`; 256 threads): dense, causal,
+/// sliding-window, document-causal and soft-cap; bf16 / f16, D128 / D64; GQA 4:1 at Lq 16
+/// and 8:1 at Lq 8 and 16 (64 rows), Lq 8 at 4:1 with `r` (the 64-row kernel, rows past
+/// the group padding), 1:1 and 2:1 (16 / 32 rows: the bit ignored); contiguous and paged
+/// 16 / 128; forced 1 (the one-split fused kind: ignored), 2, 3, 5 splits, the merging
+/// fused kernel (ignored) and the runtime's count; sequences of 1000, 0, 333 and 1 keys
+/// (partial last tiles, empty splits): against the f64 oracle, two calls bit-equal.
+fn gpu_decode_wgmma_wg2(_d: &CudaDevice) {
+    let cases: &[(WgmmaCase, WgmmaRun)] = &[
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, Some(3), false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, None, false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(2), false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (Some(128), None, false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::F16, 8, 1, 8, 64),
+            (Some(128), Some(2), false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 1, 16, 128),
+            (None, Some(1), false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 8, 128),
+            (None, Some(3), false, "efikjoqrv"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 16, 128),
+            (Some(128), Some(5), true, "efikjoqv"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 1, 8, 128),
+            (Some(16), None, false, "efikjoqv"),
+        ),
+        (
+            ("causal", DType::BF16, 8, 2, 16, 128),
+            (None, Some(5), false, "efikjoqtv"),
+        ),
+        (
+            ("sliding_window", DType::BF16, 8, 2, 16, 128),
+            (Some(16), Some(3), false, "efikjoqv"),
+        ),
+        (
+            ("sliding_window", DType::F16, 8, 1, 16, 64),
+            (None, Some(2), false, "efikjoqv"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 2, 16, 128),
+            (None, Some(2), false, "efikjoqv"),
+        ),
+        (
+            ("softcap", DType::BF16, 8, 2, 16, 128),
+            (Some(16), None, false, "efikjoqv"),
+        ),
+        (
+            ("dense", DType::BF16, 2, 2, 16, 128),
+            (None, Some(2), false, "efikjoqv"),
+        ),
+        (
+            ("causal", DType::BF16, 4, 2, 16, 128),
+            (Some(16), None, false, "efikjoqv"),
+        ),
+    ];
+    wgmma_cases(0x36d7, cases, None);
+}
+
 /// The combine kernel with one CTA per (query head, sequence) (`ATTNC_DECODE_COPY` letter
 /// `u`, `decode_mma::COPY_COMBINE_ROWS`; its warps over the rows): dense, causal,
 /// sliding-window, document-causal and soft-cap; bf16 / f16, D128 / D64; Lq 1, 4, 8, 16
@@ -1435,6 +1513,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_wgmma", gpu_decode_wgmma),
     ("gpu_decode_wgmma_defer", gpu_decode_wgmma_defer),
     ("gpu_decode_combine_rows", gpu_decode_combine_rows),
+    ("gpu_decode_wgmma_wg2", gpu_decode_wgmma_wg2),
 ];
 
 fn main() {

@@ -284,6 +284,40 @@ pub const COPY_WGMMA_DEEP: u32 = 262144;
 /// flight while waiting for the older P V, makes ptxas 13.0 serialize the loop's wgmma:
 /// C7514.)
 pub const COPY_WGMMA_DEFER: u32 = 524288;
+/// [`PtxOptions::decode_copy`] bit, with [`COPY_WGMMA`] where it applies ([`two_groups`]:
+/// the plain kind, not with [`COPY_TMA`], [`COPY_STEAL`], [`COPY_STREAM`]; it replaces
+/// [`COPY_WGMMA_DEFER`]): two warpgroups per CTA ([`THREADS_WG2`] threads), each on one
+/// half of every tile's keys. Warpgroup `k` (warps `4k..4k+3`, warp `w` keeping m-tile
+/// `w % 4` of the 64 rows) computes S = Q Kᵀ on keys `32k..32k+31` of the tile (8 `wgmma
+/// m64n32k16`, Q shared by both), the logits and online softmax of those 32 keys, and O +=
+/// P V over them (2 `wgmma m64n{D}k16`, V's rows `32k..` of the buffer), with its own (m,
+/// l, O); the two halves merge through shared memory at the end as the `mma.sync`
+/// path's key slices do. The ring, its one barrier per tile and its tiles in flight are
+/// unchanged; the 256 threads share each tile's copy (one 16-byte chunk of a row per
+/// thread and pass instead of two). The kernel asks for 2 CTAs per SM (`.maxntid 256`,
+/// `.minnctapersm 2`: at most 128 registers), so an SM runs 16 warps (4 dependent
+/// chains of half a tile each) instead of 8 (2 chains of a whole tile): the 64-row
+/// kernel's per-tile chain copy wait -> S -> softmax -> P V was the candidate for its
+/// ~16 µs over the 16-row kernel (session 21).
+pub const COPY_WGMMA_WG2: u32 = 2097152;
+/// Threads of a CTA with [`COPY_WGMMA_WG2`] (two warpgroups).
+pub const THREADS_WG2: u32 = 256;
+/// Whether [`COPY_WGMMA_WG2`] applies to a kernel of `opts` (`fused`: a fused kind).
+pub fn two_groups(opts: &DecodeOptions, fused: bool) -> bool {
+    opts.copy & COPY_WGMMA_WG2 != 0
+        && wgmma_path(opts)
+        && !fused
+        && !tma_copy(opts)
+        && opts.copy & (COPY_STEAL | COPY_STREAM) == 0
+}
+/// Threads per CTA of a kernel of `opts`: [`THREADS`], or [`THREADS_WG2`] ([`two_groups`]).
+pub fn cta_threads(opts: &DecodeOptions, fused: bool) -> u32 {
+    if two_groups(opts, fused) {
+        THREADS_WG2
+    } else {
+        THREADS
+    }
+}
 /// Shared memory [`COPY_WGMMA_DEEP`]'s ring may take.
 const DEEP_RING_BYTES: u32 = 192 * 1024;
 /// The ring's stages of a kernel of `opts`: [`stages`], or with [`COPY_WGMMA_DEEP`] on the
@@ -321,7 +355,8 @@ pub const COPY_BITS: u32 = COPY_ALL
     | COPY_WGMMA_ROWS32
     | COPY_WGMMA_DEEP
     | COPY_WGMMA_DEFER
-    | COPY_COMBINE_ROWS;
+    | COPY_COMBINE_ROWS
+    | COPY_WGMMA_WG2;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -449,6 +484,13 @@ pub fn validate(opts: &DecodeOptions) -> Result<(), LlvmError> {
     Ok(())
 }
 
+/// 16-byte chunks of one K/V row a thread copies per pass of a tile's copy in a CTA of
+/// `threads`: [`CHUNKS_PER_THREAD`] at [`THREADS`], one at [`THREADS_WG2`] (the same
+/// rows per pass).
+fn copy_chunks(threads: u32) -> u32 {
+    (CHUNKS_PER_THREAD * THREADS / threads).max(1)
+}
+
 /// Bytes of one ring stage (a K and a V tile).
 fn stage_bytes(d: u32) -> u32 {
     2 * KV_TILE * d * 2
@@ -459,9 +501,10 @@ pub fn stages(d: u32) -> u32 {
     (RING_BYTES / stage_bytes(d)).clamp(2, 6)
 }
 
-/// Bytes of the end's merge area: per warp 16 rows of O (f32), m and l.
+/// Bytes of the end's merge area: per warp 16 rows of O (f32), m and l (for the most
+/// warps a CTA has: [`THREADS_WG2`]; below the ring's 96 KiB at D 64 and 128 either way).
 fn merge_bytes(d: u32) -> u32 {
-    WARPS * 16 * (d + 2) * 4
+    THREADS_WG2 / 32 * 16 * (d + 2) * 4
 }
 
 /// Dynamic shared memory: the Q tile, then the ring (the merge area reuses it); with
@@ -533,7 +576,7 @@ pub(crate) fn spec(
             GridDim::KvHeadRowGroups,
             GridDim::Batches,
         ],
-        (KV_TILE, THREADS, smem_bytes(&d)),
+        (KV_TILE, cta_threads(&d, fused), smem_bytes(&d)),
     ))
 }
 
@@ -830,6 +873,24 @@ pub(super) fn build<'ctx>(
     // COPY_WGMMA: the products on wgmma (see the bit); its swizzle atoms (1024 bytes)
     // aligned in the shared window
     let wg = wgmma_path(opts);
+    // COPY_WGMMA_WG2: two warpgroups on the key halves of each tile (see the bit), two
+    // CTAs per SM asked for (at most 128 registers)
+    let wg2 = two_groups(opts, fused);
+    let threads = cta_threads(opts, fused);
+    let warps = threads / 32;
+    if wg2 {
+        use inkwell::attributes::AttributeLoc;
+        g.func
+            .remove_string_attribute(AttributeLoc::Function, "nvvm.maxntid");
+        g.func.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("nvvm.maxntid", &threads.to_string()),
+        );
+        g.func.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("nvvm.minctasm", "2"),
+        );
+    }
     if wg {
         g.smem.set_alignment(1024);
     }
@@ -862,7 +923,7 @@ pub(super) fn build<'ctx>(
     let d = opts.d;
     let rpc = opts.rows;
     let m_cta = rpc / 16; // m-tiles per CTA
-    let slices = WARPS / m_cta; // warps sharing an m-tile (key slices of a tile)
+    let slices = warps / m_cta; // warps sharing an m-tile (key slices of a tile)
     let sw = KV_TILE / slices; // keys per slice
     let nstages = ring_stages(opts);
     let row_bytes = d as i64 * 2;
@@ -912,7 +973,7 @@ pub(super) fn build<'ctx>(
     // COPY_PAGE_BASE: per-pass page bases in lanes, at 16 rows per pass (D128)
     let page_base = opts.paged
         && opts.copy & COPY_PAGE_BASE != 0
-        && THREADS / (d / 8 / CHUNKS_PER_THREAD) <= crate::decode::MIN_PAGE as u32;
+        && threads / (d / 8 / copy_chunks(threads)) <= crate::decode::MIN_PAGE as u32;
     // COPY_TMA: full tiles by TMA boxes of one page's rows (tiles on multiples of 64)
     let tma = tma_copy(opts);
     let align = if page_pass || page_base || tma {
@@ -1001,7 +1062,7 @@ pub(super) fn build<'ctx>(
         dv: d,
         qb: rpc,
         kvb: sw,
-        threads: THREADS,
+        threads,
         mt: 1,
         q_in_regs: !wg,
         wg: false,
@@ -1035,8 +1096,8 @@ pub(super) fn build<'ctx>(
     let chunks = d / 8;
     let qptr = a.ptr(P::Q)?;
     let hq = a.int(P::Hq)?;
-    for k in 0..(rpc * chunks).div_ceil(THREADS) {
-        let idx = g.add(tid, g.c32((k * THREADS) as i64))?;
+    for k in 0..(rpc * chunks).div_ceil(threads) {
+        let idx = g.add(tid, g.c32((k * threads) as i64))?;
         let row = g.udiv(idx, g.c32(chunks as i64))?;
         let ch = g.and(idx, g.c32(chunks as i64 - 1))?;
         let pr = g.add(g.mul(rg, g.c32(rpc as i64))?, row)?;
@@ -1080,9 +1141,9 @@ pub(super) fn build<'ctx>(
     // each thread copies CHUNKS_PER_THREAD 16-byte chunks of a key row (chunks tch, tch +
     // tpr): one address per row and pass (a paged one is a page-table shuffle and a
     // multiply), each copy instruction of a warp covering whole 128-byte pieces of rows
-    let cpt = CHUNKS_PER_THREAD;
+    let cpt = copy_chunks(threads);
     let tpr = chunks / cpt; // threads per row
-    let rpp = THREADS / tpr; // rows per pass of all threads
+    let rpp = threads / tpr; // rows per pass of all threads
     let trow = g.udiv(tid, g.c32(tpr as i64))?;
     let tch = g.and(tid, g.c32(tpr as i64 - 1))?;
     let pages = if opts.paged {
@@ -1474,10 +1535,11 @@ pub(super) fn build<'ctx>(
         None => None,
     };
     // a warp's key slice: `sw` rows into the tile (into each slab with COPY_TMA)
-    let slice_row_bytes = if tma { 128 } else { row_bytes };
+    // (COPY_WGMMA_WG2: a warpgroup's key half, 32 rows into each 64-column slab)
+    let slice_row_bytes = if tma || wg2 { 128 } else { row_bytes };
     let slice_bytes = g.mul(si, g.c32(sw as i64 * slice_row_bytes))?;
     // COPY_WGMMA_DEFER: P V's wait deferred into the next tile (see the bit)
-    let defer = wg && opts.copy & COPY_WGMMA_DEFER != 0 && !tma && sv.is_none();
+    let defer = wg && opts.copy & COPY_WGMMA_DEFER != 0 && !tma && sv.is_none() && !wg2;
     // the copy of tile it + stages - 1 into the buffer tile it - 1 used (every warp is
     // done with it), then the page ids of the tile after it
     let refill = |it: IntValue<'ctx>| -> R<()> {
@@ -1650,7 +1712,7 @@ pub(super) fn build<'ctx>(
     };
     let ml_at = |which: i64, w: IntValue<'ctx>, r: IntValue<'ctx>| -> R<IntValue<'ctx>> {
         let idx = g.add(g.mul(w, g.c32(16))?, r)?;
-        let base = mbase + (WARPS * 16 * d) as i64 * 4 + which * (WARPS * 16) as i64 * 4;
+        let base = mbase + (warps * 16 * d) as i64 * 4 + which * (warps * 16) as i64 * 4;
         g.add(g.mul(idx, g.c32(4))?, g.c32(base))
     };
     let quad = g.and(lane, g.c32(3))?;
@@ -1678,7 +1740,7 @@ pub(super) fn build<'ctx>(
     g.barrier()?;
 
     // thread t: row t / tpr of the CTA, columns t % tpr + k tpr
-    let tpr = THREADS / rpc;
+    let tpr = threads / rpc;
     let r = g.udiv(tid, g.c32(tpr as i64))?;
     let c0 = g.and(tid, g.c32(tpr as i64 - 1))?;
     let rmi = g.lshr(r, g.c32(4))?;
@@ -3313,6 +3375,160 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("copy bits"), "{e}");
+    }
+
+    /// [`COPY_WGMMA_WG2`]: at 64 rows on sm_90 (D128 and D64, both layouts, every example)
+    /// the plain kind has 256 threads (`.maxntid 256`, `.minnctapersm 2`), S on n32 (one
+    /// key half per warpgroup: D / 16 `m64n32k16`), P V over 32 keys (2 k-steps), the
+    /// same fences and waits and no `mma.sync`; the shared memory and the combine kernel
+    /// unchanged; ptxas 13 (`ATTNC_PTXAS`) accepts it without a wgmma serialization
+    /// warning and within 128 registers (two CTAs per SM). Ignored (byte-identical PTX,
+    /// 128 threads) by the fused kinds, below 64 rows, without [`COPY_WGMMA`], with
+    /// [`COPY_TMA`] (paged), [`COPY_STEAL`] and [`COPY_STREAM`]; it replaces
+    /// [`COPY_WGMMA_DEFER`].
+    #[test]
+    fn mma_decode_wgmma_wg2() {
+        let ptxas = std::env::var("ATTNC_PTXAS").ok();
+        let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
+        for ex in [
+            "dense",
+            "causal",
+            "sliding_window",
+            "document_causal",
+            "softcap",
+        ] {
+            let p = &example(ex);
+            for (rows, d, paged, input) in [
+                (64, 128, false, InputType::Bf16),
+                (64, 128, true, InputType::Bf16),
+                (64, 64, false, InputType::F16),
+                (64, 64, true, InputType::Bf16),
+                (16, 128, false, InputType::Bf16),
+                (32, 128, true, InputType::Bf16),
+            ] {
+                let ow = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input,
+                    rows,
+                    paged,
+                    copy: base | COPY_WGMMA,
+                };
+                let o2 = DecodeOptions {
+                    copy: ow.copy | COPY_WGMMA_WG2,
+                    ..ow
+                };
+                let key = format!("{ex} {}", o2.key());
+                let (kw, k2) = (
+                    emit_decode_mma(p, &ow).unwrap(),
+                    emit_decode_mma(p, &o2).unwrap(),
+                );
+                assert_eq!(k2.combine_ptx, kw.combine_ptx, "{key}: combine");
+                assert_eq!(k2.smem_bytes, kw.smem_bytes, "{key}: shared memory");
+                assert_eq!(kw.threads, THREADS, "{key}");
+                // the fused kinds (merging, one-split) ignore it
+                assert_eq!(
+                    emit_decode_mma_fused(p, &o2).unwrap(),
+                    emit_decode_mma_fused(p, &ow).unwrap(),
+                    "{key}: fused"
+                );
+                let (od, owd) = (
+                    DecodeOptions {
+                        copy: o2.copy | COPY_DIRECT,
+                        ..o2
+                    },
+                    DecodeOptions {
+                        copy: ow.copy | COPY_DIRECT,
+                        ..ow
+                    },
+                );
+                assert_eq!(decode_ptx(p, &od), decode_ptx(p, &owd), "{key}: direct");
+                // without COPY_WGMMA, or on sm_80, the bit means nothing
+                let plain = |c: u32, arch: Arch| {
+                    let x = DecodeOptions { arch, copy: c, ..ow };
+                    let k = emit_decode_mma(p, &x).unwrap();
+                    (k.decode_ptx, k.threads)
+                };
+                assert_eq!(
+                    plain(base | COPY_WGMMA_WG2, Arch::Sm90),
+                    plain(base, Arch::Sm90),
+                    "{key}: without q"
+                );
+                assert_eq!(
+                    plain(o2.copy, Arch::Sm80),
+                    plain(ow.copy, Arch::Sm80),
+                    "{key}: sm_80"
+                );
+                if paged {
+                    // COPY_TMA keeps its loop
+                    assert_eq!(
+                        plain(o2.copy | COPY_TMA, Arch::Sm90),
+                        plain(ow.copy | COPY_TMA, Arch::Sm90),
+                        "{key}: tma"
+                    );
+                }
+                if rows != 64 {
+                    assert_eq!(k2.decode_ptx, kw.decode_ptx, "{key}: not at {rows} rows");
+                    assert_eq!(k2.threads, THREADS, "{key}");
+                    continue;
+                }
+                assert_eq!(k2.threads, THREADS_WG2, "{key}");
+                // it replaces COPY_WGMMA_DEFER
+                assert_eq!(
+                    plain(o2.copy | COPY_WGMMA_DEFER, Arch::Sm90),
+                    (k2.decode_ptx.clone(), THREADS_WG2),
+                    "{key}: defer"
+                );
+                let ptx = &k2.decode_ptx;
+                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                    let f = format!("{dir}/wg2_{}.ptx", key.replace([':', ' '], "_"));
+                    std::fs::write(f, ptx).unwrap();
+                }
+                let n = |pat: &str| ptx.matches(pat).count();
+                let nw = |pat: &str| kw.decode_ptx.matches(pat).count();
+                assert!(ptx.contains(".maxntid 256\n"), "{key}");
+                assert!(ptx.contains(".minnctapersm 2"), "{key}");
+                assert!(kw.decode_ptx.contains(".maxntid 128\n"), "{key}");
+                assert_eq!(n("mma.sync"), 0, "{key}");
+                // S: D / 16 k-steps of n32 (one key half); P V: 2 k-steps of n = D
+                assert_eq!(n(".m64n32k16."), (d / 16) as usize, "{key}: S");
+                assert_eq!(n(&format!(".m64n{d}k16.")), 2, "{key}: P V");
+                for pat in [
+                    "wgmma.wait_group.sync.aligned 0",
+                    "fence.proxy.async.shared::cta",
+                    "cp.async.commit_group",
+                    "bar.sync",
+                ] {
+                    assert_eq!(n(pat), nw(pat), "{key}: {pat}");
+                }
+                if let Some(ptxas) = &ptxas {
+                    let f = std::env::temp_dir().join(format!(
+                        "attnc_wg2_{}_{}.ptx",
+                        std::process::id(),
+                        key.replace([':', ' '], "_")
+                    ));
+                    std::fs::write(&f, ptx).unwrap();
+                    let out = std::process::Command::new(ptxas)
+                        .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
+                        .arg(&f)
+                        .output()
+                        .unwrap();
+                    let _ = std::fs::remove_file(&f);
+                    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                    assert!(out.status.success(), "{key}: ptxas: {err}");
+                    assert!(!err.contains("C75"), "{key}: {err}");
+                    let regs: u32 = err
+                        .split("Used ")
+                        .nth(1)
+                        .and_then(|t| t.split(' ').next())
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or_else(|| panic!("{key}: no register count in {err}"));
+                    eprintln!("{key}: {regs} registers");
+                    assert!(regs <= 128, "{key}: {regs} registers");
+                    assert!(!err.contains("spill stores") || err.contains("0 bytes spill stores"));
+                }
+            }
+        }
     }
 
     /// [`COPY_COMBINE_ROWS`]: the combine kernel only (the decode kernels' PTX
