@@ -148,13 +148,14 @@ pub struct DecodeTuning {
 }
 
 /// `ATTNC_DECODE_COPY`'s value as `decode_mma::COPY_*` bits: `0`, or letters of
-/// `abcdefghijklmnopqrstuv` (anything else: `None`).
+/// `abcdefghijklmnopqrstuvw` (anything else: `None`).
 pub fn parse_decode_copy(v: &str) -> Option<u32> {
     use attnc_compiler::backend::llvm::decode_mma::{
         COPY_BALANCED, COPY_COMBINE_ROWS, COPY_COMBINE_TRIGGER, COPY_COMBINE_WIDE, COPY_DIRECT,
         COPY_EARLY, COPY_FULL, COPY_FULL_TILE, COPY_IDS_LATE, COPY_L2_256, COPY_PAGE_BASE,
         COPY_PAGE_PASS, COPY_SMEM32, COPY_STEAL, COPY_STREAM, COPY_TMA, COPY_TRACE, COPY_WGMMA,
         COPY_WGMMA_DEEP, COPY_WGMMA_DEFER, COPY_WGMMA_ROWS32, COPY_WGMMA_WG2,
+        COPY_WGMMA_WG2_REGS,
     };
     let v = v.trim();
     if v == "0" {
@@ -186,6 +187,7 @@ pub fn parse_decode_copy(v: &str) -> Option<u32> {
         't' => Some(bits | COPY_WGMMA_DEFER),
         'u' => Some(bits | COPY_COMBINE_ROWS),
         'v' => Some(bits | COPY_WGMMA_WG2),
+        'w' => Some(bits | COPY_WGMMA_WG2_REGS),
         _ => None,
     })
 }
@@ -200,7 +202,7 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuv`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -275,7 +277,7 @@ mod tests {
         assert_eq!(copy("efikn"), Some(1328 + 8192));
         // q and v: the wgmma path with two warpgroups (session 22)
         assert_eq!(copy("qv"), Some(65536 + 2097152));
-        assert_eq!(copy("w"), None);
+        assert_eq!(copy("w"), Some(4194304));
         let steal = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_STEAL").then(|| v.to_string()))
                 .steal

@@ -1373,6 +1373,9 @@ fn gpu_decode_wgmma_defer(_d: &CudaDevice) {
 /// 16 / 128; forced 1 (the one-split fused kind: ignored), 2, 3, 5 splits, the merging
 /// fused kernel (ignored) and the runtime's count; sequences of 1000, 0, 333 and 1 keys
 /// (partial last tiles, empty splits): against the f64 oracle, two calls bit-equal.
+/// With `w` (`decode_mma::COPY_WGMMA_WG2_REGS`, the register cap; document-causal spills
+/// under it): cases 16..=18. `ATTNC_GPU_WG2_CASES=i,j,..` runs only those cases (by
+/// index; the sanitizers' runs).
 fn gpu_decode_wgmma_wg2(_d: &CudaDevice) {
     let cases: &[(WgmmaCase, WgmmaRun)] = &[
         (
@@ -1439,8 +1442,32 @@ fn gpu_decode_wgmma_wg2(_d: &CudaDevice) {
             ("causal", DType::BF16, 4, 2, 16, 128),
             (Some(16), None, false, "efikjoqv"),
         ),
+        // w: the register cap (16..=18)
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (None, Some(3), false, "efikjoquvw"),
+        ),
+        (
+            ("dense", DType::BF16, 8, 2, 16, 128),
+            (Some(16), None, false, "efikjoqvw"),
+        ),
+        (
+            ("document_causal", DType::BF16, 8, 2, 16, 128),
+            (Some(128), Some(2), false, "efikjoqvw"),
+        ),
     ];
-    wgmma_cases(0x36d7, cases, None);
+    // ATTNC_GPU_WG2_CASES=i,j,..: only those cases (the sanitizers' runs)
+    let only: Option<Vec<usize>> = std::env::var("ATTNC_GPU_WG2_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let picked: Vec<(WgmmaCase, WgmmaRun)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i)))
+        .map(|(_, c)| *c)
+        .collect();
+    assert!(!picked.is_empty(), "ATTNC_GPU_WG2_CASES picks no case");
+    wgmma_cases(0x36d7, &picked, None);
 }
 
 /// The combine kernel with one CTA per (query head, sequence) (`ATTNC_DECODE_COPY` letter

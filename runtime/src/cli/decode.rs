@@ -254,7 +254,7 @@ fn bench_tunings_from(
     let copy = entries("ATTNC_DECODE_BENCH_COPY");
     if !copy.is_empty() {
         // the tensor-core kernel's copy variants (`ATTNC_DECODE_COPY`'s values: 0, or
-        // letters of abcdefghijklmnopqrstuv)
+        // letters of abcdefghijklmnopqrstuvw)
         let copies = copy
             .iter()
             .map(|x| {
@@ -264,7 +264,7 @@ fn bench_tunings_from(
                         bad(
                             "ATTNC_DECODE_BENCH_COPY",
                             x,
-                            "0 or letters of abcdefghijklmnopqrstuv (ATTNC_DECODE_COPY's values)",
+                            "0 or letters of abcdefghijklmnopqrstuvw (ATTNC_DECODE_COPY's values)",
                         )
                     })
             })
