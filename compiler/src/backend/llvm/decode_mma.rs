@@ -3465,7 +3465,11 @@ mod tests {
                 assert_eq!(decode_ptx(p, &od), decode_ptx(p, &owd), "{key}: direct");
                 // without COPY_WGMMA, or on sm_80, the bit means nothing
                 let plain = |c: u32, arch: Arch| {
-                    let x = DecodeOptions { arch, copy: c, ..ow };
+                    let x = DecodeOptions {
+                        arch,
+                        copy: c,
+                        ..ow
+                    };
                     let k = emit_decode_mma(p, &x).unwrap();
                     (k.decode_ptx, k.threads)
                 };
