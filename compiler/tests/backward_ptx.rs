@@ -628,6 +628,103 @@ fn fused_persist_kernels() {
     );
 }
 
+/// The fused kernel on persistent CTAs that take their tiles from a global counter
+/// (`PtxOptions::bwd_persist_dyn`) on the binding's defaults, visit records included
+/// (causal, ALiBi + causal, a sliding window, documents; D128 and D64): deterministic
+/// PTX, the persistent grid, one `atom.relaxed.gpu.global.add.u32` (the producer's lane 0
+/// takes the next tile) where the static order has none, the tile ring's mbarriers;
+/// refused without `bwd_persist`, with `bwd_s_ahead`, and visit records still refused
+/// on the static order. `ATTNC_BWD_PTX_DIR=dir` writes each dK/dV kernel there (for
+/// `ptxas -v`).
+#[test]
+fn fused_persist_dyn_kernels() {
+    for d in [128u32, 64] {
+        for (file, name) in [
+            ("causal", "causal_attention"),
+            ("alibi_causal", "alibi_causal"),
+            ("sliding_window", "sliding_window"),
+            ("document_causal", "document_causal"),
+        ] {
+            let p = &example(file, name);
+            let plan = Plan::new(p);
+            let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192);
+            let o = PtxOptions {
+                bwd_persist: true,
+                bwd_persist_dyn: true,
+                ..def
+            };
+            let tag = format!("{name} D{d}");
+            if d == 128 {
+                assert!(o.bwd_visit_rec, "{tag}: the default has visit records");
+            }
+            // (the binding's default next to it, for ptxas)
+            dkdv_twice(
+                &plan,
+                &def,
+                &tag,
+                &format!("default_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let a = dkdv_twice(
+                &plan,
+                &o,
+                &tag,
+                &format!("persist_dyn_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            assert_eq!(
+                a.grid,
+                [GridDim::KvPersistent, GridDim::One, GridDim::One],
+                "{tag}"
+            );
+            assert_eq!(a.params.last(), Some(&KernelParam::Batch), "{tag}");
+            let atom = "atom.relaxed.gpu.global.add.u32";
+            assert_eq!(a.ptx.matches(atom).count(), 1, "{tag}: one tile counter add");
+            // the static order (visit records refused there) has none
+            let stat = PtxOptions {
+                bwd_persist_dyn: false,
+                bwd_visit_rec: false,
+                bwd_band_keep: false,
+                ..o
+            };
+            let b = emit_backward(&plan, &stat, BackwardKind::DkDv).unwrap();
+            assert!(!b.ptx.contains(atom), "{tag}");
+            assert!(
+                a.ptx.matches("mbarrier.init").count() == b.ptx.matches("mbarrier.init").count() + 4,
+                "{tag}: the tile ring's four mbarriers"
+            );
+            if o.bwd_visit_rec {
+                let with_rec = PtxOptions {
+                    bwd_persist_dyn: false,
+                    ..o
+                };
+                let e = emit_backward(&plan, &with_rec, BackwardKind::DkDv)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("visit records"), "{tag}: {e}");
+            }
+            let ahead = PtxOptions {
+                bwd_s_ahead: true,
+                ..o
+            };
+            let e = emit_backward(&plan, &ahead, BackwardKind::DkDv)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bwd_persist_dyn"), "{tag}: {e}");
+        }
+    }
+    let p = &example("causal", "causal_attention");
+    let plan = Plan::new(p);
+    let o = PtxOptions {
+        bwd_persist_dyn: true,
+        ..PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&plan, 8192)
+    };
+    let e = emit_backward(&plan, &o, BackwardKind::DkDv)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs persistent CTAs"), "{e}");
+}
+
 /// `PtxOptions::bwd_stmatrix` on the binding's fused kernel (D64 and D128: dense, causal,
 /// a sliding window, ALiBi + causal, soft-cap): deterministic, dSᵀ stored with
 /// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (Br / 16 per thread and store site instead

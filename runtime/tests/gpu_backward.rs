@@ -1153,7 +1153,10 @@ fn test_options(
 /// A trailing `+a` steps the fused kernel's wgmma descriptors with one 64-bit add each
 /// (`PtxOptions::bwd_desc64`, with `bwd_desc`), e.g. `default+a`; a trailing `+f` drops the
 /// P = 0 select of dS on full blocks of an affine score such as ALiBi
-/// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`. A trailing `+z` waits for
+/// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`. A trailing `+P` runs the
+/// fused kernel on persistent CTAs that take their kv tiles from a global counter
+/// (`PtxOptions::bwd_persist_dyn`; where the kernel has them: the TMA producer, no
+/// capture gradients), e.g. `default+P`. A trailing `+z` waits for
 /// the fused kernel's free dQ slot after issuing the products (`PtxOptions::bwd_empty_late`),
 /// e.g. `default+z`, `default+e+z`; a trailing `+j` issues dV before the dS barrier
 /// (`PtxOptions::bwd_dv_early`), e.g. `default+j+z`; a trailing `+i` also computes P and
@@ -1403,6 +1406,28 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     // identity score)
     if let Some(rest) = cfg.strip_suffix("+q") {
         return bench_options(default, rest, plan).map(|o| o.backward_q80(plan));
+    }
+    // `+P`: persistent CTAs taking their kv tiles from a global counter (`bwd_persist` +
+    // `bwd_persist_dyn`), where the kernel has them (the TMA producer, no capture
+    // gradients, not `bwd_pingpong` / `bwd_s_ahead`); elsewhere the options unchanged
+    if let Some(rest) = cfg.strip_suffix("+P") {
+        return bench_options(default, rest, plan).map(|o| {
+            let fits = o.bwd_tma
+                && o.bwd_dq == BwdDq::OrderedBulk
+                && attnc_compiler::backend::llvm::backward::capture_grads(plan.program())
+                    .is_empty()
+                && !o.bwd_pingpong
+                && !o.bwd_s_ahead;
+            if fits {
+                PtxOptions {
+                    bwd_persist: true,
+                    bwd_persist_dyn: true,
+                    ..o
+                }
+            } else {
+                o
+            }
+        });
     }
     // `+2`: two dQ writer threads, one per slot (`bwd_two_writers`)
     if let Some(rest) = cfg.strip_suffix("+2") {
@@ -2460,6 +2485,75 @@ fn gpu_backward_persist(dev: &CudaDevice) {
     }
 }
 
+/// The fused kernel on persistent CTAs that take their kv tiles from a global counter
+/// (`PtxOptions::bwd_persist_dyn`, the kernel bench's `+P`) on the binding's defaults
+/// (visit records, dV early and the late slot wait on the causal-type bindings, the early
+/// dQ conversion on bands and tables) against the f64 reference on 3 CTAs that each take
+/// many kv tiles, and bit-identical over 3 runs on the device's CTAs: causal GQA with odd
+/// lengths (longest first), ALiBi + causal, a band (GQA, Lq != Lkv), a block table (f16),
+/// causal D64 (q tiles of 128) and rows masked entirely (their dQ exactly 0); every
+/// launch re-zeroes the counter with the semaphores, so the repeated runs also check
+/// that no launch sees the last one's count.
+fn gpu_backward_persist_dyn(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::Arch;
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the fused kernel does not exist here");
+        return;
+    }
+    let cases = [
+        (
+            samples::causal(),
+            shape(1, 4, 2, 333, 517, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::alibi_causal(4),
+            shape(1, 4, 4, 300, 300, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::sliding(),
+            shape(2, 4, 2, 333, 517, 128),
+            InputType::Bf16,
+        ),
+        (
+            samples::document_causal(),
+            shape(1, 2, 1, 300, 300, 128),
+            InputType::F16,
+        ),
+        (
+            samples::causal(),
+            shape(1, 2, 1, 700, 700, 64),
+            InputType::Bf16,
+        ),
+        (late_start(), shape(1, 2, 1, 67, 140, 128), InputType::F16),
+    ];
+    for (i, (p, sh, ty)) in cases.iter().enumerate() {
+        let def = binding_options(dev.arch(), p, sh, *ty);
+        let o = bench_options(def, "default+P", &Plan::new(p)).unwrap();
+        assert!(o.bwd_persist_dyn, "{}: +P applies", p.name);
+        println!(
+            "  {} {:?} persist-dyn (visit records {}), 3 CTAs",
+            p.name, sh, o.bwd_visit_rec
+        );
+        check_case_with(&dev.with_sms(3), p, *sh, *ty, 700 + i as u64, i == 2, o);
+        let what = format!("{} {:?} persist-dyn, {} CTAs", p.name, sh, dev.sms());
+        let g = assert_runs_identical(dev, p, sh, *ty, &o, 3, &what);
+        if i == cases.len() - 1 {
+            // rows 0..5 (q < kv + 5 for every kv) see no kv: dQ exactly 0 there
+            for h in 0..sh.hq {
+                for q in 0..5 {
+                    let row = &g.dq[(h * sh.lq + q) * sh.d..][..sh.d];
+                    assert!(
+                        row.iter().all(|b| from_bits(*b, *ty) == 0.0),
+                        "persist-dyn: masked row {q} of head {h}: dq {row:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A small case for compute-sanitizer (memcheck: the capture-gradient scatter stays in
 /// its buffers): the bias-table sample at an odd GQA shape, and a learnable soft-cap
 /// with a tensor read twice through `Bound::backward`.
@@ -2825,6 +2919,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_fused_sanitize", gpu_backward_fused_sanitize),
     ("gpu_backward_wscan", gpu_backward_wscan),
     ("gpu_backward_persist", gpu_backward_persist),
+    ("gpu_backward_persist_dyn", gpu_backward_persist_dyn),
     ("gpu_backward_element_orders", gpu_backward_element_orders),
     ("gpu_backward_q80", gpu_backward_q80),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),

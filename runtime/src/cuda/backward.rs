@@ -730,7 +730,12 @@ pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
     let tiles = (shape.b * shape.hq * shape.lq.div_ceil(o.q_block as usize)).max(1);
     // bwd_convert_early: the writers' done count after the tiles' semaphores, then the
     // conversions' fallback count (`CudaBackward::early_fallbacks`)
-    let extra = 2 * usize::from(convert_early(o));
+    // (bwd_persist_dyn: then the tile counter, `DQ_TILE_COUNTER`)
+    let extra = if attnc_compiler::backend::llvm::backward::persist_dyn(o) {
+        attnc_compiler::backend::llvm::backward::DQ_TILE_COUNTER as usize + 1
+    } else {
+        2 * usize::from(convert_early(o))
+    };
     Some((tiles * (o.q_block * o.d) as usize, tiles + extra))
 }
 

@@ -134,8 +134,20 @@ pub fn convert_early(o: &PtxOptions) -> bool {
         && o.bwd_convert_early
         && o.bwd_dq == BwdDq::OrderedBulk
         && !o.bwd_dq_free
-        && !o.bwd_persist
+        && (!o.bwd_persist || o.bwd_persist_dyn)
 }
+
+/// Whether kernels built with `o` take their kv tiles from a global counter
+/// ([`PtxOptions::bwd_persist_dyn`] with persistent CTAs, the fused scheme with the TMA
+/// producer). Their `DqSem` has three words after the tiles' semaphores (the writers'
+/// done count, the conversions' fallback count, then the tile counter:
+/// [`DQ_TILE_COUNTER`]).
+pub fn persist_dyn(o: &PtxOptions) -> bool {
+    o.bwd_persist && o.bwd_persist_dyn && fused::tma_producer(o)
+}
+
+/// [`persist_dyn`]: the tile counter's word in `DqSem`, after the tiles' semaphores.
+pub const DQ_TILE_COUNTER: u32 = 2;
 
 /// [`PtxOptions::bwd_pdl`] where it applies (a fused scheme).
 pub fn pdl(o: &PtxOptions) -> bool {
@@ -802,6 +814,9 @@ pub(super) struct DkDvTiles {
     /// [`PtxOptions::bwd_visit_rec`]: byte offset of the two visit records (32 bytes per
     /// ring buffer: found, query head, q block, first, end, full first, full end).
     pub visit_rec: Option<u32>,
+    /// [`PtxOptions::bwd_persist_dyn`]: byte offset of the tile ring (two tile ids, then
+    /// the mbarriers full 0, full 1, empty 0, empty 1: [`fused::TILE_RING_BYTES`]).
+    pub tile_ring: Option<u32>,
     pub bytes: u32,
 }
 
@@ -867,6 +882,11 @@ impl DkDvTiles {
             bytes = at + 2 * fused::VISIT_REC_BYTES;
             at
         });
+        let tile_ring = persist_dyn(o).then(|| {
+            let at = bytes.next_multiple_of(8);
+            bytes = at + fused::TILE_RING_BYTES;
+            at
+        });
         DkDvTiles {
             k,
             v,
@@ -880,6 +900,7 @@ impl DkDvTiles {
             dq_slots,
             q_bars,
             visit_rec,
+            tile_ring,
             bytes,
         }
     }

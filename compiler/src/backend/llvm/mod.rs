@@ -431,6 +431,16 @@ pub struct PtxOptions {
     /// No capture gradients. Off in `backward` (measured on an H200: 1.00x on sliding
     /// windows, 0.87-0.90x on document masks; `backward/fused.rs`).
     pub bwd_persist: bool,
+    /// With [`Self::bwd_persist`] (`backward/fused.rs`): each CTA's first kv tile is
+    /// `ctaid.x`, every next one `nctaid.x` plus a global counter's old value (one
+    /// `atom.add` by the producer warp per tile, the tile id handed to the math and writer
+    /// warps through a two-entry ring in shared memory with its mbarriers; the counter is
+    /// a word of `DqSem`, which every launch zeroes anyway). Tiles are so taken in
+    /// increasing order by resident CTAs (the ordered dQ's no-deadlock argument holds),
+    /// longest first on the causal-type bindings (`bwd_lpt`'s order), and the hardware's
+    /// balancing is back. Works with [`Self::bwd_visit_rec`] (and so `bwd_dv_early` /
+    /// `bwd_empty_late`) and [`Self::bwd_convert_early`]. Off (the kernel bench's `+P`).
+    pub bwd_persist_dyn: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
     /// rows (`dS K` over those rows only, every column), so it reads only its own rows
@@ -658,8 +668,9 @@ pub struct PtxOptions {
     /// [`Self::backward_for_binding`] turns it on for bands (with [`Self::bwd_wscan`]); the
     /// kernel bench's `+k`.
     pub bwd_band_keep: bool,
-    /// The fused backward with the TMA producer ([`Self::bwd_tma`]; not with
-    /// [`Self::bwd_persist`]): the producer warp, which walks the visits anyway, stores
+    /// The fused backward with the TMA producer ([`Self::bwd_tma`]; with
+    /// [`Self::bwd_persist`] only on the counter's tile order, [`Self::bwd_persist_dyn`],
+    /// where each tile's end record takes a ring buffer of its own): the producer warp, which walks the visits anyway, stores
     /// each visit (query head, q block, kv range, full range) in a 32-byte record per ring
     /// buffer before it arrives at the buffer's `full` barrier, and after the last visit a
     /// record without one; the math warps read the record after that wait instead of
@@ -689,7 +700,8 @@ pub struct PtxOptions {
     /// schemes ignore it. The kernel bench's `+l`.
     pub bwd_pdl: bool,
     /// With [`Self::bwd_pdl`], `BwdDq::OrderedBulk` (ordered, not `bwd_dq_free`, not
-    /// `bwd_persist`): the dQ conversion of a tile starts once that tile's last addition
+    /// `bwd_persist` unless [`Self::bwd_persist_dyn`], whose writers count themselves
+    /// once per tile: the same count): the dQ conversion of a tile starts once that tile's last addition
     /// is done instead of after the whole fused kernel: the writer that adds last into a
     /// dQ tile (rank end - first - 1) releases its semaphore with a flag bit
     /// ([`crate::backend::llvm::backward::DQ_DONE_FLAG`]) and each writer thread counts
@@ -810,6 +822,7 @@ impl PtxOptions {
             bwd_lpt: false,
             bwd_wscan: false,
             bwd_persist: false,
+            bwd_persist_dyn: false,
             bwd_wg_dq: false,
             bwd_scan_under: false,
             bwd_dq_free: false,
@@ -1149,6 +1162,11 @@ impl PtxOptions {
             + if self.bwd_lpt { " bwd-lpt" } else { "" }
             + if self.bwd_wscan { " bwd-wscan" } else { "" }
             + if self.bwd_persist { " bwd-persist" } else { "" }
+            + if self.bwd_persist_dyn {
+                " bwd-persist-dyn"
+            } else {
+                ""
+            }
             + if self.bwd_wg_dq { " bwd-wg-dq" } else { "" }
             + if self.bwd_scan_under {
                 " bwd-scan-under"

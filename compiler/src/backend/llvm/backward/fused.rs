@@ -154,7 +154,7 @@
 //!   sectors excess), a large share where a CTA has ~17 visits. With two writers (ms):
 //!   D128 sliding 0.782, document 0.593, dense 5.181; D64 sliding 0.693 -> 0.575,
 //!   document 0.354 -> 0.322 (both options against neither).
-//!   `bwd_visit_rec` (with `bwd_tma`, not `bwd_persist`; the runtime's default with
+//!   `bwd_visit_rec` (with `bwd_tma`, not the static `bwd_persist`; the runtime's default with
 //!   `bwd_wscan` without capture gradients since session 13, and on the D128 longest-first
 //!   bindings since session 16: causal 1.03x, soft-cap + causal 1.09x): the producer warp stores
 //!   each visit (query head, q block, kv range, full range) in a 32-byte record of the
@@ -310,6 +310,29 @@
 //!   ptxas 13.0 sm_90a: no C75xx, Sᵀ in the same registers across the back edge (no
 //!   copies), spill stores unchanged (dense 0, causal 16, ALiBi 16 bytes). Not yet
 //!   measured on a GPU (docs/performance.md, session 21 (bwd21)).
+//!   `bwd_persist_dyn` (with `bwd_persist`, off; the kernel bench's `+P`): the tiles
+//!   from a global counter instead of the static order. A CTA's first tile is ctaid.x;
+//!   after producing a tile's visits (and with visit records its end record) the producer
+//!   warp's lane 0 takes the next, nctaid.x + `atom.add(DqSem[tiles + 2], 1)` (the word
+//!   after the writers' count and the conversions' fallback count, zeroed with the
+//!   semaphores by every launch: no extra memset, no reset), shuffles it to its warp and
+//!   hands it over through a ring of two ids in shared memory (`TILE_RING_BYTES`:
+//!   mbarriers `full`, one arrival, and `empty`, every math thread and every writer thread
+//!   that walks the tiles); the math warps read it where the static order added
+//!   nctaid.x, the writer warp(s) after each tile's additions. Tiles are taken in
+//!   increasing order (the grid's order: longest first on the causal-type bindings) by
+//!   resident CTAs (one per SM, at most as many as SMs), each CTA's in increasing order,
+//!   so a tile still waits only for tiles of lower index, all taken by running CTAs: no
+//!   deadlock. With visit records (the defaults on causal-type bindings, bands and
+//!   tables, and so `bwd_dv_early` / `bwd_empty_late`) each tile's end record takes a
+//!   ring buffer of its own: the producer counts it, the math warps give it back at once
+//!   and index the ring by visits plus ends (the dQ slots still by visits, as the
+//!   writer). With `bwd_convert_early` each writer thread counts itself once per tile
+//!   (the conversion's count of every writer of the grid is then the same). Refused with
+//!   `bwd_s_ahead` and `bwd_pingpong`. ptxas 13.0 sm_90a: no C75xx; spill stores D128
+//!   causal / ALiBi 68 bytes (default 16), sliding 200 (148), documents 24 (28), mostly
+//!   in the producer and writer warps (24 registers); the math warps spill only the
+//!   tile id, once per tile.
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
@@ -346,6 +369,10 @@ use inkwell::values::{BasicValue, FloatValue, IntValue};
 /// [`PtxOptions::bwd_visit_rec`]: bytes of one visit record (seven i32 words: found,
 /// query head, q block, first, end, full first, full end).
 pub const VISIT_REC_BYTES: u32 = 32;
+
+/// [`PtxOptions::bwd_persist_dyn`]: bytes of the tile ring (two u32 tile ids, then four
+/// mbarriers: full 0, full 1, empty 0, empty 1).
+pub const TILE_RING_BYTES: u32 = 8 + 4 * 8;
 
 /// `BwdDq::OrderedBulk`: dQ parts in shared memory a CTA's math warps may be ahead of
 /// its writer by.
@@ -462,9 +489,21 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ with persistent CTAs (bwd_persist): the TMA producer".into(),
         ));
     }
-    if o.bwd_visit_rec && (o.bwd_persist || o.bwd_pingpong || !tma_producer(o)) {
+    if o.bwd_persist_dyn && !(o.bwd_persist && tma_producer(o)) {
         return Err(LlvmError::Unsupported(
-            "fused dQ: visit records (bwd_visit_rec) need the TMA producer, without persistent CTAs or bwd_pingpong".into(),
+            "fused dQ: the tile counter (bwd_persist_dyn) needs persistent CTAs (bwd_persist) and the TMA producer".into(),
+        ));
+    }
+    if o.bwd_persist_dyn && (o.bwd_s_ahead || o.bwd_pingpong) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ: the tile counter (bwd_persist_dyn) without bwd_s_ahead or bwd_pingpong".into(),
+        ));
+    }
+    if o.bwd_visit_rec
+        && ((o.bwd_persist && !o.bwd_persist_dyn) || o.bwd_pingpong || !tma_producer(o))
+    {
+        return Err(LlvmError::Unsupported(
+            "fused dQ: visit records (bwd_visit_rec) need the TMA producer, without static persistent CTAs (bwd_persist without bwd_persist_dyn) or bwd_pingpong".into(),
         ));
     }
     if o.bwd_wscan && o.bwd_lpt {
@@ -1102,12 +1141,74 @@ pub(super) fn dkdv_dq_body<'ctx>(
             kv_tail: g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?,
         })
     };
-    // runs `body` for each of the CTA's kv tiles (bwd_persist: a loop over them)
-    let for_tiles = |body: &dyn Fn(&Tile<'ctx>) -> R<()>| -> R<()> {
+    // bwd_persist_dyn: each CTA's first tile is ctaid.x, every next one nctaid.x plus
+    // the counter's old value (`DqSem[tiles + DQ_TILE_COUNTER]`, zeroed with the
+    // semaphores), taken by the producer warp and handed to the math and writer warps
+    // through the tile ring: id k % 2 in its (k / 2)-th phase, `full` (the producer's
+    // lane 0) and `empty` (every math thread and writer thread that walks the tiles)
+    let dyn_tiles = super::persist_dyn(opts);
+    let ring = t.tile_ring.unwrap_or(0);
+    let ring_at = |k: IntValue<'ctx>, off: u32, stride: u32| -> R<IntValue<'ctx>> {
+        g.smem_addr32(g.add(
+            g.c32((ring + off) as i64),
+            g.mul(g.and(k, one)?, g.c32(stride as i64))?,
+        )?)
+    };
+    let ring_id = |k| ring_at(k, 0, 4);
+    let ring_full = |k| ring_at(k, 8, 8);
+    let ring_empty = |k| ring_at(k, 24, 8);
+    let ring_phase = |k: IntValue<'ctx>| g.and(g.lshr(k, one)?, one);
+    let batches = || -> R<IntValue<'ctx>> {
+        if persist {
+            a.int(KernelParam::Batch)
+        } else {
+            g.nctaid('z')
+        }
+    };
+    // a consumer's next tile id (the k-th handed over; `kv` counts them)
+    let read_tile = |kv: &Var<'ctx>| -> R<IntValue<'ctx>> {
+        let k = g.geti(kv)?;
+        g.mbar_wait(ring_full(k)?, ring_phase(k)?)?;
+        let id = g.ld_shared_u32(ring_id(k)?)?;
+        g.mbar_arrive(ring_empty(k)?)?;
+        g.set(kv, g.add(k, one)?)?;
+        Ok(id)
+    };
+    // the producer warp's next tile: lane 0 takes it from the counter and hands it over
+    let take_tile = |kv: &Var<'ctx>, lane: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let k = g.geti(kv)?;
+        let word = g.add(
+            g.mul(g.mul(batches()?, c.hq)?, nq)?,
+            g.c32(super::DQ_TILE_COUNTER as i64),
+        )?;
+        let ctr = addr_of(g, a.ptr(KernelParam::DqSem)?, g.mul(g.zext64(word)?, g.c64(4))?)?;
+        let old = g.atom_inc_relaxed_if_zero(lane, ctr)?;
+        let id = g.add(g.shfl_idx_i32(old, zero)?, g.nctaid('x')?)?;
+        g.mbar_wait(ring_empty(k)?, g.xor(ring_phase(k)?, one)?)?;
+        g.if_then(g.icmp(IntPredicate::EQ, lane, zero)?, || {
+            g.st_shared_u32(ring_id(k)?, id)?;
+            g.mbar_arrive(ring_full(k)?)
+        })?;
+        g.set(kv, g.add(k, one)?)?;
+        Ok(id)
+    };
+    // runs `body` for each of the CTA's kv tiles (bwd_persist: a loop over them; with
+    // bwd_persist_dyn `producer` is the producer warp's lane, which takes the tiles, and
+    // `after` runs after each tile's body)
+    let for_tiles = |producer: Option<IntValue<'ctx>>,
+                     body: &dyn Fn(&Tile<'ctx>) -> R<()>,
+                     after: &dyn Fn() -> R<()>|
+     -> R<()> {
         let Some(nt) = ntiles else {
-            return body(&top);
+            body(&top)?;
+            return after();
         };
         let tv = g.var(g.i32, g.ctaid('x')?)?;
+        let kv = if dyn_tiles {
+            Some(g.var(g.i32, zero)?)
+        } else {
+            None
+        };
         let head = g.block("tiles_head");
         let work = g.block("tiles_work");
         let done = g.block("tiles_done");
@@ -1117,7 +1218,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.cond_br(g.icmp(IntPredicate::ULT, tn, nt)?, work, done)?;
         g.b.position_at_end(work);
         body(&tile_at(tn)?)?;
-        g.set(&tv, g.add(tn, g.nctaid('x')?)?)?;
+        after()?;
+        let next = match (&kv, producer) {
+            (None, _) => g.add(tn, g.nctaid('x')?)?,
+            (Some(kv), Some(lane)) => take_tile(kv, lane)?,
+            (Some(kv), None) => read_tile(kv)?,
+        };
+        g.set(&tv, next)?;
         g.br(head)?;
         g.b.position_at_end(done);
         Ok(())
@@ -1354,6 +1461,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
                     g.mbar_init(q_empty(g.c32(sl))?, threads)?;
                 }
             }
+            if dyn_tiles {
+                // empty: every math thread and every writer thread that walks the tiles
+                let walkers = match (two_writers, wscan) {
+                    (true, true) => 64,
+                    (true, false) => 2,
+                    (false, true) => 32,
+                    (false, false) => 1,
+                };
+                for k in 0..2 {
+                    g.mbar_init(ring_full(g.c32(k))?, 1)?;
+                    g.mbar_init(ring_empty(g.c32(k))?, threads + walkers)?;
+                }
+            }
             g.fence_mbar_init()
         })?;
         g.barrier()?;
@@ -1379,7 +1499,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.if_then(is_producer, || {
                 let lane = g.and(wt, g.c32(31))?;
                 let (pv, pn) = (Visit::new(g)?, g.var(g.i32, zero)?);
-                for_tiles(&|tl| {
+                for_tiles(Some(lane), &|tl| {
                     let scan_t = |h, q, v: &Visit<'ctx>| scan(tl, h, q, v);
                     let walk = (
                         &scan_t as Scan<'_, 'ctx>,
@@ -1397,7 +1517,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
                         (&q_full, &q_empty),
                         (lane, &pv, &pn),
                     )
-                })
+                }, &|| Ok(()))
             })?;
         }
         // bwd_wscan: the writer warp(s) search together, lane 0 adds
@@ -1413,7 +1533,21 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(is_writer, || {
             let wv = Visit::new(g)?;
             let wn = g.var(g.i32, zero)?;
-            for_tiles(&|tl| {
+            // bwd_convert_early: this writer is done (every addition of its released); the
+            // word after the tiles' semaphores counts the grid's writers (persistent CTAs:
+            // once per tile, the same count)
+            let adder = if wscan { w_lane0 } else { g.cbool(true) };
+            let count_done = || -> R<()> {
+                if !conv_early {
+                    return Ok(());
+                }
+                g.if_then(adder, || {
+                    let tiles = g.mul(g.mul(batches()?, c.hq)?, nq)?;
+                    g.release_inc(addr_of(g, sem, g.mul(g.zext64(tiles)?, g.c64(4))?)?)
+                })
+            };
+            let per_tile = || if persist { count_done() } else { Ok(()) };
+            for_tiles(None, &|tl| {
                 scan(tl, zero, q_start, &wv)?;
                 let head = g.block("writer_head");
                 let body = g.block("writer_tile");
@@ -1489,19 +1623,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 g.br(head)?;
                 g.b.position_at_end(done);
                 Ok(())
-            })?;
+            }, &per_tile)?;
             if free {
                 // the unordered additions' writes, done before the CTA ends
                 g.bulk_wait(false, 0)?;
             }
-            if conv_early {
-                // bwd_convert_early: this writer is done (every addition of its released);
-                // the word after the tiles' semaphores counts the grid's writers
-                let adder = if wscan { w_lane0 } else { g.cbool(true) };
-                g.if_then(adder, || {
-                    let tiles = g.mul(g.mul(g.nctaid('z')?, c.hq)?, nq)?;
-                    g.release_inc(addr_of(g, sem, g.mul(g.zext64(tiles)?, g.c64(4))?)?)
-                })?;
+            if !persist {
+                count_done()?;
             }
             Ok(())
         })?;
@@ -1572,6 +1700,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 g.griddep_wait()?;
             }
             let tv = g.var(g.i32, t0)?;
+            // bwd_persist_dyn: the tile ids handed over so far
+            let mk = if dyn_tiles {
+                Some(g.var(g.i32, zero)?)
+            } else {
+                None
+            };
             let head = g.block("math_tiles");
             let work = g.block("math_tile");
             let done = g.block("math_tiles_done");
@@ -1582,12 +1716,12 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let tn = g.geti(&tv)?;
             g.cond_br(g.icmp(IntPredicate::ULT, tn, nt)?, work, done)?;
             g.b.position_at_end(work);
-            Some((tv, tn, head, nt))
+            Some((tv, mk, tn, head, nt))
         }
         None => None,
     };
     let tl = match tile_loop {
-        Some((_, tn, ..)) => {
+        Some((_, _, tn, ..)) => {
             let tl = tile_at(tn)?;
             for x in dk.iter().chain(&dv).flatten() {
                 g.set(x, g.cf(0.0))?;
@@ -1787,6 +1921,19 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     // bwd_visit_rec: each visit (and the end) from the producer's record
     let vrec = t.visit_rec;
+    // bwd_persist_dyn with visit records: each tile's end record takes a ring buffer of
+    // its own (given back at once), so the ring's index is the visits plus the ends
+    let ends = if persist && vrec.is_some() {
+        Some(g.var(g.i32, zero)?)
+    } else {
+        None
+    };
+    let ring_n = || -> R<IntValue<'ctx>> {
+        match &ends {
+            Some(e) => g.add(g.geti(&mn)?, g.geti(e)?),
+            None => g.geti(&mn),
+        }
+    };
     if vrec.is_none() {
         scan(tl, zero, q_start, &cur)?;
     }
@@ -1829,7 +1976,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     g.b.position_at_end(lp);
     if let Some(rec) = vrec {
         // the producer's record of this visit (or of the end), after its buffer's `full`
-        let (q_sl, q_ph) = ring_slot(g, g.geti(&mn)?)?;
+        let (q_sl, q_ph) = ring_slot(g, ring_n()?)?;
         // (bwd_s_ahead: waited for before this visit's Sᵀ was issued)
         if !s_ahead {
             g.mbar_wait(q_full(q_sl)?, q_ph)?;
@@ -1851,7 +1998,18 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.set(v, word(k as i64 + 1)?)?;
         }
         let visit = g.block("q_visit");
-        g.cond_br(g.geti(&cur.found)?, visit, epi)?;
+        if let Some(ends) = &ends {
+            // bwd_persist_dyn: the end record's buffer goes back (the producer's next
+            // tile writes it)
+            let end_rec = g.block("q_end_record");
+            g.cond_br(g.geti(&cur.found)?, visit, end_rec)?;
+            g.b.position_at_end(end_rec);
+            g.mbar_arrive(q_empty(q_sl)?)?;
+            g.set(ends, g.add(g.geti(ends)?, one)?)?;
+            g.br(epi)?;
+        } else {
+            g.cond_br(g.geti(&cur.found)?, visit, epi)?;
+        }
         g.b.position_at_end(visit);
     }
     let hi = g.geti(&cur.hi)?;
@@ -1862,7 +2020,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let h = head_of(tl, &cur)?;
     // bwd_tma: this visit's buffer (the producer's ring slot)
     let (q_sl, q_ph) = if tma {
-        ring_slot(g, g.geti(&mn)?)?
+        ring_slot(g, ring_n()?)?
     } else {
         (zero, zero)
     };
@@ -2673,10 +2831,13 @@ pub(super) fn dkdv_dq_body<'ctx>(
             ping_add(last, ds_last, col0, &x)
         })?;
     }
-    if let Some((tv, tn, head, nt)) = tile_loop {
+    if let Some((tv, mk, tn, head, nt)) = tile_loop {
         // every math warp has done with K and V (its products completed): the next
         // tile's copies, then this tile's dK and dV stores, under them
-        let next = g.add(tn, g.nctaid('x')?)?;
+        let next = match &mk {
+            Some(mk) => read_tile(mk)?,
+            None => g.add(tn, g.nctaid('x')?)?,
+        };
         // (a tile without visits has not waited for its own copies)
         g.cp_async_wait(0)?;
         bar()?;
@@ -2907,6 +3068,10 @@ fn produce<'ctx>(
             store_rec(g, rec, sl, &[zero])
         })?;
         g.mbar_arrive(q_full(sl)?)?;
+        if o.bwd_persist {
+            // bwd_persist_dyn: the end record's buffer counts (the math warps give it back)
+            g.set(pn, g.add(g.geti(pn)?, one)?)?;
+        }
     }
     Ok(())
 }
