@@ -1639,6 +1639,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.setmaxnreg(true, MATH_REGS)?;
     }
     let mn = g.var(g.i32, zero)?;
+    // bwd_persist_dyn with visit records: each tile's end record takes a ring buffer of
+    // its own (given back at once), so the ring's index is the visits plus the ends
+    // (counted over the CTA's tiles: made here, before the tile loop)
+    let ends = if persist && t.visit_rec.is_some() {
+        Some(g.var(g.i32, zero)?)
+    } else {
+        None
+    };
 
     let dk = acc_vars(g, (opts.d / 8) as usize)?;
     let dv = acc_vars(g, (opts.dv / 8) as usize)?;
@@ -1921,13 +1929,6 @@ pub(super) fn dkdv_dq_body<'ctx>(
     };
     // bwd_visit_rec: each visit (and the end) from the producer's record
     let vrec = t.visit_rec;
-    // bwd_persist_dyn with visit records: each tile's end record takes a ring buffer of
-    // its own (given back at once), so the ring's index is the visits plus the ends
-    let ends = if persist && vrec.is_some() {
-        Some(g.var(g.i32, zero)?)
-    } else {
-        None
-    };
     let ring_n = || -> R<IntValue<'ctx>> {
         match &ends {
             Some(e) => g.add(g.geti(&mn)?, g.geti(e)?),
