@@ -678,7 +678,11 @@ fn fused_persist_dyn_kernels() {
             );
             assert_eq!(a.params.last(), Some(&KernelParam::Batch), "{tag}");
             let atom = "atom.relaxed.gpu.global.add.u32";
-            assert_eq!(a.ptx.matches(atom).count(), 1, "{tag}: one tile counter add");
+            assert_eq!(
+                a.ptx.matches(atom).count(),
+                1,
+                "{tag}: one tile counter add"
+            );
             // the static order (visit records refused there) has none
             let stat = PtxOptions {
                 bwd_persist_dyn: false,
@@ -689,7 +693,8 @@ fn fused_persist_dyn_kernels() {
             let b = emit_backward(&plan, &stat, BackwardKind::DkDv).unwrap();
             assert!(!b.ptx.contains(atom), "{tag}");
             assert!(
-                a.ptx.matches("mbarrier.init").count() == b.ptx.matches("mbarrier.init").count() + 4,
+                a.ptx.matches("mbarrier.init").count()
+                    == b.ptx.matches("mbarrier.init").count() + 4,
                 "{tag}: the tile ring's four mbarriers"
             );
             if o.bwd_visit_rec {

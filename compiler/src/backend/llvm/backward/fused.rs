@@ -496,7 +496,8 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
     }
     if o.bwd_persist_dyn && (o.bwd_s_ahead || o.bwd_pingpong) {
         return Err(LlvmError::Unsupported(
-            "fused dQ: the tile counter (bwd_persist_dyn) without bwd_s_ahead or bwd_pingpong".into(),
+            "fused dQ: the tile counter (bwd_persist_dyn) without bwd_s_ahead or bwd_pingpong"
+                .into(),
         ));
     }
     if o.bwd_visit_rec
@@ -1181,7 +1182,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.mul(g.mul(batches()?, c.hq)?, nq)?,
             g.c32(super::DQ_TILE_COUNTER as i64),
         )?;
-        let ctr = addr_of(g, a.ptr(KernelParam::DqSem)?, g.mul(g.zext64(word)?, g.c64(4))?)?;
+        let ctr = addr_of(
+            g,
+            a.ptr(KernelParam::DqSem)?,
+            g.mul(g.zext64(word)?, g.c64(4))?,
+        )?;
         let old = g.atom_inc_relaxed_if_zero(lane, ctr)?;
         let id = g.add(g.shfl_idx_i32(old, zero)?, g.nctaid('x')?)?;
         g.mbar_wait(ring_empty(k)?, g.xor(ring_phase(k)?, one)?)?;
@@ -1499,25 +1504,29 @@ pub(super) fn dkdv_dq_body<'ctx>(
             g.if_then(is_producer, || {
                 let lane = g.and(wt, g.c32(31))?;
                 let (pv, pn) = (Visit::new(g)?, g.var(g.i32, zero)?);
-                for_tiles(Some(lane), &|tl| {
-                    let scan_t = |h, q, v: &Visit<'ctx>| scan(tl, h, q, v);
-                    let walk = (
-                        &scan_t as Scan<'_, 'ctx>,
-                        q_start,
-                        &q_step as &dyn Fn(_) -> _,
-                    );
-                    produce(
-                        g,
-                        &c,
-                        &t,
-                        opts,
-                        a,
-                        walk,
-                        (tl.b, &|v: &Visit<'ctx>| head_of(tl, v)),
-                        (&q_full, &q_empty),
-                        (lane, &pv, &pn),
-                    )
-                }, &|| Ok(()))
+                for_tiles(
+                    Some(lane),
+                    &|tl| {
+                        let scan_t = |h, q, v: &Visit<'ctx>| scan(tl, h, q, v);
+                        let walk = (
+                            &scan_t as Scan<'_, 'ctx>,
+                            q_start,
+                            &q_step as &dyn Fn(_) -> _,
+                        );
+                        produce(
+                            g,
+                            &c,
+                            &t,
+                            opts,
+                            a,
+                            walk,
+                            (tl.b, &|v: &Visit<'ctx>| head_of(tl, v)),
+                            (&q_full, &q_empty),
+                            (lane, &pv, &pn),
+                        )
+                    },
+                    &|| Ok(()),
+                )
             })?;
         }
         // bwd_wscan: the writer warp(s) search together, lane 0 adds
@@ -1547,83 +1556,90 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 })
             };
             let per_tile = || if persist { count_done() } else { Ok(()) };
-            for_tiles(None, &|tl| {
-                scan(tl, zero, q_start, &wv)?;
-                let head = g.block("writer_head");
-                let body = g.block("writer_tile");
-                let done = g.block("writer_done");
-                g.br(head)?;
-                g.b.position_at_end(head);
-                g.cond_br(g.geti(&wv.found)?, body, done)?;
-                g.b.position_at_end(body);
-                let n = g.geti(&wn)?;
-                let (sl, ph) = slot_of(n)?;
-                let add_tile = || -> R<()> {
-                    g.mbar_wait(bar_full(sl)?, ph)?;
-                    let h = head_of(tl, &wv)?;
-                    let qb = g.geti(&wv.qb)?;
-                    let tile = g.add(g.mul(g.add(g.mul(tl.b, c.hq)?, h)?, nq)?, qb)?;
-                    let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
-                    if free {
-                        // bwd_dq_free: no turn to wait for; DqAccum was zeroed, every part adds
+            for_tiles(
+                None,
+                &|tl| {
+                    scan(tl, zero, q_start, &wv)?;
+                    let head = g.block("writer_head");
+                    let body = g.block("writer_tile");
+                    let done = g.block("writer_done");
+                    g.br(head)?;
+                    g.b.position_at_end(head);
+                    g.cond_br(g.geti(&wv.found)?, body, done)?;
+                    g.b.position_at_end(body);
+                    let n = g.geti(&wn)?;
+                    let (sl, ph) = slot_of(n)?;
+                    let add_tile = || -> R<()> {
+                        g.mbar_wait(bar_full(sl)?, ph)?;
+                        let h = head_of(tl, &wv)?;
+                        let qb = g.geti(&wv.qb)?;
+                        let tile = g.add(g.mul(g.add(g.mul(tl.b, c.hq)?, h)?, nq)?, qb)?;
+                        let sem_addr = addr_of(g, sem, g.mul(g.zext64(tile)?, g.c64(4))?)?;
+                        if free {
+                            // bwd_dq_free: no turn to wait for; DqAccum was zeroed, every part adds
+                            let dst = addr_of(
+                                g,
+                                accum,
+                                tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
+                            )?;
+                            let src = g.smem_addr32(slot_addr(sl)?)?;
+                            g.bulk_store_or_add_f32(dst, src, tile_bytes, zero)?;
+                            g.bulk_wait(true, 0)?;
+                            return g.mbar_arrive(bar_empty(sl)?);
+                        }
+                        // descending kv blocks, as Ordered
+                        let rank = rank_of(tl, g.geti(&wv.first)?, g.geti(&wv.end)?)?;
+                        g.spin_until_eq(sem_addr, rank)?;
+                        g.fence_proxy_async_global()?;
                         let dst = addr_of(
                             g,
                             accum,
                             tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
                         )?;
                         let src = g.smem_addr32(slot_addr(sl)?)?;
-                        g.bulk_store_or_add_f32(dst, src, tile_bytes, zero)?;
-                        g.bulk_wait(true, 0)?;
-                        return g.mbar_arrive(bar_empty(sl)?);
-                    }
-                    // descending kv blocks, as Ordered
-                    let rank = rank_of(tl, g.geti(&wv.first)?, g.geti(&wv.end)?)?;
-                    g.spin_until_eq(sem_addr, rank)?;
-                    g.fence_proxy_async_global()?;
-                    let dst = addr_of(
-                        g,
-                        accum,
-                        tile_offset(g, (tl.b, c.hq, h), nq, qb, tile_bytes)?,
-                    )?;
-                    let src = g.smem_addr32(slot_addr(sl)?)?;
-                    let store =
-                        g.b.build_int_z_extend(g.icmp(IntPredicate::EQ, rank, zero)?, g.i32, "")?;
-                    // the first adder stores: DqAccum needs no zeroing
-                    g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
-                    g.bulk_wait(true, 0)?;
-                    g.mbar_arrive(bar_empty(sl)?)?;
-                    // the addition done (its writes performed), the next kv block's turn
-                    g.bulk_wait(false, 0)?;
-                    g.fence_proxy_async_global()?;
-                    if conv_early {
-                        // bwd_convert_early: the last adder flags the tile for its conversion
-                        let last = g.sub(g.sub(g.geti(&wv.end)?, g.geti(&wv.first)?)?, one)?;
-                        let flag = g.selecti(
-                            g.icmp(IntPredicate::EQ, rank, last)?,
-                            g.c32(super::DQ_DONE_FLAG as i64),
-                            zero,
+                        let store = g.b.build_int_z_extend(
+                            g.icmp(IntPredicate::EQ, rank, zero)?,
+                            g.i32,
+                            "",
                         )?;
-                        return g.release_add(sem_addr, g.or(flag, one)?);
+                        // the first adder stores: DqAccum needs no zeroing
+                        g.bulk_store_or_add_f32(dst, src, tile_bytes, store)?;
+                        g.bulk_wait(true, 0)?;
+                        g.mbar_arrive(bar_empty(sl)?)?;
+                        // the addition done (its writes performed), the next kv block's turn
+                        g.bulk_wait(false, 0)?;
+                        g.fence_proxy_async_global()?;
+                        if conv_early {
+                            // bwd_convert_early: the last adder flags the tile for its conversion
+                            let last = g.sub(g.sub(g.geti(&wv.end)?, g.geti(&wv.first)?)?, one)?;
+                            let flag = g.selecti(
+                                g.icmp(IntPredicate::EQ, rank, last)?,
+                                g.c32(super::DQ_DONE_FLAG as i64),
+                                zero,
+                            )?;
+                            return g.release_add(sem_addr, g.or(flag, one)?);
+                        }
+                        g.release_inc(sem_addr)
+                    };
+                    let mine = if two_writers {
+                        g.icmp(IntPredicate::EQ, sl, writer_slot)?
+                    } else {
+                        g.cbool(true)
+                    };
+                    let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
+                    if two_writers || wscan {
+                        g.if_then(mine, add_tile)?;
+                    } else {
+                        add_tile()?;
                     }
-                    g.release_inc(sem_addr)
-                };
-                let mine = if two_writers {
-                    g.icmp(IntPredicate::EQ, sl, writer_slot)?
-                } else {
-                    g.cbool(true)
-                };
-                let mine = if wscan { g.and(mine, w_lane0)? } else { mine };
-                if two_writers || wscan {
-                    g.if_then(mine, add_tile)?;
-                } else {
-                    add_tile()?;
-                }
-                g.set(&wn, g.add(n, one)?)?;
-                scan(tl, g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
-                g.br(head)?;
-                g.b.position_at_end(done);
-                Ok(())
-            }, &per_tile)?;
+                    g.set(&wn, g.add(n, one)?)?;
+                    scan(tl, g.geti(&wv.hi)?, q_step(g.geti(&wv.qb)?)?, &wv)?;
+                    g.br(head)?;
+                    g.b.position_at_end(done);
+                    Ok(())
+                },
+                &per_tile,
+            )?;
             if free {
                 // the unordered additions' writes, done before the CTA ends
                 g.bulk_wait(false, 0)?;
