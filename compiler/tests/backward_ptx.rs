@@ -1998,13 +1998,24 @@ fn fused_stats_bulk_kernels() {
         let tiles = 2 * bind.q_block * d * 2;
         let with = |ptx: &str, n: u32| {
             ptx.lines()
-                .filter(|l| l.contains("mbarrier.arrive.expect_tx") && l.trim_end().ends_with(&format!(", {n};")))
+                .filter(|l| {
+                    l.contains("mbarrier.arrive.expect_tx")
+                        && l.trim_end().ends_with(&format!(", {n};"))
+                })
                 .count()
         };
         assert_eq!(with(&def.ptx, tiles), 1, "{tag}: the default's arrival");
         assert_eq!(with(&def.ptx, tiles + 8 * bind.q_block), 0, "{tag}");
-        assert_eq!(with(&on.ptx, tiles), 1, "{tag}: the per-lane path's arrival");
-        assert_eq!(with(&on.ptx, tiles + 8 * bind.q_block), 1, "{tag}: with the rows' bytes");
+        assert_eq!(
+            with(&on.ptx, tiles),
+            1,
+            "{tag}: the per-lane path's arrival"
+        );
+        assert_eq!(
+            with(&on.ptx, tiles + 8 * bind.q_block),
+            1,
+            "{tag}: with the rows' bytes"
+        );
         for pat in ["wgmma.mma_async", "ld.shared", "st.shared", "stmatrix"] {
             assert_eq!(count(&on.ptx, pat), count(&def.ptx, pat), "{tag}: {pat}");
         }

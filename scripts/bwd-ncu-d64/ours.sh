@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bwd64n (session 22): ncu of our D64 fused dK/dV kernel (main's release gpu_backward, kernels
-# of main 5dcc1b3 = 7ac5187), dense then causal if time is left, one launch each (-s 3 -c 1)
+# bwd64n (session 22): ncu of our D64 fused dK/dV kernel (the bwd64n branch's release
+# gpu_backward: its default kernels are main's, PTX byte-identical), dense then causal if time is left, one launch each (-s 3 -c 1)
 # around the kernel bench, B4 H16 L4096 bf16; exported as text (details, raw, SASS source page)
 # into $OUT/ours.tar.xz. Needs no FA4. From the repo root, carry .bin-bwd64n. BUDGET=s (88).
 set -u
@@ -21,9 +21,9 @@ done
 [ -z "$SECS" ] && SECS="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters --section MemoryWorkloadAnalysis_Tables --section Occupancy --section LaunchStats"
 echo "sections:$SECS"
 export ATTNC_EXAMPLES=$PWD/examples ATTNC_BWD_BENCH_D=64 ATTNC_BWD_BENCH_CFG=default
-# plain timing (context; same machine)
-ATTNC_CACHE_DIR=/tmp/c5 ATTNC_BWD_BENCH_ONLY=full,causal timeout 15 $B/gpu_backward --ignored --exact gpu_backward_bench --nocapture > $W/bench_plain.txt 2>&1
-grep TFLOP $W/bench_plain.txt | cut -c1-200; echo "bench ($((SECONDS - t0)) s)"
+# plain timing (context; same machine) and the A/B of bwd_stats_bulk (+b), interleaved
+ATTNC_CACHE_DIR=/tmp/c5 ATTNC_BWD_BENCH_ONLY=full,causal ATTNC_BWD_BENCH_CFG=default,default+b,default,default+b timeout 18 $B/gpu_backward --ignored --exact gpu_backward_bench --nocapture > $W/bench_plain.txt 2>&1
+grep -E "TFLOP|panicked" $W/bench_plain.txt | cut -c1-200; echo "bench ($((SECONDS - t0)) s)"; cp $W/bench_plain.txt "$OUT"/
 exp() { # report name
   timeout 10 "$NCU" -i /tmp/$1.ncu-rep --page details --print-details all > $W/$1.details.txt 2>&1 || timeout 8 "$NCU" -i /tmp/$1.ncu-rep --page details > $W/$1.details.txt 2>&1
   timeout 8 "$NCU" -i /tmp/$1.ncu-rep --page raw --csv > $W/$1.raw.csv 2>&1

@@ -2979,7 +2979,9 @@ fn produce<'ctx>(
 /// buffer's L2 and Delta rows (4 Br bytes each) start 16-byte aligned, as `cp.async.bulk`
 /// needs (else the producer keeps its per-lane rows).
 fn stats_bulk_fits(o: &PtxOptions, t: &DkDvTiles) -> bool {
-    o.bwd_stats_bulk && (t.l2 | t.delta | t.stat_buf) % 16 == 0 && (4 * o.q_block) % 16 == 0
+    o.bwd_stats_bulk
+        && (t.l2 | t.delta | t.stat_buf).is_multiple_of(16)
+        && (4 * o.q_block).is_multiple_of(16)
 }
 
 /// [`PtxOptions::bwd_visit_rec`]: stores `words` as the first words of ring buffer `sl`'s
