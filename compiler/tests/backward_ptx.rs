@@ -2062,3 +2062,64 @@ fn fused_s_ahead_kernels() {
         assert_eq!(more(&wait(0)), -1, "{name}: the end waits for Sᵀ");
     }
 }
+
+/// `bwd_stats_bulk` on the binding's fused kernels (D64 dense / causal on q tiles of 128,
+/// D128 dense / causal on q tiles of 64, and the band at D128 with visit records): the
+/// producer copies a visit's L2 and Delta rows with two `cp.async.bulk` global -> shared
+/// on the buffer's `full` (which then expects their 8 Br bytes besides Q's and dO's), and
+/// keeps the per-lane rows for q tiles past Lq (its arrival without them is still there);
+/// off, neither the copies nor the larger count appear. The math warps' code is the same:
+/// as many wgmma and shared loads.
+#[test]
+fn fused_stats_bulk_kernels() {
+    let bulk = "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes";
+    let count = |t: &str, pat: &str| t.matches(pat).count();
+    for (d, file, name, len) in [
+        (64u32, "dense", "dense", 4096usize),
+        (64, "causal", "causal_attention", 4096),
+        (128, "dense", "dense", 8192),
+        (128, "causal", "causal_attention", 8192),
+        (128, "sliding_window", "sliding_window", 8192),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, len);
+        assert!(!bind.bwd_stats_bulk, "{name} D{d}: off by default");
+        let tag = format!("{name} D{d}");
+        let def = dkdv_twice(&plan, &bind, &tag, &format!("sb0_{name}_d{d}_bwd_dkdv.ptx"));
+        let on_o = PtxOptions {
+            bwd_stats_bulk: true,
+            ..bind
+        };
+        assert!(on_o.key() != bind.key(), "{tag}");
+        let on = dkdv_twice(&plan, &on_o, &tag, &format!("sb1_{name}_d{d}_bwd_dkdv.ptx"));
+        assert_eq!(count(&def.ptx, bulk), 0, "{tag}");
+        assert_eq!(count(&on.ptx, bulk), 2, "{tag}: L2 and Delta");
+        // Q and dO: q_block x D bf16 each; the bulk path expects the rows' bytes too
+        let tiles = 2 * bind.q_block * d * 2;
+        let with = |ptx: &str, n: u32| {
+            ptx.lines()
+                .filter(|l| {
+                    l.contains("mbarrier.arrive.expect_tx")
+                        && l.trim_end().ends_with(&format!(", {n};"))
+                })
+                .count()
+        };
+        assert_eq!(with(&def.ptx, tiles), 1, "{tag}: the default's arrival");
+        assert_eq!(with(&def.ptx, tiles + 8 * bind.q_block), 0, "{tag}");
+        assert_eq!(
+            with(&on.ptx, tiles),
+            1,
+            "{tag}: the per-lane path's arrival"
+        );
+        assert_eq!(
+            with(&on.ptx, tiles + 8 * bind.q_block),
+            1,
+            "{tag}: with the rows' bytes"
+        );
+        for pat in ["wgmma.mma_async", "ld.shared", "st.shared", "stmatrix"] {
+            assert_eq!(count(&on.ptx, pat), count(&def.ptx, pat), "{tag}: {pat}");
+        }
+    }
+}

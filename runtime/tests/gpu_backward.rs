@@ -1375,6 +1375,13 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
             ..o
         });
     }
+    // `+b`: the producer's L2 / Delta rows by two bulk copies (`bwd_stats_bulk`)
+    if let Some(rest) = cfg.strip_suffix("+b") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_stats_bulk: true,
+            ..o
+        });
+    }
     // `+c`: the next visit's Sᵀ issued under this visit's dK (`bwd_s_ahead`)
     if let Some(rest) = cfg.strip_suffix("+c") {
         return bench_options(default, rest, plan).map(|o| PtxOptions {

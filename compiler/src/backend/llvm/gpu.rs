@@ -1225,6 +1225,25 @@ impl<'ctx> Gpu<'ctx> {
         )
     }
 
+    /// `cp.async.bulk` global -> shared (one thread, no tensor map): `bytes` (a multiple of
+    /// 16) from global address `src` (i64, 16-byte aligned) to shared address `dst` (i32,
+    /// 16-byte aligned); its bytes complete a transaction of `bar`.
+    pub fn bulk_load(
+        &self,
+        dst: IntValue<'ctx>,
+        src: IntValue<'ctx>,
+        bytes: u32,
+        bar: IntValue<'ctx>,
+    ) -> R<()> {
+        self.asm_void(
+            &format!(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], {bytes}, [$2];"
+            ),
+            "r,l,r,~{memory}",
+            &[dst, src, bar],
+        )
+    }
+
     /// `cp.async.bulk.tensor.3d` shared -> global (a TMA store, one thread): the box of
     /// the tensor map `map` at coordinates `(c0, c1, c2)` (D innermost; elements outside
     /// the tensor are not written) from shared address `src`, in this thread's current

@@ -658,6 +658,18 @@ pub struct PtxOptions {
     /// and values (bit-identical gradients). Off by default; the kernel bench's `+c`
     /// (docs/performance.md, "Session 21 (bwd21)"). Other kinds ignore it.
     pub bwd_s_ahead: bool,
+    /// The fused backward's TMA producer ([`Self::bwd_tma`], `backward/fused.rs`): a visit's
+    /// L2 and Delta rows come into its ring buffer as two bulk copies (`cp.async.bulk`
+    /// global -> shared, 4 Br bytes each) issued by lane 0 with the Q and dO copies and
+    /// completing on the same `full` mbarrier (FlashAttention-4's `load_LSE` /
+    /// `load_dPsum`), instead of every lane loading its rows from global memory and storing
+    /// them (at Br = 128 four dependent global round trips per visit between the buffer's
+    /// `empty` wait and the TMA issue). Where the q tile runs past Lq, or Lq or a stat
+    /// array's address leaves a row unaligned to 16 bytes, the visit takes the per-lane path
+    /// (+inf / 0 past Lq). The same values: bit-identical gradients. Off by default; the
+    /// kernel bench's `+b` (docs/performance.md, "Session 22 (bwd64n)"). Other kinds
+    /// ignore it.
+    pub bwd_stats_bulk: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -844,6 +856,7 @@ impl PtxOptions {
             bwd_exp_emu: 0,
             bwd_stat_acc: 0,
             bwd_s_ahead: false,
+            bwd_stats_bulk: false,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -1252,6 +1265,11 @@ impl PtxOptions {
                 String::new()
             }
             + if self.bwd_s_ahead { " bwd-s-ahead" } else { "" }
+            + if self.bwd_stats_bulk {
+                " bwd-stats-bulk"
+            } else {
+                ""
+            }
             + if self.bwd_band_keep {
                 " bwd-band-keep"
             } else {

@@ -333,6 +333,14 @@
 //!   causal / ALiBi 68 bytes (default 16), sliding 200 (148), documents 24 (28), mostly
 //!   in the producer and writer warps (24 registers); the math warps spill only the
 //!   tile id, once per tile.
+//!   `bwd_stats_bulk` (off; the kernel bench's `+b`; with the TMA producer): the
+//!   producer's per-visit L2 and Delta rows come as two bulk copies (`cp.async.bulk`,
+//!   lane 0, completing on the buffer's `full` with Q and dO: FlashAttention-4's
+//!   `load_LSE` / `load_dPsum`) instead of per-lane global loads and shared stores (at
+//!   D64's q tiles of 128 four dependent global round trips between the `empty` wait and
+//!   the TMA issue, on the path to the math warps' `q_full`); q tiles past Lq or rows not
+//!   16-byte aligned keep the per-lane path. Not yet measured (docs/performance.md,
+//!   "Session 22 (bwd64n)").
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
@@ -2975,7 +2983,9 @@ type HeadOf<'a, 'ctx> = &'a dyn Fn(&Visit<'ctx>) -> R<IntValue<'ctx>>;
 /// math warps have done with what the buffer held), every lane stores two rows of L2
 /// and Delta (+inf / 0 past Lq) and arrives at `full`; lane 0 arrives with the expected
 /// bytes and issues the TMA copies of Q_i and dO_i (one box of 64 columns per slab,
-/// rows past Lq zero-filled), whose bytes complete the phase.
+/// rows past Lq zero-filled), whose bytes complete the phase. With
+/// [`PtxOptions::bwd_stats_bulk`] a visit whose q tile lies within Lq (rows 16-byte
+/// aligned) has no per-lane rows: lane 0 copies them with two `cp.async.bulk` on `full`.
 #[allow(clippy::too_many_arguments)]
 fn produce<'ctx>(
     g: &Gpu<'ctx>,
@@ -3006,6 +3016,31 @@ fn produce<'ctx>(
     let q0 = g.mul(g.geti(&pv.qb)?, g.c32(br as i64))?;
     let slice = g.add(g.mul(b, c.hq)?, h)?;
     let bufo = g.mul(sl, g.c32(t.buf as i64))?;
+    // bwd_stats_bulk: the rows by two bulk copies where the q tile lies within Lq and
+    // every row's address is 16-byte aligned (Lq % 4 = 0, q0 a multiple of 4, the arrays'
+    // bases); else (and without the option) every lane loads and stores its rows
+    let bulk_ok = if stats_bulk_fits(o, t) {
+        let fits = g.icmp(IntPredicate::SLE, g.add(q0, g.c32(br as i64))?, c.lq)?;
+        let lq_al = g.icmp(IntPredicate::EQ, g.and(c.lq, g.c32(3))?, zero)?;
+        let bases = g.or(
+            g.b.build_ptr_to_int(l2p, g.i64, "")?,
+            g.b.build_ptr_to_int(dlp, g.i64, "")?,
+        )?;
+        let al = g.icmp(
+            IntPredicate::EQ,
+            g.and(bases, g.i64.const_int(15, false))?,
+            g.i64.const_int(0, false),
+        )?;
+        Some(g.and(g.and(fits, lq_al)?, al)?)
+    } else {
+        None
+    };
+    let rows_done = bulk_ok.map(|_| g.block("producer_rows_done"));
+    if let (Some(ok), Some(done_bb)) = (bulk_ok, rows_done) {
+        let rows_bb = g.block("producer_rows");
+        g.cond_br(ok, done_bb, rows_bb)?;
+        g.b.position_at_end(rows_bb);
+    }
     // (q tiles of 80: the third step's lanes 16.. have no row)
     for k in 0..br.div_ceil(32) {
         let i = g.add(lane, g.c32(32 * k as i64))?;
@@ -3036,6 +3071,10 @@ fn produce<'ctx>(
             g.b.position_at_end(b2);
         }
     }
+    if let Some(done_bb) = rows_done {
+        g.br(done_bb)?;
+        g.b.position_at_end(done_bb);
+    }
     let tma_bb = g.block("producer_tma");
     let arrive_bb = g.block("producer_arrive");
     let next_bb = g.block("producer_next");
@@ -3055,7 +3094,32 @@ fn produce<'ctx>(
         store_rec(g, rec, sl, &words)?;
     }
     let full = q_full(sl)?;
-    g.mbar_arrive_expect_tx(full, t.q.bytes() + t.d_o.bytes())?;
+    let tile_bytes = t.q.bytes() + t.d_o.bytes();
+    match bulk_ok {
+        None => g.mbar_arrive_expect_tx(full, tile_bytes)?,
+        Some(ok) => {
+            let (bulk_bb, rows_bb, cont) = (
+                g.block("producer_stats_bulk"),
+                g.block("producer_stats_rows"),
+                g.block("producer_stats_done"),
+            );
+            g.cond_br(ok, bulk_bb, rows_bb)?;
+            g.b.position_at_end(bulk_bb);
+            g.mbar_arrive_expect_tx(full, tile_bytes + 8 * br)?;
+            let row = g.add(g.mul(g.zext64(slice)?, g.zext64(c.lq)?)?, g.zext64(q0)?)?;
+            let row_bytes = g.mul(row, g.i64.const_int(4, false))?;
+            for (stat, p) in [(t.l2, l2p), (t.delta, dlp)] {
+                let dst = g.add(g.mul(sl, g.c32(t.stat_buf as i64))?, g.c32(stat as i64))?;
+                let src = g.add(g.b.build_ptr_to_int(p, g.i64, "")?, row_bytes)?;
+                g.bulk_load(g.smem_addr32(dst)?, src, 4 * br, full)?;
+            }
+            g.br(cont)?;
+            g.b.position_at_end(rows_bb);
+            g.mbar_arrive_expect_tx(full, tile_bytes)?;
+            g.br(cont)?;
+            g.b.position_at_end(cont);
+        }
+    }
     for (tile, map) in [(&t.q, KernelParam::TmaQ), (&t.d_o, KernelParam::TmaDo)] {
         let map = a.ptr(map)?;
         for s in 0..tile.cols / 64 {
@@ -3091,6 +3155,15 @@ fn produce<'ctx>(
         }
     }
     Ok(())
+}
+
+/// [`PtxOptions::bwd_stats_bulk`] applies to this kernel: the option is on and each ring
+/// buffer's L2 and Delta rows (4 Br bytes each) start 16-byte aligned, as `cp.async.bulk`
+/// needs (else the producer keeps its per-lane rows).
+fn stats_bulk_fits(o: &PtxOptions, t: &DkDvTiles) -> bool {
+    o.bwd_stats_bulk
+        && (t.l2 | t.delta | t.stat_buf).is_multiple_of(16)
+        && (4 * o.q_block).is_multiple_of(16)
 }
 
 /// [`PtxOptions::bwd_visit_rec`]: stores `words` as the first words of ring buffer `sl`'s
