@@ -7,14 +7,17 @@
 # compute-sanitizer memcheck of two of them; SDPA cuDNN / flash in the same call
 # (scripts/decode_bench_torch.py --no-flex) while the budget lasts.
 # Binaries (xz'd release attnc and gpu_decode) next to this script; usage (GPU machine, from
-# the repository root): OUT=dir BUDGET=seconds bash .bin-dec22/run2.sh
+# the repository root): OUT=dir BUDGET=seconds bash .bin-dec22/run2.sh (also the final check's
+# fc.sh: FC_S=seconds, BUDGET defaults to FC_S - 4; main's binaries from /tmp/f4 when none here)
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/d22b; mkdir -p $B
 for f in "$here"/*.xz; do [ -e "$f" ] && [ ! -x $B/$(basename "$f" .xz) ] && xz -dc "$f" > $B/$(basename "$f" .xz) & done; wait; chmod +x $B/* 2>/dev/null
 A=$B/attnc; T=$B/gpu_decode
+# (the final check's fc.sh: main's binaries of that call when none are next to this script)
+[ -x $A ] || A=/tmp/f4/attnc; [ -x $T ] || T=/tmp/f4/gpu_decode
 export ATTNC_CACHE_DIR=/tmp/attnc-cache-d22b ATTNC_EXAMPLES=$PWD/examples
 O=${OUT:-/tmp/d22o}; mkdir -p $O; t0=$(date +%s); el() { echo $(( $(date +%s) - t0 )); }
-left() { echo $(( ${BUDGET:-70} - $(el) )); }
+left() { echo $(( ${BUDGET:-$(( ${FC_S:-74} - 4 ))} - $(el) )); }
 bench() { local to=$1 f=$2; shift 2; if [ $(left) -lt $to ]; then echo "(skipped: $(left) s left)"; return; fi
   timeout $to $A bench examples/$f --decode --backend cuda --dtype bf16 --d 128 --iters 20 "$@" 2>&1 | grep -v "^device" | cut -c1-400; }
 C=${COPIES:-efikjoqu,efikjoquv,efikjoquvw}
