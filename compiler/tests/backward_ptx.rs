@@ -493,7 +493,7 @@ fn fused_wg_dq_kernels() {
             let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16);
             let o = PtxOptions {
                 bwd_wg_dq: true,
-                ..def.backward_for_binding(&plan, 8192)
+                ..def.backward_for_binding(&plan, 8192).static_tiles()
             };
             let a = dkdv_twice(
                 &plan,
@@ -573,6 +573,7 @@ fn fused_persist_kernels() {
             // runtime's ATTNC_BWD_PERSIST=1: visit records need the non-persistent kernel)
             let o = PtxOptions {
                 bwd_persist: true,
+                bwd_persist_dyn: false,
                 bwd_visit_rec: false,
                 bwd_band_keep: false,
                 bwd_stmatrix: def.bwd_stmatrix && !def.bwd_wscan,
@@ -595,7 +596,9 @@ fn fused_persist_kernels() {
             assert_eq!(a.params.last(), Some(&KernelParam::Batch), "{tag}");
             // the producer, the writer warp and the math warps each step by the grid
             assert!(a.ptx.contains("%nctaid.x"), "{tag}");
-            let plain = emit_backward(&plan, &def, BackwardKind::DkDv).unwrap();
+            // (the grid's order: session 23's defaults take the counter's tiles on bands
+            // and tables)
+            let plain = emit_backward(&plan, &def.static_tiles(), BackwardKind::DkDv).unwrap();
             assert!(!plain.ptx.contains("%nctaid.x"), "{tag}");
             let off = PtxOptions {
                 bwd_tma: false,
@@ -1024,7 +1027,8 @@ fn fused_pingpong_kernels() {
             let p = &example(file, name);
             let plan = Plan::new(p);
             let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
+                .backward_for_binding(&plan, 8192)
+                .static_tiles();
             // the binding's default at D64 without mask or score (session 13)
             assert_eq!(bind.bwd_pingpong, d == 64 && name == "dense", "{name} D{d}");
             let tag = format!("{name} D{d}");
@@ -1157,7 +1161,8 @@ fn fused_visit_rec_kernels() {
             let p = &example(file, name);
             let plan = Plan::new(p);
             let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
+                .backward_for_binding(&plan, 8192)
+                .static_tiles();
             // the binding's default with the warp-wide search (bands, tables) and, since
             // session 16, on the longest-first (causal-type) bindings at D128
             assert!(binding.bwd_tma, "{name} D{d}");
@@ -1237,7 +1242,8 @@ fn fused_element_order_kernels() {
             let p = &example(file, name);
             let plan = Plan::new(p);
             let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
+                .backward_for_binding(&plan, 8192)
+                .static_tiles();
             assert!(
                 !binding.bwd_stats_early && !binding.bwd_p_under_dp,
                 "{name} D{d}"
@@ -1808,7 +1814,8 @@ fn binding_dv_early_d64_and_tables() {
         let p = &example(file, name);
         let plan = Plan::new(p);
         let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-            .backward_for_binding(&plan, 8192);
+            .backward_for_binding(&plan, 8192)
+            .static_tiles();
         assert_eq!(
             (bind.bwd_dv_early, bind.bwd_empty_late),
             want,
@@ -1955,7 +1962,8 @@ fn fused_ping_next_kernels() {
         let p = &example(file, name);
         let plan = Plan::new(p);
         let bind = PtxOptions::backward(Arch::Sm90, 64, 64, InputType::Bf16)
-            .backward_for_binding(&plan, 4096);
+            .backward_for_binding(&plan, 4096)
+            .static_tiles();
         assert!(!bind.bwd_ping_next, "{name}: off by default");
         assert_eq!(bind.bwd_pingpong, name == "dense", "{name}");
         // without the turns: ignored
@@ -2063,7 +2071,8 @@ fn fused_s_ahead_kernels() {
     }
 }
 
-/// `bwd_stats_bulk` on the binding's fused kernels (D64 dense / causal on q tiles of 128,
+/// `bwd_stats_bulk` (session 23: the default at D64 without a score function) on and off
+/// the binding's fused kernels (D64 dense / causal on q tiles of 128,
 /// D128 dense / causal on q tiles of 64, and the band at D128 with visit records): the
 /// producer copies a visit's L2 and Delta rows with two `cp.async.bulk` global -> shared
 /// on the buffer's `full` (which then expects their 8 Br bytes besides Q's and dO's), and
@@ -2085,7 +2094,12 @@ fn fused_stats_bulk_kernels() {
         let plan = Plan::new(p);
         let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, len);
-        assert!(!bind.bwd_stats_bulk, "{name} D{d}: off by default");
+        // session 23: the default at D64 without a score function, off elsewhere
+        assert_eq!(bind.bwd_stats_bulk, d == 64, "{name} D{d}: the default");
+        let bind = PtxOptions {
+            bwd_stats_bulk: false,
+            ..bind
+        };
         let tag = format!("{name} D{d}");
         let def = dkdv_twice(&plan, &bind, &tag, &format!("sb0_{name}_d{d}_bwd_dkdv.ptx"));
         let on_o = PtxOptions {

@@ -563,16 +563,19 @@ pub fn backward_kernel_options(
 /// (one H200, session 17, document + causal B2 H16 L4096 D128, whole backward 0.291 ms
 /// unordered against 0.254 deterministic), so those bindings keep their deterministic
 /// kernels. Other options (the two-kernel backward, the fused `Ordered` / `Atomic`
-/// schemes an `ATTNC_BWD_DQ` override picks) are returned as they are.
+/// schemes an `ATTNC_BWD_DQ` override picks) are returned as they are. The unordered
+/// kernels run on the grid's tile order ([`PtxOptions::static_tiles`]).
 pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> PtxOptions {
     use attnc_compiler::backend::llvm::BwdDq;
     use attnc_compiler::backend::llvm::backward::convert_early;
     if o.bwd_dq != BwdDq::OrderedBulk || convert_early(&o) {
         return o;
     }
+    // (on the grid's tile order: the tile counter's persistent CTAs, session 23's default
+    // on some deterministic bindings, were measured with the ordered chain only)
     PtxOptions {
         bwd_dq_free: true,
-        ..o
+        ..o.static_tiles()
     }
     .backward_q80(plan)
 }
@@ -591,7 +594,11 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// `ATTNC_BWD_WGDQ=1` / `0` turns each math warpgroup's own dQ part
 /// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off; `ATTNC_BWD_PERSIST=1`
 /// / `0` the fused kernel's persistent CTAs (`PtxOptions::bwd_persist`, with the TMA
-/// producer only; no capture gradients); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
+/// producer only; no capture gradients; `1` walks the tiles in the static order, `0` also
+/// turns off the counter's order, `bwd_persist_dyn`, session 23's default on D128 bands and
+/// tables, D64 tables and D64 causal); `ATTNC_BWD_STATS_BULK=1` / `0` the producer's
+/// L2 / Delta rows by bulk copies (`PtxOptions::bwd_stats_bulk`, session 23's default at
+/// D64 without a score function); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
 /// threads (`PtxOptions::bwd_two_writers`, bulk additions only) and
 /// `ATTNC_BWD_STORE_PAIRS=1` / `0` its dK/dV stores in pairs (`PtxOptions::bwd_store_pairs`;
 /// both on by default with the warp-wide search). For A/B runs of the later per-binding
@@ -633,6 +640,7 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
         Some(true) if bulk && o.bwd_tma => {
             o = PtxOptions {
                 bwd_persist: true,
+                bwd_persist_dyn: false,
                 bwd_visit_rec: false,
                 bwd_band_keep: false,
                 bwd_stmatrix: o.bwd_stmatrix && !o.bwd_wscan,
@@ -641,9 +649,17 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
                 ..o
             }
         }
-        Some(false) => o.bwd_persist = false,
+        Some(false) => {
+            o.bwd_persist = false;
+            o.bwd_persist_dyn = false;
+        }
         _ => {}
     }
+    set(
+        &mut o.bwd_stats_bulk,
+        "ATTNC_BWD_STATS_BULK",
+        fused && o.bwd_tma,
+    );
     set(&mut o.bwd_two_writers, "ATTNC_BWD_TWO_WRITERS", bulk);
     set(&mut o.bwd_store_pairs, "ATTNC_BWD_STORE_PAIRS", fused);
     set(&mut o.bwd_wg_dq, "ATTNC_BWD_WGDQ", bulk && o.bwd_tma);
@@ -701,7 +717,7 @@ mod tests {
     /// What `BackwardOptions { deterministic: false }` selects per binding (no GPU needed):
     /// on sm_90 every fused (OrderedBulk) binding adds its dQ parts unordered, the early
     /// conversion off; dense D128 alone also on q tiles of 80; every other option as the
-    /// deterministic binding's; the kernels exist (their specs), their JIT cache keys and
+    /// deterministic binding's on the grid's tile order; the kernels exist (their specs), their JIT cache keys and
     /// workspaces differ from the deterministic ones'. The two-kernel backward (sm_80, D32,
     /// `ATTNC_BWD_DQ=separate`'s caller path) has no non-deterministic variant.
     #[test]
@@ -741,7 +757,11 @@ mod tests {
                 q_block: det.q_block,
                 ..nd
             };
-            assert_eq!(same, det, "{name} D{d}: nothing else changes");
+            assert_eq!(
+                same,
+                det.static_tiles(),
+                "{name} D{d}: nothing else changes (the grid's tile order)"
+            );
             for kind in [
                 KernelKind::BackwardPre,
                 KernelKind::BackwardDkDv,
@@ -755,7 +775,7 @@ mod tests {
                 );
             }
             let ws = |o| crate::cuda::backward::dq_workspace(o, &sh).expect("fused");
-            let (wd, wn) = (ws(&det), ws(&nd));
+            let (wd, wn) = (ws(&det.static_tiles()), ws(&nd));
             let tiles = |qb: usize| 2 * 8 * 1000usize.div_ceil(qb);
             assert_eq!(
                 wn,
@@ -828,6 +848,19 @@ mod tests {
         assert!(o.bwd_persist && !o.bwd_visit_rec && !o.bwd_band_keep);
         assert_eq!(o.bwd_stmatrix, base.bwd_stmatrix);
         assert!(!with(&[("ATTNC_BWD_PERSIST", "0")], o).bwd_persist);
+        let dyn_ = PtxOptions {
+            bwd_persist: true,
+            bwd_persist_dyn: true,
+            ..base
+        };
+        let o = with(&[("ATTNC_BWD_PERSIST", "0")], dyn_);
+        assert!(!o.bwd_persist && !o.bwd_persist_dyn);
+        assert!(!with(&[("ATTNC_BWD_PERSIST", "1")], dyn_).bwd_persist_dyn);
+        let bulk = PtxOptions {
+            bwd_stats_bulk: true,
+            ..base
+        };
+        assert!(!with(&[("ATTNC_BWD_STATS_BULK", "0")], bulk).bwd_stats_bulk);
         let o = with(&[("ATTNC_BWD_PDL", "1")], base);
         assert!(o.bwd_pdl && o.bwd_convert_early);
         let o = with(&[("ATTNC_BWD_PDL", "1"), ("ATTNC_BWD_EARLY", "0")], base);

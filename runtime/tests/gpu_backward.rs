@@ -1156,7 +1156,8 @@ fn test_options(
 /// (`PtxOptions::bwd_affine_unguarded`), e.g. `default+a+f`. A trailing `+P` runs the
 /// fused kernel on persistent CTAs that take their kv tiles from a global counter
 /// (`PtxOptions::bwd_persist_dyn`; where the kernel has them: the TMA producer, no
-/// capture gradients), e.g. `default+P`. A trailing `+z` waits for
+/// capture gradients), e.g. `default+P`; `-P` and `-b` turn the counter's persistent CTAs and
+/// `bwd_stats_bulk` off (session 23's defaults: `default-P-b` = the defaults before). A trailing `+z` waits for
 /// the fused kernel's free dQ slot after issuing the products (`PtxOptions::bwd_empty_late`),
 /// e.g. `default+z`, `default+e+z`; a trailing `+j` issues dV before the dS barrier
 /// (`PtxOptions::bwd_dv_early`), e.g. `default+j+z`; a trailing `+i` also computes P and
@@ -1181,6 +1182,8 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
         ("-y", 3),
         ("-r", 4),
         ("-k", 5),
+        ("-P", 6),
+        ("-b", 7),
     ] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
             return bench_options(default, rest, plan).map(|o| match off {
@@ -1202,6 +1205,15 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
                 },
                 5 => PtxOptions {
                     bwd_band_keep: false,
+                    ..o
+                },
+                6 => PtxOptions {
+                    bwd_persist: false,
+                    bwd_persist_dyn: false,
+                    ..o
+                },
+                7 => PtxOptions {
+                    bwd_stats_bulk: false,
                     ..o
                 },
                 _ => PtxOptions {
@@ -2476,8 +2488,11 @@ fn gpu_backward_persist(dev: &CudaDevice) {
         let def = binding_options(dev.arch(), p, sh, *ty);
         // (on session 12's options for bands and tables: visit records need the
         // non-persistent kernel, the instruction cuts are not measured with it)
+        // (the static order: session 23's defaults take the counter's tiles on bands and
+        // tables)
         let o = PtxOptions {
             bwd_persist: true,
+            bwd_persist_dyn: false,
             bwd_visit_rec: false,
             bwd_band_keep: false,
             bwd_stmatrix: false,

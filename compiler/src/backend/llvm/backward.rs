@@ -451,7 +451,62 @@ impl PtxOptions {
                 o.bwd_dv_early = true;
             }
         }
+        // session 23: at D64 without a score function (dense, causal) the producer's L2 /
+        // Delta rows by two bulk copies (`bwd_stats_bulk`, FlashAttention-4's load_LSE /
+        // load_dPsum). One H200, one call, B4 H16 L4096 whole backward TFLOP/s default /
+        // with, interleaved: dense 446.7, 445.9 / 492.4, 493.3; causal 385.1, 385.5 /
+        // 393.3, 393.5. D128 (dense 568.0 / 576.9, causal 526.9 / 517.1, one run each)
+        // and the D64 score functions, bands and tables not measured: left out
+        if fused::tma_producer(&o)
+            && o.d == 64
+            && prog.score.is_none()
+            && !o.bwd_wscan
+            && capture_grads(prog).is_empty()
+        {
+            o.bwd_stats_bulk = true;
+        }
+        // session 23: persistent CTAs taking their kv tiles from a global counter
+        // (`bwd_persist` + `bwd_persist_dyn`, on top of the options above, as the kernel
+        // bench's `+P`) where it measured faster. One H200, one call, whole backward
+        // TFLOP/s default / with, interleaved: D128 sliding 1024 398.0, 397.7 / 408.7,
+        // 412.4; document + causal 278.1, 280.9 / 290.1, 290.0; D64 causal 384.4, 385.6 /
+        // 404.2, 405.6; D64 document + causal 130.2, 129.7 / 141.3, 141.4. Not where it
+        // measured slower or even: D128 causal 524.8, 525.3 / 517.8, 516.9, ALiBi + causal
+        // 518.4, 517.9 / 485.7, 488.8 (ptxas spills 68 / 124 bytes with it), dense 576.7,
+        // 565.2 / 572.9, 572.0; nor where not measured (D64 bands, score functions)
+        let tables = o.bwd_wscan && !backward_bounds(plan, &o).is_closed_form();
+        let measured = (o.d == 128 && o.bwd_wscan)
+            || (o.d == 64 && tables)
+            || (o.d == 64
+                && o.bwd_lpt
+                && !o.bwd_wscan
+                && prog.score.is_none()
+                && prog.mask.is_some());
+        if measured
+            && fused::tma_producer(&o)
+            && o.bwd_dq == BwdDq::OrderedBulk
+            && capture_grads(prog).is_empty()
+            && !o.bwd_pingpong
+            && !o.bwd_s_ahead
+        {
+            o.bwd_persist = true;
+            o.bwd_persist_dyn = true;
+        }
         o
+    }
+
+    /// These options on the grid's own tile order: no persistent CTAs (neither
+    /// [`Self::bwd_persist`] nor [`Self::bwd_persist_dyn`], which
+    /// [`Self::backward_for_binding`] turns on for some bindings since session 23). For
+    /// composing with what the tile counter refuses ([`Self::bwd_pingpong`],
+    /// [`Self::bwd_s_ahead`]) and for comparing with the defaults before; what the
+    /// runtime's `ATTNC_BWD_PERSIST=0` does.
+    pub fn static_tiles(self) -> Self {
+        Self {
+            bwd_persist: false,
+            bwd_persist_dyn: false,
+            ..self
+        }
     }
 
     /// At D = Dv = 64 on the fused kernel: q tiles of 128 (each math warpgroup computing
