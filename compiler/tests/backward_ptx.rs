@@ -453,12 +453,13 @@ fn fused_sm90_d64_kernels() {
             insta::assert_snapshot!("bwd_ptx_sm90_bf16_d64__dense__binding_bwd_dkdv", a.ptx);
             // q tiles of 64 (the options without a binding, float positions as the
             // binding's: what session 9's first commit snapshot-tested; without session
-            // 12's instruction cuts)
+            // 12's instruction cuts, nor session 23's bulk statistics)
             let o64 = PtxOptions {
                 q_block: 64,
                 bwd_lpt: false,
                 bwd_scan_under: false,
                 bwd_pingpong: false,
+                bwd_stats_bulk: false,
                 ..before_cuts(o)
             };
             let a64 = emit_backward(&plan, &o64, BackwardKind::DkDv).unwrap();

@@ -467,22 +467,25 @@ impl PtxOptions {
         }
         // session 23: persistent CTAs taking their kv tiles from a global counter
         // (`bwd_persist` + `bwd_persist_dyn`, on top of the options above, as the kernel
-        // bench's `+P`) where it measured faster. One H200, one call, whole backward
-        // TFLOP/s default / with, interleaved: D128 sliding 1024 398.0, 397.7 / 408.7,
-        // 412.4; document + causal 278.1, 280.9 / 290.1, 290.0; D64 causal 384.4, 385.6 /
-        // 404.2, 405.6; D64 document + causal 130.2, 129.7 / 141.3, 141.4. Not where it
-        // measured slower or even: D128 causal 524.8, 525.3 / 517.8, 516.9, ALiBi + causal
-        // 518.4, 517.9 / 485.7, 488.8 (ptxas spills 68 / 124 bytes with it), dense 576.7,
-        // 565.2 / 572.9, 572.0; nor where not measured (D64 bands, score functions)
-        let tables = o.bwd_wscan && !backward_bounds(plan, &o).is_closed_form();
-        let measured = (o.d == 128 && o.bwd_wscan)
-            || (o.d == 64 && tables)
-            || (o.d == 64
-                && o.bwd_lpt
-                && !o.bwd_wscan
-                && prog.score.is_none()
-                && prog.mask.is_some());
-        if measured
+        // bench's `+P`) on D64's causal-type bindings without a score function. One H200,
+        // one call, whole backward TFLOP/s default / with, interleaved: D64 causal 384.4,
+        // 385.6 / 404.2, 405.6 (with `bwd_stats_bulk` as well, the next call: 383.6, 386.0
+        // / 405.3, 410.9). Not where it measured slower or even: D128 causal 524.8, 525.3 /
+        // 517.8, 516.9, ALiBi + causal 518.4, 517.9 / 485.7, 488.8 (ptxas spills 68 / 124
+        // bytes with it), dense 576.7, 565.2 / 572.9, 572.0. Not yet on bands and block
+        // tables, though faster there (D128 sliding 1024 398.0, 397.7 / 408.7, 412.4,
+        // document + causal 278.1, 280.9 / 290.1, 290.0, D64 documents 130.2, 129.7 /
+        // 141.3, 141.4): with their early dQ conversion (`bwd_convert_early`), 16 of 64
+        // conversion CTAs of gpu_backward_convert_timeout's band took the spin budget's
+        // fallback (0 on the grid's order): the gradients are right (the fallback waits
+        // for the whole grid), the flags' timing under the counter not yet understood
+        // (docs/performance.md, "Session 23")
+        if o.d == 64
+            && o.bwd_lpt
+            && !o.bwd_wscan
+            && !convert_early(&o)
+            && prog.score.is_none()
+            && prog.mask.is_some()
             && fused::tma_producer(&o)
             && o.bwd_dq == BwdDq::OrderedBulk
             && capture_grads(prog).is_empty()

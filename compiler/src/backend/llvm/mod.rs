@@ -439,7 +439,10 @@ pub struct PtxOptions {
     /// increasing order by resident CTAs (the ordered dQ's no-deadlock argument holds),
     /// longest first on the causal-type bindings (`bwd_lpt`'s order), and the hardware's
     /// balancing is back. Works with [`Self::bwd_visit_rec`] (and so `bwd_dv_early` /
-    /// `bwd_empty_late`) and [`Self::bwd_convert_early`]. Off (the kernel bench's `+P`).
+    /// `bwd_empty_late`) and [`Self::bwd_convert_early`]. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on (with `bwd_persist`) for D64's
+    /// causal-type bindings without a score function (session 23, one H200: causal 1.05x
+    /// whole backward); the kernel bench's `+P`.
     pub bwd_persist_dyn: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
@@ -666,9 +669,10 @@ pub struct PtxOptions {
     /// them (at Br = 128 four dependent global round trips per visit between the buffer's
     /// `empty` wait and the TMA issue). Where the q tile runs past Lq, or Lq or a stat
     /// array's address leaves a row unaligned to 16 bytes, the visit takes the per-lane path
-    /// (+inf / 0 past Lq). The same values: bit-identical gradients. Off by default; the
-    /// kernel bench's `+b` (docs/performance.md, "Session 22 (bwd64n)"). Other kinds
-    /// ignore it.
+    /// (+inf / 0 past Lq). The same values: bit-identical gradients. Off in `backward`;
+    /// [`Self::backward_for_binding`] turns it on at D64 without a score function
+    /// (session 23, one H200: dense 1.10x, causal 1.02x whole backward); the kernel
+    /// bench's `+b` (docs/performance.md, "Session 23"). Other kinds ignore it.
     pub bwd_stats_bulk: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal

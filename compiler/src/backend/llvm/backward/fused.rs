@@ -310,7 +310,8 @@
 //!   ptxas 13.0 sm_90a: no C75xx, Sᵀ in the same registers across the back edge (no
 //!   copies), spill stores unchanged (dense 0, causal 16, ALiBi 16 bytes). Not yet
 //!   measured on a GPU (docs/performance.md, session 21 (bwd21)).
-//!   `bwd_persist_dyn` (with `bwd_persist`, off; the kernel bench's `+P`): the tiles
+//!   `bwd_persist_dyn` (with `bwd_persist`; the kernel bench's `+P`; the default on D64's
+//!   causal-type bindings without a score function since session 23): the tiles
 //!   from a global counter instead of the static order. A CTA's first tile is ctaid.x;
 //!   after producing a tile's visits (and with visit records its end record) the producer
 //!   warp's lane 0 takes the next, nctaid.x + `atom.add(DqSem[tiles + 2], 1)` (the word
@@ -333,14 +334,16 @@
 //!   causal / ALiBi 68 bytes (default 16), sliding 200 (148), documents 24 (28), mostly
 //!   in the producer and writer warps (24 registers); the math warps spill only the
 //!   tile id, once per tile.
-//!   `bwd_stats_bulk` (off; the kernel bench's `+b`; with the TMA producer): the
+//!   `bwd_stats_bulk` (the kernel bench's `+b`; with the TMA producer; the default at D64
+//!   without a score function since session 23): the
 //!   producer's per-visit L2 and Delta rows come as two bulk copies (`cp.async.bulk`,
 //!   lane 0, completing on the buffer's `full` with Q and dO: FlashAttention-4's
 //!   `load_LSE` / `load_dPsum`) instead of per-lane global loads and shared stores (at
 //!   D64's q tiles of 128 four dependent global round trips between the `empty` wait and
 //!   the TMA issue, on the path to the math warps' `q_full`); q tiles past Lq or rows not
-//!   16-byte aligned keep the per-lane path. Not yet measured (docs/performance.md,
-//!   "Session 22 (bwd64n)").
+//!   16-byte aligned keep the per-lane path. One H200 (session 23, whole backward,
+//!   interleaved): D64 dense 1.10x, causal 1.02x; D128 dense 1.016x, causal 0.98x (one
+//!   run each: not there) (docs/performance.md, "Session 23").
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
