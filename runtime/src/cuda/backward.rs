@@ -580,7 +580,7 @@ impl CudaBackward {
             return Ok(None);
         };
         let words = dev.download(sem)?;
-        Ok(words.last().copied())
+        Ok(early_fallback_count(self.opts(), &p.fwd.shape, &words))
     }
 
     /// Upload, launch, download.
@@ -739,6 +739,19 @@ pub fn dq_workspace(o: &PtxOptions, shape: &Shape) -> Option<(usize, usize)> {
     Some((tiles * (o.q_block * o.d) as usize, tiles + extra))
 }
 
+/// The conversions' fallback count in `words`, the `DqSem` of a launch of kernels built
+/// with `o` for `shape` ([`CudaBackward::early_fallbacks`]): the word after the writers'
+/// done count, `DqSem[tiles + 1]` (`convert.rs`' `wait_for_tile`) — not the workspace's
+/// last word, which under `bwd_persist_dyn` is the tile counter (`DQ_TILE_COUNTER`,
+/// whose final value is the number of kv tiles); `None` without the early conversion.
+pub fn early_fallback_count(o: &PtxOptions, shape: &Shape, words: &[u32]) -> Option<u32> {
+    if !convert_early(o) {
+        return None;
+    }
+    let tiles = shape.b * shape.hq * shape.lq.div_ceil(o.q_block as usize);
+    words.get(tiles + 1).copied()
+}
+
 /// Whether kernels built with `o` add every dQ part into a zeroed `DqAccum` (the caller
 /// zeroes it before the fused kernel): the unordered schemes, `BwdDq::Atomic` and
 /// `OrderedBulk` with `PtxOptions::bwd_dq_free`; the ordered ones store their first part.
@@ -876,6 +889,52 @@ impl LaunchBlocks {
 mod tests {
     use super::*;
     use attnc_compiler::analysis::blockmap::{BlockMap, Run};
+
+    /// `DqSem`'s layout under the early conversion (no GPU): the fallback count is
+    /// `DqSem[tiles + 1]` on the grid's order and under the tile counter
+    /// (`bwd_persist_dyn`), whose counter word (`tiles + DQ_TILE_COUNTER`, the workspace's
+    /// last) ends at the number of kv tiles (16 at B1 Hkv2 Lkv 1000, kv tiles of 128) and
+    /// is no fallback count (session 23's "16 of 64 conversions fell back").
+    #[test]
+    fn early_fallbacks_word_under_tile_counter() {
+        use attnc_compiler::backend::llvm::backward::{DQ_DONE_FLAG, DQ_TILE_COUNTER, persist_dyn};
+        use attnc_compiler::backend::llvm::{Arch, InputType, samples};
+        let sh = Shape {
+            b: 1,
+            hq: 4,
+            hkv: 2,
+            lq: 1000,
+            lkv: 1000,
+            d: 128,
+            dv: 128,
+        };
+        let base = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+            .backward_for_binding(&Plan::new(&samples::sliding()), 1000);
+        assert!(convert_early(&base) && !persist_dyn(&base));
+        let dyn_tiles = PtxOptions {
+            bwd_persist: true,
+            bwd_persist_dyn: true,
+            ..base
+        };
+        assert!(convert_early(&dyn_tiles) && persist_dyn(&dyn_tiles));
+        let tiles = 64;
+        let kv_tiles = 16;
+        for (o, extra) in [(base, 2), (dyn_tiles, DQ_TILE_COUNTER as usize + 1)] {
+            let (_, n) = dq_workspace(&o, &sh).unwrap();
+            assert_eq!(n, tiles + extra);
+            // what a flagged launch leaves: every semaphore flagged, the writers' count,
+            // no fallback, and under the counter its final value (one increment per tile)
+            let mut words = vec![DQ_DONE_FLAG | 8; n];
+            words[tiles] = kv_tiles;
+            words[tiles + 1] = 0;
+            if persist_dyn(&o) {
+                words[tiles + DQ_TILE_COUNTER as usize] = kv_tiles;
+            }
+            assert_eq!(early_fallback_count(&o, &sh, &words), Some(0), "{o:?}");
+            words[tiles + 1] = 3;
+            assert_eq!(early_fallback_count(&o, &sh, &words), Some(3));
+        }
+    }
 
     /// Random block maps (one per (b, h)): the transposed ranges cover every non-empty
     /// block and call full only blocks full for every head of the group.

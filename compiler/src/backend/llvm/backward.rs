@@ -475,10 +475,12 @@ impl PtxOptions {
         // bytes with it), dense 576.7, 565.2 / 572.9, 572.0. Not yet on bands and block
         // tables, though faster there (D128 sliding 1024 398.0, 397.7 / 408.7, 412.4,
         // document + causal 278.1, 280.9 / 290.1, 290.0, D64 documents 130.2, 129.7 /
-        // 141.3, 141.4): with their early dQ conversion (`bwd_convert_early`), 16 of 64
-        // conversion CTAs of gpu_backward_convert_timeout's band took the spin budget's
-        // fallback (0 on the grid's order): the gradients are right (the fallback waits
-        // for the whole grid), the flags' timing under the counter not yet understood
+        // 141.3, 141.4): with their early dQ conversion (`bwd_convert_early`),
+        // gpu_backward_convert_timeout read 16 "fallbacks" on a band — the host read
+        // `DqSem`'s last word, which under the counter is the counter itself (16 = the kv
+        // tiles), not the fallback count (`cuda::backward::early_fallback_count`, fixed
+        // after the call; a fallback costs ~2 s of spinning, the bench's 0.78 ms rules it
+        // out). On for them once that test has passed on a GPU with the fixed read
         // (docs/performance.md, "Session 23")
         if o.d == 64
             && o.bwd_lpt
