@@ -1430,23 +1430,7 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
     // `bwd_persist_dyn`), where the kernel has them (the TMA producer, no capture
     // gradients, not `bwd_pingpong` / `bwd_s_ahead`); elsewhere the options unchanged
     if let Some(rest) = cfg.strip_suffix("+P") {
-        return bench_options(default, rest, plan).map(|o| {
-            let fits = o.bwd_tma
-                && o.bwd_dq == BwdDq::OrderedBulk
-                && attnc_compiler::backend::llvm::backward::capture_grads(plan.program())
-                    .is_empty()
-                && !o.bwd_pingpong
-                && !o.bwd_s_ahead;
-            if fits {
-                PtxOptions {
-                    bwd_persist: true,
-                    bwd_persist_dyn: true,
-                    ..o
-                }
-            } else {
-                o
-            }
-        });
+        return bench_options(default, rest, plan).map(|o| o.tile_counter(plan));
     }
     // `+2`: two dQ writer threads, one per slot (`bwd_two_writers`)
     if let Some(rest) = cfg.strip_suffix("+2") {

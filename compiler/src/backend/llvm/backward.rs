@@ -482,22 +482,30 @@ impl PtxOptions {
         // after the call; a fallback costs ~2 s of spinning, the bench's 0.78 ms rules it
         // out). On for them once that test has passed on a GPU with the fixed read
         // (docs/performance.md, "Session 23")
-        if o.d == 64
-            && o.bwd_lpt
-            && !o.bwd_wscan
-            && !convert_early(&o)
-            && prog.score.is_none()
-            && prog.mask.is_some()
-            && fused::tma_producer(&o)
-            && o.bwd_dq == BwdDq::OrderedBulk
-            && capture_grads(prog).is_empty()
-            && !o.bwd_pingpong
-            && !o.bwd_s_ahead
-        {
-            o.bwd_persist = true;
-            o.bwd_persist_dyn = true;
+        // (the longest-first order: no warp-wide search, no early conversion)
+        if o.d == 64 && o.bwd_lpt && prog.score.is_none() && prog.mask.is_some() {
+            o = o.tile_counter(plan);
         }
         o
+    }
+
+    /// These options on persistent CTAs that take their kv tiles from a global counter
+    /// ([`Self::bwd_persist`] + [`Self::bwd_persist_dyn`]) where the fused kernel has
+    /// them: the TMA producer, no capture gradients, neither [`Self::bwd_pingpong`] nor
+    /// [`Self::bwd_s_ahead`]; elsewhere unchanged. The kernel bench's `+P`.
+    pub fn tile_counter(self, plan: &Plan) -> Self {
+        let fits = fused::tma_producer(&self)
+            && capture_grads(plan.program()).is_empty()
+            && !self.bwd_pingpong
+            && !self.bwd_s_ahead;
+        if !fits {
+            return self;
+        }
+        Self {
+            bwd_persist: true,
+            bwd_persist_dyn: true,
+            ..self
+        }
     }
 
     /// These options on the grid's own tile order: no persistent CTAs (neither

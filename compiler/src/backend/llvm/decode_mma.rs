@@ -2275,6 +2275,11 @@ mod tests {
     /// Asserts that `ptxas` (sm_90a) assembles `ptx`, written to a temporary file named
     /// after `tag` and `key` and removed afterwards.
     fn ptxas_accepts(ptxas: &str, tag: &str, key: &str, ptx: &str) -> String {
+        ptxas_run(ptxas, tag, key, ptx, &[])
+    }
+
+    /// [`ptxas_accepts`] with `args` (e.g. `-v`) before the file: its stderr.
+    fn ptxas_run(ptxas: &str, tag: &str, key: &str, ptx: &str, args: &[&str]) -> String {
         let f = std::env::temp_dir().join(format!(
             "attnc_{tag}_{}_{}.ptx",
             std::process::id(),
@@ -2283,6 +2288,7 @@ mod tests {
         std::fs::write(&f, ptx).unwrap();
         let out = std::process::Command::new(ptxas)
             .args(["-arch=sm_90a", "-o", "/dev/null"])
+            .args(args)
             .arg(&f)
             .output()
             .unwrap();
@@ -3575,20 +3581,7 @@ mod tests {
     /// `ptxas -v` on `ptx` (sm_90a): accepted, without a wgmma serialization warning
     /// (C75xx) and, unless `spills`, without spills; the registers it uses.
     fn ptxas_regs(ptxas: &str, key: &str, ptx: &str, spills: bool) -> u32 {
-        let f = std::env::temp_dir().join(format!(
-            "attnc_wg2_{}_{}.ptx",
-            std::process::id(),
-            key.replace([':', ' '], "_")
-        ));
-        std::fs::write(&f, ptx).unwrap();
-        let out = std::process::Command::new(ptxas)
-            .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
-            .arg(&f)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&f);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{key}: ptxas: {err}");
+        let err = ptxas_run(ptxas, "wg2", key, ptx, &["-v"]);
         assert!(!err.contains("C75"), "{key}: {err}");
         assert!(
             spills || err.contains(" 0 bytes spill stores"),
