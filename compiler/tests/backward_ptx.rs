@@ -632,6 +632,49 @@ fn fused_persist_kernels() {
     );
 }
 
+/// Which bindings take the tile counter's persistent CTAs (`bwd_persist` +
+/// `bwd_persist_dyn`) by default, as measured on the H200 (sessions 23 and 24): every band
+/// and block table (D64 and D128) and D64's causal-type bindings (causal, ALiBi, soft-cap);
+/// not D128 dense, causal, ALiBi or soft-cap, nor D64 dense, nor bindings with capture
+/// gradients. And which have bulk statistics (`bwd_stats_bulk`): D64 without a score
+/// function and not on a band or table, and D128 dense.
+#[test]
+fn tile_counter_and_stats_bulk_defaults() {
+    for (d, file, name, counter, bulk) in [
+        (128u32, "dense", "dense", false, true),
+        (128, "causal", "causal_attention", false, false),
+        (128, "alibi_causal", "alibi_causal", false, false),
+        (128, "softcap", "softcap_causal", false, false),
+        (128, "sliding_window", "sliding_window", true, false),
+        (128, "document_causal", "document_causal", true, false),
+        (128, "learned_bias", "learned_bias", false, false),
+        (64, "dense", "dense", false, true),
+        (64, "causal", "causal_attention", true, true),
+        (64, "alibi_causal", "alibi_causal", true, false),
+        (64, "softcap", "softcap_causal", true, false),
+        (64, "sliding_window", "sliding_window", true, false),
+        (64, "document_causal", "document_causal", true, false),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        let tag = format!("{name} D{d}");
+        assert_eq!(o.bwd_persist_dyn, counter, "{tag}: the tile counter");
+        assert_eq!(o.bwd_persist, counter, "{tag}: persistent CTAs");
+        assert_eq!(o.bwd_stats_bulk, bulk, "{tag}: bulk statistics");
+        if counter {
+            // what the runtime's ATTNC_BWD_PERSIST=0 and the non-deterministic path run
+            let s = o.static_tiles();
+            assert!(!s.bwd_persist && !s.bwd_persist_dyn, "{tag}");
+            assert!(
+                emit_backward(&plan, &o, BackwardKind::DkDv).is_ok(),
+                "{tag}"
+            );
+        }
+    }
+}
+
 /// The fused kernel on persistent CTAs that take their tiles from a global counter
 /// (`PtxOptions::bwd_persist_dyn`) on the binding's defaults, visit records included
 /// (causal, ALiBi + causal, a sliding window, documents; D128 and D64): deterministic
@@ -2072,7 +2115,8 @@ fn fused_s_ahead_kernels() {
     }
 }
 
-/// `bwd_stats_bulk` (session 23: the default at D64 without a score function) on and off
+/// `bwd_stats_bulk` (session 23: the default at D64 without a score function; session 24
+/// at D128 dense) on and off
 /// the binding's fused kernels (D64 dense / causal on q tiles of 128,
 /// D128 dense / causal on q tiles of 64, and the band at D128 with visit records): the
 /// producer copies a visit's L2 and Delta rows with two `cp.async.bulk` global -> shared
@@ -2095,8 +2139,10 @@ fn fused_stats_bulk_kernels() {
         let plan = Plan::new(p);
         let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, len);
-        // session 23: the default at D64 without a score function, off elsewhere
-        assert_eq!(bind.bwd_stats_bulk, d == 64, "{name} D{d}: the default");
+        // session 23: the default at D64 without a score function, session 24 at D128
+        // dense; off elsewhere
+        let default = d == 64 || name == "dense";
+        assert_eq!(bind.bwd_stats_bulk, default, "{name} D{d}: the default");
         let bind = PtxOptions {
             bwd_stats_bulk: false,
             ..bind

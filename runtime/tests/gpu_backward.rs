@@ -2204,7 +2204,7 @@ fn gpu_backward_paths_bench(dev: &CudaDevice) {
 
 /// Small D128 and D64 cases of the default fused kernel for compute-sanitizer (memcheck: the
 /// dQ parts and bulk additions stay in their buffers; racecheck: the shared-memory
-/// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, a band, D64 ALiBi +
+/// slots, dSᵀ tile and Q/dO buffers): causal GQA with odd lengths, a band, a block table, D64 ALiBi +
 /// causal (q tiles of 128), and rows masked entirely (their dQ exactly 0). `ATTNC_BWD_TEST_SMS=n` sizes persistent grids for n
 /// SMs.
 fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
@@ -2241,6 +2241,16 @@ fn gpu_backward_fused_sanitize(dev: &CudaDevice) {
         shape(1, 4, 2, 150, 270, 128),
         InputType::Bf16,
         33,
+        false,
+    );
+    // a block table (document + causal): the tile counter's persistent CTAs (the default
+    // on bands and tables since session 24) and the early dQ conversion
+    check_case(
+        dev,
+        &samples::document_causal(),
+        shape(2, 4, 1, 300, 300, 128),
+        InputType::Bf16,
+        35,
         false,
     );
     // ALiBi + causal at D64: a score reading positions on q tiles of 128

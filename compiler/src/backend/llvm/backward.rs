@@ -455,35 +455,38 @@ impl PtxOptions {
         // Delta rows by two bulk copies (`bwd_stats_bulk`, FlashAttention-4's load_LSE /
         // load_dPsum). One H200, one call, B4 H16 L4096 whole backward TFLOP/s default /
         // with, interleaved: dense 446.7, 445.9 / 492.4, 493.3; causal 385.1, 385.5 /
-        // 393.3, 393.5. D128 (dense 568.0 / 576.9, causal 526.9 / 517.1, one run each)
-        // and the D64 score functions, bands and tables not measured: left out
+        // 393.3, 393.5. Session 24: at D128 on dense (no mask, no score) too, three
+        // interleaved pairs: 573.0, 566.8, 567.7 / 573.9, 577.5, 581.1 (1.015x); not on D128
+        // causal (528.2, 525.0, 526.8 / 516.4, 516.2, 514.7: 0.98x). D64 score functions,
+        // bands and tables not measured: left out
         if fused::tma_producer(&o)
-            && o.d == 64
-            && prog.score.is_none()
             && !o.bwd_wscan
             && capture_grads(prog).is_empty()
+            && prog.score.is_none()
+            && (o.d == 64 || (o.d == 128 && prog.mask.is_none()))
         {
             o.bwd_stats_bulk = true;
         }
         // session 23: persistent CTAs taking their kv tiles from a global counter
         // (`bwd_persist` + `bwd_persist_dyn`, on top of the options above, as the kernel
-        // bench's `+P`) on D64's causal-type bindings without a score function. One H200,
-        // one call, whole backward TFLOP/s default / with, interleaved: D64 causal 384.4,
-        // 385.6 / 404.2, 405.6 (with `bwd_stats_bulk` as well, the next call: 383.6, 386.0
-        // / 405.3, 410.9). Not where it measured slower or even: D128 causal 524.8, 525.3 /
-        // 517.8, 516.9, ALiBi + causal 518.4, 517.9 / 485.7, 488.8 (ptxas spills 68 / 124
-        // bytes with it), dense 576.7, 565.2 / 572.9, 572.0. Not yet on bands and block
-        // tables, though faster there (D128 sliding 1024 398.0, 397.7 / 408.7, 412.4,
-        // document + causal 278.1, 280.9 / 290.1, 290.0, D64 documents 130.2, 129.7 /
-        // 141.3, 141.4): with their early dQ conversion (`bwd_convert_early`),
-        // gpu_backward_convert_timeout read 16 "fallbacks" on a band — the host read
-        // `DqSem`'s last word, which under the counter is the counter itself (16 = the kv
-        // tiles), not the fallback count (`cuda::backward::early_fallback_count`, fixed
-        // after the call; a fallback costs ~2 s of spinning, the bench's 0.78 ms rules it
-        // out). On for them once that test has passed on a GPU with the fixed read
-        // (docs/performance.md, "Session 23")
+        // bench's `+P`) where it measured faster. One H200, one call, whole backward
+        // TFLOP/s default / with, interleaved: D64 causal 384.4, 385.6 / 404.2, 405.6 (with
+        // `bwd_stats_bulk` as well, the next call: 383.6, 386.0 / 405.3, 410.9). Session
+        // 24 (its call A, two interleaved pairs each, after gpu_backward_convert_timeout
+        // passed with it on bands and tables — session 23 had read 16 "fallbacks" there
+        // because the host read `DqSem`'s last word, which under the counter is the
+        // counter itself: `cuda::backward::early_fallback_count`): D128 sliding 1024 393.3,
+        // 394.7 / 408.4, 408.4; document + causal 275.9, 278.6 / 285.7, 283.8; D64 document
+        // + causal 129.0, 129.1 / 140.7, 140.5; D64 sliding 1024 271.0, 270.9 / 286.7,
+        // 286.5; D64 ALiBi + causal 371.7, 368.8 / 381.7, 379.6; D64 soft-cap + causal
+        // 299.8, 299.5 / 311.4, 311.9. Not where it measured slower or even: D128 causal
+        // 524.8, 525.3 / 517.8, 516.9, ALiBi + causal 518.4, 517.9 / 485.7, 488.8 (ptxas
+        // spills 68 / 124 bytes with it), dense 576.7, 565.2 / 572.9, 572.0, soft-cap +
+        // causal 470.9, 471.2 / 474.0, 474.6 (1.007x)
+        let band_or_table = o.bwd_wscan && o.bwd_dq == BwdDq::OrderedBulk;
         // (the longest-first order: no warp-wide search, no early conversion)
-        if o.d == 64 && o.bwd_lpt && prog.score.is_none() && prog.mask.is_some() {
+        let d64_causal = o.d == 64 && o.bwd_lpt;
+        if band_or_table || d64_causal {
             o = o.tile_counter(plan);
         }
         o
