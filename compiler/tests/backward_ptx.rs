@@ -636,8 +636,8 @@ fn fused_persist_kernels() {
 /// `bwd_persist_dyn`) by default, as measured on the H200 (sessions 23 and 24): every band
 /// and block table (D64 and D128) and D64's causal-type bindings (causal, ALiBi, soft-cap);
 /// not D128 dense, causal, ALiBi or soft-cap, nor D64 dense, nor bindings with capture
-/// gradients. And which have bulk statistics (`bwd_stats_bulk`): D64 without a score
-/// function and not on a band or table, and D128 dense.
+/// gradients. And which have bulk statistics (`bwd_stats_bulk`): every D64 binding
+/// without capture gradients, and D128 dense.
 #[test]
 fn tile_counter_and_stats_bulk_defaults() {
     for (d, file, name, counter, bulk) in [
@@ -649,11 +649,12 @@ fn tile_counter_and_stats_bulk_defaults() {
         (128, "document_causal", "document_causal", true, false),
         (128, "learned_bias", "learned_bias", false, false),
         (64, "dense", "dense", false, true),
+        (64, "learned_bias", "learned_bias", false, false),
         (64, "causal", "causal_attention", true, true),
-        (64, "alibi_causal", "alibi_causal", true, false),
-        (64, "softcap", "softcap_causal", true, false),
-        (64, "sliding_window", "sliding_window", true, false),
-        (64, "document_causal", "document_causal", true, false),
+        (64, "alibi_causal", "alibi_causal", true, true),
+        (64, "softcap", "softcap_causal", true, true),
+        (64, "sliding_window", "sliding_window", true, true),
+        (64, "document_causal", "document_causal", true, true),
     ] {
         let p = &example(file, name);
         let plan = Plan::new(p);
@@ -2139,8 +2140,8 @@ fn fused_stats_bulk_kernels() {
         let plan = Plan::new(p);
         let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, len);
-        // session 23: the default at D64 without a score function, session 24 at D128
-        // dense; off elsewhere
+        // session 23: the default at D64 without a score function, session 24 on every
+        // D64 binding and at D128 dense; off elsewhere
         let default = d == 64 || name == "dense";
         assert_eq!(bind.bwd_stats_bulk, default, "{name} D{d}: the default");
         let bind = PtxOptions {

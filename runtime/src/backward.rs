@@ -595,10 +595,10 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// (`PtxOptions::bwd_wg_dq`, with the TMA producer only) on / off; `ATTNC_BWD_PERSIST=1`
 /// / `0` the fused kernel's persistent CTAs (`PtxOptions::bwd_persist`, with the TMA
 /// producer only; no capture gradients; `1` walks the tiles in the static order, `0` also
-/// turns off the counter's order, `bwd_persist_dyn`, session 23's default on D64's
-/// causal-type bindings without a score function); `ATTNC_BWD_STATS_BULK=1` / `0` the producer's
-/// L2 / Delta rows by bulk copies (`PtxOptions::bwd_stats_bulk`, session 23's default at
-/// D64 without a score function); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
+/// turns off the counter's order, `bwd_persist_dyn`, the default on every band and block
+/// table and on D64's causal-type bindings since session 24); `ATTNC_BWD_STATS_BULK=1` /
+/// `0` the producer's L2 / Delta rows by bulk copies (`PtxOptions::bwd_stats_bulk`, the
+/// default at D64 and on D128 dense since session 24); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
 /// threads (`PtxOptions::bwd_two_writers`, bulk additions only) and
 /// `ATTNC_BWD_STORE_PAIRS=1` / `0` its dK/dV stores in pairs (`PtxOptions::bwd_store_pairs`;
 /// both on by default with the warp-wide search). For A/B runs of the later per-binding

@@ -455,15 +455,17 @@ impl PtxOptions {
         // Delta rows by two bulk copies (`bwd_stats_bulk`, FlashAttention-4's load_LSE /
         // load_dPsum). One H200, one call, B4 H16 L4096 whole backward TFLOP/s default /
         // with, interleaved: dense 446.7, 445.9 / 492.4, 493.3; causal 385.1, 385.5 /
-        // 393.3, 393.5. Session 24: at D128 on dense (no mask, no score) too, three
-        // interleaved pairs: 573.0, 566.8, 567.7 / 573.9, 577.5, 581.1 (1.015x); not on D128
-        // causal (528.2, 525.0, 526.8 / 516.4, 516.2, 514.7: 0.98x). D64 score functions,
-        // bands and tables not measured: left out
+        // 393.3, 393.5. Session 24 (calls A / B, with the tile counter where it is the
+        // default): every other D64 binding, two pairs each: sliding 1024 286.9, 286.9 /
+        // 293.6, 291.4; document + causal 140.8, 140.5 / 144.4, 144.3; ALiBi + causal
+        // 382.0, 382.5 / 385.8, 385.8; soft-cap + causal 311.5, 312.0 / 312.0, 312.8; D128
+        // dense, five pairs: 573.0, 566.8, 567.7, 569.4, 574.3 / 573.9, 577.5, 581.1,
+        // 575.6, 568.0 (1.009x). Not on D128 causal (528.2, 525.0, 526.8 / 516.4, 516.2,
+        // 514.7: 0.98x), sliding 1024 (411.7, 412.0 / 413.7, 410.6), document + causal
+        // (289.1, 288.5 / 286.7, 286.5); D128 score functions not measured
         if fused::tma_producer(&o)
-            && !o.bwd_wscan
             && capture_grads(prog).is_empty()
-            && prog.score.is_none()
-            && (o.d == 64 || (o.d == 128 && prog.mask.is_none()))
+            && (o.d == 64 || (o.d == 128 && prog.mask.is_none() && prog.score.is_none()))
         {
             o.bwd_stats_bulk = true;
         }

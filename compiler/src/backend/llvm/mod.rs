@@ -440,9 +440,11 @@ pub struct PtxOptions {
     /// longest first on the causal-type bindings (`bwd_lpt`'s order), and the hardware's
     /// balancing is back. Works with [`Self::bwd_visit_rec`] (and so `bwd_dv_early` /
     /// `bwd_empty_late`) and [`Self::bwd_convert_early`]. Off in `backward`;
-    /// [`Self::backward_for_binding`] turns it on (with `bwd_persist`) for D64's
-    /// causal-type bindings without a score function (session 23, one H200: causal 1.05x
-    /// whole backward); the kernel bench's `+P`.
+    /// [`Self::backward_for_binding`] turns it on (with `bwd_persist`, through
+    /// [`Self::tile_counter`]) for every band and block table and D64's causal-type
+    /// bindings (sessions 23 / 24, one H200, whole backward: D64 causal 1.05x, ALiBi
+    /// 1.028x, soft-cap 1.04x, sliding 1.058x, documents 1.09x; D128 sliding 1.037x,
+    /// documents 1.025x); the kernel bench's `+P`.
     pub bwd_persist_dyn: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
@@ -670,9 +672,11 @@ pub struct PtxOptions {
     /// `empty` wait and the TMA issue). Where the q tile runs past Lq, or Lq or a stat
     /// array's address leaves a row unaligned to 16 bytes, the visit takes the per-lane path
     /// (+inf / 0 past Lq). The same values: bit-identical gradients. Off in `backward`;
-    /// [`Self::backward_for_binding`] turns it on at D64 without a score function
-    /// (session 23, one H200: dense 1.10x, causal 1.02x whole backward); the kernel
-    /// bench's `+b` (docs/performance.md, "Session 23"). Other kinds ignore it.
+    /// [`Self::backward_for_binding`] turns it on at D64 without capture gradients
+    /// (session 23, one H200: dense 1.10x, causal 1.02x whole backward; session 24:
+    /// sliding 1.02x, documents 1.026x, ALiBi 1.009x) and on D128 dense (1.009x); the
+    /// kernel bench's `+b` (docs/performance.md, "Session 23", "Session 24"). Other kinds
+    /// ignore it.
     pub bwd_stats_bulk: bool,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal

@@ -335,15 +335,18 @@
 //!   in the producer and writer warps (24 registers); the math warps spill only the
 //!   tile id, once per tile.
 //!   `bwd_stats_bulk` (the kernel bench's `+b`; with the TMA producer; the default at D64
-//!   without a score function since session 23): the
+//!   without a score function since session 23, on every D64 binding and D128 dense since
+//!   session 24): the
 //!   producer's per-visit L2 and Delta rows come as two bulk copies (`cp.async.bulk`,
 //!   lane 0, completing on the buffer's `full` with Q and dO: FlashAttention-4's
 //!   `load_LSE` / `load_dPsum`) instead of per-lane global loads and shared stores (at
 //!   D64's q tiles of 128 four dependent global round trips between the `empty` wait and
 //!   the TMA issue, on the path to the math warps' `q_full`); q tiles past Lq or rows not
 //!   16-byte aligned keep the per-lane path. One H200 (session 23, whole backward,
-//!   interleaved): D64 dense 1.10x, causal 1.02x; D128 dense 1.016x, causal 0.98x (one
-//!   run each: not there) (docs/performance.md, "Session 23").
+//!   interleaved): D64 dense 1.10x, causal 1.02x; D128 causal 0.98x (not there). Session
+//!   24: D64 sliding 1.02x, documents 1.026x, ALiBi 1.009x, soft-cap 1.002x; D128 dense
+//!   1.009x (five pairs), sliding and documents even (not there) (docs/performance.md,
+//!   "Session 24").
 //! Dq (convert; CTA per (q block, query head, batch)): dQ = scale * DqAccum (0 where no
 //!   kv block added: DqSem = 0, Ordered and OrderedBulk; Atomic's DqAccum is zeroed
 //!   before the dK/dV kernel), rounded to the input type; with `bwd_pdl` after
