@@ -632,6 +632,63 @@ fn fused_persist_kernels() {
     );
 }
 
+/// `bwd_writer_regs` (session 24): the writer warpgroup's `setmaxnreg.dec` and the math
+/// warpgroups' `setmaxnreg.inc` take the split it names (40: 40 / 232, 56: 56 / 224;
+/// the default 24 / 240), on the binding's fused kernels (D128 ALiBi + causal, a band at
+/// D64); deterministic PTX; counts outside 24..=56 or not a multiple of 8 refused.
+/// `ATTNC_BWD_PTX_DIR=dir` writes the kernels there (for `ptxas -v`: the spills move
+/// between the roles).
+#[test]
+fn fused_writer_regs_kernels() {
+    for (d, file, name) in [
+        (128u32, "alibi_causal", "alibi_causal"),
+        (64, "sliding_window", "sliding_window"),
+    ] {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let def = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        for (w, dec, inc) in [(0u32, 24u32, 240u32), (40, 40, 232), (56, 56, 224)] {
+            let o = PtxOptions {
+                bwd_writer_regs: w,
+                ..def
+            };
+            let tag = format!("{name} D{d} writer {w}");
+            let k = dkdv_twice(
+                &plan,
+                &o,
+                &tag,
+                &format!("regs{w}_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            assert_eq!(
+                k.ptx
+                    .matches(&format!("setmaxnreg.dec.sync.aligned.u32 {dec};"))
+                    .count(),
+                1,
+                "{tag}"
+            );
+            assert_eq!(
+                k.ptx
+                    .matches(&format!("setmaxnreg.inc.sync.aligned.u32 {inc};"))
+                    .count(),
+                1,
+                "{tag}"
+            );
+            assert_eq!(k.ptx.matches("setmaxnreg").count(), 2, "{tag}");
+        }
+        for bad in [16u32, 20, 36, 64] {
+            let o = PtxOptions {
+                bwd_writer_regs: bad,
+                ..def
+            };
+            let e = emit_backward(&plan, &o, BackwardKind::DkDv)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bwd_writer_regs"), "{bad}: {e}");
+        }
+    }
+}
+
 /// Which bindings take the tile counter's persistent CTAs (`bwd_persist` +
 /// `bwd_persist_dyn`) by default, as measured on the H200 (sessions 23 and 24): every band
 /// and block table (D64 and D128) and D64's causal-type bindings (causal, ALiBi, soft-cap);

@@ -678,6 +678,14 @@ pub struct PtxOptions {
     /// kernel bench's `+b` (docs/performance.md, "Session 23", "Session 24"). Other kinds
     /// ignore it.
     pub bwd_stats_bulk: bool,
+    /// The fused backward under `BwdDq::OrderedBulk` (`backward/fused.rs`): the writer
+    /// warpgroup's registers after its `setmaxnreg.dec` (0: the default 24; else 24..=56,
+    /// a multiple of 8); each math warpgroup then takes the most the launch's 168 x 384
+    /// leaves, at most 240 (32 and 40: 232; 48 and 56: 224). ptxas 13.0 moves the
+    /// spills between the roles with it (D128 ALiBi + causal 16 -> 0 bytes at 40, the
+    /// band 200 -> 64; D64 bands and tables 0 at 56). Session 24 (the kernel bench's
+    /// `+R40`, `+R56`; docs/performance.md "Session 24"). Other kinds ignore it.
+    pub bwd_writer_regs: u32,
     /// The fused backward (`backward/fused.rs`), identity or general score (not the
     /// affine one), on the partial blocks of an exact closed-form mask (a band, a causal
     /// diagonal): the mask as one q interval per kv row of the thread's fragment
@@ -865,6 +873,7 @@ impl PtxOptions {
             bwd_stat_acc: 0,
             bwd_s_ahead: false,
             bwd_stats_bulk: false,
+            bwd_writer_regs: 0,
             bwd_band_keep: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
@@ -1277,6 +1286,11 @@ impl PtxOptions {
                 " bwd-stats-bulk"
             } else {
                 ""
+            }
+            + &if self.bwd_writer_regs != 0 {
+                format!(" bwd-writer-regs={}", self.bwd_writer_regs)
+            } else {
+                String::new()
             }
             + if self.bwd_band_keep {
                 " bwd-band-keep"

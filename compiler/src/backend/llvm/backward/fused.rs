@@ -402,6 +402,19 @@ pub const DQ_SLOTS: u32 = 2;
 const WRITER_REGS: u32 = 24;
 const MATH_REGS: u32 = 240;
 
+/// The writer warpgroup's and each math warpgroup's registers after `setmaxnreg` under
+/// `o` ([`PtxOptions::bwd_writer_regs`]: the writer's, 0 = [`WRITER_REGS`]; the math
+/// warpgroups' the most, in multiples of 8 and at most [`MATH_REGS`], that fits the
+/// 384-thread launch's 168 per thread with it).
+pub fn register_split(o: &PtxOptions) -> (u32, u32) {
+    let writer = match o.bwd_writer_regs {
+        0 => WRITER_REGS,
+        w => w,
+    };
+    let math = (168 * 384u32).saturating_sub(128 * writer) / 256 / 8 * 8;
+    (writer, math.min(MATH_REGS))
+}
+
 /// Named barrier of the math warps (`BwdDq::OrderedBulk`: the writer warpgroup takes
 /// no part in their barriers).
 const BAR_MATH: u32 = 1;
@@ -417,12 +430,12 @@ const BAR_FREE: u32 = 4;
 /// launch allocates: ptxas caps `.maxntid` threads (one CTA per SM) at the multiple of
 /// 8 registers that fits the SM's 65536, and `setmaxnreg.inc` waits until the CTA's
 /// pool has the registers, so a split above the launch's allocation waits forever.
-pub fn register_split_fits(math: u32, writer: u32) -> bool {
+pub fn register_split_fits(math: u32, writer: u32, split: (u32, u32)) -> bool {
     let threads = math + writer;
     let cap = (65536 / threads / 8 * 8).min(248);
+    let (w_regs, m_regs) = split;
     // the math warps' count only grows (`inc`), the writer's only shrinks (`dec`)
-    (WRITER_REGS..=MATH_REGS).contains(&cap)
-        && MATH_REGS * math + WRITER_REGS * writer <= cap * threads
+    (w_regs..=m_regs).contains(&cap) && m_regs * math + w_regs * writer <= cap * threads
 }
 
 /// Whether the fused kernel's Q, dO, L2 and Delta come from a producer warp
@@ -482,6 +495,14 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ: TMA loads of Q/dO need the bulk additions' writer warpgroup".into(),
         ));
     }
+    if o.bwd_writer_regs != 0
+        && !(o.bwd_writer_regs.is_multiple_of(8) && (WRITER_REGS..=56).contains(&o.bwd_writer_regs))
+    {
+        return Err(LlvmError::Unsupported(format!(
+            "bwd_writer_regs: a multiple of 8 in 24..=56 (got {})",
+            o.bwd_writer_regs
+        )));
+    }
     if tma_producer(o)
         && !(o.d.is_multiple_of(64) && o.dv.is_multiple_of(64) && o.q_block.is_multiple_of(16))
     {
@@ -491,7 +512,7 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
         )));
     }
     if o.bwd_dq == BwdDq::OrderedBulk
-        && (n_wg != 2 || !register_split_fits(n_wg * 128, writer_threads(o)))
+        && (n_wg != 2 || !register_split_fits(n_wg * 128, writer_threads(o), register_split(o)))
     {
         return Err(LlvmError::Unsupported(format!(
             "fused dQ with bulk additions: kv tiles of 128 (two math warpgroups; got {})",
@@ -1507,7 +1528,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // one thread per slot, lane 0 of the writer warpgroup's warp `slot`, each adding
         // the visits of its slot, so that two additions can be under way) ----
         g.b.position_at_end(writer_bb);
-        g.setmaxnreg(false, WRITER_REGS)?;
+        g.setmaxnreg(false, register_split(opts).0)?;
         if pdl {
             g.griddep_wait()?;
         }
@@ -1666,7 +1687,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.b.build_return(None)?;
         // ---- the math warpgroups ----
         g.b.position_at_end(math_bb);
-        g.setmaxnreg(true, MATH_REGS)?;
+        g.setmaxnreg(true, register_split(opts).1)?;
     }
     let mn = g.var(g.i32, zero)?;
     // bwd_persist_dyn with visit records: each tile's end record takes a ring buffer of
@@ -3191,10 +3212,31 @@ mod tests {
     /// H200), and a split that would not fit is refused.
     #[test]
     fn register_split_fits_the_launch() {
-        assert!(register_split_fits(256, 128));
+        let default = (WRITER_REGS, MATH_REGS);
+        assert!(register_split_fits(256, 128, default));
         assert_eq!(MATH_REGS * 256 + WRITER_REGS * 128, 168 * 384);
-        assert!(!register_split_fits(384, 128));
-        assert!(!register_split_fits(128, 128), "inc to 240 from a 248 cap");
+        assert!(!register_split_fits(384, 128, default));
+        assert!(
+            !register_split_fits(128, 128, default),
+            "inc to 240 from a 248 cap"
+        );
+        // bwd_writer_regs: the math warpgroups take what is left, and it fits
+        let o = PtxOptions::backward(
+            crate::backend::llvm::Arch::Sm90,
+            128,
+            128,
+            crate::backend::llvm::InputType::Bf16,
+        );
+        assert_eq!(register_split(&o), default);
+        for (w, m) in [(24, 240), (32, 232), (40, 232), (48, 224), (56, 224)] {
+            let split = register_split(&PtxOptions {
+                bwd_writer_regs: w,
+                ..o
+            });
+            assert_eq!(split, (w, m), "writer {w}");
+            assert!(register_split_fits(256, 128, split), "writer {w}");
+            assert!(m * 256 + w * 128 <= 168 * 384, "writer {w}");
+        }
     }
 
     /// `bwd_store_pairs` (`store_rows_pairs`): each lane of a quad stores, for pair k of
