@@ -419,7 +419,12 @@ fn fused_sm90_d64_kernels() {
             "{name}"
         );
         assert!(has("cp.reduce.async.bulk.global.shared::cta"), "{name}");
-        assert!(has("setmaxnreg.inc.sync.aligned.u32 240"), "{name}");
+        // (session 24: bands and tables with the writer at 40 registers, the math at 232)
+        let inc = if o.bwd_writer_regs == 40 { 232 } else { 240 };
+        assert!(
+            has(&format!("setmaxnreg.inc.sync.aligned.u32 {inc}")),
+            "{name}"
+        );
         assert!(a.smem_bytes <= 227 * 1024);
         let count = |x: &str| a.ptx.matches(x).count();
         // the math warpgroups' turns (session 13: D64 without mask or score) issue the
@@ -694,7 +699,8 @@ fn fused_writer_regs_kernels() {
 /// and block table (D64 and D128) and D64's causal-type bindings (causal, ALiBi, soft-cap);
 /// not D128 dense, causal, ALiBi or soft-cap, nor D64 dense, nor bindings with capture
 /// gradients. And which have bulk statistics (`bwd_stats_bulk`): every D64 binding
-/// without capture gradients, and D128 dense.
+/// without capture gradients, and D128 dense; and which give the writer warpgroup 40
+/// registers (`bwd_writer_regs`): D128 causal and ALiBi + causal, D64 bands and tables.
 #[test]
 fn tile_counter_and_stats_bulk_defaults() {
     for (d, file, name, counter, bulk) in [
@@ -718,6 +724,17 @@ fn tile_counter_and_stats_bulk_defaults() {
         let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, 8192);
         let tag = format!("{name} D{d}");
+        // the writer warpgroup's registers (session 24): 40 on D128 causal and ALiBi +
+        // causal, D64 bands and tables
+        let regs40 = matches!(
+            (d, name),
+            (128, "causal_attention" | "alibi_causal") | (64, "sliding_window" | "document_causal")
+        );
+        assert_eq!(
+            o.bwd_writer_regs,
+            if regs40 { 40 } else { 0 },
+            "{tag}: writer registers"
+        );
         assert_eq!(o.bwd_persist_dyn, counter, "{tag}: the tile counter");
         assert_eq!(o.bwd_persist, counter, "{tag}: persistent CTAs");
         assert_eq!(o.bwd_stats_bulk, bulk, "{tag}: bulk statistics");

@@ -598,7 +598,10 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// turns off the counter's order, `bwd_persist_dyn`, the default on every band and block
 /// table and on D64's causal-type bindings since session 24); `ATTNC_BWD_STATS_BULK=1` /
 /// `0` the producer's L2 / Delta rows by bulk copies (`PtxOptions::bwd_stats_bulk`, the
-/// default at D64 and on D128 dense since session 24); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
+/// default at D64 and on D128 dense since session 24); `ATTNC_BWD_WRITER_REGS=n` the fused
+/// kernel's writer warpgroup's registers (`PtxOptions::bwd_writer_regs`: 0 = 24, or 32 .. 56
+/// in steps of 8; 40 on D128 causal / ALiBi + causal and D64 bands / tables since session
+/// 24); `ATTNC_BWD_TWO_WRITERS=1` / `0` its two dQ writer
 /// threads (`PtxOptions::bwd_two_writers`, bulk additions only) and
 /// `ATTNC_BWD_STORE_PAIRS=1` / `0` its dK/dV stores in pairs (`PtxOptions::bwd_store_pairs`;
 /// both on by default with the warp-wide search). For A/B runs of the later per-binding
@@ -660,6 +663,13 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
         "ATTNC_BWD_STATS_BULK",
         fused && o.bwd_tma,
     );
+    // `ATTNC_BWD_WRITER_REGS=n`: the writer warpgroup's registers (0: the kernel's 24)
+    if let Some(n) = get("ATTNC_BWD_WRITER_REGS").and_then(|v| v.parse::<u32>().ok())
+        && bulk
+        && (n == 0 || (n.is_multiple_of(8) && (24..=56).contains(&n)))
+    {
+        o.bwd_writer_regs = n;
+    }
     set(&mut o.bwd_two_writers, "ATTNC_BWD_TWO_WRITERS", bulk);
     set(&mut o.bwd_store_pairs, "ATTNC_BWD_STORE_PAIRS", fused);
     set(&mut o.bwd_wg_dq, "ATTNC_BWD_WGDQ", bulk && o.bwd_tma);
@@ -861,6 +871,23 @@ mod tests {
             ..base
         };
         assert!(!with(&[("ATTNC_BWD_STATS_BULK", "0")], bulk).bwd_stats_bulk);
+        assert_eq!(
+            with(&[("ATTNC_BWD_WRITER_REGS", "40")], base).bwd_writer_regs,
+            40
+        );
+        let regs = PtxOptions {
+            bwd_writer_regs: 40,
+            ..base
+        };
+        assert_eq!(
+            with(&[("ATTNC_BWD_WRITER_REGS", "0")], regs).bwd_writer_regs,
+            0
+        );
+        // (not a count the kernel takes: unchanged)
+        assert_eq!(
+            with(&[("ATTNC_BWD_WRITER_REGS", "36")], regs).bwd_writer_regs,
+            40
+        );
         let o = with(&[("ATTNC_BWD_PDL", "1")], base);
         assert!(o.bwd_pdl && o.bwd_convert_early);
         let o = with(&[("ATTNC_BWD_PDL", "1"), ("ATTNC_BWD_EARLY", "0")], base);

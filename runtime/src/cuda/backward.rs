@@ -908,14 +908,11 @@ mod tests {
             d: 128,
             dv: 128,
         };
-        let base = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
+        // (the band's default has the counter since session 24: the grid's order beside it)
+        let dyn_tiles = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
             .backward_for_binding(&Plan::new(&samples::sliding()), 1000);
+        let base = dyn_tiles.static_tiles();
         assert!(convert_early(&base) && !persist_dyn(&base));
-        let dyn_tiles = PtxOptions {
-            bwd_persist: true,
-            bwd_persist_dyn: true,
-            ..base
-        };
         assert!(convert_early(&dyn_tiles) && persist_dyn(&dyn_tiles));
         let tiles = 64;
         let kv_tiles = 16;

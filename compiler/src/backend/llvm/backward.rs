@@ -415,12 +415,7 @@ impl PtxOptions {
             && !o.bwd_wg_dq
             && capture_grads(prog).is_empty()
         {
-            let constant_derivative = || {
-                score_and_derivative(prog).is_some_and(|(_, d)| {
-                    matches!(d.insts[d.ret.index()], crate::ir::Inst::ConstF32(_))
-                })
-            };
-            let measured_score = prog.score.is_none() || constant_derivative();
+            let measured_score = prog.score.is_none() || constant_derivative(prog);
             if prog.mask.is_none() && prog.score.is_none() && !o.bwd_lpt {
                 o.bwd_dv_early = true;
             } else if o.bwd_lpt && o.bwd_visit_rec && measured_score {
@@ -490,6 +485,28 @@ impl PtxOptions {
         let d64_causal = o.d == 64 && o.bwd_lpt;
         if band_or_table || d64_causal {
             o = o.tile_counter(plan);
+        }
+        // session 24: the writer warpgroup at 40 registers after `setmaxnreg`, the math
+        // warpgroups at 232 (`bwd_writer_regs`; ptxas 13.0's spills move between the
+        // roles). One H200, call C, whole backward TFLOP/s default / with, two interleaved
+        // pairs: D128 causal 525.1, 525.1 / 531.1, 533.0; ALiBi + causal 519.2, 517.6 /
+        // 524.0, 526.1; D64 sliding 1024 292.5, 293.1 / 295.5, 299.4; D64 document +
+        // causal 144.2, 144.6 / 148.6, 148.0. Not where slower: D128 sliding 1024 412.4,
+        // 408.8 / 405.6, 402.5; D128 document + causal 287.2, 289.1 / 268.4, 271.4; D64
+        // ALiBi + causal 387.4, 388.9 / 373.3, 376.4; nor where not measured (soft-cap,
+        // dense: ptxas spills more there)
+        let d128_causal = o.d == 128
+            && o.bwd_lpt
+            && !o.bwd_persist
+            && prog.mask.is_some()
+            && (prog.score.is_none() || constant_derivative(prog));
+        let d64_band_or_table = o.d == 64 && band_or_table;
+        if fused::tma_producer(&o)
+            && o.bwd_dq == BwdDq::OrderedBulk
+            && capture_grads(prog).is_empty()
+            && (d128_causal || d64_band_or_table)
+        {
+            o.bwd_writer_regs = 40;
         }
         o
     }
@@ -757,6 +774,14 @@ pub fn fixed_to_f32(words: [u64; 3]) -> f32 {
         2 => f32::NEG_INFINITY,
         _ => f32::NAN,
     }
+}
+
+/// Whether `p`'s score has a constant derivative `∂score/∂s` (ALiBi-type scores: the
+/// logit plus a bias), the score functions the binding's order options were measured on
+/// besides the identity.
+fn constant_derivative(p: &Program) -> bool {
+    score_and_derivative(p)
+        .is_some_and(|(_, d)| matches!(d.insts[d.ret.index()], crate::ir::Inst::ConstF32(_)))
 }
 
 /// The score and its derivative `∂score/∂s` as two functions of the element's arguments
