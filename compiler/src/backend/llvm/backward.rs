@@ -493,8 +493,13 @@ impl PtxOptions {
         // 524.0, 526.1; D64 sliding 1024 292.5, 293.1 / 295.5, 299.4; D64 document +
         // causal 144.2, 144.6 / 148.6, 148.0. Not where slower: D128 sliding 1024 412.4,
         // 408.8 / 405.6, 402.5; D128 document + causal 287.2, 289.1 / 268.4, 271.4; D64
-        // ALiBi + causal 387.4, 388.9 / 373.3, 376.4; nor where not measured (soft-cap,
-        // dense: ptxas spills more there)
+        // ALiBi + causal 387.4, 388.9 / 373.3, 376.4. Call D (default / `+R24`): D128 causal
+        // 527.6, 527.9 / 526.0, 525.4, ALiBi + causal 522.0, 520.1 / 519.9, 519.6 (over
+        // both calls 1.009x / 1.008x); D64 sliding 299.2, 300.1 / 295.0, 294.7, documents
+        // 148.9, 149.1 / 145.1, 144.9; and slower with 40 where it is not the default:
+        // D128 dense 559.6 against 565.2, 568.3, soft-cap + causal 464.9 against 468.5,
+        // 472.0; D64 dense 429.7 against 494.6, 486.4, causal 336.2 against 406.2, 406.9,
+        // soft-cap + causal 306.7 against 314.5, 315.1
         let d128_causal = o.d == 128
             && o.bwd_lpt
             && !o.bwd_persist
