@@ -5,14 +5,7 @@
 # registers, the math at 240: the defaults before call C's decision) where the default has
 # 40, and one pair of `+R32` / `+R40` where not measured.
 set -u
-here=$(cd "$(dirname "$0")" && pwd); B=/tmp/f4c; mkdir -p $B; O=${OUT:-/tmp/f4out}; mkdir -p $O
-xz -dc "$here/gpu_backward.xz" > $B/gpu_backward; chmod +x $B/gpu_backward
-export ATTNC_EXAMPLES=$PWD/examples
-t0=$(date +%s); el() { echo $(( $(date +%s) - t0 )); }
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-G=$B/gpu_backward
-bb() { local to=$1 log=$2; shift 2; env "$@" ATTNC_CACHE_DIR=/tmp/cb timeout $to $G --ignored --exact gpu_backward_bench --nocapture > $O/$log.txt 2>&1; echo "rc=$?" >> $O/$log.txt
-  grep -hE "TFLOP|panicked|rc=" $O/$log.txt | sed -E 's/ \(pre.*density/ (/' | cut -c1-160; }
+. "$(cd "$(dirname "$0")" && pwd)/bwd-lib.sh"
 echo "=== D128 ($(el) s)"
 bb 80 d_d128a ATTNC_BWD_BENCH_D=128 ATTNC_BWD_BENCH_ONLY=causal,alibi_causal ATTNC_BWD_BENCH_CFG=default,default+R24,default+R32,default,default+R24
 bb 80 d_d128b ATTNC_BWD_BENCH_D=128 ATTNC_BWD_BENCH_ONLY=full,softcap_causal,sliding1024,doc_causal ATTNC_BWD_BENCH_CFG=default,default+R32,default+R40,default
