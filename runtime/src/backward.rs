@@ -951,5 +951,6 @@ mod tests {
         .map(|k| (k, "1"));
         assert_eq!(with(&all_on, sep), sep);
         assert_eq!(with(&[("ATTNC_BWD_DQ", "ordered")], sep), sep);
+        assert_eq!(with(&[("ATTNC_BWD_WRITER_REGS", "40")], sep), sep);
     }
 }
