@@ -666,7 +666,7 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
     // `ATTNC_BWD_WRITER_REGS=n`: the writer warpgroup's registers (0: the kernel's 24)
     if let Some(n) = get("ATTNC_BWD_WRITER_REGS").and_then(|v| v.parse::<u32>().ok())
         && bulk
-        && (n == 0 || (n.is_multiple_of(8) && (24..=56).contains(&n)))
+        && attnc_compiler::backend::llvm::backward::writer_regs_allowed(n)
     {
         o.bwd_writer_regs = n;
     }

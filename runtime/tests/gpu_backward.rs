@@ -1168,7 +1168,7 @@ fn test_options(
 /// programmatic dependent launch (`PtxOptions::bwd_pdl`); `+t` also converts each dQ tile
 /// once its last addition is done (`PtxOptions::bwd_convert_early`; both the default for
 /// bands and block tables since session 15), e.g. `default+t`; `-t` turns both off
-/// (`default-t`: that default before). A trailing `+R32`, `+R40`, `+R48` or `+R56` gives
+/// (`default-t`: that default before). A trailing `+R24`, `+R32`, `+R40`, `+R48` or `+R56` gives
 /// the fused kernel's writer warpgroup that many registers after `setmaxnreg` (the math
 /// warpgroups the rest: `PtxOptions::bwd_writer_regs`), e.g. `default+R40`, `default+P+R40`.
 fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptions> {
@@ -1389,7 +1389,7 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
             ..o
         });
     }
-    // `+R32` .. `+R56`: the writer warpgroup's registers after `setmaxnreg` (the math
+    // `+R24` .. `+R56`: the writer warpgroup's registers after `setmaxnreg` (the math
     // warpgroups take what is left: `bwd_writer_regs`)
     for r in [24u32, 32, 40, 48, 56] {
         if let Some(rest) = cfg.strip_suffix(&format!("+R{r}")) {

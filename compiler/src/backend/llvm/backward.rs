@@ -146,6 +146,10 @@ pub fn persist_dyn(o: &PtxOptions) -> bool {
     o.bwd_persist && o.bwd_persist_dyn && fused::tma_producer(o)
 }
 
+/// Whether `n` is a [`PtxOptions::bwd_writer_regs`] the fused kernel takes (0, the
+/// default, or a multiple of 8 in 24..=56; the kernel refuses others).
+pub use fused::writer_regs_allowed;
+
 /// [`persist_dyn`]: the tile counter's word in `DqSem`, after the tiles' semaphores.
 pub const DQ_TILE_COUNTER: u32 = 2;
 

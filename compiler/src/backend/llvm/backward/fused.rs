@@ -311,7 +311,8 @@
 //!   copies), spill stores unchanged (dense 0, causal 16, ALiBi 16 bytes). Not yet
 //!   measured on a GPU (docs/performance.md, session 21 (bwd21)).
 //!   `bwd_persist_dyn` (with `bwd_persist`; the kernel bench's `+P`; the default on D64's
-//!   causal-type bindings without a score function since session 23): the tiles
+//!   causal-type bindings without a score function since session 23, on every band and
+//!   block table and every D64 causal-type binding since session 24): the tiles
 //!   from a global counter instead of the static order. A CTA's first tile is ctaid.x;
 //!   after producing a tile's visits (and with visit records its end record) the producer
 //!   warp's lane 0 takes the next, nctaid.x + `atom.add(DqSem[tiles + 2], 1)` (the word
@@ -411,8 +412,16 @@ pub fn register_split(o: &PtxOptions) -> (u32, u32) {
         0 => WRITER_REGS,
         w => w,
     };
-    let math = (168 * 384u32).saturating_sub(128 * writer) / 256 / 8 * 8;
+    // what the default split takes: the launch's whole allocation
+    let launch = 128 * WRITER_REGS + 256 * MATH_REGS;
+    let math = launch.saturating_sub(128 * writer) / 256 / 8 * 8;
     (writer, math.min(MATH_REGS))
+}
+
+/// Whether `n` is a [`PtxOptions::bwd_writer_regs`] the fused kernel takes: 0 (the
+/// default, 24) or a multiple of 8 in 24..=56.
+pub fn writer_regs_allowed(n: u32) -> bool {
+    n == 0 || (n.is_multiple_of(8) && (WRITER_REGS..=56).contains(&n))
 }
 
 /// Named barrier of the math warps (`BwdDq::OrderedBulk`: the writer warpgroup takes
@@ -495,9 +504,7 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ: TMA loads of Q/dO need the bulk additions' writer warpgroup".into(),
         ));
     }
-    if o.bwd_writer_regs != 0
-        && !(o.bwd_writer_regs.is_multiple_of(8) && (WRITER_REGS..=56).contains(&o.bwd_writer_regs))
-    {
+    if !writer_regs_allowed(o.bwd_writer_regs) {
         return Err(LlvmError::Unsupported(format!(
             "bwd_writer_regs: a multiple of 8 in 24..=56 (got {})",
             o.bwd_writer_regs
