@@ -15,7 +15,9 @@
 //! D 32 / 256) takes the prefill path (`cuda.rs`). Chunked prefill measured on an H200
 //! (session 10, bf16 D128 B8 Hq32 Hkv8, dense, µs, SDPA flash / cuDNN in the same call):
 //! Lq 64 Lkv 8192 268.6 (386.4 / 204.9), Lq 512 Lkv 32768 7664.7 (6396.0 / 3439.8): the
-//! kernel is bound by mma.sync (~260-290 TFLOP/s), not by K/V.
+//! kernel is bound by mma.sync (~260-290 TFLOP/s), not by K/V; on wgmma since session 25
+//! (`decode_mma::COPY_WGMMA` on sm_90): 1.30-1.37x (Lq 512 Lkv 32768 5386.0 µs, ~408
+//! TFLOP/s; see [`copy_for`]).
 //!
 //! Which kernel ([`choose`]): the tensor-core kernel (`KernelKind::DecodeMma`: the R = G
 //! x Lq packed rows of a kv head in m16 tiles, K/V through a cp.async ring, mma.sync)
@@ -144,8 +146,8 @@ const MMA_FILL_TILES: usize = 4;
 /// 243.4). Not in it: [`decode_mma::COPY_STREAM`] (`p`, splits that continue their
 /// streams, not bit-reproducible): B1 125.7 / 127.6 (chunks of 4 / 8 tiles), slower.
 /// With [`decode_mma::COPY_WGMMA`] (`q`, session 20: the products on wgmma in the 64-row
-/// kernel, sm_90; decode calls only — chunked prefill, Lq > [`MAX_LQ`], keeps the
-/// `mma.sync` kernel, not measured with it: `decode_options`). Measured on an H200 (one
+/// kernel, sm_90; decode calls, and chunked prefill since session 25: [`copy_for`]).
+/// Measured on an H200 (one
 /// call, bf16 D128 Hq32 Hkv8 B8 Lkv32768 Lq16, µs, `efikjo` / `efikjoq` in the same 15
 /// interleaved rounds, median [range]): dense contiguous 287.1 [283.4-294.6] / 278.9
 /// [277.9-279.5]; paged 16 306.7 (+6.8% of contiguous) / 281.1 (+0.8%), paged 128 304.7
@@ -161,10 +163,19 @@ const COPY: u32 = decode_mma::COPY_EARLY
     | decode_mma::COPY_BALANCED
     | decode_mma::COPY_WGMMA;
 
-/// The tensor-core kernel's copy bits for `shape`: `tuning.copy`, else [`COPY`] (chunked
-/// prefill, Lq > [`MAX_LQ`], without [`decode_mma::COPY_WGMMA`]: measured on decode calls
-/// only), with [`decode_mma::COPY_COMBINE_ROWS`] for 4 to [`MAX_LQ`] query rows. The one
-/// place the default is resolved (`decode_options`, `rows_per_cta`, `mma_slots`).
+/// The tensor-core kernel's copy bits for `shape`: `tuning.copy`, else [`COPY`], with
+/// [`decode_mma::COPY_COMBINE_ROWS`] for 4 to [`MAX_LQ`] query rows. The one place the
+/// default is resolved (`decode_options`, `rows_per_cta`, `mma_slots`).
+///
+/// Chunked prefill (Lq > [`MAX_LQ`]) runs [`decode_mma::COPY_WGMMA`] too since session 25
+/// (it kept `mma.sync` until then, measured on decode calls only). Measured on an H200
+/// (session 25 call 1, `attnc bench --decode`, bf16 D128 Hq32 Hkv8, dense, µs, `efikjo` /
+/// `efikjoq`, two rounds each, SDPA cuDNN in the same call): B8 Lq64 Lkv8192 231.5, 231.2 /
+/// 178.2, 178.0 (1.30x; cuDNN 203.8), Lq256 Lkv8192 904.7, 917.6 / 666.7, 681.4 (1.35x;
+/// cuDNN 414.9), Lq512 Lkv8192 1861.3, 1839.2 / 1361.7, 1431.3, Lq512 Lkv32768 7175.1,
+/// 7176.8 / 5387.0, 5386.0 (1.33x; cuDNN 3511.8), B1 Lq512 Lkv32768 857.8, 854.4 / 634.3,
+/// 626.2; paged 16 likewise (955.5 / 728.8 at Lq256); causal Lq256 920.3 / 667.0. The
+/// chunked tests (`gpu_decode_chunked_*`, `gpu_decode_caller_buffers`) pass with it.
 ///
 /// [`decode_mma::COPY_COMBINE_ROWS`] (`u`, session 21; the combine kernel only: one CTA per
 /// (query head, sequence), its four warps over the head's rows) measured on an H200
@@ -177,7 +188,7 @@ const COPY: u32 = decode_mma::COPY_EARLY
 fn copy_for(shape: &DecodeShape, tuning: &DecodeTuning) -> u32 {
     match tuning.copy {
         Some(c) => c,
-        None if shape.lq > MAX_LQ => COPY & !decode_mma::COPY_WGMMA,
+        None if shape.lq > MAX_LQ => COPY,
         None if shape.lq >= 4 => COPY | decode_mma::COPY_COMBINE_ROWS,
         None => COPY,
     }
@@ -808,6 +819,31 @@ mod tests {
             dv: d,
             layout: CacheLayout::Contiguous { lkv_max: 8192 },
         }
+    }
+
+    /// Chunked prefill's default copy is the decode calls' (the products on wgmma,
+    /// session 25), without the per-head combine of 4..=16 rows.
+    #[test]
+    fn chunked_prefill_copy_is_on_wgmma() {
+        let t = DecodeTuning::default();
+        for lq in [17, 64, 256, 4096] {
+            let c = copy_for(&contiguous(8, 32, 8, lq, 128), &t);
+            assert_eq!(c, COPY, "lq {lq}");
+            assert_ne!(c & decode_mma::COPY_WGMMA, 0, "lq {lq}");
+            assert_eq!(c & decode_mma::COPY_COMBINE_ROWS, 0, "lq {lq}");
+        }
+        assert_eq!(
+            copy_for(&contiguous(8, 32, 8, 16, 128), &t),
+            COPY | decode_mma::COPY_COMBINE_ROWS
+        );
+        let forced = DecodeTuning {
+            copy: Some(decode_mma::COPY_EARLY),
+            ..DecodeTuning::default()
+        };
+        assert_eq!(
+            copy_for(&contiguous(8, 32, 8, 256, 128), &forced),
+            decode_mma::COPY_EARLY
+        );
     }
 
     #[test]
