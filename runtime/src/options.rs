@@ -140,6 +140,11 @@ pub struct DecodeTuning {
     /// such as `abc`, or `0` for the default copy; unset: the runtime's choice,
     /// `decode::gpu`).
     pub copy: Option<u32>,
+    /// Chunked prefill (Lq > 16, fast mode) on the prefill kernel, runs of sequences of one
+    /// length per launch (`decode::cuda`, "Batched runs"): `Some(true)` whenever it
+    /// applies (`ATTNC_DECODE_PREFILL=1`), `Some(false)` never (`=0`: the split-KV kernel);
+    /// unset: the runtime's rule (`decode::cuda::prefill_runs_win`).
+    pub prefill: Option<bool>,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -201,7 +206,8 @@ impl DecodeTuning {
 
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
-    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
+    /// `ATTNC_DECODE_PREFILL` `1|0`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -217,6 +223,11 @@ impl DecodeTuning {
             serial_combine: get("ATTNC_DECODE_COMBINE").as_deref() == Some("serial"),
             serial_decode: get("ATTNC_DECODE_CHAIN").as_deref() == Some("0"),
             copy: get("ATTNC_DECODE_COPY").and_then(|v| parse_decode_copy(&v)),
+            prefill: match get("ATTNC_DECODE_PREFILL").as_deref().map(str::trim) {
+                Some("1") => Some(true),
+                Some("0") => Some(false),
+                _ => None,
+            },
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -257,9 +268,17 @@ mod tests {
                 serial_combine: false,
                 serial_decode: false,
                 copy: None,
+                prefill: None,
                 steal: None,
             }
         );
+        let prefill = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_PREFILL").then(|| v.to_string()))
+                .prefill
+        };
+        assert_eq!(prefill("1"), Some(true));
+        assert_eq!(prefill("0"), Some(false));
+        assert_eq!(prefill("yes"), None);
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

@@ -49,6 +49,16 @@ fn expected_path(_lq: usize, _hq: usize, _hkv: usize, d: usize) -> &'static str 
     }
 }
 
+/// The path of the chunked tests' calls: the split-KV kernel (their sequences all differ
+/// in length, so batched runs of the prefill kernel lose by the rule), or the prefill
+/// kernel under `ATTNC_DECODE_PREFILL=1`.
+fn chunked_path() -> &'static str {
+    match attnc::DecodeTuning::from_env().prefill {
+        Some(true) => "prefill",
+        _ => "split-kv-mma",
+    }
+}
+
 fn tol(dtype: DType) -> f32 {
     if dtype == DType::BF16 { 0.02 } else { 0.005 }
 }
@@ -67,11 +77,23 @@ fn check_mode(
     what: &str,
     checked: bool,
 ) -> String {
+    check_with(compiled, name, c, caps, what, |o| o.checked = checked)
+}
+
+/// [`check`] with the binding's options adjusted by `adjust`.
+fn check_with(
+    compiled: &Compiled,
+    name: &str,
+    c: &Case,
+    caps: &Captures,
+    what: &str,
+    adjust: impl Fn(&mut BindOptions),
+) -> String {
     let variant = compiled.attention(name).unwrap();
     let want = run(compiled, name, c, Backend::Reference, 1, caps, false)
         .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
     let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
-    o.checked = checked;
+    adjust(&mut o);
     let mut bound = variant.bind(o).unwrap();
     let got = bound
         .forward_with_cache(&c.q, &c.cache(), caps)
@@ -348,7 +370,8 @@ fn gpu_decode_prefill_path(_d: &CudaDevice) {
 /// 128, shuffled tables, garbage pages and NaN past each sequence), GQA 1:1 and 4:1,
 /// bf16 at D 128 and f16 at D 64, seq_lens = Lq (the chunk is the whole sequence), the
 /// capacity, 0, shorter than Lq (rows at negative positions) and between; splits per
-/// row group > 1 (the combine merging many rows); the path is "split-kv-mma" even with
+/// row group > 1 (the combine merging many rows); the path is "split-kv-mma" (or "prefill"
+/// under `ATTNC_DECODE_PREFILL=1`: [`chunked_path`]) even with
 /// `ATTNC_DECODE_KERNEL=simt` (the SIMT kernel takes Lq <= 16 only). With `long`, also
 /// one sequence of 20000 keys (many splits per row group, the sliding window's range
 /// cut on the host).
@@ -377,7 +400,7 @@ fn chunked(name: &str, program: Option<&str>, seed: u64, window: i32, long: bool
                 }
                 let what = format!("{name}/{program} lq{lq} hq{hq} hkv{hkv} d{d} {dtype} {page:?}");
                 let path = check(&compiled, &program, &c, &caps, &what);
-                assert_eq!(path, "split-kv-mma", "{what}: path");
+                assert_eq!(path, chunked_path(), "{what}: path");
             }
         }
     }
@@ -401,7 +424,7 @@ fn chunked(name: &str, program: Option<&str>, seed: u64, window: i32, long: bool
             }
             let what = format!("{name}/{program} lq64 20000 keys {page:?}");
             let path = check(&compiled, &program, &c, &caps, &what);
-            assert_eq!(path, "split-kv-mma", "{what}: path");
+            assert_eq!(path, chunked_path(), "{what}: path");
         }
     }
 }
@@ -423,6 +446,92 @@ fn gpu_decode_chunked_document(_d: &CudaDevice) {
 fn gpu_decode_chunked_scores(_d: &CudaDevice) {
     chunked("alibi_causal", Some("alibi_causal"), 0xc7, 0, false);
     chunked("relative_bias_table", None, 0xc8, 0, false);
+}
+
+/// Chunked prefill on the prefill kernel in batched runs (`decode::cuda`, session 25):
+/// consecutive sequences of one length and reachable range share one launch of the
+/// position-offset program. Against the f64 oracle with the route forced
+/// (`DecodeTuning::prefill`): runs of 3 and 2 sequences beside a sequence of length 0 (no
+/// run), one shorter than Lq (its rows at negative positions give O = 0, LSE = -inf) and
+/// single ones; Lq 128 / 150 / 200; contiguous and paged (16 and 128, shuffled tables,
+/// garbage past each sequence); GQA 8:2 and 2:2; bf16 D128 and f16 D64; causal, a
+/// sliding window (its range cut on the host: runs start at the window), documents over
+/// positions, ALiBi and a captured bias table (captures indexed by the run's logical b
+/// and positions). Then the rule's own choice at Hq 64 Lq 256 (256 tiles): "prefill",
+/// and forced off: "split-kv-mma", the same values within the tolerance.
+fn gpu_decode_prefill_runs(_d: &CudaDevice) {
+    let mut rng = Rng(0x9e1);
+    let force = |p: bool| {
+        move |o: &mut BindOptions| {
+            o.decode.prefill = Some(p);
+        }
+    };
+    for (name, program, window) in [
+        ("causal", None, 0),
+        ("sliding_window", None, 90),
+        ("document_causal", Some("document_causal"), 0),
+        ("alibi_causal", Some("alibi_causal"), 0),
+        ("relative_bias_table", None, 0),
+    ] {
+        let compiled = example(name);
+        let program = program.unwrap_or(compiled.names()[0]).to_string();
+        let variant = compiled.attention(&program).unwrap();
+        let cap = 600;
+        for (n, (lq, hq, hkv, page)) in [
+            (128, 8, 2, None),
+            (150, 8, 2, Some(16)),
+            (200, 2, 2, Some(128)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (d, dtype) = if n % 2 == 0 {
+                (128, DType::BF16)
+            } else {
+                (64, DType::F16)
+            };
+            let mid = (lq + 1 + rng.below(cap - lq - 1)) as i32;
+            let full = cap as i32;
+            let sl = vec![full, full, full, 0, (lq / 2) as i32, mid, mid, lq as i32];
+            let c = case_as(dtype, &mut rng, sl.len(), hq, hkv, lq, d, cap, sl, page);
+            let mut caps = captures_for(&variant, &c, 0x9e1 + n as u64);
+            if caps.params.contains_key("window") {
+                caps.params.insert("window".into(), ParamValue::I32(window));
+            }
+            let what =
+                format!("runs {name}/{program} lq{lq} hq{hq} hkv{hkv} d{d} {dtype} {page:?}");
+            let path = check_with(&compiled, &program, &c, &caps, &what, force(true));
+            assert_eq!(path, "prefill", "{what}: path");
+        }
+    }
+    // the rule: two sequences of one length, 64 heads, 256 rows: 2 x 64 x 2 tiles
+    let compiled = example("causal");
+    let program = compiled.names()[0].to_string();
+    let c = case_as(
+        DType::BF16,
+        &mut rng,
+        2,
+        64,
+        8,
+        256,
+        128,
+        700,
+        vec![700, 700],
+        None,
+    );
+    let caps = Captures::default();
+    let path = check_with(&compiled, &program, &c, &caps, "rule", |_| {});
+    let tuned = attnc::DecodeTuning::from_env().prefill;
+    assert_eq!(
+        path,
+        if tuned == Some(false) {
+            "split-kv-mma"
+        } else {
+            "prefill"
+        }
+    );
+    let path = check_with(&compiled, &program, &c, &caps, "forced off", force(false));
+    assert_eq!(path, "split-kv-mma");
 }
 
 /// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
@@ -1531,6 +1640,7 @@ const TESTS: &[Test] = &[
     ("gpu_decode_chunked_sliding", gpu_decode_chunked_sliding),
     ("gpu_decode_chunked_document", gpu_decode_chunked_document),
     ("gpu_decode_chunked_scores", gpu_decode_chunked_scores),
+    ("gpu_decode_prefill_runs", gpu_decode_prefill_runs),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
     ("gpu_decode_trace", gpu_decode_trace),

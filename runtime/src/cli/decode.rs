@@ -575,6 +575,13 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                 } else {
                     String::new()
                 };
+                // the path the timed calls took (`Bound::cache_path`: "split-kv-mma",
+                // "prefill" for chunked prefill's batched runs, ...)
+                let path = bounds[li * nt + ti]
+                    .1
+                    .cache_path()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default();
                 let mut spread = String::new();
                 if rounds > 1 {
                     let (lo, hi) = t
@@ -599,7 +606,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     }
                 }
                 outln!(
-                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}]{flops}{spread}",
+                    "decode {} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{d} {} {layout:<10} {:>10.1} us {:>8.1} GB/s (K/V read {:.1} MB) [{}{}{}]{flops}{spread}",
                     variant.name(),
                     dtype,
                     ms * 1e3,
@@ -607,6 +614,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
                     bytes[li] / 1e6,
                     a.backend.name(),
                     label,
+                    path,
                 );
                 if samples && rounds > 1 {
                     let all: Vec<String> = t.iter().map(|x| format!("{:.1}", x * 1e3)).collect();

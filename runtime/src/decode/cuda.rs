@@ -1,12 +1,21 @@
-//! CUDA decoding, interim path (correct, not fast): per sequence, the live rows against
-//! the kv range its mask can reach, gathered on the host through the page table (raw
-//! elements, any dtype) and run by the prefill kernel of the position-offset program
+//! CUDA attention against a cache on the prefill kernel of the position-offset program
 //! (`attnc_compiler::decode::offset_program`; the mask and score see logical positions
-//! through the `__b0/__q0/__kv0` params). One launch per sequence, no split-KV and no
-//! device-resident cache: the split-KV decode kernel of issue 12 is not written yet.
+//! through the `__b0/__q0/__kv0` params): the live rows of each run of sequences against
+//! the kv range their mask can reach, gathered on the host through the page table (raw
+//! elements, any dtype), one launch per run. Two uses:
 //!
-//! In: the checked decode shape, host tensors, captures of the original program.
-//! Out: `O` and `LSE` as f32 in the decode layouts.
+//! - the path of what the split-KV kernels do not take (checked mode, Lq > 16 at D 32 /
+//!   256, other head dims): correct, not fast — every sequence its own run;
+//! - **batched runs** for chunked prefill (session 25): consecutive sequences with the
+//!   same live rows and reachable range (a batch of chunks of one length: the common
+//!   case of a chunked prefill step, or one long prompt) share one launch of B' sequences,
+//!   so the warp-specialized prefill kernel (TMA, wgmma, ping-pong: 600-700 TFLOP/s on an
+//!   H200) runs the chunk instead of the split-KV kernel's 64-row tiles (~410 TFLOP/s).
+//!   [`prefill_runs_win`] decides from the runs' tiles (each launch must fill the GPU).
+//!
+//! In: the checked decode shape, host tensors, captures of the original program, the
+//! reachable range of each live sequence. Out: `O` and `LSE` as f32 in the decode
+//! layouts, or the device time of the runs' launches (inputs gathered and uploaded once).
 
 use crate::api::{Backend, BindOptions, Bound, Captures, ParamValue, Variant};
 use crate::error::Result;
@@ -15,12 +24,91 @@ use attnc_compiler::decode::{DecodeShape, OFFSET_PARAMS, live_rows};
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 
+/// Most bindings (one per run shape) a state keeps; beyond it the map starts over (a
+/// serving loop's lengths change every step: the JIT's memory cache keeps rebinding cheap).
+const MAX_BOUND: usize = 32;
+/// Query rows per tile of the warp-specialized prefill kernel (its q blocks at D 64/128).
+const PREFILL_ROWS: usize = 128;
+/// Least new rows per sequence for the batched runs' rule: below, the prefill kernel's
+/// 128-row tiles are mostly padding with GQA's few heads per launch.
+pub(crate) const PREFILL_MIN_LQ: usize = 128;
+
+/// Consecutive live sequences `b0 .. b0 + count` that share their live rows
+/// (`first..Lq`, the first at position `pos`) and reachable positions `lo..hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub b0: usize,
+    pub count: usize,
+    pub first: usize,
+    pub pos: usize,
+    pub lo: usize,
+    pub hi: usize,
+}
+
+/// The runs of `live` (batch index, reachable range; ascending `b`): with `batched`,
+/// maximal runs of consecutive batch indices with equal lengths and ranges; else one
+/// per sequence.
+pub(crate) fn runs(
+    lq: usize,
+    seq_lens: &[i32],
+    live: &[(usize, (usize, usize))],
+    batched: bool,
+) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for &(b, (lo, hi)) in live {
+        let (first, pos) = live_rows(lq, seq_lens[b].max(0) as usize);
+        let run = Run {
+            b0: b,
+            count: 1,
+            first,
+            pos,
+            lo,
+            hi,
+        };
+        match out.last_mut() {
+            Some(r)
+                if batched
+                    && r.b0 + r.count == b
+                    && (r.first, r.pos, r.lo, r.hi) == (first, pos, lo, hi) =>
+            {
+                r.count += 1
+            }
+            _ => out.push(run),
+        }
+    }
+    out
+}
+
+/// Whether chunked prefill's batched runs beat the split-KV kernel (the rule; the
+/// binding's `DecodeTuning::prefill` overrides it): Lq >= [`PREFILL_MIN_LQ`] and every
+/// run's launch holds at least half as many tiles of 128 rows as the GPU has SMs (a run
+/// of fewer leaves most SMs idle for its whole launch, which the split-KV kernel's splits
+/// do not; at half a wave the prefill kernel's ~700 TFLOP/s per busy SM is still ahead
+/// of the split-KV kernel's ~410 over all SMs).
+pub(crate) fn prefill_runs_win(shape: &DecodeShape, runs: &[Run], sms: usize) -> bool {
+    shape.lq >= PREFILL_MIN_LQ
+        && !runs.is_empty()
+        && runs.iter().all(|r| {
+            2 * (shape.lq - r.first).div_ceil(PREFILL_ROWS) * shape.hq * r.count >= sms.max(1)
+        })
+}
+
+/// One run's inputs: its shape (B' sequences of its live rows against its range), Q, K,
+/// V gathered, and the captures with the offset params.
+struct RunInputs {
+    shape: Shape,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    caps: Captures,
+}
+
 pub(crate) struct CudaState {
     /// The position-offset program, as a variant of the same source.
     variant: Variant,
-    /// One binding per (live rows, gathered length), made on first use (the JIT's
-    /// memory cache makes every binding after the first cheap).
-    bound: HashMap<(usize, usize), Bound>,
+    /// One binding per run shape, made on first use (the JIT's memory cache makes every
+    /// binding after the first cheap).
+    bound: HashMap<Shape, Bound>,
 }
 
 impl CudaState {
@@ -31,8 +119,86 @@ impl CudaState {
         }
     }
 
-    /// Runs one call. `spans[i]` is the reachable range of the `i`-th sequence with live
-    /// rows that reach a key (`cpu::sequences`), `live` their batch indices.
+    /// The inputs of `run`: its sequences' live rows of q and reachable K/V rows of every
+    /// kv head, gathered through the page table.
+    fn gather(
+        s: &DecodeShape,
+        run: &Run,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        page_table: &[i32],
+        captures: &Captures,
+    ) -> Result<RunInputs> {
+        let esize = q.dtype().size();
+        let rows = s.lq - run.first;
+        let len = run.hi - run.lo;
+        let bs = run.b0..run.b0 + run.count;
+        let mut qb = Vec::with_capacity(run.count * s.hq * rows * s.d * esize);
+        for b in bs.clone() {
+            for h in 0..s.hq {
+                let at = ((b * s.hq + h) * s.lq + run.first) * s.d * esize;
+                qb.extend_from_slice(&q.bytes()[at..at + rows * s.d * esize]);
+            }
+        }
+        let gather = |t: &Tensor, d: usize| {
+            let mut out = Vec::with_capacity(run.count * s.hkv * len * d * esize);
+            for b in bs.clone() {
+                for hk in 0..s.hkv {
+                    for p in run.lo..run.hi {
+                        let at = s.row_offset(page_table, b, hk, p, d) * esize;
+                        out.extend_from_slice(&t.bytes()[at..at + d * esize]);
+                    }
+                }
+            }
+            out
+        };
+        let shape = Shape {
+            b: run.count,
+            hq: s.hq,
+            hkv: s.hkv,
+            lq: rows,
+            lkv: len,
+            d: s.d,
+            dv: s.dv,
+        };
+        let tensor = |dims: Vec<usize>, bytes: Vec<u8>| {
+            Tensor::from_bytes(dims, q.dtype(), bytes).expect("sizes computed from the shape")
+        };
+        let mut caps = captures.clone();
+        for (name, x) in OFFSET_PARAMS.iter().zip([run.b0, run.pos, run.lo]) {
+            caps.params
+                .insert(name.to_string(), ParamValue::I32(x as i32));
+        }
+        Ok(RunInputs {
+            shape,
+            q: tensor(vec![run.count, s.hq, rows, s.d], qb),
+            k: tensor(vec![run.count, s.hkv, len, s.d], gather(k, s.d)),
+            v: tensor(vec![run.count, s.hkv, len, s.dv], gather(v, s.dv)),
+            caps,
+        })
+    }
+
+    /// The binding of a run's shape.
+    fn bound(&mut self, opts: &BindOptions, scale: f32, shape: Shape) -> Result<&mut Bound> {
+        if !self.bound.contains_key(&shape) && self.bound.len() >= MAX_BOUND {
+            self.bound.clear();
+        }
+        Ok(match self.bound.entry(shape) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
+                o.scale = Some(scale);
+                o.checked = opts.checked;
+                o.gpu_block_tables = opts.gpu_block_tables;
+                o.jit_tiers = opts.jit_tiers;
+                o.device = opts.device;
+                e.insert(self.variant.bind(o)?)
+            }
+        })
+    }
+
+    /// Runs one call, one launch per run (`runs` of the call's live sequences).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &mut self,
@@ -43,70 +209,145 @@ impl CudaState {
         k: &Tensor,
         v: &Tensor,
         page_table: &[i32],
-        seq_lens: &[i32],
-        live: &[(usize, (usize, usize))],
+        runs: &[Run],
         captures: &Captures,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let s = shape;
-        let esize = q.dtype().size();
         let mut o = vec![0f32; s.o_len()];
         let mut lse = vec![f32::NEG_INFINITY; s.lse_len()];
-        for &(b, (lo, hi)) in live {
-            let n = seq_lens[b] as usize;
-            let (first, pos) = live_rows(s.lq, n);
-            let rows = s.lq - first;
-            let len = hi - lo;
-            // q rows first.. of every head, K/V positions lo..hi of every kv head
-            let mut qb = Vec::with_capacity(s.hq * rows * s.d * esize);
-            for h in 0..s.hq {
-                let at = ((b * s.hq + h) * s.lq + first) * s.d * esize;
-                qb.extend_from_slice(&q.bytes()[at..at + rows * s.d * esize]);
-            }
-            let gather = |t: &Tensor, d: usize| {
-                let mut out = Vec::with_capacity(s.hkv * len * d * esize);
-                for hk in 0..s.hkv {
-                    for p in lo..hi {
-                        let at = s.row_offset(page_table, b, hk, p, d) * esize;
-                        out.extend_from_slice(&t.bytes()[at..at + d * esize]);
-                    }
-                }
-                out
-            };
-            let one = Shape {
-                b: 1,
-                hq: s.hq,
-                hkv: s.hkv,
-                lq: rows,
-                lkv: len,
-                d: s.d,
-                dv: s.dv,
-            };
-            let tensor = |dims: Vec<usize>, bytes: Vec<u8>| {
-                Tensor::from_bytes(dims, q.dtype(), bytes).expect("sizes computed from the shape")
-            };
-            let qt = tensor(vec![1, s.hq, rows, s.d], qb);
-            let kt = tensor(vec![1, s.hkv, len, s.d], gather(k, s.d));
-            let vt = tensor(vec![1, s.hkv, len, s.dv], gather(v, s.dv));
-            let mut caps = captures.clone();
-            for (name, x) in OFFSET_PARAMS.iter().zip([b, pos, lo]) {
-                caps.params
-                    .insert(name.to_string(), ParamValue::I32(x as i32));
-            }
-            let bound = match self.bound.entry((rows, len)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let mut o = BindOptions::new(Backend::Cuda, one, opts.dtype);
-                    o.scale = Some(scale);
-                    o.checked = opts.checked;
-                    o.gpu_block_tables = opts.gpu_block_tables;
-                    o.jit_tiers = opts.jit_tiers;
-                    e.insert(self.variant.bind(o)?)
-                }
-            };
-            let out = bound.forward(&qt, &kt, &vt, &caps)?;
+        for run in runs {
+            let x = Self::gather(s, run, q, k, v, page_table, captures)?;
+            let out = self
+                .bound(opts, scale, x.shape)?
+                .forward(&x.q, &x.k, &x.v, &x.caps)?;
             let (po, pl) = (out.o.to_f32(), out.lse.to_f32());
-            attnc_compiler::decode::scatter_rows(s, b, first, &po, &pl, &mut o, &mut lse);
+            let rows = s.lq - run.first;
+            for i in 0..run.count {
+                let (ro, rl) = (s.hq * rows * s.dv, s.hq * rows);
+                let (po, pl) = (&po[i * ro..(i + 1) * ro], &pl[i * rl..(i + 1) * rl]);
+                attnc_compiler::decode::scatter_rows(
+                    s,
+                    run.b0 + i,
+                    run.first,
+                    po,
+                    pl,
+                    &mut o,
+                    &mut lse,
+                );
+            }
         }
         Ok((o, lse))
+    }
+
+    /// Device milliseconds per call: the sum over the runs of each launch's time (its
+    /// inputs gathered and uploaded once, as `Bound::device_time_ms`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn time_ms(
+        &mut self,
+        opts: &BindOptions,
+        scale: f32,
+        shape: &DecodeShape,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        page_table: &[i32],
+        runs: &[Run],
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let mut total = 0.0;
+        for run in runs {
+            let x = Self::gather(shape, run, q, k, v, page_table, captures)?;
+            match self
+                .bound(opts, scale, x.shape)?
+                .device_time_ms(&x.q, &x.k, &x.v, &x.caps, iters)?
+            {
+                Some(ms) => total += ms,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::decode::CacheLayout;
+
+    fn shape(b: usize, hq: usize, lq: usize) -> DecodeShape {
+        DecodeShape {
+            b,
+            hq,
+            hkv: hq / 4,
+            lq,
+            d: 128,
+            dv: 128,
+            layout: CacheLayout::Contiguous { lkv_max: 8192 },
+        }
+    }
+
+    /// Consecutive sequences of one length and range share a run; a gap in the batch
+    /// (a sequence without live rows), another length or another range starts a new one;
+    /// unbatched, one run per sequence.
+    #[test]
+    fn runs_group_consecutive_equal_sequences() {
+        let lens = [300, 300, 300, 0, 300, 300, 500, 100];
+        let live = [
+            (0, (0, 300)),
+            (1, (0, 300)),
+            (2, (0, 300)),
+            (4, (0, 300)),
+            (5, (44, 300)),
+            (6, (0, 500)),
+            (7, (0, 100)),
+        ];
+        let r = runs(256, &lens, &live, true);
+        let brief: Vec<_> = r
+            .iter()
+            .map(|r| (r.b0, r.count, r.first, r.pos, r.lo))
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                (0, 3, 0, 44, 0),
+                (4, 1, 0, 44, 0),
+                (5, 1, 0, 44, 44),
+                (6, 1, 0, 244, 0),
+                (7, 1, 156, 0, 0),
+            ]
+        );
+        assert_eq!(r.iter().map(|r| r.count).sum::<usize>(), live.len());
+        let one = runs(256, &lens, &live, false);
+        assert_eq!(one.len(), live.len());
+        assert!(one.iter().all(|r| r.count == 1));
+    }
+
+    /// The rule: Lq >= 128 and every run at least half a wave of 128-row tiles.
+    #[test]
+    fn batched_runs_win_only_when_every_launch_fills_the_gpu() {
+        let live: Vec<_> = (0..8).map(|b| (b, (0, 8192))).collect();
+        let same = runs(256, &[8192; 8], &live, true);
+        assert_eq!(same.len(), 1);
+        // 8 sequences x 32 heads x 2 tiles = 512 >= 66
+        assert!(prefill_runs_win(&shape(8, 32, 256), &same, 132));
+        // Lq 64: the split-KV kernel
+        let s64 = runs(64, &[8192; 8], &live, true);
+        assert!(!prefill_runs_win(&shape(8, 32, 64), &s64, 132));
+        // eight lengths: 8 runs of 2 x 32 = 64 tiles each (< 66); of 2 x 64 at 64 heads
+        let lens: Vec<i32> = (0..8).map(|b| 8000 + b).collect();
+        let live: Vec<_> = (0..8).map(|b| (b, (0, 8000 + b))).collect();
+        let apart = runs(256, &lens, &live, true);
+        assert_eq!(apart.len(), 8);
+        assert!(!prefill_runs_win(&shape(8, 32, 256), &apart, 132));
+        assert!(prefill_runs_win(&shape(8, 64, 256), &apart, 132));
+        // one long prompt of 512 rows: 4 tiles x 32 heads = 128
+        let one = runs(512, &[32768], &[(0, (0, 32768))], true);
+        assert!(prefill_runs_win(&shape(1, 32, 512), &one, 132));
+        // a sequence shorter than Lq: only its live rows count (2 rows: 1 tile x 32)
+        let short = runs(512, &[2], &[(0, (0, 2))], true);
+        assert_eq!(short[0].first, 510);
+        assert!(!prefill_runs_win(&shape(1, 32, 512), &short, 132));
+        assert!(!prefill_runs_win(&shape(1, 64, 512), &[], 132));
     }
 }

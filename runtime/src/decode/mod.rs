@@ -13,7 +13,10 @@
 //! page_size`): captured tensors with dims `Q` or `KV` are indexed by position and have
 //! that size. Per backend: the reference runs the f64 oracle; the CPU splits each
 //! sequence's kv range (only the blocks its mask can reach) across threads, a kv head's
-//! query heads packed into one tile, contiguous f32 caches read in place (`cpu`).
+//! query heads packed into one tile, contiguous f32 caches read in place (`cpu`). CUDA
+//! runs the split-KV kernels (`gpu`) or the prefill kernel of the position-offset
+//! program over runs of sequences (`cuda`: what the split-KV kernels do not take, and
+//! chunked prefill where batched runs of equal sequences win; [`cuda_route`]).
 
 mod cpu;
 mod cuda;
@@ -21,7 +24,7 @@ mod gpu;
 
 pub(crate) use gpu::{applies as split_kv_applies, geometry as split_kv_geometry};
 
-use crate::api::{Backend, Bound, Captures, Output};
+use crate::api::{Backend, BindOptions, Bound, Captures, Output};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::backend::KernelKind;
@@ -256,7 +259,8 @@ pub(crate) enum DecodeState {
     Reference,
     Cpu(Box<CpuState>),
     Cuda {
-        /// The prefill path (checked mode, Lq > 16 at D 32 / 256, other head dims).
+        /// The prefill path (checked mode, Lq > 16 at D 32 / 256, other head dims, and
+        /// chunked prefill's batched runs).
         state: Box<cuda::CudaState>,
         /// The split-KV decode kernels.
         gpu: Box<gpu::GpuDecode>,
@@ -455,7 +459,8 @@ impl Bound {
                     .check_ids(&page_table, &seq_lens, opts.checked)
                     .map_err(cache_error)?;
                 let (live, ranges) = reachable(plan, &shape, &seq_lens, &bindings, opts.checked)?;
-                if gpu::applies(&shape, opts.dtype, opts.checked) {
+                let (prefill, runs) = cuda_route(&opts, &shape, &seq_lens, &live)?;
+                if !prefill {
                     *path = Some(match gpu.kernel(&shape) {
                         gpu::Kernel::Simt => "split-kv",
                         gpu::Kernel::Mma => "split-kv-mma",
@@ -474,18 +479,7 @@ impl Bound {
                     )?
                 } else {
                     *path = Some("prefill");
-                    state.forward(
-                        &opts,
-                        scale,
-                        &shape,
-                        q,
-                        k,
-                        v,
-                        &page_table,
-                        &seq_lens,
-                        &live,
-                        captures,
-                    )?
+                    state.forward(&opts, scale, &shape, q, k, v, &page_table, &runs, captures)?
                 }
             }
         };
@@ -579,7 +573,9 @@ impl Bound {
     }
 
     /// Device-side milliseconds per `forward_with_cache` (inputs uploaded once, launches
-    /// timed with events) for device backends; `None` for host backends.
+    /// timed with events; chunked prefill's batched runs: the sum of the runs' launches on
+    /// K/V gathered once) for device backends; `None` for host backends. Records the path
+    /// ([`Self::cache_path`]).
     pub fn cache_device_time_ms(
         &mut self,
         q: &Tensor,
@@ -599,11 +595,37 @@ impl Bound {
         shape
             .check_ids(&page_table, &seq_lens, opts.checked)
             .map_err(cache_error)?;
-        let DecodeState::Cuda { gpu, plan, .. } = self.decode_state()? else {
+        let DecodeState::Cuda {
+            gpu,
+            plan,
+            state,
+            path,
+        } = self.decode_state()?
+        else {
             return Ok(None);
         };
-        let (_, ranges) = reachable(plan, &shape, &seq_lens, &bindings, false)?;
+        let (live, ranges) = reachable(plan, &shape, &seq_lens, &bindings, false)?;
         let (k, v) = cache.kv();
+        let (prefill, runs) = cuda_route(&opts, &shape, &seq_lens, &live)?;
+        if prefill {
+            *path = Some("prefill");
+            return state.time_ms(
+                &opts,
+                scale,
+                &shape,
+                q,
+                k,
+                v,
+                &page_table,
+                &runs,
+                captures,
+                iters,
+            );
+        }
+        *path = Some(match gpu.kernel(&shape) {
+            gpu::Kernel::Simt => "split-kv",
+            gpu::Kernel::Mma => "split-kv-mma",
+        });
         gpu.time_ms(
             crate::exec::cuda::cuda_device_at(opts.device)?,
             &shape,
@@ -624,7 +646,8 @@ impl Bound {
 impl Bound {
     /// Which path the last `forward_with_cache` took: "reference", "cpu", "split-kv"
     /// (the CUDA SIMT decode kernel), "split-kv-mma" (the CUDA tensor-core decode kernel)
-    /// or "prefill" (CUDA, checked mode, other head dims, Lq > 16 at D 32 / 256); `None`
+    /// or "prefill" (CUDA, checked mode, other head dims, Lq > 16 at D 32 / 256, and
+    /// chunked prefill in batched runs: `DecodeTuning::prefill`, `cuda::prefill_runs_win`); `None`
     /// before the first call.
     pub fn cache_path(&mut self) -> Option<&'static str> {
         match self.extension::<Option<DecodeState>>() {
@@ -634,6 +657,35 @@ impl Bound {
             Some(DecodeState::Cuda { path, .. }) => *path,
         }
     }
+}
+
+/// Which CUDA path runs a call: `(true, runs)` for the prefill kernel over `runs`
+/// (`cuda.rs`: batched runs of consecutive equal sequences in fast mode, one run per
+/// sequence in checked mode), `(false, _)` for the split-KV kernels. The prefill kernel
+/// runs what the split-KV kernels do not take (`gpu::applies`) and chunked prefill (Lq >
+/// 16) where its runs win (`cuda::prefill_runs_win`; `DecodeTuning::prefill` overrides
+/// the rule).
+fn cuda_route(
+    opts: &BindOptions,
+    shape: &DecodeShape,
+    seq_lens: &[i32],
+    live: &[(usize, (usize, usize))],
+) -> Result<(bool, Vec<cuda::Run>)> {
+    let runs = cuda::runs(shape.lq, seq_lens, live, !opts.checked);
+    if !gpu::applies(shape, opts.dtype, opts.checked) {
+        return Ok((true, runs));
+    }
+    if shape.lq <= gpu::MAX_LQ {
+        return Ok((false, runs));
+    }
+    let prefill = match opts.decode.prefill {
+        Some(p) => p,
+        None => {
+            let sms = crate::exec::cuda::cuda_device_at(opts.device)?.sms() as usize;
+            cuda::prefill_runs_win(shape, &runs, sms)
+        }
+    };
+    Ok((prefill, runs))
 }
 
 /// The sequences with live rows that reach a key, with their reachable positions, and
