@@ -1396,6 +1396,26 @@ impl Attention {
         })
     }
 
+    /// The path the last zero-copy CUDA decode call of this binding took
+    /// (`Bound::cache_path`: "split-kv", "split-kv-mma" or "prefill"; None before the
+    /// first call), for q, the caches and the page table (or None) of the call.
+    #[pyo3(signature = (q, k_cache, v_cache, page_table, scale))]
+    fn decode_path(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        page_table: Option<Bound<'_, PyAny>>,
+        scale: Option<f64>,
+    ) -> PyResult<Option<&'static str>> {
+        guard(py, || {
+            let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
+            let key = call.cuda_key(py, scale)?;
+            self.run(py, key, |bound| Ok(bound.cache_path()))
+        })
+    }
+
     /// The workspace a zero-copy CUDA decode call needs (`decode_cuda`): `(part_o,
     /// part_lse, ranges)` element counts (f32, f32, int32) for q, the caches and the page
     /// table (or None) of the call. Binds (and JIT-compiles) on first use.
@@ -1422,7 +1442,10 @@ impl Attention {
     /// max_pages]`, or None), writes o, lse and the workspace (`workspace`: float32
     /// `[part_o + part_lse]`, `ranges`: int32 `[3 B]`, sized by `decode_workspace`), all
     /// allocated by the caller with torch on `stream`. No host copy, no synchronization.
-    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, workspace, ranges, scale, tensors, params, stream))]
+    /// `seq_lens_host`: the same lengths known on the host (a CPU tensor's), which lets
+    /// chunked prefill run in batched runs on the prefill kernel
+    /// (`Bound::decode_cuda_into_with_lengths`).
+    #[pyo3(signature = (q, k_cache, v_cache, seq_lens, page_table, o, lse, workspace, ranges, scale, tensors, params, stream, seq_lens_host=None))]
     #[allow(clippy::too_many_arguments)]
     fn decode_cuda(
         &self,
@@ -1440,6 +1463,7 @@ impl Attention {
         tensors: Vec<(String, Bound<'_, PyAny>)>,
         params: Vec<(String, Bound<'_, PyAny>)>,
         stream: usize,
+        seq_lens_host: Option<Vec<i32>>,
     ) -> PyResult<()> {
         guard(py, || {
             let call = CacheCall::read(py, q, k_cache, v_cache, Some(seq_lens), page_table)?;
@@ -1497,7 +1521,18 @@ impl Attention {
                         // this call on `stream`, torch's current stream, which orders
                         // every later use of their memory after the queued launches (the
                         // SAFETY note of `forward_cuda` covers inputs and captures).
-                        unsafe { bound.decode_cuda_into(layout, &bufs, &caps.tensors, &caps.params, stream) }
+                        // `seq_lens_host` is what `seq_lens` holds (the package copied
+                        // it from the CPU tensor the caller gave)
+                        match &seq_lens_host {
+                            Some(h) => unsafe {
+                                bound.decode_cuda_into_with_lengths(
+                                    layout, &bufs, h, &caps.tensors, &caps.params, stream,
+                                )
+                            },
+                            None => unsafe {
+                                bound.decode_cuda_into(layout, &bufs, &caps.tensors, &caps.params, stream)
+                            },
+                        }
             })
         })
     }

@@ -578,6 +578,33 @@ def test_chunked_prefill_decode_is_zero_copy():
     check(o, lse, ro, rlse, torch.bfloat16)
 
 
+@pytest.mark.parametrize("file,name", [("causal.attn", None), ("sliding_window.attn", None),
+                                       ("alibi_causal.attn", "alibi_causal"), ("document_causal.attn", "document_causal")])
+def test_chunked_prefill_with_host_lengths(file, name):
+    """``seq_lens`` as a CPU tensor for CUDA q (lengths known on the host): chunked
+    prefill over a contiguous cache runs in batched runs on the prefill kernel (path
+    "prefill": 64 heads x 2 tiles of 128 rows per run, runs of 2, 1 and 1 sequences, K/V
+    read in place from the cache), against the oracle and the split-KV kernels' result
+    with the lengths on the device; a sequence shorter than Lq sends the whole call to the
+    split-KV kernels."""
+    attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
+    if "window" in caps:
+        caps["window"] = 300
+    host = torch.tensor([700, 700, 400, 520], dtype=torch.int32)
+    o, lse = attn.decode(q, k, v, host, return_lse=True, **caps)
+    assert attn._inner.decode_path(q, k, v, None, None) == "prefill"
+    ro, rlse = attn.reference_decode(q, k, v, host, **caps)
+    check(o, lse, ro, rlse, torch.bfloat16)
+    so, slse = attn.decode(q, k, v, host.cuda(), return_lse=True, **caps)
+    assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
+    check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
+    short = torch.tensor([700, 100, 400, 520], dtype=torch.int32)
+    o2, lse2 = attn.decode(q, k, v, short, return_lse=True, **caps)
+    assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
+    ro2, rlse2 = attn.reference_decode(q, k, v, short, **caps)
+    check(o2, lse2, ro2, rlse2, torch.bfloat16)
+
+
 def test_decode_in_cuda_graph():
     """A decode step captured in a CUDA graph: replays read the new q, cache contents and
     sequence lengths written in place (the reachable ranges are computed on the device

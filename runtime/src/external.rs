@@ -230,6 +230,51 @@ impl Bound {
                 table.as_ref(),
                 stream,
                 capture,
+                None,
+            )
+        }
+        .map_err(|e| variant.render(e))
+    }
+}
+
+impl Bound {
+    /// [`Self::forward_cuda_into`] with k and v holding their (batch, kv head) slices
+    /// `kv_pitch` rows apart (a contiguous cache read in place: chunked prefill's runs,
+    /// `decode_cuda_into_with_lengths`, which checked the buffers as a whole), outside a
+    /// graph capture; the warp-specialized kernel only.
+    ///
+    /// # Safety
+    /// As [`Self::forward_cuda_into`], with k and v `B x Hkv` slices of `kv_pitch` rows
+    /// whose first `Lkv` rows are read.
+    pub(crate) unsafe fn forward_cuda_into_pitched(
+        &mut self,
+        bufs: &DeviceBuffers,
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        stream: u64,
+        kv_pitch: usize,
+    ) -> Result<()> {
+        self.require_cuda("forward_cuda_into")?;
+        let shape = self.options().shape;
+        let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
+        let scale = self.scale();
+        let (exec, plan, variant, opts) = self.parts_mut();
+        let Some(cuda) = exec.cuda_mut() else {
+            return Err(Error::Usage("this binding does not run on CUDA".into()));
+        };
+        // SAFETY: forwarded from the caller (see above).
+        unsafe {
+            cuda.forward_caller(
+                plan,
+                opts,
+                scale,
+                bufs,
+                &ptrs,
+                &bindings,
+                None,
+                stream,
+                false,
+                Some(kv_pitch),
             )
         }
         .map_err(|e| variant.render(e))

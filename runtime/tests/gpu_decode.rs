@@ -628,6 +628,115 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     }
 }
 
+/// The caller-buffer decode with the lengths also on the host
+/// (`Bound::decode_cuda_into_with_lengths`, session 25): chunked prefill over a
+/// contiguous cache in batched runs on the prefill kernel, K/V read in place (tensor maps
+/// whose slices are `Lkv_max` rows apart), the route forced (`DecodeTuning::prefill`):
+/// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
+/// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
+/// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
+/// split-KV kernels.
+fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
+    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use std::collections::HashMap;
+    let mut rng = Rng(0x9e2);
+    for (name, program, window) in [
+        ("causal", None, None),
+        ("sliding_window", None, Some(70)),
+        ("alibi_causal", Some("alibi_causal"), None),
+    ] {
+        let compiled = example(name);
+        let program = program.unwrap_or(compiled.names()[0]).to_string();
+        for (lq, hq, hkv, sl, forced, want_path) in [
+            (128, 8, 2, vec![300, 300, 250, 280], Some(true), "prefill"),
+            (200, 4, 4, vec![300, 300, 300, 201], Some(true), "prefill"),
+            (
+                128,
+                8,
+                2,
+                vec![300, 100, 250, 280],
+                Some(true),
+                "split-kv-mma",
+            ),
+            (128, 8, 2, vec![300, 300, 250, 280], None, "split-kv-mma"),
+        ] {
+            let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, None);
+            let mut caps = Captures::default();
+            let mut params = HashMap::new();
+            if let Some(w) = window {
+                caps = caps.param("window", ParamValue::I32(w));
+                params.insert("window".to_string(), ParamValue::I32(w));
+            }
+            let variant = compiled.attention(&program).unwrap();
+            let what = format!(
+                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?}",
+                c.seq_lens
+            );
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.prefill = forced;
+            let mut bound = variant.bind(o).unwrap();
+            let layout: CacheLayout = c.shape.layout;
+            let ws = bound.decode_cuda_workspace(layout).unwrap();
+            let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+            let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
+            let seq_lens = dev.upload(&c.seq_lens).unwrap();
+            let s = c.shape;
+            // O poisoned: a row no launch writes shows
+            let o: CudaSlice<u16> = dev
+                .upload_u16(&vec![0x7fc0; s.b * s.hq * s.lq * s.dv])
+                .unwrap();
+            let lse: CudaSlice<f32> = dev.upload(&vec![f32::NAN; s.b * s.hq * s.lq]).unwrap();
+            let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
+            let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
+            let st = q.stream().clone();
+            let bufs = DeviceDecodeBuffers {
+                q: q.device_ptr(&st).0,
+                k_cache: k.device_ptr(&st).0,
+                v_cache: v.device_ptr(&st).0,
+                seq_lens: seq_lens.device_ptr(&st).0,
+                page_table: None,
+                o: o.device_ptr(&st).0,
+                lse: lse.device_ptr(&st).0,
+                part_o: part.device_ptr(&st).0,
+                part_lse: part.device_ptr(&st).0 + 4 * ws.part_o as u64,
+                ranges: ranges.device_ptr(&st).0,
+            };
+            // SAFETY: every buffer above is a live allocation of this device sized for
+            // the binding's shape and layout (the workspace as decode_cuda_workspace
+            // says), on stream `st`, which the download below synchronizes; the host
+            // lengths are the device buffer's.
+            unsafe {
+                bound
+                    .decode_cuda_into_with_lengths(
+                        layout,
+                        &bufs,
+                        &c.seq_lens,
+                        &HashMap::new(),
+                        &params,
+                        st.cu_stream() as u64,
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            st.synchronize().unwrap();
+            assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
+            let o = dev.download(&o).unwrap();
+            let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let o = attnc::Tensor::from_bytes(vec![o.len()], c.dtype, bytes).unwrap();
+            close(
+                &format!("{what} o"),
+                &o.to_f32(),
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            let lse = dev.download(&lse).unwrap();
+            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+        }
+    }
+}
+
 /// The launches on sm_90: the decode kernel under the previous call's tail and the
 /// combine under the decode kernel's (programmatic dependent launch, the default), the
 /// decode kernel after the previous call (`serial_decode`), the combine after the decode
@@ -1643,6 +1752,10 @@ const TESTS: &[Test] = &[
     ("gpu_decode_prefill_runs", gpu_decode_prefill_runs),
     ("gpu_decode_sanitize", gpu_decode_sanitize),
     ("gpu_decode_caller_buffers", gpu_decode_caller_buffers),
+    (
+        "gpu_decode_caller_prefill_runs",
+        gpu_decode_caller_prefill_runs,
+    ),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),
     ("gpu_decode_balanced", gpu_decode_balanced),

@@ -39,6 +39,10 @@ pub struct LaunchArgs {
     extents: HashMap<GridDim, u32>,
     /// A grid computed by the caller, replacing the spec's rule.
     grid: Option<(u32, u32, u32)>,
+    /// The rows between consecutive (batch, kv head) slices of K and V when it is not
+    /// `Lkv` (a contiguous cache's `Lkv_max`: chunked prefill's runs read K/V in place);
+    /// only the tensor maps of the warp-specialized forward honour it (`tma.rs`).
+    kv_pitch: Option<u64>,
 }
 
 impl LaunchArgs {
@@ -70,12 +74,23 @@ impl LaunchArgs {
     pub fn set_grid(&mut self, grid: (u32, u32, u32)) {
         self.grid = Some(grid);
     }
+    /// Sets K's and V's slice pitch in rows (see the field).
+    pub fn set_kv_pitch(&mut self, rows: u64) {
+        self.kv_pitch = Some(rows);
+    }
+    /// K's and V's slice pitch in rows, if set.
+    pub fn kv_pitch(&self) -> Option<u64> {
+        self.kv_pitch
+    }
     /// Every value of `other` replaces this one's.
     pub fn merge(&mut self, other: &LaunchArgs) {
         self.values
             .extend(other.values.iter().map(|(k, v)| (*k, *v)));
         self.extents
             .extend(other.extents.iter().map(|(k, v)| (*k, *v)));
+        if other.kv_pitch.is_some() {
+            self.kv_pitch = other.kv_pitch;
+        }
     }
     /// Whether every value is a scalar (no buffer).
     pub fn scalars_only(&self) -> bool {

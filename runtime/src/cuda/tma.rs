@@ -112,6 +112,19 @@ fn with_decode_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchArgs, 
 
 /// The map of `[slices, rows, d]` 16-bit elements at `ptr`, boxes of 64 x `box_rows`.
 fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<TensorMap, CudaError> {
+    encode_pitched(ptr, slices, rows, rows, d, box_rows)
+}
+
+/// [`encode`] of slices `pitch` rows apart (`pitch >= rows`): the first `rows` rows of
+/// each slice (rows past them read as zeros, as past the end of a tensor).
+fn encode_pitched(
+    ptr: u64,
+    slices: u64,
+    rows: u64,
+    pitch: u64,
+    d: u64,
+    box_rows: u32,
+) -> Result<TensorMap, CudaError> {
     if rows == 0 || slices == 0 {
         // an empty tensor (Lkv = 0: every row fully masked) has no box to load, and the
         // kernel issues no copy for a row without kv blocks (Q's included); the driver
@@ -121,9 +134,9 @@ fn encode(ptr: u64, slices: u64, rows: u64, d: u64, box_rows: u32) -> Result<Ten
     encode_3d(
         ptr,
         [d, rows, slices],
-        [d * 2, rows * d * 2],
+        [d * 2, pitch.max(rows) * d * 2],
         [64, box_rows, 1],
-        || format!("a [{slices}, {rows}, {d}] tensor"),
+        || format!("a [{slices}, {rows}, {d}] tensor (slices {pitch} rows apart)"),
     )
 }
 
@@ -190,14 +203,25 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     );
     let o = &spec.options;
     let (d, dv) = (o.d as u64, o.dv as u64);
+    // K's and V's slices `pitch` rows apart (a cache's Lkv_max) or packed
+    let pitch = args.kv_pitch().unwrap_or(lkv);
+    if pitch < lkv {
+        return Err(missing(&format!(
+            "a kv pitch of at least Lkv = {lkv} rows (got {pitch})"
+        )));
+    }
     let mut out = args.clone();
     // the maps this kernel takes (the forward: Q, K, V and with `o_tma` O; the fused
     // backward: Q, dO)
     for &p in &spec.params {
         let m = match p {
             KernelParam::TmaQ => encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
-            KernelParam::TmaK => encode(ptr(KernelParam::K)?, b * hkv, lkv, d, spec.kv_block)?,
-            KernelParam::TmaV => encode(ptr(KernelParam::V)?, b * hkv, lkv, dv, spec.kv_block)?,
+            KernelParam::TmaK => {
+                encode_pitched(ptr(KernelParam::K)?, b * hkv, lkv, pitch, d, spec.kv_block)?
+            }
+            KernelParam::TmaV => {
+                encode_pitched(ptr(KernelParam::V)?, b * hkv, lkv, pitch, dv, spec.kv_block)?
+            }
             KernelParam::TmaDo => encode(ptr(KernelParam::DOut)?, b * hq, lq, dv, spec.q_block)?,
             // (`PtxOptions::o_tma`: each consumer warpgroup stores its 64 rows)
             KernelParam::TmaO => encode(ptr(KernelParam::O)?, b * hq, lq, dv, 64)?,

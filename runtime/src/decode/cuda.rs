@@ -180,7 +180,12 @@ impl CudaState {
     }
 
     /// The binding of a run's shape.
-    fn bound(&mut self, opts: &BindOptions, scale: f32, shape: Shape) -> Result<&mut Bound> {
+    pub(crate) fn bound(
+        &mut self,
+        opts: &BindOptions,
+        scale: f32,
+        shape: Shape,
+    ) -> Result<&mut Bound> {
         if !self.bound.contains_key(&shape) && self.bound.len() >= MAX_BOUND {
             self.bound.clear();
         }

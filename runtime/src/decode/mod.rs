@@ -22,6 +22,7 @@ mod cpu;
 mod cuda;
 mod gpu;
 
+pub(crate) use cuda::Run as PrefillRun;
 pub(crate) use gpu::{applies as split_kv_applies, geometry as split_kv_geometry};
 
 use crate::api::{Backend, BindOptions, Bound, Captures, Output};
@@ -33,6 +34,7 @@ use attnc_compiler::decode::{
     CacheError, CacheLayout, DecodeShape, KvView, offset_program, packed_offset_program,
 };
 use attnc_compiler::plan::Plan;
+use attnc_compiler::shape::Shape;
 
 /// The KV cache of a [`Bound::forward_with_cache`] call.
 #[derive(Clone, Copy, Debug)]
@@ -488,6 +490,58 @@ impl Bound {
             o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, opts.dtype),
             lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
         })
+    }
+}
+
+impl Bound {
+    /// The batched runs of a caller-buffer call whose lengths the caller also gave on the
+    /// host (`external::decode`, `decode_cuda_into_with_lengths`), when chunked prefill
+    /// takes the prefill kernel: a contiguous cache, every sequence at least Lq long and
+    /// within the cache (so every row is live and its keys are the slice's first
+    /// `seq_lens[b]` rows, read in place), and the runs win ([`cuda_route`]'s rule, or
+    /// `DecodeTuning::prefill`); records the path "prefill". `None`: the split-KV kernels.
+    pub(crate) fn caller_prefill_runs(
+        &mut self,
+        shape: &DecodeShape,
+        seq_lens: &[i32],
+    ) -> Result<Option<Vec<PrefillRun>>> {
+        let opts = self.options().clone();
+        let CacheLayout::Contiguous { lkv_max } = shape.layout else {
+            return Ok(None);
+        };
+        if opts.checked
+            || seq_lens.len() != shape.b
+            || shape.lq <= gpu::MAX_LQ
+            || seq_lens
+                .iter()
+                .any(|&n| n < 0 || (n as usize) < shape.lq || n as usize > lkv_max)
+        {
+            return Ok(None);
+        }
+        let live: Vec<(usize, (usize, usize))> = seq_lens
+            .iter()
+            .enumerate()
+            .map(|(b, &n)| (b, (0, n as usize)))
+            .collect();
+        let (prefill, runs) = cuda_route(&opts, shape, seq_lens, &live)?;
+        if !prefill {
+            return Ok(None);
+        }
+        if let DecodeState::Cuda { path, .. } = self.decode_state()? {
+            *path = Some("prefill");
+        }
+        Ok(Some(runs))
+    }
+
+    /// The prefill kernel's binding of the position-offset program for a run of `shape`
+    /// (made on first use, kept per shape: `cuda::CudaState::bound`).
+    pub(crate) fn prefill_run_bound(&mut self, shape: Shape) -> Result<&mut Bound> {
+        let opts = self.options().clone();
+        let scale = self.scale();
+        match self.decode_state()? {
+            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape),
+            _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
+        }
     }
 }
 

@@ -12,12 +12,13 @@
 //! capacity (a negative one as 0) and a page id outside the cache is clamped into it
 //! (the host path reports both in checked mode), never read out of bounds.
 
-use super::{Buf, DeviceTensor, device_bindings, tensor_bufs};
+use super::{Buf, DeviceBuffers, DeviceTensor, device_bindings, tensor_bufs};
 use crate::api::{Bound, ParamValue};
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
 use crate::error::{Error, Result};
-use attnc_compiler::decode::{CacheError, DecodeShape};
+use attnc_compiler::decode::{CacheError, DecodeShape, OFFSET_PARAMS};
+use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 
 pub use crate::exec::cuda::caller::decode::CallerDecodeBuffers as DeviceDecodeBuffers;
@@ -223,6 +224,89 @@ impl Bound {
             )
         }
         .map_err(|e| variant.render(e))
+    }
+}
+
+impl Bound {
+    /// [`Self::decode_cuda_into`] for a caller that also knows each sequence's length on
+    /// the host (`seq_lens_host`, what the device buffer `seq_lens` holds): chunked
+    /// prefill (Lq > 16) over a contiguous cache whose sequences are each at least Lq long
+    /// runs on the warp-specialized prefill kernel where its batched runs win (session 25:
+    /// 1.5-1.8x the split-KV kernel on an H200 at Lq 128-512; consecutive sequences of one
+    /// length share a launch of the position-offset program, K and V read in place through
+    /// tensor maps whose slices are `Lkv_max` rows apart; `DecodeTuning::prefill`
+    /// overrides the rule). No synchronization either way; a stream capturing a graph,
+    /// other shapes, paged caches and lengths that do not fit take the split-KV kernels
+    /// (`decode_cuda_into`, which reads `seq_lens` and the workspace). The path taken is
+    /// [`Self::cache_path`]'s: "prefill" or "split-kv-mma".
+    ///
+    /// # Safety
+    /// As [`Self::decode_cuda_into`]; `seq_lens_host` must equal what `seq_lens` holds
+    /// when the stream runs the call (the runs are cut from it on the host).
+    pub unsafe fn decode_cuda_into_with_lengths(
+        &mut self,
+        layout: CacheLayout,
+        bufs: &DeviceDecodeBuffers,
+        seq_lens_host: &[i32],
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        stream: u64,
+    ) -> Result<()> {
+        let (shape, _, _) = self.decode_setup(layout)?;
+        let runs = match self.caller_prefill_runs(&shape, seq_lens_host)? {
+            Some(r) => r,
+            // SAFETY: forwarded from the caller.
+            None => return unsafe { self.decode_cuda_into(layout, bufs, tensors, params, stream) },
+        };
+        let e = self.options().dtype.size();
+        let rows = shape.b * shape.hq * shape.lq;
+        let cache = shape.b * shape.hkv * shape.capacity();
+        let mut all = vec![
+            Buf::input("q", bufs.q, rows * shape.d * e),
+            Buf::input("k_cache", bufs.k_cache, cache * shape.d * e),
+            Buf::input("v_cache", bufs.v_cache, cache * shape.dv * e),
+            Buf::output("o", bufs.o, rows * shape.dv * e),
+            Buf::output("lse", bufs.lse, 4 * rows),
+        ];
+        all.extend(tensor_bufs(tensors));
+        if self.check_call_buffers(&all, stream)? {
+            // a graph capture: the runs' bindings may need allocations (new shapes)
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.decode_cuda_into(layout, bufs, tensors, params, stream) };
+        }
+        let lkv_max = shape.capacity();
+        for run in runs {
+            let n = run.hi - run.lo;
+            let run_shape = Shape {
+                b: run.count,
+                hq: shape.hq,
+                hkv: shape.hkv,
+                lq: shape.lq,
+                lkv: n,
+                d: shape.d,
+                dv: shape.dv,
+            };
+            let mut p = params.clone();
+            for (name, x) in OFFSET_PARAMS.iter().zip([run.b0, run.pos, run.lo]) {
+                p.insert(name.to_string(), ParamValue::I32(x as i32));
+            }
+            // every row of the run is live (first = 0): its q, o and lse are contiguous
+            let q_rows = (run.b0 * shape.hq * shape.lq) as u64;
+            let kv_row = (run.b0 * shape.hkv * lkv_max + run.lo) as u64;
+            let run_bufs = DeviceBuffers {
+                q: bufs.q + q_rows * (shape.d * e) as u64,
+                k: bufs.k_cache + kv_row * (shape.d * e) as u64,
+                v: bufs.v_cache + kv_row * (shape.dv * e) as u64,
+                o: bufs.o + q_rows * (shape.dv * e) as u64,
+                lse: bufs.lse + q_rows * 4,
+            };
+            let bound = self.prefill_run_bound(run_shape)?;
+            // SAFETY: the run's q/o/lse rows and its sequences' cache slices lie inside the
+            // buffers checked above (b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows
+            // apart); the captures and stream are the caller's (forwarded).
+            unsafe { bound.forward_cuda_into_pitched(&run_bufs, tensors, &p, stream, lkv_max) }?;
+        }
+        Ok(())
     }
 }
 

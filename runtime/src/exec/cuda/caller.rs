@@ -455,7 +455,11 @@ impl CudaExec {
     /// Enqueues one forward on the caller's stream (module header). `bindings` holds the
     /// params and the captured tensors' dims (no data: nothing here reads it); `tensors`
     /// their device pointers, in declaration order; `capture`: whether `stream` is
-    /// capturing a graph (what [`check_device_pointers`] returned for this call).
+    /// capturing a graph (what [`check_device_pointers`] returned for this call);
+    /// `kv_pitch`: k and v hold their (batch, kv head) slices that many rows apart instead
+    /// of `Lkv` (a contiguous cache read in place: chunked prefill's runs,
+    /// `Bound::decode_cuda_into_with_lengths`), for the warp-specialized kernel only (it
+    /// reads K and V through tensor maps alone).
     ///
     /// # Safety
     /// `bufs` and `tensors` must point to live device memory of this device's primary
@@ -475,6 +479,7 @@ impl CudaExec {
         mask: Option<&CallerTable>,
         stream: u64,
         capture: bool,
+        kv_pitch: Option<usize>,
     ) -> ExecResult<()> {
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
@@ -510,6 +515,16 @@ impl CudaExec {
         };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
         let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
+        if let Some(p) = kv_pitch {
+            if !spec.options.ws || p < shape.lkv {
+                return Err(CudaError::Mismatch(format!(
+                    "k and v {p} rows apart need the warp-specialized kernel and at least Lkv = {} rows (kernel {})",
+                    shape.lkv, spec.entry
+                ))
+                .into());
+            }
+            a.set_kv_pitch(p as u64);
+        }
         if spec.params.contains(&P::TailWork) {
             let need = spec.options.tail_work_floats(st.dev.sms());
             if st.tail.as_ref().is_none_or(|t| t.len() < need) {
