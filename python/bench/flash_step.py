@@ -4,7 +4,10 @@ importable), its Triton backend (compiled, ``--triton``) and SDPA cuDNN (dense a
 in one process (session 20; issue 10's "forward + backward of one training step faster
 than FlexAttention's best backend").
 
-Cases (bf16): ``dense`` and ``causal`` at B2 H16 L8192 D128; ``document`` = document +
+Cases (bf16): ``dense`` and ``causal`` at B2 H16 L8192 D128, and (session 25) ``sliding``
+(causal window of 1024 keys: attnc's ``sliding_window`` with ``window=1023``), ``alibi_causal``
+and ``softcap_causal`` (soft-cap 50, attnc's example's) at the same shape, Flex with the
+FA4 anchors' mask_mod / score_mod; ``document`` = document +
 causal at B2 H16 L4096 D128, 8 sorted random document ids (one packing for both batch
 rows, as in the FA4 anchors; host_step.py packs each row on its own) and a block mask made
 once for each library. Per row: ``fwd`` CUDA-event ms per forward (no autograd), ``step`` CUDA-event ms
@@ -35,6 +38,30 @@ import torch.nn.functional as F
 
 import attnc
 from bench_gpu import EXAMPLES, event_ms, host_us  # this folder (sys.path[0] when run as a script)
+
+
+def causal_mod(b, h, qi, ki):
+    return qi >= ki
+
+
+def sliding_mod(b, h, qi, ki):
+    return (qi >= ki) & (qi - ki < 1024)
+
+
+def alibi_mod(score, b, h, qi, ki):
+    return score + torch.exp2(-8.0 * (h + 1) / 16) * (ki - qi)
+
+
+def softcap_mod(score, b, h, qi, ki):
+    return 50.0 * torch.tanh(score / 50.0)
+
+
+# case: (attnc file, attention, captures, Flex mask_mod, Flex score_mod)
+SCORED = {
+    "sliding": ("sliding_window.attn", None, {"window": 1023}, sliding_mod, None),
+    "alibi_causal": ("alibi_causal.attn", "alibi_causal", {}, causal_mod, alibi_mod),
+    "softcap_causal": ("softcap.attn", "softcap_causal", {}, causal_mod, softcap_mod),
+}
 
 
 def main():
@@ -88,21 +115,25 @@ def main():
             fbm = create_block_mask(lambda b_, h_, qi, ki: (qi >= ki) & (doc1[qi] == doc1[ki]), None, None, l, l,
                                     device="cuda")
         else:
-            attn = attnc.compile(EXAMPLES / f"{case}.attn").attention()
-            rows["attnc"] = lambda q, k, v: attn(q, k, v)
+            file, name, caps, mask_mod, score_mod = SCORED.get(case, (f"{case}.attn", None, {}, None, None))
+            if case == "causal":
+                mask_mod = causal_mod
+            attn = attnc.compile(EXAMPLES / file).attention(name)
+            rows["attnc"] = lambda q, k, v: attn(q, k, v, **caps)
             if not a.no_nd:
-                rows["attnc_nd"] = lambda q, k, v: attn(q, k, v, deterministic=False)
-            fbm = None if case == "dense" else create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, l, l,
-                                                                 device="cuda")
+                rows["attnc_nd"] = lambda q, k, v: attn(q, k, v, deterministic=False, **caps)
+            fbm = None if mask_mod is None else create_block_mask(mask_mod, None, None, l, l, device="cuda")
 
-            def sdpa(q, k, v, causal=case == "causal"):
-                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            if case in ("dense", "causal"):
+                def sdpa(q, k, v, causal=case == "causal"):
+                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-            rows["sdpa_cudnn"] = sdpa
+                rows["sdpa_cudnn"] = sdpa
         for be in backends:
-            rows[f"flex_{be}"] = (lambda q, k, v, be=be, fbm=fbm:
-                                  flex(q, k, v, block_mask=fbm, kernel_options={"BACKEND": be}))
+            sm = None if case == "document" else SCORED.get(case, (None,) * 5)[4]
+            rows[f"flex_{be}"] = (lambda q, k, v, be=be, fbm=fbm, sm=sm:
+                                  flex(q, k, v, score_mod=sm, block_mask=fbm, kernel_options={"BACKEND": be}))
         ok = {}
         for name, f in rows.items():
             t0 = time.perf_counter()
