@@ -238,21 +238,22 @@ impl Bound {
 }
 
 impl Bound {
-    /// [`Self::forward_cuda_into`] with k and v holding their (batch, kv head) slices
-    /// `kv_pitch` rows apart (a contiguous cache read in place: chunked prefill's runs,
-    /// `decode_cuda_into_with_lengths`, which checked the buffers as a whole), outside a
-    /// graph capture; the warp-specialized kernel only.
+    /// [`Self::forward_cuda_into`] with k and v a cache read in place (`kv`: a contiguous
+    /// one's slices `Lkv_max` rows apart, or a paged one through its page table; chunked
+    /// prefill's runs, `decode_cuda_into_with_lengths`, which checked the buffers as a
+    /// whole), outside a graph capture; the warp-specialized kernel only.
     ///
     /// # Safety
-    /// As [`Self::forward_cuda_into`], with k and v `B x Hkv` slices of `kv_pitch` rows
-    /// whose first `Lkv` rows are read.
-    pub(crate) unsafe fn forward_cuda_into_pitched(
+    /// As [`Self::forward_cuda_into`], with k and v the cache `kv` describes (each
+    /// sequence's first `Lkv` positions read) and a paged cache's table live device memory
+    /// of `B x max_pages` i32.
+    pub(crate) unsafe fn forward_cuda_into_kv(
         &mut self,
         bufs: &DeviceBuffers,
         tensors: &HashMap<String, DeviceTensor>,
         params: &HashMap<String, ParamValue>,
         stream: u64,
-        kv_pitch: usize,
+        kv: crate::exec::cuda::caller::CallerKv,
     ) -> Result<()> {
         self.require_cuda("forward_cuda_into")?;
         let shape = self.options().shape;
@@ -274,7 +275,7 @@ impl Bound {
                 None,
                 stream,
                 false,
-                Some(kv_pitch),
+                Some(kv),
             )
         }
         .map_err(|e| variant.render(e))

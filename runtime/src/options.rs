@@ -62,6 +62,12 @@ pub struct BindOptions {
     /// environment variables, read once per process ([`DecodeTuning::from_env`]); none set
     /// means every choice automatic. Fixed for the binding's life.
     pub decode: DecodeTuning,
+    /// CUDA: the forward reads K and V from a paged cache `[pages, P, Hkv, D]` through a
+    /// page table (`PtxOptions::kv_cache` = `Paged`; the warp-specialized kernel only, an
+    /// error elsewhere): the bindings of chunked prefill's runs on caller buffers
+    /// (`Bound::decode_cuda_into_with_lengths`). Its calls go through
+    /// `forward_cuda_into_kv` with the page table. Default false.
+    pub kv_pages: bool,
 }
 
 impl BindOptions {
@@ -77,6 +83,7 @@ impl BindOptions {
             jit_tiers: None,
             device: 0,
             decode: DecodeTuning::from_env(),
+            kv_pages: false,
         }
     }
 }

@@ -628,10 +628,24 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     }
 }
 
+/// One case of [`gpu_decode_caller_prefill_runs`]: Lq, Hq, Hkv, seq_lens, the route
+/// forced or not (`DecodeTuning::prefill`), the page size (None: contiguous), the path.
+type RunCase = (
+    usize,
+    usize,
+    usize,
+    Vec<i32>,
+    Option<bool>,
+    Option<usize>,
+    &'static str,
+);
+
 /// The caller-buffer decode with the lengths also on the host
 /// (`Bound::decode_cuda_into_with_lengths`, session 25): chunked prefill over a
 /// contiguous cache in batched runs on the prefill kernel, K/V read in place (tensor maps
-/// whose slices are `Lkv_max` rows apart), the route forced (`DecodeTuning::prefill`):
+/// whose slices are `Lkv_max` rows apart) and over paged caches of pages of 128 and 256
+/// rows (shuffled tables, garbage pages: each kv tile one TMA box of its page; pages of
+/// 16 keep the split-KV kernel), the route forced (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
 /// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
@@ -648,20 +662,74 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
     ] {
         let compiled = example(name);
         let program = program.unwrap_or(compiled.names()[0]).to_string();
-        for (lq, hq, hkv, sl, forced, want_path) in [
-            (128, 8, 2, vec![300, 300, 250, 280], Some(true), "prefill"),
-            (200, 4, 4, vec![300, 300, 300, 201], Some(true), "prefill"),
+        // (lq, hq, hkv, seq_lens, DecodeTuning::prefill, page size, the path)
+        let cases: [RunCase; 7] = [
+            (
+                128,
+                8,
+                2,
+                vec![300, 300, 250, 280],
+                Some(true),
+                None,
+                "prefill",
+            ),
+            (
+                200,
+                4,
+                4,
+                vec![300, 300, 300, 201],
+                Some(true),
+                None,
+                "prefill",
+            ),
+            (
+                128,
+                8,
+                2,
+                vec![300, 300, 250, 280],
+                Some(true),
+                Some(128),
+                "prefill",
+            ),
+            (
+                200,
+                4,
+                4,
+                vec![300, 300, 300, 201],
+                Some(true),
+                Some(256),
+                "prefill",
+            ),
+            (
+                128,
+                8,
+                2,
+                vec![300, 300, 250, 280],
+                Some(true),
+                Some(16),
+                "split-kv-mma",
+            ),
             (
                 128,
                 8,
                 2,
                 vec![300, 100, 250, 280],
                 Some(true),
+                None,
                 "split-kv-mma",
             ),
-            (128, 8, 2, vec![300, 300, 250, 280], None, "split-kv-mma"),
-        ] {
-            let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, None);
+            (
+                128,
+                8,
+                2,
+                vec![300, 300, 250, 280],
+                None,
+                None,
+                "split-kv-mma",
+            ),
+        ];
+        for (lq, hq, hkv, sl, forced, page, want_path) in cases {
+            let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
             let mut caps = Captures::default();
             let mut params = HashMap::new();
             if let Some(w) = window {
@@ -670,7 +738,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             }
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
-                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?}",
+                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?}",
                 c.seq_lens
             );
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
@@ -683,6 +751,10 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
             let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
             let seq_lens = dev.upload(&c.seq_lens).unwrap();
+            let table = c
+                .page_table
+                .as_ref()
+                .map(|t| dev.upload(&t.to_i32()).unwrap());
             let s = c.shape;
             // O poisoned: a row no launch writes shows
             let o: CudaSlice<u16> = dev
@@ -697,7 +769,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
                 k_cache: k.device_ptr(&st).0,
                 v_cache: v.device_ptr(&st).0,
                 seq_lens: seq_lens.device_ptr(&st).0,
-                page_table: None,
+                page_table: table.as_ref().map(|t| t.device_ptr(&st).0),
                 o: o.device_ptr(&st).0,
                 lse: lse.device_ptr(&st).0,
                 part_o: part.device_ptr(&st).0,

@@ -192,6 +192,20 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     let missing = |what: &str| a.missing(what);
     let ptr = |p: KernelParam| a.ptr(p);
     let int = |p: KernelParam| a.int(p);
+    // the forward on a paged cache (`KvCache::Paged`): K and V as `{D, Hkv, pages x P}`,
+    // boxes of one head's kv tile (P is a multiple of it)
+    let paged = if spec.params.contains(&KernelParam::PageTable) {
+        let (pages, shift) = (int(KernelParam::NumPages)?, int(KernelParam::PageShift)?);
+        if shift > 30 || !(1u64 << shift).is_multiple_of(spec.kv_block as u64) {
+            return Err(missing(&format!(
+                "pages of a multiple of {} rows (page shift {shift})",
+                spec.kv_block
+            )));
+        }
+        Some(pages << shift)
+    } else {
+        None
+    };
     let b = args
         .extent_of(GridDim::Batches)
         .ok_or_else(|| missing("the batch extent"))? as u64;
@@ -216,6 +230,14 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     for &p in &spec.params {
         let m = match p {
             KernelParam::TmaQ => encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
+            KernelParam::TmaK | KernelParam::TmaV if paged.is_some() => {
+                let (src, w) = match p {
+                    KernelParam::TmaK => (KernelParam::K, d),
+                    _ => (KernelParam::V, dv),
+                };
+                let rows = paged.unwrap_or(0);
+                encode_paged(ptr(src)?, rows, hkv, w, spec.kv_block)?
+            }
             KernelParam::TmaK => {
                 encode_pitched(ptr(KernelParam::K)?, b * hkv, lkv, pitch, d, spec.kv_block)?
             }

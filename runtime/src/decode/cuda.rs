@@ -106,9 +106,10 @@ struct RunInputs {
 pub(crate) struct CudaState {
     /// The position-offset program, as a variant of the same source.
     variant: Variant,
-    /// One binding per run shape, made on first use (the JIT's memory cache makes every
-    /// binding after the first cheap).
-    bound: HashMap<Shape, Bound>,
+    /// One binding per run shape (and whether it reads a paged cache in place: caller
+    /// buffers), made on first use (the JIT's memory cache makes every binding after the
+    /// first cheap).
+    bound: HashMap<(Shape, bool), Bound>,
 }
 
 impl CudaState {
@@ -179,17 +180,20 @@ impl CudaState {
         })
     }
 
-    /// The binding of a run's shape.
+    /// The binding of a run's shape (`paged`: `BindOptions::kv_pages`, a paged cache read
+    /// in place by the caller-buffer runs).
     pub(crate) fn bound(
         &mut self,
         opts: &BindOptions,
         scale: f32,
         shape: Shape,
+        paged: bool,
     ) -> Result<&mut Bound> {
-        if !self.bound.contains_key(&shape) && self.bound.len() >= MAX_BOUND {
+        let key = (shape, paged);
+        if !self.bound.contains_key(&key) && self.bound.len() >= MAX_BOUND {
             self.bound.clear();
         }
-        Ok(match self.bound.entry(shape) {
+        Ok(match self.bound.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
@@ -198,6 +202,7 @@ impl CudaState {
                 o.gpu_block_tables = opts.gpu_block_tables;
                 o.jit_tiers = opts.jit_tiers;
                 o.device = opts.device;
+                o.kv_pages = paged;
                 e.insert(self.variant.bind(o)?)
             }
         })
@@ -223,7 +228,7 @@ impl CudaState {
         for run in runs {
             let x = Self::gather(s, run, q, k, v, page_table, captures)?;
             let out = self
-                .bound(opts, scale, x.shape)?
+                .bound(opts, scale, x.shape, false)?
                 .forward(&x.q, &x.k, &x.v, &x.caps)?;
             let (po, pl) = (out.o.to_f32(), out.lse.to_f32());
             let rows = s.lq - run.first;
@@ -264,7 +269,7 @@ impl CudaState {
         for run in runs {
             let x = Self::gather(shape, run, q, k, v, page_table, captures)?;
             match self
-                .bound(opts, scale, x.shape)?
+                .bound(opts, scale, x.shape, false)?
                 .device_time_ms(&x.q, &x.k, &x.v, &x.caps, iters)?
             {
                 Some(ms) => total += ms,

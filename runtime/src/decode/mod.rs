@@ -496,19 +496,27 @@ impl Bound {
 impl Bound {
     /// The batched runs of a caller-buffer call whose lengths the caller also gave on the
     /// host (`external::decode`, `decode_cuda_into_with_lengths`), when chunked prefill
-    /// takes the prefill kernel: a contiguous cache, every sequence at least Lq long and
-    /// within the cache (so every row is live and its keys are the slice's first
-    /// `seq_lens[b]` rows, read in place), and the runs win ([`cuda_route`]'s rule, or
-    /// `DecodeTuning::prefill`); records the path "prefill". `None`: the split-KV kernels.
+    /// takes the prefill kernel: a contiguous cache, or a paged one with pages of at least
+    /// [`PAGED_RUN_MIN_PAGE`] rows on sm_90 (the warp-specialized kernel reads a kv tile
+    /// per page), every sequence at least Lq long and within the cache (so every row is
+    /// live and its keys are the sequence's first `seq_lens[b]` positions, read in place),
+    /// and the runs win ([`cuda_route`]'s rule, or `DecodeTuning::prefill`); records the
+    /// path "prefill". `None`: the split-KV kernels.
     pub(crate) fn caller_prefill_runs(
         &mut self,
         shape: &DecodeShape,
         seq_lens: &[i32],
     ) -> Result<Option<Vec<PrefillRun>>> {
         let opts = self.options().clone();
-        let CacheLayout::Contiguous { lkv_max } = shape.layout else {
-            return Ok(None);
-        };
+        let lkv_max = shape.capacity();
+        if let CacheLayout::Paged { page_size, .. } = shape.layout {
+            let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
+            if page_size < PAGED_RUN_MIN_PAGE
+                || dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90
+            {
+                return Ok(None);
+            }
+        }
         if opts.checked
             || seq_lens.len() != shape.b
             || shape.lq <= gpu::MAX_LQ
@@ -534,12 +542,13 @@ impl Bound {
     }
 
     /// The prefill kernel's binding of the position-offset program for a run of `shape`
-    /// (made on first use, kept per shape: `cuda::CudaState::bound`).
-    pub(crate) fn prefill_run_bound(&mut self, shape: Shape) -> Result<&mut Bound> {
+    /// (made on first use, kept per shape: `cuda::CudaState::bound`); `paged`: it reads a
+    /// paged cache in place (`BindOptions::kv_pages`).
+    pub(crate) fn prefill_run_bound(&mut self, shape: Shape, paged: bool) -> Result<&mut Bound> {
         let opts = self.options().clone();
         let scale = self.scale();
         match self.decode_state()? {
-            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape),
+            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, paged),
             _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
         }
     }
@@ -712,6 +721,10 @@ impl Bound {
         }
     }
 }
+
+/// The smallest page of a paged cache that chunked prefill's runs read in place (the
+/// warp-specialized kernel's largest kv tile: each tile one TMA box of one page).
+pub(crate) const PAGED_RUN_MIN_PAGE: usize = 128;
 
 /// Which CUDA path runs a call: `(true, runs)` for the prefill kernel over `runs`
 /// (`cuda.rs`: batched runs of consecutive equal sequences in fast mode, one run per

@@ -205,6 +205,14 @@ impl CudaExec {
         popts = popts.for_binding(plan, longest);
         popts = forward_tile_from_env(popts);
         popts = forward_schedule_from_env(popts);
+        if opts.kv_pages {
+            if !popts.ws {
+                return Err(ExecError::Api(Error::Usage(
+                    "a paged K/V cache is read by the warp-specialized forward only (sm_90, D 64/128, fast mode)".into(),
+                )));
+            }
+            popts.kv_cache = attnc_compiler::backend::llvm::KvCache::Paged;
+        }
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;

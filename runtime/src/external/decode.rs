@@ -17,6 +17,7 @@ use crate::api::{Bound, ParamValue};
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
 use crate::error::{Error, Result};
+use crate::exec::cuda::caller::CallerKv;
 use attnc_compiler::decode::{CacheError, DecodeShape, OFFSET_PARAMS};
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
@@ -230,13 +231,14 @@ impl Bound {
 impl Bound {
     /// [`Self::decode_cuda_into`] for a caller that also knows each sequence's length on
     /// the host (`seq_lens_host`, what the device buffer `seq_lens` holds): chunked
-    /// prefill (Lq > 16) over a contiguous cache whose sequences are each at least Lq long
-    /// runs on the warp-specialized prefill kernel where its batched runs win (session 25:
+    /// prefill (Lq > 16) over a contiguous cache, or a paged one with pages of at least 128
+    /// rows (each kv tile read from its page by TMA, page ids clamped into the cache),
+    /// whose sequences are each at least Lq long runs on the warp-specialized prefill kernel where its batched runs win (session 25:
     /// 1.5-1.8x the split-KV kernel on an H200 at Lq 128-512; consecutive sequences of one
     /// length share a launch of the position-offset program, K and V read in place through
     /// tensor maps whose slices are `Lkv_max` rows apart; `DecodeTuning::prefill`
     /// overrides the rule). No synchronization either way; a stream capturing a graph,
-    /// other shapes, paged caches and lengths that do not fit take the split-KV kernels
+    /// other shapes, smaller pages and lengths that do not fit take the split-KV kernels
     /// (`decode_cuda_into`, which reads `seq_lens` and the workspace). The path taken is
     /// [`Self::cache_path`]'s: "prefill" or "split-kv-mma".
     ///
@@ -260,7 +262,15 @@ impl Bound {
         };
         let e = self.options().dtype.size();
         let rows = shape.b * shape.hq * shape.lq;
-        let cache = shape.b * shape.hkv * shape.capacity();
+        let cache = shape.hkv
+            * match layout {
+                CacheLayout::Contiguous { lkv_max } => shape.b * lkv_max,
+                CacheLayout::Paged {
+                    num_pages,
+                    page_size,
+                    ..
+                } => num_pages * page_size,
+            };
         let mut all = vec![
             Buf::input("q", bufs.q, rows * shape.d * e),
             Buf::input("k_cache", bufs.k_cache, cache * shape.d * e),
@@ -268,6 +278,17 @@ impl Bound {
             Buf::output("o", bufs.o, rows * shape.dv * e),
             Buf::output("lse", bufs.lse, 4 * rows),
         ];
+        if let CacheLayout::Paged { max_pages, .. } = layout {
+            let Some(t) = bufs.page_table else {
+                return Err(Error::Usage(
+                    "a paged cache needs its page table (device buffer `page_table`)".into(),
+                ));
+            };
+            all.push(Buf {
+                align: 4,
+                ..Buf::input("page_table", t, 4 * shape.b * max_pages)
+            });
+        }
         all.extend(tensor_bufs(tensors));
         if self.check_call_buffers(&all, stream)? {
             // a graph capture: the runs' bindings may need allocations (new shapes)
@@ -290,9 +311,28 @@ impl Bound {
             for (name, x) in OFFSET_PARAMS.iter().zip([run.b0, run.pos, run.lo]) {
                 p.insert(name.to_string(), ParamValue::I32(x as i32));
             }
-            // every row of the run is live (first = 0): its q, o and lse are contiguous
+            // every row of the run is live (first = 0): its q, o and lse are contiguous;
+            // its keys start at position lo = 0
             let q_rows = (run.b0 * shape.hq * shape.lq) as u64;
-            let kv_row = (run.b0 * shape.hkv * lkv_max + run.lo) as u64;
+            let (kv_row, kv) = match layout {
+                CacheLayout::Contiguous { .. } => (
+                    (run.b0 * shape.hkv * lkv_max + run.lo) as u64,
+                    CallerKv::Pitch(lkv_max),
+                ),
+                CacheLayout::Paged {
+                    num_pages,
+                    page_size,
+                    max_pages,
+                } => (
+                    0,
+                    CallerKv::Paged {
+                        table: bufs.page_table.unwrap_or(0) + 4 * (run.b0 * max_pages) as u64,
+                        shift: page_size.trailing_zeros(),
+                        max_pages: max_pages as u32,
+                        num_pages: num_pages as u32,
+                    },
+                ),
+            };
             let run_bufs = DeviceBuffers {
                 q: bufs.q + q_rows * (shape.d * e) as u64,
                 k: bufs.k_cache + kv_row * (shape.d * e) as u64,
@@ -300,11 +340,14 @@ impl Bound {
                 o: bufs.o + q_rows * (shape.dv * e) as u64,
                 lse: bufs.lse + q_rows * 4,
             };
-            let bound = self.prefill_run_bound(run_shape)?;
-            // SAFETY: the run's q/o/lse rows and its sequences' cache slices lie inside the
-            // buffers checked above (b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows
-            // apart); the captures and stream are the caller's (forwarded).
-            unsafe { bound.forward_cuda_into_pitched(&run_bufs, tensors, &p, stream, lkv_max) }?;
+            let paged = matches!(kv, CallerKv::Paged { .. });
+            let bound = self.prefill_run_bound(run_shape, paged)?;
+            // SAFETY: the run's q/o/lse rows, its sequences' cache slices (contiguous:
+            // b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows apart) or page-table
+            // rows (paged: b0 + count <= B rows of max_pages ids, the kernel clamping each id
+            // into the cache) lie inside the buffers checked above; the captures and stream
+            // are the caller's (forwarded).
+            unsafe { bound.forward_cuda_into_kv(&run_bufs, tensors, &p, stream, kv) }?;
         }
         Ok(())
     }

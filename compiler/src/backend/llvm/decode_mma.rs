@@ -1093,6 +1093,7 @@ pub(super) fn build<'ctx>(
         split_tail: false,
         pv_wait_late: false,
         mask_early: false,
+        paged_kv: false,
         softmax_ilp: false,
         q: qt,
         k: kt,

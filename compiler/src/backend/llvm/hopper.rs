@@ -1613,6 +1613,13 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.b.position_at_end(lp);
         let pos = cursor.get(g)?;
         let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        // the tile's box coordinates after the columns: (row, slice) of `[B*Hkv, L, D]`,
+        // or of a paged cache (`KvCache::Paged`) (kv head, row of `pages x P`)
+        let (at1, at2) = if c.paged_kv {
+            self.page_row(kv0, hk)?
+        } else {
+            (kv0, kv_slice)
+        };
         let (s, ph) = ring.get(g)?;
         let free = g.xor(ph, g.c32(1))?;
         g.mbar_wait(bars.k_empty(g, s)?, free)?;
@@ -1622,8 +1629,8 @@ impl<'ctx> Producer<'_, 'ctx> {
             &lay.k,
             KernelParam::TmaK,
             kbuf,
-            kv0,
-            kv_slice,
+            at1,
+            at2,
             bars.k_full(g, s)?,
         )?;
         g.mbar_wait(bars.v_empty(g, s)?, free)?;
@@ -1633,8 +1640,8 @@ impl<'ctx> Producer<'_, 'ctx> {
             &lay.v,
             KernelParam::TmaV,
             vbuf,
-            kv0,
-            kv_slice,
+            at1,
+            at2,
             bars.v_full(g, s)?,
         )?;
         ring.advance(g)?;
@@ -1649,6 +1656,31 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.cond_br(has_next, lp, done)?;
         g.b.position_at_end(done);
         Ok(())
+    }
+}
+
+impl<'ctx> Producer<'_, 'ctx> {
+    /// A paged cache's box coordinates of the kv tile at position `kv0` of kv head `hk`:
+    /// `(hk, page P + kv0 mod P)` with `page = PageTable[b MaxPages + kv0 / P]` clamped
+    /// into `0..NumPages` (never a read outside the cache; the runtime checks the ids).
+    /// `P` is a multiple of the kv tile, so the tile's rows lie in that one page.
+    fn page_row(
+        &self,
+        kv0: IntValue<'ctx>,
+        hk: IntValue<'ctx>,
+    ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let (g, a, cx) = (self.g, self.a, self.cx);
+        let shift = a.int(KernelParam::PageShift)?;
+        let idx = g.add(
+            g.mul(cx.b, a.int(KernelParam::MaxPages)?)?,
+            g.lshr(kv0, shift)?,
+        )?;
+        let page = g.load_i32(a.ptr(KernelParam::PageTable)?, idx)?;
+        // unsigned: a negative id is past the end too
+        let last = g.sub(a.int(KernelParam::NumPages)?, g.c32(1))?;
+        let page = g.selecti(g.icmp(IntPredicate::ULT, page, last)?, page, last)?;
+        let within = g.and(kv0, g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?)?;
+        Ok((hk, g.add(g.shl(page, shift)?, within)?))
     }
 }
 

@@ -72,7 +72,7 @@ use super::pipeline::{
 use super::score::score_and_mask;
 use super::softmax::{epilogue, online_softmax};
 use super::tile::{AccTile, Cfg, Ctx, Frag, FragRegs, RowState, split4, tiles};
-use super::{KernelParam, PtxOptions};
+use super::{KernelParam, KvCache, LlvmError, PtxOptions};
 use crate::ir::Program;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
@@ -121,6 +121,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.ws {
         v.extend([TmaQ, TmaK, TmaV]);
     }
+    if opts.ws && opts.kv_cache == KvCache::Paged {
+        v.extend([PageTable, PageShift, MaxPages, NumPages]);
+    }
     if opts.ws && opts.o_tma {
         v.push(TmaO);
     }
@@ -145,6 +148,12 @@ pub(crate) fn build<'ctx>(
     kv: &KvBounds,
     entry: &str,
 ) -> R<Built<'ctx>> {
+    if opts.kv_cache == KvCache::Paged && !opts.ws {
+        return Err(LlvmError::Unsupported(
+            "a paged K/V cache (kv_cache = Paged) is read by the warp-specialized forward (ws) only"
+                .into(),
+        ));
+    }
     let params = param_list(p, kv, opts);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
     // a tensor map: a by-value 128-byte parameter, addressed in place (grid constant)
@@ -162,6 +171,9 @@ pub(crate) fn build<'ctx>(
             | KernelParam::MapBStride
             | KernelParam::MapHStride
             | KernelParam::KvAllPartial
+            | KernelParam::PageShift
+            | KernelParam::MaxPages
+            | KernelParam::NumPages
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             KernelParam::KvOffset(_) => ctx.i64_type().into(),
             KernelParam::TmaQ | KernelParam::TmaK | KernelParam::TmaV | KernelParam::TmaO => {

@@ -392,7 +392,13 @@ pub struct PtxOptions {
     /// as exact as before. Needs [`Self::float_positions`]; checked mode and other scores
     /// are unchanged. Off in `new`; `for_binding` turns it on with `float_positions`.
     pub pos_bias: bool,
-    /// The decode kernels' K/V cache layout (contiguous by default; other kinds ignore it).
+    /// The K/V cache layout (contiguous by default): the decode kernels' cache; with `ws`,
+    /// [`KvCache::Paged`] makes the forward read K and V from a paged cache `[pages, P,
+    /// Hkv, D]` through [`KernelParam::PageTable`] (`i32[B, MaxPages]`, page ids clamped
+    /// into `0..NumPages`), `P = 2^PageShift` a multiple of `kv_block`, so each kv tile is
+    /// one TMA box of one page's rows of one head (`hopper.rs`, `Producer::run_kv`; the
+    /// tensor maps `TmaK`/`TmaV` view the cache as `{D, Hkv, pages x P}`): chunked
+    /// prefill's runs on a paged cache (the runtime's `decode::cuda`). Other kinds ignore it.
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,

@@ -1610,6 +1610,73 @@ fn o_tma_stores_o_through_shared_memory() {
 /// The warp-specialized kernel's options as the runtime sets them for `p` at head dim `d`
 /// and q tiles of `qb`: `dynamic` = persistent CTAs taking tiles from a counter in
 /// longest-first groups, q blocks from the end and two Q buffers; `table` = kv block table.
+/// A paged K/V cache on the warp-specialized forward (`kv_cache = Paged`, session 25:
+/// chunked prefill's runs): on every sample, D128 and D64, closed forms and tables, one CTA
+/// per tile and the dynamic scheduler, the kernel takes the page table and its three
+/// scalars after the tensor maps, loads one page id per kv tile (a 4-byte global load
+/// more in the producer's loop), issues as many TMA loads as the contiguous kernel, and
+/// is deterministic; the contiguous kernel is unchanged by the option's existence (it
+/// takes no page table); a kernel without `ws` refuses the option. `ATTNC_PTX_DUMP=DIR`
+/// writes each kernel (for ptxas).
+#[test]
+fn paged_kv_forward_reads_tiles_by_page() {
+    let dump = std::env::var("ATTNC_PTX_DUMP").ok();
+    for p in samples::all(16) {
+        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
+            for table in [false, true] {
+                let base = ws_runtime_options(&p, d, qb, dynamic, table);
+                let on = PtxOptions {
+                    kv_cache: KvCache::Paged,
+                    ..base
+                };
+                assert_ne!(base.key(), on.key());
+                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
+                let what = format!("{} d{d} dynamic {dynamic} table {table}", p.name);
+                let mut params = a.params.clone();
+                assert!(!params.contains(&KernelParam::PageTable), "{what}");
+                let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
+                for (i, k) in [
+                    KernelParam::PageTable,
+                    KernelParam::PageShift,
+                    KernelParam::MaxPages,
+                    KernelParam::NumPages,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    params.insert(at + 1 + i, k);
+                }
+                assert_eq!(b.params, params, "{what}");
+                assert_eq!(
+                    (a.threads, a.smem_bytes, a.grid),
+                    (b.threads, b.smem_bytes, b.grid),
+                    "{what}"
+                );
+                let count = |k: &str, w: &str| k.matches(w).count();
+                let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
+                assert_eq!(count(&a.ptx, tma), count(&b.ptx, tma), "{what}");
+                let (la, lb) = (
+                    count(&a.ptx, "ld.global.u32") + count(&a.ptx, "ld.global.b32"),
+                    count(&b.ptx, "ld.global.u32") + count(&b.ptx, "ld.global.b32"),
+                );
+                assert!(lb > la, "{what}: {lb} / {la} 4-byte global loads");
+                assert_eq!(emit(&p, &on).unwrap().ptx, b.ptx, "{what}: deterministic");
+                if let Some(dir) = &dump {
+                    let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                    std::fs::write(name, &b.ptx).unwrap();
+                }
+            }
+        }
+        let plain = PtxOptions {
+            kv_cache: KvCache::Paged,
+            ws: false,
+            ..PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16)
+        };
+        let e = emit(&p, &plain).unwrap_err().to_string();
+        assert!(e.contains("paged") && e.contains("ws"), "{e}");
+    }
+}
+
 fn ws_runtime_options(p: &Program, d: u32, qb: u32, dynamic: bool, table: bool) -> PtxOptions {
     PtxOptions {
         lpt_group: if dynamic { 8 } else { 0 },

@@ -57,6 +57,8 @@ pub(crate) struct Cfg {
     pub softmax_ilp: bool,
     /// `PtxOptions::mask_early` (the warp-specialized kernel).
     pub mask_early: bool,
+    /// `PtxOptions::kv_cache` = `Paged` on the warp-specialized kernel: K/V tiles by page.
+    pub paged_kv: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -84,6 +86,7 @@ impl Cfg {
             pv_wait_late: opts.ws && opts.pv_wait_late,
             softmax_ilp: opts.ws && opts.softmax_ilp,
             mask_early: opts.ws && opts.mask_early,
+            paged_kv: opts.ws && opts.kv_cache == super::KvCache::Paged,
             q,
             k,
             v,

@@ -49,6 +49,25 @@ use cudarc::driver::{CudaSlice, DevicePtr};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Where a forward on caller buffers reads K and V when not from packed `[B, Hkv, Lkv,
+/// D]` tensors (chunked prefill's runs, `Bound::decode_cuda_into_with_lengths`; the
+/// warp-specialized kernel only, which reads them through tensor maps alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerKv {
+    /// A contiguous cache read in place: the (batch, kv head) slices `rows` apart
+    /// (`Lkv_max`), their first `Lkv` rows read.
+    Pitch(usize),
+    /// A paged cache `[num_pages, 2^shift, Hkv, D]` through the page table `table`
+    /// (`i32[B, max_pages]`, device memory; ids clamped into the cache); the binding must
+    /// have been made with `BindOptions::kv_pages`.
+    Paged {
+        table: u64,
+        shift: u32,
+        max_pages: u32,
+        num_pages: u32,
+    },
+}
+
 /// Device pointers of one call's q, k, v, o and lse.
 #[derive(Clone, Copy, Debug)]
 pub struct CallerBuffers {
@@ -456,10 +475,7 @@ impl CudaExec {
     /// params and the captured tensors' dims (no data: nothing here reads it); `tensors`
     /// their device pointers, in declaration order; `capture`: whether `stream` is
     /// capturing a graph (what [`check_device_pointers`] returned for this call);
-    /// `kv_pitch`: k and v hold their (batch, kv head) slices that many rows apart instead
-    /// of `Lkv` (a contiguous cache read in place: chunked prefill's runs,
-    /// `Bound::decode_cuda_into_with_lengths`), for the warp-specialized kernel only (it
-    /// reads K and V through tensor maps alone).
+    /// `kv`: K and V of a cache read in place ([`CallerKv`]) instead of packed tensors.
     ///
     /// # Safety
     /// `bufs` and `tensors` must point to live device memory of this device's primary
@@ -479,7 +495,7 @@ impl CudaExec {
         mask: Option<&CallerTable>,
         stream: u64,
         capture: bool,
-        kv_pitch: Option<usize>,
+        kv: Option<CallerKv>,
     ) -> ExecResult<()> {
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
@@ -515,15 +531,44 @@ impl CudaExec {
         };
         let nq = shape.lq.div_ceil(spec.q_block as usize) as u32;
         let mut a = call_args(spec, &shape, scale, bufs, tensors, bindings, state);
-        if let Some(p) = kv_pitch {
-            if !spec.options.ws || p < shape.lkv {
+        let paged_kernel = spec.params.contains(&P::PageTable);
+        match kv {
+            Some(CallerKv::Pitch(p)) => {
+                if !spec.options.ws || paged_kernel || p < shape.lkv {
+                    return Err(CudaError::Mismatch(format!(
+                        "k and v {p} rows apart need the warp-specialized kernel on packed K/V and at least Lkv = {} rows (kernel {})",
+                        shape.lkv, spec.entry
+                    ))
+                    .into());
+                }
+                a.set_kv_pitch(p as u64);
+            }
+            Some(CallerKv::Paged {
+                table,
+                shift,
+                max_pages,
+                num_pages,
+            }) => {
+                if !paged_kernel || num_pages == 0 || shift > 30 {
+                    return Err(CudaError::Mismatch(format!(
+                        "a paged cache of {num_pages} pages of 2^{shift} rows needs a kernel bound with kv_pages (kernel {})",
+                        spec.entry
+                    ))
+                    .into());
+                }
+                a.scalar(P::PageTable, Arg::Ptr(table));
+                a.i32(P::PageShift, shift as i32);
+                a.i32(P::MaxPages, max_pages.min(i32::MAX as u32) as i32);
+                a.i32(P::NumPages, num_pages.min(i32::MAX as u32) as i32);
+            }
+            None if paged_kernel => {
                 return Err(CudaError::Mismatch(format!(
-                    "k and v {p} rows apart need the warp-specialized kernel and at least Lkv = {} rows (kernel {})",
-                    shape.lkv, spec.entry
+                    "kernel {} reads a paged cache: call it with its page table",
+                    spec.entry
                 ))
                 .into());
             }
-            a.set_kv_pitch(p as u64);
+            None => {}
         }
         if spec.params.contains(&P::TailWork) {
             let need = spec.options.tail_work_floats(st.dev.sms());
