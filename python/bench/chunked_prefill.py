@@ -1,7 +1,8 @@
 """Chunked prefill through the Python package on a GPU: ``Attention.decode`` with Lq new
-rows per sequence against a contiguous cache, ``seq_lens`` on the host (a CPU tensor:
-batched runs on the warp-specialized prefill kernel where they win, K/V read in place)
-and on the device (the split-KV kernel), next to SDPA cuDNN and flash on the same keys
+rows per sequence against a contiguous cache and the same keys in a paged one (pages of
+128 rows, shuffled), ``seq_lens`` on the host (a CPU tensor: batched runs on the
+warp-specialized prefill kernel where they win, K/V read in place) and on the device (the
+split-KV kernel), next to SDPA cuDNN and flash on the same keys
 (q ``[B, Hq, Lq, D]``, K/V ``[B, Hkv, Lkv, D]``, enable_gqa; causal: torch's
 ``causal_lower_right``, the chunk's own alignment). CUDA events, min of 3 x ``iters``
 calls after warm-ups, bf16 D128; TFLOP/s count 4 B Hq Lq Lkv D (every key of every row).
@@ -54,16 +55,26 @@ def main():
         v = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
         host = torch.full((b,), lkv, dtype=torch.int32)
         dev = host.cuda()
+        # the same keys in a paged cache of pages of 128 rows, pages shuffled
+        ps = 128
+        pages = lkv // ps
+        perm = torch.randperm(b * pages, device="cuda", generator=g)
+        kc, vc = (torch.empty(b * pages, ps, hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        kc[perm] = k.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
+        vc[perm] = v.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
+        table = perm.view(b, pages).to(torch.int32)
         tf = 4 * b * hq * lq * lkv * D / 1e12
         for kind, attn in attns.items():
             mask = None if kind == "dense" else causal_lower_right(lq, lkv)
             ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             out = []
-            for label, sl in (("host_lens", host), ("device_lens", dev)):
-                o = attn.decode(q, k, v, sl)
-                path = attn._inner.decode_path(q, k, v, None, None)
+            for label, sl, kk, vv, tt in (("host_lens", host, k, v, None), ("device_lens", dev, k, v, None),
+                                          ("paged128_host_lens", host, kc, vc, table),
+                                          ("paged128_device_lens", dev, kc, vc, table)):
+                o = attn.decode(q, kk, vv, sl, tt)
+                path = attn._inner.decode_path(q, kk, vv, tt, None)
                 diff = float((o.float() - ref.float()).abs().max())
-                ms = bench(lambda sl=sl: attn.decode(q, k, v, sl))
+                ms = bench(lambda sl=sl, kk=kk, vv=vv, tt=tt: attn.decode(q, kk, vv, sl, tt))
                 out.append(f"attnc_{label} ({path}) {ms * 1e3:.1f} us {tf / ms * 1e3:.0f} TFLOP/s maxdiff {diff:.3g}")
             sdpa = [("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)]
             for name, be in sdpa if kind == "dense" else [("sdpa_causal_lr", None)]:
@@ -78,7 +89,7 @@ def main():
                 except Exception as ex_:  # noqa: BLE001 (an anchor that does not run here)
                     out.append(f"{name} ERR {type(ex_).__name__}")
             print(f"chunk {kind} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{D} | " + " | ".join(out), flush=True)
-        del q, k, v
+        del q, k, v, kc, vc
         torch.cuda.empty_cache()
 
 
