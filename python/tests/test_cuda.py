@@ -29,6 +29,7 @@ Tolerance as runtime/tests/gpu.rs: |O - O_ref| <= 0.03 + 0.02 |O_ref| (bf16), 0.
 """
 
 import math
+import os
 import random
 
 import pytest
@@ -585,8 +586,9 @@ def test_chunked_prefill_with_host_lengths(file, name):
     prefill over a contiguous cache runs in batched runs on the prefill kernel (path
     "prefill": 64 heads x 2 tiles of 128 rows per run, runs of 2, 1 and 1 sequences, K/V
     read in place from the cache), against the oracle and the split-KV kernels' result
-    with the lengths on the device; the same over a paged cache of pages of 128 rows
-    (shuffled); a sequence shorter than Lq sends the whole call to the split-KV kernels."""
+    with the lengths on the device; a paged cache of pages of 128 rows (shuffled: the
+    split-KV kernel, or the runs under ``ATTNC_DECODE_PAGED_RUNS=1``); a sequence shorter
+    than Lq sends the whole call to the split-KV kernels."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
     if "window" in caps:
         caps["window"] = 300
@@ -598,12 +600,14 @@ def test_chunked_prefill_with_host_lengths(file, name):
     so, slse = attn.decode(q, k, v, host.cuda(), return_lse=True, **caps)
     assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
     check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
-    # a paged cache of pages of 128 rows (shuffled): each kv tile read from its page
+    # a paged cache of pages of 128 rows (shuffled): the split-KV kernel (paged runs are an
+    # opt-in, ATTNC_DECODE_PAGED_RUNS=1, read by the binding once per process)
     from test_decode import paged
     kc, vc, table = paged(k.cpu(), v.cpu(), 128, seed=5)
     kc, vc, table = kc.to("cuda", k.dtype), vc.to("cuda", v.dtype), table.cuda()
     po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **caps)
-    assert attn._inner.decode_path(q, kc, vc, table, None) == "prefill"
+    want = "prefill" if os.environ.get("ATTNC_DECODE_PAGED_RUNS") == "1" else "split-kv-mma"
+    assert attn._inner.decode_path(q, kc, vc, table, None) == want
     check(po, plse, ro, rlse, torch.bfloat16)
     short = torch.tensor([700, 100, 400, 520], dtype=torch.int32)
     o2, lse2 = attn.decode(q, k, v, short, return_lse=True, **caps)

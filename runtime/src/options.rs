@@ -152,6 +152,13 @@ pub struct DecodeTuning {
     /// applies (`ATTNC_DECODE_PREFILL=1`), `Some(false)` never (`=0`: the split-KV kernel);
     /// unset: the runtime's rule (`decode::cuda::prefill_runs_win`).
     pub prefill: Option<bool>,
+    /// Chunked prefill's runs on caller buffers read a paged cache (pages >= 128 rows) in
+    /// place (`ATTNC_DECODE_PAGED_RUNS=1`; off by default): the warp-specialized forward's
+    /// `KvCache::Paged` reads each kv tile whole from its page, so the positions past a
+    /// sequence's length in its last page are read and multiplied by P = 0 — finite values
+    /// there are harmless, NaN or Inf (uninitialized memory) would reach O. Off, such calls
+    /// take the split-KV kernel, which never reads them.
+    pub paged_runs: bool,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -214,7 +221,7 @@ impl DecodeTuning {
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
     /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
-    /// `ATTNC_DECODE_PREFILL` `1|0`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `1`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -235,6 +242,7 @@ impl DecodeTuning {
                 Some("0") => Some(false),
                 _ => None,
             },
+            paged_runs: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("1"),
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -276,6 +284,7 @@ mod tests {
                 serial_decode: false,
                 copy: None,
                 prefill: None,
+                paged_runs: false,
                 steal: None,
             }
         );
@@ -286,6 +295,13 @@ mod tests {
         assert_eq!(prefill("1"), Some(true));
         assert_eq!(prefill("0"), Some(false));
         assert_eq!(prefill("yes"), None);
+        let paged = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| {
+                (k == "ATTNC_DECODE_PAGED_RUNS").then(|| v.to_string())
+            })
+            .paged_runs
+        };
+        assert!(paged("1") && !paged("0") && !paged("yes"));
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

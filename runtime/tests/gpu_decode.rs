@@ -629,7 +629,9 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
 }
 
 /// One case of [`gpu_decode_caller_prefill_runs`]: Lq, Hq, Hkv, seq_lens, the route
-/// forced or not (`DecodeTuning::prefill`), the page size (None: contiguous), the path.
+/// forced or not (`DecodeTuning::prefill`), the page size (None: contiguous), paged runs
+/// on (`DecodeTuning::paged_runs`; the NaN past the cache's capacity in the last pages
+/// then replaced by zeros), the path.
 type RunCase = (
     usize,
     usize,
@@ -637,15 +639,17 @@ type RunCase = (
     Vec<i32>,
     Option<bool>,
     Option<usize>,
+    bool,
     &'static str,
 );
 
 /// The caller-buffer decode with the lengths also on the host
 /// (`Bound::decode_cuda_into_with_lengths`, session 25): chunked prefill over a
 /// contiguous cache in batched runs on the prefill kernel, K/V read in place (tensor maps
-/// whose slices are `Lkv_max` rows apart) and over paged caches of pages of 128 and 256
-/// rows (shuffled tables, garbage pages: each kv tile one TMA box of its page; pages of
-/// 16 keep the split-KV kernel), the route forced (`DecodeTuning::prefill`):
+/// whose slices are `Lkv_max` rows apart) and, with `DecodeTuning::paged_runs`, over
+/// paged caches of pages of 128 and 256 rows (shuffled tables, out-of-range ids past each
+/// sequence: each kv tile one TMA box of its page; pages of 16, and paged runs off, keep
+/// the split-KV kernel), the route forced (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
 /// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
@@ -663,52 +667,25 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
         let compiled = example(name);
         let program = program.unwrap_or(compiled.names()[0]).to_string();
         // (lq, hq, hkv, seq_lens, DecodeTuning::prefill, page size, the path)
-        let cases: [RunCase; 7] = [
+        let sl = || vec![300, 300, 250, 280];
+        let sl2 = || vec![300, 300, 300, 201];
+        let cases: [RunCase; 9] = [
+            (128, 8, 2, sl(), Some(true), None, false, "prefill"),
+            (200, 4, 4, sl2(), Some(true), None, false, "prefill"),
+            // a paged cache: the split-KV kernel unless paged runs are asked for
             (
                 128,
                 8,
                 2,
-                vec![300, 300, 250, 280],
-                Some(true),
-                None,
-                "prefill",
-            ),
-            (
-                200,
-                4,
-                4,
-                vec![300, 300, 300, 201],
-                Some(true),
-                None,
-                "prefill",
-            ),
-            (
-                128,
-                8,
-                2,
-                vec![300, 300, 250, 280],
+                sl(),
                 Some(true),
                 Some(128),
-                "prefill",
-            ),
-            (
-                200,
-                4,
-                4,
-                vec![300, 300, 300, 201],
-                Some(true),
-                Some(256),
-                "prefill",
-            ),
-            (
-                128,
-                8,
-                2,
-                vec![300, 300, 250, 280],
-                Some(true),
-                Some(16),
+                false,
                 "split-kv-mma",
             ),
+            (128, 8, 2, sl(), Some(true), Some(128), true, "prefill"),
+            (200, 4, 4, sl2(), Some(true), Some(256), true, "prefill"),
+            (128, 8, 2, sl(), Some(true), Some(16), true, "split-kv-mma"),
             (
                 128,
                 8,
@@ -716,20 +693,25 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
                 vec![300, 100, 250, 280],
                 Some(true),
                 None,
+                false,
                 "split-kv-mma",
             ),
-            (
-                128,
-                8,
-                2,
-                vec![300, 300, 250, 280],
-                None,
-                None,
-                "split-kv-mma",
-            ),
+            (128, 8, 2, sl(), None, None, false, "split-kv-mma"),
+            (128, 8, 2, sl(), None, Some(128), true, "split-kv-mma"),
         ];
-        for (lq, hq, hkv, sl, forced, page, want_path) in cases {
-            let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
+        for (lq, hq, hkv, sl, forced, page, paged_runs, want_path) in cases {
+            let mut c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
+            if paged_runs {
+                // paged runs read the rest of each sequence's last page: finite there
+                for t in [&mut c.k, &mut c.v] {
+                    let x: Vec<f32> = t
+                        .to_f32()
+                        .iter()
+                        .map(|x| if x.is_nan() { 0.0 } else { *x })
+                        .collect();
+                    *t = attnc::Tensor::from_f32_as(t.shape().to_vec(), &x, DType::BF16);
+                }
+            }
             let mut caps = Captures::default();
             let mut params = HashMap::new();
             if let Some(w) = window {
@@ -738,13 +720,14 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             }
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
-                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?}",
+                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs}",
                 c.seq_lens
             );
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.prefill = forced;
+            o.decode.paged_runs = paged_runs;
             let mut bound = variant.bind(o).unwrap();
             let layout: CacheLayout = c.shape.layout;
             let ws = bound.decode_cuda_workspace(layout).unwrap();

@@ -16,7 +16,7 @@
 //! query heads packed into one tile, contiguous f32 caches read in place (`cpu`). CUDA
 //! runs the split-KV kernels (`gpu`) or the prefill kernel of the position-offset
 //! program over runs of sequences (`cuda`: what the split-KV kernels do not take, and
-//! chunked prefill where batched runs of equal sequences win; [`cuda_route`]).
+//! chunked prefill where batched runs of equal sequences win; `cuda_route`).
 
 mod cpu;
 mod cuda;
@@ -496,9 +496,9 @@ impl Bound {
 impl Bound {
     /// The batched runs of a caller-buffer call whose lengths the caller also gave on the
     /// host (`external::decode`, `decode_cuda_into_with_lengths`), when chunked prefill
-    /// takes the prefill kernel: a contiguous cache, or a paged one with pages of at least
-    /// [`PAGED_RUN_MIN_PAGE`] rows on sm_90 (the warp-specialized kernel reads a kv tile
-    /// per page), every sequence at least Lq long and within the cache (so every row is
+    /// takes the prefill kernel: a contiguous cache, or, with `DecodeTuning::paged_runs`,
+    /// a paged one with pages of at least [`PAGED_RUN_MIN_PAGE`] rows on sm_90 (the
+    /// warp-specialized kernel reads a kv tile per page), every sequence at least Lq long and within the cache (so every row is
     /// live and its keys are the sequence's first `seq_lens[b]` positions, read in place),
     /// and the runs win ([`cuda_route`]'s rule, or `DecodeTuning::prefill`); records the
     /// path "prefill". `None`: the split-KV kernels.
@@ -510,8 +510,11 @@ impl Bound {
         let opts = self.options().clone();
         let lkv_max = shape.capacity();
         if let CacheLayout::Paged { page_size, .. } = shape.layout {
+            // (opt-in: the tail of each sequence's last page is read, see
+            // `DecodeTuning::paged_runs`)
             let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
-            if page_size < PAGED_RUN_MIN_PAGE
+            if !opts.decode.paged_runs
+                || page_size < PAGED_RUN_MIN_PAGE
                 || dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90
             {
                 return Ok(None);
