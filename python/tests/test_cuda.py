@@ -602,10 +602,13 @@ def test_chunked_prefill_with_host_lengths(file, name):
     check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
     # a paged cache of pages of 128 rows (shuffled): the split-KV kernel (paged runs are an
     # opt-in, ATTNC_DECODE_PAGED_RUNS=1, read by the binding once per process)
-    from test_decode import paged
+    from test_decode import at_capacity, paged
     kc, vc, table = paged(k.cpu(), v.cpu(), 128, seed=5)
     kc, vc, table = kc.to("cuda", k.dtype), vc.to("cuda", v.dtype), table.cuda()
-    po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **caps)
+    # (captures indexed by position sized to the paged cache's capacity)
+    host_caps = {n: (x.cpu() if isinstance(x, torch.Tensor) else x) for n, x in caps.items()}
+    pcaps = dev(at_capacity(attn, host_caps, 128 * table.shape[1]))
+    po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **pcaps)
     want = "prefill" if os.environ.get("ATTNC_DECODE_PAGED_RUNS") == "1" else "split-kv-mma"
     assert attn._inner.decode_path(q, kc, vc, table, None) == want
     check(po, plse, ro, rlse, torch.bfloat16)
