@@ -213,6 +213,36 @@ impl Bound {
             all.extend(mask_bufs(m, false));
         }
         let capture = self.check_call_buffers(&all, stream)?;
+        // SAFETY: forwarded from the caller (see above).
+        unsafe {
+            self.enqueue_forward(
+                bufs,
+                &ptrs,
+                &bindings,
+                table.as_ref(),
+                stream,
+                capture,
+                None,
+            )
+        }
+    }
+
+    /// The forward's launches on caller buffers (`CudaExec::forward_caller`), its errors
+    /// rendered against the source.
+    ///
+    /// # Safety
+    /// As [`Self::forward_cuda_into`]; the buffers checked by the caller of this function.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn enqueue_forward(
+        &mut self,
+        bufs: &DeviceBuffers,
+        ptrs: &[u64],
+        bindings: &attnc_compiler::interp::Bindings,
+        table: Option<&crate::exec::cuda::caller::CallerTable>,
+        stream: u64,
+        capture: bool,
+        kv: Option<crate::exec::cuda::caller::CallerKv>,
+    ) -> Result<()> {
         let scale = self.scale();
         let (exec, plan, variant, opts) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
@@ -221,16 +251,7 @@ impl Bound {
         // SAFETY: forwarded from the caller (see above).
         unsafe {
             cuda.forward_caller(
-                plan,
-                opts,
-                scale,
-                bufs,
-                &ptrs,
-                &bindings,
-                table.as_ref(),
-                stream,
-                capture,
-                None,
+                plan, opts, scale, bufs, ptrs, bindings, table, stream, capture, kv,
             )
         }
         .map_err(|e| variant.render(e))
@@ -258,27 +279,8 @@ impl Bound {
         self.require_cuda("forward_cuda_into")?;
         let shape = self.options().shape;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
-        let scale = self.scale();
-        let (exec, plan, variant, opts) = self.parts_mut();
-        let Some(cuda) = exec.cuda_mut() else {
-            return Err(Error::Usage("this binding does not run on CUDA".into()));
-        };
         // SAFETY: forwarded from the caller (see above).
-        unsafe {
-            cuda.forward_caller(
-                plan,
-                opts,
-                scale,
-                bufs,
-                &ptrs,
-                &bindings,
-                None,
-                stream,
-                false,
-                Some(kv),
-            )
-        }
-        .map_err(|e| variant.render(e))
+        unsafe { self.enqueue_forward(bufs, &ptrs, &bindings, None, stream, false, Some(kv)) }
     }
 }
 

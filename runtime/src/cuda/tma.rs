@@ -230,19 +230,16 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     for &p in &spec.params {
         let m = match p {
             KernelParam::TmaQ => encode(ptr(KernelParam::Q)?, b * hq, lq, d, spec.q_block)?,
-            KernelParam::TmaK | KernelParam::TmaV if paged.is_some() => {
-                let (src, w) = match p {
-                    KernelParam::TmaK => (KernelParam::K, d),
-                    _ => (KernelParam::V, dv),
+            KernelParam::TmaK | KernelParam::TmaV => {
+                let (src, w) = if p == KernelParam::TmaK {
+                    (ptr(KernelParam::K)?, d)
+                } else {
+                    (ptr(KernelParam::V)?, dv)
                 };
-                let rows = paged.unwrap_or(0);
-                encode_paged(ptr(src)?, rows, hkv, w, spec.kv_block)?
-            }
-            KernelParam::TmaK => {
-                encode_pitched(ptr(KernelParam::K)?, b * hkv, lkv, pitch, d, spec.kv_block)?
-            }
-            KernelParam::TmaV => {
-                encode_pitched(ptr(KernelParam::V)?, b * hkv, lkv, pitch, dv, spec.kv_block)?
+                match paged {
+                    Some(rows) => encode_paged(src, rows, hkv, w, spec.kv_block)?,
+                    None => encode_pitched(src, b * hkv, lkv, pitch, w, spec.kv_block)?,
+                }
             }
             KernelParam::TmaDo => encode(ptr(KernelParam::DOut)?, b * hq, lq, dv, spec.q_block)?,
             // (`PtxOptions::o_tma`: each consumer warpgroup stores its 64 rows)

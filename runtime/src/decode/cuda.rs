@@ -31,7 +31,7 @@ const MAX_BOUND: usize = 32;
 const PREFILL_ROWS: usize = 128;
 /// Least new rows per sequence for the batched runs' rule: below, the prefill kernel's
 /// 128-row tiles are mostly padding with GQA's few heads per launch.
-pub(crate) const PREFILL_MIN_LQ: usize = 128;
+const PREFILL_MIN_LQ: usize = 128;
 
 /// Consecutive live sequences `b0 .. b0 + count` that share their live rows
 /// (`first..Lq`, the first at position `pos`) and reachable positions `lo..hi`.
@@ -208,76 +208,76 @@ impl CudaState {
         })
     }
 
+    /// `f` on each run's binding and gathered inputs, in order.
+    fn each_run(
+        &mut self,
+        call: &HostCall<'_>,
+        runs: &[Run],
+        mut f: impl FnMut(&mut Bound, &RunInputs, &Run) -> Result<()>,
+    ) -> Result<()> {
+        for run in runs {
+            let c = call;
+            let x = Self::gather(c.shape, run, c.q, c.k, c.v, c.page_table, c.captures)?;
+            f(self.bound(c.opts, c.scale, x.shape, false)?, &x, run)?;
+        }
+        Ok(())
+    }
+
     /// Runs one call, one launch per run (`runs` of the call's live sequences).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &mut self,
-        opts: &BindOptions,
-        scale: f32,
-        shape: &DecodeShape,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        page_table: &[i32],
+        call: &HostCall<'_>,
         runs: &[Run],
-        captures: &Captures,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let s = shape;
+        let s = call.shape;
         let mut o = vec![0f32; s.o_len()];
         let mut lse = vec![f32::NEG_INFINITY; s.lse_len()];
-        for run in runs {
-            let x = Self::gather(s, run, q, k, v, page_table, captures)?;
-            let out = self
-                .bound(opts, scale, x.shape, false)?
-                .forward(&x.q, &x.k, &x.v, &x.caps)?;
+        self.each_run(call, runs, |bound, x, run| {
+            let out = bound.forward(&x.q, &x.k, &x.v, &x.caps)?;
             let (po, pl) = (out.o.to_f32(), out.lse.to_f32());
             let rows = s.lq - run.first;
+            let (ro, rl) = (s.hq * rows * s.dv, s.hq * rows);
             for i in 0..run.count {
-                let (ro, rl) = (s.hq * rows * s.dv, s.hq * rows);
                 let (po, pl) = (&po[i * ro..(i + 1) * ro], &pl[i * rl..(i + 1) * rl]);
-                attnc_compiler::decode::scatter_rows(
-                    s,
-                    run.b0 + i,
-                    run.first,
-                    po,
-                    pl,
-                    &mut o,
-                    &mut lse,
-                );
+                let b = run.b0 + i;
+                attnc_compiler::decode::scatter_rows(s, b, run.first, po, pl, &mut o, &mut lse);
             }
-        }
+            Ok(())
+        })?;
         Ok((o, lse))
     }
 
     /// Device milliseconds per call: the sum over the runs of each launch's time (its
-    /// inputs gathered and uploaded once, as `Bound::device_time_ms`).
-    #[allow(clippy::too_many_arguments)]
+    /// inputs gathered and uploaded once, as `Bound::device_time_ms`); `None` where a
+    /// binding has no device time.
     pub(crate) fn time_ms(
         &mut self,
-        opts: &BindOptions,
-        scale: f32,
-        shape: &DecodeShape,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        page_table: &[i32],
+        call: &HostCall<'_>,
         runs: &[Run],
-        captures: &Captures,
         iters: usize,
     ) -> Result<Option<f64>> {
-        let mut total = 0.0;
-        for run in runs {
-            let x = Self::gather(shape, run, q, k, v, page_table, captures)?;
-            match self
-                .bound(opts, scale, x.shape, false)?
-                .device_time_ms(&x.q, &x.k, &x.v, &x.caps, iters)?
-            {
-                Some(ms) => total += ms,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(total))
+        let mut total = Some(0.0);
+        self.each_run(call, runs, |bound, x, _| {
+            let ms = bound.device_time_ms(&x.q, &x.k, &x.v, &x.caps, iters)?;
+            total = total.zip(ms).map(|(t, ms)| t + ms);
+            Ok(())
+        })?;
+        Ok(total)
     }
+}
+
+/// One host-tensor call against a cache: the binding's options and scale, the checked
+/// shape, q, the caches (either layout), the page table (empty for a contiguous cache)
+/// and the captures of the original program.
+pub(crate) struct HostCall<'a> {
+    pub opts: &'a BindOptions,
+    pub scale: f32,
+    pub shape: &'a DecodeShape,
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub page_table: &'a [i32],
+    pub captures: &'a Captures,
 }
 
 #[cfg(test)]

@@ -481,7 +481,17 @@ impl Bound {
                     )?
                 } else {
                     *path = Some("prefill");
-                    state.forward(&opts, scale, &shape, q, k, v, &page_table, &runs, captures)?
+                    let call = cuda::HostCall {
+                        opts: &opts,
+                        scale,
+                        shape: &shape,
+                        q,
+                        k,
+                        v,
+                        page_table: &page_table,
+                        captures,
+                    };
+                    state.forward(&call, &runs)?
                 }
             }
         };
@@ -675,18 +685,17 @@ impl Bound {
         let (prefill, runs) = cuda_route(&opts, &shape, &seq_lens, &live)?;
         if prefill {
             *path = Some("prefill");
-            return state.time_ms(
-                &opts,
+            let call = cuda::HostCall {
+                opts: &opts,
                 scale,
-                &shape,
+                shape: &shape,
                 q,
                 k,
                 v,
-                &page_table,
-                &runs,
+                page_table: &page_table,
                 captures,
-                iters,
-            );
+            };
+            return state.time_ms(&call, &runs, iters);
         }
         *path = Some(match gpu.kernel(&shape) {
             gpu::Kernel::Simt => "split-kv",

@@ -52,11 +52,9 @@ pub fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
 }
 
 impl Bound {
-    /// The decode shape, launch geometry and kernels of a caller-buffer decode call.
-    fn decode_setup(
-        &mut self,
-        layout: CacheLayout,
-    ) -> Result<(DecodeShape, DecodeGeometry, DecodeModule)> {
+    /// The decode shape of a caller-buffer decode call with `layout`, checked against the
+    /// binding (capacity, head dims, mode).
+    fn caller_decode_shape(&self, layout: CacheLayout) -> Result<DecodeShape> {
         self.require_cuda("decode_cuda_into")?;
         let opts = self.options().clone();
         let s = opts.shape;
@@ -94,6 +92,17 @@ impl Bound {
                 if opts.checked { ", checked" } else { "" }
             )));
         }
+        Ok(shape)
+    }
+
+    /// The decode shape, launch geometry and kernels of a caller-buffer decode call.
+    fn decode_setup(
+        &mut self,
+        layout: CacheLayout,
+    ) -> Result<(DecodeShape, DecodeGeometry, DecodeModule)> {
+        let shape = self.caller_decode_shape(layout)?;
+        let opts = self.options().clone();
+        let s = opts.shape;
         let module = self.split_kv_module(&shape)?;
         // sized from the capacity: the sequences' lengths stay on the device
         let full: Vec<i32> = (0..s.b).flat_map(|_| [0, s.lkv as i32]).collect();
@@ -255,7 +264,8 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
-        let (shape, _, _) = self.decode_setup(layout)?;
+        // (the split-KV kernels' setup only where they run: `decode_cuda_into`)
+        let shape = self.caller_decode_shape(layout)?;
         let runs = match self.caller_prefill_runs(&shape, seq_lens_host)? {
             Some(r) => r,
             // SAFETY: forwarded from the caller.
