@@ -256,9 +256,10 @@ class Attention:
         outside the cache is clamped (never read out of bounds; ``reference_decode`` or
         the CPU report them). ``seq_lens`` may instead be a CPU tensor: its lengths are
         then known on the host without a synchronization (copied to the device for the
-        kernels), and chunked prefill over a contiguous cache (a paged one with pages of at least
-        128 rows under ``ATTNC_DECODE_PAGED_RUNS=1``: its unused slots must hold finite
-        values) whose sequences each hold at least Lq tokens runs in batched runs on the warp-specialized prefill kernel where
+        kernels), and chunked prefill over a contiguous cache or a paged one with pages of at
+        least 128 rows (the unused slots of a sequence's last page are read and zeroed in
+        shared memory; ``ATTNC_DECODE_PAGED_RUNS=0`` keeps paged caches on the split-KV
+        kernel) whose sequences each hold at least Lq tokens runs in batched runs on the warp-specialized prefill kernel where
         that is faster (Lq >= 128 with enough heads x rows per run: 1.5-1.8x the split-KV
         kernel on an H200; consecutive sequences of one length share a launch). (Inside a
         CUDA graph capture pass the lengths on the device: the copy of a CPU tensor cannot

@@ -152,13 +152,13 @@ pub struct DecodeTuning {
     /// applies (`ATTNC_DECODE_PREFILL=1`), `Some(false)` never (`=0`: the split-KV kernel);
     /// unset: the runtime's rule (`decode::cuda::prefill_runs_win`).
     pub prefill: Option<bool>,
-    /// Chunked prefill's runs on caller buffers read a paged cache (pages >= 128 rows) in
-    /// place (`ATTNC_DECODE_PAGED_RUNS=1`; off by default): the warp-specialized forward's
-    /// `KvCache::Paged` reads each kv tile whole from its page, so the positions past a
-    /// sequence's length in its last page are read and multiplied by P = 0 — finite values
-    /// there are harmless, NaN or Inf (uninitialized memory) would reach O. Off, such calls
-    /// take the split-KV kernel, which never reads them.
-    pub paged_runs: bool,
+    /// Keep chunked prefill over a paged cache on caller buffers on the split-KV kernel
+    /// (`ATTNC_DECODE_PAGED_RUNS=0`). By default (since session 26) its runs read the
+    /// cache (pages >= 128 rows) in place on the warp-specialized forward's
+    /// `KvCache::Paged`, which reads each kv tile whole from its page and zeroes the rows
+    /// past a sequence's length (the unused slots of its last page, which may hold NaN)
+    /// before P V.
+    pub paged_split_kv: bool,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -221,7 +221,7 @@ impl DecodeTuning {
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
     /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
-    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `1`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off); anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -242,7 +242,7 @@ impl DecodeTuning {
                 Some("0") => Some(false),
                 _ => None,
             },
-            paged_runs: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("1"),
+            paged_split_kv: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("0"),
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -284,7 +284,7 @@ mod tests {
                 serial_decode: false,
                 copy: None,
                 prefill: None,
-                paged_runs: false,
+                paged_split_kv: false,
                 steal: None,
             }
         );
@@ -299,9 +299,9 @@ mod tests {
             DecodeTuning::parse(move |k: &str| {
                 (k == "ATTNC_DECODE_PAGED_RUNS").then(|| v.to_string())
             })
-            .paged_runs
+            .paged_split_kv
         };
-        assert!(paged("1") && !paged("0") && !paged("yes"));
+        assert!(!paged("1") && paged("0") && !paged("yes"));
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

@@ -630,8 +630,7 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
 
 /// One case of [`gpu_decode_caller_prefill_runs`]: Lq, Hq, Hkv, seq_lens, the route
 /// forced or not (`DecodeTuning::prefill`), the page size (None: contiguous), paged runs
-/// on (`DecodeTuning::paged_runs`; the NaN past the cache's capacity in the last pages
-/// then replaced by zeros), the path.
+/// on (the default; off: `DecodeTuning::paged_split_kv`), the path.
 type RunCase = (
     usize,
     usize,
@@ -646,10 +645,12 @@ type RunCase = (
 /// The caller-buffer decode with the lengths also on the host
 /// (`Bound::decode_cuda_into_with_lengths`, session 25): chunked prefill over a
 /// contiguous cache in batched runs on the prefill kernel, K/V read in place (tensor maps
-/// whose slices are `Lkv_max` rows apart) and, with `DecodeTuning::paged_runs`, over
-/// paged caches of pages of 128 and 256 rows (shuffled tables, out-of-range ids past each
-/// sequence: each kv tile one TMA box of its page; pages of 16, and paged runs off, keep
-/// the split-KV kernel), the route forced (`DecodeTuning::prefill`):
+/// whose slices are `Lkv_max` rows apart) and (unless `DecodeTuning::paged_split_kv`)
+/// over paged caches of pages of 128 and 256 rows (shuffled tables, out-of-range ids past
+/// each sequence, NaN in every slot past a sequence's length: each kv tile one TMA box of
+/// its page, the last page's unused rows zeroed before P V — NaN in O otherwise; pages of
+/// 16, and paged runs off, keep the split-KV kernel), the route forced
+/// (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
 /// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
@@ -672,7 +673,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
         let cases: [RunCase; 9] = [
             (128, 8, 2, sl(), Some(true), None, false, "prefill"),
             (200, 4, 4, sl2(), Some(true), None, false, "prefill"),
-            // a paged cache: the split-KV kernel unless paged runs are asked for
+            // a paged cache with paged runs turned off: the split-KV kernel
             (
                 128,
                 8,
@@ -700,18 +701,9 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             (128, 8, 2, sl(), None, Some(128), true, "split-kv-mma"),
         ];
         for (lq, hq, hkv, sl, forced, page, paged_runs, want_path) in cases {
-            let mut c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
-            if paged_runs {
-                // paged runs read the rest of each sequence's last page: finite there
-                for t in [&mut c.k, &mut c.v] {
-                    let x: Vec<f32> = t
-                        .to_f32()
-                        .iter()
-                        .map(|x| if x.is_nan() { 0.0 } else { *x })
-                        .collect();
-                    *t = attnc::Tensor::from_f32_as(t.shape().to_vec(), &x, DType::BF16);
-                }
-            }
+            // (NaN in every cache slot past a sequence's length: the paged runs read the
+            // rest of each sequence's last page and must zero it)
+            let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
             let mut caps = Captures::default();
             let mut params = HashMap::new();
             if let Some(w) = window {
@@ -727,7 +719,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.prefill = forced;
-            o.decode.paged_runs = paged_runs;
+            o.decode.paged_split_kv = !paged_runs;
             let mut bound = variant.bind(o).unwrap();
             let layout: CacheLayout = c.shape.layout;
             let ws = bound.decode_cuda_workspace(layout).unwrap();

@@ -506,8 +506,8 @@ impl Bound {
 impl Bound {
     /// The batched runs of a caller-buffer call whose lengths the caller also gave on the
     /// host (`external::decode`, `decode_cuda_into_with_lengths`), when chunked prefill
-    /// takes the prefill kernel: a contiguous cache, or, with `DecodeTuning::paged_runs`,
-    /// a paged one with pages of at least [`PAGED_RUN_MIN_PAGE`] rows on sm_90 (the
+    /// takes the prefill kernel: a contiguous cache, or (unless
+    /// `DecodeTuning::paged_split_kv`) a paged one with pages of at least [`PAGED_RUN_MIN_PAGE`] rows on sm_90 (the
     /// warp-specialized kernel reads a kv tile per page), every sequence at least Lq long and within the cache (so every row is
     /// live and its keys are the sequence's first `seq_lens[b]` positions, read in place),
     /// and the runs win ([`cuda_route`]'s rule, or `DecodeTuning::prefill`); records the
@@ -520,10 +520,8 @@ impl Bound {
         let opts = self.options().clone();
         let lkv_max = shape.capacity();
         if let CacheLayout::Paged { page_size, .. } = shape.layout {
-            // (opt-in: the tail of each sequence's last page is read, see
-            // `DecodeTuning::paged_runs`)
             let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
-            if !opts.decode.paged_runs
+            if opts.decode.paged_split_kv
                 || page_size < PAGED_RUN_MIN_PAGE
                 || dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90
             {

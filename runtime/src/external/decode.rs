@@ -240,10 +240,10 @@ impl Bound {
 impl Bound {
     /// [`Self::decode_cuda_into`] for a caller that also knows each sequence's length on
     /// the host (`seq_lens_host`, what the device buffer `seq_lens` holds): chunked
-    /// prefill (Lq > 16) over a contiguous cache, or with `DecodeTuning::paged_runs` (opt-in:
-    /// it reads the positions past each sequence's length in its last page) a paged one
-    /// with pages of at least 128 rows (each kv tile read from its page by TMA, page ids
-    /// clamped into the cache), whose sequences are each at least Lq long runs on the warp-specialized prefill kernel where its batched runs win (session 25:
+    /// prefill (Lq > 16) over a contiguous cache, or (unless `DecodeTuning::paged_split_kv`)
+    /// a paged one with pages of at least 128 rows (each kv tile read from its page by TMA,
+    /// page ids clamped into the cache, the rows past a sequence's length in its last page
+    /// zeroed in shared memory before P V), whose sequences are each at least Lq long runs on the warp-specialized prefill kernel where its batched runs win (session 25:
     /// 1.5-1.8x the split-KV kernel on an H200 at Lq 128-512; consecutive sequences of one
     /// length share a launch of the position-offset program, K and V read in place through
     /// tensor maps whose slices are `Lkv_max` rows apart; `DecodeTuning::prefill`

@@ -77,8 +77,9 @@ impl Case {
     }
 }
 
-/// Builds a case; `page` = None for contiguous. Pages are shuffled, and spare pages hold
-/// garbage that must never be read.
+/// Builds a case; `page` = None for contiguous. Pages are shuffled, spare pages hold
+/// garbage that must never be read, and every slot past a sequence's length holds NaN
+/// (either layout): a kernel that reads it must not let it reach O.
 #[allow(clippy::too_many_arguments)]
 pub fn case(
     rng: &mut Rng,
@@ -136,7 +137,8 @@ pub fn case_as(
                     table[bi * max_pages + p] = phys as i32;
                     for slot in 0..ps {
                         let pos = p * ps + slot;
-                        if pos >= cap {
+                        // NaN past the sequence's length too (never to reach O)
+                        if pos >= cap || pos >= seq_lens[bi].max(0) as usize {
                             continue;
                         }
                         for h in 0..hkv {

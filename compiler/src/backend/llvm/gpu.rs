@@ -1190,6 +1190,40 @@ impl<'ctx> Gpu<'ctx> {
             &[bar],
         )
     }
+    /// [`Self::mbar_arrive_expect_tx`] that returns the arrival's state (a 64-bit token of
+    /// the phase it arrived in, for [`Self::mbar_wait_state`]): a thread that waits for its
+    /// own copies without keeping the barrier's parity.
+    pub fn mbar_arrive_expect_tx_state(
+        &self,
+        bar: IntValue<'ctx>,
+        bytes: u32,
+    ) -> R<IntValue<'ctx>> {
+        Ok(self
+            .asm_value(
+                self.i64.into(),
+                &format!("mbarrier.arrive.expect_tx.shared::cta.b64 $0, [$1], {bytes};"),
+                "=l,r,~{memory}",
+                Asm::Volatile,
+                &[bar.into()],
+            )?
+            .into_int_value())
+    }
+    /// Waits until the phase that `state` (from [`Self::mbar_arrive_expect_tx_state`])
+    /// names has completed: `mbarrier.try_wait` on the state, in a loop.
+    pub fn mbar_wait_state(&self, bar: IntValue<'ctx>, state: IntValue<'ctx>) -> R<()> {
+        let wait = self.block("mbar_wait_state");
+        let done = self.block("mbar_state_done");
+        self.br(wait)?;
+        self.b.position_at_end(wait);
+        let ok = self.asm_i32(
+            "{\n.reg .pred p;\nmbarrier.try_wait.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}",
+            "=r,r,l,~{memory}",
+            &[bar, state],
+        )?;
+        self.cond_br(self.icmp(IntPredicate::NE, ok, self.c32(0))?, done, wait)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
     /// Waits until the phase of `bar` with parity `parity` (0 or 1) has completed:
     /// `mbarrier.try_wait.parity` (which suspends for a while in hardware) in a loop. A
     /// fresh barrier's phase of parity 1 counts as completed (the one before phase 0).

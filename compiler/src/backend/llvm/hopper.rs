@@ -139,6 +139,10 @@ pub(crate) struct Layout {
     /// `PtxOptions::tail_split`: byte offset of a u32 after the mbarriers, whether the
     /// part just counted completed its tile (thread 0 to the consumers).
     pub flag: Option<u32>,
+    /// A paged cache (`KvCache::Paged`): byte offset of the producer's own mbarrier, at
+    /// which it waits for the V tile that ends past `Lkv` before zeroing those rows
+    /// ([`Producer::copy_v_tail`]).
+    pub v_tail: Option<u32>,
 }
 
 impl Layout {
@@ -162,6 +166,8 @@ impl Layout {
         };
         let end = bars + 8 * (4 * opts.stages + q_bars);
         let tail = opts.tail_split && opts.persistent && !opts.dynamic_tiles;
+        let flag_end = end + if tail { 8 } else { 0 };
+        let paged = opts.kv_cache == super::KvCache::Paged;
         Layout {
             q,
             k,
@@ -170,8 +176,9 @@ impl Layout {
             q1,
             o_stage,
             bars,
-            bytes: end + if tail { 8 } else { 0 },
+            bytes: flag_end + if paged { 8 } else { 0 },
             flag: tail.then_some(end),
+            v_tail: paged.then_some(flag_end),
         }
     }
 }
@@ -182,6 +189,8 @@ struct Bars<'ctx> {
     stages: u32,
     /// Two Q buffers (`PtxOptions::q_double`).
     double: bool,
+    /// [`Layout::v_tail`]'s address.
+    v_tail: Option<IntValue<'ctx>>,
 }
 
 impl<'ctx> Bars<'ctx> {
@@ -190,6 +199,10 @@ impl<'ctx> Bars<'ctx> {
             base: g.smem_addr32(g.c32(lay.bars as i64))?,
             stages: lay.stages,
             double: lay.q1.is_some(),
+            v_tail: match lay.v_tail {
+                Some(at) => Some(g.smem_addr32(g.c32(at as i64))?),
+                None => None,
+            },
         })
     }
     /// Thread 0 initialises the mbarriers (the "empty" ones count one arrival per consumer
@@ -211,6 +224,9 @@ impl<'ctx> Bars<'ctx> {
                 g.mbar_init(self.v_full(g, s)?, 1)?;
                 g.mbar_init(self.k_empty(g, s)?, consumers)?;
                 g.mbar_init(self.v_empty(g, s)?, consumers)?;
+            }
+            if let Some(bar) = self.v_tail {
+                g.mbar_init(bar, 1)?;
             }
             g.fence_mbar_init()
         })?;
@@ -1634,16 +1650,37 @@ impl<'ctx> Producer<'_, 'ctx> {
             bars.k_full(g, s)?,
         )?;
         g.mbar_wait(bars.v_empty(g, s)?, free)?;
-        g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
         let vbuf = g.mul(s, g.c32(lay.v.bytes() as i64))?;
-        self.copy(
-            &lay.v,
-            KernelParam::TmaV,
-            vbuf,
-            at1,
-            at2,
-            bars.v_full(g, s)?,
-        )?;
+        let copy_v = || -> R<()> {
+            g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
+            self.copy(
+                &lay.v,
+                KernelParam::TmaV,
+                vbuf,
+                at1,
+                at2,
+                bars.v_full(g, s)?,
+            )
+        };
+        match bars.v_tail {
+            // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
+            // last page: zeroed before the consumers see it
+            Some(tail_bar) => {
+                let lkv = self.a.int(KernelParam::Lkv)?;
+                let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
+                let (tail_bb, whole_bb, next_bb) =
+                    (g.block("v_tail"), g.block("v_whole"), g.block("v_copied"));
+                g.cond_br(tail, tail_bb, whole_bb)?;
+                g.b.position_at_end(tail_bb);
+                self.copy_v_tail(vbuf, (at1, at2), g.sub(lkv, kv0)?, tail_bar, s)?;
+                g.br(next_bb)?;
+                g.b.position_at_end(whole_bb);
+                copy_v()?;
+                g.br(next_bb)?;
+                g.b.position_at_end(next_bb);
+            }
+            None => copy_v()?,
+        }
         ring.advance(g)?;
         let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;
         cursor.set(g, &next)?;
@@ -1660,6 +1697,42 @@ impl<'ctx> Producer<'_, 'ctx> {
 }
 
 impl<'ctx> Producer<'_, 'ctx> {
+    /// The V tile of ring stage `s` (at `vbuf`, box coordinates `at`) whose rows from
+    /// `keep` on lie past the sequence's end (a paged cache's last page: slots nobody
+    /// wrote, maybe NaN, which P = 0 would not cancel in P V): copied by TMA to the
+    /// producer's own barrier `tail_bar`, waited for, rows `keep..kv_block` zeroed (a row
+    /// of a 128-byte-swizzled slab is its own 128 bytes, so the swizzle does not matter),
+    /// made visible to the async proxy (wgmma's reads), then `v_full` completed by a plain
+    /// arrival (no bytes pending). One thread (the producer's), once per tile that ends
+    /// past `Lkv`.
+    fn copy_v_tail(
+        &self,
+        vbuf: IntValue<'ctx>,
+        at: (IntValue<'ctx>, IntValue<'ctx>),
+        keep: IntValue<'ctx>,
+        tail_bar: IntValue<'ctx>,
+        s: IntValue<'ctx>,
+    ) -> R<()> {
+        let (g, lay, bars) = (self.g, self.lay, self.bars);
+        let v = &lay.v;
+        let state = g.mbar_arrive_expect_tx_state(tail_bar, v.bytes())?;
+        self.copy(v, KernelParam::TmaV, vbuf, at.0, at.1, tail_bar)?;
+        g.mbar_wait_state(tail_bar, state)?;
+        let zero = [g.cf(0.0); 4];
+        g.for_range(keep, g.c32(v.rows as i64), g.c32(1), |r| {
+            let row = g.add(vbuf, g.mul(r, g.c32(128))?)?;
+            for slab in 0..v.cols / 64 {
+                let at = g.add(row, g.c32((v.offset + slab * v.rows * 128) as i64))?;
+                for chunk in 0..8 {
+                    g.st_shared_v4(g.add(at, g.c32(16 * chunk))?, zero)?;
+                }
+            }
+            Ok(())
+        })?;
+        g.fence_proxy_async()?;
+        g.mbar_arrive(bars.v_full(g, s)?)
+    }
+
     /// A paged cache's box coordinates of the kv tile at position `kv0` of kv head `hk`:
     /// `(hk, page P + kv0 mod P)` with `page = PageTable[b MaxPages + kv0 / P]` clamped
     /// into `0..NumPages` (never a read outside the cache; the runtime checks the ids).

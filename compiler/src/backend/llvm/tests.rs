@@ -1614,7 +1614,10 @@ fn o_tma_stores_o_through_shared_memory() {
 /// chunked prefill's runs): on every sample, D128 and D64, closed forms and tables, one CTA
 /// per tile and the dynamic scheduler, the kernel takes the page table and its three
 /// scalars after the tensor maps, loads one page id per kv tile (a 4-byte global load
-/// more in the producer's loop), issues as many TMA loads as the contiguous kernel, and
+/// more in the producer's loop), issues the contiguous kernel's TMA loads plus the V
+/// tile's once more on the path of a tile that ends past `Lkv` (to its own mbarrier, 8
+/// bytes more shared memory, waited for by state, the unused slots of the last page
+/// zeroed by 16-byte stores and fenced for the async proxy before `v_full`'s arrival), and
 /// is deterministic; the contiguous kernel is unchanged by the option's existence (it
 /// takes no page table); a kernel without `ws` refuses the option. `ATTNC_PTX_DUMP=DIR`
 /// writes each kernel (for ptxas).
@@ -1648,13 +1651,22 @@ fn paged_kv_forward_reads_tiles_by_page() {
                 }
                 assert_eq!(b.params, params, "{what}");
                 assert_eq!(
-                    (a.threads, a.smem_bytes, a.grid),
+                    (a.threads, a.smem_bytes + 8, a.grid),
                     (b.threads, b.smem_bytes, b.grid),
                     "{what}"
                 );
                 let count = |k: &str, w: &str| k.matches(w).count();
                 let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
-                assert_eq!(count(&a.ptx, tma), count(&b.ptx, tma), "{what}");
+                let v_slabs = d as usize / 64;
+                assert_eq!(count(&a.ptx, tma) + v_slabs, count(&b.ptx, tma), "{what}");
+                let by_state = "mbarrier.try_wait.shared::cta.b64";
+                assert_eq!((count(&a.ptx, by_state), count(&b.ptx, by_state)), (0, 1));
+                let fence = "fence.proxy.async.shared::cta";
+                assert!(count(&b.ptx, fence) > count(&a.ptx, fence), "{what}");
+                assert!(
+                    count(&b.ptx, "st.shared.v4") >= count(&a.ptx, "st.shared.v4") + 8 * v_slabs,
+                    "{what}: the tail rows' zero stores"
+                );
                 let (la, lb) = (
                     count(&a.ptx, "ld.global.u32") + count(&a.ptx, "ld.global.b32"),
                     count(&b.ptx, "ld.global.u32") + count(&b.ptx, "ld.global.b32"),
