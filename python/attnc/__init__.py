@@ -257,7 +257,7 @@ class Attention:
         the CPU report them). ``seq_lens`` may instead be a CPU tensor: its lengths are
         then known on the host without a synchronization (copied to the device for the
         kernels), and chunked prefill over a contiguous cache or a paged one with pages of at
-        least 128 rows (the unused slots of a sequence's last page are read and zeroed in
+        least 16 rows (the unused slots of a sequence's last page are read and zeroed in
         shared memory; ``ATTNC_DECODE_PAGED_RUNS=0`` keeps paged caches on the split-KV
         kernel) whose sequences each hold at least Lq tokens runs in batched runs on the warp-specialized prefill kernel where
         that is faster (Lq >= 128 with enough heads x rows per run: 1.5-1.8x the split-KV

@@ -1,6 +1,6 @@
 """Chunked prefill through the Python package on a GPU: ``Attention.decode`` with Lq new
-rows per sequence against a contiguous cache and the same keys in a paged one (pages of
-128 rows, shuffled), ``seq_lens`` on the host (a CPU tensor: batched runs on the
+rows per sequence against a contiguous cache and the same keys in paged ones (pages of
+128 and 16 rows, shuffled), ``seq_lens`` on the host (a CPU tensor: batched runs on the
 warp-specialized prefill kernel where they win, K/V read in place) and on the device (the
 split-KV kernel), next to SDPA cuDNN and flash on the same keys
 (q ``[B, Hq, Lq, D]``, K/V ``[B, Hkv, Lkv, D]``, enable_gqa; causal: torch's
@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 import attnc
+from paged_cache import paged
 
 D = 128
 
@@ -55,14 +56,9 @@ def main():
         v = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
         host = torch.full((b,), lkv, dtype=torch.int32)
         dev = host.cuda()
-        # the same keys in a paged cache of pages of 128 rows, pages shuffled
-        ps = 128
-        pages = lkv // ps
-        perm = torch.randperm(b * pages, device="cuda", generator=g)
-        kc, vc = (torch.empty(b * pages, ps, hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        kc[perm] = k.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
-        vc[perm] = v.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
-        table = perm.view(b, pages).to(torch.int32)
+        # the same keys in paged caches of pages of 128 and 16 rows, pages shuffled
+        kc, vc, table = paged(k, v, 128, g)
+        kc16, vc16, table16 = paged(k, v, 16, g)
         tf = 4 * b * hq * lq * lkv * D / 1e12
         for kind, attn in attns.items():
             mask = None if kind == "dense" else causal_lower_right(lq, lkv)
@@ -70,7 +66,8 @@ def main():
             out = []
             for label, sl, kk, vv, tt in (("host_lens", host, k, v, None), ("device_lens", dev, k, v, None),
                                           ("paged128_host_lens", host, kc, vc, table),
-                                          ("paged128_device_lens", dev, kc, vc, table)):
+                                          ("paged128_device_lens", dev, kc, vc, table),
+                                          ("paged16_host_lens", host, kc16, vc16, table16)):
                 o = attn.decode(q, kk, vv, sl, tt)
                 path = attn._inner.decode_path(q, kk, vv, tt, None)
                 diff = float((o.float() - ref.float()).abs().max())
@@ -89,7 +86,7 @@ def main():
                 except Exception as ex_:  # noqa: BLE001 (an anchor that does not run here)
                     out.append(f"{name} ERR {type(ex_).__name__}")
             print(f"chunk {kind} B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} D{D} | " + " | ".join(out), flush=True)
-        del q, k, v, kc, vc
+        del q, k, v, kc, vc, kc16, vc16
         torch.cuda.empty_cache()
 
 

@@ -7,7 +7,7 @@ is timed on the host (``perf_counter`` around the call and a synchronize: what a
 loop waits for), summed over the loop; the loop runs twice (the second pass meets the
 lengths again). Anchors on the same steps: SDPA cuDNN and flash on the cache's first L
 keys (dense), ``causal_lower_right`` (causal). Contiguous cache ``[B, Hkv, Lmax, D]``
-and a paged one (pages of 128, shuffled), bf16 D128. Each attnc path's O is checked
+and paged ones (pages of 128 and 16, shuffled), bf16 D128. Each attnc path's O is checked
 against SDPA's after the loops (max abs difference at three lengths).
 
 usage: python3 serve_loop.py [--examples DIR] [--steps N] [--chunk C] B,HQ,HKV ...
@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 import attnc
+from paged_cache import paged
 
 D = 128
 
@@ -56,13 +57,8 @@ def main():
         q = torch.randn(b, hq, chunk, D, device="cuda", dtype=torch.bfloat16, generator=g)
         k = torch.randn(b, hkv, lmax, D, device="cuda", dtype=torch.bfloat16, generator=g)
         v = torch.randn(b, hkv, lmax, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        ps = 128
-        pages = lmax // ps
-        perm = torch.randperm(b * pages, device="cuda", generator=g)
-        kc, vc = (torch.empty(b * pages, ps, hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        kc[perm] = k.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
-        vc[perm] = v.view(b, hkv, pages, ps, D).permute(0, 2, 3, 1, 4).reshape(b * pages, ps, hkv, D)
-        table = perm.view(b, pages).to(torch.int32)
+        kc, vc, table = paged(k, v, 128, g)
+        kc16, vc16, table16 = paged(k, v, 16, g)
         for kind in ("dense", "causal"):
             attn = attnc.compile(ex / f"{kind}.attn").attention()
             def step(cache, table_, on_device):
@@ -83,7 +79,8 @@ def main():
             for label, cache, table_, on_device in (("host_lens", (k, v), None, False),
                                                    ("device_lens", (k, v), None, True),
                                                    ("paged128_host_lens", (kc, vc), table, False),
-                                                   ("paged128_device_lens", (kc, vc), table, True)):
+                                                   ("paged128_device_lens", (kc, vc), table, True),
+                                                   ("paged16_host_lens", (kc16, vc16), table16, False)):
                 call = step(cache, table_, on_device)
                 call(lmax - 1)  # the kernels' JIT outside the loop (a length the loop never meets)
                 first = loop(steps, chunk, call)
@@ -114,7 +111,7 @@ def main():
                     out.append(f"{name} ERR {type(ex_).__name__}")
             print(f"serve {kind} B{b} Hq{hq} Hkv{hkv} chunk{chunk} steps{steps} (lengths {chunk}..{lmax}) "
                   "| loop ms, first / second pass | " + " | ".join(out), flush=True)
-        del q, k, v, kc, vc
+        del q, k, v, kc, vc, kc16, vc16
         torch.cuda.empty_cache()
 
 

@@ -586,8 +586,8 @@ def test_chunked_prefill_with_host_lengths(file, name):
     prefill over a contiguous cache runs in batched runs on the prefill kernel (path
     "prefill": 64 heads x 2 tiles of 128 rows per run, runs of 2, 1 and 1 sequences, K/V
     read in place from the cache), against the oracle and the split-KV kernels' result
-    with the lengths on the device; a paged cache of pages of 128 rows (shuffled, NaN in
-    every slot past a sequence's length: the runs read each kv tile whole from its page
+    with the lengths on the device; paged caches of pages of 128 and 16 rows (shuffled, NaN
+    in every slot past a sequence's length: the runs read each kv tile whole from its page
     and must zero those rows; the split-KV kernel under ``ATTNC_DECODE_PAGED_RUNS=0``); a
     sequence shorter than Lq sends the whole call to the split-KV kernels."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
@@ -601,24 +601,25 @@ def test_chunked_prefill_with_host_lengths(file, name):
     so, slse = attn.decode(q, k, v, host.cuda(), return_lse=True, **caps)
     assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
     check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
-    # a paged cache of pages of 128 rows (shuffled): the runs unless ATTNC_DECODE_PAGED_RUNS=0
-    # (read by the binding once per process); NaN in the unused slots of each sequence's
-    # pages, which the runs' kv tiles read
+    # paged caches of pages of 128 and 16 rows (shuffled): the runs unless
+    # ATTNC_DECODE_PAGED_RUNS=0 (read by the binding once per process); NaN in the unused
+    # slots of each sequence's pages, which the runs' kv tiles read
     from test_decode import at_capacity, paged
-    kc, vc, table = paged(k.cpu(), v.cpu(), 128, seed=5)
-    for bi, n in enumerate(host.tolist()):
-        for pos in range(n, 128 * table.shape[1]):
-            kc[table[bi, pos // 128], pos % 128] = float("nan")
-            vc[table[bi, pos // 128], pos % 128] = float("nan")
-    kc, vc, table = kc.to("cuda", k.dtype), vc.to("cuda", v.dtype), table.cuda()
-    # (captures indexed by position sized to the paged cache's capacity)
     host_caps = {n: (x.cpu() if isinstance(x, torch.Tensor) else x) for n, x in caps.items()}
-    pcaps = dev(at_capacity(attn, host_caps, 128 * table.shape[1]))
-    po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **pcaps)
-    want = "split-kv-mma" if os.environ.get("ATTNC_DECODE_PAGED_RUNS") == "0" else "prefill"
-    assert attn._inner.decode_path(q, kc, vc, table, None) == want
-    assert not torch.isnan(po).any()
-    check(po, plse, ro, rlse, torch.bfloat16)
+    for ps in (128, 16):
+        kc, vc, table = paged(k.cpu(), v.cpu(), ps, seed=5)
+        for bi, n in enumerate(host.tolist()):
+            for pos in range(n, ps * table.shape[1]):
+                kc[table[bi, pos // ps], pos % ps] = float("nan")
+                vc[table[bi, pos // ps], pos % ps] = float("nan")
+        kc, vc, table = kc.to("cuda", k.dtype), vc.to("cuda", v.dtype), table.cuda()
+        # (captures indexed by position sized to the paged cache's capacity)
+        pcaps = dev(at_capacity(attn, host_caps, ps * table.shape[1]))
+        po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **pcaps)
+        want = "split-kv-mma" if os.environ.get("ATTNC_DECODE_PAGED_RUNS") == "0" else "prefill"
+        assert attn._inner.decode_path(q, kc, vc, table, None) == want, ps
+        assert not torch.isnan(po).any(), ps
+        check(po, plse, ro, rlse, torch.bfloat16)
     short = torch.tensor([700, 100, 400, 520], dtype=torch.int32)
     o2, lse2 = attn.decode(q, k, v, short, return_lse=True, **caps)
     assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"

@@ -154,7 +154,7 @@ pub struct DecodeTuning {
     pub prefill: Option<bool>,
     /// Keep chunked prefill over a paged cache on caller buffers on the split-KV kernel
     /// (`ATTNC_DECODE_PAGED_RUNS=0`). By default (since session 26) its runs read the
-    /// cache (pages >= 128 rows) in place on the warp-specialized forward's
+    /// cache (pages >= 16 rows) in place on the warp-specialized forward's
     /// `KvCache::Paged`, which reads each kv tile whole from its page and zeroes the rows
     /// past a sequence's length (the unused slots of its last page, which may hold NaN)
     /// before P V.

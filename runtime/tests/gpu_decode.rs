@@ -646,10 +646,10 @@ type RunCase = (
 /// (`Bound::decode_cuda_into_with_lengths`, session 25): chunked prefill over a
 /// contiguous cache in batched runs on the prefill kernel, K/V read in place (tensor maps
 /// whose slices are `Lkv_max` rows apart) and (unless `DecodeTuning::paged_split_kv`)
-/// over paged caches of pages of 128 and 256 rows (shuffled tables, out-of-range ids past
-/// each sequence, NaN in every slot past a sequence's length: each kv tile one TMA box of
-/// its page, the last page's unused rows zeroed before P V — NaN in O otherwise; pages of
-/// 16, and paged runs off, keep the split-KV kernel), the route forced
+/// over paged caches of pages of 16, 64, 128 and 256 rows (shuffled tables, out-of-range
+/// ids past each sequence, NaN in every slot past a sequence's length: each kv tile one
+/// TMA box per page it spans, the last page's unused rows zeroed before P V — NaN in O
+/// otherwise; paged runs off keep the split-KV kernel), the route forced
 /// (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
 /// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
@@ -670,7 +670,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
         // (lq, hq, hkv, seq_lens, DecodeTuning::prefill, page size, the path)
         let sl = || vec![300, 300, 250, 280];
         let sl2 = || vec![300, 300, 300, 201];
-        let cases: [RunCase; 9] = [
+        let cases: [RunCase; 11] = [
             (128, 8, 2, sl(), Some(true), None, false, "prefill"),
             (200, 4, 4, sl2(), Some(true), None, false, "prefill"),
             // a paged cache with paged runs turned off: the split-KV kernel
@@ -686,7 +686,10 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             ),
             (128, 8, 2, sl(), Some(true), Some(128), true, "prefill"),
             (200, 4, 4, sl2(), Some(true), Some(256), true, "prefill"),
-            (128, 8, 2, sl(), Some(true), Some(16), true, "split-kv-mma"),
+            // pages smaller than the kv tile: one box per page (16 rows: 8 per slab)
+            (128, 8, 2, sl(), Some(true), Some(16), true, "prefill"),
+            (200, 4, 4, sl2(), Some(true), Some(64), true, "prefill"),
+            (128, 8, 2, sl(), Some(true), Some(16), false, "split-kv-mma"),
             (
                 128,
                 8,

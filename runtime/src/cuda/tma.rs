@@ -193,16 +193,16 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     let ptr = |p: KernelParam| a.ptr(p);
     let int = |p: KernelParam| a.int(p);
     // the forward on a paged cache (`KvCache::Paged`): K and V as `{D, Hkv, pages x P}`,
-    // boxes of one head's kv tile (P is a multiple of it)
+    // boxes of one head's `min(P, kv tile)` rows (P a power of two from 8 rows: a box is
+    // a whole number of 1024-byte swizzle atoms)
     let paged = if spec.params.contains(&KernelParam::PageTable) {
         let (pages, shift) = (int(KernelParam::NumPages)?, int(KernelParam::PageShift)?);
-        if shift > 30 || !(1u64 << shift).is_multiple_of(spec.kv_block as u64) {
+        if !(3..=30).contains(&shift) {
             return Err(missing(&format!(
-                "pages of a multiple of {} rows (page shift {shift})",
-                spec.kv_block
+                "pages of 8 to 2^30 rows (page shift {shift})"
             )));
         }
-        Some(pages << shift)
+        Some((pages << shift, (1u32 << shift).min(spec.kv_block)))
     } else {
         None
     };
@@ -237,7 +237,7 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
                     (ptr(KernelParam::V)?, dv)
                 };
                 match paged {
-                    Some(rows) => encode_paged(src, rows, hkv, w, spec.kv_block)?,
+                    Some((rows, box_rows)) => encode_paged(src, rows, hkv, w, box_rows)?,
                     None => encode_pitched(src, b * hkv, lkv, pitch, w, spec.kv_block)?,
                 }
             }

@@ -241,7 +241,7 @@ impl Bound {
     /// [`Self::decode_cuda_into`] for a caller that also knows each sequence's length on
     /// the host (`seq_lens_host`, what the device buffer `seq_lens` holds): chunked
     /// prefill (Lq > 16) over a contiguous cache, or (unless `DecodeTuning::paged_split_kv`)
-    /// a paged one with pages of at least 128 rows (each kv tile read from its page by TMA,
+    /// a paged one with pages of at least 16 rows (each kv tile read by TMA, one box per page it spans,
     /// page ids clamped into the cache, the rows past a sequence's length in its last page
     /// zeroed in shared memory before P V), whose sequences are each at least Lq long runs on the warp-specialized prefill kernel where its batched runs win (session 25:
     /// 1.5-1.8x the split-KV kernel on an H200 at Lq 128-512; consecutive sequences of one

@@ -1211,31 +1211,31 @@ impl<'ctx> Gpu<'ctx> {
     /// Waits until the phase that `state` (from [`Self::mbar_arrive_expect_tx_state`])
     /// names has completed: `mbarrier.try_wait` on the state, in a loop.
     pub fn mbar_wait_state(&self, bar: IntValue<'ctx>, state: IntValue<'ctx>) -> R<()> {
-        let wait = self.block("mbar_wait_state");
-        let done = self.block("mbar_state_done");
-        self.br(wait)?;
-        self.b.position_at_end(wait);
-        let ok = self.asm_i32(
-            "{\n.reg .pred p;\nmbarrier.try_wait.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}",
-            "=r,r,l,~{memory}",
-            &[bar, state],
-        )?;
-        self.cond_br(self.icmp(IntPredicate::NE, ok, self.c32(0))?, done, wait)?;
-        self.b.position_at_end(done);
-        Ok(())
+        self.try_wait_loop("mbarrier.try_wait.shared::cta.b64", "l", bar, state)
     }
     /// Waits until the phase of `bar` with parity `parity` (0 or 1) has completed:
     /// `mbarrier.try_wait.parity` (which suspends for a while in hardware) in a loop. A
     /// fresh barrier's phase of parity 1 counts as completed (the one before phase 0).
     pub fn mbar_wait(&self, bar: IntValue<'ctx>, parity: IntValue<'ctx>) -> R<()> {
+        self.try_wait_loop("mbarrier.try_wait.parity.shared::cta.b64", "r", bar, parity)
+    }
+    /// `op p, [bar], x` (an mbarrier try-wait, `x` of constraint `x_constraint`) until `p`
+    /// holds.
+    fn try_wait_loop(
+        &self,
+        op: &str,
+        x_constraint: &str,
+        bar: IntValue<'ctx>,
+        x: IntValue<'ctx>,
+    ) -> R<()> {
         let wait = self.block("mbar_wait");
         let done = self.block("mbar_done");
         self.br(wait)?;
         self.b.position_at_end(wait);
         let ok = self.asm_i32(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}",
-            "=r,r,r,~{memory}",
-            &[bar, parity],
+            &format!("{{\n.reg .pred p;\n{op} p, [$1], $2;\nselp.u32 $0, 1, 0, p;\n}}"),
+            &format!("=r,r,{x_constraint},~{{memory}}"),
+            &[bar, x],
         )?;
         self.cond_br(self.icmp(IntPredicate::NE, ok, self.c32(0))?, done, wait)?;
         self.b.position_at_end(done);

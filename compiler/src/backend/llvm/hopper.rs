@@ -1629,38 +1629,22 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.b.position_at_end(lp);
         let pos = cursor.get(g)?;
         let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        // the tile's box coordinates after the columns: (row, slice) of `[B*Hkv, L, D]`,
-        // or of a paged cache (`KvCache::Paged`) (kv head, row of `pages x P`)
-        let (at1, at2) = if c.paged_kv {
-            self.page_row(kv0, hk)?
-        } else {
-            (kv0, kv_slice)
+        let at = KvAt {
+            kv0,
+            hk,
+            slice: kv_slice,
         };
         let (s, ph) = ring.get(g)?;
         let free = g.xor(ph, g.c32(1))?;
         g.mbar_wait(bars.k_empty(g, s)?, free)?;
         g.mbar_arrive_expect_tx(bars.k_full(g, s)?, lay.k.bytes())?;
         let kbuf = g.mul(s, g.c32(lay.k.bytes() as i64))?;
-        self.copy(
-            &lay.k,
-            KernelParam::TmaK,
-            kbuf,
-            at1,
-            at2,
-            bars.k_full(g, s)?,
-        )?;
+        self.copy_kv(&lay.k, KernelParam::TmaK, kbuf, &at, bars.k_full(g, s)?)?;
         g.mbar_wait(bars.v_empty(g, s)?, free)?;
         let vbuf = g.mul(s, g.c32(lay.v.bytes() as i64))?;
         let copy_v = || -> R<()> {
             g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
-            self.copy(
-                &lay.v,
-                KernelParam::TmaV,
-                vbuf,
-                at1,
-                at2,
-                bars.v_full(g, s)?,
-            )
+            self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?)
         };
         match bars.v_tail {
             // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
@@ -1672,7 +1656,7 @@ impl<'ctx> Producer<'_, 'ctx> {
                     (g.block("v_tail"), g.block("v_whole"), g.block("v_copied"));
                 g.cond_br(tail, tail_bb, whole_bb)?;
                 g.b.position_at_end(tail_bb);
-                self.copy_v_tail(vbuf, (at1, at2), g.sub(lkv, kv0)?, tail_bar, s)?;
+                self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s)?;
                 g.br(next_bb)?;
                 g.b.position_at_end(whole_bb);
                 copy_v()?;
@@ -1708,7 +1692,7 @@ impl<'ctx> Producer<'_, 'ctx> {
     fn copy_v_tail(
         &self,
         vbuf: IntValue<'ctx>,
-        at: (IntValue<'ctx>, IntValue<'ctx>),
+        at: &KvAt<'ctx>,
         keep: IntValue<'ctx>,
         tail_bar: IntValue<'ctx>,
         s: IntValue<'ctx>,
@@ -1716,7 +1700,7 @@ impl<'ctx> Producer<'_, 'ctx> {
         let (g, lay, bars) = (self.g, self.lay, self.bars);
         let v = &lay.v;
         let state = g.mbar_arrive_expect_tx_state(tail_bar, v.bytes())?;
-        self.copy(v, KernelParam::TmaV, vbuf, at.0, at.1, tail_bar)?;
+        self.copy_kv(v, KernelParam::TmaV, vbuf, at, tail_bar)?;
         g.mbar_wait_state(tail_bar, state)?;
         let zero = [g.cf(0.0); 4];
         g.for_range(keep, g.c32(v.rows as i64), g.c32(1), |r| {
@@ -1733,28 +1717,66 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.mbar_arrive(bars.v_full(g, s)?)
     }
 
-    /// A paged cache's box coordinates of the kv tile at position `kv0` of kv head `hk`:
-    /// `(hk, page P + kv0 mod P)` with `page = PageTable[b MaxPages + kv0 / P]` clamped
-    /// into `0..NumPages` (never a read outside the cache; the runtime checks the ids).
-    /// `P` is a multiple of the kv tile, so the tile's rows lie in that one page.
-    fn page_row(
+    /// The kv tile at `at` of K or V (`map`) into `tile` (`buf` bytes further), counted at
+    /// `bar`: one box per 64-column slab at (row `kv0`, slice `b Hkv + hk`) of `[B*Hkv,
+    /// L, D]`, or from a paged cache (`KvCache::Paged`, the map viewing it as `{D, Hkv,
+    /// pages x P}`, boxes of `min(P, kv_block)` rows): per box of the tile, its page id
+    /// (`PageTable[b MaxPages + min(kv / P, MaxPages - 1)]`, clamped into `0..NumPages`:
+    /// never a read outside the table or the cache; the runtime checks the ids) and a box
+    /// at (kv head, page P + kv mod P) into the box's rows of the tile (a whole number of
+    /// 1024-byte swizzle atoms: P >= 8). Pages of at least the tile take one box.
+    fn copy_kv(
         &self,
-        kv0: IntValue<'ctx>,
-        hk: IntValue<'ctx>,
-    ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+        tile: &SmemTile,
+        map: KernelParam,
+        buf: IntValue<'ctx>,
+        at: &KvAt<'ctx>,
+        bar: IntValue<'ctx>,
+    ) -> R<()> {
+        if !self.c.paged_kv {
+            return self.copy(tile, map, buf, at.kv0, at.slice, bar);
+        }
         let (g, a, cx) = (self.g, self.a, self.cx);
         let shift = a.int(KernelParam::PageShift)?;
-        let idx = g.add(
-            g.mul(cx.b, a.int(KernelParam::MaxPages)?)?,
-            g.lshr(kv0, shift)?,
-        )?;
-        let page = g.load_i32(a.ptr(KernelParam::PageTable)?, idx)?;
-        // unsigned: a negative id is past the end too
-        let last = g.sub(a.int(KernelParam::NumPages)?, g.c32(1))?;
-        let page = g.selecti(g.icmp(IntPredicate::ULT, page, last)?, page, last)?;
-        let within = g.and(kv0, g.sub(g.shl(g.c32(1), shift)?, g.c32(1))?)?;
-        Ok((hk, g.add(g.shl(page, shift)?, within)?))
+        let kvb = g.c32(self.c.kvb as i64);
+        // rows per box: min(P, kv_block)
+        let page = g.shl(g.c32(1), shift)?;
+        let rows = g.selecti(g.icmp(IntPredicate::ULT, page, kvb)?, page, kvb)?;
+        let max_pages = a.int(KernelParam::MaxPages)?;
+        let last_page = g.sub(a.int(KernelParam::NumPages)?, g.c32(1))?;
+        let map_ptr = a.ptr(map)?;
+        g.for_range(g.c32(0), kvb, rows, |r| {
+            let kv = g.add(at.kv0, r)?;
+            let logical = g.lshr(kv, shift)?;
+            let last_logical = g.sub(max_pages, g.c32(1))?;
+            let logical = g.selecti(
+                g.icmp(IntPredicate::ULT, logical, last_logical)?,
+                logical,
+                last_logical,
+            )?;
+            let idx = g.add(g.mul(cx.b, max_pages)?, logical)?;
+            let id = g.load_i32(a.ptr(KernelParam::PageTable)?, idx)?;
+            // unsigned: a negative id is past the end too
+            let id = g.selecti(g.icmp(IntPredicate::ULT, id, last_page)?, id, last_page)?;
+            let within = g.and(kv, g.sub(page, g.c32(1))?)?;
+            let row = g.add(g.shl(id, shift)?, within)?;
+            let box_at = g.add(buf, g.mul(r, g.c32(128))?)?;
+            for s in 0..tile.cols / 64 {
+                let off = tile.offset + s * tile.rows * 128;
+                let dst = g.smem_addr32(g.add(box_at, g.c32(off as i64))?)?;
+                g.tma_load_3d(dst, map_ptr, [g.c32(64 * s as i64), at.hk, row], bar)?;
+            }
+            Ok(())
+        })
     }
+}
+
+/// Where a kv tile's rows come from: its first position `kv0`, its kv head `hk` and
+/// (contiguous K/V) its slice `b Hkv + hk`.
+struct KvAt<'ctx> {
+    kv0: IntValue<'ctx>,
+    hk: IntValue<'ctx>,
+    slice: IntValue<'ctx>,
 }
 
 /// A consumer warpgroup's state.

@@ -395,9 +395,11 @@ pub struct PtxOptions {
     /// The K/V cache layout (contiguous by default): the decode kernels' cache; with `ws`,
     /// [`KvCache::Paged`] makes the forward read K and V from a paged cache `[pages, P,
     /// Hkv, D]` through [`KernelParam::PageTable`] (`i32[B, MaxPages]`, page ids clamped
-    /// into `0..NumPages`), `P = 2^PageShift` a multiple of `kv_block`, so each kv tile is
-    /// one TMA box of one page's rows of one head (`hopper.rs`, `Producer::run_kv`; the
-    /// tensor maps `TmaK`/`TmaV` view the cache as `{D, Hkv, pages x P}`): chunked
+    /// into `0..NumPages`), `P = 2^PageShift` (from 8 rows), each kv tile one TMA box of
+    /// one page's rows of one head per `min(P, kv_block)` rows (`hopper.rs`,
+    /// `Producer::copy_kv`; the tensor maps `TmaK`/`TmaV` view the cache as `{D, Hkv,
+    /// pages x P}`; the V rows of a tile past `Lkv` zeroed before the consumers read it,
+    /// `Producer::copy_v_tail`): chunked
     /// prefill's runs on a paged cache (the runtime's `decode::cuda`). Other kinds ignore it.
     pub kv_cache: KvCache,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).

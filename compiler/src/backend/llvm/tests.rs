@@ -1613,8 +1613,9 @@ fn o_tma_stores_o_through_shared_memory() {
 /// A paged K/V cache on the warp-specialized forward (`kv_cache = Paged`, session 25:
 /// chunked prefill's runs): on every sample, D128 and D64, closed forms and tables, one CTA
 /// per tile and the dynamic scheduler, the kernel takes the page table and its three
-/// scalars after the tensor maps, loads one page id per kv tile (a 4-byte global load
-/// more in the producer's loop), issues the contiguous kernel's TMA loads plus the V
+/// scalars after the tensor maps, loads one page id per box (a 4-byte global load more in
+/// the producer's loop over a tile's boxes: one per page it spans, a runtime trip count),
+/// issues the contiguous kernel's TMA loads plus the V
 /// tile's once more on the path of a tile that ends past `Lkv` (to its own mbarrier, 8
 /// bytes more shared memory, waited for by state, the unused slots of the last page
 /// zeroed by 16-byte stores and fenced for the async proxy before `v_full`'s arrival), and
