@@ -437,6 +437,26 @@ impl Attention {
     /// [`Self::with_bound`] with the GIL released, an error as the Python exception; for
     /// a CUDA binding torch's current device stays what it was (the bind and the
     /// launches make the device's primary context current on this thread).
+    /// `f` on the CUDA binding of a cache call without lengths (q, the caches, the page
+    /// table: [`CacheCall::read`]) and the call read.
+    #[allow(clippy::type_complexity)]
+    fn cache_bound<T: Send>(
+        &self,
+        py: Python<'_>,
+        (q, k_cache, v_cache, page_table): (
+            &Bound<'_, PyAny>,
+            &Bound<'_, PyAny>,
+            &Bound<'_, PyAny>,
+            Option<Bound<'_, PyAny>>,
+        ),
+        scale: Option<f64>,
+        f: impl FnOnce(&mut attnc::Bound, &CacheCall) -> attnc::Result<T> + Send,
+    ) -> PyResult<T> {
+        let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
+        let key = call.cuda_key(py, scale)?;
+        self.run(py, key, |bound| f(bound, &call))
+    }
+
     fn run<T: Send>(
         &self,
         py: Python<'_>,
@@ -1410,9 +1430,9 @@ impl Attention {
         scale: Option<f64>,
     ) -> PyResult<Option<&'static str>> {
         guard(py, || {
-            let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
-            let key = call.cuda_key(py, scale)?;
-            self.run(py, key, |bound| Ok(bound.cache_path()))
+            self.cache_bound(py, (q, k_cache, v_cache, page_table), scale, |bound, _| {
+                Ok(bound.cache_path())
+            })
         })
     }
 
@@ -1430,9 +1450,10 @@ impl Attention {
         scale: Option<f64>,
     ) -> PyResult<(usize, usize, usize)> {
         guard(py, || {
-            let call = CacheCall::read(py, q, k_cache, v_cache, None, page_table)?;
-            let key = call.cuda_key(py, scale)?;
-            let ws = self.run(py, key, |bound| bound.decode_cuda_workspace(call.layout))?;
+            let ws =
+                self.cache_bound(py, (q, k_cache, v_cache, page_table), scale, |bound, c| {
+                    bound.decode_cuda_workspace(c.layout)
+                })?;
             Ok((ws.part_o, ws.part_lse, ws.ranges))
         })
     }
