@@ -288,6 +288,34 @@ impl Bound {
     pub fn options(&self) -> &BindOptions {
         &self.opts
     }
+    /// Points a CUDA binding at another `shape` (the rest of its options kept) when that
+    /// shape selects the forward kernel it loaded (`CudaExec::reshape`): true, and the
+    /// binding is `shape`'s from now on (the extensions' state, kept per shape, dropped);
+    /// false (another backend, or the kernel would differ: bind anew), nothing changed.
+    /// For callers whose lengths change every call (chunked prefill's runs,
+    /// `decode::cuda`), which then skip a bind per call.
+    pub(crate) fn reshape(&mut self, shape: Shape) -> Result<bool> {
+        if shape == self.opts.shape {
+            return Ok(true);
+        }
+        let o = BindOptions {
+            shape,
+            ..self.opts.clone()
+        };
+        crate::validate::bind_options(&o)?;
+        let Some(c) = self.exec.cuda_mut() else {
+            return Ok(false);
+        };
+        if !c
+            .reshape(&self.plan, &o)
+            .map_err(|e| self.variant.render(e))?
+        {
+            return Ok(false);
+        }
+        self.opts = o;
+        self.extensions.clear();
+        Ok(true)
+    }
     pub fn variant(&self) -> &Variant {
         &self.variant
     }

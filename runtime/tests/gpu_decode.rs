@@ -534,6 +534,78 @@ fn gpu_decode_prefill_runs(_d: &CudaDevice) {
     assert_eq!(path, "split-kv-mma");
 }
 
+/// One caller-buffer decode call of case `c` on `bound` (device buffers uploaded from the
+/// case; O and LSE poisoned with NaN first where `poison`, else zeros): with `host_lens`
+/// `Bound::decode_cuda_into_with_lengths`, else `Bound::decode_cuda_into`; O and LSE
+/// downloaded.
+fn caller_decode(
+    dev: &CudaDevice,
+    bound: &mut attnc::Bound,
+    c: &Case,
+    params: &std::collections::HashMap<String, ParamValue>,
+    host_lens: Option<&[i32]>,
+    poison: bool,
+    what: &str,
+) -> (attnc::Tensor, Vec<f32>) {
+    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use std::collections::HashMap;
+    let layout: CacheLayout = c.shape.layout;
+    let ws = bound.decode_cuda_workspace(layout).unwrap();
+    let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+    let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
+    let seq_lens = dev.upload(&c.seq_lens).unwrap();
+    let table = c
+        .page_table
+        .as_ref()
+        .map(|t| dev.upload(&t.to_i32()).unwrap());
+    let s = c.shape;
+    let (o_fill, lse_fill) = if poison { (0x7fc0, f32::NAN) } else { (0, 0.0) };
+    let o: CudaSlice<u16> = dev
+        .upload_u16(&vec![o_fill; s.b * s.hq * s.lq * s.dv])
+        .unwrap();
+    let lse: CudaSlice<f32> = dev.upload(&vec![lse_fill; s.b * s.hq * s.lq]).unwrap();
+    let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
+    let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
+    let st = q.stream().clone();
+    let bufs = DeviceDecodeBuffers {
+        q: q.device_ptr(&st).0,
+        k_cache: k.device_ptr(&st).0,
+        v_cache: v.device_ptr(&st).0,
+        seq_lens: seq_lens.device_ptr(&st).0,
+        page_table: table.as_ref().map(|t| t.device_ptr(&st).0),
+        o: o.device_ptr(&st).0,
+        lse: lse.device_ptr(&st).0,
+        part_o: part.device_ptr(&st).0,
+        part_lse: part.device_ptr(&st).0 + 4 * ws.part_o as u64,
+        ranges: ranges.device_ptr(&st).0,
+    };
+    let stream = st.cu_stream() as u64;
+    // SAFETY: every buffer above is a live allocation of this device sized for the
+    // binding's shape and layout (the workspace as decode_cuda_workspace says), on stream
+    // `st`, which the download below synchronizes; the host lengths are the device
+    // buffer's (the case's).
+    unsafe {
+        match host_lens {
+            Some(h) => bound.decode_cuda_into_with_lengths(
+                layout,
+                &bufs,
+                h,
+                &HashMap::new(),
+                params,
+                stream,
+            ),
+            None => bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream),
+        }
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    st.synchronize().unwrap();
+    let o = dev.download(&o).unwrap();
+    let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let o = attnc::Tensor::from_bytes(vec![o.len()], c.dtype, bytes).unwrap();
+    (o, dev.download(&lse).unwrap())
+}
+
 /// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
 /// tensors): the decode-ranges kernel computes each sequence's reachable keys from
 /// `seq_lens` on the device, then the split-KV and combine kernels run over the caller's
@@ -542,8 +614,6 @@ fn gpu_decode_prefill_runs(_d: &CudaDevice) {
 /// 100 and 64 on the tensor-core kernel, the ranges kernel over the chunk's rows). Also the case that
 /// compute-sanitizer racechecks the decode-ranges kernel.
 fn gpu_decode_caller_buffers(dev: &CudaDevice) {
-    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
-    use cudarc::driver::{CudaSlice, DevicePtr};
     use std::collections::HashMap;
     let mut rng = Rng(0xca11e4);
     for (name, window) in [("sliding_window", Some(40)), ("causal", None)] {
@@ -571,58 +641,13 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
             let mut bound = variant
                 .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
                 .unwrap();
-            let layout: CacheLayout = c.shape.layout;
-            let ws = bound.decode_cuda_workspace(layout).unwrap();
-            let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
-            let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
-            let seq_lens = dev.upload(&c.seq_lens).unwrap();
-            let table = c
-                .page_table
-                .as_ref()
-                .map(|t| dev.upload(&t.to_i32()).unwrap());
-            let s = c.shape;
-            let o: CudaSlice<u16> = dev.zeros(s.b * s.hq * s.lq * s.dv).unwrap();
-            let lse: CudaSlice<f32> = dev.zeros(s.b * s.hq * s.lq).unwrap();
-            let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
-            let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
-            let st = q.stream().clone();
-            let bufs = DeviceDecodeBuffers {
-                q: q.device_ptr(&st).0,
-                k_cache: k.device_ptr(&st).0,
-                v_cache: v.device_ptr(&st).0,
-                seq_lens: seq_lens.device_ptr(&st).0,
-                page_table: table.as_ref().map(|t| t.device_ptr(&st).0),
-                o: o.device_ptr(&st).0,
-                lse: lse.device_ptr(&st).0,
-                part_o: part.device_ptr(&st).0,
-                part_lse: part.device_ptr(&st).0 + 4 * ws.part_o as u64,
-                ranges: ranges.device_ptr(&st).0,
-            };
-            // SAFETY: every buffer above is a live allocation of this device sized for
-            // the binding's shape and layout (the workspace as decode_cuda_workspace
-            // says), on stream `st`, which the download below synchronizes.
-            unsafe {
-                bound
-                    .decode_cuda_into(
-                        layout,
-                        &bufs,
-                        &HashMap::new(),
-                        &params,
-                        st.cu_stream() as u64,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
-            }
-            st.synchronize().unwrap();
-            let o = dev.download(&o).unwrap();
-            let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let o = attnc::Tensor::from_bytes(vec![o.len()], c.dtype, bytes).unwrap();
+            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, None, false, &what);
             close(
                 &format!("{what} o"),
                 &o.to_f32(),
                 &want.o.to_f32(),
                 tol(c.dtype),
             );
-            let lse = dev.download(&lse).unwrap();
             close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
         }
     }
@@ -656,8 +681,6 @@ type RunCase = (
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
 /// split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
-    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
-    use cudarc::driver::{CudaSlice, DevicePtr};
     use std::collections::HashMap;
     let mut rng = Rng(0x9e2);
     for (name, program, window) in [
@@ -724,64 +747,74 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             o.decode.prefill = forced;
             o.decode.paged_split_kv = !paged_runs;
             let mut bound = variant.bind(o).unwrap();
-            let layout: CacheLayout = c.shape.layout;
-            let ws = bound.decode_cuda_workspace(layout).unwrap();
-            let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
-            let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
-            let seq_lens = dev.upload(&c.seq_lens).unwrap();
-            let table = c
-                .page_table
-                .as_ref()
-                .map(|t| dev.upload(&t.to_i32()).unwrap());
-            let s = c.shape;
             // O poisoned: a row no launch writes shows
-            let o: CudaSlice<u16> = dev
-                .upload_u16(&vec![0x7fc0; s.b * s.hq * s.lq * s.dv])
-                .unwrap();
-            let lse: CudaSlice<f32> = dev.upload(&vec![f32::NAN; s.b * s.hq * s.lq]).unwrap();
-            let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
-            let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
-            let st = q.stream().clone();
-            let bufs = DeviceDecodeBuffers {
-                q: q.device_ptr(&st).0,
-                k_cache: k.device_ptr(&st).0,
-                v_cache: v.device_ptr(&st).0,
-                seq_lens: seq_lens.device_ptr(&st).0,
-                page_table: table.as_ref().map(|t| t.device_ptr(&st).0),
-                o: o.device_ptr(&st).0,
-                lse: lse.device_ptr(&st).0,
-                part_o: part.device_ptr(&st).0,
-                part_lse: part.device_ptr(&st).0 + 4 * ws.part_o as u64,
-                ranges: ranges.device_ptr(&st).0,
-            };
-            // SAFETY: every buffer above is a live allocation of this device sized for
-            // the binding's shape and layout (the workspace as decode_cuda_workspace
-            // says), on stream `st`, which the download below synchronizes; the host
-            // lengths are the device buffer's.
-            unsafe {
-                bound
-                    .decode_cuda_into_with_lengths(
-                        layout,
-                        &bufs,
-                        &c.seq_lens,
-                        &HashMap::new(),
-                        &params,
-                        st.cu_stream() as u64,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
-            }
-            st.synchronize().unwrap();
+            let (o, lse) =
+                caller_decode(dev, &mut bound, &c, &params, Some(&c.seq_lens), true, &what);
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
-            let o = dev.download(&o).unwrap();
-            let bytes: Vec<u8> = o.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let o = attnc::Tensor::from_bytes(vec![o.len()], c.dtype, bytes).unwrap();
             close(
                 &format!("{what} o"),
                 &o.to_f32(),
                 &want.o.to_f32(),
                 tol(c.dtype),
             );
-            let lse = dev.download(&lse).unwrap();
+            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+        }
+    }
+}
+
+/// A serving loop of chunked prefill on one binding (`Bound::decode_cuda_into_with_lengths`,
+/// the runs forced): every step a new length (Lq 128 new rows against 128, 300, 512, 555
+/// keys, then back to 300), two sequences of one length and then of two (runs of 1), a
+/// contiguous cache and a paged one of pages of 16 (NaN past each length): each call's
+/// runs reuse the binding of their rows and heads pointed at the call's length
+/// (`Bound::reshape`), against the oracle every step, path "prefill".
+fn gpu_decode_caller_runs_growing_lengths(dev: &CudaDevice) {
+    use std::collections::HashMap;
+    let mut rng = Rng(0x6e0);
+    for (name, page) in [
+        ("causal", None),
+        ("causal", Some(16)),
+        ("alibi_causal", None),
+    ] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        let steps: [Vec<i32>; 6] = [
+            vec![128, 128],
+            vec![300, 300],
+            vec![512, 512],
+            vec![555, 555],
+            vec![555, 300],
+            vec![300, 300],
+        ];
+        let mut bound = None;
+        for sl in steps {
+            let c = case_as(DType::BF16, &mut rng, 2, 8, 2, 128, 128, 600, sl, page);
+            let what = format!("growing {name} page {page:?} {:?}", c.seq_lens);
+            let want = run(
+                &compiled,
+                &program,
+                &c,
+                Backend::Reference,
+                1,
+                &Captures::default(),
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let bound = bound.get_or_insert_with(|| {
+                let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+                o.decode.prefill = Some(true);
+                variant.bind(o).unwrap()
+            });
+            let params = HashMap::new();
+            let (o, lse) = caller_decode(dev, bound, &c, &params, Some(&c.seq_lens), true, &what);
+            assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
+            close(
+                &format!("{what} o"),
+                &o.to_f32(),
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
             close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
         }
     }
@@ -1805,6 +1838,10 @@ const TESTS: &[Test] = &[
     (
         "gpu_decode_caller_prefill_runs",
         gpu_decode_caller_prefill_runs,
+    ),
+    (
+        "gpu_decode_caller_runs_growing_lengths",
+        gpu_decode_caller_runs_growing_lengths,
     ),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),

@@ -24,8 +24,8 @@ use attnc_compiler::decode::{DecodeShape, OFFSET_PARAMS, live_rows};
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
 
-/// Most bindings (one per run shape) a state keeps; beyond it the map starts over (a
-/// serving loop's lengths change every step: the JIT's memory cache keeps rebinding cheap).
+/// Most bindings (one per rows, heads and head dims of a run; reshaped to each call's
+/// sequences and length) a state keeps; beyond it the map starts over.
 const MAX_BOUND: usize = 32;
 /// Query rows per tile of the warp-specialized prefill kernel (its q blocks at D 64/128).
 const PREFILL_ROWS: usize = 128;
@@ -181,7 +181,10 @@ impl CudaState {
     }
 
     /// The binding of a run's shape (`paged`: `BindOptions::kv_pages`, a paged cache read
-    /// in place by the caller-buffer runs).
+    /// in place by the caller-buffer runs): one per rows, heads and head dims, pointed at
+    /// each call's sequences and length (`Bound::reshape`: a serving loop's lengths grow
+    /// every step, and the kernel does not depend on them) or bound anew where the new
+    /// shape selects another kernel.
     pub(crate) fn bound(
         &mut self,
         opts: &BindOptions,
@@ -189,7 +192,19 @@ impl CudaState {
         shape: Shape,
         paged: bool,
     ) -> Result<&mut Bound> {
-        let key = (shape, paged);
+        let key = (
+            Shape {
+                b: 0,
+                lkv: 0,
+                ..shape
+            },
+            paged,
+        );
+        if let Some(b) = self.bound.get_mut(&key)
+            && !b.reshape(shape)?
+        {
+            self.bound.remove(&key);
+        }
         if !self.bound.contains_key(&key) && self.bound.len() >= MAX_BOUND {
             self.bound.clear();
         }

@@ -147,6 +147,9 @@ pub(crate) struct CudaExec {
     /// The best forward module loaded so far (tiered JIT: swapped to the optimized one
     /// when it is ready; each call takes the current one once).
     kernel: Arc<JitKernel>,
+    /// The forward options the binding chose ([`forward_options_for`]; the kernel's, or
+    /// its tiers' target).
+    chosen: PtxOptions,
     /// How the JIT served the bind.
     jit: JitStats,
     /// Host block maps fixed by the shape (kept after the first call).
@@ -164,6 +167,45 @@ pub(crate) struct CudaExec {
     decode_ranges: Option<Arc<CudaKernel>>,
 }
 
+/// The CUDA kernels' input type for the bind's dtype (bf16 or f16; else an error).
+fn input_type(opts: &BindOptions) -> ExecResult<InputType> {
+    match opts.dtype {
+        DType::BF16 => Ok(InputType::Bf16),
+        DType::F16 => Ok(InputType::F16),
+        other => Err(ExecError::Api(Error::InputDType {
+            which: "q, k, v (the CUDA backend takes bf16 or f16; convert them, or use the cpu backend for f32)".into(),
+            expected: "bf16 or f16".into(),
+            got: other,
+        })),
+    }
+}
+
+/// The forward kernel's options for a binding: the plan and shape's choice
+/// (`PtxOptions::for_binding`: float positions, the D64 kernel, the CTA order), the
+/// environment's overrides, a paged cache.
+fn forward_options_for(
+    plan: &Plan,
+    opts: &BindOptions,
+    arch: attnc_compiler::backend::llvm::Arch,
+    input: InputType,
+) -> ExecResult<PtxOptions> {
+    let mut popts = PtxOptions::new(arch, opts.shape.d as u32, opts.shape.dv as u32, input);
+    popts.checked = opts.checked;
+    let longest = opts.shape.lq.max(opts.shape.lkv);
+    popts = popts.for_binding(plan, longest);
+    popts = forward_tile_from_env(popts);
+    popts = forward_schedule_from_env(popts);
+    if opts.kv_pages {
+        if !popts.ws {
+            return Err(ExecError::Api(Error::Usage(
+                "a paged K/V cache is read by the warp-specialized forward only (sm_90, D 64/128, fast mode)".into(),
+            )));
+        }
+        popts.kv_cache = attnc_compiler::backend::llvm::KvCache::Paged;
+    }
+    Ok(popts)
+}
+
 fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
     t.to_u16_bits().ok_or_else(|| {
         ExecError::Api(Error::InputDType {
@@ -176,43 +218,14 @@ fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
 
 impl CudaExec {
     pub(crate) fn prepare(plan: &Plan, opts: &BindOptions) -> ExecResult<Self> {
-        let input = match opts.dtype {
-            DType::BF16 => InputType::Bf16,
-            DType::F16 => InputType::F16,
-            other => {
-                return Err(ExecError::Api(Error::InputDType {
-                    which: "q, k, v (the CUDA backend takes bf16 or f16; convert them, or use the cpu backend for f32)".into(),
-                    expected: "bf16 or f16".into(),
-                    got: other,
-                }));
-            }
-        };
+        let input = input_type(opts)?;
         // a bad setting is reported before (and without) a device
         let tiers = match opts.jit_tiers {
             Some(t) => t,
             None => JitTiers::from_env().map_err(|e| ExecError::Api(Error::Usage(e)))?,
         };
         let g = gpu_at(opts.device)?;
-        let mut popts = PtxOptions::new(
-            g.device.arch(),
-            opts.shape.d as u32,
-            opts.shape.dv as u32,
-            input,
-        );
-        popts.checked = opts.checked;
-        // float positions, the D64 kernel and the CTA order for this binding's plan and shape
-        let longest = opts.shape.lq.max(opts.shape.lkv);
-        popts = popts.for_binding(plan, longest);
-        popts = forward_tile_from_env(popts);
-        popts = forward_schedule_from_env(popts);
-        if opts.kv_pages {
-            if !popts.ws {
-                return Err(ExecError::Api(Error::Usage(
-                    "a paged K/V cache is read by the warp-specialized forward only (sm_90, D 64/128, fast mode)".into(),
-                )));
-            }
-            popts.kv_cache = attnc_compiler::backend::llvm::KvCache::Paged;
-        }
+        let popts = forward_options_for(plan, opts, g.device.arch(), input)?;
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;
@@ -231,6 +244,7 @@ impl CudaExec {
         Ok(CudaExec {
             ordinal: opts.device,
             kernel,
+            chosen: popts,
             jit,
             maps: None,
             table,
@@ -239,6 +253,23 @@ impl CudaExec {
             caller: Default::default(),
             decode_ranges: None,
         })
+    }
+
+    /// Points this binding at `opts`' shape (the rest of `opts` as bound) when that shape
+    /// selects the forward kernel this binding loaded ([`forward_options_for`]; true), so
+    /// that a caller whose lengths change every call (chunked prefill's runs in a serving
+    /// loop) keeps one binding: its module and its caller streams' state (buffers, tail
+    /// workspace; a stream's block table is keyed by its shape). Drops what the old shape
+    /// fixed (host block maps, the kept device table). False: the kernel would differ
+    /// (bind anew); nothing changed.
+    pub(crate) fn reshape(&mut self, plan: &Plan, opts: &BindOptions) -> ExecResult<bool> {
+        let g = gpu_at(opts.device)?;
+        if forward_options_for(plan, opts, g.device.arch(), input_type(opts)?)? != self.chosen {
+            return Ok(false);
+        }
+        self.maps = None;
+        self.kept = None;
+        Ok(true)
     }
 
     /// The forward kernel's `(q_block, kv_block)`.
