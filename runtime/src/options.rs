@@ -159,6 +159,10 @@ pub struct DecodeTuning {
     /// past a sequence's length (the unused slots of its last page, which may hold NaN)
     /// before P V.
     pub paged_split_kv: bool,
+    /// Bind chunked prefill's runs anew for every new shape (`ATTNC_DECODE_REBIND=1`; for
+    /// measuring what `Bound::reshape` saves) instead of pointing the binding of their rows
+    /// and heads at the call's length.
+    pub rebind_runs: bool,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -221,7 +225,7 @@ impl DecodeTuning {
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
     /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
-    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off); anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off), `ATTNC_DECODE_REBIND` `1`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -243,6 +247,7 @@ impl DecodeTuning {
                 _ => None,
             },
             paged_split_kv: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("0"),
+            rebind_runs: get("ATTNC_DECODE_REBIND").as_deref().map(str::trim) == Some("1"),
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -285,6 +290,7 @@ mod tests {
                 copy: None,
                 prefill: None,
                 paged_split_kv: false,
+                rebind_runs: false,
                 steal: None,
             }
         );
@@ -302,6 +308,11 @@ mod tests {
             .paged_split_kv
         };
         assert!(!paged("1") && paged("0") && !paged("yes"));
+        let rebind = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_REBIND").then(|| v.to_string()))
+                .rebind_runs
+        };
+        assert!(rebind("1") && !rebind("0") && !rebind("yes"));
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

@@ -3,7 +3,7 @@
 # paged tile) — every gpu_decode test (NaN in every cache slot past a sequence's length),
 # memcheck + racecheck + synccheck of the caller runs, the package's decode / chunked tests,
 # the chunked-prefill timings (paged 128 now on the runs) and the serving loop (a new length
-# every step). Carry .bin-s26 (gpu_decode.xz, this script) and .bin-py26 (python-gpu-pack.sh).
+# every step; with ATTNC_DECODE_REBIND=1 the bind per length it replaced). Carry .bin-s26 (gpu_decode.xz, this script) and .bin-py26 (python-gpu-pack.sh).
 set -u
 here=$(cd "$(dirname "$0")" && pwd); B=/tmp/cb; mkdir -p $B
 xz -dc "$here/gpu_decode.xz" > $B/gpu_decode; chmod +x $B/gpu_decode
@@ -26,6 +26,9 @@ t0=$(date +%s)
 python3 .bin-py26/tree/python/bench/chunked_prefill.py --examples .bin-py26/tree/examples \
   8,32,8,256,8192 8,32,8,512,32768 2>&1 | grep -v Warning | cut -c1-800
 echo "chunked bench: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
-python3 .bin-py26/tree/python/bench/serve_loop.py --examples .bin-py26/tree/examples --steps 32 --chunk 256 8,32,8 2>&1 | grep -v Warning | cut -c1-900
-echo "serve loop: $(( $(date +%s) - t0 )) s"
+python3 .bin-py26/tree/python/bench/serve_loop.py --examples .bin-py26/tree/examples --steps 32 --chunk 256 8,32,8 2>&1 | grep -v Warning | cut -c1-1100
+echo "serve loop: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
+echo "== the same loop binding every new length anew (ATTNC_DECODE_REBIND=1)"
+ATTNC_DECODE_REBIND=1 python3 .bin-py26/tree/python/bench/serve_loop.py --examples .bin-py26/tree/examples --steps 32 --chunk 256 8,32,8 2>&1 | grep -v Warning | cut -c1-1100
+echo "serve loop rebind: $(( $(date +%s) - t0 )) s"
 [ -n "$OUTSAVE" ] && cp $B/*.log /tmp/pyout/*.log "$OUTSAVE"/ 2>/dev/null; true

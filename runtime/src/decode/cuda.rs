@@ -192,14 +192,18 @@ impl CudaState {
         shape: Shape,
         paged: bool,
     ) -> Result<&mut Bound> {
-        let key = (
-            Shape {
-                b: 0,
-                lkv: 0,
-                ..shape
-            },
-            paged,
-        );
+        let key = if opts.decode.rebind_runs {
+            (shape, paged)
+        } else {
+            (
+                Shape {
+                    b: 0,
+                    lkv: 0,
+                    ..shape
+                },
+                paged,
+            )
+        };
         if let Some(b) = self.bound.get_mut(&key)
             && !b.reshape(shape)?
         {
