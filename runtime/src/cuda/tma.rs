@@ -193,13 +193,13 @@ pub fn with_tensor_maps(args: &LaunchArgs, spec: &KernelSpec) -> Result<LaunchAr
     let ptr = |p: KernelParam| a.ptr(p);
     let int = |p: KernelParam| a.int(p);
     // the forward on a paged cache (`KvCache::Paged`): K and V as `{D, Hkv, pages x P}`,
-    // boxes of one head's `min(P, kv tile)` rows (P a power of two from 8 rows: a box is
-    // a whole number of 1024-byte swizzle atoms)
+    // boxes of one head's `min(P, kv tile)` rows (P a power of two from 16 rows: the
+    // kernel's boxes per tile, each a whole number of 1024-byte swizzle atoms)
     let paged = if spec.params.contains(&KernelParam::PageTable) {
         let (pages, shift) = (int(KernelParam::NumPages)?, int(KernelParam::PageShift)?);
-        if !(3..=30).contains(&shift) {
+        if !(4..=30).contains(&shift) {
             return Err(missing(&format!(
-                "pages of 8 to 2^30 rows (page shift {shift})"
+                "pages of 16 to 2^30 rows (page shift {shift})"
             )));
         }
         Some((pages << shift, (1u32 << shift).min(spec.kv_block)))

@@ -734,7 +734,7 @@ impl Bound {
 
 /// The smallest page of a paged cache that chunked prefill's runs read in place (each kv
 /// tile one TMA box per page it spans: 8 boxes per 64-column slab of a 128-row tile at
-/// this size; the kernel takes pages from 8 rows, the issue's range starts at 16).
+/// this size, the most the kernel issues).
 pub(crate) const PAGED_RUN_MIN_PAGE: usize = 16;
 
 /// Which CUDA path runs a call: `(true, runs)` for the prefill kernel over `runs`

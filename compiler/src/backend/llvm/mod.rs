@@ -395,7 +395,7 @@ pub struct PtxOptions {
     /// The K/V cache layout (contiguous by default): the decode kernels' cache; with `ws`,
     /// [`KvCache::Paged`] makes the forward read K and V from a paged cache `[pages, P,
     /// Hkv, D]` through [`KernelParam::PageTable`] (`i32[B, MaxPages]`, page ids clamped
-    /// into `0..NumPages`), `P = 2^PageShift` (from 8 rows), each kv tile one TMA box of
+    /// into `0..NumPages`), `P = 2^PageShift` (from 16 rows), each kv tile one TMA box of
     /// one page's rows of one head per `min(P, kv_block)` rows (`hopper.rs`,
     /// `Producer::copy_kv`; the tensor maps `TmaK`/`TmaV` view the cache as `{D, Hkv,
     /// pages x P}`; the V rows of a tile past `Lkv` zeroed before the consumers read it,
