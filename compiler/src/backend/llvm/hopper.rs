@@ -1629,16 +1629,10 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.b.position_at_end(lp);
         let pos = cursor.get(g)?;
         let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
-        // (a paged tile's page ids loaded before the waits, once for K and V)
         let at = KvAt {
             kv0,
             hk,
             slice: kv_slice,
-            pages: if c.paged_kv {
-                Some(self.page_boxes(kv0)?)
-            } else {
-                None
-            },
         };
         let (s, ph) = ring.get(g)?;
         let free = g.xor(ph, g.c32(1))?;
@@ -1726,9 +1720,12 @@ impl<'ctx> Producer<'_, 'ctx> {
     /// The kv tile at `at` of K or V (`map`) into `tile` (`buf` bytes further), counted at
     /// `bar`: one box per 64-column slab at (row `kv0`, slice `b Hkv + hk`) of `[B*Hkv,
     /// L, D]`, or from a paged cache (`KvCache::Paged`, the map viewing it as `{D, Hkv,
-    /// pages x P}`, boxes of `min(P, kv_block)` rows): each box of [`Self::page_boxes`]
-    /// that lies in the tile, at (kv head, its row of the cache) into its rows of the tile
-    /// (a whole number of 1024-byte swizzle atoms).
+    /// pages x P}`, boxes of `min(P, kv_block)` rows): a page of at least the tile one box
+    /// ([`Self::page_row`] of `kv0`); smaller pages (from 16 rows) one box per page the
+    /// tile spans, their ids loaded four at a time (independent loads), each box into
+    /// its rows of the tile (a whole number of 1024-byte swizzle atoms). Two arms of one
+    /// branch on the page size, so that pages of the tile's size keep one load a copy
+    /// (session 26's call 2 measured eight per tile 6-9% slower there).
     fn copy_kv(
         &self,
         tile: &SmemTile,
@@ -1737,80 +1734,85 @@ impl<'ctx> Producer<'_, 'ctx> {
         at: &KvAt<'ctx>,
         bar: IntValue<'ctx>,
     ) -> R<()> {
-        let Some(boxes) = &at.pages else {
+        if !self.c.paged_kv {
             return self.copy(tile, map, buf, at.kv0, at.slice, bar);
-        };
-        let g = self.g;
-        let map_ptr = self.a.ptr(map)?;
-        for (j, &row) in boxes.rows.iter().enumerate() {
-            let r = g.mul(boxes.box_rows, g.c32(j as i64))?;
-            let inside = g.icmp(IntPredicate::ULT, r, g.c32(self.c.kvb as i64))?;
-            g.if_then(inside, || {
-                let box_at = g.add(buf, g.mul(r, g.c32(128))?)?;
-                for s in 0..tile.cols / 64 {
-                    let off = tile.offset + s * tile.rows * 128;
-                    let dst = g.smem_addr32(g.add(box_at, g.c32(off as i64))?)?;
-                    g.tma_load_3d(dst, map_ptr, [g.c32(64 * s as i64), at.hk, row], bar)?;
-                }
-                Ok(())
-            })?;
         }
+        let (g, a) = (self.g, self.a);
+        let shift = a.int(KernelParam::PageShift)?;
+        let map_ptr = a.ptr(map)?;
+        let boxes = (self.c.kvb / 16).max(1);
+        let issue = |row: IntValue<'ctx>, r: IntValue<'ctx>| -> R<()> {
+            let box_at = g.add(buf, g.mul(r, g.c32(128))?)?;
+            for s in 0..tile.cols / 64 {
+                let off = tile.offset + s * tile.rows * 128;
+                let dst = g.smem_addr32(g.add(box_at, g.c32(off as i64))?)?;
+                g.tma_load_3d(dst, map_ptr, [g.c32(64 * s as i64), at.hk, row], bar)?;
+            }
+            Ok(())
+        };
+        let tile_shift = g.c32(self.c.kvb.trailing_zeros() as i64);
+        let small = g.icmp(IntPredicate::ULT, shift, tile_shift)?;
+        let (small_bb, whole_bb, done) = (
+            g.block("small_pages"),
+            g.block("whole_page"),
+            g.block("paged_copied"),
+        );
+        g.cond_br(small, small_bb, whole_bb)?;
+        g.b.position_at_end(small_bb);
+        // P < kv_block: kv_block / P boxes of P rows (at most `boxes`)
+        let page = g.shl(g.c32(1), shift)?;
+        // (ids loaded four at a time: the producer's 40 registers)
+        for group in (0..boxes).collect::<Vec<_>>().chunks(4) {
+            let rows = group
+                .iter()
+                .map(|&j| self.page_row(g.add(at.kv0, g.mul(page, g.c32(j as i64))?)?))
+                .collect::<R<Vec<_>>>()?;
+            for (&j, &row) in group.iter().zip(&rows) {
+                let r = g.mul(page, g.c32(j as i64))?;
+                let inside = g.icmp(IntPredicate::ULT, r, g.c32(self.c.kvb as i64))?;
+                g.if_then(inside, || issue(row, r))?;
+            }
+        }
+        g.br(done)?;
+        g.b.position_at_end(whole_bb);
+        issue(self.page_row(at.kv0)?, g.c32(0))?;
+        g.br(done)?;
+        g.b.position_at_end(done);
         Ok(())
     }
 
-    /// A paged tile's boxes (`KvCache::Paged`): `min(P, kv_block)` rows each, at most
-    /// `kv_block / 16` of them (pages from 16 rows; the runtime's rule), and each box's
-    /// row of the cache, `id P + kv mod P` for its first position `kv` with `id =
-    /// PageTable[b MaxPages + min(kv / P, MaxPages - 1)]` clamped into `0..NumPages`
-    /// (never a read outside the table or the cache; the runtime checks the ids). The
-    /// loads are independent (all issued before the first is used) and made once for K
-    /// and V; a box past the tile loads a clamped id that nobody uses.
-    fn page_boxes(&self, kv0: IntValue<'ctx>) -> R<PageBoxes<'ctx>> {
+    /// The cache row of position `kv` of this sequence (`KvCache::Paged`): `id P + kv mod
+    /// P` with `id = PageTable[b MaxPages + min(kv / P, MaxPages - 1)]` clamped into
+    /// `0..NumPages` (never a read outside the table or the cache; the runtime checks the
+    /// ids).
+    fn page_row(&self, kv: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         let (g, a, cx) = (self.g, self.a, self.cx);
         let shift = a.int(KernelParam::PageShift)?;
-        let kvb = g.c32(self.c.kvb as i64);
-        let page = g.shl(g.c32(1), shift)?;
-        let box_rows = g.selecti(g.icmp(IntPredicate::ULT, page, kvb)?, page, kvb)?;
         let max_pages = a.int(KernelParam::MaxPages)?;
         let last_logical = g.sub(max_pages, g.c32(1))?;
-        let last_page = g.sub(a.int(KernelParam::NumPages)?, g.c32(1))?;
-        let table = a.ptr(KernelParam::PageTable)?;
-        let row0 = g.mul(cx.b, max_pages)?;
-        let rows = (0..(self.c.kvb / 16).max(1))
-            .map(|j| {
-                let kv = g.add(kv0, g.mul(box_rows, g.c32(j as i64))?)?;
-                let logical = g.lshr(kv, shift)?;
-                let logical = g.selecti(
-                    g.icmp(IntPredicate::ULT, logical, last_logical)?,
-                    logical,
-                    last_logical,
-                )?;
-                let id = g.load_i32(table, g.add(row0, logical)?)?;
-                // unsigned: a negative id is past the end too
-                let id = g.selecti(g.icmp(IntPredicate::ULT, id, last_page)?, id, last_page)?;
-                let within = g.and(kv, g.sub(page, g.c32(1))?)?;
-                g.add(g.shl(id, shift)?, within)
-            })
-            .collect::<R<Vec<_>>>()?;
-        Ok(PageBoxes { box_rows, rows })
+        let logical = g.lshr(kv, shift)?;
+        let logical = g.selecti(
+            g.icmp(IntPredicate::ULT, logical, last_logical)?,
+            logical,
+            last_logical,
+        )?;
+        let idx = g.add(g.mul(cx.b, max_pages)?, logical)?;
+        let id = g.load_i32(a.ptr(KernelParam::PageTable)?, idx)?;
+        // unsigned: a negative id is past the end too
+        let last = g.sub(a.int(KernelParam::NumPages)?, g.c32(1))?;
+        let id = g.selecti(g.icmp(IntPredicate::ULT, id, last)?, id, last)?;
+        let page = g.shl(g.c32(1), shift)?;
+        let within = g.and(kv, g.sub(page, g.c32(1))?)?;
+        g.add(g.shl(id, shift)?, within)
     }
 }
 
-/// A paged kv tile's boxes ([`Producer::page_boxes`]): rows per box and each box's row of
-/// the cache.
-struct PageBoxes<'ctx> {
-    box_rows: IntValue<'ctx>,
-    rows: Vec<IntValue<'ctx>>,
-}
-
 /// Where a kv tile's rows come from: its first position `kv0`, its kv head `hk` and
-/// (contiguous K/V) its slice `b Hkv + hk` or (paged) its boxes.
+/// (contiguous K/V) its slice `b Hkv + hk`.
 struct KvAt<'ctx> {
     kv0: IntValue<'ctx>,
     hk: IntValue<'ctx>,
     slice: IntValue<'ctx>,
-    /// A paged cache's boxes (`KvCache::Paged`).
-    pages: Option<PageBoxes<'ctx>>,
 }
 
 /// A consumer warpgroup's state.

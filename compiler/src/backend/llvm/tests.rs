@@ -1613,9 +1613,10 @@ fn o_tma_stores_o_through_shared_memory() {
 /// A paged K/V cache on the warp-specialized forward (`kv_cache = Paged`, session 25:
 /// chunked prefill's runs): on every sample, D128 and D64, closed forms and tables, one CTA
 /// per tile and the dynamic scheduler, the kernel takes the page table and its three
-/// scalars after the tensor maps, loads the page ids of a tile's boxes (4-byte global
-/// loads: up to `kv_block / 16` boxes, one per page the tile spans, once for K and V),
-/// issues one TMA box per slab for each (predicated on lying in the tile), also for the V
+/// scalars after the tensor maps, loads the page id of each box of a tile (4-byte global
+/// loads: one where the page holds the tile, else up to `kv_block / 16` boxes, one per
+/// page the tile spans), issues one TMA box per slab for each (the small pages' boxes
+/// predicated on lying in the tile), also for the V
 /// tile's once more on the path of a tile that ends past `Lkv` (to its own mbarrier, 8
 /// bytes more shared memory, waited for by state, the unused slots of the last page
 /// zeroed by 16-byte stores and fenced for the async proxy before `v_full`'s arrival), and
@@ -1658,10 +1659,11 @@ fn paged_kv_forward_reads_tiles_by_page() {
                 );
                 let count = |k: &str, w: &str| k.matches(w).count();
                 let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
-                // K and V and the tail's V: one box per slab for each of kv_block / 16
-                // boxes (pages of 16 rows up), in place of K's and V's one
+                // K and V and the tail's V: one box per slab for the whole page's arm
+                // and for each of kv_block / 16 boxes of the small pages' arm (pages of 16
+                // rows up), in place of K's and V's one
                 let (slabs, boxes) = (d as usize / 64, b.kv_block as usize / 16);
-                let more = (3 * boxes - 2) * slabs;
+                let more = (3 * (boxes + 1) - 2) * slabs;
                 assert_eq!(count(&a.ptx, tma) + more, count(&b.ptx, tma), "{what}");
                 let by_state = "mbarrier.try_wait.shared::cta.b64";
                 assert_eq!((count(&a.ptx, by_state), count(&b.ptx, by_state)), (0, 1));
