@@ -3,12 +3,12 @@
 # paged tile) — every gpu_decode test (NaN in every cache slot past a sequence's length),
 # memcheck + racecheck + synccheck of the caller runs, the package's decode / chunked tests,
 # the chunked-prefill timings (paged 128 now on the runs) and the serving loop (a new length
-# every step; with ATTNC_DECODE_REBIND=1 the bind per length it replaced). Carry .bin-s26 (gpu_decode.xz, this script) and .bin-py26 (python-gpu-pack.sh).
+# every step; with ATTNC_DECODE_REBIND=1 the bind per length it replaced). Carry .bin-s26 (gpu_decode.xz, this script, s26-lib.sh as lib.sh) and .bin-py26 (python-gpu-pack.sh).
 set -u
-here=$(cd "$(dirname "$0")" && pwd); B=/tmp/cb; mkdir -p $B
-xz -dc "$here/gpu_decode.xz" > $B/gpu_decode; chmod +x $B/gpu_decode
-export ATTNC_CACHE_DIR=/tmp/attnc-cache-s26 ATTNC_EXAMPLES=$PWD/examples
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=s26-lib.sh
+. "$here/lib.sh"
+s26_setup gpu_decode
 t0=$(date +%s)
 for t in $($B/gpu_decode --list 2>/dev/null | grep ': test' | sed 's/: test//'); do
   ( timeout 240 $B/gpu_decode --exact $t > $B/t_$t.log 2>&1; echo "rc=$?" >> $B/t_$t.log ) &
@@ -17,7 +17,7 @@ for tool in memcheck racecheck synccheck; do
   ( timeout 240 compute-sanitizer --tool $tool $B/gpu_decode --exact gpu_decode_caller_prefill_runs > $B/s_$tool.log 2>&1; echo "rc=$?" >> $B/s_$tool.log ) &
 done
 wait; echo "rust tests: $(( $(date +%s) - t0 )) s"
-for f in $B/t_*.log $B/s_*.log; do echo "== $(basename $f): $(grep -E "^test result|ERROR SUMMARY|rc=" $f | tr '\n' ' ' | cut -c1-160)"; grep -E "panicked" -A3 $f | head -5; done
+s26_summary $B/t_*.log $B/s_*.log
 OUTSAVE=${OUT:-}
 ( export OUT=/tmp/pyout; TESTS="decode or chunked" NPROC=4 TEST_TIMEOUT=200 bash .bin-py26/python-gpu-select.sh ) 2>&1 | tail -8
 grep -hE "FAILED|Error|assert" /tmp/pyout/pytest_*.log 2>/dev/null | head -20

@@ -2,12 +2,12 @@
 # Session 26 call 2: page ids loaded once per paged tile — the paged-runs tests (memcheck,
 # racecheck), the package's chunked tests, the chunked-prefill timings (paged 16 / 128 beside
 # contiguous and SDPA) and the serving loop (lengths 256..8192, and 128..1024 where the host
-# time per call shows). Carry .bin-s26 (gpu_decode.xz, this script) and .bin-py26.
+# time per call shows). Carry .bin-s26 (gpu_decode.xz, this script, s26-lib.sh as lib.sh) and .bin-py26.
 set -u
-here=$(cd "$(dirname "$0")" && pwd); B=/tmp/cb; mkdir -p $B
-xz -dc "$here/gpu_decode.xz" > $B/gpu_decode; chmod +x $B/gpu_decode
-export ATTNC_CACHE_DIR=/tmp/attnc-cache-s26 ATTNC_EXAMPLES=$PWD/examples
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=s26-lib.sh
+. "$here/lib.sh"
+s26_setup gpu_decode
 t0=$(date +%s)
 for t in gpu_decode_caller_prefill_runs gpu_decode_caller_runs_growing_lengths gpu_decode_prefill_runs gpu_decode_caller_buffers; do
   ( timeout 200 $B/gpu_decode --exact $t > $B/t_$t.log 2>&1; echo "rc=$?" >> $B/t_$t.log ) &
@@ -16,7 +16,7 @@ for tool in memcheck racecheck; do
   ( timeout 200 compute-sanitizer --tool $tool $B/gpu_decode --exact gpu_decode_caller_prefill_runs > $B/s_$tool.log 2>&1; echo "rc=$?" >> $B/s_$tool.log ) &
 done
 wait; echo "rust tests: $(( $(date +%s) - t0 )) s"
-for f in $B/t_*.log $B/s_*.log; do echo "== $(basename $f): $(grep -E "^test result|ERROR SUMMARY|RACECHECK SUMMARY|rc=" $f | tr '\n' ' ' | cut -c1-200)"; grep -E "panicked" -A3 $f | head -5; done
+s26_summary $B/t_*.log $B/s_*.log
 OUTSAVE=${OUT:-}
 ( export OUT=/tmp/pyout; TESTS="chunked or paged" NPROC=4 TEST_TIMEOUT=200 bash .bin-py26/python-gpu-select.sh ) 2>&1 | tail -7
 grep -hE "FAILED|Error|assert" /tmp/pyout/pytest_*.log 2>/dev/null | head -20
