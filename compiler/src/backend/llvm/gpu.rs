@@ -1367,6 +1367,24 @@ impl<'ctx> Gpu<'ctx> {
         self.b.position_at_end(cont);
         Ok(())
     }
+    /// Runs `then` when `c` holds, else `other` (no values out of either arm).
+    pub fn if_else(
+        &self,
+        c: IntValue<'ctx>,
+        then: impl FnOnce() -> R<()>,
+        other: impl FnOnce() -> R<()>,
+    ) -> R<()> {
+        let (then_bb, else_bb, cont) = (self.block("then"), self.block("else"), self.block("cont"));
+        self.cond_br(c, then_bb, else_bb)?;
+        self.b.position_at_end(then_bb);
+        then()?;
+        self.br(cont)?;
+        self.b.position_at_end(else_bb);
+        other()?;
+        self.br(cont)?;
+        self.b.position_at_end(cont);
+        Ok(())
+    }
     /// `for (i = start; i < end; i += step) body(i)` with signed i32 compares (`step > 0`).
     pub fn for_range(
         &self,

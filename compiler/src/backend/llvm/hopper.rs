@@ -1537,15 +1537,16 @@ struct Producer<'a, 'ctx> {
 }
 
 impl<'ctx> Producer<'_, 'ctx> {
-    /// Copies `rows` rows from `row0` of slice `slice` of a tensor map into `tile` (`buf`
-    /// bytes further), one box of 64 columns per slab.
+    /// Copies a box of a tensor map into `tile` (`buf` bytes further), one box of 64
+    /// columns per slab, at box coordinates `(c1, c2)` after the columns: (row, slice) of
+    /// `[B*Hq or B*Hkv, L, D]`, or (kv head, cache row) of a paged cache.
     fn copy(
         &self,
         tile: &SmemTile,
         map: KernelParam,
         buf: IntValue<'ctx>,
-        row0: IntValue<'ctx>,
-        slice: IntValue<'ctx>,
+        c1: IntValue<'ctx>,
+        c2: IntValue<'ctx>,
         bar: IntValue<'ctx>,
     ) -> R<()> {
         let g = self.g;
@@ -1553,7 +1554,7 @@ impl<'ctx> Producer<'_, 'ctx> {
         for s in 0..tile.cols / 64 {
             let off = tile.offset + s * tile.rows * 128;
             let dst = g.smem_addr32(g.add(buf, g.c32(off as i64))?)?;
-            g.tma_load_3d(dst, map, [g.c32(64 * s as i64), row0, slice], bar)?;
+            g.tma_load_3d(dst, map, [g.c32(64 * s as i64), c1, c2], bar)?;
         }
         Ok(())
     }
@@ -1652,16 +1653,11 @@ impl<'ctx> Producer<'_, 'ctx> {
             Some(tail_bar) => {
                 let lkv = self.a.int(KernelParam::Lkv)?;
                 let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
-                let (tail_bb, whole_bb, next_bb) =
-                    (g.block("v_tail"), g.block("v_whole"), g.block("v_copied"));
-                g.cond_br(tail, tail_bb, whole_bb)?;
-                g.b.position_at_end(tail_bb);
-                self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s)?;
-                g.br(next_bb)?;
-                g.b.position_at_end(whole_bb);
-                copy_v()?;
-                g.br(next_bb)?;
-                g.b.position_at_end(next_bb);
+                g.if_else(
+                    tail,
+                    || self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s),
+                    copy_v,
+                )?;
             }
             None => copy_v()?,
         }
@@ -1737,48 +1733,37 @@ impl<'ctx> Producer<'_, 'ctx> {
         if !self.c.paged_kv {
             return self.copy(tile, map, buf, at.kv0, at.slice, bar);
         }
-        let (g, a) = (self.g, self.a);
-        let shift = a.int(KernelParam::PageShift)?;
-        let map_ptr = a.ptr(map)?;
-        let boxes = (self.c.kvb / 16).max(1);
-        let issue = |row: IntValue<'ctx>, r: IntValue<'ctx>| -> R<()> {
-            let box_at = g.add(buf, g.mul(r, g.c32(128))?)?;
-            for s in 0..tile.cols / 64 {
-                let off = tile.offset + s * tile.rows * 128;
-                let dst = g.smem_addr32(g.add(box_at, g.c32(off as i64))?)?;
-                g.tma_load_3d(dst, map_ptr, [g.c32(64 * s as i64), at.hk, row], bar)?;
-            }
-            Ok(())
+        let g = self.g;
+        let shift = self.a.int(KernelParam::PageShift)?;
+        let kvb = self.c.kvb;
+        // the box of cache row `row` (kv head `hk`) into the tile's rows from `r` on
+        let issue = |row: IntValue<'ctx>, r: IntValue<'ctx>| {
+            let box_buf = g.add(buf, g.mul(r, g.c32(128))?)?;
+            self.copy(tile, map, box_buf, at.hk, row, bar)
         };
-        let tile_shift = g.c32(self.c.kvb.trailing_zeros() as i64);
-        let small = g.icmp(IntPredicate::ULT, shift, tile_shift)?;
-        let (small_bb, whole_bb, done) = (
-            g.block("small_pages"),
-            g.block("whole_page"),
-            g.block("paged_copied"),
-        );
-        g.cond_br(small, small_bb, whole_bb)?;
-        g.b.position_at_end(small_bb);
-        // P < kv_block: kv_block / P boxes of P rows (at most `boxes`)
-        let page = g.shl(g.c32(1), shift)?;
-        // (ids loaded four at a time: the producer's 40 registers)
-        for group in (0..boxes).collect::<Vec<_>>().chunks(4) {
-            let rows = group
-                .iter()
-                .map(|&j| self.page_row(g.add(at.kv0, g.mul(page, g.c32(j as i64))?)?))
-                .collect::<R<Vec<_>>>()?;
-            for (&j, &row) in group.iter().zip(&rows) {
-                let r = g.mul(page, g.c32(j as i64))?;
-                let inside = g.icmp(IntPredicate::ULT, r, g.c32(self.c.kvb as i64))?;
-                g.if_then(inside, || issue(row, r))?;
-            }
-        }
-        g.br(done)?;
-        g.b.position_at_end(whole_bb);
-        issue(self.page_row(at.kv0)?, g.c32(0))?;
-        g.br(done)?;
-        g.b.position_at_end(done);
-        Ok(())
+        let small = g.icmp(IntPredicate::ULT, shift, g.c32(kvb.trailing_zeros() as i64))?;
+        g.if_else(
+            small,
+            || {
+                // P < kv_block: kv_block / P boxes of P rows (at most kv_block / 16), the
+                // ids loaded four at a time (the producer's 40 registers)
+                let page = g.shl(g.c32(1), shift)?;
+                let boxes: Vec<u32> = (0..(kvb / 16).max(1)).collect();
+                for group in boxes.chunks(4) {
+                    let rows = group
+                        .iter()
+                        .map(|&j| self.page_row(g.add(at.kv0, g.mul(page, g.c32(j as i64))?)?))
+                        .collect::<R<Vec<_>>>()?;
+                    for (&j, &row) in group.iter().zip(&rows) {
+                        let r = g.mul(page, g.c32(j as i64))?;
+                        let inside = g.icmp(IntPredicate::ULT, r, g.c32(kvb as i64))?;
+                        g.if_then(inside, || issue(row, r))?;
+                    }
+                }
+                Ok(())
+            },
+            || issue(self.page_row(at.kv0)?, g.c32(0)),
+        )
     }
 
     /// The cache row of position `kv` of this sequence (`KvCache::Paged`): `id P + kv mod
