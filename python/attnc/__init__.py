@@ -155,6 +155,8 @@ class Attention:
         digest = hashlib.sha256(text.encode() + b"\0" + self.name.encode()).hexdigest()[:24]
         self._key = f"{self.name}:{digest}"
         self._inner = _ops.register(self._key, inner)
+        # the zero-copy decode's workspace sizes per shape (`_decode_cuda`)
+        self._decode_ws = {}
 
     def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None,
                  block_mask: Optional["BlockMask"] = None, deterministic: bool = True, **captures):
@@ -345,19 +347,30 @@ class Attention:
         ints = lambda x: (x.detach() if x.dtype == torch.int32 else  # noqa: E731
                           x.detach().clamp(-2**31, 2**31 - 1)).to(torch.int32).contiguous()
         sl = ints(seq_lens)
-        host = None
-        if sl.device.type == "cpu":  # lengths known on the host: copied, and passed as a list
-            host = sl.reshape(-1).tolist()
-            sl = sl.to(q.device, non_blocking=True)
         pt = None if page_table is None else ints(page_table)
-        n_o, n_lse, n_ranges = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)
         b, hq, lq = q.shape[:3]
         o = q.new_empty((b, hq, lq, v_cache.shape[3]))
         lse = q.new_empty((b, hq, lq), dtype=torch.float32)
+        stream = _ops._stream(q)
+        if sl.device.type == "cpu":
+            # lengths known on the host: chunked prefill's batched runs where they take the
+            # call (no workspace, no copy of the lengths); else copied for the split-KV kernels
+            if lq >= _attnc.DECODE_RUNS_MIN_LQ and self._inner.decode_cuda_runs(
+                    q, k_cache, v_cache, sl.reshape(-1).tolist(), pt, o, lse, scale, tensors, params, stream):
+                return o, lse
+            sl = sl.to(q.device, non_blocking=True)
+        # the split-KV kernels' workspace sizes depend on the shapes only: asked once per shape
+        key = (q.shape, k_cache.shape, v_cache.shape, None if pt is None else pt.shape, q.dtype, q.device, scale)
+        sizes = self._decode_ws.get(key)
+        if sizes is None:
+            sizes = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)
+            if len(self._decode_ws) >= 64:
+                self._decode_ws.clear()
+            self._decode_ws[key] = sizes
+        n_o, n_lse, n_ranges = sizes
         ws = q.new_empty((n_o + n_lse,), dtype=torch.float32)
         ranges = q.new_empty((n_ranges,), dtype=torch.int32)
-        self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, ranges, scale, tensors, params,
-                                _ops._stream(q), host)
+        self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, ranges, scale, tensors, params, stream)
         return o, lse
 
     def reference(self, q, k, v, *, scale: Optional[float] = None, **captures):

@@ -1487,21 +1487,18 @@ impl Attention {
         seq_lens_host: Option<Vec<i32>>,
     ) -> PyResult<()> {
         guard(py, || {
-            let call = CacheCall::read(py, q, k_cache, v_cache, Some(seq_lens), page_table)?;
-            let key = call.cuda_key(py, scale)?;
-            let (device, dtype, s) = (key.device, key.dtype, call.shape);
+            let (call, key, o, lse) = CacheCall::read_checked(
+                py,
+                (q, k_cache, v_cache),
+                Some(seq_lens),
+                page_table,
+                (o, lse),
+                scale,
+            )?;
+            let (device, s) = (key.device, call.shape);
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let (o, lse) = (read("o", o)?, read("lse", lse)?);
             let (ws, rg) = (read("workspace", workspace)?, read("ranges", ranges)?);
             let seq = call.seq_lens.as_ref().expect("read with seq_lens");
-            check_buffer(py, seq, &[s.b], DType::I32, device)?;
-            if let Some(t) = &call.table {
-                check_buffer(py, t, &t.shape.clone(), DType::I32, device)?;
-            }
-            for t in [&call.q, &call.k, &call.v] {
-                check_buffer(py, t, &t.shape.clone(), dtype, device)?;
-            }
-            check_outputs(py, device, &s, dtype, &o, &lse)?;
             check_buffer(py, &rg, &[3 * s.b], DType::I32, device)?;
             let caps = self.device_captures(py, device, &tensors, &params)?;
             let layout = call.layout;
@@ -1554,6 +1551,83 @@ impl Attention {
                                 bound.decode_cuda_into(layout, &bufs, &caps.tensors, &caps.params, stream)
                             },
                         }
+            })
+        })
+    }
+
+    /// Chunked prefill's batched runs alone, for lengths known on the host
+    /// (`seq_lens_host`, a CPU tensor's): enqueues them on `stream` and returns True when
+    /// they take the call (`Bound::decode_cuda_runs`), else returns False having enqueued
+    /// nothing (the caller then runs `decode_cuda` with the split-KV kernels' workspace
+    /// and the lengths on the device). Reads q, the caches, the page table, o and lse
+    /// (checked as `decode_cuda` checks them): no workspace, no device copy of the lengths.
+    #[pyo3(signature = (q, k_cache, v_cache, seq_lens_host, page_table, o, lse, scale, tensors, params, stream))]
+    #[allow(clippy::too_many_arguments)]
+    fn decode_cuda_runs(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        seq_lens_host: Vec<i32>,
+        page_table: Option<Bound<'_, PyAny>>,
+        o: &Bound<'_, PyAny>,
+        lse: &Bound<'_, PyAny>,
+        scale: Option<f64>,
+        tensors: Vec<(String, Bound<'_, PyAny>)>,
+        params: Vec<(String, Bound<'_, PyAny>)>,
+        stream: usize,
+    ) -> PyResult<bool> {
+        guard(py, || {
+            let (call, key, o, lse) = CacheCall::read_checked(
+                py,
+                (q, k_cache, v_cache),
+                None,
+                page_table,
+                (o, lse),
+                scale,
+            )?;
+            if seq_lens_host.len() != call.shape.b {
+                return Err(attnc_error(
+                    py,
+                    "E0320",
+                    &format!(
+                        "`seq_lens` has {} lengths, expected [{}]",
+                        seq_lens_host.len(),
+                        call.shape.b
+                    ),
+                ));
+            }
+            let caps = self.device_captures(py, key.device, &tensors, &params)?;
+            let layout = call.layout;
+            let ptr = |t: &TensorArg| t.ptr as u64;
+            let bufs = attnc::external::DeviceDecodeBuffers {
+                q: ptr(&call.q),
+                k_cache: ptr(&call.k),
+                v_cache: ptr(&call.v),
+                seq_lens: 0,
+                page_table: call.table.as_ref().map(ptr),
+                o: ptr(&o),
+                lse: ptr(&lse),
+                part_o: 0,
+                part_lse: 0,
+                ranges: 0,
+            };
+            let stream = stream as u64;
+            self.run(py, key, |bound| {
+                // SAFETY: as `decode_cuda`'s note for the buffers the runs read (q, the
+                // caches, the page table, o, lse: checked by `CacheCall::read_checked`);
+                // `Bound::decode_cuda_runs` reads none of the zero ones.
+                unsafe {
+                    bound.decode_cuda_runs(
+                        layout,
+                        &bufs,
+                        &seq_lens_host,
+                        &caps.tensors,
+                        &caps.params,
+                        stream,
+                    )
+                }
             })
         })
     }
@@ -1886,6 +1960,38 @@ impl CacheCall {
     fn cuda_key(&self, py: Python<'_>, scale: Option<f64>) -> PyResult<BindKey> {
         cuda_key(py, &self.q, self.shape, scale, "decoding on CUDA")
     }
+
+    /// A zero-copy CUDA call's tensors read ([`Self::read`]), its binding's key, and the
+    /// inputs, `seq_lens` (when given), the page table and the outputs o, lse checked as
+    /// the kernels read them: contiguous, q's device, their dtypes and shapes.
+    #[allow(clippy::type_complexity)]
+    fn read_checked(
+        py: Python<'_>,
+        (q, k_cache, v_cache): (&Bound<'_, PyAny>, &Bound<'_, PyAny>, &Bound<'_, PyAny>),
+        seq_lens: Option<&Bound<'_, PyAny>>,
+        page_table: Option<Bound<'_, PyAny>>,
+        (o, lse): (&Bound<'_, PyAny>, &Bound<'_, PyAny>),
+        scale: Option<f64>,
+    ) -> PyResult<(CacheCall, BindKey, TensorArg, TensorArg)> {
+        let call = CacheCall::read(py, q, k_cache, v_cache, seq_lens, page_table)?;
+        let key = call.cuda_key(py, scale)?;
+        let (device, dtype, s) = (key.device, key.dtype, call.shape);
+        let (o, lse) = (
+            TensorArg::read(py, "o", o)?,
+            TensorArg::read(py, "lse", lse)?,
+        );
+        if let Some(seq) = &call.seq_lens {
+            check_buffer(py, seq, &[s.b], DType::I32, device)?;
+        }
+        if let Some(t) = &call.table {
+            check_buffer(py, t, &t.shape.clone(), DType::I32, device)?;
+        }
+        for t in [&call.q, &call.k, &call.v] {
+            check_buffer(py, t, &t.shape.clone(), dtype, device)?;
+        }
+        check_outputs(py, device, &s, dtype, &o, &lse)?;
+        Ok((call, key, o, lse))
+    }
 }
 
 /// Whether `Attention.decode` on CUDA tensors of this shape runs zero-copy (the split-KV
@@ -1919,5 +2025,6 @@ fn _attnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AttncError", m.py().get_type::<errors::AttncError>())?;
     m.add("CompileError", m.py().get_type::<errors::CompileError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DECODE_RUNS_MIN_LQ", attnc::external::DECODE_RUNS_MIN_LQ)?;
     Ok(())
 }

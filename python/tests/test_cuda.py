@@ -589,7 +589,8 @@ def test_chunked_prefill_with_host_lengths(file, name):
     with the lengths on the device; paged caches of pages of 128 and 16 rows (shuffled, NaN
     in every slot past a sequence's length: the runs read each kv tile whole from its page
     and must zero those rows; the split-KV kernel under ``ATTNC_DECODE_PAGED_RUNS=0``); a
-    sequence shorter than Lq sends the whole call to the split-KV kernels."""
+    sequence shorter than Lq sends the whole call to the split-KV kernels (the runs
+    decline it: ``decode_cuda_runs``), as do four rows."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
     if "window" in caps:
         caps["window"] = 300
@@ -625,6 +626,13 @@ def test_chunked_prefill_with_host_lengths(file, name):
     assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
     ro2, rlse2 = attn.reference_decode(q, k, v, short, **caps)
     check(o2, lse2, ro2, rlse2, torch.bfloat16)
+    # four rows with lengths on the host: the split-KV kernels (the runs are not asked),
+    # the lengths copied; a new shape of the same attention (its own workspace sizes)
+    q4 = q[:, :, -4:].contiguous()
+    o4, lse4 = attn.decode(q4, k, v, short, return_lse=True, **caps)
+    assert attn._inner.decode_path(q4, k, v, None, None) in ("split-kv", "split-kv-mma")
+    ro4, rlse4 = attn.reference_decode(q4, k, v, short, **caps)
+    check(o4, lse4, ro4, rlse4, torch.bfloat16)
 
 
 def test_decode_in_cuda_graph():

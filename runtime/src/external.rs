@@ -27,7 +27,9 @@ mod decode;
 pub use block_mask::{
     BlockMaskTables, DeviceBlockMask, DeviceMaskRanges, DeviceWords, MaskRanges, MaskTable,
 };
-pub use decode::{CacheLayout, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies};
+pub use decode::{
+    CacheLayout, DECODE_RUNS_MIN_LQ, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies,
+};
 
 impl Bound {
     /// CPU backend, f32: runs attention on the caller's `q`, `k`, `v` and writes `o`

@@ -538,12 +538,24 @@ fn gpu_decode_prefill_runs(_d: &CudaDevice) {
 /// case; O and LSE poisoned with NaN first where `poison`, else zeros): with `host_lens`
 /// `Bound::decode_cuda_into_with_lengths`, else `Bound::decode_cuda_into`; O and LSE
 /// downloaded.
+/// How [`caller_decode`] passes the lengths: on the device only
+/// (`Bound::decode_cuda_into`), also on the host (`decode_cuda_into_with_lengths`), or
+/// on the host to the batched runs alone first (`decode_cuda_runs`, with the split-KV
+/// kernels' lengths and workspace pointers 0; when it declines, O must be untouched and
+/// `decode_cuda_into` runs the call, as the Python package does).
+#[derive(Clone, Copy)]
+enum Lens<'a> {
+    Device,
+    Host(&'a [i32]),
+    RunsFirst(&'a [i32]),
+}
+
 fn caller_decode(
     dev: &CudaDevice,
     bound: &mut attnc::Bound,
     c: &Case,
     params: &std::collections::HashMap<String, ParamValue>,
-    host_lens: Option<&[i32]>,
+    lens: Lens<'_>,
     poison: bool,
     what: &str,
 ) -> (attnc::Tensor, Vec<f32>) {
@@ -586,8 +598,8 @@ fn caller_decode(
     // `st`, which the download below synchronizes; the host lengths are the device
     // buffer's (the case's).
     unsafe {
-        match host_lens {
-            Some(h) => bound.decode_cuda_into_with_lengths(
+        match lens {
+            Lens::Host(h) => bound.decode_cuda_into_with_lengths(
                 layout,
                 &bufs,
                 h,
@@ -595,7 +607,27 @@ fn caller_decode(
                 params,
                 stream,
             ),
-            None => bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream),
+            Lens::Device => bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream),
+            Lens::RunsFirst(h) => {
+                let only = DeviceDecodeBuffers {
+                    seq_lens: 0,
+                    part_o: 0,
+                    part_lse: 0,
+                    ranges: 0,
+                    ..bufs
+                };
+                let took = bound
+                    .decode_cuda_runs(layout, &only, h, &HashMap::new(), params, stream)
+                    .unwrap_or_else(|e| panic!("{what}: runs: {e}"));
+                if took {
+                    Ok(())
+                } else {
+                    st.synchronize().unwrap();
+                    let untouched = dev.download(&o).unwrap().iter().all(|&x| x == o_fill);
+                    assert!(untouched, "{what}: the runs declined but wrote O");
+                    bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream)
+                }
+            }
         }
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
@@ -641,7 +673,7 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
             let mut bound = variant
                 .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
                 .unwrap();
-            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, None, false, &what);
+            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, false, &what);
             close(
                 &format!("{what} o"),
                 &o.to_f32(),
@@ -726,7 +758,9 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             (128, 8, 2, sl(), None, None, false, "split-kv-mma"),
             (128, 8, 2, sl(), None, Some(128), true, "split-kv-mma"),
         ];
-        for (lq, hq, hkv, sl, forced, page, paged_runs, want_path) in cases {
+        for (i, (lq, hq, hkv, sl, forced, page, paged_runs, want_path)) in
+            cases.into_iter().enumerate()
+        {
             // (NaN in every cache slot past a sequence's length: the paged runs read the
             // rest of each sequence's last page and must zero it)
             let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
@@ -748,8 +782,13 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             o.decode.paged_split_kv = !paged_runs;
             let mut bound = variant.bind(o).unwrap();
             // O poisoned: a row no launch writes shows
-            let (o, lse) =
-                caller_decode(dev, &mut bound, &c, &params, Some(&c.seq_lens), true, &what);
+            // every other case through the runs alone first (`decode_cuda_runs`)
+            let lens = if i % 2 == 0 {
+                Lens::Host(&c.seq_lens)
+            } else {
+                Lens::RunsFirst(&c.seq_lens)
+            };
+            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
             close(
                 &format!("{what} o"),
@@ -807,7 +846,15 @@ fn gpu_decode_caller_runs_growing_lengths(dev: &CudaDevice) {
                 variant.bind(o).unwrap()
             });
             let params = HashMap::new();
-            let (o, lse) = caller_decode(dev, bound, &c, &params, Some(&c.seq_lens), true, &what);
+            let (o, lse) = caller_decode(
+                dev,
+                bound,
+                &c,
+                &params,
+                Lens::Host(&c.seq_lens),
+                true,
+                &what,
+            );
             assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
             close(
                 &format!("{what} o"),

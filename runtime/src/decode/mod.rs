@@ -23,7 +23,9 @@ mod cuda;
 mod gpu;
 
 pub(crate) use cuda::Run as PrefillRun;
-pub(crate) use gpu::{applies as split_kv_applies, geometry as split_kv_geometry};
+pub(crate) use gpu::{
+    MAX_LQ as SPLIT_KV_MAX_LQ, applies as split_kv_applies, geometry as split_kv_geometry,
+};
 
 use crate::api::{Backend, BindOptions, Bound, Captures, Output};
 use crate::error::{Error, Result};

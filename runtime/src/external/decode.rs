@@ -34,6 +34,10 @@ pub struct DecodeWorkspace {
     pub ranges: usize,
 }
 
+/// The fewest new rows per sequence that chunked prefill's batched runs on the prefill
+/// kernel take ([`Bound::decode_cuda_runs`]); fewer take the split-KV kernels.
+pub const DECODE_RUNS_MIN_LQ: usize = crate::decode::SPLIT_KV_MAX_LQ + 1;
+
 /// Whether the caller-buffer decode runs a call of this shape: the split-KV kernels take
 /// `D = Dv` in {64, 128} at every Lq (Lq > 16: chunked prefill on the tensor-core kernel)
 /// and in {32, 256} at `Lq <= 16`, bf16/f16, fast mode (else `Bound::forward_with_cache`
@@ -264,12 +268,38 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
-        // (the split-KV kernels' setup only where they run: `decode_cuda_into`)
+        // SAFETY: forwarded from the caller (the runs read a subset of its buffers).
+        if unsafe { self.decode_cuda_runs(layout, bufs, seq_lens_host, tensors, params, stream) }? {
+            return Ok(());
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.decode_cuda_into(layout, bufs, tensors, params, stream) }
+    }
+
+    /// The batched runs of [`Self::decode_cuda_into_with_lengths`] alone: `Ok(true)` when
+    /// they took the call (enqueued on `stream`), `Ok(false)` when the call is not theirs
+    /// (Lq <= 16, small pages, a sequence shorter than Lq, checked mode, a stream that
+    /// captures a graph, or the split-KV kernel's rule) and nothing was enqueued. Reads
+    /// only `q`, `k_cache`, `v_cache`, `page_table`, `o` and `lse` of `bufs`: its
+    /// `seq_lens`, `part_o`, `part_lse` and `ranges` may be 0 — so a caller that knows the
+    /// lengths on the host allocates the split-KV kernels' workspace and copies the
+    /// lengths to the device only when this says `false` (the Python package's per-call
+    /// host time).
+    ///
+    /// # Safety
+    /// As [`Self::decode_cuda_into_with_lengths`] for the buffers it reads.
+    pub unsafe fn decode_cuda_runs(
+        &mut self,
+        layout: CacheLayout,
+        bufs: &DeviceDecodeBuffers,
+        seq_lens_host: &[i32],
+        tensors: &HashMap<String, DeviceTensor>,
+        params: &HashMap<String, ParamValue>,
+        stream: u64,
+    ) -> Result<bool> {
         let shape = self.caller_decode_shape(layout)?;
-        let runs = match self.caller_prefill_runs(&shape, seq_lens_host)? {
-            Some(r) => r,
-            // SAFETY: forwarded from the caller.
-            None => return unsafe { self.decode_cuda_into(layout, bufs, tensors, params, stream) },
+        let Some(runs) = self.caller_prefill_runs(&shape, seq_lens_host)? else {
+            return Ok(false);
         };
         let e = self.options().dtype.size();
         let rows = shape.b * shape.hq * shape.lq;
@@ -303,8 +333,7 @@ impl Bound {
         all.extend(tensor_bufs(tensors));
         if self.check_call_buffers(&all, stream)? {
             // a graph capture: the runs' bindings may need allocations (new shapes)
-            // SAFETY: forwarded from the caller.
-            return unsafe { self.decode_cuda_into(layout, bufs, tensors, params, stream) };
+            return Ok(false);
         }
         let lkv_max = shape.capacity();
         for run in runs {
@@ -360,7 +389,7 @@ impl Bound {
             // are the caller's (forwarded).
             unsafe { bound.forward_cuda_into_kv(&run_bufs, tensors, &p, stream, kv) }?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

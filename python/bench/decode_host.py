@@ -1,0 +1,143 @@
+"""Where a decode call's host time goes (a CUDA GPU): microseconds per call of
+``Attention.decode`` at shapes whose kernels take less than the call's host work, so that
+back-to-back calls measure the host (``wall``: many calls, one synchronize), next to the
+GPU time of one call (``gpu``: CUDA events around 50 calls) and the host time of one
+enqueue (``enq``: the clock stopped before the synchronize). Then the call's parts alone:
+the extension's ``decode_workspace`` and ``decode_cuda`` with buffers made once, the four
+torch allocations, the lengths' copy; SDPA (flash, cuDNN) on the same rows and keys as
+anchors; and cProfile of the decode call. bf16 D128.
+
+Cases: ``decode`` (Lq 1, B1 Hq32 Hkv8, 1024 keys: the split-KV kernels, lengths on the
+device), the same paged (pages of 16), and ``chunk`` (Lq 128 against 1024 keys, lengths
+on the host: the batched runs on the prefill kernel). With the package installed:
+``python python/bench/decode_host.py [--iters N]``."""
+
+import argparse
+import cProfile
+import io
+import pathlib
+import pstats
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import attnc
+from attnc import _ops
+from paged_cache import paged
+
+EX = pathlib.Path(__file__).resolve().parents[2] / "examples"
+D = 128
+
+
+def wall_us(fn, iters, warm=50):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def enq_us(fn, n=40):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def gpu_us(fn, n=50):
+    fn()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / n * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--profile", type=int, default=1, help="cProfile the decode case (0: no)")
+    a = ap.parse_args()
+    print(torch.__version__, torch.cuda.get_device_name(), "attnc", attnc.__version__, flush=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, hq, hkv, lkv = 1, 32, 8, 1024
+    k = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    kc, vc, table = paged(k, v, 16, g)
+    attn = attnc.compile(EX / "causal.attn").attention()
+    inner = attn._inner
+    rows = {}
+    for case, lq, cache, tab, host in (("decode", 1, (k, v), None, False),
+                                       ("decode_paged16", 1, (kc, vc), table, False),
+                                       ("chunk128_host_lens", 128, (k, v), None, True)):
+        q = torch.randn(b, hq, lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        lens_cpu = torch.full((b,), lkv, dtype=torch.int32)
+        lens = lens_cpu if host else lens_cpu.cuda()
+        call = lambda: attn.decode(q, cache[0], cache[1], lens, tab)  # noqa: E731
+        call()
+        path = inner.decode_path(q, cache[0], cache[1], tab, None)
+        rows[f"{case} ({path}) wall"] = wall_us(call, a.iters)
+        rows[f"{case} enq"] = enq_us(call)
+        rows[f"{case} gpu"] = gpu_us(call)
+        n_o, n_lse, n_r = inner.decode_workspace(q, cache[0], cache[1], tab, None)
+        o = q.new_empty((b, hq, lq, D))
+        lse = q.new_empty((b, hq, lq), dtype=torch.float32)
+        ws = q.new_empty((n_o + n_lse,), dtype=torch.float32)
+        rg = q.new_empty((n_r,), dtype=torch.int32)
+        st = _ops._stream(q)
+        lens_dev = lens_cpu.cuda()
+        hl = lens_cpu.tolist() if host else None
+        rows[f"{case} ext decode_workspace"] = wall_us(
+            lambda: inner.decode_workspace(q, cache[0], cache[1], tab, None), a.iters)
+        rows[f"{case} ext decode_cuda"] = wall_us(
+            lambda: inner.decode_cuda(q, cache[0], cache[1], lens_dev, tab, o, lse, ws, rg, None, [], [], st, hl),
+            a.iters)
+        rows[f"{case} ext decode_path (reads only)"] = wall_us(
+            lambda: inner.decode_path(q, cache[0], cache[1], tab, None), a.iters)
+        rows[f"{case} 4 allocations"] = wall_us(
+            lambda: (q.new_empty((b, hq, lq, D)), q.new_empty((b, hq, lq), dtype=torch.float32),
+                     q.new_empty((n_o + n_lse,), dtype=torch.float32), q.new_empty((n_r,), dtype=torch.int32)),
+            a.iters)
+        if host:
+            rows[f"{case} lens .tolist() + .to(cuda)"] = wall_us(
+                lambda: (lens_cpu.reshape(-1).tolist(), lens_cpu.to(q.device, non_blocking=True)), a.iters)
+        kk, vv = cache[0], cache[1]
+        if tab is None:
+            for name, be in (("sdpa flash", SDPBackend.FLASH_ATTENTION), ("sdpa cudnn", SDPBackend.CUDNN_ATTENTION)):
+                def sd(be=be):
+                    with sdpa_kernel(be):
+                        return F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
+                try:
+                    sd()
+                    rows[f"{case} {name} wall"] = wall_us(sd, a.iters)
+                    rows[f"{case} {name} gpu"] = gpu_us(sd)
+                except Exception as e:  # noqa: BLE001 (an anchor that does not run here)
+                    print(f"{case} {name}: {type(e).__name__} {e}"[:200])
+        rows[f"{case} torch launch (x.add_(0))"] = wall_us(lambda: o.add_(0), a.iters)
+        if a.profile and case in ("decode", "chunk128_host_lens"):
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(2000):
+                call()
+            torch.cuda.synchronize()
+            pr.disable()
+            s = io.StringIO()
+            pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(14)
+            print(f"--- cProfile {case} (2000 calls) ---\n" + s.getvalue()[:3500], flush=True)
+    for name, us in rows.items():
+        print(f"{name:>52}: {us:8.1f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
