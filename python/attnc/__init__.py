@@ -286,9 +286,12 @@ class Attention:
 
         from . import _ops
 
-        _ops._require_tensors(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens),
-                              *([] if page_table is None else [("page_table", page_table)]))
-        if (e := self._kind_error(captures)) is not None:
+        T = torch.Tensor
+        if not (isinstance(q, T) and isinstance(k_cache, T) and isinstance(v_cache, T) and isinstance(seq_lens, T)
+                and (page_table is None or isinstance(page_table, T))):
+            _ops._require_tensors(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens),
+                                  *([] if page_table is None else [("page_table", page_table)]))
+        if captures and (e := self._kind_error(captures)) is not None:
             raise e
         if scale is not None and not isinstance(scale, float):
             scale = _ops._scale(scale)
@@ -297,7 +300,7 @@ class Attention:
             if x is not None and x.dtype not in (torch.int32, torch.int64):
                 raise _error("E0320", f"`{name}` has dtype {x.dtype}, expected torch.int32 (or torch.int64)")
         # lengths on the host for CUDA q (see `decode`): a CPU `seq_lens` is allowed there
-        host_lens = q.is_cuda and not oracle and isinstance(seq_lens, torch.Tensor) and seq_lens.device.type == "cpu"
+        host_lens = q.is_cuda and not oracle and seq_lens.is_cpu
         for name, x in (("k_cache", k_cache), ("v_cache", v_cache), ("seq_lens", seq_lens), ("page_table", page_table),
                         *captures.items()):
             if name == "seq_lens" and host_lens:
@@ -334,25 +337,29 @@ class Attention:
         from . import _ops
 
         tensors, params = [], []
-        for n, x in captures.items():
+        for n, x in captures.items() if captures else ():
             if isinstance(x, torch.Tensor):
                 tensors.append((n, x.contiguous()))
             else:
                 if not isinstance(x, (bool, int, float)):
                     raise _error("E0315", f"param `{n}` must be a bool, int or float, got {type(x).__name__}")
                 params.append((n, x))
-        q, k_cache, v_cache = (_ops._dense(x.detach()) for x in (q, k_cache, v_cache))
-        # int64 lengths and page ids saturate to the int32 range (torch's conversion would
-        # wrap 2**32 + 3 to 3); the kernels then treat them as out of range
-        ints = lambda x: (x.detach() if x.dtype == torch.int32 else  # noqa: E731
-                          x.detach().clamp(-2**31, 2**31 - 1)).to(torch.int32).contiguous()
+        # (only their memory is read: not differentiable, no detach needed)
+        q, k_cache, v_cache = _ops._dense(q), _ops._dense(k_cache), _ops._dense(v_cache)
+
+        def ints(x):
+            # int64 lengths and page ids saturate to the int32 range (torch's conversion
+            # would wrap 2**32 + 3 to 3); the kernels then treat them as out of range
+            if x.dtype != torch.int32:
+                x = x.detach().clamp(-2**31, 2**31 - 1).to(torch.int32)
+            return x if x.is_contiguous() else x.contiguous()
         sl = ints(seq_lens)
         pt = None if page_table is None else ints(page_table)
         b, hq, lq = q.shape[:3]
         o = q.new_empty((b, hq, lq, v_cache.shape[3]))
         lse = q.new_empty((b, hq, lq), dtype=torch.float32)
         stream = _ops._stream(q)
-        if sl.device.type == "cpu":
+        if sl.is_cpu:
             # lengths known on the host: chunked prefill's batched runs where they take the
             # call (no workspace, no copy of the lengths); else copied for the split-KV kernels
             if lq >= _attnc.DECODE_RUNS_MIN_LQ and self._inner.decode_cuda_runs(
@@ -367,10 +374,11 @@ class Attention:
             if len(self._decode_ws) >= 64:
                 self._decode_ws.clear()
             self._decode_ws[key] = sizes
+        # one allocation: the partial O and LSE, then the ranges (int32) at the next 8 bytes
         n_o, n_lse, n_ranges = sizes
-        ws = q.new_empty((n_o + n_lse,), dtype=torch.float32)
-        ranges = q.new_empty((n_ranges,), dtype=torch.int32)
-        self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, ranges, scale, tensors, params, stream)
+        n = n_o + n_lse
+        ws = q.new_empty((n + (n & 1) + n_ranges,), dtype=torch.float32)
+        self._inner.decode_cuda(q, k_cache, v_cache, sl, pt, o, lse, ws, None, scale, tensors, params, stream)
         return o, lse
 
     def reference(self, q, k, v, *, scale: Optional[float] = None, **captures):

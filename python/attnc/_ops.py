@@ -176,7 +176,8 @@ def _names(joined: str) -> list:
 def _dense(x):
     """``x`` contiguous, and on CUDA 16-byte aligned (the kernels' vector accesses): a
     contiguous view at an odd offset is copied once, like a non-contiguous tensor."""
-    x = x.contiguous()
+    if not x.is_contiguous():  # (`contiguous()` itself is a dispatched call, even when a no-op)
+        x = x.contiguous()
     if x.is_cuda and x.data_ptr() % 16:
         x = x.clone()
     return x

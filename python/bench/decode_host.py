@@ -1,15 +1,16 @@
 """Where a decode call's host time goes (a CUDA GPU): microseconds per call of
 ``Attention.decode`` at shapes whose kernels take less than the call's host work, so that
 back-to-back calls measure the host (``wall``: many calls, one synchronize), next to the
-GPU time of one call (``gpu``: CUDA events around 50 calls) and the host time of one
+stream's time per call (``gpu``: CUDA events around 50 back-to-back calls, the GPU's idle
+gaps included where the host is the slower) and the host time of one
 enqueue (``enq``: the clock stopped before the synchronize). Then the call's parts alone:
-the extension's ``decode_workspace`` and ``decode_cuda`` with buffers made once, the four
-torch allocations, the lengths' copy; SDPA (flash, cuDNN) on the same rows and keys as
+the extension's ``decode_workspace`` and ``decode_cuda`` with buffers made once, the
+torch allocations (three since session 27, four before), the lengths' copy; SDPA (flash, cuDNN) on the same rows and keys as
 anchors; and cProfile of the decode call. bf16 D128.
 
 Cases: ``decode`` (Lq 1, B1 Hq32 Hkv8, 1024 keys: the split-KV kernels, lengths on the
 device), the same paged (pages of 16), and ``chunk`` (Lq 128 against 1024 keys, lengths
-on the host: the batched runs on the prefill kernel). With the package installed:
+on the host: the split-KV kernels at B1, the batched runs on the prefill kernel at B8). With the package installed:
 ``python python/bench/decode_host.py [--iters N]``."""
 
 import argparse
@@ -71,16 +72,18 @@ def main():
     a = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name(), "attnc", attnc.__version__, flush=True)
     g = torch.Generator(device="cuda").manual_seed(0)
-    b, hq, hkv, lkv = 1, 32, 8, 1024
-    k = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    hq, hkv, lkv = 32, 8, 1024
+    k8 = torch.randn(8, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v8 = torch.randn(8, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = k8[:1].contiguous(), v8[:1].contiguous()
     kc, vc, table = paged(k, v, 16, g)
     attn = attnc.compile(EX / "causal.attn").attention()
     inner = attn._inner
     rows = {}
-    for case, lq, cache, tab, host in (("decode", 1, (k, v), None, False),
-                                       ("decode_paged16", 1, (kc, vc), table, False),
-                                       ("chunk128_host_lens", 128, (k, v), None, True)):
+    for case, b, lq, cache, tab, host in (("decode", 1, 1, (k, v), None, False),
+                                          ("decode_paged16", 1, 1, (kc, vc), table, False),
+                                          ("chunk128_host_lens", 1, 128, (k, v), None, True),
+                                          ("chunk128_b8_host_lens", 8, 128, (k8, v8), None, True)):
         q = torch.randn(b, hq, lq, D, device="cuda", dtype=torch.bfloat16, generator=g)
         lens_cpu = torch.full((b,), lkv, dtype=torch.int32)
         lens = lens_cpu if host else lens_cpu.cuda()
@@ -105,6 +108,9 @@ def main():
             a.iters)
         rows[f"{case} ext decode_path (reads only)"] = wall_us(
             lambda: inner.decode_path(q, cache[0], cache[1], tab, None), a.iters)
+        rows[f"{case} 3 allocations (o, lse, one workspace)"] = wall_us(
+            lambda: (q.new_empty((b, hq, lq, D)), q.new_empty((b, hq, lq), dtype=torch.float32),
+                     q.new_empty((n_o + n_lse + n_r + 1,), dtype=torch.float32)), a.iters)
         rows[f"{case} 4 allocations"] = wall_us(
             lambda: (q.new_empty((b, hq, lq, D)), q.new_empty((b, hq, lq), dtype=torch.float32),
                      q.new_empty((n_o + n_lse,), dtype=torch.float32), q.new_empty((n_r,), dtype=torch.int32)),
@@ -125,7 +131,7 @@ def main():
                 except Exception as e:  # noqa: BLE001 (an anchor that does not run here)
                     print(f"{case} {name}: {type(e).__name__} {e}"[:200])
         rows[f"{case} torch launch (x.add_(0))"] = wall_us(lambda: o.add_(0), a.iters)
-        if a.profile and case in ("decode", "chunk128_host_lens"):
+        if a.profile and case in ("decode", "chunk128_b8_host_lens"):
             pr = cProfile.Profile()
             pr.enable()
             for _ in range(2000):

@@ -1461,8 +1461,11 @@ impl Attention {
     /// Zero-copy CUDA decoding on `stream` (torch's current stream of q's device): reads
     /// q, the caches, `seq_lens` (int32 `[B]`) and the page table (int32 `[B,
     /// max_pages]`, or None), writes o, lse and the workspace (`workspace`: float32
-    /// `[part_o + part_lse]`, `ranges`: int32 `[3 B]`, sized by `decode_workspace`), all
-    /// allocated by the caller with torch on `stream`. No host copy, no synchronization.
+    /// `[part_o + part_lse]`, `ranges`: int32 `[3 B]`, sized by `decode_workspace`; or
+    /// `ranges` None and the ranges inside `workspace`, float32 `[n + n % 2 + ranges]` with
+    /// `n = part_o + part_lse`: one allocation, the ranges 8-byte aligned after the
+    /// partial LSE), all allocated by the caller with torch on `stream`. No host copy, no
+    /// synchronization.
     /// `seq_lens_host`: the same lengths known on the host (a CPU tensor's), which lets
     /// chunked prefill run in batched runs on the prefill kernel
     /// (`Bound::decode_cuda_into_with_lengths`).
@@ -1479,7 +1482,7 @@ impl Attention {
         o: &Bound<'_, PyAny>,
         lse: &Bound<'_, PyAny>,
         workspace: &Bound<'_, PyAny>,
-        ranges: &Bound<'_, PyAny>,
+        ranges: Option<Bound<'_, PyAny>>,
         scale: Option<f64>,
         tensors: Vec<(String, Bound<'_, PyAny>)>,
         params: Vec<(String, Bound<'_, PyAny>)>,
@@ -1497,9 +1500,12 @@ impl Attention {
             )?;
             let (device, s) = (key.device, call.shape);
             let read = |name: &str, t: &Bound<'_, PyAny>| TensorArg::read(py, name, t);
-            let (ws, rg) = (read("workspace", workspace)?, read("ranges", ranges)?);
+            let ws = read("workspace", workspace)?;
+            let rg = ranges.map(|r| read("ranges", &r)).transpose()?;
             let seq = call.seq_lens.as_ref().expect("read with seq_lens");
-            check_buffer(py, &rg, &[3 * s.b], DType::I32, device)?;
+            if let Some(rg) = &rg {
+                check_buffer(py, rg, &[3 * s.b], DType::I32, device)?;
+            }
             let caps = self.device_captures(py, device, &tensors, &params)?;
             let layout = call.layout;
             let ptr = |t: &TensorArg| t.ptr as u64;
@@ -1508,12 +1514,16 @@ impl Attention {
             let tp = call.table.as_ref().map(ptr);
             self.run(py, key, |bound| {
                         let w = bound.decode_cuda_workspace(layout)?;
-                        if ws.dtype != Some(DType::F32) || ws.numel() != w.part_o + w.part_lse
+                        // the ranges inside the workspace (`ranges` None): 8-byte aligned
+                        // after the partial LSE
+                        let parts = w.part_o + w.part_lse;
+                        let inside = parts + (parts & 1);
+                        let want = if rg.is_some() { parts } else { inside + w.ranges };
+                        if ws.dtype != Some(DType::F32) || ws.numel() != want
                             || !ws.contiguous() || ws.device != device
                         {
                             return Err(attnc::Error::Usage(format!(
-                                "`workspace` must be a contiguous float32 tensor of {} elements on {device} (decode_workspace)",
-                                w.part_o + w.part_lse
+                                "`workspace` must be a contiguous float32 tensor of {want} elements on {device} (decode_workspace)"
                             )));
                         }
                         let bufs = attnc::external::DeviceDecodeBuffers {
@@ -1526,14 +1536,19 @@ impl Attention {
                             lse: lse.ptr as u64,
                             part_o: ws.ptr as u64,
                             part_lse: ws.ptr as u64 + 4 * w.part_o as u64,
-                            ranges: rg.ptr as u64,
+                            ranges: match &rg {
+                                Some(rg) => rg.ptr as u64,
+                                None => ws.ptr as u64 + 4 * inside as u64,
+                            },
                         };
                         // SAFETY: every buffer is a contiguous CUDA tensor of q's device
                         // with the shape and dtype the binding's shape and the layout
                         // give it (checked above and by `CacheCall::read`), the workspace
                         // of the size `decode_cuda_workspace` gives (checked just above;
                         // the partial LSE starts 4 * part_o bytes in, a multiple of 128
-                        // bytes since part_o is a multiple of D); the runtime checks null,
+                        // bytes since part_o is a multiple of D; without `ranges` the
+                        // ranges' 3 B words start 4 * `inside` bytes in, inside the
+                        // checked size, 8-byte aligned); the runtime checks null,
                         // alignment, overlap and, outside graph capture, the device of
                         // each. Outputs and workspace were allocated by the package for
                         // this call on `stream`, torch's current stream, which orders
