@@ -1,10 +1,10 @@
 """A few chunked-prefill calls of one cache layout, for a profiler (``ncu -k regex:attnc
 --launch-skip N --launch-count 1 python prefill_once.py LAYOUT``): bf16 D128 B8 Hq32 Hkv8,
 Lq 256 new rows against 8192 keys, lengths on the host (the batched runs on the prefill
-kernel), a contiguous cache or a paged one (pages of 128 or 16, shuffled). Prints the
+kernel), a contiguous cache or a paged one (pages of P rows, shuffled). Prints the
 path and the CUDA-event µs per call.
 
-usage: python3 prefill_once.py {contiguous,paged128,paged16} [--calls N] [--kind dense|causal]"""
+usage: python3 prefill_once.py {contiguous,pagedP} [--calls N] [--kind dense|causal]"""
 
 import argparse
 import pathlib
@@ -19,7 +19,7 @@ EX = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("layout", choices=("contiguous", "paged128", "paged16"))
+    ap.add_argument("layout", help="contiguous, or pagedP for pages of P rows (16, 32, ..., 256)")
     ap.add_argument("--calls", type=int, default=6)
     ap.add_argument("--kind", default="dense")
     ap.add_argument("--examples", default=str(EX))
