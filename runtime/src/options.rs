@@ -163,6 +163,11 @@ pub struct DecodeTuning {
     /// measuring what `Bound::reshape` saves) instead of pointing the binding of their rows
     /// and heads at the call's length.
     pub rebind_runs: bool,
+    /// Chunked prefill's runs on a paged cache issue their V copies from a second
+    /// producer thread (`PtxOptions::v_producer`, `ATTNC_DECODE_V_PRODUCER=1`; the static
+    /// schedules only): pages smaller than the kv tile take a box per page, which one
+    /// thread issues at a limited rate.
+    pub paged_v_producer: bool,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -225,7 +230,8 @@ impl DecodeTuning {
     /// The tuning that `get` (a variable's value by name) describes: `ATTNC_DECODE_KERNEL`
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
     /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
-    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off), `ATTNC_DECODE_REBIND` `1`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off), `ATTNC_DECODE_REBIND` `1`,
+    /// `ATTNC_DECODE_V_PRODUCER` `1`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -248,6 +254,7 @@ impl DecodeTuning {
             },
             paged_split_kv: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("0"),
             rebind_runs: get("ATTNC_DECODE_REBIND").as_deref().map(str::trim) == Some("1"),
+            paged_v_producer: get("ATTNC_DECODE_V_PRODUCER").as_deref().map(str::trim) == Some("1"),
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -291,6 +298,7 @@ mod tests {
                 prefill: None,
                 paged_split_kv: false,
                 rebind_runs: false,
+                paged_v_producer: false,
                 steal: None,
             }
         );
@@ -313,6 +321,13 @@ mod tests {
                 .rebind_runs
         };
         assert!(rebind("1") && !rebind("0") && !rebind("yes"));
+        let v_producer = |v: &'static str| {
+            DecodeTuning::parse(move |k: &str| {
+                (k == "ATTNC_DECODE_V_PRODUCER").then(|| v.to_string())
+            })
+            .paged_v_producer
+        };
+        assert!(v_producer("1") && !v_producer("0") && !v_producer("yes"));
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

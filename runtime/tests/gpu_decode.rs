@@ -708,14 +708,17 @@ type RunCase = (
 /// TMA box per page it spans, the last page's unused rows zeroed before P V — NaN in O
 /// otherwise; paged runs off keep the split-KV kernel), the route forced
 /// (`DecodeTuning::prefill`):
-/// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, causal, a sliding
-/// window (a param) and ALiBi (a per-head score), against the oracle, path "prefill"; a
+/// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, dense (the static
+/// schedule), causal, a sliding window (a param) and ALiBi (a per-head score), against the
+/// oracle, path "prefill"; every other case with V's copies on a second producer thread
+/// (`DecodeTuning::paged_v_producer`) and through `decode_cuda_runs` alone first; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
 /// split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
     use std::collections::HashMap;
     let mut rng = Rng(0x9e2);
     for (name, program, window) in [
+        ("dense", None, None),
         ("causal", None, None),
         ("sliding_window", None, Some(70)),
         ("alibi_causal", Some("alibi_causal"), None),
@@ -772,14 +775,19 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             }
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
-                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs}",
-                c.seq_lens
+                "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs} \
+                 v_producer {}",
+                c.seq_lens,
+                i % 2 == 1
             );
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.prefill = forced;
             o.decode.paged_split_kv = !paged_runs;
+            // every other case's V copies from a second producer thread (the static
+            // schedules: dense here; the others' dynamic scheduler ignores it)
+            o.decode.paged_v_producer = i % 2 == 1;
             let mut bound = variant.bind(o).unwrap();
             // O poisoned: a row no launch writes shows
             // every other case through the runs alone first (`decode_cuda_runs`)

@@ -222,6 +222,8 @@ impl CudaState {
                 o.jit_tiers = opts.jit_tiers;
                 o.device = opts.device;
                 o.kv_pages = paged;
+                // (the parent's tuning: `paged_v_producer` reaches the run's kernel)
+                o.decode = opts.decode;
                 e.insert(self.variant.bind(o)?)
             }
         })

@@ -1094,6 +1094,7 @@ pub(super) fn build<'ctx>(
         pv_wait_late: false,
         mask_early: false,
         paged_kv: false,
+        v_producer: false,
         softmax_ilp: false,
         q: qt,
         k: kt,

@@ -416,19 +416,29 @@ pub(crate) fn body<'ctx>(
     g.b.position_at_end(producer_bb);
     let (producer_regs, consumer_regs) = registers(c.threads / 128);
     g.setmaxnreg(false, producer_regs)?;
-    let first = g.icmp(IntPredicate::EQ, at.tid, g.c32(c.threads as i64))?;
-    g.if_then(g.and(first, any_block)?, || {
-        let prod = Producer {
-            g,
-            c,
-            lay: &lay,
-            bars: &bars,
-            cx: &cx,
-            a: &a,
-            hq: at.hq,
-        };
-        prod.run(&runs, None, None, false)
-    })?;
+    // (`PtxOptions::v_producer`: the V copies on a second thread, the first of the producer
+    // warpgroup's second warp)
+    let roles: &[(i64, Copies)] = if c.v_producer {
+        &[(0, Copies::QK), (32, Copies::V)]
+    } else {
+        &[(0, Copies::All)]
+    };
+    for &(n, copies) in roles {
+        let thread = g.icmp(IntPredicate::EQ, at.tid, g.c32(c.threads as i64 + n))?;
+        g.if_then(g.and(thread, any_block)?, || {
+            let prod = Producer {
+                g,
+                c,
+                lay: &lay,
+                bars: &bars,
+                cx: &cx,
+                a: &a,
+                hq: at.hq,
+                copies,
+            };
+            prod.run(&runs, None, None, false)
+        })?;
+    }
     g.b.build_return(None)?;
 
     // ---- consumer warpgroups ------------------------------------------------------------------
@@ -516,48 +526,63 @@ fn body_persistent<'ctx>(
     let (producer_regs, consumer_regs) = registers(c.threads / 128);
 
     // ---- producer warpgroup: one thread issues every TMA copy of every tile -----------------
+    // (`PtxOptions::v_producer`: the static rounds' V copies on a second thread, the first
+    // of the producer warpgroup's second warp, walking the same tiles)
     g.b.position_at_end(producer_bb);
     g.setmaxnreg(false, producer_regs)?;
+    let static_walk = |copies: Copies| -> R<()> {
+        let ring = Ring::new(g, lay.stages)?;
+        let q_phase = g.var(g.i32, g.c32(0))?;
+        let produce = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
+            let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
+            let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
+            if let (Some(pc), Some(tl)) = (piece, &tail) {
+                runs = tl.clamp(g, &runs, pc)?;
+            }
+            g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
+                let prod = Producer {
+                    g,
+                    c,
+                    lay: &lay,
+                    bars: &bars,
+                    cx: &cx,
+                    a: &a,
+                    hq: at.hq,
+                    copies,
+                };
+                let n = g.geti(&q_phase)?;
+                let q = bars.q_use(g, &lay, n)?;
+                prod.run(&runs, Some(&ring), Some(q), true)?;
+                g.set(&q_phase, bars.q_next(g, n)?)
+            })
+        };
+        match &tail {
+            Some(tl) => for_each_piece(g, tl, &mut |pc| produce(pc.t, Some(pc))),
+            None => for_each_tile(g, tiles, &mut |t| produce(t, None)),
+        }
+    };
     g.if_then(
         g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64))?,
         || {
-            let ring = Ring::new(g, lay.stages)?;
-            if opts.dynamic_tiles && opts.q_ahead && lay.q1.is_some() {
-                return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
-            }
             if opts.dynamic_tiles {
+                let ring = Ring::new(g, lay.stages)?;
+                if opts.q_ahead && lay.q1.is_some() {
+                    return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
+                }
                 let early = opts.early_claim;
                 return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles, early);
             }
-            let q_phase = g.var(g.i32, g.c32(0))?;
-            let produce = |t: IntValue<'ctx>, piece: Option<&Piece<'ctx>>| -> R<()> {
-                let (cx, at) = place_tile(g, c, p, &a, Some(t))?;
-                let mut runs = row_runs(g, c, p, kv, &a, &cx, at.qb, at.nqb)?;
-                if let (Some(pc), Some(tl)) = (piece, &tail) {
-                    runs = tl.clamp(g, &runs, pc)?;
-                }
-                g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
-                    let prod = Producer {
-                        g,
-                        c,
-                        lay: &lay,
-                        bars: &bars,
-                        cx: &cx,
-                        a: &a,
-                        hq: at.hq,
-                    };
-                    let n = g.geti(&q_phase)?;
-                    let q = bars.q_use(g, &lay, n)?;
-                    prod.run(&runs, Some(&ring), Some(q), true)?;
-                    g.set(&q_phase, bars.q_next(g, n)?)
-                })
-            };
-            match &tail {
-                Some(tl) => for_each_piece(g, tl, &mut |pc| produce(pc.t, Some(pc))),
-                None => for_each_tile(g, tiles, &mut |t| produce(t, None)),
-            }
+            static_walk(if c.v_producer {
+                Copies::QK
+            } else {
+                Copies::All
+            })
         },
     )?;
+    if c.v_producer {
+        let second = g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64 + 32))?;
+        g.if_then(second, || static_walk(Copies::V))?;
+    }
     g.b.build_return(None)?;
 
     // ---- consumer warpgroups --------------------------------------------------------------------
@@ -1357,6 +1382,7 @@ fn produce_dynamic<'ctx>(
         cx: &cx,
         a,
         hq: at.hq,
+        copies: Copies::All,
     };
     prod.run(&runs, Some(ring), Some(q), false)?;
     g.br(fetch)?;
@@ -1434,6 +1460,7 @@ fn produce_ahead<'ctx>(
             cx: &cx,
             a,
             hq: at.hq,
+            copies: Copies::All,
         };
         prod.load_q(Some(q))?;
         g.br(out)?;
@@ -1476,6 +1503,7 @@ fn produce_ahead<'ctx>(
         cx: &cx,
         a,
         hq: at.hq,
+        copies: Copies::All,
     };
     prod.run_kv(&runs, Some(ring), Some(&mut ahead))?;
     g.br(fetch)?;
@@ -1534,6 +1562,17 @@ struct Producer<'a, 'ctx> {
     cx: &'a Ctx<'ctx>,
     a: &'a Args<'a, 'ctx>,
     hq: IntValue<'ctx>,
+    /// Which copies this thread issues.
+    copies: Copies,
+}
+
+/// The copies of one producer thread: all of them, or (`PtxOptions::v_producer`) Q and K
+/// on the first thread and V on the second.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copies {
+    All,
+    QK,
+    V,
 }
 
 impl<'ctx> Producer<'_, 'ctx> {
@@ -1570,12 +1609,14 @@ impl<'ctx> Producer<'_, 'ctx> {
         wait: bool,
     ) -> R<()> {
         let g = self.g;
-        if let Some(q) = q
-            && wait
-        {
-            g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
+        if self.copies != Copies::V {
+            if let Some(q) = q
+                && wait
+            {
+                g.mbar_wait(q.empty, g.xor(q.phase, g.c32(1))?)?;
+            }
+            self.load_q(q)?;
         }
-        self.load_q(q)?;
         self.run_kv(runs, ring, None)
     }
 
@@ -1637,29 +1678,33 @@ impl<'ctx> Producer<'_, 'ctx> {
         };
         let (s, ph) = ring.get(g)?;
         let free = g.xor(ph, g.c32(1))?;
-        g.mbar_wait(bars.k_empty(g, s)?, free)?;
-        g.mbar_arrive_expect_tx(bars.k_full(g, s)?, lay.k.bytes())?;
-        let kbuf = g.mul(s, g.c32(lay.k.bytes() as i64))?;
-        self.copy_kv(&lay.k, KernelParam::TmaK, kbuf, &at, bars.k_full(g, s)?)?;
-        g.mbar_wait(bars.v_empty(g, s)?, free)?;
-        let vbuf = g.mul(s, g.c32(lay.v.bytes() as i64))?;
-        let copy_v = || -> R<()> {
-            g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
-            self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?)
-        };
-        match bars.v_tail {
-            // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
-            // last page: zeroed before the consumers see it
-            Some(tail_bar) => {
-                let lkv = self.a.int(KernelParam::Lkv)?;
-                let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
-                g.if_else(
-                    tail,
-                    || self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s),
-                    copy_v,
-                )?;
+        if self.copies != Copies::V {
+            g.mbar_wait(bars.k_empty(g, s)?, free)?;
+            g.mbar_arrive_expect_tx(bars.k_full(g, s)?, lay.k.bytes())?;
+            let kbuf = g.mul(s, g.c32(lay.k.bytes() as i64))?;
+            self.copy_kv(&lay.k, KernelParam::TmaK, kbuf, &at, bars.k_full(g, s)?)?;
+        }
+        if self.copies != Copies::QK {
+            g.mbar_wait(bars.v_empty(g, s)?, free)?;
+            let vbuf = g.mul(s, g.c32(lay.v.bytes() as i64))?;
+            let copy_v = || -> R<()> {
+                g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
+                self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?)
+            };
+            match bars.v_tail {
+                // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
+                // last page: zeroed before the consumers see it
+                Some(tail_bar) => {
+                    let lkv = self.a.int(KernelParam::Lkv)?;
+                    let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
+                    g.if_else(
+                        tail,
+                        || self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s),
+                        copy_v,
+                    )?;
+                }
+                None => copy_v()?,
             }
-            None => copy_v()?,
         }
         ring.advance(g)?;
         let (next, has_next) = pos.step(g, runs)?.next(g, runs)?;

@@ -402,6 +402,14 @@ pub struct PtxOptions {
     /// `Producer::copy_v_tail`): chunked
     /// prefill's runs on a paged cache (the runtime's `decode::cuda`). Other kinds ignore it.
     pub kv_cache: KvCache,
+    /// With [`KvCache::Paged`] on the warp-specialized kernel's static schedules (one CTA
+    /// per tile, or persistent CTAs in static rounds; not `dynamic_tiles`): a second
+    /// producer thread (the first of the producer warpgroup's second warp) issues every V
+    /// copy, walking the same kv blocks with its own ring position, while the first issues
+    /// Q and K — pages smaller than the kv tile take a TMA box per page, a page id load
+    /// per box, and one thread issuing them all is the copy's limit. Off by default; other
+    /// kinds ignore it.
+    pub v_producer: bool,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): a producer
@@ -853,6 +861,7 @@ impl PtxOptions {
             mask_kinds: false,
             pos_bias: false,
             kv_cache: KvCache::Contiguous,
+            v_producer: false,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
             bwd_lpt: false,
@@ -1190,6 +1199,7 @@ impl PtxOptions {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
             }
+            + if self.v_producer { " v-producer" } else { "" }
             + match self.bwd_dq {
                 BwdDq::Separate => "",
                 BwdDq::Ordered => " dq=ordered",

@@ -1679,11 +1679,59 @@ fn paged_kv_forward_reads_tiles_by_page() {
                 );
                 assert!(lb > la, "{what}: {lb} / {la} 4-byte global loads");
                 assert_eq!(emit(&p, &on).unwrap().ptx, b.ptx, "{what}: deterministic");
+                // V's copies on a second producer thread (static schedules only): the same
+                // copies, split between two threads; the dynamic scheduler ignores it
+                let two = emit(
+                    &p,
+                    &PtxOptions {
+                        v_producer: true,
+                        ..on
+                    },
+                )
+                .unwrap();
+                assert_eq!(count(&two.ptx, tma), count(&b.ptx, tma), "{what}");
+                assert_eq!(
+                    (&two.params, two.smem_bytes, two.threads),
+                    (&b.params, b.smem_bytes, b.threads),
+                    "{what}"
+                );
+                assert_eq!(two.ptx == b.ptx, dynamic, "{what}: v_producer");
                 if let Some(dir) = &dump {
                     let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
                     std::fs::write(name, &b.ptx).unwrap();
+                    let name = format!("{dir}/vprod_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                    std::fs::write(name, &two.ptx).unwrap();
                 }
             }
+        }
+        // persistent CTAs in static rounds (the tail split on dense D128): the second
+        // producer thread walks the same tiles and pieces
+        let persistent = PtxOptions {
+            persistent: true,
+            kv_cache: KvCache::Paged,
+            ..ws_runtime_options(&p, 128, 128, false, false)
+        };
+        let (one, two) = (
+            emit(&p, &persistent).unwrap(),
+            emit(
+                &p,
+                &PtxOptions {
+                    v_producer: true,
+                    ..persistent
+                },
+            )
+            .unwrap(),
+        );
+        let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
+        assert_ne!(one.ptx, two.ptx, "{}", p.name);
+        assert_eq!(
+            one.ptx.matches(tma).count(),
+            two.ptx.matches(tma).count(),
+            "{}",
+            p.name
+        );
+        if let Some(dir) = &dump {
+            std::fs::write(format!("{dir}/vprod_{}_persistent.ptx", p.name), &two.ptx).unwrap();
         }
         let plain = PtxOptions {
             kv_cache: KvCache::Paged,

@@ -59,6 +59,8 @@ pub(crate) struct Cfg {
     pub mask_early: bool,
     /// `PtxOptions::kv_cache` = `Paged` on the warp-specialized kernel: K/V tiles by page.
     pub paged_kv: bool,
+    /// `PtxOptions::v_producer` where it applies (`paged_kv`, a static schedule).
+    pub v_producer: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -87,6 +89,10 @@ impl Cfg {
             softmax_ilp: opts.ws && opts.softmax_ilp,
             mask_early: opts.ws && opts.mask_early,
             paged_kv: opts.ws && opts.kv_cache == super::KvCache::Paged,
+            v_producer: opts.ws
+                && opts.kv_cache == super::KvCache::Paged
+                && opts.v_producer
+                && !opts.dynamic_tiles,
             q,
             k,
             v,
