@@ -26,6 +26,11 @@
 //!     last:         wait v_full; [turn] issue P V(last); wait; [pass the turn]
 //!     epilogue (O / l, LSE), as in `kernel.rs`
 //! ```
+//! With `PtxOptions::v_producer` (a paged cache, the static schedules) a second producer
+//! thread, the first of the producer warpgroup's second warp, issues the V copies (waits on
+//! v_empty, the tail's zeroing) over the same kv blocks with its own ring position, and
+//! the first thread only Q and K ([`Copies`]).
+//!
 //! "[turn]" is `bar.sync 2 + wg, 256` and "[pass the turn]" `bar.arrive 2 + next(wg), 256`
 //! (next: round robin over the consumer warpgroups): they issue their products in turn,
 //! so the tensor cores run one warpgroup's products while the others do their softmax
