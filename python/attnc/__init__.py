@@ -362,12 +362,13 @@ class Attention:
         if sl.is_cpu:
             # lengths known on the host: chunked prefill's batched runs where they take the
             # call (no workspace, no copy of the lengths); else copied for the split-KV kernels
-            if lq >= _attnc.DECODE_RUNS_MIN_LQ and self._inner.decode_cuda_runs(
-                    q, k_cache, v_cache, sl.reshape(-1).tolist(), pt, o, lse, scale, tensors, params, stream):
+            # (which also report a `seq_lens` of the wrong shape)
+            if lq >= _attnc.DECODE_RUNS_MIN_LQ and sl.dim() == 1 and self._inner.decode_cuda_runs(
+                    q, k_cache, v_cache, sl.tolist(), pt, o, lse, scale, tensors, params, stream):
                 return o, lse
             sl = sl.to(q.device, non_blocking=True)
         # the split-KV kernels' workspace sizes depend on the shapes only: asked once per shape
-        key = (q.shape, k_cache.shape, v_cache.shape, None if pt is None else pt.shape, q.dtype, q.device, scale)
+        key = (q.shape, k_cache.shape, v_cache.shape, None if pt is None else pt.shape, q.dtype, q.get_device(), scale)
         sizes = self._decode_ws.get(key)
         if sizes is None:
             sizes = self._inner.decode_workspace(q, k_cache, v_cache, pt, scale)

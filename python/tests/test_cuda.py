@@ -633,6 +633,10 @@ def test_chunked_prefill_with_host_lengths(file, name):
     assert attn._inner.decode_path(q4, k, v, None, None) in ("split-kv", "split-kv-mma")
     ro4, rlse4 = attn.reference_decode(q4, k, v, short, **caps)
     check(o4, lse4, ro4, rlse4, torch.bfloat16)
+    # a CPU `seq_lens` of the wrong shape: E0320 naming it (never flattened into the runs)
+    with pytest.raises(attnc.AttncError) as e:
+        attn.decode(q, k, v, host.view(4, 1), **caps)
+    assert e.value.code == "E0320" and "seq_lens" in str(e.value), e.value
 
 
 def test_decode_in_cuda_graph():
