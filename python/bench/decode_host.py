@@ -6,7 +6,8 @@ gaps included where the host is the slower) and the host time of one
 enqueue (``enq``: the clock stopped before the synchronize). Then the call's parts alone:
 the extension's ``decode_workspace`` and ``decode_cuda`` with buffers made once, the
 torch allocations (three since session 27, four before), the lengths' copy; SDPA (flash, cuDNN) on the same rows and keys as
-anchors; and cProfile of the decode call. bf16 D128.
+anchors; the extension's and the runtime's steps of the call (``_attnc.host_trace``: µs
+per lap of each step, `host_trace.rs`'s stages); and cProfile of the decode call. bf16 D128.
 
 Cases: ``decode`` (Lq 1, B1 Hq32 Hkv8, 1024 keys: the split-KV kernels, lengths on the
 device), the same paged (pages of 16), and ``chunk`` (Lq 128 against 1024 keys, lengths
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnc
-from attnc import _ops
+from attnc import _attnc, _ops
 from paged_cache import paged
 
 EX = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -131,6 +132,21 @@ def main():
                 except Exception as e:  # noqa: BLE001 (an anchor that does not run here)
                     print(f"{case} {name}: {type(e).__name__} {e}"[:200])
         rows[f"{case} torch launch (x.add_(0))"] = wall_us(lambda: o.add_(0), a.iters)
+        trace = getattr(_attnc, "host_trace", None)  # (wheels since session 27)
+        if trace is not None:
+            # the extension's and the runtime's steps of the zero-copy call (split-KV path)
+            for _ in range(50):
+                call()
+            torch.cuda.synchronize()
+            _attnc.host_trace_take()
+            trace(True)
+            for _ in range(a.iters):
+                call()
+            trace(False)
+            torch.cuda.synchronize()
+            for name, ns, laps in _attnc.host_trace_take():
+                if laps:
+                    rows[f"{case} step {name} (x{laps / a.iters:g} a call)"] = ns / laps / 1e3
         if a.profile and case in ("decode", "chunk128_b8_host_lens"):
             pr = cProfile.Profile()
             pr.enable()

@@ -26,6 +26,7 @@ use args::{Device, TensorArg, param_value, param_values};
 use attnc::external::{
     DeviceBackwardBuffers, DeviceBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor,
 };
+use attnc::host_trace::{Laps, Stage};
 use attnc::{
     Backend, BackwardOptions, BindOptions, Captures, Compiled, DType, KvCache, Shape, Variant,
 };
@@ -1490,6 +1491,7 @@ impl Attention {
         seq_lens_host: Option<Vec<i32>>,
     ) -> PyResult<()> {
         guard(py, || {
+            let mut laps = Laps::start();
             let (call, key, o, lse) = CacheCall::read_checked(
                 py,
                 (q, k_cache, v_cache),
@@ -1506,13 +1508,17 @@ impl Attention {
             if let Some(rg) = &rg {
                 check_buffer(py, rg, &[3 * s.b], DType::I32, device)?;
             }
+            laps.lap(Stage::Read);
             let caps = self.device_captures(py, device, &tensors, &params)?;
+            laps.lap(Stage::Captures);
             let layout = call.layout;
             let ptr = |t: &TensorArg| t.ptr as u64;
             let stream = stream as u64;
             let (qp, kp, vp, sp) = (ptr(&call.q), ptr(&call.k), ptr(&call.v), ptr(seq));
             let tp = call.table.as_ref().map(ptr);
-            self.run(py, key, |bound| {
+            let laps_in = &mut laps;
+            let done = self.run(py, key, |bound| {
+                        laps_in.lap(Stage::Enter);
                         let w = bound.decode_cuda_workspace(layout)?;
                         // the ranges inside the workspace (`ranges` None): 8-byte aligned
                         // after the partial LSE
@@ -1556,7 +1562,7 @@ impl Attention {
                         // SAFETY note of `forward_cuda` covers inputs and captures).
                         // `seq_lens_host` is what `seq_lens` holds (the package copied
                         // it from the CPU tensor the caller gave)
-                        match &seq_lens_host {
+                        let r = match &seq_lens_host {
                             Some(h) => unsafe {
                                 bound.decode_cuda_into_with_lengths(
                                     layout, &bufs, h, &caps.tensors, &caps.params, stream,
@@ -1565,8 +1571,12 @@ impl Attention {
                             None => unsafe {
                                 bound.decode_cuda_into(layout, &bufs, &caps.tensors, &caps.params, stream)
                             },
-                        }
-            })
+                        };
+                        laps_in.lap(Stage::Call);
+                        r
+            });
+            laps.lap(Stage::Leave);
+            done
         })
     }
 
@@ -2009,6 +2019,20 @@ impl CacheCall {
     }
 }
 
+/// Turns on (or off) the process-wide host-time laps of the zero-copy decode call's steps
+/// (`attnc::host_trace`; off by default), for `python/bench/decode_host.py`.
+#[pyfunction]
+fn host_trace(on: bool) {
+    attnc::host_trace::enable(on);
+}
+
+/// Each step's summed nanoseconds and lap count since the last call, then zeroed:
+/// `[(name, ns, laps)]` in call order (`attnc::host_trace::take`).
+#[pyfunction]
+fn host_trace_take() -> Vec<(&'static str, u64, u64)> {
+    attnc::host_trace::take()
+}
+
 /// Whether `Attention.decode` on CUDA tensors of this shape runs zero-copy (the split-KV
 /// kernels: D = Dv in {64, 128} at any Lq, chunked prefill included, or in {32, 256} at
 /// Lq <= 16); other shapes take host copies.
@@ -2033,6 +2057,8 @@ unsafe fn f32_slice_mut<'a>(ptr: usize, len: usize) -> &'a mut [f32] {
 fn _attnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile, m)?)?;
     m.add_function(wrap_pyfunction!(decode_cuda_applies, m)?)?;
+    m.add_function(wrap_pyfunction!(host_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(host_trace_take, m)?)?;
     m.add_function(wrap_pyfunction!(block_mask_handle, m)?)?;
     m.add_class::<Module>()?;
     m.add_class::<BlockMaskHandle>()?;

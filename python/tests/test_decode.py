@@ -109,3 +109,23 @@ def test_decode_errors_name_the_tensor():
     kc3 = torch.zeros(9, 12, 2, 16)
     assert "k_cache" in raises("E0321", attn.decode, q, kc3, kc3, ok, torch.zeros(2, 6, dtype=torch.int32))
     raises("E0313", attn.decode, q.double(), k, v, ok)
+
+
+def test_host_trace_reports_every_step_in_call_order():
+    """``_attnc.host_trace`` (for ``bench/decode_host.py``): off by default and off again
+    after use, the ten steps of a zero-copy decode call named in call order, zero laps
+    when no such call ran (a CPU decode is not one)."""
+    from attnc import _attnc
+
+    _attnc.host_trace_take()
+    _attnc.host_trace(True)
+    try:
+        attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+        q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 16, 8)
+        attn.decode(q, k, k, torch.tensor([5], dtype=torch.int32))
+    finally:
+        _attnc.host_trace(False)
+    steps = _attnc.host_trace_take()
+    assert [n for n, _, _ in steps] == ["read", "captures", "enter", "call", "setup", "buffers", "skip",
+                                        "ranges", "launch", "leave"]
+    assert all(ns == 0 and laps == 0 for _, ns, laps in steps), steps

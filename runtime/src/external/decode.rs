@@ -18,6 +18,7 @@ use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
 use crate::error::{Error, Result};
 use crate::exec::cuda::caller::CallerKv;
+use crate::host_trace::{Laps, Stage};
 use attnc_compiler::decode::{CacheError, DecodeShape, OFFSET_PARAMS};
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
@@ -154,7 +155,9 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
+        let mut laps = Laps::start();
         let (shape, geom, module) = self.decode_setup(layout)?;
+        laps.lap(Stage::Setup);
         let logical = shape.logical();
         let (bindings, ptrs) = device_bindings(self.variant(), &logical, tensors, params)?;
         let e = self.options().dtype.size();
@@ -209,6 +212,7 @@ impl Bound {
         }
         all.extend(tensor_bufs(tensors));
         let capture = self.check_call_buffers(&all, stream)?;
+        laps.lap(Stage::Buffers);
         let skip = self
             .plan()
             .skip_bounds(&logical, &bindings)
@@ -216,6 +220,7 @@ impl Bound {
                 backend: "blocks",
                 message: e.to_string(),
             })?;
+        laps.lap(Stage::Skip);
         let capacity = shape.capacity();
         let (exec, plan, variant, _) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
@@ -235,6 +240,7 @@ impl Bound {
                 skip.as_deref(),
                 stream,
                 capture,
+                &mut laps,
             )
         }
         .map_err(|e| variant.render(e))

@@ -117,6 +117,7 @@ impl CudaExec {
         skip: Option<&[Bound]>,
         stream: u64,
         capture: bool,
+        laps: &mut crate::host_trace::Laps,
     ) -> ExecResult<()> {
         let g = gpu_at(self.ordinal)?;
         if tensors.len() != bindings.tensors.len() {
@@ -167,6 +168,7 @@ impl CudaExec {
         // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` and
         // `ranges[2B + b]` for the grid's b < B only.
         unsafe { ranges_kernel.launch_args(&st.dev, &ra) }?;
+        laps.lap(crate::host_trace::Stage::Ranges);
         let ptrs = DecodePtrs {
             q: bufs.q,
             k: bufs.k_cache,
@@ -203,6 +205,7 @@ impl CudaExec {
         // the capacity, hence every range; params, error and zero words are this stream
         // state's.
         unsafe { module.launch_values(&st.dev, geom, &args) }?;
+        laps.lap(crate::host_trace::Stage::Launch);
         Ok(())
     }
 }
