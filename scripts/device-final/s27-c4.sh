@@ -3,7 +3,8 @@
 # schedules (`PtxOptions::v_producer`, ATTNC_DECODE_V_PRODUCER=1) — prefill_once.py dense
 # A/B (pages of 16 twice, 32 once, with and without), gpu_decode's caller runs test (dense
 # added: the static schedule; every other case with the second thread), memcheck of it,
-# then pages of 128 and a contiguous cache. Carry .bin-s27b (gpu_decode.xz) and .bin-py27.
+# then pages of 128 and a contiguous cache, and decode_host.py (its steps by host_trace). Carry
+# .bin-s27b (gpu_decode.xz, a release build of main) and .bin-py27 (python-gpu-pack.sh of main).
 set -u
 B=/tmp/cb; mkdir -p $B
 xz -dc .bin-s27b/gpu_decode.xz > $B/gpu_decode; chmod +x $B/gpu_decode
@@ -23,3 +24,6 @@ echo "== test rc=$? $(grep -E '^test result' $B/t.log)"; grep -A4 panicked $B/t.
 timeout 60 compute-sanitizer --tool memcheck $B/gpu_decode --exact gpu_decode_caller_prefill_runs > $B/m.log 2>&1
 echo "== memcheck rc=$? $(grep -E 'ERROR SUMMARY|^test result' $B/m.log | tr '\n' ' ')"
 once paged128 1; once contiguous 1
+# where a decode call's host time goes, step by step (`_attnc.host_trace`; the wheel from
+# main after 97662e8)
+timeout 120 python3 python/bench/decode_host.py --iters 2000 --profile 0 2>&1 | grep -E " us$" | grep -E "wall|step|sdpa"
