@@ -19,7 +19,6 @@ import cProfile
 import io
 import pathlib
 import pstats
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,31 +26,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnc
 from attnc import _attnc, _ops
+from bench_gpu import host_us, wall_us  # this folder (sys.path[0] when run as a script)
 from paged_cache import paged
 
 EX = pathlib.Path(__file__).resolve().parents[2] / "examples"
 D = 128
-
-
-def wall_us(fn, iters, warm=50):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e6
-
-
-def enq_us(fn, n=40):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
 
 
 def gpu_us(fn, n=50):
@@ -92,7 +71,7 @@ def main():
         call()
         path = inner.decode_path(q, cache[0], cache[1], tab, None)
         rows[f"{case} ({path}) wall"] = wall_us(call, a.iters)
-        rows[f"{case} enq"] = enq_us(call)
+        rows[f"{case} enq"] = host_us(call, n=40)
         rows[f"{case} gpu"] = gpu_us(call)
         n_o, n_lse, n_r = inner.decode_workspace(q, cache[0], cache[1], tab, None)
         o = q.new_empty((b, hq, lq, D))
