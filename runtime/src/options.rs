@@ -163,11 +163,11 @@ pub struct DecodeTuning {
     /// measuring what `Bound::reshape` saves) instead of pointing the binding of their rows
     /// and heads at the call's length.
     pub rebind_runs: bool,
-    /// Chunked prefill's runs on a paged cache issue their V copies from a second
-    /// producer thread (`PtxOptions::v_producer`, `ATTNC_DECODE_V_PRODUCER=1`; the static
-    /// schedules only): pages smaller than the kv tile take a box per page, which one
-    /// thread issues at a limited rate.
-    pub paged_v_producer: bool,
+    /// Chunked prefill's runs on a paged cache issue all their copies from one producer
+    /// thread (`ATTNC_DECODE_V_PRODUCER=0`; for measuring) instead of V's from a second
+    /// one (`PtxOptions::v_producer`, the default: pages smaller than the kv tile take a
+    /// box per page, which one thread issues at a limited rate).
+    pub paged_single_producer: bool,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -254,7 +254,8 @@ impl DecodeTuning {
             },
             paged_split_kv: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("0"),
             rebind_runs: get("ATTNC_DECODE_REBIND").as_deref().map(str::trim) == Some("1"),
-            paged_v_producer: get("ATTNC_DECODE_V_PRODUCER").as_deref().map(str::trim) == Some("1"),
+            paged_single_producer: get("ATTNC_DECODE_V_PRODUCER").as_deref().map(str::trim)
+                == Some("0"),
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -298,7 +299,7 @@ mod tests {
                 prefill: None,
                 paged_split_kv: false,
                 rebind_runs: false,
-                paged_v_producer: false,
+                paged_single_producer: false,
                 steal: None,
             }
         );
@@ -325,9 +326,9 @@ mod tests {
             DecodeTuning::parse(move |k: &str| {
                 (k == "ATTNC_DECODE_V_PRODUCER").then(|| v.to_string())
             })
-            .paged_v_producer
+            .paged_single_producer
         };
-        assert!(v_producer("1") && !v_producer("0") && !v_producer("yes"));
+        assert!(!v_producer("1") && v_producer("0") && !v_producer("yes"));
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

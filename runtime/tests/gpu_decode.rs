@@ -710,8 +710,10 @@ type RunCase = (
 /// (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, dense (the static
 /// schedule), causal, a sliding window (a param) and ALiBi (a per-head score), against the
-/// oracle, path "prefill"; every other case with V's copies on a second producer thread
-/// (`DecodeTuning::paged_v_producer`) and through `decode_cuda_runs` alone first; a
+/// oracle, path "prefill"; every other case with all copies on one producer thread
+/// (`DecodeTuning::paged_single_producer`; the others' V copies on a second one, the
+/// default, under the static schedule (dense) and the dynamic scheduler (the rest)),
+/// and through `decode_cuda_runs` alone first; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
 /// split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
@@ -776,7 +778,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
                 "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs} \
-                 v_producer {}",
+                 single producer {}",
                 c.seq_lens,
                 i % 2 == 1
             );
@@ -785,9 +787,9 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.prefill = forced;
             o.decode.paged_split_kv = !paged_runs;
-            // every other case's V copies from a second producer thread (the static
-            // schedules: dense here; the others' dynamic scheduler ignores it)
-            o.decode.paged_v_producer = i % 2 == 1;
+            // every other case's copies from one producer thread (the default: V's from
+            // a second one)
+            o.decode.paged_single_producer = i % 2 == 1;
             let mut bound = variant.bind(o).unwrap();
             // O poisoned: a row no launch writes shows
             // every other case through the runs alone first (`decode_cuda_runs`)

@@ -202,7 +202,7 @@ fn forward_options_for(
             )));
         }
         popts.kv_cache = attnc_compiler::backend::llvm::KvCache::Paged;
-        popts.v_producer = opts.decode.paged_v_producer;
+        popts.v_producer = !opts.decode.paged_single_producer;
     }
     Ok(popts)
 }

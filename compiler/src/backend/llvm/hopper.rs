@@ -26,10 +26,11 @@
 //!     last:         wait v_full; [turn] issue P V(last); wait; [pass the turn]
 //!     epilogue (O / l, LSE), as in `kernel.rs`
 //! ```
-//! With `PtxOptions::v_producer` (a paged cache, the static schedules) a second producer
-//! thread, the first of the producer warpgroup's second warp, issues the V copies (waits on
-//! v_empty, the tail's zeroing) over the same kv blocks with its own ring position, and
-//! the first thread only Q and K ([`Copies`]).
+//! With `PtxOptions::v_producer` (a paged cache) a second producer thread, the first of
+//! the producer warpgroup's second warp, issues the V copies (waits on v_empty, the
+//! tail's zeroing) over the same kv blocks with its own ring position, and the first
+//! thread only Q and K ([`Copies`]); under the dynamic scheduler it learns each tile
+//! from the tile slot as the consumers do ([`produce_dynamic_v`]).
 //!
 //! "[turn]" is `bar.sync 2 + wg, 256` and "[pass the turn]" `bar.arrive 2 + next(wg), 256`
 //! (next: round robin over the consumer warpgroups): they issue their products in turn,
@@ -213,15 +214,24 @@ impl<'ctx> Bars<'ctx> {
     /// Thread 0 initialises the mbarriers (the "empty" ones count one arrival per consumer
     /// thread, `consumers`; with `q_empty`, the persistent kernel's too); everyone waits
     /// for that.
-    fn init(&self, g: &Gpu<'ctx>, tid: IntValue<'ctx>, consumers: u32, q_empty: bool) -> R<()> {
+    /// `q_readers`: the arrivals at `q_empty` besides the consumers' (the dynamic
+    /// scheduler's V producer, [`produce_dynamic_v`]).
+    fn init(
+        &self,
+        g: &Gpu<'ctx>,
+        tid: IntValue<'ctx>,
+        consumers: u32,
+        q_empty: bool,
+        q_readers: u32,
+    ) -> R<()> {
         g.if_then(g.icmp(IntPredicate::EQ, tid, g.c32(0))?, || {
             g.mbar_init(self.q_full(g)?, 1)?;
             if q_empty {
-                g.mbar_init(self.q_empty(g)?, consumers)?;
+                g.mbar_init(self.q_empty(g)?, consumers + q_readers)?;
             }
             if self.double {
                 g.mbar_init(self.q_full1(g)?, 1)?;
-                g.mbar_init(self.q_empty1(g)?, consumers)?;
+                g.mbar_init(self.q_empty1(g)?, consumers + q_readers)?;
             }
             for s in 0..self.stages {
                 let s = g.c32(s as i64);
@@ -406,7 +416,7 @@ pub(crate) fn body<'ctx>(
     let bars = Bars::new(g, &lay)?;
 
     // ---- thread 0 initialises the mbarriers; everyone waits for that --------------------
-    bars.init(g, at.tid, c.threads, false)?;
+    bars.init(g, at.tid, c.threads, false, 0)?;
 
     let any_block = g.icmp(IntPredicate::ULT, runs.beg, runs.end)?;
     let producer_bb = g.block("producer");
@@ -512,7 +522,9 @@ fn body_persistent<'ctx>(
     let lay = Layout::new(opts);
     let bars = Bars::new(g, &lay)?;
     let tid = g.tid_x()?;
-    bars.init(g, tid, c.threads, true)?;
+    // (the dynamic scheduler's V producer reads the tile slot too, and says when it has)
+    let v_dynamic = opts.dynamic_tiles && c.v_producer;
+    bars.init(g, tid, c.threads, true, v_dynamic as u32)?;
     let tiles = g.mul(
         g.mul(a.int(KernelParam::NumQBlocks)?, a.int(KernelParam::Hq)?)?,
         a.int(KernelParam::Batch)?,
@@ -575,7 +587,15 @@ fn body_persistent<'ctx>(
                     return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
                 }
                 let early = opts.early_claim;
-                return produce_dynamic(g, c, p, kv, &a, &lay, &bars, &ring, tiles, early);
+                let copies = if v_dynamic { Copies::QK } else { Copies::All };
+                let walk = Walk {
+                    kv,
+                    a: &a,
+                    lay: &lay,
+                    bars: &bars,
+                    tiles,
+                };
+                return produce_dynamic(g, c, p, &walk, &ring, early, copies);
             }
             static_walk(if c.v_producer {
                 Copies::QK
@@ -586,7 +606,20 @@ fn body_persistent<'ctx>(
     )?;
     if c.v_producer {
         let second = g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64 + 32))?;
-        g.if_then(second, || static_walk(Copies::V))?;
+        g.if_then(second, || {
+            if v_dynamic {
+                let walk = Walk {
+                    kv,
+                    a: &a,
+                    lay: &lay,
+                    bars: &bars,
+                    tiles,
+                };
+                produce_dynamic_v(g, c, p, &walk)
+            } else {
+                static_walk(Copies::V)
+            }
+        })?;
     }
     g.b.build_return(None)?;
 
@@ -1336,19 +1369,18 @@ fn publish_and_merge<'ctx>(
 /// last copies at once. At the end it counts itself in
 /// `TileCounter[1]`; the last CTA zeroes both words for the next launch (every CTA's
 /// last add happened before its count: `acq_rel_inc`).
-#[allow(clippy::too_many_arguments)]
+/// With `copies` = [`Copies::QK`] (`PtxOptions::v_producer`) it copies Q and K only:
+/// [`produce_dynamic_v`] copies V.
 fn produce_dynamic<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
     p: &Program,
-    kv: &KvBounds,
-    a: &Args<'_, 'ctx>,
-    lay: &Layout,
-    bars: &Bars<'ctx>,
+    w: &Walk<'_, 'ctx>,
     ring: &Ring<'ctx>,
-    tiles: IntValue<'ctx>,
     early: bool,
+    copies: Copies,
 ) -> R<()> {
+    let (kv, a, lay, bars, tiles) = (w.kv, w.a, w.lay, w.bars, w.tiles);
     let grid = g.nctaid('x')?;
     let counter =
         g.b.build_ptr_to_int(a.ptr(KernelParam::TileCounter)?, g.i64, "")?;
@@ -1387,7 +1419,7 @@ fn produce_dynamic<'ctx>(
         cx: &cx,
         a,
         hq: at.hq,
-        copies: Copies::All,
+        copies,
     };
     prod.run(&runs, Some(ring), Some(q), false)?;
     g.br(fetch)?;
@@ -1413,6 +1445,50 @@ fn produce_dynamic<'ctx>(
             g.st_global_u32(g.b.build_int_add(counter, g.c64(4), "")?, g.c32(0))
         },
     )
+}
+
+/// What the dynamic scheduler's producer threads walk: the kv bounds, the kernel's
+/// arguments, the shared-memory layout and barriers, and the number of tiles.
+struct Walk<'a, 'ctx> {
+    kv: &'a KvBounds,
+    a: &'a Args<'a, 'ctx>,
+    lay: &'a Layout,
+    bars: &'a Bars<'ctx>,
+    tiles: IntValue<'ctx>,
+}
+
+/// The dynamic scheduler's V producer (`PtxOptions::v_producer`, the first thread of the
+/// producer warpgroup's second warp): it follows [`produce_dynamic`]'s tiles as the
+/// consumers do ([`consume_dynamic`]: per Q use, wait for `q_full`, read the tile index
+/// from the slot, stop at the end marker), then arrives at `q_empty` (counted there
+/// besides the consumers, so that the slot is not rewritten before this thread has read
+/// it) and copies V of
+/// every kv block of the tile's runs into the ring at its own position (a tile without
+/// blocks copies nothing). Each Q use's `q_full` completes before its tile's first S,
+/// which comes before any P V: V's copies start no later than the consumers need them.
+fn produce_dynamic_v<'ctx>(g: &Gpu<'ctx>, c: &Cfg, p: &Program, w: &Walk<'_, 'ctx>) -> R<()> {
+    let (lay, bars) = (w.lay, w.bars);
+    let ring = Ring::new(g, lay.stages)?;
+    let q_phase = g.var(g.i32, g.c32(0))?;
+    consume_dynamic(g, lay, bars, w.tiles, &q_phase, &mut |t| {
+        let q = bars.q_use(g, lay, g.geti(&q_phase)?)?;
+        g.mbar_arrive(q.empty)?;
+        let (cx, at) = place_tile(g, c, p, w.a, Some(t))?;
+        let runs = row_runs(g, c, p, w.kv, w.a, &cx, at.qb, at.nqb)?;
+        g.if_then(g.icmp(IntPredicate::ULT, runs.beg, runs.end)?, || {
+            let prod = Producer {
+                g,
+                c,
+                lay,
+                bars,
+                cx: &cx,
+                a: w.a,
+                hq: at.hq,
+                copies: Copies::V,
+            };
+            prod.run_kv(&runs, Some(&ring), None)
+        })
+    })
 }
 
 /// The dynamic scheduler's producer with the next tile's Q ahead (`PtxOptions::q_ahead`,

@@ -402,10 +402,11 @@ pub struct PtxOptions {
     /// `Producer::copy_v_tail`): chunked
     /// prefill's runs on a paged cache (the runtime's `decode::cuda`). Other kinds ignore it.
     pub kv_cache: KvCache,
-    /// With [`KvCache::Paged`] on the warp-specialized kernel's static schedules (one CTA
-    /// per tile, or persistent CTAs in static rounds; not `dynamic_tiles`): a second
-    /// producer thread (the first of the producer warpgroup's second warp) issues every V
-    /// copy, walking the same kv blocks with its own ring position, while the first issues
+    /// With [`KvCache::Paged`] on the warp-specialized kernel (one CTA per tile,
+    /// persistent CTAs in static rounds, or the dynamic scheduler without `q_ahead`): a
+    /// second producer thread (the first of the producer warpgroup's second warp) issues
+    /// every V copy, walking the same kv blocks with its own ring position (under the
+    /// dynamic scheduler, the tiles it reads from the tile slot), while the first issues
     /// Q and K — pages smaller than the kv tile take a TMA box per page, a page id load
     /// per box, and one thread issuing them all is the copy's limit. Off by default; other
     /// kinds ignore it.

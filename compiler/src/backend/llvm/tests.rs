@@ -1679,8 +1679,9 @@ fn paged_kv_forward_reads_tiles_by_page() {
                 );
                 assert!(lb > la, "{what}: {lb} / {la} 4-byte global loads");
                 assert_eq!(emit(&p, &on).unwrap().ptx, b.ptx, "{what}: deterministic");
-                // V's copies on a second producer thread (static schedules only): the same
-                // copies, split between two threads; the dynamic scheduler ignores it
+                // V's copies on a second producer thread: the same copies, split between
+                // two threads; under the dynamic scheduler that thread reads the tile slot
+                // and counts at each `q_empty` besides the consumers
                 let two = emit(
                     &p,
                     &PtxOptions {
@@ -1695,7 +1696,22 @@ fn paged_kv_forward_reads_tiles_by_page() {
                     (&b.params, b.smem_bytes, b.threads),
                     "{what}"
                 );
-                assert_eq!(two.ptx == b.ptx, dynamic, "{what}: v_producer");
+                assert_ne!(two.ptx, b.ptx, "{what}: v_producer");
+                let init = |k: &str, n: u32| count(k, &format!(", {n};"));
+                let consumers = b.threads - 128;
+                if dynamic {
+                    // q_empty and q_empty1 (two Q buffers): one more arrival each
+                    assert_eq!(
+                        (init(&two.ptx, consumers + 1), init(&b.ptx, consumers + 1)),
+                        (2, 0),
+                        "{what}: q_empty's count"
+                    );
+                    assert_eq!(
+                        count(&two.ptx, "ld.shared.u32") + count(&two.ptx, "ld.shared.b32"),
+                        count(&b.ptx, "ld.shared.u32") + count(&b.ptx, "ld.shared.b32") + 1,
+                        "{what}: the V thread's read of the tile slot"
+                    );
+                }
                 if let Some(dir) = &dump {
                     let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
                     std::fs::write(name, &b.ptx).unwrap();

@@ -59,7 +59,7 @@ pub(crate) struct Cfg {
     pub mask_early: bool,
     /// `PtxOptions::kv_cache` = `Paged` on the warp-specialized kernel: K/V tiles by page.
     pub paged_kv: bool,
-    /// `PtxOptions::v_producer` where it applies (`paged_kv`, a static schedule).
+    /// `PtxOptions::v_producer` where it applies (`paged_kv`; not with `q_ahead`).
     pub v_producer: bool,
     pub q: SmemTile,
     pub k: SmemTile,
@@ -92,7 +92,7 @@ impl Cfg {
             v_producer: opts.ws
                 && opts.kv_cache == super::KvCache::Paged
                 && opts.v_producer
-                && !opts.dynamic_tiles,
+                && !opts.q_ahead,
             q,
             k,
             v,
