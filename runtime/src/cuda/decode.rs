@@ -340,6 +340,20 @@ impl DecodeModule {
         self.fused.is_some()
     }
 
+    /// With `decode::COPY_DEVICE_RANGES` (the kernel takes no `Ranges`: it computes each
+    /// sequence's range from `SeqLens`, the capacity `Lkv` and the implied conjuncts'
+    /// offsets itself): `Some(number of KvOffset params)`; else `None`.
+    pub fn device_ranges(&self) -> Option<usize> {
+        let (k, _) = self.decode.current();
+        let params = &k.spec().params;
+        (!params.contains(&KernelParam::Ranges)).then(|| {
+            params
+                .iter()
+                .filter(|p| matches!(p, KernelParam::KvOffset(_)))
+                .count()
+        })
+    }
+
     /// Uploads one call. `q`, `k`, `v` are 16-bit elements in the decode layouts;
     /// `ranges` is `[B, 2]` (lo, hi) with `0 <= lo <= hi <= seq_lens[b]`.
     #[allow(clippy::too_many_arguments)]

@@ -254,7 +254,10 @@ pub(crate) struct GpuDecode {
     /// `[contiguous, paged]` of the SIMT kernel, then of the tensor-core kernel, then of
     /// the tensor-core kernel that steals work (`decode_mma::COPY_STEAL`: host-tensor
     /// calls only, see [`steal_geometry`]).
-    modules: [Option<DecodeModule>; 6],
+    ///
+    /// Then the same four for caller-buffer calls ([`Self::caller_module`]: kernels that
+    /// compute each sequence's range themselves, `decode::COPY_DEVICE_RANGES`).
+    modules: [Option<DecodeModule>; 10],
     /// The last call [`Self::time_ms`] uploaded, with what identifies its inputs: timing
     /// the same inputs again (the rounds of `attnc bench --decode`) uploads nothing. Its
     /// device buffers live until the next timed call with other inputs or the binding's
@@ -283,7 +286,7 @@ impl GpuDecode {
         GpuDecode {
             plan,
             tuning,
-            modules: [None, None, None, None, None, None],
+            modules: Default::default(),
             timed: None,
             trace: None,
         }
@@ -300,12 +303,39 @@ impl GpuDecode {
         shape: &DecodeShape,
         dtype: DType,
     ) -> Result<&DecodeModule> {
+        self.module_with(dev, shape, dtype, false)
+    }
+
+    /// [`Self::module`] for caller-buffer calls (lengths only on the device): kernels
+    /// that compute each sequence's reachable keys and clamped length from `seq_lens`
+    /// themselves (`decode::COPY_DEVICE_RANGES`), so that no decode-ranges kernel runs
+    /// before them.
+    pub(crate) fn caller_module(
+        &mut self,
+        dev: &CudaDevice,
+        shape: &DecodeShape,
+        dtype: DType,
+    ) -> Result<&DecodeModule> {
+        self.module_with(dev, shape, dtype, true)
+    }
+
+    fn module_with(
+        &mut self,
+        dev: &CudaDevice,
+        shape: &DecodeShape,
+        dtype: DType,
+        device_ranges: bool,
+    ) -> Result<&DecodeModule> {
         let paged = matches!(shape.layout, CacheLayout::Paged { .. });
         let kernel = self.kernel(shape);
         let tuning = self.tuning;
-        let slot = &mut self.modules[paged as usize + 2 * (kernel == Kernel::Mma) as usize];
+        let at = paged as usize + 2 * (kernel == Kernel::Mma) as usize;
+        let slot = &mut self.modules[if device_ranges { 6 + at } else { at }];
         if slot.is_none() {
-            let opts = decode_options(dev, shape, dtype, kernel, &tuning);
+            let mut opts = decode_options(dev, shape, dtype, kernel, &tuning);
+            if device_ranges {
+                opts.copy |= attnc_compiler::backend::llvm::decode::COPY_DEVICE_RANGES;
+            }
             let kind = match kernel {
                 Kernel::Simt => KernelKind::Decode,
                 Kernel::Mma => KernelKind::DecodeMma,

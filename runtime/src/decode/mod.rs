@@ -585,7 +585,7 @@ impl Bound {
             gpu::Kernel::Simt => "split-kv",
             gpu::Kernel::Mma => "split-kv-mma",
         });
-        Ok(gpu.module(dev, shape, opts.dtype)?.clone())
+        Ok(gpu.caller_module(dev, shape, opts.dtype)?.clone())
     }
 }
 

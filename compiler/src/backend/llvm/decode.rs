@@ -158,11 +158,14 @@ pub struct DecodeKernels {
     pub smem_bytes: u32,
 }
 
-pub(super) fn decode_params(p: &Program) -> Vec<DecodeParam> {
+pub(super) fn decode_params(p: &Program, copy: u32) -> Vec<DecodeParam> {
     use DecodeParam::*;
-    let mut v = vec![
-        Q, K, V, PageTable, SeqLens, Ranges, PartO, PartLse, Params, Err,
-    ];
+    let device = copy & COPY_DEVICE_RANGES != 0;
+    let mut v = vec![Q, K, V, PageTable, SeqLens];
+    if !device {
+        v.push(Ranges);
+    }
+    v.extend([PartO, PartLse, Params, Err]);
     v.extend((0..p.tensors.len() as u32).map(Tensor));
     v.extend([
         Hq, Hkv, Lq, Group, RowGroups, Splits, Chunk, LkvMax, PageShift, MaxPages, NumPages,
@@ -174,6 +177,15 @@ pub(super) fn decode_params(p: &Program) -> Vec<DecodeParam> {
         }));
     }
     v.push(Scale);
+    if device {
+        // the cache's capacity and the implied conjuncts' offsets (`decode_ranges`)
+        v.push(Lkv);
+        let n = super::decode_ranges::conjuncts(p).len() as u32;
+        if n > 0 {
+            v.extend((0..n).map(KvOffset));
+            v.push(KvAllPartial);
+        }
+    }
     v
 }
 
@@ -236,7 +248,7 @@ pub(crate) fn spec(
     let (entry, params, grid, smem_bytes) = match kind {
         KernelKind::Decode => (
             format!("attnc_decode_{name}"),
-            decode_params(p),
+            decode_params(p, d.copy),
             [GridDim::Splits, GridDim::KvHeadRowGroups, GridDim::Batches],
             d.smem_bytes(),
         ),
@@ -418,6 +430,15 @@ pub const COPY_COMBINE_WIDE: u32 = 4096;
 /// of the sums than the default's (a row's splits in one warp, in split order): bits may
 /// differ by rounding; deterministic.
 pub const COPY_COMBINE_ROWS: u32 = 1048576;
+/// [`DecodeOptions::copy`] bit of both split-KV decode kernels (the combine kernel ignores
+/// it): each CTA computes its sequence's reachable keys and clamped length from `SeqLens`
+/// itself, as the decode-ranges kernel (`decode_ranges.rs`) would have written them, so
+/// that a caller-buffer call (lengths only on the device) is two launches instead of
+/// three. The kernel takes no `Ranges`; it takes the cache's capacity `Lkv` and, for a
+/// mask with implied linear conjuncts, their `KvOffset`s and `KvAllPartial` (the
+/// decode-ranges kernel's parameters). The runtime sets it on the caller-buffer path;
+/// the host path keeps its host-computed `Ranges`.
+pub const COPY_DEVICE_RANGES: u32 = 8388608;
 /// Splits per round of a combine warp with [`COPY_COMBINE_WIDE`].
 const COMBINE_UNROLL_WIDE: i64 = 16;
 
@@ -461,6 +482,7 @@ pub(super) fn declare<'ctx>(
         .map(|p| match p {
             Scale => ctx.f32_type().into(),
             TmaK | TmaV => map_ptr.into(),
+            KvOffset(_) => ctx.i64_type().into(),
             p if is_ptr(p) => gptr.into(),
             _ => ctx.i32_type().into(),
         })
@@ -634,15 +656,48 @@ pub(super) fn cache_row_elem<'ctx>(
     }
 }
 
-/// The keys `[k0, k1)` split `split` of sequence `b` reads: the sequence's reachable range
-/// `Ranges[b] = (lo, hi)` cut into splits of `Chunk` keys (both split-KV kernels).
+/// A CTA's sequence: its reachable keys `[lo, hi)` and its length (the new rows'
+/// positions end there), each either read from the launch (the host's `Ranges`, or the
+/// decode-ranges kernel's with the clamped lengths after them) or, with
+/// [`COPY_DEVICE_RANGES`], computed here from `SeqLens` as the decode-ranges kernel
+/// computes them (`decode_ranges::reachable`).
+pub(super) struct SeqKeys<'ctx> {
+    pub lo: IntValue<'ctx>,
+    pub hi: IntValue<'ctx>,
+    pub len: IntValue<'ctx>,
+}
+
+/// [`SeqKeys`] of sequence `b` for a kernel of `p` with `copy` bits.
+pub(super) fn seq_keys<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    p: &Program,
+    copy: u32,
+    b: IntValue<'ctx>,
+) -> R<SeqKeys<'ctx>> {
+    use DecodeParam as P;
+    let lens = a.ptr(P::SeqLens)?;
+    if copy & COPY_DEVICE_RANGES != 0 {
+        let coefs = super::decode_ranges::conjuncts(p);
+        let (lo, hi, len) = super::decode_ranges::reachable(g, a, &coefs, lens, b)?;
+        return Ok(SeqKeys { lo, hi, len });
+    }
+    let len = g.load_i32(lens, b)?;
+    let ranges = a.ptr(P::Ranges)?;
+    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
+    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
+    Ok(SeqKeys { lo, hi, len })
+}
+
+/// The keys `[k0, k1)` split `split` of a sequence reads: its reachable range `(lo, hi)`
+/// cut into splits of `Chunk` keys (both split-KV kernels).
 pub(super) fn split_keys<'ctx>(
     g: &Gpu<'ctx>,
     a: &Args<'_, 'ctx>,
-    b: IntValue<'ctx>,
+    keys: &SeqKeys<'ctx>,
     split: IntValue<'ctx>,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
-    split_keys_from(g, a, b, split, 1)
+    split_keys_from(g, a, keys, split, 1)
 }
 
 /// [`split_keys`] with the range's first key `lo` rounded down to a multiple of `align`
@@ -656,35 +711,31 @@ pub(super) fn split_keys<'ctx>(
 pub(super) fn split_keys_from<'ctx>(
     g: &Gpu<'ctx>,
     a: &Args<'_, 'ctx>,
-    b: IntValue<'ctx>,
+    keys: &SeqKeys<'ctx>,
     split: IntValue<'ctx>,
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
-    let (lo, hi) = item_range(g, a, b, align)?;
+    let (lo, hi) = item_range(g, keys, align)?;
     let chunk = a.int(DecodeParam::Chunk)?;
     let k0 = g.add(lo, g.mul(split, chunk)?)?;
     let k1 = g.iintr2("llvm.smin.i32", g.add(k0, chunk)?, hi)?;
     Ok((k0, k1))
 }
 
-/// Item `b`'s kv range `[lo, hi)` from `Ranges` (two i32 per item), `lo` rounded down to
-/// `align` keys (a power of two) when `align > 1`: the start every split of the item counts
-/// from ([`split_keys_from`]; the work-stealing splits of `decode_mma` too).
+/// A sequence's kv range `[lo, hi)`, `lo` rounded down to `align` keys (a power of two)
+/// when `align > 1`: the start every split of the item counts from ([`split_keys_from`];
+/// the work-stealing splits of `decode_mma` too).
 pub(super) fn item_range<'ctx>(
     g: &Gpu<'ctx>,
-    a: &Args<'_, 'ctx>,
-    b: IntValue<'ctx>,
+    keys: &SeqKeys<'ctx>,
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
-    let ranges = a.ptr(DecodeParam::Ranges)?;
-    let lo = g.load_i32(ranges, g.mul(b, g.c32(2))?)?;
     let lo = if align > 1 {
-        g.and(lo, g.c32(-(align as i64)))?
+        g.and(keys.lo, g.c32(-(align as i64)))?
     } else {
-        lo
+        keys.lo
     };
-    let hi = g.load_i32(ranges, g.add(g.mul(b, g.c32(2))?, g.c32(1))?)?;
-    Ok((lo, hi))
+    Ok((lo, keys.hi))
 }
 
 /// The score/mask environment of a split-KV kernel from its parameters: params, the error
@@ -745,8 +796,9 @@ fn build_decode<'ctx>(
     let hk = g.udiv(y, rgs)?;
     let rg = g.sub(y, g.mul(hk, rgs)?)?;
     let nrows = g.mul(group, lq)?;
-    let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
-    let (k0, k1) = split_keys(g, &a, b, split)?;
+    let keys = seq_keys(g, &a, p, opts.copy, b)?;
+    let seq_len = keys.len;
+    let (k0, k1) = split_keys(g, &a, &keys, split)?;
 
     let env = decode_env(g, p, &a)?;
 

@@ -48,9 +48,9 @@
 
 use super::cta::Args;
 use super::decode::{
-    DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, cache_row_elem, check_dv, declare,
-    decode_env, decode_params, decode_spec, finite_or_zero, generate_spec, item_range,
-    let_combine_start, merge_partials, split_keys_from, with_combine,
+    DecodeKernels, DecodeOptions, DecodeParam, MMA_ROWS, SeqKeys, cache_row_elem, check_dv,
+    declare, decode_env, decode_params, decode_spec, finite_or_zero, generate_spec, item_range,
+    let_combine_start, merge_partials, seq_keys, split_keys_from, with_combine,
 };
 use super::expr::{Elem, Env, emit_function};
 use super::gpu::{Gpu, R, SmemTile, Var};
@@ -189,6 +189,7 @@ pub use super::decode::COPY_COMBINE_ROWS;
 /// [`PtxOptions::decode_copy`] bit of the combine kernel (defined with it in `decode.rs`):
 /// each warp merges up to 16 splits per round instead of 8.
 pub use super::decode::COPY_COMBINE_WIDE;
+pub use super::decode::COPY_DEVICE_RANGES;
 /// [`PtxOptions::decode_copy`] bit of the plain kind (not the fused kinds, not with
 /// [`COPY_TMA`]; see [`steals`]): work stealing. The launch has `nctaid.x` CTAs along the
 /// splits (the static splits, each `Chunk` keys) and `Splits` splits in all: the splits
@@ -369,7 +370,8 @@ pub const COPY_BITS: u32 = COPY_ALL
     | COPY_WGMMA_DEFER
     | COPY_COMBINE_ROWS
     | COPY_WGMMA_WG2
-    | COPY_WGMMA_WG2_REGS;
+    | COPY_WGMMA_WG2_REGS
+    | COPY_DEVICE_RANGES;
 
 /// One constraint of [`full_tile_form`]: `q*q + kv*kv + Σ c*param + k >= 0` (exact).
 #[derive(Clone, Debug, PartialEq)]
@@ -558,7 +560,7 @@ pub(crate) fn spec(
         KernelKind::DecodeMmaFused => true,
         _ => return Err(LlvmError::Internal("not a tensor-core decode kind")),
     };
-    let mut params = decode_params(p);
+    let mut params = decode_params(p, d.copy);
     if fused {
         params.extend([DecodeParam::O, DecodeParam::Lse, DecodeParam::DecodeSem]);
     }
@@ -987,7 +989,8 @@ pub(super) fn build<'ctx>(
     let hk = g.udiv(y, rgs)?;
     let rg = g.sub(y, g.mul(hk, rgs)?)?;
     let nrows = g.mul(group, lq)?;
-    let seq_len = g.load_i32(a.ptr(P::SeqLens)?, b)?;
+    let keys = seq_keys(g, &a, p, opts.copy, b)?;
+    let seq_len = keys.len;
     // COPY_PAGE_PASS: tiles start on multiples of KV_TILE (`split_keys_from`)
     let page_pass = opts.paged && opts.copy & COPY_PAGE_PASS != 0;
     // COPY_PAGE_BASE: per-pass page bases in lanes, at 16 rows per pass (D128)
@@ -1002,18 +1005,18 @@ pub(super) fn build<'ctx>(
         1
     };
     let (k0, k1) = if steal {
-        steal_keys(g, &a, b, split, align)?
+        steal_keys(g, &a, &keys, split, align)?
     } else if opts.copy & COPY_BALANCED != 0 && !direct {
         // (the one-split form reads its whole range either way)
-        balanced_keys(g, &a, b, split, align)?
+        balanced_keys(g, &a, &keys, split, align)?
     } else {
-        split_keys_from(g, &a, b, split, align)?
+        split_keys_from(g, &a, &keys, split, align)?
     };
     // COPY_STREAM: the own split's keys end at `own_end`; the chunks after the static
     // splits follow from the item's counter, every tile's keys bounded by the range's end
     let stream = streams(opts, fused);
     let (k1, own_end, sv) = if stream {
-        let (lo, hi) = item_range(g, &a, b, align)?;
+        let (lo, hi) = item_range(g, &keys, align)?;
         let c0 = g.c32(0);
         let tile_shift = g.c32(KV_TILE.trailing_zeros() as i64);
         let tiles_of = |keys: IntValue<'ctx>| -> R<IntValue<'ctx>> {
@@ -1937,19 +1940,19 @@ pub(super) fn build<'ctx>(
     Ok(g.module.clone())
 }
 
-/// [`COPY_STEAL`]'s keys `[k0, k1)` of split `split` of sequence `b`: the range's first
+/// [`COPY_STEAL`]'s keys `[k0, k1)` of split `split` of a sequence (`keys`): the range's first
 /// key `lo` (rounded down to a multiple of `align`, as `split_keys_from`), then the
 /// `nctaid.x` static splits of `Chunk` keys, then the stolen splits of `StealChunk` keys;
 /// `k1` at most the range's end.
 fn steal_keys<'ctx>(
     g: &Gpu<'ctx>,
     a: &Args<'_, 'ctx>,
-    b: IntValue<'ctx>,
+    keys: &SeqKeys<'ctx>,
     split: IntValue<'ctx>,
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     use DecodeParam as P;
-    let (lo, hi) = item_range(g, a, b, align)?;
+    let (lo, hi) = item_range(g, keys, align)?;
     let (chunk, small) = (a.int(P::Chunk)?, a.int(P::StealChunk)?);
     let sg = g.nctaid('x')?;
     let big = g.iintr2("llvm.umin.i32", split, sg)?;
@@ -2045,19 +2048,19 @@ impl<'ctx> Stream<'ctx> {
     }
 }
 
-/// [`COPY_BALANCED`]'s keys `[k0, k1)` of split `split` of sequence `b`: the range
+/// [`COPY_BALANCED`]'s keys `[k0, k1)` of split `split` of a sequence (`keys`): the range
 /// `lo..hi` (`lo` rounded down to a multiple of `align`, as `split_keys_from`) of `T =
 /// ceil((hi - lo) / 64)` tiles, split `s` from tile `floor(s T / Splits)` to tile
 /// `floor((s + 1) T / Splits)` (64-bit products: no wrap), `k1` at most `hi`.
 fn balanced_keys<'ctx>(
     g: &Gpu<'ctx>,
     a: &Args<'_, 'ctx>,
-    b: IntValue<'ctx>,
+    keys: &SeqKeys<'ctx>,
     split: IntValue<'ctx>,
     align: u32,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     use DecodeParam as P;
-    let (lo, hi) = item_range(g, a, b, align)?;
+    let (lo, hi) = item_range(g, keys, align)?;
     let span = g.iintr2("llvm.smax.i32", g.sub(hi, lo)?, g.c32(0))?;
     let tiles = g.lshr(
         g.add(span, g.c32(KV_TILE as i64 - 1))?,

@@ -48,6 +48,55 @@ fn coefficients(plan: &Plan) -> Vec<(i64, i64)> {
         .unwrap_or_default()
 }
 
+/// [`coefficients`] of `p`'s plan: what the split-KV kernels bound by when they compute
+/// the ranges themselves (`decode::COPY_DEVICE_RANGES`), in the order of their
+/// `KvOffset` params.
+pub(super) fn conjuncts(p: &crate::ir::Program) -> Vec<(i64, i64)> {
+    coefficients(&Plan::new(p))
+}
+
+/// Sequence `b`'s reachable keys `(lo, hi)` and its length clamped into `0..=Lkv` (the
+/// module header's rule), from `lens[b]`, the `Lkv`, `Lq`, `KvOffset` and `KvAllPartial`
+/// params of `a`, for the conjuncts `coefs` (none: `0..n`).
+pub(super) fn reachable<'ctx>(
+    g: &Gpu<'ctx>,
+    a: &Args<'_, 'ctx>,
+    coefs: &[(i64, i64)],
+    lens: PointerValue<'ctx>,
+    b: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+    use KernelParam as P;
+    let n = g.load_i32(lens, b)?;
+    let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
+    let n = g.iintr2("llvm.smin.i32", n, a.int(P::Lkv)?)?;
+    let (mut lo, mut hi) = (g.c32(0), n);
+    if !coefs.is_empty() {
+        let q1 = g.sub(n, g.c32(1))?;
+        let q0 = g.iintr2("llvm.smax.i32", g.sub(n, a.int(P::Lq)?)?, g.c32(0))?;
+        let offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
+            .map(|i| a.int(P::KvOffset(i)))
+            .collect::<R<_>>()?;
+        let [first, end] = element_range(
+            g,
+            coefs,
+            &offsets,
+            g.sext64(q0)?,
+            g.sext64(q1)?,
+            g.sext64(n)?,
+        )?;
+        let t =
+            |x: IntValue<'ctx>| -> R<IntValue<'ctx>> { Ok(g.b.build_int_truncate(x, g.i32, "")?) };
+        let all = g.icmp(IntPredicate::NE, a.int(P::KvAllPartial)?, g.c32(0))?;
+        lo = g.selecti(all, lo, t(first)?)?;
+        hi = g.selecti(all, hi, t(end)?)?;
+    }
+    // no keys (n = 0, or nothing reachable): (0, 0)
+    let none = g.icmp(IntPredicate::SLE, hi, lo)?;
+    let lo = g.selecti(none, g.c32(0), lo)?;
+    let hi = g.selecti(none, g.c32(0), hi)?;
+    Ok((lo, hi, n))
+}
+
 /// The parameters: `SeqLens, Ranges, Lq, Lkv`, then with conjuncts their `KvOffset`s and
 /// `KvAllPartial`.
 fn param_list(plan: &Plan) -> Vec<KernelParam> {
@@ -130,35 +179,7 @@ fn build<'ctx>(
     let b = g.ctaid('x')?;
     let first_thread = g.icmp(IntPredicate::EQ, g.tid_x()?, g.c32(0))?;
     g.if_then(first_thread, || {
-        let n = g.load_i32(a.ptr(P::SeqLens)?, b)?;
-        let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
-        let n = g.iintr2("llvm.smin.i32", n, a.int(P::Lkv)?)?;
-        let (mut lo, mut hi) = (g.c32(0), n);
-        if !coefs.is_empty() {
-            let q1 = g.sub(n, g.c32(1))?;
-            let q0 = g.iintr2("llvm.smax.i32", g.sub(n, a.int(P::Lq)?)?, g.c32(0))?;
-            let offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
-                .map(|i| a.int(P::KvOffset(i)))
-                .collect::<R<_>>()?;
-            let [first, end] = element_range(
-                g,
-                coefs,
-                &offsets,
-                g.sext64(q0)?,
-                g.sext64(q1)?,
-                g.sext64(n)?,
-            )?;
-            let t = |x: IntValue<'ctx>| -> R<IntValue<'ctx>> {
-                Ok(g.b.build_int_truncate(x, g.i32, "")?)
-            };
-            let all = g.icmp(IntPredicate::NE, a.int(P::KvAllPartial)?, g.c32(0))?;
-            lo = g.selecti(all, lo, t(first)?)?;
-            hi = g.selecti(all, hi, t(end)?)?;
-        }
-        // no keys (n = 0, or nothing reachable): (0, 0)
-        let none = g.icmp(IntPredicate::SLE, hi, lo)?;
-        let lo = g.selecti(none, g.c32(0), lo)?;
-        let hi = g.selecti(none, g.c32(0), hi)?;
+        let (lo, hi, n) = reachable(g, &a, coefs, a.ptr(P::SeqLens)?, b)?;
         let ranges = a.ptr(P::Ranges)?;
         let at = g.mul(b, g.c32(2))?;
         store_i32(g, ranges, at, lo)?;
@@ -213,6 +234,95 @@ mod tests {
                     .count(),
                 n
             );
+            with_offsets += (n > 0) as usize;
+        }
+        assert!(with_offsets > 0);
+    }
+}
+
+/// The split-KV kernels with `decode::COPY_DEVICE_RANGES`: the decode-ranges kernel's
+/// computation inside them.
+#[cfg(test)]
+mod device_ranges {
+    use crate::backend::llvm::decode::{COPY_DEVICE_RANGES, DecodeOptions, emit_decode};
+    use crate::backend::llvm::decode_mma::{
+        COPY_BALANCED, COPY_DIRECT, COPY_EARLY, COPY_FULL_TILE, COPY_IDS_LATE, COPY_STEAL,
+        COPY_WGMMA, emit_decode_mma,
+    };
+    use crate::backend::llvm::{Arch, InputType, KernelParam, samples};
+
+    /// On every sample, the SIMT kernel (4 rows) and the tensor-core one (64 rows: mma.sync
+    /// and wgmma, the runtime's default bits, work stealing, paged and contiguous): the
+    /// kernel takes no `Ranges` and instead the capacity `Lkv` and, where the mask implies
+    /// linear conjuncts, one `KvOffset` each and `KvAllPartial` (the decode-ranges
+    /// kernel's parameters, in its order), reads `SeqLens` and clamps it (more min / max), and
+    /// is deterministic; the combine kernel is unchanged; without the bit the kernel is
+    /// as before (`Ranges`, no `Lkv`).
+    #[test]
+    fn split_kv_kernels_compute_their_ranges() {
+        let base = COPY_EARLY | COPY_DIRECT | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
+        let mut with_offsets = 0;
+        for p in samples::all(16) {
+            let n = super::conjuncts(&p).len();
+            for (rows, copy, paged) in [
+                (4, 0, false),
+                (4, 0, true),
+                (64, base, false),
+                (64, base | COPY_WGMMA, true),
+                (16, COPY_STEAL, true),
+            ] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d: 128,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy,
+                };
+                let on = DecodeOptions {
+                    copy: copy | COPY_DEVICE_RANGES,
+                    ..o
+                };
+                let emit = |o: &DecodeOptions| {
+                    if o.rows <= 4 {
+                        emit_decode(&p, o).unwrap()
+                    } else {
+                        emit_decode_mma(&p, o).unwrap()
+                    }
+                };
+                let (a, b) = (emit(&o), emit(&on));
+                let what = format!("{} {}", p.name, on.key());
+                assert_ne!(o.key(), on.key(), "{what}");
+                assert!(a.decode_params.contains(&KernelParam::Ranges), "{what}");
+                assert!(!a.decode_params.contains(&KernelParam::Lkv), "{what}");
+                let mut want: Vec<KernelParam> = a
+                    .decode_params
+                    .iter()
+                    .copied()
+                    .filter(|k| *k != KernelParam::Ranges)
+                    .collect();
+                let at = want.iter().position(|k| *k == KernelParam::Scale).unwrap() + 1;
+                let mut tail = vec![KernelParam::Lkv];
+                if n > 0 {
+                    tail.extend((0..n as u32).map(KernelParam::KvOffset));
+                    tail.push(KernelParam::KvAllPartial);
+                }
+                want.splice(at..at, tail);
+                assert_eq!(b.decode_params, want, "{what}");
+                assert_eq!(
+                    (&a.combine_ptx, &a.combine_params),
+                    (&b.combine_ptx, &b.combine_params),
+                    "{what}"
+                );
+                let clamps = |k: &str| k.matches("min.s32").count() + k.matches("max.s32").count();
+                assert!(clamps(&b.decode_ptx) > clamps(&a.decode_ptx), "{what}");
+                assert_eq!(
+                    b.decode_ptx.matches(".param .u64").count(),
+                    a.decode_ptx.matches(".param .u64").count() - 1 + n,
+                    "{what}: Ranges out, the i64 offsets in"
+                );
+                assert_eq!(emit(&on), b, "{what}: deterministic");
+            }
             with_offsets += (n > 0) as usize;
         }
         assert!(with_offsets > 0);

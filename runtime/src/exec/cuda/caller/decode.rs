@@ -8,18 +8,22 @@
 //! paged caches), o, lse and the caller's workspace (partials, and `ranges: i32[3 B]`),
 //! the captured tensors (pointers, dims), the params, the bounds of the mask's implied
 //! linear conjuncts for the logical shape, and a `CUstream` of the device's primary
-//! context. Out: three launches enqueued on that stream and nothing else (no host round
+//! context. Out: two launches enqueued on that stream and nothing else (no host round
 //! trip, no synchronization, no allocation once the stream has served the binding, so a
 //! warmed-up call can be captured in a CUDA graph):
 //!
-//! 1. the decode-ranges kernel (`KernelKind::DecodeRanges`): each sequence's reachable
-//!    keys from its length on the device, and the lengths clamped into the cache, which
-//!    the next kernels read instead of `seq_lens` (a sliding window reads only its
-//!    window; a length beyond the capacity is the capacity, a negative one 0, so no read
-//!    leaves the cache whatever `seq_lens` holds);
-//! 2. the split-KV decode kernel over those ranges (splits of the capacity: the splits
-//!    past a sequence's range exit at once);
-//! 3. the combine kernel.
+//! 1. the split-KV decode kernel, whose CTAs compute their sequence's reachable keys
+//!    from its length on the device (`decode::COPY_DEVICE_RANGES`, the binding's
+//!    caller-buffer kernels: `GpuDecode::caller_module`) and clamp the length into the
+//!    cache (a sliding window reads only its window; a length beyond the capacity is the
+//!    capacity, a negative one 0, so no read leaves the cache whatever `seq_lens` holds),
+//!    over splits of the capacity (the splits past a sequence's range exit at once);
+//! 2. the combine kernel.
+//!
+//! A module whose decode kernel reads the ranges instead (without the bit) gets a
+//! decode-ranges kernel (`KernelKind::DecodeRanges`) before it that computes them the same
+//! way into the workspace's `ranges` (with the clamped lengths after them): three
+//! launches (sessions 21-27's path; the workspace keeps its `ranges` for it).
 //!
 //! The params, error and zero words are the stream's state shared with the forward and
 //! backward on caller buffers (see [`super`]).
@@ -126,9 +130,12 @@ impl CudaExec {
             )
             .into());
         }
-        let ranges_kernel = match &self.decode_ranges {
-            Some(k) => k.clone(),
-            None => {
+        // (kernels that compute the ranges themselves need no decode-ranges kernel)
+        let device_ranges = module.device_ranges();
+        let ranges_kernel = match (&self.decode_ranges, device_ranges) {
+            (_, Some(_)) => None,
+            (Some(k), None) => Some(k.clone()),
+            (None, None) => {
                 if capture {
                     return Err(needs_warmup("load its decode-ranges kernel").into());
                 }
@@ -143,7 +150,7 @@ impl CudaExec {
                 )?;
                 let k = k.current().0;
                 self.decode_ranges = Some(k.clone());
-                k
+                Some(k)
             }
         };
         // SAFETY: the caller vouches for `stream` (see above).
@@ -157,17 +164,19 @@ impl CudaExec {
             zero: ptr(&st.zero),
             tiles: ptr(&st.tiles),
         };
-        let n = ranges_kernel
-            .spec()
-            .params
-            .iter()
-            .filter(|p| matches!(p, P::KvOffset(_)))
-            .count();
-        let ra = ranges_values(n, geom, capacity, bufs, skip);
-        // SAFETY: seq_lens (B i32) and ranges (3 B i32) are the caller's (vouched for
-        // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` and
-        // `ranges[2B + b]` for the grid's b < B only.
-        unsafe { ranges_kernel.launch_args(&st.dev, &ra) }?;
+        if let Some(ranges_kernel) = &ranges_kernel {
+            let n = ranges_kernel
+                .spec()
+                .params
+                .iter()
+                .filter(|p| matches!(p, P::KvOffset(_)))
+                .count();
+            let ra = ranges_values(n, geom, capacity, bufs, skip);
+            // SAFETY: seq_lens (B i32) and ranges (3 B i32) are the caller's (vouched for
+            // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` and
+            // `ranges[2B + b]` for the grid's b < B only.
+            unsafe { ranges_kernel.launch_args(&st.dev, &ra) }?;
+        }
         laps.lap(crate::host_trace::Stage::Ranges);
         let ptrs = DecodePtrs {
             q: bufs.q,
@@ -175,8 +184,12 @@ impl CudaExec {
             v: bufs.v_cache,
             // a contiguous cache reads no page table: any one-word buffer
             page_table: bufs.page_table.unwrap_or(state.zero),
-            // the lengths clamped into `0..=capacity` by the ranges kernel
-            seq_lens: bufs.ranges + 8 * geom.b as u64,
+            // the lengths clamped into `0..=capacity` by the ranges kernel (or by the
+            // decode kernel itself from the caller's)
+            seq_lens: match device_ranges {
+                Some(_) => bufs.seq_lens,
+                None => bufs.ranges + 8 * geom.b as u64,
+            },
             ranges: bufs.ranges,
             part_o: bufs.part_o,
             part_lse: bufs.part_lse,
@@ -198,11 +211,16 @@ impl CudaExec {
                 })
                 .collect(),
         };
-        let args = launch_values(geom, &ptrs);
+        let mut args = launch_values(geom, &ptrs);
+        if let Some(n) = device_ranges {
+            // the decode-ranges kernel's values: capacity, offsets (`SeqLens` the caller's)
+            args.merge(&ranges_values(n, geom, capacity, bufs, skip));
+        }
         // SAFETY: the caller's buffers are sized for `geom` (vouched for above); the
-        // ranges the kernel reads were just written in stream order by the ranges kernel,
-        // inside `0..min(seq_lens[b], capacity)`, and the splits x chunk of `geom` cover
-        // the capacity, hence every range; params, error and zero words are this stream
+        // ranges the kernel reads were just written in stream order by the ranges kernel
+        // (or the kernel computes them from `seq_lens` the same way), inside
+        // `0..min(seq_lens[b], capacity)`, and the splits x chunk of `geom` cover the
+        // capacity, hence every range; params, error and zero words are this stream
         // state's.
         unsafe { module.launch_values(&st.dev, geom, &args) }?;
         laps.lap(crate::host_trace::Stage::Launch);
