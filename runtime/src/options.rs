@@ -163,11 +163,11 @@ pub struct DecodeTuning {
     /// measuring what `Bound::reshape` saves) instead of pointing the binding of their rows
     /// and heads at the call's length.
     pub rebind_runs: bool,
-    /// Chunked prefill's runs on a paged cache issue all their copies from one producer
-    /// thread (`ATTNC_DECODE_V_PRODUCER=0`; for measuring) instead of V's from a second
-    /// one (`PtxOptions::v_producer`, the default: pages smaller than the kv tile take a
-    /// box per page, which one thread issues at a limited rate).
-    pub paged_single_producer: bool,
+    /// The producer threads that issue the copies of chunked prefill's runs on a paged
+    /// cache (`PtxOptions::producers`, `ATTNC_DECODE_PRODUCERS=1|2|4`; for measuring): 0
+    /// for the default, 2 (V's copies from a second thread: pages smaller than the kv
+    /// tile take a box per page, which one thread issues at a limited rate).
+    pub paged_producers: u8,
     /// Work stealing's split (`decode_mma::COPY_STEAL`, `ATTNC_DECODE_STEAL=pct,tiles`; and
     /// `decode_mma::COPY_STREAM`'s own splits and chunks):
     /// the static splits take `pct`% (1..=100) of the longest range's tiles, the rest
@@ -231,7 +231,7 @@ impl DecodeTuning {
     /// `simt|mma`, `ATTNC_DECODE_SPLITS` a count >= 1, `ATTNC_DECODE_ROWS` 16|32|64,
     /// `ATTNC_DECODE_COMBINE` `fused|serial`, `ATTNC_DECODE_CHAIN` `0`, `ATTNC_DECODE_COPY` `0` or letters of `abcdefghijklmnopqrstuvw`,
     /// `ATTNC_DECODE_PREFILL` `1|0`, `ATTNC_DECODE_PAGED_RUNS` `0` (off), `ATTNC_DECODE_REBIND` `1`,
-    /// `ATTNC_DECODE_V_PRODUCER` `1`; anything else (or unset) leaves the choice
+    /// `ATTNC_DECODE_PRODUCERS` `1|2|4`; anything else (or unset) leaves the choice
     /// automatic.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
@@ -254,8 +254,12 @@ impl DecodeTuning {
             },
             paged_split_kv: get("ATTNC_DECODE_PAGED_RUNS").as_deref().map(str::trim) == Some("0"),
             rebind_runs: get("ATTNC_DECODE_REBIND").as_deref().map(str::trim) == Some("1"),
-            paged_single_producer: get("ATTNC_DECODE_V_PRODUCER").as_deref().map(str::trim)
-                == Some("0"),
+            paged_producers: match get("ATTNC_DECODE_PRODUCERS").as_deref().map(str::trim) {
+                Some("1") => 1,
+                Some("2") => 2,
+                Some("4") => 4,
+                _ => 0,
+            },
             steal: get("ATTNC_DECODE_STEAL").and_then(|v| {
                 let (a, b) = v.trim().split_once(',')?;
                 let (pct, tiles) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
@@ -299,7 +303,7 @@ mod tests {
                 prefill: None,
                 paged_split_kv: false,
                 rebind_runs: false,
-                paged_single_producer: false,
+                paged_producers: 0,
                 steal: None,
             }
         );
@@ -322,13 +326,16 @@ mod tests {
                 .rebind_runs
         };
         assert!(rebind("1") && !rebind("0") && !rebind("yes"));
-        let v_producer = |v: &'static str| {
+        let producers = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| {
-                (k == "ATTNC_DECODE_V_PRODUCER").then(|| v.to_string())
+                (k == "ATTNC_DECODE_PRODUCERS").then(|| v.to_string())
             })
-            .paged_single_producer
+            .paged_producers
         };
-        assert!(!v_producer("1") && v_producer("0") && !v_producer("yes"));
+        assert_eq!(
+            ["1", "2", "4", "3", "0", "yes"].map(producers),
+            [1, 2, 4, 0, 0, 0]
+        );
         let copy = |v: &'static str| {
             DecodeTuning::parse(move |k: &str| (k == "ATTNC_DECODE_COPY").then(|| v.to_string()))
                 .copy

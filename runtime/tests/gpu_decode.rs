@@ -710,10 +710,10 @@ type RunCase = (
 /// (`DecodeTuning::prefill`):
 /// runs of 2 and 1 and 1 sequences, Lq 128 and 200, GQA 8:2 and 4:4, dense (the static
 /// schedule), causal, a sliding window (a param) and ALiBi (a per-head score), against the
-/// oracle, path "prefill"; every other case with all copies on one producer thread
-/// (`DecodeTuning::paged_single_producer`; the others' V copies on a second one, the
-/// default, under the static schedule (dense) and the dynamic scheduler (the rest)),
-/// and through `decode_cuda_runs` alone first; a
+/// oracle, path "prefill"; the cases' copies on one, two (the default: V's on a second
+/// thread) and four producer threads in turn (`DecodeTuning::paged_producers`; under
+/// the static schedule (dense) and the dynamic scheduler (the rest)), every other case
+/// through `decode_cuda_runs` alone first; a
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
 /// split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
@@ -778,18 +778,17 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
                 "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs} \
-                 single producer {}",
+                 producers {}",
                 c.seq_lens,
-                i % 2 == 1
+                [1, 2, 4][i % 3]
             );
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
             let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
             o.decode.prefill = forced;
             o.decode.paged_split_kv = !paged_runs;
-            // every other case's copies from one producer thread (the default: V's from
-            // a second one)
-            o.decode.paged_single_producer = i % 2 == 1;
+            // one, two (the default) and four producer threads in turn
+            o.decode.paged_producers = [1, 2, 4][i % 3];
             let mut bound = variant.bind(o).unwrap();
             // O poisoned: a row no launch writes shows
             // every other case through the runs alone first (`decode_cuda_runs`)

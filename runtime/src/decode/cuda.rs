@@ -222,7 +222,7 @@ impl CudaState {
                 o.jit_tiers = opts.jit_tiers;
                 o.device = opts.device;
                 o.kv_pages = paged;
-                // (the parent's tuning: `paged_single_producer` reaches the run's kernel)
+                // (the parent's tuning: `paged_producers` reaches the run's kernel)
                 o.decode = opts.decode;
                 e.insert(self.variant.bind(o)?)
             }

@@ -202,7 +202,11 @@ fn forward_options_for(
             )));
         }
         popts.kv_cache = attnc_compiler::backend::llvm::KvCache::Paged;
-        popts.v_producer = !opts.decode.paged_single_producer;
+        // (V's copies from a second producer thread unless the tuning says otherwise)
+        popts.producers = match opts.decode.paged_producers {
+            0 => 2,
+            n => n,
+        };
     }
     Ok(popts)
 }

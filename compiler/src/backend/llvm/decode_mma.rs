@@ -1097,7 +1097,7 @@ pub(super) fn build<'ctx>(
         pv_wait_late: false,
         mask_early: false,
         paged_kv: false,
-        v_producer: false,
+        producers: 1,
         softmax_ilp: false,
         q: qt,
         k: kt,

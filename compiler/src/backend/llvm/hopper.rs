@@ -26,11 +26,13 @@
 //!     last:         wait v_full; [turn] issue P V(last); wait; [pass the turn]
 //!     epilogue (O / l, LSE), as in `kernel.rs`
 //! ```
-//! With `PtxOptions::v_producer` (a paged cache) a second producer thread, the first of
+//! With `PtxOptions::producers` = 2 (a paged cache) a second producer thread, the first of
 //! the producer warpgroup's second warp, issues the V copies (waits on v_empty, the
 //! tail's zeroing) over the same kv blocks with its own ring position, and the first
-//! thread only Q and K ([`Copies`]); under the dynamic scheduler it learns each tile
-//! from the tile slot as the consumers do ([`produce_dynamic_v`]).
+//! thread only Q and K; with 4, K's boxes alternate between the first threads of warps 0
+//! and 2 and V's between warps 1 and 3 ([`Copies::roles`]). Under the dynamic scheduler
+//! the threads after the first learn each tile from the tile slot as the consumers do
+//! ([`produce_dynamic_follow`]).
 //!
 //! "[turn]" is `bar.sync 2 + wg, 256` and "[pass the turn]" `bar.arrive 2 + next(wg), 256`
 //! (next: round robin over the consumer warpgroups): they issue their products in turn,
@@ -431,14 +433,8 @@ pub(crate) fn body<'ctx>(
     g.b.position_at_end(producer_bb);
     let (producer_regs, consumer_regs) = registers(c.threads / 128);
     g.setmaxnreg(false, producer_regs)?;
-    // (`PtxOptions::v_producer`: the V copies on a second thread, the first of the producer
-    // warpgroup's second warp)
-    let roles: &[(i64, Copies)] = if c.v_producer {
-        &[(0, Copies::QK), (32, Copies::V)]
-    } else {
-        &[(0, Copies::All)]
-    };
-    for &(n, copies) in roles {
+    // (`PtxOptions::producers`: the copies shared by the first threads of 2 or 4 warps)
+    for &(n, copies) in Copies::roles(c.producers) {
         let thread = g.icmp(IntPredicate::EQ, at.tid, g.c32(c.threads as i64 + n))?;
         g.if_then(g.and(thread, any_block)?, || {
             let prod = Producer {
@@ -522,9 +518,15 @@ fn body_persistent<'ctx>(
     let lay = Layout::new(opts);
     let bars = Bars::new(g, &lay)?;
     let tid = g.tid_x()?;
-    // (the dynamic scheduler's V producer reads the tile slot too, and says when it has)
-    let v_dynamic = opts.dynamic_tiles && c.v_producer;
-    bars.init(g, tid, c.threads, true, v_dynamic as u32)?;
+    // (`PtxOptions::producers`: under the dynamic scheduler the producer threads after the
+    // first read the tile slot too, and say when they have)
+    let roles = Copies::roles(c.producers);
+    let followers = if opts.dynamic_tiles {
+        roles.len() as u32 - 1
+    } else {
+        0
+    };
+    bars.init(g, tid, c.threads, true, followers)?;
     let tiles = g.mul(
         g.mul(a.int(KernelParam::NumQBlocks)?, a.int(KernelParam::Hq)?)?,
         a.int(KernelParam::Batch)?,
@@ -543,8 +545,8 @@ fn body_persistent<'ctx>(
     let (producer_regs, consumer_regs) = registers(c.threads / 128);
 
     // ---- producer warpgroup: one thread issues every TMA copy of every tile -----------------
-    // (`PtxOptions::v_producer`: the static rounds' V copies on a second thread, the first
-    // of the producer warpgroup's second warp, walking the same tiles)
+    // (`PtxOptions::producers`: the copies shared by the first threads of 2 or 4 warps,
+    // each walking the same tiles)
     g.b.position_at_end(producer_bb);
     g.setmaxnreg(false, producer_regs)?;
     let static_walk = |copies: Copies| -> R<()> {
@@ -587,7 +589,6 @@ fn body_persistent<'ctx>(
                     return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
                 }
                 let early = opts.early_claim;
-                let copies = if v_dynamic { Copies::QK } else { Copies::All };
                 let walk = Walk {
                     kv,
                     a: &a,
@@ -595,19 +596,15 @@ fn body_persistent<'ctx>(
                     bars: &bars,
                     tiles,
                 };
-                return produce_dynamic(g, c, p, &walk, &ring, early, copies);
+                return produce_dynamic(g, c, p, &walk, &ring, early, roles[0].1);
             }
-            static_walk(if c.v_producer {
-                Copies::QK
-            } else {
-                Copies::All
-            })
+            static_walk(roles[0].1)
         },
     )?;
-    if c.v_producer {
-        let second = g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64 + 32))?;
-        g.if_then(second, || {
-            if v_dynamic {
+    for &(n, copies) in &roles[1..] {
+        let thread = g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64 + n))?;
+        g.if_then(thread, || {
+            if opts.dynamic_tiles {
                 let walk = Walk {
                     kv,
                     a: &a,
@@ -615,9 +612,9 @@ fn body_persistent<'ctx>(
                     bars: &bars,
                     tiles,
                 };
-                produce_dynamic_v(g, c, p, &walk)
+                produce_dynamic_follow(g, c, p, &walk, copies)
             } else {
-                static_walk(Copies::V)
+                static_walk(copies)
             }
         })?;
     }
@@ -1369,8 +1366,8 @@ fn publish_and_merge<'ctx>(
 /// last copies at once. At the end it counts itself in
 /// `TileCounter[1]`; the last CTA zeroes both words for the next launch (every CTA's
 /// last add happened before its count: `acq_rel_inc`).
-/// With `copies` = [`Copies::QK`] (`PtxOptions::v_producer`) it copies Q and K only:
-/// [`produce_dynamic_v`] copies V.
+/// It issues `copies` (`PtxOptions::producers` > 1: Q and its share of K; the other
+/// producer threads the rest, [`produce_dynamic_follow`]).
 fn produce_dynamic<'ctx>(
     g: &Gpu<'ctx>,
     c: &Cfg,
@@ -1457,16 +1454,23 @@ struct Walk<'a, 'ctx> {
     tiles: IntValue<'ctx>,
 }
 
-/// The dynamic scheduler's V producer (`PtxOptions::v_producer`, the first thread of the
-/// producer warpgroup's second warp): it follows [`produce_dynamic`]'s tiles as the
-/// consumers do ([`consume_dynamic`]: per Q use, wait for `q_full`, read the tile index
-/// from the slot, stop at the end marker), then arrives at `q_empty` (counted there
-/// besides the consumers, so that the slot is not rewritten before this thread has read
-/// it) and copies V of
-/// every kv block of the tile's runs into the ring at its own position (a tile without
-/// blocks copies nothing). Each Q use's `q_full` completes before its tile's first S,
-/// which comes before any P V: V's copies start no later than the consumers need them.
-fn produce_dynamic_v<'ctx>(g: &Gpu<'ctx>, c: &Cfg, p: &Program, w: &Walk<'_, 'ctx>) -> R<()> {
+/// A producer thread of the dynamic scheduler after the first (`PtxOptions::producers` >
+/// 1, the first thread of another warp of the producer warpgroup): it follows
+/// [`produce_dynamic`]'s tiles as the consumers do ([`consume_dynamic`]: per Q use, wait
+/// for `q_full`, read the tile index from the slot, stop at the end marker), then arrives
+/// at `q_empty` (counted there besides the consumers, so that the slot is not rewritten
+/// before this thread has read it) and issues its `copies` (its share of K or V) of every
+/// kv block of the tile's runs into the ring at its own position (a tile without blocks
+/// copies nothing). Each Q use's `q_full` completes before its tile's first S: V's
+/// copies start no later than the consumers need them; K's second share waits for Q's
+/// landing (the first S needs Q too).
+fn produce_dynamic_follow<'ctx>(
+    g: &Gpu<'ctx>,
+    c: &Cfg,
+    p: &Program,
+    w: &Walk<'_, 'ctx>,
+    copies: Copies,
+) -> R<()> {
     let (lay, bars) = (w.lay, w.bars);
     let ring = Ring::new(g, lay.stages)?;
     let q_phase = g.var(g.i32, g.c32(0))?;
@@ -1484,7 +1488,7 @@ fn produce_dynamic_v<'ctx>(g: &Gpu<'ctx>, c: &Cfg, p: &Program, w: &Walk<'_, 'ct
                 cx: &cx,
                 a: w.a,
                 hq: at.hq,
-                copies: Copies::V,
+                copies,
             };
             prod.run_kv(&runs, Some(&ring), None)
         })
@@ -1541,7 +1545,7 @@ fn produce_ahead<'ctx>(
             cx: &cx,
             a,
             hq: at.hq,
-            copies: Copies::All,
+            copies: Copies::ALL,
         };
         prod.load_q(Some(q))?;
         g.br(out)?;
@@ -1584,7 +1588,7 @@ fn produce_ahead<'ctx>(
         cx: &cx,
         a,
         hq: at.hq,
-        copies: Copies::All,
+        copies: Copies::ALL,
     };
     prod.run_kv(&runs, Some(ring), Some(&mut ahead))?;
     g.br(fetch)?;
@@ -1647,13 +1651,72 @@ struct Producer<'a, 'ctx> {
     copies: Copies,
 }
 
-/// The copies of one producer thread: all of them, or (`PtxOptions::v_producer`) Q and K
-/// on the first thread and V on the second.
+/// The copies of one producer thread: Q or not, and its share of K's and of V's.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Copies {
+struct Copies {
+    q: bool,
+    k: Share,
+    v: Share,
+}
+
+/// A producer thread's share of a tensor's copies of each kv tile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Share {
+    No,
     All,
-    QK,
-    V,
+    /// Half `h` (0 or 1) of the tile's boxes: the boxes `j` with `j mod 2 = h` of a tile
+    /// read by page (pages smaller than the tile), else its 64-column slabs `s` with
+    /// `s mod 2 = h`. Half 0 counts the whole tile's bytes at the full barrier; half 1's
+    /// copies complete on the same barrier (the transaction count may dip below zero
+    /// before the count arrives: the phase completes only with the arrival). A tile
+    /// ending past `Lkv` (V of a paged cache: [`Producer::copy_v_tail`]) is half 0's alone.
+    Half(u32),
+}
+
+impl Share {
+    /// Whether this share counts the tile's bytes (and takes the tail's V).
+    fn counts(self) -> bool {
+        matches!(self, Share::All | Share::Half(0))
+    }
+    /// Whether this share copies item `j` (a box or a slab).
+    fn takes(self, j: u32) -> bool {
+        match self {
+            Share::No => false,
+            Share::All => true,
+            Share::Half(h) => j % 2 == h,
+        }
+    }
+}
+
+impl Copies {
+    /// Every copy (one producer thread).
+    const ALL: Copies = Copies {
+        q: true,
+        k: Share::All,
+        v: Share::All,
+    };
+
+    /// The producer threads of `PtxOptions::producers` = `n`: (thread offset in the
+    /// producer warpgroup, its copies); the first one's copies include Q.
+    fn roles(n: u32) -> &'static [(i64, Copies)] {
+        const fn c(q: bool, k: Share, v: Share) -> Copies {
+            Copies { q, k, v }
+        }
+        use Share::{All, Half, No};
+        const ONE: [(i64, Copies); 1] = [(0, Copies::ALL)];
+        const TWO: [(i64, Copies); 2] = [(0, c(true, All, No)), (32, c(false, No, All))];
+        const FOUR: [(i64, Copies); 4] = [
+            (0, c(true, Half(0), No)),
+            (32, c(false, No, Half(0))),
+            (64, c(false, Half(1), No)),
+            (96, c(false, No, Half(1))),
+        ];
+        match n {
+            2 => &TWO,
+            4 => &FOUR,
+            _ => &ONE,
+        }
+    }
 }
 
 impl<'ctx> Producer<'_, 'ctx> {
@@ -1669,9 +1732,22 @@ impl<'ctx> Producer<'_, 'ctx> {
         c2: IntValue<'ctx>,
         bar: IntValue<'ctx>,
     ) -> R<()> {
+        self.copy_slabs(tile, map, buf, (c1, c2), bar, Share::All)
+    }
+
+    /// [`Self::copy`] of the slabs `share` takes.
+    fn copy_slabs(
+        &self,
+        tile: &SmemTile,
+        map: KernelParam,
+        buf: IntValue<'ctx>,
+        (c1, c2): (IntValue<'ctx>, IntValue<'ctx>),
+        bar: IntValue<'ctx>,
+        share: Share,
+    ) -> R<()> {
         let g = self.g;
         let map = self.a.ptr(map)?;
-        for s in 0..tile.cols / 64 {
+        for s in (0..tile.cols / 64).filter(|&s| share.takes(s)) {
             let off = tile.offset + s * tile.rows * 128;
             let dst = g.smem_addr32(g.add(buf, g.c32(off as i64))?)?;
             g.tma_load_3d(dst, map, [g.c32(64 * s as i64), c1, c2], bar)?;
@@ -1690,7 +1766,7 @@ impl<'ctx> Producer<'_, 'ctx> {
         wait: bool,
     ) -> R<()> {
         let g = self.g;
-        if self.copies != Copies::V {
+        if self.copies.q {
             if let Some(q) = q
                 && wait
             {
@@ -1759,28 +1835,40 @@ impl<'ctx> Producer<'_, 'ctx> {
         };
         let (s, ph) = ring.get(g)?;
         let free = g.xor(ph, g.c32(1))?;
-        if self.copies != Copies::V {
+        let (ks, vs) = (self.copies.k, self.copies.v);
+        if ks != Share::No {
             g.mbar_wait(bars.k_empty(g, s)?, free)?;
-            g.mbar_arrive_expect_tx(bars.k_full(g, s)?, lay.k.bytes())?;
+            if ks.counts() {
+                g.mbar_arrive_expect_tx(bars.k_full(g, s)?, lay.k.bytes())?;
+            }
             let kbuf = g.mul(s, g.c32(lay.k.bytes() as i64))?;
-            self.copy_kv(&lay.k, KernelParam::TmaK, kbuf, &at, bars.k_full(g, s)?)?;
+            self.copy_kv(&lay.k, KernelParam::TmaK, kbuf, &at, bars.k_full(g, s)?, ks)?;
         }
-        if self.copies != Copies::QK {
-            g.mbar_wait(bars.v_empty(g, s)?, free)?;
+        if vs != Share::No {
             let vbuf = g.mul(s, g.c32(lay.v.bytes() as i64))?;
             let copy_v = || -> R<()> {
-                g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
-                self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?)
+                g.mbar_wait(bars.v_empty(g, s)?, free)?;
+                if vs.counts() {
+                    g.mbar_arrive_expect_tx(bars.v_full(g, s)?, lay.v.bytes())?;
+                }
+                self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?, vs)
             };
             match bars.v_tail {
                 // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
-                // last page: zeroed before the consumers see it
+                // last page: zeroed before the consumers see it (by the share that counts
+                // the bytes; the other copies nothing of it)
                 Some(tail_bar) => {
                     let lkv = self.a.int(KernelParam::Lkv)?;
                     let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
                     g.if_else(
                         tail,
-                        || self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s),
+                        || {
+                            if !vs.counts() {
+                                return Ok(());
+                            }
+                            g.mbar_wait(bars.v_empty(g, s)?, free)?;
+                            self.copy_v_tail(vbuf, &at, g.sub(lkv, kv0)?, tail_bar, s)
+                        },
                         copy_v,
                     )?;
                 }
@@ -1822,7 +1910,7 @@ impl<'ctx> Producer<'_, 'ctx> {
         let (g, lay, bars) = (self.g, self.lay, self.bars);
         let v = &lay.v;
         let state = g.mbar_arrive_expect_tx_state(tail_bar, v.bytes())?;
-        self.copy_kv(v, KernelParam::TmaV, vbuf, at, tail_bar)?;
+        self.copy_kv(v, KernelParam::TmaV, vbuf, at, tail_bar, Share::All)?;
         g.mbar_wait_state(tail_bar, state)?;
         let zero = [g.cf(0.0); 4];
         g.for_range(keep, g.c32(v.rows as i64), g.c32(1), |r| {
@@ -1855,17 +1943,19 @@ impl<'ctx> Producer<'_, 'ctx> {
         buf: IntValue<'ctx>,
         at: &KvAt<'ctx>,
         bar: IntValue<'ctx>,
+        share: Share,
     ) -> R<()> {
         if !self.c.paged_kv {
-            return self.copy(tile, map, buf, at.kv0, at.slice, bar);
+            return self.copy_slabs(tile, map, buf, (at.kv0, at.slice), bar, share);
         }
         let g = self.g;
         let shift = self.a.int(KernelParam::PageShift)?;
         let kvb = self.c.kvb;
         // the box of cache row `row` (kv head `hk`) into the tile's rows from `r` on
-        let issue = |row: IntValue<'ctx>, r: IntValue<'ctx>| {
+        // (the slabs of `slabs`)
+        let issue = |row: IntValue<'ctx>, r: IntValue<'ctx>, slabs: Share| {
             let box_buf = g.add(buf, g.mul(r, g.c32(128))?)?;
-            self.copy(tile, map, box_buf, at.hk, row, bar)
+            self.copy_slabs(tile, map, box_buf, (at.hk, row), bar, slabs)
         };
         let small = g.icmp(IntPredicate::ULT, shift, g.c32(kvb.trailing_zeros() as i64))?;
         g.if_else(
@@ -1874,7 +1964,8 @@ impl<'ctx> Producer<'_, 'ctx> {
                 // P < kv_block: kv_block / P boxes of P rows (at most kv_block / 16), the
                 // ids loaded four at a time (the producer's 40 registers)
                 let page = g.shl(g.c32(1), shift)?;
-                let boxes: Vec<u32> = (0..(kvb / 16).max(1)).collect();
+                // (`Share::Half`: every other box, all its slabs)
+                let boxes: Vec<u32> = (0..(kvb / 16).max(1)).filter(|&j| share.takes(j)).collect();
                 for group in boxes.chunks(4) {
                     let rows = group
                         .iter()
@@ -1883,12 +1974,12 @@ impl<'ctx> Producer<'_, 'ctx> {
                     for (&j, &row) in group.iter().zip(&rows) {
                         let r = g.mul(page, g.c32(j as i64))?;
                         let inside = g.icmp(IntPredicate::ULT, r, g.c32(kvb as i64))?;
-                        g.if_then(inside, || issue(row, r))?;
+                        g.if_then(inside, || issue(row, r, Share::All))?;
                     }
                 }
                 Ok(())
             },
-            || issue(self.page_row(at.kv0)?, g.c32(0)),
+            || issue(self.page_row(at.kv0)?, g.c32(0), share),
         )
     }
 

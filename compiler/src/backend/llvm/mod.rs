@@ -403,14 +403,15 @@ pub struct PtxOptions {
     /// prefill's runs on a paged cache (the runtime's `decode::cuda`). Other kinds ignore it.
     pub kv_cache: KvCache,
     /// With [`KvCache::Paged`] on the warp-specialized kernel (one CTA per tile,
-    /// persistent CTAs in static rounds, or the dynamic scheduler without `q_ahead`): a
-    /// second producer thread (the first of the producer warpgroup's second warp) issues
-    /// every V copy, walking the same kv blocks with its own ring position (under the
-    /// dynamic scheduler, the tiles it reads from the tile slot), while the first issues
-    /// Q and K — pages smaller than the kv tile take a TMA box per page, a page id load
-    /// per box, and one thread issuing them all is the copy's limit. Off by default; other
-    /// kinds ignore it.
-    pub v_producer: bool,
+    /// persistent CTAs in static rounds, or the dynamic scheduler without `q_ahead`): the
+    /// producer threads that issue the copies, each the first of a warp of the producer
+    /// warpgroup, walking the same kv blocks with its own ring position (under the
+    /// dynamic scheduler, the tiles it reads from the tile slot): 1 (every copy), 2 (the
+    /// second, warp 1's, issues every V copy) or 4 (K's boxes alternate between warps 0
+    /// and 2, V's between warps 1 and 3; the first of each pair counts the tile's bytes) —
+    /// pages smaller than the kv tile take a TMA box per page, a page id load per box, and
+    /// one thread issuing them all is the copy's limit. 1 by default; other kinds ignore it.
+    pub producers: u8,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): a producer
@@ -862,7 +863,7 @@ impl PtxOptions {
             mask_kinds: false,
             pos_bias: false,
             kv_cache: KvCache::Contiguous,
-            v_producer: false,
+            producers: 1,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
             bwd_lpt: false,
@@ -1200,7 +1201,11 @@ impl PtxOptions {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",
             }
-            + if self.v_producer { " v-producer" } else { "" }
+            + match self.producers {
+                2 => " v-producer",
+                4 => " producers4",
+                _ => "",
+            }
             + match self.bwd_dq {
                 BwdDq::Separate => "",
                 BwdDq::Ordered => " dq=ordered",
@@ -1383,6 +1388,12 @@ impl PtxOptions {
             return Err(LlvmError::Unsupported(
                 "dynamic tiles are an option of persistent CTAs (persistent)".into(),
             ));
+        }
+        if ![1, 2, 4].contains(&self.producers) {
+            return Err(LlvmError::Unsupported(format!(
+                "{} producer threads: 1, 2 or 4",
+                self.producers
+            )));
         }
         if self.tail_split && (!self.persistent || self.dynamic_tiles) {
             return Err(LlvmError::Unsupported(

@@ -1682,14 +1682,7 @@ fn paged_kv_forward_reads_tiles_by_page() {
                 // V's copies on a second producer thread: the same copies, split between
                 // two threads; under the dynamic scheduler that thread reads the tile slot
                 // and counts at each `q_empty` besides the consumers
-                let two = emit(
-                    &p,
-                    &PtxOptions {
-                        v_producer: true,
-                        ..on
-                    },
-                )
-                .unwrap();
+                let two = emit(&p, &PtxOptions { producers: 2, ..on }).unwrap();
                 assert_eq!(count(&two.ptx, tma), count(&b.ptx, tma), "{what}");
                 assert_eq!(
                     (&two.params, two.smem_bytes, two.threads),
@@ -1712,11 +1705,37 @@ fn paged_kv_forward_reads_tiles_by_page() {
                         "{what}: the V thread's read of the tile slot"
                     );
                 }
+                // four producer threads: K's and V's boxes (or slabs) each split between
+                // two threads, the same copies and one byte count per tile and tensor; under
+                // the dynamic scheduler three threads read the tile slot
+                let four = emit(&p, &PtxOptions { producers: 4, ..on }).unwrap();
+                assert_eq!(count(&four.ptx, tma), count(&b.ptx, tma), "{what}: four");
+                let expect = "mbarrier.arrive.expect_tx";
+                assert_eq!(
+                    count(&four.ptx, expect),
+                    count(&b.ptx, expect),
+                    "{what}: one byte count per tile"
+                );
+                assert_eq!(
+                    (&four.params, four.smem_bytes, four.threads),
+                    (&b.params, b.smem_bytes, b.threads),
+                    "{what}"
+                );
+                assert!(four.ptx != two.ptx && four.ptx != b.ptx, "{what}: four");
+                if dynamic {
+                    assert_eq!(
+                        (init(&four.ptx, consumers + 3), init(&b.ptx, consumers + 3)),
+                        (2, 0),
+                        "{what}: q_empty's count with four producer threads"
+                    );
+                }
                 if let Some(dir) = &dump {
                     let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
                     std::fs::write(name, &b.ptx).unwrap();
                     let name = format!("{dir}/vprod_{}_d{d}_{dynamic}_{table}.ptx", p.name);
                     std::fs::write(name, &two.ptx).unwrap();
+                    let name = format!("{dir}/prod4_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                    std::fs::write(name, &four.ptx).unwrap();
                 }
             }
         }
@@ -1732,7 +1751,7 @@ fn paged_kv_forward_reads_tiles_by_page() {
             emit(
                 &p,
                 &PtxOptions {
-                    v_producer: true,
+                    producers: 2,
                     ..persistent
                 },
             )

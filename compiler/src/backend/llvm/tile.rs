@@ -59,8 +59,8 @@ pub(crate) struct Cfg {
     pub mask_early: bool,
     /// `PtxOptions::kv_cache` = `Paged` on the warp-specialized kernel: K/V tiles by page.
     pub paged_kv: bool,
-    /// `PtxOptions::v_producer` where it applies (`paged_kv`; not with `q_ahead`).
-    pub v_producer: bool,
+    /// `PtxOptions::producers` where it applies (`paged_kv`; not with `q_ahead`), else 1.
+    pub producers: u32,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -89,10 +89,11 @@ impl Cfg {
             softmax_ilp: opts.ws && opts.softmax_ilp,
             mask_early: opts.ws && opts.mask_early,
             paged_kv: opts.ws && opts.kv_cache == super::KvCache::Paged,
-            v_producer: opts.ws
-                && opts.kv_cache == super::KvCache::Paged
-                && opts.v_producer
-                && !opts.q_ahead,
+            producers: if opts.ws && opts.kv_cache == super::KvCache::Paged && !opts.q_ahead {
+                opts.producers as u32
+            } else {
+                1
+            },
             q,
             k,
             v,
