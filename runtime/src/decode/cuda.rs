@@ -109,7 +109,9 @@ pub(crate) struct CudaState {
     /// One binding per run shape (and whether it reads a paged cache in place: caller
     /// buffers), made on first use (the JIT's memory cache makes every binding after the
     /// first cheap).
-    bound: HashMap<(Shape, bool), Bound>,
+    /// By the run's shape (rows, heads, head dims), and for a paged cache its producer
+    /// threads (`DecodeTuning::paged_producers`, chosen by page size: [`producers_for`]).
+    bound: HashMap<(Shape, u8), Bound>,
 }
 
 impl CudaState {
@@ -180,8 +182,9 @@ impl CudaState {
         })
     }
 
-    /// The binding of a run's shape (`paged`: `BindOptions::kv_pages`, a paged cache read
-    /// in place by the caller-buffer runs): one per rows, heads and head dims, pointed at
+    /// The binding of a run's shape (`page_shift`: `BindOptions::kv_pages`, a paged cache
+    /// of pages of `2^page_shift` rows read in place by the caller-buffer runs): one per
+    /// rows, heads and head dims (and producer threads, [`producers_for`]), pointed at
     /// each call's sequences and length (`Bound::reshape`: a serving loop's lengths grow
     /// every step, and the kernel does not depend on them) or bound anew where the new
     /// shape selects another kernel.
@@ -190,10 +193,16 @@ impl CudaState {
         opts: &BindOptions,
         scale: f32,
         shape: Shape,
-        paged: bool,
+        page_shift: Option<u32>,
     ) -> Result<&mut Bound> {
+        // 0: a contiguous cache
+        let producers = match (page_shift, opts.decode.paged_producers) {
+            (None, _) => 0,
+            (Some(_), n) if n != 0 => n,
+            (Some(shift), _) => producers_for(shift),
+        };
         let key = if opts.decode.rebind_runs {
-            (shape, paged)
+            (shape, producers)
         } else {
             (
                 Shape {
@@ -201,7 +210,7 @@ impl CudaState {
                     lkv: 0,
                     ..shape
                 },
-                paged,
+                producers,
             )
         };
         if let Some(b) = self.bound.get_mut(&key)
@@ -221,9 +230,10 @@ impl CudaState {
                 o.gpu_block_tables = opts.gpu_block_tables;
                 o.jit_tiers = opts.jit_tiers;
                 o.device = opts.device;
-                o.kv_pages = paged;
-                // (the parent's tuning: `paged_producers` reaches the run's kernel)
+                o.kv_pages = page_shift.is_some();
+                // (the parent's tuning, with the producer threads for this page size)
                 o.decode = opts.decode;
+                o.decode.paged_producers = producers;
                 e.insert(self.variant.bind(o)?)
             }
         })
@@ -239,7 +249,7 @@ impl CudaState {
         for run in runs {
             let c = call;
             let x = Self::gather(c.shape, run, c.q, c.k, c.v, c.page_table, c.captures)?;
-            f(self.bound(c.opts, c.scale, x.shape, false)?, &x, run)?;
+            f(self.bound(c.opts, c.scale, x.shape, None)?, &x, run)?;
         }
         Ok(())
     }
@@ -301,10 +311,29 @@ pub(crate) struct HostCall<'a> {
     pub captures: &'a Captures,
 }
 
+/// The producer threads of a paged run's kernel for pages of `2^shift` rows
+/// (`PtxOptions::producers`): four below 64 rows (K's and V's boxes each split between two
+/// threads), two from 64 rows on (V's copies on a second thread). Measured on an H200
+/// (session 28, `scripts/device-final/s28-c2.sh`, `s28-c4.sh`; bf16 D128 B8 Hq32 Hkv8,
+/// Lq 256 against 8192 keys, µs median, alternated in one call): one / two / four threads
+/// at pages of 16 rows causal 700 / 451-468 / 422.7, dense 576 / 492 / 471; 32 rows causal
+/// 491 / 415-423 / 415, dense 479 / 466 / 465; 128 rows causal 406 / 398.7 / 405.8, dense
+/// 458 / 452 / 454.6 (contiguous 394.8 / 444.8).
+pub(crate) fn producers_for(shift: u32) -> u8 {
+    if shift < 6 { 4 } else { 2 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use attnc_compiler::decode::CacheLayout;
+
+    /// Four producer threads below pages of 64 rows, two from 64 rows on (the measured
+    /// policy, [`producers_for`]).
+    #[test]
+    fn producers_by_page_size() {
+        assert_eq!([4, 5, 6, 7, 8].map(producers_for), [4, 4, 2, 2, 2]);
+    }
 
     fn shape(b: usize, hq: usize, lq: usize) -> DecodeShape {
         DecodeShape {

@@ -555,13 +555,17 @@ impl Bound {
     }
 
     /// The prefill kernel's binding of the position-offset program for a run of `shape`
-    /// (made on first use, kept per shape: `cuda::CudaState::bound`); `paged`: it reads a
-    /// paged cache in place (`BindOptions::kv_pages`).
-    pub(crate) fn prefill_run_bound(&mut self, shape: Shape, paged: bool) -> Result<&mut Bound> {
+    /// (made on first use, kept per shape: `cuda::CudaState::bound`); `page_shift`: it reads
+    /// a paged cache of pages of `2^page_shift` rows in place (`BindOptions::kv_pages`).
+    pub(crate) fn prefill_run_bound(
+        &mut self,
+        shape: Shape,
+        page_shift: Option<u32>,
+    ) -> Result<&mut Bound> {
         let opts = self.options().clone();
         let scale = self.scale();
         match self.decode_state()? {
-            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, paged),
+            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift),
             _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
         }
     }

@@ -386,8 +386,11 @@ impl Bound {
                 o: bufs.o + q_rows * (shape.dv * e) as u64,
                 lse: bufs.lse + q_rows * 4,
             };
-            let paged = matches!(kv, CallerKv::Paged { .. });
-            let bound = self.prefill_run_bound(run_shape, paged)?;
+            let page_shift = match kv {
+                CallerKv::Paged { shift, .. } => Some(shift),
+                _ => None,
+            };
+            let bound = self.prefill_run_bound(run_shape, page_shift)?;
             // SAFETY: the run's q/o/lse rows, its sequences' cache slices (contiguous:
             // b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows apart) or page-table
             // rows (paged: b0 + count <= B rows of max_pages ids, the kernel clamping each id
