@@ -249,9 +249,9 @@ class Attention:
 
         CPU: float32. CUDA: bfloat16/float16. For D = Dv in {64, 128} at any Lq (Lq > 16:
         chunked prefill against the cache, on the tensor-core split-KV kernel) and D = Dv
-        in {32, 256} at Lq <= 16, zero-copy on torch's current stream of q's device: a
-        kernel computes each sequence's reachable keys from ``seq_lens`` on the device, the split-KV kernels
-        and their combine follow; outputs and workspace are allocated by torch; no host
+        in {32, 256} at Lq <= 16, zero-copy on torch's current stream of q's device: the
+        split-KV kernel (each CTA computing its sequence's reachable keys from ``seq_lens``
+        on the device) and its combine; outputs and workspace are allocated by torch; no host
         round trip, no synchronization (a warmed-up call can be captured in a CUDA
         graph). There ``seq_lens`` and ``page_table`` are never read on the host: a
         length beyond the cache counts as its capacity (a negative one as 0), a page id
