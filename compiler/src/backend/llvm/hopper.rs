@@ -580,6 +580,14 @@ fn body_persistent<'ctx>(
             None => for_each_tile(g, tiles, &mut |t| produce(t, None)),
         }
     };
+    // (the dynamic scheduler's walk, shared by its producer threads)
+    let walk = Walk {
+        kv,
+        a: &a,
+        lay: &lay,
+        bars: &bars,
+        tiles,
+    };
     g.if_then(
         g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64))?,
         || {
@@ -589,13 +597,6 @@ fn body_persistent<'ctx>(
                     return produce_ahead(g, c, p, kv, &a, &lay, &bars, &ring, tiles);
                 }
                 let early = opts.early_claim;
-                let walk = Walk {
-                    kv,
-                    a: &a,
-                    lay: &lay,
-                    bars: &bars,
-                    tiles,
-                };
                 return produce_dynamic(g, c, p, &walk, &ring, early, roles[0].1);
             }
             static_walk(roles[0].1)
@@ -605,13 +606,6 @@ fn body_persistent<'ctx>(
         let thread = g.icmp(IntPredicate::EQ, tid, g.c32(c.threads as i64 + n))?;
         g.if_then(thread, || {
             if opts.dynamic_tiles {
-                let walk = Walk {
-                    kv,
-                    a: &a,
-                    lay: &lay,
-                    bars: &bars,
-                    tiles,
-                };
                 produce_dynamic_follow(g, c, p, &walk, copies)
             } else {
                 static_walk(copies)
