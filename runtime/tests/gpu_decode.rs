@@ -639,12 +639,12 @@ fn caller_decode(
 }
 
 /// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
-/// tensors): the decode-ranges kernel computes each sequence's reachable keys from
-/// `seq_lens` on the device, then the split-KV and combine kernels run over the caller's
-/// buffers; against the oracle, contiguous and paged (page 16, shuffled), a sliding
+/// tensors): the split-KV kernel's CTAs compute each sequence's reachable keys from
+/// `seq_lens` on the device (`decode::COPY_DEVICE_RANGES`), then the combine kernel runs,
+/// over the caller's buffers; against the oracle, contiguous and paged (page 16, shuffled), a sliding
 /// window and a causal mask, lengths 0, 1 and full, Lq 1 and 4, and chunked prefill (Lq
-/// 100 and 64 on the tensor-core kernel, the ranges kernel over the chunk's rows). Also the case that
-/// compute-sanitizer racechecks the decode-ranges kernel.
+/// 100 and 64 on the tensor-core kernel, the ranges over the chunk's rows). Also the case
+/// that compute-sanitizer checks the caller-buffer decode with.
 fn gpu_decode_caller_buffers(dev: &CudaDevice) {
     use std::collections::HashMap;
     let mut rng = Rng(0xca11e4);
@@ -798,6 +798,55 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
                 Lens::RunsFirst(&c.seq_lens)
             };
             let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
+            assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
+            close(
+                &format!("{what} o"),
+                &o.to_f32(),
+                &want.o.to_f32(),
+                tol(c.dtype),
+            );
+            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+        }
+    }
+}
+
+/// Chunked prefill's runs at D64 (f16) on the caller's buffers with the lengths on the host,
+/// the runs forced (`DecodeTuning::prefill`), contiguous and paged (16 and 128 rows, NaN
+/// past each length), through `decode_cuda_runs` alone first: causal runs on the
+/// warp-specialized prefill kernel (path "prefill"), while a sliding window, whose D64
+/// forward is another kernel (bands on 64 x 64 wgmma tiles), cannot read the caller's
+/// cache in place (pages, or slices a pitch apart): the runs decline it
+/// (`cache_forward_applies`) and the split-KV kernels run the call ("split-kv-mma")
+/// instead of the bind or launch failing (session 28's fix). Against the oracle.
+fn gpu_decode_caller_runs_d64(dev: &CudaDevice) {
+    use std::collections::HashMap;
+    let mut rng = Rng(0xd64);
+    for (name, window) in [("causal", None), ("sliding_window", Some(70))] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for page in [None, Some(16), Some(128)] {
+            let sl = vec![300, 300, 250, 280];
+            let c = case_as(DType::F16, &mut rng, 4, 8, 2, 128, 64, 300, sl, page);
+            let mut caps = Captures::default();
+            let mut params = HashMap::new();
+            if let Some(w) = window {
+                caps = caps.param("window", ParamValue::I32(w));
+                params.insert("window".to_string(), ParamValue::I32(w));
+            }
+            let what = format!("caller runs d64 {name} page {page:?}");
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.prefill = Some(true);
+            let mut bound = variant.bind(o).unwrap();
+            let lens = Lens::RunsFirst(&c.seq_lens);
+            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
+            let want_path = if window.is_some() {
+                "split-kv-mma"
+            } else {
+                "prefill"
+            };
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
             close(
                 &format!("{what} o"),
@@ -1899,6 +1948,7 @@ const TESTS: &[Test] = &[
         "gpu_decode_caller_runs_growing_lengths",
         gpu_decode_caller_runs_growing_lengths,
     ),
+    ("gpu_decode_caller_runs_d64", gpu_decode_caller_runs_d64),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),
     ("gpu_decode_balanced", gpu_decode_balanced),

@@ -548,6 +548,34 @@ impl Bound {
         if !prefill {
             return Ok(None);
         }
+        // the caller's cache is read in place (a pitch, or pages) by the warp-specialized
+        // forward only: runs whose shape the plan gives another kernel (at D64 bands and
+        // block tables) go to the split-KV kernels
+        {
+            let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
+            let DecodeState::Cuda { plan, .. } = self.decode_state()? else {
+                return Ok(None);
+            };
+            let paged = matches!(shape.layout, CacheLayout::Paged { .. });
+            let refused = runs.iter().any(|run| {
+                let run_shape = Shape {
+                    b: run.count,
+                    hq: shape.hq,
+                    hkv: shape.hkv,
+                    lq: shape.lq,
+                    lkv: run.hi - run.lo,
+                    d: shape.d,
+                    dv: shape.dv,
+                };
+                let mut o = BindOptions::new(Backend::Cuda, run_shape, opts.dtype);
+                o.checked = opts.checked;
+                o.kv_pages = paged;
+                !crate::exec::cuda::cache_forward_applies(plan, &o, dev.arch())
+            });
+            if refused {
+                return Ok(None);
+            }
+        }
         if let DecodeState::Cuda { path, .. } = self.decode_state()? {
             *path = Some("prefill");
         }

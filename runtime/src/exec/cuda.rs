@@ -180,6 +180,28 @@ fn input_type(opts: &BindOptions) -> ExecResult<InputType> {
     }
 }
 
+/// Whether a binding of `opts` could read a caller's KV cache in place (slices a pitch
+/// apart, or pages with `kv_pages`): its forward (the plan and shape's choice,
+/// [`forward_options_for`]) is the warp-specialized kernel, which alone reads K/V through
+/// tensor maps (sm_90, D 64/128, fast mode; at D64 bands and block tables, for one, run
+/// another kernel). Chunked prefill's runs ask this before they take a call
+/// (`Bound::caller_prefill_runs`), so that a shape without it goes to the split-KV kernels
+/// instead of failing to bind or launch.
+pub(crate) fn cache_forward_applies(
+    plan: &Plan,
+    opts: &BindOptions,
+    arch: attnc_compiler::backend::llvm::Arch,
+) -> bool {
+    let Ok(input) = input_type(opts) else {
+        return false;
+    };
+    let o = BindOptions {
+        kv_pages: false,
+        ..opts.clone()
+    };
+    forward_options_for(plan, &o, arch, input).is_ok_and(|p| p.ws)
+}
+
 /// The forward kernel's options for a binding: the plan and shape's choice
 /// (`PtxOptions::for_binding`: float positions, the D64 kernel, the CTA order), the
 /// environment's overrides, a paged cache.
@@ -624,5 +646,87 @@ pub(crate) fn env_switch(name: &str) -> Option<bool> {
         Ok("1") => Some(true),
         Ok("0") => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc_compiler::backend::llvm::{Arch, EmitText, spec};
+    use attnc_compiler::shape::Shape;
+
+    /// Chunked prefill's paged runs as the runtime configures their kernel
+    /// ([`forward_options_for`] with `kv_pages`, on the position-offset program a run
+    /// binds): for every example's attentions, D64 and D128, with one, two and four
+    /// producer threads (`DecodeTuning::paged_producers`; 0 is the runtime's default of
+    /// two for a binding made directly, the runs choosing by page size), the options say
+    /// so and the kernel generates, each count its own PTX (the producer's copies differ),
+    /// the same parameters and shared memory; where the plan's forward for the shape is
+    /// not the warp-specialized kernel (D64 bands and block tables) the options are refused
+    /// and [`cache_forward_applies`] says no.
+    #[test]
+    fn paged_runs_kernels_generate_for_every_producer_count() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let (mut kernels, mut refused) = (0, 0);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "attn") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            for p in attnc_compiler::compile_source(&src).unwrap().programs {
+                let plan = Plan::new(&attnc_compiler::decode::offset_program(&p));
+                for d in [64, 128] {
+                    let shape = Shape {
+                        b: 8,
+                        hq: 32,
+                        hkv: 8,
+                        lq: 256,
+                        lkv: 8192,
+                        d,
+                        dv: d,
+                    };
+                    let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+                    o.kv_pages = true;
+                    let mut seen = Vec::new();
+                    for (n, want) in [(0, 2), (1, 1), (2, 2), (4, 4)] {
+                        o.decode.paged_producers = n;
+                        let what = format!("{} d{d} producers {n}", p.name);
+                        let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+                        let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+                        // (a plan whose forward is not the warp-specialized kernel here:
+                        // refused, and the runs say so before they bind)
+                        assert_eq!(applies, got.is_ok(), "{what}");
+                        let Ok(popts) = got else {
+                            refused += 1;
+                            continue;
+                        };
+                        assert_eq!(popts.producers, want, "{what}");
+                        let (k, _) =
+                            spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        seen.push((n, k));
+                        kernels += 1;
+                    }
+                    let Some((_, default)) = seen.first() else {
+                        continue;
+                    };
+                    for (n, k) in &seen[1..] {
+                        let what = format!("{} d{d} producers {n}", p.name);
+                        assert_eq!(
+                            (&k.spec.params, k.spec.smem_bytes, k.spec.threads),
+                            (
+                                &default.spec.params,
+                                default.spec.smem_bytes,
+                                default.spec.threads
+                            ),
+                            "{what}"
+                        );
+                        assert_eq!(k.ptx == default.ptx, *n == 2, "{what}");
+                    }
+                }
+            }
+        }
+        assert!(kernels >= 100 && refused > 0, "{kernels} / {refused}");
     }
 }
