@@ -639,6 +639,33 @@ def test_chunked_prefill_with_host_lengths(file, name):
     assert e.value.code == "E0320" and "seq_lens" in str(e.value), e.value
 
 
+@pytest.mark.parametrize("file,name,path", [("causal.attn", None, "prefill"),
+                                            ("sliding_window.attn", None, "split-kv-mma"),
+                                            ("document_causal.attn", "document_causal", "split-kv-mma")])
+def test_chunked_prefill_with_host_lengths_d64(file, name, path):
+    """D64 chunked prefill with the lengths on the host: causal takes the batched runs on
+    the warp-specialized prefill kernel; a sliding window and documents, whose D64 forward
+    is another kernel (bands and block tables on 64 x 64 wgmma tiles), cannot read the
+    cache in place, so the runs leave them to the split-KV kernels (session 28: they
+    failed to bind or launch) — contiguous and paged (pages of 16 rows), against the
+    oracle."""
+    attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, d=64, seed=13)
+    host = torch.tensor([700, 700, 400, 520], dtype=torch.int32)
+    o, lse = attn.decode(q, k, v, host, return_lse=True, **caps)
+    assert attn._inner.decode_path(q, k, v, None, None) == path
+    ro, rlse = attn.reference_decode(q, k, v, host, **caps)
+    check(o, lse, ro, rlse, torch.bfloat16)
+    from test_decode import at_capacity, paged
+    host_caps = {n: (x.cpu() if isinstance(x, torch.Tensor) else x) for n, x in caps.items()}
+    kc, vc, table = paged(k.cpu(), v.cpu(), 16, seed=7)
+    kc, vc, table = kc.to("cuda", k.dtype), vc.to("cuda", v.dtype), table.cuda()
+    pcaps = dev(at_capacity(attn, host_caps, 16 * table.shape[1]))
+    po, plse = attn.decode(q, kc, vc, host, table, return_lse=True, **pcaps)
+    want = "split-kv-mma" if os.environ.get("ATTNC_DECODE_PAGED_RUNS") == "0" else path
+    assert attn._inner.decode_path(q, kc, vc, table, None) == want
+    check(po, plse, ro, rlse, torch.bfloat16)
+
+
 def test_decode_in_cuda_graph():
     """A decode step captured in a CUDA graph: replays read the new q, cache contents and
     sequence lengths written in place (the reachable ranges are computed on the device
