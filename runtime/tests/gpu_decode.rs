@@ -638,6 +638,29 @@ fn caller_decode(
     (o, dev.download(&lse).unwrap())
 }
 
+/// A sliding window's param (none: no params) for the oracle (`Captures`) and for a
+/// caller-buffer call (by name).
+fn window_params(window: Option<i32>) -> (Captures, std::collections::HashMap<String, ParamValue>) {
+    let mut caps = Captures::default();
+    let mut params = std::collections::HashMap::new();
+    if let Some(w) = window {
+        caps = caps.param("window", ParamValue::I32(w));
+        params.insert("window".to_string(), ParamValue::I32(w));
+    }
+    (caps, params)
+}
+
+/// A caller-buffer call's O and LSE against the oracle's (`what` names the case).
+fn close_to_oracle(what: &str, c: &Case, o: &attnc::Tensor, lse: &[f32], want: &attnc::Output) {
+    close(
+        &format!("{what} o"),
+        &o.to_f32(),
+        &want.o.to_f32(),
+        tol(c.dtype),
+    );
+    close(&format!("{what} lse"), lse, &want.lse.to_f32(), 0.002);
+}
+
 /// The caller-buffer decode (`Bound::decode_cuda_into`, the Python package's path on CUDA
 /// tensors): the split-KV kernel's CTAs compute each sequence's reachable keys from
 /// `seq_lens` on the device (`decode::COPY_DEVICE_RANGES`), then the combine kernel runs,
@@ -646,7 +669,6 @@ fn caller_decode(
 /// 100 and 64 on the tensor-core kernel, the ranges over the chunk's rows). Also the case
 /// that compute-sanitizer checks the caller-buffer decode with.
 fn gpu_decode_caller_buffers(dev: &CudaDevice) {
-    use std::collections::HashMap;
     let mut rng = Rng(0xca11e4);
     for (name, window) in [("sliding_window", Some(40)), ("causal", None)] {
         let compiled = example(name);
@@ -660,12 +682,7 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
         ] {
             let sl = vec![300, 0, 1, 170];
             let c = case_as(DType::BF16, &mut rng, 4, 8, 2, lq, 128, 300, sl, page);
-            let mut caps = Captures::default();
-            let mut params = HashMap::new();
-            if let Some(w) = window {
-                caps = caps.param("window", ParamValue::I32(w));
-                params.insert("window".to_string(), ParamValue::I32(w));
-            }
+            let (caps, params) = window_params(window);
             let what = format!("caller buffers {name} lq {lq} {page:?}");
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
@@ -674,13 +691,7 @@ fn gpu_decode_caller_buffers(dev: &CudaDevice) {
                 .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
                 .unwrap();
             let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, false, &what);
-            close(
-                &format!("{what} o"),
-                &o.to_f32(),
-                &want.o.to_f32(),
-                tol(c.dtype),
-            );
-            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+            close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
 }
@@ -717,7 +728,6 @@ type RunCase = (
 /// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
 /// split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
-    use std::collections::HashMap;
     let mut rng = Rng(0x9e2);
     for (name, program, window) in [
         ("dense", None, None),
@@ -769,12 +779,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             // (NaN in every cache slot past a sequence's length: the paged runs read the
             // rest of each sequence's last page and must zero it)
             let c = case_as(DType::BF16, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
-            let mut caps = Captures::default();
-            let mut params = HashMap::new();
-            if let Some(w) = window {
-                caps = caps.param("window", ParamValue::I32(w));
-                params.insert("window".to_string(), ParamValue::I32(w));
-            }
+            let (caps, params) = window_params(window);
             let variant = compiled.attention(&program).unwrap();
             let what = format!(
                 "caller runs {name} lq {lq} hq {hq} {:?} {forced:?} page {page:?} {paged_runs} \
@@ -799,13 +804,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             };
             let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
-            close(
-                &format!("{what} o"),
-                &o.to_f32(),
-                &want.o.to_f32(),
-                tol(c.dtype),
-            );
-            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+            close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
 }
@@ -819,7 +818,6 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
 /// (`cache_forward_applies`) and the split-KV kernels run the call ("split-kv-mma")
 /// instead of the bind or launch failing (session 28's fix). Against the oracle.
 fn gpu_decode_caller_runs_d64(dev: &CudaDevice) {
-    use std::collections::HashMap;
     let mut rng = Rng(0xd64);
     for (name, window) in [("causal", None), ("sliding_window", Some(70))] {
         let compiled = example(name);
@@ -828,12 +826,7 @@ fn gpu_decode_caller_runs_d64(dev: &CudaDevice) {
         for page in [None, Some(16), Some(128)] {
             let sl = vec![300, 300, 250, 280];
             let c = case_as(DType::F16, &mut rng, 4, 8, 2, 128, 64, 300, sl, page);
-            let mut caps = Captures::default();
-            let mut params = HashMap::new();
-            if let Some(w) = window {
-                caps = caps.param("window", ParamValue::I32(w));
-                params.insert("window".to_string(), ParamValue::I32(w));
-            }
+            let (caps, params) = window_params(window);
             let what = format!("caller runs d64 {name} page {page:?}");
             let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
                 .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
@@ -848,13 +841,7 @@ fn gpu_decode_caller_runs_d64(dev: &CudaDevice) {
                 "prefill"
             };
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
-            close(
-                &format!("{what} o"),
-                &o.to_f32(),
-                &want.o.to_f32(),
-                tol(c.dtype),
-            );
-            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+            close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
 }
@@ -914,13 +901,7 @@ fn gpu_decode_caller_runs_growing_lengths(dev: &CudaDevice) {
                 &what,
             );
             assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
-            close(
-                &format!("{what} o"),
-                &o.to_f32(),
-                &want.o.to_f32(),
-                tol(c.dtype),
-            );
-            close(&format!("{what} lse"), &lse, &want.lse.to_f32(), 0.002);
+            close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
 }
