@@ -556,7 +556,6 @@ impl Bound {
             let DecodeState::Cuda { plan, .. } = self.decode_state()? else {
                 return Ok(None);
             };
-            let paged = matches!(shape.layout, CacheLayout::Paged { .. });
             let refused = runs.iter().any(|run| {
                 let run_shape = Shape {
                     b: run.count,
@@ -567,9 +566,7 @@ impl Bound {
                     d: shape.d,
                     dv: shape.dv,
                 };
-                let mut o = BindOptions::new(Backend::Cuda, run_shape, opts.dtype);
-                o.checked = opts.checked;
-                o.kv_pages = paged;
+                let o = BindOptions::new(Backend::Cuda, run_shape, opts.dtype);
                 !crate::exec::cuda::cache_forward_applies(plan, &o, dev.arch())
             });
             if refused {

@@ -163,8 +163,6 @@ pub(crate) struct CudaExec {
     table_counts: (u64, u64),
     /// Calls on caller-owned buffers: what each caller stream keeps ([`caller`]).
     caller: caller::CallerStates,
-    /// The decode-ranges kernel of the caller-buffer decode, loaded on first use.
-    decode_ranges: Option<Arc<CudaKernel>>,
 }
 
 /// The CUDA kernels' input type for the bind's dtype (bf16 or f16; else an error).
@@ -195,11 +193,8 @@ pub(crate) fn cache_forward_applies(
     let Ok(input) = input_type(opts) else {
         return false;
     };
-    let o = BindOptions {
-        kv_pages: false,
-        ..opts.clone()
-    };
-    forward_options_for(plan, &o, arch, input).is_ok_and(|p| p.ws)
+    // (with `kv_pages`, another kernel is an error; without, its options say `ws` or not)
+    forward_options_for(plan, opts, arch, input).is_ok_and(|p| p.ws)
 }
 
 /// The forward kernel's options for a binding: the plan and shape's choice
@@ -278,7 +273,6 @@ impl CudaExec {
             kept: None,
             table_counts: (0, 0),
             caller: Default::default(),
-            decode_ranges: None,
         })
     }
 

@@ -222,7 +222,7 @@ impl Bound {
             })?;
         laps.lap(Stage::Skip);
         let capacity = shape.capacity();
-        let (exec, plan, variant, _) = self.parts_mut();
+        let (exec, _, variant, _) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
             return Err(Error::Usage("this binding does not run on CUDA".into()));
         };
@@ -230,7 +230,6 @@ impl Bound {
         // `module.workspace(&geom)`'s, checked above as buffer lengths.
         unsafe {
             cuda.decode_caller(
-                plan,
                 &module,
                 &geom,
                 capacity,

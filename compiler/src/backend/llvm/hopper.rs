@@ -217,7 +217,7 @@ impl<'ctx> Bars<'ctx> {
     /// thread, `consumers`; with `q_empty`, the persistent kernel's too); everyone waits
     /// for that.
     /// `q_readers`: the arrivals at `q_empty` besides the consumers' (the dynamic
-    /// scheduler's V producer, [`produce_dynamic_v`]).
+    /// scheduler's producer threads after the first, [`produce_dynamic_follow`]).
     fn init(
         &self,
         g: &Gpu<'ctx>,

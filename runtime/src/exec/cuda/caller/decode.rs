@@ -20,25 +20,21 @@
 //!    over splits of the capacity (the splits past a sequence's range exit at once);
 //! 2. the combine kernel.
 //!
-//! A module whose decode kernel reads the ranges instead (without the bit) gets a
-//! decode-ranges kernel (`KernelKind::DecodeRanges`) before it that computes them the same
-//! way into the workspace's `ranges` (with the clamped lengths after them): three
-//! launches (sessions 21-27's path; the workspace keeps its `ranges` for it).
+//! A module whose decode kernel reads the ranges instead (without the bit, the host
+//! path's) is refused. The workspace keeps its `ranges` words (unused here).
 //!
 //! The params, error and zero words are the stream's state shared with the forward and
 //! backward on caller buffers (see [`super`]).
 
-use super::{StateBufs, needs_warmup, words};
+use super::{StateBufs, words};
 use crate::cuda::decode::{DecodeGeometry, DecodeModule, DecodePtrs, launch_values};
-use crate::cuda::{Arg, JitTiers, LaunchArgs};
+use crate::cuda::{Arg, LaunchArgs};
 use crate::exec::ExecResult;
 use crate::exec::cuda::{CudaExec, gpu_at};
 use attnc_compiler::analysis::linear::Bound;
-use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::bounds::kernel_offsets;
-use attnc_compiler::backend::llvm::{GridDim, InputType, KernelParam as P, PtxOptions};
+use attnc_compiler::backend::llvm::{GridDim, KernelParam as P};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::plan::Plan;
 use cudarc::driver::DevicePtr;
 
 /// Device pointers of one caller-buffer decode call.
@@ -111,7 +107,6 @@ impl CudaExec {
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn decode_caller(
         &mut self,
-        plan: &Plan,
         module: &DecodeModule,
         geom: &DecodeGeometry,
         capacity: usize,
@@ -130,28 +125,12 @@ impl CudaExec {
             )
             .into());
         }
-        // (kernels that compute the ranges themselves need no decode-ranges kernel)
-        let device_ranges = module.device_ranges();
-        let ranges_kernel = match (&self.decode_ranges, device_ranges) {
-            (_, Some(_)) => None,
-            (Some(k), None) => Some(k.clone()),
-            (None, None) => {
-                if capture {
-                    return Err(needs_warmup("load its decode-ranges kernel").into());
-                }
-                // the kernel depends on the plan and the architecture only
-                let popts = PtxOptions::new(g.device.arch(), 64, 64, InputType::Bf16);
-                let (k, _) = g.jit.get(
-                    &g.device,
-                    plan,
-                    KernelKind::DecodeRanges,
-                    &popts,
-                    JitTiers::Off,
-                )?;
-                let k = k.current().0;
-                self.decode_ranges = Some(k.clone());
-                Some(k)
-            }
+        // (the binding's caller-buffer kernels compute each sequence's range themselves)
+        let Some(n_offsets) = module.device_ranges() else {
+            return Err(crate::cuda::CudaError::Mismatch(
+                "the caller-buffer decode runs kernels that compute their ranges (decode::COPY_DEVICE_RANGES)".into(),
+            )
+            .into());
         };
         // SAFETY: the caller vouches for `stream` (see above).
         let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
@@ -164,19 +143,6 @@ impl CudaExec {
             zero: ptr(&st.zero),
             tiles: ptr(&st.tiles),
         };
-        if let Some(ranges_kernel) = &ranges_kernel {
-            let n = ranges_kernel
-                .spec()
-                .params
-                .iter()
-                .filter(|p| matches!(p, P::KvOffset(_)))
-                .count();
-            let ra = ranges_values(n, geom, capacity, bufs, skip);
-            // SAFETY: seq_lens (B i32) and ranges (3 B i32) are the caller's (vouched for
-            // above); the kernel reads `seq_lens[b]` and writes `ranges[2b..2b+2]` and
-            // `ranges[2B + b]` for the grid's b < B only.
-            unsafe { ranges_kernel.launch_args(&st.dev, &ra) }?;
-        }
         laps.lap(crate::host_trace::Stage::Ranges);
         let ptrs = DecodePtrs {
             q: bufs.q,
@@ -184,12 +150,8 @@ impl CudaExec {
             v: bufs.v_cache,
             // a contiguous cache reads no page table: any one-word buffer
             page_table: bufs.page_table.unwrap_or(state.zero),
-            // the lengths clamped into `0..=capacity` by the ranges kernel (or by the
-            // decode kernel itself from the caller's)
-            seq_lens: match device_ranges {
-                Some(_) => bufs.seq_lens,
-                None => bufs.ranges + 8 * geom.b as u64,
-            },
+            // the caller's lengths (the kernel clamps them into `0..=capacity`)
+            seq_lens: bufs.seq_lens,
             ranges: bufs.ranges,
             part_o: bufs.part_o,
             part_lse: bufs.part_lse,
@@ -212,16 +174,12 @@ impl CudaExec {
                 .collect(),
         };
         let mut args = launch_values(geom, &ptrs);
-        if let Some(n) = device_ranges {
-            // the decode-ranges kernel's values: capacity, offsets (`SeqLens` the caller's)
-            args.merge(&ranges_values(n, geom, capacity, bufs, skip));
-        }
-        // SAFETY: the caller's buffers are sized for `geom` (vouched for above); the
-        // ranges the kernel reads were just written in stream order by the ranges kernel
-        // (or the kernel computes them from `seq_lens` the same way), inside
-        // `0..min(seq_lens[b], capacity)`, and the splits x chunk of `geom` cover the
-        // capacity, hence every range; params, error and zero words are this stream
-        // state's.
+        // the decode-ranges kernel's values: capacity, offsets (`SeqLens` the caller's)
+        args.merge(&ranges_values(n_offsets, geom, capacity, bufs, skip));
+        // SAFETY: the caller's buffers are sized for `geom` (vouched for above); the kernel
+        // computes each range from `seq_lens` inside `0..min(seq_lens[b], capacity)`, and
+        // the splits x chunk of `geom` cover the capacity, hence every range; params, error
+        // and zero words are this stream state's.
         unsafe { module.launch_values(&st.dev, geom, &args) }?;
         laps.lap(crate::host_trace::Stage::Launch);
         Ok(())
@@ -231,7 +189,9 @@ impl CudaExec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnc_compiler::backend::llvm::{Arch, spec};
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, InputType, PtxOptions, spec};
+    use attnc_compiler::plan::Plan;
 
     /// Every parameter and grid axis of the decode-ranges kernel gets a value, with and
     /// without usable bounds, for masks with and without linear conjuncts.
