@@ -5,7 +5,8 @@ D64, variants full, causal, sliding1024, alibi_causal, softcap_causal, doc_causa
 one forward), backward TFLOP/s = 2.5 * 4*B*H*S*S*D*density / time. Then prints attnc's
 numbers (from $OUT/attnc_bwd_bench.json, written by `gpu_backward --ignored bench` earlier in the
 same run) next to them.
-Environment: ATTNC_TORCH_ONLY=full,causal (variants), ATTNC_TORCH_SHAPES=D128 (shapes).
+Environment: ATTNC_TORCH_ONLY=full,causal (variants), ATTNC_TORCH_SHAPES=D128 (shapes;
+D256 = B2 H16 L4096 D256, Gemma's head dim, runs only when named).
 Usage: python3 gpu_bench_torch_bwd.py [attnc_bwd_bench.json]"""
 import torch, json, os, sys
 import torch._dynamo
@@ -43,8 +44,9 @@ def density(mask_fn, S):
 
 only = os.environ.get("ATTNC_TORCH_ONLY")
 shapes = os.environ.get("ATTNC_TORCH_SHAPES")  # e.g. "D128": only the shapes named
-for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64)]:
+for (B, H, S, D) in [(2, 16, 8192, 128), (4, 16, 4096, 64), (2, 16, 4096, 256)]:
     if shapes and f"D{D}" not in shapes.split(","): continue
+    if D == 256 and not shapes: continue  # head dim 256 (Gemma-style) only when named
     q = torch.randn(B, H, S, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn_like(q, requires_grad=True); v = torch.randn_like(q, requires_grad=True)
     do = torch.randn_like(q)
@@ -99,7 +101,7 @@ try:
 except Exception as ex:
     print("no attnc backward results:", ex); sys.exit(0)
 print(f"\n{'backward TFLOP/s':<32}{'attnc':>8}{'flex':>8}{'FA2':>8}{'cuDNN':>8}{'x flex':>8}{'x best':>8}")
-for shape in ["B2H16S8192D128", "B4H16S4096D64"]:
+for shape in ["B2H16S8192D128", "B4H16S4096D64", "B2H16S4096D256"]:
     for name in ["full", "causal", "sliding1024", "alibi_causal", "softcap_causal", "doc_causal",
                  "relbias_full", "softcap_param_causal"]:
         a = at.get(f"attnc_bwd/{name}/{shape}")

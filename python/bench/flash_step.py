@@ -20,6 +20,8 @@ deterministic). Prints one line per row and round and the ratios
 (other / attnc: > 1 means attnc is faster); writes DIR/flash_step.json (default $OUT).
 
     python python/bench/flash_step.py [--cases dense,causal,document] [--triton] [--rounds 3]
+        [--d 256 --l 4096]   # head dim / length (session 29: Gemma's head dim 256;
+                             # case softcap_sliding = Gemma 2's local layers)
 
 FLASH needs FA4 on PYTHONPATH (``../shared/bench/fa4/install.sh``); without it its rows
 say why they are missing.
@@ -61,6 +63,8 @@ SCORED = {
     "sliding": ("sliding_window.attn", None, {"window": 1023}, sliding_mod, None),
     "alibi_causal": ("alibi_causal.attn", "alibi_causal", {}, causal_mod, alibi_mod),
     "softcap_causal": ("softcap.attn", "softcap_causal", {}, causal_mod, softcap_mod),
+    # Gemma 2's local layers: soft-cap 50 and a causal window (1024 keys here)
+    "softcap_sliding": ("softcap_sliding.attn", None, {"window": 1023}, sliding_mod, softcap_mod),
 }
 
 
@@ -72,6 +76,8 @@ def main():
     ap.add_argument("--no-flash", action="store_true")
     ap.add_argument("--no-nd", action="store_true", help="leave out attnc with deterministic=False")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--d", type=int, default=128, help="head dim (256: Gemma's; session 29)")
+    ap.add_argument("--l", type=int, default=0, help="sequence length (default 8192, document 4096)")
     ap.add_argument("--iters", type=int, default=10)
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -97,8 +103,8 @@ def main():
         backends.append("TRITON")
 
     for case in a.cases.split(","):
-        b, h, d = 2, 16, 128
-        l = 4096 if case == "document" else 8192
+        b, h, d = 2, 16, a.d
+        l = a.l or (4096 if case == "document" else 8192)
         g = torch.Generator(device="cuda").manual_seed(1)
         q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
                    for _ in range(3))

@@ -395,6 +395,41 @@ def test_every_example_gradients_match_oracle(file, name):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("file,name", [("softcap_sliding.attn", None), ("causal.attn", None),
+                                       ("relative_bias_table.attn", None),
+                                       ("document_causal.attn", "document_causal")],
+                         ids=["gemma_softcap_sliding", "causal", "bias_table", "document"])
+def test_gradients_head_dim_256(file, name, dtype):
+    """Head dim 256 (Gemma-style; on sm_90 the two-kernel backward with dK and dV in
+    column halves): dq, dk, dv and the float captures' gradients against the f64 oracle
+    at GQA 2:1 and odd lengths, and the same gradients twice (deterministic)."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    b, hq, hkv, l = 1, 4, 2, 157
+    q, k, v = (x.to(dtype) for x in qkv(b, hq, hkv, l, l, 256, seed=29))
+    caps = captures_for(attn, b, hq, l, l, seed=5)
+    floats = [n for n, elem, _ in attn.tensors if elem in ("f32", "f16", "bf16")]
+    wo = torch.randn(b, hq, l, 256, generator=torch.Generator().manual_seed(3))
+
+    def grads():
+        xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+        dcaps = dev(caps)
+        for n in floats:
+            dcaps[n] = dcaps[n].requires_grad_(True)
+        (attn(*xs, **dcaps).float() * wo.cuda()).sum().backward()
+        return [x.grad for x in xs] + [dcaps[n].grad for n in floats]
+
+    got = grads()
+    dq, dk, dv, rc = attn.reference_grad(q, k, v, wo, None, **caps)
+    for n, g, r in zip(["q", "k", "v"] + floats, got, [dq, dk, dv] + [rc[n] for n in floats]):
+        g, r = g.double().cpu(), r.double()
+        tol = 0.05 * r.abs().max() + 0.02
+        assert not torch.isnan(g).any(), f"d{n} has NaN"
+        assert (g - r).abs().max() <= tol, f"d{n}: {(g - r).abs().max():.4g} > {tol:.4g}"
+    for n, a, b_ in zip(["q", "k", "v"] + floats, got, grads()):
+        assert torch.equal(a, b_), f"d{n} differs between two runs"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 def test_gradients_gqa_odd_lengths_f16_bf16(dtype):
     """Causal GQA 4:1 at odd Lq != Lkv, D 128, for both 16-bit types, against the oracle."""
     attn = attnc.compile(EXAMPLES / "sliding_window.attn").attention()
@@ -934,16 +969,19 @@ def _host_backward(attn, q, k, v, o, lse, do, dlse, caps, wanted):
 def test_fused_backward_workspace_where_the_rust_backward_fuses():
     """The caller-buffer backward asks for the fused dQ's workspace exactly where
     ``Bound::backward`` fuses dQ (sm_90 at D64 and D128): one f32 q_block x D tile and
-    one semaphore per (b, head, q block); none on other GPUs."""
+    one semaphore per (b, head, q block), then up to three counters (the tile counter of
+    persistent CTAs, D64's causal-type default since session 24; the early conversion's
+    counts); none on other GPUs, nor at D256 (two kernels, dQ by its own)."""
     attn = attnc.compile(EXAMPLES / "causal.attn").attention()
-    for d in (64, 128):
+    for d in (64, 128, 256):
         q, k, v = (x.to("cuda", torch.bfloat16) for x in qkv(2, 6, 3, 131, 90, d))
         ws = attn._inner.backward_workspace(q, k, v, None)
-        if SM90:
+        if SM90 and d < 256:
             accum, sem = ws
-            q_block = accum // (sem * d)
-            assert accum == sem * q_block * d and q_block in (64, 128), ws
-            assert sem == 2 * 6 * math.ceil(131 / q_block), ws
+            tiles = {qb: 2 * 6 * math.ceil(131 / qb) for qb in (64, 128)}
+            fits = [qb for qb in (64, 128) if accum == tiles[qb] * qb * d]
+            assert len(fits) == 1, (d, ws)
+            assert tiles[fits[0]] <= sem <= tiles[fits[0]] + 3, (d, ws)
         else:
             assert ws is None, (d, ws)
 
@@ -1150,7 +1188,10 @@ def test_nondeterministic_backward_matches_the_oracle(file, name, caps, shape, d
         assert accum == sem * 80 * d, ws  # q tiles of 80
     else:  # the deterministic kernels' tiles (bands and tables: the deterministic kernels)
         det_ws = attn._inner.backward_workspace(q.cuda(), k.cuda(), v.cuda(), None)
-        assert ws == det_ws, (ws, det_ws)
+        if ws is None or det_ws is None:
+            assert ws == det_ws, (ws, det_ws)
+        else:  # the same tiles; the deterministic kernels may count more (a tile counter)
+            assert ws[0] == det_ws[0] and ws[1] <= det_ws[1] <= ws[1] + 3, (ws, det_ws)
     runs = {}
     for det in (False, False, True):
         xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]

@@ -552,6 +552,85 @@ fn gpu_backward_samples_match_reference(dev: &CudaDevice) {
     }
 }
 
+/// Head dims of 256 (Gemma-style; sm_90, the two-kernel path with dK and dV in column
+/// halves, `backward::dkdv_parts`): every sample against the f64 reference at GQA, odd
+/// lengths and Lq != Lkv, bf16 and f16, D = 128 with Dv = 256 and the reverse, rows
+/// masked entirely, and two runs bit-identical. Elsewhere the backward refuses the shape.
+fn gpu_backward_head_dim_256(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::{Arch, backward::dkdv_parts};
+    if dev.arch() != Arch::Sm90 {
+        let p = samples::causal();
+        let o = binding_options(dev.arch(), &p, &shape(1, 1, 1, 8, 8, 256), InputType::Bf16);
+        assert!(emit_backward_kernels(&Plan::new(&p), &o).is_err());
+        println!("  no wgmma: the D256 backward is refused here");
+        return;
+    }
+    let cases = [
+        (shape(1, 4, 2, 77, 131, 256), InputType::Bf16),
+        (shape(2, 2, 1, 129, 70, 256), InputType::F16),
+    ];
+    for (i, (sh, ty)) in cases.iter().enumerate() {
+        for p in samples::all(sh.hq as i32) {
+            if p.name == "document_causal" && sh.lq != sh.lkv {
+                continue;
+            }
+            let opts = test_options(dev.arch(), &p, sh, *ty);
+            assert_eq!(dkdv_parts(&opts), 2, "{}: D256 in column halves", p.name);
+            check_case(dev, &p, *sh, *ty, 300 + i as u64, false);
+        }
+    }
+    for (d, dv) in [(128, 256), (256, 128)] {
+        let sh = Shape {
+            dv,
+            ..shape(1, 4, 2, 100, 133, d)
+        };
+        for p in [samples::causal(), samples::bias_table()] {
+            check_case(dev, &p, sh, InputType::Bf16, 17, true);
+        }
+    }
+    let p = late_start();
+    let sh = shape(1, 2, 1, 67, 40, 256);
+    check_case(dev, &p, sh, InputType::Bf16, 7, false);
+    assert_late_start_rows_zero(dev, &p, sh, InputType::Bf16, 7);
+    for p in [samples::causal(), samples::bias_table()] {
+        let sh = shape(1, 4, 2, 300, 300, 256);
+        let opts = test_options(dev.arch(), &p, &sh, InputType::Bf16);
+        let what = format!("{} {:?} D256", p.name, sh);
+        assert_runs_identical(dev, &p, &sh, InputType::Bf16, &opts, 3, &what);
+    }
+}
+
+/// A small D256 case for compute-sanitizer (memcheck, racecheck): causal with a kv tail,
+/// a capture gradient (bias table), GQA; and the runtime's path (`Bound::backward`).
+fn gpu_backward_d256_sanitize(dev: &CudaDevice) {
+    if dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90 {
+        println!("  no wgmma: no D256 backward here");
+        return;
+    }
+    for p in [samples::causal(), samples::bias_table()] {
+        check_case(
+            dev,
+            &p,
+            shape(1, 4, 2, 70, 100, 256),
+            InputType::Bf16,
+            23,
+            false,
+        );
+    }
+    let c = attnc::Compiled::from_source("capture_sources.attn", CAPTURE_SOURCES).unwrap();
+    let var = c.attention("learnable_softcap").unwrap();
+    let sh = shape(1, 2, 1, 37, 70, 256);
+    let caps = attnc::synth::captures(var.program(), &sh, 3);
+    api_case(
+        &var,
+        sh,
+        attnc::DType::BF16,
+        &caps,
+        3,
+        "learnable_softcap D256",
+    );
+}
+
 fn gpu_backward_fully_masked_rows(dev: &CudaDevice) {
     let p = late_start();
     let sh = shape(1, 2, 1, 67, 40, 64);
@@ -1572,8 +1651,13 @@ fn gpu_backward_bench(dev: &CudaDevice) {
     let only_l: Option<usize> = std::env::var("ATTNC_BWD_BENCH_L")
         .ok()
         .and_then(|x| x.parse().ok());
-    for (b, h, l, d) in [(2usize, 16usize, 8192usize, 128usize), (4, 16, 4096, 64)] {
-        if only_d.as_deref().is_some_and(|x| x != d.to_string()) {
+    // B2 H16 L4096 D256 (Gemma's head dim) only with `ATTNC_BWD_BENCH_D=256`
+    for (b, h, l, d) in [
+        (2usize, 16usize, 8192usize, 128usize),
+        (4, 16, 4096, 64),
+        (2, 16, 4096, 256),
+    ] {
+        if only_d.as_deref().is_some_and(|x| x != d.to_string()) || (d == 256 && only_d.is_none()) {
             continue;
         }
         let l = only_l.unwrap_or(l);
@@ -2928,6 +3012,8 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_backward_fully_masked_rows",
         gpu_backward_fully_masked_rows,
     ),
+    ("gpu_backward_head_dim_256", gpu_backward_head_dim_256),
+    ("gpu_backward_d256_sanitize", gpu_backward_d256_sanitize),
     ("gpu_backward_dlse", gpu_backward_dlse),
     ("gpu_backward_convert_timeout", gpu_backward_convert_timeout),
     (

@@ -194,7 +194,7 @@ impl PtxOptions {
     /// first ([`Self::bwd_convert_wide`]; the same dQ).
     pub fn backward(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = Self::backward_separate(arch, d, dv, input);
-        if o.mma == Mma::Wgmma && (d == 128 || (d, dv) == (64, 64)) {
+        if o.mma == Mma::Wgmma && ((d == 128 && dv <= 128) || (d, dv) == (64, 64)) {
             PtxOptions {
                 bwd_tma: true,
                 bwd_convert_wide: true,
@@ -207,14 +207,15 @@ impl PtxOptions {
 
     /// The backward with dQ by a second kernel (`BwdDq::Separate`: no workspace, what
     /// the caller-buffer entry points launch): Br = Bc = 64; wgmma on sm_90 at D, Dv
-    /// 64/128, else mma.sync.
+    /// 64/128 and at head dims of 256 (D, Dv in {128, 256}: dK and dV in column halves,
+    /// [`dkdv_parts`]), else mma.sync.
     pub fn backward_separate(arch: super::Arch, d: u32, dv: u32, input: InputType) -> Self {
         let o = PtxOptions {
             q_block: 64,
             kv_block: 64,
             ..PtxOptions::sync(arch, d, dv, input).with_m_tiles(1)
         };
-        if arch == super::Arch::Sm90 && matches!(d, 64 | 128) && matches!(dv, 64 | 128) {
+        if arch == super::Arch::Sm90 && wgmma_dims(d, dv) {
             o.backward_wgmma()
         } else {
             o
@@ -639,12 +640,46 @@ impl PtxOptions {
     }
 }
 
+/// Head dims the wgmma backward takes: D, Dv in {64, 128}, or in {128, 256} with one of
+/// them 256 (the two-kernel path only: dK and dV in column halves, [`dkdv_parts`]).
+fn wgmma_dims(d: u32, dv: u32) -> bool {
+    (matches!(d, 64 | 128) && matches!(dv, 64 | 128))
+        || (matches!(d, 128 | 256) && matches!(dv, 128 | 256))
+}
+
+/// The column parts of dK and dV that the two-kernel path's dK/dV kernel splits between
+/// its warpgroups: 2 on the wgmma path when D or Dv is 256 (a warpgroup's 64 kv rows of
+/// dK and dV at 256 columns would take 256 accumulator registers per thread), else 1.
+/// With 2, the CTA's two warpgroups share one 64-row kv tile and its Q / dO buffers:
+/// each computes Sᵀ and dPᵀ over the whole head dim and accumulates half of dK's and
+/// dV's columns (6 products of 64 x 64 x 256 per visit where one warpgroup holding all
+/// columns would do 4). One H200, session 29, B2 H16 L4096 D256: the dK/dV kernel 1.51x
+/// (dense) and 1.46x (causal) faster than with one CTA per column half (192 KiB of shared
+/// memory: one CTA, so one warpgroup, per SM).
+pub fn dkdv_parts(o: &PtxOptions) -> u32 {
+    if o.mma == Mma::Wgmma && o.bwd_dq == BwdDq::Separate && o.d.max(o.dv) > 128 {
+        2
+    } else {
+        1
+    }
+}
+
 fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
     opts.validate()?;
-    let ok = |x: u32| matches!(x, 32 | 64 | 128);
+    let ok = |x: u32| matches!(x, 32 | 64 | 128 | 256);
     if !ok(opts.d) || !ok(opts.dv) {
         return Err(LlvmError::Unsupported(format!(
-            "head dims D={} Dv={}: the GPU backward supports 32, 64 and 128 (the CPU backend takes any)",
+            "head dims D={} Dv={}: the GPU backward supports 32, 64, 128 and 256 (the CPU backend takes any)",
+            opts.d, opts.dv
+        )));
+    }
+    if opts.d.max(opts.dv) == 256
+        && !(opts.mma == Mma::Wgmma
+            && opts.bwd_dq == BwdDq::Separate
+            && wgmma_dims(opts.d, opts.dv))
+    {
+        return Err(LlvmError::Unsupported(format!(
+            "head dims D={} Dv={}: the GPU backward takes a head dim of 256 on sm_90 (wgmma, dQ by its own kernel, the other head dim 128 or 256); on earlier GPUs use the cpu backend",
             opts.d, opts.dv
         )));
     }
@@ -653,9 +688,9 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
             "the GPU backward runs with one m-tile per warp".into(),
         ));
     }
-    if opts.mma == Mma::Wgmma && !(matches!(opts.d, 64 | 128) && matches!(opts.dv, 64 | 128)) {
+    if opts.mma == Mma::Wgmma && !wgmma_dims(opts.d, opts.dv) {
         return Err(LlvmError::Unsupported(format!(
-            "head dims D={} Dv={}: the wgmma backward supports 64 and 128",
+            "head dims D={} Dv={}: the wgmma backward supports 64 and 128, and 256 with 128 or 256",
             opts.d, opts.dv
         )));
     }
@@ -698,7 +733,7 @@ pub fn backward_layout(
             KernelKind::BackwardPre,
         ),
         BackwardKind::DkDv => (
-            opts.kv_block / 16 * 32 + fused::writer_threads(opts),
+            opts.kv_block / 16 * 32 * dkdv_parts(opts) + fused::writer_threads(opts),
             DkDvTiles::new(opts).bytes,
             if opts.bwd_persist && opts.bwd_dq != BwdDq::Separate {
                 [G::KvPersistent, G::One, G::One]
@@ -2977,10 +3012,20 @@ fn dkdv_body<'ctx>(
     let t = DkDvTiles::new(opts);
     let wg = opts.mma == Mma::Wgmma;
     let (br, bc) = (opts.q_block, opts.kv_block);
-    let threads = bc / 16 * 32;
+    // warpgroup w of `parts` accumulates column part w of dK and dV (`dkdv_parts`; one
+    // part below a head dim of 256); every warpgroup holds the tile's same kv rows
+    let parts = dkdv_parts(opts);
+    let threads = bc / 16 * 32 * parts;
     let ty = opts.input;
-    let c = common(g, p, opts, a)?;
+    let mut c = common(g, p, opts, a)?;
     let zero = g.c32(0);
+    let part = if parts > 1 {
+        let part = g.lshr(c.warp, g.c32(2))?;
+        c.warp = g.and(c.warp, g.c32(3))?;
+        part
+    } else {
+        zero
+    };
     let hk = g.ctaid('y')?;
     let kv0 = g.mul(g.ctaid('x')?, g.c32(bc as i64))?;
     let group = g.udiv(c.hq, c.hkv)?;
@@ -3003,8 +3048,14 @@ fn dkdv_body<'ctx>(
         load_q_block(g, a, &c, &t, opts, row_stats, threads, (h, qb), buf)
     };
 
-    let dk = acc_vars(g, (opts.d / 8) as usize)?;
-    let dv = acc_vars(g, (opts.dv / 8) as usize)?;
+    let dk = acc_vars(g, (opts.d / parts / 8) as usize)?;
+    let dv = acc_vars(g, (opts.dv / parts / 8) as usize)?;
+    // this part's columns of Q and dO: whole 64-column slabs, `part` parts further
+    let (q_part, do_part) = (col_part(&t.q, parts), col_part(&t.d_o, parts));
+    let part_at = |tile: &SmemTile, buf| -> R<IntValue<'ctx>> {
+        let slab_bytes = tile.rows * 128 * (tile.cols / parts / 64);
+        g.add(buf, g.mul(part, g.c32(slab_bytes as i64))?)
+    };
     let st_it = g.var(g.i32, zero)?;
     let st_buf = g.var(g.i32, zero)?;
 
@@ -3072,8 +3123,8 @@ fn dkdv_body<'ctx>(
             g,
             ty,
             &acc_to_a(g, ty, &pt)?,
-            &t.d_o,
-            buf,
+            &do_part,
+            part_at(&t.d_o, buf)?,
             &to_flat(&dv_acc),
             Desc::Each,
         )?;
@@ -3081,8 +3132,8 @@ fn dkdv_body<'ctx>(
             g,
             ty,
             &acc_to_a(g, ty, &dst)?,
-            &t.q,
-            buf,
+            &q_part,
+            part_at(&t.q, buf)?,
             &to_flat(&dk_acc),
             Desc::Each,
         )?;
@@ -3114,7 +3165,16 @@ fn dkdv_body<'ctx>(
     g.set(&st_it, it1)?;
     g.set(&st_buf, other)?;
     g.cond_br(has_next, lp, epi)?;
-    dkdv_epilogue(g, opts, &c, a, hk, kv0, &dk, &dv, epi)
+    dkdv_epilogue(g, opts, &c, a, (hk, part), kv0, &dk, &dv, epi)
+}
+
+/// The first `1 / parts` of slab tile `t`'s columns as a tile of their own (the wgmma B
+/// operand of one column part: its slabs are `t.rows * 128` bytes apart as in `t`).
+fn col_part(t: &SmemTile, parts: u32) -> SmemTile {
+    SmemTile {
+        cols: t.cols / parts,
+        ..*t
+    }
 }
 
 /// The end of the dK/dV kernel (block `epi`): dK (times the scale) and dV stored.
@@ -3124,7 +3184,7 @@ pub(super) fn dkdv_epilogue<'ctx>(
     opts: &PtxOptions,
     c: &Common<'ctx>,
     a: &Args<'_, 'ctx>,
-    hk: IntValue<'ctx>,
+    (hk, part): (IntValue<'ctx>, IntValue<'ctx>),
     kv0: IntValue<'ctx>,
     dk: &[[Var<'ctx>; 4]],
     dv: &[[Var<'ctx>; 4]],
@@ -3132,28 +3192,38 @@ pub(super) fn dkdv_epilogue<'ctx>(
 ) -> R<()> {
     g.b.position_at_end(epi);
     g.cp_async_wait(0)?;
-    dkdv_store(g, opts, c, a, (c.b, hk), kv0, dk, dv)?;
+    dkdv_store(g, opts, c, a, (c.b, hk, part), kv0, dk, dv)?;
     g.b.build_return(None)?;
     Ok(())
 }
 
 /// dK (times the scale) and dV of kv rows `kv0 ..` of (batch, kv head) stored: one word
 /// per n8 column group and thread, or with `PtxOptions::bwd_store_pairs` 8 bytes per
-/// thread and instruction ([`fused::store_rows_pairs`]).
+/// thread and instruction ([`fused::store_rows_pairs`]); with [`dkdv_parts`] > 1 the
+/// accumulators hold column part `part` of each.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dkdv_store<'ctx>(
     g: &Gpu<'ctx>,
     opts: &PtxOptions,
     c: &Common<'ctx>,
     a: &Args<'_, 'ctx>,
-    (b, hk): (IntValue<'ctx>, IntValue<'ctx>),
+    (b, hk, part): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
     kv0: IntValue<'ctx>,
     dk: &[[Var<'ctx>; 4]],
     dv: &[[Var<'ctx>; 4]],
 ) -> R<()> {
     let ty = opts.input;
-    let dk_base = slice_base(g, a.ptr(KernelParam::DK)?, b, c.hkv, hk, c.lkv, opts.d)?;
-    let dv_base = slice_base(g, a.ptr(KernelParam::DV)?, b, c.hkv, hk, c.lkv, opts.dv)?;
+    let parts = dkdv_parts(opts);
+    let base = |t, dim: u32| -> R<PointerValue<'ctx>> {
+        let at = slice_base(g, a.ptr(t)?, b, c.hkv, hk, c.lkv, dim)?;
+        if parts == 1 {
+            return Ok(at);
+        }
+        let col_bytes = g.mul(part, g.c32((dim / parts * 2) as i64))?;
+        g.gep_bytes(at, g.zext64(col_bytes)?)
+    };
+    let dk_base = base(KernelParam::DK, opts.d)?;
+    let dv_base = base(KernelParam::DV, opts.dv)?;
     let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
     if opts.bwd_store_pairs {
         let (dk, dv) = (acc_get(g, dk)?, acc_get(g, dv)?);
@@ -3442,6 +3512,62 @@ mod tests {
         }
     }
 
+    /// Head dims of 256 on sm_90: the two-kernel path on wgmma, the dK/dV kernel's two
+    /// warpgroups on one kv tile, each accumulating half of dK's and dV's columns (m64n128
+    /// products at 256) after Sᵀ and dPᵀ over the whole head dim; the dQ
+    /// kernel's dQ = dS K in one m64n256 product per k-step at D256; every sample, both
+    /// input types, D = Dv = 256 and 128 / 256 mixed; deterministic text.
+    /// `ATTNC_BWD_PTX_DIR` dumps the kernels (for ptxas).
+    #[test]
+    fn head_dim_256_kernels() {
+        let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+        for p in samples::all(8) {
+            for (d, dv, ty) in [
+                (256, 256, InputType::Bf16),
+                (256, 256, InputType::F16),
+                (128, 256, InputType::Bf16),
+                (256, 128, InputType::Bf16),
+            ] {
+                let o = PtxOptions::backward(Arch::Sm90, d, dv, ty);
+                assert_eq!((o.mma, o.bwd_dq), (Mma::Wgmma, BwdDq::Separate));
+                assert_eq!(dkdv_parts(&o), 2);
+                let plan = Plan::new(&p);
+                for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
+                    let k = emit_backward(&plan, &o, kind)
+                        .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
+                    let again = emit_backward(&plan, &o, kind).unwrap();
+                    assert_eq!(k.ptx, again.ptx, "deterministic");
+                    assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+                    let has = |n: u32| {
+                        k.ptx
+                            .contains(&format!("wgmma.mma_async.sync.aligned.m64n{n}k16"))
+                    };
+                    match kind {
+                        BackwardKind::Pre => {}
+                        BackwardKind::DkDv => {
+                            // two warpgroups on one kv tile, a column half each
+                            assert_eq!(k.threads, 256);
+                            // Sᵀ, dPᵀ: 64 q columns; dV, dK: a half of 128 columns each
+                            assert!(has(64) && has(128) && !has(256), "{}", p.name);
+                            assert!(k.smem_bytes <= 227 * 1024);
+                        }
+                        BackwardKind::Dq => {
+                            assert!(has(64) && has(d), "{}", p.name);
+                            assert!(k.smem_bytes <= 227 * 1024);
+                        }
+                    }
+                    if let Some(dir) = &dir {
+                        std::fs::write(
+                            format!("{dir}/{}_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
+                            &k.ptx,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        }
+    }
+
     /// The kernel's split of a contribution (`fixed_add`, here in Rust with the same f64
     /// operations) summed in wrapping u64 words, decoded by `fixed_to_f32`: the f64 sum
     /// rounded to f32 (up to the 2^-60 resolution), in any order; non-finite flags.
@@ -3600,8 +3726,23 @@ mod tests {
     #[test]
     fn unsupported_configurations_are_errors() {
         let p = samples::softcap_causal();
+        // D256 needs sm_90's wgmma path (dK and dV in column halves)
         let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
-        assert!(emit_backward(&Plan::new(&p), &o, BackwardKind::Pre).is_err());
+        let e = emit_backward(&Plan::new(&p), &o, BackwardKind::Pre).unwrap_err();
+        assert!(e.to_string().contains("sm_90"), "{e}");
+        // nor in the fused kernel, nor beside a head dim of 64
+        let fused = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+        let o = PtxOptions {
+            d: 256,
+            dv: 256,
+            ..fused
+        };
+        assert!(emit_backward(&Plan::new(&p), &o, BackwardKind::DkDv).is_err());
+        let o = PtxOptions::backward(Arch::Sm90, 64, 256, InputType::Bf16);
+        assert!(emit_backward(&Plan::new(&p), &o, BackwardKind::DkDv).is_err());
+        let o = PtxOptions::backward(Arch::Sm90, 96, 96, InputType::Bf16);
+        let e = emit_backward(&Plan::new(&p), &o, BackwardKind::DkDv).unwrap_err();
+        assert!(e.to_string().contains("32, 64, 128 and 256"), "{e}");
         // which captures get gradients
         assert_eq!(capture_grads(&samples::bias_table()).tensors, vec![0]);
         assert!(capture_grads(&samples::alibi_causal(8)).is_empty());

@@ -2903,7 +2903,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
             load_kv(&tile_at(next)?)
         })?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), kv0, &dk, &dv)?;
         g.set(&tv, next)?;
         g.br(head)?;
         return Ok(());
@@ -2922,11 +2922,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if opts.bwd_store_pairs {
         g.b.position_at_end(store);
         g.cp_async_wait(0)?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk), kv0, &dk, &dv)?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), kv0, &dk, &dv)?;
         g.b.build_return(None)?;
         return Ok(());
     }
-    dkdv_epilogue(g, opts, &c, a, tl.hk, kv0, &dk, &dv, store)
+    dkdv_epilogue(g, opts, &c, a, (tl.hk, g.c32(0)), kv0, &dk, &dv, store)
 }
 
 /// An accumulator's rows `row0 + lane / 4 (+ 8)` (below `len`) of `cols` 16-bit columns
