@@ -596,7 +596,16 @@ fn gpu_backward_head_dim_256(dev: &CudaDevice) {
         let sh = shape(1, 4, 2, 300, 300, 256);
         let opts = test_options(dev.arch(), &p, &sh, InputType::Bf16);
         let what = format!("{} {:?} D256", p.name, sh);
-        assert_runs_identical(dev, &p, &sh, InputType::Bf16, &opts, 3, &what);
+        let a = assert_runs_identical(dev, &p, &sh, InputType::Bf16, &opts, 3, &what);
+        // Sᵀ and dPᵀ exchanged between the warpgroups (`bwd_xchg`, the default at D = Dv
+        // = 256) or computed by both: the same products, bit-identical gradients
+        assert!(attnc_compiler::backend::llvm::backward::xchg(&opts));
+        let both = PtxOptions {
+            bwd_xchg: false,
+            ..opts
+        };
+        let b = assert_runs_identical(dev, &p, &sh, InputType::Bf16, &both, 1, &what);
+        assert!(a == b, "{what}: bwd_xchg changed the gradients");
     }
 }
 
@@ -1265,6 +1274,7 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
         ("-k", 5),
         ("-P", 6),
         ("-b", 7),
+        ("-X", 8),
     ] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
             return bench_options(default, rest, plan).map(|o| match off {
@@ -1295,6 +1305,10 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
                 },
                 7 => PtxOptions {
                     bwd_stats_bulk: false,
+                    ..o
+                },
+                8 => PtxOptions {
+                    bwd_xchg: false,
                     ..o
                 },
                 _ => PtxOptions {

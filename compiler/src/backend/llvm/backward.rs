@@ -216,7 +216,10 @@ impl PtxOptions {
             ..PtxOptions::sync(arch, d, dv, input).with_m_tiles(1)
         };
         if arch == super::Arch::Sm90 && wgmma_dims(d, dv) {
-            o.backward_wgmma()
+            PtxOptions {
+                bwd_xchg: (d, dv) == (256, 256),
+                ..o.backward_wgmma()
+            }
         } else {
             o
         }
@@ -650,12 +653,13 @@ fn wgmma_dims(d: u32, dv: u32) -> bool {
 /// The column parts of dK and dV that the two-kernel path's dK/dV kernel splits between
 /// its warpgroups: 2 on the wgmma path when D or Dv is 256 (a warpgroup's 64 kv rows of
 /// dK and dV at 256 columns would take 256 accumulator registers per thread), else 1.
-/// With 2, the CTA's two warpgroups share one 64-row kv tile and its Q / dO buffers:
-/// each computes Sᵀ and dPᵀ over the whole head dim and accumulates half of dK's and
-/// dV's columns (6 products of 64 x 64 x 256 per visit where one warpgroup holding all
-/// columns would do 4). One H200, session 29, B2 H16 L4096 D256: the dK/dV kernel 1.51x
-/// (dense) and 1.46x (causal) faster than with one CTA per column half (192 KiB of shared
-/// memory: one CTA, so one warpgroup, per SM).
+/// With 2, the CTA's two warpgroups share one 64-row kv tile and its Q / dO buffers and
+/// each accumulates half of dK's and dV's columns; both compute Sᵀ and dPᵀ over the whole
+/// head dim (6 products of 64 x 64 x 256 per visit), or at D = Dv with
+/// [`PtxOptions::bwd_xchg`] one each, exchanged (4). One H200, session 29, B2 H16 L4096
+/// D256: the dK/dV kernel 1.51x (dense) and 1.46x (causal) faster than with one CTA per
+/// column half (192 KiB of shared memory: one CTA, so one warpgroup, per SM); the
+/// exchange 1.05x / 1.11x on top.
 pub fn dkdv_parts(o: &PtxOptions) -> u32 {
     if o.mma == Mma::Wgmma && o.bwd_dq == BwdDq::Separate && o.d.max(o.dv) > 128 {
         2
@@ -663,6 +667,16 @@ pub fn dkdv_parts(o: &PtxOptions) -> u32 {
         1
     }
 }
+
+/// Whether the dK/dV kernel's two warpgroups split Sᵀ and dPᵀ and exchange them
+/// ([`PtxOptions::bwd_xchg`]: D = Dv, two column parts, 64 x 64 tiles).
+pub fn xchg(o: &PtxOptions) -> bool {
+    o.bwd_xchg && dkdv_parts(o) == 2 && o.d == o.dv && (o.q_block, o.kv_block) == (64, 64)
+}
+
+/// Bytes of the exchange region ([`xchg`]): Sᵀ then dPᵀ, 64 x 64 f32 each, element `e` of
+/// thread `t` (of its warpgroup) at `512 e + 4 t`.
+const XCHG_BYTES: u32 = 2 * 64 * 64 * 4;
 
 fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
     opts.validate()?;
@@ -959,6 +973,8 @@ pub(super) struct DkDvTiles {
     /// [`PtxOptions::bwd_persist_dyn`]: byte offset of the tile ring (two tile ids, then
     /// the mbarriers full 0, full 1, empty 0, empty 1: [`fused::TILE_RING_BYTES`]).
     pub tile_ring: Option<u32>,
+    /// [`xchg`]: byte offset of the Sᵀ / dPᵀ exchange region ([`XCHG_BYTES`]).
+    pub xchg: Option<u32>,
     pub bytes: u32,
 }
 
@@ -1029,6 +1045,11 @@ impl DkDvTiles {
             bytes = at + fused::TILE_RING_BYTES;
             at
         });
+        let xchg = xchg(o).then(|| {
+            let at = bytes.next_multiple_of(16);
+            bytes = at + XCHG_BYTES;
+            at
+        });
         DkDvTiles {
             k,
             v,
@@ -1043,6 +1064,7 @@ impl DkDvTiles {
             q_bars,
             visit_rec,
             tile_ring,
+            xchg,
             bytes,
         }
     }
@@ -3094,7 +3116,10 @@ fn dkdv_body<'ctx>(
     let full = g.and(in_full, g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?)?;
 
     let row0 = g.mul(c.warp, g.c32(16))?;
-    let (s, dp) = score_products(g, opts, &c, row0, buf, (&t.k, &t.q), (&t.v, &t.d_o))?;
+    let (s, dp) = match t.xchg {
+        Some(at) => exchanged_products(g, ty, &t, &c, part, buf, at)?,
+        None => score_products(g, opts, &c, row0, buf, (&t.k, &t.q), (&t.v, &t.d_o))?,
+    };
     let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
         p,
@@ -3166,6 +3191,69 @@ fn dkdv_body<'ctx>(
     g.set(&st_buf, other)?;
     g.cond_br(has_next, lp, epi)?;
     dkdv_epilogue(g, opts, &c, a, (hk, part), kv0, &dk, &dv, epi)
+}
+
+/// Sᵀ and dPᵀ of the visit in buffer `buf` with [`xchg`]: warpgroup `part` 0 computes
+/// Sᵀ = K Qᵀ, 1 computes dPᵀ = V dOᵀ (the same shapes: D = Dv; A and B picked by address),
+/// each stores its accumulator in its half of the exchange region at `at` (thread to
+/// thread: both warpgroups hold the same fragment layout) and, after the CTA's barrier,
+/// reads the other's. The loop's next barrier (before the next visit's stores) comes
+/// after every thread's reads.
+fn exchanged_products<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    t: &DkDvTiles,
+    c: &Common<'ctx>,
+    part: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+    at: u32,
+) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    // V's rows follow K's, dO's tile Q's: one address step each
+    let a_step = (t.v.offset - t.k.offset) / (64 * 128);
+    let b_extra = g.add(buf, g.mul(part, g.c32((t.d_o.offset - t.q.offset) as i64))?)?;
+    g.wgmma_fence()?;
+    let acc = wg_abt(
+        g,
+        ty,
+        &t.k,
+        g.mul(part, g.c32(a_step as i64))?,
+        &t.q,
+        b_extra,
+        Desc::Each,
+        None,
+    )?;
+    g.wgmma_commit()?;
+    let own = wg_result(g, &acc)?;
+    let thread = g.and(c.tid, g.c32(127))?;
+    let slot = |half: IntValue<'ctx>, e: usize| -> R<PointerValue<'ctx>> {
+        let off = g.add(
+            g.mul(half, g.c32((XCHG_BYTES / 2) as i64))?,
+            g.add(
+                g.mul(thread, g.c32(4))?,
+                g.c32((at + 512 * e as u32) as i64),
+            )?,
+        )?;
+        g.smem_at(off)
+    };
+    let other_half = g.xor(part, g.c32(1))?;
+    for (e, v) in own.iter().flatten().enumerate() {
+        g.store(slot(part, e)?, *v)?;
+    }
+    g.barrier()?;
+    let first = g.icmp(IntPredicate::EQ, part, g.c32(0))?;
+    let (mut s, mut dp) = (Vec::new(), Vec::new());
+    for (i, tile) in own.iter().enumerate() {
+        let (mut st, mut dpt) = (*tile, *tile);
+        for j in 0..4 {
+            let ptr = slot(other_half, 4 * i + j)?;
+            let other = g.b.build_load(g.f32, ptr, "")?.into_float_value();
+            st[j] = g.selectf(first, tile[j], other)?;
+            dpt[j] = g.selectf(first, other, tile[j])?;
+        }
+        s.push(st);
+        dp.push(dpt);
+    }
+    Ok((s, dp))
 }
 
 /// The first `1 / parts` of slab tile `t`'s columns as a tile of their own (the wgmma B
@@ -3545,8 +3633,19 @@ mod tests {
                     match kind {
                         BackwardKind::Pre => {}
                         BackwardKind::DkDv => {
-                            // two warpgroups on one kv tile, a column half each
+                            // two warpgroups on one kv tile, a column half each;
+                            // at D = Dv one computes Sᵀ, the other dPᵀ (exchanged)
                             assert_eq!(k.threads, 256);
+                            assert_eq!(xchg(&o), d == dv);
+                            let off = PtxOptions {
+                                bwd_xchg: false,
+                                ..o
+                            };
+                            let both = emit_backward(&plan, &off, kind).unwrap();
+                            assert_eq!(
+                                both.smem_bytes + XCHG_BYTES * (d == dv) as u32,
+                                k.smem_bytes
+                            );
                             // Sᵀ, dPᵀ: 64 q columns; dV, dK: a half of 128 columns each
                             assert!(has(64) && has(128) && !has(256), "{}", p.name);
                             assert!(k.smem_bytes <= 227 * 1024);

@@ -621,6 +621,14 @@ pub struct PtxOptions {
     /// with [`Self::bwd_empty_late`], the causal-type bindings named there. Other kinds
     /// ignore it.
     pub bwd_dv_early: bool,
+    /// The two-kernel backward at D = Dv = 256 (two warpgroups on one kv tile, a column
+    /// half of dK and dV each: `backward::dkdv_parts`): the first warpgroup computes Sᵀ,
+    /// the second dPᵀ, and they exchange the two f32 accumulators through 32 KiB of shared
+    /// memory (thread to thread: both have the same fragment layout) instead of each
+    /// computing both — four products of 64 x 64 x 256 per visit instead of six, the
+    /// element code done by both. Bit-identical gradients. On in
+    /// [`Self::backward_separate`] at D = Dv = 256 on sm_90; other kinds ignore it.
+    pub bwd_xchg: bool,
     /// The fused backward with [`Self::bwd_dv_early`] (`backward/fused.rs`; the element
     /// code after both waits, no capture gradients, checked mode, `bwd_band_keep` rows or
     /// `bwd_exp_emu`, q tiles of 64): P and dS in chunks of 16 q columns (the k-step of
@@ -880,6 +888,7 @@ impl PtxOptions {
             bwd_affine_unguarded: false,
             bwd_empty_late: false,
             bwd_dv_early: false,
+            bwd_xchg: false,
             bwd_dv_chunks: false,
             bwd_dk_chunks: false,
             bwd_two_writers: false,
@@ -1285,6 +1294,7 @@ impl PtxOptions {
             } else {
                 ""
             }
+            + if self.bwd_xchg { " bwd-xchg" } else { "" }
             + if self.bwd_dv_chunks {
                 " bwd-dv-chunks"
             } else {
