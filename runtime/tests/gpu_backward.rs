@@ -579,6 +579,15 @@ fn gpu_backward_head_dim_256(dev: &CudaDevice) {
             check_case(dev, &p, *sh, *ty, 300 + i as u64, false);
         }
     }
+    // the dQ kernel with one q tile per CTA (the tables' kernel) on closed forms too
+    for p in [samples::causal(), samples::alibi_causal(4)] {
+        let sh = shape(1, 4, 2, 190, 131, 256);
+        let o = PtxOptions {
+            bwd_dq_pair: false,
+            ..test_options(dev.arch(), &p, &sh, InputType::F16)
+        };
+        check_case_with(dev, &p, sh, InputType::F16, 9, false, o);
+    }
     for (d, dv) in [(128, 256), (256, 128)] {
         let sh = Shape {
             dv,
@@ -1275,6 +1284,7 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
         ("-P", 6),
         ("-b", 7),
         ("-X", 8),
+        ("-Q", 9),
     ] {
         if let Some(rest) = cfg.strip_suffix(suffix) {
             return bench_options(default, rest, plan).map(|o| match off {
@@ -1309,6 +1319,10 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
                 },
                 8 => PtxOptions {
                     bwd_xchg: false,
+                    ..o
+                },
+                9 => PtxOptions {
+                    bwd_dq_pair: false,
                     ..o
                 },
                 _ => PtxOptions {

@@ -515,11 +515,19 @@ impl CudaBackward {
             launch_one(dev, &self.dkdv, p, g, 0, r, chained)?;
         }
         if parts[2] && sh.lq > 0 {
-            let g = (
-                sh.lq.div_ceil(o.q_block as usize) as u32,
-                sh.hq as u32,
-                sh.b as u32,
-            );
+            // the spec's axes (pairs of q tiles: `bwd_dq_pair`)
+            let extent = |d: attnc_compiler::backend::llvm::GridDim| {
+                use attnc_compiler::backend::llvm::GridDim as G;
+                match d {
+                    G::QBlocks => sh.lq.div_ceil(o.q_block as usize) as u32,
+                    G::QBlockPairs => sh.lq.div_ceil(2 * o.q_block as usize) as u32,
+                    G::Heads => sh.hq as u32,
+                    G::Batches => sh.b as u32,
+                    _ => 1,
+                }
+            };
+            let [x, y, z] = self.dq.spec().grid;
+            let g = (extent(x), extent(y), extent(z));
             let r = p.ranges.as_ref().map(|r| &r[1]);
             launch_one(dev, &self.dq, p, g, 0, r, chained)?;
         }
@@ -779,6 +787,10 @@ pub fn sized_args(
     a.extent(G::KvBlocks, n32(shape.lkv.div_ceil(o.kv_block as usize))?);
     a.extent(G::KvHeads, n32(shape.hkv)?);
     a.extent(G::QBlocks, n32(shape.lq.div_ceil(o.q_block as usize))?);
+    a.extent(
+        G::QBlockPairs,
+        n32(shape.lq.div_ceil(2 * o.q_block as usize))?,
+    );
     a.extent(G::Heads, n32(shape.hq)?);
     a.extent(G::Batches, n32(shape.b)?);
     Ok(a)

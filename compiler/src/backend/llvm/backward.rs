@@ -218,6 +218,7 @@ impl PtxOptions {
         if arch == super::Arch::Sm90 && wgmma_dims(d, dv) {
             PtxOptions {
                 bwd_xchg: (d, dv) == (256, 256),
+                bwd_dq_pair: d.max(dv) == 256,
                 ..o.backward_wgmma()
             }
         } else {
@@ -674,6 +675,17 @@ pub fn xchg(o: &PtxOptions) -> bool {
     o.bwd_xchg && dkdv_parts(o) == 2 && o.d == o.dv && (o.q_block, o.kv_block) == (64, 64)
 }
 
+/// Whether the two-kernel path's dQ kernel takes pairs of q tiles
+/// ([`PtxOptions::bwd_dq_pair`]): wgmma, q tiles of 64, closed-form kv bounds (a block
+/// table's ranges are per q tile).
+pub fn dq_pair(o: &PtxOptions, kv: &KvBounds) -> bool {
+    o.bwd_dq_pair
+        && o.mma == Mma::Wgmma
+        && o.bwd_dq == BwdDq::Separate
+        && o.q_block == 64
+        && kv.is_closed_form()
+}
+
 /// Bytes of the exchange region ([`xchg`]): Sᵀ then dPᵀ, 64 x 64 f32 each, element `e` of
 /// thread `t` (of its warpgroup) at `512 e + 4 t`.
 const XCHG_BYTES: u32 = 2 * 64 * 64 * 4;
@@ -764,12 +776,19 @@ pub fn backward_layout(
             [G::QBlocks, G::Heads, G::Batches],
             KernelKind::BackwardDq,
         ),
-        BackwardKind::Dq => (
-            opts.q_block / 16 * 32,
-            DqTiles::new(opts).bytes,
-            [G::QBlocks, G::Heads, G::Batches],
-            KernelKind::BackwardDq,
-        ),
+        BackwardKind::Dq => {
+            let pair = dq_pair(opts, &kv_bounds);
+            (
+                opts.q_block / 16 * 32 * (1 + pair as u32),
+                DqTiles::new(opts, pair).bytes,
+                if pair {
+                    [G::QBlockPairs, G::Heads, G::Batches]
+                } else {
+                    [G::QBlocks, G::Heads, G::Batches]
+                },
+                KernelKind::BackwardDq,
+            )
+        }
     };
     Ok(KernelSpec {
         kind: kernel_kind,
@@ -1071,7 +1090,8 @@ impl DkDvTiles {
 }
 
 /// Shared memory of the dQ kernel: Q, dO, then two buffers of (K, V) (slabs on the
-/// wgmma path; every tile a multiple of 1024 bytes there).
+/// wgmma path; every tile a multiple of 1024 bytes there); with [`dq_pair`] Q and dO of
+/// two q tiles, one V and two K buffers (`buf` = K's bytes).
 struct DqTiles {
     q: SmemTile,
     d_o: SmemTile,
@@ -1082,7 +1102,7 @@ struct DqTiles {
 }
 
 impl DqTiles {
-    fn new(o: &PtxOptions) -> Self {
+    fn new(o: &PtxOptions, pair: bool) -> Self {
         let slab = o.mma == Mma::Wgmma;
         let tile = |offset, rows, cols| SmemTile {
             offset,
@@ -1090,6 +1110,20 @@ impl DqTiles {
             cols,
             slab,
         };
+        if pair {
+            let q = tile(0, 2 * o.q_block, o.d);
+            let d_o = tile(q.bytes(), 2 * o.q_block, o.dv);
+            let v = tile(d_o.offset + d_o.bytes(), o.kv_block, o.dv);
+            let k = tile(v.offset + v.bytes(), o.kv_block, o.d);
+            return DqTiles {
+                q,
+                d_o,
+                k,
+                v,
+                buf: k.bytes(),
+                bytes: k.offset + 2 * k.bytes(),
+            };
+        }
         let q = tile(0, o.q_block, o.d);
         let d_o = tile(q.bytes(), o.q_block, o.dv);
         let k = tile(d_o.offset + d_o.bytes(), o.kv_block, o.d);
@@ -3353,9 +3387,11 @@ fn dq_body<'ctx>(
     kvb: &KvBounds,
     a: &Args<'_, 'ctx>,
 ) -> R<()> {
-    let t = DqTiles::new(opts);
+    // `dq_pair`: two warpgroups on two q tiles (the CTA's rows `br` = 2 q_block)
+    let pair = dq_pair(opts, kvb);
+    let t = DqTiles::new(opts, pair);
     let wg = opts.mma == Mma::Wgmma;
-    let (br, bc) = (opts.q_block, opts.kv_block);
+    let (br, bc) = (opts.q_block * (1 + pair as u32), opts.kv_block);
     let threads = br / 16 * 32;
     let ty = opts.input;
     let c = common(g, p, opts, a)?;
@@ -3421,11 +3457,18 @@ fn dq_body<'ctx>(
     let st_full = g.var(g.i32, zero)?;
     let st_r = g.var(g.i32, runs.beg)?;
     let st_buf = g.var(g.i32, zero)?;
-    let load_kv = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+    let load_k = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         let kv0 = g.mul(j, g.c32(bc as i64))?;
-        let valid = g.sub(c.lkv, kv0)?;
-        t.k.load_async(g, c.tid, threads, kbase, kv0, valid, buf)?;
-        t.v.load_async(g, c.tid, threads, vbase, kv0, valid, buf)?;
+        t.k.load_async(g, c.tid, threads, kbase, kv0, g.sub(c.lkv, kv0)?, buf)
+    };
+    let load_v = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        let kv0 = g.mul(j, g.c32(bc as i64))?;
+        t.v.load_async(g, c.tid, threads, vbase, kv0, g.sub(c.lkv, kv0)?, buf)
+    };
+    let load_kv = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
+        load_k(j, buf)?;
+        // `dq_pair`: one V buffer
+        load_v(j, if pair { zero } else { buf })?;
         g.cp_async_commit()
     };
 
@@ -3464,7 +3507,15 @@ fn dq_body<'ctx>(
     let next_full = g.selecti(in_run, full, nfull)?;
     let next_r = g.selecti(in_run, r, r1)?;
     let has_next = g.or(in_run, more_runs)?;
-    g.if_then(has_next, || load_kv(next_j, other))?;
+    if pair {
+        // K into the other buffer now; V once this visit's dP has read it (below)
+        g.if_then(has_next, || {
+            load_k(next_j, other)?;
+            g.cp_async_commit()
+        })?;
+    } else {
+        g.if_then(has_next, || load_kv(next_j, other))?;
+    }
 
     let kv0 = g.mul(j, g.c32(bc as i64))?;
     let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
@@ -3473,7 +3524,26 @@ fn dq_body<'ctx>(
         g.icmp(IntPredicate::NE, full, zero)?,
         g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?,
     )?;
-    let (s, dp) = score_products(g, opts, &c, row0, buf, (&t.q, &t.k), (&t.d_o, &t.v))?;
+    let (s, dp) = if pair {
+        // S = Q Kᵀ (K in buffer `buf`), dP = dO Vᵀ (the one V buffer); this warpgroup's
+        // 64 of the CTA's rows
+        let wgi = g.lshr(c.warp, g.c32(2))?;
+        g.wgmma_fence()?;
+        let s = wg_abt(g, ty, &t.q, wgi, &t.k, buf, Desc::Each, None)?;
+        g.wgmma_commit()?;
+        let dp = wg_abt(g, ty, &t.d_o, wgi, &t.v, zero, Desc::Each, None)?;
+        g.wgmma_commit()?;
+        let r = (wg_result(g, &s)?, wg_result(g, &dp)?);
+        // every warpgroup's dP has read V: the next V into its buffer
+        g.barrier()?;
+        g.if_then(has_next, || {
+            load_v(next_j, zero)?;
+            g.cp_async_commit()
+        })?;
+        r
+    } else {
+        score_products(g, opts, &c, row0, buf, (&t.q, &t.k), (&t.d_o, &t.v))?
+    };
     let col = g.add(kv0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
     let ec = ElemCtx {
         p,
@@ -3603,7 +3673,8 @@ mod tests {
     /// Head dims of 256 on sm_90: the two-kernel path on wgmma, the dK/dV kernel's two
     /// warpgroups on one kv tile, each accumulating half of dK's and dV's columns (m64n128
     /// products at 256) after Sᵀ and dPᵀ over the whole head dim; the dQ
-    /// kernel's dQ = dS K in one m64n256 product per k-step at D256; every sample, both
+    /// kernel's dQ = dS K in one m64n256 product per k-step at D256, two q tiles per CTA
+    /// on closed-form bounds (`dq_pair`); every sample, both
     /// input types, D = Dv = 256 and 128 / 256 mixed; deterministic text.
     /// `ATTNC_BWD_PTX_DIR` dumps the kernels (for ptxas).
     #[test]
@@ -3653,6 +3724,16 @@ mod tests {
                         BackwardKind::Dq => {
                             assert!(has(64) && has(d), "{}", p.name);
                             assert!(k.smem_bytes <= 227 * 1024);
+                            // closed forms: two q tiles per CTA (`dq_pair`); tables one
+                            let pair = k.kv_bounds.is_closed_form();
+                            assert_eq!(dq_pair(&o, &k.kv_bounds), pair);
+                            assert_eq!(k.threads, if pair { 256 } else { 128 });
+                            let x = if pair {
+                                GridDim::QBlockPairs
+                            } else {
+                                GridDim::QBlocks
+                            };
+                            assert_eq!(k.grid[0], x);
                         }
                     }
                     if let Some(dir) = &dir {

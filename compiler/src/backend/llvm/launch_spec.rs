@@ -17,6 +17,9 @@ pub enum GridDim {
     One,
     /// `ceil(Lq / q_block)`.
     QBlocks,
+    /// `ceil(Lq / (2 q_block))`: the backward's dQ kernel on pairs of q tiles
+    /// (`PtxOptions::bwd_dq_pair`).
+    QBlockPairs,
     /// Persistent CTAs: `min(QBlocks x Heads x Batches, SMs of the device)` (the
     /// persistent warp-specialized forward, `PtxOptions::persistent`).
     Persistent,
@@ -89,6 +92,7 @@ impl fmt::Display for GridDim {
         f.write_str(match self {
             GridDim::One => "1",
             GridDim::QBlocks => "NumQBlocks",
+            GridDim::QBlockPairs => "ceil(NumQBlocks / 2)",
             GridDim::Persistent => "min(NumQBlocks x Hq x B, SMs)",
             GridDim::Heads => "Hq",
             GridDim::Batches => "B",

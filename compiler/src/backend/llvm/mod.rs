@@ -629,6 +629,14 @@ pub struct PtxOptions {
     /// element code done by both. Bit-identical gradients. On in
     /// [`Self::backward_separate`] at D = Dv = 256 on sm_90; other kinds ignore it.
     pub bwd_xchg: bool,
+    /// The two-kernel backward's dQ kernel at a head dim of 256 with closed-form kv
+    /// bounds: each CTA takes two q tiles (two warpgroups, `2 q_block` rows, grid
+    /// [`GridDim::QBlockPairs`]) over one kv range, K double-buffered and V single-buffered
+    /// (reloaded once the visit's dP has read it): 224 KiB of shared memory instead of two
+    /// CTAs' 2 x 192 KiB, so two warpgroups per SM instead of one. Tables keep one tile
+    /// per CTA. On in [`Self::backward_separate`] at D or Dv 256 on sm_90 (where
+    /// `backward::dq_pair` applies); other kinds ignore it.
+    pub bwd_dq_pair: bool,
     /// The fused backward with [`Self::bwd_dv_early`] (`backward/fused.rs`; the element
     /// code after both waits, no capture gradients, checked mode, `bwd_band_keep` rows or
     /// `bwd_exp_emu`, q tiles of 64): P and dS in chunks of 16 q columns (the k-step of
@@ -889,6 +897,7 @@ impl PtxOptions {
             bwd_empty_late: false,
             bwd_dv_early: false,
             bwd_xchg: false,
+            bwd_dq_pair: false,
             bwd_dv_chunks: false,
             bwd_dk_chunks: false,
             bwd_two_writers: false,
@@ -1295,6 +1304,7 @@ impl PtxOptions {
                 ""
             }
             + if self.bwd_xchg { " bwd-xchg" } else { "" }
+            + if self.bwd_dq_pair { " bwd-dq-pair" } else { "" }
             + if self.bwd_dv_chunks {
                 " bwd-dv-chunks"
             } else {
