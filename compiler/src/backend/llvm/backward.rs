@@ -42,6 +42,17 @@
 //! Full blocks skip the mask and the bounds checks; partial blocks (and the blocks at the
 //! end of either sequence) evaluate the mask at every element.
 //!
+//! ## Head dim 256 (sm_90, session 29)
+//!
+//! The two-kernel path on wgmma. A warpgroup's 64 kv rows of dK and dV at 256 columns
+//! would need 256 accumulator registers per thread, so the dK/dV kernel runs two
+//! warpgroups on one kv tile, each accumulating half of dK's and dV's columns
+//! (`dkdv_parts`); at D = Dv one computes Sᵀ and the other dPᵀ, exchanged through shared
+//! memory thread to thread (`PtxOptions::bwd_xchg`). The dQ kernel takes two q tiles per
+//! CTA on closed-form bounds (`PtxOptions::bwd_dq_pair`: two warpgroups, K double- and V
+//! single-buffered). Both fit the 227 KiB of an sm_90 CTA's shared memory; sm_80 refuses
+//! the head dim.
+//!
 //! ## Capture gradients
 //!
 //! When the score reads captured f32/f16/bf16 tensors or f32 params differentiably
