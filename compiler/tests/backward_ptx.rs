@@ -2259,3 +2259,45 @@ fn fused_stats_bulk_kernels() {
         }
     }
 }
+
+/// Head dim 256 (session 29): Gemma 2's local layers (`softcap_sliding`: tanh soft-cap, a
+/// causal window) at D = Dv = 256 on sm_90 as the runtime binds them — the two-kernel
+/// path, the dK/dV kernel's two warpgroups on one kv tile with Sᵀ / dPᵀ exchanged
+/// (`bwd_xchg`), the dQ kernel on pairs of q tiles (`bwd_dq_pair`). Both kernels
+/// snapshot-tested and emitted twice byte-identical; no float atomics.
+#[test]
+fn d256_binding_kernels() {
+    use attnc_compiler::backend::llvm::BwdDq;
+    use attnc_compiler::backend::llvm::backward::{dq_pair, xchg};
+    let p = example("softcap_sliding", "softcap_sliding");
+    let plan = Plan::new(&p);
+    let o = PtxOptions::backward(Arch::Sm90, 256, 256, InputType::Bf16)
+        .backward_for_binding(&plan, 4096);
+    assert_eq!(o.bwd_dq, BwdDq::Separate);
+    assert!(xchg(&o));
+    let a = dkdv_twice(
+        &plan,
+        &o,
+        "d256 softcap_sliding",
+        "d256_softcap_sliding_bwd_dkdv.ptx",
+    );
+    assert!(dq_pair(&o, &a.kv_bounds));
+    assert_eq!(a.threads, 256);
+    assert!(a.smem_bytes > 224 * 1024 && a.smem_bytes <= 227 * 1024);
+    let q = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+    let q2 = emit_backward(&plan, &o, BackwardKind::Dq).unwrap();
+    assert_eq!(q.ptx, q2.ptx, "d256 dQ: PTX differs between two runs");
+    assert_eq!(q.grid[0], GridDim::QBlockPairs);
+    assert_eq!((q.threads, q.smem_bytes), (256, 224 * 1024));
+    for k in [&a, &q] {
+        assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+    }
+    insta::assert_snapshot!(
+        "bwd_ptx_sm90_bf16_d256__softcap_sliding__binding_bwd_dkdv",
+        a.ptx
+    );
+    insta::assert_snapshot!(
+        "bwd_ptx_sm90_bf16_d256__softcap_sliding__binding_bwd_dq",
+        q.ptx
+    );
+}
