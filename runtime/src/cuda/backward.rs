@@ -493,41 +493,19 @@ impl CudaBackward {
         // bwd_pdl (sm_90): the fused kernel and the conversion by programmatic dependent
         // launch (each waits for what it reads)
         let chained = pdl(o) && dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90;
+        // each grid by its spec's rule, as on the caller-buffer path (`sized_args`): the
+        // fused kernel's `bwd_lpt` puts kv heads on x, `bwd_persist` one CTA per SM at most,
+        // `bwd_dq_pair` pairs of q tiles
+        let sized = sized_args(o, sh, &LaunchArgs::new())?;
         if parts[1] && sh.lkv > 0 {
-            // the axes in the spec's order (the fused kernel's `bwd_lpt` puts kv heads on x)
-            let extent = |d: attnc_compiler::backend::llvm::GridDim| {
-                use attnc_compiler::backend::llvm::GridDim as G;
-                let nkv = sh.lkv.div_ceil(o.kv_block as usize);
-                match d {
-                    G::KvBlocks => nkv as u32,
-                    G::KvHeads => sh.hkv as u32,
-                    G::Batches => sh.b as u32,
-                    // bwd_persist: one CTA per SM at most
-                    G::KvPersistent => (nkv * sh.hkv * sh.b).min(dev.sms() as usize) as u32,
-                    _ => 1,
-                }
-            };
-            let [x, y, z] = self.dkdv.spec().grid;
-            let g = (extent(x), extent(y), extent(z));
+            let g = sized.grid_on(self.dkdv.spec(), dev.sms())?;
             // the fused kernel visits the q blocks whose kv range holds its block: the dQ
             // kernel's (q-major) ranges
             let r = p.ranges.as_ref().map(|r| &r[if fused { 1 } else { 0 }]);
             launch_one(dev, &self.dkdv, p, g, 0, r, chained)?;
         }
         if parts[2] && sh.lq > 0 {
-            // the spec's axes (pairs of q tiles: `bwd_dq_pair`)
-            let extent = |d: attnc_compiler::backend::llvm::GridDim| {
-                use attnc_compiler::backend::llvm::GridDim as G;
-                match d {
-                    G::QBlocks => sh.lq.div_ceil(o.q_block as usize) as u32,
-                    G::QBlockPairs => sh.lq.div_ceil(2 * o.q_block as usize) as u32,
-                    G::Heads => sh.hq as u32,
-                    G::Batches => sh.b as u32,
-                    _ => 1,
-                }
-            };
-            let [x, y, z] = self.dq.spec().grid;
-            let g = (extent(x), extent(y), extent(z));
+            let g = sized.grid_on(self.dq.spec(), dev.sms())?;
             let r = p.ranges.as_ref().map(|r| &r[1]);
             launch_one(dev, &self.dq, p, g, 0, r, chained)?;
         }
@@ -769,7 +747,8 @@ pub fn dq_accum_zeroed(o: &PtxOptions) -> bool {
 
 /// `args` with what the backward kernels' grid rules and the pre kernel's row count
 /// need for `shape` under the kernels' options `o`: `Rows`, and the extents `PreRows`,
-/// `KvBlocks`, `KvHeads`, `QBlocks`, `Heads`, `Batches`.
+/// `KvBlocks`, `KvHeads`, `QBlocks`, `QBlockPairs`, `Heads`, `Batches` (`LaunchArgs::grid_on`
+/// turns them into each kernel's grid, on both launch paths).
 pub fn sized_args(
     o: &PtxOptions,
     shape: &Shape,

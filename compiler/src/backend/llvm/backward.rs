@@ -3038,15 +3038,17 @@ fn wait_tiles(g: &Gpu<'_>, wg: bool) -> R<()> {
 }
 
 /// A visit's two products in the two-kernel path, `S = A_s B_sᵀ` and `dP = A_dp B_dpᵀ`
-/// (the dK/dV kernel: `(K, Q)`, `(V, dO)`; the dQ kernel: `(Q, K)`, `(dO, V)`), B in
-/// buffer `buf`: with wgmma on the warp's warpgroup (one commit group each), else with
-/// mma.sync from the warp's 16 rows `row0 ..` of A.
+/// (the dK/dV kernel: `(K, Q)`, `(V, dO)`; the dQ kernel: `(Q, K)`, `(dO, V)`), B_s in
+/// buffer `buf_s` and B_dp in `buf_dp` (the same buffer, except the dQ kernel's single V
+/// buffer under `dq_pair`): with wgmma on the warp's warpgroup (one commit group each),
+/// else with mma.sync from the warp's 16 rows `row0 ..` of A.
+#[allow(clippy::too_many_arguments)]
 fn score_products<'ctx>(
     g: &Gpu<'ctx>,
     opts: &PtxOptions,
     c: &Common<'ctx>,
     row0: IntValue<'ctx>,
-    buf: IntValue<'ctx>,
+    (buf_s, buf_dp): (IntValue<'ctx>, IntValue<'ctx>),
     (a_s, b_s): (&SmemTile, &SmemTile),
     (a_dp, b_dp): (&SmemTile, &SmemTile),
 ) -> R<(Acc<'ctx>, Acc<'ctx>)> {
@@ -3054,17 +3056,17 @@ fn score_products<'ctx>(
     if opts.mma == Mma::Wgmma {
         let wgi = g.lshr(c.warp, g.c32(2))?;
         g.wgmma_fence()?;
-        let s = wg_abt(g, ty, a_s, wgi, b_s, buf, Desc::Each, None)?;
+        let s = wg_abt(g, ty, a_s, wgi, b_s, buf_s, Desc::Each, None)?;
         g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf, Desc::Each, None)?;
+        let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf_dp, Desc::Each, None)?;
         g.wgmma_commit()?;
         Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
     } else {
         let zero = g.c32(0);
         let af = frags_a(g, a_s, c.lane, row0, zero)?;
-        let s = mm_abt(g, ty, &af, b_s, c.lane, buf)?;
+        let s = mm_abt(g, ty, &af, b_s, c.lane, buf_s)?;
         let af = frags_a(g, a_dp, c.lane, row0, zero)?;
-        Ok((s, mm_abt(g, ty, &af, b_dp, c.lane, buf)?))
+        Ok((s, mm_abt(g, ty, &af, b_dp, c.lane, buf_dp)?))
     }
 }
 
@@ -3163,7 +3165,7 @@ fn dkdv_body<'ctx>(
     let row0 = g.mul(c.warp, g.c32(16))?;
     let (s, dp) = match t.xchg {
         Some(at) => exchanged_products(g, ty, &t, &c, part, buf, at)?,
-        None => score_products(g, opts, &c, row0, buf, (&t.k, &t.q), (&t.v, &t.d_o))?,
+        None => score_products(g, opts, &c, row0, (buf, buf), (&t.k, &t.q), (&t.v, &t.d_o))?,
     };
     let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
     let ec = ElemCtx {
@@ -3290,8 +3292,7 @@ fn exchanged_products<'ctx>(
     for (i, tile) in own.iter().enumerate() {
         let (mut st, mut dpt) = (*tile, *tile);
         for j in 0..4 {
-            let ptr = slot(other_half, 4 * i + j)?;
-            let other = g.b.build_load(g.f32, ptr, "")?.into_float_value();
+            let other = g.load_f32(slot(other_half, 4 * i + j)?, g.c32(0))?;
             st[j] = g.selectf(first, tile[j], other)?;
             dpt[j] = g.selectf(first, other, tile[j])?;
         }
@@ -3535,26 +3536,25 @@ fn dq_body<'ctx>(
         g.icmp(IntPredicate::NE, full, zero)?,
         g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?,
     )?;
-    let (s, dp) = if pair {
-        // S = Q Kᵀ (K in buffer `buf`), dP = dO Vᵀ (the one V buffer); this warpgroup's
-        // 64 of the CTA's rows
-        let wgi = g.lshr(c.warp, g.c32(2))?;
-        g.wgmma_fence()?;
-        let s = wg_abt(g, ty, &t.q, wgi, &t.k, buf, Desc::Each, None)?;
-        g.wgmma_commit()?;
-        let dp = wg_abt(g, ty, &t.d_o, wgi, &t.v, zero, Desc::Each, None)?;
-        g.wgmma_commit()?;
-        let r = (wg_result(g, &s)?, wg_result(g, &dp)?);
+    // `dq_pair`: K in buffer `buf`, V in its one buffer; each warpgroup its 64 rows
+    let v_buf = if pair { zero } else { buf };
+    let (s, dp) = score_products(
+        g,
+        opts,
+        &c,
+        row0,
+        (buf, v_buf),
+        (&t.q, &t.k),
+        (&t.d_o, &t.v),
+    )?;
+    if pair {
         // every warpgroup's dP has read V: the next V into its buffer
         g.barrier()?;
         g.if_then(has_next, || {
             load_v(next_j, zero)?;
             g.cp_async_commit()
         })?;
-        r
-    } else {
-        score_products(g, opts, &c, row0, buf, (&t.q, &t.k), (&t.d_o, &t.v))?
-    };
+    }
     let col = g.add(kv0, g.mul(g.and(c.lane, g.c32(3))?, g.c32(2))?)?;
     let ec = ElemCtx {
         p,
