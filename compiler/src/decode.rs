@@ -399,6 +399,38 @@ pub fn offset_program(p: &Program) -> Program {
     out
 }
 
+/// [`offset_program`] for a launch over a whole batch whose lengths stay on the device
+/// (`PtxOptions::device_lens`: the kernel sets `__q0` per sequence to `seq_lens[b] - Lq`,
+/// `__b0` and `__kv0` are 0): its mask also requires `q + __q0 >= 0`, so that the rows of a
+/// sequence shorter than Lq, which do not exist ([`live_rows`]), are fully masked (O = 0,
+/// LSE = -inf) and their score never evaluated. A linear conjunct, so a closed-form mask
+/// stays one (no mask becomes this one constraint).
+pub fn device_offset_program(p: &Program) -> Program {
+    let mut out = offset_program(p);
+    let q0 = crate::ir::ParamId(p.params.len() as u32 + 1);
+    let span = p.span;
+    let mut f = out
+        .mask
+        .take()
+        .unwrap_or_else(|| Function::new(crate::ir::FnKind::Mask));
+    let old = (!f.insts.is_empty()).then_some(f.ret);
+    let q = f.push(Inst::Arg(Arg::Q), Type::I32, span);
+    let off = f.push(Inst::Param(q0), Type::I32, span);
+    let pos = f.push(Inst::Binary(BinOp::IAdd, q, off), Type::I32, span);
+    let zero = f.push(Inst::ConstI32(0), Type::I32, span);
+    let live = f.push(
+        Inst::Binary(BinOp::ICmp(crate::ir::Cmp::Ge), pos, zero),
+        Type::Bool,
+        span,
+    );
+    f.ret = match old {
+        Some(m) => f.push(Inst::Binary(BinOp::And, live, m), Type::Bool, span),
+        None => live,
+    };
+    out.mask = Some(f);
+    out
+}
+
 /// `p` for a tile of packed rows (GQA packing): row `r` of the kernel's tile (its `q`) is
 /// query head `h + __h0 + r / __rows` at position `__q0 + r % __rows`, so that the query
 /// heads `__h0 ..` of one kv head, `__rows` new rows each, run as one query head of
@@ -884,6 +916,49 @@ mod tests {
                 .unwrap()
                 .as_bool()
         );
+    }
+
+    /// The device-lengths form masks the rows at negative positions and keeps a linear
+    /// mask (or none) a closed form: causal gains the row constraint, no mask becomes it.
+    #[test]
+    fn device_offset_program_masks_rows_before_the_sequence() {
+        for (src, constraints) in [
+            (
+                "mask m(b, h, q, kv) { q >= kv } attention a { mask = m; }",
+                2,
+            ),
+            ("attention a {}", 1),
+        ] {
+            let p = prog(src);
+            let s = device_offset_program(&p);
+            crate::ir::verify_program(&s).unwrap();
+            assert_eq!(s.params.len(), 3, "{src}");
+            let cf = crate::analysis::linear::ClosedForm::derive(&s)
+                .unwrap_or_else(|| panic!("{src}: no closed form"));
+            assert_eq!(cf.constraints.len(), constraints, "{src}");
+            let f = s.mask.as_ref().unwrap();
+            let mut scratch = Vec::new();
+            let eval = |q0: i32, q: i32, kv: i32, scratch: &mut Vec<_>| {
+                let bind = Bindings {
+                    params: vec![Scalar::I32(0), Scalar::I32(q0), Scalar::I32(0)],
+                    tensors: vec![],
+                };
+                let args = crate::interp::Args {
+                    s: 0.0,
+                    b: 0,
+                    h: 0,
+                    q,
+                    kv,
+                };
+                crate::interp::eval(f, &s, args, &bind, scratch)
+                    .unwrap()
+                    .as_bool()
+            };
+            // row 2 of a sequence 3 rows shorter than Lq sits at position -1: masked
+            assert!(!eval(-3, 2, 0, &mut scratch), "{src}");
+            // row 3 at position 0 sees key 0
+            assert!(eval(-3, 3, 0, &mut scratch), "{src}");
+        }
     }
 
     #[test]

@@ -623,9 +623,11 @@ def test_chunked_prefill_with_host_lengths(file, name):
     read in place from the cache), against the oracle and the split-KV kernels' result
     with the lengths on the device; paged caches of pages of 128 and 16 rows (shuffled, NaN
     in every slot past a sequence's length: the runs read each kv tile whole from its page
-    and must zero those rows; the split-KV kernel under ``ATTNC_DECODE_PAGED_RUNS=0``); a
-    sequence shorter than Lq sends the whole call to the split-KV kernels (the runs
-    decline it: ``decode_cuda_runs``), as do four rows."""
+    and must zero those rows; the split-KV kernel under ``ATTNC_DECODE_PAGED_RUNS=0``); the
+    lengths on the device, and a sequence shorter than Lq (the runs decline it:
+    ``decode_cuda_runs``), run the whole batch in one launch of the prefill kernel that
+    reads the lengths on the device (documents: the split-KV kernels); four rows take the
+    split-KV kernels."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
     if "window" in caps:
         caps["window"] = 300
@@ -634,8 +636,12 @@ def test_chunked_prefill_with_host_lengths(file, name):
     assert attn._inner.decode_path(q, k, v, None, None) == "prefill"
     ro, rlse = attn.reference_decode(q, k, v, host, **caps)
     check(o, lse, ro, rlse, torch.bfloat16)
+    # the lengths on the device only: one launch of the whole batch on the prefill kernel,
+    # each CTA reading its sequence's length (documents, whose kernel reads a block table:
+    # the split-KV kernels)
+    device_path = "split-kv-mma" if name == "document_causal" else "prefill"
     so, slse = attn.decode(q, k, v, host.cuda(), return_lse=True, **caps)
-    assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
+    assert attn._inner.decode_path(q, k, v, None, None) == device_path
     check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
     # paged caches of pages of 128 and 16 rows (shuffled): the runs unless
     # ATTNC_DECODE_PAGED_RUNS=0 (read by the binding once per process); NaN in the unused
@@ -658,7 +664,7 @@ def test_chunked_prefill_with_host_lengths(file, name):
         check(po, plse, ro, rlse, torch.bfloat16)
     short = torch.tensor([700, 100, 400, 520], dtype=torch.int32)
     o2, lse2 = attn.decode(q, k, v, short, return_lse=True, **caps)
-    assert attn._inner.decode_path(q, k, v, None, None) == "split-kv-mma"
+    assert attn._inner.decode_path(q, k, v, None, None) == device_path
     ro2, rlse2 = attn.reference_decode(q, k, v, short, **caps)
     check(o2, lse2, ro2, rlse2, torch.bfloat16)
     # four rows with lengths on the host: the split-KV kernels (the runs are not asked),
@@ -731,6 +737,37 @@ def test_decode_in_cuda_graph():
         assert torch.equal(o, ro) and torch.equal(lse, rlse), lens
         assert torch.equal(po, attn.decode(q, kc, vc, seq_lens, table, **caps)), lens
         wo, wl = attn.reference_decode(q, k, v, seq_lens, **caps)
+        check(o, lse, wo, wl, torch.bfloat16)
+
+
+def test_chunked_prefill_with_device_lengths_in_cuda_graph():
+    """Chunked prefill with ``seq_lens`` on the device (the whole batch in one launch of the
+    prefill kernel, each CTA reading its sequence's length) captured in a CUDA graph after
+    warm-up calls on the capturing stream: replays read the new q and lengths written in
+    place (including a sequence shorter than Lq, whose missing rows give O = 0 and LSE =
+    -inf, 0, and one past the cache, counted as the capacity) and equal eager calls; the
+    eager calls agree with the oracle."""
+    attn, q, k, v, caps = _decode_case(file="causal.attn", b=4, hq=64, hkv=8, lq=256, lkv=700, seed=17)
+    seq_lens = torch.tensor([700, 700, 400, 520], dtype=torch.int32, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            attn.decode(q, k, v, seq_lens, **caps)
+    torch.cuda.current_stream().wait_stream(s)
+    assert attn._inner.decode_path(q, k, v, None, None) == "prefill"
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        o, lse = attn.decode(q, k, v, seq_lens, return_lse=True, **caps)
+    for lens in ([700, 300, 256, 699], [100, 0, 10**6, 257]):
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        g.replay()
+        torch.cuda.synchronize()
+        ro, rlse = attn.decode(q, k, v, seq_lens, return_lse=True, **caps)
+        assert torch.equal(o, ro) and torch.equal(lse, rlse), lens
+        want = torch.tensor([min(n, 700) for n in lens], dtype=torch.int32, device="cuda")
+        wo, wl = attn.reference_decode(q, k, v, want, **caps)
         check(o, lse, wo, wl, torch.bfloat16)
 
 

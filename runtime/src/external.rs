@@ -243,7 +243,7 @@ impl Bound {
         table: Option<&crate::exec::cuda::caller::CallerTable>,
         stream: u64,
         capture: bool,
-        kv: Option<crate::exec::cuda::caller::CallerKv>,
+        kv: Option<crate::exec::cuda::caller::CallerCache>,
     ) -> Result<()> {
         let scale = self.scale();
         let (exec, plan, variant, opts) = self.parts_mut();
@@ -262,9 +262,11 @@ impl Bound {
 
 impl Bound {
     /// [`Self::forward_cuda_into`] with k and v a cache read in place (`kv`: a contiguous
-    /// one's slices `Lkv_max` rows apart, or a paged one through its page table; chunked
-    /// prefill's runs, `decode_cuda_into_with_lengths`, which checked the buffers as a
-    /// whole), outside a graph capture; the warp-specialized kernel only.
+    /// one's slices `Lkv_max` rows apart, or a paged one through its page table, and for a
+    /// binding made with `device_lens` the sequences' lengths; chunked prefill's runs,
+    /// `decode_cuda_into_with_lengths`, and its launch of a whole batch whose lengths stay
+    /// on the device, `decode_cuda_into`, which checked the buffers as a whole, and says
+    /// whether `stream` is capturing a graph); the warp-specialized kernel only.
     ///
     /// # Safety
     /// As [`Self::forward_cuda_into`], with k and v the cache `kv` describes (each
@@ -276,13 +278,14 @@ impl Bound {
         tensors: &HashMap<String, DeviceTensor>,
         params: &HashMap<String, ParamValue>,
         stream: u64,
-        kv: crate::exec::cuda::caller::CallerKv,
+        capture: bool,
+        kv: crate::exec::cuda::caller::CallerCache,
     ) -> Result<()> {
         self.require_cuda("forward_cuda_into")?;
         let shape = self.options().shape;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
         // SAFETY: forwarded from the caller (see above).
-        unsafe { self.enqueue_forward(bufs, &ptrs, &bindings, None, stream, false, Some(kv)) }
+        unsafe { self.enqueue_forward(bufs, &ptrs, &bindings, None, stream, capture, Some(kv)) }
     }
 }
 

@@ -68,6 +68,13 @@ pub struct BindOptions {
     /// (`Bound::decode_cuda_into_with_lengths`). Its calls go through
     /// `forward_cuda_into_kv` with the page table. Default false.
     pub kv_pages: bool,
+    /// CUDA: the forward reads each sequence's length from the device (`seq_lens: i32[B]`,
+    /// `PtxOptions::device_lens`) and the program is `decode::device_offset_program`'s
+    /// form (the warp-specialized kernel only, closed-form masks, an error elsewhere):
+    /// chunked prefill on caller buffers whose lengths the host does not know
+    /// (`Bound::decode_cuda_into`), one launch of the whole batch. Its calls go through
+    /// `forward_cuda_into_kv` with the lengths. Default false.
+    pub device_lens: bool,
 }
 
 impl BindOptions {
@@ -84,6 +91,7 @@ impl BindOptions {
             device: 0,
             decode: DecodeTuning::from_env(),
             kv_pages: false,
+            device_lens: false,
         }
     }
 }

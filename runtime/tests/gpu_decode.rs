@@ -546,6 +546,9 @@ fn gpu_decode_prefill_runs(_d: &CudaDevice) {
 #[derive(Clone, Copy)]
 enum Lens<'a> {
     Device,
+    /// On the device only, holding these lengths instead of the case's (lengths past the
+    /// capacity, which count as the capacity).
+    DeviceAs(&'a [i32]),
     Host(&'a [i32]),
     RunsFirst(&'a [i32]),
 }
@@ -566,7 +569,10 @@ fn caller_decode(
     let ws = bound.decode_cuda_workspace(layout).unwrap();
     let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
     let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
-    let seq_lens = dev.upload(&c.seq_lens).unwrap();
+    let seq_lens = match lens {
+        Lens::DeviceAs(l) => dev.upload(l).unwrap(),
+        _ => dev.upload(&c.seq_lens).unwrap(),
+    };
     let table = c
         .page_table
         .as_ref()
@@ -607,7 +613,9 @@ fn caller_decode(
                 params,
                 stream,
             ),
-            Lens::Device => bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream),
+            Lens::Device | Lens::DeviceAs(_) => {
+                bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream)
+            }
             Lens::RunsFirst(h) => {
                 let only = DeviceDecodeBuffers {
                     seq_lens: 0,
@@ -725,8 +733,9 @@ type RunCase = (
 /// thread) and four producer threads in turn (`DecodeTuning::paged_producers`; under
 /// the static schedule (dense) and the dynamic scheduler (the rest)), every other case
 /// through `decode_cuda_runs` alone first; a
-/// sequence shorter than Lq (and, with the rule, small runs) sends the call to the
-/// split-KV kernels.
+/// sequence shorter than Lq sends the call to the launch of the whole batch with the
+/// lengths on the device (`gpu_decode_caller_prefill_device`), small runs (the rule) to
+/// the split-KV kernels.
 fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
     let mut rng = Rng(0x9e2);
     for (name, program, window) in [
@@ -760,6 +769,8 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             (128, 8, 2, sl(), Some(true), Some(16), true, "prefill"),
             (200, 4, 4, sl2(), Some(true), Some(64), true, "prefill"),
             (128, 8, 2, sl(), Some(true), Some(16), false, "split-kv-mma"),
+            // a sequence shorter than Lq: the runs decline, and the whole batch runs on
+            // the prefill kernel with its lengths on the device (`decode_cuda_into`)
             (
                 128,
                 8,
@@ -768,7 +779,7 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
                 Some(true),
                 None,
                 false,
-                "split-kv-mma",
+                "prefill",
             ),
             (128, 8, 2, sl(), None, None, false, "split-kv-mma"),
             (128, 8, 2, sl(), None, Some(128), true, "split-kv-mma"),
@@ -807,6 +818,146 @@ fn gpu_decode_caller_prefill_runs(dev: &CudaDevice) {
             close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
+}
+
+/// `case`'s contiguous cache with NaN in every slot past each sequence's length (what a
+/// launch that reads a whole kv tile past the end must never let reach O).
+fn nan_past_lengths(c: &mut Case) {
+    let attnc::external::CacheLayout::Contiguous { lkv_max } = c.shape.layout else {
+        return;
+    };
+    let (hkv, b) = (c.shape.hkv, c.shape.b);
+    let poison = |t: &attnc::Tensor, d: usize| {
+        let mut x = t.to_f32();
+        for bi in 0..b {
+            for h in 0..hkv {
+                let from = c.seq_lens[bi].max(0) as usize;
+                for pos in from..lkv_max {
+                    let at = ((bi * hkv + h) * lkv_max + pos) * d;
+                    x[at..at + d].fill(f32::NAN);
+                }
+            }
+        }
+        attnc::Tensor::from_f32_as(t.shape().to_vec(), &x, c.dtype)
+    };
+    c.k = poison(&c.k, c.shape.d);
+    c.v = poison(&c.v, c.shape.dv);
+}
+
+/// One case of [`gpu_decode_caller_prefill_device`]: Lq, Hq, Hkv, seq_lens, the page size
+/// (None: contiguous), the dtype, whether the device holds 377 for the lengths of 300.
+type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool);
+
+/// Chunked prefill on the caller's buffers with the lengths on the device only
+/// (`Bound::decode_cuda_into`, the Python package's path for CUDA `seq_lens`): the whole
+/// batch in one launch of the warp-specialized prefill kernel, each CTA reading its
+/// sequence's length (`PtxOptions::device_lens`, `decode::device_offset_program`), path
+/// "prefill" — contiguous caches (NaN in every slot past each length: the last kv tile
+/// reads them, V's are zeroed) and paged ones of pages of 16 and 128 rows (shuffled, NaN
+/// past each length), lengths 0, 1, shorter than Lq (rows that do not exist: O = 0, LSE =
+/// -inf), exactly Lq, full, and one past the capacity on the device (counted as the
+/// capacity), Lq 128 and 200, GQA 4:1 and 1:1, bf16 and f16, dense, causal, a sliding
+/// window (a param), ALiBi and a soft-cap score, against the oracle, O poisoned first,
+/// twice bit-identical; the rule sends a small batch to the split-KV kernels (masks over
+/// captured tensors, whose kernels read block tables, keep them too: the Python package's
+/// `test_chunked_prefill_with_host_lengths` checks documents on this path).
+fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
+    let mut rng = Rng(0xde71);
+    for (name, program, window) in [
+        ("dense", None, None),
+        ("causal", None, None),
+        ("sliding_window", None, Some(70)),
+        ("alibi_causal", Some("alibi_causal"), None),
+        ("softcap_causal", None, None),
+    ] {
+        let compiled = example(name);
+        let program = program.unwrap_or(compiled.names()[0]).to_string();
+        let variant = compiled.attention(&program).unwrap();
+        // (lq, hq, hkv, seq_lens, page, dtype, 300 (the contiguous caches' capacity)
+        // stored as 377 on the device: counted as the capacity)
+        let cases: [DeviceLensCase; 4] = [
+            (128, 8, 2, vec![300, 0, 100, 257], None, DType::BF16, true),
+            (
+                200,
+                4,
+                4,
+                vec![1, 300, 199, 233],
+                Some(16),
+                DType::F16,
+                false,
+            ),
+            (
+                128,
+                8,
+                2,
+                vec![300, 128, 129, 64],
+                Some(128),
+                DType::BF16,
+                false,
+            ),
+            (200, 4, 4, vec![255, 200, 300, 7], None, DType::F16, true),
+        ];
+        for (lq, hq, hkv, sl, page, dtype, past) in cases {
+            let mut c = case_as(dtype, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
+            nan_past_lengths(&mut c);
+            let (caps, params) = window_params(window);
+            let what = format!(
+                "caller device lengths {name} lq {lq} hq {hq}/{hkv} {:?} page {page:?} {dtype:?}",
+                c.seq_lens
+            );
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.prefill = Some(true);
+            let mut bound = variant.bind(o).unwrap();
+            let over: Vec<i32> = c
+                .seq_lens
+                .iter()
+                .map(|&n| if n == 300 { 300 + 77 } else { n })
+                .collect();
+            let lens = if past {
+                Lens::DeviceAs(&over)
+            } else {
+                Lens::Device
+            };
+            let (o1, lse1) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
+            assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
+            close_to_oracle(&what, &c, &o1, &lse1, &want);
+            let (o2, lse2) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
+            assert_eq!(o1.bytes(), o2.bytes(), "{what}: O twice");
+            assert_eq!(
+                lse1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                lse2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{what}: LSE twice"
+            );
+        }
+    }
+    // the rule (not forced): 4 sequences x 8 heads x one tile of 128 rows fill less than
+    // half of the GPU's SMs: the split-KV kernels
+    let compiled = example("causal");
+    let program = compiled.names()[0].to_string();
+    let c = case_as(
+        DType::BF16,
+        &mut rng,
+        4,
+        8,
+        2,
+        128,
+        128,
+        300,
+        vec![300; 4],
+        None,
+    );
+    let (caps, params) = window_params(None);
+    let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false).unwrap();
+    let variant = compiled.attention(&program).unwrap();
+    let mut bound = variant
+        .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
+        .unwrap();
+    let what = "caller device lengths, the rule";
+    let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, true, what);
+    assert_eq!(bound.cache_path(), Some("split-kv-mma"), "{what}: path");
+    close_to_oracle(what, &c, &o, &lse, &want);
 }
 
 /// Chunked prefill's runs at D64 (f16) on the caller's buffers with the lengths on the host,
@@ -1930,6 +2081,10 @@ const TESTS: &[Test] = &[
         gpu_decode_caller_runs_growing_lengths,
     ),
     ("gpu_decode_caller_runs_d64", gpu_decode_caller_runs_d64),
+    (
+        "gpu_decode_caller_prefill_device",
+        gpu_decode_caller_prefill_device,
+    ),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),
     ("gpu_decode_balanced", gpu_decode_balanced),

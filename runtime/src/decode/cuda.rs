@@ -93,6 +93,22 @@ pub(crate) fn prefill_runs_win(shape: &DecodeShape, runs: &[Run], sms: usize) ->
         })
 }
 
+/// Whether chunked prefill over a whole batch whose lengths stay on the device beats the
+/// split-KV kernel ([`prefill_runs_win`]'s rule for one run of all `B` sequences, every
+/// row taken live): Lq >= [`PREFILL_MIN_LQ`] and at least half as many 128-row tiles as
+/// the GPU has SMs.
+pub(crate) fn prefill_device_wins(shape: &DecodeShape, sms: usize) -> bool {
+    let all = Run {
+        b0: 0,
+        count: shape.b,
+        first: 0,
+        pos: 0,
+        lo: 0,
+        hi: 0,
+    };
+    prefill_runs_win(shape, &[all], sms)
+}
+
 /// One run's inputs: its shape (B' sequences of its live rows against its range), Q, K,
 /// V gathered, and the captures with the offset params.
 struct RunInputs {
@@ -106,20 +122,72 @@ struct RunInputs {
 pub(crate) struct CudaState {
     /// The position-offset program, as a variant of the same source.
     variant: Variant,
+    /// Its form for a whole batch whose lengths stay on the device
+    /// (`attnc_compiler::decode::device_offset_program`, `BindOptions::device_lens`).
+    device: Variant,
     /// One binding per run shape (and whether it reads a paged cache in place: caller
     /// buffers), made on first use (the JIT's memory cache makes every binding after the
     /// first cheap).
     /// By the run's shape (rows, heads, head dims), and for a paged cache its producer
     /// threads (`DecodeTuning::paged_producers`, chosen by page size: [`producers_for`]).
-    bound: HashMap<(Shape, u8), Bound>,
+    /// With whether it is a `device` binding.
+    bound: HashMap<(Shape, u8, bool), Bound>,
+    /// The device-lengths form's plan (made on first use) and whether it binds on the
+    /// warp-specialized kernel, by shape and producer threads ([`Self::device_applies`]).
+    device_plan: Option<attnc_compiler::plan::Plan>,
+    device_ok: HashMap<(Shape, u8), bool>,
 }
 
 impl CudaState {
-    pub(crate) fn new(variant: Variant) -> Self {
+    pub(crate) fn new(variant: Variant, device: Variant) -> Self {
         CudaState {
             variant,
+            device,
             bound: HashMap::new(),
+            device_plan: None,
+            device_ok: HashMap::new(),
         }
+    }
+
+    /// Whether the device-lengths form binds for `shape` (Lkv = the capacity) on the
+    /// warp-specialized kernel (`exec::cuda::cache_forward_applies` with `device_lens`:
+    /// a closed-form mask, D 64/128); the answer kept per shape.
+    pub(crate) fn device_applies(
+        &mut self,
+        opts: &BindOptions,
+        shape: Shape,
+        page_shift: Option<u32>,
+        arch: attnc_compiler::backend::llvm::Arch,
+    ) -> bool {
+        let key = (shape, producers_of(opts, page_shift));
+        if let Some(&ok) = self.device_ok.get(&key) {
+            return ok;
+        }
+        let plan = self
+            .device_plan
+            .get_or_insert_with(|| attnc_compiler::plan::Plan::new(self.device.program()));
+        let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
+        o.kv_pages = page_shift.is_some();
+        o.device_lens = true;
+        o.decode = opts.decode;
+        o.decode.paged_producers = key.1;
+        let ok = crate::exec::cuda::cache_forward_applies(plan, &o, arch);
+        self.device_ok.insert(key, ok);
+        ok
+    }
+
+    /// Whether a binding for `shape` exists already (made by an earlier call: a stream
+    /// capturing a graph cannot make one).
+    pub(crate) fn has_bound(&self, shape: Shape, producers: u8, device_lens: bool) -> bool {
+        self.bound.contains_key(&(
+            Shape {
+                b: 0,
+                lkv: 0,
+                ..shape
+            },
+            producers,
+            device_lens,
+        )) || self.bound.contains_key(&(shape, producers, device_lens))
     }
 
     /// The inputs of `run`: its sequences' live rows of q and reachable K/V rows of every
@@ -194,15 +262,11 @@ impl CudaState {
         scale: f32,
         shape: Shape,
         page_shift: Option<u32>,
+        device_lens: bool,
     ) -> Result<&mut Bound> {
-        // 0: a contiguous cache
-        let producers = match (page_shift, opts.decode.paged_producers) {
-            (None, _) => 0,
-            (Some(_), n) if n != 0 => n,
-            (Some(shift), _) => producers_for(shift),
-        };
+        let producers = producers_of(opts, page_shift);
         let key = if opts.decode.rebind_runs {
-            (shape, producers)
+            (shape, producers, device_lens)
         } else {
             (
                 Shape {
@@ -211,6 +275,7 @@ impl CudaState {
                     ..shape
                 },
                 producers,
+                device_lens,
             )
         };
         if let Some(b) = self.bound.get_mut(&key)
@@ -231,10 +296,16 @@ impl CudaState {
                 o.jit_tiers = opts.jit_tiers;
                 o.device = opts.device;
                 o.kv_pages = page_shift.is_some();
+                o.device_lens = device_lens;
                 // (the parent's tuning, with the producer threads for this page size)
                 o.decode = opts.decode;
                 o.decode.paged_producers = producers;
-                e.insert(self.variant.bind(o)?)
+                let variant = if device_lens {
+                    &self.device
+                } else {
+                    &self.variant
+                };
+                e.insert(variant.bind(o)?)
             }
         })
     }
@@ -249,7 +320,7 @@ impl CudaState {
         for run in runs {
             let c = call;
             let x = Self::gather(c.shape, run, c.q, c.k, c.v, c.page_table, c.captures)?;
-            f(self.bound(c.opts, c.scale, x.shape, None)?, &x, run)?;
+            f(self.bound(c.opts, c.scale, x.shape, None, false)?, &x, run)?;
         }
         Ok(())
     }
@@ -309,6 +380,16 @@ pub(crate) struct HostCall<'a> {
     pub v: &'a Tensor,
     pub page_table: &'a [i32],
     pub captures: &'a Captures,
+}
+
+/// The producer threads of a binding's kernel: 0 for a contiguous cache, else the
+/// tuning's count or [`producers_for`] the page size.
+pub(crate) fn producers_of(opts: &BindOptions, page_shift: Option<u32>) -> u8 {
+    match (page_shift, opts.decode.paged_producers) {
+        (None, _) => 0,
+        (Some(_), n) if n != 0 => n,
+        (Some(shift), _) => producers_for(shift),
+    }
 }
 
 /// The producer threads of a paged run's kernel for pages of `2^shift` rows

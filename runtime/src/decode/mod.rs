@@ -328,7 +328,10 @@ impl DecodeState {
                 let shifted = offset_program(program);
                 let plan = Plan::new(&shifted);
                 Ok(DecodeState::Cuda {
-                    state: Box::new(cuda::CudaState::new(variant.derived(shifted))),
+                    state: Box::new(cuda::CudaState::new(
+                        variant.derived(shifted),
+                        variant.derived(attnc_compiler::decode::device_offset_program(program)),
+                    )),
                     gpu: Box::new(gpu::GpuDecode::new(bound_plan.clone(), tuning)),
                     plan: Box::new(plan),
                     path: None,
@@ -579,6 +582,82 @@ impl Bound {
         Ok(Some(runs))
     }
 
+    /// Whether a caller-buffer call whose lengths stay on the device (`decode_cuda_into`)
+    /// runs chunked prefill on the prefill kernel, the whole batch in one launch of the
+    /// device-lengths form (`BindOptions::device_lens`: each CTA reads its sequence's
+    /// length): `Some((shape, page_shift))` of that binding (Lkv = the capacity) when
+    /// Lq is above 16 on sm_90 in fast mode, the cache contiguous or (unless
+    /// `DecodeTuning::paged_split_kv`) paged in pages of at least [`PAGED_RUN_MIN_PAGE`]
+    /// rows, the mask a closed form the warp-specialized kernel takes, and the launch
+    /// fills the GPU ([`cuda::prefill_device_wins`], or `DecodeTuning::prefill`); a
+    /// stream capturing a graph only where an earlier call made the binding. Records the
+    /// path "prefill". `None`: the split-KV kernels.
+    pub(crate) fn caller_prefill_device(
+        &mut self,
+        shape: &DecodeShape,
+        capture: bool,
+    ) -> Result<Option<(Shape, Option<u32>)>> {
+        let opts = self.options().clone();
+        if opts.checked || shape.lq <= gpu::MAX_LQ || opts.decode.prefill == Some(false) {
+            return Ok(None);
+        }
+        let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
+        let arch = dev.arch();
+        if arch != attnc_compiler::backend::llvm::Arch::Sm90 {
+            return Ok(None);
+        }
+        let page_shift = match shape.layout {
+            CacheLayout::Paged { page_size, .. } => {
+                if opts.decode.paged_split_kv || page_size < PAGED_RUN_MIN_PAGE {
+                    return Ok(None);
+                }
+                Some(page_size.trailing_zeros())
+            }
+            CacheLayout::Contiguous { .. } => None,
+        };
+        if opts.decode.prefill.is_none() && !cuda::prefill_device_wins(shape, dev.sms() as usize) {
+            return Ok(None);
+        }
+        let bshape = Shape {
+            b: shape.b,
+            hq: shape.hq,
+            hkv: shape.hkv,
+            lq: shape.lq,
+            lkv: shape.capacity(),
+            d: shape.d,
+            dv: shape.dv,
+        };
+        let DecodeState::Cuda { state, path, .. } = self.decode_state()? else {
+            return Ok(None);
+        };
+        let producers = cuda::producers_of(&opts, page_shift);
+        if !state.has_bound(bshape, producers, true) {
+            if capture {
+                return Ok(None);
+            }
+            if !state.device_applies(&opts, bshape, page_shift, arch) {
+                return Ok(None);
+            }
+        }
+        *path = Some("prefill");
+        Ok(Some((bshape, page_shift)))
+    }
+
+    /// The prefill kernel's binding of the device-lengths form for a whole batch of
+    /// `shape` ([`Self::caller_prefill_device`]), made on first use.
+    pub(crate) fn prefill_device_bound(
+        &mut self,
+        shape: Shape,
+        page_shift: Option<u32>,
+    ) -> Result<&mut Bound> {
+        let opts = self.options().clone();
+        let scale = self.scale();
+        match self.decode_state()? {
+            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift, true),
+            _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
+        }
+    }
+
     /// The prefill kernel's binding of the position-offset program for a run of `shape`
     /// (made on first use, kept per shape: `cuda::CudaState::bound`); `page_shift`: it reads
     /// a paged cache of pages of `2^page_shift` rows in place (`BindOptions::kv_pages`).
@@ -590,7 +669,7 @@ impl Bound {
         let opts = self.options().clone();
         let scale = self.scale();
         match self.decode_state()? {
-            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift),
+            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift, false),
             _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
         }
     }

@@ -225,6 +225,31 @@ fn forward_options_for(
             n => n,
         };
     }
+    if opts.device_lens {
+        let q0 = plan
+            .program()
+            .params
+            .iter()
+            .position(|p| p.name == attnc_compiler::decode::OFFSET_PARAMS[1]);
+        let (true, Some(q0), true) = (
+            popts.ws,
+            q0,
+            plan.kv_bounds(popts.kv_table).is_closed_form(),
+        ) else {
+            return Err(ExecError::Api(Error::Usage(
+                "lengths on the device are read by the warp-specialized forward of a position-offset program with a closed-form mask only (sm_90, D 64/128, fast mode)".into(),
+            )));
+        };
+        popts.device_lens = Some(q0 as u32);
+        // the dynamic tile scheduler: the sequences' lengths, hence the tiles' work,
+        // differ (and the kernel's pieces cannot be cut from the capacity)
+        popts.persistent = true;
+        popts.dynamic_tiles = true;
+        popts.tail_split = false;
+        popts.q_ahead = false;
+        popts.cross_tile = false;
+        popts.q_double = true;
+    }
     Ok(popts)
 }
 
@@ -722,5 +747,83 @@ mod tests {
             }
         }
         assert!(kernels >= 100 && refused > 0, "{kernels} / {refused}");
+    }
+
+    /// Chunked prefill with the lengths on the device (`BindOptions::device_lens`, on
+    /// `decode::device_offset_program`), as the runtime configures it: for every example's
+    /// attentions, D64 and D128, contiguous and paged, the options say so (the `__q0`
+    /// param, the dynamic scheduler, no kv split) and the kernel generates twice
+    /// identically, reading `SeqLens` and, at the same shape without the option, not;
+    /// masks over captured tensors (block tables) and D64's bands are refused, and
+    /// [`cache_forward_applies`] agrees.
+    #[test]
+    fn device_lens_kernels_generate_for_every_closed_form() {
+        use attnc_compiler::backend::llvm::KernelParam;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let (mut kernels, mut refused) = (0, 0);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "attn") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            for p in attnc_compiler::compile_source(&src).unwrap().programs {
+                let dp = attnc_compiler::decode::device_offset_program(&p);
+                let plan = Plan::new(&dp);
+                let q0 = dp.params.iter().position(|x| x.name == "__q0").unwrap();
+                for d in [64, 128] {
+                    for paged in [false, true] {
+                        let shape = Shape {
+                            b: 8,
+                            hq: 32,
+                            hkv: 8,
+                            lq: 256,
+                            lkv: 8192,
+                            d,
+                            dv: d,
+                        };
+                        let what = format!("{} d{d} paged {paged}", p.name);
+                        let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+                        o.kv_pages = paged;
+                        o.device_lens = true;
+                        let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+                        let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+                        assert_eq!(applies, got.is_ok(), "{what}");
+                        let Ok(popts) = got else {
+                            refused += 1;
+                            continue;
+                        };
+                        assert!(plan.kv_bounds(false).is_closed_form(), "{what}");
+                        assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
+                        assert!(popts.persistent && popts.dynamic_tiles, "{what}");
+                        assert!(!popts.tail_split && !popts.q_ahead, "{what}");
+                        let emit = || {
+                            spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                                .0
+                        };
+                        let (k, again) = (emit(), emit());
+                        assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
+                        assert!(k.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                        let plain = PtxOptions {
+                            device_lens: None,
+                            ..popts
+                        };
+                        let (k0, _) =
+                            spec::generate(&plan, KernelKind::Forward, &plain, EmitText::PtxOnly)
+                                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                        assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
+                        // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
+                        if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
+                            let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
+                            std::fs::write(std::path::Path::new(&dir).join(name), &k.ptx).unwrap();
+                        }
+                        kernels += 1;
+                    }
+                }
+            }
+        }
+        assert!(kernels >= 40 && refused > 0, "{kernels} / {refused}");
     }
 }

@@ -17,7 +17,7 @@ use crate::api::{Bound, ParamValue};
 use crate::cuda::decode::{DecodeGeometry, DecodeModule};
 use crate::decode::{cache_error, split_kv_applies, split_kv_geometry};
 use crate::error::{Error, Result};
-use crate::exec::cuda::caller::CallerKv;
+use crate::exec::cuda::caller::{CallerCache, CallerKv};
 use crate::host_trace::{Laps, Stage};
 use attnc_compiler::decode::{CacheError, DecodeShape, OFFSET_PARAMS};
 use attnc_compiler::shape::Shape;
@@ -213,6 +213,47 @@ impl Bound {
         all.extend(tensor_bufs(tensors));
         let capture = self.check_call_buffers(&all, stream)?;
         laps.lap(Stage::Buffers);
+        // chunked prefill: the whole batch in one launch of the prefill kernel, which
+        // reads the lengths on the device (`Bound::caller_prefill_device`)
+        if let Some((bshape, page_shift)) = self.caller_prefill_device(&shape, capture)? {
+            let mut p = params.clone();
+            for name in OFFSET_PARAMS {
+                p.insert(name.to_string(), ParamValue::I32(0));
+            }
+            let kv = match layout {
+                CacheLayout::Contiguous { lkv_max } => CallerKv::Pitch(lkv_max),
+                CacheLayout::Paged {
+                    num_pages,
+                    page_size,
+                    max_pages,
+                } => CallerKv::Paged {
+                    table: bufs.page_table.unwrap_or(0),
+                    shift: page_size.trailing_zeros(),
+                    max_pages: max_pages as u32,
+                    num_pages: num_pages as u32,
+                },
+            };
+            let whole = DeviceBuffers {
+                q: bufs.q,
+                k: bufs.k_cache,
+                v: bufs.v_cache,
+                o: bufs.o,
+                lse: bufs.lse,
+            };
+            let cache = CallerCache {
+                kv,
+                seq_lens: Some(bufs.seq_lens),
+            };
+            let bound = self.prefill_device_bound(bshape, page_shift)?;
+            // SAFETY: q, o and lse are the call's whole buffers, the caches and page table
+            // the caller's (checked above as a whole: `B x Hkv` slices of `Lkv_max` rows,
+            // or `B x max_pages` page ids, each clamped into the cache by the kernel), and
+            // `seq_lens` its `i32[B]`, each clamped into `0..=capacity` by the kernel; the
+            // captures and stream are the caller's (forwarded).
+            return unsafe {
+                bound.forward_cuda_into_kv(&whole, tensors, &p, stream, capture, cache)
+            };
+        }
         let skip = self
             .plan()
             .skip_bounds(&logical, &bindings)
@@ -390,12 +431,13 @@ impl Bound {
                 _ => None,
             };
             let bound = self.prefill_run_bound(run_shape, page_shift)?;
+            let cache = CallerCache { kv, seq_lens: None };
             // SAFETY: the run's q/o/lse rows, its sequences' cache slices (contiguous:
             // b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows apart) or page-table
             // rows (paged: b0 + count <= B rows of max_pages ids, the kernel clamping each id
             // into the cache) lie inside the buffers checked above; the captures and stream
             // are the caller's (forwarded).
-            unsafe { bound.forward_cuda_into_kv(&run_bufs, tensors, &p, stream, kv) }?;
+            unsafe { bound.forward_cuda_into_kv(&run_bufs, tensors, &p, stream, false, cache) }?;
         }
         Ok(true)
     }

@@ -133,6 +133,17 @@ pub(crate) fn place_tile<'ctx>(
         }
     };
     let hk = g.udiv(h, g.udiv(hq, hkv)?)?;
+    // (`Cfg::device_lens`: this sequence's keys, its length clamped into `0..=Lkv`, and
+    // its first row's position)
+    let (lkv_tile, q_shift) = match c.device_lens {
+        Some(_) => {
+            let n = g.load_i32(a.ptr(KernelParam::SeqLens)?, g.zext64(b)?)?;
+            let n = g.selecti(g.icmp(IntPredicate::SLT, n, g.c32(0))?, g.c32(0), n)?;
+            let n = g.selecti(g.icmp(IntPredicate::SGT, n, lkv)?, lkv, n)?;
+            (n, Some(g.sub(n, lq)?))
+        }
+        None => (lkv, None),
+    };
     let mut q0 = g.mul(qb, g.c32(c.qb as i64))?;
     if c.q_from_end {
         // the q blocks end at Lq: shifted down by pad = nqb qb - Lq (the first may start
@@ -173,7 +184,8 @@ pub(crate) fn place_tile<'ctx>(
         h,
         q0,
         lq,
-        lkv,
+        lkv: lkv_tile,
+        q_shift,
         scale,
         raw,
         c2,
@@ -209,7 +221,24 @@ pub(crate) fn row_runs<'ctx>(
             )
         }
         KvBounds::ClosedForm(cf) => {
-            let (offsets, all_partial) = a.closed_form(cf.constraints.len(), p)?;
+            let (mut offsets, all_partial) = a.closed_form(cf.constraints.len(), p)?;
+            // (`Cfg::device_lens`: the offsets at `__q0 = 0`, plus each constraint's
+            // coefficient of it times this tile's value)
+            if let (Some(pi), Some(shift)) = (c.device_lens, cx.q_shift) {
+                let shift = g.sext64(shift)?;
+                for (k, con) in offsets.iter_mut().zip(&cf.constraints) {
+                    let coef: i64 = con
+                        .expr
+                        .params
+                        .iter()
+                        .filter(|(p, _)| *p == pi)
+                        .map(|(_, c)| *c)
+                        .sum();
+                    if coef != 0 {
+                        *k = g.add(*k, g.mul(shift, g.c64(coef))?)?;
+                    }
+                }
+            }
             RowRuns::closed_form(
                 g,
                 &kv.coefficients(),

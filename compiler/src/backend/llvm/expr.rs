@@ -21,6 +21,7 @@ use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AtomicOrdering, FloatPredicate, IntPredicate};
 
 /// A captured tensor as the kernel sees it: a pointer to i32 or f32 elements and its dims.
+#[derive(Clone)]
 pub(crate) struct TensorArg<'ctx> {
     pub ptr: PointerValue<'ctx>,
     pub float: bool,
@@ -28,6 +29,7 @@ pub(crate) struct TensorArg<'ctx> {
 }
 
 /// What every element evaluation shares.
+#[derive(Clone)]
 pub(crate) struct Env<'ctx> {
     pub params: Vec<BasicValueEnum<'ctx>>,
     pub tensors: Vec<TensorArg<'ctx>>,
@@ -86,6 +88,24 @@ impl<'ctx> Env<'ctx> {
             },
             kinds: None,
         })
+    }
+}
+
+impl<'ctx> Env<'ctx> {
+    /// The environment of one tile: under `PtxOptions::device_lens` (`Cfg::device_lens`)
+    /// its param takes the tile's value ([`super::tile::Ctx::q_shift`]), else `None` (the
+    /// kernel's environment serves every tile).
+    pub(crate) fn at_tile(
+        &self,
+        c: &super::tile::Cfg,
+        cx: &super::tile::Ctx<'ctx>,
+    ) -> Option<Self> {
+        let (Some(p), Some(shift)) = (c.device_lens, cx.q_shift) else {
+            return None;
+        };
+        let mut env = self.clone();
+        env.params[p as usize] = shift.into();
+        Some(env)
     }
 }
 

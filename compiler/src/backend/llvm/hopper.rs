@@ -147,9 +147,9 @@ pub(crate) struct Layout {
     /// `PtxOptions::tail_split`: byte offset of a u32 after the mbarriers, whether the
     /// part just counted completed its tile (thread 0 to the consumers).
     pub flag: Option<u32>,
-    /// A paged cache (`KvCache::Paged`): byte offset of the producer's own mbarrier, at
-    /// which it waits for the V tile that ends past `Lkv` before zeroing those rows
-    /// ([`Producer::copy_v_tail`]).
+    /// A paged cache (`KvCache::Paged`) or lengths on the device (`device_lens`): byte
+    /// offset of the producer's own mbarrier, at which it waits for the V tile that ends
+    /// past the sequence's keys before zeroing those rows ([`Producer::copy_v_tail`]).
     pub v_tail: Option<u32>,
 }
 
@@ -176,6 +176,8 @@ impl Layout {
         let tail = opts.tail_split && opts.persistent && !opts.dynamic_tiles;
         let flag_end = end + if tail { 8 } else { 0 };
         let paged = opts.kv_cache == super::KvCache::Paged;
+        // (V tiles past a sequence's end zeroed: paged caches, and lengths on the device)
+        let v_tail = paged || opts.device_lens.is_some();
         Layout {
             q,
             k,
@@ -184,9 +186,9 @@ impl Layout {
             q1,
             o_stage,
             bars,
-            bytes: flag_end + if paged { 8 } else { 0 },
+            bytes: flag_end + if v_tail { 8 } else { 0 },
             flag: tail.then_some(end),
-            v_tail: paged.then_some(flag_end),
+            v_tail: v_tail.then_some(flag_end),
         }
     }
 }
@@ -457,6 +459,10 @@ pub(crate) fn body<'ctx>(
     g.setmaxnreg(true, consumer_regs)?;
     let mut env = Env::load(g, p, opts.checked, &|k| a.ptr(k), &|k| a.int(k))?;
     env.kinds = super::score::mask_kinds(p, opts);
+    // (`device_lens`: the tile's position offset)
+    if let Some(at_tile) = env.at_tile(c, &cx) {
+        env = at_tile;
+    }
     let cons = Consumer {
         g,
         c,
@@ -682,12 +688,14 @@ fn body_persistent<'ctx>(
             }
             None => reset()?,
         }
+        // (`device_lens`: the tile's position offset)
+        let tile_env = env.at_tile(c, &cx);
         let cons = Consumer {
             g,
             c,
             p,
             cx: &cx,
-            env: &env,
+            env: tile_env.as_ref().unwrap_or(&env),
             lay: &lay,
             bars: &bars,
             tid,
@@ -1848,11 +1856,12 @@ impl<'ctx> Producer<'_, 'ctx> {
                 self.copy_kv(&lay.v, KernelParam::TmaV, vbuf, &at, bars.v_full(g, s)?, vs)
             };
             match bars.v_tail {
-                // a paged tile that ends past `Lkv` holds the unused slots of the sequence's
-                // last page: zeroed before the consumers see it (by the share that counts
-                // the bytes; the other copies nothing of it)
+                // a paged tile that ends past the sequence's keys holds the unused slots
+                // of its last page (under `device_lens`, of a contiguous cache too):
+                // zeroed before the consumers see it (by the share that counts the bytes;
+                // the other copies nothing of it)
                 Some(tail_bar) => {
-                    let lkv = self.a.int(KernelParam::Lkv)?;
+                    let lkv = self.cx.lkv;
                     let tail = g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(c.kvb as i64))?, lkv)?;
                     g.if_else(
                         tail,

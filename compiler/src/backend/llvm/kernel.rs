@@ -127,6 +127,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.ws && opts.o_tma {
         v.push(TmaO);
     }
+    if opts.ws && opts.device_lens.is_some() {
+        v.push(SeqLens);
+    }
     if opts.persistent {
         v.push(Batch);
     }
@@ -153,6 +156,21 @@ pub(crate) fn build<'ctx>(
             "a paged K/V cache (kv_cache = Paged) is read by the warp-specialized forward (ws) only"
                 .into(),
         ));
+    }
+    if let Some(q0) = opts.device_lens {
+        let ok = opts.ws
+            && kv.is_closed_form()
+            && !opts.tail_split
+            && !opts.q_ahead
+            && !opts.cross_tile
+            && p.params
+                .get(q0 as usize)
+                .is_some_and(|x| x.ty == crate::ir::Type::I32);
+        if !ok {
+            return Err(LlvmError::Unsupported(format!(
+                "lengths on the device (device_lens = param {q0}) need the warp-specialized forward with closed-form kv bounds, without tail_split, q_ahead or cross_tile, and an i32 param {q0}"
+            )));
+        }
     }
     let params = param_list(p, kv, opts);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));

@@ -412,6 +412,18 @@ pub struct PtxOptions {
     /// pages smaller than the kv tile take a TMA box per page, a page id load per box, and
     /// one thread issuing them all is the copy's limit. 1 by default; other kinds ignore it.
     pub producers: u8,
+    /// `Some(p)` on the warp-specialized forward: the sequences' lengths stay on the device
+    /// ([`KernelParam::SeqLens`], `i32[B]`). A tile of batch `b` sees `Lkv_b =
+    /// clamp(seq_lens[b], 0, Lkv)` keys (its kv range, tail checks and, with a contiguous
+    /// cache too, the zeroed V rows past `Lkv_b` of its last tile: slots of the cache
+    /// nobody wrote), and param `p` (the position-offset program's `__q0`,
+    /// `decode::device_offset_program`) takes `Lkv_b - Lq` in its element code and in its
+    /// closed-form kv offsets (`KvOffset(i)` is the offset at `__q0 = 0`; the kernel adds
+    /// the constraint's coefficient of `p` times `Lkv_b - Lq`). Chunked prefill over a
+    /// cache whose lengths the host does not know: one launch of the whole batch on the
+    /// prefill kernel. Closed-form kv bounds only; not with `tail_split`, `q_ahead` or
+    /// `cross_tile`. `None` by default; other kinds ignore it.
+    pub device_lens: Option<u32>,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): a producer
@@ -880,6 +892,7 @@ impl PtxOptions {
             pos_bias: false,
             kv_cache: KvCache::Contiguous,
             producers: 1,
+            device_lens: None,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
             bwd_lpt: false,
@@ -1223,6 +1236,10 @@ impl PtxOptions {
                 2 => " v-producer",
                 4 => " producers4",
                 _ => "",
+            }
+            + &match self.device_lens {
+                Some(p) => format!(" lens=device(q0=p{p})"),
+                None => String::new(),
             }
             + match self.bwd_dq {
                 BwdDq::Separate => "",

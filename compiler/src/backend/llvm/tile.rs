@@ -61,6 +61,9 @@ pub(crate) struct Cfg {
     pub paged_kv: bool,
     /// `PtxOptions::producers` where it applies (`paged_kv`; not with `q_ahead`), else 1.
     pub producers: u32,
+    /// `PtxOptions::device_lens` (the warp-specialized kernel): the param that takes each
+    /// tile's `Lkv_b - Lq` ([`Ctx::q_shift`]).
+    pub device_lens: Option<u32>,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -94,6 +97,7 @@ impl Cfg {
             } else {
                 1
             },
+            device_lens: if opts.ws { opts.device_lens } else { None },
             q,
             k,
             v,
@@ -145,7 +149,12 @@ pub(crate) struct Ctx<'ctx> {
     /// [`Cfg::q_from_end`]).
     pub q0: IntValue<'ctx>,
     pub lq: IntValue<'ctx>,
+    /// The keys of this tile's sequence: `Lkv`, or under [`Cfg::device_lens`] its
+    /// `clamp(seq_lens[b], 0, Lkv)`.
     pub lkv: IntValue<'ctx>,
+    /// Under [`Cfg::device_lens`]: `lkv - Lq`, the value of that param for this tile
+    /// (its first row's position; [`super::expr::Env::at_tile`], `cta::row_runs`).
+    pub q_shift: Option<IntValue<'ctx>>,
     pub scale: FloatValue<'ctx>,
     /// The identity score: logits stay raw scores `s` (no multiply) and the softmax works
     /// in `c2 * s` (one FMA per element), with `c2 = |scale| log2 e` (Q is negated in

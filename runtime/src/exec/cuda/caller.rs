@@ -68,6 +68,15 @@ pub enum CallerKv {
     },
 }
 
+/// A cache a forward on caller buffers reads in place: its K/V ([`CallerKv`]) and, for a
+/// kernel bound with `BindOptions::device_lens`, the sequences' lengths (`i32[B]`, device
+/// memory; each clamped into `0..=Lkv` by the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerCache {
+    pub kv: CallerKv,
+    pub seq_lens: Option<u64>,
+}
+
 /// Device pointers of one call's q, k, v, o and lse.
 #[derive(Clone, Copy, Debug)]
 pub struct CallerBuffers {
@@ -495,8 +504,9 @@ impl CudaExec {
         mask: Option<&CallerTable>,
         stream: u64,
         capture: bool,
-        kv: Option<CallerKv>,
+        cache: Option<CallerCache>,
     ) -> ExecResult<()> {
+        let kv = cache.map(|c| c.kv);
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
         refuse_checked(opts)?;
@@ -570,6 +580,29 @@ impl CudaExec {
             }
             None => {}
         }
+        // (lengths on the device: the kernel of a `device_lens` binding reads them, no
+        // other does)
+        match (
+            spec.params.contains(&P::SeqLens),
+            cache.and_then(|c| c.seq_lens),
+        ) {
+            (true, Some(p)) => a.scalar(P::SeqLens, Arg::Ptr(p)),
+            (false, None) => {}
+            (true, None) => {
+                return Err(CudaError::Mismatch(format!(
+                    "kernel {} reads the sequences' lengths on the device: call it with seq_lens",
+                    spec.entry
+                ))
+                .into());
+            }
+            (false, Some(_)) => {
+                return Err(CudaError::Mismatch(format!(
+                    "kernel {} does not read lengths on the device (bind with device_lens)",
+                    spec.entry
+                ))
+                .into());
+            }
+        }
         if spec.params.contains(&P::TailWork) {
             let need = spec.options.tail_work_floats(st.dev.sms());
             if st.tail.as_ref().is_none_or(|t| t.len() < need) {
@@ -628,7 +661,22 @@ impl CudaExec {
                 builder_skip_args(builder.spec(), skip.as_deref())?,
             ));
         } else if let KvBounds::ClosedForm(cf) = &spec.kv_bounds {
-            let bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
+            let mut bounds = plan.closed_form_bounds(cf, &shape, bindings)?;
+            // (`device_lens`: the offsets at the param's value 0, which the kernel shifts
+            // per sequence; usable only if the mask's i32 arithmetic cannot wrap at any of
+            // its values, `-Lq ..= Lkv - Lq`: a linear mask is monotone in it, so its two
+            // ends decide)
+            if let Some(pi) = spec.options.device_lens {
+                for end in [-(shape.lq as i64), shape.lkv as i64 - shape.lq as i64] {
+                    let mut at = bindings.clone();
+                    if let Some(x) = at.params.get_mut(pi as usize) {
+                        *x = attnc_compiler::ir::Scalar::I32(end as i32);
+                    }
+                    if plan.closed_form_bounds(cf, &shape, &at)?.is_none() {
+                        bounds = None;
+                    }
+                }
+            }
             closed_form_args(&mut a, &spec.kv_bounds, bounds.as_deref());
         } else {
             let recipe = plan.map_recipe();
