@@ -23,6 +23,10 @@ echo "== racecheck: $(grep -E "HAZARD|RACECHECK SUMMARY|^rc=|test result" $OUT/r
 tail -6 $OUT/py.log
 grep -hE "^FAILED|^ERROR|Error:" $OUT/pytest_*.log 2>/dev/null | head -12
 cd "$root"; export PYTHONPATH=/tmp/attnc-py
-timeout 200 python3 python/bench/chunked_prefill.py --rounds 3 --only host_lens,device_lens,paged128_device_lens \
+timeout 200 python3 python/bench/chunked_prefill.py --rounds 3 --only host_lens,device_lens,paged128_device_lens,paged16_device_lens \
   8,32,8,512,8192 8,32,8,256,8192 8,32,8,128,8192 2>&1 | grep -v Warning
+echo "total: $(( $(date +%s) - t0 )) s"
+# the same call's split-KV kernel on device lengths (the prefill paths off)
+ATTNC_DECODE_PREFILL=0 timeout 100 python3 python/bench/chunked_prefill.py --only device_lens 8,32,8,512,8192 \
+  8,32,8,256,8192 8,32,8,128,8192 2>&1 | grep -v Warning
 echo "total: $(( $(date +%s) - t0 )) s"

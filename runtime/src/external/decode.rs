@@ -5,8 +5,11 @@
 //! In: a CUDA binding made for a cache (`Shape::lkv` = the cache's capacity), the cache's
 //! [`CacheLayout`], device pointers ([`DeviceDecodeBuffers`]: q, the caches, `seq_lens`,
 //! the page table, o, lse and the workspace), captures as device tensors and params, a
-//! stream. Out: the ranges, split-KV and combine kernels enqueued on the stream (see
-//! `exec::cuda::caller::decode`), or an [`Error`] naming the buffer. Positions and
+//! stream. Out: the split-KV and combine kernels enqueued on the stream (see
+//! `exec::cuda::caller::decode`) — or, for chunked prefill where it fills the GPU, one
+//! launch of the warp-specialized prefill kernel over the whole batch whose CTAs read
+//! their sequence's length (`Bound::caller_prefill_device`, `PtxOptions::device_lens`) —
+//! or an [`Error`] naming the buffer. Positions and
 //! semantics are `Bound::forward_with_cache`'s; the difference: `seq_lens` and the page
 //! table are never read on the host, so a length beyond the cache counts as the
 //! capacity (a negative one as 0) and a page id outside the cache is clamped into it
@@ -138,7 +141,10 @@ impl Bound {
     /// outside a graph capture, with the driver (memory of this binding's device).
     /// `seq_lens` and the page table are read only on the device: lengths beyond the
     /// capacity count as the capacity (negative ones as 0), page ids are clamped into
-    /// the cache.
+    /// the cache. Chunked prefill (Lq >= 128 on sm_90, a closed-form mask, a launch that
+    /// fills the GPU: `Bound::caller_prefill_device`) runs the whole batch in one launch
+    /// of the prefill kernel whose CTAs read their lengths (path "prefill", the workspace
+    /// unused); the rest the split-KV kernels ("split-kv-mma" / "split-kv").
     ///
     /// # Safety
     /// The pointers must be live device allocations of the binding's device holding:

@@ -42,6 +42,14 @@
 //! in the 128-byte-swizzled slab layout TMA's `SWIZZLE_128B` writes for a box of 64
 //! columns), then the mbarriers ([`Layout`]).
 //!
+//! Lengths on the device (`PtxOptions::device_lens`, chunked prefill over a cache whose
+//! lengths the host does not know): each tile's place (`cta::place_tile`) reads its
+//! sequence's length from `SeqLens` and clamps it into `0..=Lkv`; that is the tile's key
+//! count (`Ctx::lkv`: its kv range, tail checks, and the V rows past it zeroed by the
+//! producer as a paged cache's last page, [`Producer::copy_v_tail`]), and `length - Lq`
+//! the value of the position-offset param in the tile's element code (`Env::at_tile`) and
+//! closed-form offsets (`cta::row_runs`).
+//!
 //! Persistent CTAs (`PtxOptions::persistent`, [`body_persistent`]): a grid of
 //! `min(tiles, SMs)` CTAs, each walking its (q block, head, batch) tiles in rounds of
 //! `nctaid.x` taken as a snake ([`for_each_tile`]). The producer keeps its ring position
