@@ -868,7 +868,7 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
         ("causal", None, None),
         ("sliding_window", None, Some(70)),
         ("alibi_causal", Some("alibi_causal"), None),
-        ("softcap_causal", None, None),
+        ("softcap", Some("softcap_causal"), None),
     ] {
         let compiled = example(name);
         let program = program.unwrap_or(compiled.names()[0]).to_string();

@@ -242,9 +242,12 @@ fn forward_options_for(
         };
         popts.device_lens = Some(q0 as u32);
         // the dynamic tile scheduler: the sequences' lengths, hence the tiles' work,
-        // differ (and the kernel's pieces cannot be cut from the capacity)
-        popts.persistent = true;
-        popts.dynamic_tiles = true;
+        // differ (and the kernel's pieces cannot be cut from the capacity); unless
+        // `ATTNC_FWD_PERSISTENT` says otherwise (measurements)
+        if std::env::var_os("ATTNC_FWD_PERSISTENT").is_none() {
+            popts.persistent = true;
+            popts.dynamic_tiles = true;
+        }
         popts.tail_split = false;
         popts.q_ahead = false;
         popts.cross_tile = false;
