@@ -820,7 +820,10 @@ mod tests {
                         // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
                         if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
                             let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
-                            std::fs::write(std::path::Path::new(&dir).join(name), &k.ptx).unwrap();
+                            let dir = std::path::Path::new(&dir);
+                            std::fs::write(dir.join(&name), &k.ptx).unwrap();
+                            // (the same binding without the option, to compare)
+                            std::fs::write(dir.join(format!("plain_{name}")), &k0.ptx).unwrap();
                         }
                         kernels += 1;
                     }
