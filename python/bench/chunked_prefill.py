@@ -6,10 +6,11 @@ whole batch in one launch of the prefill kernel, each CTA reading its length, wh
 wins; else the split-KV kernel), next to SDPA cuDNN and flash on the same keys
 (q ``[B, Hq, Lq, D]``, K/V ``[B, Hkv, Lkv, D]``, enable_gqa; causal: torch's
 ``causal_lower_right``, the chunk's own alignment). CUDA events, min of 3 x ``iters``
-calls after warm-ups, bf16 D128; TFLOP/s count 4 B Hq Lq Lkv D (every key of every row).
+calls after warm-ups, bf16 D128; TFLOP/s count 4 Hq Lq D x the sum of the lengths (every
+key of every row).
 Each attnc result is checked against SDPA's (max abs difference printed).
 
-usage: python3 chunked_prefill.py [--examples DIR] [--rounds R] [--only LABELS] B,HQ,HKV,LQ,LKV ...
+usage: python3 chunked_prefill.py [--examples DIR] [--rounds R] [--only LABELS] [--vary] B,HQ,HKV,LQ,LKV ...
 """
 
 import argparse
@@ -46,6 +47,8 @@ def main():
     ap.add_argument("--examples", default=str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
     ap.add_argument("--rounds", type=int, default=1, help="rounds over the configurations, order rotated; min reported")
     ap.add_argument("--only", default="", help="comma-separated configuration labels (host_lens, device_lens, ...)")
+    ap.add_argument("--vary", action="store_true",
+                    help="each sequence its own length (Lkv down to ~Lkv/2); attnc only, results against the host-lengths call")
     ap.add_argument("shapes", nargs="+")
     a = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
@@ -58,14 +61,23 @@ def main():
         k = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
         v = torch.randn(b, hkv, lkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
         host = torch.full((b,), lkv, dtype=torch.int32)
+        if a.vary:
+            # lengths from Lkv down to about Lkv / 2, every sequence its own (the host
+            # runs are one sequence each)
+            host = torch.tensor([lkv - (i * 977) % max(1, lkv // 2) for i in range(b)], dtype=torch.int32)
         dev = host.cuda()
         # the same keys in paged caches of pages of 128 and 16 rows, pages shuffled
         kc, vc, table = paged(k, v, 128, g)
         kc16, vc16, table16 = paged(k, v, 16, g)
-        tf = 4 * b * hq * lq * lkv * D / 1e12
+        tf = 4 * hq * lq * int(host.sum()) * D / 1e12
         for kind, attn in attns.items():
             mask = None if kind == "dense" else causal_lower_right(lq, lkv)
-            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            if a.vary:
+                # (no SDPA anchor over varying lengths: every result against the host-lengths
+                # call's)
+                ref = attn.decode(q, k, v, host)
+            else:
+                ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             out = []
             configs = [("host_lens", host, k, v, None), ("device_lens", dev, k, v, None),
                        ("paged128_host_lens", host, kc, vc, table),
@@ -88,7 +100,7 @@ def main():
                 ms, (path, diff) = best[label], seen[label]
                 out.append(f"attnc_{label} ({path}) {ms * 1e3:.1f} us {tf / ms * 1e3:.0f} TFLOP/s maxdiff {diff:.3g}")
             sdpa = [("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)]
-            for name, be in sdpa if kind == "dense" else [("sdpa_causal_lr", None)]:
+            for name, be in [] if a.vary else sdpa if kind == "dense" else [("sdpa_causal_lr", None)]:
                 def call(be=be):
                     if be is None:
                         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)

@@ -858,7 +858,8 @@ type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool
 /// -inf), exactly Lq, full, and one past the capacity on the device (counted as the
 /// capacity), Lq 128 and 200, GQA 4:1 and 1:1, bf16 and f16, dense, causal, a sliding
 /// window (a param), ALiBi and a soft-cap score, against the oracle, O poisoned first,
-/// twice bit-identical; the rule sends a small batch to the split-KV kernels (masks over
+/// twice bit-identical; at D64 (f16) dense and causal too (a sliding window's D64 kernel
+/// cannot read the cache in place: the split-KV kernels); the rule sends a small batch to the split-KV kernels (masks over
 /// captured tensors, whose kernels read block tables, keep them too: the Python package's
 /// `test_chunked_prefill_with_host_lengths` checks documents on this path).
 fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
@@ -930,6 +931,33 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
                 lse2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 "{what}: LSE twice"
             );
+        }
+    }
+    // D64 (f16): dense and causal on the warp-specialized kernel (dense: three consumer
+    // warpgroups on q tiles of 192); a sliding window, whose D64 forward is another kernel,
+    // cannot read the cache in place: the split-KV kernels
+    for (name, window, want_path) in [
+        ("dense", None, "prefill"),
+        ("causal", None, "prefill"),
+        ("sliding_window", Some(70), "split-kv-mma"),
+    ] {
+        let compiled = example(name);
+        let program = compiled.names()[0].to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for page in [None, Some(16)] {
+            let sl = vec![300, 150, 0, 257];
+            let mut c = case_as(DType::F16, &mut rng, 4, 8, 2, 200, 64, 300, sl, page);
+            nan_past_lengths(&mut c);
+            let (caps, params) = window_params(window);
+            let what = format!("caller device lengths d64 {name} page {page:?}");
+            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+            o.decode.prefill = Some(true);
+            let mut bound = variant.bind(o).unwrap();
+            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, true, &what);
+            assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
+            close_to_oracle(&what, &c, &o, &lse, &want);
         }
     }
     // the rule (not forced): 4 sequences x 8 heads x one tile of 128 rows fill less than
