@@ -308,8 +308,8 @@ class Attention:
             if isinstance(x, torch.Tensor) and not _ops._same_device(x, q):
                 raise _ops._device_error(name, x, q)
         cuda = q.is_cuda
-        if cuda and not oracle and q.dim() == 4 and v_cache.dim() == 4 and _attnc.decode_cuda_applies(
-                q.shape[2], q.shape[3], v_cache.shape[3]):
+        if cuda and not oracle and q.dim() == 4 and v_cache.dim() == 4 and self._zero_copy(
+                q, k_cache, v_cache, page_table, scale):
             o, lse = self._decode_cuda(q, k_cache, v_cache, seq_lens, page_table, scale, captures)
             return (o, lse) if return_lse else o
         host = lambda x: x.detach().to("cpu").contiguous()  # noqa: E731
@@ -328,6 +328,29 @@ class Attention:
         if cuda:
             o, lse = o.to(q.device), lse.to(q.device)
         return (o, lse) if return_lse else o
+
+    def _zero_copy(self, q, k_cache, v_cache, page_table, scale):
+        """Whether a CUDA decode call runs zero-copy (``_decode_cuda``): the split-KV
+        kernels' shapes (``decode_cuda_applies``), and chunked prefill at head dim 256
+        where this attention's prefill kernel reads the cache in place (sm_90, a
+        closed-form mask: the binding says, asked once per shape); else host copies."""
+        lq, d, dv = q.shape[2], q.shape[3], v_cache.shape[3]
+        if _attnc.decode_cuda_applies(lq, d, dv):
+            return True
+        if lq <= 16 or d != 256 or dv != 256:
+            return False
+        key = ("takes", q.shape, k_cache.shape, v_cache.shape, None if page_table is None else page_table.shape,
+               q.dtype, q.get_device(), scale)
+        takes = self._decode_ws.get(key)
+        if takes is None:
+            try:
+                takes = bool(self._inner.decode_cuda_takes(q, k_cache, v_cache, page_table, scale))
+            except AttncError:
+                takes = False  # (the host path reports what is wrong with the call)
+            if len(self._decode_ws) >= 64:
+                self._decode_ws.clear()
+            self._decode_ws[key] = takes
+        return takes
 
     def _decode_cuda(self, q, k_cache, v_cache, seq_lens, page_table, scale, captures):
         """Zero-copy CUDA decoding (see ``decode``): every buffer allocated here by torch on

@@ -1459,6 +1459,27 @@ impl Attention {
         })
     }
 
+    /// Whether zero-copy CUDA decoding (`decode_cuda`) runs calls of this shape on this
+    /// binding (`Bound::decode_cuda_takes`): every shape `decode_cuda_applies` names, and
+    /// chunked prefill at head dim 256 where the prefill kernel reads the cache in place
+    /// (sm_90, a closed-form mask). Binds on first use.
+    #[pyo3(signature = (q, k_cache, v_cache, page_table, scale))]
+    fn decode_cuda_takes(
+        &self,
+        py: Python<'_>,
+        q: &Bound<'_, PyAny>,
+        k_cache: &Bound<'_, PyAny>,
+        v_cache: &Bound<'_, PyAny>,
+        page_table: Option<Bound<'_, PyAny>>,
+        scale: Option<f64>,
+    ) -> PyResult<bool> {
+        guard(py, || {
+            self.cache_bound(py, (q, k_cache, v_cache, page_table), scale, |bound, c| {
+                bound.decode_cuda_takes(c.layout)
+            })
+        })
+    }
+
     /// Zero-copy CUDA decoding on `stream` (torch's current stream of q's device): reads
     /// q, the caches, `seq_lens` (int32 `[B]`) and the page table (int32 `[B,
     /// max_pages]`, or None), writes o, lse and the workspace (`workspace`: float32

@@ -707,6 +707,42 @@ def test_chunked_prefill_with_host_lengths_d64(file, name, path):
     check(po, plse, ro, rlse, torch.bfloat16)
 
 
+@pytest.mark.parametrize("file,name", [("softcap_sliding.attn", None), ("causal.attn", None)])
+def test_chunked_prefill_head_dim_256_zero_copy(file, name):
+    """Chunked prefill at head dim 256 (Gemma's; no split-KV kernel takes it above 16 rows)
+    runs zero-copy on the prefill kernel: with ``seq_lens`` on the GPU the whole batch in
+    one launch that reads the lengths (no synchronization: torch's sync debug mode raises
+    on any), with them on the CPU the batched runs; path "prefill", against the oracle;
+    a sequence shorter than Lq. A mask over captured tensors (documents) at D256 takes
+    the host copies as before, also against the oracle."""
+    attn, q, k, v, caps = _decode_case(file=file, name=name, b=3, hq=4, hkv=2, lq=96, lkv=400, d=256, seed=19)
+    if "window" in caps:
+        caps["window"] = 150
+    for lens in ([400, 60, 333], [400, 400, 400]):
+        dev_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        ref = attn.decode(q, k, v, dev_lens, **caps)  # warm-up: JIT, the stream's buffers
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            o, lse = attn.decode(q, k, v, dev_lens, return_lse=True, **caps)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+        assert torch.equal(o, ref)
+        assert attn._inner.decode_path(q, k, v, None, None) == "prefill"
+        ro, rlse = attn.reference_decode(q, k, v, dev_lens, **caps)
+        check(o, lse, ro, rlse, torch.bfloat16)
+        ho, hlse = attn.decode(q, k, v, dev_lens.cpu(), return_lse=True, **caps)
+        assert attn._inner.decode_path(q, k, v, None, None) == "prefill"
+        check(ho, hlse, ro, rlse, torch.bfloat16)
+    docs, dq, dk, dv_, dcaps = _decode_case(file="document_causal.attn", name="document_causal", b=2, hq=4, hkv=2,
+                                            lq=96, lkv=400, d=256, seed=21)
+    dl = torch.tensor([400, 200], dtype=torch.int32, device="cuda")
+    o, lse = docs.decode(dq, dk, dv_, dl, return_lse=True, **dcaps)
+    ro, rlse = docs.reference_decode(dq, dk, dv_, dl, **dcaps)
+    check(o, lse, ro, rlse, torch.bfloat16)
+
+
 def test_decode_in_cuda_graph():
     """A decode step captured in a CUDA graph: replays read the new q, cache contents and
     sequence lengths written in place (the reachable ranges are computed on the device

@@ -583,7 +583,8 @@ fn caller_decode(
         .upload_u16(&vec![o_fill; s.b * s.hq * s.lq * s.dv])
         .unwrap();
     let lse: CudaSlice<f32> = dev.upload(&vec![lse_fill; s.b * s.hq * s.lq]).unwrap();
-    let part: CudaSlice<f32> = dev.zeros(ws.part_o + ws.part_lse).unwrap();
+    // (no partials where the prefill kernel alone takes the shape: one word all the same)
+    let part: CudaSlice<f32> = dev.zeros((ws.part_o + ws.part_lse).max(1)).unwrap();
     let ranges: CudaSlice<i32> = dev.zeros(ws.ranges).unwrap();
     let st = q.stream().clone();
     let bufs = DeviceDecodeBuffers {
@@ -859,7 +860,9 @@ type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool
 /// capacity), Lq 128 and 200, GQA 4:1 and 1:1, bf16 and f16, dense, causal, a sliding
 /// window (a param), ALiBi and a soft-cap score, against the oracle, O poisoned first,
 /// twice bit-identical; at D64 (f16) dense and causal too (a sliding window's D64 kernel
-/// cannot read the cache in place: the split-KV kernels); the rule sends a small batch to the split-KV kernels (masks over
+/// cannot read the cache in place: the split-KV kernels); at D256 (no split-KV kernel
+/// above 16 rows) causal and soft-cap + sliding window on this path and, with the lengths
+/// also on the host, on the batched runs (documents refused: `decode_cuda_takes`); the rule sends a small batch to the split-KV kernels (masks over
 /// captured tensors, whose kernels read block tables, keep them too: the Python package's
 /// `test_chunked_prefill_with_host_lengths` checks documents on this path).
 fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
@@ -959,6 +962,67 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
             assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
             close_to_oracle(&what, &c, &o, &lse, &want);
         }
+    }
+    // head dim 256 (Gemma's; no split-KV kernel above 16 rows): the prefill kernel alone,
+    // with the lengths on the device (whatever the rule or `DecodeTuning::prefill`) and,
+    // with them also on the host, the batched runs; causal and Gemma 2's soft-cap +
+    // sliding window, contiguous and paged (pages of 64); a mask over captured tensors
+    // cannot run here (`decode_cuda_takes` says so, the call is refused)
+    for (name, program, window) in [("causal", None, None), ("softcap_sliding", None, Some(90))] {
+        let compiled = example(name);
+        let program = program.unwrap_or(compiled.names()[0]).to_string();
+        let variant = compiled.attention(&program).unwrap();
+        for page in [None, Some(64)] {
+            for host in [false, true] {
+                let sl = if host {
+                    vec![300, 300, 250, 280]
+                } else {
+                    vec![300, 40, 0, 257]
+                };
+                let mut c = case_as(DType::BF16, &mut rng, 4, 4, 2, 160, 256, 300, sl, page);
+                nan_past_lengths(&mut c);
+                let (caps, params) = window_params(window);
+                let what = format!("caller d256 {name} page {page:?} host {host}");
+                let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
+                    .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+                let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+                // (the rule and the tuning cannot send D256 to a split-KV kernel)
+                o.decode.prefill = Some(false);
+                let mut bound = variant.bind(o).unwrap();
+                assert!(bound.decode_cuda_takes(c.shape.layout).unwrap(), "{what}");
+                let lens = if host {
+                    Lens::Host(&c.seq_lens)
+                } else {
+                    Lens::Device
+                };
+                let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
+                assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
+                close_to_oracle(&what, &c, &o, &lse, &want);
+            }
+        }
+    }
+    {
+        let compiled = example("document_causal");
+        let variant = compiled.attention("document_causal").unwrap();
+        let c = case_as(
+            DType::BF16,
+            &mut rng,
+            2,
+            4,
+            2,
+            160,
+            256,
+            300,
+            vec![300, 200],
+            None,
+        );
+        let mut bound = variant
+            .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
+            .unwrap();
+        assert!(
+            !bound.decode_cuda_takes(c.shape.layout).unwrap(),
+            "d256 documents"
+        );
     }
     // the rule (not forced): 4 sequences x 8 heads x one tile of 128 rows fill less than
     // half of the GPU's SMs: the split-KV kernels

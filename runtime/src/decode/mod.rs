@@ -596,9 +596,29 @@ impl Bound {
         &mut self,
         shape: &DecodeShape,
         capture: bool,
+        only: bool,
+    ) -> Result<Option<(Shape, Option<u32>)>> {
+        let plan = self.device_prefill_plan(shape, capture, only)?;
+        if plan.is_some()
+            && let DecodeState::Cuda { path, .. } = self.decode_state()?
+        {
+            *path = Some("prefill");
+        }
+        Ok(plan)
+    }
+
+    /// [`Self::caller_prefill_device`]'s decision without recording the path; `only`: no
+    /// split-KV kernel takes the shape (chunked prefill at head dim 256), so neither the
+    /// rule nor `DecodeTuning::prefill` can send it elsewhere.
+    pub(crate) fn device_prefill_plan(
+        &mut self,
+        shape: &DecodeShape,
+        capture: bool,
+        only: bool,
     ) -> Result<Option<(Shape, Option<u32>)>> {
         let opts = self.options().clone();
-        if opts.checked || shape.lq <= gpu::MAX_LQ || opts.decode.prefill == Some(false) {
+        if opts.checked || shape.lq <= gpu::MAX_LQ || (!only && opts.decode.prefill == Some(false))
+        {
             return Ok(None);
         }
         let dev = crate::exec::cuda::cuda_device_at(opts.device)?;
@@ -615,7 +635,10 @@ impl Bound {
             }
             CacheLayout::Contiguous { .. } => None,
         };
-        if opts.decode.prefill.is_none() && !cuda::prefill_device_wins(shape, dev.sms() as usize) {
+        if !only
+            && opts.decode.prefill.is_none()
+            && !cuda::prefill_device_wins(shape, dev.sms() as usize)
+        {
             return Ok(None);
         }
         let bshape = Shape {
@@ -627,7 +650,7 @@ impl Bound {
             d: shape.d,
             dv: shape.dv,
         };
-        let DecodeState::Cuda { state, path, .. } = self.decode_state()? else {
+        let DecodeState::Cuda { state, .. } = self.decode_state()? else {
             return Ok(None);
         };
         let producers = cuda::producers_of(&opts, page_shift);
@@ -639,7 +662,6 @@ impl Bound {
                 return Ok(None);
             }
         }
-        *path = Some("prefill");
         Ok(Some((bshape, page_shift)))
     }
 

@@ -244,14 +244,17 @@ fn forward_options_for(
         // the dynamic tile scheduler: the sequences' lengths, hence the tiles' work,
         // differ (and the kernel's pieces cannot be cut from the capacity); unless
         // `ATTNC_FWD_PERSISTENT` says otherwise (measurements)
-        if std::env::var_os("ATTNC_FWD_PERSISTENT").is_none() {
+        // (head dim 256: one CTA per tile, as its forward runs — no room for a second Q
+        // buffer, the persistent kernels not measured there)
+        let small = popts.d.max(popts.dv) <= 128;
+        if small && std::env::var_os("ATTNC_FWD_PERSISTENT").is_none() {
             popts.persistent = true;
             popts.dynamic_tiles = true;
         }
         popts.tail_split = false;
         popts.q_ahead = false;
         popts.cross_tile = false;
-        popts.q_double = true;
+        popts.q_double = popts.persistent && small;
     }
     Ok(popts)
 }
@@ -754,8 +757,8 @@ mod tests {
 
     /// Chunked prefill with the lengths on the device (`BindOptions::device_lens`, on
     /// `decode::device_offset_program`), as the runtime configures it: for every example's
-    /// attentions, D64 and D128, contiguous and paged, the options say so (the `__q0`
-    /// param, the dynamic scheduler, no kv split) and the kernel generates twice
+    /// attentions, D64, D128 and D256, contiguous and paged, the options say so (the `__q0`
+    /// param, the dynamic scheduler up to D128 and one CTA per tile at D256, no kv split) and the kernel generates twice
     /// identically, reading `SeqLens` and, at the same shape without the option, not;
     /// masks over captured tensors (block tables) and D64's bands are refused, and
     /// [`cache_forward_applies`] agrees.
@@ -774,7 +777,7 @@ mod tests {
                 let dp = attnc_compiler::decode::device_offset_program(&p);
                 let plan = Plan::new(&dp);
                 let q0 = dp.params.iter().position(|x| x.name == "__q0").unwrap();
-                for d in [64, 128] {
+                for d in [64, 128, 256] {
                     for paged in [false, true] {
                         let shape = Shape {
                             b: 8,
@@ -798,7 +801,9 @@ mod tests {
                         };
                         assert!(plan.kv_bounds(false).is_closed_form(), "{what}");
                         assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
-                        assert!(popts.persistent && popts.dynamic_tiles, "{what}");
+                        // (head dim 256: one CTA per tile, as its forward)
+                        assert_eq!(popts.persistent, d <= 128, "{what}");
+                        assert_eq!(popts.dynamic_tiles, d <= 128, "{what}");
                         assert!(!popts.tail_split && !popts.q_ahead, "{what}");
                         let emit = || {
                             spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)

@@ -59,6 +59,19 @@ pub fn decode_cuda_applies(lq: usize, d: usize, dv: usize) -> bool {
     split_kv_applies(&probe, crate::DType::BF16, false)
 }
 
+/// Chunked prefill at head dim 256 (Lq > 16, `D = Dv = 256`, bf16/f16, fast mode): no
+/// split-KV kernel takes it, the prefill kernel alone does on caller buffers — the
+/// device-lengths launch (`Bound::caller_prefill_device`: sm_90, a closed-form mask) or,
+/// with the lengths also on the host, the batched runs ([`Bound::decode_cuda_takes`]
+/// says whether a binding can).
+fn prefill_only(shape: &DecodeShape, dtype: crate::DType, checked: bool) -> bool {
+    shape.lq > crate::decode::SPLIT_KV_MAX_LQ
+        && shape.d == 256
+        && shape.dv == 256
+        && matches!(dtype, crate::DType::BF16 | crate::DType::F16)
+        && !checked
+}
+
 impl Bound {
     /// The decode shape of a caller-buffer decode call with `layout`, checked against the
     /// binding (capacity, head dims, mode).
@@ -90,9 +103,11 @@ impl Bound {
                 ),
             }));
         }
-        if !split_kv_applies(&shape, opts.dtype, opts.checked) {
+        if !split_kv_applies(&shape, opts.dtype, opts.checked)
+            && !prefill_only(&shape, opts.dtype, opts.checked)
+        {
             return Err(Error::Usage(format!(
-                "decoding on caller buffers runs the split-KV kernels: D = Dv in {{64, 128}} (any Lq) or {{32, 256}} (Lq <= 16), bf16/f16, fast mode (this binding: Lq {} D {} Dv {} {}{}); use forward_with_cache",
+                "decoding on caller buffers runs the split-KV kernels: D = Dv in {{64, 128}} (any Lq) or {{32, 256}} (Lq <= 16), bf16/f16, fast mode, or the prefill kernel at D = Dv = 256 above 16 rows (this binding: Lq {} D {} Dv {} {}{}); use forward_with_cache",
                 s.lq,
                 s.d,
                 s.dv,
@@ -103,32 +118,56 @@ impl Bound {
         Ok(shape)
     }
 
-    /// The decode shape, launch geometry and kernels of a caller-buffer decode call.
+    /// The decode shape, and the launch geometry and kernels of the split-KV kernels
+    /// (`None` for a shape only the prefill kernel takes: [`prefill_only`]) of a
+    /// caller-buffer decode call.
     fn decode_setup(
         &mut self,
         layout: CacheLayout,
-    ) -> Result<(DecodeShape, DecodeGeometry, DecodeModule)> {
+    ) -> Result<(DecodeShape, Option<(DecodeGeometry, DecodeModule)>)> {
         let shape = self.caller_decode_shape(layout)?;
         let opts = self.options().clone();
+        if !split_kv_applies(&shape, opts.dtype, opts.checked) {
+            return Ok((shape, None));
+        }
         let s = opts.shape;
         let module = self.split_kv_module(&shape)?;
         // sized from the capacity: the sequences' lengths stay on the device
         let full: Vec<i32> = (0..s.b).flat_map(|_| [0, s.lkv as i32]).collect();
         let geom = split_kv_geometry(&shape, &full, self.scale(), &opts.decode);
-        Ok((shape, geom, module))
+        Ok((shape, Some((geom, module))))
     }
 
     /// CUDA backend, a binding for a cache: the workspace a [`Self::decode_cuda_into`]
-    /// call with this layout needs (it depends on the shape and layout only). Loads the
-    /// decode kernels on first use.
+    /// call with this layout needs (it depends on the shape and layout only; none for
+    /// the split-KV kernels' partials where only the prefill kernel takes the shape:
+    /// chunked prefill at head dim 256). Loads the decode kernels on first use.
     pub fn decode_cuda_workspace(&mut self, layout: CacheLayout) -> Result<DecodeWorkspace> {
-        let (shape, geom, module) = self.decode_setup(layout)?;
-        let (part_o, part_lse) = module.workspace(&geom);
+        let (shape, split) = self.decode_setup(layout)?;
+        let (part_o, part_lse) = split.map_or((0, 0), |(geom, module)| module.workspace(&geom));
         Ok(DecodeWorkspace {
             part_o,
             part_lse,
             ranges: 3 * shape.b,
         })
+    }
+
+    /// CUDA backend: whether [`Self::decode_cuda_into`] runs calls with this layout on
+    /// this binding — every shape the split-KV kernels take; chunked prefill at head dim
+    /// 256 only where the prefill kernel reads the cache in place with the lengths on the
+    /// device (sm_90, a closed-form mask, the warp-specialized kernel). `false` for
+    /// other shapes (checked mode, other head dims, masks over captured tensors at D256):
+    /// `forward_with_cache` on host tensors runs those. Binds the kernels' variant on
+    /// first use.
+    pub fn decode_cuda_takes(&mut self, layout: CacheLayout) -> Result<bool> {
+        let Ok(shape) = self.caller_decode_shape(layout) else {
+            return Ok(false);
+        };
+        let opts = self.options().clone();
+        if split_kv_applies(&shape, opts.dtype, opts.checked) {
+            return Ok(true);
+        }
+        Ok(self.device_prefill_plan(&shape, false, true)?.is_some())
     }
 
     /// CUDA backend: enqueues attention of q's new rows against a KV cache in the
@@ -162,12 +201,14 @@ impl Bound {
         stream: u64,
     ) -> Result<()> {
         let mut laps = Laps::start();
-        let (shape, geom, module) = self.decode_setup(layout)?;
+        let (shape, split) = self.decode_setup(layout)?;
         laps.lap(Stage::Setup);
         let logical = shape.logical();
         let (bindings, ptrs) = device_bindings(self.variant(), &logical, tensors, params)?;
         let e = self.options().dtype.size();
-        let (part_o, part_lse) = module.workspace(&geom);
+        let (part_o, part_lse) = split
+            .as_ref()
+            .map_or((0, 0), |(geom, module)| module.workspace(geom));
         let cache_rows = match layout {
             CacheLayout::Contiguous { lkv_max } => shape.b * lkv_max,
             CacheLayout::Paged {
@@ -193,10 +234,15 @@ impl Bound {
             words(Buf::input("seq_lens", bufs.seq_lens, 4 * shape.b), 4),
             Buf::output("o", bufs.o, rows * shape.dv * e),
             words(Buf::output("lse", bufs.lse, 4 * rows), 4),
-            Buf::output("part_o", bufs.part_o, 4 * part_o),
-            words(Buf::output("part_lse", bufs.part_lse, 4 * part_lse), 4),
-            words(Buf::output("ranges", bufs.ranges, 12 * shape.b), 8),
         ];
+        // (the split-KV kernels' workspace; unread where the prefill kernel alone runs)
+        if split.is_some() {
+            all.extend([
+                Buf::output("part_o", bufs.part_o, 4 * part_o),
+                words(Buf::output("part_lse", bufs.part_lse, 4 * part_lse), 4),
+                words(Buf::output("ranges", bufs.ranges, 12 * shape.b), 8),
+            ]);
+        }
         match (layout, bufs.page_table) {
             (CacheLayout::Paged { max_pages, .. }, Some(t)) => {
                 all.push(words(
@@ -221,7 +267,9 @@ impl Bound {
         laps.lap(Stage::Buffers);
         // chunked prefill: the whole batch in one launch of the prefill kernel, which
         // reads the lengths on the device (`Bound::caller_prefill_device`)
-        if let Some((bshape, page_shift)) = self.caller_prefill_device(&shape, capture)? {
+        if let Some((bshape, page_shift)) =
+            self.caller_prefill_device(&shape, capture, split.is_none())?
+        {
             let mut p = params.clone();
             for name in OFFSET_PARAMS {
                 p.insert(name.to_string(), ParamValue::I32(0));
@@ -268,6 +316,16 @@ impl Bound {
                 message: e.to_string(),
             })?;
         laps.lap(Stage::Skip);
+        let Some((geom, module)) = split else {
+            return Err(Error::Usage(format!(
+                "chunked prefill at head dim 256 on caller buffers runs the prefill kernel with the lengths on the device, which needs sm_90, a closed-form mask (not one over captured tensors), a contiguous cache or pages of at least 16 rows{}; use forward_with_cache (decode_cuda_takes says which calls run here)",
+                if capture {
+                    ", and outside a graph capture a first call that made its binding"
+                } else {
+                    ""
+                }
+            )));
+        };
         let capacity = shape.capacity();
         let (exec, _, variant, _) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
