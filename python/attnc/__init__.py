@@ -247,13 +247,17 @@ class Attention:
         cache's capacity). Rows at negative positions give o = 0, lse = -inf. Returns o
         ``[B, Hq, Lq, Dv]`` (and lse ``[B, Hq, Lq]`` with ``return_lse``).
 
-        CPU: float32. CUDA: bfloat16/float16. For D = Dv in {64, 128} at any Lq (Lq > 16:
-        chunked prefill against the cache, on the tensor-core split-KV kernel) and D = Dv
+        CPU: float32. CUDA: bfloat16/float16. For D = Dv in {64, 128} at any Lq and D = Dv
         in {32, 256} at Lq <= 16, zero-copy on torch's current stream of q's device: the
         split-KV kernel (each CTA computing its sequence's reachable keys from ``seq_lens``
         on the device) and its combine; outputs and workspace are allocated by torch; no host
         round trip, no synchronization (a warmed-up call can be captured in a CUDA
-        graph). There ``seq_lens`` and ``page_table`` are never read on the host: a
+        graph). Chunked prefill (Lq >= 128 where the launch fills the GPU; any Lq > 16 at
+        D = Dv = 256, which no split-KV kernel takes) with a mask that is a closed form of
+        the positions (causal, sliding windows, ALiBi, soft-cap, ...) runs on the
+        warp-specialized prefill kernel instead (sm_90), the whole batch in one launch whose
+        CTAs read their lengths from ``seq_lens`` on the device, at the speed of the batched
+        runs below. There ``seq_lens`` and ``page_table`` are never read on the host: a
         length beyond the cache counts as its capacity (a negative one as 0), a page id
         outside the cache is clamped (never read out of bounds; ``reference_decode`` or
         the CPU report them). ``seq_lens`` may instead be a CPU tensor: its lengths are
