@@ -178,16 +178,15 @@ impl CudaState {
 
     /// Whether a binding for `shape` exists already (made by an earlier call: a stream
     /// capturing a graph cannot make one).
-    pub(crate) fn has_bound(&self, shape: Shape, producers: u8, device_lens: bool) -> bool {
-        self.bound.contains_key(&(
-            Shape {
-                b: 0,
-                lkv: 0,
-                ..shape
-            },
-            producers,
-            device_lens,
-        )) || self.bound.contains_key(&(shape, producers, device_lens))
+    pub(crate) fn has_bound(
+        &self,
+        opts: &BindOptions,
+        shape: Shape,
+        page_shift: Option<u32>,
+        device_lens: bool,
+    ) -> bool {
+        self.bound
+            .contains_key(&bound_key(opts, shape, page_shift, device_lens))
     }
 
     /// The inputs of `run`: its sequences' live rows of q and reachable K/V rows of every
@@ -264,20 +263,8 @@ impl CudaState {
         page_shift: Option<u32>,
         device_lens: bool,
     ) -> Result<&mut Bound> {
-        let producers = producers_of(opts, page_shift);
-        let key = if opts.decode.rebind_runs {
-            (shape, producers, device_lens)
-        } else {
-            (
-                Shape {
-                    b: 0,
-                    lkv: 0,
-                    ..shape
-                },
-                producers,
-                device_lens,
-            )
-        };
+        let key = bound_key(opts, shape, page_shift, device_lens);
+        let producers = key.1;
         if let Some(b) = self.bound.get_mut(&key)
             && !b.reshape(shape)?
         {
@@ -380,6 +367,27 @@ pub(crate) struct HostCall<'a> {
     pub v: &'a Tensor,
     pub page_table: &'a [i32],
     pub captures: &'a Captures,
+}
+
+/// The key of a binding in [`CudaState`]'s map: its shape without B and Lkv (which a
+/// binding is pointed at per call, `Bound::reshape`) unless `DecodeTuning::rebind_runs`,
+/// its producer threads, and whether it reads the lengths on the device.
+fn bound_key(
+    opts: &BindOptions,
+    shape: Shape,
+    page_shift: Option<u32>,
+    device_lens: bool,
+) -> (Shape, u8, bool) {
+    let shape = if opts.decode.rebind_runs {
+        shape
+    } else {
+        Shape {
+            b: 0,
+            lkv: 0,
+            ..shape
+        }
+    };
+    (shape, producers_of(opts, page_shift), device_lens)
 }
 
 /// The producer threads of a binding's kernel: 0 for a contiguous cache, else the

@@ -653,8 +653,7 @@ impl Bound {
         let DecodeState::Cuda { state, .. } = self.decode_state()? else {
             return Ok(None);
         };
-        let producers = cuda::producers_of(&opts, page_shift);
-        if !state.has_bound(bshape, producers, true) {
+        if !state.has_bound(&opts, bshape, page_shift, true) {
             if capture {
                 return Ok(None);
             }
@@ -665,33 +664,23 @@ impl Bound {
         Ok(Some((bshape, page_shift)))
     }
 
-    /// The prefill kernel's binding of the device-lengths form for a whole batch of
-    /// `shape` ([`Self::caller_prefill_device`]), made on first use.
-    pub(crate) fn prefill_device_bound(
+    /// The prefill kernel's binding of the position-offset program for a run of `shape`,
+    /// or with `device_lens` of its device-lengths form for a whole batch
+    /// ([`Self::caller_prefill_device`]); made on first use, kept per shape
+    /// (`cuda::CudaState::bound`); `page_shift`: it reads a paged cache of pages of
+    /// `2^page_shift` rows in place (`BindOptions::kv_pages`).
+    pub(crate) fn prefill_bound(
         &mut self,
         shape: Shape,
         page_shift: Option<u32>,
+        device_lens: bool,
     ) -> Result<&mut Bound> {
         let opts = self.options().clone();
         let scale = self.scale();
         match self.decode_state()? {
-            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift, true),
-            _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
-        }
-    }
-
-    /// The prefill kernel's binding of the position-offset program for a run of `shape`
-    /// (made on first use, kept per shape: `cuda::CudaState::bound`); `page_shift`: it reads
-    /// a paged cache of pages of `2^page_shift` rows in place (`BindOptions::kv_pages`).
-    pub(crate) fn prefill_run_bound(
-        &mut self,
-        shape: Shape,
-        page_shift: Option<u32>,
-    ) -> Result<&mut Bound> {
-        let opts = self.options().clone();
-        let scale = self.scale();
-        match self.decode_state()? {
-            DecodeState::Cuda { state, .. } => state.bound(&opts, scale, shape, page_shift, false),
+            DecodeState::Cuda { state, .. } => {
+                state.bound(&opts, scale, shape, page_shift, device_lens)
+            }
             _ => Err(Error::Usage("the prefill runs run CUDA bindings".into())),
         }
     }

@@ -680,6 +680,21 @@ mod tests {
     use attnc_compiler::backend::llvm::{Arch, EmitText, spec};
     use attnc_compiler::shape::Shape;
 
+    /// Every attention program of `examples/`.
+    fn example_programs() -> Vec<attnc_compiler::ir::Program> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "attn") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            out.extend(attnc_compiler::compile_source(&src).unwrap().programs);
+        }
+        out
+    }
+
     /// Chunked prefill's paged runs as the runtime configures their kernel
     /// ([`forward_options_for`] with `kv_pages`, on the position-offset program a run
     /// binds): for every example's attentions, D64 and D128, with one, two and four
@@ -691,64 +706,56 @@ mod tests {
     /// and [`cache_forward_applies`] says no.
     #[test]
     fn paged_runs_kernels_generate_for_every_producer_count() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let (mut kernels, mut refused) = (0, 0);
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.extension().is_none_or(|x| x != "attn") {
-                continue;
-            }
-            let src = std::fs::read_to_string(&path).unwrap();
-            for p in attnc_compiler::compile_source(&src).unwrap().programs {
-                let plan = Plan::new(&attnc_compiler::decode::offset_program(&p));
-                for d in [64, 128] {
-                    let shape = Shape {
-                        b: 8,
-                        hq: 32,
-                        hkv: 8,
-                        lq: 256,
-                        lkv: 8192,
-                        d,
-                        dv: d,
-                    };
-                    let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
-                    o.kv_pages = true;
-                    let mut seen = Vec::new();
-                    for (n, want) in [(0, 2), (1, 1), (2, 2), (4, 4)] {
-                        o.decode.paged_producers = n;
-                        let what = format!("{} d{d} producers {n}", p.name);
-                        let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
-                        let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
-                        // (a plan whose forward is not the warp-specialized kernel here:
-                        // refused, and the runs say so before they bind)
-                        assert_eq!(applies, got.is_ok(), "{what}");
-                        let Ok(popts) = got else {
-                            refused += 1;
-                            continue;
-                        };
-                        assert_eq!(popts.producers, want, "{what}");
-                        let (k, _) =
-                            spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
-                                .unwrap_or_else(|e| panic!("{what}: {e}"));
-                        seen.push((n, k));
-                        kernels += 1;
-                    }
-                    let Some((_, default)) = seen.first() else {
+        for p in example_programs() {
+            let plan = Plan::new(&attnc_compiler::decode::offset_program(&p));
+            for d in [64, 128] {
+                let shape = Shape {
+                    b: 8,
+                    hq: 32,
+                    hkv: 8,
+                    lq: 256,
+                    lkv: 8192,
+                    d,
+                    dv: d,
+                };
+                let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+                o.kv_pages = true;
+                let mut seen = Vec::new();
+                for (n, want) in [(0, 2), (1, 1), (2, 2), (4, 4)] {
+                    o.decode.paged_producers = n;
+                    let what = format!("{} d{d} producers {n}", p.name);
+                    let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+                    let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+                    // (a plan whose forward is not the warp-specialized kernel here:
+                    // refused, and the runs say so before they bind)
+                    assert_eq!(applies, got.is_ok(), "{what}");
+                    let Ok(popts) = got else {
+                        refused += 1;
                         continue;
                     };
-                    for (n, k) in &seen[1..] {
-                        let what = format!("{} d{d} producers {n}", p.name);
-                        assert_eq!(
-                            (&k.spec.params, k.spec.smem_bytes, k.spec.threads),
-                            (
-                                &default.spec.params,
-                                default.spec.smem_bytes,
-                                default.spec.threads
-                            ),
-                            "{what}"
-                        );
-                        assert_eq!(k.ptx == default.ptx, *n == 2, "{what}");
-                    }
+                    assert_eq!(popts.producers, want, "{what}");
+                    let (k, _) =
+                        spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    seen.push((n, k));
+                    kernels += 1;
+                }
+                let Some((_, default)) = seen.first() else {
+                    continue;
+                };
+                for (n, k) in &seen[1..] {
+                    let what = format!("{} d{d} producers {n}", p.name);
+                    assert_eq!(
+                        (&k.spec.params, k.spec.smem_bytes, k.spec.threads),
+                        (
+                            &default.spec.params,
+                            default.spec.smem_bytes,
+                            default.spec.threads
+                        ),
+                        "{what}"
+                    );
+                    assert_eq!(k.ptx == default.ptx, *n == 2, "{what}");
                 }
             }
         }
@@ -765,73 +772,65 @@ mod tests {
     #[test]
     fn device_lens_kernels_generate_for_every_closed_form() {
         use attnc_compiler::backend::llvm::KernelParam;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let (mut kernels, mut refused) = (0, 0);
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.extension().is_none_or(|x| x != "attn") {
-                continue;
-            }
-            let src = std::fs::read_to_string(&path).unwrap();
-            for p in attnc_compiler::compile_source(&src).unwrap().programs {
-                let dp = attnc_compiler::decode::device_offset_program(&p);
-                let plan = Plan::new(&dp);
-                let q0 = dp.params.iter().position(|x| x.name == "__q0").unwrap();
-                for d in [64, 128, 256] {
-                    for paged in [false, true] {
-                        let shape = Shape {
-                            b: 8,
-                            hq: 32,
-                            hkv: 8,
-                            lq: 256,
-                            lkv: 8192,
-                            d,
-                            dv: d,
-                        };
-                        let what = format!("{} d{d} paged {paged}", p.name);
-                        let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
-                        o.kv_pages = paged;
-                        o.device_lens = true;
-                        let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
-                        let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
-                        assert_eq!(applies, got.is_ok(), "{what}");
-                        let Ok(popts) = got else {
-                            refused += 1;
-                            continue;
-                        };
-                        assert!(plan.kv_bounds(false).is_closed_form(), "{what}");
-                        assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
-                        // (head dim 256: one CTA per tile, as its forward)
-                        assert_eq!(popts.persistent, d <= 128, "{what}");
-                        assert_eq!(popts.dynamic_tiles, d <= 128, "{what}");
-                        assert!(!popts.tail_split && !popts.q_ahead, "{what}");
-                        let emit = || {
-                            spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
-                                .unwrap_or_else(|e| panic!("{what}: {e}"))
-                                .0
-                        };
-                        let (k, again) = (emit(), emit());
-                        assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
-                        assert!(k.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                        let plain = PtxOptions {
-                            device_lens: None,
-                            ..popts
-                        };
-                        let (k0, _) =
-                            spec::generate(&plan, KernelKind::Forward, &plain, EmitText::PtxOnly)
-                                .unwrap_or_else(|e| panic!("{what}: {e}"));
-                        assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                        assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
-                        // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
-                        if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
-                            let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
-                            let dir = std::path::Path::new(&dir);
-                            std::fs::write(dir.join(&name), &k.ptx).unwrap();
-                            // (the same binding without the option, to compare)
-                            std::fs::write(dir.join(format!("plain_{name}")), &k0.ptx).unwrap();
-                        }
-                        kernels += 1;
+        for p in example_programs() {
+            let dp = attnc_compiler::decode::device_offset_program(&p);
+            let plan = Plan::new(&dp);
+            let q0 = dp.params.iter().position(|x| x.name == "__q0").unwrap();
+            for d in [64, 128, 256] {
+                for paged in [false, true] {
+                    let shape = Shape {
+                        b: 8,
+                        hq: 32,
+                        hkv: 8,
+                        lq: 256,
+                        lkv: 8192,
+                        d,
+                        dv: d,
+                    };
+                    let what = format!("{} d{d} paged {paged}", p.name);
+                    let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+                    o.kv_pages = paged;
+                    o.device_lens = true;
+                    let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+                    let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+                    assert_eq!(applies, got.is_ok(), "{what}");
+                    let Ok(popts) = got else {
+                        refused += 1;
+                        continue;
+                    };
+                    assert!(plan.kv_bounds(false).is_closed_form(), "{what}");
+                    assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
+                    // (head dim 256: one CTA per tile, as its forward)
+                    assert_eq!(popts.persistent, d <= 128, "{what}");
+                    assert_eq!(popts.dynamic_tiles, d <= 128, "{what}");
+                    assert!(!popts.tail_split && !popts.q_ahead, "{what}");
+                    let emit = || {
+                        spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"))
+                            .0
+                    };
+                    let (k, again) = (emit(), emit());
+                    assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
+                    assert!(k.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                    let plain = PtxOptions {
+                        device_lens: None,
+                        ..popts
+                    };
+                    let (k0, _) =
+                        spec::generate(&plan, KernelKind::Forward, &plain, EmitText::PtxOnly)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                    assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
+                    // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
+                    if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
+                        let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
+                        let dir = std::path::Path::new(&dir);
+                        std::fs::write(dir.join(&name), &k.ptx).unwrap();
+                        // (the same binding without the option, to compare)
+                        std::fs::write(dir.join(format!("plain_{name}")), &k0.ptx).unwrap();
                     }
+                    kernels += 1;
                 }
             }
         }

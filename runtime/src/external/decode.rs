@@ -298,7 +298,7 @@ impl Bound {
                 kv,
                 seq_lens: Some(bufs.seq_lens),
             };
-            let bound = self.prefill_device_bound(bshape, page_shift)?;
+            let bound = self.prefill_bound(bshape, page_shift, true)?;
             // SAFETY: q, o and lse are the call's whole buffers, the caches and page table
             // the caller's (checked above as a whole: `B x Hkv` slices of `Lkv_max` rows,
             // or `B x max_pages` page ids, each clamped into the cache by the kernel), and
@@ -494,7 +494,7 @@ impl Bound {
                 CallerKv::Paged { shift, .. } => Some(shift),
                 _ => None,
             };
-            let bound = self.prefill_run_bound(run_shape, page_shift)?;
+            let bound = self.prefill_bound(run_shape, page_shift, false)?;
             let cache = CallerCache { kv, seq_lens: None };
             // SAFETY: the run's q/o/lse rows, its sequences' cache slices (contiguous:
             // b0 + count <= B, lo + n <= Lkv_max, slices Lkv_max rows apart) or page-table
