@@ -861,7 +861,7 @@ type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool
 /// window (a param), ALiBi and a soft-cap score, against the oracle, O poisoned first,
 /// twice bit-identical; at D64 (f16) dense and causal too (a sliding window's D64 kernel
 /// cannot read the cache in place: the split-KV kernels); at D256 (no split-KV kernel
-/// above 16 rows) causal and soft-cap + sliding window on this path and, with the lengths
+/// above 16 rows) causal and soft-cap + sliding window (contiguous, pages of 16 and 64) on this path and, with the lengths
 /// also on the host, on the batched runs (documents refused: `decode_cuda_takes`); the rule sends a small batch to the split-KV kernels (masks over
 /// captured tensors, whose kernels read block tables, keep them too: the Python package's
 /// `test_chunked_prefill_with_host_lengths` checks documents on this path).
@@ -972,7 +972,7 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
         let compiled = example(name);
         let program = program.unwrap_or(compiled.names()[0]).to_string();
         let variant = compiled.attention(&program).unwrap();
-        for page in [None, Some(64)] {
+        for page in [None, Some(16), Some(64)] {
             for host in [false, true] {
                 let sl = if host {
                     vec![300, 300, 250, 280]
