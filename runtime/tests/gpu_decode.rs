@@ -904,16 +904,12 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
         for (lq, hq, hkv, sl, page, dtype, past) in cases {
             let mut c = case_as(dtype, &mut rng, 4, hq, hkv, lq, 128, 300, sl, page);
             nan_past_lengths(&mut c);
-            let (caps, params) = window_params(window);
             let what = format!(
                 "caller device lengths {name} lq {lq} hq {hq}/{hkv} {:?} page {page:?} {dtype:?}",
                 c.seq_lens
             );
-            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
-                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
-            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
-            o.decode.prefill = Some(true);
-            let mut bound = variant.bind(o).unwrap();
+            let (want, params) = oracle_and_params(&compiled, &program, &c, window, &what);
+            let mut bound = cache_binding(&variant, &c, Some(true));
             let over: Vec<i32> = c
                 .seq_lens
                 .iter()
@@ -924,9 +920,8 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
             } else {
                 Lens::Device
             };
-            let (o1, lse1) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
-            assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
-            close_to_oracle(&what, &c, &o1, &lse1, &want);
+            let (o1, lse1) =
+                call_as_oracle(dev, &mut bound, &c, &params, lens, &want, "prefill", &what);
             let (o2, lse2) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
             assert_eq!(o1.bytes(), o2.bytes(), "{what}: O twice");
             assert_eq!(
@@ -951,26 +946,21 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
             let sl = vec![300, 150, 0, 257];
             let mut c = case_as(DType::F16, &mut rng, 4, 8, 2, 200, 64, 300, sl, page);
             nan_past_lengths(&mut c);
-            let (caps, params) = window_params(window);
             let what = format!("caller device lengths d64 {name} page {page:?}");
-            let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
-                .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
-            let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
-            o.decode.prefill = Some(true);
-            let mut bound = variant.bind(o).unwrap();
-            let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, true, &what);
-            assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
-            close_to_oracle(&what, &c, &o, &lse, &want);
+            let (want, params) = oracle_and_params(&compiled, &program, &c, window, &what);
+            let mut bound = cache_binding(&variant, &c, Some(true));
+            let lens = Lens::Device;
+            call_as_oracle(dev, &mut bound, &c, &params, lens, &want, want_path, &what);
         }
     }
     // head dim 256 (Gemma's; no split-KV kernel above 16 rows): the prefill kernel alone,
     // with the lengths on the device (whatever the rule or `DecodeTuning::prefill`) and,
     // with them also on the host, the batched runs; causal and Gemma 2's soft-cap +
-    // sliding window, contiguous and paged (pages of 64); a mask over captured tensors
-    // cannot run here (`decode_cuda_takes` says so, the call is refused)
-    for (name, program, window) in [("causal", None, None), ("softcap_sliding", None, Some(90))] {
+    // sliding window, contiguous and paged (pages of 16 and 64); a mask over captured
+    // tensors cannot run here (`decode_cuda_takes` says so, the call is refused)
+    for (name, window) in [("causal", None), ("softcap_sliding", Some(90))] {
         let compiled = example(name);
-        let program = program.unwrap_or(compiled.names()[0]).to_string();
+        let program = compiled.names()[0].to_string();
         let variant = compiled.attention(&program).unwrap();
         for page in [None, Some(16), Some(64)] {
             for host in [false, true] {
@@ -981,48 +971,28 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
                 };
                 let mut c = case_as(DType::BF16, &mut rng, 4, 4, 2, 160, 256, 300, sl, page);
                 nan_past_lengths(&mut c);
-                let (caps, params) = window_params(window);
                 let what = format!("caller d256 {name} page {page:?} host {host}");
-                let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false)
-                    .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
-                let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+                let (want, params) = oracle_and_params(&compiled, &program, &c, window, &what);
                 // (the rule and the tuning cannot send D256 to a split-KV kernel)
-                o.decode.prefill = Some(false);
-                let mut bound = variant.bind(o).unwrap();
+                let mut bound = cache_binding(&variant, &c, Some(false));
                 assert!(bound.decode_cuda_takes(c.shape.layout).unwrap(), "{what}");
                 let lens = if host {
                     Lens::Host(&c.seq_lens)
                 } else {
                     Lens::Device
                 };
-                let (o, lse) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
-                assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
-                close_to_oracle(&what, &c, &o, &lse, &want);
+                call_as_oracle(dev, &mut bound, &c, &params, lens, &want, "prefill", &what);
             }
         }
     }
     {
         let compiled = example("document_causal");
         let variant = compiled.attention("document_causal").unwrap();
-        let c = case_as(
-            DType::BF16,
-            &mut rng,
-            2,
-            4,
-            2,
-            160,
-            256,
-            300,
-            vec![300, 200],
-            None,
-        );
-        let mut bound = variant
-            .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
-            .unwrap();
-        assert!(
-            !bound.decode_cuda_takes(c.shape.layout).unwrap(),
-            "d256 documents"
-        );
+        let sl = vec![300, 200];
+        let c = case_as(DType::BF16, &mut rng, 2, 4, 2, 160, 256, 300, sl, None);
+        let mut bound = cache_binding(&variant, &c, None);
+        let takes = bound.decode_cuda_takes(c.shape.layout).unwrap();
+        assert!(!takes, "d256 documents");
     }
     // the rule (not forced): 4 sequences x 8 heads x one tile of 128 rows fill less than
     // half of the GPU's SMs: the split-KV kernels
@@ -1040,16 +1010,63 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
         vec![300; 4],
         None,
     );
-    let (caps, params) = window_params(None);
-    let want = run(&compiled, &program, &c, Backend::Reference, 1, &caps, false).unwrap();
-    let variant = compiled.attention(&program).unwrap();
-    let mut bound = variant
-        .bind(BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype))
-        .unwrap();
     let what = "caller device lengths, the rule";
-    let (o, lse) = caller_decode(dev, &mut bound, &c, &params, Lens::Device, true, what);
-    assert_eq!(bound.cache_path(), Some("split-kv-mma"), "{what}: path");
-    close_to_oracle(what, &c, &o, &lse, &want);
+    let (want, params) = oracle_and_params(&compiled, &program, &c, None, what);
+    let variant = compiled.attention(&program).unwrap();
+    let mut bound = cache_binding(&variant, &c, None);
+    let lens = Lens::Device;
+    call_as_oracle(
+        dev,
+        &mut bound,
+        &c,
+        &params,
+        lens,
+        &want,
+        "split-kv-mma",
+        what,
+    );
+}
+
+/// The oracle's output for `program` of `compiled` on case `c` with a sliding window's
+/// param (`window`, or none), and the params by name for a caller-buffer call.
+fn oracle_and_params(
+    compiled: &Compiled,
+    program: &str,
+    c: &Case,
+    window: Option<i32>,
+    what: &str,
+) -> (attnc::Output, std::collections::HashMap<String, ParamValue>) {
+    let (caps, params) = window_params(window);
+    let want = run(compiled, program, c, Backend::Reference, 1, &caps, false)
+        .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+    (want, params)
+}
+
+/// A CUDA binding of `variant` for case `c`'s cache, with `DecodeTuning::prefill` =
+/// `prefill` (None: the rule).
+fn cache_binding(variant: &attnc::Variant, c: &Case, prefill: Option<bool>) -> attnc::Bound {
+    let mut o = BindOptions::new(Backend::Cuda, c.bind_shape(), c.dtype);
+    o.decode.prefill = prefill;
+    variant.bind(o).unwrap()
+}
+
+/// One caller-buffer call of case `c` (O poisoned first, [`caller_decode`]): it took
+/// `want_path` and its O and LSE are the oracle's `want`; returns them.
+#[allow(clippy::too_many_arguments)]
+fn call_as_oracle(
+    dev: &CudaDevice,
+    bound: &mut attnc::Bound,
+    c: &Case,
+    params: &std::collections::HashMap<String, ParamValue>,
+    lens: Lens<'_>,
+    want: &attnc::Output,
+    want_path: &str,
+    what: &str,
+) -> (attnc::Tensor, Vec<f32>) {
+    let (o, lse) = caller_decode(dev, bound, c, params, lens, true, what);
+    assert_eq!(bound.cache_path(), Some(want_path), "{what}: path");
+    close_to_oracle(what, c, &o, &lse, want);
+    (o, lse)
 }
 
 /// Chunked prefill's runs at D64 (f16) on the caller's buffers with the lengths on the host,

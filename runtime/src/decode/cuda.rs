@@ -88,9 +88,9 @@ pub(crate) fn runs(
 pub(crate) fn prefill_runs_win(shape: &DecodeShape, runs: &[Run], sms: usize) -> bool {
     shape.lq >= PREFILL_MIN_LQ
         && !runs.is_empty()
-        && runs.iter().all(|r| {
-            2 * (shape.lq - r.first).div_ceil(PREFILL_ROWS) * shape.hq * r.count >= sms.max(1)
-        })
+        && runs
+            .iter()
+            .all(|r| fills_half(shape, shape.lq - r.first, r.count, sms))
 }
 
 /// Whether chunked prefill over a whole batch whose lengths stay on the device beats the
@@ -98,15 +98,13 @@ pub(crate) fn prefill_runs_win(shape: &DecodeShape, runs: &[Run], sms: usize) ->
 /// row taken live): Lq >= [`PREFILL_MIN_LQ`] and at least half as many 128-row tiles as
 /// the GPU has SMs.
 pub(crate) fn prefill_device_wins(shape: &DecodeShape, sms: usize) -> bool {
-    let all = Run {
-        b0: 0,
-        count: shape.b,
-        first: 0,
-        pos: 0,
-        lo: 0,
-        hi: 0,
-    };
-    prefill_runs_win(shape, &[all], sms)
+    shape.lq >= PREFILL_MIN_LQ && fills_half(shape, shape.lq, shape.b, sms)
+}
+
+/// Whether a launch of `count` sequences of `rows` live rows each holds at least half as
+/// many tiles of [`PREFILL_ROWS`] rows as the GPU has SMs.
+fn fills_half(shape: &DecodeShape, rows: usize, count: usize, sms: usize) -> bool {
+    2 * rows.div_ceil(PREFILL_ROWS) * shape.hq * count >= sms.max(1)
 }
 
 /// One run's inputs: its shape (B' sequences of its live rows against its range), Q, K,
@@ -150,8 +148,9 @@ impl CudaState {
     }
 
     /// Whether the device-lengths form binds for `shape` (Lkv = the capacity) on the
-    /// warp-specialized kernel (`exec::cuda::cache_forward_applies` with `device_lens`:
-    /// a closed-form mask, D 64/128); the answer kept per shape.
+    /// warp-specialized kernel (`exec::cuda::cache_forward_applies` on the options the
+    /// binding would have: a closed-form mask, a head dim that kernel takes); the answer
+    /// kept per shape.
     pub(crate) fn device_applies(
         &mut self,
         opts: &BindOptions,
@@ -166,11 +165,7 @@ impl CudaState {
         let plan = self
             .device_plan
             .get_or_insert_with(|| attnc_compiler::plan::Plan::new(self.device.program()));
-        let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
-        o.kv_pages = page_shift.is_some();
-        o.device_lens = true;
-        o.decode = opts.decode;
-        o.decode.paged_producers = key.1;
+        let o = bind_options(opts, shape, page_shift, true);
         let ok = crate::exec::cuda::cache_forward_applies(plan, &o, arch);
         self.device_ok.insert(key, ok);
         ok
@@ -264,7 +259,6 @@ impl CudaState {
         device_lens: bool,
     ) -> Result<&mut Bound> {
         let key = bound_key(opts, shape, page_shift, device_lens);
-        let producers = key.1;
         if let Some(b) = self.bound.get_mut(&key)
             && !b.reshape(shape)?
         {
@@ -276,17 +270,8 @@ impl CudaState {
         Ok(match self.bound.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
+                let mut o = bind_options(opts, shape, page_shift, device_lens);
                 o.scale = Some(scale);
-                o.checked = opts.checked;
-                o.gpu_block_tables = opts.gpu_block_tables;
-                o.jit_tiers = opts.jit_tiers;
-                o.device = opts.device;
-                o.kv_pages = page_shift.is_some();
-                o.device_lens = device_lens;
-                // (the parent's tuning, with the producer threads for this page size)
-                o.decode = opts.decode;
-                o.decode.paged_producers = producers;
                 let variant = if device_lens {
                     &self.device
                 } else {
@@ -367,6 +352,28 @@ pub(crate) struct HostCall<'a> {
     pub v: &'a Tensor,
     pub page_table: &'a [i32],
     pub captures: &'a Captures,
+}
+
+/// The options of a binding of `shape` made for the parent binding's `opts` (its dtype,
+/// mode, block tables, JIT tiers, device and decode tuning, with the producer threads for
+/// this page size: [`producers_of`]); `page_shift`: a paged cache read in place;
+/// `device_lens`: the device-lengths form. The scale is the caller's to set.
+fn bind_options(
+    opts: &BindOptions,
+    shape: Shape,
+    page_shift: Option<u32>,
+    device_lens: bool,
+) -> BindOptions {
+    let mut o = BindOptions::new(Backend::Cuda, shape, opts.dtype);
+    o.checked = opts.checked;
+    o.gpu_block_tables = opts.gpu_block_tables;
+    o.jit_tiers = opts.jit_tiers;
+    o.device = opts.device;
+    o.kv_pages = page_shift.is_some();
+    o.device_lens = device_lens;
+    o.decode = opts.decode;
+    o.decode.paged_producers = producers_of(opts, page_shift);
+    o
 }
 
 /// The key of a binding in [`CudaState`]'s map: its shape without B and Lkv (which a

@@ -237,15 +237,15 @@ fn forward_options_for(
             plan.kv_bounds(popts.kv_table).is_closed_form(),
         ) else {
             return Err(ExecError::Api(Error::Usage(
-                "lengths on the device are read by the warp-specialized forward of a position-offset program with a closed-form mask only (sm_90, D 64/128, fast mode)".into(),
+                "lengths on the device are read by the warp-specialized forward (sm_90, fast mode) of a position-offset program with a closed-form mask only".into(),
             )));
         };
         popts.device_lens = Some(q0 as u32);
         // the dynamic tile scheduler: the sequences' lengths, hence the tiles' work,
         // differ (and the kernel's pieces cannot be cut from the capacity); unless
-        // `ATTNC_FWD_PERSISTENT` says otherwise (measurements)
-        // (head dim 256: one CTA per tile, as its forward runs — no room for a second Q
-        // buffer, the persistent kernels not measured there)
+        // `ATTNC_FWD_PERSISTENT` says otherwise (measurements). At head dim 256 one CTA
+        // per tile, as its forward runs (no room for a second Q buffer; the persistent
+        // kernels not measured there)
         let small = popts.d.max(popts.dv) <= 128;
         if small && std::env::var_os("ATTNC_FWD_PERSISTENT").is_none() {
             popts.persistent = true;

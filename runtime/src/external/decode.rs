@@ -72,6 +72,25 @@ fn prefill_only(shape: &DecodeShape, dtype: crate::DType, checked: bool) -> bool
         && !checked
 }
 
+/// How the prefill kernel reads a caller's cache of `layout` from sequence `b0` on:
+/// contiguous slices `Lkv_max` rows apart (the K/V pointers point at `b0`'s), or pages
+/// through the page table's rows from `b0`'s (`page_table`: its device address).
+fn caller_kv(layout: CacheLayout, page_table: Option<u64>, b0: usize) -> CallerKv {
+    match layout {
+        CacheLayout::Contiguous { lkv_max } => CallerKv::Pitch(lkv_max),
+        CacheLayout::Paged {
+            num_pages,
+            page_size,
+            max_pages,
+        } => CallerKv::Paged {
+            table: page_table.unwrap_or(0) + 4 * (b0 * max_pages) as u64,
+            shift: page_size.trailing_zeros(),
+            max_pages: max_pages as u32,
+            num_pages: num_pages as u32,
+        },
+    }
+}
+
 impl Bound {
     /// The decode shape of a caller-buffer decode call with `layout`, checked against the
     /// binding (capacity, head dims, mode).
@@ -274,19 +293,7 @@ impl Bound {
             for name in OFFSET_PARAMS {
                 p.insert(name.to_string(), ParamValue::I32(0));
             }
-            let kv = match layout {
-                CacheLayout::Contiguous { lkv_max } => CallerKv::Pitch(lkv_max),
-                CacheLayout::Paged {
-                    num_pages,
-                    page_size,
-                    max_pages,
-                } => CallerKv::Paged {
-                    table: bufs.page_table.unwrap_or(0),
-                    shift: page_size.trailing_zeros(),
-                    max_pages: max_pages as u32,
-                    num_pages: num_pages as u32,
-                },
-            };
+            let kv = caller_kv(layout, bufs.page_table, 0);
             let whole = DeviceBuffers {
                 q: bufs.q,
                 k: bufs.k_cache,
@@ -308,14 +315,6 @@ impl Bound {
                 bound.forward_cuda_into_kv(&whole, tensors, &p, stream, capture, cache)
             };
         }
-        let skip = self
-            .plan()
-            .skip_bounds(&logical, &bindings)
-            .map_err(|e| Error::Backend {
-                backend: "blocks",
-                message: e.to_string(),
-            })?;
-        laps.lap(Stage::Skip);
         let Some((geom, module)) = split else {
             return Err(Error::Usage(format!(
                 "chunked prefill at head dim 256 on caller buffers runs the prefill kernel with the lengths on the device, which needs sm_90, a closed-form mask (not one over captured tensors), a contiguous cache or pages of at least 16 rows{}; use forward_with_cache (decode_cuda_takes says which calls run here)",
@@ -326,6 +325,14 @@ impl Bound {
                 }
             )));
         };
+        let skip = self
+            .plan()
+            .skip_bounds(&logical, &bindings)
+            .map_err(|e| Error::Backend {
+                backend: "blocks",
+                message: e.to_string(),
+            })?;
+        laps.lap(Stage::Skip);
         let capacity = shape.capacity();
         let (exec, _, variant, _) = self.parts_mut();
         let Some(cuda) = exec.cuda_mut() else {
@@ -464,24 +471,10 @@ impl Bound {
             // every row of the run is live (first = 0): its q, o and lse are contiguous;
             // its keys start at position lo = 0
             let q_rows = (run.b0 * shape.hq * shape.lq) as u64;
-            let (kv_row, kv) = match layout {
-                CacheLayout::Contiguous { .. } => (
-                    (run.b0 * shape.hkv * lkv_max + run.lo) as u64,
-                    CallerKv::Pitch(lkv_max),
-                ),
-                CacheLayout::Paged {
-                    num_pages,
-                    page_size,
-                    max_pages,
-                } => (
-                    0,
-                    CallerKv::Paged {
-                        table: bufs.page_table.unwrap_or(0) + 4 * (run.b0 * max_pages) as u64,
-                        shift: page_size.trailing_zeros(),
-                        max_pages: max_pages as u32,
-                        num_pages: num_pages as u32,
-                    },
-                ),
+            let kv = caller_kv(layout, bufs.page_table, run.b0);
+            let kv_row = match layout {
+                CacheLayout::Contiguous { .. } => (run.b0 * shape.hkv * lkv_max + run.lo) as u64,
+                CacheLayout::Paged { .. } => 0,
             };
             let run_bufs = DeviceBuffers {
                 q: bufs.q + q_rows * (shape.d * e) as u64,

@@ -138,8 +138,8 @@ pub(crate) fn place_tile<'ctx>(
     let (lkv_tile, q_shift) = match c.device_lens {
         Some(_) => {
             let n = g.load_i32(a.ptr(KernelParam::SeqLens)?, g.zext64(b)?)?;
-            let n = g.selecti(g.icmp(IntPredicate::SLT, n, g.c32(0))?, g.c32(0), n)?;
-            let n = g.selecti(g.icmp(IntPredicate::SGT, n, lkv)?, lkv, n)?;
+            let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
+            let n = g.iintr2("llvm.smin.i32", n, lkv)?;
             (n, Some(g.sub(n, lq)?))
         }
         None => (lkv, None),

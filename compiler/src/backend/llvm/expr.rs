@@ -89,9 +89,7 @@ impl<'ctx> Env<'ctx> {
             kinds: None,
         })
     }
-}
 
-impl<'ctx> Env<'ctx> {
     /// The environment of one tile: under `PtxOptions::device_lens` (`Cfg::device_lens`)
     /// its param takes the tile's value ([`super::tile::Ctx::q_shift`]), else `None` (the
     /// kernel's environment serves every tile).
