@@ -552,18 +552,16 @@ fn gpu_backward_samples_match_reference(dev: &CudaDevice) {
     }
 }
 
-/// Head dims of 256 (Gemma-style; sm_90, the two-kernel path with dK and dV in column
-/// halves, `backward::dkdv_parts`): every sample against the f64 reference at GQA, odd
-/// lengths and Lq != Lkv, bf16 and f16, D = 128 with Dv = 256 and the reverse, rows
-/// masked entirely, and two runs bit-identical. Elsewhere the backward refuses the shape.
+/// Head dims of 256 (Gemma-style; the two-kernel path with dK and dV in column halves,
+/// `backward::dkdv_parts`; on sm_90 wgmma, elsewhere mma.sync as
+/// [`gpu_backward_head_dim_256_mma_sync`] runs it): every sample against the f64
+/// reference at GQA, odd lengths and Lq != Lkv, bf16 and f16, D = 128 with Dv = 256 and
+/// the reverse, rows masked entirely, and two runs bit-identical.
 fn gpu_backward_head_dim_256(dev: &CudaDevice) {
     use attnc_compiler::backend::llvm::{Arch, backward::dkdv_parts};
     if dev.arch() != Arch::Sm90 {
-        let p = samples::causal();
-        let o = binding_options(dev.arch(), &p, &shape(1, 1, 1, 8, 8, 256), InputType::Bf16);
-        assert!(emit_backward_kernels(&Plan::new(&p), &o).is_err());
-        println!("  no wgmma: the D256 backward is refused here");
-        return;
+        println!("  no wgmma: the D256 backward runs on mma.sync here");
+        return gpu_backward_head_dim_256_mma_sync(dev);
     }
     let cases = [
         (shape(1, 4, 2, 77, 131, 256), InputType::Bf16),
@@ -618,11 +616,78 @@ fn gpu_backward_head_dim_256(dev: &CudaDevice) {
     }
 }
 
+/// Head dims of 256 on mma.sync (sm_80's path; on an sm_90 GPU the same PTX for sm_80,
+/// which its driver runs): every sample against the f64 reference at GQA, odd lengths
+/// and Lq != Lkv, bf16 and f16, D = 128 with Dv = 256 and the reverse, a capture gradient,
+/// rows masked entirely, and three runs bit-identical. The layouts fit an A100's 163 KiB
+/// (`backward::single_buffer`: one Q/dO buffer in the dK/dV kernel of eight warps, one V
+/// buffer in the dQ kernel).
+fn gpu_backward_head_dim_256_mma_sync(dev: &CudaDevice) {
+    use attnc_compiler::backend::llvm::backward::{SM80_SMEM_BYTES, dkdv_parts, single_buffer};
+    use attnc_compiler::backend::llvm::{Arch, Mma};
+    let opts = |p: &Program, sh: &Shape, ty| {
+        let o = binding_options(Arch::Sm80, p, sh, ty);
+        assert_eq!(o.mma, Mma::Sync);
+        assert!(single_buffer(&o) && dkdv_parts(&o) == 2, "{}", p.name);
+        for k in emit_backward_kernels(&Plan::new(p), &o).unwrap() {
+            assert!(k.smem_bytes <= SM80_SMEM_BYTES, "{}", k.entry);
+        }
+        o
+    };
+    let cases = [
+        (shape(1, 4, 2, 77, 131, 256), InputType::Bf16),
+        (shape(2, 2, 1, 129, 70, 256), InputType::F16),
+    ];
+    for (i, (sh, ty)) in cases.iter().enumerate() {
+        for p in samples::all(sh.hq as i32) {
+            if p.name == "document_causal" && sh.lq != sh.lkv {
+                continue;
+            }
+            check_case_with(dev, &p, *sh, *ty, 400 + i as u64, false, opts(&p, sh, *ty));
+        }
+    }
+    for (d, dv) in [(128, 256), (256, 128)] {
+        let sh = Shape {
+            dv,
+            ..shape(1, 4, 2, 100, 133, d)
+        };
+        for p in [samples::causal(), samples::bias_table()] {
+            let o = opts(&p, &sh, InputType::Bf16);
+            check_case_with(dev, &p, sh, InputType::Bf16, 19, true, o);
+        }
+    }
+    let p = late_start();
+    let sh = shape(1, 2, 1, 67, 40, 256);
+    check_case_with(
+        dev,
+        &p,
+        sh,
+        InputType::Bf16,
+        7,
+        false,
+        opts(&p, &sh, InputType::Bf16),
+    );
+    for p in [samples::causal(), samples::bias_table()] {
+        let sh = shape(1, 4, 2, 300, 300, 256);
+        let o = opts(&p, &sh, InputType::Bf16);
+        let what = format!("{} {:?} D256 mma.sync", p.name, sh);
+        assert_runs_identical(dev, &p, &sh, InputType::Bf16, &o, 3, &what);
+    }
+}
+
 /// A small D256 case for compute-sanitizer (memcheck, racecheck): causal with a kv tail,
-/// a capture gradient (bias table), GQA; and the runtime's path (`Bound::backward`).
+/// a capture gradient (bias table), GQA, on mma.sync (sm_80's kernels: one Q/dO buffer
+/// reused across visits, one V buffer) and, on sm_90, on wgmma; and the runtime's path
+/// (`Bound::backward`).
 fn gpu_backward_d256_sanitize(dev: &CudaDevice) {
-    if dev.arch() != attnc_compiler::backend::llvm::Arch::Sm90 {
-        println!("  no wgmma: no D256 backward here");
+    use attnc_compiler::backend::llvm::Arch;
+    for p in [samples::causal(), samples::bias_table()] {
+        let sh = shape(1, 4, 2, 70, 100, 256);
+        let o = binding_options(Arch::Sm80, &p, &sh, InputType::Bf16);
+        check_case_with(dev, &p, sh, InputType::Bf16, 29, false, o);
+    }
+    if dev.arch() != Arch::Sm90 {
+        println!("  no wgmma: the mma.sync cases only");
         return;
     }
     for p in [samples::causal(), samples::bias_table()] {
@@ -3042,6 +3107,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ),
     ("gpu_backward_head_dim_256", gpu_backward_head_dim_256),
     ("gpu_backward_d256_sanitize", gpu_backward_d256_sanitize),
+    (
+        "gpu_backward_head_dim_256_mma_sync",
+        gpu_backward_head_dim_256_mma_sync,
+    ),
     ("gpu_backward_dlse", gpu_backward_dlse),
     ("gpu_backward_convert_timeout", gpu_backward_convert_timeout),
     (

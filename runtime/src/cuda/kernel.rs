@@ -71,6 +71,19 @@ impl CudaKernel {
         let module = ctx.load_module(image)?;
         let func = module.load_function(&spec.entry)?;
         if spec.smem_bytes > 48 * 1024 {
+            // a clear error where the GPU's CTAs cannot hold the kernel's shared memory
+            // (a head dim of 256 on an sm_86 / sm_89 GPU's 99 KiB), not the driver's code
+            let most = ctx.attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?;
+            if spec.smem_bytes as i64 > most as i64 {
+                return Err(CudaError::Mismatch(format!(
+                    "kernel {} needs {} bytes of shared memory per CTA; this GPU ({}) allows {most} (on such a GPU use smaller head dims or the cpu backend)",
+                    spec.entry,
+                    spec.smem_bytes,
+                    ctx.name().unwrap_or_default()
+                )));
+            }
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 spec.smem_bytes as i32,

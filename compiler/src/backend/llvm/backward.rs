@@ -50,8 +50,16 @@
 //! (`dkdv_parts`); at D = Dv one computes Sᵀ and the other dPᵀ, exchanged through shared
 //! memory thread to thread (`PtxOptions::bwd_xchg`). The dQ kernel takes two q tiles per
 //! CTA on closed-form bounds (`PtxOptions::bwd_dq_pair`: two warpgroups, K double- and V
-//! single-buffered). Both fit the 227 KiB of an sm_90 CTA's shared memory; sm_80 refuses
-//! the head dim.
+//! single-buffered). Both fit the 227 KiB of an sm_90 CTA's shared memory.
+//!
+//! On mma.sync (sm_80, session 31) the same split with warps: the dK/dV kernel's eight
+//! warps hold kv rows `16 (w % 4) ..` of column part `w / 4` (FlashAttention-2's 8-warp
+//! hdim-256 tile), each computing Sᵀ and dPᵀ of its rows over the whole head dim with
+//! A's fragments read one k-step at a time, with one (Q, dO, L2, Delta) buffer whose next
+//! copies are issued once every warp has read it; the dQ kernel keeps one V and two K
+//! buffers (the next V copied after every warp's dP). Both fit an A100's 163 KiB
+//! ([`single_buffer`], [`SM80_SMEM_BYTES`]); ptxas 13.0 sm_80: the dK/dV kernel 255
+//! registers, no spills; the dQ kernel 64-96 bytes of spill stores.
 //!
 //! ## Capture gradients
 //!
@@ -233,7 +241,10 @@ impl PtxOptions {
                 ..o.backward_wgmma()
             }
         } else {
-            o
+            PtxOptions {
+                bwd_xchg: (d, dv) == (256, 256),
+                ..o
+            }
         }
     }
 
@@ -672,13 +683,33 @@ fn wgmma_dims(d: u32, dv: u32) -> bool {
 /// D256: the dK/dV kernel 1.51x (dense) and 1.46x (causal) faster than with one CTA per
 /// column half (192 KiB of shared memory: one CTA, so one warpgroup, per SM); the
 /// exchange 1.05x / 1.11x on top.
+///
+/// On mma.sync (sm_80, and sm_90 where a test asks for it) a head dim of 256 splits the
+/// same way: eight warps, warp `w` holding kv rows `16 (w % 4) ..` of column part `w / 4`
+/// (64 + 64 accumulator registers per thread), each computing Sᵀ and dPᵀ for its rows
+/// over the whole head dim — FlashAttention-2's 8-warp hdim-256 tile on the A100.
 pub fn dkdv_parts(o: &PtxOptions) -> u32 {
-    if o.mma == Mma::Wgmma && o.bwd_dq == BwdDq::Separate && o.d.max(o.dv) > 128 {
+    if o.bwd_dq == BwdDq::Separate && o.d.max(o.dv) > 128 {
         2
     } else {
         1
     }
 }
+
+/// Whether the two-kernel path runs with one shared-memory buffer where it keeps two, so
+/// that a head dim of 256 fits an sm_80 CTA's 163 KiB ([`SM80_SMEM_BYTES`]; the wgmma
+/// path has its own layouts): mma.sync with D or Dv 256. The dK/dV kernel then has one
+/// (Q, dO, L2, Delta) buffer — the next visit's copies are issued once every warp has
+/// read this visit's (FlashAttention-2 on the A100 at hdim 256: "no double buffering") —
+/// and the dQ kernel one V buffer beside its two K buffers (V's next tile copied once
+/// every warp's dP has read it, as [`dq_pair`] does).
+pub fn single_buffer(o: &PtxOptions) -> bool {
+    o.mma == Mma::Sync && o.d.max(o.dv) > 128
+}
+
+/// The most dynamic shared memory an sm_80 CTA may take (an A100's opt-in limit, 163
+/// KiB; sm_86 / sm_89 GPUs allow 99 KiB, and the runtime checks the device's own limit).
+pub const SM80_SMEM_BYTES: u32 = 163 * 1024;
 
 /// Whether the dK/dV kernel's two warpgroups split Sᵀ and dPᵀ and exchange them
 /// ([`PtxOptions::bwd_xchg`]: D = Dv, two column parts, 64 x 64 tiles).
@@ -711,12 +742,13 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
         )));
     }
     if opts.d.max(opts.dv) == 256
-        && !(opts.mma == Mma::Wgmma
-            && opts.bwd_dq == BwdDq::Separate
-            && wgmma_dims(opts.d, opts.dv))
+        && !(opts.bwd_dq == BwdDq::Separate
+            && matches!(opts.d, 128 | 256)
+            && matches!(opts.dv, 128 | 256)
+            && (opts.mma == Mma::Wgmma || (opts.q_block, opts.kv_block) == (64, 64)))
     {
         return Err(LlvmError::Unsupported(format!(
-            "head dims D={} Dv={}: the GPU backward takes a head dim of 256 on sm_90 (wgmma, dQ by its own kernel, the other head dim 128 or 256); on earlier GPUs use the cpu backend",
+            "head dims D={} Dv={}: the GPU backward takes a head dim of 256 with dQ by its own kernel, the other head dim 128 or 256 (and on mma.sync tiles of 64 x 64); the cpu backend takes any",
             opts.d, opts.dv
         )));
     }
@@ -741,6 +773,21 @@ fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
     }
     if opts.bwd_dq != BwdDq::Separate {
         fused::validate(opts)?;
+    }
+    if opts.arch == super::Arch::Sm80 {
+        // what an A100 CTA may take (the D256 layouts are sized for it: `single_buffer`)
+        let dq = DqTiles::new(opts, false).bytes;
+        let dkdv = DkDvTiles::new(opts).bytes;
+        if dq.max(dkdv) > SM80_SMEM_BYTES {
+            return Err(LlvmError::Unsupported(format!(
+                "backward tile {}x{} at D={} Dv={}: {} bytes of shared memory, more than an sm_80 CTA's {SM80_SMEM_BYTES}",
+                opts.q_block,
+                opts.kv_block,
+                opts.d,
+                opts.dv,
+                dq.max(dkdv)
+            )));
+        }
     }
     Ok(())
 }
@@ -1041,14 +1088,17 @@ impl DkDvTiles {
             if slab {
                 buf = buf.next_multiple_of(1024);
             }
+            // one buffer ([`single_buffer`]): the next visit's copies reuse it (`buf` 0:
+            // the loop's buffer toggle keeps it)
+            let bufs = if single_buffer(o) { 1 } else { 2 };
             let ds = (o.bwd_dq != BwdDq::Separate)
-                .then(|| tile(q.offset + 2 * buf, o.kv_block, o.q_block));
+                .then(|| tile(q.offset + bufs * buf, o.kv_block, o.q_block));
             (
                 l2,
-                buf,
+                if bufs == 1 { 0 } else { buf },
                 buf,
                 ds,
-                q.offset + 2 * buf + ds.map_or(0, |t| t.bytes()),
+                q.offset + bufs * buf + ds.map_or(0, |t| t.bytes()),
             )
         };
         let delta = l2 + 4 * o.q_block;
@@ -1102,7 +1152,8 @@ impl DkDvTiles {
 
 /// Shared memory of the dQ kernel: Q, dO, then two buffers of (K, V) (slabs on the
 /// wgmma path; every tile a multiple of 1024 bytes there); with [`dq_pair`] Q and dO of
-/// two q tiles, one V and two K buffers (`buf` = K's bytes).
+/// two q tiles, one V and two K buffers (`buf` = K's bytes); with [`single_buffer`] one
+/// q tile's Q and dO, one V and two K buffers.
 struct DqTiles {
     q: SmemTile,
     d_o: SmemTile,
@@ -1121,9 +1172,10 @@ impl DqTiles {
             cols,
             slab,
         };
-        if pair {
-            let q = tile(0, 2 * o.q_block, o.d);
-            let d_o = tile(q.bytes(), 2 * o.q_block, o.dv);
+        if pair || single_buffer(o) {
+            let rows = o.q_block * (1 + pair as u32);
+            let q = tile(0, rows, o.d);
+            let d_o = tile(q.bytes(), rows, o.dv);
             let v = tile(d_o.offset + d_o.bytes(), o.kv_block, o.dv);
             let k = tile(v.offset + v.bytes(), o.kv_block, o.d);
             return DqTiles {
@@ -1365,12 +1417,37 @@ fn frags_a<'ctx>(
         .collect()
 }
 
-/// `C = A Bᵀ` for this warp: A (16 x k) as fragments, B all `b.rows` rows of a tile whose
-/// columns are the k dimension. Returns `b.rows / 8` m16n8 tiles.
+/// The A fragment of k-step `ks` of the warp's 16 rows `row0 ..` of `t` (one of
+/// [`frags_a`]'s).
+fn frag_a_step<'ctx>(
+    g: &Gpu<'ctx>,
+    t: &SmemTile,
+    lane: IntValue<'ctx>,
+    row0: IntValue<'ctx>,
+    ks: u32,
+) -> R<[IntValue<'ctx>; 4]> {
+    let r8 = g.and(lane, g.c32(7))?;
+    let hi8 = g.and(g.lshr(lane, g.c32(3))?, g.c32(1))?;
+    let row = g.add(g.add(row0, r8)?, g.mul(hi8, g.c32(8))?)?;
+    let chunk = g.add(g.c32(2 * ks as i64), g.lshr(lane, g.c32(4))?)?;
+    g.ldmatrix_x4(t.addr_at(g, row, chunk, g.c32(0))?, false)
+}
+
+/// Where [`mm_abt`] takes its A operand (16 x k): fragments already in registers, or the
+/// warp's 16 rows `row0 ..` of a shared-memory tile, loaded one k-step at a time (4
+/// registers live instead of k / 4: the head dim of 256's products on mma.sync).
+#[derive(Clone, Copy)]
+enum ASrc<'a, 'ctx> {
+    Frags(&'a [[IntValue<'ctx>; 4]]),
+    Rows(&'a SmemTile, IntValue<'ctx>),
+}
+
+/// `C = A Bᵀ` for this warp: A (16 x k) as fragments or rows ([`ASrc`]), B all `b.rows`
+/// rows of a tile whose columns are the k dimension. Returns `b.rows / 8` m16n8 tiles.
 fn mm_abt<'ctx>(
     g: &Gpu<'ctx>,
     ty: InputType,
-    a: &[[IntValue<'ctx>; 4]],
+    a: ASrc<'_, 'ctx>,
     b: &SmemTile,
     lane: IntValue<'ctx>,
     extra: IntValue<'ctx>,
@@ -1382,7 +1459,16 @@ fn mm_abt<'ctx>(
     let mi = g.lshr(lane, g.c32(3))?;
     let row_in = g.add(g.mul(g.lshr(mi, g.c32(1))?, g.c32(8))?, r8)?;
     let chunk_in = g.and(mi, g.c32(1))?;
-    for (ks, af) in a.iter().enumerate() {
+    let steps = match a {
+        ASrc::Frags(f) => f.len(),
+        ASrc::Rows(t, _) => (t.cols / 16) as usize,
+    };
+    for ks in 0..steps {
+        let af = match a {
+            ASrc::Frags(f) => f[ks],
+            ASrc::Rows(t, row0) => frag_a_step(g, t, lane, row0, ks as u32)?,
+        };
+        let af = &af;
         for ntp in 0..(b.rows / 16) as usize {
             let row = g.add(row_in, g.c32(16 * ntp as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ks as i64))?;
@@ -1405,13 +1491,28 @@ fn mm_ab<'ctx>(
     extra: IntValue<'ctx>,
     acc: &mut Acc<'ctx>,
 ) -> R<()> {
+    mm_ab_cols(g, ty, a, (b, b.cols), lane, extra, acc)
+}
+
+/// [`mm_ab`] over the first `cols` columns of `b` (a column part: `extra` adds the
+/// part's byte offset into the rows, a multiple of 8 chunks so the swizzle holds).
+fn mm_ab_cols<'ctx>(
+    g: &Gpu<'ctx>,
+    ty: InputType,
+    a: &[[IntValue<'ctx>; 4]],
+    (b, cols): (&SmemTile, u32),
+    lane: IntValue<'ctx>,
+    extra: IntValue<'ctx>,
+    acc: &mut Acc<'ctx>,
+) -> R<()> {
+    debug_assert!(cols == b.cols || (!b.slab && (cols / 8).is_multiple_of(8)));
     // lane l: matrix mi = l / 8 -> row 16 kk + (mi % 2) * 8 + l % 8, chunk 2 ntp + mi / 2
     let r8 = g.and(lane, g.c32(7))?;
     let mi = g.lshr(lane, g.c32(3))?;
     let row_in = g.add(g.mul(g.and(mi, g.c32(1))?, g.c32(8))?, r8)?;
     let chunk_in = g.lshr(mi, g.c32(1))?;
     for (kk, af) in a.iter().enumerate() {
-        for ntp in 0..(b.cols / 16) as usize {
+        for ntp in 0..(cols / 16) as usize {
             let row = g.add(row_in, g.c32(16 * kk as i64))?;
             let chunk = g.add(chunk_in, g.c32(2 * ntp as i64))?;
             let bf = g.ldmatrix_x4(b.addr_at(g, row, chunk, extra)?, true)?;
@@ -3061,12 +3162,17 @@ fn score_products<'ctx>(
         let dp = wg_abt(g, ty, a_dp, wgi, b_dp, buf_dp, Desc::Each, None)?;
         g.wgmma_commit()?;
         Ok((wg_result(g, &s)?, wg_result(g, &dp)?))
+    } else if single_buffer(opts) {
+        // a head dim of 256: A's fragments a k-step at a time
+        let s = mm_abt(g, ty, ASrc::Rows(a_s, row0), b_s, c.lane, buf_s)?;
+        let dp = mm_abt(g, ty, ASrc::Rows(a_dp, row0), b_dp, c.lane, buf_dp)?;
+        Ok((s, dp))
     } else {
         let zero = g.c32(0);
         let af = frags_a(g, a_s, c.lane, row0, zero)?;
-        let s = mm_abt(g, ty, &af, b_s, c.lane, buf_s)?;
+        let s = mm_abt(g, ty, ASrc::Frags(&af), b_s, c.lane, buf_s)?;
         let af = frags_a(g, a_dp, c.lane, row0, zero)?;
-        Ok((s, mm_abt(g, ty, &af, b_dp, c.lane, buf_dp)?))
+        Ok((s, mm_abt(g, ty, ASrc::Frags(&af), b_dp, c.lane, buf_dp)?))
     }
 }
 
@@ -3146,13 +3252,19 @@ fn dkdv_body<'ctx>(
     let other = g.xor(buf, g.c32(t.buf as i64))?;
     wait_tiles(g, wg)?;
     // the next (head, q block) into the other buffer, which every warp finished reading
-    // before the barrier above
+    // before the barrier above (one buffer: after this visit's products, below)
     let it1 = g.add(it, g.c32(1))?;
     let has_next = g.icmp(IntPredicate::SLT, it1, n_iter)?;
-    g.if_then(has_next, || {
-        let (h1, qb1) = head_block(it1)?;
-        load_q(h1, qb1, other)
-    })?;
+    let load_next = || {
+        g.if_then(has_next, || {
+            let (h1, qb1) = head_block(it1)?;
+            load_q(h1, qb1, other)
+        })
+    };
+    let single = single_buffer(opts);
+    if !single {
+        load_next()?;
+    }
     let (h, qb) = head_block(it)?;
     let q0 = g.mul(qb, g.c32(br as i64))?;
     let q_tail = g.icmp(IntPredicate::SGT, g.add(q0, g.c32(br as i64))?, c.lq)?;
@@ -3164,7 +3276,7 @@ fn dkdv_body<'ctx>(
 
     let row0 = g.mul(c.warp, g.c32(16))?;
     let (s, dp) = match t.xchg {
-        Some(at) => exchanged_products(g, ty, &t, &c, part, buf, at)?,
+        Some(at) => exchanged_products(g, opts, &t, &c, part, row0, buf, at)?,
         None => score_products(g, opts, &c, row0, (buf, buf), (&t.k, &t.q), (&t.v, &t.d_o))?,
     };
     let (kv_row, stats) = frag_row_stats(g, &c, &t, br, (kv0, row0), q0, buf)?;
@@ -3213,64 +3325,84 @@ fn dkdv_body<'ctx>(
         dv_acc = wg_result(g, &dv1)?;
         dk_acc = wg_result(g, &dk1)?;
     } else {
-        mm_ab(
+        // this part's columns of dO and Q: `1 / parts` of each row, `part` parts in (the
+        // rows' 16-byte chunks are swizzled within groups of 8, a part is 16 or more)
+        let col_at = |tile: &SmemTile| -> R<IntValue<'ctx>> {
+            g.add(buf, g.mul(part, g.c32((tile.cols / parts * 2) as i64))?)
+        };
+        mm_ab_cols(
             g,
             ty,
             &acc_to_a(g, ty, &pt)?,
-            &t.d_o,
+            (&t.d_o, opts.dv / parts),
             c.lane,
-            buf,
+            col_at(&t.d_o)?,
             &mut dv_acc,
         )?;
-        mm_ab(
+        mm_ab_cols(
             g,
             ty,
             &acc_to_a(g, ty, &dst)?,
-            &t.q,
+            (&t.q, opts.d / parts),
             c.lane,
-            buf,
+            col_at(&t.q)?,
             &mut dk_acc,
         )?;
     }
     acc_set(g, &dv, &dv_acc)?;
     acc_set(g, &dk, &dk_acc)?;
+    if single {
+        // every warp has read the buffer: the next visit's copies into it
+        g.barrier()?;
+        load_next()?;
+    }
     g.set(&st_it, it1)?;
     g.set(&st_buf, other)?;
     g.cond_br(has_next, lp, epi)?;
     dkdv_epilogue(g, opts, &c, a, (hk, part), kv0, &dk, &dv, epi)
 }
 
-/// Sᵀ and dPᵀ of the visit in buffer `buf` with [`xchg`]: warpgroup `part` 0 computes
-/// Sᵀ = K Qᵀ, 1 computes dPᵀ = V dOᵀ (the same shapes: D = Dv; A and B picked by address),
-/// each stores its accumulator in its half of the exchange region at `at` (thread to
-/// thread: both warpgroups hold the same fragment layout) and, after the CTA's barrier,
-/// reads the other's. The loop's next barrier (before the next visit's stores) comes
-/// after every thread's reads.
+/// Sᵀ and dPᵀ of the visit in buffer `buf` with [`xchg`]: part `part` 0 (a warpgroup, or
+/// on mma.sync four warps) computes Sᵀ = K Qᵀ, 1 computes dPᵀ = V dOᵀ (the same shapes: D
+/// = Dv; A and B picked by address), each stores its accumulator in its half of the
+/// exchange region at `at` (thread to thread: both parts hold the same fragment layout)
+/// and, after the CTA's barrier, reads the other's. The loop's next barrier (before the
+/// next visit's stores) comes after every thread's reads.
+#[allow(clippy::too_many_arguments)]
 fn exchanged_products<'ctx>(
     g: &Gpu<'ctx>,
-    ty: InputType,
+    opts: &PtxOptions,
     t: &DkDvTiles,
     c: &Common<'ctx>,
     part: IntValue<'ctx>,
+    row0: IntValue<'ctx>,
     buf: IntValue<'ctx>,
     at: u32,
 ) -> R<(Acc<'ctx>, Acc<'ctx>)> {
+    let ty = opts.input;
     // V's rows follow K's, dO's tile Q's: one address step each
-    let a_step = (t.v.offset - t.k.offset) / (64 * 128);
     let b_extra = g.add(buf, g.mul(part, g.c32((t.d_o.offset - t.q.offset) as i64))?)?;
-    g.wgmma_fence()?;
-    let acc = wg_abt(
-        g,
-        ty,
-        &t.k,
-        g.mul(part, g.c32(a_step as i64))?,
-        &t.q,
-        b_extra,
-        Desc::Each,
-        None,
-    )?;
-    g.wgmma_commit()?;
-    let own = wg_result(g, &acc)?;
+    let own = if opts.mma == Mma::Wgmma {
+        let a_step = (t.v.offset - t.k.offset) / (64 * 128);
+        g.wgmma_fence()?;
+        let acc = wg_abt(
+            g,
+            ty,
+            &t.k,
+            g.mul(part, g.c32(a_step as i64))?,
+            &t.q,
+            b_extra,
+            Desc::Each,
+            None,
+        )?;
+        g.wgmma_commit()?;
+        wg_result(g, &acc)?
+    } else {
+        // V's rows are K's rows kv_block on (the same swizzle: kv_block is a multiple of 8)
+        debug_assert_eq!(t.v.offset - t.k.offset, t.k.rows * t.k.cols * 2);
+        let a_row = g.add(row0, g.mul(part, g.c32(t.k.rows as i64))?)?;
+        mm_abt(g, ty, ASrc::Rows(&t.k, a_row), &t.q, c.lane, b_extra)?
+    };
     let thread = g.and(c.tid, g.c32(127))?;
     let slot = |half: IntValue<'ctx>, e: usize| -> R<PointerValue<'ctx>> {
         let off = g.add(
@@ -3401,6 +3533,8 @@ fn dq_body<'ctx>(
 ) -> R<()> {
     // `dq_pair`: two warpgroups on two q tiles (the CTA's rows `br` = 2 q_block)
     let pair = dq_pair(opts, kvb);
+    // one V buffer (copied once every warp's dP has read it): `dq_pair`, `single_buffer`
+    let v_one = pair || single_buffer(opts);
     let t = DqTiles::new(opts, pair);
     let wg = opts.mma == Mma::Wgmma;
     let (br, bc) = (opts.q_block * (1 + pair as u32), opts.kv_block);
@@ -3479,8 +3613,7 @@ fn dq_body<'ctx>(
     };
     let load_kv = |j: IntValue<'ctx>, buf: IntValue<'ctx>| -> R<()> {
         load_k(j, buf)?;
-        // `dq_pair`: one V buffer
-        load_v(j, if pair { zero } else { buf })?;
+        load_v(j, if v_one { zero } else { buf })?;
         g.cp_async_commit()
     };
 
@@ -3519,7 +3652,7 @@ fn dq_body<'ctx>(
     let next_full = g.selecti(in_run, full, nfull)?;
     let next_r = g.selecti(in_run, r, r1)?;
     let has_next = g.or(in_run, more_runs)?;
-    if pair {
+    if v_one {
         // K into the other buffer now; V once this visit's dP has read it (below)
         g.if_then(has_next, || {
             load_k(next_j, other)?;
@@ -3536,8 +3669,9 @@ fn dq_body<'ctx>(
         g.icmp(IntPredicate::NE, full, zero)?,
         g.xor(g.or(q_tail, kv_tail)?, g.cbool(true))?,
     )?;
-    // `dq_pair`: K in buffer `buf`, V in its one buffer; each warpgroup its 64 rows
-    let v_buf = if pair { zero } else { buf };
+    // `v_one`: K in buffer `buf`, V in its one buffer (`dq_pair`: each warpgroup its 64
+    // rows)
+    let v_buf = if v_one { zero } else { buf };
     let (s, dp) = score_products(
         g,
         opts,
@@ -3547,8 +3681,8 @@ fn dq_body<'ctx>(
         (&t.q, &t.k),
         (&t.d_o, &t.v),
     )?;
-    if pair {
-        // every warpgroup's dP has read V: the next V into its buffer
+    if v_one {
+        // every warp's dP has read V: the next V into its buffer
         g.barrier()?;
         g.if_then(has_next, || {
             load_v(next_j, zero)?;
@@ -3759,6 +3893,87 @@ mod tests {
         }
     }
 
+    /// Head dims of 256 on sm_80 (mma.sync): the dK/dV kernel's eight warps, a column half
+    /// of dK and dV per four (m16n8 tiles over 128 columns), one Q/dO buffer; the dQ
+    /// kernel's one V and two K buffers; both within an A100 CTA's 163 KiB; every sample,
+    /// both input types, D = Dv = 256 and 128 / 256 mixed; deterministic text. Tiles of
+    /// 128 kv rows at D256 (16 warps) and mixes with a head dim below 128 are refused
+    /// with the reason. `ATTNC_BWD_PTX_DIR` dumps the kernels (for ptxas).
+    #[test]
+    fn head_dim_256_mma_sync_kernels() {
+        let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
+        for p in samples::all(8) {
+            for (d, dv, ty) in [
+                (256, 256, InputType::Bf16),
+                (256, 256, InputType::F16),
+                (128, 256, InputType::Bf16),
+                (256, 128, InputType::Bf16),
+            ] {
+                let o = PtxOptions::backward(Arch::Sm80, d, dv, ty);
+                assert_eq!((o.mma, o.bwd_dq), (Mma::Sync, BwdDq::Separate));
+                assert!(single_buffer(&o) && dkdv_parts(&o) == 2);
+                // at D = Dv the four warps of one part compute Sᵀ, the other's dPᵀ
+                assert_eq!(xchg(&o), d == dv);
+                let plan = Plan::new(&p);
+                for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
+                    let k = emit_backward(&plan, &o, kind)
+                        .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
+                    let again = emit_backward(&plan, &o, kind).unwrap();
+                    assert_eq!(k.ptx, again.ptx, "deterministic");
+                    assert!(!k.ptx.contains("wgmma"), "mma.sync only");
+                    assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+                    assert!(k.smem_bytes <= SM80_SMEM_BYTES, "{} {kind:?}", p.name);
+                    match kind {
+                        BackwardKind::Pre => {}
+                        BackwardKind::DkDv => {
+                            assert_eq!(k.threads, 256);
+                            // K, V, then one (Q, dO, L2, Delta) buffer
+                            let t = DkDvTiles::new(&o);
+                            assert_eq!(t.buf, 0);
+                            let x = XCHG_BYTES * (d == dv) as u32;
+                            assert_eq!(k.smem_bytes, 64 * 2 * (2 * d + 2 * dv) + 512 + x);
+                            let off = PtxOptions {
+                                bwd_xchg: false,
+                                ..o
+                            };
+                            let both = emit_backward(&plan, &off, kind).unwrap();
+                            assert_eq!(both.smem_bytes + x, k.smem_bytes);
+                        }
+                        BackwardKind::Dq => {
+                            assert_eq!(k.threads, 128);
+                            // Q, dO, V, two K buffers
+                            assert_eq!(k.smem_bytes, 64 * 2 * (3 * d + 2 * dv));
+                        }
+                    }
+                    if let Some(dir) = &dir {
+                        std::fs::write(
+                            format!("{dir}/{}_sm80_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
+                            &k.ptx,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        }
+        let p = samples::causal();
+        let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
+        for (q_block, kv_block) in [(64, 128), (128, 64)] {
+            let o = PtxOptions {
+                q_block,
+                kv_block,
+                ..o
+            };
+            let e = emit_backward(&Plan::new(&p), &o, BackwardKind::DkDv).unwrap_err();
+            assert!(e.to_string().contains("tiles of 64 x 64"), "{e}");
+        }
+        let o = PtxOptions::backward(Arch::Sm80, 256, 64, InputType::Bf16);
+        let e = emit_backward(&Plan::new(&p), &o, BackwardKind::DkDv).unwrap_err();
+        assert!(
+            e.to_string().contains("the other head dim 128 or 256"),
+            "{e}"
+        );
+    }
+
     /// The kernel's split of a contribution (`fixed_add`, here in Rust with the same f64
     /// operations) summed in wrapping u64 words, decoded by `fixed_to_f32`: the f64 sum
     /// rounded to f32 (up to the 2^-60 resolution), in any order; non-finite flags.
@@ -3917,11 +4132,14 @@ mod tests {
     #[test]
     fn unsupported_configurations_are_errors() {
         let p = samples::softcap_causal();
-        // D256 needs sm_90's wgmma path (dK and dV in column halves)
-        let o = PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16);
+        // D256 on mma.sync: tiles of 64 x 64 only (`head_dim_256_mma_sync_kernels`)
+        let o = PtxOptions {
+            kv_block: 128,
+            ..PtxOptions::backward(Arch::Sm80, 256, 256, InputType::Bf16)
+        };
         let e = emit_backward(&Plan::new(&p), &o, BackwardKind::Pre).unwrap_err();
-        assert!(e.to_string().contains("sm_90"), "{e}");
-        // nor in the fused kernel, nor beside a head dim of 64
+        assert!(e.to_string().contains("64 x 64"), "{e}");
+        // not in the fused kernel, nor beside a head dim of 64
         let fused = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         let o = PtxOptions {
             d: 256,
