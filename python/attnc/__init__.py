@@ -254,10 +254,11 @@ class Attention:
         round trip, no synchronization (a warmed-up call can be captured in a CUDA
         graph). Chunked prefill (Lq >= 128 where the launch fills the GPU; any Lq > 16 at
         D = Dv = 256, which no split-KV kernel takes) with a mask that is a closed form of
-        the positions (causal, sliding windows, ALiBi, soft-cap, ...) runs on the
-        warp-specialized prefill kernel instead (sm_90), the whole batch in one launch whose
-        CTAs read their lengths from ``seq_lens`` on the device, at the speed of the batched
-        runs below. There ``seq_lens`` and ``page_table`` are never read on the host: a
+        the positions (causal, sliding windows, ALiBi, soft-cap, ...) or reads captured
+        tensors (document ids: its block table built on the GPU per sequence from the same
+        lengths) runs on the warp-specialized prefill kernel instead (sm_90), the whole
+        batch in one launch whose CTAs read their lengths from ``seq_lens`` on the device,
+        at the speed of the batched runs below. There ``seq_lens`` and ``page_table`` are never read on the host: a
         length beyond the cache counts as its capacity (a negative one as 0), a page id
         outside the cache is clamped (never read out of bounds; ``reference_decode`` or
         the CPU report them). ``seq_lens`` may instead be a CPU tensor: its lengths are
@@ -337,7 +338,8 @@ class Attention:
         """Whether a CUDA decode call runs zero-copy (``_decode_cuda``): the split-KV
         kernels' shapes (``decode_cuda_applies``), and chunked prefill at head dim 256
         where this attention's prefill kernel reads the cache in place (sm_90, a
-        closed-form mask: the binding says, asked once per shape); else host copies."""
+        closed-form mask or one over captured tensors: the binding says, asked once per
+        shape); else host copies."""
         lq, d, dv = q.shape[2], q.shape[3], v_cache.shape[3]
         if _attnc.decode_cuda_applies(lq, d, dv):
             return True

@@ -626,8 +626,9 @@ def test_chunked_prefill_with_host_lengths(file, name):
     and must zero those rows; the split-KV kernel under ``ATTNC_DECODE_PAGED_RUNS=0``); the
     lengths on the device, and a sequence shorter than Lq (the runs decline it:
     ``decode_cuda_runs``), run the whole batch in one launch of the prefill kernel that
-    reads the lengths on the device (documents: the split-KV kernels); four rows take the
-    split-KV kernels."""
+    reads the lengths on the device (documents too, since session 31: their block table
+    built on the GPU per sequence from the same lengths); four rows take the split-KV
+    kernels."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=4, hq=64, hkv=8, lq=256, lkv=700, seed=11)
     if "window" in caps:
         caps["window"] = 300
@@ -637,9 +638,8 @@ def test_chunked_prefill_with_host_lengths(file, name):
     ro, rlse = attn.reference_decode(q, k, v, host, **caps)
     check(o, lse, ro, rlse, torch.bfloat16)
     # the lengths on the device only: one launch of the whole batch on the prefill kernel,
-    # each CTA reading its sequence's length (documents, whose kernel reads a block table:
-    # the split-KV kernels)
-    device_path = "split-kv-mma" if name == "document_causal" else "prefill"
+    # each CTA reading its sequence's length (documents: a block table built per sequence)
+    device_path = "prefill"
     so, slse = attn.decode(q, k, v, host.cuda(), return_lse=True, **caps)
     assert attn._inner.decode_path(q, k, v, None, None) == device_path
     check(o, lse, so.float().cpu(), slse.cpu(), torch.bfloat16)
@@ -713,8 +713,9 @@ def test_chunked_prefill_head_dim_256_zero_copy(file, name):
     runs zero-copy on the prefill kernel: with ``seq_lens`` on the GPU the whole batch in
     one launch that reads the lengths (no synchronization: torch's sync debug mode raises
     on any), with them on the CPU the batched runs; path "prefill", against the oracle;
-    a sequence shorter than Lq. A mask over captured tensors (documents) at D256 takes
-    the host copies as before, also against the oracle."""
+    a sequence shorter than Lq. A mask over captured tensors (documents) at D256 too
+    (since session 31: its block table built on the GPU per sequence), against the
+    oracle."""
     attn, q, k, v, caps = _decode_case(file=file, name=name, b=3, hq=4, hkv=2, lq=96, lkv=400, d=256, seed=19)
     if "window" in caps:
         caps["window"] = 150
@@ -739,6 +740,7 @@ def test_chunked_prefill_head_dim_256_zero_copy(file, name):
                                             lq=96, lkv=400, d=256, seed=21)
     dl = torch.tensor([400, 200], dtype=torch.int32, device="cuda")
     o, lse = docs.decode(dq, dk, dv_, dl, return_lse=True, **dcaps)
+    assert docs._inner.decode_path(dq, dk, dv_, None, None) == "prefill"
     ro, rlse = docs.reference_decode(dq, dk, dv_, dl, **dcaps)
     check(o, lse, ro, rlse, torch.bfloat16)
 

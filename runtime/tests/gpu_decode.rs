@@ -562,10 +562,49 @@ fn caller_decode(
     poison: bool,
     what: &str,
 ) -> (attnc::Tensor, Vec<f32>) {
-    use attnc::external::{CacheLayout, DeviceDecodeBuffers};
+    let none = Captures::default();
+    caller_decode_caps(dev, bound, c, &none, params, lens, poison, what)
+}
+
+/// [`caller_decode`] with the captured tensors of `caps` uploaded and passed by name
+/// (i32 and f32 tensors).
+#[allow(clippy::too_many_arguments)]
+fn caller_decode_caps(
+    dev: &CudaDevice,
+    bound: &mut attnc::Bound,
+    c: &Case,
+    caps: &Captures,
+    params: &std::collections::HashMap<String, ParamValue>,
+    lens: Lens<'_>,
+    poison: bool,
+    what: &str,
+) -> (attnc::Tensor, Vec<f32>) {
+    use attnc::external::{CacheLayout, DeviceDecodeBuffers, DeviceTensor};
     use cudarc::driver::{CudaSlice, DevicePtr};
     use std::collections::HashMap;
     let layout: CacheLayout = c.shape.layout;
+    // (kept alive until the download below has synchronized the stream)
+    let mut held_i32: Vec<CudaSlice<i32>> = Vec::new();
+    let mut held_f32: Vec<CudaSlice<f32>> = Vec::new();
+    let mut tensors = HashMap::new();
+    for (name, t) in &caps.tensors {
+        let ptr = if t.dtype() == DType::I32 {
+            held_i32.push(dev.upload(&t.to_i32()).unwrap());
+            let x = held_i32.last().unwrap();
+            x.device_ptr(x.stream()).0
+        } else {
+            held_f32.push(dev.upload(&t.to_f32()).unwrap());
+            let x = held_f32.last().unwrap();
+            x.device_ptr(x.stream()).0
+        };
+        let dtype = if t.dtype() == DType::I32 {
+            DType::I32
+        } else {
+            DType::F32
+        };
+        let dims = t.shape().to_vec();
+        tensors.insert(name.clone(), DeviceTensor { ptr, dims, dtype });
+    }
     let ws = bound.decode_cuda_workspace(layout).unwrap();
     let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
     let (q, k, v) = (bits(&c.q), bits(&c.k), bits(&c.v));
@@ -606,16 +645,11 @@ fn caller_decode(
     // buffer's (the case's).
     unsafe {
         match lens {
-            Lens::Host(h) => bound.decode_cuda_into_with_lengths(
-                layout,
-                &bufs,
-                h,
-                &HashMap::new(),
-                params,
-                stream,
-            ),
+            Lens::Host(h) => {
+                bound.decode_cuda_into_with_lengths(layout, &bufs, h, &tensors, params, stream)
+            }
             Lens::Device | Lens::DeviceAs(_) => {
-                bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream)
+                bound.decode_cuda_into(layout, &bufs, &tensors, params, stream)
             }
             Lens::RunsFirst(h) => {
                 let only = DeviceDecodeBuffers {
@@ -626,7 +660,7 @@ fn caller_decode(
                     ..bufs
                 };
                 let took = bound
-                    .decode_cuda_runs(layout, &only, h, &HashMap::new(), params, stream)
+                    .decode_cuda_runs(layout, &only, h, &tensors, params, stream)
                     .unwrap_or_else(|e| panic!("{what}: runs: {e}"));
                 if took {
                     Ok(())
@@ -634,7 +668,7 @@ fn caller_decode(
                     st.synchronize().unwrap();
                     let untouched = dev.download(&o).unwrap().iter().all(|&x| x == o_fill);
                     assert!(untouched, "{what}: the runs declined but wrote O");
-                    bound.decode_cuda_into(layout, &bufs, &HashMap::new(), params, stream)
+                    bound.decode_cuda_into(layout, &bufs, &tensors, params, stream)
                 }
             }
         }
@@ -862,7 +896,7 @@ type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool
 /// twice bit-identical; at D64 (f16) dense and causal too (a sliding window's D64 kernel
 /// cannot read the cache in place: the split-KV kernels); at D256 (no split-KV kernel
 /// above 16 rows) causal and soft-cap + sliding window (contiguous, pages of 16 and 64) on this path and, with the lengths
-/// also on the host, on the batched runs (documents refused: `decode_cuda_takes`); the rule sends a small batch to the split-KV kernels (masks over
+/// also on the host, on the batched runs (documents: `gpu_decode_caller_prefill_device_documents`); the rule sends a small batch to the split-KV kernels (masks over
 /// captured tensors, whose kernels read block tables, keep them too: the Python package's
 /// `test_chunked_prefill_with_host_lengths` checks documents on this path).
 fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
@@ -985,15 +1019,6 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
             }
         }
     }
-    {
-        let compiled = example("document_causal");
-        let variant = compiled.attention("document_causal").unwrap();
-        let sl = vec![300, 200];
-        let c = case_as(DType::BF16, &mut rng, 2, 4, 2, 160, 256, 300, sl, None);
-        let mut bound = cache_binding(&variant, &c, None);
-        let takes = bound.decode_cuda_takes(c.shape.layout).unwrap();
-        assert!(!takes, "d256 documents");
-    }
     // the rule (not forced): 4 sequences x 8 heads x one tile of 128 rows fill less than
     // half of the GPU's SMs: the split-KV kernels
     let compiled = example("causal");
@@ -1040,6 +1065,133 @@ fn oracle_and_params(
     let want = run(compiled, program, c, Backend::Reference, 1, &caps, false)
         .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
     (want, params)
+}
+
+/// Chunked prefill of a mask over captured tensors (document ids over positions) with
+/// the lengths on the device: the prefill kernel on a block table that the GPU builds per
+/// sequence from the same lengths (`blocktable`, one map per batch): against the oracle at
+/// D128 (contiguous, paged 16 and 128, bf16 and f16, GQA 4:1 and 1:1, lengths 0, 1, odd,
+/// full and stored past the capacity) and D256 (contiguous and paged 16: the prefill
+/// kernel alone, `decode_cuda_takes` now true), the same bits twice.
+fn gpu_decode_caller_prefill_device_documents(dev: &CudaDevice) {
+    let rng = &mut Rng(0xd0c5);
+    let compiled = example("document_causal");
+    let variant = compiled.attention("document_causal").unwrap();
+    // (lq, hq, hkv, d, seq_lens, page, dtype, lengths past the capacity stored)
+    type DocCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        Vec<i32>,
+        Option<usize>,
+        DType,
+        bool,
+    );
+    let cases: [DocCase; 6] = [
+        (
+            128,
+            8,
+            2,
+            128,
+            vec![300, 0, 100, 257],
+            None,
+            DType::BF16,
+            true,
+        ),
+        (
+            200,
+            4,
+            4,
+            128,
+            vec![1, 300, 199, 233],
+            Some(16),
+            DType::F16,
+            false,
+        ),
+        (
+            128,
+            8,
+            2,
+            128,
+            vec![300, 128, 129, 64],
+            Some(128),
+            DType::BF16,
+            false,
+        ),
+        (
+            130,
+            8,
+            2,
+            128,
+            vec![255, 131, 300, 7],
+            None,
+            DType::F16,
+            true,
+        ),
+        (
+            160,
+            4,
+            2,
+            256,
+            vec![300, 40, 0, 257],
+            None,
+            DType::BF16,
+            false,
+        ),
+        (
+            160,
+            4,
+            2,
+            256,
+            vec![300, 161, 290, 77],
+            Some(16),
+            DType::BF16,
+            false,
+        ),
+    ];
+    for (i, (lq, hq, hkv, d, sl, page, dtype, past)) in cases.into_iter().enumerate() {
+        let mut c = case_as(dtype, rng, 4, hq, hkv, lq, d, 300, sl, page);
+        nan_past_lengths(&mut c);
+        let caps = captures_for(&variant, &c, 40 + i as u64);
+        let what = format!(
+            "caller device lengths documents lq {lq} hq {hq}/{hkv} d{d} {:?} page {page:?} {dtype:?}",
+            c.seq_lens
+        );
+        let want = run(
+            &compiled,
+            "document_causal",
+            &c,
+            Backend::Reference,
+            1,
+            &caps,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{what}: oracle: {e}"));
+        let mut bound = cache_binding(&variant, &c, Some(true));
+        assert!(bound.decode_cuda_takes(c.shape.layout).unwrap(), "{what}");
+        let over: Vec<i32> = c
+            .seq_lens
+            .iter()
+            .map(|&n| if n == 300 { 300 + 77 } else { n })
+            .collect();
+        let lens = if past {
+            Lens::DeviceAs(&over)
+        } else {
+            Lens::Device
+        };
+        let params = std::collections::HashMap::new();
+        let (o1, lse1) = caller_decode_caps(dev, &mut bound, &c, &caps, &params, lens, true, &what);
+        assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
+        close_to_oracle(&what, &c, &o1, &lse1, &want);
+        let (o2, lse2) = caller_decode_caps(dev, &mut bound, &c, &caps, &params, lens, true, &what);
+        assert_eq!(o1.bytes(), o2.bytes(), "{what}: O twice");
+        assert_eq!(
+            lse1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            lse2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{what}: LSE twice"
+        );
+    }
 }
 
 /// A CUDA binding of `variant` for case `c`'s cache, with `DecodeTuning::prefill` =
@@ -2193,6 +2345,10 @@ const TESTS: &[Test] = &[
     (
         "gpu_decode_caller_prefill_device",
         gpu_decode_caller_prefill_device,
+    ),
+    (
+        "gpu_decode_caller_prefill_device_documents",
+        gpu_decode_caller_prefill_device_documents,
     ),
     ("gpu_decode_trace", gpu_decode_trace),
     ("gpu_decode_steal", gpu_decode_steal),

@@ -231,13 +231,13 @@ fn forward_options_for(
             .params
             .iter()
             .position(|p| p.name == attnc_compiler::decode::OFFSET_PARAMS[1]);
-        let (true, Some(q0), true) = (
-            popts.ws,
-            q0,
-            plan.kv_bounds(popts.kv_table).is_closed_form(),
-        ) else {
+        // a closed-form mask, or a block table built on the GPU from the same lengths
+        // (a mask over captured tensors: documents); host block maps know no lengths
+        let kv_ok = plan.kv_bounds(popts.kv_table).is_closed_form()
+            || (plan.map_recipe() == MapRecipe::Tensors && opts.gpu_block_tables);
+        let (true, Some(q0), true) = (popts.ws, q0, kv_ok) else {
             return Err(ExecError::Api(Error::Usage(
-                "lengths on the device are read by the warp-specialized forward (sm_90, fast mode) of a position-offset program with a closed-form mask only".into(),
+                "lengths on the device are read by the warp-specialized forward (sm_90, fast mode) of a position-offset program whose mask has a closed form or reads captured tensors (a block table built on the GPU) only".into(),
             )));
         };
         popts.device_lens = Some(q0 as u32);
@@ -767,12 +767,13 @@ mod tests {
     /// attentions, D64, D128 and D256, contiguous and paged, the options say so (the `__q0`
     /// param, the dynamic scheduler up to D128 and one CTA per tile at D256, no kv split) and the kernel generates twice
     /// identically, reading `SeqLens` and, at the same shape without the option, not;
-    /// masks over captured tensors (block tables) and D64's bands are refused, and
-    /// [`cache_forward_applies`] agrees.
+    /// masks over captured tensors take a block table built on the GPU per sequence (its
+    /// builder reads `SeqLens` too); D64's bands are refused, and [`cache_forward_applies`]
+    /// agrees.
     #[test]
     fn device_lens_kernels_generate_for_every_closed_form() {
         use attnc_compiler::backend::llvm::KernelParam;
-        let (mut kernels, mut refused) = (0, 0);
+        let (mut kernels, mut refused, mut tables) = (0, 0, 0);
         for p in example_programs() {
             let dp = attnc_compiler::decode::device_offset_program(&p);
             let plan = Plan::new(&dp);
@@ -799,7 +800,8 @@ mod tests {
                         refused += 1;
                         continue;
                     };
-                    assert!(plan.kv_bounds(false).is_closed_form(), "{what}");
+                    let table = !plan.kv_bounds(false).is_closed_form();
+                    assert!(!table || plan.map_recipe() == MapRecipe::Tensors, "{what}");
                     assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
                     // (head dim 256: one CTA per tile, as its forward)
                     assert_eq!(popts.persistent, d <= 128, "{what}");
@@ -822,6 +824,26 @@ mod tests {
                             .unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
                     assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
+                    if table {
+                        // the builder of the per-sequence tables: the same lengths
+                        let b = || {
+                            spec::generate(&plan, KernelKind::BlockTable, &popts, EmitText::PtxOnly)
+                                .unwrap_or_else(|e| panic!("{what}: builder: {e}"))
+                                .0
+                        };
+                        let (t, again) = (b(), b());
+                        assert_eq!(t.ptx, again.ptx, "{what}: builder deterministic");
+                        assert!(t.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                        let (t0, _) = spec::generate(
+                            &plan,
+                            KernelKind::BlockTable,
+                            &plain,
+                            EmitText::PtxOnly,
+                        )
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert!(!t0.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                        tables += 1;
+                    }
                     // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
                     if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
                         let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
@@ -834,6 +856,9 @@ mod tests {
                 }
             }
         }
-        assert!(kernels >= 40 && refused > 0, "{kernels} / {refused}");
+        assert!(
+            kernels >= 40 && refused > 0 && tables >= 6,
+            "{kernels} / {refused} / {tables}"
+        );
     }
 }

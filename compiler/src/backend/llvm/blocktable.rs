@@ -69,8 +69,13 @@ pub fn smem_bytes() -> u32 {
 }
 
 /// The kernel's parameters, in launch order. `RowStart` and `Runs` are written. With a
-/// skip form (`Plan::table_skip`), one i64 `KvOffset` per constraint and the i32 `KvAllPartial` flag last.
-pub fn param_list(p: &Program, skip: Option<&ClosedForm>) -> Vec<KernelParam> {
+/// skip form (`Plan::table_skip`), one i64 `KvOffset` per constraint and the i32 `KvAllPartial` flag;
+/// with `device_lens` (`PtxOptions::device_lens`) `SeqLens` last.
+pub fn param_list(
+    p: &Program,
+    skip: Option<&ClosedForm>,
+    device_lens: Option<u32>,
+) -> Vec<KernelParam> {
     use KernelParam::*;
     let mut v = vec![RowStart, Runs, Params, Err];
     v.extend((0..p.tensors.len() as u32).map(Tensor));
@@ -84,6 +89,9 @@ pub fn param_list(p: &Program, skip: Option<&ClosedForm>) -> Vec<KernelParam> {
     if let Some(cf) = skip {
         v.extend((0..cf.constraints.len() as u32).map(KvOffset));
         v.push(KvAllPartial);
+    }
+    if device_lens.is_some() {
+        v.push(SeqLens);
     }
     v
 }
@@ -106,7 +114,17 @@ pub(crate) fn build<'ctx>(
             opts.kv_block
         )));
     }
-    let params = param_list(p, skip);
+    if let Some(q0) = opts.device_lens
+        && !p
+            .params
+            .get(q0 as usize)
+            .is_some_and(|x| x.ty == crate::ir::Type::I32)
+    {
+        return Err(LlvmError::Unsupported(format!(
+            "block table with lengths on the device: param {q0} is not an i32 param"
+        )));
+    }
+    let params = param_list(p, skip, opts.device_lens);
     let gptr = ctx.ptr_type(AddressSpace::from(GLOBAL));
     let tys: Vec<BasicMetadataTypeEnum<'ctx>> = params
         .iter()
@@ -179,7 +197,20 @@ fn body<'ctx>(
     let n_h = sreg(g, "nctaid.y")?;
     let map = g.add(g.mul(b, n_h)?, h)?;
     let row = g.add(g.mul(map, nqb)?, qb)?;
+    // (the table's layout: every row has room for the capacity's kv blocks)
     let nkv = g.udiv(g.add(lkv, g.c32(kvbs - 1))?, g.c32(kvbs))?;
+    // `device_lens` (one map per batch, `b` the batch): this sequence's keys, its length
+    // clamped into `0..=Lkv`, and the offset param's value for it, `length - Lq` (as the
+    // attention kernel's `cta::place_tile`)
+    let (lkv, shift) = match opts.device_lens {
+        Some(_) => {
+            let n = g.load_i32(ptr(KernelParam::SeqLens)?, g.zext64(b)?)?;
+            let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
+            let n = g.iintr2("llvm.smin.i32", n, lkv)?;
+            (n, Some(g.sub(n, lq)?))
+        }
+        None => (lkv, None),
+    };
     // this row's slot of runs (u32 run index; the runtime keeps the table under 2^32 runs)
     let slot = g.mul(row, nkv)?;
     let q0 = g.mul(qb, g.c32(qbs))?;
@@ -196,9 +227,14 @@ fn body<'ctx>(
                 .iter()
                 .map(|c| (c.expr.q, c.expr.kv))
                 .collect();
-            let offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
+            let mut offsets: Vec<IntValue<'ctx>> = (0..coefs.len() as u32)
                 .map(|i| int(KernelParam::KvOffset(i)))
                 .collect::<R<_>>()?;
+            // (`device_lens`: the host's offsets at the param's value 0, plus each
+            // constraint's coefficient of it times this sequence's value)
+            if let (Some(pi), Some(shift)) = (opts.device_lens, shift) {
+                super::cta::shift_offsets(g, cf, pi, shift, &mut offsets)?;
+            }
             let all = int(KernelParam::KvAllPartial)?;
             let [first, end, _, _] = block_range(
                 g,
@@ -215,9 +251,20 @@ fn body<'ctx>(
         }
         None => (g.c32(0), nkv),
     };
+    // (`device_lens`: the tiles past this sequence's keys hold no point: empty)
+    let kv_hi = match shift {
+        Some(_) => {
+            let nkv_b = g.udiv(g.add(lkv, g.c32(kvbs - 1))?, g.c32(kvbs))?;
+            g.iintr2("llvm.smin.i32", kv_hi, nkv_b)?
+        }
+        None => kv_hi,
+    };
 
     // ---- params and captured tensors (as in the attention kernel) -----------------------------
-    let env = Env::load(g, p, opts.checked, &ptr, &int)?;
+    let mut env = Env::load(g, p, opts.checked, &ptr, &int)?;
+    if let (Some(pi), Some(shift)) = (opts.device_lens, shift) {
+        env.params[pi as usize] = shift.into();
+    }
     // `PtxOptions::mask_kinds`: the mask as `L && N`; a partial tile where one of them
     // holds at every point gets its own kind
     let kinds = super::score::mask_kinds(p, opts);

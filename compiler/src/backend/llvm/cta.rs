@@ -225,19 +225,7 @@ pub(crate) fn row_runs<'ctx>(
             // (`Cfg::device_lens`: the offsets at `__q0 = 0`, plus each constraint's
             // coefficient of it times this tile's value)
             if let (Some(pi), Some(shift)) = (c.device_lens, cx.q_shift) {
-                let shift = g.sext64(shift)?;
-                for (k, con) in offsets.iter_mut().zip(&cf.constraints) {
-                    let coef: i64 = con
-                        .expr
-                        .params
-                        .iter()
-                        .filter(|(p, _)| *p == pi)
-                        .map(|(_, c)| *c)
-                        .sum();
-                    if coef != 0 {
-                        *k = g.add(*k, g.mul(shift, g.c64(coef))?)?;
-                    }
-                }
+                shift_offsets(g, cf, pi, shift, &mut offsets)?;
             }
             RowRuns::closed_form(
                 g,
@@ -253,6 +241,32 @@ pub(crate) fn row_runs<'ctx>(
             )
         }
     }
+}
+
+/// Closed-form kv offsets made by the host at the value 0 of param `pi` (the position
+/// offset of `PtxOptions::device_lens`) moved to its value `shift` (i32): each
+/// constraint's offset plus its coefficient of the param times `shift` (i64).
+pub(crate) fn shift_offsets<'ctx>(
+    g: &Gpu<'ctx>,
+    cf: &crate::analysis::linear::ClosedForm,
+    pi: u32,
+    shift: IntValue<'ctx>,
+    offsets: &mut [IntValue<'ctx>],
+) -> R<()> {
+    let shift = g.sext64(shift)?;
+    for (k, con) in offsets.iter_mut().zip(&cf.constraints) {
+        let coef: i64 = con
+            .expr
+            .params
+            .iter()
+            .filter(|(p, _)| *p == pi)
+            .map(|(_, c)| *c)
+            .sum();
+        if coef != 0 {
+            *k = g.add(*k, g.mul(shift, g.c64(coef))?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The (q block, head, batch) of this CTA in longest-first order over groups of `group`

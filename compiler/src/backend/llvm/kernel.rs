@@ -158,8 +158,9 @@ pub(crate) fn build<'ctx>(
         ));
     }
     if let Some(q0) = opts.device_lens {
+        // (a block table: built per sequence on the GPU from the same lengths,
+        // `blocktable`, the runtime's choice for masks over captured tensors)
         let ok = opts.ws
-            && kv.is_closed_form()
             && !opts.tail_split
             && !opts.q_ahead
             && !opts.cross_tile
@@ -168,7 +169,7 @@ pub(crate) fn build<'ctx>(
                 .is_some_and(|x| x.ty == crate::ir::Type::I32);
         if !ok {
             return Err(LlvmError::Unsupported(format!(
-                "lengths on the device (device_lens = param {q0}) need the warp-specialized forward with closed-form kv bounds, without tail_split, q_ahead or cross_tile, and an i32 param {q0}"
+                "lengths on the device (device_lens = param {q0}) need the warp-specialized forward without tail_split, q_ahead or cross_tile, and an i32 param {q0}"
             )));
         }
     }

@@ -68,7 +68,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
                 kv_block: opts.kv_block,
                 threads: blocktable::THREADS,
                 smem_bytes: blocktable::smem_bytes(),
-                params: blocktable::param_list(p, skip.as_ref()),
+                params: blocktable::param_list(p, skip.as_ref(), opts.device_lens),
                 grid: [GridDim::QBlocks, GridDim::MapHeads, GridDim::MapBatches],
                 kv_bounds: KvBounds::Table,
                 table_skip: skip,

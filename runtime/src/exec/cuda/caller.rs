@@ -631,10 +631,22 @@ impl CudaExec {
         }
         // the kv source, as the host path chooses it (`CudaExec::problem`)
         let m = plan.mask();
+        // (`device_lens`: one map per sequence, each built at its own lengths)
+        let device_lens = spec.options.device_lens;
+        let uses_b = m.uses_b || device_lens.is_some();
         let device_geom = self.table.as_ref().and_then(|_| {
-            let t = DeviceTable::new(&shape, spec.q_block, spec.kv_block, m.uses_b, m.uses_h);
+            let t = DeviceTable::new(&shape, spec.q_block, spec.kv_block, uses_b, m.uses_h);
             t.capacity(&shape).map(|cap| (t, cap))
         });
+        if device_lens.is_some()
+            && device_geom.is_none()
+            && matches!(spec.kv_bounds, KvBounds::Table)
+        {
+            return Err(CudaError::Mismatch(
+                "lengths on the device with a mask over captured tensors need its block table built on the GPU (the table of these shapes is too large, or ATTNC_BLOCK_TABLES=host)".into(),
+            )
+            .into());
+        }
         let mut builder_args = None;
         if let (Some(builder), Some((geom, cap))) = (&self.table, device_geom) {
             let src = TableSource::Device(shape);
@@ -645,7 +657,7 @@ impl CudaExec {
                 let rows = 2 * geom.b_maps as usize * geom.h_maps as usize * nq as usize;
                 let bufs = Arc::new((st.dev.zeros::<u32>(rows)?, st.dev.zeros::<u32>(3 * cap)?));
                 let strides = (
-                    if m.uses_b { geom.h_maps as i32 } else { 0 },
+                    if uses_b { geom.h_maps as i32 } else { 0 },
                     if m.uses_h { 1 } else { 0 },
                 );
                 st.table = Some(StreamTable {
@@ -655,7 +667,21 @@ impl CudaExec {
                     device: Some(geom),
                 });
             }
-            let skip = plan.skip_bounds(&shape, bindings)?;
+            let mut skip = plan.skip_bounds(&shape, bindings)?;
+            // (`device_lens`: as the closed form below, the offsets at the param's value
+            // 0, which the builder shifts per sequence, usable only if valid at both ends
+            // of its values)
+            if let (Some(pi), Some(_)) = (device_lens, &skip) {
+                for end in [-(shape.lq as i64), shape.lkv as i64 - shape.lq as i64] {
+                    let mut at = bindings.clone();
+                    if let Some(x) = at.params.get_mut(pi as usize) {
+                        *x = attnc_compiler::ir::Scalar::I32(end as i32);
+                    }
+                    if plan.skip_bounds(&shape, &at)?.is_none() {
+                        skip = None;
+                    }
+                }
+            }
             builder_args = Some((
                 builder.clone(),
                 builder_skip_args(builder.spec(), skip.as_deref())?,
