@@ -433,6 +433,114 @@ pub fn split_conjuncts(f: &Function) -> Option<(Function, Function)> {
     Some((conjunction(f, &linear)?, conjunction(f, &other)?))
 }
 
+/// A mask `L && (x == y)` whose one non-linear conjunct compares a value `x` of the query
+/// side (reading `b`, `h`, `q`, params and tensors, never `kv`) with a value `y` of the key
+/// side (never `q`): document ids (`doc[b, q] == doc[b, kv]`). The block-table kernel
+/// classifies most of a document mask's tiles from the ranges of `x` over the tile's rows
+/// and `y` over its columns instead of at every point: disjoint ranges, no point of the
+/// tile has `x == y` (empty); one value on both sides, `x == y` everywhere (the tile is
+/// `L`'s kind there). `x` and `y` are functions of their own (`f` with that return value)
+/// whose tensor reads are unguarded: they may read where `f` would not (indices clamped
+/// as everywhere; not for checked mode, which reports such reads). That is exact because
+/// every guard of those reads is `true` or a conjunction of `L`'s conjuncts: where a guard
+/// is false, `L` is false and the mask too, whatever `x == y` gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeparableEq {
+    pub x: Function,
+    pub y: Function,
+}
+
+/// [`SeparableEq`] of the mask `f`, if it has that form.
+pub fn separable_eq(f: &Function) -> Option<SeparableEq> {
+    let (linear, other) = top_conjuncts(f)?;
+    let [v] = other[..] else {
+        return None;
+    };
+    let Inst::Binary(BinOp::ICmp(Cmp::Eq), a, b) = *f.inst(v) else {
+        return None;
+    };
+    if f.ty(a) != Type::I32 {
+        return None;
+    }
+    // the args each value reads, not counting the guards of tensor reads (checked below)
+    let mut reads: Vec<[bool; 5]> = vec![[false; 5]; f.insts.len()];
+    let slot = |a: Arg| match a {
+        Arg::S => 0,
+        Arg::B => 1,
+        Arg::H => 2,
+        Arg::Q => 3,
+        Arg::Kv => 4,
+    };
+    for (i, inst) in f.insts.iter().enumerate() {
+        let mut r = [false; 5];
+        if let Inst::Arg(x) = inst {
+            r[slot(*x)] = true;
+        }
+        let ops = match inst {
+            Inst::Load { indices, .. } => indices.clone(),
+            _ => inst.operands(),
+        };
+        for o in ops {
+            for (k, x) in reads[o.index()].iter().enumerate() {
+                r[k] |= x;
+            }
+        }
+        reads[i] = r;
+    }
+    let side = |v: Value, other: usize| !reads[v.index()][0] && !reads[v.index()][other];
+    let (x, y) = if side(a, 4) && side(b, 3) {
+        (a, b)
+    } else if side(b, 4) && side(a, 3) {
+        (b, a)
+    } else {
+        return None;
+    };
+    // every guard of their reads: true, or a conjunction of L's conjuncts
+    fn implied(f: &Function, g: Value, linear: &[Value]) -> bool {
+        linear.contains(&g)
+            || matches!(f.inst(g), Inst::ConstBool(true))
+            || matches!(f.inst(g), Inst::Binary(BinOp::And, p, q)
+                if implied(f, *p, linear) && implied(f, *q, linear))
+    }
+    let live = f.live_from(&[x, y]);
+    for (i, inst) in f.insts.iter().enumerate() {
+        if let Inst::Load { guard, .. } = inst
+            && live[i]
+            && !implied(f, *guard, &linear)
+        {
+            return None;
+        }
+    }
+    // `f` with a `true` first (every value one further) guarding every read, returning `r`
+    let side_fn = |r: Value| {
+        let mut g = Function::new(f.kind);
+        let t = g.push(Inst::ConstBool(true), Type::Bool, f.spans[r.index()]);
+        let m = |v: &Value| Value(v.0 + 1);
+        for (i, inst) in f.insts.iter().enumerate() {
+            let inst = match inst {
+                Inst::Unary(op, a) => Inst::Unary(*op, m(a)),
+                Inst::Binary(op, a, b) => Inst::Binary(*op, m(a), m(b)),
+                Inst::Select(c, a, b) => Inst::Select(m(c), m(a), m(b)),
+                Inst::Load {
+                    tensor, indices, ..
+                } => Inst::Load {
+                    tensor: *tensor,
+                    indices: indices.iter().map(m).collect(),
+                    guard: t,
+                },
+                other => other.clone(),
+            };
+            g.push(inst, f.types[i], f.spans[i]);
+        }
+        g.ret = m(&r);
+        g
+    };
+    Some(SeparableEq {
+        x: side_fn(x),
+        y: side_fn(y),
+    })
+}
+
 /// The top-level conjuncts of the boolean `f` (through `&&` and `c ? a : false`, from the
 /// return value, left to right, each value once): `(linear, other)`, those with an exact
 /// linear form ([`linear_values`]) and the rest. `None` unless `f` returns a bool.
@@ -789,6 +897,66 @@ mod tests {
             "doc[b, q] == doc[b, kv] || q >= kv",
         ] {
             assert!(split(m).is_none(), "{m}");
+        }
+    }
+
+    /// `separable_eq`: the document masks' `x == y` with `x` on the query side and `y` on
+    /// the key side (either order, guarded by the linear conjuncts or not), whose side
+    /// functions read the ids unguarded: evaluated by the interpreter at points where the
+    /// mask's guard is false they give the ids; refused where a side reads the other
+    /// position, where the comparison is not `==` or not the one other conjunct, or where
+    /// a read is guarded by something the linear conjuncts do not imply.
+    #[test]
+    fn separable_eq_of_document_masks() {
+        use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+        let doc = "tensor doc: i32[B, KV]; param window: i32;\n";
+        let sep = |m: &str| {
+            let p = program(&format!(
+                "{doc} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+            ));
+            (separable_eq(p.mask.as_ref().unwrap()), p)
+        };
+        let ids: Vec<i32> = (0..2 * 16).map(|i| (i % 16) / 5 + 10 * (i / 16)).collect();
+        let bind = Bindings {
+            params: vec![Scalar::I32(3)],
+            tensors: vec![BoundTensor {
+                dims: vec![2, 16],
+                data: TensorData::I32(ids.clone()),
+            }],
+        };
+        for m in [
+            "q >= kv && doc[b, q] == doc[b, kv]",
+            "doc[b, q] == doc[b, kv]",
+            "doc[b, kv] == doc[b, q] & q - kv <= window & q >= kv",
+            "q >= kv && q - kv <= window && doc[b, q] == doc[b, kv]",
+        ] {
+            let (s, p) = sep(m);
+            let s = s.unwrap_or_else(|| panic!("{m}"));
+            let mut scratch = Vec::new();
+            // (q < kv: the mask's guard is false there; the sides still read)
+            for (b, q, kv) in [(0, 3, 9), (1, 12, 2), (1, 0, 15)] {
+                let at = Args {
+                    s: 0.0,
+                    b,
+                    h: 0,
+                    q,
+                    kv,
+                };
+                let x = eval(&s.x, &p, at, &bind, &mut scratch).unwrap();
+                let y = eval(&s.y, &p, at, &bind, &mut scratch).unwrap();
+                assert_eq!(x, Scalar::I32(ids[(16 * b + q) as usize]), "{m}: x");
+                assert_eq!(y, Scalar::I32(ids[(16 * b + kv) as usize]), "{m}: y");
+            }
+        }
+        for m in [
+            "q >= kv",
+            "q >= kv && doc[b, q] == doc[b, kv] + q",
+            "q >= kv && doc[b, q] != doc[b, kv]",
+            "q >= kv && doc[b, q] == doc[b, kv] && doc[b, kv] > 0",
+            "(q % 2 == 0) && doc[b, q] == doc[b, kv]",
+            "doc[b, q] == doc[b, kv] || q >= kv",
+        ] {
+            assert!(sep(m).0.is_none(), "{m}");
         }
     }
 

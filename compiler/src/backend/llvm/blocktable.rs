@@ -22,9 +22,15 @@
 //!                0..n_kv_blocks (no such conjunct, checked mode, or KvAllPartial set)
 //! for each chunk of CHUNK kv blocks in kv_lo..kv_hi (the tiles outside are empty):
 //!     each warp takes kv blocks j = chunk + warp, + WARPS, ...:
+//!         a document mask `L && x == y` (`linear::SeparableEq`, fast mode): x over the
+//!         q block's rows and y over the tile's columns, their ranges reduced over the
+//!         warp; disjoint: empty; one value on both sides where the linear conjuncts'
+//!         closed form holds on the whole tile (kv_full, trusted: a skip form without
+//!         KvAllPartial) or there is no linear conjunct: full; either way done. Else:
 //!         lane l evaluates the mask at (q, kv) for every in-range row q of the q block
-//!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32;
-//!         seen_true / seen_false per lane; after each row a warp vote stops the tile
+//!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32, ROWS
+//!         rows per step (their reads in flight together);
+//!         seen_true / seen_false per lane; after each step a warp vote stops the tile
 //!         once both were seen (partial) — not in checked mode, which evaluates every
 //!         point so that every out-of-range read is recorded
 //!         kind = vote(any true) ? (vote(any false) ? partial : full) : empty -> smem
@@ -57,11 +63,16 @@ use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 
-/// Threads per CTA (8 warps).
+/// Threads per CTA (8 warps; 32 were no faster on an H200, session 31: the rows walked
+/// at every point of a tile are the builder's cost, see `linear::SeparableEq`).
 pub const THREADS: u32 = 256;
 const WARPS: u32 = THREADS / 32;
 /// kv blocks classified between two compaction steps (one `u32` kind each in shared memory).
 const CHUNK: u32 = 256;
+/// Rows of a tile a warp evaluates per step of its row loop (their reads in flight
+/// together; one row per step: the documents' builder 159 µs at B8 Lq512 Lkv8192 on an
+/// H200, eight 154 µs, session 31).
+const ROWS: u32 = 8;
 
 /// Dynamic shared memory of the kernel: the kinds of one chunk.
 pub fn smem_bytes() -> u32 {
@@ -220,7 +231,8 @@ fn body<'ctx>(
     // ---- the kv blocks that may hold a true point: kv_lo..kv_hi ---------------------------------
     // (the range of the mask's linear conjuncts; every tile outside it is empty and is
     // never evaluated; the whole row without a skip form or with KvAllPartial set)
-    let (kv_lo, kv_hi) = match skip {
+    // (and the tiles where every linear conjunct holds at every point: kv_full)
+    let (kv_lo, kv_hi, kv_full) = match skip {
         Some(cf) => {
             let coefs: Vec<(i64, i64)> = cf
                 .constraints
@@ -236,7 +248,7 @@ fn body<'ctx>(
                 super::cta::shift_offsets(g, cf, pi, shift, &mut offsets)?;
             }
             let all = int(KernelParam::KvAllPartial)?;
-            let [first, end, _, _] = block_range(
+            let [first, end, ff, fe] = block_range(
                 g,
                 &coefs,
                 &offsets,
@@ -247,9 +259,11 @@ fn body<'ctx>(
                 lkv,
                 kvbs as u32,
             )?;
-            (first, end)
+            // (with KvAllPartial set no tile is known full: `kv_full` says nothing)
+            let trusted = g.icmp(IntPredicate::EQ, all, g.c32(0))?;
+            (first, end, Some((ff, fe, trusted)))
         }
-        None => (g.c32(0), nkv),
+        None => (g.c32(0), nkv, None),
     };
     // (`device_lens`: the tiles past this sequence's keys hold no point: empty)
     let kv_hi = match shift {
@@ -278,6 +292,16 @@ fn body<'ctx>(
         None => None,
     };
     let r_var = g.var(g.i32, g.c32(0))?;
+    // a document mask's tiles from the ranges of its two sides (`linear::SeparableEq`;
+    // not in checked mode, whose reads are all reported): the tile's kind, or -1 where
+    // the ranges do not decide it and the rows are walked
+    let sep = if opts.checked {
+        None
+    } else {
+        crate::analysis::linear::separable_eq(mask)
+    };
+    let no_linear = crate::analysis::linear::implied_mask(mask).is_none();
+    let kind_var = g.var(g.i32, g.c32(-1))?;
     // thread 0's run under construction: kind (0 empty, 1 partial, 2 full), start, count
     let cur_kind = g.var(g.i32, g.c32(0))?;
     let cur_start = g.var(g.i32, g.c32(0))?;
@@ -321,81 +345,155 @@ fn body<'ctx>(
                     Ok((kv, g.icmp(IntPredicate::SLT, kv, lkv)?))
                 })
                 .collect::<R<_>>()?;
-            g.set(&seen_t, g.cbool(false))?;
-            g.set(&seen_f, g.cbool(false))?;
-            if let Some((seen_fl, seen_fn)) = &seen_ln {
-                g.set(seen_fl, g.cbool(false))?;
-                g.set(seen_fn, g.cbool(false))?;
-            }
-            g.set(&r_var, g.c32(0))?;
-            // rows 0..qn (qn >= 1): a do-while loop, so that loads of the kv-only part of
-            // the mask are executed on entry and may be hoisted out of it
-            let rows = g.block("tile_rows");
-            let done = g.block("tile_done");
-            g.br(rows)?;
-            g.b.position_at_end(rows);
-            let r = g.geti(&r_var)?;
-            let q = g.add(q0, r)?;
-            let (mut t, mut f) = (g.geti(&seen_t)?, g.geti(&seen_f)?);
-            let (mut fl, mut fnn) = match &seen_ln {
-                Some((seen_fl, seen_fn)) => (g.geti(seen_fl)?, g.geti(seen_fn)?),
-                None => (g.cbool(false), g.cbool(false)),
-            };
-            for &(kv, kv_in) in &cols {
-                let e = Elem {
-                    s: g.cf(0.0),
-                    b,
-                    h,
-                    q,
-                    kv,
-                    inside: kv_in,
-                };
-                let m = match &kinds {
-                    Some((l, n)) => {
-                        let lv = emit_function(g, &env, l, e)?.into_int_value();
-                        let nv = emit_function(g, &env, n, e)?.into_int_value();
-                        fl = g.or(fl, g.and(kv_in, g.xor(lv, g.cbool(true))?)?)?;
-                        fnn = g.or(fnn, g.and(kv_in, g.xor(nv, g.cbool(true))?)?)?;
-                        g.and(lv, nv)?
+            let fast = match &sep {
+                Some(sep) => {
+                    let e = |q, kv, inside| Elem {
+                        s: g.cf(0.0),
+                        b,
+                        h,
+                        q,
+                        kv,
+                        inside,
+                    };
+                    let (imin, imax) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
+                    let min = |a, b| g.iintr2("llvm.smin.i32", a, b);
+                    let max = |a, b| g.iintr2("llvm.smax.i32", a, b);
+                    // x over the q block's rows (lane l: rows l, l + 32, ..; past qn the
+                    // last row again), y over the tile's columns below Lkv
+                    let last = g.sub(qn, g.c32(1))?;
+                    let (mut xlo, mut xhi, mut ylo, mut yhi) = (imin, imax, imin, imax);
+                    for k in 0..(qbs / 32) {
+                        let r = min(g.add(lane, g.c32(32 * k))?, last)?;
+                        let x =
+                            emit_function(g, &env, &sep.x, e(g.add(q0, r)?, kv0, g.cbool(true)))?;
+                        xlo = min(xlo, x.into_int_value())?;
+                        xhi = max(xhi, x.into_int_value())?;
                     }
-                    None => emit_function(g, &env, mask, e)?.into_int_value(),
-                };
-                t = g.or(t, g.and(kv_in, m)?)?;
-                f = g.or(f, g.and(kv_in, g.xor(m, g.cbool(true))?)?)?;
-            }
-            g.set(&seen_t, t)?;
-            g.set(&seen_f, f)?;
-            if let Some((seen_fl, seen_fn)) = &seen_ln {
-                g.set(seen_fl, fl)?;
-                g.set(seen_fn, fnn)?;
-            }
-            let r1 = g.add(r, g.c32(1))?;
-            g.set(&r_var, r1)?;
-            let mut more = g.icmp(IntPredicate::SLT, r1, qn)?;
-            if !opts.checked {
-                // partial as soon as the warp has seen both values (with `kinds`: and
-                // both conjunct groups false somewhere, so that neither holds everywhere)
-                let both = match kinds {
-                    Some(_) => g.and(g.vote_any(t)?, g.and(g.vote_any(fl)?, g.vote_any(fnn)?)?)?,
-                    None => g.and(g.vote_any(t)?, g.vote_any(f)?)?,
-                };
-                more = g.and(more, g.xor(both, g.cbool(true))?)?;
-            }
-            g.cond_br(more, rows, done)?;
-            g.b.position_at_end(done);
-            let any_t = g.vote_any(g.geti(&seen_t)?)?;
-            let any_f = g.vote_any(g.geti(&seen_f)?)?;
-            // tile kinds: 0 empty, 1 partial, 2 full; with `kinds` 3 (partial, N holds
-            // everywhere) and 4 (partial, L holds everywhere)
-            let partial = match &seen_ln {
-                Some((seen_fl, seen_fn)) => {
-                    let any_fl = g.vote_any(g.geti(seen_fl)?)?;
-                    let any_fn = g.vote_any(g.geti(seen_fn)?)?;
-                    g.selecti(any_fn, g.selecti(any_fl, g.c32(1), g.c32(4))?, g.c32(3))?
+                    for &(kv, kv_in) in &cols {
+                        let y = emit_function(g, &env, &sep.y, e(q0, kv, kv_in))?.into_int_value();
+                        ylo = min(ylo, g.selecti(kv_in, y, imin)?)?;
+                        yhi = max(yhi, g.selecti(kv_in, y, imax)?)?;
+                    }
+                    for w in [16, 8, 4, 2, 1] {
+                        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
+                        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
+                        ylo = min(ylo, g.shfl_xor_i32(ylo, w)?)?;
+                        yhi = max(yhi, g.shfl_xor_i32(yhi, w)?)?;
+                    }
+                    // no point has x == y (no column below Lkv: ylo > yhi, also none)
+                    let lt = |a, b| g.icmp(IntPredicate::SLT, a, b);
+                    let eq = |a, b| g.icmp(IntPredicate::EQ, a, b);
+                    let disjoint = g.or(lt(xhi, ylo)?, lt(yhi, xlo)?)?;
+                    // x == y at every point: the linear conjuncts' kind
+                    let one = g.and(g.and(eq(xlo, xhi)?, eq(ylo, yhi)?)?, eq(xlo, ylo)?)?;
+                    // (full where the trusted closed form says the linear conjuncts hold
+                    // on the whole tile, or where there is no linear conjunct; elsewhere
+                    // the rows are walked: the closed form's range is not exact about
+                    // where they hold nowhere, e.g. an empty band)
+                    let one_kind = match kv_full {
+                        Some((ff, fe, trusted)) => {
+                            let in_full = g.and(
+                                g.icmp(IntPredicate::SGE, j, ff)?,
+                                g.icmp(IntPredicate::SLT, j, fe)?,
+                            )?;
+                            g.selecti(g.and(trusted, in_full)?, g.c32(2), g.c32(-1))?
+                        }
+                        None if no_linear => g.c32(2),
+                        None => g.c32(-1),
+                    };
+                    g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)?
                 }
-                None => g.c32(1),
+                None => g.c32(-1),
             };
-            let kind = g.selecti(any_t, g.selecti(any_f, partial, g.c32(2))?, g.c32(0))?;
+            g.set(&kind_var, fast)?;
+            g.if_then(g.icmp(IntPredicate::SLT, fast, g.c32(0))?, || {
+                g.set(&seen_t, g.cbool(false))?;
+                g.set(&seen_f, g.cbool(false))?;
+                if let Some((seen_fl, seen_fn)) = &seen_ln {
+                    g.set(seen_fl, g.cbool(false))?;
+                    g.set(seen_fn, g.cbool(false))?;
+                }
+                g.set(&r_var, g.c32(0))?;
+                // rows 0..qn (qn >= 1) ROWS at a time: a do-while loop, so that loads of the
+                // kv-only part of the mask are executed on entry and may be hoisted out of it;
+                // the ROWS rows' reads (a row's document id) are independent, so their
+                // latencies overlap (one row per step waited for each read in turn: a block
+                // that holds no true point walks every row); rows past qn repeat row qn - 1,
+                // which changes no vote and reads nothing new
+                let rows = g.block("tile_rows");
+                let done = g.block("tile_done");
+                g.br(rows)?;
+                g.b.position_at_end(rows);
+                let r = g.geti(&r_var)?;
+                let last = g.sub(qn, g.c32(1))?;
+                let (mut t, mut f) = (g.geti(&seen_t)?, g.geti(&seen_f)?);
+                let (mut fl, mut fnn) = match &seen_ln {
+                    Some((seen_fl, seen_fn)) => (g.geti(seen_fl)?, g.geti(seen_fn)?),
+                    None => (g.cbool(false), g.cbool(false)),
+                };
+                let points = (0..ROWS).flat_map(|u| cols.iter().map(move |c| (u, *c)));
+                for (u, (kv, kv_in)) in points {
+                    let ru = g.iintr2("llvm.smin.i32", g.add(r, g.c32(u as i64))?, last)?;
+                    let q = g.add(q0, ru)?;
+                    let e = Elem {
+                        s: g.cf(0.0),
+                        b,
+                        h,
+                        q,
+                        kv,
+                        inside: kv_in,
+                    };
+                    let m = match &kinds {
+                        Some((l, n)) => {
+                            let lv = emit_function(g, &env, l, e)?.into_int_value();
+                            let nv = emit_function(g, &env, n, e)?.into_int_value();
+                            fl = g.or(fl, g.and(kv_in, g.xor(lv, g.cbool(true))?)?)?;
+                            fnn = g.or(fnn, g.and(kv_in, g.xor(nv, g.cbool(true))?)?)?;
+                            g.and(lv, nv)?
+                        }
+                        None => emit_function(g, &env, mask, e)?.into_int_value(),
+                    };
+                    t = g.or(t, g.and(kv_in, m)?)?;
+                    f = g.or(f, g.and(kv_in, g.xor(m, g.cbool(true))?)?)?;
+                }
+                g.set(&seen_t, t)?;
+                g.set(&seen_f, f)?;
+                if let Some((seen_fl, seen_fn)) = &seen_ln {
+                    g.set(seen_fl, fl)?;
+                    g.set(seen_fn, fnn)?;
+                }
+                let r1 = g.add(r, g.c32(ROWS as i64))?;
+                g.set(&r_var, r1)?;
+                let mut more = g.icmp(IntPredicate::SLT, r1, qn)?;
+                if !opts.checked {
+                    // partial as soon as the warp has seen both values (with `kinds`: and
+                    // both conjunct groups false somewhere, so that neither holds everywhere)
+                    let both = match kinds {
+                        Some(_) => {
+                            g.and(g.vote_any(t)?, g.and(g.vote_any(fl)?, g.vote_any(fnn)?)?)?
+                        }
+                        None => g.and(g.vote_any(t)?, g.vote_any(f)?)?,
+                    };
+                    more = g.and(more, g.xor(both, g.cbool(true))?)?;
+                }
+                g.cond_br(more, rows, done)?;
+                g.b.position_at_end(done);
+                let any_t = g.vote_any(g.geti(&seen_t)?)?;
+                let any_f = g.vote_any(g.geti(&seen_f)?)?;
+                // tile kinds: 0 empty, 1 partial, 2 full; with `kinds` 3 (partial, N holds
+                // everywhere) and 4 (partial, L holds everywhere)
+                let partial = match &seen_ln {
+                    Some((seen_fl, seen_fn)) => {
+                        let any_fl = g.vote_any(g.geti(seen_fl)?)?;
+                        let any_fn = g.vote_any(g.geti(seen_fn)?)?;
+                        g.selecti(any_fn, g.selecti(any_fl, g.c32(1), g.c32(4))?, g.c32(3))?
+                    }
+                    None => g.c32(1),
+                };
+                let kind = g.selecti(any_t, g.selecti(any_f, partial, g.c32(2))?, g.c32(0))?;
+                g.set(&kind_var, kind)
+            })?;
+            let kind = g.geti(&kind_var)?;
             g.if_then(g.icmp(IntPredicate::EQ, lane, g.c32(0))?, || {
                 let off = g.shl(g.sub(j, c0)?, g.c32(2))?;
                 g.store(g.smem_at(off)?, kind)

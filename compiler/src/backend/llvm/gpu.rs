@@ -343,6 +343,18 @@ impl<'ctx> Gpu<'ctx> {
             ],
         )
     }
+    /// `shfl.sync.bfly.b32` over the full warp: the `x` of lane `lane ^ lanes`.
+    pub fn shfl_xor_i32(&self, x: IntValue<'ctx>, lanes: i64) -> R<IntValue<'ctx>> {
+        self.call_i(
+            "llvm.nvvm.shfl.sync.bfly.i32",
+            &[
+                self.c32(-1).into(),
+                x.into(),
+                self.c32(lanes).into(),
+                self.c32(31).into(),
+            ],
+        )
+    }
     /// `shfl.sync.idx.b32` over the full warp: lane `src`'s `x` (`src` in 0..32).
     pub fn shfl_idx_i32(&self, x: IntValue<'ctx>, src: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         self.call_i(
