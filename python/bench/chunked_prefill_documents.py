@@ -23,23 +23,9 @@ import torch
 
 import attnc
 from paged_cache import paged
+from cuda_timing import bench
 
 D = 128
-
-
-def bench(fn, iters=20, warm=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    s, e, ts = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), []
-    for _ in range(3):
-        s.record()
-        for _ in range(iters):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / iters)
-    return min(ts)
 
 
 def main():

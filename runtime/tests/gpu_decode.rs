@@ -957,12 +957,7 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
             let (o1, lse1) =
                 call_as_oracle(dev, &mut bound, &c, &params, lens, &want, "prefill", &what);
             let (o2, lse2) = caller_decode(dev, &mut bound, &c, &params, lens, true, &what);
-            assert_eq!(o1.bytes(), o2.bytes(), "{what}: O twice");
-            assert_eq!(
-                lse1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                lse2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "{what}: LSE twice"
-            );
+            same_bits(&what, (&o1, &lse1), (&o2, &lse2));
         }
     }
     // D64 (f16): dense and causal on the warp-specialized kernel (dense: three consumer
@@ -1185,13 +1180,15 @@ fn gpu_decode_caller_prefill_device_documents(dev: &CudaDevice) {
         assert_eq!(bound.cache_path(), Some("prefill"), "{what}: path");
         close_to_oracle(&what, &c, &o1, &lse1, &want);
         let (o2, lse2) = caller_decode_caps(dev, &mut bound, &c, &caps, &params, lens, true, &what);
-        assert_eq!(o1.bytes(), o2.bytes(), "{what}: O twice");
-        assert_eq!(
-            lse1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            lse2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            "{what}: LSE twice"
-        );
+        same_bits(&what, (&o1, &lse1), (&o2, &lse2));
     }
+}
+
+/// Two calls' O and LSE are the same bits (`what` names the case).
+fn same_bits(what: &str, a: (&attnc::Tensor, &[f32]), b: (&attnc::Tensor, &[f32])) {
+    assert_eq!(a.0.bytes(), b.0.bytes(), "{what}: O twice");
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(a.1), bits(b.1), "{what}: LSE twice");
 }
 
 /// A CUDA binding of `variant` for case `c`'s cache, with `DecodeTuning::prefill` =

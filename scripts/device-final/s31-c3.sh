@@ -20,6 +20,8 @@ for shape in 8,32,8,512,8192 8,32,8,256,8192; do
   timeout 200 python3 chunked_prefill_documents.py --examples $root/examples $shape 2>&1 | grep -v Warning | tail -4
 done
 timeout 200 python3 chunked_prefill_documents.py --vary --examples $root/examples 8,32,8,512,8192 2>&1 | grep -v Warning | tail -3
+# (PROFILE=1: the kernels' device times first, s31-c5 / s31-c6)
+[ "${PROFILE:-0}" = 1 ] && timeout 300 python3 profile_kernels.py --examples $root/examples 2>&1 | grep -v -i warn
 timeout 200 python3 doc_forward.py --examples $root/examples 2,16,8192 2>&1 | grep doc_forward
 cd "$root"
 unset PYTHONPATH
@@ -29,7 +31,9 @@ for t in gpu_block_tables_match_brute_force gpu_forward_with_gpu_tables_matches_
          gpu_checked_mode_with_gpu_tables gpu_api_closed_form_and_table_agree_with_reference; do
   run t_$t $B/gpu --exact $t
 done
-for t in gpu_decode_caller_prefill_device_documents gpu_decode_chunked_document gpu_decode_examples gpu_decode_sanitize; do
+# (NO_EXAMPLES=1: without gpu_decode_examples, s31-c6)
+examples=gpu_decode_examples; [ "${NO_EXAMPLES:-0}" = 1 ] && examples=
+for t in gpu_decode_caller_prefill_device_documents gpu_decode_chunked_document $examples gpu_decode_sanitize; do
   run t_$t $B/gpu_decode --exact $t
 done
 for tool in memcheck racecheck; do

@@ -461,6 +461,20 @@ fn closed_form_args(a: &mut LaunchArgs, kv: &KvBounds, bounds: Option<&[Bound]>)
     }
 }
 
+/// `bindings` with the position-offset param `pi` of a device-lengths launch
+/// (`PtxOptions::device_lens`) at each end of the values its sequences give it, `-Lq` and
+/// `Lkv - Lq`: where a linear mask's i32 arithmetic is checked (monotone in the param, so
+/// the two ends decide).
+fn offset_ends(shape: &Shape, bindings: &Bindings, pi: u32) -> [Bindings; 2] {
+    [-(shape.lq as i64), shape.lkv as i64 - shape.lq as i64].map(|end| {
+        let mut at = bindings.clone();
+        if let Some(x) = at.params.get_mut(pi as usize) {
+            *x = attnc_compiler::ir::Scalar::I32(end as i32);
+        }
+        at
+    })
+}
+
 /// A table kernel's table: `(row_start, runs)` addresses, map strides, and the
 /// geometry of a table built on the device (its builder's grid).
 fn table_args(
@@ -672,11 +686,7 @@ impl CudaExec {
             // 0, which the builder shifts per sequence, usable only if valid at both ends
             // of its values)
             if let (Some(pi), Some(_)) = (device_lens, &skip) {
-                for end in [-(shape.lq as i64), shape.lkv as i64 - shape.lq as i64] {
-                    let mut at = bindings.clone();
-                    if let Some(x) = at.params.get_mut(pi as usize) {
-                        *x = attnc_compiler::ir::Scalar::I32(end as i32);
-                    }
+                for at in offset_ends(&shape, bindings, pi) {
                     if plan.skip_bounds(&shape, &at)?.is_none() {
                         skip = None;
                     }
@@ -693,11 +703,7 @@ impl CudaExec {
             // its values, `-Lq ..= Lkv - Lq`: a linear mask is monotone in it, so its two
             // ends decide)
             if let Some(pi) = spec.options.device_lens {
-                for end in [-(shape.lq as i64), shape.lkv as i64 - shape.lq as i64] {
-                    let mut at = bindings.clone();
-                    if let Some(x) = at.params.get_mut(pi as usize) {
-                        *x = attnc_compiler::ir::Scalar::I32(end as i32);
-                    }
+                for at in offset_ends(&shape, bindings, pi) {
                     if plan.closed_form_bounds(cf, &shape, &at)?.is_none() {
                         bounds = None;
                     }
