@@ -215,9 +215,7 @@ fn body<'ctx>(
     // attention kernel's `cta::place_tile`)
     let (lkv, shift) = match opts.device_lens {
         Some(_) => {
-            let n = g.load_i32(ptr(KernelParam::SeqLens)?, g.zext64(b)?)?;
-            let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
-            let n = g.iintr2("llvm.smin.i32", n, lkv)?;
+            let n = super::cta::sequence_len(g, ptr(KernelParam::SeqLens)?, g.zext64(b)?, lkv)?;
             (n, Some(g.sub(n, lq)?))
         }
         None => (lkv, None),
@@ -347,61 +345,15 @@ fn body<'ctx>(
                 .collect::<R<_>>()?;
             let fast = match &sep {
                 Some(sep) => {
-                    let e = |q, kv, inside| Elem {
-                        s: g.cf(0.0),
+                    let tile = RangeTile {
                         b,
                         h,
-                        q,
-                        kv,
-                        inside,
+                        q0,
+                        last: g.sub(qn, g.c32(1))?,
+                        kv0,
+                        j,
                     };
-                    let (imin, imax) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
-                    let min = |a, b| g.iintr2("llvm.smin.i32", a, b);
-                    let max = |a, b| g.iintr2("llvm.smax.i32", a, b);
-                    // x over the q block's rows (lane l: rows l, l + 32, ..; past qn the
-                    // last row again), y over the tile's columns below Lkv
-                    let last = g.sub(qn, g.c32(1))?;
-                    let (mut xlo, mut xhi, mut ylo, mut yhi) = (imin, imax, imin, imax);
-                    for k in 0..(qbs / 32) {
-                        let r = min(g.add(lane, g.c32(32 * k))?, last)?;
-                        let x =
-                            emit_function(g, &env, &sep.x, e(g.add(q0, r)?, kv0, g.cbool(true)))?;
-                        xlo = min(xlo, x.into_int_value())?;
-                        xhi = max(xhi, x.into_int_value())?;
-                    }
-                    for &(kv, kv_in) in &cols {
-                        let y = emit_function(g, &env, &sep.y, e(q0, kv, kv_in))?.into_int_value();
-                        ylo = min(ylo, g.selecti(kv_in, y, imin)?)?;
-                        yhi = max(yhi, g.selecti(kv_in, y, imax)?)?;
-                    }
-                    for w in [16, 8, 4, 2, 1] {
-                        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
-                        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
-                        ylo = min(ylo, g.shfl_xor_i32(ylo, w)?)?;
-                        yhi = max(yhi, g.shfl_xor_i32(yhi, w)?)?;
-                    }
-                    // no point has x == y (no column below Lkv: ylo > yhi, also none)
-                    let lt = |a, b| g.icmp(IntPredicate::SLT, a, b);
-                    let eq = |a, b| g.icmp(IntPredicate::EQ, a, b);
-                    let disjoint = g.or(lt(xhi, ylo)?, lt(yhi, xlo)?)?;
-                    // x == y at every point: the linear conjuncts' kind
-                    let one = g.and(g.and(eq(xlo, xhi)?, eq(ylo, yhi)?)?, eq(xlo, ylo)?)?;
-                    // (full where the trusted closed form says the linear conjuncts hold
-                    // on the whole tile, or where there is no linear conjunct; elsewhere
-                    // the rows are walked: the closed form's range is not exact about
-                    // where they hold nowhere, e.g. an empty band)
-                    let one_kind = match kv_full {
-                        Some((ff, fe, trusted)) => {
-                            let in_full = g.and(
-                                g.icmp(IntPredicate::SGE, j, ff)?,
-                                g.icmp(IntPredicate::SLT, j, fe)?,
-                            )?;
-                            g.selecti(g.and(trusted, in_full)?, g.c32(2), g.c32(-1))?
-                        }
-                        None if no_linear => g.c32(2),
-                        None => g.c32(-1),
-                    };
-                    g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)?
+                    range_kind(g, &env, sep, &tile, lane, &cols, qbs, (kv_full, no_linear))?
                 }
                 None => g.c32(-1),
             };
@@ -535,6 +487,90 @@ fn body<'ctx>(
     })?;
     g.b.build_return(None)?;
     Ok(())
+}
+
+/// One tile of [`range_kind`]: its batch and head (the map's), the q block's first row and
+/// last row below Lq (`qn - 1`), the tile's first column and kv block index.
+struct RangeTile<'ctx> {
+    b: IntValue<'ctx>,
+    h: IntValue<'ctx>,
+    q0: IntValue<'ctx>,
+    last: IntValue<'ctx>,
+    kv0: IntValue<'ctx>,
+    j: IntValue<'ctx>,
+}
+
+/// A document mask's tile kind from the ranges of its two sides (`linear::SeparableEq`,
+/// module docs): `x` over the q block's rows (lane l: rows l, l + 32, ..; past the last
+/// row the last again), `y` over the tile's columns below Lkv (`cols`), both reduced
+/// over the warp; 0 (empty) where the ranges are disjoint, 2 (full) where both are one
+/// value and the trusted closed form holds the tile (`kv_full`: first, end of its full
+/// range and whether it is trusted) or there is no linear conjunct; else -1 (the rows are
+/// walked).
+#[allow(clippy::too_many_arguments)]
+fn range_kind<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    sep: &crate::analysis::linear::SeparableEq,
+    t: &RangeTile<'ctx>,
+    lane: IntValue<'ctx>,
+    cols: &[(IntValue<'ctx>, IntValue<'ctx>)],
+    qbs: i64,
+    (kv_full, no_linear): (
+        Option<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)>,
+        bool,
+    ),
+) -> R<IntValue<'ctx>> {
+    let e = |q, kv, inside| Elem {
+        s: g.cf(0.0),
+        b: t.b,
+        h: t.h,
+        q,
+        kv,
+        inside,
+    };
+    let (imin, imax) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
+    let min = |a, b| g.iintr2("llvm.smin.i32", a, b);
+    let max = |a, b| g.iintr2("llvm.smax.i32", a, b);
+    let (mut xlo, mut xhi, mut ylo, mut yhi) = (imin, imax, imin, imax);
+    for k in 0..(qbs / 32) {
+        let r = min(g.add(lane, g.c32(32 * k))?, t.last)?;
+        let x = emit_function(g, env, &sep.x, e(g.add(t.q0, r)?, t.kv0, g.cbool(true)))?;
+        xlo = min(xlo, x.into_int_value())?;
+        xhi = max(xhi, x.into_int_value())?;
+    }
+    for &(kv, kv_in) in cols {
+        let y = emit_function(g, env, &sep.y, e(t.q0, kv, kv_in))?.into_int_value();
+        ylo = min(ylo, g.selecti(kv_in, y, imin)?)?;
+        yhi = max(yhi, g.selecti(kv_in, y, imax)?)?;
+    }
+    for w in [16, 8, 4, 2, 1] {
+        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
+        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
+        ylo = min(ylo, g.shfl_xor_i32(ylo, w)?)?;
+        yhi = max(yhi, g.shfl_xor_i32(yhi, w)?)?;
+    }
+    // no point has x == y (no column below Lkv: ylo > yhi, also none)
+    let lt = |a, b| g.icmp(IntPredicate::SLT, a, b);
+    let eq = |a, b| g.icmp(IntPredicate::EQ, a, b);
+    let disjoint = g.or(lt(xhi, ylo)?, lt(yhi, xlo)?)?;
+    // x == y at every point: the linear conjuncts' kind
+    let one = g.and(g.and(eq(xlo, xhi)?, eq(ylo, yhi)?)?, eq(xlo, ylo)?)?;
+    // (full where the trusted closed form says the linear conjuncts hold on the whole
+    // tile, or where there is no linear conjunct; elsewhere the rows are walked: the
+    // closed form's range is not exact about where they hold nowhere, e.g. an empty band)
+    let one_kind = match kv_full {
+        Some((ff, fe, trusted)) => {
+            let in_full = g.and(
+                g.icmp(IntPredicate::SGE, t.j, ff)?,
+                g.icmp(IntPredicate::SLT, t.j, fe)?,
+            )?;
+            g.selecti(g.and(trusted, in_full)?, g.c32(2), g.c32(-1))?
+        }
+        None if no_linear => g.c32(2),
+        None => g.c32(-1),
+    };
+    g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)
 }
 
 /// A special register (`%nctaid.y`, ...) as i32.

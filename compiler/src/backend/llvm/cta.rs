@@ -137,9 +137,7 @@ pub(crate) fn place_tile<'ctx>(
     // its first row's position)
     let (lkv_tile, q_shift) = match c.device_lens {
         Some(_) => {
-            let n = g.load_i32(a.ptr(KernelParam::SeqLens)?, g.zext64(b)?)?;
-            let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
-            let n = g.iintr2("llvm.smin.i32", n, lkv)?;
+            let n = sequence_len(g, a.ptr(KernelParam::SeqLens)?, g.zext64(b)?, lkv)?;
             (n, Some(g.sub(n, lq)?))
         }
         None => (lkv, None),
@@ -241,6 +239,19 @@ pub(crate) fn row_runs<'ctx>(
             )
         }
     }
+}
+
+/// A sequence's keys: `lens[index]` (a `seq_lens` entry) clamped into `0..=lkv` (the
+/// cache's capacity; a length past it counts as the capacity, a negative one as 0).
+pub(crate) fn sequence_len<'ctx>(
+    g: &Gpu<'ctx>,
+    lens: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    lkv: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    let n = g.load_i32(lens, index)?;
+    let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
+    g.iintr2("llvm.smin.i32", n, lkv)
 }
 
 /// Closed-form kv offsets made by the host at the value 0 of param `pi` (the position

@@ -66,9 +66,7 @@ pub(super) fn reachable<'ctx>(
     b: IntValue<'ctx>,
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
     use KernelParam as P;
-    let n = g.load_i32(lens, b)?;
-    let n = g.iintr2("llvm.smax.i32", n, g.c32(0))?;
-    let n = g.iintr2("llvm.smin.i32", n, a.int(P::Lkv)?)?;
+    let n = super::cta::sequence_len(g, lens, b, a.int(P::Lkv)?)?;
     let (mut lo, mut hi) = (g.c32(0), n);
     if !coefs.is_empty() {
         let q1 = g.sub(n, g.c32(1))?;
