@@ -5,7 +5,8 @@
 //! In: [`Laps`] made at a call's start ([`Laps::start`]) and lapped after each step
 //! ([`Laps::lap`]) by the Python extension's zero-copy decode entry (read, captures,
 //! enter, call, leave) and, on their own clock, the runtime's `decode_cuda_into` and
-//! `decode_caller` (setup, buffers, skip, ranges, launch: together "call"). Out: [`take`], each stage's summed nanoseconds and
+//! `decode_caller` (setup, buffers, then prefill and enqueue where chunked prefill runs
+//! the prefill kernel, else skip, ranges, launch: together "call"). Out: [`take`], each stage's summed nanoseconds and
 //! lap count since the last `take`. Off by default: a lap is then one relaxed atomic load;
 //! [`enable`] turns the clock on for the whole process (the sums are process-wide, so
 //! time one call path at a time).
@@ -30,6 +31,12 @@ pub enum Stage {
     Setup,
     /// The captures' bindings and the buffers' checks (null, alignment, overlap, capture).
     Buffers,
+    /// Chunked prefill with the lengths on the device: the prefill kernel's binding
+    /// found (`caller_prefill_device`, `prefill_bound`).
+    Prefill,
+    /// Chunked prefill: the captures' bindings, the block-table builder's and the prefill
+    /// kernel's launches (`forward_cuda_into_kv`).
+    Enqueue,
     /// The block-skip bounds of the call's captures and params.
     Skip,
     /// `decode_caller`: the stream's state and params, the ranges kernel's launch.
@@ -40,13 +47,15 @@ pub enum Stage {
     Leave,
 }
 
-const STAGES: [Stage; 10] = [
+const STAGES: [Stage; 12] = [
     Stage::Read,
     Stage::Captures,
     Stage::Enter,
     Stage::Call,
     Stage::Setup,
     Stage::Buffers,
+    Stage::Prefill,
+    Stage::Enqueue,
     Stage::Skip,
     Stage::Ranges,
     Stage::Launch,
@@ -72,6 +81,8 @@ impl Stage {
             Stage::Call => "call",
             Stage::Setup => "setup",
             Stage::Buffers => "buffers",
+            Stage::Prefill => "prefill",
+            Stage::Enqueue => "enqueue",
             Stage::Skip => "skip",
             Stage::Ranges => "ranges",
             Stage::Launch => "launch",

@@ -1711,10 +1711,11 @@ fn check_gpu_table_opts(
 }
 
 /// `PtxOptions::mask_kinds`: every partial block of the GPU-built table has the kind
-/// brute force gives it: 2 where the mask's other conjuncts `N` hold at every point
-/// (brute force over the mask `N`), else 3 where its linear conjuncts `L` do, else 0 (the
-/// builder evaluates `L` and `N` at every point of a partial tile, so the kinds are exact;
-/// a builder that tagged no block, or a wrong one, fails here). A note for the report with
+/// brute force gives it: 2 where the mask's other conjuncts `N` hold wherever its linear
+/// ones `L` do (the interpreter at every point inside Lq x Lkv: the mask is `L` there),
+/// else 3 where `L` holds at every point (brute force over the mask `L`), else 0 (the
+/// builder's walk and its ranges' shortcuts decide exactly these; a builder that tagged
+/// no block, or a wrong one, fails here). A note for the report with
 /// the blocks of each kind (empty without the option or without a split mask).
 fn check_table_kinds(
     dev: &CudaDevice,
@@ -1740,8 +1741,28 @@ fn check_table_kinds(
         };
         brute_force_maps(&q, sh, qb, kvb, bind).map_err(|e| e.to_string())
     };
-    let (holds_l, holds_n) = (holds(l)?, holds(n)?);
+    let holds_l = holds(l.clone())?;
     let exact = brute_force_maps(p, sh, qb, kvb, bind).map_err(|e| e.to_string())?;
+    // whether N holds wherever L does on block (i, j) of slice (b, h) (points inside Lq x
+    // Lkv): the mask is L there, run kind 2
+    let n_where_l = |b: usize, h: usize, i: usize, j: usize| -> Result<bool, String> {
+        use attnc_compiler::interp::{Args, eval};
+        let mut scratch = Vec::new();
+        for q in i * qb..((i + 1) * qb).min(sh.lq) {
+            for kv in j * kvb..((j + 1) * kvb).min(sh.lkv) {
+                let at = || Args::at(0.0, [b, h, q, kv]);
+                let lv = eval(&l, p, at(), bind, &mut scratch).map_err(|e| e.to_string())?;
+                if lv.as_bool()
+                    && !eval(&n, p, at(), bind, &mut scratch)
+                        .map_err(|e| e.to_string())?
+                        .as_bool()
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    };
     let (ranges, runs) = prob.download_table_runs(dev).map_err(|e| e.to_string())?;
     let info = Plan::new(p).mask().clone();
     let (nq, nkv) = (sh.lq.div_ceil(qb), sh.lkv.div_ceil(kvb));
@@ -1763,18 +1784,18 @@ fn check_table_kinds(
                     if exact.get(b, h).kind(i, j) != BlockKind::Partial {
                         continue;
                     }
-                    let full = |m: &BlockMaps| m.get(b, h).kind(i, j) == BlockKind::Full;
-                    let want = if full(&holds_n) {
+                    let l_full = holds_l.get(b, h).kind(i, j) == BlockKind::Full;
+                    let n_ok = n_where_l(b, h, i, j)?;
+                    let want = if n_ok {
                         2
-                    } else if full(&holds_l) {
+                    } else if l_full {
                         3
                     } else {
                         0
                     };
                     if *got != Some(want) {
                         return Err(format!(
-                            "slice (b={b}, h={h}) partial block ({i}, {j}): GPU run kind {got:?}, brute force over L and N: {want} (N {:?}, L {:?})",
-                            holds_n.get(b, h).kind(i, j),
+                            "slice (b={b}, h={h}) partial block ({i}, {j}): GPU run kind {got:?}, brute force over L and N: {want} (N holds wherever L does: {n_ok}, L {:?})",
                             holds_l.get(b, h).kind(i, j)
                         ));
                     }
@@ -1786,7 +1807,7 @@ fn check_table_kinds(
         }
     }
     Ok(format!(
-        "; mask kinds: {} partial blocks where N holds, {} where L holds",
+        "; mask kinds: {} partial blocks where N holds wherever L does, {} where L holds",
         tagged[0], tagged[1]
     ))
 }

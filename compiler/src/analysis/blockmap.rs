@@ -21,7 +21,8 @@ pub struct Run {
     pub end: u32,
     /// 1 = full (no mask evaluation needed), 0 = partial; in a table built on the GPU
     /// with `PtxOptions::mask_kinds` also 2 (partial, the mask's non-linear conjuncts hold
-    /// on the whole block) and 3 (partial, its linear conjuncts do).
+    /// wherever its linear ones do: the mask is its linear conjuncts there) and 3
+    /// (partial, its linear conjuncts hold on the whole block).
     pub full: u32,
 }
 

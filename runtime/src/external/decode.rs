@@ -306,14 +306,16 @@ impl Bound {
                 seq_lens: Some(bufs.seq_lens),
             };
             let bound = self.prefill_bound(bshape, page_shift, true)?;
+            laps.lap(Stage::Prefill);
             // SAFETY: q, o and lse are the call's whole buffers, the caches and page table
             // the caller's (checked above as a whole: `B x Hkv` slices of `Lkv_max` rows,
             // or `B x max_pages` page ids, each clamped into the cache by the kernel), and
             // `seq_lens` its `i32[B]`, each clamped into `0..=capacity` by the kernel; the
             // captures and stream are the caller's (forwarded).
-            return unsafe {
-                bound.forward_cuda_into_kv(&whole, tensors, &p, stream, capture, cache)
-            };
+            let r =
+                unsafe { bound.forward_cuda_into_kv(&whole, tensors, &p, stream, capture, cache) };
+            laps.lap(Stage::Enqueue);
+            return r;
         }
         let Some((geom, module)) = split else {
             return Err(Error::Usage(format!(

@@ -29,10 +29,13 @@
 //!         KvAllPartial) or there is no linear conjunct: full; either way done. Else:
 //!         lane l evaluates the mask at (q, kv) for every in-range row q of the q block
 //!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32, ROWS
-//!         rows per step (their reads in flight together);
+//!         rows per step spread over the tile (their reads in flight together);
 //!         seen_true / seen_false per lane; after each step a warp vote stops the tile
-//!         once both were seen (partial) — not in checked mode, which evaluates every
-//!         point so that every out-of-range read is recorded
+//!         once both were seen (partial; with `mask_kinds` also L false somewhere and N
+//!         false somewhere L holds, or the rows left cannot change the kind: L holds on
+//!         the whole tile by the trusted closed form, or N wherever L does by the ranges'
+//!         one value) — not in checked mode, which evaluates every point so that every
+//!         out-of-range read is recorded
 //!         kind = vote(any true) ? (vote(any false) ? partial : full) : empty -> smem
 //!     barrier; thread 0 merges the chunk's kinds into runs (adjacent equal kinds merge,
 //!     empty blocks end a run); barrier
@@ -299,6 +302,20 @@ fn body<'ctx>(
         crate::analysis::linear::separable_eq(mask)
     };
     let no_linear = crate::analysis::linear::implied_mask(mask).is_none();
+    // (its query side's range over this CTA's rows, read once for every tile)
+    let x_of_rows = match &sep {
+        Some(sep) => Some(x_range(
+            g,
+            &env,
+            sep,
+            (b, h),
+            q0,
+            g.sub(qn, g.c32(1))?,
+            lane,
+            qbs,
+        )?),
+        None => None,
+    };
     let kind_var = g.var(g.i32, g.c32(-1))?;
     // thread 0's run under construction: kind (0 empty, 1 partial, 2 full), start, count
     let cur_kind = g.var(g.i32, g.c32(0))?;
@@ -310,7 +327,7 @@ fn body<'ctx>(
     let write_run = |start: IntValue<'ctx>, end: IntValue<'ctx>, kind: IntValue<'ctx>| -> R<()> {
         let n = g.geti(&n_runs)?;
         let at = g.mul(g.zext64(g.add(slot, n)?)?, g.c64(3))?;
-        // run kind: 1 full, 0 partial; with `kinds` 2 (tile kind 3: N holds) and 3
+        // run kind: 1 full, 0 partial; with `kinds` 2 (tile kind 3: N holds where L does) and 3
         // (tile kind 4: L holds)
         let full = match kinds {
             Some(_) => g.selecti(
@@ -345,19 +362,28 @@ fn body<'ctx>(
                 .collect::<R<_>>()?;
             let fast = match &sep {
                 Some(sep) => {
-                    let tile = RangeTile {
-                        b,
-                        h,
-                        q0,
-                        last: g.sub(qn, g.c32(1))?,
-                        kv0,
-                        j,
-                    };
-                    range_kind(g, &env, sep, &tile, lane, &cols, qbs, (kv_full, no_linear))?
+                    let tile = RangeTile { b, h, q0, j };
+                    let x = x_of_rows.ok_or(LlvmError::Internal("x range"))?;
+                    range_kind(g, &env, sep, &tile, x, &cols, (kv_full, no_linear))?
                 }
-                None => g.c32(-1),
+                None => (g.c32(-1), g.cbool(false)),
             };
+            // (`n_all`: x == y at every point, so N holds wherever L does)
+            let (fast, n_all) = fast;
             g.set(&kind_var, fast)?;
+            // (with `kinds`) the linear conjuncts hold at every point of the tile (the
+            // trusted closed form): L is never false there, so the walk need not wait to
+            // see it false before it stops
+            let l_all = match (&seen_ln, kv_full) {
+                (Some(_), Some((ff, fe, trusted))) => g.and(
+                    trusted,
+                    g.and(
+                        g.icmp(IntPredicate::SGE, j, ff)?,
+                        g.icmp(IntPredicate::SLT, j, fe)?,
+                    )?,
+                )?,
+                _ => g.cbool(false),
+            };
             g.if_then(g.icmp(IntPredicate::SLT, fast, g.c32(0))?, || {
                 g.set(&seen_t, g.cbool(false))?;
                 g.set(&seen_f, g.cbool(false))?;
@@ -366,12 +392,17 @@ fn body<'ctx>(
                     g.set(seen_fn, g.cbool(false))?;
                 }
                 g.set(&r_var, g.c32(0))?;
-                // rows 0..qn (qn >= 1) ROWS at a time: a do-while loop, so that loads of the
-                // kv-only part of the mask are executed on entry and may be hoisted out of it;
-                // the ROWS rows' reads (a row's document id) are independent, so their
-                // latencies overlap (one row per step waited for each read in turn: a block
-                // that holds no true point walks every row); rows past qn repeat row qn - 1,
+                // rows 0..qn (qn >= 1) ROWS at a time, step r taking rows r, r + stride,
+                // .., r + (ROWS - 1) stride (stride = ceil(qn / ROWS)): a do-while loop, so
+                // that loads of the kv-only part of the mask are executed on entry and may
+                // be hoisted out of it; the ROWS rows' reads (a row's document id) are
+                // independent, so their latencies overlap (one row per step waited for each
+                // read in turn: a block that holds no true point walks every row); spread
+                // over the tile, so that the first step already sees each part of it at
+                // least stride rows tall (a document starting in the tile's last rows: the
+                // rows from the top would find it last); rows past qn repeat row qn - 1,
                 // which changes no vote and reads nothing new
+                let stride = g.udiv(g.add(qn, g.c32(ROWS as i64 - 1))?, g.c32(ROWS as i64))?;
                 let rows = g.block("tile_rows");
                 let done = g.block("tile_done");
                 g.br(rows)?;
@@ -385,7 +416,8 @@ fn body<'ctx>(
                 };
                 let points = (0..ROWS).flat_map(|u| cols.iter().map(move |c| (u, *c)));
                 for (u, (kv, kv_in)) in points {
-                    let ru = g.iintr2("llvm.smin.i32", g.add(r, g.c32(u as i64))?, last)?;
+                    let ru = g.add(r, g.mul(stride, g.c32(u as i64))?)?;
+                    let ru = g.iintr2("llvm.smin.i32", ru, last)?;
                     let q = g.add(q0, ru)?;
                     let e = Elem {
                         s: g.cf(0.0),
@@ -399,8 +431,12 @@ fn body<'ctx>(
                         Some((l, n)) => {
                             let lv = emit_function(g, &env, l, e)?.into_int_value();
                             let nv = emit_function(g, &env, n, e)?.into_int_value();
+                            // (N counts as false only where L holds: a tile where N
+                            // holds wherever L does is L's alone, whatever N reads
+                            // where L is false, e.g. its guarded reads' zeros)
                             fl = g.or(fl, g.and(kv_in, g.xor(lv, g.cbool(true))?)?)?;
-                            fnn = g.or(fnn, g.and(kv_in, g.xor(nv, g.cbool(true))?)?)?;
+                            let n_false = g.and(lv, g.xor(nv, g.cbool(true))?)?;
+                            fnn = g.or(fnn, g.and(kv_in, n_false)?)?;
                             g.and(lv, nv)?
                         }
                         None => emit_function(g, &env, mask, e)?.into_int_value(),
@@ -414,16 +450,22 @@ fn body<'ctx>(
                     g.set(seen_fl, fl)?;
                     g.set(seen_fn, fnn)?;
                 }
-                let r1 = g.add(r, g.c32(ROWS as i64))?;
+                let r1 = g.add(r, g.c32(1))?;
                 g.set(&r_var, r1)?;
-                let mut more = g.icmp(IntPredicate::SLT, r1, qn)?;
+                let mut more = g.icmp(IntPredicate::SLT, r1, stride)?;
                 if !opts.checked {
                     // partial as soon as the warp has seen both values (with `kinds`: and
-                    // both conjunct groups false somewhere, so that neither holds everywhere)
+                    // L false somewhere and N false somewhere L holds, so that neither
+                    // kind applies; or the one of them the rows left cannot change:
+                    // L holds on the whole tile, `l_all`, or N wherever L does, `n_all`)
                     let both = match kinds {
-                        Some(_) => {
-                            g.and(g.vote_any(t)?, g.and(g.vote_any(fl)?, g.vote_any(fnn)?)?)?
-                        }
+                        Some(_) => g.and(
+                            g.vote_any(t)?,
+                            g.and(
+                                g.or(g.vote_any(fl)?, l_all)?,
+                                g.or(g.vote_any(fnn)?, n_all)?,
+                            )?,
+                        )?,
                         None => g.and(g.vote_any(t)?, g.vote_any(f)?)?,
                     };
                     more = g.and(more, g.xor(both, g.cbool(true))?)?;
@@ -433,7 +475,7 @@ fn body<'ctx>(
                 let any_t = g.vote_any(g.geti(&seen_t)?)?;
                 let any_f = g.vote_any(g.geti(&seen_f)?)?;
                 // tile kinds: 0 empty, 1 partial, 2 full; with `kinds` 3 (partial, N holds
-                // everywhere) and 4 (partial, L holds everywhere)
+                // wherever L does) and 4 (partial, L holds everywhere)
                 let partial = match &seen_ln {
                     Some((seen_fl, seen_fn)) => {
                         let any_fl = g.vote_any(g.geti(seen_fl)?)?;
@@ -490,37 +532,73 @@ fn body<'ctx>(
 }
 
 /// One tile of [`range_kind`]: its batch and head (the map's), the q block's first row and
-/// last row below Lq (`qn - 1`), the tile's first column and kv block index.
+/// the tile's kv block index.
 struct RangeTile<'ctx> {
     b: IntValue<'ctx>,
     h: IntValue<'ctx>,
     q0: IntValue<'ctx>,
-    last: IntValue<'ctx>,
-    kv0: IntValue<'ctx>,
     j: IntValue<'ctx>,
 }
 
+/// The range `(min, max)` of a document mask's query side `x` (`linear::SeparableEq`)
+/// over the q block's rows `q0 ..= q0 + last` (lane l: rows l, l + 32, ..; past the last
+/// row the last again), reduced over the warp: the same for every tile of the row, so
+/// read once per CTA.
+#[allow(clippy::too_many_arguments)]
+fn x_range<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    sep: &crate::analysis::linear::SeparableEq,
+    (b, h): (IntValue<'ctx>, IntValue<'ctx>),
+    q0: IntValue<'ctx>,
+    last: IntValue<'ctx>,
+    lane: IntValue<'ctx>,
+    qbs: i64,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    let min = |a, b| g.iintr2("llvm.smin.i32", a, b);
+    let max = |a, b| g.iintr2("llvm.smax.i32", a, b);
+    let (mut xlo, mut xhi) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
+    for k in 0..(qbs / 32) {
+        let r = min(g.add(lane, g.c32(32 * k))?, last)?;
+        let e = Elem {
+            s: g.cf(0.0),
+            b,
+            h,
+            q: g.add(q0, r)?,
+            kv: g.c32(0),
+            inside: g.cbool(true),
+        };
+        let x = emit_function(g, env, &sep.x, e)?.into_int_value();
+        xlo = min(xlo, x)?;
+        xhi = max(xhi, x)?;
+    }
+    for w in [16, 8, 4, 2, 1] {
+        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
+        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
+    }
+    Ok((xlo, xhi))
+}
+
 /// A document mask's tile kind from the ranges of its two sides (`linear::SeparableEq`,
-/// module docs): `x` over the q block's rows (lane l: rows l, l + 32, ..; past the last
-/// row the last again), `y` over the tile's columns below Lkv (`cols`), both reduced
-/// over the warp; 0 (empty) where the ranges are disjoint, 2 (full) where both are one
+/// module docs): `x` over the q block's rows ([`x_range`]), `y` over the tile's columns
+/// below Lkv (`cols`), reduced over the warp; 0 (empty) where the ranges are disjoint, 2 (full) where both are one
 /// value and the trusted closed form holds the tile (`kv_full`: first, end of its full
 /// range and whether it is trusted) or there is no linear conjunct; else -1 (the rows are
-/// walked).
+/// walked). Also whether both are the same one value: then `x == y` at every point, and
+/// N (`x == y` with its reads guarded by L's conjuncts) holds wherever L does.
 #[allow(clippy::too_many_arguments)]
 fn range_kind<'ctx>(
     g: &Gpu<'ctx>,
     env: &Env<'ctx>,
     sep: &crate::analysis::linear::SeparableEq,
     t: &RangeTile<'ctx>,
-    lane: IntValue<'ctx>,
+    x: (IntValue<'ctx>, IntValue<'ctx>),
     cols: &[(IntValue<'ctx>, IntValue<'ctx>)],
-    qbs: i64,
     (kv_full, no_linear): (
         Option<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)>,
         bool,
     ),
-) -> R<IntValue<'ctx>> {
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     let e = |q, kv, inside| Elem {
         s: g.cf(0.0),
         b: t.b,
@@ -532,21 +610,14 @@ fn range_kind<'ctx>(
     let (imin, imax) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
     let min = |a, b| g.iintr2("llvm.smin.i32", a, b);
     let max = |a, b| g.iintr2("llvm.smax.i32", a, b);
-    let (mut xlo, mut xhi, mut ylo, mut yhi) = (imin, imax, imin, imax);
-    for k in 0..(qbs / 32) {
-        let r = min(g.add(lane, g.c32(32 * k))?, t.last)?;
-        let x = emit_function(g, env, &sep.x, e(g.add(t.q0, r)?, t.kv0, g.cbool(true)))?;
-        xlo = min(xlo, x.into_int_value())?;
-        xhi = max(xhi, x.into_int_value())?;
-    }
+    let (xlo, xhi) = x;
+    let (mut ylo, mut yhi) = (imin, imax);
     for &(kv, kv_in) in cols {
         let y = emit_function(g, env, &sep.y, e(t.q0, kv, kv_in))?.into_int_value();
         ylo = min(ylo, g.selecti(kv_in, y, imin)?)?;
         yhi = max(yhi, g.selecti(kv_in, y, imax)?)?;
     }
     for w in [16, 8, 4, 2, 1] {
-        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
-        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
         ylo = min(ylo, g.shfl_xor_i32(ylo, w)?)?;
         yhi = max(yhi, g.shfl_xor_i32(yhi, w)?)?;
     }
@@ -570,7 +641,8 @@ fn range_kind<'ctx>(
         None if no_linear => g.c32(2),
         None => g.c32(-1),
     };
-    g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)
+    let kind = g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)?;
+    Ok((kind, one))
 }
 
 /// A special register (`%nctaid.y`, ...) as i32.

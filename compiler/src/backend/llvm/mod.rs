@@ -374,8 +374,9 @@ pub struct PtxOptions {
     /// Per-conjunct kinds of partial blocks for masks `L && N` whose top-level conjuncts
     /// split into linear ones `L` and others `N` (`analysis::linear::split_conjuncts`;
     /// e.g. `q >= kv && doc[b, q] == doc[b, kv]`): the block-table kernel writes a
-    /// partial block where `N` holds at every point as run kind 2 and one where `L` holds
-    /// at every point as run kind 3 (0 = partial, 1 = full as before), and the attention
+    /// partial block where `N` holds wherever `L` does (so the mask is `L` there) as run
+    /// kind 2 and one where `L` holds at every point as run kind 3 (0 = partial, 1 = full
+    /// as before; points inside `Lq x Lkv`), and the attention
     /// kernel's score evaluates only `L` (a document's diagonal block: no id reads) or
     /// only `N` (a document's start below the diagonal: no causal test) on them
     /// (`score::score_and_mask`). Other masks, host-built tables (kinds 0 and 1 only)

@@ -22,8 +22,9 @@ pub(crate) struct MaskBits<'ctx> {
     words: Vec<Var<'ctx>>,
 }
 
-/// Run kind of a partial block where the mask's other conjuncts `N` hold at every point
-/// (`PtxOptions::mask_kinds`): only the linear ones `L` are evaluated.
+/// Run kind of a partial block where the mask's other conjuncts `N` hold wherever its
+/// linear ones `L` do, so that the mask is `L` there (`PtxOptions::mask_kinds`): only `L`
+/// is evaluated.
 pub(crate) const KIND_LINEAR_ONLY: u32 = 2;
 /// Run kind of a partial block where the linear conjuncts `L` hold at every point: only
 /// `N` is evaluated.

@@ -1,0 +1,53 @@
+"""The device timeline of back-to-back chunked-prefill calls of a document mask
+(``Attention.decode`` of ``document_causal``, lengths on the device, B8 Hq32 Hkv8 Lkv8192
+D128 bf16, Lq 256 and 512): each kernel's start (µs from the first) and duration under
+torch.profiler, six calls — whether the GPU idles between the block-table builder, the
+attention kernel and the next call, and what each takes on the same ids. The ids are
+drawn per shape from one generator (about 8 sorted documents per sequence), so a shape's
+work depends on where its last document starts: compare kernels within one run.
+
+usage: python3 kernel_timeline.py [EXAMPLES_DIR]"""
+
+import pathlib
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import attnc
+
+
+def main():
+    ex = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples")
+    attn = attnc.compile(ex / "document_causal.attn").attention("document_causal")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, hq, hkv, lkv = 8, 32, 8, 8192
+    for lq in (256, 512):
+        q = torch.randn(b, hq, lq, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        cuts = torch.rand(b, lkv, device="cuda", generator=g) < (8 / lkv)
+        doc = torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32)
+        lens = torch.full((b,), lkv, dtype=torch.int32, device="cuda")
+
+        def call():
+            return attn.decode(q, k, v, lens, doc=doc)
+
+        for _ in range(5):
+            call()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
+            for _ in range(6):
+                call()
+            torch.cuda.synchronize()
+        ev = sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+        t0 = ev[0].time_range.start
+        print(f"Lq{lq}: {len(ev)} device events", flush=True)
+        for e in ev:
+            print(f"  {e.time_range.start - t0:9.1f} +{e.time_range.end - e.time_range.start:7.1f}  {e.name[:60]}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
