@@ -165,6 +165,6 @@ mod tests {
         assert!(get("launch").1 < get("setup").1, "{t:?}");
         assert_eq!(get("read"), ("read", 0, 0));
         assert!(take().iter().all(|&(_, ns, n)| ns == 0 && n == 0));
-        assert_eq!(STAGES.len(), 10);
+        assert_eq!(STAGES.len(), 12);
     }
 }
