@@ -29,13 +29,16 @@
 //!         KvAllPartial) or there is no linear conjunct: full; either way done. Else:
 //!         lane l evaluates the mask at (q, kv) for every in-range row q of the q block
 //!         and kv = j * kv_block + 32 s + l (kv < Lkv only), s < kv_block / 32, ROWS
-//!         rows per step spread over the tile (their reads in flight together);
+//!         rows per step spread over the tile, its first and last rows in the first
+//!         step (their reads in flight together);
 //!         seen_true / seen_false per lane; after each step a warp vote stops the tile
 //!         once both were seen (partial; with `mask_kinds` also L false somewhere and N
 //!         false somewhere L holds, or the rows left cannot change the kind: L holds on
 //!         the whole tile by the trusted closed form, or N wherever L does by the ranges'
-//!         one value) — not in checked mode, which evaluates every point so that every
-//!         out-of-range read is recorded
+//!         one value; where L holds everywhere the ranges are not one value, so N is
+//!         false somewhere L holds and the walk stops at its first true point) — not in
+//!         checked mode, which evaluates every point so that every out-of-range read is
+//!         recorded
 //!         kind = vote(any true) ? (vote(any false) ? partial : full) : empty -> smem
 //!     barrier; thread 0 merges the chunk's kinds into runs (adjacent equal kinds merge,
 //!     empty blocks end a run); barrier
@@ -384,16 +387,25 @@ fn body<'ctx>(
                 )?,
                 _ => g.cbool(false),
             };
+            // (a document tile walked where L holds everywhere: its ids are not one value
+            // on both sides (that tile is full by the ranges), so x != y at some point, and
+            // there, every guard of N's reads holding, N is false and L true: known before
+            // the walk, which then stops at its first true point)
+            let n_false = match &sep {
+                Some(_) => g.and(l_all, g.xor(n_all, g.cbool(true))?)?,
+                None => g.cbool(false),
+            };
             g.if_then(g.icmp(IntPredicate::SLT, fast, g.c32(0))?, || {
                 g.set(&seen_t, g.cbool(false))?;
-                g.set(&seen_f, g.cbool(false))?;
+                g.set(&seen_f, n_false)?;
                 if let Some((seen_fl, seen_fn)) = &seen_ln {
                     g.set(seen_fl, g.cbool(false))?;
-                    g.set(seen_fn, g.cbool(false))?;
+                    g.set(seen_fn, n_false)?;
                 }
                 g.set(&r_var, g.c32(0))?;
                 // rows 0..qn (qn >= 1) ROWS at a time, step r taking rows r, r + stride,
-                // .., r + (ROWS - 1) stride (stride = ceil(qn / ROWS)): a do-while loop, so
+                // .., r + (ROWS - 2) stride and qn - 1 - r (stride = ceil(qn / ROWS):
+                // together every row): a do-while loop, so
                 // that loads of the kv-only part of the mask are executed on entry and may
                 // be hoisted out of it; the ROWS rows' reads (a row's document id) are
                 // independent, so their latencies overlap (one row per step waited for each
@@ -416,8 +428,14 @@ fn body<'ctx>(
                 };
                 let points = (0..ROWS).flat_map(|u| cols.iter().map(move |c| (u, *c)));
                 for (u, (kv, kv_in)) in points {
-                    let ru = g.add(r, g.mul(stride, g.c32(u as i64))?)?;
-                    let ru = g.iintr2("llvm.smin.i32", ru, last)?;
+                    let ru = if u + 1 < ROWS {
+                        let ru = g.add(r, g.mul(stride, g.c32(u as i64))?)?;
+                        g.iintr2("llvm.smin.i32", ru, last)?
+                    } else {
+                        // (the last of a step's rows from the tile's end: the first step
+                        // sees its first and last rows)
+                        g.iintr2("llvm.smax.i32", g.sub(last, r)?, g.c32(0))?
+                    };
                     let q = g.add(q0, ru)?;
                     let e = Elem {
                         s: g.cf(0.0),
