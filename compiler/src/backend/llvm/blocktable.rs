@@ -330,8 +330,8 @@ fn body<'ctx>(
     let write_run = |start: IntValue<'ctx>, end: IntValue<'ctx>, kind: IntValue<'ctx>| -> R<()> {
         let n = g.geti(&n_runs)?;
         let at = g.mul(g.zext64(g.add(slot, n)?)?, g.c64(3))?;
-        // run kind: 1 full, 0 partial; with `kinds` 2 (tile kind 3: N holds where L does) and 3
-        // (tile kind 4: L holds)
+        // run kind: 1 full, 0 partial; with `kinds` 2 (tile kind 3: N holds where L
+        // does) and 3 (tile kind 4: L holds)
         let full = match kinds {
             Some(_) => g.selecti(
                 g.icmp(IntPredicate::UGE, kind, g.c32(3))?,
@@ -405,15 +405,15 @@ fn body<'ctx>(
                 g.set(&r_var, g.c32(0))?;
                 // rows 0..qn (qn >= 1) ROWS at a time, step r taking rows r, r + stride,
                 // .., r + (ROWS - 2) stride and qn - 1 - r (stride = ceil(qn / ROWS):
-                // together every row): a do-while loop, so
-                // that loads of the kv-only part of the mask are executed on entry and may
-                // be hoisted out of it; the ROWS rows' reads (a row's document id) are
-                // independent, so their latencies overlap (one row per step waited for each
-                // read in turn: a block that holds no true point walks every row); spread
-                // over the tile, so that the first step already sees each part of it at
+                // together every row): a do-while loop, so that loads of the kv-only part
+                // of the mask are executed on entry and may be hoisted out of it; the ROWS
+                // rows' reads (a row's document id) are independent, so their latencies
+                // overlap (one row per step waited for each read in turn: a block that
+                // holds no true point walks every row); spread over the tile, so that the
+                // first step already sees its first and last rows and each part of it at
                 // least stride rows tall (a document starting in the tile's last rows: the
-                // rows from the top would find it last); rows past qn repeat row qn - 1,
-                // which changes no vote and reads nothing new
+                // rows from the top found it last); rows past qn repeat row qn - 1, which
+                // changes no vote and reads nothing new
                 let stride = g.udiv(g.add(qn, g.c32(ROWS as i64 - 1))?, g.c32(ROWS as i64))?;
                 let rows = g.block("tile_rows");
                 let done = g.block("tile_done");
@@ -599,11 +599,12 @@ fn x_range<'ctx>(
 
 /// A document mask's tile kind from the ranges of its two sides (`linear::SeparableEq`,
 /// module docs): `x` over the q block's rows ([`x_range`]), `y` over the tile's columns
-/// below Lkv (`cols`), reduced over the warp; 0 (empty) where the ranges are disjoint, 2 (full) where both are one
-/// value and the trusted closed form holds the tile (`kv_full`: first, end of its full
-/// range and whether it is trusted) or there is no linear conjunct; else -1 (the rows are
-/// walked). Also whether both are the same one value: then `x == y` at every point, and
-/// N (`x == y` with its reads guarded by L's conjuncts) holds wherever L does.
+/// below Lkv (`cols`), reduced over the warp; 0 (empty) where the ranges are disjoint, 2
+/// (full) where both are one value and the trusted closed form holds the tile (`kv_full`:
+/// first, end of its full range and whether it is trusted) or there is no linear
+/// conjunct; else -1 (the rows are walked). Also whether both are the same one value:
+/// then `x == y` at every point, and N (`x == y` with its reads guarded by L's conjuncts)
+/// holds wherever L does.
 #[allow(clippy::too_many_arguments)]
 fn range_kind<'ctx>(
     g: &Gpu<'ctx>,
