@@ -113,7 +113,8 @@ def test_decode_errors_name_the_tensor():
 
 def test_host_trace_reports_every_step_in_call_order():
     """``_attnc.host_trace`` (for ``bench/decode_host.py``): off by default and off again
-    after use, the ten steps of a zero-copy decode call named in call order, zero laps
+    after use, the twelve steps of a zero-copy decode call named in call order (chunked
+    prefill's `prefill` and `enqueue` where the split-KV path has `skip`..`launch`), zero laps
     when no such call ran (a CPU decode is not one)."""
     from attnc import _attnc
 
@@ -126,6 +127,6 @@ def test_host_trace_reports_every_step_in_call_order():
     finally:
         _attnc.host_trace(False)
     steps = _attnc.host_trace_take()
-    assert [n for n, _, _ in steps] == ["read", "captures", "enter", "call", "setup", "buffers", "skip",
-                                        "ranges", "launch", "leave"]
+    assert [n for n, _, _ in steps] == ["read", "captures", "enter", "call", "setup", "buffers", "prefill",
+                                        "enqueue", "skip", "ranges", "launch", "leave"]
     assert all(ns == 0 and laps == 0 for _, ns, laps in steps), steps
