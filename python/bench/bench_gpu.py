@@ -63,6 +63,20 @@ def wall_us(fn, iters=2000, warm=50):
     return (time.perf_counter() - t0) / iters * 1e6
 
 
+def gpu_us(fn, n=50):
+    """The stream's time per call of ``fn`` in µs: CUDA events around ``n`` back-to-back
+    calls after one warm-up (the GPU's idle gaps included where the host is the slower)."""
+    fn()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / n * 1e3
+
+
 def host_us(fn, n=30):
     """Host time of one enqueue of ``fn``, in µs: the clock stopped before the GPU work
     is waited for (``n`` calls after a synchronize)."""

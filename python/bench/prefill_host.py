@@ -19,21 +19,9 @@ import torch
 
 import attnc
 from attnc import _attnc
-from bench_gpu import host_us, wall_us  # this folder (sys.path[0] when run as a script)
+from bench_gpu import gpu_us, host_us, wall_us  # this folder (sys.path[0] when run as a script)
 
 D = 128
-
-
-def gpu_us(fn, n=50):
-    fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / n * 1e3
 
 
 def main():

@@ -688,10 +688,97 @@ fn gep_u32<'ctx>(
 mod tests {
     use crate::analysis::blockmap::BlockKind;
     use crate::analysis::classify::brute_force_maps;
-    use crate::analysis::linear::{ClosedForm, separable_eq};
+    use crate::analysis::linear::{ClosedForm, SeparableEq, separable_eq, split_conjuncts};
     use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
     use crate::ir::{Program, Scalar};
     use crate::shape::Shape;
+
+    /// One case of the document-mask tests: an example's program, its mask's two sides,
+    /// the closed form of its linear conjuncts (the plan's, as the runtime passes it), a
+    /// shape (B = 2), tiles, ids and the window param.
+    struct DocCase<'a> {
+        name: String,
+        p: &'a Program,
+        sep: &'a SeparableEq,
+        cf: Option<&'a ClosedForm>,
+        shape: Shape,
+        bind: Bindings,
+        tiles: (usize, usize),
+        sorted: bool,
+        window: i32,
+    }
+
+    /// Every document example (`document_causal`, `document_sliding_causal`,
+    /// `document_alibi`) x the windows 300, 64, 0 and -5 (an empty band) x `shapes`
+    /// (`(Lq, Lkv, q_block, kv_block, sorted, ids)`: B = 2, ids drawn from `0..ids` by a
+    /// xorshift seeded with `seed`, sorted per sequence or not), each handed to `f`.
+    fn for_each_doc_case(
+        seed: u64,
+        shapes: &[(usize, usize, usize, usize, bool, u64)],
+        mut f: impl FnMut(&DocCase),
+    ) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut rng = seed;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for file in [
+            "document_causal",
+            "document_sliding_causal",
+            "document_alibi",
+        ] {
+            let src = std::fs::read_to_string(dir.join(format!("{file}.attn"))).unwrap();
+            let programs: Vec<Program> = crate::compile_source(&src).unwrap().programs;
+            let p = programs.iter().find(|p| p.name == file).unwrap();
+            let sep = separable_eq(p.mask.as_ref().unwrap())
+                .unwrap_or_else(|| panic!("{file}: separable"));
+            let plan = crate::plan::Plan::new(p);
+            let cf = plan.table_skip(false).cloned();
+            for window in [300, 64, 0, -5] {
+                for &(lq, lkv, qb, kvb, sorted, ids) in shapes {
+                    let shape = Shape {
+                        b: 2,
+                        hq: 1,
+                        hkv: 1,
+                        lq,
+                        lkv,
+                        d: 64,
+                        dv: 64,
+                    };
+                    let n = lq.max(lkv);
+                    let mut data: Vec<i32> = (0..2 * n).map(|_| (next() % ids) as i32).collect();
+                    if sorted {
+                        for b in 0..2 {
+                            data[b * n..(b + 1) * n].sort();
+                        }
+                    }
+                    let bind = Bindings {
+                        params: p.params.iter().map(|_| Scalar::I32(window)).collect(),
+                        tensors: vec![BoundTensor {
+                            dims: vec![2, n],
+                            data: TensorData::I32(data),
+                        }],
+                    };
+                    f(&DocCase {
+                        name: format!(
+                            "{file} window {window} {shape:?} {qb}x{kvb} sorted {sorted}"
+                        ),
+                        p,
+                        sep: &sep,
+                        cf: cf.as_ref(),
+                        shape,
+                        bind,
+                        tiles: (qb, kvb),
+                        sorted,
+                        window,
+                    });
+                }
+            }
+        }
+    }
 
     /// The builder's range rule for document masks (`body`: `linear::SeparableEq`) restated
     /// on the host: per tile, `x` over the q block's rows below Lq and `y` over its columns
@@ -703,111 +790,56 @@ mod tests {
     /// sorted ids or more.
     #[test]
     fn range_rule_agrees_with_brute_force() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
         let (mut decided, mut tiles) = (0usize, 0usize);
-        for file in [
-            "document_causal",
-            "document_sliding_causal",
-            "document_alibi",
-        ] {
-            let src = std::fs::read_to_string(dir.join(format!("{file}.attn"))).unwrap();
-            let programs: Vec<Program> = crate::compile_source(&src).unwrap().programs;
-            let p = programs.iter().find(|p| p.name == file).unwrap();
-            let mask = p.mask.as_ref().unwrap();
-            let sep = separable_eq(mask).unwrap_or_else(|| panic!("{file}: separable"));
-            // (the linear conjuncts' closed form, as the runtime passes it: the plan's)
-            let plan = crate::plan::Plan::new(p);
-            let cf = plan.table_skip(false).cloned();
-            for window in [300, 64, 0, -5] {
-                for (lq, lkv, qb, kvb, sorted) in [
-                    (300, 300, 128, 128, true),
-                    (257, 333, 64, 64, true),
-                    (130, 700, 128, 64, false),
-                    (200, 200, 64, 128, true),
-                ] {
-                    let shape = Shape {
-                        b: 2,
-                        hq: 1,
-                        hkv: 1,
-                        lq,
-                        lkv,
-                        d: 64,
-                        dv: 64,
-                    };
-                    let n = 2 * lq.max(lkv);
-                    let mut ids: Vec<i32> = (0..n).map(|_| (next() % 5) as i32).collect();
-                    if sorted {
-                        for b in 0..2 {
-                            ids[b * n / 2..(b + 1) * n / 2].sort();
-                        }
-                    }
-                    let bind = Bindings {
-                        params: p.params.iter().map(|_| Scalar::I32(window)).collect(),
-                        tensors: vec![BoundTensor {
-                            dims: vec![2, n / 2],
-                            data: TensorData::I32(ids),
-                        }],
-                    };
-                    let exact = brute_force_maps(p, &shape, qb, kvb, &bind).unwrap();
-                    let bounds = cf.as_ref().and_then(|cf| cf.bounds(&bind.params));
-                    let mut s = Vec::new();
-                    let mut at = |f, b: usize, q: usize, kv: usize| {
-                        let a = Args::at(0.0, [b, 0, q, kv]);
-                        eval(f, p, a, &bind, &mut s).unwrap().as_i32()
-                    };
-                    for b in 0..2 {
-                        for i in 0..lq.div_ceil(qb) {
-                            let rows = i * qb..((i + 1) * qb).min(lq);
-                            let xs: Vec<i32> = rows.clone().map(|q| at(&sep.x, b, q, 0)).collect();
-                            let (xlo, xhi) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
-                            let full = bounds.as_ref().map(|bd| {
-                                ClosedForm::row(
-                                    bd,
-                                    rows.start as i64,
-                                    rows.end as i64 - 1,
-                                    lkv,
-                                    kvb,
-                                )
-                            });
-                            for j in 0..lkv.div_ceil(kvb) {
-                                let ys: Vec<i32> = (j * kvb..((j + 1) * kvb).min(lkv))
-                                    .map(|kv| at(&sep.y, b, 0, kv))
-                                    .collect();
-                                let (ylo, yhi) =
-                                    (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
-                                let in_full = match &full {
-                                    Some(r) => (r.full_first..r.full_end).contains(&j),
-                                    None => cf.is_none(),
-                                };
-                                let rule = if xhi < ylo || yhi < xlo {
-                                    Some(BlockKind::Empty)
-                                } else if xlo == xhi && ylo == yhi && xlo == ylo && in_full {
-                                    Some(BlockKind::Full)
-                                } else {
-                                    None
-                                };
-                                tiles += sorted as usize;
-                                if let Some(k) = rule {
-                                    decided += sorted as usize;
-                                    let want = exact.get(b, 0).kind(i, j);
-                                    assert_eq!(
-                                        k, want,
-                                        "{file} window {window} {shape:?} {qb}x{kvb} sorted {sorted}: b {b} tile ({i}, {j})"
-                                    );
-                                }
-                            }
+        let shapes = [
+            (300, 300, 128, 128, true, 5),
+            (257, 333, 64, 64, true, 5),
+            (130, 700, 128, 64, false, 5),
+            (200, 200, 64, 128, true, 5),
+        ];
+        for_each_doc_case(0x9e3779b97f4a7c15, &shapes, |c| {
+            let (p, (qb, kvb), Shape { lq, lkv, .. }) = (c.p, c.tiles, c.shape);
+            let exact = brute_force_maps(p, &c.shape, qb, kvb, &c.bind).unwrap();
+            let bounds = c.cf.and_then(|cf| cf.bounds(&c.bind.params));
+            let mut s = Vec::new();
+            let mut at = |f, b: usize, q: usize, kv: usize| {
+                let a = Args::at(0.0, [b, 0, q, kv]);
+                eval(f, p, a, &c.bind, &mut s).unwrap().as_i32()
+            };
+            for b in 0..2 {
+                for i in 0..lq.div_ceil(qb) {
+                    let rows = i * qb..((i + 1) * qb).min(lq);
+                    let xs: Vec<i32> = rows.clone().map(|q| at(&c.sep.x, b, q, 0)).collect();
+                    let (xlo, xhi) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
+                    let full = bounds.as_ref().map(|bd| {
+                        ClosedForm::row(bd, rows.start as i64, rows.end as i64 - 1, lkv, kvb)
+                    });
+                    for j in 0..lkv.div_ceil(kvb) {
+                        let ys: Vec<i32> = (j * kvb..((j + 1) * kvb).min(lkv))
+                            .map(|kv| at(&c.sep.y, b, 0, kv))
+                            .collect();
+                        let (ylo, yhi) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
+                        let in_full = match &full {
+                            Some(r) => (r.full_first..r.full_end).contains(&j),
+                            None => c.cf.is_none(),
+                        };
+                        let rule = if xhi < ylo || yhi < xlo {
+                            Some(BlockKind::Empty)
+                        } else if xlo == xhi && ylo == yhi && xlo == ylo && in_full {
+                            Some(BlockKind::Full)
+                        } else {
+                            None
+                        };
+                        tiles += c.sorted as usize;
+                        if let Some(k) = rule {
+                            decided += c.sorted as usize;
+                            let want = exact.get(b, 0).kind(i, j);
+                            assert_eq!(k, want, "{}: b {b} tile ({i}, {j})", c.name);
                         }
                     }
                 }
             }
-        }
+        });
         // (sorted ids, about 5 documents per sequence: most tiles of a few hundred
         // positions hold a document's edge, and those are walked)
         assert!(
@@ -831,210 +863,151 @@ mod tests {
     /// tile's last rows walked all 16 before session 32; windows of 64 and more).
     #[test]
     fn walk_gives_the_exact_kinds_in_few_steps() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         const ROWS: usize = super::ROWS as usize;
-        let mut rng = 0x2545f4914f6cdd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
         let mut walked = 0usize;
-        for file in [
-            "document_causal",
-            "document_sliding_causal",
-            "document_alibi",
-        ] {
-            let src = std::fs::read_to_string(dir.join(format!("{file}.attn"))).unwrap();
-            let programs: Vec<Program> = crate::compile_source(&src).unwrap().programs;
-            let p = programs.iter().find(|p| p.name == file).unwrap();
-            let mask = p.mask.as_ref().unwrap();
-            let sep = separable_eq(mask).unwrap();
-            let (l, n) = crate::analysis::linear::split_conjuncts(mask).unwrap();
-            let plan = crate::plan::Plan::new(p);
-            let cf = plan.table_skip(false).cloned();
-            for window in [300, 64, 0, -5] {
-                for (lq, lkv, qb, kvb, sorted, docs) in [
-                    (300, 300, 128, 128, true, 5),
-                    (257, 333, 64, 64, true, 5),
-                    (130, 700, 128, 64, false, 5),
-                    (512, 1024, 128, 128, true, 40),
-                    (200, 200, 64, 128, true, 3),
-                    // (unsorted ids from a wide range: a tile's equal pairs are few, so
-                    // its first true point is often past the first step, or absent)
-                    (300, 300, 128, 128, false, 3000),
-                    (257, 333, 64, 64, false, 2000),
-                ] {
-                    let shape = Shape {
-                        b: 2,
-                        hq: 1,
-                        hkv: 1,
-                        lq,
-                        lkv,
-                        d: 64,
-                        dv: 64,
-                    };
-                    let n_pos = lq.max(lkv);
-                    let mut ids: Vec<i32> =
-                        (0..2 * n_pos).map(|_| (next() % docs) as i32).collect();
-                    if sorted {
-                        for b in 0..2 {
-                            ids[b * n_pos..(b + 1) * n_pos].sort();
+        let shapes = [
+            (300, 300, 128, 128, true, 5),
+            (257, 333, 64, 64, true, 5),
+            (130, 700, 128, 64, false, 5),
+            (512, 1024, 128, 128, true, 40),
+            (200, 200, 64, 128, true, 3),
+            // (unsorted ids from a wide range: a tile's equal pairs are few, so its first
+            // true point is often past the first step, or absent)
+            (300, 300, 128, 128, false, 3000),
+            (257, 333, 64, 64, false, 2000),
+        ];
+        for_each_doc_case(0x2545f4914f6cdd1d, &shapes, |c| {
+            let (p, (qb, kvb), Shape { lq, lkv, .. }) = (c.p, c.tiles, c.shape);
+            let (l, n) = split_conjuncts(p.mask.as_ref().unwrap()).unwrap();
+            let exact = brute_force_maps(p, &c.shape, qb, kvb, &c.bind).unwrap();
+            let bounds = c.cf.and_then(|cf| cf.bounds(&c.bind.params));
+            let mut s = Vec::new();
+            let mut at = |f, b: usize, q: usize, kv: usize| {
+                eval(f, p, Args::at(0.0, [b, 0, q, kv]), &c.bind, &mut s).unwrap()
+            };
+            let case = &c.name;
+            for b in 0..2 {
+                for i in 0..lq.div_ceil(qb) {
+                    let rows = i * qb..((i + 1) * qb).min(lq);
+                    let qn = rows.len();
+                    let xs: Vec<i32> = rows
+                        .clone()
+                        .map(|q| at(&c.sep.x, b, q, 0).as_i32())
+                        .collect();
+                    let (xlo, xhi) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
+                    let full = bounds.as_ref().map(|bd| {
+                        ClosedForm::row(bd, rows.start as i64, rows.end as i64 - 1, lkv, kvb)
+                    });
+                    // one warp's steps per tile j % 8 (the builder's 8 warps)
+                    let mut warps = [0usize; 8];
+                    for j in 0..lkv.div_ceil(kvb) {
+                        let cols = j * kvb..((j + 1) * kvb).min(lkv);
+                        let ys: Vec<i32> = cols
+                            .clone()
+                            .map(|kv| at(&c.sep.y, b, 0, kv).as_i32())
+                            .collect();
+                        let (ylo, yhi) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
+                        let l_all = match &full {
+                            Some(r) => (r.full_first..r.full_end).contains(&j),
+                            None => false,
+                        };
+                        let one = xlo == xhi && ylo == yhi && xlo == ylo;
+                        let want = exact.get(b, 0).kind(i, j);
+                        // (the tiles outside the closed form's range: never evaluated, empty)
+                        if full
+                            .as_ref()
+                            .is_some_and(|r| !(r.first..r.end).contains(&j))
+                        {
+                            assert_eq!(want, BlockKind::Empty, "{case}: b {b} tile ({i}, {j})");
+                            continue;
+                        }
+                        // (tile kind, run kind of a partial tile)
+                        let got = if xhi < ylo || yhi < xlo {
+                            (BlockKind::Empty, None)
+                        } else if one && l_all {
+                            (BlockKind::Full, None)
+                        } else {
+                            walked += 1;
+                            let stride = qn.div_ceil(ROWS);
+                            let known = l_all && !one;
+                            let (mut t, mut f, mut fl, mut fnn) = (false, known, false, known);
+                            let mut steps = 0;
+                            for r in 0..stride {
+                                steps += 1;
+                                let picked = (0..ROWS).map(|u| {
+                                    if u + 1 < ROWS {
+                                        (r + stride * u).min(qn - 1)
+                                    } else {
+                                        (qn - 1).saturating_sub(r)
+                                    }
+                                });
+                                for row in picked {
+                                    for kv in cols.clone() {
+                                        let q = rows.start + row;
+                                        let lv = at(&l, b, q, kv).as_bool();
+                                        let nv = at(&n, b, q, kv).as_bool();
+                                        t |= lv && nv;
+                                        f |= !(lv && nv);
+                                        fl |= !lv;
+                                        fnn |= lv && !nv;
+                                    }
+                                }
+                                if t && (fl || l_all) && (fnn || one) {
+                                    break;
+                                }
+                            }
+                            warps[j % 8] += steps;
+                            let run = if !fnn {
+                                2
+                            } else if !fl {
+                                3
+                            } else {
+                                0
+                            };
+                            match (t, f) {
+                                (false, _) => (BlockKind::Empty, None),
+                                (true, false) => (BlockKind::Full, None),
+                                (true, true) => (BlockKind::Partial, Some(run)),
+                            }
+                        };
+                        assert_eq!(got.0, want, "{case}: b {b} tile ({i}, {j})");
+                        if let Some(kind) = got.1 {
+                            // the kinds by the interpreter at every point of the tile
+                            let (mut n_where_l, mut l_everywhere) = (true, true);
+                            for q in rows.clone() {
+                                for kv in cols.clone() {
+                                    let lv = at(&l, b, q, kv).as_bool();
+                                    l_everywhere &= lv;
+                                    n_where_l &= !lv || at(&n, b, q, kv).as_bool();
+                                }
+                            }
+                            let want = if n_where_l {
+                                2
+                            } else if l_everywhere {
+                                3
+                            } else {
+                                0
+                            };
+                            assert_eq!(
+                                kind, want,
+                                "{case}: b {b} partial tile ({i}, {j}) run kind"
+                            );
                         }
                     }
-                    let bind = Bindings {
-                        params: p.params.iter().map(|_| Scalar::I32(window)).collect(),
-                        tensors: vec![BoundTensor {
-                            dims: vec![2, n_pos],
-                            data: TensorData::I32(ids),
-                        }],
-                    };
-                    let exact = brute_force_maps(p, &shape, qb, kvb, &bind).unwrap();
-                    let bounds = cf.as_ref().and_then(|cf| cf.bounds(&bind.params));
-                    let mut s = Vec::new();
-                    let mut at = |f, b: usize, q: usize, kv: usize| {
-                        eval(f, p, Args::at(0.0, [b, 0, q, kv]), &bind, &mut s).unwrap()
-                    };
-                    let case =
-                        format!("{file} window {window} {shape:?} {qb}x{kvb} sorted {sorted}");
-                    for b in 0..2 {
-                        for i in 0..lq.div_ceil(qb) {
-                            let rows = i * qb..((i + 1) * qb).min(lq);
-                            let qn = rows.len();
-                            let xs: Vec<i32> =
-                                rows.clone().map(|q| at(&sep.x, b, q, 0).as_i32()).collect();
-                            let (xlo, xhi) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
-                            let full = bounds.as_ref().map(|bd| {
-                                ClosedForm::row(
-                                    bd,
-                                    rows.start as i64,
-                                    rows.end as i64 - 1,
-                                    lkv,
-                                    kvb,
-                                )
-                            });
-                            // one warp's steps per tile j % 8 (the builder's 8 warps)
-                            let mut warps = [0usize; 8];
-                            for j in 0..lkv.div_ceil(kvb) {
-                                let cols = j * kvb..((j + 1) * kvb).min(lkv);
-                                let ys: Vec<i32> = cols
-                                    .clone()
-                                    .map(|kv| at(&sep.y, b, 0, kv).as_i32())
-                                    .collect();
-                                let (ylo, yhi) =
-                                    (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
-                                let l_all = match &full {
-                                    Some(r) => (r.full_first..r.full_end).contains(&j),
-                                    None => false,
-                                };
-                                let one = xlo == xhi && ylo == yhi && xlo == ylo;
-                                let want = exact.get(b, 0).kind(i, j);
-                                // (the tiles outside the closed form's range: never
-                                // evaluated, empty)
-                                if full
-                                    .as_ref()
-                                    .is_some_and(|r| !(r.first..r.end).contains(&j))
-                                {
-                                    assert_eq!(
-                                        want,
-                                        BlockKind::Empty,
-                                        "{case}: b {b} tile ({i}, {j})"
-                                    );
-                                    continue;
-                                }
-                                // (tile kind, run kind of a partial tile)
-                                let got = if xhi < ylo || yhi < xlo {
-                                    (BlockKind::Empty, None)
-                                } else if one && l_all {
-                                    (BlockKind::Full, None)
-                                } else {
-                                    walked += 1;
-                                    let stride = qn.div_ceil(ROWS);
-                                    let known = l_all && !one;
-                                    let (mut t, mut f, mut fl, mut fnn) =
-                                        (false, known, false, known);
-                                    let mut steps = 0;
-                                    for r in 0..stride {
-                                        steps += 1;
-                                        let picked = (0..ROWS).map(|u| {
-                                            if u + 1 < ROWS {
-                                                (r + stride * u).min(qn - 1)
-                                            } else {
-                                                (qn - 1).saturating_sub(r)
-                                            }
-                                        });
-                                        for row in picked {
-                                            for kv in cols.clone() {
-                                                let q = rows.start + row;
-                                                let lv = at(&l, b, q, kv).as_bool();
-                                                let nv = at(&n, b, q, kv).as_bool();
-                                                t |= lv && nv;
-                                                f |= !(lv && nv);
-                                                fl |= !lv;
-                                                fnn |= lv && !nv;
-                                            }
-                                        }
-                                        if t && (fl || l_all) && (fnn || one) {
-                                            break;
-                                        }
-                                    }
-                                    warps[j % 8] += steps;
-                                    match (t, f) {
-                                        (false, _) => (BlockKind::Empty, None),
-                                        (true, false) => (BlockKind::Full, None),
-                                        (true, true) => (
-                                            BlockKind::Partial,
-                                            Some(if !fnn {
-                                                2
-                                            } else if !fl {
-                                                3
-                                            } else {
-                                                0
-                                            }),
-                                        ),
-                                    }
-                                };
-                                assert_eq!(got.0, want, "{case}: b {b} tile ({i}, {j})");
-                                if let Some(kind) = got.1 {
-                                    // the kinds by the interpreter at every point of the tile
-                                    let (mut n_where_l, mut l_everywhere) = (true, true);
-                                    for q in rows.clone() {
-                                        for kv in cols.clone() {
-                                            let lv = at(&l, b, q, kv).as_bool();
-                                            l_everywhere &= lv;
-                                            n_where_l &= !lv || at(&n, b, q, kv).as_bool();
-                                        }
-                                    }
-                                    let want = if n_where_l {
-                                        2
-                                    } else if l_everywhere {
-                                        3
-                                    } else {
-                                        0
-                                    };
-                                    assert_eq!(
-                                        kind, want,
-                                        "{case}: b {b} partial tile ({i}, {j}) run kind"
-                                    );
-                                }
-                            }
-                            // (not the degenerate windows: 0, where N holds wherever L
-                            // does but the ids are not one value, walks every row to
-                            // learn it; an empty band's tiles hold no true point)
-                            let window_ok = p.params.is_empty() || window >= 64;
-                            if sorted && qb == 128 && kvb == 128 && window_ok {
-                                let most = warps.iter().max().unwrap();
-                                assert!(
-                                    *most <= 4,
-                                    "{case}: b {b} row {i}: a warp walks {most} steps"
-                                );
-                            }
-                        }
+                    // (not the degenerate windows: 0, where N holds wherever L does but the
+                    // ids are not one value, walks every row to learn it; an empty band's
+                    // tiles hold no true point)
+                    let window_ok = p.params.is_empty() || c.window >= 64;
+                    if c.sorted && qb == 128 && kvb == 128 && window_ok {
+                        let most = warps.iter().max().unwrap();
+                        assert!(
+                            *most <= 4,
+                            "{case}: b {b} row {i}: a warp walks {most} steps"
+                        );
                     }
                 }
             }
-        }
+        });
         assert!(walked > 100, "{walked} tiles walked");
     }
 }
