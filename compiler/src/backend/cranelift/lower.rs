@@ -16,10 +16,12 @@
 //! minNum/maxNum, and libm calls (the same Rust functions the interpreter uses) for
 //! `exp exp2 log log2 tanh pow`. Bools are `i8` 0/1.
 //!
-//! Per-element values in fast mode are 4-lane vectors ([`Lowering::vemit`]); there
-//! `exp`, `exp2` and `tanh` are inline polynomial / rational approximations (a few ulp,
-//! using `fma`, which Cranelift lowers to a library call on CPUs without FMA, so the
-//! CLIF does not depend on the host), `log log2 pow` and integer division run per lane.
+//! Per-element values in fast mode are 4-lane vectors ([`Lowering::vemit`]); there, in a
+//! score, `exp`, `exp2` and `tanh` are inline polynomial / rational approximations (a few
+//! ulp, using `fma`, which Cranelift lowers to a library call on CPUs without FMA, so the
+//! CLIF does not depend on the host); a mask's run per lane through libm like every other
+//! level's (its comparisons are the oracle's); `log log2 pow` and integer division run per
+//! lane.
 
 use super::CpuError;
 use super::abi::off;
@@ -708,7 +710,7 @@ impl<'p> Lowering<'p> {
             }
             Inst::Unary(op, a) => {
                 let a = self.vop(g, a);
-                vunary(g, op, a)
+                vunary(g, op, a, self.f.kind == FnKind::Mask)
             }
             Inst::Binary(op, a, b) => {
                 let (av, bv) = (self.vop(g, a), self.vop(g, b));
@@ -828,7 +830,13 @@ fn lanewise(
     acc.expect("four lanes")
 }
 
-fn vunary(g: &mut Gen, op: UnOp, a: CValue) -> CValue {
+/// A unary op on a 4-lane vector; `exact` (a mask's values): `exp`, `exp2` and `tanh` by
+/// the libm calls of the scalar path per lane, as the oracle and the mask's values at the
+/// other loop levels compute them — so that the mask's comparisons are the oracle's (the
+/// polynomials of the score path, within a few ulp, can break a tie such as
+/// `exp(-abs(select(c, x, y))) < exp(-abs(x))`, whose right side a column computes once
+/// by libm).
+fn vunary(g: &mut Gen, op: UnOp, a: CValue, exact: bool) -> CValue {
     let call = |g: &mut Gen, name: &'static str| {
         lanewise(g, &[a], types::F32X4, |g, x| g.call_f32(name, x))
     };
@@ -838,6 +846,9 @@ fn vunary(g: &mut Gen, op: UnOp, a: CValue) -> CValue {
         UnOp::FNeg => g.b.ins().fneg(a),
         UnOp::FAbs => g.b.ins().fabs(a),
         UnOp::Not => g.b.ins().bnot(a),
+        UnOp::Exp if exact => call(g, "attnc_expf"),
+        UnOp::Exp2 if exact => call(g, "attnc_exp2f"),
+        UnOp::Tanh if exact => call(g, "attnc_tanhf"),
         UnOp::Exp => vexp(g, a),
         UnOp::Exp2 => vexp2(g, a),
         UnOp::Tanh => vtanh(g, a),
