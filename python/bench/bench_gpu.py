@@ -66,15 +66,25 @@ def wall_us(fn, iters=2000, warm=50):
 def gpu_us(fn, n=50):
     """The stream's time per call of ``fn`` in µs: CUDA events around ``n`` back-to-back
     calls after one warm-up (the GPU's idle gaps included where the host is the slower)."""
-    fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
+    return event_ms(fn, iters=n, warm=1, reps=1) * 1e3
+
+
+def host_steps(fn, iters, warm=50):
+    """The extension's and the runtime's steps of ``fn``'s calls (``_attnc.host_trace``,
+    `host_trace.rs`'s stages) over ``iters`` calls after ``warm``: ``(stage, µs a lap,
+    laps a call)`` for each stage that ran."""
+    from attnc import _attnc
+
+    for _ in range(warm):
         fn()
-    b.record()
     torch.cuda.synchronize()
-    return a.elapsed_time(b) / n * 1e3
+    _attnc.host_trace_take()
+    _attnc.host_trace(True)
+    for _ in range(iters):
+        fn()
+    _attnc.host_trace(False)
+    torch.cuda.synchronize()
+    return [(name, ns / laps / 1e3, laps / iters) for name, ns, laps in _attnc.host_trace_take() if laps]
 
 
 def host_us(fn, n=30):

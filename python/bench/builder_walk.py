@@ -12,13 +12,7 @@ import sys
 
 import torch
 
-
-def draws(b, hq, hkv, lq, lkv, g):
-    """profile_kernels.py's draws for one shape, in its order (q, k, v, then the cuts)."""
-    for shape in ((b, hq, lq, 128), (b, hkv, lkv, 128), (b, hkv, lkv, 128)):
-        torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
-    cuts = torch.rand(b, lkv, device="cuda", generator=g) < (8 / lkv)
-    return torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32).cpu()
+from profile_kernels import chunked_documents  # this folder (sys.path[0] when run as a script)
 
 
 def walk(doc_b, q0pos, qn, kv0, kvn, lkv, rows=8):
@@ -57,7 +51,7 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     for arg in shapes:
         b, lq, lkv = (int(v) for v in arg.split(","))
-        doc = draws(b, 32, 8, lq, lkv, g)
+        doc = chunked_documents(b, 32, 8, lq, lkv, g)[3].cpu()
         q_shift = lkv - lq
         worst = []
         print(f"B{b} Lq{lq} Lkv{lkv}: ids per sequence {[int(doc[i, -1]) + 1 for i in range(b)]}")

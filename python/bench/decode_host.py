@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnc
 from attnc import _attnc, _ops
-from bench_gpu import gpu_us, host_us, wall_us  # this folder (sys.path[0] when run as a script)
+from bench_gpu import gpu_us, host_steps, host_us, wall_us  # this folder (sys.path[0] when run as a script)
 from paged_cache import paged
 
 EX = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -102,18 +102,8 @@ def main():
         trace = getattr(_attnc, "host_trace", None)  # (wheels since session 27)
         if trace is not None:
             # the extension's and the runtime's steps of the zero-copy call (split-KV path)
-            for _ in range(50):
-                call()
-            torch.cuda.synchronize()
-            _attnc.host_trace_take()
-            trace(True)
-            for _ in range(a.iters):
-                call()
-            trace(False)
-            torch.cuda.synchronize()
-            for name, ns, laps in _attnc.host_trace_take():
-                if laps:
-                    rows[f"{case} step {name} (x{laps / a.iters:g} a call)"] = ns / laps / 1e3
+            for name, us, per_call in host_steps(call, a.iters):
+                rows[f"{case} step {name} (x{per_call:g} a call)"] = us
         if a.profile and case in ("decode", "chunk128_b8_host_lens"):
             pr = cProfile.Profile()
             pr.enable()

@@ -15,6 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import attnc
+from profile_kernels import chunked_documents  # this folder (sys.path[0] when run as a script)
 
 
 def main():
@@ -23,12 +24,7 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     b, hq, hkv, lkv = 8, 32, 8, 8192
     for lq in (256, 512):
-        q = torch.randn(b, hq, lq, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        v = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        cuts = torch.rand(b, lkv, device="cuda", generator=g) < (8 / lkv)
-        doc = torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32)
-        lens = torch.full((b,), lkv, dtype=torch.int32, device="cuda")
+        q, k, v, doc, lens = chunked_documents(b, hq, hkv, lq, lkv, g)
 
         def call():
             return attn.decode(q, k, v, lens, doc=doc)

@@ -18,8 +18,7 @@ import pstats
 import torch
 
 import attnc
-from attnc import _attnc
-from bench_gpu import gpu_us, host_us, wall_us  # this folder (sys.path[0] when run as a script)
+from bench_gpu import gpu_us, host_steps, host_us, wall_us  # this folder (sys.path[0] when run as a script)
 
 D = 128
 
@@ -56,16 +55,7 @@ def main():
             gp = gpu_us(call)
             h = host_us(call)
             print(f"Lq{lq} Lkv{lkv} {name} ({path}): wall {w:.1f} us/call, gpu {gp:.1f}, enq {h:.1f}", flush=True)
-            for _ in range(20):
-                call()
-            torch.cuda.synchronize()
-            _attnc.host_trace_take()
-            _attnc.host_trace(True)
-            for _ in range(a.iters):
-                call()
-            _attnc.host_trace(False)
-            torch.cuda.synchronize()
-            steps = [f"{s} {ns / laps / 1e3:.1f}" for s, ns, laps in _attnc.host_trace_take() if laps]
+            steps = [f"{s} {us:.1f}" for s, us, _ in host_steps(call, a.iters, warm=20)]
             print(f"  steps (us a lap): {', '.join(steps)}", flush=True)
             if a.profile:
                 pr = cProfile.Profile()

@@ -13,8 +13,6 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import attnc
-
 
 def prof(label, fn, iters=10):
     for _ in range(3):
@@ -36,19 +34,31 @@ def prof(label, fn, iters=10):
         print(f"   {name[:70]:70s} x{n / iters:.0f} {t / n:9.1f} us", flush=True)
 
 
+def chunked_documents(b, hq, hkv, lq, lkv, g):
+    """The inputs of one documents chunked-prefill call as this script draws them from
+    ``g`` (q, k, v bf16 D128, then about 8 sorted documents per sequence; lengths all
+    ``lkv`` on the device): ``(q, k, v, doc, lens)``. `kernel_timeline.py` and
+    `builder_walk.py` draw theirs here too, so that the same generator state gives the
+    same ids."""
+    q = torch.randn(b, hq, lq, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    cuts = torch.rand(b, lkv, device="cuda", generator=g) < (8 / lkv)
+    doc = torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32)
+    lens = torch.full((b,), lkv, dtype=torch.int32, device="cuda")
+    return q, k, v, doc, lens
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", default=str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
     a = ap.parse_args()
+    import attnc  # (here: builder_walk.py imports this module's draws without the package)
+
     attn = attnc.compile(pathlib.Path(a.examples) / "document_causal.attn").attention("document_causal")
     g = torch.Generator(device="cuda").manual_seed(0)
     for b, hq, hkv, lq, lkv in [(8, 32, 8, 512, 8192), (8, 32, 8, 256, 8192)]:
-        q = torch.randn(b, hq, lq, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        v = torch.randn(b, hkv, lkv, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        cuts = torch.rand(b, lkv, device="cuda", generator=g) < (8 / lkv)
-        doc = torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32)
-        lens = torch.full((b,), lkv, dtype=torch.int32, device="cuda")
+        q, k, v, doc, lens = chunked_documents(b, hq, hkv, lq, lkv, g)
         prof(f"chunked documents B{b} Lq{lq} Lkv{lkv}", lambda: attn.decode(q, k, v, lens, doc=doc))
     b, h, l = 2, 16, 8192
     q, k, v = (torch.randn(b, h, l, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))

@@ -1734,14 +1734,12 @@ fn check_table_kinds(
         return Ok(String::new());
     };
     let (qb, kvb) = (opts.q_block as usize, opts.kv_block as usize);
-    let holds = |f| {
-        let q = Program {
-            mask: Some(f),
-            ..p.clone()
-        };
-        brute_force_maps(&q, sh, qb, kvb, bind).map_err(|e| e.to_string())
+    // (the maps of the mask L alone: where L holds on a whole block)
+    let only_l = Program {
+        mask: Some(l.clone()),
+        ..p.clone()
     };
-    let holds_l = holds(l.clone())?;
+    let holds_l = brute_force_maps(&only_l, sh, qb, kvb, bind).map_err(|e| e.to_string())?;
     let exact = brute_force_maps(p, sh, qb, kvb, bind).map_err(|e| e.to_string())?;
     // whether N holds wherever L does on block (i, j) of slice (b, h) (points inside Lq x
     // Lkv): the mask is L there, run kind 2

@@ -363,29 +363,35 @@ fn body<'ctx>(
                     Ok((kv, g.icmp(IntPredicate::SLT, kv, lkv)?))
                 })
                 .collect::<R<_>>()?;
-            let fast = match &sep {
-                Some(sep) => {
-                    let tile = RangeTile { b, h, q0, j };
-                    let x = x_of_rows.ok_or(LlvmError::Internal("x range"))?;
-                    range_kind(g, &env, sep, &tile, x, &cols, (kv_full, no_linear))?
-                }
-                None => (g.c32(-1), g.cbool(false)),
-            };
-            // (`n_all`: x == y at every point, so N holds wherever L does)
-            let (fast, n_all) = fast;
-            g.set(&kind_var, fast)?;
-            // (with `kinds`) the linear conjuncts hold at every point of the tile (the
-            // trusted closed form): L is never false there, so the walk need not wait to
-            // see it false before it stops
-            let l_all = match (&seen_ln, kv_full) {
-                (Some(_), Some((ff, fe, trusted))) => g.and(
+            // the linear conjuncts hold at every point of the tile: the trusted closed
+            // form's full range
+            let l_holds = match kv_full {
+                Some((ff, fe, trusted)) => g.and(
                     trusted,
                     g.and(
                         g.icmp(IntPredicate::SGE, j, ff)?,
                         g.icmp(IntPredicate::SLT, j, fe)?,
                     )?,
                 )?,
-                _ => g.cbool(false),
+                None => g.cbool(false),
+            };
+            let fast = match &sep {
+                Some(sep) => {
+                    let tile = RangeTile { b, h, q0 };
+                    let x = x_of_rows.ok_or(LlvmError::Internal("x range"))?;
+                    let no_form = kv_full.is_none() && no_linear;
+                    range_kind(g, &env, sep, &tile, x, &cols, (l_holds, no_form))?
+                }
+                None => (g.c32(-1), g.cbool(false)),
+            };
+            // (`n_all`: x == y at every point, so N holds wherever L does)
+            let (fast, n_all) = fast;
+            g.set(&kind_var, fast)?;
+            // (with `kinds`) L is never false on the tile, so the walk need not wait to
+            // see it false before it stops
+            let l_all = match &seen_ln {
+                Some(_) => l_holds,
+                None => g.cbool(false),
             };
             // (a document tile walked where L holds everywhere: its ids are not one value
             // on both sides (that tile is full by the ranges), so x != y at some point, and
@@ -549,13 +555,23 @@ fn body<'ctx>(
     Ok(())
 }
 
-/// One tile of [`range_kind`]: its batch and head (the map's), the q block's first row and
-/// the tile's kv block index.
+/// One tile of [`range_kind`]: its batch and head (the map's) and the q block's first row.
 struct RangeTile<'ctx> {
     b: IntValue<'ctx>,
     h: IntValue<'ctx>,
     q0: IntValue<'ctx>,
-    j: IntValue<'ctx>,
+}
+
+/// `(lo, hi)` reduced over the warp: the smallest `lo` and the largest `hi` of its lanes.
+fn warp_range<'ctx>(
+    g: &Gpu<'ctx>,
+    (mut lo, mut hi): (IntValue<'ctx>, IntValue<'ctx>),
+) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+    for w in [16, 8, 4, 2, 1] {
+        lo = g.iintr2("llvm.smin.i32", lo, g.shfl_xor_i32(lo, w)?)?;
+        hi = g.iintr2("llvm.smax.i32", hi, g.shfl_xor_i32(hi, w)?)?;
+    }
+    Ok((lo, hi))
 }
 
 /// The range `(min, max)` of a document mask's query side `x` (`linear::SeparableEq`)
@@ -590,19 +606,15 @@ fn x_range<'ctx>(
         xlo = min(xlo, x)?;
         xhi = max(xhi, x)?;
     }
-    for w in [16, 8, 4, 2, 1] {
-        xlo = min(xlo, g.shfl_xor_i32(xlo, w)?)?;
-        xhi = max(xhi, g.shfl_xor_i32(xhi, w)?)?;
-    }
-    Ok((xlo, xhi))
+    warp_range(g, (xlo, xhi))
 }
 
 /// A document mask's tile kind from the ranges of its two sides (`linear::SeparableEq`,
 /// module docs): `x` over the q block's rows ([`x_range`]), `y` over the tile's columns
 /// below Lkv (`cols`), reduced over the warp; 0 (empty) where the ranges are disjoint, 2
-/// (full) where both are one value and the trusted closed form holds the tile (`kv_full`:
-/// first, end of its full range and whether it is trusted) or there is no linear
-/// conjunct; else -1 (the rows are walked). Also whether both are the same one value:
+/// (full) where both are one value and the linear conjuncts hold on the whole tile
+/// (`l_holds`: the trusted closed form's full range) or there is neither a linear
+/// conjunct nor a closed form (`no_form`); else -1 (the rows are walked). Also whether both are the same one value:
 /// then `x == y` at every point, and N (`x == y` with its reads guarded by L's conjuncts)
 /// holds wherever L does.
 #[allow(clippy::too_many_arguments)]
@@ -613,10 +625,7 @@ fn range_kind<'ctx>(
     t: &RangeTile<'ctx>,
     x: (IntValue<'ctx>, IntValue<'ctx>),
     cols: &[(IntValue<'ctx>, IntValue<'ctx>)],
-    (kv_full, no_linear): (
-        Option<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)>,
-        bool,
-    ),
+    (l_holds, no_form): (IntValue<'ctx>, bool),
 ) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
     let e = |q, kv, inside| Elem {
         s: g.cf(0.0),
@@ -636,10 +645,7 @@ fn range_kind<'ctx>(
         ylo = min(ylo, g.selecti(kv_in, y, imin)?)?;
         yhi = max(yhi, g.selecti(kv_in, y, imax)?)?;
     }
-    for w in [16, 8, 4, 2, 1] {
-        ylo = min(ylo, g.shfl_xor_i32(ylo, w)?)?;
-        yhi = max(yhi, g.shfl_xor_i32(yhi, w)?)?;
-    }
+    let (ylo, yhi) = warp_range(g, (ylo, yhi))?;
     // no point has x == y (no column below Lkv: ylo > yhi, also none)
     let lt = |a, b| g.icmp(IntPredicate::SLT, a, b);
     let eq = |a, b| g.icmp(IntPredicate::EQ, a, b);
@@ -649,16 +655,10 @@ fn range_kind<'ctx>(
     // (full where the trusted closed form says the linear conjuncts hold on the whole
     // tile, or where there is no linear conjunct; elsewhere the rows are walked: the
     // closed form's range is not exact about where they hold nowhere, e.g. an empty band)
-    let one_kind = match kv_full {
-        Some((ff, fe, trusted)) => {
-            let in_full = g.and(
-                g.icmp(IntPredicate::SGE, t.j, ff)?,
-                g.icmp(IntPredicate::SLT, t.j, fe)?,
-            )?;
-            g.selecti(g.and(trusted, in_full)?, g.c32(2), g.c32(-1))?
-        }
-        None if no_linear => g.c32(2),
-        None => g.c32(-1),
+    let one_kind = if no_form {
+        g.c32(2)
+    } else {
+        g.selecti(l_holds, g.c32(2), g.c32(-1))?
     };
     let kind = g.selecti(disjoint, g.c32(0), g.selecti(one, one_kind, g.c32(-1))?)?;
     Ok((kind, one))
