@@ -157,9 +157,6 @@ class Attention:
         self._inner = _ops.register(self._key, inner)
         # the zero-copy decode's workspace sizes per shape (`_decode_cuda`)
         self._decode_ws = {}
-        # the captured tensors the mask reads, and whether `_sparse_backward_hint` spoke
-        self._mask_tensors = list(inner.mask_tensors)
-        self._hinted = False
 
     def __call__(self, q, k, v, *, return_lse: bool = False, scale: Optional[float] = None,
                  block_mask: Optional["BlockMask"] = None, deterministic: bool = True, **captures):
@@ -172,38 +169,11 @@ class Attention:
             raise _error("E0319", f"`deterministic` must be True or False, got {type(deterministic).__name__} "
                          f"{deterministic!r}")
         mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
-        if mask is None and self._mask_tensors and not self._hinted:
-            hint = self._sparse_backward_hint(q, k, v)
-            if hint is not None:
-                import warnings
-
-                warnings.warn(hint, stacklevel=2)
         try:
             o, lse = _ops.call(self._key, q, k, v, scale, captures, mask, deterministic)
         except AttncError as e:
             raise self._kind_error(captures) or e
         return (o, lse) if return_lse else o
-
-    def _sparse_backward_hint(self, q, k, v, cuda: Optional[bool] = None) -> Optional[str]:
-        """Once per attention: a performance hint for a CUDA call that will be
-        differentiated without a block mask while the mask reads captured tensors (the
-        forward builds their block table on the GPU; the backward cannot, and visits every
-        block of the mask's linear range, e.g. all of causal for document + causal: ~3.9x
-        the backward with a block mask). ``cuda`` overrides ``q.is_cuda`` (tests). None
-        otherwise, and while torch.compile traces (the custom op takes no block mask)."""
-        import torch
-
-        on_cuda = q.is_cuda if cuda is None else cuda
-        grads = any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v))
-        if not (on_cuda and grads and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-            return None
-        self._hinted = True
-        names = ", ".join(f"{n}={n}" for n in self._mask_tensors)
-        return (f"attnc: the mask of `{self.name}` reads captured tensors ({', '.join(self._mask_tensors)}): "
-                f"without a block mask the CUDA backward visits every block of the mask's linear range "
-                f"(e.g. all of causal), not only those the tensors keep. For the sparse backward pass "
-                f"block_mask=attn.block_mask(q, k, v, {names}) (made once per change of the tensors) "
-                f"with the same captures. (Shown once per attention.)")
 
     def _kind_error(self, captures) -> Optional[AttncError]:
         """After a failed call: an error naming a capture given as the wrong kind (a tensor
@@ -227,9 +197,9 @@ class Attention:
         """A block mask made once for these captures (like FlexAttention's
         ``create_block_mask``), for attentions whose mask reads captured tensors (document
         ids, ...): pass it as ``attn(q, k, v, block_mask=bm, **captures)`` with the same
-        captures, and the CUDA forward reads its block table instead of building one on
-        the GPU at every call, and the backward visits only the blocks it lists instead of
-        every block of the mask's linear range (causal). ``q``, ``k``, ``v`` give the
+        captures, and the CUDA forward and backward read its tables instead of building
+        them on the GPU at every call (two short kernels before each pass; both visit
+        the same blocks either way, those the tensors' data keeps). ``q``, ``k``, ``v`` give the
         shape, dtype, device (and ``scale``) it is made for; they are not read.
 
         Made on the host from copies of the captures the mask reads (one host round trip
@@ -241,10 +211,7 @@ class Attention:
         reads must have the same values. A stale block mask is an ``AttncError``, never a
         wrong result. Under ``torch.compile`` (and for subclasses or modes) the call takes
         the custom op, which builds the table per call: the block mask is validated, and
-        the result is the same. A CUDA call that will be differentiated without a block
-        mask, where the mask reads captured tensors, warns once per attention
-        (``UserWarning``; the backward then visits every block of the mask's linear
-        range)."""
+        the result is the same."""
         import torch
 
         host = {n: (x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()}

@@ -771,30 +771,6 @@ impl Attention {
             .map(|p| (p.name.clone(), p.ty.to_string()))
             .collect()
     }
-    /// The captured tensors the mask reads (those whose data decides its blocks: the
-    /// CUDA forward builds their block table on the GPU each call, while the backward,
-    /// without a block mask, visits every block of the mask's linear range), in
-    /// declaration order.
-    #[getter]
-    fn mask_tensors(&self) -> Vec<String> {
-        let p = self.variant.program();
-        let Some(m) = &p.mask else {
-            return Vec::new();
-        };
-        let live = m.live();
-        let mut read = vec![false; p.tensors.len()];
-        for (inst, live) in m.insts.iter().zip(live) {
-            if let (attnc_compiler::ir::Inst::Load { tensor, .. }, true) = (inst, live) {
-                read[tensor.0 as usize] = true;
-            }
-        }
-        p.tensors
-            .iter()
-            .zip(read)
-            .filter(|(_, r)| *r)
-            .map(|(t, _)| t.name.clone())
-            .collect()
-    }
     /// What the CUDA backward sums in fixed point besides dq, dk, dv: the names of the
     /// captured tensors the score reads differentiably, and whether it reads f32 params
     /// so (the gradient words `backward_cuda` takes).

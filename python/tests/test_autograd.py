@@ -259,34 +259,3 @@ def test_deterministic_keyword_reaches_the_backward(monkeypatch):
             attn(q, k, v, bias=bias, deterministic=bad)
         assert e.value.code == "E0319" and "`deterministic`" in str(e.value), str(e.value)
     assert seen == [True, True, False, True, False], "nothing ran for the bad values"
-
-
-def test_sparse_backward_hint_speaks_once_for_cuda_training_without_a_block_mask():
-    """A mask over captured tensors differentiated on CUDA without a block mask gets one
-    performance hint per attention (its backward visits every block of the mask's linear
-    range); not on CPU, not without gradients, not for masks that read no tensor (a
-    tensor read by the score only is not the mask's); CPU calls never warn."""
-    import warnings
-
-    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
-    assert attn._mask_tensors == ["doc"]
-    assert attnc.compile(EXAMPLES / "learned_bias.attn").attention()._mask_tensors == []
-    assert attnc.compile(EXAMPLES / "causal.attn").attention()._mask_tensors == []
-    q = torch.randn(1, 2, 8, 8, requires_grad=True)
-    k, v = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
-    assert attn._sparse_backward_hint(q, k, v) is None  # CPU tensors
-    assert attn._sparse_backward_hint(q, k, v, cuda=False) is None
-    assert attn._sparse_backward_hint(q.detach(), k, v, cuda=True) is None
-    with torch.no_grad():
-        assert attn._sparse_backward_hint(q, k, v, cuda=True) is None
-    assert not attn._hinted
-    hint = attn._sparse_backward_hint(q, k, v, cuda=True)
-    assert "document_causal" in hint and "block_mask=attn.block_mask(q, k, v, doc=doc)" in hint
-    assert attn._hinted
-    # a CPU training call: no warning (with or without a block mask)
-    fresh = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
-    doc = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2]], dtype=torch.int32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fresh(q, k, v, doc=doc).sum().backward()
-    assert not fresh._hinted

@@ -296,6 +296,10 @@ pub use crate::exec::cuda::caller::backward::CallerBackwardBuffers as DeviceBack
 /// [`Bound::backward_cuda_workspace`] gives.
 pub use crate::exec::cuda::caller::backward::CallerDqWork as DeviceDqWorkspace;
 
+/// What [`Bound::caller_backward_ranges`] downloads (tests).
+#[doc(hidden)]
+pub use crate::exec::cuda::caller::backward::BackwardRangesSeen;
+
 /// One capture gradient element from its three fixed-point words `[hi, lo, flags]`, as
 /// [`Bound::backward_cuda_into`] leaves them (sums of integers: exact in any order).
 pub use attnc_compiler::backend::llvm::backward::fixed_to_f32;
@@ -433,6 +437,7 @@ impl Bound {
         stream: u64,
     ) -> Result<()> {
         self.require_cuda("backward_cuda_into")?;
+        let mut laps = crate::host_trace::Laps::start();
         let ranges = match mask {
             Some(m) => self.check_block_mask(m, tensors, params, true)?.1,
             None => None,
@@ -550,7 +555,9 @@ impl Bound {
                 )
             });
         }
+        laps.lap(crate::host_trace::Stage::Setup);
         let capture = self.check_call_buffers(&all, stream)?;
+        laps.lap(crate::host_trace::Stage::Buffers);
         let grad_words = crate::exec::cuda::caller::backward::CallerGradWords {
             tensors: words,
             params: grads.params,
@@ -561,7 +568,7 @@ impl Bound {
             return Err(Error::Usage("this binding does not run on CUDA".into()));
         };
         // SAFETY: forwarded from the caller (see above).
-        unsafe {
+        let r = unsafe {
             cuda.backward_caller(
                 &kernels,
                 plan,
@@ -576,7 +583,23 @@ impl Bound {
                 capture,
             )
         }
-        .map_err(|e| variant.render(e))
+        .map_err(|e| variant.render(e));
+        laps.lap(crate::host_trace::Stage::Call);
+        r
+    }
+
+    /// The block ranges the last caller-buffer backward on `stream` read, downloaded (the
+    /// stream synchronized); `None` where that stream ran none with ranges (closed-form
+    /// masks, block masks). For tests that
+    /// compare the ranges made on the device from captured tensors with the host's.
+    #[doc(hidden)]
+    pub fn caller_backward_ranges(&mut self, stream: u64) -> Result<Option<BackwardRangesSeen>> {
+        let (exec, _, variant, _) = self.parts_mut();
+        let Some(cuda) = exec.cuda_mut() else {
+            return Err(Error::Usage("this binding does not run on CUDA".into()));
+        };
+        cuda.caller_backward_ranges(stream)
+            .map_err(|e| variant.render(e))
     }
 }
 

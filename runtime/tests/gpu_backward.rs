@@ -2935,6 +2935,247 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
     }
 }
 
+/// Document ids for `b` rows of `n` positions: sorted (documents of random lengths) or
+/// not (sparse matches), `docs` distinct values; a fixed LCG per seed.
+fn doc_ids_for(seed: u64, b: usize, n: usize, docs: u64, sorted: bool) -> Vec<i32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = Vec::new();
+    for _ in 0..b {
+        let mut ids: Vec<i32> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % docs) as i32
+            })
+            .collect();
+        if sorted {
+            ids.sort();
+        }
+        out.extend(ids);
+    }
+    out
+}
+
+/// The caller-buffer backward of masks over captured tensors in device memory (the
+/// Python package's autograd without a block mask): its block ranges, made on the device
+/// (the block-table kernel at the backward's tiles and the backward-ranges kernel), equal
+/// word for word the host's from the same data (`kv_ranges` / `q_ranges` of the host
+/// block maps at those tiles), and its gradients are bit-identical to `Bound::backward`'s
+/// on host tensors (checked against the f64 oracle by `api_case_with`). Cases: document +
+/// causal with sorted ids (documents of random lengths: full, partial and empty blocks)
+/// and unsorted ids (sparse matches: rows of several runs), Lq != Lkv (Lq < Lkv: the ids
+/// are indexed by q too), odd lengths, GQA; a mask over a per-head tensor with GQA (maps per query head: the dK/dV
+/// ranges are the group's union, full only where full for every head); D64 and D128,
+/// bf16 and f16. A second call on other ids reuses the stream's buffers and rebuilds the
+/// ranges from the new data.
+fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
+    use attnc::external::{
+        DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor,
+    };
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, Tensor, synth};
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use std::collections::HashMap;
+    let doc_file = Compiled::from_file(&examples_dir().join("document_causal.attn")).unwrap();
+    let per_head = Compiled::from_source(
+        "per_head.attn",
+        "tensor t: i32[H, KV];\nmask m(b, h, q, kv) { q >= kv && t[h, q] == t[h, kv] }\nattention per_head { mask = m; }",
+    )
+    .unwrap();
+    let s = |b, hq, hkv, lq, lkv, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    // (variant, tensor name, shape, dtype, sorted ids, distinct ids)
+    let cases = [
+        (
+            doc_file.attention("document_causal").unwrap(),
+            "doc",
+            s(2, 8, 2, 333, 333, 128),
+            DType::BF16,
+            true,
+            5,
+        ),
+        (
+            doc_file.attention("document_causal").unwrap(),
+            "doc",
+            s(2, 4, 4, 200, 517, 64),
+            DType::F16,
+            true,
+            3,
+        ),
+        (
+            doc_file.attention("document_causal").unwrap(),
+            "doc",
+            s(1, 4, 2, 300, 517, 128),
+            DType::BF16,
+            false,
+            3,
+        ),
+        (
+            per_head.attention("per_head").unwrap(),
+            "t",
+            s(1, 8, 2, 300, 300, 128),
+            DType::BF16,
+            true,
+            4,
+        ),
+        (
+            per_head.attention("per_head").unwrap(),
+            "t",
+            s(2, 4, 1, 129, 129, 64),
+            DType::F16,
+            true,
+            2,
+        ),
+    ];
+    let mut full_seen = 0;
+    for (ci, (var, tname, shape, dt, sorted, docs)) in cases.into_iter().enumerate() {
+        let rows = if tname == "doc" { shape.b } else { shape.hq };
+        let ty = match dt {
+            DType::F16 => InputType::F16,
+            _ => InputType::Bf16,
+        };
+        let mut bound = var
+            .bind(BindOptions::new(Backend::Cuda, shape, dt))
+            .unwrap();
+        for round in 0..2u64 {
+            let seed = 700 + 10 * ci as u64 + round;
+            let ids = doc_ids_for(seed, rows, shape.lkv, docs, sorted);
+            let host_t = Tensor::from_i32(vec![rows, shape.lkv], &ids);
+            let caps = Captures::default().tensor(tname, host_t);
+            let what = format!(
+                "device tables {} {shape:?} {dt:?} sorted {sorted} round {round}",
+                var.program().name
+            );
+            let bwd = attnc::BackwardOptions {
+                deterministic: true,
+            };
+            let want = api_case_with(&var, shape, dt, &caps, seed, &what, &bwd);
+            let (q, k, v) = synth::qkv(&shape, dt, seed);
+            let (d_o, _, _) = synth::qkv(
+                &Shape {
+                    d: shape.dv,
+                    lkv: shape.lq,
+                    hkv: shape.hq,
+                    ..shape
+                },
+                dt,
+                seed + 99,
+            );
+            let fwd = bound.forward(&q, &k, &v, &caps).unwrap();
+            let bits = |t: &Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+            let (qd, kd, vd, od, dod) = (bits(&q), bits(&k), bits(&v), bits(&fwd.o), bits(&d_o));
+            let lse = dev.upload(&fwd.lse.to_f32()).unwrap();
+            let idd = dev.upload(&ids).unwrap();
+            let (dq, dk, dv) = (
+                dev.upload_u16(&vec![0x7fc0; shape.q_len()]).unwrap(),
+                dev.upload_u16(&vec![0x7fc0; shape.k_len()]).unwrap(),
+                dev.upload_u16(&vec![0x7fc0; shape.v_len()]).unwrap(),
+            );
+            let nrows = shape.b * shape.hq * shape.lq;
+            let delta = dev.upload(&vec![0f32; nrows]).unwrap();
+            let lse2 = dev.upload(&vec![0f32; nrows]).unwrap();
+            let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
+            let (accum, sem): (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>) = match work {
+                Some((a, s)) => (
+                    Some(dev.upload(&vec![0f32; a.max(1)]).unwrap()),
+                    Some(dev.upload(&vec![0u32; s.max(1)]).unwrap()),
+                ),
+                None => (None, None),
+            };
+            let st = qd.stream().clone();
+            let ptr16 = |x: &CudaSlice<u16>| x.device_ptr(&st).0;
+            let bufs = DeviceBackwardBuffers {
+                q: ptr16(&qd),
+                k: ptr16(&kd),
+                v: ptr16(&vd),
+                o: ptr16(&od),
+                lse: lse.device_ptr(&st).0,
+                d_o: ptr16(&dod),
+                dlse: None,
+                dq: ptr16(&dq),
+                dk: ptr16(&dk),
+                dv: ptr16(&dv),
+                delta: delta.device_ptr(&st).0,
+                lse2: lse2.device_ptr(&st).0,
+                dq_work: match (&accum, &sem) {
+                    (Some(a), Some(s)) => Some(DeviceDqWorkspace {
+                        accum: a.device_ptr(&st).0,
+                        sem: s.device_ptr(&st).0,
+                    }),
+                    _ => None,
+                },
+            };
+            let tensors = HashMap::from([(
+                tname.to_string(),
+                DeviceTensor {
+                    ptr: idd.device_ptr(&st).0,
+                    dims: vec![rows, shape.lkv],
+                    dtype: DType::I32,
+                },
+            )]);
+            // SAFETY: every buffer above is a live allocation of this device sized for the
+            // bound shape (the workspace as backward_cuda_workspace says, the ids
+            // rows x Lkv i32), on stream `st`, which the downloads below synchronize.
+            unsafe {
+                bound
+                    .backward_cuda_into_with(
+                        &bufs,
+                        &tensors,
+                        &HashMap::new(),
+                        &DeviceGradWords::default(),
+                        None,
+                        &bwd,
+                        st.cu_stream() as u64,
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            st.synchronize().unwrap();
+            let seen = bound
+                .caller_backward_ranges(st.cu_stream() as u64)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: no ranges"));
+            assert!(seen.on_device, "{what}: ranges not made on the device");
+            let plan = Plan::new(var.program());
+            let bind = bound.bindings(&caps).unwrap();
+            let (qb, kb) = (seen.tiles.0 as usize, seen.tiles.1 as usize);
+            let maps = plan.block_maps(&shape, qb, kb, &bind).unwrap();
+            let (kv_want, _) = attnc::cuda::backward::kv_ranges(&maps, &shape);
+            let (q_want, _) = attnc::cuda::backward::q_ranges(&maps);
+            let nonempty = |v: Vec<i32>| if v.is_empty() { vec![0] } else { v };
+            assert_eq!(seen.q, nonempty(q_want), "{what}: dQ ranges ({qb}x{kb})");
+            assert_eq!(
+                seen.kv,
+                nonempty(kv_want.clone()),
+                "{what}: dK/dV ranges ({qb}x{kb})"
+            );
+            full_seen += kv_want.chunks(4).filter(|r| r[3] > r[2]).count();
+            for (nm, got, w) in [
+                ("dq", &dq, &want.dq),
+                ("dk", &dk, &want.dk),
+                ("dv", &dv, &want.dv),
+            ] {
+                let got = dev.download(got).unwrap();
+                assert!(
+                    got == w.to_u16_bits().unwrap(),
+                    "{what}: {nm} differs from Bound::backward's ({})",
+                    ty.name()
+                );
+            }
+            println!("  {what}: ranges as the host's ({qb}x{kb}), gradients bit-identical");
+        }
+    }
+    assert!(full_seen > 0, "no case had a full block range");
+}
+
 /// The non-deterministic backward (`BackwardOptions { deterministic: false }`: the
 /// runtime's `backward::nondeterministic` on each binding's options — on sm_90 the fused
 /// dQ's parts added unordered into a zeroed accumulator, `bwd_dq_free`, and at dense D128
@@ -3134,6 +3375,10 @@ const TESTS: &[(&str, TestFn)] = &[
     ("gpu_backward_element_orders", gpu_backward_element_orders),
     ("gpu_backward_q80", gpu_backward_q80),
     ("gpu_backward_caller_buffers", gpu_backward_caller_buffers),
+    (
+        "gpu_backward_caller_device_tables",
+        gpu_backward_caller_device_tables,
+    ),
     (
         "gpu_backward_nondeterministic",
         gpu_backward_nondeterministic,

@@ -26,6 +26,9 @@ pub enum KernelKind {
     BackwardDkDv,
     /// dQ over q blocks (`llvm/backward.rs`).
     BackwardDq,
+    /// The backward kernels' per-row block ranges from a block table built on the GPU
+    /// (masks over captured tensors; `llvm/backward/ranges.rs`).
+    BackwardRanges,
     /// Split-KV decoding: a few new query rows of every head against a contiguous or
     /// paged KV cache, one CTA per (split, kv head x row group, batch), partial O and LSE
     /// per split (`llvm/decode.rs`).
@@ -47,12 +50,13 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, in a stable order.
-    pub const ALL: [KernelKind; 10] = [
+    pub const ALL: [KernelKind; 11] = [
         KernelKind::Forward,
         KernelKind::BlockTable,
         KernelKind::BackwardPre,
         KernelKind::BackwardDkDv,
         KernelKind::BackwardDq,
+        KernelKind::BackwardRanges,
         KernelKind::Decode,
         KernelKind::DecodeMma,
         KernelKind::DecodeMmaFused,
@@ -68,6 +72,7 @@ impl KernelKind {
             KernelKind::BackwardPre => "backward-pre",
             KernelKind::BackwardDkDv => "backward-dkdv",
             KernelKind::BackwardDq => "backward-dq",
+            KernelKind::BackwardRanges => "backward-ranges",
             KernelKind::Decode => "decode",
             KernelKind::DecodeMma => "decode-mma",
             KernelKind::DecodeMmaFused => "decode-mma-fused",

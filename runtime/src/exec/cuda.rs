@@ -163,6 +163,9 @@ pub(crate) struct CudaExec {
     table_counts: (u64, u64),
     /// Calls on caller-owned buffers: what each caller stream keeps ([`caller`]).
     caller: caller::CallerStates,
+    /// The kernels that make a caller backward's block ranges on the device (masks over
+    /// captured tensors), for the last backward kernels' options that needed them.
+    bwd_tables: Option<Arc<caller::backward::BwdTableKernels>>,
 }
 
 /// The CUDA kernels' input type for the bind's dtype (bf16 or f16; else an error).
@@ -304,6 +307,7 @@ impl CudaExec {
             kept: None,
             table_counts: (0, 0),
             caller: Default::default(),
+            bwd_tables: None,
         })
     }
 

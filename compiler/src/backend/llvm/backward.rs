@@ -100,6 +100,7 @@
 
 mod convert;
 pub(crate) mod fused;
+pub(crate) mod ranges;
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::cta::Args;

@@ -1420,6 +1420,24 @@ impl<'ctx> Gpu<'ctx> {
         self.b.position_at_end(exit);
         Ok(())
     }
+    /// `while cond() { body() }`, `cond` evaluated at the loop head before every pass.
+    pub fn while_loop(
+        &self,
+        cond: impl Fn() -> R<IntValue<'ctx>>,
+        body: impl FnOnce() -> R<()>,
+    ) -> R<()> {
+        let head = self.block("while_head");
+        let bb = self.block("while_body");
+        let exit = self.block("while_exit");
+        self.br(head)?;
+        self.b.position_at_end(head);
+        self.cond_br(cond()?, bb, exit)?;
+        self.b.position_at_end(bb);
+        body()?;
+        self.br(head)?;
+        self.b.position_at_end(exit);
+        Ok(())
+    }
     /// A mutable local (promoted to registers by SROA).
     pub fn var<T: BasicType<'ctx>>(&self, ty: T, init: impl BasicValue<'ctx>) -> R<Var<'ctx>> {
         let ty = ty.as_basic_type_enum();

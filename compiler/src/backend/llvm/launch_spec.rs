@@ -33,6 +33,11 @@ pub enum GridDim {
     MapBatches,
     /// `ceil(Lkv / kv_block)`.
     KvBlocks,
+    /// `max(ceil(Lq / q_block), ceil(Lkv / kv_block))`: the backward-ranges kernel, one
+    /// CTA per q block and kv block index (`backward/ranges.rs`).
+    TableBlocks,
+    /// Backward-ranges maps over kv heads: `Hkv` when the mask reads `h`, else 1.
+    MapKvHeads,
     /// Persistent CTAs of the fused backward: `min(KvBlocks x KvHeads x Batches, SMs of
     /// the device)` (`PtxOptions::bwd_persist`).
     KvPersistent,
@@ -99,6 +104,8 @@ impl fmt::Display for GridDim {
             GridDim::MapHeads => "maps over h",
             GridDim::MapBatches => "maps over b",
             GridDim::KvBlocks => "NumKvBlocks",
+            GridDim::TableBlocks => "max(NumQBlocks, NumKvBlocks)",
+            GridDim::MapKvHeads => "maps over kv heads",
             GridDim::KvPersistent => "min(NumKvBlocks x Hkv x B, SMs)",
             GridDim::KvHeads => "Hkv",
             GridDim::PreRows => "ceil(B Hq Lq / rows per CTA)",

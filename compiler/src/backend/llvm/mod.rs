@@ -1654,6 +1654,9 @@ pub enum KernelParam {
     /// `(b * MapBStride + head * MapHStride) * rows + row`. The decode kernel: `i32[B, 2]`,
     /// the positions `lo..hi` each sequence's mask can reach (`decode.rs`).
     Ranges,
+    /// The backward-ranges kernel's second output (`backward/ranges.rs`): the dK/dV
+    /// kernel's `Ranges`, per (b, kv head) map and kv block.
+    KvRanges,
     /// Backward dQ kernel of a score that reads captured tensor `i` differentiably: its
     /// gradient in fixed point, three u64 words per element (`backward.rs`, "Capture
     /// gradients"); zeroed by the host before the launch.

@@ -79,6 +79,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
         }
         KernelKind::Decode | KernelKind::DecodeCombine => super::decode::spec(p, kind, opts),
         KernelKind::DecodeRanges => super::decode_ranges::spec(plan, opts),
+        KernelKind::BackwardRanges => Ok(super::backward::ranges::spec(plan, opts)),
         KernelKind::DecodeMma | KernelKind::DecodeMmaFused => {
             super::decode_mma::spec(p, kind, opts)
         }
@@ -127,6 +128,11 @@ pub fn generate(
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
             ..EmitTimes::default()
         };
+        return Ok((k, times));
+    }
+    if kind == KernelKind::BackwardRanges {
+        let (k, mut times) = super::backward::ranges::generate(plan, opts, text)?;
+        times.total_ms = t0.elapsed().as_secs_f64() * 1e3;
         return Ok((k, times));
     }
     if kind == KernelKind::DecodeRanges {

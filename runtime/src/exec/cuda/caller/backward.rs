@@ -20,18 +20,32 @@
 //! per-row block ranges (`cuda::backward::{q_ranges, kv_ranges}`), made on the host from
 //! the block maps and uploaded once per shape (masks over indices) or per param values
 //! (masks over params), kept per stream like the forward's maps. A mask over captured
-//! tensors has block maps only from the tensors' data, which is on the device: its ranges
-//! visit every block inside the kv range of the mask's linear conjuncts (the causal part
-//! of document + causal) as partial — exact at any data, without the sparsity the tensors
-//! themselves would give ([`tensor_mask_ranges`]).
+//! tensors has block maps only from the tensors' data, which is on the device: every call
+//! builds its table there at the backward kernels' tiles (the block-table kernel,
+//! `backend::llvm::blocktable`, without `mask_kinds`) and turns it into the two range
+//! arrays (the backward-ranges kernel, `backend::llvm::backward::ranges`: the values
+//! `q_ranges` / `kv_ranges` would make from the same maps), both enqueued before the
+//! backward's kernels on the caller's stream ([`BwdTableKernels`]). Where that cannot be
+//! (`gpu_block_tables` off, a table beyond `DeviceTable::capacity`), its ranges visit
+//! every block inside the kv range of the mask's linear conjuncts (the causal part of
+//! document + causal) as partial — exact at any data, without the sparsity the tensors
+//! themselves give ([`tensor_mask_ranges`]).
 
-use super::{StateBufs, call_args, closed_form_args, needs_warmup, refuse_checked, words};
+use super::{
+    StateBufs, TableBufs, call_args, closed_form_args, needs_warmup, refuse_checked, table_args,
+    words,
+};
 use crate::cuda::backward::{CudaBackward, kv_ranges, q_ranges};
+use crate::cuda::problem::builder_skip_args;
 use crate::cuda::{Arg, CudaError, LaunchArgs};
+use crate::cuda::{CudaKernel, DeviceTable, JitTiers, LaunchArgs as Launch};
 use crate::exec::ExecResult;
+use crate::exec::cuda::Gpu;
 use crate::exec::cuda::{CudaExec, gpu_at};
 use crate::options::BindOptions;
+use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::bounds::row_range;
+use attnc_compiler::backend::llvm::{GridDim, PtxOptions};
 use attnc_compiler::backend::llvm::{KernelParam as P, KvBounds};
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::plan::{MapRecipe, Plan};
@@ -81,14 +95,125 @@ pub struct CallerGradWords {
     pub params: Option<u64>,
 }
 
+/// A stream's backward block ranges as the last call left them (tests:
+/// `Bound::caller_backward_ranges`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardRangesSeen {
+    /// The dK/dV kernel's ranges (`cuda::backward::kv_ranges`' layout).
+    pub kv: Vec<i32>,
+    /// The dQ kernel's (`cuda::backward::q_ranges`' layout).
+    pub q: Vec<i32>,
+    /// Made on the device from the captured tensors (module header).
+    pub on_device: bool,
+    /// The backward kernels' `(q_block, kv_block)`.
+    pub tiles: (u32, u32),
+}
+
 /// The backward's block ranges on the device: (dK/dV ranges, dQ ranges).
 pub(crate) type RangeBufs = (CudaSlice<i32>, CudaSlice<i32>);
 
-/// A stream's backward block ranges and their (b, head) map strides.
+/// A stream's backward block ranges and their (b, head) map strides; for a mask over
+/// captured tensors with a table built on the device, that table's buffers and geometry
+/// (the ranges are then rebuilt from the tensors by every call).
 pub(crate) struct StreamRanges {
     key: RangesKey,
     bufs: Arc<RangeBufs>,
     strides: [(i32, i32); 2],
+    table: Option<(Arc<TableBufs>, DeviceTable)>,
+}
+
+/// The kernels that make a backward's block ranges on the device for a mask over
+/// captured tensors (module header): the block-table kernel at the backward kernels'
+/// tiles and the backward-ranges kernel.
+pub(crate) struct BwdTableKernels {
+    /// The backward kernels' options they were made for.
+    for_options: PtxOptions,
+    builder: Arc<CudaKernel>,
+    ranges: Arc<CudaKernel>,
+}
+
+/// [`BwdTableKernels`] for backward kernels of options `ko` (the JIT cache's; the builder
+/// at their tiles, its run kinds 0 and 1 only: no `mask_kinds`, no lengths on the device,
+/// fast mode).
+fn bwd_table_kernels(g: &Gpu, plan: &Plan, ko: &PtxOptions) -> ExecResult<BwdTableKernels> {
+    let bo = bwd_table_options(ko);
+    let get = |kind| -> ExecResult<Arc<CudaKernel>> {
+        Ok(g.jit
+            .get(&g.device, plan, kind, &bo, JitTiers::Off)?
+            .0
+            .current()
+            .0)
+    };
+    Ok(BwdTableKernels {
+        for_options: *ko,
+        builder: get(KernelKind::BlockTable)?,
+        ranges: get(KernelKind::BackwardRanges)?,
+    })
+}
+
+/// The options [`BwdTableKernels`] are generated with for backward kernels of options `ko`.
+fn bwd_table_options(ko: &PtxOptions) -> PtxOptions {
+    PtxOptions {
+        mask_kinds: false,
+        device_lens: None,
+        checked: false,
+        ..*ko
+    }
+}
+
+/// The launch values of the two kernels that make a backward's ranges on the device: the
+/// block-table kernel (`builder`, the forward's values for the caller's buffers, its
+/// table's addresses and strides, the skip offsets of this call) filling `table`, then
+/// the backward-ranges kernel reading it and writing `ranges` (dK/dV, dQ). `geom`: the
+/// table's geometry at the backward's tiles; `group`: query heads per kv head where the
+/// maps are per head, else 1.
+#[allow(clippy::type_complexity)]
+fn bwd_table_launches(
+    plan: &Plan,
+    builder: &attnc_compiler::backend::llvm::KernelSpec,
+    (shape, scale, bindings): (&Shape, f32, &Bindings),
+    (bufs, tensors, state): (&super::CallerBuffers, &[u64], StateBufs),
+    (geom, group): (&DeviceTable, u32),
+    table: (u64, u64),
+    ranges: (u64, u64),
+) -> ExecResult<(Launch, Launch)> {
+    let mut b = call_args(builder, shape, scale, bufs, tensors, bindings, state);
+    let m = plan.mask();
+    let strides = (
+        if m.uses_b { geom.h_maps as i32 } else { 0 },
+        m.uses_h as i32,
+    );
+    table_args(&mut b, table, strides, Some(*geom));
+    b.merge(&builder_skip_args(
+        builder,
+        plan.skip_bounds(shape, bindings)?.as_deref(),
+    )?);
+    Ok((b, bwd_ranges_args(shape, geom, table, ranges, group)))
+}
+
+/// The launch values of the backward-ranges kernel: it reads `table` (of geometry `geom`,
+/// built for `shape`) and writes `ranges` (dK/dV, dQ); `group` as [`bwd_table_launches`].
+fn bwd_ranges_args(
+    shape: &Shape,
+    geom: &DeviceTable,
+    (row_start, runs): (u64, u64),
+    (kv, q): (u64, u64),
+    group: u32,
+) -> Launch {
+    let nq = shape.lq.div_ceil(geom.q_block as usize) as u32;
+    let nkv = shape.lkv.div_ceil(geom.kv_block as usize) as u32;
+    let mut a = Launch::new();
+    a.scalar(P::RowStart, Arg::Ptr(row_start));
+    a.scalar(P::Runs, Arg::Ptr(runs));
+    a.scalar(P::Ranges, Arg::Ptr(q));
+    a.scalar(P::KvRanges, Arg::Ptr(kv));
+    a.i32(P::Lq, shape.lq as i32);
+    a.i32(P::Lkv, shape.lkv as i32);
+    a.i32(P::Group, group as i32);
+    a.extent(GridDim::TableBlocks, nq.max(nkv));
+    a.extent(GridDim::MapKvHeads, geom.h_maps / group);
+    a.extent(GridDim::MapBatches, geom.b_maps);
+    a
 }
 
 /// What a stream's ranges were made for.
@@ -276,6 +401,7 @@ impl CudaExec {
         stream: u64,
         capture: bool,
     ) -> ExecResult<()> {
+        let mut laps = crate::host_trace::Laps::start();
         let g = gpu_at(self.ordinal)?;
         let shape = opts.shape;
         refuse_checked(opts)?;
@@ -319,6 +445,47 @@ impl CudaExec {
             ))
             .into());
         }
+        // a mask over captured tensors: its ranges made on the device where its table
+        // at the backward's tiles fits (module header)
+        let group = if plan.mask().uses_h {
+            (shape.hq / shape.hkv.max(1)) as u32
+        } else {
+            1
+        };
+        let device_table = if matches!(kernels.kv_bounds(), KvBounds::Table)
+            && mask.is_none()
+            && plan.map_recipe() == MapRecipe::Tensors
+            && opts.gpu_block_tables
+        {
+            let m = plan.mask();
+            let geom = DeviceTable::new(&shape, ko.q_block, ko.kv_block, m.uses_b, m.uses_h);
+            match geom.capacity(&shape) {
+                Some(cap) => {
+                    if self
+                        .bwd_tables
+                        .as_ref()
+                        .is_none_or(|k| k.for_options != *ko)
+                    {
+                        self.bwd_tables = Some(Arc::new(bwd_table_kernels(g, plan, ko)?));
+                    }
+                    let k = self.bwd_tables.clone().expect("made above");
+                    Some((k, geom, cap))
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        laps.lap(crate::host_trace::Stage::Skip);
+        let nq = |qb: u32| shape.lq.div_ceil(qb as usize);
+        let nkv = |kb: u32| shape.lkv.div_ceil(kb as usize);
+        let fwd_bufs = super::CallerBuffers {
+            q: bufs.q,
+            k: bufs.k,
+            v: bufs.v,
+            o: bufs.o,
+            lse: bufs.lse,
+        };
         // SAFETY: the caller vouches for `stream` (see above).
         let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
         st.set_params(&words(bindings), capture)?;
@@ -373,44 +540,141 @@ impl CudaExec {
                         )
                         .into());
                     }
-                    let ((kr, ks), (qr, qs)) = if key.dense {
-                        let (kr, qr) = tensor_mask_ranges(plan, &shape, tiles, bindings)?;
-                        ((kr, (0, 0)), (qr, (0, 0)))
-                    } else {
-                        let maps =
-                            plan.block_maps(&shape, tiles.0 as usize, tiles.1 as usize, bindings)?;
-                        (kv_ranges(&maps, &shape), q_ranges(&maps))
-                    };
                     let nonempty = |v: Vec<i32>| if v.is_empty() { vec![0] } else { v };
-                    let bufs =
-                        Arc::new((st.dev.upload(&nonempty(kr))?, st.dev.upload(&nonempty(qr))?));
-                    // the replaced buffers are freed in stream order, unless a captured
-                    // graph may read them (pinned)
-                    st.ranges = Some(StreamRanges {
-                        key,
-                        bufs,
-                        strides: [ks, qs],
+                    st.ranges = Some(match (key.dense, &device_table) {
+                        // made on the device by every call (below)
+                        (true, Some((_, geom, cap))) => {
+                            let (geom, cap) = (*geom, *cap);
+                            let m = plan.mask();
+                            let rows = geom.b_maps as usize * geom.h_maps as usize * nq(tiles.0);
+                            let kv_maps = geom.b_maps as usize * (geom.h_maps / group) as usize;
+                            let table = Arc::new((
+                                st.dev.zeros::<u32>((2 * rows).max(1))?,
+                                st.dev.zeros::<u32>((3 * cap).max(1))?,
+                            ));
+                            let bufs = Arc::new((
+                                st.dev.zeros::<i32>((4 * kv_maps * nkv(tiles.1)).max(1))?,
+                                st.dev.zeros::<i32>((4 * rows).max(1))?,
+                            ));
+                            let kv_heads = (geom.h_maps / group) as i32;
+                            StreamRanges {
+                                key,
+                                bufs,
+                                strides: [
+                                    (if m.uses_b { kv_heads } else { 0 }, m.uses_h as i32),
+                                    (
+                                        if m.uses_b { geom.h_maps as i32 } else { 0 },
+                                        m.uses_h as i32,
+                                    ),
+                                ],
+                                table: Some((table, geom)),
+                            }
+                        }
+                        (true, None) => {
+                            let (kr, qr) = tensor_mask_ranges(plan, &shape, tiles, bindings)?;
+                            StreamRanges {
+                                key,
+                                bufs: Arc::new((
+                                    st.dev.upload(&nonempty(kr))?,
+                                    st.dev.upload(&nonempty(qr))?,
+                                )),
+                                strides: [(0, 0), (0, 0)],
+                                table: None,
+                            }
+                        }
+                        (false, _) => {
+                            let maps = plan.block_maps(
+                                &shape,
+                                tiles.0 as usize,
+                                tiles.1 as usize,
+                                bindings,
+                            )?;
+                            let ((kr, ks), (qr, qs)) = (kv_ranges(&maps, &shape), q_ranges(&maps));
+                            StreamRanges {
+                                key,
+                                bufs: Arc::new((
+                                    st.dev.upload(&nonempty(kr))?,
+                                    st.dev.upload(&nonempty(qr))?,
+                                )),
+                                strides: [ks, qs],
+                                table: None,
+                            }
+                        }
                     });
+                    // (the replaced buffers are freed in stream order, unless a captured
+                    // graph may read them: pinned)
                 }
+                laps.lap(crate::host_trace::Stage::Prefill);
                 let r = st.ranges.as_ref().expect("made above");
                 if capture && !st.pinned_ranges.iter().any(|p| Arc::ptr_eq(p, &r.bufs)) {
                     st.pinned_ranges.push(r.bufs.clone());
+                }
+                if let (Some((table, geom)), Some((tk, _, _))) = (&r.table, &device_table) {
+                    if capture && !st.pinned.iter().any(|p| Arc::ptr_eq(p, table)) {
+                        st.pinned.push(table.clone());
+                    }
+                    let (b, c) = bwd_table_launches(
+                        plan,
+                        tk.builder.spec(),
+                        (&shape, scale, bindings),
+                        (&fwd_bufs, tensors, state),
+                        (geom, group),
+                        (table.0.device_ptr(&s).0, table.1.device_ptr(&s).0),
+                        (r.bufs.0.device_ptr(&s).0, r.bufs.1.device_ptr(&s).0),
+                    )?;
+                    // SAFETY: the table and range buffers are this stream state's, sized
+                    // for this shape at the builder's tiles (`DeviceTable::capacity`, the
+                    // geometry above); the params, error and zero words are this state's;
+                    // the caller vouches for the tensors' pointers and dims. The builder
+                    // writes only the table, the ranges kernel reads it and writes only
+                    // the ranges, which only this stream's backward kernels read, in
+                    // stream order.
+                    unsafe {
+                        tk.builder.launch_args(&st.dev, &b)?;
+                        tk.ranges.launch_args(&st.dev, &c)?;
+                    }
                 }
                 let kv = ranges_args(
                     &mut a,
                     (r.bufs.0.device_ptr(&s).0, r.bufs.1.device_ptr(&s).0),
                     r.strides,
                 );
+                laps.lap(crate::host_trace::Stage::Ranges);
                 // SAFETY: the caller vouches for its buffers (see above); the ranges,
                 // params, error and zero words are this stream state's, made for this
                 // shape and the kernels' tiles.
                 unsafe { kernels.launch_args(&st.dev, &shape, (&kv, &a), &zero) }?;
+                laps.lap(crate::host_trace::Stage::Launch);
                 return Ok(());
             }
         }
         // SAFETY: as above (no ranges: closed-form kernels).
         unsafe { kernels.launch_args(&st.dev, &shape, (&a, &a), &zero) }?;
         Ok(())
+    }
+}
+
+impl CudaExec {
+    /// [`StreamRanges`] of `stream`, downloaded; `None` where the stream has none.
+    pub(crate) fn caller_backward_ranges(
+        &self,
+        stream: u64,
+    ) -> ExecResult<Option<BackwardRangesSeen>> {
+        let Some(r) = self
+            .caller
+            .0
+            .get(&stream)
+            .and_then(|st| st.ranges.as_ref().map(|r| (st, r)))
+        else {
+            return Ok(None);
+        };
+        let (st, r) = r;
+        Ok(Some(BackwardRangesSeen {
+            kv: st.dev.download(&r.bufs.0)?,
+            q: st.dev.download(&r.bufs.1)?,
+            on_device: r.table.is_some(),
+            tiles: r.key.tiles,
+        }))
     }
 }
 
@@ -430,6 +694,106 @@ mod tests {
     /// atomic: the caller's workspace bound, its semaphores zeroed, its accumulator too
     /// when unordered); the dK/dV and dQ kernels read their own ranges (fused: the dK/dV
     /// kernel the dQ kernel's, as `CudaBackward::launch_args` launches it).
+    /// The kernels that make a backward's ranges on the device (a mask over a captured
+    /// tensor, per batch; one that reads `h` too, with GQA) get a value for every
+    /// parameter and grid axis from [`bwd_table_launches`], at the tiles of the backward
+    /// kernels of both matrix paths: the builder writes the table the ranges kernel
+    /// reads, and the ranges kernel writes the two range buffers given.
+    #[test]
+    fn backward_table_launches_bind_every_kernel_parameter() {
+        let sources = [
+            "tensor doc: i32[B, KV];\nmask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] }\nattention a { mask = m; }",
+            "tensor t: i32[H, KV];\nmask m(b, h, q, kv) { t[h, q] == t[h, kv] }\nattention a { mask = m; }",
+        ];
+        let shape = Shape {
+            b: 2,
+            hq: 8,
+            hkv: 2,
+            lq: 300,
+            lkv: 77,
+            d: 64,
+            dv: 64,
+        };
+        let state = StateBufs {
+            params: 0x100,
+            err: 0x200,
+            zero: 0x300,
+            tiles: 0x400,
+        };
+        let fwd = crate::exec::cuda::caller::CallerBuffers {
+            q: 0x1000,
+            k: 0x2000,
+            v: 0x3000,
+            o: 0x4000,
+            lse: 0x5000,
+        };
+        for src in sources {
+            let prog = attnc_compiler::compile_source(src)
+                .unwrap()
+                .programs
+                .remove(0);
+            let plan = Plan::new(&prog);
+            assert_eq!(plan.map_recipe(), MapRecipe::Tensors);
+            let m = plan.mask();
+            for (d, arch) in [(64, Arch::Sm80), (128, Arch::Sm90), (64, Arch::Sm90)] {
+                let ko = PtxOptions::backward(arch, d, d, InputType::Bf16);
+                let bo = bwd_table_options(&ko);
+                let builder = spec(&plan, KernelKind::BlockTable, &bo).unwrap();
+                let ranges = spec(&plan, KernelKind::BackwardRanges, &bo).unwrap();
+                assert_eq!(
+                    (builder.q_block, builder.kv_block),
+                    (ko.q_block, ko.kv_block)
+                );
+                let geom = DeviceTable::new(&shape, ko.q_block, ko.kv_block, m.uses_b, m.uses_h);
+                let group = if m.uses_h { 4 } else { 1 };
+                let bindings = Bindings {
+                    params: vec![],
+                    tensors: prog
+                        .tensors
+                        .iter()
+                        .map(|_| BoundTensor {
+                            dims: vec![8, 77],
+                            data: TensorData::I32(Vec::new()),
+                        })
+                        .collect(),
+                };
+                let (b, c) = bwd_table_launches(
+                    &plan,
+                    &builder,
+                    (&shape, 0.125, &bindings),
+                    (&fwd, &[0xf000], state),
+                    (&geom, group),
+                    (0xa000, 0xb000),
+                    (0xc000, 0xd000),
+                )
+                .unwrap();
+                for (s, args) in [(&builder, &b), (&ranges, &c)] {
+                    let bound = args.bind(s).unwrap();
+                    assert_eq!(bound.len(), s.params.len(), "{:?}", s.kind);
+                    let g = args.grid(s).unwrap();
+                    assert!(g.0 > 0 && g.1 > 0 && g.2 > 0, "{:?}", s.kind);
+                    let at = |p: P| bound[s.params.iter().position(|x| *x == p).unwrap()];
+                    assert_eq!(at(P::RowStart), Arg::Ptr(0xa000));
+                    assert_eq!(at(P::Runs), Arg::Ptr(0xb000));
+                }
+                let nq = 300u32.div_ceil(ko.q_block);
+                let bg = b.grid(&builder).unwrap();
+                assert_eq!(bg, (nq, geom.h_maps, geom.b_maps));
+                let cg = c.grid(&ranges).unwrap();
+                let want = (
+                    nq.max(77u32.div_ceil(ko.kv_block)),
+                    geom.h_maps / group,
+                    geom.b_maps,
+                );
+                assert_eq!(cg, want);
+                let bound = c.bind(&ranges).unwrap();
+                assert_eq!(bound[2], Arg::Ptr(0xd000), "Ranges: the dQ kernel's");
+                assert_eq!(bound[3], Arg::Ptr(0xc000), "KvRanges: the dK/dV kernel's");
+                assert_eq!(bound[6], Arg::I32(group as i32));
+            }
+        }
+    }
+
     #[test]
     fn backward_args_bind_every_kernel_parameter() {
         let sources = [

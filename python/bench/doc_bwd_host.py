@@ -1,0 +1,90 @@
+"""Host time of the document + causal training step's two halves through the package,
+without and with a block mask (bench_gpu.py ``fwdbwd``'s case: B2 H16 L4096 D128 bf16,
+ids sorted in 0..8 per batch row): wall-clock µs to enqueue N forwards (autograd on) and
+N backwards of one forward (``retain_graph``), no synchronization inside (the queue does
+not fill at these counts), next to the GPU time of each (CUDA events) — which half is
+host-bound, and what the backward's block ranges made on the device cost the host; then
+the backward's host laps (``_attnc.host_trace``).
+
+usage: python3 doc_bwd_host.py [EXAMPLES_DIR]"""
+
+import pathlib
+import sys
+import time
+
+import torch
+
+import attnc
+from attnc import _attnc
+
+
+def host_us(fn, n=40):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def gpu_us(fn, n=40):
+    fn()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / n * 1e3
+
+
+def main():
+    ex = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples")
+    attn = attnc.compile(ex / "document_causal.attn").attention("document_causal")
+    b, h, l, d = 2, 16, 4096, 128
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
+               for _ in range(3))
+    do = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    doc = torch.sort(torch.randint(0, 8, (b, l), device="cuda", dtype=torch.int32, generator=g), dim=1).values
+    bm = attn.block_mask(q, k, v, doc=doc)
+    # two rounds, the second in the other order: the first calls of a binding may overlap
+    # its tiered JIT's background compile and module load (ATTNC_JIT_TIERS)
+    runs = [("no block mask", {}), ("block mask", {"block_mask": bm})]
+    for r, (tag, kw) in enumerate(runs + runs[::-1]):
+        tag = f"round {r // 2 + 1} {tag}"
+        fwd = lambda: attn(q, k, v, doc=doc, **kw)  # noqa: E731
+        o = fwd()
+        bwd = lambda: o.backward(do, retain_graph=True)  # noqa: E731
+        step = lambda: fwd().backward(do)  # noqa: E731
+        print(f"{tag}: forward host {host_us(fwd):.1f} µs gpu {gpu_us(fwd):.1f}; "
+              f"backward host {host_us(bwd):.1f} gpu {gpu_us(bwd):.1f}; "
+              f"step host {host_us(step):.1f} gpu {gpu_us(step):.1f}", flush=True)
+        # the backward's steps in the runtime (`host_trace`: setup, buffers and call of
+        # `backward_cuda_into`; skip = kernels and tables found, prefill = the stream's
+        # ranges key and buffers, ranges = their launches, launch = the backward kernels)
+        _attnc.host_trace(True)
+        _attnc.host_trace_take()
+        host_us(bwd)
+        laps = _attnc.host_trace_take()
+        _attnc.host_trace(False)
+        print("  backward laps (µs per call): " + ", ".join(f"{n} {ns / max(c, 1) / 1e3:.1f}" for n, ns, c in laps if c),
+              flush=True)
+        # per-call host time against the number of calls (constant: a synchronization per
+        # call; growing: the queue), and torch's own synchronizing calls (sync debug mode)
+        print("  backward host by calls: " + ", ".join(f"{n}: {host_us(bwd, n):.1f}" for n in (5, 20, 80)), flush=True)
+        import warnings
+        torch.cuda.set_sync_debug_mode(1)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            host_us(bwd, 5)
+        torch.cuda.set_sync_debug_mode(0)
+        syncs = sorted({str(x.message)[:80] for x in w if "synchroniz" in str(x.message)})
+        print(f"  torch synchronizing calls in 6 backwards: {len(syncs)} {syncs[:3]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
