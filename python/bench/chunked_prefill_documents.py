@@ -10,9 +10,12 @@ CUDA events, min of 3 x ``iters`` calls after warm-ups, bf16 D128; TFLOP/s count
 4 Hq Lq D x the sum of the lengths (every key of every row, the dense count: the mask's
 density is printed). Each attnc result is checked against Flex's (max abs difference).
 ``ATTNC_DECODE_PREFILL=0`` in the environment sends attnc to the split-KV kernels (the
-path before session 31 for documents with the lengths on the device).
+path before session 31 for documents with the lengths on the device). ``--mask chunked``:
+``chunked_causal`` of examples/chunked.attn instead (causal within chunks of 256
+positions: a mask without a closed form over no tensor, whose per-sequence tables the GPU
+builds since session 33; before, the split-KV kernels).
 
-usage: python3 chunked_prefill_documents.py [--examples DIR] [--docs N] [--vary] [--no-flex] B,HQ,HKV,LQ,LKV ...
+usage: python3 chunked_prefill_documents.py [--examples DIR] [--docs N] [--mask documents|chunked] [--vary] [--no-flex] B,HQ,HKV,LQ,LKV ...
 """
 
 import argparse
@@ -34,10 +37,15 @@ def main():
     ap.add_argument("--docs", type=int, default=8, help="documents per sequence (about)")
     ap.add_argument("--vary", action="store_true", help="each sequence its own length (Lkv down to ~Lkv/2)")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--mask", default="documents", choices=["documents", "chunked"])
     ap.add_argument("shapes", nargs="+")
     a = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
-    attn = attnc.compile(pathlib.Path(a.examples) / "document_causal.attn").attention("document_causal")
+    chunked = a.mask == "chunked"
+    if chunked:
+        attn = attnc.compile(pathlib.Path(a.examples) / "chunked.attn").attention("chunked_causal")
+    else:
+        attn = attnc.compile(pathlib.Path(a.examples) / "document_causal.attn").attention("document_causal")
     for arg in a.shapes:
         b, hq, hkv, lq, lkv = (int(x) for x in arg.split(","))
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -51,6 +59,9 @@ def main():
         # sorted ids: document boundaries at random positions, about a.docs per sequence
         cuts = torch.rand(b, lkv, device="cuda", generator=g) < (a.docs / lkv)
         doc = torch.cumsum(cuts.to(torch.int32), dim=1, dtype=torch.int32)
+        if chunked:  # the same test written as ids: chunks of 256 positions
+            doc = (torch.arange(lkv, device="cuda", dtype=torch.int32) // 256).expand(b, lkv).contiguous()
+        caps = {} if chunked else {"doc": doc}
         kc, vc, table = paged(k, v, 128, g)
         # the mask's density over the live rows (every key of every row counted by tf)
         pos = torch.arange(lkv, device="cuda")
@@ -62,7 +73,7 @@ def main():
             dens_num += int(keep.sum())
             dens_den += lq * n
         tf = 4 * hq * lq * int(host.sum()) * D / 1e12
-        print(f"shape B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} lengths {host.tolist()[:4]}... "
+        print(f"{attn.name} shape B{b} Hq{hq} Hkv{hkv} Lq{lq} Lkv{lkv} lengths {host.tolist()[:4]}... "
               f"density {dens_num / max(1, dens_den):.4f}", flush=True)
         ref = None
         if not a.no_flex:
@@ -89,7 +100,7 @@ def main():
             print(f"flex_triton {ms * 1e3:.1f} us {tf / ms * 1e3:.0f} TFLOP/s "
                   f"(create_block_mask {t_bm:.1f} ms first, {t_bm2:.2f} ms again)", flush=True)
         for label, kk, vv, tt in [("contiguous", k, v, None), ("paged128", kc, vc, table)]:
-            o = attn.decode(q, kk, vv, lens, tt, doc=doc)
+            o = attn.decode(q, kk, vv, lens, tt, **caps)
             path = attn._inner.decode_path(q, kk, vv, tt, None)
             if ref is None:
                 ref = o
@@ -100,7 +111,7 @@ def main():
                 n = int(host[bi])
                 live[bi, :, max(0, lq - n):] = True
             diff = float(((o.float() - ref.float()).abs() * live).max())
-            ms = bench(lambda kk=kk, vv=vv, tt=tt: attn.decode(q, kk, vv, lens, tt, doc=doc))
+            ms = bench(lambda kk=kk, vv=vv, tt=tt: attn.decode(q, kk, vv, lens, tt, **caps))
             print(f"attnc_{label}_device_lens ({path}) {ms * 1e3:.1f} us {tf / ms * 1e3:.0f} TFLOP/s "
                   f"maxdiff {diff:.3g}", flush=True)
 

@@ -84,6 +84,43 @@ def main():
         torch.cuda.set_sync_debug_mode(0)
         syncs = sorted({str(x.message)[:80] for x in w if "synchroniz" in str(x.message)})
         print(f"  torch synchronizing calls in 6 backwards: {len(syncs)} {syncs[:3]}", flush=True)
+    idle_probe(attn, q, k, v, do, doc, bm)
+
+
+def idle_probe(attn, q, k, v, do, doc, bm):
+    """Whether torch's stream is idle (every queued kernel done: a synchronization just
+    happened, or the host is behind) when the package's backward starts and when it
+    returns, over 30 training steps of each kind; and the host µs inside it."""
+    from attnc import _ops
+
+    orig = _ops._backward_impl
+    seen = []
+
+    def probe(*a, **kw):
+        s = torch.cuda.current_stream()
+        before = s.query()
+        t0 = time.perf_counter()
+        r = orig(*a, **kw)
+        t1 = time.perf_counter()
+        seen.append((before, s.query(), (t1 - t0) * 1e6))
+        return r
+
+    _ops._backward_impl = probe
+    try:
+        for tag, kw in (("no block mask", {}), ("block mask", {"block_mask": bm})):
+            for _ in range(5):
+                attn(q, k, v, doc=doc, **kw).backward(do)
+            torch.cuda.synchronize()
+            seen.clear()
+            for _ in range(30):
+                attn(q, k, v, doc=doc, **kw).backward(do)
+            torch.cuda.synchronize()
+            n = len(seen)
+            print(f"  {tag}: stream idle at backward entry {sum(x[0] for x in seen)}/{n}, at its return "
+                  f"{sum(x[1] for x in seen)}/{n}; host in _backward_impl {sum(x[2] for x in seen) / n:.1f} µs",
+                  flush=True)
+    finally:
+        _ops._backward_impl = orig
 
 
 if __name__ == "__main__":

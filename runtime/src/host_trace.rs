@@ -6,7 +6,12 @@
 //! ([`Laps::lap`]) by the Python extension's zero-copy decode entry (read, captures,
 //! enter, call, leave) and, on their own clock, the runtime's `decode_cuda_into` and
 //! `decode_caller` (setup, buffers, then prefill and enqueue where chunked prefill runs
-//! the prefill kernel, else skip, ranges, launch: together "call"). Out: [`take`], each stage's summed nanoseconds and
+//! the prefill kernel, else skip, ranges, launch: together "call"); and the caller-buffer
+//! backward's (`backward_cuda_into_with`: setup, buffers, call; `backward_caller` within
+//! call: skip = its kernels and the device-table kernels found, prefill = the stream's
+//! ranges key and buffers, ranges = the device ranges' launches, launch = the backward
+//! kernels' — a mask over captured tensors without a block mask, the others lap only the
+//! outer three; for `python/bench/doc_bwd_host.py`). Out: [`take`], each stage's summed nanoseconds and
 //! lap count since the last `take`. Off by default: a lap is then one relaxed atomic load;
 //! [`enable`] turns the clock on for the whole process (the sums are process-wide, so
 //! time one call path at a time).

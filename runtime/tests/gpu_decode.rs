@@ -892,7 +892,9 @@ type DeviceLensCase = (usize, usize, usize, Vec<i32>, Option<usize>, DType, bool
 /// past each length), lengths 0, 1, shorter than Lq (rows that do not exist: O = 0, LSE =
 /// -inf), exactly Lq, full, and one past the capacity on the device (counted as the
 /// capacity), Lq 128 and 200, GQA 4:1 and 1:1, bf16 and f16, dense, causal, a sliding
-/// window (a param), ALiBi and a soft-cap score, against the oracle, O poisoned first,
+/// window (a param), ALiBi and a soft-cap score, and two masks without a closed form over
+/// no tensor (chunked + causal, NATTEN's neighbourhood: block tables built on the GPU per
+/// sequence, `exec::cuda::builds_tables`), against the oracle, O poisoned first,
 /// twice bit-identical; at D64 (f16) dense and causal too (a sliding window's D64 kernel
 /// cannot read the cache in place: the split-KV kernels); at D256 (no split-KV kernel
 /// above 16 rows) causal and soft-cap + sliding window (contiguous, pages of 16 and 64) on this path and, with the lengths
@@ -907,6 +909,10 @@ fn gpu_decode_caller_prefill_device(dev: &CudaDevice) {
         ("sliding_window", None, Some(70)),
         ("alibi_causal", Some("alibi_causal"), None),
         ("softcap", Some("softcap_causal"), None),
+        // masks without a closed form that read no tensor (session 33): their block
+        // tables built on the GPU per sequence too
+        ("chunked", Some("chunked_causal"), None),
+        ("natten", None, None),
     ] {
         let compiled = example(name);
         let program = program.unwrap_or(compiled.names()[0]).to_string();

@@ -235,12 +235,12 @@ fn forward_options_for(
             .iter()
             .position(|p| p.name == attnc_compiler::decode::OFFSET_PARAMS[1]);
         // a closed-form mask, or a block table built on the GPU from the same lengths
-        // (a mask over captured tensors: documents); host block maps know no lengths
-        let kv_ok = plan.kv_bounds(popts.kv_table).is_closed_form()
-            || (plan.map_recipe() == MapRecipe::Tensors && opts.gpu_block_tables);
+        // (any other mask: documents, masks over params, over b / h; `builds_tables`);
+        // host block maps know no lengths
+        let kv_ok = plan.kv_bounds(popts.kv_table).is_closed_form() || opts.gpu_block_tables;
         let (true, Some(q0), true) = (popts.ws, q0, kv_ok) else {
             return Err(ExecError::Api(Error::Usage(
-                "lengths on the device are read by the warp-specialized forward (sm_90, fast mode) of a position-offset program whose mask has a closed form or reads captured tensors (a block table built on the GPU) only".into(),
+                "lengths on the device are read by the warp-specialized forward (sm_90, fast mode) of a position-offset program whose mask has a closed form or a block table built on the GPU (not with ATTNC_BLOCK_TABLES=host) only".into(),
             )));
         };
         popts.device_lens = Some(q0 as u32);
@@ -260,6 +260,18 @@ fn forward_options_for(
         popts.q_double = popts.persistent && small;
     }
     Ok(popts)
+}
+
+/// Whether a binding of forward options `popts` builds its block tables on the GPU
+/// (`KernelKind::BlockTable`, with `gpu_block_tables`): a mask over captured tensors
+/// (their data is on the device, or its upload would cost more than the build), and with
+/// the lengths on the device (`PtxOptions::device_lens`, chunked prefill) every mask whose
+/// kernel reads a table — masks over params or over b / h too: each sequence's map is
+/// built at its own length, which no host map knows.
+fn builds_tables(plan: &Plan, opts: &BindOptions, popts: &PtxOptions) -> bool {
+    opts.gpu_block_tables
+        && (plan.map_recipe() == MapRecipe::Tensors
+            || (popts.device_lens.is_some() && !plan.kv_bounds(popts.kv_table).is_closed_form()))
 }
 
 fn bits(t: &Tensor) -> ExecResult<Vec<u16>> {
@@ -285,7 +297,7 @@ impl CudaExec {
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;
-        let table = if plan.map_recipe() == MapRecipe::Tensors && opts.gpu_block_tables {
+        let table = if builds_tables(plan, opts, &popts) {
             let (t, _stats) = g.jit.get(
                 &g.device,
                 plan,
@@ -771,13 +783,13 @@ mod tests {
     /// attentions, D64, D128 and D256, contiguous and paged, the options say so (the `__q0`
     /// param, the dynamic scheduler up to D128 and one CTA per tile at D256, no kv split) and the kernel generates twice
     /// identically, reading `SeqLens` and, at the same shape without the option, not;
-    /// masks over captured tensors take a block table built on the GPU per sequence (its
-    /// builder reads `SeqLens` too); D64's bands are refused, and [`cache_forward_applies`]
-    /// agrees.
+    /// every mask without a closed form (over captured tensors, params, b / h; session 33:
+    /// before, tensors only) takes a block table built on the GPU per sequence (its builder
+    /// reads `SeqLens` too); D64's bands are refused, and [`cache_forward_applies`] agrees.
     #[test]
     fn device_lens_kernels_generate_for_every_closed_form() {
         use attnc_compiler::backend::llvm::KernelParam;
-        let (mut kernels, mut refused, mut tables) = (0, 0, 0);
+        let (mut kernels, mut refused, mut tables, mut other_tables) = (0, 0, 0, 0);
         for p in example_programs() {
             let dp = attnc_compiler::decode::device_offset_program(&p);
             let plan = Plan::new(&dp);
@@ -805,7 +817,9 @@ mod tests {
                         continue;
                     };
                     let table = !plan.kv_bounds(false).is_closed_form();
-                    assert!(!table || plan.map_recipe() == MapRecipe::Tensors, "{what}");
+                    // (every table mask's table built on the GPU: tensors, params, b / h)
+                    assert_eq!(builds_tables(&plan, &o, &popts), table, "{what}");
+                    other_tables += (table && plan.map_recipe() != MapRecipe::Tensors) as usize;
                     assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
                     // (head dim 256: one CTA per tile, as its forward)
                     assert_eq!(popts.persistent, d <= 128, "{what}");
@@ -861,8 +875,8 @@ mod tests {
             }
         }
         assert!(
-            kernels >= 40 && refused > 0 && tables >= 6,
-            "{kernels} / {refused} / {tables}"
+            kernels >= 40 && refused > 0 && tables >= 6 && other_tables >= 6,
+            "{kernels} / {refused} / {tables} / {other_tables}"
         );
     }
 }

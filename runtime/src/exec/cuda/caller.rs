@@ -657,7 +657,7 @@ impl CudaExec {
             && matches!(spec.kv_bounds, KvBounds::Table)
         {
             return Err(CudaError::Mismatch(
-                "lengths on the device with a mask over captured tensors need its block table built on the GPU (the table of these shapes is too large, or ATTNC_BLOCK_TABLES=host)".into(),
+                "lengths on the device with a mask without a closed form need its block table built on the GPU (the table of these shapes is too large, or ATTNC_BLOCK_TABLES=host)".into(),
             )
             .into());
         }
