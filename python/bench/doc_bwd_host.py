@@ -14,45 +14,15 @@ import time
 
 import torch
 
-import attnc
-from attnc import _attnc
-
-
-def host_us(fn, n=40):
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
-
-
-def gpu_us(fn, n=40):
-    fn()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n * 1e3
+from bench_gpu import gpu_us, host_steps, host_us  # this folder (sys.path[0] when run as a script)
+from doc_step_timeline import doc_step_inputs
 
 
 def main():
-    ex = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples")
-    attn = attnc.compile(ex / "document_causal.attn").attention("document_causal")
-    b, h, l, d = 2, 16, 4096, 128
-    g = torch.Generator(device="cuda").manual_seed(1)
-    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
-               for _ in range(3))
-    do = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    doc = torch.sort(torch.randint(0, 8, (b, l), device="cuda", dtype=torch.int32, generator=g), dim=1).values
-    bm = attn.block_mask(q, k, v, doc=doc)
-    # two rounds, the second in the other order: the first calls of a binding may overlap
-    # its tiered JIT's background compile and module load (ATTNC_JIT_TIERS)
+    ex = sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples"
+    attn, q, k, v, do, doc, bm = doc_step_inputs(ex)
+    # two rounds, the second in the other order (session 33: the first round's first
+    # timings ran slower, whichever variant went first; quote the second round)
     runs = [("no block mask", {}), ("block mask", {"block_mask": bm})]
     for r, (tag, kw) in enumerate(runs + runs[::-1]):
         tag = f"round {r // 2 + 1} {tag}"
@@ -66,13 +36,8 @@ def main():
         # the backward's steps in the runtime (`host_trace`: setup, buffers and call of
         # `backward_cuda_into`; skip = kernels and tables found, prefill = the stream's
         # ranges key and buffers, ranges = their launches, launch = the backward kernels)
-        _attnc.host_trace(True)
-        _attnc.host_trace_take()
-        host_us(bwd)
-        laps = _attnc.host_trace_take()
-        _attnc.host_trace(False)
-        print("  backward laps (µs per call): " + ", ".join(f"{n} {ns / max(c, 1) / 1e3:.1f}" for n, ns, c in laps if c),
-              flush=True)
+        laps = host_steps(bwd, 40, warm=5)
+        print("  backward laps (µs per call): " + ", ".join(f"{n} {us:.1f}" for n, us, _ in laps), flush=True)
         # per-call host time against the number of calls (constant: a synchronization per
         # call; growing: the queue), and torch's own synchronizing calls (sync debug mode)
         print("  backward host by calls: " + ", ".join(f"{n}: {host_us(bwd, n):.1f}" for n in (5, 20, 80)), flush=True)

@@ -18,16 +18,22 @@ from torch.profiler import ProfilerActivity, profile
 import attnc
 
 
-def main():
-    ex = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples")
-    attn = attnc.compile(ex / "document_causal.attn").attention("document_causal")
+def doc_step_inputs(examples):
+    """bench_gpu.py ``fwdbwd``'s document case: the attention, q, k, v (requiring grad),
+    dO, the ids and a block mask made once from them."""
+    attn = attnc.compile(pathlib.Path(examples) / "document_causal.attn").attention("document_causal")
     b, h, l, d = 2, 16, 4096, 128
     g = torch.Generator(device="cuda").manual_seed(1)
     q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
                for _ in range(3))
     do = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
     doc = torch.sort(torch.randint(0, 8, (b, l), device="cuda", dtype=torch.int32, generator=g), dim=1).values
-    bm = attn.block_mask(q, k, v, doc=doc)
+    return attn, q, k, v, do, doc, attn.block_mask(q, k, v, doc=doc)
+
+
+def main():
+    ex = sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples"
+    attn, q, k, v, do, doc, bm = doc_step_inputs(ex)
     for tag, step in (("no block mask", lambda: attn(q, k, v, doc=doc).backward(do)),
                       ("block mask", lambda: attn(q, k, v, doc=doc, block_mask=bm).backward(do))):
         for _ in range(5):

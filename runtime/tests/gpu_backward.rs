@@ -2780,6 +2780,109 @@ fn gpu_backward_capture_sanitize(dev: &CudaDevice) {
     }
 }
 
+/// Device buffers of one caller-buffer backward (`Bound::backward_cuda_into_with`, the
+/// Python package's path) for a binding of `shape` in `dt`: q, k, v from `synth::qkv(seed)`,
+/// dO from `seed + 99` (as `api_case_with` makes them), O and LSE of the binding's forward
+/// on them with `caps`, and the outputs, scratch rows and the fused dQ's workspace
+/// poisoned as torch.empty may leave them (NaN, the semaphores nonzero).
+struct CallerBwdBufs {
+    ins: [cudarc::driver::CudaSlice<u16>; 5],
+    lse: cudarc::driver::CudaSlice<f32>,
+    outs: [cudarc::driver::CudaSlice<u16>; 3],
+    rows: [cudarc::driver::CudaSlice<f32>; 2],
+    work: Option<(
+        cudarc::driver::CudaSlice<f32>,
+        cudarc::driver::CudaSlice<u32>,
+    )>,
+}
+
+impl CallerBwdBufs {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        dev: &CudaDevice,
+        bound: &mut attnc::Bound,
+        shape: Shape,
+        dt: attnc::DType,
+        seed: u64,
+        caps: &attnc::Captures,
+        bwd: &attnc::BackwardOptions,
+    ) -> Self {
+        use attnc::{DType, Tensor, synth};
+        let (q, k, v) = synth::qkv(&shape, dt, seed);
+        let (d_o, _, _) = synth::qkv(
+            &Shape {
+                d: shape.dv,
+                lkv: shape.lq,
+                hkv: shape.hq,
+                ..shape
+            },
+            dt,
+            seed + 99,
+        );
+        let fwd = bound.forward(&q, &k, &v, caps).unwrap();
+        let bits = |t: &Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
+        let nan = match dt {
+            DType::F16 => 0x7e00u16,
+            _ => 0x7fc0,
+        };
+        let poison = |n: usize| dev.upload_u16(&vec![nan; n]).unwrap();
+        let rows = shape.b * shape.hq * shape.lq;
+        let work = bound.backward_cuda_workspace_with(bwd).unwrap();
+        CallerBwdBufs {
+            ins: [bits(&q), bits(&k), bits(&v), bits(&fwd.o), bits(&d_o)],
+            lse: dev.upload(&fwd.lse.to_f32()).unwrap(),
+            outs: [
+                poison(shape.q_len()),
+                poison(shape.k_len()),
+                poison(shape.v_len()),
+            ],
+            rows: [0, 1].map(|_| dev.upload(&vec![f32::NAN; rows]).unwrap()),
+            work: work.map(|(a, s)| {
+                (
+                    dev.upload(&vec![f32::NAN; a.max(1)]).unwrap(),
+                    dev.upload(&vec![7u32; s.max(1)]).unwrap(),
+                )
+            }),
+        }
+    }
+
+    /// The stream the buffers were made on.
+    fn stream(&self) -> std::sync::Arc<cudarc::driver::CudaStream> {
+        self.ins[0].stream().clone()
+    }
+
+    /// Their addresses, as the call takes them.
+    fn pointers(&self) -> attnc::external::DeviceBackwardBuffers {
+        use cudarc::driver::DevicePtr;
+        let st = self.stream();
+        let p16 = |x: &cudarc::driver::CudaSlice<u16>| x.device_ptr(&st).0;
+        let p32 = |x: &cudarc::driver::CudaSlice<f32>| x.device_ptr(&st).0;
+        let [q, k, v, o, d_o] = &self.ins;
+        let [dq, dk, dv] = &self.outs;
+        attnc::external::DeviceBackwardBuffers {
+            q: p16(q),
+            k: p16(k),
+            v: p16(v),
+            o: p16(o),
+            lse: p32(&self.lse),
+            d_o: p16(d_o),
+            dlse: None,
+            dq: p16(dq),
+            dk: p16(dk),
+            dv: p16(dv),
+            delta: p32(&self.rows[0]),
+            lse2: p32(&self.rows[1]),
+            dq_work: self
+                .work
+                .as_ref()
+                .map(|(a, m)| attnc::external::DeviceDqWorkspace {
+                    accum: p32(a),
+                    sem: m.device_ptr(&st).0,
+                }),
+        }
+    }
+}
+
 /// The caller-buffer backward (`Bound::backward_cuda_into`, the Python package's path on
 /// CUDA tensors) over buffers that hold garbage, as torch.empty gives them: the fused dQ's
 /// workspace (`DqAccum` NaN, `DqSem` nonzero) and the outputs poisoned with NaN; a sliding
@@ -2788,9 +2891,8 @@ fn gpu_backward_capture_sanitize(dev: &CudaDevice) {
 /// gradients must be bit-identical to `Bound::backward`'s (zeroed buffers; checked
 /// against the f64 oracle by `api_case`) and dQ of the fully masked rows exactly 0.
 fn gpu_backward_caller_buffers(dev: &CudaDevice) {
-    use attnc::external::{DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords};
-    use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, synth};
-    use cudarc::driver::{CudaSlice, DevicePtr};
+    use attnc::external::DeviceGradWords;
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue};
     use std::collections::HashMap;
     let c = Compiled::from_file(&examples_dir().join("sliding_window.attn")).unwrap();
     let var = c.attention(c.names()[0]).unwrap();
@@ -2817,69 +2919,13 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
         let what = format!("caller buffers sliding_window {shape:?} {dt:?} {bwd:?}");
         // the host API's gradients, checked against the oracle
         let want = api_case_with(&var, shape, dt, &caps, seed, &what, &bwd);
-        // the same inputs as api_case makes them
-        let (q, k, v) = synth::qkv(&shape, dt, seed);
-        let (d_o, _, _) = synth::qkv(
-            &Shape {
-                d: shape.dv,
-                lkv: shape.lq,
-                hkv: shape.hq,
-                ..shape
-            },
-            dt,
-            seed + 99,
-        );
         let mut bound = var
             .bind(BindOptions::new(Backend::Cuda, shape, dt))
             .unwrap();
-        let fwd = bound.forward(&q, &k, &v, &caps).unwrap();
-        let bits = |t: &attnc::Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
-        let (qd, kd, vd, od, dod) = (bits(&q), bits(&k), bits(&v), bits(&fwd.o), bits(&d_o));
-        let lse = dev.upload(&fwd.lse.to_f32()).unwrap();
-        let nan = match dt {
-            DType::F16 => 0x7e00u16,
-            _ => 0x7fc0,
-        };
-        let poison = |n: usize| dev.upload_u16(&vec![nan; n]).unwrap();
-        let (dq, dk, dv) = (
-            poison(shape.q_len()),
-            poison(shape.k_len()),
-            poison(shape.v_len()),
-        );
-        let rows = shape.b * shape.hq * shape.lq;
-        let delta = dev.upload(&vec![f32::NAN; rows]).unwrap();
-        let lse2 = dev.upload(&vec![f32::NAN; rows]).unwrap();
-        let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
-        let (accum, sem): (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>) = match work {
-            Some((a, s)) => (
-                Some(dev.upload(&vec![f32::NAN; a.max(1)]).unwrap()),
-                Some(dev.upload(&vec![7u32; s.max(1)]).unwrap()),
-            ),
-            None => (None, None),
-        };
-        let st = qd.stream().clone();
-        let ptr16 = |x: &CudaSlice<u16>| x.device_ptr(&st).0;
-        let bufs = DeviceBackwardBuffers {
-            q: ptr16(&qd),
-            k: ptr16(&kd),
-            v: ptr16(&vd),
-            o: ptr16(&od),
-            lse: lse.device_ptr(&st).0,
-            d_o: ptr16(&dod),
-            dlse: None,
-            dq: ptr16(&dq),
-            dk: ptr16(&dk),
-            dv: ptr16(&dv),
-            delta: delta.device_ptr(&st).0,
-            lse2: lse2.device_ptr(&st).0,
-            dq_work: match (&accum, &sem) {
-                (Some(a), Some(s)) => Some(DeviceDqWorkspace {
-                    accum: a.device_ptr(&st).0,
-                    sem: s.device_ptr(&st).0,
-                }),
-                _ => None,
-            },
-        };
+        // the same inputs as api_case makes them; outputs and workspace poisoned
+        let cb = CallerBwdBufs::new(dev, &mut bound, shape, dt, seed, &caps, &bwd);
+        let (bufs, st) = (cb.pointers(), cb.stream());
+        let work = cb.work.as_ref();
         // SAFETY: every buffer above is a live allocation of this device sized for the
         // bound shape (the workspace as backward_cuda_workspace says), on stream `st`,
         // which the downloads below synchronize; no capture gradients (no words).
@@ -2897,10 +2943,11 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
         }
         st.synchronize().unwrap();
+        let [dq, dk, dv] = &cb.outs;
         for (nm, got, w) in [
-            ("dq", &dq, &want.dq),
-            ("dk", &dk, &want.dk),
-            ("dv", &dv, &want.dv),
+            ("dq", dq, &want.dq),
+            ("dk", dk, &want.dk),
+            ("dv", dv, &want.dv),
         ] {
             let got = dev.download(got).unwrap();
             if !det && nm == "dq" {
@@ -2917,7 +2964,7 @@ fn gpu_backward_caller_buffers(dev: &CudaDevice) {
             );
         }
         // rows whose window lies past the keys (q - window >= lkv) are fully masked
-        let got = dev.download(&dq).unwrap();
+        let got = dev.download(dq).unwrap();
         let d = shape.d;
         for bh in 0..shape.b * shape.hq {
             for row in (shape.lkv + window as usize)..shape.lq {
@@ -2972,11 +3019,9 @@ fn doc_ids_for(seed: u64, b: usize, n: usize, docs: u64, sorted: bool) -> Vec<i3
 /// bf16 and f16. A second call on other ids reuses the stream's buffers and rebuilds the
 /// ranges from the new data.
 fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
-    use attnc::external::{
-        DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor,
-    };
-    use attnc::{Backend, BindOptions, Captures, Compiled, DType, Tensor, synth};
-    use cudarc::driver::{CudaSlice, DevicePtr};
+    use attnc::external::{DeviceGradWords, DeviceTensor};
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, Tensor};
+    use cudarc::driver::DevicePtr;
     use std::collections::HashMap;
     let doc_file = Compiled::from_file(&examples_dir().join("document_causal.attn")).unwrap();
     let per_head = Compiled::from_source(
@@ -3059,61 +3104,9 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
                 deterministic: true,
             };
             let want = api_case_with(&var, shape, dt, &caps, seed, &what, &bwd);
-            let (q, k, v) = synth::qkv(&shape, dt, seed);
-            let (d_o, _, _) = synth::qkv(
-                &Shape {
-                    d: shape.dv,
-                    lkv: shape.lq,
-                    hkv: shape.hq,
-                    ..shape
-                },
-                dt,
-                seed + 99,
-            );
-            let fwd = bound.forward(&q, &k, &v, &caps).unwrap();
-            let bits = |t: &Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
-            let (qd, kd, vd, od, dod) = (bits(&q), bits(&k), bits(&v), bits(&fwd.o), bits(&d_o));
-            let lse = dev.upload(&fwd.lse.to_f32()).unwrap();
+            let cb = CallerBwdBufs::new(dev, &mut bound, shape, dt, seed, &caps, &bwd);
+            let (bufs, st) = (cb.pointers(), cb.stream());
             let idd = dev.upload(&ids).unwrap();
-            let (dq, dk, dv) = (
-                dev.upload_u16(&vec![0x7fc0; shape.q_len()]).unwrap(),
-                dev.upload_u16(&vec![0x7fc0; shape.k_len()]).unwrap(),
-                dev.upload_u16(&vec![0x7fc0; shape.v_len()]).unwrap(),
-            );
-            let nrows = shape.b * shape.hq * shape.lq;
-            let delta = dev.upload(&vec![0f32; nrows]).unwrap();
-            let lse2 = dev.upload(&vec![0f32; nrows]).unwrap();
-            let work = bound.backward_cuda_workspace_with(&bwd).unwrap();
-            let (accum, sem): (Option<CudaSlice<f32>>, Option<CudaSlice<u32>>) = match work {
-                Some((a, s)) => (
-                    Some(dev.upload(&vec![0f32; a.max(1)]).unwrap()),
-                    Some(dev.upload(&vec![0u32; s.max(1)]).unwrap()),
-                ),
-                None => (None, None),
-            };
-            let st = qd.stream().clone();
-            let ptr16 = |x: &CudaSlice<u16>| x.device_ptr(&st).0;
-            let bufs = DeviceBackwardBuffers {
-                q: ptr16(&qd),
-                k: ptr16(&kd),
-                v: ptr16(&vd),
-                o: ptr16(&od),
-                lse: lse.device_ptr(&st).0,
-                d_o: ptr16(&dod),
-                dlse: None,
-                dq: ptr16(&dq),
-                dk: ptr16(&dk),
-                dv: ptr16(&dv),
-                delta: delta.device_ptr(&st).0,
-                lse2: lse2.device_ptr(&st).0,
-                dq_work: match (&accum, &sem) {
-                    (Some(a), Some(s)) => Some(DeviceDqWorkspace {
-                        accum: a.device_ptr(&st).0,
-                        sem: s.device_ptr(&st).0,
-                    }),
-                    _ => None,
-                },
-            };
             let tensors = HashMap::from([(
                 tname.to_string(),
                 DeviceTensor {
@@ -3158,10 +3151,11 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
                 "{what}: dK/dV ranges ({qb}x{kb})"
             );
             full_seen += kv_want.chunks(4).filter(|r| r[3] > r[2]).count();
+            let [dq, dk, dv] = &cb.outs;
             for (nm, got, w) in [
-                ("dq", &dq, &want.dq),
-                ("dk", &dk, &want.dk),
-                ("dv", &dv, &want.dv),
+                ("dq", dq, &want.dq),
+                ("dk", dk, &want.dk),
+                ("dv", dv, &want.dv),
             ] {
                 let got = dev.download(got).unwrap();
                 assert!(

@@ -208,6 +208,21 @@ impl<'ctx> Table<'ctx> {
     }
 }
 
+/// `best = (start, end)` where `cond` holds and the span is strictly longer than `best`'s
+/// (so the first of equally long ones stays, as the host's rule).
+fn keep_longer<'ctx>(
+    g: &Gpu<'ctx>,
+    best: &(Var<'ctx>, Var<'ctx>),
+    (start, end): (IntValue<'ctx>, IntValue<'ctx>),
+    cond: IntValue<'ctx>,
+) -> R<()> {
+    let (b0, b1) = (g.geti(&best.0)?, g.geti(&best.1)?);
+    let longer = g.icmp(IntPredicate::SGT, g.sub(end, start)?, g.sub(b1, b0)?)?;
+    let take = g.b.build_and(cond, longer, "")?;
+    g.set(&best.0, g.selecti(take, start, b0)?)?;
+    g.set(&best.1, g.selecti(take, end, b1)?)
+}
+
 /// The longest run of set bits seen so far over a sequence of rows: its start and end,
 /// and the current run's start (`-1`: none open).
 struct Longest<'ctx> {
@@ -223,18 +238,13 @@ impl<'ctx> Longest<'ctx> {
         })
     }
     /// Row `r` is in (`set`) or out: a run grows or closes; the best is replaced only by
-    /// a strictly longer one (the first of equal runs stays, as the host's rule).
+    /// a strictly longer one ([`keep_longer`]).
     fn push(&self, g: &Gpu<'ctx>, r: IntValue<'ctx>, set: IntValue<'ctx>) -> R<()> {
         let open = g.geti(&self.open)?;
         let was_open = g.icmp(IntPredicate::SGE, open, g.c32(0))?;
         let start = g.selecti(was_open, open, r)?;
         g.set(&self.open, g.selecti(set, start, g.c32(-1))?)?;
-        let (b0, b1) = (g.geti(&self.best.0)?, g.geti(&self.best.1)?);
-        let end = g.add(r, g.c32(1))?;
-        let longer = g.icmp(IntPredicate::SGT, g.sub(end, start)?, g.sub(b1, b0)?)?;
-        let take = g.b.build_and(set, longer, "")?;
-        g.set(&self.best.0, g.selecti(take, start, b0)?)?;
-        g.set(&self.best.1, g.selecti(take, end, b1)?)
+        keep_longer(g, &self.best, (start, g.add(r, g.c32(1))?), set)
     }
     fn get(&self, g: &Gpu<'ctx>) -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
         Ok((g.geti(&self.best.0)?, g.geti(&self.best.1)?))
@@ -352,15 +362,7 @@ fn dq_rows<'ctx>(
         g.for_range(begin, end, g.c32(1), |j| {
             let run = t.run(g, j)?;
             let is_full = g.icmp(IntPredicate::EQ, run.full, g.c32(1))?;
-            let (b0, b1) = (g.geti(&best.0)?, g.geti(&best.1)?);
-            let longer = g.icmp(
-                IntPredicate::SGT,
-                g.sub(run.end, run.start)?,
-                g.sub(b1, b0)?,
-            )?;
-            let take = g.b.build_and(is_full, longer, "")?;
-            g.set(&best.0, g.selecti(take, run.start, b0)?)?;
-            g.set(&best.1, g.selecti(take, run.end, b1)?)
+            keep_longer(g, &best, (run.start, run.end), is_full)
         })?;
         let some = g.icmp(IntPredicate::ULT, begin, end)?;
         let out = g.mul(row, g.c32(4))?;
