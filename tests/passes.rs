@@ -220,6 +220,225 @@ pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
     Ok(())
 }
 
+/// The caller-buffer backward (`Bound::backward_cuda_into_with`: the Python package's
+/// autograd on CUDA tensors) on a generated program on `t` (CUDA), every captured tensor in
+/// device memory: dQ, dK, dV and the capture and param gradients (its fixed-point words
+/// through `fixed_to_f32`) bit-identical to `Bound::backward`'s on host tensors — which
+/// [`backward_case`] checks against the oracle — and, where the mask reads captured
+/// tensors, the block ranges it made on the device (the block-table and backward-ranges
+/// kernels) equal to the host functions' from the same data (`cuda::backward::{kv_ranges,
+/// q_ranges}` of the exact block maps at the backward's tiles,
+/// `brute_force_maps_like_tables`) word for word.
+pub fn caller_backward_case(seed: u64, t: &Target) -> Result<(), String> {
+    use attnc::external::{
+        DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor, fixed_to_f32,
+    };
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    let mut d = draw(seed, t, true);
+    let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
+    let ctx = format!(
+        "seed {seed}, caller-buffer backward, {:?}, shape {:?}\n{}",
+        t.dtype, d.shape, d.src
+    );
+    let with = |e: String| format!("{e}\n{ctx}");
+    let s = d.shape;
+    let (q, k, v) = synth::qkv(&s, t.dtype, seed);
+    let dout = synth::qkv(&s, t.dtype, seed ^ 0x5eed).0;
+    let mut under = bind(&d.var, t.backend, s, t.dtype);
+    let fwd = under
+        .forward(&q, &k, &v, &caps)
+        .map_err(|e| with(format!("forward: {e}")))?;
+    let want = under
+        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, None, &caps)
+        .map_err(|e| with(format!("Bound::backward: {e}")))?;
+    let dev = attnc::cuda::CudaDevice::new(0).map_err(|e| with(e.to_string()))?;
+    let err = |e: attnc::cuda::CudaError| with(e.to_string());
+    let up16 = |x: &Tensor| {
+        dev.upload_u16(&x.to_u16_bits().expect("16-bit"))
+            .map_err(err)
+    };
+    let ins = [up16(&q)?, up16(&k)?, up16(&v)?, up16(&fwd.o)?, up16(&dout)?];
+    let lse = dev.upload(&fwd.lse.to_f32()).map_err(err)?;
+    let outs = [s.q_len(), s.k_len(), s.v_len()].map(|n| dev.zeros::<u16>(n));
+    let [dq, dk, dv] = outs;
+    let (dq, dk, dv) = (dq.map_err(err)?, dk.map_err(err)?, dv.map_err(err)?);
+    let rows = s.b * s.hq * s.lq;
+    let (delta, lse2) = (
+        dev.zeros::<f32>(rows).map_err(err)?,
+        dev.zeros::<f32>(rows).map_err(err)?,
+    );
+    let work = match under
+        .backward_cuda_workspace()
+        .map_err(|e| with(e.to_string()))?
+    {
+        Some((a, m)) => Some((
+            dev.zeros::<f32>(a).map_err(err)?,
+            dev.zeros::<u32>(m).map_err(err)?,
+        )),
+        None => None,
+    };
+    // every captured tensor on the device, as its bytes; gradient words where the
+    // kernels sum them
+    let p = d.var.program();
+    let mut held: Vec<CudaSlice<u8>> = Vec::new();
+    for ti in &p.tensors {
+        held.push(dev.upload(caps.tensors[&ti.name].bytes()).map_err(err)?);
+    }
+    let (grad_names, param_grads) = under
+        .backward_cuda_grad_words()
+        .map_err(|e| with(e.to_string()))?;
+    let mut words: Vec<(String, CudaSlice<u64>)> = Vec::new();
+    for name in &grad_names {
+        let n = caps.tensors[name].len();
+        words.push((name.clone(), dev.zeros::<u64>(3 * n.max(1)).map_err(err)?));
+    }
+    let pwords = match param_grads {
+        true => Some(dev.zeros::<u64>(3 * p.params.len().max(1)).map_err(err)?),
+        false => None,
+    };
+    let st = ins[0].stream().clone();
+    let p16 = |x: &CudaSlice<u16>| x.device_ptr(&st).0;
+    let p32 = |x: &CudaSlice<f32>| x.device_ptr(&st).0;
+    let bufs = DeviceBackwardBuffers {
+        q: p16(&ins[0]),
+        k: p16(&ins[1]),
+        v: p16(&ins[2]),
+        o: p16(&ins[3]),
+        lse: p32(&lse),
+        d_o: p16(&ins[4]),
+        dlse: None,
+        dq: p16(&dq),
+        dk: p16(&dk),
+        dv: p16(&dv),
+        delta: p32(&delta),
+        lse2: p32(&lse2),
+        dq_work: work.as_ref().map(|(a, m)| DeviceDqWorkspace {
+            accum: p32(a),
+            sem: m.device_ptr(&st).0,
+        }),
+    };
+    let tensors = p
+        .tensors
+        .iter()
+        .zip(&held)
+        .map(|(ti, buf)| {
+            let x = &caps.tensors[&ti.name];
+            let dt = DeviceTensor {
+                ptr: buf.device_ptr(&st).0,
+                dims: x.shape().to_vec(),
+                dtype: x.dtype(),
+            };
+            (ti.name.clone(), dt)
+        })
+        .collect();
+    let grads = DeviceGradWords {
+        tensors: words
+            .iter()
+            .map(|(n, w)| (n.clone(), w.device_ptr(&st).0))
+            .collect(),
+        params: pwords.as_ref().map(|w| w.device_ptr(&st).0),
+    };
+    let stream = st.cu_stream() as u64;
+    let det = attnc::BackwardOptions {
+        deterministic: true,
+    };
+    // SAFETY: every buffer is a live allocation of this device on stream `st` sized as
+    // the call indexes it for the bound shape (q..dv, the rows, the workspace the binding
+    // asked for, each tensor's bytes, 3 words per gradient element and per param), the
+    // outputs fresh and read by no one until the downloads below synchronize `st`.
+    unsafe {
+        under
+            .backward_cuda_into_with(&bufs, &tensors, &caps.params, &grads, None, &det, stream)
+            .map_err(|e| with(format!("backward_cuda_into: {e}")))?;
+    }
+    st.synchronize().map_err(|e| with(e.to_string()))?;
+    for (nm, got, w) in [
+        ("dQ", &dq, &want.dq),
+        ("dK", &dk, &want.dk),
+        ("dV", &dv, &want.dv),
+    ] {
+        let got = dev.download(got).map_err(err)?;
+        let w = w.to_u16_bits().expect("16-bit");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != w[i]) {
+            return Err(with(format!(
+                "{nm}[{i}] = {:#06x}, Bound::backward's {:#06x}",
+                got[i], w[i]
+            )));
+        }
+    }
+    let from_words = |w: &[u64]| -> Vec<f32> {
+        w.chunks(3)
+            .map(|c| fixed_to_f32([c[0], c[1], c[2]]))
+            .collect()
+    };
+    for (name, w) in &words {
+        let got = from_words(&dev.download(w).map_err(err)?);
+        let got = &got[..caps.tensors[name].len()];
+        let w = want.tensors[name].to_f32();
+        if let Some(i) = (0..w.len()).find(|&i| got[i].to_bits() != w[i].to_bits()) {
+            return Err(with(format!(
+                "d{name}[{i}] = {}, Bound::backward's {}",
+                got[i], w[i]
+            )));
+        }
+    }
+    if let Some(pw) = &pwords {
+        let got = from_words(&dev.download(pw).map_err(err)?);
+        for (i, param) in p.params.iter().enumerate() {
+            if let Some(w) = want.params.get(&param.name)
+                && got[i].to_bits() != w.to_bits()
+            {
+                return Err(with(format!(
+                    "d{} = {}, Bound::backward's {w}",
+                    param.name, got[i]
+                )));
+            }
+        }
+    }
+    // the block ranges of a mask over captured tensors: made on the device, as the host's
+    let plan = attnc_compiler::plan::Plan::new(p);
+    if plan.map_recipe() == attnc_compiler::plan::MapRecipe::Tensors {
+        let seen = under
+            .caller_backward_ranges(stream)
+            .map_err(|e| with(e.to_string()))?
+            .ok_or_else(|| with("a mask over captured tensors, but no block ranges".into()))?;
+        if !seen.on_device {
+            return Err(with("the block ranges were not made on the device".into()));
+        }
+        let bind = under.bindings(&caps).map_err(|e| with(e.to_string()))?;
+        let (qb, kb) = (seen.tiles.0 as usize, seen.tiles.1 as usize);
+        // (exact: every point evaluated, as the device's table; the host's own maps
+        // classify from summaries of the tensors, which may leave a full block partial)
+        let maps = attnc_compiler::analysis::classify::brute_force_maps_like_tables(
+            p,
+            plan.mask(),
+            &s,
+            qb,
+            kb,
+            &bind,
+        )
+        .map_err(|e| with(e.to_string()))?;
+        let nonempty = |v: Vec<i32>| if v.is_empty() { vec![0] } else { v };
+        let kv = nonempty(attnc::cuda::backward::kv_ranges(&maps, &s).0);
+        let qr = nonempty(attnc::cuda::backward::q_ranges(&maps).0);
+        for (what, got, want) in [("dK/dV", &seen.kv, &kv), ("dQ", &seen.q, &qr)] {
+            if got != want {
+                let i = (0..got.len().min(want.len()))
+                    .find(|&i| got[i] != want[i])
+                    .unwrap_or(got.len().min(want.len()));
+                return Err(with(format!(
+                    "{what} ranges ({qb}x{kb}) differ from the host's at word {i}: {:?} against {:?} (lengths {} / {})",
+                    got.get(i..(i + 4).min(got.len())),
+                    want.get(i..(i + 4).min(want.len())),
+                    got.len(),
+                    want.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decoding against a cache on `t` against the cache oracle: `t.decode_lq` new rows per
 /// sequence, per-sequence lengths (0, shorter than Lq, full, random), contiguous or paged
 /// (page 16 or 32).

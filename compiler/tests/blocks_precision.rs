@@ -263,3 +263,44 @@ fn user_errors_do_not_panic() {
     assert_eq!(m.get(0, 0).n_q_blocks(), 0);
     let _ = BlockKind::Empty;
 }
+
+/// A mask that reads no captured tensor classifies without their data: a caller-buffer
+/// call (`exec::cuda::caller`, the Python package on CUDA tensors) binds the captured
+/// tensors by their dims alone, and a mask over params beside a score over a learned bias
+/// must still get its host maps (the same as with the data); a mask over a tensor still
+/// needs its data (`TensorSize`).
+#[test]
+fn masks_over_no_tensor_classify_without_tensor_data() {
+    let src = "param w: i32;\ntensor bias: f32[H, KV];\ntensor doc: i32[KV];\nmask m(b, h, q, kv) { (q - kv) % w != 1 && q >= kv }\nmask d(b, h, q, kv) { doc[kv] >= 0 }\nscore s(s, b, h, q, kv) { s + bias[h, kv] }\nattention a { mask = m; score = s; }\nattention t { mask = d; score = s; }";
+    let progs = attnc_compiler::compile_source(src).unwrap().programs;
+    let s = shape(1, 2, 100, 100);
+    let with_data = |p: &Program, data: bool| Bindings {
+        params: vec![attnc_compiler::ir::Scalar::I32(3)],
+        tensors: p
+            .tensors
+            .iter()
+            .map(|t| {
+                let (dims, n) = if t.name == "bias" {
+                    (vec![2, 100], 200)
+                } else {
+                    (vec![100], 100)
+                };
+                BoundTensor {
+                    dims,
+                    data: if t.name == "bias" {
+                        TensorData::F32(if data { vec![0.5; n] } else { vec![] })
+                    } else {
+                        TensorData::I32(if data { vec![1; n] } else { vec![] })
+                    },
+                }
+            })
+            .collect(),
+    };
+    let a = progs.iter().find(|p| p.name == "a").unwrap();
+    let full = build_block_maps(a, &analyze(a), &s, 16, 16, &with_data(a, true)).unwrap();
+    let dims_only = build_block_maps(a, &analyze(a), &s, 16, 16, &with_data(a, false)).unwrap();
+    assert_eq!(full, dims_only);
+    let t = progs.iter().find(|p| p.name == "t").unwrap();
+    let e = build_block_maps(t, &analyze(t), &s, 16, 16, &with_data(t, false)).unwrap_err();
+    assert!(matches!(&e, BlockError::TensorSize { .. }), "{e}");
+}

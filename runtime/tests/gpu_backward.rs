@@ -3009,8 +3009,9 @@ fn doc_ids_for(seed: u64, b: usize, n: usize, docs: u64, sorted: bool) -> Vec<i3
 /// The caller-buffer backward of masks over captured tensors in device memory (the
 /// Python package's autograd without a block mask): its block ranges, made on the device
 /// (the block-table kernel at the backward's tiles and the backward-ranges kernel), equal
-/// word for word the host's from the same data (`kv_ranges` / `q_ranges` of the host
-/// block maps at those tiles), and its gradients are bit-identical to `Bound::backward`'s
+/// word for word the host functions' from the same data (`kv_ranges` / `q_ranges` of the
+/// exact block maps at those tiles, `brute_force_maps_like_tables`), and its gradients are
+/// bit-identical to `Bound::backward`'s
 /// on host tensors (checked against the f64 oracle by `api_case_with`). Cases: document +
 /// causal with sorted ids (documents of random lengths: full, partial and empty blocks)
 /// and unsorted ids (sparse matches: rows of several runs), Lq != Lkv (Lq < Lkv: the ids
@@ -3140,7 +3141,17 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
             let plan = Plan::new(var.program());
             let bind = bound.bindings(&caps).unwrap();
             let (qb, kb) = (seen.tiles.0 as usize, seen.tiles.1 as usize);
-            let maps = plan.block_maps(&shape, qb, kb, &bind).unwrap();
+            // (exact: every point evaluated, as the device's table; the host's own maps
+            // classify from summaries of the ids, which may leave a full block partial)
+            let maps = attnc_compiler::analysis::classify::brute_force_maps_like_tables(
+                var.program(),
+                plan.mask(),
+                &shape,
+                qb,
+                kb,
+                &bind,
+            )
+            .unwrap();
             let (kv_want, _) = attnc::cuda::backward::kv_ranges(&maps, &shape);
             let (q_want, _) = attnc::cuda::backward::q_ranges(&maps);
             let nonempty = |v: Vec<i32>| if v.is_empty() { vec![0] } else { v };
@@ -3164,7 +3175,9 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
                     ty.name()
                 );
             }
-            println!("  {what}: ranges as the host's ({qb}x{kb}), gradients bit-identical");
+            println!(
+                "  {what}: ranges as the exact maps give them ({qb}x{kb}), gradients bit-identical"
+            );
         }
     }
     assert!(full_seen > 0, "no case had a full block range");

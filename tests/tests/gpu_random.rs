@@ -1,8 +1,10 @@
 //! Generated programs through every GPU pass against the f64 oracle
 //! (`attnc_tests::passes`): the forward, the backward (dQ, dK, dV, gradients of f32
-//! tensors and of the f32 param, with and without dLSE) and decoding against contiguous
-//! and paged KV caches, in bf16 and f16, head dims 64 and 128 (even and odd seeds),
-//! random shapes up to 300 rows.
+//! tensors and of the f32 param, with and without dLSE), the caller-buffer backward
+//! (Python's path: captures on the device, against `Bound::backward` bit for bit and its
+//! device-made block ranges against the host's) and decoding against contiguous and paged
+//! KV caches, in bf16 and f16, head dims 64 and 128 (even and odd seeds), random shapes up
+//! to 300 rows.
 //!
 //! `harness = false` (libtest-mimic): without a CUDA device every test prints
 //! `test NAME ... ignored` after a `SKIPPED NAME: no CUDA device` line. On the GPU
@@ -12,7 +14,7 @@
 
 use attnc::DType;
 use attnc::cuda::{CudaDevice, CudaError};
-use attnc_tests::passes::{Target, backward_case, decode_case, forward_case};
+use attnc_tests::passes::{Target, backward_case, caller_backward_case, decode_case, forward_case};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 type Case = fn(u64, &Target) -> Result<(), String>;
@@ -56,11 +58,22 @@ fn main() {
             Err(e) => panic!("opening the CUDA device failed: {e}"),
         }
     };
-    let tests: [(&str, Case, DType); 6] = [
+    let tests: [(&str, Case, DType); 8] = [
         ("gpu_random_forward_bf16", forward_case, DType::BF16),
         ("gpu_random_forward_f16", forward_case, DType::F16),
         ("gpu_random_backward_bf16", backward_case, DType::BF16),
         ("gpu_random_backward_f16", backward_case, DType::F16),
+        // the caller-buffer backward (Python's path), captures on the device
+        (
+            "gpu_random_caller_backward_bf16",
+            caller_backward_case,
+            DType::BF16,
+        ),
+        (
+            "gpu_random_caller_backward_f16",
+            caller_backward_case,
+            DType::F16,
+        ),
         ("gpu_random_decode_bf16", decode_case, DType::BF16),
         ("gpu_random_decode_f16", decode_case, DType::F16),
     ];

@@ -187,7 +187,11 @@ pub fn build_block_maps(
         )));
     };
     let params = param_values(p, bind)?;
-    check_tensors(p, bind)?;
+    // (the data of captured tensors is read only by masks over them: a caller-buffer
+    // call binds the others by their dims alone, `exec::cuda::caller`)
+    if info.tier == Tier::Tensors {
+        check_tensors(p, bind)?;
+    }
     let summaries: Vec<TensorSummary> = bind.tensors.iter().map(TensorSummary::new).collect();
     let mut ev = Evaluator::new(f, params.iter().map(|s| Some(*s)).collect(), &summaries);
     if lq == 0 || lkv == 0 {
@@ -414,10 +418,45 @@ pub fn brute_force_maps(
     kv_block: usize,
     bind: &Bindings,
 ) -> Result<BlockMaps, EvalError> {
+    brute_force_over(p, shape, (q_block, kv_block), bind, (true, true))
+}
+
+/// [`brute_force_maps`] in [`build_block_maps`]' layout: one map per batch only where the
+/// mask reads `b` (`info.uses_b`), per head where it reads `h` — what the GPU block-table
+/// kernel builds, exactly, where the mask's arithmetic is exact (the kernel's test of its
+/// tables, and the backward's ranges made from them, compare with this).
+pub fn brute_force_maps_like_tables(
+    p: &Program,
+    info: &MaskInfo,
+    shape: &Shape,
+    q_block: usize,
+    kv_block: usize,
+    bind: &Bindings,
+) -> Result<BlockMaps, EvalError> {
+    brute_force_over(
+        p,
+        shape,
+        (q_block, kv_block),
+        bind,
+        (info.uses_b, info.uses_h),
+    )
+}
+
+/// The brute-force maps of the batches and heads `per` says (`(per batch, per head)`:
+/// all of them, else only the first, with stride 0).
+fn brute_force_over(
+    p: &Program,
+    shape: &Shape,
+    (q_block, kv_block): (usize, usize),
+    bind: &Bindings,
+    per: (bool, bool),
+) -> Result<BlockMaps, EvalError> {
+    let nb = if per.0 { shape.b } else { shape.b.min(1) };
+    let nh = if per.1 { shape.hq } else { shape.hq.min(1) };
     let mut maps = Vec::new();
     let mut scratch = Vec::new();
-    for b in 0..shape.b {
-        for h in 0..shape.hq {
+    for b in 0..nb {
+        for h in 0..nh {
             let Some(f) = &p.mask else {
                 maps.push(BlockMap::dense(shape.lq, shape.lkv, q_block, kv_block));
                 continue;
@@ -447,8 +486,8 @@ pub fn brute_force_maps(
         }
     }
     Ok(BlockMaps {
-        b_stride: shape.hq,
-        h_stride: 1,
+        b_stride: if per.0 { nh } else { 0 },
+        h_stride: per.1 as usize,
         maps,
     })
 }

@@ -11,7 +11,10 @@
 //! outputs `Ranges` (dQ) and `KvRanges` (dK/dV), `Lq`, `Lkv` and `Group`.
 //!
 //! Output: the values `cuda::backward::{q_ranges, kv_ranges}` make on the host from the
-//! same block maps (the GPU test compares them word for word):
+//! same block maps — the exact ones, every point evaluated, which is what the builder
+//! makes (`classify::brute_force_maps_like_tables`; the GPU tests compare word for word;
+//! the host's own maps classify from summaries of the tensors and may leave a full block
+//! partial, so these ranges are at least as sparse as a host build's):
 //! - `Ranges[4 row ..]`, per table row (map `(b, h)`, q block): `[first, end, full_first,
 //!   full_end]` of its kv blocks — the span of its runs and its longest full run (the
 //!   first of equally long ones; `(0, 0)` without one); `[0; 4]` for a row without runs;
