@@ -344,6 +344,31 @@ def test_gradients_learned_bias():
     grads_close(xs, rs, ["q", "k", "v", "bias"])
 
 
+def test_param_table_mask_beside_a_learned_bias():
+    """A mask over a param with no closed form (a block table made on the host from the
+    param's value) beside a score over a learned bias: the CUDA forward and backward on
+    device tensors (the captures bound by pointer and dims) classify the mask's blocks
+    without the bias's data (session 33: refused before, "captured tensor `bias` has 0
+    elements"), and the output and gradients match float64 autograd."""
+    src = ("param w: i32;\ntensor bias: f32[B, H, Q, KV];\n"
+           "mask m(b, h, q, kv) { q >= kv && (q - kv) % w != 1 }\n"
+           "score s(s, b, h, q, kv) { s + bias[b, h, q, kv] }\nattention a { mask = m; score = s; }\n")
+    attn = attnc.compile(src, name="param_table_bias.attn").attention("a")
+    b, h, l, d = 1, 4, 150, 64
+    q, k, v = (x.bfloat16() for x in qkv(b, h, h, l, l, d, seed=7))
+    bias = 0.5 * torch.randn(b, h, l, l, generator=torch.Generator().manual_seed(8))
+    xs = [x.cuda().requires_grad_(True) for x in (q, k, v)] + [bias.cuda().requires_grad_(True)]
+    w = torch.randn(b, h, l, d, generator=torch.Generator().manual_seed(9))
+    o = attn(*xs[:3], bias=xs[3], w=3)
+    (o.float() * w.cuda()).sum().backward()
+    rs = [x.double().requires_grad_(True) for x in (q, k, v, bias)]
+    ro, _ = dense_reference(*rs[:3], mask=lambda bi, hi, qi, ki: (qi >= ki) & ((qi - ki) % 3 != 1),
+                            score=lambda s, bi, hi, qi, ki: s + rs[3])
+    assert torch.allclose(o.double().cpu(), ro, atol=2e-2, rtol=2e-2)
+    (ro * w.double()).sum().backward()
+    grads_close(xs, rs, ["q", "k", "v", "bias"])
+
+
 def test_gradients_causal_gqa_match_dense_float64_autograd():
     attn = attnc.compile(EXAMPLES / "causal.attn").attention()
     q, k, v = (x.bfloat16() for x in qkv(2, 8, 2, 97, 97, 64, seed=12))
