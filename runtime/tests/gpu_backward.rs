@@ -3039,51 +3039,21 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
         d,
         dv: d,
     };
-    // (variant, tensor name, shape, dtype, sorted ids, distinct ids)
+    // (tensor name: `doc` document + causal, `t` the per-head mask; shape, dtype, sorted
+    // ids, distinct ids)
     let cases = [
-        (
-            doc_file.attention("document_causal").unwrap(),
-            "doc",
-            s(2, 8, 2, 333, 333, 128),
-            DType::BF16,
-            true,
-            5,
-        ),
-        (
-            doc_file.attention("document_causal").unwrap(),
-            "doc",
-            s(2, 4, 4, 200, 517, 64),
-            DType::F16,
-            true,
-            3,
-        ),
-        (
-            doc_file.attention("document_causal").unwrap(),
-            "doc",
-            s(1, 4, 2, 300, 517, 128),
-            DType::BF16,
-            false,
-            3,
-        ),
-        (
-            per_head.attention("per_head").unwrap(),
-            "t",
-            s(1, 8, 2, 300, 300, 128),
-            DType::BF16,
-            true,
-            4,
-        ),
-        (
-            per_head.attention("per_head").unwrap(),
-            "t",
-            s(2, 4, 1, 129, 129, 64),
-            DType::F16,
-            true,
-            2,
-        ),
+        ("doc", s(2, 8, 2, 333, 333, 128), DType::BF16, true, 5),
+        ("doc", s(2, 4, 4, 200, 517, 64), DType::F16, true, 3),
+        ("doc", s(1, 4, 2, 300, 517, 128), DType::BF16, false, 3),
+        ("t", s(1, 8, 2, 300, 300, 128), DType::BF16, true, 4),
+        ("t", s(2, 4, 1, 129, 129, 64), DType::F16, true, 2),
     ];
     let mut full_seen = 0;
-    for (ci, (var, tname, shape, dt, sorted, docs)) in cases.into_iter().enumerate() {
+    for (ci, (tname, shape, dt, sorted, docs)) in cases.into_iter().enumerate() {
+        let var = match tname {
+            "doc" => doc_file.attention("document_causal").unwrap(),
+            _ => per_head.attention("per_head").unwrap(),
+        };
         let rows = if tname == "doc" { shape.b } else { shape.hq };
         let ty = match dt {
             DType::F16 => InputType::F16,
