@@ -13,9 +13,8 @@ import pathlib
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 import attnc
+from kernel_timeline import device_events, print_events  # this folder (sys.path[0] when run as a script)
 
 
 def doc_step_inputs(examples):
@@ -36,22 +35,12 @@ def main():
     attn, q, k, v, do, doc, bm = doc_step_inputs(ex)
     for tag, step in (("no block mask", lambda: attn(q, k, v, doc=doc).backward(do)),
                       ("block mask", lambda: attn(q, k, v, doc=doc, block_mask=bm).backward(do))):
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as p:
-            for _ in range(2):
-                step()
-            torch.cuda.synchronize()
-        ev = sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                    key=lambda e: e.time_range.start)
-        t0 = ev[0].time_range.start
+        ev = device_events(step, 2, cpu=False)
         print(f"{tag}: {len(ev)} device events (two steps)", flush=True)
+        print_events(ev)
         per = collections.defaultdict(float)
         for e in ev:
-            dur = e.time_range.end - e.time_range.start
-            per[e.name[:60]] += dur / 2
-            print(f"  {e.time_range.start - t0:9.1f} +{dur:7.1f}  {e.name[:60]}", flush=True)
+            per[e.name[:60]] += (e.time_range.end - e.time_range.start) / 2
         print(f"  per step: " + ", ".join(f"{n} {t:.1f}" for n, t in per.items()), flush=True)
 
 

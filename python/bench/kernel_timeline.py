@@ -18,6 +18,29 @@ import attnc
 from profile_kernels import chunked_documents  # this folder (sys.path[0] when run as a script)
 
 
+def device_events(fn, calls, warm=5, cpu=True):
+    """The CUDA events of ``calls`` back-to-back calls of ``fn`` under torch.profiler
+    (after ``warm`` warm-ups; with ``cpu`` the profiler traces the host too), by start."""
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if cpu else [])
+    with profile(activities=acts) as p:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                  key=lambda e: e.time_range.start)
+
+
+def print_events(ev):
+    """One line per event: its start (µs from the first) and duration, its name."""
+    t0 = ev[0].time_range.start
+    for e in ev:
+        print(f"  {e.time_range.start - t0:9.1f} +{e.time_range.end - e.time_range.start:7.1f}  {e.name[:60]}",
+              flush=True)
+
+
 def main():
     ex = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "examples")
     attn = attnc.compile(ex / "document_causal.attn").attention("document_causal")
@@ -29,20 +52,9 @@ def main():
         def call():
             return attn.decode(q, k, v, lens, doc=doc)
 
-        for _ in range(5):
-            call()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
-            for _ in range(6):
-                call()
-            torch.cuda.synchronize()
-        ev = sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                    key=lambda e: e.time_range.start)
-        t0 = ev[0].time_range.start
+        ev = device_events(call, 6)
         print(f"Lq{lq}: {len(ev)} device events", flush=True)
-        for e in ev:
-            print(f"  {e.time_range.start - t0:9.1f} +{e.time_range.end - e.time_range.start:7.1f}  {e.name[:60]}",
-                  flush=True)
+        print_events(ev)
 
 
 if __name__ == "__main__":

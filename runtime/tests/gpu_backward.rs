@@ -968,6 +968,23 @@ fn api_case(
     api_case_with(var, shape, dt, caps, seed, what, &Default::default())
 }
 
+/// The inputs `api_case_with` (and the caller-buffer tests after it) draw for `shape` in
+/// `dt` from `seed`: q, k, v and dO (from `seed + 99`).
+fn api_case_inputs(
+    shape: Shape,
+    dt: attnc::DType,
+    seed: u64,
+) -> (attnc::Tensor, attnc::Tensor, attnc::Tensor, attnc::Tensor) {
+    let (q, k, v) = attnc::synth::qkv(&shape, dt, seed);
+    let o_shape = Shape {
+        d: shape.dv,
+        lkv: shape.lq,
+        hkv: shape.hq,
+        ..shape
+    };
+    (q, k, v, attnc::synth::qkv(&o_shape, dt, seed + 99).0)
+}
+
 /// [`api_case`] with the CUDA backward under `bwd` (`Bound::backward_with`).
 fn api_case_with(
     var: &attnc::Variant,
@@ -978,22 +995,12 @@ fn api_case_with(
     what: &str,
     bwd: &attnc::BackwardOptions,
 ) -> attnc::Gradients {
-    use attnc::{Backend, BindOptions, DType, Tensor, synth};
+    use attnc::{Backend, BindOptions, DType, Tensor};
     let ty = match dt {
         DType::F16 => InputType::F16,
         _ => InputType::Bf16,
     };
-    let (q, k, v) = synth::qkv(&shape, dt, seed);
-    let (d_o, _, _) = synth::qkv(
-        &Shape {
-            d: shape.dv,
-            lkv: shape.lq,
-            hkv: shape.hq,
-            ..shape
-        },
-        dt,
-        seed + 99,
-    );
+    let (q, k, v, d_o) = api_case_inputs(shape, dt, seed);
     let mut cuda = var
         .bind(BindOptions::new(Backend::Cuda, shape, dt))
         .unwrap();
@@ -2807,18 +2814,8 @@ impl CallerBwdBufs {
         caps: &attnc::Captures,
         bwd: &attnc::BackwardOptions,
     ) -> Self {
-        use attnc::{DType, Tensor, synth};
-        let (q, k, v) = synth::qkv(&shape, dt, seed);
-        let (d_o, _, _) = synth::qkv(
-            &Shape {
-                d: shape.dv,
-                lkv: shape.lq,
-                hkv: shape.hq,
-                ..shape
-            },
-            dt,
-            seed + 99,
-        );
+        use attnc::{DType, Tensor};
+        let (q, k, v, d_o) = api_case_inputs(shape, dt, seed);
         let fwd = bound.forward(&q, &k, &v, caps).unwrap();
         let bits = |t: &Tensor| dev.upload_u16(&t.to_u16_bits().unwrap()).unwrap();
         let nan = match dt {
@@ -3030,23 +3027,14 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
         "tensor t: i32[H, KV];\nmask m(b, h, q, kv) { q >= kv && t[h, q] == t[h, kv] }\nattention per_head { mask = m; }",
     )
     .unwrap();
-    let s = |b, hq, hkv, lq, lkv, d| Shape {
-        b,
-        hq,
-        hkv,
-        lq,
-        lkv,
-        d,
-        dv: d,
-    };
     // (tensor name: `doc` document + causal, `t` the per-head mask; shape, dtype, sorted
     // ids, distinct ids)
     let cases = [
-        ("doc", s(2, 8, 2, 333, 333, 128), DType::BF16, true, 5),
-        ("doc", s(2, 4, 4, 200, 517, 64), DType::F16, true, 3),
-        ("doc", s(1, 4, 2, 300, 517, 128), DType::BF16, false, 3),
-        ("t", s(1, 8, 2, 300, 300, 128), DType::BF16, true, 4),
-        ("t", s(2, 4, 1, 129, 129, 64), DType::F16, true, 2),
+        ("doc", shape(2, 8, 2, 333, 333, 128), DType::BF16, true, 5),
+        ("doc", shape(2, 4, 4, 200, 517, 64), DType::F16, true, 3),
+        ("doc", shape(1, 4, 2, 300, 517, 128), DType::BF16, false, 3),
+        ("t", shape(1, 8, 2, 300, 300, 128), DType::BF16, true, 4),
+        ("t", shape(2, 4, 1, 129, 129, 64), DType::F16, true, 2),
     ];
     let mut full_seen = 0;
     for (ci, (tname, shape, dt, sorted, docs)) in cases.into_iter().enumerate() {

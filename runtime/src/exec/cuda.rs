@@ -262,7 +262,8 @@ fn forward_options_for(
     Ok(popts)
 }
 
-/// Whether a binding of forward options `popts` builds its block tables on the GPU
+/// Whether a binding of kernel options `popts` (the forward's; the caller backward asks
+/// with its kernels', which read no lengths) builds its block tables on the GPU
 /// (`KernelKind::BlockTable`, with `gpu_block_tables`): a mask over captured tensors
 /// (their data is on the device, or its upload would cost more than the build), and with
 /// the lengths on the device (`PtxOptions::device_lens`, chunked prefill) every mask whose

@@ -2259,6 +2259,18 @@ pub(super) fn count_trailing_zeros<'ctx>(
     .into_int_value())
 }
 
+/// `llvm.ctlz.i32`: the number of zero bits above `x`'s highest set bit (a ballot's last
+/// lane is `31 - clz`); `x` = 0 gives 32.
+pub(super) fn count_leading_zeros<'ctx>(g: &Gpu<'ctx>, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    Ok(g.call(
+        "llvm.ctlz.i32",
+        Some(g.i32.into()),
+        &[x.into(), g.cbool(false).into()],
+    )?
+    .ok_or(LlvmError::Internal("ctlz"))?
+    .into_int_value())
+}
+
 /// `vote.sync.all.pred` over the full warp: whether `p` holds in every lane.
 fn warp_all<'ctx>(g: &Gpu<'ctx>, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
     Ok(g.call(

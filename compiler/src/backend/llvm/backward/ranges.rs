@@ -46,7 +46,7 @@ use super::super::cta::Args;
 use super::super::gpu::{GLOBAL, Gpu, R, Var};
 use super::super::launch_spec::{GridDim, KernelSpec};
 use super::super::{EmitText, EmitTimes, KernelParam, PtxKernel, PtxOptions, sanitize};
-use super::{count_trailing_zeros, warp_ballot};
+use super::{count_leading_zeros, count_trailing_zeros, warp_ballot};
 use crate::backend::KernelKind;
 use crate::plan::{KvBounds, Plan};
 use inkwell::AddressSpace;
@@ -307,9 +307,10 @@ fn dkdv_column<'ctx>(
     let full = Longest::new(g)?;
     g.for_range(g.c32(0), t.nq, g.c32(32), |r0| {
         let r = g.add(r0, lane)?;
+        let live = g.icmp(IntPredicate::ULT, r, t.nq)?;
         let reach = g.var(g.i1, g.cbool(false))?;
-        let all = g.var(g.i1, g.icmp(IntPredicate::ULT, r, t.nq)?)?;
-        g.if_then(g.icmp(IntPredicate::ULT, r, t.nq)?, || {
+        let all = g.var(g.i1, live)?;
+        g.if_then(live, || {
             g.for_range(g.c32(0), t.group, g.c32(1), |i| {
                 let kind = t.kind_at(g, t.row(g, i, r)?, c)?;
                 let some = g.icmp(IntPredicate::NE, kind, g.c32(0))?;
@@ -325,14 +326,7 @@ fn dkdv_column<'ctx>(
             let lowest = g.add(r0, count_trailing_zeros(g, reach, false)?)?;
             let none_yet = g.icmp(IntPredicate::SLT, g.geti(&first)?, g.c32(0))?;
             g.set(&first, g.selecti(none_yet, lowest, g.geti(&first)?)?)?;
-            let clz = g
-                .call(
-                    "llvm.ctlz.i32",
-                    Some(g.i32.into()),
-                    &[reach.into(), g.cbool(false).into()],
-                )?
-                .ok_or(super::LlvmError::Internal("ctlz"))?
-                .into_int_value();
+            let clz = count_leading_zeros(g, reach)?;
             g.set(&end, g.sub(g.add(r0, g.c32(32))?, clz)?)
         })?;
         // (the bits past nq are clear: a run closes there, which no later step reopens)

@@ -43,6 +43,7 @@ use crate::exec::ExecResult;
 use crate::exec::cuda::Gpu;
 use crate::exec::cuda::{CudaExec, gpu_at};
 use crate::options::BindOptions;
+use attnc_compiler::analysis::classify::MaskInfo;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::bounds::row_range;
 use attnc_compiler::backend::llvm::{GridDim, PtxOptions};
@@ -75,6 +76,20 @@ pub struct CallerBackwardBuffers {
     /// The fused dQ's workspace, where the binding's backward fuses dQ into the dK/dV
     /// kernel (`CudaBackward::dq_workspace` is `Some`), else `None`.
     pub dq_work: Option<CallerDqWork>,
+}
+
+impl CallerBackwardBuffers {
+    /// The forward's buffers among these (q, k, v, o, lse): what the forward-shaped launch
+    /// values (`call_args`) take.
+    fn forward(&self) -> super::CallerBuffers {
+        super::CallerBuffers {
+            q: self.q,
+            k: self.k,
+            v: self.v,
+            o: self.o,
+            lse: self.lse,
+        }
+    }
 }
 
 /// The fused dQ's workspace in caller memory: `DqAccum` (f32) and `DqSem` (u32, zeroed by
@@ -178,17 +193,24 @@ fn bwd_table_launches(
     ranges: (u64, u64),
 ) -> ExecResult<(Launch, Launch)> {
     let mut b = call_args(builder, shape, scale, bufs, tensors, bindings, state);
-    let m = plan.mask();
-    let strides = (
-        if m.uses_b { geom.h_maps as i32 } else { 0 },
-        m.uses_h as i32,
-    );
+    let [_, strides] = map_strides(plan.mask(), geom, group);
     table_args(&mut b, table, strides, Some(*geom));
     b.merge(&builder_skip_args(
         builder,
         plan.skip_bounds(shape, bindings)?.as_deref(),
     )?);
     Ok((b, bwd_ranges_args(shape, geom, table, ranges, group)))
+}
+
+/// The (b, head) map strides of the dK/dV ranges and of the table (and its dQ ranges) of
+/// geometry `geom` for the mask `m`: per batch where it reads `b`, per head where it reads
+/// `h` — the dK/dV ranges per kv head, `group` query heads' maps merged.
+fn map_strides(m: &MaskInfo, geom: &DeviceTable, group: u32) -> [(i32, i32); 2] {
+    let per_b = |maps: u32| if m.uses_b { maps as i32 } else { 0 };
+    [
+        (per_b(geom.h_maps / group), m.uses_h as i32),
+        (per_b(geom.h_maps), m.uses_h as i32),
+    ]
 }
 
 /// The launch values of the backward-ranges kernel: it reads `table` (of geometry `geom`,
@@ -301,14 +323,15 @@ fn backward_args(
     state: StateBufs,
     work: Option<((usize, usize), bool)>,
 ) -> Result<(LaunchArgs, Vec<(u64, usize)>), CudaError> {
-    let fwd = super::CallerBuffers {
-        q: bufs.q,
-        k: bufs.k,
-        v: bufs.v,
-        o: bufs.o,
-        lse: bufs.lse,
-    };
-    let mut a = call_args(dq_spec, shape, scale, &fwd, tensors, bindings, state);
+    let mut a = call_args(
+        dq_spec,
+        shape,
+        scale,
+        &bufs.forward(),
+        tensors,
+        bindings,
+        state,
+    );
     a.scalar(P::DOut, Arg::Ptr(bufs.d_o));
     // without dLSE the pre kernel reads nothing there (`HasDLse` = 0)
     a.scalar(P::DLse, Arg::Ptr(bufs.dlse.unwrap_or(bufs.delta)));
@@ -454,8 +477,7 @@ impl CudaExec {
         };
         let device_table = if matches!(kernels.kv_bounds(), KvBounds::Table)
             && mask.is_none()
-            && plan.map_recipe() == MapRecipe::Tensors
-            && opts.gpu_block_tables
+            && super::super::builds_tables(plan, opts, ko)
         {
             let m = plan.mask();
             let geom = DeviceTable::new(&shape, ko.q_block, ko.kv_block, m.uses_b, m.uses_h);
@@ -479,13 +501,6 @@ impl CudaExec {
         laps.lap(crate::host_trace::Stage::Skip);
         let nq = |qb: u32| shape.lq.div_ceil(qb as usize);
         let nkv = |kb: u32| shape.lkv.div_ceil(kb as usize);
-        let fwd_bufs = super::CallerBuffers {
-            q: bufs.q,
-            k: bufs.k,
-            v: bufs.v,
-            o: bufs.o,
-            lse: bufs.lse,
-        };
         // SAFETY: the caller vouches for `stream` (see above).
         let st = unsafe { self.caller.get(g, stream, capture, bindings.params.len()) }?;
         st.set_params(&words(bindings), capture)?;
@@ -545,7 +560,6 @@ impl CudaExec {
                         // made on the device by every call (below)
                         (true, Some((_, geom, cap))) => {
                             let (geom, cap) = (*geom, *cap);
-                            let m = plan.mask();
                             let rows = geom.b_maps as usize * geom.h_maps as usize * nq(tiles.0);
                             let kv_maps = geom.b_maps as usize * (geom.h_maps / group) as usize;
                             let table = Arc::new((
@@ -556,17 +570,10 @@ impl CudaExec {
                                 st.dev.zeros::<i32>((4 * kv_maps * nkv(tiles.1)).max(1))?,
                                 st.dev.zeros::<i32>((4 * rows).max(1))?,
                             ));
-                            let kv_heads = (geom.h_maps / group) as i32;
                             StreamRanges {
                                 key,
                                 bufs,
-                                strides: [
-                                    (if m.uses_b { kv_heads } else { 0 }, m.uses_h as i32),
-                                    (
-                                        if m.uses_b { geom.h_maps as i32 } else { 0 },
-                                        m.uses_h as i32,
-                                    ),
-                                ],
+                                strides: map_strides(plan.mask(), &geom, group),
                                 table: Some((table, geom)),
                             }
                         }
@@ -617,7 +624,7 @@ impl CudaExec {
                         plan,
                         tk.builder.spec(),
                         (&shape, scale, bindings),
-                        (&fwd_bufs, tensors, state),
+                        (&bufs.forward(), tensors, state),
                         (geom, group),
                         (table.0.device_ptr(&s).0, table.1.device_ptr(&s).0),
                         (r.bufs.0.device_ptr(&s).0, r.bufs.1.device_ptr(&s).0),
@@ -660,7 +667,7 @@ impl CudaExec {
         &self,
         stream: u64,
     ) -> ExecResult<Option<BackwardRangesSeen>> {
-        let Some(r) = self
+        let Some((st, r)) = self
             .caller
             .0
             .get(&stream)
@@ -668,7 +675,6 @@ impl CudaExec {
         else {
             return Ok(None);
         };
-        let (st, r) = r;
         Ok(Some(BackwardRangesSeen {
             kv: st.dev.download(&r.bufs.0)?,
             q: st.dev.download(&r.bufs.1)?,
@@ -686,14 +692,6 @@ mod tests {
     use attnc_compiler::backend::llvm::{Arch, BwdDq, InputType, PtxOptions, spec};
     use attnc_compiler::interp::{BoundTensor, TensorData};
 
-    /// Every parameter and grid axis of the three backward kernels gets a value from the
-    /// caller path's assembly (a missing one would only show on a GPU), for closed-form
-    /// and table kernels (a param mask, a mask over a captured tensor), with the capture
-    /// gradients of a score over a float tensor and an f32 param, on both matrix paths
-    /// with dQ by a second kernel (D64) and with dQ fused (sm_90 D128, ordered and
-    /// atomic: the caller's workspace bound, its semaphores zeroed, its accumulator too
-    /// when unordered); the dK/dV and dQ kernels read their own ranges (fused: the dK/dV
-    /// kernel the dQ kernel's, as `CudaBackward::launch_args` launches it).
     /// The kernels that make a backward's ranges on the device (a mask over a captured
     /// tensor, per batch; one that reads `h` too, with GQA) get a value for every
     /// parameter and grid axis from [`bwd_table_launches`], at the tiles of the backward
@@ -794,6 +792,14 @@ mod tests {
         }
     }
 
+    /// Every parameter and grid axis of the three backward kernels gets a value from the
+    /// caller path's assembly (a missing one would only show on a GPU), for closed-form
+    /// and table kernels (a param mask, a mask over a captured tensor), with the capture
+    /// gradients of a score over a float tensor and an f32 param, on both matrix paths
+    /// with dQ by a second kernel (D64) and with dQ fused (sm_90 D128, ordered and
+    /// atomic: the caller's workspace bound, its semaphores zeroed, its accumulator too
+    /// when unordered); the dK/dV and dQ kernels read their own ranges (fused: the dK/dV
+    /// kernel the dQ kernel's, as `CudaBackward::launch_args` launches it).
     #[test]
     fn backward_args_bind_every_kernel_parameter() {
         let sources = [
