@@ -9,7 +9,9 @@
                                                                       # dq not bit-reproducible
 
 q, k, v are torch tensors [B, H, L, D] (k/v may have fewer heads: GQA): float32 on the
-CPU, bfloat16/float16 on CUDA. Kernels are compiled on first use per shape, dtype and
+CPU, bfloat16/float16 on CUDA. Any head dim up to 256 on CUDA: those its kernels do not
+take (72, 80, 96, 160, 192 with Dv 128, ...) run zero-padded to the next they take (32,
+64, 128, 256), with the same results and gradients and the padded dim's cost. Kernels are compiled on first use per shape, dtype and
 device and kept; other param values or captured tensors reuse them. Calls go through the
 torch custom op ``torch.ops.attnc.forward`` (``torch.compile(fullgraph=True)`` traces
 it). Errors are ``attnc.AttncError`` (``.code``, ``.rendered``, ``.spans``,
@@ -55,6 +57,78 @@ def compile(path_or_source: Union[str, os.PathLike], *, name: Optional[str] = No
     if not isinstance(path_or_source, str):
         raise _error("E0317", f"attnc.compile takes a path or source text, got {type(path_or_source).__name__}")
     return Module(_attnc.compile(path_or_source, name or "<source>"), path_or_source)
+
+
+# Head dims the CUDA kernels take for both passes (D and Dv; at 256 the other one 128 or
+# 256); the forward also takes 16. Other head dims (72, 80, 96, 160, 192 with Dv 128, ...)
+# run zero-padded to the next of these (`_cuda_head_dim`).
+_CUDA_HEAD_DIMS = (32, 64, 128, 256)
+
+
+def _cuda_takes(d: int, dv: int, grad: bool) -> bool:
+    dims = _CUDA_HEAD_DIMS if grad else (16, *_CUDA_HEAD_DIMS)
+    if d not in dims or dv not in dims:
+        return False
+    return max(d, dv) < 256 or min(d, dv) >= 128
+
+
+def _pads_on(q) -> bool:
+    """Whether q's device runs the CUDA kernels (the CPU backend takes any head dim)."""
+    return q.is_cuda
+
+
+def _cuda_head_dim(q, k, v) -> Optional[int]:
+    """The head dim a CUDA call runs at when q/k's D and v's Dv are not a pair the CUDA
+    kernels take (`_CUDA_HEAD_DIMS`: 96 (Phi-3), 72 / 80 / 160 (DiT, ViT, Stable
+    Diffusion), 192 with Dv 128 (DeepSeek's MLA), ...): the smallest of them at least
+    both; None when no padding applies (not CUDA, the dims taken as they are, shapes the
+    extension rejects with its own error, or above 256).
+
+    Zero columns change nothing: S = Q Kᵀ is the same with zeros appended to both, and the
+    zero columns of V give zero columns of O, which are dropped; in the backward dO's
+    dropped columns are zeros, so dP, D = rowsum(dO ∘ O) and every gradient's true columns
+    are those of the unpadded problem (the padding's own backward drops the rest). The
+    score and mask do not see the head dim. Costs the padded head dim's work (96 -> 128:
+    4/3) and one copy of q, k, v."""
+    # (the common case first, in ~0.2 µs: this runs on every call)
+    try:
+        if q.shape[-1] == v.shape[-1] and q.shape[-1] in _CUDA_HEAD_DIMS:
+            return None
+    except (AttributeError, IndexError, TypeError):
+        return None
+    import torch
+
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        return None
+    if not _pads_on(q) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return None
+    d, dk, dv = q.shape[3], k.shape[3], v.shape[3]
+    if d != dk or d < 1 or dv < 1:
+        return None
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if _cuda_takes(d, dv, grad):
+        return None
+    top = max(d, dv)
+    return next((s for s in (_CUDA_HEAD_DIMS if grad else (16, *_CUDA_HEAD_DIMS)) if top <= s), None)
+
+
+def _pad_head_dims(q, k, v, scale, to: Optional[int]):
+    """q, k, v zero-padded to head dim ``to`` (None: already at it), the softmax scale of
+    the true head dim when none is given (1/sqrt(D)), and v's true Dv (O's columns kept)."""
+    import math
+    import struct
+
+    import torch.nn.functional as F
+
+    d, dv = q.shape[3], v.shape[3]
+    if scale is None:
+        # the extension's default, `1 / sqrt(D as f32)` in f32 (rounding the double
+        # results to f32 gives the f32 operations' results: double has the bits to spare)
+        f32 = lambda x: struct.unpack("f", struct.pack("f", x))[0]  # noqa: E731
+        scale = f32(1.0 / f32(math.sqrt(d)))
+    if to is not None:
+        q, k, v = F.pad(q, (0, to - d)), F.pad(k, (0, to - d)), F.pad(v, (0, to - dv))
+    return q, k, v, scale, dv
 
 
 class Module:
@@ -168,11 +242,17 @@ class Attention:
         if not isinstance(deterministic, bool):
             raise _error("E0319", f"`deterministic` must be True or False, got {type(deterministic).__name__} "
                          f"{deterministic!r}")
+        dv = None
+        pad = _cuda_head_dim(q, k, v)
+        if pad is not None:
+            q, k, v, scale, dv = _pad_head_dims(q, k, v, scale, pad)
         mask = None if block_mask is None else block_mask._args(self, q, k, v, scale, captures)
         try:
             o, lse = _ops.call(self._key, q, k, v, scale, captures, mask, deterministic)
         except AttncError as e:
             raise self._kind_error(captures) or e
+        if dv is not None:
+            o = o[..., :dv]
         return (o, lse) if return_lse else o
 
     def _kind_error(self, captures) -> Optional[AttncError]:
@@ -214,6 +294,13 @@ class Attention:
         the result is the same."""
         import torch
 
+        pad = _cuda_head_dim(q, k, v)
+        if pad is not None:
+            # the shape and scale the calls run at (`_pad_head_dims`; the scale of the true
+            # head dim): only shapes are read here
+            q, k, v, scale, _ = _pad_head_dims(q, k, v, scale, None)
+            like = lambda x: torch.empty((*x.shape[:3], pad), dtype=x.dtype, device=x.device)  # noqa: E731
+            q, k, v = like(q), like(k), like(v)
         host = {n: (x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()}
         tensors = [(n, x) for n, x in host.items() if isinstance(x, torch.Tensor)]
         params = [(n, x) for n, x in host.items() if not isinstance(x, torch.Tensor)]
@@ -313,6 +400,18 @@ class Attention:
             if isinstance(x, torch.Tensor) and not _ops._same_device(x, q):
                 raise _ops._device_error(name, x, q)
         cuda = q.is_cuda
+        if cuda and not oracle and q.dim() == 4 and v_cache.dim() == 4 and not _cuda_takes(
+                q.shape[3], v_cache.shape[3], False):
+            # (the forward pads such head dims itself; a cache is read in place, so its
+            # padding is the caller's, once, where it is allocated)
+            d, dv = q.shape[3], v_cache.shape[3]
+            to = next((x for x in (16, *_CUDA_HEAD_DIMS) if max(d, dv) <= x), None)
+            hint = ("" if to is None else
+                    f"; allocate k_cache and v_cache with head dim {to} (zeros past {d} / {dv}), pad q with zeros "
+                    f"to {to} (torch.nn.functional.pad), pass scale=1/sqrt({d}) and keep o[..., :{dv}]: "
+                    f"the same attention, as the forward runs it")
+            raise _error("E0320", f"head dims D={d} Dv={dv}: CUDA decoding takes 16, 32, 64, 128 and 256 "
+                         f"(with 256 the other 128 or 256){hint}")
         if cuda and not oracle and q.dim() == 4 and v_cache.dim() == 4 and self._zero_copy(
                 q, k_cache, v_cache, page_table, scale):
             o, lse = self._decode_cuda(q, k_cache, v_cache, seq_lens, page_table, scale, captures)

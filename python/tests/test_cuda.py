@@ -1321,3 +1321,85 @@ def test_nondeterministic_backward_matches_the_oracle(file, name, caps, shape, d
         assert (g - r).abs().max() <= tol, f"d{n}: {(g - r).abs().max():.4g} > {tol:.4g}"
     # dq against the deterministic dq: the same sums in another order
     assert (nd1[0].float() - det[0].float()).abs().max() <= 0.02 * det[0].float().abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("file,name,d,dv", [("causal.attn", None, 96, 96), ("dense.attn", None, 72, 72),
+                                            ("causal.attn", None, 192, 128), ("softcap.attn", "softcap", 80, 80),
+                                            ("relative_bias_table.attn", None, 40, 40),
+                                            ("document_causal.attn", "document_causal", 160, 160)],
+                         ids=["causal_d96", "dense_d72", "causal_mla_192_128", "softcap_d80", "bias_table_d40",
+                              "document_d160"])
+def test_head_dims_the_kernels_pad(file, name, d, dv, dtype):
+    """Head dims the CUDA kernels do not take run zero-padded (`attnc._cuda_head_dim`):
+    o, lse, dq, dk, dv and a float capture's gradient against the f64 oracle at the true
+    head dims (GQA 2:1, odd Lq != Lkv where the mask allows), the outputs at the true
+    shapes, and the gradients twice bit-identical."""
+    attn = attnc.compile(EXAMPLES / file).attention(name)
+    self_only = file in SELF_ATTENTION_ONLY
+    b, hq, hkv, lq, lkv = 2, 4, 2, 133, (133 if self_only else 201)
+    q, k, v = (x.to(dtype) for x in qkv(b, hq, hkv, lq, lkv, d, dv, seed=31))
+    caps = captures_for(attn, b, hq, lq, lkv, seed=7)
+    floats = [n for n, elem, _ in attn.tensors if elem in ("f32", "f16", "bf16")]
+    assert attnc._cuda_head_dim(q.cuda(), k.cuda(), v.cuda()) is not None
+    wo = torch.randn(b, hq, lq, dv, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        xs = [x.cuda().requires_grad_(True) for x in (q, k, v)]
+        dcaps = dev(caps)
+        for n in floats:
+            dcaps[n] = dcaps[n].requires_grad_(True)
+        o, lse = attn(*xs, return_lse=True, **dcaps)
+        (o.float() * wo.cuda()).sum().backward()
+        return o, lse, [x.grad for x in xs] + [dcaps[n].grad for n in floats]
+
+    o, lse, got = run()
+    assert o.shape == (b, hq, lq, dv) and lse.shape == (b, hq, lq)
+    ro, rlse = attn.reference(q.float(), k.float(), v.float(), **caps)
+    check(o, lse, ro, rlse, dtype)
+    dq, dk, dvv, rc = attn.reference_grad(q, k, v, wo, None, **caps)
+    for n, g, r in zip(["q", "k", "v"] + floats, got, [dq, dk, dvv] + [rc[n] for n in floats]):
+        g, r = g.double().cpu(), r.double()
+        assert g.shape == r.shape, n
+        tol = 0.05 * r.abs().max() + 0.02
+        assert not torch.isnan(g).any(), f"d{n} has NaN"
+        assert (g - r).abs().max() <= tol, f"d{n}: {(g - r).abs().max():.4g} > {tol:.4g}"
+    for n, a, b_ in zip(["q", "k", "v"] + floats, got, run()[2]):
+        assert torch.equal(a, b_), f"d{n} differs between two runs"
+
+
+def test_head_dim_96_block_mask_and_compile():
+    """A padded head dim (96) with a block mask made once (document + causal: the mask's
+    tables at the padded shape, its stale check at the call's) and under
+    ``torch.compile(fullgraph=True)`` (the padding traced): the same results as the
+    eager call without a block mask."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    q, k, v, doc = _doc_inputs(d=96)
+    bm = attn.block_mask(q, k, v, doc=doc)
+    o0 = attn(q, k, v, doc=doc)
+    o1 = attn(q, k, v, doc=doc, block_mask=bm)
+    assert o0.shape[-1] == 96 and torch.allclose(o0.float(), o1.float(), atol=2e-3, rtol=0)
+    with pytest.raises(attnc.AttncError, match="stale block mask"):
+        attn(q, k, v, doc=doc, block_mask=bm, scale=0.5)
+    fn = torch.compile(lambda q, k, v, doc: attn(q, k, v, doc=doc), fullgraph=True)
+    o2 = fn(q, k, v, doc)
+    assert o2.shape == o0.shape and torch.allclose(o2.float(), o0.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_decode_at_a_padded_head_dim_is_an_error_with_the_recipe():
+    """CUDA decoding reads the cache in place, so a head dim its kernels do not take is an
+    E0320 that says how to pad the cache once; following it gives the oracle's result at
+    the true head dim."""
+    attn = attnc.compile(EXAMPLES / "causal.attn").attention()
+    b, h, lq, cap, d = 2, 4, 3, 77, 96
+    q, k, v = (x.to(torch.bfloat16) for x in qkv(b, h, h, lq, cap, d, seed=41))
+    lens = torch.tensor([77, 40], dtype=torch.int32)
+    with pytest.raises(attnc.AttncError, match="allocate k_cache and v_cache with head dim 128") as e:
+        attn.decode(q.cuda(), k.cuda(), v.cuda(), lens.cuda())
+    assert e.value.code == "E0320"
+    pad = lambda x: torch.nn.functional.pad(x, (0, 128 - d)).cuda()  # noqa: E731
+    o = attn.decode(pad(q), pad(k), pad(v), lens.cuda(), scale=1 / math.sqrt(d))[..., :d]
+    ro = attn.reference_decode(q.float(), k.float(), v.float(), lens)
+    ro = ro[0] if isinstance(ro, tuple) else ro
+    a, r = O_TOL[torch.bfloat16]
+    assert (o.double().cpu() - ro.double()).abs().max() <= a + r * ro.double().abs().max()

@@ -1,0 +1,94 @@
+"""Head dims the CUDA kernels do not take, which attnc runs zero-padded to the next one
+they take (`attnc._cuda_head_dim`): forward and forward + backward next to SDPA (its
+default backend, and cuDNN where it takes the shape) and FlexAttention compiled (Triton),
+same process, bf16, CUDA-event ms (median of 3 x 10 after 3 warm-ups).
+
+  PYTHONPATH=... python3 head_dims.py [EXAMPLES_DIR]
+
+Cases: Phi-3's D96 causal (B2 H32 L4096), DiT-XL's D72 dense (B16 H16 L1024), DeepSeek
+MLA's D192 / Dv128 causal (B2 H16 L4096), Stable Diffusion's D80 dense (B8 H10 L4096).
+TFLOP/s count the true head dims: forward 2 B H L^2 (D + Dv) x density, forward +
+backward 3.5x that."""
+import pathlib
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import attnc
+
+EXAMPLES = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "examples")
+
+
+def event_ms(fn, iters=10, warm=3, reps=3):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(iters):
+            fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / iters)
+    return sorted(times)[len(times) // 2]
+
+
+CASES = [
+    ("phi3_d96_causal", 2, 32, 4096, 96, 96, True),
+    ("dit_d72_dense", 16, 16, 1024, 72, 72, False),
+    ("mla_d192_dv128_causal", 2, 16, 4096, 192, 128, True),
+    ("sd_d80_dense", 8, 10, 4096, 80, 80, False),
+]
+
+
+def main():
+    flex = torch.compile(flex_attention, dynamic=False)
+    for name, b, h, l, d, dv, causal in CASES:
+        g = torch.Generator(device="cuda").manual_seed(1)
+        mk = lambda dd: torch.randn(b, h, l, dd, device="cuda", dtype=torch.bfloat16, generator=g)  # noqa: E731
+        q, k, v = mk(d).requires_grad_(True), mk(d).requires_grad_(True), mk(dv).requires_grad_(True)
+        do = mk(dv)
+        attn = attnc.compile(EXAMPLES / ("causal.attn" if causal else "dense.attn")).attention()
+        bm = create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, l, l, device="cuda") if causal else None
+        fwd = {
+            "attnc": lambda: attn(q, k, v),
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+            "flex": lambda: flex(q, k, v, block_mask=bm),
+        }
+
+        def cudnn():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        fwd["sdpa_cudnn"] = cudnn
+        dens = 0.5 if causal else 1.0
+        flops = 2 * b * h * l * l * (d + dv) * dens
+        row = []
+        ref = None
+        for who, f in fwd.items():
+            try:
+                with torch.no_grad():
+                    out = f()
+                    if ref is None:
+                        ref = out.float()
+                    err = float((out.float() - ref).abs().max())
+                    ms = event_ms(f)
+                for x in (q, k, v):
+                    x.grad = None
+                ms2 = event_ms(lambda: f().backward(do))
+                row.append(f"{who} fwd {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s), fwd+bwd {ms2:.3f} ms "
+                           f"({3.5 * flops / ms2 / 1e9:.0f}), |o - attnc| {err:.3g}")
+            except Exception as e:
+                row.append(f"{who}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        print(f"{name} B{b} H{h} L{l} D{d} Dv{dv} (padded to {attnc._cuda_head_dim(q, k, v)}):", flush=True)
+        for r in row:
+            print("   ", r, flush=True)
+
+
+if __name__ == "__main__":
+    main()
