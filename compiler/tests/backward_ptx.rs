@@ -699,15 +699,16 @@ fn fused_writer_regs_kernels() {
 /// and block table (D64 and D128) and D64's causal-type bindings (causal, ALiBi, soft-cap);
 /// not D128 dense, causal, ALiBi or soft-cap, nor D64 dense, nor bindings with capture
 /// gradients. And which have bulk statistics (`bwd_stats_bulk`): every D64 binding
-/// without capture gradients, and D128 dense; and which give the writer warpgroup 40
+/// without capture gradients, and at D128 dense and (session 34) the causal-type closed
+/// forms; and which give the writer warpgroup 40
 /// registers (`bwd_writer_regs`): D128 causal and ALiBi + causal, D64 bands and tables.
 #[test]
 fn tile_counter_and_stats_bulk_defaults() {
     for (d, file, name, counter, bulk) in [
         (128u32, "dense", "dense", false, true),
-        (128, "causal", "causal_attention", false, false),
-        (128, "alibi_causal", "alibi_causal", false, false),
-        (128, "softcap", "softcap_causal", false, false),
+        (128, "causal", "causal_attention", false, true),
+        (128, "alibi_causal", "alibi_causal", false, true),
+        (128, "softcap", "softcap_causal", false, true),
         (128, "sliding_window", "sliding_window", true, false),
         (128, "document_causal", "document_causal", true, false),
         (128, "learned_bias", "learned_bias", false, false),
@@ -1059,7 +1060,8 @@ fn binding_instruction_cuts() {
 
 /// `PtxOptions::bwd_two_writers` and `PtxOptions::bwd_store_pairs` on the binding's fused
 /// kernel (D64 and D128: dense, causal, a sliding window, a document mask; both on by
-/// default exactly where the warp-wide search is, the bands and tables), against the
+/// default where the warp-wide search is, the bands and tables, and two writers at D128
+/// on dense and causal too since session 34), against the
 /// kernel without either: each option deterministic and its own kernel (cache key); with
 /// `bwd_store_pairs` dK and dV go out
 /// through `st.global.v2.b32` (two per pair of n8 column groups and row half: D / 8 + Dv
@@ -1080,8 +1082,10 @@ fn fused_two_writers_store_pairs_kernels() {
             let plan = Plan::new(p);
             let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
                 .backward_for_binding(&plan, 8192);
-            // the binding's default has both with the warp-wide search (bands, tables)
-            assert_eq!(bind.bwd_two_writers, bind.bwd_wscan, "{name} D{d}");
+            // the binding's default has both with the warp-wide search (bands, tables),
+            // and two writers at D128 on dense and causal (session 34)
+            let s34 = d == 128 && !bind.bwd_wscan;
+            assert_eq!(bind.bwd_two_writers, bind.bwd_wscan || s34, "{name} D{d}");
             assert_eq!(bind.bwd_store_pairs, bind.bwd_wscan, "{name} D{d}");
             let def = PtxOptions {
                 bwd_two_writers: false,
@@ -1548,7 +1552,14 @@ fn fused_q80_kernels() {
     let bind = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16)
         .backward_for_binding(&plan, 8192);
     assert_eq!(bind.q_block, 64);
-    let o = bind.backward_q80(&plan);
+    // (the binding's two dQ writers since session 34 take q tiles of 64; the
+    // non-deterministic path, where q tiles of 80 pay, runs one writer)
+    assert_eq!(bind.backward_q80(&plan).q_block, 64);
+    let o = PtxOptions {
+        bwd_two_writers: false,
+        ..bind
+    }
+    .backward_q80(&plan);
     assert_eq!(o.q_block, 80);
     assert!(o.key() != bind.key());
     let k = dkdv_twice(&plan, &o, "dense D128 q80", "q80_d128_dense_bwd_dkdv.ptx");
@@ -2191,7 +2202,7 @@ fn fused_s_ahead_kernels() {
 }
 
 /// `bwd_stats_bulk` (session 23: the default at D64 without a score function; session 24
-/// at D128 dense) on and off
+/// at D128 dense; session 34 at D128 causal) on and off
 /// the binding's fused kernels (D64 dense / causal on q tiles of 128,
 /// D128 dense / causal on q tiles of 64, and the band at D128 with visit records): the
 /// producer copies a visit's L2 and Delta rows with two `cp.async.bulk` global -> shared
@@ -2215,8 +2226,8 @@ fn fused_stats_bulk_kernels() {
         let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, len);
         // session 23: the default at D64 without a score function, session 24 on every
-        // D64 binding and at D128 dense; off elsewhere
-        let default = d == 64 || name == "dense";
+        // D64 binding and at D128 dense, session 34 at D128 causal; off on bands
+        let default = d == 64 || name != "sliding_window";
         assert_eq!(bind.bwd_stats_bulk, default, "{name} D{d}: the default");
         let bind = PtxOptions {
             bwd_stats_bulk: false,

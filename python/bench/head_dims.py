@@ -6,7 +6,8 @@ same process, bf16, CUDA-event ms (median of 3 x 10 after 3 warm-ups).
   PYTHONPATH=... python3 head_dims.py [EXAMPLES_DIR]
 
 Cases: Phi-3's D96 causal (B2 H32 L4096), DiT-XL's D72 dense (B16 H16 L1024), DeepSeek
-MLA's D192 / Dv128 causal (B2 H16 L4096), Stable Diffusion's D80 dense (B8 H10 L4096).
+MLA's D192 / Dv128 causal (B2 H16 L4096), Stable Diffusion's D80 dense (B8 H10 L4096); and short sequences at D128 (no padding) for
+comparison.
 TFLOP/s count the true head dims: forward 2 B H L^2 (D + Dv) x density, forward +
 backward 3.5x that."""
 import pathlib
@@ -43,6 +44,10 @@ CASES = [
     ("dit_d72_dense", 16, 16, 1024, 72, 72, False),
     ("mla_d192_dv128_causal", 2, 16, 4096, 192, 128, True),
     ("sd_d80_dense", 8, 10, 4096, 80, 80, False),
+    # short sequences at head dims the kernels take (no padding), for comparison
+    ("dense_d128_L1024", 16, 16, 1024, 128, 128, False),
+    ("causal_d128_L1024", 16, 16, 1024, 128, 128, True),
+    ("causal_d128_L2048", 8, 16, 2048, 128, 128, True),
 ]
 
 
@@ -66,6 +71,10 @@ def main():
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
         fwd["sdpa_cudnn"] = cudnn
+        if dv != d and max(d, dv) <= 256:
+            # the other padding: D to 256, Dv kept (a pair the kernels take, on other kernels)
+            pd = lambda x: F.pad(x, (0, 256 - x.shape[-1]))  # noqa: E731
+            fwd["attnc_dv_kept"] = lambda: attn(pd(q), pd(k), v, scale=d ** -0.5)
         dens = 0.5 if causal else 1.0
         flops = 2 * b * h * l * l * (d + dv) * dens
         row = []

@@ -545,6 +545,29 @@ impl PtxOptions {
         {
             o.bwd_writer_regs = 40;
         }
+        // session 34: at D128 on q tiles of 64 outside bands and block tables (dense and the
+        // causal-type closed forms), two dQ writer threads, one per slot
+        // (`bwd_two_writers`), with the producer's L2 / Delta rows by two bulk copies
+        // (`bwd_stats_bulk`, dense's already). One H200, two calls, main's kernels with the
+        // kernel bench's `default+2+b`, whole backward TFLOP/s default / with, interleaved:
+        // dense 568.3, 565.4, 571.5, 580.5, 566.8 / 568.1, 594.3, 585.2, 596.6, 575.8
+        // (1.025x); causal 531.7, 533.9, 530.7, 531.9, 530.8 / 551.3, 550.0, 551.7, 551.9,
+        // 550.5 (1.037x); ALiBi + causal 525.0, 526.7, 525.7, 526.0, 524.9 / 572.2, 571.2,
+        // 571.6, 571.9, 571.9 (1.088x); soft-cap + causal 472.2, 472.5, 471.6 / 481.0, 481.5,
+        // 481.4 (1.019x). Either alone less (`+2`: causal 538.9, 542.8, ALiBi 550.5,
+        // 550.5; `+b`: causal 524.5, 524.2, ALiBi 519.3, 519.5); D64 dense and causal with
+        // two writers within 1% (not there)
+        if fused::tma_producer(&o)
+            && o.d == 128
+            && o.q_block == 64
+            && o.bwd_dq == BwdDq::OrderedBulk
+            && !o.bwd_wscan
+            && !o.bwd_persist
+            && capture_grads(prog).is_empty()
+        {
+            o.bwd_two_writers = true;
+            o.bwd_stats_bulk = true;
+        }
         o
     }
 

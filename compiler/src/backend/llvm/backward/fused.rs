@@ -136,7 +136,9 @@
 //!   blocks compute P and dS on their own path without the P = 0 select (D128 ALiBi +
 //!   causal 628 -> 564; spill stores 24 -> 16 bytes).
 //!   `bwd_two_writers` (OrderedBulk; the runtime's default with `bwd_wscan`, bands and
-//!   block tables, since session 12): two writer threads as `overlap` has them (lane 0
+//!   block tables, since session 12, and at D128 on dense and the causal-type closed
+//!   forms, with `bwd_stats_bulk`, since session 34: causal 1.037x, ALiBi + causal
+//!   1.088x, dense 1.025x, soft-cap + causal 1.019x whole backward): two writer threads as `overlap` has them (lane 0
 //!   of writer warps 0 and 1, each adding the visits of its slot) without `overlap`'s
 //!   product order, so visit n + 1's semaphore wait and bulk addition no longer wait
 //!   for visit n's addition to complete (the same order per dQ tile: bit-identical).
@@ -337,7 +339,8 @@
 //!   tile id, once per tile.
 //!   `bwd_stats_bulk` (the kernel bench's `+b`; with the TMA producer; the default at D64
 //!   without a score function since session 23, on every D64 binding and D128 dense since
-//!   session 24): the
+//!   session 24, at D128's causal-type closed forms with two writers since session 34):
+//!   the
 //!   producer's per-visit L2 and Delta rows come as two bulk copies (`cp.async.bulk`,
 //!   lane 0, completing on the buffer's `full` with Q and dO: FlashAttention-4's
 //!   `load_LSE` / `load_dPsum`) instead of per-lane global loads and shared stores (at
