@@ -213,8 +213,9 @@ class Attention:
     dense, the backward 1.10-1.13x faster): dq then differs in its last bits from run to
     run (dk, dv and the captures' gradients stay deterministic). Elsewhere (CPU, other GPUs,
     other head dims, and masks whose deterministic backward is the faster one: sliding
-    windows and block tables such as document masks) the backward is deterministic either
-    way and the flag changes nothing. The forward is the same either way. Anything but a bool is an ``AttncError``
+    windows, block tables such as document masks, and at D128 causal-type masks — causal,
+    ALiBi, soft-cap — since their deterministic kernels' two dQ writers) the backward is
+    deterministic either way and the flag changes nothing. The forward is the same either way. Anything but a bool is an ``AttncError``
     (E0319)."""
 
     def __init__(self, inner: "_attnc.Attention", text: str):

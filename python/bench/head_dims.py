@@ -52,6 +52,9 @@ CASES = [
 
 
 def main():
+    # (one compiled Flex for every shape, with and without grad: more than dynamo's
+    # default 8 recompilations, after which it would run Flex eagerly)
+    torch._dynamo.config.recompile_limit = 64
     flex = torch.compile(flex_attention, dynamic=False)
     for name, b, h, l, d, dv, causal in CASES:
         g = torch.Generator(device="cuda").manual_seed(1)
