@@ -19,24 +19,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import attnc
+from bench_gpu import event_ms  # (median of 3 rounds; this script passes 10 x 3)
 
 EXAMPLES = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "examples")
-
-
-def event_ms(fn, iters=10, warm=3, reps=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(iters):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / iters)
-    return sorted(times)[len(times) // 2]
 
 
 CASES = [
@@ -89,10 +74,10 @@ def main():
                     if ref is None:
                         ref = out.float()
                     err = float((out.float() - ref).abs().max())
-                    ms = event_ms(f)
+                    ms = event_ms(f, iters=10, warm=3)
                 for x in (q, k, v):
                     x.grad = None
-                ms2 = event_ms(lambda: f().backward(do))
+                ms2 = event_ms(lambda: f().backward(do), iters=10, warm=3)
                 row.append(f"{who} fwd {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s), fwd+bwd {ms2:.3f} ms "
                            f"({3.5 * flops / ms2 / 1e9:.0f}), |o - attnc| {err:.3g}")
             except Exception as e:

@@ -436,12 +436,7 @@ impl PtxOptions {
         // 498.5, 500.0 / 517.2, 516.7. Only where measured: dense (no mask, identity score)
         // and the causal-type bindings whose score is the identity or has a constant
         // derivative (ALiBi); soft-cap and the others unchanged
-        if fused::tma_producer(&o)
-            && o.d == 128
-            && o.q_block == 64
-            && o.bwd_dq == BwdDq::OrderedBulk
-            && !o.bwd_wscan
-            && !o.bwd_persist
+        if d128_closed_form_fused(&o)
             && !o.bwd_pingpong
             && !o.overlap
             && !o.bwd_wg_dq
@@ -557,14 +552,7 @@ impl PtxOptions {
         // 481.4 (1.019x). Either alone less (`+2`: causal 538.9, 542.8, ALiBi 550.5,
         // 550.5; `+b`: causal 524.5, 524.2, ALiBi 519.3, 519.5); D64 dense and causal with
         // two writers within 1% (not there)
-        if fused::tma_producer(&o)
-            && o.d == 128
-            && o.q_block == 64
-            && o.bwd_dq == BwdDq::OrderedBulk
-            && !o.bwd_wscan
-            && !o.bwd_persist
-            && capture_grads(prog).is_empty()
-        {
+        if d128_closed_form_fused(&o) && capture_grads(prog).is_empty() {
             o.bwd_two_writers = true;
             o.bwd_stats_bulk = true;
         }
@@ -755,6 +743,18 @@ pub fn dq_pair(o: &PtxOptions, kv: &KvBounds) -> bool {
 /// Bytes of the exchange region ([`xchg`]): Sᵀ then dPᵀ, 64 x 64 f32 each, element `e` of
 /// thread `t` (of its warpgroup) at `512 e + 4 t`.
 const XCHG_BYTES: u32 = 2 * 64 * 64 * 4;
+
+/// The fused D128 kernel on q tiles of 64 with ordered bulk additions and the TMA
+/// producer, outside bands and block tables (no warp-wide search, no tile counter): the
+/// dense and causal-type bindings [`PtxOptions::backward_for_binding`] tunes at D128.
+fn d128_closed_form_fused(o: &PtxOptions) -> bool {
+    fused::tma_producer(o)
+        && o.d == 128
+        && o.q_block == 64
+        && o.bwd_dq == BwdDq::OrderedBulk
+        && !o.bwd_wscan
+        && !o.bwd_persist
+}
 
 fn validate(opts: &PtxOptions) -> Result<(), LlvmError> {
     opts.validate()?;
