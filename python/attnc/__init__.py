@@ -11,8 +11,9 @@
 q, k, v are torch tensors [B, H, L, D] (k/v may have fewer heads: GQA): float32 on the
 CPU, bfloat16/float16 on CUDA. Any head dim up to 256 on CUDA: those its kernels do not
 take (72, 80, 96, 160, 192 with Dv 128, ...) run zero-padded to the next they take (32,
-64, 128, 256), with the same results and gradients and the padded dim's cost. Kernels are compiled on first use per shape, dtype and
-device and kept; other param values or captured tensors reuse them. Calls go through the
+64, 128, 256), with the same results and gradients and the padded dim's cost. Kernels
+are compiled on first use per shape, dtype and device and kept; other param values or
+captured tensors reuse them. Calls go through the
 torch custom op ``torch.ops.attnc.forward`` (``torch.compile(fullgraph=True)`` traces
 it). Errors are ``attnc.AttncError`` (``.code``, ``.rendered``, ``.spans``,
 ``.diagnostics``); compile errors are its subclass ``attnc.CompileError``.
@@ -215,8 +216,8 @@ class Attention:
     other head dims, and masks whose deterministic backward is the faster one: sliding
     windows, block tables such as document masks, and at D128 causal-type masks — causal,
     ALiBi, soft-cap — since their deterministic kernels' two dQ writers) the backward is
-    deterministic either way and the flag changes nothing. The forward is the same either way. Anything but a bool is an ``AttncError``
-    (E0319)."""
+    deterministic either way and the flag changes nothing. The forward is the same either
+    way. Anything but a bool is an ``AttncError`` (E0319)."""
 
     def __init__(self, inner: "_attnc.Attention", text: str):
         from . import _ops
