@@ -66,11 +66,31 @@ def compile(path_or_source: Union[str, os.PathLike], *, name: Optional[str] = No
 _CUDA_HEAD_DIMS = (32, 64, 128, 256)
 
 
+def _cuda_dims(grad: bool) -> tuple:
+    """The head dims the CUDA kernels take: for both passes, or (no gradient) the forward's."""
+    return _CUDA_HEAD_DIMS if grad else (16, *_CUDA_HEAD_DIMS)
+
+
 def _cuda_takes(d: int, dv: int, grad: bool) -> bool:
-    dims = _CUDA_HEAD_DIMS if grad else (16, *_CUDA_HEAD_DIMS)
+    dims = _cuda_dims(grad)
     if d not in dims or dv not in dims:
         return False
     return max(d, dv) < 256 or min(d, dv) >= 128
+
+
+def _cuda_round_up(d: int, dv: int, grad: bool) -> Optional[int]:
+    """The smallest head dim the CUDA kernels take at least D and Dv (None above 256)."""
+    return next((s for s in _cuda_dims(grad) if max(d, dv) <= s), None)
+
+
+def _default_scale(d: int) -> float:
+    """The extension's default scale, ``1 / sqrt(D as f32)`` in f32 (rounding the double
+    results to f32 gives the f32 operations' results: double has the bits to spare)."""
+    import math
+    import struct
+
+    f32 = lambda x: struct.unpack("f", struct.pack("f", x))[0]  # noqa: E731
+    return f32(1.0 / f32(math.sqrt(d)))
 
 
 def _pads_on(q) -> bool:
@@ -109,24 +129,17 @@ def _cuda_head_dim(q, k, v) -> Optional[int]:
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if _cuda_takes(d, dv, grad):
         return None
-    top = max(d, dv)
-    return next((s for s in (_CUDA_HEAD_DIMS if grad else (16, *_CUDA_HEAD_DIMS)) if top <= s), None)
+    return _cuda_round_up(d, dv, grad)
 
 
 def _pad_head_dims(q, k, v, scale, to: Optional[int]):
     """q, k, v zero-padded to head dim ``to`` (None: already at it), the softmax scale of
     the true head dim when none is given (1/sqrt(D)), and v's true Dv (O's columns kept)."""
-    import math
-    import struct
-
     import torch.nn.functional as F
 
     d, dv = q.shape[3], v.shape[3]
     if scale is None:
-        # the extension's default, `1 / sqrt(D as f32)` in f32 (rounding the double
-        # results to f32 gives the f32 operations' results: double has the bits to spare)
-        f32 = lambda x: struct.unpack("f", struct.pack("f", x))[0]  # noqa: E731
-        scale = f32(1.0 / f32(math.sqrt(d)))
+        scale = _default_scale(d)
     if to is not None:
         q, k, v = F.pad(q, (0, to - d)), F.pad(k, (0, to - d)), F.pad(v, (0, to - dv))
     return q, k, v, scale, dv
@@ -298,9 +311,10 @@ class Attention:
 
         pad = _cuda_head_dim(q, k, v)
         if pad is not None:
-            # the shape and scale the calls run at (`_pad_head_dims`; the scale of the true
-            # head dim): only shapes are read here
-            q, k, v, scale, _ = _pad_head_dims(q, k, v, scale, None)
+            # the shape and scale the calls run at (`_pad_head_dims`: the true head dim's
+            # scale); only shapes are read here
+            if scale is None:
+                scale = _default_scale(q.shape[3])
             like = lambda x: torch.empty((*x.shape[:3], pad), dtype=x.dtype, device=x.device)  # noqa: E731
             q, k, v = like(q), like(k), like(v)
         host = {n: (x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()}
@@ -407,7 +421,7 @@ class Attention:
             # (the forward pads such head dims itself; a cache is read in place, so its
             # padding is the caller's, once, where it is allocated)
             d, dv = q.shape[3], v_cache.shape[3]
-            to = next((x for x in (16, *_CUDA_HEAD_DIMS) if max(d, dv) <= x), None)
+            to = _cuda_round_up(d, dv, False)
             hint = ("" if to is None else
                     f"; allocate k_cache and v_cache with head dim {to} (zeros past {d} / {dv}), pad q with zeros "
                     f"to {to} (torch.nn.functional.pad), pass scale=1/sqrt({d}) and keep o[..., :{dv}]: "

@@ -581,8 +581,9 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
     if o.d == 128 && o.q_block == 64 && o.bwd_lpt && !o.bwd_wscan {
         return o;
     }
-    // (dense D128: its q tiles of 80 take one dQ writer; 604.8, 601.7 against the
-    // deterministic 563.3, 564.0 in the same call)
+    // (the unordered D128 kernels run one dQ writer, as they were measured: dense's q
+    // tiles of 80 take one; 604.8, 601.7 against the deterministic 563.3, 564.0 in one
+    // session-34 call)
     let o = PtxOptions {
         bwd_two_writers: o.bwd_two_writers && o.d != 128,
         ..o

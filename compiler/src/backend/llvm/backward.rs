@@ -540,8 +540,9 @@ impl PtxOptions {
         {
             o.bwd_writer_regs = 40;
         }
-        // session 34: at D128 on q tiles of 64 outside bands and block tables (dense and the
-        // causal-type closed forms), two dQ writer threads, one per slot
+        // session 34: at D128 on q tiles of 64 outside bands and block tables (every closed
+        // form: dense, causal, ALiBi and soft-cap + causal measured; the other closed forms
+        // run the same writer and producer code), two dQ writer threads, one per slot
         // (`bwd_two_writers`), with the producer's L2 / Delta rows by two bulk copies
         // (`bwd_stats_bulk`, dense's already). One H200, two calls, main's kernels with the
         // kernel bench's `default+2+b`, whole backward TFLOP/s default / with, interleaved:
