@@ -1,14 +1,21 @@
 //! Runs the differential fuzz check (`attnc_tests::fuzzdiff`) without libFuzzer: random
 //! inputs from a seeded SplitMix64, for a given number of executions or seconds.
 //!
-//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs] [--execs N] [--secs S] [--seed X]`
+//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode] [--execs N] [--secs S] [--seed X]`
 //!
 //! Prints progress every 10 s and a final `fuzz_differential: N executions (B builtin
 //! sweeps, P programs), 0 failures in S s`; on a failure prints the input (hex) and the
 //! message and exits 1. The same check runs under libFuzzer as `fuzz/fuzz_targets/differential.rs`.
+//!
+//! `backward` and `decode` run the other passes on generated programs instead
+//! (`attnc_tests::passes::{backward_case, decode_case}` on the CPU target, as
+//! `tests/tests/random_passes.rs` does for seeds 0..30): each execution draws a case
+//! seed; a failure prints it, and `ATTNC_SEED=<seed> cargo test -p attnc-tests --test
+//! random_passes` reruns that one case.
 
 use attnc::synth::Rng;
 use attnc_tests::fuzzdiff;
+use attnc_tests::passes::{Target, backward_case, decode_case};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -29,9 +36,13 @@ fn main() {
         }
     }
     assert!(
-        matches!(mode.as_str(), "both" | "builtins" | "programs"),
-        "--mode both|builtins|programs"
+        matches!(
+            mode.as_str(),
+            "both" | "builtins" | "programs" | "backward" | "decode"
+        ),
+        "--mode both|builtins|programs|backward|decode"
     );
+    let target = Target::cpu();
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let mut last = t0;
@@ -47,6 +58,17 @@ fn main() {
             "programs" => {
                 progs += 1;
                 fuzzdiff::programs(&data)
+            }
+            "backward" | "decode" => {
+                progs += 1;
+                let case = rng.next_u64();
+                let pass = if mode == "backward" {
+                    backward_case
+                } else {
+                    decode_case
+                };
+                pass(case, &target)
+                    .map_err(|e| format!("case seed {case} (ATTNC_SEED={case})\n{e}"))
             }
             _ => {
                 sweeps += 1;
