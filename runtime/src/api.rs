@@ -19,6 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{Exec, ExecError};
+use crate::head_pad::HeadPad;
 pub use crate::options::{Backend, BindOptions, DecodeKernel, DecodeTuning};
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::diag::Diagnostic;
@@ -172,6 +173,12 @@ impl Variant {
     /// GPU): the plan (every analysis, once) and the backend's executor.
     pub fn bind(&self, opts: BindOptions) -> Result<Bound> {
         crate::validate::bind_options(&opts)?;
+        // head dims the backend does not take: the kernels bound at a padded one
+        let pad = HeadPad::choose(&opts)?;
+        let opts = match pad {
+            Some(p) => p.kernel_options(&opts),
+            None => opts,
+        };
         let plan = Plan::new(&self.program);
         let exec = Exec::prepare(&plan, &opts).map_err(|e| self.render(e))?;
         Ok(Bound {
@@ -181,6 +188,7 @@ impl Variant {
             exec,
             extensions: Vec::new(),
             devices_vouched: false,
+            pad,
         })
     }
 
@@ -282,11 +290,41 @@ pub struct Bound {
     /// Whether the caller-buffer entries skip the driver's per-pointer device query
     /// (`external`: `Bound::vouch_for_device_pointers`).
     devices_vouched: bool,
+    /// The caller's head dims when the kernels run at a padded one (`head_pad`): `opts`
+    /// then holds the kernels' shape, and the host-tensor calls resize their tensors.
+    pad: Option<HeadPad>,
 }
 
 impl Bound {
+    /// The options the kernels were bound with: the caller's, except where head dims are
+    /// padded ([`Self::head_pad`]): there the padded shape and the scale fixed.
     pub fn options(&self) -> &BindOptions {
         &self.opts
+    }
+    /// The caller's problem shape (the head dims of the tensors its calls take and
+    /// return; [`Self::options`]' shape is the kernels').
+    pub fn shape(&self) -> Shape {
+        let mut s = self.opts.shape;
+        if let Some(p) = self.pad {
+            (s.d, s.dv) = (p.d, p.dv);
+        }
+        s
+    }
+    /// The head-dim padding of this binding (`crate::head_pad`), if any.
+    pub fn head_pad(&self) -> Option<HeadPad> {
+        self.pad
+    }
+    /// An error for a caller-buffer entry (`what`) on a binding with padded head dims:
+    /// those read the kernels' shape in place.
+    pub(crate) fn refuse_padded(&self, what: &str) -> Result<()> {
+        match self.pad {
+            Some(p) => Err(p.caller_buffers_refused(what)),
+            None => Ok(()),
+        }
+    }
+    /// q, k, v at the kernels' head dim (copies where padded; `None`: use them as given).
+    pub(crate) fn widen_qkv(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Option<[Tensor; 3]> {
+        self.pad.map(|p| [p.widen(q), p.widen(k), p.widen(v)])
     }
     /// Points a CUDA binding at another `shape` (the rest of its options kept) when that
     /// shape selects the forward kernel it loaded (`CudaExec::reshape`): true, and the
@@ -391,7 +429,7 @@ impl Bound {
     /// q, k and v against the bound shape and dtype (an error naming the tensor), as every
     /// entry that takes them checks them.
     pub(crate) fn check_qkv(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (s, dt) = (self.opts.shape, self.opts.dtype);
+        let (s, dt) = (self.shape(), self.opts.dtype);
         check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
         check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
         check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)
@@ -414,12 +452,17 @@ impl Bound {
         let s = self.opts.shape;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
+        let wide = self.widen_qkv(q, k, v);
+        let (q, k, v) = wide.as_ref().map_or((q, k, v), |[q, k, v]| (q, k, v));
         let (o, lse) = self
             .exec
             .forward(&self.plan, &self.opts, scale, q, k, v, &bindings)
             .map_err(|e| self.variant.render(e))?;
         Ok(Output {
-            o,
+            o: match self.pad {
+                Some(p) => p.narrow_v(o),
+                None => o,
+            },
             lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
         })
     }
@@ -441,6 +484,8 @@ impl Bound {
         self.check_qkv(q, k, v)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
+        let wide = self.widen_qkv(q, k, v);
+        let (q, k, v) = wide.as_ref().map_or((q, k, v), |[q, k, v]| (q, k, v));
         let Some(c) = self.exec.cuda_mut() else {
             return Ok(None);
         };
@@ -476,6 +521,8 @@ impl Bound {
         self.check_qkv(q, k, v)?;
         let bindings = self.bindings(captures)?;
         let scale = self.scale();
+        let wide = self.widen_qkv(q, k, v);
+        let (q, k, v) = wide.as_ref().map_or((q, k, v), |[q, k, v]| (q, k, v));
         let Some(c) = self.exec.cuda_mut() else {
             return Ok(None);
         };

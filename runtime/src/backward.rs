@@ -194,10 +194,45 @@ impl Bound {
         captures: &Captures,
         bwd: &BackwardOptions,
     ) -> Result<Gradients> {
+        let Some(p) = self.head_pad() else {
+            return self.backward_at_kernels(q, k, v, o, lse, dout, dlse, captures, bwd);
+        };
+        // head dims the kernels do not take (`head_pad`): the caller's tensors checked at
+        // its dims, run with zero columns appended, the gradients' extra columns dropped
+        let (c, dt) = (self.shape(), self.options().dtype);
+        self.check_qkv(q, k, v)?;
+        check_input("o", o, &[c.b, c.hq, c.lq, c.dv], dt)?;
+        check_input("do", dout, &[c.b, c.hq, c.lq, c.dv], dt)?;
+        let [q, k, v, o, dout] = [q, k, v, o, dout].map(|t| p.widen(t));
+        let g = self.backward_at_kernels(&q, &k, &v, &o, lse, &dout, dlse, captures, bwd)?;
+        Ok(Gradients {
+            dq: p.narrow_qk(g.dq),
+            dk: p.narrow_qk(g.dk),
+            dv: p.narrow_v(g.dv),
+            ..g
+        })
+    }
+
+    /// [`Self::backward_with`] on tensors at the kernels' head dims.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_at_kernels(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dlse: Option<&Tensor>,
+        captures: &Captures,
+        bwd: &BackwardOptions,
+    ) -> Result<Gradients> {
         let opts = self.options().clone();
         let s = opts.shape;
         let dt = opts.dtype;
-        self.check_qkv(q, k, v)?;
+        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
+        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
+        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)?;
         check_input("o", o, &[s.b, s.hq, s.lq, s.dv], dt)?;
         check_input("lse", lse, &[s.b, s.hq, s.lq], DType::F32)?;
         check_input("do", dout, &[s.b, s.hq, s.lq, s.dv], dt)?;

@@ -44,6 +44,7 @@ impl Bound {
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<()> {
+        self.refuse_padded("Bound::forward_f32_into")?;
         let opts = self.options();
         if opts.backend != Backend::Cpu {
             return Err(Error::Usage(format!(
@@ -201,6 +202,7 @@ impl Bound {
         mask: Option<&DeviceBlockMask>,
         stream: u64,
     ) -> Result<()> {
+        self.refuse_padded("Bound::forward_cuda_into_masked")?;
         self.require_cuda("forward_cuda_into")?;
         let opts = self.options();
         let shape = opts.shape;
@@ -352,6 +354,7 @@ impl Bound {
         &mut self,
         bwd: &BackwardOptions,
     ) -> Result<Option<(usize, usize)>> {
+        self.refuse_padded("Bound::backward_cuda_workspace_with")?;
         let shape = self.options().shape;
         Ok(self
             .cuda_backward_kernels(bwd.deterministic)?
@@ -436,6 +439,7 @@ impl Bound {
         bwd: &BackwardOptions,
         stream: u64,
     ) -> Result<()> {
+        self.refuse_padded("Bound::backward_cuda_into_with")?;
         self.require_cuda("backward_cuda_into")?;
         let mut laps = crate::host_trace::Laps::start();
         let ranges = match mask {

@@ -17,6 +17,7 @@ pub mod decode;
 pub mod error;
 mod exec;
 pub mod external;
+pub mod head_pad;
 pub mod host_trace;
 pub mod io;
 pub mod options;

@@ -75,6 +75,13 @@ pub struct BindOptions {
     /// (`Bound::decode_cuda_into`), one launch of the whole batch. Its calls go through
     /// `forward_cuda_into_kv` with the lengths. Default false.
     pub device_lens: bool,
+    /// Run the kernels at head dim `n` (at least D and Dv) with zero columns appended to
+    /// q, k and v, the caller's D and Dv kept in every tensor the binding's host-tensor
+    /// calls take and return (`crate::head_pad`). `None` (the default): only where the
+    /// backend does not take the dims (CUDA at 72, 80, 96, 160, 192 with Dv 128, ...: the
+    /// next of 16 / 32 / 64 / 128 / 256), any other backend never. Results and gradients
+    /// are those of the unpadded problem; the cost is the padded dim's plus the copies.
+    pub pad_head_dims: Option<usize>,
 }
 
 impl BindOptions {
@@ -92,6 +99,7 @@ impl BindOptions {
             decode: DecodeTuning::from_env(),
             kv_pages: false,
             device_lens: false,
+            pad_head_dims: None,
         }
     }
 }

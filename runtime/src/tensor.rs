@@ -174,6 +174,34 @@ impl Tensor {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// A copy with the last dim resized to `n`: its first `n` columns kept, zeros
+    /// appended past the old width (any dtype; a rank-0 tensor, or one whose last dim is
+    /// 0, is returned unchanged).
+    pub fn resize_last_dim(&self, n: usize) -> Tensor {
+        let Some(&w) = self.shape.last() else {
+            return self.clone();
+        };
+        if w == n || w == 0 {
+            return self.clone();
+        }
+        let e = self.dtype.size();
+        let rows = self.len() / w;
+        let keep = w.min(n) * e;
+        let mut bytes = vec![0u8; rows * n * e];
+        for (dst, src) in bytes
+            .chunks_exact_mut(n * e)
+            .zip(self.bytes.chunks_exact(w * e))
+        {
+            dst[..keep].copy_from_slice(&src[..keep]);
+        }
+        let mut shape = self.shape.clone();
+        *shape.last_mut().expect("rank checked above") = n;
+        Tensor {
+            shape,
+            dtype: self.dtype,
+            bytes,
+        }
+    }
     pub fn dtype(&self) -> DType {
         self.dtype
     }

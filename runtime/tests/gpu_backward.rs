@@ -1120,6 +1120,93 @@ fn gpu_backward_api_every_example(_dev: &CudaDevice) {
     );
 }
 
+/// Head dims the CUDA kernels do not take (Phi-3's 96, DiT's 72, SD's 80, MLA's 192 /
+/// 128) bound through the Rust API: the binding pads them (`attnc::head_pad`) and runs
+/// its kernels at 128 / 256. Its forward against the f64 oracle at the true dims (O
+/// within bf16's tolerance, LSE), its backward as every API case ([`api_case`]: dq, dk,
+/// dv and capture gradients against the reference backend), decoding against a cache
+/// (the caches widened per call) against the reference backend.
+fn gpu_backward_padded_head_dims(_dev: &CudaDevice) {
+    use attnc::{Backend, BindOptions, Compiled, DType, KvCache, Tensor, synth};
+    let mut n = 0;
+    for (i, file) in ["causal", "learned_bias", "softcap", "alibi"]
+        .iter()
+        .enumerate()
+    {
+        let c = Compiled::from_file(&examples_dir().join(format!("{file}.attn"))).unwrap();
+        let var = c.attention(c.names()[0]).unwrap();
+        for (j, &(d, dv, to)) in [(96, 96, 128), (72, 72, 128), (192, 128, 256), (80, 80, 128)]
+            .iter()
+            .enumerate()
+        {
+            let seed = (i * 4 + j) as u64;
+            let shape = Shape {
+                b: 1,
+                hq: 4,
+                hkv: 2,
+                lq: 77 + j,
+                lkv: 130 - j,
+                d,
+                dv,
+            };
+            let caps = synth::captures(var.program(), &shape, seed);
+            let what = format!("{file} D{d} Dv{dv}");
+            let mut cuda = var
+                .bind(BindOptions::new(Backend::Cuda, shape, DType::BF16))
+                .unwrap_or_else(|e| panic!("{what}: bind: {e}"));
+            assert_eq!(cuda.head_pad().map(|p| p.to), Some(to), "{what}");
+            let (q, k, v) = synth::qkv(&shape, DType::BF16, seed);
+            let got = cuda.forward(&q, &k, &v, &caps).unwrap();
+            let mut reference = var
+                .bind(BindOptions::new(Backend::Reference, shape, DType::BF16))
+                .unwrap();
+            let want = reference.forward(&q, &k, &v, &caps).unwrap();
+            assert_eq!(got.o.shape(), want.o.shape(), "{what}");
+            compare_f32("o", &got.o.to_f32(), &want.o.to_f32(), InputType::Bf16);
+            compare_f32(
+                "lse",
+                &got.lse.to_f32(),
+                &want.lse.to_f32(),
+                InputType::Bf16,
+            );
+            api_case(&var, shape, DType::BF16, &caps, seed, &what);
+            if d == dv && j == 0 {
+                // decoding: 3 rows against a contiguous cache of 160 positions
+                let dshape = Shape {
+                    lq: 3,
+                    lkv: 160,
+                    ..shape
+                };
+                let (q, k, v) = synth::qkv(&dshape, DType::BF16, seed + 5);
+                let lens = Tensor::from_i32(vec![1], &[131]);
+                let cache = KvCache::Contiguous {
+                    k: &k,
+                    v: &v,
+                    seq_lens: &lens,
+                };
+                let caps = synth::captures(var.program(), &dshape, seed);
+                let mut cuda = var
+                    .bind(BindOptions::new(Backend::Cuda, dshape, DType::BF16))
+                    .unwrap();
+                let mut reference = var
+                    .bind(BindOptions::new(Backend::Reference, dshape, DType::BF16))
+                    .unwrap();
+                let got = cuda.forward_with_cache(&q, &cache, &caps).unwrap();
+                let want = reference.forward_with_cache(&q, &cache, &caps).unwrap();
+                compare_f32(
+                    "decode o",
+                    &got.o.to_f32(),
+                    &want.o.to_f32(),
+                    InputType::Bf16,
+                );
+                println!("  {what}: decoding matched ({:?})", cuda.cache_path());
+            }
+            n += 1;
+        }
+    }
+    println!("  {n} padded bindings matched");
+}
+
 /// Attentions with capture gradients beyond examples/: a bf16 tensor read twice in a
 /// product (`w[h, kv % 64] * w[h, q % 64]`, and the same element at both sites on the
 /// diagonal), a learnable soft-cap param (f32 param, causal), an f16 learned bias under a
@@ -3349,6 +3436,10 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_api_every_example,
     ),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
+    (
+        "gpu_backward_padded_head_dims",
+        gpu_backward_padded_head_dims,
+    ),
     ("gpu_backward_dq_schemes", gpu_backward_dq_schemes),
     (
         "gpu_backward_capture_sanitize",

@@ -192,7 +192,7 @@ pub(crate) fn unmasked_pairs(
     bound: &attnc::Bound,
     caps: &attnc::Captures,
 ) -> Result<(attnc_compiler::interp::Bindings, u64), Error> {
-    let shape = bound.options().shape;
+    let shape = bound.shape();
     let bindings = bound.bindings(caps)?;
     let maps = bound
         .plan()

@@ -46,7 +46,7 @@ pub(crate) fn run(a: &RunArgs, nondeterministic: bool) -> Result<(), Error> {
     let (q, k, v, dout) = (take("q")?, take("k")?, take("v")?, take("do")?);
     let dlse = tensors.remove("dlse");
     let (mut bound, captures) = super::run::bind_inputs(a, &variant, &q, &k, &v, tensors)?;
-    let shape = bound.options().shape;
+    let shape = bound.shape();
     let t0 = std::time::Instant::now();
     let out = bound.forward(&q, &k, &v, &captures)?;
     let fwd_ms = t0.elapsed().as_secs_f64() * 1e3;

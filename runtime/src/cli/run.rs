@@ -38,7 +38,7 @@ pub(crate) fn run(a: &RunArgs) -> Result<(), Error> {
     };
     let (q, k, v) = (take("q")?, take("k")?, take("v")?);
     let (mut bound, captures) = bind_inputs(a, &variant, &q, &k, &v, tensors)?;
-    let shape = bound.options().shape;
+    let shape = bound.shape();
     let t0 = std::time::Instant::now();
     let out = bound.forward(&q, &k, &v, &captures)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -96,6 +96,39 @@ impl<'a> KvCache<'a> {
             KvCache::Paged { page_table, .. } => Some(page_table),
         }
     }
+    /// The same cache (layout, lengths, page table) over other K/V tensors.
+    fn with_kv<'b>(&self, k: &'b Tensor, v: &'b Tensor) -> KvCache<'b>
+    where
+        'a: 'b,
+    {
+        match *self {
+            KvCache::Contiguous { seq_lens, .. } => KvCache::Contiguous { k, v, seq_lens },
+            KvCache::Paged {
+                page_table,
+                seq_lens,
+                ..
+            } => KvCache::Paged {
+                k_cache: k,
+                v_cache: v,
+                page_table,
+                seq_lens,
+            },
+        }
+    }
+}
+
+/// q and the cache's K and V at the kernels' head dim where the binding pads it
+/// (`head_pad`; `None` otherwise), and the call's shape at that dim.
+fn widened(
+    bound: &Bound,
+    q: &Tensor,
+    cache: &KvCache,
+    shape: &mut DecodeShape,
+) -> Option<[Tensor; 3]> {
+    let p = bound.head_pad()?;
+    let (k, v) = cache.kv();
+    (shape.d, shape.dv) = (p.to, p.to);
+    Some([p.widen(q), p.widen(k), p.widen(v)])
 }
 
 /// An `Error::Cache` with the code of its kind.
@@ -123,7 +156,8 @@ fn shape_err(tensor: &'static str, message: String) -> Error {
 /// The decode shape of a call, from the binding and the tensors; every dim and dtype
 /// checked (E0320 naming the tensor, E0321 for a page size).
 pub(crate) fn decode_shape(bound: &Bound, q: &Tensor, cache: &KvCache) -> Result<DecodeShape> {
-    let s = bound.options().shape;
+    // the caller's head dims (`Bound::shape`): a padded binding widens after the checks
+    let s = bound.shape();
     let dtype = bound.options().dtype;
     let (k, v) = cache.kv();
     let names = match cache {
@@ -372,7 +406,26 @@ impl Bound {
         cache: &KvCache,
         captures: &Captures,
     ) -> Result<Output> {
-        let shape = decode_shape(self, q, cache)?;
+        let mut shape = decode_shape(self, q, cache)?;
+        if let Some([q, k, v]) = widened(self, q, cache, &mut shape) {
+            let out = self.forward_with_cache_at(&q, &cache.with_kv(&k, &v), shape, captures)?;
+            let p = self.head_pad().expect("widened: padded");
+            return Ok(Output {
+                o: p.narrow_v(out.o),
+                lse: out.lse,
+            });
+        }
+        self.forward_with_cache_at(q, cache, shape, captures)
+    }
+
+    /// [`Self::forward_with_cache`] on tensors at the kernels' head dims, `shape` checked.
+    fn forward_with_cache_at(
+        &mut self,
+        q: &Tensor,
+        cache: &KvCache,
+        shape: DecodeShape,
+        captures: &Captures,
+    ) -> Result<Output> {
         let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
         let opts = self.options().clone();
         let scale = self.scale();
@@ -778,7 +831,22 @@ impl Bound {
         captures: &Captures,
         iters: usize,
     ) -> Result<Option<f64>> {
-        let shape = decode_shape(self, q, cache)?;
+        let mut shape = decode_shape(self, q, cache)?;
+        if let Some([q, k, v]) = widened(self, q, cache, &mut shape) {
+            return self.cache_device_time_at(&q, &cache.with_kv(&k, &v), shape, captures, iters);
+        }
+        self.cache_device_time_at(q, cache, shape, captures, iters)
+    }
+
+    /// [`Self::cache_device_time_ms`] on tensors at the kernels' head dims.
+    fn cache_device_time_at(
+        &mut self,
+        q: &Tensor,
+        cache: &KvCache,
+        shape: DecodeShape,
+        captures: &Captures,
+        iters: usize,
+    ) -> Result<Option<f64>> {
         let bindings = crate::api::bind_captures(self.variant(), &shape.logical(), captures)?;
         let opts = self.options().clone();
         let scale = self.scale();

@@ -124,6 +124,7 @@ impl Bound {
         captures: &Captures,
         backward: bool,
     ) -> Result<BlockMaskTables> {
+        self.refuse_padded("Bound::block_mask_tables")?;
         self.require_tensor_mask()?;
         let shape = self.options().shape;
         let bindings = crate::api::bind_captures(self.variant(), &shape, captures)?;

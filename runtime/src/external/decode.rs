@@ -162,6 +162,7 @@ impl Bound {
     /// the split-KV kernels' partials where only the prefill kernel takes the shape:
     /// chunked prefill at head dim 256). Loads the decode kernels on first use.
     pub fn decode_cuda_workspace(&mut self, layout: CacheLayout) -> Result<DecodeWorkspace> {
+        self.refuse_padded("Bound::decode_cuda_workspace")?;
         let (shape, split) = self.decode_setup(layout)?;
         let (part_o, part_lse) = split.map_or((0, 0), |(geom, module)| module.workspace(&geom));
         Ok(DecodeWorkspace {
@@ -219,6 +220,7 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
+        self.refuse_padded("Bound::decode_cuda_into")?;
         let mut laps = Laps::start();
         let (shape, split) = self.decode_setup(layout)?;
         laps.lap(Stage::Setup);
@@ -387,6 +389,7 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<()> {
+        self.refuse_padded("Bound::decode_cuda_into_with_lengths")?;
         // SAFETY: forwarded from the caller (the runs read a subset of its buffers).
         if unsafe { self.decode_cuda_runs(layout, bufs, seq_lens_host, tensors, params, stream) }? {
             return Ok(());
@@ -416,6 +419,7 @@ impl Bound {
         params: &HashMap<String, ParamValue>,
         stream: u64,
     ) -> Result<bool> {
+        self.refuse_padded("Bound::decode_cuda_runs")?;
         let shape = self.caller_decode_shape(layout)?;
         let Some(runs) = self.caller_prefill_runs(&shape, seq_lens_host)? else {
             return Ok(false);

@@ -1394,7 +1394,7 @@ impl PtxOptions {
         let dim_ok = |x: u32| matches!(x, 16 | 32 | 64 | 128 | 256);
         if !dim_ok(self.d) || !dim_ok(self.dv) {
             return Err(LlvmError::Unsupported(format!(
-                "head dims D={} Dv={}: the PTX backend supports 16, 32, 64, 128 and 256 (the CPU backend takes any); zeros appended to q's, k's and v's rows up to one of those change nothing but the cost (pass the true head dim's scale and keep O's first Dv columns: the Python package pads by itself)",
+                "head dims D={} Dv={}: the PTX backend supports 16, 32, 64, 128 and 256 (the CPU backend takes any); zeros appended to q's, k's and v's rows up to one of those change nothing but the cost (pass the true head dim's scale and keep O's first Dv columns: the runtime's bindings (`attnc::head_pad`) and the Python package pad by themselves)",
                 self.d, self.dv
             )));
         }
