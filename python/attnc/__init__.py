@@ -15,7 +15,8 @@ take (72, 80, 96, 160, 192 with Dv 128, ...) run zero-padded to the next they ta
 are compiled on first use per shape, dtype and device and kept; other param values or
 captured tensors reuse them. Calls go through the
 torch custom op ``torch.ops.attnc.forward`` (``torch.compile(fullgraph=True)`` traces
-it). Errors are ``attnc.AttncError`` (``.code``, ``.rendered``, ``.spans``,
+it). FlexAttention functions run as they are through ``attnc.flex`` (``port``,
+``flex_attention``: traced into attnc source). Errors are ``attnc.AttncError`` (``.code``, ``.rendered``, ``.spans``,
 ``.diagnostics``); compile errors are its subclass ``attnc.CompileError``.
 """
 
