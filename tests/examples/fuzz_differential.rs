@@ -90,8 +90,16 @@ fn main() {
             );
         }
     }
+    let nudged = attnc_tests::passes::NUDGED.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "fuzz_differential: {n} executions ({sweeps} builtin sweeps, {progs} programs), 0 failures in {:.1} s (mode {mode}, seed {seed})",
-        t0.elapsed().as_secs_f64()
+        "fuzz_differential: {n} executions ({sweeps} builtin sweeps, {progs} programs), 0 failures in {:.1} s (mode {mode}, seed {seed}){}",
+        t0.elapsed().as_secs_f64(),
+        if mode == "backward" {
+            format!(
+                "; {nudged} judged with q nudged (a kink of the score within rounding: passes::backward_case)"
+            )
+        } else {
+            String::new()
+        }
     );
 }
