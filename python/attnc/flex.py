@@ -24,6 +24,10 @@ themselves: in-place updates are seen, and gradients reach tensors that require 
 (a learned bias, a soft-cap). Values computed in Python while tracing (``.item()``, a
 Python ``if`` on a number) are fixed in the source; re-port to change them.
 
+Under ``torch.compile(model, fullgraph=True)``, port outside the compiled region and call
+the port inside it (the call is attnc's custom op); ``flex_attention`` compiles too, with
+a graph break at its tracing.
+
 What cannot be ported raises ``AttncError`` E0330 naming the operation: Python control
 flow on a traced value (``if q_idx > 5:``; use ``torch.where``), operations attnc has no
 counterpart for (``sin``, integer bitwise ops, slicing a captured tensor), captured

@@ -365,3 +365,13 @@ def _flex_cuda(q, k, v, score_mod, mask_mod):
             return flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=True)
     except Exception:  # noqa: BLE001 (a missing or failing anchor is not what this test checks)
         return None
+
+
+def test_a_port_under_torch_compile_fullgraph():
+    """A port called inside ``torch.compile(fullgraph=True)`` is the attnc custom op with
+    the captured tensors as its inputs: the same result as eager."""
+    port = af.port(rel_bias, causal)
+    q, k, v = _qkv(seed=9)
+    eager = port(q, k, v)
+    compiled = torch.compile(lambda q, k, v: port(q, k, v), fullgraph=True)
+    assert torch.equal(compiled(q, k, v), eager)
