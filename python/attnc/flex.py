@@ -114,9 +114,13 @@ class _Captured:
     def declarations(self) -> list:
         return [f"tensor {n}: {e}[{', '.join(str(d) for d in dims)}];" for n, _, e, dims, _ in self.tensors]
 
-    def values(self) -> dict:
+    def values(self, used=None) -> dict:
+        """The tensors as the source declares them (``used``: only those names, the ones
+        the compiled program reads after its dead code went)."""
         out = {}
         for name, t, _, _, convert in self.tensors:
+            if used is not None and name not in used:
+                continue
             x = t.reshape(1) if t.dim() == 0 else t
             if convert == "float":
                 x = x.float()
@@ -162,9 +166,10 @@ def _read(trace: _Trace, t: torch.Tensor, index: list):
                 raise _fail(f"index {x} out of range for dim {i} of size {n} of a captured tensor")
             parts.append(str(x % n))
             continue
-        if isinstance(x, torch.Tensor):
-            raise _fail("a captured tensor indexed by another real tensor: index with the traced indices")
-        s = _sym(trace, x)
+        if isinstance(x, torch.Tensor) and (x.numel() != 1 or x.dtype.is_floating_point or x.dtype == torch.bool):
+            raise _fail(f"a captured tensor indexed by a tensor of shape {tuple(x.shape)} and dtype {x.dtype}: "
+                        f"index with the traced indices (or a one-element integer tensor)")
+        s = _sym(trace, x)  # (a one-element integer tensor: read at call time, as any capture)
         if s.ty == "f32":
             raise _fail("a captured tensor indexed by a float: convert the index with .int() or .long()")
         s = s.cast("i32")
@@ -637,10 +642,13 @@ class FlexPort:
         self.source = source
         self.attention = attention
         self._captured = captured
+        # the tensors the compiled program reads (a traced read whose value is unused is
+        # dropped by the compiler with its declaration's use)
+        self._used = frozenset(name for name, _, _ in attention.tensors)
 
     @property
     def captures(self) -> dict:
-        return self._captured.values()
+        return self._captured.values(self._used)
 
     def __call__(self, query, key, value, *, scale: Optional[float] = None, enable_gqa: bool = False,
                  return_lse: bool = False, deterministic: bool = True):
@@ -650,7 +658,7 @@ class FlexPort:
     def _values(self, q) -> dict:
         """The captured tensors as the source declares them, on q's device (else an error
         naming the tensor by its shape: the user never saw its name in the source)."""
-        values = self._captured.values()
+        values = self._captured.values(self._used)
         device = getattr(q, "device", None)
         for name, x in values.items():
             if device is not None and x.device != device:

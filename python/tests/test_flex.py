@@ -375,3 +375,82 @@ def test_a_port_under_torch_compile_fullgraph():
     eager = port(q, k, v)
     compiled = torch.compile(lambda q, k, v: port(q, k, v), fullgraph=True)
     assert torch.equal(compiled(q, k, v), eager)
+
+
+class _Gen:
+    """Random FlexAttention functions (Python source over torch), well-defined everywhere:
+    divisors and log/sqrt arguments kept away from 0, floats kept bounded."""
+
+    def pick(self, *xs):
+        return self.r.choice(xs)
+
+    def int_(self, d):
+        r = self.r
+        if d <= 0 or r.random() < 0.3:
+            return self.pick("b", "h", "q_idx", "kv_idx", f"torch.tensor({r.randint(-9, 9)})", "IDS[kv_idx]",
+                             "IDS[q_idx % S]")
+        a, b = self.int_(d - 1), self.int_(d - 1)
+        return self.pick(
+            f"({a} + {b})", f"({a} - {b})", f"({a} * {r.randint(-3, 3)})", f"({a} // ({b} % 5 + 1))",
+            f"({a} % ({b} % 4 + 2))", f"torch.abs({a})", f"({a}).clamp({r.randint(-20, 0)}, {r.randint(1, 20)})",
+            f"torch.where({self.bool_(d - 1)}, {a}, {b})", f"torch.clamp({self.float_(d - 1)}, -50, 50).long()",
+        )
+
+    def __init__(self, seed, scored=True):
+        import random
+
+        self.r = random.Random(seed)
+        self.scored = scored
+
+    def float_(self, d):
+        r = self.r
+        if d <= 0 or r.random() < 0.25:
+            return self.pick("score" if self.scored else "TABLE[h, q_idx % 64]", f"torch.tensor({r.uniform(-3, 3):.3f})",
+                             "TABLE[h, kv_idx % 64]")
+        a, b, i = self.float_(d - 1), self.float_(d - 1), self.int_(d - 1)
+        return self.pick(
+            f"({a} + {b})", f"({a} - {i} * 0.05)", f"torch.clamp({a} * {b}, -20, 20)", f"torch.tanh({a})",
+            f"torch.exp(-torch.abs({a}))", f"torch.sigmoid({a})", f"torch.log(torch.abs({a}) + 1)",
+            f"torch.sqrt(torch.abs({a}) + 0.5)", f"({i} / ({i} % 3 + 7))", f"torch.minimum({a}, {b})",
+            f"torch.maximum({a}, {i})", f"torch.where({self.bool_(d - 1)}, {a}, {b})", f"torch.floor({a})",
+            f"({a}).clamp(-4, 4) ** 2", f"({i}).float() * 0.1", f"TABLE[h, {i} % 64] * {a}",
+        )
+
+    def bool_(self, d):
+        r = self.r
+        if d <= 0 or r.random() < 0.3:
+            return self.pick("(q_idx >= kv_idx)", "(kv_idx < 20)", f"(IDS[kv_idx] == IDS[q_idx % S])")
+        return self.pick(
+            f"({self.int_(d - 1)} < {self.int_(d - 1)})", f"({self.float_(d - 1)} > {self.float_(d - 1)})",
+            f"({self.int_(d - 1)} >= {self.float_(d - 1)})", f"({self.bool_(d - 1)} & {self.bool_(d - 1)})",
+            f"({self.bool_(d - 1)} | {self.bool_(d - 1)})", f"~{self.bool_(d - 1)}",
+            f"({self.int_(d - 1)} == {self.int_(d - 1)})",
+        )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_functions_port_with_torchs_semantics(seed):
+    """Generated score/mask functions: the port against the same Python functions run by
+    torch on broadcast index tensors (the float64 reference), so every type promotion,
+    division and builtin is judged by torch itself."""
+    src = (f"def score_mod(score, b, h, q_idx, kv_idx):\n    return {_Gen(seed).float_(4)}\n"
+           f"def mask_mod(b, h, q_idx, kv_idx):\n    return {_Gen(seed + 1000, scored=False).bool_(3)}\n")
+    table = torch.randn(H, 64, generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(-3, 4, (S,), generator=torch.Generator().manual_seed(seed + 1))
+    env = {"torch": torch, "TABLE": table, "IDS": ids, "S": S}
+    exec(src, env)  # noqa: S102 (generated test code)
+    score_mod, mask_mod = env["score_mod"], (env["mask_mod"] if seed % 3 else None)
+    q, k, v = _qkv(seed=seed)
+    port = af.port(score_mod, mask_mod)
+    o, lse = port(q, k, v, return_lse=True)
+    # (the reference needs the score at every element, in float64 for its softmax; the
+    # score itself in float32 as FlexAttention computes it, so that a step such as
+    # `.long()` of a sigmoid near 1 falls where it falls in float32; a function of the
+    # indices alone broadcasts to fewer dims)
+    score64 = lambda s, *i: torch.broadcast_to(score_mod(s.float(), *i), s.shape).double()  # noqa: E731
+    want_o, want_lse = dense_reference(q, k, v, mask=mask_mod, score=score64)
+    context = f"{src}\n{port.source}"
+    assert torch.allclose(o.double(), want_o, atol=1e-4, rtol=1e-4), context
+    assert torch.equal(torch.isfinite(lse), torch.isfinite(want_lse)), context
+    fin = torch.isfinite(want_lse)
+    assert torch.allclose(lse.double()[fin], want_lse[fin], atol=1e-4, rtol=1e-4), context
