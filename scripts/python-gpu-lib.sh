@@ -5,7 +5,8 @@
 #                        lacks pytest) into /tmp/attnc-py, prints the versions and the GPU,
 #                        exports PYTHONPATH, PYTHONUNBUFFERED and ATTNC_CACHE_DIR and enters
 #                        $here/tree
-#   pygpu_pytest K N S   the tests of python/tests/test_cuda.py selected by the pytest -k
+#   pygpu_pytest K N S   the tests of python/tests/test_cuda.py (or of $PYTEST_FILES, a
+#                        space-separated list) selected by the pytest -k
 #                        expression K, dealt round-robin to N pytest processes at once (JIT
 #                        compiles are CPU-bound; the JIT's disk cache is shared under its
 #                        file locks), each stopped after S seconds; logs
@@ -32,7 +33,8 @@ pygpu_install() {
 
 pygpu_pytest() {
   local expr=$1 n=$2 limit=$3 i
-  "$py" -m pytest python/tests/test_cuda.py -q --collect-only -p no:cacheprovider -k "$expr" 2>/dev/null \
+  # shellcheck disable=SC2086
+  "$py" -m pytest ${PYTEST_FILES:-python/tests/test_cuda.py} -q --collect-only -p no:cacheprovider -k "$expr" 2>/dev/null \
     | grep '::' > /tmp/ids.txt
   echo "$(wc -l < /tmp/ids.txt) tests in $n processes, $limit s each at most"
   for i in $(seq 0 $((n - 1))); do

@@ -20,7 +20,7 @@ export ATTNC_CACHE_DIR=/tmp/attnc-cache ATTNC_EXAMPLES=$PWD/examples
 root=$PWD
 B=/tmp/gpu_backward
 (timeout 240 $B --exact gpu_backward_padded_head_dims > $OUT/t_padded.log 2>&1; echo "rc=$?" >> $OUT/t_padded.log) &
-TESTS="flex or head_dim" NPROC=4 TEST_TIMEOUT=240 bash .bin-py35/python-gpu-select.sh 2>&1 | tail -6
+PYTEST_FILES="python/tests/test_cuda.py python/tests/test_flex.py" TESTS="flex or head_dim" NPROC=4 TEST_TIMEOUT=240 bash .bin-py35/python-gpu-select.sh 2>&1 | tail -6
 cd "$root"
 wait
 echo "== padded: $(grep -E 'test result|^rc=' $OUT/t_padded.log | tr '\n' ' ')"; grep -E "matched|panicked" $OUT/t_padded.log | head -12
