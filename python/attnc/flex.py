@@ -228,6 +228,8 @@ class _Sym:
     def cast(self, ty: str) -> "_Sym":
         if ty == self.ty:
             return self
+        if ty == "bool" and self.literal and self.value is not None:
+            return _Sym(self.trace, "true" if self.value else "false", "bool", literal=True)
         if ty == "bool":
             zero = "0.0" if self.ty == "f32" else "0"
             return self.trace.let("bool", f"{self.expr} != {zero}")
