@@ -12,9 +12,13 @@ with GQA handled by the kernel (no repeat of k/v).
 
 The mask function does not build the [B, 1, Lq, Lkv] boolean mask SDPA takes: it hands
 the attention function an :class:`AttncMask` (the padding mask as int32 [B, Lkv] and the
-query offset), which the variant reads as a captured tensor and a param. Mask patterns
-other than causal and bidirectional (sliding windows, packed sequences, custom and/or
-masks) raise ``NotImplementedError`` rather than being silently ignored.
+query offset), which the variant reads as a captured tensor and a param. Every other mask
+pattern transformers builds (sliding windows — Mistral, Gemma, Qwen —, chunked attention,
+blockwise and packed-sequence masks, its and/or compositions) is ported as it is by
+``attnc.flex`` — transformers' mask functions are FlexAttention ``mask_mod``s — with the
+padding mask and the offsets composed in as its ``flex_attention_mask`` does; a
+``softcap`` (Gemma 2) becomes the ported score ``softcap * tanh(s / softcap)``. As with
+SDPA, a ``sliding_window`` keyword is carried by the mask, not by the call.
 """
 
 from __future__ import annotations
@@ -45,11 +49,31 @@ _attn = {name: _module.attention(name) for name in _module.names}
 
 @dataclasses.dataclass
 class AttncMask:
-    """What the attention function needs to know about the mask of one forward."""
+    """What the attention function needs to know about the mask of one forward: causal
+    or bidirectional with padding (``offset``, ``valid``), or any other pattern as a
+    FlexAttention ``mask_mod`` (``mask_mod``; offsets and padding composed in), ported
+    per score (``ports``: keyed by the soft-cap, None without)."""
 
     causal: bool
     offset: int
     valid: Optional[torch.Tensor]  # int32 [B, Lkv]; None: no padding
+    mask_mod: Optional[object] = None
+    ports: dict = dataclasses.field(default_factory=dict)
+
+    def port(self, softcap: Optional[float]):
+        p = self.ports.get(softcap)
+        if p is None:
+            import attnc.flex
+
+            score_mod = None
+            if softcap is not None:
+                cap = float(softcap)
+
+                def score_mod(score, b, h, q_idx, kv_idx):
+                    return cap * torch.tanh(score / cap)
+
+            p = self.ports[softcap] = attnc.flex.port(score_mod, self.mask_mod)
+        return p
 
 
 def mask_function(
@@ -69,10 +93,13 @@ def mask_function(
     elif mask_function is getattr(mu, "bidirectional_mask_function", None):
         causal = False
     else:
-        raise NotImplementedError(
-            f"attnc.hf: mask pattern {getattr(mask_function, '__name__', mask_function)!r} is not supported "
-            "(causal and bidirectional are); write the variant as an .attn file instead"
-        )
+        # any other pattern: transformers' mask functions are FlexAttention mask_mods;
+        # compose the padding and the offsets as its flex_attention_mask does, port it
+        if attention_mask is not None and not bool(attention_mask.all()):
+            padding = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
+            mask_function = mu.and_masks(mask_function, mu.padding_mask_function(padding))
+        mask_function = mu.add_offsets_to_mask_function(mask_function, q_offset, kv_offset)
+        return AttncMask(causal=False, offset=0, valid=None, mask_mod=mask_function)
     valid = None
     if attention_mask is not None:
         pad = attention_mask[:, kv_offset : kv_offset + kv_length]
@@ -98,8 +125,7 @@ def attention_forward(
 ):
     if dropout and module.training:
         raise NotImplementedError("attnc.hf: attention dropout is not supported")
-    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
-        raise NotImplementedError("attnc.hf: softcap and sliding windows need their own .attn variant")
+    softcap = kwargs.get("softcap")
     if attention_mask is None:
         # no mask object (e.g. a module called on its own): causal per the module
         causal = getattr(module, "is_causal", True)
@@ -110,6 +136,12 @@ def attention_forward(
         raise NotImplementedError(
             "attnc.hf: got a prepared attention mask; register the mask function too (attnc.hf.register does)"
         )
+    if mask.mask_mod is not None or softcap is not None:
+        if mask.mask_mod is None:
+            # causal / bidirectional with padding as a mask_mod, for the soft-cap's port
+            mask = AttncMask(False, 0, None, mask_mod=_as_mask_mod(mask))
+        out = mask.port(softcap)(query, key, value, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
     name = "hf_causal" if mask.causal else "hf_bidirectional"
     caps = {}
     if mask.causal:
@@ -119,6 +151,17 @@ def attention_forward(
         caps["valid"] = mask.valid
     out = _attn[name](query, key, value, scale=scaling, **caps)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _as_mask_mod(mask: AttncMask):
+    """The causal / bidirectional mask of ``mask`` (offset, padding) as a mask_mod."""
+    offset, valid = mask.offset, mask.valid
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = (kv_idx <= q_idx + offset) if mask.causal else (kv_idx >= 0)
+        return keep & (valid[b, kv_idx] != 0) if valid is not None else keep
+
+    return mask_mod
 
 
 def register(name: str = "attnc") -> str:
