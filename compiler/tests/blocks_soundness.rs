@@ -179,6 +179,28 @@ impl Gen {
                 self.push(Inst::Unary(UnOp::B2I, a), Type::I32)
             }
             10 => self.load(d, false),
+            11 => {
+                // bitwise operators; shift amounts in and out of 0..32 (negative too)
+                let a = self.int(d);
+                let op = [
+                    BinOp::IAnd,
+                    BinOp::IOr,
+                    BinOp::IXor,
+                    BinOp::IShl,
+                    BinOp::IShr,
+                ][self.rng.random_range(0..5)];
+                let b = if self.rng.random_bool(0.6) {
+                    let k = if matches!(op, BinOp::IShl | BinOp::IShr) {
+                        self.rng.random_range(-3..36)
+                    } else {
+                        self.rng.random_range(-9..64)
+                    };
+                    self.c(k)
+                } else {
+                    self.int(d)
+                };
+                self.bin(op, a, b)
+            }
             _ => self.arg(),
         }
     }

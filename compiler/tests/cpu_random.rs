@@ -110,6 +110,11 @@ impl Gen<'_> {
                     BinOp::IRem,
                     BinOp::IMin,
                     BinOp::IMax,
+                    BinOp::IAnd,
+                    BinOp::IOr,
+                    BinOp::IXor,
+                    BinOp::IShl,
+                    BinOp::IShr,
                 ]);
                 let (a, b) = (self.int(d), self.int(d));
                 self.bin(op, a, b)

@@ -266,10 +266,18 @@ pub enum BinOp {
     AndAnd,
     /// `||` (short-circuit)
     OrOr,
-    /// `&` (bools; composition of masks in an attention)
+    /// `&` (bools, logical with guards; composition of masks in an attention; bitwise on
+    /// i32)
     And,
-    /// `|` (bools; composition of masks in an attention)
+    /// `|` (bools, logical with guards; composition of masks in an attention; bitwise on
+    /// i32)
     Or,
+    /// `^`: bitwise exclusive or on i32, `!=` on bools
+    Xor,
+    /// `<<`: i32 left shift (0 for a shift outside 0..32)
+    Shl,
+    /// `>>`: i32 arithmetic right shift (the sign for a shift outside 0..32)
+    Shr,
 }
 
 impl BinOp {
@@ -290,6 +298,9 @@ impl BinOp {
             BinOp::OrOr => "||",
             BinOp::And => "&",
             BinOp::Or => "|",
+            BinOp::Xor => "^",
+            BinOp::Shl => "<<",
+            BinOp::Shr => ">>",
         }
     }
 }

@@ -163,6 +163,11 @@ fn lex_error(source: &str, e: &LexError) -> ParseError {
             "unterminated block comment".to_string(),
             Some("close it with `*/` (block comments nest)".to_string()),
         ),
+        LexErrorKind::IntegerTooLarge if text.starts_with("0x") || text.starts_with("0X") => (
+            ParseErrorKind::InvalidNumber,
+            "hexadecimal literal is too large".to_string(),
+            Some("hexadecimal literals hold 32 bits: at most `0xFFFF_FFFF`".to_string()),
+        ),
         LexErrorKind::IntegerTooLarge => (
             ParseErrorKind::InvalidNumber,
             "integer literal is too large".to_string(),
@@ -173,7 +178,9 @@ fn lex_error(source: &str, e: &LexError) -> ParseError {
             )),
         ),
         LexErrorKind::MalformedFloat => {
-            let hint = if text.ends_with('.') {
+            let hint = if text.starts_with("0x") || text.starts_with("0X") {
+                "write hexadecimal digits after `0x`, as in `0xFF`".to_string()
+            } else if text.ends_with('.') {
                 format!("write a digit after the point: `{text}0`")
             } else {
                 "an exponent needs digits, as in `1e-3`".to_string()

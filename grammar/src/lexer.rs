@@ -73,8 +73,10 @@ pub enum Tok {
     #[regex(r"[A-Za-z_][A-Za-z0-9_]*", |lex| lex.slice().to_string())]
     Ident(String),
 
-    /// A decimal integer literal, `_` separators allowed.
+    /// A decimal integer literal, `_` separators allowed; or a hexadecimal one (`0x`, up
+    /// to 32 bits: `0x8000_0000` and above denote the i32 of that bit pattern, negative).
     #[regex(r"[0-9][0-9_]*", parse_int)]
+    #[regex(r"0[xX][0-9a-fA-F_]*", parse_hex)]
     Int(i64),
 
     /// `1.5`, `1.5e-3`, `2E10`, `1_000.0`.
@@ -146,6 +148,12 @@ pub enum Tok {
     And,
     #[token("|")]
     Or,
+    #[token("^")]
+    Caret,
+    #[token("<<")]
+    Shl,
+    #[token(">>")]
+    Shr,
 }
 
 /// Skips a (nested) block comment whose `/*` was just matched.
@@ -181,6 +189,18 @@ fn parse_int(lex: &mut logos::Lexer<Tok>) -> Result<i64, LexErrorKind> {
     let digits: String = lex.slice().chars().filter(|&c| c != '_').collect();
     digits
         .parse::<i64>()
+        .map_err(|_| LexErrorKind::IntegerTooLarge)
+}
+
+fn parse_hex(lex: &mut logos::Lexer<Tok>) -> Result<i64, LexErrorKind> {
+    let digits: String = lex.slice()[2..].chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() {
+        return Err(LexErrorKind::MalformedFloat);
+    }
+    // a 32-bit pattern: its i32 value (so that masks such as 0xFFFF_0000 are what C and
+    // PyTorch's int32 tensors make of them)
+    u32::from_str_radix(&digits, 16)
+        .map(|x| x as i32 as i64)
         .map_err(|_| LexErrorKind::IntegerTooLarge)
 }
 
@@ -301,6 +321,9 @@ impl Tok {
             Tok::OrOr => "||",
             Tok::And => "&",
             Tok::Or => "|",
+            Tok::Caret => "^",
+            Tok::Shl => "<<",
+            Tok::Shr => ">>",
             Tok::Ident(_)
             | Tok::Int(_)
             | Tok::Float(_)
@@ -376,11 +399,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            toks("( ) { } [ ] , ; : -> = == != < <= > >= + - * / % ! && || & |"),
+            toks("( ) { } [ ] , ; : -> = == != < <= > >= + - * / % ! && || & | ^ << >>"),
             [
                 LParen, RParen, LBrace, RBrace, LBracket, RBracket, Comma, Semi, Colon, Arrow,
                 Assign, EqEq, Ne, Lt, Le, Gt, Ge, Plus, Minus, Star, Slash, Percent, Bang, AndAnd,
-                OrOr, And, Or
+                OrOr, And, Or, Caret, Shl, Shr
             ]
         );
         assert_eq!(
@@ -406,6 +429,16 @@ mod tests {
             ]
         );
         assert_eq!(toks("9223372036854775807"), [Int(i64::MAX)]);
+        assert_eq!(
+            toks("0x55555555 0xFF_FF 0X10 0xFFFFFFFF 0x8000_0000"),
+            [
+                Int(0x5555_5555),
+                Int(0xFFFF),
+                Int(16),
+                Int(-1),
+                Int(i32::MIN as i64)
+            ]
+        );
         let (t, e) = lex("99999999999999999999 1. 1e+ 3");
         assert_eq!(
             e.iter().map(|e| e.kind).collect::<Vec<_>>(),

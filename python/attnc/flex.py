@@ -30,8 +30,10 @@ a graph break at its tracing.
 
 What cannot be ported raises ``AttncError`` E0330 naming the operation: Python control
 flow on a traced value (``if q_idx > 5:``; use ``torch.where``), operations attnc has no
-counterpart for (``sin``, integer bitwise ops, slicing a captured tensor), captured
-tensors of rank above 4 or with an unsupported dtype.
+counterpart for (``sin``, bitwise operations on floats, slicing a captured tensor),
+captured tensors of rank above 4 or with an unsupported dtype. Integer bitwise
+operations (``&``, ``|``, ``^``, ``~``, ``<<``, ``>>``: Morton codes, hashes) port as
+attnc's, with int32 semantics (a shift by 32 or more gives 0, or the sign for ``>>``).
 
 In: Python functions over torch tensors. Out: attnc source, an ``Attention``, calls.
 """
@@ -344,9 +346,21 @@ class _Sym:
     __rxor__ = __xor__
 
     def __invert__(self):
-        if self.ty != "bool":
-            raise _fail("`~` on an integer (bitwise not) has no attnc counterpart")
-        return self.trace.let("bool", f"!{self.expr}")
+        if self.ty == "f32":
+            raise _fail("`~` on a float: bitwise not takes an integer or a bool")
+        return self.trace.let(self.ty, f"!{self.expr}")
+
+    def __lshift__(self, o):
+        return _shift(self.trace, "<<", self, o)
+
+    def __rlshift__(self, o):
+        return _shift(self.trace, "<<", o, self)
+
+    def __rshift__(self, o):
+        return _shift(self.trace, ">>", self, o)
+
+    def __rrshift__(self, o):
+        return _shift(self.trace, ">>", o, self)
 
     # -- tensor methods (x.abs(), x.float(), x.clamp(...), ...) via torch's protocol --
     @classmethod
@@ -418,11 +432,23 @@ def _compare(trace, op, a, b):
 
 
 def _logic(trace, op, a, b):
+    """``&``, ``|``, ``^`` (``op`` "&", "|", "!="): logical on two bools, bitwise on
+    integers (a bool operand taking part as 0/1, as torch promotes it)."""
     a, b = _sym(trace, a), _sym(trace, b)
-    if a.ty != "bool" or b.ty != "bool":
-        raise _fail(f"`{'^' if op == '!=' else op}` on integers (bitwise) has no attnc counterpart; on "
-                    f"comparisons it is logical and works")
-    return trace.let("bool", f"{a.expr} {op} {b.expr}")
+    if a.ty == "bool" and b.ty == "bool":
+        return trace.let("bool", f"{a.expr} {op} {b.expr}")
+    if "f32" in (a.ty, b.ty):
+        raise _fail(f"`{'^' if op == '!=' else op}` on a float: bitwise operators take integers")
+    a, b = a.cast("i32"), b.cast("i32")
+    return trace.let("i32", f"{a.expr} {'^' if op == '!=' else op} {b.expr}")
+
+
+def _shift(trace, op, a, b):
+    a, b = _sym(trace, a), _sym(trace, b)
+    if "f32" in (a.ty, b.ty):
+        raise _fail(f"`{op}` on a float: shifts take integers")
+    a, b = a.cast("i32"), b.cast("i32")
+    return trace.let("i32", f"{a.expr} {op} {b.expr}")
 
 
 def _call(trace, f, *args, ty: Optional[str] = None):
@@ -482,7 +508,7 @@ def _torch_op(trace: _Trace, func, args, kwargs):
     n = _name(func)
     a = list(args)
     if n.startswith("r") and n[1:] in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or",
-                                       "xor") and len(a) == 2:
+                                       "xor", "lshift", "rshift") and len(a) == 2:
         n, a = n[1:], [a[1], a[0]]
     op = _OPS.get(n)
     if op is None:
@@ -559,6 +585,10 @@ _OPS: dict = {
     "bitwise_or": _binary(lambda t, x, y: _logic(t, "|", x, y)),
     "bitwise_xor": _binary(lambda t, x, y: _logic(t, "!=", x, y)),
     "bitwise_not": lambda trace, x, **k: _sym(trace, x).__invert__(),
+    "lshift": _binary(lambda t, x, y: _shift(t, "<<", x, y)),
+    "rshift": _binary(lambda t, x, y: _shift(t, ">>", x, y)),
+    "bitwise_left_shift": _binary(lambda t, x, y: _shift(t, "<<", x, y)),
+    "bitwise_right_shift": _binary(lambda t, x, y: _shift(t, ">>", x, y)),
     "invert": lambda trace, x, **k: _sym(trace, x).__invert__(),
     "where": lambda trace, c, x, y, **k: _where(trace, c, x, y),
     "clamp": lambda trace, x, min=None, max=None, **k: _clamp(trace, x, min, max),

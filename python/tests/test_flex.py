@@ -280,7 +280,7 @@ def test_what_cannot_be_ported_is_named():
 
     assert "Python control flow" in _refused(mask_mod=python_if)
     assert "`sin`" in _refused(lambda s, b, h, q, kv: s + torch.sin(q))
-    assert "bitwise" in _refused(mask_mod=lambda b, h, q, kv: (q & 3) == 0)
+    assert "on a float" in _refused(lambda s, b, h, q, kv: s + (s & 3))
     assert "rank 5" in _refused(lambda s, b, h, q, kv: s + torch.zeros(2, 2, 2, 2, 2)[b, h, q, kv, 0])
     assert "slicing" in _refused(lambda s, b, h, q, kv: s + BIAS[h, 1:3].sum())
     assert "float" in _refused(lambda s, b, h, q, kv: s + BIAS[h, s])
@@ -394,6 +394,8 @@ class _Gen:
             f"({a} + {b})", f"({a} - {b})", f"({a} * {r.randint(-3, 3)})", f"({a} // ({b} % 5 + 1))",
             f"({a} % ({b} % 4 + 2))", f"torch.abs({a})", f"({a}).clamp({r.randint(-20, 0)}, {r.randint(1, 20)})",
             f"torch.where({self.bool_(d - 1)}, {a}, {b})", f"torch.clamp({self.float_(d - 1)}, -50, 50).long()",
+            f"({a} & {b})", f"({a} | 0x0F0F)", f"({a} ^ {b})", f"(~{a})", f"({a} >> ({b} % 5))",
+            f"(({a} % 64) << ({b} % 4))",
         )
 
     def __init__(self, seed, scored=True):
@@ -454,3 +456,32 @@ def test_random_functions_port_with_torchs_semantics(seed):
     assert torch.equal(torch.isfinite(lse), torch.isfinite(want_lse)), context
     fin = torch.isfinite(want_lse)
     assert torch.allclose(lse.double()[fin], want_lse[fin], atol=1e-4, rtol=1e-4), context
+
+
+def _deinterleave(code):
+    # attention-gym's `deinterleave_bits_32`, verbatim
+    code = code & 0x55555555
+    code = (code | (code >> 1)) & 0x33333333
+    code = (code | (code >> 2)) & 0x0F0F0F0F
+    code = (code | (code >> 4)) & 0x00FF00FF
+    code = (code | (code >> 8)) & 0x0000FFFF
+    return code
+
+
+def morton_natten(b, h, q_idx, kv_idx):
+    """attention-gym's Morton-order NATTEN (8 x 8 canvas, 3 x 3 kernel): integer bitwise
+    operations and shifts ported as attnc's."""
+    q_x, q_y = _deinterleave(q_idx), _deinterleave(q_idx >> 1)
+    kv_x, kv_y = _deinterleave(kv_idx), _deinterleave(kv_idx >> 1)
+    cx = q_x.clamp(1, 6)
+    cy = q_y.clamp(1, 6)
+    return ((cx - kv_x).abs() <= 1) & ((cy - kv_y).abs() <= 1)
+
+
+def test_integer_bitwise_operations_port():
+    port = af.port(mask_mod=morton_natten)
+    assert "0x" not in port.source and "1431655765" in port.source and ">>" in port.source
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=gen) for _ in range(3))
+    want, _ = dense_reference(q, k, v, mask=morton_natten)
+    assert torch.allclose(port(q, k, v).double(), want, atol=2e-5, rtol=0)

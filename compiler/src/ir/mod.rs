@@ -16,6 +16,9 @@
 //! - i32 `+ - *` wrap (two's complement); `IDiv`/`IRem` are floor division and the
 //!   matching remainder (sign of the divisor), as in PyTorch; division by zero gives 0
 //!   for both; `i32::MIN / -1` wraps to `i32::MIN` (remainder 0).
+//! - i32 `IAnd`/`IOr`/`IXor` are bitwise; `IShl` is `a << n` with 0 for a shift amount
+//!   outside 0..32, `IShr` the arithmetic `a >> n` with the sign (0 or -1) outside 0..32
+//!   (PyTorch's int32 `bitwise_left_shift`/`bitwise_right_shift`; `scalar::shl`/`shr`).
 //! - f32 arithmetic is IEEE single precision; `F2I` truncates toward zero, saturates,
 //!   and maps NaN to 0 (Rust's `as`); `B2I` is 0/1.
 //! - `FMin`/`FMax` return the other operand when one is NaN, and order `-0.0` below
@@ -25,7 +28,7 @@ mod scalar;
 mod text;
 mod verify;
 
-pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem, fmax, fmin};
+pub use scalar::{Scalar, eval_binary, eval_unary, floor_div, floor_rem, fmax, fmin, shl, shr};
 pub use text::{fmt_f32, write_program};
 pub(crate) use text::{write_captures, write_function};
 pub use verify::{VerifyError, verify_function, verify_program};
@@ -199,6 +202,14 @@ pub enum BinOp {
     /// bool equality (`==` on bools); `!=` on bools is `Xor`
     BEq,
     Xor,
+    /// i32 bitwise and, or, exclusive or
+    IAnd,
+    IOr,
+    IXor,
+    /// i32 left shift; a shift amount outside 0..32 gives 0
+    IShl,
+    /// i32 arithmetic right shift; a shift amount outside 0..32 gives the sign (0 or -1)
+    IShr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,6 +290,11 @@ impl BinOp {
             BinOp::Or => "or".into(),
             BinOp::BEq => "beq".into(),
             BinOp::Xor => "xor".into(),
+            BinOp::IAnd => "iand".into(),
+            BinOp::IOr => "ior".into(),
+            BinOp::IXor => "ixor".into(),
+            BinOp::IShl => "ishl".into(),
+            BinOp::IShr => "ishr".into(),
         }
     }
     /// (operand type, result type)
@@ -291,7 +307,12 @@ impl BinOp {
             | BinOp::IDiv
             | BinOp::IRem
             | BinOp::IMin
-            | BinOp::IMax => (I32, I32),
+            | BinOp::IMax
+            | BinOp::IAnd
+            | BinOp::IOr
+            | BinOp::IXor
+            | BinOp::IShl
+            | BinOp::IShr => (I32, I32),
             BinOp::FAdd
             | BinOp::FSub
             | BinOp::FMul
@@ -317,6 +338,9 @@ impl BinOp {
                 | BinOp::Or
                 | BinOp::BEq
                 | BinOp::Xor
+                | BinOp::IAnd
+                | BinOp::IOr
+                | BinOp::IXor
                 | BinOp::ICmp(Cmp::Eq)
                 | BinOp::ICmp(Cmp::Ne)
         )

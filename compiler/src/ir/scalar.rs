@@ -108,6 +108,27 @@ pub fn eval_binary(op: BinOp, a: Scalar, b: Scalar) -> Scalar {
         BinOp::Or => Bool(a.as_bool() || b.as_bool()),
         BinOp::BEq => Bool(a.as_bool() == b.as_bool()),
         BinOp::Xor => Bool(a.as_bool() != b.as_bool()),
+        BinOp::IAnd => I32(a.as_i32() & b.as_i32()),
+        BinOp::IOr => I32(a.as_i32() | b.as_i32()),
+        BinOp::IXor => I32(a.as_i32() ^ b.as_i32()),
+        BinOp::IShl => I32(shl(a.as_i32(), b.as_i32())),
+        BinOp::IShr => I32(shr(a.as_i32(), b.as_i32())),
+    }
+}
+
+/// `a << n`; 0 for a shift amount outside 0..32 (all bits shifted out: PyTorch's
+/// `bitwise_left_shift` of an int32 by 32 or more), bits past the top dropped.
+pub fn shl(a: i32, n: i32) -> i32 {
+    if (0..32).contains(&n) { a << n } else { 0 }
+}
+
+/// `a >> n`, arithmetic (the sign fills in); for a shift amount outside 0..32 the sign
+/// alone: 0 or -1 (PyTorch's `bitwise_right_shift` of an int32 by 32 or more).
+pub fn shr(a: i32, n: i32) -> i32 {
+    if (0..32).contains(&n) {
+        a >> n
+    } else {
+        a >> 31
     }
 }
 
@@ -155,6 +176,28 @@ mod tests {
         assert_eq!(floor_rem(5, 0), 0);
         assert_eq!(floor_div(i32::MIN, -1), i32::MIN);
         assert_eq!(floor_rem(i32::MIN, -1), 0);
+    }
+
+    #[test]
+    fn bitwise_and_shifts_match_int32_torch() {
+        let b = |op, x, y| eval_binary(op, Scalar::I32(x), Scalar::I32(y)).as_i32();
+        assert_eq!(b(BinOp::IAnd, 0b1100, 0b1010), 0b1000);
+        assert_eq!(b(BinOp::IOr, 0b1100, 0b1010), 0b1110);
+        assert_eq!(b(BinOp::IXor, 0b1100, 0b1010), 0b0110);
+        assert_eq!(b(BinOp::IAnd, -1, 77), 77);
+        assert_eq!(b(BinOp::IXor, -8, -1), 7);
+        // shifts: two's complement, bits past the top dropped, the sign filling `>>`
+        assert_eq!(b(BinOp::IShl, 3, 4), 48);
+        assert_eq!(b(BinOp::IShl, 1, 31), i32::MIN);
+        assert_eq!(b(BinOp::IShl, 0x4000_0001, 2), 4);
+        assert_eq!(b(BinOp::IShr, -17, 2), -5);
+        assert_eq!(b(BinOp::IShr, 17, 2), 4);
+        // an amount outside 0..32: everything shifted out (torch's int32 shifts by >= 32)
+        assert_eq!(b(BinOp::IShl, 5, 32), 0);
+        assert_eq!(b(BinOp::IShl, 5, -1), 0);
+        assert_eq!(b(BinOp::IShr, 5, 40), 0);
+        assert_eq!(b(BinOp::IShr, -5, 40), -1);
+        assert_eq!(b(BinOp::IShr, -5, -3), -1);
     }
 
     #[test]

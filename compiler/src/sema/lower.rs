@@ -376,6 +376,11 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             (AstUn::Neg, Type::I32) => Some((self.push(Inst::Unary(UnOp::INeg, v), t, span), t)),
             (AstUn::Neg, Type::F32) => Some((self.push(Inst::Unary(UnOp::FNeg, v), t, span), t)),
             (AstUn::Not, Type::Bool) => Some((self.push(Inst::Unary(UnOp::Not, v), t, span), t)),
+            // bitwise not of an i32 (Rust's `!`): x ^ -1
+            (AstUn::Not, Type::I32) => {
+                let ones = self.push(Inst::ConstI32(-1), t, span);
+                Some((self.push(Inst::Binary(BinOp::IXor, v, ones), t, span), t))
+            }
             (AstUn::Neg, Type::Bool) => {
                 self.error(
                     Diagnostic::error("E0211", span, "cannot negate a `bool` with `-`")
@@ -388,7 +393,9 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 self.error(
                     Diagnostic::error("E0211", span, format!("cannot apply `!` to `{t}`"))
                         .with_label(format!("this is `{t}`"))
-                        .with_hint("`!` negates a bool; to test a number write `x == 0`"),
+                        .with_hint(
+                            "`!` negates a bool or inverts an i32's bits; to test a number write `x == 0.0`",
+                        ),
                 );
                 None
             }
@@ -419,6 +426,17 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         use AstBin::*;
         match op {
             AndAnd | OrOr | And | Or => return self.logical(op, l, r, span),
+            Xor | Shl | Shr => {
+                let ((a, ta), (b, tb)) = self.operands(l, r)?;
+                if op == Xor && ta == Type::Bool && tb == Type::Bool {
+                    // `^` on bools: exclusive or, `!=`
+                    return Some((
+                        self.push(Inst::Binary(BinOp::Xor, a, b), Type::Bool, span),
+                        Type::Bool,
+                    ));
+                }
+                return self.bitwise(op, (a, ta), (b, tb), (l.span, r.span), span);
+            }
             _ => {}
         }
         let ((a, ta), (b, tb)) = self.operands(l, r)?;
@@ -481,7 +499,7 @@ impl<'a, 'i> Lowerer<'a, 'i> {
             Le => (cmp(Cmp::Le), Type::Bool),
             Gt => (cmp(Cmp::Gt), Type::Bool),
             Ge => (cmp(Cmp::Ge), Type::Bool),
-            AndAnd | OrOr | And | Or => unreachable!("handled above"),
+            AndAnd | OrOr | And | Or | Xor | Shl | Shr => unreachable!("handled above"),
         };
         match irop {
             Some(o) => Some((self.push(Inst::Binary(o, a, b), result, span), result)),
@@ -499,8 +517,63 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         }
     }
 
+    /// `&`, `|`, `^`, `<<`, `>>` on two i32s (bitwise; both sides computed, no guards);
+    /// an error naming the types otherwise.
+    fn bitwise(
+        &mut self,
+        op: AstBin,
+        (a, ta): (Value, Type),
+        (b, tb): (Value, Type),
+        (ls, rs): (Span, Span),
+        span: Span,
+    ) -> Typed {
+        let sym = op.symbol();
+        if ta != Type::I32 || tb != Type::I32 {
+            let mixed_bool = (ta == Type::Bool) != (tb == Type::Bool);
+            let d = Diagnostic::error(
+                if ta == tb { "E0211" } else { "E0201" },
+                span,
+                if matches!(op, AstBin::Shl | AstBin::Shr) {
+                    format!("`{sym}` takes two `i32`s, found `{ta}` {sym} `{tb}`")
+                } else {
+                    format!("`{sym}` takes two `i32`s (bitwise) or two `bool`s, found `{ta}` {sym} `{tb}`")
+                },
+            )
+            .with_label(format!("no `{sym}` for `{ta}` and `{tb}`"))
+            .with_secondary(ls, format!("`{ta}`"))
+            .with_secondary(rs, format!("`{tb}`"));
+            let d = if mixed_bool && matches!(op, AstBin::And | AstBin::Or | AstBin::Xor) {
+                d.with_hint(format!(
+                    "`{sym}` binds looser than comparisons here: write `(a {sym} b) == c` to compare a bitwise result"
+                ))
+            } else if matches!(op, AstBin::Shl | AstBin::Shr) {
+                d.with_hint("shifts take an i32 and a shift amount (i32)")
+            } else {
+                d.with_hint("bitwise operators take i32s; convert with `as i32`")
+            };
+            self.error(d);
+            return None;
+        }
+        let o = match op {
+            AstBin::And => BinOp::IAnd,
+            AstBin::Or => BinOp::IOr,
+            AstBin::Xor => BinOp::IXor,
+            AstBin::Shl => BinOp::IShl,
+            AstBin::Shr => BinOp::IShr,
+            _ => unreachable!("bitwise operators only"),
+        };
+        Some((self.push(Inst::Binary(o, a, b), Type::I32, span), Type::I32))
+    }
+
     fn logical(&mut self, op: AstBin, l: &Expr, r: &Expr, span: Span) -> Typed {
         let la = self.expr(l, Some(Type::Bool));
+        // `&` and `|` between i32s: bitwise, both sides computed (no guards)
+        if matches!(op, AstBin::And | AstBin::Or)
+            && let Some((a, Type::I32)) = la
+        {
+            let rb = self.expr(r, Some(Type::I32))?;
+            return self.bitwise(op, (a, Type::I32), rb, (l.span, r.span), span);
+        }
         let a = match la {
             Some((a, Type::Bool)) => Some(a),
             Some((_, t)) => {
@@ -539,7 +612,11 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 format!("operands of `{sym}` must be `bool`, found `{t}`"),
             )
             .with_label(format!("this is `{t}`"))
-            .with_hint("compare numbers to get a bool, e.g. `x != 0`"),
+            .with_hint(if matches!(op, AstBin::And | AstBin::Or) {
+                "compare numbers to get a bool, e.g. `x != 0`; `&` and `|` are bitwise on two `i32`s"
+            } else {
+                "compare numbers to get a bool, e.g. `x != 0`"
+            }),
         );
     }
 

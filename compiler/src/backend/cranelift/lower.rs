@@ -493,7 +493,45 @@ fn binary(
         BinOp::Or => ins(g).bor(a, b),
         BinOp::Xor => ins(g).bxor(a, b),
         BinOp::BEq => ins(g).icmp(IntCC::Equal, a, b),
+        BinOp::IAnd => ins(g).band(a, b),
+        BinOp::IOr => ins(g).bor(a, b),
+        BinOp::IXor => ins(g).bxor(a, b),
+        BinOp::IShl | BinOp::IShr => shift(g, op == BinOp::IShl, a, b, const_b, vector),
     }
+}
+
+/// `a << b` / `a >> b` (arithmetic) with the IR's conventions: a shift amount outside
+/// 0..32 gives 0 (left) or the sign (right) — Cranelift's shifts take the amount modulo
+/// 32, so it is tested; a constant amount in range shifts vectors by the scalar, other
+/// vector amounts go lane by lane.
+fn shift(
+    g: &mut Gen,
+    left: bool,
+    a: CValue,
+    b: CValue,
+    const_b: Option<i32>,
+    vector: bool,
+) -> CValue {
+    if let Some(n) = const_b.filter(|n| (0..32).contains(n)) {
+        let k = g.b.ins().iconst(types::I32, n as i64);
+        return if left {
+            g.b.ins().ishl(a, k)
+        } else {
+            g.b.ins().sshr(a, k)
+        };
+    }
+    if vector {
+        return lanewise(g, &[a, b], types::I32X4, |g, x| {
+            shift(g, left, x[0], x[1], const_b, false)
+        });
+    }
+    let in_range = g.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, b, 32);
+    let (shifted, outside) = if left {
+        (g.b.ins().ishl(a, b), g.b.ins().iconst(types::I32, 0))
+    } else {
+        (g.b.ins().sshr(a, b), g.b.ins().sshr_imm_u(a, 31))
+    };
+    g.b.ins().select(in_range, shifted, outside)
 }
 
 /// Floor division / remainder with the IR's conventions, never trapping.

@@ -412,6 +412,10 @@ fn emit_binary<'ctx>(
         FCmp(c) => g
             .fcmp(float_pred(c), a.into_float_value(), b.into_float_value())?
             .into(),
+        IAnd => g.and(a.into_int_value(), b.into_int_value())?.into(),
+        IOr => g.or(a.into_int_value(), b.into_int_value())?.into(),
+        IXor => g.xor(a.into_int_value(), b.into_int_value())?.into(),
+        IShl | IShr => shift(g, op == IShl, a.into_int_value(), b.into_int_value())?.into(),
         And => g.and(a.into_int_value(), b.into_int_value())?.into(),
         Or => g.or(a.into_int_value(), b.into_int_value())?.into(),
         Xor => g.xor(a.into_int_value(), b.into_int_value())?.into(),
@@ -422,6 +426,28 @@ fn emit_binary<'ctx>(
             )?
             .into(),
     })
+}
+
+/// `x << n` / `x >> n` (arithmetic) with the IR's conventions: a shift amount outside
+/// 0..32 gives 0 (left) or the sign (right); LLVM's shift by 32 or more is poison, so the
+/// amount is taken in range first.
+fn shift<'ctx>(
+    g: &Gpu<'ctx>,
+    left: bool,
+    x: IntValue<'ctx>,
+    n: IntValue<'ctx>,
+) -> R<IntValue<'ctx>> {
+    let in_range = g.icmp(IntPredicate::ULT, n, g.c32(32))?;
+    let amount = g.selecti(in_range, n, g.c32(0))?;
+    let (shifted, outside) = if left {
+        (g.shl(x, amount)?, g.c32(0))
+    } else {
+        (
+            g.b.build_right_shift(x, amount, true, "")?,
+            g.b.build_right_shift(x, g.c32(31), true, "")?,
+        )
+    };
+    g.selecti(in_range, shifted, outside)
 }
 
 fn int_pred(c: Cmp) -> IntPredicate {
