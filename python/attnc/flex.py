@@ -460,16 +460,14 @@ def _call(trace, f, *args, ty: Optional[str] = None):
 
 
 def _where(trace, c, a, b):
-    c = _sym(trace, c)
-    if c.ty != "bool":
-        c = c.cast("bool")
-    a, b, ty = _promote(trace, a, b) if not (_is_bool(trace, a) and _is_bool(trace, b)) else (
-        _sym(trace, a), _sym(trace, b), "bool")
+    """``torch.where(c, a, b)``: two bools stay bools, else torch's promotion."""
+    c = _sym(trace, c).cast("bool")
+    a, b = _sym(trace, a), _sym(trace, b)
+    if a.ty == "bool" and b.ty == "bool":
+        ty = "bool"
+    else:
+        a, b, ty = _promote(trace, a, b)
     return trace.let(ty, f"if {c.expr} {{ {a.expr} }} else {{ {b.expr} }}")
-
-
-def _is_bool(trace, x) -> bool:
-    return isinstance(x, bool) or (isinstance(x, _Sym) and x.ty == "bool")
 
 
 def _clamp(trace, x, lo=None, hi=None):
