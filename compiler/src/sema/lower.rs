@@ -381,25 +381,29 @@ impl<'a, 'i> Lowerer<'a, 'i> {
                 let ones = self.push(Inst::ConstI32(-1), t, span);
                 Some((self.push(Inst::Binary(BinOp::IXor, v, ones), t, span), t))
             }
-            (AstUn::Neg, Type::Bool) => {
-                self.error(
-                    Diagnostic::error("E0211", span, "cannot negate a `bool` with `-`")
-                        .with_label("this is `bool`")
-                        .with_hint("use `!` to negate a condition"),
-                );
-                None
-            }
-            (AstUn::Not, _) => {
-                self.error(
-                    Diagnostic::error("E0211", span, format!("cannot apply `!` to `{t}`"))
-                        .with_label(format!("this is `{t}`"))
-                        .with_hint(
-                            "`!` negates a bool or inverts an i32's bits; to test a number write `x == 0.0`",
-                        ),
-                );
+            (AstUn::Neg, Type::Bool) | (AstUn::Not, _) => {
+                self.unary_error(op, t, span);
                 None
             }
         }
+    }
+
+    /// E0211 for `-` on a bool or `!` on an f32 (out of line: see `mismatched_operands`).
+    #[cold]
+    #[inline(never)]
+    fn unary_error(&mut self, op: AstUn, t: Type, span: Span) {
+        let d = if op == AstUn::Neg {
+            Diagnostic::error("E0211", span, "cannot negate a `bool` with `-`")
+                .with_label("this is `bool`")
+                .with_hint("use `!` to negate a condition")
+        } else {
+            Diagnostic::error("E0211", span, format!("cannot apply `!` to `{t}`"))
+                .with_label(format!("this is `{t}`"))
+                .with_hint(
+                    "`!` negates a bool or inverts an i32's bits; to test a number write `x == 0.0`",
+                )
+        };
+        self.error(d);
     }
 
     /// Lowers two operands; an integer literal on one side takes the other's type.
@@ -426,43 +430,12 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         use AstBin::*;
         match op {
             AndAnd | OrOr | And | Or => return self.logical(op, l, r, span),
-            Xor | Shl | Shr => {
-                let ((a, ta), (b, tb)) = self.operands(l, r)?;
-                if op == Xor && ta == Type::Bool && tb == Type::Bool {
-                    // `^` on bools: exclusive or, `!=`
-                    return Some((
-                        self.push(Inst::Binary(BinOp::Xor, a, b), Type::Bool, span),
-                        Type::Bool,
-                    ));
-                }
-                return self.bitwise(op, (a, ta), (b, tb), (l.span, r.span), span);
-            }
+            Xor | Shl | Shr => return self.xor_or_shift(op, l, r, span),
             _ => {}
         }
         let ((a, ta), (b, tb)) = self.operands(l, r)?;
         if ta != tb {
-            let sym = op.symbol();
-            let mut d = Diagnostic::error(
-                "E0201",
-                span,
-                format!("mismatched types: `{ta}` {sym} `{tb}`"),
-            )
-            .with_label(format!("no `{sym}` for `{ta}` and `{tb}`"))
-            .with_secondary(l.span, format!("`{ta}`"))
-            .with_secondary(r.span, format!("`{tb}`"));
-            let hint = if ta == Type::I32 && tb == Type::F32 {
-                Some("convert the left operand with `as f32`")
-            } else if ta == Type::F32 && tb == Type::I32 {
-                Some("convert the right operand with `as f32`")
-            } else if ta == Type::Bool || tb == Type::Bool {
-                Some("convert a bool with `as i32` or `as f32`")
-            } else {
-                None
-            };
-            if let Some(h) = hint {
-                d = d.with_hint(h);
-            }
-            self.error(d);
+            self.mismatched_operands(op, (l.span, ta), (r.span, tb), span);
             return None;
         }
         let t = ta;
@@ -504,17 +477,76 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         match irop {
             Some(o) => Some((self.push(Inst::Binary(o, a, b), result, span), result)),
             None => {
-                let sym = op.symbol();
-                self.error(
-                    Diagnostic::error("E0211", span, format!("`{sym}` is not defined for `bool`"))
-                        .with_label("bool operands")
-                        .with_hint(
-                            "combine conditions with `&&`, `||`, `&`, `|`, `!`, `==` or `!=`",
-                        ),
-                );
+                self.not_for_bool(op, span);
                 None
             }
         }
+    }
+
+    /// E0211 for arithmetic on bools (out of line: see `mismatched_operands`).
+    #[cold]
+    #[inline(never)]
+    fn not_for_bool(&mut self, op: AstBin, span: Span) {
+        let sym = op.symbol();
+        self.error(
+            Diagnostic::error("E0211", span, format!("`{sym}` is not defined for `bool`"))
+                .with_label("bool operands")
+                .with_hint("combine conditions with `&&`, `||`, `&`, `|`, `!`, `==` or `!=`"),
+        );
+    }
+
+    /// E0201 for `l op r` of two types. Cold and out of line: `binary` sits on the
+    /// lowering's recursion (one frame per nesting level, ~1000 levels on a 2 MiB stack in
+    /// compiler/tests/hostile.rs), and a diagnostic built inline there would widen every
+    /// level's frame.
+    #[cold]
+    #[inline(never)]
+    fn mismatched_operands(
+        &mut self,
+        op: AstBin,
+        (ls, ta): (Span, Type),
+        (rs, tb): (Span, Type),
+        span: Span,
+    ) {
+        let sym = op.symbol();
+        let mut d = Diagnostic::error(
+            "E0201",
+            span,
+            format!("mismatched types: `{ta}` {sym} `{tb}`"),
+        )
+        .with_label(format!("no `{sym}` for `{ta}` and `{tb}`"))
+        .with_secondary(ls, format!("`{ta}`"))
+        .with_secondary(rs, format!("`{tb}`"));
+        let hint = if ta == Type::I32 && tb == Type::F32 {
+            Some("convert the left operand with `as f32`")
+        } else if ta == Type::F32 && tb == Type::I32 {
+            Some("convert the right operand with `as f32`")
+        } else if ta == Type::Bool || tb == Type::Bool {
+            Some("convert a bool with `as i32` or `as f32`")
+        } else {
+            None
+        };
+        if let Some(h) = hint {
+            d = d.with_hint(h);
+        }
+        self.error(d);
+    }
+
+    /// `^`, `<<`, `>>`: bitwise on two i32s, `^` also on two bools (`!=`). Its own
+    /// function (never inlined) so that `binary`'s stack frame, which every nesting level
+    /// of an expression holds, stays as it was (compiler/tests/hostile.rs lowers ~1000
+    /// levels on a 2 MiB stack, also in unoptimized builds).
+    #[inline(never)]
+    fn xor_or_shift(&mut self, op: AstBin, l: &Expr, r: &Expr, span: Span) -> Typed {
+        let ((a, ta), (b, tb)) = self.operands(l, r)?;
+        if op == AstBin::Xor && ta == Type::Bool && tb == Type::Bool {
+            // `^` on bools: exclusive or, `!=`
+            return Some((
+                self.push(Inst::Binary(BinOp::Xor, a, b), Type::Bool, span),
+                Type::Bool,
+            ));
+        }
+        self.bitwise(op, (a, ta), (b, tb), (l.span, r.span), span)
     }
 
     /// `&`, `|`, `^`, `<<`, `>>` on two i32s (bitwise; both sides computed, no guards);
@@ -565,14 +597,21 @@ impl<'a, 'i> Lowerer<'a, 'i> {
         Some((self.push(Inst::Binary(o, a, b), Type::I32, span), Type::I32))
     }
 
+    /// `&` / `|` whose left side `a` is an i32: the right side lowered, then bitwise (not
+    /// inlined into `logical`, for the frame size: see `xor_or_shift`).
+    #[inline(never)]
+    fn bitwise_right(&mut self, op: AstBin, a: Value, l: &Expr, r: &Expr, span: Span) -> Typed {
+        let rb = self.expr(r, Some(Type::I32))?;
+        self.bitwise(op, (a, Type::I32), rb, (l.span, r.span), span)
+    }
+
     fn logical(&mut self, op: AstBin, l: &Expr, r: &Expr, span: Span) -> Typed {
         let la = self.expr(l, Some(Type::Bool));
         // `&` and `|` between i32s: bitwise, both sides computed (no guards)
         if matches!(op, AstBin::And | AstBin::Or)
             && let Some((a, Type::I32)) = la
         {
-            let rb = self.expr(r, Some(Type::I32))?;
-            return self.bitwise(op, (a, Type::I32), rb, (l.span, r.span), span);
+            return self.bitwise_right(op, a, l, r, span);
         }
         let a = match la {
             Some((a, Type::Bool)) => Some(a),
