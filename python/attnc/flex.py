@@ -208,7 +208,7 @@ def _sym(trace: _Trace, x) -> "_Sym":
         if x.numel() != 1:
             raise _fail(f"a captured tensor of shape {tuple(x.shape)} used without indices: index it with the "
                         f"traced indices (a one-element tensor is read as a number)")
-        return _read(trace, x, [0] * max(x.dim(), 1) if x.dim() > 0 else [0])
+        return _read(trace, x, [0] * max(x.dim(), 1))
     if isinstance(x, _Partial):
         raise _fail(f"a partly indexed captured tensor {tuple(x.tensor.shape)} used as a value: index all its dims")
     raise _fail(f"a value of type {type(x).__name__} in a traced expression")
@@ -514,6 +514,15 @@ def _torch_op(trace: _Trace, func, args, kwargs):
     return op(trace, *a, **kwargs)
 
 
+def _div(trace, x, y, rounding_mode):
+    """``torch.div``: true division, or floor division with ``rounding_mode="floor"``."""
+    if rounding_mode is None:
+        return _truediv(trace, x, y)
+    if rounding_mode == "floor":
+        return _floordiv(trace, x, y)
+    raise _fail("div(rounding_mode='trunc') has no attnc counterpart: use //")
+
+
 def _binary(f):
     return lambda trace, x, y, **k: f(trace, x, y)
 
@@ -549,10 +558,7 @@ _OPS: dict = {
     "multiply": _binary(lambda t, x, y: _arith(t, "*", x, y)),
     "truediv": _binary(_truediv),
     "true_divide": _binary(_truediv),
-    "div": lambda trace, x, y, rounding_mode=None, **k: (
-        _truediv(trace, x, y) if rounding_mode is None else
-        _floordiv(trace, x, y) if rounding_mode == "floor" else
-        (_ for _ in ()).throw(_fail("div(rounding_mode='trunc') has no attnc counterpart: use //"))),
+    "div": lambda trace, x, y, rounding_mode=None, **k: _div(trace, x, y, rounding_mode),
     "divide": lambda trace, x, y, **k: _OPS["div"](trace, x, y, **k),
     "floordiv": _binary(_floordiv),
     "floor_divide": _binary(_floordiv),

@@ -13,18 +13,7 @@ import attnc.hf  # noqa: E402
 
 
 def tiny_llama(impl):
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    cfg._attn_implementation = impl
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM, impl)
 
 
 CALLS = {"n": 0}

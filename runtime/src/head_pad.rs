@@ -22,9 +22,19 @@ use crate::error::{Error, Result};
 use crate::options::{Backend, BindOptions};
 use crate::tensor::Tensor;
 
-/// The head dims the CUDA kernels take (the forward also 16; at 256 the other dim is
-/// 128 or 256). Mirrored by the Python package's `_CUDA_HEAD_DIMS`.
-pub const CUDA_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
+/// The head dims the CUDA kernels take (`attnc_compiler::backend::llvm::HEAD_DIMS`; the
+/// backward from 32, and at 256 the other dim 128 or 256). Mirrored by the Python
+/// package's `_CUDA_HEAD_DIMS`.
+pub const CUDA_HEAD_DIMS: [usize; 5] = {
+    let d = attnc_compiler::backend::llvm::HEAD_DIMS;
+    [
+        d[0] as usize,
+        d[1] as usize,
+        d[2] as usize,
+        d[3] as usize,
+        d[4] as usize,
+    ]
+};
 
 /// Whether the CUDA kernels take head dims `d` and `dv` as they are.
 pub fn cuda_takes(d: usize, dv: usize) -> bool {
@@ -88,19 +98,20 @@ impl HeadPad {
 
     /// O, dO-like tensors (Dv last) back at the caller's Dv.
     pub fn narrow_v(&self, t: Tensor) -> Tensor {
-        if self.dv == self.to {
-            t
-        } else {
-            t.resize_last_dim(self.dv)
-        }
+        self.narrow(t, self.dv)
     }
 
     /// dQ, dK-like tensors (D last) back at the caller's D.
     pub fn narrow_qk(&self, t: Tensor) -> Tensor {
-        if self.d == self.to {
+        self.narrow(t, self.d)
+    }
+
+    /// `t` (at the kernels' dim) with its first `n` columns (no copy when that is all).
+    fn narrow(&self, t: Tensor, n: usize) -> Tensor {
+        if n == self.to {
             t
         } else {
-            t.resize_last_dim(self.d)
+            t.resize_last_dim(n)
         }
     }
 

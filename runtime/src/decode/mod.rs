@@ -29,6 +29,7 @@ pub(crate) use gpu::{
 
 use crate::api::{Backend, BindOptions, Bound, Captures, Output};
 use crate::error::{Error, Result};
+use crate::head_pad::HeadPad;
 use crate::tensor::{DType, Tensor};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{CpuKernel, CpuOptions};
@@ -117,18 +118,18 @@ impl<'a> KvCache<'a> {
     }
 }
 
-/// q and the cache's K and V at the kernels' head dim where the binding pads it
-/// (`head_pad`; `None` otherwise), and the call's shape at that dim.
+/// The binding's padding and q and the cache's K and V at the kernels' head dim where
+/// it pads (`head_pad`; `None` otherwise), and the call's shape at that dim.
 fn widened(
     bound: &Bound,
     q: &Tensor,
     cache: &KvCache,
     shape: &mut DecodeShape,
-) -> Option<[Tensor; 3]> {
+) -> Option<(HeadPad, [Tensor; 3])> {
     let p = bound.head_pad()?;
     let (k, v) = cache.kv();
     (shape.d, shape.dv) = (p.to, p.to);
-    Some([p.widen(q), p.widen(k), p.widen(v)])
+    Some((p, [p.widen(q), p.widen(k), p.widen(v)]))
 }
 
 /// An `Error::Cache` with the code of its kind.
@@ -407,9 +408,8 @@ impl Bound {
         captures: &Captures,
     ) -> Result<Output> {
         let mut shape = decode_shape(self, q, cache)?;
-        if let Some([q, k, v]) = widened(self, q, cache, &mut shape) {
+        if let Some((p, [q, k, v])) = widened(self, q, cache, &mut shape) {
             let out = self.forward_with_cache_at(&q, &cache.with_kv(&k, &v), shape, captures)?;
-            let p = self.head_pad().expect("widened: padded");
             return Ok(Output {
                 o: p.narrow_v(out.o),
                 lse: out.lse,
@@ -832,7 +832,7 @@ impl Bound {
         iters: usize,
     ) -> Result<Option<f64>> {
         let mut shape = decode_shape(self, q, cache)?;
-        if let Some([q, k, v]) = widened(self, q, cache, &mut shape) {
+        if let Some((_, [q, k, v])) = widened(self, q, cache, &mut shape) {
             return self.cache_device_time_at(&q, &cache.with_kv(&k, &v), shape, captures, iters);
         }
         self.cache_device_time_at(q, cache, shape, captures, iters)

@@ -814,6 +814,11 @@ pub struct PtxOptions {
 /// below 2^24 in magnitude, where f32 holds every integer.
 pub const FLOAT_POSITIONS_MAX: i64 = 1 << 22;
 
+/// The head dims (D and Dv) the PTX kernels take (`PtxOptions::validate`): the swizzled
+/// tiles need D / 8 a power of two. The runtime pads other dims to one of these
+/// (`attnc::head_pad`).
+pub const HEAD_DIMS: [u32; 5] = [16, 32, 64, 128, 256];
+
 /// Whether a binding whose longest sequence (max of Lq and Lkv) is `longest` may use
 /// [`PtxOptions::float_positions`]: positions, plus a margin of 256 for the offsets of a
 /// fragment's elements, stay under [`FLOAT_POSITIONS_MAX`]. The forward's and the
@@ -1391,7 +1396,7 @@ impl PtxOptions {
         // the swizzled tiles index 16-byte chunks with shifts and masks and XOR the chunk
         // with the row: D / 8 must be a power of two (D = 96 addressed past its rows and
         // faulted on an H200)
-        let dim_ok = |x: u32| matches!(x, 16 | 32 | 64 | 128 | 256);
+        let dim_ok = |x: u32| HEAD_DIMS.contains(&x);
         if !dim_ok(self.d) || !dim_ok(self.dv) {
             return Err(LlvmError::Unsupported(format!(
                 "head dims D={} Dv={}: the PTX backend supports 16, 32, 64, 128 and 256 (the CPU backend takes any); zeros appended to q's, k's and v's rows up to one of those change nothing but the cost (pass the true head dim's scale and keep O's first Dv columns: the runtime's bindings (`attnc::head_pad`) and the Python package pad by themselves)",
