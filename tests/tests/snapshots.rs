@@ -128,6 +128,7 @@ const EXACT: &[&str] = &[
     "chunked/chunked_causal",
     "document_causal/document_causal",
     "mask_algebra/prefix_lm_named",
+    "morton_natten/morton_natten",
     "prefix_lm/prefix_lm",
     "sliding_window/sliding_window",
 ];
