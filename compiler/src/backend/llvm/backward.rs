@@ -985,10 +985,10 @@ pub fn emit_backward(
     })
 }
 
-/// The forward's pipeline (`super::PASSES`), with instcombine's fixpoint check off:
-/// LLVM 22 reports that instcombine needs a second iteration on the dK/dV kernel (a
-/// fatal error with the check on; the second `instcombine` run finishes the job).
-const PASSES: &str = "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,gvn,instcombine<no-verify-fixpoint>)";
+// The forward's pipeline (instcombine without its fixpoint check: LLVM 22 reported that
+// instcombine needs a second iteration on the dK/dV kernel, a fatal error with the check
+// on).
+use super::PASSES;
 
 /// The parameter list of a backward kernel, in launch order.
 pub(crate) fn param_list(

@@ -13,8 +13,8 @@
 
 pub use super::launch_spec::{GridDim, KernelSpec};
 use super::{
-    CROSS_PASSES, EmitText, EmitTimes, LlvmError, PASSES, PtxKernel, PtxOptions, TABLE_PASSES,
-    blocktable, kernel, run_pipeline, sanitize,
+    EmitText, EmitTimes, LlvmError, PASSES, PtxKernel, PtxOptions, TABLE_PASSES, blocktable,
+    kernel, run_pipeline, sanitize,
 };
 use crate::backend::KernelKind;
 use crate::plan::{KvBounds, Plan};
@@ -152,7 +152,6 @@ pub fn generate(
     let spec = spec(plan, kind, opts)?;
     let passes = match kind {
         KernelKind::BlockTable => TABLE_PASSES,
-        _ if opts.cross_tile || opts.q_ahead => CROSS_PASSES,
         _ => PASSES,
     };
     let (ptx, llvm_ir, mut times) = run_pipeline(

@@ -2047,3 +2047,38 @@ fn mask_kinds_split_the_partial_path_by_conjunct() {
         assert_eq!(emit(&p, &x).unwrap().ptx, emit(&p, &x).unwrap().ptx);
     }
 }
+
+/// Bit-interleaving masks (Morton-ordered neighbourhood attention over a 64 x 64 and a
+/// 128 x 128 canvas) through the options a binding gets (`PtxOptions::new` then
+/// `for_binding`, as the runtime's forward), both head dims and input types: LLVM 22's
+/// instcombine needed a second iteration on these kernels, which its fixpoint check made a
+/// fatal error that aborted the process (session 36, on the H200 through the Python
+/// package; `examples/morton_natten.attn`'s own 32 x 32 canvas did not show it).
+#[test]
+fn bit_interleaving_masks_emit_with_binding_options() {
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/morton_natten.attn"
+    ))
+    .unwrap();
+    for (w, k) in [(64, 7), (128, 15)] {
+        let src = base
+            .replace("CANVAS_W: i32 = 32", &format!("CANVAS_W: i32 = {w}"))
+            .replace("CANVAS_H: i32 = 32", &format!("CANVAS_H: i32 = {w}"))
+            .replace("KERNEL_W: i32 = 7", &format!("KERNEL_W: i32 = {k}"))
+            .replace("KERNEL_H: i32 = 7", &format!("KERNEL_H: i32 = {k}"));
+        assert_ne!(src, base);
+        let p = crate::compile_source(&src).unwrap().programs.remove(0);
+        let plan = Plan::new(&p);
+        for (arch, d, ty) in [
+            (Arch::Sm90, 128, InputType::Bf16),
+            (Arch::Sm90, 64, InputType::Bf16),
+            (Arch::Sm90, 128, InputType::F16),
+            (Arch::Sm80, 128, InputType::Bf16),
+        ] {
+            let o = PtxOptions::new(arch, d, d, ty).for_binding(&plan, w * w);
+            let ptx = emit(&p, &o).unwrap_or_else(|e| panic!("canvas {w} {arch:?} D{d}: {e}"));
+            assert!(ptx.ptx.contains(".entry"));
+        }
+    }
+}
