@@ -1184,7 +1184,10 @@ fn gpu_backward_padded_head_dims(_dev: &CudaDevice) {
                     v: &v,
                     seq_lens: &lens,
                 };
-                let caps = synth::captures(var.program(), &dshape, seed);
+                // captures over logical positions: a Q dimension spans the cache's
+                // positions, not the 3 rows (as gpu_decode's `captures_for`)
+                let logical = Shape { lq: 160, ..dshape };
+                let caps = synth::captures(var.program(), &logical, seed);
                 let mut cuda = var
                     .bind(BindOptions::new(Backend::Cuda, dshape, DType::BF16))
                     .unwrap();
