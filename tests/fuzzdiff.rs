@@ -201,3 +201,50 @@ pub fn programs(data: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// One generated program (`progs::Gen` from `seed`; half of them with a differentiable
+/// score) through the PTX generator with the options a binding gets, on the CPU: the
+/// forward (`PtxOptions::new(..).for_binding`: sm_90 D128 bf16, D64 f16, sm_80 D128),
+/// the block-table kernel for masks over captured tensors, and the backward's three
+/// kernels (`PtxOptions::backward(..).backward_for_binding`, sm_90 D128 and D64, sm_80).
+/// A failure is an error the generator returns for a program the runtime would launch;
+/// a crash (an LLVM fatal error, as LLVM 22's instcombine fixpoint check was in session
+/// 36) ends the process, which the fuzzer reports by dying.
+pub fn ptx_kernels(seed: u64) -> Result<(), String> {
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
+    use attnc_compiler::plan::MapRecipe;
+    let mut g = crate::progs::Gen::new(seed, seed % 2 == 1);
+    let src = crate::progs::program(&mut g);
+    let var = crate::variant(&src, "a");
+    let plan = &attnc_compiler::plan::Plan::new(var.program());
+    let longest = 1 + (seed % 20_000) as usize;
+    let mut sets: Vec<(KernelKind, PtxOptions)> = Vec::new();
+    for (arch, d, ty) in [
+        (Arch::Sm90, 128, InputType::Bf16),
+        (Arch::Sm90, 64, InputType::F16),
+        (Arch::Sm80, 128, InputType::Bf16),
+    ] {
+        let f = PtxOptions::new(arch, d, d, ty).for_binding(plan, longest);
+        sets.push((KernelKind::Forward, f));
+        if plan.map_recipe() == MapRecipe::Tensors {
+            sets.push((KernelKind::BlockTable, f));
+        }
+        let b = PtxOptions::backward(arch, d, d, ty).backward_for_binding(plan, longest);
+        for k in [
+            KernelKind::BackwardPre,
+            KernelKind::BackwardDkDv,
+            KernelKind::BackwardDq,
+        ] {
+            sets.push((k, b));
+        }
+    }
+    for (kind, o) in sets {
+        let (k, _) = generate(plan, kind, &o, EmitText::PtxOnly)
+            .map_err(|e| format!("seed {seed}: {kind} ({}): {e}\n{src}", o.key()))?;
+        if !k.ptx.contains(".entry") {
+            return Err(format!("seed {seed}: {kind}: no .entry\n{src}"));
+        }
+    }
+    Ok(())
+}

@@ -1,11 +1,17 @@
 //! Runs the differential fuzz check (`attnc_tests::fuzzdiff`) without libFuzzer: random
 //! inputs from a seeded SplitMix64, for a given number of executions or seconds.
 //!
-//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode] [--execs N] [--secs S] [--seed X]`
+//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode|ptx] [--execs N] [--secs S] [--seed X]`
 //!
 //! Prints progress every 10 s and a final `fuzz_differential: N executions (B builtin
 //! sweeps, P programs), 0 failures in S s`; on a failure prints the input (hex) and the
 //! message and exits 1. The same check runs under libFuzzer as `fuzz/fuzz_targets/differential.rs`.
+//!
+//! `ptx` runs generated programs through the PTX generator with a binding's options for
+//! every kernel kind (`attnc_tests::fuzzdiff::ptx_kernels`; no GPU needed): an error or
+//! an LLVM abort (the process dies) is a failure; each case's seed goes to stderr first
+//! (`\r`-separated), so an abort's last one names the program
+//! (`attnc_tests::fuzzdiff::ptx_kernels(seed)` reruns it).
 //!
 //! `backward` and `decode` run the other passes on generated programs instead
 //! (`attnc_tests::passes::{backward_case, decode_case}` on the CPU target, as
@@ -38,9 +44,9 @@ fn main() {
     assert!(
         matches!(
             mode.as_str(),
-            "both" | "builtins" | "programs" | "backward" | "decode"
+            "both" | "builtins" | "programs" | "backward" | "decode" | "ptx"
         ),
-        "--mode both|builtins|programs|backward|decode"
+        "--mode both|builtins|programs|backward|decode|ptx"
     );
     let target = Target::cpu();
     let mut rng = Rng::new(seed);
@@ -58,6 +64,12 @@ fn main() {
             "programs" => {
                 progs += 1;
                 fuzzdiff::programs(&data)
+            }
+            "ptx" => {
+                progs += 1;
+                let case = rng.next_u64();
+                eprint!("\rptx case seed {case} ");
+                fuzzdiff::ptx_kernels(case)
             }
             "backward" | "decode" => {
                 progs += 1;

@@ -230,3 +230,16 @@ fn generated_programs_emit_deterministic_code() {
         }
     }
 }
+
+/// Generated programs through the PTX generator with a binding's options for every
+/// kernel kind (forward, block table, the backward's three; sm_90 D128 / D64, sm_80):
+/// no error and no LLVM abort (`fuzzdiff::ptx_kernels`; `fuzz_differential --mode ptx`
+/// runs it for longer). 6 programs (~6 s of CPU in a debug build).
+#[test]
+fn generated_programs_emit_every_kernel_kind() {
+    for seed in 0..6 {
+        if let Err(e) = attnc_tests::fuzzdiff::ptx_kernels(seed) {
+            panic!("{e}");
+        }
+    }
+}
