@@ -169,14 +169,31 @@ pub static NUDGED: AtomicU64 = AtomicU64::new(0);
 /// wrong under a nudge of the inputs, which moves such an element off the kink.
 pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
     match backward_case_at(seed, t, false) {
-        Err(first) if first.starts_with('d') => match backward_case_at(seed, t, true) {
+        Err(Miss::Gradient(first)) => match backward_case_at(seed, t, true) {
             Ok(()) => {
                 NUDGED.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(again) => Err(format!("{first}\n(with q nudged: {again})")),
+            Err(again) => Err(format!("{first}\n(with q nudged: {})", again.message())),
         },
-        r => r,
+        Err(other) => Err(other.message()),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// How a backward case failed: a gradient off the oracle's (judged again with q nudged,
+/// [`backward_case`]) or anything else (an error from a call, a missing gradient), which
+/// a nudge cannot excuse.
+enum Miss {
+    Gradient(String),
+    Other(String),
+}
+
+impl Miss {
+    fn message(self) -> String {
+        match self {
+            Miss::Gradient(m) | Miss::Other(m) => m,
+        }
     }
 }
 
@@ -197,7 +214,7 @@ fn nudge(q: &Tensor, seed: u64, dtype: DType) -> Tensor {
     Tensor::from_f32_as(q.shape().to_vec(), &x, dtype)
 }
 
-fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), String> {
+fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), Miss> {
     let mut d = draw(seed, t, true);
     let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
     let ctx = format!(
@@ -220,14 +237,15 @@ fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), String> {
     let mut under = bind(&d.var, t.backend, s, t.dtype);
     let fwd = under
         .forward(&q, &k, &v, &caps)
-        .map_err(|e| format!("forward: {e}\n{ctx}"))?;
+        .map_err(|e| Miss::Other(format!("forward: {e}\n{ctx}")))?;
     let got = under
         .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
-        .map_err(|e| format!("{:?} backward: {e}\n{ctx}", t.backend))?;
+        .map_err(|e| Miss::Other(format!("{:?} backward: {e}\n{ctx}", t.backend)))?;
     let want = bind(&d.var, Backend::Reference, s, t.dtype)
         .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
-        .map_err(|e| format!("oracle backward: {e}\n{ctx}"))?;
-    let with = |e: String| format!("{e}\n{ctx}");
+        .map_err(|e| Miss::Other(format!("oracle backward: {e}\n{ctx}")))?;
+    let with = |e: String| Miss::Gradient(format!("{e}\n{ctx}"));
+    let other = |e: String| Miss::Other(format!("{e}\n{ctx}"));
     close_grad("dQ", &got.dq.to_f32(), &want.dq.to_f32(), t, 0.0).map_err(with)?;
     close_grad("dK", &got.dk.to_f32(), &want.dk.to_f32(), t, 0.0).map_err(with)?;
     close_grad("dV", &got.dv.to_f32(), &want.dv.to_f32(), t, 0.0).map_err(with)?;
@@ -244,7 +262,7 @@ fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), String> {
     };
     let floor = 2.0 * eps * ((s.b * s.hq * s.lq) as f32).sqrt();
     if got.tensors.keys().ne(want.tensors.keys()) {
-        return Err(with(format!(
+        return Err(other(format!(
             "tensor gradients {:?} != oracle's {:?}",
             got.tensors.keys().collect::<Vec<_>>(),
             want.tensors.keys().collect::<Vec<_>>()
@@ -264,7 +282,7 @@ fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), String> {
         let g = *got
             .params
             .get(name)
-            .ok_or_else(|| with(format!("no gradient for param {name}")))?;
+            .ok_or_else(|| other(format!("no gradient for param {name}")))?;
         close_grad(&format!("d{name}"), &[g], &[*w], t, floor).map_err(with)?;
     }
     Ok(())
