@@ -11,7 +11,10 @@
 //! - i32: an interval, plus — when the value is exactly an affine form
 //!   `c_b*b + c_h*h + c_q*q + c_kv*kv + k` over the whole box, with no i32 wrap-around —
 //!   that form ([`Aff`]). Comparisons of two affine values are decided on the exact
-//!   range of their difference, so `q - kv < w` is exact on every box;
+//!   range of their difference, so `q - kv < w` is exact on every box. Results of the
+//!   bitwise operators and shifts also carry the bits known at every point ([`Bits`]),
+//!   which narrow their interval: bit (de)interleaving (Morton codes) keeps the holes an
+//!   interval would fill, and is exact over aligned boxes;
 //! - f32: an interval plus a may-be-NaN flag (IEEE `+ - * /` are monotone and correctly
 //!   rounded, so corners give exact bounds; transcendental functions are widened by
 //!   two ulps).
