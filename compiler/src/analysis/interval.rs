@@ -287,9 +287,14 @@ pub struct Bits {
 impl Bits {
     pub const NONE: Bits = Bits { zeros: 0, ones: 0 };
 
-    /// The bits every value of `lo..=hi` (within i32) shares: those above the highest
-    /// bit where `lo` and `hi` differ (none across zero, where the sign differs).
+    /// The bits every value of `lo..=hi` shares: those above the highest bit where `lo`
+    /// and `hi` differ (none across zero, where the sign differs; none for a range
+    /// outside i32).
     pub fn of_range(lo: i64, hi: i64) -> Bits {
+        if lo < I32_LO || hi > I32_HI || lo > hi {
+            // not an i32 range: nothing is known (rather than bits of a truncation)
+            return Bits::NONE;
+        }
         let (l, h) = (lo as i32 as u32, hi as i32 as u32);
         let diff = l ^ h;
         let known = if diff == 0 {
@@ -1589,6 +1594,9 @@ mod tests {
                 }
             }
         }
+        // beyond i32 nothing is known (no bits of a truncated bound)
+        assert_eq!(Bits::of_range(-(1 << 40), 5), Bits::NONE);
+        assert_eq!(Bits::of_range(3, 1 << 33), Bits::NONE);
         // operators: each result of members agrees with the bits claimed, for random bits
         // (bit 31 and six low bits free to be known)
         use rand::{Rng, SeedableRng};
