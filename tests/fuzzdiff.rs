@@ -214,9 +214,9 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
     use attnc_compiler::backend::KernelKind;
     use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
     use attnc_compiler::plan::MapRecipe;
-    let mut g = crate::progs::Gen::new(seed, seed % 2 == 1);
-    let src = crate::progs::program(&mut g);
-    let var = crate::variant(&src, "a");
+    let mut g = Gen::new(seed, seed % 2 == 1);
+    let src = program(&mut g);
+    let var = variant(&src, "a");
     let plan = &attnc_compiler::plan::Plan::new(var.program());
     let longest = 1 + (seed % 20_000) as usize;
     let mut sets: Vec<(KernelKind, PtxOptions)> = Vec::new();

@@ -238,8 +238,6 @@ fn generated_programs_emit_deterministic_code() {
 #[test]
 fn generated_programs_emit_every_kernel_kind() {
     for seed in 0..6 {
-        if let Err(e) = attnc_tests::fuzzdiff::ptx_kernels(seed) {
-            panic!("{e}");
-        }
+        attnc_tests::fuzzdiff::ptx_kernels(seed).unwrap_or_else(|e| panic!("{e}"));
     }
 }

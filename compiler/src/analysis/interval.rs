@@ -270,15 +270,16 @@ pub struct IntV {
     pub lo: i64,
     pub hi: i64,
     pub aff: Option<Aff>,
-    /// Bits known beyond what `lo..=hi` says (the bitwise operators' results: `x & 0x55`
-    /// of an aligned range has every odd bit zero, which no interval says).
+    /// Bits known at every point besides what `lo..=hi` says (set by the bitwise
+    /// operators: `x & 0x55` of an aligned range has every odd bit zero, which no interval
+    /// says); [`IntV::known`] adds the range's own.
     pub bits: Bits,
 }
 
 /// Known bits of an i32's two's-complement pattern: a bit set in `zeros` is 0 at every
 /// point, one set in `ones` is 1 (LLVM's `KnownBits`). Bitwise index arithmetic (Morton
 /// codes, bit (de)interleaving) keeps its holes here, where an interval would fill them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Bits {
     pub zeros: u32,
     pub ones: u32,
@@ -308,6 +309,7 @@ impl Bits {
         }
     }
 
+    /// What either side knows (both describe the same values).
     fn union(self, o: Bits) -> Bits {
         Bits {
             zeros: self.zeros | o.zeros,
@@ -315,20 +317,20 @@ impl Bits {
         }
     }
 
+    /// What both sides know (values from either).
+    fn common(self, o: Bits) -> Bits {
+        Bits {
+            zeros: self.zeros & o.zeros,
+            ones: self.ones & o.ones,
+        }
+    }
+
     /// The smallest and largest i32 with these bits.
     pub fn range(self) -> (i64, i64) {
         let free = !(self.zeros | self.ones);
-        let sign = 1u32 << 31;
-        let lo = if free & sign != 0 {
-            self.ones | sign
-        } else {
-            self.ones
-        };
-        let hi = if free & sign != 0 {
-            (self.ones | free) & !sign
-        } else {
-            self.ones | free
-        };
+        // an unknown sign bit: set for the smallest, clear for the largest
+        let free_sign = free & (1u32 << 31);
+        let (lo, hi) = (self.ones | free_sign, (self.ones | free) & !free_sign);
         (lo as i32 as i64, hi as i32 as i64)
     }
 
@@ -403,13 +405,7 @@ impl IntV {
             lo: self.lo.min(o.lo),
             hi: self.hi.max(o.hi),
             aff: if self.aff == o.aff { self.aff } else { None },
-            bits: {
-                let (a, b) = (self.known(), o.known());
-                Bits {
-                    zeros: a.zeros & b.zeros,
-                    ones: a.ones & b.ones,
-                }
-            },
+            bits: self.known().common(o.known()),
         }
     }
 }
@@ -1671,6 +1667,8 @@ mod tests {
         // a Morton code's column (its even bits, packed) over every aligned range of 2^k
         // codes is exactly the range's columns: intervals alone lose the holes after the
         // first mask (`examples/morton_natten.attn`'s blocks were 39% visited, 21.5% kept)
+        // one operator as the evaluator applies it: the range, narrowed by the bits
+        let apply = |op, x: IntV, y: IntV| with_bits(op, bitwise_range(op, x, y), x, y);
         let deinterleave = |x: IntV| {
             let mut c = x;
             let steps = [
@@ -1682,12 +1680,10 @@ mod tests {
             ];
             for (shift, mask) in steps {
                 if shift > 0 {
-                    let s = IntV::single(shift);
-                    let sh = with_bits(BinOp::IShr, bitwise_range(BinOp::IShr, c, s), c, s);
-                    c = with_bits(BinOp::IOr, bitwise_range(BinOp::IOr, c, sh), c, sh);
+                    let sh = apply(BinOp::IShr, c, IntV::single(shift));
+                    c = apply(BinOp::IOr, c, sh);
                 }
-                let m = IntV::single(mask);
-                c = with_bits(BinOp::IAnd, bitwise_range(BinOp::IAnd, c, m), c, m);
+                c = apply(BinOp::IAnd, c, IntV::single(mask));
             }
             c
         };

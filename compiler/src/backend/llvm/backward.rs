@@ -107,7 +107,9 @@ use super::cta::Args;
 use super::expr::{Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, flat_index};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::launch_spec::{GridDim, KernelSpec};
-use super::{BwdDq, InputType, KernelParam, LlvmError, Mma, PtxKernel, PtxOptions, sanitize};
+use super::{
+    BwdDq, InputType, KernelParam, LlvmError, Mma, PASSES, PtxKernel, PtxOptions, sanitize,
+};
 use crate::backend::KernelKind;
 use crate::ir::{Function, Program};
 use crate::plan::Plan;
@@ -984,11 +986,6 @@ pub fn emit_backward(
         llvm_ir,
     })
 }
-
-// The forward's pipeline (instcombine without its fixpoint check: LLVM 22 reported that
-// instcombine needs a second iteration on the dK/dV kernel, a fatal error with the check
-// on).
-use super::PASSES;
 
 /// The parameter list of a backward kernel, in launch order.
 pub(crate) fn param_list(
