@@ -238,6 +238,17 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
         ] {
             sets.push((k, b));
         }
+        // the uniform-read path of capture gradients (off by default: built, not yet run
+        // on a GPU), where it changes the fused kernel
+        if arch == Arch::Sm90
+            && !attnc_compiler::backend::llvm::backward::capture_grads(var.program()).is_empty()
+        {
+            let u = PtxOptions {
+                bwd_uniform_reads: true,
+                ..b
+            };
+            sets.push((KernelKind::BackwardDkDv, u));
+        }
     }
     for (kind, o) in sets {
         let (k, _) = generate(plan, kind, &o, EmitText::PtxOnly)

@@ -2312,3 +2312,57 @@ fn d256_binding_kernels() {
         q.ptx
     );
 }
+
+/// `PtxOptions::bwd_uniform_reads` on the runtime's D128 / D64 bindings: the fused dK/dV
+/// kernel of every capture-gradient attention whose reads' index arithmetic has interval
+/// rules (`backend::llvm::uniform`: the relative-position table, a nested bucket table, a
+/// param in the clamp) gains the uniform-read path — one more copy
+/// of the element code (32 more `ex2` per thread at D128's q tiles of 64), byte-identical
+/// twice — and the others (T5's float bucket arithmetic; the learned `[B, H, Q, KV]`
+/// bias, whose index is one-to-one in the positions) are unchanged by the option.
+/// `ATTNC_BWD_PTX_DIR=dir` writes each kernel there (for `ptxas -v`).
+#[test]
+fn fused_uniform_reads_kernels() {
+    let nested = "tensor bucket: i32[257]; tensor tb: f32[H, 16]; param maxd: i32;\n\
+                  mask causal(b, h, q, kv) { q >= kv }\n\
+                  score nested(s, b, h, q, kv) { s + tb[h, bucket[clamp(q - kv, -maxd, maxd) + 128] % 16] }\n\
+                  attention nested_bucket { mask = causal; score = nested; }";
+    let nested = attnc_compiler::compile_source(nested)
+        .unwrap()
+        .programs
+        .remove(0);
+    let mut changed = Vec::new();
+    for (p, d) in [
+        (example("relative_bias_table", "relative_bias_table"), 128),
+        (example("relative_bias_table", "relative_bias_table"), 64),
+        (example("learned_bias", "learned_bias"), 128),
+        (nested, 128),
+        (example("t5_relative_bias", "t5_encoder"), 128),
+    ] {
+        let plan = Plan::new(&p);
+        let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        let u = PtxOptions {
+            bwd_uniform_reads: true,
+            ..o
+        };
+        let tag = format!("{} d{d}", p.name);
+        let a = dkdv_twice(&plan, &o, &tag, &format!("{}_d{d}.ptx", p.name));
+        let b = dkdv_twice(&plan, &u, &tag, &format!("{}_d{d}_uniform.ptx", p.name));
+        let ex2 = |k: &PtxKernel| k.ptx.matches("ex2.approx").count();
+        if a.ptx != b.ptx {
+            if d == 128 {
+                assert_eq!(ex2(&b), ex2(&a) + 32, "{tag}: one more element path");
+            }
+            changed.push(tag);
+        }
+    }
+    assert_eq!(
+        changed,
+        [
+            "relative_bias_table d128",
+            "relative_bias_table d64",
+            "nested_bucket d128"
+        ]
+    );
+}

@@ -280,8 +280,14 @@ class Attention:
         params, tensors = dict(self.params), {n: (t, d) for n, t, d in self.tensors}
         for name, x in captures.items():
             if name in params and isinstance(x, torch.Tensor):
+                learn = ""
+                if params[name] == "f32" and x.requires_grad:
+                    # a learnable scalar: params are numbers, fixed per call; a one-element
+                    # tensor capture is differentiable
+                    learn = (f"; to learn it, declare `tensor {name}: f32[1];` and read `{name}[0]` "
+                             f"(tensor captures get gradients)")
                 return _error("E0302", f"param `{name}` is declared `{params[name]}` but was given a tensor "
-                              f"{tuple(x.shape)}; pass a Python number (e.g. `{name}.item()`)")
+                              f"{tuple(x.shape)}; pass a Python number (e.g. `{name}.item()`){learn}")
             if name in tensors and not isinstance(x, torch.Tensor):
                 elem, dims = tensors[name]
                 return _error("E0304", f"tensor `{name}` is declared {elem}[{', '.join(dims)}] but was given "

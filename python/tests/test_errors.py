@@ -250,6 +250,20 @@ def test_a_capture_of_the_wrong_kind_is_named(doc_alibi):
     assert "tensor `doc` is declared i32[B, KV] but was given int" in str(e)
 
 
+def test_a_learnable_tensor_for_an_f32_param_says_how_to_learn_it():
+    """An f32 param given a tensor that requires grad (a learnable soft-cap): the error
+    says how to declare it so that it gets a gradient, and that way works."""
+    src = "param cap: f32;\nscore sc(s, b, h, q, kv) { cap * tanh(s / cap) }\nattention a { score = sc; }"
+    q, k, v = (torch.randn(1, 2, 9, 16) for _ in range(3))
+    cap = torch.full((1,), 20.0, requires_grad=True)
+    e = raises("E0302", attnc.compile(src).attention(), q, k, v, cap=cap)
+    assert "declare `tensor cap: f32[1];` and read `cap[0]`" in str(e)
+    learned = attnc.compile(src.replace("param cap: f32;", "tensor cap: f32[1];").replace("cap", "cap[0]")
+                            .replace("tensor cap[0]: f32[1];", "tensor cap: f32[1];")).attention()
+    learned(q, k, v, cap=cap).sum().backward()
+    assert cap.grad is not None and cap.grad.shape == (1,) and torch.isfinite(cap.grad).all()
+
+
 def test_int64_seq_lens_beyond_int32_are_refused_not_wrapped():
     attn = attnc.compile(EXAMPLES / "causal.attn").attention()
     q = torch.randn(2, 2, 1, 16)

@@ -664,7 +664,9 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// `ATTNC_BWD_WIDE=0` the wide dQ conversion (`bwd_convert_wide`, session 14) off,
 /// `ATTNC_BWD_REC=0` the visits from the producer's records (`bwd_visit_rec`, sessions 13
 /// and 16) off and `ATTNC_BWD_CUTS=0` the math warps' instruction cuts (`bwd_stmatrix`,
-/// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off.
+/// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off. `ATTNC_BWD_UNIFORM=1` / `0` turns
+/// the uniform-read path of capture gradients (`PtxOptions::bwd_uniform_reads`, session
+/// 37, off by default: not yet run on a GPU) on / off in the fused kernels.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     bwd_overrides(o, |name| std::env::var(name).ok())
 }
@@ -688,6 +690,7 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
     let off = |name: &str| env_switch(name) == Some(false);
     o.float_positions &= !off("ATTNC_BWD_FPOS");
     set(&mut o.bwd_lpt, "ATTNC_BWD_LPT", fused);
+    set(&mut o.bwd_uniform_reads, "ATTNC_BWD_UNIFORM", fused);
     set(&mut o.bwd_wscan, "ATTNC_BWD_WSCAN", fused && !o.bwd_lpt);
     match env_switch("ATTNC_BWD_PERSIST") {
         // (bands and tables: session 12's options, as gpu_backward_persist tests them;

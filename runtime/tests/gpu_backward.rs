@@ -1315,6 +1315,91 @@ fn gpu_backward_capture_grads(_dev: &CudaDevice) {
     assert!(determinism_done);
 }
 
+/// Capture gradients whose reads are one element over most tiles
+/// (`backend::llvm::uniform`: the fused kernel's path that reads each once per tile and
+/// sums one run per read site): index arithmetic by each interval rule — a clamp of
+/// `q - kv`, an i32 param and its negation, an integer table indexed by the clamp (a
+/// nested read), floor division, a shift, `abs` and `min`, a remainder — and a guard that
+/// varies inside uniform tiles.
+const UNIFORM_SOURCES: &str = r#"
+tensor rel: f32[H, 129];
+tensor relp: bf16[H, 257];
+tensor bucket: i32[257];
+tensor tb: f32[H, 16];
+tensor coarse: f32[H, 17];
+tensor dist: f16[H, 65];
+tensor per: f32[H, 64];
+param maxd: i32;
+
+mask causal(b, h, q, kv) { q >= kv }
+
+score rel_full(s, b, h, q, kv) { s + rel[h, clamp(q - kv, -64, 64) + 64] }
+score rel_param(s, b, h, q, kv) { s + relp[h, clamp(q - kv, -maxd, maxd) + maxd] }
+score nested(s, b, h, q, kv) { s + tb[h, bucket[clamp(q - kv, -128, 128) + 128] % 16] }
+score shifted(s, b, h, q, kv) {
+    s + coarse[h, clamp((q - kv) / 32, -8, 8) + 8] + coarse[h, clamp((kv - q) >> 6, -8, 8) + 8]
+}
+score absolute(s, b, h, q, kv) { s * 0.75 + dist[h, min(abs(q - kv), 64)] }
+score periodic(s, b, h, q, kv) { s + per[h, (q + 1024) % 64] }
+score guarded(s, b, h, q, kv) {
+    if q > kv + 300 { s + rel[h, clamp(q - kv, -64, 64) + 64] } else { s }
+}
+
+attention rel_full_attn { score = rel_full; }
+attention rel_param_causal { mask = causal; score = rel_param; }
+attention nested_attn { score = nested; }
+attention shifted_causal { mask = causal; score = shifted; }
+attention absolute_attn { score = absolute; }
+attention periodic_attn { score = periodic; }
+attention guarded_attn { score = guarded; }
+"#;
+
+/// [`UNIFORM_SOURCES`] under `bwd_uniform_reads` (the test options plus the uniform-read
+/// path) against the f64 reference on shapes long enough that most tiles read one
+/// element of each table (Lq, Lkv up to 1000, odd, Lq != Lkv, GQA, D 64 / 128, bf16 and
+/// f16), and the relative-position table's gradients bit-identical over two runs.
+fn gpu_backward_uniform_reads(dev: &CudaDevice) {
+    let c = attnc::Compiled::from_source("uniform_sources.attn", UNIFORM_SOURCES).unwrap();
+    let shapes = [
+        shape(1, 4, 2, 1000, 777, 128),
+        shape(2, 2, 2, 517, 903, 64),
+        shape(1, 3, 1, 901, 1000, 128),
+    ];
+    for (i, name) in c.names().into_iter().enumerate() {
+        let p = c.attention(name).unwrap().program().clone();
+        let sh = shapes[i % shapes.len()];
+        let ty = if i % 2 == 0 {
+            InputType::Bf16
+        } else {
+            InputType::F16
+        };
+        let opts = PtxOptions {
+            bwd_uniform_reads: true,
+            ..test_options(dev.arch(), &p, &sh, ty)
+        };
+        check_case_with(dev, &p, sh, ty, 7 + i as u64, false, opts);
+        if i == 0 {
+            let ks = emit_backward_kernels(&Plan::new(&p), &opts).unwrap();
+            let bw = CudaBackward::load(dev, &ks).unwrap();
+            let x = inputs(&p, &sh, ty, 7, false);
+            let blocks = blocks_of(&bw, &p, &sh, &x);
+            let a = run(dev, &bw, &sh, &x, blocks.as_blocks());
+            let b = run(dev, &bw, &sh, &x, blocks.as_blocks());
+            assert_eq!(a.dq, b.dq, "{name}: dq differs between runs");
+            let bits = |t: &[Option<Vec<f32>>]| -> Vec<Option<Vec<u32>>> {
+                t.iter()
+                    .map(|x| x.as_ref().map(|v| v.iter().map(|f| f.to_bits()).collect()))
+                    .collect()
+            };
+            assert_eq!(
+                bits(&a.tensors),
+                bits(&b.tensors),
+                "{name}: capture gradients differ between runs"
+            );
+        }
+    }
+}
+
 /// The benchmark's capture-gradient variants (FlexAttention's anchors in
 /// scripts/gpu_bench_torch_bwd.py compute the same gradients).
 const BENCH_RELBIAS: &str = "tensor rel: f32[H, 129];
@@ -1667,6 +1752,14 @@ fn bench_options(default: PtxOptions, cfg: &str, plan: &Plan) -> Option<PtxOptio
                 ..o
             });
         }
+    }
+    // `+U`: capture gradients' reads that are one element over a visit's box read once
+    // (`bwd_uniform_reads`)
+    if let Some(rest) = cfg.strip_suffix("+U") {
+        return bench_options(default, rest, plan).map(|o| PtxOptions {
+            bwd_uniform_reads: true,
+            ..o
+        });
     }
     // `+b`: the producer's L2 / Delta rows by two bulk copies (`bwd_stats_bulk`)
     if let Some(rest) = cfg.strip_suffix("+b") {
@@ -3439,6 +3532,7 @@ const TESTS: &[(&str, TestFn)] = &[
         gpu_backward_api_every_example,
     ),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
+    ("gpu_backward_uniform_reads", gpu_backward_uniform_reads),
     (
         "gpu_backward_padded_head_dims",
         gpu_backward_padded_head_dims,

@@ -81,6 +81,12 @@
 //!   its lanes' sums (butterfly, fixed order) and lane 0 adds the result to
 //!   [`KernelParam::ParamGrad`].
 //!
+//! With [`PtxOptions::bwd_uniform_reads`] (the fused kernel) a visit whose reads are each
+//! one element over its box of positions (`uniform`: a relative-position table away from
+//! the diagonal) takes, on full blocks, a path that reads each table element once, adds
+//! every element's contribution to one run per read site (the thread's fixed order) and
+//! flushes those runs as above: no index, gather or run test per element.
+//!
 //! Deterministic without ordering the additions: every gradient element is three u64
 //! words `[hi, lo, flags]` summed with integer atomics (`atom.global.add.u64`, `or.b64`),
 //! which are associative. A finite contribution `c` is split exactly (in f64) into
@@ -104,9 +110,13 @@ pub(crate) mod ranges;
 
 use super::bounds::{KvBounds, RowRuns, RunSource, block_range};
 use super::cta::Args;
-use super::expr::{Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, flat_index};
+use super::expr::{
+    Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, emit_values_hoisted,
+    flat_index,
+};
 use super::gpu::{GLOBAL, Gpu, R, SmemTile, Var, WgmmaA};
 use super::launch_spec::{GridDim, KernelSpec};
+use super::uniform::{self, TileBox};
 use super::{
     BwdDq, InputType, KernelParam, LlvmError, Mma, PASSES, PtxKernel, PtxOptions, sanitize,
 };
@@ -1868,6 +1878,10 @@ pub(super) struct ElemCtx<'a, 'ctx> {
     /// [`PtxOptions::bwd_exp_emu`]: of every 8 elements `4 nt + i` of the fragment, the
     /// first `exp_emu` take [`ex2_poly`] on full blocks (0: every element `ex2`).
     pub exp_emu: u32,
+    /// The tile's box of positions (the fused kernel's visit), for capture gradients whose
+    /// reads are one element over the tile ([`super::uniform`]): full blocks where they
+    /// are take a path that reads each once and sums one run per read site.
+    pub tile: Option<TileBox<'ctx>>,
 }
 
 /// `2^x` on the FMA pipe ([`PtxOptions::bwd_exp_emu`]): `x` clamped at -125 (p's exponent is
@@ -2202,11 +2216,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
         let val = |v: crate::ir::Value| {
             vals[v.index()].ok_or(LlvmError::Internal("derivative output not emitted"))
         };
-        for (pg, sum) in self.sg.params.iter().zip(&self.param_sums) {
-            let c = g.fmul(dsp, val(pg.partial)?.into_float_value())?;
-            let c = g.selectf(kept, c, g.cf(0.0))?;
-            g.set(sum, g.fadd(g.getf(sum)?, c)?)?;
-        }
+        self.param_terms(g, &val, dsp, kept)?;
         for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
             let Some(base) = self.tensor_grads[r.tensor.0 as usize] else {
                 return Err(LlvmError::Internal("tensor gradient buffer"));
@@ -2233,6 +2243,73 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
             };
         }
         Ok(())
+    }
+
+    /// Runs for a tile whose reads are each one element (`uniform::TileLoads`): read site
+    /// r's run is that element (`flat`, per `Load` instruction), summed from 0.
+    fn uniform_runs(&self, g: &Gpu<'ctx>, flat: &[Option<IntValue<'ctx>>]) -> R<Vec<Run<'ctx>>> {
+        self.sg
+            .reads
+            .iter()
+            .map(|r| {
+                Ok(Run {
+                    valid: g.cbool(true),
+                    index: flat[r.load.index()].ok_or(LlvmError::Internal("tile load"))?,
+                    sum: g.cf(0.0),
+                })
+            })
+            .collect()
+    }
+
+    /// [`CapCtx::element`] on a tile of [`CapCtx::uniform_runs`]: every contribution adds
+    /// to its read site's one run (no index per element, nothing sent before the flush).
+    fn element_uniform(
+        &self,
+        g: &Gpu<'ctx>,
+        vals: &[Option<BasicValueEnum<'ctx>>],
+        dsp: FloatValue<'ctx>,
+        kept: IntValue<'ctx>,
+        runs: &mut [Run<'ctx>],
+    ) -> R<()> {
+        let val = |v: crate::ir::Value| {
+            vals[v.index()].ok_or(LlvmError::Internal("derivative output not emitted"))
+        };
+        self.param_terms(g, &val, dsp, kept)?;
+        for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
+            let c = g.fmul(dsp, val(r.partial)?.into_float_value())?;
+            let add = g.and(kept, val(r.guard)?.into_int_value())?;
+            run.sum = g.fadd(run.sum, g.selectf(add, c, g.cf(0.0))?)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a kept element's terms `dS' · ∂score/∂param` to the thread's param sums.
+    fn param_terms(
+        &self,
+        g: &Gpu<'ctx>,
+        val: &dyn Fn(crate::ir::Value) -> R<BasicValueEnum<'ctx>>,
+        dsp: FloatValue<'ctx>,
+        kept: IntValue<'ctx>,
+    ) -> R<()> {
+        for (pg, sum) in self.sg.params.iter().zip(&self.param_sums) {
+            let c = g.fmul(dsp, val(pg.partial)?.into_float_value())?;
+            let c = g.selectf(kept, c, g.cf(0.0))?;
+            g.set(sum, g.fadd(g.getf(sum)?, c)?)?;
+        }
+        Ok(())
+    }
+
+    /// The score-gradient function's outputs that a tile of [`CapCtx::uniform_runs`]
+    /// needs: the score, `∂score/∂s`, each read's guard and partial, each param's partial
+    /// (not the reads' indices).
+    fn uniform_outputs(&self) -> Vec<crate::ir::Value> {
+        let mut v = vec![self.sg.score, self.sg.d_s];
+        for r in &self.sg.reads {
+            v.push(r.guard);
+            v.push(r.partial);
+        }
+        v.extend(self.sg.params.iter().map(|p| p.partial));
+        v
     }
 
     /// After the kv loop: each warp adds the sum of its lanes' param sums.
@@ -2508,6 +2585,20 @@ pub(super) fn grad_scores<'ctx>(
         .cap
         .map(|c| crate::analysis::linear::linear_ints(&c.sg.func));
     let raw_mul = g.fmul(e.scale, g.cf(LOG2E))?;
+    // capture gradients whose reads are one element over this tile (a relative-position
+    // table away from the diagonal): full blocks of such tiles take their own path
+    let tile_loads = match (e.cap, e.tile) {
+        (Some(cap), Some(tile)) if e.env.err.is_none() && uniform::analyzable(&cap.sg.func) => {
+            Some(uniform::emit_tile_loads(g, e.env, &cap.sg.func, tile)?)
+        }
+        _ => None,
+    };
+    let uni_bb = tile_loads.as_ref().map(|_| g.block("bwd_uniform_block"));
+    if let (Some(tl), Some(ub)) = (&tile_loads, uni_bb) {
+        let rest = g.block("bwd_not_uniform");
+        g.cond_br(g.and(full, tl.uniform)?, ub, rest)?;
+        g.b.position_at_end(rest);
+    }
     match band {
         Some((bk, pick, band_bb)) => {
             g.cond_br(full, fast_bb, pick)?;
@@ -2516,16 +2607,28 @@ pub(super) fn grad_scores<'ctx>(
         }
         None => g.cond_br(full, fast_bb, slow_bb)?,
     }
-    let paths = [(fast_bb, false, false), (slow_bb, true, false)]
-        .into_iter()
-        .chain(band.map(|(_, _, bb)| (bb, true, true)));
-    for (bb, slow, in_band) in paths {
+    let paths = [
+        (fast_bb, false, false, false),
+        (slow_bb, true, false, false),
+    ]
+    .into_iter()
+    .chain(band.map(|(_, _, bb)| (bb, true, true, false)))
+    .chain(uni_bb.map(|bb| (bb, false, false, true)));
+    for (bb, slow, in_band, uni) in paths {
         g.b.position_at_end(bb);
         let rows = match band {
             Some((bk, ..)) if in_band => Some((bk.rows)()?),
             _ => None,
         };
-        let mut runs = e.cap.map(|cap| cap.runs(g)).unwrap_or_default();
+        let hoisted = match (&tile_loads, e.cap) {
+            (Some(tl), Some(cap)) if uni => Some((tl, cap)),
+            _ => None,
+        };
+        let mut runs = match (hoisted, e.cap) {
+            (Some((tl, cap)), _) => cap.uniform_runs(g, &tl.flat)?,
+            (None, Some(cap)) => cap.runs(g),
+            (None, None) => Vec::new(),
+        };
         for nt in 0..s.len() {
             for i in 0..4 {
                 let (at, l2, delta) = pos[nt][i];
@@ -2548,14 +2651,25 @@ pub(super) fn grad_scores<'ctx>(
                 // with capture gradients: the whole derivative IR at once
                 let cap_vals = match e.cap {
                     Some(cap) => {
-                        let vals = emit_values_at(
-                            g,
-                            e.env,
-                            &cap.sg.func,
-                            el,
-                            &cap.sg.outputs(),
-                            pos_f(&at, cap_forms.as_ref()),
-                        )?;
+                        let vals = match hoisted {
+                            Some((tl, cap)) => emit_values_hoisted(
+                                g,
+                                e.env,
+                                &cap.sg.func,
+                                el,
+                                &cap.uniform_outputs(),
+                                pos_f(&at, cap_forms.as_ref()),
+                                &tl.values,
+                            )?,
+                            None => emit_values_at(
+                                g,
+                                e.env,
+                                &cap.sg.func,
+                                el,
+                                &cap.sg.outputs(),
+                                pos_f(&at, cap_forms.as_ref()),
+                            )?,
+                        };
                         let f = |v: crate::ir::Value| {
                             vals[v.index()]
                                 .map(|x| x.into_float_value())
@@ -2598,7 +2712,12 @@ pub(super) fn grad_scores<'ctx>(
                     g.selectf(zero, g.cf(0.0), ds)?
                 };
                 if let (Some(cap), Some((vals, _, _))) = (e.cap, &cap_vals) {
-                    cap.element(g, e.env, vals, dsp, g.xor(zero, g.cbool(true))?, &mut runs)?;
+                    let kept = g.xor(zero, g.cbool(true))?;
+                    if hoisted.is_some() {
+                        cap.element_uniform(g, vals, dsp, kept, &mut runs)?;
+                    } else {
+                        cap.element(g, e.env, vals, dsp, kept, &mut runs)?;
+                    }
                 }
                 g.set(&pv[nt][i], pr)?;
                 g.set(&dsv[nt][i], ds)?;
@@ -3328,6 +3447,7 @@ fn dkdv_body<'ctx>(
         affine_unguarded: false,
         band: None,
         exp_emu: 0,
+        tile: None,
     };
     // element (nt, i): q column q0 + 2 (lane % 4) + 8 nt + i % 2, kv row kv_row + 8 (i / 2)
     let pb = PosBase::new(g, opts, &|| Ok((frag_col0(g, &c, q0)?, kv_row)))?;
@@ -3738,6 +3858,7 @@ fn dq_body<'ctx>(
         affine_unguarded: false,
         band: None,
         exp_emu: 0,
+        tile: None,
     };
     // element (nt, i): q row q_row + 8 (i / 2), kv column col + 8 nt + i % 2
     let pb = PosBase::new(g, opts, &|| Ok((q_row, col)))?;

@@ -207,7 +207,28 @@ pub(crate) fn emit_values_at<'ctx>(
     roots: &[crate::ir::Value],
     pos: Option<PosF<'_, 'ctx>>,
 ) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
-    let live = f.live_from(roots);
+    emit_values_hoisted(g, env, f, e, roots, pos, &[])
+}
+
+/// [`emit_values_at`] where some reads were made once for the whole tile
+/// (`uniform::emit_tile_loads`): `hoisted[i]`, where present, is the value `Load` `i`
+/// reads at every element (its guard applied here per element); the load's indices are
+/// then not emitted unless a root needs them.
+pub(crate) fn emit_values_hoisted<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    f: &Function,
+    e: Elem<'ctx>,
+    roots: &[crate::ir::Value],
+    pos: Option<PosF<'_, 'ctx>>,
+    hoisted: &[Option<BasicValueEnum<'ctx>>],
+) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
+    let hoisted_at = |i: usize| hoisted.get(i).copied().flatten();
+    let live = if hoisted.is_empty() {
+        f.live_from(roots)
+    } else {
+        live_hoisted(f, roots, &hoisted_at)
+    };
     let mut vals: Vec<Option<BasicValueEnum<'ctx>>> = vec![None; f.insts.len()];
     let get = |vals: &Vec<Option<BasicValueEnum<'ctx>>>, v: crate::ir::Value| {
         vals[v.index()].ok_or(super::LlvmError::Internal(
@@ -244,6 +265,14 @@ pub(crate) fn emit_values_at<'ctx>(
                 get(&vals, *a)?,
                 get(&vals, *b)?,
             )?,
+            Inst::Load { guard, .. } if let Some(v) = hoisted_at(i) => {
+                let guard = get(&vals, *guard)?.into_int_value();
+                if v.is_float_value() {
+                    g.selectf(guard, v.into_float_value(), g.cf(0.0))?.into()
+                } else {
+                    g.selecti(guard, v.into_int_value(), g.c32(0))?.into()
+                }
+            }
             Inst::Load {
                 tensor,
                 indices,
@@ -261,6 +290,32 @@ pub(crate) fn emit_values_at<'ctx>(
         vals[i] = Some(v);
     }
     Ok(vals)
+}
+
+/// [`Function::live_from`] where the loads that `hoisted` gives need only their guards.
+fn live_hoisted<'ctx>(
+    f: &Function,
+    roots: &[crate::ir::Value],
+    hoisted: &dyn Fn(usize) -> Option<BasicValueEnum<'ctx>>,
+) -> Vec<bool> {
+    let mut live = vec![false; f.insts.len()];
+    for r in roots {
+        live[r.index()] = true;
+    }
+    for i in (0..f.insts.len()).rev() {
+        if !live[i] {
+            continue;
+        }
+        match &f.insts[i] {
+            Inst::Load { guard, .. } if hoisted(i).is_some() => live[guard.index()] = true,
+            inst => {
+                for v in inst.operands() {
+                    live[v.index()] = true;
+                }
+            }
+        }
+    }
+    live
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -46,6 +46,7 @@ mod score;
 mod softmax;
 pub mod spec;
 mod tile;
+mod uniform;
 
 pub use crate::plan::KvBounds;
 pub use launch_spec::{GridDim, KernelSpec};
@@ -743,6 +744,17 @@ pub struct PtxOptions {
     /// [`Self::backward_for_binding`] turns it on for bands (with [`Self::bwd_wscan`]); the
     /// kernel bench's `+k`.
     pub bwd_band_keep: bool,
+    /// The fused backward with capture gradients whose reads' index arithmetic has
+    /// interval rules (`uniform::analyzable`: a relative-position table's clamp of
+    /// `q - kv`, a bucket table, ...): per visit the indices are evaluated over the
+    /// visit's box of positions (`uniform::emit_tile_loads`) and, on full blocks where
+    /// every read is one element, the element code takes that value from a register and
+    /// sums one run per read site for the flush, instead of an index, a gather and a run
+    /// test per element. The same elements read, the gradients summed in another (fixed)
+    /// order. Built and tested on the host (the rules against brute force, ptxas), not
+    /// yet run on a GPU: off by default; the kernel bench's `+U`,
+    /// `ATTNC_BWD_UNIFORM=1` in the runtime.
+    pub bwd_uniform_reads: bool,
     /// The fused backward with the TMA producer ([`Self::bwd_tma`]; with
     /// [`Self::bwd_persist`] only on the counter's tile order, [`Self::bwd_persist_dyn`],
     /// where each tile's end record takes a ring buffer of its own): the producer warp, which walks the visits anyway, stores
@@ -931,6 +943,7 @@ impl PtxOptions {
             bwd_stats_bulk: false,
             bwd_writer_regs: 0,
             bwd_band_keep: false,
+            bwd_uniform_reads: false,
             bwd_visit_rec: false,
             bwd_convert_wide: false,
             bwd_pdl: false,
@@ -1361,6 +1374,11 @@ impl PtxOptions {
             }
             + if self.bwd_band_keep {
                 " bwd-band-keep"
+            } else {
+                ""
+            }
+            + if self.bwd_uniform_reads {
+                " bwd-uniform-reads"
             } else {
                 ""
             }

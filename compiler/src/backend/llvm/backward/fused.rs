@@ -378,6 +378,7 @@ use super::{
 use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
 use crate::backend::llvm::gpu::{Gpu, R, SmemTile, Var, WgmmaA};
+use crate::backend::llvm::uniform::TileBox;
 use crate::backend::llvm::{BwdDq, KernelParam, LlvmError, Mma, PtxOptions};
 use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
@@ -2241,6 +2242,17 @@ pub(super) fn dkdv_dq_body<'ctx>(
         affine_unguarded: opts.bwd_affine_unguarded,
         band: None,
         exp_emu: u32::from(opts.bwd_exp_emu),
+        // bwd_uniform_reads: the visit's box, its q tile and the CTA's kv tile
+        tile: if opts.bwd_uniform_reads {
+            Some(TileBox {
+                b: tl.b,
+                h,
+                q: (q0, g.add(q0, g.c32(br as i64 - 1))?),
+                kv: (tl.kv0, g.add(tl.kv0, g.c32(bc as i64 - 1))?),
+            })
+        } else {
+            None
+        },
     };
     // bwd_band_keep: an exact closed-form mask (not the affine score's path, which keeps
     // its own partial path) as q intervals per kv row on partial visits

@@ -1,0 +1,663 @@
+//! Tensor reads that are one element over a whole tile: the integer index arithmetic of a
+//! function evaluated once per tile over intervals, at run time.
+//!
+//! In: an IR [`Function`] (the backward's score-gradient function), the tile's box of
+//! positions (`q` and `kv` ranges; `b`, `h` and params are single values), the kernel's
+//! [`Env`]. Out: [`TileLoads`] — whether every `Load` of the function reads one and the
+//! same element for every position of the box (`uniform`, an i1 the same in every lane
+//! that passes the same box), and per `Load` the value at that element (read once, its
+//! index clamped as every read is) and the element's flat index.
+//!
+//! A learned relative-position table read at `clamp(q - kv, -64, 64) + 64` reads one
+//! element on every tile whose `q - kv` lies beyond the clamp — all but the tiles along
+//! the diagonal. There the element code can take the value from a register instead of
+//! computing an index and gathering per element, and the capture gradient needs one sum
+//! per tile instead of a run per element (`backward.rs`, "Capture gradients").
+//!
+//! Rules (each an over-approximation, so `uniform` is sound): positions and constants,
+//! i32 params, `b` and `h` are points or the box's ranges; `+ - *`, `min`, `max`, `neg`,
+//! `abs` by interval arithmetic in i64 (a result outside i32 makes the tile non-uniform:
+//! the IR wraps where i64 does not); `/` and `%` by a positive constant, shifts by a
+//! constant in `0..32`; `select` the hull of both arms (its condition unknown); a bool
+//! converted to i32 is `0..=1`; an integer `Load` reading one element is that value (or
+//! the hull with 0 when its guard is not constantly true). Any other operation on a
+//! load's index path makes [`analyzable`] false: no uniform path is emitted.
+
+use super::LlvmError;
+use super::expr::{Env, flat_index};
+use super::gpu::{Gpu, R};
+use crate::ir::{Arg, BinOp, Function, Inst, Type, UnOp, Value};
+use inkwell::IntPredicate;
+use inkwell::values::{BasicValueEnum, IntValue};
+
+/// The positions of one tile: inclusive i32 ranges of `q` and `kv` (every element the
+/// element code evaluates lies inside), its batch and head.
+#[derive(Clone, Copy)]
+pub(crate) struct TileBox<'ctx> {
+    pub b: IntValue<'ctx>,
+    pub h: IntValue<'ctx>,
+    pub q: (IntValue<'ctx>, IntValue<'ctx>),
+    pub kv: (IntValue<'ctx>, IntValue<'ctx>),
+}
+
+/// What [`emit_tile_loads`] gives: see the module docs.
+pub(crate) struct TileLoads<'ctx> {
+    /// Every `Load` reads one element over the box (and no interval left i32).
+    pub uniform: IntValue<'ctx>,
+    /// Per instruction: a `Load`'s value at the box's element (its guard not applied).
+    pub values: Vec<Option<BasicValueEnum<'ctx>>>,
+    /// Per instruction: a `Load`'s flat element index (i64, clamped as the read).
+    pub flat: Vec<Option<IntValue<'ctx>>>,
+}
+
+/// The instructions the indices of `f`'s loads depend on (transitively, the loads'
+/// own indices included; not their guards).
+fn index_deps(f: &Function) -> Vec<bool> {
+    let mut need = vec![false; f.insts.len()];
+    for inst in f.insts.iter().rev() {
+        if let Inst::Load { indices, .. } = inst {
+            for v in indices {
+                need[v.index()] = true;
+            }
+        }
+    }
+    // operands of needed instructions, in reverse order (operands precede users)
+    for i in (0..f.insts.len()).rev() {
+        if !need[i] {
+            continue;
+        }
+        let ops = match &f.insts[i] {
+            // a Load's value needs its indices (to read one element), not its guard
+            Inst::Load { indices, .. } => indices.clone(),
+            // a select's condition is not evaluated (the hull of its arms)
+            Inst::Select(_, a, b) => vec![*a, *b],
+            // a bool converted to i32 is 0..=1 whatever it is
+            Inst::Unary(UnOp::B2I, _) => vec![],
+            inst => inst.operands(),
+        };
+        for v in ops {
+            need[v.index()] = true;
+        }
+    }
+    need
+}
+
+/// A positive i32 constant `v` of `f`.
+fn pos_const(f: &Function, v: Value) -> Option<i64> {
+    match f.insts[v.index()] {
+        Inst::ConstI32(c) if c > 0 => Some(c as i64),
+        _ => None,
+    }
+}
+
+/// Whether `v` is a one-to-one function of `q` or `kv` (`q`, `kv`, their negation, sums
+/// with and nonzero multiples by a constant): an index that takes a tile's rows or
+/// columns to different elements, so the tile never reads one element.
+fn injective_in_position(f: &Function, v: Value) -> bool {
+    let konst = |x: Value| matches!(f.insts[x.index()], Inst::ConstI32(_));
+    match &f.insts[v.index()] {
+        Inst::Arg(a) => matches!(a, Arg::Q | Arg::Kv),
+        Inst::Unary(UnOp::INeg, a) => injective_in_position(f, *a),
+        Inst::Binary(BinOp::IAdd | BinOp::ISub, a, b) => {
+            (konst(*b) && injective_in_position(f, *a))
+                || (konst(*a) && injective_in_position(f, *b))
+        }
+        Inst::Binary(BinOp::IMul, a, b) => {
+            let nonzero = |x: Value| matches!(f.insts[x.index()], Inst::ConstI32(c) if c != 0);
+            (nonzero(*b) && injective_in_position(f, *a))
+                || (nonzero(*a) && injective_in_position(f, *b))
+        }
+        _ => false,
+    }
+}
+
+/// Whether every instruction that the indices of `f`'s loads depend on has an interval
+/// rule (module docs), `f` has a load, and no load's index is one-to-one in a position
+/// (a learned `[B, H, Q, KV]` bias: never one element over a tile, so no path for it):
+/// then [`emit_tile_loads`] applies.
+pub(crate) fn analyzable(f: &Function) -> bool {
+    let need = index_deps(f);
+    let has_load = f.insts.iter().any(|i| matches!(i, Inst::Load { .. }));
+    let per_position = f.insts.iter().any(|i| match i {
+        Inst::Load { indices, .. } => indices.iter().any(|v| injective_in_position(f, *v)),
+        _ => false,
+    });
+    has_load
+        && !per_position
+        && f.insts.iter().enumerate().all(|(i, inst)| {
+            !need[i]
+                || match inst {
+                    Inst::Arg(a) => *a != Arg::S,
+                    Inst::ConstI32(_) => true,
+                    Inst::Param(_) => f.types[i] == Type::I32,
+                    Inst::Unary(op, _) => {
+                        matches!(op, UnOp::INeg | UnOp::IAbs | UnOp::B2I)
+                    }
+                    Inst::Binary(op, _, b) => match op {
+                        BinOp::IAdd | BinOp::ISub | BinOp::IMul | BinOp::IMin | BinOp::IMax => true,
+                        BinOp::IDiv | BinOp::IRem => pos_const(f, *b).is_some(),
+                        BinOp::IShl | BinOp::IShr => pos_const(f, *b).is_some_and(|k| k < 32),
+                        _ => false,
+                    },
+                    Inst::Select(..) => f.types[i] == Type::I32,
+                    Inst::Load { .. } => f.types[i] == Type::I32,
+                    Inst::ConstBool(_) | Inst::ConstF32(_) => false,
+                }
+        })
+}
+
+/// The arithmetic of the interval rules: i64 values and booleans — LLVM values in a
+/// kernel ([`Llvm`]), plain integers in the tests (which run the same rules on the host
+/// against brute force).
+pub(crate) trait IntervalOps {
+    type I: Copy;
+    type B: Copy;
+    fn c(&self, x: i64) -> Self::I;
+    fn yes(&self) -> Self::B;
+    /// Wrapping i64 arithmetic.
+    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I>;
+    /// Truncating division by a positive constant.
+    fn div(&self, a: Self::I, c: i64) -> R<Self::I>;
+    fn lt(&self, a: Self::I, b: Self::I) -> R<Self::B>;
+    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B>;
+    fn and(&self, a: Self::B, b: Self::B) -> R<Self::B>;
+    fn not(&self, a: Self::B) -> R<Self::B>;
+    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I>;
+
+    fn min(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.sel(self.lt(a, b)?, a, b)
+    }
+    fn max(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.sel(self.lt(b, a)?, a, b)
+    }
+    /// Floor division by a positive constant.
+    fn floor_div(&self, a: Self::I, c: i64) -> R<Self::I> {
+        let q = self.div(a, c)?;
+        let r = self.sub(a, self.mul(q, self.c(c))?)?;
+        self.sel(self.lt(r, self.c(0))?, self.sub(q, self.c(1))?, q)
+    }
+}
+
+/// The box's arguments in the rules' domain (`b`, `h` points; `q`, `kv` ranges).
+#[derive(Clone, Copy)]
+pub(crate) struct BoxArgs<I> {
+    pub b: I,
+    pub h: I,
+    pub q: (I, I),
+    pub kv: (I, I),
+}
+
+/// What [`eval_box`] finds: whether every load reads one element, and the interval of
+/// each instruction on a load's index path (None elsewhere).
+pub(crate) struct BoxEval<O: IntervalOps> {
+    pub uniform: O::B,
+    // read by the tests (soundness against brute force); the kernel needs only `uniform`
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub iv: Vec<Option<(O::I, O::I)>>,
+}
+
+/// [`eval_box`]'s read of `Load` `i` at the given indices.
+pub(crate) type ReadAt<'a, O> =
+    dyn FnMut(usize, &[<O as IntervalOps>::I]) -> R<Option<<O as IntervalOps>::I>> + 'a;
+
+/// The interval rules (module docs) over `f`'s load index paths for the box `args`:
+/// `param` gives an i32 param's value, `load(i, idx)` reads `Load` `i` at the indices'
+/// low ends and returns its value where the load is integer and on an index path (its
+/// interval then that point, or the hull with 0 when its guard is not constantly true).
+/// Call only where [`analyzable`] holds.
+pub(crate) fn eval_box<O: IntervalOps>(
+    o: &O,
+    f: &Function,
+    args: BoxArgs<O::I>,
+    param: &dyn Fn(usize) -> R<O::I>,
+    load: &mut ReadAt<'_, O>,
+) -> R<BoxEval<O>> {
+    let need = index_deps(f);
+    let mut iv: Vec<Option<(O::I, O::I)>> = vec![None; f.insts.len()];
+    let mut uniform = o.yes();
+    let get = |iv: &Vec<Option<(O::I, O::I)>>, v: Value| {
+        iv[v.index()].ok_or(LlvmError::Internal("interval used before definition"))
+    };
+    let rule = || LlvmError::Internal("no interval rule");
+    for (i, inst) in f.insts.iter().enumerate() {
+        if !need[i] && !matches!(inst, Inst::Load { .. }) {
+            continue;
+        }
+        let r = match inst {
+            Inst::Arg(Arg::B) => (args.b, args.b),
+            Inst::Arg(Arg::H) => (args.h, args.h),
+            Inst::Arg(Arg::Q) => args.q,
+            Inst::Arg(Arg::Kv) => args.kv,
+            Inst::ConstI32(c) => (o.c(*c as i64), o.c(*c as i64)),
+            Inst::Param(p) => {
+                let x = param(p.0 as usize)?;
+                (x, x)
+            }
+            Inst::Unary(UnOp::INeg, a) => {
+                let (lo, hi) = get(&iv, *a)?;
+                (o.sub(o.c(0), hi)?, o.sub(o.c(0), lo)?)
+            }
+            Inst::Unary(UnOp::IAbs, a) => {
+                let (lo, hi) = get(&iv, *a)?;
+                let (nlo, nhi) = (o.sub(o.c(0), hi)?, o.sub(o.c(0), lo)?);
+                // 0 when the range spans it, else the nearer end's magnitude
+                let spans = o.and(o.not(o.lt(o.c(0), lo)?)?, o.not(o.lt(hi, o.c(0))?)?)?;
+                let near = o.min(o.max(lo, nhi)?, o.max(nlo, hi)?)?;
+                (o.sel(spans, o.c(0), near)?, o.max(hi, nhi)?)
+            }
+            Inst::Unary(UnOp::B2I, _) => (o.c(0), o.c(1)),
+            Inst::Binary(op, a, b) => {
+                let (al, ah) = get(&iv, *a)?;
+                match op {
+                    BinOp::IDiv | BinOp::IShr => {
+                        let c = pos_const(f, *b).ok_or_else(rule)?;
+                        let c = if *op == BinOp::IShr { 1 << c } else { c };
+                        (o.floor_div(al, c)?, o.floor_div(ah, c)?)
+                    }
+                    BinOp::IShl => {
+                        let m = o.c(1 << pos_const(f, *b).ok_or_else(rule)?);
+                        (o.mul(al, m)?, o.mul(ah, m)?)
+                    }
+                    BinOp::IRem => {
+                        // within one period: the ends' remainders; else all of 0..c
+                        let c = pos_const(f, *b).ok_or_else(rule)?;
+                        let (ql, qh) = (o.floor_div(al, c)?, o.floor_div(ah, c)?);
+                        let same = o.eq(ql, qh)?;
+                        let (rl, rh) = (
+                            o.sub(al, o.mul(ql, o.c(c))?)?,
+                            o.sub(ah, o.mul(qh, o.c(c))?)?,
+                        );
+                        (o.sel(same, rl, o.c(0))?, o.sel(same, rh, o.c(c - 1))?)
+                    }
+                    _ => {
+                        let (bl, bh) = get(&iv, *b)?;
+                        match op {
+                            BinOp::IAdd => (o.add(al, bl)?, o.add(ah, bh)?),
+                            BinOp::ISub => (o.sub(al, bh)?, o.sub(ah, bl)?),
+                            BinOp::IMin => (o.min(al, bl)?, o.min(ah, bh)?),
+                            BinOp::IMax => (o.max(al, bl)?, o.max(ah, bh)?),
+                            BinOp::IMul => {
+                                let p = [
+                                    o.mul(al, bl)?,
+                                    o.mul(al, bh)?,
+                                    o.mul(ah, bl)?,
+                                    o.mul(ah, bh)?,
+                                ];
+                                (
+                                    o.min(o.min(p[0], p[1])?, o.min(p[2], p[3])?)?,
+                                    o.max(o.max(p[0], p[1])?, o.max(p[2], p[3])?)?,
+                                )
+                            }
+                            _ => return Err(rule()),
+                        }
+                    }
+                }
+            }
+            Inst::Select(_, a, b) => {
+                let ((al, ah), (bl, bh)) = (get(&iv, *a)?, get(&iv, *b)?);
+                (o.min(al, bl)?, o.max(ah, bh)?)
+            }
+            Inst::Load { indices, guard, .. } => {
+                // the element at the ranges' low ends: the element when each is one point
+                let mut idx = Vec::with_capacity(indices.len());
+                let mut one = o.yes();
+                for v in indices {
+                    let (lo, hi) = get(&iv, *v)?;
+                    one = o.and(one, o.eq(lo, hi)?)?;
+                    idx.push(lo);
+                }
+                uniform = o.and(uniform, one)?;
+                match load(i, &idx)? {
+                    Some(x) if need[i] => {
+                        let (lo, hi) = if matches!(f.insts[guard.index()], Inst::ConstBool(true)) {
+                            (x, x)
+                        } else {
+                            (o.min(x, o.c(0))?, o.max(x, o.c(0))?)
+                        };
+                        // reading several elements: any i32
+                        (
+                            o.sel(one, lo, o.c(i32::MIN as i64))?,
+                            o.sel(one, hi, o.c(i32::MAX as i64))?,
+                        )
+                    }
+                    _ => continue,
+                }
+            }
+            _ => return Err(rule()),
+        };
+        // a range outside i32: the IR wraps where these i64 ranges do not
+        let fits = o.and(
+            o.not(o.lt(r.0, o.c(i32::MIN as i64))?)?,
+            o.not(o.lt(o.c(i32::MAX as i64), r.1)?)?,
+        )?;
+        uniform = o.and(uniform, fits)?;
+        iv[i] = Some(r);
+    }
+    Ok(BoxEval { uniform, iv })
+}
+
+/// [`IntervalOps`] as LLVM i64 / i1 values.
+struct Llvm<'a, 'ctx>(&'a Gpu<'ctx>);
+
+impl<'ctx> IntervalOps for Llvm<'_, 'ctx> {
+    type I = IntValue<'ctx>;
+    type B = IntValue<'ctx>;
+    fn c(&self, x: i64) -> Self::I {
+        self.0.c64(x)
+    }
+    fn yes(&self) -> Self::B {
+        self.0.cbool(true)
+    }
+    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.add(a, b)
+    }
+    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.sub(a, b)
+    }
+    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.mul(a, b)
+    }
+    fn div(&self, a: Self::I, c: i64) -> R<Self::I> {
+        Ok(self.0.b.build_int_signed_div(a, self.0.c64(c), "")?)
+    }
+    fn lt(&self, a: Self::I, b: Self::I) -> R<Self::B> {
+        self.0.icmp(IntPredicate::SLT, a, b)
+    }
+    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B> {
+        self.0.icmp(IntPredicate::EQ, a, b)
+    }
+    fn and(&self, a: Self::B, b: Self::B) -> R<Self::B> {
+        self.0.and(a, b)
+    }
+    fn not(&self, a: Self::B) -> R<Self::B> {
+        self.0.xor(a, self.0.cbool(true))
+    }
+    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I> {
+        self.0.selecti(c, a, b)
+    }
+}
+
+/// Emits [`eval_box`] over `tile` in the kernel and reads each load's element once
+/// (module docs). Call only where [`analyzable`] holds and the kernel is not in checked
+/// mode (a read here reports nothing).
+pub(crate) fn emit_tile_loads<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    f: &Function,
+    tile: TileBox<'ctx>,
+) -> R<TileLoads<'ctx>> {
+    if !analyzable(f) || env.err.is_some() {
+        return Err(LlvmError::Internal(
+            "tile loads of an unanalyzable function",
+        ));
+    }
+    let n = f.insts.len();
+    let mut values = vec![None; n];
+    let mut flat = vec![None; n];
+    let args = BoxArgs {
+        b: g.sext64(tile.b)?,
+        h: g.sext64(tile.h)?,
+        q: (g.sext64(tile.q.0)?, g.sext64(tile.q.1)?),
+        kv: (g.sext64(tile.kv.0)?, g.sext64(tile.kv.1)?),
+    };
+    let param = |p: usize| g.sext64(env.params[p].into_int_value());
+    let mut load = |i: usize, idx: &[IntValue<'ctx>]| -> R<Option<IntValue<'ctx>>> {
+        let Inst::Load { tensor, .. } = &f.insts[i] else {
+            return Err(LlvmError::Internal("not a load"));
+        };
+        let idx = idx
+            .iter()
+            .map(|x| Ok(g.b.build_int_truncate(*x, g.i32, "")?))
+            .collect::<R<Vec<_>>>()?;
+        let t = &env.tensors[tensor.0 as usize];
+        let (fl, _) = flat_index(g, t, &idx)?;
+        flat[i] = Some(fl);
+        Ok(if t.float {
+            values[i] = Some(g.load_f32(t.ptr, fl)?.into());
+            None
+        } else {
+            let x = g.load_i32(t.ptr, fl)?;
+            values[i] = Some(x.into());
+            Some(g.sext64(x)?)
+        })
+    };
+    let e = eval_box(&Llvm(g), f, args, &param, &mut load)?;
+    Ok(TileLoads {
+        uniform: e.uniform,
+        values,
+        flat,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BoxArgs, IntervalOps, R, analyzable, eval_box};
+    use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+    use crate::ir::{Inst, Scalar};
+    use rand::{Rng, SeedableRng};
+
+    fn score_grad(src: &str) -> crate::grad::ScoreGrad {
+        let m = crate::compile_source(src).expect("compiles");
+        crate::grad::differentiate(&m.programs[0])
+    }
+
+    /// The rules on the host: wrapping i64, bool.
+    struct Host;
+
+    impl IntervalOps for Host {
+        type I = i64;
+        type B = bool;
+        fn c(&self, x: i64) -> i64 {
+            x
+        }
+        fn yes(&self) -> bool {
+            true
+        }
+        fn add(&self, a: i64, b: i64) -> R<i64> {
+            Ok(a.wrapping_add(b))
+        }
+        fn sub(&self, a: i64, b: i64) -> R<i64> {
+            Ok(a.wrapping_sub(b))
+        }
+        fn mul(&self, a: i64, b: i64) -> R<i64> {
+            Ok(a.wrapping_mul(b))
+        }
+        fn div(&self, a: i64, c: i64) -> R<i64> {
+            Ok(a.wrapping_div(c))
+        }
+        fn lt(&self, a: i64, b: i64) -> R<bool> {
+            Ok(a < b)
+        }
+        fn eq(&self, a: i64, b: i64) -> R<bool> {
+            Ok(a == b)
+        }
+        fn and(&self, a: bool, b: bool) -> R<bool> {
+            Ok(a && b)
+        }
+        fn not(&self, a: bool) -> R<bool> {
+            Ok(!a)
+        }
+        fn sel(&self, c: bool, a: i64, b: i64) -> R<i64> {
+            Ok(if c { a } else { b })
+        }
+    }
+
+    /// Scores whose load indices stay inside their tensors for every position below 2^20
+    /// (the interpreter refuses a read out of range; the kernels clamp): one per rule.
+    const SCORES: &[&str] = &[
+        "s + t[h, clamp(q - kv, -64, 64) + 64]",
+        "s + t[h, clamp(q - kv, -m, m) + m]",
+        "s + u[h, i[clamp(q - kv, -128, 128) + 128] % 16]",
+        "s + t[h, clamp((q - kv) / 32, -8, 8) + 8] + t[h, clamp((kv - q) >> 6, -9, 9) + 9]",
+        "s * 0.75 + t[h, min(abs(q - kv), 64)]",
+        "s + t[h, (q + 1024) % 64] + t[h, (kv * 3 - q) % 200]",
+        "if q > kv + 300 { s + t[h, clamp(q - kv, -64, 64) + 64] } else { s }",
+        "s + t[h, if q > kv { 3 } else { clamp(q * 2 - kv, 0, 200) }]",
+        "s + t[b, h * 3 + (q > kv) as i32]",
+        "s + t[h, clamp((q << 2) - kv, -100, 100) + 100] + t[h, max(-kv, -5) + 5]",
+        "if q > kv { s + u[h, i[(q - kv) % 257] % 16] } else { s }",
+    ];
+
+    fn src(score: &str) -> String {
+        format!(
+            "tensor t: f32[H, 257]; tensor u: f32[H, 16]; tensor i: i32[257]; param m: i32;\n\
+             score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
+        )
+    }
+
+    /// The rules are sound: on random boxes, every instruction on a load's index path
+    /// takes, at every position of the box, a value inside its interval (where the
+    /// intervals fit i32), and where the box is called uniform every load reads one
+    /// element — the element the rules read at the ranges' low ends. Boxes near the
+    /// diagonal and far from it, of the kernels' tile sizes, so both answers occur.
+    #[test]
+    fn rules_are_sound_against_brute_force() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+        let (mut uniform_boxes, mut boxes) = (0, 0);
+        for score in SCORES {
+            let m = crate::compile_source(&src(score)).expect("compiles");
+            let p = &m.programs[0];
+            let sg = crate::grad::differentiate(p);
+            let f = &sg.func;
+            assert!(analyzable(f), "{score}");
+            for trial in 0..60 {
+                let heads = 4usize;
+                let data: Vec<i32> = (0..257).map(|_| rng.random_range(-40..400)).collect();
+                // the program's tensors (those it reads, in source order) by name
+                let tensor = |name: &str| match name {
+                    "t" => BoundTensor {
+                        dims: vec![heads, 257],
+                        data: TensorData::F32(vec![0.5; heads * 257]),
+                    },
+                    "u" => BoundTensor {
+                        dims: vec![heads, 16],
+                        data: TensorData::F32(vec![0.25; heads * 16]),
+                    },
+                    _ => BoundTensor {
+                        dims: vec![257],
+                        data: TensorData::I32(data.clone()),
+                    },
+                };
+                let bind = Bindings {
+                    params: p
+                        .params
+                        .iter()
+                        .map(|_| Scalar::I32(rng.random_range(0..128)))
+                        .collect(),
+                    tensors: p.tensors.iter().map(|t| tensor(&t.name)).collect(),
+                };
+                let (bq, bkv) = [(64i64, 128i64), (128, 128), (80, 128), (64, 64)][trial % 4];
+                let q0 = bq * rng.random_range(0..40);
+                let kv0 = if trial % 3 == 0 {
+                    // near the diagonal
+                    (q0 / bkv + rng.random_range(-2..3)).max(0) * bkv
+                } else {
+                    bkv * rng.random_range(0..40)
+                };
+                let (b, h) = (rng.random_range(0..2i64), rng.random_range(0..heads as i64));
+                let args = BoxArgs {
+                    b,
+                    h,
+                    q: (q0, q0 + bq - 1),
+                    kv: (kv0, kv0 + bkv - 1),
+                };
+                let mut points = vec![None; f.insts.len()];
+                let param = |k: usize| Ok(bind.params[k].as_i32() as i64);
+                let mut load = |i: usize, idx: &[i64]| -> R<Option<i64>> {
+                    points[i] = Some(idx.to_vec());
+                    Ok(match &f.insts[i] {
+                        Inst::Load { tensor, .. } if p.tensors[tensor.0 as usize].name == "i" => {
+                            Some(data[idx[0].clamp(0, 256) as usize] as i64)
+                        }
+                        _ => None,
+                    })
+                };
+                let e = eval_box(&Host, f, args, &param, &mut load)
+                    .unwrap_or_else(|err| panic!("{score}: {err:?}\n{f:?}"));
+                boxes += 1;
+                uniform_boxes += usize::from(e.uniform);
+                let mut scratch = Vec::new();
+                for q in args.q.0..=args.q.1 {
+                    for kv in args.kv.0..=args.kv.1 {
+                        let a = Args {
+                            s: 1.0,
+                            b: b as i32,
+                            h: h as i32,
+                            q: q as i32,
+                            kv: kv as i32,
+                        };
+                        eval(f, p, a, &bind, &mut scratch).expect("in range");
+                        for (i, iv) in e.iv.iter().enumerate() {
+                            if let Some((lo, hi)) = iv {
+                                let x = scratch[i].as_i32() as i64;
+                                assert!(
+                                    *lo <= x && x <= *hi,
+                                    "{score}: v{i} = {x} outside [{lo}, {hi}] at q {q} kv {kv}"
+                                );
+                            }
+                        }
+                        if e.uniform {
+                            for (i, inst) in f.insts.iter().enumerate() {
+                                if let Inst::Load { indices, .. } = inst {
+                                    let at: Vec<i64> = indices
+                                        .iter()
+                                        .map(|v| scratch[v.index()].as_i32() as i64)
+                                        .collect();
+                                    assert_eq!(
+                                        Some(&at),
+                                        points[i].as_ref(),
+                                        "{score}: load v{i} at q {q} kv {kv}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // both answers occur
+        assert!(
+            uniform_boxes > boxes / 5 && uniform_boxes < boxes,
+            "{uniform_boxes} of {boxes}"
+        );
+    }
+
+    /// The functions with a uniform path and those without.
+    #[test]
+    fn analyzable_index_paths() {
+        let src = |score: &str| {
+            format!(
+                "tensor t: f32[H, 257]; tensor i: i32[257]; param m: i32; param x: f32;\n\
+                 score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
+            )
+        };
+        for score in [
+            "s + t[h, clamp(q - kv, -64, 64) + 64]",
+            "s + t[h, clamp(q - kv, -m, m) + m]",
+            "s + t[h, i[clamp(q - kv, -128, 128) + 128] % 16]",
+            "s + t[h, clamp((q - kv) / 32, -8, 8) + 8] + t[h, (kv - q) >> 6]",
+            "s * 0.75 + t[h, min(abs(q - kv), 64)]",
+            "s + t[h, (q + 1024) % 64]",
+            "if q > kv + 300 { s + t[h, clamp(q - kv, -64, 64) + 64] } else { s }",
+            "s + t[h, if q > kv { 3 } else { q * 2 - kv }]",
+            "s + t[b, h * 3 + (q > kv) as i32]",
+        ] {
+            assert!(analyzable(&score_grad(&src(score)).func), "{score}");
+        }
+        for score in [
+            // no read; an index one-to-one in a position (never one element over a
+            // tile); a float on the index path; a division by a non-constant; a bitwise
+            // operator
+            "s * x",
+            "s + t[h, q]",
+            "s + t[h, 3 * (kv + 1)]",
+            "s + t[h, (log(1.0 + abs(q - kv) as f32) * 8.0) as i32]",
+            "s + t[h, q / (kv + 1)]",
+            "s + t[h, (q ^ kv) & 255]",
+        ] {
+            assert!(!analyzable(&score_grad(&src(score)).func), "{score}");
+        }
+    }
+}
