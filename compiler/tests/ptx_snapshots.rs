@@ -279,3 +279,55 @@ fn ws_three_consumers_generate_for_every_example() {
     let e = emit(&causal.programs[0], &opts).unwrap_err().to_string();
     assert!(e.contains("tile 192x"), "{e}");
 }
+
+/// `PtxOptions::uniform_reads` on the runtime's forward for a binding (sm_90, warp-
+/// specialized, D128 and D64, and sm_80's mma.sync path): the kernel of every example
+/// attention whose score reads tensors with interval rules for their indices
+/// (`backend::llvm::uniform`: the relative-position table) gains the uniform-read path —
+/// byte-identical twice, one more copy of the score's element code (the exponentials
+/// are the softmax's, not per path: the path shows as `vote.sync.all`) — and every other
+/// example's kernel is unchanged by the option. `ATTNC_FWD_PTX_DIR=dir` writes the
+/// changed kernels there (for `ptxas -v`).
+#[test]
+fn uniform_reads_forward_kernels() {
+    let dir = std::env::var("ATTNC_FWD_PTX_DIR").ok();
+    let mut changed = Vec::new();
+    for file in example_files() {
+        let src = std::fs::read_to_string(&file).unwrap();
+        let module = attnc_compiler::compile_source(&src).expect("examples compile");
+        for p in &module.programs {
+            let plan = Plan::new(p);
+            for (arch, d) in [(Arch::Sm90, 128), (Arch::Sm90, 64), (Arch::Sm80, 64)] {
+                let o = PtxOptions::new(arch, d, d, InputType::Bf16).for_binding(&plan, 8192);
+                let u = PtxOptions {
+                    uniform_reads: true,
+                    ..o
+                };
+                let a = emit(p, &o).unwrap();
+                let b = emit(p, &u).unwrap();
+                assert_eq!(
+                    b.ptx,
+                    emit(p, &u).unwrap().ptx,
+                    "{}: not deterministic",
+                    p.name
+                );
+                if a.ptx != b.ptx {
+                    assert!(b.ptx.contains("vote.sync.all"), "{}", p.name);
+                    changed.push(format!("{} {arch:?} d{d}", p.name));
+                    if let Some(dir) = &dir {
+                        let name = format!("{dir}/{}_{arch:?}_d{d}_uniform.ptx", p.name);
+                        std::fs::write(name, &b.ptx).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        changed,
+        [
+            "relative_bias_table Sm90 d128",
+            "relative_bias_table Sm90 d64",
+            "relative_bias_table Sm80 d64"
+        ]
+    );
+}

@@ -2026,6 +2026,63 @@ fn gpu_closed_form_matches_oracle(dev: &CudaDevice) {
     );
 }
 
+/// Score tensor reads that are one element over a thread's box of positions, read once
+/// (`PtxOptions::uniform_reads`, the forward's uniform-read path, off by default) on every
+/// matrix path this device runs (`paths`: mma.sync, wgmma, the warp-specialized kernel),
+/// for each program of `gpu_util/uniform_reads.attn` (one per interval rule of
+/// `backend::llvm::uniform`) against the oracle: rows long enough that most blocks read
+/// one table element, odd lengths, Lq != Lkv, GQA, D 64 / 128, bf16 and f16.
+fn gpu_uniform_reads_match_oracle(dev: &CudaDevice) {
+    let c = attnc::Compiled::from_source(
+        "uniform_reads.attn",
+        include_str!("gpu_util/uniform_reads.attn"),
+    )
+    .unwrap();
+    let s = |b, hq, hkv, lq, lkv, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    let case = |shape, ty, qb| Case {
+        shape,
+        ty,
+        qb,
+        kvb: qb,
+        mt: 1,
+    };
+    let cases = [
+        case(s(1, 4, 2, 1000, 777, 128), InputType::Bf16, 128),
+        case(s(2, 2, 1, 517, 903, 64), InputType::F16, 128),
+        case(s(1, 3, 1, 901, 1000, 64), InputType::Bf16, 64),
+    ];
+    let (mut failures, mut ran) = (Vec::new(), 0);
+    for name in c.names() {
+        let p = c.attention(name).unwrap().program().clone();
+        for (ci, cs) in cases.iter().enumerate() {
+            let seed = 60 + ci as u64;
+            let bind = bindings(&p, &cs.shape, &mut rng(seed), 37, 4);
+            for o in paths(dev, cs) {
+                let o = PtxOptions {
+                    uniform_reads: true,
+                    ..o
+                };
+                ran += 1;
+                let scale = cs.shape.default_scale();
+                if let Err(e) = check_opts(dev, &p, cs, &bind, None, seed, scale, &o) {
+                    failures.push(format!("{name} case {ci} ({}): {e}", o.key()));
+                }
+            }
+        }
+    }
+    println!("  {ran} kernels, {} failed", failures.len());
+    assert!(ran > 0, "no kernel ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// `Bound::forward` on the CUDA backend for the document examples: the table built on the
 /// GPU (the default) and on the host (`gpu_block_tables` off) both match the oracle, and
 /// the bench's device table timing is reported only for the GPU path.
@@ -2583,6 +2640,10 @@ type TestFn = fn(&CudaDevice);
 
 const TESTS: &[(&str, TestFn)] = &[
     ("gpu_samples_match_oracle", gpu_samples_match_oracle),
+    (
+        "gpu_uniform_reads_match_oracle",
+        gpu_uniform_reads_match_oracle,
+    ),
     (
         "gpu_all_partial_maps_match_oracle",
         gpu_all_partial_maps_match_oracle,

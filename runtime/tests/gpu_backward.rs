@@ -1317,42 +1317,8 @@ fn gpu_backward_capture_grads(_dev: &CudaDevice) {
 
 /// Capture gradients whose reads are one element over most tiles
 /// (`backend::llvm::uniform`: the fused kernel's path that reads each once per tile and
-/// sums one run per read site): index arithmetic by each interval rule — a clamp of
-/// `q - kv`, an i32 param and its negation, an integer table indexed by the clamp (a
-/// nested read), floor division, a shift, `abs` and `min`, a remainder — and a guard that
-/// varies inside uniform tiles.
-const UNIFORM_SOURCES: &str = r#"
-tensor rel: f32[H, 129];
-tensor relp: bf16[H, 257];
-tensor bucket: i32[257];
-tensor tb: f32[H, 16];
-tensor coarse: f32[H, 17];
-tensor dist: f16[H, 65];
-tensor per: f32[H, 64];
-param maxd: i32;
-
-mask causal(b, h, q, kv) { q >= kv }
-
-score rel_full(s, b, h, q, kv) { s + rel[h, clamp(q - kv, -64, 64) + 64] }
-score rel_param(s, b, h, q, kv) { s + relp[h, clamp(q - kv, -maxd, maxd) + maxd] }
-score nested(s, b, h, q, kv) { s + tb[h, bucket[clamp(q - kv, -128, 128) + 128] % 16] }
-score shifted(s, b, h, q, kv) {
-    s + coarse[h, clamp((q - kv) / 32, -8, 8) + 8] + coarse[h, clamp((kv - q) >> 6, -8, 8) + 8]
-}
-score absolute(s, b, h, q, kv) { s * 0.75 + dist[h, min(abs(q - kv), 64)] }
-score periodic(s, b, h, q, kv) { s + per[h, (q + 1024) % 64] }
-score guarded(s, b, h, q, kv) {
-    if q > kv + 300 { s + rel[h, clamp(q - kv, -64, 64) + 64] } else { s }
-}
-
-attention rel_full_attn { score = rel_full; }
-attention rel_param_causal { mask = causal; score = rel_param; }
-attention nested_attn { score = nested; }
-attention shifted_causal { mask = causal; score = shifted; }
-attention absolute_attn { score = absolute; }
-attention periodic_attn { score = periodic; }
-attention guarded_attn { score = guarded; }
-"#;
+/// sums one run per read site), one program per interval rule (the file's header).
+const UNIFORM_SOURCES: &str = include_str!("gpu_util/uniform_reads.attn");
 
 /// [`UNIFORM_SOURCES`] under `bwd_uniform_reads` (the test options plus the uniform-read
 /// path) against the f64 reference on shapes long enough that most tiles read one

@@ -616,7 +616,9 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// persistent CTAs in static rounds: `ATTNC_FWD_PERSISTENT=1`);
 /// `ATTNC_FWD_STAGES=2|3` the K/V ring's stages (3: one Q buffer above D, Dv 64);
 /// `ATTNC_FWD_OTMA=1|0` O through shared memory and TMA stores (`PtxOptions::o_tma`, with
-/// the dynamic scheduler at Dv 128 and two stages);
+/// the dynamic scheduler at Dv 128 and two stages); `ATTNC_FWD_UNIFORM=1|0` score reads
+/// that are one element over a thread's box read once (`PtxOptions::uniform_reads`, session
+/// 37, off by default: not yet run on a GPU);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.
@@ -644,6 +646,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_POS_BIAS", &mut o.pos_bias),
         ("ATTNC_FWD_TAIL", &mut o.tail_split),
         ("ATTNC_FWD_OTMA", &mut o.o_tma),
+        ("ATTNC_FWD_UNIFORM", &mut o.uniform_reads),
     ] {
         if let Some(on) = env_switch(name) {
             *switch = on;

@@ -153,7 +153,12 @@ pub fn bindings(
     for param in &p.params {
         match param.name.as_str() {
             "window" => b.params.push(Scalar::I32(window)),
-            other => panic!("no test value for param {other}"),
+            // other params (the uniform-read tests' `maxd`): a fixed value of their type
+            _ => b.params.push(match param.ty {
+                attnc_compiler::ir::Type::I32 => Scalar::I32(100),
+                attnc_compiler::ir::Type::F32 => Scalar::F32(1.0),
+                attnc_compiler::ir::Type::Bool => Scalar::Bool(true),
+            }),
         }
     }
     for t in &p.tensors {
@@ -181,7 +186,36 @@ pub fn bindings(
                     data: TensorData::F32(data),
                 });
             }
-            other => panic!("no test data for tensor {other}"),
+            // other tensors (the uniform-read tests' tables): their declared dims (a
+            // symbol 8), integers in 0..300, floats k / 64 in [-1, 1] (exact in bf16 and
+            // f16, so the kernel reads the reference's values)
+            _ => {
+                use attnc_compiler::ir::{DimSpec, ElemType};
+                let dims: Vec<usize> = t
+                    .dims
+                    .iter()
+                    .map(|d| match d {
+                        DimSpec::B => shape.b,
+                        DimSpec::H => shape.hq,
+                        DimSpec::Q => shape.lq,
+                        DimSpec::Kv => shape.lkv,
+                        DimSpec::Fixed(n) => *n,
+                        DimSpec::Symbol(_) => 8,
+                    })
+                    .collect();
+                let n = dims.iter().product();
+                let data = match t.elem {
+                    ElemType::I32 | ElemType::I64 => {
+                        TensorData::I32((0..n).map(|_| rng.random_range(0..300)).collect())
+                    }
+                    _ => TensorData::F32(
+                        (0..n)
+                            .map(|_| rng.random_range(-64..=64) as f32 / 64.0)
+                            .collect(),
+                    ),
+                };
+                b.tensors.push(BoundTensor { dims, data });
+            }
         }
     }
     b

@@ -2171,7 +2171,7 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
                 g.icmp(IntPredicate::EQ, run.index, lead_index)?,
             )?;
             let one = g.and(
-                warp_all(g, same)?,
+                g.vote_all(same)?,
                 g.icmp(IntPredicate::NE, ballot, g.c32(0))?,
             )?;
             let (one_bb, each_bb, done) = (
@@ -2366,17 +2366,6 @@ pub(super) fn count_leading_zeros<'ctx>(g: &Gpu<'ctx>, x: IntValue<'ctx>) -> R<I
         &[x.into(), g.cbool(false).into()],
     )?
     .ok_or(LlvmError::Internal("ctlz"))?
-    .into_int_value())
-}
-
-/// `vote.sync.all.pred` over the full warp: whether `p` holds in every lane.
-fn warp_all<'ctx>(g: &Gpu<'ctx>, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    Ok(g.call(
-        "llvm.nvvm.vote.all.sync",
-        Some(g.i1.into()),
-        &[g.c32(-1).into(), p.into()],
-    )?
-    .ok_or(LlvmError::Internal("vote.all"))?
     .into_int_value())
 }
 

@@ -1092,6 +1092,7 @@ pub(super) fn build<'ctx>(
         lpt_group: 0,
         float_positions: false,
         pos_bias: false,
+        uniform_reads: false,
         q_from_end: false,
         split_tail: false,
         pv_wait_late: false,

@@ -378,6 +378,17 @@ impl<'ctx> Gpu<'ctx> {
             .ok_or(LlvmError::Internal("vote"))?
             .into_int_value())
     }
+    /// `vote.sync.all.pred` over the full warp: whether `p` holds in every lane.
+    pub fn vote_all(&self, p: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self
+            .call(
+                "llvm.nvvm.vote.all.sync",
+                Some(self.i1.into()),
+                &[self.c32(-1).into(), p.into()],
+            )?
+            .ok_or(LlvmError::Internal("vote.all"))?
+            .into_int_value())
+    }
     /// `ex2.approx.ftz.f32`: 2^x, max relative error 2^-22 (PTX ISA), subnormals flushed.
     pub fn ex2(&self, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
         self.call_f("llvm.nvvm.ex2.approx.ftz.f32", &[x.into()])

@@ -394,6 +394,14 @@ pub struct PtxOptions {
     /// as exact as before. Needs [`Self::float_positions`]; checked mode and other scores
     /// are unchanged. Off in `new`; `for_binding` turns it on with `float_positions`.
     pub pos_bias: bool,
+    /// The forward's score tensor reads that are one element over a thread's box of
+    /// positions (`uniform`: a relative-position table's clamp of `q - kv` away from the
+    /// diagonal, a bucket table) read once per block: on full blocks where every lane's
+    /// reads are each one element (`vote.all`), the score takes them from registers
+    /// instead of an index and a gather per element. The same elements read: the same
+    /// logits. Not in checked mode. Built and tested on the host, not yet run on a GPU:
+    /// off (`new`, `for_binding`).
+    pub uniform_reads: bool,
     /// The K/V cache layout (contiguous by default): the decode kernels' cache; with `ws`,
     /// [`KvCache::Paged`] makes the forward read K and V from a paged cache `[pages, P,
     /// Hkv, D]` through [`KernelParam::PageTable`] (`i32[B, MaxPages]`, page ids clamped
@@ -908,6 +916,7 @@ impl PtxOptions {
             mask_early: false,
             mask_kinds: false,
             pos_bias: false,
+            uniform_reads: false,
             kv_cache: KvCache::Contiguous,
             producers: 1,
             device_lens: None,
@@ -1374,6 +1383,11 @@ impl PtxOptions {
             }
             + if self.bwd_band_keep {
                 " bwd-band-keep"
+            } else {
+                ""
+            }
+            + if self.uniform_reads {
+                " uniform-reads"
             } else {
                 ""
             }

@@ -6,9 +6,13 @@
 //! [`Ctx::raw`]) in an [`AccTile`], -inf where masked or outside the sequence.
 
 use super::PtxOptions;
-use super::expr::{Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, float_exact};
+use super::expr::{
+    Elem, Env, PosF, emit_function, emit_function_at, emit_values_at, emit_values_hoisted,
+    float_exact,
+};
 use super::gpu::{Gpu, R, Var};
 use super::tile::{Acc, AccTile, Cfg, Ctx, row_inside, thread_row0};
+use super::uniform::{self, TileBox};
 use crate::ir::{Function, Program};
 use inkwell::IntPredicate;
 use inkwell::values::{FloatValue, IntValue};
@@ -203,6 +207,33 @@ pub(crate) fn score_and_mask<'ctx>(
         },
         _ => None,
     };
+    // `Cfg::uniform_reads`: full blocks where the score's reads are each one element over
+    // every lane's box of positions read them once (`uniform`)
+    let uni = match &p.score {
+        Some(f) if c.uniform_reads && env.err.is_none() && uniform::analyzable(f) => {
+            let (mut q_lo, mut q_hi) = (row_bases[0], row_bases[0]);
+            for r in &row_bases[1..] {
+                q_lo = g.selecti(g.icmp(IntPredicate::SLT, *r, q_lo)?, *r, q_lo)?;
+                q_hi = g.selecti(g.icmp(IntPredicate::SGT, *r, q_hi)?, *r, q_hi)?;
+            }
+            let n8 = s.first().map_or(1, Vec::len).max(1) as i64;
+            let tile = TileBox {
+                b: cx.b,
+                h: cx.h,
+                // rows row_base and row_base + 8, columns col_base + 8 nt + 0 / 1
+                q: (q_lo, g.add(q_hi, g.c32(8))?),
+                kv: (col_base, g.add(col_base, g.c32(8 * (n8 - 1) + 1))?),
+            };
+            let tl = uniform::emit_tile_loads(g, env, f, tile)?;
+            let go = g.vote_all(g.and(fast, tl.uniform)?)?;
+            let bb = g.block("full_uniform_block");
+            let rest = g.block("not_uniform_block");
+            g.cond_br(go, bb, rest)?;
+            g.b.position_at_end(rest);
+            Some((tl, bb))
+        }
+        _ => None,
+    };
     match inner_bb {
         Some(inner) => {
             let head = g.block("not_full_block");
@@ -231,6 +262,9 @@ pub(crate) fn score_and_mask<'ctx>(
     // blocks inside it (with `split`; by kind with `kinds`), the rest
     let all = p.mask.as_ref();
     let mut paths: Vec<(bool, bool, Option<&Function>, _)> = vec![(true, false, None, fast_bb)];
+    if let Some((_, bb)) = &uni {
+        paths.push((true, false, None, *bb));
+    }
     if let Some(inner) = inner_bb {
         paths.push((false, false, all, inner));
     }
@@ -241,6 +275,11 @@ pub(crate) fn score_and_mask<'ctx>(
     paths.push((false, true, all, slow_bb));
     for (full_path, tail_path, mask_fn, bb) in paths {
         let slow = !full_path;
+        // the uniform path's reads, made once above
+        let hoisted = match &uni {
+            Some((tl, ub)) if *ub == bb => Some(&tl.values),
+            _ => None,
+        };
         g.b.position_at_end(bb);
         for (mi, nt, acc) in s
             .iter()
@@ -289,6 +328,12 @@ pub(crate) fn score_and_mask<'ctx>(
                                 _ => g.fma(pos.kv, g.b.build_float_neg(*cl, "")?, row)?,
                             };
                             g.fma(*x, scale_log2, b)
+                        }
+                        (Some(f), _, _) if let Some(h) = hoisted => {
+                            let vals = emit_values_hoisted(g, env, f, e, &[f.ret], pos, h)?;
+                            let v = vals[f.ret.index()]
+                                .ok_or(super::LlvmError::Internal("score not emitted"))?;
+                            g.fmul(v.into_float_value(), g.cf(LOG2E))
                         }
                         (Some(f), _, _) => Ok(g.fmul(
                             emit_function_at(g, env, f, e, pos)?.into_float_value(),
