@@ -75,7 +75,9 @@ pub fn checked_inputs(p: &Program, shape: &Shape, with_qkv: bool) -> Result<(), 
     Ok(())
 }
 
-fn dims_of(dims: &[DimSpec], shape: &Shape) -> Vec<usize> {
+/// A declared tensor's dims at `shape` (a symbol dim is 8), as the synthesized captures
+/// have them.
+pub fn dims_of(dims: &[DimSpec], shape: &Shape) -> Vec<usize> {
     dims.iter()
         .map(|d| match d {
             DimSpec::B => shape.b,

@@ -190,19 +190,8 @@ pub fn bindings(
             // symbol 8), integers in 0..300, floats k / 64 in [-1, 1] (exact in bf16 and
             // f16, so the kernel reads the reference's values)
             _ => {
-                use attnc_compiler::ir::{DimSpec, ElemType};
-                let dims: Vec<usize> = t
-                    .dims
-                    .iter()
-                    .map(|d| match d {
-                        DimSpec::B => shape.b,
-                        DimSpec::H => shape.hq,
-                        DimSpec::Q => shape.lq,
-                        DimSpec::Kv => shape.lkv,
-                        DimSpec::Fixed(n) => *n,
-                        DimSpec::Symbol(_) => 8,
-                    })
-                    .collect();
+                use attnc_compiler::ir::ElemType;
+                let dims = attnc::synth::dims_of(&t.dims, shape);
                 let n = dims.iter().product();
                 let data = match t.elem {
                     ElemType::I32 | ElemType::I64 => {

@@ -2204,6 +2204,9 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
 
     /// The per-element part: `g = dS'` of a kept element (`kept`), the derivative IR's
     /// values `vals` at it; tensor contributions extend or replace the read sites' `runs`.
+    /// On a tile of [`CapCtx::uniform_runs`] (`uniform`) every contribution adds to its
+    /// read site's one run: no index per element, nothing sent before the flush.
+    #[allow(clippy::too_many_arguments)]
     fn element(
         &self,
         g: &Gpu<'ctx>,
@@ -2212,11 +2215,20 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
         dsp: FloatValue<'ctx>,
         kept: IntValue<'ctx>,
         runs: &mut [Run<'ctx>],
+        uniform: bool,
     ) -> R<()> {
         let val = |v: crate::ir::Value| {
             vals[v.index()].ok_or(LlvmError::Internal("derivative output not emitted"))
         };
         self.param_terms(g, &val, dsp, kept)?;
+        if uniform {
+            for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
+                let c = g.fmul(dsp, val(r.partial)?.into_float_value())?;
+                let add = g.and(kept, val(r.guard)?.into_int_value())?;
+                run.sum = g.fadd(run.sum, g.selectf(add, c, g.cf(0.0))?)?;
+            }
+            return Ok(());
+        }
         for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
             let Some(base) = self.tensor_grads[r.tensor.0 as usize] else {
                 return Err(LlvmError::Internal("tensor gradient buffer"));
@@ -2259,28 +2271,6 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
                 })
             })
             .collect()
-    }
-
-    /// [`CapCtx::element`] on a tile of [`CapCtx::uniform_runs`]: every contribution adds
-    /// to its read site's one run (no index per element, nothing sent before the flush).
-    fn element_uniform(
-        &self,
-        g: &Gpu<'ctx>,
-        vals: &[Option<BasicValueEnum<'ctx>>],
-        dsp: FloatValue<'ctx>,
-        kept: IntValue<'ctx>,
-        runs: &mut [Run<'ctx>],
-    ) -> R<()> {
-        let val = |v: crate::ir::Value| {
-            vals[v.index()].ok_or(LlvmError::Internal("derivative output not emitted"))
-        };
-        self.param_terms(g, &val, dsp, kept)?;
-        for (r, run) in self.sg.reads.iter().zip(runs.iter_mut()) {
-            let c = g.fmul(dsp, val(r.partial)?.into_float_value())?;
-            let add = g.and(kept, val(r.guard)?.into_int_value())?;
-            run.sum = g.fadd(run.sum, g.selectf(add, c, g.cf(0.0))?)?;
-        }
-        Ok(())
     }
 
     /// Adds a kept element's terms `dS' · ∂score/∂param` to the thread's param sums.
@@ -2702,11 +2692,7 @@ pub(super) fn grad_scores<'ctx>(
                 };
                 if let (Some(cap), Some((vals, _, _))) = (e.cap, &cap_vals) {
                     let kept = g.xor(zero, g.cbool(true))?;
-                    if hoisted.is_some() {
-                        cap.element_uniform(g, vals, dsp, kept, &mut runs)?;
-                    } else {
-                        cap.element(g, e.env, vals, dsp, kept, &mut runs)?;
-                    }
+                    cap.element(g, e.env, vals, dsp, kept, &mut runs, hoisted.is_some())?;
                 }
                 g.set(&pv[nt][i], pr)?;
                 g.set(&dsv[nt][i], ds)?;

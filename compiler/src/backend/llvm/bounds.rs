@@ -57,8 +57,8 @@ pub fn kernel_offsets(bounds: &[Bound]) -> Vec<i64> {
         .collect()
 }
 
-/// Integer arithmetic [`row`] is written against: LLVM IR (i64 values, i1 conditions) in
-/// the kernel, plain wrapping i64 on the host.
+/// Integer arithmetic [`row`] (and `uniform`'s interval rules) are written against: LLVM
+/// IR (i64 values, i1 conditions) in the kernel, plain wrapping i64 on the host.
 pub(crate) trait Arith {
     type I: Copy;
     type B: Copy;
@@ -73,8 +73,12 @@ pub(crate) trait Arith {
     fn or(&self, a: Self::B, b: Self::B) -> R<Self::B>;
     fn not(&self, a: Self::B) -> R<Self::B>;
     fn f(&self) -> Self::B;
+    fn t(&self) -> Self::B;
     fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I>;
 
+    fn and(&self, a: Self::B, b: Self::B) -> R<Self::B> {
+        self.not(self.or(self.not(a)?, self.not(b)?)?)
+    }
     fn max(&self, a: Self::I, b: Self::I) -> R<Self::I> {
         self.sel(self.slt(a, b)?, b, a)
     }
@@ -154,7 +158,7 @@ pub(crate) fn row<A: Arith>(
 }
 
 /// Plain i64 arithmetic (wrapping, as LLVM's `add`/`sub`/`mul` without flags).
-struct Host;
+pub(crate) struct Host;
 
 impl Arith for Host {
     type I = i64;
@@ -189,6 +193,9 @@ impl Arith for Host {
     fn f(&self) -> bool {
         false
     }
+    fn t(&self) -> bool {
+        true
+    }
     fn sel(&self, c: bool, a: i64, b: i64) -> R<i64> {
         Ok(if c { a } else { b })
     }
@@ -216,7 +223,7 @@ pub fn row_range(
 }
 
 /// LLVM IR arithmetic on i64 values.
-struct Ir<'a, 'ctx>(&'a Gpu<'ctx>);
+pub(crate) struct Ir<'a, 'ctx>(pub &'a Gpu<'ctx>);
 
 impl<'ctx> Arith for Ir<'_, 'ctx> {
     type I = IntValue<'ctx>;
@@ -250,6 +257,9 @@ impl<'ctx> Arith for Ir<'_, 'ctx> {
     }
     fn f(&self) -> Self::B {
         self.0.cbool(false)
+    }
+    fn t(&self) -> Self::B {
+        self.0.cbool(true)
     }
     fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I> {
         self.0.selecti(c, a, b)

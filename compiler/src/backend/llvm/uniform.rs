@@ -14,7 +14,9 @@
 //! computing an index and gathering per element, and the capture gradient needs one sum
 //! per tile instead of a run per element (`backward.rs`, "Capture gradients").
 //!
-//! Rules (each an over-approximation, so `uniform` is sound): positions and constants,
+//! The rules are written once against `bounds::Arith` (LLVM values in the kernel, host
+//! integers in the tests, as the closed-form bounds are). Rules (each an
+//! over-approximation, so `uniform` is sound): positions and constants,
 //! i32 params, `b` and `h` are points or the box's ranges; `+ - *`, `min`, `max`, `neg`,
 //! `abs` by interval arithmetic in i64 (a result outside i32 makes the tile non-uniform:
 //! the IR wraps where i64 does not); `/` and `%` by a positive constant, shifts by a
@@ -24,10 +26,10 @@
 //! load's index path makes [`analyzable`] false: no uniform path is emitted.
 
 use super::LlvmError;
+use super::bounds::{Arith, Ir};
 use super::expr::{Env, flat_index};
 use super::gpu::{Gpu, R};
 use crate::ir::{Arg, BinOp, Function, Inst, Type, UnOp, Value};
-use inkwell::IntPredicate;
 use inkwell::values::{BasicValueEnum, IntValue};
 
 /// The positions of one tile: inclusive i32 ranges of `q` and `kv` (every element the
@@ -146,40 +148,6 @@ pub(crate) fn analyzable(f: &Function) -> bool {
         })
 }
 
-/// The arithmetic of the interval rules: i64 values and booleans — LLVM values in a
-/// kernel ([`Llvm`]), plain integers in the tests (which run the same rules on the host
-/// against brute force).
-pub(crate) trait IntervalOps {
-    type I: Copy;
-    type B: Copy;
-    fn c(&self, x: i64) -> Self::I;
-    fn yes(&self) -> Self::B;
-    /// Wrapping i64 arithmetic.
-    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I>;
-    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I>;
-    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I>;
-    /// Truncating division by a positive constant.
-    fn div(&self, a: Self::I, c: i64) -> R<Self::I>;
-    fn lt(&self, a: Self::I, b: Self::I) -> R<Self::B>;
-    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B>;
-    fn and(&self, a: Self::B, b: Self::B) -> R<Self::B>;
-    fn not(&self, a: Self::B) -> R<Self::B>;
-    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I>;
-
-    fn min(&self, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.sel(self.lt(a, b)?, a, b)
-    }
-    fn max(&self, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.sel(self.lt(b, a)?, a, b)
-    }
-    /// Floor division by a positive constant.
-    fn floor_div(&self, a: Self::I, c: i64) -> R<Self::I> {
-        let q = self.div(a, c)?;
-        let r = self.sub(a, self.mul(q, self.c(c))?)?;
-        self.sel(self.lt(r, self.c(0))?, self.sub(q, self.c(1))?, q)
-    }
-}
-
 /// The box's arguments in the rules' domain (`b`, `h` points; `q`, `kv` ranges).
 #[derive(Clone, Copy)]
 pub(crate) struct BoxArgs<I> {
@@ -191,7 +159,7 @@ pub(crate) struct BoxArgs<I> {
 
 /// What [`eval_box`] finds: whether every load reads one element, and the interval of
 /// each instruction on a load's index path (None elsewhere).
-pub(crate) struct BoxEval<O: IntervalOps> {
+pub(crate) struct BoxEval<O: Arith> {
     pub uniform: O::B,
     // read by the tests (soundness against brute force); the kernel needs only `uniform`
     #[cfg_attr(not(test), allow(dead_code))]
@@ -200,14 +168,14 @@ pub(crate) struct BoxEval<O: IntervalOps> {
 
 /// [`eval_box`]'s read of `Load` `i` at the given indices.
 pub(crate) type ReadAt<'a, O> =
-    dyn FnMut(usize, &[<O as IntervalOps>::I]) -> R<Option<<O as IntervalOps>::I>> + 'a;
+    dyn FnMut(usize, &[<O as Arith>::I]) -> R<Option<<O as Arith>::I>> + 'a;
 
 /// The interval rules (module docs) over `f`'s load index paths for the box `args`:
 /// `param` gives an i32 param's value, `load(i, idx)` reads `Load` `i` at the indices'
 /// low ends and returns its value where the load is integer and on an index path (its
 /// interval then that point, or the hull with 0 when its guard is not constantly true).
 /// Call only where [`analyzable`] holds.
-pub(crate) fn eval_box<O: IntervalOps>(
+pub(crate) fn eval_box<O: Arith>(
     o: &O,
     f: &Function,
     args: BoxArgs<O::I>,
@@ -216,7 +184,7 @@ pub(crate) fn eval_box<O: IntervalOps>(
 ) -> R<BoxEval<O>> {
     let need = index_deps(f);
     let mut iv: Vec<Option<(O::I, O::I)>> = vec![None; f.insts.len()];
-    let mut uniform = o.yes();
+    let mut uniform = o.t();
     let get = |iv: &Vec<Option<(O::I, O::I)>>, v: Value| {
         iv[v.index()].ok_or(LlvmError::Internal("interval used before definition"))
     };
@@ -243,7 +211,7 @@ pub(crate) fn eval_box<O: IntervalOps>(
                 let (lo, hi) = get(&iv, *a)?;
                 let (nlo, nhi) = (o.sub(o.c(0), hi)?, o.sub(o.c(0), lo)?);
                 // 0 when the range spans it, else the nearer end's magnitude
-                let spans = o.and(o.not(o.lt(o.c(0), lo)?)?, o.not(o.lt(hi, o.c(0))?)?)?;
+                let spans = o.and(o.not(o.slt(o.c(0), lo)?)?, o.not(o.slt(hi, o.c(0))?)?)?;
                 let near = o.min(o.max(lo, nhi)?, o.max(nlo, hi)?)?;
                 (o.sel(spans, o.c(0), near)?, o.max(hi, nhi)?)
             }
@@ -302,7 +270,7 @@ pub(crate) fn eval_box<O: IntervalOps>(
             Inst::Load { indices, guard, .. } => {
                 // the element at the ranges' low ends: the element when each is one point
                 let mut idx = Vec::with_capacity(indices.len());
-                let mut one = o.yes();
+                let mut one = o.t();
                 for v in indices {
                     let (lo, hi) = get(&iv, *v)?;
                     one = o.and(one, o.eq(lo, hi)?)?;
@@ -329,54 +297,13 @@ pub(crate) fn eval_box<O: IntervalOps>(
         };
         // a range outside i32: the IR wraps where these i64 ranges do not
         let fits = o.and(
-            o.not(o.lt(r.0, o.c(i32::MIN as i64))?)?,
-            o.not(o.lt(o.c(i32::MAX as i64), r.1)?)?,
+            o.not(o.slt(r.0, o.c(i32::MIN as i64))?)?,
+            o.not(o.slt(o.c(i32::MAX as i64), r.1)?)?,
         )?;
         uniform = o.and(uniform, fits)?;
         iv[i] = Some(r);
     }
     Ok(BoxEval { uniform, iv })
-}
-
-/// [`IntervalOps`] as LLVM i64 / i1 values.
-struct Llvm<'a, 'ctx>(&'a Gpu<'ctx>);
-
-impl<'ctx> IntervalOps for Llvm<'_, 'ctx> {
-    type I = IntValue<'ctx>;
-    type B = IntValue<'ctx>;
-    fn c(&self, x: i64) -> Self::I {
-        self.0.c64(x)
-    }
-    fn yes(&self) -> Self::B {
-        self.0.cbool(true)
-    }
-    fn add(&self, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.0.add(a, b)
-    }
-    fn sub(&self, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.0.sub(a, b)
-    }
-    fn mul(&self, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.0.mul(a, b)
-    }
-    fn div(&self, a: Self::I, c: i64) -> R<Self::I> {
-        Ok(self.0.b.build_int_signed_div(a, self.0.c64(c), "")?)
-    }
-    fn lt(&self, a: Self::I, b: Self::I) -> R<Self::B> {
-        self.0.icmp(IntPredicate::SLT, a, b)
-    }
-    fn eq(&self, a: Self::I, b: Self::I) -> R<Self::B> {
-        self.0.icmp(IntPredicate::EQ, a, b)
-    }
-    fn and(&self, a: Self::B, b: Self::B) -> R<Self::B> {
-        self.0.and(a, b)
-    }
-    fn not(&self, a: Self::B) -> R<Self::B> {
-        self.0.xor(a, self.0.cbool(true))
-    }
-    fn sel(&self, c: Self::B, a: Self::I, b: Self::I) -> R<Self::I> {
-        self.0.selecti(c, a, b)
-    }
 }
 
 /// Emits [`eval_box`] over `tile` in the kernel and reads each load's element once
@@ -423,7 +350,7 @@ pub(crate) fn emit_tile_loads<'ctx>(
             Some(g.sext64(x)?)
         })
     };
-    let e = eval_box(&Llvm(g), f, args, &param, &mut load)?;
+    let e = eval_box(&Ir(g), f, args, &param, &mut load)?;
     Ok(TileLoads {
         uniform: e.uniform,
         values,
@@ -433,7 +360,8 @@ pub(crate) fn emit_tile_loads<'ctx>(
 
 #[cfg(test)]
 mod tests {
-    use super::{BoxArgs, IntervalOps, R, analyzable, eval_box};
+    use super::{BoxArgs, R, analyzable, eval_box};
+    use crate::backend::llvm::bounds::Host;
     use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
     use crate::ir::{Inst, Scalar};
     use rand::{Rng, SeedableRng};
@@ -441,47 +369,6 @@ mod tests {
     fn score_grad(src: &str) -> crate::grad::ScoreGrad {
         let m = crate::compile_source(src).expect("compiles");
         crate::grad::differentiate(&m.programs[0])
-    }
-
-    /// The rules on the host: wrapping i64, bool.
-    struct Host;
-
-    impl IntervalOps for Host {
-        type I = i64;
-        type B = bool;
-        fn c(&self, x: i64) -> i64 {
-            x
-        }
-        fn yes(&self) -> bool {
-            true
-        }
-        fn add(&self, a: i64, b: i64) -> R<i64> {
-            Ok(a.wrapping_add(b))
-        }
-        fn sub(&self, a: i64, b: i64) -> R<i64> {
-            Ok(a.wrapping_sub(b))
-        }
-        fn mul(&self, a: i64, b: i64) -> R<i64> {
-            Ok(a.wrapping_mul(b))
-        }
-        fn div(&self, a: i64, c: i64) -> R<i64> {
-            Ok(a.wrapping_div(c))
-        }
-        fn lt(&self, a: i64, b: i64) -> R<bool> {
-            Ok(a < b)
-        }
-        fn eq(&self, a: i64, b: i64) -> R<bool> {
-            Ok(a == b)
-        }
-        fn and(&self, a: bool, b: bool) -> R<bool> {
-            Ok(a && b)
-        }
-        fn not(&self, a: bool) -> R<bool> {
-            Ok(!a)
-        }
-        fn sel(&self, c: bool, a: i64, b: i64) -> R<i64> {
-            Ok(if c { a } else { b })
-        }
     }
 
     /// Scores whose load indices stay inside their tensors for every position below 2^20
