@@ -2289,19 +2289,6 @@ impl<'a, 'ctx> CapCtx<'a, 'ctx> {
         Ok(())
     }
 
-    /// The score-gradient function's outputs that a tile of [`CapCtx::uniform_runs`]
-    /// needs: the score, `∂score/∂s`, each read's guard and partial, each param's partial
-    /// (not the reads' indices).
-    fn uniform_outputs(&self) -> Vec<crate::ir::Value> {
-        let mut v = vec![self.sg.score, self.sg.d_s];
-        for r in &self.sg.reads {
-            v.push(r.guard);
-            v.push(r.partial);
-        }
-        v.extend(self.sg.params.iter().map(|p| p.partial));
-        v
-    }
-
     /// After the kv loop: each warp adds the sum of its lanes' param sums.
     pub fn finish(&self, g: &Gpu<'ctx>, lane: IntValue<'ctx>) -> R<()> {
         let Some(base) = self.param_grads else {
@@ -2636,7 +2623,7 @@ pub(super) fn grad_scores<'ctx>(
                                 e.env,
                                 &cap.sg.func,
                                 el,
-                                &cap.uniform_outputs(),
+                                &cap.sg.outputs(),
                                 pos_f(&at, cap_forms.as_ref()),
                                 &tl.values,
                             )?,

@@ -212,8 +212,7 @@ pub(crate) fn emit_values_at<'ctx>(
 
 /// [`emit_values_at`] where some reads were made once for the whole tile
 /// (`uniform::emit_tile_loads`): `hoisted[i]`, where present, is the value `Load` `i`
-/// reads at every element (its guard applied here per element); the load's indices are
-/// then not emitted unless a root needs them.
+/// reads at every element (its guard applied here per element).
 pub(crate) fn emit_values_hoisted<'ctx>(
     g: &Gpu<'ctx>,
     env: &Env<'ctx>,
@@ -224,11 +223,8 @@ pub(crate) fn emit_values_hoisted<'ctx>(
     hoisted: &[Option<BasicValueEnum<'ctx>>],
 ) -> R<Vec<Option<BasicValueEnum<'ctx>>>> {
     let hoisted_at = |i: usize| hoisted.get(i).copied().flatten();
-    let live = if hoisted.is_empty() {
-        f.live_from(roots)
-    } else {
-        live_hoisted(f, roots, &hoisted_at)
-    };
+    // (a hoisted load's indices, still emitted, are dead code LLVM removes)
+    let live = f.live_from(roots);
     let mut vals: Vec<Option<BasicValueEnum<'ctx>>> = vec![None; f.insts.len()];
     let get = |vals: &Vec<Option<BasicValueEnum<'ctx>>>, v: crate::ir::Value| {
         vals[v.index()].ok_or(super::LlvmError::Internal(
@@ -290,32 +286,6 @@ pub(crate) fn emit_values_hoisted<'ctx>(
         vals[i] = Some(v);
     }
     Ok(vals)
-}
-
-/// [`Function::live_from`] where the loads that `hoisted` gives need only their guards.
-fn live_hoisted<'ctx>(
-    f: &Function,
-    roots: &[crate::ir::Value],
-    hoisted: &dyn Fn(usize) -> Option<BasicValueEnum<'ctx>>,
-) -> Vec<bool> {
-    let mut live = vec![false; f.insts.len()];
-    for r in roots {
-        live[r.index()] = true;
-    }
-    for i in (0..f.insts.len()).rev() {
-        if !live[i] {
-            continue;
-        }
-        match &f.insts[i] {
-            Inst::Load { guard, .. } if hoisted(i).is_some() => live[guard.index()] = true,
-            inst => {
-                for v in inst.operands() {
-                    live[v.index()] = true;
-                }
-            }
-        }
-    }
-    live
 }
 
 #[allow(clippy::too_many_arguments)]
