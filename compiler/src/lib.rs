@@ -18,6 +18,7 @@ pub mod reference;
 pub mod reference_grad;
 pub mod sema;
 pub mod shape;
+pub mod test_matrix;
 
 pub use diag::{Diagnostic, render};
 pub use sema::{Module, compile_source};

@@ -168,101 +168,102 @@ fn capture_gradient_kernels() {
 fn fused_sm90_kernels() {
     use attnc_compiler::backend::llvm::BwdDq;
     let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
-    for (file, name) in [
-        ("dense", "dense"),
-        ("causal", "causal_attention"),
-        ("softcap", "softcap_causal"),
-        ("alibi_causal", "alibi_causal"),
-        ("relative_bias_table", "relative_bias_table"),
-    ] {
+    let settings: Vec<_> = [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic]
+        .into_iter()
+        .flat_map(|dq| [(dq, false, false, false), (dq, true, false, false)])
+        .chain([
+            (BwdDq::OrderedBulk, false, true, false),
+            (BwdDq::OrderedBulk, true, true, false),
+            (BwdDq::OrderedBulk, false, true, true),
+            (BwdDq::Ordered, false, false, true),
+        ])
+        .collect();
+    for ((file, name), (dq, early, tma, lpt)) in attnc_compiler::test_matrix::cases(
+        &[
+            ("dense", "dense"),
+            ("causal", "causal_attention"),
+            ("softcap", "softcap_causal"),
+            ("alibi_causal", "alibi_causal"),
+            ("relative_bias_table", "relative_bias_table"),
+        ],
+        &settings,
+    ) {
         let p = &example(file, name);
         let plan = Plan::new(p);
         let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
         assert_eq!(def.bwd_dq, BwdDq::OrderedBulk);
-        for (dq, early, tma, lpt) in [BwdDq::Ordered, BwdDq::OrderedBulk, BwdDq::Atomic]
-            .into_iter()
-            .flat_map(|dq| [(dq, false, false, false), (dq, true, false, false)])
-            .chain([
-                (BwdDq::OrderedBulk, false, true, false),
-                (BwdDq::OrderedBulk, true, true, false),
-                (BwdDq::OrderedBulk, false, true, true),
-                (BwdDq::Ordered, false, false, true),
-            ])
-        {
-            let opts = PtxOptions {
-                overlap: early,
-                bwd_tma: tma,
-                bwd_lpt: lpt,
-                ..def.backward_fused(dq)
-            };
-            for kind in [BackwardKind::DkDv, BackwardKind::Dq] {
-                let a = emit_backward(&plan, &opts, kind).unwrap();
-                let b = emit_backward(&plan, &opts, kind).unwrap();
-                assert_eq!(a.ptx, b.ptx, "{name} {dq:?} {kind:?}: PTX differs");
-                let tag = format!("{dq:?}").to_lowercase()
-                    + if tma { "_tma" } else { "" }
-                    + if lpt { "_lpt" } else { "" }
-                    + if early { "_early" } else { "" };
-                if let Some(dir) = &dir {
-                    std::fs::write(format!("{dir}/{name}_{tag}_{}.ptx", kind.name()), &a.ptx)
-                        .unwrap();
-                }
-                let has = |x: &str| a.ptx.contains(x);
-                if kind == BackwardKind::Dq {
-                    // the convert kernel: the deterministic schemes never zero DqAccum (the
-                    // first adder stores), so a q block no kv block visited must read its
-                    // DqSem (0: dQ = 0) instead of converting stale workspace
-                    assert_eq!(
-                        has("ld.global.b32"),
-                        dq != BwdDq::Atomic,
-                        "{name} {dq:?}: the convert kernel's DqSem read"
-                    );
-                    continue;
-                }
-                assert_eq!(has("ld.acquire.gpu"), dq != BwdDq::Atomic, "{name} {dq:?}");
+        let opts = PtxOptions {
+            overlap: early,
+            bwd_tma: tma,
+            bwd_lpt: lpt,
+            ..def.backward_fused(dq)
+        };
+        for kind in [BackwardKind::DkDv, BackwardKind::Dq] {
+            let a = emit_backward(&plan, &opts, kind).unwrap();
+            let b = emit_backward(&plan, &opts, kind).unwrap();
+            assert_eq!(a.ptx, b.ptx, "{name} {dq:?} {kind:?}: PTX differs");
+            let tag = format!("{dq:?}").to_lowercase()
+                + if tma { "_tma" } else { "" }
+                + if lpt { "_lpt" } else { "" }
+                + if early { "_early" } else { "" };
+            if let Some(dir) = &dir {
+                std::fs::write(format!("{dir}/{name}_{tag}_{}.ptx", kind.name()), &a.ptx).unwrap();
+            }
+            let has = |x: &str| a.ptx.contains(x);
+            if kind == BackwardKind::Dq {
+                // the convert kernel: the deterministic schemes never zero DqAccum (the
+                // first adder stores), so a q block no kv block visited must read its
+                // DqSem (0: dQ = 0) instead of converting stale workspace
                 assert_eq!(
-                    has("red.relaxed.gpu.global.add.v4.f32"),
-                    dq != BwdDq::OrderedBulk,
-                    "{name} {dq:?}"
+                    has("ld.global.b32"),
+                    dq != BwdDq::Atomic,
+                    "{name} {dq:?}: the convert kernel's DqSem read"
                 );
-                let bulk = dq == BwdDq::OrderedBulk;
-                // bwd_lpt: kv heads on x, kv blocks (ascending) on y
-                let lpt_grid = [GridDim::KvHeads, GridDim::KvBlocks, GridDim::Batches];
-                assert_eq!(a.grid == lpt_grid, lpt, "{name} {tag}");
-                // bwd_tma: Q and dO by TMA (two boxes of 64 columns each per visit), the
-                // maps as parameters; K and V still by cp.async
-                assert_eq!(
-                    a.ptx.matches("cp.async.bulk.tensor.3d").count(),
-                    if tma { 4 } else { 0 },
-                    "{name} {tag}"
+                continue;
+            }
+            assert_eq!(has("ld.acquire.gpu"), dq != BwdDq::Atomic, "{name} {dq:?}");
+            assert_eq!(
+                has("red.relaxed.gpu.global.add.v4.f32"),
+                dq != BwdDq::OrderedBulk,
+                "{name} {dq:?}"
+            );
+            let bulk = dq == BwdDq::OrderedBulk;
+            // bwd_lpt: kv heads on x, kv blocks (ascending) on y
+            let lpt_grid = [GridDim::KvHeads, GridDim::KvBlocks, GridDim::Batches];
+            assert_eq!(a.grid == lpt_grid, lpt, "{name} {tag}");
+            // bwd_tma: Q and dO by TMA (two boxes of 64 columns each per visit), the
+            // maps as parameters; K and V still by cp.async
+            assert_eq!(
+                a.ptx.matches("cp.async.bulk.tensor.3d").count(),
+                if tma { 4 } else { 0 },
+                "{name} {tag}"
+            );
+            assert_eq!(
+                a.params.contains(&KernelParam::TmaQ) && a.params.contains(&KernelParam::TmaDo),
+                tma
+            );
+            assert!(has("cp.async.cg.shared.global"), "{name} {tag}: K/V copies");
+            assert_eq!(has("mbarrier.arrive.expect_tx"), tma, "{name} {tag}");
+            assert_eq!(has("cp.reduce.async.bulk.global.shared::cta"), bulk);
+            assert_eq!(has("setmaxnreg.dec.sync.aligned.u32 24"), bulk);
+            assert_eq!(has("setmaxnreg.inc.sync.aligned.u32 240"), bulk);
+            assert_eq!(a.threads, if bulk { 384 } else { 256 });
+            // `wait_group 1`: the first dQ chunk before dK (early) or dV and dK; early
+            // without capture gradients also Sᵀ before dPᵀ and dPᵀ before dV
+            let waits_1 = a.ptx.matches("wgmma.wait_group.sync.aligned 1;").count();
+            let caps = name == "relative_bias_table";
+            let want = if early && !caps { 3 } else { 1 };
+            assert_eq!(waits_1, want, "{name} {tag}");
+            if name == "dense"
+                && dq != BwdDq::Atomic
+                && (!early || bulk)
+                && (!tma || !early)
+                && !lpt
+            {
+                insta::assert_snapshot!(
+                    format!("bwd_ptx_sm90_bf16_d128__dense__bwd_dkdv_{tag}"),
+                    a.ptx
                 );
-                assert_eq!(
-                    a.params.contains(&KernelParam::TmaQ) && a.params.contains(&KernelParam::TmaDo),
-                    tma
-                );
-                assert!(has("cp.async.cg.shared.global"), "{name} {tag}: K/V copies");
-                assert_eq!(has("mbarrier.arrive.expect_tx"), tma, "{name} {tag}");
-                assert_eq!(has("cp.reduce.async.bulk.global.shared::cta"), bulk);
-                assert_eq!(has("setmaxnreg.dec.sync.aligned.u32 24"), bulk);
-                assert_eq!(has("setmaxnreg.inc.sync.aligned.u32 240"), bulk);
-                assert_eq!(a.threads, if bulk { 384 } else { 256 });
-                // `wait_group 1`: the first dQ chunk before dK (early) or dV and dK; early
-                // without capture gradients also Sᵀ before dPᵀ and dPᵀ before dV
-                let waits_1 = a.ptx.matches("wgmma.wait_group.sync.aligned 1;").count();
-                let caps = name == "relative_bias_table";
-                let want = if early && !caps { 3 } else { 1 };
-                assert_eq!(waits_1, want, "{name} {tag}");
-                if name == "dense"
-                    && dq != BwdDq::Atomic
-                    && (!early || bulk)
-                    && (!tma || !early)
-                    && !lpt
-                {
-                    insta::assert_snapshot!(
-                        format!("bwd_ptx_sm90_bf16_d128__dense__bwd_dkdv_{tag}"),
-                        a.ptx
-                    );
-                }
             }
         }
     }
@@ -942,78 +943,79 @@ fn before_cuts(o: PtxOptions) -> PtxOptions {
 #[test]
 fn fused_desc_kernels() {
     let count = |ptx: &str, s: &str| ptx.matches(s).count();
-    for d in [128u32, 64] {
-        for (file, name) in [
+    for (d, (file, name)) in attnc_compiler::test_matrix::cases(
+        &[128u32, 64],
+        &[
             ("dense", "dense"),
             ("causal", "causal_attention"),
             ("sliding_window", "sliding_window"),
             ("alibi_causal", "alibi_causal"),
             ("softcap", "softcap"),
-        ] {
-            let p = &example(file, name);
-            let plan = Plan::new(p);
-            let def = before_cuts(
-                PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                    .backward_for_binding(&plan, 8192),
+        ],
+    ) {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let def = before_cuts(
+            PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+                .backward_for_binding(&plan, 8192),
+        );
+        for stm in [false, true] {
+            let base = PtxOptions {
+                bwd_stmatrix: stm,
+                ..def
+            };
+            let o = PtxOptions {
+                bwd_desc: true,
+                ..base
+            };
+            assert_ne!(o.key(), base.key());
+            let plain = emit_backward(&plan, &base, BackwardKind::DkDv).unwrap();
+            let tag = format!("{name} D{d} stmatrix {stm}");
+            let x = if stm { "x" } else { "" };
+            let a = dkdv_twice(
+                &plan,
+                &o,
+                &tag,
+                &format!("desc{x}_d{d}_{name}_bwd_dkdv.ptx"),
             );
-            for stm in [false, true] {
-                let base = PtxOptions {
-                    bwd_stmatrix: stm,
-                    ..def
-                };
-                let o = PtxOptions {
-                    bwd_desc: true,
-                    ..base
-                };
-                assert_ne!(o.key(), base.key());
-                let plain = emit_backward(&plan, &base, BackwardKind::DkDv).unwrap();
-                let tag = format!("{name} D{d} stmatrix {stm}");
-                let x = if stm { "x" } else { "" };
-                let a = dkdv_twice(
-                    &plan,
-                    &o,
-                    &tag,
-                    &format!("desc{x}_d{d}_{name}_bwd_dkdv.ptx"),
+            let wg = "wgmma.mma_async";
+            assert_eq!(count(&a.ptx, wg), count(&plain.ptx, wg), "{tag}");
+            let sh = |ptx: &str| {
+                ptx.lines()
+                    .filter(|l| l.contains("shr.u32") && l.trim_end().ends_with(", 4;"))
+                    .count()
+            };
+            println!(
+                "{tag}: wgmma {}, descriptor shifts {} (without {}), shfl.sync.idx {}",
+                count(&a.ptx, wg),
+                sh(&a.ptx),
+                sh(&plain.ptx),
+                count(&a.ptx, "shfl.sync.idx"),
+            );
+            assert!(sh(&a.ptx) * 2 < sh(&plain.ptx), "{tag}");
+            assert!(count(&a.ptx, "shfl.sync.idx") > count(&plain.ptx, "shfl.sync.idx"));
+            // bwd_ds_unguarded on top: the identity score's full-block selects go
+            let u = PtxOptions {
+                bwd_ds_unguarded: true,
+                ..o
+            };
+            assert_ne!(u.key(), o.key());
+            let b = dkdv_twice(
+                &plan,
+                &u,
+                &tag,
+                &format!("desc{x}g_d{d}_{name}_bwd_dkdv.ptx"),
+            );
+            let sel = |ptx: &str| count(ptx, "selp.f32");
+            println!("{tag}: selp.f32 {} (guarded {})", sel(&b.ptx), sel(&a.ptx));
+            if matches!(name, "dense" | "causal_attention" | "sliding_window") {
+                assert_eq!(
+                    sel(&a.ptx) - sel(&b.ptx),
+                    (def.q_block / 2) as usize,
+                    "{tag}"
                 );
-                let wg = "wgmma.mma_async";
-                assert_eq!(count(&a.ptx, wg), count(&plain.ptx, wg), "{tag}");
-                let sh = |ptx: &str| {
-                    ptx.lines()
-                        .filter(|l| l.contains("shr.u32") && l.trim_end().ends_with(", 4;"))
-                        .count()
-                };
-                println!(
-                    "{tag}: wgmma {}, descriptor shifts {} (without {}), shfl.sync.idx {}",
-                    count(&a.ptx, wg),
-                    sh(&a.ptx),
-                    sh(&plain.ptx),
-                    count(&a.ptx, "shfl.sync.idx"),
-                );
-                assert!(sh(&a.ptx) * 2 < sh(&plain.ptx), "{tag}");
-                assert!(count(&a.ptx, "shfl.sync.idx") > count(&plain.ptx, "shfl.sync.idx"));
-                // bwd_ds_unguarded on top: the identity score's full-block selects go
-                let u = PtxOptions {
-                    bwd_ds_unguarded: true,
-                    ..o
-                };
-                assert_ne!(u.key(), o.key());
-                let b = dkdv_twice(
-                    &plan,
-                    &u,
-                    &tag,
-                    &format!("desc{x}g_d{d}_{name}_bwd_dkdv.ptx"),
-                );
-                let sel = |ptx: &str| count(ptx, "selp.f32");
-                println!("{tag}: selp.f32 {} (guarded {})", sel(&b.ptx), sel(&a.ptx));
-                if matches!(name, "dense" | "causal_attention" | "sliding_window") {
-                    assert_eq!(
-                        sel(&a.ptx) - sel(&b.ptx),
-                        (def.q_block / 2) as usize,
-                        "{tag}"
-                    );
-                } else {
-                    assert_eq!(sel(&a.ptx), sel(&b.ptx), "{tag}");
-                }
+            } else {
+                assert_eq!(sel(&a.ptx), sel(&b.ptx), "{tag}");
             }
         }
     }
@@ -1221,49 +1223,50 @@ fn fused_pingpong_kernels() {
 /// `ATTNC_BWD_PTX_DIR=dir` writes the kernels there (for `ptxas -v`).
 #[test]
 fn fused_band_keep_kernels() {
-    for d in [128u32, 64] {
-        for (file, name, changes) in [
+    for (d, (file, name, changes)) in attnc_compiler::test_matrix::cases(
+        &[128u32, 64],
+        &[
             ("dense", "dense", false),
             ("causal", "causal_attention", true),
             ("sliding_window", "sliding_window", true),
             ("document_causal", "document_causal", false),
-        ] {
-            let p = &example(file, name);
-            let plan = Plan::new(p);
-            let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
-            // the binding's default for bands (the warp-wide search) only
-            assert_eq!(
-                binding.bwd_band_keep,
-                name == "sliding_window" || name == "document_causal",
-                "{name} D{d}"
+        ],
+    ) {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let binding = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        // the binding's default for bands (the warp-wide search) only
+        assert_eq!(
+            binding.bwd_band_keep,
+            name == "sliding_window" || name == "document_causal",
+            "{name} D{d}"
+        );
+        let bind = PtxOptions {
+            bwd_band_keep: false,
+            ..binding
+        };
+        let cuts = PtxOptions {
+            bwd_stmatrix: true,
+            bwd_desc: true,
+            bwd_ds_unguarded: true,
+            ..bind
+        };
+        for (base, tag) in [(bind, "band_keep"), (cuts, "band_keep_cuts")] {
+            let plain = dkdv_twice(
+                &plan,
+                &base,
+                name,
+                &format!("{tag}_base_d{d}_{name}_bwd_dkdv.ptx"),
             );
-            let bind = PtxOptions {
-                bwd_band_keep: false,
-                ..binding
+            let k = PtxOptions {
+                bwd_band_keep: true,
+                ..base
             };
-            let cuts = PtxOptions {
-                bwd_stmatrix: true,
-                bwd_desc: true,
-                bwd_ds_unguarded: true,
-                ..bind
-            };
-            for (base, tag) in [(bind, "band_keep"), (cuts, "band_keep_cuts")] {
-                let plain = dkdv_twice(
-                    &plan,
-                    &base,
-                    name,
-                    &format!("{tag}_base_d{d}_{name}_bwd_dkdv.ptx"),
-                );
-                let k = PtxOptions {
-                    bwd_band_keep: true,
-                    ..base
-                };
-                assert_ne!(k.key(), base.key());
-                let t = format!("{tag} {name} D{d}");
-                let a = dkdv_twice(&plan, &k, &t, &format!("{tag}_d{d}_{name}_bwd_dkdv.ptx"));
-                assert_eq!(a.ptx != plain.ptx, changes, "{t}");
-            }
+            assert_ne!(k.key(), base.key());
+            let t = format!("{tag} {name} D{d}");
+            let a = dkdv_twice(&plan, &k, &t, &format!("{tag}_d{d}_{name}_bwd_dkdv.ptx"));
+            assert_eq!(a.ptx != plain.ptx, changes, "{t}");
         }
     }
 }
@@ -1480,52 +1483,53 @@ fn fused_element_order_kernels() {
 /// there (for `ptxas -v`).
 #[test]
 fn fused_exp_emu_kernels() {
-    for d in [128u32, 64] {
-        for (file, name) in [
+    for (d, (file, name)) in attnc_compiler::test_matrix::cases(
+        &[128u32, 64],
+        &[
             ("dense", "dense"),
             ("causal", "causal_attention"),
             ("softcap", "softcap_causal"),
-        ] {
-            let p = &example(file, name);
-            let plan = Plan::new(p);
-            let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
-                .backward_for_binding(&plan, 8192);
-            assert_eq!(bind.bwd_exp_emu, 0, "{name} D{d}");
-            let tag = format!("{name} D{d} q{}", bind.q_block);
-            let def = dkdv_twice(
+        ],
+    ) {
+        let p = &example(file, name);
+        let plan = Plan::new(p);
+        let bind = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+            .backward_for_binding(&plan, 8192);
+        assert_eq!(bind.bwd_exp_emu, 0, "{name} D{d}");
+        let tag = format!("{name} D{d} q{}", bind.q_block);
+        let def = dkdv_twice(
+            &plan,
+            &bind,
+            &tag,
+            &format!("em_def_d{d}_{name}_bwd_dkdv.ptx"),
+        );
+        let ex2 = |ptx: &str| ptx.matches("ex2.approx").count();
+        let rn = |ptx: &str| ptx.matches("add.rn.f32").count();
+        assert_eq!(rn(&def.ptx), 0, "{tag}");
+        let mut last = ex2(&def.ptx);
+        for k in [2u8, 4, 8] {
+            let o = PtxOptions {
+                bwd_exp_emu: k,
+                ..bind
+            };
+            assert!(o.key() != bind.key(), "{tag}");
+            let km = dkdv_twice(
                 &plan,
-                &bind,
+                &o,
                 &tag,
-                &format!("em_def_d{d}_{name}_bwd_dkdv.ptx"),
+                &format!("em_m{k}_d{d}_{name}_bwd_dkdv.ptx"),
             );
-            let ex2 = |ptx: &str| ptx.matches("ex2.approx").count();
-            let rn = |ptx: &str| ptx.matches("add.rn.f32").count();
-            assert_eq!(rn(&def.ptx), 0, "{tag}");
-            let mut last = ex2(&def.ptx);
-            for k in [2u8, 4, 8] {
-                let o = PtxOptions {
-                    bwd_exp_emu: k,
-                    ..bind
-                };
-                assert!(o.key() != bind.key(), "{tag}");
-                let km = dkdv_twice(
-                    &plan,
-                    &o,
-                    &tag,
-                    &format!("em_m{k}_d{d}_{name}_bwd_dkdv.ptx"),
-                );
-                assert_eq!(
-                    def.ptx.matches("wgmma.mma_async").count(),
-                    km.ptx.matches("wgmma.mma_async").count(),
-                    "{tag}"
-                );
-                let (e, r) = (ex2(&km.ptx), rn(&km.ptx));
-                assert!(
-                    e < last && r > 0 && r % 2 == 0,
-                    "{tag} m{k}: {e} ex2, {r} add.rn"
-                );
-                last = e;
-            }
+            assert_eq!(
+                def.ptx.matches("wgmma.mma_async").count(),
+                km.ptx.matches("wgmma.mma_async").count(),
+                "{tag}"
+            );
+            let (e, r) = (ex2(&km.ptx), rn(&km.ptx));
+            assert!(
+                e < last && r > 0 && r % 2 == 0,
+                "{tag} m{k}: {e} ex2, {r} add.rn"
+            );
+            last = e;
         }
     }
     let o = PtxOptions {

@@ -727,59 +727,62 @@ mod tests {
     #[test]
     fn paged_runs_kernels_generate_for_every_producer_count() {
         let (mut kernels, mut refused) = (0, 0);
-        for p in example_programs() {
+        for (p, d) in attnc_compiler::test_matrix::cases(&example_programs(), &[64, 128]) {
             let plan = Plan::new(&attnc_compiler::decode::offset_program(&p));
-            for d in [64, 128] {
-                let shape = Shape {
-                    b: 8,
-                    hq: 32,
-                    hkv: 8,
-                    lq: 256,
-                    lkv: 8192,
-                    d,
-                    dv: d,
-                };
-                let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
-                o.kv_pages = true;
-                let mut seen = Vec::new();
-                for (n, want) in [(0, 2), (1, 1), (2, 2), (4, 4)] {
-                    o.decode.paged_producers = n;
-                    let what = format!("{} d{d} producers {n}", p.name);
-                    let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
-                    let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
-                    // (a plan whose forward is not the warp-specialized kernel here:
-                    // refused, and the runs say so before they bind)
-                    assert_eq!(applies, got.is_ok(), "{what}");
-                    let Ok(popts) = got else {
-                        refused += 1;
-                        continue;
-                    };
-                    assert_eq!(popts.producers, want, "{what}");
-                    let (k, _) =
-                        spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
-                            .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    seen.push((n, k));
-                    kernels += 1;
-                }
-                let Some((_, default)) = seen.first() else {
+            let shape = Shape {
+                b: 8,
+                hq: 32,
+                hkv: 8,
+                lq: 256,
+                lkv: 8192,
+                d,
+                dv: d,
+            };
+            let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+            o.kv_pages = true;
+            let mut seen = Vec::new();
+            for (n, want) in [(0, 2), (1, 1), (2, 2), (4, 4)] {
+                o.decode.paged_producers = n;
+                let what = format!("{} d{d} producers {n}", p.name);
+                let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+                let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+                // (a plan whose forward is not the warp-specialized kernel here:
+                // refused, and the runs say so before they bind)
+                assert_eq!(applies, got.is_ok(), "{what}");
+                let Ok(popts) = got else {
+                    refused += 1;
                     continue;
                 };
-                for (n, k) in &seen[1..] {
-                    let what = format!("{} d{d} producers {n}", p.name);
-                    assert_eq!(
-                        (&k.spec.params, k.spec.smem_bytes, k.spec.threads),
-                        (
-                            &default.spec.params,
-                            default.spec.smem_bytes,
-                            default.spec.threads
-                        ),
-                        "{what}"
-                    );
-                    assert_eq!(k.ptx == default.ptx, *n == 2, "{what}");
-                }
+                assert_eq!(popts.producers, want, "{what}");
+                let (k, _) = spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                seen.push((n, k));
+                kernels += 1;
+            }
+            let Some((_, default)) = seen.first() else {
+                continue;
+            };
+            for (n, k) in &seen[1..] {
+                let what = format!("{} d{d} producers {n}", p.name);
+                assert_eq!(
+                    (&k.spec.params, k.spec.smem_bytes, k.spec.threads),
+                    (
+                        &default.spec.params,
+                        default.spec.smem_bytes,
+                        default.spec.threads
+                    ),
+                    "{what}"
+                );
+                assert_eq!(k.ptx == default.ptx, *n == 2, "{what}");
             }
         }
-        assert!(kernels >= 100 && refused > 0, "{kernels} / {refused}");
+        // (the whole product: 100 and more; the test command's rotation: half)
+        let least = if attnc_compiler::test_matrix::long_tests() {
+            100
+        } else {
+            50
+        };
+        assert!(kernels >= least && refused > 0, "{kernels} / {refused}");
     }
 
     /// Chunked prefill with the lengths on the device (`BindOptions::device_lens`, on
@@ -794,92 +797,91 @@ mod tests {
     fn device_lens_kernels_generate_for_every_closed_form() {
         use attnc_compiler::backend::llvm::KernelParam;
         let (mut kernels, mut refused, mut tables, mut other_tables) = (0, 0, 0, 0);
-        for p in example_programs() {
+        let settings = [64, 128, 256].map(|d| [(d, false), (d, true)]).concat();
+        for (p, (d, paged)) in attnc_compiler::test_matrix::cases(&example_programs(), &settings) {
             let dp = attnc_compiler::decode::device_offset_program(&p);
             let plan = Plan::new(&dp);
             let q0 = dp.params.iter().position(|x| x.name == "__q0").unwrap();
-            for d in [64, 128, 256] {
-                for paged in [false, true] {
-                    let shape = Shape {
-                        b: 8,
-                        hq: 32,
-                        hkv: 8,
-                        lq: 256,
-                        lkv: 8192,
-                        d,
-                        dv: d,
-                    };
-                    let what = format!("{} d{d} paged {paged}", p.name);
-                    let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
-                    o.kv_pages = paged;
-                    o.device_lens = true;
-                    let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
-                    let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
-                    assert_eq!(applies, got.is_ok(), "{what}");
-                    let Ok(popts) = got else {
-                        refused += 1;
-                        continue;
-                    };
-                    let table = !plan.kv_bounds(false).is_closed_form();
-                    // (every table mask's table built on the GPU: tensors, params, b / h)
-                    assert_eq!(builds_tables(&plan, &o, &popts), table, "{what}");
-                    other_tables += (table && plan.map_recipe() != MapRecipe::Tensors) as usize;
-                    assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
-                    // (head dim 256: one CTA per tile, as its forward)
-                    assert_eq!(popts.persistent, d <= 128, "{what}");
-                    assert_eq!(popts.dynamic_tiles, d <= 128, "{what}");
-                    assert!(!popts.tail_split && !popts.q_ahead, "{what}");
-                    let emit = || {
-                        spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
-                            .unwrap_or_else(|e| panic!("{what}: {e}"))
-                            .0
-                    };
-                    let (k, again) = (emit(), emit());
-                    assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
-                    assert!(k.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                    let plain = PtxOptions {
-                        device_lens: None,
-                        ..popts
-                    };
-                    let (k0, _) =
-                        spec::generate(&plan, KernelKind::Forward, &plain, EmitText::PtxOnly)
-                            .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                    assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
-                    if table {
-                        // the builder of the per-sequence tables: the same lengths
-                        let b = || {
-                            spec::generate(&plan, KernelKind::BlockTable, &popts, EmitText::PtxOnly)
-                                .unwrap_or_else(|e| panic!("{what}: builder: {e}"))
-                                .0
-                        };
-                        let (t, again) = (b(), b());
-                        assert_eq!(t.ptx, again.ptx, "{what}: builder deterministic");
-                        assert!(t.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                        let (t0, _) = spec::generate(
-                            &plan,
-                            KernelKind::BlockTable,
-                            &plain,
-                            EmitText::PtxOnly,
-                        )
+            let shape = Shape {
+                b: 8,
+                hq: 32,
+                hkv: 8,
+                lq: 256,
+                lkv: 8192,
+                d,
+                dv: d,
+            };
+            let what = format!("{} d{d} paged {paged}", p.name);
+            let mut o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+            o.kv_pages = paged;
+            o.device_lens = true;
+            let applies = cache_forward_applies(&plan, &o, Arch::Sm90);
+            let got = forward_options_for(&plan, &o, Arch::Sm90, InputType::Bf16);
+            assert_eq!(applies, got.is_ok(), "{what}");
+            let Ok(popts) = got else {
+                refused += 1;
+                continue;
+            };
+            let table = !plan.kv_bounds(false).is_closed_form();
+            // (every table mask's table built on the GPU: tensors, params, b / h)
+            assert_eq!(builds_tables(&plan, &o, &popts), table, "{what}");
+            other_tables += (table && plan.map_recipe() != MapRecipe::Tensors) as usize;
+            assert_eq!(popts.device_lens, Some(q0 as u32), "{what}");
+            // (head dim 256: one CTA per tile, as its forward)
+            assert_eq!(popts.persistent, d <= 128, "{what}");
+            assert_eq!(popts.dynamic_tiles, d <= 128, "{what}");
+            assert!(!popts.tail_split && !popts.q_ahead, "{what}");
+            let emit = || {
+                spec::generate(&plan, KernelKind::Forward, &popts, EmitText::PtxOnly)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+                    .0
+            };
+            let (k, again) = (emit(), emit());
+            assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
+            assert!(k.spec.params.contains(&KernelParam::SeqLens), "{what}");
+            let plain = PtxOptions {
+                device_lens: None,
+                ..popts
+            };
+            let (k0, _) = spec::generate(&plan, KernelKind::Forward, &plain, EmitText::PtxOnly)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(!k0.spec.params.contains(&KernelParam::SeqLens), "{what}");
+            assert!(k.spec.smem_bytes <= 227 * 1024, "{what}");
+            if table {
+                // the builder of the per-sequence tables: the same lengths
+                let b = || {
+                    spec::generate(&plan, KernelKind::BlockTable, &popts, EmitText::PtxOnly)
+                        .unwrap_or_else(|e| panic!("{what}: builder: {e}"))
+                        .0
+                };
+                let (t, again) = (b(), b());
+                assert_eq!(t.ptx, again.ptx, "{what}: builder deterministic");
+                assert!(t.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                let (t0, _) =
+                    spec::generate(&plan, KernelKind::BlockTable, &plain, EmitText::PtxOnly)
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
-                        assert!(!t0.spec.params.contains(&KernelParam::SeqLens), "{what}");
-                        tables += 1;
-                    }
-                    // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
-                    if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
-                        let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
-                        let dir = std::path::Path::new(&dir);
-                        std::fs::write(dir.join(&name), &k.ptx).unwrap();
-                        // (the same binding without the option, to compare)
-                        std::fs::write(dir.join(format!("plain_{name}")), &k0.ptx).unwrap();
-                    }
-                    kernels += 1;
-                }
+                assert!(!t0.spec.params.contains(&KernelParam::SeqLens), "{what}");
+                tables += 1;
             }
+            // (for ptxas: `ATTNC_LENS_PTX_DIR=dir`)
+            if let Ok(dir) = std::env::var("ATTNC_LENS_PTX_DIR") {
+                let name = format!("{}_d{d}_{}.ptx", p.name, paged as u8);
+                let dir = std::path::Path::new(&dir);
+                std::fs::write(dir.join(&name), &k.ptx).unwrap();
+                // (the same binding without the option, to compare)
+                std::fs::write(dir.join(format!("plain_{name}")), &k0.ptx).unwrap();
+            }
+            kernels += 1;
         }
+        // (the whole product: 40 kernels and more; the test command's rotation: one
+        // setting per program)
+        let (k_least, t_least) = if attnc_compiler::test_matrix::long_tests() {
+            (40, 6)
+        } else {
+            (15, 3)
+        };
         assert!(
-            kernels >= 40 && refused > 0 && tables >= 6 && other_tables >= 6,
+            kernels >= k_least && refused > 0 && tables >= t_least && other_tables >= t_least,
             "{kernels} / {refused} / {tables} / {other_tables}"
         );
     }

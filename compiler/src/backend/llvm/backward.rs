@@ -3942,69 +3942,70 @@ mod tests {
     #[test]
     fn head_dim_256_kernels() {
         let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
-        for p in samples::all(8) {
-            for (d, dv, ty) in [
+        for (p, (d, dv, ty)) in crate::test_matrix::cases(
+            &samples::all(8),
+            &[
                 (256, 256, InputType::Bf16),
                 (256, 256, InputType::F16),
                 (128, 256, InputType::Bf16),
                 (256, 128, InputType::Bf16),
-            ] {
-                let o = PtxOptions::backward(Arch::Sm90, d, dv, ty);
-                assert_eq!((o.mma, o.bwd_dq), (Mma::Wgmma, BwdDq::Separate));
-                assert_eq!(dkdv_parts(&o), 2);
-                let plan = Plan::new(&p);
-                for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
-                    let k = emit_backward(&plan, &o, kind)
-                        .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
-                    let again = emit_backward(&plan, &o, kind).unwrap();
-                    assert_eq!(k.ptx, again.ptx, "deterministic");
-                    assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
-                    let has = |n: u32| {
-                        k.ptx
-                            .contains(&format!("wgmma.mma_async.sync.aligned.m64n{n}k16"))
-                    };
-                    match kind {
-                        BackwardKind::Pre => {}
-                        BackwardKind::DkDv => {
-                            // two warpgroups on one kv tile, a column half each;
-                            // at D = Dv one computes Sᵀ, the other dPᵀ (exchanged)
-                            assert_eq!(k.threads, 256);
-                            assert_eq!(xchg(&o), d == dv);
-                            let off = PtxOptions {
-                                bwd_xchg: false,
-                                ..o
-                            };
-                            let both = emit_backward(&plan, &off, kind).unwrap();
-                            assert_eq!(
-                                both.smem_bytes + XCHG_BYTES * (d == dv) as u32,
-                                k.smem_bytes
-                            );
-                            // Sᵀ, dPᵀ: 64 q columns; dV, dK: a half of 128 columns each
-                            assert!(has(64) && has(128) && !has(256), "{}", p.name);
-                            assert!(k.smem_bytes <= 227 * 1024);
-                        }
-                        BackwardKind::Dq => {
-                            assert!(has(64) && has(d), "{}", p.name);
-                            assert!(k.smem_bytes <= 227 * 1024);
-                            // closed forms: two q tiles per CTA (`dq_pair`); tables one
-                            let pair = k.kv_bounds.is_closed_form();
-                            assert_eq!(dq_pair(&o, &k.kv_bounds), pair);
-                            assert_eq!(k.threads, if pair { 256 } else { 128 });
-                            let x = if pair {
-                                GridDim::QBlockPairs
-                            } else {
-                                GridDim::QBlocks
-                            };
-                            assert_eq!(k.grid[0], x);
-                        }
+            ],
+        ) {
+            let o = PtxOptions::backward(Arch::Sm90, d, dv, ty);
+            assert_eq!((o.mma, o.bwd_dq), (Mma::Wgmma, BwdDq::Separate));
+            assert_eq!(dkdv_parts(&o), 2);
+            let plan = Plan::new(&p);
+            for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
+                let k = emit_backward(&plan, &o, kind)
+                    .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
+                let again = emit_backward(&plan, &o, kind).unwrap();
+                assert_eq!(k.ptx, again.ptx, "deterministic");
+                assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+                let has = |n: u32| {
+                    k.ptx
+                        .contains(&format!("wgmma.mma_async.sync.aligned.m64n{n}k16"))
+                };
+                match kind {
+                    BackwardKind::Pre => {}
+                    BackwardKind::DkDv => {
+                        // two warpgroups on one kv tile, a column half each;
+                        // at D = Dv one computes Sᵀ, the other dPᵀ (exchanged)
+                        assert_eq!(k.threads, 256);
+                        assert_eq!(xchg(&o), d == dv);
+                        let off = PtxOptions {
+                            bwd_xchg: false,
+                            ..o
+                        };
+                        let both = emit_backward(&plan, &off, kind).unwrap();
+                        assert_eq!(
+                            both.smem_bytes + XCHG_BYTES * (d == dv) as u32,
+                            k.smem_bytes
+                        );
+                        // Sᵀ, dPᵀ: 64 q columns; dV, dK: a half of 128 columns each
+                        assert!(has(64) && has(128) && !has(256), "{}", p.name);
+                        assert!(k.smem_bytes <= 227 * 1024);
                     }
-                    if let Some(dir) = &dir {
-                        std::fs::write(
-                            format!("{dir}/{}_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
-                            &k.ptx,
-                        )
-                        .unwrap();
+                    BackwardKind::Dq => {
+                        assert!(has(64) && has(d), "{}", p.name);
+                        assert!(k.smem_bytes <= 227 * 1024);
+                        // closed forms: two q tiles per CTA (`dq_pair`); tables one
+                        let pair = k.kv_bounds.is_closed_form();
+                        assert_eq!(dq_pair(&o, &k.kv_bounds), pair);
+                        assert_eq!(k.threads, if pair { 256 } else { 128 });
+                        let x = if pair {
+                            GridDim::QBlockPairs
+                        } else {
+                            GridDim::QBlocks
+                        };
+                        assert_eq!(k.grid[0], x);
                     }
+                }
+                if let Some(dir) = &dir {
+                    std::fs::write(
+                        format!("{dir}/{}_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
+                        &k.ptx,
+                    )
+                    .unwrap();
                 }
             }
         }
@@ -4019,56 +4020,57 @@ mod tests {
     #[test]
     fn head_dim_256_mma_sync_kernels() {
         let dir = std::env::var("ATTNC_BWD_PTX_DIR").ok();
-        for p in samples::all(8) {
-            for (d, dv, ty) in [
+        for (p, (d, dv, ty)) in crate::test_matrix::cases(
+            &samples::all(8),
+            &[
                 (256, 256, InputType::Bf16),
                 (256, 256, InputType::F16),
                 (128, 256, InputType::Bf16),
                 (256, 128, InputType::Bf16),
-            ] {
-                let o = PtxOptions::backward(Arch::Sm80, d, dv, ty);
-                assert_eq!((o.mma, o.bwd_dq), (Mma::Sync, BwdDq::Separate));
-                assert!(single_buffer(&o) && dkdv_parts(&o) == 2);
-                // at D = Dv the four warps of one part compute Sᵀ, the other's dPᵀ
-                assert_eq!(xchg(&o), d == dv);
-                let plan = Plan::new(&p);
-                for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
-                    let k = emit_backward(&plan, &o, kind)
-                        .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
-                    let again = emit_backward(&plan, &o, kind).unwrap();
-                    assert_eq!(k.ptx, again.ptx, "deterministic");
-                    assert!(!k.ptx.contains("wgmma"), "mma.sync only");
-                    assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
-                    assert!(k.smem_bytes <= SM80_SMEM_BYTES, "{} {kind:?}", p.name);
-                    match kind {
-                        BackwardKind::Pre => {}
-                        BackwardKind::DkDv => {
-                            assert_eq!(k.threads, 256);
-                            // K, V, then one (Q, dO, L2, Delta) buffer
-                            let t = DkDvTiles::new(&o);
-                            assert_eq!(t.buf, 0);
-                            let x = XCHG_BYTES * (d == dv) as u32;
-                            assert_eq!(k.smem_bytes, 64 * 2 * (2 * d + 2 * dv) + 512 + x);
-                            let off = PtxOptions {
-                                bwd_xchg: false,
-                                ..o
-                            };
-                            let both = emit_backward(&plan, &off, kind).unwrap();
-                            assert_eq!(both.smem_bytes + x, k.smem_bytes);
-                        }
-                        BackwardKind::Dq => {
-                            assert_eq!(k.threads, 128);
-                            // Q, dO, V, two K buffers
-                            assert_eq!(k.smem_bytes, 64 * 2 * (3 * d + 2 * dv));
-                        }
+            ],
+        ) {
+            let o = PtxOptions::backward(Arch::Sm80, d, dv, ty);
+            assert_eq!((o.mma, o.bwd_dq), (Mma::Sync, BwdDq::Separate));
+            assert!(single_buffer(&o) && dkdv_parts(&o) == 2);
+            // at D = Dv the four warps of one part compute Sᵀ, the other's dPᵀ
+            assert_eq!(xchg(&o), d == dv);
+            let plan = Plan::new(&p);
+            for kind in [BackwardKind::Pre, BackwardKind::DkDv, BackwardKind::Dq] {
+                let k = emit_backward(&plan, &o, kind)
+                    .unwrap_or_else(|e| panic!("{} {kind:?} D{d}/{dv}: {e}", p.name));
+                let again = emit_backward(&plan, &o, kind).unwrap();
+                assert_eq!(k.ptx, again.ptx, "deterministic");
+                assert!(!k.ptx.contains("wgmma"), "mma.sync only");
+                assert!(!k.ptx.contains("atom.global.add.f32"), "no float atomics");
+                assert!(k.smem_bytes <= SM80_SMEM_BYTES, "{} {kind:?}", p.name);
+                match kind {
+                    BackwardKind::Pre => {}
+                    BackwardKind::DkDv => {
+                        assert_eq!(k.threads, 256);
+                        // K, V, then one (Q, dO, L2, Delta) buffer
+                        let t = DkDvTiles::new(&o);
+                        assert_eq!(t.buf, 0);
+                        let x = XCHG_BYTES * (d == dv) as u32;
+                        assert_eq!(k.smem_bytes, 64 * 2 * (2 * d + 2 * dv) + 512 + x);
+                        let off = PtxOptions {
+                            bwd_xchg: false,
+                            ..o
+                        };
+                        let both = emit_backward(&plan, &off, kind).unwrap();
+                        assert_eq!(both.smem_bytes + x, k.smem_bytes);
                     }
-                    if let Some(dir) = &dir {
-                        std::fs::write(
-                            format!("{dir}/{}_sm80_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
-                            &k.ptx,
-                        )
-                        .unwrap();
+                    BackwardKind::Dq => {
+                        assert_eq!(k.threads, 128);
+                        // Q, dO, V, two K buffers
+                        assert_eq!(k.smem_bytes, 64 * 2 * (3 * d + 2 * dv));
                     }
+                }
+                if let Some(dir) = &dir {
+                    std::fs::write(
+                        format!("{dir}/{}_sm80_d{d}x{dv}_{}.ptx", k.entry, ty.name()),
+                        &k.ptx,
+                    )
+                    .unwrap();
                 }
             }
         }

@@ -2328,52 +2328,55 @@ mod tests {
     #[test]
     fn mma_decode_kernel_generates_for_every_example_and_layout() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-        let mut n = 0;
+        let mut programs = Vec::new();
         for e in std::fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             if path.extension().is_none_or(|x| x != "attn") {
                 continue;
             }
             let src = std::fs::read_to_string(&path).unwrap();
-            for p in crate::compile_source(&src).unwrap().programs {
-                for (paged, rows, d, input) in [
-                    (false, 16, 128, InputType::Bf16),
-                    (true, 16, 128, InputType::Bf16),
-                    (true, 32, 64, InputType::F16),
-                    (false, 64, 128, InputType::F16),
-                    (true, 64, 128, InputType::Bf16),
-                ] {
-                    let o = DecodeOptions {
-                        arch: Arch::Sm90,
-                        d,
-                        input,
-                        rows,
-                        paged,
-                        copy: 0,
-                    };
-                    let k = emit_decode_mma(&p, &o).unwrap();
-                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                        let f =
-                            format!("{dir}/{}_{}.ptx", k.decode_entry, o.key().replace(':', "_"));
-                        std::fs::write(f, &k.decode_ptx).unwrap();
-                    }
-                    assert!(k.decode_ptx.contains(&format!(".entry {}", k.decode_entry)));
-                    assert!(k.decode_ptx.contains("mma.sync.aligned.m16n8k16"));
-                    assert!(k.decode_ptx.contains("cp.async.cg.shared.global"));
-                    assert_eq!(k.smem_bytes, smem_bytes(&o));
-                    // the fused kernel: the same kernel, a counter and the merge
-                    let f = emit_decode_mma_fused(&p, &o).unwrap();
-                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                        let name = format!("{}_fused_{}.ptx", k.decode_entry, o.key());
-                        std::fs::write(format!("{dir}/{}", name.replace(':', "_")), &f).unwrap();
-                    }
-                    assert!(f.contains(".entry attnc_decode_mma_fused_"));
-                    assert!(f.contains("atom.relaxed.gpu.global.add.u32"));
-                    assert!(f.contains("ld.volatile.global"));
-                    assert!(f.contains("mma.sync.aligned.m16n8k16"));
-                    n += 1;
-                }
+            programs.extend(crate::compile_source(&src).unwrap().programs);
+        }
+        programs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut n = 0;
+        for (p, (paged, rows, d, input)) in crate::test_matrix::cases(
+            &programs,
+            &[
+                (false, 16, 128, InputType::Bf16),
+                (true, 16, 128, InputType::Bf16),
+                (true, 32, 64, InputType::F16),
+                (false, 64, 128, InputType::F16),
+                (true, 64, 128, InputType::Bf16),
+            ],
+        ) {
+            let o = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input,
+                rows,
+                paged,
+                copy: 0,
+            };
+            let k = emit_decode_mma(&p, &o).unwrap();
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                let f = format!("{dir}/{}_{}.ptx", k.decode_entry, o.key().replace(':', "_"));
+                std::fs::write(f, &k.decode_ptx).unwrap();
             }
+            assert!(k.decode_ptx.contains(&format!(".entry {}", k.decode_entry)));
+            assert!(k.decode_ptx.contains("mma.sync.aligned.m16n8k16"));
+            assert!(k.decode_ptx.contains("cp.async.cg.shared.global"));
+            assert_eq!(k.smem_bytes, smem_bytes(&o));
+            // the fused kernel: the same kernel, a counter and the merge
+            let f = emit_decode_mma_fused(&p, &o).unwrap();
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                let name = format!("{}_fused_{}.ptx", k.decode_entry, o.key());
+                std::fs::write(format!("{dir}/{}", name.replace(':', "_")), &f).unwrap();
+            }
+            assert!(f.contains(".entry attnc_decode_mma_fused_"));
+            assert!(f.contains("atom.relaxed.gpu.global.add.u32"));
+            assert!(f.contains("ld.volatile.global"));
+            assert!(f.contains("mma.sync.aligned.m16n8k16"));
+            n += 1;
         }
         assert!(n > 20);
         // rows and head dims it does not take are refused with a clear error
@@ -2399,39 +2402,40 @@ mod tests {
     /// and 64 rows at D128 and 32 rows at D64.
     fn copy_variants() -> Vec<(String, DecodeOptions, String)> {
         let mut out = Vec::new();
-        for ex in ["dense", "causal", "sliding_window"] {
+        for (ex, (rows, d)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window"],
+            &[(16, 128), (64, 128), (32, 64)],
+        ) {
             let p = &example(ex);
-            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
-                for paged in [false, true] {
-                    for copy in [
-                        0,
-                        COPY_FULL,
-                        COPY_SMEM32,
-                        COPY_PAGE_PASS,
-                        COPY_ALL,
-                        COPY_L2_256,
-                        COPY_EARLY,
-                        COPY_L2_256 | COPY_EARLY,
-                        // (COPY_DIRECT is the fused kind's: `mma_decode_direct`;
-                        // COPY_PAGE_BASE after session 12's variants, below; COPY_TMA:
-                        // `mma_decode_tma`)
-                        // (session 9-12's bits: COPY_IDS_LATE in `mma_decode_ids_late`)
-                        COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
-                        COPY_PAGE_BASE,
-                        COPY_PAGE_BASE | COPY_EARLY,
-                        COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE,
-                    ] {
-                        let o = DecodeOptions {
-                            arch: Arch::Sm90,
-                            d,
-                            input: InputType::Bf16,
-                            rows,
-                            paged,
-                            copy,
-                        };
-                        let k = emit_decode_mma(p, &o).unwrap();
-                        out.push((p.name.clone(), o, k.decode_ptx));
-                    }
+            for paged in [false, true] {
+                for copy in [
+                    0,
+                    COPY_FULL,
+                    COPY_SMEM32,
+                    COPY_PAGE_PASS,
+                    COPY_ALL,
+                    COPY_L2_256,
+                    COPY_EARLY,
+                    COPY_L2_256 | COPY_EARLY,
+                    // (COPY_DIRECT is the fused kind's: `mma_decode_direct`;
+                    // COPY_PAGE_BASE after session 12's variants, below; COPY_TMA:
+                    // `mma_decode_tma`)
+                    // (session 9-12's bits: COPY_IDS_LATE in `mma_decode_ids_late`)
+                    COPY_BITS & !COPY_DIRECT & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
+                    COPY_PAGE_BASE,
+                    COPY_PAGE_BASE | COPY_EARLY,
+                    COPY_FULL | COPY_SMEM32 | COPY_PAGE_BASE,
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy,
+                    };
+                    let k = emit_decode_mma(p, &o).unwrap();
+                    out.push((p.name.clone(), o, k.decode_ptx));
                 }
             }
         }
@@ -2547,7 +2551,13 @@ mod tests {
         // shuffles per pass, no page arithmetic in the copy; PTX instructions: 60 per
         // tile against `abc`'s 53, measured 1.5% faster at Lq16 page 16, see
         // docs/performance.md); elsewhere it is ignored: `ab`'s kernel
-        assert_eq!(abg.len(), 18);
+        // examples x (rows, D) (the rotation or the product), both layouts
+        let cases = if crate::test_matrix::long_tests() {
+            9
+        } else {
+            3
+        };
+        assert_eq!(abg.len(), 2 * cases);
         for (name, o, n, ptx) in abg {
             let key = format!("{name} {}", o.key());
             if o.paged && o.d == 128 {
@@ -2602,70 +2612,70 @@ mod tests {
                 ptxas_accepts(ptxas, "tma", key, ptx);
             }
         };
-        for ex in ["dense", "causal", "sliding_window"] {
+        for (ex, (rows, d)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window"],
+            &[(16, 128), (64, 128), (32, 64)],
+        ) {
             let p = &example(ex);
-            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
-                for paged in [false, true] {
-                    for copy in [
-                        COPY_TMA,
-                        COPY_TMA | COPY_EARLY,
-                        COPY_TMA | COPY_EARLY | COPY_DIRECT,
-                        COPY_TMA | COPY_FULL | COPY_SMEM32 | COPY_EARLY,
-                    ] {
-                        let o = DecodeOptions {
-                            arch: Arch::Sm90,
-                            d,
-                            input: InputType::Bf16,
-                            rows,
-                            paged,
-                            copy,
-                        };
-                        let key = format!("{} {}", p.name, o.key());
-                        let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
-                        let fused = emit_decode_mma_fused(p, &o).unwrap();
-                        let without = DecodeOptions {
-                            copy: copy & !COPY_TMA,
-                            ..o
-                        };
+            for paged in [false, true] {
+                for copy in [
+                    COPY_TMA,
+                    COPY_TMA | COPY_EARLY,
+                    COPY_TMA | COPY_EARLY | COPY_DIRECT,
+                    COPY_TMA | COPY_FULL | COPY_SMEM32 | COPY_EARLY,
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy,
+                    };
+                    let key = format!("{} {}", p.name, o.key());
+                    let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
+                    let fused = emit_decode_mma_fused(p, &o).unwrap();
+                    let without = DecodeOptions {
+                        copy: copy & !COPY_TMA,
+                        ..o
+                    };
+                    assert_eq!(
+                        smem_bytes(&o),
+                        smem_bytes(&without) + if paged { 8 * stages(d) } else { 0 },
+                        "{key}"
+                    );
+                    if !paged {
                         assert_eq!(
-                            smem_bytes(&o),
-                            smem_bytes(&without) + if paged { 8 * stages(d) } else { 0 },
+                            plain,
+                            emit_decode_mma(p, &without).unwrap().decode_ptx,
+                            "{key}: the contiguous kernel took COPY_TMA"
+                        );
+                        continue;
+                    }
+                    for (kind, ptx) in [("plain", &plain), ("fused", &fused)] {
+                        let key = format!("{key} {kind}");
+                        let count = |w: &str| ptx.matches(w).count();
+                        // one issuing site per tile issue: the prologue's stages - 1
+                        // (unrolled) and the loop's
+                        assert_eq!(
+                            count("cp.async.bulk.tensor.3d.shared::cluster.global"),
+                            stages(d) as usize,
                             "{key}"
                         );
-                        if !paged {
-                            assert_eq!(
-                                plain,
-                                emit_decode_mma(p, &without).unwrap().decode_ptx,
-                                "{key}: the contiguous kernel took COPY_TMA"
+                        assert!(count("mbarrier.try_wait.parity") >= 1, "{key}");
+                        assert_eq!(count("mbarrier.init.shared::cta.b64"), stages(d) as usize);
+                        assert_eq!(count(".param .align 64 .b8"), 2, "{key}: two maps");
+                        // the partial tile's checked copy is still there
+                        assert!(count("cp.async.cg.shared.global") > 0, "{key}");
+                        if copy & COPY_EARLY != 0 {
+                            let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+                            let at = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+                            assert!(
+                                at("griddepcontrol.wait") > at("cp.async.bulk.tensor"),
+                                "{key}: the prologue's boxes before the wait"
                             );
-                            continue;
                         }
-                        for (kind, ptx) in [("plain", &plain), ("fused", &fused)] {
-                            let key = format!("{key} {kind}");
-                            let count = |w: &str| ptx.matches(w).count();
-                            // one issuing site per tile issue: the prologue's stages - 1
-                            // (unrolled) and the loop's
-                            assert_eq!(
-                                count("cp.async.bulk.tensor.3d.shared::cluster.global"),
-                                stages(d) as usize,
-                                "{key}"
-                            );
-                            assert!(count("mbarrier.try_wait.parity") >= 1, "{key}");
-                            assert_eq!(count("mbarrier.init.shared::cta.b64"), stages(d) as usize);
-                            assert_eq!(count(".param .align 64 .b8"), 2, "{key}: two maps");
-                            // the partial tile's checked copy is still there
-                            assert!(count("cp.async.cg.shared.global") > 0, "{key}");
-                            if copy & COPY_EARLY != 0 {
-                                let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
-                                let at =
-                                    |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
-                                assert!(
-                                    at("griddepcontrol.wait") > at("cp.async.bulk.tensor"),
-                                    "{key}: the prologue's boxes before the wait"
-                                );
-                            }
-                            check(&key, ptx);
-                        }
+                        check(&key, ptx);
                     }
                 }
             }
@@ -2680,37 +2690,38 @@ mod tests {
     #[test]
     fn mma_decode_ids_late() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
-        for ex in ["dense", "causal", "sliding_window"] {
+        for (ex, (rows, d)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window"],
+            &[(16, 128), (64, 128), (32, 64)],
+        ) {
             let p = &example(ex);
-            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
-                for paged in [false, true] {
-                    for copy in [
-                        COPY_EARLY,
-                        COPY_EARLY | COPY_DIRECT,
-                        COPY_ALL | COPY_EARLY,
-                        COPY_EARLY | COPY_TMA,
-                        COPY_EARLY | COPY_PAGE_BASE,
-                    ] {
-                        let o = DecodeOptions {
-                            arch: Arch::Sm90,
-                            d,
-                            input: InputType::Bf16,
-                            rows,
-                            paged,
-                            copy: copy | COPY_IDS_LATE,
-                        };
-                        let without = DecodeOptions { copy, ..o };
-                        let key = format!("{} {}", p.name, o.key());
-                        let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
-                        let ignored = !paged || copy & COPY_PAGE_BASE != 0 && d == 128;
-                        assert_eq!(ptx == ptx0, ignored, "{key}");
-                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                            let f = format!("{dir}/late_{}.ptx", key.replace([':', ' '], "_"));
-                            std::fs::write(f, &ptx).unwrap();
-                        }
-                        if let Some(ptxas) = &ptxas {
-                            ptxas_accepts(ptxas, "late", &key, &ptx);
-                        }
+            for paged in [false, true] {
+                for copy in [
+                    COPY_EARLY,
+                    COPY_EARLY | COPY_DIRECT,
+                    COPY_ALL | COPY_EARLY,
+                    COPY_EARLY | COPY_TMA,
+                    COPY_EARLY | COPY_PAGE_BASE,
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: copy | COPY_IDS_LATE,
+                    };
+                    let without = DecodeOptions { copy, ..o };
+                    let key = format!("{} {}", p.name, o.key());
+                    let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
+                    let ignored = !paged || copy & COPY_PAGE_BASE != 0 && d == 128;
+                    assert_eq!(ptx == ptx0, ignored, "{key}");
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f = format!("{dir}/late_{}.ptx", key.replace([':', ' '], "_"));
+                        std::fs::write(f, &ptx).unwrap();
+                    }
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "late", &key, &ptx);
                     }
                 }
             }
@@ -2744,34 +2755,35 @@ mod tests {
     #[test]
     fn mma_decode_full_tile() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
-        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
+        for (ex, (rows, d)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window", "document_causal"],
+            &[(16, 128), (64, 128), (32, 64)],
+        ) {
             let p = &example(ex);
-            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
-                for paged in [false, true] {
-                    for copy in [
-                        COPY_EARLY | COPY_IDS_LATE,
-                        COPY_EARLY | COPY_DIRECT | COPY_IDS_LATE,
-                        COPY_ALL | COPY_EARLY | COPY_IDS_LATE,
-                    ] {
-                        let o = DecodeOptions {
-                            arch: Arch::Sm90,
-                            d,
-                            input: InputType::Bf16,
-                            rows,
-                            paged,
-                            copy: copy | COPY_FULL_TILE,
-                        };
-                        let without = DecodeOptions { copy, ..o };
-                        let key = format!("{} {}", p.name, o.key());
-                        let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
-                        assert_eq!(ptx == ptx0, ex == "document_causal", "{key}");
-                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                            let f = format!("{dir}/full_{}.ptx", key.replace([':', ' '], "_"));
-                            std::fs::write(f, &ptx).unwrap();
-                        }
-                        if let Some(ptxas) = &ptxas {
-                            ptxas_accepts(ptxas, "full", &key, &ptx);
-                        }
+            for paged in [false, true] {
+                for copy in [
+                    COPY_EARLY | COPY_IDS_LATE,
+                    COPY_EARLY | COPY_DIRECT | COPY_IDS_LATE,
+                    COPY_ALL | COPY_EARLY | COPY_IDS_LATE,
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy: copy | COPY_FULL_TILE,
+                    };
+                    let without = DecodeOptions { copy, ..o };
+                    let key = format!("{} {}", p.name, o.key());
+                    let (ptx, ptx0) = (decode_ptx(p, &o), decode_ptx(p, &without));
+                    assert_eq!(ptx == ptx0, ex == "document_causal", "{key}");
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f = format!("{dir}/full_{}.ptx", key.replace([':', ' '], "_"));
+                        std::fs::write(f, &ptx).unwrap();
+                    }
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "full", &key, &ptx);
                     }
                 }
             }
@@ -2850,88 +2862,89 @@ mod tests {
     fn mma_decode_trace_wide_combine_fused_early() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let count = |ptx: &str, w: &str| ptx.matches(w).count();
-        for ex in ["dense", "causal"] {
-            let p = &example(ex);
-            for (rows, d, paged) in [
+        for (ex, (rows, d, paged)) in crate::test_matrix::cases(
+            &["dense", "causal"],
+            &[
                 (16, 128, false),
                 (16, 128, true),
                 (64, 128, true),
                 (32, 64, false),
-            ] {
-                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
-                    let o = DecodeOptions {
-                        arch: Arch::Sm90,
-                        d,
-                        input: InputType::Bf16,
-                        rows,
-                        paged,
-                        copy: base,
-                    };
-                    let key = format!("{ex} {}", o.key());
-                    let k0 = emit_decode_mma(p, &o).unwrap();
-                    let f0 = emit_decode_mma_fused(p, &o).unwrap();
-                    let direct = DecodeOptions {
-                        copy: base | COPY_DIRECT,
-                        ..o
-                    };
-                    let d0 = emit_decode_mma_fused(p, &direct).unwrap();
-                    // COPY_TRACE
-                    let t = DecodeOptions {
-                        copy: base | COPY_TRACE,
-                        ..o
-                    };
-                    let kt = emit_decode_mma(p, &t).unwrap();
-                    assert_eq!(count(&k0.decode_ptx, "%globaltimer_lo"), 0, "{key}");
-                    assert_eq!(count(&kt.decode_ptx, "%globaltimer_lo"), 5, "{key}");
-                    assert_eq!(count(&kt.decode_ptx, "%smid"), 1, "{key}");
-                    assert_eq!(
-                        kt.combine_ptx, k0.combine_ptx,
-                        "{key}: combine took COPY_TRACE"
-                    );
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &t).unwrap(),
-                        f0,
-                        "{key}: fused took it"
-                    );
-                    let td = DecodeOptions {
-                        copy: base | COPY_DIRECT | COPY_TRACE,
-                        ..o
-                    };
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &td).unwrap(),
-                        d0,
-                        "{key}: direct took it"
-                    );
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "trace", &key, &kt.decode_ptx);
-                    }
-                    // COPY_COMBINE_WIDE
-                    let w = DecodeOptions {
-                        copy: base | COPY_COMBINE_WIDE,
-                        ..o
-                    };
-                    let kw = emit_decode_mma(p, &w).unwrap();
-                    assert_eq!(
-                        kw.decode_ptx, k0.decode_ptx,
-                        "{key}: decode took COPY_COMBINE_WIDE"
-                    );
-                    assert_eq!(emit_decode_mma_fused(p, &w).unwrap(), f0, "{key}");
-                    let loads = |ptx: &str| count(ptx, "ld.global");
-                    assert!(
-                        loads(&kw.combine_ptx) > loads(&k0.combine_ptx),
-                        "{key}: the wide combine issues more loads per round"
-                    );
-                    // COPY_EARLY on the merging fused kind: its wait after the prologue's
-                    // copies, one wait
-                    let lines: Vec<&str> = f0.lines().map(str::trim).collect();
-                    let at = |w: &str| lines.iter().position(|l| l.starts_with(w)).unwrap();
-                    assert_eq!(count(&f0, "griddepcontrol.wait"), 1, "{key}");
-                    assert_eq!(
-                        at("griddepcontrol.wait") > at("cp.async.cg.shared.global"),
-                        base & COPY_EARLY != 0,
-                        "{key}: the merging fused kind's wait"
-                    );
+            ],
+        ) {
+            let p = &example(ex);
+            for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy: base,
+                };
+                let key = format!("{ex} {}", o.key());
+                let k0 = emit_decode_mma(p, &o).unwrap();
+                let f0 = emit_decode_mma_fused(p, &o).unwrap();
+                let direct = DecodeOptions {
+                    copy: base | COPY_DIRECT,
+                    ..o
+                };
+                let d0 = emit_decode_mma_fused(p, &direct).unwrap();
+                // COPY_TRACE
+                let t = DecodeOptions {
+                    copy: base | COPY_TRACE,
+                    ..o
+                };
+                let kt = emit_decode_mma(p, &t).unwrap();
+                assert_eq!(count(&k0.decode_ptx, "%globaltimer_lo"), 0, "{key}");
+                assert_eq!(count(&kt.decode_ptx, "%globaltimer_lo"), 5, "{key}");
+                assert_eq!(count(&kt.decode_ptx, "%smid"), 1, "{key}");
+                assert_eq!(
+                    kt.combine_ptx, k0.combine_ptx,
+                    "{key}: combine took COPY_TRACE"
+                );
+                assert_eq!(
+                    emit_decode_mma_fused(p, &t).unwrap(),
+                    f0,
+                    "{key}: fused took it"
+                );
+                let td = DecodeOptions {
+                    copy: base | COPY_DIRECT | COPY_TRACE,
+                    ..o
+                };
+                assert_eq!(
+                    emit_decode_mma_fused(p, &td).unwrap(),
+                    d0,
+                    "{key}: direct took it"
+                );
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "trace", &key, &kt.decode_ptx);
                 }
+                // COPY_COMBINE_WIDE
+                let w = DecodeOptions {
+                    copy: base | COPY_COMBINE_WIDE,
+                    ..o
+                };
+                let kw = emit_decode_mma(p, &w).unwrap();
+                assert_eq!(
+                    kw.decode_ptx, k0.decode_ptx,
+                    "{key}: decode took COPY_COMBINE_WIDE"
+                );
+                assert_eq!(emit_decode_mma_fused(p, &w).unwrap(), f0, "{key}");
+                let loads = |ptx: &str| count(ptx, "ld.global");
+                assert!(
+                    loads(&kw.combine_ptx) > loads(&k0.combine_ptx),
+                    "{key}: the wide combine issues more loads per round"
+                );
+                // COPY_EARLY on the merging fused kind: its wait after the prologue's
+                // copies, one wait
+                let lines: Vec<&str> = f0.lines().map(str::trim).collect();
+                let at = |w: &str| lines.iter().position(|l| l.starts_with(w)).unwrap();
+                assert_eq!(count(&f0, "griddepcontrol.wait"), 1, "{key}");
+                assert_eq!(
+                    at("griddepcontrol.wait") > at("cp.async.cg.shared.global"),
+                    base & COPY_EARLY != 0,
+                    "{key}: the merging fused kind's wait"
+                );
             }
         }
     }
@@ -2946,97 +2959,97 @@ mod tests {
     fn mma_decode_steal() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let count = |ptx: &str, w: &str| ptx.matches(w).count();
-        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
-            let p = &example(ex);
-            for (rows, d, paged) in [
+        for (ex, (rows, d, paged)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window", "document_causal"],
+            &[
                 (16, 128, false),
                 (16, 128, true),
                 (64, 128, true),
                 (32, 64, false),
-            ] {
-                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
-                    let o = DecodeOptions {
-                        arch: Arch::Sm90,
-                        d,
-                        input: InputType::Bf16,
-                        rows,
-                        paged,
-                        copy: base,
-                    };
-                    let n = DecodeOptions {
-                        copy: base | COPY_STEAL,
+            ],
+        ) {
+            let p = &example(ex);
+            for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy: base,
+                };
+                let n = DecodeOptions {
+                    copy: base | COPY_STEAL,
+                    ..o
+                };
+                let key = format!("{ex} {}", n.key());
+                let k0 = emit_decode_mma(p, &o).unwrap();
+                let kn = emit_decode_mma(p, &n).unwrap();
+                let atom = "atom.relaxed.gpu.global.add.u32";
+                assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
+                assert_eq!(count(&kn.decode_ptx, atom), 1, "{key}");
+                assert_eq!(
+                    count(&kn.decode_ptx, "st.relaxed.gpu.global.u32"),
+                    1,
+                    "{key}"
+                );
+                assert_eq!(kn.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                assert_eq!(
+                    emit_decode_mma_fused(p, &n).unwrap(),
+                    emit_decode_mma_fused(p, &o).unwrap(),
+                    "{key}: fused took it"
+                );
+                let direct = |c: u32| DecodeOptions {
+                    copy: c | COPY_DIRECT,
+                    ..o
+                };
+                assert_eq!(
+                    emit_decode_mma_fused(p, &direct(n.copy)).unwrap(),
+                    emit_decode_mma_fused(p, &direct(o.copy)).unwrap(),
+                    "{key}: direct took it"
+                );
+                let sp =
+                    |o: &DecodeOptions| spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap();
+                let (s0, sn) = (sp(&o), sp(&n));
+                assert_eq!(s0.grid[0], GridDim::Splits, "{key}");
+                assert_eq!(sn.grid[0], GridDim::SplitCtas, "{key}");
+                assert!(!s0.params.contains(&DecodeParam::StealChunk), "{key}");
+                for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
+                    assert!(sn.params.contains(&q), "{key}: {q:?}");
+                }
+                assert_eq!(sn.smem_bytes, s0.smem_bytes + 16, "{key}");
+                let t = DecodeOptions {
+                    copy: n.copy | COPY_TRACE,
+                    ..o
+                };
+                let kt = emit_decode_mma(p, &t).unwrap();
+                let t0 = emit_decode_mma(
+                    p,
+                    &DecodeOptions {
+                        copy: base | COPY_TRACE,
+                        ..o
+                    },
+                )
+                .unwrap();
+                assert_eq!(
+                    count(&kt.decode_ptx, "%globaltimer_lo"),
+                    count(&t0.decode_ptx, "%globaltimer_lo") + 1,
+                    "{key}: each item's start"
+                );
+                if paged {
+                    let tma = |c: u32| DecodeOptions {
+                        copy: c | COPY_TMA,
                         ..o
                     };
-                    let key = format!("{ex} {}", n.key());
-                    let k0 = emit_decode_mma(p, &o).unwrap();
-                    let kn = emit_decode_mma(p, &n).unwrap();
-                    let atom = "atom.relaxed.gpu.global.add.u32";
-                    assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
-                    assert_eq!(count(&kn.decode_ptx, atom), 1, "{key}");
                     assert_eq!(
-                        count(&kn.decode_ptx, "st.relaxed.gpu.global.u32"),
-                        1,
-                        "{key}"
+                        emit_decode_mma(p, &tma(n.copy)).unwrap().decode_ptx,
+                        emit_decode_mma(p, &tma(o.copy)).unwrap().decode_ptx,
+                        "{key}: TMA took it"
                     );
-                    assert_eq!(kn.combine_ptx, k0.combine_ptx, "{key}: combine took it");
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &n).unwrap(),
-                        emit_decode_mma_fused(p, &o).unwrap(),
-                        "{key}: fused took it"
-                    );
-                    let direct = |c: u32| DecodeOptions {
-                        copy: c | COPY_DIRECT,
-                        ..o
-                    };
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &direct(n.copy)).unwrap(),
-                        emit_decode_mma_fused(p, &direct(o.copy)).unwrap(),
-                        "{key}: direct took it"
-                    );
-                    let sp = |o: &DecodeOptions| {
-                        spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap()
-                    };
-                    let (s0, sn) = (sp(&o), sp(&n));
-                    assert_eq!(s0.grid[0], GridDim::Splits, "{key}");
-                    assert_eq!(sn.grid[0], GridDim::SplitCtas, "{key}");
-                    assert!(!s0.params.contains(&DecodeParam::StealChunk), "{key}");
-                    for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
-                        assert!(sn.params.contains(&q), "{key}: {q:?}");
-                    }
-                    assert_eq!(sn.smem_bytes, s0.smem_bytes + 16, "{key}");
-                    let t = DecodeOptions {
-                        copy: n.copy | COPY_TRACE,
-                        ..o
-                    };
-                    let kt = emit_decode_mma(p, &t).unwrap();
-                    let t0 = emit_decode_mma(
-                        p,
-                        &DecodeOptions {
-                            copy: base | COPY_TRACE,
-                            ..o
-                        },
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        count(&kt.decode_ptx, "%globaltimer_lo"),
-                        count(&t0.decode_ptx, "%globaltimer_lo") + 1,
-                        "{key}: each item's start"
-                    );
-                    if paged {
-                        let tma = |c: u32| DecodeOptions {
-                            copy: c | COPY_TMA,
-                            ..o
-                        };
-                        assert_eq!(
-                            emit_decode_mma(p, &tma(n.copy)).unwrap().decode_ptx,
-                            emit_decode_mma(p, &tma(o.copy)).unwrap().decode_ptx,
-                            "{key}: TMA took it"
-                        );
-                    }
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "steal", &key, &kn.decode_ptx);
-                        ptxas_accepts(ptxas, "steal_trace", &key, &kt.decode_ptx);
-                    }
+                }
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "steal", &key, &kn.decode_ptx);
+                    ptxas_accepts(ptxas, "steal_trace", &key, &kt.decode_ptx);
                 }
             }
         }
@@ -3051,87 +3064,87 @@ mod tests {
     fn mma_decode_stream() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let count = |ptx: &str, w: &str| ptx.matches(w).count();
-        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
-            let p = &example(ex);
-            for (rows, d, paged) in [
+        for (ex, (rows, d, paged)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window", "document_causal"],
+            &[
                 (16, 128, false),
                 (16, 128, true),
                 (64, 128, true),
                 (32, 64, false),
-            ] {
-                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
-                    let o = DecodeOptions {
-                        arch: Arch::Sm90,
-                        d,
-                        input: InputType::Bf16,
-                        rows,
-                        paged,
-                        copy: base,
-                    };
-                    let with = |c: u32| DecodeOptions { copy: c, ..o };
-                    let os = with(base | COPY_STREAM);
-                    let key = format!("{ex} {}", os.key());
-                    let (k0, ks) = (
-                        emit_decode_mma(p, &o).unwrap(),
-                        emit_decode_mma(p, &os).unwrap(),
-                    );
-                    let atom = "atom.relaxed.gpu.global.add.u32";
-                    assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
-                    assert_eq!(count(&ks.decode_ptx, atom), 2, "{key}");
+            ],
+        ) {
+            let p = &example(ex);
+            for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy: base,
+                };
+                let with = |c: u32| DecodeOptions { copy: c, ..o };
+                let os = with(base | COPY_STREAM);
+                let key = format!("{ex} {}", os.key());
+                let (k0, ks) = (
+                    emit_decode_mma(p, &o).unwrap(),
+                    emit_decode_mma(p, &os).unwrap(),
+                );
+                let atom = "atom.relaxed.gpu.global.add.u32";
+                assert_eq!(count(&k0.decode_ptx, atom), 0, "{key}");
+                assert_eq!(count(&ks.decode_ptx, atom), 2, "{key}");
+                assert_eq!(
+                    count(&ks.decode_ptx, "st.relaxed.gpu.global.u32"),
+                    2,
+                    "{key}"
+                );
+                assert_eq!(ks.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                assert_eq!(
+                    emit_decode_mma_fused(p, &os).unwrap(),
+                    emit_decode_mma_fused(p, &o).unwrap(),
+                    "{key}: fused took it"
+                );
+                assert_eq!(
+                    emit_decode_mma_fused(p, &with(os.copy | COPY_DIRECT)).unwrap(),
+                    emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
+                    "{key}: direct took it"
+                );
+                assert_eq!(
+                    emit_decode_mma(p, &with(os.copy | COPY_STEAL))
+                        .unwrap()
+                        .decode_ptx,
+                    emit_decode_mma(p, &with(o.copy | COPY_STEAL))
+                        .unwrap()
+                        .decode_ptx,
+                    "{key}: steal took it"
+                );
+                if paged {
                     assert_eq!(
-                        count(&ks.decode_ptx, "st.relaxed.gpu.global.u32"),
-                        2,
-                        "{key}"
-                    );
-                    assert_eq!(ks.combine_ptx, k0.combine_ptx, "{key}: combine took it");
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &os).unwrap(),
-                        emit_decode_mma_fused(p, &o).unwrap(),
-                        "{key}: fused took it"
-                    );
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &with(os.copy | COPY_DIRECT)).unwrap(),
-                        emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
-                        "{key}: direct took it"
-                    );
-                    assert_eq!(
-                        emit_decode_mma(p, &with(os.copy | COPY_STEAL))
+                        emit_decode_mma(p, &with(os.copy | COPY_TMA))
                             .unwrap()
                             .decode_ptx,
-                        emit_decode_mma(p, &with(o.copy | COPY_STEAL))
+                        emit_decode_mma(p, &with(o.copy | COPY_TMA))
                             .unwrap()
                             .decode_ptx,
-                        "{key}: steal took it"
+                        "{key}: TMA took it"
                     );
-                    if paged {
-                        assert_eq!(
-                            emit_decode_mma(p, &with(os.copy | COPY_TMA))
-                                .unwrap()
-                                .decode_ptx,
-                            emit_decode_mma(p, &with(o.copy | COPY_TMA))
-                                .unwrap()
-                                .decode_ptx,
-                            "{key}: TMA took it"
-                        );
-                    }
-                    let sp = |o: &DecodeOptions| {
-                        spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap()
-                    };
-                    let (s0, ss) = (sp(&o), sp(&os));
-                    assert_eq!(ss.grid, s0.grid, "{key}");
-                    assert_eq!(ss.grid[0], GridDim::Splits, "{key}");
-                    for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
-                        assert!(!s0.params.contains(&q), "{key}: {q:?}");
-                        assert!(ss.params.contains(&q), "{key}: {q:?}");
-                    }
-                    assert_eq!(
-                        ss.smem_bytes,
-                        s0.smem_bytes + 4 * (1 + STREAM_SLOTS),
-                        "{key}"
-                    );
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "stream", &key, &ks.decode_ptx);
-                    }
+                }
+                let sp =
+                    |o: &DecodeOptions| spec(p, KernelKind::DecodeMma, &o.ptx_options()).unwrap();
+                let (s0, ss) = (sp(&o), sp(&os));
+                assert_eq!(ss.grid, s0.grid, "{key}");
+                assert_eq!(ss.grid[0], GridDim::Splits, "{key}");
+                for q in [DecodeParam::DecodeSem, DecodeParam::StealChunk] {
+                    assert!(!s0.params.contains(&q), "{key}: {q:?}");
+                    assert!(ss.params.contains(&q), "{key}: {q:?}");
+                }
+                assert_eq!(
+                    ss.smem_bytes,
+                    s0.smem_bytes + 4 * (1 + STREAM_SLOTS),
+                    "{key}"
+                );
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "stream", &key, &ks.decode_ptx);
                 }
             }
         }
@@ -3145,69 +3158,70 @@ mod tests {
     #[test]
     fn mma_decode_balanced() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
-        for ex in ["dense", "causal", "sliding_window", "document_causal"] {
-            let p = &example(ex);
-            for (rows, d, paged) in [
+        for (ex, (rows, d, paged)) in crate::test_matrix::cases(
+            &["dense", "causal", "sliding_window", "document_causal"],
+            &[
                 (16, 128, false),
                 (16, 128, true),
                 (64, 128, true),
                 (32, 64, false),
-            ] {
-                for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
-                    let o = DecodeOptions {
-                        arch: Arch::Sm90,
-                        d,
-                        input: InputType::Bf16,
-                        rows,
-                        paged,
-                        copy: base,
-                    };
-                    let with = |c: u32| DecodeOptions { copy: c, ..o };
-                    let ob = with(base | COPY_BALANCED);
-                    let key = format!("{ex} {}", ob.key());
-                    let (k0, kb) = (
-                        emit_decode_mma(p, &o).unwrap(),
-                        emit_decode_mma(p, &ob).unwrap(),
-                    );
-                    assert_ne!(
-                        kb.decode_ptx, k0.decode_ptx,
-                        "{key}: plain kernel unchanged"
-                    );
-                    assert_eq!(kb.combine_ptx, k0.combine_ptx, "{key}: combine took it");
-                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                        let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
-                        std::fs::write(f("unbalanced"), &k0.decode_ptx).unwrap();
-                        std::fs::write(f("balanced"), &kb.decode_ptx).unwrap();
-                    }
-                    assert_ne!(
-                        emit_decode_mma_fused(p, &ob).unwrap(),
-                        emit_decode_mma_fused(p, &o).unwrap(),
-                        "{key}: merging fused kernel unchanged"
-                    );
-                    assert_eq!(
-                        emit_decode_mma_fused(p, &with(ob.copy | COPY_DIRECT)).unwrap(),
-                        emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
-                        "{key}: direct took it"
-                    );
-                    assert_eq!(
-                        emit_decode_mma(p, &with(ob.copy | COPY_STEAL))
-                            .unwrap()
-                            .decode_ptx,
-                        emit_decode_mma(p, &with(o.copy | COPY_STEAL))
-                            .unwrap()
-                            .decode_ptx,
-                        "{key}: steal took it"
-                    );
-                    for kind in [KernelKind::DecodeMma, KernelKind::DecodeMmaFused] {
-                        let sp = |o: &DecodeOptions| spec(p, kind, &o.ptx_options()).unwrap();
-                        let (s0, sb) = (sp(&o), sp(&ob));
-                        assert_eq!(s0.params, sb.params, "{key} {kind:?}");
-                        assert_eq!(s0.grid, sb.grid, "{key} {kind:?}");
-                        assert_eq!(s0.smem_bytes, sb.smem_bytes, "{key} {kind:?}");
-                    }
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "balanced", &key, &kb.decode_ptx);
-                    }
+            ],
+        ) {
+            let p = &example(ex);
+            for base in [COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE, 0] {
+                let o = DecodeOptions {
+                    arch: Arch::Sm90,
+                    d,
+                    input: InputType::Bf16,
+                    rows,
+                    paged,
+                    copy: base,
+                };
+                let with = |c: u32| DecodeOptions { copy: c, ..o };
+                let ob = with(base | COPY_BALANCED);
+                let key = format!("{ex} {}", ob.key());
+                let (k0, kb) = (
+                    emit_decode_mma(p, &o).unwrap(),
+                    emit_decode_mma(p, &ob).unwrap(),
+                );
+                assert_ne!(
+                    kb.decode_ptx, k0.decode_ptx,
+                    "{key}: plain kernel unchanged"
+                );
+                assert_eq!(kb.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                    let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
+                    std::fs::write(f("unbalanced"), &k0.decode_ptx).unwrap();
+                    std::fs::write(f("balanced"), &kb.decode_ptx).unwrap();
+                }
+                assert_ne!(
+                    emit_decode_mma_fused(p, &ob).unwrap(),
+                    emit_decode_mma_fused(p, &o).unwrap(),
+                    "{key}: merging fused kernel unchanged"
+                );
+                assert_eq!(
+                    emit_decode_mma_fused(p, &with(ob.copy | COPY_DIRECT)).unwrap(),
+                    emit_decode_mma_fused(p, &with(o.copy | COPY_DIRECT)).unwrap(),
+                    "{key}: direct took it"
+                );
+                assert_eq!(
+                    emit_decode_mma(p, &with(ob.copy | COPY_STEAL))
+                        .unwrap()
+                        .decode_ptx,
+                    emit_decode_mma(p, &with(o.copy | COPY_STEAL))
+                        .unwrap()
+                        .decode_ptx,
+                    "{key}: steal took it"
+                );
+                for kind in [KernelKind::DecodeMma, KernelKind::DecodeMmaFused] {
+                    let sp = |o: &DecodeOptions| spec(p, kind, &o.ptx_options()).unwrap();
+                    let (s0, sb) = (sp(&o), sp(&ob));
+                    assert_eq!(s0.params, sb.params, "{key} {kind:?}");
+                    assert_eq!(s0.grid, sb.grid, "{key} {kind:?}");
+                    assert_eq!(s0.smem_bytes, sb.smem_bytes, "{key} {kind:?}");
+                }
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "balanced", &key, &kb.decode_ptx);
                 }
             }
         }
@@ -3225,176 +3239,176 @@ mod tests {
     fn mma_decode_wgmma() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
-        for ex in [
-            "dense",
-            "causal",
-            "sliding_window",
-            "document_causal",
-            "softcap",
-        ] {
-            let p = &example(ex);
-            for (rows, d, paged, input) in [
+        for (ex, (rows, d, paged, input)) in crate::test_matrix::cases(
+            &[
+                "dense",
+                "causal",
+                "sliding_window",
+                "document_causal",
+                "softcap",
+            ],
+            &[
                 (64, 128, false, InputType::Bf16),
                 (64, 128, true, InputType::Bf16),
                 (64, 64, false, InputType::F16),
                 (16, 128, false, InputType::Bf16),
                 (32, 128, true, InputType::Bf16),
-            ] {
-                let o = DecodeOptions {
-                    arch: Arch::Sm90,
-                    d,
-                    input,
-                    rows,
-                    paged,
-                    copy: base,
-                };
-                let ow = DecodeOptions {
-                    copy: base | COPY_WGMMA,
-                    ..o
-                };
-                let key = format!("{ex} {}", ow.key());
-                let (k0, kw) = (
-                    emit_decode_mma(p, &o).unwrap(),
-                    emit_decode_mma(p, &ow).unwrap(),
-                );
-                let (f0, fw) = (
-                    emit_decode_mma_fused(p, &o).unwrap(),
-                    emit_decode_mma_fused(p, &ow).unwrap(),
-                );
-                let direct = |c: u32| {
-                    let od = DecodeOptions {
-                        copy: c | COPY_DIRECT,
-                        ..o
-                    };
-                    emit_decode_mma_fused(p, &od).unwrap()
-                };
-                let (d0, dw) = (direct(o.copy), direct(ow.copy));
-                assert_eq!(kw.combine_ptx, k0.combine_ptx, "{key}: combine took it");
-                assert_eq!(kw.smem_bytes, k0.smem_bytes, "{key}");
-                // COPY_WGMMA_DEEP: 6 stages at D128 on the wgmma path, else ignored
+            ],
+        ) {
+            let p = &example(ex);
+            let o = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input,
+                rows,
+                paged,
+                copy: base,
+            };
+            let ow = DecodeOptions {
+                copy: base | COPY_WGMMA,
+                ..o
+            };
+            let key = format!("{ex} {}", ow.key());
+            let (k0, kw) = (
+                emit_decode_mma(p, &o).unwrap(),
+                emit_decode_mma(p, &ow).unwrap(),
+            );
+            let (f0, fw) = (
+                emit_decode_mma_fused(p, &o).unwrap(),
+                emit_decode_mma_fused(p, &ow).unwrap(),
+            );
+            let direct = |c: u32| {
                 let od = DecodeOptions {
-                    copy: ow.copy | COPY_WGMMA_DEEP,
+                    copy: c | COPY_DIRECT,
                     ..o
                 };
-                let kd = emit_decode_mma(p, &od).unwrap();
-                if rows == 64 && d == 128 {
-                    assert_ne!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ring");
-                    assert_eq!(kd.smem_bytes, 64 * 128 * 2 + 6 * 32768, "{key}: deep ring");
-                    assert_eq!(ring_stages(&od), 6);
-                    let n = |pat: &str| kd.decode_ptx.matches(pat).count();
-                    assert_eq!(n(".m64n64k16."), 8, "{key}: deep");
-                    assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key}: deep");
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "wgmma", &format!("{key} deep"), &kd.decode_ptx);
-                    }
-                    // and without COPY_WGMMA the bit means nothing
-                    let o0 = DecodeOptions {
-                        copy: o.copy | COPY_WGMMA_DEEP,
-                        ..o
-                    };
-                    assert_eq!(emit_decode_mma(p, &o0).unwrap().decode_ptx, k0.decode_ptx);
-                } else {
-                    assert_eq!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ignored");
-                    assert_eq!(kd.smem_bytes, kw.smem_bytes, "{key}: deep ignored");
+                emit_decode_mma_fused(p, &od).unwrap()
+            };
+            let (d0, dw) = (direct(o.copy), direct(ow.copy));
+            assert_eq!(kw.combine_ptx, k0.combine_ptx, "{key}: combine took it");
+            assert_eq!(kw.smem_bytes, k0.smem_bytes, "{key}");
+            // COPY_WGMMA_DEEP: 6 stages at D128 on the wgmma path, else ignored
+            let od = DecodeOptions {
+                copy: ow.copy | COPY_WGMMA_DEEP,
+                ..o
+            };
+            let kd = emit_decode_mma(p, &od).unwrap();
+            if rows == 64 && d == 128 {
+                assert_ne!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ring");
+                assert_eq!(kd.smem_bytes, 64 * 128 * 2 + 6 * 32768, "{key}: deep ring");
+                assert_eq!(ring_stages(&od), 6);
+                let n = |pat: &str| kd.decode_ptx.matches(pat).count();
+                assert_eq!(n(".m64n64k16."), 8, "{key}: deep");
+                assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key}: deep");
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "wgmma", &format!("{key} deep"), &kd.decode_ptx);
                 }
-                // COPY_WGMMA_DEFER: P V's wait in the next tile (plain, fused, direct)
-                let ot = DecodeOptions {
-                    copy: ow.copy | COPY_WGMMA_DEFER,
+                // and without COPY_WGMMA the bit means nothing
+                let o0 = DecodeOptions {
+                    copy: o.copy | COPY_WGMMA_DEEP,
                     ..o
                 };
-                let kt = emit_decode_mma(p, &ot).unwrap();
-                let ft = emit_decode_mma_fused(p, &ot).unwrap();
-                let dt = direct(ot.copy);
-                assert_eq!(kt.smem_bytes, kw.smem_bytes, "{key}: defer");
-                assert_eq!(kt.combine_ptx, kw.combine_ptx, "{key}: defer");
-                if rows != 64 {
-                    assert_eq!(
-                        kt.decode_ptx, k0.decode_ptx,
-                        "{key}: defer, not at {rows} rows"
-                    );
-                    assert_eq!(ft, f0, "{key}: defer fused, not at {rows} rows");
-                    // and without COPY_WGMMA the bit means nothing either
-                    let o1 = DecodeOptions {
-                        copy: o.copy | COPY_WGMMA_DEFER,
-                        ..o
-                    };
-                    assert_eq!(emit_decode_mma(p, &o1).unwrap().decode_ptx, k0.decode_ptx);
-                } else {
-                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                        let f = format!("{dir}/defer_{}.ptx", key.replace([':', ' '], "_"));
-                        std::fs::write(f, &kt.decode_ptx).unwrap();
-                    }
-                    for (x, ptx, base_ptx) in [
-                        ("plain", &kt.decode_ptx, &kw.decode_ptx),
-                        ("fused", &ft, &fw),
-                        ("direct", &dt, &dw),
-                    ] {
-                        assert_ne!(ptx, base_ptx, "{key} {x}: defer");
-                        let n = |pat: &str| ptx.matches(pat).count();
-                        let nb = |pat: &str| base_ptx.matches(pat).count();
-                        // the same products and fences; S's wait, the previous P V's
-                        // and the last P V's after the loop; one more barrier per tile
-                        for pat in [
-                            ".m64n64k16.",
-                            "fence.proxy.async.shared::cta",
-                            "cp.async.commit_group",
-                        ] {
-                            assert_eq!(n(pat), nb(pat), "{key} {x}: {pat}");
-                        }
-                        assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 3, "{key} {x}");
-                        assert_eq!(n("aligned 0; // P V of the tile before"), 1, "{key} {x}");
-                        assert_eq!(n("bar.sync"), nb("bar.sync") + 1, "{key} {x}");
-                        assert_eq!(n("mma.sync"), 0, "{key} {x}");
-                        if let Some(ptxas) = &ptxas {
-                            // without a wgmma serialization warning (C75xx)
-                            let err =
-                                ptxas_accepts(ptxas, "wgmma", &format!("{key} {x} defer"), ptx);
-                            assert!(!err.contains("C75"), "{key} {x} defer: {err}");
-                        }
-                    }
-                }
-                if rows != 64 {
-                    assert_eq!(kw.decode_ptx, k0.decode_ptx, "{key}: not at {rows} rows");
-                    assert_eq!(fw, f0, "{key}: fused, not at {rows} rows");
-                    assert_eq!(dw, d0, "{key}: direct, not at {rows} rows");
-                    continue;
-                }
-                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                    let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
-                    std::fs::write(f("sync"), &k0.decode_ptx).unwrap();
-                    std::fs::write(f("wgmma"), &kw.decode_ptx).unwrap();
-                }
-                for (x, ptx) in [("plain", &kw.decode_ptx), ("fused", &fw), ("direct", &dw)] {
-                    let n = |pat: &str| ptx.matches(pat).count();
-                    assert_eq!(n("mma.sync"), 0, "{key} {x}");
-                    assert_eq!(n("ldmatrix"), 0, "{key} {x}");
-                    let (ns, npv) = (n(".m64n64k16."), n(&format!(".m64n{d}k16.")));
-                    // S: D / 16 k-steps of n64; P V: 4 k-steps of n = D (at D64 both n64)
-                    if d == 128 {
-                        assert_eq!((ns, npv), (8, 4), "{key} {x}");
-                    } else {
-                        assert_eq!(ns, 8, "{key} {x}");
-                    }
-                    assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 2, "{key} {x}");
-                    assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key} {x}");
-                    assert!(ptx.contains(".align 1024"), "{key} {x}");
-                    if let Some(ptxas) = &ptxas {
-                        ptxas_accepts(ptxas, "wgmma", &format!("{key} {x}"), ptx);
-                    }
-                }
-                // the mma.sync kernel keeps its products
-                assert_eq!(k0.decode_ptx.matches("wgmma").count(), 0, "{key}");
-                // sm_80 ignores the bit
-                let a80 = |c: u32| {
-                    let o8 = DecodeOptions {
-                        arch: Arch::Sm80,
-                        copy: c,
-                        ..o
-                    };
-                    emit_decode_mma(p, &o8).unwrap().decode_ptx
-                };
-                assert_eq!(a80(ow.copy), a80(o.copy), "{key}: sm_80");
+                assert_eq!(emit_decode_mma(p, &o0).unwrap().decode_ptx, k0.decode_ptx);
+            } else {
+                assert_eq!(kd.decode_ptx, kw.decode_ptx, "{key}: deep ignored");
+                assert_eq!(kd.smem_bytes, kw.smem_bytes, "{key}: deep ignored");
             }
+            // COPY_WGMMA_DEFER: P V's wait in the next tile (plain, fused, direct)
+            let ot = DecodeOptions {
+                copy: ow.copy | COPY_WGMMA_DEFER,
+                ..o
+            };
+            let kt = emit_decode_mma(p, &ot).unwrap();
+            let ft = emit_decode_mma_fused(p, &ot).unwrap();
+            let dt = direct(ot.copy);
+            assert_eq!(kt.smem_bytes, kw.smem_bytes, "{key}: defer");
+            assert_eq!(kt.combine_ptx, kw.combine_ptx, "{key}: defer");
+            if rows != 64 {
+                assert_eq!(
+                    kt.decode_ptx, k0.decode_ptx,
+                    "{key}: defer, not at {rows} rows"
+                );
+                assert_eq!(ft, f0, "{key}: defer fused, not at {rows} rows");
+                // and without COPY_WGMMA the bit means nothing either
+                let o1 = DecodeOptions {
+                    copy: o.copy | COPY_WGMMA_DEFER,
+                    ..o
+                };
+                assert_eq!(emit_decode_mma(p, &o1).unwrap().decode_ptx, k0.decode_ptx);
+            } else {
+                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                    let f = format!("{dir}/defer_{}.ptx", key.replace([':', ' '], "_"));
+                    std::fs::write(f, &kt.decode_ptx).unwrap();
+                }
+                for (x, ptx, base_ptx) in [
+                    ("plain", &kt.decode_ptx, &kw.decode_ptx),
+                    ("fused", &ft, &fw),
+                    ("direct", &dt, &dw),
+                ] {
+                    assert_ne!(ptx, base_ptx, "{key} {x}: defer");
+                    let n = |pat: &str| ptx.matches(pat).count();
+                    let nb = |pat: &str| base_ptx.matches(pat).count();
+                    // the same products and fences; S's wait, the previous P V's
+                    // and the last P V's after the loop; one more barrier per tile
+                    for pat in [
+                        ".m64n64k16.",
+                        "fence.proxy.async.shared::cta",
+                        "cp.async.commit_group",
+                    ] {
+                        assert_eq!(n(pat), nb(pat), "{key} {x}: {pat}");
+                    }
+                    assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 3, "{key} {x}");
+                    assert_eq!(n("aligned 0; // P V of the tile before"), 1, "{key} {x}");
+                    assert_eq!(n("bar.sync"), nb("bar.sync") + 1, "{key} {x}");
+                    assert_eq!(n("mma.sync"), 0, "{key} {x}");
+                    if let Some(ptxas) = &ptxas {
+                        // without a wgmma serialization warning (C75xx)
+                        let err = ptxas_accepts(ptxas, "wgmma", &format!("{key} {x} defer"), ptx);
+                        assert!(!err.contains("C75"), "{key} {x} defer: {err}");
+                    }
+                }
+            }
+            if rows != 64 {
+                assert_eq!(kw.decode_ptx, k0.decode_ptx, "{key}: not at {rows} rows");
+                assert_eq!(fw, f0, "{key}: fused, not at {rows} rows");
+                assert_eq!(dw, d0, "{key}: direct, not at {rows} rows");
+                continue;
+            }
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                let f = |t: &str| format!("{dir}/{t}_{}.ptx", key.replace([':', ' '], "_"));
+                std::fs::write(f("sync"), &k0.decode_ptx).unwrap();
+                std::fs::write(f("wgmma"), &kw.decode_ptx).unwrap();
+            }
+            for (x, ptx) in [("plain", &kw.decode_ptx), ("fused", &fw), ("direct", &dw)] {
+                let n = |pat: &str| ptx.matches(pat).count();
+                assert_eq!(n("mma.sync"), 0, "{key} {x}");
+                assert_eq!(n("ldmatrix"), 0, "{key} {x}");
+                let (ns, npv) = (n(".m64n64k16."), n(&format!(".m64n{d}k16.")));
+                // S: D / 16 k-steps of n64; P V: 4 k-steps of n = D (at D64 both n64)
+                if d == 128 {
+                    assert_eq!((ns, npv), (8, 4), "{key} {x}");
+                } else {
+                    assert_eq!(ns, 8, "{key} {x}");
+                }
+                assert_eq!(n("wgmma.wait_group.sync.aligned 0"), 2, "{key} {x}");
+                assert_eq!(n("fence.proxy.async.shared::cta"), 2, "{key} {x}");
+                assert!(ptx.contains(".align 1024"), "{key} {x}");
+                if let Some(ptxas) = &ptxas {
+                    ptxas_accepts(ptxas, "wgmma", &format!("{key} {x}"), ptx);
+                }
+            }
+            // the mma.sync kernel keeps its products
+            assert_eq!(k0.decode_ptx.matches("wgmma").count(), 0, "{key}");
+            // sm_80 ignores the bit
+            let a80 = |c: u32| {
+                let o8 = DecodeOptions {
+                    arch: Arch::Sm80,
+                    copy: c,
+                    ..o
+                };
+                emit_decode_mma(p, &o8).unwrap().decode_ptx
+            };
+            assert_eq!(a80(ow.copy), a80(o.copy), "{key}: sm_80");
         }
         // bits without a meaning are refused
         let o = DecodeOptions {
@@ -3424,164 +3438,165 @@ mod tests {
     fn mma_decode_wgmma_wg2() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
         let base = COPY_EARLY | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
-        for ex in [
-            "dense",
-            "causal",
-            "sliding_window",
-            "document_causal",
-            "softcap",
-        ] {
-            let p = &example(ex);
-            for (rows, d, paged, input) in [
+        for (ex, (rows, d, paged, input)) in crate::test_matrix::cases(
+            &[
+                "dense",
+                "causal",
+                "sliding_window",
+                "document_causal",
+                "softcap",
+            ],
+            &[
                 (64, 128, false, InputType::Bf16),
                 (64, 128, true, InputType::Bf16),
                 (64, 64, false, InputType::F16),
                 (64, 64, true, InputType::Bf16),
                 (16, 128, false, InputType::Bf16),
                 (32, 128, true, InputType::Bf16),
-            ] {
-                let ow = DecodeOptions {
-                    arch: Arch::Sm90,
-                    d,
-                    input,
-                    rows,
-                    paged,
-                    copy: base | COPY_WGMMA,
-                };
-                let o2 = DecodeOptions {
-                    copy: ow.copy | COPY_WGMMA_WG2,
+            ],
+        ) {
+            let p = &example(ex);
+            let ow = DecodeOptions {
+                arch: Arch::Sm90,
+                d,
+                input,
+                rows,
+                paged,
+                copy: base | COPY_WGMMA,
+            };
+            let o2 = DecodeOptions {
+                copy: ow.copy | COPY_WGMMA_WG2,
+                ..ow
+            };
+            let key = format!("{ex} {}", o2.key());
+            let (kw, k2) = (
+                emit_decode_mma(p, &ow).unwrap(),
+                emit_decode_mma(p, &o2).unwrap(),
+            );
+            assert_eq!(k2.combine_ptx, kw.combine_ptx, "{key}: combine");
+            assert_eq!(k2.smem_bytes, kw.smem_bytes, "{key}: shared memory");
+            assert_eq!(kw.threads, THREADS, "{key}");
+            // the fused kinds (merging, one-split) ignore it
+            assert_eq!(
+                emit_decode_mma_fused(p, &o2).unwrap(),
+                emit_decode_mma_fused(p, &ow).unwrap(),
+                "{key}: fused"
+            );
+            let (od, owd) = (
+                DecodeOptions {
+                    copy: o2.copy | COPY_DIRECT,
+                    ..o2
+                },
+                DecodeOptions {
+                    copy: ow.copy | COPY_DIRECT,
+                    ..ow
+                },
+            );
+            assert_eq!(decode_ptx(p, &od), decode_ptx(p, &owd), "{key}: direct");
+            // without COPY_WGMMA, or on sm_80, the bit means nothing
+            let plain = |c: u32, arch: Arch| {
+                let x = DecodeOptions {
+                    arch,
+                    copy: c,
                     ..ow
                 };
-                let key = format!("{ex} {}", o2.key());
-                let (kw, k2) = (
-                    emit_decode_mma(p, &ow).unwrap(),
-                    emit_decode_mma(p, &o2).unwrap(),
-                );
-                assert_eq!(k2.combine_ptx, kw.combine_ptx, "{key}: combine");
-                assert_eq!(k2.smem_bytes, kw.smem_bytes, "{key}: shared memory");
-                assert_eq!(kw.threads, THREADS, "{key}");
-                // the fused kinds (merging, one-split) ignore it
+                let k = emit_decode_mma(p, &x).unwrap();
+                (k.decode_ptx, k.threads)
+            };
+            assert_eq!(
+                plain(base | COPY_WGMMA_WG2, Arch::Sm90),
+                plain(base, Arch::Sm90),
+                "{key}: without q"
+            );
+            // COPY_WGMMA_WG2_REGS means nothing without v
+            assert_eq!(
+                plain(ow.copy | COPY_WGMMA_WG2_REGS, Arch::Sm90),
+                plain(ow.copy, Arch::Sm90),
+                "{key}: w without v"
+            );
+            assert_eq!(
+                plain(o2.copy, Arch::Sm80),
+                plain(ow.copy, Arch::Sm80),
+                "{key}: sm_80"
+            );
+            if paged {
+                // COPY_TMA keeps its loop
                 assert_eq!(
-                    emit_decode_mma_fused(p, &o2).unwrap(),
-                    emit_decode_mma_fused(p, &ow).unwrap(),
-                    "{key}: fused"
+                    plain(o2.copy | COPY_TMA, Arch::Sm90),
+                    plain(ow.copy | COPY_TMA, Arch::Sm90),
+                    "{key}: tma"
                 );
-                let (od, owd) = (
-                    DecodeOptions {
-                        copy: o2.copy | COPY_DIRECT,
-                        ..o2
-                    },
-                    DecodeOptions {
-                        copy: ow.copy | COPY_DIRECT,
-                        ..ow
-                    },
-                );
-                assert_eq!(decode_ptx(p, &od), decode_ptx(p, &owd), "{key}: direct");
-                // without COPY_WGMMA, or on sm_80, the bit means nothing
-                let plain = |c: u32, arch: Arch| {
-                    let x = DecodeOptions {
-                        arch,
-                        copy: c,
-                        ..ow
-                    };
-                    let k = emit_decode_mma(p, &x).unwrap();
-                    (k.decode_ptx, k.threads)
-                };
-                assert_eq!(
-                    plain(base | COPY_WGMMA_WG2, Arch::Sm90),
-                    plain(base, Arch::Sm90),
-                    "{key}: without q"
-                );
-                // COPY_WGMMA_WG2_REGS means nothing without v
-                assert_eq!(
-                    plain(ow.copy | COPY_WGMMA_WG2_REGS, Arch::Sm90),
-                    plain(ow.copy, Arch::Sm90),
-                    "{key}: w without v"
-                );
-                assert_eq!(
-                    plain(o2.copy, Arch::Sm80),
-                    plain(ow.copy, Arch::Sm80),
-                    "{key}: sm_80"
-                );
-                if paged {
-                    // COPY_TMA keeps its loop
-                    assert_eq!(
-                        plain(o2.copy | COPY_TMA, Arch::Sm90),
-                        plain(ow.copy | COPY_TMA, Arch::Sm90),
-                        "{key}: tma"
-                    );
-                }
-                // COPY_WGMMA_WG2_REGS: the same kernel with a register cap
-                let or = DecodeOptions {
-                    copy: o2.copy | COPY_WGMMA_WG2_REGS,
+            }
+            // COPY_WGMMA_WG2_REGS: the same kernel with a register cap
+            let or = DecodeOptions {
+                copy: o2.copy | COPY_WGMMA_WG2_REGS,
+                ..o2
+            };
+            let kr = emit_decode_mma(p, &or).unwrap();
+            if rows != 64 {
+                assert_eq!(k2.decode_ptx, kw.decode_ptx, "{key}: not at {rows} rows");
+                assert_eq!(kr.decode_ptx, kw.decode_ptx, "{key}: w not at {rows} rows");
+                assert_eq!(k2.threads, THREADS, "{key}");
+                continue;
+            }
+            assert_eq!(kr.threads, THREADS_WG2, "{key}");
+            assert!(kr.decode_ptx.contains(".maxnreg 112\n"), "{key}");
+            assert!(!k2.decode_ptx.contains(".maxnreg"), "{key}");
+            assert_eq!(
+                kr.decode_ptx.replace(".maxnreg 112\n", ""),
+                k2.decode_ptx,
+                "{key}: w only caps the registers"
+            );
+            assert_eq!(k2.threads, THREADS_WG2, "{key}");
+            // it replaces COPY_WGMMA_DEFER
+            assert_eq!(
+                plain(o2.copy | COPY_WGMMA_DEFER, Arch::Sm90),
+                (k2.decode_ptx.clone(), THREADS_WG2),
+                "{key}: defer"
+            );
+            if let Some(ptxas) = &ptxas {
+                // (document-causal's per-element document lookups spill a few
+                // words under the cap: allowed there)
+                let spills = ex == "document_causal";
+                let regs = ptxas_regs(ptxas, &format!("{key} w"), &kr.decode_ptx, spills);
+                eprintln!("{key} w: {regs} registers");
+                assert!(regs <= WG2_REGS, "{key} w: {regs} registers");
+            }
+            let ptx = &k2.decode_ptx;
+            if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                let f = format!("{dir}/wg2_{}.ptx", key.replace([':', ' '], "_"));
+                std::fs::write(f, ptx).unwrap();
+                // the combine kernels that run beside it (with and without u)
+                let ou = DecodeOptions {
+                    copy: o2.copy | COPY_COMBINE_ROWS,
                     ..o2
                 };
-                let kr = emit_decode_mma(p, &or).unwrap();
-                if rows != 64 {
-                    assert_eq!(k2.decode_ptx, kw.decode_ptx, "{key}: not at {rows} rows");
-                    assert_eq!(kr.decode_ptx, kw.decode_ptx, "{key}: w not at {rows} rows");
-                    assert_eq!(k2.threads, THREADS, "{key}");
-                    continue;
-                }
-                assert_eq!(kr.threads, THREADS_WG2, "{key}");
-                assert!(kr.decode_ptx.contains(".maxnreg 112\n"), "{key}");
-                assert!(!k2.decode_ptx.contains(".maxnreg"), "{key}");
-                assert_eq!(
-                    kr.decode_ptx.replace(".maxnreg 112\n", ""),
-                    k2.decode_ptx,
-                    "{key}: w only caps the registers"
-                );
-                assert_eq!(k2.threads, THREADS_WG2, "{key}");
-                // it replaces COPY_WGMMA_DEFER
-                assert_eq!(
-                    plain(o2.copy | COPY_WGMMA_DEFER, Arch::Sm90),
-                    (k2.decode_ptx.clone(), THREADS_WG2),
-                    "{key}: defer"
-                );
-                if let Some(ptxas) = &ptxas {
-                    // (document-causal's per-element document lookups spill a few
-                    // words under the cap: allowed there)
-                    let spills = ex == "document_causal";
-                    let regs = ptxas_regs(ptxas, &format!("{key} w"), &kr.decode_ptx, spills);
-                    eprintln!("{key} w: {regs} registers");
-                    assert!(regs <= WG2_REGS, "{key} w: {regs} registers");
-                }
-                let ptx = &k2.decode_ptx;
-                if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                    let f = format!("{dir}/wg2_{}.ptx", key.replace([':', ' '], "_"));
-                    std::fs::write(f, ptx).unwrap();
-                    // the combine kernels that run beside it (with and without u)
-                    let ou = DecodeOptions {
-                        copy: o2.copy | COPY_COMBINE_ROWS,
-                        ..o2
-                    };
-                    let f = format!("{dir}/combine_{}.ptx", key.replace([':', ' '], "_"));
-                    std::fs::write(f, &k2.combine_ptx).unwrap();
-                    let f = format!("{dir}/combine_u_{}.ptx", key.replace([':', ' '], "_"));
-                    std::fs::write(f, emit_decode_mma(p, &ou).unwrap().combine_ptx).unwrap();
-                }
-                let n = |pat: &str| ptx.matches(pat).count();
-                let nw = |pat: &str| kw.decode_ptx.matches(pat).count();
-                assert!(ptx.contains(".maxntid 256\n"), "{key}");
-                assert!(ptx.contains(".minnctapersm 2"), "{key}");
-                assert!(kw.decode_ptx.contains(".maxntid 128\n"), "{key}");
-                assert_eq!(n("mma.sync"), 0, "{key}");
-                // S: D / 16 k-steps of n32 (one key half); P V: 2 k-steps of n = D
-                assert_eq!(n(".m64n32k16."), (d / 16) as usize, "{key}: S");
-                assert_eq!(n(&format!(".m64n{d}k16.")), 2, "{key}: P V");
-                for pat in [
-                    "wgmma.wait_group.sync.aligned 0",
-                    "fence.proxy.async.shared::cta",
-                    "cp.async.commit_group",
-                    "bar.sync",
-                ] {
-                    assert_eq!(n(pat), nw(pat), "{key}: {pat}");
-                }
-                if let Some(ptxas) = &ptxas {
-                    let regs = ptxas_regs(ptxas, &key, ptx, false);
-                    eprintln!("{key}: {regs} registers");
-                    assert!(regs <= 128, "{key}: {regs} registers");
-                }
+                let f = format!("{dir}/combine_{}.ptx", key.replace([':', ' '], "_"));
+                std::fs::write(f, &k2.combine_ptx).unwrap();
+                let f = format!("{dir}/combine_u_{}.ptx", key.replace([':', ' '], "_"));
+                std::fs::write(f, emit_decode_mma(p, &ou).unwrap().combine_ptx).unwrap();
+            }
+            let n = |pat: &str| ptx.matches(pat).count();
+            let nw = |pat: &str| kw.decode_ptx.matches(pat).count();
+            assert!(ptx.contains(".maxntid 256\n"), "{key}");
+            assert!(ptx.contains(".minnctapersm 2"), "{key}");
+            assert!(kw.decode_ptx.contains(".maxntid 128\n"), "{key}");
+            assert_eq!(n("mma.sync"), 0, "{key}");
+            // S: D / 16 k-steps of n32 (one key half); P V: 2 k-steps of n = D
+            assert_eq!(n(".m64n32k16."), (d / 16) as usize, "{key}: S");
+            assert_eq!(n(&format!(".m64n{d}k16.")), 2, "{key}: P V");
+            for pat in [
+                "wgmma.wait_group.sync.aligned 0",
+                "fence.proxy.async.shared::cta",
+                "cp.async.commit_group",
+                "bar.sync",
+            ] {
+                assert_eq!(n(pat), nw(pat), "{key}: {pat}");
+            }
+            if let Some(ptxas) = &ptxas {
+                let regs = ptxas_regs(ptxas, &key, ptx, false);
+                eprintln!("{key}: {regs} registers");
+                assert!(regs <= 128, "{key}: {regs} registers");
             }
         }
     }
@@ -3694,52 +3709,53 @@ mod tests {
     #[test]
     fn mma_decode_direct() {
         let ptxas = std::env::var("ATTNC_PTXAS").ok();
-        for ex in ["dense", "causal", "alibi"] {
+        for (ex, (rows, d)) in crate::test_matrix::cases(
+            &["dense", "causal", "alibi"],
+            &[(16, 128), (64, 128), (32, 64)],
+        ) {
             let p = &example(ex);
-            for (rows, d) in [(16, 128), (64, 128), (32, 64)] {
-                for paged in [false, true] {
-                    for copy in [
-                        COPY_DIRECT,
-                        COPY_DIRECT | COPY_EARLY,
-                        COPY_BITS & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
-                    ] {
-                        let o = DecodeOptions {
-                            arch: Arch::Sm90,
-                            d,
-                            input: InputType::Bf16,
-                            rows,
-                            paged,
-                            copy,
-                        };
-                        let key = format!("{} {}", p.name, o.key());
-                        let ptx = emit_decode_mma_fused(p, &o).unwrap();
-                        let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
-                        let without = DecodeOptions {
-                            copy: copy & !COPY_DIRECT,
-                            ..o
-                        };
-                        assert_eq!(
-                            plain,
-                            emit_decode_mma(p, &without).unwrap().decode_ptx,
-                            "{key}: the plain kind took COPY_DIRECT"
-                        );
-                        if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
-                            let f = format!("{dir}/direct_{}.ptx", key.replace([':', ' '], "_"));
-                            std::fs::write(f, &ptx).unwrap();
-                        }
-                        if let Some(ptxas) = &ptxas {
-                            ptxas_accepts(ptxas, "direct", &key, &ptx);
-                        }
-                        let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
-                        let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
-                        assert_eq!(count("atom"), 0, "{key}: a count in the one-split kernel");
-                        assert_eq!(count("st.global.b32"), 1, "{key}: LSE only (no partials)");
-                        assert!(count("st.global.b16") > 0, "{key}: no 16-bit O stores");
-                        assert_eq!(count("griddepcontrol.wait"), 1, "{key}");
-                        let at = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
-                        let early = at("griddepcontrol.wait") > at("cp.async.cg.shared.global");
-                        assert_eq!(early, copy & COPY_EARLY != 0, "{key}");
+            for paged in [false, true] {
+                for copy in [
+                    COPY_DIRECT,
+                    COPY_DIRECT | COPY_EARLY,
+                    COPY_BITS & !COPY_PAGE_BASE & !COPY_TMA & !COPY_IDS_LATE,
+                ] {
+                    let o = DecodeOptions {
+                        arch: Arch::Sm90,
+                        d,
+                        input: InputType::Bf16,
+                        rows,
+                        paged,
+                        copy,
+                    };
+                    let key = format!("{} {}", p.name, o.key());
+                    let ptx = emit_decode_mma_fused(p, &o).unwrap();
+                    let plain = emit_decode_mma(p, &o).unwrap().decode_ptx;
+                    let without = DecodeOptions {
+                        copy: copy & !COPY_DIRECT,
+                        ..o
+                    };
+                    assert_eq!(
+                        plain,
+                        emit_decode_mma(p, &without).unwrap().decode_ptx,
+                        "{key}: the plain kind took COPY_DIRECT"
+                    );
+                    if let Ok(dir) = std::env::var("ATTNC_DECODE_PTX_DIR") {
+                        let f = format!("{dir}/direct_{}.ptx", key.replace([':', ' '], "_"));
+                        std::fs::write(f, &ptx).unwrap();
                     }
+                    if let Some(ptxas) = &ptxas {
+                        ptxas_accepts(ptxas, "direct", &key, &ptx);
+                    }
+                    let lines: Vec<&str> = ptx.lines().map(str::trim).collect();
+                    let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+                    assert_eq!(count("atom"), 0, "{key}: a count in the one-split kernel");
+                    assert_eq!(count("st.global.b32"), 1, "{key}: LSE only (no partials)");
+                    assert!(count("st.global.b16") > 0, "{key}: no 16-bit O stores");
+                    assert_eq!(count("griddepcontrol.wait"), 1, "{key}");
+                    let at = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+                    let early = at("griddepcontrol.wait") > at("cp.async.cg.shared.global");
+                    assert_eq!(early, copy & COPY_EARLY != 0, "{key}");
                 }
             }
         }

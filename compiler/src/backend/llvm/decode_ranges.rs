@@ -260,67 +260,71 @@ mod device_ranges {
     fn split_kv_kernels_compute_their_ranges() {
         let base = COPY_EARLY | COPY_DIRECT | COPY_IDS_LATE | COPY_FULL_TILE | COPY_BALANCED;
         let mut with_offsets = 0;
-        for p in samples::all(16) {
-            let n = super::conjuncts(&p).len();
-            for (rows, copy, paged) in [
+        for (p, (rows, copy, paged)) in crate::test_matrix::cases(
+            &samples::all(16),
+            &[
                 (4, 0, false),
                 (4, 0, true),
                 (64, base, false),
                 (64, base | COPY_WGMMA, true),
                 (16, COPY_STEAL, true),
-            ] {
-                let o = DecodeOptions {
-                    arch: Arch::Sm90,
-                    d: 128,
-                    input: InputType::Bf16,
-                    rows,
-                    paged,
-                    copy,
-                };
-                let on = DecodeOptions {
-                    copy: copy | COPY_DEVICE_RANGES,
-                    ..o
-                };
-                let emit = |o: &DecodeOptions| {
-                    if o.rows <= 4 {
-                        emit_decode(&p, o).unwrap()
-                    } else {
-                        emit_decode_mma(&p, o).unwrap()
-                    }
-                };
-                let (a, b) = (emit(&o), emit(&on));
-                let what = format!("{} {}", p.name, on.key());
-                assert_ne!(o.key(), on.key(), "{what}");
-                assert!(a.decode_params.contains(&KernelParam::Ranges), "{what}");
-                assert!(!a.decode_params.contains(&KernelParam::Lkv), "{what}");
-                let mut want: Vec<KernelParam> = a
-                    .decode_params
-                    .iter()
-                    .copied()
-                    .filter(|k| *k != KernelParam::Ranges)
-                    .collect();
-                let at = want.iter().position(|k| *k == KernelParam::Scale).unwrap() + 1;
-                let mut tail = vec![KernelParam::Lkv];
-                if n > 0 {
-                    tail.extend((0..n as u32).map(KernelParam::KvOffset));
-                    tail.push(KernelParam::KvAllPartial);
+            ],
+        ) {
+            let n = super::conjuncts(&p).len();
+            let o = DecodeOptions {
+                arch: Arch::Sm90,
+                d: 128,
+                input: InputType::Bf16,
+                rows,
+                paged,
+                copy,
+            };
+            let on = DecodeOptions {
+                copy: copy | COPY_DEVICE_RANGES,
+                ..o
+            };
+            let emit = |o: &DecodeOptions| {
+                if o.rows <= 4 {
+                    emit_decode(&p, o).unwrap()
+                } else {
+                    emit_decode_mma(&p, o).unwrap()
                 }
-                want.splice(at..at, tail);
-                assert_eq!(b.decode_params, want, "{what}");
-                assert_eq!(
-                    (&a.combine_ptx, &a.combine_params),
-                    (&b.combine_ptx, &b.combine_params),
-                    "{what}"
-                );
-                let clamps = |k: &str| k.matches("min.s32").count() + k.matches("max.s32").count();
-                assert!(clamps(&b.decode_ptx) > clamps(&a.decode_ptx), "{what}");
-                assert_eq!(
-                    b.decode_ptx.matches(".param .u64").count(),
-                    a.decode_ptx.matches(".param .u64").count() - 1 + n,
-                    "{what}: Ranges out, the i64 offsets in"
-                );
-                assert_eq!(emit(&on), b, "{what}: deterministic");
+            };
+            let (a, b) = (emit(&o), emit(&on));
+            let what = format!("{} {}", p.name, on.key());
+            assert_ne!(o.key(), on.key(), "{what}");
+            assert!(a.decode_params.contains(&KernelParam::Ranges), "{what}");
+            assert!(!a.decode_params.contains(&KernelParam::Lkv), "{what}");
+            let mut want: Vec<KernelParam> = a
+                .decode_params
+                .iter()
+                .copied()
+                .filter(|k| *k != KernelParam::Ranges)
+                .collect();
+            let at = want.iter().position(|k| *k == KernelParam::Scale).unwrap() + 1;
+            let mut tail = vec![KernelParam::Lkv];
+            if n > 0 {
+                tail.extend((0..n as u32).map(KernelParam::KvOffset));
+                tail.push(KernelParam::KvAllPartial);
             }
+            want.splice(at..at, tail);
+            assert_eq!(b.decode_params, want, "{what}");
+            assert_eq!(
+                (&a.combine_ptx, &a.combine_params),
+                (&b.combine_ptx, &b.combine_params),
+                "{what}"
+            );
+            let clamps = |k: &str| k.matches("min.s32").count() + k.matches("max.s32").count();
+            assert!(clamps(&b.decode_ptx) > clamps(&a.decode_ptx), "{what}");
+            assert_eq!(
+                b.decode_ptx.matches(".param .u64").count(),
+                a.decode_ptx.matches(".param .u64").count() - 1 + n,
+                "{what}: Ranges out, the i64 offsets in"
+            );
+            assert_eq!(emit(&on), b, "{what}: deterministic");
+        }
+        for p in samples::all(16) {
+            let n = super::conjuncts(&p).len();
             with_offsets += (n > 0) as usize;
         }
         assert!(with_offsets > 0);

@@ -19,51 +19,52 @@ fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
 
 #[test]
 fn samples_emit_ptx_entries_deterministically() {
-    for p in samples::all(16) {
-        verify_program(&p).unwrap();
-        for (d, ty, arch, mt) in [
+    for (p, (d, ty, arch, mt)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[
             (128, InputType::Bf16, Arch::Sm90, 1),
             (64, InputType::F16, Arch::Sm80, 1),
             (128, InputType::Bf16, Arch::Sm90, 2),
             (64, InputType::Bf16, Arch::Sm90, 2),
-        ] {
-            let mut opts = PtxOptions::sync(arch, d, d, ty).with_m_tiles(mt);
-            if mt == 2 {
-                opts.q_block = 128;
-            }
-            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-            assert!(
-                k.ptx.contains(&format!(".visible .entry {}", k.entry)),
-                "{}",
-                p.name
-            );
-            assert!(
-                k.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32"),
-                "{}",
-                p.name
-            );
-            assert!(
-                k.ptx
-                    .contains("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"),
-                "{}",
-                p.name
-            );
-            assert!(k.ptx.contains("cp.async.cg.shared.global"), "{}", p.name);
-            assert!(
-                !k.ptx.contains(".extern .func"),
-                "{}: unresolved intrinsic",
-                p.name
-            );
-            assert!(k.ptx.contains("bar.sync"), "{}", p.name);
-            assert!(
-                !k.ptx.contains(".local"),
-                "{}: registers spilled to local memory",
-                p.name
-            );
-            let again = emit(&p, &opts).unwrap();
-            assert_eq!(k.ptx, again.ptx, "{}: PTX is not deterministic", p.name);
-            assert_eq!(k.llvm_ir, again.llvm_ir);
+        ],
+    ) {
+        verify_program(&p).unwrap();
+        let mut opts = PtxOptions::sync(arch, d, d, ty).with_m_tiles(mt);
+        if mt == 2 {
+            opts.q_block = 128;
         }
+        let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(
+            k.ptx.contains(&format!(".visible .entry {}", k.entry)),
+            "{}",
+            p.name
+        );
+        assert!(
+            k.ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32"),
+            "{}",
+            p.name
+        );
+        assert!(
+            k.ptx
+                .contains("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"),
+            "{}",
+            p.name
+        );
+        assert!(k.ptx.contains("cp.async.cg.shared.global"), "{}", p.name);
+        assert!(
+            !k.ptx.contains(".extern .func"),
+            "{}: unresolved intrinsic",
+            p.name
+        );
+        assert!(k.ptx.contains("bar.sync"), "{}", p.name);
+        assert!(
+            !k.ptx.contains(".local"),
+            "{}: registers spilled to local memory",
+            p.name
+        );
+        let again = emit(&p, &opts).unwrap();
+        assert_eq!(k.ptx, again.ptx, "{}: PTX is not deterministic", p.name);
+        assert_eq!(k.llvm_ir, again.llvm_ir);
     }
 }
 
@@ -241,83 +242,85 @@ fn emit_timed_ptx_only_gives_the_same_ptx_and_a_consistent_breakdown() {
 
 #[test]
 fn wgmma_path_emits_sm90a_warpgroup_mma_deterministically() {
-    for p in samples::all(16) {
-        for (d, ty, kvb, overlap) in [
+    for (p, (d, ty, kvb, overlap)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[
             (128, InputType::Bf16, 64, false),
             (64, InputType::F16, 128, false),
             (128, InputType::F16, 128, false),
             (128, InputType::Bf16, 64, true),
             (64, InputType::Bf16, 128, true),
+        ],
+    ) {
+        let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty).wgmma();
+        opts.kv_block = kvb;
+        opts.overlap = overlap;
+        let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(k.ptx.contains(".target sm_90a"), "{}", p.name);
+        assert_eq!(k.threads, 256);
+        let t = ty.name();
+        for want in [
+            format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
+            format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.{t}.{t}"),
+            "wgmma.fence.sync.aligned".into(),
+            "wgmma.commit_group.sync.aligned".into(),
+            "wgmma.wait_group.sync.aligned 0".into(),
+            format!("wgmma.wait_group.sync.aligned {}", overlap as u32),
+            "fence.proxy.async.shared::cta".into(),
+            ".align 1024 .b8 smem".into(),
         ] {
-            let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty).wgmma();
-            opts.kv_block = kvb;
-            opts.overlap = overlap;
-            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-            assert!(k.ptx.contains(".target sm_90a"), "{}", p.name);
-            assert_eq!(k.threads, 256);
-            let t = ty.name();
-            for want in [
-                format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
-                format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.{t}.{t}"),
-                "wgmma.fence.sync.aligned".into(),
-                "wgmma.commit_group.sync.aligned".into(),
-                "wgmma.wait_group.sync.aligned 0".into(),
-                format!("wgmma.wait_group.sync.aligned {}", overlap as u32),
-                "fence.proxy.async.shared::cta".into(),
-                ".align 1024 .b8 smem".into(),
-            ] {
-                assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
-            }
-            assert!(!k.ptx.contains("mma.sync"), "{}", p.name);
-            assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
-            assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
+            assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
         }
+        assert!(!k.ptx.contains("mma.sync"), "{}", p.name);
+        assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
+        assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
     }
 }
 
 #[test]
 fn warp_specialized_kernel_emits_tma_mbarriers_and_pingpong_deterministically() {
-    for p in samples::all(16) {
-        for (d, dv, ty, kvb, stages) in [
+    for (p, (d, dv, ty, kvb, stages)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[
             (128, 128, InputType::Bf16, 128, 2),
             (64, 64, InputType::F16, 128, 3),
             (64, 128, InputType::Bf16, 64, 2),
+        ],
+    ) {
+        let opts = PtxOptions::new(Arch::Sm90, d, dv, ty).warp_specialized(kvb, stages);
+        let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert_eq!(k.threads, 384);
+        assert_eq!(
+            &k.params[k.params.len() - 3..],
+            &[KernelParam::TmaQ, KernelParam::TmaK, KernelParam::TmaV]
+        );
+        let t = ty.name();
+        for want in [
+            format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
+            format!("wgmma.mma_async.sync.aligned.m64n{dv}k16.f32.{t}.{t}"),
+            "wgmma.wait_group.sync.aligned 1".into(),
+            "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                .into(),
+            "mbarrier.try_wait.parity.shared::cta.b64".into(),
+            "mbarrier.arrive.expect_tx.shared::cta.b64".into(),
+            "mbarrier.init.shared::cta.b64".into(),
+            "], 256;".into(),
+            "setmaxnreg.dec.sync.aligned.u32 40".into(),
+            "setmaxnreg.inc.sync.aligned.u32 232".into(),
+            "bar.arrive 2, 256".into(),
+            ".param .align 64 .b8".into(),
+            ".maxntid 384".into(),
+            ".minnctapersm 1".into(),
         ] {
-            let opts = PtxOptions::new(Arch::Sm90, d, dv, ty).warp_specialized(kvb, stages);
-            let k = emit(&p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-            assert_eq!(k.threads, 384);
-            assert_eq!(
-                &k.params[k.params.len() - 3..],
-                &[KernelParam::TmaQ, KernelParam::TmaK, KernelParam::TmaV]
-            );
-            let t = ty.name();
-            for want in [
-                format!("wgmma.mma_async.sync.aligned.m64n{kvb}k16.f32.{t}.{t}"),
-                format!("wgmma.mma_async.sync.aligned.m64n{dv}k16.f32.{t}.{t}"),
-                "wgmma.wait_group.sync.aligned 1".into(),
-                "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                    .into(),
-                "mbarrier.try_wait.parity.shared::cta.b64".into(),
-                "mbarrier.arrive.expect_tx.shared::cta.b64".into(),
-                "mbarrier.init.shared::cta.b64".into(),
-                "], 256;".into(),
-                "setmaxnreg.dec.sync.aligned.u32 40".into(),
-                "setmaxnreg.inc.sync.aligned.u32 232".into(),
-                "bar.arrive 2, 256".into(),
-                ".param .align 64 .b8".into(),
-                ".maxntid 384".into(),
-                ".minnctapersm 1".into(),
-            ] {
-                assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
-            }
-            // no cp.async of the all-threads loader, no IEEE division subroutine (a call
-            // serializes wgmma in the driver's relocatable compile)
-            for not in ["cp.async.cg", "rcp.rn", "div.rn", "call"] {
-                assert!(!k.ptx.contains(not), "{}: {not}", p.name);
-            }
-            assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
-            assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
+            assert!(k.ptx.contains(&want), "{}: no {want}", p.name);
         }
+        // no cp.async of the all-threads loader, no IEEE division subroutine (a call
+        // serializes wgmma in the driver's relocatable compile)
+        for not in ["cp.async.cg", "rcp.rn", "div.rn", "call"] {
+            assert!(!k.ptx.contains(not), "{}: {not}", p.name);
+        }
+        assert!(!k.ptx.contains(".local"), "{}: spills", p.name);
+        assert_eq!(k.ptx, emit(&p, &opts).unwrap().ptx, "{}", p.name);
     }
     // what it does not run
     let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
@@ -382,34 +385,34 @@ fn dynamic_tiles_take_the_next_tile_from_a_counter() {
         ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
     };
     let atom = "atom.relaxed.gpu.global.add.u32";
-    for p in samples::all(16) {
-        for (o, lpt) in [(pers, 0), (pers, 8), (d64, 8)] {
-            let o = PtxOptions {
-                lpt_group: lpt,
-                ..o
-            };
-            let dynamic = PtxOptions {
-                dynamic_tiles: true,
-                ..o
-            };
-            assert_ne!(o.key(), dynamic.key());
-            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &dynamic).unwrap());
-            assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
-            assert_eq!(
-                b.params.last(),
-                Some(&KernelParam::TileCounter),
-                "{}",
-                p.name
-            );
-            assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
-            assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
-            // one add per tile (the producer), one counted end (acq_rel_inc), two resets
-            assert_eq!(b.ptx.matches(atom).count(), 2, "{}", p.name);
-            assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 2);
-            assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
-            assert!(!a.ptx.contains(atom) && !a.ptx.contains("ld.shared.u32"));
-            assert_eq!(b.ptx, emit(&p, &dynamic).unwrap().ptx);
-        }
+    for (p, (o, lpt)) in
+        crate::test_matrix::cases(&samples::all(16), &[(pers, 0), (pers, 8), (d64, 8)])
+    {
+        let o = PtxOptions {
+            lpt_group: lpt,
+            ..o
+        };
+        let dynamic = PtxOptions {
+            dynamic_tiles: true,
+            ..o
+        };
+        assert_ne!(o.key(), dynamic.key());
+        let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &dynamic).unwrap());
+        assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+        assert_eq!(
+            b.params.last(),
+            Some(&KernelParam::TileCounter),
+            "{}",
+            p.name
+        );
+        assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
+        assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+        // one add per tile (the producer), one counted end (acq_rel_inc), two resets
+        assert_eq!(b.ptx.matches(atom).count(), 2, "{}", p.name);
+        assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 2);
+        assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
+        assert!(!a.ptx.contains(atom) && !a.ptx.contains("ld.shared.u32"));
+        assert_eq!(b.ptx, emit(&p, &dynamic).unwrap().ptx);
     }
     let static_grid = PtxOptions {
         dynamic_tiles: true,
@@ -432,50 +435,48 @@ fn dynamic_tiles_take_the_next_tile_from_a_counter() {
 fn tail_split_cuts_the_last_tiles_along_kv() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
     let add = "atom.relaxed.gpu.global.add.u32";
-    for p in samples::all(16) {
-        for (d, qb) in [(128, 128), (64, 192)] {
-            for table in [false, true] {
-                let pers = PtxOptions {
-                    persistent: true,
-                    q_double: true,
-                    kv_table: table,
-                    q_block: qb,
-                    ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
-                };
-                let tail = PtxOptions {
-                    tail_split: true,
-                    ..pers
-                };
-                assert_ne!(pers.key(), tail.key());
-                let (a, b) = (emit(&p, &pers).unwrap(), emit(&p, &tail).unwrap());
-                assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
-                assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
-                if let Some(dir) = &dump {
-                    let _ = std::fs::create_dir_all(dir);
-                    let name = format!("{dir}/tail_{}_d{d}_q{qb}_t{}.ptx", p.name, table as u8);
-                    std::fs::write(name, &b.ptx).unwrap();
-                }
-                let closed = !table && Plan::new(&p).kv_bounds(false).is_closed_form();
-                if closed {
-                    let n = b.params.len();
-                    assert_eq!(
-                        &b.params[n - 2..],
-                        &[KernelParam::TileCounter, KernelParam::TailWork],
-                        "{}",
-                        p.name
-                    );
-                    assert_eq!(&b.params[..n - 2], &a.params[..]);
-                    assert_eq!(b.ptx.matches(add).count(), 1, "{}", p.name);
-                    assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 1);
-                    assert!(b.ptx.contains("ld.volatile.global"), "{}", p.name);
-                    assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
-                } else {
-                    assert_eq!(b.params, a.params, "{}", p.name);
-                    assert!(!b.ptx.contains(add));
-                }
-                assert!(!a.ptx.contains(add) && !a.ptx.contains("ld.volatile"));
-                assert_eq!(b.ptx, emit(&p, &tail).unwrap().ptx);
+    for (p, (d, qb)) in crate::test_matrix::cases(&samples::all(16), &[(128, 128), (64, 192)]) {
+        for table in [false, true] {
+            let pers = PtxOptions {
+                persistent: true,
+                q_double: true,
+                kv_table: table,
+                q_block: qb,
+                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+            };
+            let tail = PtxOptions {
+                tail_split: true,
+                ..pers
+            };
+            assert_ne!(pers.key(), tail.key());
+            let (a, b) = (emit(&p, &pers).unwrap(), emit(&p, &tail).unwrap());
+            assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+            assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+            if let Some(dir) = &dump {
+                let _ = std::fs::create_dir_all(dir);
+                let name = format!("{dir}/tail_{}_d{d}_q{qb}_t{}.ptx", p.name, table as u8);
+                std::fs::write(name, &b.ptx).unwrap();
             }
+            let closed = !table && Plan::new(&p).kv_bounds(false).is_closed_form();
+            if closed {
+                let n = b.params.len();
+                assert_eq!(
+                    &b.params[n - 2..],
+                    &[KernelParam::TileCounter, KernelParam::TailWork],
+                    "{}",
+                    p.name
+                );
+                assert_eq!(&b.params[..n - 2], &a.params[..]);
+                assert_eq!(b.ptx.matches(add).count(), 1, "{}", p.name);
+                assert_eq!(b.ptx.matches("st.relaxed.gpu.global.u32").count(), 1);
+                assert!(b.ptx.contains("ld.volatile.global"), "{}", p.name);
+                assert!(b.ptx.contains("st.shared.u32") && b.ptx.contains("ld.shared.u32"));
+            } else {
+                assert_eq!(b.params, a.params, "{}", p.name);
+                assert!(!b.ptx.contains(add));
+            }
+            assert!(!a.ptx.contains(add) && !a.ptx.contains("ld.volatile"));
+            assert_eq!(b.ptx, emit(&p, &tail).unwrap().ptx);
         }
     }
     let base = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
@@ -639,30 +640,30 @@ fn q_blocks_from_the_end_shift_the_rows() {
         lpt_group: 8,
         ..o
     };
-    for p in samples::all(16) {
-        for o in [d128, d64, dynamic(d128), dynamic(d64)] {
-            let end = PtxOptions {
-                q_from_end: true,
-                ..o
-            };
-            assert_ne!(o.key(), end.key());
-            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &end).unwrap());
-            assert_eq!(
-                (&a.params, a.threads, a.smem_bytes, &a.grid),
-                (&b.params, b.threads, b.smem_bytes, &b.grid),
-                "{}",
-                p.name
-            );
-            let table = a.params.contains(&KernelParam::RowStart);
-            if table {
-                assert_eq!(a.ptx, b.ptx, "{}: a block table ignores q_from_end", p.name);
-            } else {
-                assert_ne!(a.ptx, b.ptx, "{}", p.name);
-                // the epilogue's row check (and the score's on partial blocks) unsigned
-                assert!(b.ptx.contains("setp.lt.u32") || b.ptx.contains("setp.gt.u32"));
-            }
-            assert_eq!(b.ptx, emit(&p, &end).unwrap().ptx);
+    for (p, o) in
+        crate::test_matrix::cases(&samples::all(16), &[d128, d64, dynamic(d128), dynamic(d64)])
+    {
+        let end = PtxOptions {
+            q_from_end: true,
+            ..o
+        };
+        assert_ne!(o.key(), end.key());
+        let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &end).unwrap());
+        assert_eq!(
+            (&a.params, a.threads, a.smem_bytes, &a.grid),
+            (&b.params, b.threads, b.smem_bytes, &b.grid),
+            "{}",
+            p.name
+        );
+        let table = a.params.contains(&KernelParam::RowStart);
+        if table {
+            assert_eq!(a.ptx, b.ptx, "{}: a block table ignores q_from_end", p.name);
+        } else {
+            assert_ne!(a.ptx, b.ptx, "{}", p.name);
+            // the epilogue's row check (and the score's on partial blocks) unsigned
+            assert!(b.ptx.contains("setp.lt.u32") || b.ptx.contains("setp.gt.u32"));
         }
+        assert_eq!(b.ptx, emit(&p, &end).unwrap().ptx);
     }
     let plain = PtxOptions {
         q_from_end: true,
@@ -686,25 +687,23 @@ fn split_tail_gives_inner_partial_blocks_their_own_path() {
         PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16),
         PtxOptions::sync(Arch::Sm80, 64, 64, InputType::F16),
     ];
-    for p in samples::all(16) {
-        for o in kinds {
-            let split = PtxOptions {
-                split_tail: true,
-                ..o
-            };
-            assert_ne!(o.key(), split.key());
-            let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &split).unwrap());
-            assert_eq!(
-                (&a.params, a.threads, a.smem_bytes),
-                (&b.params, b.threads, b.smem_bytes)
-            );
-            if p.mask.is_none() {
-                assert_eq!(a.ptx, b.ptx, "{}", p.name);
-            } else {
-                assert!(b.ptx.len() > a.ptx.len(), "{}", p.name);
-            }
-            assert_eq!(b.ptx, emit(&p, &split).unwrap().ptx);
+    for (p, o) in crate::test_matrix::cases(&samples::all(16), &kinds) {
+        let split = PtxOptions {
+            split_tail: true,
+            ..o
+        };
+        assert_ne!(o.key(), split.key());
+        let (a, b) = (emit(&p, &o).unwrap(), emit(&p, &split).unwrap());
+        assert_eq!(
+            (&a.params, a.threads, a.smem_bytes),
+            (&b.params, b.threads, b.smem_bytes)
+        );
+        if p.mask.is_none() {
+            assert_eq!(a.ptx, b.ptx, "{}", p.name);
+        } else {
+            assert!(b.ptx.len() > a.ptx.len(), "{}", p.name);
         }
+        assert_eq!(b.ptx, emit(&p, &split).unwrap().ptx);
     }
 }
 
@@ -724,32 +723,32 @@ fn persistent_ws_kernel_walks_the_tiles() {
         persistent: true,
         ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
     };
-    for p in samples::all(16) {
-        for (o, lpt) in [(pers, 0), (pers, 8), (d64, 0)] {
-            let o = PtxOptions {
-                lpt_group: lpt,
-                ..o
-            };
-            let (a, b) = (
-                emit(
-                    &p,
-                    &PtxOptions {
-                        persistent: false,
-                        ..o
-                    },
-                )
-                .unwrap(),
-                emit(&p, &o).unwrap(),
-            );
-            assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
-            assert_eq!(a.grid, [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]);
-            assert_eq!(b.params.last(), Some(&KernelParam::Batch), "{}", p.name);
-            assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
-            assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
-            assert!(b.ptx.contains("%nctaid.x") && !a.ptx.contains("%nctaid.x"));
-            assert!(!b.ptx.contains("%ctaid.y") && !b.ptx.contains("%nctaid.z"));
-            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
-        }
+    for (p, (o, lpt)) in
+        crate::test_matrix::cases(&samples::all(16), &[(pers, 0), (pers, 8), (d64, 0)])
+    {
+        let o = PtxOptions {
+            lpt_group: lpt,
+            ..o
+        };
+        let (a, b) = (
+            emit(
+                &p,
+                &PtxOptions {
+                    persistent: false,
+                    ..o
+                },
+            )
+            .unwrap(),
+            emit(&p, &o).unwrap(),
+        );
+        assert_eq!(b.grid, [GridDim::Persistent, GridDim::One, GridDim::One]);
+        assert_eq!(a.grid, [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]);
+        assert_eq!(b.params.last(), Some(&KernelParam::Batch), "{}", p.name);
+        assert_eq!(&b.params[..b.params.len() - 1], &a.params[..]);
+        assert_eq!((b.threads, b.smem_bytes), (a.threads, a.smem_bytes + 8));
+        assert!(b.ptx.contains("%nctaid.x") && !a.ptx.contains("%nctaid.x"));
+        assert!(!b.ptx.contains("%ctaid.y") && !b.ptx.contains("%nctaid.z"));
+        assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
     }
     let plain = PtxOptions {
         persistent: true,
@@ -777,26 +776,27 @@ fn two_q_buffers_for_persistent_ctas() {
         persistent: true,
         ..PtxOptions::new(Arch::Sm90, 64, 64, InputType::Bf16).warp_specialized(128, 2)
     };
-    for p in samples::all(16) {
-        for (o, dynamic_tiles) in [(d128, false), (d128, true), (d64, false), (d64, true)] {
-            let one = PtxOptions { dynamic_tiles, ..o };
-            let two = PtxOptions {
-                q_double: true,
-                ..one
-            };
-            assert_ne!(one.key(), two.key());
-            let (a, b) = (emit(&p, &one).unwrap(), emit(&p, &two).unwrap());
-            let q_tile = o.q_block * o.d * 2;
-            // (q_full1, q_empty1, slot1, and the slot's place without the scheduler)
-            let bars = if dynamic_tiles { 24 } else { 32 };
-            assert_eq!(
-                (b.threads, b.smem_bytes),
-                (a.threads, a.smem_bytes + q_tile + bars)
-            );
-            assert_eq!((&b.params, b.grid), (&a.params, a.grid), "{}", p.name);
-            assert_ne!(a.ptx, b.ptx, "{}", p.name);
-            assert_eq!(b.ptx, emit(&p, &two).unwrap().ptx);
-        }
+    for (p, (o, dynamic_tiles)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[(d128, false), (d128, true), (d64, false), (d64, true)],
+    ) {
+        let one = PtxOptions { dynamic_tiles, ..o };
+        let two = PtxOptions {
+            q_double: true,
+            ..one
+        };
+        assert_ne!(one.key(), two.key());
+        let (a, b) = (emit(&p, &one).unwrap(), emit(&p, &two).unwrap());
+        let q_tile = o.q_block * o.d * 2;
+        // (q_full1, q_empty1, slot1, and the slot's place without the scheduler)
+        let bars = if dynamic_tiles { 24 } else { 32 };
+        assert_eq!(
+            (b.threads, b.smem_bytes),
+            (a.threads, a.smem_bytes + q_tile + bars)
+        );
+        assert_eq!((&b.params, b.grid), (&a.params, a.grid), "{}", p.name);
+        assert_ne!(a.ptx, b.ptx, "{}", p.name);
+        assert_eq!(b.ptx, emit(&p, &two).unwrap().ptx);
     }
     let not_persistent = PtxOptions {
         q_double: true,
@@ -1289,47 +1289,46 @@ fn setmaxnreg_kernels_are_the_ones_that_reallocate_registers() {
 #[test]
 fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, qb) in [(128, 128), (64, 192), (64, 128)] {
-            for table in [false, true] {
-                let dynamic = PtxOptions {
-                    lpt_group: 8,
-                    persistent: true,
-                    dynamic_tiles: true,
-                    q_double: true,
-                    q_from_end: !table,
-                    split_tail: d == 128 && p.score.is_none(),
-                    kv_table: table,
-                    q_block: qb,
-                    ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
-                };
-                let cross = PtxOptions {
-                    cross_tile: true,
-                    early_claim: table,
-                    ..dynamic
-                };
-                assert_ne!(dynamic.key(), cross.key());
-                let (a, b) = (emit(&p, &dynamic).unwrap(), emit(&p, &cross).unwrap());
-                assert_eq!(
-                    (&a.params, a.threads, a.smem_bytes, a.grid),
-                    (&b.params, b.threads, b.smem_bytes, b.grid)
-                );
-                let issues = |k: &str| k.matches("wgmma.commit_group").count();
-                assert!(
-                    issues(&b.ptx) > issues(&a.ptx),
-                    "{} d{d}: {} / {} commits",
-                    p.name,
-                    issues(&b.ptx),
-                    issues(&a.ptx)
-                );
-                assert_eq!(b.ptx, emit(&p, &cross).unwrap().ptx);
-                if let Some(dir) = &dump {
-                    std::fs::create_dir_all(dir).unwrap();
-                    let t = if table { "_table" } else { "" };
-                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}.ptx", p.name), &b.ptx).unwrap();
-                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}_base.ptx", p.name), &a.ptx)
-                        .unwrap();
-                }
+    for (p, (d, qb)) in
+        crate::test_matrix::cases(&samples::all(16), &[(128, 128), (64, 192), (64, 128)])
+    {
+        for table in [false, true] {
+            let dynamic = PtxOptions {
+                lpt_group: 8,
+                persistent: true,
+                dynamic_tiles: true,
+                q_double: true,
+                q_from_end: !table,
+                split_tail: d == 128 && p.score.is_none(),
+                kv_table: table,
+                q_block: qb,
+                ..PtxOptions::new(Arch::Sm90, d, d, InputType::Bf16).warp_specialized(128, 2)
+            };
+            let cross = PtxOptions {
+                cross_tile: true,
+                early_claim: table,
+                ..dynamic
+            };
+            assert_ne!(dynamic.key(), cross.key());
+            let (a, b) = (emit(&p, &dynamic).unwrap(), emit(&p, &cross).unwrap());
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, a.grid),
+                (&b.params, b.threads, b.smem_bytes, b.grid)
+            );
+            let issues = |k: &str| k.matches("wgmma.commit_group").count();
+            assert!(
+                issues(&b.ptx) > issues(&a.ptx),
+                "{} d{d}: {} / {} commits",
+                p.name,
+                issues(&b.ptx),
+                issues(&a.ptx)
+            );
+            assert_eq!(b.ptx, emit(&p, &cross).unwrap().ptx);
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let t = if table { "_table" } else { "" };
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}.ptx", p.name), &b.ptx).unwrap();
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{t}_base.ptx", p.name), &a.ptx).unwrap();
             }
         }
     }
@@ -1356,54 +1355,52 @@ fn cross_tile_issues_the_next_first_s_with_the_last_pv() {
 #[test]
 fn q_ahead_copies_the_next_q_after_the_first_block() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, qb) in [(128, 128), (64, 192)] {
-            for table in [false, true] {
-                let base = ws_runtime_options(&p, d, qb, true, table);
-                let ahead = PtxOptions {
-                    q_ahead: true,
-                    ..base
-                };
-                assert_ne!(base.key(), ahead.key());
-                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &ahead).unwrap());
+    for (p, (d, qb)) in crate::test_matrix::cases(&samples::all(16), &[(128, 128), (64, 192)]) {
+        for table in [false, true] {
+            let base = ws_runtime_options(&p, d, qb, true, table);
+            let ahead = PtxOptions {
+                q_ahead: true,
+                ..base
+            };
+            assert_ne!(base.key(), ahead.key());
+            let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &ahead).unwrap());
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, a.grid),
+                (&b.params, b.threads, b.smem_bytes, b.grid)
+            );
+            let count = |k: &str, what: &str| k.matches(what).count();
+            // Q is D / 64 boxes, K and V too: the copies grow by one or two Q sites
+            // (the walk's next-tile sites may be merged into one by LLVM)
+            let boxes = (d / 64) as usize;
+            let copies = |k: &str| count(k, "cp.async.bulk.tensor");
+            let more = copies(&b.ptx) - copies(&a.ptx).min(copies(&b.ptx));
+            assert!(
+                more == boxes || more == 2 * boxes,
+                "{} d{d} table {table}: {} / {} copies",
+                p.name,
+                copies(&b.ptx),
+                copies(&a.ptx)
+            );
+            for what in [
+                "atom.relaxed.gpu.global.add.u32",
+                "wgmma.commit_group",
+                "wgmma.wait_group",
+                "setmaxnreg",
+            ] {
                 assert_eq!(
-                    (&a.params, a.threads, a.smem_bytes, a.grid),
-                    (&b.params, b.threads, b.smem_bytes, b.grid)
+                    count(&b.ptx, what),
+                    count(&a.ptx, what),
+                    "{} d{d} table {table}: {what}",
+                    p.name
                 );
-                let count = |k: &str, what: &str| k.matches(what).count();
-                // Q is D / 64 boxes, K and V too: the copies grow by one or two Q sites
-                // (the walk's next-tile sites may be merged into one by LLVM)
-                let boxes = (d / 64) as usize;
-                let copies = |k: &str| count(k, "cp.async.bulk.tensor");
-                let more = copies(&b.ptx) - copies(&a.ptx).min(copies(&b.ptx));
-                assert!(
-                    more == boxes || more == 2 * boxes,
-                    "{} d{d} table {table}: {} / {} copies",
-                    p.name,
-                    copies(&b.ptx),
-                    copies(&a.ptx)
-                );
-                for what in [
-                    "atom.relaxed.gpu.global.add.u32",
-                    "wgmma.commit_group",
-                    "wgmma.wait_group",
-                    "setmaxnreg",
-                ] {
-                    assert_eq!(
-                        count(&b.ptx, what),
-                        count(&a.ptx, what),
-                        "{} d{d} table {table}: {what}",
-                        p.name
-                    );
-                }
-                assert_eq!(b.ptx, emit(&p, &ahead).unwrap().ptx);
-                if let Some(dir) = &dump {
-                    std::fs::create_dir_all(dir).unwrap();
-                    let t = if table { "_table" } else { "" };
-                    let stem = format!("{dir}/{}_d{d}_q{qb}{t}", p.name);
-                    std::fs::write(format!("{stem}_ahead.ptx"), &b.ptx).unwrap();
-                    std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
-                }
+            }
+            assert_eq!(b.ptx, emit(&p, &ahead).unwrap().ptx);
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let t = if table { "_table" } else { "" };
+                let stem = format!("{dir}/{}_d{d}_q{qb}{t}", p.name);
+                std::fs::write(format!("{stem}_ahead.ptx"), &b.ptx).unwrap();
+                std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
             }
         }
     }
@@ -1481,81 +1478,81 @@ fn q_ahead_copies_the_next_q_after_the_first_block() {
 #[test]
 fn o_tma_stores_o_through_shared_memory() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, extra) in [(128, 0), (128, 1), (128, 2), (64, 0)] {
-            for table in [false, true] {
-                let mut base = ws_runtime_options(&p, d, 128, true, table);
-                base.dv = 128;
-                base.q_ahead = extra == 1;
-                base.cross_tile = extra == 2;
-                let on = PtxOptions {
-                    o_tma: true,
-                    ..base
-                };
-                assert_ne!(base.key(), on.key());
-                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
-                let what = format!("{} d{d} extra {extra} table {table}", p.name);
-                let mut params = a.params.clone();
-                let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
-                params.insert(at + 1, KernelParam::TmaO);
-                assert_eq!(b.params, params, "{what}");
-                assert_eq!(
-                    (a.threads, a.smem_bytes + 32768, a.grid),
-                    (b.threads, b.smem_bytes, b.grid),
-                    "{what}"
-                );
-                assert!(b.smem_bytes <= 227 * 1024, "{what}");
-                let count = |k: &str, what: &str| k.matches(what).count();
-                let stores = count(&b.ptx, "cp.async.bulk.tensor.3d.global.shared::cta");
-                let stm = count(&b.ptx, "stmatrix.sync.aligned");
-                assert!(
-                    stores >= 2 && stores % 2 == 0,
-                    "{what}: {stores} TMA stores"
-                );
-                assert_eq!(stm, 4 * stores, "{what}: {stm} stmatrix");
-                assert_eq!(count(&a.ptx, "stmatrix"), 0, "{what}");
-                assert_eq!(count(&a.ptx, "shared::cta.tile.bulk_group"), 0, "{what}");
-                // O's 4-byte global stores are gone (16 per epilogue site and row half;
-                // the LSE's and the counter's stay), except, with q blocks from the end
-                // (closed forms), on the direct path of boxes that start above row 0
-                let (wa, wb) = (
-                    count(&a.ptx, "st.global.b32"),
-                    count(&b.ptx, "st.global.b32"),
-                );
-                assert!(
-                    wa >= wb + 32 && wb <= 2,
-                    "{what}: {wb} / {wa} 4-byte stores"
-                );
-                // (the causal closed form runs q blocks from the end: boxes above row 0
-                // are copied from the buffer, 8 16-byte stores per thread)
-                let v4 = |k: &str| count(k, "st.global.v4");
-                if p.name == "causal" && !table {
-                    assert_eq!(v4(&b.ptx), v4(&a.ptx) + 8, "{what}: no direct copy");
-                }
-                assert_eq!(
-                    count(&b.ptx, "st.global.f32"),
-                    count(&a.ptx, "st.global.f32"),
-                    "{what}"
-                );
-                assert!(b.ptx.contains("cp.async.bulk.wait_group.read 0"), "{what}");
-                assert!(b.ptx.contains("cp.async.bulk.wait_group 0"), "{what}");
-                for w in [
-                    "atom.relaxed.gpu.global.add.u32",
-                    "wgmma.commit_group",
-                    "wgmma.wait_group",
-                    "setmaxnreg",
-                    "cp.async.bulk.tensor.3d.shared::cluster.global",
-                ] {
-                    assert_eq!(count(&b.ptx, w), count(&a.ptx, w), "{what}: {w}");
-                }
-                assert_eq!(b.ptx, emit(&p, &on).unwrap().ptx);
-                if let Some(dir) = &dump {
-                    std::fs::create_dir_all(dir).unwrap();
-                    let t = if table { "_table" } else { "" };
-                    let stem = format!("{dir}/{}_d{d}_x{extra}{t}", p.name);
-                    std::fs::write(format!("{stem}_otma.ptx"), &b.ptx).unwrap();
-                    std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
-                }
+    for (p, (d, extra)) in
+        crate::test_matrix::cases(&samples::all(16), &[(128, 0), (128, 1), (128, 2), (64, 0)])
+    {
+        for table in [false, true] {
+            let mut base = ws_runtime_options(&p, d, 128, true, table);
+            base.dv = 128;
+            base.q_ahead = extra == 1;
+            base.cross_tile = extra == 2;
+            let on = PtxOptions {
+                o_tma: true,
+                ..base
+            };
+            assert_ne!(base.key(), on.key());
+            let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
+            let what = format!("{} d{d} extra {extra} table {table}", p.name);
+            let mut params = a.params.clone();
+            let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
+            params.insert(at + 1, KernelParam::TmaO);
+            assert_eq!(b.params, params, "{what}");
+            assert_eq!(
+                (a.threads, a.smem_bytes + 32768, a.grid),
+                (b.threads, b.smem_bytes, b.grid),
+                "{what}"
+            );
+            assert!(b.smem_bytes <= 227 * 1024, "{what}");
+            let count = |k: &str, what: &str| k.matches(what).count();
+            let stores = count(&b.ptx, "cp.async.bulk.tensor.3d.global.shared::cta");
+            let stm = count(&b.ptx, "stmatrix.sync.aligned");
+            assert!(
+                stores >= 2 && stores % 2 == 0,
+                "{what}: {stores} TMA stores"
+            );
+            assert_eq!(stm, 4 * stores, "{what}: {stm} stmatrix");
+            assert_eq!(count(&a.ptx, "stmatrix"), 0, "{what}");
+            assert_eq!(count(&a.ptx, "shared::cta.tile.bulk_group"), 0, "{what}");
+            // O's 4-byte global stores are gone (16 per epilogue site and row half;
+            // the LSE's and the counter's stay), except, with q blocks from the end
+            // (closed forms), on the direct path of boxes that start above row 0
+            let (wa, wb) = (
+                count(&a.ptx, "st.global.b32"),
+                count(&b.ptx, "st.global.b32"),
+            );
+            assert!(
+                wa >= wb + 32 && wb <= 2,
+                "{what}: {wb} / {wa} 4-byte stores"
+            );
+            // (the causal closed form runs q blocks from the end: boxes above row 0
+            // are copied from the buffer, 8 16-byte stores per thread)
+            let v4 = |k: &str| count(k, "st.global.v4");
+            if p.name == "causal" && !table {
+                assert_eq!(v4(&b.ptx), v4(&a.ptx) + 8, "{what}: no direct copy");
+            }
+            assert_eq!(
+                count(&b.ptx, "st.global.f32"),
+                count(&a.ptx, "st.global.f32"),
+                "{what}"
+            );
+            assert!(b.ptx.contains("cp.async.bulk.wait_group.read 0"), "{what}");
+            assert!(b.ptx.contains("cp.async.bulk.wait_group 0"), "{what}");
+            for w in [
+                "atom.relaxed.gpu.global.add.u32",
+                "wgmma.commit_group",
+                "wgmma.wait_group",
+                "setmaxnreg",
+                "cp.async.bulk.tensor.3d.shared::cluster.global",
+            ] {
+                assert_eq!(count(&b.ptx, w), count(&a.ptx, w), "{what}: {w}");
+            }
+            assert_eq!(b.ptx, emit(&p, &on).unwrap().ptx);
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let t = if table { "_table" } else { "" };
+                let stem = format!("{dir}/{}_d{d}_x{extra}{t}", p.name);
+                std::fs::write(format!("{stem}_otma.ptx"), &b.ptx).unwrap();
+                std::fs::write(format!("{stem}_base.ptx"), &a.ptx).unwrap();
             }
         }
     }
@@ -1626,119 +1623,122 @@ fn o_tma_stores_o_through_shared_memory() {
 #[test]
 fn paged_kv_forward_reads_tiles_by_page() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
-            for table in [false, true] {
-                let base = ws_runtime_options(&p, d, qb, dynamic, table);
-                let on = PtxOptions {
-                    kv_cache: KvCache::Paged,
-                    ..base
-                };
-                assert_ne!(base.key(), on.key());
-                let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
-                let what = format!("{} d{d} dynamic {dynamic} table {table}", p.name);
-                let mut params = a.params.clone();
-                assert!(!params.contains(&KernelParam::PageTable), "{what}");
-                let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
-                for (i, k) in [
-                    KernelParam::PageTable,
-                    KernelParam::PageShift,
-                    KernelParam::MaxPages,
-                    KernelParam::NumPages,
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    params.insert(at + 1 + i, k);
-                }
-                assert_eq!(b.params, params, "{what}");
+    for (p, (d, qb, dynamic)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[(128, 128, false), (128, 128, true), (64, 192, false)],
+    ) {
+        for table in [false, true] {
+            let base = ws_runtime_options(&p, d, qb, dynamic, table);
+            let on = PtxOptions {
+                kv_cache: KvCache::Paged,
+                ..base
+            };
+            assert_ne!(base.key(), on.key());
+            let (a, b) = (emit(&p, &base).unwrap(), emit(&p, &on).unwrap());
+            let what = format!("{} d{d} dynamic {dynamic} table {table}", p.name);
+            let mut params = a.params.clone();
+            assert!(!params.contains(&KernelParam::PageTable), "{what}");
+            let at = params.iter().position(|k| *k == KernelParam::TmaV).unwrap();
+            for (i, k) in [
+                KernelParam::PageTable,
+                KernelParam::PageShift,
+                KernelParam::MaxPages,
+                KernelParam::NumPages,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                params.insert(at + 1 + i, k);
+            }
+            assert_eq!(b.params, params, "{what}");
+            assert_eq!(
+                (a.threads, a.smem_bytes + 8, a.grid),
+                (b.threads, b.smem_bytes, b.grid),
+                "{what}"
+            );
+            let count = |k: &str, w: &str| k.matches(w).count();
+            let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
+            // K and V and the tail's V: one box per slab for the whole page's arm
+            // and for each of kv_block / 16 boxes of the small pages' arm (pages of 16
+            // rows up), in place of K's and V's one
+            let (slabs, boxes) = (d as usize / 64, b.kv_block as usize / 16);
+            let more = (3 * (boxes + 1) - 2) * slabs;
+            assert_eq!(count(&a.ptx, tma) + more, count(&b.ptx, tma), "{what}");
+            let by_state = "mbarrier.try_wait.shared::cta.b64";
+            assert_eq!((count(&a.ptx, by_state), count(&b.ptx, by_state)), (0, 1));
+            let fence = "fence.proxy.async.shared::cta";
+            assert!(count(&b.ptx, fence) > count(&a.ptx, fence), "{what}");
+            assert!(
+                count(&b.ptx, "st.shared.v4") >= count(&a.ptx, "st.shared.v4") + 8 * slabs,
+                "{what}: the tail rows' zero stores"
+            );
+            let (la, lb) = (
+                count(&a.ptx, "ld.global.u32") + count(&a.ptx, "ld.global.b32"),
+                count(&b.ptx, "ld.global.u32") + count(&b.ptx, "ld.global.b32"),
+            );
+            assert!(lb > la, "{what}: {lb} / {la} 4-byte global loads");
+            assert_eq!(emit(&p, &on).unwrap().ptx, b.ptx, "{what}: deterministic");
+            // V's copies on a second producer thread: the same copies, split between
+            // two threads; under the dynamic scheduler that thread reads the tile slot
+            // and counts at each `q_empty` besides the consumers
+            let two = emit(&p, &PtxOptions { producers: 2, ..on }).unwrap();
+            assert_eq!(count(&two.ptx, tma), count(&b.ptx, tma), "{what}");
+            assert_eq!(
+                (&two.params, two.smem_bytes, two.threads),
+                (&b.params, b.smem_bytes, b.threads),
+                "{what}"
+            );
+            assert_ne!(two.ptx, b.ptx, "{what}: v_producer");
+            let init = |k: &str, n: u32| count(k, &format!(", {n};"));
+            let consumers = b.threads - 128;
+            if dynamic {
+                // q_empty and q_empty1 (two Q buffers): one more arrival each
                 assert_eq!(
-                    (a.threads, a.smem_bytes + 8, a.grid),
-                    (b.threads, b.smem_bytes, b.grid),
-                    "{what}"
-                );
-                let count = |k: &str, w: &str| k.matches(w).count();
-                let tma = "cp.async.bulk.tensor.3d.shared::cluster.global";
-                // K and V and the tail's V: one box per slab for the whole page's arm
-                // and for each of kv_block / 16 boxes of the small pages' arm (pages of 16
-                // rows up), in place of K's and V's one
-                let (slabs, boxes) = (d as usize / 64, b.kv_block as usize / 16);
-                let more = (3 * (boxes + 1) - 2) * slabs;
-                assert_eq!(count(&a.ptx, tma) + more, count(&b.ptx, tma), "{what}");
-                let by_state = "mbarrier.try_wait.shared::cta.b64";
-                assert_eq!((count(&a.ptx, by_state), count(&b.ptx, by_state)), (0, 1));
-                let fence = "fence.proxy.async.shared::cta";
-                assert!(count(&b.ptx, fence) > count(&a.ptx, fence), "{what}");
-                assert!(
-                    count(&b.ptx, "st.shared.v4") >= count(&a.ptx, "st.shared.v4") + 8 * slabs,
-                    "{what}: the tail rows' zero stores"
-                );
-                let (la, lb) = (
-                    count(&a.ptx, "ld.global.u32") + count(&a.ptx, "ld.global.b32"),
-                    count(&b.ptx, "ld.global.u32") + count(&b.ptx, "ld.global.b32"),
-                );
-                assert!(lb > la, "{what}: {lb} / {la} 4-byte global loads");
-                assert_eq!(emit(&p, &on).unwrap().ptx, b.ptx, "{what}: deterministic");
-                // V's copies on a second producer thread: the same copies, split between
-                // two threads; under the dynamic scheduler that thread reads the tile slot
-                // and counts at each `q_empty` besides the consumers
-                let two = emit(&p, &PtxOptions { producers: 2, ..on }).unwrap();
-                assert_eq!(count(&two.ptx, tma), count(&b.ptx, tma), "{what}");
-                assert_eq!(
-                    (&two.params, two.smem_bytes, two.threads),
-                    (&b.params, b.smem_bytes, b.threads),
-                    "{what}"
-                );
-                assert_ne!(two.ptx, b.ptx, "{what}: v_producer");
-                let init = |k: &str, n: u32| count(k, &format!(", {n};"));
-                let consumers = b.threads - 128;
-                if dynamic {
-                    // q_empty and q_empty1 (two Q buffers): one more arrival each
-                    assert_eq!(
-                        (init(&two.ptx, consumers + 1), init(&b.ptx, consumers + 1)),
-                        (2, 0),
-                        "{what}: q_empty's count"
-                    );
-                    assert_eq!(
-                        count(&two.ptx, "ld.shared.u32") + count(&two.ptx, "ld.shared.b32"),
-                        count(&b.ptx, "ld.shared.u32") + count(&b.ptx, "ld.shared.b32") + 1,
-                        "{what}: the V thread's read of the tile slot"
-                    );
-                }
-                // four producer threads: K's and V's boxes (or slabs) each split between
-                // two threads, the same copies and one byte count per tile and tensor; under
-                // the dynamic scheduler three threads read the tile slot
-                let four = emit(&p, &PtxOptions { producers: 4, ..on }).unwrap();
-                assert_eq!(count(&four.ptx, tma), count(&b.ptx, tma), "{what}: four");
-                let expect = "mbarrier.arrive.expect_tx";
-                assert_eq!(
-                    count(&four.ptx, expect),
-                    count(&b.ptx, expect),
-                    "{what}: one byte count per tile"
+                    (init(&two.ptx, consumers + 1), init(&b.ptx, consumers + 1)),
+                    (2, 0),
+                    "{what}: q_empty's count"
                 );
                 assert_eq!(
-                    (&four.params, four.smem_bytes, four.threads),
-                    (&b.params, b.smem_bytes, b.threads),
-                    "{what}"
+                    count(&two.ptx, "ld.shared.u32") + count(&two.ptx, "ld.shared.b32"),
+                    count(&b.ptx, "ld.shared.u32") + count(&b.ptx, "ld.shared.b32") + 1,
+                    "{what}: the V thread's read of the tile slot"
                 );
-                assert!(four.ptx != two.ptx && four.ptx != b.ptx, "{what}: four");
-                if dynamic {
-                    assert_eq!(
-                        (init(&four.ptx, consumers + 3), init(&b.ptx, consumers + 3)),
-                        (2, 0),
-                        "{what}: q_empty's count with four producer threads"
-                    );
-                }
-                if let Some(dir) = &dump {
-                    let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
-                    std::fs::write(name, &b.ptx).unwrap();
-                    let name = format!("{dir}/vprod_{}_d{d}_{dynamic}_{table}.ptx", p.name);
-                    std::fs::write(name, &two.ptx).unwrap();
-                    let name = format!("{dir}/prod4_{}_d{d}_{dynamic}_{table}.ptx", p.name);
-                    std::fs::write(name, &four.ptx).unwrap();
-                }
+            }
+            // four producer threads: K's and V's boxes (or slabs) each split between
+            // two threads, the same copies and one byte count per tile and tensor; under
+            // the dynamic scheduler three threads read the tile slot
+            let four = emit(&p, &PtxOptions { producers: 4, ..on }).unwrap();
+            assert_eq!(count(&four.ptx, tma), count(&b.ptx, tma), "{what}: four");
+            let expect = "mbarrier.arrive.expect_tx";
+            assert_eq!(
+                count(&four.ptx, expect),
+                count(&b.ptx, expect),
+                "{what}: one byte count per tile"
+            );
+            assert_eq!(
+                (&four.params, four.smem_bytes, four.threads),
+                (&b.params, b.smem_bytes, b.threads),
+                "{what}"
+            );
+            assert!(four.ptx != two.ptx && four.ptx != b.ptx, "{what}: four");
+            if dynamic {
+                assert_eq!(
+                    (init(&four.ptx, consumers + 3), init(&b.ptx, consumers + 3)),
+                    (2, 0),
+                    "{what}: q_empty's count with four producer threads"
+                );
+            }
+            if let Some(dir) = &dump {
+                let name = format!("{dir}/paged_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                std::fs::write(name, &b.ptx).unwrap();
+                let name = format!("{dir}/vprod_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                std::fs::write(name, &two.ptx).unwrap();
+                let name = format!("{dir}/prod4_{}_d{d}_{dynamic}_{table}.ptx", p.name);
+                std::fs::write(name, &four.ptx).unwrap();
             }
         }
+    }
+    for p in samples::all(16) {
         // persistent CTAs in static rounds (the tail split on dense D128): the second
         // producer thread walks the same tiles and pieces
         let persistent = PtxOptions {
@@ -1802,44 +1802,45 @@ fn ws_runtime_options(p: &Program, d: u32, qb: u32, dynamic: bool, table: bool) 
 #[test]
 fn late_pv_wait_and_softmax_ilp_change_only_the_ws_loop() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
-            let base = ws_runtime_options(&p, d, qb, dynamic, false);
-            let a = emit(&p, &base).unwrap();
-            for (late, ilp) in [(true, false), (false, true), (true, true)] {
-                let o = PtxOptions {
-                    pv_wait_late: late,
-                    softmax_ilp: ilp,
-                    ..base
-                };
-                assert_ne!(o.key(), base.key());
-                let b = emit(&p, &o).unwrap();
-                assert_eq!(
-                    (&a.params, a.threads, a.smem_bytes, a.grid),
-                    (&b.params, b.threads, b.smem_bytes, b.grid)
+    for (p, (d, qb, dynamic)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[(128, 128, false), (128, 128, true), (64, 192, false)],
+    ) {
+        let base = ws_runtime_options(&p, d, qb, dynamic, false);
+        let a = emit(&p, &base).unwrap();
+        for (late, ilp) in [(true, false), (false, true), (true, true)] {
+            let o = PtxOptions {
+                pv_wait_late: late,
+                softmax_ilp: ilp,
+                ..base
+            };
+            assert_ne!(o.key(), base.key());
+            let b = emit(&p, &o).unwrap();
+            assert_eq!(
+                (&a.params, a.threads, a.smem_bytes, a.grid),
+                (&b.params, b.threads, b.smem_bytes, b.grid)
+            );
+            assert_ne!(a.ptx, b.ptx, "{} d{d} late {late} ilp {ilp}", p.name);
+            let waits = |k: &str| k.matches("wgmma.wait_group.sync.aligned 0;").count();
+            assert_eq!(
+                waits(&b.ptx),
+                waits(&a.ptx) + late as usize,
+                "{} d{d} late {late}",
+                p.name
+            );
+            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+            if let Some(dir) = &dump {
+                std::fs::create_dir_all(dir).unwrap();
+                let dy = if dynamic { "_dyn" } else { "" };
+                let tag = format!(
+                    "{}{}",
+                    if late { "_late" } else { "" },
+                    if ilp { "_ilp" } else { "" }
                 );
-                assert_ne!(a.ptx, b.ptx, "{} d{d} late {late} ilp {ilp}", p.name);
-                let waits = |k: &str| k.matches("wgmma.wait_group.sync.aligned 0;").count();
-                assert_eq!(
-                    waits(&b.ptx),
-                    waits(&a.ptx) + late as usize,
-                    "{} d{d} late {late}",
-                    p.name
-                );
-                assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
-                if let Some(dir) = &dump {
-                    std::fs::create_dir_all(dir).unwrap();
-                    let dy = if dynamic { "_dyn" } else { "" };
-                    let tag = format!(
-                        "{}{}",
-                        if late { "_late" } else { "" },
-                        if ilp { "_ilp" } else { "" }
-                    );
-                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}{tag}.ptx", p.name), &b.ptx)
-                        .unwrap();
-                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}_base.ptx", p.name), &a.ptx)
-                        .unwrap();
-                }
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}{tag}.ptx", p.name), &b.ptx)
+                    .unwrap();
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{dy}_base.ptx", p.name), &a.ptx)
+                    .unwrap();
             }
         }
     }
@@ -1868,70 +1869,70 @@ fn late_pv_wait_and_softmax_ilp_change_only_the_ws_loop() {
 #[test]
 fn mask_early_moves_the_mask_before_the_wait_for_s() {
     let dump = std::env::var("ATTNC_PTX_DUMP").ok();
-    for p in samples::all(16) {
-        for (d, qb, dynamic, table) in [
+    for (p, (d, qb, dynamic, table)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[
             (128, 128, false, false),
             (128, 128, true, false),
             (128, 128, true, true),
             (64, 192, false, false),
-        ] {
-            let base = ws_runtime_options(&p, d, qb, dynamic, table);
-            let o = PtxOptions {
-                mask_early: true,
-                ..base
-            };
-            assert_ne!(o.key(), base.key());
-            let a = emit(&p, &base).unwrap();
-            let b = emit(&p, &o).unwrap();
-            assert_eq!(
-                (&a.params, a.threads, a.smem_bytes, a.grid),
-                (&b.params, b.threads, b.smem_bytes, b.grid)
+        ],
+    ) {
+        let base = ws_runtime_options(&p, d, qb, dynamic, table);
+        let o = PtxOptions {
+            mask_early: true,
+            ..base
+        };
+        assert_ne!(o.key(), base.key());
+        let a = emit(&p, &base).unwrap();
+        let b = emit(&p, &o).unwrap();
+        assert_eq!(
+            (&a.params, a.threads, a.smem_bytes, a.grid),
+            (&b.params, b.threads, b.smem_bytes, b.grid)
+        );
+        assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+        if let Some(dir) = &dump {
+            std::fs::create_dir_all(dir).unwrap();
+            let tag = format!(
+                "{}{}",
+                if dynamic { "_dyn" } else { "" },
+                if table { "_table" } else { "" }
             );
-            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
-            if let Some(dir) = &dump {
-                std::fs::create_dir_all(dir).unwrap();
-                let tag = format!(
-                    "{}{}",
-                    if dynamic { "_dyn" } else { "" },
-                    if table { "_table" } else { "" }
-                );
-                std::fs::write(
-                    format!("{dir}/{}_d{d}_q{qb}{tag}_early.ptx", p.name),
-                    &b.ptx,
-                )
-                .unwrap();
-                std::fs::write(format!("{dir}/{}_d{d}_q{qb}{tag}_base.ptx", p.name), &a.ptx)
-                    .unwrap();
-            }
-            if p.mask.is_none() {
-                assert_eq!(a.ptx, b.ptx, "{} d{d}: no mask, no change", p.name);
-                continue;
-            }
-            assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
-            // checked mode keeps the per-element mask
-            let checked = |x: &PtxOptions| {
-                emit(
-                    &p,
-                    &PtxOptions {
-                        checked: true,
-                        ..*x
-                    },
-                )
-                .unwrap()
-                .ptx
+            std::fs::write(
+                format!("{dir}/{}_d{d}_q{qb}{tag}_early.ptx", p.name),
+                &b.ptx,
+            )
+            .unwrap();
+            std::fs::write(format!("{dir}/{}_d{d}_q{qb}{tag}_base.ptx", p.name), &a.ptx).unwrap();
+        }
+        if p.mask.is_none() {
+            assert_eq!(a.ptx, b.ptx, "{} d{d}: no mask, no change", p.name);
+            continue;
+        }
+        assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
+        // checked mode keeps the per-element mask
+        let checked = |x: &PtxOptions| {
+            emit(
+                &p,
+                &PtxOptions {
+                    checked: true,
+                    ..*x
+                },
+            )
+            .unwrap()
+            .ptx
+        };
+        assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
+        if p.name == "document_causal" {
+            // between the loop's wait for S (`wait_group 1`) and its wait for P V
+            // the base kernel reads the ids (two paths), this one reads nothing
+            let softmax_reads = |ptx: &str| {
+                let w1 = ptx.find("wgmma.wait_group.sync.aligned 1;").unwrap();
+                let w0 = w1 + ptx[w1..].find("wgmma.wait_group.sync.aligned 0;").unwrap();
+                ptx[w1..w0].matches("ld.global").count()
             };
-            assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
-            if p.name == "document_causal" {
-                // between the loop's wait for S (`wait_group 1`) and its wait for P V
-                // the base kernel reads the ids (two paths), this one reads nothing
-                let softmax_reads = |ptx: &str| {
-                    let w1 = ptx.find("wgmma.wait_group.sync.aligned 1;").unwrap();
-                    let w0 = w1 + ptx[w1..].find("wgmma.wait_group.sync.aligned 0;").unwrap();
-                    ptx[w1..w0].matches("ld.global").count()
-                };
-                assert!(softmax_reads(&a.ptx) >= 34, "{}", softmax_reads(&a.ptx));
-                assert_eq!(softmax_reads(&b.ptx), 0, "d{d} q{qb} table {table}");
-            }
+            assert!(softmax_reads(&a.ptx) >= 34, "{}", softmax_reads(&a.ptx));
+            assert_eq!(softmax_reads(&b.ptx), 0, "d{d} q{qb} table {table}");
         }
     }
     // the other kernels ignore it
@@ -1964,73 +1965,74 @@ fn mask_kinds_split_the_partial_path_by_conjunct() {
             .map(|(k, _)| k.ptx)
             .unwrap()
     };
-    for p in samples::all(16) {
+    for (p, (d, qb, dynamic)) in crate::test_matrix::cases(
+        &samples::all(16),
+        &[(128, 128, false), (128, 128, true), (64, 192, false)],
+    ) {
         let splits = p
             .mask
             .as_ref()
             .and_then(crate::analysis::linear::split_conjuncts)
             .is_some();
         assert_eq!(splits, p.name == "document_causal", "{}", p.name);
-        for (d, qb, dynamic) in [(128, 128, false), (128, 128, true), (64, 192, false)] {
-            let base = ws_runtime_options(&p, d, qb, dynamic, true);
-            let o = PtxOptions {
-                mask_kinds: true,
-                ..base
-            };
-            assert_ne!(o.key(), base.key());
-            let a = emit(&p, &base).unwrap();
-            let b = emit(&p, &o).unwrap();
-            assert_eq!(
-                (&a.params, a.threads, a.smem_bytes, a.grid),
-                (&b.params, b.threads, b.smem_bytes, b.grid)
-            );
-            assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
-            let checked = |x: &PtxOptions| {
-                emit(
-                    &p,
-                    &PtxOptions {
-                        checked: true,
-                        ..*x
-                    },
-                )
-                .unwrap()
-                .ptx
-            };
-            assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
-            if p.mask.is_some() {
-                let (ta, tb) = (table(&p, &base), table(&p, &o));
-                assert_eq!(ta != tb, splits, "{} table", p.name);
-                assert_eq!(tb, table(&p, &o));
-                if let Some(dir) = &dump {
-                    std::fs::create_dir_all(dir).unwrap();
-                    std::fs::write(format!("{dir}/{}_d{d}_q{qb}_table_kinds.ptx", p.name), &tb)
-                        .unwrap();
-                }
-            }
+        let base = ws_runtime_options(&p, d, qb, dynamic, true);
+        let o = PtxOptions {
+            mask_kinds: true,
+            ..base
+        };
+        assert_ne!(o.key(), base.key());
+        let a = emit(&p, &base).unwrap();
+        let b = emit(&p, &o).unwrap();
+        assert_eq!(
+            (&a.params, a.threads, a.smem_bytes, a.grid),
+            (&b.params, b.threads, b.smem_bytes, b.grid)
+        );
+        assert_eq!(b.ptx, emit(&p, &o).unwrap().ptx);
+        let checked = |x: &PtxOptions| {
+            emit(
+                &p,
+                &PtxOptions {
+                    checked: true,
+                    ..*x
+                },
+            )
+            .unwrap()
+            .ptx
+        };
+        assert_eq!(checked(&base), checked(&o), "{} checked", p.name);
+        if p.mask.is_some() {
+            let (ta, tb) = (table(&p, &base), table(&p, &o));
+            assert_eq!(ta != tb, splits, "{} table", p.name);
+            assert_eq!(tb, table(&p, &o));
             if let Some(dir) = &dump {
                 std::fs::create_dir_all(dir).unwrap();
-                let tag = if dynamic { "_dyn" } else { "" };
-                std::fs::write(
-                    format!("{dir}/{}_d{d}_q{qb}{tag}_kinds.ptx", p.name),
-                    &b.ptx,
-                )
-                .unwrap();
+                std::fs::write(format!("{dir}/{}_d{d}_q{qb}_table_kinds.ptx", p.name), &tb)
+                    .unwrap();
             }
-            if !splits {
-                assert_eq!(a.ptx, b.ptx, "{} d{d}: no split, no change", p.name);
-                continue;
-            }
-            assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
-            if o.split_tail {
-                // the kind-2 path (the first of the two new ones in the IR) evaluates
-                // `q >= kv` alone: no load between its label and the next path's
-                let ir = &b.llvm_ir;
-                let at = ir.find("\npartial_linear_block").unwrap();
-                let next = at + ir[at..].find("\npartial_other_block").unwrap();
-                let body = &ir[at..next];
-                assert!(!body.contains("load i32, ptr addrspace(1)"), "{body}");
-                assert!(ir[next..].contains("load i32, ptr addrspace(1)"));
-            }
+        }
+        if let Some(dir) = &dump {
+            std::fs::create_dir_all(dir).unwrap();
+            let tag = if dynamic { "_dyn" } else { "" };
+            std::fs::write(
+                format!("{dir}/{}_d{d}_q{qb}{tag}_kinds.ptx", p.name),
+                &b.ptx,
+            )
+            .unwrap();
+        }
+        if !splits {
+            assert_eq!(a.ptx, b.ptx, "{} d{d}: no split, no change", p.name);
+            continue;
+        }
+        assert_ne!(a.ptx, b.ptx, "{} d{d} q{qb} dynamic {dynamic}", p.name);
+        if o.split_tail {
+            // the kind-2 path (the first of the two new ones in the IR) evaluates
+            // `q >= kv` alone: no load between its label and the next path's
+            let ir = &b.llvm_ir;
+            let at = ir.find("\npartial_linear_block").unwrap();
+            let next = at + ir[at..].find("\npartial_other_block").unwrap();
+            let body = &ir[at..next];
+            assert!(!body.contains("load i32, ptr addrspace(1)"), "{body}");
+            assert!(ir[next..].contains("load i32, ptr addrspace(1)"));
         }
     }
     // the other kernels: changed (kind 1 alone is the fast path) and deterministic
