@@ -58,7 +58,7 @@ use crate::shape::Shape;
 use cranelift_frontend::FunctionBuilderContext;
 use elem::{ELEM_NAME, ElemCtx, ElemTile};
 use mm::{Mm, mm};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 type ElemFn =
@@ -420,6 +420,15 @@ impl CpuBackward {
         let (qs, delta) = (&*qs, &*delta);
         let nreads = self.grad.reads.len();
         let nparts = nreads + self.grad.params.len();
+        // tensors whose every element is read by at most one (b, h, q, kv): their
+        // gradient is written, not summed (`direct_reads`)
+        let direct_out: Vec<Option<Vec<AtomicU32>>> =
+            direct_reads(&self.program, &self.grad, shape, bind)
+                .iter()
+                .zip(&bind.tensors)
+                .map(|(&on, t)| on.then(|| zeroed_words(t.data.len())))
+                .collect();
+        let direct = &direct_out;
         let has_score = self.program.score.is_some();
         let has_mask = self.program.mask.is_some();
         let make_scratch = || Scratch {
@@ -434,8 +443,9 @@ impl CpuBackward {
             cap: bind
                 .tensors
                 .iter()
-                .map(|t| match &t.data {
-                    TensorData::F32(x) if nreads > 0 => {
+                .zip(direct)
+                .map(|(t, direct)| match &t.data {
+                    TensorData::F32(x) if nreads > 0 && direct.is_none() => {
                         Some((vec![0.0; x.len()], vec![false; x.len()], Vec::new()))
                     }
                     _ => None,
@@ -651,7 +661,13 @@ impl CpuBackward {
                                     &mut dq[dq_rows..][..nr * d],
                                 );
                                 if nparts > 0 {
-                                    capture_partials(sc, grad, [nr, nc, bq, bkv], &mut pparams);
+                                    capture_partials(
+                                        sc,
+                                        grad,
+                                        direct,
+                                        [nr, nc, bq, bkv],
+                                        &mut pparams,
+                                    );
                                 }
                             }
                         }
@@ -711,6 +727,16 @@ impl CpuBackward {
             tensors: mut tgrads,
             params: mut pgrads,
         } = self.zero_capture_gradients(bind);
+        for (g, d) in tgrads.iter_mut().zip(direct_out) {
+            if let Some(d) = d {
+                // (in place: the same size and alignment)
+                *g = Some(
+                    d.into_iter()
+                        .map(|x| f32::from_bits(x.into_inner()))
+                        .collect(),
+                );
+            }
+        }
         // capture and param partials, reduced in item order (params in f64, rounded once)
         let mut psums = vec![0f64; grad.params.len()];
         for ki in &out {
@@ -919,16 +945,33 @@ fn probs_body(
 
 /// Adds one tile's capture and param partials (`Σ dS'·∂score/∂read` per element read,
 /// `Σ dS'·∂score/∂param`) to the item's scratch and `pparams` (f64), elements in
-/// row-major order. `s` holds P and `dp` dS' (`probs`).
+/// row-major order; a read of a tensor in `direct` writes its element's gradient there
+/// (its only term). `s` holds P and `dp` dS' (`probs`).
 fn capture_partials(
     sc: &mut Scratch,
     grad: &ScoreGrad,
+    direct: &[Option<Vec<AtomicU32>>],
     [nr, nc, bq, bkv]: [usize; 4],
     pparams: &mut [f64],
 ) {
     let plane = bq * bkv;
     let nreads = grad.reads.len();
     for (r, read) in grad.reads.iter().enumerate() {
+        if let Some(out) = &direct[read.tensor.0 as usize] {
+            for i in 0..nr {
+                let e0 = i * bkv;
+                let flat = &sc.flat[r * plane + e0..][..nc];
+                let part = &sc.part[r * plane + e0..][..nc];
+                for (((&f, &p), &dp), &s) in
+                    flat.iter().zip(part).zip(&sc.dp[e0..]).zip(&sc.s[e0..])
+                {
+                    if s != 0.0 && f >= 0 {
+                        out[f as usize].store((dp * p).to_bits(), Ordering::Relaxed);
+                    }
+                }
+            }
+            continue;
+        }
         let Some((acc, seen, touched)) = &mut sc.cap[read.tensor.0 as usize] else {
             continue;
         };
@@ -959,6 +1002,62 @@ fn capture_partials(
             }
         }
     }
+}
+
+/// `n` zero words from zeroed pages (`calloc`): the workers that write them touch
+/// them first, in parallel, and pages of elements nobody writes (masked) stay shared.
+fn zeroed_words(n: usize) -> Vec<AtomicU32> {
+    let mut v = std::mem::ManuallyDrop::new(vec![0u32; n]);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: `AtomicU32` has the size, alignment and bit validity of `u32` (std docs;
+    // the alignment of every `AtomicU32` is its size, 4, as `u32`'s on our targets:
+    // checked below), so the allocation of `len` zero `u32`s with capacity `cap` is one
+    // of `len` zero `AtomicU32`s; `v` is not dropped, so the memory has one owner.
+    const _: () = assert!(std::mem::align_of::<AtomicU32>() == std::mem::align_of::<u32>());
+    unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU32>(), len, cap) }
+}
+
+/// Per tensor of `bind`: whether its gradient can be *written* element by element — an
+/// f32 tensor read at one site of the score, indexed by distinct positions (`b`, `h`,
+/// `q`, `kv`, one per dimension) that no dimension clamps (each at least the position's
+/// range), every position that varies in the call among them. Then each element is read
+/// by at most one (b, h, q, kv), whose work item alone writes it: no scratch, no
+/// partial lists, no reduction (a `[B, H, Q, KV]` learned bias). Anything else sums.
+fn direct_reads(program: &Program, grad: &ScoreGrad, shape: &Shape, bind: &Bindings) -> Vec<bool> {
+    use crate::ir::{Arg, Inst};
+    let range = |a: &Arg| match a {
+        Arg::B => shape.b,
+        Arg::H => shape.hq,
+        Arg::Q => shape.lq,
+        Arg::Kv => shape.lkv,
+        Arg::S => usize::MAX,
+    };
+    let varying = [Arg::B, Arg::H, Arg::Q, Arg::Kv];
+    (0..bind.tensors.len())
+        .map(|t| {
+            let mut sites = grad.reads.iter().filter(|r| r.tensor.0 as usize == t);
+            let (Some(read), None) = (sites.next(), sites.next()) else {
+                return false;
+            };
+            let bt = &bind.tensors[t];
+            if !matches!(bt.data, TensorData::F32(_))
+                || program.tensors.get(t).is_none()
+                || read.indices.len() != bt.dims.len()
+            {
+                return false;
+            }
+            let mut axes = Vec::new();
+            for (&v, &dim) in read.indices.iter().zip(&bt.dims) {
+                match grad.func.inst(v) {
+                    Inst::Arg(a) if *a != Arg::S && !axes.contains(a) && dim >= range(a) => {
+                        axes.push(*a)
+                    }
+                    _ => return false,
+                }
+            }
+            varying.iter().all(|a| range(a) <= 1 || axes.contains(a))
+        })
+        .collect()
 }
 
 /// One build of `probs_body` for a set of target features.
@@ -993,4 +1092,91 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     build_probs!("avx512f,avx2,fma");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::direct_reads;
+    use crate::grad::differentiate;
+    use crate::interp::{Bindings, BoundTensor, TensorData};
+    use crate::shape::Shape;
+
+    /// Which reads write their gradient: one read of distinct unclamped positions that
+    /// covers every varying position; a second read, a broadcast position, a clamped
+    /// dimension or arithmetic in an index sums.
+    #[test]
+    fn direct_reads_are_the_one_to_one_reads() {
+        let shape = |b, lq, lkv| Shape {
+            b,
+            hq: 4,
+            hkv: 2,
+            lq,
+            lkv,
+            d: 64,
+            dv: 64,
+        };
+        for (src, dims, sh, want) in [
+            (
+                "tensor t: f32[B, H, Q, KV]; score f(s, b, h, q, kv) { s + t[b, h, q, kv] }",
+                vec![2, 4, 9, 7],
+                shape(2, 9, 7),
+                true,
+            ),
+            // a permutation of the positions
+            (
+                "tensor t: f32[KV, H, Q, B]; score f(s, b, h, q, kv) { s * t[kv, h, q, b] }",
+                vec![7, 4, 9, 2],
+                shape(2, 9, 7),
+                true,
+            ),
+            // b broadcast: every batch reads each element
+            (
+                "tensor t: f32[H, Q, KV]; score f(s, b, h, q, kv) { s + t[h, q, kv] }",
+                vec![4, 9, 7],
+                shape(2, 9, 7),
+                false,
+            ),
+            // ... unless there is one batch
+            (
+                "tensor t: f32[H, Q, KV]; score f(s, b, h, q, kv) { s + t[h, q, kv] }",
+                vec![4, 9, 7],
+                shape(1, 9, 7),
+                true,
+            ),
+            // a dimension shorter than its position's range clamps (fast mode)
+            (
+                "tensor t: f32[H, 8, KV]; score f(s, b, h, q, kv) { s + t[h, q, kv] }",
+                vec![4, 8, 7],
+                shape(1, 9, 7),
+                false,
+            ),
+            // two read sites of one tensor
+            (
+                "tensor t: f32[H, 9, 9]; score f(s, b, h, q, kv) { s + t[h, q, kv] + t[h, kv, q] }",
+                vec![4, 9, 9],
+                shape(1, 9, 9),
+                false,
+            ),
+            // arithmetic in an index
+            (
+                "tensor t: f32[H, 129]; score f(s, b, h, q, kv) { s + t[h, clamp(q - kv, -64, 64) + 64] }",
+                vec![4, 129],
+                shape(1, 9, 7),
+                false,
+            ),
+        ] {
+            let src = format!("{src}\nattention a {{ score = f; }}");
+            let p = crate::compile_source(&src).unwrap().programs.swap_remove(0);
+            let grad = differentiate(&p);
+            let n = dims.iter().product();
+            let bind = Bindings {
+                params: vec![],
+                tensors: vec![BoundTensor {
+                    dims,
+                    data: TensorData::F32(vec![0.0; n]),
+                }],
+            };
+            assert_eq!(direct_reads(&p, &grad, &sh, &bind), vec![want], "{src}");
+        }
+    }
 }
