@@ -715,6 +715,36 @@ impl<'p> Lowering<'p> {
         self.vop(g, self.f.ret)
     }
 
+    /// The dimension of a vector-site read whose index runs along the lanes: exactly
+    /// the lanes' position (`q` at a column site, `kv` at a row site: consecutive), every
+    /// other index the same in every lane (not reading that position or `s`). `None`:
+    /// the read goes lane by lane.
+    fn lane_run(&self, venv: &VEnv, indices: &[Value]) -> Option<usize> {
+        let lane = if venv.kv.is_some() { Arg::Kv } else { Arg::Q };
+        let k = indices
+            .iter()
+            .position(|v| *self.f.inst(*v) == Inst::Arg(lane))?;
+        let varies = |v: Value| {
+            let mut stack = vec![v];
+            let mut seen = vec![false; self.f.len()];
+            while let Some(x) = stack.pop() {
+                if std::mem::replace(&mut seen[x.index()], true) {
+                    continue;
+                }
+                match self.f.inst(x) {
+                    Inst::Arg(a) if *a == lane || *a == Arg::S => return true,
+                    i => stack.extend(i.operands()),
+                }
+            }
+            false
+        };
+        let uniform = indices
+            .iter()
+            .enumerate()
+            .all(|(d, v)| d == k || !varies(*v));
+        uniform.then_some(k)
+    }
+
     /// Operand `v` as a vector: per-element values as they are, others splatted.
     fn vop(&mut self, g: &mut Gen, v: Value) -> CValue {
         if let Some(x) = self.vvals[v.index()] {
@@ -773,6 +803,83 @@ impl<'p> Lowering<'p> {
                 let elem = cl_type(self.p.tensors[tensor.0 as usize].elem.read_type());
                 let tv = &env.tensors[tensor.0 as usize];
                 let (ptr, cdims, cmax) = (tv.ptr, tv.cdims.clone(), tv.cmax.clone());
+                // a read whose lanes are consecutive along one dimension: one base
+                // address and a stride when the lanes are in range
+                let run = self.lane_run(venv, &indices);
+                let (slow, merge) = match run {
+                    Some(k) => {
+                        let (fast, slow, merge) =
+                            (g.b.create_block(), g.b.create_block(), g.b.create_block());
+                        g.b.append_block_param(merge, vec_type(ty));
+                        let zero = g.b.ins().iconst(types::I64, 0);
+                        // lane 0's indices (dimension k's from the site's positions,
+                        // `q0 + i + [0, 1, 2, 3]` or `kv0 + j + [0, 1, 2, 3]`)
+                        let lanes = venv.kv.unwrap_or(venv.q);
+                        let scalar: Vec<CValue> = idx
+                            .iter()
+                            .enumerate()
+                            .map(|(d, x)| {
+                                let x = g.b.ins().extractlane(if d == k { lanes } else { *x }, 0);
+                                g.b.ins().sextend(types::I64, x)
+                            })
+                            .collect();
+                        // lanes l0 .. l0 + 3 of dimension k inside [0, dim - 1]
+                        let lo =
+                            g.b.ins()
+                                .icmp(IntCC::SignedGreaterThanOrEqual, scalar[k], zero);
+                        let last = g.b.ins().iadd_imm_s(scalar[k], 3);
+                        let hi = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, cmax[k]);
+                        let ok = g.b.ins().band(lo, hi);
+                        g.b.ins().brif(ok, fast, &[], slow, &[]);
+                        g.b.switch_to_block(fast);
+                        let mut flat = zero;
+                        let mut stride = g.b.ins().iconst(types::I64, 1);
+                        for (d, x) in scalar.iter().enumerate() {
+                            // (the other dimensions: one value for every lane, clamped)
+                            let c = if d == k {
+                                *x
+                            } else {
+                                let c = g.b.ins().smax(*x, zero);
+                                g.b.ins().smin(c, cmax[d])
+                            };
+                            if d > k {
+                                stride = g.b.ins().imul(stride, cdims[d]);
+                            }
+                            flat = if d == 0 {
+                                c
+                            } else {
+                                let m = g.b.ins().imul(flat, cdims[d]);
+                                g.b.ins().iadd(m, c)
+                            };
+                        }
+                        let byte = g.b.ins().ishl_imm_u(flat, 2);
+                        let addr = g.b.ins().iadd(ptr, byte);
+                        // (not `aligned`: a row's run starts anywhere)
+                        let flags = MemFlagsData::new().with_notrap().with_readonly();
+                        let v = if k + 1 == idx.len() {
+                            g.b.ins().load(vec_type(ty), flags, addr, 0)
+                        } else {
+                            let step = g.b.ins().ishl_imm_u(stride, 2);
+                            let mut a = addr;
+                            let mut acc = None;
+                            for lane in 0..4u8 {
+                                if lane > 0 {
+                                    a = g.b.ins().iadd(a, step);
+                                }
+                                let x = g.b.ins().load(elem, flags, a, 0);
+                                acc = Some(match acc {
+                                    None => g.b.ins().splat(vec_type(ty), x),
+                                    Some(v) => g.b.ins().insertlane(v, x, lane),
+                                });
+                            }
+                            acc.expect("four lanes")
+                        };
+                        g.b.ins().jump(merge, &[v.into()]);
+                        g.b.switch_to_block(slow);
+                        (true, Some(merge))
+                    }
+                    None => (false, None),
+                };
                 let val = lanewise(g, &idx, vec_type(ty), |g, lanes| {
                     let zero = g.b.ins().iconst(types::I64, 0);
                     let mut flat = zero;
@@ -792,6 +899,14 @@ impl<'p> Lowering<'p> {
                     g.b.ins()
                         .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0)
                 });
+                let val = match merge {
+                    Some(merge) if slow => {
+                        g.b.ins().jump(merge, &[val.into()]);
+                        g.b.switch_to_block(merge);
+                        g.b.block_params(merge)[0]
+                    }
+                    _ => val,
+                };
                 if guard_const {
                     val
                 } else {
