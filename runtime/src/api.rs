@@ -188,6 +188,7 @@ impl Variant {
             exec,
             extensions: Vec::new(),
             devices_vouched: false,
+            kept_captures: Vec::new(),
             pad,
         })
     }
@@ -293,6 +294,11 @@ pub struct Bound {
     /// The caller's head dims when the kernels run at a padded one (`head_pad`): `opts`
     /// then holds the kernels' shape, and the host-tensor calls resize their tensors.
     pad: Option<HeadPad>,
+    /// The f32 buffers of the last host call's converted float captures, by tensor
+    /// (empty where none): the next call converts into them, so a large capture (a
+    /// `[B, H, Q, KV]` bias) costs a copy, not fresh pages, per call
+    /// ([`Self::bindings_reusing`]).
+    kept_captures: Vec<Vec<f32>>,
 }
 
 impl Bound {
@@ -440,6 +446,25 @@ impl Bound {
         bind_captures(&self.variant, &self.opts.shape, captures)
     }
 
+    /// [`Self::bindings`] converting float captures into the buffers the last call
+    /// returned ([`Self::keep_bindings`]).
+    pub(crate) fn bindings_reusing(&mut self, captures: &Captures) -> Result<Bindings> {
+        let mut kept = std::mem::take(&mut self.kept_captures);
+        bind_captures_into(&self.variant, &self.opts.shape, captures, &mut kept)
+    }
+
+    /// Keeps `b`'s f32 buffers for the next call's [`Self::bindings_reusing`].
+    pub(crate) fn keep_bindings(&mut self, b: Bindings) {
+        self.kept_captures = b
+            .tensors
+            .into_iter()
+            .map(|t| match t.data {
+                TensorData::F32(x) => x,
+                TensorData::I32(_) => Vec::new(),
+            })
+            .collect();
+    }
+
     /// Runs attention on host tensors.
     pub fn forward(
         &mut self,
@@ -450,7 +475,7 @@ impl Bound {
     ) -> Result<Output> {
         self.check_qkv(q, k, v)?;
         let s = self.opts.shape;
-        let bindings = self.bindings(captures)?;
+        let bindings = self.bindings_reusing(captures)?;
         let scale = self.scale();
         let wide = self.widen_qkv(q, k, v);
         let (q, k, v) = wide.as_ref().map_or((q, k, v), |[q, k, v]| (q, k, v));
@@ -458,6 +483,7 @@ impl Bound {
             .exec
             .forward(&self.plan, &self.opts, scale, q, k, v, &bindings)
             .map_err(|e| self.variant.render(e))?;
+        self.keep_bindings(bindings);
         Ok(Output {
             o: match self.pad {
                 Some(p) => p.narrow_v(o),
@@ -592,6 +618,17 @@ pub(crate) fn bind_captures(
     shape: &Shape,
     captures: &Captures,
 ) -> Result<Bindings> {
+    bind_captures_into(variant, shape, captures, &mut Vec::new())
+}
+
+/// [`bind_captures`], float tensors converted into `kept[i]` for tensor `i` where given
+/// (their memory reused; taken from `kept`).
+pub(crate) fn bind_captures_into(
+    variant: &Variant,
+    shape: &Shape,
+    captures: &Captures,
+    kept: &mut [Vec<f32>],
+) -> Result<Bindings> {
     let p = &variant.program;
     check_names(
         variant,
@@ -600,7 +637,7 @@ pub(crate) fn bind_captures(
     let params = bind_params(variant, &captures.params)?;
     let mut tensors = Vec::new();
     let mut symbols: HashMap<&str, usize> = HashMap::new();
-    for info in &p.tensors {
+    for (i, info) in p.tensors.iter().enumerate() {
         let t = captures.tensors.get(&info.name);
         check_tensor(
             variant,
@@ -612,7 +649,14 @@ pub(crate) fn bind_captures(
         let t = t.expect("checked: present");
         let data = match info.elem.read_type() {
             Type::I32 => TensorData::I32(t.to_i32()),
-            _ => TensorData::F32(t.to_f32()),
+            _ => match kept.get_mut(i) {
+                Some(buf) if t.dtype().is_float() => {
+                    let mut buf = std::mem::take(buf);
+                    t.read_f32_into(&mut buf);
+                    TensorData::F32(buf)
+                }
+                _ => TensorData::F32(t.to_f32()),
+            },
         };
         tensors.push(BoundTensor {
             dims: t.shape().to_vec(),

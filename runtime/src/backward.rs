@@ -239,7 +239,7 @@ impl Bound {
         if let Some(x) = dlse {
             check_input("dlse", x, &[s.b, s.hq, s.lq], DType::F32)?;
         }
-        let bindings = self.bindings(captures)?;
+        let bindings = self.bindings_reusing(captures)?;
         let scale = self.scale();
         let variant = self.variant().clone();
         let program = variant.program();
@@ -347,6 +347,7 @@ impl Bound {
                 &bindings,
             )?,
         };
+        self.keep_bindings(bindings);
         let mut tensors = BTreeMap::new();
         for (info, g) in program.tensors.iter().zip(grads.tensors) {
             if let Some(g) = g {

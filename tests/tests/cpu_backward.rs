@@ -611,3 +611,45 @@ attention a { mask = m; score = sc; }
         assert!(bits(1) == bits(3), "trial {trial}: 1 and 3 threads differ");
     }
 }
+
+/// A binding converts its float captures into the buffers of its last call
+/// (`Bound::bindings_reusing`): a second call with other values gives bit for bit what
+/// a fresh binding gives, forward and backward, and so does a third with the first's.
+#[test]
+fn captures_converted_into_kept_buffers_follow_each_call() {
+    let var = variant(
+        "tensor bias: f32[B, H, Q, KV]; tensor w: f32[7];
+         score sc(s, b, h, q, kv) { s + bias[b, h, q, kv] * w[(q + kv) % 7] }
+         attention a { score = sc; }",
+        "a",
+    );
+    let shape = Shape {
+        b: 2,
+        hq: 2,
+        hkv: 1,
+        lq: 37,
+        lkv: 70,
+        d: 64,
+        dv: 64,
+    };
+    let c = case(&shape, 5, false);
+    let first = synth::captures(var.program(), &shape, 1);
+    let second = synth::captures(var.program(), &shape, 2);
+    let run = |cpu: &mut Bound, caps: &Captures| {
+        let f = cpu.forward(&c.q, &c.k, &c.v, caps).unwrap();
+        let g = cpu
+            .backward(&c.q, &c.k, &c.v, &f.o, &f.lse, &c.dout, None, caps)
+            .unwrap();
+        let mut bits: Vec<u32> = f.o.to_f32().iter().map(|x| x.to_bits()).collect();
+        for t in [&g.dq, &g.dk, &g.dv].into_iter().chain(g.tensors.values()) {
+            bits.extend(t.to_f32().iter().map(|x| x.to_bits()));
+        }
+        bits
+    };
+    let mut reused = bind(&var, Backend::Cpu, shape, 2);
+    let a = run(&mut reused, &first);
+    let b = run(&mut reused, &second);
+    assert!(a != b, "the captures changed, the results did not");
+    assert!(b == run(&mut bind(&var, Backend::Cpu, shape, 2), &second));
+    assert!(a == run(&mut reused, &first), "back to the first captures");
+}
