@@ -649,14 +649,11 @@ pub(crate) fn bind_captures_into(
         let t = t.expect("checked: present");
         let data = match info.elem.read_type() {
             Type::I32 => TensorData::I32(t.to_i32()),
-            _ => match kept.get_mut(i) {
-                Some(buf) if t.dtype().is_float() => {
-                    let mut buf = std::mem::take(buf);
-                    t.read_f32_into(&mut buf);
-                    TensorData::F32(buf)
-                }
-                _ => TensorData::F32(t.to_f32()),
-            },
+            _ => {
+                let mut buf = kept.get_mut(i).map(std::mem::take).unwrap_or_default();
+                t.read_f32_into(&mut buf);
+                TensorData::F32(buf)
+            }
         };
         tensors.push(BoundTensor {
             dims: t.shape().to_vec(),

@@ -382,18 +382,7 @@ impl<'p> Lowering<'p> {
                 }
                 // Fast (and, after the check, checked) path: clamp into range; never reads
                 // outside the tensor.
-                let zero = g.b.ins().iconst(types::I64, 0);
-                let mut flat = zero;
-                for (k, x) in idx64.iter().enumerate() {
-                    let c = g.b.ins().smax(*x, zero);
-                    let c = g.b.ins().smin(c, tv.cmax[k]);
-                    flat = if k == 0 {
-                        c
-                    } else {
-                        let m = g.b.ins().imul(flat, tv.cdims[k]);
-                        g.b.ins().iadd(m, c)
-                    };
-                }
+                let flat = flat_index(g, &idx64, false, &tv.cdims, &tv.cmax, None);
                 let byte = g.b.ins().ishl_imm_u(flat, 2);
                 let addr = g.b.ins().iadd(tv.ptr, byte);
                 let val =
@@ -805,8 +794,7 @@ impl<'p> Lowering<'p> {
                 let (ptr, cdims, cmax) = (tv.ptr, tv.cdims.clone(), tv.cmax.clone());
                 // a read whose lanes are consecutive along one dimension: one base
                 // address and a stride when the lanes are in range
-                let run = self.lane_run(venv, &indices);
-                let (slow, merge) = match run {
+                let merge = match self.lane_run(venv, &indices) {
                     Some(k) => {
                         let (fast, slow, merge) =
                             (g.b.create_block(), g.b.create_block(), g.b.create_block());
@@ -832,26 +820,8 @@ impl<'p> Lowering<'p> {
                         let ok = g.b.ins().band(lo, hi);
                         g.b.ins().brif(ok, fast, &[], slow, &[]);
                         g.b.switch_to_block(fast);
-                        let mut flat = zero;
-                        let mut stride = g.b.ins().iconst(types::I64, 1);
-                        for (d, x) in scalar.iter().enumerate() {
-                            // (the other dimensions: one value for every lane, clamped)
-                            let c = if d == k {
-                                *x
-                            } else {
-                                let c = g.b.ins().smax(*x, zero);
-                                g.b.ins().smin(c, cmax[d])
-                            };
-                            if d > k {
-                                stride = g.b.ins().imul(stride, cdims[d]);
-                            }
-                            flat = if d == 0 {
-                                c
-                            } else {
-                                let m = g.b.ins().imul(flat, cdims[d]);
-                                g.b.ins().iadd(m, c)
-                            };
-                        }
+                        // (the other dimensions: one value for every lane, clamped)
+                        let flat = flat_index(g, &scalar, false, &cdims, &cmax, Some(k));
                         let byte = g.b.ins().ishl_imm_u(flat, 2);
                         let addr = g.b.ins().iadd(ptr, byte);
                         // (not `aligned`: a row's run starts anywhere)
@@ -859,6 +829,11 @@ impl<'p> Lowering<'p> {
                         let v = if k + 1 == idx.len() {
                             g.b.ins().load(vec_type(ty), flags, addr, 0)
                         } else {
+                            // the row-major stride of dimension k
+                            let mut stride = g.b.ins().iconst(types::I64, 1);
+                            for d in &cdims[k + 1..] {
+                                stride = g.b.ins().imul(stride, *d);
+                            }
                             let step = g.b.ins().ishl_imm_u(stride, 2);
                             let mut a = addr;
                             let mut acc = None;
@@ -876,36 +851,24 @@ impl<'p> Lowering<'p> {
                         };
                         g.b.ins().jump(merge, &[v.into()]);
                         g.b.switch_to_block(slow);
-                        (true, Some(merge))
+                        Some(merge)
                     }
-                    None => (false, None),
+                    None => None,
                 };
                 let val = lanewise(g, &idx, vec_type(ty), |g, lanes| {
-                    let zero = g.b.ins().iconst(types::I64, 0);
-                    let mut flat = zero;
-                    for (k, x) in lanes.iter().enumerate() {
-                        let x = g.b.ins().sextend(types::I64, *x);
-                        let c = g.b.ins().smax(x, zero);
-                        let c = g.b.ins().smin(c, cmax[k]);
-                        flat = if k == 0 {
-                            c
-                        } else {
-                            let m = g.b.ins().imul(flat, cdims[k]);
-                            g.b.ins().iadd(m, c)
-                        };
-                    }
+                    let flat = flat_index(g, lanes, true, &cdims, &cmax, None);
                     let byte = g.b.ins().ishl_imm_u(flat, 2);
                     let addr = g.b.ins().iadd(ptr, byte);
                     g.b.ins()
                         .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0)
                 });
                 let val = match merge {
-                    Some(merge) if slow => {
+                    Some(merge) => {
                         g.b.ins().jump(merge, &[val.into()]);
                         g.b.switch_to_block(merge);
                         g.b.block_params(merge)[0]
                     }
-                    _ => val,
+                    None => val,
                 };
                 if guard_const {
                     val
@@ -916,6 +879,42 @@ impl<'p> Lowering<'p> {
             }
         })
     }
+}
+
+/// The row-major element offset of the indices `idx` (i64, or i32 sign-extended here
+/// with `widen`) in a tensor of dims `cdims` (`cmax` = dims − 1), each index clamped into
+/// `[0, cmax]` (fast mode never reads outside a tensor) except dimension `exact`, which
+/// the caller has checked in range.
+fn flat_index(
+    g: &mut Gen,
+    idx: &[CValue],
+    widen: bool,
+    cdims: &[CValue],
+    cmax: &[CValue],
+    exact: Option<usize>,
+) -> CValue {
+    let zero = g.b.ins().iconst(types::I64, 0);
+    let mut flat = zero;
+    for (k, x) in idx.iter().enumerate() {
+        let x = if widen {
+            g.b.ins().sextend(types::I64, *x)
+        } else {
+            *x
+        };
+        let c = if exact == Some(k) {
+            x
+        } else {
+            let c = g.b.ins().smax(x, zero);
+            g.b.ins().smin(c, cmax[k])
+        };
+        flat = if k == 0 {
+            c
+        } else {
+            let m = g.b.ins().imul(flat, cdims[k]);
+            g.b.ins().iadd(m, c)
+        };
+    }
+    flat
 }
 
 fn splat(g: &mut Gen, x: CValue, t: Type) -> CValue {

@@ -422,12 +422,11 @@ impl CpuBackward {
         let nparts = nreads + self.grad.params.len();
         // tensors whose every element is read by at most one (b, h, q, kv): their
         // gradient is written, not summed (`direct_reads`)
-        let direct_out: Vec<Option<Vec<AtomicU32>>> =
-            direct_reads(&self.program, &self.grad, shape, bind)
-                .iter()
-                .zip(&bind.tensors)
-                .map(|(&on, t)| on.then(|| zeroed_words(t.data.len())))
-                .collect();
+        let direct_out: Vec<Option<Vec<AtomicU32>>> = direct_reads(&self.grad, shape, bind)
+            .iter()
+            .zip(&bind.tensors)
+            .map(|(&on, t)| on.then(|| zeroed_words(t.data.len())))
+            .collect();
         let direct = &direct_out;
         let has_score = self.program.score.is_some();
         let has_mask = self.program.mask.is_some();
@@ -1023,7 +1022,8 @@ fn zeroed_words(n: usize) -> Vec<AtomicU32> {
 /// range), every position that varies in the call among them. Then each element is read
 /// by at most one (b, h, q, kv), whose work item alone writes it: no scratch, no
 /// partial lists, no reduction (a `[B, H, Q, KV]` learned bias). Anything else sums.
-fn direct_reads(program: &Program, grad: &ScoreGrad, shape: &Shape, bind: &Bindings) -> Vec<bool> {
+/// (`bind` is indexed like the program's tensors: checked by `tensor_descs` before.)
+fn direct_reads(grad: &ScoreGrad, shape: &Shape, bind: &Bindings) -> Vec<bool> {
     use crate::ir::{Arg, Inst};
     let range = |a: &Arg| match a {
         Arg::B => shape.b,
@@ -1040,10 +1040,7 @@ fn direct_reads(program: &Program, grad: &ScoreGrad, shape: &Shape, bind: &Bindi
                 return false;
             };
             let bt = &bind.tensors[t];
-            if !matches!(bt.data, TensorData::F32(_))
-                || program.tensors.get(t).is_none()
-                || read.indices.len() != bt.dims.len()
-            {
+            if !matches!(bt.data, TensorData::F32(_)) || read.indices.len() != bt.dims.len() {
                 return false;
             }
             let mut axes = Vec::new();
@@ -1176,7 +1173,7 @@ mod tests {
                     data: TensorData::F32(vec![0.0; n]),
                 }],
             };
-            assert_eq!(direct_reads(&p, &grad, &sh, &bind), vec![want], "{src}");
+            assert_eq!(direct_reads(&grad, &sh, &bind), vec![want], "{src}");
         }
     }
 }
