@@ -357,7 +357,7 @@ impl Bound {
                     ElemType::BF16 => DType::BF16,
                     _ => DType::F32,
                 };
-                tensors.insert(info.name.clone(), Tensor::from_f32_as(shape, &g, dtype));
+                tensors.insert(info.name.clone(), Tensor::from_f32_vec_as(shape, g, dtype));
             }
         }
         let params = program
@@ -368,9 +368,9 @@ impl Bound {
             .collect();
         let [dq, dk, dv] = direct.unwrap_or_else(|| {
             [
-                Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.d], &grads.dq, dt),
-                Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.d], &grads.dk, dt),
-                Tensor::from_f32_as(vec![s.b, s.hkv, s.lkv, s.dv], &grads.dv, dt),
+                Tensor::from_f32_vec_as(vec![s.b, s.hq, s.lq, s.d], grads.dq, dt),
+                Tensor::from_f32_vec_as(vec![s.b, s.hkv, s.lkv, s.d], grads.dk, dt),
+                Tensor::from_f32_vec_as(vec![s.b, s.hkv, s.lkv, s.dv], grads.dv, dt),
             ]
         });
         Ok(Gradients {

@@ -99,7 +99,66 @@ fn check_len(shape: &[usize], len: usize) {
 pub struct Tensor {
     shape: Vec<usize>,
     dtype: DType,
-    bytes: Vec<u8>,
+    bytes: Store,
+}
+
+/// A tensor's memory: bytes as given, or (f32 tensors made from a vector of values on a
+/// little-endian host) that vector itself, so that a gradient or an output computed as
+/// f32 values becomes a tensor without a copy. Either way the bytes are the
+/// little-endian values; equality compares bytes.
+#[derive(Clone, Debug)]
+enum Store {
+    Bytes(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Store {
+    fn new_f32(data: Vec<f32>) -> Store {
+        if cfg!(target_endian = "little") {
+            Store::F32(data)
+        } else {
+            Store::Bytes(f32_le_bytes(&data))
+        }
+    }
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Store::Bytes(b) => b,
+            // SAFETY: the view covers exactly the vector's initialised values (f32 has no
+            // padding; any byte may be read as u8) and borrows it.
+            Store::F32(v) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), size_of_val(&v[..]))
+            },
+        }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Store::Bytes(b) => b,
+            // SAFETY: as in `as_slice`, borrowed mutably; every byte pattern written makes
+            // valid f32 values.
+            Store::F32(v) => unsafe {
+                std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size_of_val(&v[..]))
+            },
+        }
+    }
+}
+
+impl PartialEq for Store {
+    fn eq(&self, other: &Store) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Store {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
 }
 
 impl Tensor {
@@ -112,7 +171,7 @@ impl Tensor {
         Some(Tensor {
             shape,
             dtype,
-            bytes,
+            bytes: Store::Bytes(bytes),
         })
     }
     /// # Panics
@@ -122,7 +181,20 @@ impl Tensor {
         Tensor {
             shape,
             dtype: DType::F32,
-            bytes: f32_le_bytes(data),
+            bytes: Store::new_f32(data.to_vec()),
+        }
+    }
+    /// [`from_f32`](Self::from_f32) taking the values' vector as the tensor's memory (no
+    /// copy on a little-endian host).
+    ///
+    /// # Panics
+    /// As [`from_f32`](Self::from_f32).
+    pub fn from_f32_vec(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        check_len(&shape, data.len());
+        Tensor {
+            shape,
+            dtype: DType::F32,
+            bytes: Store::new_f32(data),
         }
     }
     pub fn from_i32(shape: Vec<usize>, data: &[i32]) -> Tensor {
@@ -130,7 +202,7 @@ impl Tensor {
         Tensor {
             shape,
             dtype: DType::I32,
-            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: Store::Bytes(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
         }
     }
     pub fn from_i64(shape: Vec<usize>, data: &[i64]) -> Tensor {
@@ -138,14 +210,14 @@ impl Tensor {
         Tensor {
             shape,
             dtype: DType::I64,
-            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: Store::Bytes(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
         }
     }
     /// Converts f32 values to a float dtype (rounding to nearest even for f16/bf16).
     pub fn from_f32_as(shape: Vec<usize>, data: &[f32], dtype: DType) -> Tensor {
         check_len(&shape, data.len());
         let bytes = match dtype {
-            DType::F32 => f32_le_bytes(data),
+            DType::F32 => return Tensor::from_f32(shape, data),
             DType::F16 => {
                 let mut h = vec![f16::ZERO; data.len()];
                 h.convert_from_f32_slice(data);
@@ -168,7 +240,15 @@ impl Tensor {
         Tensor {
             shape,
             dtype,
-            bytes,
+            bytes: Store::Bytes(bytes),
+        }
+    }
+    /// [`from_f32_as`](Self::from_f32_as) taking the values' vector: an f32 tensor keeps
+    /// it as its memory (no copy), other dtypes convert.
+    pub fn from_f32_vec_as(shape: Vec<usize>, data: Vec<f32>, dtype: DType) -> Tensor {
+        match dtype {
+            DType::F32 => Tensor::from_f32_vec(shape, data),
+            _ => Tensor::from_f32_as(shape, &data, dtype),
         }
     }
     pub fn shape(&self) -> &[usize] {
@@ -199,7 +279,7 @@ impl Tensor {
         Tensor {
             shape,
             dtype: self.dtype,
-            bytes,
+            bytes: Store::Bytes(bytes),
         }
     }
     pub fn dtype(&self) -> DType {
@@ -265,10 +345,14 @@ impl Tensor {
         out.clear();
         let b = &self.bytes;
         match self.dtype {
-            DType::F32 => out.extend(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
+            DType::F32 => match self.f32_slice() {
+                // (a copy the compiler makes a memcpy)
+                Some(x) => out.extend_from_slice(x),
+                None => out.extend(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                ),
+            },
             // half's slice conversions (vectorized where the CPU allows)
             DType::F16 => {
                 let bits = u16s(b);
@@ -348,5 +432,32 @@ mod tests {
                 .f32_slice()
                 .is_none()
         );
+    }
+
+    /// A tensor that keeps its values' vector reads, compares, converts and is written
+    /// exactly as one made from the same values' bytes.
+    #[test]
+    fn vector_backed_tensors_are_their_bytes() {
+        let x = vec![1.5f32, -0.0, f32::NEG_INFINITY, 7e-39, 3.25, -2.0];
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let from_bytes = Tensor::from_bytes(vec![2, 3], DType::F32, bytes.clone()).unwrap();
+        let mut kept = Tensor::from_f32_vec(vec![2, 3], x.clone());
+        assert_eq!(kept, from_bytes);
+        assert_eq!(kept.bytes(), &bytes[..]);
+        assert_eq!(kept.len(), 6);
+        let mut out = vec![9.0; 2];
+        kept.read_f32_into(&mut out);
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            x.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // written through the f32 view: the bytes follow, equality follows the bytes
+        kept.f32_slice_mut().expect("an f32 tensor")[4] = 8.0;
+        assert_eq!(kept.bytes()[16..20], 8.0f32.to_le_bytes());
+        assert_ne!(kept, from_bytes);
+        assert_eq!(kept.resize_last_dim(2).to_f32(), [1.5, -0.0, 7e-39, 8.0]);
+        // other dtypes convert as from_f32_as does
+        let h = Tensor::from_f32_vec_as(vec![6], x.clone(), DType::BF16);
+        assert_eq!(h, Tensor::from_f32_as(vec![6], &x, DType::BF16));
     }
 }

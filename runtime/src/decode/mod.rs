@@ -555,8 +555,8 @@ impl Bound {
         };
         let s = shape;
         Ok(Output {
-            o: Tensor::from_f32_as(vec![s.b, s.hq, s.lq, s.dv], &o, opts.dtype),
-            lse: Tensor::from_f32(vec![s.b, s.hq, s.lq], &lse),
+            o: Tensor::from_f32_vec_as(vec![s.b, s.hq, s.lq, s.dv], o, opts.dtype),
+            lse: Tensor::from_f32_vec(vec![s.b, s.hq, s.lq], lse),
         })
     }
 }

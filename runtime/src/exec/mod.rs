@@ -89,7 +89,7 @@ impl Exec {
         let s = opts.shape;
         let o_dims = vec![s.b, s.hq, s.lq, s.dv];
         let host = |(o, lse): (Vec<f32>, Vec<f32>)| {
-            (Tensor::from_f32_as(o_dims.clone(), &o, opts.dtype), lse)
+            (Tensor::from_f32_vec_as(o_dims.clone(), o, opts.dtype), lse)
         };
         match self {
             Exec::Reference => {

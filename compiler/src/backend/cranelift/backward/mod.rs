@@ -728,12 +728,7 @@ impl CpuBackward {
         } = self.zero_capture_gradients(bind);
         for (g, d) in tgrads.iter_mut().zip(direct_out) {
             if let Some(d) = d {
-                // (in place: the same size and alignment)
-                *g = Some(
-                    d.into_iter()
-                        .map(|x| f32::from_bits(x.into_inner()))
-                        .collect(),
-                );
+                *g = Some(words_as_f32s(d));
             }
         }
         // capture and param partials, reduced in item order (params in f64, rounded once)
@@ -1014,6 +1009,22 @@ fn zeroed_words(n: usize) -> Vec<AtomicU32> {
     // of `len` zero `AtomicU32`s; `v` is not dropped, so the memory has one owner.
     const _: () = assert!(std::mem::align_of::<AtomicU32>() == std::mem::align_of::<u32>());
     unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU32>(), len, cap) }
+}
+
+/// The words written by the workers as the f32 values whose bits they hold, the same
+/// allocation (no pass over the elements).
+fn words_as_f32s(v: Vec<AtomicU32>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: `AtomicU32` has the size, alignment and bit validity of `u32` (std docs;
+    // the alignment asserted in `zeroed_words`), and every `u32` bit pattern is a valid
+    // `f32` of the same size and alignment, so the allocation of `len` initialised
+    // `AtomicU32`s with capacity `cap` is one of `len` `f32`s with the same layout; the
+    // workers are done (no other reference exists: `v` was moved in) and `v` is not
+    // dropped, so the memory has one owner.
+    const _: () = assert!(std::mem::size_of::<AtomicU32>() == std::mem::size_of::<f32>());
+    const _: () = assert!(std::mem::align_of::<AtomicU32>() == std::mem::align_of::<f32>());
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
 }
 
 /// Per tensor of `bind`: whether its gradient can be *written* element by element — an
