@@ -2317,7 +2317,8 @@ fn d256_binding_kernels() {
     );
 }
 
-/// `PtxOptions::bwd_uniform_reads` on the runtime's D128 / D64 bindings: the fused dK/dV
+/// `PtxOptions::bwd_uniform_reads` (the runtime's D128 / D64 bindings' default) against
+/// the same bindings without it: the fused dK/dV
 /// kernel of every capture-gradient attention whose reads' index arithmetic has interval
 /// rules (`backend::llvm::uniform`: the relative-position table, a nested bucket table, a
 /// param in the clamp) gains the uniform-read path — one more copy
@@ -2344,11 +2345,15 @@ fn fused_uniform_reads_kernels() {
         (example("t5_relative_bias", "t5_encoder"), 128),
     ] {
         let plan = Plan::new(&p);
-        let o = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
+        let u = PtxOptions::backward(Arch::Sm90, d, d, InputType::Bf16)
             .backward_for_binding(&plan, 8192);
-        let u = PtxOptions {
-            bwd_uniform_reads: true,
-            ..o
+        assert!(
+            u.bwd_uniform_reads,
+            "the binding's default since session 39"
+        );
+        let o = PtxOptions {
+            bwd_uniform_reads: false,
+            ..u
         };
         let tag = format!("{} d{d}", p.name);
         let a = dkdv_twice(&plan, &o, &tag, &format!("{}_d{d}.ptx", p.name));

@@ -280,8 +280,9 @@ fn ws_three_consumers_generate_for_every_example() {
     assert!(e.contains("tile 192x"), "{e}");
 }
 
-/// `PtxOptions::uniform_reads` on the runtime's forward for a binding (sm_90, warp-
-/// specialized, D128 and D64, and sm_80's mma.sync path): the kernel of every example
+/// `PtxOptions::uniform_reads` (the runtime's default for a binding since session 39)
+/// against the same binding without it (sm_90, warp-specialized, D128 and D64, and
+/// sm_80's mma.sync path): the kernel of every example
 /// attention whose score reads tensors with interval rules for their indices
 /// (`backend::llvm::uniform`: the relative-position table) gains the uniform-read path —
 /// byte-identical twice, one more copy of the score's element code (the exponentials
@@ -302,10 +303,11 @@ fn uniform_reads_forward_kernels() {
             }
             let plan = Plan::new(p);
             for (arch, d) in [(Arch::Sm90, 128), (Arch::Sm90, 64), (Arch::Sm80, 64)] {
-                let o = PtxOptions::new(arch, d, d, InputType::Bf16).for_binding(&plan, 8192);
-                let u = PtxOptions {
-                    uniform_reads: true,
-                    ..o
+                let u = PtxOptions::new(arch, d, d, InputType::Bf16).for_binding(&plan, 8192);
+                assert!(u.uniform_reads, "the binding's default since session 39");
+                let o = PtxOptions {
+                    uniform_reads: false,
+                    ..u
                 };
                 let a = emit(p, &o).unwrap();
                 let b = emit(p, &u).unwrap();

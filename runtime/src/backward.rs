@@ -666,8 +666,8 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// `ATTNC_BWD_REC=0` the visits from the producer's records (`bwd_visit_rec`, sessions 13
 /// and 16) off and `ATTNC_BWD_CUTS=0` the math warps' instruction cuts (`bwd_stmatrix`,
 /// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off. `ATTNC_BWD_UNIFORM=1` / `0` turns
-/// the uniform-read path of capture gradients (`PtxOptions::bwd_uniform_reads`, session
-/// 37, off by default: not yet run on a GPU) on / off in the fused kernels.
+/// the uniform-read path of capture gradients (`PtxOptions::bwd_uniform_reads`, sessions
+/// 37 and 39, on by default) on / off in the fused kernels.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
     bwd_overrides(o, |name| std::env::var(name).ok())
 }

@@ -2027,7 +2027,7 @@ fn gpu_closed_form_matches_oracle(dev: &CudaDevice) {
 }
 
 /// Score tensor reads that are one element over a thread's box of positions, read once
-/// (`PtxOptions::uniform_reads`, the forward's uniform-read path, off by default) on every
+/// (`PtxOptions::uniform_reads`, the forward's uniform-read path, on in `for_binding` since session 39) on every
 /// matrix path this device runs (`paths`: mma.sync, wgmma, the warp-specialized kernel),
 /// for each program of `gpu_util/uniform_reads.attn` (one per interval rule of
 /// `backend::llvm::uniform`) against the oracle: rows long enough that most blocks read

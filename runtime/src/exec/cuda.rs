@@ -617,8 +617,8 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// `ATTNC_FWD_STAGES=2|3` the K/V ring's stages (3: one Q buffer above D, Dv 64);
 /// `ATTNC_FWD_OTMA=1|0` O through shared memory and TMA stores (`PtxOptions::o_tma`, with
 /// the dynamic scheduler at Dv 128 and two stages); `ATTNC_FWD_UNIFORM=1|0` score reads
-/// that are one element over a thread's box read once (`PtxOptions::uniform_reads`, session
-/// 37, off by default: not yet run on a GPU);
+/// that are one element over a thread's box read once (`PtxOptions::uniform_reads`, sessions
+/// 37 and 39, on by default);
 /// `ATTNC_FWD_LPT=N` sets the longest-first order's
 /// group (`PtxOptions::lpt_group`, 0 = the plain order). Other kernels, unset variables
 /// and values that do not parse keep the binding's choice.

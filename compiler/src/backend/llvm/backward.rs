@@ -569,6 +569,17 @@ impl PtxOptions {
             o.bwd_two_writers = true;
             o.bwd_stats_bulk = true;
         }
+        // session 39: capture gradients whose reads are one element over a visit's box
+        // from the uniform-read path (session 37's `bwd_uniform_reads`) wherever the fused
+        // kernel runs (a binding without such reads generates the same kernel). One H200,
+        // one call, kernel bench median default / `+U`, two interleaved pairs: a relative-
+        // position table `[H, 129]` with its gradient, D128 156.9, 156.4 / 242.7, 235.4
+        // TFLOP/s (1.52x), D64 112.0, 112.3 / 128.4, 125.6 (1.13x); dense 590.7, 591.2 /
+        // 593.3, 594.2. A training step through Python (forward's `uniform_reads` too,
+        // B2 H16 L8192 D128, min of 3): relative table 20.22 -> 13.20 ms, + causal 12.34
+        // -> 6.34, learnable soft-cap + causal 9.44 -> 6.67. `gpu_backward` (every test)
+        // passes with it, memcheck and racecheck clean on `gpu_backward_uniform_reads`
+        o.bwd_uniform_reads = o.bwd_dq != BwdDq::Separate;
         o
     }
 

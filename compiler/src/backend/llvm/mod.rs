@@ -399,8 +399,8 @@ pub struct PtxOptions {
     /// diagonal, a bucket table) read once per block: on full blocks where every lane's
     /// reads are each one element (`vote.all`), the score takes them from registers
     /// instead of an index and a gather per element. The same elements read: the same
-    /// logits. Not in checked mode. Built and tested on the host, not yet run on a GPU:
-    /// off (`new`, `for_binding`).
+    /// logits. Not in checked mode. Off in `new`; on in `for_binding` (session 39, run
+    /// on an H200: a relative-position table's forward 1.29x).
     pub uniform_reads: bool,
     /// The K/V cache layout (contiguous by default): the decode kernels' cache; with `ws`,
     /// [`KvCache::Paged`] makes the forward read K and V from a paged cache `[pages, P,
@@ -759,9 +759,9 @@ pub struct PtxOptions {
     /// every read is one element, the element code takes that value from a register and
     /// sums one run per read site for the flush, instead of an index, a gather and a run
     /// test per element. The same elements read, the gradients summed in another (fixed)
-    /// order. Built and tested on the host (the rules against brute force, ptxas), not
-    /// yet run on a GPU: off by default; the kernel bench's `+U`,
-    /// `ATTNC_BWD_UNIFORM=1` in the runtime.
+    /// order. Off in `new`; on in `backward_for_binding` wherever the fused kernel runs
+    /// (session 39, run on an H200: a relative-position table's backward 1.52x at D128);
+    /// the kernel bench's `+U`, `ATTNC_BWD_UNIFORM=0|1` in the runtime.
     pub bwd_uniform_reads: bool,
     /// The fused backward with the TMA producer ([`Self::bwd_tma`]; with
     /// [`Self::bwd_persist`] only on the counter's tile order, [`Self::bwd_persist_dyn`],
@@ -1135,6 +1135,13 @@ impl PtxOptions {
                 .score
                 .as_ref()
                 .is_none_or(|f| crate::analysis::linear::pos_bias(f).is_some());
+        // session 39: a score's tensor reads that are one element over a thread's box read
+        // once (session 37's `uniform_reads`; checked mode keeps the gathers). One H200,
+        // one call, `attnc bench` B2 H16 L8192 D128, two alternated pairs off / on: a
+        // relative-position table 450.9, 451.4 / 590.9, 578.1 TFLOP/s (1.29x; dense 727 in
+        // the same call); `gpu_uniform_reads_match_oracle` (every matrix path) and
+        // `gpu_samples_match_oracle` (every example) pass with it
+        o.uniform_reads = true;
         o
     }
     /// Sets `m_tiles` and the defaults for it: Q in registers while `m_tiles * d <= 128`
