@@ -970,14 +970,26 @@ fn capture_partials(
             continue;
         };
         for i in 0..nr {
-            for j in 0..nc {
-                let e = i * bkv + j;
-                let f = sc.flat[r * plane + e];
-                if sc.s[e] == 0.0 || f < 0 {
+            let e0 = i * bkv;
+            let flat = &sc.flat[r * plane + e0..][..nc];
+            let part = &sc.part[r * plane + e0..][..nc];
+            let (dp, s) = (&sc.dp[e0..][..nc], &sc.s[e0..][..nc]);
+            // a row that reads one element (a relative-position table away from the
+            // diagonal): its terms summed in a fixed order, added once
+            if let Some(f) = one_element(flat) {
+                acc[f] += row_terms(dp, part, s);
+                if !seen[f] {
+                    seen[f] = true;
+                    touched.push(f as u32);
+                }
+                continue;
+            }
+            for (((&f, &p), &dp), &s) in flat.iter().zip(part).zip(dp).zip(s) {
+                if s == 0.0 || f < 0 {
                     continue;
                 }
                 let f = f as usize;
-                acc[f] += sc.dp[e] * sc.part[r * plane + e];
+                acc[f] += dp * p;
                 if !seen[f] {
                     seen[f] = true;
                     touched.push(f as u32);
@@ -996,6 +1008,34 @@ fn capture_partials(
             }
         }
     }
+}
+
+/// The element every index of `flat` names, when they are all the same one (not -1).
+fn one_element(flat: &[i64]) -> Option<usize> {
+    let &f = flat.first()?;
+    (f >= 0 && flat.iter().all(|&x| x == f)).then_some(f as usize)
+}
+
+/// Σ dp·part over the elements whose P (`s`) is not 0, in eight interleaved partial
+/// sums added in a fixed order (the same bits on every call and thread count).
+fn row_terms(dp: &[f32], part: &[f32], s: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = dp.len() / 8 * 8;
+    for ((d, p), s) in dp[..n8]
+        .chunks_exact(8)
+        .zip(part[..n8].chunks_exact(8))
+        .zip(s[..n8].chunks_exact(8))
+    {
+        for l in 0..8 {
+            acc[l] += if s[l] != 0.0 { d[l] * p[l] } else { 0.0 };
+        }
+    }
+    for ((&d, &p), &s) in dp[n8..].iter().zip(&part[n8..]).zip(&s[n8..]) {
+        if s != 0.0 {
+            acc[0] += d * p;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// `n` zero words from zeroed pages (`calloc`): the workers that write them touch
@@ -1104,7 +1144,33 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
-    use super::direct_reads;
+    use super::{direct_reads, one_element, row_terms};
+
+    /// A row's terms summed at once: only rows that name one element (no -1) take it,
+    /// masked elements (P = 0) add nothing, and the sum is the plain one within f32
+    /// rounding for every length (the eight-lane body and the tail).
+    #[test]
+    fn rows_of_one_element_sum_their_terms() {
+        assert_eq!(one_element(&[5, 5, 5]), Some(5));
+        assert_eq!(one_element(&[5, 5, 6]), None);
+        assert_eq!(one_element(&[-1, -1]), None);
+        assert_eq!(one_element(&[]), None);
+        for n in [1usize, 7, 8, 9, 64, 67] {
+            let dp: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let part: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 / 16.0).collect();
+            let s: Vec<f32> = (0..n).map(|i| if i % 5 == 3 { 0.0 } else { 0.5 }).collect();
+            let want: f64 = (0..n)
+                .filter(|&i| s[i] != 0.0)
+                .map(|i| dp[i] as f64 * part[i] as f64)
+                .sum();
+            let got = row_terms(&dp, &part, &s);
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{n}: {got} vs {want}"
+            );
+            assert_eq!(got.to_bits(), row_terms(&dp, &part, &s).to_bits());
+        }
+    }
     use crate::grad::differentiate;
     use crate::interp::{Bindings, BoundTensor, TensorData};
     use crate::shape::Shape;
