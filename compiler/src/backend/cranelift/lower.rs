@@ -853,7 +853,43 @@ impl<'p> Lowering<'p> {
                         g.b.switch_to_block(slow);
                         Some(merge)
                     }
-                    None => None,
+                    // a read whose lanes all name one element (a relative-position table
+                    // away from the diagonal: `clamp(q - kv, ..)` the same in every lane):
+                    // one load, splatted; else lane by lane
+                    None => {
+                        let (one, slow, merge) =
+                            (g.b.create_block(), g.b.create_block(), g.b.create_block());
+                        g.b.append_block_param(merge, vec_type(ty));
+                        let mut same = None;
+                        let mut scalar = Vec::with_capacity(idx.len());
+                        for x in &idx {
+                            let x0 = g.b.ins().extractlane(*x, 0);
+                            let all0 = g.b.ins().splat(types::I32X4, x0);
+                            let eq = g.b.ins().icmp(IntCC::Equal, *x, all0);
+                            same = Some(match same {
+                                None => eq,
+                                Some(s) => g.b.ins().band(s, eq),
+                            });
+                            scalar.push(g.b.ins().sextend(types::I64, x0));
+                        }
+                        let same = same.expect("a tensor read has an index");
+                        let all = g.b.ins().vall_true(same);
+                        g.b.ins().brif(all, one, &[], slow, &[]);
+                        g.b.switch_to_block(one);
+                        let flat = flat_index(g, &scalar, false, &cdims, &cmax, None);
+                        let byte = g.b.ins().ishl_imm_u(flat, 2);
+                        let addr = g.b.ins().iadd(ptr, byte);
+                        let x = g.b.ins().load(
+                            elem,
+                            MemFlagsData::trusted().with_readonly(),
+                            addr,
+                            0,
+                        );
+                        let v = g.b.ins().splat(vec_type(ty), x);
+                        g.b.ins().jump(merge, &[v.into()]);
+                        g.b.switch_to_block(slow);
+                        Some(merge)
+                    }
                 };
                 let val = lanewise(g, &idx, vec_type(ty), |g, lanes| {
                     let flat = flat_index(g, lanes, true, &cdims, &cmax, None);
