@@ -879,12 +879,9 @@ impl<'p> Lowering<'p> {
                         let flat = flat_index(g, &scalar, false, &cdims, &cmax, None);
                         let byte = g.b.ins().ishl_imm_u(flat, 2);
                         let addr = g.b.ins().iadd(ptr, byte);
-                        let x = g.b.ins().load(
-                            elem,
-                            MemFlagsData::trusted().with_readonly(),
-                            addr,
-                            0,
-                        );
+                        let x =
+                            g.b.ins()
+                                .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0);
                         let v = g.b.ins().splat(vec_type(ty), x);
                         g.b.ins().jump(merge, &[v.into()]);
                         g.b.switch_to_block(slow);
