@@ -1,7 +1,9 @@
 //! Host tensors: what users pass to `forward` and what `attnc run` reads and writes.
 //!
 //! In: raw little-endian bytes with a dtype and a shape (from safetensors or built in
-//! Rust). Out: typed views converted for the kernels (`to_f32`, `to_i32`, bf16/f16 bits).
+//! Rust), or a vector of f32 values kept as the tensor's memory (`from_f32_vec`: outputs
+//! and gradients computed as f32, without a copy). Out: typed views converted for the
+//! kernels (`to_f32`, `read_f32_into`, `to_i32`, bf16/f16 bits).
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
