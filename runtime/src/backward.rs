@@ -287,18 +287,14 @@ impl Bound {
                 let inputs = [&qf[..], &kf[..], &vf[..], &of[..], &lf[..], &df[..]];
                 // f32 outputs: zeroed tensors (fresh pages, first touched by the
                 // kernel's threads) written in place; other dtypes converted below
-                let zeros = |shape: Vec<usize>, n: usize| {
-                    Tensor::from_bytes(shape, DType::F32, vec![0u8; n * 4])
-                };
-                let mut outs = (dt == DType::F32)
-                    .then(|| {
-                        Some([
-                            zeros(vec![s.b, s.hq, s.lq, s.d], s.q_len())?,
-                            zeros(vec![s.b, s.hkv, s.lkv, s.d], s.k_len())?,
-                            zeros(vec![s.b, s.hkv, s.lkv, s.dv], s.v_len())?,
-                        ])
-                    })
-                    .flatten();
+                let zeros = |shape: Vec<usize>, n: usize| Tensor::from_f32_vec(shape, vec![0.0; n]);
+                let mut outs = (dt == DType::F32).then(|| {
+                    [
+                        zeros(vec![s.b, s.hq, s.lq, s.d], s.q_len()),
+                        zeros(vec![s.b, s.hkv, s.lkv, s.d], s.k_len()),
+                        zeros(vec![s.b, s.hkv, s.lkv, s.dv], s.v_len()),
+                    ]
+                });
                 let run = |out: [&mut [f32]; 3]| {
                     let (d, l) = (dlse_f.as_deref(), (&bindings, &maps));
                     kern.run_into(&s, inputs, d, scale, l.0, l.1, workers, out)

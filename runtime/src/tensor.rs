@@ -64,18 +64,6 @@ fn u16s(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
-/// The little-endian bytes of f32 values (one copy on a little-endian host).
-fn f32_le_bytes(data: &[f32]) -> Vec<u8> {
-    if cfg!(target_endian = "little") {
-        // SAFETY: the view covers exactly `data`'s memory (f32 has no padding; any byte
-        // may be read as u8) and is copied out before `data`'s borrow ends.
-        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), size_of_val(data)) }
-            .to_vec()
-    } else {
-        data.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-}
-
 /// The little-endian bytes of 16-bit words.
 fn le_bytes(words: &[u16]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -119,10 +107,20 @@ impl Store {
         if cfg!(target_endian = "little") {
             Store::F32(data)
         } else {
-            Store::Bytes(f32_le_bytes(&data))
+            Store::Bytes(data.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
     }
-    fn as_slice(&self) -> &[u8] {
+}
+
+impl PartialEq for Store {
+    fn eq(&self, other: &Store) -> bool {
+        **self == **other
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
         match self {
             Store::Bytes(b) => b,
             // SAFETY: the view covers exactly the vector's initialised values (f32 has no
@@ -132,34 +130,18 @@ impl Store {
             },
         }
     }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+}
+
+impl std::ops::DerefMut for Store {
+    fn deref_mut(&mut self) -> &mut [u8] {
         match self {
             Store::Bytes(b) => b,
-            // SAFETY: as in `as_slice`, borrowed mutably; every byte pattern written makes
+            // SAFETY: as in `deref`, borrowed mutably; every byte pattern written makes
             // valid f32 values.
             Store::F32(v) => unsafe {
                 std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size_of_val(&v[..]))
             },
         }
-    }
-}
-
-impl PartialEq for Store {
-    fn eq(&self, other: &Store) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl std::ops::Deref for Store {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl std::ops::DerefMut for Store {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.as_mut_slice()
     }
 }
 

@@ -383,8 +383,7 @@ impl<'p> Lowering<'p> {
                 // Fast (and, after the check, checked) path: clamp into range; never reads
                 // outside the tensor.
                 let flat = flat_index(g, &idx64, false, &tv.cdims, &tv.cmax, None);
-                let byte = g.b.ins().ishl_imm_u(flat, 2);
-                let addr = g.b.ins().iadd(tv.ptr, byte);
+                let addr = element_address(g, tv.ptr, flat);
                 let val =
                     g.b.ins()
                         .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0);
@@ -792,13 +791,17 @@ impl<'p> Lowering<'p> {
                 let elem = cl_type(self.p.tensors[tensor.0 as usize].elem.read_type());
                 let tv = &env.tensors[tensor.0 as usize];
                 let (ptr, cdims, cmax) = (tv.ptr, tv.cdims.clone(), tv.cmax.clone());
-                // a read whose lanes are consecutive along one dimension: one base
-                // address and a stride when the lanes are in range
-                let merge = match self.lane_run(venv, &indices) {
+                // a fast path before the lane-by-lane read, taken when its test holds: a
+                // read whose lanes are consecutive along one dimension (one base address
+                // and a stride when the lanes are in range), or else one whose lanes all
+                // name one element (a relative-position table away from the diagonal:
+                // `clamp(q - kv, ..)` the same in every lane; one load, splatted)
+                let run = self.lane_run(venv, &indices);
+                let (fast, slow, merge) =
+                    (g.b.create_block(), g.b.create_block(), g.b.create_block());
+                g.b.append_block_param(merge, vec_type(ty));
+                let (scalar, ok) = match run {
                     Some(k) => {
-                        let (fast, slow, merge) =
-                            (g.b.create_block(), g.b.create_block(), g.b.create_block());
-                        g.b.append_block_param(merge, vec_type(ty));
                         let zero = g.b.ins().iconst(types::I64, 0);
                         // lane 0's indices (dimension k's from the site's positions,
                         // `q0 + i + [0, 1, 2, 3]` or `kv0 + j + [0, 1, 2, 3]`)
@@ -817,16 +820,36 @@ impl<'p> Lowering<'p> {
                                 .icmp(IntCC::SignedGreaterThanOrEqual, scalar[k], zero);
                         let last = g.b.ins().iadd_imm_s(scalar[k], 3);
                         let hi = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, cmax[k]);
-                        let ok = g.b.ins().band(lo, hi);
-                        g.b.ins().brif(ok, fast, &[], slow, &[]);
-                        g.b.switch_to_block(fast);
-                        // (the other dimensions: one value for every lane, clamped)
-                        let flat = flat_index(g, &scalar, false, &cdims, &cmax, Some(k));
-                        let byte = g.b.ins().ishl_imm_u(flat, 2);
-                        let addr = g.b.ins().iadd(ptr, byte);
+                        (scalar, g.b.ins().band(lo, hi))
+                    }
+                    None => {
+                        // every index vector equal to its lane 0
+                        let mut same = None;
+                        let mut scalar = Vec::with_capacity(idx.len());
+                        for x in &idx {
+                            let x0 = g.b.ins().extractlane(*x, 0);
+                            let all0 = g.b.ins().splat(types::I32X4, x0);
+                            let eq = g.b.ins().icmp(IntCC::Equal, *x, all0);
+                            same = Some(match same {
+                                None => eq,
+                                Some(s) => g.b.ins().band(s, eq),
+                            });
+                            scalar.push(g.b.ins().sextend(types::I64, x0));
+                        }
+                        let same = same.expect("a tensor read has an index");
+                        (scalar, g.b.ins().vall_true(same))
+                    }
+                };
+                g.b.ins().brif(ok, fast, &[], slow, &[]);
+                g.b.switch_to_block(fast);
+                // (a run: the other dimensions one value for every lane, clamped)
+                let flat = flat_index(g, &scalar, false, &cdims, &cmax, run);
+                let addr = element_address(g, ptr, flat);
+                let v = match run {
+                    Some(k) => {
                         // (not `aligned`: a row's run starts anywhere)
                         let flags = MemFlagsData::new().with_notrap().with_readonly();
-                        let v = if k + 1 == idx.len() {
+                        if k + 1 == idx.len() {
                             g.b.ins().load(vec_type(ty), flags, addr, 0)
                         } else {
                             // the row-major stride of dimension k
@@ -848,61 +871,25 @@ impl<'p> Lowering<'p> {
                                 });
                             }
                             acc.expect("four lanes")
-                        };
-                        g.b.ins().jump(merge, &[v.into()]);
-                        g.b.switch_to_block(slow);
-                        Some(merge)
-                    }
-                    // a read whose lanes all name one element (a relative-position table
-                    // away from the diagonal: `clamp(q - kv, ..)` the same in every lane):
-                    // one load, splatted; else lane by lane
-                    None => {
-                        let (one, slow, merge) =
-                            (g.b.create_block(), g.b.create_block(), g.b.create_block());
-                        g.b.append_block_param(merge, vec_type(ty));
-                        let mut same = None;
-                        let mut scalar = Vec::with_capacity(idx.len());
-                        for x in &idx {
-                            let x0 = g.b.ins().extractlane(*x, 0);
-                            let all0 = g.b.ins().splat(types::I32X4, x0);
-                            let eq = g.b.ins().icmp(IntCC::Equal, *x, all0);
-                            same = Some(match same {
-                                None => eq,
-                                Some(s) => g.b.ins().band(s, eq),
-                            });
-                            scalar.push(g.b.ins().sextend(types::I64, x0));
                         }
-                        let same = same.expect("a tensor read has an index");
-                        let all = g.b.ins().vall_true(same);
-                        g.b.ins().brif(all, one, &[], slow, &[]);
-                        g.b.switch_to_block(one);
-                        let flat = flat_index(g, &scalar, false, &cdims, &cmax, None);
-                        let byte = g.b.ins().ishl_imm_u(flat, 2);
-                        let addr = g.b.ins().iadd(ptr, byte);
-                        let x =
-                            g.b.ins()
-                                .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0);
-                        let v = g.b.ins().splat(vec_type(ty), x);
-                        g.b.ins().jump(merge, &[v.into()]);
-                        g.b.switch_to_block(slow);
-                        Some(merge)
+                    }
+                    None => {
+                        let flags = MemFlagsData::trusted().with_readonly();
+                        let x = g.b.ins().load(elem, flags, addr, 0);
+                        g.b.ins().splat(vec_type(ty), x)
                     }
                 };
+                g.b.ins().jump(merge, &[v.into()]);
+                g.b.switch_to_block(slow);
                 let val = lanewise(g, &idx, vec_type(ty), |g, lanes| {
                     let flat = flat_index(g, lanes, true, &cdims, &cmax, None);
-                    let byte = g.b.ins().ishl_imm_u(flat, 2);
-                    let addr = g.b.ins().iadd(ptr, byte);
+                    let addr = element_address(g, ptr, flat);
                     g.b.ins()
                         .load(elem, MemFlagsData::trusted().with_readonly(), addr, 0)
                 });
-                let val = match merge {
-                    Some(merge) => {
-                        g.b.ins().jump(merge, &[val.into()]);
-                        g.b.switch_to_block(merge);
-                        g.b.block_params(merge)[0]
-                    }
-                    None => val,
-                };
+                g.b.ins().jump(merge, &[val.into()]);
+                g.b.switch_to_block(merge);
+                let val = g.b.block_params(merge)[0];
                 if guard_const {
                     val
                 } else {
@@ -912,6 +899,12 @@ impl<'p> Lowering<'p> {
             }
         })
     }
+}
+
+/// The address of the 4-byte element at offset `flat` of the tensor at `ptr`.
+fn element_address(g: &mut Gen, ptr: CValue, flat: CValue) -> CValue {
+    let byte = g.b.ins().ishl_imm_u(flat, 2);
+    g.b.ins().iadd(ptr, byte)
 }
 
 /// The row-major element offset of the indices `idx` (i64, or i32 sign-extended here
