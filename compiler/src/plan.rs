@@ -313,6 +313,23 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The document-tiled form of this program (`analysis::linear::DocSplit`): the same
+    /// program (params, tensors and score unchanged, so that the same bindings serve)
+    /// with its mask replaced by the mask's linear part (none: no mask), and the function
+    /// that gives each row's document. `None` unless the mask is such a document mask
+    /// and its linear part has a closed form ([`Plan::kv_bounds`] of the new plan).
+    pub fn doc_split(&self) -> Option<(Plan, Function)> {
+        let split = crate::analysis::linear::doc_split(self.program.mask.as_ref()?)?;
+        let mut p = self.program.clone();
+        p.mask = split.linear.map(|l| crate::passes::eliminate_dead_code(&l));
+        let plan = Plan::new(&p);
+        plan.kv_bounds(false)
+            .is_closed_form()
+            .then(|| (plan, crate::passes::eliminate_dead_code(&split.id)))
+    }
+}
+
 fn within_coef(cf: &ClosedForm) -> bool {
     cf.constraints
         .iter()

@@ -82,6 +82,13 @@ pub struct BindOptions {
     /// next of 16 / 32 / 64 / 128 / 256), any other backend never. Results and gradients
     /// are those of the unpadded problem; the cost is the padded dim's plus the copies.
     pub pad_head_dims: Option<usize>,
+    /// CUDA, a document mask over packed sequences (`L && doc[b, q] == doc[b, kv]`,
+    /// `Plan::doc_split`; `Lq == Lkv`, host inputs): run each document on its own q tiles
+    /// and kv blocks aligned to its first row, the kernel of `L` alone
+    /// (`PtxOptions::doc_tiles`; a call whose ids do not form contiguous documents runs
+    /// the binding's own kernel). Default: the environment variable `ATTNC_FWD_DOC_TILES=1`
+    /// turns it on, else off. Other backends ignore it.
+    pub doc_tiles: bool,
 }
 
 impl BindOptions {
@@ -100,6 +107,7 @@ impl BindOptions {
             kv_pages: false,
             device_lens: false,
             pad_head_dims: None,
+            doc_tiles: std::env::var("ATTNC_FWD_DOC_TILES").is_ok_and(|v| v == "1"),
         }
     }
 }

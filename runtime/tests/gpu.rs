@@ -2178,6 +2178,117 @@ fn gpu_forward_with_gpu_tables_matches_oracle(dev: &CudaDevice) {
     }
 }
 
+/// Document masks over packed sequences for the document-tiled forward: (source).
+const DOC_TILE_SOURCES: &str = r#"
+tensor doc: i32[B, KV];
+param window: i32;
+mask causal(b, h, q, kv) { q >= kv }
+mask same_doc(b, h, q, kv) { doc[b, q] == doc[b, kv] }
+mask local(b, h, q, kv) { q - kv <= window }
+score alibi(s, b, h, q, kv) { s + 0.0625 * (kv - q) as f32 }
+score at_row(s, b, h, q, kv) { s + 0.25 * (q % 7) as f32 - 0.125 * (kv % 5) as f32 }
+attention doc_only { mask = same_doc; }
+attention doc_causal { mask = causal & same_doc; }
+attention doc_sliding_causal { mask = causal & local & same_doc; }
+attention doc_alibi_causal { mask = causal & same_doc; score = alibi; }
+attention doc_at_row { mask = same_doc & causal; score = at_row; }
+"#;
+
+/// The document-tiled forward (`BindOptions::doc_tiles`, `PtxOptions::doc_tiles`) through
+/// `Bound::forward` against the oracle: document masks with and without a causal / window
+/// part and scores over absolute positions, documents of random lengths (many shorter
+/// than a tile, one of a single row, some longer than several tiles), GQA, odd lengths,
+/// D64 / D128, bf16 / f16; every such call runs the document-tiled kernel
+/// (`gpu_doc_tile_calls`), while ids that come back after another document (not
+/// contiguous) and a binding without the option run the binding's own kernel, also
+/// against the oracle.
+fn gpu_doc_tiles_match_oracle(dev: &CudaDevice) {
+    let _ = dev;
+    let compiled = Compiled::from_source("docs.attn", DOC_TILE_SOURCES).expect("compiles");
+    let shape = |b, hq, hkv, l, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq: l,
+        lkv: l,
+        d,
+        dv: d,
+    };
+    let cases = [
+        (shape(2, 4, 2, 1000, 128), DType::BF16, 6),
+        (shape(1, 3, 1, 517, 64), DType::F16, 40),
+        (shape(2, 2, 2, 300, 128), DType::F16, 1),
+        (shape(1, 2, 1, 1537, 128), DType::BF16, 3),
+        (shape(3, 2, 1, 129, 64), DType::BF16, 129),
+    ];
+    let mut ran = 0;
+    for (ci, &(sh, dtype, docs)) in cases.iter().enumerate() {
+        let mut r = rng(500 + ci as u64);
+        let rand = |r: &mut rand::rngs::StdRng, n: usize, a: f32| {
+            (0..n).map(|_| r.random_range(-a..a)).collect::<Vec<f32>>()
+        };
+        let q = Tensor::from_f32_as(
+            vec![sh.b, sh.hq, sh.lq, sh.d],
+            &rand(&mut r, sh.q_len(), 2.0),
+            dtype,
+        );
+        let k = Tensor::from_f32_as(
+            vec![sh.b, sh.hkv, sh.lkv, sh.d],
+            &rand(&mut r, sh.k_len(), 2.0),
+            dtype,
+        );
+        let v = Tensor::from_f32_as(
+            vec![sh.b, sh.hkv, sh.lkv, sh.dv],
+            &rand(&mut r, sh.v_len(), 1.0),
+            dtype,
+        );
+        // sorted ids: packed documents; one batch row of the first case with a
+        // single-row document at the start; unsorted: ids that come back
+        let mut packed = doc_ids(&mut r, sh.b, sh.lkv, docs, true);
+        if ci == 0 {
+            packed[0] = -1;
+        }
+        let unsorted = doc_ids(&mut r, sh.b, sh.lkv, docs.max(2), false);
+        for name in compiled.names() {
+            let variant = compiled.attention(name).unwrap();
+            for (ids, tiled) in [(&packed, true), (&unsorted, false)] {
+                let mut caps =
+                    Captures::default().tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], ids));
+                if variant.program().params.iter().any(|p| p.name == "window") {
+                    caps = caps.param("window", ParamValue::I32(150));
+                }
+                let mut ro = BindOptions::new(Backend::Reference, sh, dtype);
+                ro.gpu_block_tables = false;
+                let oracle = variant
+                    .bind(ro)
+                    .unwrap()
+                    .forward(&q, &k, &v, &caps)
+                    .unwrap();
+                let want = reference::Output {
+                    o: oracle.o.to_f32(),
+                    lse: oracle.lse.to_f32(),
+                };
+                for on in [true, false] {
+                    let mut opts = BindOptions::new(Backend::Cuda, sh, dtype);
+                    opts.doc_tiles = on;
+                    let mut bound = variant.bind(opts).unwrap();
+                    let out = bound.forward(&q, &k, &v, &caps).unwrap();
+                    let what = format!("{name} case {ci} packed {tiled} doc_tiles {on}");
+                    let worst = compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, sh.dv)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let calls = bound.gpu_doc_tile_calls().unwrap();
+                    assert_eq!(calls, (on && tiled) as u64, "{what}: document-tiled calls");
+                    ran += 1;
+                    if on {
+                        println!("  ok {what}: max |dO| {worst:.2e}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(ran >= 80, "{ran}");
+}
+
 /// `Bound::forward` keeps the GPU-built table of a call and reuses it while the mask's
 /// captured tensors and params are unchanged (`gpu_table_counts` = (built, reused)); a
 /// changed document id, a changed window (negative included: every row empty) rebuild,
@@ -2676,6 +2787,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_checked_mode_with_gpu_tables",
         gpu_checked_mode_with_gpu_tables,
     ),
+    ("gpu_doc_tiles_match_oracle", gpu_doc_tiles_match_oracle),
     (
         "gpu_closed_form_matches_oracle",
         gpu_closed_form_matches_oracle,

@@ -876,3 +876,120 @@ fn gpu_bench_ab() {
         let _ = std::fs::write(format!("{out}/gpu_bench_ab.txt"), &summary);
     }
 }
+
+/// The document-tiled forward (`BindOptions::doc_tiles`) against the binding's own
+/// kernel (block table built on the GPU) on document + causal through `Bound`, with the
+/// anchors' ids (`flex_anchors.py`: `L / 1024` sorted uniform ids per batch row), in
+/// `ATTNC_DOC_ROUNDS` interleaved rounds (default 5; `Bound::device_time_ms`, 10
+/// launches, median of 3): B2 H16 L8192 D128, B1 Hq32 Hkv8 L16384 D128 and B4 H16 L4096
+/// D64 (`ATTNC_DOC_CASES=b2,gqa,d64`), TFLOP/s over unmasked pairs, and the largest
+/// difference of the two outputs.
+#[test]
+#[ignore = "benchmark on the GPU machine: --ignored gpu_bench_doc_tiles"]
+fn gpu_bench_doc_tiles() {
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, Tensor};
+    let Some(_dev) = device_or_skip("gpu_bench_doc_tiles") else {
+        return;
+    };
+    let src = "tensor doc: i32[B, KV];\nmask causal(b, h, q, kv) { q >= kv }\nmask same_doc(b, h, q, kv) { doc[b, q] == doc[b, kv] }\nattention doc_causal { mask = causal & same_doc; }\n";
+    let compiled = Compiled::from_source("doc.attn", src).unwrap();
+    let variant = compiled.attention("doc_causal").unwrap();
+    let rounds: usize = std::env::var("ATTNC_DOC_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let cases = std::env::var("ATTNC_DOC_CASES").unwrap_or_else(|_| "b2,gqa,d64".into());
+    for case in cases.split(',') {
+        let (b, hq, hkv, l, d) = match case.trim() {
+            "b2" => (2, 16, 16, 8192, 128),
+            "gqa" => (1, 32, 8, 16384, 128),
+            "d64" => (4, 16, 16, 4096, 64),
+            other => {
+                println!("{other}: unknown case");
+                continue;
+            }
+        };
+        let shape = attnc::Shape {
+            b,
+            hq,
+            hkv,
+            lq: l,
+            lkv: l,
+            d,
+            dv: d,
+        };
+        let mut r = rng(77);
+        let ids: Vec<i32> = (0..b)
+            .flat_map(|_| {
+                let mut x: Vec<i32> = (0..l)
+                    .map(|_| r.random_range(0..(l / 1024) as i32))
+                    .collect();
+                x.sort();
+                x
+            })
+            .collect();
+        // unmasked pairs (per batch row: sum over documents of n (n + 1) / 2)
+        let mut pairs = 0f64;
+        for row in ids.chunks(l) {
+            let mut n = 1f64;
+            for w in row.windows(2) {
+                if w[0] == w[1] {
+                    n += 1.0;
+                } else {
+                    pairs += n * (n + 1.0) / 2.0;
+                    n = 1.0;
+                }
+            }
+            pairs += n * (n + 1.0) / 2.0;
+        }
+        let flops = 4.0 * pairs * hq as f64 * d as f64;
+        let input = |r: &mut rand::rngs::StdRng, dims: Vec<usize>| {
+            let n: usize = dims.iter().product();
+            let x: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+            Tensor::from_f32_as(dims, &x, DType::BF16)
+        };
+        let q = input(&mut r, vec![b, hq, l, d]);
+        let k = input(&mut r, vec![b, hkv, l, d]);
+        let v = input(&mut r, vec![b, hkv, l, d]);
+        let caps = Captures::default().tensor("doc", Tensor::from_i32(vec![b, l], &ids));
+        let mut bounds = [false, true].map(|on| {
+            let mut o = BindOptions::new(Backend::Cuda, shape, DType::BF16);
+            o.doc_tiles = on;
+            variant.bind(o).unwrap()
+        });
+        let outs: Vec<Vec<f32>> = bounds
+            .iter_mut()
+            .map(|bd| bd.forward(&q, &k, &v, &caps).unwrap().o.to_f32())
+            .collect();
+        let diff = outs[0]
+            .iter()
+            .zip(&outs[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for i in [round % 2, 1 - round % 2] {
+                let ms = bounds[i]
+                    .device_time_ms(&q, &k, &v, &caps, 10)
+                    .unwrap()
+                    .unwrap();
+                times[i].push(ms);
+            }
+        }
+        let med = |t: &mut Vec<f64>| {
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            t[t.len() / 2]
+        };
+        let (m0, m1) = (med(&mut times[0]), med(&mut times[1]));
+        println!(
+            "doc_causal {case} B{b} Hq{hq} Hkv{hkv} L{l} D{d} density {:.4}: table {m0:.4} ms ({:.1} TFLOP/s) | doc tiles {m1:.4} ms ({:.1} TFLOP/s) | {:.3}x | calls {:?} | max |dO| {diff:.2e} | all {:?} / {:?}",
+            pairs / (l as f64 * l as f64 * b as f64),
+            flops / m0 / 1e9,
+            flops / m1 / 1e9,
+            m0 / m1,
+            bounds[1].gpu_doc_tile_calls(),
+            times[0],
+            times[1],
+        );
+    }
+}

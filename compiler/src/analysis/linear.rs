@@ -541,6 +541,87 @@ pub fn separable_eq(f: &Function) -> Option<SeparableEq> {
     })
 }
 
+/// A document mask whose documents can be tiled one by one: `L && (x == y)`
+/// ([`SeparableEq`]) where the query side `x` reads neither `h` nor `kv` and the key side
+/// `y` is the same expression with `kv` in place of `q` (`doc[b, q] == doc[b, kv]`, any
+/// order). Where each value of `x` over the rows of a batch occupies one contiguous run of
+/// rows (packed documents; the runtime checks that per call) and the keys are the rows
+/// (`Lq == Lkv`), the mask is `L` inside each run's square and false elsewhere: the
+/// document-tiled forward (`PtxOptions::doc_tiles`) runs `linear` over each document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocSplit {
+    /// The mask's linear conjuncts `L` as a mask function (`None`: the document test is
+    /// the whole mask).
+    pub linear: Option<Function>,
+    /// `x`: the document of row `q` of batch `b` (reads `b`, `q`, params and tensors,
+    /// unguarded: see [`SeparableEq`]).
+    pub id: Function,
+}
+
+/// [`DocSplit`] of the mask `f`, if it has that form.
+pub fn doc_split(f: &Function) -> Option<DocSplit> {
+    let sep = separable_eq(f)?;
+    let (linear, _) = top_conjuncts(f)?;
+    let reads = |g: &Function, arg: Arg| {
+        let live = g.live_from(&[g.ret]);
+        g.insts
+            .iter()
+            .zip(live)
+            .any(|(i, l)| l && *i == Inst::Arg(arg))
+    };
+    if reads(&sep.x, Arg::H) || reads(&sep.x, Arg::Kv) || reads(&sep.y, Arg::Q) {
+        return None;
+    }
+    let mut budget = 4096u32;
+    if !mirrored(&sep.x, sep.x.ret, &sep.y, sep.y.ret, &mut budget) {
+        return None;
+    }
+    Some(DocSplit {
+        linear: conjunction(f, &linear),
+        id: sep.x,
+    })
+}
+
+/// Whether value `a` of `x` and value `b` of `y` compute the same expression with `kv`
+/// (in `y`) in place of `q` (in `x`), comparing at most `budget` pairs.
+fn mirrored(x: &Function, a: Value, y: &Function, b: Value, budget: &mut u32) -> bool {
+    if *budget == 0 || x.ty(a) != y.ty(b) {
+        return false;
+    }
+    *budget -= 1;
+    let mut same = |u: &Value, v: &Value| mirrored(x, *u, y, *v, budget);
+    match (x.inst(a), y.inst(b)) {
+        (Inst::Arg(Arg::Q), Inst::Arg(Arg::Kv)) => true,
+        (Inst::Arg(p), Inst::Arg(r)) => p == r && !matches!(p, Arg::Q | Arg::Kv),
+        (Inst::Unary(o1, u), Inst::Unary(o2, v)) => o1 == o2 && same(u, v),
+        (Inst::Binary(o1, u1, u2), Inst::Binary(o2, v1, v2)) => {
+            o1 == o2 && same(u1, v1) && same(u2, v2)
+        }
+        (Inst::Select(c1, u1, u2), Inst::Select(c2, v1, v2)) => {
+            same(c1, c2) && same(u1, v1) && same(u2, v2)
+        }
+        // (the side functions read unguarded: their guards are `true`)
+        (
+            Inst::Load {
+                tensor: t1,
+                indices: i1,
+                ..
+            },
+            Inst::Load {
+                tensor: t2,
+                indices: i2,
+                ..
+            },
+        ) => t1 == t2 && i1.len() == i2.len() && i1.iter().zip(i2).all(|(u, v)| same(u, v)),
+        (i1, i2) => {
+            matches!(
+                i1,
+                Inst::ConstBool(_) | Inst::ConstI32(_) | Inst::ConstF32(_) | Inst::Param(_)
+            ) && i1 == i2
+        }
+    }
+}
+
 /// The top-level conjuncts of the boolean `f` (through `&&` and `c ? a : false`, from the
 /// return value, left to right, each value once): `(linear, other)`, those with an exact
 /// linear form ([`linear_values`]) and the rest. `None` unless `f` returns a bool.
@@ -897,6 +978,72 @@ mod tests {
             "doc[b, q] == doc[b, kv] || q >= kv",
         ] {
             assert!(split(m).is_none(), "{m}");
+        }
+    }
+
+    /// `doc_split`: document masks whose key side mirrors the query side, with their
+    /// linear part (evaluated against the conjuncts it stands for) and the id function;
+    /// refused where the sides differ (another tensor, another batch index, an offset on
+    /// one side) or the query side reads `h`.
+    #[test]
+    fn doc_split_of_document_masks() {
+        use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+        let head = "tensor doc: i32[B, KV]; tensor doc2: i32[B, KV]; param window: i32;\n";
+        let split = |m: &str| {
+            let p = program(&format!(
+                "{head} mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+            ));
+            (doc_split(p.mask.as_ref().unwrap()), p)
+        };
+        let ids: Vec<i32> = (0..2 * 16).map(|i| (i % 16) / 5 + 10 * (i / 16)).collect();
+        let t = BoundTensor {
+            dims: vec![2, 16],
+            data: TensorData::I32(ids.clone()),
+        };
+        let bind = Bindings {
+            params: vec![Scalar::I32(3)],
+            tensors: vec![t.clone(), t],
+        };
+        let lin = |q: i32, kv: i32| [q >= kv, q >= kv && q - kv <= 3];
+        for (m, want) in [
+            ("q >= kv && doc[b, q] == doc[b, kv]", Some(0)),
+            ("doc[b, q] == doc[b, kv]", None),
+            (
+                "doc[b, kv] == doc[b, q] & q - kv <= window & q >= kv",
+                Some(1),
+            ),
+            ("doc[b, q] / 2 == doc[b, kv] / 2 && q >= kv", Some(0)),
+        ] {
+            let (d, p) = split(m);
+            let d = d.unwrap_or_else(|| panic!("{m}"));
+            assert_eq!(d.linear.is_some(), want.is_some(), "{m}");
+            let mut scratch = Vec::new();
+            for (b, q, kv) in [(0, 3, 9), (1, 12, 2), (1, 0, 15), (0, 7, 5), (1, 9, 9)] {
+                let at = Args {
+                    s: 0.0,
+                    b,
+                    h: 0,
+                    q,
+                    kv,
+                };
+                let x = eval(&d.id, &p, at, &bind, &mut scratch).unwrap();
+                let div = if m.contains("/ 2") { 2 } else { 1 };
+                assert_eq!(x, Scalar::I32(ids[(16 * b + q) as usize] / div), "{m}: id");
+                if let (Some(l), Some(k)) = (&d.linear, want) {
+                    let v = eval(l, &p, at, &bind, &mut scratch).unwrap();
+                    assert_eq!(v, Scalar::Bool(lin(q, kv)[k]), "{m}: L at {q}, {kv}");
+                }
+            }
+        }
+        for m in [
+            "q >= kv && doc[b, q] == doc[0, kv]",
+            "q >= kv && doc[b, q] + 1 == doc[b, kv]",
+            "q >= kv && doc[b, q] == doc2[b, kv]",
+            "q >= kv && doc[b, q + h] == doc[b, kv + h]",
+            "q >= kv && doc[h, q] == doc[h, kv]",
+            "q >= kv",
+        ] {
+            assert!(split(m).0.is_none(), "{m}");
         }
     }
 

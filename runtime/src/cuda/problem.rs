@@ -142,6 +142,9 @@ pub struct DeviceProblem {
     map_h_stride: i32,
     /// Set when the table is built on the device.
     device_table: Option<DeviceTable>,
+    /// The tile list of a document-tiled forward (`PtxOptions::doc_tiles`,
+    /// [`DeviceProblem::set_doc_tiles`]) and its length.
+    doc_tiles: Option<(CudaSlice<i32>, u32)>,
 }
 
 fn nonempty(v: Vec<u32>) -> Vec<u32> {
@@ -281,6 +284,7 @@ pub(crate) fn upload(
         map_b_stride: strides.0,
         map_h_stride: strides.1,
         device_table,
+        doc_tiles: None,
     })
 }
 
@@ -394,11 +398,56 @@ impl DeviceProblem {
                 spec.entry, spec.q_block, spec.kv_block, o.d, o.dv, self.fits
             )));
         }
+        if o.doc_tiles != self.doc_tiles.is_some() {
+            return Err(CudaError::Mismatch(format!(
+                "kernel {} {} a tile list; this problem has {}",
+                spec.entry,
+                if o.doc_tiles { "reads" } else { "reads no" },
+                if self.doc_tiles.is_some() {
+                    "one"
+                } else {
+                    "none"
+                }
+            )));
+        }
         if spec.kind == KernelKind::BlockTable && self.device_table.is_none() {
             return Err(CudaError::Mismatch(
                 "this problem's block table comes from the host: no table to build".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Gives this problem the tile list of a document-tiled forward (`(b, row0, rows, qi)`
+    /// per tile, `analysis::documents::doc_tiles`) for q blocks of `q_block` rows. Every
+    /// tile is checked here, so that the kernel reads and writes only rows of its batch:
+    /// `b < B`, `rows >= 1`, `row0 + rows <= Lq = Lkv`, `qi q_block < rows`.
+    pub fn set_doc_tiles(
+        &mut self,
+        dev: &CudaDevice,
+        tiles: &[i32],
+        q_block: u32,
+    ) -> Result<(), CudaError> {
+        let sh = &self.shape;
+        let ok = sh.lq == sh.lkv
+            && tiles.len().is_multiple_of(4)
+            && tiles.chunks(4).all(|t| {
+                let [b, row0, rows, qi] = [t[0], t[1], t[2], t[3]].map(|x| x as i64);
+                (0..sh.b as i64).contains(&b)
+                    && row0 >= 0
+                    && rows >= 1
+                    && row0 + rows <= sh.lq as i64
+                    && qi >= 0
+                    && qi * (q_block as i64) < rows
+            });
+        if !ok {
+            return Err(CudaError::Mismatch(
+                "a document tile outside its sequence (or Lq != Lkv)".into(),
+            ));
+        }
+        let n = (tiles.len() / 4) as u32;
+        let buf = dev.upload(if tiles.is_empty() { &[0i32; 4] } else { tiles })?;
+        self.doc_tiles = Some((buf, n));
         Ok(())
     }
 
@@ -462,6 +511,10 @@ impl DeviceProblem {
         if let Some(t) = self.device_table {
             a.extent(GridDim::MapHeads, t.h_maps);
             a.extent(GridDim::MapBatches, t.b_maps);
+        }
+        if let Some((t, n)) = &self.doc_tiles {
+            a.buffer(P::DocTiles, t, s);
+            a.extent(GridDim::DocTiles, if sh.hq == 0 { 0 } else { *n });
         }
         a
     }

@@ -14,6 +14,7 @@
 //! (no upload, download or synchronization) are [`caller`]'s.
 
 pub(crate) mod caller;
+mod documents;
 
 use super::{ExecError, ExecResult};
 use crate::cache::DiskCache;
@@ -166,6 +167,10 @@ pub(crate) struct CudaExec {
     /// The kernels that make a caller backward's block ranges on the device (masks over
     /// captured tensors), for the last backward kernels' options that needed them.
     bwd_tables: Option<Arc<caller::backward::BwdTableKernels>>,
+    /// The document-tiled kernel of a document mask ([`documents`]), where it applies.
+    doc: Option<Box<documents::DocExec>>,
+    /// Forwards that ran the document-tiled kernel.
+    doc_calls: u64,
 }
 
 /// The CUDA kernels' input type for the bind's dtype (bf16 or f16; else an error).
@@ -298,6 +303,7 @@ impl CudaExec {
         let (kernel, jit) = g
             .jit
             .get(&g.device, plan, KernelKind::Forward, &popts, tiers)?;
+        let doc = documents::DocExec::prepare(g, plan, opts, &popts)?.map(Box::new);
         let table = if builds_tables(plan, opts, &popts) {
             let (t, _stats) = g.jit.get(
                 &g.device,
@@ -321,6 +327,8 @@ impl CudaExec {
             table_counts: (0, 0),
             caller: Default::default(),
             bwd_tables: None,
+            doc,
+            doc_calls: 0,
         })
     }
 
@@ -363,6 +371,11 @@ impl CudaExec {
         self.table_counts
     }
 
+    /// Forwards that ran the document-tiled kernel ([`documents`]).
+    pub(crate) fn doc_tile_calls(&self) -> u64 {
+        self.doc_calls
+    }
+
     /// How the JIT served the bind.
     pub(crate) fn jit_stats(&self) -> JitStats {
         self.jit
@@ -390,12 +403,28 @@ impl CudaExec {
         let g = gpu_at(self.ordinal)?;
         // this call keeps the module it starts with, whatever is swapped in meanwhile
         let (kernel, _) = self.kernel.current();
-        let (p, built) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
-        kernel.launch(&g.device, &p, &LaunchArgs::new())?;
-        let (o, lse) = p.download(&g.device)?;
+        let doc = match &self.doc {
+            Some(d) => d.problem(g, opts, scale, q, k, v, bindings)?,
+            None => None,
+        };
+        let (o, lse, built, p) = match doc {
+            Some((dk, p)) => {
+                dk.launch(&g.device, &p, &LaunchArgs::new())?;
+                let (o, lse) = p.download(&g.device)?;
+                self.doc_calls += 1;
+                (o, lse, None, None)
+            }
+            None => {
+                let (p, built) =
+                    self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
+                kernel.launch(&g.device, &p, &LaunchArgs::new())?;
+                let (o, lse) = p.download(&g.device)?;
+                (o, lse, built, Some(p))
+            }
+        };
         // a table built by this call (and free of checked-mode errors) serves later
         // calls with the same key
-        match (built, p.built_table()) {
+        match (built, p.and_then(|p| p.built_table())) {
             (Some(key), Some(table)) => {
                 self.kept = Some(Box::new(KeptTable { key, table }));
                 self.table_counts.0 += 1;
@@ -521,6 +550,12 @@ impl CudaExec {
     ) -> ExecResult<(f64, JitTier)> {
         let g = gpu_at(self.ordinal)?;
         let (kernel, tier) = self.kernel.current();
+        if let Some(d) = &self.doc
+            && let Some((dk, p)) = d.problem(g, opts, scale, q, k, v, bindings)?
+        {
+            let ms = dk.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
+            return Ok((ms, JitTier::Optimized));
+        }
         let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
         let ms = kernel.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
         Ok((ms, tier))
@@ -783,6 +818,72 @@ mod tests {
             50
         };
         assert!(kernels >= least && refused > 0, "{kernels} / {refused}");
+    }
+
+    /// The document-tiled forward (`PtxOptions::doc_tiles`) of every example whose mask
+    /// is a document mask (`Plan::doc_split`), at D64 and D128: its options (one CTA per
+    /// tile, no TMA stores of O), the tile list among its params and on the grid's x axis,
+    /// the kernel deterministic and without the tile list when the option is off; a
+    /// program without a document mask has no split. (For ptxas: `ATTNC_DOC_PTX_DIR=dir`.)
+    #[test]
+    fn doc_tiles_kernels_generate_for_document_masks() {
+        use attnc_compiler::backend::llvm::{GridDim, KernelParam};
+        let (mut kernels, mut others) = (0, 0);
+        for p in example_programs() {
+            let plan = Plan::new(&p);
+            let Some((dplan, _)) = plan.doc_split() else {
+                others += 1;
+                continue;
+            };
+            assert!(dplan.kv_bounds(false).is_closed_form(), "{}", p.name);
+            for d in [64, 128] {
+                let shape = Shape {
+                    b: 2,
+                    hq: 16,
+                    hkv: 16,
+                    lq: 8192,
+                    lkv: 8192,
+                    d,
+                    dv: d,
+                };
+                let what = format!("{} d{d}", p.name);
+                let o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
+                let popts = forward_options_for(&dplan, &o, Arch::Sm90, InputType::Bf16)
+                    .unwrap()
+                    .for_doc_tiles();
+                // (D64 bands run on the plain wgmma kernel: no document tiles there)
+                if !popts.ws {
+                    continue;
+                }
+                assert!(popts.doc_tiles, "{what}");
+                assert!(
+                    !popts.persistent && !popts.o_tma && !popts.tail_split,
+                    "{what}"
+                );
+                let emit = |o: &PtxOptions| {
+                    spec::generate(&dplan, KernelKind::Forward, o, EmitText::PtxOnly)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                        .0
+                };
+                let (k, again) = (emit(&popts), emit(&popts));
+                assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
+                assert!(k.spec.params.contains(&KernelParam::DocTiles), "{what}");
+                assert_eq!(k.spec.grid[0], GridDim::DocTiles, "{what}");
+                let plain = PtxOptions {
+                    doc_tiles: false,
+                    ..popts
+                };
+                let k0 = emit(&plain);
+                assert!(!k0.spec.params.contains(&KernelParam::DocTiles), "{what}");
+                assert_ne!(k0.ptx, k.ptx, "{what}");
+                if let Ok(dir) = std::env::var("ATTNC_DOC_PTX_DIR") {
+                    let dir = std::path::Path::new(&dir);
+                    std::fs::write(dir.join(format!("{}_d{d}.ptx", p.name)), &k.ptx).unwrap();
+                }
+                kernels += 1;
+            }
+        }
+        assert!(kernels >= 5 && others > 10, "{kernels} / {others}");
     }
 
     /// Chunked prefill with the lengths on the device (`BindOptions::device_lens`, on

@@ -103,7 +103,18 @@ pub(crate) fn place_tile<'ctx>(
         a.int(KernelParam::Hkv)?,
         a.int(KernelParam::NumQBlocks)?,
     );
+    // (`Cfg::doc_tiles`: entry `ctaid.x` of the tile list, `(b, row0, rows, qi)`)
+    let doc = match (tile, c.doc_tiles) {
+        (None, true) => {
+            let list = a.ptr(KernelParam::DocTiles)?;
+            let at = g.mul(g.ctaid('x')?, g.c32(4))?;
+            let field = |k: i64| g.load_i32(list, g.zext64(g.add(at, g.c32(k))?)?);
+            Some([field(0)?, field(1)?, field(2)?, field(3)?])
+        }
+        _ => None,
+    };
     let (qb, h, b) = match (tile, c.lpt_group) {
+        _ if let Some([b, _, _, qi]) = doc => (qi, g.ctaid('y')?, b),
         // heavy (late, for causal masks) q blocks first within each (head, batch)
         (None, 0) => (
             g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?,
@@ -143,6 +154,14 @@ pub(crate) fn place_tile<'ctx>(
         None => (lkv, None),
     };
     let mut q0 = g.mul(qb, g.c32(c.qb as i64))?;
+    // (`Cfg::doc_tiles`: the document's rows, its keys from its first row)
+    let (mut row_end, mut lkv_tile, mut kv_origin) = (lq, lkv_tile, None);
+    if let Some([_, row0, rows, _]) = doc {
+        q0 = g.add(row0, q0)?;
+        row_end = g.add(row0, rows)?;
+        lkv_tile = row_end;
+        kv_origin = Some(row0);
+    }
     if c.q_from_end {
         // the q blocks end at Lq: shifted down by pad = nqb qb - Lq (the first may start
         // below row 0)
@@ -182,6 +201,8 @@ pub(crate) fn place_tile<'ctx>(
         h,
         q0,
         lq,
+        row_end,
+        kv_origin,
         lkv: lkv_tile,
         q_shift,
         scale,
@@ -225,6 +246,19 @@ pub(crate) fn row_runs<'ctx>(
             if let (Some(pi), Some(shift)) = (c.device_lens, cx.q_shift) {
                 shift_offsets(g, cf, pi, shift, &mut offsets)?;
             }
+            // (`Cfg::doc_tiles`: keys counted from the document's first row `o`: each
+            // constraint `a_q q + a_kv kv + k >= 0` at `kv = o + kv'` has offset
+            // `k + a_kv o`, and the document's keys are `0..lkv - o`)
+            let mut lkv = cx.lkv;
+            if let Some(origin) = cx.kv_origin {
+                let o = g.sext64(origin)?;
+                for (k, con) in offsets.iter_mut().zip(&cf.constraints) {
+                    if con.expr.kv != 0 {
+                        *k = g.add(*k, g.mul(o, g.c64(con.expr.kv))?)?;
+                    }
+                }
+                lkv = g.sub(cx.lkv, origin)?;
+            }
             RowRuns::closed_form(
                 g,
                 &kv.coefficients(),
@@ -233,8 +267,8 @@ pub(crate) fn row_runs<'ctx>(
                 cx.q0,
                 c.q_from_end,
                 c.qb,
-                cx.lq,
-                cx.lkv,
+                cx.row_end,
+                lkv,
                 c.kvb,
             )
         }

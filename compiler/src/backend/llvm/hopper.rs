@@ -1837,7 +1837,7 @@ impl<'ctx> Producer<'_, 'ctx> {
         g.br(lp)?;
         g.b.position_at_end(lp);
         let pos = cursor.get(g)?;
-        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        let kv0 = cx.kv_start(g, pos.j, c.kvb)?;
         let at = KvAt {
             kv0,
             hk,
@@ -2077,7 +2077,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
     /// `n` values (emitted between S's issue and its wait; `None` without the option).
     fn mask_early(&self, n: usize, pos: &KvPos<'ctx>) -> R<Option<MaskBits<'ctx>>> {
         let (g, c, cx) = (self.g, self.c, self.cx);
-        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        let kv0 = cx.kv_start(g, pos.j, c.kvb)?;
         mask_bits(g, c, cx, self.env, self.p, (1, n / 4), kv0, pos.full)
     }
 
@@ -2093,7 +2093,7 @@ impl<'ctx> Consumer<'_, 'ctx> {
         online: OnlineSoftmax<'ctx, T>,
     ) -> R<T> {
         let (g, c, cx) = (self.g, self.c, self.cx);
-        let kv0 = g.mul(pos.j, g.c32(c.kvb as i64))?;
+        let kv0 = cx.kv_start(g, pos.j, c.kvb)?;
         let t = score_and_mask(g, c, cx, self.env, self.p, &split4(s), kv0, pos.full, bits)?;
         let (m, l, o) = (&self.m, &self.l, &self.o);
         online(g, c, cx, &t, m, l, o, Some(&self.alpha), &mut || Ok(()))

@@ -130,6 +130,9 @@ pub(crate) fn param_list(p: &Program, kv: &KvBounds, opts: &PtxOptions) -> Vec<K
     if opts.ws && opts.device_lens.is_some() {
         v.push(SeqLens);
     }
+    if opts.ws && opts.doc_tiles {
+        v.push(DocTiles);
+    }
     if opts.persistent {
         v.push(Batch);
     }
@@ -171,6 +174,23 @@ pub(crate) fn build<'ctx>(
             return Err(LlvmError::Unsupported(format!(
                 "lengths on the device (device_lens = param {q0}) need the warp-specialized forward without tail_split, q_ahead or cross_tile, and an i32 param {q0}"
             )));
+        }
+    }
+    if opts.doc_tiles {
+        let ok = opts.ws
+            && kv.is_closed_form()
+            && !opts.persistent
+            && !opts.tail_split
+            && !opts.o_tma
+            && !opts.q_ahead
+            && !opts.cross_tile
+            && !opts.q_from_end
+            && opts.device_lens.is_none()
+            && opts.kv_cache == KvCache::Contiguous;
+        if !ok {
+            return Err(LlvmError::Unsupported(
+                "document tiles (doc_tiles) need the warp-specialized forward with closed-form kv bounds, one CTA per tile (not persistent, tail_split, o_tma, q_ahead, cross_tile, q_from_end), no lengths on the device and a contiguous cache".into(),
+            ));
         }
     }
     let params = param_list(p, kv, opts);

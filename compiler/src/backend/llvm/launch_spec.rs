@@ -23,6 +23,9 @@ pub enum GridDim {
     /// Persistent CTAs: `min(QBlocks x Heads x Batches, SMs of the device)` (the
     /// persistent warp-specialized forward, `PtxOptions::persistent`).
     Persistent,
+    /// The tiles of a document-tiled forward's list (`PtxOptions::doc_tiles`, one CTA
+    /// per entry of `KernelParam::DocTiles`).
+    DocTiles,
     /// `Hq`.
     Heads,
     /// `B`.
@@ -99,6 +102,7 @@ impl fmt::Display for GridDim {
             GridDim::QBlocks => "NumQBlocks",
             GridDim::QBlockPairs => "ceil(NumQBlocks / 2)",
             GridDim::Persistent => "min(NumQBlocks x Hq x B, SMs)",
+            GridDim::DocTiles => "document tiles",
             GridDim::Heads => "Hq",
             GridDim::Batches => "B",
             GridDim::MapHeads => "maps over h",

@@ -434,6 +434,19 @@ pub struct PtxOptions {
     /// prefill kernel. Closed-form kv bounds only; not with `tail_split`, `q_ahead` or
     /// `cross_tile`. `None` by default; other kinds ignore it.
     pub device_lens: Option<u32>,
+    /// The warp-specialized forward of a document mask's linear part (`Plan::doc_split`:
+    /// the program whose mask is `L` of `L && doc[q] == doc[kv]`), one CTA per entry of a
+    /// tile list ([`KernelParam::DocTiles`]) and query head: each tile lies in one
+    /// document (`rows` rows from its first row `row0`, the q block `qi` of it), its q
+    /// block starts at `row0 + qi q_block` and its kv blocks at `row0 + j kv_block`, so
+    /// tiles and kv blocks are aligned to the document's start (FlashAttention's varlen
+    /// layout over one packed sequence, read in place): no block straddles two documents
+    /// and none needs the document test. Rows and keys past the document's end are
+    /// outside (not written, masked); positions stay absolute for the score and `L`.
+    /// Closed-form kv bounds only; one CTA per tile (not `persistent`, `tail_split`,
+    /// `o_tma`, `q_ahead`, `cross_tile`, `device_lens`, a paged cache). Off by default;
+    /// other kinds ignore it.
+    pub doc_tiles: bool,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
     /// The fused backward with [`BwdDq::OrderedBulk`] (`backward/fused.rs`): a producer
@@ -848,6 +861,30 @@ pub fn float_positions_fit(longest: usize) -> bool {
 }
 
 impl PtxOptions {
+    /// These options for the document-tiled forward ([`PtxOptions::doc_tiles`]) of the
+    /// program of `Plan::doc_split`: one CTA per tile of the list, so none of the CTA
+    /// schedules (persistent CTAs, the tile counter, the kv split of the last tiles, q
+    /// blocks from the end, the longest-first grid order: the list is in that order
+    /// already), no TMA stores of O (a tile's last rows belong to the next document) and
+    /// no Q ahead or cross-tile products; the closed form, never a table.
+    pub fn for_doc_tiles(self) -> Self {
+        PtxOptions {
+            doc_tiles: true,
+            persistent: false,
+            dynamic_tiles: false,
+            q_double: false,
+            tail_split: false,
+            o_tma: false,
+            q_ahead: false,
+            cross_tile: false,
+            q_from_end: false,
+            early_claim: false,
+            lpt_group: 0,
+            kv_table: false,
+            ..self
+        }
+    }
+
     /// The defaults for `arch`: on sm_90 with D and Dv of 64 or 128 the wgmma path
     /// ([`Self::wgmma`]: 128 query rows, 2 CTAs per SM; kv tiles of 128 at D64, 64 at
     /// D128), else mma.sync ([`Self::sync`]). Measured on an H200 (bf16, B2 H16 L8192 D128
@@ -920,6 +957,7 @@ impl PtxOptions {
             kv_cache: KvCache::Contiguous,
             producers: 1,
             device_lens: None,
+            doc_tiles: false,
             bwd_dq: BwdDq::Separate,
             bwd_tma: false,
             bwd_lpt: false,
@@ -1276,6 +1314,7 @@ impl PtxOptions {
                 Some(p) => format!(" lens=device(q0=p{p})"),
                 None => String::new(),
             }
+            + if self.doc_tiles { " doc-tiles" } else { "" }
             + match self.bwd_dq {
                 BwdDq::Separate => "",
                 BwdDq::Ordered => " dq=ordered",
@@ -1720,6 +1759,10 @@ pub enum KernelParam {
     PageTable,
     /// `i32[B]`: each sequence's length.
     SeqLens,
+    /// The forward with [`PtxOptions::doc_tiles`]: `i32[tiles, 4]`, per tile `(b, row0,
+    /// rows, qi)`: its batch, its document's first row and length, and its q block within
+    /// the document (the grid's x axis walks the list: [`GridDim::DocTiles`]).
+    DocTiles,
     /// f32 partials of the splits: `[B, Hkv, row_groups, splits, rows, Dv]` / `[.., rows]`.
     PartO,
     PartLse,

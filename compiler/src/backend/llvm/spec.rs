@@ -45,6 +45,8 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
                 params: kernel::param_list(p, &kv_bounds, opts),
                 grid: if opts.persistent {
                     [GridDim::Persistent, GridDim::One, GridDim::One]
+                } else if opts.ws && opts.doc_tiles {
+                    [GridDim::DocTiles, GridDim::Heads, GridDim::One]
                 } else {
                     [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]
                 },

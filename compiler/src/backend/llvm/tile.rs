@@ -66,6 +66,9 @@ pub(crate) struct Cfg {
     /// `PtxOptions::device_lens` (the warp-specialized kernel): the param that takes each
     /// tile's `Lkv_b - Lq` ([`Ctx::q_shift`]).
     pub device_lens: Option<u32>,
+    /// `PtxOptions::doc_tiles` (the warp-specialized kernel): each CTA's tile from the
+    /// tile list ([`Ctx::row_end`], [`Ctx::kv_origin`]).
+    pub doc_tiles: bool,
     pub q: SmemTile,
     pub k: SmemTile,
     pub v: SmemTile,
@@ -101,6 +104,7 @@ impl Cfg {
                 1
             },
             device_lens: if opts.ws { opts.device_lens } else { None },
+            doc_tiles: opts.ws && opts.doc_tiles,
             q,
             k,
             v,
@@ -151,9 +155,17 @@ pub(crate) struct Ctx<'ctx> {
     /// The first query row of this CTA's q block (negative for the first q block under
     /// [`Cfg::q_from_end`]).
     pub q0: IntValue<'ctx>,
+    /// `Lq`: the rows of each Q, O and LSE head (their stride).
     pub lq: IntValue<'ctx>,
+    /// The end of this tile's rows: `Lq`, or under [`Cfg::doc_tiles`] its document's
+    /// end (`row0 + rows`); rows at or past it are outside ([`row_inside`]).
+    pub row_end: IntValue<'ctx>,
+    /// Under [`Cfg::doc_tiles`]: the first key of kv block 0 (its document's first row;
+    /// [`Ctx::kv_start`]), else `None` (block `j` starts at `j kv_block`).
+    pub kv_origin: Option<IntValue<'ctx>>,
     /// The keys of this tile's sequence: `Lkv`, or under [`Cfg::device_lens`] its
-    /// `clamp(seq_lens[b], 0, Lkv)`.
+    /// `clamp(seq_lens[b], 0, Lkv)`, or under [`Cfg::doc_tiles`] the end of its
+    /// document (keys at or past it are outside).
     pub lkv: IntValue<'ctx>,
     /// Under [`Cfg::device_lens`]: `lkv - Lq`, the value of that param for this tile
     /// (its first row's position; [`super::expr::Env::at_tile`], `cta::row_runs`).
@@ -165,6 +177,18 @@ pub(crate) struct Ctx<'ctx> {
     /// `c2 s`). With a score function the logits are `score(scale s) log2 e` and `c2 = 1`.
     pub raw: bool,
     pub c2: FloatValue<'ctx>,
+}
+
+impl<'ctx> Ctx<'ctx> {
+    /// The first key of kv block `j` of blocks of `kv_block` keys: `j kv_block`, after
+    /// [`Ctx::kv_origin`] where the tile has one.
+    pub fn kv_start(&self, g: &Gpu<'ctx>, j: IntValue<'ctx>, kv_block: u32) -> R<IntValue<'ctx>> {
+        let kv0 = g.mul(j, g.c32(kv_block as i64))?;
+        match self.kv_origin {
+            Some(origin) => g.add(origin, kv0),
+            None => Ok(kv0),
+        }
+    }
 }
 
 /// The first query row (within the q block) of m-tile `i` of this warp.
@@ -194,7 +218,7 @@ pub(crate) fn thread_row0<'ctx>(
     )
 }
 
-/// Whether query row `row` is inside the sequence: `row < Lq`, unsigned under
+/// Whether query row `row` is inside the sequence: `row < Ctx::row_end`, unsigned under
 /// [`Cfg::q_from_end`] so that rows below 0 are outside too.
 pub(crate) fn row_inside<'ctx>(
     g: &Gpu<'ctx>,
@@ -207,7 +231,7 @@ pub(crate) fn row_inside<'ctx>(
     } else {
         IntPredicate::SLT
     };
-    g.icmp(pred, row, cx.lq)
+    g.icmp(pred, row, cx.row_end)
 }
 
 fn vars4<'ctx>(g: &Gpu<'ctx>, init: FloatValue<'ctx>) -> R<[Var<'ctx>; 4]> {

@@ -1,0 +1,131 @@
+//! The documents of one call's packed sequences, and the tile list of the document-tiled
+//! forward (`PtxOptions::doc_tiles`).
+//!
+//! In: the id function of a document mask (`Plan::doc_split`: the document of row `q` of
+//! batch `b`), the program and one call's [`Bindings`], the batch count and the sequence
+//! length. Out: per batch the runs of rows with one id ([`document_runs`]; `None` when an
+//! id comes back after another, so that a document is not one run of rows and the
+//! split does not describe the mask), and from them the tile list ([`doc_tiles`]): per
+//! tile `(b, row0, rows, qi)`, q block `qi` of the document of `rows` rows from `row0`,
+//! heavy tiles first.
+
+use crate::interp::{Args, Bindings, EvalError, eval};
+use crate::ir::{Function, Program, Scalar};
+use std::collections::HashSet;
+
+/// One document: `rows` rows from `row0` of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Document {
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// The documents of each batch `0..b` of sequences of `len` rows: the maximal runs of
+/// rows whose `id` (evaluated at `(b, 0, q, 0)`) is the same. `Ok(None)` when some id of a
+/// batch occurs in two runs (the documents are not contiguous) or is not an i32; an
+/// out-of-range read of the id function is its error.
+pub fn document_runs(
+    id: &Function,
+    p: &Program,
+    bind: &Bindings,
+    b: usize,
+    len: usize,
+) -> Result<Option<Vec<Vec<Document>>>, EvalError> {
+    let mut scratch = Vec::new();
+    let mut all = Vec::with_capacity(b);
+    for bi in 0..b {
+        let mut runs: Vec<Document> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut last = None;
+        for q in 0..len {
+            let Scalar::I32(x) = eval(id, p, Args::at(0.0, [bi, 0, q, 0]), bind, &mut scratch)?
+            else {
+                return Ok(None);
+            };
+            if last == Some(x) {
+                runs.last_mut().expect("a run is open").rows += 1;
+                continue;
+            }
+            if !seen.insert(x) {
+                return Ok(None);
+            }
+            last = Some(x);
+            runs.push(Document { row0: q, rows: 1 });
+        }
+        all.push(runs);
+    }
+    Ok(Some(all))
+}
+
+/// The tile list of [`document_runs`]' documents for q blocks of `q_block` rows: per
+/// tile the i32 quadruple `(b, row0, rows, qi)`, flattened. Heavy tiles first (a stable
+/// order, so the list is a function of the documents): where the mask's work grows with
+/// `q` (`grows`: a causal triangle) by the q block's index in its document, else by the
+/// document's length.
+pub fn doc_tiles(docs: &[Vec<Document>], q_block: usize, grows: bool) -> Vec<i32> {
+    let mut tiles: Vec<[usize; 4]> = Vec::new();
+    for (b, runs) in docs.iter().enumerate() {
+        for d in runs {
+            for qi in 0..d.rows.div_ceil(q_block) {
+                tiles.push([b, d.row0, d.rows, qi]);
+            }
+        }
+    }
+    let work = |t: &[usize; 4]| if grows { t[3] } else { t[2] };
+    tiles.sort_by_key(|t| std::cmp::Reverse(work(t)));
+    tiles
+        .iter()
+        .flat_map(|t| t.iter().map(|&x| x as i32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::{BoundTensor, TensorData};
+
+    fn program(src: &str) -> Program {
+        crate::compile_source(src)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .programs
+            .remove(0)
+    }
+
+    /// Runs of equal ids per batch, and the refusals: an id that comes back, a read out
+    /// of range (an error, not a panic).
+    #[test]
+    fn runs_of_ids_per_batch() {
+        let p = program(
+            "tensor doc: i32[B, KV];\n mask m(b, h, q, kv) { q >= kv && doc[b, q] == doc[b, kv] }\n attention a { mask = m; }",
+        );
+        let plan = crate::plan::Plan::new(&p);
+        let (_, id) = plan.doc_split().expect("a document mask");
+        let bind = |ids: Vec<i32>, b: usize| Bindings {
+            params: vec![],
+            tensors: vec![BoundTensor {
+                dims: vec![b, ids.len() / b],
+                data: TensorData::I32(ids),
+            }],
+        };
+        let two = bind(vec![4, 4, 4, 7, 9, 9, 0, 0, 1, 1, 1, 1], 2);
+        let runs = document_runs(&id, &p, &two, 2, 6).unwrap().unwrap();
+        let d = |row0, rows| Document { row0, rows };
+        assert_eq!(
+            runs,
+            vec![vec![d(0, 3), d(3, 1), d(4, 2)], vec![d(0, 2), d(2, 4)]]
+        );
+        // an id of batch 0 may recur in batch 1, not inside one batch
+        let back = bind(vec![4, 4, 7, 4], 1);
+        assert_eq!(document_runs(&id, &p, &back, 1, 4).unwrap(), None);
+        assert!(document_runs(&id, &p, &two, 2, 7).is_err());
+        // tiles: heavy first, each document's q blocks
+        let t = doc_tiles(&runs, 2, true);
+        let quads: Vec<&[i32]> = t.chunks(4).collect();
+        assert_eq!(quads.len(), 2 + 1 + 1 + 1 + 2);
+        assert_eq!(quads[0], [0, 0, 3, 1]);
+        assert_eq!(quads[1], [1, 2, 4, 1]);
+        assert!(quads[2..].iter().all(|q| q[3] == 0));
+        let by_len = doc_tiles(&runs, 2, false);
+        assert_eq!(&by_len[..4], &[1, 2, 4, 0]);
+    }
+}

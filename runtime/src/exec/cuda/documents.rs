@@ -1,0 +1,124 @@
+//! The document-tiled forward of a CUDA binding (`PtxOptions::doc_tiles`): a document
+//! mask `L && doc[b, q] == doc[b, kv]` over packed sequences run as FlashAttention's
+//! varlen kernels run packed documents — each q tile inside one document, its kv blocks
+//! from the document's first row, the kernel of `L` alone.
+//!
+//! In: the plan and bind options of a binding, and per call its bindings and q/k/v. Out:
+//! at bind, the kernel of `Plan::doc_split`'s program with the document-tiled options
+//! (when `BindOptions::doc_tiles` asks for it; off by default until measured on a GPU);
+//! per call, the device problem with its tile list (`analysis::documents`), or `None`
+//! when this call's ids do not form contiguous documents (then the binding's own kernel
+//! runs, as without the option).
+
+use super::{Gpu, bits, forward_options_for, input_type};
+use crate::cuda::{CudaKernel, DeviceProblem, JitKernel, JitTiers, KvBlocks, Qkv};
+use crate::exec::ExecResult;
+use crate::options::BindOptions;
+use crate::tensor::Tensor;
+use attnc_compiler::analysis::documents::{doc_tiles, document_runs};
+use attnc_compiler::backend::KernelKind;
+use attnc_compiler::backend::llvm::{KvBounds, PtxOptions};
+use attnc_compiler::interp::Bindings;
+use attnc_compiler::ir::Function;
+use attnc_compiler::plan::Plan;
+use std::sync::Arc;
+
+/// The document-tiled kernel of a binding and what its tile lists are made from.
+pub(crate) struct DocExec {
+    /// The program with the mask's linear part as its mask (`Plan::doc_split`).
+    plan: Plan,
+    /// The document of row `q` of batch `b`.
+    id: Function,
+    kernel: Arc<JitKernel>,
+}
+
+/// Whether a binding may run document tiles (before its mask is looked at): the
+/// warp-specialized forward, fast mode, a contiguous cache with lengths on the host,
+/// `Lq == Lkv`, and `BindOptions::doc_tiles`.
+fn applies(opts: &BindOptions, popts: &PtxOptions) -> bool {
+    opts.doc_tiles
+        && popts.ws
+        && !opts.checked
+        && !opts.kv_pages
+        && !opts.device_lens
+        && opts.shape.lq == opts.shape.lkv
+}
+
+impl DocExec {
+    /// The document-tiled kernel of `plan` bound with `opts` (`popts`: the binding's own
+    /// forward options), where it applies.
+    pub(crate) fn prepare(
+        g: &Gpu,
+        plan: &Plan,
+        opts: &BindOptions,
+        popts: &PtxOptions,
+    ) -> ExecResult<Option<Self>> {
+        if !applies(opts, popts) {
+            return Ok(None);
+        }
+        let Some((dplan, id)) = plan.doc_split() else {
+            return Ok(None);
+        };
+        let dopts =
+            forward_options_for(&dplan, opts, g.device.arch(), input_type(opts)?)?.for_doc_tiles();
+        if !dopts.ws {
+            return Ok(None);
+        }
+        let (kernel, _) = g.jit.get(
+            &g.device,
+            &dplan,
+            KernelKind::Forward,
+            &dopts,
+            JitTiers::Off,
+        )?;
+        Ok(Some(DocExec {
+            plan: dplan,
+            id,
+            kernel,
+        }))
+    }
+
+    /// This call on the document-tiled kernel: the kernel and its problem (inputs
+    /// uploaded, the closed form's offsets of `L`, the tile list), or `None` when the
+    /// call's ids do not form contiguous documents.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn problem(
+        &self,
+        g: &Gpu,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+    ) -> ExecResult<Option<(Arc<CudaKernel>, DeviceProblem)>> {
+        let shape = &opts.shape;
+        let Ok(Some(docs)) =
+            document_runs(&self.id, self.plan.program(), bindings, shape.b, shape.lq)
+        else {
+            return Ok(None);
+        };
+        let (kernel, _) = self.kernel.current();
+        let spec = kernel.spec();
+        let KvBounds::ClosedForm(cf) = &spec.kv_bounds else {
+            return Ok(None);
+        };
+        let tiles = doc_tiles(
+            &docs,
+            spec.q_block as usize,
+            spec.kv_bounds.work_grows_with_q(),
+        );
+        let bounds = self.plan.closed_form_bounds(cf, shape, bindings)?;
+        let (q, k, v) = (bits(q)?, bits(k)?, bits(v)?);
+        let mut p = kernel.upload(
+            &g.device,
+            shape,
+            Qkv::Host(&q, &k, &v),
+            scale,
+            bindings,
+            KvBlocks::ClosedForm(bounds.as_deref()),
+        )?;
+        p.set_doc_tiles(&g.device, &tiles, spec.q_block)?;
+        Ok(Some((kernel, p)))
+    }
+}
