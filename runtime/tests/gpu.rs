@@ -2276,8 +2276,11 @@ fn gpu_doc_tiles_match_oracle(dev: &CudaDevice) {
                     let what = format!("{name} case {ci} packed {tiled} doc_tiles {on}");
                     let worst = compare_bf16(&out.o.to_f32(), &out.lse.to_f32(), &want, sh.dv)
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    // (document tiles run where `L`'s program binds the warp-specialized
+                    // kernel: D128 here; at D64 the plain wgmma kernel runs masks)
                     let calls = bound.gpu_doc_tile_calls().unwrap();
-                    assert_eq!(calls, (on && tiled) as u64, "{what}: document-tiled calls");
+                    let tiles = on && tiled && sh.d == 128;
+                    assert_eq!(calls, tiles as u64, "{what}: document-tiled calls");
                     ran += 1;
                     if on {
                         println!("  ok {what}: max |dO| {worst:.2e}");

@@ -952,7 +952,12 @@ fn gpu_bench_doc_tiles() {
         let k = input(&mut r, vec![b, hkv, l, d]);
         let v = input(&mut r, vec![b, hkv, l, d]);
         let caps = Captures::default().tensor("doc", Tensor::from_i32(vec![b, l], &ids));
-        let mut bounds = [false, true].map(|on| {
+        // the binding's own kernel; document tiles as `L`'s program binds (persistent CTAs
+        // on causal); document tiles one CTA per tile (`ATTNC_FWD_DOC_PERSISTENT=0`)
+        let mut bounds = [(false, "1"), (true, "1"), (true, "0")].map(|(on, persistent)| {
+            // SAFETY: this benchmark runs alone (`--exact`), nothing reads the
+            // environment concurrently
+            unsafe { std::env::set_var("ATTNC_FWD_DOC_PERSISTENT", persistent) };
             let mut o = BindOptions::new(Backend::Cuda, shape, DType::BF16);
             o.doc_tiles = on;
             variant.bind(o).unwrap()
@@ -961,14 +966,18 @@ fn gpu_bench_doc_tiles() {
             .iter_mut()
             .map(|bd| bd.forward(&q, &k, &v, &caps).unwrap().o.to_f32())
             .collect();
-        let diff = outs[0]
-            .iter()
-            .zip(&outs[1])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let mut times = [Vec::new(), Vec::new()];
+        let diff = |x: &[f32]| {
+            outs[0]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        let diffs = (diff(&outs[1]), diff(&outs[2]));
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..rounds {
-            for i in [round % 2, 1 - round % 2] {
+            let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            for i in order {
                 let ms = bounds[i]
                     .device_time_ms(&q, &k, &v, &caps, 10)
                     .unwrap()
@@ -980,16 +989,22 @@ fn gpu_bench_doc_tiles() {
             t.sort_by(|a, b| a.partial_cmp(b).unwrap());
             t[t.len() / 2]
         };
-        let (m0, m1) = (med(&mut times[0]), med(&mut times[1]));
+        let (m0, m1, m2) = (med(&mut times[0]), med(&mut times[1]), med(&mut times[2]));
         println!(
-            "doc_causal {case} B{b} Hq{hq} Hkv{hkv} L{l} D{d} density {:.4}: table {m0:.4} ms ({:.1} TFLOP/s) | doc tiles {m1:.4} ms ({:.1} TFLOP/s) | {:.3}x | calls {:?} | max |dO| {diff:.2e} | all {:?} / {:?}",
+            "doc_causal {case} B{b} Hq{hq} Hkv{hkv} L{l} D{d} density {:.4}: table {m0:.4} ms ({:.1} TFLOP/s) | doc tiles {m1:.4} ms ({:.1} TFLOP/s, {:.3}x) | one CTA a tile {m2:.4} ms ({:.1} TFLOP/s, {:.3}x) | calls {:?} {:?} | max |dO| {:.2e} {:.2e} | all {:?} / {:?} / {:?}",
             pairs / (l as f64 * l as f64 * b as f64),
             flops / m0 / 1e9,
             flops / m1 / 1e9,
             m0 / m1,
+            flops / m2 / 1e9,
+            m0 / m2,
             bounds[1].gpu_doc_tile_calls(),
+            bounds[2].gpu_doc_tile_calls(),
+            diffs.0,
+            diffs.1,
             times[0],
             times[1],
+            times[2],
         );
     }
 }

@@ -12,8 +12,10 @@ for n in gpu gpu_bench gpu_decode gpu_random; do xz -dc .bin-s40/$n.xz > /tmp/s4
 export ATTNC_CACHE_DIR=/tmp/attnc-cache ATTNC_EXAMPLES=$PWD/examples
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 t0=$SECONDS
-timeout 150 /tmp/s40/gpu --exact gpu_doc_tiles_match_oracle > $OUT/doc_tiles.log 2>&1; echo "doc_tiles rc=$? ($((SECONDS - t0)) s)"
-grep -E "test result|panicked|FAILED|ok doc_causal case 0|ok doc_at_row case 4" $OUT/doc_tiles.log | head -8 | cut -c1-200
+for pers in 1 0; do
+  ATTNC_FWD_DOC_PERSISTENT=$pers timeout 100 /tmp/s40/gpu --exact gpu_doc_tiles_match_oracle > $OUT/doc_tiles$pers.log 2>&1; echo "doc_tiles persistent=$pers rc=$? ($((SECONDS - t0)) s)"
+  grep -E "test result|panicked|FAILED|ok doc_causal case 0|ok doc_at_row case 4" $OUT/doc_tiles$pers.log | head -8 | cut -c1-200
+done
 t0=$SECONDS
 timeout 150 /tmp/s40/gpu_bench --ignored --exact gpu_bench_doc_tiles --nocapture > $OUT/doc_bench.log 2>&1; echo "doc_bench rc=$? ($((SECONDS - t0)) s)"
 grep -E "^doc_causal|panicked" $OUT/doc_bench.log | cut -c1-330

@@ -857,7 +857,7 @@ mod tests {
                 }
                 assert!(popts.doc_tiles, "{what}");
                 assert!(
-                    !popts.persistent && !popts.o_tma && !popts.tail_split,
+                    !popts.o_tma && !popts.tail_split && !popts.q_from_end,
                     "{what}"
                 );
                 let emit = |o: &PtxOptions| {
@@ -868,7 +868,23 @@ mod tests {
                 let (k, again) = (emit(&popts), emit(&popts));
                 assert_eq!(k.ptx, again.ptx, "{what}: deterministic");
                 assert!(k.spec.params.contains(&KernelParam::DocTiles), "{what}");
-                assert_eq!(k.spec.grid[0], GridDim::DocTiles, "{what}");
+                // (one CTA per tile: the list on the grid's x axis; persistent CTAs with
+                // the tile counter: `NumQBlocks x Hq` tiles)
+                let one = emit(&PtxOptions {
+                    persistent: false,
+                    dynamic_tiles: false,
+                    q_double: false,
+                    early_claim: false,
+                    ..popts
+                });
+                assert_eq!(one.spec.grid[0], GridDim::DocTiles, "{what}");
+                let pers = emit(&PtxOptions {
+                    persistent: true,
+                    dynamic_tiles: true,
+                    ..popts
+                });
+                assert_eq!(pers.spec.grid[0], GridDim::Persistent, "{what}");
+                assert!(pers.spec.params.contains(&KernelParam::DocTiles), "{what}");
                 let plain = PtxOptions {
                     doc_tiles: false,
                     ..popts
@@ -878,7 +894,9 @@ mod tests {
                 assert_ne!(k0.ptx, k.ptx, "{what}");
                 if let Ok(dir) = std::env::var("ATTNC_DOC_PTX_DIR") {
                     let dir = std::path::Path::new(&dir);
-                    std::fs::write(dir.join(format!("{}_d{d}.ptx", p.name)), &k.ptx).unwrap();
+                    std::fs::write(dir.join(format!("{}_d{d}_one.ptx", p.name)), &one.ptx).unwrap();
+                    std::fs::write(dir.join(format!("{}_d{d}_pers.ptx", p.name)), &pers.ptx)
+                        .unwrap();
                 }
                 kernels += 1;
             }

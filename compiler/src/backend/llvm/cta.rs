@@ -103,18 +103,28 @@ pub(crate) fn place_tile<'ctx>(
         a.int(KernelParam::Hkv)?,
         a.int(KernelParam::NumQBlocks)?,
     );
-    // (`Cfg::doc_tiles`: entry `ctaid.x` of the tile list, `(b, row0, rows, qi)`)
+    // (`Cfg::doc_tiles`: entry `r` of the tile list, `(b, row0, rows, qi)`, and query head
+    // `h`: `(ctaid.x, ctaid.y)`, or of a persistent CTA's tile `t`, `(t % n, t / n)` with
+    // `n = NumQBlocks` the list's length: head by head as the grid's CTAs start, so that
+    // the q tiles of one document and head, which read the same K/V, run together (heads
+    // inner, the same document's tiles of one head a list apart: each read K/V from
+    // HBM again, 0.76x one CTA a tile at B2 H16 L8192 D128 on an H100))
     let doc = match (tile, c.doc_tiles) {
-        (None, true) => {
+        (_, false) => None,
+        (None, true) => Some((g.ctaid('x')?, g.ctaid('y')?)),
+        (Some(t), true) => Some((g.urem(t, nqb)?, g.udiv(t, nqb)?)),
+    };
+    let doc = match doc {
+        Some((r, h)) => {
             let list = a.ptr(KernelParam::DocTiles)?;
-            let at = g.mul(g.ctaid('x')?, g.c32(4))?;
+            let at = g.mul(r, g.c32(4))?;
             let field = |k: i64| g.load_i32(list, g.zext64(g.add(at, g.c32(k))?)?);
-            Some([field(0)?, field(1)?, field(2)?, field(3)?])
+            Some(([field(0)?, field(1)?, field(2)?, field(3)?], h))
         }
-        _ => None,
+        None => None,
     };
     let (qb, h, b) = match (tile, c.lpt_group) {
-        _ if let Some([b, _, _, qi]) = doc => (qi, g.ctaid('y')?, b),
+        _ if let Some(([b, _, _, qi], h)) = doc => (qi, h, b),
         // heavy (late, for causal masks) q blocks first within each (head, batch)
         (None, 0) => (
             g.sub(g.sub(nqb, g.c32(1))?, g.ctaid('x')?)?,
@@ -156,7 +166,7 @@ pub(crate) fn place_tile<'ctx>(
     let mut q0 = g.mul(qb, g.c32(c.qb as i64))?;
     // (`Cfg::doc_tiles`: the document's rows, its keys from its first row)
     let (mut row_end, mut lkv_tile, mut kv_origin) = (lq, lkv_tile, None);
-    if let Some([_, row0, rows, _]) = doc {
+    if let Some(([_, row0, rows, _], _)) = doc {
         q0 = g.add(row0, q0)?;
         row_end = g.add(row0, rows)?;
         lkv_tile = row_end;

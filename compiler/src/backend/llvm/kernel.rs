@@ -179,7 +179,6 @@ pub(crate) fn build<'ctx>(
     if opts.doc_tiles {
         let ok = opts.ws
             && kv.is_closed_form()
-            && !opts.persistent
             && !opts.tail_split
             && !opts.o_tma
             && !opts.q_ahead
@@ -189,7 +188,7 @@ pub(crate) fn build<'ctx>(
             && opts.kv_cache == KvCache::Contiguous;
         if !ok {
             return Err(LlvmError::Unsupported(
-                "document tiles (doc_tiles) need the warp-specialized forward with closed-form kv bounds, one CTA per tile (not persistent, tail_split, o_tma, q_ahead, cross_tile, q_from_end), no lengths on the device and a contiguous cache".into(),
+                "document tiles (doc_tiles) need the warp-specialized forward with closed-form kv bounds, whole tiles in the list's order (not tail_split, o_tma, q_ahead, cross_tile, q_from_end), no lengths on the device and a contiguous cache".into(),
             ));
         }
     }

@@ -443,9 +443,11 @@ pub struct PtxOptions {
     /// layout over one packed sequence, read in place): no block straddles two documents
     /// and none needs the document test. Rows and keys past the document's end are
     /// outside (not written, masked); positions stay absolute for the score and `L`.
-    /// Closed-form kv bounds only; one CTA per tile (not `persistent`, `tail_split`,
-    /// `o_tma`, `q_ahead`, `cross_tile`, `device_lens`, a paged cache). Off by default;
-    /// other kinds ignore it.
+    /// One CTA per tile (grid `DocTiles x Hq`), or persistent CTAs over `NumQBlocks x Hq`
+    /// tiles with `NumQBlocks` the list's length and `Batch` 1 (tile `t` is entry
+    /// `t % NumQBlocks` for head `t / NumQBlocks`). Closed-form kv bounds only; not with `tail_split`, `o_tma`,
+    /// `q_ahead`, `cross_tile`, `q_from_end`, `device_lens` or a paged cache. Off by
+    /// default; other kinds ignore it.
     pub doc_tiles: bool,
     /// The backward's dQ scheme (`Separate` by default; other kinds ignore it).
     pub bwd_dq: BwdDq,
@@ -862,17 +864,15 @@ pub fn float_positions_fit(longest: usize) -> bool {
 
 impl PtxOptions {
     /// These options for the document-tiled forward ([`PtxOptions::doc_tiles`]) of the
-    /// program of `Plan::doc_split`: one CTA per tile of the list, so none of the CTA
-    /// schedules (persistent CTAs, the tile counter, the kv split of the last tiles, q
-    /// blocks from the end, the longest-first grid order: the list is in that order
-    /// already), no TMA stores of O (a tile's last rows belong to the next document) and
-    /// no Q ahead or cross-tile products; the closed form, never a table.
+    /// program of `Plan::doc_split`: whole tiles in the list's order (one CTA per tile,
+    /// or persistent CTAs with or without the tile counter as the binding chose; not the
+    /// kv split of the last tiles, q blocks from the end or the longest-first grid order:
+    /// the list is in that order already), no TMA stores of O (a tile's last rows belong
+    /// to the next document) and no Q ahead or cross-tile products; the closed form,
+    /// never a table.
     pub fn for_doc_tiles(self) -> Self {
         PtxOptions {
             doc_tiles: true,
-            persistent: false,
-            dynamic_tiles: false,
-            q_double: false,
             tail_split: false,
             o_tma: false,
             q_ahead: false,

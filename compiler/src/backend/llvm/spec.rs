@@ -46,6 +46,7 @@ pub fn spec(plan: &Plan, kind: KernelKind, opts: &PtxOptions) -> Result<KernelSp
                 grid: if opts.persistent {
                     [GridDim::Persistent, GridDim::One, GridDim::One]
                 } else if opts.ws && opts.doc_tiles {
+                    // (persistent CTAs walk the list as `NumQBlocks` x `Hq` tiles)
                     [GridDim::DocTiles, GridDim::Heads, GridDim::One]
                 } else {
                     [GridDim::QBlocks, GridDim::Heads, GridDim::Batches]

@@ -10,7 +10,7 @@
 //! when this call's ids do not form contiguous documents (then the binding's own kernel
 //! runs, as without the option).
 
-use super::{Gpu, bits, forward_options_for, input_type};
+use super::{Gpu, bits, env_switch, forward_options_for, input_type};
 use crate::cuda::{CudaKernel, DeviceProblem, JitKernel, JitTiers, KvBlocks, Qkv};
 use crate::exec::ExecResult;
 use crate::options::BindOptions;
@@ -59,8 +59,23 @@ impl DocExec {
         let Some((dplan, id)) = plan.doc_split() else {
             return Ok(None);
         };
-        let dopts =
+        let mut dopts =
             forward_options_for(&dplan, opts, g.device.arch(), input_type(opts)?)?.for_doc_tiles();
+        // (`ATTNC_FWD_DOC_PERSISTENT=0`: one CTA per tile; `=1`: persistent CTAs with the
+        // tile counter; unset: as the program of `L` binds)
+        match env_switch("ATTNC_FWD_DOC_PERSISTENT") {
+            Some(false) => {
+                dopts.persistent = false;
+                dopts.dynamic_tiles = false;
+                dopts.q_double = false;
+                dopts.early_claim = false;
+            }
+            Some(true) => {
+                dopts.persistent = true;
+                dopts.dynamic_tiles = true;
+            }
+            None => {}
+        }
         if !dopts.ws {
             return Ok(None);
         }
