@@ -421,9 +421,9 @@ impl Bound {
         self.exec.cuda().map(|c| c.table_counts())
     }
 
-    /// CUDA backend: how many successful `forward` calls ran the document-tiled kernel
-    /// (`BindOptions::doc_tiles`; a call whose ids do not form contiguous documents runs
-    /// the binding's own kernel). `None` for other backends.
+    /// CUDA backend: how many successful `forward` calls (and `device_time` timings) ran
+    /// the document-tiled kernel (`BindOptions::doc_tiles`; a call whose ids do not form
+    /// contiguous documents runs the binding's own kernel). `None` for other backends.
     pub fn gpu_doc_tile_calls(&self) -> Option<u64> {
         self.exec.cuda().map(|c| c.doc_tile_calls())
     }

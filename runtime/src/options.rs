@@ -86,8 +86,10 @@ pub struct BindOptions {
     /// `Plan::doc_split`; `Lq == Lkv`, host inputs): run each document on its own q tiles
     /// and kv blocks aligned to its first row, the kernel of `L` alone
     /// (`PtxOptions::doc_tiles`; a call whose ids do not form contiguous documents runs
-    /// the binding's own kernel). Default: the environment variable `ATTNC_FWD_DOC_TILES=1`
-    /// turns it on, else off. Other backends ignore it.
+    /// the binding's own kernel; so do calls on caller buffers). Default true; the
+    /// environment variable `ATTNC_FWD_DOC_TILES=0` makes the default false. Measured on
+    /// an H100 (document + causal, 8 documents per 8192 rows, D128): 1.25x the block-table
+    /// kernel at B2 H16 L8192, 1.27x at B1 Hq32 Hkv8 L16384. Other backends ignore it.
     pub doc_tiles: bool,
 }
 
@@ -107,7 +109,7 @@ impl BindOptions {
             kv_pages: false,
             device_lens: false,
             pad_head_dims: None,
-            doc_tiles: std::env::var("ATTNC_FWD_DOC_TILES").is_ok_and(|v| v == "1"),
+            doc_tiles: std::env::var("ATTNC_FWD_DOC_TILES").map_or(true, |v| v != "0"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! In: the .attn file and attention, a shape, a backend, params, the JIT tier policy.
 //! Out: compile time, time per call and FLOP rate counting only unmasked pairs, on
 //! stdout. For CUDA also where the kernel's kv blocks come from (`kv bounds: closed
-//! form` or `block table`); for masks over captured tensors the time of the block-table
+//! form`, `block table`, or `document tiles` for a document mask over packed sequences,
+//! `BindOptions::doc_tiles`); for masks over captured tensors the time of the block-table
 //! build on the device ("block table (gpu)") next to the host build it replaces; and
 //! where the JIT's time went, one line each:
 //! `jit: codegen X ms (llvm build a, opt b, ptx c), driver d ms, load e ms, first usable
@@ -151,10 +152,16 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     // masks over captured tensors on the GPU: the block table is built on the device
     // before every launch; time it apart, next to the host build it replaces
     let table_ms = bound.block_table_time_ms(&q, &k, &v, &caps, a.iters)?;
-    let kv = bound
-        .kv_bounds()
-        .map(|k| format!(", kv bounds: {}", k.name()))
-        .unwrap_or_default();
+    let kv = match bound.gpu_doc_tile_calls() {
+        // (the timed kernel: the document-tiled one, `BindOptions::doc_tiles`)
+        Some(n) if n > 0 => {
+            ", kv bounds: document tiles (the closed form of the mask's linear part)".to_string()
+        }
+        _ => bound
+            .kv_bounds()
+            .map(|k| format!(", kv bounds: {}", k.name()))
+            .unwrap_or_default(),
+    };
     let gflops = flops / (ms * 1e-3) / 1e9;
     let unit = if device_ms.is_some() {
         format!("{:.1} TFLOP/s (device time)", gflops / 1e3)

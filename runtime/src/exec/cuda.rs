@@ -169,7 +169,7 @@ pub(crate) struct CudaExec {
     bwd_tables: Option<Arc<caller::backward::BwdTableKernels>>,
     /// The document-tiled kernel of a document mask ([`documents`]), where it applies.
     doc: Option<Box<documents::DocExec>>,
-    /// Forwards that ran the document-tiled kernel.
+    /// Forwards and device timings that ran the document-tiled kernel.
     doc_calls: u64,
 }
 
@@ -371,7 +371,7 @@ impl CudaExec {
         self.table_counts
     }
 
-    /// Forwards that ran the document-tiled kernel ([`documents`]).
+    /// Forwards and device timings that ran the document-tiled kernel ([`documents`]).
     pub(crate) fn doc_tile_calls(&self) -> u64 {
         self.doc_calls
     }
@@ -403,7 +403,7 @@ impl CudaExec {
         let g = gpu_at(self.ordinal)?;
         // this call keeps the module it starts with, whatever is swapped in meanwhile
         let (kernel, _) = self.kernel.current();
-        let doc = match &self.doc {
+        let doc = match &mut self.doc {
             Some(d) => d.problem(g, opts, scale, q, k, v, bindings)?,
             None => None,
         };
@@ -550,10 +550,11 @@ impl CudaExec {
     ) -> ExecResult<(f64, JitTier)> {
         let g = gpu_at(self.ordinal)?;
         let (kernel, tier) = self.kernel.current();
-        if let Some(d) = &self.doc
+        if let Some(d) = &mut self.doc
             && let Some((dk, p)) = d.problem(g, opts, scale, q, k, v, bindings)?
         {
             let ms = dk.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
+            self.doc_calls += 1;
             return Ok((ms, JitTier::Optimized));
         }
         let (p, _) = self.problem(g, &kernel, plan, opts, scale, q, k, v, bindings, true)?;
