@@ -9,8 +9,8 @@
 //! tile `(b, row0, rows, qi)`, q block `qi` of the document of `rows` rows from `row0`,
 //! heavy tiles first.
 
-use crate::interp::{Args, Bindings, EvalError, eval};
-use crate::ir::{Function, Program, Scalar};
+use crate::interp::{Args, Bindings, EvalError, TensorData, eval};
+use crate::ir::{Arg, Function, Inst, Program, Scalar, Value};
 use std::collections::HashSet;
 
 /// One document: `rows` rows from `row0` of its batch.
@@ -32,15 +32,19 @@ pub fn document_runs(
     len: usize,
 ) -> Result<Option<Vec<Vec<Document>>>, EvalError> {
     let mut scratch = Vec::new();
+    let direct = direct_ids(id, bind, b, len);
     let mut all = Vec::with_capacity(b);
     for bi in 0..b {
         let mut runs: Vec<Document> = Vec::new();
         let mut seen = HashSet::new();
         let mut last = None;
         for q in 0..len {
-            let Scalar::I32(x) = eval(id, p, Args::at(0.0, [bi, 0, q, 0]), bind, &mut scratch)?
-            else {
-                return Ok(None);
+            let x = match direct {
+                Some((data, stride)) => data[bi * stride + q],
+                None => match eval(id, p, Args::at(0.0, [bi, 0, q, 0]), bind, &mut scratch)? {
+                    Scalar::I32(x) => x,
+                    _ => return Ok(None),
+                },
             };
             if last == Some(x) {
                 runs.last_mut().expect("a run is open").rows += 1;
@@ -55,6 +59,41 @@ pub fn document_runs(
         all.push(runs);
     }
     Ok(Some(all))
+}
+
+/// The ids in place where the id function is one read of an i32 tensor at `[b, q]` or
+/// `[q]` whose dims hold every `(b, q)` of `b` batches of `len` rows: the data and the
+/// batch stride (the interpreter's value at every point, without it).
+fn direct_ids<'a>(
+    id: &Function,
+    bind: &'a Bindings,
+    b: usize,
+    len: usize,
+) -> Option<(&'a [i32], usize)> {
+    let Inst::Load {
+        tensor, indices, ..
+    } = id.inst(id.ret)
+    else {
+        return None;
+    };
+    let t = bind.tensors.get(tensor.0 as usize)?;
+    let TensorData::I32(data) = &t.data else {
+        return None;
+    };
+    let arg = |v: &Value| match id.inst(*v) {
+        Inst::Arg(a) => Some(*a),
+        _ => None,
+    };
+    let stride = match (&indices[..], &t.dims[..]) {
+        ([ib, iq], &[db, dq])
+            if arg(ib) == Some(Arg::B) && arg(iq) == Some(Arg::Q) && b <= db && len <= dq =>
+        {
+            dq
+        }
+        ([iq], &[dq]) if arg(iq) == Some(Arg::Q) && len <= dq => 0,
+        _ => return None,
+    };
+    (data.len() >= t.dims.iter().product::<usize>()).then_some((data.as_slice(), stride))
 }
 
 /// The tile list of [`document_runs`]' documents for q blocks of `q_block` rows: per
@@ -118,6 +157,21 @@ mod tests {
         let back = bind(vec![4, 4, 7, 4], 1);
         assert_eq!(document_runs(&id, &p, &back, 1, 4).unwrap(), None);
         assert!(document_runs(&id, &p, &two, 2, 7).is_err());
+        // (the same runs through the interpreter: an id function that is not one read)
+        let p2 = program(
+            "tensor doc: i32[B, KV];\n mask m(b, h, q, kv) { q >= kv && doc[b, q] / 2 == doc[b, kv] / 2 }\n attention a { mask = m; }",
+        );
+        let (_, id2) = crate::plan::Plan::new(&p2)
+            .doc_split()
+            .expect("a document mask");
+        assert!(direct_ids(&id2, &two, 2, 6).is_none());
+        assert!(direct_ids(&id, &two, 2, 6).is_some());
+        // (ids / 2: batch 1's 0 0 1 1 1 1 are one document)
+        let halves = vec![runs[0].clone(), vec![d(0, 6)]];
+        assert_eq!(
+            document_runs(&id2, &p2, &two, 2, 6).unwrap().unwrap(),
+            halves
+        );
         // tiles: heavy first, each document's q blocks
         let t = doc_tiles(&runs, 2, true);
         let quads: Vec<&[i32]> = t.chunks(4).collect();

@@ -50,6 +50,12 @@
 //! the value of the position-offset param in the tile's element code (`Env::at_tile`) and
 //! closed-form offsets (`cta::row_runs`).
 //!
+//! Document tiles (`PtxOptions::doc_tiles`, the program of a document mask's linear part):
+//! each tile comes from the tile list (`cta::place_tile`: `(b, row0, rows, qi)`), its q
+//! block at row `row0 + qi q_block`, its kv blocks from `row0` (`Ctx::kv_origin`: the K/V
+//! boxes and the element code's positions through `Ctx::kv_start`), its rows and keys
+//! past `row0 + rows` outside (`Ctx::row_end`, `Ctx::lkv`); everything else as below.
+//!
 //! Persistent CTAs (`PtxOptions::persistent`, [`body_persistent`]): a grid of
 //! `min(tiles, SMs)` CTAs, each walking its (q block, head, batch) tiles in rounds of
 //! `nctaid.x` taken as a snake ([`for_each_tile`]). The producer keeps its ring position
