@@ -4,11 +4,12 @@
 //! from the document's first row, the kernel of `L` alone.
 //!
 //! In: the plan and bind options of a binding, and per call its bindings and q/k/v. Out:
-//! at bind, the kernel of `Plan::doc_split`'s program with the document-tiled options
-//! (when `BindOptions::doc_tiles` asks for it; off by default until measured on a GPU);
-//! per call, the device problem with its tile list (`analysis::documents`), or `None`
-//! when this call's ids do not form contiguous documents (then the binding's own kernel
-//! runs, as without the option).
+//! at bind, `Plan::doc_split`'s program and the document-tiled options of its kernel
+//! (where `BindOptions::doc_tiles`, on by default, and the binding allow), the kernel
+//! compiled at the first call that runs it; per call on host inputs, the device problem
+//! with its tile list (`analysis::documents`), or `None` when this call's ids do not form
+//! contiguous documents (then the binding's own kernel runs). Calls on caller buffers
+//! (Python's) run the binding's own kernel and never compile this one.
 
 use super::{Gpu, bits, env_switch, forward_options_for, input_type};
 use crate::cuda::{CudaKernel, DeviceProblem, JitKernel, JitTiers, KvBlocks, Qkv};
@@ -29,7 +30,10 @@ pub(crate) struct DocExec {
     plan: Plan,
     /// The document of row `q` of batch `b`.
     id: Function,
-    kernel: Arc<JitKernel>,
+    /// Its kernel's options.
+    opts: PtxOptions,
+    /// The kernel, from the JIT cache at the first call that runs it.
+    kernel: Option<Arc<JitKernel>>,
 }
 
 /// Whether a binding may run document tiles (before its mask is looked at): the
@@ -45,8 +49,8 @@ fn applies(opts: &BindOptions, popts: &PtxOptions) -> bool {
 }
 
 impl DocExec {
-    /// The document-tiled kernel of `plan` bound with `opts` (`popts`: the binding's own
-    /// forward options), where it applies.
+    /// The document-tiled program and options of `plan` bound with `opts` (`popts`: the
+    /// binding's own forward options), where they apply; no kernel is compiled here.
     pub(crate) fn prepare(
         g: &Gpu,
         plan: &Plan,
@@ -79,18 +83,30 @@ impl DocExec {
         if !dopts.ws {
             return Ok(None);
         }
-        let (kernel, _) = g.jit.get(
-            &g.device,
-            &dplan,
-            KernelKind::Forward,
-            &dopts,
-            JitTiers::Off,
-        )?;
         Ok(Some(DocExec {
             plan: dplan,
             id,
-            kernel,
+            opts: dopts,
+            kernel: None,
         }))
+    }
+
+    /// The kernel, from the JIT cache at its first use.
+    fn kernel(&mut self, g: &Gpu) -> ExecResult<Arc<CudaKernel>> {
+        let jit = match &self.kernel {
+            Some(k) => k.clone(),
+            None => {
+                let (k, _) = g.jit.get(
+                    &g.device,
+                    &self.plan,
+                    KernelKind::Forward,
+                    &self.opts,
+                    JitTiers::Off,
+                )?;
+                self.kernel.insert(k).clone()
+            }
+        };
+        Ok(jit.current().0)
     }
 
     /// This call on the document-tiled kernel: the kernel and its problem (inputs
@@ -98,7 +114,7 @@ impl DocExec {
     /// call's ids do not form contiguous documents.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn problem(
-        &self,
+        &mut self,
         g: &Gpu,
         opts: &BindOptions,
         scale: f32,
@@ -113,7 +129,7 @@ impl DocExec {
         else {
             return Ok(None);
         };
-        let (kernel, _) = self.kernel.current();
+        let kernel = self.kernel(g)?;
         let spec = kernel.spec();
         let KvBounds::ClosedForm(cf) = &spec.kv_bounds else {
             return Ok(None);
