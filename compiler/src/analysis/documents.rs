@@ -182,4 +182,162 @@ mod tests {
         let by_len = doc_tiles(&runs, 2, false);
         assert_eq!(&by_len[..4], &[1, 2, 4, 0]);
     }
+
+    /// The document tiles as the kernel runs them (`PtxOptions::doc_tiles`), simulated on
+    /// the host with the kernel's own closed-form arithmetic (`bounds::row_range`, equal to
+    /// the IR the kernel emits): for random packed documents (lengths from one row to
+    /// several tiles) and document masks with and without a causal / window / chunk part,
+    /// every row lies in exactly one tile; each tile's visited kv blocks, counted from its
+    /// document's first row with the offsets shifted by it (`k + a_kv row0`) and the
+    /// document's length as the keys, keep exactly the keys the whole mask keeps for each
+    /// of its rows — a full block only where the mask holds at every point, a partial one
+    /// evaluating `L` alone (the split's program), which must equal the whole mask there.
+    #[test]
+    fn doc_tiles_keep_exactly_the_mask() {
+        use crate::analysis::linear::Bound;
+        use crate::backend::llvm::bounds::row_range;
+        use crate::plan::KvBounds;
+        use crate::shape::Shape;
+        let src = "tensor doc: i32[B, KV];\n param window: i32;\n\
+            mask causal(b, h, q, kv) { q >= kv }\n\
+            mask same(b, h, q, kv) { doc[b, q] == doc[b, kv] }\n\
+            mask local(b, h, q, kv) { q - kv <= window }\n\
+            mask chunk(b, h, q, kv) { q / 48 == kv / 48 }\n\
+            attention only { mask = same; }\n\
+            attention causal_doc { mask = causal & same; }\n\
+            attention window_doc { mask = causal & local & same; }\n\
+            attention chunked { mask = chunk & causal; }\n";
+        let programs = crate::compile_source(src)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .programs;
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut tiles_seen, mut partial_seen) = (0, 0);
+        for case in 0..12 {
+            let (b, l) = (2, 1 + next(400) as usize);
+            // sorted ids with random cuts (some documents of one row), or few long ones
+            let docs = if case % 3 == 0 {
+                2
+            } else {
+                1 + next(40) as i32
+            };
+            let mut ids = Vec::new();
+            for _ in 0..b {
+                let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
+                row.sort();
+                ids.extend(row);
+            }
+            let bind = Bindings {
+                params: vec![Scalar::I32(17)],
+                tensors: vec![BoundTensor {
+                    dims: vec![b, l],
+                    data: TensorData::I32(ids),
+                }],
+            };
+            let shape = Shape {
+                b,
+                hq: 1,
+                hkv: 1,
+                lq: l,
+                lkv: l,
+                d: 64,
+                dv: 64,
+            };
+            for p in &programs {
+                // (the bindings hold every tensor and param of the source; programs keep
+                // their own lists: bind by name)
+                let mine = Bindings {
+                    params: p.params.iter().map(|_| Scalar::I32(17)).collect(),
+                    tensors: p.tensors.iter().map(|_| bind.tensors[0].clone()).collect(),
+                };
+                let plan = crate::plan::Plan::new(p);
+                let (dplan, id) = plan.doc_split().unwrap_or_else(|| panic!("{}", p.name));
+                let runs = document_runs(&id, p, &mine, b, l).unwrap().unwrap();
+                let KvBounds::ClosedForm(cf) = dplan.kv_bounds(false) else {
+                    panic!("{}: no closed form", p.name);
+                };
+                let coefs = dplan.kv_bounds(false).coefficients();
+                let bounds = dplan.closed_form_bounds(&cf, &shape, &mine).unwrap();
+                for (qb, kvb) in [(128usize, 128usize), (64, 64), (192, 128)] {
+                    let tiles = doc_tiles(&runs, qb, dplan.kv_bounds(false).work_grows_with_q());
+                    let mut covered = vec![0u8; b * l];
+                    let mut scratch = Vec::new();
+                    let mut at = |f: &Function, bi: usize, q: usize, kv: usize| {
+                        eval(f, p, Args::at(0.0, [bi, 0, q, kv]), &mine, &mut scratch).unwrap()
+                            == Scalar::Bool(true)
+                    };
+                    for t in tiles.chunks(4) {
+                        let [bi, row0, rows, qi] = [t[0], t[1], t[2], t[3]].map(|x| x as usize);
+                        let q0 = row0 + qi * qb;
+                        let q_end = (q0 + qb).min(row0 + rows);
+                        assert!(q0 < q_end, "{}: an empty tile", p.name);
+                        let nkv = rows.div_ceil(kvb);
+                        let (visit, full) = match &bounds {
+                            Some(bs) => {
+                                let shifted: Vec<Bound> = bs
+                                    .iter()
+                                    .map(|c| Bound {
+                                        k: c.k + c.a_kv * row0 as i128,
+                                        ..*c
+                                    })
+                                    .collect();
+                                let r = row_range(
+                                    &coefs,
+                                    &shifted,
+                                    q0 as i64,
+                                    q_end as i64 - 1,
+                                    rows,
+                                    kvb,
+                                );
+                                (r.first..r.end, r.full_first..r.full_end)
+                            }
+                            None => (0..nkv, 0..0),
+                        };
+                        tiles_seen += 1;
+                        for q in q0..q_end {
+                            covered[bi * l + q] += 1;
+                            let mut kept = vec![false; l];
+                            for j in visit.clone() {
+                                let kvs = row0 + j * kvb..(row0 + (j + 1) * kvb).min(row0 + rows);
+                                for kv in kvs {
+                                    kept[kv] = if full.contains(&j) {
+                                        true
+                                    } else {
+                                        partial_seen += 1;
+                                        match &dplan.program().mask {
+                                            Some(m) => at(m, bi, q, kv),
+                                            None => true,
+                                        }
+                                    };
+                                }
+                            }
+                            let whole = p.mask.as_ref().unwrap();
+                            for (kv, &k) in kept.iter().enumerate() {
+                                assert_eq!(
+                                    k,
+                                    at(whole, bi, q, kv),
+                                    "{} L{l} tiles {qb}x{kvb}: row {q} key {kv} of batch {bi} (tile {t:?})",
+                                    p.name
+                                );
+                            }
+                        }
+                    }
+                    assert!(
+                        covered.iter().all(|&c| c == 1),
+                        "{}: rows not covered once",
+                        p.name
+                    );
+                }
+            }
+        }
+        assert!(
+            tiles_seen > 100 && partial_seen > 1000,
+            "{tiles_seen} {partial_seen}"
+        );
+    }
 }
