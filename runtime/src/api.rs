@@ -421,11 +421,16 @@ impl Bound {
         self.exec.cuda().map(|c| c.table_counts())
     }
 
-    /// CUDA backend: how many successful `forward` calls (and `device_time` timings) ran
-    /// the document-tiled kernel (`BindOptions::doc_tiles`; a call whose ids do not form
-    /// contiguous documents runs the binding's own kernel). `None` for other backends.
-    pub fn gpu_doc_tile_calls(&self) -> Option<u64> {
-        self.exec.cuda().map(|c| c.doc_tile_calls())
+    /// CPU and CUDA backends: how many successful `forward` calls (and CUDA
+    /// `device_time` timings) ran the document-tiled kernel (`BindOptions::doc_tiles`; a
+    /// call whose ids do not form contiguous documents runs the binding's own kernel).
+    /// `None` for the reference backend.
+    pub fn doc_tile_calls(&self) -> Option<u64> {
+        match &self.exec {
+            crate::exec::Exec::Cpu(c) => Some(c.doc_tile_calls()),
+            crate::exec::Exec::Cuda(c) => Some(c.doc_tile_calls()),
+            crate::exec::Exec::Reference => None,
+        }
     }
 
     /// The binding's executor (read-only), for entry points outside this module.

@@ -82,14 +82,15 @@ pub struct BindOptions {
     /// next of 16 / 32 / 64 / 128 / 256), any other backend never. Results and gradients
     /// are those of the unpadded problem; the cost is the padded dim's plus the copies.
     pub pad_head_dims: Option<usize>,
-    /// CUDA, a document mask over packed sequences (`L && doc[b, q] == doc[b, kv]`,
-    /// `Plan::doc_split`; `Lq == Lkv`, host inputs): run each document on its own q tiles
-    /// and kv blocks aligned to its first row, the kernel of `L` alone
-    /// (`PtxOptions::doc_tiles`; a call whose ids do not form contiguous documents runs
-    /// the binding's own kernel; so do calls on caller buffers). Default true; the
-    /// environment variable `ATTNC_FWD_DOC_TILES=0` makes the default false. Measured on
-    /// an H100 (document + causal, 8 documents per 8192 rows, D128): 1.25x the block-table
-    /// kernel at B2 H16 L8192, 1.27x at B1 Hq32 Hkv8 L16384. Other backends ignore it.
+    /// CUDA and CPU, a document mask over packed sequences (`L && doc[b, q] == doc[b,
+    /// kv]`, `Plan::doc_split`; `Lq == Lkv`, host inputs, fast mode): run each document on
+    /// its own q tiles and kv blocks aligned to its first row, the kernel of `L` alone
+    /// (`PtxOptions::doc_tiles`, `CpuOptions::doc_tiles`; a call whose ids do not form
+    /// contiguous documents runs the binding's own kernel; so do CUDA calls on caller
+    /// buffers). Default true; the environment variable `ATTNC_FWD_DOC_TILES=0` makes the
+    /// default false. Measured on an H200 (document + causal, 8 documents per 8192 rows,
+    /// D128): 1.25x the block-table kernel at B2 H16 L8192, 1.28x at B1 Hq32 Hkv8 L16384.
+    /// The reference backend ignores it.
     pub doc_tiles: bool,
 }
 

@@ -2199,7 +2199,7 @@ attention doc_at_row { mask = same_doc & causal; score = at_row; }
 /// part and scores over absolute positions, documents of random lengths (many shorter
 /// than a tile, one of a single row, some longer than several tiles), GQA, odd lengths,
 /// D64 / D128, bf16 / f16; every such call runs the document-tiled kernel
-/// (`gpu_doc_tile_calls`), while ids that come back after another document (not
+/// (`doc_tile_calls`), while ids that come back after another document (not
 /// contiguous) and a binding without the option run the binding's own kernel, also
 /// against the oracle.
 fn gpu_doc_tiles_match_oracle(dev: &CudaDevice) {
@@ -2278,7 +2278,7 @@ fn gpu_doc_tiles_match_oracle(dev: &CudaDevice) {
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
                     // (document tiles run where `L`'s program binds the warp-specialized
                     // kernel: D128 here; at D64 the plain wgmma kernel runs masks)
-                    let calls = bound.gpu_doc_tile_calls().unwrap();
+                    let calls = bound.doc_tile_calls().unwrap();
                     let tiles = on && tiled && sh.d == 128;
                     assert_eq!(calls, tiles as u64, "{what}: document-tiled calls");
                     ran += 1;

@@ -152,7 +152,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<(), Error> {
     // masks over captured tensors on the GPU: the block table is built on the device
     // before every launch; time it apart, next to the host build it replaces
     let table_ms = bound.block_table_time_ms(&q, &k, &v, &caps, a.iters)?;
-    let kv = match bound.gpu_doc_tile_calls() {
+    let kv = match bound.doc_tile_calls() {
         // (the timed kernel: the document-tiled one, `BindOptions::doc_tiles`)
         Some(n) if n > 0 => {
             ", kv bounds: document tiles (the closed form of the mask's linear part)".to_string()

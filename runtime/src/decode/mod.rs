@@ -341,6 +341,7 @@ impl DecodeState {
                     isa: None,
                     // K/V read in place by a page walk (cpu.rs)
                     kv_rows: true,
+                    doc_tiles: false,
                 };
                 let plan = Plan::new(&offset_program(program));
                 let packed = Plan::new(&packed_offset_program(program));

@@ -1,17 +1,23 @@
 //! The CPU executor: the Cranelift kernel of the plan, its block maps, and the launch.
 //!
 //! In: the plan, bind options, host q/k/v and bindings. Out: O and LSE (f32), or the
-//! kernel's raw [`CpuError`] / the maps' `BlockError`.
+//! kernel's raw [`CpuError`] / the maps' `BlockError`. A document mask over packed
+//! sequences (`Plan::doc_split`, `BindOptions::doc_tiles`, `Lq == Lkv`, fast mode) runs,
+//! where a call's ids form contiguous documents, the kernel of the mask's linear part over
+//! a document tile list (`CpuOptions::doc_tiles`: q tiles and kv blocks from each
+//! document's first row, no block across two documents), else the binding's own kernel.
 
 use super::{ExecError, ExecResult};
 use crate::options::BindOptions;
 use crate::policy;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::analysis::documents::{doc_tile_runs, doc_tiles, document_runs};
 use attnc_compiler::backend::KernelKind;
-use attnc_compiler::backend::cranelift::{self, CpuKernel, CpuOptions};
+use attnc_compiler::backend::cranelift::{self, CpuKernel, CpuOptions, DocTable};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::plan::Plan;
+use attnc_compiler::ir::Function;
+use attnc_compiler::plan::{KvBounds, Plan};
 
 /// A CPU binding.
 pub(crate) struct CpuExec {
@@ -20,6 +26,17 @@ pub(crate) struct CpuExec {
     maps: Option<BlockMaps>,
     /// q, k, v as f32, reused between calls.
     inputs: [Vec<f32>; 3],
+    /// The document-tiled kernel of a document mask, where it applies.
+    doc: Option<CpuDocs>,
+    /// Calls that ran the document-tiled kernel.
+    doc_calls: u64,
+}
+
+/// The program of a document mask's linear part, the id function and their kernel.
+struct CpuDocs {
+    plan: Plan,
+    id: Function,
+    kernel: CpuKernel,
 }
 
 impl CpuExec {
@@ -29,11 +46,34 @@ impl CpuExec {
             ..CpuOptions::default()
         };
         let kernel = cranelift::compile(plan, KernelKind::Forward, &cpu_opts)?;
+        let s = opts.shape;
+        let doc = match plan.doc_split() {
+            Some((dplan, id)) if opts.doc_tiles && !opts.checked && s.lq == s.lkv => {
+                let o = CpuOptions {
+                    doc_tiles: true,
+                    ..CpuOptions::default()
+                };
+                let kernel = cranelift::compile(&dplan, KernelKind::Forward, &o)?;
+                Some(CpuDocs {
+                    plan: dplan,
+                    id,
+                    kernel,
+                })
+            }
+            _ => None,
+        };
         Ok(CpuExec {
             kernel,
             maps: None,
             inputs: Default::default(),
+            doc,
+            doc_calls: 0,
         })
+    }
+
+    /// Calls that ran the document-tiled kernel.
+    pub(crate) fn doc_tile_calls(&self) -> u64 {
+        self.doc_calls
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -75,6 +115,48 @@ impl CpuExec {
         o: &mut [f32],
         lse: &mut [f32],
     ) -> ExecResult<()> {
+        let workers = super::pool::pool(opts.threads);
+        if let Some(d) = &self.doc
+            && let Ok(Some(docs)) = document_runs(
+                &d.id,
+                d.plan.program(),
+                bindings,
+                opts.shape.b,
+                opts.shape.lq,
+            )
+            && let KvBounds::ClosedForm(cf) = d.plan.kv_bounds(false)
+        {
+            let (qb, kvb) = (d.kernel.q_block(), d.kernel.kv_block());
+            let kv = d.plan.kv_bounds(false);
+            let tiles = doc_tiles(&docs, qb, kv.work_grows_with_q());
+            let bounds = d
+                .plan
+                .closed_form_bounds(&cf, &opts.shape, bindings)
+                .map_err(ExecError::Blocks)?;
+            let has_mask = d.plan.program().mask.is_some();
+            let coefs = kv.coefficients();
+            let (row_start, runs) =
+                doc_tile_runs(&tiles, &coefs, bounds.as_deref(), has_mask, qb, kvb);
+            let table = DocTable {
+                tiles: &tiles,
+                row_start: &row_start,
+                runs: &runs,
+            };
+            d.kernel.run_docs(
+                &opts.shape,
+                q,
+                k,
+                v,
+                scale,
+                bindings,
+                table,
+                workers,
+                o,
+                lse,
+            )?;
+            self.doc_calls += 1;
+            return Ok(());
+        }
         let mut scratch = None;
         let maps = policy::maps_for(
             &mut self.maps,
@@ -86,7 +168,6 @@ impl CpuExec {
             bindings,
         )
         .map_err(ExecError::Blocks)?;
-        let workers = super::pool::pool(opts.threads);
         self.kernel
             .run(&opts.shape, q, k, v, scale, bindings, maps, workers, o, lse)?;
         Ok(())

@@ -57,6 +57,9 @@ pub struct Ctx {
     pub tensors: *const TensorDesc,
     /// With `CpuOptions::kv_rows`: page pointers per (b, kv head) in `k` / `v`.
     pub kv_pages: i64,
+    /// With `CpuOptions::doc_tiles`: the tile list, i32 `(b, row0, rows, qi)` per tile
+    /// (`analysis::documents::doc_tiles`); the block-map row of tile `t` is row `t`.
+    pub doc_tiles: *const i32,
 }
 
 /// Per-thread scratch of one work item. The micro-kernels read the geometry from here.
@@ -122,6 +125,7 @@ pub mod off {
     pub const CTX_PARAMS: i32 = c(offset_of!(Ctx, params));
     pub const CTX_TENSORS: i32 = c(offset_of!(Ctx, tensors));
     pub const CTX_KV_PAGES: i32 = c(offset_of!(Ctx, kv_pages));
+    pub const CTX_DOC_TILES: i32 = c(offset_of!(Ctx, doc_tiles));
 
     pub const TD_SIZE: i32 = c(size_of::<TensorDesc>());
     pub const TD_PTR: i32 = c(offset_of!(TensorDesc, ptr));

@@ -138,8 +138,26 @@ fn body<'p>(
     let dv = g.ld(i64t, ctx, off::CTX_DV);
     let group = g.ld(i64t, ctx, off::CTX_GROUP);
     let scale = g.ld(types::F32, ctx, off::CTX_SCALE);
-    let q0 = g.b.ins().imul_imm_s(qt, bq);
-    let left = g.b.ins().isub(lq, q0);
+    // this item's rows `q0 .. q0 + nrows` and its keys `kv_origin + kb bkv ..` below
+    // `kv_end`: q block `qt`; or (`CpuOptions::doc_tiles`) tile `qt` of the list, q block
+    // `qi` of the document of `rows` rows from `row0`, its keys that document's
+    let (q0, q_end, kv_origin, kv_end) = if opts.doc_tiles {
+        let list = g.ld(i64t, ctx, off::CTX_DOC_TILES);
+        let rec = g.b.ins().imul_imm_s(qt, 16);
+        let rec = g.b.ins().iadd(list, rec);
+        let field = |g: &mut Gen, k: i32| {
+            g.b.ins()
+                .sload32(MemFlagsData::trusted().with_readonly(), rec, 4 * k)
+        };
+        let (row0, rows, qi) = (field(g, 1), field(g, 2), field(g, 3));
+        let q0 = g.b.ins().imul_imm_s(qi, bq);
+        let q0 = g.b.ins().iadd(row0, q0);
+        let end = g.b.ins().iadd(row0, rows);
+        (q0, end, Some(row0), end)
+    } else {
+        (g.b.ins().imul_imm_s(qt, bq), lq, None, lkv)
+    };
+    let left = g.b.ins().isub(q_end, q0);
     let bq_v = g.b.ins().iconst(i64t, bq);
     let nrows = g.b.ins().smin(left, bq_v);
     let hk = g.b.ins().udiv(hi, group);
@@ -268,7 +286,11 @@ fn body<'p>(
                 .load(types::I32, MemFlagsData::trusted().with_readonly(), rp, 8);
         g.for_range(start, end, |g, kb| {
             let kv0 = g.b.ins().imul_imm_s(kb, bkv);
-            let left = g.b.ins().isub(lkv, kv0);
+            let kv0 = match kv_origin {
+                Some(o) => g.b.ins().iadd(o, kv0),
+                None => kv0,
+            };
+            let left = g.b.ins().isub(kv_end, kv0);
             let bkv_v = g.b.ins().iconst(i64t, bkv);
             let ncols = g.b.ins().smin(left, bkv_v);
             match kstride {

@@ -209,6 +209,24 @@ impl Pages {
     }
 }
 
+/// Where a launch's kv blocks come from: block maps per (b, h), or (a kernel compiled
+/// with `CpuOptions::doc_tiles`) a document tile list with one row of runs per tile.
+#[derive(Clone, Copy)]
+pub enum Blocks<'a> {
+    Maps(&'a BlockMaps),
+    Docs(DocTable<'a>),
+}
+
+/// A document tile list (`analysis::documents::doc_tiles`: i32 `(b, row0, rows, qi)` per
+/// tile) and its runs of kv blocks counted from each tile's `row0`, CSR: tile `t`'s runs
+/// are `runs[row_start[t] .. row_start[t + 1]]` (`analysis::documents::doc_tile_runs`).
+#[derive(Clone, Copy, Debug)]
+pub struct DocTable<'a> {
+    pub tiles: &'a [i32],
+    pub row_start: &'a [u32],
+    pub runs: &'a [Run],
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     kern: &CpuKernel,
@@ -217,7 +235,7 @@ pub fn run(
     kv: KvInput,
     scale: f32,
     bind: &Bindings,
-    maps: &BlockMaps,
+    blocks: Blocks,
     workers: &dyn Workers,
     o: &mut [f32],
     lse: &mut [f32],
@@ -238,10 +256,47 @@ pub fn run(
     }
     let (bq, bkv) = (kern.opts.q_block, kern.opts.kv_block);
     let nqb = shape.lq.div_ceil(bq);
-    check_maps(maps, shape, bq, bkv)?;
+    // the CSR table, its map strides and rows per map, and the work items
+    let (row_start, runs, strides, rows, items, docs) = match (blocks, kern.opts.doc_tiles) {
+        (Blocks::Maps(maps), false) => {
+            check_maps(maps, shape, bq, bkv)?;
+            let (row_start, runs) = maps.flatten_csr();
+            let strides = (maps.b_stride as i64, maps.h_stride as i64);
+            (
+                row_start,
+                runs,
+                strides,
+                nqb,
+                shape.b * shape.hq * nqb,
+                None,
+            )
+        }
+        (Blocks::Docs(t), true) => {
+            check_docs(&t, shape, bq, bkv)?;
+            let n = t.tiles.len() / 4;
+            (
+                t.row_start.to_vec(),
+                t.runs.to_vec(),
+                (0, 0),
+                n,
+                n * shape.hq,
+                Some(t.tiles),
+            )
+        }
+        (_, compiled) => {
+            return Err(CpuError::Options(format!(
+                "the kernel was compiled {} document tiles; the call gives {}",
+                if compiled { "for" } else { "without" },
+                if compiled {
+                    "block maps"
+                } else {
+                    "a tile list"
+                }
+            )));
+        }
+    };
     let params = param_words(&kern.program, bind)?;
     let tensors = tensor_descs(&kern.program, shape, bind)?;
-    let (row_start, runs) = maps.flatten_csr();
     let mut tables = [Vec::new(), Vec::new()];
     let kvp = kv_pointers(kern, shape, kv, &mut tables)?;
     let ctx = Shared(Ctx {
@@ -261,14 +316,14 @@ pub fn run(
         _pad: 0,
         row_start: row_start.as_ptr(),
         runs: runs.as_ptr() as *const u32,
-        map_b_stride: maps.b_stride as i64,
-        map_h_stride: maps.h_stride as i64,
-        n_q_blocks: nqb as i64,
+        map_b_stride: strides.0,
+        map_h_stride: strides.1,
+        n_q_blocks: rows as i64,
         params: params.as_ptr(),
         tensors: tensors.as_ptr(),
         kv_pages: kvp.kv_pages,
+        doc_tiles: docs.map_or(std::ptr::null(), |t| t.as_ptr()),
     });
-    let items = shape.b * shape.hq * nqb;
     if items == 0 {
         return Ok(());
     }
@@ -286,9 +341,18 @@ pub fn run(
             if it >= items || stop.load(Ordering::Relaxed) {
                 break;
             }
-            let qt = nqb - 1 - it % nqb;
-            let bh = it / nqb;
-            let (b, h) = (bh / shape.hq, bh % shape.hq);
+            let (b, h, qt) = match docs {
+                // (every head of the list's first, heaviest, tile first)
+                Some(t) => (
+                    t[4 * (it / shape.hq)] as usize,
+                    it % shape.hq,
+                    it / shape.hq,
+                ),
+                None => {
+                    let bh = it / nqb;
+                    (bh / shape.hq, bh % shape.hq, nqb - 1 - it % nqb)
+                }
+            };
             // SAFETY: `ctx` was validated above (lengths, block maps, bindings), so the
             // generated code's reads and writes stay inside the caller's slices and the
             // tile's scratch; `buf` was sized for this kernel and shape.
@@ -336,6 +400,46 @@ fn out_of_bounds(kern: &CpuKernel, bind: &Bindings, site: i64, idx: [i64; 4]) ->
         dims: bind.tensors[t].dims.clone(),
         span: f.spans[inst],
     })
+}
+
+/// A document tile list fits the call: `Lq == Lkv`, every tile `(b, row0, rows, qi)`
+/// inside its sequence (`b < B`, `rows >= 1`, `row0 + rows <= Lq`, `qi q_block < rows`),
+/// one ascending row of runs per tile, each run inside `0..ceil(rows / kv_block)`.
+fn check_docs(t: &DocTable, shape: &Shape, bq: usize, bkv: usize) -> Result<(), CpuError> {
+    let bad = |s: String| Err(CpuError::BlockMap(s));
+    if shape.lq != shape.lkv || !t.tiles.len().is_multiple_of(4) {
+        return bad("document tiles need Lq = Lkv and four words a tile".into());
+    }
+    let n = t.tiles.len() / 4;
+    if t.row_start.len() != n + 1 || t.row_start[n] as usize > t.runs.len() {
+        return bad(format!("{} row starts for {n} tiles", t.row_start.len()));
+    }
+    for (i, w) in t.tiles.chunks(4).enumerate() {
+        let [b, row0, rows, qi] = [w[0], w[1], w[2], w[3]].map(|x| x as i64);
+        let inside = (0..shape.b as i64).contains(&b)
+            && row0 >= 0
+            && rows >= 1
+            && row0 + rows <= shape.lq as i64
+            && qi >= 0
+            && qi * (bq as i64) < rows;
+        if !inside {
+            return bad(format!("document tile {i} {w:?} is outside its sequence"));
+        }
+        let (s, e) = (t.row_start[i], t.row_start[i + 1]);
+        let nkv = (rows as usize).div_ceil(bkv) as u32;
+        if s > e {
+            return bad(format!("document tile {i}: row starts are not ascending"));
+        }
+        for r in &t.runs[s as usize..e as usize] {
+            if r.start > r.end || r.end > nkv || r.full > 1 {
+                return bad(format!(
+                    "document tile {i}: run {}..{} (full {}) is outside 0..{nkv}",
+                    r.start, r.end, r.full
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn check_maps(

@@ -29,7 +29,7 @@ pub mod lower;
 pub mod micro;
 pub mod workers;
 
-pub use launch::KvPages;
+pub use launch::{DocTable, KvPages};
 pub use micro::Isa;
 
 use crate::analysis::blockmap::BlockMaps;
@@ -65,6 +65,12 @@ pub struct CpuOptions {
     /// [`CpuKernel::run_rows`]) instead of dense `[B, Hkv, Lkv, D]` tensors: a decoding
     /// step reads a paged cache in place.
     pub kv_rows: bool,
+    /// Work item `(b, h, t)` is tile `t` of a document tile list (`Ctx::doc_tiles`, run
+    /// with [`CpuKernel::run_docs`]): its query rows `row0 + qi q_block ..` up to its
+    /// document's end `row0 + rows`, its kv blocks from `row0` and keys up to that end
+    /// (the program of a document mask's linear part, `Plan::doc_split`; positions stay
+    /// absolute). Dense K/V only (not with `kv_rows`).
+    pub doc_tiles: bool,
 }
 
 impl Default for CpuOptions {
@@ -75,6 +81,7 @@ impl Default for CpuOptions {
             checked: false,
             isa: None,
             kv_rows: false,
+            doc_tiles: false,
         }
     }
 }
@@ -170,6 +177,11 @@ pub(super) fn check_options(opts: &CpuOptions) -> Result<(), CpuError> {
             "kv_block = {} must be in 1..=1024",
             opts.kv_block
         )));
+    }
+    if opts.doc_tiles && opts.kv_rows {
+        return Err(CpuError::Options(
+            "document tiles read dense K/V: not with kv_rows".into(),
+        ));
     }
     Ok(())
 }
@@ -358,7 +370,30 @@ impl CpuKernel {
         lse: &mut [f32],
     ) -> Result<(), CpuError> {
         let kv = launch::KvInput::Dense { k, v };
-        launch::run(self, shape, q, kv, scale, bindings, maps, workers, o, lse)
+        let blocks = launch::Blocks::Maps(maps);
+        launch::run(self, shape, q, kv, scale, bindings, blocks, workers, o, lse)
+    }
+
+    /// [`Self::run`] for a kernel compiled with `CpuOptions::doc_tiles`: the work items
+    /// are the tiles of `docs` (for every query head), each visiting its own runs of kv
+    /// blocks (every tile and run checked against the shape first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_docs(
+        &self,
+        shape: &Shape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        bindings: &Bindings,
+        docs: DocTable,
+        workers: &dyn workers::Workers,
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<(), CpuError> {
+        let kv = launch::KvInput::Dense { k, v };
+        let blocks = launch::Blocks::Docs(docs);
+        launch::run(self, shape, q, kv, scale, bindings, blocks, workers, o, lse)
     }
 
     /// [`Self::run`] for a kernel compiled with `CpuOptions::kv_rows`: K and V rows are
@@ -377,6 +412,7 @@ impl CpuKernel {
         lse: &mut [f32],
     ) -> Result<(), CpuError> {
         let kv = launch::KvInput::Paged(kv);
-        launch::run(self, shape, q, kv, scale, bindings, maps, workers, o, lse)
+        let blocks = launch::Blocks::Maps(maps);
+        launch::run(self, shape, q, kv, scale, bindings, blocks, workers, o, lse)
     }
 }
