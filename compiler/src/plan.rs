@@ -180,6 +180,9 @@ pub struct Plan {
     implied: Option<Implied>,
     mask_reads: Reads,
     score_reads: Reads,
+    /// [`Plan::doc_split`]'s result, made at its first call (the split program's analyses
+    /// run once per plan).
+    doc: std::sync::OnceLock<Option<Box<(Plan, Function)>>>,
 }
 
 impl Plan {
@@ -194,6 +197,7 @@ impl Plan {
             program: program.clone(),
             mask,
             implied,
+            doc: std::sync::OnceLock::new(),
         }
     }
 
@@ -318,15 +322,19 @@ impl Plan {
     /// program (params, tensors and score unchanged, so that the same bindings serve)
     /// with its mask replaced by the mask's linear part (none: no mask), and the function
     /// that gives each row's document. `None` unless the mask is such a document mask
-    /// and its linear part has a closed form ([`Plan::kv_bounds`] of the new plan).
+    /// and its linear part has a closed form ([`Plan::kv_bounds`] of the new plan). The
+    /// new plan is analysed at the first call and kept: later calls clone it.
     pub fn doc_split(&self) -> Option<(Plan, Function)> {
-        let split = crate::analysis::linear::doc_split(self.program.mask.as_ref()?)?;
-        let mut p = self.program.clone();
-        p.mask = split.linear.map(|l| crate::passes::eliminate_dead_code(&l));
-        let plan = Plan::new(&p);
-        plan.kv_bounds(false)
-            .is_closed_form()
-            .then(|| (plan, crate::passes::eliminate_dead_code(&split.id)))
+        let made = self.doc.get_or_init(|| {
+            let split = crate::analysis::linear::doc_split(self.program.mask.as_ref()?)?;
+            let mut p = self.program.clone();
+            p.mask = split.linear.map(|l| crate::passes::eliminate_dead_code(&l));
+            let plan = Plan::new(&p);
+            plan.kv_bounds(false)
+                .is_closed_form()
+                .then(|| Box::new((plan, crate::passes::eliminate_dead_code(&split.id))))
+        });
+        made.as_deref().cloned()
     }
 }
 

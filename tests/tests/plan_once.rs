@@ -1,7 +1,9 @@
 //! The analyses run once per bind: `classify::analyze` and `ClosedForm::derive_implied`
-//! are called by `Plan::new` only, and binding, running (twice) and generating every
-//! kernel kind of a plan for both backends (forward, block table, decode, decode combine)
-//! calls neither again.
+//! are called by `Plan::new` only — once for the program, and once more for the program
+//! of a document mask's linear part where the bind runs document tiles (`Plan::doc_split`,
+//! kept by the plan) — and binding, running (twice) and generating every kernel kind of a
+//! plan for both backends (forward, block table, decode, decode combine) calls neither
+//! again.
 
 use attnc::{Backend, BindOptions, Captures, DType, Shape, synth};
 use attnc_compiler::analysis::counts;
@@ -36,9 +38,16 @@ fn analyses_run_once_per_bind() {
             .bind(BindOptions::new(Backend::Cpu, shape, DType::F32))
             .unwrap_or_else(|e| panic!("{}: {e}", ex.id()));
         let after_bind = counts();
+        // (a document mask: its linear part's program too, for the document tiles)
+        let doc = ex
+            .program()
+            .mask
+            .as_ref()
+            .and_then(attnc_compiler::analysis::linear::doc_split)
+            .is_some() as u64;
         assert_eq!(
             (after_bind.0 - before.0, after_bind.1 - before.1),
-            (1, 1),
+            (1 + doc, 1 + doc),
             "{}: analyses at bind",
             ex.id()
         );

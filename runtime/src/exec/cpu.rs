@@ -12,9 +12,10 @@ use crate::options::BindOptions;
 use crate::policy;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::analysis::documents::{doc_tile_runs, doc_tiles, document_runs};
+use attnc_compiler::analysis::documents::{doc_tiles, document_runs};
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{self, CpuKernel, CpuOptions, DocTable};
+use attnc_compiler::backend::llvm::bounds::doc_tile_runs;
 use attnc_compiler::interp::Bindings;
 use attnc_compiler::ir::Function;
 use attnc_compiler::plan::{KvBounds, Plan};
@@ -47,8 +48,9 @@ impl CpuExec {
         };
         let kernel = cranelift::compile(plan, KernelKind::Forward, &cpu_opts)?;
         let s = opts.shape;
-        let doc = match plan.doc_split() {
-            Some((dplan, id)) if opts.doc_tiles && !opts.checked && s.lq == s.lkv => {
+        let applies = opts.doc_tiles && !opts.checked && s.lq == s.lkv;
+        let doc = match applies.then(|| plan.doc_split()).flatten() {
+            Some((dplan, id)) => {
                 let o = CpuOptions {
                     doc_tiles: true,
                     ..CpuOptions::default()

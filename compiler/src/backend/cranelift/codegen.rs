@@ -20,6 +20,10 @@
 //! end(tile, O rows, LSE rows)                    // O = acc / l, LSE = m + ln l
 //! ```
 //!
+//! With `CpuOptions::doc_tiles` `qt` is a tile of the document list (`Ctx::doc_tiles`):
+//! its rows `row0 + qi bq ..` end at its document's end `row0 + rows`, its kv blocks start
+//! at `row0` and its keys end there too, and its runs are row `qt` of the table.
+//!
 //! With `CpuOptions::kv_rows` K and V are tables of page pointers and `qk`/`softmax_pv`
 //! are their `_rows` forms, which take the block's first key and walk the pages (a
 //! decoding step reading a paged cache in place).

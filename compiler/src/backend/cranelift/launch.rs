@@ -6,7 +6,9 @@
 //! everything the generated code indexes with is checked here first).
 //!
 //! Work items are (b, h, q-tile), claimed from an atomic counter (work stealing), heavy
-//! tiles first (the last q-tiles of a causal mask visit the most blocks). In checked
+//! tiles first (the last q-tiles of a causal mask visit the most blocks); with document
+//! tiles (`CpuOptions::doc_tiles`, [`DocTable`]) (tile, h), every head of the list's first
+//! (heaviest) tile first. In checked
 //! mode the reported read is the one of the lowest-numbered failing work item, which is
 //! independent of the thread count: items are claimed in increasing order and no item
 //! is claimed after a failure, so every lower item has run to completion.
@@ -353,9 +355,10 @@ pub fn run(
                     (bh / shape.hq, bh % shape.hq, nqb - 1 - it % nqb)
                 }
             };
-            // SAFETY: `ctx` was validated above (lengths, block maps, bindings), so the
-            // generated code's reads and writes stay inside the caller's slices and the
-            // tile's scratch; `buf` was sized for this kernel and shape.
+            // SAFETY: `ctx` was validated above (lengths, block maps or the document tiles
+            // and their runs, bindings), so the generated code's reads and writes stay
+            // inside the caller's slices and the tile's scratch; `buf` was sized for this
+            // kernel and shape.
             let rc =
                 unsafe { (kern.entry)(ctx.ptr(), &mut buf.tile, b as i64, h as i64, qt as i64) };
             if rc != 0 {
