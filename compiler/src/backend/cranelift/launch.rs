@@ -221,7 +221,7 @@ pub enum Blocks<'a> {
 
 /// A document tile list (`analysis::documents::doc_tiles`: i32 `(b, row0, rows, qi)` per
 /// tile) and its runs of kv blocks counted from each tile's `row0`, CSR: tile `t`'s runs
-/// are `runs[row_start[t] .. row_start[t + 1]]` (`analysis::documents::doc_tile_runs`).
+/// are `runs[row_start[t] .. row_start[t + 1]]` (`backend::llvm::bounds::doc_tile_runs`).
 #[derive(Clone, Copy, Debug)]
 pub struct DocTable<'a> {
     pub tiles: &'a [i32],
