@@ -822,10 +822,11 @@ mod tests {
     }
 
     /// The document-tiled forward (`PtxOptions::doc_tiles`) of every example whose mask
-    /// is a document mask (`Plan::doc_split`), at D64 and D128: its options (one CTA per
-    /// tile, no TMA stores of O), the tile list among its params and on the grid's x axis,
-    /// the kernel deterministic and without the tile list when the option is off; a
-    /// program without a document mask has no split. (For ptxas: `ATTNC_DOC_PTX_DIR=dir`.)
+    /// is a document mask (`Plan::doc_split`), at D64 and D128: its options (no TMA stores
+    /// of O, no kv split of the last tiles), the tile list among its params — on the grid's
+    /// x axis with one CTA a tile, walked by persistent CTAs otherwise —, the kernel
+    /// deterministic and without the tile list when the option is off; a program without
+    /// a document mask has no split. (For ptxas: `ATTNC_DOC_PTX_DIR=dir`.)
     #[test]
     fn doc_tiles_kernels_generate_for_document_masks() {
         use attnc_compiler::backend::llvm::{GridDim, KernelParam};
