@@ -323,8 +323,8 @@ impl Plan {
     /// with its mask replaced by the mask's linear part (none: no mask), and the function
     /// that gives each row's document. `None` unless the mask is such a document mask
     /// and its linear part has a closed form ([`Plan::kv_bounds`] of the new plan). The
-    /// new plan is analysed at the first call and kept: later calls clone it.
-    pub fn doc_split(&self) -> Option<(Plan, Function)> {
+    /// new plan is analysed at the first call and kept.
+    pub fn doc_split(&self) -> Option<(&Plan, &Function)> {
         let made = self.doc.get_or_init(|| {
             let split = crate::analysis::linear::doc_split(self.program.mask.as_ref()?)?;
             let mut p = self.program.clone();
@@ -334,7 +334,7 @@ impl Plan {
                 .is_closed_form()
                 .then(|| Box::new((plan, crate::passes::eliminate_dead_code(&split.id))))
         });
-        made.as_deref().cloned()
+        made.as_deref().map(|(plan, id)| (plan, id))
     }
 }
 

@@ -62,6 +62,23 @@ pub fn document_runs(
     Ok(Some(all))
 }
 
+/// The tile list of one call ([`document_runs`], then [`doc_tiles`]), or `None` where the
+/// call's ids do not form contiguous documents or the id function cannot be evaluated
+/// (the caller then runs its block-table kernel, which meets the same read as it does).
+#[allow(clippy::too_many_arguments)]
+pub fn call_tiles(
+    id: &Function,
+    p: &Program,
+    bind: &Bindings,
+    b: usize,
+    len: usize,
+    q_block: usize,
+    grows: bool,
+) -> Option<Vec<i32>> {
+    let docs = document_runs(id, p, bind, b, len).ok()??;
+    Some(doc_tiles(&docs, q_block, grows))
+}
+
 /// The ids in place where the id function is one read of an i32 tensor at `[b, q]` or
 /// `[q]` whose dims hold every `(b, q)` of `b` batches of `len` rows: the data and the
 /// batch stride (the interpreter's value at every point, without it).
@@ -148,7 +165,7 @@ mod tests {
             }],
         };
         let two = bind(vec![4, 4, 4, 7, 9, 9, 0, 0, 1, 1, 1, 1], 2);
-        let runs = document_runs(&id, &p, &two, 2, 6).unwrap().unwrap();
+        let runs = document_runs(id, &p, &two, 2, 6).unwrap().unwrap();
         let d = |row0, rows| Document { row0, rows };
         assert_eq!(
             runs,
@@ -156,21 +173,20 @@ mod tests {
         );
         // an id of batch 0 may recur in batch 1, not inside one batch
         let back = bind(vec![4, 4, 7, 4], 1);
-        assert_eq!(document_runs(&id, &p, &back, 1, 4).unwrap(), None);
-        assert!(document_runs(&id, &p, &two, 2, 7).is_err());
+        assert_eq!(document_runs(id, &p, &back, 1, 4).unwrap(), None);
+        assert!(document_runs(id, &p, &two, 2, 7).is_err());
         // (the same runs through the interpreter: an id function that is not one read)
         let p2 = program(
             "tensor doc: i32[B, KV];\n mask m(b, h, q, kv) { q >= kv && doc[b, q] / 2 == doc[b, kv] / 2 }\n attention a { mask = m; }",
         );
-        let (_, id2) = crate::plan::Plan::new(&p2)
-            .doc_split()
-            .expect("a document mask");
-        assert!(direct_ids(&id2, &two, 2, 6).is_none());
-        assert!(direct_ids(&id, &two, 2, 6).is_some());
+        let plan2 = crate::plan::Plan::new(&p2);
+        let (_, id2) = plan2.doc_split().expect("a document mask");
+        assert!(direct_ids(id2, &two, 2, 6).is_none());
+        assert!(direct_ids(id, &two, 2, 6).is_some());
         // (ids / 2: batch 1's 0 0 1 1 1 1 are one document)
         let halves = vec![runs[0].clone(), vec![d(0, 6)]];
         assert_eq!(
-            document_runs(&id2, &p2, &two, 2, 6).unwrap().unwrap(),
+            document_runs(id2, &p2, &two, 2, 6).unwrap().unwrap(),
             halves
         );
         // tiles: heavy first, each document's q blocks

@@ -12,12 +12,11 @@ use crate::options::BindOptions;
 use crate::policy;
 use crate::tensor::Tensor;
 use attnc_compiler::analysis::blockmap::BlockMaps;
-use attnc_compiler::analysis::documents::{doc_tiles, document_runs};
+use attnc_compiler::analysis::documents::call_tiles;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::cranelift::{self, CpuKernel, CpuOptions, DocTable};
 use attnc_compiler::backend::llvm::bounds::doc_tile_runs;
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::ir::Function;
 use attnc_compiler::plan::{KvBounds, Plan};
 
 /// A CPU binding.
@@ -27,17 +26,11 @@ pub(crate) struct CpuExec {
     maps: Option<BlockMaps>,
     /// q, k, v as f32, reused between calls.
     inputs: [Vec<f32>; 3],
-    /// The document-tiled kernel of a document mask, where it applies.
-    doc: Option<CpuDocs>,
+    /// The kernel of `Plan::doc_split`'s program with `CpuOptions::doc_tiles` (a document
+    /// mask's linear part), where document tiles apply.
+    doc: Option<CpuKernel>,
     /// Calls that ran the document-tiled kernel.
     doc_calls: u64,
-}
-
-/// The program of a document mask's linear part, the id function and their kernel.
-struct CpuDocs {
-    plan: Plan,
-    id: Function,
-    kernel: CpuKernel,
 }
 
 impl CpuExec {
@@ -50,19 +43,14 @@ impl CpuExec {
         let s = opts.shape;
         let applies = opts.doc_tiles && !opts.checked && s.lq == s.lkv;
         let doc = match applies.then(|| plan.doc_split()).flatten() {
-            Some((dplan, id)) => {
+            Some((dplan, _)) => {
                 let o = CpuOptions {
                     doc_tiles: true,
                     ..CpuOptions::default()
                 };
-                let kernel = cranelift::compile(&dplan, KernelKind::Forward, &o)?;
-                Some(CpuDocs {
-                    plan: dplan,
-                    id,
-                    kernel,
-                })
+                Some(cranelift::compile(dplan, KernelKind::Forward, &o)?)
             }
-            _ => None,
+            None => None,
         };
         Ok(CpuExec {
             kernel,
@@ -118,44 +106,38 @@ impl CpuExec {
         lse: &mut [f32],
     ) -> ExecResult<()> {
         let workers = super::pool::pool(opts.threads);
-        if let Some(d) = &self.doc
-            && let Ok(Some(docs)) = document_runs(
-                &d.id,
-                d.plan.program(),
+        if let (Some(dk), Some((dplan, id))) = (&self.doc, plan.doc_split())
+            && let KvBounds::ClosedForm(cf) = dplan.kv_bounds(false)
+            && let Some(tiles) = call_tiles(
+                id,
+                dplan.program(),
                 bindings,
                 opts.shape.b,
                 opts.shape.lq,
+                dk.q_block(),
+                dplan.kv_bounds(false).work_grows_with_q(),
             )
-            && let KvBounds::ClosedForm(cf) = d.plan.kv_bounds(false)
         {
-            let (qb, kvb) = (d.kernel.q_block(), d.kernel.kv_block());
-            let kv = d.plan.kv_bounds(false);
-            let tiles = doc_tiles(&docs, qb, kv.work_grows_with_q());
-            let bounds = d
-                .plan
+            let bounds = dplan
                 .closed_form_bounds(&cf, &opts.shape, bindings)
                 .map_err(ExecError::Blocks)?;
-            let has_mask = d.plan.program().mask.is_some();
-            let coefs = kv.coefficients();
-            let (row_start, runs) =
-                doc_tile_runs(&tiles, &coefs, bounds.as_deref(), has_mask, qb, kvb);
+            let has_mask = dplan.program().mask.is_some();
+            let coefs = dplan.kv_bounds(false).coefficients();
+            let (row_start, runs) = doc_tile_runs(
+                &tiles,
+                &coefs,
+                bounds.as_deref(),
+                has_mask,
+                dk.q_block(),
+                dk.kv_block(),
+            );
             let table = DocTable {
                 tiles: &tiles,
                 row_start: &row_start,
                 runs: &runs,
             };
-            d.kernel.run_docs(
-                &opts.shape,
-                q,
-                k,
-                v,
-                scale,
-                bindings,
-                table,
-                workers,
-                o,
-                lse,
-            )?;
+            let s = &opts.shape;
+            dk.run_docs(s, q, k, v, scale, bindings, table, workers, o, lse)?;
             self.doc_calls += 1;
             return Ok(());
         }

@@ -404,7 +404,7 @@ impl CudaExec {
         // this call keeps the module it starts with, whatever is swapped in meanwhile
         let (kernel, _) = self.kernel.current();
         let doc = match &mut self.doc {
-            Some(d) => d.problem(g, opts, scale, q, k, v, bindings)?,
+            Some(d) => d.problem(g, plan, opts, scale, q, k, v, bindings)?,
             None => None,
         };
         let (o, lse, built, p) = match doc {
@@ -551,7 +551,7 @@ impl CudaExec {
         let g = gpu_at(self.ordinal)?;
         let (kernel, tier) = self.kernel.current();
         if let Some(d) = &mut self.doc
-            && let Some((dk, p)) = d.problem(g, opts, scale, q, k, v, bindings)?
+            && let Some((dk, p)) = d.problem(g, plan, opts, scale, q, k, v, bindings)?
         {
             let ms = dk.time(&g.device, &p, &LaunchArgs::new(), 3, iters.max(1), 3)?;
             self.doc_calls += 1;
@@ -850,7 +850,7 @@ mod tests {
                 };
                 let what = format!("{} d{d}", p.name);
                 let o = BindOptions::new(crate::Backend::Cuda, shape, DType::BF16);
-                let popts = forward_options_for(&dplan, &o, Arch::Sm90, InputType::Bf16)
+                let popts = forward_options_for(dplan, &o, Arch::Sm90, InputType::Bf16)
                     .unwrap()
                     .for_doc_tiles();
                 // (D64 bands run on the plain wgmma kernel: no document tiles there)
@@ -863,7 +863,7 @@ mod tests {
                     "{what}"
                 );
                 let emit = |o: &PtxOptions| {
-                    spec::generate(&dplan, KernelKind::Forward, o, EmitText::PtxOnly)
+                    spec::generate(dplan, KernelKind::Forward, o, EmitText::PtxOnly)
                         .unwrap_or_else(|e| panic!("{what}: {e}"))
                         .0
                 };

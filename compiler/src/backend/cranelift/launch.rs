@@ -259,44 +259,39 @@ pub fn run(
     let (bq, bkv) = (kern.opts.q_block, kern.opts.kv_block);
     let nqb = shape.lq.div_ceil(bq);
     // the CSR table, its map strides and rows per map, and the work items
-    let (row_start, runs, strides, rows, items, docs) = match (blocks, kern.opts.doc_tiles) {
-        (Blocks::Maps(maps), false) => {
-            check_maps(maps, shape, bq, bkv)?;
-            let (row_start, runs) = maps.flatten_csr();
-            let strides = (maps.b_stride as i64, maps.h_stride as i64);
-            (
-                row_start,
-                runs,
-                strides,
-                nqb,
-                shape.b * shape.hq * nqb,
-                None,
-            )
-        }
-        (Blocks::Docs(t), true) => {
-            check_docs(&t, shape, bq, bkv)?;
-            let n = t.tiles.len() / 4;
-            (
-                t.row_start.to_vec(),
-                t.runs.to_vec(),
-                (0, 0),
-                n,
-                n * shape.hq,
-                Some(t.tiles),
-            )
-        }
-        (_, compiled) => {
-            return Err(CpuError::Options(format!(
-                "the kernel was compiled {} document tiles; the call gives {}",
-                if compiled { "for" } else { "without" },
-                if compiled {
-                    "block maps"
-                } else {
-                    "a tile list"
-                }
-            )));
-        }
-    };
+    let flat;
+    let (row_start, runs, strides, rows, items, docs): (&[u32], &[Run], _, _, _, _) =
+        match (blocks, kern.opts.doc_tiles) {
+            (Blocks::Maps(maps), false) => {
+                check_maps(maps, shape, bq, bkv)?;
+                flat = maps.flatten_csr();
+                let strides = (maps.b_stride as i64, maps.h_stride as i64);
+                (
+                    &flat.0,
+                    &flat.1,
+                    strides,
+                    nqb,
+                    shape.b * shape.hq * nqb,
+                    None,
+                )
+            }
+            (Blocks::Docs(t), true) => {
+                check_docs(&t, shape, bq, bkv)?;
+                let n = t.tiles.len() / 4;
+                (t.row_start, t.runs, (0, 0), n, n * shape.hq, Some(t.tiles))
+            }
+            (_, compiled) => {
+                return Err(CpuError::Options(format!(
+                    "the kernel was compiled {} document tiles; the call gives {}",
+                    if compiled { "for" } else { "without" },
+                    if compiled {
+                        "block maps"
+                    } else {
+                        "a tile list"
+                    }
+                )));
+            }
+        };
     let params = param_words(&kern.program, bind)?;
     let tensors = tensor_descs(&kern.program, shape, bind)?;
     let mut tables = [Vec::new(), Vec::new()];

@@ -770,7 +770,7 @@ mod tests {
                 };
                 let plan = crate::plan::Plan::new(p);
                 let (dplan, id) = plan.doc_split().unwrap_or_else(|| panic!("{}", p.name));
-                let runs = document_runs(&id, p, &mine, b, l).unwrap().unwrap();
+                let runs = document_runs(id, p, &mine, b, l).unwrap().unwrap();
                 let KvBounds::ClosedForm(cf) = dplan.kv_bounds(false) else {
                     panic!("{}: no closed form", p.name);
                 };

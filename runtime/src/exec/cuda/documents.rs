@@ -4,9 +4,9 @@
 //! from the document's first row, the kernel of `L` alone.
 //!
 //! In: the plan and bind options of a binding, and per call its bindings and q/k/v. Out:
-//! at bind, `Plan::doc_split`'s program and the document-tiled options of its kernel
-//! (where `BindOptions::doc_tiles`, on by default, and the binding allow), the kernel
-//! compiled at the first call that runs it; per call on host inputs, the device problem
+//! at bind, the document-tiled options of the kernel of `Plan::doc_split`'s program (kept
+//! by the binding's plan; where `BindOptions::doc_tiles`, on by default, and the binding
+//! allow), the kernel compiled at the first call that runs it; per call on host inputs, the device problem
 //! with its tile list (`analysis::documents`), or `None` when this call's ids do not form
 //! contiguous documents (then the binding's own kernel runs). Calls on caller buffers
 //! (Python's) run the binding's own kernel and never compile this one.
@@ -16,20 +16,15 @@ use crate::cuda::{CudaKernel, DeviceProblem, JitKernel, JitTiers, KvBlocks, Qkv}
 use crate::exec::ExecResult;
 use crate::options::BindOptions;
 use crate::tensor::Tensor;
-use attnc_compiler::analysis::documents::{doc_tiles, document_runs};
+use attnc_compiler::analysis::documents::call_tiles;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::{KvBounds, PtxOptions};
 use attnc_compiler::interp::Bindings;
-use attnc_compiler::ir::Function;
 use attnc_compiler::plan::Plan;
 use std::sync::Arc;
 
-/// The document-tiled kernel of a binding and what its tile lists are made from.
+/// The document-tiled kernel of a binding (of its plan's `Plan::doc_split` program).
 pub(crate) struct DocExec {
-    /// The program with the mask's linear part as its mask (`Plan::doc_split`).
-    plan: Plan,
-    /// The document of row `q` of batch `b`.
-    id: Function,
     /// Its kernel's options.
     opts: PtxOptions,
     /// The kernel, from the JIT cache at the first call that runs it.
@@ -60,11 +55,11 @@ impl DocExec {
         if !applies(opts, popts) {
             return Ok(None);
         }
-        let Some((dplan, id)) = plan.doc_split() else {
+        let Some((dplan, _)) = plan.doc_split() else {
             return Ok(None);
         };
         let mut dopts =
-            forward_options_for(&dplan, opts, g.device.arch(), input_type(opts)?)?.for_doc_tiles();
+            forward_options_for(dplan, opts, g.device.arch(), input_type(opts)?)?.for_doc_tiles();
         // (`ATTNC_FWD_DOC_PERSISTENT=0`: one CTA per tile; `=1`: persistent CTAs with the
         // tile counter; unset: as the program of `L` binds)
         match env_switch("ATTNC_FWD_DOC_PERSISTENT") {
@@ -84,21 +79,19 @@ impl DocExec {
             return Ok(None);
         }
         Ok(Some(DocExec {
-            plan: dplan,
-            id,
             opts: dopts,
             kernel: None,
         }))
     }
 
-    /// The kernel, from the JIT cache at its first use.
-    fn kernel(&mut self, g: &Gpu) -> ExecResult<Arc<CudaKernel>> {
+    /// The kernel of `dplan` (the split program), from the JIT cache at its first use.
+    fn kernel(&mut self, g: &Gpu, dplan: &Plan) -> ExecResult<Arc<CudaKernel>> {
         let jit = match &self.kernel {
             Some(k) => k.clone(),
             None => {
                 let (k, _) = g.jit.get(
                     &g.device,
-                    &self.plan,
+                    dplan,
                     KernelKind::Forward,
                     &self.opts,
                     JitTiers::Off,
@@ -109,13 +102,14 @@ impl DocExec {
         Ok(jit.current().0)
     }
 
-    /// This call on the document-tiled kernel: the kernel and its problem (inputs
-    /// uploaded, the closed form's offsets of `L`, the tile list), or `None` when the
-    /// call's ids do not form contiguous documents.
+    /// This call of the binding of `plan` on the document-tiled kernel: the kernel and its
+    /// problem (inputs uploaded, the closed form's offsets of `L`, the tile list), or
+    /// `None` when the call's ids do not form contiguous documents.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn problem(
         &mut self,
         g: &Gpu,
+        plan: &Plan,
         opts: &BindOptions,
         scale: f32,
         q: &Tensor,
@@ -124,22 +118,29 @@ impl DocExec {
         bindings: &Bindings,
     ) -> ExecResult<Option<(Arc<CudaKernel>, DeviceProblem)>> {
         let shape = &opts.shape;
-        let Ok(Some(docs)) =
-            document_runs(&self.id, self.plan.program(), bindings, shape.b, shape.lq)
-        else {
+        let Some((dplan, id)) = plan.doc_split() else {
             return Ok(None);
         };
-        let kernel = self.kernel(g)?;
+        // (the tiles first: a call whose ids are not contiguous documents compiles nothing)
+        let grows = dplan.kv_bounds(false).work_grows_with_q();
+        let q_block = self.opts.q_block as usize;
+        let Some(tiles) = call_tiles(
+            id,
+            dplan.program(),
+            bindings,
+            shape.b,
+            shape.lq,
+            q_block,
+            grows,
+        ) else {
+            return Ok(None);
+        };
+        let kernel = self.kernel(g, dplan)?;
         let spec = kernel.spec();
         let KvBounds::ClosedForm(cf) = &spec.kv_bounds else {
             return Ok(None);
         };
-        let tiles = doc_tiles(
-            &docs,
-            spec.q_block as usize,
-            spec.kv_bounds.work_grows_with_q(),
-        );
-        let bounds = self.plan.closed_form_bounds(cf, shape, bindings)?;
+        let bounds = dplan.closed_form_bounds(cf, shape, bindings)?;
         let (q, k, v) = (bits(q)?, bits(k)?, bits(v)?);
         let mut p = kernel.upload(
             &g.device,
