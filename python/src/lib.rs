@@ -1355,7 +1355,8 @@ impl Attention {
     /// the captures: `(shape, forward, backward, tensors, params)` with `forward =
     /// (row_start, runs, strides, tiles)`, `backward = (tiles, kv, kv_strides, q,
     /// q_strides)` or None, `tensors` the `(name, dims)` and `params` the `(name, word)`
-    /// of the captures the mask reads.
+    /// of the captures the mask reads, and `documents` the document-tiled forward's
+    /// `(q_block, tiles)` (four int32 words a tile) or None (`Bound::block_mask_tables`).
     #[pyo3(signature = (q, k, v, scale, tensors, params, backward=true))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn block_mask_tables(
@@ -1413,6 +1414,7 @@ impl Attention {
                     .map(|r| (r.tiles, r.kv, r.kv_strides, r.q, r.q_strides)),
                 t.tensors,
                 t.params,
+                t.documents.map(|d| (d.q_block, d.tiles)),
             ))
         })
     }
@@ -1721,13 +1723,18 @@ type BlockMaskTuple = (
     Option<((u32, u32), Vec<i32>, (i32, i32), Vec<i32>, (i32, i32))>,
     Vec<(String, Vec<usize>)>,
     Vec<(String, u32)>,
+    Option<(u32, Vec<i32>)>,
 );
 
+/// What a malformed block mask tuple is told.
+const BLOCK_MASK_LAYOUT: &str = "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params, documents or None)";
+
 /// A block mask as the package passes it (`BlockMask._rust`): `(shape, (row_start, runs,
-/// strides, tiles), backward or None, tensors, params)` with the tables as int32 tensors
-/// on `device` (`backward`: `(tiles, kv, kv_strides, q, q_strides)`), `tensors` the
-/// `(name, dims)` of the captures it was made from (their identity and version are
-/// checked by the package), `params` their `(name, word)`.
+/// strides, tiles), backward or None, tensors, params, documents or None)` with the tables
+/// as int32 tensors on `device` (`backward`: `(tiles, kv, kv_strides, q, q_strides)`,
+/// `documents`: `(q_block, tiles)`), `tensors` the `(name, dims)` of the captures it was
+/// made from (their identity and version are checked by the package), `params` their
+/// `(name, word)`.
 fn read_block_mask(
     py: Python<'_>,
     m: &Bound<'_, PyAny>,
@@ -1747,15 +1754,11 @@ fn read_block_mask(
         Option<Bwd<'py>>,
         Vec<(String, Vec<usize>)>,
         Vec<(String, u32)>,
+        Option<(u32, Bound<'py, PyAny>)>,
     );
-    let (shape, (rs, runs, strides, tiles), bwd, tensors, params): Whole<'_> =
-        m.extract().map_err(|_| {
-            attnc_error(
-                py,
-                code::INPUT_SHAPE,
-                "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params)",
-            )
-        })?;
+    let (shape, (rs, runs, strides, tiles), bwd, tensors, params, docs): Whole<'_> = m
+        .extract()
+        .map_err(|_| attnc_error(py, code::INPUT_SHAPE, BLOCK_MASK_LAYOUT))?;
     let words = |name: &str, t: &Bound<'_, PyAny>| -> PyResult<attnc::external::DeviceWords> {
         let a = TensorArg::read(py, name, t)?;
         check_buffer(py, &a, &a.shape.clone(), DType::I32, device)?;
@@ -1794,6 +1797,9 @@ fn read_block_mask(
                 ))
             })
             .transpose()?,
+        documents: docs
+            .map(|(qb, t)| -> PyResult<_> { Ok((qb, words("block mask document tiles", &t)?)) })
+            .transpose()?,
         // identity is the package's check (torch's version counters); 0: not compared
         tensors: tensors.into_iter().map(|(n, dims)| (n, 0, dims)).collect(),
         params,
@@ -1821,13 +1827,7 @@ fn block_mask_handle(py: Python<'_>, tables: Bound<'_, PyAny>) -> PyResult<Block
         let first = tables
             .get_item(1)
             .and_then(|f| f.get_item(0))
-            .map_err(|_| {
-                attnc_error(
-                    py,
-                    code::INPUT_SHAPE,
-                    "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params)",
-                )
-            })?;
+            .map_err(|_| attnc_error(py, code::INPUT_SHAPE, BLOCK_MASK_LAYOUT))?;
         let device = TensorArg::read(py, "block mask row starts", &first)?.device;
         let mask = read_block_mask(py, &tables, device)?;
         Ok(BlockMaskHandle {

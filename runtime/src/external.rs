@@ -644,10 +644,16 @@ fn mask_bufs(m: &DeviceBlockMask, backward: bool) -> Vec<Buf<'static>> {
         ..Buf::input(name, ptr, 4 * n)
     };
     match (backward, m.backward) {
-        (false, _) => vec![
+        (false, _) => [
             words("block mask row starts", m.row_start),
             words("block mask runs", m.runs),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            m.documents
+                .map(|(_, w)| words("block mask document tiles", w)),
+        )
+        .collect(),
         (true, Some((_, kv, _, q, _))) => vec![
             words("block mask kv ranges", kv),
             words("block mask q ranges", q),

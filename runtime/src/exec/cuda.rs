@@ -376,6 +376,31 @@ impl CudaExec {
         self.doc_calls
     }
 
+    /// The document tile list of calls with `bindings` (the ids' data on the host) for a
+    /// block mask (`Bound::block_mask_tables`): `(q_block, tiles)`, the document-tiled
+    /// kernel compiled now, or `None` where the binding runs no document tiles or the ids
+    /// do not form contiguous documents.
+    pub(crate) fn doc_tiles_for(
+        &mut self,
+        plan: &Plan,
+        opts: &BindOptions,
+        bindings: &Bindings,
+    ) -> ExecResult<Option<(u32, Vec<i32>)>> {
+        let g = gpu_at(self.ordinal)?;
+        let Some(doc) = self.doc.as_mut() else {
+            return Ok(None);
+        };
+        Ok(doc
+            .tiles(g, plan, opts, bindings)?
+            .map(|(k, tiles)| (k.spec().q_block, tiles)))
+    }
+
+    /// The q tile height of the document-tiled kernel's tile lists, where the binding runs
+    /// document tiles.
+    pub(crate) fn doc_q_block(&self) -> Option<u32> {
+        self.doc.as_ref().map(|d| d.q_block())
+    }
+
     /// How the JIT served the bind.
     pub(crate) fn jit_stats(&self) -> JitStats {
         self.jit

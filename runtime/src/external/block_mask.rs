@@ -15,6 +15,13 @@
 //! captures (another tensor, other dims, other values of the params the mask reads) is an
 //! error, never a silently wrong result. (The Python package also checks torch's version
 //! counter of each captured tensor, which sees in-place writes.)
+//!
+//! For a document mask `L && doc[b, q] == doc[b, kv]` whose ids form contiguous
+//! documents, where the binding runs document tiles (`BindOptions::doc_tiles`), the block
+//! mask also carries the tile list of the document-tiled forward ([`DocTileList`],
+//! `exec::cuda::documents`): the forward then runs that kernel on it (FlashAttention's
+//! varlen layout, read in place) instead of the table kernel; the backward reads the
+//! ranges as before.
 
 use super::DeviceTensor;
 use crate::api::{Bound, Captures, ParamValue};
@@ -46,6 +53,14 @@ pub struct MaskRanges {
     pub q_strides: (i32, i32),
 }
 
+/// The document-tiled forward's tile list (`analysis::documents::call_tiles`): four i32
+/// words a tile, `(b, row0, rows, qi)`, for q tiles of `q_block` rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocTileList {
+    pub q_block: u32,
+    pub tiles: Vec<i32>,
+}
+
 /// A block mask's tables on the host, and what they were made from: the names and dims of
 /// the captured tensors the mask reads, and the words of the params it reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +68,8 @@ pub struct BlockMaskTables {
     pub shape: Shape,
     pub forward: MaskTable,
     pub backward: Option<MaskRanges>,
+    /// The document tiles of these captures, where the binding runs them (module header).
+    pub documents: Option<DocTileList>,
     pub tensors: Vec<(String, Vec<usize>)>,
     pub params: Vec<(String, u32)>,
 }
@@ -75,6 +92,8 @@ pub struct DeviceBlockMask {
     pub runs: DeviceWords,
     pub strides: (i32, i32),
     pub backward: Option<DeviceMaskRanges>,
+    /// The document tile list's `q_block` and words ([`DocTileList`]), if it has one.
+    pub documents: Option<(u32, DeviceWords)>,
     pub tensors: Vec<(String, u64, Vec<usize>)>,
     pub params: Vec<(String, u32)>,
 }
@@ -163,12 +182,23 @@ impl Bound {
         } else {
             None
         };
+        let documents = {
+            let (exec, plan, _, opts) = self.parts_mut();
+            match exec.cuda_mut() {
+                Some(cuda) => cuda
+                    .doc_tiles_for(plan, opts, &bindings)
+                    .map_err(|e| self.variant().render(e))?,
+                None => None,
+            }
+        }
+        .map(|(q_block, tiles)| DocTileList { q_block, tiles });
         let p = self.variant().program();
         let reads = plan.mask_reads();
         Ok(BlockMaskTables {
             shape,
             forward,
             backward,
+            documents,
             tensors: reads
                 .tensors
                 .iter()
@@ -259,10 +289,31 @@ impl Bound {
                 2 * n_maps * nq
             )));
         }
+        // (document tiles: for the q tile height of this binding's document-tiled kernel,
+        // at most one tile per row; a binding that runs none reads the table)
+        let doc_q_block = self.exec().cuda().and_then(|c| c.doc_q_block());
+        let doc_tiles = match (mask.documents, doc_q_block) {
+            (Some((qb, (ptr, words))), Some(want)) => {
+                let n = words / 4;
+                if qb != want
+                    || !words.is_multiple_of(4)
+                    || n > shape.b * shape.lq
+                    || (n == 0) != (shape.b * shape.lq == 0)
+                {
+                    return Err(stale(format!(
+                        "its document tiles ({words} words for q tiles of {qb} rows) do not fit this binding's kernel (q tiles of {want} rows, at most {} tiles)",
+                        shape.b * shape.lq
+                    )));
+                }
+                Some((ptr, n as u32))
+            }
+            _ => None,
+        };
         let table = CallerTable {
             row_start: mask.row_start.0,
             runs: mask.runs.0,
             strides,
+            doc_tiles,
         };
         if !backward {
             return Ok((table, None));

@@ -22,7 +22,9 @@
 //! (masks over indices) or when the params change (masks over params). Closed-form
 //! kernels get their offsets as launch arguments. A mask over captured tensors whose
 //! table cannot be built on the device is an error here (its host maps would need the
-//! tensors' data on the host).
+//! tensors' data on the host). A block mask made once by the caller replaces the table
+//! ([`CallerTable`]); one that carries a document tile list runs the binding's
+//! document-tiled kernel (`super::documents`) on it instead of the table kernel.
 //!
 //! While the stream is capturing a CUDA graph, nothing is allocated or uploaded (a call
 //! that would need to is an error asking for a warm-up call first), every params word is
@@ -93,6 +95,9 @@ pub(crate) struct CallerTable {
     pub row_start: u64,
     pub runs: u64,
     pub strides: (i32, i32),
+    /// The block mask's document tile list (`DocExec::tiles`, four i32 words a tile):
+    /// address and number of tiles, where it has one the binding's kernel can run.
+    pub doc_tiles: Option<(u64, u32)>,
 }
 
 /// The addresses the backward kernels read a block mask's ranges from: (dK/dV, dQ), and
@@ -526,8 +531,19 @@ impl CudaExec {
         refuse_checked(opts)?;
         // this call keeps the module it starts with (a retired module of a tiered JIT is
         // released only by host-path calls, after they synchronize; the Python package
-        // binds with tiers off)
-        let (kernel, _) = self.kernel.current();
+        // binds with tiers off); a block mask's document tiles run the document-tiled
+        // kernel, compiled when the mask was made
+        let doc_tiles = mask.and_then(|t| t.doc_tiles);
+        let kernel = match (doc_tiles, self.doc.as_mut(), plan.doc_split()) {
+            (None, _, _) => self.kernel.current().0,
+            (Some(_), Some(doc), Some((dplan, _))) => doc.kernel(g, dplan)?,
+            (Some(_), _, _) => {
+                return Err(CudaError::Mismatch(
+                    "a block mask's document tiles are run by a binding of a document mask with document tiles".into(),
+                )
+                .into());
+            }
+        };
         let spec = kernel.spec();
         if shape.d != spec.options.d as usize || shape.dv != spec.options.dv as usize {
             return Err(CudaError::Mismatch(format!(
@@ -629,7 +645,34 @@ impl CudaExec {
                 a.scalar(P::TailWork, Arg::Ptr(t.device_ptr(s).0));
             }
         }
-        // a block mask the caller made once (`external::block_mask`): its table
+        // a block mask the caller made once (`external::block_mask`): its document tiles
+        // on the document-tiled kernel, or its table
+        if let (Some((tiles, n)), Some((dplan, _))) = (doc_tiles, plan.doc_split()) {
+            let KvBounds::ClosedForm(cf) = &spec.kv_bounds else {
+                return Err(CudaError::Mismatch(
+                    "the document-tiled kernel reads the closed form of its mask's linear part"
+                        .into(),
+                )
+                .into());
+            };
+            let bounds = dplan.closed_form_bounds(cf, &shape, bindings)?;
+            closed_form_args(&mut a, &spec.kv_bounds, bounds.as_deref());
+            // (persistent CTAs walk `NumQBlocks x Hq x Batch` tiles: the list's entries
+            // for every head, as `DeviceProblem::args`)
+            let n = if shape.hq == 0 { 0 } else { n };
+            a.scalar(P::DocTiles, Arg::Ptr(tiles));
+            a.extent(GridDim::DocTiles, n);
+            a.i32(P::NumQBlocks, n as i32);
+            a.i32(P::Batch, 1);
+            a.extent(GridDim::QBlocks, n);
+            // SAFETY: as the launch below; the tile list is the block mask's, made by
+            // `DocExec::tiles` for this binding's shape and these captures
+            // (`Bound::check_block_mask` checked its kernel's tile height and length; the
+            // caller vouches for its words), every tile inside its sequence.
+            unsafe { kernel.launch_args(&st.dev, &a) }?;
+            self.doc_calls += 1;
+            return Ok(());
+        }
         if let Some(t) = mask {
             if !matches!(spec.kv_bounds, KvBounds::Table) {
                 return Err(CudaError::Mismatch(

@@ -9,7 +9,9 @@
 //! allow), the kernel compiled at the first call that runs it; per call on host inputs, the device problem
 //! with its tile list (`analysis::documents`), or `None` when this call's ids do not form
 //! contiguous documents (then the binding's own kernel runs). Calls on caller buffers
-//! (Python's) run the binding's own kernel and never compile this one.
+//! (Python's) run it where their block mask, made once from host copies of the ids
+//! (`Bound::block_mask_tables`), carries this call's tile list ([`DocExec::tiles`], the
+//! kernel compiled then, not in a call); without one they run the binding's own kernel.
 
 use super::{Gpu, bits, env_switch, forward_options_for, input_type};
 use crate::cuda::{CudaKernel, DeviceProblem, JitKernel, JitTiers, KvBlocks, Qkv};
@@ -84,8 +86,13 @@ impl DocExec {
         }))
     }
 
+    /// The q tile height of the kernel's tiles (what a tile list is made for).
+    pub(crate) fn q_block(&self) -> u32 {
+        self.opts.q_block
+    }
+
     /// The kernel of `dplan` (the split program), from the JIT cache at its first use.
-    fn kernel(&mut self, g: &Gpu, dplan: &Plan) -> ExecResult<Arc<CudaKernel>> {
+    pub(crate) fn kernel(&mut self, g: &Gpu, dplan: &Plan) -> ExecResult<Arc<CudaKernel>> {
         let jit = match &self.kernel {
             Some(k) => k.clone(),
             None => {
@@ -102,21 +109,17 @@ impl DocExec {
         Ok(jit.current().0)
     }
 
-    /// This call of the binding of `plan` on the document-tiled kernel: the kernel and its
-    /// problem (inputs uploaded, the closed form's offsets of `L`, the tile list), or
-    /// `None` when the call's ids do not form contiguous documents.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn problem(
+    /// The tile list (`analysis::documents::call_tiles`, four words a tile) of a call of
+    /// the binding of `plan` with `bindings` (the ids' data on the host), or `None` when
+    /// its ids do not form contiguous documents or the kernel of `L` has no closed form;
+    /// the kernel is compiled here where the list exists.
+    pub(crate) fn tiles(
         &mut self,
         g: &Gpu,
         plan: &Plan,
         opts: &BindOptions,
-        scale: f32,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
         bindings: &Bindings,
-    ) -> ExecResult<Option<(Arc<CudaKernel>, DeviceProblem)>> {
+    ) -> ExecResult<Option<(Arc<CudaKernel>, Vec<i32>)>> {
         let shape = &opts.shape;
         let Some((dplan, id)) = plan.doc_split() else {
             return Ok(None);
@@ -136,10 +139,38 @@ impl DocExec {
             return Ok(None);
         };
         let kernel = self.kernel(g, dplan)?;
+        if !matches!(kernel.spec().kv_bounds, KvBounds::ClosedForm(_)) {
+            return Ok(None);
+        }
+        Ok(Some((kernel, tiles)))
+    }
+
+    /// This call of the binding of `plan` on the document-tiled kernel: the kernel and its
+    /// problem (inputs uploaded, the closed form's offsets of `L`, the tile list), or
+    /// `None` when the call's ids do not form contiguous documents.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn problem(
+        &mut self,
+        g: &Gpu,
+        plan: &Plan,
+        opts: &BindOptions,
+        scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bindings: &Bindings,
+    ) -> ExecResult<Option<(Arc<CudaKernel>, DeviceProblem)>> {
+        let Some((kernel, tiles)) = self.tiles(g, plan, opts, bindings)? else {
+            return Ok(None);
+        };
+        let Some((dplan, _)) = plan.doc_split() else {
+            return Ok(None);
+        };
         let spec = kernel.spec();
         let KvBounds::ClosedForm(cf) = &spec.kv_bounds else {
             return Ok(None);
         };
+        let shape = &opts.shape;
         let bounds = dplan.closed_form_bounds(cf, shape, bindings)?;
         let (q, k, v) = (bits(q)?, bits(k)?, bits(v)?);
         let mut p = kernel.upload(
