@@ -14,7 +14,12 @@ document tiles), ``attnc_table`` (``ATTNC_FWD_DOC_TILES=0`` semantics: the block
 table, made with the tiles dropped), ``attnc_nomask`` (no block mask: the table is built
 on the GPU in every call).
 
+``--only KEY,..``: those rows alone (e.g. ``attnc_tiles`` for A/B runs of the backward's
+``ATTNC_BWD_*`` settings in separate processes); ``--nd``: attnc's backward with
+``deterministic=False``; ``--tag T``: a label printed with each line.
+
 usage: python3 doc_tiles.py [--examples DIR] [--rounds N] [--shapes b2,gqa] [--no-step]
+       [--only KEYS] [--nd] [--tag T]
 """
 
 import argparse
@@ -49,7 +54,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shapes", default="b2,gqa")
     ap.add_argument("--no-step", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--nd", action="store_true")
+    ap.add_argument("--tag", default="")
     a = ap.parse_args()
+    only = set(a.only.split(",")) if a.only else None
+    det = not a.nd
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     try:
@@ -84,15 +94,15 @@ def main():
                                 bm._made_from, bm._params, bm._call)
         gqa = h != hkv
         runs = {
-            "attnc_tiles": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=bm),
-            "attnc_table": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=table),
-            "attnc_nomask": lambda q, k, v: attn(q, k, v, doc=doc),
+            "attnc_tiles": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=bm, deterministic=det),
+            "attnc_table": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=table, deterministic=det),
+            "attnc_nomask": lambda q, k, v: attn(q, k, v, doc=doc, deterministic=det),
             "flex_triton": lambda q, k, v: flex(q, k, v, block_mask=fbm, enable_gqa=gqa),
             "flex_FLASH": lambda q, k, v: flex(q, k, v, block_mask=fbm, enable_gqa=gqa,
                                                kernel_options={"BACKEND": "FLASH"}),
         }
         args = {key: (q, k, v, do) for key in runs}
-        if flash_attn_varlen_func is not None:
+        if flash_attn_varlen_func is not None and (only is None or "fa4_varlen" in only):
             lens = torch.cat([torch.unique_consecutive(doc[i], return_counts=True)[1] for i in range(b)]).to(torch.int32)
             cu = torch.zeros(lens.numel() + 1, device="cuda", dtype=torch.int32)
             cu[1:] = torch.cumsum(lens, 0)
@@ -108,8 +118,10 @@ def main():
 
             runs["fa4_varlen"] = fa4
             args["fa4_varlen"] = (pk(q), pk(k), pk(v), pk(do))
+        if only is not None:
+            runs = {key: f for key, f in runs.items() if key in only}
         ref = attn(q, k, v, doc=doc, block_mask=bm).float()
-        for key in ("attnc_nomask", "flex_triton"):
+        for key in [x for x in ("attnc_nomask", "flex_triton") if x in runs]:
             diff = float((runs[key](q, k, v).float() - ref).abs().max())
             print(f"  maxdiff attnc_tiles vs {key}: {diff:.3g}", flush=True)
         times = {key: {"fwd": [], "step": []} for key in runs}
@@ -131,7 +143,8 @@ def main():
                 except Exception as ex:
                     failed[key] = f"{type(ex).__name__}: {str(ex)[:160]}"
         tag = f"B{b} H{h}" + (f" Hkv{hkv}" if gqa else "") + f" L{l} D{d}"
-        print(f"doc_tiles {tag}: {bm.document_tiles} document tiles, density {pairs / (b * l * l):.4f}", flush=True)
+        print(f"doc_tiles {tag}{' ' + a.tag if a.tag else ''}{'' if det else ' deterministic=False'}: "
+              f"{bm.document_tiles} document tiles, density {pairs / (b * l * l):.4f}", flush=True)
         rows = {}
         for key in runs:
             if key in failed:
@@ -151,7 +164,7 @@ def main():
         best = {}
         for phase in ("fwd_ms", "step_ms"):
             anchors = [(rows[k][phase], k) for k in rows if not k.startswith("attnc") and phase in rows[k]]
-            if anchors and phase in rows.get("attnc_tiles", {}):
+            if anchors and phase in rows.get("attnc_tiles", {}) and phase in rows.get("attnc_table", {}):
                 t, k = min(anchors)
                 best[phase] = (k, t / rows["attnc_tiles"][phase])
                 print(f"  attnc_tiles {phase[:-3]}: {t / rows['attnc_tiles'][phase]:.3f}x the best anchor ({k}); "

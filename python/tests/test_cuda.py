@@ -926,7 +926,7 @@ def test_block_mask_document_tiles_match_the_oracle(file):
     of a whole sequence, a window param; ids that come back after another document carry
     no tiles (the table kernel runs) and match too. Changing the window (a param of `L`)
     keeps the tiles (they depend on the ids only) and stays right."""
-    attn = attnc.compile(EXAMPLES / file).attention()
+    attn = attnc.compile(EXAMPLES / file).attention(file.removesuffix(".attn"))
     cases = [(2, 4, 2, 701, torch.bfloat16, 5), (1, 6, 2, 1031, torch.float16, 2), (3, 2, 1, 257, torch.bfloat16, 1)]
     for ci, (b, h, hkv, l, dt, docs) in enumerate(cases):
         q, k, v = (x.to("cuda", dt) for x in qkv(b, h, hkv, l, l, 128, seed=40 + ci))
@@ -934,7 +934,7 @@ def test_block_mask_document_tiles_match_the_oracle(file):
         packed = torch.sort(torch.randint(0, docs, (b, l), dtype=torch.int32, generator=g), dim=1).values
         packed[0, 0] = -1  # a document of one row
         back = packed.clone()
-        back[:, l // 3:l // 2] = 99  # an id that comes back: not contiguous documents
+        back[:, l // 2] = back[:, 0]  # row 0's -1 comes back: not contiguous documents
         for ids, tiled in ((packed, True), (back, False)):
             caps = captures_for(attn, b, h, l, l, seed=ci)
             caps["doc"] = ids.cuda()
@@ -1426,8 +1426,13 @@ def test_head_dim_96_block_mask_and_compile():
     q, k, v, doc = _doc_inputs(d=96)
     bm = attn.block_mask(q, k, v, doc=doc)
     o0 = attn(q, k, v, doc=doc)
-    o1 = attn(q, k, v, doc=doc, block_mask=bm)
-    assert o0.shape[-1] == 96 and torch.allclose(o0.float(), o1.float(), atol=2e-3, rtol=0)
+    o1, lse1 = attn(q, k, v, doc=doc, block_mask=bm, return_lse=True)
+    # (padded to 128: the block mask runs document tiles, whose sums run in another order
+    # than the table kernel's: a couple of bf16 ulps apart, both against the oracle)
+    assert bm.document_tiles > 0, bm
+    assert o0.shape[-1] == 96 and torch.allclose(o0.float(), o1.float(), atol=1.6e-2, rtol=0)
+    ro, rlse = attn.reference(q.float(), k.float(), v.float(), doc=doc.cpu())
+    check(o1, lse1, ro, rlse, torch.bfloat16)
     with pytest.raises(attnc.AttncError, match="stale block mask"):
         attn(q, k, v, doc=doc, block_mask=bm, scale=0.5)
     fn = torch.compile(lambda q, k, v, doc: attn(q, k, v, doc=doc), fullgraph=True)
