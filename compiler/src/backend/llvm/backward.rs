@@ -1023,6 +1023,9 @@ pub(crate) fn param_list(
         }
         BackwardKind::DkDv if fused => vec![Q, K, V, DOut, Delta, Lse2, DK, DV, DqAccum, DqSem],
         BackwardKind::DkDv => vec![Q, K, V, DOut, Delta, Lse2, DK, DV],
+        BackwardKind::Dq if fused && convert_early(opts) && opts.bwd_doc_tiles => {
+            return vec![DqAccum, DqSem, DQ, Lq, Hq, Scale, Lkv, Hkv, NumDocTiles];
+        }
         BackwardKind::Dq if fused && convert_early(opts) => {
             return vec![DqAccum, DqSem, DQ, Lq, Hq, Scale, Lkv, Hkv];
         }
@@ -1056,6 +1059,9 @@ pub(crate) fn param_list(
     }
     if kind == BackwardKind::DkDv && fused && opts.bwd_persist {
         v.push(Batch);
+    }
+    if kind == BackwardKind::DkDv && fused && opts.bwd_doc_tiles {
+        v.extend([DocTiles, NumDocTiles]);
     }
     v
 }
@@ -1271,6 +1277,7 @@ fn build<'ctx>(
             | KernelParam::MapHStride
             | KernelParam::KvAllPartial
             | KernelParam::Batch
+            | KernelParam::NumDocTiles
             | KernelParam::TensorDim { .. } => ctx.i32_type().into(),
             // a tensor map: a by-value 128-byte parameter, addressed in place (grid constant)
             KernelParam::TmaQ | KernelParam::TmaDo => ctx.ptr_type(AddressSpace::default()).into(),
@@ -3585,12 +3592,12 @@ pub(super) fn dkdv_epilogue<'ctx>(
 ) -> R<()> {
     g.b.position_at_end(epi);
     g.cp_async_wait(0)?;
-    dkdv_store(g, opts, c, a, (c.b, hk, part), kv0, dk, dv)?;
+    dkdv_store(g, opts, c, a, (c.b, hk, part), (kv0, c.lkv), dk, dv)?;
     g.b.build_return(None)?;
     Ok(())
 }
 
-/// dK (times the scale) and dV of kv rows `kv0 ..` of (batch, kv head) stored: one word
+/// dK (times the scale) and dV of kv rows `kv0 .. row_end` of (batch, kv head) stored: one word
 /// per n8 column group and thread, or with `PtxOptions::bwd_store_pairs` 8 bytes per
 /// thread and instruction ([`fused::store_rows_pairs`]); with [`dkdv_parts`] > 1 the
 /// accumulators hold column part `part` of each.
@@ -3601,7 +3608,7 @@ pub(super) fn dkdv_store<'ctx>(
     c: &Common<'ctx>,
     a: &Args<'_, 'ctx>,
     (b, hk, part): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-    kv0: IntValue<'ctx>,
+    (kv0, row_end): (IntValue<'ctx>, IntValue<'ctx>),
     dk: &[[Var<'ctx>; 4]],
     dv: &[[Var<'ctx>; 4]],
 ) -> R<()> {
@@ -3620,7 +3627,7 @@ pub(super) fn dkdv_store<'ctx>(
     let row0 = g.add(kv0, g.mul(c.warp, g.c32(16))?)?;
     if opts.bwd_store_pairs {
         let (dk, dv) = (acc_get(g, dk)?, acc_get(g, dv)?);
-        let rows = (row0, c.lkv);
+        let rows = (row0, row_end);
         fused::store_rows_pairs(g, ty, c.lane, dk_base, rows, opts.d, &dk, Some(c.scale))?;
         return fused::store_rows_pairs(g, ty, c.lane, dv_base, rows, opts.dv, &dv, None);
     }
@@ -3630,7 +3637,7 @@ pub(super) fn dkdv_store<'ctx>(
         c.lane,
         dk_base,
         row0,
-        c.lkv,
+        row_end,
         opts.d,
         &acc_get(g, dk)?,
         Some(c.scale),
@@ -3641,7 +3648,7 @@ pub(super) fn dkdv_store<'ctx>(
         c.lane,
         dv_base,
         row0,
-        c.lkv,
+        row_end,
         opts.dv,
         &acc_get(g, dv)?,
         None,

@@ -585,6 +585,93 @@ pub fn doc_tile_runs(
     (row_start, runs)
 }
 
+/// The fused backward's document kv tiles ([`PtxOptions::bwd_doc_tiles`]) of `docs`
+/// (`analysis::documents::document_runs`): the list, four i32 words an entry `(b, row0,
+/// rows, kj)` (each document's kv blocks of `kv_block` rows from its first row, in order
+/// of batch, row and block), and per (batch, q block of `q_block` rows on the global grid)
+/// the `[first, end, full_first, full_end]` entries that add into it: every entry holding
+/// a key some row of the block keeps under the document mask (its document's rows, the
+/// closed form `coefs` / `bounds` of the mask's linear part with each offset moved to the
+/// document's first row, as [`doc_tile_runs`]; `bounds` `None`: every key of the
+/// document), as one span of entries (those inside it that keep nothing visit as
+/// partial), and the longest run of entries full for every row: all `q_block` rows in
+/// the entry's document and every key of the entry kept by each (`has_mask` false: the
+/// document alone is the mask). `[0; 4]` for a block that keeps nothing.
+///
+/// [`PtxOptions::bwd_doc_tiles`]: super::PtxOptions::bwd_doc_tiles
+#[allow(clippy::too_many_arguments)]
+pub fn doc_kv_ranges(
+    docs: &[Vec<crate::analysis::documents::Document>],
+    coefs: &[(i64, i64)],
+    bounds: Option<&[Bound]>,
+    has_mask: bool,
+    len: usize,
+    q_block: usize,
+    kv_block: usize,
+) -> (Vec<i32>, Vec<i32>) {
+    let mut tiles = Vec::new();
+    let mut ranges = Vec::new();
+    let nq = len.div_ceil(q_block);
+    let mut e0 = 0usize;
+    for (b, runs) in docs.iter().enumerate() {
+        // each document's first entry, and each row's document
+        let mut firsts = Vec::with_capacity(runs.len());
+        let mut doc_of = vec![0usize; len];
+        for (di, d) in runs.iter().enumerate() {
+            firsts.push(e0);
+            let n = d.rows.div_ceil(kv_block);
+            for kj in 0..n {
+                tiles.extend([b, d.row0, d.rows, kj].map(|x| x as i32));
+            }
+            e0 += n;
+            doc_of[d.row0..d.row0 + d.rows].fill(di);
+        }
+        for i in 0..nq {
+            let (q0, q1) = (i * q_block, ((i + 1) * q_block).min(len));
+            let (mut first, mut end) = (usize::MAX, 0usize);
+            // the entries full for every row so far (an interval), none once a row differs
+            let mut full: Option<(usize, usize)> = (q1 - q0 == q_block).then_some((0, usize::MAX));
+            for q in q0..q1 {
+                let di = doc_of[q];
+                let d = runs[di];
+                let n = d.rows.div_ceil(kv_block);
+                let [f, e, ff, fe] = match (has_mask, bounds) {
+                    (false, _) => [0, n, 0, n],
+                    (true, None) => [0, n, 0, 0],
+                    (true, Some(bs)) => {
+                        let shifted: Vec<Bound> = bs
+                            .iter()
+                            .map(|c| Bound {
+                                k: c.k + c.a_kv * d.row0 as i128,
+                                ..*c
+                            })
+                            .collect();
+                        let r = row_range(coefs, &shifted, q as i64, q as i64, d.rows, kv_block);
+                        let c = |x: usize| x.min(n);
+                        [c(r.first), c(r.end), c(r.full_first), c(r.full_end)]
+                    }
+                };
+                if f < e {
+                    first = first.min(firsts[di] + f);
+                    end = end.max(firsts[di] + e);
+                }
+                full = full.and_then(|(a, z)| {
+                    let (a, z) = (a.max(firsts[di] + ff), z.min(firsts[di] + fe));
+                    (ff < fe && a < z).then_some((a, z))
+                });
+            }
+            if first < end {
+                let (ff, fe) = full.map_or((0, 0), |(a, z)| (a.max(first), z.min(end)));
+                let (ff, fe) = if ff < fe { (ff, fe) } else { (0, 0) };
+                ranges.extend([first, end, ff, fe].map(|x| x as i32));
+            } else {
+                ranges.extend([0; 4]);
+            }
+        }
+    }
+    (tiles, ranges)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +791,146 @@ mod tests {
     /// document's length as the keys, keep exactly the keys the whole mask keeps for each
     /// of its rows — a full block only where the mask holds at every point, a partial one
     /// evaluating `L` alone (the split's program), which must equal the whole mask there.
+    /// The backward's document kv tiles and per-q-block entry ranges
+    /// ([`doc_kv_ranges`]) against the whole mask evaluated at every point, over random
+    /// packed documents, four document masks and three tile shapes: the entries cover
+    /// every key once; every key a row keeps lies in an entry inside its q block's span;
+    /// an entry of the full run keeps every key for every row of the block (fails when
+    /// the offsets are not moved to the document's first row, or the full run is taken
+    /// over rows of two documents).
+    #[test]
+    fn doc_kv_ranges_visit_every_kept_key() {
+        use crate::analysis::documents::document_runs;
+        use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+        use crate::ir::Scalar;
+        use crate::plan::KvBounds;
+        use crate::shape::Shape;
+        let src = "tensor doc: i32[B, KV];\n param window: i32;\n\
+            mask causal(b, h, q, kv) { q >= kv }\n\
+            mask same(b, h, q, kv) { doc[b, q] == doc[b, kv] }\n\
+            mask local(b, h, q, kv) { q - kv <= window }\n\
+            attention only { mask = same; }\n\
+            attention causal_doc { mask = causal & same; }\n\
+            attention window_doc { mask = causal & local & same; }\n\
+            attention two_sided { mask = local & same; }\n";
+        let programs = crate::compile_source(src)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .programs;
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut full_seen, mut kept_seen) = (0usize, 0usize);
+        for case in 0..10 {
+            let (b, l) = (2, 1 + next(500) as usize);
+            let docs = if case % 3 == 0 { 2 } else { 1 + next(30) as i32 };
+            let mut ids = Vec::new();
+            for _ in 0..b {
+                let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
+                row.sort();
+                ids.extend(row);
+            }
+            let shape = Shape {
+                b,
+                hq: 1,
+                hkv: 1,
+                lq: l,
+                lkv: l,
+                d: 64,
+                dv: 64,
+            };
+            for p in &programs {
+                let mine = Bindings {
+                    params: p.params.iter().map(|_| Scalar::I32(45)).collect(),
+                    tensors: p
+                        .tensors
+                        .iter()
+                        .map(|_| BoundTensor {
+                            dims: vec![b, l],
+                            data: TensorData::I32(ids.clone()),
+                        })
+                        .collect(),
+                };
+                let plan = crate::plan::Plan::new(p);
+                let (dplan, id) = plan.doc_split().unwrap_or_else(|| panic!("{}", p.name));
+                let runs = document_runs(id, p, &mine, b, l).unwrap().unwrap();
+                let KvBounds::ClosedForm(cf) = dplan.kv_bounds(false) else {
+                    panic!("{}: no closed form", p.name);
+                };
+                let coefs = dplan.kv_bounds(false).coefficients();
+                let bounds = dplan.closed_form_bounds(&cf, &shape, &mine).unwrap();
+                let has_mask = dplan.program().mask.is_some();
+                let whole = p.mask.as_ref().unwrap();
+                let mut scratch = Vec::new();
+                let mut keeps = |bi: usize, q: usize, kv: usize| {
+                    eval(whole, p, Args::at(0.0, [bi, 0, q, kv]), &mine, &mut scratch).unwrap()
+                        == Scalar::Bool(true)
+                };
+                for (qb, kvb) in [(64usize, 128usize), (64, 64), (128, 128)] {
+                    let (tiles, ranges) =
+                        doc_kv_ranges(&runs, &coefs, bounds.as_deref(), has_mask, l, qb, kvb);
+                    let nq = l.div_ceil(qb);
+                    assert_eq!(ranges.len(), 4 * b * nq, "{}", p.name);
+                    // the entry holding each (batch, key), and each entry's batch and keys
+                    let mut entry_of = vec![usize::MAX; b * l];
+                    let mut keys = Vec::new();
+                    for (e, t) in tiles.chunks(4).enumerate() {
+                        let [bi, row0, rows, kj] = [t[0], t[1], t[2], t[3]].map(|x| x as usize);
+                        let kv0 = row0 + kj * kvb;
+                        let kv1 = (kv0 + kvb).min(row0 + rows);
+                        assert!(kv0 < kv1, "{}: an empty entry", p.name);
+                        for kv in kv0..kv1 {
+                            assert_eq!(entry_of[bi * l + kv], usize::MAX, "{}: key twice", p.name);
+                            entry_of[bi * l + kv] = e;
+                        }
+                        keys.push((bi, kv0..kv1));
+                    }
+                    assert!(entry_of.iter().all(|&e| e != usize::MAX), "{}", p.name);
+                    for bi in 0..b {
+                        for i in 0..nq {
+                            let r = &ranges[4 * (bi * nq + i)..][..4];
+                            let [first, end, ff, fe] = [r[0], r[1], r[2], r[3]].map(|x| x as usize);
+                            let rows = i * qb..((i + 1) * qb).min(l);
+                            for e in first..end {
+                                assert_eq!(keys[e].0, bi, "{}: another batch's entry", p.name);
+                            }
+                            for q in rows.clone() {
+                                for kv in 0..l {
+                                    if keeps(bi, q, kv) {
+                                        kept_seen += 1;
+                                        let e = entry_of[bi * l + kv];
+                                        assert!(
+                                            first <= e && e < end,
+                                            "{} L{l} {qb}x{kvb}: row {q} key {kv} (entry {e}) outside {r:?}",
+                                            p.name
+                                        );
+                                    }
+                                }
+                            }
+                            for e in ff..fe {
+                                full_seen += 1;
+                                assert_eq!(rows.len(), qb, "{}: a full entry of a short block", p.name);
+                                for q in rows.clone() {
+                                    for kv in keys[e].1.clone() {
+                                        assert!(
+                                            keeps(bi, q, kv),
+                                            "{} L{l} {qb}x{kvb}: full entry {e} drops row {q} key {kv}",
+                                            p.name
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(full_seen > 100 && kept_seen > 10_000, "{full_seen} {kept_seen}");
+    }
+
     #[test]
     fn doc_tiles_keep_exactly_the_mask() {
         use crate::analysis::documents::{doc_tiles, document_runs};

@@ -501,6 +501,17 @@ pub struct PtxOptions {
     /// 1.028x, soft-cap 1.04x, sliding 1.058x, documents 1.09x; D128 sliding 1.037x,
     /// documents 1.025x); the kernel bench's `+P`.
     pub bwd_persist_dyn: bool,
+    /// The fused backward of a document mask over packed sequences on kv tiles aligned to
+    /// each document (`backward/fused.rs`, "Document kv tiles"): the tiles are the entries
+    /// of [`KernelParam::DocTiles`] (`(b, row0, rows, kj)`: kv rows `row0 + kj kv_block`
+    /// of the document `row0 .. row0 + rows`, [`KernelParam::NumDocTiles`] of them, kv
+    /// heads outermost), the q blocks stay on the global grid, and the per-row ranges
+    /// ([`KernelParam::Ranges`], per (batch, q block)) count kv tiles in list entries, so
+    /// a q block's adders are the entries `first .. end` (descending ranks, as kv blocks
+    /// are without it). Keys past the document's last row are outside the tile (masked,
+    /// not loaded, their dK/dV not stored). With [`Self::bwd_persist_dyn`], block tables
+    /// and not [`Self::bwd_lpt`]; made by the runtime from a block mask's ids.
+    pub bwd_doc_tiles: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv
     /// rows (`dS K` over those rows only, every column), so it reads only its own rows
@@ -964,6 +975,7 @@ impl PtxOptions {
             bwd_wscan: false,
             bwd_persist: false,
             bwd_persist_dyn: false,
+            bwd_doc_tiles: false,
             bwd_wg_dq: false,
             bwd_scan_under: false,
             bwd_dq_free: false,
@@ -1327,6 +1339,11 @@ impl PtxOptions {
             + if self.bwd_persist { " bwd-persist" } else { "" }
             + if self.bwd_persist_dyn {
                 " bwd-persist-dyn"
+            } else {
+                ""
+            }
+            + if self.bwd_doc_tiles {
+                " bwd-doc-tiles"
             } else {
                 ""
             }
@@ -1761,8 +1778,13 @@ pub enum KernelParam {
     SeqLens,
     /// The forward with [`PtxOptions::doc_tiles`]: `i32[tiles, 4]`, per tile `(b, row0,
     /// rows, qi)`: its batch, its document's first row and length, and its q block within
-    /// the document (the grid's x axis walks the list: [`GridDim::DocTiles`]).
+    /// the document (the grid's x axis walks the list: [`GridDim::DocTiles`]). The fused
+    /// backward with [`PtxOptions::bwd_doc_tiles`]: the same layout for its kv tiles,
+    /// `(b, row0, rows, kj)` with `kj` in kv blocks.
     DocTiles,
+    /// i32: the fused backward with [`PtxOptions::bwd_doc_tiles`]: the entries of
+    /// [`KernelParam::DocTiles`] (its kv tiles per kv head).
+    NumDocTiles,
     /// f32 partials of the splits: `[B, Hkv, row_groups, splits, rows, Dv]` / `[.., rows]`.
     PartO,
     PartLse,

@@ -148,7 +148,8 @@ const EARLY_SLEEP_NS: u32 = 128;
 
 /// [`PtxOptions::bwd_convert_early`]: thread 0 waits (acquire) until the tile's
 /// semaphore has [`DQ_DONE_FLAG`] (its last adder is done) or the writers' done count
-/// (`DqSem[B Hq nq]`) reaches every writer of the fused grid (nkv Hkv B CTAs, one or two
+/// (`DqSem[B Hq nq]`) reaches every writer of the fused grid (nkv Hkv B CTAs, or with
+/// `bwd_doc_tiles` NumDocTiles Hkv, one or two
 /// writers each: then no addition is left, for tiles nobody adds to too); then the CTA's
 /// barrier and each thread's `fence.acq_rel.gpu` (its workspace loads after them). After
 /// [`EARLY_SPINS`] spins (at once with [`PtxOptions::bwd_convert_timeout_now`], the test
@@ -173,7 +174,14 @@ fn wait_for_tile<'ctx>(
     } else {
         1
     };
-    let want = g.mul(g.mul(g.mul(nkv, hkv)?, batches)?, g.c32(writers))?;
+    // (bwd_doc_tiles: the fused grid's tiles are the document tile list's entries per kv
+    // head)
+    let fused_tiles = if opts.bwd_doc_tiles {
+        g.mul(a.int(KernelParam::NumDocTiles)?, hkv)?
+    } else {
+        g.mul(g.mul(nkv, hkv)?, batches)?
+    };
+    let want = g.mul(fused_tiles, g.c32(writers))?;
     let tiles = g.mul(g.mul(batches, hq)?, nq)?;
     let word =
         |i: IntValue<'ctx>| -> R<IntValue<'ctx>> { g.add(sem, g.mul(g.zext64(i)?, g.c64(4))?) };

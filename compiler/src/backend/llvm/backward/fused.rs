@@ -540,6 +540,11 @@ pub(super) fn validate(o: &PtxOptions) -> Result<(), LlvmError> {
             "fused dQ: the tile counter (bwd_persist_dyn) needs persistent CTAs (bwd_persist) and the TMA producer".into(),
         ));
     }
+    if o.bwd_doc_tiles && !(super::persist_dyn(o) && !o.bwd_lpt && o.q_block != 80) {
+        return Err(LlvmError::Unsupported(
+            "fused dQ on document kv tiles (bwd_doc_tiles): the tile counter (bwd_persist_dyn) with the TMA producer, not bwd_lpt or q tiles of 80".into(),
+        ));
+    }
     if o.bwd_persist_dyn && (o.bwd_s_ahead || o.bwd_pingpong) {
         return Err(LlvmError::Unsupported(
             "fused dQ: the tile counter (bwd_persist_dyn) without bwd_s_ahead or bwd_pingpong"
@@ -633,13 +638,16 @@ impl<'ctx> Visit<'ctx> {
 }
 
 /// A kv tile of the fused kernel: (batch, kv head, kv block `jb`), its first kv row, the
-/// K and V slices and whether it runs past Lkv.
+/// K and V slices and whether it runs past its last key. With `bwd_doc_tiles` `jb` is the
+/// tile's entry in the document tile list (what the ranges count) and `row_end` its
+/// document's end; else `row_end` is Lkv.
 #[derive(Clone, Copy)]
 struct Tile<'ctx> {
     b: IntValue<'ctx>,
     hk: IntValue<'ctx>,
     jb: IntValue<'ctx>,
     kv0: IntValue<'ctx>,
+    row_end: IntValue<'ctx>,
     kbase: inkwell::values::PointerValue<'ctx>,
     vbase: inkwell::values::PointerValue<'ctx>,
     kv_tail: IntValue<'ctx>,
@@ -1154,6 +1162,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         hk,
         jb,
         kv0,
+        row_end: c.lkv,
         kbase,
         vbase,
         kv_tail,
@@ -1162,13 +1171,45 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // without it (x fastest: kv blocks descending, or with bwd_lpt kv heads, then kv
     // blocks ascending)
     let persist = opts.bwd_persist;
-    let ntiles = if persist {
-        let per_b = g.mul(nkv, c.hkv)?;
-        Some(g.mul(per_b, a.int(KernelParam::Batch)?)?)
+    // bwd_doc_tiles: the list's entries, each kv head's in turn (entry n - 1 first: the
+    // ranks count down, as kv blocks' do)
+    let docs = opts.bwd_doc_tiles;
+    let n_docs = if docs {
+        Some(a.int(KernelParam::NumDocTiles)?)
     } else {
         None
     };
+    let ntiles = match (persist, n_docs) {
+        (true, Some(n)) => Some(g.mul(n, c.hkv)?),
+        (true, None) => {
+            let per_b = g.mul(nkv, c.hkv)?;
+            Some(g.mul(per_b, a.int(KernelParam::Batch)?)?)
+        }
+        (false, _) => None,
+    };
     let tile_at = |t: IntValue<'ctx>| -> R<Tile<'ctx>> {
+        if let Some(n) = n_docs {
+            // entry e = (b, row0, rows, kj): kv rows row0 + kj Bc .. of the document
+            // row0 .. row0 + rows (the runtime checked every entry against the shape)
+            let e = g.sub(g.sub(n, one)?, g.urem(t, n)?)?;
+            let hk = g.udiv(t, n)?;
+            let list = a.ptr(KernelParam::DocTiles)?;
+            let at = g.mul(g.zext64(e)?, g.c64(4))?;
+            let word = |i: i64| g.load_i32(list, g.add(at, g.c64(i))?);
+            let (b, row0, rows, kj) = (word(0)?, word(1)?, word(2)?, word(3)?);
+            let kv0 = g.add(row0, g.mul(kj, g.c32(bc as i64))?)?;
+            let row_end = g.add(row0, rows)?;
+            return Ok(Tile {
+                b,
+                hk,
+                jb: e,
+                kv0,
+                row_end,
+                kbase: slice_base(g, a.ptr(KernelParam::K)?, b, c.hkv, hk, c.lkv, opts.d)?,
+                vbase: slice_base(g, a.ptr(KernelParam::V)?, b, c.hkv, hk, c.lkv, opts.dv)?,
+                kv_tail: g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, row_end)?,
+            });
+        }
         let (hk, jb, b) = if lpt {
             let r = g.udiv(t, c.hkv)?;
             (g.urem(t, c.hkv)?, g.urem(r, nkv)?, g.udiv(r, nkv)?)
@@ -1183,6 +1224,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             hk,
             jb,
             kv0,
+            row_end: c.lkv,
             kbase: slice_base(g, a.ptr(KernelParam::K)?, b, c.hkv, hk, c.lkv, opts.d)?,
             vbase: slice_base(g, a.ptr(KernelParam::V)?, b, c.hkv, hk, c.lkv, opts.dv)?,
             kv_tail: g.icmp(IntPredicate::SGT, g.add(kv0, g.c32(bc as i64))?, c.lkv)?,
@@ -1307,8 +1349,10 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let q0 = g.mul(qb, g.c32(br as i64))?;
             let [first, end, ff, fe] =
                 blocks(g, p, kvb, a, false, (tl.b, h), q0, br, c.lq, c.lkv, bc)?;
+            // (bwd_doc_tiles: entries of the list)
+            let last = n_docs.unwrap_or(nkv);
             let first = g.selecti(g.icmp(IntPredicate::SLT, first, zero)?, zero, first)?;
-            let end = g.selecti(g.icmp(IntPredicate::SGT, end, nkv)?, nkv, end)?;
+            let end = g.selecti(g.icmp(IntPredicate::SGT, end, last)?, last, end)?;
             Ok([first, end, ff, fe])
         };
     // the loop both scans walk (blocks named `{name}_*`): from (hi0, qb0) every q block of
@@ -1747,9 +1791,9 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let pending_sem = g.var(g.i64, g.c64(0))?;
 
     let load_kv = |tl: &Tile<'ctx>| -> R<()> {
-        let rows = g.sub(c.lkv, tl.kv0)?;
+        let rows = g.sub(tl.row_end, tl.kv0)?;
         t.k.load_async(g, c.tid, threads, tl.kbase, tl.kv0, rows, zero)?;
-        let rows = g.sub(c.lkv, tl.kv0)?;
+        let rows = g.sub(tl.row_end, tl.kv0)?;
         t.v.load_async(g, c.tid, threads, tl.vbase, tl.kv0, rows, zero)?;
         g.cp_async_commit()
     };
@@ -2236,7 +2280,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
         b: tl.b,
         h,
         lq: c.lq,
-        lkv: c.lkv,
+        // (bwd_doc_tiles: keys past the tile's document are outside)
+        lkv: tl.row_end,
         cap: cap.as_ref(),
         full_unguarded: opts.bwd_ds_unguarded,
         affine_unguarded: opts.bwd_affine_unguarded,
@@ -2304,7 +2349,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
                 let kv = g.add(kv_row, g.c32(8 * half as i64))?;
                 let [lo, hi] = q_interval_ir(g, coefs, offsets, g.sext64(kv)?, g.sext64(c.lq)?)?;
                 // a row past Lkv keeps nothing
-                let past = g.icmp(IntPredicate::SGE, kv, c.lkv)?;
+                let past = g.icmp(IntPredicate::SGE, kv, tl.row_end)?;
                 let hi = g.selecti(past, g.c64(-1), hi)?;
                 let clamp = |x: IntValue<'ctx>, min: i64, max: i64| -> R<IntValue<'ctx>> {
                     let x = g.sub(x, col)?;
@@ -2918,7 +2963,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
             load_kv(&tile_at(next)?)
         })?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), kv0, &dk, &dv)?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), (kv0, tl.row_end), &dk, &dv)?;
         g.set(&tv, next)?;
         g.br(head)?;
         return Ok(());
@@ -2937,7 +2982,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if opts.bwd_store_pairs {
         g.b.position_at_end(store);
         g.cp_async_wait(0)?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), kv0, &dk, &dv)?;
+        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), (kv0, tl.row_end), &dk, &dv)?;
         g.b.build_return(None)?;
         return Ok(());
     }
