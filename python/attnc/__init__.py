@@ -172,13 +172,17 @@ class BlockMask:
     """A block mask made by ``Attention.block_mask`` (see there): the block table of one
     attention's mask for given captures, shape, dtype and device, kept on the device."""
 
-    def __init__(self, key, rust, made_from, params, call, document_tiles=0):
+    def __init__(self, key, rust, made_from, params, call, document_tiles=0, backward_document_tiles=0):
         self._key = key
         #: The document-tiled forward's tiles (0: the forward reads the block table): a
         #: document mask ``L && doc[b, q] == doc[b, kv]`` over contiguous documents runs
         #: each q tile inside one document, its kv blocks from the document's first row
         #: (FlashAttention's varlen layout, read in place).
         self.document_tiles = document_tiles
+        #: The backward's document kv tiles per kv head (0: the backward reads the block
+        #: ranges): its kv tiles aligned to each document, keys of another document never
+        #: in a tile.
+        self.backward_document_tiles = backward_document_tiles
         self._rust = rust
         # the captured tensors the mask reads (kept alive: their memory is not reused)
         # with their versions, and the params' values
@@ -218,6 +222,8 @@ class BlockMask:
 
     def __repr__(self) -> str:
         docs = f", {self.document_tiles} document tiles" if self.document_tiles else ""
+        if self.backward_document_tiles:
+            docs += f", {self.backward_document_tiles} backward document kv tiles"
         return f"attnc.BlockMask(q {self._call[0]}, captures {list(self._made_from)}, params {self._params}{docs})"
 
 
@@ -333,23 +339,27 @@ class Attention:
         host = {n: (x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x) for n, x in captures.items()}
         tensors = [(n, x) for n, x in host.items() if isinstance(x, torch.Tensor)]
         params = [(n, x) for n, x in host.items() if not isinstance(x, torch.Tensor)]
-        shape, fwd, bwd, read_t, read_p, docs = self._inner.block_mask_tables(q, k, v, scale, tensors, params, backward)
+        shape, fwd, bwd, read_t, read_p, docs, bwd_docs = self._inner.block_mask_tables(
+            q, k, v, scale, tensors, params, backward)
         i32 = lambda xs: torch.tensor(xs if xs else [0], dtype=torch.int64).to(torch.int32).to(q.device)  # noqa: E731
         row_start, runs, strides, tiles = fwd
         fwd_t = (i32(row_start), i32(runs), strides, tiles)
         bwd_t = None if bwd is None else (bwd[0], i32(bwd[1]), bwd[2], i32(bwd[3]), bwd[4])
         # (a document mask over contiguous documents: the document-tiled forward's tiles)
         docs_t = None if docs is None else (docs[0], i32(docs[1]))
+        # (and the backward's document kv tiles with their ranges)
+        bwd_docs_t = None if bwd_docs is None else (bwd_docs[0], i32(bwd_docs[1]), i32(bwd_docs[2]))
         made_from = {}
         for name, _ in read_t:
             x = captures[name]
             made_from[name] = (x, x._version)
         param_values = {name: captures[name] for name, _ in read_p}
         # the tables read and checked once here (a handle), not at every call
-        handle = _attnc.block_mask_handle((shape, fwd_t, bwd_t, read_t, read_p, docs_t))
+        handle = _attnc.block_mask_handle((shape, fwd_t, bwd_t, read_t, read_p, docs_t, bwd_docs_t))
         return BlockMask(self._key, handle, made_from, param_values,
                          (tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, q.device, scale),
-                         0 if docs is None else len(docs[1]) // 4)
+                         0 if docs is None else len(docs[1]) // 4,
+                         0 if bwd_docs is None else len(bwd_docs[1]) // 4)
 
     def decode(self, q, k_cache, v_cache, seq_lens, page_table=None, *, return_lse: bool = False,
                scale: Optional[float] = None, **captures):

@@ -10,8 +10,9 @@ the forward alone and forward + backward (``o.backward(dO)``), CUDA events, each
 timed in ``--rounds`` interleaved rounds of 3 x 10 calls after warm-ups; the median of the
 rounds' minima. TFLOP/s over the mask's unmasked pairs: forward 4 B H D pairs, backward
 2.5x that (backward = step - forward). attnc rows: ``attnc_tiles`` (block mask with
-document tiles), ``attnc_table`` (``ATTNC_FWD_DOC_TILES=0`` semantics: the block mask's
-table, made with the tiles dropped), ``attnc_nomask`` (no block mask: the table is built
+document tiles, forward and backward), ``attnc_fwdtiles`` (the forward's alone, the
+backward on the block ranges), ``attnc_table`` (the block mask's table and ranges, made
+with the tiles dropped), ``attnc_nomask`` (no block mask: the table is built
 on the GPU in every call).
 
 ``--only KEY,..``: those rows alone (e.g. ``attnc_tiles`` for A/B runs of the backward's
@@ -92,10 +93,13 @@ def main():
         from attnc import _attnc
         table = attnc.BlockMask(bm._key, _attnc.block_mask_handle(_table_tuple(attn, q, k, v, doc)),
                                 bm._made_from, bm._params, bm._call)
+        fwd_only = attnc.BlockMask(bm._key, _attnc.block_mask_handle(_table_tuple(attn, q, k, v, doc, True)),
+                                   bm._made_from, bm._params, bm._call)
         gqa = h != hkv
         runs = {
             "attnc_tiles": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=bm, deterministic=det),
             "attnc_table": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=table, deterministic=det),
+            "attnc_fwdtiles": lambda q, k, v: attn(q, k, v, doc=doc, block_mask=fwd_only, deterministic=det),
             "attnc_nomask": lambda q, k, v: attn(q, k, v, doc=doc, deterministic=det),
             "flex_triton": lambda q, k, v: flex(q, k, v, block_mask=fbm, enable_gqa=gqa),
             "flex_FLASH": lambda q, k, v: flex(q, k, v, block_mask=fbm, enable_gqa=gqa,
@@ -144,7 +148,8 @@ def main():
                     failed[key] = f"{type(ex).__name__}: {str(ex)[:160]}"
         tag = f"B{b} H{h}" + (f" Hkv{hkv}" if gqa else "") + f" L{l} D{d}"
         print(f"doc_tiles {tag}{' ' + a.tag if a.tag else ''}{'' if det else ' deterministic=False'}: "
-              f"{bm.document_tiles} document tiles, density {pairs / (b * l * l):.4f}", flush=True)
+              f"{bm.document_tiles} document tiles, {bm.backward_document_tiles} backward kv tiles, "
+              f"density {pairs / (b * l * l):.4f}", flush=True)
         rows = {}
         for key in runs:
             if key in failed:
@@ -176,13 +181,16 @@ def main():
     json.dump(out, open(path, "w"), indent=1)
 
 
-def _table_tuple(attn, q, k, v, doc):
-    """The tuple of a block mask of ``doc`` without its document tiles (its table alone)."""
-    shape, fwd, bwd, read_t, read_p, _ = attn._inner.block_mask_tables(q, k, v, None, [("doc", doc.cpu())], [], True)
+def _table_tuple(attn, q, k, v, doc, forward_tiles=False):
+    """The tuple of a block mask of ``doc`` without its document tiles (its table and
+    ranges alone), or with ``forward_tiles`` without the backward's only."""
+    shape, fwd, bwd, read_t, read_p, docs, _ = attn._inner.block_mask_tables(
+        q, k, v, None, [("doc", doc.cpu())], [], True)
     i32 = lambda xs: torch.tensor(xs if xs else [0], dtype=torch.int64).to(torch.int32).to(q.device)  # noqa: E731
     fwd_t = (i32(fwd[0]), i32(fwd[1]), fwd[2], fwd[3])
     bwd_t = None if bwd is None else (bwd[0], i32(bwd[1]), bwd[2], i32(bwd[3]), bwd[4])
-    return (shape, fwd_t, bwd_t, read_t, read_p, None)
+    docs_t = (docs[0], i32(docs[1])) if forward_tiles and docs is not None else None
+    return (shape, fwd_t, bwd_t, read_t, read_p, docs_t, None)
 
 
 if __name__ == "__main__":

@@ -1355,8 +1355,10 @@ impl Attention {
     /// the captures: `(shape, forward, backward, tensors, params)` with `forward =
     /// (row_start, runs, strides, tiles)`, `backward = (tiles, kv, kv_strides, q,
     /// q_strides)` or None, `tensors` the `(name, dims)` and `params` the `(name, word)`
-    /// of the captures the mask reads, and `documents` the document-tiled forward's
-    /// `(q_block, tiles)` (four int32 words a tile) or None (`Bound::block_mask_tables`).
+    /// of the captures the mask reads, `documents` the document-tiled forward's
+    /// `(q_block, tiles)` (four int32 words a tile) or None, and `backward_documents` the
+    /// backward's document kv tiles `((q_block, kv_block), tiles, ranges)` or None
+    /// (`Bound::block_mask_tables`).
     #[pyo3(signature = (q, k, v, scale, tensors, params, backward=true))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn block_mask_tables(
@@ -1415,6 +1417,8 @@ impl Attention {
                 t.tensors,
                 t.params,
                 t.documents.map(|d| (d.q_block, d.tiles)),
+                t.backward_documents
+                    .map(|d| (d.tiles_shape, d.tiles, d.ranges)),
             ))
         })
     }
@@ -1724,15 +1728,17 @@ type BlockMaskTuple = (
     Vec<(String, Vec<usize>)>,
     Vec<(String, u32)>,
     Option<(u32, Vec<i32>)>,
+    Option<((u32, u32), Vec<i32>, Vec<i32>)>,
 );
 
 /// What a malformed block mask tuple is told.
-const BLOCK_MASK_LAYOUT: &str = "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params, documents or None)";
+const BLOCK_MASK_LAYOUT: &str = "a block mask's tables are (shape, (row_start, runs, strides, tiles), backward or None, tensors, params, documents or None, backward documents or None)";
 
 /// A block mask as the package passes it (`BlockMask._rust`): `(shape, (row_start, runs,
-/// strides, tiles), backward or None, tensors, params, documents or None)` with the tables
-/// as int32 tensors on `device` (`backward`: `(tiles, kv, kv_strides, q, q_strides)`,
-/// `documents`: `(q_block, tiles)`), `tensors` the `(name, dims)` of the captures it was
+/// strides, tiles), backward or None, tensors, params, documents or None, backward
+/// documents or None)` with the tables as int32 tensors on `device` (`backward`: `(tiles,
+/// kv, kv_strides, q, q_strides)`, `documents`: `(q_block, tiles)`, backward documents:
+/// `((q_block, kv_block), tiles, ranges)`), `tensors` the `(name, dims)` of the captures it was
 /// made from (their identity and version are checked by the package), `params` their
 /// `(name, word)`.
 fn read_block_mask(
@@ -1755,8 +1761,9 @@ fn read_block_mask(
         Vec<(String, Vec<usize>)>,
         Vec<(String, u32)>,
         Option<(u32, Bound<'py, PyAny>)>,
+        Option<((u32, u32), Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     );
-    let (shape, (rs, runs, strides, tiles), bwd, tensors, params, docs): Whole<'_> = m
+    let (shape, (rs, runs, strides, tiles), bwd, tensors, params, docs, bwd_docs): Whole<'_> = m
         .extract()
         .map_err(|_| attnc_error(py, code::INPUT_SHAPE, BLOCK_MASK_LAYOUT))?;
     let words = |name: &str, t: &Bound<'_, PyAny>| -> PyResult<attnc::external::DeviceWords> {
@@ -1799,6 +1806,15 @@ fn read_block_mask(
             .transpose()?,
         documents: docs
             .map(|(qb, t)| -> PyResult<_> { Ok((qb, words("block mask document tiles", &t)?)) })
+            .transpose()?,
+        backward_documents: bwd_docs
+            .map(|(tiles, t, r)| -> PyResult<_> {
+                Ok((
+                    tiles,
+                    words("block mask backward document tiles", &t)?,
+                    words("block mask backward document ranges", &r)?,
+                ))
+            })
             .transpose()?,
         // identity is the package's check (torch's version counters); 0: not compared
         tensors: tensors.into_iter().map(|(n, dims)| (n, 0, dims)).collect(),

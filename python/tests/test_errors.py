@@ -181,19 +181,21 @@ def test_block_mask_handle_reads_its_tables_once_and_refuses_bad_ones():
 
     i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
     shape = (1, 2, 2, 16, 16, 16, 16)
-    good = (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [("doc", [1, 16])], [], None)
-    for bad in ((), ("x",), (shape, ()), (shape, (i32(2), i32(3)), None, [], [], None),
-                (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], []),
-                (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], [], (128,))):
+    good = (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [("doc", [1, 16])], [], None, None)
+    for bad in ((), ("x",), (shape, ()), (shape, (i32(2), i32(3)), None, [], [], None, None),
+                (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], [], None),
+                (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], [], (128,), None)):
         e = raises("E0312", _attnc.block_mask_handle, bad)
         assert "block mask's tables" in str(e)
-    e = raises("E0313", _attnc.block_mask_handle, (shape, (i32(2).long(), i32(3), (0, 0), (64, 64)), None, [], [], None))
+    e = raises("E0313", _attnc.block_mask_handle, (shape, (i32(2).long(), i32(3), (0, 0), (64, 64)), None, [], [], None, None))
     assert "block mask row starts" in str(e)
-    e = raises("E0312", _attnc.block_mask_handle, (shape, (i32(2).reshape(1, 2), i32(3), (0, 0), (64, 64)), None, [], [], None))
+    e = raises("E0312", _attnc.block_mask_handle, (shape, (i32(2).reshape(1, 2), i32(3), (0, 0), (64, 64)), None, [], [], None, None))
     assert "one-dimensional" in str(e)
-    e = raises("E0313", _attnc.block_mask_handle, (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], [], (128, i32(4).float())))
+    e = raises("E0313", _attnc.block_mask_handle, (shape, (i32(2), i32(3), (0, 0), (64, 64)), None, [], [], (128, i32(4).float()), None))
     assert "block mask document tiles" in str(e)
-    assert _attnc.block_mask_handle((*good[:5], (128, i32(4)))) is not None
+    e = raises("E0313", _attnc.block_mask_handle, (*good[:6], ((64, 128), i32(4), i32(4).long())))
+    assert "block mask backward document ranges" in str(e)
+    assert _attnc.block_mask_handle((*good[:5], (128, i32(4)), ((64, 128), i32(4), i32(8)))) is not None
     handle = _attnc.block_mask_handle(good)
     attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
     q, k, v = qkv(1, 2, 2, 16, 16, 16)

@@ -96,6 +96,9 @@ pub(crate) struct BackwardState {
     /// The CUDA kernels of `Bound::backward` (`PtxOptions::backward`'s defaults: dQ fused
     /// into the dK/dV kernel on sm_90, its workspace allocated per call), likewise.
     pub(crate) cuda_host: [Option<Arc<crate::cuda::backward::CudaBackward>>; 2],
+    /// The document kv tiles' variant of `cuda` ([`doc_backward_options`]), where the
+    /// binding has one, looked up when a block mask first carries document kv tiles.
+    pub(crate) cuda_doc: [Option<Option<Arc<crate::cuda::backward::CudaBackward>>>; 2],
 }
 
 impl Bound {
@@ -504,6 +507,36 @@ impl Bound {
         self.cuda_kernels_with(true, deterministic)
     }
 
+    /// The document kv tiles' variant of [`Self::cuda_backward_kernels`]
+    /// ([`doc_backward_options`]), or `None` where its options do not allow it; from the
+    /// process's JIT cache on the first call and kept by the binding.
+    pub(crate) fn cuda_doc_backward_kernels(
+        &mut self,
+        deterministic: bool,
+    ) -> Result<Option<Arc<crate::cuda::backward::CudaBackward>>> {
+        let slot = usize::from(!deterministic);
+        if let Some(k) = &self.extension::<BackwardState>().cuda_doc[slot] {
+            return Ok(k.clone());
+        }
+        let base = self.cuda_backward_kernels(deterministic)?;
+        let k = match doc_backward_options(base.options(), self.plan()) {
+            Some(popts) => {
+                let opts = self.options().clone();
+                let variant = self.variant().clone();
+                let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
+                let device = crate::exec::cuda::cuda_device_at(opts.device)?;
+                let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
+                Some(Arc::new(
+                    crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
+                        .map_err(err)?,
+                ))
+            }
+            None => None,
+        };
+        self.extension::<BackwardState>().cuda_doc[slot] = Some(k.clone());
+        Ok(k)
+    }
+
     fn cuda_kernels_with(
         &mut self,
         host: bool,
@@ -579,6 +612,38 @@ pub fn backward_kernel_options(
     } else {
         nondeterministic(o, plan)
     }
+}
+
+/// The document kv tiles' variant (`PtxOptions::bwd_doc_tiles`) of a binding's backward
+/// options `o` (as [`backward_kernel_options`] makes them) for `plan`: where the plan is a
+/// document mask over packed sequences (`Plan::doc_split`) read through block tables and
+/// `o` is the fused kernel with the tile counter's persistent CTAs, not the longest-first
+/// order (the binding's defaults on document masks at D64 and D128 on sm_90), unless
+/// `ATTNC_BWD_DOC_TILES=0`. The runtime runs it where a block mask carries the tiles
+/// (`Bound::block_mask_tables`: ids of contiguous documents).
+pub fn doc_backward_options(
+    o: &PtxOptions,
+    plan: &attnc_compiler::plan::Plan,
+) -> Option<PtxOptions> {
+    use attnc_compiler::backend::llvm::BwdDq;
+    use attnc_compiler::backend::llvm::backward::{backward_bounds, persist_dyn};
+    let on = std::env::var("ATTNC_BWD_DOC_TILES").map_or(true, |v| v != "0");
+    let o = PtxOptions {
+        bwd_doc_tiles: true,
+        ..*o
+    };
+    let fits = on
+        && plan.doc_split().is_some()
+        && !plan.mask().uses_h
+        && matches!(
+            backward_bounds(plan, &o),
+            attnc_compiler::plan::KvBounds::Table
+        )
+        && o.bwd_dq == BwdDq::OrderedBulk
+        && persist_dyn(&o)
+        && !o.bwd_lpt
+        && o.q_block != 80;
+    fits.then_some(o)
 }
 
 /// The fastest non-deterministic variant of the backward options `o` (a binding's, as
@@ -1026,5 +1091,111 @@ mod tests {
         assert_eq!(with(&all_on, sep), sep);
         assert_eq!(with(&[("ATTNC_BWD_DQ", "ordered")], sep), sep);
         assert_eq!(with(&[("ATTNC_BWD_WRITER_REGS", "40")], sep), sep);
+    }
+
+    /// The backward's document kv tiles ([`doc_backward_options`]) of every example whose
+    /// mask is a document mask, at D64 and D128 on sm_90, bf16 and f16: the binding's
+    /// options with `bwd_doc_tiles`, its three kernels generate deterministically, the
+    /// fused kernel reads the list and its length, the conversion the length (its count of
+    /// the fused grid's writers); the options differ from the binding's only there (the
+    /// same dQ workspace); no variant for a program without a document mask, or the
+    /// two-kernel backward. (For ptxas: `ATTNC_DOC_PTX_DIR=dir`.)
+    #[test]
+    fn doc_backward_kernels_generate_for_document_masks() {
+        use attnc_compiler::backend::llvm::KernelParam;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut programs = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "attn") {
+                let src = std::fs::read_to_string(&path).unwrap();
+                programs.extend(attnc_compiler::compile_source(&src).unwrap().programs);
+            }
+        }
+        let (mut made, mut none) = (0, 0);
+        for p in &programs {
+            let plan = Plan::new(p);
+            for (d, input) in [(128, InputType::Bf16), (64, InputType::F16)] {
+                let sh = shape(4096, d);
+                let base = backward_kernel_options(&plan, &sh, Arch::Sm90, input, false, true);
+                let what = format!("{} d{d}", p.name);
+                let Some(o) = doc_backward_options(&base, &plan) else {
+                    assert!(
+                        plan.doc_split().is_none() || plan.mask().uses_h,
+                        "{what}: a document mask without the variant ({})",
+                        base.key()
+                    );
+                    none += 1;
+                    continue;
+                };
+                assert!(o.bwd_doc_tiles && !base.bwd_doc_tiles, "{what}");
+                assert_eq!(
+                    PtxOptions {
+                        bwd_doc_tiles: false,
+                        ..o
+                    },
+                    base,
+                    "{what}"
+                );
+                assert_eq!(
+                    crate::cuda::backward::dq_workspace(&o, &sh),
+                    crate::cuda::backward::dq_workspace(&base, &sh),
+                    "{what}"
+                );
+                let emit = |kind| {
+                    spec::generate(
+                        &plan,
+                        kind,
+                        &o,
+                        attnc_compiler::backend::llvm::EmitText::PtxOnly,
+                    )
+                    .unwrap_or_else(|e| panic!("{what} {kind:?}: {e}"))
+                    .0
+                };
+                let dkdv = emit(KernelKind::BackwardDkDv);
+                assert_eq!(dkdv.ptx, emit(KernelKind::BackwardDkDv).ptx, "{what}");
+                for kp in [KernelParam::DocTiles, KernelParam::NumDocTiles] {
+                    assert!(dkdv.spec.params.contains(&kp), "{what}: {kp:?}");
+                }
+                let dq = emit(KernelKind::BackwardDq);
+                assert_eq!(
+                    dq.spec.params.contains(&KernelParam::NumDocTiles),
+                    convert_early(&o),
+                    "{what}"
+                );
+                let pre = emit(KernelKind::BackwardPre);
+                if let Ok(dir) = std::env::var("ATTNC_DOC_PTX_DIR") {
+                    let base_dkdv = spec::generate(
+                        &plan,
+                        KernelKind::BackwardDkDv,
+                        &base,
+                        attnc_compiler::backend::llvm::EmitText::PtxOnly,
+                    )
+                    .unwrap()
+                    .0;
+                    for (tag, k) in [
+                        ("dkdv", &dkdv),
+                        ("dq", &dq),
+                        ("pre", &pre),
+                        ("dkdv_base", &base_dkdv),
+                    ] {
+                        let name = format!("{}_d{d}_{tag}.ptx", p.name);
+                        std::fs::write(std::path::Path::new(&dir).join(name), &k.ptx).unwrap();
+                    }
+                }
+                made += 1;
+            }
+        }
+        // (the two-kernel backward has none)
+        let sep = backward_kernel_options(
+            &Plan::new(&samples::document_causal()),
+            &shape(4096, 128),
+            Arch::Sm90,
+            InputType::Bf16,
+            true,
+            true,
+        );
+        assert!(doc_backward_options(&sep, &Plan::new(&samples::document_causal())).is_none());
+        assert!(made >= 6 && none > 0, "{made} / {none}");
     }
 }

@@ -25,7 +25,8 @@ use std::collections::HashMap;
 mod block_mask;
 mod decode;
 pub use block_mask::{
-    BlockMaskTables, DeviceBlockMask, DeviceMaskRanges, DeviceWords, MaskRanges, MaskTable,
+    BlockMaskTables, DeviceBlockMask, DeviceMaskRanges, DeviceWords, DocBackwardList, DocTileList,
+    MaskRanges, MaskTable,
 };
 pub use decode::{
     CacheLayout, DECODE_RUNS_MIN_LQ, DecodeWorkspace, DeviceDecodeBuffers, decode_cuda_applies,
@@ -442,7 +443,7 @@ impl Bound {
         self.refuse_padded("Bound::backward_cuda_into_with")?;
         self.require_cuda("backward_cuda_into")?;
         let mut laps = crate::host_trace::Laps::start();
-        let ranges = match mask {
+        let mut ranges = match mask {
             Some(m) => self.check_block_mask(m, tensors, params, true)?.1,
             None => None,
         };
@@ -450,7 +451,21 @@ impl Bound {
         let shape = opts.shape;
         let dtype = opts.dtype;
         let (bindings, ptrs) = device_bindings(self.variant(), &shape, tensors, params)?;
-        let kernels = self.cuda_backward_kernels(bwd.deterministic)?;
+        // a block mask's backward document kv tiles run the kernels' document variant
+        // (`backward::doc_backward_options`); without one for `bwd`, its ranges
+        let doc_kernels = match ranges.as_ref().and_then(|r| r.docs) {
+            Some(_) => self.cuda_doc_backward_kernels(bwd.deterministic)?,
+            None => None,
+        };
+        let kernels = match doc_kernels {
+            Some(k) => k,
+            None => {
+                if let Some(r) = ranges.as_mut() {
+                    r.docs = None;
+                }
+                self.cuda_backward_kernels(bwd.deterministic)?
+            }
+        };
         if mask.is_some() && !bwd.deterministic {
             // the block mask's ranges were checked against the deterministic kernels'
             // tiles, which the non-deterministic ones keep where a mask exists (q tiles of
@@ -654,10 +669,18 @@ fn mask_bufs(m: &DeviceBlockMask, backward: bool) -> Vec<Buf<'static>> {
                 .map(|(_, w)| words("block mask document tiles", w)),
         )
         .collect(),
-        (true, Some((_, kv, _, q, _))) => vec![
+        (true, Some((_, kv, _, q, _))) => [
             words("block mask kv ranges", kv),
             words("block mask q ranges", q),
-        ],
+        ]
+        .into_iter()
+        .chain(m.backward_documents.into_iter().flat_map(|(_, t, r)| {
+            [
+                words("block mask backward document tiles", t),
+                words("block mask backward document ranges", r),
+            ]
+        }))
+        .collect(),
         (true, None) => Vec::new(),
     }
 }

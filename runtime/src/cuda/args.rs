@@ -131,7 +131,9 @@ impl LaunchArgs {
 
     /// The grid of `spec` on a device of `sms` multiprocessors: a
     /// [`GridDim::Persistent`] axis has `min(QBlocks x Heads x Batches, sms)` CTAs, a
-    /// [`GridDim::KvPersistent`] one `min(KvBlocks x KvHeads x Batches, sms)`.
+    /// [`GridDim::KvPersistent`] one `min(KvBlocks x KvHeads x Batches, sms)` (with a
+    /// [`GridDim::DocTiles`] extent, the backward on document kv tiles: `min(DocTiles x
+    /// KvHeads, sms)`).
     pub fn grid_on(&self, spec: &KernelSpec, sms: u32) -> Result<(u32, u32, u32), CudaError> {
         if let Some(g) = self.grid {
             return Ok(g);
@@ -153,9 +155,15 @@ impl LaunchArgs {
                 Ok(tiles.min(sms as u64) as u32)
             }
             GridDim::KvPersistent => {
-                let tiles = extent(GridDim::KvBlocks)? as u64
-                    * extent(GridDim::KvHeads)? as u64
-                    * extent(GridDim::Batches)? as u64;
+                // (the backward on document kv tiles: the list's entries per kv head)
+                let tiles = match self.extents.get(&GridDim::DocTiles) {
+                    Some(&n) => n as u64 * extent(GridDim::KvHeads)? as u64,
+                    None => {
+                        extent(GridDim::KvBlocks)? as u64
+                            * extent(GridDim::KvHeads)? as u64
+                            * extent(GridDim::Batches)? as u64
+                    }
+                };
                 Ok(tiles.min(sms as u64) as u32)
             }
             d => extent(d),

@@ -20,15 +20,21 @@
 //! documents, where the binding runs document tiles (`BindOptions::doc_tiles`), the block
 //! mask also carries the tile list of the document-tiled forward ([`DocTileList`],
 //! `exec::cuda::documents`): the forward then runs that kernel on it (FlashAttention's
-//! varlen layout, read in place) instead of the table kernel; the backward reads the
-//! ranges as before.
+//! varlen layout, read in place) instead of the table kernel; with `backward`, and where
+//! the binding's backward kernels have a document variant
+//! (`backward::doc_backward_options`), also the backward's document kv tiles and their
+//! per-q-block ranges ([`DocBackwardList`], `backend::llvm::bounds::doc_kv_ranges`): the
+//! backward then runs that variant (kv tiles aligned to each document) on them.
 
 use super::DeviceTensor;
 use crate::api::{Bound, Captures, ParamValue};
 use crate::cuda::backward::{kv_ranges, q_ranges};
 use crate::error::{Error, Result};
-use crate::exec::cuda::caller::{CallerRanges, CallerTable};
+use crate::exec::cuda::caller::{CallerDocs, CallerRanges, CallerTable};
 use crate::policy;
+use attnc_compiler::analysis::documents::document_runs;
+use attnc_compiler::backend::llvm::bounds::doc_kv_ranges;
+use attnc_compiler::plan::KvBounds;
 use attnc_compiler::plan::MapRecipe;
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
@@ -61,6 +67,17 @@ pub struct DocTileList {
     pub tiles: Vec<i32>,
 }
 
+/// The backward's document kv tiles (`PtxOptions::bwd_doc_tiles`) for kernels of tiles
+/// `(q_block, kv_block)`: four i32 words an entry `(b, row0, rows, kj)`, and the entries
+/// `[first, end, full_first, full_end]` adding into each (batch, q block)
+/// (`backend::llvm::bounds::doc_kv_ranges`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocBackwardList {
+    pub tiles_shape: (u32, u32),
+    pub tiles: Vec<i32>,
+    pub ranges: Vec<i32>,
+}
+
 /// A block mask's tables on the host, and what they were made from: the names and dims of
 /// the captured tensors the mask reads, and the words of the params it reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +87,8 @@ pub struct BlockMaskTables {
     pub backward: Option<MaskRanges>,
     /// The document tiles of these captures, where the binding runs them (module header).
     pub documents: Option<DocTileList>,
+    /// The backward's document kv tiles, where its kernels run them (module header).
+    pub backward_documents: Option<DocBackwardList>,
     pub tensors: Vec<(String, Vec<usize>)>,
     pub params: Vec<(String, u32)>,
 }
@@ -94,6 +113,9 @@ pub struct DeviceBlockMask {
     pub backward: Option<DeviceMaskRanges>,
     /// The document tile list's `q_block` and words ([`DocTileList`]), if it has one.
     pub documents: Option<(u32, DeviceWords)>,
+    /// The backward's document kv tiles: their kernels' tiles, the entries' words and the
+    /// ranges' ([`DocBackwardList`]), if it has them.
+    pub backward_documents: Option<((u32, u32), DeviceWords, DeviceWords)>,
     pub tensors: Vec<(String, u64, Vec<usize>)>,
     pub params: Vec<(String, u32)>,
 }
@@ -192,6 +214,11 @@ impl Bound {
             }
         }
         .map(|(q_block, tiles)| DocTileList { q_block, tiles });
+        let backward_documents = if backward.is_some() && documents.is_some() {
+            self.doc_backward_list(&bindings)?
+        } else {
+            None
+        };
         let p = self.variant().program();
         let reads = plan.mask_reads();
         Ok(BlockMaskTables {
@@ -199,6 +226,7 @@ impl Bound {
             forward,
             backward,
             documents,
+            backward_documents,
             tensors: reads
                 .tensors
                 .iter()
@@ -220,6 +248,54 @@ impl Bound {
                 })
                 .collect(),
         })
+    }
+
+    /// The backward's document kv tiles of calls with `bindings` (host data), where the
+    /// binding's backward kernels have a document variant and the ids form contiguous
+    /// documents; the variant's kernels loaded here.
+    fn doc_backward_list(
+        &mut self,
+        bindings: &attnc_compiler::interp::Bindings,
+    ) -> Result<Option<DocBackwardList>> {
+        let Some(kernels) = self.cuda_doc_backward_kernels(true)? else {
+            return Ok(None);
+        };
+        let ko = *kernels.options();
+        let shape = self.options().shape;
+        let plan = self.plan();
+        let Some((dplan, id)) = plan.doc_split() else {
+            return Ok(None);
+        };
+        let render = |e: attnc_compiler::interp::EvalError| Error::Backend {
+            backend: "documents",
+            message: format!("{e}"),
+        };
+        let Some(docs) =
+            document_runs(id, dplan.program(), bindings, shape.b, shape.lq).map_err(render)?
+        else {
+            return Ok(None);
+        };
+        let kvb = dplan.kv_bounds(false);
+        let KvBounds::ClosedForm(cf) = &kvb else {
+            return Ok(None);
+        };
+        let bounds = dplan
+            .closed_form_bounds(cf, &shape, bindings)
+            .map_err(|e| Error::Usage(format!("{e}")))?;
+        let (tiles, ranges) = doc_kv_ranges(
+            &docs,
+            &kvb.coefficients(),
+            bounds.as_deref(),
+            dplan.program().mask.is_some(),
+            shape.lq,
+            ko.q_block as usize,
+            ko.kv_block as usize,
+        );
+        Ok(Some(DocBackwardList {
+            tiles_shape: (ko.q_block, ko.kv_block),
+            tiles,
+            ranges,
+        }))
     }
 
     /// Checks a block mask against this binding and this call's captures (module header)
@@ -339,12 +415,44 @@ impl Bound {
                 "its backward ranges do not fit this binding's backward kernels".into(),
             ));
         }
+        // (the backward's document kv tiles: for the tiles of this binding's document
+        // variant, at most one entry per key, a range quadruple per (batch, q block))
+        let docs = match mask.backward_documents {
+            Some((tiles, (tp, tw), (rp, rw))) => {
+                let Some(k) = self.cuda_doc_backward_kernels(true)? else {
+                    return Err(stale(
+                        "it carries the backward's document kv tiles, which this binding's backward kernels do not run".into(),
+                    ));
+                };
+                let ko = k.options();
+                let n = tw / 4;
+                let nq = shape.lq.div_ceil(ko.q_block as usize);
+                if tiles != (ko.q_block, ko.kv_block)
+                    || !tw.is_multiple_of(4)
+                    || n > shape.b * shape.lkv
+                    || (n == 0) != (shape.b * shape.lkv == 0)
+                    || rw != 4 * shape.b * nq
+                {
+                    return Err(stale(format!(
+                        "its backward document kv tiles ({tw} words, {rw} range words, tiles {tiles:?}) do not fit this binding's kernels (tiles {:?})",
+                        (ko.q_block, ko.kv_block)
+                    )));
+                }
+                Some(CallerDocs {
+                    tiles: tp,
+                    n: n as u32,
+                    ranges: rp,
+                })
+            }
+            None => None,
+        };
         Ok((
             table,
             Some(CallerRanges {
                 kv: kv.0,
                 q: q.0,
                 strides: [kv_strides, q_strides],
+                docs,
             }),
         ))
     }

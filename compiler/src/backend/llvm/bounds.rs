@@ -631,8 +631,7 @@ pub fn doc_kv_ranges(
             let (mut first, mut end) = (usize::MAX, 0usize);
             // the entries full for every row so far (an interval), none once a row differs
             let mut full: Option<(usize, usize)> = (q1 - q0 == q_block).then_some((0, usize::MAX));
-            for q in q0..q1 {
-                let di = doc_of[q];
+            for (q, &di) in doc_of.iter().enumerate().take(q1).skip(q0) {
                 let d = runs[di];
                 let n = d.rows.div_ceil(kv_block);
                 let [f, e, ff, fe] = match (has_mask, bounds) {
@@ -826,7 +825,11 @@ mod tests {
         let (mut full_seen, mut kept_seen) = (0usize, 0usize);
         for case in 0..10 {
             let (b, l) = (2, 1 + next(500) as usize);
-            let docs = if case % 3 == 0 { 2 } else { 1 + next(30) as i32 };
+            let docs = if case % 3 == 0 {
+                2
+            } else {
+                1 + next(30) as i32
+            };
             let mut ids = Vec::new();
             for _ in 0..b {
                 let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
@@ -894,8 +897,8 @@ mod tests {
                             let r = &ranges[4 * (bi * nq + i)..][..4];
                             let [first, end, ff, fe] = [r[0], r[1], r[2], r[3]].map(|x| x as usize);
                             let rows = i * qb..((i + 1) * qb).min(l);
-                            for e in first..end {
-                                assert_eq!(keys[e].0, bi, "{}: another batch's entry", p.name);
+                            for key in &keys[first..end] {
+                                assert_eq!(key.0, bi, "{}: another batch's entry", p.name);
                             }
                             for q in rows.clone() {
                                 for kv in 0..l {
@@ -910,11 +913,16 @@ mod tests {
                                     }
                                 }
                             }
-                            for e in ff..fe {
+                            for (e, key) in keys.iter().enumerate().take(fe).skip(ff) {
                                 full_seen += 1;
-                                assert_eq!(rows.len(), qb, "{}: a full entry of a short block", p.name);
+                                assert_eq!(
+                                    rows.len(),
+                                    qb,
+                                    "{}: a full entry of a short block",
+                                    p.name
+                                );
                                 for q in rows.clone() {
-                                    for kv in keys[e].1.clone() {
+                                    for kv in key.1.clone() {
                                         assert!(
                                             keeps(bi, q, kv),
                                             "{} L{l} {qb}x{kvb}: full entry {e} drops row {q} key {kv}",
@@ -928,7 +936,10 @@ mod tests {
                 }
             }
         }
-        assert!(full_seen > 100 && kept_seen > 10_000, "{full_seen} {kept_seen}");
+        assert!(
+            full_seen > 100 && kept_seen > 10_000,
+            "{full_seen} {kept_seen}"
+        );
     }
 
     #[test]

@@ -101,11 +101,21 @@ pub(crate) struct CallerTable {
 }
 
 /// The addresses the backward kernels read a block mask's ranges from: (dK/dV, dQ), and
-/// their strides.
+/// their strides; and its backward document kv tiles, if any.
 pub(crate) struct CallerRanges {
     pub kv: u64,
     pub q: u64,
     pub strides: [(i32, i32); 2],
+    pub docs: Option<CallerDocs>,
+}
+
+/// A block mask's backward document kv tiles on the device (`PtxOptions::bwd_doc_tiles`):
+/// the list's address and entries, and the per-(batch, q block) ranges' address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallerDocs {
+    pub tiles: u64,
+    pub n: u32,
+    pub ranges: u64,
 }
 
 /// A block table on the device: (one (begin, end) pair per row, runs as u32 triples).

@@ -2963,7 +2963,16 @@ pub(super) fn dkdv_dq_body<'ctx>(
         g.if_then(g.icmp(IntPredicate::ULT, next, nt)?, || {
             load_kv(&tile_at(next)?)
         })?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), (kv0, tl.row_end), &dk, &dv)?;
+        dkdv_store(
+            g,
+            opts,
+            &c,
+            a,
+            (tl.b, tl.hk, g.c32(0)),
+            (kv0, tl.row_end),
+            &dk,
+            &dv,
+        )?;
         g.set(&tv, next)?;
         g.br(head)?;
         return Ok(());
@@ -2982,7 +2991,16 @@ pub(super) fn dkdv_dq_body<'ctx>(
     if opts.bwd_store_pairs {
         g.b.position_at_end(store);
         g.cp_async_wait(0)?;
-        dkdv_store(g, opts, &c, a, (tl.b, tl.hk, g.c32(0)), (kv0, tl.row_end), &dk, &dv)?;
+        dkdv_store(
+            g,
+            opts,
+            &c,
+            a,
+            (tl.b, tl.hk, g.c32(0)),
+            (kv0, tl.row_end),
+            &dk,
+            &dv,
+        )?;
         g.b.build_return(None)?;
         return Ok(());
     }

@@ -526,7 +526,25 @@ impl CudaExec {
             }
             KvBounds::Table if mask.is_some() => {
                 let m = mask.expect("matched");
-                let kv = ranges_args(&mut a, (m.kv, m.q), m.strides);
+                let kv = match m.docs {
+                    // the backward's document kv tiles (`PtxOptions::bwd_doc_tiles`): the
+                    // list, its length (the tiles per kv head) and the ranges per (batch,
+                    // q block), in entries; the pre kernel reads no ranges
+                    Some(d) if ko.bwd_doc_tiles => {
+                        let kv = ranges_args(&mut a, (m.kv, d.ranges), [m.strides[0], (1, 0)]);
+                        a.scalar(P::DocTiles, Arg::Ptr(d.tiles));
+                        a.i32(P::NumDocTiles, d.n as i32);
+                        a.extent(GridDim::DocTiles, d.n);
+                        kv
+                    }
+                    None if !ko.bwd_doc_tiles => ranges_args(&mut a, (m.kv, m.q), m.strides),
+                    _ => {
+                        return Err(CudaError::Mismatch(
+                            "backward kernels on document kv tiles run with a block mask's document kv tiles only".into(),
+                        )
+                        .into());
+                    }
+                };
                 // SAFETY: the caller vouches for its buffers and the block mask's ranges
                 // (checked against these kernels' tiles and map layout by
                 // `Bound::check_block_mask`); params, error and zero words are this
