@@ -505,12 +505,13 @@ pub struct PtxOptions {
     /// each document (`backward/fused.rs`, "Document kv tiles"): the tiles are the entries
     /// of [`KernelParam::DocTiles`] (`(b, row0, rows, kj)`: kv rows `row0 + kj kv_block`
     /// of the document `row0 .. row0 + rows`, [`KernelParam::NumDocTiles`] of them, kv
-    /// heads outermost), the q blocks stay on the global grid, and the per-row ranges
+    /// heads innermost), the q blocks stay on the global grid, and the per-row ranges
     /// ([`KernelParam::Ranges`], per (batch, q block)) count kv tiles in list entries, so
-    /// a q block's adders are the entries `first .. end` (descending ranks, as kv blocks
-    /// are without it). Keys past the document's last row are outside the tile (masked,
-    /// not loaded, their dK/dV not stored). With [`Self::bwd_persist_dyn`], block tables
-    /// and not [`Self::bwd_lpt`]; made by the runtime from a block mask's ids.
+    /// a q block's adders are the entries `first .. end`, in ascending order with each
+    /// tile's q blocks visited in descending order (as [`Self::bwd_lpt`]'s kv blocks: each
+    /// document's heaviest tile first). Keys past the document's last row are outside the
+    /// tile (masked, not loaded, their dK/dV not stored). With [`Self::bwd_persist_dyn`],
+    /// block tables and not `bwd_lpt` itself; made by the runtime from a block mask's ids.
     pub bwd_doc_tiles: bool,
     /// The fused backward with [`BwdDq::OrderedBulk`] and [`Self::bwd_tma`]
     /// (`backward/fused.rs`): each math warpgroup computes the dQ part of its own 64 kv

@@ -1123,8 +1123,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
     } else {
         None
     };
-    // bwd_lpt: the grid is (kv head, kv block, batch), kv blocks in ascending order
-    let lpt = opts.bwd_lpt;
+    // bwd_lpt: the grid is (kv head, kv block, batch), kv blocks in ascending order;
+    // bwd_doc_tiles takes its ranks and visit order (its entries in ascending order: each
+    // document's heaviest tile first, a document's tiles after the one before it, whose
+    // last q block they share)
+    let lpt = opts.bwd_lpt || opts.bwd_doc_tiles;
     let hk = g.ctaid(if lpt { 'x' } else { 'y' })?;
     let nkv = g.udiv(g.add(c.lkv, g.c32(bc as i64 - 1))?, g.c32(bc as i64))?;
     let nq = g.udiv(g.add(c.lq, g.c32(br as i64 - 1))?, g.c32(br as i64))?;
@@ -1171,8 +1174,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     // without it (x fastest: kv blocks descending, or with bwd_lpt kv heads, then kv
     // blocks ascending)
     let persist = opts.bwd_persist;
-    // bwd_doc_tiles: the list's entries, each kv head's in turn (entry n - 1 first: the
-    // ranks count down, as kv blocks' do)
+    // bwd_doc_tiles: the list's entries in ascending order, the kv heads innermost (the
+    // ranks count up, as bwd_lpt's kv blocks')
     let docs = opts.bwd_doc_tiles;
     let n_docs = if docs {
         Some(a.int(KernelParam::NumDocTiles)?)
@@ -1188,11 +1191,11 @@ pub(super) fn dkdv_dq_body<'ctx>(
         (false, _) => None,
     };
     let tile_at = |t: IntValue<'ctx>| -> R<Tile<'ctx>> {
-        if let Some(n) = n_docs {
+        if n_docs.is_some() {
             // entry e = (b, row0, rows, kj): kv rows row0 + kj Bc .. of the document
             // row0 .. row0 + rows (the runtime checked every entry against the shape)
-            let e = g.sub(g.sub(n, one)?, g.urem(t, n)?)?;
-            let hk = g.udiv(t, n)?;
+            let e = g.udiv(t, c.hkv)?;
+            let hk = g.urem(t, c.hkv)?;
             let list = a.ptr(KernelParam::DocTiles)?;
             let at = g.mul(g.zext64(e)?, g.c64(4))?;
             let word = |i: i64| g.load_i32(list, g.add(at, g.c64(i))?);
