@@ -184,6 +184,16 @@
 //!   100.6 / 90.6: a CTA's prologue, epilogue and the writer's drain are not what a
 //!   sliding window's short CTAs lose, and the static tile order loses the hardware's
 //!   balancing on documents (docs/performance.md, "GPU backward", session 11).
+//!   `bwd_doc_tiles` (session 41; with `bwd_persist_dyn`, block tables, not `bwd_lpt`
+//!   itself; the runtime's default where a block mask carries the list): the kv tiles are
+//!   the entries `(b, row0, rows, kj)` of [`KernelParam::DocTiles`], kv rows `row0 + kj Bc
+//!   ..` of one document, the keys past `row0 + rows` outside the tile ([`Tile`]'s
+//!   `row_end`: zero-filled, masked, dK/dV not stored); the ranges count entries (per
+//!   batch and q block); the tiles are taken in ascending entry order, kv heads
+//!   innermost, with `bwd_lpt`'s ranks and descending q visits. Measured on an H100 (one
+//!   call, Python's document step, whole backward TFLOP/s against the block ranges): B1
+//!   Hq32 Hkv8 L16384 D128 279.7 / 236.2 (1.184x), B2 H16 L8192 264.5 / 269.0 (0.983x);
+//!   in descending order (each document's heaviest tile last) 0.96x / 1.032x.
 //!   `bwd_dv_early` / `bwd_empty_late` (session 18; with OrderedBulk, not `overlap`,
 //!   `bwd_pingpong`, `bwd_wg_dq`): FlashAttention-4's order after the element code —
 //!   each warpgroup issues dV += Pᵀ dO (its own P rows, from registers) right after its

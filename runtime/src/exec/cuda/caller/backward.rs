@@ -29,7 +29,9 @@
 //! (`gpu_block_tables` off, a table beyond `DeviceTable::capacity`), its ranges visit
 //! every block inside the kv range of the mask's linear conjuncts (the causal part of
 //! document + causal) as partial — exact at any data, without the sparsity the tensors
-//! themselves give ([`tensor_mask_ranges`]).
+//! themselves give ([`tensor_mask_ranges`]). A block mask made once supplies the ranges
+//! instead; one that carries the backward's document kv tiles (`CallerRanges::docs`) runs
+//! the kernels' document variant (`PtxOptions::bwd_doc_tiles`) on its list and ranges.
 
 use super::{
     StateBufs, TableBufs, call_args, closed_form_args, needs_warmup, refuse_checked, table_args,
