@@ -1,5 +1,5 @@
 """CUDA-event timing for the benchmarks (``chunked_prefill.py``,
-``chunked_prefill_documents.py``, ``doc_forward.py``): ms per call of ``fn``, the min over
+``chunked_prefill_documents.py``, ``doc_forward.py``, ``doc_tiles.py``, ``gqa_step.py``): ms per call of ``fn``, the min over
 3 rounds of ``iters`` back-to-back calls after ``warm`` warm-ups."""
 
 import torch

@@ -32,21 +32,11 @@ import statistics
 import torch
 
 import attnc
+from cuda_timing import bench  # this folder (sys.path[0] when run as a script)
 
 
-def event_ms(fn, iters=10, warm=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    s, e, ts = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), []
-    for _ in range(3):
-        s.record()
-        for _ in range(iters):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / iters)
-    return min(ts)
+def event_ms(fn):
+    return bench(fn, iters=10)
 
 
 def main():
