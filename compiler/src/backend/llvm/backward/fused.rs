@@ -1203,7 +1203,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
     let tile_at = |t: IntValue<'ctx>| -> R<Tile<'ctx>> {
         if n_docs.is_some() {
             // entry e = (b, row0, rows, kj): kv rows row0 + kj Bc .. of the document
-            // row0 .. row0 + rows (the runtime checked every entry against the shape)
+            // row0 .. row0 + rows (the kernel's safety invariant: each entry inside its
+            // sequence, as `Bound::block_mask_tables` makes them for the launch's shape)
             let e = g.udiv(t, c.hkv)?;
             let hk = g.urem(t, c.hkv)?;
             let list = a.ptr(KernelParam::DocTiles)?;
