@@ -4,8 +4,9 @@ anchors in the same process: FlexAttention compiled with its Triton and FLASH (F
 backends (block mask made once), and FA4 called directly through its varlen entry (each
 document one causal sequence; the fastest exact form of the mask), where importable.
 
-Shapes (bf16, D128, 8 sorted random documents per batch row, drawn like
-``../shared/bench/flex_anchors.py``): B2 H16 L8192 and B1 Hq32 Hkv8 L16384. Per backend
+Shapes (bf16, 8 sorted random documents per batch row, drawn like
+``../shared/bench/flex_anchors.py``): B2 H16 L8192 and B1 Hq32 Hkv8 L16384 D128, and with
+``--shapes d64`` B4 H16 L4096 D64. Per backend
 the forward alone and forward + backward (``o.backward(dO)``), CUDA events, each backend
 timed in ``--rounds`` interleaved rounds of 3 x 10 calls after warm-ups; the median of the
 rounds' minima. TFLOP/s over the mask's unmasked pairs: forward 4 B H D pairs, backward
@@ -60,12 +61,11 @@ def main():
         print(f"FA4 not importable: {type(ex).__name__}", flush=True)
     attn = attnc.compile(pathlib.Path(a.examples) / "document_causal.attn").attention("document_causal")
     flex = torch.compile(flex_attention, dynamic=False)
-    shapes = {"b2": (2, 16, 16, 8192), "gqa": (1, 32, 8, 16384)}
+    shapes = {"b2": (2, 16, 16, 8192, 128), "gqa": (1, 32, 8, 16384, 128), "d64": (4, 16, 16, 4096, 64)}
     out = {}
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     for name in a.shapes.split(","):
-        b, h, hkv, l = shapes[name]
-        d = 128
+        b, h, hkv, l, d = shapes[name]
         g = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
         k, v = (torch.randn(b, hkv, l, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))

@@ -898,8 +898,9 @@ def test_block_mask_forward_and_backward_match(d):
         # warp-specialized one, D128 here; its sums run in another order than the table
         # kernel's, so the two agree to a couple of bf16 ulps)
         assert (bm.document_tiles > 0) == (d == 128), bm
-        # (and the backward on document kv tiles with them: its sums in another order)
-        assert (bm.backward_document_tiles > 0) == (d == 128), bm
+        # (and the backward on document kv tiles at both head dims: its sums in another
+        # order)
+        assert bm.backward_document_tiles > 0, bm
         atol = 1.6e-2
         results = []
         for mask in (None, bm):

@@ -214,7 +214,7 @@ impl Bound {
             }
         }
         .map(|(q_block, tiles)| DocTileList { q_block, tiles });
-        let backward_documents = if backward.is_some() && documents.is_some() {
+        let backward_documents = if backward.is_some() {
             self.doc_backward_list(&bindings)?
         } else {
             None
