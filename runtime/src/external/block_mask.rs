@@ -366,16 +366,14 @@ impl Bound {
             )));
         }
         // (document tiles: for the q tile height of this binding's document-tiled kernel,
-        // at most one tile per row; a binding that runs none reads the table)
+        // at most one tile per row; a binding that runs none, or a call without rows, reads
+        // the table)
         let doc_q_block = self.exec().cuda().and_then(|c| c.doc_q_block());
         let doc_tiles = match (mask.documents, doc_q_block) {
+            (Some(_), Some(_)) if shape.b * shape.lq == 0 => None,
             (Some((qb, (ptr, words))), Some(want)) => {
                 let n = words / 4;
-                if qb != want
-                    || !words.is_multiple_of(4)
-                    || n > shape.b * shape.lq
-                    || (n == 0) != (shape.b * shape.lq == 0)
-                {
+                if qb != want || !words.is_multiple_of(4) || n == 0 || n > shape.b * shape.lq {
                     return Err(stale(format!(
                         "its document tiles ({words} words for q tiles of {qb} rows) do not fit this binding's kernel (q tiles of {want} rows, at most {} tiles)",
                         shape.b * shape.lq
@@ -418,6 +416,7 @@ impl Bound {
         // (the backward's document kv tiles: for the tiles of this binding's document
         // variant, at most one entry per key, a range quadruple per (batch, q block))
         let docs = match mask.backward_documents {
+            Some(_) if shape.b * shape.lkv == 0 => None,
             Some((tiles, (tp, tw), (rp, rw))) => {
                 let Some(k) = self.cuda_doc_backward_kernels(true)? else {
                     return Err(stale(
@@ -429,8 +428,8 @@ impl Bound {
                 let nq = shape.lq.div_ceil(ko.q_block as usize);
                 if tiles != (ko.q_block, ko.kv_block)
                     || !tw.is_multiple_of(4)
+                    || n == 0
                     || n > shape.b * shape.lkv
-                    || (n == 0) != (shape.b * shape.lkv == 0)
                     || rw != 4 * shape.b * nq
                 {
                     return Err(stale(format!(
