@@ -1352,7 +1352,8 @@ impl Attention {
 
     /// The tables of a block mask (`attnc.Attention.block_mask`) for the CUDA binding of
     /// q, k, v (their shape, dtype and device; not read) and `scale`, from host copies of
-    /// the captures: `(shape, forward, backward, tensors, params)` with `forward =
+    /// the captures: `(shape, forward, backward, tensors, params, documents,
+    /// backward_documents)` with `forward =
     /// (row_start, runs, strides, tiles)`, `backward = (tiles, kv, kv_strides, q,
     /// q_strides)` or None, `tensors` the `(name, dims)` and `params` the `(name, word)`
     /// of the captures the mask reads, `documents` the document-tiled forward's
