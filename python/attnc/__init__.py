@@ -318,7 +318,11 @@ class Attention:
 
         Made on the host from copies of the captures the mask reads (one host round trip
         here, none per call), from per-block summaries of the tensors: sound for any data,
-        exact where the summaries settle a block (sorted document ids). ``backward``: also
+        exact where the summaries settle a block (sorted document ids). For a document mask
+        ``L && doc[b, q] == doc[b, kv]`` whose ids form contiguous documents it also
+        carries document tiles (``document_tiles``, ``backward_document_tiles``): the
+        forward's q tiles and the backward's kv tiles aligned to each document, so no tile
+        straddles two documents (FlashAttention's varlen layout, read in place). ``backward``: also
         the backward's ranges. Validated at every call (cheap): the same attention, shape,
         dtype, device and scale; each captured tensor the mask reads must be the same
         tensor object, unmodified since (torch's version counter); the params the mask
