@@ -28,16 +28,10 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
-
 import torch
 
 import attnc
-from cuda_timing import bench  # this folder (sys.path[0] when run as a script)
-
-
-def event_ms(fn):
-    return bench(fn, iters=10)
+from cuda_timing import fwd_step_rounds, report  # this folder (sys.path[0] when run as a script)
 
 
 def main():
@@ -118,44 +112,13 @@ def main():
         for key in [x for x in ("attnc_nomask", "flex_triton") if x in runs]:
             diff = float((runs[key](q, k, v).float() - ref).abs().max())
             print(f"  maxdiff attnc_tiles vs {key}: {diff:.3g}", flush=True)
-        times = {key: {"fwd": [], "step": []} for key in runs}
         leaves = {key: tuple(x.detach().clone().requires_grad_(i < 3) for i, x in enumerate(args[key])) for key in runs}
-        failed = {}
-        for r in range(a.rounds):
-            for key, f in runs.items():
-                if key in failed:
-                    continue
-                x = leaves[key]
-                try:
-                    times[key]["fwd"].append(event_ms(lambda: f(*x[:3])))
-                    if not a.no_step:
-                        def step():
-                            for t in x[:3]:
-                                t.grad = None
-                            f(*x[:3]).backward(x[3])
-                        times[key]["step"].append(event_ms(step))
-                except Exception as ex:
-                    failed[key] = f"{type(ex).__name__}: {str(ex)[:160]}"
+        times, failed = fwd_step_rounds(runs, leaves, a.rounds, step=not a.no_step)
         tag = f"B{b} H{h}" + (f" Hkv{hkv}" if gqa else "") + f" L{l} D{d}"
         print(f"doc_tiles {tag}{' ' + a.tag if a.tag else ''}{'' if det else ' deterministic=False'}: "
               f"{bm.document_tiles} document tiles, {bm.backward_document_tiles} backward kv tiles, "
               f"density {pairs / (b * l * l):.4f}", flush=True)
-        rows = {}
-        for key in runs:
-            if key in failed:
-                print(f"  {key:13s} ERR {failed[key]}", flush=True)
-                rows[key] = {"error": failed[key]}
-                continue
-            fwd = statistics.median(times[key]["fwd"])
-            row = {"fwd_ms": fwd, "fwd_tflops": fl / fwd / 1e9}
-            line = f"  {key:13s} fwd {fwd * 1e3:8.1f} us {fl / fwd / 1e9:6.1f} TFLOP/s"
-            if times[key]["step"]:
-                st = statistics.median(times[key]["step"])
-                bw = max(st - fwd, 1e-6)
-                row.update(step_ms=st, bwd_tflops=2.5 * fl / bw / 1e9, step_tflops=3.5 * fl / st / 1e9)
-                line += f" | step {st * 1e3:8.1f} us, bwd {2.5 * fl / bw / 1e9:6.1f} TFLOP/s"
-            rows[key] = row
-            print(line, flush=True)
+        rows = report(times, failed, fl)
         best = {}
         for phase in ("fwd_ms", "step_ms"):
             anchors = [(rows[k][phase], k) for k in rows if not k.startswith("attnc") and phase in rows[k]]

@@ -13,18 +13,13 @@ import argparse
 import os
 import json
 import pathlib
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnc
-from cuda_timing import bench  # this folder (sys.path[0] when run as a script)
-
-
-def event_ms(fn):
-    return bench(fn, iters=10)
+from cuda_timing import fwd_step_rounds, report  # this folder (sys.path[0] when run as a script)
 
 
 def main():
@@ -77,40 +72,14 @@ def main():
                     return (o[0] if isinstance(o, tuple) else o).transpose(1, 2)
 
                 runs["fa4"] = fa4
-            leaves = tuple(x.detach().clone().requires_grad_(True) for x in (q, k, v))
-            times = {key: {"fwd": [], "step": []} for key in runs}
-            failed = {}
-            for _ in range(a.rounds):
-                for key, f in runs.items():
-                    if key in failed:
-                        continue
-                    try:
-                        times[key]["fwd"].append(event_ms(lambda: f(*leaves)))
-
-                        def step():
-                            for t in leaves:
-                                t.grad = None
-                            f(*leaves).backward(do)
-
-                        times[key]["step"].append(event_ms(step))
-                    except Exception as e:
-                        failed[key] = f"{type(e).__name__}: {str(e)[:160]}"
+            leaves = tuple(x.detach().clone().requires_grad_(True) for x in (q, k, v)) + (do,)
+            times, failed = fwd_step_rounds(runs, {key: leaves for key in runs}, a.rounds)
             tag = f"{var} B{b} H{h}" + (f" Hkv{hkv}" if gqa else "") + f" L{l} D{d}"
             print(f"gqa_step {tag}", flush=True)
-            rows = {}
-            for key in runs:
-                if key in failed:
-                    print(f"  {key:11s} ERR {failed[key]}", flush=True)
-                    continue
-                fwd, st = statistics.median(times[key]["fwd"]), statistics.median(times[key]["step"])
-                bw = max(st - fwd, 1e-6)
-                rows[key] = {"fwd_ms": fwd, "step_ms": st, "fwd_tflops": fl / fwd / 1e9,
-                             "bwd_tflops": 2.5 * fl / bw / 1e9}
-                print(f"  {key:11s} fwd {fwd * 1e3:8.1f} us {fl / fwd / 1e9:6.1f} TFLOP/s | step {st * 1e3:8.1f} us, "
-                      f"bwd {2.5 * fl / bw / 1e9:6.1f} TFLOP/s", flush=True)
-            if "attnc" in rows:
+            rows = report(times, failed, fl, width=11)
+            if "fwd_ms" in rows.get("attnc", {}):
                 for phase in ("fwd_ms", "step_ms"):
-                    anchors = [(r[phase], key) for key, r in rows.items() if key != "attnc"]
+                    anchors = [(r[phase], key) for key, r in rows.items() if key != "attnc" and phase in r]
                     if anchors:
                         t, key = min(anchors)
                         print(f"  attnc {phase[:-3]}: {t / rows['attnc'][phase]:.3f}x the best anchor ({key})", flush=True)

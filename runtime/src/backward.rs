@@ -520,21 +520,24 @@ impl Bound {
         }
         let base = self.cuda_backward_kernels(deterministic)?;
         let k = match doc_backward_options(base.options(), self.plan()) {
-            Some(popts) => {
-                let opts = self.options().clone();
-                let variant = self.variant().clone();
-                let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
-                let device = crate::exec::cuda::cuda_device_at(opts.device)?;
-                let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
-                Some(Arc::new(
-                    crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
-                        .map_err(err)?,
-                ))
-            }
+            Some(popts) => Some(self.load_backward_kernels(&popts)?),
             None => None,
         };
         self.extension::<BackwardState>().cuda_doc[slot] = Some(k.clone());
         Ok(k)
+    }
+
+    /// The backward kernels of `popts` for this binding's plan, from its device's JIT cache.
+    fn load_backward_kernels(
+        &self,
+        popts: &PtxOptions,
+    ) -> Result<Arc<crate::cuda::backward::CudaBackward>> {
+        let ordinal = self.options().device;
+        let device = crate::exec::cuda::cuda_device_at(ordinal)?;
+        let jit = crate::exec::cuda::cuda_jit_at(ordinal)?;
+        crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), popts)
+            .map(Arc::new)
+            .map_err(|e| self.variant().render(crate::exec::ExecError::Cuda(e)))
     }
 
     fn cuda_kernels_with(
@@ -549,10 +552,7 @@ impl Bound {
         }
         let opts = self.options().clone();
         let input = input_type(opts.dtype)?;
-        let variant = self.variant().clone();
-        let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
         let device = crate::exec::cuda::cuda_device_at(opts.device)?;
-        let jit = crate::exec::cuda::cuda_jit_at(opts.device)?;
         let separate = !host && std::env::var("ATTNC_BWD_DQ").is_ok_and(|v| v == "separate");
         let mut popts = backward_kernel_options(
             self.plan(),
@@ -563,10 +563,7 @@ impl Bound {
             deterministic,
         );
         popts.checked = opts.checked;
-        let k = Arc::new(
-            crate::cuda::backward::CudaBackward::from_jit(jit, device, self.plan(), &popts)
-                .map_err(err)?,
-        );
+        let k = self.load_backward_kernels(&popts)?;
         let state = self.extension::<BackwardState>();
         (if host {
             &mut state.cuda_host

@@ -66,6 +66,18 @@ impl LaunchArgs {
     pub fn f32(&mut self, p: KernelParam, v: f32) {
         self.scalar(p, Arg::F32(v));
     }
+    /// Sets the document-tiled forward's tile list (`PtxOptions::doc_tiles`): `n` tiles at
+    /// device address `list`, for each of `heads` query heads. One CTA a tile walks the
+    /// list on the grid's x axis; persistent CTAs walk `NumQBlocks x Hq x Batch` tiles, the
+    /// list's entries for every head (`NumQBlocks` = `n`, `Batch` = 1).
+    pub fn doc_tiles(&mut self, list: u64, n: u32, heads: usize) {
+        let n = if heads == 0 { 0 } else { n };
+        self.scalar(KernelParam::DocTiles, Arg::Ptr(list));
+        self.extent(GridDim::DocTiles, n);
+        self.i32(KernelParam::NumQBlocks, n as i32);
+        self.i32(KernelParam::Batch, 1);
+        self.extent(GridDim::QBlocks, n);
+    }
     /// Sets the size of a grid axis.
     pub fn extent(&mut self, d: GridDim, n: u32) {
         self.extents.insert(d, n);

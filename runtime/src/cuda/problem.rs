@@ -513,14 +513,7 @@ impl DeviceProblem {
             a.extent(GridDim::MapBatches, t.b_maps);
         }
         if let Some((t, n)) = &self.doc_tiles {
-            // (persistent CTAs walk `NumQBlocks x Hq x Batch` tiles: the list's entries
-            // for every head)
-            let n = if sh.hq == 0 { 0 } else { *n };
-            a.buffer(P::DocTiles, t, s);
-            a.extent(GridDim::DocTiles, n);
-            a.i32(P::NumQBlocks, n as i32);
-            a.i32(P::Batch, 1);
-            a.extent(GridDim::QBlocks, n);
+            a.doc_tiles(cudarc::driver::DevicePtr::device_ptr(t, s).0, *n, sh.hq);
         }
         a
     }

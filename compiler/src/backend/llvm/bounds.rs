@@ -790,6 +790,28 @@ mod tests {
     /// document's length as the keys, keep exactly the keys the whole mask keeps for each
     /// of its rows — a full block only where the mask holds at every point, a partial one
     /// evaluating `L` alone (the split's program), which must equal the whole mask there.
+    /// A deterministic xorshift stream: `next(n)` in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
+    /// `b` rows of `l` sorted ids drawn from `0..docs`: packed documents of random lengths
+    /// (some of one row).
+    fn packed_ids(next: &mut impl FnMut(u64) -> u64, b: usize, l: usize, docs: i32) -> Vec<i32> {
+        let mut ids = Vec::new();
+        for _ in 0..b {
+            let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
+            row.sort();
+            ids.extend(row);
+        }
+        ids
+    }
+
     /// The backward's document kv tiles and per-q-block entry ranges
     /// ([`doc_kv_ranges`]) against the whole mask evaluated at every point, over random
     /// packed documents, four document masks and three tile shapes: the entries cover
@@ -815,13 +837,7 @@ mod tests {
         let programs = crate::compile_source(src)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .programs;
-        let mut seed = 0x2545f4914f6cdd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545f4914f6cdd1d);
         let (mut full_seen, mut kept_seen) = (0usize, 0usize);
         for case in 0..10 {
             let (b, l) = (2, 1 + next(500) as usize);
@@ -830,12 +846,7 @@ mod tests {
             } else {
                 1 + next(30) as i32
             };
-            let mut ids = Vec::new();
-            for _ in 0..b {
-                let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
-                row.sort();
-                ids.extend(row);
-            }
+            let ids = packed_ids(&mut next, b, l, docs);
             let shape = Shape {
                 b,
                 hq: 1,
@@ -961,13 +972,7 @@ mod tests {
         let programs = crate::compile_source(src)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .programs;
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e3779b97f4a7c15);
         let (mut tiles_seen, mut partial_seen) = (0, 0);
         for case in 0..12 {
             let (b, l) = (2, 1 + next(400) as usize);
@@ -977,12 +982,7 @@ mod tests {
             } else {
                 1 + next(40) as i32
             };
-            let mut ids = Vec::new();
-            for _ in 0..b {
-                let mut row: Vec<i32> = (0..l).map(|_| next(docs as u64) as i32).collect();
-                row.sort();
-                ids.extend(row);
-            }
+            let ids = packed_ids(&mut next, b, l, docs);
             let bind = Bindings {
                 params: vec![Scalar::I32(17)],
                 tensors: vec![BoundTensor {

@@ -667,14 +667,7 @@ impl CudaExec {
             };
             let bounds = dplan.closed_form_bounds(cf, &shape, bindings)?;
             closed_form_args(&mut a, &spec.kv_bounds, bounds.as_deref());
-            // (persistent CTAs walk `NumQBlocks x Hq x Batch` tiles: the list's entries
-            // for every head, as `DeviceProblem::args`)
-            let n = if shape.hq == 0 { 0 } else { n };
-            a.scalar(P::DocTiles, Arg::Ptr(tiles));
-            a.extent(GridDim::DocTiles, n);
-            a.i32(P::NumQBlocks, n as i32);
-            a.i32(P::Batch, 1);
-            a.extent(GridDim::QBlocks, n);
+            a.doc_tiles(tiles, n, shape.hq);
             // SAFETY: as the launch below; the tile list is the block mask's, made by
             // `DocExec::tiles` for this binding's shape and these captures
             // (`Bound::check_block_mask` checked its kernel's tile height and length; the
