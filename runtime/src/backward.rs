@@ -12,7 +12,9 @@
 //! (`backend::cranelift::backward`, compiled on the first call and kept), with the
 //! forward's block maps; `Cuda` runs the GPU kernels of `cuda::backward` (dQ, dK, dV and
 //! the capture gradients, which its dQ kernel accumulates deterministically in fixed
-//! point).
+//! point): a document mask whose call has contiguous documents on the kernels' document kv
+//! tiles where the binding has them ([`doc_backward_options`], `doc_backward_applies`;
+//! `Bound::doc_tile_backward_calls` counts those calls), else the binding's own.
 //!
 //! [`BackwardOptions`] (`Bound::backward_with`, and the caller-buffer entries'
 //! `*_with` forms in `external`): `deterministic` (default true) keeps the gradients
@@ -99,6 +101,23 @@ pub(crate) struct BackwardState {
     /// The document kv tiles' variant of `cuda` ([`doc_backward_options`]), where the
     /// binding has one, looked up when a block mask first carries document kv tiles.
     pub(crate) cuda_doc: [Option<Option<Arc<crate::cuda::backward::CudaBackward>>>; 2],
+    /// `Bound::backward` calls that ran the document kv tiles
+    /// ([`Bound::doc_tile_backward_calls`]).
+    doc_calls: u64,
+}
+
+/// Whether a binding bound with `opts` runs the backward's document kv tiles where its
+/// kernels have them ([`doc_backward_options`]) and a call's ids form contiguous
+/// documents: `BindOptions::doc_tiles` (as the forward's document tiles), fast mode, `Lq ==
+/// Lkv` (the list covers the keys of the rows' documents only), no paged cache or device
+/// lengths. `Bound::backward` on host tensors and the block masks of the caller-buffer
+/// backward (`Bound::block_mask_tables`) both ask it.
+pub(crate) fn doc_backward_applies(opts: &crate::options::BindOptions) -> bool {
+    opts.doc_tiles
+        && !opts.checked
+        && !opts.kv_pages
+        && !opts.device_lens
+        && opts.shape.lq == opts.shape.lkv
 }
 
 impl Bound {
@@ -332,19 +351,32 @@ impl Bound {
                     }
                 }
             }
-            crate::api::Backend::Cuda => cuda_backward(
-                &variant,
-                self.options().device,
-                self.cuda_host_backward_kernels(bwd.deterministic)?,
-                self.plan(),
-                &s,
-                dt,
-                (q, k, v, o, dout),
-                &lse.to_f32(),
-                dlse_f.as_deref(),
-                scale,
-                &bindings,
-            )?,
+            crate::api::Backend::Cuda => {
+                // a document mask whose ids form contiguous documents: the kernels on
+                // document kv tiles, else the binding's own
+                let (kernels, docs) = match self.doc_backward_host(&bindings, bwd.deterministic)? {
+                    Some((k, list)) => (k, Some(list)),
+                    None => (self.cuda_host_backward_kernels(bwd.deterministic)?, None),
+                };
+                let g = cuda_backward(
+                    &variant,
+                    self.options().device,
+                    kernels,
+                    self.plan(),
+                    &s,
+                    dt,
+                    (q, k, v, o, dout),
+                    &lse.to_f32(),
+                    dlse_f.as_deref(),
+                    scale,
+                    &bindings,
+                    docs.as_ref(),
+                )?;
+                if docs.is_some() {
+                    self.extension::<BackwardState>().doc_calls += 1;
+                }
+                g
+            }
         };
         self.keep_bindings(bindings);
         let mut tensors = BTreeMap::new();
@@ -390,7 +422,8 @@ fn f32s(t: &Tensor) -> Cow<'_, [f32]> {
 
 /// The CUDA backward of one `Bound::backward` call (`cuda::backward`), on the binding's
 /// device: the program's three backward kernels (generated and loaded once per process),
-/// its launch blocks, upload, launches, download. As on the CPU, every float tensor gets
+/// its launch blocks (with `docs`, kernels on document kv tiles, the call's list and
+/// ranges), upload, launches, download. As on the CPU, every float tensor gets
 /// a gradient (zeros where the score does not read it) and every f32 param one.
 #[allow(clippy::too_many_arguments)]
 fn cuda_backward(
@@ -405,8 +438,9 @@ fn cuda_backward(
     dlse: Option<&[f32]>,
     scale: f32,
     bind: &Bindings,
+    docs: Option<&crate::external::DocBackwardList>,
 ) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
-    use crate::cuda::backward::LaunchBlocks;
+    use crate::cuda::backward::{BwdBlocks, LaunchBlocks};
     let input = input_type(dtype)?;
     let p = variant.program();
     let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
@@ -423,7 +457,14 @@ fn cuda_backward(
             dlse,
             scale,
             bind,
-            blocks.as_blocks(),
+            match (docs, &blocks) {
+                (Some(d), LaunchBlocks::Maps(maps)) => BwdBlocks::Documents {
+                    maps,
+                    tiles: &d.tiles,
+                    ranges: &d.ranges,
+                },
+                _ => blocks.as_blocks(),
+            },
         )
         .map_err(err)?;
     let f32s = |x: Vec<u16>| -> Vec<f32> {
@@ -525,6 +566,40 @@ impl Bound {
         };
         self.extension::<BackwardState>().cuda_doc[slot] = Some(k.clone());
         Ok(k)
+    }
+
+    /// `Bound::backward` calls on the CUDA backend that ran the kernels on document kv
+    /// tiles (`PtxOptions::bwd_doc_tiles`: a document mask whose ids form contiguous
+    /// documents; fast mode, `Lq == Lkv`, `BindOptions::doc_tiles`); the others ran the
+    /// binding's own kernels.
+    pub fn doc_tile_backward_calls(&mut self) -> u64 {
+        self.extension::<BackwardState>().doc_calls
+    }
+
+    /// The kernels on document kv tiles and this call's list (`bindings`: host data) for
+    /// `Bound::backward` on the CUDA backend, where the binding runs them
+    /// ([`doc_backward_applies`], [`doc_backward_options`]) and the ids form contiguous
+    /// documents; `None` otherwise.
+    fn doc_backward_host(
+        &mut self,
+        bindings: &Bindings,
+        deterministic: bool,
+    ) -> Result<
+        Option<(
+            Arc<crate::cuda::backward::CudaBackward>,
+            crate::external::DocBackwardList,
+        )>,
+    > {
+        let Some(list) = self.doc_backward_list(bindings)? else {
+            return Ok(None);
+        };
+        let Some(k) = self.cuda_doc_backward_kernels(deterministic)? else {
+            return Ok(None);
+        };
+        // (the list is made for the deterministic kernels' tiles, which the other ones keep
+        // on block tables: `nondeterministic`)
+        let ko = k.options();
+        Ok(((ko.q_block, ko.kv_block) == list.tiles_shape).then_some((k, list)))
     }
 
     /// The backward kernels of `popts` for this binding's plan, from its device's JIT cache.
@@ -1194,5 +1269,58 @@ mod tests {
         );
         assert!(doc_backward_options(&sep, &Plan::new(&samples::document_causal())).is_none());
         assert!(made >= 6 && none > 0, "{made} / {none}");
+    }
+
+    /// Which bindings run the backward's document kv tiles (`doc_backward_applies`): the
+    /// forward's document-tile option on, fast mode, `Lq == Lkv` (a list of the rows'
+    /// documents covers no key past `Lq`: with `Lq < Lkv` those keys' dK/dV would not be
+    /// written), no paged cache, no device lengths.
+    #[test]
+    fn doc_backward_applies_to_self_attention_in_fast_mode() {
+        use crate::options::BindOptions;
+        use crate::{Backend, DType};
+        let sh = |lq, lkv| Shape {
+            b: 1,
+            hq: 4,
+            hkv: 2,
+            lq,
+            lkv,
+            d: 128,
+            dv: 128,
+        };
+        let base = BindOptions {
+            doc_tiles: true,
+            ..BindOptions::new(Backend::Cuda, sh(300, 300), DType::BF16)
+        };
+        assert!(doc_backward_applies(&base));
+        let off: [BindOptions; 6] = [
+            BindOptions {
+                doc_tiles: false,
+                ..base.clone()
+            },
+            BindOptions {
+                checked: true,
+                ..base.clone()
+            },
+            BindOptions {
+                shape: sh(200, 333),
+                ..base.clone()
+            },
+            BindOptions {
+                shape: sh(333, 200),
+                ..base.clone()
+            },
+            BindOptions {
+                kv_pages: true,
+                ..base.clone()
+            },
+            BindOptions {
+                device_lens: true,
+                ..base.clone()
+            },
+        ];
+        for (i, o) in off.iter().enumerate() {
+            assert!(!doc_backward_applies(o), "case {i}");
+        }
     }
 }

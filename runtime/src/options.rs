@@ -90,7 +90,12 @@ pub struct BindOptions {
     /// buffers). Default true; the environment variable `ATTNC_FWD_DOC_TILES=0` makes the
     /// default false. Measured on an H200 (document + causal, 8 documents per 8192 rows,
     /// D128): 1.25x the block-table kernel at B2 H16 L8192, 1.28x at B1 Hq32 Hkv8 L16384.
-    /// The reference backend ignores it.
+    /// The CUDA backward follows it too (`Bound::backward` on host tensors, and the block
+    /// masks of the caller-buffer backward): where the binding's backward kernels have a
+    /// document variant (sm_90, D64 and D128, `PtxOptions::bwd_doc_tiles`) and the call's
+    /// ids form contiguous documents, its kv tiles are aligned to each document
+    /// (`ATTNC_BWD_DOC_TILES=0` turns the backward's off alone). The reference backend
+    /// ignores it.
     pub doc_tiles: bool,
 }
 

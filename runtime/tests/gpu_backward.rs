@@ -995,15 +995,30 @@ fn api_case_with(
     what: &str,
     bwd: &attnc::BackwardOptions,
 ) -> attnc::Gradients {
+    use attnc::{Backend, BindOptions};
+    let mut cuda = var
+        .bind(BindOptions::new(Backend::Cuda, shape, dt))
+        .unwrap();
+    api_case_bound(&mut cuda, var, caps, seed, what, bwd)
+}
+
+/// [`api_case_with`] on a CUDA binding `cuda` of `var` made by the caller (its shape and
+/// dtype, its options).
+fn api_case_bound(
+    cuda: &mut attnc::Bound,
+    var: &attnc::Variant,
+    caps: &attnc::Captures,
+    seed: u64,
+    what: &str,
+    bwd: &attnc::BackwardOptions,
+) -> attnc::Gradients {
     use attnc::{Backend, BindOptions, DType, Tensor};
+    let (shape, dt) = (cuda.shape(), cuda.options().dtype);
     let ty = match dt {
         DType::F16 => InputType::F16,
         _ => InputType::Bf16,
     };
     let (q, k, v, d_o) = api_case_inputs(shape, dt, seed);
-    let mut cuda = var
-        .bind(BindOptions::new(Backend::Cuda, shape, dt))
-        .unwrap();
     let mut reference = var
         .bind(BindOptions::new(Backend::Reference, shape, dt))
         .unwrap();
@@ -3226,8 +3241,18 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
             let bwd = attnc::BackwardOptions {
                 deterministic: true,
             };
-            let want = api_case_with(&var, shape, dt, &caps, seed, &what, &bwd);
-            let cb = CallerBwdBufs::new(dev, &mut bound, shape, dt, seed, &caps, &bwd);
+            // (the host API on the same block ranges: without a block mask the caller
+            // path runs no document tiles, `Bound::backward` and `forward` would on sorted
+            // ids)
+            let mut host = var
+                .bind(BindOptions {
+                    doc_tiles: false,
+                    ..BindOptions::new(Backend::Cuda, shape, dt)
+                })
+                .unwrap();
+            let want = api_case_bound(&mut host, &var, &caps, seed, &what, &bwd);
+            // (O and LSE from that binding's forward, which runs no document tiles either)
+            let cb = CallerBwdBufs::new(dev, &mut host, shape, dt, seed, &caps, &bwd);
             let (bufs, st) = (cb.pointers(), cb.stream());
             let idd = dev.upload(&ids).unwrap();
             let tensors = HashMap::from([(
@@ -3303,6 +3328,198 @@ fn gpu_backward_caller_device_tables(dev: &CudaDevice) {
         }
     }
     assert!(full_seen > 0, "no case had a full block range");
+}
+
+/// `Bound::backward` of document masks on host tensors (the Rust API and the CLI) runs the
+/// kernels on document kv tiles (`PtxOptions::bwd_doc_tiles`, counted by
+/// `Bound::doc_tile_backward_calls`) where the ids form contiguous documents and the
+/// binding's kernels have them (sm_90, D64 and D128): document and causal, with a sliding
+/// window, with ALiBi and a window; GQA, odd lengths, many short documents (one-row ones among
+/// them), bf16 and f16, against the reference backend ([`api_case_bound`]); each twice,
+/// bit-identical, and within the bf16/f16 tolerance of the same binding's block ranges
+/// (`BindOptions::doc_tiles` false). Ids that come back after another document, `Lq !=
+/// Lkv`, checked mode and `doc_tiles: false` run the binding's own kernels (the count
+/// unchanged), also against the reference.
+fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Tensor};
+    let sm90 = dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90;
+    let file = |f: &str| Compiled::from_file(&examples_dir().join(f)).unwrap();
+    let (dc, ds, da) = (
+        file("document_causal.attn"),
+        file("document_sliding_causal.attn"),
+        file("document_alibi.attn"),
+    );
+    let det = attnc::BackwardOptions::default();
+    // (attention, shape, dtype, distinct ids, sorted, checked, doc_tiles, runs the tiles)
+    let cases = [
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(2, 8, 2, 333, 333, 128),
+            DType::BF16,
+            5,
+            true,
+            false,
+            true,
+            true,
+        ),
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(1, 4, 4, 517, 517, 64),
+            DType::F16,
+            3,
+            true,
+            false,
+            true,
+            true,
+        ),
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(2, 4, 1, 700, 700, 128),
+            DType::BF16,
+            90,
+            true,
+            false,
+            true,
+            true,
+        ),
+        (
+            ds.attention("document_sliding_causal").unwrap(),
+            shape(1, 8, 2, 611, 611, 128),
+            DType::BF16,
+            4,
+            true,
+            false,
+            true,
+            true,
+        ),
+        (
+            da.attention("document_alibi").unwrap(),
+            shape(2, 16, 4, 259, 259, 64),
+            DType::BF16,
+            3,
+            true,
+            false,
+            true,
+            true,
+        ),
+        // the binding's own kernels: ids that come back, Lq != Lkv, checked, option off
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(1, 4, 2, 300, 300, 128),
+            DType::BF16,
+            3,
+            false,
+            false,
+            true,
+            false,
+        ),
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(1, 4, 2, 200, 333, 128),
+            DType::BF16,
+            3,
+            true,
+            false,
+            true,
+            false,
+        ),
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(1, 4, 2, 300, 300, 64),
+            DType::BF16,
+            3,
+            true,
+            true,
+            true,
+            false,
+        ),
+        (
+            dc.attention("document_causal").unwrap(),
+            shape(1, 4, 2, 300, 300, 128),
+            DType::BF16,
+            3,
+            true,
+            false,
+            false,
+            false,
+        ),
+    ];
+    let mut tiled = 0;
+    for (ci, (var, shape, dt, docs, sorted, checked, doc_tiles, runs)) in
+        cases.into_iter().enumerate()
+    {
+        let seed = 900 + ci as u64;
+        let ids = doc_ids_for(seed, shape.b, shape.lkv, docs, sorted);
+        let mut caps =
+            Captures::default().tensor("doc", Tensor::from_i32(vec![shape.b, shape.lkv], &ids));
+        if var.program().param("window").is_some() {
+            caps = caps.param("window", ParamValue::I32(150));
+        }
+        let opts = BindOptions {
+            checked,
+            doc_tiles,
+            ..BindOptions::new(Backend::Cuda, shape, dt)
+        };
+        let mut bound = var.bind(opts.clone()).unwrap();
+        let what = format!(
+            "document tiles {} {shape:?} {dt:?} ids {docs} sorted {sorted} checked {checked} doc_tiles {doc_tiles}",
+            var.program().name
+        );
+        let before = bound.doc_tile_backward_calls();
+        let got = api_case_bound(&mut bound, &var, &caps, seed, &what, &det);
+        let ran = bound.doc_tile_backward_calls() - before;
+        let want_runs = runs && sm90;
+        assert_eq!(
+            ran,
+            u64::from(want_runs),
+            "{what}: calls on document kv tiles"
+        );
+        tiled += ran;
+        // twice: bit-identical
+        let again = api_case_bound(&mut bound, &var, &caps, seed, &what, &det);
+        for (nm, a, b) in [
+            ("dq", &got.dq, &again.dq),
+            ("dk", &got.dk, &again.dk),
+            ("dv", &got.dv, &again.dv),
+        ] {
+            assert!(
+                a.to_u16_bits() == b.to_u16_bits(),
+                "{what}: {nm} differs run to run"
+            );
+        }
+        if want_runs {
+            // the same binding's block ranges: the same gradients up to the 16-bit
+            // roundings of dQ's additions in another order
+            let mut ranges = var
+                .bind(BindOptions {
+                    doc_tiles: false,
+                    ..opts
+                })
+                .unwrap();
+            let base = api_case_bound(&mut ranges, &var, &caps, seed, &what, &det);
+            assert_eq!(ranges.doc_tile_backward_calls(), 0, "{what}: option off");
+            let ty = match dt {
+                DType::F16 => InputType::F16,
+                _ => InputType::Bf16,
+            };
+            for (nm, a, b) in [
+                ("dq", &got.dq, &base.dq),
+                ("dk", &got.dk, &base.dk),
+                ("dv", &got.dv, &base.dv),
+            ] {
+                compare_f32(
+                    &format!("{nm} vs block ranges"),
+                    &a.to_f32(),
+                    &b.to_f32(),
+                    ty,
+                );
+            }
+        }
+        println!("  {what}: matches the reference, document kv tiles {ran}");
+    }
+    if sm90 {
+        assert_eq!(tiled, 5, "calls on document kv tiles");
+    }
 }
 
 /// The non-deterministic backward (`BackwardOptions { deterministic: false }`: the
@@ -3496,6 +3713,10 @@ const TESTS: &[(&str, TestFn)] = &[
     (
         "gpu_backward_api_every_example",
         gpu_backward_api_every_example,
+    ),
+    (
+        "gpu_backward_api_document_tiles",
+        gpu_backward_api_document_tiles,
     ),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
     ("gpu_backward_uniform_reads", gpu_backward_uniform_reads),

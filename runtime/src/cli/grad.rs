@@ -136,6 +136,12 @@ pub(crate) fn bench(a: &BenchArgs, nondeterministic: bool) -> Result<(), Error> 
         return Err(e);
     }
     let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
+    // (CUDA: the kernels on document kv tiles, where a document mask's ids allow them)
+    let words = if bound.doc_tile_backward_calls() > 0 {
+        format!("{words} (document kv tiles)")
+    } else {
+        words.to_string()
+    };
     outln!(
         "{} {} {} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward{words} {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
         variant.name(),

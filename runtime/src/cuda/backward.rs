@@ -7,7 +7,9 @@
 //! ([`BwdBlocks`]): the closed form's bounds (kernels whose mask has a closed form;
 //! `None` when it cannot be trusted for the launch: every block is then visited as
 //! partial), or the block maps of the kernels' Br x Bc tiles, from which the host makes
-//! the per-row ranges the kernels read ([`q_ranges`], and the transposed [`kv_ranges`]).
+//! the per-row ranges the kernels read ([`q_ranges`], and the transposed [`kv_ranges`]);
+//! kernels on document kv tiles (`PtxOptions::bwd_doc_tiles`) take the maps with the
+//! call's entry list and its ranges per (batch, q block) (`BwdBlocks::Documents`).
 //! Out: dQ, dK, dV (16-bit, the input type) and, when the score reads captured float
 //! tensors or f32 params differentiably, their gradients (f32; the dQ kernel accumulates
 //! them in fixed point, `backend::llvm::backward` "Capture gradients"), or a
@@ -83,8 +85,12 @@ pub struct BackwardProblem {
     pub dq: CudaSlice<u16>,
     pub dk: CudaSlice<u16>,
     pub dv: CudaSlice<u16>,
-    /// Table kernels: the (dK/dV, dQ) ranges with their (b, head) map strides.
+    /// Table kernels: the (dK/dV, dQ) ranges with their (b, head) map strides (kernels on
+    /// document kv tiles: the dQ ranges are the list's, per (batch, q block), in entries).
     ranges: Option<[Ranges; 2]>,
+    /// Kernels on document kv tiles (`PtxOptions::bwd_doc_tiles`): the entry list
+    /// (`KernelParam::DocTiles`) and its length in entries (`NumDocTiles`).
+    docs: Option<(CudaSlice<i32>, u32)>,
     /// Per captured tensor: its gradient's fixed-point words (three u64 per element),
     /// for the tensors whose gradient the dQ kernel computes.
     tensor_grads: Vec<Option<CudaSlice<u64>>>,
@@ -109,6 +115,15 @@ pub enum BwdBlocks<'a> {
     ClosedForm(Option<&'a [Bound]>),
     /// Table kernels: block maps built for the kernels' `q_block` x `kv_block` tiles.
     Maps(&'a BlockMaps),
+    /// Table kernels on document kv tiles (`PtxOptions::bwd_doc_tiles`): the block maps
+    /// (the dK/dV ranges, which the pre kernel's arguments carry), the entry list (four
+    /// i32 words an entry, `(b, row0, rows, kj)`) and the entries' ranges per (batch, q
+    /// block), as `backend::llvm::bounds::doc_kv_ranges` makes them for the kernels' tiles.
+    Documents {
+        maps: &'a BlockMaps,
+        tiles: &'a [i32],
+        ranges: &'a [i32],
+    },
 }
 
 /// Longest run of `true` in `f[lo..hi]` as `(start, end)`, or `(0, 0)`.
@@ -311,7 +326,10 @@ impl CudaBackward {
             )));
         }
         let s = &dev.stream;
-        let mut ranges = None;
+        let up_i32 = |x: Vec<i32>| -> Result<CudaSlice<i32>, CudaError> {
+            Ok(s.clone_htod(&if x.is_empty() { vec![0] } else { x })?)
+        };
+        let (mut ranges, mut docs) = (None, None);
         let fwd_blocks = match (&self.dkdv.spec().kv_bounds, blocks) {
             (KvBounds::ClosedForm(_), BwdBlocks::ClosedForm(bounds)) => {
                 let n = self.dkdv.spec().kv_bounds.coefficients().len();
@@ -325,16 +343,49 @@ impl CudaBackward {
                 }
                 KvBlocks::ClosedForm(bounds)
             }
-            (KvBounds::Table, BwdBlocks::Maps(maps)) => {
+            (KvBounds::Table, BwdBlocks::Maps(maps)) if !opts.bwd_doc_tiles => {
                 let (kr, ks) = kv_ranges(maps, shape);
                 let (qr, qs) = q_ranges(maps);
-                let up = |x: Vec<i32>| -> Result<CudaSlice<i32>, CudaError> {
-                    Ok(s.clone_htod(&if x.is_empty() { vec![0] } else { x })?)
-                };
-                ranges = Some([(up(kr)?, ks), (up(qr)?, qs)]);
+                ranges = Some([(up_i32(kr)?, ks), (up_i32(qr)?, qs)]);
                 KvBlocks::Maps(maps)
             }
-            (KvBounds::ClosedForm(_), BwdBlocks::Maps(_)) => {
+            (
+                KvBounds::Table,
+                BwdBlocks::Documents {
+                    maps,
+                    tiles,
+                    ranges: dr,
+                },
+            ) if opts.bwd_doc_tiles => {
+                let want = shape.b * shape.lq.div_ceil(opts.q_block as usize) * 4;
+                if tiles.len() % 4 != 0 || dr.len() != want {
+                    return Err(CudaError::Mismatch(format!(
+                        "document kv tiles: {} list words and {} range words, the shape and tiles need 4 a tile and {want}",
+                        tiles.len(),
+                        dr.len()
+                    )));
+                }
+                let n = u32::try_from(tiles.len() / 4)
+                    .map_err(|_| CudaError::Mismatch("too many document kv tiles".into()))?;
+                let (kr, ks) = kv_ranges(maps, shape);
+                // the ranges of the entries per (batch, q block): one map per batch
+                ranges = Some([(up_i32(kr)?, ks), (up_i32(dr.to_vec())?, (1, 0))]);
+                docs = Some((up_i32(tiles.to_vec())?, n));
+                KvBlocks::Maps(maps)
+            }
+            (KvBounds::Table, BwdBlocks::Documents { .. }) => {
+                return Err(CudaError::Mismatch(
+                    "these backward kernels read block ranges, not document kv tiles: pass block maps"
+                        .into(),
+                ));
+            }
+            (KvBounds::Table, BwdBlocks::Maps(_)) => {
+                return Err(CudaError::Mismatch(
+                    "these backward kernels run on document kv tiles: pass the tiles and their ranges"
+                        .into(),
+                ));
+            }
+            (KvBounds::ClosedForm(_), BwdBlocks::Maps(_) | BwdBlocks::Documents { .. }) => {
                 return Err(CudaError::Mismatch(
                     "these backward kernels use the closed form of the mask: pass its bounds"
                         .into(),
@@ -387,6 +438,7 @@ impl CudaBackward {
             dk: s.alloc_zeros(shape.k_len().max(1))?,
             dv: s.alloc_zeros(shape.v_len().max(1))?,
             ranges,
+            docs,
             tensor_grads,
             param_grads,
             tensor_counts: bind
@@ -496,7 +548,12 @@ impl CudaBackward {
         // each grid by its spec's rule, as on the caller-buffer path (`sized_args`): the
         // fused kernel's `bwd_lpt` puts kv heads on x, `bwd_persist` one CTA per SM at most,
         // `bwd_dq_pair` pairs of q tiles
-        let sized = sized_args(o, sh, &LaunchArgs::new())?;
+        let mut extents = LaunchArgs::new();
+        if let Some((_, n)) = &p.docs {
+            // (the persistent grid of the document kv tiles: entries per kv head)
+            extents.extent(attnc_compiler::backend::llvm::GridDim::DocTiles, *n);
+        }
+        let sized = sized_args(o, sh, &extents)?;
         if parts[1] && sh.lkv > 0 {
             let g = sized.grid_on(self.dkdv.spec(), dev.sms())?;
             // the fused kernel visits the q blocks whose kv range holds its block: the dQ
@@ -812,6 +869,10 @@ fn launch_one(
     if let Some((accum, sem)) = &p.dq_work {
         a.buffer(P::DqAccum, accum, s);
         a.buffer(P::DqSem, sem, s);
+    }
+    if let Some((list, n)) = &p.docs {
+        a.buffer(P::DocTiles, list, s);
+        a.i32(P::NumDocTiles, *n as i32);
     }
     a.i64(P::Rows, rows);
     if let Some((t, (bs, hs))) = ranges {

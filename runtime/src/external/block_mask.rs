@@ -251,12 +251,16 @@ impl Bound {
     }
 
     /// The backward's document kv tiles of calls with `bindings` (host data), where the
-    /// binding's backward kernels have a document variant and the ids form contiguous
-    /// documents; the variant's kernels loaded here.
-    fn doc_backward_list(
+    /// binding runs them (`backward::doc_backward_applies`), its backward kernels have a
+    /// document variant and the ids form contiguous documents; the variant's kernels
+    /// loaded here.
+    pub(crate) fn doc_backward_list(
         &mut self,
         bindings: &attnc_compiler::interp::Bindings,
     ) -> Result<Option<DocBackwardList>> {
+        if !crate::backward::doc_backward_applies(self.options()) {
+            return Ok(None);
+        }
         let Some(kernels) = self.cuda_doc_backward_kernels(true)? else {
             return Ok(None);
         };
