@@ -969,6 +969,43 @@ def test_block_mask_document_tiles_match_the_oracle(file):
                     assert torch.equal(a1, a2), (file, ci, tiled, w, n)
 
 
+def test_block_mask_documents_with_fewer_queries_than_keys():
+    """Lq < Lkv on a document mask (its ids indexed by q too): a block mask carries no
+    document tiles, forward or backward (their lists cover the rows' documents, not the
+    keys past Lq, whose dK / dV would go unwritten), and the forward and the gradients
+    through it match the f64 oracle (zero for the keys no row keeps) and the call without
+    a block mask."""
+    attn = attnc.compile(EXAMPLES / "document_causal.attn").attention("document_causal")
+    b, h, hkv, lq, lkv = 2, 4, 2, 333, 517
+    for d, dt in ((128, torch.bfloat16), (64, torch.float16)):
+        q, k, v = (x.to("cuda", dt) for x in qkv(b, h, hkv, lq, lkv, d, seed=17))
+        g = torch.Generator().manual_seed(d)
+        doc = torch.sort(torch.randint(0, 4, (b, lkv), dtype=torch.int32, generator=g), dim=1).values
+        bm = attn.block_mask(q, k, v, doc=doc.cuda())
+        assert bm.document_tiles == 0 and bm.backward_document_tiles == 0, bm
+        wt = torch.randn(b, h, lq, d, generator=torch.Generator().manual_seed(3)).to("cuda")
+        grads = []
+        for mask in (bm, None):
+            # (gradients land in memory that held something else before)
+            junk = torch.full((b, hkv, lkv, d), float("nan"), device="cuda", dtype=dt)
+            del junk
+            xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
+            o, lse = attn(*xs, doc=doc.cuda(), block_mask=mask, return_lse=True)
+            (o.float() * wt).sum().backward()
+            grads.append([x.grad for x in xs])
+            ro, rlse = attn.reference(q.float(), k.float(), v.float(), doc=doc)
+            check(o, lse, ro, rlse, dt)
+        want = attn.reference_grad(q, k, v, wt.cpu(), doc=doc)[:3]
+        for n, gr, r, plain in zip("qkv", grads[0], want, grads[1]):
+            assert torch.isfinite(gr).all(), n
+            tol = 0.05 * r.abs().max() + 0.02
+            assert (gr.double().cpu() - r.double()).abs().max() <= tol, (d, n)
+            assert (gr.float() - plain.float()).abs().max() <= tol, (d, n)
+        # the keys past Lq are kept by no row (q >= kv): their gradients are zero
+        for n, gr in zip("kv", grads[0][1:]):
+            assert torch.count_nonzero(gr[:, :, lq:]) == 0, n
+
+
 def test_block_mask_in_cuda_graph_and_without_synchronizing():
     """A warmed-up forward + backward with a block mask enqueues everything (no
     synchronization) and replays from a CUDA graph."""

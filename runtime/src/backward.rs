@@ -101,7 +101,10 @@ pub(crate) struct BackwardState {
     /// The document kv tiles' variant of `cuda` ([`doc_backward_options`]), where the
     /// binding has one, looked up when a block mask first carries document kv tiles.
     pub(crate) cuda_doc: [Option<Option<Arc<crate::cuda::backward::CudaBackward>>>; 2],
-    /// `Bound::backward` calls that ran the document kv tiles
+    /// The CPU backward of a document mask's linear part (`Plan::doc_split`), compiled
+    /// on the first call that can run document tiles (`None` inside: the binding has none).
+    cpu_doc: Option<Option<Box<CpuBackward>>>,
+    /// `Bound::backward` calls that ran document tiles
     /// ([`Bound::doc_tile_backward_calls`]).
     doc_calls: u64,
 }
@@ -296,13 +299,26 @@ impl Bound {
                     Some(k) => (k.q_block(), k.kv_block()),
                     None => unreachable!("compiled above"),
                 };
-                let maps = crate::policy::launch_maps(self.plan(), &opts, qb, kb, &bindings)
-                    .map_err(|e| Error::Backend {
-                        backend: "blocks",
-                        message: e.to_string(),
-                    })?;
+                // a document mask whose ids form contiguous documents: the kernel of its
+                // linear part on document tiles; else the binding's kernel on its maps
+                let docs = self.cpu_doc_table(&bindings).map_err(cpu_err)?;
+                let maps = match docs {
+                    Some(_) => None,
+                    None => Some(
+                        crate::policy::launch_maps(self.plan(), &opts, qb, kb, &bindings).map_err(
+                            |e| Error::Backend {
+                                backend: "blocks",
+                                message: e.to_string(),
+                            },
+                        )?,
+                    ),
+                };
                 let state = self.extension::<BackwardState>();
+                if docs.is_some() {
+                    state.doc_calls += 1;
+                }
                 let kern = state.cpu.as_ref().expect("compiled above");
+                let doc_kern = state.cpu_doc.as_ref().and_then(|k| k.as_deref());
                 let workers = crate::exec::pool::pool(opts.threads);
                 let (qf, kf, vf) = (f32s(q), f32s(k), f32s(v));
                 let (of, lf, df) = (f32s(o), f32s(lse), f32s(dout));
@@ -318,8 +334,21 @@ impl Bound {
                     ]
                 });
                 let run = |out: [&mut [f32]; 3]| {
-                    let (d, l) = (dlse_f.as_deref(), (&bindings, &maps));
-                    kern.run_into(&s, inputs, d, scale, l.0, l.1, workers, out)
+                    let (d, b) = (dlse_f.as_deref(), &bindings);
+                    match (&docs, doc_kern, &maps) {
+                        (Some((tiles, row_start, runs)), Some(dk), _) => {
+                            let table = attnc_compiler::backend::cranelift::DocTable {
+                                tiles,
+                                row_start,
+                                runs,
+                            };
+                            dk.run_docs_into(&s, inputs, d, scale, b, table, workers, out)
+                        }
+                        (_, _, Some(maps)) => {
+                            kern.run_into(&s, inputs, d, scale, b, maps, workers, out)
+                        }
+                        _ => unreachable!("document tiles come with their kernel, else maps"),
+                    }
                 };
                 match outs
                     .as_mut()
@@ -574,6 +603,73 @@ impl Bound {
     /// binding's own kernels.
     pub fn doc_tile_backward_calls(&mut self) -> u64 {
         self.extension::<BackwardState>().doc_calls
+    }
+
+    /// The document tile table of a CPU backward call with `bindings` (host data): `(tiles,
+    /// row starts, runs)` for the tiles of the document kernel (`Plan::doc_split`'s linear
+    /// part, compiled here on the first call that needs it), where the binding runs
+    /// document tiles ([`doc_backward_applies`]), the linear part has a closed form and the
+    /// ids form contiguous documents; `None` otherwise.
+    #[allow(clippy::type_complexity)]
+    fn cpu_doc_table(
+        &mut self,
+        bindings: &Bindings,
+    ) -> std::result::Result<
+        Option<(
+            Vec<i32>,
+            Vec<u32>,
+            Vec<attnc_compiler::analysis::blockmap::Run>,
+        )>,
+        attnc_compiler::backend::cranelift::CpuError,
+    > {
+        use attnc_compiler::analysis::documents::call_tiles;
+        use attnc_compiler::backend::llvm::bounds::doc_tile_runs;
+        use attnc_compiler::plan::KvBounds;
+        if !doc_backward_applies(self.options()) {
+            return Ok(None);
+        }
+        let shape = self.options().shape;
+        if self.extension::<BackwardState>().cpu_doc.is_none() {
+            let k = match self.plan().doc_split() {
+                Some((dplan, _)) if matches!(dplan.kv_bounds(false), KvBounds::ClosedForm(_)) => {
+                    Some(Box::new(compile_backward(
+                        dplan.program(),
+                        &CpuOptions::default(),
+                    )?))
+                }
+                _ => None,
+            };
+            self.extension::<BackwardState>().cpu_doc = Some(k);
+        }
+        let Some(Some(k)) = &self.extension::<BackwardState>().cpu_doc else {
+            return Ok(None);
+        };
+        let (qb, kb) = (k.q_block(), k.kv_block());
+        let Some((dplan, id)) = self.plan().doc_split() else {
+            return Ok(None);
+        };
+        let kvb = dplan.kv_bounds(false);
+        let KvBounds::ClosedForm(cf) = &kvb else {
+            return Ok(None);
+        };
+        let grows = kvb.work_grows_with_q();
+        let Some(tiles) = call_tiles(id, dplan.program(), bindings, shape.b, shape.lq, qb, grows)
+        else {
+            return Ok(None);
+        };
+        let Ok(bounds) = dplan.closed_form_bounds(cf, &shape, bindings) else {
+            return Ok(None);
+        };
+        let has_mask = dplan.program().mask.is_some();
+        let (row_start, runs) = doc_tile_runs(
+            &tiles,
+            &kvb.coefficients(),
+            bounds.as_deref(),
+            has_mask,
+            qb,
+            kb,
+        );
+        Ok(Some((tiles, row_start, runs)))
     }
 
     /// The kernels on document kv tiles and this call's list (`bindings`: host data) for

@@ -143,3 +143,106 @@ fn cpu_doc_tiles_match_the_oracle() {
     }
     assert!(tiled_calls >= 40 && ran >= 200, "{tiled_calls} / {ran}");
 }
+
+/// The CPU backward on document tiles (`Bound::backward` on `Backend::Cpu`, the kernel of
+/// the mask's linear part on each document's own q and kv tiles: `run_docs_into`) against
+/// the f64 reference gradients, for every attention above (documents alone, with causal,
+/// a window, ALiBi and scores over absolute positions; chunks, whose "documents" are the
+/// chunks): dQ, dK, dV within 2e-4·(1 + max|x|) (`cpu_backward`'s tolerance), with dLSE,
+/// documents from one row to several tiles, GQA, odd lengths. Calls whose ids form
+/// contiguous documents count in `Bound::doc_tile_backward_calls`; ids that come back,
+/// `Lq != Lkv`, checked mode and `doc_tiles: false` run the binding's kernel on its maps,
+/// also against the reference; the gradients are the same bits on one and three threads.
+#[test]
+fn cpu_doc_tiles_backward_matches_the_oracle() {
+    let compiled = Compiled::from_source("docs.attn", SOURCE).expect("compiles");
+    let shape = |b, hq, hkv, lq, lkv, d| Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    };
+    let cases = [
+        (shape(2, 4, 2, 300, 300, 64), 6),
+        (shape(1, 3, 1, 517, 517, 32), 40),
+        (shape(3, 2, 1, 129, 129, 32), 129),
+        (shape(1, 2, 1, 200, 257, 64), 4),
+    ];
+    let close = |what: &str, got: &[f32], want: &[f32]| {
+        let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert_close(what, got, want, 2e-4 * (1.0 + max));
+    };
+    let (mut tiled_calls, mut ran) = (0, 0);
+    for (ci, &(sh, docs)) in cases.iter().enumerate() {
+        let mut r = StdRng::seed_from_u64(1900 + ci as u64);
+        let q = input(&mut r, vec![sh.b, sh.hq, sh.lq, sh.d]);
+        let k = input(&mut r, vec![sh.b, sh.hkv, sh.lkv, sh.d]);
+        let v = input(&mut r, vec![sh.b, sh.hkv, sh.lkv, sh.dv]);
+        let dout = input(&mut r, vec![sh.b, sh.hq, sh.lq, sh.dv]);
+        let dlse = input(&mut r, vec![sh.b, sh.hq, sh.lq]);
+        let mut packed = ids(&mut r, sh.b, sh.lkv, docs, true);
+        packed[0] = -1;
+        let unsorted = ids(&mut r, sh.b, sh.lkv, docs.max(2), false);
+        for name in compiled.names() {
+            let variant = compiled.attention(name).unwrap();
+            let reads_doc = variant.program().tensors.iter().any(|t| t.name == "doc");
+            for (ids, contiguous) in [(&packed, true), (&unsorted, false)] {
+                if !contiguous && !reads_doc {
+                    continue;
+                }
+                let mut caps = Captures::default();
+                if reads_doc {
+                    caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], ids));
+                }
+                if variant.program().params.iter().any(|p| p.name == "window") {
+                    caps = caps.param("window", ParamValue::I32(37));
+                }
+                let mut reference = variant
+                    .bind(BindOptions::new(Backend::Reference, sh, DType::F32))
+                    .unwrap();
+                let fwd = reference.forward(&q, &k, &v, &caps).unwrap();
+                let want = reference
+                    .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, Some(&dlse), &caps)
+                    .unwrap();
+                let mut outs = Vec::new();
+                for (on, threads, checked) in [
+                    (true, 1, false),
+                    (true, 3, false),
+                    (false, 2, false),
+                    (true, 2, true),
+                ] {
+                    let mut o = BindOptions::new(Backend::Cpu, sh, DType::F32);
+                    (o.doc_tiles, o.threads, o.checked) = (on, threads, checked);
+                    let mut bound = variant.bind(o).unwrap();
+                    let got = bound
+                        .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, Some(&dlse), &caps)
+                        .unwrap();
+                    let what = format!(
+                        "{name} case {ci} contiguous {contiguous} doc_tiles {on} threads {threads} checked {checked}"
+                    );
+                    for (nm, g, w) in [
+                        ("dq", &got.dq, &want.dq),
+                        ("dk", &got.dk, &want.dk),
+                        ("dv", &got.dv, &want.dv),
+                    ] {
+                        close(&format!("{what}: {nm}"), &g.to_f32(), &w.to_f32());
+                    }
+                    let tiled = on && !checked && sh.lq == sh.lkv && contiguous;
+                    assert_eq!(
+                        bound.doc_tile_backward_calls(),
+                        tiled as u64,
+                        "{what}: calls on document tiles"
+                    );
+                    tiled_calls += tiled as usize;
+                    ran += 1;
+                    outs.push([got.dq.to_f32(), got.dk.to_f32(), got.dv.to_f32()]);
+                }
+                assert_eq!(outs[0], outs[1], "{name} case {ci}: threads");
+            }
+        }
+    }
+    assert!(tiled_calls >= 30 && ran >= 120, "{tiled_calls} / {ran}");
+}

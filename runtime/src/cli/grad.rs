@@ -136,9 +136,9 @@ pub(crate) fn bench(a: &BenchArgs, nondeterministic: bool) -> Result<(), Error> 
         return Err(e);
     }
     let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
-    // (CUDA: the kernels on document kv tiles, where a document mask's ids allow them)
+    // (the kernels on document tiles, where a document mask's ids allow them)
     let words = if bound.doc_tile_backward_calls() > 0 {
-        format!("{words} (document kv tiles)")
+        format!("{words} (document tiles)")
     } else {
         words.to_string()
     };

@@ -403,7 +403,12 @@ fn out_of_bounds(kern: &CpuKernel, bind: &Bindings, site: i64, idx: [i64; 4]) ->
 /// A document tile list fits the call: `Lq == Lkv`, every tile `(b, row0, rows, qi)`
 /// inside its sequence (`b < B`, `rows >= 1`, `row0 + rows <= Lq`, `qi q_block < rows`),
 /// one ascending row of runs per tile, each run inside `0..ceil(rows / kv_block)`.
-fn check_docs(t: &DocTable, shape: &Shape, bq: usize, bkv: usize) -> Result<(), CpuError> {
+pub(super) fn check_docs(
+    t: &DocTable,
+    shape: &Shape,
+    bq: usize,
+    bkv: usize,
+) -> Result<(), CpuError> {
     let bad = |s: String| Err(CpuError::BlockMap(s));
     if shape.lq != shape.lkv || !t.tiles.len().is_multiple_of(4) {
         return bad("document tiles need Lq = Lkv and four words a tile".into());

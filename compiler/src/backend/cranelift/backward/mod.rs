@@ -4,8 +4,8 @@
 //!
 //! In: a [`Program`] (verified here), [`CpuOptions`] (tile sizes, ISA), then per call
 //! the shape, f32 Q, K, V, the forward's O and LSE, dO, an optional dLSE, the scale,
-//! [`Bindings`], the forward's [`BlockMaps`] (built for this kernel's tiles) and a
-//! thread count. Out: [`Gradients`], or a [`CpuError`] (bad lengths, maps or bindings:
+//! [`Bindings`], the forward's [`BlockMaps`] (built for this kernel's tiles) or a
+//! document tile table, and a thread count. Out: [`Gradients`], or a [`CpuError`] (bad lengths, maps or bindings:
 //! never a panic or an out-of-bounds access).
 //!
 //! Structure (the forward's split: generated code for what the attention defines,
@@ -25,6 +25,14 @@
 //!   item's dQ partial `+= dS·K`, and the capture/param partials `Σ dS'·∂score/∂read`
 //!   per element read, `Σ dS'·∂score/∂param`. Five tile products per tile (S and dP
 //!   computed once); q tiles outer, so a q tile's rows stay in cache across the chunk.
+//!
+//! - Tiles (`Layout`): the grid's (`run_into`: q tiles and kv tiles from row 0, the
+//!   runs of the forward's block maps), or a document mask's own (`run_docs_into`, a
+//!   kernel compiled from the mask's linear part, `Plan::doc_split`: each document's q
+//!   and kv tiles from its first row, cut at its end, the runs of the forward's document
+//!   tile table, `DocTable`): no tile straddles two documents, the element function runs
+//!   the linear part only, and a chunk's keys are still consecutive (the documents
+//!   cover each sequence in order).
 //!
 //! Determinism: dK and dV rows belong to one item and are accumulated in a fixed order.
 //! dQ and the capture/param gradients are per-item partials, summed over items in item
@@ -46,11 +54,11 @@
 pub mod elem;
 pub mod mm;
 
-use super::launch::{check_maps, param_words, tensor_descs};
+use super::launch::{DocTable, check_docs, check_maps, param_words, tensor_descs};
 use super::micro::exp_approx;
 use super::workers::Workers;
 use super::{CpuError, CpuOptions, Isa, JitCode, prepare};
-use crate::analysis::blockmap::BlockMaps;
+use crate::analysis::blockmap::{BlockMaps, Run};
 use crate::grad::{ScoreGrad, differentiate};
 use crate::interp::{Bindings, TensorData};
 use crate::ir::Program;
@@ -315,33 +323,73 @@ impl CpuBackward {
         workers: &dyn Workers,
         [gdq, gdk, gdv]: [&mut [f32]; 3],
     ) -> Result<CaptureGradients, CpuError> {
-        shape.validate()?;
-        for (what, expected, got) in [
-            ("dq", shape.q_len(), gdq.len()),
-            ("dk", shape.k_len(), gdk.len()),
-            ("dv", shape.v_len(), gdv.len()),
-            ("q", shape.q_len(), q.len()),
-            ("k", shape.k_len(), k.len()),
-            ("v", shape.v_len(), v.len()),
-            ("o", shape.o_len(), o.len()),
-            ("lse", shape.lse_len(), lse.len()),
-            ("do", shape.o_len(), dout.len()),
-            (
-                "dlse",
-                shape.lse_len(),
-                dlse.map_or(shape.lse_len(), |x| x.len()),
-            ),
-        ] {
-            if expected != got {
-                return Err(CpuError::Length {
-                    what,
-                    expected,
-                    got,
-                });
-            }
-        }
+        check_lengths(shape, [q, k, v, o, lse, dout], dlse, [&*gdq, &*gdk, &*gdv])?;
         let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
         check_maps(maps, shape, bq, bkv)?;
+        let layout = Layout::grid(shape, bq, bkv, maps);
+        self.run_layout(
+            shape,
+            [q, k, v, o, lse, dout],
+            dlse,
+            scale,
+            bind,
+            &layout,
+            workers,
+            [gdq, gdk, gdv],
+        )
+    }
+
+    /// [`run_into`](Self::run_into) over document tiles (`DocTable`, as the forward's
+    /// `CpuKernel::run_docs` takes it, made for this kernel's tiles): a kernel compiled
+    /// from a document mask's linear part (`Plan::doc_split`) runs each document on its own
+    /// q tiles and kv tiles, counted from the document's first row (no tile straddles two
+    /// documents; the last of each is cut at the document's end), each q tile visiting its
+    /// runs of the table; every key belongs to one document's kv tiles, so every dK / dV
+    /// row is written. The tile list and its runs are checked against the shape first (an
+    /// error, never an out-of-bounds access), and the documents must cover each sequence.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_docs_into(
+        &self,
+        shape: &Shape,
+        inputs: [&[f32]; 6],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        docs: DocTable,
+        workers: &dyn Workers,
+        [gdq, gdk, gdv]: [&mut [f32]; 3],
+    ) -> Result<CaptureGradients, CpuError> {
+        check_lengths(shape, inputs, dlse, [&*gdq, &*gdk, &*gdv])?;
+        let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
+        check_docs(&docs, shape, bq, bkv)?;
+        let layout = Layout::docs(shape, bq, bkv, &docs)?;
+        self.run_layout(
+            shape,
+            inputs,
+            dlse,
+            scale,
+            bind,
+            &layout,
+            workers,
+            [gdq, gdk, gdv],
+        )
+    }
+
+    /// The backward over the tiles of `layout` (module docs); lengths and tiles checked by
+    /// the callers.
+    #[allow(clippy::too_many_arguments)]
+    fn run_layout(
+        &self,
+        shape: &Shape,
+        [q, k, v, o, lse, dout]: [&[f32]; 6],
+        dlse: Option<&[f32]>,
+        scale: f32,
+        bind: &Bindings,
+        layout: &Layout,
+        workers: &dyn Workers,
+        [gdq, gdk, gdv]: [&mut [f32]; 3],
+    ) -> Result<CaptureGradients, CpuError> {
+        let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
         if shape.lq == 0 || shape.lkv == 0 {
             // no (q, kv) pair: no query rows, or every row fully masked (O = 0 whatever
             // dO is), so every gradient is zero (the chunking below assumes tiles)
@@ -366,8 +414,8 @@ impl CpuBackward {
             dv,
         } = *shape;
         let group = hq / hkv;
-        let nqb = lq.div_ceil(bq);
-        let nkvb = lkv.div_ceil(bkv);
+        // the most kv tiles of a sequence (each sequence's chunks hold `tpc` of its own)
+        let nkvb = layout.kv.iter().map(Vec::len).max().unwrap_or(0);
         let kv_heads = nb * hkv;
         let nchunks = chunks(kv_heads, nkvb, q.len());
         let tpc = nkvb.div_ceil(nchunks);
@@ -455,74 +503,73 @@ impl CpuBackward {
         // One tile: S, dP, the element function, P, dS', dS, with kv tile `jt` packed
         // in slot `slot` of the scratch. Returns whether the element function ran (then
         // `ds` holds dS, else dS = dS' in `dp`).
-        let tile = |sc: &mut Scratch, [b, h, it, jt, slot]: [usize; 5], full: bool| -> bool {
-            let (i0, j0) = (it * bq, jt * bkv);
-            let (nr, nc) = (bq.min(lq - i0), bkv.min(lkv - j0));
-            let row0 = (b * hq + h) * lq + i0;
-            // S = (scale·Q)·Kᵀ, dP = dO·Vᵀ over the packed Kᵀ, Vᵀ
-            let prod = |kk: usize, ars: usize| Mm {
-                m: nr,
-                n: nc,
-                k: kk,
-                ars,
-                ats: 1,
-                brs: bkv,
-                crs: bkv,
-                accumulate: false,
+        let tile =
+            |sc: &mut Scratch, [b, h, i0, nr, j0, nc, slot]: [usize; 7], full: bool| -> bool {
+                let row0 = (b * hq + h) * lq + i0;
+                // S = (scale·Q)·Kᵀ, dP = dO·Vᵀ over the packed Kᵀ, Vᵀ
+                let prod = |kk: usize, ars: usize| Mm {
+                    m: nr,
+                    n: nc,
+                    k: kk,
+                    ars,
+                    ats: 1,
+                    brs: bkv,
+                    crs: bkv,
+                    accumulate: false,
+                };
+                mm(
+                    simd,
+                    prod(d, d),
+                    &qs[row0 * d..][..nr * d],
+                    &sc.kt[slot * d * bkv..][..d * bkv],
+                    &mut sc.s,
+                );
+                mm(
+                    simd,
+                    prod(dv, dv),
+                    &dout[row0 * dv..][..nr * dv],
+                    &sc.vt[slot * dv * bkv..][..dv * bkv],
+                    &mut sc.dp,
+                );
+                let call = has_score || (has_mask && !full);
+                if call {
+                    let mut et = ElemTile {
+                        s: sc.s.as_mut_ptr(),
+                        ds: sc.ds.as_mut_ptr(),
+                        flat: sc.flat.as_mut_ptr(),
+                        part: sc.part.as_mut_ptr(),
+                        stride: bkv as i64,
+                        plane: (bq * bkv) as i64,
+                    };
+                    // SAFETY: the bindings, params and maps were validated above; the
+                    // planes hold bq x bkv elements (nparts / nreads planes), and
+                    // nr <= bq, nc <= bkv; the generated code clamps every tensor read.
+                    unsafe {
+                        (self.entry)(
+                            ctx.ptr(),
+                            &mut et,
+                            b as i64,
+                            h as i64,
+                            i0 as i64,
+                            j0 as i64,
+                            nr as i64,
+                            nc as i64,
+                            full as i64,
+                        )
+                    };
+                }
+                probs(
+                    simd,
+                    &mut sc.s,
+                    &mut sc.dp,
+                    &mut sc.ds,
+                    &lse[row0..][..nr],
+                    &delta[row0..][..nr],
+                    [nr, nc, bkv],
+                    call && has_score,
+                );
+                call && has_score
             };
-            mm(
-                simd,
-                prod(d, d),
-                &qs[row0 * d..][..nr * d],
-                &sc.kt[slot * d * bkv..][..d * bkv],
-                &mut sc.s,
-            );
-            mm(
-                simd,
-                prod(dv, dv),
-                &dout[row0 * dv..][..nr * dv],
-                &sc.vt[slot * dv * bkv..][..dv * bkv],
-                &mut sc.dp,
-            );
-            let call = has_score || (has_mask && !full);
-            if call {
-                let mut et = ElemTile {
-                    s: sc.s.as_mut_ptr(),
-                    ds: sc.ds.as_mut_ptr(),
-                    flat: sc.flat.as_mut_ptr(),
-                    part: sc.part.as_mut_ptr(),
-                    stride: bkv as i64,
-                    plane: (bq * bkv) as i64,
-                };
-                // SAFETY: the bindings, params and maps were validated above; the
-                // planes hold bq x bkv elements (nparts / nreads planes), and
-                // nr <= bq, nc <= bkv; the generated code clamps every tensor read.
-                unsafe {
-                    (self.entry)(
-                        ctx.ptr(),
-                        &mut et,
-                        b as i64,
-                        h as i64,
-                        i0 as i64,
-                        j0 as i64,
-                        nr as i64,
-                        nc as i64,
-                        full as i64,
-                    )
-                };
-            }
-            probs(
-                simd,
-                &mut sc.s,
-                &mut sc.dp,
-                &mut sc.ds,
-                &lse[row0..][..nr],
-                &delta[row0..][..nr],
-                [nr, nc, bkv],
-                call && has_score,
-            );
-            call && has_score
-        };
 
         // ---- one pass over (b, kv head, chunk of kv tiles): dK, dV of the chunk's keys,
         // a partial dQ (the chunk's keys' share), capture/param partials
@@ -540,9 +587,19 @@ impl CpuBackward {
                 })
             })
             .collect();
-        // dK, dV: the rows of each (b, kv head, chunk), in memory order
-        let chunk_keys = |ch: usize| ((ch + 1) * tpc * bkv).min(lkv) - ch * tpc * bkv;
-        let keys = || (0..kv_heads).flat_map(|_| (0..nchunks).map(chunk_keys));
+        // dK, dV: the rows of each (b, kv head, chunk), in memory order (each sequence's
+        // kv tiles cover its keys in order)
+        let chunk_tiles = |b: usize, ch: usize| {
+            let n = layout.kv[b].len();
+            (ch * tpc).min(n)..((ch + 1) * tpc).min(n)
+        };
+        let chunk_keys = |b: usize, ch: usize| {
+            chunk_tiles(b, ch)
+                .map(|jt| layout.kv[b][jt].1)
+                .sum::<usize>()
+        };
+        let keys =
+            || (0..kv_heads).flat_map(|bh| (0..nchunks).map(move |ch| chunk_keys(bh / hkv, ch)));
         let dk_p = split(gdk, keys().map(|n| n * d));
         let dv_p = split(gdv, keys().map(|n| n * dv));
         let out = par_items(
@@ -553,15 +610,17 @@ impl CpuBackward {
                 // chunk-major: the costliest chunks of causal maps (the first) go first
                 let (ch, bh) = (item / kv_heads, item % kv_heads);
                 let (b, hk) = (bh / hkv, bh % hkv);
-                let (jt0, jt1) = (ch * tpc, ((ch + 1) * tpc).min(nkvb));
-                let kv_lo = jt0 * bkv;
+                let tiles = chunk_tiles(b, ch);
+                let (jt0, jt1) = (tiles.start, tiles.end);
+                let (kvt, qt) = (&layout.kv[b], &layout.q[b]);
+                let kv_lo = kvt.get(jt0).map_or(0, |t| t.0);
                 let mut dk = lock(&dk_p[bh * nchunks + ch]);
                 let mut dvv = lock(&dv_p[bh * nchunks + ch]);
                 dk.fill(0.0);
                 dvv.fill(0.0);
                 // the kv tiles of row `it` of head `h`'s map inside the chunk: (range, full)
                 let in_chunk = |h: usize, it: usize| {
-                    maps.get(b, h).row(it).iter().filter_map(move |run| {
+                    layout.runs(b, h, it).iter().filter_map(move |run| {
                         let (lo, hi) = ((run.start as usize).max(jt0), (run.end as usize).min(jt1));
                         (lo < hi).then_some((lo..hi, run.full == 1))
                     })
@@ -569,7 +628,7 @@ impl CpuBackward {
                 // the query rows the chunk's tiles reach, over the group's heads
                 let (mut it_lo, mut it_hi) = (usize::MAX, 0);
                 for h in hk * group..(hk + 1) * group {
-                    for it in 0..nqb {
+                    for it in 0..qt.len() {
                         if in_chunk(h, it).next().is_some() {
                             it_lo = it_lo.min(it);
                             it_hi = it_hi.max(it + 1);
@@ -577,16 +636,15 @@ impl CpuBackward {
                     }
                 }
                 let (row_lo, rows) = if it_lo < it_hi {
-                    (it_lo * bq, (it_hi * bq).min(lq) - it_lo * bq)
+                    let last = qt[it_hi - 1];
+                    (qt[it_lo].0, last.0 + last.1 - qt[it_lo].0)
                 } else {
                     (0, 0)
                 };
                 // Kᵀ, Vᵀ, scale·K of the chunk's tiles (columns past the sequence are never
                 // read)
-                for jt in jt0..jt1 {
-                    let nc = bkv.min(lkv - jt * bkv);
-                    let kv0 = bh * lkv + jt * bkv;
-                    let slot = jt - jt0;
+                for (slot, &(j0, nc)) in kvt[jt0..jt1].iter().enumerate() {
+                    let kv0 = bh * lkv + j0;
                     for (y, x) in sc.ks[slot * bkv * d..][..nc * d]
                         .iter_mut()
                         .zip(&k[kv0 * d..][..nc * d])
@@ -616,17 +674,14 @@ impl CpuBackward {
                 // stay in cache across the chunk; each dK/dV tile still sums its q tiles
                 // in ascending order, each dQ tile its kv tiles
                 for h in hk * group..(hk + 1) * group {
-                    for it in it_lo..it_hi {
-                        let i0 = it * bq;
-                        let nr = bq.min(lq - i0);
+                    for (it, &(i0, nr)) in qt.iter().enumerate().take(it_hi).skip(it_lo) {
                         let row0 = (b * hq + h) * lq + i0;
                         for (range, full) in in_chunk(h, it) {
                             for jt in range {
-                                let j0 = jt * bkv;
-                                let nc = bkv.min(lkv - j0);
+                                let (j0, nc) = kvt[jt];
                                 let dk_t = &mut dk[(j0 - kv_lo) * d..][..nc * d];
                                 let dv_t = &mut dvv[(j0 - kv_lo) * dv..][..nc * dv];
-                                let with_ds = tile(sc, [b, h, it, jt, jt - jt0], full);
+                                let with_ds = tile(sc, [b, h, i0, nr, j0, nc, jt - jt0], full);
                                 let dsf = if with_ds { &sc.ds } else { &sc.dp };
                                 // dV += Pᵀ·dO, dK += dSᵀ·(scale·Q): A read transposed
                                 let tr = |n: usize| Mm {
@@ -780,6 +835,158 @@ impl CpuBackward {
 
 /// Rows per block of the row-parallel steps (Δ, scale·Q).
 const ROWS: usize = 256;
+
+/// The tiles one backward call runs on: per sequence its kv tiles and its q tiles, each
+/// `(first row, rows)` in ascending order (the kv tiles covering `0..Lkv`), and the runs
+/// of kv tiles (indices into the sequence's kv tiles) each q tile visits.
+struct Layout<'a> {
+    kv: Vec<Vec<(usize, usize)>>,
+    q: Vec<Vec<(usize, usize)>>,
+    runs: LayoutRuns<'a>,
+}
+
+enum LayoutRuns<'a> {
+    /// The grid's tiles: row `it` of map `(b, h)`.
+    Maps(&'a BlockMaps),
+    /// Document tiles: per sequence and q tile, its runs (every head).
+    Docs(Vec<Vec<Vec<Run>>>),
+}
+
+impl<'a> Layout<'a> {
+    /// The grid of `bq` x `bkv` tiles from row 0, the runs of `maps`.
+    fn grid(shape: &Shape, bq: usize, bkv: usize, maps: &'a BlockMaps) -> Self {
+        let tiles = |len: usize, t: usize| -> Vec<(usize, usize)> {
+            (0..len.div_ceil(t))
+                .map(|i| (i * t, t.min(len - i * t)))
+                .collect()
+        };
+        Layout {
+            kv: vec![tiles(shape.lkv, bkv); shape.b],
+            q: vec![tiles(shape.lq, bq); shape.b],
+            runs: LayoutRuns::Maps(maps),
+        }
+    }
+
+    /// The tiles of a document tile list (checked by `check_docs`): each document's kv
+    /// tiles of `bkv` rows from its first row (the last cut at its end), its q tiles of
+    /// `bq` rows likewise, each with its runs of the table counted from the document's
+    /// first kv tile. An error where the documents do not cover each sequence exactly.
+    fn docs(shape: &Shape, bq: usize, bkv: usize, t: &DocTable) -> Result<Self, CpuError> {
+        let bad = |s: String| Err(CpuError::BlockMap(s));
+        let tiles: Vec<[usize; 4]> = t
+            .tiles
+            .chunks(4)
+            .map(|w| [w[0], w[1], w[2], w[3]].map(|x| x as usize))
+            .collect();
+        let mut kv = vec![Vec::new(); shape.b];
+        let mut q = vec![Vec::new(); shape.b];
+        let mut runs = vec![Vec::new(); shape.b];
+        // the list's tiles by (sequence, document, q tile)
+        let mut order: Vec<usize> = (0..tiles.len()).collect();
+        order.sort_by_key(|&i| (tiles[i][0], tiles[i][1], tiles[i][3]));
+        let mut base = 0;
+        let mut doc: Option<(usize, usize, usize)> = None;
+        for &i in &order {
+            let [b, row0, rows, qi] = tiles[i];
+            if doc.map(|(db, r0, _)| (db, r0)) != Some((b, row0)) {
+                // a new document: it starts where the sequence's last one ended
+                let end = kv[b].last().map_or(0, |&(j0, n): &(usize, usize)| j0 + n);
+                if row0 != end {
+                    return bad(format!(
+                        "document tiles: the document at row {row0} of sequence {b} does not start where the one before ends ({end})"
+                    ));
+                }
+                base = kv[b].len();
+                kv[b].extend(
+                    (0..rows.div_ceil(bkv)).map(|j| (row0 + j * bkv, bkv.min(rows - j * bkv))),
+                );
+                doc = Some((b, row0, rows));
+            } else if doc.map(|x| x.2) != Some(rows) {
+                return bad(format!(
+                    "document tiles: the document at row {row0} of sequence {b} has two lengths"
+                ));
+            }
+            if q[b]
+                .last()
+                .is_some_and(|&(i0, _): &(usize, usize)| i0 >= row0 + qi * bq)
+            {
+                return bad(format!(
+                    "document tiles: tile {i} {:?} comes twice",
+                    tiles[i]
+                ));
+            }
+            q[b].push((row0 + qi * bq, bq.min(rows - qi * bq)));
+            let (s, e) = (t.row_start[i] as usize, t.row_start[i + 1] as usize);
+            runs[b].push(
+                t.runs[s..e]
+                    .iter()
+                    .map(|r| Run {
+                        start: r.start + base as u32,
+                        end: r.end + base as u32,
+                        full: r.full,
+                    })
+                    .collect(),
+            );
+        }
+        for (b, k) in kv.iter().enumerate() {
+            let end = k.last().map_or(0, |&(j0, n)| j0 + n);
+            if end != shape.lkv {
+                return bad(format!(
+                    "document tiles: the documents of sequence {b} cover {end} of its {} rows",
+                    shape.lkv
+                ));
+            }
+        }
+        Ok(Layout {
+            kv,
+            q,
+            runs: LayoutRuns::Docs(runs),
+        })
+    }
+
+    /// The runs of kv tiles q tile `it` of sequence `b` visits for query head `h`.
+    fn runs(&self, b: usize, h: usize, it: usize) -> &[Run] {
+        match &self.runs {
+            LayoutRuns::Maps(m) => m.get(b, h).row(it),
+            LayoutRuns::Docs(d) => &d[b][it],
+        }
+    }
+}
+
+/// The lengths of one call's slices against `shape`.
+fn check_lengths(
+    shape: &Shape,
+    [q, k, v, o, lse, dout]: [&[f32]; 6],
+    dlse: Option<&[f32]>,
+    [gdq, gdk, gdv]: [&[f32]; 3],
+) -> Result<(), CpuError> {
+    shape.validate()?;
+    for (what, expected, got) in [
+        ("dq", shape.q_len(), gdq.len()),
+        ("dk", shape.k_len(), gdk.len()),
+        ("dv", shape.v_len(), gdv.len()),
+        ("q", shape.q_len(), q.len()),
+        ("k", shape.k_len(), k.len()),
+        ("v", shape.v_len(), v.len()),
+        ("o", shape.o_len(), o.len()),
+        ("lse", shape.lse_len(), lse.len()),
+        ("do", shape.o_len(), dout.len()),
+        (
+            "dlse",
+            shape.lse_len(),
+            dlse.map_or(shape.lse_len(), |x| x.len()),
+        ),
+    ] {
+        if expected != got {
+            return Err(CpuError::Length {
+                what,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Runs `f(i)` for every `i < n` on the threads of `workers` (claimed from a counter).
 fn par_for(n: usize, workers: &dyn Workers, f: &(dyn Fn(usize) + Sync)) -> Result<(), CpuError> {
