@@ -238,6 +238,101 @@ impl Bound {
         })
     }
 
+    /// The shapes and dtypes of one backward call's tensors `[q, k, v, o, lse, do]` and
+    /// dLSE at the kernels' head dims (each error names its tensor).
+    fn check_backward_inputs(
+        &self,
+        [q, k, v, o, lse, dout]: [&Tensor; 6],
+        dlse: Option<&Tensor>,
+    ) -> Result<()> {
+        let (s, dt) = (self.options().shape, self.options().dtype);
+        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
+        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
+        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)?;
+        check_input("o", o, &[s.b, s.hq, s.lq, s.dv], dt)?;
+        check_input("lse", lse, &[s.b, s.hq, s.lq], DType::F32)?;
+        check_input("do", dout, &[s.b, s.hq, s.lq, s.dv], dt)?;
+        if let Some(x) = dlse {
+            check_input("dlse", x, &[s.b, s.hq, s.lq], DType::F32)?;
+        }
+        Ok(())
+    }
+
+    /// The device time of this binding's backward in milliseconds (CUDA: the inputs
+    /// uploaded once, `iters` back-to-back backwards timed with events, the median of 3;
+    /// the kernels `backward_with` runs under `bwd`, document kv tiles included), `None`
+    /// for host backends. The tensors and captures are checked as by `backward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_device_time_ms(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        captures: &Captures,
+        iters: usize,
+        bwd: &BackwardOptions,
+    ) -> Result<Option<f64>> {
+        if let Some(p) = self.head_pad() {
+            let (c, dt) = (self.shape(), self.options().dtype);
+            self.check_qkv(q, k, v)?;
+            check_input("o", o, &[c.b, c.hq, c.lq, c.dv], dt)?;
+            check_input("do", dout, &[c.b, c.hq, c.lq, c.dv], dt)?;
+            let [q, k, v, o, dout] = [q, k, v, o, dout].map(|t| p.widen(t));
+            return self.backward_time_at_kernels(
+                [&q, &k, &v, &o, lse, &dout],
+                captures,
+                iters,
+                bwd,
+            );
+        }
+        self.backward_time_at_kernels([q, k, v, o, lse, dout], captures, iters, bwd)
+    }
+
+    /// [`Self::backward_device_time_ms`] on tensors at the kernels' head dims.
+    fn backward_time_at_kernels(
+        &mut self,
+        t: [&Tensor; 6],
+        captures: &Captures,
+        iters: usize,
+        bwd: &BackwardOptions,
+    ) -> Result<Option<f64>> {
+        self.check_backward_inputs(t, None)?;
+        if self.options().backend != crate::api::Backend::Cuda {
+            return Ok(None);
+        }
+        let [q, k, v, o, lse, dout] = t;
+        let bindings = self.bindings_reusing(captures)?;
+        let (kernels, docs) = match self.doc_backward_host(&bindings, bwd.deterministic)? {
+            Some((k, list)) => (k, Some(list)),
+            None => (self.cuda_host_backward_kernels(bwd.deterministic)?, None),
+        };
+        let variant = self.variant().clone();
+        let (device, problem) = cuda_backward_upload(
+            &variant,
+            self.options().device,
+            &kernels,
+            self.plan(),
+            &self.options().shape,
+            (q, k, v, o, dout),
+            &lse.to_f32(),
+            None,
+            self.scale(),
+            &bindings,
+            docs.as_ref(),
+        )?;
+        let ms = kernels
+            .time(device, &problem, 1, iters.max(1), 3)
+            .map_err(|e| variant.render(crate::exec::ExecError::Cuda(e)))?;
+        if docs.is_some() {
+            self.extension::<BackwardState>().doc_calls += 1;
+        }
+        self.keep_bindings(bindings);
+        Ok(Some(ms))
+    }
+
     /// [`Self::backward_with`] on tensors at the kernels' head dims.
     #[allow(clippy::too_many_arguments)]
     fn backward_at_kernels(
@@ -255,15 +350,7 @@ impl Bound {
         let opts = self.options().clone();
         let s = opts.shape;
         let dt = opts.dtype;
-        check_input("q", q, &[s.b, s.hq, s.lq, s.d], dt)?;
-        check_input("k", k, &[s.b, s.hkv, s.lkv, s.d], dt)?;
-        check_input("v", v, &[s.b, s.hkv, s.lkv, s.dv], dt)?;
-        check_input("o", o, &[s.b, s.hq, s.lq, s.dv], dt)?;
-        check_input("lse", lse, &[s.b, s.hq, s.lq], DType::F32)?;
-        check_input("do", dout, &[s.b, s.hq, s.lq, s.dv], dt)?;
-        if let Some(x) = dlse {
-            check_input("dlse", x, &[s.b, s.hq, s.lq], DType::F32)?;
-        }
+        self.check_backward_inputs([q, k, v, o, lse, dout], dlse)?;
         let bindings = self.bindings_reusing(captures)?;
         let scale = self.scale();
         let variant = self.variant().clone();
@@ -469,33 +556,24 @@ fn cuda_backward(
     bind: &Bindings,
     docs: Option<&crate::external::DocBackwardList>,
 ) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
-    use crate::cuda::backward::{BwdBlocks, LaunchBlocks};
     let input = input_type(dtype)?;
     let p = variant.program();
     let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
-    let device = crate::exec::cuda::device_at(ordinal).map_err(|e| variant.render(e))?;
-    let blocks = LaunchBlocks::new(&kernels, plan, shape, bind).map_err(err)?;
-    let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
-    let grads = kernels
-        .backward_host(
-            device,
-            shape,
-            (&bits(q), &bits(k), &bits(v), &bits(o)),
-            lse,
-            &bits(dout),
-            dlse,
-            scale,
-            bind,
-            match (docs, &blocks) {
-                (Some(d), LaunchBlocks::Maps(maps)) => BwdBlocks::Documents {
-                    maps,
-                    tiles: &d.tiles,
-                    ranges: &d.ranges,
-                },
-                _ => blocks.as_blocks(),
-            },
-        )
-        .map_err(err)?;
+    let (device, problem) = cuda_backward_upload(
+        variant,
+        ordinal,
+        &kernels,
+        plan,
+        shape,
+        (q, k, v, o, dout),
+        lse,
+        dlse,
+        scale,
+        bind,
+        docs,
+    )?;
+    kernels.launch(device, &problem).map_err(err)?;
+    let grads = kernels.download(device, &problem).map_err(err)?;
     let f32s = |x: Vec<u16>| -> Vec<f32> {
         x.into_iter()
             .map(|b| match input {
@@ -535,6 +613,54 @@ fn cuda_backward(
         tensors,
         params,
     })
+}
+
+/// One CUDA backward's inputs on the binding's device (`CudaBackward::upload`): its launch
+/// blocks made here (with `docs`, kernels on document kv tiles, the call's list and
+/// ranges), the tensors' 16-bit words, LSE, dLSE.
+#[allow(clippy::too_many_arguments)]
+fn cuda_backward_upload(
+    variant: &crate::api::Variant,
+    ordinal: usize,
+    kernels: &crate::cuda::backward::CudaBackward,
+    plan: &attnc_compiler::plan::Plan,
+    shape: &attnc_compiler::shape::Shape,
+    (q, k, v, o, dout): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+    lse: &[f32],
+    dlse: Option<&[f32]>,
+    scale: f32,
+    bind: &Bindings,
+    docs: Option<&crate::external::DocBackwardList>,
+) -> Result<(
+    &'static crate::cuda::CudaDevice,
+    crate::cuda::backward::BackwardProblem,
+)> {
+    use crate::cuda::backward::{BwdBlocks, LaunchBlocks};
+    let err = |e| variant.render(crate::exec::ExecError::Cuda(e));
+    let device = crate::exec::cuda::device_at(ordinal).map_err(|e| variant.render(e))?;
+    let blocks = LaunchBlocks::new(kernels, plan, shape, bind).map_err(err)?;
+    let bits = |t: &Tensor| t.to_u16_bits().unwrap_or_default();
+    let problem = kernels
+        .upload(
+            device,
+            shape,
+            (&bits(q), &bits(k), &bits(v), &bits(o)),
+            lse,
+            &bits(dout),
+            dlse,
+            scale,
+            bind,
+            match (docs, &blocks) {
+                (Some(d), LaunchBlocks::Maps(maps)) => BwdBlocks::Documents {
+                    maps,
+                    tiles: &d.tiles,
+                    ranges: &d.ranges,
+                },
+                _ => blocks.as_blocks(),
+            },
+        )
+        .map_err(err)?;
+    Ok((device, problem))
 }
 
 /// The kernels' input type of a CUDA binding's dtype.
@@ -597,10 +723,12 @@ impl Bound {
         Ok(k)
     }
 
-    /// `Bound::backward` calls on the CUDA backend that ran the kernels on document kv
-    /// tiles (`PtxOptions::bwd_doc_tiles`: a document mask whose ids form contiguous
-    /// documents; fast mode, `Lq == Lkv`, `BindOptions::doc_tiles`); the others ran the
-    /// binding's own kernels.
+    /// `Bound::backward` calls (and `backward_device_time_ms` timings) that ran on
+    /// document tiles: on CUDA the kernels on document kv tiles
+    /// (`PtxOptions::bwd_doc_tiles`), on the CPU the kernel of the mask's linear part on
+    /// each document's tiles (`CpuBackward::run_docs_into`); where a document mask's ids
+    /// form contiguous documents, in fast mode, `Lq == Lkv`, `BindOptions::doc_tiles`. The
+    /// others ran the binding's own kernels.
     pub fn doc_tile_backward_calls(&mut self) -> u64 {
         self.extension::<BackwardState>().doc_calls
     }

@@ -3522,6 +3522,56 @@ fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
     }
 }
 
+/// `Bound::backward_device_time_ms` (what `attnc bench --grad` reports on CUDA): a
+/// positive time for a dense D128 and a document + causal D64 binding (the latter on the
+/// document kv tiles where the binding has them: sm_90), the count of document calls
+/// moving with it, and the gradients of a `backward` after the timings still those of
+/// the reference (the timed launches leave nothing behind).
+fn gpu_backward_device_time(dev: &CudaDevice) {
+    use attnc::{Backend, BindOptions, Captures, Compiled, DType, Tensor};
+    let sm90 = dev.arch() == attnc_compiler::backend::llvm::Arch::Sm90;
+    let dense = Compiled::from_file(&examples_dir().join("dense.attn")).unwrap();
+    let docs = Compiled::from_file(&examples_dir().join("document_causal.attn")).unwrap();
+    let det = attnc::BackwardOptions::default();
+    for (var, sh, doc) in [
+        (
+            dense.attention(dense.names()[0]).unwrap(),
+            shape(2, 8, 2, 1000, 1000, 128),
+            false,
+        ),
+        (
+            docs.attention("document_causal").unwrap(),
+            shape(2, 4, 2, 777, 777, 64),
+            true,
+        ),
+    ] {
+        let mut caps = Captures::default();
+        if doc {
+            let ids = doc_ids_for(5, sh.b, sh.lkv, 6, true);
+            caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], &ids));
+        }
+        let mut bound = var
+            .bind(BindOptions::new(Backend::Cuda, sh, DType::BF16))
+            .unwrap();
+        let (q, k, v, d_o) = api_case_inputs(sh, DType::BF16, 31);
+        let fwd = bound.forward(&q, &k, &v, &caps).unwrap();
+        let before = bound.doc_tile_backward_calls();
+        let ms = bound
+            .backward_device_time_ms(&q, &k, &v, &fwd.o, &fwd.lse, &d_o, &caps, 5, &det)
+            .unwrap()
+            .expect("a device time on CUDA");
+        let what = format!("device time {} {sh:?}", var.program().name);
+        assert!(ms > 0.0 && ms.is_finite(), "{what}: {ms} ms");
+        assert_eq!(
+            bound.doc_tile_backward_calls() - before,
+            u64::from(doc && sm90),
+            "{what}: document kv tiles"
+        );
+        println!("  {what}: {ms:.3} ms");
+        api_case_bound(&mut bound, &var, &caps, 31, &what, &det);
+    }
+}
+
 /// The non-deterministic backward (`BackwardOptions { deterministic: false }`: the
 /// runtime's `backward::nondeterministic` on each binding's options — on sm_90 the fused
 /// dQ's parts added unordered into a zeroed accumulator, `bwd_dq_free`, and at dense D128
@@ -3718,6 +3768,7 @@ const TESTS: &[(&str, TestFn)] = &[
         "gpu_backward_api_document_tiles",
         gpu_backward_api_document_tiles,
     ),
+    ("gpu_backward_device_time", gpu_backward_device_time),
     ("gpu_backward_capture_grads", gpu_backward_capture_grads),
     ("gpu_backward_uniform_reads", gpu_backward_uniform_reads),
     (

@@ -653,3 +653,60 @@ fn captures_converted_into_kept_buffers_follow_each_call() {
     assert!(b == run(&mut bind(&var, Backend::Cpu, shape, 2), &second));
     assert!(a == run(&mut reused, &first), "back to the first captures");
 }
+
+/// `Bound::backward_device_time_ms` is `None` on host backends, after checking the
+/// tensors as `backward` does (a wrong `o` names it).
+#[test]
+fn backward_device_time_is_none_on_host_backends() {
+    let c = attnc::Compiled::from_source(
+        "c.attn",
+        "mask c(b, h, q, kv) { q >= kv } attention a { mask = c; }",
+    )
+    .unwrap();
+    let var = c.attention("a").unwrap();
+    let shape = Shape {
+        b: 1,
+        hq: 2,
+        hkv: 1,
+        lq: 70,
+        lkv: 70,
+        d: 32,
+        dv: 32,
+    };
+    let x = case(&shape, 3, false);
+    for backend in [Backend::Cpu, Backend::Reference] {
+        let mut bound = bind(&var, backend, shape, 1);
+        let fwd = bound
+            .forward(&x.q, &x.k, &x.v, &Captures::default())
+            .unwrap();
+        let t = bound
+            .backward_device_time_ms(
+                &x.q,
+                &x.k,
+                &x.v,
+                &fwd.o,
+                &fwd.lse,
+                &x.dout,
+                &Captures::default(),
+                2,
+                &Default::default(),
+            )
+            .unwrap();
+        assert!(t.is_none(), "{}", backend.name());
+        let e = bound
+            .backward_device_time_ms(
+                &x.q,
+                &x.k,
+                &x.v,
+                &x.k,
+                &fwd.lse,
+                &x.dout,
+                &Captures::default(),
+                2,
+                &Default::default(),
+            )
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("`o`"), "{}: {e}", backend.name());
+    }
+}

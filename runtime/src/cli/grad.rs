@@ -6,7 +6,9 @@
 //! f32 param (a one-element f32 tensor), and a one-line summary.
 //!
 //! `bench --grad` In: the bench's arguments. Out: one line with the forward and the
-//! backward timed separately (same synthetic inputs, dO ~ N(0, 1)), the backward's
+//! backward timed separately (same synthetic inputs, dO ~ N(0, 1); on CUDA the kernels'
+//! device time, `Bound::device_time_ms` and `Bound::backward_device_time_ms`, elsewhere
+//! the calls' wall time), the backward's
 //! GFLOP/s counted as 2.5x the forward's FLOPs over unmasked pairs (FlashAttention's
 //! convention) and the backward/forward time ratio.
 //!
@@ -110,31 +112,51 @@ pub(crate) fn bench(a: &BenchArgs, nondeterministic: bool) -> Result<(), Error> 
     let dout: Vec<f32> = (0..shape.o_len()).map(|_| rng.normal()).collect();
     let dout = Tensor::from_f32_as(vec![shape.b, shape.hq, shape.lq, shape.dv], &dout, dtype);
     let out = bound.forward(&q, &k, &v, &caps)?;
-    let mut err = None;
-    let fwd_ms = bench::time_ms(
-        || {
-            if let Err(e) = bound.forward(&q, &k, &v, &caps) {
-                err.get_or_insert(e);
+    // device backends: the kernels' time (inputs uploaded once, CUDA events), as the
+    // forward bench reports it; host backends: the calls' wall time
+    let device = match bound.device_time_ms(&q, &k, &v, &caps, a.iters)? {
+        Some(fwd_ms) => bound
+            .backward_device_time_ms(&q, &k, &v, &out.o, &out.lse, &dout, &caps, a.iters, &bwd)?
+            .map(|bwd_ms| (fwd_ms, bwd_ms)),
+        None => None,
+    };
+    let (fwd_ms, bwd_ms) = match device {
+        Some(t) => t,
+        None => {
+            let mut err = None;
+            let fwd_ms = bench::time_ms(
+                || {
+                    if let Err(e) = bound.forward(&q, &k, &v, &caps) {
+                        err.get_or_insert(e);
+                    }
+                },
+                1,
+                a.iters,
+                3,
+            );
+            let bwd_ms = bench::time_ms(
+                || {
+                    let g =
+                        bound.backward_with(&q, &k, &v, &out.o, &out.lse, &dout, None, &caps, &bwd);
+                    if let Err(e) = g {
+                        err.get_or_insert(e);
+                    }
+                },
+                1,
+                a.iters,
+                3,
+            );
+            if let Some(e) = err {
+                return Err(e);
             }
-        },
-        1,
-        a.iters,
-        3,
-    );
-    let bwd_ms = bench::time_ms(
-        || {
-            let g = bound.backward_with(&q, &k, &v, &out.o, &out.lse, &dout, None, &caps, &bwd);
-            if let Err(e) = g {
-                err.get_or_insert(e);
-            }
-        },
-        1,
-        a.iters,
-        3,
-    );
-    if let Some(e) = err {
-        return Err(e);
-    }
+            (fwd_ms, bwd_ms)
+        }
+    };
+    let timing = if device.is_some() {
+        " (device time)"
+    } else {
+        ""
+    };
     let gflops = |f: f64, ms: f64| f / (ms * 1e-3) / 1e9;
     // (the kernels on document tiles, where a document mask's ids allow them)
     let words = if bound.doc_tile_backward_calls() > 0 {
@@ -143,7 +165,7 @@ pub(crate) fn bench(a: &BenchArgs, nondeterministic: bool) -> Result<(), Error> 
         words.to_string()
     };
     outln!(
-        "{} {} {} {} threads {}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward{words} {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
+        "{} {} {} {} threads {}{timing}: forward {fwd_ms:.3} ms/call ({:.1} GFLOP/s), backward{words} {bwd_ms:.3} ms/call ({:.1} GFLOP/s at 2.5x the forward's FLOPs), backward/forward {:.2}",
         variant.name(),
         a.backend.backend().name(),
         super::shape_words(&shape),
