@@ -3350,104 +3350,73 @@ fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
         file("document_alibi.attn"),
     );
     let det = attnc::BackwardOptions::default();
-    // (attention, shape, dtype, distinct ids, sorted, checked, doc_tiles, runs the tiles)
+    let causal = dc.attention("document_causal").unwrap();
+    let sliding = ds.attention("document_sliding_causal").unwrap();
+    let alibi = da.attention("document_alibi").unwrap();
+    // how a case runs: on the document kv tiles, or on the binding's own kernels because
+    // its ids come back, because Lq != Lkv (the shape says it), in checked mode, or with
+    // `doc_tiles: false`
+    #[derive(Clone, Copy, PartialEq)]
+    enum How {
+        Tiles,
+        Unsorted,
+        Cross,
+        Checked,
+        Off,
+    }
+    use How::*;
+    // (attention, shape, dtype, distinct ids, how)
     let cases = [
         (
-            dc.attention("document_causal").unwrap(),
+            &causal,
             shape(2, 8, 2, 333, 333, 128),
             DType::BF16,
             5,
-            true,
-            false,
-            true,
-            true,
+            Tiles,
         ),
+        (&causal, shape(1, 4, 4, 517, 517, 64), DType::F16, 3, Tiles),
         (
-            dc.attention("document_causal").unwrap(),
-            shape(1, 4, 4, 517, 517, 64),
-            DType::F16,
-            3,
-            true,
-            false,
-            true,
-            true,
-        ),
-        (
-            dc.attention("document_causal").unwrap(),
+            &causal,
             shape(2, 4, 1, 700, 700, 128),
             DType::BF16,
             90,
-            true,
-            false,
-            true,
-            true,
+            Tiles,
         ),
         (
-            ds.attention("document_sliding_causal").unwrap(),
+            &sliding,
             shape(1, 8, 2, 611, 611, 128),
             DType::BF16,
             4,
-            true,
-            false,
-            true,
-            true,
+            Tiles,
         ),
+        (&alibi, shape(2, 16, 4, 259, 259, 64), DType::BF16, 3, Tiles),
         (
-            da.attention("document_alibi").unwrap(),
-            shape(2, 16, 4, 259, 259, 64),
-            DType::BF16,
-            3,
-            true,
-            false,
-            true,
-            true,
-        ),
-        // the binding's own kernels: ids that come back, Lq != Lkv, checked, option off
-        (
-            dc.attention("document_causal").unwrap(),
+            &causal,
             shape(1, 4, 2, 300, 300, 128),
             DType::BF16,
             3,
-            false,
-            false,
-            true,
-            false,
+            Unsorted,
         ),
         (
-            dc.attention("document_causal").unwrap(),
+            &causal,
             shape(1, 4, 2, 200, 333, 128),
             DType::BF16,
             3,
-            true,
-            false,
-            true,
-            false,
+            Cross,
         ),
         (
-            dc.attention("document_causal").unwrap(),
+            &causal,
             shape(1, 4, 2, 300, 300, 64),
             DType::BF16,
             3,
-            true,
-            true,
-            true,
-            false,
+            Checked,
         ),
-        (
-            dc.attention("document_causal").unwrap(),
-            shape(1, 4, 2, 300, 300, 128),
-            DType::BF16,
-            3,
-            true,
-            false,
-            false,
-            false,
-        ),
+        (&causal, shape(1, 4, 2, 300, 300, 128), DType::BF16, 3, Off),
     ];
     let mut tiled = 0;
-    for (ci, (var, shape, dt, docs, sorted, checked, doc_tiles, runs)) in
-        cases.into_iter().enumerate()
-    {
+    for (ci, (var, shape, dt, docs, how)) in cases.into_iter().enumerate() {
+        let (sorted, checked, doc_tiles) = (how != Unsorted, how == Checked, how != Off);
+        let runs = how == Tiles;
         let seed = 900 + ci as u64;
         let ids = doc_ids_for(seed, shape.b, shape.lkv, docs, sorted);
         let mut caps =
@@ -3466,7 +3435,7 @@ fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
             var.program().name
         );
         let before = bound.doc_tile_backward_calls();
-        let got = api_case_bound(&mut bound, &var, &caps, seed, &what, &det);
+        let got = api_case_bound(&mut bound, var, &caps, seed, &what, &det);
         let ran = bound.doc_tile_backward_calls() - before;
         let want_runs = runs && sm90;
         assert_eq!(
@@ -3476,7 +3445,7 @@ fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
         );
         tiled += ran;
         // twice: bit-identical
-        let again = api_case_bound(&mut bound, &var, &caps, seed, &what, &det);
+        let again = api_case_bound(&mut bound, var, &caps, seed, &what, &det);
         for (nm, a, b) in [
             ("dq", &got.dq, &again.dq),
             ("dk", &got.dk, &again.dk),
@@ -3496,7 +3465,7 @@ fn gpu_backward_api_document_tiles(dev: &CudaDevice) {
                     ..opts
                 })
                 .unwrap();
-            let base = api_case_bound(&mut ranges, &var, &caps, seed, &what, &det);
+            let base = api_case_bound(&mut ranges, var, &caps, seed, &what, &det);
             assert_eq!(ranges.doc_tile_backward_calls(), 0, "{what}: option off");
             let ty = match dt {
                 DType::F16 => InputType::F16,

@@ -44,6 +44,18 @@ fn ids(r: &mut StdRng, b: usize, n: usize, docs: i32, sorted: bool) -> Vec<i32> 
     out
 }
 
+fn shape(b: usize, hq: usize, hkv: usize, lq: usize, lkv: usize, d: usize) -> Shape {
+    Shape {
+        b,
+        hq,
+        hkv,
+        lq,
+        lkv,
+        d,
+        dv: d,
+    }
+}
+
 fn input(r: &mut StdRng, dims: Vec<usize>) -> Tensor {
     let n: usize = dims.iter().product();
     let x: Vec<f32> = (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect();
@@ -53,15 +65,6 @@ fn input(r: &mut StdRng, dims: Vec<usize>) -> Tensor {
 #[test]
 fn cpu_doc_tiles_match_the_oracle() {
     let compiled = Compiled::from_source("docs.attn", SOURCE).expect("compiles");
-    let shape = |b, hq, hkv, lq, lkv, d| Shape {
-        b,
-        hq,
-        hkv,
-        lq,
-        lkv,
-        d,
-        dv: d,
-    };
     // (shape, documents per row)
     let cases = [
         (shape(2, 4, 2, 300, 300, 64), 6),
@@ -156,15 +159,6 @@ fn cpu_doc_tiles_match_the_oracle() {
 #[test]
 fn cpu_doc_tiles_backward_matches_the_oracle() {
     let compiled = Compiled::from_source("docs.attn", SOURCE).expect("compiles");
-    let shape = |b, hq, hkv, lq, lkv, d| Shape {
-        b,
-        hq,
-        hkv,
-        lq,
-        lkv,
-        d,
-        dv: d,
-    };
     let cases = [
         (shape(2, 4, 2, 300, 300, 64), 6),
         (shape(1, 3, 1, 517, 517, 32), 40),

@@ -315,28 +315,19 @@ impl CpuBackward {
     pub fn run_into(
         &self,
         shape: &Shape,
-        [q, k, v, o, lse, dout]: [&[f32]; 6],
+        inputs: [&[f32]; 6],
         dlse: Option<&[f32]>,
         scale: f32,
         bind: &Bindings,
         maps: &BlockMaps,
         workers: &dyn Workers,
-        [gdq, gdk, gdv]: [&mut [f32]; 3],
+        out: [&mut [f32]; 3],
     ) -> Result<CaptureGradients, CpuError> {
-        check_lengths(shape, [q, k, v, o, lse, dout], dlse, [&*gdq, &*gdk, &*gdv])?;
+        check_lengths(shape, inputs, dlse, &out)?;
         let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
         check_maps(maps, shape, bq, bkv)?;
         let layout = Layout::grid(shape, bq, bkv, maps);
-        self.run_layout(
-            shape,
-            [q, k, v, o, lse, dout],
-            dlse,
-            scale,
-            bind,
-            &layout,
-            workers,
-            [gdq, gdk, gdv],
-        )
+        self.run_layout(shape, inputs, dlse, scale, bind, &layout, workers, out)
     }
 
     /// [`run_into`](Self::run_into) over document tiles (`DocTable`, as the forward's
@@ -357,22 +348,13 @@ impl CpuBackward {
         bind: &Bindings,
         docs: DocTable,
         workers: &dyn Workers,
-        [gdq, gdk, gdv]: [&mut [f32]; 3],
+        out: [&mut [f32]; 3],
     ) -> Result<CaptureGradients, CpuError> {
-        check_lengths(shape, inputs, dlse, [&*gdq, &*gdk, &*gdv])?;
+        check_lengths(shape, inputs, dlse, &out)?;
         let (bq, bkv) = (self.opts.q_block, self.opts.kv_block);
         check_docs(&docs, shape, bq, bkv)?;
         let layout = Layout::docs(shape, bq, bkv, &docs)?;
-        self.run_layout(
-            shape,
-            inputs,
-            dlse,
-            scale,
-            bind,
-            &layout,
-            workers,
-            [gdq, gdk, gdv],
-        )
+        self.run_layout(shape, inputs, dlse, scale, bind, &layout, workers, out)
     }
 
     /// The backward over the tiles of `layout` (module docs); lengths and tiles checked by
@@ -958,7 +940,7 @@ fn check_lengths(
     shape: &Shape,
     [q, k, v, o, lse, dout]: [&[f32]; 6],
     dlse: Option<&[f32]>,
-    [gdq, gdk, gdv]: [&[f32]; 3],
+    [gdq, gdk, gdv]: &[&mut [f32]; 3],
 ) -> Result<(), CpuError> {
     shape.validate()?;
     for (what, expected, got) in [
