@@ -109,6 +109,18 @@ pub(crate) struct BackwardState {
     doc_calls: u64,
 }
 
+/// The backward's document kv tiles (`PtxOptions::bwd_doc_tiles`) of one call, for kernels of tiles
+/// `(q_block, kv_block)`: four i32 words an entry `(b, row0, rows, kj)`, and the entries
+/// `[first, end, full_first, full_end]` adding into each (batch, q block)
+/// (`backend::llvm::bounds::doc_kv_ranges`); made by `Bound::doc_backward_list`, carried by
+/// block masks (`external::BlockMaskTables`) and used by `Bound::backward`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocBackwardList {
+    pub tiles_shape: (u32, u32),
+    pub tiles: Vec<i32>,
+    pub ranges: Vec<i32>,
+}
+
 /// Whether a binding bound with `opts` runs the backward's document kv tiles where its
 /// kernels have them ([`doc_backward_options`]) and a call's ids form contiguous
 /// documents: `BindOptions::doc_tiles` (as the forward's document tiles), fast mode, `Lq ==
@@ -554,7 +566,7 @@ fn cuda_backward(
     dlse: Option<&[f32]>,
     scale: f32,
     bind: &Bindings,
-    docs: Option<&crate::external::DocBackwardList>,
+    docs: Option<&DocBackwardList>,
 ) -> Result<attnc_compiler::backend::cranelift::backward::Gradients> {
     let input = input_type(dtype)?;
     let p = variant.program();
@@ -630,7 +642,7 @@ fn cuda_backward_upload(
     dlse: Option<&[f32]>,
     scale: f32,
     bind: &Bindings,
-    docs: Option<&crate::external::DocBackwardList>,
+    docs: Option<&DocBackwardList>,
 ) -> Result<(
     &'static crate::cuda::CudaDevice,
     crate::cuda::backward::BackwardProblem,
@@ -723,6 +735,64 @@ impl Bound {
         Ok(k)
     }
 
+    /// The backward's document kv tiles of calls with `bindings` (host data), where the
+    /// binding runs them ([`doc_backward_applies`]), its backward kernels have a
+    /// document variant and the ids form contiguous documents; the variant's kernels
+    /// loaded here.
+    pub(crate) fn doc_backward_list(
+        &mut self,
+        bindings: &Bindings,
+    ) -> Result<Option<DocBackwardList>> {
+        if !doc_backward_applies(self.options()) {
+            return Ok(None);
+        }
+        let Some(kernels) = self.cuda_doc_backward_kernels(true)? else {
+            return Ok(None);
+        };
+        let ko = *kernels.options();
+        let shape = self.options().shape;
+        let plan = self.plan();
+        let Some((dplan, id)) = plan.doc_split() else {
+            return Ok(None);
+        };
+        let render = |e: attnc_compiler::interp::EvalError| Error::Backend {
+            backend: "documents",
+            message: format!("{e}"),
+        };
+        let Some(docs) = attnc_compiler::analysis::documents::document_runs(
+            id,
+            dplan.program(),
+            bindings,
+            shape.b,
+            shape.lq,
+        )
+        .map_err(render)?
+        else {
+            return Ok(None);
+        };
+        let kvb = dplan.kv_bounds(false);
+        let attnc_compiler::plan::KvBounds::ClosedForm(cf) = &kvb else {
+            return Ok(None);
+        };
+        let bounds = dplan
+            .closed_form_bounds(cf, &shape, bindings)
+            .map_err(|e| Error::Usage(format!("{e}")))?;
+        let (tiles, ranges) = attnc_compiler::backend::llvm::bounds::doc_kv_ranges(
+            &docs,
+            &kvb.coefficients(),
+            bounds.as_deref(),
+            dplan.program().mask.is_some(),
+            shape.lq,
+            ko.q_block as usize,
+            ko.kv_block as usize,
+        );
+        Ok(Some(DocBackwardList {
+            tiles_shape: (ko.q_block, ko.kv_block),
+            tiles,
+            ranges,
+        }))
+    }
+
     /// `Bound::backward` calls (and `backward_device_time_ms` timings) that ran on
     /// document tiles: on CUDA the kernels on document kv tiles
     /// (`PtxOptions::bwd_doc_tiles`), on the CPU the kernel of the mask's linear part on
@@ -808,12 +878,7 @@ impl Bound {
         &mut self,
         bindings: &Bindings,
         deterministic: bool,
-    ) -> Result<
-        Option<(
-            Arc<crate::cuda::backward::CudaBackward>,
-            crate::external::DocBackwardList,
-        )>,
-    > {
+    ) -> Result<Option<(Arc<crate::cuda::backward::CudaBackward>, DocBackwardList)>> {
         let Some(list) = self.doc_backward_list(bindings)? else {
             return Ok(None);
         };

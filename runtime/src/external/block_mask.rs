@@ -32,9 +32,6 @@ use crate::cuda::backward::{kv_ranges, q_ranges};
 use crate::error::{Error, Result};
 use crate::exec::cuda::caller::{CallerDocs, CallerRanges, CallerTable};
 use crate::policy;
-use attnc_compiler::analysis::documents::document_runs;
-use attnc_compiler::backend::llvm::bounds::doc_kv_ranges;
-use attnc_compiler::plan::KvBounds;
 use attnc_compiler::plan::MapRecipe;
 use attnc_compiler::shape::Shape;
 use std::collections::HashMap;
@@ -67,16 +64,7 @@ pub struct DocTileList {
     pub tiles: Vec<i32>,
 }
 
-/// The backward's document kv tiles (`PtxOptions::bwd_doc_tiles`) for kernels of tiles
-/// `(q_block, kv_block)`: four i32 words an entry `(b, row0, rows, kj)`, and the entries
-/// `[first, end, full_first, full_end]` adding into each (batch, q block)
-/// (`backend::llvm::bounds::doc_kv_ranges`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DocBackwardList {
-    pub tiles_shape: (u32, u32),
-    pub tiles: Vec<i32>,
-    pub ranges: Vec<i32>,
-}
+pub use crate::backward::DocBackwardList;
 
 /// A block mask's tables on the host, and what they were made from: the names and dims of
 /// the captured tensors the mask reads, and the words of the params it reads.
@@ -248,58 +236,6 @@ impl Bound {
                 })
                 .collect(),
         })
-    }
-
-    /// The backward's document kv tiles of calls with `bindings` (host data), where the
-    /// binding runs them (`backward::doc_backward_applies`), its backward kernels have a
-    /// document variant and the ids form contiguous documents; the variant's kernels
-    /// loaded here.
-    pub(crate) fn doc_backward_list(
-        &mut self,
-        bindings: &attnc_compiler::interp::Bindings,
-    ) -> Result<Option<DocBackwardList>> {
-        if !crate::backward::doc_backward_applies(self.options()) {
-            return Ok(None);
-        }
-        let Some(kernels) = self.cuda_doc_backward_kernels(true)? else {
-            return Ok(None);
-        };
-        let ko = *kernels.options();
-        let shape = self.options().shape;
-        let plan = self.plan();
-        let Some((dplan, id)) = plan.doc_split() else {
-            return Ok(None);
-        };
-        let render = |e: attnc_compiler::interp::EvalError| Error::Backend {
-            backend: "documents",
-            message: format!("{e}"),
-        };
-        let Some(docs) =
-            document_runs(id, dplan.program(), bindings, shape.b, shape.lq).map_err(render)?
-        else {
-            return Ok(None);
-        };
-        let kvb = dplan.kv_bounds(false);
-        let KvBounds::ClosedForm(cf) = &kvb else {
-            return Ok(None);
-        };
-        let bounds = dplan
-            .closed_form_bounds(cf, &shape, bindings)
-            .map_err(|e| Error::Usage(format!("{e}")))?;
-        let (tiles, ranges) = doc_kv_ranges(
-            &docs,
-            &kvb.coefficients(),
-            bounds.as_deref(),
-            dplan.program().mask.is_some(),
-            shape.lq,
-            ko.q_block as usize,
-            ko.kv_block as usize,
-        );
-        Ok(Some(DocBackwardList {
-            tiles_shape: (ko.q_block, ko.kv_block),
-            tiles,
-            ranges,
-        }))
     }
 
     /// Checks a block mask against this binding and this call's captures (module header)
