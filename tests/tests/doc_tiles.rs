@@ -240,3 +240,84 @@ fn cpu_doc_tiles_backward_matches_the_oracle() {
     }
     assert!(tiled_calls >= 30 && ran >= 120, "{tiled_calls} / {ran}");
 }
+
+/// The CPU backward on document tiles on random calls: sequences of 1 to 3, 1 to 4 query
+/// heads over 1 or 2 kv heads, lengths 1 to 300, head dims 16 to 64, documents of random
+/// lengths (one-row documents and one document for the whole sequence among them),
+/// every attention above with a random window; dQ, dK, dV against the f64 reference
+/// within `cpu_backward`'s tolerance, every call on document tiles.
+#[test]
+fn cpu_doc_tiles_backward_on_random_calls() {
+    let compiled = Compiled::from_source("docs.attn", SOURCE).expect("compiles");
+    let names = compiled.names();
+    let mut r = StdRng::seed_from_u64(4242);
+    let mut tiled = 0;
+    for case in 0..24 {
+        let hkv = r.random_range(1..=2usize);
+        let sh = shape(
+            r.random_range(1..=3),
+            hkv * r.random_range(1..=2usize),
+            hkv,
+            0,
+            0,
+            [16, 32, 64][r.random_range(0..3)],
+        );
+        let l = r.random_range(1..=300usize);
+        let sh = Shape {
+            lq: l,
+            lkv: l,
+            ..sh
+        };
+        let name = names[case % names.len()];
+        let variant = compiled.attention(name).unwrap();
+        // document lengths: cut points drawn per sequence (none: one document)
+        let mut ids = Vec::new();
+        for _ in 0..sh.b {
+            let cuts = r.random_range(0..=l.min(12));
+            let mut at: Vec<usize> = (0..cuts).map(|_| r.random_range(1..=l)).collect();
+            at.sort();
+            ids.extend((0..l).map(|i| at.iter().filter(|c| **c <= i).count() as i32));
+        }
+        let mut caps = Captures::default();
+        if variant.program().tensors.iter().any(|t| t.name == "doc") {
+            caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, l], &ids));
+        }
+        if variant.program().params.iter().any(|p| p.name == "window") {
+            caps = caps.param("window", ParamValue::I32(r.random_range(0..80)));
+        }
+        let q = input(&mut r, vec![sh.b, sh.hq, l, sh.d]);
+        let k = input(&mut r, vec![sh.b, sh.hkv, l, sh.d]);
+        let v = input(&mut r, vec![sh.b, sh.hkv, l, sh.dv]);
+        let dout = input(&mut r, vec![sh.b, sh.hq, l, sh.dv]);
+        let mut reference = variant
+            .bind(BindOptions::new(Backend::Reference, sh, DType::F32))
+            .unwrap();
+        let fwd = reference.forward(&q, &k, &v, &caps).unwrap();
+        let want = reference
+            .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, None, &caps)
+            .unwrap();
+        let mut o = BindOptions::new(Backend::Cpu, sh, DType::F32);
+        o.threads = 2;
+        let mut bound = variant.bind(o).unwrap();
+        let got = bound
+            .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, None, &caps)
+            .unwrap();
+        let what = format!("case {case} {name} {sh:?}");
+        for (nm, g, w) in [
+            ("dq", &got.dq, &want.dq),
+            ("dk", &got.dk, &want.dk),
+            ("dv", &got.dv, &want.dv),
+        ] {
+            let w = w.to_f32();
+            let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert_close(
+                &format!("{what}: {nm}"),
+                &g.to_f32(),
+                &w,
+                2e-4 * (1.0 + max),
+            );
+        }
+        tiled += bound.doc_tile_backward_calls();
+    }
+    assert_eq!(tiled, 24, "every call on document tiles");
+}
