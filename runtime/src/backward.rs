@@ -413,9 +413,6 @@ impl Bound {
                     ),
                 };
                 let state = self.extension::<BackwardState>();
-                if docs.is_some() {
-                    state.doc_calls += 1;
-                }
                 let kern = state.cpu.as_ref().expect("compiled above");
                 let doc_kern = state.cpu_doc.as_ref().and_then(|k| k.as_deref());
                 let workers = crate::exec::pool::pool(opts.threads);
@@ -449,7 +446,7 @@ impl Bound {
                         _ => unreachable!("document tiles come with their kernel, else maps"),
                     }
                 };
-                match outs
+                let g = match outs
                     .as_mut()
                     .map(|[a, b, c]| [a.f32_slice_mut(), b.f32_slice_mut(), c.f32_slice_mut()])
                 {
@@ -477,7 +474,11 @@ impl Bound {
                             params: c.params,
                         }
                     }
+                };
+                if docs.is_some() {
+                    self.extension::<BackwardState>().doc_calls += 1;
                 }
+                g
             }
             crate::api::Backend::Cuda => {
                 // a document mask whose ids form contiguous documents: the kernels on
