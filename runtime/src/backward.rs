@@ -744,7 +744,7 @@ impl Bound {
         &mut self,
         bindings: &Bindings,
     ) -> Result<Option<DocBackwardList>> {
-        if !doc_backward_applies(self.options()) {
+        if !doc_backward_applies(self.options()) || self.plan().doc_split().is_none() {
             return Ok(None);
         }
         let Some(kernels) = self.cuda_doc_backward_kernels(true)? else {
