@@ -126,6 +126,56 @@ pub enum BwdBlocks<'a> {
     },
 }
 
+/// Checks a call's document kv tiles (`BwdBlocks::Documents`) against `shape` and the
+/// kernels' tiles, so that no kernel reads outside its buffers: four words an entry `(b,
+/// row0, rows, kj)` with `b < B`, the entry's keys `row0 + kj kv_block ..` inside the
+/// document and the document inside the sequence (`Lq == Lkv`); the ranges four words per
+/// (batch, q block), each `[first, end, full_first, full_end]` with `first <= end <= n`
+/// and the full run inside it (or empty). Returns the entry count `n`.
+pub fn check_doc_list(
+    tiles: &[i32],
+    ranges: &[i32],
+    shape: &Shape,
+    q_block: u32,
+    kv_block: u32,
+) -> Result<u32, CudaError> {
+    let bad = |m: String| Err(CudaError::Mismatch(format!("document kv tiles: {m}")));
+    let want = shape.b * shape.lq.div_ceil(q_block as usize) * 4;
+    if shape.lq != shape.lkv || !tiles.len().is_multiple_of(4) || ranges.len() != want {
+        return bad(format!(
+            "{} list words and {} range words at Lq {} Lkv {}: the shape and tiles need Lq = Lkv, 4 words an entry and {want} range words",
+            tiles.len(),
+            ranges.len(),
+            shape.lq,
+            shape.lkv
+        ));
+    }
+    let n = i64::try_from(tiles.len() / 4)
+        .ok()
+        .filter(|n| *n <= i32::MAX as i64)
+        .ok_or_else(|| CudaError::Mismatch("too many document kv tiles".into()))?;
+    for (i, t) in tiles.chunks(4).enumerate() {
+        let [b, row0, rows, kj] = [t[0], t[1], t[2], t[3]].map(|x| x as i64);
+        let inside = (0..shape.b as i64).contains(&b)
+            && row0 >= 0
+            && rows >= 1
+            && row0 + rows <= shape.lkv as i64
+            && kj >= 0
+            && kj * (kv_block as i64) < rows;
+        if !inside {
+            return bad(format!("entry {i} {t:?} is outside its sequence"));
+        }
+    }
+    for (i, r) in ranges.chunks(4).enumerate() {
+        let [first, end, ff, fe] = [r[0], r[1], r[2], r[3]].map(|x| x as i64);
+        let ok = 0 <= first && first <= end && end <= n && (ff >= fe || (first <= ff && fe <= end));
+        if !ok {
+            return bad(format!("range {i} {r:?} is outside the {n} entries"));
+        }
+    }
+    Ok(n as u32)
+}
+
 /// Longest run of `true` in `f[lo..hi]` as `(start, end)`, or `(0, 0)`.
 fn longest(f: impl Fn(usize) -> bool, lo: usize, hi: usize) -> (i32, i32) {
     let (mut best, mut cur) = ((0usize, 0usize), lo);
@@ -357,16 +407,7 @@ impl CudaBackward {
                     ranges: dr,
                 },
             ) if opts.bwd_doc_tiles => {
-                let want = shape.b * shape.lq.div_ceil(opts.q_block as usize) * 4;
-                if tiles.len() % 4 != 0 || dr.len() != want {
-                    return Err(CudaError::Mismatch(format!(
-                        "document kv tiles: {} list words and {} range words, the shape and tiles need 4 a tile and {want}",
-                        tiles.len(),
-                        dr.len()
-                    )));
-                }
-                let n = u32::try_from(tiles.len() / 4)
-                    .map_err(|_| CudaError::Mismatch("too many document kv tiles".into()))?;
+                let n = check_doc_list(tiles, dr, shape, opts.q_block, opts.kv_block)?;
                 let (kr, ks) = kv_ranges(maps, shape);
                 // the ranges of the entries per (batch, q block): one map per batch
                 ranges = Some([(up_i32(kr)?, ks), (up_i32(dr.to_vec())?, (1, 0))]);
@@ -941,6 +982,60 @@ impl LaunchBlocks {
 mod tests {
     use super::*;
     use attnc_compiler::analysis::blockmap::{BlockMap, Run};
+
+    /// `check_doc_list` takes the lists `bounds::doc_kv_ranges` makes and refuses an entry
+    /// outside its sequence or document, a range past the list, and wrong lengths.
+    #[test]
+    fn doc_lists_are_checked_before_upload() {
+        use attnc_compiler::analysis::documents::Document;
+        let sh = Shape {
+            b: 2,
+            hq: 4,
+            hkv: 2,
+            lq: 300,
+            lkv: 300,
+            d: 64,
+            dv: 64,
+        };
+        let docs = vec![
+            vec![
+                Document { row0: 0, rows: 1 },
+                Document { row0: 1, rows: 200 },
+                Document {
+                    row0: 201,
+                    rows: 99,
+                },
+            ],
+            vec![Document { row0: 0, rows: 300 }],
+        ];
+        let (tiles, ranges) = attnc_compiler::backend::llvm::bounds::doc_kv_ranges(
+            &docs,
+            &[],
+            None,
+            false,
+            300,
+            64,
+            128,
+        );
+        let n = check_doc_list(&tiles, &ranges, &sh, 64, 128).unwrap();
+        assert_eq!(n as usize, tiles.len() / 4);
+        let mut t = tiles.clone();
+        t[4 * 2 + 1] = 250; // an entry's document past the sequence
+        assert!(check_doc_list(&t, &ranges, &sh, 64, 128).is_err());
+        let mut t = tiles.clone();
+        t[7] = 5; // entry 1: a kv tile past its document
+        assert!(check_doc_list(&t, &ranges, &sh, 64, 128).is_err());
+        let mut t = tiles.clone();
+        t[0] = 2; // batch 2 of 2
+        assert!(check_doc_list(&t, &ranges, &sh, 64, 128).is_err());
+        let mut r = ranges.clone();
+        r[1] = n as i32 + 1; // a range past the list
+        assert!(check_doc_list(&tiles, &r, &sh, 64, 128).is_err());
+        assert!(check_doc_list(&tiles, &ranges[4..], &sh, 64, 128).is_err());
+        assert!(check_doc_list(&tiles[1..], &ranges, &sh, 64, 128).is_err());
+        let cross = Shape { lkv: 333, ..sh };
+        assert!(check_doc_list(&tiles, &ranges, &cross, 64, 128).is_err());
+    }
 
     /// `DqSem`'s layout under the early conversion (no GPU): the fallback count is
     /// `DqSem[tiles + 1]` on the grid's order and under the tile counter
