@@ -5,6 +5,11 @@
 # document + causal with the backward's document kv tiles and without
 # (ATTNC_FWD_DOC_TILES=0) at B2 H16 L8192 and B1 Hq32 Hkv8 L16384 D128, dense and causal
 # at B2 H16 L8192, then the Python package's CUDA tests.
+# Not run in session 42 (no machine was lent after call 3). To pack from main:
+#   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc --test gpu_backward --no-run
+#   CARGO_TARGET_DIR=/work/rel-target cargo build --release -p attnc --bin attnc
+#   mkdir -p .bin-s42; strip + xz the gpu_backward-* test binary and attnc into
+#   .bin-s42/{gpu_backward,attnc}.xz; bash scripts/python-gpu-pack.sh (.bin-pycuda)
 set -u
 mkdir -p /tmp/s42
 for b in gpu_backward attnc; do xz -dc .bin-s42/$b.xz > /tmp/s42/$b; chmod +x /tmp/s42/$b; done
