@@ -231,22 +231,50 @@ impl Bound {
         captures: &Captures,
         bwd: &BackwardOptions,
     ) -> Result<Gradients> {
-        let Some(p) = self.head_pad() else {
+        let Some((p, [q, k, v, o, dout])) = self.widen_for_kernels([q, k, v, o, dout])? else {
             return self.backward_at_kernels(q, k, v, o, lse, dout, dlse, captures, bwd);
         };
-        // head dims the kernels do not take (`head_pad`): the caller's tensors checked at
-        // its dims, run with zero columns appended, the gradients' extra columns dropped
-        let (c, dt) = (self.shape(), self.options().dtype);
-        self.check_qkv(q, k, v)?;
-        check_input("o", o, &[c.b, c.hq, c.lq, c.dv], dt)?;
-        check_input("do", dout, &[c.b, c.hq, c.lq, c.dv], dt)?;
-        let [q, k, v, o, dout] = [q, k, v, o, dout].map(|t| p.widen(t));
         let g = self.backward_at_kernels(&q, &k, &v, &o, lse, &dout, dlse, captures, bwd)?;
         Ok(Gradients {
             dq: p.narrow_qk(g.dq),
             dk: p.narrow_qk(g.dk),
             dv: p.narrow_v(g.dv),
             ..g
+        })
+    }
+
+    /// Head dims the kernels do not take (`head_pad`): `[q, k, v, o, do]` checked at the
+    /// caller's dims and widened with zero columns to the kernels'; `None` where the
+    /// binding pads nothing (the tensors are then checked at the kernels' dims).
+    fn widen_for_kernels(
+        &self,
+        [q, k, v, o, dout]: [&Tensor; 5],
+    ) -> Result<Option<(crate::head_pad::HeadPad, [Tensor; 5])>> {
+        let Some(p) = self.head_pad() else {
+            return Ok(None);
+        };
+        let (c, dt) = (self.shape(), self.options().dtype);
+        self.check_qkv(q, k, v)?;
+        check_input("o", o, &[c.b, c.hq, c.lq, c.dv], dt)?;
+        check_input("do", dout, &[c.b, c.hq, c.lq, c.dv], dt)?;
+        let widened = [q, k, v, o, dout].map(|t| p.widen(t));
+        Ok(Some((p, widened)))
+    }
+
+    /// The kernels a CUDA backward call with `bindings` (host data) runs: those on document
+    /// kv tiles with the call's list where they apply (`doc_backward_host`), else the
+    /// binding's own (`PtxOptions::backward`).
+    fn cuda_kernels_for_call(
+        &mut self,
+        bindings: &Bindings,
+        deterministic: bool,
+    ) -> Result<(
+        Arc<crate::cuda::backward::CudaBackward>,
+        Option<DocBackwardList>,
+    )> {
+        Ok(match self.doc_backward_host(bindings, deterministic)? {
+            Some((k, list)) => (k, Some(list)),
+            None => (self.cuda_host_backward_kernels(deterministic)?, None),
         })
     }
 
@@ -287,20 +315,16 @@ impl Bound {
         iters: usize,
         bwd: &BackwardOptions,
     ) -> Result<Option<f64>> {
-        if let Some(p) = self.head_pad() {
-            let (c, dt) = (self.shape(), self.options().dtype);
-            self.check_qkv(q, k, v)?;
-            check_input("o", o, &[c.b, c.hq, c.lq, c.dv], dt)?;
-            check_input("do", dout, &[c.b, c.hq, c.lq, c.dv], dt)?;
-            let [q, k, v, o, dout] = [q, k, v, o, dout].map(|t| p.widen(t));
-            return self.backward_time_at_kernels(
-                [&q, &k, &v, &o, lse, &dout],
-                captures,
-                iters,
-                bwd,
-            );
+        match self.widen_for_kernels([q, k, v, o, dout])? {
+            Some((_, [q, k, v, o, dout])) => {
+                let t = [&q, &k, &v, &o, lse, &dout];
+                self.backward_time_at_kernels(t, captures, iters, bwd)
+            }
+            None => {
+                let t = [q, k, v, o, lse, dout];
+                self.backward_time_at_kernels(t, captures, iters, bwd)
+            }
         }
-        self.backward_time_at_kernels([q, k, v, o, lse, dout], captures, iters, bwd)
     }
 
     /// [`Self::backward_device_time_ms`] on tensors at the kernels' head dims.
@@ -317,10 +341,7 @@ impl Bound {
         }
         let [q, k, v, o, lse, dout] = t;
         let bindings = self.bindings_reusing(captures)?;
-        let (kernels, docs) = match self.doc_backward_host(&bindings, bwd.deterministic)? {
-            Some((k, list)) => (k, Some(list)),
-            None => (self.cuda_host_backward_kernels(bwd.deterministic)?, None),
-        };
+        let (kernels, docs) = self.cuda_kernels_for_call(&bindings, bwd.deterministic)?;
         let variant = self.variant().clone();
         let (device, problem) = cuda_backward_upload(
             &variant,
@@ -481,12 +502,7 @@ impl Bound {
                 g
             }
             crate::api::Backend::Cuda => {
-                // a document mask whose ids form contiguous documents: the kernels on
-                // document kv tiles, else the binding's own
-                let (kernels, docs) = match self.doc_backward_host(&bindings, bwd.deterministic)? {
-                    Some((k, list)) => (k, Some(list)),
-                    None => (self.cuda_host_backward_kernels(bwd.deterministic)?, None),
-                };
+                let (kernels, docs) = self.cuda_kernels_for_call(&bindings, bwd.deterministic)?;
                 let g = cuda_backward(
                     &variant,
                     self.options().device,

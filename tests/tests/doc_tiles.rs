@@ -56,6 +56,19 @@ fn shape(b: usize, hq: usize, hkv: usize, lq: usize, lkv: usize, d: usize) -> Sh
     }
 }
 
+/// The captures of `variant` above: the ids `doc` (`[B, KV]`) where it reads them, the
+/// param `window` where it has one.
+fn captures(variant: &attnc::Variant, sh: &Shape, ids: &[i32], window: i32) -> Captures {
+    let mut caps = Captures::default();
+    if variant.program().tensors.iter().any(|t| t.name == "doc") {
+        caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], ids));
+    }
+    if variant.program().params.iter().any(|p| p.name == "window") {
+        caps = caps.param("window", ParamValue::I32(window));
+    }
+    caps
+}
+
 fn input(r: &mut StdRng, dims: Vec<usize>) -> Tensor {
     let n: usize = dims.iter().product();
     let x: Vec<f32> = (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect();
@@ -86,13 +99,7 @@ fn cpu_doc_tiles_match_the_oracle() {
         for name in compiled.names() {
             let variant = compiled.attention(name).unwrap();
             for (ids, contiguous) in [(&packed, true), (&unsorted, false)] {
-                let mut caps = Captures::default();
-                if variant.program().tensors.iter().any(|t| t.name == "doc") {
-                    caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], ids));
-                }
-                if variant.program().params.iter().any(|p| p.name == "window") {
-                    caps = caps.param("window", ParamValue::I32(37));
-                }
+                let caps = captures(&variant, &sh, ids, 37);
                 let want = variant
                     .bind(BindOptions::new(Backend::Reference, sh, DType::F32))
                     .unwrap()
@@ -187,13 +194,7 @@ fn cpu_doc_tiles_backward_matches_the_oracle() {
                 if !contiguous && !reads_doc {
                     continue;
                 }
-                let mut caps = Captures::default();
-                if reads_doc {
-                    caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, sh.lkv], ids));
-                }
-                if variant.program().params.iter().any(|p| p.name == "window") {
-                    caps = caps.param("window", ParamValue::I32(37));
-                }
+                let caps = captures(&variant, &sh, ids, 37);
                 let mut reference = variant
                     .bind(BindOptions::new(Backend::Reference, sh, DType::F32))
                     .unwrap();
@@ -278,13 +279,7 @@ fn cpu_doc_tiles_backward_on_random_calls() {
             at.sort();
             ids.extend((0..l).map(|i| at.iter().filter(|c| **c <= i).count() as i32));
         }
-        let mut caps = Captures::default();
-        if variant.program().tensors.iter().any(|t| t.name == "doc") {
-            caps = caps.tensor("doc", Tensor::from_i32(vec![sh.b, l], &ids));
-        }
-        if variant.program().params.iter().any(|p| p.name == "window") {
-            caps = caps.param("window", ParamValue::I32(r.random_range(0..80)));
-        }
+        let caps = captures(&variant, &sh, &ids, r.random_range(0..80));
         let q = input(&mut r, vec![sh.b, sh.hq, l, sh.d]);
         let k = input(&mut r, vec![sh.b, sh.hkv, l, sh.d]);
         let v = input(&mut r, vec![sh.b, sh.hkv, l, sh.dv]);

@@ -136,6 +136,21 @@ pub fn doc_tiles(docs: &[Vec<Document>], q_block: usize, grows: bool) -> Vec<i32
         .collect()
 }
 
+/// Whether one entry `(b, row0, rows, i)` of a document tile list ([`doc_tiles`], or the
+/// backward's kv tiles, `backend::llvm::bounds::doc_kv_ranges`) lies in its sequence: `b`
+/// one of `batches`, its document of `rows >= 1` rows from `row0` inside `len` rows, and
+/// its tile `i` of `block` rows starting inside the document. Every launcher checks its
+/// list with it before a kernel reads by it.
+pub fn tile_in_sequence(t: [i32; 4], batches: usize, len: usize, block: usize) -> bool {
+    let [b, row0, rows, i] = t.map(|x| x as i64);
+    (0..batches as i64).contains(&b)
+        && row0 >= 0
+        && rows >= 1
+        && row0 + rows <= len as i64
+        && i >= 0
+        && i * (block as i64) < rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

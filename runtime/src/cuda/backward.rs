@@ -43,6 +43,7 @@
 use super::problem::{KvBlocks, Qkv};
 use super::{CudaDevice, CudaError, CudaKernel, DeviceProblem, JitCache, JitTiers, LaunchArgs};
 use attnc_compiler::analysis::blockmap::BlockMaps;
+use attnc_compiler::analysis::documents::tile_in_sequence;
 use attnc_compiler::analysis::linear::Bound;
 use attnc_compiler::backend::KernelKind;
 use attnc_compiler::backend::llvm::backward::{
@@ -155,14 +156,8 @@ pub fn check_doc_list(
         .filter(|n| *n <= i32::MAX as i64)
         .ok_or_else(|| CudaError::Mismatch("too many document kv tiles".into()))?;
     for (i, t) in tiles.chunks(4).enumerate() {
-        let [b, row0, rows, kj] = [t[0], t[1], t[2], t[3]].map(|x| x as i64);
-        let inside = (0..shape.b as i64).contains(&b)
-            && row0 >= 0
-            && rows >= 1
-            && row0 + rows <= shape.lkv as i64
-            && kj >= 0
-            && kj * (kv_block as i64) < rows;
-        if !inside {
+        let t = [t[0], t[1], t[2], t[3]];
+        if !tile_in_sequence(t, shape.b, shape.lkv, kv_block as usize) {
             return bad(format!("entry {i} {t:?} is outside its sequence"));
         }
     }

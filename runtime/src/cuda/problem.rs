@@ -432,13 +432,12 @@ impl DeviceProblem {
         let ok = sh.lq == sh.lkv
             && tiles.len().is_multiple_of(4)
             && tiles.chunks(4).all(|t| {
-                let [b, row0, rows, qi] = [t[0], t[1], t[2], t[3]].map(|x| x as i64);
-                (0..sh.b as i64).contains(&b)
-                    && row0 >= 0
-                    && rows >= 1
-                    && row0 + rows <= sh.lq as i64
-                    && qi >= 0
-                    && qi * (q_block as i64) < rows
+                attnc_compiler::analysis::documents::tile_in_sequence(
+                    [t[0], t[1], t[2], t[3]],
+                    sh.b,
+                    sh.lq,
+                    q_block as usize,
+                )
             });
         if !ok {
             return Err(CudaError::Mismatch(

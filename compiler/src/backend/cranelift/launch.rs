@@ -21,6 +21,7 @@ use super::abi::{Ctx, TensorDesc, TileBuf};
 use super::workers::Workers;
 use super::{CpuError, CpuKernel};
 use crate::analysis::blockmap::{BlockMaps, Run};
+use crate::analysis::documents::tile_in_sequence;
 use crate::interp::{Bindings, EvalError, TensorData};
 use crate::ir::{DimSpec, FnKind, Program, Scalar, Type};
 use crate::shape::Shape;
@@ -418,18 +419,12 @@ pub(super) fn check_docs(
         return bad(format!("{} row starts for {n} tiles", t.row_start.len()));
     }
     for (i, w) in t.tiles.chunks(4).enumerate() {
-        let [b, row0, rows, qi] = [w[0], w[1], w[2], w[3]].map(|x| x as i64);
-        let inside = (0..shape.b as i64).contains(&b)
-            && row0 >= 0
-            && rows >= 1
-            && row0 + rows <= shape.lq as i64
-            && qi >= 0
-            && qi * (bq as i64) < rows;
-        if !inside {
+        let w = [w[0], w[1], w[2], w[3]];
+        if !tile_in_sequence(w, shape.b, shape.lq, bq) {
             return bad(format!("document tile {i} {w:?} is outside its sequence"));
         }
         let (s, e) = (t.row_start[i], t.row_start[i + 1]);
-        let nkv = (rows as usize).div_ceil(bkv) as u32;
+        let nkv = (w[2] as usize).div_ceil(bkv) as u32;
         if s > e {
             return bad(format!("document tile {i}: row starts are not ascending"));
         }

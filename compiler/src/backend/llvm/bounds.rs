@@ -812,6 +812,46 @@ mod tests {
         ids
     }
 
+    /// One head over `b` sequences of `l` rows (the document tests' shape).
+    fn packed_shape(b: usize, l: usize) -> crate::shape::Shape {
+        crate::shape::Shape {
+            b,
+            hq: 1,
+            hkv: 1,
+            lq: l,
+            lkv: l,
+            d: 64,
+            dv: 64,
+        }
+    }
+
+    /// `p`'s bindings in the document tests: every tensor the ids (`[b, l]`), every param
+    /// `param` (programs keep their own lists of the source's declarations).
+    fn packed_bindings(
+        p: &crate::ir::Program,
+        ids: &[i32],
+        b: usize,
+        l: usize,
+        param: i32,
+    ) -> crate::interp::Bindings {
+        use crate::interp::{BoundTensor, TensorData};
+        crate::interp::Bindings {
+            params: p
+                .params
+                .iter()
+                .map(|_| crate::ir::Scalar::I32(param))
+                .collect(),
+            tensors: p
+                .tensors
+                .iter()
+                .map(|_| BoundTensor {
+                    dims: vec![b, l],
+                    data: TensorData::I32(ids.to_vec()),
+                })
+                .collect(),
+        }
+    }
+
     /// The backward's document kv tiles and per-q-block entry ranges
     /// ([`doc_kv_ranges`]) against the whole mask evaluated at every point, over random
     /// packed documents, four document masks and three tile shapes: the entries cover
@@ -822,10 +862,9 @@ mod tests {
     #[test]
     fn doc_kv_ranges_visit_every_kept_key() {
         use crate::analysis::documents::document_runs;
-        use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+        use crate::interp::{Args, eval};
         use crate::ir::Scalar;
         use crate::plan::KvBounds;
-        use crate::shape::Shape;
         let src = "tensor doc: i32[B, KV];\n param window: i32;\n\
             mask causal(b, h, q, kv) { q >= kv }\n\
             mask same(b, h, q, kv) { doc[b, q] == doc[b, kv] }\n\
@@ -847,27 +886,9 @@ mod tests {
                 1 + next(30) as i32
             };
             let ids = packed_ids(&mut next, b, l, docs);
-            let shape = Shape {
-                b,
-                hq: 1,
-                hkv: 1,
-                lq: l,
-                lkv: l,
-                d: 64,
-                dv: 64,
-            };
+            let shape = packed_shape(b, l);
             for p in &programs {
-                let mine = Bindings {
-                    params: p.params.iter().map(|_| Scalar::I32(45)).collect(),
-                    tensors: p
-                        .tensors
-                        .iter()
-                        .map(|_| BoundTensor {
-                            dims: vec![b, l],
-                            data: TensorData::I32(ids.clone()),
-                        })
-                        .collect(),
-                };
+                let mine = packed_bindings(p, &ids, b, l, 45);
                 let plan = crate::plan::Plan::new(p);
                 let (dplan, id) = plan.doc_split().unwrap_or_else(|| panic!("{}", p.name));
                 let runs = document_runs(id, p, &mine, b, l).unwrap().unwrap();
@@ -956,10 +977,9 @@ mod tests {
     #[test]
     fn doc_tiles_keep_exactly_the_mask() {
         use crate::analysis::documents::{doc_tiles, document_runs};
-        use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
+        use crate::interp::{Args, eval};
         use crate::ir::{Function, Scalar};
         use crate::plan::KvBounds;
-        use crate::shape::Shape;
         let src = "tensor doc: i32[B, KV];\n param window: i32;\n\
             mask causal(b, h, q, kv) { q >= kv }\n\
             mask same(b, h, q, kv) { doc[b, q] == doc[b, kv] }\n\
@@ -983,29 +1003,9 @@ mod tests {
                 1 + next(40) as i32
             };
             let ids = packed_ids(&mut next, b, l, docs);
-            let bind = Bindings {
-                params: vec![Scalar::I32(17)],
-                tensors: vec![BoundTensor {
-                    dims: vec![b, l],
-                    data: TensorData::I32(ids),
-                }],
-            };
-            let shape = Shape {
-                b,
-                hq: 1,
-                hkv: 1,
-                lq: l,
-                lkv: l,
-                d: 64,
-                dv: 64,
-            };
+            let shape = packed_shape(b, l);
             for p in &programs {
-                // (the bindings hold every tensor and param of the source; programs keep
-                // their own lists: bind by name)
-                let mine = Bindings {
-                    params: p.params.iter().map(|_| Scalar::I32(17)).collect(),
-                    tensors: p.tensors.iter().map(|_| bind.tensors[0].clone()).collect(),
-                };
+                let mine = packed_bindings(p, &ids, b, l, 17);
                 let plan = crate::plan::Plan::new(p);
                 let (dplan, id) = plan.doc_split().unwrap_or_else(|| panic!("{}", p.name));
                 let runs = document_runs(id, p, &mine, b, l).unwrap().unwrap();
