@@ -202,11 +202,19 @@ pub fn programs(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Document-tiled kernels [`ptx_kernels`] generated in this process (the forward's and the
+/// backward's), for the fuzz driver's final line.
+pub static DOC_KERNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One generated program (`progs::Gen` from `seed`; half of them with a differentiable
-/// score) through the PTX generator with the options a binding gets, on the CPU: the
+/// score, a third document masks, `Gen::documents`) through the PTX generator with the options a binding gets, on the CPU: the
 /// forward (`PtxOptions::new(..).for_binding`: sm_90 D128 bf16, D64 f16, sm_80 D128),
 /// the block-table kernel for masks over captured tensors, and the backward's three
-/// kernels (`PtxOptions::backward(..).backward_for_binding`, sm_90 D128 and D64, sm_80).
+/// kernels (`PtxOptions::backward(..).backward_for_binding`, sm_90 D128 and D64, sm_80);
+/// for a document mask (`Plan::doc_split`) also the document-tiled forward of its linear
+/// part (`PtxOptions::for_doc_tiles`, where the binding's forward is warp-specialized) and
+/// the fused backward on document kv tiles (`attnc::backward::doc_backward_options` of the
+/// binding's `backward_kernel_options`, where it has one).
 /// A failure is an error the generator returns for a program the runtime would launch;
 /// a crash (an LLVM fatal error, as LLVM 22's instcombine fixpoint check was in session
 /// 36) ends the process, which the fuzzer reports by dying.
@@ -214,21 +222,48 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
     use attnc_compiler::backend::KernelKind;
     use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
     use attnc_compiler::plan::MapRecipe;
-    let mut g = Gen::new(seed, seed % 2 == 1);
+    let grad = seed % 2 == 1;
+    let mut g = if seed % 3 == 2 {
+        Gen::documents(seed, grad)
+    } else {
+        Gen::new(seed, grad)
+    };
     let src = program(&mut g);
     let var = variant(&src, "a");
     let plan = &attnc_compiler::plan::Plan::new(var.program());
     let longest = 1 + (seed % 20_000) as usize;
-    let mut sets: Vec<(KernelKind, PtxOptions)> = Vec::new();
+    let mut sets: Vec<(&attnc_compiler::plan::Plan, KernelKind, PtxOptions)> = Vec::new();
     for (arch, d, ty) in [
         (Arch::Sm90, 128, InputType::Bf16),
         (Arch::Sm90, 64, InputType::F16),
         (Arch::Sm80, 128, InputType::Bf16),
     ] {
         let f = PtxOptions::new(arch, d, d, ty).for_binding(plan, longest);
-        sets.push((KernelKind::Forward, f));
+        if let Some((dplan, _)) = plan.doc_split() {
+            let fd = PtxOptions::new(arch, d, d, ty)
+                .for_binding(dplan, longest)
+                .for_doc_tiles();
+            if fd.ws {
+                sets.push((dplan, KernelKind::Forward, fd));
+            }
+            let shape = attnc::Shape {
+                b: 2,
+                hq: 4,
+                hkv: 2,
+                lq: longest,
+                lkv: longest,
+                d: d as usize,
+                dv: d as usize,
+            };
+            let base =
+                attnc::backward::backward_kernel_options(plan, &shape, arch, ty, false, true);
+            if let Some(o) = attnc::backward::doc_backward_options(&base, plan) {
+                sets.push((plan, KernelKind::BackwardDkDv, o));
+            }
+        }
+        sets.push((plan, KernelKind::Forward, f));
         if plan.map_recipe() == MapRecipe::Tensors {
-            sets.push((KernelKind::BlockTable, f));
+            sets.push((plan, KernelKind::BlockTable, f));
         }
         let b = PtxOptions::backward(arch, d, d, ty).backward_for_binding(plan, longest);
         for k in [
@@ -236,7 +271,7 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
             KernelKind::BackwardDkDv,
             KernelKind::BackwardDq,
         ] {
-            sets.push((k, b));
+            sets.push((plan, k, b));
         }
         // the uniform-read path of capture gradients (off by default: built, not yet run
         // on a GPU), where it changes the fused kernel
@@ -247,10 +282,13 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
                 bwd_uniform_reads: true,
                 ..b
             };
-            sets.push((KernelKind::BackwardDkDv, u));
+            sets.push((plan, KernelKind::BackwardDkDv, u));
         }
     }
-    for (kind, o) in sets {
+    for (plan, kind, o) in sets {
+        if o.doc_tiles || o.bwd_doc_tiles {
+            DOC_KERNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (k, _) = generate(plan, kind, &o, EmitText::PtxOnly)
             .map_err(|e| format!("seed {seed}: {kind} ({}): {e}\n{src}", o.key()))?;
         if !k.ptx.contains(".entry") {

@@ -12,7 +12,7 @@
 //! the test suite) and `tests/gpu_random.rs` (CUDA, bf16/f16, on the GPU machine).
 
 use crate::decode_util::{self, Case};
-use crate::progs::{Gen, captures, program};
+use crate::progs::{Gen, captures, doc_shape, program};
 use crate::{random_shape, variant};
 use attnc::synth::Rng;
 use attnc::{Backend, BindOptions, Captures, DType, ParamValue, Shape, Tensor, synth};
@@ -79,13 +79,33 @@ struct Drawn {
     g: Gen,
 }
 
-fn draw(seed: u64, t: &Target, grad: bool) -> Drawn {
-    let mut g = Gen::new(seed, grad);
+/// Which programs a case draws: [`Gen::new`]'s, or document masks ([`Gen::documents`],
+/// shapes with `Lq <= Lkv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Any,
+    Documents,
+}
+
+fn draw(seed: u64, t: &Target, grad: bool, kind: Kind) -> Drawn {
+    let mut g = match kind {
+        Kind::Any => Gen::new(seed, grad),
+        Kind::Documents => Gen::documents(seed, grad),
+    };
     let src = program(&mut g);
     let var = variant(&src, "a");
-    let shape = random_shape(&mut g.rng, 3, t.max_len, t.head_dim(seed));
+    let shape = match kind {
+        Kind::Any => random_shape(&mut g.rng, 3, t.max_len, t.head_dim(seed)),
+        Kind::Documents => doc_shape(&mut g.rng, 3, t.max_len, t.head_dim(seed)),
+    };
     Drawn { src, var, shape, g }
 }
+
+/// Document cases ([`doc_forward_case`], [`doc_backward_case`]) whose call ran on
+/// document tiles (`Bound::doc_tile_calls`, `Bound::doc_tile_backward_calls`), in this
+/// process: `[forward, backward]`. The tests ask that most did, so that the cases do not
+/// all fall back to the binding's own kernels.
+pub static DOC_TILED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 fn bind(var: &attnc::Variant, backend: Backend, shape: Shape, dtype: DType) -> attnc::Bound {
     let mut o = BindOptions::new(backend, shape, dtype);
@@ -133,7 +153,18 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<(), String> 
 
 /// The forward on `t` against the oracle for the program of `seed`.
 pub fn forward_case(seed: u64, t: &Target) -> Result<(), String> {
-    let mut d = draw(seed, t, true);
+    forward_case_of(seed, t, Kind::Any)
+}
+
+/// [`forward_case`] on a document mask ([`Gen::documents`]): where the ids form
+/// contiguous documents and `Lq == Lkv` the call runs on document tiles
+/// ([`DOC_TILED`]).
+pub fn doc_forward_case(seed: u64, t: &Target) -> Result<(), String> {
+    forward_case_of(seed, t, Kind::Documents)
+}
+
+fn forward_case_of(seed: u64, t: &Target, kind: Kind) -> Result<(), String> {
+    let mut d = draw(seed, t, true, kind);
     let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
     let ctx = format!(
         "seed {seed}, {:?}, shape {:?}\n{}",
@@ -143,9 +174,13 @@ pub fn forward_case(seed: u64, t: &Target) -> Result<(), String> {
     let want = bind(&d.var, Backend::Reference, d.shape, t.dtype)
         .forward(&q, &k, &v, &caps)
         .map_err(|e| format!("oracle: {e}\n{ctx}"))?;
-    let got = bind(&d.var, t.backend, d.shape, t.dtype)
+    let mut under = bind(&d.var, t.backend, d.shape, t.dtype);
+    let got = under
         .forward(&q, &k, &v, &caps)
         .map_err(|e| format!("{:?}: {e}\n{ctx}", t.backend))?;
+    if under.doc_tile_calls().unwrap_or(0) > 0 {
+        DOC_TILED[0].fetch_add(1, Ordering::Relaxed);
+    }
     close("O", &got.o.to_f32(), &want.o.to_f32(), t.tol).map_err(|e| format!("{e}\n{ctx}"))?;
     close("LSE", &got.lse.to_f32(), &want.lse.to_f32(), 2e-3).map_err(|e| format!("{e}\n{ctx}"))
 }
@@ -168,8 +203,19 @@ pub static NUDGED: AtomicU64 = AtomicU64::new(0);
 /// 8e-3). That input is ill-conditioned, not the kernel wrong; a wrong gradient stays
 /// wrong under a nudge of the inputs, which moves such an element off the kink.
 pub fn backward_case(seed: u64, t: &Target) -> Result<(), String> {
-    match backward_case_at(seed, t, false) {
-        Err(Miss::Gradient(first)) => match backward_case_at(seed, t, true) {
+    backward_case_of(seed, t, Kind::Any)
+}
+
+/// [`backward_case`] on a document mask ([`Gen::documents`]): where the ids form
+/// contiguous documents, `Lq == Lkv` and the backend has them, the backward runs on
+/// document tiles ([`DOC_TILED`]).
+pub fn doc_backward_case(seed: u64, t: &Target) -> Result<(), String> {
+    backward_case_of(seed, t, Kind::Documents)
+}
+
+fn backward_case_of(seed: u64, t: &Target, kind: Kind) -> Result<(), String> {
+    match backward_case_at(seed, t, false, kind) {
+        Err(Miss::Gradient(first)) => match backward_case_at(seed, t, true, kind) {
             Ok(()) => {
                 NUDGED.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -214,8 +260,8 @@ fn nudge(q: &Tensor, seed: u64, dtype: DType) -> Tensor {
     Tensor::from_f32_as(q.shape().to_vec(), &x, dtype)
 }
 
-fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), Miss> {
-    let mut d = draw(seed, t, true);
+fn backward_case_at(seed: u64, t: &Target, nudged: bool, kind: Kind) -> Result<(), Miss> {
+    let mut d = draw(seed, t, true, kind);
     let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
     let ctx = format!(
         "seed {seed}, {:?}, shape {:?}{}\n{}",
@@ -241,6 +287,9 @@ fn backward_case_at(seed: u64, t: &Target, nudged: bool) -> Result<(), Miss> {
     let got = under
         .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
         .map_err(|e| Miss::Other(format!("{:?} backward: {e}\n{ctx}", t.backend)))?;
+    if under.doc_tile_backward_calls() > 0 && !nudged {
+        DOC_TILED[1].fetch_add(1, Ordering::Relaxed);
+    }
     let want = bind(&d.var, Backend::Reference, s, t.dtype)
         .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, dlse.as_ref(), &caps)
         .map_err(|e| Miss::Other(format!("oracle backward: {e}\n{ctx}")))?;
@@ -302,7 +351,7 @@ pub fn caller_backward_case(seed: u64, t: &Target) -> Result<(), String> {
         DeviceBackwardBuffers, DeviceDqWorkspace, DeviceGradWords, DeviceTensor, fixed_to_f32,
     };
     use cudarc::driver::{CudaSlice, DevicePtr};
-    let mut d = draw(seed, t, true);
+    let mut d = draw(seed, t, true, Kind::Any);
     let caps = captures(d.var.program(), &d.shape, &mut d.g.rng);
     let ctx = format!(
         "seed {seed}, caller-buffer backward, {:?}, shape {:?}\n{}",
@@ -511,7 +560,20 @@ pub fn caller_backward_case(seed: u64, t: &Target) -> Result<(), String> {
 /// sequence, per-sequence lengths (0, shorter than Lq, full, random), contiguous or paged
 /// (page 16 or 32).
 pub fn decode_case(seed: u64, t: &Target) -> Result<(), String> {
-    let mut g = Gen::new(seed, true);
+    decode_case_of(seed, t, Kind::Any)
+}
+
+/// [`decode_case`] on a document mask ([`Gen::documents`]; ids over the cache's logical
+/// positions): chunked prefill and decoding of packed documents.
+pub fn doc_decode_case(seed: u64, t: &Target) -> Result<(), String> {
+    decode_case_of(seed, t, Kind::Documents)
+}
+
+fn decode_case_of(seed: u64, t: &Target, kind: Kind) -> Result<(), String> {
+    let mut g = match kind {
+        Kind::Any => Gen::new(seed, true),
+        Kind::Documents => Gen::documents(seed, true),
+    };
     let src = program(&mut g);
     let compiled = attnc::Compiled::from_source("random.attn", &src).map_err(|e| e.to_string())?;
     let var = compiled.attention("a").map_err(|e| e.to_string())?;

@@ -3,11 +3,14 @@
 //! (floor), `min` `max` `abs` `clamp` `select`, bitwise `& | ^ ! << >>`, comparisons,
 //! `&& || !`, `if/else`, casts;
 //! scores over `s` with `tanh exp log sqrt sigmoid floor ceil exp2`, casts and -inf),
-//! with [`Gen::grad`] also f32 tensor reads, an f32 param and more float builtins.
+//! with [`Gen::grad`] also f32 tensor reads, an f32 param and more float builtins; with
+//! [`Gen::docs`] document masks over packed sequences (`doc[b, q] == doc[b, kv]` and
+//! linear conjuncts, in any order, sometimes one conjunct that is not linear), whose ids
+//! [`captures`] makes sorted (contiguous documents) or, now and then, not.
 //!
 //! In: a seed. Out: the source text ([`program`], attention `a`) and captures for what
-//! the compiled program declares ([`captures`]). Used by `tests/random_programs.rs` and
-//! `tests/grad.rs`.
+//! the compiled program declares ([`captures`]). Used by `tests/random_programs.rs`,
+//! `tests/grad.rs` and `passes.rs`.
 
 use crate::{pick, range};
 use attnc::synth::Rng;
@@ -23,6 +26,14 @@ pub struct Gen {
     /// and quotients of two float expressions, `log2`. Off, the generator draws exactly
     /// the same programs as before this option existed.
     pub grad: bool,
+    /// The mask a document mask: `doc[b, q] == doc[b, kv]` (or a mirrored expression of
+    /// both sides: `Plan::doc_split`'s form; now and then one that is not) and zero to
+    /// three linear conjuncts over `q`, `kv`, `h` and the param `p` (causal, windows,
+    /// bands), sometimes with a random conjunct the analysis cannot split off; `tensor
+    /// doc: i32[B, KV]` declared. Such programs read `doc[b, q]`: draw shapes with `Lq <=
+    /// Lkv` ([`doc_shape`]). Off, the generator draws exactly the programs it drew before
+    /// this option existed.
+    pub docs: bool,
 }
 
 impl Gen {
@@ -31,6 +42,14 @@ impl Gen {
             rng: Rng::new(seed),
             has_s: false,
             grad,
+            docs: false,
+        }
+    }
+    /// [`Gen::new`] with [`Gen::docs`]: document masks.
+    pub fn documents(seed: u64, grad: bool) -> Gen {
+        Gen {
+            docs: true,
+            ..Gen::new(seed, grad)
         }
     }
     fn coin(&mut self, percent: u64) -> bool {
@@ -220,6 +239,57 @@ impl Gen {
             _ => format!("exp2(tanh({}))", self.float(d)),
         }
     }
+    /// A conjunct with an exact linear form over `q`, `kv`, `h` and `p`
+    /// (`analysis::linear`): causal, windows (also the param's), bands, slopes other than
+    /// one.
+    fn linear_conjunct(&mut self) -> String {
+        let op = *pick(&mut self.rng, &["<", "<=", ">", ">=", ">=", "=="]);
+        let c = self.small();
+        match self.rng.below(9) {
+            0 => "q >= kv".into(),
+            1 => "(q - kv <= p)".into(),
+            2 => format!("(q - kv {op} {c})"),
+            3 => format!("(kv - q {op} {c})"),
+            7 => format!("(q >= kv + {c})"),
+            8 => "(kv - q <= p + 3)".into(),
+            4 => format!(
+                "({} * q {op} {} * kv + {c})",
+                1 + self.rng.below(3),
+                1 + self.rng.below(3)
+            ),
+            5 => format!("(kv + {} * h {op} q + {c})", self.rng.below(3)),
+            _ => format!("!(q - kv > {})", self.rng.below(40)),
+        }
+    }
+    /// The document test: each side the same expression of the row's id (`Plan::doc_split`
+    /// finds it), or, one time in twelve, sides that differ (no split: the block tables).
+    fn doc_conjunct(&mut self) -> String {
+        match self.rng.below(12) {
+            0..=4 => "doc[b, q] == doc[b, kv]".into(),
+            5 | 6 => "doc[b, kv] == doc[b, q]".into(),
+            7 => "(doc[b, q] / 2 == doc[b, kv] / 2)".into(),
+            8 => "(doc[b, q] + p == doc[b, kv] + p)".into(),
+            9 => "(min(doc[b, q], 5) == min(doc[b, kv], 5))".into(),
+            10 => "(doc[b, q] * 3 == doc[b, kv] * 3)".into(),
+            _ => "(doc[b, q] == doc[b, kv] + 0)".into(),
+        }
+    }
+    /// A document mask ([`Gen::docs`]): the document test and linear conjuncts in a random
+    /// order, one time in five also a random condition.
+    fn doc_mask(&mut self) -> String {
+        let mut parts = vec![self.doc_conjunct()];
+        for _ in 0..self.rng.below(4) {
+            parts.push(self.linear_conjunct());
+        }
+        if self.coin(20) {
+            parts.push(self.boolean(2));
+        }
+        for i in (1..parts.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            parts.swap(i, j);
+        }
+        parts.join(" && ")
+    }
     /// A score that stays O(1) + s (bounded terms only), sometimes -inf.
     pub fn score(&mut self) -> String {
         let body = format!(
@@ -239,12 +309,12 @@ impl Gen {
 pub fn program(g: &mut Gen) -> String {
     let c = g.small();
     g.has_s = false;
-    let mask = g.boolean(3);
+    let mask = if g.docs { g.doc_mask() } else { g.boolean(3) };
     g.has_s = true;
     let score = g.score();
     let (has_mask, has_score) = match g.rng.below(6) {
         0 => (true, false),
-        1 => (false, true),
+        1 if !g.docs => (false, true),
         _ => (true, true),
     };
     let mut fields = String::new();
@@ -259,17 +329,56 @@ pub fn program(g: &mut Gen) -> String {
     } else {
         ""
     };
+    let doc_decl = if g.docs {
+        "tensor doc: i32[B, KV];\n"
+    } else {
+        ""
+    };
     format!(
         "const C: i32 = {c};
 param p: i32;
 tensor t: i32[16];
 tensor u: i32[B, KV];
-{grad_decls}
+{grad_decls}{doc_decl}
 mask m(b, h, q, kv) {{ {mask} }}
 score sc(s, b, h, q, kv) {{ {score} }}
 attention a {{ {fields}}}
 "
     )
+}
+
+/// A shape for a document program ([`Gen::docs`]): [`crate::random_shape`]'s, with
+/// `Lq == Lkv` three times in four (where document tiles run) and `Lq < Lkv` otherwise
+/// (the ids are read at `q`: `Lq <= Lkv`).
+pub fn doc_shape(rng: &mut Rng, max_group: usize, max_len: usize, d: usize) -> Shape {
+    let mut s = crate::random_shape(rng, max_group, max_len, d);
+    let (lo, hi) = (s.lq.min(s.lkv), s.lq.max(s.lkv));
+    if rng.below(4) == 0 && lo < hi {
+        (s.lq, s.lkv) = (lo, hi);
+    } else {
+        (s.lq, s.lkv) = (hi, hi);
+    }
+    s
+}
+
+/// Document ids of `b` sequences of `n` rows: sorted (contiguous documents: one to a
+/// dozen, or many one-row ones, one time in eight) or, one time in seven, in no order (an
+/// id comes back after another: no document tiles).
+fn doc_ids(rng: &mut Rng, b: usize, n: usize) -> Vec<i32> {
+    let docs = match rng.below(8) {
+        0 => n.max(1) as u64,
+        _ => 1 + rng.below(12),
+    };
+    let sorted = rng.below(7) != 0;
+    let mut out = Vec::with_capacity(b * n);
+    for _ in 0..b {
+        let mut row: Vec<i32> = (0..n).map(|_| rng.below(docs) as i32).collect();
+        if sorted {
+            row.sort();
+        }
+        out.extend(row);
+    }
+    out
 }
 
 /// Captures for exactly what the program declares.
@@ -296,7 +405,9 @@ pub fn captures(p: &attnc_compiler::ir::Program, shape: &Shape, rng: &mut Rng) -
             })
             .collect();
         let n = dims.iter().product();
-        let tensor = if t.elem.read_type() == Type::F32 {
+        let tensor = if t.name == "doc" {
+            Tensor::from_i32(dims.clone(), &doc_ids(rng, dims[0], dims[1]))
+        } else if t.elem.read_type() == Type::F32 {
             let data: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
             Tensor::from_f32(dims, &data)
         } else {

@@ -1,7 +1,7 @@
 //! Runs the differential fuzz check (`attnc_tests::fuzzdiff`) without libFuzzer: random
 //! inputs from a seeded SplitMix64, for a given number of executions or seconds.
 //!
-//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode|ptx] [--execs N] [--secs S] [--seed X]`
+//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode|documents|ptx] [--execs N] [--secs S] [--seed X]`
 //!
 //! Prints progress every 10 s and a final `fuzz_differential: N executions (B builtin
 //! sweeps, P programs), 0 failures in S s`; on a failure prints the input (hex) and the
@@ -17,11 +17,18 @@
 //! (`attnc_tests::passes::{backward_case, decode_case}` on the CPU target, as
 //! `tests/tests/random_passes.rs` does for seeds 0..30): each execution draws a case
 //! seed; a failure prints it, and `ATTNC_SEED=<seed> cargo test -p attnc-tests --test
-//! random_passes` reruns that one case.
+//! random_passes` reruns that one case. `documents` runs the forward, the backward and decoding of
+//! generated document masks (`attnc_tests::passes::{doc_forward_case, doc_backward_case,
+//! doc_decode_case}`), most on document tiles (the final line counts them); a failure's
+//! seed reruns with `ATTNC_SEED=<seed> cargo test -p attnc-tests --test random_passes
+//! random_documents`.
 
 use attnc::synth::Rng;
 use attnc_tests::fuzzdiff;
-use attnc_tests::passes::{Target, backward_case, decode_case};
+use attnc_tests::passes::{
+    DOC_TILED, Target, backward_case, decode_case, doc_backward_case, doc_decode_case,
+    doc_forward_case,
+};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -44,9 +51,9 @@ fn main() {
     assert!(
         matches!(
             mode.as_str(),
-            "both" | "builtins" | "programs" | "backward" | "decode" | "ptx"
+            "both" | "builtins" | "programs" | "backward" | "decode" | "documents" | "ptx"
         ),
-        "--mode both|builtins|programs|backward|decode|ptx"
+        "--mode both|builtins|programs|backward|decode|documents|ptx"
     );
     let target = Target::cpu();
     let mut rng = Rng::new(seed);
@@ -70,6 +77,14 @@ fn main() {
                 let case = rng.next_u64();
                 eprint!("\rptx case seed {case} ");
                 fuzzdiff::ptx_kernels(case)
+            }
+            "documents" => {
+                progs += 1;
+                let case = rng.next_u64();
+                doc_forward_case(case, &target)
+                    .and_then(|()| doc_backward_case(case, &target))
+                    .and_then(|()| doc_decode_case(case, &target))
+                    .map_err(|e| format!("case seed {case} (ATTNC_SEED={case})\n{e}"))
             }
             "backward" | "decode" => {
                 progs += 1;
@@ -104,12 +119,23 @@ fn main() {
     }
     let nudged = attnc_tests::passes::NUDGED.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "fuzz_differential: {n} executions ({sweeps} builtin sweeps, {progs} programs), 0 failures in {:.1} s (mode {mode}, seed {seed}){}",
+        "fuzz_differential: {n} executions ({sweeps} builtin sweeps, {progs} programs), 0 failures in {:.1} s (mode {mode}, seed {seed}){}{}",
         t0.elapsed().as_secs_f64(),
-        if mode == "backward" {
+        if mode == "backward" || mode == "documents" {
             format!(
                 "; {nudged} judged with q nudged (a kink of the score within rounding: passes::backward_case)"
             )
+        } else {
+            String::new()
+        },
+        if mode == "ptx" {
+            let k = fuzzdiff::DOC_KERNELS.load(std::sync::atomic::Ordering::Relaxed);
+            format!("; {k} document-tiled kernels among them")
+        } else if mode == "documents" {
+            let [f, b] = DOC_TILED
+                .each_ref()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+            format!("; on document tiles: {f} forward, {b} backward")
         } else {
             String::new()
         }

@@ -583,7 +583,10 @@ pub fn doc_split(f: &Function) -> Option<DocSplit> {
 }
 
 /// Whether value `a` of `x` and value `b` of `y` compute the same expression with `kv`
-/// (in `y`) in place of `q` (in `x`), comparing at most `budget` pairs.
+/// (in `y`) in place of `q` (in `x`), comparing at most `budget` pairs. The operands of a
+/// commutative operation may come in either order (common-subexpression elimination
+/// orders them by value number, which differs between the sides where a shared operand
+/// such as a param sits between the two reads: `doc[b, q] + p` and `p + doc[b, kv]`).
 fn mirrored(x: &Function, a: Value, y: &Function, b: Value, budget: &mut u32) -> bool {
     if *budget == 0 || x.ty(a) != y.ty(b) {
         return false;
@@ -595,7 +598,9 @@ fn mirrored(x: &Function, a: Value, y: &Function, b: Value, budget: &mut u32) ->
         (Inst::Arg(p), Inst::Arg(r)) => p == r && !matches!(p, Arg::Q | Arg::Kv),
         (Inst::Unary(o1, u), Inst::Unary(o2, v)) => o1 == o2 && same(u, v),
         (Inst::Binary(o1, u1, u2), Inst::Binary(o2, v1, v2)) => {
-            o1 == o2 && same(u1, v1) && same(u2, v2)
+            o1 == o2
+                && ((same(u1, v1) && same(u2, v2))
+                    || (o1.is_commutative() && same(u1, v2) && same(u2, v1)))
         }
         (Inst::Select(c1, u1, u2), Inst::Select(c2, v1, v2)) => {
             same(c1, c2) && same(u1, v1) && same(u2, v2)
@@ -982,9 +987,10 @@ mod tests {
     }
 
     /// `doc_split`: document masks whose key side mirrors the query side, with their
-    /// linear part (evaluated against the conjuncts it stands for) and the id function;
-    /// refused where the sides differ (another tensor, another batch index, an offset on
-    /// one side) or the query side reads `h`.
+    /// linear part (evaluated against the conjuncts it stands for) and the id function,
+    /// also where CSE ordered a commutative operation's operands differently on the two
+    /// sides; refused where the sides differ (another tensor, another batch index, an
+    /// offset on one side, a difference's operands swapped) or the query side reads `h`.
     #[test]
     fn doc_split_of_document_masks() {
         use crate::interp::{Args, Bindings, BoundTensor, TensorData, eval};
@@ -1005,14 +1011,35 @@ mod tests {
             tensors: vec![t.clone(), t],
         };
         let lin = |q: i32, kv: i32| [q >= kv, q >= kv && q - kv <= 3];
-        for (m, want) in [
-            ("q >= kv && doc[b, q] == doc[b, kv]", Some(0)),
-            ("doc[b, q] == doc[b, kv]", None),
+        let same = |x: i32| x;
+        for (m, want, id) in [
+            (
+                "q >= kv && doc[b, q] == doc[b, kv]",
+                Some(0),
+                same as fn(i32) -> i32,
+            ),
+            ("doc[b, q] == doc[b, kv]", None, same),
             (
                 "doc[b, kv] == doc[b, q] & q - kv <= window & q >= kv",
                 Some(1),
+                same,
             ),
-            ("doc[b, q] / 2 == doc[b, kv] / 2 && q >= kv", Some(0)),
+            ("doc[b, q] / 2 == doc[b, kv] / 2 && q >= kv", Some(0), |x| {
+                x / 2
+            }),
+            // commutative operations whose operands CSE orders differently on the two
+            // sides (the param's value number lies between the two reads)
+            (
+                "doc[b, q] + window == doc[b, kv] + window && q >= kv",
+                Some(0),
+                |x| x + 3,
+            ),
+            ("min(doc[b, q], 2) == min(doc[b, kv], 2)", None, |x| {
+                x.min(2)
+            }),
+            ("doc[b, q] * 3 == doc[b, kv] * 3 && q >= kv", Some(0), |x| {
+                x * 3
+            }),
         ] {
             let (d, p) = split(m);
             let d = d.unwrap_or_else(|| panic!("{m}"));
@@ -1027,8 +1054,7 @@ mod tests {
                     kv,
                 };
                 let x = eval(&d.id, &p, at, &bind, &mut scratch).unwrap();
-                let div = if m.contains("/ 2") { 2 } else { 1 };
-                assert_eq!(x, Scalar::I32(ids[(16 * b + q) as usize] / div), "{m}: id");
+                assert_eq!(x, Scalar::I32(id(ids[(16 * b + q) as usize])), "{m}: id");
                 if let (Some(l), Some(k)) = (&d.linear, want) {
                     let v = eval(l, &p, at, &bind, &mut scratch).unwrap();
                     assert_eq!(v, Scalar::Bool(lin(q, kv)[k]), "{m}: L at {q}, {kv}");
@@ -1038,6 +1064,7 @@ mod tests {
         for m in [
             "q >= kv && doc[b, q] == doc[0, kv]",
             "q >= kv && doc[b, q] + 1 == doc[b, kv]",
+            "q >= kv && doc[b, q] - window == window - doc[b, kv]",
             "q >= kv && doc[b, q] == doc2[b, kv]",
             "q >= kv && doc[b, q + h] == doc[b, kv + h]",
             "q >= kv && doc[h, q] == doc[h, kv]",
