@@ -11,6 +11,7 @@
 #[allow(clippy::should_implement_trait)] // its xorshift `Rng::next`
 pub mod decode_util;
 pub mod fuzzdiff;
+pub mod mutate;
 pub mod passes;
 pub mod progs;
 

@@ -1,7 +1,7 @@
 //! Runs the differential fuzz check (`attnc_tests::fuzzdiff`) without libFuzzer: random
 //! inputs from a seeded SplitMix64, for a given number of executions or seconds.
 //!
-//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode|documents|ptx] [--execs N] [--secs S] [--seed X]`
+//! `cargo run -p attnc-tests --example fuzz_differential -- [--mode both|builtins|programs|backward|decode|documents|mutate|ptx] [--execs N] [--secs S] [--seed X]`
 //!
 //! Prints progress every 10 s and a final `fuzz_differential: N executions (B builtin
 //! sweeps, P programs), 0 failures in S s`; on a failure prints the input (hex) and the
@@ -21,7 +21,10 @@
 //! generated document masks (`attnc_tests::passes::{doc_forward_case, doc_backward_case,
 //! doc_decode_case}`), most on document tiles (the final line counts them); a failure's
 //! seed reruns with `ATTNC_SEED=<seed> cargo test -p attnc-tests --test random_passes
-//! random_documents`.
+//! random_documents`. `mutate` takes mutated example files and generated programs
+//! through the compiler, both CPU backends and the kernel generators
+//! (`attnc_tests::mutate::case`): a panic is a failure (stderr names the case's seed;
+//! `ATTNC_SEED=<seed> cargo test -p attnc-tests --test mutated_programs` reruns it).
 
 use attnc::synth::Rng;
 use attnc_tests::fuzzdiff;
@@ -51,15 +54,23 @@ fn main() {
     assert!(
         matches!(
             mode.as_str(),
-            "both" | "builtins" | "programs" | "backward" | "decode" | "documents" | "ptx"
+            "both"
+                | "builtins"
+                | "programs"
+                | "backward"
+                | "decode"
+                | "documents"
+                | "mutate"
+                | "ptx"
         ),
-        "--mode both|builtins|programs|backward|decode|documents|ptx"
+        "--mode both|builtins|programs|backward|decode|documents|mutate|ptx"
     );
     let target = Target::cpu();
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let mut last = t0;
     let (mut n, mut sweeps, mut progs) = (0u64, 0u64, 0u64);
+    let (mut mutants, mut ran) = (0u64, 0u64);
     while n < execs && t0.elapsed() < Duration::from_secs(secs) {
         let len = 4 + 4 * fuzzdiff::SWEEP + 8;
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
@@ -77,6 +88,15 @@ fn main() {
                 let case = rng.next_u64();
                 eprint!("\rptx case seed {case} ");
                 fuzzdiff::ptx_kernels(case)
+            }
+            "mutate" => {
+                progs += 1;
+                let case = rng.next_u64();
+                eprint!("\rmutate case seed {case} ");
+                attnc_tests::mutate::case(case, true).map(|r| {
+                    mutants += r.rejected as u64 + u64::from(r.compiled);
+                    ran += u64::from(r.ran);
+                })
             }
             "documents" => {
                 progs += 1;
@@ -128,7 +148,9 @@ fn main() {
         } else {
             String::new()
         },
-        if mode == "ptx" {
+        if mode == "mutate" {
+            format!("; {mutants} mutants compiled or rejected, {ran} ran on the CPU")
+        } else if mode == "ptx" {
             let k = fuzzdiff::DOC_KERNELS.load(std::sync::atomic::Ordering::Relaxed);
             format!("; {k} document-tiled kernels among them")
         } else if mode == "documents" {

@@ -1,0 +1,387 @@
+//! Hostile programs: the example files and generated programs mutated token by token
+//! (tokens deleted, repeated, swapped; numbers set to the i32 and f32 extremes; names
+//! replaced by other names, positions, builtins and keywords; operators by other
+//! operators; snippets inserted), then taken as far as they go — compiled, planned,
+//! bound and run on the reference and CPU backends (forward, and backward where the
+//! program has a score), and through the PTX generator's forward and backward kernels.
+//! Nothing may panic: a bad program is a compile error (`error[E…]`) or an error from
+//! the call, never a crash. Results are not compared (a mutated score may overflow to
+//! NaN legitimately); `passes.rs` judges well-formed programs against the oracle.
+//!
+//! In: a seed (and whether to generate kernels). Out: `Ok(what happened)`, or
+//! `Err(message)` naming the seed, the source and the stage that panicked. Used by
+//! `tests/tests/mutated_programs.rs` and the fuzz driver's `mutate` mode.
+
+use crate::progs::{Gen, program};
+use crate::{example_files, pick, range};
+use attnc::synth::Rng;
+use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Shape, Tensor, synth};
+use attnc_compiler::ir::{DimSpec, ElemType, Program, Type};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// How far a mutated program got ([`case`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Mutants rejected with a compile error before one compiled (or all 12).
+    pub rejected: usize,
+    /// A mutant compiled without errors.
+    pub compiled: bool,
+    /// At least one attention ran its forward on the CPU.
+    pub ran: bool,
+    /// Kernels generated (with `ptx`).
+    pub kernels: usize,
+}
+
+/// The tokens of `src`: identifiers and keywords, numbers (with `.`, exponents), runs of
+/// operator characters split into the language's operators, single brackets and
+/// punctuation, whitespace and comments kept as tokens of their own so that joining the
+/// tokens gives `src` back.
+fn tokens(src: &str) -> Vec<String> {
+    let cs: Vec<char> = src.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        let start = i;
+        if c.is_whitespace() {
+            while i < cs.len() && cs[i].is_whitespace() {
+                i += 1;
+            }
+        } else if c == '/' && cs.get(i + 1) == Some(&'/') {
+            while i < cs.len() && cs[i] != '\n' {
+                i += 1;
+            }
+        } else if c.is_alphabetic() || c == '_' {
+            while i < cs.len() && (cs[i].is_alphanumeric() || cs[i] == '_') {
+                i += 1;
+            }
+        } else if c.is_ascii_digit() {
+            while i < cs.len()
+                && (cs[i].is_ascii_alphanumeric()
+                    || cs[i] == '.'
+                    || ((cs[i] == '-' || cs[i] == '+') && matches!(cs[i - 1], 'e' | 'E')))
+            {
+                i += 1;
+            }
+        } else {
+            let two: String = cs[i..(i + 2).min(cs.len())].iter().collect();
+            i += if OPS2.contains(&two.as_str()) { 2 } else { 1 };
+        }
+        out.push(cs[start..i].iter().collect());
+    }
+    out
+}
+
+const OPS2: [&str; 8] = ["==", "!=", "<=", ">=", "&&", "||", "<<", ">>"];
+const OPS: [&str; 20] = [
+    "+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "&", "|", "^", "!",
+    "<<", ">>", "=",
+];
+const NUMBERS: [&str; 16] = [
+    "0",
+    "1",
+    "-1",
+    "2147483647",
+    "2147483648",
+    "-2147483648",
+    "4294967296",
+    "99999999999999999999",
+    "0.0",
+    "-0.0",
+    "1e38",
+    "3.5e38",
+    "1e-45",
+    "1e400",
+    "0x7FFFFFFF",
+    "65536",
+];
+const NAMES: [&str; 34] = [
+    "q", "kv", "h", "b", "s", "doc", "window", "exp", "exp2", "log", "log2", "tanh", "sqrt",
+    "sigmoid", "pow", "min", "max", "clamp", "abs", "select", "floor", "ceil", "if", "else", "as",
+    "i32", "f32", "i64", "f16", "bf16", "B", "KV", "H", "Q",
+];
+/// The item keywords: mutated only by the structural mutations.
+const KEYWORDS: [&str; 7] = [
+    "tensor",
+    "param",
+    "const",
+    "fn",
+    "mask",
+    "score",
+    "attention",
+];
+const SNIPPETS: [&str; 14] = [
+    "if q > 3 { 1 } else { 2 }",
+    " as f32",
+    " as i32",
+    "[0]",
+    "[b, q]",
+    "(",
+    ")",
+    "{",
+    "}",
+    ";",
+    ",",
+    "log(0.0)",
+    "s / 0.0",
+    "q % 0",
+];
+
+/// `src` with one to three random token mutations (one most often). Four times in five a
+/// token inside braces (a body or an attention block), not an item keyword, changes by
+/// its class so that many results still parse: a number becomes an extreme, a name
+/// another name of the source or a position, builtin, type or `if`/`else`/`as`, an
+/// operator another operator, anything else gets a snippet after it; otherwise any token
+/// is deleted, repeated, swapped with another or followed by a snippet.
+pub fn mutate(src: &str, rng: &mut Rng) -> String {
+    let mut t = tokens(src);
+    let words: Vec<String> = t
+        .iter()
+        .filter(|x| x.starts_with(|c: char| c.is_alphabetic() || c == '_'))
+        .cloned()
+        .collect();
+    let count = match rng.below(10) {
+        0..=5 => 1,
+        6..=8 => 2,
+        _ => 3,
+    };
+    for _ in 0..count {
+        // tokens that are not whitespace or comments; those inside braces (bodies and
+        // attention blocks: expressions and compositions) for the mutations by class
+        let mut depth = 0i32;
+        let mut solid = Vec::new();
+        let mut inner = Vec::new();
+        for (i, x) in t.iter().enumerate() {
+            if x.trim().is_empty() || x.starts_with("//") {
+                continue;
+            }
+            depth += i32::from(x == "{") - i32::from(x == "}");
+            solid.push(i);
+            if depth > 0 && x != "{" && !KEYWORDS.contains(&x.as_str()) {
+                inner.push(i);
+            }
+        }
+        if solid.is_empty() {
+            break;
+        }
+        if rng.below(5) == 0 || inner.is_empty() {
+            let (i, j) = (*pick(rng, &solid), *pick(rng, &solid));
+            match rng.below(4) {
+                0 => t[i] = String::new(),
+                1 => t[i] = format!("{} {}", t[i], t[i]),
+                2 => t.swap(i, j),
+                _ => t[i] = format!("{} {}", t[i], pick(rng, &SNIPPETS)),
+            }
+            continue;
+        }
+        let i = *pick(rng, &inner);
+        if t[i].starts_with(|c: char| c.is_ascii_digit()) {
+            t[i] = pick(rng, &NUMBERS).to_string();
+        } else if t[i].starts_with(|c: char| c.is_alphabetic() || c == '_') {
+            t[i] = if rng.below(2) == 0 {
+                pick(rng, &words).clone()
+            } else {
+                pick(rng, &NAMES).to_string()
+            };
+        } else if OPS.contains(&t[i].as_str()) {
+            t[i] = pick(rng, &OPS).to_string();
+        } else {
+            t[i] = format!("{} {}", t[i], pick(rng, &SNIPPETS));
+        }
+    }
+    t.concat()
+}
+
+/// Captures for what `p` declares at `shape`, random values; `None` where a declared
+/// tensor would be larger than 2^18 elements (a mutated fixed dim).
+fn captures(p: &Program, shape: &Shape, rng: &mut Rng) -> Option<Captures> {
+    let mut c = Captures::default();
+    for param in &p.params {
+        let v = match param.ty {
+            Type::F32 => ParamValue::F32(rng.normal() * 4.0),
+            _ => ParamValue::I32(range(rng, 0, 40) as i32 - 8),
+        };
+        c.params.insert(param.name.clone(), v);
+    }
+    let mut symbols: HashMap<&str, usize> = HashMap::new();
+    for t in &p.tensors {
+        let mut dims = Vec::new();
+        for d in &t.dims {
+            dims.push(match d {
+                DimSpec::B => shape.b,
+                DimSpec::H => shape.hq,
+                DimSpec::Q => shape.lq,
+                DimSpec::Kv => shape.lkv,
+                DimSpec::Fixed(n) => *n,
+                DimSpec::Symbol(s) => *symbols.entry(s).or_insert_with(|| range(rng, 1, 9)),
+            });
+        }
+        let n = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= 1 << 18)?;
+        let ints = |rng: &mut Rng| -> Vec<i64> {
+            (0..n)
+                .map(|_| rng.below(2 * shape.lkv as u64 + 8) as i64 - 4)
+                .collect()
+        };
+        let floats = |rng: &mut Rng| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
+        let tensor = match t.elem {
+            ElemType::I32 => {
+                let v: Vec<i32> = ints(rng).into_iter().map(|x| x as i32).collect();
+                Tensor::from_i32(dims, &v)
+            }
+            ElemType::I64 => Tensor::from_i64(dims, &ints(rng)),
+            ElemType::F32 => Tensor::from_f32(dims, &floats(rng)),
+            ElemType::F16 => Tensor::from_f32_as(dims, &floats(rng), DType::F16),
+            ElemType::BF16 => Tensor::from_f32_as(dims, &floats(rng), DType::BF16),
+        };
+        c.tensors.insert(t.name.clone(), tensor);
+    }
+    Some(c)
+}
+
+/// Runs `f`, turning a panic into an error that names `stage`.
+fn guarded<T>(stage: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{stage} panicked: {msg}")
+    })
+}
+
+/// The source a case mutates: an example file (two times in three) or a generated
+/// program (with or without `Gen::grad`, sometimes a document mask).
+fn base_source(seed: u64, rng: &mut Rng) -> String {
+    if rng.below(3) != 0 {
+        let files = example_files();
+        let f = pick(rng, &files);
+        std::fs::read_to_string(f).expect("an example file")
+    } else {
+        let grad = rng.below(2) == 0;
+        let mut g = if rng.below(3) == 0 {
+            Gen::documents(seed, grad)
+        } else {
+            Gen::new(seed, grad)
+        };
+        program(&mut g)
+    }
+}
+
+/// Mutants of one source from `seed` through the compiler until one compiles (at most
+/// 12), that one through every stage it reaches ([`Reached`]); with
+/// `ptx` also the forward and the backward kernels of its first attention (sm_90 D128
+/// bf16, sm_80 D64 f16). `Err` when a stage panicked or a compile error was not rendered
+/// with its code.
+pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
+    let mut rng = Rng::new(seed ^ 0x6d75_7461_7465);
+    let mut reached = Reached::default();
+    let base = base_source(seed, &mut rng);
+    // mutants of `base` until one compiles (at most 12): every one through the compiler,
+    // the first that compiles on to the backends
+    let mut found = None;
+    for _ in 0..12 {
+        let src = mutate(&base, &mut rng);
+        let ctx = |e: String| format!("seed {seed}: {e}\n--- source ---\n{src}");
+        match guarded("compile", || Compiled::from_source("mutated.attn", &src)).map_err(ctx)? {
+            Ok(c) => {
+                found = Some((src, c));
+                break;
+            }
+            Err(attnc::Error::Compile { rendered, .. }) => {
+                if !rendered.contains("error[E") {
+                    return Err(ctx(format!(
+                        "a compile error without its code:\n{rendered}"
+                    )));
+                }
+                reached.rejected += 1;
+            }
+            Err(e) => return Err(ctx(format!("compile: not a compile error: {e}"))),
+        }
+    }
+    let Some((src, compiled)) = found else {
+        return Ok(reached);
+    };
+    let ctx = |e: String| format!("seed {seed}: {e}\n--- source ---\n{src}");
+    reached.compiled = true;
+    let shape = {
+        let hkv = range(&mut rng, 1, 2);
+        Shape {
+            b: range(&mut rng, 1, 2),
+            hq: hkv * range(&mut rng, 1, 2),
+            hkv,
+            lq: range(&mut rng, 1, 40),
+            lkv: range(&mut rng, 1, 40),
+            d: 16,
+            dv: 16,
+        }
+    };
+    let names: Vec<String> = compiled.names().iter().map(|s| s.to_string()).collect();
+    for (ai, name) in names.iter().enumerate() {
+        let var = compiled
+            .attention(name)
+            .map_err(|e| ctx(format!("attention {name} listed but not found: {e}")))?;
+        let Some(caps) = captures(var.program(), &shape, &mut rng) else {
+            continue;
+        };
+        let (q, k, v) = synth::qkv(&shape, DType::F32, seed);
+        let dout = synth::qkv(&shape, DType::F32, seed ^ 1).0;
+        for backend in [Backend::Reference, Backend::Cpu] {
+            for checked in [false, true] {
+                let stage = format!("{name} on {backend:?} (checked {checked})");
+                guarded(&stage, || {
+                    let mut o = BindOptions::new(backend, shape, DType::F32);
+                    (o.threads, o.checked) = (2, checked);
+                    let Ok(mut bound) = var.bind(o) else {
+                        return false;
+                    };
+                    let Ok(fwd) = bound.forward(&q, &k, &v, &caps) else {
+                        return false;
+                    };
+                    if var.program().score.is_some() {
+                        let _ = bound.backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, None, &caps);
+                    }
+                    true
+                })
+                .map(|ran| reached.ran |= ran && backend == Backend::Cpu)
+                .map_err(ctx)?;
+            }
+        }
+        if ptx && ai == 0 {
+            reached.kernels += kernels(var.program()).map_err(ctx)?;
+        }
+    }
+    Ok(reached)
+}
+
+/// The forward and the backward kernels of `p` (sm_90 D128 bf16, sm_80 D64 f16, a
+/// binding's options): how many were generated; an error from the generator is fine (a
+/// program the kernels do not take), a panic is not.
+fn kernels(p: &Program) -> Result<usize, String> {
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
+    let plan = attnc_compiler::plan::Plan::new(p);
+    let mut made = 0;
+    for (arch, d, ty) in [
+        (Arch::Sm90, 128, InputType::Bf16),
+        (Arch::Sm80, 64, InputType::F16),
+    ] {
+        let f = PtxOptions::new(arch, d, d, ty).for_binding(&plan, 300);
+        let b = PtxOptions::backward(arch, d, d, ty).backward_for_binding(&plan, 300);
+        for (kind, o) in [
+            (KernelKind::Forward, f),
+            (KernelKind::BackwardPre, b),
+            (KernelKind::BackwardDkDv, b),
+        ] {
+            let stage = format!("{kind} ({})", o.key());
+            if guarded(&stage, || generate(&plan, kind, &o, EmitText::PtxOnly))?.is_ok() {
+                made += 1;
+            }
+        }
+    }
+    Ok(made)
+}
