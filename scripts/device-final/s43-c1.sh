@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Session 43 call 1 (carry .bin-s43: release gpu_random, gpu_backward and attnc built from
+# main; .bin-pycuda packed from main): everything sessions 42 and 43 built that has not
+# run on a GPU — the generated document masks through the CUDA forward, backward and
+# decoding (gpu_random_documents_*, session 43: mirrored ids with commutative operations
+# now split into document tiles), gpu_backward_device_time, `attnc bench --grad
+# --backend cuda` (device time) on document + causal with the backward's document kv
+# tiles and without (ATTNC_FWD_DOC_TILES=0), and the Python package's CUDA tests
+# (test_block_mask_documents_with_fewer_queries_than_keys among them).
+# To pack from main:
+#   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc --test gpu_backward --no-run
+#   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc-tests --test gpu_random --no-run
+#   CARGO_TARGET_DIR=/work/rel-target cargo build --release -p attnc --bin attnc
+#   mkdir -p .bin-s43; strip + xz the gpu_backward-* and gpu_random-* test binaries and
+#   attnc into .bin-s43/{gpu_backward,gpu_random,attnc}.xz;
+#   bash scripts/python-gpu-pack.sh (.bin-pycuda)
+set -u
+mkdir -p /tmp/s43
+for b in gpu_random gpu_backward attnc; do xz -dc .bin-s43/$b.xz > /tmp/s43/$b; chmod +x /tmp/s43/$b; done
+export ATTNC_CACHE_DIR=/tmp/attnc-cache ATTNC_EXAMPLES=$PWD/examples
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+echo "== gpu_random documents ($SECONDS s)"
+ATTNC_CASES=60 timeout 300 /tmp/s43/gpu_random documents --test-threads 1 > $OUT/gpu_random_documents.log 2>&1
+echo "rc=$?"
+grep -E "^test |cases passed|cases failed|panicked" $OUT/gpu_random_documents.log | cut -c1-220 | head -20
+for t in gpu_backward_device_time; do
+  echo "== $t ($SECONDS s)"
+  timeout 120 /tmp/s43/gpu_backward --exact $t > $OUT/$t.log 2>&1; echo "rc=$?"
+  grep -E "device time|test result|panicked" $OUT/$t.log | cut -c1-200 | tail -6
+done
+A=/tmp/s43/attnc
+echo "== bench --grad ($SECONDS s)"
+for env in 1 0; do
+  ATTNC_FWD_DOC_TILES=$env timeout 100 $A bench examples/document_causal.attn --attention document_causal --backend cuda --grad --dtype bf16 --batch 2 --heads 16 --lq 8192 --d 128 --iters 20 2>&1 | tail -1 | cut -c1-260
+  ATTNC_FWD_DOC_TILES=$env timeout 100 $A bench examples/document_causal.attn --attention document_causal --backend cuda --grad --dtype bf16 --batch 1 --heads 32 --hkv 8 --lq 16384 --d 128 --iters 20 2>&1 | tail -1 | cut -c1-260
+done
+echo "== python ($SECONDS s)"
+. .bin-pycuda/python-gpu-lib.sh
+pygpu_install > /dev/null 2>&1
+PYTEST_FILES="python/tests/test_cuda.py python/tests/test_flex.py python/tests/test_autograd.py python/tests/test_head_dims.py" \
+  pygpu_pytest "not (every_example_matches and f16 and not bf16)" 8 300
+echo "== done ($SECONDS s)"
