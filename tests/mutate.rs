@@ -2,8 +2,8 @@
 //! (tokens deleted, repeated, swapped; numbers set to the i32 and f32 extremes; names
 //! replaced by other names, positions, builtins and keywords; operators by other
 //! operators; snippets inserted), then taken as far as they go — compiled, planned,
-//! bound and run on the reference and CPU backends (forward, and backward where the
-//! program has a score), and through the PTX generator's forward and backward kernels.
+//! bound and run on the reference and CPU backends (forward, backward where the program
+//! has a score, decoding against a contiguous or paged KV cache), and through the PTX generator's forward and backward kernels.
 //! Nothing may panic: a bad program is a compile error (`error[E…]`) or an error from
 //! the call, never a crash. Results are not compared (a mutated score may overflow to
 //! NaN legitimately); `passes.rs` judges well-formed programs against the oracle.
@@ -29,6 +29,8 @@ pub struct Reached {
     pub compiled: bool,
     /// At least one attention ran its forward on the CPU.
     pub ran: bool,
+    /// At least one attention decoded against a cache on the CPU.
+    pub decoded: bool,
     /// Kernels generated (with `ptx`).
     pub kernels: usize,
 }
@@ -349,6 +351,26 @@ pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
                 })
                 .map(|ran| reached.ran |= ran && backend == Backend::Cpu)
                 .map_err(ctx)?;
+            }
+        }
+        // decoding against a KV cache (contiguous or paged) at the logical positions
+        let cap = shape.lkv;
+        let logical = Shape { lq: cap, ..shape };
+        if let Some(dcaps) = captures(var.program(), &logical, &mut rng) {
+            let mut drng = crate::decode_util::Rng(seed | 1);
+            let lq = 1 + drng.below(4);
+            let lens: Vec<i32> = (0..shape.b).map(|_| drng.below(cap + 1) as i32).collect();
+            let page = [None, Some(16)][drng.below(2)];
+            let c = crate::decode_util::case(
+                &mut drng, shape.b, shape.hq, shape.hkv, lq, 16, cap, lens, page,
+            );
+            for backend in [Backend::Reference, Backend::Cpu] {
+                let stage = format!("{name} decoding on {backend:?}");
+                let out = guarded(&stage, || {
+                    crate::decode_util::run(&compiled, name, &c, backend, 2, &dcaps, false)
+                })
+                .map_err(ctx)?;
+                reached.decoded |= out.is_ok() && backend == Backend::Cpu;
             }
         }
         if ptx && ai == 0 {

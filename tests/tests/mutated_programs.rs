@@ -1,6 +1,6 @@
 //! Mutated programs (`attnc_tests::mutate`): the example files and generated programs
 //! with random token mutations, compiled, bound and run on the reference and CPU
-//! backends (fast and checked mode, forward and backward) and, for some, through the PTX
+//! backends (fast and checked mode, forward, backward and decoding) and, for some, through the PTX
 //! generator's forward and backward kernels. Nothing may panic; a bad program is a
 //! rendered compile error or an error from the call.
 //!
@@ -38,10 +38,16 @@ fn mutated_programs_never_panic() {
     // kernels, or the test checks only the front end
     let compiled = all.iter().filter(|r| r.compiled).count();
     let ran = all.iter().filter(|r| r.ran).count();
+    let decoded = all.iter().filter(|r| r.decoded).count();
     let kernels: usize = all.iter().map(|r: &Reached| r.kernels).sum();
-    println!("{n} cases: {compiled} compiled, {ran} ran on the CPU, {kernels} kernels");
+    println!(
+        "{n} cases: {compiled} compiled, {ran} ran on the CPU, {decoded} decoded, {kernels} kernels"
+    );
     assert!(
-        5 * compiled >= n as usize && 10 * ran >= n as usize && kernels >= 4,
-        "{compiled} compiled, {ran} ran, {kernels} kernels of {n} cases"
+        5 * compiled >= n as usize
+            && 10 * ran >= n as usize
+            && 10 * decoded >= n as usize
+            && kernels >= 4,
+        "{compiled} compiled, {ran} ran, {decoded} decoded, {kernels} kernels of {n} cases"
     );
 }
