@@ -1,7 +1,9 @@
 //! Hostile programs: the example files and generated programs mutated token by token
 //! (tokens deleted, repeated, swapped; numbers set to the i32 and f32 extremes; names
 //! replaced by other names, positions, builtins and keywords; operators by other
-//! operators; snippets inserted), then taken as far as they go — compiled, planned,
+//! operators; snippets inserted), then taken as far as they go (one case in four with
+//! NaN, infinities, huge floats and extreme integers among q, k, the captured tensors
+//! and the params) — compiled, planned,
 //! bound and run on the reference and CPU backends (forward, backward where the program
 //! has a score, decoding against a contiguous or paged KV cache), and through the PTX generator's forward and backward kernels.
 //! Nothing may panic: a bad program is a compile error (`error[E…]`) or an error from
@@ -195,13 +197,37 @@ pub fn mutate(src: &str, rng: &mut Rng) -> String {
     t.concat()
 }
 
-/// Captures for what `p` declares at `shape`, random values; `None` where a declared
-/// tensor would be larger than 2^18 elements (a mutated fixed dim).
-fn captures(p: &Program, shape: &Shape, rng: &mut Rng) -> Option<Captures> {
+/// Values a hostile case puts among its tensors' elements and params, one in eight.
+const HOSTILE_FLOATS: [f32; 7] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    1e30,
+    -1e30,
+    f32::MIN_POSITIVE,
+    -0.0,
+];
+const HOSTILE_INTS: [i64; 6] = [
+    i32::MIN as i64,
+    i32::MAX as i64,
+    -1,
+    1 << 20,
+    i64::MIN,
+    i64::MAX,
+];
+
+/// Captures for what `p` declares at `shape`, random values (with `hostile` also NaN,
+/// infinities, huge and extreme integers); `None` where a declared tensor would be larger
+/// than 2^18 elements (a mutated fixed dim).
+fn captures(p: &Program, shape: &Shape, rng: &mut Rng, hostile: bool) -> Option<Captures> {
     let mut c = Captures::default();
     for param in &p.params {
         let v = match param.ty {
+            Type::F32 if hostile && rng.below(4) == 0 => {
+                ParamValue::F32(*pick(rng, &HOSTILE_FLOATS))
+            }
             Type::F32 => ParamValue::F32(rng.normal() * 4.0),
+            _ if hostile && rng.below(4) == 0 => ParamValue::I32(*pick(rng, &HOSTILE_INTS) as i32),
             _ => ParamValue::I32(range(rng, 0, 40) as i32 - 8),
         };
         c.params.insert(param.name.clone(), v);
@@ -225,10 +251,26 @@ fn captures(p: &Program, shape: &Shape, rng: &mut Rng) -> Option<Captures> {
             .filter(|&n| n <= 1 << 18)?;
         let ints = |rng: &mut Rng| -> Vec<i64> {
             (0..n)
-                .map(|_| rng.below(2 * shape.lkv as u64 + 8) as i64 - 4)
+                .map(|_| {
+                    if hostile && rng.below(8) == 0 {
+                        *pick(rng, &HOSTILE_INTS)
+                    } else {
+                        rng.below(2 * shape.lkv as u64 + 8) as i64 - 4
+                    }
+                })
                 .collect()
         };
-        let floats = |rng: &mut Rng| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
+        let floats = |rng: &mut Rng| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    if hostile && rng.below(8) == 0 {
+                        *pick(rng, &HOSTILE_FLOATS)
+                    } else {
+                        rng.normal()
+                    }
+                })
+                .collect()
+        };
         let tensor = match t.elem {
             ElemType::I32 => {
                 let v: Vec<i32> = ints(rng).into_iter().map(|x| x as i32).collect();
@@ -310,6 +352,8 @@ pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
     };
     let ctx = |e: String| format!("seed {seed}: {e}\n--- source ---\n{src}");
     reached.compiled = true;
+    // one case in four: NaN, infinities and extremes among q, k, the captures and params
+    let hostile = rng.below(4) == 0;
     let shape = {
         let hkv = range(&mut rng, 1, 2);
         Shape {
@@ -327,11 +371,22 @@ pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
         let var = compiled
             .attention(name)
             .map_err(|e| ctx(format!("attention {name} listed but not found: {e}")))?;
-        let Some(caps) = captures(var.program(), &shape, &mut rng) else {
+        let Some(caps) = captures(var.program(), &shape, &mut rng, hostile) else {
             continue;
         };
-        let (q, k, v) = synth::qkv(&shape, DType::F32, seed);
+        let (mut q, mut k, v) = synth::qkv(&shape, DType::F32, seed);
         let dout = synth::qkv(&shape, DType::F32, seed ^ 1).0;
+        if hostile {
+            // a few elements of q and k NaN, infinite or huge
+            for t in [&mut q, &mut k] {
+                let mut x = t.to_f32();
+                for _ in 0..range(&mut rng, 1, 3) {
+                    let i = rng.below(x.len() as u64) as usize;
+                    x[i] = *pick(&mut rng, &HOSTILE_FLOATS);
+                }
+                *t = Tensor::from_f32(t.shape().to_vec(), &x);
+            }
+        }
         for backend in [Backend::Reference, Backend::Cpu] {
             for checked in [false, true] {
                 let stage = format!("{name} on {backend:?} (checked {checked})");
@@ -356,7 +411,7 @@ pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
         // decoding against a KV cache (contiguous or paged) at the logical positions
         let cap = shape.lkv;
         let logical = Shape { lq: cap, ..shape };
-        if let Some(dcaps) = captures(var.program(), &logical, &mut rng) {
+        if let Some(dcaps) = captures(var.program(), &logical, &mut rng, hostile) {
             let mut drng = crate::decode_util::Rng(seed | 1);
             let lq = 1 + drng.below(4);
             let lens: Vec<i32> = (0..shape.b).map(|_| drng.below(cap + 1) as i32).collect();
