@@ -19,7 +19,7 @@ Python numbers constants. The result is compiled (``attnc.compile``) and kept pe
 source text, so porting the same functions again reuses the compiled kernels.
 
 A ``FlexPort`` is called like ``flex_attention`` (``scale``, ``return_lse``,
-``enable_gqa`` accepted; GQA always works) and passes the captured tensor objects
+``return_aux=AuxRequest(lse=True)``, ``enable_gqa`` accepted; GQA always works) and passes the captured tensor objects
 themselves: in-place updates are seen, and gradients reach tensors that require them
 (a learned bias, a soft-cap). Values computed in Python while tracing (``.item()``, a
 Python ``if`` on a number) are fixed in the source; re-port to change them.
@@ -687,9 +687,11 @@ class FlexPort:
         return self._captured.values(self._used)
 
     def __call__(self, query, key, value, *, scale: Optional[float] = None, enable_gqa: bool = False,
-                 return_lse: bool = False, deterministic: bool = True):
-        return self.attention(query, key, value, scale=scale, return_lse=return_lse, deterministic=deterministic,
-                              **self._values(query))
+                 return_lse: bool = False, deterministic: bool = True, return_aux=None):
+        lse = _wants_lse(return_lse, return_aux)
+        out = self.attention(query, key, value, scale=scale, return_lse=lse, deterministic=deterministic,
+                             **self._values(query))
+        return _with_aux(out, lse, return_aux)
 
     def _values(self, q) -> dict:
         """The captured tensors as the source declares them, on q's device (else an error
@@ -749,14 +751,43 @@ def port(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = No
     return FlexPort(source, attention, captured)
 
 
+def _wants_lse(return_lse: bool, return_aux) -> bool:
+    """Whether a call returns the LSE: FlexAttention's ``return_aux=AuxRequest(...)``
+    takes precedence over the deprecated ``return_lse``; ``max_scores`` is refused (as
+    FlexAttention's FLASH backend does) with an error that says what to ask instead."""
+    if return_aux is None:
+        return bool(return_lse)
+    if getattr(return_aux, "max_scores", False):
+        raise _error("E0330", "attnc.flex: return_aux=AuxRequest(max_scores=True) is not supported "
+                     "(the kernels return O and the LSE only, as FlexAttention's FLASH backend); "
+                     "use return_aux=AuxRequest(lse=True)")
+    return bool(getattr(return_aux, "lse", False))
+
+
+def _with_aux(out, lse: bool, return_aux):
+    """A call's result in FlexAttention's form: ``(o, AuxOutput(lse=..., max_scores=None))``
+    when ``return_aux`` was given, else ``o`` or ``(o, lse)``."""
+    if return_aux is None:
+        return out
+    o, l = out if lse else (out, None)
+    try:
+        from torch.nn.attention.flex_attention import AuxOutput
+    except ImportError:  # a PyTorch without it: the same fields by name
+        from collections import namedtuple
+        AuxOutput = namedtuple("AuxOutput", ["lse", "max_scores"])
+    return o, AuxOutput(lse=l, max_scores=None)
+
+
 def flex_attention(query, key, value, score_mod: Optional[Callable] = None, block_mask=None,
                    scale: Optional[float] = None, enable_gqa: bool = False, return_lse: bool = False,
-                   kernel_options=None, *, mask_mod: Optional[Callable] = None, deterministic: bool = True):
+                   kernel_options=None, *, return_aux=None, mask_mod: Optional[Callable] = None,
+                   deterministic: bool = True):
     """``torch.nn.attention.flex_attention.flex_attention``'s signature on attnc: the
     ``score_mod`` and the ``block_mask``'s ``mask_mod`` (or ``mask_mod`` given directly)
     ported at every call (:func:`port`; the compiled source is kept); the block mask's block
     layout is not read (attnc derives block sparsity from the mask itself), nor are
-    ``kernel_options``."""
+    ``kernel_options``. ``return_aux=AuxRequest(lse=True)`` returns ``(o, AuxOutput)`` as
+    FlexAttention does (``max_scores`` is error E0330, as on its FLASH backend)."""
     if block_mask is not None:
         if mask_mod is not None:
             raise _fail("give either block_mask or mask_mod, not both")
@@ -768,6 +799,7 @@ def flex_attention(query, key, value, score_mod: Optional[Callable] = None, bloc
     # traced at every call, like FlexAttention's eager calls: a closure's or a global's
     # tensor replaced between calls is the one read (the compiled source, and with it the
     # kernels, is reused while the text is the same)
+    _wants_lse(return_lse, return_aux)  # refuses max_scores before tracing
     p = port(score_mod, mask_mod)
     return p(query, key, value, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
-             deterministic=deterministic)
+             deterministic=deterministic, return_aux=return_aux)

@@ -248,6 +248,36 @@ def test_flex_attention_drop_in_with_a_block_mask_and_replaced_globals():
     assert e.value.code == "E0330"
 
 
+def test_return_aux_as_flexattention_returns_it():
+    fa = pytest.importorskip("torch.nn.attention.flex_attention")
+    if not hasattr(fa, "AuxRequest"):
+        pytest.skip("this PyTorch has no AuxRequest")
+    q, k, v = _qkv()
+    want, want_lse = dense_reference(q, k, v, mask=document, score=rel_bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bm = fa.create_block_mask(document, B, H, L, S, device="cpu")
+    o, aux = af.flex_attention(q, k, v, score_mod=rel_bias, block_mask=bm, return_aux=fa.AuxRequest(lse=True))
+    assert isinstance(aux, fa.AuxOutput) and aux.max_scores is None
+    assert torch.allclose(o.double(), want, atol=2e-5, rtol=0)
+    assert torch.allclose(aux.lse.double(), want_lse, atol=2e-5, rtol=0)
+    # FlexAttention's own result has the same form and the same LSE (natural log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, aux_f = fa.flex_attention(q, k, v, score_mod=rel_bias, block_mask=bm, return_aux=fa.AuxRequest(lse=True))
+    assert torch.allclose(aux.lse, aux_f.lse, atol=1e-4, rtol=0)
+    # an AuxRequest without the LSE: o and an empty AuxOutput; the port takes it too
+    o2, aux2 = af.flex_attention(q, k, v, score_mod=rel_bias, block_mask=bm, return_aux=fa.AuxRequest())
+    assert aux2.lse is None and torch.equal(o2, o)
+    p = af.port(score_mod=rel_bias, mask_mod=document)
+    o3, aux3 = p(q, k, v, return_aux=fa.AuxRequest(lse=True))
+    assert torch.equal(o3, o) and torch.equal(aux3.lse, aux.lse)
+    # max_scores: refused, naming what to ask instead (FlexAttention's FLASH backend refuses it too)
+    with pytest.raises(attnc.AttncError) as e:
+        af.flex_attention(q, k, v, score_mod=rel_bias, return_aux=fa.AuxRequest(lse=True, max_scores=True))
+    assert e.value.code == "E0330" and "AuxRequest(lse=True)" in str(e.value)
+
+
 def test_ported_masks_decode_at_logical_positions():
     port = af.port(rel_bias, sliding)
     gen = torch.Generator().manual_seed(11)
