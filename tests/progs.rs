@@ -240,12 +240,16 @@ impl Gen {
         }
     }
     /// A conjunct with an exact linear form over `q`, `kv`, `h` and `p`
-    /// (`analysis::linear`): causal, windows (also the param's), bands, slopes other than
-    /// one.
+    /// (`analysis::linear`): causal, windows (also the param's, and through `abs`, `max`
+    /// and `min`), bands, slopes other than one.
     fn linear_conjunct(&mut self) -> String {
         let op = *pick(&mut self.rng, &["<", "<=", ">", ">=", ">=", "=="]);
         let c = self.small();
-        match self.rng.below(9) {
+        match self.rng.below(12) {
+            // windows through abs / max / min: maxima of linear forms below minima
+            9 => format!("(abs(q - kv) <= p + {})", self.rng.below(8)),
+            10 => format!("(max(q - kv, kv - q + {c}) < {})", 4 + self.rng.below(30)),
+            11 => format!("(min(q, kv + {}) >= max(kv, {c}))", self.rng.below(20)),
             0 => "q >= kv".into(),
             1 => "(q - kv <= p)".into(),
             2 => format!("(q - kv {op} {c})"),

@@ -774,11 +774,80 @@ pub fn linear_ints(f: &Function) -> Vec<Option<LinExpr>> {
     ints
 }
 
+/// At most this many linear forms in one side of [`max_min_forms`].
+const MAX_FORMS: usize = 8;
+
+/// Per value of `f`, `(max, min)`: linear forms whose maximum the value is (`abs(e)` is
+/// the maximum of `e` and `-e`, `max(a, b)` of `a`'s and `b`'s, a sum of the pairwise
+/// sums), and forms whose minimum it is (`min`, and negations of the other side); a
+/// linear value is both, alone. `None` where the value has no such form (or more than
+/// [`MAX_FORMS`] of them). Exact over the integers, as [`linear_ints`]: whether the i32
+/// arithmetic (`abs` of `i32::MIN` among it) can wrap is the launch's overflow check.
+#[allow(clippy::type_complexity)]
+fn max_min_forms(
+    f: &Function,
+    ints: &[Option<LinExpr>],
+) -> Vec<(Option<Vec<LinExpr>>, Option<Vec<LinExpr>>)> {
+    type Forms = Option<Vec<LinExpr>>;
+    let neg = |v: &Forms| -> Forms { v.as_ref()?.iter().map(|e| e.scale(-1)).collect() };
+    let union = |a: &Forms, b: &Forms| -> Forms {
+        let mut out = a.clone()?;
+        out.extend(b.clone()?);
+        (out.len() <= MAX_FORMS).then_some(out)
+    };
+    let sums = |a: &Forms, b: &Forms| -> Forms {
+        let (a, b) = (a.as_ref()?, b.as_ref()?);
+        if a.len() * b.len() > MAX_FORMS {
+            return None;
+        }
+        a.iter()
+            .flat_map(|x| b.iter().map(move |y| x.add(y)))
+            .collect()
+    };
+    let mut out: Vec<(Forms, Forms)> = Vec::with_capacity(f.insts.len());
+    for (i, inst) in f.insts.iter().enumerate() {
+        let forms = if let Some(e) = &ints[i] {
+            (Some(vec![e.clone()]), Some(vec![e.clone()]))
+        } else if f.types[i] != Type::I32 {
+            (None, None)
+        } else {
+            match inst {
+                Inst::Unary(UnOp::IAbs, a) => {
+                    let (up, down) = &out[a.index()];
+                    (union(up, &neg(down)), None)
+                }
+                Inst::Unary(UnOp::INeg, a) => {
+                    let (up, down) = &out[a.index()];
+                    (neg(down), neg(up))
+                }
+                Inst::Binary(BinOp::IMax, a, b) => {
+                    (union(&out[a.index()].0, &out[b.index()].0), None)
+                }
+                Inst::Binary(BinOp::IMin, a, b) => {
+                    (None, union(&out[a.index()].1, &out[b.index()].1))
+                }
+                Inst::Binary(BinOp::IAdd, a, b) => {
+                    let (x, y) = (&out[a.index()], &out[b.index()]);
+                    (sums(&x.0, &y.0), sums(&x.1, &y.1))
+                }
+                Inst::Binary(BinOp::ISub, a, b) => {
+                    let (x, y) = (&out[a.index()], &out[b.index()]);
+                    (sums(&x.0, &neg(&y.1)), sums(&x.1, &neg(&y.0)))
+                }
+                _ => (None, None),
+            }
+        };
+        out.push(forms);
+    }
+    out
+}
+
 /// Per value of `f` (live ones only), the conjunction of linear constraints a bool value
 /// denotes, when it is one.
 fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
     let live = f.live();
     let ints = linear_ints(f);
+    let hull = max_min_forms(f, &ints);
     let mut bools: Vec<Option<Vec<LinConstraint>>> = vec![None; f.insts.len()];
     let is_false = |c: &Option<Vec<LinConstraint>>| matches!(c, Some(v) if v.len() == 1 && v[0].expr.is_const().is_some_and(|k| k < 0));
     for (i, inst) in f.insts.iter().enumerate() {
@@ -809,6 +878,38 @@ fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
             (Inst::Binary(op, a, b), _) => {
                 let (x, y) = (&ints[a.index()], &ints[b.index()]);
                 match op {
+                    // a comparison of a maximum of linear forms with a minimum of them
+                    // (`abs(q - kv) <= w`, `max(q - kv, kv - q) < w`, `kv >= q - w`
+                    // through `min`): one constraint per pair
+                    BinOp::ICmp(c @ (Cmp::Le | Cmp::Lt | Cmp::Ge | Cmp::Gt))
+                        if x.is_none() || y.is_none() =>
+                    {
+                        let (small, big) = match c {
+                            Cmp::Le | Cmp::Lt => (*a, *b),
+                            _ => (*b, *a),
+                        };
+                        let strict = matches!(c, Cmp::Lt | Cmp::Gt);
+                        let (Some(ups), Some(downs)) =
+                            (&hull[small.index()].0, &hull[big.index()].1)
+                        else {
+                            continue;
+                        };
+                        // small <= big  <=>  u <= d for every u of small's and d of big's
+                        let pairs = || -> Option<Vec<LinConstraint>> {
+                            let mut out = Vec::new();
+                            for u in ups {
+                                for d in downs {
+                                    let mut e = d.add(&u.scale(-1)?)?;
+                                    if strict {
+                                        e = e.add(&LinExpr::constant(-1))?;
+                                    }
+                                    out.push(LinConstraint { expr: e });
+                                }
+                            }
+                            Some(out)
+                        };
+                        bools[i] = pairs();
+                    }
                     BinOp::ICmp(c) => {
                         let (Some(x), Some(y)) = (x, y) else { continue };
                         // None when a coefficient overflows i64: not linear then
@@ -1131,6 +1232,73 @@ mod tests {
             "doc[b, q] == doc[b, kv] || q >= kv",
         ] {
             assert!(sep(m).0.is_none(), "{m}");
+        }
+    }
+
+    /// Windows written with `abs`, `min` and `max` (`abs(q - kv) <= w`, FlexAttention's
+    /// `(q_idx - kv_idx).abs() <= W` as `attnc.flex` ports it): a closed form whose
+    /// constraints hold exactly where the mask does, at every point of a grid with two
+    /// param values; refused where the comparison is a disjunction (`abs(e) >= w`,
+    /// `kv >= min(..)`, two bands) or an equality with an `abs`.
+    #[test]
+    fn closed_forms_of_abs_min_max_windows() {
+        use crate::interp::{Args, Bindings, eval};
+        let at = |e: &LinExpr, q: i64, kv: i64, w: i64| {
+            e.q * q + e.kv * kv + e.k + e.params.iter().map(|&(_, c)| c * w).sum::<i64>()
+        };
+        for (m, n) in [
+            ("abs(q - kv) <= window", 2),
+            ("abs(kv - q) < 7 && q >= kv", 3),
+            ("max(q - kv, kv - q) <= window", 2),
+            ("min(q, 30) >= kv", 2),
+            ("abs(q - kv) + 2 <= window", 2),
+            ("window - abs(q - kv) >= 0", 2),
+            ("-abs(q - kv) > -window", 2),
+            ("abs(q - kv - window) <= 3 && q >= kv", 3),
+            ("max(abs(q - kv), 2) <= window", 3),
+            ("min(q, 30) >= max(kv, 3)", 4),
+        ] {
+            let p = program(&format!(
+                "param window: i32; mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+            ));
+            let cf = ClosedForm::derive(&p).unwrap_or_else(|| panic!("{m}: no closed form"));
+            assert!(cf.constraints.len() <= n, "{m}: {cf}");
+            let f = p.mask.as_ref().unwrap();
+            let mut scratch = Vec::new();
+            for w in [5, 11] {
+                let bind = Bindings {
+                    params: vec![Scalar::I32(w as i32)],
+                    tensors: vec![],
+                };
+                for q in 0..40 {
+                    for kv in 0..40 {
+                        let args = Args {
+                            s: 0.0,
+                            b: 0,
+                            h: 0,
+                            q: q as i32,
+                            kv: kv as i32,
+                        };
+                        let want = eval(f, &p, args, &bind, &mut scratch).unwrap();
+                        let got = cf.constraints.iter().all(|c| at(&c.expr, q, kv, w) >= 0);
+                        assert_eq!(want, Scalar::Bool(got), "{m} at q {q} kv {kv} window {w}");
+                    }
+                }
+            }
+        }
+        for m in [
+            "abs(q - kv) >= window",
+            "abs(q - kv) == 3",
+            "kv >= min(q - 3, 2 * q)",
+            "max(q, kv) >= 4",
+            "abs(q - kv) <= abs(kv)",
+            // two bands, 2 <= |q - kv| <= 6: no conjunction of half-planes
+            "abs(abs(q - kv) - 4) <= 2",
+        ] {
+            let p = program(&format!(
+                "param window: i32; mask m(b, h, q, kv) {{ {m} }} attention a {{ mask = m; }}"
+            ));
+            assert!(ClosedForm::derive(&p).is_none(), "{m}");
         }
     }
 
