@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Session 43 call 1 (carry .bin-s43: release gpu_random, gpu_backward and attnc built from
-# main; .bin-pycuda packed from main): everything sessions 42 and 43 built that has not
-# run on a GPU — the generated document masks through the CUDA forward, backward and
+# Session 43 call 1 (carry .bin-s43: release gpu, gpu_random, gpu_backward and attnc built
+# from main; .bin-pycuda packed from main): everything sessions 42 and 43 built that has
+# not run on a GPU — windows through abs / max / min now closed forms and split conjuncts
+# (dilated_sliding_window's tables and partial blocks; gpu_samples_match_oracle and the
+# closed-form / table tests, every example's backward), the generated document masks through the CUDA forward, backward and
 # decoding (gpu_random_documents_*, session 43: mirrored ids with commutative operations
 # now split into document tiles), gpu_backward_device_time, `attnc bench --grad
 # --backend cuda` (device time) on document + causal with the backward's document kv
@@ -10,15 +12,24 @@
 # To pack from main:
 #   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc --test gpu_backward --no-run
 #   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc-tests --test gpu_random --no-run
+#   CARGO_TARGET_DIR=/work/rel-target cargo test --release -p attnc --test gpu --no-run
 #   CARGO_TARGET_DIR=/work/rel-target cargo build --release -p attnc --bin attnc
-#   mkdir -p .bin-s43; strip + xz the gpu_backward-* and gpu_random-* test binaries and
-#   attnc into .bin-s43/{gpu_backward,gpu_random,attnc}.xz;
+#   mkdir -p .bin-s43; strip + xz the gpu-*, gpu_backward-* and gpu_random-* test binaries
+#   and attnc into .bin-s43/{gpu,gpu_backward,gpu_random,attnc}.xz;
 #   bash scripts/python-gpu-pack.sh (.bin-pycuda)
 set -u
 mkdir -p /tmp/s43
-for b in gpu_random gpu_backward attnc; do xz -dc .bin-s43/$b.xz > /tmp/s43/$b; chmod +x /tmp/s43/$b; done
+for b in gpu gpu_random gpu_backward attnc; do xz -dc .bin-s43/$b.xz > /tmp/s43/$b; chmod +x /tmp/s43/$b; done
 export ATTNC_CACHE_DIR=/tmp/attnc-cache ATTNC_EXAMPLES=$PWD/examples
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+echo "== gpu forward: examples, closed forms, tables ($SECONDS s)"
+for t in gpu_samples_match_oracle gpu_closed_form_matches_oracle gpu_block_tables_match_brute_force \
+         gpu_forward_with_gpu_tables_matches_oracle gpu_api_closed_form_and_table_agree_with_reference; do
+  timeout 150 /tmp/s43/gpu --exact $t > $OUT/$t.log 2>&1; echo "$t rc=$?"
+  grep -E "test result|panicked" $OUT/$t.log | cut -c1-200 | tail -3
+done
+timeout 200 /tmp/s43/gpu_backward --exact gpu_backward_api_every_example > $OUT/bwd_every.log 2>&1; echo "gpu_backward_api_every_example rc=$?"
+grep -E "test result|panicked" $OUT/bwd_every.log | cut -c1-200 | tail -3
 echo "== gpu_random documents ($SECONDS s)"
 ATTNC_CASES=60 timeout 300 /tmp/s43/gpu_random documents --test-threads 1 > $OUT/gpu_random_documents.log 2>&1
 echo "rc=$?"
