@@ -278,9 +278,9 @@ impl Gen {
             _ => "(doc[b, q] == doc[b, kv] + 0)".into(),
         }
     }
-    /// A document mask ([`Gen::docs`]): the document test and linear conjuncts in a random
-    /// order, one time in five also a random condition.
-    fn doc_mask(&mut self) -> String {
+    /// A document mask's conjuncts ([`Gen::docs`]): the document test and linear conjuncts
+    /// in a random order, one time in five also a random condition.
+    fn doc_mask(&mut self) -> Vec<String> {
         let mut parts = vec![self.doc_conjunct()];
         for _ in 0..self.rng.below(4) {
             parts.push(self.linear_conjunct());
@@ -292,7 +292,7 @@ impl Gen {
             let j = self.rng.below(i as u64 + 1) as usize;
             parts.swap(i, j);
         }
-        parts.join(" && ")
+        parts
     }
     /// A score that stays O(1) + s (bounded terms only), sometimes -inf.
     pub fn score(&mut self) -> String {
@@ -313,7 +313,33 @@ impl Gen {
 pub fn program(g: &mut Gen) -> String {
     let c = g.small();
     g.has_s = false;
-    let mask = if g.docs { g.doc_mask() } else { g.boolean(3) };
+    // a document mask: its conjuncts joined by `&&` in one function, or (one time in two)
+    // each a mask of its own composed in the attention block (`m0 & m1 & ...`, sometimes
+    // a conjunct negated twice: `!!`)
+    let (mask, composed) = if g.docs {
+        let parts = g.doc_mask();
+        if g.coin(50) {
+            let defs: String = parts
+                .iter()
+                .enumerate()
+                .map(|(i, x)| format!("mask m{i}(b, h, q, kv) {{ {x} }}\n"))
+                .collect();
+            let terms: Vec<String> = (0..parts.len())
+                .map(|i| {
+                    if g.coin(10) {
+                        format!("!(!m{i})")
+                    } else {
+                        format!("m{i}")
+                    }
+                })
+                .collect();
+            (parts.join(" && "), Some((defs, terms.join(" & "))))
+        } else {
+            (parts.join(" && "), None)
+        }
+    } else {
+        (g.boolean(3), None)
+    };
     g.has_s = true;
     let score = g.score();
     let (has_mask, has_score) = match g.rng.below(6) {
@@ -322,7 +348,11 @@ pub fn program(g: &mut Gen) -> String {
         _ => (true, true),
     };
     let mut fields = String::new();
-    if has_mask {
+    let mut mask_defs = String::new();
+    if let Some((defs, composition)) = composed {
+        mask_defs = defs;
+        fields += &format!("mask = {composition}; ");
+    } else if has_mask {
         fields += "mask = m; ";
     }
     if has_score {
@@ -345,6 +375,7 @@ tensor t: i32[16];
 tensor u: i32[B, KV];
 {grad_decls}{doc_decl}
 mask m(b, h, q, kv) {{ {mask} }}
+{mask_defs}
 score sc(s, b, h, q, kv) {{ {score} }}
 attention a {{ {fields}}}
 "
