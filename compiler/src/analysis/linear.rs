@@ -842,6 +842,22 @@ fn max_min_forms(
     out
 }
 
+/// `max(ups) <= min(downs)` (`<` with `strict`) as constraints: `d - u >= 0` (`d - u - 1`)
+/// for every `u` of `ups` and `d` of `downs`; `None` on i64 overflow.
+fn below_pairs(ups: &[LinExpr], downs: &[LinExpr], strict: bool) -> Option<Vec<LinConstraint>> {
+    let mut out = Vec::new();
+    for u in ups {
+        for d in downs {
+            let mut e = d.add(&u.scale(-1)?)?;
+            if strict {
+                e = e.add(&LinExpr::constant(-1))?;
+            }
+            out.push(LinConstraint { expr: e });
+        }
+    }
+    Some(out)
+}
+
 /// Per value of `f` (live ones only), the conjunction of linear constraints a bool value
 /// denotes, when it is one.
 fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
@@ -894,21 +910,7 @@ fn linear_values(f: &Function) -> Vec<Option<Vec<LinConstraint>>> {
                         else {
                             continue;
                         };
-                        // small <= big  <=>  u <= d for every u of small's and d of big's
-                        let pairs = || -> Option<Vec<LinConstraint>> {
-                            let mut out = Vec::new();
-                            for u in ups {
-                                for d in downs {
-                                    let mut e = d.add(&u.scale(-1)?)?;
-                                    if strict {
-                                        e = e.add(&LinExpr::constant(-1))?;
-                                    }
-                                    out.push(LinConstraint { expr: e });
-                                }
-                            }
-                            Some(out)
-                        };
-                        bools[i] = pairs();
+                        bools[i] = below_pairs(ups, downs, strict);
                     }
                     BinOp::ICmp(c) => {
                         let (Some(x), Some(y)) = (x, y) else { continue };
