@@ -12,6 +12,7 @@ pub mod dual;
 pub mod grad;
 pub mod interp;
 pub mod ir;
+pub mod lift;
 pub mod passes;
 pub mod plan;
 pub mod reference;

@@ -145,7 +145,7 @@ fn fold_one(out: &Function, inst: &Inst) -> Folded {
     }
 }
 
-fn remap(inst: &Inst, map: &[Value]) -> Inst {
+pub(crate) fn remap(inst: &Inst, map: &[Value]) -> Inst {
     let m = |v: &Value| map[v.index()];
     match inst {
         Inst::Unary(op, a) => Inst::Unary(*op, m(a)),

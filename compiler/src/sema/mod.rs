@@ -288,10 +288,14 @@ fn check_file(file: &ast::File, diags: &mut Vec<Diagnostic>) -> Vec<Program> {
     programs
 }
 
-/// Optimizes, compacts params/tensors to those used, and verifies.
+/// Optimizes, lifts a score's −∞ conditions into the mask (`lift`), compacts
+/// params/tensors to those used, and verifies.
 fn finish(mut p: Program, diags: &mut Vec<Diagnostic>) -> Option<Program> {
     p.mask = p.mask.map(|f| passes::optimize(&f));
     p.score = p.score.map(|f| passes::optimize(&f));
+    if let Some(l) = crate::lift::lift_score_masks(&p) {
+        p = l;
+    }
     passes::compact_captures(&mut p);
     if let Err(e) = ir::verify_program(&p) {
         diags.push(
