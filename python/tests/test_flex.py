@@ -178,6 +178,46 @@ def test_gradients_reach_q_k_v_and_captured_parameters():
     assert bias.grad.abs().sum() > 0 and cap.grad.abs() > 0
 
 
+def test_a_score_mod_that_masks_with_minus_inf():
+    """FlexAttention's causal score_mod (``torch.where(q >= kv, score, -inf)``) with a learned
+    bias: the same output and gradients as the causal mask_mod with the bias as the score
+    (attnc lifts the condition into the mask and skips the blocks it drops), including
+    rows with nothing kept (rows 0 and 1: the window starts two keys back)."""
+    bias = torch.nn.Parameter(torch.randn(H, 2 * 64 + 1, generator=g))
+
+    def masking(score, b, h, q_idx, kv_idx):
+        keep = (q_idx - kv_idx >= 2) & (q_idx - kv_idx < 9)
+        return torch.where(keep, score + bias[h, q_idx - kv_idx + 64], -float("inf"))
+
+    def window(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx >= 2) & (q_idx - kv_idx < 9)
+
+    def biased(score, b, h, q_idx, kv_idx):
+        return score + bias[h, q_idx - kv_idx + 64]
+
+    q, k, v = _qkv(grad=True, seed=5)
+    do = torch.randn(B, H, L, D, generator=g)
+    leaves = (q, k, v, bias)
+
+    def grads(out):
+        for t in leaves:
+            t.grad = None
+        (out * do).sum().backward()
+        return [t.grad.clone() for t in leaves]
+
+    o1, aux = af.flex_attention(q, k, v, score_mod=masking, return_lse=True)
+    got = grads(o1)
+    o2, lse2 = af.flex_attention(q, k, v, score_mod=biased, mask_mod=window, return_lse=True)
+    want = grads(o2)
+    assert torch.equal(o1, o2) and torch.equal(aux, lse2)
+    for name, a, w in zip(("q", "k", "v", "bias"), got, want):
+        assert torch.allclose(a, w, atol=1e-6, rtol=0), name
+    ref, ref_lse = dense_reference(q, k, v, mask=window, score=biased)
+    assert torch.allclose(o1.double(), ref, atol=2e-5, rtol=0)
+    assert torch.allclose(aux.double(), ref_lse, atol=2e-5, rtol=0)
+    assert torch.isneginf(aux[:, :, :2]).all() and (o1[:, :, :2] == 0).all()
+
+
 def test_partial_indexing_and_one_element_tensors():
     cap = torch.tensor([[3.0]])
 
