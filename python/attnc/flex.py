@@ -15,7 +15,10 @@ float division, ``q_idx // 2`` a floor division, ``score + (q_idx - kv_idx)`` co
 the int), tensors the closures capture ``tensor`` declarations of their shape (read with
 torch's wrap-around for negative indices; bool and small int tensors passed as int32,
 float64 as float32; a one-element tensor such as a learnable soft-cap read as ``t[0]``),
-Python numbers constants. The result is compiled (``attnc.compile``) and kept per
+Python numbers constants; a value only one branch of a ``torch.where`` uses is computed
+inside that branch (its tensor reads guarded by the condition, so a ``score_mod`` that
+masks with ``torch.where(cond, .., -inf)`` has its condition lifted into the mask and gets
+block sparsity). The result is compiled (``attnc.compile``) and kept per
 source text, so porting the same functions again reuses the compiled kernels.
 
 A ``FlexPort`` is called like ``flex_attention`` (``scale``, ``return_lse``,
@@ -41,6 +44,7 @@ In: Python functions over torch tensors. Out: attnc source, an ``Attention``, ca
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Optional
 
 import torch
@@ -67,19 +71,60 @@ def _float_literal(x: float) -> str:
     return f"({text})" if text.startswith("-") else text
 
 
+_NAME = re.compile(r"\bv\d+\b")
+
+
 class _Trace:
     """One function's body being written: its ``let``s and the tensors it captured."""
 
     def __init__(self, captured: "_Captured"):
-        self.lines: list = []
+        # (name, ty, expr, branches): branches (c, a, b) for a torch.where
+        self.items: list = []
         self.captured = captured
         self.count = 0
 
-    def let(self, ty: str, expr: str) -> "_Sym":
+    def let(self, ty: str, expr: str, branches=None) -> "_Sym":
         name = f"v{self.count}"
         self.count += 1
-        self.lines.append(f"    let {name}: {ty} = {expr};")
+        self.items.append((name, ty, expr, branches))
         return _Sym(self, name, ty)
+
+    def render(self, ret: str) -> str:
+        """The body returning ``ret``. A ``let`` used only inside one branch of a
+        ``torch.where`` (``if c { a } else { b }``) is written inside that branch, so that
+        its tensor reads are guarded by the condition: they are performed only where the
+        branch is taken (checked mode reports none where the ``where`` discards it), and a
+        score that masks with ``-inf`` keeps no read outside its condition, which lets the
+        compiler move the condition into the mask (block sparsity)."""
+        place = {}  # name -> (where name, 1 | 2) or None (top level)
+        for name, _, expr, br in reversed(self.items):
+            spots = set()
+            for user, _, uexpr, ubr in self.items:
+                if user == name or name not in _NAME.findall(uexpr):
+                    continue
+                if ubr is not None:
+                    sides = [i for i, e in enumerate(ubr) if name in _NAME.findall(e)]
+                    if sides in ([1], [2]):
+                        spots.add((user, sides[0]))
+                        continue
+                spots.add(place.get(user))
+            if name in _NAME.findall(ret):
+                spots.add(None)
+            place[name] = spots.pop() if len(spots) == 1 else None
+
+        def lines(spot) -> list:
+            out = []
+            for name, ty, expr, br in self.items:
+                if place.get(name) != spot:
+                    continue
+                if br is not None:
+                    c, a, b = br
+                    arm = lambda side, e: " ".join(lines((name, side)) + [e])  # noqa: E731
+                    expr = f"if {c} {{ {arm(1, a)} }} else {{ {arm(2, b)} }}"
+                out.append(f"let {name}: {ty} = {expr};")
+            return out
+
+        return "\n".join([f"    {x}" for x in lines(None)] + [f"    {ret}"])
 
 
 class _Captured:
@@ -467,7 +512,7 @@ def _where(trace, c, a, b):
         ty = "bool"
     else:
         a, b, ty = _promote(trace, a, b)
-    return trace.let(ty, f"if {c.expr} {{ {a.expr} }} else {{ {b.expr} }}")
+    return trace.let(ty, f"if {c.expr} {{ {a.expr} }} else {{ {b.expr} }}", (c.expr, a.expr, b.expr))
 
 
 def _clamp(trace, x, lo=None, hi=None):
@@ -666,7 +711,7 @@ def _body(fn: Callable, trace: _Trace, args, want: str, what: str) -> str:
     if want == "bool" and s.ty != "bool":
         raise _fail(f"{what} `{getattr(fn, '__name__', fn)}` returned a {s.ty} value, not a bool")
     s = s.cast(want)
-    return "\n".join(trace.lines + [f"    {s.expr}"])
+    return trace.render(s.expr)
 
 
 class FlexPort:

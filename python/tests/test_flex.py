@@ -218,6 +218,35 @@ def test_a_score_mod_that_masks_with_minus_inf():
     assert torch.isneginf(aux[:, :, :2]).all() and (o1[:, :, :2] == 0).all()
 
 
+def test_where_branches_keep_their_reads():
+    """A value used only by one branch of a ``torch.where`` is written inside that branch
+    (its reads guarded by the condition: the compiler can then lift a masking score's
+    condition into the mask); one used by the condition, by both branches or by the result
+    stays at the top."""
+    table = torch.randn(H, 129)
+    gate = torch.randn(H, 129)
+
+    def one_branch(score, b, h, q_idx, kv_idx):
+        return torch.where(q_idx >= kv_idx, score + table[h, q_idx - kv_idx + 64], -float("inf"))
+
+    def shared(score, b, h, q_idx, kv_idx):
+        t = table[h, q_idx - kv_idx + 64]
+        return torch.where(gate[h, kv_idx] > 0, score + t, score - t)
+
+    def top(lines):
+        return [x for x in lines if x.startswith("    let") and "= if" not in x]
+
+    src = af.port(score_mod=one_branch).source.splitlines()
+    assert not any("c0[" in x for x in top(src)), src
+    assert any("= if" in x and "c0[" in x.rsplit("else", 1)[0] for x in src), src
+    src = af.port(score_mod=shared).source.splitlines()
+    assert sum("c0[" in x for x in top(src)) == 1 and sum("c1[" in x for x in top(src)) == 1, src
+    q, k, v = _qkv(seed=7)
+    for fn in (one_branch, shared):
+        want, _ = dense_reference(q, k, v, score=fn)
+        assert torch.allclose(af.flex_attention(q, k, v, score_mod=fn).double(), want, atol=2e-5, rtol=0)
+
+
 def test_partial_indexing_and_one_element_tensors():
     cap = torch.tensor([[3.0]])
 
