@@ -207,21 +207,14 @@ pub fn programs(data: &[u8]) -> Result<(), String> {
 pub static DOC_KERNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One generated program (`progs::Gen` from `seed`; half of them with a differentiable
-/// score, a third document masks, `Gen::documents`) through the PTX generator with the options a binding gets, on the CPU: the
-/// forward (`PtxOptions::new(..).for_binding`: sm_90 D128 bf16, D64 f16, sm_80 D128),
-/// the block-table kernel for masks over captured tensors, and the backward's three
-/// kernels (`PtxOptions::backward(..).backward_for_binding`, sm_90 D128 and D64, sm_80);
-/// for a document mask (`Plan::doc_split`) also the document-tiled forward of its linear
-/// part (`PtxOptions::for_doc_tiles`, where the binding's forward is warp-specialized) and
-/// the fused backward on document kv tiles (`attnc::backward::doc_backward_options` of the
-/// binding's `backward_kernel_options`, where it has one).
+/// score, a third document masks, `Gen::documents`) through the PTX generator, on the
+/// CPU, with every kernel a binding gets ([`kernel_sets`]: sm_90 D128 bf16, D64 f16,
+/// sm_80 D128).
 /// A failure is an error the generator returns for a program the runtime would launch;
 /// a crash (an LLVM fatal error, as LLVM 22's instcombine fixpoint check was in session
 /// 36) ends the process, which the fuzzer reports by dying.
 pub fn ptx_kernels(seed: u64) -> Result<(), String> {
-    use attnc_compiler::backend::KernelKind;
-    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
-    use attnc_compiler::plan::MapRecipe;
+    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, generate};
     let grad = seed % 2 == 1;
     let mut g = if seed % 3 == 2 {
         Gen::documents(seed, grad)
@@ -232,12 +225,52 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
     let var = variant(&src, "a");
     let plan = &attnc_compiler::plan::Plan::new(var.program());
     let longest = 1 + (seed % 20_000) as usize;
-    let mut sets: Vec<(&attnc_compiler::plan::Plan, KernelKind, PtxOptions)> = Vec::new();
-    for (arch, d, ty) in [
+    let targets = [
         (Arch::Sm90, 128, InputType::Bf16),
         (Arch::Sm90, 64, InputType::F16),
         (Arch::Sm80, 128, InputType::Bf16),
-    ] {
+    ];
+    let sets = kernel_sets(plan, &targets, longest);
+    for (plan, kind, o) in sets {
+        if o.doc_tiles || o.bwd_doc_tiles {
+            DOC_KERNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let (k, _) = generate(plan, kind, &o, EmitText::PtxOnly)
+            .map_err(|e| format!("seed {seed}: {kind} ({}): {e}\n{src}", o.key()))?;
+        if !k.ptx.contains(".entry") {
+            return Err(format!("seed {seed}: {kind}: no .entry\n{src}"));
+        }
+    }
+    Ok(())
+}
+
+/// The kernels a binding of `plan` gets on each `(arch, head dim, input type)` of
+/// `targets` for sequences up to `longest` rows, as `(plan, kind, options)`: the forward
+/// (`PtxOptions::new(..).for_binding`), the block-table kernel for masks over captured
+/// tensors, the backward's three kernels (`PtxOptions::backward(..).backward_for_binding`)
+/// and, on sm_90, the fused kernel's uniform-read variant where the score has capture
+/// gradients; for a document mask (`Plan::doc_split`) also the document-tiled forward of
+/// its linear part (where the forward is warp-specialized) and the fused backward on
+/// document kv tiles (`attnc::backward::doc_backward_options`, where it has one). Shared
+/// by [`ptx_kernels`] and `mutate::case`.
+pub fn kernel_sets<'p>(
+    plan: &'p attnc_compiler::plan::Plan,
+    targets: &[(
+        attnc_compiler::backend::llvm::Arch,
+        u32,
+        attnc_compiler::backend::llvm::InputType,
+    )],
+    longest: usize,
+) -> Vec<(
+    &'p attnc_compiler::plan::Plan,
+    attnc_compiler::backend::KernelKind,
+    attnc_compiler::backend::llvm::PtxOptions,
+)> {
+    use attnc_compiler::backend::KernelKind;
+    use attnc_compiler::backend::llvm::{Arch, PtxOptions};
+    use attnc_compiler::plan::MapRecipe;
+    let mut sets = Vec::new();
+    for &(arch, d, ty) in targets {
         let f = PtxOptions::new(arch, d, d, ty).for_binding(plan, longest);
         if let Some((dplan, _)) = plan.doc_split() {
             let fd = PtxOptions::new(arch, d, d, ty)
@@ -273,10 +306,9 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
         ] {
             sets.push((plan, k, b));
         }
-        // the uniform-read path of capture gradients (off by default: built, not yet run
-        // on a GPU), where it changes the fused kernel
+        // the uniform-read path of capture gradients, where it changes the fused kernel
         if arch == Arch::Sm90
-            && !attnc_compiler::backend::llvm::backward::capture_grads(var.program()).is_empty()
+            && !attnc_compiler::backend::llvm::backward::capture_grads(plan.program()).is_empty()
         {
             let u = PtxOptions {
                 bwd_uniform_reads: true,
@@ -285,15 +317,5 @@ pub fn ptx_kernels(seed: u64) -> Result<(), String> {
             sets.push((plan, KernelKind::BackwardDkDv, u));
         }
     }
-    for (plan, kind, o) in sets {
-        if o.doc_tiles || o.bwd_doc_tiles {
-            DOC_KERNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let (k, _) = generate(plan, kind, &o, EmitText::PtxOnly)
-            .map_err(|e| format!("seed {seed}: {kind} ({}): {e}\n{src}", o.key()))?;
-        if !k.ptx.contains(".entry") {
-            return Err(format!("seed {seed}: {kind}: no .entry\n{src}"));
-        }
-    }
-    Ok(())
+    sets
 }

@@ -3,9 +3,10 @@
 //! replaced by other names, positions, builtins and keywords; operators by other
 //! operators; snippets inserted), then taken as far as they go (one case in four with
 //! NaN, infinities, huge floats and extreme integers among q, k, the captured tensors
-//! and the params) — compiled, planned,
-//! bound and run on the reference and CPU backends (forward, backward where the program
-//! has a score, decoding against a contiguous or paged KV cache), and through the PTX generator's forward and backward kernels.
+//! and the params) — compiled, planned, bound and run on the reference and CPU backends
+//! (forward, backward where the program has a score, decoding against a contiguous or
+//! paged KV cache), and through the PTX generator with every kernel a binding gets
+//! (`fuzzdiff::kernel_sets`).
 //! Nothing may panic: a bad program is a compile error (`error[E…]`) or an error from
 //! the call, never a crash. Results are not compared (a mutated score may overflow to
 //! NaN legitimately); `passes.rs` judges well-formed programs against the oracle.
@@ -18,8 +19,7 @@ use crate::progs::{Gen, program};
 use crate::{example_files, pick, range};
 use attnc::synth::Rng;
 use attnc::{Backend, BindOptions, Captures, Compiled, DType, ParamValue, Shape, Tensor, synth};
-use attnc_compiler::ir::{DimSpec, ElemType, Program, Type};
-use std::collections::HashMap;
+use attnc_compiler::ir::{ElemType, Program, Type};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// How far a mutated program got ([`case`]).
@@ -216,7 +216,8 @@ const HOSTILE_INTS: [i64; 6] = [
     i64::MAX,
 ];
 
-/// Captures for what `p` declares at `shape`, random values (with `hostile` also NaN,
+/// Captures for what `p` declares at `shape` (dims as `synth::dims_of` gives them: a
+/// symbol dim is 8), random values (with `hostile` also NaN,
 /// infinities, huge and extreme integers); `None` where a declared tensor would be larger
 /// than 2^18 elements (a mutated fixed dim).
 fn captures(p: &Program, shape: &Shape, rng: &mut Rng, hostile: bool) -> Option<Captures> {
@@ -232,19 +233,8 @@ fn captures(p: &Program, shape: &Shape, rng: &mut Rng, hostile: bool) -> Option<
         };
         c.params.insert(param.name.clone(), v);
     }
-    let mut symbols: HashMap<&str, usize> = HashMap::new();
     for t in &p.tensors {
-        let mut dims = Vec::new();
-        for d in &t.dims {
-            dims.push(match d {
-                DimSpec::B => shape.b,
-                DimSpec::H => shape.hq,
-                DimSpec::Q => shape.lq,
-                DimSpec::Kv => shape.lkv,
-                DimSpec::Fixed(n) => *n,
-                DimSpec::Symbol(s) => *symbols.entry(s).or_insert_with(|| range(rng, 1, 9)),
-            });
-        }
+        let dims = synth::dims_of(&t.dims, shape);
         let n = dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -318,8 +308,7 @@ fn base_source(seed: u64, rng: &mut Rng) -> String {
 
 /// Mutants of one source from `seed` through the compiler until one compiles (at most
 /// 12), that one through every stage it reaches ([`Reached`]); with
-/// `ptx` also the forward and the backward kernels of its first attention (sm_90 D128
-/// bf16, sm_80 D64 f16). `Err` when a stage panicked or a compile error was not rendered
+/// `ptx` also the kernels of its first attention (`kernels`). `Err` when a stage panicked or a compile error was not rendered
 /// with its code.
 pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
     let mut rng = Rng::new(seed ^ 0x6d75_7461_7465);
@@ -435,29 +424,21 @@ pub fn case(seed: u64, ptx: bool) -> Result<Reached, String> {
     Ok(reached)
 }
 
-/// The forward and the backward kernels of `p` (sm_90 D128 bf16, sm_80 D64 f16, a
-/// binding's options): how many were generated; an error from the generator is fine (a
-/// program the kernels do not take), a panic is not.
+/// The kernels a binding of `p` gets (`fuzzdiff::kernel_sets`: sm_90 D128 bf16 and sm_80
+/// D64 f16, sequences up to 300 rows): how many were generated; an error from the
+/// generator is fine (a program the kernels do not take), a panic is not.
 fn kernels(p: &Program) -> Result<usize, String> {
-    use attnc_compiler::backend::KernelKind;
-    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, PtxOptions, generate};
+    use attnc_compiler::backend::llvm::{Arch, EmitText, InputType, generate};
     let plan = attnc_compiler::plan::Plan::new(p);
-    let mut made = 0;
-    for (arch, d, ty) in [
+    let targets = [
         (Arch::Sm90, 128, InputType::Bf16),
         (Arch::Sm80, 64, InputType::F16),
-    ] {
-        let f = PtxOptions::new(arch, d, d, ty).for_binding(&plan, 300);
-        let b = PtxOptions::backward(arch, d, d, ty).backward_for_binding(&plan, 300);
-        for (kind, o) in [
-            (KernelKind::Forward, f),
-            (KernelKind::BackwardPre, b),
-            (KernelKind::BackwardDkDv, b),
-        ] {
-            let stage = format!("{kind} ({})", o.key());
-            if guarded(&stage, || generate(&plan, kind, &o, EmitText::PtxOnly))?.is_ok() {
-                made += 1;
-            }
+    ];
+    let mut made = 0;
+    for (plan, kind, o) in crate::fuzzdiff::kernel_sets(&plan, &targets, 300) {
+        let stage = format!("{kind} ({})", o.key());
+        if guarded(&stage, || generate(plan, kind, &o, EmitText::PtxOnly))?.is_ok() {
+            made += 1;
         }
     }
     Ok(made)

@@ -87,11 +87,18 @@ enum Kind {
     Documents,
 }
 
+impl Kind {
+    /// The generator of this kind of program.
+    fn generator(self, seed: u64, grad: bool) -> Gen {
+        match self {
+            Kind::Any => Gen::new(seed, grad),
+            Kind::Documents => Gen::documents(seed, grad),
+        }
+    }
+}
+
 fn draw(seed: u64, t: &Target, grad: bool, kind: Kind) -> Drawn {
-    let mut g = match kind {
-        Kind::Any => Gen::new(seed, grad),
-        Kind::Documents => Gen::documents(seed, grad),
-    };
+    let mut g = kind.generator(seed, grad);
     let src = program(&mut g);
     let var = variant(&src, "a");
     let shape = match kind {
@@ -570,10 +577,7 @@ pub fn doc_decode_case(seed: u64, t: &Target) -> Result<(), String> {
 }
 
 fn decode_case_of(seed: u64, t: &Target, kind: Kind) -> Result<(), String> {
-    let mut g = match kind {
-        Kind::Any => Gen::new(seed, true),
-        Kind::Documents => Gen::documents(seed, true),
-    };
+    let mut g = kind.generator(seed, true);
     let src = program(&mut g);
     let compiled = attnc::Compiled::from_source("random.attn", &src).map_err(|e| e.to_string())?;
     let var = compiled.attention("a").map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@
 use crate::{pick, range};
 use attnc::synth::Rng;
 use attnc::{Captures, ParamValue, Shape, Tensor};
-use attnc_compiler::ir::{DimSpec, Type};
+use attnc_compiler::ir::Type;
 
 pub struct Gen {
     pub rng: Rng,
@@ -427,18 +427,7 @@ pub fn captures(p: &attnc_compiler::ir::Program, shape: &Shape, rng: &mut Rng) -
         c.params.insert(param.name.clone(), v);
     }
     for t in &p.tensors {
-        let dims: Vec<usize> = t
-            .dims
-            .iter()
-            .map(|d| match d {
-                DimSpec::B => shape.b,
-                DimSpec::H => shape.hq,
-                DimSpec::Q => shape.lq,
-                DimSpec::Kv => shape.lkv,
-                DimSpec::Fixed(n) => *n,
-                other => panic!("unexpected dim {other:?}"),
-            })
-            .collect();
+        let dims = attnc::synth::dims_of(&t.dims, shape);
         let n = dims.iter().product();
         let tensor = if t.name == "doc" {
             Tensor::from_i32(dims.clone(), &doc_ids(rng, dims[0], dims[1]))

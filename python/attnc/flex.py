@@ -96,20 +96,21 @@ class _Trace:
         branch is taken (checked mode reports none where the ``where`` discards it), and a
         score that masks with ``-inf`` keeps no read outside its condition, which lets the
         compiler move the condition into the mask (block sparsity)."""
+        # every use of a name, once: (user, (user, side)) where only one branch of the
+        # user's where reads it, else (user, None): the name goes where the user goes
+        uses: dict = {}
+        for user, _, expr, br in self.items:
+            sides = [set(_NAME.findall(e)) for e in br] if br is not None else None
+            for name in set(_NAME.findall(expr)):
+                branch = None
+                if sides is not None and name not in sides[0] and (name in sides[1]) != (name in sides[2]):
+                    branch = (user, 1 if name in sides[1] else 2)
+                uses.setdefault(name, []).append((user, branch))
+        for name in set(_NAME.findall(ret)):
+            uses.setdefault(name, []).append((None, None))
         place = {}  # name -> (where name, 1 | 2) or None (top level)
-        for name, _, expr, br in reversed(self.items):
-            spots = set()
-            for user, _, uexpr, ubr in self.items:
-                if user == name or name not in _NAME.findall(uexpr):
-                    continue
-                if ubr is not None:
-                    sides = [i for i, e in enumerate(ubr) if name in _NAME.findall(e)]
-                    if sides in ([1], [2]):
-                        spots.add((user, sides[0]))
-                        continue
-                spots.add(place.get(user))
-            if name in _NAME.findall(ret):
-                spots.add(None)
+        for name, _, _, _ in reversed(self.items):
+            spots = {branch or place.get(user) for user, branch in uses.get(name, [])}
             place[name] = spots.pop() if len(spots) == 1 else None
 
         def lines(spot) -> list:

@@ -32,6 +32,15 @@ attention chunked_causal { mask = chunk & causal; }
 
 const TOL: f32 = 1e-4;
 
+/// The CPU bindings each case runs: `(doc_tiles, threads, checked)` — document tiles on
+/// one and three threads (the same bits), the option off, checked mode (no tiles).
+const SETTINGS: [(bool, usize, bool); 4] = [
+    (true, 1, false),
+    (true, 3, false),
+    (false, 2, false),
+    (true, 2, true),
+];
+
 fn ids(r: &mut StdRng, b: usize, n: usize, docs: i32, sorted: bool) -> Vec<i32> {
     let mut out = Vec::new();
     for _ in 0..b {
@@ -106,12 +115,7 @@ fn cpu_doc_tiles_match_the_oracle() {
                     .forward(&q, &k, &v, &caps)
                     .unwrap();
                 let mut outs = Vec::new();
-                for (on, threads, checked) in [
-                    (true, 1, false),
-                    (true, 3, false),
-                    (false, 2, false),
-                    (true, 2, true),
-                ] {
+                for (on, threads, checked) in SETTINGS {
                     let mut o = BindOptions::new(Backend::Cpu, sh, DType::F32);
                     (o.doc_tiles, o.threads, o.checked) = (on, threads, checked);
                     let mut bound = variant.bind(o).unwrap();
@@ -203,12 +207,7 @@ fn cpu_doc_tiles_backward_matches_the_oracle() {
                     .backward(&q, &k, &v, &fwd.o, &fwd.lse, &dout, Some(&dlse), &caps)
                     .unwrap();
                 let mut outs = Vec::new();
-                for (on, threads, checked) in [
-                    (true, 1, false),
-                    (true, 3, false),
-                    (false, 2, false),
-                    (true, 2, true),
-                ] {
+                for (on, threads, checked) in SETTINGS {
                     let mut o = BindOptions::new(Backend::Cpu, sh, DType::F32);
                     (o.doc_tiles, o.threads, o.checked) = (on, threads, checked);
                     let mut bound = variant.bind(o).unwrap();
