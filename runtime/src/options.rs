@@ -97,6 +97,20 @@ pub struct BindOptions {
     /// (`ATTNC_BWD_DOC_TILES=0` turns the backward's off alone). The reference backend
     /// ignores it.
     pub doc_tiles: bool,
+    /// CPU: the forward kernel's query rows per work item and keys per inner tile
+    /// (`CpuOptions::q_block` / `kv_block`; a multiple of 16 up to 256, and 1..=1024).
+    /// `None` (the default): 64 x 64; the environment variable `ATTNC_CPU_TILES=QB,KB`
+    /// sets it (benchmarks: the tile sizes by thread count and shape). Other backends
+    /// ignore it.
+    pub cpu_tiles: Option<(usize, usize)>,
+}
+
+/// `ATTNC_CPU_TILES=QB,KB` as a pair (`None` when unset or not two numbers: the kernel's
+/// own options check the values).
+fn cpu_tiles_from_env() -> Option<(usize, usize)> {
+    let v = std::env::var("ATTNC_CPU_TILES").ok()?;
+    let (q, k) = v.split_once(',')?;
+    Some((q.trim().parse().ok()?, k.trim().parse().ok()?))
 }
 
 impl BindOptions {
@@ -116,6 +130,7 @@ impl BindOptions {
             device_lens: false,
             pad_head_dims: None,
             doc_tiles: std::env::var("ATTNC_FWD_DOC_TILES").map_or(true, |v| v != "0"),
+            cpu_tiles: cpu_tiles_from_env(),
         }
     }
 }
