@@ -981,7 +981,8 @@ def test_block_mask_documents_with_fewer_queries_than_keys():
         q, k, v = (x.to("cuda", dt) for x in qkv(b, h, hkv, lq, lkv, d, seed=17))
         g = torch.Generator().manual_seed(d)
         doc = torch.sort(torch.randint(0, 4, (b, lkv), dtype=torch.int32, generator=g), dim=1).values
-        bm = attn.block_mask(q, k, v, doc=doc.cuda())
+        docc = doc.cuda()  # one tensor: a block mask is made for the tensor it was given
+        bm = attn.block_mask(q, k, v, doc=docc)
         assert bm.document_tiles == 0 and bm.backward_document_tiles == 0, bm
         wt = torch.randn(b, h, lq, d, generator=torch.Generator().manual_seed(3)).to("cuda")
         grads = []
@@ -990,7 +991,7 @@ def test_block_mask_documents_with_fewer_queries_than_keys():
             junk = torch.full((b, hkv, lkv, d), float("nan"), device="cuda", dtype=dt)
             del junk
             xs = [x.clone().requires_grad_(True) for x in (q, k, v)]
-            o, lse = attn(*xs, doc=doc.cuda(), block_mask=mask, return_lse=True)
+            o, lse = attn(*xs, doc=docc, block_mask=mask, return_lse=True)
             (o.float() * wt).sum().backward()
             grads.append([x.grad for x in xs])
             ro, rlse = attn.reference(q.float(), k.float(), v.float(), doc=doc)

@@ -7,6 +7,7 @@ set -u
 export ATTNC_CACHE_DIR=/tmp/attnc-cache
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 echo "== python ($SECONDS s)"
+here=$PWD/.bin-pycuda  # the lib reads its folder from $here
 . .bin-pycuda/python-gpu-lib.sh
 pygpu_install > /dev/null 2>&1
 PYTEST_FILES="python/tests/test_cuda.py python/tests/test_flex.py python/tests/test_autograd.py python/tests/test_head_dims.py" \
