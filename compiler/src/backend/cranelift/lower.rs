@@ -1123,9 +1123,46 @@ pub fn vexp2(g: &mut Gen, x: CValue) -> CValue {
 /// form alone stopped at 1 - 2^-24, which `floor(exp2(tanh(x)))` turned into 1 where the
 /// oracle gives 2 (found by the differential fuzzer); `x` itself below 4e-4. NaN stays NaN (the compare is
 /// false and the rational form keeps it).
+///
+/// Each form is computed only where a lane needs it: a vector whose lanes are all below the
+/// knee (a soft-cap's `tanh(s / 50)` almost always) runs the rational form alone, one
+/// whose lanes are all at or above it the exponential form alone, a mixed one both and a
+/// select — the same value per lane either way, at half the instructions in the common
+/// cases.
 pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
-    let small = vtanh_rational(g, x);
     let ax = g.b.ins().fabs(x);
+    let knee = fsplat(g, 0.625);
+    let far = g.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ax, knee);
+    let any_far = g.b.ins().vany_true(far);
+    let all_far = g.b.ins().vall_true(far);
+    let [near_only, some_far, far_only, mixed, merge] = [(); 5].map(|()| g.b.create_block());
+    g.b.append_block_param(merge, types::F32X4);
+    g.b.ins().brif(any_far, some_far, &[], near_only, &[]);
+    g.b.switch_to_block(near_only);
+    let r = vtanh_rational(g, x);
+    g.b.ins().jump(merge, &[r.into()]);
+    g.b.switch_to_block(some_far);
+    g.b.ins().brif(all_far, far_only, &[], mixed, &[]);
+    g.b.switch_to_block(far_only);
+    let r = vtanh_exp(g, x, ax);
+    g.b.ins().jump(merge, &[r.into()]);
+    g.b.switch_to_block(mixed);
+    let small = vtanh_rational(g, x);
+    let big = vtanh_exp(g, x, ax);
+    let r = vselect(g, far, big, small);
+    g.b.ins().jump(merge, &[r.into()]);
+    g.b.switch_to_block(merge);
+    let r = g.b.block_params(merge)[0];
+    // tiny |x|: tanh(x) rounds to x (x³/3 is below half an ulp), subnormals included,
+    // where the rational form loses precision to the underflowing x²
+    let tiny = fsplat(g, 4e-4);
+    let near = g.b.ins().fcmp(FloatCC::LessThan, ax, tiny);
+    vselect(g, near, x, r)
+}
+
+/// `copysign(1 - 2 / (exp(2|x|) + 1), x)`, [`vtanh`]'s form at and above its knee (`ax` =
+/// |x|).
+fn vtanh_exp(g: &mut Gen, x: CValue, ax: CValue) -> CValue {
     let two_ax = g.b.ins().fadd(ax, ax);
     let e = vexp(g, two_ax);
     let one = fsplat(g, 1.0);
@@ -1136,15 +1173,7 @@ pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
     // copysign by bits (x64 has no vector fcopysign): `big` ≥ 0, so OR in x's sign bit
     let sign_bit = fsplat(g, -0.0);
     let sign = g.b.ins().band(x, sign_bit);
-    let big = g.b.ins().bor(big, sign);
-    let knee = fsplat(g, 0.625);
-    let far = g.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ax, knee);
-    let r = vselect(g, far, big, small);
-    // tiny |x|: tanh(x) rounds to x (x³/3 is below half an ulp), subnormals included,
-    // where the rational form loses precision to the underflowing x²
-    let tiny = fsplat(g, 4e-4);
-    let near = g.b.ins().fcmp(FloatCC::LessThan, ax, tiny);
-    vselect(g, near, x, r)
+    g.b.ins().bor(big, sign)
 }
 
 /// Eigen's rational approximation of `tanh`, clamped to [-7.9, 7.9].
