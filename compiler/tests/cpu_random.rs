@@ -45,6 +45,9 @@ struct Gen<'r> {
     f: Function,
     rng: &'r mut StdRng,
     checked: bool,
+    /// Leaves `kv - q` and `q - kv` besides `q` and `kv` (relative positions: the values
+    /// the CPU kernel tabulates per diagonal, `diag`).
+    relative: bool,
 }
 
 impl Gen<'_> {
@@ -88,6 +91,16 @@ impl Gen<'_> {
 
     fn int(&mut self, d: u32) -> Value {
         if d == 0 || self.rng.random_bool(0.2) {
+            if self.relative && self.rng.random_bool(0.6) {
+                let (q, kv) = (
+                    self.push(Inst::Arg(Arg::Q), Type::I32),
+                    self.push(Inst::Arg(Arg::Kv), Type::I32),
+                );
+                return match self.rng.random_bool(0.5) {
+                    true => self.bin(BinOp::ISub, kv, q),
+                    false => self.bin(BinOp::ISub, q, kv),
+                };
+            }
             return match self.rng.random_range(0..7) {
                 0 => self.push(Inst::Arg(Arg::B), Type::I32),
                 1 => self.push(Inst::Arg(Arg::H), Type::I32),
@@ -282,12 +295,17 @@ impl Gen<'_> {
 }
 
 fn random_program(rng: &mut StdRng, checked: bool) -> Program {
+    random_program_with(rng, checked, false)
+}
+
+fn random_program_with(rng: &mut StdRng, checked: bool, relative: bool) -> Program {
     let depth = rng.random_range(1..5);
     let mask = if rng.random_bool(0.85) {
         let mut g = Gen {
             f: Function::new(FnKind::Mask),
             rng,
             checked,
+            relative,
         };
         let mut m = g.boolean(depth);
         if g.rng.random_bool(0.5) {
@@ -309,6 +327,7 @@ fn random_program(rng: &mut StdRng, checked: bool) -> Program {
             f: Function::new(FnKind::Score),
             rng,
             checked,
+            relative,
         };
         // s + clamp(e, -5, 5) + 0.3 tanh(e2) + 0.2 exp(-|e3|) + 0.1 exp2(clamp(e4, -3, 3))
         let s = g.push(Inst::Arg(Arg::S), Type::F32);
@@ -488,4 +507,85 @@ fn random_programs_checked_mode() {
             panic!("seed {seed}: {e}");
         }
     }
+}
+
+/// Scores over relative positions (`kv - q`, `q - kv` among the leaves): the kernel with
+/// its diagonal tables (`CpuOptions::diagonal_tables`, the default) gives bit for bit the
+/// O and LSE of the same kernel computing every value per element, and both match the
+/// oracle; odd key blocks (7) and every q block; at least a third of the programs have
+/// tables (else the test tests nothing).
+#[test]
+fn diagonal_tables_give_the_per_element_values() {
+    use attnc_compiler::backend::cranelift::diag::Diagonals;
+    let (mut tabled, n) = (0, 160u64);
+    for seed in 0..n {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xd1a6);
+        let p = random_program_with(&mut rng, false, true);
+        verify_program(&p).unwrap_or_else(|e| panic!("seed {seed}: bad IR: {e}"));
+        let hkv = rng.random_range(1..3);
+        let shape = Shape {
+            b: rng.random_range(1..3),
+            hq: hkv * rng.random_range(1..3),
+            hkv,
+            lq: rng.random_range(1..90),
+            lkv: rng.random_range(1..90),
+            d: 32,
+            dv: 16,
+        };
+        let mut r = |n: usize| {
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>()
+        };
+        let (q, k, v) = (r(shape.q_len()), r(shape.k_len()), r(shape.v_len()));
+        let bind = bindings(&mut rng);
+        let qb = [16, 32, 64][rng.random_range(0..3)];
+        let kb = [7, 16, 64][rng.random_range(0..3)];
+        if let Some(f) = &p.score
+            && Diagonals::find(f, &p, 0, qb, kb).is_some()
+        {
+            tabled += 1;
+        }
+        let maps = BlockMaps::single(BlockMap::all_partial(shape.lq, shape.lkv, qb, kb));
+        let scale = shape.default_scale();
+        let run = |diagonal_tables: bool| {
+            let opts = CpuOptions {
+                q_block: qb,
+                kv_block: kb,
+                diagonal_tables,
+                ..CpuOptions::default()
+            };
+            let kern = compile(&p, &opts).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let mut o = vec![0f32; shape.o_len()];
+            let mut lse = vec![0f32; shape.lse_len()];
+            kern.run(
+                &shape,
+                &q,
+                &k,
+                &v,
+                scale,
+                &bind,
+                &maps,
+                &Scoped(2),
+                &mut o,
+                &mut lse,
+            )
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            (o, lse)
+        };
+        let ((o, lse), (o2, lse2)) = (run(true), run(false));
+        let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let ctx = format!("seed {seed}, shape {shape:?}, blocks {qb}x{kb}\n{p:#?}");
+        assert_eq!(bits(&o), bits(&o2), "O\n{ctx}");
+        assert_eq!(bits(&lse), bits(&lse2), "LSE\n{ctx}");
+        let w = reference::attention(&p, &shape, &q, &k, &v, scale, &bind)
+            .unwrap_or_else(|e| panic!("oracle: {e}\n{ctx}"));
+        close("o", &o, &w.o)
+            .and_then(|_| close("lse", &lse, &w.lse))
+            .unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+    }
+    assert!(
+        3 * tabled >= n,
+        "only {tabled} of {n} programs have diagonal tables"
+    );
 }

@@ -342,6 +342,8 @@ impl DecodeState {
                     // K/V read in place by a page walk (cpu.rs)
                     kv_rows: true,
                     doc_tiles: false,
+                    // (the packed program's positions are not `q` itself: none found)
+                    diagonal_tables: true,
                 };
                 let plan = Plan::new(&offset_program(program));
                 let packed = Plan::new(&packed_offset_program(program));

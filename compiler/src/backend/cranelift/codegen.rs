@@ -36,6 +36,7 @@
 
 use super::abi::off;
 use super::builder::Gen;
+use super::diag::Diagonals;
 use super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
 use super::micro;
 use super::{CpuError, CpuOptions};
@@ -95,7 +96,17 @@ pub fn generate(
         .score
         .as_ref()
         .map(|f| Lowering::new(f, program, opts.checked, first));
-    let slots = first + score.as_ref().map_or(0, |s| s.n_slots());
+    let mut slots = first + score.as_ref().map_or(0, |s| s.n_slots());
+    // the score's relative-position values, tabulated per key block (fast mode)
+    let mut diag = match (&mut score, opts.checked) {
+        (Some(sc), false) if opts.diagonal_tables => {
+            Diagonals::find(sc.f, program, slots, opts.q_block, opts.kv_block).inspect(|d| {
+                sc.tabulate(d.values());
+            })
+        }
+        _ => None,
+    };
+    slots += diag.as_ref().map_or(0, Diagonals::n_slots);
     let imports;
     {
         let b = FunctionBuilder::new(&mut func, fctx);
@@ -105,7 +116,14 @@ pub fn generate(
             imports: Vec::new(),
             call_conv,
         };
-        body(&mut g, program, opts, mask.as_mut(), score.as_mut())?;
+        body(
+            &mut g,
+            program,
+            opts,
+            mask.as_mut(),
+            score.as_mut(),
+            diag.as_mut(),
+        )?;
         g.b.seal_all_blocks();
         let cfg = g.module.isa().frontend_config();
         imports = g.imports.iter().map(|(n, _)| *n).collect();
@@ -124,6 +142,7 @@ fn body<'p>(
     opts: &CpuOptions,
     mut mask: Option<&mut Lowering<'p>>,
     mut score: Option<&mut Lowering<'p>>,
+    mut diag: Option<&mut Diagonals<'p>>,
 ) -> Result<(), CpuError> {
     let (bq, bkv) = (opts.q_block as i64, opts.kv_block as i64);
     let i64t = types::I64;
@@ -233,6 +252,9 @@ fn body<'p>(
     {
         l.emit(g, &env, Level::Inv)?;
     }
+    if let Some(d) = diag.as_deref_mut() {
+        d.emit_invariants(g, &env)?;
+    }
     let st = g.ld(i64t, tile, off::TILE_ST);
     let qslots = g.ld(i64t, tile, off::TILE_QSLOTS);
 
@@ -305,6 +327,10 @@ fn body<'p>(
                 }
                 None => g.call(qk_fn, &[tile, kbase, kv0, ncols])?,
             }
+            // this block's diagonals of the relative-position values
+            if let Some(d) = diag.as_deref_mut() {
+                d.fill(g, &mut env, qslots, bq, bkv, q0, kv0, nrows)?;
+            }
             let site = Site {
                 st,
                 qslots,
@@ -313,6 +339,7 @@ fn body<'p>(
                 nrows,
                 ncols,
                 bq,
+                bkv,
             };
             match (mask.as_deref_mut(), score.as_deref_mut()) {
                 (None, None) => {}
@@ -368,6 +395,7 @@ struct Site {
     nrows: Value,
     ncols: Value,
     bq: i64,
+    bkv: i64,
 }
 
 /// The per-element pass over the `ncols x nrows` live part of `Sᵀ`: key columns outer
@@ -426,6 +454,12 @@ fn elementwise_vec<'p>(
         let rowp = begin_column(g, env, site, j, mask.as_deref_mut(), score.as_deref_mut())?;
         let q0 = g.b.ins().ireduce(types::I32, site.q0);
         let iota = g.iota();
+        // row i's index in the score's tables (`diag`): bkv - 1 - j + i
+        let tabled = score.as_deref().is_some_and(Lowering::has_table);
+        let e0 = tabled.then(|| {
+            let e0 = g.b.ins().ineg(j);
+            g.b.ins().iadd_imm_s(e0, site.bkv - 1)
+        });
         let zero = g.b.ins().iconst(i64t, 0);
         g.for_step(zero, site.nrows, 4, |g, i| {
             let i32v = g.b.ins().ireduce(types::I32, i);
@@ -435,10 +469,12 @@ fn elementwise_vec<'p>(
             let ioff = g.b.ins().ishl_imm_u(i, 2);
             let p = g.b.ins().iadd(rowp, ioff);
             let s = g.b.ins().load(types::F32X4, MemFlagsData::trusted(), p, 0);
+            let table = e0.map(|e0| (site.qslots, site.bq, g.b.ins().iadd(e0, i)));
             let venv = VEnv {
                 q: qv,
                 kv: None,
                 s: Some(s),
+                table,
             };
             let keep = match (pass, mask.as_deref_mut()) {
                 (Pass::MaskScore, Some(m)) => {

@@ -141,6 +141,11 @@ pub struct Lowering<'p> {
     vals: Vec<Option<CValue>>,
     /// Per-element values as 4-lane vectors at a vector site (see [`Lowering::vemit`]).
     vvals: Vec<Option<CValue>>,
+    /// The values the live set starts from (the return value, and outputs).
+    roots: Vec<Value>,
+    /// The first slot of a value read from a table at vector sites instead of computed
+    /// ([`Lowering::tabulate`], `VEnv::table`).
+    table: Vec<Option<u32>>,
     /// `FnKind` tag of checked-mode error sites.
     site_tag: i64,
 }
@@ -161,9 +166,22 @@ impl<'p> Lowering<'p> {
         first_slot: u32,
         outputs: &[Value],
     ) -> Self {
-        let n = f.insts.len();
         let mut roots = outputs.to_vec();
         roots.push(f.ret);
+        Self::with_roots(f, p, checked, first_slot, roots)
+    }
+
+    /// A lowering of the values `roots` need, and of no others (not even the return
+    /// value unless it is one of them): `diag::Diagonals`' lowering of the values it
+    /// tabulates.
+    pub fn with_roots(
+        f: &'p Function,
+        p: &'p Program,
+        checked: bool,
+        first_slot: u32,
+        roots: Vec<Value>,
+    ) -> Self {
+        let n = f.insts.len();
         let live = f.live_from(&roots);
         let mut level = vec![Level::Inv; n];
         for (i, inst) in f.insts.iter().enumerate() {
@@ -210,8 +228,37 @@ impl<'p> Lowering<'p> {
             slot,
             vals: vec![None; n],
             vvals: vec![None; n],
+            roots,
+            table: vec![None; n],
             site_tag,
         }
+    }
+
+    /// Reads each value `v` of `tabled` at vector sites from its table (first slot
+    /// `slot`; `VEnv::table` says where the site's lanes sit in it) instead of computing
+    /// it, and drops from the live set what only those values needed. Fast mode's vector
+    /// sites only: the scalar sites (checked mode) still compute everything.
+    pub fn tabulate(&mut self, tabled: &[(Value, u32)]) {
+        for (v, slot) in tabled {
+            self.table[v.index()] = Some(*slot);
+        }
+        let mut live = vec![false; self.f.insts.len()];
+        for r in &self.roots {
+            live[r.index()] = true;
+        }
+        for i in (0..live.len()).rev() {
+            if live[i] && self.table[i].is_none() {
+                for op in self.f.insts[i].operands() {
+                    live[op.index()] = true;
+                }
+            }
+        }
+        self.live = live;
+    }
+
+    /// Whether some value is read from a table ([`Lowering::tabulate`]).
+    pub fn has_table(&self) -> bool {
+        self.table.iter().any(Option::is_some)
     }
 
     pub fn n_slots(&self) -> u32 {
@@ -592,7 +639,7 @@ pub fn cl_type(t: Type) -> cranelift_codegen::ir::Type {
     }
 }
 
-fn slot_addr(g: &mut Gen, base: CValue, slot: u32, bq: i64, i: CValue) -> CValue {
+pub fn slot_addr(g: &mut Gen, base: CValue, slot: u32, bq: i64, i: CValue) -> CValue {
     let idx = g.b.ins().iadd_imm_s(i, slot as i64 * bq);
     let byte = g.b.ins().ishl_imm_u(idx, 2);
     g.b.ins().iadd(base, byte)
@@ -625,6 +672,10 @@ pub struct VEnv {
     pub kv: Option<CValue>,
     /// `Sᵀ[j][i..i+4]` (f32x4), or `S[i][j..j+4]` at a row site
     pub s: Option<CValue>,
+    /// Where the lanes of this site sit in the tables of [`Lowering::tabulate`]: the
+    /// slots' base pointer, the slot length (q block) and the i64 index of lane 0 (the
+    /// lanes follow it); `None` at a site that reads no table.
+    pub table: Option<(CValue, i64, CValue)>,
 }
 
 /// The vector type of an IR type: bools are i32 lane masks (0 or -1).
@@ -753,6 +804,14 @@ impl<'p> Lowering<'p> {
         i: usize,
     ) -> Result<CValue, CpuError> {
         let ty = self.f.types[i];
+        if let (Some(slot), Some((base, bq, at))) = (self.table[i], venv.table) {
+            // (tables hold vectors as stored: f32 lanes, i32 lanes, or bool lane masks)
+            let addr = slot_addr(g, base, slot, bq, at);
+            return Ok(g
+                .b
+                .ins()
+                .load(vec_type(ty), MemFlagsData::trusted(), addr, 0));
+        }
         let ins = self.f.insts[i].clone();
         Ok(match ins {
             Inst::Arg(Arg::S) => venv.s.expect("s at a score site"),

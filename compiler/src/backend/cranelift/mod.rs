@@ -24,6 +24,7 @@ pub mod abi;
 pub mod backward;
 pub mod builder;
 pub mod codegen;
+pub mod diag;
 mod launch;
 pub mod lower;
 pub mod micro;
@@ -71,6 +72,11 @@ pub struct CpuOptions {
     /// (the program of a document mask's linear part, `Plan::doc_split`; positions stay
     /// absolute). Dense K/V only (not with `kv_rows`).
     pub doc_tiles: bool,
+    /// Fast mode: the score's values that depend on the positions only through `kv - q`
+    /// (relative-position biases) computed once per diagonal of each key block and read
+    /// from tables (`diag`), not per element; the same values either way. Default true
+    /// (false: tests comparing the two, benchmarks).
+    pub diagonal_tables: bool,
 }
 
 impl Default for CpuOptions {
@@ -82,6 +88,7 @@ impl Default for CpuOptions {
             isa: None,
             kv_rows: false,
             doc_tiles: false,
+            diagonal_tables: true,
         }
     }
 }

@@ -312,6 +312,7 @@ fn vcolumns<'p>(
         q,
         kv: Some(kv),
         s: Some(s),
+        table: None,
     };
     let keep = match mask {
         Some(m) => {
