@@ -436,59 +436,117 @@ fn close(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
     Ok(())
 }
 
+/// One generated case: a program, a shape, its inputs and bindings, and tile sizes.
+struct Case {
+    p: Program,
+    shape: Shape,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    bind: Bindings,
+    qb: usize,
+    kb: usize,
+}
+
+impl Case {
+    fn draw(rng: &mut StdRng, checked: bool, relative: bool) -> Result<Case, String> {
+        let p = random_program_with(rng, checked, relative);
+        verify_program(&p).map_err(|e| format!("generator produced bad IR: {e}"))?;
+        let hkv = rng.random_range(1..3);
+        let shape = Shape {
+            b: rng.random_range(1..3),
+            hq: hkv * rng.random_range(1..3),
+            hkv,
+            lq: rng.random_range(1..70),
+            lkv: rng.random_range(1..70),
+            d: 32,
+            dv: [16, 32, 20][rng.random_range(0..3)],
+        };
+        let mut r = |n: usize| {
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>()
+        };
+        let (q, k, v) = (r(shape.q_len()), r(shape.k_len()), r(shape.v_len()));
+        let bind = bindings(rng);
+        let qb = [16, 32, 64][rng.random_range(0..3)];
+        let kb = [7, 16, 64][rng.random_range(0..3)];
+        Ok(Case {
+            p,
+            shape,
+            q,
+            k,
+            v,
+            bind,
+            qb,
+            kb,
+        })
+    }
+
+    fn oracle(&self) -> Result<reference::Output, attnc_compiler::interp::EvalError> {
+        let c = self;
+        reference::attention(
+            &c.p,
+            &c.shape,
+            &c.q,
+            &c.k,
+            &c.v,
+            c.shape.default_scale(),
+            &c.bind,
+        )
+    }
+
+    /// O and LSE of the kernel compiled with `opts` and the case's tile sizes, on
+    /// all-partial block maps (the mask evaluated everywhere).
+    fn run(&self, opts: CpuOptions) -> Result<(Vec<f32>, Vec<f32>), CpuError> {
+        let (s, qb, kb) = (&self.shape, self.qb, self.kb);
+        let opts = CpuOptions {
+            q_block: qb,
+            kv_block: kb,
+            ..opts
+        };
+        let kern = compile(&self.p, &opts)?;
+        let maps = BlockMaps::single(BlockMap::all_partial(s.lq, s.lkv, qb, kb));
+        let mut o = vec![0f32; s.o_len()];
+        let mut lse = vec![0f32; s.lse_len()];
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let scale = s.default_scale();
+        kern.run(
+            s,
+            q,
+            k,
+            v,
+            scale,
+            &self.bind,
+            &maps,
+            &Scoped(2),
+            &mut o,
+            &mut lse,
+        )?;
+        Ok((o, lse))
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "shape {:?} blocks {}x{}\n{:#?}",
+            self.shape, self.qb, self.kb, self.p
+        )
+    }
+}
+
 fn run_one(seed: u64, checked: bool) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let p = random_program(&mut rng, checked);
-    verify_program(&p).map_err(|e| format!("generator produced bad IR: {e}"))?;
-    let hkv = rng.random_range(1..3);
-    let shape = Shape {
-        b: rng.random_range(1..3),
-        hq: hkv * rng.random_range(1..3),
-        hkv,
-        lq: rng.random_range(1..70),
-        lkv: rng.random_range(1..70),
-        d: 32,
-        dv: [16, 32, 20][rng.random_range(0..3)],
-    };
-    let mut r = |n: usize| {
-        (0..n)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect::<Vec<_>>()
-    };
-    let (q, k, v) = (r(shape.q_len()), r(shape.k_len()), r(shape.v_len()));
-    let bind = bindings(&mut rng);
-    let qb = [16, 32, 64][rng.random_range(0..3)];
-    let kb = [7, 16, 64][rng.random_range(0..3)];
+    let c = Case::draw(&mut rng, checked, false)?;
     let opts = CpuOptions {
-        q_block: qb,
-        kv_block: kb,
         checked,
         ..CpuOptions::default()
     };
-    let kern = compile(&p, &opts).map_err(|e| format!("compile: {e}"))?;
-    let maps = BlockMaps::single(BlockMap::all_partial(shape.lq, shape.lkv, qb, kb));
-    let scale = shape.default_scale();
-    let want = reference::attention(&p, &shape, &q, &k, &v, scale, &bind);
-    let mut o = vec![0f32; shape.o_len()];
-    let mut lse = vec![0f32; shape.lse_len()];
-    let got = kern.run(
-        &shape,
-        &q,
-        &k,
-        &v,
-        scale,
-        &bind,
-        &maps,
-        &Scoped(2),
-        &mut o,
-        &mut lse,
-    );
-    match (want, got) {
-        (Ok(w), Ok(())) => close("o", &o, &w.o).and_then(|_| close("lse", &lse, &w.lse)),
+    match (c.oracle(), c.run(opts)) {
+        (Ok(w), Ok((o, lse))) => close("o", &o, &w.o).and_then(|_| close("lse", &lse, &w.lse)),
         (Err(_), Err(CpuError::Eval(_))) => Ok(()),
         (w, g) => Err(format!("oracle {:?} vs kernel {:?}", w.err(), g.err())),
     }
-    .map_err(|e| format!("{e}\nshape {shape:?} blocks {qb}x{kb}\n{p:#?}"))
+    .map_err(|e| format!("{e}\n{}", c.context()))
 }
 
 #[test]
@@ -520,66 +578,25 @@ fn diagonal_tables_give_the_per_element_values() {
     let (mut tabled, n) = (0, 160u64);
     for seed in 0..n {
         let mut rng = StdRng::seed_from_u64(seed ^ 0xd1a6);
-        let p = random_program_with(&mut rng, false, true);
-        verify_program(&p).unwrap_or_else(|e| panic!("seed {seed}: bad IR: {e}"));
-        let hkv = rng.random_range(1..3);
-        let shape = Shape {
-            b: rng.random_range(1..3),
-            hq: hkv * rng.random_range(1..3),
-            hkv,
-            lq: rng.random_range(1..90),
-            lkv: rng.random_range(1..90),
-            d: 32,
-            dv: 16,
-        };
-        let mut r = |n: usize| {
-            (0..n)
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect::<Vec<_>>()
-        };
-        let (q, k, v) = (r(shape.q_len()), r(shape.k_len()), r(shape.v_len()));
-        let bind = bindings(&mut rng);
-        let qb = [16, 32, 64][rng.random_range(0..3)];
-        let kb = [7, 16, 64][rng.random_range(0..3)];
-        if let Some(f) = &p.score
-            && Diagonals::find(f, &p, 0, qb, kb).is_some()
+        let c = Case::draw(&mut rng, false, true).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        if let Some(f) = &c.p.score
+            && Diagonals::find(f, &c.p, 0, c.qb, c.kb).is_some()
         {
             tabled += 1;
         }
-        let maps = BlockMaps::single(BlockMap::all_partial(shape.lq, shape.lkv, qb, kb));
-        let scale = shape.default_scale();
+        let ctx = format!("seed {seed}, {}", c.context());
         let run = |diagonal_tables: bool| {
             let opts = CpuOptions {
-                q_block: qb,
-                kv_block: kb,
                 diagonal_tables,
                 ..CpuOptions::default()
             };
-            let kern = compile(&p, &opts).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-            let mut o = vec![0f32; shape.o_len()];
-            let mut lse = vec![0f32; shape.lse_len()];
-            kern.run(
-                &shape,
-                &q,
-                &k,
-                &v,
-                scale,
-                &bind,
-                &maps,
-                &Scoped(2),
-                &mut o,
-                &mut lse,
-            )
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-            (o, lse)
+            c.run(opts).unwrap_or_else(|e| panic!("{e}\n{ctx}"))
         };
         let ((o, lse), (o2, lse2)) = (run(true), run(false));
         let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let ctx = format!("seed {seed}, shape {shape:?}, blocks {qb}x{kb}\n{p:#?}");
         assert_eq!(bits(&o), bits(&o2), "O\n{ctx}");
         assert_eq!(bits(&lse), bits(&lse2), "LSE\n{ctx}");
-        let w = reference::attention(&p, &shape, &q, &k, &v, scale, &bind)
-            .unwrap_or_else(|e| panic!("oracle: {e}\n{ctx}"));
+        let w = c.oracle().unwrap_or_else(|e| panic!("oracle: {e}\n{ctx}"));
         close("o", &o, &w.o)
             .and_then(|_| close("lse", &lse, &w.lse))
             .unwrap_or_else(|e| panic!("{e}\n{ctx}"));

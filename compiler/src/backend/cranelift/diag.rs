@@ -30,8 +30,9 @@ use super::lower::{Env, Level, Lowering, VEnv, slot_addr};
 use crate::ir::{Arg, BinOp, Function, Inst, Program, UnOp, Value};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value as CValue, types};
 
-/// The least cost (per instruction: 6 a read or a libm call, 4 a division, 1 other) of a diagonal part worth tables: a vector load and its index
-/// cost about what a few vector instructions do.
+/// The least cost of a diagonal part worth tables (per instruction: 6 a read or a libm
+/// call, 4 a division, 1 any other): a vector load and its index cost about what a few
+/// vector instructions do.
 pub const MIN_COST: u32 = 6;
 
 /// The cost of one instruction of a diagonal part: libm calls per lane, reads (gathers)
