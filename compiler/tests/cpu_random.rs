@@ -294,10 +294,6 @@ impl Gen<'_> {
     }
 }
 
-fn random_program(rng: &mut StdRng, checked: bool) -> Program {
-    random_program_with(rng, checked, false)
-}
-
 fn random_program_with(rng: &mut StdRng, checked: bool, relative: bool) -> Program {
     let depth = rng.random_range(1..5);
     let mask = if rng.random_bool(0.85) {
