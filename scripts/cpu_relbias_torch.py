@@ -5,10 +5,10 @@
 # float attn_mask [1, H, L, L] (how PyTorch users run T5 without FlexAttention; the
 # bias's build not timed). Next to `attnc bench examples/... --threads 2`.
 #   .venv/bin/python scripts/cpu_relbias_torch.py
-import math, time, torch, warnings
+import math, os, time, torch, warnings
 from torch.nn.attention.flex_attention import flex_attention
 warnings.simplefilter("ignore")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("ATTNC_THREADS", "2")))  # (the device call: 16)
 torch.manual_seed(0)
 B, H, L, D = 1, 8, 2048, 64
 q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
@@ -42,8 +42,9 @@ def t(f, n=3):
 
 print(torch.__version__)
 for name, mod in (("relative_bias_table", rel_mod), ("t5_encoder", t5_mod)):
-    t0 = time.perf_counter(); fa(q, k, v, score_mod=mod); first = time.perf_counter() - t0
-    print(f"{name}: flex cpu {t(lambda: fa(q, k, v, score_mod=mod)):.2f} ms (first call {first:.1f} s)", flush=True)
+    if not os.environ.get("ATTNC_NO_FLEX"):
+        t0 = time.perf_counter(); fa(q, k, v, score_mod=mod); first = time.perf_counter() - t0
+        print(f"{name}: flex cpu {t(lambda: fa(q, k, v, score_mod=mod)):.2f} ms (first call {first:.1f} s)", flush=True)
     m = bias[name][None].contiguous()
     print(f"{name}: sdpa cpu + float mask {t(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)):.2f} ms", flush=True)
 print(f"dense: sdpa cpu {t(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)):.2f} ms")
