@@ -8,7 +8,8 @@
 //!
 //! A value is *diagonal* when it depends on `q` and `kv` only through `kv - q` (or
 //! `q - kv`) and not on `s`: T5's bucket of `kv - q` and its table read, a
-//! relative-position table `bias[h, kv - q + 64]`, the slope times the distance of ALiBi.
+//! relative-position table `bias[h, kv - q + 64]` (ALiBi's slope times the distance is
+//! one too, but cheaper to compute than to read: not tabulated).
 //! Over a tile of `bq` rows and `bkv` keys such a value takes at most `bq + bkv - 1`
 //! distinct arguments, one per diagonal, where the per-element code computes it
 //! `bq · bkv` times; the tables hold it once per diagonal (T5's `log` per lane is 32x
