@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+from torch_timing import best_ms as bench
 
 torch.manual_seed(0)
 threads_list = [int(t) for t in sys.argv[1:] if t.isdigit()] or [2]
@@ -19,15 +20,6 @@ with_fwd = "nofwd" not in sys.argv[1:]
 res = {"torch": torch.__version__, "cpu": os.popen("lscpu | grep 'Model name'").read().strip()}
 print(torch.__version__, res["cpu"], flush=True)
 
-def bench(fn, iters=3, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
-    return best * 1e3
 
 def causal(b, h, q, kv): return q >= kv
 def sliding(b, h, q, kv): return (q >= kv) & (q - kv <= 1024)

@@ -5,21 +5,13 @@ with the mask as a boolean `attn_mask` and for compiled FlexAttention with a blo
 made once; GFLOP/s at 2.5x the forward's FLOPs over unmasked pairs, next to
 `attnc bench examples/document_causal.attn --attention document_causal --grad`.
 Run: python3 cpu_doc_bwd_torch.py THREADS [THREADS...]"""
-import sys, time
+import sys
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+from torch_timing import best_ms as bench
 
 
-def bench(fn, iters=3, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
-    return best * 1e3
 
 
 torch.manual_seed(0)

@@ -3,6 +3,7 @@
 # mask_mod with its block mask; forward only (FlexAttention has no CPU backward).
 import time, torch, warnings
 from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+from torch_timing import median_ms as t
 warnings.simplefilter("ignore")
 torch.set_num_threads(2)
 B, H, L, D = 1, 8, 2048, 64
@@ -11,12 +12,6 @@ def causal_score(score, b, h, qi, ki): return torch.where(qi >= ki, score, -floa
 def causal(b, h, qi, ki): return qi >= ki
 fa = torch.compile(flex_attention)
 bm = create_block_mask(causal, B, H, L, L, device="cpu")
-def t(f, n=3):
-    f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2] * 1e3
 t0 = time.perf_counter(); fa(q, k, v, score_mod=causal_score); first = time.perf_counter() - t0
 print(f"flex cpu causal score_mod, no block mask: {t(lambda: fa(q, k, v, score_mod=causal_score)):.2f} ms (first call {first:.1f} s)")
 print(f"flex cpu causal mask_mod + block mask: {t(lambda: fa(q, k, v, block_mask=bm)):.2f} ms")

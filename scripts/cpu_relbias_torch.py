@@ -7,6 +7,7 @@
 #   .venv/bin/python scripts/cpu_relbias_torch.py
 import math, os, time, torch, warnings
 from torch.nn.attention.flex_attention import flex_attention
+from torch_timing import median_ms as t
 warnings.simplefilter("ignore")
 torch.set_num_threads(int(os.environ.get("ATTNC_THREADS", "2")))  # (the device call: 16)
 torch.manual_seed(0)
@@ -33,12 +34,6 @@ bias = {"relative_bias_table": rel[:, torch.clamp(pos[:, None] - pos[None, :], -
         "t5_encoder": t5[bucket(pos[None, :] - pos[:, None])].permute(2, 0, 1)}
 fa = torch.compile(flex_attention)
 
-def t(f, n=3):
-    f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2] * 1e3
 
 print(torch.__version__)
 for name, mod in (("relative_bias_table", rel_mod), ("t5_encoder", t5_mod)):

@@ -2,22 +2,14 @@
 sweep: B1 H8, L 2048/4096, D 64/128, dense and causal, at the thread counts given.
 GFLOP/s over unmasked pairs (4*B*H*L*L*D*density), best of 3 repetitions of 3 calls.
   python3 cpu_tiles_torch.py THREADS [THREADS...]"""
-import os, sys, time
+import os, sys
 import torch
 import torch.nn.functional as F
+from torch_timing import best_ms as bench
 
 torch.manual_seed(0)
 print(torch.__version__, os.popen("lscpu | grep 'Model name'").read().strip(), flush=True)
 
-def bench(fn, iters=3, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
-    return best * 1e3
 
 with torch.no_grad():
     for threads in [int(t) for t in sys.argv[1:]] or [16]:
