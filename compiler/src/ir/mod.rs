@@ -474,6 +474,11 @@ impl Function {
     }
     /// `live[i]` is true when value `i` contributes to one of `roots`.
     pub fn live_from(&self, roots: &[Value]) -> Vec<bool> {
+        self.live_from_until(roots, |_| false)
+    }
+    /// [`Function::live_from`] with the values `leaf` picks taken as given: live when
+    /// reached, their operands not through them (`Lowering::tabulate`'s table reads).
+    pub fn live_from_until(&self, roots: &[Value], leaf: impl Fn(Value) -> bool) -> Vec<bool> {
         let mut live = vec![false; self.insts.len()];
         if self.insts.is_empty() {
             return live;
@@ -482,7 +487,7 @@ impl Function {
             live[r.index()] = true;
         }
         for i in (0..self.insts.len()).rev() {
-            if live[i] {
+            if live[i] && !leaf(Value(i as u32)) {
                 for op in self.insts[i].operands() {
                     live[op.index()] = true;
                 }

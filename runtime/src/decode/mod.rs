@@ -342,7 +342,7 @@ impl DecodeState {
                     // K/V read in place by a page walk (cpu.rs)
                     kv_rows: true,
                     doc_tiles: false,
-                    // (the packed program's positions are not `q` itself: none found)
+                    // (finds none: the packed program's rows are not positions)
                     diagonal_tables: true,
                 };
                 let plan = Plan::new(&offset_program(program));

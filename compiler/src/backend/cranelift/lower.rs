@@ -242,18 +242,10 @@ impl<'p> Lowering<'p> {
         for (v, slot) in tabled {
             self.table[v.index()] = Some(*slot);
         }
-        let mut live = vec![false; self.f.insts.len()];
-        for r in &self.roots {
-            live[r.index()] = true;
-        }
-        for i in (0..live.len()).rev() {
-            if live[i] && self.table[i].is_none() {
-                for op in self.f.insts[i].operands() {
-                    live[op.index()] = true;
-                }
-            }
-        }
-        self.live = live;
+        let table = &self.table;
+        self.live = self
+            .f
+            .live_from_until(&self.roots, |v| table[v.index()].is_some());
     }
 
     /// Whether some value is read from a table ([`Lowering::tabulate`]).
@@ -1193,14 +1185,15 @@ pub fn vtanh(g: &mut Gen, x: CValue) -> CValue {
     let knee = fsplat(g, 0.625);
     let far = g.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ax, knee);
     let any_far = g.b.ins().vany_true(far);
-    let all_far = g.b.ins().vall_true(far);
     let [near_only, some_far, far_only, mixed, merge] = [(); 5].map(|()| g.b.create_block());
     g.b.append_block_param(merge, types::F32X4);
     g.b.ins().brif(any_far, some_far, &[], near_only, &[]);
     g.b.switch_to_block(near_only);
     let r = vtanh_rational(g, x);
     g.b.ins().jump(merge, &[r.into()]);
+    // (the second test only where some lane is past the knee: not on the common path)
     g.b.switch_to_block(some_far);
+    let all_far = g.b.ins().vall_true(far);
     g.b.ins().brif(all_far, far_only, &[], mixed, &[]);
     g.b.switch_to_block(far_only);
     let r = vtanh_exp(g, x, ax);
