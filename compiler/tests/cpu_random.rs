@@ -576,7 +576,7 @@ fn diagonal_tables_give_the_per_element_values() {
         let mut rng = StdRng::seed_from_u64(seed ^ 0xd1a6);
         let c = Case::draw(&mut rng, false, true).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         if let Some(f) = &c.p.score
-            && Diagonals::find(f, &c.p, 0, c.qb, c.kb).is_some()
+            && Diagonals::find(f, &c.p, &[f.ret], 0, c.qb, c.kb).is_some()
         {
             tabled += 1;
         }
@@ -600,5 +600,124 @@ fn diagonal_tables_give_the_per_element_values() {
     assert!(
         3 * tabled >= n,
         "only {tabled} of {n} programs have diagonal tables"
+    );
+}
+
+/// [`diagonal_tables_give_the_per_element_values`] for the backward: the element
+/// function reading its diagonal tables gives bit for bit the dQ, dK, dV and capture
+/// and param gradients of the one computing every value per element, and both match the
+/// f64 reference gradients (`reference_grad`); odd key blocks (7: the scalar tail of
+/// each row, which computes per element, next to vector sites that read tables). A
+/// gradient the kernel gives as NaN where the reference has a number is a chain-rule
+/// product `0·∞` (an `exp` that underflowed to 0 after a division by a read: the
+/// derivative pass multiplies as PyTorch's autograd does, `grad` module docs; the
+/// forward-mode reference never multiplies by a zero weight): such a case is compared
+/// on/off only, and there must be few.
+#[test]
+fn diagonal_tables_give_the_per_element_gradients() {
+    use attnc_compiler::backend::cranelift::backward::compile_backward;
+    use attnc_compiler::reference_grad;
+    let (mut tabled, mut zero_inf, n) = (0, 0, 120u64);
+    for seed in 0..n {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xb4c6);
+        let c = Case::draw(&mut rng, false, true).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let ctx = format!("seed {seed}, {}", c.context());
+        let s = &c.shape;
+        let dout: Vec<f32> = (0..s.o_len())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let (o, lse) = c
+            .run(CpuOptions::default())
+            .unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+        let maps = BlockMaps::single(BlockMap::all_partial(s.lq, s.lkv, c.qb, c.kb));
+        let run = |diagonal_tables: bool| {
+            let opts = CpuOptions {
+                diagonal_tables,
+                q_block: c.qb,
+                kv_block: c.kb,
+                ..CpuOptions::default()
+            };
+            let kern = compile_backward(&c.p, &opts).unwrap_or_else(|e| panic!("{e}\n{ctx}"));
+            let (q, k, v) = (&c.q, &c.k, &c.v);
+            let scale = s.default_scale();
+            let g = kern.run(
+                s,
+                q,
+                k,
+                v,
+                &o,
+                &lse,
+                &dout,
+                None,
+                scale,
+                &c.bind,
+                &maps,
+                &Scoped(2),
+            );
+            (
+                g.unwrap_or_else(|e| panic!("{e}\n{ctx}")),
+                kern.has_diagonal_tables(),
+            )
+        };
+        let ((g, has), (g2, has2)) = (run(true), run(false));
+        assert!(!has2, "tables off, yet tabled\n{ctx}");
+        tabled += has as u32;
+        assert_eq!(format!("{g:?}"), format!("{g2:?}"), "gradients\n{ctx}");
+        let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&g.dq), bits(&g2.dq), "dQ\n{ctx}");
+        assert_eq!(bits(&g.dk), bits(&g2.dk), "dK\n{ctx}");
+        assert_eq!(bits(&g.dv), bits(&g2.dv), "dV\n{ctx}");
+        let w = reference_grad::backward(
+            &c.p,
+            s,
+            &c.q,
+            &c.k,
+            &c.v,
+            &dout,
+            None,
+            s.default_scale(),
+            &c.bind,
+        )
+        .unwrap_or_else(|e| panic!("oracle: {e}\n{ctx}"));
+        let nan_for_number = |got: &[f32], want: &[f32]| {
+            got.iter().zip(want).any(|(a, b)| a.is_nan() && !b.is_nan())
+        };
+        let caps_nan = g.tensors.iter().zip(&w.tensors).any(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => nan_for_number(a, b),
+            _ => false,
+        });
+        if caps_nan || nan_for_number(&g.dq, &w.dq) || nan_for_number(&g.dk, &w.dk) {
+            zero_inf += 1;
+            continue;
+        }
+        let near = |what: &str, got: &[f32], want: &[f32]| {
+            let m = want
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold(1f32, |m, x| m.max(x.abs()));
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                let ok = match b.is_finite() {
+                    true => (a - b).abs() <= 2e-3 * m,
+                    false => a.is_nan() == b.is_nan() && (b.is_nan() || a == b),
+                };
+                assert!(ok, "{what}[{i}] = {a}, reference {b}\n{ctx}");
+            }
+        };
+        near("dq", &g.dq, &w.dq);
+        near("dk", &g.dk, &w.dk);
+        near("dv", &g.dv, &w.dv);
+        for (t, (a, b)) in g.tensors.iter().zip(&w.tensors).enumerate() {
+            if let (Some(a), Some(b)) = (a, b) {
+                near(&format!("tensor {t}"), a, b);
+            }
+        }
+    }
+    assert!(
+        3 * tabled as u64 >= n,
+        "only {tabled} of {n} programs have diagonal tables in the backward"
+    );
+    assert!(
+        10 * zero_inf <= n,
+        "{zero_inf} of {n} programs compared on/off only (NaN gradients)"
     );
 }

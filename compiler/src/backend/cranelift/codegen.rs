@@ -99,11 +99,17 @@ pub fn generate(
     let mut slots = first + score.as_ref().map_or(0, |s| s.n_slots());
     // the score's relative-position values, tabulated per key block (fast mode)
     let mut diag = match (&mut score, opts.checked) {
-        (Some(sc), false) if opts.diagonal_tables => {
-            Diagonals::find(sc.f, program, slots, opts.q_block, opts.kv_block).inspect(|d| {
-                sc.tabulate(d.values());
-            })
-        }
+        (Some(sc), false) if opts.diagonal_tables => Diagonals::find(
+            sc.f,
+            program,
+            &[sc.f.ret],
+            slots,
+            opts.q_block,
+            opts.kv_block,
+        )
+        .inspect(|d| {
+            sc.tabulate(d.values());
+        }),
         _ => None,
     };
     slots += diag.as_ref().map_or(0, Diagonals::n_slots);

@@ -35,10 +35,11 @@
 // serve two loop nests; clippy reads it as a no-op.
 #![allow(clippy::needless_option_as_deref)]
 
-use super::super::CpuError;
 use super::super::abi::TensorDesc;
 use super::super::builder::Gen;
+use super::super::diag::Diagonals;
 use super::super::lower::{Env, Level, Lowering, TensorVals, VEnv, vselect};
+use super::super::{CpuError, CpuOptions};
 use crate::grad::ScoreGrad;
 use crate::ir::Program;
 use cranelift_codegen::ir::{
@@ -72,6 +73,8 @@ pub struct ElemTile {
     pub part: *mut f32,
     pub stride: i64,
     pub plane: i64,
+    /// The score's diagonal tables ([`Elem::table_words`] words; unused when 0).
+    pub diag: *mut u32,
 }
 
 const CTX_PARAMS: i32 = offset_of!(ElemCtx, params) as i32;
@@ -82,6 +85,7 @@ const T_FLAT: i32 = offset_of!(ElemTile, flat) as i32;
 const T_PART: i32 = offset_of!(ElemTile, part) as i32;
 const T_STRIDE: i32 = offset_of!(ElemTile, stride) as i32;
 const T_PLANE: i32 = offset_of!(ElemTile, plane) as i32;
+const T_DIAG: i32 = offset_of!(ElemTile, diag) as i32;
 
 pub const ELEM_NAME: &str = "attnc_backward_elem";
 
@@ -94,13 +98,23 @@ pub fn elem_signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-/// Generates the element function.
+/// The generated element function and the table space it needs.
+pub struct Elem {
+    pub func: Function,
+    /// Words of [`ElemTile::diag`] the function uses: the score's relative-position
+    /// values tabulated per tile (`diag::Diagonals`, [`CpuOptions::diagonal_tables`]);
+    /// 0 when none are.
+    pub table_words: usize,
+}
+
+/// Generates the element function (tiles of `opts.q_block` x `opts.kv_block`).
 pub fn generate(
     program: &Program,
     grad: &ScoreGrad,
+    opts: &CpuOptions,
     module: &mut JITModule,
     fctx: &mut FunctionBuilderContext,
-) -> Result<Function, CpuError> {
+) -> Result<Elem, CpuError> {
     let call_conv = module.isa().default_call_conv();
     let mut func =
         Function::with_name_signature(UserFuncName::user(0, 0), elem_signature(call_conv));
@@ -109,25 +123,76 @@ pub fn generate(
         m.promote_kv();
         m
     });
-    let mut score = Lowering::with_outputs(&grad.func, program, false, 0, &grad.outputs());
-    score.promote_kv();
+    let outputs = grad.outputs();
+    let score_lowering = || {
+        let mut l = Lowering::with_outputs(&grad.func, program, false, 0, &outputs);
+        l.promote_kv();
+        l
+    };
+    let mut score = score_lowering();
+    // the score's diagonal values, tabulated per tile for the vector sites; the scalar
+    // tail (`ncols % 4` columns) computes them with a lowering of its own
+    let (bq, bkv) = (opts.q_block, opts.kv_block);
+    let mut diag = None;
+    let mut tail = None;
+    if opts.diagonal_tables {
+        let mut roots = outputs.clone();
+        roots.push(grad.func.ret);
+        if let Some(d) = Diagonals::find(&grad.func, program, &roots, 0, bq, bkv) {
+            score.tabulate(d.values());
+            tail = Some(score_lowering());
+            diag = Some(d);
+        }
+    }
+    let table_words = diag.as_ref().map_or(0, |d| d.n_slots() as usize * bq);
     {
         let b = FunctionBuilder::new(&mut func, fctx);
         let mut g = Gen::new(b, module, call_conv);
-        body(&mut g, program, grad, mask.as_mut(), &mut score)?;
+        let mut sc = Score {
+            vector: score,
+            tail,
+            diag,
+        };
+        body(&mut g, program, grad, opts, mask.as_mut(), &mut sc)?;
         g.b.seal_all_blocks();
         let cfg = g.frontend_config();
         g.b.finalize(cfg);
     }
-    Ok(func)
+    Ok(Elem { func, table_words })
+}
+
+/// The score's lowerings: the vector sites' (reading the diagonal tables when there
+/// are any), the scalar tail's when that differs, and the tables' fill.
+struct Score<'p> {
+    vector: Lowering<'p>,
+    tail: Option<Lowering<'p>>,
+    diag: Option<Diagonals<'p>>,
+}
+
+impl<'p> Score<'p> {
+    fn tail(&mut self) -> &mut Lowering<'p> {
+        self.tail.as_mut().unwrap_or(&mut self.vector)
+    }
+
+    /// Drops the per-row values and emits row `q`'s (`env.q`).
+    fn start_row(&mut self, g: &mut Gen, env: &Env) -> Result<(), CpuError> {
+        self.vector.forget();
+        self.vector.emit(g, env, Level::Q)?;
+        if let Some(t) = &mut self.tail {
+            t.forget();
+            t.emit(g, env, Level::Q)?;
+        }
+        Ok(())
+    }
 }
 
 fn body<'p>(
     g: &mut Gen,
     program: &Program,
     grad: &ScoreGrad,
+    opts: &CpuOptions,
     mut mask: Option<&mut Lowering<'p>>,
-    score: &mut Lowering<'p>,
+    score: &mut Score<'p>,
 ) -> Result<(), CpuError> {
     let i64t = types::I64;
     let entry = g.b.create_block();
@@ -144,6 +209,7 @@ fn body<'p>(
     let part_base = g.ld(i64t, tile, T_PART);
     let stride = g.ld(i64t, tile, T_STRIDE);
     let plane = g.ld(i64t, tile, T_PLANE);
+    let diag_base = g.ld(i64t, tile, T_DIAG);
     let b32 = g.b.ins().ireduce(types::I32, bi);
     let h32 = g.b.ins().ireduce(types::I32, hi);
     let mut env = Env {
@@ -160,13 +226,24 @@ fn body<'p>(
     if let Some(m) = mask.as_deref_mut() {
         m.emit(g, &env, Level::Inv)?;
     }
-    score.emit(g, &env, Level::Inv)?;
+    score.vector.emit(g, &env, Level::Inv)?;
+    if let Some(t) = &mut score.tail {
+        t.emit(g, &env, Level::Inv)?;
+    }
+    let (bq, bkv) = (opts.q_block as i64, opts.kv_block as i64);
+    if let Some(d) = &mut score.diag {
+        // this tile's diagonals (`Diagonals::fill_rows`)
+        d.emit_invariants(g, &env)?;
+        d.fill_rows(g, &mut env, diag_base, bq, bkv, q0, kv0)?;
+    }
     let planes = Planes {
         s: s_base,
         ds: ds_base,
         flat: flat_base,
         part: part_base,
         plane,
+        diag: diag_base,
+        bq,
     };
     match mask {
         None => nest(
@@ -208,6 +285,9 @@ struct Planes {
     flat: Value,
     part: Value,
     plane: Value,
+    /// The diagonal tables (`ElemTile::diag`) and their slot length (the q block).
+    diag: Value,
+    bq: i64,
 }
 
 /// One loop nest over the tile; with `mask`, elements where it is false are written as
@@ -218,7 +298,7 @@ fn nest<'p>(
     env: &mut Env,
     grad: &ScoreGrad,
     mut mask: Option<&mut Lowering<'p>>,
-    score: &mut Lowering<'p>,
+    score: &mut Score<'p>,
     pl: &Planes,
     q0: Value,
     kv0: Value,
@@ -237,14 +317,18 @@ fn nest<'p>(
             m.forget();
             m.emit(g, env, Level::Q)?;
         }
-        score.forget();
-        score.emit(g, env, Level::Q)?;
+        score.start_row(g, env)?;
         let row = g.b.ins().imul(i, stride);
         let zero = g.b.ins().iconst(i64t, 0);
         // 4 columns at a time, then the rest one by one
         let n4 = g.b.ins().band_imm_s(ncols, -4);
+        // row i's keys j.. in the diagonal tables: t = j - i + bq - 1
+        let last = g.b.ins().iconst(i64t, pl.bq - 1);
+        let t0 = g.b.ins().isub(last, i);
         g.for_step(zero, n4, 4, |g, j| {
-            vcolumns(g, env, grad, mask.as_deref_mut(), score, pl, kv0, row, j)
+            let t = g.b.ins().iadd(t0, j);
+            let sites = Sites { row, j, t };
+            vcolumns(g, env, grad, mask.as_deref_mut(), score, pl, kv0, sites)
         })?;
         g.for_range(n4, ncols, |g, j| {
             let kv = g.b.ins().iadd(kv0, j);
@@ -257,7 +341,7 @@ fn nest<'p>(
             env.s = Some(s);
             match mask.as_deref_mut() {
                 None => {
-                    write_kept(g, env, grad, score, pl, idx, s_addr)?;
+                    write_kept(g, env, grad, score.tail(), pl, idx, s_addr)?;
                 }
                 Some(m) => {
                     m.emit(g, env, Level::Kv)?;
@@ -266,7 +350,7 @@ fn nest<'p>(
                     let (t, e, join) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
                     g.b.ins().brif(keep, t, &[], e, &[]);
                     g.b.switch_to_block(t);
-                    write_kept(g, env, grad, score, pl, idx, s_addr)?;
+                    write_kept(g, env, grad, score.tail(), pl, idx, s_addr)?;
                     g.b.ins().jump(join, &[]);
                     g.b.switch_to_block(e);
                     write_masked(g, grad, pl, idx, s_addr);
@@ -281,22 +365,30 @@ fn nest<'p>(
     })
 }
 
+/// Where a vector site sits: the plane offset of its row, its first column, and that
+/// column's index in the diagonal tables.
+struct Sites {
+    row: Value,
+    j: Value,
+    t: Value,
+}
+
 /// Elements `j..j + 4` of the row at `row` (a multiple of 4 below `ncols`) as 4-lane
 /// vectors: the mask, score, derivative and partials by `Lowering::vemit` (inline `exp`,
-/// `exp2`, `tanh`: the forward's fast-mode functions), then the same planes as
-/// [`write_kept`] / [`write_masked`] per lane.
+/// `exp2`, `tanh`: the forward's fast-mode functions; the diagonal values from their
+/// tables), then the same planes as [`write_kept`] / [`write_masked`] per lane.
 #[allow(clippy::too_many_arguments)]
 fn vcolumns<'p>(
     g: &mut Gen,
     env: &Env,
     grad: &ScoreGrad,
     mask: Option<&mut Lowering<'p>>,
-    score: &mut Lowering<'p>,
+    score: &mut Score<'p>,
     pl: &Planes,
     kv0: Value,
-    row: Value,
-    j: Value,
+    Sites { row, j, t }: Sites,
 ) -> Result<(), CpuError> {
+    let score = &mut score.vector;
     let fl = MemFlagsData::new().with_notrap();
     let kv = g.b.ins().iadd(kv0, j);
     let kv = g.b.ins().ireduce(types::I32, kv);
@@ -312,7 +404,7 @@ fn vcolumns<'p>(
         q,
         kv: Some(kv),
         s: Some(s),
-        table: None,
+        table: score.has_table().then_some((pl.diag, pl.bq, t)),
     };
     let keep = match mask {
         Some(m) => {
@@ -339,36 +431,50 @@ fn vcolumns<'p>(
     let ds = kept(g, ds, zero);
     let a = addr(g, pl.ds, idx, 2);
     g.b.ins().store(fl, ds, a, 0);
+    // flat indices as two i64x2 halves: each index clamped in i32 lanes (to at most
+    // i32::MAX: the same as clamping the i32 index in i64), widened, then combined
     let neg1 = g.b.ins().iconst(types::I64, -1);
-    let zero64 = g.b.ins().iconst(types::I64, 0);
+    let neg1 = g.b.ins().splat(types::I64X2, neg1);
+    let zero32 = g.b.ins().iconst(types::I32, 0);
+    let zero32 = g.b.ins().splat(types::I32X4, zero32);
+    let i32max = g.b.ins().iconst(types::I64, i32::MAX as i64);
     for (r, read) in grad.reads.iter().enumerate() {
         let tv = &env.tensors[read.tensor.0 as usize];
         let (cdims, cmax) = (tv.cdims.clone(), tv.cmax.clone());
-        let ixs: Vec<Value> = read.indices.iter().map(|v| score.vvalue(g, *v)).collect();
+        let mut flat: Option<[Value; 2]> = None;
+        for (k, v) in read.indices.iter().enumerate() {
+            let x = score.vvalue(g, *v);
+            let hi = g.b.ins().smin(cmax[k], i32max);
+            let hi = g.b.ins().ireduce(types::I32, hi);
+            let hi = g.b.ins().splat(types::I32X4, hi);
+            let c = g.b.ins().smax(x, zero32);
+            let c = g.b.ins().smin(c, hi);
+            let c = [g.b.ins().swiden_low(c), g.b.ins().swiden_high(c)];
+            flat = Some(match flat {
+                None => c,
+                Some(f) => {
+                    let dim = g.b.ins().splat(types::I64X2, cdims[k]);
+                    [0, 1].map(|h| {
+                        let m = g.b.ins().imul(f[h], dim);
+                        g.b.ins().iadd(m, c[h])
+                    })
+                }
+            });
+        }
+        let flat = flat.unwrap_or_else(|| {
+            let z = g.b.ins().iconst(types::I64, 0);
+            [g.b.ins().splat(types::I64X2, z); 2]
+        });
         let guard = score.vvalue(g, read.guard);
         let guard = match keep {
             Some(k) => g.b.ins().band(guard, k),
             None => guard,
         };
-        for lane in 0..4u8 {
-            let mut flat = zero64;
-            for (k, x) in ixs.iter().enumerate() {
-                let x = g.b.ins().extractlane(*x, lane);
-                let x = g.b.ins().sextend(types::I64, x);
-                let c = g.b.ins().smax(x, zero64);
-                let c = g.b.ins().smin(c, cmax[k]);
-                flat = if k == 0 {
-                    c
-                } else {
-                    let m = g.b.ins().imul(flat, cdims[k]);
-                    g.b.ins().iadd(m, c)
-                };
-            }
-            let gl = g.b.ins().extractlane(guard, lane);
-            let flat = g.b.ins().select(gl, flat, neg1);
-            let il = g.b.ins().iadd_imm_s(idx, lane as i64);
-            let a = plane_addr(g, pl.flat, pl.plane, r, il, 3);
-            g.b.ins().store(fl, flat, a, 0);
+        let guard = [g.b.ins().swiden_low(guard), g.b.ins().swiden_high(guard)];
+        let a = plane_addr(g, pl.flat, pl.plane, r, idx, 3);
+        for h in 0..2 {
+            let f = g.b.ins().bitselect(guard[h], flat[h], neg1);
+            g.b.ins().store(fl, f, a, 16 * h as i32);
         }
         let part = score.vvalue(g, read.partial);
         let part = kept(g, part, zero);

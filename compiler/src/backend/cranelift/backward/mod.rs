@@ -97,6 +97,8 @@ pub struct CpuBackward {
     /// The per-call buffers of the last call, kept for the next (a call that finds it
     /// busy allocates its own): reused memory instead of fresh pages on every call.
     ws: Mutex<Workspace>,
+    /// Words of the element function's diagonal tables (`elem::Elem::table_words`).
+    table_words: usize,
 }
 
 /// The buffers a call needs besides its outputs (module docs, Memory).
@@ -115,7 +117,7 @@ pub fn emit_backward_clif(program: &Program, opts: &CpuOptions) -> Result<String
     let (_, mut module, _) = prepare(program, opts, ELEM_NAME, elem::elem_signature)?;
     let grad = differentiate(program);
     let mut fctx = FunctionBuilderContext::new();
-    let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
+    let f = elem::generate(program, &grad, opts, &mut module, &mut fctx)?.func;
     Ok(format!(
         "; backward elements of attention {}\n{}",
         program.name,
@@ -129,8 +131,9 @@ pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackw
     let grad = differentiate(program);
     grad.verify(program)?;
     let mut fctx = FunctionBuilderContext::new();
-    let f = elem::generate(program, &grad, &mut module, &mut fctx)?;
-    let (code, ptr) = JitCode::define(module, id, f)?;
+    let elem::Elem { func, table_words } =
+        elem::generate(program, &grad, opts, &mut module, &mut fctx)?;
+    let (code, ptr) = JitCode::define(module, id, func)?;
     // SAFETY: `ptr` is the finalized code of a function with `elem_signature`, the C ABI
     // of `ElemFn` on this host.
     let entry = unsafe { std::mem::transmute::<*const u8, ElemFn>(ptr) };
@@ -147,6 +150,7 @@ pub fn compile_backward(program: &Program, opts: &CpuOptions) -> Result<CpuBackw
             Isa::Avx512 => 2,
         },
         ws: Mutex::new(Workspace::default()),
+        table_words,
     })
 }
 
@@ -189,6 +193,8 @@ struct Scratch {
     ds: Vec<f32>,
     flat: Vec<i64>,
     part: Vec<f32>,
+    /// The element function's diagonal tables (`ElemTile::diag`).
+    diag: Vec<u32>,
     /// Per program tensor (float ones): dense partial gradient, touched marks, touch order.
     cap: Vec<Option<CapScratch>>,
 }
@@ -253,6 +259,12 @@ fn chunks(kv_heads: usize, nkvb: usize, q_len: usize) -> usize {
 }
 
 impl CpuBackward {
+    /// Whether the element function reads the score's relative-position values from
+    /// per-tile tables (`elem::Elem::table_words`).
+    pub fn has_diagonal_tables(&self) -> bool {
+        self.table_words > 0
+    }
+
     pub fn q_block(&self) -> usize {
         self.opts.q_block
     }
@@ -469,6 +481,7 @@ impl CpuBackward {
             ds: vec![0.0; bq * bkv],
             flat: vec![-1; nreads * bq * bkv],
             part: vec![0.0; nparts * bq * bkv],
+            diag: vec![0; self.table_words],
             cap: bind
                 .tensors
                 .iter()
@@ -522,6 +535,7 @@ impl CpuBackward {
                         part: sc.part.as_mut_ptr(),
                         stride: bkv as i64,
                         plane: (bq * bkv) as i64,
+                        diag: sc.diag.as_mut_ptr(),
                     };
                     // SAFETY: the bindings, params and maps were validated above; the
                     // planes hold bq x bkv elements (nparts / nreads planes), and
