@@ -4,6 +4,10 @@
 # HuggingFace T5's bidirectional buckets), and SDPA with the bias materialized as a
 # float attn_mask [1, H, L, L] (how PyTorch users run T5 without FlexAttention; the
 # bias's build not timed). Next to `attnc bench examples/... --threads 2`.
+# ATTNC_GRAD=1 (session 45): a training step instead — SDPA with the bias gathered from the
+# learned table every step (HuggingFace T5's `compute_bias`; the bucket matrix made once),
+# forward + backward to q, k, v and the table (FlexAttention has no CPU backward); next to
+# `attnc bench ... --grad` (its forward + backward).
 #   .venv/bin/python scripts/cpu_relbias_torch.py
 import math, os, time, torch, warnings
 from torch.nn.attention.flex_attention import flex_attention
@@ -36,6 +40,26 @@ fa = torch.compile(flex_attention)
 
 
 print(torch.__version__)
+if os.environ.get("ATTNC_GRAD"):
+    idx = {"relative_bias_table": (rel, lambda tab: tab[:, torch.clamp(pos[:, None] - pos[None, :], -64, 64) + 64]),
+           "t5_encoder": (t5, lambda tab: tab[bucket(pos[None, :] - pos[:, None])].permute(2, 0, 1))}
+    qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+    do = torch.randn_like(q)
+    for name, (tab0, gather) in idx.items():
+        tab = tab0.clone().requires_grad_(True)
+        if name == "t5_encoder":  # the bucket matrix once, the gather per step
+            bk = bucket(pos[None, :] - pos[:, None])
+            gather = lambda tab: tab[bk].permute(2, 0, 1)  # noqa: E731
+        def step():
+            m = gather(tab)[None]
+            o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=m)
+            torch.autograd.grad(o, (qg, kg, vg, tab), do)
+        print(f"{name}: sdpa cpu + float mask from the table, forward + backward {t(step):.2f} ms", flush=True)
+    def dense_step():
+        o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg)
+        torch.autograd.grad(o, (qg, kg, vg), do)
+    print(f"dense: sdpa cpu forward + backward {t(dense_step):.2f} ms")
+    raise SystemExit
 for name, mod in (("relative_bias_table", rel_mod), ("t5_encoder", t5_mod)):
     if not os.environ.get("ATTNC_NO_FLEX"):
         t0 = time.perf_counter(); fa(q, k, v, score_mod=mod); first = time.perf_counter() - t0

@@ -9,7 +9,14 @@ Cases (bf16 q/k/v, f32 captures), B2 H16 L``--l`` D``--d``:
   (``examples/relative_bias_table.attn``);
 - ``relbias_causal``: the same under a causal mask;
 - ``softcap_param``: a learnable soft-cap (an f32 tensor of one element read at 0)
-  under a causal mask.
+  under a causal mask;
+- ``t5`` / ``t5_causal`` (session 45): T5's bucketed relative-position bias, a learned
+  ``t5_bias[32, H]`` read at the bucket of ``kv - q`` (bidirectional buckets; the decoder's
+  one-sided buckets under a causal mask: ``examples/t5_relative_bias.attn``), next to Flex
+  with HuggingFace's ``_relative_position_bucket`` in its ``score_mod`` and ``sdpa_bias``:
+  what HuggingFace's ``T5Attention`` does — the bias gathered into a float ``[1, H, L, L]``
+  mask every step (the bucket matrix made once), the causal part as ``-inf`` in it, SDPA
+  with that mask (its memory-efficient kernel, whose backward gives the mask's gradient).
 Per row: CUDA-event ms per step (``f(...).backward(dO)``, every gradient accumulated as in
 training), min over ``--rounds`` rounds; the gradients of q, k, v and the capture against
 attnc's. Prints ratios other / attnc (> 1: attnc faster).
@@ -21,6 +28,7 @@ attnc's. Prints ratios other / attnc (> 1: attnc faster).
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import time
 
@@ -45,9 +53,28 @@ attention softcap_param { mask = causal; score = softcap; }
 """
 
 
+def t5_bucket(rel, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128):
+    """HuggingFace's ``T5Attention._relative_position_bucket`` (``rel`` = kv - q)."""
+    ret = torch.zeros_like(rel)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        ret = ret + (rel > 0).to(rel.dtype) * n
+        rel = rel.abs()
+    else:
+        rel = -torch.clamp(rel, max=0)
+    max_exact = n // 2
+    is_small = rel < max_exact
+    large = max_exact + (torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (n - max_exact)).to(rel.dtype)
+    large = torch.clamp(large, max=n - 1)
+    return ret + torch.where(is_small, rel, large)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="relbias,relbias_causal,softcap_param")
+    ap.add_argument("--no-sdpa", action="store_true", help="leave out the sdpa_bias rows (t5 cases)")
     ap.add_argument("--l", type=int, default=8192)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
@@ -68,8 +95,30 @@ def main():
         q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
                    for _ in range(3))
         do = torch.randn(b, h, l, d, device="cuda", dtype=torch.bfloat16, generator=g)
-        causal = case != "relbias"
-        if case.startswith("relbias"):
+        causal = case not in ("relbias", "t5")
+        extra = {}
+        if case.startswith("t5"):
+            cap = (0.5 * torch.randn(32, h, device="cuda", generator=g)).requires_grad_(True)
+            attn = attnc.compile(EX / "t5_relative_bias.attn").attention("t5_decoder" if causal else "t5_encoder")
+            ours = lambda q, k, v: attn(q, k, v, t5_bias=cap)  # noqa: E731
+            bidir = not causal
+
+            def score_mod(score, b_, h_, qi, ki):
+                return score + cap[t5_bucket(ki - qi, bidir), h_]
+
+            if not a.no_sdpa:
+                pos = torch.arange(l, device="cuda")
+                buckets = t5_bucket(pos[None, :] - pos[:, None], bidir)  # [q, kv], made once
+                keep = (pos[:, None] >= pos[None, :]) if causal else None
+
+                def sdpa_bias(q, k, v):
+                    bias = cap[buckets].permute(2, 0, 1)[None]
+                    if keep is not None:
+                        bias = bias.masked_fill(~keep, float("-inf"))
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+
+                extra["sdpa_bias"] = sdpa_bias
+        elif case.startswith("relbias"):
             cap = (0.5 * torch.randn(h, 129, device="cuda", generator=g)).requires_grad_(True)
             if case == "relbias":
                 attn = attnc.compile(EX / "relative_bias_table.attn").attention("relative_bias_table")
@@ -93,6 +142,7 @@ def main():
         if not a.no_flash:
             rows["flex_FLASH"] = lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=bm,
                                                      kernel_options={"BACKEND": "FLASH"})
+        rows.update(extra)
         grads, ok = {}, {}
         for name, f in rows.items():
             t0 = time.perf_counter()
