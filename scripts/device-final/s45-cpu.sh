@@ -8,6 +8,12 @@ set -u
 mkdir -p /tmp/s45
 for b in old new; do xz -dc .bin-s45cpu/attnc-$b.xz > /tmp/s45/attnc-$b; chmod +x /tmp/s45/attnc-$b; done
 nproc; python3 -c "import torch; print(torch.__version__)"
+bash scripts/cpu_ab_bwd.sh /tmp/s45/attnc-old /tmp/s45/attnc-new 16 2
+ATTNC_GRAD=1), f32 B1 H8 L2048.
+set -u
+mkdir -p /tmp/s45
+for b in old new; do xz -dc .bin-s45cpu/attnc-$b.xz > /tmp/s45/attnc-$b; chmod +x /tmp/s45/attnc-$b; done
+nproc; python3 -c "import torch; print(torch.__version__)"
 for r in 1 2; do
   for D in 64 128; do
     for a in "t5_relative_bias.attn --attention t5_encoder" "t5_relative_bias.attn --attention t5_decoder" "relative_bias_table.attn" "learned_bias.attn" "dense.attn"; do
