@@ -16,7 +16,8 @@ Cases (bf16 q/k/v, f32 captures), B2 H16 L``--l`` D``--d``:
   with HuggingFace's ``_relative_position_bucket`` in its ``score_mod`` and ``sdpa_bias``:
   what HuggingFace's ``T5Attention`` does — the bias gathered into a float ``[1, H, L, L]``
   mask every step (the bucket matrix made once), the causal part as ``-inf`` in it, SDPA
-  with that mask (its memory-efficient kernel, whose backward gives the mask's gradient).
+  with that mask (its memory-efficient kernel, whose backward gives the mask's gradient);
+  ``attnc_nobias``: attnc's dense (``t5``) or causal (``t5_causal``) attention, no bias.
 Per row: CUDA-event ms per step (``f(...).backward(dO)``, every gradient accumulated as in
 training), min over ``--rounds`` rounds; the gradients of q, k, v and the capture against
 attnc's. Prints ratios other / attnc (> 1: attnc faster).
@@ -118,6 +119,9 @@ def main():
                     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
 
                 extra["sdpa_bias"] = sdpa_bias
+            # the same shape without the bias (what the bias costs attnc)
+            plain = attnc.compile(EX / ("causal.attn" if causal else "dense.attn")).attention()
+            extra["attnc_nobias"] = lambda q, k, v: plain(q, k, v)  # noqa: E731
         elif case.startswith("relbias"):
             cap = (0.5 * torch.randn(h, 129, device="cuda", generator=g)).requires_grad_(True)
             if case == "relbias":
@@ -151,7 +155,8 @@ def main():
             try:
                 f(q, k, v).backward(do)
                 torch.cuda.synchronize()
-                grads[name] = [x.grad.float().clone() for x in (q, k, v, cap)]
+                if name != "attnc_nobias":  # (no capture: nothing to compare)
+                    grads[name] = [x.grad.float().clone() for x in (q, k, v, cap)]
                 ok[name] = f
                 print(f"{case} {name}: first step {time.perf_counter() - t0:.1f} s", flush=True)
             except Exception as e:  # noqa: BLE001
