@@ -337,3 +337,56 @@ fn uniform_reads_forward_kernels() {
         ]
     );
 }
+
+/// `PtxOptions::diag_cse`: with `kv - q` shared along the fragment's diagonals, LLVM
+/// computes T5's bucket (one `lg2` each) and reads its table once per diagonal of a
+/// thread's fragment, not per element — fewer `lg2` and global loads than without it on
+/// the mma.sync and the warp-specialized wgmma kernels; a score that does not read
+/// `kv - q` (dense) gets the same PTX either way.
+#[test]
+fn diagonal_cse_computes_t5_buckets_once_per_diagonal() {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/t5_relative_bias.attn"),
+    )
+    .unwrap();
+    let module = attnc_compiler::compile_source(&src).unwrap();
+    let dense = attnc_compiler::compile_source(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dense.attn"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let count = |ptx: &str, what: &str| ptx.matches(what).count();
+    // (`PtxOptions::new` at D128 on sm_90: the warp-specialized wgmma kernel)
+    let ws = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);
+    assert!(ws.ws);
+    for base in [PtxOptions::sync(Arch::Sm90, 64, 64, InputType::Bf16), ws] {
+        for p in &module.programs {
+            let off = emit(p, &base).unwrap().ptx;
+            let on = emit(
+                p,
+                &PtxOptions {
+                    diag_cse: true,
+                    ..base
+                },
+            )
+            .unwrap()
+            .ptx;
+            for what in ["lg2.approx", "ld.global"] {
+                let (a, b) = (count(&off, what), count(&on, what));
+                assert!(
+                    b > 0 && 4 * b <= 3 * a,
+                    "{}: {what} {a} without the option, {b} with it",
+                    p.name
+                );
+            }
+        }
+        let p = &dense.programs[0];
+        let on = PtxOptions {
+            diag_cse: true,
+            ..base
+        };
+        assert_eq!(emit(p, &base).unwrap().ptx, emit(p, &on).unwrap().ptx);
+    }
+}

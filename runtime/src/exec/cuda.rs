@@ -673,7 +673,8 @@ fn forward_tile_from_env(o: PtxOptions) -> PtxOptions {
 /// `ATTNC_FWD_MASK_KINDS=1|0` partial blocks by conjunct kind (`PtxOptions::mask_kinds`;
 /// the GPU block table is built with the same options); `ATTNC_FWD_POS_BIAS=1|0` a
 /// position bias score (ALiBi) in two instructions an element (`PtxOptions::pos_bias`);
-/// `ATTNC_FWD_TAIL=1|0` the last tiles split along kv (`PtxOptions::tail_split`, with
+/// `ATTNC_FWD_DIAG=1|0` `kv - q` shared along the fragment's diagonals
+/// (`PtxOptions::diag_cse`); `ATTNC_FWD_TAIL=1|0` the last tiles split along kv (`PtxOptions::tail_split`, with
 /// persistent CTAs in static rounds: `ATTNC_FWD_PERSISTENT=1`);
 /// `ATTNC_FWD_STAGES=2|3` the K/V ring's stages (3: one Q buffer above D, Dv 64);
 /// `ATTNC_FWD_OTMA=1|0` O through shared memory and TMA stores (`PtxOptions::o_tma`, with
@@ -705,6 +706,7 @@ fn forward_schedule_from_env(mut o: PtxOptions) -> PtxOptions {
         ("ATTNC_FWD_MASK_EARLY", &mut o.mask_early),
         ("ATTNC_FWD_MASK_KINDS", &mut o.mask_kinds),
         ("ATTNC_FWD_POS_BIAS", &mut o.pos_bias),
+        ("ATTNC_FWD_DIAG", &mut o.diag_cse),
         ("ATTNC_FWD_TAIL", &mut o.tail_split),
         ("ATTNC_FWD_OTMA", &mut o.o_tma),
         ("ATTNC_FWD_UNIFORM", &mut o.uniform_reads),

@@ -2063,6 +2063,7 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
             q,
             kv,
             inside: g.and(q_in, kv_in)?,
+            rel: None,
         };
         if !slow {
             return Ok((el, None));

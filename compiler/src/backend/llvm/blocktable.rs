@@ -450,6 +450,7 @@ fn body<'ctx>(
                         q,
                         kv,
                         inside: kv_in,
+                        rel: None,
                     };
                     let m = match &kinds {
                         Some((l, n)) => {
@@ -601,6 +602,7 @@ fn x_range<'ctx>(
             q: g.add(q0, r)?,
             kv: g.c32(0),
             inside: g.cbool(true),
+            rel: None,
         };
         let x = emit_function(g, env, &sep.x, e)?.into_int_value();
         xlo = min(xlo, x)?;
@@ -634,6 +636,7 @@ fn range_kind<'ctx>(
         q,
         kv,
         inside,
+        rel: None,
     };
     let (imin, imax) = (g.c32(i32::MAX as i64), g.c32(i32::MIN as i64));
     let min = |a, b| g.iintr2("llvm.smin.i32", a, b);

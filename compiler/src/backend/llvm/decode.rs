@@ -897,6 +897,7 @@ fn build_decode<'ctx>(
                     q: row.pos,
                     kv: *j,
                     inside,
+                    rel: None,
                 };
                 let keep = match &p.mask {
                     Some(m) => g.and(inside, emit_function(g, &env, m, e)?.into_int_value())?,

@@ -1092,6 +1092,7 @@ pub(super) fn build<'ctx>(
         lpt_group: 0,
         float_positions: false,
         pos_bias: false,
+        diag_cse: false,
         uniform_reads: false,
         q_from_end: false,
         split_tail: false,
@@ -2237,6 +2238,7 @@ fn logits<'ctx>(
                             q: row.pos,
                             kv,
                             inside: g.cbool(true),
+                            rel: None,
                         };
                         emit_function(g, env, f, el)?.into_float_value()
                     }
@@ -2253,6 +2255,7 @@ fn logits<'ctx>(
                 q: row.pos,
                 kv,
                 inside,
+                rel: None,
             };
             let keep = match &p.mask {
                 Some(f) => g.and(inside, emit_function(g, env, f, el)?.into_int_value())?,

@@ -117,6 +117,12 @@ pub(crate) struct Elem<'ctx> {
     pub kv: IntValue<'ctx>,
     /// The element lies inside `0..Lq x 0..Lkv` (checked mode reports only those).
     pub inside: IntValue<'ctx>,
+    /// `kv - q` made as the thread's `first column - first row` plus a constant, where
+    /// the caller has it: the elements of one diagonal of the thread's fragment then
+    /// share one LLVM value for `kv - q` (and `q - kv`), and LLVM merges everything the
+    /// score computes from it alone (T5's bucket, its `lg2`, its table read) instead of
+    /// computing it per element. `None`: `kv - q` from `q` and `kv` per element.
+    pub rel: Option<IntValue<'ctx>>,
 }
 
 /// The element's positions as f32, exact: `(q as f32, kv as f32)` for positions below
@@ -255,6 +261,17 @@ pub(crate) fn emit_values_hoisted<'ctx>(
                 emit_float_form(g, form, pos)?.into()
             }
             Inst::Unary(op, a) => emit_unary(g, *op, get(&vals, *a)?)?,
+            // `kv - q` / `q - kv` from the element's shared diagonal value (`Elem::rel`)
+            Inst::Binary(BinOp::ISub, a, b)
+                if let Some(rel) = e.rel
+                    && let (Inst::Arg(x), Inst::Arg(y)) = (f.inst(*a), f.inst(*b))
+                    && matches!((x, y), (Arg::Kv, Arg::Q) | (Arg::Q, Arg::Kv)) =>
+            {
+                match x {
+                    Arg::Kv => rel.into(),
+                    _ => g.sub(g.c32(0), rel)?.into(),
+                }
+            }
             Inst::Binary(op, a, b) => emit_binary(g, *op, get(&vals, *a)?, get(&vals, *b)?)?,
             Inst::Select(c, a, b) => g.select(
                 get(&vals, *c)?.into_int_value(),

@@ -394,6 +394,15 @@ pub struct PtxOptions {
     /// as exact as before. Needs [`Self::float_positions`]; checked mode and other scores
     /// are unchanged. Off in `new`; `for_binding` turns it on with `float_positions`.
     pub pos_bias: bool,
+    /// The forward's per-element score and mask take `kv - q` as the thread's `first
+    /// column - first row` plus a constant (`expr::Elem::rel`), so that LLVM computes the
+    /// values that depend on the positions only through `kv - q` (T5's bucket, its `lg2`
+    /// and its table read; a window's comparisons) once per diagonal of the thread's
+    /// fragment instead of per element: T5 at sm_90a D128 254 → 138 `lg2` and 252 → 136
+    /// global loads in the PTX, but 24 → 160 bytes of spills (ptxas 13.0; D64 524 → 1320),
+    /// sliding windows fewer instructions and no spills. Same values. Off (not measured
+    /// on a GPU yet: `ATTNC_FWD_DIAG=1` turns it on for a measurement).
+    pub diag_cse: bool,
     /// The forward's score tensor reads that are one element over a thread's box of
     /// positions (`uniform`: a relative-position table's clamp of `q - kv` away from the
     /// diagonal, a bucket table) read once per block: on full blocks where every lane's
@@ -965,6 +974,7 @@ impl PtxOptions {
             mask_early: false,
             mask_kinds: false,
             pos_bias: false,
+            diag_cse: false,
             uniform_reads: false,
             kv_cache: KvCache::Contiguous,
             producers: 1,
@@ -1314,6 +1324,7 @@ impl PtxOptions {
             + if self.mask_early { " mask-early" } else { "" }
             + if self.mask_kinds { " mask-kinds" } else { "" }
             + if self.pos_bias { " pos-bias" } else { "" }
+            + if self.diag_cse { " diag-cse" } else { "" }
             + match self.kv_cache {
                 KvCache::Contiguous => "",
                 KvCache::Paged => " kv=paged",

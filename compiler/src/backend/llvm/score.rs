@@ -111,6 +111,7 @@ pub(crate) fn mask_bits<'ctx>(
                         q,
                         kv,
                         inside: g.and(row_inside(g, c, cx, q)?, kv_in)?,
+                        rel: None,
                     };
                     let keep = g.and(kv_in, emit_function(g, env, f, e)?.into_int_value())?;
                     let at = (mi * n8_tiles + nt) * 4 + i;
@@ -172,6 +173,12 @@ pub(crate) fn score_and_mask<'ctx>(
         .map(|i| thread_row0(g, c, cx, i))
         .collect::<R<_>>()?;
     let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
+    // `kv - q` of each m-tile's first element (`Elem::rel`, `Cfg::diag_cse`): an
+    // element's is this plus a constant, so the elements of one diagonal share it
+    let rel_bases: Vec<IntValue<'ctx>> = row_bases
+        .iter()
+        .map(|r| g.sub(col_base, *r))
+        .collect::<R<_>>()?;
     // the positions as exact floats (`Cfg::float_positions`): one conversion per row and
     // one for the thread's first column (a column is that plus a constant), and the
     // score's linear forms, once per block (the emitter reads them per element)
@@ -196,6 +203,7 @@ pub(crate) fn score_and_mask<'ctx>(
                     q: g.c32(0),
                     kv: g.c32(0),
                     inside: g.cbool(true),
+                    rel: None,
                 };
                 let vals = emit_values_at(g, env, f, at, &[pb.c], None)?;
                 let cv = vals[pb.c.index()]
@@ -288,8 +296,9 @@ pub(crate) fn score_and_mask<'ctx>(
         {
             let row_base = row_bases[mi];
             for (i, x) in acc.iter().enumerate() {
-                let q = g.add(row_base, g.c32(8 * (i as i64 / 2)))?;
-                let kv = g.add(col_base, g.c32(nt as i64 * 8 + (i as i64 % 2)))?;
+                let (dq, dkv) = (8 * (i as i64 / 2), nt as i64 * 8 + (i as i64 % 2));
+                let q = g.add(row_base, g.c32(dq))?;
+                let kv = g.add(col_base, g.c32(dkv))?;
                 let q_in = row_inside(g, c, cx, q)?;
                 let kv_in = g.icmp(IntPredicate::SLT, kv, cx.lkv)?;
                 let e = Elem {
@@ -299,6 +308,10 @@ pub(crate) fn score_and_mask<'ctx>(
                     q,
                     kv,
                     inside: g.and(q_in, kv_in)?,
+                    rel: match c.diag_cse {
+                        true => Some(g.add(rel_bases[mi], g.c32(dkv - dq))?),
+                        false => None,
+                    },
                 };
                 let pos = match &float_pos {
                     Some((col_base_f, forms)) => Some(PosF {

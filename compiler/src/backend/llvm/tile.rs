@@ -44,6 +44,8 @@ pub(crate) struct Cfg {
     pub float_positions: bool,
     /// `PtxOptions::pos_bias` (with `float_positions`, not in checked mode).
     pub pos_bias: bool,
+    /// `PtxOptions::diag_cse`.
+    pub diag_cse: bool,
     /// `PtxOptions::uniform_reads` (not in checked mode).
     pub uniform_reads: bool,
     /// `PtxOptions::q_from_end` (with `ws`; `kernel::build` clears it for block tables):
@@ -91,6 +93,7 @@ impl Cfg {
             lpt_group: opts.lpt_group,
             float_positions: opts.float_positions,
             pos_bias: opts.pos_bias && opts.float_positions && !opts.checked,
+            diag_cse: opts.diag_cse,
             uniform_reads: opts.uniform_reads && !opts.checked,
             q_from_end: opts.ws && opts.q_from_end,
             split_tail: opts.split_tail,
