@@ -2,6 +2,7 @@
 pub mod blockmap;
 pub mod classify;
 pub mod density;
+pub mod diagonal;
 pub mod documents;
 pub mod interval;
 pub mod linear;

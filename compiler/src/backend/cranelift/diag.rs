@@ -34,7 +34,8 @@
 use super::CpuError;
 use super::builder::Gen;
 use super::lower::{Env, Level, Lowering, VEnv, slot_addr};
-use crate::ir::{Arg, BinOp, Function, Inst, Program, UnOp, Value};
+use crate::analysis::diagonal::classify;
+use crate::ir::{BinOp, Function, Inst, Program, UnOp, Value};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value as CValue, types};
 
 /// The least cost of a diagonal part worth tables (per instruction: 6 a read or a libm
@@ -80,28 +81,7 @@ impl<'p> Diagonals<'p> {
     ) -> Option<Self> {
         let n = f.insts.len();
         let live = f.live_from(roots);
-        // positional: depends on s, q or kv; diagonal: positional through `kv - q` only
-        let (mut positional, mut diagonal) = (vec![false; n], vec![false; n]);
-        for (i, inst) in f.insts.iter().enumerate() {
-            let is = |v: Value, a: Arg| *f.inst(v) == Inst::Arg(a);
-            (positional[i], diagonal[i]) = match inst {
-                Inst::Arg(Arg::S | Arg::Q | Arg::Kv) => (true, false),
-                Inst::Binary(BinOp::ISub, a, b)
-                    if (is(*a, Arg::Kv) && is(*b, Arg::Q))
-                        || (is(*a, Arg::Q) && is(*b, Arg::Kv)) =>
-                {
-                    (true, true)
-                }
-                _ => {
-                    let ops = inst.operands();
-                    let pos = ops.iter().any(|v| positional[v.index()]);
-                    let diag = ops
-                        .iter()
-                        .all(|v| diagonal[v.index()] || !positional[v.index()]);
-                    (pos, pos && diag)
-                }
-            };
-        }
+        let (_, diagonal) = classify(f);
         // the frontier: diagonal values that a value of another kind reads, or roots
         let mut frontier = vec![false; n];
         for r in roots {

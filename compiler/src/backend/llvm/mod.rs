@@ -400,8 +400,9 @@ pub struct PtxOptions {
     /// and its table read; a window's comparisons) once per diagonal of the thread's
     /// fragment instead of per element: T5 at sm_90a D128 254 → 138 `lg2` and 252 → 136
     /// global loads in the PTX, but 24 → 160 bytes of spills (ptxas 13.0; D64 524 → 1320),
-    /// sliding windows fewer instructions and no spills. Same values. Off (not measured
-    /// on a GPU yet: `ATTNC_FWD_DIAG=1` turns it on for a measurement).
+    /// sliding windows fewer instructions and no spills. Same values. Off in `new`;
+    /// `for_binding` turns it on where the score computes a costly value from `kv - q`
+    /// alone (`analysis::diagonal::costly_diagonal`; `ATTNC_FWD_DIAG=1|0` overrides).
     pub diag_cse: bool,
     /// The forward's score tensor reads that are one element over a thread's box of
     /// positions (`uniform`: a relative-position table's clamp of `q - kv` away from the
@@ -1089,6 +1090,16 @@ impl PtxOptions {
         // 10, ALiBi + causal TFLOP/s off / on: GQA B1 Hq32 Hkv8 L16384 D128 553-557 /
         // 610-612, B2 H16 L8192 D128 538 / 583-586, B4 H16 L4096 D64 304 / 338)
         o.pos_bias = o.float_positions;
+        // `kv - q` shared along the fragments' diagonals where the score computes a
+        // costly value from it alone (T5's bucket; H100, session 45, `attnc bench
+        // --backend cuda`, forward ms off / on: B2 H16 L8192 D128 T5 encoder 6.92 / 3.51,
+        // decoder 3.06 / 1.97; B4 H16 L4096 D64 2.47 / 1.61, 1.21 / 0.73); not for windows
+        // (sliding D128 2% slower) nor for a relative-position table (no faster)
+        o.diag_cse = plan
+            .program()
+            .score
+            .as_ref()
+            .is_some_and(crate::analysis::diagonal::costly_diagonal);
         if o.mma == Mma::Wgmma
             && !o.ws
             && o.d.max(o.dv) == 64
