@@ -1129,6 +1129,7 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
     };
     let off = |name: &str| env_switch(name) == Some(false);
     o.float_positions &= !off("ATTNC_BWD_FPOS");
+    set(&mut o.diag_cse, "ATTNC_BWD_DIAG", true);
     set(&mut o.bwd_lpt, "ATTNC_BWD_LPT", fused);
     set(&mut o.bwd_uniform_reads, "ATTNC_BWD_UNIFORM", fused);
     set(&mut o.bwd_wscan, "ATTNC_BWD_WSCAN", fused && !o.bwd_lpt);

@@ -350,6 +350,12 @@ impl PtxOptions {
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
+        // (the forward's rule, `PtxOptions::for_binding`)
+        o.diag_cse = plan
+            .program()
+            .score
+            .as_ref()
+            .is_some_and(crate::analysis::diagonal::costly_diagonal);
         if fused::q128_fits(&o) && o.q_block == 64 {
             let kv = backward_bounds(plan, &o);
             if kv.is_closed_form()
@@ -1973,6 +1979,9 @@ pub(super) struct Pos<'ctx> {
     pub q: IntValue<'ctx>,
     pub kv: IntValue<'ctx>,
     pub f: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    /// `kv - q` as the bases' difference plus a constant (`expr::Elem::rel`;
+    /// `PtxOptions::diag_cse`).
+    pub rel: Option<IntValue<'ctx>>,
 }
 
 /// The float positions of a fragment's elements, whose positions are `(q + dq, kv + dkv)`
@@ -1983,6 +1992,8 @@ pub(super) struct Pos<'ctx> {
 #[derive(Clone, Copy)]
 pub(super) struct PosBase<'ctx> {
     f: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    /// `kv - q` of the bases (`PtxOptions::diag_cse`).
+    rel: Option<IntValue<'ctx>>,
 }
 
 impl<'ctx> PosBase<'ctx> {
@@ -2001,7 +2012,13 @@ impl<'ctx> PosBase<'ctx> {
         } else {
             None
         };
-        Ok(PosBase { f })
+        let rel = if opts.diag_cse && !opts.checked {
+            let (q, kv) = base()?;
+            Some(g.sub(kv, q)?)
+        } else {
+            None
+        };
+        Ok(PosBase { f, rel })
     }
 
     /// The element at (`q`, `kv`), offsets (`dq`, `dkv`) from the bases.
@@ -2024,6 +2041,10 @@ impl<'ctx> PosBase<'ctx> {
             kv,
             f: match self.f {
                 Some((qf, kvf)) => Some((off(qf, dq)?, off(kvf, dkv)?)),
+                None => None,
+            },
+            rel: match self.rel {
+                Some(r) => Some(g.add(r, g.c32(dkv - dq))?),
                 None => None,
             },
         })
@@ -2063,7 +2084,7 @@ impl<'ctx> ElemCtx<'_, 'ctx> {
             q,
             kv,
             inside: g.and(q_in, kv_in)?,
-            rel: None,
+            rel: pos.rel,
         };
         if !slow {
             return Ok((el, None));
