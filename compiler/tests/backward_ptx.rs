@@ -2375,3 +2375,43 @@ fn fused_uniform_reads_kernels() {
         ]
     );
 }
+
+/// `PtxOptions::diag_cse` in the backward: `backward_for_binding` turns it on for T5
+/// (a bucket computed from `kv - q` with a `log`) and for no other example among these;
+/// with it, the fused dK/dV kernel (which recomputes the score and its derivative per
+/// element) computes the bucket's `lg2` and reads the table once per diagonal of a
+/// thread's fragment: fewer `lg2.approx` and global loads than without.
+#[test]
+fn diagonal_cse_in_the_backward() {
+    let def = PtxOptions::backward(Arch::Sm90, 128, 128, InputType::Bf16);
+    for (file, name) in [
+        ("dense", "dense"),
+        ("alibi_causal", "alibi_causal"),
+        ("relative_bias_table", "relative_bias_table"),
+        ("sliding_window", "sliding_window"),
+    ] {
+        let plan = Plan::new(&example(file, name));
+        assert!(!def.backward_for_binding(&plan, 8192).diag_cse, "{name}");
+    }
+    for name in ["t5_encoder", "t5_decoder"] {
+        let plan = Plan::new(&example("t5_relative_bias", name));
+        let on = def.backward_for_binding(&plan, 8192);
+        assert!(on.diag_cse, "{name}");
+        let off = PtxOptions {
+            diag_cse: false,
+            ..on
+        };
+        let count = |o: &PtxOptions, what: &str| {
+            let k = emit_backward(&plan, o, BackwardKind::DkDv).unwrap();
+            k.ptx.matches(what).count()
+        };
+        for what in ["lg2.approx", "ld.global"] {
+            let (a, b) = (count(&off, what), count(&on, what));
+            assert!(
+                b > 0 && b < a,
+                "{name}: {what} {a} without the option, {b} with it"
+            );
+            println!("{name}: {what} {a} -> {b}");
+        }
+    }
+}
