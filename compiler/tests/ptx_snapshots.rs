@@ -18,6 +18,17 @@ fn emit_kind(p: &Program, kind: KernelKind, opts: &PtxOptions) -> Result<PtxKern
     generate(&Plan::new(p), kind, opts, EmitText::PtxAndLlvm).map(|(k, _)| k)
 }
 
+/// `examples/{file}` compiled.
+fn example_module(file: &str) -> attnc_compiler::Module {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(file),
+    )
+    .unwrap();
+    attnc_compiler::compile_source(&src).unwrap()
+}
+
 fn emit(p: &Program, opts: &PtxOptions) -> Result<PtxKernel, LlvmError> {
     emit_kind(p, KernelKind::Forward, opts)
 }
@@ -57,11 +68,7 @@ fn every_example_has_deterministic_ptx() {
 
 #[test]
 fn sm80_f16_and_d128_generate() {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/document_alibi.attn"),
-    )
-    .unwrap();
-    let module = attnc_compiler::compile_source(&src).unwrap();
+    let module = example_module("document_alibi.attn");
     let p = &module.programs[0];
     let k = emit(p, &PtxOptions::new(Arch::Sm80, 128, 128, InputType::F16)).unwrap();
     assert!(k.ptx.contains(".target sm_80"));
@@ -189,13 +196,7 @@ fn wgmma_ptx_snapshots() {
         ("softcap.attn", 128, InputType::Bf16, false, true, false),
         ("alibi_causal.attn", 128, InputType::Bf16, false, true, true),
     ] {
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../examples")
-                .join(file),
-        )
-        .unwrap();
-        let module = attnc_compiler::compile_source(&src).unwrap();
+        let module = example_module(file);
         let p = &module.programs[0];
         let mut opts = PtxOptions::new(Arch::Sm90, d, d, ty);
         assert_eq!((opts.mma, opts.ws), (Mma::Wgmma, d == 128));
@@ -345,18 +346,8 @@ fn uniform_reads_forward_kernels() {
 /// `kv - q` (dense) gets the same PTX either way.
 #[test]
 fn diagonal_cse_computes_t5_buckets_once_per_diagonal() {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/t5_relative_bias.attn"),
-    )
-    .unwrap();
-    let module = attnc_compiler::compile_source(&src).unwrap();
-    let dense = attnc_compiler::compile_source(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dense.attn"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let module = example_module("t5_relative_bias.attn");
+    let dense = example_module("dense.attn");
     let count = |ptx: &str, what: &str| ptx.matches(what).count();
     // (`PtxOptions::new` at D128 on sm_90: the warp-specialized wgmma kernel)
     let ws = PtxOptions::new(Arch::Sm90, 128, 128, InputType::Bf16);

@@ -350,12 +350,7 @@ impl PtxOptions {
     pub fn backward_for_binding(self, plan: &Plan, longest: usize) -> Self {
         let mut o = self;
         o.float_positions = super::float_positions_fit(longest);
-        // (the forward's rule, `PtxOptions::for_binding`)
-        o.diag_cse = plan
-            .program()
-            .score
-            .as_ref()
-            .is_some_and(crate::analysis::diagonal::costly_diagonal);
+        o.diag_cse = super::diag_cse_pays(plan);
         if fused::q128_fits(&o) && o.q_block == 64 {
             let kv = backward_bounds(plan, &o);
             if kv.is_closed_form()
@@ -1997,14 +1992,19 @@ pub(super) struct PosBase<'ctx> {
 }
 
 impl<'ctx> PosBase<'ctx> {
-    /// `base` gives the base positions (called only with float positions).
+    /// `base` gives the base positions (called once, only with float positions or
+    /// `diag_cse`).
     pub fn new(
         g: &Gpu<'ctx>,
         opts: &PtxOptions,
         base: &dyn Fn() -> R<(IntValue<'ctx>, IntValue<'ctx>)>,
     ) -> R<Self> {
+        let share = opts.diag_cse && !opts.checked;
+        if !opts.float_positions && !share {
+            return Ok(PosBase { f: None, rel: None });
+        }
+        let (q, kv) = base()?;
         let f = if opts.float_positions {
-            let (q, kv) = base()?;
             Some((
                 g.b.build_signed_int_to_float(q, g.f32, "")?,
                 g.b.build_signed_int_to_float(kv, g.f32, "")?,
@@ -2012,12 +2012,7 @@ impl<'ctx> PosBase<'ctx> {
         } else {
             None
         };
-        let rel = if opts.diag_cse && !opts.checked {
-            let (q, kv) = base()?;
-            Some(g.sub(kv, q)?)
-        } else {
-            None
-        };
+        let rel = if share { Some(g.sub(kv, q)?) } else { None };
         Ok(PosBase { f, rel })
     }
 

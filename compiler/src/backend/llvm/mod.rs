@@ -394,15 +394,17 @@ pub struct PtxOptions {
     /// as exact as before. Needs [`Self::float_positions`]; checked mode and other scores
     /// are unchanged. Off in `new`; `for_binding` turns it on with `float_positions`.
     pub pos_bias: bool,
-    /// The forward's per-element score and mask take `kv - q` as the thread's `first
-    /// column - first row` plus a constant (`expr::Elem::rel`), so that LLVM computes the
+    /// The per-element score and mask (the forward's, and the backward's element code)
+    /// take `kv - q` as the thread's `first column - first row` plus a constant
+    /// (`expr::Elem::rel`, `backward::PosBase`), so that LLVM computes the
     /// values that depend on the positions only through `kv - q` (T5's bucket, its `lg2`
     /// and its table read; a window's comparisons) once per diagonal of the thread's
     /// fragment instead of per element: T5 at sm_90a D128 254 → 138 `lg2` and 252 → 136
     /// global loads in the PTX, but 24 → 160 bytes of spills (ptxas 13.0; D64 524 → 1320),
     /// sliding windows fewer instructions and no spills. Same values. Off in `new`;
-    /// `for_binding` turns it on where the score computes a costly value from `kv - q`
-    /// alone (`analysis::diagonal::costly_diagonal`; `ATTNC_FWD_DIAG=1|0` overrides).
+    /// `for_binding` and `backward_for_binding` turn it on where the score computes a
+    /// costly value from `kv - q` alone (`diag_cse_pays`; `ATTNC_FWD_DIAG` /
+    /// `ATTNC_BWD_DIAG=1|0` override).
     pub diag_cse: bool,
     /// The forward's score tensor reads that are one element over a thread's box of
     /// positions (`uniform`: a relative-position table's clamp of `q - kv` away from the
@@ -867,6 +869,16 @@ pub struct PtxOptions {
 }
 
 /// The bound on positions (and on the constant of a converted position sum) under which
+/// Whether [`PtxOptions::diag_cse`] pays for `plan` (the forward's and the backward's
+/// rule, `for_binding` / `backward_for_binding`): its score computes a costly value from
+/// `kv - q` alone (`analysis::diagonal::costly_diagonal`).
+pub(crate) fn diag_cse_pays(plan: &crate::plan::Plan) -> bool {
+    plan.program()
+        .score
+        .as_ref()
+        .is_some_and(crate::analysis::diagonal::costly_diagonal)
+}
+
 /// [`PtxOptions::float_positions`] is exact: every partial sum of `±q ± kv + c` stays
 /// below 2^24 in magnitude, where f32 holds every integer.
 pub const FLOAT_POSITIONS_MAX: i64 = 1 << 22;
@@ -1095,11 +1107,7 @@ impl PtxOptions {
         // --backend cuda`, forward ms off / on: B2 H16 L8192 D128 T5 encoder 6.92 / 3.51,
         // decoder 3.06 / 1.97; B4 H16 L4096 D64 2.47 / 1.61, 1.21 / 0.73); not for windows
         // (sliding D128 2% slower) nor for a relative-position table (no faster)
-        o.diag_cse = plan
-            .program()
-            .score
-            .as_ref()
-            .is_some_and(crate::analysis::diagonal::costly_diagonal);
+        o.diag_cse = diag_cse_pays(plan);
         if o.mma == Mma::Wgmma
             && !o.ws
             && o.d.max(o.dv) == 64

@@ -175,10 +175,15 @@ pub(crate) fn score_and_mask<'ctx>(
     let col_base = g.add(kv0, g.mul(g.and(cx.lane, g.c32(3))?, g.c32(2))?)?;
     // `kv - q` of each m-tile's first element (`Elem::rel`, `Cfg::diag_cse`): an
     // element's is this plus a constant, so the elements of one diagonal share it
-    let rel_bases: Vec<IntValue<'ctx>> = row_bases
-        .iter()
-        .map(|r| g.sub(col_base, *r))
-        .collect::<R<_>>()?;
+    let rel_bases: Option<Vec<IntValue<'ctx>>> = match c.diag_cse {
+        true => Some(
+            row_bases
+                .iter()
+                .map(|r| g.sub(col_base, *r))
+                .collect::<R<_>>()?,
+        ),
+        false => None,
+    };
     // the positions as exact floats (`Cfg::float_positions`): one conversion per row and
     // one for the thread's first column (a column is that plus a constant), and the
     // score's linear forms, once per block (the emitter reads them per element)
@@ -308,9 +313,9 @@ pub(crate) fn score_and_mask<'ctx>(
                     q,
                     kv,
                     inside: g.and(q_in, kv_in)?,
-                    rel: match c.diag_cse {
-                        true => Some(g.add(rel_bases[mi], g.c32(dkv - dq))?),
-                        false => None,
+                    rel: match &rel_bases {
+                        Some(r) => Some(g.add(r[mi], g.c32(dkv - dq))?),
+                        None => None,
                     },
                 };
                 let pos = match &float_pos {
