@@ -2321,10 +2321,11 @@ fn d256_binding_kernels() {
 /// the same bindings without it: the fused dK/dV
 /// kernel of every capture-gradient attention whose reads' index arithmetic has interval
 /// rules (`backend::llvm::uniform`: the relative-position table, a nested bucket table, a
-/// param in the clamp) gains the uniform-read path — one more copy
-/// of the element code (32 more `ex2` per thread at D128's q tiles of 64), byte-identical
-/// twice — and the others (T5's float bucket arithmetic; the learned `[B, H, Q, KV]`
-/// bias, whose index is one-to-one in the positions) are unchanged by the option.
+/// param in the clamp) or is a function of `kv - q` (T5's float bucket arithmetic, by the
+/// diagonal scan: a `vote.all` more) gains the uniform-read path — one more copy of the
+/// element code (32 more `ex2` per thread at D128's q tiles of 64), byte-identical twice —
+/// and the learned `[B, H, Q, KV]` bias, whose index is one-to-one in the positions, is
+/// unchanged by the option.
 /// `ATTNC_BWD_PTX_DIR=dir` writes each kernel there (for `ptxas -v`).
 #[test]
 fn fused_uniform_reads_kernels() {
@@ -2363,6 +2364,14 @@ fn fused_uniform_reads_kernels() {
             if d == 128 {
                 assert_eq!(ex2(&b), ex2(&a) + 32, "{tag}: one more element path");
             }
+            let votes = |k: &PtxKernel| k.ptx.matches("vote.sync.all").count();
+            // (the path's runs end in a warp vote; the scan adds its own)
+            let scan = p.name == "t5_encoder";
+            assert_eq!(
+                votes(&b),
+                votes(&a) + 1 + usize::from(scan),
+                "{tag}: the scan's vote"
+            );
             changed.push(tag);
         }
     }
@@ -2371,7 +2380,8 @@ fn fused_uniform_reads_kernels() {
         [
             "relative_bias_table d128",
             "relative_bias_table d64",
-            "nested_bucket d128"
+            "nested_bucket d128",
+            "t5_encoder d128"
         ]
     );
 }

@@ -1103,8 +1103,9 @@ pub fn nondeterministic(o: PtxOptions, plan: &attnc_compiler::plan::Plan) -> Ptx
 /// on (fused schemes), `ATTNC_BWD_EARLY=0` the early conversion alone off,
 /// `ATTNC_BWD_WIDE=0` the wide dQ conversion (`bwd_convert_wide`, session 14) off,
 /// `ATTNC_BWD_REC=0` the visits from the producer's records (`bwd_visit_rec`, sessions 13
-/// and 16) off and `ATTNC_BWD_CUTS=0` the math warps' instruction cuts (`bwd_stmatrix`,
-/// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off. `ATTNC_BWD_UNIFORM=1` / `0` turns
+/// and 16) off and `ATTNC_BWD_CUTS=0` / `1` the math warps' instruction cuts (`bwd_stmatrix`,
+/// `bwd_desc`, `bwd_ds_unguarded`, session 12/13) off / on (on: with the TMA producer
+/// outside the warp-wide search). `ATTNC_BWD_UNIFORM=1` / `0` turns
 /// the uniform-read path of capture gradients (`PtxOptions::bwd_uniform_reads`, sessions
 /// 37 and 39, on by default) on / off in the fused kernels.
 fn bwd_dq_override(o: PtxOptions) -> PtxOptions {
@@ -1177,8 +1178,14 @@ fn bwd_overrides(mut o: PtxOptions, get: impl Fn(&str) -> Option<String>) -> Ptx
     o.bwd_convert_early &= !off("ATTNC_BWD_EARLY");
     o.bwd_convert_wide &= !off("ATTNC_BWD_WIDE");
     o.bwd_visit_rec &= !off("ATTNC_BWD_REC");
-    if off("ATTNC_BWD_CUTS") {
-        (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded) = (false, false, false);
+    match env_switch("ATTNC_BWD_CUTS") {
+        Some(false) => (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded) = (false, false, false),
+        // (where `backward_for_binding` leaves them off: capture gradients, q tiles of 128
+        // with a score function; the warp-wide search keeps its own)
+        Some(true) if bulk && o.bwd_tma && !o.bwd_wscan => {
+            (o.bwd_stmatrix, o.bwd_desc, o.bwd_ds_unguarded) = (true, true, true)
+        }
+        _ => {}
     }
     match get("ATTNC_BWD_DQ").as_deref() {
         // (without the TMA producer: no visit records, which its warp stores)

@@ -22,14 +22,26 @@
 //! the IR wraps where i64 does not); `/` and `%` by a positive constant, shifts by a
 //! constant in `0..32`; `select` the hull of both arms (its condition unknown); a bool
 //! converted to i32 is `0..=1`; an integer `Load` reading one element is that value (or
-//! the hull with 0 when its guard is not constantly true). Any other operation on a
-//! load's index path makes [`analyzable`] false: no uniform path is emitted.
+//! the hull with 0 when its guard is not constantly true).
+//!
+//! Index paths outside those rules whose indices depend on the positions only through
+//! `kv - q` (`analysis::diagonal`: T5's bucket `log(|kv - q| / 8)`, any float arithmetic
+//! on the distance) take the *diagonal scan* instead ([`Method::Diagonals`]): the warp's
+//! box spans the diagonals `kv.lo - q.hi ..= kv.hi - q.lo` (the union of its lanes'
+//! boxes); the lanes evaluate the index path at every one of them in turn (lane `l` at
+//! `lo + l`, `lo + l + 32`, ...; with `q = 0`, `kv = d`: the same integers the element
+//! code computes from `kv - q`) and the box is uniform when every diagonal reads the
+//! elements diagonal `lo` reads (`vote.all`). Exact, not an over-approximation, and the
+//! same LLVM code as the element's, so float arithmetic on the path needs no error
+//! bounds. Any other operation on a load's index path makes [`analyzable`] false: no
+//! uniform path is emitted.
 
 use super::LlvmError;
 use super::bounds::{Arith, Ir};
-use super::expr::{Env, flat_index};
+use super::expr::{Elem, Env, emit_values_at, flat_index};
 use super::gpu::{Gpu, R};
 use crate::ir::{Arg, BinOp, Function, Inst, Type, UnOp, Value};
+use inkwell::IntPredicate;
 use inkwell::values::{BasicValueEnum, IntValue};
 
 /// The positions of one tile: inclusive i32 ranges of `q` and `kv` (every element the
@@ -113,39 +125,67 @@ fn injective_in_position(f: &Function, v: Value) -> bool {
     }
 }
 
-/// Whether every instruction that the indices of `f`'s loads depend on has an interval
-/// rule (module docs), `f` has a load, and no load's index is one-to-one in a position
-/// (a learned `[B, H, Q, KV]` bias: never one element over a tile, so no path for it):
-/// then [`emit_tile_loads`] applies.
-pub(crate) fn analyzable(f: &Function) -> bool {
+/// How [`emit_tile_loads`] decides whether a box reads one element (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// The interval rules over the index path, once per box.
+    Intervals,
+    /// Every diagonal of the warp's box evaluated by the lanes in turn.
+    Diagonals,
+}
+
+/// How `f`'s tiles are decided ([`Method`]), `None` where no uniform path exists: `f` has
+/// no load, a load's index is one-to-one in a position (a learned `[B, H, Q, KV]` bias:
+/// never one element over a tile), or its index path has an instruction without an
+/// interval rule (module docs) and is not diagonal.
+pub(crate) fn method(f: &Function) -> Option<Method> {
     let need = index_deps(f);
     let has_load = f.insts.iter().any(|i| matches!(i, Inst::Load { .. }));
     let per_position = f.insts.iter().any(|i| match i {
         Inst::Load { indices, .. } => indices.iter().any(|v| injective_in_position(f, *v)),
         _ => false,
     });
-    has_load
-        && !per_position
-        && f.insts.iter().enumerate().all(|(i, inst)| {
-            !need[i]
-                || match inst {
-                    Inst::Arg(a) => *a != Arg::S,
-                    Inst::ConstI32(_) => true,
-                    Inst::Param(_) => f.types[i] == Type::I32,
-                    Inst::Unary(op, _) => {
-                        matches!(op, UnOp::INeg | UnOp::IAbs | UnOp::B2I)
-                    }
-                    Inst::Binary(op, _, b) => match op {
-                        BinOp::IAdd | BinOp::ISub | BinOp::IMul | BinOp::IMin | BinOp::IMax => true,
-                        BinOp::IDiv | BinOp::IRem => pos_const(f, *b).is_some(),
-                        BinOp::IShl | BinOp::IShr => pos_const(f, *b).is_some_and(|k| k < 32),
-                        _ => false,
-                    },
-                    Inst::Select(..) => f.types[i] == Type::I32,
-                    Inst::Load { .. } => f.types[i] == Type::I32,
-                    Inst::ConstBool(_) | Inst::ConstF32(_) => false,
+    if !has_load || per_position {
+        return None;
+    }
+    let intervals = f.insts.iter().enumerate().all(|(i, inst)| {
+        !need[i]
+            || match inst {
+                Inst::Arg(a) => *a != Arg::S,
+                Inst::ConstI32(_) => true,
+                Inst::Param(_) => f.types[i] == Type::I32,
+                Inst::Unary(op, _) => {
+                    matches!(op, UnOp::INeg | UnOp::IAbs | UnOp::B2I)
                 }
-        })
+                Inst::Binary(op, _, b) => match op {
+                    BinOp::IAdd | BinOp::ISub | BinOp::IMul | BinOp::IMin | BinOp::IMax => true,
+                    BinOp::IDiv | BinOp::IRem => pos_const(f, *b).is_some(),
+                    BinOp::IShl | BinOp::IShr => pos_const(f, *b).is_some_and(|k| k < 32),
+                    _ => false,
+                },
+                Inst::Select(..) => f.types[i] == Type::I32,
+                Inst::Load { .. } => f.types[i] == Type::I32,
+                Inst::ConstBool(_) | Inst::ConstF32(_) => false,
+            }
+    });
+    if intervals {
+        return Some(Method::Intervals);
+    }
+    // every index a function of `kv - q` (and of what is one value over a box: b, h,
+    // params, constants)
+    let (positional, diagonal) = crate::analysis::diagonal::classify(f);
+    let diagonal_indices = f.insts.iter().all(|inst| match inst {
+        Inst::Load { indices, .. } => indices
+            .iter()
+            .all(|v| diagonal[v.index()] || !positional[v.index()]),
+        _ => true,
+    });
+    diagonal_indices.then_some(Method::Diagonals)
+}
+
+/// Whether [`emit_tile_loads`] applies to `f` (a [`method`] exists).
+pub(crate) fn analyzable(f: &Function) -> bool {
+    method(f).is_some()
 }
 
 /// The box's arguments in the rules' domain (`b`, `h` points; `q`, `kv` ranges).
@@ -315,10 +355,14 @@ pub(crate) fn emit_tile_loads<'ctx>(
     f: &Function,
     tile: TileBox<'ctx>,
 ) -> R<TileLoads<'ctx>> {
-    if !analyzable(f) || env.err.is_some() {
+    let method = method(f);
+    if method.is_none() || env.err.is_some() {
         return Err(LlvmError::Internal(
             "tile loads of an unanalyzable function",
         ));
+    }
+    if method == Some(Method::Diagonals) {
+        return emit_diagonal_scan(g, env, f, tile);
     }
     let n = f.insts.len();
     let mut values = vec![None; n];
@@ -353,6 +397,99 @@ pub(crate) fn emit_tile_loads<'ctx>(
     let e = eval_box(&Ir(g), f, args, &param, &mut load)?;
     Ok(TileLoads {
         uniform: e.uniform,
+        values,
+        flat,
+    })
+}
+
+/// [`emit_tile_loads`] by the diagonal scan ([`Method::Diagonals`], module docs). Every
+/// lane of the warp must reach it (a shuffle and a vote over the full warp); `uniform` is
+/// then the same in every lane.
+fn emit_diagonal_scan<'ctx>(
+    g: &Gpu<'ctx>,
+    env: &Env<'ctx>,
+    f: &Function,
+    tile: TileBox<'ctx>,
+) -> R<TileLoads<'ctx>> {
+    let n = f.insts.len();
+    // the warp's diagonals: the union of its lanes' boxes (positions are below 2^31, so
+    // the differences fit i32)
+    let mut lo = g.sub(tile.kv.0, tile.q.1)?;
+    let mut hi = g.sub(tile.kv.1, tile.q.0)?;
+    for w in [16, 8, 4, 2, 1] {
+        let (l, h) = (g.shfl_xor_i32(lo, w)?, g.shfl_xor_i32(hi, w)?);
+        lo = g.iintr2("llvm.smin.i32", lo, l)?;
+        hi = g.iintr2("llvm.smax.i32", hi, h)?;
+    }
+    let roots: Vec<Value> = f
+        .insts
+        .iter()
+        .filter_map(|i| match i {
+            Inst::Load { indices, .. } => Some(indices.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // per load: the flat element it reads on diagonal `d` (clamped as the element code's
+    // read; `q = 0`, `kv = d`, so `kv - q` is `d`)
+    let reads_at = |d: IntValue<'ctx>| -> R<Vec<Option<IntValue<'ctx>>>> {
+        let at = Elem {
+            s: g.cf(0.0),
+            b: tile.b,
+            h: tile.h,
+            q: g.c32(0),
+            kv: d,
+            inside: g.cbool(true),
+            rel: None,
+        };
+        let vals = emit_values_at(g, env, f, at, &roots, None)?;
+        let mut flat = vec![None; n];
+        for (i, inst) in f.insts.iter().enumerate() {
+            if let Inst::Load {
+                tensor, indices, ..
+            } = inst
+            {
+                let idx = indices
+                    .iter()
+                    .map(|v| {
+                        vals[v.index()]
+                            .map(|x| x.into_int_value())
+                            .ok_or(LlvmError::Internal("index not emitted"))
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                flat[i] = Some(flat_index(g, &env.tensors[tensor.0 as usize], &idx)?.0);
+            }
+        }
+        Ok(flat)
+    };
+    let flat = reads_at(lo)?;
+    let mut values = vec![None; n];
+    for (i, inst) in f.insts.iter().enumerate() {
+        if let (Inst::Load { tensor, .. }, Some(fl)) = (inst, flat[i]) {
+            let t = &env.tensors[tensor.0 as usize];
+            values[i] = Some(if t.float {
+                g.load_f32(t.ptr, fl)?.into()
+            } else {
+                g.load_i32(t.ptr, fl)?.into()
+            });
+        }
+    }
+    let same = g.var(g.cbool(true).get_type(), g.cbool(true))?;
+    let lane = g.and(g.tid_x()?, g.c32(31))?;
+    let end = g.add(hi, g.c32(1))?;
+    g.for_range(g.add(lo, lane)?, end, g.c32(32), |d| {
+        let here = reads_at(d)?;
+        let mut eq = g.geti(&same)?;
+        for (a, b) in here.iter().zip(&flat) {
+            if let (Some(a), Some(b)) = (a, b) {
+                eq = g.and(eq, g.icmp(IntPredicate::EQ, *a, *b)?)?;
+            }
+        }
+        g.set(&same, eq)
+    })?;
+    let uniform = g.vote_all(g.geti(&same)?)?;
+    Ok(TileLoads {
+        uniform,
         values,
         flat,
     })
@@ -540,11 +677,124 @@ mod tests {
             "s * x",
             "s + t[h, q]",
             "s + t[h, 3 * (kv + 1)]",
-            "s + t[h, (log(1.0 + abs(q - kv) as f32) * 8.0) as i32]",
+            "s + t[h, (log(1.0 + (q + kv) as f32) * 8.0) as i32]",
             "s + t[h, q / (kv + 1)]",
             "s + t[h, (q ^ kv) & 255]",
+            "s + t[h, (s * 4.0) as i32 % 16 + abs(q - kv) % 2]",
         ] {
             assert!(!analyzable(&score_grad(&src(score)).func), "{score}");
         }
+    }
+
+    /// Index paths outside the interval rules that depend on the positions through
+    /// `kv - q` alone take the diagonal scan; the rules keep theirs.
+    #[test]
+    fn diagonal_scan_where_the_rules_stop() {
+        use super::{Method, method};
+        let src = |score: &str| {
+            format!(
+                "tensor t: f32[H, 257]; tensor i: i32[257]; param m: i32; param x: f32;\n\
+                 score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
+            )
+        };
+        for (score, want) in [
+            ("s + t[h, clamp(q - kv, -64, 64) + 64]", Method::Intervals),
+            (
+                "s + t[h, (log(1.0 + abs(q - kv) as f32) * 8.0) as i32]",
+                Method::Diagonals,
+            ),
+            (
+                "s + t[h, min((sqrt((kv - q) as f32 * x) as i32), 200) + i[abs(kv - q) % 7]]",
+                Method::Diagonals,
+            ),
+            // (a guard of the nested read through `kv - q` too: `q > kv` is positional
+            // to the classification, which sees differences only)
+            (
+                "if kv - q < 0 { s + t[h, i[(exp2((q - kv) as f32 / 64.0) as i32) % 257] % 200] } else { s }",
+                Method::Diagonals,
+            ),
+        ] {
+            assert_eq!(method(&score_grad(&src(score)).func), Some(want), "{score}");
+        }
+        let t5 = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/t5_relative_bias.attn"
+        ))
+        .unwrap();
+        let m = crate::compile_source(&t5).expect("compiles");
+        for p in &m.programs {
+            let sg = crate::grad::differentiate(p);
+            assert_eq!(method(&sg.func), Some(Method::Diagonals), "{}", p.name);
+        }
+    }
+
+    /// The scan's premise on T5: on random boxes, every position reads the element its
+    /// diagonal reads at `q = 0, kv = kv - q` (what the lanes evaluate), and the scan's
+    /// answer (every diagonal of the box reads the element of its first) is brute force's.
+    #[test]
+    fn diagonal_scan_answers_brute_force_on_t5() {
+        let t5 = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/t5_relative_bias.attn"
+        ))
+        .unwrap();
+        let m = crate::compile_source(&t5).expect("compiles");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(46);
+        let (mut uniform_boxes, mut boxes) = (0, 0);
+        for p in &m.programs {
+            let sg = crate::grad::differentiate(p);
+            let f = &sg.func;
+            let bind = Bindings {
+                params: vec![],
+                tensors: vec![BoundTensor {
+                    dims: vec![32, 4],
+                    data: TensorData::F32(vec![0.5; 128]),
+                }],
+            };
+            let mut scratch = Vec::new();
+            let mut read = |q: i64, kv: i64, h: i64| -> Vec<i64> {
+                let a = Args {
+                    s: 1.0,
+                    b: 0,
+                    h: h as i32,
+                    q: q as i32,
+                    kv: kv as i32,
+                };
+                eval(f, p, a, &bind, &mut scratch).expect("in range");
+                f.insts
+                    .iter()
+                    .filter_map(|i| match i {
+                        Inst::Load { indices, .. } => Some(indices.clone()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .map(|v| scratch[v.index()].as_i32() as i64)
+                    .collect()
+            };
+            for trial in 0..80 {
+                let (bq, bkv) = [(64i64, 128i64), (128, 128), (16, 80)][trial % 3];
+                let q0 = rng.random_range(0..3000i64);
+                let kv0 = (q0 + rng.random_range(-400..400i64)).max(0);
+                let h = rng.random_range(0..4i64);
+                let (lo, hi) = (kv0 - (q0 + bq - 1), kv0 + bkv - 1 - q0);
+                let first = read(0, lo, h);
+                let scan = (lo..=hi).all(|d| read(0, d, h) == first);
+                let mut brute = true;
+                for q in q0..q0 + bq {
+                    for kv in kv0..kv0 + bkv {
+                        let at = read(q, kv, h);
+                        assert_eq!(at, read(0, kv - q, h), "{}: q {q} kv {kv}", p.name);
+                        brute &= at == first;
+                    }
+                }
+                assert_eq!(scan, brute, "{}: box q {q0} kv {kv0}", p.name);
+                boxes += 1;
+                uniform_boxes += usize::from(scan);
+            }
+        }
+        assert!(
+            uniform_boxes > boxes / 5 && uniform_boxes < boxes,
+            "{uniform_boxes} of {boxes}"
+        );
     }
 }
