@@ -424,6 +424,19 @@ impl<'ctx> Gpu<'ctx> {
     /// `mov.b64` of `x` as a pure inline statement: the same value, whose bits LLVM no
     /// longer knows (so it keeps a later `add` of a constant an `add` instead of turning
     /// it into an `or` of the low word where it can prove the low bits zero).
+    /// `x` through a `mov` LLVM cannot see through (a value it neither folds nor merges
+    /// with the same computation elsewhere).
+    pub fn opaque32(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        Ok(self
+            .asm_value(
+                self.i32.into(),
+                "mov.b32 $0, $1;",
+                "=r,r",
+                Asm::Pure,
+                &[x.into()],
+            )?
+            .into_int_value())
+    }
     pub fn opaque64(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         Ok(self
             .asm_value(

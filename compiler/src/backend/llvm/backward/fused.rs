@@ -379,11 +379,11 @@
 //! (integer words, `backward.rs` "Capture gradients").
 
 use super::{
-    Acc, BandKeep, CapCtx, Common, Desc, DescBase, DkDvTiles, ElemCtx, PosBase, acc_get, acc_set,
-    acc_to_a, acc_vars, blocks, capture_grads, common, count_trailing_zeros, dkdv_epilogue,
-    dkdv_store, ds_chunk, frag_col_stat, frag_col0, frag_element, frag_pos, frag_row_stats,
-    from_flat, grad_ds, grad_p, grad_scores, load_q_block, p_chunk, slab_kstep, slice_base,
-    to_flat, warp_ballot, wg_ab, wg_ab_step, wg_abt, wg_result,
+    Acc, BandKeep, CapCtx, Common, Desc, DescBase, DkDvTiles, ElemCtx, Pos, PosBase, acc_get,
+    acc_set, acc_to_a, acc_vars, blocks, capture_grads, common, count_trailing_zeros,
+    dkdv_epilogue, dkdv_store, ds_chunk, frag_col_stat, frag_col0, frag_element, frag_pos,
+    frag_row_stats, from_flat, grad_ds, grad_p, grad_scores, load_q_block, p_chunk, slab_kstep,
+    slice_base, to_flat, warp_ballot, wg_ab, wg_ab_step, wg_abt, wg_result,
 };
 use crate::backend::llvm::bounds::{KvBounds, q_interval_ir};
 use crate::backend::llvm::cta::Args;
@@ -2301,6 +2301,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
         affine_unguarded: opts.bwd_affine_unguarded,
         band: None,
         exp_emu: u32::from(opts.bwd_exp_emu),
+        fresh_pos: None,
         // bwd_uniform_reads: the visit's box, its q tile and the CTA's kv tile
         tile: if opts.bwd_uniform_reads {
             Some(TileBox {
@@ -2379,8 +2380,29 @@ pub(super) fn dkdv_dq_body<'ctx>(
             ok: *ok,
             rows: &band_rows,
         });
+        // capture gradients with the uniform-read path: positions made in each element
+        // path (`ElemCtx::fresh_pos`) from bases through an opaque move. ptxas 13.0
+        // sm_90a D128 (with the full blocks' path folded into the partial one, as
+        // `grad_scores` does there): relative-position table spills 208 -> 72 bytes, T5
+        // 296 -> 64. One H100, backward ms without / with both, two rounds: T5 encoder
+        // 11.85, 11.84 / 10.01, 9.97 (1.19x), decoder 9.64, 9.67 / 9.28, 9.30; the
+        // relative table 12.31, 12.32 / 12.16, 12.15; D64 within 1%
+        let fresh = |nt: usize, i: usize| -> R<Pos<'ctx>> {
+            let col = g.opaque32(frag_col0(g, &c, q0)?)?;
+            let kvr = g.opaque32(kv_row)?;
+            let pb = PosBase::new(g, opts, &|| Ok((col, kvr)))?;
+            let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
+            frag_pos(g, &pb, q, kvr, nt, i)
+        };
+        // (where `grad_scores` emits the uniform path)
+        let fresh_paths = ec.tile.is_some()
+            && c.env.err.is_none()
+            && cap
+                .as_ref()
+                .is_some_and(|cp| crate::backend::llvm::uniform::analyzable(&cp.sg.func));
         let ec = ElemCtx {
             band: bk.as_ref(),
+            fresh_pos: fresh_paths.then_some(&fresh as &dyn Fn(usize, usize) -> R<Pos<'ctx>>),
             ..ec
         };
         // bwd_dv_early: dV (this warpgroup's rows of P, from registers) issued before the
