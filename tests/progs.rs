@@ -188,6 +188,12 @@ impl Gen {
                 0 | 1 if self.has_s => "s".into(),
                 0 | 1 => format!("({} as f32)", self.int_leaf()),
                 2 => format!("{:.2}", self.small() as f32 / 8.0),
+                // now and then an index through float arithmetic on `kv - q` (T5-like:
+                // the GPU's uniform reads by the diagonal scan)
+                4 if self.coin(30) => format!(
+                    "w[clamp(({:.2} * log2(1.0 + abs((kv - q) as f32))) as i32, 0, 15)]",
+                    self.small() as f32 / 4.0
+                ),
                 4 => format!("w[clamp({}, 0, 15)]", self.int(1)),
                 5 => "fp".into(),
                 6 => "bias[b, h, q, kv]".into(),
