@@ -424,28 +424,17 @@ impl<'ctx> Gpu<'ctx> {
     /// `mov.b64` of `x` as a pure inline statement: the same value, whose bits LLVM no
     /// longer knows (so it keeps a later `add` of a constant an `add` instead of turning
     /// it into an `or` of the low word where it can prove the low bits zero).
-    /// `x` through a `mov` LLVM cannot see through (a value it neither folds nor merges
-    /// with the same computation elsewhere).
-    pub fn opaque32(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    /// `x` (an i32 or i64) through a `mov` LLVM cannot see through: a value it neither
+    /// folds nor merges with the same computation elsewhere.
+    pub fn opaque(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let wide = x.get_type().get_bit_width() == 64;
+        let (ty, asm, cons) = if wide {
+            (self.i64, "mov.b64 $0, $1;", "=l,l")
+        } else {
+            (self.i32, "mov.b32 $0, $1;", "=r,r")
+        };
         Ok(self
-            .asm_value(
-                self.i32.into(),
-                "mov.b32 $0, $1;",
-                "=r,r",
-                Asm::Pure,
-                &[x.into()],
-            )?
-            .into_int_value())
-    }
-    pub fn opaque64(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        Ok(self
-            .asm_value(
-                self.i64.into(),
-                "mov.b64 $0, $1;",
-                "=l,l",
-                Asm::Pure,
-                &[x.into()],
-            )?
+            .asm_value(ty.into(), asm, cons, Asm::Pure, &[x.into()])?
             .into_int_value())
     }
     /// `div.full.f32`: x / y, max error 2 ulp over the full range (PTX ISA), inline (IEEE
@@ -800,11 +789,11 @@ impl<'ctx> Gpu<'ctx> {
     }
     /// [`Self::wgmma_desc_at`] of offset 0 as one 64-bit value, from which
     /// [`Self::wgmma_desc_step`] derives the descriptor of `addr + off` with one 64-bit add.
-    /// (Through [`Self::opaque64`]: LLVM would otherwise turn the adds of the first
+    /// (Through [`Self::opaque`]: LLVM would otherwise turn the adds of the first
     /// k-steps, whose bits it proves disjoint from an aligned base's, into `or`s of the
     /// low word, which ptxas again joins with the high word per descriptor.)
     pub fn wgmma_desc_base(&self, lo: IntValue<'ctx>, sbo: u32) -> R<IntValue<'ctx>> {
-        self.opaque64(self.wgmma_desc_at(lo, 0, sbo)?)
+        self.opaque(self.wgmma_desc_at(lo, 0, sbo)?)
     }
     /// [`Self::wgmma_desc_at`] of `off` (a multiple of 16) from `base` =
     /// [`Self::wgmma_desc_base`]: `base + off / 16` as a 64-bit add (the same value: the

@@ -648,15 +648,19 @@ mod tests {
         );
     }
 
+    /// A program of one attention whose score is `score`, over an f32 table `t`, an i32
+    /// table `i`, an i32 param `m` and an f32 param `x`.
+    fn index_src(score: &str) -> String {
+        format!(
+            "tensor t: f32[H, 257]; tensor i: i32[257]; param m: i32; param x: f32;\n\
+             score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
+        )
+    }
+
     /// The functions with a uniform path and those without.
     #[test]
     fn analyzable_index_paths() {
-        let src = |score: &str| {
-            format!(
-                "tensor t: f32[H, 257]; tensor i: i32[257]; param m: i32; param x: f32;\n\
-                 score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
-            )
-        };
+        let src = index_src;
         for score in [
             "s + t[h, clamp(q - kv, -64, 64) + 64]",
             "s + t[h, clamp(q - kv, -m, m) + m]",
@@ -672,8 +676,8 @@ mod tests {
         }
         for score in [
             // no read; an index one-to-one in a position (never one element over a
-            // tile); a float on the index path; a division by a non-constant; a bitwise
-            // operator
+            // tile); floats on an index path not through `kv - q` alone; a division by a
+            // non-constant; a bitwise operator; an index through `s`
             "s * x",
             "s + t[h, q]",
             "s + t[h, 3 * (kv + 1)]",
@@ -691,12 +695,7 @@ mod tests {
     #[test]
     fn diagonal_scan_where_the_rules_stop() {
         use super::{Method, method};
-        let src = |score: &str| {
-            format!(
-                "tensor t: f32[H, 257]; tensor i: i32[257]; param m: i32; param x: f32;\n\
-                 score sc(s, b, h, q, kv) {{ {score} }}\nattention a {{ score = sc; }}"
-            )
-        };
+        let src = index_src;
         for (score, want) in [
             ("s + t[h, clamp(q - kv, -64, 64) + 64]", Method::Intervals),
             (

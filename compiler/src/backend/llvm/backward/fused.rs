@@ -2388,8 +2388,8 @@ pub(super) fn dkdv_dq_body<'ctx>(
         // 11.85, 11.84 / 10.01, 9.97 (1.19x), decoder 9.64, 9.67 / 9.28, 9.30; the
         // relative table 12.31, 12.32 / 12.16, 12.15; D64 within 1%
         let fresh = |nt: usize, i: usize| -> R<Pos<'ctx>> {
-            let col = g.opaque32(frag_col0(g, &c, q0)?)?;
-            let kvr = g.opaque32(kv_row)?;
+            let col = g.opaque(frag_col0(g, &c, q0)?)?;
+            let kvr = g.opaque(kv_row)?;
             let pb = PosBase::new(g, opts, &|| Ok((col, kvr)))?;
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
             frag_pos(g, &pb, q, kvr, nt, i)
