@@ -2380,13 +2380,14 @@ pub(super) fn dkdv_dq_body<'ctx>(
             ok: *ok,
             rows: &band_rows,
         });
-        // capture gradients with the uniform-read path: positions made in each element
-        // path (`ElemCtx::fresh_pos`) from bases through an opaque move. ptxas 13.0
-        // sm_90a D128 (with the full blocks' path folded into the partial one, as
-        // `grad_scores` does there): relative-position table spills 208 -> 72 bytes, T5
-        // 296 -> 64. One H100, backward ms without / with both, two rounds: T5 encoder
-        // 11.85, 11.84 / 10.01, 9.97 (1.19x), decoder 9.64, 9.67 / 9.28, 9.30; the
-        // relative table 12.31, 12.32 / 12.16, 12.15; D64 within 1%
+        // capture gradients: positions made in each element path (`ElemCtx::fresh_pos`)
+        // from bases through an opaque move. ptxas 13.0 sm_90a D128 (with a uniform path
+        // the full blocks' path folded into the partial one, as `grad_scores` does):
+        // relative-position table spills 208 -> 72 bytes, T5 296 -> 64, a learned
+        // `[B, H, Q, KV]` bias 184 -> 76. One H100, backward ms without / with, two rounds:
+        // T5 encoder (B2 H16 L8192) 11.85, 11.84 / 10.01, 9.97 (1.19x), decoder 9.64, 9.67
+        // / 9.28, 9.30; the relative table 12.31, 12.32 / 12.16, 12.15; the learned bias
+        // (B1 H16 L4096) 12.76, 12.76 / 12.14, 12.14 (1.05x); D64 within 1%
         let fresh = |nt: usize, i: usize| -> R<Pos<'ctx>> {
             let col = g.opaque(frag_col0(g, &c, q0)?)?;
             let kvr = g.opaque(kv_row)?;
@@ -2394,12 +2395,7 @@ pub(super) fn dkdv_dq_body<'ctx>(
             let q = g.add(col, g.c32(8 * nt as i64 + (i % 2) as i64))?;
             frag_pos(g, &pb, q, kvr, nt, i)
         };
-        // (where `grad_scores` emits the uniform path)
-        let fresh_paths = ec.tile.is_some()
-            && c.env.err.is_none()
-            && cap
-                .as_ref()
-                .is_some_and(|cp| crate::backend::llvm::uniform::analyzable(&cp.sg.func));
+        let fresh_paths = cap.is_some() && c.env.err.is_none();
         let ec = ElemCtx {
             band: bk.as_ref(),
             fresh_pos: fresh_paths.then_some(&fresh as &dyn Fn(usize, usize) -> R<Pos<'ctx>>),
