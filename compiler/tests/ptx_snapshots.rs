@@ -285,7 +285,9 @@ fn ws_three_consumers_generate_for_every_example() {
 /// against the same binding without it (sm_90, warp-specialized, D128 and D64, and
 /// sm_80's mma.sync path): the kernel of every example
 /// attention whose score reads tensors with interval rules for their indices
-/// (`backend::llvm::uniform`: the relative-position table) gains the uniform-read path —
+/// (`backend::llvm::uniform`: the relative-position table) or with indices through
+/// `kv - q` alone (the diagonal scan: T5's buckets, since session 46) gains the
+/// uniform-read path —
 /// byte-identical twice, one more copy of the score's element code (the exponentials
 /// are the softmax's, not per path: the path shows as `vote.sync.all`) — and every other
 /// example's kernel that reads tensors is unchanged by the option. `ATTNC_FWD_PTX_DIR=dir` writes the
@@ -334,7 +336,13 @@ fn uniform_reads_forward_kernels() {
         [
             "relative_bias_table Sm90 d128",
             "relative_bias_table Sm90 d64",
-            "relative_bias_table Sm80 d64"
+            "relative_bias_table Sm80 d64",
+            "t5_encoder Sm90 d128",
+            "t5_encoder Sm90 d64",
+            "t5_encoder Sm80 d64",
+            "t5_decoder Sm90 d128",
+            "t5_decoder Sm90 d64",
+            "t5_decoder Sm80 d64"
         ]
     );
 }
