@@ -421,11 +421,11 @@ impl<'ctx> Gpu<'ctx> {
             )?
             .into_float_value())
     }
-    /// `mov.b64` of `x` as a pure inline statement: the same value, whose bits LLVM no
-    /// longer knows (so it keeps a later `add` of a constant an `add` instead of turning
-    /// it into an `or` of the low word where it can prove the low bits zero).
-    /// `x` (an i32 or i64) through a `mov` LLVM cannot see through: a value it neither
-    /// folds nor merges with the same computation elsewhere.
+    /// `mov.b32` / `mov.b64` of `x` (an i32 or i64) as a pure inline statement: the same
+    /// value, whose bits LLVM no longer knows and which it merges with no computation
+    /// outside the blocks this one dominates (so a later `add` of a constant stays an `add`
+    /// instead of an `or` of the low word where it can prove the low bits zero; a position
+    /// made in one element path is not taken from another's).
     pub fn opaque(&self, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
         let wide = x.get_type().get_bit_width() == 64;
         let (ty, asm, cons) = if wide {

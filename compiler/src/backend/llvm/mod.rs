@@ -868,7 +868,6 @@ pub struct PtxOptions {
     pub decode_copy: u32,
 }
 
-/// The bound on positions (and on the constant of a converted position sum) under which
 /// Whether [`PtxOptions::diag_cse`] pays for `plan` (the forward's and the backward's
 /// rule, `for_binding` / `backward_for_binding`): its score computes a costly value from
 /// `kv - q` alone (`analysis::diagonal::costly_diagonal`).
@@ -879,6 +878,7 @@ pub(crate) fn diag_cse_pays(plan: &crate::plan::Plan) -> bool {
         .is_some_and(crate::analysis::diagonal::costly_diagonal)
 }
 
+/// The bound on positions (and on the constant of a converted position sum) under which
 /// [`PtxOptions::float_positions`] is exact: every partial sum of `±q ± kv + c` stays
 /// below 2^24 in magnitude, where f32 holds every integer.
 pub const FLOAT_POSITIONS_MAX: i64 = 1 << 22;

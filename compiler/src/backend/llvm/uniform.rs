@@ -385,20 +385,32 @@ pub(crate) fn emit_tile_loads<'ctx>(
         let t = &env.tensors[tensor.0 as usize];
         let (fl, _) = flat_index(g, t, &idx)?;
         flat[i] = Some(fl);
-        Ok(if t.float {
-            values[i] = Some(g.load_f32(t.ptr, fl)?.into());
-            None
-        } else {
-            let x = g.load_i32(t.ptr, fl)?;
-            values[i] = Some(x.into());
-            Some(g.sext64(x)?)
-        })
+        let x = read_element(g, t, fl)?;
+        values[i] = Some(x);
+        // (an integer read is on an index path: its value in the rules' domain)
+        match x {
+            BasicValueEnum::IntValue(x) => Ok(Some(g.sext64(x)?)),
+            _ => Ok(None),
+        }
     };
     let e = eval_box(&Ir(g), f, args, &param, &mut load)?;
     Ok(TileLoads {
         uniform: e.uniform,
         values,
         flat,
+    })
+}
+
+/// Element `flat` of tensor `t` (f32 for a float tensor, else i32), read once for a tile.
+fn read_element<'ctx>(
+    g: &Gpu<'ctx>,
+    t: &super::expr::TensorArg<'ctx>,
+    flat: IntValue<'ctx>,
+) -> R<BasicValueEnum<'ctx>> {
+    Ok(if t.float {
+        g.load_f32(t.ptr, flat)?.into()
+    } else {
+        g.load_i32(t.ptr, flat)?.into()
     })
 }
 
@@ -466,12 +478,7 @@ fn emit_diagonal_scan<'ctx>(
     let mut values = vec![None; n];
     for (i, inst) in f.insts.iter().enumerate() {
         if let (Inst::Load { tensor, .. }, Some(fl)) = (inst, flat[i]) {
-            let t = &env.tensors[tensor.0 as usize];
-            values[i] = Some(if t.float {
-                g.load_f32(t.ptr, fl)?.into()
-            } else {
-                g.load_i32(t.ptr, fl)?.into()
-            });
+            values[i] = Some(read_element(g, &env.tensors[tensor.0 as usize], fl)?);
         }
     }
     let same = g.var(g.cbool(true).get_type(), g.cbool(true))?;
